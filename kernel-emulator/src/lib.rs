@@ -1,0 +1,1 @@
+//! The hivetrack kernel emulator (work in progress: see the kernel-emulator issue).

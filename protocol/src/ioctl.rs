@@ -1,0 +1,97 @@
+//! Device names and IOCTL control codes.
+//!
+//! `CTL_CODE` is a C macro that wdk-sys does not bind, so it is computed here, in one place,
+//! for the driver and the client alike (docs: "Defining I/O Control Codes").
+
+/// NT name of the control device the driver creates.
+pub const DEVICE_NAME: &str = r"\Device\HiveTrack";
+/// Symbolic link the driver creates in the global `\DosDevices` directory.
+pub const DOS_DEVICE_NAME: &str = r"\DosDevices\HiveTrack";
+/// Win32 path user mode opens with `CreateFileW`.
+pub const WIN32_DEVICE_PATH: &str = r"\\.\HiveTrack";
+
+/// The device type of the control device. Values 0x8000–0xFFFF are reserved for vendors.
+pub const DEVICE_TYPE: u32 = 0x0000_8A54;
+
+/// `METHOD_BUFFERED`: the I/O manager copies input and output through one system buffer.
+pub const METHOD_BUFFERED: u32 = 0;
+/// `FILE_ANY_ACCESS`.
+pub const FILE_ANY_ACCESS: u32 = 0;
+/// `FILE_READ_ACCESS`: the handle must have been opened for reading.
+pub const FILE_READ_ACCESS: u32 = 1;
+
+/// The `CTL_CODE` macro of `devioctl.h`.
+#[must_use]
+pub const fn ctl_code(device_type: u32, function: u32, method: u32, access: u32) -> u32 {
+    (device_type << 16) | (access << 14) | (function << 2) | method
+}
+
+/// The parts of a control code, as `CTL_CODE` packed them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtlCodeParts {
+    /// Device type (bits 16..32).
+    pub device_type: u32,
+    /// Required access (bits 14..16).
+    pub access: u32,
+    /// Function number (bits 2..14).
+    pub function: u32,
+    /// Transfer method (bits 0..2).
+    pub method: u32,
+}
+
+/// Splits a control code into its `CTL_CODE` parts.
+#[must_use]
+pub const fn split_ctl_code(code: u32) -> CtlCodeParts {
+    CtlCodeParts {
+        device_type: code >> 16,
+        access: (code >> 14) & 0x3,
+        function: (code >> 2) & 0xFFF,
+        method: code & 0x3,
+    }
+}
+
+/// Builds a hivetrack control code for `function` (0x800 and up are vendor functions).
+const fn hivetrack_ioctl(function: u32) -> u32 {
+    ctl_code(DEVICE_TYPE, function, METHOD_BUFFERED, FILE_READ_ACCESS)
+}
+
+/// Returns the protocol version, the driver version and its build id
+/// ([`crate::version::VersionInfo`]). Input buffer: empty.
+pub const IOCTL_HIVETRACK_GET_VERSION: u32 = hivetrack_ioctl(0x800);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctl_code_matches_the_c_macro() {
+        // CTL_CODE(FILE_DEVICE_UNKNOWN, 0x800, METHOD_BUFFERED, FILE_ANY_ACCESS) == 0x222000,
+        // the value every Windows driver sample uses.
+        assert_eq!(
+            ctl_code(0x22, 0x800, METHOD_BUFFERED, FILE_ANY_ACCESS),
+            0x0022_2000
+        );
+        // CTL_CODE(FILE_DEVICE_DISK, 0x0, METHOD_BUFFERED, FILE_READ_ACCESS) == 0x74000
+        // (IOCTL_DISK_GET_DRIVE_GEOMETRY's family).
+        assert_eq!(
+            ctl_code(0x7, 0x0, METHOD_BUFFERED, FILE_READ_ACCESS),
+            0x0007_4000
+        );
+    }
+
+    #[test]
+    fn get_version_code_is_stable() {
+        // Golden value: changing it breaks every deployed client.
+        assert_eq!(IOCTL_HIVETRACK_GET_VERSION, 0x8A54_6000);
+        let parts = split_ctl_code(IOCTL_HIVETRACK_GET_VERSION);
+        assert_eq!(
+            parts,
+            CtlCodeParts {
+                device_type: DEVICE_TYPE,
+                access: FILE_READ_ACCESS,
+                function: 0x800,
+                method: METHOD_BUFFERED,
+            }
+        );
+    }
+}

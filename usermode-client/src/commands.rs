@@ -1,0 +1,238 @@
+//! The commands: each talks to the driver through a [`Transport`] and writes its report.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use protocol::{
+    PROTOCOL_VERSION,
+    ioctl::IOCTL_HIVETRACK_GET_VERSION,
+    version::VersionInfo,
+    wire::{self, DecodeError, HEADER_LEN, Message},
+};
+use thiserror::Error;
+
+use crate::{
+    exit,
+    transport::{Transport, TransportError},
+};
+
+/// How to install the driver, shown whenever it cannot be reached.
+pub const INSTALL_HINT: &str = "install it from the package folder with \
+`rundll32 setupapi.dll,InstallHinfSection DefaultInstall 132 .\\hivetrack.inf` \
+and start it with `sc start hivetrack` (as Administrator)";
+
+/// A failure that maps to a documented exit code.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// The driver cannot be reached.
+    #[error("{source}: {INSTALL_HINT}")]
+    DriverUnavailable {
+        /// What the transport said.
+        source: TransportError,
+    },
+    /// The device exists but this user may not open it.
+    #[error(
+        "access to \\\\.\\HiveTrack was denied: run hivetrack from an elevated prompt (only Administrators and SYSTEM may query the driver)"
+    )]
+    AccessDenied,
+    /// The driver speaks another protocol version.
+    #[error(
+        "the driver speaks protocol version {driver}, this client speaks {PROTOCOL_VERSION}: install a client and driver from the same package"
+    )]
+    VersionMismatch {
+        /// The driver's protocol version.
+        driver: u16,
+    },
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    #[must_use]
+    pub const fn exit_code(&self) -> u8 {
+        match self {
+            Self::DriverUnavailable { .. } | Self::AccessDenied | Self::VersionMismatch { .. } => {
+                exit::DRIVER_UNAVAILABLE
+            }
+        }
+    }
+}
+
+/// Maps a transport failure to the error the user sees.
+fn classify(err: TransportError) -> anyhow::Error {
+    match err {
+        TransportError::DriverUnavailable => CliError::DriverUnavailable { source: err }.into(),
+        TransportError::AccessDenied => CliError::AccessDenied.into(),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// Sends `code` with `input` and decodes the answer as `M`.
+///
+/// # Errors
+/// The transport's failure, a protocol version mismatch, or a malformed answer.
+pub fn query<'a, M: Message<'a>>(
+    transport: &mut dyn Transport,
+    code: u32,
+    input: &[u8],
+    output: &'a mut [u8],
+) -> Result<M> {
+    let n = transport.ioctl(code, input, output).map_err(classify)?;
+    let answer = &output[..n.min(output.len())];
+    if answer.len() >= HEADER_LEN {
+        if let Err(DecodeError::UnsupportedVersion { found }) = wire::decode_header(answer) {
+            return Err(CliError::VersionMismatch { driver: found }.into());
+        }
+    }
+    wire::decode::<M>(answer)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the driver sent a malformed answer")
+}
+
+/// `hivetrack version`: the client's version, then the driver's.
+///
+/// # Errors
+/// When the driver cannot be reached or answers badly; the client line is printed first.
+pub fn version(
+    out: &mut dyn Write,
+    connect: impl FnOnce() -> Result<Box<dyn Transport>, TransportError>,
+) -> Result<()> {
+    writeln!(
+        out,
+        "hivetrack client {} (protocol {PROTOCOL_VERSION})",
+        env!("CARGO_PKG_VERSION")
+    )?;
+    let mut transport = connect().map_err(classify)?;
+    let mut buf = [0u8; 256];
+    let info: VersionInfo = query(
+        transport.as_mut(),
+        IOCTL_HIVETRACK_GET_VERSION,
+        &[],
+        &mut buf,
+    )?;
+    writeln!(
+        out,
+        "hivetrack driver {}.{}.{} (protocol {PROTOCOL_VERSION}, build {}, via {})",
+        info.major,
+        info.minor,
+        info.patch,
+        info.build_id,
+        transport.backend()
+    )?;
+    Ok(())
+}
+
+/// The exit code for an error returned by a command.
+#[must_use]
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    err.downcast_ref::<CliError>()
+        .map_or(1, CliError::exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{version::BuildId, wire::encode};
+
+    use super::*;
+
+    /// A transport that answers from a script and records what it was sent.
+    struct Scripted {
+        answer: Result<Vec<u8>, fn() -> TransportError>,
+        sent: Vec<u32>,
+    }
+
+    impl Transport for Scripted {
+        fn backend(&self) -> &'static str {
+            "scripted"
+        }
+
+        fn ioctl(
+            &mut self,
+            code: u32,
+            _input: &[u8],
+            output: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            self.sent.push(code);
+            let bytes = self.answer.as_ref().map_err(|f| f())?;
+            output[..bytes.len()].copy_from_slice(bytes);
+            Ok(bytes.len())
+        }
+    }
+
+    fn version_answer() -> Vec<u8> {
+        let info = VersionInfo {
+            major: 0,
+            minor: 1,
+            patch: 0,
+            build_id: BuildId::new("abc1234"),
+        };
+        let mut buf = vec![0u8; 64];
+        let n = encode(&info, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn run_version(answer: Result<Vec<u8>, fn() -> TransportError>) -> (String, Result<()>) {
+        let mut out = Vec::new();
+        let r = version(&mut out, || {
+            Ok(Box::new(Scripted {
+                answer,
+                sent: Vec::new(),
+            }))
+        });
+        (String::from_utf8(out).unwrap(), r)
+    }
+
+    #[test]
+    fn prints_client_and_driver_versions() {
+        let (out, r) = run_version(Ok(version_answer()));
+        r.unwrap();
+        let expected = format!(
+            "hivetrack client {} (protocol 1)\nhivetrack driver 0.1.0 (protocol 1, build abc1234, via scripted)\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn missing_driver_exits_2_with_an_install_hint() {
+        let mut out = Vec::new();
+        let err = version(&mut out, || Err(TransportError::DriverUnavailable)).unwrap_err();
+        assert_eq!(exit_code_for(&err), exit::DRIVER_UNAVAILABLE);
+        let msg = format!("{err:#}");
+        assert!(msg.contains("not installed or not running"), "{msg}");
+        assert!(msg.contains("InstallHinfSection DefaultInstall"), "{msg}");
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with("hivetrack client ")
+        );
+    }
+
+    #[test]
+    fn access_denied_says_to_elevate() {
+        let (_, r) = run_version(Err(|| TransportError::AccessDenied));
+        let err = r.unwrap_err();
+        assert_eq!(exit_code_for(&err), exit::DRIVER_UNAVAILABLE);
+        assert!(format!("{err:#}").contains("elevated"));
+    }
+
+    #[test]
+    fn version_mismatch_is_named() {
+        let mut answer = version_answer();
+        answer[4] = 7; // the driver speaks protocol 7
+        let (_, r) = run_version(Ok(answer));
+        let err = r.unwrap_err();
+        assert_eq!(exit_code_for(&err), exit::DRIVER_UNAVAILABLE);
+        assert!(format!("{err:#}").contains("protocol version 7"), "{err:#}");
+    }
+
+    #[test]
+    fn malformed_answer_is_an_error_not_a_panic() {
+        let mut answer = version_answer();
+        answer.truncate(20);
+        let (_, r) = run_version(Ok(answer));
+        let err = r.unwrap_err();
+        assert_eq!(exit_code_for(&err), 1);
+        assert!(format!("{err:#}").contains("malformed"), "{err:#}");
+    }
+}

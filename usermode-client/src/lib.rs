@@ -1,0 +1,24 @@
+//! The `hivetrack` command-line client: argument parsing, commands and their output.
+//!
+//! Everything but the operating-system backend lives here so that it is tested on any host
+//! with a scripted [`transport::Transport`].
+
+pub mod cli;
+pub mod commands;
+pub mod transport;
+#[cfg(windows)]
+pub mod windows;
+
+/// Process exit codes, part of the CLI's scripting contract.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Holders were found and `--fail-if-held` was given.
+    pub const HELD: u8 = 1;
+    /// The driver is not installed, not running, or not reachable.
+    pub const DRIVER_UNAVAILABLE: u8 = 2;
+    /// The command line is invalid.
+    pub const BAD_ARGUMENTS: u8 = 3;
+    /// The report is incomplete and `--strict` was given.
+    pub const INCOMPLETE: u8 = 4;
+}
