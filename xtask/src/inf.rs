@@ -1,0 +1,1 @@
+//! INF checks (being written).
