@@ -59,6 +59,37 @@ const fn hivetrack_ioctl(function: u32) -> u32 {
 /// ([`crate::version::VersionInfo`]). Input buffer: empty.
 pub const IOCTL_HIVETRACK_GET_VERSION: u32 = hivetrack_ioctl(0x800);
 
+/// Holders of a hive. Input: [`crate::request::QueryRequest`] (query `Holders`); output: a
+/// [`crate::holders::Holders`] page.
+pub const IOCTL_HIVETRACK_QUERY_HOLDERS: u32 = hivetrack_ioctl(0x801);
+/// Hives. Input: `QueryRequest` (`Hives`); output: a [`crate::hives::Hives`] page.
+pub const IOCTL_HIVETRACK_QUERY_HIVES: u32 = hivetrack_ioctl(0x802);
+/// Processes ranked by open keys. Input: `QueryRequest` (`Processes`); output: a
+/// [`crate::processes::Processes`] page.
+pub const IOCTL_HIVETRACK_QUERY_PROCESSES: u32 = hivetrack_ioctl(0x803);
+/// Counters. Input: `QueryRequest` (`Stats`); output: [`crate::stats::Stats`].
+pub const IOCTL_HIVETRACK_QUERY_STATS: u32 = hivetrack_ioctl(0x804);
+/// Every tracked key per process. Input: `QueryRequest` (`Snapshot`); output: a
+/// [`crate::snapshot::Snapshot`] page.
+pub const IOCTL_HIVETRACK_QUERY_SNAPSHOT: u32 = hivetrack_ioctl(0x805);
+/// Recent unload attempts. Input: `QueryRequest` (`UnloadHistory`); output: a
+/// [`crate::history::UnloadHistory`] page.
+pub const IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY: u32 = hivetrack_ioctl(0x806);
+
+/// The query IOCTL that carries `query`.
+#[must_use]
+pub const fn query_ioctl(query: crate::request::QueryKind) -> u32 {
+    use crate::request::QueryKind as Q;
+    match query {
+        Q::Holders => IOCTL_HIVETRACK_QUERY_HOLDERS,
+        Q::Hives => IOCTL_HIVETRACK_QUERY_HIVES,
+        Q::Processes => IOCTL_HIVETRACK_QUERY_PROCESSES,
+        Q::Stats => IOCTL_HIVETRACK_QUERY_STATS,
+        Q::Snapshot => IOCTL_HIVETRACK_QUERY_SNAPSHOT,
+        Q::UnloadHistory => IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +108,26 @@ mod tests {
             ctl_code(0x7, 0x0, METHOD_BUFFERED, FILE_READ_ACCESS),
             0x0007_4000
         );
+    }
+
+    #[test]
+    fn query_codes_are_stable() {
+        use crate::request::QueryKind;
+        let golden = [
+            (QueryKind::Holders, 0x8A54_6004),
+            (QueryKind::Hives, 0x8A54_6008),
+            (QueryKind::Processes, 0x8A54_600C),
+            (QueryKind::Stats, 0x8A54_6010),
+            (QueryKind::Snapshot, 0x8A54_6014),
+            (QueryKind::UnloadHistory, 0x8A54_6018),
+        ];
+        for ((q, code), function) in golden.into_iter().zip(0x801u32..) {
+            assert_eq!(query_ioctl(q), code, "{q:?}");
+            let parts = split_ctl_code(code);
+            assert_eq!(parts.function, function);
+            assert_eq!(parts.method, METHOD_BUFFERED);
+            assert_eq!(parts.access, FILE_READ_ACCESS);
+        }
     }
 
     #[test]

@@ -5,9 +5,27 @@
 //! protocol version, the message kind and the total size; padding is explicit and always
 //! zero; strings are length-prefixed UTF-16. [`wire::encode`] writes into a caller buffer and
 //! [`wire::decode`] returns a typed [`wire::DecodeError`] for every malformed input.
-#![cfg_attr(not(test), no_std)]
+//!
+//! Queries: a [`request::QueryRequest`] goes in; the answer is a page
+//! ([`page::Page`] of [`holders::Holders`], [`hives::Hives`], [`processes::Processes`],
+//! [`snapshot::Snapshot`], [`history::UnloadHistory`]) or [`stats::Stats`]. Pages carry a
+//! [`cursor::Cursor`] for the next request. With the `std` feature, [`diff`] compares two
+//! snapshots (user mode only).
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
 
+pub mod cursor;
+#[cfg(feature = "std")]
+pub mod diff;
+pub mod history;
+pub mod hives;
+pub mod holders;
 pub mod ioctl;
+pub mod page;
+pub mod processes;
+pub mod request;
+pub mod snapshot;
+pub mod stats;
+pub mod text;
 pub mod version;
 pub mod wire;
 

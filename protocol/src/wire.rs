@@ -24,6 +24,20 @@ pub const HEADER_LEN: usize = 16;
 pub enum MessageKind {
     /// [`crate::version::VersionInfo`], the answer to `IOCTL_HIVETRACK_GET_VERSION`.
     VersionInfo = 1,
+    /// [`crate::request::QueryRequest`], the input of every query IOCTL.
+    QueryRequest = 2,
+    /// A [`crate::holders::Holders`] page.
+    HoldersPage = 3,
+    /// A [`crate::hives::Hives`] page.
+    HivesPage = 4,
+    /// A [`crate::processes::Processes`] page.
+    ProcessesPage = 5,
+    /// [`crate::stats::Stats`].
+    Stats = 6,
+    /// A [`crate::snapshot::Snapshot`] page.
+    SnapshotPage = 7,
+    /// A [`crate::history::UnloadHistory`] page.
+    UnloadHistoryPage = 8,
 }
 
 impl MessageKind {
@@ -32,6 +46,13 @@ impl MessageKind {
     pub const fn from_u16(value: u16) -> Option<Self> {
         match value {
             1 => Some(Self::VersionInfo),
+            2 => Some(Self::QueryRequest),
+            3 => Some(Self::HoldersPage),
+            4 => Some(Self::HivesPage),
+            5 => Some(Self::ProcessesPage),
+            6 => Some(Self::Stats),
+            7 => Some(Self::SnapshotPage),
+            8 => Some(Self::UnloadHistoryPage),
             _ => None,
         }
     }
@@ -317,13 +338,16 @@ impl<'a> Reader<'a> {
     ///
     /// # Errors
     /// [`DecodeError::Truncated`]; [`DecodeError::NonZeroPadding`] with the offending offset.
+    #[allow(
+        clippy::option_if_let_else,
+        reason = "the match reads clearer than map_or here"
+    )]
     pub fn zeros(&mut self, n: usize) -> Result<(), DecodeError> {
         let start = self.pos;
         let b = self.bytes(n)?;
-        match b.iter().position(|&x| x != 0) {
-            Some(i) => Err(DecodeError::NonZeroPadding { offset: start + i }),
-            None => Ok(()),
-        }
+        b.iter().position(|&x| x != 0).map_or(Ok(()), |i| {
+            Err(DecodeError::NonZeroPadding { offset: start + i })
+        })
     }
 
     /// Reads a `u8`.

@@ -1,0 +1,167 @@
+//! The stats message: gauges, event totals and every completeness counter, by name.
+//!
+//! Body: field count u32 (must equal [`Stats::FIELD_COUNT`]), reserved u32, then that many
+//! u64 values in the order of [`Stats::NAMES`]. Loss counters (events the tracker could not
+//! record fully) are the fields listed in [`Stats::LOSS_NAMES`]; their sum is the
+//! `not_recorded` figure every page carries.
+
+use crate::wire::{DecodeError, EncodeError, Message, MessageKind, Reader, Writer};
+
+macro_rules! stats {
+    (
+        gauges { $( $(#[$gm:meta])* $g:ident, )* }
+        events { $( $(#[$em:meta])* $e:ident, )* }
+        losses { $( $(#[$lm:meta])* $l:ident, )* }
+    ) => {
+        /// Counters of the tracker at one moment. Every field is named on the wire by its
+        /// position in [`Stats::NAMES`].
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $( $(#[$gm])* pub $g: u64, )*
+            $( $(#[$em])* pub $e: u64, )*
+            $( $(#[$lm])* pub $l: u64, )*
+        }
+
+        impl Stats {
+            /// Field names, in wire order.
+            pub const NAMES: &'static [&'static str] = &[
+                $( stringify!($g), )* $( stringify!($e), )* $( stringify!($l), )*
+            ];
+            /// Names of the loss (completeness) counters.
+            pub const LOSS_NAMES: &'static [&'static str] = &[ $( stringify!($l), )* ];
+            /// Number of fields on the wire.
+            pub const FIELD_COUNT: usize = Self::NAMES.len();
+
+            /// The values in wire order.
+            #[must_use]
+            pub const fn values(&self) -> [u64; Self::FIELD_COUNT] {
+                [ $( self.$g, )* $( self.$e, )* $( self.$l, )* ]
+            }
+
+            /// Builds the struct from values in wire order.
+            #[must_use]
+            pub const fn from_values(v: [u64; Self::FIELD_COUNT]) -> Self {
+                let mut i = 0;
+                $( let $g = v[i]; i += 1; )*
+                $( let $e = v[i]; i += 1; )*
+                $( let $l = v[i]; i += 1; )*
+                let _ = i;
+                Self { $( $g, )* $( $e, )* $( $l, )* }
+            }
+
+            /// Sum of the loss counters: events that could not be recorded fully.
+            #[must_use]
+            pub const fn not_recorded(&self) -> u64 {
+                0u64 $( .saturating_add(self.$l) )*
+            }
+
+            /// `(name, value)` pairs, in wire order.
+            pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                Self::NAMES.iter().copied().zip(self.values())
+            }
+        }
+    };
+}
+
+stats! {
+    gauges {
+        /// Key objects tracked now.
+        objects_tracked,
+        /// Cap on tracked objects (configuration).
+        objects_cap,
+        /// Processes known now.
+        processes_tracked,
+        /// Hives known now (loaded, implicit, and unloaded ones still referenced).
+        hives_tracked,
+        /// Distinct names interned now (key names, image paths, mount points, files).
+        names_interned,
+        /// (process, hive) pairs with open keys now.
+        holdings_tracked,
+        /// Unload attempts kept in the history now.
+        history_entries,
+    }
+    events {
+        /// `opened` calls.
+        opens_seen,
+        /// `handle_closed` calls.
+        handle_closes_seen,
+        /// `object_destroyed` calls.
+        destroys_seen,
+        /// `hive_loaded` calls.
+        hive_loads_seen,
+        /// `hive_unloaded` calls.
+        hive_unloads_seen,
+        /// `unload_attempted` calls.
+        unload_attempts_seen,
+        /// `process_exited` calls.
+        process_exits_seen,
+        /// Handle closes beyond the opens counted (duplicated handles); not a loss.
+        closes_exceeding_opens,
+    }
+    losses {
+        /// Opens not tracked: the object cap was reached.
+        opens_dropped_cap,
+        /// Opens not tracked: no memory for the object's slot.
+        opens_dropped_no_memory_object,
+        /// Opens not tracked: no memory for the process record.
+        opens_dropped_no_memory_process,
+        /// Opens not tracked: no memory for an inferred hive.
+        opens_dropped_no_memory_hive,
+        /// Opens not tracked: no memory for the (process, hive) record.
+        opens_dropped_no_memory_holding,
+        /// Objects tracked without their name: no memory for it.
+        names_dropped_no_memory,
+        /// Names stored cut to the largest size class.
+        names_truncated,
+        /// Process images not stored: no memory.
+        images_dropped_no_memory,
+        /// Handle closes for an object the tracker does not know (stale or foreign context).
+        closes_unknown_object,
+        /// Destroys for an object the tracker does not know (stale or foreign context).
+        destroys_unknown_object,
+        /// Objects the driver asked to forget because it could not attach their context.
+        objects_abandoned,
+        /// Hive loads not recorded: no memory.
+        hive_loads_dropped_no_memory,
+        /// Unloads of a mount point that was not a known hive.
+        unloads_unknown_hive,
+        /// Exits of a process the tracker did not know.
+        process_exits_unknown,
+        /// Unload attempts not recorded: no memory.
+        history_dropped_no_memory,
+        /// Unload records that could not list every holder.
+        history_holders_truncated,
+    }
+}
+
+impl Message<'_> for Stats {
+    const KIND: MessageKind = MessageKind::Stats;
+
+    fn body_len(&self) -> usize {
+        8 + 8 * Self::FIELD_COUNT
+    }
+
+    fn encode_body(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        #[allow(clippy::cast_possible_truncation, reason = "a few dozen fields")]
+        w.u32(Self::FIELD_COUNT as u32)?;
+        w.zeros(4)?;
+        for v in self.values() {
+            w.u64(v)?;
+        }
+        Ok(())
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        if r.u32()? as usize != Self::FIELD_COUNT {
+            return Err(DecodeError::InvalidField {
+                field: "field count",
+            });
+        }
+        r.zeros(4)?;
+        let mut v = [0u64; Self::FIELD_COUNT];
+        for slot in &mut v {
+            *slot = r.u64()?;
+        }
+        Ok(Self::from_values(v))
+    }
+}

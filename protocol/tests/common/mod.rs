@@ -1,0 +1,191 @@
+//! Sample messages shared by the page tests and the decode fuzzer.
+#![allow(
+    dead_code,
+    missing_docs,
+    reason = "test fixtures; each test binary uses a different subset"
+)]
+
+use protocol::cursor::Cursor;
+use protocol::history::{UnloadHistory, UnloadHolder, UnloadHolders, UnloadRecord};
+use protocol::hives::{HiveRecord, Hives};
+use protocol::holders::{
+    HiveKind, HiveState, HolderKey, HolderProcess, HolderRecord, Holders, HoldersPrefix,
+};
+use protocol::page::{NoPrefix, PageInfo, PageKind, PageWriter};
+use protocol::processes::{ProcessRecord, Processes};
+use protocol::snapshot::{Snapshot, SnapshotPrefix, SnapshotRecord};
+use protocol::stats::Stats;
+use protocol::text::Text;
+
+pub const MOUNT: &[u16] = &[b'\\' as u16, b'R' as u16, b'\\' as u16, b'U' as u16];
+pub const FILE: &[u16] = &[b'C' as u16, b':' as u16, 0x00E9];
+pub const IMAGE: &[u16] = &[b'a' as u16, b'.' as u16, b'e' as u16];
+pub const NAME: &[u16] = &[b'\\' as u16, b'K' as u16, 0xD800]; // unpaired surrogate kept
+
+pub const INFO: PageInfo = PageInfo {
+    next: Cursor([0x11, 0x22, 0x33, 0x44]),
+    flags: 0,
+    not_recorded: 5,
+};
+
+pub fn holders_prefix() -> HoldersPrefix<'static> {
+    HoldersPrefix {
+        hive_id: 7,
+        state: HiveState::Loaded,
+        kind: HiveKind::Regular,
+        open_keys: 3,
+        holders: 2,
+        mount: Text::Units(MOUNT),
+        file: Text::Units(FILE),
+    }
+}
+
+pub fn holder_records() -> Vec<HolderRecord<'static>> {
+    vec![
+        HolderRecord::Process(HolderProcess {
+            flags: HolderProcess::CONTINUED,
+            pid: 4,
+            start_key: 0x0102,
+            open_keys: 2,
+            oldest_open: 1000,
+            image: Text::Units(IMAGE),
+        }),
+        HolderRecord::Key(HolderKey {
+            flags: HolderKey::NAME_TRUNCATED,
+            id: 0x1_0000_0001,
+            thread: 8,
+            open_time: 1000,
+            access: 0x0002_0019,
+            handle_opens: 1,
+            handle_closes: 2,
+            name: Text::Units(NAME),
+        }),
+    ]
+}
+
+pub fn hive_records() -> Vec<HiveRecord<'static>> {
+    vec![HiveRecord {
+        id: 3,
+        state: HiveState::Unloaded,
+        kind: HiveKind::App,
+        open_keys: 1,
+        holders: 1,
+        loaded_time: 99,
+        mount: Text::Units(MOUNT),
+        file: Text::EMPTY,
+    }]
+}
+
+pub fn process_records() -> Vec<ProcessRecord<'static>> {
+    vec![ProcessRecord {
+        pid: 1234,
+        start_key: 77,
+        open_keys: 65_602,
+        hives: 3,
+        flags: ProcessRecord::EXITED,
+        image: Text::Units(IMAGE),
+    }]
+}
+
+pub fn snapshot_records() -> Vec<SnapshotRecord<'static>> {
+    vec![SnapshotRecord {
+        pid: 1,
+        start_key: 2,
+        id: 3,
+        open_time: 4,
+        hive_id: 5,
+        flags: 0,
+        name: Text::Units(NAME),
+    }]
+}
+
+pub static UNLOAD_HOLDERS: [UnloadHolder<'static>; 2] = [
+    UnloadHolder {
+        pid: 10,
+        start_key: 11,
+        open_keys: 12,
+        image: Text::Units(IMAGE),
+    },
+    UnloadHolder {
+        pid: 20,
+        start_key: 21,
+        open_keys: 1,
+        image: Text::EMPTY,
+    },
+];
+
+pub fn unload_records() -> Vec<UnloadRecord<'static>> {
+    vec![UnloadRecord {
+        time: 500,
+        outcome: 0xC000_0022,
+        hive_id: 7,
+        open_keys: 13,
+        holders_total: 9,
+        flags: UnloadRecord::HOLDERS_TRUNCATED,
+        sequence: 1,
+        mount: Text::Units(MOUNT),
+        holders: UnloadHolders::Slice(&UNLOAD_HOLDERS),
+    }]
+}
+
+pub fn stats() -> Stats {
+    let mut v = [0u64; Stats::FIELD_COUNT];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = i as u64 * 3 + 1;
+    }
+    Stats::from_values(v)
+}
+
+/// Writes a page of `records` with `prefix` and returns its bytes.
+pub fn page<K: PageKind>(
+    prefix: &K::Prefix<'_>,
+    records: &[K::Record<'_>],
+    info: &PageInfo,
+) -> Vec<u8> {
+    let mut buf = vec![0xA5u8; 4096];
+    let mut w = PageWriter::<K>::new(&mut buf, prefix, 0).unwrap();
+    for r in records {
+        assert!(w.push(r));
+    }
+    let n = w.finish(info);
+    buf.truncate(n);
+    buf
+}
+
+/// Every sample message, with its name.
+pub fn all_samples() -> Vec<(&'static str, Vec<u8>)> {
+    let mut stats_buf = vec![0u8; 1024];
+    let n = protocol::wire::encode(&stats(), &mut stats_buf).unwrap();
+    stats_buf.truncate(n);
+    let req = protocol::request::QueryRequest {
+        query: protocol::request::QueryKind::Holders,
+        flags: 0,
+        max_records: 0,
+        cursor: Cursor([1, 2, 3, 4]),
+        hive: Text::Units(MOUNT),
+    };
+    let mut req_buf = vec![0u8; 256];
+    let n = protocol::wire::encode(&req, &mut req_buf).unwrap();
+    req_buf.truncate(n);
+    vec![
+        (
+            "holders",
+            page::<Holders>(&holders_prefix(), &holder_records(), &INFO),
+        ),
+        ("hives", page::<Hives>(&NoPrefix, &hive_records(), &INFO)),
+        (
+            "processes",
+            page::<Processes>(&NoPrefix, &process_records(), &INFO),
+        ),
+        (
+            "snapshot",
+            page::<Snapshot>(&SnapshotPrefix { taken_at: 9 }, &snapshot_records(), &INFO),
+        ),
+        (
+            "unload_history",
+            page::<UnloadHistory>(&NoPrefix, &unload_records(), &INFO),
+        ),
+        ("stats", stats_buf),
+        ("request", req_buf),
+    ]
+}
