@@ -1,2 +1,297 @@
-//! placeholder
-fn main() {}
+//! `cargo xtask`: hivetrack's build orchestrator.
+//!
+//! - `setup`: installs what the Linux cross build needs (idempotent).
+//! - `build`: cross-builds `hivetrack.sys` and `hivetrack.exe` and writes `target/package/`.
+//! - `check-image [PATH]`, `check-inf [PATH]`: verify the driver image and the INF.
+//! - `emulate [SCENARIO...]`: runs the kernel-emulator suite against the package.
+//! - `test`: everything CI runs.
+
+mod cross;
+mod setup;
+mod toolchain;
+mod util;
+mod wdkroot;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use xtask::{image, inf};
+
+use crate::{
+    cross::CrossEnv,
+    util::{cargo, copy, repo_root, run},
+};
+
+/// hivetrack build orchestrator.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the Debian packages and rustup targets the Linux cross build needs.
+    Setup,
+    /// Cross-build hivetrack.sys and hivetrack.exe into target/package/.
+    Build,
+    /// Check a driver image (default: target/package/hivetrack.sys and its map).
+    CheckImage {
+        /// The image to check.
+        path: Option<PathBuf>,
+        /// The linker map (default: the image's path with .map).
+        #[arg(long)]
+        map: Option<PathBuf>,
+    },
+    /// Check an INF (default: inf/hivetrack.inf against target/package/).
+    CheckInf {
+        /// The INF to check.
+        path: Option<PathBuf>,
+    },
+    /// Run the kernel-emulator suite against target/package/hivetrack.sys.
+    Emulate {
+        /// Scenarios to run (default: all).
+        scenarios: Vec<String>,
+    },
+    /// Everything CI runs: setup, fmt, clippy, host tests, build, image and INF checks,
+    /// emulator suite.
+    Test,
+}
+
+/// Driver crates the cross build produces, and where their images go in the package.
+const DRIVERS: &[(&str, &str)] = &[
+    ("driver", "hivetrack"),
+    ("kernel-emulator/test-driver", "test/kemu-test-driver"),
+];
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from)
+}
+
+fn package_dir() -> PathBuf {
+    target_dir().join("package")
+}
+
+fn driver_crates() -> impl Iterator<Item = (PathBuf, &'static str)> {
+    let root = repo_root();
+    DRIVERS
+        .iter()
+        .map(move |(dir, out)| (root.join(dir), *out))
+        .filter(|(dir, _)| dir.join("Cargo.toml").is_file())
+}
+
+fn driver_dirs() -> Vec<PathBuf> {
+    driver_crates().map(|(dir, _)| dir).collect()
+}
+
+fn build() -> Result<()> {
+    let started = Instant::now();
+    let env = CrossEnv::prepare(&target_dir(), &driver_dirs())?;
+    let package = package_dir();
+    for (dir, out) in driver_crates() {
+        let (image, map) = env.build_driver(&dir)?;
+        copy(&image, &package.join(format!("{out}.sys")))?;
+        copy(&map, &package.join(format!("{out}.map")))?;
+    }
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "hivetrack-cli",
+        "--target",
+        "x86_64-pc-windows-gnu",
+    ]))?;
+    copy(
+        &target_dir().join("x86_64-pc-windows-gnu/release/hivetrack.exe"),
+        &package.join("hivetrack.exe"),
+    )?;
+    copy(
+        &repo_root().join("inf/hivetrack.inf"),
+        &package.join("hivetrack.inf"),
+    )?;
+    eprintln!(
+        "xtask: package ready in {} ({:.0} s): hivetrack.sys, hivetrack.map, hivetrack.inf, hivetrack.exe",
+        package.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn check_image(path: Option<PathBuf>, map: Option<PathBuf>) -> Result<()> {
+    let path = path.unwrap_or_else(|| package_dir().join("hivetrack.sys"));
+    let map = map.or_else(|| Some(path.with_extension("map")).filter(|m| m.is_file()));
+    let report = image::check_image(&path, map.as_deref())
+        .with_context(|| format!("checking {}", path.display()))?;
+    println!("{report}");
+    if !report.failures().is_empty() {
+        bail!(
+            "{} failed {} image check(s)",
+            path.display(),
+            report.failures().len()
+        );
+    }
+    Ok(())
+}
+
+fn check_inf(path: Option<PathBuf>) -> Result<()> {
+    let path = path.unwrap_or_else(|| repo_root().join("inf/hivetrack.inf"));
+    let package = package_dir();
+    let package = package.join("hivetrack.sys").is_file().then_some(package);
+    let report = inf::check_inf(&path, package.as_deref())
+        .with_context(|| format!("checking {}", path.display()))?;
+    println!("{report}");
+    if !report.failures().is_empty() {
+        bail!(
+            "{} failed {} INF check(s)",
+            path.display(),
+            report.failures().len()
+        );
+    }
+    Ok(())
+}
+
+fn emulate(scenarios: &[String]) -> Result<()> {
+    let package = package_dir();
+    let sys = package.join("hivetrack.sys");
+    if !sys.is_file() {
+        bail!(
+            "{} does not exist: run `cargo xtask build` first",
+            sys.display()
+        );
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--locked",
+        "--package",
+        "kernel-emulator",
+        "--",
+    ])
+    .arg("suite")
+    .arg("--sys")
+    .arg(&sys)
+    .arg("--map")
+    .arg(sys.with_extension("map"));
+    let test_driver = package.join("test/kemu-test-driver.sys");
+    if test_driver.is_file() {
+        cmd.arg("--test-driver")
+            .arg(&test_driver)
+            .arg("--test-driver-map")
+            .arg(test_driver.with_extension("map"));
+    }
+    cmd.args(scenarios);
+    run(&mut cmd)
+}
+
+fn fmt_check(manifest: &Path) -> Result<()> {
+    run(cargo()
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(manifest))
+}
+
+fn clippy_host() -> Result<()> {
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))
+}
+
+fn clippy_drivers() -> Result<()> {
+    let env = CrossEnv::prepare(&target_dir(), &driver_dirs())?;
+    for (dir, _) in driver_crates() {
+        run(env.cargo("clippy", &dir).args(["--", "-D", "warnings"]))?;
+    }
+    // The CLI as Windows builds it: its Windows backend compiles only there.
+    run(cargo().args([
+        "clippy",
+        "--locked",
+        "--package",
+        "hivetrack-cli",
+        "--target",
+        "x86_64-pc-windows-gnu",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn fmt_all() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    for (dir, _) in driver_crates() {
+        fmt_check(&dir.join("Cargo.toml"))?;
+    }
+    Ok(())
+}
+
+fn host_tests() -> Result<()> {
+    run(cargo().args(["test", "--workspace", "--locked"]))
+}
+
+fn check_images() -> Result<()> {
+    check_image(None, None)?;
+    let test_driver = package_dir().join("test/kemu-test-driver.sys");
+    if test_driver.is_file() {
+        // The emulator's test driver misbehaves on purpose (it leaks, overruns, panics):
+        // its image is shown, not held to the product's rules.
+        let report = image::check_image(&test_driver, None)?;
+        eprintln!("xtask: emulator test driver (informational):\n{report}");
+    }
+    Ok(())
+}
+
+/// The steps of `cargo xtask test`, in order; the first failure stops the run.
+const TEST_STEPS: &[(&str, fn() -> Result<()>)] = &[
+    ("setup", setup::setup),
+    ("fmt", fmt_all),
+    ("clippy (host workspace)", clippy_host),
+    ("host tests", host_tests),
+    ("build", build),
+    ("clippy (drivers and the Windows CLI)", clippy_drivers),
+    ("check-image", check_images),
+    ("check-inf", || check_inf(None)),
+    ("emulate", || emulate(&[])),
+];
+
+fn test() -> Result<()> {
+    let started = Instant::now();
+    let mut passed = 0;
+    for (name, step) in TEST_STEPS {
+        eprintln!("\nxtask: ==== {name} ====");
+        let t = Instant::now();
+        if let Err(e) = step() {
+            eprintln!("xtask: ==== {name}: FAILED ({:.1} s)", t.elapsed().as_secs_f64());
+            println!("xtask: {passed} passed, 1 failed");
+            return Err(e.context(format!("step `{name}` failed")));
+        }
+        passed += 1;
+        eprintln!("xtask: ==== {name}: ok ({:.1} s)", t.elapsed().as_secs_f64());
+    }
+    eprintln!("\nxtask: all steps passed in {:.0} s", started.elapsed().as_secs_f64());
+    println!("xtask: {passed} passed, 0 failed");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => build(),
+        Cmd::CheckImage { path, map } => check_image(path, map),
+        Cmd::CheckInf { path } => check_inf(path),
+        Cmd::Emulate { scenarios } => emulate(&scenarios),
+        Cmd::Test => test(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
