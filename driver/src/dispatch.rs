@@ -1,0 +1,92 @@
+//! IRP dispatch for the control device: create, close and device control.
+//!
+//! The routines here only translate between the IRP and safe Rust: the request is handed to
+//! [`crate::ioctl::handle`] as a byte slice, and the IRP is completed exactly once with the
+//! status and byte count it returns.
+
+use protocol::ioctl::{METHOD_BUFFERED, split_ctl_code};
+use wdk_sys::{
+    DRIVER_OBJECT, IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
+    NTSTATUS, PDEVICE_OBJECT, PIRP, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER,
+    STATUS_SUCCESS, ntddk::IofCompleteRequest,
+};
+
+use crate::{ffi::current_stack_location, ioctl};
+
+/// `IO_NO_INCREMENT` as the `CCHAR` `IofCompleteRequest` takes (the constant is 0).
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "the constant is 0")]
+const NO_INCREMENT: i8 = IO_NO_INCREMENT as i8;
+
+/// Points the driver's create, close and device-control entries at this module.
+pub fn install(driver: &mut DRIVER_OBJECT) {
+    driver.MajorFunction[IRP_MJ_CREATE as usize] = Some(dispatch_create_close);
+    driver.MajorFunction[IRP_MJ_CLOSE as usize] = Some(dispatch_create_close);
+    driver.MajorFunction[IRP_MJ_DEVICE_CONTROL as usize] = Some(dispatch_device_control);
+}
+
+/// Completes `irp` with `status` and `information` bytes, and returns `status`, as a
+/// dispatch routine that does not pend must.
+///
+/// # Safety
+/// `irp` must be an IRP this driver owns and has not completed yet.
+unsafe fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
+    {
+        // SAFETY: per the contract the IRP is ours and live, and nothing else accesses it
+        // until it is completed below; IoStatus is ours to fill.
+        let irp = unsafe { &mut *irp };
+        irp.IoStatus.__bindgen_anon_1.Status = status;
+        irp.IoStatus.Information = information as u64;
+    }
+    // SAFETY: the IRP is completed exactly once, here; after this call it is not touched.
+    unsafe { IofCompleteRequest(irp, NO_INCREMENT) };
+    status
+}
+
+/// `IRP_MJ_CREATE` and `IRP_MJ_CLOSE`: the I/O manager already checked the caller against the
+/// device's DACL, so opening and closing always succeed.
+unsafe extern "C" fn dispatch_create_close(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the I/O manager hands us a live IRP we have not completed.
+    unsafe { complete(irp, STATUS_SUCCESS, 0) }
+}
+
+/// `IRP_MJ_DEVICE_CONTROL`: validates the transfer method, exposes the system buffer as a
+/// slice and lets [`ioctl::handle`] answer.
+unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the I/O manager hands us a live IRP in one of our dispatch routines.
+    let stack = unsafe { current_stack_location(irp) };
+    // SAFETY: the current stack location of a live IRP is valid while we own the IRP.
+    let stack = unsafe { &*stack };
+    // SAFETY: for `IRP_MJ_DEVICE_CONTROL` the `DeviceIoControl` member of `Parameters` is the
+    // valid one (docs: `IRP_MJ_DEVICE_CONTROL`); it is plain data, copied out.
+    let params = unsafe { stack.Parameters.DeviceIoControl };
+    let code = params.IoControlCode;
+    if split_ctl_code(code).method != METHOD_BUFFERED {
+        // Only `METHOD_BUFFERED` codes are ours: any other method would hand us user
+        // addresses, never the system buffer.
+        // SAFETY: the IRP is live and not completed.
+        return unsafe { complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0) };
+    }
+    let in_len = params.InputBufferLength as usize;
+    let out_len = params.OutputBufferLength as usize;
+    let len = in_len.max(out_len);
+    let system_buffer = {
+        // SAFETY: the IRP is live and ours; only a pointer field is read.
+        let irp = unsafe { &*irp };
+        // SAFETY: for METHOD_BUFFERED requests `AssociatedIrp` holds `SystemBuffer`.
+        unsafe { irp.AssociatedIrp.SystemBuffer }.cast::<u8>()
+    };
+    let buffer: &mut [u8] = if len == 0 {
+        &mut []
+    } else if system_buffer.is_null() {
+        // SAFETY: the IRP is live and not completed.
+        return unsafe { complete(irp, STATUS_INVALID_PARAMETER, 0) };
+    } else {
+        // SAFETY: for `METHOD_BUFFERED` the I/O manager allocates a non-paged system buffer of
+        // max(input, output) bytes, holding the input, for the life of the IRP; nothing else
+        // accesses it while we own the IRP.
+        unsafe { core::slice::from_raw_parts_mut(system_buffer, len) }
+    };
+    let outcome = ioctl::handle(code, buffer, in_len, out_len);
+    // SAFETY: the IRP is live and not completed; `information` never exceeds `out_len`.
+    unsafe { complete(irp, outcome.status, outcome.information) }
+}

@@ -1,0 +1,33 @@
+//! Kernel routines and inline helpers that wdk-sys does not bind.
+//!
+//! - `ZwSetSecurityObject` is declared in `ntifs.h`, which wdk-sys's WDM bindings do not cover;
+//!   it is exported by ntoskrnl.exe on every supported Windows, so it is imported statically
+//!   (docs: "`ZwSetSecurityObject` function (`ntifs.h`)").
+//! - `IoGetCurrentIrpStackLocation` is `FORCEINLINE` in `wdm.h`, so bindgen emits nothing for it.
+
+use wdk_sys::{HANDLE, IRP, IO_STACK_LOCATION, NTSTATUS, PSECURITY_DESCRIPTOR, SECURITY_INFORMATION};
+
+unsafe extern "system" {
+    /// Sets an object's security state (docs: `ZwSetSecurityObject`). IRQL `PASSIVE_LEVEL`.
+    pub fn ZwSetSecurityObject(
+        handle: HANDLE,
+        security_information: SECURITY_INFORMATION,
+        security_descriptor: PSECURITY_DESCRIPTOR,
+    ) -> NTSTATUS;
+}
+
+/// The port of `wdm.h`'s inline `IoGetCurrentIrpStackLocation`: the stack location of the
+/// driver that currently owns `irp`.
+///
+/// # Safety
+/// `irp` must be an IRP the I/O manager delivered to one of this driver's dispatch routines.
+pub unsafe fn current_stack_location(irp: *mut IRP) -> *mut IO_STACK_LOCATION {
+    // SAFETY: per the caller's contract `irp` is valid and owned by this driver.
+    let irp = unsafe { &*irp };
+    // SAFETY: while a driver owns an IRP in dispatch, `Tail.Overlay` is the live member of
+    // `Tail` (wdm.h: `Tail.Overlay.CurrentStackLocation`).
+    let overlay = unsafe { &irp.Tail.Overlay };
+    // SAFETY: the stack-location pointer is the live member of this anonymous union while the
+    // IRP is being dispatched (the packet-type member is used only by the I/O manager's queue).
+    unsafe { overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation }
+}

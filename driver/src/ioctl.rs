@@ -1,0 +1,89 @@
+//! IOCTL handlers: safe code over the request's bytes.
+//!
+//! Each handler validates the input length and fields, writes its answer with the protocol
+//! crate's `encode` into the output part of the buffer, and reports exactly how many bytes it
+//! wrote: the I/O manager copies only those back, so no uninitialised byte leaves the kernel.
+
+use protocol::{
+    ioctl::IOCTL_HIVETRACK_GET_VERSION,
+    version::{BuildId, VersionInfo},
+    wire::{EncodeError, encode},
+};
+use wdk_sys::{
+    NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_INTERNAL_ERROR, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+};
+
+/// The build id baked in by the build (`HIVETRACK_BUILD_ID`, the git revision), or `dev`.
+pub const BUILD_ID: BuildId = BuildId::new(match option_env!("HIVETRACK_BUILD_ID") {
+    Some(id) => id,
+    None => "dev",
+});
+
+/// Parses a decimal version component at compile time.
+const fn parse_u16(s: &str) -> u16 {
+    let b = s.as_bytes();
+    let mut v: u16 = 0;
+    let mut i = 0;
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "version components are decimal");
+        v = v * 10 + (b[i] - b'0') as u16;
+        i += 1;
+    }
+    v
+}
+
+/// This driver's version, from its Cargo manifest.
+pub const VERSION: VersionInfo = VersionInfo {
+    major: parse_u16(env!("CARGO_PKG_VERSION_MAJOR")),
+    minor: parse_u16(env!("CARGO_PKG_VERSION_MINOR")),
+    patch: parse_u16(env!("CARGO_PKG_VERSION_PATCH")),
+    build_id: BUILD_ID,
+};
+
+/// How a request ends: the IRP's status and the number of output bytes to return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Completion status.
+    pub status: NTSTATUS,
+    /// Bytes of the output buffer filled (0 on every error).
+    pub information: usize,
+}
+
+impl Outcome {
+    const fn error(status: NTSTATUS) -> Self {
+        Self { status, information: 0 }
+    }
+
+    const fn success(information: usize) -> Self {
+        Self { status: STATUS_SUCCESS, information }
+    }
+}
+
+/// Answers control code `code`. `buffer` is the `METHOD_BUFFERED` system buffer of
+/// `max(in_len, out_len)` bytes: the input at its start, the answer written over it.
+pub fn handle(code: u32, buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
+    if in_len > buffer.len() || out_len > buffer.len() {
+        return Outcome::error(STATUS_INVALID_PARAMETER);
+    }
+    match code {
+        IOCTL_HIVETRACK_GET_VERSION => get_version(in_len, &mut buffer[..out_len]),
+        _ => Outcome::error(STATUS_INVALID_DEVICE_REQUEST),
+    }
+}
+
+/// `IOCTL_HIVETRACK_GET_VERSION`: no input; the answer is a `VersionInfo` message.
+fn get_version(in_len: usize, out: &mut [u8]) -> Outcome {
+    if in_len != 0 {
+        return Outcome::error(STATUS_INVALID_PARAMETER);
+    }
+    encode_answer(&VERSION, out)
+}
+
+fn encode_answer<'a, M: protocol::wire::Message<'a>>(msg: &M, out: &mut [u8]) -> Outcome {
+    match encode(msg, out) {
+        Ok(n) => Outcome::success(n),
+        Err(EncodeError::BufferTooSmall { .. }) => Outcome::error(STATUS_BUFFER_TOO_SMALL),
+        Err(EncodeError::FieldTooLarge { .. }) => Outcome::error(STATUS_INTERNAL_ERROR),
+    }
+}
