@@ -3,7 +3,7 @@
 use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
-use hivetrack::{
+use hivetrack_cli::{
     cli::{Cli, Command},
     commands, exit, transport,
 };
