@@ -1,0 +1,380 @@
+//! Unit tests of the INF checks: the project's real INF passes, and each broken variant of it
+//! fails with the expected message (and only that one).
+
+use super::*;
+
+const REAL_INF: &str = include_str!("../../../inf/hivetrack.inf");
+
+fn not_checked(_: &str) -> Option<bool> {
+    None
+}
+
+fn check(text: &str) -> InfReport {
+    check_inf_text("test.inf", text, &not_checked)
+}
+
+/// The real INF with `from` replaced by `to` (which must occur exactly once).
+fn broken(from: &str, to: &str) -> InfReport {
+    assert_eq!(
+        REAL_INF.matches(from).count(),
+        1,
+        "{from:?} must occur once"
+    );
+    check(&REAL_INF.replace(from, to))
+}
+
+/// Asserts exactly one failure, containing every needle.
+fn assert_single_failure(report: &InfReport, needles: &[&str]) {
+    assert_eq!(
+        report.failures().len(),
+        1,
+        "expected one failure:\n{report}"
+    );
+    for needle in needles {
+        assert!(
+            report.failures()[0].contains(needle),
+            "failure {:?} lacks {needle:?}",
+            report.failures()[0]
+        );
+    }
+}
+
+#[test]
+fn real_inf_passes_and_is_summarised() {
+    let report = check(REAL_INF);
+    assert!(report.failures().is_empty(), "{report}");
+    let text = report.to_string();
+    println!("{text}");
+    for expected in [
+        "version     Signature    $WINDOWS NT$",
+        "version     ClassGuid    {4D36E97D-E325-11CE-BFC1-08002BE10318}",
+        "version     Provider     hivetrack project",
+        "version     CatalogFile  hivetrack.cat",
+        "service     hivetrack [HiveTrack.Service] \"hivetrack registry handle tracker\"",
+        "type 1, start 3, error control 1, binary %12%\\hivetrack.sys",
+        "Parameters\\Altitude 385210",
+        "file        hivetrack.sys -> DIRID 12 (package folder not checked)",
+        "result      PASS",
+    ] {
+        assert!(
+            text.contains(expected),
+            "summary lacks {expected:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn package_folder_presence_is_checked() {
+    let present = check_inf_text("t.inf", REAL_INF, &|file| Some(file == DRIVER_FILE));
+    assert!(present.failures().is_empty(), "{present}");
+    assert!(present.to_string().contains("present in package folder"));
+    let missing = check_inf_text("t.inf", REAL_INF, &|_| Some(false));
+    assert_single_failure(&missing, &["hivetrack.sys is not in the package folder"]);
+}
+
+#[test]
+fn utf16_inf_is_decoded() {
+    let mut bytes = vec![0xff, 0xfe];
+    bytes.extend(REAL_INF.encode_utf16().flat_map(u16::to_le_bytes));
+    let text = decode(&bytes).unwrap();
+    assert!(check(&text).failures().is_empty());
+    let mut utf8_bom = vec![0xef, 0xbb, 0xbf];
+    utf8_bom.extend_from_slice(REAL_INF.as_bytes());
+    assert_eq!(decode(&utf8_bom).unwrap(), REAL_INF);
+    assert!(decode(&[0xff, 0xfe, 0x41]).is_err());
+    assert!(decode(&[0xc3, 0x28]).is_err());
+}
+
+#[test]
+fn files_on_disk() {
+    let dir = std::env::temp_dir().join(format!("hivetrack-inf-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../inf/hivetrack.inf");
+    let report = check_inf(&inf, Some(&dir)).unwrap();
+    assert_single_failure(&report, &["not in the package folder"]);
+    std::fs::write(dir.join(DRIVER_FILE), b"MZ").unwrap();
+    let report = check_inf(&inf, Some(&dir)).unwrap();
+    assert!(report.failures().is_empty(), "{report}");
+    assert!(check_inf(&dir.join("missing.inf"), None).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn wrong_signature_fails() {
+    let report = broken("\"$WINDOWS NT$\"", "\"$CHICAGO$\"");
+    assert_single_failure(&report, &["Signature is \"$CHICAGO$\""]);
+}
+
+#[test]
+fn missing_version_keys_fail() {
+    for (line, needle) in [
+        ("Class       = System\n", "no Class"),
+        (
+            "ClassGuid   = {4D36E97D-E325-11CE-BFC1-08002BE10318}\n",
+            "no ClassGuid",
+        ),
+        ("Provider    = %ProviderName%\n", "no Provider"),
+        ("DriverVer   = 11/22/2026,0.1.0.0\n", "no DriverVer"),
+        ("CatalogFile = hivetrack.cat\n", "no CatalogFile"),
+    ] {
+        assert_single_failure(&broken(line, ""), &[needle]);
+    }
+    let report = broken("[Version]", "[Versions]");
+    assert!(
+        report
+            .failures()
+            .contains(&"[Version] is missing: every INF starts with it".to_owned())
+    );
+}
+
+#[test]
+fn malformed_class_guid_and_catalog_fail() {
+    assert_single_failure(
+        &broken(
+            "{4D36E97D-E325-11CE-BFC1-08002BE10318}",
+            "{4D36E97D-E325-11CE-BFC1}",
+        ),
+        &["is not a {xxxxxxxx"],
+    );
+    assert_single_failure(
+        &broken(
+            "CatalogFile = hivetrack.cat",
+            r"CatalogFile = sub\hivetrack.cat",
+        ),
+        &["plain .cat file name"],
+    );
+}
+
+#[test]
+fn invalid_driver_ver_fails() {
+    for (value, needle) in [
+        ("02/30/2026,0.1.0.0", "day 30 does not exist in month 2"),
+        (
+            "02/29/2026,0.1.0.0",
+            "day 29 does not exist in month 2 of 2026",
+        ),
+        ("13/01/2026,0.1.0.0", "month 13"),
+        ("2026-11-22,0.1.0.0", "is not mm/dd/yyyy"),
+        ("11/22/26,0.1.0.0", "year 26 is not four digits"),
+        ("11/22/2026,0.1.0", "not four numbers"),
+        ("11/22/2026,0.1.0.70000", "not four numbers"),
+        ("11/22/2026", "no ,w.x.y.z version"),
+    ] {
+        let report = broken("11/22/2026,0.1.0.0", value);
+        assert_single_failure(&report, &["DriverVer", needle]);
+    }
+    assert!(
+        broken("11/22/2026,0.1.0.0", "02/29/2024,1.2.3.65535")
+            .failures()
+            .is_empty()
+    );
+}
+
+#[test]
+fn references_to_missing_sections_fail() {
+    assert_single_failure(
+        &broken(
+            "AddReg         = HiveTrack.Parameters",
+            "AddReg = HiveTrack.Parameters, HiveTrack.Extra",
+        ),
+        &["AddReg in [HiveTrack.Service] names section [HiveTrack.Extra], which does not exist"],
+    );
+    // Naming only a missing section also loses the altitude: both are reported.
+    let report = broken(
+        "AddReg         = HiveTrack.Parameters",
+        "AddReg = HiveTrack.Params",
+    );
+    let failures = report.failures().join("\n");
+    assert_eq!(report.failures().len(), 2, "{report}");
+    assert!(failures.contains("names section [HiveTrack.Params], which does not exist"));
+    assert!(failures.contains("writes no Parameters\\Altitude"));
+    // The service section name is checked where AddService names it.
+    let report = broken(
+        "%ServiceName%,,HiveTrack.Service",
+        "%ServiceName%,,HiveTrack.Svc",
+    );
+    assert_single_failure(
+        &report,
+        &["names section [HiveTrack.Svc], which does not exist"],
+    );
+    let report = broken("%ServiceName%,,HiveTrack.Service", "%ServiceName%");
+    assert_single_failure(&report, &["AddService needs a service-install section"]);
+}
+
+#[test]
+fn copy_section_missing_fails_everywhere_it_matters() {
+    let report = check(&REAL_INF.replace("[HiveTrack.DriverFiles]", "[Other.Files]"));
+    let failures = report.failures().join("\n");
+    for needle in [
+        "CopyFiles in [DefaultInstall] names section [HiveTrack.DriverFiles]",
+        "DelFiles in [DefaultUninstall] names section [HiveTrack.DriverFiles]",
+        "does not delete hivetrack.sys",
+        "package file hivetrack.sys is not copied",
+    ] {
+        assert!(failures.contains(needle), "lacks {needle:?}:\n{report}");
+    }
+}
+
+#[test]
+fn install_sections_missing_fail() {
+    let report = broken("[DefaultInstall]\nCopyFiles = HiveTrack.DriverFiles\n", "");
+    let failures = report.failures().join("\n");
+    assert!(failures.contains("[DefaultInstall] is missing"), "{report}");
+    assert!(
+        failures.contains("hivetrack.sys is not copied by [DefaultInstall]"),
+        "{report}"
+    );
+
+    let report = broken("[DefaultInstall.Services]", "[DefaultInstall.Servces]");
+    assert_single_failure(&report, &["[DefaultInstall.Services] is missing"]);
+
+    let report = broken("AddService = %ServiceName%,,", "AddService = regtrack,,");
+    assert_single_failure(&report, &["no AddService=hivetrack", "found: regtrack"]);
+}
+
+#[test]
+fn service_values_are_checked() {
+    for (from, to, needle) in [
+        (
+            "ServiceType    = 1",
+            "ServiceType = 2",
+            "ServiceType is \"2\", expected 1",
+        ),
+        (
+            "StartType      = 3",
+            "StartType = 1",
+            "StartType is \"1\", expected 3",
+        ),
+        (
+            "ErrorControl   = 1",
+            "ErrorControl = 3",
+            "ErrorControl is \"3\", expected 1",
+        ),
+        (
+            r"ServiceBinary  = %12%\hivetrack.sys",
+            r"ServiceBinary = %11%\hivetrack.sys",
+            "ServiceBinary is \"%11%\\\\hivetrack.sys\"",
+        ),
+        (
+            "DisplayName    = %ServiceDisplayName%\n",
+            "",
+            "has no DisplayName",
+        ),
+    ] {
+        assert_single_failure(&broken(from, to), &[needle]);
+    }
+    // Hexadecimal numbers are numbers.
+    assert!(
+        broken("StartType      = 3", "StartType = 0x3")
+            .failures()
+            .is_empty()
+    );
+}
+
+#[test]
+fn altitude_is_checked() {
+    let report = broken("AddReg         = HiveTrack.Parameters\n", "");
+    assert_single_failure(&report, &["writes no Parameters\\Altitude"]);
+    let report = broken("Altitude, 0x00000002,", "Altitude, 0x00010001,");
+    assert_single_failure(&report, &["flags 0x00010001 are not REG_SZ"]);
+    let report = broken(
+        "DefaultAltitude    = \"385210\"",
+        "DefaultAltitude = \"high\"",
+    );
+    assert_single_failure(&report, &["\"high\" is not an altitude"]);
+    assert!(
+        broken(
+            "DefaultAltitude    = \"385210\"",
+            "DefaultAltitude = \"385210.5\""
+        )
+        .failures()
+        .is_empty()
+    );
+}
+
+#[test]
+fn uninstall_is_checked() {
+    let report = broken("[DefaultUninstall]\nDelFiles = HiveTrack.DriverFiles\n", "");
+    assert_single_failure(&report, &["[DefaultUninstall] is missing"]);
+    let report = broken("DelFiles = HiveTrack.DriverFiles\n", "");
+    assert_single_failure(&report, &["does not delete hivetrack.sys"]);
+    let report = broken("[DefaultUninstall.Services]", "[DefaultUninstall.Svc]");
+    assert_single_failure(&report, &["[DefaultUninstall.Services] is missing"]);
+    let report = broken("DelService = %ServiceName%", "DelService = other");
+    assert_single_failure(&report, &["no DelService=hivetrack"]);
+}
+
+#[test]
+fn files_must_match_the_package() {
+    let report = broken(
+        "[HiveTrack.DriverFiles]\nhivetrack.sys\n",
+        "[HiveTrack.DriverFiles]\nhivetrack.sys\nevil.dll\n",
+    );
+    let failures = report.failures();
+    assert_eq!(failures.len(), 2, "{report}");
+    assert!(failures[0].contains("evil.dll is copied by DefaultInstall but is not a package file"));
+    assert!(failures[1].contains("evil.dll is deleted by DefaultUninstall"));
+
+    let report = broken("hivetrack.sys = 1", "hivetrack.sys = 2");
+    assert_single_failure(
+        &report,
+        &["on disk \"2\", which [SourceDisksNames] does not define"],
+    );
+
+    let report = broken("hivetrack.sys = 1", "other.sys = 1");
+    let failures = report.failures().join("\n");
+    assert!(
+        failures.contains("other.sys is listed in [SourceDisksFiles] but is not a package file")
+    );
+    assert!(failures.contains("package file hivetrack.sys is not listed in [SourceDisksFiles]"));
+
+    let report = broken("[SourceDisksNames]", "[SourceDiskNames]");
+    let failures = report.failures().join("\n");
+    assert!(
+        failures.contains("[SourceDisksNames] is missing"),
+        "{report}"
+    );
+}
+
+#[test]
+fn destination_must_be_the_drivers_directory() {
+    let report = broken("DefaultDestDir = 12", "DefaultDestDir = 11");
+    assert_single_failure(&report, &["DIRID 11, but ServiceBinary expects 12"]);
+    let report = broken("DefaultDestDir = 12", "Other.Files = 12");
+    assert_single_failure(&report, &["no entry for [HiveTrack.DriverFiles]"]);
+    // A per-section entry wins over DefaultDestDir.
+    let report = broken(
+        "DefaultDestDir = 12",
+        "DefaultDestDir = 11\nHiveTrack.DriverFiles = 12",
+    );
+    assert!(report.failures().is_empty(), "{report}");
+}
+
+#[test]
+fn undefined_strings_fail_with_their_line() {
+    let report = broken("Provider    = %ProviderName%", "Provider    = %Vendor%");
+    assert_single_failure(
+        &report,
+        &["%Vendor% is used but [Strings] does not define it"],
+    );
+    let line = REAL_INF
+        .lines()
+        .position(|l| l.starts_with("Provider"))
+        .unwrap()
+        + 1;
+    assert!(report.failures()[0].starts_with(&format!("line {line}:")));
+    let report = broken("Provider    = %ProviderName%", "Provider    = 100% sure");
+    assert_single_failure(&report, &["unbalanced %"]);
+}
+
+#[test]
+fn syntax_errors_are_failures() {
+    let report = broken(
+        "ProviderName       = \"hivetrack project\"",
+        "ProviderName = \"hivetrack",
+    );
+    // The entry with the broken string is dropped, so %ProviderName% is undefined too.
+    let failures = report.failures().join("\n");
+    assert!(failures.contains("unterminated quoted string"), "{report}");
+    assert!(failures.contains("%ProviderName% is used"), "{report}");
+}
