@@ -373,7 +373,8 @@ const REQUIRED_DLL_CHARACTERISTICS: &[(u16, &str, &str)] = &[
     (
         pe::IMAGE_DLLCHARACTERISTICS_NX_COMPAT,
         "NX_COMPAT",
-        "link with /NXCOMPAT: HVCI and the driver-compatibility checks require it",
+        "link with /NXCOMPAT: the driver must be marked compatible with non-executable \
+         data and pool",
     ),
     (
         pe::IMAGE_DLLCHARACTERISTICS_FORCE_INTEGRITY,
@@ -416,8 +417,8 @@ fn check_headers(report: &mut ImageReport) {
             "the PE checksum cannot be computed (file over 4 GiB or headers truncated)".to_owned(),
         ),
         Some(_) if report.checksum_stored == 0 => report.fail(
-            "the stored PE checksum is 0: link with /RELEASE so the linker writes it (rust-lld \
-             does not by default; Windows verifies driver checksums)"
+            "the stored PE checksum is 0: link with /RELEASE so the linker writes it (link.exe \
+             does so for native images by itself, rust-lld only with the switch)"
                 .to_owned(),
         ),
         Some(computed) if computed != report.checksum_stored => report.fail(format!(
