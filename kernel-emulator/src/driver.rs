@@ -1,0 +1,153 @@
+//! A loaded driver: the mapped image plus the DRIVER_OBJECT the I/O manager builds for it,
+//! and the three things the I/O manager does with it — call DriverEntry (then clear
+//! DO_DEVICE_INITIALIZING and discard INIT sections), dispatch IRPs ([`crate::io`]), and
+//! call DriverUnload (then make the image inaccessible so a stray call faults).
+
+use std::path::Path;
+
+use crate::bugcheck::{self, EXIT_REFUSED};
+use crate::exports;
+use crate::io;
+use crate::kernel::call_driver;
+use crate::layout::{
+    DispatchFn, DriverExtension, DriverInitFn, DriverObject, IO_TYPE_DRIVER,
+    IRP_MJ_MAXIMUM_FUNCTION, OwnedUnicode,
+};
+use crate::mapfile::MapFile;
+use crate::pe::{self, Image, LoadError};
+use crate::status::NtStatus;
+
+/// A driver image loaded into this process.
+pub struct LoadedDriver {
+    /// The mapped image (leaked: driver code may still be referenced).
+    pub image: &'static Image,
+    /// The DRIVER_OBJECT (leaked for the same reason).
+    pub object: *mut DriverObject,
+    registry_path: OwnedUnicode,
+    unloaded: bool,
+}
+
+/// Loads `sys` (and its linker map, when given) and builds its DRIVER_OBJECT.
+///
+/// # Errors
+/// Unreadable file, malformed image, or unresolved imports.
+pub fn load(sys: &Path, map: Option<&Path>) -> Result<LoadedDriver, LoadError> {
+    let data =
+        std::fs::read(sys).map_err(|e| LoadError::Malformed(format!("{}: {e}", sys.display())))?;
+    let file_name = sys
+        .file_name()
+        .map_or_else(|| "driver.sys".into(), |n| n.to_string_lossy().to_string());
+    let mut image = pe::load(&file_name, &data, &exports::resolve)?;
+    if let Some(m) = map {
+        let text = std::fs::read_to_string(m)
+            .map_err(|e| LoadError::Malformed(format!("{}: {e}", m.display())))?;
+        image.map = Some(MapFile::parse(&text));
+    }
+    let image: &'static Image = Box::leak(Box::new(image));
+    bugcheck::set_image(image);
+    let service = file_name.trim_end_matches(".sys").to_string();
+    let driver_name: &'static OwnedUnicode =
+        Box::leak(Box::new(OwnedUnicode::new(&format!("\\Driver\\{service}"))));
+    let service_key: &'static OwnedUnicode = Box::leak(Box::new(OwnedUnicode::new(&service)));
+    let hardware: &'static OwnedUnicode = Box::leak(Box::new(OwnedUnicode::new(
+        "\\REGISTRY\\MACHINE\\HARDWARE\\DESCRIPTION\\SYSTEM",
+    )));
+    // SAFETY: DRIVER_OBJECT and DRIVER_EXTENSION are plain C structures; all-zero is their
+    // initial state before the I/O manager fills them in.
+    let object: &'static mut DriverObject = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+    // SAFETY: as above.
+    let extension: &'static mut DriverExtension =
+        Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+    // SAFETY: the entry point lies inside the mapped executable image and has the
+    // DRIVER_INITIALIZE signature per the PE contract of a driver.
+    let entry = unsafe { std::mem::transmute::<usize, DriverInitFn>(image.entry()) };
+    extension.driver_object = object;
+    // SAFETY: `service_key` lives for the rest of the process.
+    extension.service_key_name = unsafe { *service_key.as_ptr() };
+    object.type_ = IO_TYPE_DRIVER;
+    object.size = size_of::<DriverObject>() as i16;
+    object.driver_start = image.base as *mut _;
+    object.driver_size = image.size as u32;
+    object.driver_extension = extension;
+    // SAFETY: `driver_name` lives for the rest of the process.
+    object.driver_name = unsafe { *driver_name.as_ptr() };
+    object.hardware_database = hardware.as_ptr();
+    object.driver_init = Some(entry);
+    object.major_function =
+        [Some(io::invalid_device_request as DispatchFn); IRP_MJ_MAXIMUM_FUNCTION + 1];
+    let registry_path = OwnedUnicode::new(&format!(
+        "\\REGISTRY\\MACHINE\\SYSTEM\\CurrentControlSet\\Services\\{service}"
+    ));
+    Ok(LoadedDriver {
+        image,
+        object,
+        registry_path,
+        unloaded: false,
+    })
+}
+
+/// Loads or ends the process with [`EXIT_REFUSED`], naming the reason (unresolved imports).
+#[must_use]
+pub fn load_or_refuse(sys: &Path, map: Option<&Path>) -> LoadedDriver {
+    match load(sys, map) {
+        Ok(d) => d,
+        Err(e) => {
+            bugcheck::emit_stderr(&format!(
+                "kernel-emulator: refusing to run {}: {e}\n",
+                sys.display()
+            ));
+            std::process::exit(EXIT_REFUSED);
+        }
+    }
+}
+
+impl LoadedDriver {
+    /// Calls DriverEntry. On success the I/O manager clears DO_DEVICE_INITIALIZING on the
+    /// driver's devices and discardable sections go away.
+    ///
+    /// # Panics
+    /// Never: `load` always sets the entry point.
+    #[must_use]
+    pub fn entry(&self) -> NtStatus {
+        // SAFETY: set by `load`.
+        let entry = unsafe { (*self.object).driver_init }.expect("entry point set by load");
+        let (object, path) = (self.object, self.registry_path.as_ptr());
+        // SAFETY: calling DriverEntry with a fresh DRIVER_OBJECT and the service key path.
+        let status = call_driver("DriverEntry", || unsafe { entry(object, path) });
+        if crate::status::nt_success(status) {
+            // SAFETY: our live driver object, its devices created by the model.
+            unsafe { io::finish_initializing(self.object) };
+            self.image.discard_init_sections();
+        }
+        status
+    }
+
+    /// Calls DriverUnload if the driver set one; returns whether it did. Afterwards the
+    /// image is inaccessible.
+    pub fn unload(&mut self) -> bool {
+        // SAFETY: the driver object is live.
+        let unload = unsafe { (*self.object).driver_unload };
+        self.unloaded = true;
+        let Some(f) = unload else { return false };
+        let object = self.object;
+        // SAFETY: DriverUnload with the driver's own object, no handle open.
+        call_driver("DriverUnload", || unsafe { f(object) });
+        self.image.make_inaccessible();
+        true
+    }
+
+    /// The dispatch routine the driver set for `major`, if not the default.
+    #[must_use]
+    pub fn handles(&self, major: usize) -> bool {
+        // SAFETY: the driver object is live.
+        let f = unsafe { (*self.object).major_function[major] };
+        f.is_some_and(|f| f as usize != io::invalid_device_request as *const () as usize)
+    }
+
+    /// Whether DriverUnload is set.
+    #[must_use]
+    pub fn has_unload(&self) -> bool {
+        // SAFETY: the driver object is live.
+        unsafe { (*self.object).driver_unload }.is_some()
+    }
+}

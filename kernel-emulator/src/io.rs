@@ -1,0 +1,862 @@
+//! I/O manager: device objects and symbolic links (IoCreateDevice, IoDeleteDevice,
+//! IoCreateSymbolicLink, IoDeleteSymbolicLink), and the user-mode side of I/O — opening a
+//! device by its Win32 name as a given caller (the DACL access check happens here, before the
+//! driver sees IRP_MJ_CREATE), METHOD_BUFFERED device-control requests through a system buffer
+//! pre-filled with a poison byte and bounded by a guard page, and closing. Each IRP is checked
+//! when dispatch returns: completed exactly once (a second IofCompleteRequest is bugcheck
+//! 0x44), IoStatus.Status equal to the returned status, Information within the output buffer.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::c_void;
+
+use crate::bugcheck::{self, bugcheck, emit_stderr, require_irql, verifier_violation};
+use crate::cpu::{DISPATCH_LEVEL, PASSIVE_LEVEL};
+use crate::exports::Export;
+use crate::kernel::{self, call_driver};
+use crate::layout::{
+    ACCESS_STATE_SIZE, DO_DEVICE_INITIALIZING, DO_EXCLUSIVE, DeviceObject, DispatchFn,
+    DriverObject, FILE_OBJECT_DEVICE_OBJECT, FILE_OBJECT_SIZE, IO_SECURITY_CONTEXT_SIZE,
+    IO_TYPE_DEVICE, IO_TYPE_FILE, IO_TYPE_IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE,
+    IRP_MJ_DEVICE_CONTROL, IoStackLocation, IoStatusBlock, Irp, UnicodeString, poke, read_unicode,
+};
+use crate::security::{self, Caller, FILE_READ_DATA, FILE_WRITE_DATA, SecurityDescriptor};
+use crate::status::{
+    self, NtStatus, STATUS_ACCESS_DENIED, STATUS_DELETE_PENDING, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_NOT_SUPPORTED,
+    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_INVALID, STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_PENDING, STATUS_SUCCESS,
+};
+
+/// Size of the DEVOBJ_EXTENSION the model appends.
+const DEVOBJ_EXTENSION_SIZE: usize = 0x70;
+
+/// One device object.
+#[derive(Debug)]
+pub struct Device {
+    /// NT name, if named.
+    pub name: Option<String>,
+    /// Owning DRIVER_OBJECT.
+    pub driver: usize,
+    /// Current security descriptor.
+    pub security: SecurityDescriptor,
+    /// Open file objects on it.
+    pub open_files: u32,
+    /// IoDeleteDevice was called while files were open.
+    pub delete_pending: bool,
+    /// Bytes allocated for DEVICE_OBJECT + extension + DEVOBJ_EXTENSION.
+    alloc_len: usize,
+}
+
+/// One open file object (a user handle to a device).
+#[derive(Debug, Clone, Copy)]
+pub struct OpenFile {
+    /// Device object.
+    pub device: usize,
+    /// Access granted at open.
+    pub granted: u32,
+    /// Process that opened it.
+    pub pid: u32,
+}
+
+/// Per-IRP bookkeeping.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IrpTrack {
+    /// IofCompleteRequest calls.
+    pub completions: u32,
+}
+
+/// I/O manager state.
+#[derive(Debug, Default)]
+pub struct IoState {
+    /// Device objects by address.
+    pub devices: HashMap<usize, Device>,
+    /// Symbolic links: canonical (upper-case) link name -> (link as created, target).
+    pub links: BTreeMap<String, (String, String)>,
+    /// IRPs the driver currently owns.
+    pub irps: HashMap<usize, IrpTrack>,
+    /// Open file objects by address.
+    pub files: HashMap<usize, OpenFile>,
+}
+
+impl IoState {
+    /// Devices, links, IRPs and file objects left over, as leak lines.
+    #[must_use]
+    pub fn leaks(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (p, d) in &self.devices {
+            v.push(format!(
+                "device object {p:#x} ({}) not deleted",
+                d.name.as_deref().unwrap_or("unnamed")
+            ));
+        }
+        for (link, target) in self.links.values() {
+            v.push(format!("symbolic link {link} -> {target} not deleted"));
+        }
+        for (i, t) in &self.irps {
+            v.push(format!(
+                "IRP {i:#x} still outstanding ({} completions)",
+                t.completions
+            ));
+        }
+        v.sort();
+        v
+    }
+
+    /// The security descriptor of a live device object.
+    #[must_use]
+    pub fn device_security(&self, device: usize) -> Option<SecurityDescriptor> {
+        self.devices.get(&device).map(|d| d.security.clone())
+    }
+
+    /// Changes a device's security descriptor in place.
+    pub fn update_device_security(
+        &mut self,
+        device: usize,
+        f: impl FnOnce(&mut SecurityDescriptor),
+    ) {
+        if let Some(d) = self.devices.get_mut(&device) {
+            f(&mut d.security);
+        }
+    }
+
+    /// Finds a device by NT name (case-insensitive).
+    #[must_use]
+    pub fn device_by_name(&self, name: &str) -> Option<usize> {
+        self.devices
+            .iter()
+            .find(|(_, d)| {
+                d.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .map(|(p, _)| *p)
+    }
+}
+
+/// `\DosDevices\X` and `\GLOBAL??\X` are `\??\X`; names compare case-insensitively.
+fn canonical_link(name: &str) -> String {
+    let upper = name.to_ascii_uppercase();
+    for prefix in ["\\DOSDEVICES\\", "\\GLOBAL??\\"] {
+        if let Some(rest) = upper.strip_prefix(prefix) {
+            return format!("\\??\\{rest}");
+        }
+    }
+    upper
+}
+
+thread_local! {
+    /// The process on whose behalf this thread runs driver code (0 = System, pid 4).
+    static CURRENT_PID: Cell<u32> = const { Cell::new(4) };
+}
+
+/// The process id PsGetCurrentProcessId reports on this thread.
+#[must_use]
+pub fn current_pid() -> u32 {
+    CURRENT_PID.with(Cell::get)
+}
+
+/// IoCreateDevice — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iocreatedevice>:
+/// allocates DEVICE_OBJECT + extension (zeroed), links it at the head of DriverObject's list,
+/// sets DO_DEVICE_INITIALIZING (cleared by the I/O manager after DriverEntry), gives it the
+/// default device security; a taken name is STATUS_OBJECT_NAME_COLLISION. PASSIVE_LEVEL.
+unsafe extern "win64" fn IoCreateDevice(
+    driver: *mut DriverObject,
+    extension_size: u32,
+    name: *const UnicodeString,
+    device_type: u32,
+    characteristics: u32,
+    exclusive: u8,
+    out: *mut *mut DeviceObject,
+) -> NtStatus {
+    require_irql("IoCreateDevice", PASSIVE_LEVEL);
+    if driver.is_null() || out.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: the driver passes a UNICODE_STRING or NULL (validated by read_unicode).
+    let name = unsafe { read_unicode(name) };
+    if name.as_deref().is_some_and(|n| !n.starts_with('\\')) {
+        return STATUS_OBJECT_NAME_INVALID;
+    }
+    if kernel::should_fail("IoCreateDevice", false) {
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    if let Some(n) = &name
+        && kernel::with(|k| k.io.device_by_name(n).is_some())
+    {
+        return STATUS_OBJECT_NAME_COLLISION;
+    }
+    let ext = (extension_size as usize).div_ceil(16) * 16;
+    let base = size_of::<DeviceObject>();
+    let alloc_len = base + ext + DEVOBJ_EXTENSION_SIZE;
+    let layout = std::alloc::Layout::from_size_align(alloc_len, 16).expect("device layout");
+    // SAFETY: non-zero size.
+    let dev = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<DeviceObject>();
+    assert!(!dev.is_null(), "host out of memory");
+    // SAFETY: `dev` is a fresh, zeroed, exclusively owned allocation of `alloc_len` bytes.
+    let d = unsafe { &mut *dev };
+    // SAFETY: `driver` is the live DRIVER_OBJECT the driver passed.
+    let drv = unsafe { &mut *driver };
+    d.type_ = IO_TYPE_DEVICE;
+    d.size = (base + ext) as u16;
+    d.driver_object = driver;
+    d.next_device = drv.device_object;
+    d.flags = DO_DEVICE_INITIALIZING | if exclusive != 0 { DO_EXCLUSIVE } else { 0 };
+    d.characteristics = characteristics;
+    d.device_type = device_type;
+    d.stack_size = 1;
+    if ext > 0 {
+        d.device_extension = (dev as usize + base) as *mut c_void;
+    }
+    let doe = dev as usize + base + ext;
+    // SAFETY: the DEVOBJ_EXTENSION lies inside the allocation, after the device extension.
+    unsafe { poke(doe, 13i16) }; // IO_TYPE_DEVICE_OBJECT_EXTENSION
+    // SAFETY: as above.
+    unsafe { poke(doe + 2, DEVOBJ_EXTENSION_SIZE as u16) };
+    // SAFETY: as above.
+    unsafe { poke(doe + 8, dev) };
+    d.device_object_extension = doe as *mut c_void;
+    drv.device_object = dev;
+    // SAFETY: checked non-null; the driver passes a writable PDEVICE_OBJECT.
+    unsafe { out.write(dev) };
+    kernel::with(|k| {
+        k.io.devices.insert(
+            dev as usize,
+            Device {
+                name,
+                driver: driver as usize,
+                security: SecurityDescriptor::default_device(),
+                open_files: 0,
+                delete_pending: false,
+                alloc_len,
+            },
+        );
+    });
+    STATUS_SUCCESS
+}
+
+/// Unlinks and frees a device object (after the last file object is gone).
+fn free_device(dev: *mut DeviceObject, alloc_len: usize) {
+    // SAFETY: `dev` is a live device object owned by the model.
+    let driver = unsafe { (*dev).driver_object };
+    // SAFETY: its driver object outlives it.
+    let mut link = unsafe { &raw mut (*driver).device_object };
+    loop {
+        // SAFETY: `link` points at the list head or at a live device's NextDevice field.
+        let cur = unsafe { *link };
+        if cur.is_null() {
+            break;
+        }
+        if cur == dev {
+            // SAFETY: `dev` is live.
+            let next = unsafe { (*dev).next_device };
+            // SAFETY: `link` points at a live NextDevice field (or the list head).
+            unsafe { *link = next };
+            break;
+        }
+        // SAFETY: `cur` is a live device object of this driver.
+        link = unsafe { &raw mut (*cur).next_device };
+    }
+    // SAFETY: `dev` is the model's own allocation of `alloc_len` bytes, no longer referenced.
+    unsafe { std::ptr::write_bytes(dev.cast::<u8>(), 0xFE, alloc_len) };
+    let layout = std::alloc::Layout::from_size_align(alloc_len, 16).expect("layout");
+    // SAFETY: allocated by IoCreateDevice with this layout.
+    unsafe { std::alloc::dealloc(dev.cast(), layout) };
+}
+
+/// IoDeleteDevice — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iodeletedevice>:
+/// removes the device; the memory goes when the last reference (open file) goes. Deleting a
+/// device the model does not know is a verifier violation. PASSIVE_LEVEL.
+unsafe extern "win64" fn IoDeleteDevice(dev: *mut DeviceObject) {
+    require_irql("IoDeleteDevice", PASSIVE_LEVEL);
+    let action = kernel::with(|k| match k.io.devices.get_mut(&(dev as usize)) {
+        None => None,
+        Some(d) if d.open_files > 0 => {
+            d.delete_pending = true;
+            Some(None)
+        }
+        Some(_) => {
+            k.io.devices
+                .remove(&(dev as usize))
+                .map(|d| Some(d.alloc_len))
+        }
+    });
+    match action {
+        None => verifier_violation(&format!(
+            "IoDeleteDevice({dev:p}): not a live device object"
+        )),
+        Some(Some(len)) => free_device(dev, len),
+        Some(None) => {}
+    }
+}
+
+/// IoCreateSymbolicLink — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iocreatesymboliclink>:
+/// `\DosDevices\X` names `\??\X`; an existing link is STATUS_OBJECT_NAME_COLLISION.
+/// PASSIVE_LEVEL.
+unsafe extern "win64" fn IoCreateSymbolicLink(
+    link: *const UnicodeString,
+    target: *const UnicodeString,
+) -> NtStatus {
+    require_irql("IoCreateSymbolicLink", PASSIVE_LEVEL);
+    // SAFETY: the driver passes UNICODE_STRINGs (validated by read_unicode).
+    let (Some(l), Some(t)) = (unsafe { read_unicode(link) }, unsafe {
+        read_unicode(target)
+    }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if !l.starts_with('\\') {
+        return STATUS_OBJECT_NAME_INVALID;
+    }
+    if kernel::should_fail("IoCreateSymbolicLink", false) {
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    kernel::with(|k| {
+        let key = canonical_link(&l);
+        if k.io.links.contains_key(&key) {
+            return STATUS_OBJECT_NAME_COLLISION;
+        }
+        k.io.links.insert(key, (l, t));
+        STATUS_SUCCESS
+    })
+}
+
+/// IoDeleteSymbolicLink — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iodeletesymboliclink>:
+/// STATUS_OBJECT_NAME_NOT_FOUND if there is no such link. PASSIVE_LEVEL.
+unsafe extern "win64" fn IoDeleteSymbolicLink(link: *const UnicodeString) -> NtStatus {
+    require_irql("IoDeleteSymbolicLink", PASSIVE_LEVEL);
+    // SAFETY: the driver passes a UNICODE_STRING (validated by read_unicode).
+    let Some(l) = (unsafe { read_unicode(link) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    kernel::with(|k| match k.io.links.remove(&canonical_link(&l)) {
+        Some(_) => STATUS_SUCCESS,
+        None => STATUS_OBJECT_NAME_NOT_FOUND,
+    })
+}
+
+/// IofCompleteRequest — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iocompleterequest>:
+/// the IRP goes back to the I/O manager; completing it twice is bugcheck 0x44
+/// (MULTIPLE_IRP_COMPLETE_REQUESTS); completing with STATUS_PENDING is a verifier violation.
+/// IRQL <= DISPATCH_LEVEL.
+unsafe extern "win64" fn IofCompleteRequest(irp: *mut Irp, _boost: i8) {
+    require_irql("IofCompleteRequest", DISPATCH_LEVEL);
+    let completions = kernel::with(|k| {
+        k.io.irps.get_mut(&(irp as usize)).map(|t| {
+            t.completions += 1;
+            t.completions
+        })
+    });
+    match completions {
+        None => {
+            emit_stderr(&format!(
+                "*** kernel-emulator: IoCompleteRequest({irp:p}): not an IRP the driver owns\n"
+            ));
+            bugcheck(0x44, irp as usize, 0xEAE, 0, 0);
+        }
+        Some(n) if n > 1 => {
+            emit_stderr(&format!(
+                "*** kernel-emulator: IoCompleteRequest({irp:p}) called {n} times during {}\n",
+                bugcheck::operation()
+            ));
+            bugcheck(0x44, irp as usize, 0xEAE, 0, 0);
+        }
+        Some(_) => {}
+    }
+    // SAFETY: the IRP is live (tracked above).
+    let status = unsafe { (*irp).io_status.status };
+    if status == STATUS_PENDING {
+        verifier_violation(&format!(
+            "IoCompleteRequest({irp:p}) with IoStatus.Status == STATUS_PENDING"
+        ));
+    }
+}
+
+/// What MajorFunction entries hold before the driver sets them (IopInvalidDeviceRequest):
+/// completes with STATUS_INVALID_DEVICE_REQUEST.
+///
+/// # Safety
+/// `irp` must be a live IRP the I/O manager dispatched.
+pub unsafe extern "win64" fn invalid_device_request(
+    _dev: *mut DeviceObject,
+    irp: *mut Irp,
+) -> NtStatus {
+    // SAFETY: the I/O manager passes a live IRP.
+    let i = unsafe { &mut *irp };
+    i.io_status.status = status::STATUS_INVALID_DEVICE_REQUEST;
+    i.io_status.information = 0;
+    // SAFETY: as above; completed once here.
+    unsafe { IofCompleteRequest(irp, 0) };
+    status::STATUS_INVALID_DEVICE_REQUEST
+}
+
+/// PsGetCurrentProcessId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetcurrentprocessid>:
+/// the process on whose behalf the thread runs (the requesting process in a dispatch routine).
+unsafe extern "win64" fn PsGetCurrentProcessId() -> usize {
+    current_pid() as usize
+}
+
+/// PsGetCurrentThreadId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetcurrentthreadid>.
+unsafe extern "win64" fn PsGetCurrentThreadId() -> usize {
+    (current_pid() as usize) * 4 + 4
+}
+
+/// The I/O manager routines.
+pub(crate) fn exports() -> Vec<Export> {
+    vec![
+        Export::function("IoCreateDevice", IoCreateDevice as *const () as usize),
+        Export::function("IoDeleteDevice", IoDeleteDevice as *const () as usize),
+        Export::function(
+            "IoCreateSymbolicLink",
+            IoCreateSymbolicLink as *const () as usize,
+        ),
+        Export::function(
+            "IoDeleteSymbolicLink",
+            IoDeleteSymbolicLink as *const () as usize,
+        ),
+        Export::function(
+            "IofCompleteRequest",
+            IofCompleteRequest as *const () as usize,
+        ),
+        Export::function(
+            "PsGetCurrentProcessId",
+            PsGetCurrentProcessId as *const () as usize,
+        ),
+        Export::function(
+            "PsGetCurrentThreadId",
+            PsGetCurrentThreadId as *const () as usize,
+        ),
+    ]
+}
+
+// ------------------------------------------------------------------ the user-mode side
+
+/// A user-mode handle to an opened device: its file object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHandle(usize);
+
+/// The result of a device-control request as user mode sees it.
+#[derive(Debug, Clone)]
+pub struct IoctlResult {
+    /// Final status.
+    pub status: NtStatus,
+    /// IoStatus.Information.
+    pub information: usize,
+    /// The bytes copied back to the caller's output buffer.
+    pub output: Vec<u8>,
+}
+
+/// An IRP with its single stack location, as the I/O manager allocates it.
+struct IrpAllocation {
+    irp: *mut Irp,
+    layout: std::alloc::Layout,
+}
+
+impl IrpAllocation {
+    fn new(major: usize, device: usize, file: usize, pid: u32) -> Self {
+        let size = size_of::<Irp>() + size_of::<IoStackLocation>();
+        let layout = std::alloc::Layout::from_size_align(size, 16).expect("irp layout");
+        // SAFETY: non-zero size.
+        let irp = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Irp>();
+        assert!(!irp.is_null(), "host out of memory");
+        // SAFETY: a fresh, zeroed, exclusively owned allocation with room for the IRP.
+        let i = unsafe { &mut *irp };
+        i.type_ = IO_TYPE_IRP;
+        i.size = size as u16;
+        i.stack_count = 1;
+        i.current_location = 1; // IoCallDriver already moved to the driver's location
+        i.requestor_mode = 1; // UserMode
+        // Not yet completed: a value the driver must overwrite.
+        i.io_status = IoStatusBlock {
+            status: STATUS_NOT_SUPPORTED,
+            pad: 0,
+            information: 0xBAAD_F00D,
+        };
+        i.thread = crate::cpu::current_thread() as *mut c_void;
+        i.original_file_object = file as *mut c_void;
+        let sl = (irp as usize + size_of::<Irp>()) as *mut IoStackLocation;
+        // SAFETY: the stack location follows the IRP inside the same fresh allocation.
+        let st = unsafe { &mut *sl };
+        st.major_function = major as u8;
+        st.device_object = device as *mut DeviceObject;
+        st.file_object = file as *mut c_void;
+        i.current_stack_location = sl;
+        let _ = pid;
+        Self { irp, layout }
+    }
+
+    fn stack(&self) -> *mut IoStackLocation {
+        // SAFETY: set in `new`, the IRP is live.
+        unsafe { (*self.irp).current_stack_location }
+    }
+
+    /// Sets the four Parameters slots of the stack location.
+    fn set_parameters(&self, p: [u64; 4]) {
+        // SAFETY: the stack location is live and ours while the driver does not own the IRP.
+        unsafe { (*self.stack()).parameters = p };
+    }
+}
+
+impl Drop for IrpAllocation {
+    fn drop(&mut self) {
+        // SAFETY: the IRP allocated in `new`; the driver no longer owns it.
+        unsafe { std::ptr::write_bytes(self.irp.cast::<u8>(), 0xFE, self.layout.size()) };
+        // SAFETY: as above, with its own layout.
+        unsafe { std::alloc::dealloc(self.irp.cast(), self.layout) };
+    }
+}
+
+/// Sends one IRP to the driver that owns `device` and checks the completion rules.
+fn dispatch(
+    irp: &IrpAllocation,
+    device: usize,
+    major: usize,
+    operation: &str,
+    pid: u32,
+) -> NtStatus {
+    let driver = kernel::with(|k| k.io.devices.get(&device).map(|d| d.driver));
+    let Some(driver) = driver else {
+        return STATUS_NO_SUCH_DEVICE;
+    };
+    // SAFETY: the DRIVER_OBJECT lives as long as the loaded driver.
+    let routine: Option<DispatchFn> =
+        unsafe { (*(driver as *mut DriverObject)).major_function[major] };
+    let routine = routine.unwrap_or(invalid_device_request);
+    kernel::with(|k| k.io.irps.insert(irp.irp as usize, IrpTrack::default()));
+    let previous = CURRENT_PID.with(|c| c.replace(pid));
+    let (dev, i) = (device as *mut DeviceObject, irp.irp);
+    // SAFETY: calling the driver's dispatch routine with a live device object and IRP.
+    let returned = call_driver(operation, || unsafe { routine(dev, i) });
+    CURRENT_PID.with(|c| c.set(previous));
+    let track = kernel::with(|k| k.io.irps.remove(&(irp.irp as usize))).unwrap_or_default();
+    // SAFETY: the IRP is still allocated (we own it again).
+    let io_status = unsafe { (*irp.irp).io_status.status };
+    if returned == STATUS_PENDING {
+        verifier_violation(&format!(
+            "{operation} returned STATUS_PENDING: asynchronous completion is not modelled"
+        ));
+    }
+    if track.completions == 0 {
+        verifier_violation(&format!(
+            "{operation} returned {} without completing the IRP",
+            status::describe(returned)
+        ));
+    }
+    if io_status != returned {
+        verifier_violation(&format!(
+            "{operation} returned {} but IoStatus.Status is {}",
+            status::describe(returned),
+            status::describe(io_status)
+        ));
+    }
+    returned
+}
+
+/// A guarded, poisoned METHOD_BUFFERED system buffer: `len` bytes ending right before a
+/// PROT_NONE page, so that a driver writing past max(input, output) length faults.
+struct SystemBuffer {
+    base: usize,
+    map_len: usize,
+    ptr: *mut u8,
+}
+
+impl SystemBuffer {
+    fn new(len: usize, poison: u8) -> Self {
+        let pages = len.max(1).div_ceil(4096);
+        let map_len = (pages + 1) * 4096;
+        // SAFETY: a fresh anonymous mapping.
+        let m = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(m != libc::MAP_FAILED, "system buffer mmap failed");
+        let base = m as usize;
+        // SAFETY: the last page of our mapping becomes the guard.
+        unsafe { libc::mprotect((base + pages * 4096) as *mut c_void, 4096, libc::PROT_NONE) };
+        // SAFETY: the data pages are writable.
+        unsafe { std::ptr::write_bytes(base as *mut u8, poison, pages * 4096) };
+        // The I/O manager's pool buffer is 16-byte aligned; keep that, end as close to the
+        // guard as alignment allows.
+        let ptr = ((base + pages * 4096 - len) & !15) as *mut u8;
+        Self { base, map_len, ptr }
+    }
+}
+
+impl Drop for SystemBuffer {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(self.base as *mut c_void, self.map_len) };
+    }
+}
+
+/// Opens `path` (`\\.\Name`, `\??\Name`, `\DosDevices\Name` or `\Device\Name`) for `caller`
+/// with `desired` access, as NtCreateFile does for a device: resolve the link, check the
+/// device's DACL against the caller's token (STATUS_ACCESS_DENIED before the driver is
+/// involved), then send IRP_MJ_CREATE.
+///
+/// # Errors
+/// The failing status.
+pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHandle, NtStatus> {
+    let nt = path
+        .strip_prefix("\\\\.\\")
+        .map_or_else(|| path.to_string(), |rest| format!("\\??\\{rest}"));
+    let device = kernel::with(|k| {
+        let target =
+            k.io.links
+                .get(&canonical_link(&nt))
+                .map(|(_, t)| t.clone())
+                .unwrap_or(nt);
+        k.io.device_by_name(&target)
+            .map(|d| (d, k.io.devices[&d].security.clone()))
+    });
+    let Some((device, sd)) = device else {
+        return Err(STATUS_OBJECT_NAME_NOT_FOUND);
+    };
+    // SAFETY: a live device object (tracked by the model).
+    let flags = unsafe { (*(device as *mut DeviceObject)).flags };
+    if flags & DO_DEVICE_INITIALIZING != 0 {
+        return Err(STATUS_NO_SUCH_DEVICE);
+    }
+    if kernel::with(|k| k.io.devices[&device].delete_pending) {
+        return Err(STATUS_DELETE_PENDING);
+    }
+    let Some(granted) = security::access_check(&sd, &caller.token(), desired) else {
+        return Err(STATUS_ACCESS_DENIED);
+    };
+    if flags & DO_EXCLUSIVE != 0 && kernel::with(|k| k.io.devices[&device].open_files > 0) {
+        return Err(STATUS_ACCESS_DENIED);
+    }
+    let file = alloc_file_object(device);
+    let security_context =
+        vec![0u8; IO_SECURITY_CONTEXT_SIZE + ACCESS_STATE_SIZE].into_boxed_slice();
+    let irp = IrpAllocation::new(IRP_MJ_CREATE, device, file, pid);
+    let sc = security_context.as_ptr() as usize;
+    // SAFETY: the security context buffer is ours and holds IO_SECURITY_CONTEXT + ACCESS_STATE.
+    unsafe { poke(sc + 8, sc + IO_SECURITY_CONTEXT_SIZE) }; // AccessState
+    // SAFETY: as above.
+    unsafe { poke(sc + 16, granted) }; // DesiredAccess
+    // Create.SecurityContext; Options = FILE_OPEN << 24 | FILE_SYNCHRONOUS_IO_NONALERT.
+    irp.set_parameters([sc as u64, 0x0100_0000 | 0x20, 0, 0]);
+    kernel::with(|k| {
+        k.io.files.insert(
+            file,
+            OpenFile {
+                device,
+                granted,
+                pid,
+            },
+        );
+        if let Some(d) = k.io.devices.get_mut(&device) {
+            d.open_files += 1;
+        }
+    });
+    let status = dispatch(&irp, device, IRP_MJ_CREATE, "IRP_MJ_CREATE", pid);
+    drop(security_context);
+    if status::nt_success(status) {
+        Ok(FileHandle(file))
+    } else {
+        release_file(file);
+        Err(status)
+    }
+}
+
+fn alloc_file_object(device: usize) -> usize {
+    let layout = std::alloc::Layout::from_size_align(FILE_OBJECT_SIZE, 16).expect("layout");
+    // SAFETY: non-zero size.
+    let f = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!f.is_null(), "host out of memory");
+    let f = f as usize;
+    // SAFETY: a fresh FILE_OBJECT-sized allocation.
+    unsafe { poke(f, IO_TYPE_FILE) };
+    // SAFETY: as above.
+    unsafe { poke(f + 2, FILE_OBJECT_SIZE as i16) };
+    // SAFETY: as above.
+    unsafe { poke(f + FILE_OBJECT_DEVICE_OBJECT, device) };
+    f
+}
+
+/// Drops a file object; frees a delete-pending device when its last file goes.
+fn release_file(file: usize) {
+    let freed = kernel::with(|k| {
+        let f = k.io.files.remove(&file)?;
+        let d = k.io.devices.get_mut(&f.device)?;
+        d.open_files -= 1;
+        if d.open_files == 0 && d.delete_pending {
+            return k
+                .io
+                .devices
+                .remove(&f.device)
+                .map(|d| (f.device, d.alloc_len));
+        }
+        None
+    });
+    if let Some((dev, len)) = freed {
+        free_device(dev as *mut DeviceObject, len);
+    }
+    let layout = std::alloc::Layout::from_size_align(FILE_OBJECT_SIZE, 16).expect("layout");
+    // SAFETY: allocated by alloc_file_object with this layout; no IRP references it now.
+    unsafe { std::alloc::dealloc(file as *mut u8, layout) };
+}
+
+/// DeviceIoControl on an open handle. METHOD_BUFFERED: one system buffer of max(in, out)
+/// bytes, input copied in, the rest poisoned with `poison`; after completion `Information`
+/// bytes are copied back unless the status is an error. The control code's RequiredAccess is
+/// checked against the handle first (FILE_READ_ACCESS needs FILE_READ_DATA, ...).
+/// METHOD_NEITHER passes the caller's buffers as they are.
+///
+/// # Panics
+/// For METHOD_IN_DIRECT / METHOD_OUT_DIRECT (MDLs are not modelled).
+#[must_use]
+pub fn device_io_control(
+    handle: FileHandle,
+    code: u32,
+    input: &[u8],
+    output_len: u32,
+    poison: u8,
+) -> IoctlResult {
+    let Some(file) = kernel::with(|k| k.io.files.get(&handle.0).copied()) else {
+        return IoctlResult {
+            status: status::STATUS_INVALID_HANDLE,
+            information: 0,
+            output: Vec::new(),
+        };
+    };
+    let access = (code >> 14) & 3;
+    if (access & 1 != 0 && file.granted & FILE_READ_DATA == 0)
+        || (access & 2 != 0 && file.granted & FILE_WRITE_DATA == 0)
+    {
+        return IoctlResult {
+            status: STATUS_ACCESS_DENIED,
+            information: 0,
+            output: Vec::new(),
+        };
+    }
+    let method = code & 3;
+    assert!(
+        method == 0 || method == 3,
+        "METHOD_IN_DIRECT/OUT_DIRECT are not modelled"
+    );
+    let irp = IrpAllocation::new(IRP_MJ_DEVICE_CONTROL, file.device, handle.0, file.pid);
+    let len = input.len().max(output_len as usize);
+    let mut user_out = vec![poison ^ 0xFF; output_len as usize];
+    let mut user_in = input.to_vec();
+    let system = (method == 0 && len > 0).then(|| SystemBuffer::new(len, poison));
+    if let Some(sb) = &system {
+        // SAFETY: the system buffer holds `len` >= input.len() bytes.
+        unsafe { std::ptr::copy_nonoverlapping(input.as_ptr(), sb.ptr, input.len()) };
+    }
+    // SAFETY: the IRP is live and ours until dispatch.
+    let i = unsafe { &mut *irp.irp };
+    i.system_buffer = system
+        .as_ref()
+        .map_or(std::ptr::null_mut(), |s| s.ptr.cast());
+    let type3 = if method == 3 {
+        i.user_buffer = user_out.as_mut_ptr().cast();
+        user_in.as_mut_ptr() as u64
+    } else {
+        0
+    };
+    irp.set_parameters([
+        u64::from(output_len),
+        input.len() as u64,
+        u64::from(code),
+        type3,
+    ]);
+    let status = dispatch(
+        &irp,
+        file.device,
+        IRP_MJ_DEVICE_CONTROL,
+        "IRP_MJ_DEVICE_CONTROL",
+        file.pid,
+    );
+    // SAFETY: the IRP is ours again.
+    let information = unsafe { (*irp.irp).io_status.information };
+    let copy = if status as u32 >= 0xC000_0000 {
+        0
+    } else {
+        information
+    };
+    if method == 0 && copy > output_len as usize {
+        verifier_violation(&format!(
+            "IRP_MJ_DEVICE_CONTROL {code:#x}: IoStatus.Information {information} exceeds OutputBufferLength {output_len}"
+        ));
+    }
+    if let Some(sb) = &system {
+        // SAFETY: copy <= output_len <= len bytes of the system buffer.
+        unsafe { std::ptr::copy_nonoverlapping(sb.ptr, user_out.as_mut_ptr(), copy) };
+    }
+    user_out.truncate(copy.min(output_len as usize));
+    IoctlResult {
+        status,
+        information,
+        output: user_out,
+    }
+}
+
+/// CloseHandle: IRP_MJ_CLEANUP (if the driver handles it) then IRP_MJ_CLOSE.
+pub fn close(handle: FileHandle) {
+    let Some(file) = kernel::with(|k| k.io.files.get(&handle.0).copied()) else {
+        return;
+    };
+    for (major, name) in [
+        (IRP_MJ_CLEANUP, "IRP_MJ_CLEANUP"),
+        (IRP_MJ_CLOSE, "IRP_MJ_CLOSE"),
+    ] {
+        let driver = kernel::with(|k| k.io.devices.get(&file.device).map(|d| d.driver));
+        let Some(driver) = driver else { break };
+        // SAFETY: the DRIVER_OBJECT lives as long as the loaded driver.
+        let handled = unsafe { (*(driver as *mut DriverObject)).major_function[major] }
+            .is_some_and(|f| f as usize != invalid_device_request as *const () as usize);
+        if major == IRP_MJ_CLEANUP && !handled {
+            continue;
+        }
+        let irp = IrpAllocation::new(major, file.device, handle.0, file.pid);
+        let _ = dispatch(&irp, file.device, major, name, file.pid);
+    }
+    release_file(handle.0);
+}
+
+/// Clears DO_DEVICE_INITIALIZING on every device of `driver`, as the I/O manager does when
+/// DriverEntry returns.
+///
+/// # Safety
+/// `driver` must be a live DRIVER_OBJECT whose device list is consistent.
+pub unsafe fn finish_initializing(driver: *mut DriverObject) {
+    // SAFETY: a live driver object.
+    let mut d = unsafe { (*driver).device_object };
+    while !d.is_null() {
+        // SAFETY: `d` is a live device object on the driver's list.
+        let dev = unsafe { &mut *d };
+        dev.flags &= !DO_DEVICE_INITIALIZING;
+        d = dev.next_device;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dos_device_names_are_one_namespace() {
+        assert_eq!(canonical_link(r"\DosDevices\HiveTrack"), r"\??\HIVETRACK");
+        assert_eq!(canonical_link(r"\??\hivetrack"), r"\??\HIVETRACK");
+        assert_eq!(canonical_link(r"\GLOBAL??\HiveTrack"), r"\??\HIVETRACK");
+    }
+
+    #[test]
+    fn system_buffers_end_at_a_guard_page_and_are_poisoned() {
+        let sb = SystemBuffer::new(100, 0xD5);
+        assert_eq!(sb.ptr as usize % 16, 0);
+        let end = sb.ptr as usize + 100;
+        let guard = sb.base + sb.map_len - 4096;
+        assert!(end <= guard && guard - end < 16);
+        // SAFETY: 100 bytes inside the live system buffer.
+        let bytes = unsafe { std::slice::from_raw_parts(sb.ptr, 100) };
+        assert!(bytes.iter().all(|&b| b == 0xD5));
+    }
+}

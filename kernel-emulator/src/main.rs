@@ -1,0 +1,132 @@
+//! `kernel-emulator`: runs a Windows x64 WDM driver (.sys) natively in this Linux process
+//! against the emulator's model of ntoskrnl. See README.md.
+//!
+//! - `kernel-emulator suite --sys hivetrack.sys [--map M] [--test-driver T [--test-driver-map TM]] [SCENARIO...]`
+//! - `kernel-emulator run --sys X [--map M] SCENARIO` (one scenario, in this process)
+//! - `kernel-emulator list`
+//!
+//! Exit codes: 0 pass, 1 a check failed, 2 the image was refused, 86 bugcheck.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use kernel_emulator::scenario::{self, RunOptions, Target};
+use kernel_emulator::suite::{self, SuiteOptions};
+
+/// Runs a Windows x64 WDM driver natively against a model of ntoskrnl.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenarios, each in its own child process; prints `ok NAME` / `FAIL NAME: reason`
+    /// and `N passed, M failed`.
+    Suite {
+        /// hivetrack.sys.
+        #[arg(long)]
+        sys: PathBuf,
+        /// Its linker map (for symbolized reports).
+        #[arg(long)]
+        map: Option<PathBuf>,
+        /// The emulator's test driver (kemu-test-driver.sys).
+        #[arg(long)]
+        test_driver: Option<PathBuf>,
+        /// Its linker map.
+        #[arg(long)]
+        test_driver_map: Option<PathBuf>,
+        /// Print every child's output.
+        #[arg(long, short)]
+        verbose: bool,
+        /// Allocate pool from the ordinary heap instead of special pool.
+        #[arg(long)]
+        no_special_pool: bool,
+        /// Scenarios to run (default: all).
+        scenarios: Vec<String>,
+    },
+    /// Run one scenario in this process (for debugging).
+    Run {
+        /// The driver image the scenario targets.
+        #[arg(long)]
+        sys: PathBuf,
+        /// Its linker map.
+        #[arg(long)]
+        map: Option<PathBuf>,
+        /// Hide a routine from the loader and `MmGetSystemRoutineAddress` (repeatable; also
+        /// `KEMU_HIDE_ROUTINES=A,B`).
+        #[arg(long = "hide-routine")]
+        hide: Vec<String>,
+        /// Allocate pool from the ordinary heap instead of special pool.
+        #[arg(long)]
+        no_special_pool: bool,
+        /// Scenario name.
+        scenario: String,
+    },
+    /// List the scenarios.
+    List,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Suite {
+            sys,
+            map,
+            test_driver,
+            test_driver_map,
+            verbose,
+            no_special_pool,
+            scenarios,
+        } => suite::run(&SuiteOptions {
+            sys,
+            map,
+            test_driver,
+            test_driver_map,
+            only: scenarios,
+            verbose,
+            no_special_pool,
+        }),
+        Command::Run {
+            sys,
+            map,
+            hide,
+            no_special_pool,
+            scenario: name,
+        } => {
+            let Some(s) = scenario::find(&name) else {
+                eprintln!("kernel-emulator: no scenario {name:?} (see `kernel-emulator list`)");
+                std::process::exit(64);
+            };
+            if !sys.is_file() {
+                eprintln!("kernel-emulator: {} not found", sys.display());
+                std::process::exit(kernel_emulator::bugcheck::EXIT_REFUSED);
+            }
+            scenario::run_in_process(
+                s,
+                RunOptions {
+                    sys,
+                    map,
+                    special_pool: !no_special_pool,
+                    hide,
+                },
+            )
+        }
+        Command::List => {
+            for s in scenario::all() {
+                let target = match s.target {
+                    Target::Hivetrack => "hivetrack",
+                    Target::TestDriver => "test-driver",
+                };
+                println!(
+                    "{:22} {:11} expect exit {:2}  {}",
+                    s.name, target, s.expect.exit, s.about
+                );
+            }
+            0
+        }
+    };
+    std::process::exit(code);
+}

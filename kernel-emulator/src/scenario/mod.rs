@@ -1,0 +1,247 @@
+//! Named scenarios: each loads a driver into a fresh emulated kernel, drives it, and checks
+//! the outcome. [`run_in_process`] executes one on an emulator thread (`kernel-emulator run`);
+//! [`crate::suite`] runs each in its own child process and compares the exit code and output
+//! with what the scenario expects (some scenarios exist to prove that a bug *is* caught).
+
+pub mod hivetrack;
+pub mod test_driver;
+
+use std::fmt::Display;
+use std::path::PathBuf;
+
+use crate::bugcheck::{EXIT_CHECK_FAILED, EXIT_PASS};
+use crate::driver::{self, LoadedDriver};
+use crate::io::{self, FileHandle, IoctlResult};
+use crate::kernel;
+use crate::security::Caller;
+
+/// Which image a scenario runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// hivetrack.sys (`--sys`).
+    Hivetrack,
+    /// The emulator's test driver (`--test-driver`).
+    TestDriver,
+}
+
+/// What the suite expects of a scenario's child process.
+#[derive(Clone, Copy, Debug)]
+pub struct Expect {
+    /// Exit code.
+    pub exit: i32,
+    /// A line fragment that must appear in its output (stdout + stderr).
+    pub output: Option<&'static str>,
+}
+
+impl Expect {
+    /// All checks pass.
+    pub const PASS: Self = Self {
+        exit: EXIT_PASS,
+        output: None,
+    };
+}
+
+/// One scenario.
+#[derive(Clone, Copy)]
+pub struct Scenario {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// Which driver.
+    pub target: Target,
+    /// What it proves.
+    pub about: &'static str,
+    /// Expected outcome.
+    pub expect: Expect,
+    /// The body.
+    pub run: fn(&mut Ctx),
+}
+
+/// Every scenario, hivetrack's first.
+#[must_use]
+pub fn all() -> Vec<Scenario> {
+    let mut v = hivetrack::scenarios();
+    v.extend(test_driver::scenarios());
+    v
+}
+
+/// Finds a scenario by name.
+#[must_use]
+pub fn find(name: &str) -> Option<Scenario> {
+    all().into_iter().find(|s| s.name == name)
+}
+
+/// Options of one run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The driver image.
+    pub sys: PathBuf,
+    /// Its linker map.
+    pub map: Option<PathBuf>,
+    /// Special pool (on by default).
+    pub special_pool: bool,
+    /// Routines to hide.
+    pub hide: Vec<String>,
+}
+
+/// The scenario's view of the emulator: loading, user-mode I/O, checks.
+pub struct Ctx {
+    /// Options.
+    pub opts: RunOptions,
+    failures: Vec<String>,
+    checks: usize,
+    next_pid: u32,
+}
+
+impl Ctx {
+    /// A context for `opts`.
+    #[must_use]
+    pub const fn new(opts: RunOptions) -> Self {
+        Self {
+            opts,
+            failures: Vec::new(),
+            checks: 0,
+            next_pid: 1000,
+        }
+    }
+
+    /// Records a check; prints `[PASS]`/`[FAIL]`.
+    pub fn check(&mut self, ok: bool, what: impl Display) {
+        self.checks += 1;
+        println!("  [{}] {what}", if ok { "PASS" } else { "FAIL" });
+        if !ok {
+            self.failures.push(what.to_string());
+        }
+    }
+
+    /// Prints a progress line.
+    pub fn say(&self, what: impl Display) {
+        println!("== {what}");
+    }
+
+    /// Loads the driver image (refuses with exit 2 on unresolved imports).
+    #[must_use]
+    pub fn load(&self) -> LoadedDriver {
+        driver::load_or_refuse(&self.opts.sys, self.opts.map.as_deref())
+    }
+
+    /// A fresh process id for a caller.
+    pub const fn new_pid(&mut self) -> u32 {
+        self.next_pid += 4;
+        self.next_pid
+    }
+
+    /// Opens a device as `caller` in a new process.
+    ///
+    /// # Errors
+    /// The status of the failed open.
+    pub fn open(&mut self, path: &str, caller: Caller, desired: u32) -> Result<FileHandle, i32> {
+        let pid = self.new_pid();
+        io::open(path, caller, pid, desired)
+    }
+
+    /// A METHOD_BUFFERED request sent twice with two different poison bytes in the system
+    /// buffer: the two answers must be identical, or the driver returned bytes it never
+    /// wrote (uninitialised output). Only for requests without side effects.
+    pub fn ioctl_checked(
+        &mut self,
+        h: FileHandle,
+        code: u32,
+        input: &[u8],
+        out_len: u32,
+    ) -> IoctlResult {
+        let a = io::device_io_control(h, code, input, out_len, 0xA5);
+        let b = io::device_io_control(h, code, input, out_len, 0x5A);
+        let differs: Vec<usize> = (0..a.output.len().max(b.output.len()))
+            .filter(|&i| a.output.get(i) != b.output.get(i))
+            .collect();
+        if a.status != b.status || a.information != b.information || !differs.is_empty() {
+            let range = differs
+                .first()
+                .zip(differs.last())
+                .map(|(f, l)| format!("{f}..={l}"));
+            self.check(
+                false,
+                format!(
+                    "IOCTL {code:#x}: uninitialised output: {} of {} returned bytes (offsets {}) follow the poison pattern",
+                    differs.len(),
+                    a.output.len(),
+                    range.unwrap_or_default()
+                ),
+            );
+        }
+        a
+    }
+
+    /// Unloads and checks that nothing is left (pool, devices, links, handles, callbacks,
+    /// IRPs), printing each leftover like a 0xC4/0x62 report.
+    pub fn unload_and_check_clean(&mut self, d: &mut LoadedDriver) {
+        self.check(d.unload(), "DriverUnload set and called");
+        self.check_clean("after DriverUnload");
+    }
+
+    /// Checks that nothing the driver created remains.
+    pub fn check_clean(&mut self, when: &str) {
+        let leaks = kernel::leaks();
+        for l in &leaks {
+            println!("    LEAK: {l}");
+        }
+        self.check(
+            leaks.is_empty(),
+            format!("nothing left {when} ({} leftovers)", leaks.len()),
+        );
+    }
+
+    /// Failures so far.
+    #[must_use]
+    pub fn failures(&self) -> &[String] {
+        &self.failures
+    }
+}
+
+/// Sets up the emulated machine for this process (trap handler, KUSER_SHARED_DATA, hidden
+/// routines, special pool), runs `scenario` on an emulator thread with a 64 MiB stack, prints
+/// a summary and returns the exit code: 0 all checks passed, 1 a check failed. Bugchecks
+/// (86) and refusals (2) end the process from inside.
+///
+/// # Panics
+/// If the emulator thread cannot be spawned.
+#[must_use]
+pub fn run_in_process(scenario: Scenario, opts: RunOptions) -> i32 {
+    crate::trap::install();
+    crate::cpu::init_kuser_shared_data(2);
+    kernel::with(|k| k.pool.special = opts.special_pool);
+    crate::exports::hide_from_env();
+    crate::exports::hide(opts.hide.iter().map(String::as_str));
+    println!(
+        "kernel-emulator: scenario {}: {}",
+        scenario.name, scenario.about
+    );
+    let worker = std::thread::Builder::new()
+        .name(format!("kemu-{}", scenario.name))
+        .stack_size(64 << 20)
+        .spawn(move || {
+            crate::cpu::enter_thread(0);
+            let mut ctx = Ctx::new(opts);
+            (scenario.run)(&mut ctx);
+            (ctx.checks, ctx.failures)
+        })
+        .expect("spawn the emulator thread");
+    let (checks, failures) = worker
+        .join()
+        .unwrap_or_else(|_| (0, vec!["scenario panicked".into()]));
+    let (depth, op) = kernel::with(|k| k.max_stack.clone());
+    if depth > 0 {
+        println!("  deepest driver stack use: {depth} bytes in {op}");
+    }
+    if failures.is_empty() {
+        println!("kernel-emulator: {checks} checks passed");
+        EXIT_PASS
+    } else {
+        println!(
+            "kernel-emulator: {} of {checks} checks FAILED: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+        EXIT_CHECK_FAILED
+    }
+}

@@ -1,0 +1,372 @@
+//! kemu-test-driver: the kernel emulator's own test subject.
+//!
+//! Each IOCTL does one thing that is hard for an emulator that runs a `.sys` natively in a
+//! Linux process, or one bug its verifier must catch. The control codes are mirrored in
+//! `kernel-emulator/src/scenarios/test_driver.rs`; keep both lists in step.
+//!
+//! The IOCTLs write their results as little-endian `u64` slots into the METHOD_BUFFERED system
+//! buffer (at least 4 slots = 32 bytes of output are required). Slot 0 of the *input* is the
+//! argument where one is needed.
+#![no_std]
+
+extern crate alloc;
+#[cfg(not(test))]
+extern crate wdk_panic;
+
+use alloc::{boxed::Box, vec::Vec};
+use core::{arch::asm, ptr::null_mut};
+
+#[cfg(not(test))]
+use wdk_alloc::WdkAllocator;
+use wdk_sys::{
+    DRIVER_OBJECT, FILE_DEVICE_UNKNOWN, IO_NO_INCREMENT, IRP, METHOD_BUFFERED, NTSTATUS,
+    PCUNICODE_STRING, PDEVICE_OBJECT, PDRIVER_OBJECT, PIRP, STATUS_BUFFER_TOO_SMALL,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_SUCCESS, UNICODE_STRING,
+    ntddk::{
+        DbgPrint, IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink,
+        IofCompleteRequest, MmGetSystemRoutineAddress,
+    },
+};
+
+#[cfg(not(test))]
+#[global_allocator]
+static GLOBAL_ALLOCATOR: WdkAllocator = WdkAllocator;
+
+/// `CTL_CODE(FILE_DEVICE_UNKNOWN, function, METHOD_BUFFERED, FILE_ANY_ACCESS)`.
+const fn ioctl(function: u32) -> u32 {
+    (FILE_DEVICE_UNKNOWN << 16) | (function << 2) | METHOD_BUFFERED
+}
+
+const IOCTL_PING: u32 = ioctl(0x800);
+const IOCTL_ALLOC: u32 = ioctl(0x801);
+const IOCTL_LEAK: u32 = ioctl(0x802);
+const IOCTL_BIGSTACK: u32 = ioctl(0x803);
+const IOCTL_GS: u32 = ioctl(0x804);
+const IOCTL_CR8: u32 = ioctl(0x805);
+const IOCTL_KUSER: u32 = ioctl(0x806);
+const IOCTL_PANIC: u32 = ioctl(0x807);
+const IOCTL_WILD: u32 = ioctl(0x808);
+const IOCTL_DBGPRINT: u32 = ioctl(0x809);
+const IOCTL_CLI: u32 = ioctl(0x80A);
+const IOCTL_OVERRUN: u32 = ioctl(0x80B);
+const IOCTL_UAF: u32 = ioctl(0x80C);
+const IOCTL_DOUBLE_COMPLETE: u32 = ioctl(0x80D);
+const IOCTL_UNINIT: u32 = ioctl(0x80E);
+const IOCTL_ROUTINE: u32 = ioctl(0x80F); // MmGetSystemRoutineAddress("CmUnRegisterCallback")
+
+/// The value IOCTL_PING answers with.
+const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
+
+/// A NUL-terminated UTF-16 copy of an ASCII literal, built at compile time.
+macro_rules! wide {
+    ($s:literal) => {{
+        const S: &str = $s;
+        const N: usize = S.len() + 1;
+        const W: [u16; N] = {
+            let b = S.as_bytes();
+            let mut out = [0u16; N];
+            let mut i = 0;
+            while i < b.len() {
+                out[i] = b[i] as u16;
+                i += 1;
+            }
+            out
+        };
+        &W
+    }};
+}
+
+/// A UNICODE_STRING over a static NUL-terminated UTF-16 literal.
+fn unicode(w: &'static [u16]) -> UNICODE_STRING {
+    #[allow(clippy::cast_possible_truncation)] // literals here are a few dozen characters
+    let len = ((w.len() - 1) * 2) as u16;
+    UNICODE_STRING {
+        Length: len,
+        MaximumLength: len + 2,
+        Buffer: w.as_ptr().cast_mut(),
+    }
+}
+
+const DEVICE_NAME: &[u16] = wide!("\\Device\\KemuTest");
+const LINK_NAME: &[u16] = wide!("\\DosDevices\\KemuTest");
+
+/// Sets the IRP's status block and completes it.
+///
+/// # Safety
+/// `irp` must be a live IRP owned by this driver (not yet completed).
+unsafe fn complete(irp: PIRP, status: NTSTATUS, information: usize) -> NTSTATUS {
+    // SAFETY: the caller guarantees `irp` is live and ours.
+    let io_status = unsafe { &mut (*irp).IoStatus };
+    io_status.__bindgen_anon_1.Status = status;
+    io_status.Information = information as u64;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+    // SAFETY: completing a live IRP we own, exactly once on this path.
+    unsafe {
+        IofCompleteRequest(irp, IO_NO_INCREMENT as i8);
+    }
+    status
+}
+
+/// A 16 KiB frame: rustc emits `__chkstk` for any frame over one page.
+#[inline(never)]
+fn big_stack(seed: u8) -> u64 {
+    let mut buf = [0u8; 16 * 1024];
+    for (i, b) in buf.iter_mut().enumerate() {
+        #[allow(clippy::cast_possible_truncation)] // wrapping byte pattern on purpose
+        let low = i as u8;
+        *b = seed.wrapping_add(low);
+    }
+    core::hint::black_box(&mut buf);
+    buf.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// The device-control dispatch routine.
+unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the I/O manager passes a live IRP whose current stack location is ours.
+    let stack = unsafe { (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
+    // SAFETY: `stack` is the current stack location of a device-control IRP.
+    let params = unsafe { (*stack).Parameters.DeviceIoControl };
+    // SAFETY: METHOD_BUFFERED: AssociatedIrp.SystemBuffer is the system buffer.
+    let buffer = unsafe { (*irp).AssociatedIrp.SystemBuffer }.cast::<u64>();
+    let slots = params.OutputBufferLength as usize / 8;
+    if buffer.is_null() || slots < 4 {
+        // SAFETY: `irp` is live and not yet completed.
+        return unsafe { complete(irp, STATUS_BUFFER_TOO_SMALL, 0) };
+    }
+    let argument = if params.InputBufferLength >= 8 {
+        // SAFETY: the system buffer holds at least 8 input bytes.
+        unsafe { buffer.read_unaligned() }
+    } else {
+        0
+    };
+    let mut out = [0u64; 4];
+    let information = match params.IoControlCode {
+        IOCTL_PING => {
+            out[0] = PING_MAGIC;
+            8
+        }
+        IOCTL_ALLOC => {
+            // Through the global allocator (ExAllocatePool2 / ExFreePool).
+            let n = usize::try_from(argument.min(4096)).unwrap_or(0);
+            let mut v: Vec<u64> = Vec::new();
+            if v.try_reserve_exact(n).is_err() {
+                out[1] = 1;
+            } else {
+                v.extend(0..n as u64);
+                out[0] = v.iter().sum();
+            }
+            16
+        }
+        IOCTL_LEAK => {
+            let leaked = Box::leak(Box::new([0x5Au8; 100]));
+            out[0] = leaked.as_ptr() as u64;
+            8
+        }
+        IOCTL_BIGSTACK => {
+            #[allow(clippy::cast_possible_truncation)] // a seed byte
+            let seed = argument as u8;
+            out[0] = big_stack(seed);
+            8
+        }
+        IOCTL_GS => {
+            let (thread, number, prcb): (u64, u32, u64);
+            // SAFETY: KeGetCurrentThread's inline form: gs:[0x188] is KPCR.Prcb.CurrentThread.
+            unsafe { asm!("mov {}, gs:[0x188]", out(reg) thread) };
+            // SAFETY: KeGetCurrentProcessorNumber's inline form: gs:[0x1A4] is Prcb.Number.
+            unsafe { asm!("mov {:e}, gs:[0x1A4]", out(reg) number) };
+            // SAFETY: gs:[0x20] is KPCR.CurrentPrcb.
+            unsafe { asm!("mov {}, gs:[0x20]", out(reg) prcb) };
+            out = [thread, u64::from(number), prcb, 0];
+            24
+        }
+        IOCTL_CR8 => {
+            let (before, raised, after): (u64, u64, u64);
+            // SAFETY: KeGetCurrentIrql's inline form.
+            unsafe { asm!("mov {}, cr8", out(reg) before) };
+            // SAFETY: KeRaiseIrql(DISPATCH_LEVEL)'s inline form; lowered again below.
+            unsafe { asm!("mov cr8, {}", in(reg) 2u64) };
+            // SAFETY: reading the IRQL.
+            unsafe { asm!("mov {}, cr8", out(reg) raised) };
+            // SAFETY: KeLowerIrql back to the entry IRQL.
+            unsafe { asm!("mov cr8, {}", in(reg) before) };
+            // SAFETY: reading the IRQL.
+            unsafe { asm!("mov {}, cr8", out(reg) after) };
+            out = [before, raised, after, 0];
+            24
+        }
+        IOCTL_KUSER => {
+            const KUSER_SHARED_DATA: usize = 0xFFFF_F780_0000_0000;
+            // SAFETY: KeQueryTickCount's inline form reads KUSER_SHARED_DATA.TickCount.
+            let tick = unsafe { core::ptr::read_volatile((KUSER_SHARED_DATA + 0x320) as *const u64) };
+            // SAFETY: KeQuerySystemTime's inline form reads KUSER_SHARED_DATA.SystemTime.
+            let time = unsafe { core::ptr::read_volatile((KUSER_SHARED_DATA + 0x14) as *const u64) };
+            // SAFETY: TickCountMultiplier.
+            let mult = unsafe { core::ptr::read_volatile((KUSER_SHARED_DATA + 0x4) as *const u32) };
+            out = [tick, time, u64::from(mult), 0];
+            24
+        }
+        IOCTL_PANIC => {
+            let table = core::hint::black_box([1u8, 2, 3]);
+            let index = usize::try_from(argument).unwrap_or(usize::MAX);
+            out[0] = u64::from(table[index]); // index >= 3 panics: bounds check
+            8
+        }
+        IOCTL_WILD => {
+            let p = core::hint::black_box(0xdead_0000usize) as *mut u64;
+            // SAFETY: deliberately not: a wild write the emulator must report as bugcheck 0x50.
+            unsafe { p.write_volatile(1) };
+            0
+        }
+        IOCTL_DBGPRINT => {
+            let mut name = [0u16; 6];
+            for (slot, c) in name.iter_mut().zip("KEMU!".bytes()) {
+                *slot = u16::from(c);
+            }
+            let us = UNICODE_STRING {
+                Length: 10,
+                MaximumLength: 12,
+                Buffer: name.as_mut_ptr(),
+            };
+            // SAFETY: every conversion matches its argument (Windows LLP64 rules), strings are
+            // NUL-terminated or counted.
+            let status = unsafe {
+                DbgPrint(
+                    c"kemu: d=%d u=%u x=%08x s=%s ws=%ws wZ=%wZ c=%c p=%p I64x=%I64x lld=%lld 11th=%ld 12th=%-6s|\n"
+                        .as_ptr(),
+                    -42i32,
+                    4_000_000_000u32,
+                    0xBEEFu32,
+                    c"narrow".as_ptr(),
+                    name.as_ptr(),
+                    &raw const us,
+                    i32::from(b'Z'),
+                    0x1234usize as *const u8,
+                    0x1122_3344_5566_7788u64,
+                    -9_000_000_000i64,
+                    -7i32,
+                    c"ten".as_ptr(),
+                )
+            };
+            #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+            let bits = status as u32;
+            out[0] = u64::from(bits);
+            8
+        }
+        IOCTL_CLI => {
+            // SAFETY: _disable/_enable pair; interrupts are back on before returning.
+            unsafe { asm!("cli", "sti") };
+            0
+        }
+        IOCTL_OVERRUN => {
+            let block = Box::into_raw(Box::new([0u8; 100])).cast::<u8>();
+            let offset = usize::try_from(argument).unwrap_or(0);
+            // SAFETY: deliberately not when offset >= 100: the overrun special pool must catch.
+            unsafe { block.add(offset).write_volatile(0x55) };
+            // SAFETY: `block` came from Box::into_raw just above.
+            drop(unsafe { Box::from_raw(block.cast::<[u8; 100]>()) });
+            0
+        }
+        IOCTL_UAF => {
+            let b = Box::new([7u8; 64]);
+            let p = core::hint::black_box(b.as_ptr());
+            drop(b);
+            // SAFETY: deliberately not: a use-after-free special pool must catch.
+            out[0] = u64::from(unsafe { p.read_volatile() });
+            8
+        }
+        IOCTL_DOUBLE_COMPLETE => {
+            // SAFETY: deliberately wrong: completes the IRP, then falls through to complete it
+            // again below (bugcheck 0x44 on Windows).
+            unsafe { complete(irp, STATUS_SUCCESS, 0) };
+            0
+        }
+        IOCTL_UNINIT => {
+            // Claims 32 bytes of output but writes only the first 8: the poisoned system
+            // buffer makes the 24 stale bytes visible.
+            // SAFETY: the system buffer holds at least 32 output bytes (checked above).
+            unsafe { buffer.write_unaligned(1) };
+            // SAFETY: `irp` is live and not yet completed.
+            return unsafe { complete(irp, STATUS_SUCCESS, 32) };
+        }
+        IOCTL_ROUTINE => {
+            let mut name = unicode(wide!("CmUnRegisterCallback"));
+            // SAFETY: `name` is a valid UNICODE_STRING; PASSIVE_LEVEL.
+            let p = unsafe { MmGetSystemRoutineAddress(&raw mut name) };
+            out[0] = u64::from(!p.is_null());
+            8
+        }
+        _ => {
+            // SAFETY: `irp` is live and not yet completed.
+            return unsafe { complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0) };
+        }
+    };
+    for (i, v) in out.iter().enumerate() {
+        // SAFETY: the system buffer holds at least 4 u64 slots of output (checked above).
+        unsafe { buffer.add(i).write_unaligned(*v) };
+    }
+    // SAFETY: `irp` is live (the double-complete case is the deliberate exception).
+    unsafe { complete(irp, STATUS_SUCCESS, information) }
+}
+
+/// IRP_MJ_CREATE / IRP_MJ_CLOSE: always succeed.
+unsafe extern "C" fn dispatch_create_close(_device: PDEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+    // SAFETY: `irp` is live and not yet completed.
+    unsafe { complete(irp, STATUS_SUCCESS, 0) }
+}
+
+/// DriverUnload: deletes the symbolic link and the device.
+unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
+    let mut link = unicode(LINK_NAME);
+    // SAFETY: the link was created in DriverEntry; PASSIVE_LEVEL.
+    let _ = unsafe { IoDeleteSymbolicLink(&raw mut link) };
+    // SAFETY: the driver object is live during unload.
+    let device = unsafe { (*driver).DeviceObject };
+    if !device.is_null() {
+        // SAFETY: our only device; no IRP is in flight at unload.
+        unsafe { IoDeleteDevice(device) };
+    }
+}
+
+/// DriverEntry: one unsecured named device (no DACL of its own) plus a symbolic link.
+///
+/// # Safety
+/// Called by the I/O manager only.
+#[unsafe(export_name = "DriverEntry")]
+pub unsafe extern "system" fn driver_entry(
+    driver: PDRIVER_OBJECT,
+    _registry_path: PCUNICODE_STRING,
+) -> NTSTATUS {
+    let mut name = unicode(DEVICE_NAME);
+    let mut device: PDEVICE_OBJECT = null_mut();
+    // SAFETY: valid driver object and name; PASSIVE_LEVEL.
+    let status = unsafe {
+        IoCreateDevice(
+            driver,
+            0,
+            &raw mut name,
+            FILE_DEVICE_UNKNOWN,
+            0,
+            0,
+            &raw mut device,
+        )
+    };
+    if status < 0 {
+        return status;
+    }
+    let mut link = unicode(LINK_NAME);
+    // SAFETY: both strings are valid; PASSIVE_LEVEL.
+    let status = unsafe { IoCreateSymbolicLink(&raw mut link, &raw mut name) };
+    if status < 0 {
+        // SAFETY: the device was created above and nothing references it yet.
+        unsafe { IoDeleteDevice(device) };
+        return status;
+    }
+    // SAFETY: DriverEntry owns the driver object until it returns.
+    let major = unsafe { &mut (*driver).MajorFunction };
+    major[wdk_sys::IRP_MJ_CREATE as usize] = Some(dispatch_create_close);
+    major[wdk_sys::IRP_MJ_CLOSE as usize] = Some(dispatch_create_close);
+    major[wdk_sys::IRP_MJ_DEVICE_CONTROL as usize] = Some(dispatch_device_control);
+    // SAFETY: as above.
+    unsafe { (*driver).DriverUnload = Some(driver_unload) };
+    STATUS_SUCCESS
+}
