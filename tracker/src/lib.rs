@@ -1,2 +1,38 @@
-//! The hivetrack tracking engine (work in progress: see the tracking-engine issue).
-#![no_std]
+//! The hivetrack tracking engine: who holds which registry key, in which hive, since when.
+//!
+//! `no_std`, and no global allocator: all memory comes from a [`Pool`] of fixed-size blocks
+//! (the driver's non-paged lookaside lists), and every allocation failure is counted and
+//! survived. Locks are a type parameter ([`RawLock`]): `EX_PUSH_LOCK` in the driver, a
+//! parking or spin lock on the host.
+//!
+//! The driver reports events to a [`Tracker`]:
+//! [`Tracker::opened`] returns a [`Token`] to store as the key object's callback context;
+//! [`Tracker::handle_closed`], [`Tracker::object_destroyed`] and [`Tracker::abandon`] take it
+//! back (a stale or foreign token is detected and counted, never followed);
+//! [`Tracker::hive_loaded`], [`Tracker::hive_unloaded`], [`Tracker::unload_attempted`],
+//! [`Tracker::process_started`] and [`Tracker::process_exited`] keep hives and processes
+//! current. Queries ([`Tracker::answer`], or [`Tracker::holders`], [`Tracker::hives`],
+//! [`Tracker::processes`], [`Tracker::snapshot`], [`Tracker::unload_history`],
+//! [`Tracker::stats`]) write protocol pages into caller buffers and resume with a cursor.
+//!
+//! Names are compared case-insensitively with [`protocol::text::fold_unit`] (ASCII folding
+//! plus Unicode simple upper-casing).
+#![cfg_attr(not(test), no_std)]
+
+mod counters;
+mod history;
+pub mod hives;
+pub mod lock;
+pub mod names;
+pub mod objects;
+pub mod pool;
+pub mod processes;
+mod queries;
+mod tracker;
+
+pub use lock::{RawLock, SpinLock};
+pub use objects::Token;
+pub use pool::{BLOCK_ALIGN, BlockClass, Pool};
+pub use processes::ProcessKey;
+pub use queries::{MAX_QUERY_PATH, QueryError};
+pub use tracker::{Config, ConfigError, NotTracked, Tracker};

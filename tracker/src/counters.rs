@@ -1,0 +1,47 @@
+//! Completeness counters: every event the tracker could not record fully is counted under
+//! a name, and [`crate::Tracker::stats`] reports them (their sum goes into every page as
+//! `not_recorded`). They are touched only on failures and rare events, never on the
+//! successful open/close path, so they do not contend.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One counter per loss or rare event; see [`protocol::stats::Stats`] for the meanings.
+#[derive(Default)]
+#[allow(
+    missing_docs,
+    reason = "each field is documented on the Stats field of the same name"
+)]
+pub struct Counters {
+    pub hive_loads_seen: AtomicU64,
+    pub hive_unloads_seen: AtomicU64,
+    pub unload_attempts_seen: AtomicU64,
+    pub process_exits_seen: AtomicU64,
+    pub closes_exceeding_opens: AtomicU64,
+    pub opens_dropped_cap: AtomicU64,
+    pub opens_dropped_no_memory_object: AtomicU64,
+    pub opens_dropped_no_memory_process: AtomicU64,
+    pub opens_dropped_no_memory_hive: AtomicU64,
+    pub opens_dropped_no_memory_holding: AtomicU64,
+    pub names_dropped_no_memory: AtomicU64,
+    pub names_truncated: AtomicU64,
+    pub images_dropped_no_memory: AtomicU64,
+    pub closes_unknown_object: AtomicU64,
+    pub destroys_unknown_object: AtomicU64,
+    pub objects_abandoned: AtomicU64,
+    pub hive_loads_dropped_no_memory: AtomicU64,
+    pub unloads_unknown_hive: AtomicU64,
+    pub process_exits_unknown: AtomicU64,
+    pub history_dropped_no_memory: AtomicU64,
+    pub history_holders_truncated: AtomicU64,
+    pub holdings: AtomicU64,
+}
+
+/// Adds one.
+pub fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+/// Reads.
+pub fn get(c: &AtomicU64) -> u64 {
+    c.load(Relaxed)
+}

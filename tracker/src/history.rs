@@ -1,0 +1,166 @@
+//! The bounded history of hive unload attempts, each with the biggest holders at that
+//! moment (the question after a failed unload is "who held it").
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use protocol::history::MAX_UNLOAD_HOLDERS;
+
+use crate::lock::{Exclusive, RawLock};
+use crate::names::NameRef;
+use crate::pool::{BlockClass, Pool, alloc_init, free_block};
+
+/// Size class of a history entry.
+pub const ENTRY_CLASS: BlockClass = BlockClass::B512;
+
+/// A holder stored in an entry (the image reference is counted).
+#[derive(Clone, Copy, Debug)]
+pub struct HistHolder {
+    /// Process id.
+    pub pid: u64,
+    /// Start key.
+    pub start_key: u64,
+    /// Keys held in the hive.
+    pub open_keys: u64,
+    /// Image (counted), if known.
+    pub image: Option<NameRef>,
+}
+
+/// One unload attempt.
+pub struct HistEntry {
+    pub(crate) next: AtomicPtr<Self>,
+    /// Sequence number (1, 2, …).
+    pub sequence: u64,
+    /// When.
+    pub time: u64,
+    /// NTSTATUS.
+    pub outcome: u32,
+    /// Hive id, 0 when unknown.
+    pub hive_id: u32,
+    /// Open keys then.
+    pub open_keys: u64,
+    /// Holders then.
+    pub holders_total: u32,
+    /// Protocol flags.
+    pub flags: u16,
+    /// Stored holders.
+    pub n: u16,
+    /// Mount as given (counted), if it could be stored.
+    pub mount: Option<NameRef>,
+    /// The biggest holders.
+    pub holders: [HistHolder; MAX_UNLOAD_HOLDERS],
+}
+
+/// The history list, newest first, at most `max` entries.
+pub struct History<L> {
+    lock: L,
+    head: AtomicPtr<HistEntry>,
+    len: AtomicU32,
+    next_seq: AtomicU64,
+}
+
+impl<L: RawLock> History<L> {
+    /// Empty.
+    pub fn new() -> Self {
+        Self {
+            lock: L::new(),
+            head: AtomicPtr::new(ptr::null_mut()),
+            len: AtomicU32::new(0),
+            next_seq: AtomicU64::new(1),
+        }
+    }
+
+    /// Next sequence number.
+    pub fn take_sequence(&self) -> u64 {
+        self.next_seq.fetch_add(1, Relaxed)
+    }
+
+    /// Adds a copy of `entry` (its name references move into the copy). On success returns
+    /// the evicted entry, if any, for [`History::free_entry`].
+    ///
+    /// # Errors
+    /// `()` when no block could be had; the caller still owns `entry`'s names then.
+    pub fn push<P: Pool>(
+        &self,
+        pool: &P,
+        entry: &HistEntry,
+        max: u32,
+    ) -> Result<Option<NonNull<HistEntry>>, ()> {
+        let copy = HistEntry {
+            next: AtomicPtr::new(ptr::null_mut()),
+            ..*entry
+        };
+        let e = alloc_init(pool, ENTRY_CLASS, copy).ok_or(())?;
+        let _g = Exclusive::new(&self.lock);
+        Self::entry(e).next.store(self.head.load(Relaxed), Relaxed);
+        self.head.store(e.as_ptr(), Relaxed);
+        if self.len.load(Relaxed) < max {
+            self.len.fetch_add(1, Relaxed);
+            return Ok(None);
+        }
+        // Evict the oldest (the list's last entry).
+        let mut link = &self.head;
+        loop {
+            let cur = NonNull::new(link.load(Relaxed));
+            match cur {
+                Some(c) if !Self::entry(c).next.load(Relaxed).is_null() => {
+                    link = &Self::entry(c).next;
+                }
+                Some(c) => {
+                    link.store(ptr::null_mut(), Relaxed);
+                    return Ok(Some(c));
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    const fn entry<'a>(e: NonNull<HistEntry>) -> &'a HistEntry {
+        // SAFETY: entries are freed only after being unlinked under the lock (eviction or
+        // teardown); readers hold the lock or own the evicted entry.
+        unsafe { e.as_ref() }
+    }
+
+    /// Frees an evicted entry after `release` was called on its names.
+    pub fn free_entry<P: Pool>(pool: &P, e: NonNull<HistEntry>, mut release: impl FnMut(NameRef)) {
+        let entry = Self::entry(e);
+        if let Some(m) = entry.mount {
+            release(m);
+        }
+        for h in &entry.holders[..usize::from(entry.n)] {
+            if let Some(i) = h.image {
+                release(i);
+            }
+        }
+        // SAFETY: the entry is unlinked (evicted or torn down) and owned by the caller.
+        unsafe { free_block(pool, ENTRY_CLASS, e) };
+    }
+
+    /// Calls `f` on each entry, newest first, under the lock; stops when `f` returns false.
+    pub fn for_each(&self, mut f: impl FnMut(&HistEntry) -> bool) {
+        let _g = Exclusive::new(&self.lock);
+        let mut cur = self.head.load(Relaxed);
+        while let Some(e) = NonNull::new(cur) {
+            let entry = Self::entry(e);
+            if !f(entry) {
+                return;
+            }
+            cur = entry.next.load(Relaxed);
+        }
+    }
+
+    /// Entries now.
+    pub fn len(&self) -> u32 {
+        self.len.load(Relaxed)
+    }
+
+    /// Unlinks every entry, handing each to `f`.
+    pub fn drain(&self, mut f: impl FnMut(NonNull<HistEntry>)) {
+        let mut cur = self.head.swap(ptr::null_mut(), Relaxed);
+        while let Some(e) = NonNull::new(cur) {
+            cur = Self::entry(e).next.load(Relaxed);
+            f(e);
+        }
+        self.len.store(0, Relaxed);
+    }
+}

@@ -1,0 +1,441 @@
+//! Hives and hive resolution: which hive a key path lives in.
+//!
+//! A path resolves to the loaded hive with the longest mount point that is a prefix of it at
+//! a component boundary, compared case-insensitively. Mount points are seeded from the hive
+//! list and kept current by load/unload notifications. A path under no known mount point
+//! falls back to an implicit hive `\REGISTRY\<root>\<first component>` (its first three
+//! components), created on first sight; application hives `\REGISTRY\A\{guid}` are
+//! recognised by their root and flagged.
+//!
+//! The table is sharded by the (folded) first three components of a path: every mount point
+//! that can be a prefix of a path shares them with it, so resolution looks at one shard,
+//! under that shard's lock taken shared. Hives are reference counted by the (process, hive)
+//! records that point at them and by in-flight resolutions; an unloaded hive is kept on the
+//! shard's retired list until its count drops to zero.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use protocol::holders::{HiveKind, HiveState};
+use protocol::text::{eq_folded, fold_unit};
+
+use crate::lock::{Exclusive, RawLock, Shared};
+use crate::names::{NameEntry, NameRef, NameTable, NoMemory, name_of};
+use crate::pool::{BlockClass, Pool, alloc_init, free_block};
+
+const SHARDS: usize = 16;
+const BACKSLASH: u16 = b'\\' as u16;
+/// Size class of a hive record.
+pub const HIVE_CLASS: BlockClass = BlockClass::B128;
+
+/// A hive the tracker knows.
+pub struct Hive {
+    next: AtomicPtr<Self>,
+    /// Opaque id, never reused while the tracker lives (1, 2, …).
+    pub id: u32,
+    shard: u32,
+    /// Regular or application hive.
+    pub kind: HiveKind,
+    state: AtomicU8,
+    mount: NameRef,
+    file: AtomicPtr<NameEntry>,
+    refs: AtomicU32,
+    /// Tracked key objects in the hive.
+    pub open_keys: AtomicU64,
+    /// Processes holding keys in the hive.
+    pub holders: AtomicU32,
+    loaded_time: AtomicU64,
+}
+
+impl Hive {
+    /// Mount point.
+    pub fn mount(&self) -> &[u16] {
+        name_of(self.mount).units()
+    }
+
+    /// Hive file, if known. Valid while the caller holds the hive's shard lock.
+    pub fn file(&self) -> &[u16] {
+        NonNull::new(self.file.load(Relaxed)).map_or(&[], |f| name_of(f).units())
+    }
+
+    /// State now.
+    pub fn state(&self) -> HiveState {
+        HiveState::from_u8(self.state.load(Relaxed)).unwrap_or(HiveState::Implicit)
+    }
+
+    /// Load time, 0 when not known.
+    pub fn loaded_time(&self) -> u64 {
+        self.loaded_time.load(Relaxed)
+    }
+}
+
+/// Reads a hive the caller keeps alive (a pin, a holding, or its shard lock).
+#[must_use]
+pub const fn hive_of<'a>(h: NonNull<Hive>) -> &'a Hive {
+    // SAFETY: hives are freed only when unloaded, unreferenced and unlinked under their
+    // shard lock; every caller holds a reference count or that lock.
+    unsafe { h.as_ref() }
+}
+
+struct Shard<L> {
+    lock: L,
+    live: AtomicPtr<Hive>,
+    retired: AtomicPtr<Hive>,
+    count: AtomicU32,
+}
+
+/// The hive table.
+pub struct HiveTable<L> {
+    shards: [Shard<L>; SHARDS],
+    next_id: AtomicU32,
+}
+
+/// The first three components of `path` (or all of it when shorter): the shard key.
+#[must_use]
+pub fn shard_prefix(path: &[u16]) -> &[u16] {
+    let mut seen = 0;
+    for (i, &u) in path.iter().enumerate() {
+        if u == BACKSLASH {
+            seen += 1;
+            if seen == 4 {
+                return &path[..i];
+            }
+        }
+    }
+    path
+}
+
+fn shard_of(path: &[u16]) -> usize {
+    let mut h: u32 = 0x811C_9DC5;
+    for &u in shard_prefix(path) {
+        h = (h ^ u32::from(fold_unit(u))).wrapping_mul(0x0100_0193);
+    }
+    (h ^ (h >> 16)) as usize % SHARDS
+}
+
+/// True when `mount` is `path` or a prefix of it ending at a component boundary.
+#[must_use]
+pub fn is_mount_of(mount: &[u16], path: &[u16]) -> bool {
+    path.len() >= mount.len()
+        && (path.len() == mount.len() || path[mount.len()] == BACKSLASH)
+        && eq_folded(&path[..mount.len()], mount)
+}
+
+fn kind_of(mount: &[u16]) -> HiveKind {
+    const APP: [u16; 12] = [92, 82, 69, 71, 73, 83, 84, 82, 89, 92, 65, 92]; // \REGISTRY\A\
+    if mount.len() > APP.len() && eq_folded(&mount[..APP.len()], &APP) {
+        HiveKind::App
+    } else {
+        HiveKind::Regular
+    }
+}
+
+fn find(list: &AtomicPtr<Hive>, mut pred: impl FnMut(&Hive) -> bool) -> Option<NonNull<Hive>> {
+    let mut cur = list.load(Relaxed);
+    while let Some(h) = NonNull::new(cur) {
+        let hive = hive_of(h);
+        if pred(hive) {
+            return Some(h);
+        }
+        cur = hive.next.load(Relaxed);
+    }
+    None
+}
+
+fn unlink(list: &AtomicPtr<Hive>, target: NonNull<Hive>) -> bool {
+    let mut link = list;
+    loop {
+        let cur = link.load(Relaxed);
+        if cur == target.as_ptr() {
+            link.store(hive_of(target).next.load(Relaxed), Relaxed);
+            return true;
+        }
+        match NonNull::new(cur) {
+            Some(c) => link = &hive_of(c).next,
+            None => return false,
+        }
+    }
+}
+
+/// The longest live mount that is a prefix of `path`.
+fn longest(list: &AtomicPtr<Hive>, path: &[u16]) -> Option<NonNull<Hive>> {
+    let mut best: Option<(NonNull<Hive>, usize)> = None;
+    find(list, |h| {
+        let m = h.mount();
+        if is_mount_of(m, path) && best.is_none_or(|(_, l)| m.len() > l) {
+            best = Some((NonNull::from(h), m.len()));
+        }
+        false
+    });
+    best.map(|(h, _)| h)
+}
+
+impl<L: RawLock> Default for HiveTable<L> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<L: RawLock> HiveTable<L> {
+    /// An empty table.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            shards: core::array::from_fn(|_| Shard {
+                lock: L::new(),
+                live: AtomicPtr::new(ptr::null_mut()),
+                retired: AtomicPtr::new(ptr::null_mut()),
+                count: AtomicU32::new(0),
+            }),
+            next_id: AtomicU32::new(1),
+        }
+    }
+
+    fn create<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        shard: usize,
+        mount: &[u16],
+        state: HiveState,
+    ) -> Result<NonNull<Hive>, NoMemory> {
+        let mount_ref = names.intern(pool, mount)?;
+        #[allow(clippy::cast_possible_truncation, reason = "shard < SHARDS")]
+        let hive = Hive {
+            next: AtomicPtr::new(self.shards[shard].live.load(Relaxed)),
+            id: self.next_id.fetch_add(1, Relaxed) & 0x7FFF_FFFF,
+            shard: shard as u32,
+            kind: kind_of(mount),
+            state: AtomicU8::new(state as u8),
+            mount: mount_ref,
+            file: AtomicPtr::new(ptr::null_mut()),
+            refs: AtomicU32::new(0),
+            open_keys: AtomicU64::new(0),
+            holders: AtomicU32::new(0),
+            loaded_time: AtomicU64::new(0),
+        };
+        let Some(h) = alloc_init(pool, HIVE_CLASS, hive) else {
+            names.release(pool, mount_ref);
+            return Err(NoMemory);
+        };
+        self.shards[shard].live.store(h.as_ptr(), Relaxed);
+        self.shards[shard].count.fetch_add(1, Relaxed);
+        Ok(h)
+    }
+
+    /// Resolves `path` to its hive and pins it (release with [`HiveTable::unpin`]). With
+    /// `create`, a path under no known mount creates its implicit hive; without, it gives
+    /// `Ok(None)`.
+    ///
+    /// # Errors
+    /// [`NoMemory`] when the implicit hive could not be created.
+    pub fn resolve<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        path: &[u16],
+        create: bool,
+    ) -> Result<Option<NonNull<Hive>>, NoMemory> {
+        let si = shard_of(path);
+        let shard = &self.shards[si];
+        {
+            let _g = Shared::new(&shard.lock);
+            if let Some(h) = longest(&shard.live, path) {
+                hive_of(h).refs.fetch_add(1, Relaxed);
+                return Ok(Some(h));
+            }
+        }
+        if !create {
+            return Ok(None);
+        }
+        let _g = Exclusive::new(&shard.lock);
+        if let Some(h) = longest(&shard.live, path) {
+            hive_of(h).refs.fetch_add(1, Relaxed);
+            return Ok(Some(h));
+        }
+        let h = self.create(pool, names, si, shard_prefix(path), HiveState::Implicit)?;
+        hive_of(h).refs.fetch_add(1, Relaxed);
+        Ok(Some(h))
+    }
+
+    /// Takes one more reference on a hive the caller keeps alive.
+    pub fn add_ref(h: NonNull<Hive>) {
+        hive_of(h).refs.fetch_add(1, Relaxed);
+    }
+
+    /// Drops a reference; frees the hive if it was unloaded and this was the last one.
+    pub fn unpin<P: Pool>(&self, pool: &P, names: &NameTable<L>, h: NonNull<Hive>) {
+        let hive = hive_of(h);
+        let shard = hive.shard as usize;
+        if hive.refs.fetch_sub(1, Relaxed) != 1 {
+            return;
+        }
+        // `h` may be freed by an unload from here on: only compare it, never read it, until
+        // it is found on the retired list under the lock.
+        let s = &self.shards[shard];
+        let found = {
+            let _g = Exclusive::new(&s.lock);
+            let dead = find(&s.retired, |x| {
+                ptr::eq(x, h.as_ptr()) && x.refs.load(Relaxed) == 0
+            });
+            if let Some(d) = dead {
+                unlink(&s.retired, d);
+                s.count.fetch_sub(1, Relaxed);
+            }
+            dead
+        };
+        if let Some(d) = found {
+            Self::free(pool, names, d);
+        }
+    }
+
+    fn free<P: Pool>(pool: &P, names: &NameTable<L>, h: NonNull<Hive>) {
+        let hive = hive_of(h);
+        names.release(pool, hive.mount);
+        if let Some(f) = NonNull::new(hive.file.load(Relaxed)) {
+            names.release(pool, f);
+        }
+        // SAFETY: unlinked and unreferenced: nobody can reach it any more.
+        unsafe { free_block(pool, HIVE_CLASS, h) };
+    }
+
+    /// Records a loaded hive (from the hive list or a load notification).
+    ///
+    /// # Errors
+    /// [`NoMemory`]; nothing changed then.
+    pub fn loaded<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        mount: &[u16],
+        file: &[u16],
+        time: u64,
+    ) -> Result<(), NoMemory> {
+        let file_ref = if file.is_empty() {
+            None
+        } else {
+            Some(names.intern(pool, file)?)
+        };
+        let si = shard_of(mount);
+        let shard = &self.shards[si];
+        let old_file = {
+            let guard = Exclusive::new(&shard.lock);
+            let found = find(&shard.live, |h| eq_folded(h.mount(), mount));
+            let h = match found.map_or_else(
+                || self.create(pool, names, si, mount, HiveState::Loaded),
+                Ok,
+            ) {
+                Ok(h) => h,
+                Err(e) => {
+                    drop(guard);
+                    if let Some(f) = file_ref {
+                        names.release(pool, f);
+                    }
+                    return Err(e);
+                }
+            };
+            let hive = hive_of(h);
+            hive.state.store(HiveState::Loaded as u8, Relaxed);
+            hive.loaded_time.store(time, Relaxed);
+            let old = hive
+                .file
+                .swap(file_ref.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
+            drop(guard);
+            old
+        };
+        if let Some(f) = NonNull::new(old_file) {
+            names.release(pool, f);
+        }
+        Ok(())
+    }
+
+    /// Records an unload; returns false when `mount` was not a known hive.
+    pub fn unloaded<P: Pool>(&self, pool: &P, names: &NameTable<L>, mount: &[u16]) -> bool {
+        let shard = &self.shards[shard_of(mount)];
+        let freed = {
+            let _g = Exclusive::new(&shard.lock);
+            let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) else {
+                return false;
+            };
+            unlink(&shard.live, h);
+            let hive = hive_of(h);
+            hive.state.store(HiveState::Unloaded as u8, Relaxed);
+            if hive.refs.load(Relaxed) == 0 {
+                shard.count.fetch_sub(1, Relaxed);
+                Some(h)
+            } else {
+                hive.next.store(shard.retired.load(Relaxed), Relaxed);
+                shard.retired.store(h.as_ptr(), Relaxed);
+                None
+            }
+        };
+        if let Some(h) = freed {
+            Self::free(pool, names, h);
+        }
+        true
+    }
+
+    /// Pins the live hive whose mount point is exactly `mount`.
+    pub fn find_exact(&self, mount: &[u16]) -> Option<NonNull<Hive>> {
+        let shard = &self.shards[shard_of(mount)];
+        let _g = Shared::new(&shard.lock);
+        let h = find(&shard.live, |h| eq_folded(h.mount(), mount))?;
+        hive_of(h).refs.fetch_add(1, Relaxed);
+        Some(h)
+    }
+
+    /// Calls `f` on every hive (live and retired) under its shard lock, shared.
+    pub fn for_each(&self, mut f: impl FnMut(&Hive)) {
+        for s in &self.shards {
+            let _g = Shared::new(&s.lock);
+            for list in [&s.live, &s.retired] {
+                find(list, |h| {
+                    f(h);
+                    false
+                });
+            }
+        }
+    }
+
+    /// Calls `f` on the hive with `id` under its shard lock; returns `f`'s result.
+    pub fn with_id<R>(&self, id: u32, f: impl FnOnce(&Hive) -> R) -> Option<R> {
+        for s in &self.shards {
+            let _g = Shared::new(&s.lock);
+            for list in [&s.live, &s.retired] {
+                if let Some(h) = find(list, |h| h.id == id) {
+                    return Some(f(hive_of(h)));
+                }
+            }
+        }
+        None
+    }
+
+    /// Calls `f` on a pinned hive under its shard lock (so its file name is stable).
+    pub fn with_locked<R>(&self, h: NonNull<Hive>, f: impl FnOnce(&Hive) -> R) -> R {
+        let hive = hive_of(h);
+        let _g = Shared::new(&self.shards[hive.shard as usize].lock);
+        f(hive)
+    }
+
+    /// Hives known now.
+    pub fn count(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| u64::from(s.count.load(Relaxed)))
+            .sum()
+    }
+
+    /// Frees every hive (at teardown, after every holding is gone).
+    pub fn teardown<P: Pool>(&mut self, pool: &P, names: &NameTable<L>) {
+        for s in &mut self.shards {
+            for list in [&s.live, &s.retired] {
+                let mut cur = list.swap(ptr::null_mut(), Relaxed);
+                while let Some(h) = NonNull::new(cur) {
+                    cur = hive_of(h).next.load(Relaxed);
+                    Self::free(pool, names, h);
+                }
+            }
+            s.count.store(0, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Tracked key objects: a slab of fixed 72-byte records in 4 KiB chunks, sharded by the
+//! kernel object's address, and the tokens that name them.
+//!
+//! A [`Token`] is `generation << 32 | shard << 26 | index`. The driver stores it as the
+//! object's callback context and hands it back; a stale token (the slot was freed, so its
+//! generation moved on), a foreign value (shard or index out of range, never-used slot) or a
+//! token for another object (the kernel address stored in the record differs) is rejected,
+//! never followed. Tokens are also the opaque object ids reported to user mode: they are
+//! never derived from a kernel address.
+
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{
+    AtomicPtr, AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
+
+use crate::lock::RawLock;
+use crate::names::NameEntry;
+use crate::pool::{BlockClass, Pool};
+
+/// Most object shards.
+pub const MAX_SHARDS: usize = 64;
+/// Size class of a slab chunk (and of a shard's chunk directory).
+pub const CHUNK_CLASS: BlockClass = BlockClass::B4096;
+/// Records per chunk.
+#[allow(clippy::cast_possible_truncation, reason = "4096 / 72 = 56")]
+pub const PER_CHUNK: u32 = (CHUNK_CLASS.size() / size_of::<ObjRecord>()) as u32;
+/// Chunks per shard (one directory block of pointers).
+#[allow(clippy::cast_possible_truncation, reason = "4096 / 8 = 512")]
+pub const MAX_CHUNKS: u32 = (CHUNK_CLASS.size() / size_of::<usize>()) as u32;
+/// Slots per shard at most.
+pub const MAX_PER_SHARD: u32 = PER_CHUNK * MAX_CHUNKS;
+const INDEX_BITS: u32 = 26;
+const INDEX_MASK: u32 = (1 << INDEX_BITS) - 1;
+/// "No slot" in a list link.
+pub const NIL: u32 = u32::MAX;
+
+/// Slot states.
+pub const FREE: u32 = 0;
+/// Allocated by an `opened` that has not finished linking it.
+pub const RESERVED: u32 = 1;
+/// Tracked.
+pub const LIVE: u32 = 2;
+/// Being removed.
+pub const DYING: u32 = 3;
+const STATE_MASK: u32 = 0xFF;
+/// Record flag: the name is cut.
+pub const F_NAME_TRUNCATED: u32 = 1 << 8;
+/// Record flag: the name could not be stored.
+pub const F_NAME_MISSING: u32 = 1 << 9;
+
+/// The handle a driver stores as object context and passes back on later events. Never 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(pub u64);
+
+impl Token {
+    pub(crate) const fn new(generation: u32, slot: u32) -> Self {
+        Self(((generation as u64) << 32) | slot as u64)
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "the low half is the slot")]
+    pub(crate) const fn slot(self) -> u32 {
+        self.0 as u32
+    }
+    pub(crate) const fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// One tracked key object (72 bytes). Fields are atomics so that readers under the owning
+/// process's lock and writers under the shard lock never race in the language's sense; the
+/// locks order them.
+#[repr(C)]
+pub struct ObjRecord {
+    /// Generation; bumped when the slot is freed (never 0).
+    pub generation: AtomicU32,
+    /// State (low byte) and flags.
+    pub state: AtomicU32,
+    /// The kernel object address: a private lookup key, never reported.
+    pub object: AtomicU64,
+    /// Open time.
+    pub time: AtomicU64,
+    /// Interned name (counted), or null.
+    pub name: AtomicPtr<NameEntry>,
+    /// Opening thread.
+    pub thread: AtomicU64,
+    /// The (process, hive) record it is linked into (erased `Holding<L>`).
+    pub holding: AtomicPtr<()>,
+    /// Granted access.
+    pub access: AtomicU32,
+    /// Handle opens counted.
+    pub opens: AtomicU32,
+    /// Handle closes seen.
+    pub closes: AtomicU32,
+    /// Order within its holding among equal times.
+    pub seq: AtomicU32,
+    /// Next in the free list or the holding's list.
+    pub next: AtomicU32,
+    /// Previous in the holding's list.
+    pub prev: AtomicU32,
+}
+
+const _: () = assert!(size_of::<ObjRecord>() == 72);
+
+impl ObjRecord {
+    /// State without flags.
+    pub fn state(&self) -> u32 {
+        self.state.load(Relaxed) & STATE_MASK
+    }
+}
+
+/// One shard of the slab.
+pub struct ObjShard<L> {
+    /// Protects allocation, state changes and handle counts.
+    pub lock: L,
+    dir: AtomicPtr<AtomicPtr<ObjRecord>>,
+    chunks: AtomicU32,
+    free: AtomicU32,
+    unused: AtomicU32,
+    /// Slots LIVE or RESERVED or DYING.
+    pub live: AtomicU32,
+    /// `opened` calls routed here.
+    pub opens_seen: AtomicU64,
+    /// `handle_closed` calls routed here.
+    pub closes_seen: AtomicU64,
+    /// `object_destroyed` calls routed here.
+    pub destroys_seen: AtomicU64,
+}
+
+/// Why a slot could not be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotError {
+    /// The shard is at its share of the cap.
+    Cap,
+    /// No block for a chunk or the directory.
+    NoMemory,
+}
+
+impl<L: RawLock> Default for ObjShard<L> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<L: RawLock> ObjShard<L> {
+    /// An empty shard.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            lock: L::new(),
+            dir: AtomicPtr::new(ptr::null_mut()),
+            chunks: AtomicU32::new(0),
+            free: AtomicU32::new(NIL),
+            unused: AtomicU32::new(0),
+            live: AtomicU32::new(0),
+            opens_seen: AtomicU64::new(0),
+            closes_seen: AtomicU64::new(0),
+            destroys_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// The record at `index` if that slot has ever been handed out.
+    pub fn get(&self, index: u32) -> Option<&ObjRecord> {
+        if index >= self.unused.load(Acquire) {
+            return None;
+        }
+        let chunk = index / PER_CHUNK;
+        if chunk >= self.chunks.load(Acquire) {
+            return None;
+        }
+        let dir = self.dir.load(Acquire);
+        // SAFETY: `chunk < chunks <= MAX_CHUNKS`, so the entry is inside the directory block,
+        // which exists once `chunks > 0` and lives until teardown.
+        let base = unsafe { &*dir.wrapping_add(chunk as usize) }.load(Acquire);
+        // SAFETY: chunk `chunk` was published (Release) before `chunks` was raised past it;
+        // `index % PER_CHUNK < PER_CHUNK` records fit the 4 KiB block; chunks live until
+        // teardown and their records were initialised when the chunk was allocated.
+        Some(unsafe { &*base.wrapping_add((index % PER_CHUNK) as usize) })
+    }
+
+    /// Takes a free slot (caller holds the lock). Returns its index.
+    ///
+    /// # Errors
+    /// [`SlotError`] at the cap or without memory.
+    pub fn alloc<P: Pool>(&self, pool: &P, cap: u32) -> Result<u32, SlotError> {
+        if self.live.load(Relaxed) >= cap {
+            return Err(SlotError::Cap);
+        }
+        let head = self.free.load(Relaxed);
+        if head != NIL {
+            let rec = self.get(head).ok_or(SlotError::NoMemory)?;
+            self.free.store(rec.next.load(Relaxed), Relaxed);
+            self.live.fetch_add(1, Relaxed);
+            return Ok(head);
+        }
+        let index = self.unused.load(Relaxed);
+        if index >= MAX_PER_SHARD {
+            return Err(SlotError::Cap);
+        }
+        let chunks = self.chunks.load(Relaxed);
+        if index / PER_CHUNK >= chunks {
+            self.grow(pool, chunks)?;
+        }
+        self.unused.store(index + 1, Release);
+        self.live.fetch_add(1, Relaxed);
+        Ok(index)
+    }
+
+    fn grow<P: Pool>(&self, pool: &P, chunks: u32) -> Result<(), SlotError> {
+        let mut dir = self.dir.load(Relaxed);
+        if dir.is_null() {
+            let block = pool.alloc(CHUNK_CLASS).ok_or(SlotError::NoMemory)?;
+            let d = block.cast::<AtomicPtr<ObjRecord>>().as_ptr();
+            for i in 0..MAX_CHUNKS as usize {
+                // SAFETY: the block holds MAX_CHUNKS pointers, is aligned and ours.
+                unsafe { d.wrapping_add(i).write(AtomicPtr::new(ptr::null_mut())) };
+            }
+            self.dir.store(d, Release);
+            dir = d;
+        }
+        let block = pool.alloc(CHUNK_CLASS).ok_or(SlotError::NoMemory)?;
+        let recs = block.cast::<ObjRecord>().as_ptr();
+        for i in 0..PER_CHUNK as usize {
+            // SAFETY: PER_CHUNK records of 72 bytes fit the 4 KiB block, aligned to 16 >= 8.
+            unsafe {
+                recs.wrapping_add(i).write(ObjRecord {
+                    generation: AtomicU32::new(1),
+                    state: AtomicU32::new(FREE),
+                    object: AtomicU64::new(0),
+                    time: AtomicU64::new(0),
+                    name: AtomicPtr::new(ptr::null_mut()),
+                    thread: AtomicU64::new(0),
+                    holding: AtomicPtr::new(ptr::null_mut()),
+                    access: AtomicU32::new(0),
+                    opens: AtomicU32::new(0),
+                    closes: AtomicU32::new(0),
+                    seq: AtomicU32::new(0),
+                    next: AtomicU32::new(NIL),
+                    prev: AtomicU32::new(NIL),
+                });
+            }
+        }
+        // SAFETY: `chunks < MAX_CHUNKS` (index < MAX_PER_SHARD), inside the directory block.
+        unsafe { &*dir.wrapping_add(chunks as usize) }.store(recs, Release);
+        self.chunks.store(chunks + 1, Release);
+        Ok(())
+    }
+
+    /// Returns a slot to the free list, bumping its generation (caller holds the lock).
+    pub fn release(&self, index: u32) {
+        if let Some(rec) = self.get(index) {
+            let g = rec.generation.load(Relaxed).wrapping_add(1);
+            rec.generation.store(if g == 0 { 1 } else { g }, Relaxed);
+            rec.state.store(FREE, Relaxed);
+            rec.name.store(ptr::null_mut(), Relaxed);
+            rec.holding.store(ptr::null_mut(), Relaxed);
+            rec.next.store(self.free.load(Relaxed), Relaxed);
+            self.free.store(index, Relaxed);
+            self.live.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Frees the chunks and the directory (teardown; records must have been released).
+    pub fn teardown<P: Pool>(&mut self, pool: &P) {
+        let dir = self.dir.load(Relaxed);
+        let Some(d) = NonNull::new(dir) else {
+            return;
+        };
+        for c in 0..self.chunks.load(Relaxed) as usize {
+            // SAFETY: c < chunks: a published directory entry.
+            let chunk = unsafe { &*dir.wrapping_add(c) }.load(Relaxed);
+            if let Some(b) = NonNull::new(chunk) {
+                // SAFETY: the chunk came from `pool.alloc(CHUNK_CLASS)` in `grow`.
+                unsafe { pool.free(CHUNK_CLASS, b.cast()) };
+            }
+        }
+        // SAFETY: the directory came from `pool.alloc(CHUNK_CLASS)` in `grow`.
+        unsafe { pool.free(CHUNK_CLASS, d.cast()) };
+        self.dir.store(ptr::null_mut(), Relaxed);
+        self.chunks.store(0, Relaxed);
+        self.unused.store(0, Relaxed);
+        self.free.store(NIL, Relaxed);
+        self.live.store(0, Relaxed);
+    }
+}
+
+/// Packs a shard and index into a list link.
+#[must_use]
+pub const fn slot_ref(shard: u32, index: u32) -> u32 {
+    (shard << INDEX_BITS) | index
+}
+
+/// Splits a list link.
+#[must_use]
+pub const fn split_ref(r: u32) -> (u32, u32) {
+    (r >> INDEX_BITS, r & INDEX_MASK)
+}

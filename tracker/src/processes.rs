@@ -1,0 +1,387 @@
+//! Processes and their (process, hive) holdings.
+//!
+//! A process is its pid plus a start key, so a reused pid is another process. The table is
+//! sharded by that pair; each process has its own lock, which guards its holdings list and
+//! the key lists inside them. A holding is one process's open keys in one hive: its count
+//! (O(1)), and its keys as a list ordered by (open time, sequence), so the oldest is the
+//! head and an insert with a non-decreasing time is O(1).
+//!
+//! Lifetimes: a holding lives while it has keys; a process lives until it has exited and
+//! holds nothing. Lock order (never taken the other way round): hive shard, process shard,
+//! process, object shard, name shard.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use crate::hives::Hive;
+use crate::lock::{Exclusive, RawLock};
+use crate::names::{NameEntry, NameRef};
+use crate::pool::{BlockClass, Pool, alloc_init, free_block};
+
+const SHARDS: usize = 64;
+/// Size class of a process record.
+pub const PROCESS_CLASS: BlockClass = BlockClass::B128;
+/// Size class of a holding.
+pub const HOLDING_CLASS: BlockClass = BlockClass::B64;
+
+/// A process as the driver names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    /// Process id.
+    pub pid: u64,
+    /// Start key (`PsGetProcessStartKey`, or the creation time): makes a reused pid another
+    /// process.
+    pub start_key: u64,
+}
+
+/// A process.
+pub struct Process<L> {
+    /// Guards `holdings` and every key list inside them.
+    pub lock: L,
+    next: AtomicPtr<Self>,
+    /// Identity.
+    pub key: ProcessKey,
+    /// Image path (counted), or null.
+    pub image: AtomicPtr<NameEntry>,
+    /// Set by `process_exited`.
+    pub exited: AtomicBool,
+    /// Tracked objects it opened.
+    pub open_keys: AtomicU64,
+    /// Holdings, sorted by hive id.
+    pub holdings: AtomicPtr<Holding<L>>,
+    /// Number of holdings.
+    pub nholdings: AtomicU32,
+}
+
+/// One process's keys in one hive.
+pub struct Holding<L> {
+    /// Next holding of the process.
+    pub next: AtomicPtr<Self>,
+    /// The hive (counted).
+    pub hive: NonNull<Hive>,
+    /// The hive's id (copied: stable for sorting).
+    pub hive_id: u32,
+    /// The process.
+    pub process: NonNull<Process<L>>,
+    /// Keys in the list.
+    pub count: AtomicU64,
+    /// First (oldest) key, a slot link.
+    pub head: AtomicU32,
+    /// Last key.
+    pub tail: AtomicU32,
+    /// Next sequence number.
+    pub seq: AtomicU32,
+}
+
+/// Reads a process the caller keeps alive (its shard lock, its own lock via a holding, or a
+/// linked key).
+#[must_use]
+pub const fn process_of<'a, L>(p: NonNull<Process<L>>) -> &'a Process<L> {
+    // SAFETY: processes are freed only under their shard lock and their own lock once they
+    // have exited and hold nothing; every caller holds one of the references listed above.
+    unsafe { p.as_ref() }
+}
+
+/// Reads a holding the caller keeps alive (its process's lock, or a linked key).
+#[must_use]
+pub const fn holding_of<'a, L>(h: NonNull<Holding<L>>) -> &'a Holding<L> {
+    // SAFETY: holdings are freed only under their process's lock once empty; callers hold
+    // that lock or a key still linked into the holding.
+    unsafe { h.as_ref() }
+}
+
+impl<L> Process<L> {
+    /// The image, if known.
+    pub fn image(&self) -> Option<NameRef> {
+        NonNull::new(self.image.load(Relaxed))
+    }
+
+    /// Finds the holding for `hive_id` (caller holds the process lock).
+    pub fn holding(&self, hive_id: u32) -> Option<NonNull<Holding<L>>> {
+        let mut cur = self.holdings.load(Relaxed);
+        while let Some(h) = NonNull::new(cur) {
+            let hold = holding_of(h);
+            if hold.hive_id == hive_id {
+                return Some(h);
+            }
+            if hold.hive_id > hive_id {
+                return None;
+            }
+            cur = hold.next.load(Relaxed);
+        }
+        None
+    }
+
+    /// The first holding with a hive id >= `hive_id` (caller holds the process lock).
+    pub fn holding_from(&self, hive_id: u32) -> Option<NonNull<Holding<L>>> {
+        let mut cur = self.holdings.load(Relaxed);
+        while let Some(h) = NonNull::new(cur) {
+            if holding_of(h).hive_id >= hive_id {
+                return Some(h);
+            }
+            cur = holding_of(h).next.load(Relaxed);
+        }
+        None
+    }
+
+    /// Inserts a new holding in hive-id order (caller holds the process lock).
+    pub fn insert_holding(&self, h: NonNull<Holding<L>>) {
+        let id = holding_of(h).hive_id;
+        let mut link = &self.holdings;
+        loop {
+            let cur = link.load(Relaxed);
+            match NonNull::new(cur) {
+                Some(c) if holding_of(c).hive_id < id => link = &holding_of(c).next,
+                _ => {
+                    holding_of(h).next.store(cur, Relaxed);
+                    link.store(h.as_ptr(), Relaxed);
+                    break;
+                }
+            }
+        }
+        self.nholdings.fetch_add(1, Relaxed);
+    }
+
+    /// Unlinks a holding (caller holds the process lock).
+    pub fn remove_holding(&self, h: NonNull<Holding<L>>) {
+        let mut link = &self.holdings;
+        loop {
+            let cur = link.load(Relaxed);
+            if cur == h.as_ptr() {
+                link.store(holding_of(h).next.load(Relaxed), Relaxed);
+                self.nholdings.fetch_sub(1, Relaxed);
+                return;
+            }
+            match NonNull::new(cur) {
+                Some(c) => link = &holding_of(c).next,
+                None => return,
+            }
+        }
+    }
+}
+
+struct Shard<L> {
+    lock: L,
+    head: AtomicPtr<Process<L>>,
+    count: AtomicU32,
+}
+
+/// The process table.
+pub struct ProcessTable<L> {
+    shards: [Shard<L>; SHARDS],
+}
+
+/// Why a process could not be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoProcess;
+
+const fn shard_of(k: ProcessKey) -> usize {
+    let h = (k.pid >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ k.start_key.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    (h >> 58) as usize % SHARDS
+}
+
+/// A process locked by [`ProcessTable::lock_process`]; unlocks on drop.
+pub struct LockedProcess<'a, L: RawLock> {
+    /// The process.
+    pub process: NonNull<Process<L>>,
+    _guard: Exclusive<'a, L>,
+    /// True when this call created the record.
+    pub created: bool,
+}
+
+impl<L: RawLock> Default for ProcessTable<L> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<L: RawLock> ProcessTable<L> {
+    /// An empty table.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            shards: core::array::from_fn(|_| Shard {
+                lock: L::new(),
+                head: AtomicPtr::new(ptr::null_mut()),
+                count: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    fn find(shard: &Shard<L>, key: ProcessKey) -> Option<NonNull<Process<L>>> {
+        let mut cur = shard.head.load(Relaxed);
+        while let Some(p) = NonNull::new(cur) {
+            let proc = process_of(p);
+            if proc.key == key {
+                return Some(p);
+            }
+            cur = proc.next.load(Relaxed);
+        }
+        None
+    }
+
+    /// Finds (or, with `create`, creates) the process and returns it locked: the shard lock
+    /// is held only until the process lock is taken, so the process cannot be freed in
+    /// between.
+    ///
+    /// # Errors
+    /// [`NoProcess`] when it does not exist (and `create` is false) or no memory.
+    pub fn lock_process<'a, P: Pool>(
+        &'a self,
+        pool: &P,
+        key: ProcessKey,
+        create: bool,
+    ) -> Result<LockedProcess<'a, L>, NoProcess> {
+        let shard = &self.shards[shard_of(key)];
+        let sg = Exclusive::new(&shard.lock);
+        let (p, created) = match Self::find(shard, key) {
+            Some(p) => (p, false),
+            None if create => {
+                let p = alloc_init(
+                    pool,
+                    PROCESS_CLASS,
+                    Process {
+                        lock: L::new(),
+                        next: AtomicPtr::new(shard.head.load(Relaxed)),
+                        key,
+                        image: AtomicPtr::new(ptr::null_mut()),
+                        exited: AtomicBool::new(false),
+                        open_keys: AtomicU64::new(0),
+                        holdings: AtomicPtr::new(ptr::null_mut()),
+                        nholdings: AtomicU32::new(0),
+                    },
+                )
+                .ok_or(NoProcess)?;
+                shard.head.store(p.as_ptr(), Relaxed);
+                shard.count.fetch_add(1, Relaxed);
+                (p, true)
+            }
+            None => return Err(NoProcess),
+        };
+        let guard = Exclusive::new(&process_of(p).lock);
+        drop(sg);
+        Ok(LockedProcess {
+            process: p,
+            _guard: guard,
+            created,
+        })
+    }
+
+    /// Frees the process if it has exited and holds nothing. Returns its image reference
+    /// for the caller to release (names come last in the lock order).
+    pub fn reap<P: Pool>(&self, pool: &P, key: ProcessKey) -> Option<Option<NameRef>> {
+        let shard = &self.shards[shard_of(key)];
+        let _sg = Exclusive::new(&shard.lock);
+        let p = Self::find(shard, key)?;
+        let proc = process_of(p);
+        {
+            let _pg = Exclusive::new(&proc.lock);
+            if !proc.exited.load(Relaxed) || !proc.holdings.load(Relaxed).is_null() {
+                return None;
+            }
+        }
+        let mut link = &shard.head;
+        loop {
+            let cur = link.load(Relaxed);
+            if cur == p.as_ptr() {
+                link.store(proc.next.load(Relaxed), Relaxed);
+                break;
+            }
+            match NonNull::new(cur) {
+                Some(c) => link = &process_of(c).next,
+                None => break,
+            }
+        }
+        shard.count.fetch_sub(1, Relaxed);
+        let image = proc.image();
+        // SAFETY: unlinked under the shard lock, and its own lock showed it holds nothing:
+        // no key, holding or lookup can reach it any more.
+        unsafe { free_block(pool, PROCESS_CLASS, p) };
+        Some(image)
+    }
+
+    /// Calls `f` on every process, under its shard lock and its own lock.
+    pub fn for_each(&self, mut f: impl FnMut(&Process<L>)) {
+        for s in &self.shards {
+            let _sg = Exclusive::new(&s.lock);
+            let mut cur = s.head.load(Relaxed);
+            while let Some(p) = NonNull::new(cur) {
+                let proc = process_of(p);
+                {
+                    let _pg = Exclusive::new(&proc.lock);
+                    f(proc);
+                }
+                cur = proc.next.load(Relaxed);
+            }
+        }
+    }
+
+    /// Calls `f` on the process `key` under its locks.
+    pub fn with<R>(&self, key: ProcessKey, f: impl FnOnce(&Process<L>) -> R) -> Option<R> {
+        let s = &self.shards[shard_of(key)];
+        let _sg = Exclusive::new(&s.lock);
+        let p = Self::find(s, key)?;
+        let proc = process_of(p);
+        let _pg = Exclusive::new(&proc.lock);
+        Some(f(proc))
+    }
+
+    /// Processes known now.
+    pub fn count(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| u64::from(s.count.load(Relaxed)))
+            .sum()
+    }
+
+    /// Unlinks and frees every process (teardown: holdings must be gone); calls `image` with
+    /// each image reference to release.
+    pub fn teardown<P: Pool>(&mut self, pool: &P, mut image: impl FnMut(NameRef)) {
+        for s in &mut self.shards {
+            let mut cur = s.head.swap(ptr::null_mut(), Relaxed);
+            while let Some(p) = NonNull::new(cur) {
+                let proc = process_of(p);
+                cur = proc.next.load(Relaxed);
+                if let Some(i) = proc.image() {
+                    image(i);
+                }
+                // SAFETY: teardown has exclusive access; the record is unlinked.
+                unsafe { free_block(pool, PROCESS_CLASS, p) };
+            }
+            s.count.store(0, Relaxed);
+        }
+    }
+}
+
+/// Allocates a holding.
+pub fn new_holding<P: Pool, L>(
+    pool: &P,
+    hive: NonNull<Hive>,
+    hive_id: u32,
+    process: NonNull<Process<L>>,
+) -> Option<NonNull<Holding<L>>> {
+    alloc_init(
+        pool,
+        HOLDING_CLASS,
+        Holding {
+            next: AtomicPtr::new(ptr::null_mut()),
+            hive,
+            hive_id,
+            process,
+            count: AtomicU64::new(0),
+            head: AtomicU32::new(crate::objects::NIL),
+            tail: AtomicU32::new(crate::objects::NIL),
+            seq: AtomicU32::new(0),
+        },
+    )
+}
+
+/// Frees an empty, unlinked holding.
+///
+/// # Safety
+/// `h` came from [`new_holding`] on `pool`, is unlinked and holds no key.
+pub unsafe fn free_holding<P: Pool, L>(pool: &P, h: NonNull<Holding<L>>) {
+    // SAFETY: the caller's guarantee.
+    unsafe { free_block(pool, HOLDING_CLASS, h) }
+}

@@ -1,0 +1,679 @@
+//! Queries: each writes one page into a caller buffer, never allocates, and resumes from
+//! the cursor of the previous page.
+//!
+//! Pages are weakly consistent: each record is read under the lock of the entity it
+//! describes, and the cursor is a position in a stable order (hive id; process key; hive id
+//! then (open time, sequence) within a process), so a resumed query neither repeats nor
+//! skips an entity that existed throughout, whatever changed in between.
+
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering::Relaxed;
+
+use protocol::cursor::Cursor;
+use protocol::history::{UnloadHistory, UnloadHolder, UnloadRecord};
+use protocol::hives::{HiveRecord, Hives};
+use protocol::holders::{HolderKey, HolderProcess, HolderRecord, Holders, HoldersPrefix};
+use protocol::ioctl;
+use protocol::page::{NoPrefix, PageInfo, PageKind, PageWriter, empty_page_len};
+use protocol::processes::{ProcessRecord, Processes};
+use protocol::request::{QueryKind, QueryRequest};
+use protocol::snapshot::{Snapshot, SnapshotPrefix, SnapshotRecord};
+use protocol::stats::Stats;
+use protocol::text::Text;
+use protocol::wire::{self, DecodeError, EncodeError};
+
+use crate::counters::get;
+use crate::hives::hive_of;
+use crate::lock::RawLock;
+use crate::names::{NameRef, name_of};
+use crate::objects::{F_NAME_MISSING, F_NAME_TRUNCATED, NIL, ObjRecord};
+use crate::pool::Pool;
+use crate::processes::{Holding, Process, ProcessKey, holding_of};
+use crate::tracker::Tracker;
+
+const STARTED: u64 = 1 << 63;
+const AFTER_ALL_HIVES: u32 = 0x7FFF_FFFF;
+/// Longest hive path a holders request is resolved with (units beyond are ignored; every
+/// mount point is far shorter).
+pub const MAX_QUERY_PATH: usize = 512;
+
+/// Why a query could not be answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryError {
+    /// The output buffer cannot hold even one record; `needed` bytes would.
+    BufferTooSmall {
+        /// A size that would hold the next record.
+        needed: usize,
+    },
+    /// No hive matches the path of a holders query.
+    UnknownHive,
+    /// The cursor belongs to another hive (it was unloaded and reloaded); start over.
+    StaleCursor,
+    /// The request did not decode.
+    BadRequest(DecodeError),
+    /// The request's query does not match the IOCTL, or the IOCTL is not a query.
+    WrongQuery,
+}
+
+fn text(n: Option<NameRef>) -> Text<'static> {
+    n.map_or(Text::EMPTY, |n| Text::Units(name_of(n).units()))
+}
+
+fn image_flags(p: &Process<impl RawLock>) -> u32 {
+    match p.image() {
+        None => HolderProcess::IMAGE_MISSING,
+        Some(i) if name_of(i).truncated() => HolderProcess::IMAGE_TRUNCATED,
+        Some(_) => 0,
+    }
+}
+
+fn name_flags(rec: &ObjRecord) -> u32 {
+    let s = rec.state.load(Relaxed);
+    let mut f = 0;
+    if s & F_NAME_TRUNCATED != 0 {
+        f |= HolderKey::NAME_TRUNCATED;
+    }
+    if s & F_NAME_MISSING != 0 {
+        f |= HolderKey::NAME_MISSING;
+    }
+    f
+}
+
+/// Where a key sits in its holding's order.
+type KeyPos = (u64, u32);
+
+impl<P: Pool, L: RawLock> Tracker<P, L> {
+    /// The counters now.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let mut s = Stats::default();
+        for shard in &self.objects {
+            s.objects_tracked += u64::from(shard.live.load(Relaxed));
+            s.opens_seen += shard.opens_seen.load(Relaxed);
+            s.handle_closes_seen += shard.closes_seen.load(Relaxed);
+            s.destroys_seen += shard.destroys_seen.load(Relaxed);
+        }
+        s.objects_cap = u64::from(self.config.max_objects);
+        s.processes_tracked = self.processes.count();
+        s.hives_tracked = self.hives.count();
+        s.names_interned = self.names.count();
+        s.holdings_tracked = get(&c.holdings);
+        s.history_entries = u64::from(self.history.len());
+        s.hive_loads_seen = get(&c.hive_loads_seen);
+        s.hive_unloads_seen = get(&c.hive_unloads_seen);
+        s.unload_attempts_seen = get(&c.unload_attempts_seen);
+        s.process_exits_seen = get(&c.process_exits_seen);
+        s.closes_exceeding_opens = get(&c.closes_exceeding_opens);
+        s.opens_dropped_cap = get(&c.opens_dropped_cap);
+        s.opens_dropped_no_memory_object = get(&c.opens_dropped_no_memory_object);
+        s.opens_dropped_no_memory_process = get(&c.opens_dropped_no_memory_process);
+        s.opens_dropped_no_memory_hive = get(&c.opens_dropped_no_memory_hive);
+        s.opens_dropped_no_memory_holding = get(&c.opens_dropped_no_memory_holding);
+        s.names_dropped_no_memory = get(&c.names_dropped_no_memory);
+        s.names_truncated = get(&c.names_truncated);
+        s.images_dropped_no_memory = get(&c.images_dropped_no_memory);
+        s.closes_unknown_object = get(&c.closes_unknown_object);
+        s.destroys_unknown_object = get(&c.destroys_unknown_object);
+        s.objects_abandoned = get(&c.objects_abandoned);
+        s.hive_loads_dropped_no_memory = get(&c.hive_loads_dropped_no_memory);
+        s.unloads_unknown_hive = get(&c.unloads_unknown_hive);
+        s.process_exits_unknown = get(&c.process_exits_unknown);
+        s.history_dropped_no_memory = get(&c.history_dropped_no_memory);
+        s.history_holders_truncated = get(&c.history_holders_truncated);
+        s
+    }
+
+    fn finish<K: PageKind>(
+        &self,
+        w: PageWriter<'_, K>,
+        next: Cursor,
+        done: bool,
+        first_needed: usize,
+    ) -> Result<usize, QueryError> {
+        self.finish_with(w, next, done, first_needed, true)
+    }
+
+    /// `progress` is false when the page repeats only what the cursor already covered (a
+    /// continued summary whose next key does not fit).
+    fn finish_with<K: PageKind>(
+        &self,
+        w: PageWriter<'_, K>,
+        next: Cursor,
+        done: bool,
+        first_needed: usize,
+        progress: bool,
+    ) -> Result<usize, QueryError> {
+        if (w.count() == 0 || !progress) && !done {
+            return Err(QueryError::BufferTooSmall {
+                needed: first_needed,
+            });
+        }
+        let info = PageInfo {
+            next: if done { Cursor::START } else { next },
+            flags: if done { PageInfo::DONE } else { 0 },
+            not_recorded: self.stats().not_recorded(),
+        };
+        Ok(w.finish(&info))
+    }
+
+    fn start_page<'b, K: PageKind>(
+        out: &'b mut [u8],
+        prefix: &K::Prefix<'_>,
+        max_records: u32,
+    ) -> Result<PageWriter<'b, K>, QueryError> {
+        let needed = empty_page_len::<K>(prefix);
+        PageWriter::new(out, prefix, max_records).map_err(|_| QueryError::BufferTooSmall {
+            needed: needed + 256,
+        })
+    }
+
+    /// Answers a query IOCTL: decodes `input` as a [`QueryRequest`] for the query `ioctl`
+    /// carries and writes the answer into `out`. Returns the bytes written. `now` is the
+    /// current time (for the snapshot's time stamp).
+    ///
+    /// # Errors
+    /// [`QueryError`].
+    pub fn answer(
+        &self,
+        ioctl_code: u32,
+        input: &[u8],
+        out: &mut [u8],
+        now: u64,
+    ) -> Result<usize, QueryError> {
+        let req = wire::decode::<QueryRequest<'_>>(input).map_err(QueryError::BadRequest)?;
+        if ioctl::query_ioctl(req.query) != ioctl_code {
+            return Err(QueryError::WrongQuery);
+        }
+        self.query(&req, out, now)
+    }
+
+    /// Answers a decoded request.
+    ///
+    /// # Errors
+    /// [`QueryError`].
+    pub fn query(
+        &self,
+        req: &QueryRequest<'_>,
+        out: &mut [u8],
+        now: u64,
+    ) -> Result<usize, QueryError> {
+        match req.query {
+            QueryKind::Holders => {
+                let mut path = [0u16; MAX_QUERY_PATH];
+                let mut n = 0;
+                for (dst, u) in path.iter_mut().zip(req.hive.units()) {
+                    *dst = u;
+                    n += 1;
+                }
+                self.holders(&path[..n], &req.cursor, req.flags, req.max_records, out)
+            }
+            QueryKind::Hives => self.hives(&req.cursor, req.max_records, out),
+            QueryKind::Processes => self.processes(&req.cursor, req.max_records, out),
+            QueryKind::Stats => wire::encode(&self.stats(), out).map_err(|e| match e {
+                EncodeError::BufferTooSmall { needed, .. } => QueryError::BufferTooSmall { needed },
+                EncodeError::FieldTooLarge { .. } => QueryError::WrongQuery,
+            }),
+            QueryKind::Snapshot => self.snapshot(&req.cursor, req.max_records, now, out),
+            QueryKind::UnloadHistory => self.unload_history(&req.cursor, req.max_records, out),
+        }
+    }
+
+    /// The first key of `hold` after `after` in (time, sequence) order.
+    fn first_after(&self, hold: &Holding<L>, after: KeyPos) -> u32 {
+        let mut r = hold.head.load(Relaxed);
+        while r != NIL {
+            let rec = self.rec(r);
+            if (rec.time.load(Relaxed), rec.seq.load(Relaxed)) > after {
+                break;
+            }
+            r = rec.next.load(Relaxed);
+        }
+        r
+    }
+
+    /// The smallest process key above `lower` with keys in `hive_id` (any hive for `None`).
+    fn next_process(&self, lower: Option<ProcessKey>, hive_id: Option<u32>) -> Option<ProcessKey> {
+        let mut best: Option<ProcessKey> = None;
+        self.processes.for_each(|p| {
+            if lower.is_some_and(|l| p.key <= l) || best.is_some_and(|b| p.key >= b) {
+                return;
+            }
+            let holds = hive_id.map_or_else(
+                || !p.holdings.load(Relaxed).is_null(),
+                |id| p.holding(id).is_some(),
+            );
+            if holds {
+                best = Some(p.key);
+            }
+        });
+        best
+    }
+
+    /// Holders of the hive containing `path`: per process (pid, start key order) a summary,
+    /// then its keys oldest first. `flags` may hold [`QueryRequest::FLAG_SUMMARY_ONLY`].
+    ///
+    /// # Errors
+    /// [`QueryError`].
+    pub fn holders(
+        &self,
+        path: &[u16],
+        cursor: &Cursor,
+        flags: u16,
+        max_records: u32,
+        out: &mut [u8],
+    ) -> Result<usize, QueryError> {
+        let hive = self
+            .hives
+            .resolve(&self.pool, &self.names, path, false)
+            .ok()
+            .flatten()
+            .ok_or(QueryError::UnknownHive)?;
+        let result = self.holders_of(hive, cursor, flags, max_records, out);
+        self.hives.unpin(&self.pool, &self.names, hive);
+        result
+    }
+
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one paging state machine reads best in one piece"
+    )]
+    fn holders_of(
+        &self,
+        hive: NonNull<crate::hives::Hive>,
+        cursor: &Cursor,
+        flags: u16,
+        max_records: u32,
+        out: &mut [u8],
+    ) -> Result<usize, QueryError> {
+        let h = hive_of(hive);
+        let started = cursor.0[0] & STARTED != 0;
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "cursor fields were packed from u32s"
+        )]
+        let (cur_hive, cur_seq) = (
+            ((cursor.0[0] >> 32) & 0x7FFF_FFFF) as u32,
+            cursor.0[0] as u32,
+        );
+        if started && cur_hive != h.id {
+            return Err(QueryError::StaleCursor);
+        }
+        let (mut w, empty_len) = self.hives.with_locked(hive, |h| {
+            let prefix = HoldersPrefix {
+                hive_id: h.id,
+                state: h.state(),
+                kind: h.kind,
+                open_keys: h.open_keys.load(Relaxed),
+                holders: h.holders.load(Relaxed),
+                mount: Text::Units(h.mount()),
+                file: Text::Units(h.file()),
+            };
+            Self::start_page::<Holders>(out, &prefix, max_records)
+                .map(|w| (w, empty_page_len::<Holders>(&prefix)))
+        })?;
+        let summary_only = flags & QueryRequest::FLAG_SUMMARY_ONLY != 0;
+        let pack = |k: ProcessKey, (t, s): KeyPos| {
+            Cursor([
+                STARTED | (u64::from(h.id) << 32) | u64::from(s),
+                k.pid,
+                k.start_key,
+                t,
+            ])
+        };
+        let mut resume = started.then(|| {
+            (
+                ProcessKey {
+                    pid: cursor.0[1],
+                    start_key: cursor.0[2],
+                },
+                (cursor.0[3], cur_seq),
+            )
+        });
+        let mut lower = None;
+        let mut last = *cursor;
+        let mut needed = 0;
+        let done = loop {
+            let (key, after, continued) = match resume.take() {
+                Some((k, pos)) => (k, pos, true),
+                None => match self.next_process(lower, Some(h.id)) {
+                    Some(k) => (k, (0, 0), false),
+                    None => break true,
+                },
+            };
+            lower = Some(key);
+            let full = self.processes.with(key, |p| {
+                let Some(hold) = p.holding(h.id) else {
+                    return false;
+                };
+                let hold = holding_of(hold);
+                let mut r = if summary_only {
+                    NIL
+                } else {
+                    self.first_after(hold, after)
+                };
+                if continued && (r == NIL || summary_only) {
+                    return false; // nothing left of this process
+                }
+                let head = hold.head.load(Relaxed);
+                let summary = HolderRecord::Process(HolderProcess {
+                    flags: (if p.exited.load(Relaxed) {
+                        HolderProcess::EXITED
+                    } else {
+                        0
+                    }) | (if continued {
+                        HolderProcess::CONTINUED
+                    } else {
+                        0
+                    }) | image_flags(p),
+                    pid: p.key.pid,
+                    start_key: p.key.start_key,
+                    open_keys: hold.count.load(Relaxed),
+                    oldest_open: if head == NIL {
+                        0
+                    } else {
+                        self.rec(head).time.load(Relaxed)
+                    },
+                    image: text(p.image()),
+                });
+                if !w.push(&summary) {
+                    needed = protocol::page::Codec::encoded_len(&summary);
+                    return true;
+                }
+                last = pack(key, after);
+                while r != NIL {
+                    let rec = self.rec(r);
+                    let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
+                    let k = HolderRecord::Key(HolderKey {
+                        flags: name_flags(rec),
+                        id: crate::objects::Token::new(rec.generation.load(Relaxed), r).0,
+                        thread: rec.thread.load(Relaxed),
+                        open_time: pos.0,
+                        access: rec.access.load(Relaxed),
+                        handle_opens: rec.opens.load(Relaxed),
+                        handle_closes: rec.closes.load(Relaxed),
+                        name: text(NonNull::new(rec.name.load(Relaxed))),
+                    });
+                    if !w.push(&k) {
+                        needed = protocol::page::Codec::encoded_len(&k)
+                            + protocol::page::Codec::encoded_len(&summary);
+                        return true;
+                    }
+                    last = pack(key, pos);
+                    r = rec.next.load(Relaxed);
+                }
+                last = pack(key, (u64::MAX, u32::MAX));
+                false
+            });
+            if full == Some(true) {
+                break false;
+            }
+            if full.is_none() {
+                last = pack(key, (u64::MAX, u32::MAX));
+            }
+        };
+        let progress = last != *cursor;
+        let needed = needed + empty_len;
+        self.finish_with(w, last, done, needed, progress)
+    }
+
+    /// Every hive, in id order.
+    ///
+    /// # Errors
+    /// [`QueryError::BufferTooSmall`].
+    pub fn hives(
+        &self,
+        cursor: &Cursor,
+        max_records: u32,
+        out: &mut [u8],
+    ) -> Result<usize, QueryError> {
+        let mut w = Self::start_page::<Hives>(out, &NoPrefix, max_records)?;
+        #[allow(clippy::cast_possible_truncation, reason = "packed from a u32")]
+        let mut after = if cursor.0[0] & STARTED != 0 {
+            cursor.0[0] as u32
+        } else {
+            0
+        };
+        let mut needed = 0;
+        let done = loop {
+            let mut next: Option<u32> = None;
+            self.hives.for_each(|h| {
+                if h.id > after && next.is_none_or(|n| h.id < n) {
+                    next = Some(h.id);
+                }
+            });
+            let Some(id) = next else { break true };
+            let pushed = self.hives.with_id(id, |h| {
+                let rec = HiveRecord {
+                    id: h.id,
+                    state: h.state(),
+                    kind: h.kind,
+                    open_keys: h.open_keys.load(Relaxed),
+                    holders: h.holders.load(Relaxed),
+                    loaded_time: h.loaded_time(),
+                    mount: Text::Units(h.mount()),
+                    file: Text::Units(h.file()),
+                };
+                needed = protocol::page::Codec::encoded_len(&rec);
+                w.push(&rec)
+            });
+            if pushed == Some(false) {
+                break false;
+            }
+            after = id;
+        };
+        self.finish(
+            w,
+            Cursor([STARTED | u64::from(after), 0, 0, 0]),
+            done,
+            needed,
+        )
+    }
+
+    /// Processes ranked by open keys (most first; ties by pid, start key).
+    ///
+    /// # Errors
+    /// [`QueryError::BufferTooSmall`].
+    pub fn processes(
+        &self,
+        cursor: &Cursor,
+        max_records: u32,
+        out: &mut [u8],
+    ) -> Result<usize, QueryError> {
+        let mut w = Self::start_page::<Processes>(out, &NoPrefix, max_records)?;
+        // Order key: (u64::MAX - open_keys, pid, start key), ascending.
+        let mut after: Option<(u64, u64, u64)> =
+            (cursor.0[0] & STARTED != 0).then_some((cursor.0[1], cursor.0[2], cursor.0[3]));
+        let mut needed = 0;
+        let done = loop {
+            let mut next: Option<(u64, u64, u64)> = None;
+            self.processes.for_each(|p| {
+                let k = (
+                    u64::MAX - p.open_keys.load(Relaxed),
+                    p.key.pid,
+                    p.key.start_key,
+                );
+                if after.is_none_or(|a| k > a) && next.is_none_or(|n| k < n) {
+                    next = Some(k);
+                }
+            });
+            let Some(k) = next else { break true };
+            let pushed = self.processes.with(
+                ProcessKey {
+                    pid: k.1,
+                    start_key: k.2,
+                },
+                |p| {
+                    let rec = ProcessRecord {
+                        pid: p.key.pid,
+                        start_key: p.key.start_key,
+                        open_keys: p.open_keys.load(Relaxed),
+                        hives: p.nholdings.load(Relaxed),
+                        flags: (if p.exited.load(Relaxed) {
+                            ProcessRecord::EXITED
+                        } else {
+                            0
+                        }) | image_flags(p),
+                        image: text(p.image()),
+                    };
+                    needed = protocol::page::Codec::encoded_len(&rec);
+                    w.push(&rec)
+                },
+            );
+            if pushed == Some(false) {
+                break false;
+            }
+            after = Some(k);
+        };
+        let a = after.unwrap_or((0, 0, 0));
+        self.finish(w, Cursor([STARTED, a.0, a.1, a.2]), done, needed)
+    }
+
+    /// Every tracked key, per process (pid, start key order), per hive, oldest first.
+    ///
+    /// # Errors
+    /// [`QueryError::BufferTooSmall`].
+    pub fn snapshot(
+        &self,
+        cursor: &Cursor,
+        max_records: u32,
+        now: u64,
+        out: &mut [u8],
+    ) -> Result<usize, QueryError> {
+        let mut w =
+            Self::start_page::<Snapshot>(out, &SnapshotPrefix { taken_at: now }, max_records)?;
+        let started = cursor.0[0] & STARTED != 0;
+        #[allow(clippy::cast_possible_truncation, reason = "packed from u32s")]
+        let (cur_hive, cur_seq) = (
+            ((cursor.0[0] >> 32) & 0x7FFF_FFFF) as u32,
+            cursor.0[0] as u32,
+        );
+        let pack = |k: ProcessKey, hive: u32, (t, s): KeyPos| {
+            Cursor([
+                STARTED | (u64::from(hive) << 32) | u64::from(s),
+                k.pid,
+                k.start_key,
+                t,
+            ])
+        };
+        let mut resume = started.then(|| {
+            (
+                ProcessKey {
+                    pid: cursor.0[1],
+                    start_key: cursor.0[2],
+                },
+                cur_hive,
+                (cursor.0[3], cur_seq),
+            )
+        });
+        let mut lower = None;
+        let mut last = *cursor;
+        let mut needed = 0;
+        let done = loop {
+            let (key, from_hive, after) = match resume.take() {
+                Some(x) => x,
+                None => match self.next_process(lower, None) {
+                    Some(k) => (k, 0, (0, 0)),
+                    None => break true,
+                },
+            };
+            lower = Some(key);
+            let full = self.processes.with(key, |p| {
+                let mut hp = p.holding_from(from_hive);
+                while let Some(hptr) = hp {
+                    let hold = holding_of(hptr);
+                    let mut r = if hold.hive_id == from_hive {
+                        self.first_after(hold, after)
+                    } else {
+                        hold.head.load(Relaxed)
+                    };
+                    while r != NIL {
+                        let rec = self.rec(r);
+                        let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
+                        let s = SnapshotRecord {
+                            pid: p.key.pid,
+                            start_key: p.key.start_key,
+                            id: crate::objects::Token::new(rec.generation.load(Relaxed), r).0,
+                            open_time: pos.0,
+                            hive_id: hold.hive_id,
+                            flags: name_flags(rec),
+                            name: text(NonNull::new(rec.name.load(Relaxed))),
+                        };
+                        if !w.push(&s) {
+                            needed = protocol::page::Codec::encoded_len(&s);
+                            return true;
+                        }
+                        last = pack(key, hold.hive_id, pos);
+                        r = rec.next.load(Relaxed);
+                    }
+                    hp = NonNull::new(hold.next.load(Relaxed));
+                }
+                false
+            });
+            if full == Some(true) {
+                break false;
+            }
+            last = pack(key, AFTER_ALL_HIVES, (u64::MAX, u32::MAX));
+        };
+        self.finish(w, last, done, needed)
+    }
+
+    /// Recent unload attempts, newest first.
+    ///
+    /// # Errors
+    /// [`QueryError::BufferTooSmall`].
+    pub fn unload_history(
+        &self,
+        cursor: &Cursor,
+        max_records: u32,
+        out: &mut [u8],
+    ) -> Result<usize, QueryError> {
+        let mut w = Self::start_page::<UnloadHistory>(out, &NoPrefix, max_records)?;
+        let before = if cursor.0[0] & STARTED != 0 {
+            cursor.0[1]
+        } else {
+            u64::MAX
+        };
+        let mut last = before;
+        let mut done = true;
+        let mut needed = 0;
+        self.history.for_each(|e| {
+            if e.sequence >= before {
+                return true;
+            }
+            let mut holders = [UnloadHolder {
+                pid: 0,
+                start_key: 0,
+                open_keys: 0,
+                image: Text::EMPTY,
+            }; protocol::history::MAX_UNLOAD_HOLDERS];
+            let n = usize::from(e.n);
+            for (dst, src) in holders.iter_mut().zip(&e.holders[..n]) {
+                *dst = UnloadHolder {
+                    pid: src.pid,
+                    start_key: src.start_key,
+                    open_keys: src.open_keys,
+                    image: text(src.image),
+                };
+            }
+            let rec = UnloadRecord {
+                time: e.time,
+                outcome: e.outcome,
+                hive_id: e.hive_id,
+                open_keys: e.open_keys,
+                holders_total: e.holders_total,
+                flags: e.flags,
+                sequence: e.sequence,
+                mount: text(e.mount),
+                holders: protocol::history::UnloadHolders::Slice(&holders[..n]),
+            };
+            if !w.push(&rec) {
+                needed = protocol::page::Codec::encoded_len(&rec);
+                done = false;
+                return false;
+            }
+            last = e.sequence;
+            true
+        });
+        self.finish(w, Cursor([STARTED, last, 0, 0]), done, needed)
+    }
+}

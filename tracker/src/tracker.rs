@@ -1,0 +1,634 @@
+//! The tracker: configuration, construction, the events the driver reports, and teardown.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering::{Relaxed, Release};
+
+use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
+
+use crate::counters::{Counters, bump};
+use crate::history::{HistEntry, HistHolder, History};
+use crate::hives::{Hive, HiveTable, hive_of};
+use crate::lock::{Exclusive, RawLock};
+use crate::names::{NameTable, name_of};
+use crate::objects::{
+    DYING, F_NAME_MISSING, F_NAME_TRUNCATED, LIVE, MAX_PER_SHARD, MAX_SHARDS, NIL, ObjRecord,
+    ObjShard, RESERVED, SlotError, Token, slot_ref, split_ref,
+};
+use crate::pool::Pool;
+use crate::processes::{
+    Holding, ProcessKey, ProcessTable, free_holding, holding_of, new_holding, process_of,
+};
+
+/// Tracker settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Cap on tracked objects. Enforced per object shard (each takes `cap / shards`, rounded
+    /// up), so a skewed spread can refuse an open slightly below the cap.
+    pub max_objects: u32,
+    /// Object shards: a power of two, 1..=64.
+    pub object_shards: u32,
+    /// Unload attempts kept.
+    pub history_len: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_objects: 1 << 20,
+            object_shards: 64,
+            history_len: 32,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `object_shards` is not a power of two in 1..=64.
+    Shards,
+    /// `max_objects` is 0 or more than the shards can hold.
+    Cap,
+}
+
+/// Why an open was not tracked (each reason is also counted in [`crate::Tracker::stats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotTracked {
+    /// The object cap is reached.
+    Cap,
+    /// An allocation failed.
+    NoMemory,
+}
+
+/// The tracking engine. `P` supplies memory, `L` is the lock; see the crate docs.
+pub struct Tracker<P: Pool, L: RawLock> {
+    pub(crate) pool: P,
+    pub(crate) config: Config,
+    pub(crate) shard_mask: u32,
+    pub(crate) shard_cap: u32,
+    pub(crate) objects: [ObjShard<L>; MAX_SHARDS],
+    pub(crate) names: NameTable<L>,
+    pub(crate) hives: HiveTable<L>,
+    pub(crate) processes: ProcessTable<L>,
+    pub(crate) history: History<L>,
+    pub(crate) counters: Counters,
+}
+
+// SAFETY: every field reachable through `&Tracker` is an atomic, a lock, or a raw pointer to
+// a pool block whose accesses follow the lock discipline in the module docs; `P: Pool` is
+// `Sync` and `L: RawLock` is `Sync + Send`.
+unsafe impl<P: Pool, L: RawLock> Sync for Tracker<P, L> {}
+// SAFETY: as above; the tracker owns its blocks, which any thread may free.
+unsafe impl<P: Pool + Send, L: RawLock> Send for Tracker<P, L> {}
+
+impl<P: Pool, L: RawLock> Tracker<P, L> {
+    /// A tracker drawing its memory from `pool`. Allocates nothing yet.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for an unusable configuration.
+    pub fn new(pool: P, config: Config) -> Result<Self, ConfigError> {
+        let shards = config.object_shards;
+        if shards == 0 || shards as usize > MAX_SHARDS || !shards.is_power_of_two() {
+            return Err(ConfigError::Shards);
+        }
+        let shard_cap = config.max_objects.div_ceil(shards);
+        if config.max_objects == 0 || shard_cap > MAX_PER_SHARD {
+            return Err(ConfigError::Cap);
+        }
+        Ok(Self {
+            pool,
+            config,
+            shard_mask: shards - 1,
+            shard_cap,
+            objects: core::array::from_fn(|_| ObjShard::new()),
+            names: NameTable::new(),
+            hives: HiveTable::new(),
+            processes: ProcessTable::new(),
+            history: History::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration.
+    pub const fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The pool.
+    pub const fn pool(&self) -> &P {
+        &self.pool
+    }
+
+    const fn shard_for(&self, object: u64) -> u32 {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the top bits of the product are the hash"
+        )]
+        let h = ((object >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32;
+        h & self.shard_mask
+    }
+
+    /// The record behind a list link; links are only ever made to handed-out slots.
+    pub(crate) fn rec(&self, r: u32) -> &ObjRecord {
+        let (s, i) = split_ref(r);
+        self.objects[s as usize & (MAX_SHARDS - 1)]
+            .get(i)
+            .unwrap_or_else(|| unreachable_link())
+    }
+
+    /// A key object was opened (`RegNtPostCreateKeyEx`/`RegNtPostOpenKeyEx` with
+    /// `STATUS_SUCCESS`). `object` is the key object's address (a private lookup key, never
+    /// reported); `name` its full name. Returns the token to store as the object's context.
+    ///
+    /// # Errors
+    /// [`NotTracked`] when the open could not be recorded (counted in `stats`).
+    #[allow(clippy::too_many_arguments, reason = "these are the facts of one open")]
+    pub fn opened(
+        &self,
+        object: u64,
+        process: ProcessKey,
+        thread: u64,
+        name: &[u16],
+        access: u32,
+        time: u64,
+    ) -> Result<Token, NotTracked> {
+        // 1. A slot.
+        let si = self.shard_for(object);
+        let shard = &self.objects[si as usize];
+        let (index, generation) = {
+            let _g = Exclusive::new(&shard.lock);
+            shard.opens_seen.fetch_add(1, Relaxed);
+            let index = shard
+                .alloc(&self.pool, self.shard_cap)
+                .map_err(|e| match e {
+                    SlotError::Cap => {
+                        bump(&self.counters.opens_dropped_cap);
+                        NotTracked::Cap
+                    }
+                    SlotError::NoMemory => {
+                        bump(&self.counters.opens_dropped_no_memory_object);
+                        NotTracked::NoMemory
+                    }
+                })?;
+            let rec = shard.get(index).unwrap_or_else(|| unreachable_link());
+            rec.state.store(RESERVED, Relaxed);
+            rec.object.store(object, Relaxed);
+            rec.time.store(time, Relaxed);
+            rec.thread.store(thread, Relaxed);
+            rec.access.store(access, Relaxed);
+            rec.opens.store(1, Relaxed);
+            rec.closes.store(0, Relaxed);
+            (index, rec.generation.load(Relaxed))
+        };
+        let r = slot_ref(si, index);
+        let rec = self.rec(r);
+        let undo_slot = || {
+            let _g = Exclusive::new(&shard.lock);
+            shard.release(index);
+        };
+
+        // 2. The hive, pinned.
+        let Ok(Some(hive)) = self.hives.resolve(&self.pool, &self.names, name, true) else {
+            bump(&self.counters.opens_dropped_no_memory_hive);
+            undo_slot();
+            return Err(NotTracked::NoMemory);
+        };
+
+        // 3. The name.
+        let mut flags = 0;
+        let name_ref = self.names.intern(&self.pool, name).ok();
+        match name_ref {
+            Some(n) if name_of(n).truncated() => {
+                bump(&self.counters.names_truncated);
+                flags |= F_NAME_TRUNCATED;
+            }
+            Some(_) => {}
+            None => {
+                bump(&self.counters.names_dropped_no_memory);
+                flags |= F_NAME_MISSING;
+            }
+        }
+        rec.name
+            .store(name_ref.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
+
+        // 4. The process (locked) and its holding for the hive.
+        let linked = match self.processes.lock_process(&self.pool, process, true) {
+            Err(_) => {
+                bump(&self.counters.opens_dropped_no_memory_process);
+                false
+            }
+            Ok(lp) => {
+                let proc = process_of(lp.process);
+                let hive_id = hive_of(hive).id;
+                let holding = proc.holding(hive_id).or_else(|| {
+                    let h = new_holding(&self.pool, hive, hive_id, lp.process)?;
+                    HiveTable::<L>::add_ref(hive);
+                    hive_of(hive).holders.fetch_add(1, Relaxed);
+                    self.counters.holdings.fetch_add(1, Relaxed);
+                    proc.insert_holding(h);
+                    Some(h)
+                });
+                holding.map_or_else(
+                    || {
+                        bump(&self.counters.opens_dropped_no_memory_holding);
+                        false
+                    },
+                    |h| {
+                        rec.holding.store(h.as_ptr().cast(), Relaxed);
+                        self.link(holding_of(h), r, rec, time);
+                        proc.open_keys.fetch_add(1, Relaxed);
+                        hive_of(hive).open_keys.fetch_add(1, Relaxed);
+                        true
+                    },
+                )
+            }
+        };
+        if !linked {
+            if let Some(n) = name_ref {
+                self.names.release(&self.pool, n);
+            }
+            self.hives.unpin(&self.pool, &self.names, hive);
+            undo_slot();
+            return Err(NotTracked::NoMemory);
+        }
+        rec.state.store(LIVE | flags, Release);
+        self.hives.unpin(&self.pool, &self.names, hive);
+        Ok(Token::new(generation, r))
+    }
+
+    /// Links `rec` (slot `r`) into `hold` in (time, sequence) order; caller holds the
+    /// process lock.
+    fn link(&self, hold: &Holding<L>, r: u32, rec: &ObjRecord, time: u64) {
+        let seq = hold.seq.fetch_add(1, Relaxed).wrapping_add(1);
+        rec.seq.store(seq, Relaxed);
+        let mut after = hold.tail.load(Relaxed);
+        while after != NIL && self.rec(after).time.load(Relaxed) > time {
+            after = self.rec(after).prev.load(Relaxed);
+        }
+        let next = if after == NIL {
+            hold.head.load(Relaxed)
+        } else {
+            self.rec(after).next.load(Relaxed)
+        };
+        rec.prev.store(after, Relaxed);
+        rec.next.store(next, Relaxed);
+        if after == NIL {
+            hold.head.store(r, Relaxed);
+        } else {
+            self.rec(after).next.store(r, Relaxed);
+        }
+        if next == NIL {
+            hold.tail.store(r, Relaxed);
+        } else {
+            self.rec(next).prev.store(r, Relaxed);
+        }
+        hold.count.fetch_add(1, Relaxed);
+    }
+
+    fn unlink(&self, hold: &Holding<L>, rec: &ObjRecord) {
+        let prev = rec.prev.load(Relaxed);
+        let next = rec.next.load(Relaxed);
+        if prev == NIL {
+            hold.head.store(next, Relaxed);
+        } else {
+            self.rec(prev).next.store(next, Relaxed);
+        }
+        if next == NIL {
+            hold.tail.store(prev, Relaxed);
+        } else {
+            self.rec(next).prev.store(prev, Relaxed);
+        }
+        hold.count.fetch_sub(1, Relaxed);
+    }
+
+    /// Validates `token` for `object` under the shard lock and runs `f` on the live record.
+    fn with_live<R>(
+        &self,
+        token: Token,
+        object: u64,
+        f: impl FnOnce(&ObjShard<L>, &ObjRecord) -> R,
+    ) -> Option<R> {
+        let (s, i) = split_ref(token.slot());
+        if s > self.shard_mask {
+            return None;
+        }
+        let shard = &self.objects[s as usize];
+        let _g = Exclusive::new(&shard.lock);
+        let rec = shard.get(i)?;
+        if rec.generation.load(Relaxed) != token.generation()
+            || rec.state() != LIVE
+            || rec.object.load(Relaxed) != object
+        {
+            return None;
+        }
+        Some(f(shard, rec))
+    }
+
+    /// A handle to the object was closed (`RegNtPreKeyHandleClose`). Closes beyond the
+    /// opens counted (duplicated handles) are counted, never underflow.
+    pub fn handle_closed(&self, token: Token, object: u64) {
+        let known = self.with_live(token, object, |shard, rec| {
+            shard.closes_seen.fetch_add(1, Relaxed);
+            let closes = rec.closes.load(Relaxed).saturating_add(1);
+            rec.closes.store(closes, Relaxed);
+            if closes > rec.opens.load(Relaxed) {
+                bump(&self.counters.closes_exceeding_opens);
+            }
+        });
+        if known.is_none() {
+            bump(&self.counters.closes_unknown_object);
+        }
+    }
+
+    /// The object is gone (`RegNtCallbackObjectContextCleanup`).
+    pub fn object_destroyed(&self, token: Token, object: u64) {
+        if !self.remove(token, object, true) {
+            bump(&self.counters.destroys_unknown_object);
+        }
+    }
+
+    /// Forgets an object the driver could not attach its token to (so no destroy will ever
+    /// come for it); counted as `objects_abandoned`.
+    pub fn abandon(&self, token: Token, object: u64) {
+        if self.remove(token, object, false) {
+            bump(&self.counters.objects_abandoned);
+        } else {
+            bump(&self.counters.destroys_unknown_object);
+        }
+    }
+
+    fn remove(&self, token: Token, object: u64, count_destroy: bool) -> bool {
+        let Some((holding, name)) = self.with_live(token, object, |shard, rec| {
+            if count_destroy {
+                shard.destroys_seen.fetch_add(1, Relaxed);
+            }
+            rec.state.store(DYING, Relaxed);
+            (rec.holding.load(Relaxed), rec.name.load(Relaxed))
+        }) else {
+            return false;
+        };
+        let rec = self.rec(token.slot());
+        let hold_ptr =
+            NonNull::new(holding.cast::<Holding<L>>()).unwrap_or_else(|| unreachable_link());
+        let hold = holding_of(hold_ptr);
+        let proc = process_of(hold.process);
+        let hive = hold.hive;
+        let (emptied, reap) = {
+            let _pg = Exclusive::new(&proc.lock);
+            self.unlink(hold, rec);
+            proc.open_keys.fetch_sub(1, Relaxed);
+            hive_of(hive).open_keys.fetch_sub(1, Relaxed);
+            let emptied = hold.count.load(Relaxed) == 0;
+            if emptied {
+                proc.remove_holding(hold_ptr);
+                hive_of(hive).holders.fetch_sub(1, Relaxed);
+            }
+            (
+                emptied,
+                proc.exited.load(Relaxed) && proc.holdings.load(Relaxed).is_null(),
+            )
+        };
+        let key = proc.key;
+        if emptied {
+            self.counters.holdings.fetch_sub(1, Relaxed);
+            // SAFETY: unlinked from its process under the process lock, and its last key is
+            // gone: nothing reaches it.
+            unsafe { free_holding(&self.pool, hold_ptr) };
+            self.hives.unpin(&self.pool, &self.names, hive);
+        }
+        if reap {
+            self.reap_process(key);
+        }
+        if let Some(n) = NonNull::new(name) {
+            self.names.release(&self.pool, n);
+        }
+        let (s, i) = split_ref(token.slot());
+        let shard = &self.objects[s as usize];
+        let _g = Exclusive::new(&shard.lock);
+        shard.release(i);
+        true
+    }
+
+    fn reap_process(&self, key: ProcessKey) {
+        if let Some(Some(image)) = self.processes.reap(&self.pool, key) {
+            self.names.release(&self.pool, image);
+        }
+    }
+
+    /// A process started (or was found at start-up): records its image path. Optional: a
+    /// process first seen in `opened` is created without an image.
+    pub fn process_started(&self, process: ProcessKey, image: &[u16]) {
+        let Ok(lp) = self.processes.lock_process(&self.pool, process, true) else {
+            bump(&self.counters.images_dropped_no_memory);
+            return;
+        };
+        let proc = process_of(lp.process);
+        if proc.image().is_some() || image.is_empty() {
+            return;
+        }
+        match self.names.intern(&self.pool, image) {
+            Ok(n) => {
+                if name_of(n).truncated() {
+                    bump(&self.counters.names_truncated);
+                }
+                proc.image.store(n.as_ptr(), Relaxed);
+            }
+            Err(_) => bump(&self.counters.images_dropped_no_memory),
+        }
+    }
+
+    /// A process exited. Its record goes when it no longer holds keys.
+    pub fn process_exited(&self, process: ProcessKey) {
+        bump(&self.counters.process_exits_seen);
+        let known = self
+            .processes
+            .with(process, |p| p.exited.store(true, Relaxed));
+        if known.is_none() {
+            bump(&self.counters.process_exits_unknown);
+            return;
+        }
+        self.reap_process(process);
+    }
+
+    /// A hive was loaded at `mount` from `file` (also used to seed from the hive list).
+    pub fn hive_loaded(&self, mount: &[u16], file: &[u16], time: u64) {
+        bump(&self.counters.hive_loads_seen);
+        if self
+            .hives
+            .loaded(&self.pool, &self.names, mount, file, time)
+            .is_err()
+        {
+            bump(&self.counters.hive_loads_dropped_no_memory);
+        }
+    }
+
+    /// The hive at `mount` was unloaded.
+    pub fn hive_unloaded(&self, mount: &[u16]) {
+        bump(&self.counters.hive_unloads_seen);
+        if !self.hives.unloaded(&self.pool, &self.names, mount) {
+            bump(&self.counters.unloads_unknown_hive);
+        }
+    }
+
+    /// An unload of `mount` was attempted with `outcome` (an NTSTATUS): records who held keys
+    /// in the hive at this moment, in the bounded history.
+    pub fn unload_attempted(&self, mount: &[u16], outcome: u32, time: u64) {
+        bump(&self.counters.unload_attempts_seen);
+        let mut entry = HistEntry {
+            next: core::sync::atomic::AtomicPtr::default(),
+            sequence: self.history.take_sequence(),
+            time,
+            outcome,
+            hive_id: 0,
+            open_keys: 0,
+            holders_total: 0,
+            flags: 0,
+            n: 0,
+            mount: None,
+            holders: [HistHolder {
+                pid: 0,
+                start_key: 0,
+                open_keys: 0,
+                image: None,
+            }; MAX_UNLOAD_HOLDERS],
+        };
+        match self.hives.find_exact(mount) {
+            None => entry.flags |= UnloadRecord::UNKNOWN_HIVE,
+            Some(h) => {
+                let hive = hive_of(h);
+                entry.hive_id = hive.id;
+                entry.open_keys = hive.open_keys.load(Relaxed);
+                self.collect_holders(hive, &mut entry);
+                self.hives.unpin(&self.pool, &self.names, h);
+            }
+        }
+        let Ok(m) = self.names.intern(&self.pool, mount) else {
+            bump(&self.counters.history_dropped_no_memory);
+            self.release_entry_names(&entry);
+            return;
+        };
+        entry.mount = Some(m);
+        match self
+            .history
+            .push(&self.pool, &entry, self.config.history_len.max(1))
+        {
+            Ok(Some(old)) => {
+                History::<L>::free_entry(&self.pool, old, |n| self.names.release(&self.pool, n));
+            }
+            Ok(None) => {}
+            Err(()) => {
+                bump(&self.counters.history_dropped_no_memory);
+                self.release_entry_names(&entry);
+            }
+        }
+    }
+
+    fn release_entry_names(&self, entry: &HistEntry) {
+        if let Some(m) = entry.mount {
+            self.names.release(&self.pool, m);
+        }
+        for h in &entry.holders[..usize::from(entry.n)] {
+            if let Some(i) = h.image {
+                self.names.release(&self.pool, i);
+            }
+        }
+    }
+
+    /// Keeps the biggest holders of `hive` in `entry` (images counted).
+    fn collect_holders(&self, hive: &Hive, entry: &mut HistEntry) {
+        let mut total = 0u32;
+        self.processes.for_each(|p| {
+            let Some(h) = p.holding(hive.id) else { return };
+            total = total.saturating_add(1);
+            let keys = holding_of(h).count.load(Relaxed);
+            let n = usize::from(entry.n);
+            let slot = if n < MAX_UNLOAD_HOLDERS {
+                entry.n += 1;
+                n
+            } else {
+                let (i, min) = entry
+                    .holders
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, x)| x.open_keys)
+                    .map_or((0, 0), |(i, x)| (i, x.open_keys));
+                if keys <= min {
+                    return;
+                }
+                if let Some(old) = entry.holders[i].image.take() {
+                    self.names.release(&self.pool, old);
+                }
+                i
+            };
+            let image = p.image();
+            if let Some(i) = image {
+                self.names.add_ref(i);
+            }
+            entry.holders[slot] = HistHolder {
+                pid: p.key.pid,
+                start_key: p.key.start_key,
+                open_keys: keys,
+                image,
+            };
+        });
+        entry.holders_total = total;
+        if usize::try_from(total).unwrap_or(usize::MAX) > usize::from(entry.n) {
+            entry.flags |= UnloadRecord::HOLDERS_TRUNCATED;
+            bump(&self.counters.history_holders_truncated);
+        }
+        entry.holders[..usize::from(entry.n)].sort_unstable_by(|a, b| {
+            b.open_keys
+                .cmp(&a.open_keys)
+                .then(a.pid.cmp(&b.pid))
+                .then(a.start_key.cmp(&b.start_key))
+        });
+    }
+}
+
+#[cold]
+fn unreachable_link() -> ! {
+    // A list link or a validated token always names a handed-out slot; reaching this means
+    // memory corruption, which the kernel build turns into a bug check.
+    panic!("hivetrack: internal link to an unallocated slot")
+}
+
+impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
+    /// Frees every block. The driver calls this after `CmUnRegisterCallback` (which
+    /// delivers a cleanup for every object still carrying a context) and after its
+    /// process-notify routine is removed, so no event can run concurrently.
+    fn drop(&mut self) {
+        // Keys: release names, holdings, hive pins.
+        for s in 0..MAX_SHARDS {
+            let mut i = 0;
+            while let Some(rec) = self.objects[s].get(i) {
+                let state = rec.state();
+                if matches!(state, LIVE | DYING | RESERVED)
+                    && let Some(n) = NonNull::new(rec.name.swap(ptr::null_mut(), Relaxed))
+                {
+                    self.names.release(&self.pool, n);
+                }
+                i += 1;
+            }
+        }
+        let pool = &self.pool;
+        let names = &self.names;
+        let hives = &self.hives;
+        self.processes.for_each(|p| {
+            let mut cur = p.holdings.swap(ptr::null_mut(), Relaxed);
+            while let Some(h) = NonNull::new(cur) {
+                let hold = holding_of(h);
+                cur = hold.next.load(Relaxed);
+                hives.unpin(pool, names, hold.hive);
+                // SAFETY: teardown: exclusive access; the holding is unlinked.
+                unsafe { free_holding(pool, h) };
+            }
+        });
+        self.processes.teardown(pool, |i| names.release(pool, i));
+        self.history
+            .drain(|e| History::<L>::free_entry(pool, e, |n| names.release(pool, n)));
+        self.hives.teardown(pool, names);
+        for s in &mut self.objects {
+            s.teardown(pool);
+        }
+        let _leaked = self.names.teardown(pool);
+    }
+}
