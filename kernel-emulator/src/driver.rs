@@ -44,6 +44,7 @@ pub fn load(sys: &Path, map: Option<&Path>) -> Result<LoadedDriver, LoadError> {
         image.map = Some(MapFile::parse(&text));
     }
     let image: &'static Image = Box::leak(Box::new(image));
+    crate::kernel::with(|k| k.processes.driver_dll_characteristics = image.dll_characteristics);
     bugcheck::set_image(image);
     let service = file_name.trim_end_matches(".sys").to_string();
     let driver_name: &'static OwnedUnicode =

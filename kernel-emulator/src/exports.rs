@@ -44,6 +44,7 @@ pub fn table() -> &'static [Export] {
         v.extend(crate::security::exports());
         v.extend(crate::dbgprint::exports());
         v.extend(crate::registry::exports());
+        v.extend(crate::process::exports());
         v.extend(crate::bugcheck::exports());
         v.push(Export::function(
             "MmGetSystemRoutineAddress",

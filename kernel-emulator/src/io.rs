@@ -150,6 +150,14 @@ thread_local! {
     static CURRENT_PID: Cell<u32> = const { Cell::new(4) };
 }
 
+/// Runs `f` on behalf of process `pid` (PsGetCurrentProcessId reports it).
+pub fn with_pid<R>(pid: u32, f: impl FnOnce() -> R) -> R {
+    let previous = CURRENT_PID.with(|c| c.replace(pid));
+    let r = f();
+    CURRENT_PID.with(|c| c.set(previous));
+    r
+}
+
 /// The process id PsGetCurrentProcessId reports on this thread.
 #[must_use]
 pub fn current_pid() -> u32 {

@@ -10,9 +10,11 @@ use std::sync::{Mutex, MutexGuard};
 use crate::bugcheck::{self, verifier_violation};
 use crate::cpu;
 use crate::faults::FaultInjector;
+use crate::hive::HiveState;
 use crate::io::IoState;
 use crate::object::ObjectState;
 use crate::pool::PoolState;
+use crate::process::ProcessState;
 use crate::registry::RegistryState;
 
 /// The 24 KiB x64 kernel stack: deeper use would have overflowed on Windows (bugcheck 0x7F).
@@ -31,6 +33,10 @@ pub struct Kernel {
     pub objects: ObjectState,
     /// Registry callbacks.
     pub registry: RegistryState,
+    /// Hives, keys, key objects and key handles.
+    pub hives: HiveState,
+    /// Processes and process-notify routines.
+    pub processes: ProcessState,
     /// Routines hidden from the loader and from MmGetSystemRoutineAddress.
     pub hidden_routines: BTreeSet<String>,
     /// Names the driver asked MmGetSystemRoutineAddress for, in order.
@@ -151,6 +157,7 @@ pub fn leaks() -> Vec<String> {
         v.extend(k.io.leaks());
         v.extend(k.objects.leaks());
         v.extend(k.registry.leaks());
+        v.extend(k.processes.leaks());
         v
     })
 }

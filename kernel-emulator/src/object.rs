@@ -236,6 +236,10 @@ unsafe extern "win64" fn ObfDereferenceObject(object: *mut c_void) -> isize {
             "ObDereferenceObject({object:p}) without a matching reference"
         ));
     }
+    if n == 0 {
+        kernel::with(|k| k.objects.references.remove(&(object as usize)));
+        crate::hive::on_last_reference(object as usize);
+    }
     n as isize
 }
 

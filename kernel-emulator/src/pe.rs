@@ -62,6 +62,8 @@ pub struct Image {
     pub preferred_base: u64,
     /// AddressOfEntryPoint.
     pub entry_rva: u32,
+    /// DllCharacteristics (FORCE_INTEGRITY = /INTEGRITYCHECK, ...).
+    pub dll_characteristics: u16,
     /// Sections.
     pub sections: Vec<Section>,
     /// Bound imports.
@@ -183,6 +185,7 @@ pub fn load(
     let size = oh.size_of_image.get(LE) as usize;
     let header_size = oh.size_of_headers.get(LE) as usize;
     let entry_rva = oh.address_of_entry_point.get(LE);
+    let dll_characteristics = oh.dll_characteristics.get(LE);
     if (oh.section_alignment.get(LE) as usize) < PAGE {
         return Err(err("SectionAlignment below the page size"));
     }
@@ -358,6 +361,7 @@ pub fn load(
         size,
         preferred_base,
         entry_rva,
+        dll_characteristics,
         sections,
         imports,
         functions,

@@ -1,21 +1,221 @@
-//! Configuration manager callbacks: CmRegisterCallbackEx / CmUnRegisterCallback with altitudes
-//! and cookies. A callback still registered at unload is reported (bugcheck 0xCE on
-//! Windows: the kernel would call into unloaded code).
+//! Configuration manager callbacks: CmRegisterCallbackEx / CmUnRegisterCallback (altitude,
+//! cookie, collision), the delivery of pre- and post-notifications with their real x64
+//! structure layouts (per-callback CallContext from pre to post, ObjectContext per callback,
+//! an error or STATUS_CALLBACK_BYPASS from any pre-callback skips every post-callback), key
+//! object contexts (CmSetCallbackObjectContext, cleanup on object deletion and on
+//! unregistration), and CmCallbackGetKeyObjectIDEx / CmCallbackReleaseKeyObjectIDEx /
+//! CmCallbackGetKeyObjectID. The hives, keys and handles themselves live in [`crate::hive`].
 //!
-//! Not yet modelled (see README.md): hives, keys, key objects and handles, the pre/post
-//! notification structures, object contexts and their cleanup.
+//! Order (docs, "Filtering Registry Calls"): pre-notifications go from the highest altitude to
+//! the lowest, post-notifications from the lowest to the highest.
 
 use std::ffi::c_void;
 
-use crate::bugcheck::require_irql;
-use crate::cpu::PASSIVE_LEVEL;
+use crate::bugcheck::{require_irql, verifier_violation};
+use crate::cpu::{APC_LEVEL, PASSIVE_LEVEL};
 use crate::exports::Export;
-use crate::kernel;
-use crate::layout::{ExCallbackFn, UnicodeString, read_unicode};
+use crate::kernel::{self, call_driver};
+use crate::layout::{ExCallbackFn, UnicodeString, poke, read_unicode};
 use crate::status::{
-    NtStatus, STATUS_FLT_INSTANCE_ALTITUDE_COLLISION, STATUS_INSUFFICIENT_RESOURCES,
+    self, NtStatus, STATUS_FLT_INSTANCE_ALTITUDE_COLLISION, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_PARAMETER, STATUS_INVALID_PARAMETER_3, STATUS_INVALID_PARAMETER_6,
     STATUS_SUCCESS,
+};
+
+/// What a pre-callback returns when it completed the operation itself.
+pub use crate::status::STATUS_CALLBACK_BYPASS;
+
+/// REG_NOTIFY_CLASS values (wdm.h).
+pub mod class {
+    /// RegNtPreKeyHandleClose (= RegNtKeyHandleClose).
+    pub const PRE_KEY_HANDLE_CLOSE: usize = 14;
+    /// RegNtPostKeyHandleClose.
+    pub const POST_KEY_HANDLE_CLOSE: usize = 25;
+    /// RegNtPreCreateKeyEx.
+    pub const PRE_CREATE_KEY_EX: usize = 26;
+    /// RegNtPostCreateKeyEx.
+    pub const POST_CREATE_KEY_EX: usize = 27;
+    /// RegNtPreOpenKeyEx.
+    pub const PRE_OPEN_KEY_EX: usize = 28;
+    /// RegNtPostOpenKeyEx.
+    pub const POST_OPEN_KEY_EX: usize = 29;
+    /// RegNtPreLoadKey.
+    pub const PRE_LOAD_KEY: usize = 32;
+    /// RegNtPostLoadKey.
+    pub const POST_LOAD_KEY: usize = 33;
+    /// RegNtPreUnLoadKey.
+    pub const PRE_UNLOAD_KEY: usize = 34;
+    /// RegNtPostUnLoadKey.
+    pub const POST_UNLOAD_KEY: usize = 35;
+    /// RegNtCallbackObjectContextCleanup.
+    pub const CALLBACK_OBJECT_CONTEXT_CLEANUP: usize = 40;
+}
+
+/// REG_CREATE_KEY_INFORMATION_V1 / REG_OPEN_KEY_INFORMATION_V1 (0x88).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegCreateKeyInformationV1 {
+    /// 0x00
+    pub complete_name: *mut UnicodeString,
+    /// 0x08
+    pub root_object: *mut c_void,
+    /// 0x10
+    pub object_type: *mut c_void,
+    /// 0x18
+    pub options: u32,
+    /// padding
+    pub pad0: u32,
+    /// 0x20
+    pub class: *mut UnicodeString,
+    /// 0x28
+    pub security_descriptor: *mut c_void,
+    /// 0x30
+    pub security_quality_of_service: *mut c_void,
+    /// 0x38
+    pub desired_access: u32,
+    /// 0x3C
+    pub granted_access: u32,
+    /// 0x40
+    pub disposition: *mut u32,
+    /// 0x48
+    pub result_object: *mut *mut c_void,
+    /// 0x50
+    pub call_context: *mut c_void,
+    /// 0x58
+    pub root_object_context: *mut c_void,
+    /// 0x60
+    pub transaction: *mut c_void,
+    /// 0x68: 1 for the _V1 layout
+    pub version: usize,
+    /// 0x70
+    pub remaining_name: *mut UnicodeString,
+    /// 0x78
+    pub wow64_flags: u32,
+    /// 0x7C
+    pub attributes: u32,
+    /// 0x80
+    pub check_access_mode: i8,
+    /// padding
+    pub pad1: [u8; 7],
+}
+
+/// REG_POST_OPERATION_INFORMATION (0x38).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegPostOperationInformation {
+    /// 0x00: valid only when `status` is STATUS_SUCCESS.
+    pub object: *mut c_void,
+    /// 0x08
+    pub status: NtStatus,
+    /// padding
+    pub pad0: u32,
+    /// 0x10
+    pub pre_information: *mut c_void,
+    /// 0x18
+    pub return_status: NtStatus,
+    /// padding
+    pub pad1: u32,
+    /// 0x20
+    pub call_context: *mut c_void,
+    /// 0x28
+    pub object_context: *mut c_void,
+    /// 0x30
+    pub reserved: *mut c_void,
+}
+
+/// REG_KEY_HANDLE_CLOSE_INFORMATION (0x20).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegKeyHandleCloseInformation {
+    /// 0x00
+    pub object: *mut c_void,
+    /// 0x08
+    pub call_context: *mut c_void,
+    /// 0x10
+    pub object_context: *mut c_void,
+    /// 0x18
+    pub reserved: *mut c_void,
+}
+
+/// REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION (0x18).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegCallbackContextCleanupInformation {
+    /// 0x00
+    pub object: *mut c_void,
+    /// 0x08
+    pub object_context: *mut c_void,
+    /// 0x10
+    pub reserved: *mut c_void,
+}
+
+/// REG_LOAD_KEY_INFORMATION (0x58).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegLoadKeyInformation {
+    /// 0x00
+    pub object: *mut c_void,
+    /// 0x08
+    pub key_name: *mut UnicodeString,
+    /// 0x10
+    pub source_file: *mut UnicodeString,
+    /// 0x18
+    pub flags: u32,
+    /// padding
+    pub pad0: u32,
+    /// 0x20
+    pub trust_class_object: *mut c_void,
+    /// 0x28
+    pub user_event: *mut c_void,
+    /// 0x30
+    pub desired_access: u32,
+    /// padding
+    pub pad1: u32,
+    /// 0x38
+    pub root_handle: *mut u64,
+    /// 0x40
+    pub call_context: *mut c_void,
+    /// 0x48
+    pub object_context: *mut c_void,
+    /// 0x50
+    pub reserved: *mut c_void,
+}
+
+/// REG_UNLOAD_KEY_INFORMATION (0x28).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegUnloadKeyInformation {
+    /// 0x00: the hive's root key object
+    pub object: *mut c_void,
+    /// 0x08
+    pub user_event: *mut c_void,
+    /// 0x10
+    pub call_context: *mut c_void,
+    /// 0x18
+    pub object_context: *mut c_void,
+    /// 0x20
+    pub reserved: *mut c_void,
+}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<RegCreateKeyInformationV1>() == 0x88);
+    assert!(offset_of!(RegCreateKeyInformationV1, desired_access) == 0x38);
+    assert!(offset_of!(RegCreateKeyInformationV1, disposition) == 0x40);
+    assert!(offset_of!(RegCreateKeyInformationV1, call_context) == 0x50);
+    assert!(offset_of!(RegCreateKeyInformationV1, root_object_context) == 0x58);
+    assert!(offset_of!(RegCreateKeyInformationV1, version) == 0x68);
+    assert!(offset_of!(RegCreateKeyInformationV1, check_access_mode) == 0x80);
+    assert!(size_of::<RegPostOperationInformation>() == 0x38);
+    assert!(offset_of!(RegPostOperationInformation, status) == 0x08);
+    assert!(offset_of!(RegPostOperationInformation, call_context) == 0x20);
+    assert!(offset_of!(RegPostOperationInformation, object_context) == 0x28);
+    assert!(size_of::<RegKeyHandleCloseInformation>() == 0x20);
+    assert!(size_of::<RegCallbackContextCleanupInformation>() == 0x18);
+    assert!(size_of::<RegLoadKeyInformation>() == 0x58);
+    assert!(offset_of!(RegLoadKeyInformation, call_context) == 0x40);
+    assert!(size_of::<RegUnloadKeyInformation>() == 0x28);
+    assert!(offset_of!(RegUnloadKeyInformation, object_context) == 0x18);
 };
 
 /// One registered callback.
@@ -29,30 +229,237 @@ pub struct Callback {
     pub context: usize,
     /// Altitude string.
     pub altitude: String,
+    /// Registered by the emulator itself (an "other filter"), not by the driver.
+    pub emulated: bool,
 }
 
-/// Registry state.
+impl Callback {
+    fn altitude_value(&self) -> f64 {
+        self.altitude.parse().unwrap_or(0.0)
+    }
+}
+
+/// Registry callback state.
 #[derive(Debug, Default)]
 pub struct RegistryState {
     /// Registered callbacks in registration order.
     pub callbacks: Vec<Callback>,
     next_cookie: i64,
+    /// Names handed out by CmCallbackGetKeyObjectIDEx and not yet released: buffer address ->
+    /// (name, operation).
+    pub names: std::collections::HashMap<usize, (String, String)>,
+    /// Notifications delivered, by class.
+    pub delivered: std::collections::BTreeMap<usize, u64>,
 }
 
 impl RegistryState {
-    /// Callbacks left registered, as leak lines.
+    /// Callbacks left registered and names not released, as leak lines.
     #[must_use]
     pub fn leaks(&self) -> Vec<String> {
-        self.callbacks
+        let mut v: Vec<String> = self
+            .callbacks
             .iter()
+            .filter(|c| !c.emulated)
             .map(|c| {
                 format!(
                     "registry callback cookie {:#x} (altitude {}) still registered: Windows would call into unloaded code (bugcheck 0xCE)",
                     c.cookie, c.altitude
                 )
             })
-            .collect()
+            .collect();
+        v.extend(self.names.iter().map(|(p, (n, op))| {
+            format!("key object name {p:#x} ({n}) from CmCallbackGetKeyObjectIDEx during {op} never released")
+        }));
+        v.sort();
+        v
     }
+}
+
+/// Registers a callback on behalf of the emulator (another filter at `altitude`).
+///
+/// # Errors
+/// STATUS_FLT_INSTANCE_ALTITUDE_COLLISION when the altitude is taken.
+pub fn register_emulated(
+    function: ExCallbackFn,
+    context: usize,
+    altitude: &str,
+) -> Result<i64, NtStatus> {
+    register(function as usize, context, altitude.to_string(), true)
+}
+
+fn register(
+    function: usize,
+    context: usize,
+    altitude: String,
+    emulated: bool,
+) -> Result<i64, NtStatus> {
+    kernel::with(|k| {
+        let r = &mut k.registry;
+        if r.callbacks.iter().any(|c| c.altitude == altitude) {
+            return Err(STATUS_FLT_INSTANCE_ALTITUDE_COLLISION);
+        }
+        r.next_cookie += 1;
+        let cookie = 0x01DA_0000_0000_0000 + r.next_cookie * 0x10;
+        r.callbacks.push(Callback {
+            cookie,
+            function,
+            context,
+            altitude,
+            emulated,
+        });
+        Ok(cookie)
+    })
+}
+
+/// Callbacks by altitude: highest first.
+fn by_altitude() -> Vec<Callback> {
+    let mut v = kernel::with(|k| k.registry.callbacks.clone());
+    v.sort_by(|a, b| b.altitude_value().total_cmp(&a.altitude_value()));
+    v
+}
+
+/// Calls one callback.
+fn invoke(cb: &Callback, class: usize, argument: usize) -> NtStatus {
+    kernel::with(|k| *k.registry.delivered.entry(class).or_insert(0) += 1);
+    // SAFETY: `function` was registered as an EX_CALLBACK_FUNCTION (by the driver through
+    // CmRegisterCallbackEx, or by the emulator).
+    let f = unsafe { std::mem::transmute::<usize, ExCallbackFn>(cb.function) };
+    let (ctx, arg1, arg2) = (
+        cb.context as *mut c_void,
+        class as *mut c_void,
+        argument as *mut c_void,
+    );
+    let label = format!("RegistryCallback(class {class}, altitude {})", cb.altitude);
+    // SAFETY: calling the registered callback with its context and a live argument structure.
+    call_driver(&label, || unsafe { f(ctx, arg1, arg2) })
+}
+
+/// Where the per-callback fields live in a pre-information structure.
+#[derive(Clone, Copy, Debug)]
+pub struct PreFields {
+    /// Offset of CallContext.
+    pub call_context: usize,
+    /// Offset of ObjectContext (RootObjectContext for create/open), if any.
+    pub object_context: Option<usize>,
+    /// The object whose per-callback context goes into `object_context`.
+    pub object: usize,
+}
+
+/// What the pre-notification round decided.
+#[derive(Debug)]
+pub struct PreOutcome {
+    /// STATUS_SUCCESS, an error from a callback, or STATUS_CALLBACK_BYPASS.
+    pub status: NtStatus,
+    /// (cookie, CallContext) of every callback that saw the pre-notification.
+    pub call_contexts: Vec<(i64, usize)>,
+}
+
+impl PreOutcome {
+    /// Whether the operation goes on (and post-notifications will be delivered).
+    #[must_use]
+    pub const fn proceeds(&self) -> bool {
+        self.status == STATUS_SUCCESS
+    }
+}
+
+/// The context the callback with `cookie` attached to `object`, if any.
+fn object_context(object: usize, cookie: i64) -> usize {
+    kernel::with(|k| k.hives.context_of(object, cookie))
+}
+
+/// Delivers a pre-notification, highest altitude first. Each callback gets its own
+/// CallContext slot (reset to NULL) and ObjectContext; the first error or
+/// STATUS_CALLBACK_BYPASS stops the round.
+#[must_use]
+pub fn notify_pre(class: usize, info: usize, fields: PreFields) -> PreOutcome {
+    let mut call_contexts = Vec::new();
+    for cb in by_altitude() {
+        // SAFETY: `info` is a live pre-information structure of the emulator with CallContext
+        // (and ObjectContext) at the given offsets.
+        unsafe { poke(info + fields.call_context, 0usize) };
+        if let Some(off) = fields.object_context {
+            // SAFETY: as above.
+            unsafe { poke(info + off, object_context(fields.object, cb.cookie)) };
+        }
+        let s = invoke(&cb, class, info);
+        // SAFETY: as above; the callback may have set its CallContext.
+        let cc = unsafe { ((info + fields.call_context) as *const usize).read_unaligned() };
+        call_contexts.push((cb.cookie, cc));
+        if s == STATUS_CALLBACK_BYPASS || !status::nt_success(s) {
+            return PreOutcome {
+                status: s,
+                call_contexts,
+            };
+        }
+    }
+    PreOutcome {
+        status: STATUS_SUCCESS,
+        call_contexts,
+    }
+}
+
+/// A pointer the driver must never dereference: what `Object` holds in a post-notification
+/// whose status is not STATUS_SUCCESS ("undefined" per the docs).
+pub const INVALID_OBJECT: usize = 0xDEAD_0B1E_C700_0000;
+
+/// Delivers a post-notification, lowest altitude first, to the callbacks that saw the pre.
+pub fn notify_post(
+    class: usize,
+    object: usize,
+    status: NtStatus,
+    pre: usize,
+    outcome: &PreOutcome,
+) {
+    let mut cbs = by_altitude();
+    cbs.reverse();
+    for cb in cbs {
+        let Some(&(_, cc)) = outcome.call_contexts.iter().find(|(c, _)| *c == cb.cookie) else {
+            continue;
+        };
+        let mut info = RegPostOperationInformation {
+            object: if status == STATUS_SUCCESS {
+                object
+            } else {
+                INVALID_OBJECT
+            } as *mut c_void,
+            status,
+            pad0: 0,
+            pre_information: pre as *mut c_void,
+            return_status: status,
+            pad1: 0,
+            call_context: cc as *mut c_void,
+            object_context: if status == STATUS_SUCCESS {
+                object_context(object, cb.cookie)
+            } else {
+                0
+            } as *mut c_void,
+            reserved: std::ptr::null_mut(),
+        };
+        let _ = invoke(&cb, class, (&raw mut info) as usize);
+    }
+}
+
+/// Delivers RegNtCallbackObjectContextCleanup to `cookie`'s callback for `object`.
+pub fn notify_context_cleanup(object: usize, cookie: i64, context: usize) {
+    let Some(cb) = kernel::with(|k| {
+        k.registry
+            .callbacks
+            .iter()
+            .find(|c| c.cookie == cookie)
+            .cloned()
+    }) else {
+        return;
+    };
+    let mut info = RegCallbackContextCleanupInformation {
+        object: object as *mut c_void,
+        object_context: context as *mut c_void,
+        reserved: std::ptr::null_mut(),
+    };
+    let _ = invoke(
+        &cb,
+        class::CALLBACK_OBJECT_CONTEXT_CLEANUP,
+        (&raw mut info) as usize,
+    );
 }
 
 /// CmRegisterCallbackEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmregistercallbackex>:
@@ -83,22 +490,7 @@ unsafe extern "win64" fn CmRegisterCallbackEx(
     if kernel::should_fail("CmRegisterCallbackEx", false) {
         return STATUS_INSUFFICIENT_RESOURCES;
     }
-    let result = kernel::with(|k| {
-        let r = &mut k.registry;
-        if r.callbacks.iter().any(|c| c.altitude == alt) {
-            return Err(STATUS_FLT_INSTANCE_ALTITUDE_COLLISION);
-        }
-        r.next_cookie += 1;
-        let c = 0x01DA_0000_0000_0000 + r.next_cookie * 0x10;
-        r.callbacks.push(Callback {
-            cookie: c,
-            function: f as usize,
-            context: context as usize,
-            altitude: alt,
-        });
-        Ok(c)
-    });
-    match result {
+    match register(f as usize, context as usize, alt, false) {
         Ok(c) => {
             // SAFETY: checked non-null; the driver passes a writable LARGE_INTEGER.
             unsafe { cookie.write_unaligned(c) };
@@ -109,18 +501,135 @@ unsafe extern "win64" fn CmRegisterCallbackEx(
 }
 
 /// CmUnRegisterCallback — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmunregistercallback>:
-/// an unknown cookie is STATUS_INVALID_PARAMETER. PASSIVE_LEVEL.
+/// delivers RegNtCallbackObjectContextCleanup for every key object that still has a context
+/// of this callback, then removes it; an unknown cookie is STATUS_INVALID_PARAMETER.
+/// PASSIVE_LEVEL. (In-flight callbacks on other threads are not waited for: the model's
+/// notifications are synchronous.)
 unsafe extern "win64" fn CmUnRegisterCallback(cookie: i64) -> NtStatus {
     require_irql("CmUnRegisterCallback", PASSIVE_LEVEL);
-    kernel::with(|k| {
-        let cbs = &mut k.registry.callbacks;
-        cbs.iter()
-            .position(|c| c.cookie == cookie)
-            .map_or(STATUS_INVALID_PARAMETER, |i| {
-                cbs.remove(i);
-                STATUS_SUCCESS
-            })
-    })
+    if !kernel::with(|k| k.registry.callbacks.iter().any(|c| c.cookie == cookie)) {
+        return STATUS_INVALID_PARAMETER;
+    }
+    for (object, context) in kernel::with(|k| k.hives.take_contexts_of(cookie)) {
+        notify_context_cleanup(object, cookie, context);
+    }
+    kernel::with(|k| k.registry.callbacks.retain(|c| c.cookie != cookie));
+    STATUS_SUCCESS
+}
+
+/// CmSetCallbackObjectContext — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmsetcallbackobjectcontext>:
+/// attaches NewContext to a live key object for the callback identified by Cookie; returns
+/// the previous one in OldContext. Only a live key object is valid.
+unsafe extern "win64" fn CmSetCallbackObjectContext(
+    object: *mut c_void,
+    cookie: *const i64,
+    new_context: *mut c_void,
+    old_context: *mut *mut c_void,
+) -> NtStatus {
+    require_irql("CmSetCallbackObjectContext", APC_LEVEL);
+    if cookie.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: checked non-null; the driver passes its cookie.
+    let cookie = unsafe { cookie.read_unaligned() };
+    if !kernel::with(|k| k.registry.callbacks.iter().any(|c| c.cookie == cookie)) {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let old = kernel::with(|k| {
+        k.hives
+            .set_context(object as usize, cookie, new_context as usize)
+    });
+    let Some(old) = old else {
+        verifier_violation(&format!(
+            "CmSetCallbackObjectContext({object:p}): not a live key object"
+        ));
+    };
+    if !old_context.is_null() {
+        // SAFETY: checked non-null; the driver passes a writable PVOID.
+        unsafe { old_context.write_unaligned(old as *mut c_void) };
+    }
+    STATUS_SUCCESS
+}
+
+/// Allocates a UNICODE_STRING + buffer for a key name (freed by CmCallbackReleaseKeyObjectIDEx).
+fn alloc_name(name: &str) -> usize {
+    let units: Vec<u16> = name.encode_utf16().collect();
+    let len = units.len() * 2;
+    let total = 16 + len;
+    let layout = std::alloc::Layout::from_size_align(total, 16).expect("layout");
+    // SAFETY: non-zero size.
+    let p = unsafe { std::alloc::alloc(layout) } as usize;
+    assert!(p != 0, "host out of memory");
+    let us = UnicodeString {
+        length: len as u16,
+        maximum_length: len as u16,
+        pad: 0,
+        buffer: (p + 16) as *mut u16,
+    };
+    // SAFETY: the allocation holds the UNICODE_STRING then `len` bytes of buffer.
+    unsafe { poke(p, us) };
+    // SAFETY: as above.
+    unsafe { std::ptr::copy_nonoverlapping(units.as_ptr(), (p + 16) as *mut u16, units.len()) };
+    p
+}
+
+/// CmCallbackGetKeyObjectIDEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackgetkeyobjectidex>:
+/// a unique id for the registry key (the same for every object opened on the same key) and its
+/// full name, which the caller must release with CmCallbackReleaseKeyObjectIDEx. Flags must be
+/// 0. Calling it on an object being destroyed (post-close) is a verifier violation.
+unsafe extern "win64" fn CmCallbackGetKeyObjectIDEx(
+    cookie: *const i64,
+    object: *mut c_void,
+    object_id: *mut usize,
+    object_name: *mut *mut UnicodeString,
+    flags: u32,
+) -> NtStatus {
+    require_irql("CmCallbackGetKeyObjectIDEx", APC_LEVEL);
+    if cookie.is_null() || flags != 0 {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Some((id, name, destroyed)) = kernel::with(|k| k.hives.identify(object as usize)) else {
+        verifier_violation(&format!(
+            "CmCallbackGetKeyObjectIDEx({object:p}): not a key object"
+        ));
+    };
+    if destroyed {
+        verifier_violation(&format!(
+            "CmCallbackGetKeyObjectIDEx({object:p}) on a key object that is being destroyed (post-close)"
+        ));
+    }
+    if !object_id.is_null() {
+        // SAFETY: checked non-null; the driver passes a writable ULONG_PTR.
+        unsafe { object_id.write_unaligned(id) };
+    }
+    if !object_name.is_null() {
+        if kernel::should_fail("CmCallbackGetKeyObjectIDEx", true) {
+            return STATUS_INSUFFICIENT_RESOURCES;
+        }
+        let p = alloc_name(&name);
+        let op = crate::bugcheck::operation();
+        kernel::with(|k| k.registry.names.insert(p, (name, op)));
+        // SAFETY: checked non-null; the driver passes a writable PCUNICODE_STRING.
+        unsafe { object_name.write_unaligned(p as *mut UnicodeString) };
+    }
+    STATUS_SUCCESS
+}
+
+/// CmCallbackReleaseKeyObjectIDEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackreleasekeyobjectidex>:
+/// releases a name from CmCallbackGetKeyObjectIDEx; anything else is a verifier violation.
+unsafe extern "win64" fn CmCallbackReleaseKeyObjectIDEx(name: *const UnicodeString) {
+    let p = name as usize;
+    let Some((text, _)) = kernel::with(|k| k.registry.names.remove(&p)) else {
+        verifier_violation(&format!(
+            "CmCallbackReleaseKeyObjectIDEx({name:p}): not a name the kernel handed out"
+        ));
+    };
+    let total = 16 + text.encode_utf16().count() * 2;
+    // SAFETY: allocated by alloc_name with this size.
+    unsafe { std::ptr::write_bytes(p as *mut u8, 0xFE, total) };
+    let layout = std::alloc::Layout::from_size_align(total, 16).expect("layout");
+    // SAFETY: as above.
+    unsafe { std::alloc::dealloc(p as *mut u8, layout) };
 }
 
 /// The configuration manager routines.
@@ -134,5 +643,73 @@ pub(crate) fn exports() -> Vec<Export> {
             "CmUnRegisterCallback",
             CmUnRegisterCallback as *const () as usize,
         ),
+        Export::function(
+            "CmSetCallbackObjectContext",
+            CmSetCallbackObjectContext as *const () as usize,
+        ),
+        Export::function(
+            "CmCallbackGetKeyObjectIDEx",
+            CmCallbackGetKeyObjectIDEx as *const () as usize,
+        ),
+        Export::function(
+            "CmCallbackReleaseKeyObjectIDEx",
+            CmCallbackReleaseKeyObjectIDEx as *const () as usize,
+        ),
     ]
+}
+
+/// Marker in a key path that [`filter_deny`] refuses.
+pub const DENY_MARKER: &str = "KEMU-DENIED";
+/// Marker in a key path that [`filter_bypass`] completes itself.
+pub const BYPASS_MARKER: &str = "KEMU-BYPASS";
+
+/// Reads the CompleteName of a pre-create/open notification.
+///
+/// # Safety
+/// `info` must be a live REG_CREATE_KEY_INFORMATION_V1.
+unsafe fn complete_name(info: *mut c_void) -> String {
+    // SAFETY: guaranteed by the caller.
+    let name = unsafe { (*info.cast::<RegCreateKeyInformationV1>()).complete_name };
+    // SAFETY: the model's own UNICODE_STRING.
+    unsafe { read_unicode(name) }.unwrap_or_default()
+}
+
+/// Another filter (emulated): fails pre-open/pre-create of paths containing [`DENY_MARKER`]
+/// with STATUS_ACCESS_DENIED.
+///
+/// # Safety
+/// Called by the model with a notification class and its structure.
+pub unsafe extern "win64" fn filter_deny(
+    _ctx: *mut c_void,
+    class: *mut c_void,
+    info: *mut c_void,
+) -> NtStatus {
+    let c = class as usize;
+    if (c == class::PRE_OPEN_KEY_EX || c == class::PRE_CREATE_KEY_EX)
+        // SAFETY: the model passes the _V1 structure for these classes.
+        && unsafe { complete_name(info) }.contains(DENY_MARKER)
+    {
+        return 0xC000_0022_u32 as NtStatus;
+    }
+    STATUS_SUCCESS
+}
+
+/// Another filter (emulated): completes pre-open/pre-create of paths containing
+/// [`BYPASS_MARKER`] itself (STATUS_CALLBACK_BYPASS).
+///
+/// # Safety
+/// Called by the model with a notification class and its structure.
+pub unsafe extern "win64" fn filter_bypass(
+    _ctx: *mut c_void,
+    class: *mut c_void,
+    info: *mut c_void,
+) -> NtStatus {
+    let c = class as usize;
+    if (c == class::PRE_OPEN_KEY_EX || c == class::PRE_CREATE_KEY_EX)
+        // SAFETY: the model passes the _V1 structure for these classes.
+        && unsafe { complete_name(info) }.contains(BYPASS_MARKER)
+    {
+        return STATUS_CALLBACK_BYPASS;
+    }
+    STATUS_SUCCESS
 }

@@ -4,6 +4,7 @@
 //! with what the scenario expects (some scenarios exist to prove that a bug *is* caught).
 
 pub mod hivetrack;
+pub mod registry;
 pub mod test_driver;
 
 use std::fmt::Display;
@@ -61,6 +62,7 @@ pub struct Scenario {
 pub fn all() -> Vec<Scenario> {
     let mut v = hivetrack::scenarios();
     v.extend(test_driver::scenarios());
+    v.extend(registry::scenarios());
     v
 }
 

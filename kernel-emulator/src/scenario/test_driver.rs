@@ -344,12 +344,12 @@ fn td_hidden_routine(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     ctx.check(
         slots(&call(&s, IOCTL_ROUTINE, 0))[0] == 1,
-        "MmGetSystemRoutineAddress(CmUnRegisterCallback) found",
+        "MmGetSystemRoutineAddress(PsSetCreateProcessNotifyRoutine) found",
     );
-    crate::exports::hide(["CmUnRegisterCallback"]);
+    crate::exports::hide(["PsSetCreateProcessNotifyRoutine"]);
     ctx.check(
         slots(&call(&s, IOCTL_ROUTINE, 0))[0] == 0,
-        "NULL once CmUnRegisterCallback is hidden",
+        "NULL once PsSetCreateProcessNotifyRoutine is hidden",
     );
     finish(ctx, s);
 }

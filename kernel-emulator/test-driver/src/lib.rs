@@ -13,6 +13,8 @@ extern crate alloc;
 #[cfg(not(test))]
 extern crate wdk_panic;
 
+mod registry;
+
 use alloc::{boxed::Box, vec::Vec};
 use core::{arch::asm, ptr::null_mut};
 
@@ -53,6 +55,9 @@ const IOCTL_UAF: u32 = ioctl(0x80C);
 const IOCTL_DOUBLE_COMPLETE: u32 = ioctl(0x80D);
 const IOCTL_UNINIT: u32 = ioctl(0x80E);
 const IOCTL_ROUTINE: u32 = ioctl(0x80F); // MmGetSystemRoutineAddress("CmUnRegisterCallback")
+const IOCTL_STATS: u32 = ioctl(0x810); // registry/process counters, block `argument`
+const IOCTL_PIN: u32 = ioctl(0x811); // reference the next key object opened (a hive pin)
+const IOCTL_UNPIN: u32 = ioctl(0x812); // release that reference
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -123,7 +128,14 @@ fn big_stack(seed: u8) -> u64 {
 /// The device-control dispatch routine.
 unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
     // SAFETY: the I/O manager passes a live IRP whose current stack location is ours.
-    let stack = unsafe { (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
+    let stack = unsafe {
+        (*irp)
+            .Tail
+            .Overlay
+            .__bindgen_anon_2
+            .__bindgen_anon_1
+            .CurrentStackLocation
+    };
     // SAFETY: `stack` is the current stack location of a device-control IRP.
     let params = unsafe { (*stack).Parameters.DeviceIoControl };
     // SAFETY: METHOD_BUFFERED: AssociatedIrp.SystemBuffer is the system buffer.
@@ -197,9 +209,11 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         IOCTL_KUSER => {
             const KUSER_SHARED_DATA: usize = 0xFFFF_F780_0000_0000;
             // SAFETY: KeQueryTickCount's inline form reads KUSER_SHARED_DATA.TickCount.
-            let tick = unsafe { core::ptr::read_volatile((KUSER_SHARED_DATA + 0x320) as *const u64) };
+            let tick =
+                unsafe { core::ptr::read_volatile((KUSER_SHARED_DATA + 0x320) as *const u64) };
             // SAFETY: KeQuerySystemTime's inline form reads KUSER_SHARED_DATA.SystemTime.
-            let time = unsafe { core::ptr::read_volatile((KUSER_SHARED_DATA + 0x14) as *const u64) };
+            let time =
+                unsafe { core::ptr::read_volatile((KUSER_SHARED_DATA + 0x14) as *const u64) };
             // SAFETY: TickCountMultiplier.
             let mult = unsafe { core::ptr::read_volatile((KUSER_SHARED_DATA + 0x4) as *const u32) };
             out = [tick, time, u64::from(mult), 0];
@@ -289,10 +303,22 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             return unsafe { complete(irp, STATUS_SUCCESS, 32) };
         }
         IOCTL_ROUTINE => {
-            let mut name = unicode(wide!("CmUnRegisterCallback"));
+            let mut name = unicode(wide!("PsSetCreateProcessNotifyRoutine"));
             // SAFETY: `name` is a valid UNICODE_STRING; PASSIVE_LEVEL.
             let p = unsafe { MmGetSystemRoutineAddress(&raw mut name) };
             out[0] = u64::from(!p.is_null());
+            8
+        }
+        IOCTL_STATS => {
+            out = registry::stats(usize::try_from(argument).unwrap_or(usize::MAX));
+            32
+        }
+        IOCTL_PIN => {
+            registry::pin_next();
+            0
+        }
+        IOCTL_UNPIN => {
+            out[0] = u64::from(registry::unpin());
             8
         }
         _ => {
@@ -314,8 +340,9 @@ unsafe extern "C" fn dispatch_create_close(_device: PDEVICE_OBJECT, irp: *mut IR
     unsafe { complete(irp, STATUS_SUCCESS, 0) }
 }
 
-/// DriverUnload: deletes the symbolic link and the device.
+/// DriverUnload: unregisters the callbacks, deletes the symbolic link and the device.
 unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
+    registry::stop();
     let mut link = unicode(LINK_NAME);
     // SAFETY: the link was created in DriverEntry; PASSIVE_LEVEL.
     let _ = unsafe { IoDeleteSymbolicLink(&raw mut link) };
@@ -358,6 +385,14 @@ pub unsafe extern "system" fn driver_entry(
     let status = unsafe { IoCreateSymbolicLink(&raw mut link, &raw mut name) };
     if status < 0 {
         // SAFETY: the device was created above and nothing references it yet.
+        unsafe { IoDeleteDevice(device) };
+        return status;
+    }
+    let status = registry::start(driver);
+    if status < 0 {
+        // SAFETY: created above; nothing refers to them yet.
+        let _ = unsafe { IoDeleteSymbolicLink(&raw mut link) };
+        // SAFETY: as above.
         unsafe { IoDeleteDevice(device) };
         return status;
     }

@@ -1,0 +1,286 @@
+//! Processes: creation and exit with the process-notify routines a driver registered
+//! (PsSetCreateProcessNotifyRoutine and PsSetCreateProcessNotifyRoutineEx with
+//! PS_CREATE_NOTIFY_INFO), handle inheritance at creation, and exit, which delivers the exit
+//! notification and then closes every handle of the process (each key handle close is a
+//! registry notification in that process's context).
+//!
+//! Order at exit (exit notification before the handle-table sweep) follows the documented
+//! "called when the last thread exits" with ObKillProcess running after; *inference*.
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+
+use crate::bugcheck::require_irql;
+use crate::cpu::PASSIVE_LEVEL;
+use crate::exports::Export;
+use crate::hive;
+use crate::io;
+use crate::kernel::{self, call_driver};
+use crate::layout::{OwnedUnicode, UnicodeString};
+use crate::status::{NtStatus, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, nt_success};
+
+/// STATUS_PROCEDURE_NOT_FOUND.
+const STATUS_PROCEDURE_NOT_FOUND: NtStatus = 0xC000_007A_u32 as NtStatus;
+/// STATUS_ACCESS_DENIED.
+const STATUS_ACCESS_DENIED: NtStatus = 0xC000_0022_u32 as NtStatus;
+/// IMAGE_DLLCHARACTERISTICS_FORCE_INTEGRITY (/INTEGRITYCHECK).
+const FORCE_INTEGRITY: u16 = 0x80;
+/// At most 64 routines of each kind (docs).
+const MAX_ROUTINES: usize = 64;
+
+/// PCREATE_PROCESS_NOTIFY_ROUTINE.
+type NotifyFn = unsafe extern "win64" fn(usize, usize, u8);
+/// PCREATE_PROCESS_NOTIFY_ROUTINE_EX.
+type NotifyExFn = unsafe extern "win64" fn(*mut c_void, usize, *mut PsCreateNotifyInfo);
+
+/// PS_CREATE_NOTIFY_INFO (0x48).
+#[repr(C)]
+#[derive(Debug)]
+pub struct PsCreateNotifyInfo {
+    /// 0x00
+    pub size: usize,
+    /// 0x08: FileOpenNameAvailable:1, IsSubsystemProcess:1
+    pub flags: u32,
+    /// padding
+    pub pad0: u32,
+    /// 0x10
+    pub parent_process_id: usize,
+    /// 0x18: CLIENT_ID { UniqueProcess, UniqueThread }
+    pub creating_thread_id: [usize; 2],
+    /// 0x28
+    pub file_object: *mut c_void,
+    /// 0x30
+    pub image_file_name: *const UnicodeString,
+    /// 0x38
+    pub command_line: *const UnicodeString,
+    /// 0x40
+    pub creation_status: NtStatus,
+    /// padding
+    pub pad1: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<PsCreateNotifyInfo>() == 0x48);
+    assert!(core::mem::offset_of!(PsCreateNotifyInfo, image_file_name) == 0x30);
+    assert!(core::mem::offset_of!(PsCreateNotifyInfo, creation_status) == 0x40);
+};
+
+/// One process.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// Image path.
+    pub image: String,
+    /// Parent pid.
+    pub parent: u32,
+    /// Fake EPROCESS.
+    pub eprocess: usize,
+}
+
+/// Process state.
+#[derive(Debug, Default)]
+pub struct ProcessState {
+    /// Live processes.
+    pub processes: BTreeMap<u32, Process>,
+    /// Registered routines: (function, is Ex).
+    pub routines: Vec<(usize, bool)>,
+    /// DllCharacteristics of the loaded driver image.
+    pub driver_dll_characteristics: u16,
+    next_pid: u32,
+}
+
+impl ProcessState {
+    /// Notify routines left registered, as leak lines.
+    #[must_use]
+    pub fn leaks(&self) -> Vec<String> {
+        self.routines
+            .iter()
+            .map(|(f, ex)| {
+                format!(
+                    "process notify routine {} ({}) still registered: Windows would call into unloaded code (bugcheck 0xCE)",
+                    crate::bugcheck::symbolize(*f),
+                    if *ex { "Ex" } else { "classic" }
+                )
+            })
+            .collect()
+    }
+}
+
+fn set_routine(f: usize, ex: bool, remove: bool) -> NtStatus {
+    kernel::with(|k| {
+        let p = &mut k.processes;
+        if remove {
+            return match p.routines.iter().position(|r| *r == (f, ex)) {
+                Some(i) => {
+                    p.routines.remove(i);
+                    STATUS_SUCCESS
+                }
+                None => STATUS_PROCEDURE_NOT_FOUND,
+            };
+        }
+        if p.routines.iter().filter(|r| r.1 == ex).count() >= MAX_ROUTINES
+            || p.routines.contains(&(f, ex))
+        {
+            return STATUS_INVALID_PARAMETER;
+        }
+        p.routines.push((f, ex));
+        STATUS_SUCCESS
+    })
+}
+
+/// PsSetCreateProcessNotifyRoutine — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-pssetcreateprocessnotifyroutine>:
+/// adds or removes a routine (STATUS_PROCEDURE_NOT_FOUND when removing an unknown one).
+/// PASSIVE_LEVEL.
+unsafe extern "win64" fn PsSetCreateProcessNotifyRoutine(routine: usize, remove: u8) -> NtStatus {
+    require_irql("PsSetCreateProcessNotifyRoutine", PASSIVE_LEVEL);
+    if routine == 0 {
+        return STATUS_INVALID_PARAMETER;
+    }
+    set_routine(routine, false, remove != 0)
+}
+
+/// PsSetCreateProcessNotifyRoutineEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-pssetcreateprocessnotifyroutineex>:
+/// as above; the driver image must be linked with /INTEGRITYCHECK
+/// (IMAGE_DLLCHARACTERISTICS_FORCE_INTEGRITY), else STATUS_ACCESS_DENIED. PASSIVE_LEVEL.
+unsafe extern "win64" fn PsSetCreateProcessNotifyRoutineEx(routine: usize, remove: u8) -> NtStatus {
+    require_irql("PsSetCreateProcessNotifyRoutineEx", PASSIVE_LEVEL);
+    if routine == 0 {
+        return STATUS_INVALID_PARAMETER;
+    }
+    if remove == 0
+        && kernel::with(|k| k.processes.driver_dll_characteristics & FORCE_INTEGRITY == 0)
+    {
+        return STATUS_ACCESS_DENIED;
+    }
+    set_routine(routine, true, remove != 0)
+}
+
+fn fake_eprocess() -> usize {
+    let layout = std::alloc::Layout::from_size_align(0x1000, 4096).expect("layout");
+    // SAFETY: non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) } as usize;
+    assert!(p != 0, "host out of memory");
+    p
+}
+
+/// Creates a process (`parent` 0 for none). With `inherit`, every key handle of the parent is
+/// duplicated into the child (no registry notification). Ex routines may veto through
+/// CreationStatus; then the process does not exist and the vetoing status is returned.
+///
+/// # Errors
+/// The CreationStatus a notify routine set.
+pub fn create_process(parent: u32, image: &str, inherit: bool) -> Result<u32, NtStatus> {
+    let eprocess = fake_eprocess();
+    let pid = kernel::with(|k| {
+        let p = &mut k.processes;
+        p.next_pid = p.next_pid.max(2000) + 4;
+        p.processes.insert(
+            p.next_pid,
+            Process {
+                image: image.to_string(),
+                parent,
+                eprocess,
+            },
+        );
+        p.next_pid
+    });
+    if inherit {
+        for h in kernel::with(|k| k.hives.handles_of(parent)) {
+            let _ = hive::duplicate_handle(parent, h, pid);
+        }
+    }
+    let name = OwnedUnicode::new(image);
+    let command = OwnedUnicode::new(&format!("\"{image}\""));
+    let routines = kernel::with(|k| k.processes.routines.clone());
+    let mut status = STATUS_SUCCESS;
+    io::with_pid(parent, || {
+        for (f, ex) in routines {
+            if ex {
+                let mut info = PsCreateNotifyInfo {
+                    size: size_of::<PsCreateNotifyInfo>(),
+                    flags: 1,
+                    pad0: 0,
+                    parent_process_id: parent as usize,
+                    creating_thread_id: [parent as usize, parent as usize + 4],
+                    file_object: std::ptr::null_mut(),
+                    image_file_name: name.as_ptr(),
+                    command_line: command.as_ptr(),
+                    creation_status: STATUS_SUCCESS,
+                    pad1: 0,
+                };
+                // SAFETY: registered by the driver as a PCREATE_PROCESS_NOTIFY_ROUTINE_EX.
+                let g = unsafe { std::mem::transmute::<usize, NotifyExFn>(f) };
+                let info_ptr = &raw mut info;
+                // SAFETY: calling the routine with a live EPROCESS and PS_CREATE_NOTIFY_INFO.
+                call_driver("CreateProcessNotifyEx(create)", || unsafe {
+                    g(eprocess as *mut c_void, pid as usize, info_ptr);
+                });
+                if !nt_success(info.creation_status) {
+                    status = info.creation_status;
+                }
+            } else {
+                // SAFETY: registered by the driver as a PCREATE_PROCESS_NOTIFY_ROUTINE.
+                let g = unsafe { std::mem::transmute::<usize, NotifyFn>(f) };
+                // SAFETY: calling the routine with (ParentId, ProcessId, Create = TRUE).
+                call_driver("CreateProcessNotify(create)", || unsafe {
+                    g(parent as usize, pid as usize, 1);
+                });
+            }
+        }
+    });
+    if nt_success(status) {
+        Ok(pid)
+    } else {
+        for h in kernel::with(|k| k.hives.handles_of(pid)) {
+            let _ = hive::close_key(pid, h);
+        }
+        kernel::with(|k| k.processes.processes.remove(&pid));
+        Err(status)
+    }
+}
+
+/// Ends a process: exit notifications (CreateInfo NULL / Create FALSE) in its context, then
+/// every handle it holds is closed.
+pub fn exit_process(pid: u32) {
+    let Some(proc_) = kernel::with(|k| k.processes.processes.get(&pid).cloned()) else {
+        return;
+    };
+    let routines = kernel::with(|k| k.processes.routines.clone());
+    io::with_pid(pid, || {
+        for (f, ex) in routines {
+            if ex {
+                // SAFETY: registered by the driver as a PCREATE_PROCESS_NOTIFY_ROUTINE_EX.
+                let g = unsafe { std::mem::transmute::<usize, NotifyExFn>(f) };
+                let e = proc_.eprocess as *mut c_void;
+                // SAFETY: calling the routine with (Process, ProcessId, NULL) for an exit.
+                call_driver("CreateProcessNotifyEx(exit)", || unsafe {
+                    g(e, pid as usize, std::ptr::null_mut());
+                });
+            } else {
+                // SAFETY: registered by the driver as a PCREATE_PROCESS_NOTIFY_ROUTINE.
+                let g = unsafe { std::mem::transmute::<usize, NotifyFn>(f) };
+                // SAFETY: calling the routine with (ParentId, ProcessId, Create = FALSE).
+                call_driver("CreateProcessNotify(exit)", || unsafe {
+                    g(proc_.parent as usize, pid as usize, 0);
+                });
+            }
+        }
+    });
+    for h in kernel::with(|k| k.hives.handles_of(pid)) {
+        let _ = hive::close_key(pid, h);
+    }
+    kernel::with(|k| k.processes.processes.remove(&pid));
+}
+
+/// The process routines.
+pub(crate) fn exports() -> Vec<Export> {
+    vec![
+        Export::function(
+            "PsSetCreateProcessNotifyRoutine",
+            PsSetCreateProcessNotifyRoutine as *const () as usize,
+        ),
+        Export::function(
+            "PsSetCreateProcessNotifyRoutineEx",
+            PsSetCreateProcessNotifyRoutineEx as *const () as usize,
+        ),
+    ]
+}

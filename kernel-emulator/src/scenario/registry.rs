@@ -1,0 +1,376 @@
+//! Registry-model scenarios with the test driver's registry callback and process-notify
+//! routine: notifications with their structures, CallContext from pre to post, object
+//! contexts and their cleanup (on close, at process exit, at CmUnRegisterCallback), other
+//! filters failing or bypassing a pre-notification, duplicated and inherited handles, hive
+//! unload refused while a key object is open or referenced by the driver.
+
+use super::{Ctx, Expect, Scenario, Target};
+use crate::driver::LoadedDriver;
+use crate::hive::{self, STATUS_CANNOT_DELETE};
+use crate::io::{self, FileHandle};
+use crate::kernel;
+use crate::process;
+use crate::registry::{self, BYPASS_MARKER, DENY_MARKER};
+use crate::security::{Caller, GENERIC_READ, GENERIC_WRITE};
+use crate::status::{self, STATUS_ACCESS_DENIED, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS};
+
+const IOCTL_STATS: u32 = (0x22 << 16) | (0x810 << 2);
+const IOCTL_PIN: u32 = (0x22 << 16) | (0x811 << 2);
+const IOCTL_UNPIN: u32 = (0x22 << 16) | (0x812 << 2);
+const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
+const USER_HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
+const KEY_READ: u32 = 0x2_0019;
+const SYSTEM_PID: u32 = 4;
+
+/// The counters the test driver keeps (test-driver/src/registry.rs).
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    post_success: u64,
+    contexts_set: u64,
+    contexts_freed: u64,
+    call_context_mismatch: u64,
+    pre_close: u64,
+    post_close: u64,
+    names_ok: u64,
+    post_failed: u64,
+    creates: u64,
+    exits: u64,
+    pre_open: u64,
+    not_v1: u64,
+    process_notify_status: u64,
+    pre_unload: u64,
+    post_load: u64,
+}
+
+fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
+    Scenario {
+        name,
+        target: Target::TestDriver,
+        about,
+        expect: Expect::PASS,
+        run,
+    }
+}
+
+/// Registry scenarios.
+#[must_use]
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        scenario(
+            "td-registry",
+            "pre/post notifications, CallContext, contexts cleaned on close, exit and unregistration; other filters failing or bypassing",
+            td_registry,
+        ),
+        scenario(
+            "td-hive-unload",
+            "hive unload fails while a process holds a key or the driver references one, succeeds otherwise",
+            td_hive_unload,
+        ),
+        scenario(
+            "td-process-notify",
+            "process create/exit notifications; exit closes every handle, inherited ones included",
+            td_process_notify,
+        ),
+    ]
+}
+
+struct Session {
+    driver: LoadedDriver,
+    control: FileHandle,
+}
+
+fn boot_hives() {
+    for (mount, file) in [
+        (SOFTWARE, r"\SystemRoot\System32\Config\SOFTWARE"),
+        (
+            r"\REGISTRY\MACHINE\SYSTEM",
+            r"\SystemRoot\System32\Config\SYSTEM",
+        ),
+    ] {
+        let _ = hive::load_hive(SYSTEM_PID, mount, file);
+    }
+}
+
+fn start(ctx: &mut Ctx) -> Option<Session> {
+    boot_hives();
+    let driver = ctx.load();
+    let s = driver.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    match ctx.open(r"\\.\KemuTest", Caller::Admin, GENERIC_READ | GENERIC_WRITE) {
+        Ok(control) => Some(Session { driver, control }),
+        Err(s) => {
+            ctx.check(
+                false,
+                format!("open the test driver: {}", status::describe(s)),
+            );
+            None
+        }
+    }
+}
+
+fn stats(s: &Session) -> Stats {
+    let mut v = [0u64; 16];
+    for block in 0..4u64 {
+        let r = io::device_io_control(s.control, IOCTL_STATS, &block.to_le_bytes(), 32, 0xA5);
+        for (i, c) in r.output.chunks_exact(8).enumerate() {
+            v[block as usize * 4 + i] = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        }
+    }
+    Stats {
+        post_success: v[0],
+        contexts_set: v[1],
+        contexts_freed: v[2],
+        call_context_mismatch: v[3],
+        pre_close: v[4],
+        post_close: v[5],
+        names_ok: v[6],
+        post_failed: v[7],
+        creates: v[8],
+        exits: v[9],
+        pre_open: v[10],
+        not_v1: v[11],
+        process_notify_status: v[12],
+        pre_unload: v[13],
+        post_load: v[14],
+    }
+}
+
+fn finish(ctx: &mut Ctx, mut s: Session) {
+    io::close(s.control);
+    ctx.unload_and_check_clean(&mut s.driver);
+}
+
+fn open(pid: u32, path: &str) -> Result<u64, i32> {
+    hive::open_key(pid, path, KEY_READ, false)
+}
+
+#[allow(clippy::too_many_lines)] // one linear script of checks
+#[allow(clippy::many_single_char_names)] // a, b, c: the processes of the script
+fn td_registry(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let higher = registry::register_emulated(registry::filter_deny, 0, "400000");
+    let lower = registry::register_emulated(registry::filter_bypass, 0, "300000");
+    ctx.check(
+        higher.is_ok() && lower.is_ok(),
+        "two other filters registered at altitudes 400000 and 300000",
+    );
+    let collision = registry::register_emulated(registry::filter_deny, 0, "385200.5");
+    ctx.check(
+        collision == Err(crate::status::STATUS_FLT_INSTANCE_ALTITUDE_COLLISION),
+        format!("the test driver's altitude is taken: {collision:?}"),
+    );
+    let Ok(a) = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\app.exe", false)
+    else {
+        ctx.check(false, "create process A");
+        return;
+    };
+    let Ok(b) = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\other.exe", false)
+    else {
+        ctx.check(false, "create process B");
+        return;
+    };
+    ctx.say("open, create, fail");
+    let a1 = open(a, SOFTWARE);
+    let a2 = hive::open_key(a, &format!(r"{SOFTWARE}\Kemu"), KEY_READ, true);
+    let missing = open(a, &format!(r"{SOFTWARE}\Missing"));
+    ctx.check(
+        a1.is_ok() && a2.is_ok(),
+        format!("process {a} opens SOFTWARE and creates SOFTWARE\\Kemu: {a1:?} {a2:?}"),
+    );
+    ctx.check(
+        missing == Err(STATUS_OBJECT_NAME_NOT_FOUND),
+        format!("a missing key: {missing:?}"),
+    );
+    let st = stats(&s);
+    ctx.check(
+        st.pre_open == 3 && st.post_success == 2 && st.post_failed == 1,
+        format!("driver saw 3 pre, 2 successful posts, 1 failed post: {st:?}"),
+    );
+    ctx.check(
+        st.contexts_set == 2 && st.not_v1 == 0 && st.call_context_mismatch == 0,
+        "a context per successful open, _V1 structures, CallContext carried from pre to post",
+    );
+    ctx.say("other filters");
+    let denied = open(a, &format!(r"{SOFTWARE}\{DENY_MARKER}"));
+    ctx.check(
+        denied == Err(STATUS_ACCESS_DENIED),
+        format!("a higher filter denies in pre: {denied:?}"),
+    );
+    let bypassed = open(a, &format!(r"{SOFTWARE}\{BYPASS_MARKER}"));
+    ctx.check(
+        bypassed == Err(registry::STATUS_CALLBACK_BYPASS),
+        format!("a lower filter bypasses in pre: {bypassed:?}"),
+    );
+    let st2 = stats(&s);
+    ctx.check(
+        st2.pre_open == st.pre_open + 1
+            && st2.post_success + st2.post_failed == st.post_success + st.post_failed,
+        format!("denied above the driver: no pre; bypassed below it: a pre and no post ({st2:?})"),
+    );
+    ctx.say("duplicated handle, closes");
+    if let (Ok(a1), Ok(_)) = (a1, a2) {
+        let b1 = hive::duplicate_handle(a, a1, b);
+        ctx.check(b1.is_ok(), "the SOFTWARE handle duplicated into process B");
+        let _ = hive::close_key(a, a1);
+        let st3 = stats(&s);
+        ctx.check(
+            st3.pre_close == st2.pre_close,
+            "closing one of two handles of an object: no close notification",
+        );
+        if let Ok(b1) = b1 {
+            let _ = hive::close_key(b, b1);
+        }
+        let st4 = stats(&s);
+        ctx.check(
+            st4.pre_close == st3.pre_close + 1
+                && st4.post_close == st3.post_close + 1
+                && st4.names_ok == st4.pre_close,
+            format!("last handle closed: pre-close with a name, post-close ({st4:?})"),
+        );
+        ctx.check(st4.contexts_freed == 1, "its context cleaned up and freed");
+    }
+    ctx.say("process exit closes its handles");
+    process::exit_process(a);
+    let st5 = stats(&s);
+    ctx.check(
+        st5.contexts_freed == 2 && st5.exits >= 1,
+        format!(
+            "exit of {a} closed SOFTWARE\\Kemu: contexts freed {}",
+            st5.contexts_freed
+        ),
+    );
+    ctx.say("a key left open at driver unload");
+    let c = open(b, SOFTWARE);
+    ctx.check(c.is_ok(), "process B opens SOFTWARE and keeps it open");
+    let st6 = stats(&s);
+    ctx.check(
+        st6.contexts_set == st6.contexts_freed + 1,
+        "one context outstanding before unload",
+    );
+    finish(ctx, s);
+    println!(
+        "  (the pool check above proves CmUnRegisterCallback delivered the cleanup that freed it)"
+    );
+    if let Ok(c) = c {
+        let r = hive::close_key(b, c);
+        ctx.check(
+            r == STATUS_SUCCESS,
+            "the key still closes after the driver is gone",
+        );
+    }
+}
+
+#[allow(clippy::many_single_char_names)] // p, q: the processes of the script
+fn td_hive_unload(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let load = hive::load_hive(SYSTEM_PID, USER_HIVE, r"\??\C:\Users\kemu\NTUSER.DAT");
+    ctx.check(
+        load == STATUS_SUCCESS,
+        format!("user hive loaded: {}", status::describe(load)),
+    );
+    let Ok(p) = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\profleak.exe", false)
+    else {
+        ctx.check(false, "create process");
+        return;
+    };
+    let policies = format!(r"{USER_HIVE}\Software\Policies");
+    let _ = hive::open_key(p, &format!(r"{USER_HIVE}\Software"), KEY_READ, true)
+        .map(|h| hive::close_key(p, h));
+    let h = hive::open_key(p, &policies, KEY_READ, true);
+    ctx.check(h.is_ok(), "a process holds Software\\Policies open");
+    let r = hive::unload_hive(SYSTEM_PID, USER_HIVE);
+    println!("  holders: {:?}", hive::holders(USER_HIVE));
+    ctx.check(
+        r == STATUS_CANNOT_DELETE,
+        format!(
+            "unload while a process holds a key: {}",
+            status::describe(r)
+        ),
+    );
+    process::exit_process(p);
+    ctx.say("the driver pins the next key it sees opened");
+    let pin = io::device_io_control(s.control, IOCTL_PIN, &[0; 8], 32, 0xA5);
+    ctx.check(pin.status == STATUS_SUCCESS, "pin armed");
+    let Ok(q) = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\x.exe", false) else {
+        return;
+    };
+    if let Ok(h) = hive::open_key(q, &policies, KEY_READ, false) {
+        let _ = hive::close_key(q, h);
+    }
+    let r = hive::unload_hive(SYSTEM_PID, USER_HIVE);
+    let holders = hive::holders(USER_HIVE);
+    println!("  holders: {holders:?}");
+    ctx.check(
+        r == STATUS_CANNOT_DELETE && holders.iter().any(|h| h.contains("referenced by a driver")),
+        format!(
+            "unload with every handle closed but a driver reference: {}",
+            status::describe(r)
+        ),
+    );
+    let unpin = io::device_io_control(s.control, IOCTL_UNPIN, &[0; 8], 32, 0xA5);
+    ctx.check(
+        unpin.output.first() == Some(&1),
+        "driver released its reference",
+    );
+    let r = hive::unload_hive(SYSTEM_PID, USER_HIVE);
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!(
+            "unload once nothing holds the hive: {}",
+            status::describe(r)
+        ),
+    );
+    let st = stats(&s);
+    ctx.check(
+        st.pre_unload == 3 && st.post_load == 1,
+        format!("driver saw 3 pre-unload and 1 post-load notifications ({st:?})"),
+    );
+    ctx.check(st.contexts_set == st.contexts_freed, "every context freed");
+    process::exit_process(q);
+    finish(ctx, s);
+}
+
+fn td_process_notify(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let st0 = stats(&s);
+    ctx.check(
+        st0.process_notify_status == 0,
+        format!(
+            "PsSetCreateProcessNotifyRoutineEx accepted (image has FORCE_INTEGRITY): {:#x}",
+            st0.process_notify_status
+        ),
+    );
+    let parent = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\parent.exe", false)
+        .unwrap_or(0);
+    let h = open(parent, SOFTWARE);
+    let child =
+        process::create_process(parent, r"\Device\HarddiskVolume2\child.exe", true).unwrap_or(0);
+    let inherited = kernel::with(|k| k.hives.handles_of(child).len());
+    ctx.check(
+        h.is_ok() && inherited == 1,
+        format!("the child inherited {inherited} key handle(s)"),
+    );
+    let other = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\other.exe", false)
+        .unwrap_or(0);
+    process::exit_process(parent);
+    let st1 = stats(&s);
+    ctx.check(
+        st1.pre_close == 0,
+        "parent exit: the object lives on in the child (no close notification)",
+    );
+    process::exit_process(child);
+    process::exit_process(other);
+    let st = stats(&s);
+    ctx.check(
+        st.creates - st0.creates == 3 && st.exits - st0.exits == 3,
+        format!("3 creations and 3 exits notified ({st:?})"),
+    );
+    ctx.check(
+        st.pre_close == 1 && st.contexts_freed == st.contexts_set,
+        "the child's exit closed the inherited handle: context freed",
+    );
+    finish(ctx, s);
+}

@@ -1,0 +1,278 @@
+//! The test driver's registry callback and process-notify routine: they exercise the
+//! emulator's registry model the way a tracking filter does — a context allocated and attached
+//! in post-open/post-create on success only, freed on RegNtCallbackObjectContextCleanup, a
+//! CallContext handed from pre to post, the key name fetched and released in pre-close — and
+//! count what they saw. An optional "pin" references a key object to prove the emulator
+//! refuses to unload a hive a driver pins.
+
+use core::{
+    ffi::c_void,
+    ptr::null_mut,
+    sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
+};
+
+use wdk_sys::{DRIVER_OBJECT, NTSTATUS, STATUS_SUCCESS, UNICODE_STRING};
+
+/// EX_CALLBACK_FUNCTION.
+type RegistryCallback = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> NTSTATUS;
+/// PCREATE_PROCESS_NOTIFY_ROUTINE_EX.
+type ProcessNotifyEx = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void);
+
+unsafe extern "system" {
+    fn CmRegisterCallbackEx(
+        function: RegistryCallback,
+        altitude: *const UNICODE_STRING,
+        driver: *mut c_void,
+        context: *mut c_void,
+        cookie: *mut i64,
+        reserved: *mut c_void,
+    ) -> NTSTATUS;
+    fn CmUnRegisterCallback(cookie: i64) -> NTSTATUS;
+    fn CmSetCallbackObjectContext(
+        object: *mut c_void,
+        cookie: *const i64,
+        new_context: *mut c_void,
+        old_context: *mut *mut c_void,
+    ) -> NTSTATUS;
+    fn CmCallbackGetKeyObjectIDEx(
+        cookie: *const i64,
+        object: *mut c_void,
+        object_id: *mut usize,
+        object_name: *mut *const UNICODE_STRING,
+        flags: u32,
+    ) -> NTSTATUS;
+    fn CmCallbackReleaseKeyObjectIDEx(name: *const UNICODE_STRING);
+    fn PsSetCreateProcessNotifyRoutineEx(routine: ProcessNotifyEx, remove: u8) -> NTSTATUS;
+    fn ObfReferenceObject(object: *mut c_void) -> isize;
+    fn ObfDereferenceObject(object: *mut c_void) -> isize;
+    fn ExAllocatePool2(flags: u64, size: usize, tag: u32) -> *mut c_void;
+    fn ExFreePoolWithTag(p: *mut c_void, tag: u32);
+}
+
+const POOL_FLAG_NON_PAGED: u64 = 0x40;
+const CONTEXT_TAG: u32 = u32::from_le_bytes(*b"kctx");
+const CALL_CONTEXT_MAGIC: usize = 0x0CA1_1C0E;
+
+// Counter slots (IOCTL_STATS block n returns slots 4n..4n+4).
+const POST_SUCCESS: usize = 0;
+const CONTEXTS_SET: usize = 1;
+const CONTEXTS_FREED: usize = 2;
+const CALL_CONTEXT_MISMATCH: usize = 3;
+const PRE_CLOSE: usize = 4;
+const POST_CLOSE: usize = 5;
+const NAMES_OK: usize = 6;
+const POST_FAILED: usize = 7;
+const PROCESS_CREATES: usize = 8;
+const PROCESS_EXITS: usize = 9;
+const PRE_OPEN: usize = 10;
+const NOT_V1: usize = 11;
+const PROCESS_NOTIFY_STATUS: usize = 12;
+const PRE_UNLOAD: usize = 13;
+const POST_LOAD: usize = 14;
+
+static COUNTERS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+static COOKIE: AtomicI64 = AtomicI64::new(0);
+static REGISTERED: AtomicBool = AtomicBool::new(false);
+static PROCESS_NOTIFY: AtomicBool = AtomicBool::new(false);
+static PIN_NEXT: AtomicBool = AtomicBool::new(false);
+static PINNED: AtomicUsize = AtomicUsize::new(0);
+
+fn count(slot: usize) {
+    COUNTERS[slot].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counters block `n` (4 slots).
+pub fn stats(n: usize) -> [u64; 4] {
+    let mut out = [0u64; 4];
+    for (i, v) in out.iter_mut().enumerate() {
+        if let Some(c) = n.checked_mul(4).and_then(|b| COUNTERS.get(b + i)) {
+            *v = c.load(Ordering::Relaxed);
+        }
+    }
+    out
+}
+
+/// Pin (reference) the next key object opened successfully.
+pub fn pin_next() {
+    PIN_NEXT.store(true, Ordering::Relaxed);
+}
+
+/// Releases the pinned key object; true if there was one.
+pub fn unpin() -> bool {
+    let o = PINNED.swap(0, Ordering::Relaxed);
+    if o != 0 {
+        // SAFETY: the reference taken in post-open keeps the object alive until now.
+        unsafe { ObfDereferenceObject(o as *mut c_void) };
+    }
+    o != 0
+}
+
+/// Reads a field of a notification structure.
+///
+/// # Safety
+/// `base + offset` must be a readable `T` inside the structure the kernel passed.
+unsafe fn field<T: Copy>(base: *mut c_void, offset: usize) -> T {
+    // SAFETY: guaranteed by the caller.
+    unsafe { base.cast::<u8>().add(offset).cast::<T>().read_unaligned() }
+}
+
+/// Writes a field of a notification structure.
+///
+/// # Safety
+/// `base + offset` must be a writable `T` inside the structure the kernel passed.
+unsafe fn set_field<T>(base: *mut c_void, offset: usize, v: T) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { base.cast::<u8>().add(offset).cast::<T>().write_unaligned(v) };
+}
+
+/// The registry callback.
+unsafe extern "C" fn registry_callback(
+    _context: *mut c_void,
+    arg1: *mut c_void,
+    arg2: *mut c_void,
+) -> NTSTATUS {
+    let class = arg1 as usize;
+    match class {
+        // RegNtPreCreateKeyEx, RegNtPreOpenKeyEx: REG_CREATE/OPEN_KEY_INFORMATION_V1.
+        26 | 28 => {
+            count(PRE_OPEN);
+            // SAFETY: Version is at 0x68 of the _V1 structure.
+            if unsafe { field::<usize>(arg2, 0x68) } != 1 {
+                count(NOT_V1);
+            }
+            // SAFETY: CallContext is at 0x50.
+            unsafe { set_field(arg2, 0x50, CALL_CONTEXT_MAGIC ^ class) };
+        }
+        // RegNtPostCreateKeyEx, RegNtPostOpenKeyEx: REG_POST_OPERATION_INFORMATION.
+        27 | 29 => {
+            // SAFETY: CallContext is at 0x20 of REG_POST_OPERATION_INFORMATION.
+            if unsafe { field::<usize>(arg2, 0x20) } != CALL_CONTEXT_MAGIC ^ (class - 1) {
+                count(CALL_CONTEXT_MISMATCH);
+            }
+            // SAFETY: Status is at 0x08.
+            let status: NTSTATUS = unsafe { field(arg2, 0x08) };
+            if status != STATUS_SUCCESS {
+                // Object is undefined unless Status == STATUS_SUCCESS: do not touch it.
+                count(POST_FAILED);
+                return STATUS_SUCCESS;
+            }
+            count(POST_SUCCESS);
+            // SAFETY: Object is at 0x00 and valid because Status is STATUS_SUCCESS.
+            let object: *mut c_void = unsafe { field(arg2, 0x00) };
+            // SAFETY: non-paged pool at PASSIVE/APC level.
+            let ctx = unsafe { ExAllocatePool2(POOL_FLAG_NON_PAGED, 16, CONTEXT_TAG) };
+            if !ctx.is_null() {
+                // SAFETY: a live key object and our registered cookie.
+                let s =
+                    unsafe { CmSetCallbackObjectContext(object, COOKIE.as_ptr(), ctx, null_mut()) };
+                if s == STATUS_SUCCESS {
+                    count(CONTEXTS_SET);
+                } else {
+                    // SAFETY: allocated above, never attached.
+                    unsafe { ExFreePoolWithTag(ctx, CONTEXT_TAG) };
+                }
+            }
+            if PIN_NEXT.swap(false, Ordering::Relaxed) {
+                // SAFETY: a live key object; the reference is released by `unpin`.
+                unsafe { ObfReferenceObject(object) };
+                PINNED.store(object as usize, Ordering::Relaxed);
+            }
+        }
+        // RegNtPreKeyHandleClose: REG_KEY_HANDLE_CLOSE_INFORMATION; the name is fetched here
+        // (post-close is too late).
+        14 => {
+            count(PRE_CLOSE);
+            // SAFETY: Object is at 0x00.
+            let object: *mut c_void = unsafe { field(arg2, 0x00) };
+            let mut id = 0usize;
+            let mut name: *const UNICODE_STRING = null_mut();
+            // SAFETY: a live key object, our cookie, valid out pointers, Flags 0.
+            let s = unsafe {
+                CmCallbackGetKeyObjectIDEx(COOKIE.as_ptr(), object, &raw mut id, &raw mut name, 0)
+            };
+            if s == STATUS_SUCCESS && !name.is_null() {
+                // SAFETY: the kernel returned a valid UNICODE_STRING.
+                if unsafe { (*name).Length } > 0 && id != 0 {
+                    count(NAMES_OK);
+                }
+                // SAFETY: releasing the name the call above handed out.
+                unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
+            }
+        }
+        25 => count(POST_CLOSE),
+        // RegNtCallbackObjectContextCleanup: REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION.
+        40 => {
+            // SAFETY: ObjectContext is at 0x08.
+            let ctx: *mut c_void = unsafe { field(arg2, 0x08) };
+            if !ctx.is_null() {
+                // SAFETY: the context allocated in post-open.
+                unsafe { ExFreePoolWithTag(ctx, CONTEXT_TAG) };
+                count(CONTEXTS_FREED);
+            }
+        }
+        33 => count(POST_LOAD),
+        34 => count(PRE_UNLOAD),
+        _ => {}
+    }
+    STATUS_SUCCESS
+}
+
+/// The process-notify routine.
+unsafe extern "C" fn process_notify(
+    _process: *mut c_void,
+    _pid: *mut c_void,
+    create_info: *mut c_void,
+) {
+    count(if create_info.is_null() {
+        PROCESS_EXITS
+    } else {
+        PROCESS_CREATES
+    });
+}
+
+/// Registers the callbacks; the registry one is required, the process one best-effort.
+pub fn start(driver: *mut DRIVER_OBJECT) -> NTSTATUS {
+    let altitude: [u16; 9] = [b'3', b'8', b'5', b'2', b'0', b'0', b'.', b'5', 0].map(u16::from);
+    let us = UNICODE_STRING {
+        Length: 16,
+        MaximumLength: 18,
+        Buffer: altitude.as_ptr().cast_mut(),
+    };
+    let mut cookie = 0i64;
+    // SAFETY: a valid function, altitude, driver object and cookie pointer; PASSIVE_LEVEL.
+    let s = unsafe {
+        CmRegisterCallbackEx(
+            registry_callback,
+            &raw const us,
+            driver.cast(),
+            null_mut(),
+            &raw mut cookie,
+            null_mut(),
+        )
+    };
+    if s != STATUS_SUCCESS {
+        return s;
+    }
+    COOKIE.store(cookie, Ordering::Relaxed);
+    REGISTERED.store(true, Ordering::Relaxed);
+    // SAFETY: a valid routine; PASSIVE_LEVEL.
+    let p = unsafe { PsSetCreateProcessNotifyRoutineEx(process_notify, 0) };
+    #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+    COUNTERS[PROCESS_NOTIFY_STATUS].store(u64::from(p as u32), Ordering::Relaxed);
+    PROCESS_NOTIFY.store(p == STATUS_SUCCESS, Ordering::Relaxed);
+    STATUS_SUCCESS
+}
+
+/// Unregisters everything `start` registered.
+pub fn stop() {
+    if PROCESS_NOTIFY.swap(false, Ordering::Relaxed) {
+        // SAFETY: removing the routine registered in `start`.
+        let _ = unsafe { PsSetCreateProcessNotifyRoutineEx(process_notify, 1) };
+    }
+    let _ = unpin();
+    if REGISTERED.swap(false, Ordering::Relaxed) {
+        // SAFETY: the cookie from CmRegisterCallbackEx; contexts are cleaned up through
+        // RegNtCallbackObjectContextCleanup during this call.
+        let _ = unsafe { CmUnRegisterCallback(COOKIE.load(Ordering::Relaxed)) };
+    }
+}
