@@ -12,6 +12,7 @@ use crate::cpu;
 use crate::faults::FaultInjector;
 use crate::hive::HiveState;
 use crate::io::IoState;
+use crate::lookaside::LookasideState;
 use crate::object::ObjectState;
 use crate::pool::PoolState;
 use crate::process::ProcessState;
@@ -33,6 +34,8 @@ pub struct Kernel {
     pub objects: ObjectState,
     /// Registry callbacks.
     pub registry: RegistryState,
+    /// Lookaside lists.
+    pub lookasides: LookasideState,
     /// Hives, keys, key objects and key handles.
     pub hives: HiveState,
     /// Processes and process-notify routines.
@@ -77,6 +80,7 @@ pub fn reset() {
         let special = k.pool.special;
         let quiet = k.quiet_debug_print;
         *k = Kernel::default();
+        crate::sync::reset();
         k.hidden_routines = hidden;
         k.pool.special = special;
         k.quiet_debug_print = quiet;
@@ -152,12 +156,15 @@ pub fn call_driver<R>(operation: &str, f: impl FnOnce() -> R) -> R {
 /// Everything the driver still owns, one line each: empty means clean.
 #[must_use]
 pub fn leaks() -> Vec<String> {
-    with(|k| {
+    let mut v = with(|k| {
         let mut v = k.pool.leaks();
         v.extend(k.io.leaks());
         v.extend(k.objects.leaks());
         v.extend(k.registry.leaks());
         v.extend(k.processes.leaks());
+        v.extend(k.lookasides.leaks());
         v
-    })
+    });
+    v.extend(crate::sync::leaks());
+    v
 }

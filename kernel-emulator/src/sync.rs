@@ -1,0 +1,565 @@
+//! Synchronisation and time: spin locks (raise to DISPATCH_LEVEL), push locks and ERESOURCE
+//! (which need normal kernel APCs disabled: a critical region or APC_LEVEL), fast mutexes
+//! (raise to APC_LEVEL), KeEnterCriticalRegion / KeLeaveCriticalRegion, with the owner of
+//! every lock tracked so that a release by a non-owner, a recursive spin-lock acquire
+//! (bugcheck 0x81 on Windows: a deadlock), an IRQL rule broken, or a lock still held at unload
+//! is reported. Real mutual exclusion between emulator threads: waiters yield until free.
+//! Plus KeQuerySystemTimePrecise, KeQueryPerformanceCounter, KeQueryInterruptTime and
+//! KeGetCurrentIrql.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use crate::bugcheck::{self, require_irql, verifier_violation};
+use crate::cpu::{self, APC_LEVEL, DISPATCH_LEVEL, PASSIVE_LEVEL};
+use crate::exports::Export;
+
+/// Lock kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// KSPIN_LOCK.
+    SpinLock,
+    /// EX_PUSH_LOCK.
+    PushLock,
+    /// FAST_MUTEX.
+    FastMutex,
+    /// ERESOURCE.
+    Resource,
+}
+
+/// One lock's state.
+#[derive(Debug, Clone)]
+struct LockState {
+    kind: Kind,
+    owner: Option<usize>,
+    recursion: u32,
+    shared: HashMap<usize, u32>,
+    acquired_during: String,
+}
+
+impl LockState {
+    fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            owner: None,
+            recursion: 0,
+            shared: HashMap::new(),
+            acquired_during: String::new(),
+        }
+    }
+    fn held(&self) -> bool {
+        self.owner.is_some() || !self.shared.is_empty()
+    }
+}
+
+/// Locks by address; initialised ERESOURCEs stay here until ExDeleteResourceLite.
+static LOCKS: Mutex<BTreeMap<usize, LockState>> = Mutex::new(BTreeMap::new());
+
+thread_local! {
+    static CRITICAL_REGION: Cell<i32> = const { Cell::new(0) };
+}
+
+fn locks() -> std::sync::MutexGuard<'static, BTreeMap<usize, LockState>> {
+    LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Locks held and resources not deleted, as leak lines.
+#[must_use]
+pub fn leaks() -> Vec<String> {
+    let mut v: Vec<String> = locks()
+        .iter()
+        .filter(|(_, s)| s.held() || s.kind == Kind::Resource)
+        .map(|(a, s)| {
+            if s.held() {
+                format!(
+                    "{:?} {a:#x} still held (acquired during {})",
+                    s.kind, s.acquired_during
+                )
+            } else {
+                format!("ERESOURCE {a:#x} not deleted (ExDeleteResourceLite missing)")
+            }
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Forgets every lock (between independent loads).
+pub fn reset() {
+    locks().clear();
+}
+
+fn me() -> usize {
+    match cpu::current_thread() {
+        0 => 1,
+        t => t,
+    }
+}
+
+/// Acquires `addr` for this thread; waits (yielding) while another thread holds it.
+fn acquire(addr: usize, kind: Kind, exclusive: bool, recursive_ok: bool, wait: bool) -> bool {
+    let thread = me();
+    loop {
+        {
+            let mut l = locks();
+            let s = l.entry(addr).or_insert_with(|| LockState::new(kind));
+            if s.kind != kind {
+                let k = s.kind;
+                drop(l);
+                verifier_violation(&format!("{addr:#x} used as a {kind:?} but it is a {k:?}"));
+            }
+            if s.owner == Some(thread) {
+                if !recursive_ok {
+                    drop(l);
+                    bugcheck::emit_stderr(&format!(
+                        "*** kernel-emulator: {kind:?} {addr:#x} acquired recursively: a deadlock on Windows\n"
+                    ));
+                    bugcheck::bugcheck(0x81, addr, 0, 0, 0); // SPIN_LOCK_ALREADY_OWNED
+                }
+                s.recursion += 1;
+                return true;
+            }
+            let free = if exclusive {
+                !s.held()
+            } else {
+                s.owner.is_none()
+            };
+            if free {
+                if exclusive {
+                    s.owner = Some(thread);
+                    s.recursion = 1;
+                } else {
+                    *s.shared.entry(thread).or_insert(0) += 1;
+                }
+                s.acquired_during = bugcheck::operation();
+                return true;
+            }
+        }
+        if !wait {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Releases `addr`; a release by a thread that does not hold it is a verifier violation.
+fn release(addr: usize, kind: Kind, routine: &str) {
+    let thread = me();
+    let mut l = locks();
+    let ok = match l.get_mut(&addr) {
+        Some(s) if s.owner == Some(thread) => {
+            s.recursion -= 1;
+            if s.recursion == 0 {
+                s.owner = None;
+            }
+            true
+        }
+        Some(s) if s.shared.contains_key(&thread) => {
+            let n = s.shared.get_mut(&thread).map_or(0, |n| {
+                *n -= 1;
+                *n
+            });
+            if n == 0 {
+                s.shared.remove(&thread);
+            }
+            true
+        }
+        _ => false,
+    };
+    if ok && kind != Kind::Resource {
+        l.retain(|_, s| s.held() || s.kind == Kind::Resource);
+    }
+    drop(l);
+    if !ok {
+        verifier_violation(&format!(
+            "{routine}({addr:#x}): this thread does not hold the {kind:?}"
+        ));
+    }
+}
+
+fn require_apcs_disabled(routine: &str) {
+    if cpu::irql() < APC_LEVEL && CRITICAL_REGION.with(Cell::get) <= 0 {
+        verifier_violation(&format!(
+            "{routine} called with normal kernel APCs enabled (call KeEnterCriticalRegion first, or run at APC_LEVEL)"
+        ));
+    }
+}
+
+/// KeEnterCriticalRegion — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-keentercriticalregion>.
+unsafe extern "win64" fn KeEnterCriticalRegion() {
+    require_irql("KeEnterCriticalRegion", APC_LEVEL);
+    CRITICAL_REGION.with(|c| c.set(c.get() + 1));
+}
+
+/// KeLeaveCriticalRegion — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-keleavecriticalregion>:
+/// leaving a region never entered is a verifier violation.
+unsafe extern "win64" fn KeLeaveCriticalRegion() {
+    require_irql("KeLeaveCriticalRegion", APC_LEVEL);
+    let n = CRITICAL_REGION.with(|c| {
+        c.set(c.get() - 1);
+        c.get()
+    });
+    if n < 0 {
+        verifier_violation("KeLeaveCriticalRegion without KeEnterCriticalRegion");
+    }
+}
+
+/// KeAcquireSpinLockRaiseToDpc — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-keacquirespinlockraisetodpc>:
+/// raises to DISPATCH_LEVEL and returns the previous IRQL. IRQL <= DISPATCH.
+unsafe extern "win64" fn KeAcquireSpinLockRaiseToDpc(lock: *mut usize) -> u8 {
+    require_irql("KeAcquireSpinLockRaiseToDpc", DISPATCH_LEVEL);
+    let old = cpu::irql();
+    acquire(lock as usize, Kind::SpinLock, true, false, true);
+    cpu::set_irql(DISPATCH_LEVEL);
+    old
+}
+
+/// KeReleaseSpinLock — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-kereleasespinlock>:
+/// releases and lowers to NewIrql. Must be at DISPATCH_LEVEL.
+unsafe extern "win64" fn KeReleaseSpinLock(lock: *mut usize, new_irql: u8) {
+    if cpu::irql() != DISPATCH_LEVEL {
+        verifier_violation(&format!(
+            "KeReleaseSpinLock at IRQL {} (must be DISPATCH_LEVEL)",
+            cpu::irql()
+        ));
+    }
+    release(lock as usize, Kind::SpinLock, "KeReleaseSpinLock");
+    cpu::set_irql(new_irql);
+}
+
+/// KeAcquireSpinLockAtDpcLevel — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-keacquirespinlockatdpclevel>:
+/// the caller is already at DISPATCH_LEVEL.
+unsafe extern "win64" fn KeAcquireSpinLockAtDpcLevel(lock: *mut usize) {
+    if cpu::irql() != DISPATCH_LEVEL {
+        verifier_violation(&format!(
+            "KeAcquireSpinLockAtDpcLevel at IRQL {}",
+            cpu::irql()
+        ));
+    }
+    acquire(lock as usize, Kind::SpinLock, true, false, true);
+}
+
+/// KeReleaseSpinLockFromDpcLevel — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-kereleasespinlockfromdpclevel>.
+unsafe extern "win64" fn KeReleaseSpinLockFromDpcLevel(lock: *mut usize) {
+    if cpu::irql() != DISPATCH_LEVEL {
+        verifier_violation(&format!(
+            "KeReleaseSpinLockFromDpcLevel at IRQL {}",
+            cpu::irql()
+        ));
+    }
+    release(
+        lock as usize,
+        Kind::SpinLock,
+        "KeReleaseSpinLockFromDpcLevel",
+    );
+}
+
+/// ExAcquirePushLockExclusiveEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exacquirepushlockexclusiveex>:
+/// normal kernel APCs must be disabled. Push locks are not recursive.
+unsafe extern "win64" fn ExAcquirePushLockExclusiveEx(lock: *mut usize, _flags: u32) {
+    require_irql("ExAcquirePushLockExclusiveEx", APC_LEVEL);
+    require_apcs_disabled("ExAcquirePushLockExclusiveEx");
+    acquire(lock as usize, Kind::PushLock, true, false, true);
+}
+
+/// ExAcquirePushLockSharedEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exacquirepushlocksharedex>.
+unsafe extern "win64" fn ExAcquirePushLockSharedEx(lock: *mut usize, _flags: u32) {
+    require_irql("ExAcquirePushLockSharedEx", APC_LEVEL);
+    require_apcs_disabled("ExAcquirePushLockSharedEx");
+    acquire(lock as usize, Kind::PushLock, false, false, true);
+}
+
+/// ExReleasePushLockExclusiveEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exreleasepushlockexclusiveex>.
+unsafe extern "win64" fn ExReleasePushLockExclusiveEx(lock: *mut usize, _flags: u32) {
+    require_irql("ExReleasePushLockExclusiveEx", APC_LEVEL);
+    release(
+        lock as usize,
+        Kind::PushLock,
+        "ExReleasePushLockExclusiveEx",
+    );
+}
+
+/// ExReleasePushLockSharedEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exreleasepushlocksharedex>.
+unsafe extern "win64" fn ExReleasePushLockSharedEx(lock: *mut usize, _flags: u32) {
+    require_irql("ExReleasePushLockSharedEx", APC_LEVEL);
+    release(lock as usize, Kind::PushLock, "ExReleasePushLockSharedEx");
+}
+
+/// ExAcquireFastMutex — <https://learn.microsoft.com/en-us/previous-versions/windows/hardware/drivers/ff544337(v=vs.85)>:
+/// raises to APC_LEVEL (saved in the mutex's OldIrql, here in the lock table); not recursive.
+unsafe extern "win64" fn ExAcquireFastMutex(mutex: *mut c_void) {
+    require_irql("ExAcquireFastMutex", APC_LEVEL);
+    let old = cpu::irql();
+    acquire(mutex as usize, Kind::FastMutex, true, false, true);
+    cpu::set_irql(APC_LEVEL);
+    // FAST_MUTEX.OldIrql is at offset 0x30 on x64.
+    // SAFETY: the driver passes an initialised FAST_MUTEX (0x38 bytes).
+    unsafe { crate::layout::poke(mutex as usize + 0x30, u32::from(old)) };
+}
+
+/// ExReleaseFastMutex — <https://learn.microsoft.com/en-us/previous-versions/windows/hardware/drivers/ff545567(v=vs.85)>:
+/// must be at APC_LEVEL; restores the IRQL saved at acquire.
+unsafe extern "win64" fn ExReleaseFastMutex(mutex: *mut c_void) {
+    if cpu::irql() != APC_LEVEL {
+        verifier_violation(&format!(
+            "ExReleaseFastMutex at IRQL {} (must be APC_LEVEL)",
+            cpu::irql()
+        ));
+    }
+    // SAFETY: the driver passes the FAST_MUTEX it acquired.
+    let old = unsafe { ((mutex as usize + 0x30) as *const u32).read_unaligned() };
+    release(mutex as usize, Kind::FastMutex, "ExReleaseFastMutex");
+    cpu::set_irql(old as u8);
+}
+
+/// ExInitializeResourceLite — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exinitializeresourcelite>:
+/// the ERESOURCE must be 8-byte aligned non-paged memory; it must be deleted before its
+/// memory is freed (an undeleted resource is reported at unload).
+unsafe extern "win64" fn ExInitializeResourceLite(resource: *mut c_void) -> i32 {
+    require_irql("ExInitializeResourceLite", DISPATCH_LEVEL);
+    if !(resource as usize).is_multiple_of(8) {
+        verifier_violation(&format!("ERESOURCE {resource:p} is not 8-byte aligned"));
+    }
+    let mut l = locks();
+    if l.get(&(resource as usize)).is_some_and(LockState::held) {
+        drop(l);
+        verifier_violation(&format!(
+            "ExInitializeResourceLite({resource:p}) on a resource that is held"
+        ));
+    }
+    l.insert(resource as usize, LockState::new(Kind::Resource));
+    drop(l);
+    // SAFETY: the driver passes ERESOURCE storage (0x68 bytes on x64).
+    unsafe { std::ptr::write_bytes(resource.cast::<u8>(), 0, 0x68) };
+    0
+}
+
+/// ExDeleteResourceLite — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exdeleteresourcelite>.
+unsafe extern "win64" fn ExDeleteResourceLite(resource: *mut c_void) -> i32 {
+    require_irql("ExDeleteResourceLite", DISPATCH_LEVEL);
+    let removed = locks().remove(&(resource as usize));
+    match removed {
+        Some(s) if s.held() => {
+            verifier_violation(&format!("ExDeleteResourceLite({resource:p}) while held"))
+        }
+        Some(_) => 0,
+        None => verifier_violation(&format!(
+            "ExDeleteResourceLite({resource:p}): not an initialised resource"
+        )),
+    }
+}
+
+fn resource_known(resource: *mut c_void, routine: &str) {
+    if !locks().contains_key(&(resource as usize)) {
+        verifier_violation(&format!(
+            "{routine}({resource:p}): not an initialised resource"
+        ));
+    }
+}
+
+/// ExAcquireResourceExclusiveLite — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exacquireresourceexclusivelite>:
+/// recursive for the owner; normal kernel APCs must be disabled; Wait FALSE may fail.
+unsafe extern "win64" fn ExAcquireResourceExclusiveLite(resource: *mut c_void, wait: u8) -> u8 {
+    require_irql("ExAcquireResourceExclusiveLite", APC_LEVEL);
+    require_apcs_disabled("ExAcquireResourceExclusiveLite");
+    resource_known(resource, "ExAcquireResourceExclusiveLite");
+    u8::from(acquire(
+        resource as usize,
+        Kind::Resource,
+        true,
+        true,
+        wait != 0,
+    ))
+}
+
+/// ExAcquireResourceSharedLite — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exacquireresourcesharedlite>.
+unsafe extern "win64" fn ExAcquireResourceSharedLite(resource: *mut c_void, wait: u8) -> u8 {
+    require_irql("ExAcquireResourceSharedLite", APC_LEVEL);
+    require_apcs_disabled("ExAcquireResourceSharedLite");
+    resource_known(resource, "ExAcquireResourceSharedLite");
+    u8::from(acquire(
+        resource as usize,
+        Kind::Resource,
+        false,
+        true,
+        wait != 0,
+    ))
+}
+
+/// ExReleaseResourceLite — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exreleaseresourcelite>.
+unsafe extern "win64" fn ExReleaseResourceLite(resource: *mut c_void) {
+    require_irql("ExReleaseResourceLite", DISPATCH_LEVEL);
+    release(resource as usize, Kind::Resource, "ExReleaseResourceLite");
+}
+
+/// KeQuerySystemTimePrecise — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-kequerysystemtimeprecise>.
+unsafe extern "win64" fn KeQuerySystemTimePrecise(time: *mut u64) {
+    // SAFETY: the driver passes a writable LARGE_INTEGER.
+    unsafe { time.write_unaligned(cpu::system_time()) };
+}
+
+/// KeQueryInterruptTimePrecise — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-kequeryinterrupttimeprecise>.
+unsafe extern "win64" fn KeQueryInterruptTimePrecise(qpc: *mut u64) -> u64 {
+    let t = cpu::interrupt_time();
+    if !qpc.is_null() {
+        // SAFETY: the driver passes a writable ULONG64.
+        unsafe { qpc.write_unaligned(t) };
+    }
+    t
+}
+
+/// KeQueryPerformanceCounter — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-kequeryperformancecounter>:
+/// a 10 MHz counter (the host's monotonic clock in 100 ns units).
+unsafe extern "win64" fn KeQueryPerformanceCounter(frequency: *mut u64) -> u64 {
+    if !frequency.is_null() {
+        // SAFETY: the driver passes a writable LARGE_INTEGER.
+        unsafe { frequency.write_unaligned(10_000_000) };
+    }
+    cpu::interrupt_time()
+}
+
+/// KeGetCurrentIrql — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-kegetcurrentirql>.
+unsafe extern "win64" fn KeGetCurrentIrql() -> u8 {
+    cpu::irql()
+}
+
+/// The synchronisation and time routines.
+pub(crate) fn exports() -> Vec<Export> {
+    let _ = PASSIVE_LEVEL;
+    vec![
+        Export::function(
+            "KeEnterCriticalRegion",
+            KeEnterCriticalRegion as *const () as usize,
+        ),
+        Export::function(
+            "KeLeaveCriticalRegion",
+            KeLeaveCriticalRegion as *const () as usize,
+        ),
+        Export::function(
+            "KeAcquireSpinLockRaiseToDpc",
+            KeAcquireSpinLockRaiseToDpc as *const () as usize,
+        ),
+        Export::function("KeReleaseSpinLock", KeReleaseSpinLock as *const () as usize),
+        Export::function(
+            "KeAcquireSpinLockAtDpcLevel",
+            KeAcquireSpinLockAtDpcLevel as *const () as usize,
+        ),
+        Export::function(
+            "KeReleaseSpinLockFromDpcLevel",
+            KeReleaseSpinLockFromDpcLevel as *const () as usize,
+        ),
+        Export::function(
+            "ExAcquirePushLockExclusiveEx",
+            ExAcquirePushLockExclusiveEx as *const () as usize,
+        ),
+        Export::function(
+            "ExAcquirePushLockSharedEx",
+            ExAcquirePushLockSharedEx as *const () as usize,
+        ),
+        Export::function(
+            "ExReleasePushLockExclusiveEx",
+            ExReleasePushLockExclusiveEx as *const () as usize,
+        ),
+        Export::function(
+            "ExReleasePushLockSharedEx",
+            ExReleasePushLockSharedEx as *const () as usize,
+        ),
+        Export::function(
+            "ExAcquireFastMutex",
+            ExAcquireFastMutex as *const () as usize,
+        ),
+        Export::function(
+            "ExReleaseFastMutex",
+            ExReleaseFastMutex as *const () as usize,
+        ),
+        Export::function(
+            "ExInitializeResourceLite",
+            ExInitializeResourceLite as *const () as usize,
+        ),
+        Export::function(
+            "ExDeleteResourceLite",
+            ExDeleteResourceLite as *const () as usize,
+        ),
+        Export::function(
+            "ExAcquireResourceExclusiveLite",
+            ExAcquireResourceExclusiveLite as *const () as usize,
+        ),
+        Export::function(
+            "ExAcquireResourceSharedLite",
+            ExAcquireResourceSharedLite as *const () as usize,
+        ),
+        Export::function(
+            "ExReleaseResourceLite",
+            ExReleaseResourceLite as *const () as usize,
+        ),
+        Export::function(
+            "KeQuerySystemTimePrecise",
+            KeQuerySystemTimePrecise as *const () as usize,
+        ),
+        Export::function(
+            "KeQueryInterruptTimePrecise",
+            KeQueryInterruptTimePrecise as *const () as usize,
+        ),
+        Export::function(
+            "KeQueryPerformanceCounter",
+            KeQueryPerformanceCounter as *const () as usize,
+        ),
+        Export::function("KeGetCurrentIrql", KeGetCurrentIrql as *const () as usize),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_lock_excludes_writers_across_threads() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let lock = std::ptr::from_mut::<usize>(Box::leak(Box::new(0usize))) as usize;
+        let threads: Vec<_> = (0..4)
+            .map(|n| {
+                std::thread::spawn(move || {
+                    cpu::enter_thread(10 + n);
+                    for _ in 0..500 {
+                        // SAFETY: a live lock word; critical region entered as required.
+                        unsafe { KeEnterCriticalRegion() };
+                        // SAFETY: as above.
+                        unsafe { ExAcquirePushLockExclusiveEx(lock as *mut usize, 0) };
+                        let v = COUNTER.load(std::sync::atomic::Ordering::Relaxed);
+                        std::hint::spin_loop();
+                        COUNTER.store(v + 1, std::sync::atomic::Ordering::Relaxed);
+                        // SAFETY: held by this thread.
+                        unsafe { ExReleasePushLockExclusiveEx(lock as *mut usize, 0) };
+                        // SAFETY: entered above.
+                        unsafe { KeLeaveCriticalRegion() };
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(COUNTER.load(std::sync::atomic::Ordering::Relaxed), 2000);
+        assert!(!locks().contains_key(&lock));
+    }
+
+    #[test]
+    fn spin_lock_raises_and_restores_irql() {
+        std::thread::spawn(|| {
+            cpu::enter_thread(20);
+            let mut lock = 0usize;
+            // SAFETY: a live local lock word at PASSIVE_LEVEL.
+            let old = unsafe { KeAcquireSpinLockRaiseToDpc(&raw mut lock) };
+            assert_eq!((old, cpu::irql()), (PASSIVE_LEVEL, DISPATCH_LEVEL));
+            // SAFETY: held by this thread.
+            unsafe { KeReleaseSpinLock(&raw mut lock, old) };
+            assert_eq!(cpu::irql(), PASSIVE_LEVEL);
+        })
+        .join()
+        .unwrap();
+    }
+}
