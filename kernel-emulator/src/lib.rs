@@ -52,6 +52,7 @@ pub mod pool;
 pub mod printf;
 pub mod process;
 pub mod registry;
+pub mod replay;
 pub mod rtl;
 pub mod scenario;
 pub mod security;

@@ -62,6 +62,9 @@ enum Command {
         /// Allocate pool from the ordinary heap instead of special pool.
         #[arg(long)]
         no_special_pool: bool,
+        /// A Process Monitor CSV export to replay (scenario td-procmon-replay).
+        #[arg(long)]
+        procmon_csv: Option<PathBuf>,
         /// Scenario name.
         scenario: String,
     },
@@ -94,6 +97,7 @@ fn main() {
             map,
             hide,
             no_special_pool,
+            procmon_csv,
             scenario: name,
         } => {
             let Some(s) = scenario::find(&name) else {
@@ -111,6 +115,7 @@ fn main() {
                     map,
                     special_pool: !no_special_pool,
                     hide,
+                    procmon_csv,
                 },
             )
         }

@@ -83,6 +83,8 @@ pub struct RunOptions {
     pub special_pool: bool,
     /// Routines to hide.
     pub hide: Vec<String>,
+    /// A Process Monitor CSV export for `td-procmon-replay` (default: a built-in sample).
+    pub procmon_csv: Option<PathBuf>,
 }
 
 /// The scenario's view of the emulator: loading, user-mode I/O, checks.

@@ -71,6 +71,16 @@ pub fn scenarios() -> Vec<Scenario> {
             "process create/exit notifications; exit closes every handle, inherited ones included",
             td_process_notify,
         ),
+        scenario(
+            "td-procmon-replay",
+            "a Process Monitor CSV export (built-in sample or run --procmon-csv) replayed through the driver",
+            td_procmon_replay,
+        ),
+        scenario(
+            "td-generated",
+            "4 threads x 5 processes x 20 keys, random opens/creates/duplicates/closes/exits, seeded",
+            td_generated,
+        ),
     ]
 }
 
@@ -371,6 +381,87 @@ fn td_process_notify(ctx: &mut Ctx) {
     ctx.check(
         st.pre_close == 1 && st.contexts_freed == st.contexts_set,
         "the child's exit closed the inherited handle: context freed",
+    );
+    finish(ctx, s);
+}
+
+/// The sample capture replayed when no `--procmon-csv` is given.
+const SAMPLE_CSV: &str = include_str!("procmon-sample.csv");
+
+fn td_procmon_replay(ctx: &mut Ctx) {
+    let text = match &ctx.opts.procmon_csv {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) => {
+                ctx.check(false, format!("read {}: {e}", p.display()));
+                return;
+            }
+        },
+        None => SAMPLE_CSV.to_string(),
+    };
+    let events = match crate::replay::parse_procmon(&text) {
+        Ok(e) => e,
+        Err(e) => {
+            ctx.check(false, format!("parse the capture: {e}"));
+            return;
+        }
+    };
+    let Some(s) = start(ctx) else { return };
+    kernel::with(|k| k.quiet_debug_print = true);
+    let report = crate::replay::replay(&events);
+    println!(
+        "  replayed {} events from {} processes",
+        report.events, report.processes
+    );
+    for m in report.mismatches.iter().take(20) {
+        println!("    mismatch: {m}");
+    }
+    ctx.check(
+        report.mismatches.is_empty(),
+        format!(
+            "the model reproduced every result of the capture ({} mismatches)",
+            report.mismatches.len()
+        ),
+    );
+    let st = stats(&s);
+    ctx.check(
+        st.post_success > 0 && st.call_context_mismatch == 0,
+        format!("driver saw the opens ({st:?})"),
+    );
+    ctx.check(
+        st.contexts_set == st.contexts_freed,
+        "every context freed once every replayed process exited",
+    );
+    let leftover = kernel::with(|k| k.hives.handles.len());
+    ctx.check(leftover == 0, format!("no key handle left ({leftover})"));
+    finish(ctx, s);
+}
+
+fn td_generated(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    kernel::with(|k| k.quiet_debug_print = true);
+    let root = format!(r"{SOFTWARE}\Generated");
+    let opened = crate::replay::generate(&root, 4, 5, 20, 0x5EED_1234_ABCD_0001);
+    let st = stats(&s);
+    println!("  {opened} successful opens; driver: {st:?}");
+    ctx.check(
+        st.post_success == opened && st.contexts_set == opened,
+        "one successful post and one context per open, across threads",
+    );
+    ctx.check(
+        st.contexts_freed == st.contexts_set && st.pre_close == st.post_close,
+        "every context freed, closes paired",
+    );
+    ctx.check(
+        st.call_context_mismatch == 0 && st.names_ok == st.pre_close,
+        "CallContext and key names intact under concurrency",
+    );
+    ctx.check(
+        st.creates - st.exits == 0 && st.creates == 20,
+        format!(
+            "20 processes created and exited ({}/{})",
+            st.creates, st.exits
+        ),
     );
     finish(ctx, s);
 }
