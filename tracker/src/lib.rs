@@ -19,6 +19,7 @@
 //! plus Unicode simple upper-casing).
 #![cfg_attr(not(test), no_std)]
 
+pub mod census;
 mod counters;
 mod history;
 pub mod hives;
@@ -30,6 +31,7 @@ pub mod processes;
 mod queries;
 mod tracker;
 
+pub use census::Census;
 pub use lock::{RawLock, SpinLock};
 pub use objects::Token;
 pub use pool::{BLOCK_ALIGN, BlockClass, Pool};

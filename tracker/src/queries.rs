@@ -525,6 +525,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             after = Some(k);
         };
         let a = after.unwrap_or((0, 0, 0));
+        let needed = needed + empty_page_len::<Processes>(&NoPrefix);
         self.finish(w, Cursor([STARTED, a.0, a.1, a.2]), done, needed)
     }
 
@@ -614,6 +615,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             }
             last = pack(key, AFTER_ALL_HIVES, (u64::MAX, u32::MAX));
         };
+        let needed = needed + empty_page_len::<Snapshot>(&SnapshotPrefix { taken_at: now });
         self.finish(w, last, done, needed)
     }
 
@@ -674,6 +676,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             last = e.sequence;
             true
         });
+        let needed = needed + empty_page_len::<UnloadHistory>(&NoPrefix);
         self.finish(w, Cursor([STARTED, last, 0, 0]), done, needed)
     }
 }

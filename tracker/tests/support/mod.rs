@@ -41,7 +41,8 @@ pub enum Failure {
 /// An accounting pool over the system allocator: counts outstanding blocks and bytes per
 /// class, catches double frees and class mismatches, fails on demand.
 pub struct CountingPool {
-    failure: Mutex<Failure>,
+    // Failure mode packed in atomics so that hot allocation paths take no lock: kind, a, b.
+    mode: [AtomicU64; 3],
     calls: AtomicU64,
     failed: AtomicU64,
     outstanding: [AtomicU64; 7],
@@ -60,7 +61,7 @@ impl CountingPool {
     /// `track` keeps every live block in a map to catch double frees (slower).
     pub fn new(failure: Failure, track: bool) -> Self {
         Self {
-            failure: Mutex::new(failure),
+            mode: Self::pack(failure),
             calls: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             outstanding: Default::default(),
@@ -69,8 +70,35 @@ impl CountingPool {
         }
     }
 
+    fn pack(f: Failure) -> [AtomicU64; 3] {
+        let (k, a, b) = match f {
+            Failure::Never => (0, 0, 0),
+            Failure::Kth(k) => (1, k, 0),
+            Failure::FromK(k) => (2, k, 0),
+            Failure::Random { per_million, seed } => (3, per_million, seed),
+        };
+        [AtomicU64::new(k), AtomicU64::new(a), AtomicU64::new(b)]
+    }
+
+    fn failure(&self) -> Failure {
+        let a = self.mode[1].load(Relaxed);
+        let b = self.mode[2].load(Relaxed);
+        match self.mode[0].load(Relaxed) {
+            1 => Failure::Kth(a),
+            2 => Failure::FromK(a),
+            3 => Failure::Random {
+                per_million: a,
+                seed: b,
+            },
+            _ => Failure::Never,
+        }
+    }
+
+    /// Changes the failure mode (while nothing allocates).
     pub fn set_failure(&self, f: Failure) {
-        *self.failure.lock().unwrap() = f;
+        for (dst, src) in self.mode.iter().zip(Self::pack(f)) {
+            dst.store(src.into_inner(), Relaxed);
+        }
     }
 
     pub fn calls(&self) -> u64 {
@@ -102,7 +130,7 @@ impl CountingPool {
 unsafe impl Pool for CountingPool {
     fn alloc(&self, class: BlockClass) -> Option<NonNull<u8>> {
         let n = self.calls.fetch_add(1, Relaxed) + 1;
-        let fail = match *self.failure.lock().unwrap() {
+        let fail = match self.failure() {
             Failure::Never => false,
             Failure::Kth(k) => n == k,
             Failure::FromK(k) => n >= k,
@@ -239,7 +267,22 @@ pub fn drain<K: PageKind>(
     let mut buf = vec![0u8; buf_len];
     let mut pages = 0;
     loop {
-        let n = page(&cursor, &mut buf).expect("query failed");
+        let n = match page(&cursor, &mut buf) {
+            Ok(n) => n,
+            Err(tracker::QueryError::BufferTooSmall { needed }) => {
+                // What a client does: retry this page with the size the tracker asked for.
+                assert!(
+                    needed > buf.len(),
+                    "asked for {needed} with {} given",
+                    buf.len()
+                );
+                let mut big = vec![0u8; needed];
+                let n = page(&cursor, &mut big).expect("query failed with the size asked for");
+                buf = big;
+                n
+            }
+            Err(e) => panic!("query failed: {e:?}"),
+        };
         let p = protocol::wire::decode::<Page<'_, K>>(&buf[..n]).expect("page does not decode");
         each(&p);
         pages += 1;
