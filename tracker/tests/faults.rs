@@ -351,14 +351,8 @@ fn sweep(name: &str, script: &[Step]) {
             }
         }
     }
-    assert!(
-        failed_runs as u64 >= total,
-        "{name}: every k made something fail"
-    );
-    println!(
-        "{name}: {total} allocations, {} runs with failures",
-        failed_runs
-    );
+    assert!(failed_runs >= total, "{name}: every k made something fail");
+    println!("{name}: {total} allocations, {failed_runs} runs with failures");
 }
 
 #[test]

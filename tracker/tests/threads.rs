@@ -6,6 +6,8 @@
 //!
 //! Default: 1,000,000 events. `HIVETRACK_THREAD_EVENTS` changes it.
 
+#![allow(clippy::too_many_lines, reason = "one scenario, read best whole")]
+
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -28,7 +30,7 @@ fn events() -> u64 {
 
 struct Rng(u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    const fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -93,7 +95,7 @@ fn eight_threads_six_percent_failures() {
                             }
                         }
                     }
-                    if rounds % 8 == 0 {
+                    if rounds.is_multiple_of(8) {
                         drain::<Snapshot>(65536, |c, b| t.snapshot(c, 0, 0, b), |_| {});
                     }
                     let _ = t.stats();
@@ -106,7 +108,7 @@ fn eight_threads_six_percent_failures() {
                     let mounts = &mounts;
                     let (opens, open_failures, left_live) = (&opens, &open_failures, &left_live);
                     s.spawn(move || {
-                        let mut rng = Rng(0x9E37_79B9 ^ (ti + 1) * 0x1234_5678_9ABC);
+                        let mut rng = Rng(0x9E37_79B9 ^ ((ti + 1) * 0x1234_5678_9ABC));
                         let mut live: Vec<(u64, Token)> = Vec::new();
                         let mut next_obj = 0u64;
                         let mut start = 1u64;
@@ -158,7 +160,7 @@ fn eight_threads_six_percent_failures() {
                                     // A process of this thread exits; its pid comes back later
                                     // with a new start key.
                                     t.process_exited(process);
-                                    if (r >> 20) % 4 == 0 {
+                                    if (r >> 20).is_multiple_of(4) {
                                         start += 1;
                                     }
                                 }
