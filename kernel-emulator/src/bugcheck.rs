@@ -150,8 +150,35 @@ pub fn require_irql(routine: &str, max: u8) {
 }
 
 /// KeBugCheckEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-kebugcheckex>:
-/// brings the system down; never returns.
-unsafe extern "win64" fn KeBugCheckEx(code: u32, p1: usize, p2: usize, p3: usize, p4: usize) -> ! {
+/// brings the system down; never returns. A naked thunk passes the caller's return address
+/// as a sixth argument so the report names the calling function.
+#[unsafe(naked)]
+unsafe extern "win64" fn KeBugCheckEx() {
+    std::arch::naked_asm!(
+        "mov rax, [rsp]",         // return address into the driver
+        "sub rsp, 0x38",          // entry RSP is 16n+8: this re-aligns to 16
+        "mov r10, [rsp + 0x60]",  // BugCheckParameter4 (the caller's fifth argument)
+        "mov [rsp + 0x20], r10",
+        "mov [rsp + 0x28], rax",
+        "call {imp}",
+        "ud2",
+        imp = sym bugcheck_from_driver,
+    )
+}
+
+/// The body of KeBugCheckEx.
+unsafe extern "win64" fn bugcheck_from_driver(
+    code: u32,
+    p1: usize,
+    p2: usize,
+    p3: usize,
+    p4: usize,
+    caller: usize,
+) -> ! {
+    emit_stderr(&format!(
+        "*** KeBugCheckEx called from {}\n",
+        symbolize(caller)
+    ));
     bugcheck(code, p1, p2, p3, p4)
 }
 

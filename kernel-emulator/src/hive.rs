@@ -511,3 +511,72 @@ pub fn holders(mount: &str) -> Vec<String> {
         v
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// (callback id, class, CallContext seen in post) in delivery order.
+    static SEEN: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
+
+    unsafe extern "win64" fn recorder(
+        ctx: *mut c_void,
+        class: *mut c_void,
+        info: *mut c_void,
+    ) -> NtStatus {
+        let (id, class) = (ctx as usize, class as usize);
+        let mut seen_cc = 0;
+        if class == class::PRE_OPEN_KEY_EX || class == class::PRE_CREATE_KEY_EX {
+            // SAFETY: the model passes REG_CREATE_KEY_INFORMATION_V1 for these classes.
+            unsafe {
+                (*info.cast::<RegCreateKeyInformationV1>()).call_context =
+                    (0x100 + id) as *mut c_void;
+            };
+        }
+        if class == class::POST_OPEN_KEY_EX || class == class::POST_CREATE_KEY_EX {
+            // SAFETY: the model passes REG_POST_OPERATION_INFORMATION for these classes.
+            seen_cc =
+                unsafe { (*info.cast::<registry::RegPostOperationInformation>()).call_context }
+                    as usize;
+        }
+        SEEN.lock().unwrap().push((id, class, seen_cc));
+        STATUS_SUCCESS
+    }
+
+    #[test]
+    fn notifications_follow_altitude_order_and_call_contexts_stay_per_callback() {
+        let mount = r"\REGISTRY\MACHINE\UNITTEST";
+        assert_eq!(load_hive(4, mount, "unit"), STATUS_SUCCESS);
+        let low = registry::register_emulated(recorder, 1, "100.5").unwrap();
+        let high = registry::register_emulated(recorder, 2, "900000").unwrap();
+        SEEN.lock().unwrap().clear();
+        let h = open_key(4000, &format!(r"{mount}\Key"), 0x2_0019, true).unwrap();
+        let seen: Vec<(usize, usize, usize)> = SEEN.lock().unwrap().drain(..).collect();
+        assert_eq!(
+            seen,
+            [
+                (2, class::PRE_CREATE_KEY_EX, 0),
+                (1, class::PRE_CREATE_KEY_EX, 0),
+                (1, class::POST_CREATE_KEY_EX, 0x101),
+                (2, class::POST_CREATE_KEY_EX, 0x102),
+            ]
+        );
+        let missing = open_key(4000, &format!(r"{mount}\Nope"), 0x2_0019, false);
+        assert_eq!(missing, Err(STATUS_OBJECT_NAME_NOT_FOUND));
+        assert_eq!(unload_hive(4, mount), STATUS_CANNOT_DELETE);
+        assert_eq!(close_key(4000, h), STATUS_SUCCESS);
+        let closes: Vec<usize> = SEEN.lock().unwrap().drain(..).map(|(_, c, _)| c).collect();
+        assert!(
+            closes.contains(&class::PRE_KEY_HANDLE_CLOSE)
+                && closes.contains(&class::POST_KEY_HANDLE_CLOSE)
+        );
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+        assert_eq!(close_key(4000, h), STATUS_INVALID_HANDLE);
+        kernel::with(|k| {
+            k.registry
+                .callbacks
+                .retain(|c| c.cookie != low && c.cookie != high);
+        });
+    }
+}
