@@ -48,6 +48,9 @@ pub struct Kernel {
     pub debug_log: Vec<String>,
     /// Do not echo DbgPrint to stdout.
     pub quiet_debug_print: bool,
+    /// IRQL registry callbacks run at: PASSIVE_LEVEL as documented, or APC_LEVEL as System
+    /// Informer observed in practice (so Zw* calls from a callback are caught).
+    pub callback_irql: u8,
     /// Deepest stack use of one driver call so far, and the operation.
     pub max_stack: (usize, String),
 }

@@ -330,8 +330,12 @@ fn invoke(cb: &Callback, class: usize, argument: usize) -> NtStatus {
         argument as *mut c_void,
     );
     let label = format!("RegistryCallback(class {class}, altitude {})", cb.altitude);
+    let (irql, previous) = (kernel::with(|k| k.callback_irql), crate::cpu::irql());
+    crate::cpu::set_irql(irql.max(previous));
     // SAFETY: calling the registered callback with its context and a live argument structure.
-    call_driver(&label, || unsafe { f(ctx, arg1, arg2) })
+    let status = call_driver(&label, || unsafe { f(ctx, arg1, arg2) });
+    crate::cpu::set_irql(previous);
+    status
 }
 
 /// Where the per-callback fields live in a pre-information structure.
@@ -632,6 +636,41 @@ unsafe extern "win64" fn CmCallbackReleaseKeyObjectIDEx(name: *const UnicodeStri
     unsafe { std::alloc::dealloc(p as *mut u8, layout) };
 }
 
+/// CmCallbackGetKeyObjectID — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackgetkeyobjectid>:
+/// the Windows 7 form: the name belongs to the kernel (the caller must not free it).
+unsafe extern "win64" fn CmCallbackGetKeyObjectID(
+    cookie: *const i64,
+    object: *mut c_void,
+    object_id: *mut usize,
+    object_name: *mut *mut UnicodeString,
+) -> NtStatus {
+    require_irql("CmCallbackGetKeyObjectID", APC_LEVEL);
+    if cookie.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Some((id, name, destroyed)) = kernel::with(|k| k.hives.identify(object as usize)) else {
+        verifier_violation(&format!(
+            "CmCallbackGetKeyObjectID({object:p}): not a key object"
+        ));
+    };
+    if destroyed {
+        verifier_violation(&format!(
+            "CmCallbackGetKeyObjectID({object:p}) on a key object that is being destroyed"
+        ));
+    }
+    if !object_id.is_null() {
+        // SAFETY: checked non-null; the driver passes a writable ULONG_PTR.
+        unsafe { object_id.write_unaligned(id) };
+    }
+    if !object_name.is_null() {
+        // Kernel-owned: never freed by the driver, so not tracked as the driver's.
+        let p = alloc_name(&name);
+        // SAFETY: checked non-null; the driver passes a writable PCUNICODE_STRING.
+        unsafe { object_name.write_unaligned(p as *mut UnicodeString) };
+    }
+    STATUS_SUCCESS
+}
+
 /// The configuration manager routines.
 pub(crate) fn exports() -> Vec<Export> {
     vec![
@@ -650,6 +689,10 @@ pub(crate) fn exports() -> Vec<Export> {
         Export::function(
             "CmCallbackGetKeyObjectIDEx",
             CmCallbackGetKeyObjectIDEx as *const () as usize,
+        ),
+        Export::function(
+            "CmCallbackGetKeyObjectID",
+            CmCallbackGetKeyObjectID as *const () as usize,
         ),
         Export::function(
             "CmCallbackReleaseKeyObjectIDEx",

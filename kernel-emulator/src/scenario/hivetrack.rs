@@ -403,48 +403,7 @@ fn unload(ctx: &mut Ctx) {
 }
 
 fn entry_sweep(ctx: &mut Ctx) {
-    let mut k = 1u64;
-    loop {
-        kernel::reset();
-        kernel::with(|kk| kk.faults.policy = FaultPolicy::Nth(k));
-        let mut d = ctx.load();
-        let s = d.entry();
-        let (calls, injected) = kernel::with(|kk| (kk.faults.calls, kk.faults.injected.clone()));
-        kernel::with(|kk| kk.faults.policy = FaultPolicy::Off);
-        if injected.is_empty() {
-            ctx.check(
-                s == STATUS_SUCCESS,
-                format!(
-                    "k={k}: DriverEntry made {calls} fallible calls, none failed: {}",
-                    status::describe(s)
-                ),
-            );
-            ctx.unload_and_check_clean(&mut d);
-            ctx.check(
-                k > 1,
-                format!("DriverEntry made at least one fallible call ({})", k - 1),
-            );
-            break;
-        }
-        ctx.check(
-            !status::nt_success(s),
-            format!(
-                "k={k}: {} -> DriverEntry returned {}",
-                injected.join(", "),
-                status::describe(s)
-            ),
-        );
-        if status::nt_success(s) {
-            ctx.unload_and_check_clean(&mut d);
-        } else {
-            ctx.check_clean(&format!("after failed DriverEntry (k={k})"));
-        }
-        k += 1;
-        if k > 64 {
-            ctx.check(false, "sweep did not terminate within 64 fallible calls");
-            break;
-        }
-    }
+    super::driver_entry_sweep(ctx, true);
 }
 
 fn random_faults(ctx: &mut Ctx) {

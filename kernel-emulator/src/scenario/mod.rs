@@ -12,9 +12,11 @@ use std::path::PathBuf;
 
 use crate::bugcheck::{EXIT_CHECK_FAILED, EXIT_PASS};
 use crate::driver::{self, LoadedDriver};
+use crate::faults::FaultPolicy;
 use crate::io::{self, FileHandle, IoctlResult};
 use crate::kernel;
 use crate::security::Caller;
+use crate::status::{self, STATUS_SUCCESS};
 
 /// Which image a scenario runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +201,54 @@ impl Ctx {
     #[must_use]
     pub fn failures(&self) -> &[String] {
         &self.failures
+    }
+}
+
+/// Runs DriverEntry afresh with the 1st, 2nd, ... fallible kernel call failed until a run
+/// makes fewer fallible calls than k. Every run must leave nothing behind; with
+/// `must_fail`, every injected failure must also make DriverEntry fail.
+pub fn driver_entry_sweep(ctx: &mut Ctx, must_fail: bool) {
+    let mut k = 1u64;
+    loop {
+        kernel::reset();
+        kernel::with(|kk| kk.faults.policy = FaultPolicy::Nth(k));
+        let mut d = ctx.load();
+        let s = d.entry();
+        let (calls, injected) = kernel::with(|kk| (kk.faults.calls, kk.faults.injected.clone()));
+        kernel::with(|kk| kk.faults.policy = FaultPolicy::Off);
+        if injected.is_empty() {
+            ctx.check(
+                s == STATUS_SUCCESS,
+                format!(
+                    "k={k}: DriverEntry made {calls} fallible calls, none failed: {}",
+                    status::describe(s)
+                ),
+            );
+            ctx.unload_and_check_clean(&mut d);
+            ctx.check(
+                k > 1,
+                format!("DriverEntry made at least one fallible call ({})", k - 1),
+            );
+            break;
+        }
+        ctx.check(
+            !must_fail || !status::nt_success(s),
+            format!(
+                "k={k}: {} -> DriverEntry returned {}",
+                injected.join(", "),
+                status::describe(s)
+            ),
+        );
+        if status::nt_success(s) {
+            ctx.unload_and_check_clean(&mut d);
+        } else {
+            ctx.check_clean(&format!("after failed DriverEntry (k={k})"));
+        }
+        k += 1;
+        if k > 64 {
+            ctx.check(false, "sweep did not terminate within 64 fallible calls");
+            break;
+        }
     }
 }
 

@@ -77,6 +77,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_procmon_replay,
         ),
         scenario(
+            "td-registry-faults",
+            "callbacks at APC_LEVEL with 25% of pool allocations failing: contexts skipped, never leaked",
+            td_registry_faults,
+        ),
+        scenario(
             "td-generated",
             "4 threads x 5 processes x 20 keys, random opens/creates/duplicates/closes/exits, seeded",
             td_generated,
@@ -462,6 +467,40 @@ fn td_generated(ctx: &mut Ctx) {
             "20 processes created and exited ({}/{})",
             st.creates, st.exits
         ),
+    );
+    finish(ctx, s);
+}
+
+fn td_registry_faults(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    kernel::with(|k| {
+        k.quiet_debug_print = true;
+        k.callback_irql = crate::cpu::APC_LEVEL;
+        k.faults.pool_only = true;
+        k.faults.policy = crate::faults::FaultPolicy::Random {
+            per_mille: 250,
+            seed: 0x0BAD_5EED,
+        };
+    });
+    let root = format!(r"{SOFTWARE}\Faults");
+    let opened = crate::replay::generate(&root, 2, 4, 25, 7);
+    let injected = kernel::with(|k| {
+        k.faults.policy = crate::faults::FaultPolicy::Off;
+        k.callback_irql = crate::cpu::PASSIVE_LEVEL;
+        k.faults.injected.len()
+    });
+    let st = stats(&s);
+    println!("  {opened} opens, {injected} allocations failed on purpose; driver: {st:?}");
+    ctx.check(injected > 0, "faults were injected");
+    ctx.check(
+        st.post_success == opened
+            && st.contexts_set + injected as u64 >= opened
+            && st.contexts_set < opened,
+        "a failed context allocation skips the context, the open still succeeds",
+    );
+    ctx.check(
+        st.contexts_freed == st.contexts_set,
+        "every context that was set is freed",
     );
     finish(ctx, s);
 }

@@ -107,6 +107,11 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         pass("td-cli", "cli/sti trap and are emulated", td_cli),
         pass(
+            "td-entry-sweep",
+            "DriverEntry with each fallible call failed in turn (device, link, callback): error and nothing left",
+            td_entry_sweep,
+        ),
+        pass(
             "td-hidden-routine",
             "MmGetSystemRoutineAddress finds a routine, and NULL once it is hidden",
             td_hidden_routine,
@@ -414,4 +419,8 @@ fn td_refuse(ctx: &mut Ctx) {
         false,
         "the image loaded although IofCompleteRequest is hidden",
     );
+}
+
+fn td_entry_sweep(ctx: &mut Ctx) {
+    super::driver_entry_sweep(ctx, true);
 }
