@@ -13,6 +13,7 @@ use crate::wire::{DecodeError, EncodeError, Reader, Writer};
 
 /// Folds one UTF-16 code unit for case-insensitive comparison (see the module docs).
 #[must_use]
+#[inline]
 pub fn fold_unit(u: u16) -> u16 {
     if u < 0x80 {
         return if (u16::from(b'a')..=u16::from(b'z')).contains(&u) {
@@ -33,6 +34,7 @@ pub fn fold_unit(u: u16) -> u16 {
 
 /// True when `a` and `b` are equal under [`fold_unit`].
 #[must_use]
+#[inline]
 pub fn eq_folded(a: &[u16], b: &[u16]) -> bool {
     a.len() == b.len()
         && a.iter()
@@ -103,10 +105,20 @@ impl<'a> Text<'a> {
     pub fn encode(&self, field: &'static str, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         let n = u16::try_from(self.len()).map_err(|_| EncodeError::FieldTooLarge { field })?;
         w.u16(n)?;
-        for u in self.units() {
-            w.u16(u)?;
+        match self {
+            Self::Wire(bytes) => w.bytes(bytes),
+            Self::Units(units) => {
+                // Converted in blocks: a query page writes megabytes of names.
+                let mut block = [0u8; 256];
+                for chunk in units.chunks(block.len() / 2) {
+                    for (dst, u) in block.chunks_exact_mut(2).zip(chunk) {
+                        dst.copy_from_slice(&u.to_le_bytes());
+                    }
+                    w.bytes(&block[..chunk.len() * 2])?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 
