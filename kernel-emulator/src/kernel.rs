@@ -97,6 +97,10 @@ pub fn should_fail(routine: &str, is_pool: bool) -> bool {
     with(|k| k.faults.should_fail(routine, is_pool, &op))
 }
 
+/// Measure the stack high-water mark of every driver call (on by default; benchmarks turn it
+/// off: painting 256 KiB per call dominates a short call).
+pub static WATERMARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 const STACK_PAINT: usize = 256 * 1024;
 const STACK_PATTERN: u64 = 0x6b65_6d75_5f73_746b;
 
@@ -128,7 +132,11 @@ fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
 pub fn call_driver<R>(operation: &str, f: impl FnOnce() -> R) -> R {
     let previous = bugcheck::set_operation(operation);
     let irql_before = cpu::irql();
-    let (r, depth) = with_stack_watermark(f);
+    let (r, depth) = if WATERMARK.load(std::sync::atomic::Ordering::Relaxed) {
+        with_stack_watermark(f)
+    } else {
+        (f(), 0)
+    };
     with(|k| {
         if depth > k.max_stack.0 {
             k.max_stack = (depth, operation.to_string());

@@ -34,6 +34,7 @@
 // adds nothing there, and the lint fires on most of them.
 #![allow(clippy::missing_const_for_fn)]
 
+pub mod bench;
 pub mod bugcheck;
 pub mod cpu;
 pub mod dbgprint;

@@ -68,6 +68,16 @@ enum Command {
         /// Scenario name.
         scenario: String,
     },
+    /// Print what the emulator's machinery costs (IOCTL round trip, traps, registry
+    /// notifications) with the test driver.
+    Bench {
+        /// The emulator's test driver (kemu-test-driver.sys).
+        #[arg(long)]
+        test_driver: PathBuf,
+        /// Iterations per measurement.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u32,
+    },
     /// List the scenarios.
     List,
 }
@@ -119,6 +129,10 @@ fn main() {
                 },
             )
         }
+        Command::Bench {
+            test_driver,
+            iterations,
+        } => kernel_emulator::bench::run(&test_driver, iterations),
         Command::List => {
             for s in scenario::all() {
                 let target = match s.target {
