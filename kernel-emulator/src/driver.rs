@@ -39,9 +39,14 @@ pub fn load(sys: &Path, map: Option<&Path>) -> Result<LoadedDriver, LoadError> {
         .map_or_else(|| "driver.sys".into(), |n| n.to_string_lossy().to_string());
     let mut image = pe::load(&file_name, &data, &exports::resolve)?;
     if let Some(m) = map {
-        let text = std::fs::read_to_string(m)
-            .map_err(|e| LoadError::Malformed(format!("{}: {e}", m.display())))?;
-        image.map = Some(MapFile::parse(&text));
+        match std::fs::read_to_string(m) {
+            Ok(text) => image.map = Some(MapFile::parse(&text)),
+            // Symbols only improve reports: run without them rather than refuse the image.
+            Err(e) => eprintln!(
+                "kernel-emulator: warning: map {} unreadable ({e}); reports will use .pdata only",
+                m.display()
+            ),
+        }
     }
     let image: &'static Image = Box::leak(Box::new(image));
     crate::kernel::with(|k| k.processes.driver_dll_characteristics = image.dll_characteristics);
