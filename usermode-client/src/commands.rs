@@ -25,10 +25,10 @@ and start it with `sc start hivetrack` (as Administrator)";
 #[derive(Debug, Error)]
 pub enum CliError {
     /// The driver cannot be reached.
-    #[error("{source}: {INSTALL_HINT}")]
+    #[error("{reason}: {INSTALL_HINT}")]
     DriverUnavailable {
-        /// What the transport said.
-        source: TransportError,
+        /// What the transport said (shown, not chained: the message already says it).
+        reason: TransportError,
     },
     /// The device exists but this user may not open it.
     #[error(
@@ -60,7 +60,7 @@ impl CliError {
 /// Maps a transport failure to the error the user sees.
 fn classify(err: TransportError) -> anyhow::Error {
     match err {
-        TransportError::DriverUnavailable => CliError::DriverUnavailable { source: err }.into(),
+        TransportError::DriverUnavailable => CliError::DriverUnavailable { reason: err }.into(),
         TransportError::AccessDenied => CliError::AccessDenied.into(),
         other => anyhow::Error::new(other),
     }
@@ -78,10 +78,10 @@ pub fn query<'a, M: Message<'a>>(
 ) -> Result<M> {
     let n = transport.ioctl(code, input, output).map_err(classify)?;
     let answer = &output[..n.min(output.len())];
-    if answer.len() >= HEADER_LEN {
-        if let Err(DecodeError::UnsupportedVersion { found }) = wire::decode_header(answer) {
-            return Err(CliError::VersionMismatch { driver: found }.into());
-        }
+    if answer.len() >= HEADER_LEN
+        && let Err(DecodeError::UnsupportedVersion { found }) = wire::decode_header(answer)
+    {
+        return Err(CliError::VersionMismatch { driver: found }.into());
     }
     wire::decode::<M>(answer)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -118,6 +118,32 @@ pub fn version(
         info.build_id,
         transport.backend()
     )?;
+    Ok(())
+}
+
+/// `hivetrack raw-ioctl`: sends `code` with `input` and prints what came back, in hex.
+///
+/// # Errors
+/// When the driver cannot be reached or rejects the request (the Win32 error is named).
+pub fn raw_ioctl(
+    out: &mut dyn Write,
+    connect: impl FnOnce() -> Result<Box<dyn Transport>, TransportError>,
+    code: u32,
+    input: &[u8],
+    output_len: usize,
+) -> Result<()> {
+    let mut transport = connect().map_err(classify)?;
+    let mut output = vec![0u8; output_len];
+    let n = transport
+        .ioctl(code, input, &mut output)
+        .map_err(classify)
+        .with_context(|| format!("control code {code:#010x}"))?;
+    let answer = &output[..n.min(output.len())];
+    write!(out, "ok: {} bytes: ", answer.len())?;
+    for b in answer {
+        write!(out, "{b:02x}")?;
+    }
+    writeln!(out)?;
     Ok(())
 }
 
@@ -198,9 +224,10 @@ mod tests {
         let mut out = Vec::new();
         let err = version(&mut out, || Err(TransportError::DriverUnavailable)).unwrap_err();
         assert_eq!(exit_code_for(&err), exit::DRIVER_UNAVAILABLE);
-        let msg = format!("{err:#}");
-        assert!(msg.contains("not installed or not running"), "{msg}");
-        assert!(msg.contains("InstallHinfSection DefaultInstall"), "{msg}");
+        assert_eq!(
+            format!("{err:#}"),
+            format!("the hivetrack driver is not installed or not running: {INSTALL_HINT}")
+        );
         assert!(
             String::from_utf8(out)
                 .unwrap()
@@ -224,6 +251,46 @@ mod tests {
         let err = r.unwrap_err();
         assert_eq!(exit_code_for(&err), exit::DRIVER_UNAVAILABLE);
         assert!(format!("{err:#}").contains("protocol version 7"), "{err:#}");
+    }
+
+    #[test]
+    fn raw_ioctl_prints_the_answer_or_names_the_error() {
+        let mut out = Vec::new();
+        let answer = version_answer();
+        raw_ioctl(
+            &mut out,
+            || {
+                Ok(Box::new(Scripted {
+                    answer: Ok(answer[..4].to_vec()),
+                    sent: Vec::new(),
+                }))
+            },
+            0x8A54_6000,
+            &[],
+            16,
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "ok: 4 bytes: 4876546b\n");
+        let mut out = Vec::new();
+        let err = raw_ioctl(
+            &mut out,
+            || {
+                Ok(Box::new(Scripted {
+                    answer: Err(|| TransportError::Request { code: 1 }),
+                    sent: Vec::new(),
+                }))
+            },
+            0x8A54_6FFC,
+            &[],
+            16,
+        )
+        .unwrap_err();
+        assert_eq!(exit_code_for(&err), 1);
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("0x8a546ffc") && msg.contains("Win32 error 1"),
+            "{msg}"
+        );
     }
 
     #[test]

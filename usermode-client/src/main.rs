@@ -24,6 +24,17 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let result = match cli.command {
         Command::Version => commands::version(&mut stdout, transport::open_default),
+        Command::RawIoctl {
+            code,
+            input,
+            output_len,
+        } => commands::raw_ioctl(
+            &mut stdout,
+            transport::open_default,
+            code,
+            &input.0,
+            output_len,
+        ),
     };
     let _ = stdout.flush();
     match result {
