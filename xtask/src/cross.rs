@@ -222,7 +222,11 @@ impl CrossEnv {
                     .into_iter()
                     .flatten()
                     .filter_map(|f| f.as_str())
-                    .find(|f| f.ends_with(".dll"))
+                    .find(|f| {
+                        Path::new(f)
+                            .extension()
+                            .is_some_and(|e| e.eq_ignore_ascii_case("dll"))
+                    })
                     .map(PathBuf::from);
             }
         }

@@ -11,6 +11,7 @@ mod setup;
 mod toolchain;
 mod util;
 mod wdkroot;
+mod wine;
 
 use std::{
     path::{Path, PathBuf},
@@ -59,9 +60,15 @@ enum Cmd {
         /// Scenarios to run (default: all).
         scenarios: Vec<String>,
     },
+    /// Install, start, query, stop and uninstall the package under Wine.
+    WineE2e,
     /// Everything CI runs: setup, fmt, clippy, host tests, build, image and INF checks,
     /// emulator suite.
-    Test,
+    Test {
+        /// Skip these steps (by name, as printed), for local iteration; CI skips nothing.
+        #[arg(long, value_delimiter = ',')]
+        skip: Vec<String>,
+    },
 }
 
 /// Driver crates the cross build produces, and where their images go in the package.
@@ -192,6 +199,10 @@ fn emulate(scenarios: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+fn wine_e2e() -> Result<()> {
+    wine::wine_e2e(&package_dir(), &target_dir().join("wine"))
+}
+
 fn fmt_check(manifest: &Path) -> Result<()> {
     run(cargo()
         .args(["fmt", "--check", "--manifest-path"])
@@ -199,7 +210,15 @@ fn fmt_check(manifest: &Path) -> Result<()> {
 }
 
 fn clippy_host() -> Result<()> {
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 fn clippy_drivers() -> Result<()> {
@@ -245,34 +264,51 @@ fn check_images() -> Result<()> {
     Ok(())
 }
 
+/// A step of `cargo xtask test`.
+type Step = fn() -> Result<()>;
+
 /// The steps of `cargo xtask test`, in order; the first failure stops the run.
-const TEST_STEPS: &[(&str, fn() -> Result<()>)] = &[
+const TEST_STEPS: &[(&str, Step)] = &[
     ("setup", setup::setup),
     ("fmt", fmt_all),
-    ("clippy (host workspace)", clippy_host),
-    ("host tests", host_tests),
+    ("clippy-host", clippy_host),
+    ("host-tests", host_tests),
     ("build", build),
-    ("clippy (drivers and the Windows CLI)", clippy_drivers),
+    ("clippy-windows", clippy_drivers),
     ("check-image", check_images),
     ("check-inf", || check_inf(None)),
     ("emulate", || emulate(&[])),
+    ("wine-e2e", wine_e2e),
 ];
 
-fn test() -> Result<()> {
+fn test(skip: &[String]) -> Result<()> {
     let started = Instant::now();
     let mut passed = 0;
     for (name, step) in TEST_STEPS {
+        if skip.iter().any(|s| s == name) {
+            eprintln!("\nxtask: ==== {name}: SKIPPED (--skip)");
+            continue;
+        }
         eprintln!("\nxtask: ==== {name} ====");
         let t = Instant::now();
         if let Err(e) = step() {
-            eprintln!("xtask: ==== {name}: FAILED ({:.1} s)", t.elapsed().as_secs_f64());
+            eprintln!(
+                "xtask: ==== {name}: FAILED ({:.1} s)",
+                t.elapsed().as_secs_f64()
+            );
             println!("xtask: {passed} passed, 1 failed");
             return Err(e.context(format!("step `{name}` failed")));
         }
         passed += 1;
-        eprintln!("xtask: ==== {name}: ok ({:.1} s)", t.elapsed().as_secs_f64());
+        eprintln!(
+            "xtask: ==== {name}: ok ({:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
     }
-    eprintln!("\nxtask: all steps passed in {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "\nxtask: all steps passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     println!("xtask: {passed} passed, 0 failed");
     Ok(())
 }
@@ -285,7 +321,8 @@ fn main() -> ExitCode {
         Cmd::CheckImage { path, map } => check_image(path, map),
         Cmd::CheckInf { path } => check_inf(path),
         Cmd::Emulate { scenarios } => emulate(&scenarios),
-        Cmd::Test => test(),
+        Cmd::Test { skip } => test(&skip),
+        Cmd::WineE2e => wine_e2e(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

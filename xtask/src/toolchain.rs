@@ -91,13 +91,13 @@ pub fn libclang() -> Result<Libclang> {
     }
     for (_, dir) in llvm_dirs(Path::new("/usr/lib")) {
         let lib_dir = dir.join("lib");
-        if has_libclang(&lib_dir) {
-            if let Some(resource_dir) = resource_dir(&lib_dir) {
-                return Ok(Libclang {
-                    lib_dir,
-                    resource_dir,
-                });
-            }
+        if has_libclang(&lib_dir)
+            && let Some(resource_dir) = resource_dir(&lib_dir)
+        {
+            return Ok(Libclang {
+                lib_dir,
+                resource_dir,
+            });
         }
     }
     bail!(

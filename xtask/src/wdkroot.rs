@@ -39,7 +39,7 @@ const MINGW_LIB: &str = "/usr/x86_64-w64-mingw32/lib";
 const GENERATOR_REVISION: u32 = 1;
 
 /// Declarations appended to mingw's wdm.h. Each is the WDK's own prototype (docs pages:
-/// ExAllocatePool2, CmCallbackGetKeyObjectIDEx, CmCallbackReleaseKeyObjectIDEx); wdk-sys and
+/// `ExAllocatePool2`, `CmCallbackGetKeyObjectIDEx`, `CmCallbackReleaseKeyObjectIDEx`); wdk-sys and
 /// wdk-alloc need `POOL_FLAGS` and `ExAllocatePool2` to compile.
 const WDM_COMPAT: &str = r"
 #ifndef HIVETRACK_WDM_COMPAT_H

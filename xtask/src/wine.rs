@@ -1,0 +1,450 @@
+//! `cargo xtask wine-e2e`: the shipped INF, `hivetrack.sys` and `hivetrack.exe` under Wine.
+//!
+//! Wine is an implementation of the PE loader, the service control manager, setupapi's INF
+//! processing and the I/O manager that no one here wrote. In a private prefix under
+//! `target/wine/`, this installs the package with `InstallHinfSection DefaultInstall`, starts
+//! the service, drives the real CLI over `DeviceIoControl` (good and malformed requests),
+//! stops the service and proves `DriverUnload` ran (its `DbgPrint` line, and the device gone),
+//! then uninstalls with `DefaultUninstall` and checks nothing is left.
+//!
+//! What it cannot show: registry filtering. Wine 8's ntoskrnl has no `CmRegisterCallbackEx`, so
+//! no registry callback ever fires there.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::{
+    setup::{Package, ensure_packages},
+    util::{describe, repo_root},
+};
+
+/// Debian packages the Wine run needs.
+const WINE_PACKAGES: &[Package] = &[
+    Package {
+        name: "wine",
+        why: "Wine's programs (wine, wineserver, net, reg, rundll32)",
+    },
+    Package {
+        name: "wine64",
+        why: "the 64-bit Wine loader",
+    },
+    Package {
+        name: "gcc-mingw-w64-x86-64",
+        why: "builds the bcryptprimitives test shim",
+    },
+];
+
+/// Seconds any single Wine command may take before it is treated as hung.
+const COMMAND_TIMEOUT_S: &str = "60";
+
+/// A Linux path as Wine's `Z:` drive sees it.
+fn wine_path(p: &Path) -> String {
+    format!("Z:{}", p.display()).replace('/', "\\")
+}
+
+/// A private Wine prefix and the commands run in it.
+struct Prefix {
+    dir: PathBuf,
+    log_dir: PathBuf,
+}
+
+impl Prefix {
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.arg(COMMAND_TIMEOUT_S)
+            .arg(program)
+            .env("WINEPREFIX", &self.dir)
+            // DbgPrint reaches Wine's log only on this channel; everything else stays quiet.
+            .env("WINEDEBUG", "-all,warn+debugstr")
+            .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY");
+        cmd
+    }
+
+    fn wine(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command("wine");
+        cmd.args(args);
+        cmd
+    }
+
+    /// Runs `cmd` with its output going to `log_dir/<name>.out` and `.err`. Files, not pipes:
+    /// Wine's server and services outlive the command and inherit its handles, so a pipe would
+    /// never reach end-of-file. The driver's `DbgPrint` lines land in the log of whichever
+    /// command started the services.
+    fn run(&self, name: &str, cmd: &mut Command) -> Result<Output> {
+        let out_path = self.log_dir.join(format!("{name}.out"));
+        let err_path = self.log_dir.join(format!("{name}.err"));
+        let status = cmd
+            .stdout(fs::File::create(&out_path)?)
+            .stderr(fs::File::create(&err_path)?)
+            .status()
+            .with_context(|| format!("could not start `{}`", describe(cmd)))?;
+        Ok(Output {
+            status,
+            stdout: fs::read(&out_path)?,
+            stderr: fs::read(&err_path)?,
+        })
+    }
+
+    fn run_ok(&self, name: &str, cmd: &mut Command) -> Result<String> {
+        let out = self.run(name, cmd)?;
+        ensure!(
+            out.status.success(),
+            "`{}` failed ({}); see {}",
+            describe(cmd),
+            out.status,
+            self.log_dir.join(format!("{name}.err")).display()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn system32(&self) -> PathBuf {
+        self.dir.join("drive_c/windows/system32")
+    }
+}
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Builds the test shim with mingw when it is missing or older than its source.
+fn build_shim(out_dir: &Path) -> Result<PathBuf> {
+    let src = repo_root().join("xtask/wine/bcryptprimitives.c");
+    let dll = out_dir.join("bcryptprimitives.dll");
+    let fresh = fs::metadata(&dll)
+        .and_then(|d| Ok(d.modified()? >= fs::metadata(&src)?.modified()?))
+        .unwrap_or(false);
+    if !fresh {
+        crate::util::run(
+            Command::new("x86_64-w64-mingw32-gcc")
+                .args(["-shared", "-O1", "-o"])
+                .arg(&dll)
+                .arg(&src)
+                .arg("-lbcrypt"),
+        )?;
+    }
+    Ok(dll)
+}
+
+/// One check of the run, printed as it passes.
+fn check(name: &str, started: Instant, result: Result<()>) -> Result<()> {
+    match result {
+        Ok(()) => {
+            eprintln!(
+                "wine-e2e: ok   {name} ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("wine-e2e: FAIL {name}: {e:#}");
+            Err(e.context(format!("wine-e2e check `{name}`")))
+        }
+    }
+}
+
+/// Waits up to `limit` for any log in `dir` to contain `needle`.
+fn wait_for_log(dir: &Path, needle: &str, limit: Duration) -> bool {
+    let t = Instant::now();
+    loop {
+        let found = fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+            fs::read(e.path()).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
+        });
+        if found {
+            return true;
+        }
+        if t.elapsed() > limit {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `cargo xtask wine-e2e` over the package in `package`.
+///
+/// # Errors
+/// The first check that fails, with the log file that explains it.
+pub fn wine_e2e(package: &Path, work: &Path) -> Result<()> {
+    let started = Instant::now();
+    for f in ["hivetrack.sys", "hivetrack.inf", "hivetrack.exe"] {
+        if !package.join(f).is_file() {
+            bail!(
+                "{} is missing: run `cargo xtask build` first",
+                package.join(f).display()
+            );
+        }
+    }
+    ensure_packages(WINE_PACKAGES)?;
+    fs::create_dir_all(work)?;
+    let shim = build_shim(work)?;
+    let prefix = Prefix {
+        dir: work.join("prefix"),
+        log_dir: work.join("logs"),
+    };
+    if prefix.dir.exists() {
+        let _ = prefix.command("wineserver").arg("-k").status();
+        fs::remove_dir_all(&prefix.dir)?;
+    }
+    if prefix.log_dir.exists() {
+        fs::remove_dir_all(&prefix.log_dir)?;
+    }
+    fs::create_dir_all(&prefix.log_dir)?;
+    let result = run_checks(&prefix, package, &shim, started);
+    // Whatever happened, leave no Wine process behind.
+    let _ = prefix.command("wineserver").arg("-k").status();
+    result?;
+    eprintln!(
+        "wine-e2e: all checks passed in {:.1} s (logs in {})",
+        started.elapsed().as_secs_f64(),
+        prefix.log_dir.display()
+    );
+    Ok(())
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one linear script of checks reads best in one place"
+)]
+fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) -> Result<()> {
+    let inf = wine_path(&package.join("hivetrack.inf"));
+    let exe = wine_path(&package.join("hivetrack.exe"));
+    let service_key = r"HKLM\System\CurrentControlSet\Services\hivetrack";
+    let driver_file = prefix.system32().join("drivers/hivetrack.sys");
+
+    check(
+        "boot a fresh prefix",
+        started,
+        (|| {
+            prefix.run_ok("wineboot", &mut prefix.wine(&["wineboot", "-i"]))?;
+            // Right after boot two services.exe can race and service calls fail: settle by
+            // letting the server shut down, then keep one alive for the rest of the run (the
+            // driver is torn down when an idle server exits).
+            prefix.run("wineserver-k", prefix.command("wineserver").arg("-k"))?;
+            prefix.run("wineserver-w", prefix.command("wineserver").arg("-w"))?;
+            prefix.run_ok("wineserver-p", prefix.command("wineserver").arg("-p"))?;
+            crate::util::copy(shim, &prefix.system32().join("bcryptprimitives.dll"))
+        })(),
+    )?;
+
+    check(
+        "install with DefaultInstall",
+        started,
+        (|| {
+            prefix.run_ok(
+                "install",
+                &mut prefix.wine(&[
+                    "rundll32",
+                    "setupapi.dll,InstallHinfSection",
+                    "DefaultInstall",
+                    "128",
+                    &inf,
+                ]),
+            )?;
+            ensure!(
+                driver_file.is_file(),
+                "{} was not copied",
+                driver_file.display()
+            );
+            let sys = fs::read(package.join("hivetrack.sys"))?;
+            ensure!(
+                fs::read(&driver_file)? == sys,
+                "the installed hivetrack.sys differs from the package"
+            );
+            let svc = prefix.run_ok(
+                "reg-service",
+                &mut prefix.wine(&["reg", "query", service_key]),
+            )?;
+            for want in [
+                "Type",
+                "0x1",
+                "Start",
+                "0x3",
+                "ErrorControl",
+                "hivetrack.sys",
+            ] {
+                ensure!(svc.contains(want), "service key lacks `{want}`:\n{svc}");
+            }
+            let params = prefix.run_ok(
+                "reg-altitude",
+                &mut prefix.wine(&[
+                    "reg",
+                    "query",
+                    &format!(r"{service_key}\Parameters"),
+                    "/v",
+                    "Altitude",
+                ]),
+            )?;
+            ensure!(
+                params.contains("REG_SZ"),
+                "Parameters\\Altitude is not a REG_SZ:\n{params}"
+            );
+            Ok(())
+        })(),
+    )?;
+
+    check(
+        "start the service (DriverEntry)",
+        started,
+        (|| {
+            prefix.run_ok(
+                "net-start",
+                &mut prefix.wine(&["net", "start", "hivetrack"]),
+            )?;
+            ensure!(
+                wait_for_log(
+                    &prefix.log_dir,
+                    "hivetrack: DriverEntry",
+                    Duration::from_secs(5)
+                ),
+                "no DriverEntry line from the driver in {}",
+                prefix.log_dir.display()
+            );
+            Ok(())
+        })(),
+    )?;
+
+    check(
+        "hivetrack.exe version over DeviceIoControl",
+        started,
+        (|| {
+            let out = prefix.run("cli-version", &mut prefix.wine(&[&exe, "version"]))?;
+            let text = stdout_of(&out);
+            ensure!(
+                out.status.success(),
+                "hivetrack version failed ({}): {}",
+                out.status,
+                stderr_of(&out)
+            );
+            ensure!(
+                text.contains("hivetrack client "),
+                "no client line:\n{text}"
+            );
+            ensure!(
+                text.contains("hivetrack driver 0.1.0 (protocol 1, build "),
+                "no driver line:\n{text}"
+            );
+            Ok(())
+        })(),
+    )?;
+
+    check(
+        "malformed requests get clean errors",
+        started,
+        (|| {
+            // (control code, input hex, output length, expected Win32 error)
+            let cases: [(&str, &str, &str, &str); 4] = [
+                // An unknown function of our device type: STATUS_INVALID_DEVICE_REQUEST.
+                ("0x8A546FFC", "", "64", "Win32 error 1)"),
+                // METHOD_NEITHER with our device type: refused before any buffer is touched.
+                ("0x8A546003", "", "64", "Win32 error 1)"),
+                // GET_VERSION with a 1-byte output buffer: STATUS_BUFFER_TOO_SMALL.
+                ("0x8A546000", "", "1", "Win32 error 122)"),
+                // GET_VERSION takes no input: STATUS_INVALID_PARAMETER.
+                ("0x8A546000", "00", "64", "Win32 error 87)"),
+            ];
+            for (i, (code, input, len, want)) in cases.iter().enumerate() {
+                let mut args = vec![
+                    exe.as_str(),
+                    "raw-ioctl",
+                    "--code",
+                    code,
+                    "--output-len",
+                    len,
+                ];
+                if !input.is_empty() {
+                    args.extend(["--input", input]);
+                }
+                let out = prefix.run(&format!("cli-malformed-{i}"), &mut prefix.wine(&args))?;
+                let err = stderr_of(&out);
+                ensure!(
+                    out.status.code() == Some(1),
+                    "{code}: exit {} (want 1): {err}",
+                    out.status
+                );
+                ensure!(err.contains(want), "{code}: expected `{want}` in: {err}");
+            }
+            // The device still answers after the bad requests.
+            let out = prefix.run("cli-version-after", &mut prefix.wine(&[&exe, "version"]))?;
+            ensure!(
+                out.status.success(),
+                "the driver stopped answering: {}",
+                stderr_of(&out)
+            );
+            Ok(())
+        })(),
+    )?;
+
+    check(
+        "stop the service (DriverUnload ran)",
+        started,
+        (|| {
+            prefix.run_ok("net-stop", &mut prefix.wine(&["net", "stop", "hivetrack"]))?;
+            ensure!(
+                wait_for_log(
+                    &prefix.log_dir,
+                    "hivetrack: unloaded",
+                    Duration::from_secs(5)
+                ),
+                "DriverUnload's line never appeared in {}",
+                prefix.log_dir.display()
+            );
+            let out = prefix.run("cli-after-stop", &mut prefix.wine(&[&exe, "version"]))?;
+            ensure!(
+                out.status.code() == Some(2),
+                "with the driver stopped, `version` exited {}",
+                out.status
+            );
+            ensure!(
+                stderr_of(&out).contains("not installed or not running"),
+                "{}",
+                stderr_of(&out)
+            );
+            Ok(())
+        })(),
+    )?;
+
+    check(
+        "uninstall with DefaultUninstall leaves nothing",
+        started,
+        (|| {
+            prefix.run_ok(
+                "uninstall",
+                &mut prefix.wine(&[
+                    "rundll32",
+                    "setupapi.dll,InstallHinfSection",
+                    "DefaultUninstall",
+                    "128",
+                    &inf,
+                ]),
+            )?;
+            ensure!(
+                !driver_file.exists(),
+                "{} is still there",
+                driver_file.display()
+            );
+            let out = prefix.run(
+                "reg-after-uninstall",
+                &mut prefix.wine(&["reg", "query", service_key]),
+            )?;
+            ensure!(
+                !out.status.success(),
+                "the service key is still there:\n{}",
+                stdout_of(&out)
+            );
+            Ok(())
+        })(),
+    )?;
+    Ok(())
+}
