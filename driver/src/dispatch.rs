@@ -14,7 +14,11 @@ use wdk_sys::{
 use crate::{ffi::current_stack_location, ioctl};
 
 /// `IO_NO_INCREMENT` as the `CCHAR` `IofCompleteRequest` takes (the constant is 0).
-#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "the constant is 0")]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "the constant is 0"
+)]
 const NO_INCREMENT: i8 = IO_NO_INCREMENT as i8;
 
 /// Points the driver's create, close and device-control entries at this module.

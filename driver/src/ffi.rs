@@ -5,7 +5,9 @@
 //!   (docs: "`ZwSetSecurityObject` function (`ntifs.h`)").
 //! - `IoGetCurrentIrpStackLocation` is `FORCEINLINE` in `wdm.h`, so bindgen emits nothing for it.
 
-use wdk_sys::{HANDLE, IRP, IO_STACK_LOCATION, NTSTATUS, PSECURITY_DESCRIPTOR, SECURITY_INFORMATION};
+use wdk_sys::{
+    HANDLE, IO_STACK_LOCATION, IRP, NTSTATUS, PSECURITY_DESCRIPTOR, SECURITY_INFORMATION,
+};
 
 unsafe extern "system" {
     /// Sets an object's security state (docs: `ZwSetSecurityObject`). IRQL `PASSIVE_LEVEL`.
@@ -29,5 +31,10 @@ pub unsafe fn current_stack_location(irp: *mut IRP) -> *mut IO_STACK_LOCATION {
     let overlay = unsafe { &irp.Tail.Overlay };
     // SAFETY: the stack-location pointer is the live member of this anonymous union while the
     // IRP is being dispatched (the packet-type member is used only by the I/O manager's queue).
-    unsafe { overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation }
+    unsafe {
+        overlay
+            .__bindgen_anon_2
+            .__bindgen_anon_1
+            .CurrentStackLocation
+    }
 }

@@ -52,11 +52,17 @@ pub struct Outcome {
 
 impl Outcome {
     const fn error(status: NTSTATUS) -> Self {
-        Self { status, information: 0 }
+        Self {
+            status,
+            information: 0,
+        }
     }
 
     const fn success(information: usize) -> Self {
-        Self { status: STATUS_SUCCESS, information }
+        Self {
+            status: STATUS_SUCCESS,
+            information,
+        }
     }
 }
 

@@ -42,7 +42,10 @@ pub unsafe extern "system" fn driver_entry(
     driver: PDRIVER_OBJECT,
     _registry_path: PCUNICODE_STRING,
 ) -> NTSTATUS {
-    println!("hivetrack: DriverEntry (build {})", ioctl::BUILD_ID.as_str());
+    println!(
+        "hivetrack: DriverEntry (build {})",
+        ioctl::BUILD_ID.as_str()
+    );
     // SAFETY: the I/O manager passes a valid, exclusively owned `DRIVER_OBJECT` to DriverEntry.
     let driver: &mut DRIVER_OBJECT = unsafe { &mut *driver };
     if let Err(status) = device::create(driver) {

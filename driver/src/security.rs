@@ -24,7 +24,11 @@ use wdk_sys::{
 use crate::ffi::ZwSetSecurityObject;
 
 /// `KernelMode` as the `KPROCESSOR_MODE` (`CCHAR`) the API takes (the constant is 0).
-#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "the constant is 0")]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "the constant is 0"
+)]
 const KERNEL_MODE: i8 = KernelMode as i8;
 
 /// `FILE_ALL_ACCESS`: `STANDARD_RIGHTS_REQUIRED | SYNCHRONIZE | 0x1FF`.
@@ -113,5 +117,9 @@ pub fn restrict_to_admins(device: &mut DEVICE_OBJECT) -> Result<(), NTSTATUS> {
     };
     // SAFETY: `handle` is the kernel handle opened above, closed exactly once.
     let _ = unsafe { ZwClose(handle) };
-    if status == STATUS_SUCCESS { Ok(()) } else { Err(status) }
+    if status == STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(status)
+    }
 }

@@ -17,7 +17,10 @@ pub(crate) use wide;
 /// non-ASCII input or a wrong `N`.
 pub const fn ascii_to_utf16<const N: usize>(s: &str) -> [u16; N] {
     let b = s.as_bytes();
-    assert!(b.len() + 1 == N, "N must be the length plus the terminating NUL");
+    assert!(
+        b.len() + 1 == N,
+        "N must be the length plus the terminating NUL"
+    );
     let mut out = [0u16; N];
     let mut i = 0;
     while i < b.len() {
@@ -34,5 +37,9 @@ pub fn unicode_string(w: &'static [u16]) -> UNICODE_STRING {
     let chars = w.len().saturating_sub(1);
     // Device and link names are short literals: they always fit a USHORT byte count.
     let len = u16::try_from(chars * 2).unwrap_or(u16::MAX - 1);
-    UNICODE_STRING { Length: len, MaximumLength: len.saturating_add(2), Buffer: w.as_ptr().cast_mut() }
+    UNICODE_STRING {
+        Length: len,
+        MaximumLength: len.saturating_add(2),
+        Buffer: w.as_ptr().cast_mut(),
+    }
 }
