@@ -56,6 +56,7 @@ pub mod registry;
 pub mod replay;
 pub mod rtl;
 pub mod scenario;
+pub mod script;
 pub mod security;
 pub mod status;
 pub mod suite;

@@ -65,6 +65,9 @@ enum Command {
         /// A Process Monitor CSV export to replay (scenario td-procmon-replay).
         #[arg(long)]
         procmon_csv: Option<PathBuf>,
+        /// A step script to run (scenarios script and td-script).
+        #[arg(long)]
+        script: Option<PathBuf>,
         /// Scenario name.
         scenario: String,
     },
@@ -108,6 +111,7 @@ fn main() {
             hide,
             no_special_pool,
             procmon_csv,
+            script,
             scenario: name,
         } => {
             let Some(s) = scenario::find(&name) else {
@@ -126,6 +130,7 @@ fn main() {
                     special_pool: !no_special_pool,
                     hide,
                     procmon_csv,
+                    script,
                 },
             )
         }

@@ -100,6 +100,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "4 threads x 2000 concurrent version IOCTLs on their own handles",
             stress,
         ),
+        scenario(
+            "script",
+            "a step script (built-in sample, or run --script FILE) against the control device",
+            |ctx| super::run_script(ctx, include_str!("hivetrack-sample.script")),
+        ),
     ]
 }
 

@@ -87,6 +87,8 @@ pub struct RunOptions {
     pub hide: Vec<String>,
     /// A Process Monitor CSV export for `td-procmon-replay` (default: a built-in sample).
     pub procmon_csv: Option<PathBuf>,
+    /// A step script for `script` / `td-script` (default: a built-in sample).
+    pub script: Option<PathBuf>,
 }
 
 /// The scenario's view of the emulator: loading, user-mode I/O, checks.
@@ -250,6 +252,36 @@ pub fn driver_entry_sweep(ctx: &mut Ctx, must_fail: bool) {
             break;
         }
     }
+}
+
+/// Loads the driver, runs a step script ([`crate::script`]) — `ctx.opts.script` or `sample` —
+/// and unloads with the leak check.
+pub fn run_script(ctx: &mut Ctx, sample: &str) {
+    let text = match &ctx.opts.script {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) => {
+                ctx.check(false, format!("read {}: {e}", p.display()));
+                return;
+            }
+        },
+        None => sample.to_string(),
+    };
+    let mut d = ctx.load();
+    let s = d.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    let (steps, failures) = crate::script::run(&text);
+    for f in &failures {
+        println!("    step failed: {f}");
+    }
+    ctx.check(
+        failures.is_empty(),
+        format!("{steps} script steps, {} failed", failures.len()),
+    );
+    ctx.unload_and_check_clean(&mut d);
 }
 
 /// Sets up the emulated machine for this process (trap handler, KUSER_SHARED_DATA, hidden

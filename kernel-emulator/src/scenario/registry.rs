@@ -82,6 +82,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_registry_faults,
         ),
         scenario(
+            "td-script",
+            "a step script (built-in sample, or run --script FILE): hive held by an inherited handle",
+            |ctx| super::run_script(ctx, include_str!("td-sample.script")),
+        ),
+        scenario(
             "td-generated",
             "4 threads x 5 processes x 20 keys, random opens/creates/duplicates/closes/exits, seeded",
             td_generated,
