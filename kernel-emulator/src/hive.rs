@@ -398,14 +398,25 @@ pub fn close_key(pid: u32, handle: u64) -> NtStatus {
 
 /// Marks `object` destroyed and delivers the context cleanups.
 fn destroy(object: usize) {
+    // Taking the contexts and reserving their callbacks is one step, so a concurrent
+    // CmUnRegisterCallback either sees the context or waits for this cleanup.
     let contexts = kernel::with(|k| {
-        k.hives.objects.get_mut(&object).map(|o| {
+        let taken = k.hives.objects.get_mut(&object).map(|o| {
             o.destroyed = true;
             std::mem::take(&mut o.contexts)
-        })
+        });
+        for cookie in taken.iter().flat_map(|c| c.keys()) {
+            *k.registry.in_flight.entry(*cookie).or_insert(0) += 1;
+        }
+        taken
     });
     for (cookie, context) in contexts.unwrap_or_default() {
         registry::notify_context_cleanup(object, cookie, context);
+        kernel::with(|k| {
+            if let Some(n) = k.registry.in_flight.get_mut(&cookie) {
+                *n -= 1;
+            }
+        });
     }
 }
 

@@ -85,6 +85,8 @@ pub struct ProcessState {
     pub routines: Vec<(usize, bool)>,
     /// DllCharacteristics of the loaded driver image.
     pub driver_dll_characteristics: u16,
+    /// Calls in progress, by routine (removal waits for them, as the kernel's rundown does).
+    in_flight: std::collections::HashMap<usize, u32>,
     next_pid: u32,
 }
 
@@ -105,7 +107,39 @@ impl ProcessState {
     }
 }
 
+/// Enters a call of routine `f` if it is still registered.
+fn enter(f: usize, ex: bool) -> bool {
+    kernel::with(|k| {
+        let p = &mut k.processes;
+        let registered = p.routines.contains(&(f, ex));
+        if registered {
+            *p.in_flight.entry(f).or_insert(0) += 1;
+        }
+        registered
+    })
+}
+
+/// Leaves a call entered with [`enter`].
+fn leave(f: usize) {
+    kernel::with(|k| {
+        if let Some(n) = k.processes.in_flight.get_mut(&f) {
+            *n -= 1;
+        }
+    });
+}
+
 fn set_routine(f: usize, ex: bool, remove: bool) -> NtStatus {
+    let status = update_routines(f, ex, remove);
+    if remove && status == STATUS_SUCCESS {
+        // Wait for calls in flight on other threads, as the kernel's rundown protection does.
+        while kernel::with(|k| k.processes.in_flight.get(&f).copied().unwrap_or(0)) > 0 {
+            std::thread::yield_now();
+        }
+    }
+    status
+}
+
+fn update_routines(f: usize, ex: bool, remove: bool) -> NtStatus {
     kernel::with(|k| {
         let p = &mut k.processes;
         if remove {
@@ -194,6 +228,9 @@ pub fn create_process(parent: u32, image: &str, inherit: bool) -> Result<u32, Nt
     let mut status = STATUS_SUCCESS;
     io::with_pid(parent, || {
         for (f, ex) in routines {
+            if !enter(f, ex) {
+                continue;
+            }
             if ex {
                 let mut info = PsCreateNotifyInfo {
                     size: size_of::<PsCreateNotifyInfo>(),
@@ -225,6 +262,7 @@ pub fn create_process(parent: u32, image: &str, inherit: bool) -> Result<u32, Nt
                     g(parent as usize, pid as usize, 1);
                 });
             }
+            leave(f);
         }
     });
     if nt_success(status) {
@@ -247,6 +285,9 @@ pub fn exit_process(pid: u32) {
     let routines = kernel::with(|k| k.processes.routines.clone());
     io::with_pid(pid, || {
         for (f, ex) in routines {
+            if !enter(f, ex) {
+                continue;
+            }
             if ex {
                 // SAFETY: registered by the driver as a PCREATE_PROCESS_NOTIFY_ROUTINE_EX.
                 let g = unsafe { std::mem::transmute::<usize, NotifyExFn>(f) };
@@ -263,6 +304,7 @@ pub fn exit_process(pid: u32) {
                     g(proc_.parent as usize, pid as usize, 0);
                 });
             }
+            leave(f);
         }
     });
     for h in kernel::with(|k| k.hives.handles_of(pid)) {

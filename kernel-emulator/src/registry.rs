@@ -250,6 +250,15 @@ pub struct RegistryState {
     pub names: std::collections::HashMap<usize, (String, String)>,
     /// Notifications delivered, by class.
     pub delivered: std::collections::BTreeMap<usize, u64>,
+    /// Calls in progress, by cookie (CmUnRegisterCallback waits for them).
+    pub in_flight: std::collections::HashMap<i64, u32>,
+    /// Cookies being unregistered: no new notification reaches them.
+    pub unregistering: std::collections::HashSet<i64>,
+}
+
+thread_local! {
+    /// Cookies of the callbacks this thread is inside (innermost last).
+    static INSIDE: std::cell::RefCell<Vec<i64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl RegistryState {
@@ -313,14 +322,34 @@ fn register(
 
 /// Callbacks by altitude: highest first.
 fn by_altitude() -> Vec<Callback> {
-    let mut v = kernel::with(|k| k.registry.callbacks.clone());
+    let mut v = kernel::with(|k| {
+        let r = &k.registry;
+        r.callbacks
+            .iter()
+            .filter(|c| !r.unregistering.contains(&c.cookie))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
     v.sort_by(|a, b| b.altitude_value().total_cmp(&a.altitude_value()));
     v
 }
 
 /// Calls one callback.
 fn invoke(cb: &Callback, class: usize, argument: usize) -> NtStatus {
-    kernel::with(|k| *k.registry.delivered.entry(class).or_insert(0) += 1);
+    let gone = kernel::with(|k| {
+        let r = &mut k.registry;
+        // A round that took its snapshot before CmUnRegisterCallback began must not call in.
+        if r.unregistering.contains(&cb.cookie) && class != class::CALLBACK_OBJECT_CONTEXT_CLEANUP {
+            return true;
+        }
+        *r.delivered.entry(class).or_insert(0) += 1;
+        *r.in_flight.entry(cb.cookie).or_insert(0) += 1;
+        false
+    });
+    if gone {
+        return STATUS_SUCCESS;
+    }
+    INSIDE.with(|i| i.borrow_mut().push(cb.cookie));
     // SAFETY: `function` was registered as an EX_CALLBACK_FUNCTION (by the driver through
     // CmRegisterCallbackEx, or by the emulator).
     let f = unsafe { std::mem::transmute::<usize, ExCallbackFn>(cb.function) };
@@ -335,6 +364,12 @@ fn invoke(cb: &Callback, class: usize, argument: usize) -> NtStatus {
     // SAFETY: calling the registered callback with its context and a live argument structure.
     let status = call_driver(&label, || unsafe { f(ctx, arg1, arg2) });
     crate::cpu::set_irql(previous);
+    INSIDE.with(|i| i.borrow_mut().pop());
+    kernel::with(|k| {
+        if let Some(n) = k.registry.in_flight.get_mut(&cb.cookie) {
+            *n -= 1;
+        }
+    });
     status
 }
 
@@ -507,17 +542,31 @@ unsafe extern "win64" fn CmRegisterCallbackEx(
 /// CmUnRegisterCallback — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmunregistercallback>:
 /// delivers RegNtCallbackObjectContextCleanup for every key object that still has a context
 /// of this callback, then removes it; an unknown cookie is STATUS_INVALID_PARAMETER.
-/// PASSIVE_LEVEL. (In-flight callbacks on other threads are not waited for: the model's
-/// notifications are synchronous.)
+/// PASSIVE_LEVEL. New notifications stop reaching the callback at once; calls in flight on
+/// other threads are waited for; calling it from inside the callback is a deadlock (reported).
 unsafe extern "win64" fn CmUnRegisterCallback(cookie: i64) -> NtStatus {
     require_irql("CmUnRegisterCallback", PASSIVE_LEVEL);
     if !kernel::with(|k| k.registry.callbacks.iter().any(|c| c.cookie == cookie)) {
         return STATUS_INVALID_PARAMETER;
     }
+    if INSIDE.with(|i| i.borrow().contains(&cookie)) {
+        verifier_violation(
+            "CmUnRegisterCallback called from inside the callback it unregisters: a deadlock on Windows",
+        );
+    }
+    // No new notification reaches it; wait for the calls in flight on other threads.
+    kernel::with(|k| k.registry.unregistering.insert(cookie));
+    while kernel::with(|k| k.registry.in_flight.get(&cookie).copied().unwrap_or(0)) > 0 {
+        std::thread::yield_now();
+    }
     for (object, context) in kernel::with(|k| k.hives.take_contexts_of(cookie)) {
         notify_context_cleanup(object, cookie, context);
     }
-    kernel::with(|k| k.registry.callbacks.retain(|c| c.cookie != cookie));
+    kernel::with(|k| {
+        k.registry.callbacks.retain(|c| c.cookie != cookie);
+        k.registry.unregistering.remove(&cookie);
+        k.registry.in_flight.remove(&cookie);
+    });
     STATUS_SUCCESS
 }
 

@@ -87,6 +87,11 @@ pub fn scenarios() -> Vec<Scenario> {
             |ctx| super::run_script(ctx, include_str!("td-sample.script")),
         ),
         scenario(
+            "td-unload-under-load",
+            "the driver unloads while 3 threads drive registry and process traffic: unregistration waits for calls in flight, nothing calls in afterwards",
+            td_unload_under_load,
+        ),
+        scenario(
             "td-generated",
             "4 threads x 5 processes x 20 keys, random opens/creates/duplicates/closes/exits, seeded",
             td_generated,
@@ -508,4 +513,30 @@ fn td_registry_faults(ctx: &mut Ctx) {
         "every context that was set is freed",
     );
     finish(ctx, s);
+}
+
+fn td_unload_under_load(ctx: &mut Ctx) {
+    boot_hives();
+    let mut d = ctx.load();
+    let s = d.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    kernel::with(|k| k.quiet_debug_print = true);
+    let root = format!(r"{SOFTWARE}\UnderLoad");
+    let opened = std::thread::scope(|scope| {
+        let load = scope.spawn(|| crate::replay::generate(&root, 3, 6, 80, 0xFEED));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before = kernel::with(|k| k.registry.delivered.values().sum::<u64>());
+        ctx.unload_and_check_clean(&mut d);
+        println!("  unloaded after {before} notifications had been delivered");
+        load.join().unwrap_or(0)
+    });
+    println!("  the workload finished after the unload: {opened} opens in all");
+    let leftover = kernel::leaks();
+    ctx.check(
+        leftover.is_empty(),
+        format!("still nothing of the driver's left once the workload ended {leftover:?}"),
+    );
 }
