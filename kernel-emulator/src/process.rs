@@ -313,9 +313,121 @@ pub fn exit_process(pid: u32) {
     kernel::with(|k| k.processes.processes.remove(&pid));
 }
 
+/// The fake EPROCESS of `pid` (the System process for 4), if it exists.
+fn eprocess_of(pid: u32) -> Option<usize> {
+    if pid == 4 {
+        return Some(crate::cpu::system_process());
+    }
+    kernel::with(|k| k.processes.processes.get(&pid).map(|p| p.eprocess))
+}
+
+/// The pid and image of a fake EPROCESS.
+fn process_of(eprocess: usize) -> Option<(u32, String)> {
+    if eprocess != 0 && eprocess == crate::cpu::system_process() {
+        return Some((4, String::new()));
+    }
+    kernel::with(|k| {
+        k.processes
+            .processes
+            .iter()
+            .find(|(_, p)| p.eprocess == eprocess)
+            .map(|(pid, p)| (*pid, p.image.clone()))
+    })
+}
+
+/// IoGetCurrentProcess — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iogetcurrentprocess>
+/// (PsGetCurrentProcess is the same routine): the process on whose behalf the thread runs.
+unsafe extern "win64" fn IoGetCurrentProcess() -> usize {
+    eprocess_of(io::current_pid()).unwrap_or_else(crate::cpu::system_process)
+}
+
+/// PsGetProcessId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetprocessid>.
+unsafe extern "win64" fn PsGetProcessId(eprocess: usize) -> usize {
+    match process_of(eprocess) {
+        Some((pid, _)) => pid as usize,
+        None => crate::bugcheck::verifier_violation(&format!(
+            "PsGetProcessId({eprocess:#x}): not a process object"
+        )),
+    }
+}
+
+/// PsLookupProcessByProcessId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntifs/nf-ntifs-pslookupprocessbyprocessid>:
+/// returns a referenced EPROCESS the caller must release with ObDereferenceObject (an
+/// unreleased one is reported at unload); STATUS_INVALID_PARAMETER for an unknown pid.
+unsafe extern "win64" fn PsLookupProcessByProcessId(pid: usize, out: *mut usize) -> NtStatus {
+    require_irql("PsLookupProcessByProcessId", crate::cpu::APC_LEVEL);
+    let Some(e) = u32::try_from(pid).ok().and_then(eprocess_of) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    kernel::with(|k| *k.objects.references.entry(e).or_insert(0) += 1);
+    // SAFETY: the driver passes a writable PEPROCESS.
+    unsafe { out.write_unaligned(e) };
+    STATUS_SUCCESS
+}
+
+/// SeLocateProcessImageName — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-selocateprocessimagename>:
+/// a UNICODE_STRING with the image's full path in one pool block that the caller frees with
+/// ExFreePool (tracked like any pool block). PASSIVE_LEVEL.
+unsafe extern "win64" fn SeLocateProcessImageName(
+    eprocess: usize,
+    name: *mut *mut UnicodeString,
+) -> NtStatus {
+    require_irql("SeLocateProcessImageName", PASSIVE_LEVEL);
+    let Some((_, image)) = process_of(eprocess) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    let units: Vec<u16> = image.encode_utf16().collect();
+    let bytes = units.len() * 2;
+    let block = crate::pool::allocate(
+        16 + bytes + 2,
+        u32::from_le_bytes(*b"SeIn"),
+        true,
+        "SeLocateProcessImageName",
+    );
+    if block.is_null() {
+        return 0xC000_009A_u32 as NtStatus;
+    }
+    let us = UnicodeString {
+        length: bytes as u16,
+        maximum_length: bytes as u16 + 2,
+        pad: 0,
+        buffer: block.wrapping_add(16).cast(),
+    };
+    // SAFETY: the fresh block holds the UNICODE_STRING and the buffer after it.
+    unsafe { crate::layout::poke(block as usize, us) };
+    // SAFETY: as above.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            units.as_ptr(),
+            block.wrapping_add(16).cast::<u16>(),
+            units.len(),
+        );
+    };
+    // SAFETY: the driver passes a writable PUNICODE_STRING.
+    unsafe { name.write_unaligned(block.cast()) };
+    STATUS_SUCCESS
+}
+
 /// The process routines.
 pub(crate) fn exports() -> Vec<Export> {
     vec![
+        Export::function(
+            "IoGetCurrentProcess",
+            IoGetCurrentProcess as *const () as usize,
+        ),
+        Export::function(
+            "PsGetCurrentProcess",
+            IoGetCurrentProcess as *const () as usize,
+        ),
+        Export::function("PsGetProcessId", PsGetProcessId as *const () as usize),
+        Export::function(
+            "PsLookupProcessByProcessId",
+            PsLookupProcessByProcessId as *const () as usize,
+        ),
+        Export::function(
+            "SeLocateProcessImageName",
+            SeLocateProcessImageName as *const () as usize,
+        ),
         Export::function(
             "PsSetCreateProcessNotifyRoutine",
             PsSetCreateProcessNotifyRoutine as *const () as usize,
@@ -325,4 +437,52 @@ pub(crate) fn exports() -> Vec<Export> {
             PsSetCreateProcessNotifyRoutineEx as *const () as usize,
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_identity_routines_agree() {
+        std::thread::spawn(|| {
+            crate::cpu::enter_thread(30);
+            let image = r"\Device\HarddiskVolume2\unit.exe";
+            let pid = create_process(4, image, false).unwrap();
+            // SAFETY: exported routines called as a driver would, at PASSIVE_LEVEL.
+            let e = io::with_pid(pid, || unsafe { IoGetCurrentProcess() });
+            // SAFETY: as above.
+            assert_eq!(unsafe { PsGetProcessId(e) }, pid as usize);
+            let mut looked_up = 0usize;
+            // SAFETY: as above, with a writable out pointer.
+            let s = unsafe { PsLookupProcessByProcessId(pid as usize, &raw mut looked_up) };
+            assert_eq!((s, looked_up), (STATUS_SUCCESS, e));
+            assert_eq!(
+                kernel::with(|k| k.objects.references.get(&e).copied()),
+                Some(1)
+            );
+            kernel::with(|k| k.objects.references.remove(&e));
+            let mut name: *mut UnicodeString = std::ptr::null_mut();
+            assert_eq!(
+                // SAFETY: as above.
+                unsafe { SeLocateProcessImageName(e, &raw mut name) },
+                STATUS_SUCCESS
+            );
+            assert_eq!(
+                // SAFETY: the routine returned a valid UNICODE_STRING.
+                unsafe { crate::layout::read_unicode(name) }.as_deref(),
+                Some(image)
+            );
+            // SAFETY: the block SeLocateProcessImageName allocated.
+            unsafe { crate::pool::free(name.cast(), None, "test") };
+            assert_eq!(
+                // SAFETY: as above.
+                unsafe { PsLookupProcessByProcessId(999_999, &raw mut looked_up) },
+                STATUS_INVALID_PARAMETER
+            );
+            exit_process(pid);
+        })
+        .join()
+        .unwrap();
+    }
 }
