@@ -537,6 +537,10 @@ mod tests {
         info: *mut c_void,
     ) -> NtStatus {
         let (id, class) = (ctx as usize, class as usize);
+        // Other tests share the emulated kernel: record this test's process only.
+        if io::current_pid() != 4000 {
+            return STATUS_SUCCESS;
+        }
         let mut seen_cc = 0;
         if class == class::PRE_OPEN_KEY_EX || class == class::PRE_CREATE_KEY_EX {
             // SAFETY: the model passes REG_CREATE_KEY_INFORMATION_V1 for these classes.
