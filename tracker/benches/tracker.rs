@@ -75,6 +75,24 @@ fn bench_cycles(c: &mut Criterion) {
             cycle(&t, black_box(0x1_0000 + (i & 0xFFF) * 16), p, &name, i);
         });
     });
+    // The same with the crate's spin lock (its release is a plain store, like a push lock's
+    // fast path is a single interlocked operation).
+    {
+        let spool = SysPool::default();
+        let st: Tracker<&SysPool, tracker::SpinLock> =
+            Tracker::new(&spool, Config::default()).unwrap();
+        let _anchor = st.opened(0xFFFF_0000, p, 1, &name, 1, 0).unwrap();
+        let mut j = 0u64;
+        g.bench_function("open_close_destroy_1_thread_spinlock", |b| {
+            b.iter(|| {
+                j += 1;
+                let obj = black_box(0x1_0000 + (j & 0xFFF) * 16);
+                let tok = st.opened(obj, p, 1, &name, 0x2_0019, j).unwrap();
+                st.handle_closed(tok, obj);
+                st.object_destroyed(tok, obj);
+            });
+        });
+    }
     // Eight threads, each its own process, same hive and name; throughput per cycle.
     let names: Vec<Vec<u16>> = (0..8).map(|k| w(&format!(r"{NAME}\T{k}"))).collect();
     for (k, n) in names.iter().enumerate() {

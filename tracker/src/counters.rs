@@ -45,3 +45,26 @@ pub fn bump(c: &AtomicU64) {
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Relaxed)
 }
+
+/// Adds to a `u32` only ever written under one lock, which the caller holds: a plain load
+/// and store (no locked instruction on the hot path).
+pub fn locked_add32(a: &core::sync::atomic::AtomicU32, delta: u32) {
+    a.store(a.load(Relaxed).wrapping_add(delta), Relaxed);
+}
+
+/// Subtracts from a `u32` written only under the lock the caller holds; returns the old value.
+pub fn locked_sub32(a: &core::sync::atomic::AtomicU32, delta: u32) -> u32 {
+    let old = a.load(Relaxed);
+    a.store(old.wrapping_sub(delta), Relaxed);
+    old
+}
+
+/// Adds to a `u64` written only under the lock the caller holds.
+pub fn locked_add64(a: &AtomicU64, delta: u64) {
+    a.store(a.load(Relaxed).wrapping_add(delta), Relaxed);
+}
+
+/// Subtracts from a `u64` written only under the lock the caller holds.
+pub fn locked_sub64(a: &AtomicU64, delta: u64) {
+    a.store(a.load(Relaxed).wrapping_sub(delta), Relaxed);
+}

@@ -6,6 +6,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use protocol::history::MAX_UNLOAD_HOLDERS;
 
+use crate::counters::locked_add32;
 use crate::lock::{Exclusive, RawLock};
 use crate::names::NameRef;
 use crate::pool::{BlockClass, Pool, alloc_init, free_block};
@@ -95,7 +96,7 @@ impl<L: RawLock> History<L> {
         Self::entry(e).next.store(self.head.load(Relaxed), Relaxed);
         self.head.store(e.as_ptr(), Relaxed);
         if self.len.load(Relaxed) < max {
-            self.len.fetch_add(1, Relaxed);
+            locked_add32(&self.len, 1);
             return Ok(None);
         }
         // Evict the oldest (the list's last entry).

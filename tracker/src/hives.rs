@@ -17,8 +17,9 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use protocol::holders::{HiveKind, HiveState};
-use protocol::text::{eq_folded, fold_unit};
+use protocol::text::eq_folded;
 
+use crate::counters::{locked_add32, locked_sub32};
 use crate::lock::{Exclusive, RawLock, Shared};
 use crate::names::{NameEntry, NameRef, NameTable, NoMemory, name_of};
 use crate::pool::{BlockClass, Pool, alloc_init, free_block};
@@ -106,11 +107,7 @@ pub fn shard_prefix(path: &[u16]) -> &[u16] {
 }
 
 fn shard_of(path: &[u16]) -> usize {
-    let mut h: u32 = 0x811C_9DC5;
-    for &u in shard_prefix(path) {
-        h = (h ^ u32::from(fold_unit(u))).wrapping_mul(0x0100_0193);
-    }
-    (h ^ (h >> 16)) as usize % SHARDS
+    crate::names::hash_folded(shard_prefix(path)) as usize % SHARDS
 }
 
 /// True when `mount` is `path` or a prefix of it ending at a component boundary.
@@ -219,7 +216,7 @@ impl<L: RawLock> HiveTable<L> {
             return Err(NoMemory);
         };
         self.shards[shard].live.store(h.as_ptr(), Relaxed);
-        self.shards[shard].count.fetch_add(1, Relaxed);
+        locked_add32(&self.shards[shard].count, 1);
         Ok(h)
     }
 
@@ -280,7 +277,7 @@ impl<L: RawLock> HiveTable<L> {
             });
             if let Some(d) = dead {
                 unlink(&s.retired, d);
-                s.count.fetch_sub(1, Relaxed);
+                locked_sub32(&s.count, 1);
             }
             dead
         };
@@ -361,7 +358,7 @@ impl<L: RawLock> HiveTable<L> {
             let hive = hive_of(h);
             hive.state.store(HiveState::Unloaded as u8, Relaxed);
             if hive.refs.load(Relaxed) == 0 {
-                shard.count.fetch_sub(1, Relaxed);
+                locked_sub32(&shard.count, 1);
                 Some(h)
             } else {
                 hive.next.store(shard.retired.load(Relaxed), Relaxed);

@@ -15,6 +15,7 @@ use core::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 
+use crate::counters::{locked_add32, locked_sub32};
 use crate::lock::RawLock;
 use crate::names::NameEntry;
 use crate::pool::{BlockClass, Pool};
@@ -190,7 +191,7 @@ impl<L: RawLock> ObjShard<L> {
         if head != NIL {
             let rec = self.get(head).ok_or(SlotError::NoMemory)?;
             self.free.store(rec.next.load(Relaxed), Relaxed);
-            self.live.fetch_add(1, Relaxed);
+            locked_add32(&self.live, 1);
             return Ok(head);
         }
         let index = self.unused.load(Relaxed);
@@ -202,7 +203,7 @@ impl<L: RawLock> ObjShard<L> {
             self.grow(pool, chunks)?;
         }
         self.unused.store(index + 1, Release);
-        self.live.fetch_add(1, Relaxed);
+        locked_add32(&self.live, 1);
         Ok(index)
     }
 
@@ -256,7 +257,7 @@ impl<L: RawLock> ObjShard<L> {
             rec.holding.store(ptr::null_mut(), Relaxed);
             rec.next.store(self.free.load(Relaxed), Relaxed);
             self.free.store(index, Relaxed);
-            self.live.fetch_sub(1, Relaxed);
+            locked_sub32(&self.live, 1);
         }
     }
 

@@ -7,12 +7,14 @@
 //! head and an insert with a non-decreasing time is O(1).
 //!
 //! Lifetimes: a holding lives while it has keys; a process lives until it has exited and
-//! holds nothing. Lock order (never taken the other way round): hive shard, process shard,
-//! process, object shard, name shard.
+//! holds nothing. Lock order (a lock is only ever taken while holding locks to its left):
+//! hive shard, process shard, object shard, process, name shard. (`opened` takes them one
+//! at a time; a destroy holds its object shard while it takes the process lock to unlink.)
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use crate::counters::{locked_add32, locked_sub32};
 use crate::hives::Hive;
 use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameEntry, NameRef};
@@ -139,7 +141,7 @@ impl<L> Process<L> {
                 }
             }
         }
-        self.nholdings.fetch_add(1, Relaxed);
+        locked_add32(&self.nholdings, 1);
     }
 
     /// Unlinks a holding (caller holds the process lock).
@@ -149,7 +151,7 @@ impl<L> Process<L> {
             let cur = link.load(Relaxed);
             if cur == h.as_ptr() {
                 link.store(holding_of(h).next.load(Relaxed), Relaxed);
-                self.nholdings.fetch_sub(1, Relaxed);
+                locked_sub32(&self.nholdings, 1);
                 return;
             }
             match NonNull::new(cur) {
@@ -254,7 +256,7 @@ impl<L: RawLock> ProcessTable<L> {
                 )
                 .ok_or(NoProcess)?;
                 shard.head.store(p.as_ptr(), Relaxed);
-                shard.count.fetch_add(1, Relaxed);
+                locked_add32(&shard.count, 1);
                 (p, true)
             }
             None => return Err(NoProcess),
@@ -293,7 +295,7 @@ impl<L: RawLock> ProcessTable<L> {
                 None => break,
             }
         }
-        shard.count.fetch_sub(1, Relaxed);
+        locked_sub32(&shard.count, 1);
         let image = proc.image();
         // SAFETY: unlinked under the shard lock, and its own lock showed it holds nothing:
         // no key, holding or lookup can reach it any more.

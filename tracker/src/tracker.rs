@@ -6,6 +6,7 @@ use core::sync::atomic::Ordering::{Relaxed, Release};
 use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
 
 use crate::counters::{Counters, bump};
+use crate::counters::{locked_add32, locked_add64, locked_sub64};
 use crate::history::{HistEntry, HistHolder, History};
 use crate::hives::{Hive, HiveTable, hive_of};
 use crate::lock::{Exclusive, RawLock};
@@ -156,7 +157,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let shard = &self.objects[si as usize];
         let (index, generation) = {
             let _g = Exclusive::new(&shard.lock);
-            shard.opens_seen.fetch_add(1, Relaxed);
+            locked_add64(&shard.opens_seen, 1);
             let index = shard
                 .alloc(&self.pool, self.shard_cap)
                 .map_err(|e| match e {
@@ -235,7 +236,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     |h| {
                         rec.holding.store(h.as_ptr().cast(), Relaxed);
                         self.link(holding_of(h), r, rec, time);
-                        proc.open_keys.fetch_add(1, Relaxed);
+                        locked_add64(&proc.open_keys, 1);
                         hive_of(hive).open_keys.fetch_add(1, Relaxed);
                         true
                     },
@@ -258,7 +259,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// Links `rec` (slot `r`) into `hold` in (time, sequence) order; caller holds the
     /// process lock.
     fn link(&self, hold: &Holding<L>, r: u32, rec: &ObjRecord, time: u64) {
-        let seq = hold.seq.fetch_add(1, Relaxed).wrapping_add(1);
+        locked_add32(&hold.seq, 1);
+        let seq = hold.seq.load(Relaxed);
         rec.seq.store(seq, Relaxed);
         let mut after = hold.tail.load(Relaxed);
         while after != NIL && self.rec(after).time.load(Relaxed) > time {
@@ -281,7 +283,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         } else {
             self.rec(next).prev.store(r, Relaxed);
         }
-        hold.count.fetch_add(1, Relaxed);
+        locked_add64(&hold.count, 1);
     }
 
     fn unlink(&self, hold: &Holding<L>, rec: &ObjRecord) {
@@ -297,7 +299,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         } else {
             self.rec(next).prev.store(prev, Relaxed);
         }
-        hold.count.fetch_sub(1, Relaxed);
+        locked_sub64(&hold.count, 1);
     }
 
     /// Validates `token` for `object` under the shard lock and runs `f` on the live record.
@@ -327,7 +329,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// opens counted (duplicated handles) are counted, never underflow.
     pub fn handle_closed(&self, token: Token, object: u64) {
         let known = self.with_live(token, object, |shard, rec| {
-            shard.closes_seen.fetch_add(1, Relaxed);
+            locked_add64(&shard.closes_seen, 1);
             let closes = rec.closes.load(Relaxed).saturating_add(1);
             rec.closes.store(closes, Relaxed);
             if closes > rec.opens.load(Relaxed) {
@@ -357,25 +359,36 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     fn remove(&self, token: Token, object: u64, count_destroy: bool) -> bool {
-        let Some((holding, name)) = self.with_live(token, object, |shard, rec| {
-            if count_destroy {
-                shard.destroys_seen.fetch_add(1, Relaxed);
-            }
-            rec.state.store(DYING, Relaxed);
-            (rec.holding.load(Relaxed), rec.name.load(Relaxed))
-        }) else {
+        let (s, i) = split_ref(token.slot());
+        if s > self.shard_mask {
+            return false;
+        }
+        let shard = &self.objects[s as usize];
+        // The shard lock is held across the unlink (object shard before process lock, see
+        // `processes`), so validating, unlinking and freeing the slot is one hold.
+        let guard = Exclusive::new(&shard.lock);
+        let Some(rec) = shard.get(i) else {
             return false;
         };
-        let rec = self.rec(token.slot());
-        let hold_ptr =
-            NonNull::new(holding.cast::<Holding<L>>()).unwrap_or_else(|| unreachable_link());
+        if rec.generation.load(Relaxed) != token.generation()
+            || rec.state() != LIVE
+            || rec.object.load(Relaxed) != object
+        {
+            return false;
+        }
+        if count_destroy {
+            locked_add64(&shard.destroys_seen, 1);
+        }
+        let name = rec.name.load(Relaxed);
+        let hold_ptr = NonNull::new(rec.holding.load(Relaxed).cast::<Holding<L>>())
+            .unwrap_or_else(|| unreachable_link());
         let hold = holding_of(hold_ptr);
         let proc = process_of(hold.process);
         let hive = hold.hive;
         let (emptied, reap) = {
             let _pg = Exclusive::new(&proc.lock);
             self.unlink(hold, rec);
-            proc.open_keys.fetch_sub(1, Relaxed);
+            locked_sub64(&proc.open_keys, 1);
             hive_of(hive).open_keys.fetch_sub(1, Relaxed);
             let emptied = hold.count.load(Relaxed) == 0;
             if emptied {
@@ -388,6 +401,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             )
         };
         let key = proc.key;
+        shard.release(i);
+        drop(guard);
         if emptied {
             self.counters.holdings.fetch_sub(1, Relaxed);
             // SAFETY: unlinked from its process under the process lock, and its last key is
@@ -401,10 +416,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if let Some(n) = NonNull::new(name) {
             self.names.release(&self.pool, n);
         }
-        let (s, i) = split_ref(token.slot());
-        let shard = &self.objects[s as usize];
-        let _g = Exclusive::new(&shard.lock);
-        shard.release(i);
         true
     }
 
