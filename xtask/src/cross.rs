@@ -85,6 +85,10 @@ fn vendor(target_dir: &Path, manifest_dirs: &[PathBuf]) -> Result<PathBuf> {
     let (first, rest) = manifest_dirs
         .split_first()
         .context("no driver crate to build")?;
+    // Start clean: cargo vendor keeps an existing (patched) copy, which would not re-patch.
+    if dest.exists() {
+        fs::remove_dir_all(&dest).with_context(|| format!("removing {}", dest.display()))?;
+    }
     let mut cmd = cargo();
     cmd.args([
         "vendor",
