@@ -127,19 +127,26 @@ fn big_stack(seed: u8) -> u64 {
 
 /// The device-control dispatch routine.
 unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
-    // SAFETY: the I/O manager passes a live IRP whose current stack location is ours.
-    let stack = unsafe {
-        (*irp)
-            .Tail
-            .Overlay
-            .__bindgen_anon_2
-            .__bindgen_anon_1
-            .CurrentStackLocation
+    let (params, buffer) = {
+        // SAFETY: the I/O manager passes a live IRP that this driver owns during dispatch.
+        let irp_ref = unsafe { &*irp };
+        // SAFETY: while a driver owns an IRP in dispatch, Tail.Overlay is the live member.
+        let overlay = unsafe { &irp_ref.Tail.Overlay };
+        // SAFETY: the stack-location pointer is the live member of this union during dispatch.
+        let stack = unsafe {
+            overlay
+                .__bindgen_anon_2
+                .__bindgen_anon_1
+                .CurrentStackLocation
+        };
+        // SAFETY: `stack` is the current stack location of a device-control IRP.
+        let stack_ref = unsafe { &*stack };
+        // SAFETY: for IRP_MJ_DEVICE_CONTROL, Parameters.DeviceIoControl is the live member.
+        let params = unsafe { stack_ref.Parameters.DeviceIoControl };
+        // SAFETY: METHOD_BUFFERED: AssociatedIrp.SystemBuffer is the live member.
+        let buffer = unsafe { irp_ref.AssociatedIrp.SystemBuffer }.cast::<u64>();
+        (params, buffer)
     };
-    // SAFETY: `stack` is the current stack location of a device-control IRP.
-    let params = unsafe { (*stack).Parameters.DeviceIoControl };
-    // SAFETY: METHOD_BUFFERED: AssociatedIrp.SystemBuffer is the system buffer.
-    let buffer = unsafe { (*irp).AssociatedIrp.SystemBuffer }.cast::<u64>();
     let slots = params.OutputBufferLength as usize / 8;
     if buffer.is_null() || slots < 4 {
         // SAFETY: `irp` is live and not yet completed.
@@ -275,7 +282,7 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             let block = Box::into_raw(Box::new([0u8; 100])).cast::<u8>();
             let offset = usize::try_from(argument).unwrap_or(0);
             // SAFETY: deliberately not when offset >= 100: the overrun special pool must catch.
-            unsafe { block.add(offset).write_volatile(0x55) };
+            unsafe { block.wrapping_add(offset).write_volatile(0x55) };
             // SAFETY: `block` came from Box::into_raw just above.
             drop(unsafe { Box::from_raw(block.cast::<[u8; 100]>()) });
             0
@@ -328,7 +335,7 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
     };
     for (i, v) in out.iter().enumerate() {
         // SAFETY: the system buffer holds at least 4 u64 slots of output (checked above).
-        unsafe { buffer.add(i).write_unaligned(*v) };
+        unsafe { buffer.wrapping_add(i).write_unaligned(*v) };
     }
     // SAFETY: `irp` is live (the double-complete case is the deliberate exception).
     unsafe { complete(irp, STATUS_SUCCESS, information) }

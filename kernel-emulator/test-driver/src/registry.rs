@@ -113,7 +113,12 @@ pub fn unpin() -> bool {
 /// `base + offset` must be a readable `T` inside the structure the kernel passed.
 unsafe fn field<T: Copy>(base: *mut c_void, offset: usize) -> T {
     // SAFETY: guaranteed by the caller.
-    unsafe { base.cast::<u8>().add(offset).cast::<T>().read_unaligned() }
+    unsafe {
+        base.cast::<u8>()
+            .wrapping_add(offset)
+            .cast::<T>()
+            .read_unaligned()
+    }
 }
 
 /// Writes a field of a notification structure.
@@ -122,7 +127,12 @@ unsafe fn field<T: Copy>(base: *mut c_void, offset: usize) -> T {
 /// `base + offset` must be a writable `T` inside the structure the kernel passed.
 unsafe fn set_field<T>(base: *mut c_void, offset: usize, v: T) {
     // SAFETY: guaranteed by the caller.
-    unsafe { base.cast::<u8>().add(offset).cast::<T>().write_unaligned(v) };
+    unsafe {
+        base.cast::<u8>()
+            .wrapping_add(offset)
+            .cast::<T>()
+            .write_unaligned(v)
+    };
 }
 
 /// The registry callback.
