@@ -38,3 +38,14 @@ pub unsafe fn current_stack_location(irp: *mut IRP) -> *mut IO_STACK_LOCATION {
             .CurrentStackLocation
     }
 }
+
+unsafe extern "system" {
+    /// Allocates pool memory with a tag (docs: `ExAllocatePoolWithTag`). Deprecated in favour
+    /// of `ExAllocatePool2` from Windows 10 2004, but the only choice on 1809, so it is the
+    /// fallback of [`crate::pool`]; not bound by wdk-sys, declared with its real prototype.
+    pub fn ExAllocatePoolWithTag(
+        pool_type: i32,
+        number_of_bytes: usize,
+        tag: u32,
+    ) -> *mut core::ffi::c_void;
+}

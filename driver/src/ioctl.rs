@@ -5,14 +5,25 @@
 //! wrote: the I/O manager copies only those back, so no uninitialised byte leaves the kernel.
 
 use protocol::{
-    ioctl::IOCTL_HIVETRACK_GET_VERSION,
+    ioctl::{
+        IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_QUERY_HIVES, IOCTL_HIVETRACK_QUERY_HOLDERS,
+        IOCTL_HIVETRACK_QUERY_PROCESSES, IOCTL_HIVETRACK_QUERY_SNAPSHOT,
+        IOCTL_HIVETRACK_QUERY_STATS, IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY,
+    },
     version::{BuildId, VersionInfo},
     wire::{EncodeError, encode},
 };
+use tracker::{MAX_QUERY_PATH, QueryError};
 use wdk_sys::{
-    NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_INTERNAL_ERROR, STATUS_INVALID_DEVICE_REQUEST,
-    STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+    NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_NOT_READY, STATUS_INTERNAL_ERROR,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_SUCCESS,
 };
+
+use crate::{clock, tracking};
+
+/// The largest query request: its fixed part and the longest hive path.
+const MAX_REQUEST: usize = 64 + 2 * MAX_QUERY_PATH;
 
 /// The build id baked in by the build (`HIVETRACK_BUILD_ID`, the git revision), or `dev`.
 pub const BUILD_ID: BuildId = BuildId::new(match option_env!("HIVETRACK_BUILD_ID") {
@@ -74,6 +85,12 @@ pub fn handle(code: u32, buffer: &mut [u8], in_len: usize, out_len: usize) -> Ou
     }
     match code {
         IOCTL_HIVETRACK_GET_VERSION => get_version(in_len, &mut buffer[..out_len]),
+        IOCTL_HIVETRACK_QUERY_HOLDERS
+        | IOCTL_HIVETRACK_QUERY_HIVES
+        | IOCTL_HIVETRACK_QUERY_PROCESSES
+        | IOCTL_HIVETRACK_QUERY_STATS
+        | IOCTL_HIVETRACK_QUERY_SNAPSHOT
+        | IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY => query(code, buffer, in_len, out_len),
         _ => Outcome::error(STATUS_INVALID_DEVICE_REQUEST),
     }
 }
@@ -84,6 +101,30 @@ fn get_version(in_len: usize, out: &mut [u8]) -> Outcome {
         return Outcome::error(STATUS_INVALID_PARAMETER);
     }
     encode_answer(&VERSION, out)
+}
+
+/// The query IOCTLs: the request is copied out of the system buffer (input and output share
+/// it), then the tracker writes its page over the buffer.
+fn query(code: u32, buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
+    if in_len > MAX_REQUEST {
+        return Outcome::error(STATUS_INVALID_PARAMETER);
+    }
+    let Some(tracker) = tracking::get() else {
+        return Outcome::error(STATUS_DEVICE_NOT_READY);
+    };
+    let mut request = [0u8; MAX_REQUEST];
+    request[..in_len].copy_from_slice(&buffer[..in_len]);
+    match tracker.answer(
+        code,
+        &request[..in_len],
+        &mut buffer[..out_len],
+        clock::now(),
+    ) {
+        Ok(n) => Outcome::success(n),
+        Err(QueryError::BufferTooSmall { .. }) => Outcome::error(STATUS_BUFFER_TOO_SMALL),
+        Err(QueryError::UnknownHive) => Outcome::error(STATUS_OBJECT_NAME_NOT_FOUND),
+        Err(_) => Outcome::error(STATUS_INVALID_PARAMETER),
+    }
 }
 
 fn encode_answer<'a, M: protocol::wire::Message<'a>>(msg: &M, out: &mut [u8]) -> Outcome {

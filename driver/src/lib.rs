@@ -13,11 +13,20 @@
 #[cfg(not(test))]
 extern crate wdk_panic;
 
+mod callbacks;
+mod clock;
 mod device;
 mod dispatch;
 mod ffi;
 mod ioctl;
+mod lock;
+mod lookaside;
+mod pool;
+mod process;
+mod registry_read;
+mod routines;
 mod security;
+mod tracking;
 mod unicode;
 
 use wdk::println;
@@ -40,7 +49,7 @@ static GLOBAL_ALLOCATOR: WdkAllocator = WdkAllocator;
 #[unsafe(export_name = "DriverEntry")]
 pub unsafe extern "system" fn driver_entry(
     driver: PDRIVER_OBJECT,
-    _registry_path: PCUNICODE_STRING,
+    registry_path: PCUNICODE_STRING,
 ) -> NTSTATUS {
     println!(
         "hivetrack: DriverEntry (build {})",
@@ -48,20 +57,59 @@ pub unsafe extern "system" fn driver_entry(
     );
     // SAFETY: the I/O manager passes a valid, exclusively owned `DRIVER_OBJECT` to DriverEntry.
     let driver: &mut DRIVER_OBJECT = unsafe { &mut *driver };
+    routines::resolve_all();
+    for name in routines::missing() {
+        println!("hivetrack: this system has no {name}; using the fallback");
+    }
     if let Err(status) = device::create(driver) {
         println!("hivetrack: could not create the control device: {status:#x}");
         return status;
     }
     dispatch::install(driver);
     driver.DriverUnload = Some(driver_unload);
+    // Live tracking is best effort: whatever fails here, the driver still loads, answers
+    // IOCTLs and says why tracking is off.
+    if let Err(status) = start_tracking(driver, registry_path) {
+        println!("hivetrack: live tracking off: {status:#x}");
+        tracking::set_status(status);
+    }
     STATUS_SUCCESS
 }
 
+/// Creates the tracker, seeds it with the mounted hives and registers the callbacks.
+fn start_tracking(
+    driver: &mut DRIVER_OBJECT,
+    registry_path: PCUNICODE_STRING,
+) -> Result<(), NTSTATUS> {
+    tracking::start()?;
+    if let Some(tracker) = tracking::get() {
+        registry_read::seed_hives(tracker);
+    }
+    let mut altitude = if registry_path.is_null() {
+        registry_read::altitude(&unicode::unicode_string(unicode::wide!("")))
+    } else {
+        // SAFETY: the I/O manager passes a valid registry path for the service key.
+        registry_read::altitude(unsafe { &*registry_path })
+    };
+    let altitude = altitude.as_unicode();
+    callbacks::register(driver, &altitude)?;
+    // Process notifications improve reports (images, exits) but tracking works without them.
+    if let Err(status) = process::register() {
+        println!("hivetrack: no process notifications: {status:#x}");
+    }
+    Ok(())
+}
+
 /// Undoes everything `DriverEntry` did. Called at `PASSIVE_LEVEL` once no handle to the
-/// device remains open.
+/// device remains open (so no request is in flight).
 unsafe extern "C" fn driver_unload(driver: PDRIVER_OBJECT) {
-    // SAFETY: the I/O manager passes the same valid DRIVER_OBJECT it gave DriverEntry.
+    // SAFETY: the I/O manager passes the same valid `DRIVER_OBJECT` it gave DriverEntry.
     let driver: &DRIVER_OBJECT = unsafe { &*driver };
+    // Unregistering waits for callbacks in flight and cleans up every object context, so
+    // after these two calls nothing but this thread can reach the tracker.
+    callbacks::unregister();
+    process::unregister();
+    tracking::stop();
     device::delete(driver);
     println!("hivetrack: unloaded");
 }

@@ -81,9 +81,11 @@ pub fn load(sys: &Path, map: Option<&Path>) -> Result<LoadedDriver, LoadError> {
     object.driver_init = Some(entry);
     object.major_function =
         [Some(io::invalid_device_request as DispatchFn); IRP_MJ_MAXIMUM_FUNCTION + 1];
-    let registry_path = OwnedUnicode::new(&format!(
-        "\\REGISTRY\\MACHINE\\SYSTEM\\CurrentControlSet\\Services\\{service}"
-    ));
+    let service_path =
+        format!("\\REGISTRY\\MACHINE\\SYSTEM\\CurrentControlSet\\Services\\{service}");
+    // The service is installed as its INF installs it (hivetrack.inf writes Parameters\Altitude).
+    crate::zwreg::install_service(&service_path, crate::zwreg::INF_ALTITUDE);
+    let registry_path = OwnedUnicode::new(&service_path);
     Ok(LoadedDriver {
         image,
         object,

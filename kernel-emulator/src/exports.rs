@@ -48,6 +48,7 @@ pub fn table() -> &'static [Export] {
         v.extend(crate::lookaside::exports());
         v.extend(crate::sync::exports());
         v.extend(crate::bugcheck::exports());
+        v.extend(crate::zwreg::exports());
         v.push(Export::function(
             "MmGetSystemRoutineAddress",
             MmGetSystemRoutineAddress as *const () as usize,

@@ -40,6 +40,8 @@ pub struct Kernel {
     pub hives: HiveState,
     /// Processes and process-notify routines.
     pub processes: ProcessState,
+    /// Registry values and key handles of the driver's own `Zw*` registry reads.
+    pub zwreg: crate::zwreg::ZwRegState,
     /// Routines hidden from the loader and from MmGetSystemRoutineAddress.
     pub hidden_routines: BTreeSet<String>,
     /// Names the driver asked MmGetSystemRoutineAddress for, in order.
@@ -174,6 +176,7 @@ pub fn leaks() -> Vec<String> {
         v.extend(k.registry.leaks());
         v.extend(k.processes.leaks());
         v.extend(k.lookasides.leaks());
+        v.extend(k.zwreg.leaks());
         v
     });
     v.extend(crate::sync::leaks());

@@ -62,3 +62,4 @@ pub mod status;
 pub mod suite;
 pub mod sync;
 pub mod trap;
+pub mod zwreg;

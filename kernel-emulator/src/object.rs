@@ -153,6 +153,9 @@ unsafe extern "win64" fn ZwClose(handle: u64) -> NtStatus {
     if kernel::with(|k| k.objects.handles.remove(&handle)).is_some() {
         return STATUS_SUCCESS;
     }
+    if crate::zwreg::close(handle) {
+        return STATUS_SUCCESS;
+    }
     if handle & KERNEL_HANDLE_BIT == KERNEL_HANDLE_BIT {
         emit_stderr(&format!(
             "*** kernel-emulator: ZwClose({handle:#x}): not an open kernel handle\n"

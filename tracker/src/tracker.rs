@@ -109,6 +109,57 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         })
     }
 
+    /// Builds a tracker directly in `slot`, field by field, so that no stack frame ever holds
+    /// a whole tracker (about 6 KiB): a kernel driver keeps it in static storage and runs on a
+    /// 24 KiB stack. Same checks as [`Tracker::new`]; on error `slot` stays uninitialised and
+    /// `pool` is dropped.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for an unusable configuration.
+    pub fn init_in_place(
+        slot: &mut core::mem::MaybeUninit<Self>,
+        pool: P,
+        config: Config,
+    ) -> Result<&mut Self, ConfigError> {
+        let shards = config.object_shards;
+        if shards == 0 || shards as usize > MAX_SHARDS || !shards.is_power_of_two() {
+            return Err(ConfigError::Shards);
+        }
+        let shard_cap = config.max_objects.div_ceil(shards);
+        if config.max_objects == 0 || shard_cap > MAX_PER_SHARD {
+            return Err(ConfigError::Cap);
+        }
+        let p = slot.as_mut_ptr();
+        // Each field is written exactly once through a raw field pointer, with no reference to
+        // the partially built value, before `assume_init_mut`.
+        macro_rules! put {
+            ($field:ident, $value:expr) => {{
+                // SAFETY: `p` points to the caller's slot; this only computes a field address.
+                let field = unsafe { &raw mut (*p).$field };
+                // SAFETY: the field is uninitialised and written exactly once, here.
+                unsafe { field.write($value) };
+            }};
+        }
+        put!(pool, pool);
+        put!(config, config);
+        put!(shard_mask, shards - 1);
+        put!(shard_cap, shard_cap);
+        // SAFETY: `p` points to the caller's slot; this only computes a field address.
+        let objects = unsafe { &raw mut (*p).objects }.cast::<ObjShard<L>>();
+        for i in 0..MAX_SHARDS {
+            let element = objects.wrapping_add(i);
+            // SAFETY: `i` < MAX_SHARDS, inside the array; each element is written once.
+            unsafe { element.write(ObjShard::new()) };
+        }
+        put!(names, NameTable::new());
+        put!(hives, HiveTable::new());
+        put!(processes, ProcessTable::new());
+        put!(history, History::new());
+        put!(counters, Counters::default());
+        // SAFETY: every field was written above.
+        Ok(unsafe { slot.assume_init_mut() })
+    }
+
     /// The configuration.
     pub const fn config(&self) -> &Config {
         &self.config

@@ -264,7 +264,7 @@ fn version_errors(ctx: &mut Ctx) {
     );
     ctx.say("unknown and malformed control codes");
     let unknown = [
-        ctl_code(DEVICE_TYPE, 0x801, METHOD_BUFFERED, 1),
+        ctl_code(DEVICE_TYPE, 0x8FF, METHOD_BUFFERED, 1), // past the last query
         ctl_code(DEVICE_TYPE, 0x800, METHOD_BUFFERED, FILE_ANY_ACCESS),
         ctl_code(0x22, 0x800, METHOD_BUFFERED, 1),
         ctl_code(DEVICE_TYPE, 0x800, 3, 1), // METHOD_NEITHER
@@ -407,8 +407,12 @@ fn unload(ctx: &mut Ctx) {
     );
 }
 
+/// hivetrack degrades instead of failing: when a step of live tracking cannot be set up
+/// (lookaside lists, hive list, callback registration) DriverEntry still succeeds, with tracking
+/// off. So each k must either fail cleanly (the control device could not be made) or load and
+/// then unload leaving nothing.
 fn entry_sweep(ctx: &mut Ctx) {
-    super::driver_entry_sweep(ctx, true);
+    super::driver_entry_sweep(ctx, false);
 }
 
 fn random_faults(ctx: &mut Ctx) {

@@ -1,0 +1,376 @@
+//! Registry callbacks (`CmRegisterCallbackEx`): who opens and closes which key object, and
+//! hive loads and unloads.
+//!
+//! Rules kept here (docs: "Filtering Registry Calls", "Invalid Key Object Pointers in Registry
+//! Notifications"; `../shared` notes on Windows semantics):
+//! - the callback never changes the caller's result: it always returns `STATUS_SUCCESS`;
+//! - it never calls `Zw*` routines and never references a key object (a reference would keep
+//!   the very hive being diagnosed loaded): objects are only used as lookup keys and passed to
+//!   `Cm*` routines while the notification is in progress;
+//! - opens are recorded in the post-notification and only when `Status == STATUS_SUCCESS`
+//!   (the object is undefined otherwise); the tracker's token becomes the object's context,
+//!   which comes back on close and on cleanup (last reference gone, or `CmUnRegisterCallback`);
+//! - nothing is allocated in a pre-notification: a post-notification may never come (another
+//!   filter can fail or bypass the operation). The unload's mount name is carried from pre to
+//!   post in a fixed per-thread slot instead ([`UnloadSlots`]).
+
+use core::{
+    cell::UnsafeCell,
+    ffi::c_void,
+    ptr::null_mut,
+    sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+};
+
+use tracker::{MAX_QUERY_PATH, ProcessKey, Token};
+use wdk_sys::{
+    _REG_NOTIFY_CLASS::{
+        RegNtCallbackObjectContextCleanup, RegNtPostCreateKeyEx, RegNtPostLoadKey,
+        RegNtPostOpenKeyEx, RegNtPostUnLoadKey, RegNtPreKeyHandleClose, RegNtPreUnLoadKey,
+    },
+    DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION,
+    REG_CREATE_KEY_INFORMATION_V1, REG_KEY_HANDLE_CLOSE_INFORMATION, REG_LOAD_KEY_INFORMATION,
+    REG_POST_OPERATION_INFORMATION, REG_UNLOAD_KEY_INFORMATION, STATUS_PROCEDURE_NOT_FOUND,
+    STATUS_SUCCESS, UNICODE_STRING,
+    ntddk::{IoGetCurrentProcess, PsGetCurrentProcessId, PsGetCurrentThreadId},
+};
+
+use crate::{
+    clock, routines,
+    tracking::{self, DriverTracker},
+};
+
+/// The cookie `CmRegisterCallbackEx` returned.
+static COOKIE: AtomicI64 = AtomicI64::new(0);
+/// Whether the callback is registered.
+static REGISTERED: AtomicBool = AtomicBool::new(false);
+
+fn cookie() -> LARGE_INTEGER {
+    LARGE_INTEGER {
+        QuadPart: COOKIE.load(Ordering::Acquire),
+    }
+}
+
+/// Registers the registry callback at `altitude`.
+///
+/// # Errors
+/// `STATUS_PROCEDURE_NOT_FOUND` when the system has no `CmRegisterCallbackEx` (Wine), or the
+/// status it returned (`STATUS_FLT_INSTANCE_ALTITUDE_COLLISION` when another filter holds the
+/// altitude).
+pub fn register(driver: &mut DRIVER_OBJECT, altitude: &UNICODE_STRING) -> Result<(), NTSTATUS> {
+    let (Some(register), Some(_)) = (
+        routines::cm_register_callback_ex(),
+        routines::cm_unregister_callback(),
+    ) else {
+        return Err(STATUS_PROCEDURE_NOT_FOUND);
+    };
+    let mut cookie = LARGE_INTEGER { QuadPart: 0 };
+    // SAFETY: documented call (docs: CmRegisterCallbackEx): the callback is a valid function
+    // for the driver's lifetime, `Driver` is our DRIVER_OBJECT, `Reserved` is NULL, and the
+    // altitude and cookie pointers are valid for the call.
+    let status = unsafe {
+        register(
+            Some(registry_callback),
+            altitude,
+            core::ptr::from_mut(driver).cast(),
+            null_mut(),
+            &raw mut cookie,
+            null_mut(),
+        )
+    };
+    if status != STATUS_SUCCESS {
+        return Err(status);
+    }
+    // SAFETY: the routine wrote the cookie.
+    COOKIE.store(unsafe { cookie.QuadPart }, Ordering::Release);
+    REGISTERED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Unregisters the callback. `CmUnRegisterCallback` waits for callbacks in flight and delivers
+/// `RegNtCallbackObjectContextCleanup` for every object that still carries our context, so
+/// every tracked object is forgotten before it returns.
+pub fn unregister() {
+    if REGISTERED.swap(false, Ordering::AcqRel)
+        && let Some(unregister) = routines::cm_unregister_callback()
+    {
+        // SAFETY: the cookie is the one our registration returned; PASSIVE_LEVEL (unload).
+        let _ = unsafe { unregister(cookie()) };
+    }
+}
+
+/// The process the current thread runs in.
+pub fn current_process() -> ProcessKey {
+    // SAFETY: always callable; returns the current process id.
+    let pid = (unsafe { PsGetCurrentProcessId() }) as u64;
+    // SAFETY: always callable; the current process outlives this call.
+    let process = unsafe { IoGetCurrentProcess() };
+    ProcessKey {
+        pid,
+        start_key: start_key(process.cast()),
+    }
+}
+
+/// `PsGetProcessStartKey` of `process`, or 0 where the system lacks it (then a reused pid is
+/// told apart only by the process-exit notification that retired the old one).
+pub fn start_key(process: *mut c_void) -> u64 {
+    routines::ps_get_process_start_key().map_or(0, |get| {
+        // SAFETY: `process` is a live EPROCESS (the current one, or the one a notify routine
+        // is called for).
+        unsafe { get(process) }
+    })
+}
+
+/// Runs `f` on the full name of key object `object` (`\REGISTRY\...`), if it can be had.
+fn with_key_name<R>(object: *mut c_void, f: impl FnOnce(&[u16]) -> R) -> Option<R> {
+    let cookie = cookie();
+    let mut id = 0usize;
+    let mut name: *const UNICODE_STRING = core::ptr::null();
+    if let (Some(get), Some(release)) = (
+        routines::cm_callback_get_key_object_id_ex(),
+        routines::cm_callback_release_key_object_id_ex(),
+    ) {
+        // SAFETY: documented call during a notification for `object` (docs:
+        // CmCallbackGetKeyObjectIDEx); out pointers are valid.
+        let status = unsafe { get(&raw const cookie, object, &raw mut id, &raw mut name, 0) };
+        if status != STATUS_SUCCESS || name.is_null() {
+            return None;
+        }
+        // SAFETY: on success the routine returns a valid UNICODE_STRING it owns until released.
+        let r = f(unicode_units(unsafe { &*name }));
+        // SAFETY: released exactly once, as the routine's contract requires.
+        unsafe { release(name) };
+        return Some(r);
+    }
+    let get = routines::cm_callback_get_key_object_id()?;
+    // SAFETY: documented call (docs: CmCallbackGetKeyObjectID); the name stays the kernel's.
+    let status = unsafe { get(&raw const cookie, object, &raw mut id, &raw mut name) };
+    if status != STATUS_SUCCESS || name.is_null() {
+        return None;
+    }
+    // SAFETY: on success the string is valid while the notification runs.
+    Some(f(unicode_units(unsafe { &*name })))
+}
+
+/// The UTF-16 units of a counted string (empty for a null buffer).
+pub fn unicode_units(s: &UNICODE_STRING) -> &[u16] {
+    if s.Buffer.is_null() {
+        return &[];
+    }
+    // SAFETY: a UNICODE_STRING's buffer holds `Length` bytes of UTF-16 while it is valid.
+    unsafe { core::slice::from_raw_parts(s.Buffer, usize::from(s.Length / 2)) }
+}
+
+/// A `PUNICODE_STRING` field as units (empty when null).
+fn units_of<'a>(p: *const UNICODE_STRING) -> &'a [u16] {
+    if p.is_null() {
+        return &[];
+    }
+    // SAFETY: the notification structures' string pointers are valid during the notification.
+    unicode_units(unsafe { &*p })
+}
+
+/// The registry callback (docs: `EX_CALLBACK_FUNCTION`). Never changes the operation's result.
+#[allow(
+    non_upper_case_globals,
+    reason = "bindgen names the REG_NOTIFY_CLASS constants in C style"
+)]
+unsafe extern "C" fn registry_callback(
+    _context: *mut c_void,
+    argument1: *mut c_void,
+    argument2: *mut c_void,
+) -> NTSTATUS {
+    let Some(tracker) = tracking::get() else {
+        return STATUS_SUCCESS;
+    };
+    if argument2.is_null() {
+        return STATUS_SUCCESS;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "Argument1 carries a REG_NOTIFY_CLASS"
+    )]
+    let class = argument1 as usize as i32;
+    match class {
+        RegNtPostCreateKeyEx | RegNtPostOpenKeyEx => {
+            // SAFETY: for these classes Argument2 is a REG_POST_OPERATION_INFORMATION.
+            post_open(tracker, unsafe {
+                &*argument2.cast::<REG_POST_OPERATION_INFORMATION>()
+            });
+        }
+        RegNtPreKeyHandleClose => {
+            // SAFETY: for this class Argument2 is a REG_KEY_HANDLE_CLOSE_INFORMATION.
+            let info = unsafe { &*argument2.cast::<REG_KEY_HANDLE_CLOSE_INFORMATION>() };
+            if !info.ObjectContext.is_null() {
+                tracker.handle_closed(Token(info.ObjectContext as u64), info.Object as u64);
+            }
+        }
+        RegNtCallbackObjectContextCleanup => {
+            // SAFETY: for this class Argument2 is a REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION.
+            let info = unsafe { &*argument2.cast::<REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION>() };
+            if !info.ObjectContext.is_null() {
+                tracker.object_destroyed(Token(info.ObjectContext as u64), info.Object as u64);
+            }
+        }
+        RegNtPostLoadKey => {
+            // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
+            let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
+            if post.Status == STATUS_SUCCESS && !post.PreInformation.is_null() {
+                // SAFETY: its PreInformation is the REG_LOAD_KEY_INFORMATION of the pre call.
+                let load = unsafe { &*post.PreInformation.cast::<REG_LOAD_KEY_INFORMATION>() };
+                tracker.hive_loaded(
+                    units_of(load.KeyName),
+                    units_of(load.SourceFile),
+                    clock::now(),
+                );
+            }
+        }
+        RegNtPreUnLoadKey => {
+            // SAFETY: for this class Argument2 is a REG_UNLOAD_KEY_INFORMATION.
+            let info = unsafe { &*argument2.cast::<REG_UNLOAD_KEY_INFORMATION>() };
+            let _ = with_key_name(info.Object, |name| UNLOAD_SLOTS.put(current_thread(), name));
+        }
+        RegNtPostUnLoadKey => {
+            // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
+            let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
+            #[allow(clippy::cast_sign_loss, reason = "an NTSTATUS is reported as its bits")]
+            let outcome = post.Status as u32;
+            UNLOAD_SLOTS.take(current_thread(), |mount| {
+                tracker.unload_attempted(mount, outcome, clock::now());
+                if post.Status == STATUS_SUCCESS {
+                    tracker.hive_unloaded(mount);
+                }
+            });
+        }
+        _ => {}
+    }
+    STATUS_SUCCESS
+}
+
+fn current_thread() -> u64 {
+    // SAFETY: always callable; returns the current thread id.
+    (unsafe { PsGetCurrentThreadId() }) as u64
+}
+
+/// A successful create or open: track the new key object and attach the token as context.
+fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
+    if post.Status != STATUS_SUCCESS || post.Object.is_null() {
+        return;
+    }
+    let object = post.Object;
+    let access = if post.PreInformation.is_null() {
+        0
+    } else {
+        // SAFETY: PreInformation is the REG_CREATE_KEY_INFORMATION(_V1) or
+        // REG_OPEN_KEY_INFORMATION(_V1) of the pre call; both versions have GrantedAccess and
+        // DesiredAccess at the same offsets (the V1 layouts only rename the trailing field).
+        let pre = unsafe { &*post.PreInformation.cast::<REG_CREATE_KEY_INFORMATION_V1>() };
+        if pre.GrantedAccess == 0 {
+            pre.DesiredAccess
+        } else {
+            pre.GrantedAccess
+        }
+    };
+    let process = current_process();
+    let thread = current_thread();
+    let now = clock::now();
+    let opened = with_key_name(object, |name| {
+        tracker.opened(object as u64, process, thread, name, access, now)
+    })
+    .unwrap_or_else(|| tracker.opened(object as u64, process, thread, &[], access, now));
+    let Ok(token) = opened else {
+        return; // counted by the tracker (cap or allocation failure)
+    };
+    let attached = routines::cm_set_callback_object_context().is_some_and(|set| {
+        let cookie = cookie();
+        let mut old: *mut c_void = null_mut();
+        // SAFETY: documented call for the object of this post-notification (docs:
+        // CmSetCallbackObjectContext); the context is an opaque non-zero token, not a pointer.
+        let status = unsafe {
+            set(
+                object,
+                &raw const cookie,
+                token.0 as *mut c_void,
+                &raw mut old,
+            )
+        };
+        status == STATUS_SUCCESS
+    });
+    if !attached {
+        // No cleanup notification would ever come for it: forget it now (counted).
+        tracker.abandon(token, object as u64);
+    }
+}
+
+/// Mount names carried from `RegNtPreUnLoadKey` to `RegNtPostUnLoadKey`, per thread, in fixed
+/// storage: no allocation in a pre-notification, and a post that never comes only leaves a
+/// slot to be reused.
+struct UnloadSlots {
+    slots: [UnloadSlot; UNLOAD_SLOTS_N],
+}
+
+const UNLOAD_SLOTS_N: usize = 4;
+
+struct UnloadSlot {
+    /// Thread id owning the slot, 0 = free.
+    thread: AtomicU64,
+    len: UnsafeCell<usize>,
+    name: UnsafeCell<[u16; MAX_QUERY_PATH]>,
+}
+
+// SAFETY: a slot's `len` and `name` are written only by the thread that claimed it (by a
+// compare-exchange of `thread` from 0) and read only by that same thread before it frees it.
+unsafe impl Sync for UnloadSlots {}
+
+static UNLOAD_SLOTS: UnloadSlots = UnloadSlots {
+    slots: [const {
+        UnloadSlot {
+            thread: AtomicU64::new(0),
+            len: UnsafeCell::new(0),
+            name: UnsafeCell::new([0; MAX_QUERY_PATH]),
+        }
+    }; UNLOAD_SLOTS_N],
+};
+
+impl UnloadSlots {
+    /// Stores `name` for `thread` (a stale entry of the same thread is replaced).
+    fn put(&self, thread: u64, name: &[u16]) {
+        let slot = self
+            .slots
+            .iter()
+            .find(|s| s.thread.load(Ordering::Acquire) == thread)
+            .or_else(|| {
+                self.slots.iter().find(|s| {
+                    s.thread
+                        .compare_exchange(0, thread, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                })
+            });
+        let Some(slot) = slot else {
+            return; // four unloads in flight at once: this one goes unrecorded
+        };
+        let n = name.len().min(MAX_QUERY_PATH);
+        // SAFETY: this thread owns the slot (see the Sync impl).
+        let dst = unsafe { &mut *slot.name.get() };
+        dst[..n].copy_from_slice(&name[..n]);
+        // SAFETY: as above.
+        unsafe { *slot.len.get() = n };
+    }
+
+    /// Runs `f` on the name stored for `thread`, and frees the slot.
+    fn take(&self, thread: u64, f: impl FnOnce(&[u16])) {
+        let Some(slot) = self
+            .slots
+            .iter()
+            .find(|s| s.thread.load(Ordering::Acquire) == thread)
+        else {
+            return;
+        };
+        // SAFETY: this thread owns the slot.
+        let n = unsafe { *slot.len.get() };
+        // SAFETY: as above.
+        let name = unsafe { &*slot.name.get() };
+        f(&name[..n.min(MAX_QUERY_PATH)]);
+        slot.thread.store(0, Ordering::Release);
+    }
+}

@@ -1,0 +1,76 @@
+//! Process creation and exit (`PsSetCreateProcessNotifyRoutineEx`, resolved at run time):
+//! images for the reports, and exits so that a process's records go with it.
+//!
+//! The routine needs an image linked with `/INTEGRITYCHECK` (wdk-build sets it) or it returns
+//! `STATUS_ACCESS_DENIED`; Wine returns success and never calls back. Either way the driver
+//! still tracks: an exited process's keys go when their objects are cleaned up.
+
+use core::{
+    ffi::c_void,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use tracker::ProcessKey;
+use wdk_sys::{
+    HANDLE, NTSTATUS, PEPROCESS, PPS_CREATE_NOTIFY_INFO, STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS,
+};
+
+use crate::{callbacks, routines, tracking};
+
+static REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// Registers the notify routine.
+///
+/// # Errors
+/// `STATUS_PROCEDURE_NOT_FOUND` where the system lacks the routine, or what it returned.
+pub fn register() -> Result<(), NTSTATUS> {
+    let set =
+        routines::ps_set_create_process_notify_routine_ex().ok_or(STATUS_PROCEDURE_NOT_FOUND)?;
+    // SAFETY: documented call (docs: PsSetCreateProcessNotifyRoutineEx) with a routine that
+    // stays valid until it is removed in `unregister`.
+    let status = unsafe { set(Some(process_notify), 0) };
+    if status != STATUS_SUCCESS {
+        return Err(status);
+    }
+    REGISTERED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Removes the notify routine; the system waits for calls in progress.
+pub fn unregister() {
+    if REGISTERED.swap(false, Ordering::AcqRel)
+        && let Some(set) = routines::ps_set_create_process_notify_routine_ex()
+    {
+        // SAFETY: removes the routine registered above; PASSIVE_LEVEL (unload).
+        let _ = unsafe { set(Some(process_notify), 1) };
+    }
+}
+
+/// Called at `PASSIVE_LEVEL` for every process creation (`create_info` set) and exit
+/// (`create_info` null) (docs: `PCREATE_PROCESS_NOTIFY_ROUTINE_EX`).
+unsafe extern "C" fn process_notify(
+    process: PEPROCESS,
+    process_id: HANDLE,
+    create_info: PPS_CREATE_NOTIFY_INFO,
+) {
+    let Some(tracker) = tracking::get() else {
+        return;
+    };
+    let key = ProcessKey {
+        pid: process_id as u64,
+        start_key: callbacks::start_key(process.cast::<c_void>()),
+    };
+    if create_info.is_null() {
+        tracker.process_exited(key);
+        return;
+    }
+    // SAFETY: a non-null CreateInfo is valid for the duration of the call.
+    let info = unsafe { &*create_info };
+    let image = if info.ImageFileName.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: ImageFileName, when set, is a valid counted string during the call.
+        callbacks::unicode_units(unsafe { &*info.ImageFileName })
+    };
+    tracker.process_started(key, image);
+}

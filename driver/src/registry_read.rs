@@ -1,0 +1,235 @@
+//! Registry reads done once, in `DriverEntry` (at `PASSIVE_LEVEL`, where `Zw*` calls are
+//! allowed, unlike in the registry callback): the configured altitude and the hive list.
+
+use core::ptr::{NonNull, null_mut};
+
+use wdk_sys::{
+    _KEY_VALUE_INFORMATION_CLASS::{KeyValueFullInformation, KeyValuePartialInformation},
+    HANDLE, KEY_READ, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, OBJECT_ATTRIBUTES, STATUS_SUCCESS,
+    UNICODE_STRING,
+    ntddk::{ZwClose, ZwEnumerateValueKey, ZwOpenKey, ZwQueryValueKey},
+};
+
+use crate::{
+    clock, pool,
+    tracking::DriverTracker,
+    unicode::{unicode_string, wide},
+};
+
+/// The altitude used when the service key has none (the INF writes this value too).
+pub const DEFAULT_ALTITUDE: &[u16] = wide!("385210");
+/// `REG_SZ`.
+const REG_SZ: u32 = 1;
+/// Scratch buffer size for value queries.
+const BUF_LEN: usize = 4096;
+
+/// An altitude: up to 31 UTF-16 digits (and dots), as a counted string over owned storage.
+pub struct Altitude {
+    units: [u16; 32],
+    len: usize,
+}
+
+impl Altitude {
+    /// The altitude as the `UNICODE_STRING` `CmRegisterCallbackEx` takes. The string borrows
+    /// `self`, which must stay put while it is used.
+    pub fn as_unicode(&mut self) -> UNICODE_STRING {
+        let bytes = u16::try_from(self.len * 2).unwrap_or(0);
+        UNICODE_STRING {
+            Length: bytes,
+            MaximumLength: bytes,
+            Buffer: self.units.as_mut_ptr(),
+        }
+    }
+
+    fn parse(units: &[u16]) -> Option<Self> {
+        let units = units.split(|&u| u == 0).next().unwrap_or(&[]);
+        let valid = !units.is_empty()
+            && units.len() < 32
+            && units
+                .iter()
+                .all(|&u| u == u16::from(b'.') || (u16::from(b'0')..=u16::from(b'9')).contains(&u));
+        if !valid {
+            return None;
+        }
+        let mut a = Self {
+            units: [0; 32],
+            len: units.len(),
+        };
+        a.units[..units.len()].copy_from_slice(units);
+        Some(a)
+    }
+}
+
+/// A kernel handle to an open key, closed on drop.
+struct Key(HANDLE);
+
+impl Key {
+    fn open(root: HANDLE, name: &UNICODE_STRING) -> Option<Self> {
+        let mut name = UNICODE_STRING {
+            Length: name.Length,
+            MaximumLength: name.MaximumLength,
+            Buffer: name.Buffer,
+        };
+        let mut attributes = OBJECT_ATTRIBUTES {
+            Length: u32::try_from(size_of::<OBJECT_ATTRIBUTES>()).unwrap_or(0),
+            RootDirectory: root,
+            ObjectName: &raw mut name,
+            Attributes: OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE,
+            SecurityDescriptor: null_mut(),
+            SecurityQualityOfService: null_mut(),
+        };
+        let mut handle: HANDLE = null_mut();
+        // SAFETY: documented call at PASSIVE_LEVEL with valid attributes and out pointer.
+        let status = unsafe { ZwOpenKey(&raw mut handle, KEY_READ, &raw mut attributes) };
+        (status == STATUS_SUCCESS).then_some(Self(handle))
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        // SAFETY: a kernel handle from ZwOpenKey, closed once.
+        let _ = unsafe { ZwClose(self.0) };
+    }
+}
+
+/// A pool buffer for value queries, freed on drop.
+struct Scratch(NonNull<u8>);
+
+impl Scratch {
+    fn new() -> Option<Self> {
+        pool::alloc_zeroed(BUF_LEN).map(Self)
+    }
+
+    const fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the block is BUF_LEN bytes, ours alone.
+        unsafe { core::slice::from_raw_parts_mut(self.0.as_ptr(), BUF_LEN) }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `pool::alloc_zeroed`, freed once.
+        unsafe { pool::free(self.0) };
+    }
+}
+
+fn le_u32(b: &[u8], at: usize) -> usize {
+    b.get(at..at + 4)
+        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+}
+
+fn utf16_at(b: &[u8], at: usize, bytes: usize) -> impl Iterator<Item = u16> + '_ {
+    b.get(at..at.saturating_add(bytes))
+        .unwrap_or(&[])
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+}
+
+/// The altitude in `<service key>\Parameters\Altitude` (`REG_SZ`), or [`DEFAULT_ALTITUDE`].
+pub fn altitude(service_key: &UNICODE_STRING) -> Altitude {
+    read_altitude(service_key).unwrap_or_else(|| {
+        Altitude::parse(DEFAULT_ALTITUDE).unwrap_or(Altitude {
+            units: [0; 32],
+            len: 0,
+        })
+    })
+}
+
+fn read_altitude(service_key: &UNICODE_STRING) -> Option<Altitude> {
+    let service = Key::open(null_mut(), service_key)?;
+    let params = Key::open(service.0, &unicode_string(wide!("Parameters")))?;
+    let mut scratch = Scratch::new()?;
+    let buf = scratch.bytes();
+    let mut value = unicode_string(wide!("Altitude"));
+    let mut returned = 0u32;
+    // SAFETY: documented call at PASSIVE_LEVEL; the buffer is BUF_LEN writable bytes.
+    let status = unsafe {
+        ZwQueryValueKey(
+            params.0,
+            &raw mut value,
+            KeyValuePartialInformation,
+            buf.as_mut_ptr().cast(),
+            u32::try_from(BUF_LEN).unwrap_or(0),
+            &raw mut returned,
+        )
+    };
+    if status != STATUS_SUCCESS {
+        return None;
+    }
+    // KEY_VALUE_PARTIAL_INFORMATION: TitleIndex, Type, DataLength, Data[].
+    if le_u32(buf, 4) != REG_SZ as usize {
+        return None;
+    }
+    let len = le_u32(buf, 8).min(BUF_LEN - 12);
+    let mut units = [0u16; 32];
+    let mut n = 0;
+    for u in utf16_at(buf, 12, len) {
+        if n == units.len() {
+            return None;
+        }
+        units[n] = u;
+        n += 1;
+    }
+    Altitude::parse(&units[..n])
+}
+
+/// Seeds the tracker with the mounted hives from
+/// `HKLM\SYSTEM\CurrentControlSet\Control\hivelist` (value name = mount point, data = file).
+/// Returns how many hives were seeded.
+pub fn seed_hives(tracker: &DriverTracker) -> usize {
+    let Some(key) = Key::open(
+        null_mut(),
+        &unicode_string(wide!(
+            r"\Registry\Machine\System\CurrentControlSet\Control\hivelist"
+        )),
+    ) else {
+        return 0;
+    };
+    let Some(mut scratch) = Scratch::new() else {
+        return 0;
+    };
+    let now = clock::now();
+    let mut seeded = 0;
+    for index in 0..4096u32 {
+        let buf = scratch.bytes();
+        let mut returned = 0u32;
+        // SAFETY: documented call at PASSIVE_LEVEL; the buffer is BUF_LEN writable bytes.
+        let status = unsafe {
+            ZwEnumerateValueKey(
+                key.0,
+                index,
+                KeyValueFullInformation,
+                buf.as_mut_ptr().cast(),
+                u32::try_from(BUF_LEN).unwrap_or(0),
+                &raw mut returned,
+            )
+        };
+        if status != STATUS_SUCCESS {
+            break; // STATUS_NO_MORE_ENTRIES, or a value too large to matter
+        }
+        // KEY_VALUE_FULL_INFORMATION: TitleIndex, Type, DataOffset, DataLength, NameLength, Name[].
+        let data_offset = le_u32(buf, 8);
+        let data_len = le_u32(buf, 12);
+        let name_len = le_u32(buf, 16);
+        let mut mount = [0u16; 512];
+        let mut file = [0u16; 512];
+        let mut m = 0;
+        for u in utf16_at(buf, 20, name_len).take(mount.len()) {
+            mount[m] = u;
+            m += 1;
+        }
+        let mut f = 0;
+        for u in utf16_at(buf, data_offset, data_len)
+            .take_while(|&u| u != 0)
+            .take(file.len())
+        {
+            file[f] = u;
+            f += 1;
+        }
+        if m > 0 {
+            tracker.hive_loaded(&mount[..m], &file[..f], now);
+            seeded += 1;
+        }
+    }
+    seeded
+}

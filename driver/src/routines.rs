@@ -1,0 +1,148 @@
+//! Kernel routines that not every supported Windows (or Wine) exports, resolved at run time
+//! with `MmGetSystemRoutineAddress` in `DriverEntry` and called only when present.
+//!
+//! A static import of a missing routine keeps the driver from loading on older Windows
+//! (`ExAllocatePool2` appeared in Windows 10 2004) and kills `winedevice.exe` when called under
+//! Wine 8 (`CmRegisterCallbackEx`, the `*LookasideListEx` routines, ...). `cargo xtask
+//! check-image` refuses an image that imports any of these statically.
+
+use core::{
+    ffi::c_void,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use wdk_sys::{
+    LARGE_INTEGER, LOOKASIDE_LIST_EX, NTSTATUS, PALLOCATE_FUNCTION_EX,
+    PCREATE_PROCESS_NOTIFY_ROUTINE_EX, PEX_CALLBACK_FUNCTION, PFREE_FUNCTION_EX, POOL_TYPE,
+    UNICODE_STRING, ntddk::MmGetSystemRoutineAddress,
+};
+
+use crate::unicode::{unicode_string, wide};
+
+/// `ExAllocatePool2` (docs: `ExAllocatePool2`, Windows 10 2004+).
+pub type ExAllocatePool2 =
+    unsafe extern "system" fn(flags: u64, size: usize, tag: u32) -> *mut c_void;
+/// `CmRegisterCallbackEx` (docs: `CmRegisterCallbackEx`, Vista+; absent from Wine 8).
+pub type CmRegisterCallbackEx = unsafe extern "system" fn(
+    function: PEX_CALLBACK_FUNCTION,
+    altitude: *const UNICODE_STRING,
+    driver: *mut c_void,
+    context: *mut c_void,
+    cookie: *mut LARGE_INTEGER,
+    reserved: *mut c_void,
+) -> NTSTATUS;
+/// `CmUnRegisterCallback` (docs: `CmUnRegisterCallback`).
+pub type CmUnRegisterCallback = unsafe extern "system" fn(cookie: LARGE_INTEGER) -> NTSTATUS;
+/// `CmCallbackGetKeyObjectIDEx` (docs: `CmCallbackGetKeyObjectIDEx`, Windows 8+).
+pub type CmCallbackGetKeyObjectIdEx = unsafe extern "system" fn(
+    cookie: *const LARGE_INTEGER,
+    object: *mut c_void,
+    object_id: *mut usize,
+    object_name: *mut *const UNICODE_STRING,
+    flags: u32,
+) -> NTSTATUS;
+/// `CmCallbackReleaseKeyObjectIDEx` (docs: `CmCallbackReleaseKeyObjectIDEx`, Windows 8+).
+pub type CmCallbackReleaseKeyObjectIdEx =
+    unsafe extern "system" fn(object_name: *const UNICODE_STRING);
+/// `CmCallbackGetKeyObjectID` (docs: `CmCallbackGetKeyObjectID`; the name stays the kernel's).
+pub type CmCallbackGetKeyObjectId = unsafe extern "system" fn(
+    cookie: *const LARGE_INTEGER,
+    object: *mut c_void,
+    object_id: *mut usize,
+    object_name: *mut *const UNICODE_STRING,
+) -> NTSTATUS;
+/// `CmSetCallbackObjectContext` (docs: `CmSetCallbackObjectContext`).
+pub type CmSetCallbackObjectContext = unsafe extern "system" fn(
+    object: *mut c_void,
+    cookie: *const LARGE_INTEGER,
+    new_context: *mut c_void,
+    old_context: *mut *mut c_void,
+) -> NTSTATUS;
+/// `PsSetCreateProcessNotifyRoutineEx` (docs: `PsSetCreateProcessNotifyRoutineEx`, Vista SP1+).
+pub type PsSetCreateProcessNotifyRoutineEx =
+    unsafe extern "system" fn(routine: PCREATE_PROCESS_NOTIFY_ROUTINE_EX, remove: u8) -> NTSTATUS;
+/// `ExInitializeLookasideListEx` (docs: `ExInitializeLookasideListEx`; absent from Wine 8).
+pub type ExInitializeLookasideListEx = unsafe extern "system" fn(
+    lookaside: *mut LOOKASIDE_LIST_EX,
+    allocate: PALLOCATE_FUNCTION_EX,
+    free: PFREE_FUNCTION_EX,
+    pool_type: POOL_TYPE,
+    flags: u32,
+    size: usize,
+    tag: u32,
+    depth: u16,
+) -> NTSTATUS;
+/// `ExDeleteLookasideListEx` (docs: `ExDeleteLookasideListEx`).
+pub type ExDeleteLookasideListEx = unsafe extern "system" fn(lookaside: *mut LOOKASIDE_LIST_EX);
+/// `KeQuerySystemTimePrecise` (docs: `KeQuerySystemTimePrecise`, Windows 8+).
+pub type KeQuerySystemTimePrecise = unsafe extern "system" fn(time: *mut LARGE_INTEGER);
+
+macro_rules! routines {
+    ($( $(#[$doc:meta])* $slot:ident, $getter:ident: $ty:ty = $name:literal; )*) => {
+        $( static $slot: AtomicUsize = AtomicUsize::new(0); )*
+
+        /// Resolves every optional routine. Call once, from `DriverEntry` (`PASSIVE_LEVEL`),
+        /// before anything else can run.
+        pub fn resolve_all() {
+            $(
+                let mut name = unicode_string(wide!($name));
+                // SAFETY: `name` is a valid UNICODE_STRING over a static string; the routine
+                // is documented for PASSIVE_LEVEL, which DriverEntry runs at.
+                let address = unsafe { MmGetSystemRoutineAddress(&raw mut name) };
+                $slot.store(address as usize, Ordering::Release);
+            )*
+        }
+
+        $(
+            $(#[$doc])*
+            #[must_use]
+            pub fn $getter() -> Option<$ty> {
+                let address = $slot.load(Ordering::Acquire);
+                if address == 0 {
+                    return None;
+                }
+                // SAFETY: the address was returned by MmGetSystemRoutineAddress for exactly
+                // this exported name, whose documented prototype is `$ty`; exported kernel
+                // routines stay mapped while the system runs.
+                Some(unsafe { core::mem::transmute::<usize, $ty>(address) })
+            }
+        )*
+
+        /// Names of the optional routines this system lacks, for diagnostics.
+        pub fn missing() -> impl Iterator<Item = &'static str> {
+            [$( ($name, $slot.load(Ordering::Acquire) == 0), )*]
+                .into_iter()
+                .filter_map(|(name, absent)| absent.then_some(name))
+        }
+    };
+}
+
+routines! {
+    /// `ExAllocatePool2`, when the system has it.
+    EX_ALLOCATE_POOL2, ex_allocate_pool2: ExAllocatePool2 = "ExAllocatePool2";
+    /// `CmRegisterCallbackEx`, when the system has it.
+    CM_REGISTER_CALLBACK_EX, cm_register_callback_ex: CmRegisterCallbackEx = "CmRegisterCallbackEx";
+    /// `CmUnRegisterCallback`, when the system has it.
+    CM_UNREGISTER_CALLBACK, cm_unregister_callback: CmUnRegisterCallback = "CmUnRegisterCallback";
+    /// `CmCallbackGetKeyObjectIDEx`, when the system has it.
+    CM_GET_KEY_OBJECT_ID_EX, cm_callback_get_key_object_id_ex: CmCallbackGetKeyObjectIdEx = "CmCallbackGetKeyObjectIDEx";
+    /// `CmCallbackReleaseKeyObjectIDEx`, when the system has it.
+    CM_RELEASE_KEY_OBJECT_ID_EX, cm_callback_release_key_object_id_ex: CmCallbackReleaseKeyObjectIdEx = "CmCallbackReleaseKeyObjectIDEx";
+    /// `CmCallbackGetKeyObjectID` (Windows 7), when the system has it.
+    CM_GET_KEY_OBJECT_ID, cm_callback_get_key_object_id: CmCallbackGetKeyObjectId = "CmCallbackGetKeyObjectID";
+    /// `CmSetCallbackObjectContext`, when the system has it.
+    CM_SET_OBJECT_CONTEXT, cm_set_callback_object_context: CmSetCallbackObjectContext = "CmSetCallbackObjectContext";
+    /// `PsSetCreateProcessNotifyRoutineEx`, when the system has it.
+    PS_SET_PROCESS_NOTIFY_EX, ps_set_create_process_notify_routine_ex: PsSetCreateProcessNotifyRoutineEx = "PsSetCreateProcessNotifyRoutineEx";
+    /// `ExInitializeLookasideListEx`, when the system has it.
+    EX_INIT_LOOKASIDE_EX, ex_initialize_lookaside_list_ex: ExInitializeLookasideListEx = "ExInitializeLookasideListEx";
+    /// `ExDeleteLookasideListEx`, when the system has it.
+    EX_DELETE_LOOKASIDE_EX, ex_delete_lookaside_list_ex: ExDeleteLookasideListEx = "ExDeleteLookasideListEx";
+    /// `KeQuerySystemTimePrecise`, when the system has it.
+    KE_QUERY_TIME_PRECISE, ke_query_system_time_precise: KeQuerySystemTimePrecise = "KeQuerySystemTimePrecise";
+    /// `PsGetProcessStartKey`, when the system has it.
+    PS_GET_PROCESS_START_KEY, ps_get_process_start_key: PsGetProcessStartKey = "PsGetProcessStartKey";
+}
+
+/// `PsGetProcessStartKey` (Windows 10 1703+): a per-boot unique key of a process.
+pub type PsGetProcessStartKey = unsafe extern "system" fn(process: *mut c_void) -> u64;

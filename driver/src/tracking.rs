@@ -1,0 +1,81 @@
+//! The driver's one tracker, in static (non-paged) storage, and its life cycle.
+//!
+//! `DriverEntry` creates it ([`start`]); callbacks and IOCTLs reach it through [`get`];
+//! `DriverUnload` drops it ([`stop`]) after every callback that could use it is unregistered.
+//! Creation can fail (the lookaside lists): the driver then still loads and answers IOCTLs,
+//! and reports that tracking is off.
+
+use core::{
+    cell::UnsafeCell,
+    mem::MaybeUninit,
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
+};
+
+use tracker::{Config, Tracker};
+use wdk_sys::{NTSTATUS, STATUS_INVALID_PARAMETER, STATUS_SUCCESS};
+
+use crate::{lock::SpinLock, lookaside::LookasidePool};
+
+/// The tracker type of the driver.
+pub type DriverTracker = Tracker<LookasidePool, SpinLock>;
+
+struct Slot {
+    tracker: UnsafeCell<MaybeUninit<DriverTracker>>,
+    ready: AtomicBool,
+}
+
+// SAFETY: the tracker is written once in `start` before `ready` is published (Release) and
+// dropped in `stop` after every user is gone; in between it is only shared (`&`), and
+// `DriverTracker` is `Sync`.
+unsafe impl Sync for Slot {}
+
+static SLOT: Slot = Slot {
+    tracker: UnsafeCell::new(MaybeUninit::uninit()),
+    ready: AtomicBool::new(false),
+};
+
+/// Why live tracking is off, as an NTSTATUS (`STATUS_SUCCESS` while it is on).
+static TRACKING_STATUS: AtomicI32 = AtomicI32::new(STATUS_SUCCESS);
+
+/// Creates the tracker on its lookaside pool. Call once, from `DriverEntry`.
+///
+/// # Errors
+/// The status of the failing step; nothing is left allocated then.
+pub fn start() -> Result<(), NTSTATUS> {
+    let pool = LookasidePool::create()?;
+    // SAFETY: `start` runs once, single-threaded, before `ready` is set; the slot is unused.
+    let slot = unsafe { &mut *SLOT.tracker.get() };
+    // Built in place: the tracker is about 6 KiB and the kernel stack 24 KiB. On error the
+    // pool is dropped, deleting its lists.
+    Tracker::init_in_place(slot, pool, Config::default()).map_err(|_| STATUS_INVALID_PARAMETER)?;
+    SLOT.ready.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// The tracker, once [`start`] succeeded and until [`stop`].
+pub fn get() -> Option<&'static DriverTracker> {
+    if !SLOT.ready.load(Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: `ready` is set only after the tracker was written, and cleared by `stop` only
+    // when no callback or request can still be running; until then it is only shared.
+    let slot = unsafe { &*SLOT.tracker.get() };
+    // SAFETY: initialised, as above.
+    Some(unsafe { slot.assume_init_ref() })
+}
+
+/// Drops the tracker (freeing every block) and then its pool. Call from `DriverUnload`, after
+/// the registry and process callbacks are unregistered and no request is in flight.
+pub fn stop() {
+    if SLOT.ready.swap(false, Ordering::AcqRel) {
+        // SAFETY: nothing uses the tracker any more (see the caller's contract).
+        let slot = unsafe { &mut *SLOT.tracker.get() };
+        // SAFETY: it was initialised by `start` and is dropped once.
+        unsafe { slot.assume_init_drop() };
+    }
+}
+
+/// Records why live tracking is off (`STATUS_SUCCESS` = on).
+pub fn set_status(status: NTSTATUS) {
+    TRACKING_STATUS.store(status, Ordering::Release);
+}
