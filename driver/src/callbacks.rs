@@ -228,7 +228,11 @@ unsafe extern "C" fn registry_callback(
         RegNtPreUnLoadKey => {
             // SAFETY: for this class Argument2 is a REG_UNLOAD_KEY_INFORMATION.
             let info = unsafe { &*argument2.cast::<REG_UNLOAD_KEY_INFORMATION>() };
-            let _ = with_key_name(info.Object, |name| UNLOAD_SLOTS.put(current_thread(), name));
+            match with_key_name(info.Object, |name| UNLOAD_SLOTS.put(current_thread(), name)) {
+                None => tracker.name_unavailable(),
+                Some(false) => tracker.unload_not_recorded(),
+                Some(true) => {}
+            }
         }
         RegNtPostUnLoadKey => {
             // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
@@ -277,7 +281,10 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let opened = with_key_name(object, |name| {
         tracker.opened(object as u64, process, thread, name, access, now)
     })
-    .unwrap_or_else(|| tracker.opened(object as u64, process, thread, &[], access, now));
+    .unwrap_or_else(|| {
+        tracker.name_unavailable();
+        tracker.opened(object as u64, process, thread, &[], access, now)
+    });
     let Ok(token) = opened else {
         return; // counted by the tracker (cap or allocation failure)
     };
@@ -333,8 +340,9 @@ static UNLOAD_SLOTS: UnloadSlots = UnloadSlots {
 };
 
 impl UnloadSlots {
-    /// Stores `name` for `thread` (a stale entry of the same thread is replaced).
-    fn put(&self, thread: u64, name: &[u16]) {
+    /// Stores `name` for `thread` (a stale entry of the same thread is replaced); false when
+    /// every slot is taken.
+    fn put(&self, thread: u64, name: &[u16]) -> bool {
         let slot = self
             .slots
             .iter()
@@ -347,7 +355,7 @@ impl UnloadSlots {
                 })
             });
         let Some(slot) = slot else {
-            return; // four unloads in flight at once: this one goes unrecorded
+            return false; // four unloads in flight at once: this one goes unrecorded
         };
         let n = name.len().min(MAX_QUERY_PATH);
         // SAFETY: this thread owns the slot (see the Sync impl).
@@ -355,6 +363,7 @@ impl UnloadSlots {
         dst[..n].copy_from_slice(&name[..n]);
         // SAFETY: as above.
         unsafe { *slot.len.get() = n };
+        true
     }
 
     /// Runs `f` on the name stored for `thread`, and frees the slot.

@@ -10,8 +10,9 @@ use protocol::{
         IOCTL_HIVETRACK_QUERY_PROCESSES, IOCTL_HIVETRACK_QUERY_SNAPSHOT,
         IOCTL_HIVETRACK_QUERY_STATS, IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY,
     },
+    request::{QueryKind, QueryRequest},
     version::{BuildId, VersionInfo},
-    wire::{EncodeError, encode},
+    wire::{self, EncodeError, encode},
 };
 use tracker::{MAX_QUERY_PATH, QueryError};
 use wdk_sys::{
@@ -20,7 +21,10 @@ use wdk_sys::{
     STATUS_SUCCESS,
 };
 
-use crate::{clock, tracking};
+use crate::{
+    clock,
+    tracking::{self, DriverTracker},
+};
 
 /// The largest query request: its fixed part and the longest hive path.
 const MAX_REQUEST: usize = 64 + 2 * MAX_QUERY_PATH;
@@ -109,11 +113,14 @@ fn query(code: u32, buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome
     if in_len > MAX_REQUEST {
         return Outcome::error(STATUS_INVALID_PARAMETER);
     }
+    let mut request = [0u8; MAX_REQUEST];
+    request[..in_len].copy_from_slice(&buffer[..in_len]);
+    if code == IOCTL_HIVETRACK_QUERY_STATS {
+        return stats(&request[..in_len], &mut buffer[..out_len]);
+    }
     let Some(tracker) = tracking::get() else {
         return Outcome::error(STATUS_DEVICE_NOT_READY);
     };
-    let mut request = [0u8; MAX_REQUEST];
-    request[..in_len].copy_from_slice(&buffer[..in_len]);
     match tracker.answer(
         code,
         &request[..in_len],
@@ -125,6 +132,26 @@ fn query(code: u32, buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome
         Err(QueryError::UnknownHive) => Outcome::error(STATUS_OBJECT_NAME_NOT_FOUND),
         Err(_) => Outcome::error(STATUS_INVALID_PARAMETER),
     }
+}
+
+/// Stats: the tracker's counters (zero when it could not be created) and why live tracking is
+/// off, which only the driver knows. Answered even without a tracker, so that the CLI can say
+/// why.
+fn stats(input: &[u8], out: &mut [u8]) -> Outcome {
+    match wire::decode::<QueryRequest<'_>>(input) {
+        Ok(req) if req.query == QueryKind::Stats => {}
+        _ => return Outcome::error(STATUS_INVALID_PARAMETER),
+    }
+    let mut stats = tracking::get()
+        .map(DriverTracker::stats)
+        .unwrap_or_default();
+    #[allow(
+        clippy::cast_sign_loss,
+        reason = "an NTSTATUS is reported as its 32 bits"
+    )]
+    let why_off = tracking::status() as u32;
+    stats.tracking_status = u64::from(why_off);
+    encode_answer(&stats, out)
 }
 
 fn encode_answer<'a, M: protocol::wire::Message<'a>>(msg: &M, out: &mut [u8]) -> Outcome {

@@ -79,3 +79,8 @@ pub fn stop() {
 pub fn set_status(status: NTSTATUS) {
     TRACKING_STATUS.store(status, Ordering::Release);
 }
+
+/// Why live tracking is off, or `STATUS_SUCCESS` when it is on.
+pub fn status() -> NTSTATUS {
+    TRACKING_STATUS.load(Ordering::Acquire)
+}

@@ -231,6 +231,25 @@ unsafe extern "win64" fn KeReleaseSpinLock(lock: *mut usize, new_irql: u8) {
     cpu::set_irql(new_irql);
 }
 
+/// KeGetCurrentProcessorNumberEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-kegetcurrentprocessornumberex>:
+/// the system-wide index of the current processor; fills `PROCESSOR_NUMBER` (group 0) when
+/// given. Each emulator thread is its own processor (its KPRCB's Number, set by
+/// `cpu::enter_thread`). Any IRQL.
+unsafe extern "win64" fn KeGetCurrentProcessorNumberEx(number: *mut u32) -> u32 {
+    let n: u32;
+    // SAFETY: every emulator thread that runs driver code has a KPCR behind gs.
+    unsafe {
+        std::arch::asm!("mov {:e}, gs:[0x1A4]", out(reg) n, options(nostack, readonly, preserves_flags));
+    }
+    if !number.is_null() {
+        // PROCESSOR_NUMBER { USHORT Group; UCHAR Number; UCHAR Reserved; }: group 0.
+        let packed = (n & 0xFF) << 16;
+        // SAFETY: the caller passes a writable PROCESSOR_NUMBER.
+        unsafe { number.write_unaligned(packed) };
+    }
+    n
+}
+
 /// KeAcquireSpinLockAtDpcLevel — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-keacquirespinlockatdpclevel>:
 /// the caller is already at DISPATCH_LEVEL.
 unsafe extern "win64" fn KeAcquireSpinLockAtDpcLevel(lock: *mut usize) {
@@ -438,6 +457,10 @@ pub(crate) fn exports() -> Vec<Export> {
         Export::function(
             "KeLeaveCriticalRegion",
             KeLeaveCriticalRegion as *const () as usize,
+        ),
+        Export::function(
+            "KeGetCurrentProcessorNumberEx",
+            KeGetCurrentProcessorNumberEx as *const () as usize,
         ),
         Export::function(
             "KeAcquireSpinLockRaiseToDpc",

@@ -79,6 +79,10 @@ stats! {
         holdings_tracked,
         /// Unload attempts kept in the history now.
         history_entries,
+        /// Why live tracking is off, as the 32 bits of an NTSTATUS; 0 while it is on. Set by
+        /// the driver (callback registration can fail: an altitude collision, or a system
+        /// without `CmRegisterCallbackEx`), not by the tracker.
+        tracking_status,
     }
     events {
         /// `opened` calls.
@@ -111,6 +115,9 @@ stats! {
         opens_dropped_no_memory_holding,
         /// Objects tracked without their name: no memory for it.
         names_dropped_no_memory,
+        /// The kernel did not give a key's name (`CmCallbackGetKeyObjectIDEx` failed): an open
+        /// tracked without its name, or an unload attempt that could not be recorded.
+        names_unavailable,
         /// Names stored cut to the largest size class.
         names_truncated,
         /// Process images not stored: no memory.
@@ -127,7 +134,8 @@ stats! {
         unloads_unknown_hive,
         /// Exits of a process the tracker did not know.
         process_exits_unknown,
-        /// Unload attempts not recorded: no memory.
+        /// Unload attempts not recorded: no memory (or no free slot to carry the mount name
+        /// from the pre- to the post-notification).
         history_dropped_no_memory,
         /// Unload records that could not list every holder.
         history_holders_truncated,

@@ -23,6 +23,7 @@ pub struct Counters {
     pub opens_dropped_no_memory_hive: AtomicU64,
     pub opens_dropped_no_memory_holding: AtomicU64,
     pub names_dropped_no_memory: AtomicU64,
+    pub names_unavailable: AtomicU64,
     pub names_truncated: AtomicU64,
     pub images_dropped_no_memory: AtomicU64,
     pub closes_unknown_object: AtomicU64,

@@ -110,6 +110,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.opens_dropped_no_memory_hive = get(&c.opens_dropped_no_memory_hive);
         s.opens_dropped_no_memory_holding = get(&c.opens_dropped_no_memory_holding);
         s.names_dropped_no_memory = get(&c.names_dropped_no_memory);
+        s.names_unavailable = get(&c.names_unavailable);
         s.names_truncated = get(&c.names_truncated);
         s.images_dropped_no_memory = get(&c.images_dropped_no_memory);
         s.closes_unknown_object = get(&c.closes_unknown_object);

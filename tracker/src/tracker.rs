@@ -376,6 +376,19 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Some(f(shard, rec))
     }
 
+    /// The kernel would not give a key's name: an object about to be reported `opened` with an
+    /// empty name, or an unload attempt that cannot be recorded. Counted as
+    /// `names_unavailable`, so every report says it is incomplete.
+    pub fn name_unavailable(&self) {
+        bump(&self.counters.names_unavailable);
+    }
+
+    /// An unload attempt the driver could not carry to its outcome (no storage for it):
+    /// counted as `history_dropped_no_memory`.
+    pub fn unload_not_recorded(&self) {
+        bump(&self.counters.history_dropped_no_memory);
+    }
+
     /// A handle to the object was closed (`RegNtPreKeyHandleClose`). Closes beyond the
     /// opens counted (duplicated handles) are counted, never underflow.
     pub fn handle_closed(&self, token: Token, object: u64) {

@@ -6,6 +6,7 @@
 pub mod hivetrack;
 pub mod registry;
 pub mod test_driver;
+pub mod tracking;
 
 use std::fmt::Display;
 use std::path::PathBuf;
@@ -63,6 +64,7 @@ pub struct Scenario {
 #[must_use]
 pub fn all() -> Vec<Scenario> {
     let mut v = hivetrack::scenarios();
+    v.extend(tracking::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
     v
