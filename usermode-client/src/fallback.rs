@@ -43,8 +43,8 @@ pub trait OpenSubKeys {
 /// A [`Transport`] that answers the holders query from an [`OpenSubKeys`] source.
 pub struct FallbackTransport<S> {
     source: S,
-    /// The listings (full, summary only) of the query being paged.
-    current: Option<(Listing, Listing)>,
+    /// The listing of the query being paged.
+    current: Option<Listing>,
 }
 
 impl<S: OpenSubKeys> FallbackTransport<S> {
@@ -58,9 +58,9 @@ impl<S: OpenSubKeys> FallbackTransport<S> {
 }
 
 /// Builds the holders listing of `hive` from `(pid, key)` pairs: processes in pid order,
-/// each with its keys in the order the system listed them (none when `summary_only`).
+/// each with its keys in the order the system listed them.
 #[must_use]
-pub fn listing(hive: &str, open: &[(u64, String)], summary_only: bool) -> Listing {
+pub fn listing(hive: &str, open: &[(u64, String)]) -> Listing {
     let mut pids: Vec<u64> = open.iter().map(|(p, _)| *p).collect();
     pids.sort_unstable();
     pids.dedup();
@@ -98,7 +98,7 @@ pub fn listing(hive: &str, open: &[(u64, String)], summary_only: bool) -> Listin
                 oldest_open: 0,
                 image: Text::EMPTY,
             };
-            (summary, if summary_only { Vec::new() } else { keys })
+            (summary, keys)
         })
         .collect();
     let prefix = HoldersPrefix {
@@ -140,16 +140,12 @@ impl<S: OpenSubKeys> Transport for FallbackTransport<S> {
         if req.cursor == protocol::cursor::Cursor::START {
             let hive = req.hive.to_string();
             let open = self.source.open_subkeys(&hive)?;
-            self.current = Some((listing(&hive, &open, false), listing(&hive, &open, true)));
+            self.current = Some(listing(&hive, &open));
         }
-        let (full, summary) = self.current.as_ref().ok_or(TransportError::Request {
+        let l = self.current.as_ref().ok_or(TransportError::Request {
             code: ERROR_INVALID_FUNCTION,
         })?;
-        let l = if req.flags & QueryRequest::FLAG_SUMMARY_ONLY == 0 {
-            full
-        } else {
-            summary
-        };
-        l.serve::<Holders>(&req.cursor, req.max_records, 0, output)
+        l.for_flags(req.flags)
+            .serve::<Holders>(&req.cursor, req.max_records, 0, output)
     }
 }

@@ -243,7 +243,10 @@ mod tests {
                 r"\REGISTRY\MACHINE\SYSTEM\CurrentControlSet\Hardware Profiles\Current".to_owned(),
             ),
             (user.clone(), user.clone()),
-            (user.to_lowercase(), format!(r"\REGISTRY{}", &user.to_lowercase()[9..])),
+            (
+                user.to_lowercase(),
+                format!(r"\REGISTRY{}", &user.to_lowercase()[9..]),
+            ),
             (format!(r"REGISTRY\USER\{SID}"), user.clone()),
             (
                 r"\REGISTRY\A\{6f0f4c4b-9f73-4d1a-8e3c-7c8f8b0a1d2e}".to_owned(),

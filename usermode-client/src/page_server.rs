@@ -56,6 +56,8 @@ pub struct Listing {
     /// For record `i`, a record to send first when a page starts at `i` (holders: the
     /// owning process, flagged `CONTINUED`).
     lead: Vec<Option<Vec<u8>>>,
+    /// Holders: the same answer without key records, for `FLAG_SUMMARY_ONLY`.
+    summary: Option<Box<Self>>,
 }
 
 impl Listing {
@@ -66,6 +68,16 @@ impl Listing {
             prefix: encode_codec(prefix),
             records: Vec::new(),
             lead: Vec::new(),
+            summary: None,
+        }
+    }
+
+    /// The listing for a request with `flags`: the summary-only one when asked and built.
+    #[must_use]
+    pub fn for_flags(&self, flags: u16) -> &Self {
+        match &self.summary {
+            Some(s) if flags & QueryRequest::FLAG_SUMMARY_ONLY != 0 => s,
+            _ => self,
         }
     }
 
@@ -87,15 +99,18 @@ impl Listing {
         self.records.is_empty()
     }
 
-    /// A holders listing: per process its summary, then its keys.
+    /// A holders listing: per process its summary, then its keys (and the summary-only
+    /// listing [`Listing::for_flags`] serves for `FLAG_SUMMARY_ONLY`).
     #[must_use]
     pub fn holders(
         prefix: &HoldersPrefix<'_>,
         processes: &[(HolderProcess<'_>, Vec<HolderKey<'_>>)],
     ) -> Self {
         let mut l = Self::new(prefix);
+        let mut summary = Self::new(prefix);
         for (p, keys) in processes {
             l.push(&HolderRecord::Process(*p));
+            summary.push(&HolderRecord::Process(*p));
             let continued = encode_codec(&HolderRecord::Process(HolderProcess {
                 flags: p.flags | HolderProcess::CONTINUED,
                 ..*p
@@ -105,6 +120,7 @@ impl Listing {
                 l.lead.push(Some(continued.clone()));
             }
         }
+        l.summary = Some(Box::new(summary));
         l
     }
 
@@ -266,7 +282,7 @@ impl Server {
                 let l = self.holders_of(&path).ok_or(TransportError::Request {
                     code: ERROR_FILE_NOT_FOUND,
                 })?;
-                l.serve::<Holders>(c, m, nr, out)
+                l.for_flags(req.flags).serve::<Holders>(c, m, nr, out)
             }
             QueryKind::Hives => self
                 .hives
