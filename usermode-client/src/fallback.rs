@@ -28,7 +28,7 @@ pub const MISSING: &[&str] = &[
     "opening threads",
     "granted access",
     "handle counts",
-    "keys of exited processes' duplicated handles are attributed to the process that holds them",
+    "hive file",
 ];
 
 /// A source of `(pid, NT key path)` pairs for the open keys of one hive.
