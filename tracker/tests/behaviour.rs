@@ -579,3 +579,11 @@ fn a_record_larger_than_the_buffer_is_an_error_not_a_loop() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn tracker_struct_is_small_enough_to_build_on_a_kernel_stack() {
+    // KERNEL_STACK_SIZE is 24 KiB on x64; the driver builds the tracker once in DriverEntry.
+    let size = std::mem::size_of::<Tracker<&CountingPool, ParkingLock>>();
+    println!("size_of::<Tracker>() = {size}");
+    assert!(size < 16 * 1024, "{size}");
+}
