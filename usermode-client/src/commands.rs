@@ -82,7 +82,9 @@ impl CliError {
 /// Maps a transport failure to the error the user sees.
 pub(crate) fn classify(err: TransportError) -> anyhow::Error {
     match err {
-        TransportError::DriverUnavailable => CliError::DriverUnavailable { reason: err }.into(),
+        TransportError::DriverUnavailable | TransportError::NoBackend { .. } => {
+            CliError::DriverUnavailable { reason: err }.into()
+        }
         TransportError::AccessDenied => CliError::AccessDenied.into(),
         TransportError::Unsupported { .. } | TransportError::NotInThisBuild(_) => {
             CliError::BackendUnavailable(err).into()

@@ -35,6 +35,14 @@ pub enum TransportError {
         /// What it lacks.
         why: &'static str,
     },
+    /// The driver is not there, and neither is the driverless fallback.
+    #[error(
+        "the hivetrack driver is not installed or not running, and the driverless fallback is unavailable ({fallback})"
+    )]
+    NoBackend {
+        /// Why the fallback could not be used.
+        fallback: Box<Self>,
+    },
     /// The backend exists in the design but not in this build (`--emulator`).
     #[error("{0}")]
     NotInThisBuild(&'static str),
@@ -152,7 +160,9 @@ pub fn open(
         (BackendChoice::Driver, _) | (BackendChoice::Auto, Need::Driver) => open_default(),
         (BackendChoice::Auto, Need::Holders) => match open_default() {
             Err(TransportError::DriverUnavailable) => {
-                open_fallback().map_err(|_| TransportError::DriverUnavailable)
+                open_fallback().map_err(|e| TransportError::NoBackend {
+                    fallback: Box::new(e),
+                })
             }
             other => other,
         },

@@ -143,3 +143,25 @@ impl Accounts for WindowsAccounts {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs only on Windows (or Wine): the token's user resolves both ways.
+    #[test]
+    fn the_current_user_has_a_sid_and_an_account() {
+        let sid = WindowsAccounts.current_user_sid().expect("a token user");
+        assert!(sid.starts_with("S-1-"), "{sid}");
+        let account = WindowsAccounts.account_of(&sid).expect("the user resolves");
+        assert!(!account.is_empty());
+        assert_eq!(
+            WindowsAccounts
+                .account_of("S-1-5-18")
+                .as_deref()
+                .map(|a| a.ends_with("SYSTEM")),
+            Some(true)
+        );
+        assert_eq!(WindowsAccounts.account_of("not a sid"), None);
+    }
+}

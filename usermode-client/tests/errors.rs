@@ -195,7 +195,7 @@ fn default_backends_off_windows() {
         (
             BackendChoice::Auto,
             Need::Holders,
-            "not installed or not running",
+            "not installed or not running, and the driverless fallback is unavailable (the ntquery backend cannot answer this query: NtQueryOpenSubKeysEx exists only on Windows)",
         ),
         (
             BackendChoice::Ntquery,
