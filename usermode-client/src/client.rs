@@ -199,6 +199,11 @@ impl<'t> Client<'t> {
                     let grown = (self.buf.len() * 4).min(self.max_buffer);
                     self.buf.resize(grown, 0);
                 }
+                Err(e @ TransportError::Request { code: 1 }) => {
+                    return Err(classify(e).context(format!(
+                        "the driver does not answer control code {code:#010x}: is the installed hivetrack.sys older than this client?"
+                    )));
+                }
                 Err(e) => return Err(classify(e)),
             }
         }

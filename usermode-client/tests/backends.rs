@@ -31,6 +31,18 @@ fn wait_polls_until_the_agent_exits() {
     let o = run_scripted(s, &["wait", &user_hive(), "--json", "--interval-ms", "250"]);
     assert_eq!(o.code, exit::OK);
     assert_snapshot("wait_free_json", &o.out);
+    let s = Scripted::timeline(vec![logoff_busy(), logoff_released()]);
+    let o = run_scripted(s, &["wait", &user_hive(), "--csv"]);
+    assert_eq!(o.code, exit::OK);
+    assert_snapshot("wait_free_csv", &o.out);
+    assert_eq!(o.err, "hivetrack: source: scripted, complete\n");
+}
+
+#[test]
+fn wait_refuses_a_negative_timeout() {
+    let o = run_on(logoff(), &["wait", "HKCU", "--timeout=-1"]);
+    assert_eq!(o.code, exit::BAD_ARGUMENTS, "{}", o.err);
+    assert!(o.err.contains("not a number of seconds"), "{}", o.err);
 }
 
 #[test]

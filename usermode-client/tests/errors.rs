@@ -95,6 +95,20 @@ fn malformed_answers_are_errors_not_panics() {
 }
 
 #[test]
+fn a_driver_without_the_query_says_so() {
+    let o = run_scripted(
+        Scripted::new(logoff()).with_fault(Fault::Refuse(1)),
+        &["hives"],
+    );
+    assert_eq!(o.code, 1);
+    assert!(
+        o.err.contains("the driver does not answer control code 0x8a546008: is the installed hivetrack.sys older than this client?: the driver rejected the request (Win32 error 1)"),
+        "{}",
+        o.err
+    );
+}
+
+#[test]
 fn a_request_the_driver_rejects_names_the_win32_error() {
     let o = run_scripted(
         Scripted::new(logoff()).with_fault(Fault::Refuse(31)),

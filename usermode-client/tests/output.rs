@@ -167,6 +167,11 @@ fn snapshot_and_diff_show_the_leak_growing() {
     );
     let o = run_on(sb, &["snapshot", "--json", "-o", b.to_str().unwrap()]);
     assert_eq!(o.code, 0, "{}", o.err);
+    let shown = serde_json::to_string(b.to_str().unwrap()).unwrap();
+    assert_snapshot(
+        "snapshot_written_json",
+        &o.out.replace(&shown[1..shown.len() - 1], "B.json"),
+    );
     let file: hivetrack_cli::model::SnapshotFile =
         serde_json::from_str(&std::fs::read_to_string(&b).unwrap()).unwrap();
     assert_eq!(file.schema, "hivetrack.snapshot/1");
