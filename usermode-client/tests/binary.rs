@@ -9,6 +9,7 @@ fn hivetrack(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+#[cfg(not(windows))]
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
