@@ -16,7 +16,7 @@ use crate::client::Client;
 use crate::commands::{self, CliError, classify};
 use crate::exit;
 use crate::hive_name::{self, display, user_sid};
-use crate::model::{DiffEntry, DiffReport, Hive, SnapshotFile, Source, Time, schema};
+use crate::model::{DiffEntry, DiffReport, Hive, SnapshotFile, Source, schema};
 use crate::render::{self, Format};
 use crate::transport::{Need, Transport, TransportError};
 use crate::wait::{Clock, wait_free};
@@ -336,13 +336,4 @@ pub fn filetime_now() -> u64 {
         .unwrap_or_default();
     crate::model::UNIX_EPOCH_FILETIME
         + u64::try_from(since.as_nanos() / 100).unwrap_or(u64::MAX / 2)
-}
-
-/// A [`Time`] for a FILETIME that may be zero.
-#[must_use]
-pub fn time_or_epoch(filetime: u64) -> Time {
-    Time::from_filetime(filetime).unwrap_or(Time {
-        filetime: 0,
-        utc: String::new(),
-    })
 }

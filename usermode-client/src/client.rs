@@ -330,10 +330,7 @@ impl<'t> Client<'t> {
         Ok(HoldersReport {
             schema: schema("holders"),
             source: self.source(nr),
-            generated_at: Time::from_filetime(now).unwrap_or(Time {
-                filetime: 0,
-                utc: String::new(),
-            }),
+            generated_at: Time::or_empty(now),
             hive,
             holders,
         })
@@ -446,10 +443,7 @@ impl<'t> Client<'t> {
         Ok(SnapshotFile {
             schema: schema("snapshot"),
             source: self.source(nr),
-            taken_at: Time::from_filetime(taken_at).unwrap_or(Time {
-                filetime: 0,
-                utc: String::new(),
-            }),
+            taken_at: Time::or_empty(taken_at),
             hives: hives.hives,
             processes: processes.processes,
             keys,

@@ -64,6 +64,18 @@ impl Time {
     }
 }
 
+impl Time {
+    /// A time from a FILETIME that should be known; 0 gives `filetime` 0 and an empty
+    /// `utc` (the driver did not say).
+    #[must_use]
+    pub fn or_empty(filetime: u64) -> Self {
+        Self::from_filetime(filetime).unwrap_or(Self {
+            filetime: 0,
+            utc: String::new(),
+        })
+    }
+}
+
 /// Formats a FILETIME as `YYYY-MM-DDTHH:MM:SSZ` (times before 1970 are clamped to 1970).
 #[must_use]
 pub fn utc_text(filetime: u64) -> String {
