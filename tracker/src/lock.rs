@@ -55,10 +55,11 @@ impl<L: RawLock> Drop for Exclusive<'_, L> {
 }
 
 /// A shared hold, released on drop.
-pub(crate) struct Shared<'a, L: RawLock>(&'a L);
+pub struct Shared<'a, L: RawLock>(&'a L);
 
 impl<'a, L: RawLock> Shared<'a, L> {
-    pub(crate) fn new(lock: &'a L) -> Self {
+    /// Takes `lock` shared.
+    pub fn new(lock: &'a L) -> Self {
         lock.lock_shared();
         Self(lock)
     }

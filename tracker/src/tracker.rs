@@ -188,7 +188,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         };
 
         // 2. The hive, pinned.
-        let Ok(Some(hive)) = self.hives.resolve(&self.pool, &self.names, name, true) else {
+        // The hive shard stays locked shared until the key is linked: that keeps the hive
+        // alive without a reference count round trip (lock order: hive shard first).
+        let Ok((hive_guard, hive)) = self.hives.resolve_held(&self.pool, &self.names, name) else {
             bump(&self.counters.opens_dropped_no_memory_hive);
             undo_slot();
             return Err(NotTracked::NoMemory);
@@ -243,16 +245,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 )
             }
         };
+        drop(hive_guard);
         if !linked {
             if let Some(n) = name_ref {
                 self.names.release(&self.pool, n);
             }
-            self.hives.unpin(&self.pool, &self.names, hive);
             undo_slot();
             return Err(NotTracked::NoMemory);
         }
         rec.state.store(LIVE | flags, Release);
-        self.hives.unpin(&self.pool, &self.names, hive);
         Ok(Token::new(generation, r))
     }
 
