@@ -1,21 +1,21 @@
-//! The paging cursor: an opaque 32-byte position a page answer hands back and the next
+//! The paging cursor: an opaque 40-byte position a page answer hands back and the next
 //! request passes in unchanged.
 
 use crate::wire::{DecodeError, EncodeError, Reader, Writer};
 
 /// Size of a [`Cursor`] on the wire.
-pub const CURSOR_LEN: usize = 32;
+pub const CURSOR_LEN: usize = 40;
 
 /// Where the next page starts. Only the tracker interprets the words; clients copy the
 /// cursor from one answer into the next request. [`Cursor::START`] asks for the first page.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Cursor(pub [u64; 4]);
+pub struct Cursor(pub [u64; 5]);
 
 impl Cursor {
     /// The first page.
-    pub const START: Self = Self([0; 4]);
+    pub const START: Self = Self([0; 5]);
 
-    /// Writes the four words.
+    /// Writes the five words.
     ///
     /// # Errors
     /// [`EncodeError::BufferTooSmall`].
@@ -26,11 +26,11 @@ impl Cursor {
         Ok(())
     }
 
-    /// Reads the four words.
+    /// Reads the five words.
     ///
     /// # Errors
     /// [`DecodeError::Truncated`].
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Self([r.u64()?, r.u64()?, r.u64()?, r.u64()?]))
+        Ok(Self([r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?]))
     }
 }

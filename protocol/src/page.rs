@@ -5,12 +5,12 @@
 //!
 //! | offset | size | field                                                           |
 //! |--------|------|-----------------------------------------------------------------|
-//! | 0      | 32   | next cursor (pass it back to get the next page)                 |
-//! | 32     | 4    | number of records in this page                                  |
-//! | 36     | 2    | flags: [`PageInfo::DONE`], [`PageInfo::INCOMPLETE`]             |
-//! | 38     | 2    | reserved, zero                                                  |
-//! | 40     | 8    | events the tracker could not record so far (see `stats`)       |
-//! | 48     | …    | the kind's prefix ([`PageKind::Prefix`]), then the records     |
+//! | 0      | 40   | next cursor (pass it back to get the next page)                 |
+//! | 40     | 4    | number of records in this page                                  |
+//! | 44     | 2    | flags: [`PageInfo::DONE`], [`PageInfo::INCOMPLETE`]             |
+//! | 46     | 2    | reserved, zero                                                  |
+//! | 48     | 8    | events the tracker could not record so far (see `stats`)       |
+//! | 56     | …    | the kind's prefix ([`PageKind::Prefix`]), then the records     |
 //!
 //! Every record is self-delimiting (fixed fields, then length-prefixed strings), so a
 //! decoder validates each record before the page is handed out, and iterating a decoded
@@ -24,7 +24,7 @@ use crate::wire::{
 };
 
 /// Size of the common page fields.
-pub const PAGE_INFO_LEN: usize = 48;
+pub const PAGE_INFO_LEN: usize = 56;
 
 /// A fixed-then-variable piece of a message (a page prefix or a record).
 pub trait Codec<'a>: Sized {

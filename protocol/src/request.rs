@@ -1,14 +1,14 @@
 //! `QueryRequest`: the input buffer of every query IOCTL (0x801 and up).
 //!
-//! Body layout (42 bytes + 2 per hive path unit):
+//! Body layout (50 bytes + 2 per hive path unit):
 //!
 //! | offset | size | field                                                        |
 //! |--------|------|--------------------------------------------------------------|
 //! | 0      | 2    | query ([`QueryKind`]); must match the IOCTL it is sent with  |
 //! | 2      | 2    | flags ([`QueryRequest::FLAG_SUMMARY_ONLY`]; other bits zero)  |
 //! | 4      | 4    | max records per page, 0 = as many as fit the output buffer   |
-//! | 8      | 32   | cursor ([`Cursor::START`] for the first page)                |
-//! | 40     | 2+2n | hive path, length-prefixed UTF-16 (holders only, else empty) |
+//! | 8      | 40   | cursor ([`Cursor::START`] for the first page)                |
+//! | 48     | 2+2n | hive path, length-prefixed UTF-16 (holders only, else empty) |
 
 use crate::cursor::{CURSOR_LEN, Cursor};
 use crate::text::Text;
@@ -120,23 +120,23 @@ mod tests {
             query: QueryKind::Holders,
             flags: QueryRequest::FLAG_SUMMARY_ONLY,
             max_records: 7,
-            cursor: Cursor([1, 2, 3, 0x0102_0304_0506_0708]),
+            cursor: Cursor([1, 2, 3, 0x0102_0304_0506_0708, 9]),
             hive: Text::Units(&HIVE),
         }
     }
 
     /// The exact bytes of `sample()`.
-    pub const GOLDEN: [u8; 64] = [
-        b'H', b'v', b'T', b'k', 1, 0, 2, 0, 64, 0, 0, 0, 0, 0, 0, 0, // header
+    pub const GOLDEN: [u8; 72] = [
+        b'H', b'v', b'T', b'k', 1, 0, 2, 0, 72, 0, 0, 0, 0, 0, 0, 0, // header
         1, 0, 1, 0, 7, 0, 0, 0, // holders, summary only, max 7
         1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, //
-        8, 7, 6, 5, 4, 3, 2, 1, // cursor
+        8, 7, 6, 5, 4, 3, 2, 1, 9, 0, 0, 0, 0, 0, 0, 0, // cursor
         3, 0, b'\\', 0, b'A', 0, b'b', 0, // hive
     ];
 
     #[test]
     fn golden_and_round_trip() {
-        let mut buf = [0u8; 80];
+        let mut buf = [0u8; 96];
         let n = encode(&sample(), &mut buf).unwrap();
         assert_eq!(buf[..n], GOLDEN);
         assert_eq!(decode::<QueryRequest<'_>>(&buf).unwrap(), sample());

@@ -26,7 +26,7 @@ use crate::counters::get;
 use crate::hives::hive_of;
 use crate::lock::RawLock;
 use crate::names::{NameRef, name_of};
-use crate::objects::{F_NAME_MISSING, F_NAME_TRUNCATED, NIL, ObjRecord};
+use crate::objects::{F_NAME_MISSING, F_NAME_TRUNCATED, NIL, ObjRecord, Token, split_ref};
 use crate::pool::Pool;
 use crate::processes::{Holding, Process, ProcessKey, holding_of};
 use crate::tracker::Tracker;
@@ -232,6 +232,25 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         r
     }
 
+    /// Where to resume in `hold` after `after`: the key after the hinted one when the hint
+    /// (the token of the last key sent) still names that key linked in this holding at that
+    /// position, O(1); otherwise a walk from the head. The hint comes from user mode, so it is
+    /// validated like any context value before it is used.
+    fn resume_at(&self, hold: NonNull<Holding<L>>, after: KeyPos, hint: u64) -> u32 {
+        let tok = Token(hint);
+        let (s, i) = split_ref(tok.slot());
+        if hint != 0
+            && s <= self.shard_mask
+            && let Some(rec) = self.objects[s as usize].get(i)
+            && rec.holding.load(Relaxed) == hold.as_ptr().cast()
+            && rec.generation.load(Relaxed) == tok.generation()
+            && (rec.time.load(Relaxed), rec.seq.load(Relaxed)) == after
+        {
+            return rec.next.load(Relaxed);
+        }
+        self.first_after(holding_of(hold), after)
+    }
+
     /// The smallest process key above `lower` with keys in `hive_id` (any hive for `None`).
     fn next_process(&self, lower: Option<ProcessKey>, hive_id: Option<u32>) -> Option<ProcessKey> {
         let mut best: Option<ProcessKey> = None;
@@ -313,12 +332,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 .map(|w| (w, empty_page_len::<Holders>(&prefix)))
         })?;
         let summary_only = flags & QueryRequest::FLAG_SUMMARY_ONLY != 0;
-        let pack = |k: ProcessKey, (t, s): KeyPos| {
+        let pack = |k: ProcessKey, (t, s): KeyPos, hint: u64| {
             Cursor([
                 STARTED | (u64::from(h.id) << 32) | u64::from(s),
                 k.pid,
                 k.start_key,
                 t,
+                hint,
             ])
         };
         let mut resume = started.then(|| {
@@ -328,29 +348,30 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     start_key: cursor.0[2],
                 },
                 (cursor.0[3], cur_seq),
+                cursor.0[4],
             )
         });
         let mut lower = None;
         let mut last = *cursor;
         let mut needed = 0;
         let done = loop {
-            let (key, after, continued) = match resume.take() {
-                Some((k, pos)) => (k, pos, true),
+            let (key, after, continued, hint) = match resume.take() {
+                Some((k, pos, hint)) => (k, pos, true, hint),
                 None => match self.next_process(lower, Some(h.id)) {
-                    Some(k) => (k, (0, 0), false),
+                    Some(k) => (k, (0, 0), false, 0),
                     None => break true,
                 },
             };
             lower = Some(key);
             let full = self.processes.with(key, |p| {
-                let Some(hold) = p.holding(h.id) else {
+                let Some(hold_ptr) = p.holding(h.id) else {
                     return false;
                 };
-                let hold = holding_of(hold);
+                let hold = holding_of(hold_ptr);
                 let mut r = if summary_only {
                     NIL
                 } else {
-                    self.first_after(hold, after)
+                    self.resume_at(hold_ptr, after, hint)
                 };
                 if continued && (r == NIL || summary_only) {
                     return false; // nothing left of this process
@@ -380,13 +401,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     needed = protocol::page::Codec::encoded_len(&summary);
                     return true;
                 }
-                last = pack(key, after);
+                last = pack(key, after, hint);
                 while r != NIL {
                     let rec = self.rec(r);
                     let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
+                    let id = Token::new(rec.generation.load(Relaxed), r).0;
                     let k = HolderRecord::Key(HolderKey {
                         flags: name_flags(rec),
-                        id: crate::objects::Token::new(rec.generation.load(Relaxed), r).0,
+                        id,
                         thread: rec.thread.load(Relaxed),
                         open_time: pos.0,
                         access: rec.access.load(Relaxed),
@@ -399,17 +421,17 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                             + protocol::page::Codec::encoded_len(&summary);
                         return true;
                     }
-                    last = pack(key, pos);
+                    last = pack(key, pos, id);
                     r = rec.next.load(Relaxed);
                 }
-                last = pack(key, (u64::MAX, u32::MAX));
+                last = pack(key, (u64::MAX, u32::MAX), 0);
                 false
             });
             if full == Some(true) {
                 break false;
             }
             if full.is_none() {
-                last = pack(key, (u64::MAX, u32::MAX));
+                last = pack(key, (u64::MAX, u32::MAX), 0);
             }
         };
         let progress = last != *cursor;
@@ -464,7 +486,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         };
         self.finish(
             w,
-            Cursor([STARTED | u64::from(after), 0, 0, 0]),
+            Cursor([STARTED | u64::from(after), 0, 0, 0, 0]),
             done,
             needed,
         )
@@ -527,7 +549,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         };
         let a = after.unwrap_or((0, 0, 0));
         let needed = needed + empty_page_len::<Processes>(&NoPrefix);
-        self.finish(w, Cursor([STARTED, a.0, a.1, a.2]), done, needed)
+        self.finish(w, Cursor([STARTED, a.0, a.1, a.2, 0]), done, needed)
     }
 
     /// Every tracked key, per process (pid, start key order), per hive, oldest first.
@@ -549,12 +571,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             ((cursor.0[0] >> 32) & 0x7FFF_FFFF) as u32,
             cursor.0[0] as u32,
         );
-        let pack = |k: ProcessKey, hive: u32, (t, s): KeyPos| {
+        let pack = |k: ProcessKey, hive: u32, (t, s): KeyPos, hint: u64| {
             Cursor([
                 STARTED | (u64::from(hive) << 32) | u64::from(s),
                 k.pid,
                 k.start_key,
                 t,
+                hint,
             ])
         };
         let mut resume = started.then(|| {
@@ -565,16 +588,17 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 },
                 cur_hive,
                 (cursor.0[3], cur_seq),
+                cursor.0[4],
             )
         });
         let mut lower = None;
         let mut last = *cursor;
         let mut needed = 0;
         let done = loop {
-            let (key, from_hive, after) = match resume.take() {
+            let (key, from_hive, after, hint) = match resume.take() {
                 Some(x) => x,
                 None => match self.next_process(lower, None) {
-                    Some(k) => (k, 0, (0, 0)),
+                    Some(k) => (k, 0, (0, 0), 0),
                     None => break true,
                 },
             };
@@ -584,7 +608,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 while let Some(hptr) = hp {
                     let hold = holding_of(hptr);
                     let mut r = if hold.hive_id == from_hive {
-                        self.first_after(hold, after)
+                        self.resume_at(hptr, after, hint)
                     } else {
                         hold.head.load(Relaxed)
                     };
@@ -594,7 +618,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                         let s = SnapshotRecord {
                             pid: p.key.pid,
                             start_key: p.key.start_key,
-                            id: crate::objects::Token::new(rec.generation.load(Relaxed), r).0,
+                            id: Token::new(rec.generation.load(Relaxed), r).0,
                             open_time: pos.0,
                             hive_id: hold.hive_id,
                             flags: name_flags(rec),
@@ -604,7 +628,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                             needed = protocol::page::Codec::encoded_len(&s);
                             return true;
                         }
-                        last = pack(key, hold.hive_id, pos);
+                        last = pack(key, hold.hive_id, pos, s.id);
                         r = rec.next.load(Relaxed);
                     }
                     hp = NonNull::new(hold.next.load(Relaxed));
@@ -614,7 +638,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             if full == Some(true) {
                 break false;
             }
-            last = pack(key, AFTER_ALL_HIVES, (u64::MAX, u32::MAX));
+            last = pack(key, AFTER_ALL_HIVES, (u64::MAX, u32::MAX), 0);
         };
         let needed = needed + empty_page_len::<Snapshot>(&SnapshotPrefix { taken_at: now });
         self.finish(w, last, done, needed)
@@ -678,6 +702,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             true
         });
         let needed = needed + empty_page_len::<UnloadHistory>(&NoPrefix);
-        self.finish(w, Cursor([STARTED, last, 0, 0]), done, needed)
+        self.finish(w, Cursor([STARTED, last, 0, 0, 0]), done, needed)
     }
 }

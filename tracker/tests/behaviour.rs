@@ -579,3 +579,110 @@ fn a_record_larger_than_the_buffer_is_an_error_not_a_loop() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn tracker_struct_is_small_enough_to_build_on_a_kernel_stack() {
+    // KERNEL_STACK_SIZE is 24 KiB on x64; the driver builds the tracker once in DriverEntry.
+    let size = std::mem::size_of::<Tracker<&CountingPool, ParkingLock>>();
+    println!("size_of::<Tracker>() = {size}");
+    assert!(size < 16 * 1024, "{size}");
+}
+
+#[test]
+fn forged_cursor_hints_are_validated_not_followed() {
+    let pool = CountingPool::new(Failure::Never, false);
+    let t = tracker(&pool);
+    let mut toks = vec![];
+    for k in 0..40u64 {
+        toks.push(
+            t.opened(
+                (k + 1) * 16,
+                P1,
+                1,
+                &w(&format!(r"\REGISTRY\MACHINE\SOFTWARE\K{k}")),
+                1,
+                k % 7,
+            )
+            .unwrap(),
+        );
+    }
+    let other = t
+        .opened(0x9990, P2, 1, &w(r"\REGISTRY\MACHINE\SOFTWARE\Other"), 1, 3)
+        .unwrap();
+    let mut buf = vec![0u8; 600];
+    let n = t
+        .holders(&w(SOFTWARE), &Cursor::START, 0, 0, &mut buf)
+        .unwrap();
+    let next = protocol::wire::decode::<protocol::page::Page<'_, Holders>>(&buf[..n])
+        .unwrap()
+        .info
+        .next;
+    let ids = |c: &Cursor| {
+        let mut b = vec![0u8; 600];
+        let n = t.holders(&w(SOFTWARE), c, 0, 0, &mut b).unwrap();
+        let p = protocol::wire::decode::<protocol::page::Page<'_, Holders>>(&b[..n]).unwrap();
+        p.records()
+            .filter_map(|r| {
+                if let HolderRecord::Key(k) = r {
+                    Some(k.id)
+                } else {
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = ids(&next);
+    assert!(!want.is_empty());
+    for hint in [
+        0,
+        1,
+        u64::MAX,
+        other.0,
+        toks[39].0,
+        toks[0].0,
+        next.0[4] ^ (1 << 32),
+        next.0[4] + 1,
+    ] {
+        let mut c = next;
+        c.0[4] = hint;
+        assert_eq!(ids(&c), want, "hint {hint:#x}");
+    }
+    // A destroyed hinted key falls back to the walk.
+    let hinted = Token(next.0[4]);
+    let obj = toks
+        .iter()
+        .position(|t| *t == hinted)
+        .map(|i| (i as u64 + 1) * 16)
+        .unwrap();
+    t.object_destroyed(hinted, obj);
+    assert_eq!(ids(&next), want);
+}
+
+#[test]
+fn one_process_can_fill_the_whole_cap_across_shards() {
+    // The 65,602-handle leak case: one process must not be limited to one shard's share.
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(
+        &pool,
+        Config {
+            max_objects: 64,
+            object_shards: 4,
+            history_len: 1,
+        },
+    )
+    .unwrap();
+    let name = w(r"\REGISTRY\MACHINE\SOFTWARE\Leak");
+    let toks: Vec<_> = (0..64u64)
+        .map(|i| t.opened((i + 1) * 16, P1, 1, &name, 1, i).unwrap())
+        .collect();
+    assert_eq!(
+        t.opened(0x10_0000, P1, 1, &name, 1, 99),
+        Err(NotTracked::Cap)
+    );
+    assert_eq!(t.stats().objects_tracked, 64);
+    t.check_consistency().unwrap();
+    for (i, tok) in toks.iter().enumerate() {
+        t.object_destroyed(*tok, (i as u64 + 1) * 16);
+    }
+    assert_eq!(t.stats().objects_tracked, 0);
+}

@@ -1,19 +1,117 @@
 //! The command line, as clap parses it.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::transport::BackendChoice;
+
+/// Exit codes, as `--help` shows them.
+const EXIT_CODES: &str = "Exit codes: 0 ok; 1 holders found (with --fail-if-held) or the wait \
+timed out; 2 driver unavailable (not installed, not running, access denied, other protocol \
+version, backend not in this build); 3 bad arguments (including a hive the driver does not \
+know); 4 the report is incomplete because the tracker dropped records (with --strict).";
 
 /// hivetrack: who holds this registry hive open, which keys, since when, and from where.
 #[derive(Debug, Parser)]
-#[command(name = "hivetrack", version, about, long_about = None)]
+#[command(name = "hivetrack", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Options every command takes.
+#[derive(Debug, Default, Args)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches, as clap parses them"
+)]
+pub struct Global {
+    /// Print JSON (schema: usermode-client/README.md, `hivetrack.<report>/1`).
+    #[arg(long, global = true, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV with a header row (the backend and completeness go to stderr).
+    #[arg(long, global = true)]
+    pub csv: bool,
+    /// Do not resolve user SIDs to account names (Windows).
+    #[arg(long, global = true)]
+    pub no_resolve: bool,
+    /// Exit with 4 when the report is incomplete (the tracker dropped records).
+    #[arg(long, global = true)]
+    pub strict: bool,
+    /// Which backend answers: the driver, or for `holders` and `wait` the driverless
+    /// `NtQueryOpenSubKeysEx` fallback (pid and key only) when the driver is not installed.
+    #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Run against the real hivetrack.sys inside the kernel emulator with this scenario
+    /// (Linux demo; not available in this build: the command says so and exits 2).
+    #[arg(long, global = true, value_name = "SCENARIO")]
+    pub emulator: Option<String>,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Who holds keys open in a hive: per process, each key in event 1530's words, with
+    /// counts and open age.
+    ///
+    /// HIVE: HKU\<SID>, HKU\<SID>_Classes, HKCU, HKCU\Software\Classes (Windows: the
+    /// current user), HKLM\SOFTWARE, HKLM\SYSTEM and the other machine hives, or a
+    /// \REGISTRY\... path; case-insensitive; a key below a hive names that hive.
+    Holders {
+        /// The hive.
+        hive: String,
+        /// Exit with 1 when any process holds keys in the hive.
+        #[arg(long)]
+        fail_if_held: bool,
+        /// Per-process summaries only, without the keys.
+        #[arg(long)]
+        summary: bool,
+    },
+    /// Every hive the driver knows, with its open keys and holders.
+    Hives,
+    /// Processes ranked by open keys (most first).
+    Processes {
+        /// Show only the first N.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+    },
+    /// The driver's counters, with every completeness (loss) counter.
+    Stats,
+    /// Write every tracked key object, per process, to a JSON file for `diff`.
+    Snapshot {
+        /// The file to write (schema `hivetrack.snapshot/1`).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Compare two snapshot files: open objects per process and key, largest growth first.
+    Diff {
+        /// The earlier snapshot.
+        a: PathBuf,
+        /// The later snapshot.
+        b: PathBuf,
+    },
+    /// Wait until no process holds keys in a hive (exit 0), or the timeout passes (exit 1).
+    ///
+    /// This build polls the holders query (every --interval-ms). The driver's wait-free
+    /// request (a pending IRP completed when the hive is free) does not exist yet; when it
+    /// does, `wait` will use it through the same backend interface.
+    Wait {
+        /// The hive (same forms as `holders`).
+        hive: String,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "S", default_value_t = 60.0)]
+        timeout: f64,
+        /// Poll interval in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 500)]
+        interval_ms: u64,
+    },
+    /// Recent hive unload attempts, each with the processes that held the hive then.
+    UnloadHistory,
     /// Print the client's version and the driver's version and build.
     Version,
     /// Send one raw control code to the driver and print the answer in hex (diagnostics and
@@ -81,6 +179,69 @@ mod tests {
         assert_eq!(parse_hex("01 ff"), Ok(HexBytes(vec![1, 0xFF])));
         assert!(parse_hex("abc").is_err());
         assert!(parse_hex("zz").is_err());
+    }
+
+    #[test]
+    fn commands_and_options_parse() {
+        let cli = Cli::try_parse_from([
+            "hivetrack",
+            "holders",
+            r"HKU\S-1-5-21-1-2-3-1001",
+            "--fail-if-held",
+            "--json",
+            "--strict",
+        ])
+        .unwrap();
+        assert!(cli.global.json && cli.global.strict && !cli.global.csv);
+        assert!(matches!(
+            cli.command,
+            Command::Holders { fail_if_held: true, summary: false, ref hive } if hive == r"HKU\S-1-5-21-1-2-3-1001"
+        ));
+        let cli = Cli::try_parse_from(["hivetrack", "--csv", "processes", "--top", "5"]).unwrap();
+        assert!(cli.global.csv);
+        assert!(matches!(cli.command, Command::Processes { top: Some(5) }));
+        let cli = Cli::try_parse_from(["hivetrack", "snapshot", "-o", "a.json"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Snapshot { ref output } if output.as_os_str() == "a.json")
+        );
+        let cli = Cli::try_parse_from(["hivetrack", "diff", "a.json", "b.json"]).unwrap();
+        assert!(matches!(cli.command, Command::Diff { .. }));
+        let cli = Cli::try_parse_from(["hivetrack", "wait", "HKCU", "--timeout", "2.5"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Wait { timeout, interval_ms: 500, .. } if (timeout - 2.5).abs() < 1e-9)
+        );
+        let cli = Cli::try_parse_from([
+            "hivetrack",
+            "--backend",
+            "ntquery",
+            "--emulator",
+            "logoff",
+            "--no-resolve",
+            "hives",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.backend, BackendChoice::Ntquery);
+        assert_eq!(cli.global.emulator.as_deref(), Some("logoff"));
+        assert!(cli.global.no_resolve);
+        for cmd in ["stats", "unload-history", "version", "hives"] {
+            Cli::try_parse_from(["hivetrack", cmd]).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_combinations_are_usage_errors() {
+        for argv in [
+            &["hivetrack", "holders"][..],
+            &["hivetrack", "--json", "--csv", "hives"],
+            &["hivetrack", "processes", "--top", "many"],
+            &["hivetrack", "snapshot"],
+            &["hivetrack", "diff", "a.json"],
+            &["hivetrack", "wait", "HKCU", "--timeout", "soon"],
+            &["hivetrack", "--backend", "telepathy", "hives"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert!(err.use_stderr(), "{argv:?}");
+        }
     }
 
     #[test]

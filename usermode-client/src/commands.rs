@@ -43,6 +43,24 @@ pub enum CliError {
         /// The driver's protocol version.
         driver: u16,
     },
+    /// The backend cannot answer (the fallback asked for more than holders, or `--emulator`
+    /// in a build without the emulator).
+    #[error("{0}")]
+    BackendUnavailable(TransportError),
+    /// The driver knows no hive containing the path.
+    #[error(
+        "no hive containing {hive} is known to the driver: check the name with `hivetrack hives`"
+    )]
+    UnknownHive {
+        /// The NT path asked for.
+        hive: String,
+    },
+    /// A hive name could not be understood.
+    #[error(transparent)]
+    BadHiveName(#[from] crate::hive_name::HiveNameError),
+    /// Another argument is unusable (a file that does not parse, say).
+    #[error("{0}")]
+    BadArgument(String),
 }
 
 impl CliError {
@@ -50,18 +68,27 @@ impl CliError {
     #[must_use]
     pub const fn exit_code(&self) -> u8 {
         match self {
-            Self::DriverUnavailable { .. } | Self::AccessDenied | Self::VersionMismatch { .. } => {
-                exit::DRIVER_UNAVAILABLE
+            Self::DriverUnavailable { .. }
+            | Self::AccessDenied
+            | Self::VersionMismatch { .. }
+            | Self::BackendUnavailable(_) => exit::DRIVER_UNAVAILABLE,
+            Self::UnknownHive { .. } | Self::BadHiveName(_) | Self::BadArgument(_) => {
+                exit::BAD_ARGUMENTS
             }
         }
     }
 }
 
 /// Maps a transport failure to the error the user sees.
-fn classify(err: TransportError) -> anyhow::Error {
+pub(crate) fn classify(err: TransportError) -> anyhow::Error {
     match err {
-        TransportError::DriverUnavailable => CliError::DriverUnavailable { reason: err }.into(),
+        TransportError::DriverUnavailable | TransportError::NoBackend { .. } => {
+            CliError::DriverUnavailable { reason: err }.into()
+        }
         TransportError::AccessDenied => CliError::AccessDenied.into(),
+        TransportError::Unsupported { .. } | TransportError::NotInThisBuild(_) => {
+            CliError::BackendUnavailable(err).into()
+        }
         other => anyhow::Error::new(other),
     }
 }

@@ -3,11 +3,25 @@
 //! Everything but the operating-system backend lives here so that it is tested on any host
 //! with a scripted [`transport::Transport`].
 
+pub mod accounts;
+pub mod app;
 pub mod cli;
+pub mod client;
 pub mod commands;
+pub mod fallback;
+pub mod hive_name;
+pub mod model;
+pub mod page_server;
+pub mod render;
+pub mod scripted;
 pub mod transport;
+pub mod wait;
 #[cfg(windows)]
 pub mod windows;
+#[cfg(windows)]
+pub mod windows_accounts;
+#[cfg(windows)]
+pub mod windows_fallback;
 
 /// Process exit codes, part of the CLI's scripting contract.
 pub mod exit {

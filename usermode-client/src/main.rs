@@ -4,8 +4,11 @@ use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 use hivetrack_cli::{
-    cli::{Cli, Command},
+    accounts,
+    app::{self, Env},
+    cli::Cli,
     commands, exit, transport,
+    wait::SystemClock,
 };
 
 fn main() -> ExitCode {
@@ -22,23 +25,23 @@ fn main() -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout().lock();
-    let result = match cli.command {
-        Command::Version => commands::version(&mut stdout, transport::open_default),
-        Command::RawIoctl {
-            code,
-            input,
-            output_len,
-        } => commands::raw_ioctl(
-            &mut stdout,
-            transport::open_default,
-            code,
-            &input.0,
-            output_len,
-        ),
+    let mut stderr = std::io::stderr();
+    let accounts = accounts::system();
+    let (backend, emulator) = (cli.global.backend, cli.global.emulator.clone());
+    let mut connect = move |need| transport::open(backend, need, emulator.as_deref());
+    let mut clock = SystemClock::start();
+    let mut env = Env {
+        out: &mut stdout,
+        err: &mut stderr,
+        connect: &mut connect,
+        accounts: accounts.as_ref(),
+        now: app::filetime_now(),
+        clock: &mut clock,
     };
+    let result = app::run(&cli, &mut env);
     let _ = stdout.flush();
     match result {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("hivetrack: {err:#}");
             ExitCode::from(commands::exit_code_for(&err))

@@ -23,7 +23,7 @@ pub const IMAGE: &[u16] = &[b'a' as u16, b'.' as u16, b'e' as u16];
 pub const NAME: &[u16] = &[b'\\' as u16, b'K' as u16, 0xD800]; // unpaired surrogate kept
 
 pub const INFO: PageInfo = PageInfo {
-    next: Cursor([0x11, 0x22, 0x33, 0x44]),
+    next: Cursor([0x11, 0x22, 0x33, 0x44, 0x55]),
     flags: 0,
     not_recorded: 5,
 };
@@ -161,7 +161,7 @@ pub fn all_samples() -> Vec<(&'static str, Vec<u8>)> {
         query: protocol::request::QueryKind::Holders,
         flags: 0,
         max_records: 0,
-        cursor: Cursor([1, 2, 3, 4]),
+        cursor: Cursor([1, 2, 3, 4, 5]),
         hive: Text::Units(MOUNT),
     };
     let mut req_buf = vec![0u8; 256];

@@ -1,0 +1,39 @@
+//! User accounts: the current user's SID and account names for SIDs.
+//!
+//! The SID is needed for `HKCU`; account names label the SIDs in
+//! hive names (`HKU\S-1-5-21-…-1001` is `CONTOSO\alice`). Windows answers through
+//! `windows_accounts`; elsewhere nothing resolves.
+
+/// Looks up users.
+pub trait Accounts {
+    /// The SID string of the user running the CLI, when the system has one.
+    fn current_user_sid(&self) -> Option<String>;
+    /// `DOMAIN\name` of `sid`, when it resolves.
+    fn account_of(&self, sid: &str) -> Option<String>;
+}
+
+/// No accounts: what every system but Windows has.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoAccounts;
+
+impl Accounts for NoAccounts {
+    fn current_user_sid(&self) -> Option<String> {
+        None
+    }
+    fn account_of(&self, _sid: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The accounts of this system.
+#[must_use]
+pub fn system() -> Box<dyn Accounts> {
+    #[cfg(windows)]
+    {
+        Box::new(crate::windows_accounts::WindowsAccounts)
+    }
+    #[cfg(not(windows))]
+    {
+        Box::new(NoAccounts)
+    }
+}

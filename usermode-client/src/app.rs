@@ -1,0 +1,339 @@
+//! One run of the CLI: the parsed command line in, the report out, the exit code back.
+//!
+//! Run with everything the outside world provides (backend, clock, accounts, output streams)
+//! passed in, so tests drive whole commands with a scripted transport.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use protocol::diff::{SnapshotRow, diff};
+
+use crate::accounts::Accounts;
+use crate::cli::{Cli, Command};
+use crate::client::Client;
+use crate::commands::{self, CliError, classify};
+use crate::exit;
+use crate::hive_name::{self, display, user_sid};
+use crate::model::{DiffEntry, DiffReport, Hive, SnapshotFile, Source, schema};
+use crate::render::{self, Format};
+use crate::transport::{Need, Transport, TransportError};
+use crate::wait::{Clock, wait_free};
+
+/// Opens a backend for what a command needs.
+pub type Connect<'a> = dyn FnMut(Need) -> Result<Box<dyn Transport>, TransportError> + 'a;
+
+/// What a run needs from the outside world.
+pub struct Env<'a> {
+    /// Reports.
+    pub out: &'a mut dyn Write,
+    /// Notes that are not the report (the source line of CSV output).
+    pub err: &'a mut dyn Write,
+    /// Opens the backend.
+    pub connect: &'a mut Connect<'a>,
+    /// Resolves SIDs and the current user.
+    pub accounts: &'a dyn Accounts,
+    /// The client's clock, as a FILETIME (ages are computed against it).
+    pub now: u64,
+    /// Time for `wait`.
+    pub clock: &'a mut dyn Clock,
+}
+
+const fn format_of(cli: &Cli) -> Format {
+    if cli.global.json {
+        Format::Json
+    } else if cli.global.csv {
+        Format::Csv
+    } else {
+        Format::Table
+    }
+}
+
+/// The exit code of a report: 4 with `--strict` when records were dropped, else 1 when
+/// `held` (and the caller asked to fail on it), else 0.
+const fn verdict(strict: bool, source: &Source, held: bool) -> u8 {
+    if strict && source.dropped_records() {
+        exit::INCOMPLETE
+    } else if held {
+        exit::HELD
+    } else {
+        exit::OK
+    }
+}
+
+fn emit(env: &mut Env<'_>, format: Format, text: &str, source: Option<&Source>) -> Result<()> {
+    env.out.write_all(text.as_bytes())?;
+    if format == Format::Csv
+        && let Some(s) = source
+    {
+        writeln!(env.err, "hivetrack: {}", render::source_line(s))?;
+    }
+    Ok(())
+}
+
+fn resolve_account(h: &mut Hive, accounts: &dyn Accounts, no_resolve: bool) {
+    if !no_resolve {
+        h.account = user_sid(&h.path).and_then(|sid| accounts.account_of(sid));
+    }
+}
+
+fn connect(env: &mut Env<'_>, need: Need) -> Result<Box<dyn Transport>> {
+    (env.connect)(need).map_err(classify)
+}
+
+fn nt_hive(env: &Env<'_>, given: &str) -> Result<String> {
+    let sid = env.accounts.current_user_sid();
+    Ok(hive_name::resolve(given, sid.as_deref()).map_err(CliError::from)?)
+}
+
+/// Runs `cli`; returns the exit code of a report, or the error to print (its exit code from
+/// [`commands::exit_code_for`]).
+///
+/// # Errors
+/// Every failure of the command, typed as [`CliError`] where it has its own exit code.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one dispatch over the commands reads best as one match"
+)]
+pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
+    let format = format_of(cli);
+    let g = &cli.global;
+    match &cli.command {
+        Command::Version => {
+            let connect = &mut *env.connect;
+            commands::version(env.out, || connect(Need::Driver))?;
+            Ok(exit::OK)
+        }
+        Command::RawIoctl {
+            code,
+            input,
+            output_len,
+        } => {
+            let connect = &mut *env.connect;
+            commands::raw_ioctl(
+                env.out,
+                || connect(Need::Driver),
+                *code,
+                &input.0,
+                *output_len,
+            )?;
+            Ok(exit::OK)
+        }
+        Command::Holders {
+            hive,
+            fail_if_held,
+            summary,
+        } => {
+            let nt = nt_hive(env, hive)?;
+            let mut t = connect(env, Need::Holders)?;
+            let mut r = Client::new(t.as_mut()).holders(&nt, *summary, env.now)?;
+            resolve_account(&mut r.hive, env.accounts, g.no_resolve);
+            emit(env, format, &render::holders(&r, format)?, Some(&r.source))?;
+            Ok(verdict(
+                g.strict,
+                &r.source,
+                *fail_if_held && !r.holders.is_empty(),
+            ))
+        }
+        Command::Hives => {
+            let mut t = connect(env, Need::Driver)?;
+            let mut r = Client::new(t.as_mut()).hives()?;
+            for h in &mut r.hives {
+                resolve_account(h, env.accounts, g.no_resolve);
+            }
+            emit(env, format, &render::hives(&r, format)?, Some(&r.source))?;
+            Ok(verdict(g.strict, &r.source, false))
+        }
+        Command::Processes { top } => {
+            let mut t = connect(env, Need::Driver)?;
+            let r = Client::new(t.as_mut()).processes(*top)?;
+            emit(
+                env,
+                format,
+                &render::processes(&r, format)?,
+                Some(&r.source),
+            )?;
+            Ok(verdict(g.strict, &r.source, false))
+        }
+        Command::Stats => {
+            let mut t = connect(env, Need::Driver)?;
+            let r = Client::new(t.as_mut()).stats()?;
+            emit(env, format, &render::stats(&r, format)?, Some(&r.source))?;
+            Ok(verdict(g.strict, &r.source, false))
+        }
+        Command::UnloadHistory => {
+            let mut t = connect(env, Need::Driver)?;
+            let r = Client::new(t.as_mut()).unload_history()?;
+            emit(
+                env,
+                format,
+                &render::unload_history(&r, format)?,
+                Some(&r.source),
+            )?;
+            Ok(verdict(g.strict, &r.source, false))
+        }
+        Command::Snapshot { output } => {
+            let mut t = connect(env, Need::Driver)?;
+            let mut snap = Client::new(t.as_mut()).snapshot()?;
+            for h in &mut snap.hives {
+                resolve_account(h, env.accounts, g.no_resolve);
+            }
+            let mut text = serde_json::to_string_pretty(&snap)?;
+            text.push('\n');
+            std::fs::write(output, text)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            let processes = {
+                let mut pids: Vec<(u64, u64)> =
+                    snap.keys.iter().map(|k| (k.pid, k.start_key)).collect();
+                pids.sort_unstable();
+                pids.dedup();
+                pids.len()
+            };
+            let summary = match format {
+                Format::Json => {
+                    let mut s = serde_json::to_string_pretty(&serde_json::json!({
+                        "schema": schema("snapshot-written"),
+                        "source": snap.source,
+                        "file": output.display().to_string(),
+                        "taken_at": snap.taken_at,
+                        "keys": snap.keys.len(),
+                        "processes": processes,
+                    }))?;
+                    s.push('\n');
+                    s
+                }
+                Format::Csv => format!(
+                    "file,taken_at,keys,processes\n{},{},{},{}\n",
+                    output.display(),
+                    snap.taken_at.utc,
+                    snap.keys.len(),
+                    processes
+                ),
+                Format::Table => format!(
+                    "Wrote {} open key object(s) of {processes} process(es), taken {}, to {}\n{}\n",
+                    snap.keys.len(),
+                    snap.taken_at.utc,
+                    output.display(),
+                    render::source_line(&snap.source)
+                ),
+            };
+            emit(env, format, &summary, Some(&snap.source))?;
+            Ok(verdict(g.strict, &snap.source, false))
+        }
+        Command::Diff { a, b } => {
+            let before = read_snapshot(a)?;
+            let after = read_snapshot(b)?;
+            let r = diff_report(&before, &after);
+            emit(env, format, &render::diff(&r, format)?, None)?;
+            Ok(if g.strict && !r.complete {
+                exit::INCOMPLETE
+            } else {
+                exit::OK
+            })
+        }
+        Command::Wait {
+            hive,
+            timeout,
+            interval_ms,
+        } => {
+            let nt = nt_hive(env, hive)?;
+            let timeout = Duration::try_from_secs_f64(*timeout).map_err(|_| {
+                CliError::BadArgument(format!("--timeout {timeout}: not a number of seconds"))
+            })?;
+            let mut t = connect(env, Need::Holders)?;
+            let mut client = Client::new(t.as_mut());
+            let r = wait_free(
+                &mut client,
+                &nt,
+                &display(&nt),
+                timeout,
+                Duration::from_millis((*interval_ms).max(1)),
+                env.clock,
+            )?;
+            emit(env, format, &render::wait(&r, format)?, Some(&r.source))?;
+            Ok(verdict(g.strict, &r.source, !r.free))
+        }
+    }
+}
+
+/// Reads a snapshot file written by `hivetrack snapshot`.
+///
+/// # Errors
+/// [`CliError::BadArgument`] when it cannot be read or is not a snapshot.
+pub fn read_snapshot(path: &Path) -> Result<SnapshotFile> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::BadArgument(format!("cannot read {}: {e}", path.display())))?;
+    let snap: SnapshotFile = serde_json::from_str(&text).map_err(|e| {
+        CliError::BadArgument(format!(
+            "{} is not a hivetrack snapshot file: {e}",
+            path.display()
+        ))
+    })?;
+    if snap.schema != schema("snapshot") {
+        return Err(CliError::BadArgument(format!(
+            "{} has schema `{}`; this client reads `{}`",
+            path.display(),
+            snap.schema,
+            schema("snapshot")
+        ))
+        .into());
+    }
+    Ok(snap)
+}
+
+fn rows(s: &SnapshotFile) -> Vec<SnapshotRow> {
+    s.keys
+        .iter()
+        .map(|k| SnapshotRow {
+            pid: k.pid,
+            start_key: k.start_key,
+            id: k.id,
+            open_time: k.open_time,
+            hive_id: k.hive_id,
+            name: k.path.encode_utf16().collect(),
+        })
+        .collect()
+}
+
+/// Diffs two snapshots with the protocol crate's `diff` (per process and key name,
+/// compared case-insensitively; largest growth first).
+#[must_use]
+pub fn diff_report(a: &SnapshotFile, b: &SnapshotFile) -> DiffReport {
+    let image = |pid: u64, start_key: u64| {
+        b.processes
+            .iter()
+            .chain(&a.processes)
+            .find(|p| p.pid == pid && p.start_key == start_key)
+            .and_then(|p| p.image.clone())
+    };
+    let entries = diff(&rows(a), &rows(b))
+        .into_iter()
+        .map(|e| DiffEntry {
+            pid: e.pid,
+            start_key: e.start_key,
+            image: image(e.pid, e.start_key),
+            name: display(&String::from_utf16_lossy(&e.name)),
+            before: e.before,
+            after: e.after,
+            delta: i64::try_from(e.delta()).unwrap_or(i64::MAX),
+        })
+        .collect();
+    DiffReport {
+        schema: schema("diff"),
+        before: a.taken_at.clone(),
+        after: b.taken_at.clone(),
+        complete: a.source.not_recorded == 0 && b.source.not_recorded == 0,
+        entries,
+    }
+}
+
+/// The client's clock as a FILETIME.
+#[must_use]
+pub fn filetime_now() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    crate::model::UNIX_EPOCH_FILETIME
+        + u64::try_from(since.as_nanos() / 100).unwrap_or(u64::MAX / 2)
+}

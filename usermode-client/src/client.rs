@@ -1,0 +1,524 @@
+//! The query client: paged queries through a [`Transport`], turned into reports.
+//!
+//! It sends `QueryRequest`s, follows cursors page by
+//! page (growing the output buffer when the driver says one record does not fit), checks
+//! the protocol version of every answer, and turns the pages into the owned reports of
+//! [`crate::model`].
+
+use anyhow::{Context, Result, bail};
+use protocol::cursor::Cursor;
+use protocol::history::UnloadHistory;
+use protocol::hives::{HiveRecord, Hives};
+use protocol::holders::{HiveKind, HiveState, HolderKey, HolderProcess, HolderRecord, Holders};
+use protocol::ioctl::query_ioctl;
+use protocol::page::{Page, PageKind};
+use protocol::processes::{ProcessRecord, Processes};
+use protocol::request::{QueryKind, QueryRequest};
+use protocol::snapshot::{Snapshot, SnapshotRecord};
+use protocol::stats::Stats;
+use protocol::text::Text;
+use protocol::wire::{self, DecodeError, HEADER_LEN, Message};
+
+use crate::commands::{CliError, classify};
+use crate::hive_name::display;
+use crate::model::{
+    Counter, HeldKey, Hive, HivesReport, Holder, HoldersReport, ProcessEntry, ProcessesReport,
+    SnapshotFile, SnapshotKey, Source, StatsReport, Time, UnloadAttempt, UnloadHistoryReport,
+    UnloadHolder, age_secs, ntstatus_name, schema,
+};
+use crate::transport::{
+    ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER, ERROR_MORE_DATA, Transport, TransportError,
+};
+
+/// First output buffer of a query.
+pub const INITIAL_BUFFER: usize = 64 * 1024;
+/// Largest output buffer the client grows to before giving up.
+pub const MAX_BUFFER: usize = 16 * 1024 * 1024;
+/// Most pages one query may take (a driver that never says "done" is an error, not a hang).
+pub const MAX_PAGES: usize = 1_000_000;
+
+/// A client over one transport.
+pub struct Client<'t> {
+    transport: &'t mut dyn Transport,
+    buf: Vec<u8>,
+    /// Largest output buffer to grow to.
+    pub max_buffer: usize,
+}
+
+/// A pass over the pages of one query.
+struct Pass<'q> {
+    kind: QueryKind,
+    hive: &'q [u16],
+    flags: u16,
+    max_records: u32,
+}
+
+fn text(t: Text<'_>) -> String {
+    t.to_string()
+}
+
+fn opt_text(t: Text<'_>) -> Option<String> {
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+const fn state_name(s: HiveState) -> &'static str {
+    match s {
+        HiveState::Loaded => "loaded",
+        HiveState::Implicit => "implicit",
+        HiveState::Unloaded => "unloaded",
+    }
+}
+
+const fn kind_name(k: HiveKind) -> &'static str {
+    match k {
+        HiveKind::Regular => "regular",
+        HiveKind::App => "app",
+    }
+}
+
+fn hive_of(rec: &HiveRecord<'_>) -> Hive {
+    let path = text(rec.mount);
+    Hive {
+        id: rec.id,
+        name: display(&path),
+        path,
+        file: opt_text(rec.file),
+        state: state_name(rec.state).to_owned(),
+        kind: kind_name(rec.kind).to_owned(),
+        open_keys: rec.open_keys,
+        holders: rec.holders,
+        loaded_at: Time::from_filetime(rec.loaded_time),
+        account: None,
+    }
+}
+
+fn process_of(r: &ProcessRecord<'_>) -> ProcessEntry {
+    ProcessEntry {
+        pid: r.pid,
+        start_key: r.start_key,
+        image: if r.flags & ProcessRecord::IMAGE_MISSING == 0 {
+            opt_text(r.image)
+        } else {
+            None
+        },
+        image_truncated: r.flags & ProcessRecord::IMAGE_TRUNCATED != 0,
+        exited: r.flags & ProcessRecord::EXITED != 0,
+        open_keys: r.open_keys,
+        hives: r.hives,
+    }
+}
+
+fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
+    Holder {
+        pid: p.pid,
+        start_key: p.start_key,
+        image: if p.flags & HolderProcess::IMAGE_MISSING == 0 {
+            opt_text(p.image)
+        } else {
+            None
+        },
+        image_truncated: p.flags & HolderProcess::IMAGE_TRUNCATED != 0,
+        exited: p.flags & HolderProcess::EXITED != 0,
+        open_keys: p.open_keys,
+        oldest_open: Time::from_filetime(p.oldest_open),
+        oldest_age_secs: age_secs(p.oldest_open, now),
+        keys: Vec::new(),
+    }
+}
+
+fn key_of(k: &HolderKey<'_>, now: u64) -> HeldKey {
+    let path = if k.flags & HolderKey::NAME_MISSING == 0 {
+        opt_text(k.name)
+    } else {
+        None
+    };
+    HeldKey {
+        id: k.id,
+        name: path.as_deref().map(display),
+        path,
+        name_truncated: k.flags & HolderKey::NAME_TRUNCATED != 0,
+        opened_at: Time::from_filetime(k.open_time),
+        age_secs: age_secs(k.open_time, now),
+        thread: (k.thread != 0).then_some(k.thread),
+        access: k.access,
+        handle_opens: k.handle_opens,
+        handle_closes: k.handle_closes,
+    }
+}
+
+impl<'t> Client<'t> {
+    /// A client over `transport`.
+    pub fn new(transport: &'t mut dyn Transport) -> Self {
+        Self {
+            transport,
+            buf: vec![0u8; INITIAL_BUFFER],
+            max_buffer: MAX_BUFFER,
+        }
+    }
+
+    /// The backend's name.
+    #[must_use]
+    pub fn backend(&self) -> &'static str {
+        self.transport.backend()
+    }
+
+    /// The transport, for requests the client does not wrap (`wait_free`).
+    pub fn transport(&mut self) -> &mut dyn Transport {
+        self.transport
+    }
+
+    /// The source line of a report with `not_recorded` dropped events.
+    #[must_use]
+    pub fn source(&self, not_recorded: u64) -> Source {
+        Source::new(
+            self.transport.backend(),
+            not_recorded,
+            self.transport.missing(),
+        )
+    }
+
+    /// Sends one request, growing the output buffer while the driver says it is too small;
+    /// returns the answer's length in `self.buf`, its protocol version checked.
+    fn call(&mut self, code: u32, input: &[u8]) -> Result<usize> {
+        loop {
+            match self.transport.ioctl(code, input, &mut self.buf) {
+                Ok(n) => {
+                    let n = n.min(self.buf.len());
+                    let answer = &self.buf[..n];
+                    if answer.len() >= HEADER_LEN
+                        && let Err(DecodeError::UnsupportedVersion { found }) =
+                            wire::decode_header(answer)
+                    {
+                        return Err(CliError::VersionMismatch { driver: found }.into());
+                    }
+                    return Ok(n);
+                }
+                Err(TransportError::Request {
+                    code: ERROR_INSUFFICIENT_BUFFER | ERROR_MORE_DATA,
+                }) if self.buf.len() < self.max_buffer => {
+                    let grown = (self.buf.len() * 4).min(self.max_buffer);
+                    self.buf.resize(grown, 0);
+                }
+                Err(e @ TransportError::Request { code: 1 }) => {
+                    return Err(classify(e).context(format!(
+                        "the driver does not answer control code {code:#010x}: is the installed hivetrack.sys older than this client?"
+                    )));
+                }
+                Err(e) => return Err(classify(e)),
+            }
+        }
+    }
+
+    fn decode<'b, M: Message<'b>>(buf: &'b [u8]) -> Result<M> {
+        wire::decode::<M>(buf)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("the driver sent a malformed answer")
+    }
+
+    /// Walks every page of `pass`, handing each to `f` until it returns false; returns the
+    /// largest `not_recorded` seen.
+    fn pages<K: PageKind>(
+        &mut self,
+        pass: &Pass<'_>,
+        mut f: impl FnMut(&Page<'_, K>) -> Result<bool>,
+    ) -> Result<u64> {
+        let code = query_ioctl(pass.kind);
+        let mut cursor = Cursor::START;
+        let mut not_recorded = 0;
+        let mut input = vec![0u8; 128 + 2 * pass.hive.len()];
+        for _ in 0..MAX_PAGES {
+            let req = QueryRequest {
+                query: pass.kind,
+                flags: pass.flags,
+                max_records: pass.max_records,
+                cursor,
+                hive: Text::Units(pass.hive),
+            };
+            let n = wire::encode(&req, &mut input).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let len = match self.call(code, &input[..n]) {
+                Err(e)
+                    if pass.kind == QueryKind::Holders
+                        && matches!(
+                            e.downcast_ref::<TransportError>(),
+                            Some(TransportError::Request {
+                                code: ERROR_FILE_NOT_FOUND
+                            })
+                        ) =>
+                {
+                    return Err(CliError::UnknownHive {
+                        hive: String::from_utf16_lossy(pass.hive),
+                    }
+                    .into());
+                }
+                other => other?,
+            };
+            let page = Self::decode::<Page<'_, K>>(&self.buf[..len])?;
+            not_recorded = not_recorded.max(page.info.not_recorded);
+            let more = f(&page)?;
+            if page.info.done() || !more {
+                return Ok(not_recorded);
+            }
+            if page.info.next == cursor || page.is_empty() {
+                bail!(
+                    "the driver sent a malformed answer: a page that is not the last one made no progress"
+                );
+            }
+            cursor = page.info.next;
+        }
+        bail!("the driver sent a malformed answer: more than {MAX_PAGES} pages")
+    }
+
+    /// Holders of the hive at NT path `hive`; `summary_only` leaves out the keys. `now` is
+    /// the client's clock (FILETIME) for ages.
+    ///
+    /// # Errors
+    /// Transport failures, an unknown hive, a malformed answer.
+    pub fn holders(&mut self, hive: &str, summary_only: bool, now: u64) -> Result<HoldersReport> {
+        let units: Vec<u16> = hive.encode_utf16().collect();
+        let pass = Pass {
+            kind: QueryKind::Holders,
+            hive: &units,
+            flags: if summary_only {
+                QueryRequest::FLAG_SUMMARY_ONLY
+            } else {
+                0
+            },
+            max_records: 0,
+        };
+        let mut info: Option<Hive> = None;
+        let mut holders: Vec<Holder> = Vec::new();
+        let nr = self.pages::<Holders>(&pass, |page| {
+            let p = &page.prefix;
+            let path = text(p.mount);
+            if info.as_ref().is_some_and(|h| h.id != p.hive_id) {
+                bail!("the driver sent a malformed answer: the hive changed between pages");
+            }
+            info = Some(Hive {
+                id: p.hive_id,
+                name: display(&path),
+                path,
+                file: opt_text(p.file),
+                state: state_name(p.state).to_owned(),
+                kind: kind_name(p.kind).to_owned(),
+                open_keys: p.open_keys,
+                holders: p.holders,
+                loaded_at: None,
+                account: None,
+            });
+            for rec in page.records() {
+                match rec {
+                    HolderRecord::Process(proc_) => {
+                        let same = holders
+                            .last()
+                            .is_some_and(|h| h.pid == proc_.pid && h.start_key == proc_.start_key);
+                        if proc_.flags & HolderProcess::CONTINUED != 0 && same {
+                            continue;
+                        }
+                        holders.push(holder_of(&proc_, now));
+                    }
+                    HolderRecord::Key(k) => {
+                        let Some(h) = holders.last_mut() else {
+                            bail!("the driver sent a malformed answer: a key before any process");
+                        };
+                        h.keys.push(key_of(&k, now));
+                    }
+                }
+            }
+            Ok(true)
+        })?;
+        let hive = info.context("the driver sent a malformed answer: no holders page")?;
+        Ok(HoldersReport {
+            schema: schema("holders"),
+            source: self.source(nr),
+            generated_at: Time::or_empty(now),
+            hive,
+            holders,
+        })
+    }
+
+    /// Every hive the driver knows.
+    ///
+    /// # Errors
+    /// Transport failures, a malformed answer.
+    pub fn hives(&mut self) -> Result<HivesReport> {
+        let mut hives = Vec::new();
+        let nr = self.pages::<Hives>(&Self::plain(QueryKind::Hives, 0), |page| {
+            hives.extend(page.records().map(|r| hive_of(&r)));
+            Ok(true)
+        })?;
+        Ok(HivesReport {
+            schema: schema("hives"),
+            source: self.source(nr),
+            hives,
+        })
+    }
+
+    const fn plain(kind: QueryKind, max_records: u32) -> Pass<'static> {
+        Pass {
+            kind,
+            hive: &[],
+            flags: 0,
+            max_records,
+        }
+    }
+
+    /// Processes ranked by open keys, at most `top` of them (all when `None`).
+    ///
+    /// # Errors
+    /// Transport failures, a malformed answer.
+    pub fn processes(&mut self, top: Option<usize>) -> Result<ProcessesReport> {
+        let mut processes = Vec::new();
+        let limit = top.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        let nr = self.pages::<Processes>(&Self::plain(QueryKind::Processes, limit), |page| {
+            processes.extend(page.records().map(|r| process_of(&r)));
+            Ok(top.is_none_or(|n| processes.len() < n))
+        })?;
+        if let Some(n) = top {
+            processes.truncate(n);
+        }
+        Ok(ProcessesReport {
+            schema: schema("processes"),
+            source: self.source(nr),
+            processes,
+        })
+    }
+
+    /// The driver's counters.
+    ///
+    /// # Errors
+    /// Transport failures, a malformed answer.
+    pub fn stats(&mut self) -> Result<StatsReport> {
+        let req = QueryRequest {
+            query: QueryKind::Stats,
+            flags: 0,
+            max_records: 0,
+            cursor: Cursor::START,
+            hive: Text::EMPTY,
+        };
+        let mut input = [0u8; 128];
+        let n = wire::encode(&req, &mut input).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let len = self.call(query_ioctl(QueryKind::Stats), &input[..n])?;
+        let stats = Self::decode::<Stats>(&self.buf[..len])?;
+        let counters = stats
+            .fields()
+            .map(|(name, value)| Counter {
+                name: name.to_owned(),
+                class: if Stats::LOSS_NAMES.contains(&name) {
+                    "loss"
+                } else if stats_gauge(name) {
+                    "gauge"
+                } else {
+                    "event"
+                }
+                .to_owned(),
+                value,
+            })
+            .collect();
+        Ok(StatsReport {
+            schema: schema("stats"),
+            source: self.source(stats.not_recorded()),
+            counters,
+        })
+    }
+
+    /// Every tracked key object, with the hives and processes of the moment.
+    ///
+    /// # Errors
+    /// Transport failures, a malformed answer.
+    pub fn snapshot(&mut self) -> Result<SnapshotFile> {
+        let mut taken_at = 0;
+        let mut keys = Vec::new();
+        let nr = self.pages::<Snapshot>(&Self::plain(QueryKind::Snapshot, 0), |page| {
+            if taken_at == 0 {
+                taken_at = page.prefix.taken_at;
+            }
+            keys.extend(page.records().map(|r| snapshot_key(&r)));
+            Ok(true)
+        })?;
+        let hives = self.hives()?;
+        let processes = self.processes(None)?;
+        let nr = nr
+            .max(hives.source.not_recorded)
+            .max(processes.source.not_recorded);
+        Ok(SnapshotFile {
+            schema: schema("snapshot"),
+            source: self.source(nr),
+            taken_at: Time::or_empty(taken_at),
+            hives: hives.hives,
+            processes: processes.processes,
+            keys,
+        })
+    }
+
+    /// Recent unload attempts, newest first.
+    ///
+    /// # Errors
+    /// Transport failures, a malformed answer.
+    pub fn unload_history(&mut self) -> Result<UnloadHistoryReport> {
+        let mut attempts = Vec::new();
+        let nr =
+            self.pages::<UnloadHistory>(&Self::plain(QueryKind::UnloadHistory, 0), |page| {
+                for r in page.records() {
+                    let path = text(r.mount);
+                    attempts.push(UnloadAttempt {
+                        sequence: r.sequence,
+                        time: Time::from_filetime(r.time),
+                        hive: display(&path),
+                        path,
+                        status: format!("{:#010X}", r.outcome).replacen("0X", "0x", 1),
+                        status_name: ntstatus_name(r.outcome).map(str::to_owned),
+                        succeeded: r.outcome == 0,
+                        open_keys: r.open_keys,
+                        holders_total: r.holders_total,
+                        holders_truncated: r.flags
+                            & protocol::history::UnloadRecord::HOLDERS_TRUNCATED
+                            != 0,
+                        unknown_hive: r.flags & protocol::history::UnloadRecord::UNKNOWN_HIVE != 0,
+                        holders: r
+                            .holders
+                            .iter()
+                            .map(|h| UnloadHolder {
+                                pid: h.pid,
+                                start_key: h.start_key,
+                                image: opt_text(h.image),
+                                open_keys: h.open_keys,
+                            })
+                            .collect(),
+                    });
+                }
+                Ok(true)
+            })?;
+        Ok(UnloadHistoryReport {
+            schema: schema("unload-history"),
+            source: self.source(nr),
+            attempts,
+        })
+    }
+}
+
+fn snapshot_key(r: &SnapshotRecord<'_>) -> SnapshotKey {
+    SnapshotKey {
+        pid: r.pid,
+        start_key: r.start_key,
+        id: r.id,
+        open_time: r.open_time,
+        hive_id: r.hive_id,
+        path: text(r.name),
+        name_truncated: r.flags & HolderKey::NAME_TRUNCATED != 0,
+        name_missing: r.flags & HolderKey::NAME_MISSING != 0,
+    }
+}
+
+/// True for the gauge counters of `stats` (values now, not totals).
+fn stats_gauge(name: &str) -> bool {
+    const GAUGES: &[&str] = &[
+        "objects_tracked",
+        "objects_cap",
+        "processes_tracked",
+        "hives_tracked",
+        "names_interned",
+        "holdings_tracked",
+        "history_entries",
+    ];
+    GAUGES.contains(&name)
+}

@@ -1,0 +1,151 @@
+//! The driverless fallback: holders from `NtQueryOpenSubKeysEx` when there is no driver.
+//!
+//! When hivetrack.sys is not installed, `holders` and `wait` can
+//! still ask Windows itself which processes hold keys open in a hive, with
+//! `NtQueryOpenSubKeysEx` (the routine behind event 1530's list). It returns only the pid and
+//! the key name of each open key, so every report made from it says what is missing.
+//!
+//! This module is the portable part: it turns the `(pid, key)` list into protocol holders
+//! pages, so the rest of the CLI reads them like the driver's. The system call itself is in
+//! `windows_fallback` (Windows only).
+
+use protocol::holders::{HiveKind, HiveState, HolderKey, HolderProcess, Holders, HoldersPrefix};
+use protocol::ioctl::IOCTL_HIVETRACK_QUERY_HOLDERS;
+use protocol::request::QueryRequest;
+use protocol::text::Text;
+use protocol::wire;
+
+use crate::page_server::{ERROR_INVALID_FUNCTION, Listing};
+use crate::transport::{ERROR_INVALID_PARAMETER, Transport, TransportError};
+
+/// Name of this backend in reports.
+pub const BACKEND: &str = "ntquery";
+
+/// What `NtQueryOpenSubKeysEx` cannot tell, as every report from this backend lists it.
+pub const MISSING: &[&str] = &[
+    "image paths",
+    "open times",
+    "opening threads",
+    "granted access",
+    "handle counts",
+    "hive file",
+];
+
+/// A source of `(pid, NT key path)` pairs for the open keys of one hive.
+pub trait OpenSubKeys {
+    /// The open keys of the hive mounted at `hive` (an NT path).
+    ///
+    /// # Errors
+    /// [`TransportError`] when the system refuses (privilege, not a hive root).
+    fn open_subkeys(&mut self, hive: &str) -> Result<Vec<(u64, String)>, TransportError>;
+}
+
+/// A [`Transport`] that answers the holders query from an [`OpenSubKeys`] source.
+pub struct FallbackTransport<S> {
+    source: S,
+    /// The listing of the query being paged.
+    current: Option<Listing>,
+}
+
+impl<S: OpenSubKeys> FallbackTransport<S> {
+    /// A transport over `source`.
+    pub const fn new(source: S) -> Self {
+        Self {
+            source,
+            current: None,
+        }
+    }
+}
+
+/// Builds the holders listing of `hive` from `(pid, key)` pairs: processes in pid order,
+/// each with its keys in the order the system listed them.
+#[must_use]
+pub fn listing(hive: &str, open: &[(u64, String)]) -> Listing {
+    let mut pids: Vec<u64> = open.iter().map(|(p, _)| *p).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let mount: Vec<u16> = hive.encode_utf16().collect();
+    let names: Vec<(u64, Vec<u16>)> = open
+        .iter()
+        .map(|(p, n)| {
+            let mut units: Vec<u16> = n.encode_utf16().collect();
+            units.truncate(usize::from(u16::MAX));
+            (*p, units)
+        })
+        .collect();
+    let processes: Vec<(HolderProcess<'_>, Vec<HolderKey<'_>>)> = pids
+        .iter()
+        .map(|&pid| {
+            let keys: Vec<HolderKey<'_>> = names
+                .iter()
+                .filter(|(p, _)| *p == pid)
+                .map(|(_, n)| HolderKey {
+                    flags: 0,
+                    id: 0,
+                    thread: 0,
+                    open_time: 0,
+                    access: 0,
+                    handle_opens: 0,
+                    handle_closes: 0,
+                    name: Text::Units(n),
+                })
+                .collect();
+            let summary = HolderProcess {
+                flags: HolderProcess::IMAGE_MISSING,
+                pid,
+                start_key: 0,
+                open_keys: keys.len() as u64,
+                oldest_open: 0,
+                image: Text::EMPTY,
+            };
+            (summary, keys)
+        })
+        .collect();
+    let prefix = HoldersPrefix {
+        hive_id: 0,
+        state: HiveState::Loaded,
+        kind: HiveKind::Regular,
+        open_keys: open.len() as u64,
+        holders: u32::try_from(pids.len()).unwrap_or(u32::MAX),
+        mount: Text::Units(&mount),
+        file: Text::EMPTY,
+    };
+    Listing::holders(&prefix, &processes)
+}
+
+impl<S: OpenSubKeys> Transport for FallbackTransport<S> {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn missing(&self) -> &'static [&'static str] {
+        MISSING
+    }
+
+    fn ioctl(
+        &mut self,
+        code: u32,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, TransportError> {
+        if code != IOCTL_HIVETRACK_QUERY_HOLDERS {
+            return Err(TransportError::Unsupported {
+                backend: BACKEND,
+                why: "without the driver only the holders of one hive can be listed (holders, wait)",
+            });
+        }
+        let req = wire::decode::<QueryRequest<'_>>(input).map_err(|_| TransportError::Request {
+            code: ERROR_INVALID_PARAMETER,
+        })?;
+        if req.cursor == protocol::cursor::Cursor::START {
+            let hive = req.hive.to_string();
+            let open = self.source.open_subkeys(&hive)?;
+            self.current = Some(listing(&hive, &open));
+        }
+        let l = self.current.as_ref().ok_or(TransportError::Request {
+            code: ERROR_INVALID_FUNCTION,
+        })?;
+        l.for_flags(req.flags)
+            .serve::<Holders>(&req.cursor, req.max_records, 0, output)
+    }
+}

@@ -1,0 +1,469 @@
+//! The reports the CLI prints, as owned data: the stable `--json` schema (documented in
+//! `usermode-client/README.md`) and the input of the table and CSV renderers.
+//!
+//! Every report carries `schema` (`hivetrack.<report>/1`: the number changes only on an
+//! incompatible change; fields may be added) and `source` (which backend answered and how
+//! complete the answer is). Times are [`Time`]s: the raw Windows FILETIME and its UTC text.
+
+use serde::{Deserialize, Serialize};
+
+/// Which backend answered and how complete the answer is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// `driver` (hivetrack.sys over `DeviceIoControl`), `ntquery` (the driverless
+    /// `NtQueryOpenSubKeysEx` fallback), `scripted` (tests).
+    pub backend: String,
+    /// False when the tracker missed events (`not_recorded` > 0) or the backend cannot see
+    /// everything (`missing` is not empty).
+    pub complete: bool,
+    /// Events the tracker could not record (the sum of the loss counters of `stats`).
+    pub not_recorded: u64,
+    /// What this backend cannot report (empty for the driver).
+    pub missing: Vec<String>,
+}
+
+impl Source {
+    /// A source from its parts; `complete` is derived.
+    #[must_use]
+    pub fn new(backend: &str, not_recorded: u64, missing: &[&str]) -> Self {
+        Self {
+            backend: backend.to_owned(),
+            complete: not_recorded == 0 && missing.is_empty(),
+            not_recorded,
+            missing: missing.iter().map(|&m| m.to_owned()).collect(),
+        }
+    }
+
+    /// True when the tracker dropped records (what `--strict` fails on).
+    #[must_use]
+    pub const fn dropped_records(&self) -> bool {
+        self.not_recorded > 0
+    }
+}
+
+/// A moment, as the driver reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Time {
+    /// 100 ns intervals since 1601-01-01 UTC (Windows FILETIME, `KeQuerySystemTime`).
+    pub filetime: u64,
+    /// The same moment as `YYYY-MM-DDTHH:MM:SSZ`.
+    pub utc: String,
+}
+
+/// FILETIME of 1970-01-01 UTC.
+pub const UNIX_EPOCH_FILETIME: u64 = 116_444_736_000_000_000;
+
+impl Time {
+    /// A time from a FILETIME; `None` for 0 (unknown).
+    #[must_use]
+    pub fn from_filetime(filetime: u64) -> Option<Self> {
+        (filetime != 0).then(|| Self {
+            filetime,
+            utc: utc_text(filetime),
+        })
+    }
+}
+
+impl Time {
+    /// A time from a FILETIME that should be known; 0 gives `filetime` 0 and an empty
+    /// `utc` (the driver did not say).
+    #[must_use]
+    pub fn or_empty(filetime: u64) -> Self {
+        Self::from_filetime(filetime).unwrap_or(Self {
+            filetime: 0,
+            utc: String::new(),
+        })
+    }
+}
+
+/// Formats a FILETIME as `YYYY-MM-DDTHH:MM:SSZ` (times before 1970 are clamped to 1970).
+#[must_use]
+pub fn utc_text(filetime: u64) -> String {
+    let secs = filetime.saturating_sub(UNIX_EPOCH_FILETIME) / 10_000_000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Seconds from `then` to `now` (both FILETIMEs); 0 when `then` is unknown or later.
+#[must_use]
+pub const fn age_secs(then: u64, now: u64) -> u64 {
+    if then == 0 {
+        0
+    } else {
+        now.saturating_sub(then) / 10_000_000
+    }
+}
+
+/// A short age: `42s`, `25m03s`, `2h05m`, `3d04h`.
+#[must_use]
+pub fn age_text(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
+/// A hive as a report shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hive {
+    /// Opaque id, stable while the driver knows the hive.
+    pub id: u32,
+    /// Short name (`HKU\S-1-5-…`, `HKLM\SOFTWARE`).
+    pub name: String,
+    /// NT mount point (`\REGISTRY\USER\S-1-5-…`).
+    pub path: String,
+    /// Hive file, when known.
+    pub file: Option<String>,
+    /// `loaded`, `implicit` (only seen in key paths) or `unloaded` (kept while keys refer to it).
+    pub state: String,
+    /// `regular` or `app` (an application hive).
+    pub kind: String,
+    /// Open keys in the hive, all processes.
+    pub open_keys: u64,
+    /// Processes holding keys in the hive.
+    pub holders: u32,
+    /// When the load was seen (hives report only).
+    pub loaded_at: Option<Time>,
+    /// The account of the user SID in the name (`CONTOSO\alice`), when resolved.
+    pub account: Option<String>,
+}
+
+/// One key object a process holds open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldKey {
+    /// Opaque object id (never a kernel address); 0 from the fallback backend.
+    pub id: u64,
+    /// Short name (`HKU\…\Software\Policies`); null when the tracker could not store it.
+    pub name: Option<String>,
+    /// NT path; null when missing.
+    pub path: Option<String>,
+    /// The stored name is cut.
+    pub name_truncated: bool,
+    /// When it was opened; null when unknown.
+    pub opened_at: Option<Time>,
+    /// Seconds it has been open at `generated_at`.
+    pub age_secs: u64,
+    /// Opening thread id; null when unknown.
+    pub thread: Option<u64>,
+    /// Granted access mask.
+    pub access: u32,
+    /// Handles counted as opened on the object (the open itself is one).
+    pub handle_opens: u32,
+    /// Handle closes seen for the object.
+    pub handle_closes: u32,
+}
+
+/// A process holding keys in the hive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Process id.
+    pub pid: u64,
+    /// Process start key (with the pid, identifies the process across pid reuse).
+    pub start_key: u64,
+    /// Image path; null when unknown.
+    pub image: Option<String>,
+    /// The image path is cut.
+    pub image_truncated: bool,
+    /// The process has exited; its keys outlive it (inherited or duplicated handles).
+    pub exited: bool,
+    /// Keys it holds open in the hive.
+    pub open_keys: u64,
+    /// Open time of its oldest key in the hive.
+    pub oldest_open: Option<Time>,
+    /// Seconds its oldest key has been open at `generated_at`.
+    pub oldest_age_secs: u64,
+    /// Its keys, oldest first (empty with `--summary`).
+    pub keys: Vec<HeldKey>,
+}
+
+/// `hivetrack holders`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldersReport {
+    /// `hivetrack.holders/1`.
+    pub schema: String,
+    /// Who answered, how complete.
+    pub source: Source,
+    /// When the report was made (the client's clock).
+    pub generated_at: Time,
+    /// The hive.
+    pub hive: Hive,
+    /// Processes holding keys, in pid order.
+    pub holders: Vec<Holder>,
+}
+
+/// `hivetrack hives`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HivesReport {
+    /// `hivetrack.hives/1`.
+    pub schema: String,
+    /// Who answered, how complete.
+    pub source: Source,
+    /// Every hive the driver knows, in id order.
+    pub hives: Vec<Hive>,
+}
+
+/// A process ranked by open keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessEntry {
+    /// Process id.
+    pub pid: u64,
+    /// Process start key.
+    pub start_key: u64,
+    /// Image path; null when unknown.
+    pub image: Option<String>,
+    /// The image path is cut.
+    pub image_truncated: bool,
+    /// The process has exited.
+    pub exited: bool,
+    /// Tracked key objects it opened that still exist.
+    pub open_keys: u64,
+    /// Hives it holds keys in.
+    pub hives: u32,
+}
+
+/// `hivetrack processes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessesReport {
+    /// `hivetrack.processes/1`.
+    pub schema: String,
+    /// Who answered, how complete.
+    pub source: Source,
+    /// Most open keys first.
+    pub processes: Vec<ProcessEntry>,
+}
+
+/// `hivetrack stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// `hivetrack.stats/1`.
+    pub schema: String,
+    /// Who answered, how complete.
+    pub source: Source,
+    /// Every counter by its protocol name, in protocol order.
+    pub counters: Vec<Counter>,
+}
+
+/// One counter of `stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    /// Protocol name (`objects_tracked`, `opens_dropped_cap`, ...).
+    pub name: String,
+    /// `gauge`, `event` or `loss` (losses add up to `source.not_recorded`).
+    pub class: String,
+    /// Value.
+    pub value: u64,
+}
+
+/// One tracked key object of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotKey {
+    /// Process id.
+    pub pid: u64,
+    /// Process start key.
+    pub start_key: u64,
+    /// Opaque object id.
+    pub id: u64,
+    /// Open time (FILETIME).
+    pub open_time: u64,
+    /// Hive id (see `hives`).
+    pub hive_id: u32,
+    /// NT path (lossy UTF-8 of the registry's UTF-16); empty when missing.
+    pub path: String,
+    /// The stored name is cut.
+    pub name_truncated: bool,
+    /// The name could not be stored.
+    pub name_missing: bool,
+}
+
+/// `hivetrack snapshot -o FILE`: the file `diff` reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    /// `hivetrack.snapshot/1`.
+    pub schema: String,
+    /// Who answered, how complete.
+    pub source: Source,
+    /// When the driver took the first page.
+    pub taken_at: Time,
+    /// Hives at that moment (to name `hive_id`s).
+    pub hives: Vec<Hive>,
+    /// Processes at that moment (to name pids).
+    pub processes: Vec<ProcessEntry>,
+    /// Every tracked key object, per process, per hive, oldest first.
+    pub keys: Vec<SnapshotKey>,
+}
+
+/// How one process's open objects on one key changed between two snapshots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffEntry {
+    /// Process id.
+    pub pid: u64,
+    /// Process start key.
+    pub start_key: u64,
+    /// Image path, from either snapshot; null when unknown.
+    pub image: Option<String>,
+    /// Short key name.
+    pub name: String,
+    /// Open objects in the first snapshot.
+    pub before: u64,
+    /// Open objects in the second snapshot.
+    pub after: u64,
+    /// `after - before`.
+    pub delta: i64,
+}
+
+/// `hivetrack diff A B`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffReport {
+    /// `hivetrack.diff/1`.
+    pub schema: String,
+    /// When A was taken.
+    pub before: Time,
+    /// When B was taken.
+    pub after: Time,
+    /// Either snapshot was incomplete: the diff may show changes that did not happen.
+    pub complete: bool,
+    /// Largest growth first.
+    pub entries: Vec<DiffEntry>,
+}
+
+/// A process that held keys when an unload was attempted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnloadHolder {
+    /// Process id.
+    pub pid: u64,
+    /// Process start key.
+    pub start_key: u64,
+    /// Image path; null when unknown.
+    pub image: Option<String>,
+    /// Keys it held in the hive.
+    pub open_keys: u64,
+}
+
+/// One unload attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnloadAttempt {
+    /// Sequence number (1 = first since the driver started).
+    pub sequence: u64,
+    /// When.
+    pub time: Option<Time>,
+    /// Short name of the mount point.
+    pub hive: String,
+    /// NT mount point as given to the unload.
+    pub path: String,
+    /// The NTSTATUS the unload returned, as `0xC0000121`.
+    pub status: String,
+    /// Its symbolic name when known (`STATUS_CANNOT_DELETE`).
+    pub status_name: Option<String>,
+    /// The unload succeeded.
+    pub succeeded: bool,
+    /// Open keys in the hive then.
+    pub open_keys: u64,
+    /// Processes holding keys then.
+    pub holders_total: u32,
+    /// More processes held keys than the record lists.
+    pub holders_truncated: bool,
+    /// The mount point was not a hive the driver knew.
+    pub unknown_hive: bool,
+    /// The biggest holders (at most 8).
+    pub holders: Vec<UnloadHolder>,
+}
+
+/// `hivetrack unload-history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnloadHistoryReport {
+    /// `hivetrack.unload-history/1`.
+    pub schema: String,
+    /// Who answered, how complete.
+    pub source: Source,
+    /// Newest first.
+    pub attempts: Vec<UnloadAttempt>,
+}
+
+/// `hivetrack wait`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WaitReport {
+    /// `hivetrack.wait/1`.
+    pub schema: String,
+    /// Who answered, how complete.
+    pub source: Source,
+    /// Short hive name.
+    pub hive: String,
+    /// No process holds keys in the hive any more (or it was unloaded).
+    pub free: bool,
+    /// How the wait was done: `poll` (repeated `holders` queries) or `wait-free` (the
+    /// driver's pending request, once it exists).
+    pub method: String,
+    /// Seconds waited.
+    pub waited_secs: f64,
+    /// Open keys at the last look.
+    pub open_keys: u64,
+    /// Processes holding keys at the last look.
+    pub holders: u32,
+}
+
+/// The `hivetrack.<name>/1` schema id.
+#[must_use]
+pub fn schema(name: &str) -> String {
+    format!("hivetrack.{name}/1")
+}
+
+/// The symbolic name of an NTSTATUS an unload may return.
+#[must_use]
+pub const fn ntstatus_name(status: u32) -> Option<&'static str> {
+    Some(match status {
+        0 => "STATUS_SUCCESS",
+        0xC000_0121 => "STATUS_CANNOT_DELETE",
+        0xC000_0022 => "STATUS_ACCESS_DENIED",
+        0xC000_0034 => "STATUS_OBJECT_NAME_NOT_FOUND",
+        0xC000_000D => "STATUS_INVALID_PARAMETER",
+        0xC000_0061 => "STATUS_PRIVILEGE_NOT_HELD",
+        0xC000_009A => "STATUS_INSUFFICIENT_RESOURCES",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filetimes_format_as_utc() {
+        assert_eq!(utc_text(UNIX_EPOCH_FILETIME), "1970-01-01T00:00:00Z");
+        // 2026-11-22T04:00:00Z = 1795320000 s after the Unix epoch.
+        let t = UNIX_EPOCH_FILETIME + 1_795_320_000 * 10_000_000;
+        assert_eq!(utc_text(t), "2026-11-22T04:00:00Z");
+        // 2000-02-29T23:59:59Z = 951868799.
+        let t = UNIX_EPOCH_FILETIME + 951_868_799 * 10_000_000;
+        assert_eq!(utc_text(t), "2000-02-29T23:59:59Z");
+        assert_eq!(Time::from_filetime(0), None);
+    }
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(age_text(42), "42s");
+        assert_eq!(age_text(25 * 60 + 3), "25m03s");
+        assert_eq!(age_text(2 * 3600 + 5 * 60 + 9), "2h05m");
+        assert_eq!(age_text(3 * 86_400 + 4 * 3600), "3d04h");
+        assert_eq!(age_secs(0, 99), 0);
+        assert_eq!(age_secs(10, 5), 0);
+        assert_eq!(age_secs(10_000_000, 30_000_000), 2);
+    }
+}

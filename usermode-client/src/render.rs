@@ -1,0 +1,673 @@
+//! Output forms of every report: aligned tables (the default), `--json` (the schema of
+//! [`crate::model`]) and `--csv` (one row per record, RFC 4180 quoting).
+
+use std::fmt::Write as _;
+
+use crate::model::{
+    DiffReport, HeldKey, HivesReport, Holder, HoldersReport, ProcessesReport, Source, StatsReport,
+    UnloadHistoryReport, WaitReport, age_text,
+};
+
+/// The output form chosen on the command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned tables and sentences.
+    #[default]
+    Table,
+    /// JSON, pretty-printed, one document.
+    Json,
+    /// CSV with a header row.
+    Csv,
+}
+
+/// Column alignment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Lays out `rows` under `headers`, columns two spaces apart, the last column unpadded.
+fn table(headers: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let head: Vec<String> = headers.iter().map(|(h, _)| (*h).to_owned()).collect();
+    for row in std::iter::once(&head).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let last = i + 1 == row.len();
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if headers[i].1 == Align::Right {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if !last {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// CSV text of `header` and `rows`.
+fn csv(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = header.join(",");
+    out.push('\n');
+    for row in rows {
+        let fields: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// The line every table report ends with: who answered and how complete the answer is.
+#[must_use]
+pub fn source_line(s: &Source) -> String {
+    let mut line = format!("source: {}", s.backend);
+    if s.complete {
+        line.push_str(", complete");
+    }
+    if s.not_recorded > 0 {
+        let _ = write!(
+            line,
+            ", INCOMPLETE: the tracker could not record {} event(s), so keys may be missing (see `hivetrack stats`)",
+            s.not_recorded
+        );
+    }
+    if !s.missing.is_empty() {
+        let _ = write!(
+            line,
+            "; not available from this backend: {}",
+            s.missing.join(", ")
+        );
+    }
+    line
+}
+
+fn opt(s: Option<&String>) -> String {
+    s.cloned().unwrap_or_default()
+}
+
+fn utc(t: Option<&crate::model::Time>) -> String {
+    t.map(|t| t.utc.clone()).unwrap_or_default()
+}
+
+/// `Process 2040 (C:\…\app.exe)`, the opening of event 1530's sentence.
+fn process_phrase(pid: u64, image: Option<&String>, exited: bool) -> String {
+    let image = image.map_or("image unknown", String::as_str);
+    let exited = if exited { ", exited" } else { "" };
+    format!("Process {pid} ({image}{exited})")
+}
+
+/// Event 1530's lines for one holder: one per key name, identical names counted.
+fn holder_sentences(h: &Holder, out: &mut String) {
+    let who = process_phrase(h.pid, h.image.as_ref(), h.exited);
+    if h.keys.is_empty() {
+        let _ = writeln!(
+            out,
+            "{who} has {} key(s) open in the hive (oldest open for {})",
+            h.open_keys,
+            age_text(h.oldest_age_secs)
+        );
+        return;
+    }
+    // Group by name, keeping the order of first appearance (oldest first).
+    let mut groups: Vec<(String, Vec<&HeldKey>)> = Vec::new();
+    for k in &h.keys {
+        let name = k
+            .name
+            .clone()
+            .unwrap_or_else(|| "<name not recorded>".to_owned());
+        match groups
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+        {
+            Some((_, v)) => v.push(k),
+            None => groups.push((name, vec![k])),
+        }
+    }
+    for (name, keys) in groups {
+        let age = keys.iter().map(|k| k.age_secs).max().unwrap_or(0);
+        let known = keys.iter().any(|k| k.opened_at.is_some());
+        let cut = if keys.iter().any(|k| k.name_truncated) {
+            " [name cut]"
+        } else {
+            ""
+        };
+        let times = if keys.len() > 1 {
+            format!(" {} times", keys.len())
+        } else {
+            String::new()
+        };
+        let when = match (known, keys.len() > 1) {
+            (false, _) => String::new(),
+            (true, false) => format!(" (open for {})", age_text(age)),
+            (true, true) => format!(" (oldest open for {})", age_text(age)),
+        };
+        let _ = writeln!(out, "{who} has opened key {name}{cut}{times}{when}");
+    }
+}
+
+/// Renders `holders`.
+///
+/// # Errors
+/// JSON serialisation failure (not expected).
+#[allow(
+    clippy::too_many_lines,
+    reason = "the three forms of one report side by side"
+)]
+pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
+    Ok(match f {
+        Format::Json => json(r)?,
+        Format::Csv => {
+            let mut rows = Vec::new();
+            for h in &r.holders {
+                let proc_cells = [
+                    h.pid.to_string(),
+                    h.start_key.to_string(),
+                    opt(h.image.as_ref()),
+                    h.exited.to_string(),
+                    h.open_keys.to_string(),
+                ];
+                if h.keys.is_empty() {
+                    let mut row = proc_cells.to_vec();
+                    row.extend(std::iter::repeat_n(String::new(), 8));
+                    rows.push(row);
+                }
+                for k in &h.keys {
+                    let mut row = proc_cells.to_vec();
+                    row.extend([
+                        opt(k.name.as_ref()),
+                        opt(k.path.as_ref()),
+                        utc(k.opened_at.as_ref()),
+                        if k.opened_at.is_some() {
+                            k.age_secs.to_string()
+                        } else {
+                            String::new()
+                        },
+                        k.thread.map(|t| t.to_string()).unwrap_or_default(),
+                        format!("{:#010x}", k.access),
+                        k.handle_opens.to_string(),
+                        k.handle_closes.to_string(),
+                    ]);
+                    rows.push(row);
+                }
+            }
+            csv(
+                &[
+                    "pid",
+                    "start_key",
+                    "image",
+                    "exited",
+                    "open_keys",
+                    "key",
+                    "path",
+                    "opened_at",
+                    "age_secs",
+                    "thread",
+                    "access",
+                    "handle_opens",
+                    "handle_closes",
+                ],
+                &rows,
+            )
+        }
+        Format::Table => {
+            let mut out = String::new();
+            let hive = &r.hive;
+            let account = hive
+                .account
+                .as_ref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default();
+            let file = hive
+                .file
+                .as_ref()
+                .map(|f| format!(", file {f}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "Hive {}{account}: {}{file}", hive.name, hive.state);
+            let _ = writeln!(
+                out,
+                "{} open key(s) held by {} process(es)",
+                hive.open_keys, hive.holders
+            );
+            if !r.holders.is_empty() {
+                out.push('\n');
+                let rows: Vec<Vec<String>> = r
+                    .holders
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            h.pid.to_string(),
+                            h.open_keys.to_string(),
+                            h.oldest_open
+                                .as_ref()
+                                .map_or_else(|| "-".to_owned(), |t| t.utc.clone()),
+                            if h.oldest_open.is_some() {
+                                age_text(h.oldest_age_secs)
+                            } else {
+                                "-".to_owned()
+                            },
+                            format!(
+                                "{}{}",
+                                h.image.as_deref().unwrap_or("-"),
+                                if h.exited { " (exited)" } else { "" }
+                            ),
+                        ]
+                    })
+                    .collect();
+                out.push_str(&table(
+                    &[
+                        ("PID", Align::Right),
+                        ("KEYS", Align::Right),
+                        ("OLDEST OPEN (UTC)", Align::Left),
+                        ("AGE", Align::Right),
+                        ("IMAGE", Align::Left),
+                    ],
+                    &rows,
+                ));
+                out.push('\n');
+                for h in &r.holders {
+                    holder_sentences(h, &mut out);
+                }
+            }
+            out.push('\n');
+            out.push_str(&source_line(&r.source));
+            out.push('\n');
+            out
+        }
+    })
+}
+
+/// Renders `hives`.
+///
+/// # Errors
+/// JSON serialisation failure (not expected).
+pub fn hives(r: &HivesReport, f: Format) -> serde_json::Result<String> {
+    let rows: Vec<Vec<String>> = r
+        .hives
+        .iter()
+        .map(|h| {
+            vec![
+                h.id.to_string(),
+                h.name.clone(),
+                opt(h.account.as_ref()),
+                h.state.clone(),
+                h.kind.clone(),
+                h.open_keys.to_string(),
+                h.holders.to_string(),
+                opt(h.file.as_ref()),
+            ]
+        })
+        .collect();
+    Ok(match f {
+        Format::Json => json(r)?,
+        Format::Csv => csv(
+            &[
+                "id",
+                "name",
+                "account",
+                "state",
+                "kind",
+                "open_keys",
+                "holders",
+                "file",
+            ],
+            &rows,
+        ),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|mut row| {
+                    for cell in &mut row {
+                        if cell.is_empty() {
+                            "-".clone_into(cell);
+                        }
+                    }
+                    row
+                })
+                .collect();
+            let mut out = table(
+                &[
+                    ("ID", Align::Right),
+                    ("HIVE", Align::Left),
+                    ("ACCOUNT", Align::Left),
+                    ("STATE", Align::Left),
+                    ("KIND", Align::Left),
+                    ("KEYS", Align::Right),
+                    ("HOLDERS", Align::Right),
+                    ("FILE", Align::Left),
+                ],
+                &rows,
+            );
+            out.push('\n');
+            out.push_str(&source_line(&r.source));
+            out.push('\n');
+            out
+        }
+    })
+}
+
+/// Renders `processes`.
+///
+/// # Errors
+/// JSON serialisation failure (not expected).
+pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
+    let rows: Vec<Vec<String>> = r
+        .processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            vec![
+                (i + 1).to_string(),
+                p.pid.to_string(),
+                p.open_keys.to_string(),
+                p.hives.to_string(),
+                if p.exited { "exited" } else { "running" }.to_owned(),
+                opt(p.image.as_ref()),
+            ]
+        })
+        .collect();
+    Ok(match f {
+        Format::Json => json(r)?,
+        Format::Csv => csv(
+            &["rank", "pid", "open_keys", "hives", "state", "image"],
+            &rows,
+        ),
+        Format::Table => {
+            let mut out = table(
+                &[
+                    ("#", Align::Right),
+                    ("PID", Align::Right),
+                    ("KEYS", Align::Right),
+                    ("HIVES", Align::Right),
+                    ("STATE", Align::Left),
+                    ("IMAGE", Align::Left),
+                ],
+                &rows,
+            );
+            out.push('\n');
+            out.push_str(&source_line(&r.source));
+            out.push('\n');
+            out
+        }
+    })
+}
+
+/// Renders `stats`.
+///
+/// # Errors
+/// JSON serialisation failure (not expected).
+pub fn stats(r: &StatsReport, f: Format) -> serde_json::Result<String> {
+    let rows: Vec<Vec<String>> = r
+        .counters
+        .iter()
+        .map(|c| vec![c.name.clone(), c.class.clone(), c.value.to_string()])
+        .collect();
+    Ok(match f {
+        Format::Json => json(r)?,
+        Format::Csv => csv(&["name", "class", "value"], &rows),
+        Format::Table => {
+            let mut out = table(
+                &[
+                    ("COUNTER", Align::Left),
+                    ("CLASS", Align::Left),
+                    ("VALUE", Align::Right),
+                ],
+                &rows,
+            );
+            let _ = writeln!(
+                out,
+                "\nnot recorded (sum of the loss counters): {}",
+                r.source.not_recorded
+            );
+            out.push_str(&source_line(&r.source));
+            out.push('\n');
+            out
+        }
+    })
+}
+
+/// Renders `unload-history`.
+///
+/// # Errors
+/// JSON serialisation failure (not expected).
+pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<String> {
+    Ok(match f {
+        Format::Json => json(r)?,
+        Format::Csv => {
+            let mut rows = Vec::new();
+            for a in &r.attempts {
+                let cells = [
+                    a.sequence.to_string(),
+                    utc(a.time.as_ref()),
+                    a.hive.clone(),
+                    a.status.clone(),
+                    opt(a.status_name.as_ref()),
+                    a.open_keys.to_string(),
+                    a.holders_total.to_string(),
+                ];
+                if a.holders.is_empty() {
+                    let mut row = cells.to_vec();
+                    row.extend(std::iter::repeat_n(String::new(), 3));
+                    rows.push(row);
+                }
+                for h in &a.holders {
+                    let mut row = cells.to_vec();
+                    row.extend([
+                        h.pid.to_string(),
+                        opt(h.image.as_ref()),
+                        h.open_keys.to_string(),
+                    ]);
+                    rows.push(row);
+                }
+            }
+            csv(
+                &[
+                    "sequence",
+                    "time",
+                    "hive",
+                    "status",
+                    "status_name",
+                    "open_keys",
+                    "holders_total",
+                    "holder_pid",
+                    "holder_image",
+                    "holder_open_keys",
+                ],
+                &rows,
+            )
+        }
+        Format::Table => {
+            let mut out = String::new();
+            if r.attempts.is_empty() {
+                out.push_str("No unload attempt recorded.\n");
+            }
+            for a in &r.attempts {
+                let status = a
+                    .status_name
+                    .as_ref()
+                    .map_or_else(|| a.status.clone(), |n| format!("{n} ({})", a.status));
+                let outcome = if a.succeeded { "unloaded" } else { "FAILED" };
+                let _ = writeln!(
+                    out,
+                    "#{} {} {}: {outcome}, {status}; {} open key(s) held by {} process(es){}",
+                    a.sequence,
+                    a.time.as_ref().map_or("-", |t| t.utc.as_str()),
+                    a.hive,
+                    a.open_keys,
+                    a.holders_total,
+                    if a.unknown_hive {
+                        " [not a hive the driver knew]"
+                    } else {
+                        ""
+                    }
+                );
+                for h in &a.holders {
+                    let _ = writeln!(
+                        out,
+                        "    {} held {} key(s)",
+                        process_phrase(h.pid, h.image.as_ref(), false),
+                        h.open_keys
+                    );
+                }
+                if a.holders_truncated {
+                    let _ = writeln!(
+                        out,
+                        "    ... and {} more process(es) not stored in the record",
+                        (a.holders_total as usize).saturating_sub(a.holders.len())
+                    );
+                }
+            }
+            out.push('\n');
+            out.push_str(&source_line(&r.source));
+            out.push('\n');
+            out
+        }
+    })
+}
+
+/// Renders `diff`.
+///
+/// # Errors
+/// JSON serialisation failure (not expected).
+pub fn diff(r: &DiffReport, f: Format) -> serde_json::Result<String> {
+    let rows: Vec<Vec<String>> = r
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                format!("{:+}", e.delta),
+                e.before.to_string(),
+                e.after.to_string(),
+                e.pid.to_string(),
+                opt(e.image.as_ref()),
+                e.name.clone(),
+            ]
+        })
+        .collect();
+    Ok(match f {
+        Format::Json => json(r)?,
+        Format::Csv => csv(&["delta", "before", "after", "pid", "image", "key"], &rows),
+        Format::Table => {
+            let mut out = format!(
+                "Open key objects per process and key, {} -> {}\n",
+                r.before.utc, r.after.utc
+            );
+            if rows.is_empty() {
+                out.push_str("No change.\n");
+            } else {
+                out.push('\n');
+                out.push_str(&table(
+                    &[
+                        ("DELTA", Align::Right),
+                        ("BEFORE", Align::Right),
+                        ("AFTER", Align::Right),
+                        ("PID", Align::Right),
+                        ("IMAGE", Align::Left),
+                        ("KEY", Align::Left),
+                    ],
+                    &rows,
+                ));
+            }
+            if !r.complete {
+                out.push_str(
+                    "\nINCOMPLETE: a snapshot missed events; differences may not be real\n",
+                );
+            }
+            out
+        }
+    })
+}
+
+/// Renders `wait`.
+///
+/// # Errors
+/// JSON serialisation failure (not expected).
+pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
+    Ok(match f {
+        Format::Json => json(r)?,
+        Format::Csv => csv(
+            &[
+                "hive",
+                "free",
+                "method",
+                "waited_secs",
+                "open_keys",
+                "holders",
+            ],
+            &[vec![
+                r.hive.clone(),
+                r.free.to_string(),
+                r.method.clone(),
+                format!("{:.1}", r.waited_secs),
+                r.open_keys.to_string(),
+                r.holders.to_string(),
+            ]],
+        ),
+        Format::Table => {
+            let mut out = if r.free {
+                format!(
+                    "{}: free after {:.1}s ({})\n",
+                    r.hive, r.waited_secs, r.method
+                )
+            } else {
+                format!(
+                    "{}: still held after {:.1}s: {} open key(s) by {} process(es) ({})\n",
+                    r.hive, r.waited_secs, r.open_keys, r.holders, r.method
+                )
+            };
+            out.push_str(&source_line(&r.source));
+            out.push('\n');
+            out
+        }
+    })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> serde_json::Result<String> {
+    let mut s = serde_json::to_string_pretty(v)?;
+    s.push('\n');
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_csv_quotes() {
+        let t = table(
+            &[("A", Align::Right), ("NAME", Align::Left)],
+            &[
+                vec!["1".into(), "x".into()],
+                vec!["100".into(), "long name".into()],
+            ],
+        );
+        assert_eq!(t, "  A  NAME\n  1  x\n100  long name\n");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field(r"C:\x"), r"C:\x");
+    }
+}

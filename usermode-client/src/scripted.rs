@@ -1,0 +1,638 @@
+//! Test support: a scripted [`Transport`] and the scenarios of issue 5 as pages.
+//!
+//! The transport answers from protocol-encoded pages; the scenarios of issue 5 as a driver would report them (the profile that will not
+//! unload, a handle leak of 65,602 keys, an incomplete report). Used by the unit and
+//! integration tests; nothing in the shipped commands reaches it.
+
+use protocol::history::{UnloadHolder, UnloadHolders, UnloadRecord};
+use protocol::hives::HiveRecord;
+use protocol::holders::{HiveKind, HiveState, HolderKey, HolderProcess, HoldersPrefix};
+use protocol::page::NoPrefix;
+use protocol::processes::ProcessRecord;
+use protocol::snapshot::{SnapshotPrefix, SnapshotRecord};
+use protocol::stats::Stats;
+use protocol::text::Text;
+use protocol::version::{BuildId, VersionInfo};
+
+use crate::model::UNIX_EPOCH_FILETIME;
+use crate::page_server::{Listing, Server};
+use crate::transport::{Transport, TransportError};
+
+/// The user whose profile will not unload.
+pub const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
+/// 2026-11-22T04:00:00Z, the moment every scenario is reported at.
+pub const NOW: u64 = UNIX_EPOCH_FILETIME + 1_795_320_000 * 10_000_000;
+/// One second in FILETIME units.
+pub const SECOND: u64 = 10_000_000;
+/// `KEY_READ`.
+pub const KEY_READ: u32 = 0x0002_0019;
+/// The policy agent that keeps `Software\Policies` open.
+pub const AGENT: &str = r"C:\Program Files\Contoso\Policy Agent\agent.exe";
+/// Its pid.
+pub const AGENT_PID: u64 = 2040;
+/// The shell.
+pub const SHELL: &str = r"C:\Windows\explorer.exe";
+/// The leaking process.
+pub const LEAKY: &str = r"C:\Tools\leaky.exe";
+/// Its pid.
+pub const LEAKY_PID: u64 = 4711;
+/// The key it leaks.
+pub const LEAKED_KEY: &str = r"\REGISTRY\MACHINE\SOFTWARE\Contoso\Leaky\Settings";
+/// How many times it opened it.
+pub const LEAK_COUNT: usize = 65_602;
+
+/// A failure the scripted transport injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Every request fails with this Win32 error.
+    Refuse(u32),
+    /// Answers claim protocol version `n`.
+    Version(u16),
+    /// Answers are cut to this many bytes.
+    Truncate(usize),
+    /// Answers have this byte flipped.
+    Flip(usize),
+}
+
+/// A transport answering from [`Server`]s.
+#[derive(Debug, Default)]
+pub struct Scripted {
+    /// The states the driver goes through: each holders query that starts a new pass
+    /// (cursor at the start) moves to the next state, the last one staying.
+    pub states: Vec<Server>,
+    step: usize,
+    holders_passes: usize,
+    /// A fault to inject into every answer.
+    pub fault: Option<Fault>,
+    /// Every control code sent, in order.
+    pub sent: Vec<u32>,
+    /// Backend name shown in reports.
+    pub name: &'static str,
+    /// What the backend says it cannot report.
+    pub missing: &'static [&'static str],
+}
+
+impl Scripted {
+    /// A transport that always answers from `server`.
+    #[must_use]
+    pub fn new(server: Server) -> Self {
+        Self::timeline(vec![server])
+    }
+
+    /// A transport that moves through `states` (see [`Scripted::states`]).
+    #[must_use]
+    pub fn timeline(states: Vec<Server>) -> Self {
+        Self {
+            states,
+            name: "scripted",
+            ..Self::default()
+        }
+    }
+
+    /// The same, with `fault` injected.
+    #[must_use]
+    pub const fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+}
+
+impl Transport for Scripted {
+    fn backend(&self) -> &'static str {
+        self.name
+    }
+
+    fn missing(&self) -> &'static [&'static str] {
+        self.missing
+    }
+
+    fn ioctl(
+        &mut self,
+        code: u32,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, TransportError> {
+        self.sent.push(code);
+        if let Some(Fault::Refuse(code)) = self.fault {
+            return Err(TransportError::Request { code });
+        }
+        let starts_pass = code == protocol::ioctl::IOCTL_HIVETRACK_QUERY_HOLDERS
+            && protocol::wire::decode::<protocol::request::QueryRequest<'_>>(input)
+                .is_ok_and(|r| r.cursor == protocol::cursor::Cursor::START);
+        if starts_pass {
+            if self.holders_passes > 0 {
+                self.step = (self.step + 1).min(self.states.len().saturating_sub(1));
+            }
+            self.holders_passes += 1;
+        }
+        let n = self.states[self.step].answer(code, input, output)?;
+        match self.fault {
+            Some(Fault::Version(v)) => output[4..6].copy_from_slice(&v.to_le_bytes()),
+            Some(Fault::Truncate(len)) => return Ok(len.min(n)),
+            Some(Fault::Flip(at)) if at < n => output[at] ^= 0xFF,
+            _ => {}
+        }
+        Ok(n)
+    }
+}
+
+fn units(s: &str) -> Vec<u16> {
+    s.encode_utf16().collect()
+}
+
+/// The driver's version answer in every scenario.
+#[must_use]
+pub const fn version() -> VersionInfo {
+    VersionInfo {
+        major: 0,
+        minor: 1,
+        patch: 0,
+        build_id: BuildId::new("g3f9c2ab"),
+    }
+}
+
+/// A hive of a scenario.
+struct H {
+    id: u32,
+    mount: String,
+    file: &'static str,
+    open_keys: u64,
+    holders: u32,
+}
+
+fn user(suffix: &str) -> String {
+    format!(r"\REGISTRY\USER\{SID}{suffix}")
+}
+
+/// A key a process holds: name, seconds open, thread.
+type K = (String, u64, u64);
+
+/// A process and its keys in one hive.
+struct P {
+    pid: u64,
+    image: &'static str,
+    flags: u32,
+    keys: Vec<K>,
+}
+
+fn holders_listing(h: &H, procs: &[P]) -> Listing {
+    let mount = units(&h.mount);
+    let file = units(h.file);
+    let names: Vec<Vec<Vec<u16>>> = procs
+        .iter()
+        .map(|p| p.keys.iter().map(|k| units(&k.0)).collect())
+        .collect();
+    let images: Vec<Vec<u16>> = procs.iter().map(|p| units(p.image)).collect();
+    let records: Vec<(HolderProcess<'_>, Vec<HolderKey<'_>>)> = procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let keys: Vec<HolderKey<'_>> = p
+                .keys
+                .iter()
+                .zip(&names[i])
+                .enumerate()
+                .map(|(j, (k, n))| HolderKey {
+                    flags: if n.is_empty() {
+                        HolderKey::NAME_MISSING
+                    } else {
+                        0
+                    },
+                    id: 0x1_0000_0000 + p.pid * 0x1_0000 + j as u64,
+                    thread: k.2,
+                    open_time: NOW - k.1 * SECOND,
+                    access: KEY_READ,
+                    handle_opens: 1,
+                    handle_closes: 0,
+                    name: Text::Units(n),
+                })
+                .collect();
+            let oldest = keys.iter().map(|k| k.open_time).min().unwrap_or(0);
+            (
+                HolderProcess {
+                    flags: p.flags,
+                    pid: p.pid,
+                    start_key: 0x100 + p.pid,
+                    open_keys: keys.len() as u64,
+                    oldest_open: oldest,
+                    image: Text::Units(&images[i]),
+                },
+                keys,
+            )
+        })
+        .collect();
+    Listing::holders(
+        &HoldersPrefix {
+            hive_id: h.id,
+            state: HiveState::Loaded,
+            kind: HiveKind::Regular,
+            open_keys: h.open_keys,
+            holders: h.holders,
+            mount: Text::Units(&mount),
+            file: Text::Units(&file),
+        },
+        &records,
+    )
+}
+
+fn hives_listing(hives: &[H]) -> Listing {
+    let mut l = Listing::new(&NoPrefix);
+    for h in hives {
+        let mount = units(&h.mount);
+        let file = units(h.file);
+        l.push(&HiveRecord {
+            id: h.id,
+            state: HiveState::Loaded,
+            kind: HiveKind::Regular,
+            open_keys: h.open_keys,
+            holders: h.holders,
+            loaded_time: NOW - 3 * 3600 * SECOND,
+            mount: Text::Units(&mount),
+            file: Text::Units(&file),
+        });
+    }
+    l
+}
+
+fn processes_listing(procs: &[(u64, &str, u64, u32, u32)]) -> Listing {
+    let mut l = Listing::new(&NoPrefix);
+    for &(pid, image, open_keys, hives, flags) in procs {
+        let image = units(image);
+        l.push(&ProcessRecord {
+            pid,
+            start_key: 0x100 + pid,
+            open_keys,
+            hives,
+            flags,
+            image: Text::Units(&image),
+        });
+    }
+    l
+}
+
+fn machine_hives() -> Vec<H> {
+    vec![
+        H {
+            id: 1,
+            mount: r"\REGISTRY\MACHINE\SYSTEM".into(),
+            file: r"\Device\HarddiskVolume2\Windows\System32\config\SYSTEM",
+            open_keys: 412,
+            holders: 37,
+        },
+        H {
+            id: 2,
+            mount: r"\REGISTRY\MACHINE\SOFTWARE".into(),
+            file: r"\Device\HarddiskVolume2\Windows\System32\config\SOFTWARE",
+            open_keys: 958,
+            holders: 41,
+        },
+        H {
+            id: 3,
+            mount: r"\REGISTRY\USER\.DEFAULT".into(),
+            file: r"\Device\HarddiskVolume2\Windows\System32\config\DEFAULT",
+            open_keys: 6,
+            holders: 3,
+        },
+    ]
+}
+
+fn stats_with(objects: u64, losses: &[(&str, u64)]) -> Stats {
+    let mut v = [0u64; Stats::FIELD_COUNT];
+    for (name, value) in Stats::NAMES.iter().zip(v.iter_mut()) {
+        *value = match *name {
+            "objects_tracked" => objects,
+            "objects_cap" => 1_048_576,
+            "processes_tracked" => 58,
+            "hives_tracked" => 5,
+            "names_interned" => 2_311,
+            "holdings_tracked" => 96,
+            "history_entries" => 2,
+            "opens_seen" => 1_204_577,
+            "handle_closes_seen" => 1_203_108,
+            "destroys_seen" => 1_203_201,
+            "hive_loads_seen" => 7,
+            "hive_unloads_seen" => 1,
+            "unload_attempts_seen" => 3,
+            "process_exits_seen" => 311,
+            "closes_exceeding_opens" => 4,
+            other => losses
+                .iter()
+                .find(|(n, _)| *n == other)
+                .map_or(0, |(_, v)| *v),
+        };
+    }
+    Stats::from_values(v)
+}
+
+fn history_listing(agent_keys: u64, truncated: bool) -> Listing {
+    let agent = units(AGENT);
+    let mount = units(&user(""));
+    let other = units(r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002");
+    let holders = [UnloadHolder {
+        pid: AGENT_PID,
+        start_key: 0x100 + AGENT_PID,
+        open_keys: agent_keys,
+        image: Text::Units(&agent),
+    }];
+    let mut l = Listing::new(&NoPrefix);
+    l.push(&UnloadRecord {
+        time: NOW - 60 * SECOND,
+        outcome: 0xC000_0121,
+        hive_id: 7,
+        open_keys: agent_keys + u64::from(truncated) * 3,
+        holders_total: 1 + u32::from(truncated) * 3,
+        flags: if truncated {
+            UnloadRecord::HOLDERS_TRUNCATED
+        } else {
+            0
+        },
+        sequence: 2,
+        mount: Text::Units(&mount),
+        holders: UnloadHolders::Slice(&holders),
+    });
+    l.push(&UnloadRecord {
+        time: NOW - 2 * 3600 * SECOND,
+        outcome: 0,
+        hive_id: 5,
+        open_keys: 0,
+        holders_total: 0,
+        flags: 0,
+        sequence: 1,
+        mount: Text::Units(&other),
+        holders: UnloadHolders::Slice(&[]),
+    });
+    l
+}
+
+fn snapshot_listing(taken_at: u64, rows: &[(u64, u32, &str, usize)]) -> Listing {
+    let mut l = Listing::new(&SnapshotPrefix { taken_at });
+    let mut id = 0x2_0000_0000u64;
+    for &(pid, hive_id, name, count) in rows {
+        let name = units(name);
+        for i in 0..count {
+            id += 1;
+            l.push(&SnapshotRecord {
+                pid,
+                start_key: 0x100 + pid,
+                id,
+                open_time: taken_at - (count - i) as u64 * SECOND,
+                hive_id,
+                flags: 0,
+                name: Text::Units(&name),
+            });
+        }
+    }
+    l
+}
+
+/// The logoff scenario at the moment the profile unload fails.
+///
+/// The shell and the other
+/// application closed their keys; the policy agent (pid 2040) keeps
+/// `Software\Policies` open in the user's hive; the `_Classes` hive is free.
+#[must_use]
+pub fn logoff() -> Server {
+    let mut hives = machine_hives();
+    hives.push(H {
+        id: 7,
+        mount: user(""),
+        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
+        open_keys: 1,
+        holders: 1,
+    });
+    hives.push(H {
+        id: 8,
+        mount: user("_Classes"),
+        file: r"\Device\HarddiskVolume2\Users\alice\AppData\Local\Microsoft\Windows\UsrClass.dat",
+        open_keys: 0,
+        holders: 0,
+    });
+    let agent = P {
+        pid: AGENT_PID,
+        image: AGENT,
+        flags: 0,
+        keys: vec![(user(r"\Software\Policies"), 25 * 60 + 3, 2044)],
+    };
+    Server {
+        version: Some(version()),
+        stats: Some(stats_with(1_469, &[])),
+        holders: vec![
+            (units(&hives[3].mount), holders_listing(&hives[3], &[agent])),
+            (units(&hives[4].mount), holders_listing(&hives[4], &[])),
+        ],
+        processes: Some(processes_listing(&[
+            (4012, SHELL, 212, 3, 0),
+            (640, r"C:\Windows\System32\svchost.exe", 96, 2, 0),
+            (AGENT_PID, AGENT, 5, 2, 0),
+        ])),
+        snapshot: Some(snapshot_listing(
+            NOW,
+            &[
+                (
+                    AGENT_PID,
+                    7,
+                    r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001\Software\Policies",
+                    1,
+                ),
+                (
+                    AGENT_PID,
+                    2,
+                    r"\REGISTRY\MACHINE\SOFTWARE\Contoso\Policy Agent",
+                    4,
+                ),
+            ],
+        )),
+        history: Some(history_listing(1, false)),
+        hives: Some(hives_listing(&hives)),
+        not_recorded: 0,
+    }
+}
+
+/// The logoff scenario a minute earlier: the shell and two applications hold keys in both
+/// profile hives.
+#[must_use]
+pub fn logoff_busy() -> Server {
+    let mut s = logoff();
+    let h = H {
+        id: 7,
+        mount: user(""),
+        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
+        open_keys: 6,
+        holders: 3,
+    };
+    let procs = [
+        P {
+            pid: AGENT_PID,
+            image: AGENT,
+            flags: 0,
+            keys: vec![
+                (user(r"\Software\Policies"), 25 * 60 + 3, 2044),
+                (user(r"\Software\Contoso\Policy Agent"), 90, 2044),
+            ],
+        },
+        P {
+            pid: 3176,
+            image: r"C:\Windows\System32\notepad.exe",
+            flags: 0,
+            keys: vec![(user(r"\Software\Microsoft\Notepad"), 12 * 60, 3180)],
+        },
+        P {
+            pid: 4012,
+            image: SHELL,
+            flags: 0,
+            keys: vec![
+                (
+                    user(r"\Software\Microsoft\Windows\CurrentVersion\Explorer"),
+                    3 * 3600,
+                    4016,
+                ),
+                (user(r"\Control Panel\Desktop"), 3 * 3600, 4016),
+                (user(r"\Environment"), 3 * 3600 - 5, 4020),
+            ],
+        },
+    ];
+    s.holders[0] = (units(&h.mount), holders_listing(&h, &procs));
+    s
+}
+
+/// The profile after the agent exited: nothing holds either profile hive.
+#[must_use]
+pub fn logoff_released() -> Server {
+    let mut s = logoff();
+    let h = H {
+        id: 7,
+        mount: user(""),
+        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
+        open_keys: 0,
+        holders: 0,
+    };
+    s.holders[0] = (units(&h.mount), holders_listing(&h, &[]));
+    s
+}
+
+/// The profile after a successful unload: the driver no longer knows the hive.
+#[must_use]
+pub fn logoff_unloaded() -> Server {
+    let mut s = logoff();
+    s.holders.clear();
+    s
+}
+
+/// The handle leak: `leaky.exe` opened one key 65,602 times without closing it; `holders`
+/// of `HKLM\SOFTWARE` spans many pages, `processes` ranks it first.
+#[must_use]
+pub fn handle_leak() -> Server {
+    let mut s = logoff();
+    let h = &machine_hives()[1];
+    let leak = P {
+        pid: LEAKY_PID,
+        image: LEAKY,
+        flags: 0,
+        keys: (0..LEAK_COUNT)
+            .map(|i| {
+                (
+                    LEAKED_KEY.to_owned(),
+                    7200 - (i as u64 * 7200 / LEAK_COUNT as u64),
+                    4712,
+                )
+            })
+            .collect(),
+    };
+    let svc = P {
+        pid: 640,
+        image: r"C:\Windows\System32\svchost.exe",
+        flags: 0,
+        keys: vec![
+            (
+                r"\REGISTRY\MACHINE\SOFTWARE\Microsoft\Windows NT\CurrentVersion".to_owned(),
+                9000,
+                652,
+            ),
+            (
+                r"\REGISTRY\MACHINE\SOFTWARE\Policies\Microsoft\Windows".to_owned(),
+                8000,
+                652,
+            ),
+        ],
+    };
+    let hive = H {
+        open_keys: 2 + LEAK_COUNT as u64,
+        holders: 2,
+        id: h.id,
+        mount: h.mount.clone(),
+        file: h.file,
+    };
+    s.holders
+        .push((units(&hive.mount), holders_listing(&hive, &[svc, leak])));
+    s.processes = Some(processes_listing(&[
+        (LEAKY_PID, LEAKY, LEAK_COUNT as u64, 1, 0),
+        (4012, SHELL, 212, 3, 0),
+        (640, r"C:\Windows\System32\svchost.exe", 96, 2, 0),
+        (AGENT_PID, AGENT, 5, 2, 0),
+    ]));
+    s
+}
+
+/// Two snapshots of the leak, an hour apart (1,000 then 1,602 objects on the leaked key).
+#[must_use]
+pub fn leak_snapshots() -> (Server, Server) {
+    let mut a = handle_leak();
+    let mut b = handle_leak();
+    let base: &[(u64, u32, &str, usize)] = &[
+        (
+            640,
+            2,
+            r"\REGISTRY\MACHINE\SOFTWARE\Microsoft\Windows NT\CurrentVersion",
+            1,
+        ),
+        (
+            AGENT_PID,
+            7,
+            r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001\Software\Policies",
+            1,
+        ),
+    ];
+    let mut rows_a = base.to_vec();
+    rows_a.push((LEAKY_PID, 2, LEAKED_KEY, 1_000));
+    let mut rows_b = base.to_vec();
+    rows_b.truncate(1);
+    rows_b.push((LEAKY_PID, 2, LEAKED_KEY, 1_602));
+    a.snapshot = Some(snapshot_listing(NOW - 3600 * SECOND, &rows_a));
+    b.snapshot = Some(snapshot_listing(NOW, &rows_b));
+    (a, b)
+}
+
+/// An incomplete report: the tracker dropped 17 records (12 opens for want of memory, 5
+/// names), one key of the agent has no name, and the unload record could not list every
+/// holder.
+#[must_use]
+pub fn incomplete() -> Server {
+    let mut s = logoff();
+    let h = H {
+        id: 7,
+        mount: user(""),
+        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
+        open_keys: 2,
+        holders: 1,
+    };
+    let agent = P {
+        pid: AGENT_PID,
+        image: AGENT,
+        flags: 0,
+        keys: vec![
+            (user(r"\Software\Policies"), 25 * 60 + 3, 2044),
+            (String::new(), 60, 2044),
+        ],
+    };
+    s.holders[0] = (units(&h.mount), holders_listing(&h, &[agent]));
+    s.stats = Some(stats_with(
+        1_469,
+        &[
+            ("opens_dropped_no_memory_object", 12),
+            ("names_dropped_no_memory", 5),
+        ],
+    ));
+    s.history = Some(history_listing(2, true));
+    s.not_recorded = 17;
+    s
+}

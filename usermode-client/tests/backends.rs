@@ -1,0 +1,296 @@
+//! `wait` (polling, and the wait-free seam), the driverless fallback, and the client's
+//! paging edge cases.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Contoso, assert_snapshot, run_counting, run_on, run_scripted, run_with};
+use hivetrack_cli::exit;
+use hivetrack_cli::fallback::{FallbackTransport, MISSING, OpenSubKeys};
+use hivetrack_cli::page_server::{Listing, Server};
+use hivetrack_cli::scripted::{
+    SID, Scripted, logoff, logoff_busy, logoff_released, logoff_unloaded,
+};
+use hivetrack_cli::transport::{ERROR_FILE_NOT_FOUND, Transport, TransportError, WaitFreeOutcome};
+use protocol::holders::{HiveKind, HiveState, HolderKey, HolderProcess, HoldersPrefix};
+use protocol::text::Text;
+
+fn user_hive() -> String {
+    format!(r"HKU\{SID}")
+}
+
+#[test]
+fn wait_polls_until_the_agent_exits() {
+    let s = Scripted::timeline(vec![logoff_busy(), logoff(), logoff_released()]);
+    let o = run_scripted(s, &["wait", &user_hive(), "--timeout", "30"]);
+    assert_eq!(o.code, exit::OK, "{}", o.err);
+    assert_eq!(o.sleeps, 2, "three looks, two sleeps of 500 ms");
+    assert_snapshot("wait_free_table", &o.out);
+    let s = Scripted::timeline(vec![logoff_busy(), logoff(), logoff_released()]);
+    let o = run_scripted(s, &["wait", &user_hive(), "--json", "--interval-ms", "250"]);
+    assert_eq!(o.code, exit::OK);
+    assert_snapshot("wait_free_json", &o.out);
+    let s = Scripted::timeline(vec![logoff_busy(), logoff_released()]);
+    let o = run_scripted(s, &["wait", &user_hive(), "--csv"]);
+    assert_eq!(o.code, exit::OK);
+    assert_snapshot("wait_free_csv", &o.out);
+    assert_eq!(o.err, "hivetrack: source: scripted, complete\n");
+}
+
+#[test]
+fn wait_refuses_a_negative_timeout() {
+    let o = run_on(logoff(), &["wait", "HKCU", "--timeout=-1"]);
+    assert_eq!(o.code, exit::BAD_ARGUMENTS, "{}", o.err);
+    assert!(o.err.contains("not a number of seconds"), "{}", o.err);
+}
+
+#[test]
+fn wait_times_out_with_exit_1() {
+    let o = run_on(logoff(), &["wait", "HKCU", "--timeout", "2"]);
+    assert_eq!(o.code, exit::HELD, "{}", o.err);
+    assert_eq!(o.sleeps, 4);
+    assert_snapshot("wait_timeout_table", &o.out);
+    let o = run_on(logoff(), &["wait", "HKCU", "--timeout", "0"]);
+    assert_eq!(
+        (o.code, o.sleeps),
+        (exit::HELD, 0),
+        "a zero timeout looks once"
+    );
+}
+
+#[test]
+fn a_hive_unloaded_while_waiting_is_free_but_an_unknown_one_is_an_error() {
+    let s = Scripted::timeline(vec![logoff(), logoff_unloaded()]);
+    let o = run_scripted(s, &["wait", "HKCU"]);
+    assert_eq!(o.code, exit::OK, "{}", o.err);
+    assert!(o.out.contains("free after 0.5s (poll)"), "{}", o.out);
+    let o = run_on(logoff_unloaded(), &["wait", "HKCU"]);
+    assert_eq!(o.code, exit::BAD_ARGUMENTS);
+    assert!(o.err.contains("is known to the driver"), "{}", o.err);
+}
+
+/// A backend that can wait natively (the driver once the wait-free IOCTL exists).
+struct NativeWait {
+    asked: Option<(String, Duration)>,
+}
+
+impl Transport for NativeWait {
+    fn backend(&self) -> &'static str {
+        "native"
+    }
+    fn ioctl(&mut self, _: u32, _: &[u8], _: &mut [u8]) -> Result<usize, TransportError> {
+        panic!("a backend that waits natively is not polled");
+    }
+    fn wait_free(
+        &mut self,
+        hive: &str,
+        timeout: Duration,
+    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+        self.asked = Some((hive.to_owned(), timeout));
+        Some(Ok(WaitFreeOutcome::TimedOut))
+    }
+}
+
+#[test]
+fn wait_uses_a_native_wait_free_when_the_backend_has_one() {
+    let o = run_with(
+        &["wait", "HKCU", "--timeout", "7", "--json"],
+        |_| Ok(Box::new(NativeWait { asked: None })),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::HELD, "{}", o.err);
+    let r: serde_json::Value = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(r["method"], "wait-free");
+    assert_eq!(r["free"], false);
+}
+
+/// What the scripted `NtQueryOpenSubKeysEx` answers.
+type Answer = Result<Vec<(u64, String)>, fn() -> TransportError>;
+
+/// `NtQueryOpenSubKeysEx` as a script.
+struct FakeNtQuery(Answer);
+
+impl OpenSubKeys for FakeNtQuery {
+    fn open_subkeys(&mut self, hive: &str) -> Result<Vec<(u64, String)>, TransportError> {
+        assert_eq!(hive, format!(r"\REGISTRY\USER\{SID}"));
+        self.0.clone().map_err(|f| f())
+    }
+}
+
+fn fallback(open: Answer) -> Box<dyn Transport> {
+    Box::new(FallbackTransport::new(FakeNtQuery(open)))
+}
+
+fn profile_keys(n: usize) -> Vec<(u64, String)> {
+    let mut v = vec![
+        (4012, format!(r"\REGISTRY\USER\{SID}\Environment")),
+        (2040, format!(r"\REGISTRY\USER\{SID}\Software\Policies")),
+    ];
+    v.extend((0..n).map(|i| (4012, format!(r"\REGISTRY\USER\{SID}\Software\Key{i:05}"))));
+    v
+}
+
+#[test]
+fn the_fallback_reports_pid_and_key_and_says_what_is_missing() {
+    let o = run_with(
+        &["holders", "HKCU"],
+        |_| Ok(fallback(Ok(profile_keys(1)))),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::OK, "{}", o.err);
+    assert_snapshot("holders_fallback_table", &o.out);
+    let o = run_with(
+        &["holders", "HKCU", "--json", "--strict"],
+        |_| Ok(fallback(Ok(profile_keys(0)))),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::OK, "missing fields are not dropped records");
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(r.source.backend, "ntquery");
+    assert!(!r.source.complete);
+    assert_eq!(r.source.missing.len(), MISSING.len());
+    assert_eq!(
+        r.holders.iter().map(|h| h.pid).collect::<Vec<_>>(),
+        [2040, 4012]
+    );
+    assert!(r.holders.iter().all(|h| h.image.is_none()));
+}
+
+#[test]
+fn the_fallback_pages_and_summarises_like_the_driver() {
+    let o = run_with(
+        &["holders", "HKCU", "--json"],
+        |_| Ok(fallback(Ok(profile_keys(3_000)))),
+        &Contoso,
+    );
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    let shell = r.holders.iter().find(|h| h.pid == 4012).unwrap();
+    assert_eq!(shell.keys.len(), 3_001);
+    assert_eq!(shell.open_keys, 3_001);
+    let o = run_with(
+        &["holders", "HKCU", "--json", "--summary"],
+        |_| Ok(fallback(Ok(profile_keys(3_000)))),
+        &Contoso,
+    );
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert!(r.holders.iter().all(|h| h.keys.is_empty()));
+    assert_eq!(r.hive.open_keys, 3_002);
+}
+
+#[test]
+fn the_fallback_refuses_other_queries_and_passes_errors_on() {
+    for argv in [
+        &["stats"][..],
+        &["hives"],
+        &["processes"],
+        &["unload-history"],
+    ] {
+        let o = run_with(argv, |_| Ok(fallback(Ok(Vec::new()))), &Contoso);
+        assert_eq!(o.code, exit::DRIVER_UNAVAILABLE, "{argv:?}");
+        assert!(o.err.contains("ntquery backend cannot answer"), "{}", o.err);
+    }
+    let o = run_with(
+        &["holders", "HKCU"],
+        |_| {
+            Ok(fallback(Err(|| TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })))
+        },
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::BAD_ARGUMENTS, "{}", o.err);
+    let o = run_with(
+        &["holders", "HKCU"],
+        |_| {
+            Ok(fallback(Err(|| TransportError::Unsupported {
+                backend: "ntquery",
+                why: "NtQueryOpenSubKeysEx needs SeRestorePrivilege",
+            })))
+        },
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::DRIVER_UNAVAILABLE);
+    assert!(o.err.contains("SeRestorePrivilege"), "{}", o.err);
+}
+
+#[test]
+fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
+    let long: Vec<u16> = format!(r"\REGISTRY\USER\{SID}\{}", "Deep\\".repeat(8_000))
+        .encode_utf16()
+        .collect();
+    assert!(long.len() * 2 > hivetrack_cli::client::INITIAL_BUFFER);
+    let mount: Vec<u16> = format!(r"\REGISTRY\USER\{SID}").encode_utf16().collect();
+    let image: Vec<u16> = "C:\\deep.exe".encode_utf16().collect();
+    let key = HolderKey {
+        flags: HolderKey::NAME_TRUNCATED,
+        id: 1,
+        thread: 2,
+        open_time: hivetrack_cli::scripted::NOW,
+        access: 1,
+        handle_opens: 1,
+        handle_closes: 0,
+        name: Text::Units(&long),
+    };
+    let proc_ = HolderProcess {
+        flags: 0,
+        pid: 77,
+        start_key: 1,
+        open_keys: 1,
+        oldest_open: hivetrack_cli::scripted::NOW,
+        image: Text::Units(&image),
+    };
+    let prefix = HoldersPrefix {
+        hive_id: 7,
+        state: HiveState::Loaded,
+        kind: HiveKind::Regular,
+        open_keys: 1,
+        holders: 1,
+        mount: Text::Units(&mount),
+        file: Text::EMPTY,
+    };
+    let mut server = Server::default();
+    server.holders.push((
+        mount.clone(),
+        Listing::holders(&prefix, &[(proc_, vec![key])]),
+    ));
+    let (o, requests) = run_counting(server, &["holders", "HKCU", "--json"]);
+    assert_eq!(o.code, exit::OK, "{}", o.err);
+    // A page with the process alone, a refusal (ERROR_INSUFFICIENT_BUFFER) for the key,
+    // then the key (after the process repeated as CONTINUED) in a larger buffer.
+    assert_eq!(requests, 3);
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(
+        r.holders[0].keys[0].path.as_ref().unwrap().len(),
+        long.len()
+    );
+    assert!(r.holders[0].keys[0].name_truncated);
+}
+
+#[test]
+fn a_driver_that_never_finishes_is_an_error() {
+    /// Answers every holders request with the same non-final page.
+    struct Stuck(Server);
+    impl Transport for Stuck {
+        fn backend(&self) -> &'static str {
+            "stuck"
+        }
+        fn ioctl(
+            &mut self,
+            code: u32,
+            input: &[u8],
+            out: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            let mut start =
+                protocol::wire::decode::<protocol::request::QueryRequest<'_>>(input).unwrap();
+            start.cursor = protocol::cursor::Cursor::START;
+            start.max_records = 1;
+            let mut buf = [0u8; 512];
+            let n = protocol::wire::encode(&start, &mut buf).unwrap();
+            self.0.answer(code, &buf[..n], out)
+        }
+    }
+    let o = run_with(&["hives"], |_| Ok(Box::new(Stuck(logoff()))), &Contoso);
+    assert_eq!(o.code, 1);
+    assert!(o.err.contains("made no progress"), "{}", o.err);
+}

@@ -1,0 +1,72 @@
+//! The real `hivetrack` binary on this host: its wiring of parsing, backends and exit codes.
+
+use std::process::{Command, Output};
+
+fn hivetrack(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hivetrack"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+#[cfg(not(windows))]
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn usage_errors_exit_3_and_help_exits_0() {
+    for argv in [
+        &["frobnicate"][..],
+        &["--json", "--csv", "hives"],
+        &["holders"],
+        &["processes", "--top", "x"],
+    ] {
+        assert_eq!(hivetrack(argv).status.code(), Some(3), "{argv:?}");
+    }
+    let help = hivetrack(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("Exit codes: 0 ok"), "{text}");
+    let wait = hivetrack(&["wait", "--help"]);
+    assert!(
+        String::from_utf8_lossy(&wait.stdout).contains("wait-free request"),
+        "wait --help explains polling and the future wait-free request"
+    );
+}
+
+#[test]
+#[cfg(not(windows))]
+fn off_windows_there_is_no_driver_no_hkcu_and_no_emulator() {
+    let o = hivetrack(&["hives"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("not installed or not running"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hivetrack(&["holders", r"HKLM\SOFTWARE"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("driverless fallback is unavailable"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hivetrack(&["holders", "HKCU"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).contains("only exists on Windows"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hivetrack(&["--emulator", "logoff", "holders", r"HKLM\SOFTWARE"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("not available in this build"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hivetrack(&["version"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("hivetrack client "));
+}

@@ -1,0 +1,199 @@
+//! Golden output of every command in every form (table, JSON, CSV), against the scripted
+//! driver in the scenarios of issue 5.
+
+mod common;
+
+use common::{assert_snapshot, run_counting, run_on};
+use hivetrack_cli::scripted::{
+    self, AGENT_PID, LEAK_COUNT, LEAKY_PID, SID, handle_leak, incomplete, logoff, logoff_busy,
+};
+
+const fn forms() -> [(&'static str, &'static [&'static str]); 3] {
+    [("table", &[]), ("json", &["--json"]), ("csv", &["--csv"])]
+}
+
+fn args<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = base.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn holders_of_the_profile_that_will_not_unload() {
+    let hive = format!(r"HKU\{SID}");
+    for (form, extra) in forms() {
+        let o = run_on(logoff(), &args(&["holders", &hive], extra));
+        assert_eq!(o.code, 0, "{form}: {}", o.err);
+        assert_snapshot(&format!("holders_logoff_{form}"), &o.out);
+        if form == "csv" {
+            assert_eq!(o.err, "hivetrack: source: scripted, complete\n");
+        }
+    }
+    // The one line an administrator needs, in event 1530's words.
+    let o = run_on(logoff(), &["holders", &hive]);
+    assert!(o.out.contains(&format!(
+        r"Process 2040 (C:\Program Files\Contoso\Policy Agent\agent.exe) has opened key HKU\{SID}\Software\Policies (open for 25m03s)"
+    )), "{}", o.out);
+    assert!(o.out.contains(r"(CONTOSO\alice)"));
+}
+
+#[test]
+fn holders_while_the_shell_and_apps_are_busy() {
+    let o = run_on(logoff_busy(), &["holders", "HKCU"]);
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert_snapshot("holders_busy_table", &o.out);
+    let o = run_on(
+        logoff_busy(),
+        &["holders", "HKCU", "--summary", "--no-resolve"],
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(!o.out.contains("CONTOSO"), "--no-resolve: {}", o.out);
+    assert_snapshot("holders_busy_summary_table", &o.out);
+}
+
+#[test]
+fn holders_of_the_classes_hive_is_empty_and_fail_if_held_passes() {
+    let o = run_on(
+        logoff(),
+        &["holders", r"HKCU\Software\Classes", "--fail-if-held"],
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert_snapshot("holders_classes_table", &o.out);
+    let o = run_on(logoff(), &["holders", "HKCU", "--fail-if-held"]);
+    assert_eq!(o.code, 1, "a held hive with --fail-if-held exits 1");
+}
+
+#[test]
+fn holders_of_a_handle_leak_spans_many_pages() {
+    let (o, requests) = run_counting(handle_leak(), &["holders", r"hklm\software", "--json"]);
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(requests > 50, "65,602 keys in {requests} pages");
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    let leaky = r.holders.iter().find(|h| h.pid == LEAKY_PID).unwrap();
+    assert_eq!(leaky.open_keys, LEAK_COUNT as u64);
+    assert_eq!(
+        leaky.keys.len(),
+        LEAK_COUNT,
+        "every key of every page, once"
+    );
+    let mut ids: Vec<u64> = leaky.keys.iter().map(|k| k.id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), LEAK_COUNT, "no key repeated across pages");
+    assert_eq!(
+        r.holders.len(),
+        2,
+        "the continued process is not reported twice"
+    );
+    // The table folds the 65,602 identical keys into one sentence.
+    let o = run_on(handle_leak(), &["holders", r"HKLM\SOFTWARE"]);
+    assert_snapshot("holders_leak_table", &o.out);
+}
+
+#[test]
+fn hives_in_every_form() {
+    for (form, extra) in forms() {
+        let o = run_on(logoff(), &args(&["hives"], extra));
+        assert_eq!(o.code, 0, "{form}: {}", o.err);
+        assert_snapshot(&format!("hives_{form}"), &o.out);
+    }
+}
+
+#[test]
+fn processes_rank_the_leak_first() {
+    for (form, extra) in forms() {
+        let o = run_on(handle_leak(), &args(&["processes", "--top", "3"], extra));
+        assert_eq!(o.code, 0, "{form}: {}", o.err);
+        assert_snapshot(&format!("processes_leak_{form}"), &o.out);
+    }
+    let o = run_on(handle_leak(), &["processes", "--top", "1", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(r.processes.len(), 1);
+    assert_eq!(
+        (r.processes[0].pid, r.processes[0].open_keys),
+        (LEAKY_PID, 65_602)
+    );
+    let o = run_on(handle_leak(), &["processes", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(r.processes.len(), 4, "without --top, every process");
+}
+
+#[test]
+fn stats_in_every_form() {
+    for (form, extra) in forms() {
+        let o = run_on(incomplete(), &args(&["stats"], extra));
+        assert_eq!(o.code, 0, "{form}: {}", o.err);
+        assert_snapshot(&format!("stats_incomplete_{form}"), &o.out);
+    }
+}
+
+#[test]
+fn unload_history_in_every_form() {
+    for (form, extra) in forms() {
+        let o = run_on(logoff(), &args(&["unload-history"], extra));
+        assert_eq!(o.code, 0, "{form}: {}", o.err);
+        assert_snapshot(&format!("unload_history_{form}"), &o.out);
+    }
+    let o = run_on(logoff(), &["unload-history"]);
+    assert!(o.out.contains(&format!(
+        r"HKU\{SID}: FAILED, STATUS_CANNOT_DELETE (0xC0000121); 1 open key(s) held by 1 process(es)"
+    )), "{}", o.out);
+    assert!(o.out.contains(&format!("Process {AGENT_PID} (")));
+    let o = run_on(incomplete(), &["unload-history"]);
+    assert_snapshot("unload_history_incomplete_table", &o.out);
+}
+
+#[test]
+fn incomplete_holders_say_so() {
+    let o = run_on(incomplete(), &["holders", "HKCU"]);
+    assert_eq!(
+        o.code, 0,
+        "without --strict an incomplete report still exits 0"
+    );
+    assert_snapshot("holders_incomplete_table", &o.out);
+    assert!(o.out.contains("INCOMPLETE"));
+}
+
+#[test]
+fn snapshot_and_diff_show_the_leak_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.json");
+    let b = dir.path().join("b.json");
+    let (sa, sb) = scripted::leak_snapshots();
+    let o = run_on(sa, &["snapshot", "-o", a.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert_snapshot(
+        "snapshot_written_table",
+        &o.out.replace(a.to_str().unwrap(), "A.json"),
+    );
+    let o = run_on(sb, &["snapshot", "--json", "-o", b.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.err);
+    let shown = serde_json::to_string(b.to_str().unwrap()).unwrap();
+    assert_snapshot(
+        "snapshot_written_json",
+        &o.out.replace(&shown[1..shown.len() - 1], "B.json"),
+    );
+    let file: hivetrack_cli::model::SnapshotFile =
+        serde_json::from_str(&std::fs::read_to_string(&b).unwrap()).unwrap();
+    assert_eq!(file.schema, "hivetrack.snapshot/1");
+    assert_eq!(file.keys.len(), 1_603);
+    assert_eq!(file.hives.len(), 5);
+    for (form, extra) in forms() {
+        let o = run_on(
+            logoff(),
+            &args(&["diff", a.to_str().unwrap(), b.to_str().unwrap()], extra),
+        );
+        assert_eq!(o.code, 0, "{form}: {}", o.err);
+        assert_snapshot(&format!("diff_leak_{form}"), &o.out);
+    }
+    let o = run_on(
+        logoff(),
+        &["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--json"],
+    );
+    let d: hivetrack_cli::model::DiffReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!((d.entries[0].pid, d.entries[0].delta), (LEAKY_PID, 602));
+    assert_eq!(
+        d.entries.last().unwrap().delta,
+        -1,
+        "the agent's closed key"
+    );
+}
