@@ -1,0 +1,64 @@
+# Step 3: the logoff scenario for real (kept in step with the emulator's `logoff` scenario,
+# kernel-emulator/src/scenario/tracking.rs): a test hive is loaded, a helper process keeps
+# one key of it open, `reg unload` fails, `hivetrack holders --json` names the helper, the
+# helper exits, `hivetrack wait` returns, `reg unload` succeeds; then stats, the unload
+# history and `verifier /query` are collected into .\results\.
+. "$PSScriptRoot\common.ps1"
+Assert-Admin
+$script:Failures = 0
+Remove-Item (Join-Path $Results 'summary.txt') -ErrorAction SilentlyContinue
+
+sc.exe start hivetrack 2>&1 | Out-Null   # demand start; already running is fine
+$stats = Invoke-Hivetrack @('stats', '--json')
+$stats.Text | Set-Content (Join-Path $Results 'stats-before.json')
+$status = ($stats.Text | ConvertFrom-Json).counters | Where-Object name -eq 'tracking_status'
+Write-Result 'live tracking is on' ($stats.Code -eq 0 -and $status.value -eq 0) "tracking_status=$($status.value)"
+
+# A hive file of our own: save an empty key, load it under HKU.
+$work = Join-Path $env:TEMP 'hivetrack-kit'
+New-Item -ItemType Directory -Force -Path $work | Out-Null
+$hiveFile = Join-Path $work 'test.hiv'
+reg delete 'HKCU\Software\HivetrackKit' /f 2>&1 | Out-Null
+reg add 'HKCU\Software\HivetrackKit\Software\Policies' /f | Out-Null
+Remove-Item $hiveFile -ErrorAction SilentlyContinue
+reg save 'HKCU\Software\HivetrackKit' $hiveFile /y | Out-Null
+reg delete 'HKCU\Software\HivetrackKit' /f | Out-Null
+reg load 'HKU\HivetrackKit' $hiveFile | Out-Null
+Write-Result 'test hive loaded' ($LASTEXITCODE -eq 0) 'HKU\HivetrackKit'
+
+# The helper keeps HKU\HivetrackKit\Software\Policies open, as a leaking application would.
+$helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(
+    '-NoProfile', '-Command',
+    '$k = [Microsoft.Win32.Registry]::Users.OpenSubKey("HivetrackKit\Software\Policies"); Start-Sleep -Seconds 600')
+Start-Sleep -Seconds 3
+
+reg unload 'HKU\HivetrackKit' 2>&1 | Out-Null
+Write-Result 'reg unload fails while the helper holds a key' ($LASTEXITCODE -ne 0) "exit $LASTEXITCODE"
+
+$h = Invoke-Hivetrack @('holders', 'HKU\HivetrackKit', '--json')
+$h.Text | Set-Content (Join-Path $Results 'holders.json')
+$doc = $h.Text | ConvertFrom-Json
+$mine = @($doc.holders | Where-Object pid -eq $helper.Id)
+Write-Result 'holders names the helper' ($mine.Count -eq 1) "pid $($helper.Id), image $($mine.image)"
+$policies = @($mine.keys | Where-Object { $_.path -like '*\Software\Policies' })
+Write-Result 'with its Software\Policies key and open time' ($policies.Count -ge 1 -and $policies[0].opened_at) ($policies | ConvertTo-Json -Compress)
+
+$history = Invoke-Hivetrack @('unload-history', '--json')
+$history.Text | Set-Content (Join-Path $Results 'unload-history.json')
+$attempt = @(($history.Text | ConvertFrom-Json).attempts | Where-Object { -not $_.succeeded }) | Select-Object -First 1
+Write-Result 'the unload history holds the failed attempt with the helper' `
+    ($attempt -and @($attempt.holders | Where-Object pid -eq $helper.Id).Count -eq 1) ($attempt | ConvertTo-Json -Compress -Depth 4)
+
+$waiter = Start-Job -ScriptBlock { param($exe) & $exe wait 'HKU\HivetrackKit' --timeout 60; $LASTEXITCODE } -ArgumentList $Exe
+Stop-Process -Id $helper.Id -Force
+$waited = Receive-Job -Job $waiter -Wait -AutoRemoveJob
+Write-Result 'hivetrack wait returns once the helper exits' (($waited | Select-Object -Last 1) -eq 0) "exit $($waited | Select-Object -Last 1)"
+
+reg unload 'HKU\HivetrackKit' | Out-Null
+Write-Result 'reg unload succeeds (the driver pins nothing)' ($LASTEXITCODE -eq 0) "exit $LASTEXITCODE"
+
+(Invoke-Hivetrack @('stats', '--json')).Text | Set-Content (Join-Path $Results 'stats-after.json')
+verifier /query | Set-Content (Join-Path $Results 'verifier-query.txt')
+Write-Host ''
+Write-Host "Results in $Results ($script:Failures failure(s)). Next: .\4-uninstall.ps1"
+exit $script:Failures
