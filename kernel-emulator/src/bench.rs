@@ -84,3 +84,73 @@ pub fn run(test_driver: &Path, iterations: u32) -> i32 {
         .expect("spawn the emulator thread");
     worker.join().unwrap_or(1)
 }
+
+/// Runs `iterations` registry open+close cycles of one process on a key of the user profile,
+/// with hivetrack.sys loaded (`sys`) or without any driver, after `warmup` cycles, and prints
+/// the time per cycle. The difference of the two runs is the driver's added cost; run both
+/// under callgrind to compare instructions (`cargo xtask bench-driver` does both).
+///
+/// # Panics
+/// If the emulator thread cannot be spawned.
+#[must_use]
+pub fn hivetrack(sys: Option<&Path>, iterations: u32) -> i32 {
+    crate::trap::install();
+    crate::cpu::init_kuser_shared_data(2);
+    kernel::with(|k| {
+        k.pool.special = false;
+        k.quiet_debug_print = true;
+    });
+    kernel::WATERMARK.store(false, Ordering::Relaxed);
+    let sys = sys.map(Path::to_path_buf);
+    let worker = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(move || {
+            crate::cpu::enter_thread(0);
+            let _ = hive::load_hive(4, r"\REGISTRY\MACHINE\SOFTWARE", "bench");
+            let _ = hive::load_hive(4, r"\REGISTRY\USER\S-1-5-21-1-2-3-1001", "bench-user");
+            let driver = sys.as_ref().map(|p| {
+                let d = driver::load_or_refuse(p, None);
+                assert_eq!(d.entry(), STATUS_SUCCESS, "DriverEntry");
+                d
+            });
+            let Ok(pid) =
+                crate::process::create_process(4, r"\Device\HarddiskVolume2\bench.exe", false)
+            else {
+                eprintln!("bench: cannot create the process");
+                return 1;
+            };
+            let parent = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001\Software";
+            if let Ok(k) = hive::open_key(pid, parent, 0x2_0019, true) {
+                let _ = hive::close_key(pid, k);
+            }
+            let key = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001\Software\Bench";
+            let cycle = || {
+                if let Ok(k) = hive::open_key(pid, key, 0x2_0019, true) {
+                    let _ = hive::close_key(pid, k);
+                }
+            };
+            for _ in 0..iterations.min(1_000) {
+                cycle();
+            }
+            let t = Instant::now();
+            for _ in 0..iterations {
+                cycle();
+            }
+            let per = per_call(t, iterations) * 1_000.0;
+            let what = if driver.is_some() {
+                "with hivetrack.sys"
+            } else {
+                "without a driver"
+            };
+            println!(
+                "bench: registry open+close {what}: {per:.0} ns per cycle ({iterations} cycles)"
+            );
+            if let Some(mut d) = driver {
+                crate::process::exit_process(pid);
+                let _ = d.unload();
+            }
+            0
+        })
+        .expect("spawn the emulator thread");
+    worker.join().unwrap_or(1)
+}

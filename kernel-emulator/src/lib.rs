@@ -58,6 +58,7 @@ pub mod rtl;
 pub mod scenario;
 pub mod script;
 pub mod security;
+pub mod session;
 pub mod status;
 pub mod suite;
 pub mod sync;

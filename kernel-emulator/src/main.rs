@@ -81,6 +81,16 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         iterations: u32,
     },
+    /// Registry open+close cycles with hivetrack.sys loaded (`--sys`) or without any driver:
+    /// prints the time per cycle (the difference is the driver's cost). Figures only.
+    BenchHivetrack {
+        /// hivetrack.sys; omit to measure the registry model without a driver.
+        #[arg(long)]
+        sys: Option<PathBuf>,
+        /// Measured cycles.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u32,
+    },
     /// List the scenarios.
     List,
 }
@@ -138,6 +148,9 @@ fn main() {
             test_driver,
             iterations,
         } => kernel_emulator::bench::run(&test_driver, iterations),
+        Command::BenchHivetrack { sys, iterations } => {
+            kernel_emulator::bench::hivetrack(sys.as_deref(), iterations)
+        }
         Command::List => {
             for s in scenario::all() {
                 let target = match s.target {

@@ -6,6 +6,7 @@
 //! - `emulate [SCENARIO...]`: runs the kernel-emulator suite against the package.
 //! - `test`: everything CI runs.
 
+mod bench;
 mod cross;
 mod setup;
 mod toolchain;
@@ -62,6 +63,9 @@ enum Cmd {
     },
     /// Install, start, query, stop and uninstall the package under Wine.
     WineE2e,
+    /// Print the driver's added cost per registry open+close in the emulator (ns and
+    /// callgrind instructions). Figures only; not part of `test`.
+    BenchDriver,
     /// Everything CI runs: setup, fmt, clippy, host tests, build, image and INF checks,
     /// emulator suite.
     Test {
@@ -323,6 +327,9 @@ fn main() -> ExitCode {
         Cmd::Emulate { scenarios } => emulate(&scenarios),
         Cmd::Test { skip } => test(&skip),
         Cmd::WineE2e => wine_e2e(),
+        Cmd::BenchDriver => {
+            bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

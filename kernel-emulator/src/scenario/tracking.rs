@@ -33,15 +33,15 @@ use crate::process;
 use crate::security::{Caller, GENERIC_READ, GENERIC_WRITE};
 use crate::status::{self, STATUS_SUCCESS};
 
-const SYSTEM_PID: u32 = 4;
-const KEY_READ: u32 = 0x2_0019;
-const USER: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
+pub(crate) const SYSTEM_PID: u32 = 4;
+pub(crate) const KEY_READ: u32 = 0x2_0019;
+pub(crate) const USER: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
 const CLASSES: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001_Classes";
 const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
 const SHELL: &str = r"\Device\HarddiskVolume2\Windows\explorer.exe";
 const APP1: &str = r"\Device\HarddiskVolume2\Program Files\Editor\editor.exe";
-const APP2: &str = r"\Device\HarddiskVolume2\Program Files\Sync\profleak.exe";
+pub(crate) const APP2: &str = r"\Device\HarddiskVolume2\Program Files\Sync\profleak.exe";
 const OUT_LEN: u32 = 64 * 1024;
 
 fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
@@ -308,6 +308,18 @@ impl Client {
 /// Boots the machine hives (as the hive list has them at start-up) and loads the driver,
 /// which seeds its hive table from that list.
 fn start(ctx: &mut Ctx) -> LoadedDriver {
+    boot_hives(ctx);
+    let d = ctx.load();
+    let s = d.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    d
+}
+
+/// Mounts the machine hives a booted system has before any driver starts.
+pub(crate) fn boot_hives(ctx: &mut Ctx) {
     for (mount, file) in [
         (
             SOFTWARE,
@@ -324,16 +336,9 @@ fn start(ctx: &mut Ctx) -> LoadedDriver {
             format!("boot: {mount} mounted: {}", status::describe(s)),
         );
     }
-    let d = ctx.load();
-    let s = d.entry();
-    ctx.check(
-        s == STATUS_SUCCESS,
-        format!("DriverEntry returned {}", status::describe(s)),
-    );
-    d
 }
 
-fn load_profile(ctx: &mut Ctx) {
+pub(crate) fn load_profile(ctx: &mut Ctx) {
     for (mount, file) in [
         (USER, r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT"),
         (
@@ -349,7 +354,7 @@ fn load_profile(ctx: &mut Ctx) {
     }
 }
 
-fn spawn(ctx: &mut Ctx, image: &str) -> u32 {
+pub(crate) fn spawn(ctx: &mut Ctx, image: &str) -> u32 {
     match process::create_process(SYSTEM_PID, image, false) {
         Ok(pid) => pid,
         Err(s) => {
@@ -366,7 +371,7 @@ fn open(pid: u32, path: &str) -> Option<u64> {
     hive::open_key(pid, path, KEY_READ, true).ok()
 }
 
-fn ensure_parents(pid: u32, path: &str) {
+pub(crate) fn ensure_parents(pid: u32, path: &str) {
     let mount = [CLASSES, USER, SOFTWARE]
         .into_iter()
         .find(|m| {
@@ -408,7 +413,7 @@ fn unload_all(ctx: &mut Ctx, mounts: &[&str]) {
 }
 
 /// The logoff workload: returns the pid of the process that keeps `Software\Policies` open.
-fn logoff_workload(ctx: &mut Ctx) -> (u32, u32, u32) {
+pub(crate) fn logoff_workload(ctx: &mut Ctx) -> (u32, u32, u32) {
     let shell = spawn(ctx, SHELL);
     let app1 = spawn(ctx, APP1);
     let app2 = spawn(ctx, APP2);

@@ -1,0 +1,181 @@
+//! A live emulated machine for other programs: the CLI's `--emulator SCENARIO` backend and
+//! `cargo xtask demo`. It loads the real `hivetrack.sys`, stages the machine state of a named
+//! scenario (the same workloads the tracking proofs check, without their assertions), and
+//! answers `DeviceIoControl` requests on the control device as an Administrator's process,
+//! with the Win32 error a user-mode caller would see.
+
+use std::path::Path;
+
+use crate::driver::{self, LoadedDriver};
+use crate::io::{self, FileHandle};
+use crate::kernel;
+use crate::process;
+use crate::scenario::tracking::{
+    APP2, KEY_READ, SYSTEM_PID, USER, boot_hives, ensure_parents, load_profile, logoff_workload,
+    spawn,
+};
+use crate::scenario::{Ctx, RunOptions};
+use crate::security::{Caller, GENERIC_READ, GENERIC_WRITE};
+use crate::status::{self, NtStatus};
+use crate::{hive, status::STATUS_SUCCESS};
+
+/// The scenarios a session can stage, with what each leaves behind.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "logoff",
+        "a user profile (\\REGISTRY\\USER\\S-1-5-21-1004336348-1177238915-682003330-1001 and its _Classes hive) that will not unload: profleak.exe holds Software\\Policies; one failed unload attempt is in the history; profleak.exe exits 3 s after the session starts a `wait`",
+    ),
+    (
+        "handle-leak",
+        "profleak.exe holds 65,602 handles to one key of the user profile",
+    ),
+    ("idle", "the machine hives only, nothing held"),
+];
+
+/// A running machine with hivetrack.sys loaded and its device open.
+pub struct Session {
+    driver: LoadedDriver,
+    control: FileHandle,
+    holder: Option<u32>,
+}
+
+/// The Win32 error `DeviceIoControl` reports for a driver's NTSTATUS (RtlNtStatusToDosError,
+/// for the statuses hivetrack returns).
+#[must_use]
+pub const fn win32_error(status: NtStatus) -> u32 {
+    match status as u32 {
+        0xC000_0010 => 1,    // STATUS_INVALID_DEVICE_REQUEST -> ERROR_INVALID_FUNCTION
+        0xC000_0034 => 2,    // STATUS_OBJECT_NAME_NOT_FOUND -> ERROR_FILE_NOT_FOUND
+        0xC000_0022 => 5,    // STATUS_ACCESS_DENIED -> ERROR_ACCESS_DENIED
+        0xC000_00A3 => 21,   // STATUS_DEVICE_NOT_READY -> ERROR_NOT_READY
+        0xC000_000D => 87,   // STATUS_INVALID_PARAMETER -> ERROR_INVALID_PARAMETER
+        0xC000_0023 => 122,  // STATUS_BUFFER_TOO_SMALL -> ERROR_INSUFFICIENT_BUFFER
+        0xC000_009A => 1450, // STATUS_INSUFFICIENT_RESOURCES -> ERROR_NO_SYSTEM_RESOURCES
+        _ => 31,             // ERROR_GEN_FAILURE
+    }
+}
+
+impl Session {
+    /// Boots the emulated machine on the calling thread, loads `sys`, and stages `scenario`.
+    ///
+    /// # Errors
+    /// An unknown scenario (the message lists them), an image that does not load, or a
+    /// DriverEntry that fails.
+    pub fn start(sys: &Path, map: Option<&Path>, scenario: &str) -> Result<Self, String> {
+        if !SCENARIOS.iter().any(|(name, _)| *name == scenario) {
+            let names: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
+            return Err(format!(
+                "unknown emulator scenario `{scenario}` (have: {})",
+                names.join(", ")
+            ));
+        }
+        crate::trap::install();
+        crate::cpu::init_kuser_shared_data(2);
+        crate::cpu::enter_thread(0);
+        kernel::with(|k| k.quiet_debug_print = true);
+        let mut ctx = Ctx::new(RunOptions {
+            sys: sys.to_path_buf(),
+            map: map.map(Path::to_path_buf),
+            special_pool: true,
+            hide: Vec::new(),
+            procmon_csv: None,
+            script: None,
+        });
+        boot_hives(&mut ctx);
+        let driver =
+            driver::load(sys, map).map_err(|e| format!("{} does not load: {e}", sys.display()))?;
+        let s = driver.entry();
+        if s != STATUS_SUCCESS {
+            return Err(format!("DriverEntry failed: {}", status::describe(s)));
+        }
+        let pid = ctx.new_pid();
+        let control = io::open(
+            protocol::ioctl::WIN32_DEVICE_PATH,
+            Caller::Admin,
+            pid,
+            GENERIC_READ | GENERIC_WRITE,
+        )
+        .map_err(|s| format!("the control device does not open: {}", status::describe(s)))?;
+        let mut holder = None;
+        match scenario {
+            "logoff" => {
+                load_profile(&mut ctx);
+                let (_, _, app2) = logoff_workload(&mut ctx);
+                let _ = hive::unload_hive(SYSTEM_PID, USER);
+                holder = Some(app2);
+            }
+            "handle-leak" => {
+                load_profile(&mut ctx);
+                let leaker = spawn(&mut ctx, APP2);
+                let key = format!(r"{USER}\Software\Sync\State");
+                ensure_parents(leaker, &key);
+                for _ in 0..65_602 {
+                    let _ = hive::open_key(leaker, &key, KEY_READ, true);
+                }
+                holder = Some(leaker);
+            }
+            _ => {}
+        }
+        Ok(Self {
+            driver,
+            control,
+            holder,
+        })
+    }
+
+    /// The process that holds the staged keys, if the scenario has one.
+    #[must_use]
+    pub const fn holder(&self) -> Option<u32> {
+        self.holder
+    }
+
+    /// Ends the holder process `after` from now, on another emulated processor (what the
+    /// demo's `wait` waits for).
+    pub fn exit_holder_after(&self, after: std::time::Duration) {
+        if let Some(pid) = self.holder {
+            std::thread::spawn(move || {
+                crate::cpu::enter_thread(70);
+                std::thread::sleep(after);
+                process::exit_process(pid);
+            });
+        }
+    }
+
+    /// Sends control code `code` with `input`; returns the bytes written into `output`, or
+    /// the Win32 error a user-mode caller would get.
+    ///
+    /// # Errors
+    /// The Win32 error for the driver's failure status.
+    pub fn ioctl(&self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, u32> {
+        let len = u32::try_from(output.len()).unwrap_or(u32::MAX);
+        let r = io::device_io_control(self.control, code, input, len, 0xA5);
+        if !status::nt_success(r.status) {
+            return Err(win32_error(r.status));
+        }
+        let n = r.information.min(output.len()).min(r.output.len());
+        output[..n].copy_from_slice(&r.output[..n]);
+        Ok(n)
+    }
+
+    /// Closes the device and unloads the driver; returns what was left behind (empty when
+    /// clean).
+    #[must_use]
+    pub fn finish(mut self) -> Vec<String> {
+        io::close(self.control);
+        let _ = self.driver.unload();
+        kernel::leaks()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::win32_error;
+
+    #[test]
+    fn statuses_map_to_the_win32_errors_callers_see() {
+        assert_eq!(win32_error(0xC000_0010_u32.cast_signed()), 1);
+        assert_eq!(win32_error(0xC000_0023_u32.cast_signed()), 122);
+        assert_eq!(win32_error(0xC000_000D_u32.cast_signed()), 87);
+        assert_eq!(win32_error(0x1234), 31);
+    }
+}
