@@ -686,3 +686,65 @@ fn one_process_can_fill_the_whole_cap_across_shards() {
     }
     assert_eq!(t.stats().objects_tracked, 0);
 }
+
+#[test]
+fn a_process_leaking_65602_key_handles_is_found_by_snapshot_diff() {
+    let pool = CountingPool::new(Failure::Never, false);
+    let t = tracker(&pool);
+    let leaker = ProcessKey {
+        pid: 4242,
+        start_key: 77,
+    };
+    t.process_started(
+        leaker,
+        &w(r"\Device\HarddiskVolume3\Program Files\Vendor\agent.exe"),
+    );
+    let leak = w(r"\REGISTRY\MACHINE\SOFTWARE\Policies\Vendor\Agent");
+    let other = w(r"\REGISTRY\MACHINE\SOFTWARE\Microsoft\Cryptography");
+    let snapshot = |t: &TestTracker<'_>| {
+        let mut rows = vec![];
+        drain::<Snapshot>(
+            64 * 1024,
+            |c, b| t.snapshot(c, 0, 0, b),
+            |p| {
+                rows.extend(p.records().map(|r| protocol::diff::SnapshotRow::from(&r)));
+            },
+        );
+        rows
+    };
+    for i in 0..1000u64 {
+        t.opened(0x100_0000 + i * 16, leaker, 1, &leak, 0x2_0019, i)
+            .unwrap();
+        t.opened(0x900_0000 + i * 16, P1, 1, &other, 0x2_0019, i)
+            .unwrap();
+    }
+    let before = snapshot(&t);
+    for i in 1000..65_602u64 {
+        t.opened(0x100_0000 + i * 16, leaker, 1, &leak, 0x2_0019, i)
+            .unwrap();
+    }
+    let after = snapshot(&t);
+    assert_eq!(after.len(), 65_602 + 1000);
+    let d = protocol::diff::diff(&before, &after);
+    assert_eq!(d.len(), 1, "only the leak changed");
+    assert_eq!(
+        (d[0].pid, d[0].start_key, d[0].before, d[0].after),
+        (4242, 77, 1000, 65_602)
+    );
+    let mut top = None;
+    let mut buf = vec![0u8; 4096];
+    let n = t.processes(&Cursor::START, 1, &mut buf).unwrap();
+    let p = protocol::wire::decode::<protocol::page::Page<'_, Processes>>(&buf[..n]).unwrap();
+    for r in p.records() {
+        top = Some((r.pid, r.open_keys, r.image.to_string()));
+    }
+    assert_eq!(
+        top,
+        Some((
+            4242,
+            65_602,
+            r"\Device\HarddiskVolume3\Program Files\Vendor\agent.exe".to_string()
+        ))
+    );
+    assert_eq!(t.stats().not_recorded(), 0);
+}
