@@ -73,7 +73,7 @@ impl Session {
         crate::cpu::init_kuser_shared_data(2);
         crate::cpu::enter_thread(0);
         kernel::with(|k| k.quiet_debug_print = true);
-        let mut ctx = Ctx::new(RunOptions {
+        let mut ctx = Ctx::quiet(RunOptions {
             sys: sys.to_path_buf(),
             map: map.map(Path::to_path_buf),
             special_pool: true,
@@ -115,6 +115,9 @@ impl Session {
                 holder = Some(leaker);
             }
             _ => {}
+        }
+        if let Some(first) = ctx.failed().first() {
+            return Err(format!("staging the `{scenario}` scenario failed: {first}"));
         }
         Ok(Self {
             driver,

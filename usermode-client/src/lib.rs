@@ -8,6 +8,8 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod commands;
+#[cfg(all(feature = "emulator", target_os = "linux", target_arch = "x86_64"))]
+pub mod emulator;
 pub mod fallback;
 pub mod hive_name;
 pub mod model;

@@ -178,7 +178,7 @@ impl Listing {
             next: if done {
                 Cursor::START
             } else {
-                Cursor([i as u64, CURSOR_TAG, 0, 0])
+                Cursor([i as u64, CURSOR_TAG, 0, 0, 0])
             },
             flags: if done { PageInfo::DONE } else { 0 },
             not_recorded,

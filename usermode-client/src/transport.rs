@@ -140,7 +140,7 @@ pub trait Transport {
 
 /// Message for `--emulator` in this build.
 pub const NO_EMULATOR: &str = "the kernel-emulator backend (--emulator) is not available in this build: \
-it needs the kernel emulator linked in (see issue 6, `cargo xtask demo`); use the driver on Windows";
+build the CLI with `--features emulator` on Linux x86_64 (as `cargo xtask demo` does); use the driver on Windows";
 
 /// Opens the backend `choice` for a command that needs `need`; `emulator` is the
 /// `--emulator` scenario, if given.
@@ -153,8 +153,16 @@ pub fn open(
     need: Need,
     emulator: Option<&str>,
 ) -> Result<Box<dyn Transport>, TransportError> {
-    if emulator.is_some() {
-        return Err(TransportError::NotInThisBuild(NO_EMULATOR));
+    if let Some(scenario) = emulator {
+        #[cfg(all(feature = "emulator", target_os = "linux", target_arch = "x86_64"))]
+        return Ok(Box::new(crate::emulator::EmulatorTransport::start(
+            scenario,
+        )?));
+        #[cfg(not(all(feature = "emulator", target_os = "linux", target_arch = "x86_64")))]
+        {
+            let _ = scenario;
+            return Err(TransportError::NotInThisBuild(NO_EMULATOR));
+        }
     }
     match (choice, need) {
         (BackendChoice::Driver, _) | (BackendChoice::Auto, Need::Driver) => open_default(),

@@ -8,6 +8,7 @@
 
 mod bench;
 mod cross;
+mod demo;
 mod setup;
 mod toolchain;
 mod util;
@@ -63,6 +64,9 @@ enum Cmd {
     },
     /// Install, start, query, stop and uninstall the package under Wine.
     WineE2e,
+    /// The main job on Linux: build, then run the real CLI against the real driver in the
+    /// kernel emulator (logoff and handle-leak scenarios).
+    Demo,
     /// Print the driver's added cost per registry open+close in the emulator (ns and
     /// callgrind instructions). Figures only; not part of `test`.
     BenchDriver,
@@ -218,6 +222,7 @@ fn clippy_host() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--locked",
         "--",
         "-D",
@@ -282,6 +287,7 @@ const TEST_STEPS: &[(&str, Step)] = &[
     ("check-image", check_images),
     ("check-inf", || check_inf(None)),
     ("emulate", || emulate(&[])),
+    ("demo", || demo::demo(&package_dir(), &target_dir())),
     ("wine-e2e", wine_e2e),
 ];
 
@@ -327,6 +333,7 @@ fn main() -> ExitCode {
         Cmd::Emulate { scenarios } => emulate(&scenarios),
         Cmd::Test { skip } => test(&skip),
         Cmd::WineE2e => wine_e2e(),
+        Cmd::Demo => build().and_then(|()| demo::demo(&package_dir(), &target_dir())),
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())
         }

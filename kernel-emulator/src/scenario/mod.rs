@@ -100,6 +100,7 @@ pub struct Ctx {
     failures: Vec<String>,
     checks: usize,
     next_pid: u32,
+    quiet: bool,
 }
 
 impl Ctx {
@@ -111,13 +112,31 @@ impl Ctx {
             failures: Vec::new(),
             checks: 0,
             next_pid: 1000,
+            quiet: false,
         }
     }
 
-    /// Records a check; prints `[PASS]`/`[FAIL]`.
+    /// A context that records checks without printing them (for [`crate::session`], whose
+    /// caller owns stdout).
+    #[must_use]
+    pub const fn quiet(opts: RunOptions) -> Self {
+        let mut ctx = Self::new(opts);
+        ctx.quiet = true;
+        ctx
+    }
+
+    /// Checks that failed so far.
+    #[must_use]
+    pub fn failed(&self) -> &[String] {
+        &self.failures
+    }
+
+    /// Records a check; prints `[PASS]`/`[FAIL]` unless quiet.
     pub fn check(&mut self, ok: bool, what: impl Display) {
         self.checks += 1;
-        println!("  [{}] {what}", if ok { "PASS" } else { "FAIL" });
+        if !self.quiet {
+            println!("  [{}] {what}", if ok { "PASS" } else { "FAIL" });
+        }
         if !ok {
             self.failures.push(what.to_string());
         }

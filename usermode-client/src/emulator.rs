@@ -1,0 +1,103 @@
+//! The `--emulator SCENARIO` backend (Linux, cargo feature `emulator`).
+//!
+//! The real `hivetrack.sys` runs inside the kernel emulator, with the machine state of a named
+//! scenario staged (see `kernel_emulator::session::SCENARIOS`), answering the same IOCTLs the
+//! driver answers on Windows. This is how the CLI is demonstrated and tested end to end on
+//! Linux (`cargo xtask demo`).
+//!
+//! The image is `HIVETRACK_SYS` or `target/package/hivetrack.sys`; with
+//! `HIVETRACK_EMULATOR_EXIT_AFTER_MS` set, the scenario's holder process exits that long after
+//! the session starts (what `wait` waits for).
+
+use std::{path::PathBuf, time::Duration};
+
+use kernel_emulator::session::{SCENARIOS, Session};
+
+use crate::transport::{Transport, TransportError};
+
+/// A running emulated machine.
+pub struct EmulatorTransport {
+    session: Option<Session>,
+}
+
+/// The driver image the emulator loads.
+#[must_use]
+pub fn image_path() -> PathBuf {
+    std::env::var_os("HIVETRACK_SYS").map_or_else(
+        || PathBuf::from("target/package/hivetrack.sys"),
+        PathBuf::from,
+    )
+}
+
+impl EmulatorTransport {
+    /// Starts the emulated machine with `scenario`.
+    ///
+    /// # Errors
+    /// [`TransportError::Os`] naming what went wrong (no image, unknown scenario, the driver
+    /// did not load).
+    pub fn start(scenario: &str) -> Result<Self, TransportError> {
+        let sys = image_path();
+        if !sys.is_file() {
+            return Err(TransportError::Os(std::io::Error::other(format!(
+                "{} does not exist: build it with `cargo xtask build` or set HIVETRACK_SYS",
+                sys.display()
+            ))));
+        }
+        let map = sys.with_extension("map");
+        let session = Session::start(&sys, map.is_file().then_some(map.as_path()), scenario)
+            .map_err(|e| {
+                let names: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
+                TransportError::Os(std::io::Error::other(format!(
+                    "{e} (scenarios: {})",
+                    names.join(", ")
+                )))
+            })?;
+        if let Some(ms) = std::env::var("HIVETRACK_EMULATOR_EXIT_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            session.exit_holder_after(Duration::from_millis(ms));
+        }
+        Ok(Self {
+            session: Some(session),
+        })
+    }
+}
+
+impl Transport for EmulatorTransport {
+    fn backend(&self) -> &'static str {
+        "emulator"
+    }
+
+    fn ioctl(
+        &mut self,
+        code: u32,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, TransportError> {
+        let session = self
+            .session
+            .as_ref()
+            .ok_or(TransportError::DriverUnavailable)?;
+        session
+            .ioctl(code, input, output)
+            .map_err(|code| TransportError::Request { code })
+    }
+}
+
+impl Drop for EmulatorTransport {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let leaks = session.finish();
+            if !leaks.is_empty() {
+                eprintln!(
+                    "hivetrack: emulator: hivetrack.sys left {} thing(s) behind at unload:",
+                    leaks.len()
+                );
+                for l in &leaks {
+                    eprintln!("  {l}");
+                }
+            }
+        }
+    }
+}
