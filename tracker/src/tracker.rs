@@ -261,7 +261,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             shard.release(index);
         };
 
-        // 2. The hive, pinned.
+        // 2. The hive.
         // The hive shard stays locked shared until the key is linked: that keeps the hive
         // alive without a reference count round trip (lock order: hive shard first).
         let Ok((hive_guard, hive)) = self.hives.resolve_held(&self.pool, &self.names, name) else {

@@ -144,7 +144,7 @@ impl Listing {
         };
         let start = if *cursor == Cursor::START {
             0
-        } else if cursor.0[1] == CURSOR_TAG && cursor.0[2] == 0 && cursor.0[3] == 0 {
+        } else if cursor.0[1] == CURSOR_TAG && cursor.0[2..].iter().all(|&w| w == 0) {
             usize::try_from(cursor.0[0]).map_err(|_| bad)?
         } else {
             return Err(bad);
@@ -178,7 +178,10 @@ impl Listing {
             next: if done {
                 Cursor::START
             } else {
-                Cursor([i as u64, CURSOR_TAG, 0, 0, 0])
+                let mut next = Cursor::START;
+                next.0[0] = i as u64;
+                next.0[1] = CURSOR_TAG;
+                next
             },
             flags: if done { PageInfo::DONE } else { 0 },
             not_recorded,
