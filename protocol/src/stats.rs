@@ -29,6 +29,8 @@ macro_rules! stats {
             ];
             /// Names of the loss (completeness) counters.
             pub const LOSS_NAMES: &'static [&'static str] = &[ $( stringify!($l), )* ];
+            /// Names of the gauges (values now, not totals since start).
+            pub const GAUGE_NAMES: &'static [&'static str] = &[ $( stringify!($g), )* ];
             /// Number of fields on the wire.
             pub const FIELD_COUNT: usize = Self::NAMES.len();
 

@@ -405,7 +405,7 @@ impl<'t> Client<'t> {
                 name: name.to_owned(),
                 class: if Stats::LOSS_NAMES.contains(&name) {
                     "loss"
-                } else if stats_gauge(name) {
+                } else if Stats::GAUGE_NAMES.contains(&name) {
                     "gauge"
                 } else {
                     "event"
@@ -507,18 +507,4 @@ fn snapshot_key(r: &SnapshotRecord<'_>) -> SnapshotKey {
         name_truncated: r.flags & HolderKey::NAME_TRUNCATED != 0,
         name_missing: r.flags & HolderKey::NAME_MISSING != 0,
     }
-}
-
-/// True for the gauge counters of `stats` (values now, not totals).
-fn stats_gauge(name: &str) -> bool {
-    const GAUGES: &[&str] = &[
-        "objects_tracked",
-        "objects_cap",
-        "processes_tracked",
-        "hives_tracked",
-        "names_interned",
-        "holdings_tracked",
-        "history_entries",
-    ];
-    GAUGES.contains(&name)
 }

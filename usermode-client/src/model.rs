@@ -425,7 +425,7 @@ pub fn schema(name: &str) -> String {
     format!("hivetrack.{name}/1")
 }
 
-/// The symbolic name of an NTSTATUS an unload may return.
+/// The symbolic name of an NTSTATUS an unload may return, or of why live tracking is off.
 #[must_use]
 pub const fn ntstatus_name(status: u32) -> Option<&'static str> {
     Some(match status {
@@ -436,6 +436,9 @@ pub const fn ntstatus_name(status: u32) -> Option<&'static str> {
         0xC000_000D => "STATUS_INVALID_PARAMETER",
         0xC000_0061 => "STATUS_PRIVILEGE_NOT_HELD",
         0xC000_009A => "STATUS_INSUFFICIENT_RESOURCES",
+        0xC000_007A => "STATUS_PROCEDURE_NOT_FOUND",
+        0xC000_0002 => "STATUS_NOT_IMPLEMENTED",
+        0xC01C_0011 => "STATUS_FLT_INSTANCE_ALTITUDE_COLLISION",
         _ => return None,
     })
 }

@@ -430,14 +430,15 @@ pub fn stats(r: &StatsReport, f: Format) -> serde_json::Result<String> {
         Format::Json => json(r)?,
         Format::Csv => csv(&["name", "class", "value"], &rows),
         Format::Table => {
-            let mut out = table(
+            let mut out = live_tracking_line(r);
+            out.push_str(&table(
                 &[
                     ("COUNTER", Align::Left),
                     ("CLASS", Align::Left),
                     ("VALUE", Align::Right),
                 ],
                 &rows,
-            );
+            ));
             let _ = writeln!(
                 out,
                 "\nnot recorded (sum of the loss counters): {}",
@@ -448,6 +449,25 @@ pub fn stats(r: &StatsReport, f: Format) -> serde_json::Result<String> {
             out
         }
     })
+}
+
+/// `live tracking: on`, or `live tracking: off (NAME, 0x…)` from the driver's
+/// `tracking_status` (registration can fail: no `CmRegisterCallbackEx` as under Wine, or an
+/// altitude held by another filter). Empty when the driver does not report it.
+fn live_tracking_line(r: &StatsReport) -> String {
+    let Some(c) = r.counters.iter().find(|c| c.name == "tracking_status") else {
+        return String::new();
+    };
+    let Ok(status) = u32::try_from(c.value) else {
+        return String::new();
+    };
+    if status == 0 {
+        return "live tracking: on\n\n".to_owned();
+    }
+    let name = crate::model::ntstatus_name(status).unwrap_or("an NTSTATUS");
+    format!(
+        "live tracking: off ({name}, {status:#010X}): the driver answers, but records nothing\n\n"
+    )
 }
 
 /// Renders `unload-history`.
@@ -654,6 +674,27 @@ fn json<T: serde::Serialize>(v: &T) -> serde_json::Result<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stats_say_why_live_tracking_is_off() {
+        let report = |value| crate::model::StatsReport {
+            schema: "hivetrack.stats/1".into(),
+            source: crate::model::Source::new("driver", 0, &[]),
+            counters: vec![crate::model::Counter {
+                name: "tracking_status".into(),
+                class: "gauge".into(),
+                value,
+            }],
+        };
+        let off = stats(&report(0xC000_007A), Format::Table).unwrap();
+        assert!(
+            off.starts_with("live tracking: off (STATUS_PROCEDURE_NOT_FOUND, 0xC000007A)"),
+            "{off}"
+        );
+        let on = stats(&report(0), Format::Table).unwrap();
+        assert!(on.starts_with("live tracking: on\n"), "{on}");
+    }
+
     use super::*;
 
     #[test]

@@ -340,6 +340,64 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
     )?;
 
     check(
+        "stats say live tracking is off, and why",
+        started,
+        (|| {
+            let out = prefix.run("cli-stats", &mut prefix.wine(&[&exe, "stats", "--json"]))?;
+            ensure!(
+                out.status.success(),
+                "hivetrack stats failed ({}): {}",
+                out.status,
+                stderr_of(&out)
+            );
+            let doc: serde_json::Value =
+                serde_json::from_slice(&out.stdout).context("stats --json")?;
+            let status = doc["counters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == "tracking_status")
+                .and_then(|c| c["value"].as_u64());
+            // Wine 8's ntoskrnl has no CmRegisterCallbackEx: STATUS_PROCEDURE_NOT_FOUND.
+            ensure!(
+                status == Some(0xC000_007A),
+                "tracking_status is {status:?}, expected 0xC000007A"
+            );
+            Ok(())
+        })(),
+    )?;
+
+    check(
+        "hives and holders answer cleanly",
+        started,
+        (|| {
+            let out = prefix.run("cli-hives", &mut prefix.wine(&[&exe, "hives"]))?;
+            ensure!(
+                out.status.success(),
+                "hivetrack hives failed ({}): {}",
+                out.status,
+                stderr_of(&out)
+            );
+            ensure!(
+                stdout_of(&out).contains("source: driver"),
+                "hives did not name its backend"
+            );
+            let out = prefix.run(
+                "cli-holders",
+                &mut prefix.wine(&[&exe, "holders", r"HKLM\SOFTWARE"]),
+            )?;
+            let text = format!("{}{}", stdout_of(&out), stderr_of(&out));
+            // With tracking off the driver knows no hive: a clean, actionable refusal.
+            ensure!(
+                out.status.success() || text.contains("is known to the driver"),
+                "holders ({}): {text}",
+                out.status
+            );
+            Ok(())
+        })(),
+    )?;
+
+    check(
         "malformed requests get clean errors",
         started,
         (|| {
