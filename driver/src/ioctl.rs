@@ -5,6 +5,7 @@
 //! wrote: the I/O manager copies only those back, so no uninitialised byte leaves the kernel.
 
 use protocol::{
+    cursor::CURSOR_LEN,
     ioctl::{
         IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_QUERY_HIVES, IOCTL_HIVETRACK_QUERY_HOLDERS,
         IOCTL_HIVETRACK_QUERY_PROCESSES, IOCTL_HIVETRACK_QUERY_SNAPSHOT,
@@ -12,7 +13,7 @@ use protocol::{
     },
     request::{QueryKind, QueryRequest},
     version::{BuildId, VersionInfo},
-    wire::{self, EncodeError, encode},
+    wire::{self, EncodeError, HEADER_LEN, encode},
 };
 use tracker::{MAX_QUERY_PATH, QueryError};
 use wdk_sys::{
@@ -26,8 +27,9 @@ use crate::{
     tracking::{self, DriverTracker},
 };
 
-/// The largest query request: its fixed part and the longest hive path.
-const MAX_REQUEST: usize = 64 + 2 * MAX_QUERY_PATH;
+/// The largest query request: header, query/flags/max-records, cursor, and the longest hive
+/// path with its length prefix (protocol/src/request.rs).
+const MAX_REQUEST: usize = HEADER_LEN + 8 + CURSOR_LEN + 2 + 2 * MAX_QUERY_PATH;
 
 /// The build id baked in by the build (`HIVETRACK_BUILD_ID`, the git revision), or `dev`.
 pub const BUILD_ID: BuildId = BuildId::new(match option_env!("HIVETRACK_BUILD_ID") {

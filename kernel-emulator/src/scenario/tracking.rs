@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use protocol::{
-    cursor::Cursor,
+    cursor::{CURSOR_LEN, Cursor},
     diff::{SnapshotRow, diff},
     history::UnloadHistory,
     hives::Hives,
@@ -20,10 +20,10 @@ use protocol::{
     snapshot::Snapshot,
     stats::Stats,
     text::Text,
-    wire::{self, encode},
+    wire::{self, HEADER_LEN, encode},
 };
 
-use super::{Ctx, Expect, Scenario, Target};
+use super::{Ctx, Scenario, Target};
 use crate::driver::LoadedDriver;
 use crate::faults::FaultPolicy;
 use crate::hive::{self, STATUS_CANNOT_DELETE};
@@ -44,14 +44,8 @@ const APP1: &str = r"\Device\HarddiskVolume2\Program Files\Editor\editor.exe";
 pub(crate) const APP2: &str = r"\Device\HarddiskVolume2\Program Files\Sync\profleak.exe";
 const OUT_LEN: u32 = 64 * 1024;
 
-fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
-    Scenario {
-        name,
-        target: Target::Hivetrack,
-        about,
-        expect: Expect::PASS,
-        run,
-    }
+const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
+    Scenario::passing(name, Target::Hivetrack, about, run)
 }
 
 /// The tracking scenarios.
@@ -149,30 +143,32 @@ impl Client {
             cursor,
             hive: Text::Units(hive),
         };
-        let mut buf = vec![0u8; 64 + 2 * hive.len()];
+        let mut buf = vec![0u8; 256 + 2 * hive.len()];
         let n = encode(&req, &mut buf).expect("request fits");
         buf.truncate(n);
         buf
     }
 
     /// Sends a query twice with different poison patterns in the system buffer: the answers
-    /// must match, except the snapshot's time stamp (offsets 64..72, after the page fields).
+    /// must match, except the snapshot's time stamp (the page prefix).
     fn send(&self, ctx: &mut Ctx, kind: QueryKind, input: &[u8]) -> io::IoctlResult {
         if kind != QueryKind::Snapshot {
             return ctx.ioctl_checked(self.h, query_ioctl(kind), input, OUT_LEN);
         }
         let a = io::device_io_control(self.h, query_ioctl(kind), input, OUT_LEN, 0xA5);
         let b = io::device_io_control(self.h, query_ioctl(kind), input, OUT_LEN, 0x5A);
-        let differs = a.output.len() != b.output.len()
-            || a.output
-                .iter()
-                .zip(&b.output)
-                .enumerate()
-                .any(|(i, (x, y))| x != y && !(64..72).contains(&i));
-        if differs || a.status != b.status {
+        // The prefix follows the header, the cursor and the page's count, flags and losses.
+        let taken_at = HEADER_LEN + CURSOR_LEN + 16..HEADER_LEN + CURSOR_LEN + 24;
+        let differing: Vec<usize> = (0..a.output.len().max(b.output.len()))
+            .filter(|i| a.output.get(*i) != b.output.get(*i) && !taken_at.contains(i))
+            .collect();
+        if !differing.is_empty() || a.status != b.status {
             ctx.check(
                 false,
-                "snapshot: the two answers differ beyond the time stamp (uninitialised output)",
+                format!(
+                    "snapshot: the two answers differ beyond the time stamp (uninitialised output) at {:?}",
+                    &differing[..differing.len().min(8)]
+                ),
             );
         }
         a
@@ -972,6 +968,7 @@ fn hostile_queries(ctx: &mut Ctx) {
             ),
         );
     }
+    longest_path_is_accepted(ctx, &c);
     let user_caller = io::open(WIN32_DEVICE_PATH, Caller::User, ctx.new_pid(), GENERIC_READ);
     ctx.check(
         user_caller.is_err(),
@@ -981,6 +978,23 @@ fn hostile_queries(ctx: &mut Ctx) {
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
     ctx.unload_and_check_clean(&mut d);
+}
+
+/// The longest path a request may carry (512 units) is accepted, not refused for size.
+fn longest_path_is_accepted(ctx: &mut Ctx, c: &Client) {
+    let longest: Vec<u16> = format!(r"{USER}\{}", "k".repeat(512 - USER.len() - 1))
+        .encode_utf16()
+        .collect();
+    let input = Client::request(QueryKind::Holders, &longest, Cursor::START);
+    let r = ctx.ioctl_checked(c.h, query_ioctl(QueryKind::Holders), &input, OUT_LEN);
+    ctx.check(
+        r.status == STATUS_SUCCESS,
+        format!(
+            "a holders request with a {}-unit path: {}",
+            longest.len(),
+            status::describe(r.status)
+        ),
+    );
 }
 
 fn older_windows(ctx: &mut Ctx) {
