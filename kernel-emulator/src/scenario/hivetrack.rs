@@ -31,14 +31,8 @@ use crate::status::{
 /// Size of the encoded version answer (16-byte header + 40-byte body).
 const VERSION_LEN: usize = 56;
 
-fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
-    Scenario {
-        name,
-        target: Target::Hivetrack,
-        about,
-        expect: Expect::PASS,
-        run,
-    }
+const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
+    Scenario::passing(name, Target::Hivetrack, about, run)
 }
 
 /// hivetrack.sys scenarios.

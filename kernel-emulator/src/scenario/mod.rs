@@ -60,6 +60,25 @@ pub struct Scenario {
     pub run: fn(&mut Ctx),
 }
 
+impl Scenario {
+    /// A scenario on `target` whose checks must all pass.
+    #[must_use]
+    pub const fn passing(
+        name: &'static str,
+        target: Target,
+        about: &'static str,
+        run: fn(&mut Ctx),
+    ) -> Self {
+        Self {
+            name,
+            target,
+            about,
+            expect: Expect::PASS,
+            run,
+        }
+    }
+}
+
 /// Every scenario, hivetrack's first.
 #[must_use]
 pub fn all() -> Vec<Scenario> {

@@ -4,7 +4,7 @@
 //! filters failing or bypassing a pre-notification, duplicated and inherited handles, hive
 //! unload refused while a key object is open or referenced by the driver.
 
-use super::{Ctx, Expect, Scenario, Target};
+use super::{Ctx, Scenario, Target};
 use crate::driver::LoadedDriver;
 use crate::hive::{self, STATUS_CANNOT_DELETE};
 use crate::io::{self, FileHandle};
@@ -42,14 +42,8 @@ struct Stats {
     post_load: u64,
 }
 
-fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
-    Scenario {
-        name,
-        target: Target::TestDriver,
-        about,
-        expect: Expect::PASS,
-        run,
-    }
+const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
+    Scenario::passing(name, Target::TestDriver, about, run)
 }
 
 /// Registry scenarios.
