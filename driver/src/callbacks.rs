@@ -64,9 +64,8 @@ pub fn register(driver: &mut DRIVER_OBJECT, altitude: &UNICODE_STRING) -> Result
         return Err(STATUS_PROCEDURE_NOT_FOUND);
     };
     let mut cookie = LARGE_INTEGER { QuadPart: 0 };
-    // SAFETY: documented call (docs: CmRegisterCallbackEx): the callback is a valid function
-    // for the driver's lifetime, `Driver` is our DRIVER_OBJECT, `Reserved` is NULL, and the
-    // altitude and cookie pointers are valid for the call.
+    // Docs: `CmRegisterCallbackEx`. The callback is valid for the driver's lifetime.
+    // SAFETY: `Driver` is our DRIVER_OBJECT, `Reserved` NULL, the other pointers valid.
     let status = unsafe {
         register(
             Some(registry_callback),
@@ -114,8 +113,8 @@ pub fn current_process() -> ProcessKey {
 /// told apart only by the process-exit notification that retired the old one).
 pub fn start_key(process: *mut c_void) -> u64 {
     routines::ps_get_process_start_key().map_or(0, |get| {
-        // SAFETY: `process` is a live EPROCESS (the current one, or the one a notify routine
-        // is called for).
+        // The current process, or the one a notify routine is called for.
+        // SAFETY: `process` is a live EPROCESS.
         unsafe { get(process) }
     })
 }
@@ -129,8 +128,8 @@ fn with_key_name<R>(object: *mut c_void, f: impl FnOnce(&[u16]) -> R) -> Option<
         routines::cm_callback_get_key_object_id_ex(),
         routines::cm_callback_release_key_object_id_ex(),
     ) {
-        // SAFETY: documented call during a notification for `object` (docs:
-        // CmCallbackGetKeyObjectIDEx); out pointers are valid.
+        // Docs: `CmCallbackGetKeyObjectIDEx`.
+        // SAFETY: called during a notification for `object`; the out pointers are valid.
         let status = unsafe { get(&raw const cookie, object, &raw mut id, &raw mut name, 0) };
         if status != STATUS_SUCCESS || name.is_null() {
             return None;
@@ -265,9 +264,10 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let access = if post.PreInformation.is_null() {
         0
     } else {
-        // SAFETY: PreInformation is the REG_CREATE_KEY_INFORMATION(_V1) or
-        // REG_OPEN_KEY_INFORMATION(_V1) of the pre call; both versions have GrantedAccess and
-        // DesiredAccess at the same offsets (the V1 layouts only rename the trailing field).
+        // PreInformation is the REG_CREATE_KEY_INFORMATION(_V1) or
+        // REG_OPEN_KEY_INFORMATION(_V1) of the pre call; the V1 layouts only rename the
+        // trailing field of the originals.
+        // SAFETY: all four share GrantedAccess and DesiredAccess at the same offsets.
         let pre = unsafe { &*post.PreInformation.cast::<REG_CREATE_KEY_INFORMATION_V1>() };
         if pre.GrantedAccess == 0 {
             pre.DesiredAccess
@@ -291,8 +291,8 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let attached = routines::cm_set_callback_object_context().is_some_and(|set| {
         let cookie = cookie();
         let mut old: *mut c_void = null_mut();
-        // SAFETY: documented call for the object of this post-notification (docs:
-        // CmSetCallbackObjectContext); the context is an opaque non-zero token, not a pointer.
+        // Docs: `CmSetCallbackObjectContext`; the context is an opaque token, not a pointer.
+        // SAFETY: `object` is the object of this post-notification; the pointers are valid.
         let status = unsafe {
             set(
                 object,

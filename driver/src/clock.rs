@@ -33,8 +33,8 @@ pub fn now() -> u64 {
 /// ours) decode simple moves.
 fn kuser_u32(address: usize) -> u32 {
     let value: u32;
-    // SAFETY: KUSER_SHARED_DATA is mapped read-only at this fixed address in every process on
-    // x64 Windows; the asm only loads 4 bytes from it and touches nothing else.
+    // The asm only loads 4 bytes and touches nothing else.
+    // SAFETY: KUSER_SHARED_DATA is mapped read-only at this fixed address on x64 Windows.
     unsafe {
         core::arch::asm!(
             "mov {value:e}, dword ptr [{address}]",

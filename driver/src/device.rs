@@ -25,9 +25,8 @@ const LINK_NAME: &[u16] = wide!(r"\DosDevices\HiveTrack");
 pub fn create(driver: &mut DRIVER_OBJECT) -> Result<(), NTSTATUS> {
     let mut name = unicode_string(DEVICE_NAME);
     let mut device: PDEVICE_OBJECT = null_mut();
-    // SAFETY: `driver` is our DRIVER_OBJECT in DriverEntry; `name` points at a static string;
-    // `FILE_DEVICE_SECURE_OPEN` makes the DACL apply to opens of names below the device too;
-    // `device` is a valid out pointer.
+    // `FILE_DEVICE_SECURE_OPEN` makes the DACL apply to opens of names below the device too.
+    // SAFETY: our DRIVER_OBJECT in DriverEntry, a static name, a valid out pointer.
     let status = unsafe {
         IoCreateDevice(
             driver,
@@ -67,8 +66,8 @@ pub fn delete(driver: &DRIVER_OBJECT) {
     let _ = unsafe { IoDeleteSymbolicLink(&raw mut link) };
     let device = driver.DeviceObject;
     if !device.is_null() {
-        // SAFETY: the device was created by `create` and the I/O manager calls `DriverUnload`
-        // only when no handle to it remains.
+        // The I/O manager calls `DriverUnload` only when no handle to the device remains.
+        // SAFETY: the device was created by `create` and is no longer in use.
         unsafe { IoDeleteDevice(device) };
     }
 }

@@ -35,8 +35,8 @@ pub fn install(driver: &mut DRIVER_OBJECT) {
 /// `irp` must be an IRP this driver owns and has not completed yet.
 unsafe fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
     {
-        // SAFETY: per the contract the IRP is ours and live, and nothing else accesses it
-        // until it is completed below; IoStatus is ours to fill.
+        // IoStatus is ours to fill; nothing else touches the IRP until it is completed below.
+        // SAFETY: per the contract the IRP is ours and live.
         let irp = unsafe { &mut *irp };
         irp.IoStatus.__bindgen_anon_1.Status = status;
         irp.IoStatus.Information = information as u64;
@@ -60,8 +60,8 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
     let stack = unsafe { current_stack_location(irp) };
     // SAFETY: the current stack location of a live IRP is valid while we own the IRP.
     let stack = unsafe { &*stack };
-    // SAFETY: for `IRP_MJ_DEVICE_CONTROL` the `DeviceIoControl` member of `Parameters` is the
-    // valid one (docs: `IRP_MJ_DEVICE_CONTROL`); it is plain data, copied out.
+    // Docs: `IRP_MJ_DEVICE_CONTROL`; the member is plain data, copied out.
+    // SAFETY: for this major function, `Parameters.DeviceIoControl` is the valid member.
     let params = unsafe { stack.Parameters.DeviceIoControl };
     let code = params.IoControlCode;
     if split_ctl_code(code).method != METHOD_BUFFERED {
@@ -85,9 +85,9 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         // SAFETY: the IRP is live and not completed.
         return unsafe { complete(irp, STATUS_INVALID_PARAMETER, 0) };
     } else {
-        // SAFETY: for `METHOD_BUFFERED` the I/O manager allocates a non-paged system buffer of
-        // max(input, output) bytes, holding the input, for the life of the IRP; nothing else
-        // accesses it while we own the IRP.
+        // For `METHOD_BUFFERED` the I/O manager allocates a non-paged system buffer of
+        // max(input, output) bytes, holding the input, for the life of the IRP.
+        // SAFETY: that buffer is `len` bytes and nothing else accesses it while we own the IRP.
         unsafe { core::slice::from_raw_parts_mut(system_buffer, len) }
     };
     let outcome = ioctl::handle(code, buffer, in_len, out_len);

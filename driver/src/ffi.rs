@@ -26,11 +26,11 @@ unsafe extern "system" {
 pub unsafe fn current_stack_location(irp: *mut IRP) -> *mut IO_STACK_LOCATION {
     // SAFETY: per the caller's contract `irp` is valid and owned by this driver.
     let irp = unsafe { &*irp };
-    // SAFETY: while a driver owns an IRP in dispatch, `Tail.Overlay` is the live member of
-    // `Tail` (wdm.h: `Tail.Overlay.CurrentStackLocation`).
+    // wdm.h: `Tail.Overlay.CurrentStackLocation`.
+    // SAFETY: while a driver owns an IRP in dispatch, `Tail.Overlay` is `Tail`'s live member.
     let overlay = unsafe { &irp.Tail.Overlay };
-    // SAFETY: the stack-location pointer is the live member of this anonymous union while the
-    // IRP is being dispatched (the packet-type member is used only by the I/O manager's queue).
+    // The packet-type member of this union is used only by the I/O manager's queue.
+    // SAFETY: the stack-location pointer is the live member while the IRP is dispatched.
     unsafe {
         overlay
             .__bindgen_anon_2

@@ -153,8 +153,8 @@ impl LookasidePool {
         };
         for (i, class) in BlockClass::ALL.into_iter().enumerate() {
             let status = if let Some((init, _)) = ex {
-                // SAFETY: the storage is static (non-paged, never moves), 64-byte aligned and
-                // unused (guarded by `in_use`); flags 0 make a failed allocation return NULL.
+                // Flags 0 make a failed allocation return NULL.
+                // SAFETY: the storage is static, non-paged, immovable, aligned and unused.
                 unsafe {
                     init(
                         list_ex(class),
@@ -207,8 +207,8 @@ impl Drop for LookasidePool {
 fn delete_lists(flavour: Flavour, count: usize) {
     for class in BlockClass::ALL.into_iter().take(count) {
         match (flavour, routines::ex_delete_lookaside_list_ex()) {
-            // SAFETY: the list was initialised by `create` and no block is out (the caller's
-            // contract); deleting frees every cached block through `free_ex`.
+            // Deleting frees every cached block through `free_ex`.
+            // SAFETY: the list was initialised by `create`; no block is out (caller's contract).
             (Flavour::Ex, Some(delete)) => unsafe { delete(list_ex(class)) },
             // SAFETY: as above, for the NPaged flavour.
             _ => unsafe { ExDeleteNPagedLookasideList(list_npaged(class)) },
@@ -229,8 +229,8 @@ struct Fields {
 impl Fields {
     fn of(class: BlockClass) -> Self {
         let l = general(class);
-        // SAFETY: `l` points into the static storage; only a field address is computed, no
-        // memory is read or referenced (likewise for each field below).
+        // Only field addresses are computed below: no memory is read or referenced.
+        // SAFETY: `l` points into the static storage (likewise for each field below).
         let head = unsafe { &raw mut (*l).__bindgen_anon_1.ListHead };
         // SAFETY: as above.
         let depth = unsafe { &raw mut (*l).Depth };
@@ -258,8 +258,8 @@ impl Fields {
 /// # Safety
 /// `p` points into an initialised list in static storage.
 const unsafe fn counter(p: *mut u32) -> &'static AtomicU32 {
-    // SAFETY: the field is 4-byte aligned and lives as long as the static storage; every
-    // Rust access to it is atomic.
+    // Every Rust access to the field is atomic.
+    // SAFETY: the field is 4-byte aligned and lives as long as the static storage.
     unsafe { AtomicU32::from_ptr(p) }
 }
 
@@ -302,8 +302,8 @@ unsafe impl Pool for LookasidePool {
             // SAFETY: the caller gives back a block of this class it no longer uses.
             unsafe { free_ex(block.as_ptr().cast(), list_ex(class)) };
         } else {
-            // SAFETY: the block is at least 16 bytes and 16-byte aligned, as an SLIST entry
-            // must be; it is no longer used by anyone.
+            // An SLIST entry must be at least 16 bytes and 16-byte aligned; this block is both.
+            // SAFETY: the block is a valid entry that no one uses any more.
             unsafe { ExpInterlockedPushEntrySList(f.head, block.as_ptr().cast()) };
         }
     }

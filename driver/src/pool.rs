@@ -27,15 +27,14 @@ pub fn alloc_zeroed(size: usize) -> Option<NonNull<u8>> {
         return None;
     }
     if let Some(allocate) = routines::ex_allocate_pool2() {
-        // SAFETY: a documented call with a valid flag set, size and tag; ExAllocatePool2
-        // zeroes the block it returns.
+        // ExAllocatePool2 zeroes the block it returns.
+        // SAFETY: a documented call with a valid flag set, size and tag.
         let p = unsafe { allocate(POOL_FLAG_NON_PAGED, size, POOL_TAG) };
         return NonNull::new(p.cast());
     }
     // SAFETY: a documented call; NonPagedPoolNx exists on every supported Windows.
-    let p = NonNull::new(
-        unsafe { ExAllocatePoolWithTag(NonPagedPoolNx, size, POOL_TAG) }.cast::<u8>(),
-    )?;
+    let raw = unsafe { ExAllocatePoolWithTag(NonPagedPoolNx, size, POOL_TAG) };
+    let p = NonNull::new(raw.cast::<u8>())?;
     // SAFETY: the block is `size` bytes, freshly allocated and ours alone.
     unsafe { p.as_ptr().write_bytes(0, size) };
     Some(p)

@@ -26,8 +26,8 @@ static REGISTERED: AtomicBool = AtomicBool::new(false);
 pub fn register() -> Result<(), NTSTATUS> {
     let set =
         routines::ps_set_create_process_notify_routine_ex().ok_or(STATUS_PROCEDURE_NOT_FOUND)?;
-    // SAFETY: documented call (docs: PsSetCreateProcessNotifyRoutineEx) with a routine that
-    // stays valid until it is removed in `unregister`.
+    // Documented call (docs: `PsSetCreateProcessNotifyRoutineEx`).
+    // SAFETY: the routine stays valid until `unregister` removes it.
     let status = unsafe { set(Some(process_notify), 0) };
     if status != STATUS_SUCCESS {
         return Err(status);

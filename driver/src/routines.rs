@@ -86,8 +86,8 @@ macro_rules! routines {
         pub fn resolve_all() {
             $(
                 let mut name = unicode_string(wide!($name));
-                // SAFETY: `name` is a valid UNICODE_STRING over a static string; the routine
-                // is documented for PASSIVE_LEVEL, which DriverEntry runs at.
+                // The routine is documented for PASSIVE_LEVEL, which DriverEntry runs at.
+                // SAFETY: `name` is a valid UNICODE_STRING over a static string.
                 let address = unsafe { MmGetSystemRoutineAddress(&raw mut name) };
                 $slot.store(address as usize, Ordering::Release);
             )*
@@ -101,9 +101,9 @@ macro_rules! routines {
                 if address == 0 {
                     return None;
                 }
-                // SAFETY: the address was returned by MmGetSystemRoutineAddress for exactly
-                // this exported name, whose documented prototype is `$ty`; exported kernel
-                // routines stay mapped while the system runs.
+                // The address came from MmGetSystemRoutineAddress for exactly this exported
+                // name, and exported kernel routines stay mapped while the system runs.
+                // SAFETY: that export's documented prototype is `$ty`.
                 Some(unsafe { core::mem::transmute::<usize, $ty>(address) })
             }
         )*

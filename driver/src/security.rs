@@ -88,9 +88,9 @@ static DEVICE_SD: SelfRelativeSd = SelfRelativeSd(build_sd());
 /// The status of the failing kernel call; the caller must not expose the device then.
 pub fn restrict_to_admins(device: &mut DEVICE_OBJECT) -> Result<(), NTSTATUS> {
     let mut handle: HANDLE = null_mut();
-    // SAFETY: `device` is a live device object this driver created; KernelMode with
-    // OBJ_KERNEL_HANDLE yields a handle only kernel code can use; a null object type is
-    // allowed (docs: ObOpenObjectByPointer); `handle` is a valid out pointer.
+    // KernelMode with OBJ_KERNEL_HANDLE yields a handle only kernel code can use; a null
+    // object type is allowed (docs: ObOpenObjectByPointer).
+    // SAFETY: `device` is a live device object of this driver; `handle` is a valid out pointer.
     let status = unsafe {
         ObOpenObjectByPointer(
             core::ptr::from_mut(device).cast(),
@@ -105,9 +105,9 @@ pub fn restrict_to_admins(device: &mut DEVICE_OBJECT) -> Result<(), NTSTATUS> {
     if status != STATUS_SUCCESS {
         return Err(status);
     }
-    // SAFETY: `handle` was opened above with WRITE_DAC, which DACL_SECURITY_INFORMATION
-    // requires; the descriptor is a valid, aligned, self-relative SD in static memory that the
-    // call only reads (it captures a copy).
+    // `handle` was opened above with WRITE_DAC, which DACL_SECURITY_INFORMATION requires; the
+    // call only reads the descriptor (it captures a copy).
+    // SAFETY: the descriptor is a valid, aligned, self-relative SD in static memory.
     let status = unsafe {
         ZwSetSecurityObject(
             handle,

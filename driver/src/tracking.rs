@@ -57,8 +57,9 @@ pub fn get() -> Option<&'static DriverTracker> {
     if !SLOT.ready.load(Ordering::Acquire) {
         return None;
     }
-    // SAFETY: `ready` is set only after the tracker was written, and cleared by `stop` only
-    // when no callback or request can still be running; until then it is only shared.
+    // `ready` is set only after the tracker was written, and cleared by `stop` only when no
+    // callback or request can still be running.
+    // SAFETY: so the slot is initialised, and only shared, while `ready` is set.
     let slot = unsafe { &*SLOT.tracker.get() };
     // SAFETY: initialised, as above.
     Some(unsafe { slot.assume_init_ref() })
