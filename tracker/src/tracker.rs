@@ -518,6 +518,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// A process started (or was found at start-up): records its image path. Optional: a
     /// process first seen in `opened` is created without an image.
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn process_started(&self, process: ProcessKey, image: &[u16]) {
         let Ok(lp) = self.processes.lock_process(&self.pool, process, true) else {
             bump(&self.counters.images_dropped_no_memory);
@@ -539,6 +540,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// A process exited. Its record goes when it no longer holds keys.
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn process_exited(&self, process: ProcessKey) {
         bump(&self.counters.process_exits_seen);
         let known = self
@@ -552,6 +554,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// A hive was loaded at `mount` from `file` (also used to seed from the hive list).
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn hive_loaded(&self, mount: &[u16], file: &[u16], time: u64) {
         bump(&self.counters.hive_loads_seen);
         if self
@@ -564,6 +567,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// The hive at `mount` was unloaded.
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn hive_unloaded(&self, mount: &[u16]) {
         bump(&self.counters.hive_unloads_seen);
         if !self.hives.unloaded(&self.pool, &self.names, mount) {
@@ -573,6 +577,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// An unload of `mount` was attempted with `outcome` (an NTSTATUS): records who held keys
     /// in the hive at this moment, in the bounded history.
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn unload_attempted(&self, mount: &[u16], outcome: u32, time: u64) {
         bump(&self.counters.unload_attempts_seen);
         let mut entry = HistEntry {
