@@ -14,7 +14,10 @@
 //! shard's retired list until its count drops to zero.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicPtr, AtomicU8, AtomicU32, AtomicU64,
+    Ordering::{AcqRel, Relaxed},
+};
 
 use protocol::holders::{HiveKind, HiveState};
 
@@ -24,6 +27,9 @@ use crate::names::{NameEntry, NameRef, NameTable, NoMemory, eq_fold as eq_folded
 use crate::pool::{BlockClass, Pool, alloc_init, free_block};
 
 const SHARDS: usize = 16;
+/// Flag in [`Hive`]'s reference count: the hive was unloaded and sits on its shard's retired
+/// list, to be freed by whoever drops its last reference.
+const RETIRED: u32 = 1 << 31;
 const BACKSLASH: u16 = b'\\' as u16;
 /// Size class of a hive record.
 pub const HIVE_CLASS: BlockClass = BlockClass::B128;
@@ -39,6 +45,7 @@ pub struct Hive {
     state: AtomicU8,
     mount: NameRef,
     file: AtomicPtr<NameEntry>,
+    /// Holdings and pins referring to it, plus [`RETIRED`] once unloaded.
     refs: AtomicU32,
     /// Tracked key objects in the hive.
     pub open_keys: AtomicU64,
@@ -325,19 +332,26 @@ impl<L: RawLock> HiveTable<L> {
     }
 
     /// Drops a reference; frees the hive if it was unloaded and this was the last one.
+    ///
+    /// Lock-free unless it frees: `refs` carries the [`RETIRED`] flag, set by `unloaded` in
+    /// the same atomic word, so the decrement alone tells whether this was the last
+    /// reference to a retired hive. (A live hive at zero references needs nothing: `unloaded`
+    /// frees it at once if it is still unreferenced then.) Release on the decrement and
+    /// Acquire for the last one order every holder's use of the hive before its free.
     pub fn unpin<P: Pool>(&self, pool: &P, names: &NameTable<L>, h: NonNull<Hive>) {
         let hive = hive_of(h);
         let shard = hive.shard as usize;
-        if hive.refs.fetch_sub(1, Relaxed) != 1 {
+        if hive.refs.fetch_sub(1, AcqRel) != RETIRED | 1 {
             return;
         }
-        // `h` may be freed by an unload from here on: only compare it, never read it, until
-        // it is found on the retired list under the lock.
+        // Retired, and no reference is left: nobody else can reach or free it (a retired
+        // hive is on no list a lookup searches). `unloaded` may still be pushing it onto the
+        // retired list: the shard lock waits for that.
         let s = &self.shards[shard];
         let found = {
             let _g = Exclusive::new(&s.lock);
             let dead = find(&s.retired, |x| {
-                ptr::eq(x, h.as_ptr()) && x.refs.load(Relaxed) == 0
+                ptr::eq(x, h.as_ptr()) && x.refs.load(Relaxed) == RETIRED
             });
             if let Some(d) = dead {
                 unlink(&s.retired, d);
@@ -421,7 +435,10 @@ impl<L: RawLock> HiveTable<L> {
             unlink(&shard.live, h);
             let hive = hive_of(h);
             hive.state.store(HiveState::Unloaded as u8, Relaxed);
-            if hive.refs.load(Relaxed) == 0 {
+            // No reference can be taken any more (lookups only search the live list, under
+            // this lock); one may still be dropped concurrently, and whichever of this and
+            // the last `unpin` comes second sees the other's effect in `refs` and frees.
+            if hive.refs.fetch_or(RETIRED, AcqRel) == 0 {
                 locked_sub32(&shard.count, 1);
                 Some(h)
             } else {

@@ -187,12 +187,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// Takes a slot: from the process's shard, or (when that shard is at its share of the
     /// cap) from the next ones, so one process can hold more than a shard's share.
-    /// `init` fills the record under the shard lock; returns (shard, index, generation).
+    /// `init` fills the record under the shard lock; returns (shard, index, generation,
+    /// record).
     fn take_slot(
         &self,
         process: ProcessKey,
         init: impl FnOnce(&ObjRecord),
-    ) -> Result<(u32, u32, u32), NotTracked> {
+    ) -> Result<(u32, u32, u32, &ObjRecord), NotTracked> {
         let first = self.shard_for(process);
         for probe in 0..=self.shard_mask {
             let si = (first + probe) & self.shard_mask;
@@ -202,10 +203,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 locked_add64(&shard.opens_seen, 1);
             }
             match shard.alloc(&self.pool, self.shard_cap) {
-                Ok(index) => {
-                    let rec = shard.get(index).unwrap_or_else(|| unreachable_link());
+                Ok((index, rec)) => {
                     init(rec);
-                    return Ok((si, index, rec.generation.load(Relaxed)));
+                    return Ok((si, index, rec.generation.load(Relaxed), rec));
                 }
                 Err(SlotError::Cap) => {}
                 Err(SlotError::NoMemory) => {
@@ -244,7 +244,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     ) -> Result<Token, NotTracked> {
         // 1. A slot. Filled before anyone can name it: the token is not out yet, and a
         // forged one is refused while the state is RESERVED.
-        let (si, index, generation) = self.take_slot(process, |rec| {
+        let (si, index, generation, rec) = self.take_slot(process, |rec| {
             rec.state.store(RESERVED, Relaxed);
             rec.object.store(object, Relaxed);
             rec.time.store(time, Relaxed);
@@ -255,10 +255,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         })?;
         let shard = &self.objects[si as usize];
         let r = slot_ref(si, index);
-        let rec = self.rec(r);
         let undo_slot = || {
             let _g = Exclusive::new(&shard.lock);
-            shard.release(index);
+            shard.release(index, rec);
         };
 
         // 2. The hive.
@@ -492,7 +491,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             )
         };
         let key = proc.key;
-        shard.release(i);
+        shard.release(i, rec);
         drop(guard);
         if emptied {
             self.counters.holdings.fetch_sub(1, Relaxed);
