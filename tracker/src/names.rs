@@ -5,11 +5,16 @@
 //! and flagged.
 //!
 //! The table is sharded by hash; each shard has its own lock and a bucket array allocated on
-//! first use. Every entry keeps the spelling it was first interned with.
+//! first use. Every entry keeps the spelling it was first interned with. References are
+//! counted atomically: only interning and dropping what may be the last reference take the
+//! shard lock.
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicPtr, AtomicU32,
+    Ordering::{AcqRel, Relaxed, Release},
+};
 
 use protocol::text::fold_unit;
 
@@ -276,7 +281,7 @@ impl<L: RawLock> NameTable<L> {
                 && usize::from(entry.len) == stored.len()
                 && eq_fold(entry.units(), stored)
             {
-                locked_add32(&entry.refs, 1);
+                entry.refs.fetch_add(1, Relaxed);
                 return Ok(e);
             }
             cur = entry.next.load(Relaxed);
@@ -310,21 +315,36 @@ impl<L: RawLock> NameTable<L> {
         Ok(e)
     }
 
-    /// Takes one more reference on `r`, which the caller already holds one on.
+    /// Takes one more reference on `r`, which the caller already holds one on (so the count
+    /// cannot reach zero meanwhile: no lock needed).
     pub fn add_ref(&self, r: NameRef) {
-        let shard = &self.shards[name_of(r).hash as usize % SHARDS];
-        let _g = Exclusive::new(&shard.lock);
-        locked_add32(&name_of(r).refs, 1);
+        name_of(r).refs.fetch_add(1, Relaxed);
     }
 
     /// Drops one reference; frees the entry when it was the last.
+    ///
+    /// A reference that is not the last goes without the shard lock: the count only ever
+    /// drops from above one there, so it cannot reach zero behind `intern`'s back. What may
+    /// be the last reference is dropped under the lock, where `intern` takes new ones, so
+    /// the entry is unlinked only when no one holds or is taking a reference. Release on
+    /// every decrement and Acquire on the last order each holder's reads before the free.
     pub fn release<P: Pool>(&self, pool: &P, r: NameRef) {
         let entry = name_of(r);
+        let mut refs = entry.refs.load(Relaxed);
+        while refs > 1 {
+            match entry
+                .refs
+                .compare_exchange_weak(refs, refs - 1, Release, Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => refs = now,
+            }
+        }
         let h = entry.hash;
         let shard = &self.shards[h as usize % SHARDS];
         {
             let _g = Exclusive::new(&shard.lock);
-            if locked_sub32(&entry.refs, 1) != 1 {
+            if entry.refs.fetch_sub(1, AcqRel) != 1 {
                 return;
             }
             let head = Self::bucket(shard.buckets.load(Relaxed), h);
