@@ -216,6 +216,7 @@ mod tests {
             major: 0,
             minor: 1,
             patch: 0,
+            capabilities: 0,
             build_id: BuildId::new("abc1234"),
         };
         let mut buf = vec![0u8; 64];

@@ -1,0 +1,73 @@
+//! The hive-free test behind the wait-free request: held, free, unloaded, unknown.
+
+mod support;
+
+use support::*;
+use tracker::{Config, HiveFree, ProcessKey, Tracker};
+
+const P1: ProcessKey = ProcessKey {
+    pid: 100,
+    start_key: 1,
+};
+const P2: ProcessKey = ProcessKey {
+    pid: 200,
+    start_key: 2,
+};
+const USER: &str = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001";
+const CLASSES: &str = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001_Classes";
+
+#[test]
+fn a_hive_is_free_once_its_last_holder_closes_or_exits() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.hive_loaded(&w(USER), &w(r"C:\Users\u\NTUSER.DAT"), 1);
+    t.hive_loaded(&w(CLASSES), &w(r"C:\Users\u\UsrClass.dat"), 1);
+    let (id, state) = t.watch_hive(&w(USER)).unwrap();
+    assert_eq!(state, HiveFree::Free, "nobody holds a fresh hive");
+    let policies = w(&format!(r"{USER}\Software\Policies"));
+    let a = t.opened(0x10, P1, 1, &policies, 1, 2).unwrap();
+    let b = t.opened(0x20, P2, 2, &policies, 1, 3).unwrap();
+    let c = t
+        .opened(0x30, P2, 2, &w(&format!(r"{CLASSES}\CLSID")), 1, 3)
+        .unwrap();
+    // Any key path inside the hive names it, case-insensitively; the sibling
+    // `_Classes` hive is another hive.
+    let inside = w(&format!(r"{}\software", USER.to_lowercase()));
+    assert_eq!(t.watch_hive(&inside), Some((id, HiveFree::Held)));
+    assert_ne!(t.watch_hive(&w(CLASSES)).unwrap().0, id);
+    t.handle_closed(a, 0x10);
+    t.object_destroyed(a, 0x10);
+    assert_eq!(t.hive_free(id), HiveFree::Held, "P2 still holds it");
+    t.process_exited(P2);
+    // P2's handles are closed by the exit: the kernel closes them one by one.
+    t.handle_closed(b, 0x20);
+    t.object_destroyed(b, 0x20);
+    assert_eq!(t.hive_free(id), HiveFree::Free);
+    assert_eq!(
+        t.watch_hive(&w(CLASSES)).unwrap().1,
+        HiveFree::Held,
+        "the other hive is not affected"
+    );
+    t.handle_closed(c, 0x30);
+    t.object_destroyed(c, 0x30);
+    t.process_exited(P1);
+}
+
+#[test]
+fn an_unloaded_or_forgotten_hive_counts_as_unloaded_and_unknown_paths_name_none() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.hive_loaded(&w(USER), &w(r"C:\Users\u\NTUSER.DAT"), 1);
+    let (id, _) = t.watch_hive(&w(USER)).unwrap();
+    t.hive_unloaded(&w(USER));
+    assert_eq!(t.hive_free(id), HiveFree::Unloaded);
+    assert_eq!(t.hive_free(0xDEAD), HiveFree::Unloaded, "never seen");
+    assert_eq!(t.watch_hive(&w(USER)), None, "no longer mounted");
+    assert_eq!(t.watch_hive(&w(r"\REGISTRY\NOWHERE\X")), None);
+    // Reloading mounts a new hive with a new id; the old wait's hive stays unloaded.
+    t.hive_loaded(&w(USER), &w(r"C:\Users\u\NTUSER.DAT"), 9);
+    let (again, state) = t.watch_hive(&w(USER)).unwrap();
+    assert_ne!(again, id);
+    assert_eq!(state, HiveFree::Free);
+    assert_eq!(t.hive_free(id), HiveFree::Unloaded);
+}
