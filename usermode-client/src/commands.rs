@@ -136,9 +136,14 @@ pub fn version(
         &[],
         &mut buf,
     )?;
+    let wait = if info.has(VersionInfo::CAP_WAIT_FREE) {
+        ", wait-free"
+    } else {
+        ""
+    };
     writeln!(
         out,
-        "hivetrack driver {}.{}.{} (protocol {PROTOCOL_VERSION}, build {}, via {})",
+        "hivetrack driver {}.{}.{} (protocol {PROTOCOL_VERSION}, build {}, via {}{wait})",
         info.major,
         info.minor,
         info.patch,

@@ -1,9 +1,11 @@
 //! `hivetrack wait`: until no process holds keys in a hive, or a timeout.
 //!
-//! The driver's wait-free request (issue 5: an IRP pending until the hive has no holders)
-//! is not in the protocol yet. [`wait_free`] first offers the wait to the backend
-//! ([`crate::transport::Transport::wait_free`], the seam for that IOCTL); every backend of
-//! this build declines, so it polls the holders query (summaries only) every `interval`.
+//! [`wait_free`] first offers the wait to the backend
+//! ([`crate::transport::Transport::wait_free`]): the driver's wait-free IOCTL, an IRP the
+//! driver completes when the hive has no holders (method `wait-free` in the report). A
+//! backend that cannot wait (an older driver, live tracking off, the driverless fallback)
+//! declines, and the holders query (summaries only) is polled every `interval` (method
+//! `poll`).
 
 use std::time::{Duration, Instant};
 
