@@ -71,6 +71,7 @@ pub const fn name(code: u32) -> &'static str {
     match code {
         0x1E => "KMODE_EXCEPTION_NOT_HANDLED",
         0x44 => "MULTIPLE_IRP_COMPLETE_REQUESTS",
+        0x48 => "CANCEL_STATE_IN_COMPLETED_IRP",
         0x4A => "IRQL_GT_ZERO_AT_SYSTEM_SERVICE",
         0x50 => "PAGE_FAULT_IN_NONPAGED_AREA",
         0x7E => "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED",
