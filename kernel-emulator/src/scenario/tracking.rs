@@ -303,7 +303,7 @@ impl Client {
 
 /// Boots the machine hives (as the hive list has them at start-up) and loads the driver,
 /// which seeds its hive table from that list.
-fn start(ctx: &mut Ctx) -> LoadedDriver {
+pub(crate) fn start(ctx: &mut Ctx) -> LoadedDriver {
     boot_hives(ctx);
     let d = ctx.load();
     let s = d.entry();
@@ -395,7 +395,7 @@ fn open_close(pid: u32, path: &str) {
 }
 
 /// Proves no pinning: once the processes are gone, every hive the scenario loaded unloads.
-fn unload_all(ctx: &mut Ctx, mounts: &[&str]) {
+pub(crate) fn unload_all(ctx: &mut Ctx, mounts: &[&str]) {
     for mount in mounts {
         let s = hive::unload_hive(SYSTEM_PID, mount);
         ctx.check(
@@ -434,6 +434,10 @@ pub(crate) fn logoff_workload(ctx: &mut Ctx) -> (u32, u32, u32) {
     (shell, app1, app2)
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the issue's logoff proof, step by step, reads best in one piece"
+)]
 fn logoff(ctx: &mut Ctx) {
     let mut d = start(ctx);
     let Some(c) = Client::open(ctx) else { return };
@@ -517,7 +521,11 @@ fn logoff(ctx: &mut Ctx) {
             .all(|p| (p.0 != u64::from(shell) && p.0 != u64::from(app1)) || p.1 == 0),
         "the shell and the first application hold nothing",
     );
-    process::exit_process(app2);
+    // What a logoff tool waits on: one wait-free request, pending while profleak.exe holds
+    // the key, completed by its exit.
+    super::wait_free::pending_until(ctx, c.h, USER, "the logoff wait", || {
+        process::exit_process(app2);
+    });
     let holders = c.holders(ctx, USER);
     ctx.check(
         holders.is_empty(),
