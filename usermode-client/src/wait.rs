@@ -78,8 +78,22 @@ pub fn wait_free(
     if let Some(native) = client.transport().wait_free(hive, timeout) {
         let outcome = native.map_err(classify)?;
         let secs = clock.elapsed().as_secs_f64();
-        let free = outcome == WaitFreeOutcome::Free;
-        return Ok(report(client, free, "wait-free", 0, 0, 0, secs));
+        if outcome == WaitFreeOutcome::Free {
+            return Ok(report(client, true, "wait-free", 0, 0, 0, secs));
+        }
+        // Timed out: say who still holds the hive, as the polling wait does.
+        let (nr, open_keys, holders) = client.holders(hive, true, 0).map_or((0, 0, 0), |r| {
+            (r.source.not_recorded, r.hive.open_keys, r.hive.holders)
+        });
+        return Ok(report(
+            client,
+            false,
+            "wait-free",
+            nr,
+            open_keys,
+            holders,
+            secs,
+        ));
     }
     let mut seen = false;
     let mut not_recorded = 0;
