@@ -74,7 +74,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         scenario(
             "low-resources",
-            "the logoff workload failing the k-th fallible call for every k, then 6% at random: no bugcheck, no leak, losses counted",
+            "the logoff workload (and a wait on its hive) failing the k-th fallible call for every k, then 6% at random: no bugcheck, no leak, losses counted, the wait completes",
             low_resources,
         ),
         scenario(
@@ -729,9 +729,20 @@ fn faulty_logoff(ctx: &mut Ctx, policy: FaultPolicy) -> (usize, u64, bool) {
     let stats = c.stats(ctx);
     let holders = c.holders(ctx, USER);
     // A record may be missing, never wrong: at most the one real holder is reported.
-    let sane = holders.len() <= 1 && holders.iter().all(|h| h.pid == u64::from(app2));
+    let mut sane = holders.len() <= 1 && holders.iter().all(|h| h.pid == u64::from(app2));
+    // A wait on the hive completes by the time its holders are gone, whatever was lost (a
+    // lost open can only make it complete sooner).
+    let mut wait = super::wait_free::send(c.h, USER, protocol::wait::WaitFreeRequest::NO_TIMEOUT);
     for pid in [shell, app1, app2] {
         process::exit_process(pid);
+    }
+    let completed = match &mut wait {
+        io::IoctlCall::Done(r) => Some(r.status),
+        io::IoctlCall::Pending(p) => p.poll().map(|r| r.status),
+    };
+    if completed != Some(STATUS_SUCCESS) {
+        println!("  the wait on the profile did not complete with success: {completed:?}");
+        sane = false;
     }
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
@@ -749,7 +760,10 @@ fn low_resources(ctx: &mut Ctx) {
             ctx.check(k > 1, "the workload made fallible calls");
             break;
         }
-        ctx.check(sane, format!("k={k}: the report is a subset of the truth"));
+        ctx.check(
+            sane,
+            format!("k={k}: the report is a subset of the truth; the wait completed"),
+        );
         ctx.check(
             lost > 0,
             format!("k={k}: the failure is counted in stats ({lost} not recorded)"),
@@ -771,7 +785,7 @@ fn low_resources(ctx: &mut Ctx) {
         );
         ctx.check(
             sane,
-            format!("seed {seed}: the report is a subset of the truth"),
+            format!("seed {seed}: the report is a subset of the truth; the wait completed"),
         );
         ctx.check(
             injected == 0 || lost > 0,
