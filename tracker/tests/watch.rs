@@ -1,4 +1,5 @@
-//! The hive-free test behind the wait-free request: held, free, unloaded, unknown.
+//! The hive-free test behind the wait-free request (held, free, unloaded, unknown), and the
+//! smallest holders page a client can ask for.
 
 mod support;
 
@@ -70,4 +71,37 @@ fn an_unloaded_or_forgotten_hive_counts_as_unloaded_and_unknown_paths_name_none(
     assert_ne!(again, id);
     assert_eq!(state, HiveFree::Free);
     assert_eq!(t.hive_free(id), HiveFree::Unloaded);
+}
+
+#[test]
+fn holders_with_a_limit_of_one_record_still_reach_the_end() {
+    use protocol::holders::{HolderRecord, Holders};
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.hive_loaded(&w(USER), &w(r"C:\Users\u\NTUSER.DAT"), 1);
+    for (i, p) in [P1, P2].into_iter().enumerate() {
+        for k in 0..3u64 {
+            let key = w(&format!(r"{USER}\Software\K{k}"));
+            t.opened(0x100 * (i as u64 + 1) + k, p, 1, &key, 1, 10 + k)
+                .unwrap();
+        }
+    }
+    let (mut processes, mut keys) = (0, 0);
+    let pages = drain::<Holders>(
+        4096,
+        |c, b| t.holders(&w(USER), c, 0, 1, b),
+        |page| {
+            // A limit of one is taken as two: a summary and a key.
+            assert!(page.records().count() <= 2, "{}", page.records().count());
+            for r in page.records() {
+                match r {
+                    HolderRecord::Process(_) => processes += 1,
+                    HolderRecord::Key(_) => keys += 1,
+                }
+            }
+        },
+    );
+    assert_eq!(keys, 6, "every key is reached one page at a time");
+    assert!(processes >= 2, "each process is announced ({processes})");
+    assert!(pages >= 3, "{pages} pages");
 }
