@@ -51,6 +51,12 @@ pub fn scenarios() -> Vec<Scenario> {
             wait_free,
         ),
         Scenario::passing(
+            "wait-free-races",
+            Target::Hivetrack,
+            "waits with 0-3 ms timeouts, some cancelled, racing 4 threads of registry opens/closes/exits and a DPC thread: every wait completes exactly once with a valid answer or STATUS_CANCELLED; nothing left",
+            wait_free_races,
+        ),
+        Scenario::passing(
             "unload-while-waiting",
             Target::Hivetrack,
             "service stop while a wait-free IRP is pending and 4 threads make registry calls: DriverUnload waits for the handle, runs when the client goes, and leaves no IRP, timer, DPC or pool",
@@ -502,4 +508,174 @@ fn unload_while_waiting(ctx: &mut Ctx) {
     process::exit_process(app);
     ctx.check_clean("after DriverUnload with calls in flight");
     unload_all(ctx, &[USER, CLASSES]);
+}
+
+/// A small xorshift generator: the races are random but each run is reproducible.
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+#[allow(
+    clippy::needless_collect,
+    clippy::too_many_lines,
+    reason = "every thread must be running before the waits start; one race reads best whole"
+)]
+fn wait_free_races(ctx: &mut Ctx) {
+    const WAITS: u32 = 3000;
+    let mut d = start(ctx);
+    load_profile(ctx);
+    let client = ctx.new_pid();
+    let Some(h) = open_device(ctx, client) else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                crate::cpu::enter_thread(100 + u32::try_from(t).unwrap_or(0));
+                let mut rnd = xorshift(0x9E37_79B9_7F4A_7C15 ^ (t + 1));
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let Ok(pid) = process::create_process(SYSTEM_PID, APP2, false) else {
+                        continue;
+                    };
+                    let mut held = Vec::new();
+                    for i in 0..20 {
+                        let hive = if rnd().is_multiple_of(2) {
+                            USER
+                        } else {
+                            CLASSES
+                        };
+                        let path = format!(r"{hive}\Race{t}\K{}", i % 4);
+                        ensure_parents(pid, &path);
+                        if let Ok(k) = hive::open_key(pid, &path, KEY_READ, true) {
+                            held.push(k);
+                        }
+                        if rnd().is_multiple_of(2)
+                            && let Some(k) = held.pop()
+                        {
+                            let _ = hive::close_key(pid, k);
+                        }
+                    }
+                    // Half the rounds close what is left, half leave it to the exit.
+                    if rnd().is_multiple_of(2) {
+                        for k in held {
+                            let _ = hive::close_key(pid, k);
+                        }
+                    }
+                    process::exit_process(pid);
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    let dpcs = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            crate::cpu::enter_thread(110);
+            let mut ran = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                ran += timer::run_due();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            ran
+        })
+    };
+    let mut rnd = xorshift(0xD1B5_4A32_D192_ED03);
+    let mut outstanding: Vec<PendingIoctl> = Vec::new();
+    let (mut answered, mut cancelled, mut refused, mut bad) = (0u32, 0u32, 0u32, Vec::new());
+    let mut never = 0u32;
+    let mut tally = |r: &IoctlResult| {
+        if r.status == STATUS_CANCELLED && r.output.is_empty() {
+            cancelled += 1;
+        } else if r.status == STATUS_SUCCESS
+            && r.output.len() == ANSWER_LEN
+            && wire::decode::<WaitFreeAnswer>(&r.output).is_ok()
+        {
+            answered += 1;
+        } else if r.status == STATUS_INSUFFICIENT_RESOURCES {
+            refused += 1;
+        } else {
+            bad.push(format!(
+                "{} ({} bytes)",
+                status::describe(r.status),
+                r.output.len()
+            ));
+        }
+    };
+    for _ in 0..WAITS {
+        let hive = [USER, CLASSES][usize::from(rnd().is_multiple_of(2))];
+        let timeout = u32::try_from(rnd() % 4).unwrap_or(0);
+        match send(h, hive, timeout) {
+            IoctlCall::Done(r) => tally(&r),
+            IoctlCall::Pending(p) => outstanding.push(p),
+        }
+        if rnd().is_multiple_of(5)
+            && let Some(p) = outstanding.last()
+        {
+            let _ = p.cancel();
+        }
+        outstanding.retain_mut(|p| {
+            p.poll().is_none_or(|r| {
+                tally(&r);
+                false
+            })
+        });
+        if outstanding.len() >= 24 {
+            std::thread::sleep(std::time::Duration::from_micros(300));
+        }
+    }
+    // The rest time out (at most 3 ms) or are cancelled now.
+    for p in &outstanding {
+        let _ = p.cancel();
+    }
+    for mut p in outstanding {
+        let mut r = p.poll();
+        for _ in 0..1000 {
+            if r.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            r = p.poll();
+        }
+        match r {
+            Some(r) => tally(&r),
+            None => never += 1,
+        }
+    }
+    ctx.check(never == 0, format!("no wait was left pending ({never})"));
+    stop.store(true, Ordering::Release);
+    let rounds: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    let ran = dpcs.join().unwrap_or(0);
+    println!(
+        "  {WAITS} waits: {answered} answered, {cancelled} cancelled, {refused} refused (table full); {rounds} registry rounds, {ran} DPCs"
+    );
+    ctx.check(
+        bad.is_empty(),
+        format!(
+            "every wait completed once, with an answer or STATUS_CANCELLED ({} otherwise: {:?})",
+            bad.len(),
+            &bad[..bad.len().min(4)]
+        ),
+    );
+    ctx.check(
+        answered + cancelled + refused == WAITS,
+        format!("all {WAITS} waits accounted for"),
+    );
+    ctx.check(
+        answered > 0 && cancelled > 0 && rounds > 0,
+        "answers, cancellations and registry traffic all happened",
+    );
+    io::close(h);
+    unload_all(ctx, &[USER, CLASSES]);
+    ctx.unload_and_check_clean(&mut d);
+    ctx.check(timer::armed() == 0, "no timer is left set after unload");
 }
