@@ -4,16 +4,8 @@
 mod support;
 
 use support::*;
-use tracker::{Config, HiveFree, ProcessKey, Tracker};
+use tracker::{Config, HiveFree, Tracker};
 
-const P1: ProcessKey = ProcessKey {
-    pid: 100,
-    start_key: 1,
-};
-const P2: ProcessKey = ProcessKey {
-    pid: 200,
-    start_key: 2,
-};
 const USER: &str = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001";
 const CLASSES: &str = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001_Classes";
 
