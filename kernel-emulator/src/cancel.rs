@@ -71,8 +71,9 @@ fn holds_cancel_lock() -> bool {
 /// Irp->CancelIrql), sets Irp->Cancel, exchanges Irp->CancelRoutine with NULL and, if one
 /// was set, calls it with the IRP's device object at DISPATCH_LEVEL holding the lock; the
 /// routine must release it with IoReleaseCancelSpinLock(Irp->CancelIrql) (checked: it
-/// returns at that IRQL without the lock). Without a cancel routine the lock is released and
-/// the result is FALSE.
+/// returns at that IRQL without the lock: else bugcheck 0x11B DRIVER_RETURNED_HOLDING_CANCEL_LOCK,
+/// <https://learn.microsoft.com/en-us/windows-hardware/drivers/debugger/bug-check-0x11b---driver-returned-holding-cancel-lock>).
+/// Without a cancel routine the lock is released and the result is FALSE.
 ///
 /// # Safety
 /// `irp` must be a live IRP the driver currently owns.
@@ -115,9 +116,12 @@ pub unsafe fn cancel_irp(irp: *mut Irp) -> bool {
         // SAFETY: calling the driver's cancel routine as IoCancelIrp does.
         let _ = unsafe { f(device, irp) };
         if holds_cancel_lock() {
-            verifier_violation(&format!(
-                "{operation} returned without IoReleaseCancelSpinLock(Irp->CancelIrql)"
+            crate::bugcheck::emit_stderr(&format!(
+                "*** kernel-emulator: {operation} returned without \
+                 IoReleaseCancelSpinLock(Irp->CancelIrql)\n"
             ));
+            // DRIVER_RETURNED_HOLDING_CANCEL_LOCK (IRP, cancel routine).
+            crate::bugcheck::bugcheck(0x11B, irp as usize, routine as usize, 0, 0);
         }
     });
     true

@@ -382,7 +382,10 @@ unsafe extern "win64" fn IoDeleteSymbolicLink(link: *const UnicodeString) -> NtS
 /// (MULTIPLE_IRP_COMPLETE_REQUESTS); completing it with its cancel routine still set is
 /// bugcheck 0x48 (CANCEL_STATE_IN_COMPLETED_IRP,
 /// <https://learn.microsoft.com/en-us/windows-hardware/drivers/debugger/bug-check-0x48--cancel-state-in-completed-irp>:
-/// IoSetCancelRoutine(Irp, NULL) must come first); completing with STATUS_PENDING is a
+/// IoSetCancelRoutine(Irp, NULL) must come first — a free build of Windows stops with it
+/// only when IoCancelIrp later finds the stale routine in the completed IRP, a checked build
+/// and Driver Verifier's I/O verification catch it at completion, as the model does, so the
+/// report names the completing code); completing with STATUS_PENDING is a
 /// verifier violation. Irp->PendingReturned takes the stack location's SL_PENDING_RETURNED.
 /// Any thread, any time after dispatch for a pending IRP. IRQL <= DISPATCH_LEVEL.
 unsafe extern "win64" fn IofCompleteRequest(irp: *mut Irp, _boost: i8) {

@@ -18,8 +18,10 @@
 //! object lies inside the unloaded image is bugcheck 0xCE
 //! DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS
 //! (<https://learn.microsoft.com/en-us/windows-hardware/drivers/debugger/bug-check-0xce--driver-unloaded-without-cancelling-pending-operations>):
-//! on Windows it comes when the timer fires into the unmapped image; the model reports it at
-//! the unload that made it inevitable, naming the timer and its routine.
+//! on Windows it comes when the timer fires into the unmapped image (P1 the address
+//! referenced: here the DPC routine), or, where the unload path checks the image range for
+//! timers (KeCheckForTimer), as 0xC7 TIMER_OR_DPC_INVALID; the model reports 0xCE at the
+//! unload that made it inevitable, naming the timer and its routine.
 //!
 //! Not modelled: periodic timers (KeSetTimerEx with a Period is refused loudly), waiting on a
 //! timer object (KeWaitForSingleObject is not exported), DPC importance and target processor
@@ -394,7 +396,7 @@ fn run_dpc(dpc: usize, arg1: usize, arg2: usize) {
             "*** kernel-emulator: DPC {dpc:#x} (routine {routine:#x}) runs inside the unloaded image \
              {lo:#x}..{hi:#x}\n"
         ));
-        bugcheck::bugcheck(0xCE, routine, 0, dpc, 0);
+        bugcheck::bugcheck(0xCE, routine, 0, 0, 0);
     }
     // SAFETY: the DPC is being dequeued: DpcData back to NULL so it may be queued again.
     unsafe { poke(dpc + KDPC_DPC_DATA, 0usize) };
@@ -535,7 +537,40 @@ pub fn check_unload(base: usize, size: usize) {
              the unloaded image (KeCancelTimer + KeFlushQueuedDpcs missing)\n",
             bugcheck::symbolize(routine)
         ));
-        bugcheck::bugcheck(0xCE, routine, 0, object.max(dpc), 0);
+        bugcheck::bugcheck(0xCE, routine, 0, 0, 0);
+    }
+}
+
+/// Pool `[addr, addr + len)` is being freed: a timer still set or a DPC still queued inside
+/// it is bugcheck 0xC7 TIMER_OR_DPC_INVALID
+/// (<https://learn.microsoft.com/en-us/windows-hardware/drivers/debugger/bug-check-0xc7--timer-or-dpc-invalid>:
+/// P1 0 timer / 1 DPC, P2 the object, P3..P4 the range checked), as Driver Verifier reports a
+/// driver that frees the memory of a timer or DPC it did not cancel.
+pub fn check_free(addr: usize, len: usize) {
+    let range = addr..addr + len;
+    let culprit = kernel::with(|k| {
+        let timer = k
+            .timers
+            .armed
+            .keys()
+            .find(|t| range.contains(*t))
+            .map(|&t| (0, t));
+        timer.or_else(|| {
+            k.timers
+                .queue
+                .iter()
+                .find(|q| range.contains(&q.0))
+                .map(|q| (1, q.0))
+        })
+    });
+    if let Some((kind, object)) = culprit {
+        bugcheck::emit_stderr(&format!(
+            "*** kernel-emulator: pool block {addr:#x} ({len} bytes) freed with {} {object:#x} inside \
+             still {} (KeCancelTimer / KeRemoveQueueDpc first)\n",
+            if kind == 0 { "KTIMER" } else { "KDPC" },
+            if kind == 0 { "set" } else { "queued" }
+        ));
+        bugcheck::bugcheck(0xC7, kind, object, addr, addr + len);
     }
 }
 

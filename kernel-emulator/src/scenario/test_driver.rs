@@ -40,6 +40,8 @@ const IOCTL_COMPLETE_CANCELABLE: u32 = ioctl(0x816);
 const IOCTL_WAIT_ORPHAN: u32 = ioctl(0x817);
 const IOCTL_RELEASE: u32 = ioctl(0x818);
 const IOCTL_DPC: u32 = ioctl(0x819);
+const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A);
+const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B);
 /// Slot 0 of a wait completed by its timer / by a release request.
 const WAIT_MAGIC: u64 = 0x7469_6d65_6f75_7421;
 const RELEASE_MAGIC: u64 = 0x7265_6c65_6173_6564;
@@ -251,6 +253,20 @@ pub fn scenarios() -> Vec<Scenario> {
             EXIT_BUGCHECK,
             "still pending after IRP_MJ_CLEANUP",
             td_pending_after_cleanup,
+        ),
+        caught(
+            "td-cancel-holds-lock",
+            "a cancel routine returning with the cancel spin lock held is bugcheck 0x11B",
+            EXIT_BUGCHECK,
+            "DRIVER_RETURNED_HOLDING_CANCEL_LOCK",
+            td_cancel_holds_lock,
+        ),
+        caught(
+            "td-free-set-timer",
+            "freeing pool that holds a timer still set is bugcheck 0xC7",
+            EXIT_BUGCHECK,
+            "TIMER_OR_DPC_INVALID",
+            td_free_set_timer,
         ),
         Scenario {
             name: "td-refuse",
@@ -802,4 +818,21 @@ fn td_pending_after_cleanup(ctx: &mut Ctx) {
     io::close(s.handle);
     drop(p);
     ctx.check(false, "an IRP pending across IRP_MJ_CLEANUP went unnoticed");
+}
+
+fn td_cancel_holds_lock(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    if let Some(p) = pend(ctx, s.handle, IOCTL_WAIT_HOLD_CANCEL_LOCK, 60_000) {
+        let _ = p.cancel();
+    }
+    ctx.check(
+        false,
+        "a cancel routine holding the cancel lock went unnoticed",
+    );
+}
+
+fn td_free_set_timer(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let _ = call(&s, IOCTL_FREE_SET_TIMER, 0);
+    ctx.check(false, "freeing a set timer went unnoticed");
 }

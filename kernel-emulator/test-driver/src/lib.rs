@@ -66,6 +66,8 @@ const IOCTL_COMPLETE_CANCELABLE: u32 = ioctl(0x816); // bug: completed with its 
 const IOCTL_WAIT_ORPHAN: u32 = ioctl(0x817); // bug: a wait IRP_MJ_CLEANUP leaves pending
 const IOCTL_RELEASE: u32 = ioctl(0x818); // complete every pending wait now
 const IOCTL_DPC: u32 = ioctl(0x819); // 0: KeInsertQueueDpc/KeRemoveQueueDpc; 1: counters
+const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A); // bug: cancel routine keeps the lock
+const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B); // bug: frees a timer that is still set
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -336,11 +338,19 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             out[0] = u64::from(registry::unpin());
             8
         }
-        IOCTL_WAIT | IOCTL_WAIT_UNMARKED | IOCTL_WAIT_ORPHAN => {
-            let mark = params.IoControlCode != IOCTL_WAIT_UNMARKED;
-            let orphan = params.IoControlCode == IOCTL_WAIT_ORPHAN;
+        IOCTL_WAIT | IOCTL_WAIT_UNMARKED | IOCTL_WAIT_ORPHAN | IOCTL_WAIT_HOLD_CANCEL_LOCK => {
+            let variant = match params.IoControlCode {
+                IOCTL_WAIT_UNMARKED => pending::Variant::Unmarked,
+                IOCTL_WAIT_ORPHAN => pending::Variant::Orphan,
+                IOCTL_WAIT_HOLD_CANCEL_LOCK => pending::Variant::HoldsCancelLock,
+                _ => pending::Variant::Correct,
+            };
             // SAFETY: `irp` is live, not completed, with >= 32 output bytes (checked above).
-            return unsafe { pending::wait(irp, argument, mark, orphan) };
+            return unsafe { pending::wait(irp, argument, variant) };
+        }
+        IOCTL_FREE_SET_TIMER => {
+            pending::free_set_timer();
+            0
         }
         IOCTL_COMPLETE_CANCELABLE => {
             // SAFETY: `irp` is live and not yet completed (the bug is inside).

@@ -32,6 +32,8 @@ use wdk_sys::{
     },
 };
 
+use alloc::boxed::Box;
+
 use crate::complete;
 
 /// Waits that can be pending at once.
@@ -215,13 +217,32 @@ pub fn stop() {
     unsafe { KeFlushQueuedDpcs() };
 }
 
+/// How a wait request behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// As a correct driver does.
+    Correct,
+    /// Bug: returns STATUS_PENDING without IoMarkIrpPending.
+    Unmarked,
+    /// Bug: IRP_MJ_CLEANUP leaves it pending.
+    Orphan,
+    /// Bug: its cancel routine returns holding the cancel spin lock.
+    HoldsCancelLock,
+}
+
 /// A wait request: keeps the IRP pending until its timer (`timeout_ms`) fires, it is
-/// released, cancelled or cleaned up. `mark` false is the buggy variant that forgets
-/// IoMarkIrpPending; `orphan` the one IRP_MJ_CLEANUP ignores.
+/// released, cancelled or cleaned up (or misbehaves as `variant` says).
 ///
 /// # Safety
 /// `irp` is a live device-control IRP this driver owns with >= 32 output bytes.
-pub unsafe fn wait(irp: PIRP, timeout_ms: u64, mark: bool, orphan: bool) -> NTSTATUS {
+pub unsafe fn wait(irp: PIRP, timeout_ms: u64, variant: Variant) -> NTSTATUS {
+    let (mark, orphan) = (variant != Variant::Unmarked, variant == Variant::Orphan);
+    let cancel: unsafe extern "C" fn(PDEVICE_OBJECT, PIRP) = if variant == Variant::HoldsCancelLock
+    {
+        cancel_routine_holding_lock
+    } else {
+        cancel_routine
+    };
     // SAFETY: the caller guarantees `irp` is live.
     let st = unsafe { stack(irp) };
     // SAFETY: the current stack location of a live IRP.
@@ -247,7 +268,7 @@ pub unsafe fn wait(irp: PIRP, timeout_ms: u64, mark: bool, orphan: bool) -> NTST
     // SAFETY: as above.
     unsafe { (*w).orphan = orphan };
     // SAFETY: `irp` is live and ours.
-    let _ = unsafe { set_cancel_routine(irp, Some(cancel_routine)) };
+    let _ = unsafe { set_cancel_routine(irp, Some(cancel)) };
     // SAFETY: as above.
     let cancelled = unsafe { (*irp).Cancel } != 0;
     // SAFETY: as above: if the I/O manager already cancelled it, take the routine back.
@@ -336,6 +357,49 @@ unsafe extern "C" fn cancel_routine(_device: PDEVICE_OBJECT, irp: PIRP) {
     unlock(irql);
     // SAFETY: IoCancelIrp cleared the cancel routine; the IRP is ours to complete once.
     unsafe { complete(irp, STATUS_CANCELLED, 0) };
+}
+
+/// The buggy cancel routine: does everything but release the cancel spin lock (bugcheck
+/// 0x11B DRIVER_RETURNED_HOLDING_CANCEL_LOCK).
+unsafe extern "C" fn cancel_routine_holding_lock(_device: PDEVICE_OBJECT, irp: PIRP) {
+    for i in 0..SLOTS {
+        let w = waiter(i);
+        // SAFETY: IoCancelIrp holds the cancel spin lock for us.
+        if unsafe { (*w).irp } == irp {
+            // SAFETY: as above.
+            unsafe { (*w).irp = null_mut() };
+            // SAFETY: the slot's timer; DISPATCH_LEVEL is allowed.
+            let _ = unsafe { KeCancelTimer(timer_of(w)) };
+        }
+    }
+    // SAFETY: IoCancelIrp cleared the cancel routine; the IRP is ours to complete once.
+    unsafe { complete(irp, STATUS_CANCELLED, 0) };
+    // Deliberately missing: IoReleaseCancelSpinLock(Irp->CancelIrql).
+}
+
+/// The buggy variant: a pool-allocated timer set, then its memory freed without
+/// KeCancelTimer (bugcheck 0xC7 TIMER_OR_DPC_INVALID).
+pub fn free_set_timer() {
+    struct Pair {
+        timer: KTIMER,
+        dpc: KDPC,
+    }
+    // SAFETY: KTIMER and KDPC are valid zeroed; initialised below before use.
+    let pair = Box::new(unsafe { core::mem::zeroed::<Pair>() });
+    let p = Box::into_raw(pair);
+    let timer: *mut KTIMER = p.wrapping_byte_add(offset_of!(Pair, timer)).cast();
+    let dpc: *mut KDPC = p.wrapping_byte_add(offset_of!(Pair, dpc)).cast();
+    // SAFETY: pool storage for a KTIMER; PASSIVE_LEVEL.
+    unsafe { KeInitializeTimer(timer) };
+    // SAFETY: pool storage for a KDPC.
+    unsafe { KeInitializeDpc(dpc, Some(stray_dpc), null_mut()) };
+    let due_time = wdk_sys::LARGE_INTEGER {
+        QuadPart: -10_000_000,
+    };
+    // SAFETY: both initialised above.
+    let _ = unsafe { KeSetTimer(timer, due_time, dpc) };
+    // SAFETY: deliberately wrong: the timer is still set in the memory freed here.
+    drop(unsafe { Box::from_raw(p) });
 }
 
 /// Completes, outside the lock, every wait `pick` selects, with `status` (and the release
