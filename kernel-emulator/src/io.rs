@@ -278,8 +278,10 @@ unsafe extern "win64" fn IoCreateDevice(
     STATUS_SUCCESS
 }
 
-/// Unlinks and frees a device object (after the last file object is gone).
+/// Unlinks and frees a device object (after the last file object is gone). A timer still set
+/// or a DPC still queued in its extension is bugcheck 0xC7 ([`crate::timer::check_free`]).
 fn free_device(dev: *mut DeviceObject, alloc_len: usize) {
+    crate::timer::check_free(dev as usize, alloc_len);
     // SAFETY: `dev` is a live device object owned by the model.
     let driver = unsafe { (*dev).driver_object };
     // SAFETY: its driver object outlives it.
