@@ -1102,7 +1102,8 @@ impl PendingIoctl {
     /// Irp->CancelIrql set; the routine must release the cancel lock with
     /// IoReleaseCancelSpinLock(Irp->CancelIrql) — checked). Returns IoCancelIrp's result.
     /// No-op returning false once completed.
-    #[must_use = "IoCancelIrp's result: whether a cancel routine was called"]
+    // Not #[must_use]: a scenario may cancel for the effect alone, as CancelIoEx callers do.
+    #[allow(clippy::must_use_candidate)]
     pub fn cancel(&self) -> bool {
         if self.completed() {
             return false;
