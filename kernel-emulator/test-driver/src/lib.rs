@@ -68,6 +68,7 @@ const IOCTL_RELEASE: u32 = ioctl(0x818); // complete every pending wait now
 const IOCTL_DPC: u32 = ioctl(0x819); // 0: KeInsertQueueDpc/KeRemoveQueueDpc; 1: counters
 const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A); // bug: cancel routine keeps the lock
 const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B); // bug: frees a timer that is still set
+const IOCTL_RELEASE_ON_CLOSE: u32 = ioctl(0x81C); // key handle closes complete the waits
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -347,6 +348,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             };
             // SAFETY: `irp` is live, not completed, with >= 32 output bytes (checked above).
             return unsafe { pending::wait(irp, argument, variant) };
+        }
+        IOCTL_RELEASE_ON_CLOSE => {
+            registry::release_on_close();
+            0
         }
         IOCTL_FREE_SET_TIMER => {
             pending::free_set_timer();
