@@ -71,8 +71,9 @@ fn holds_cancel_lock() -> bool {
 /// Irp->CancelIrql), sets Irp->Cancel, exchanges Irp->CancelRoutine with NULL and, if one
 /// was set, calls it with the IRP's device object at DISPATCH_LEVEL holding the lock; the
 /// routine must release it with IoReleaseCancelSpinLock(Irp->CancelIrql) (checked: it
-/// returns at that IRQL without the lock). Without a cancel routine the lock is released and
-/// the result is FALSE.
+/// returns at that IRQL without the lock: else bugcheck 0x11B DRIVER_RETURNED_HOLDING_CANCEL_LOCK,
+/// <https://learn.microsoft.com/en-us/windows-hardware/drivers/debugger/bug-check-0x11b---driver-returned-holding-cancel-lock>).
+/// Without a cancel routine the lock is released and the result is FALSE.
 ///
 /// # Safety
 /// `irp` must be a live IRP the driver currently owns.
@@ -115,12 +116,35 @@ pub unsafe fn cancel_irp(irp: *mut Irp) -> bool {
         // SAFETY: calling the driver's cancel routine as IoCancelIrp does.
         let _ = unsafe { f(device, irp) };
         if holds_cancel_lock() {
-            verifier_violation(&format!(
-                "{operation} returned without IoReleaseCancelSpinLock(Irp->CancelIrql)"
+            crate::bugcheck::emit_stderr(&format!(
+                "*** kernel-emulator: {operation} returned without \
+                 IoReleaseCancelSpinLock(Irp->CancelIrql)\n"
             ));
+            // DRIVER_RETURNED_HOLDING_CANCEL_LOCK (IRP, cancel routine).
+            crate::bugcheck::bugcheck(0x11B, irp as usize, routine as usize, 0, 0);
         }
     });
     true
+}
+
+/// IoCancelIrp as a driver calls it (<https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iocancelirp>):
+/// [`cancel_irp`] on an IRP the driver currently holds. An IRP the model does not know (or
+/// one already completed) is a verifier violation: "if a driver that does not own the IRP
+/// calls IoCancelIrp, the results are unpredictable". IRQL <= DISPATCH_LEVEL.
+unsafe extern "win64" fn IoCancelIrp(irp: *mut Irp) -> u8 {
+    require_irql("IoCancelIrp", DISPATCH_LEVEL);
+    let live = kernel::with(|k| {
+        k.io.irps
+            .get(&(irp as usize))
+            .is_some_and(|t| t.completions == 0)
+    });
+    if !live {
+        verifier_violation(&format!(
+            "IoCancelIrp({irp:p}): not an IRP in progress (unknown or already completed)"
+        ));
+    }
+    // SAFETY: a live IRP the driver holds (checked above).
+    u8::from(unsafe { cancel_irp(irp) })
 }
 
 /// The cancel spin lock routines.
@@ -130,6 +154,7 @@ pub(crate) fn exports() -> Vec<Export> {
             "IoAcquireCancelSpinLock",
             IoAcquireCancelSpinLock as *const () as usize,
         ),
+        Export::function("IoCancelIrp", IoCancelIrp as *const () as usize),
         Export::function(
             "IoReleaseCancelSpinLock",
             IoReleaseCancelSpinLock as *const () as usize,
@@ -140,6 +165,66 @@ pub(crate) fn exports() -> Vec<Export> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::IoStackLocation;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// (IRQL the cancel routine ran at, Irp->Cancel, Irp->CancelIrql, lock held) packed.
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+
+    unsafe extern "win64" fn releasing_cancel_routine(_d: *mut DeviceObject, irp: *mut Irp) -> i32 {
+        // SAFETY: IoCancelIrp passes the live test IRP.
+        let i = unsafe { &*irp };
+        let (cancel, cancel_irql) = (i.cancel, i.cancel_irql);
+        let held = u64::from(holds_cancel_lock());
+        SEEN.store(
+            u64::from(cpu::irql())
+                | u64::from(cancel) << 8
+                | u64::from(cancel_irql) << 16
+                | held << 24,
+            Ordering::SeqCst,
+        );
+        // SAFETY: held by this thread, at DISPATCH_LEVEL.
+        unsafe { IoReleaseCancelSpinLock(cancel_irql) };
+        0
+    }
+
+    #[test]
+    fn io_cancel_irp_calls_the_cancel_routine_once_under_the_lock() {
+        std::thread::spawn(|| {
+            // SAFETY: IRP and stack location are plain C structures; zeroed is a valid start.
+            let mut irp: Box<Irp> = Box::new(unsafe { std::mem::zeroed() });
+            // SAFETY: as above.
+            let mut stack: Box<IoStackLocation> = Box::new(unsafe { std::mem::zeroed() });
+            irp.current_stack_location = &raw mut *stack;
+            irp.cancel_routine = releasing_cancel_routine as *mut c_void;
+            let p: *mut Irp = &raw mut *irp;
+            kernel::with(|k| k.io.irps.insert(p as usize, crate::io::IrpTrack::default()));
+            // SAFETY: a tracked IRP with a cancel routine; PASSIVE_LEVEL.
+            assert_eq!(unsafe { IoCancelIrp(p) }, 1);
+            let seen = SEEN.load(Ordering::SeqCst);
+            assert_eq!(
+                seen & 0xFF,
+                u64::from(DISPATCH_LEVEL),
+                "ran at DISPATCH_LEVEL"
+            );
+            assert_eq!((seen >> 8) & 0xFF, 1, "Irp->Cancel set before the call");
+            assert_eq!(
+                (seen >> 16) & 0xFF,
+                0,
+                "Irp->CancelIrql = the caller's IRQL"
+            );
+            assert_eq!(seen >> 24, 1, "called holding the cancel lock");
+            assert!(irp.cancel_routine.is_null(), "exchanged with NULL");
+            assert_eq!(cpu::irql(), crate::cpu::PASSIVE_LEVEL);
+            assert!(!holds_cancel_lock());
+            // SAFETY: as above: no cancel routine any more, so FALSE, lock released.
+            assert_eq!(unsafe { IoCancelIrp(p) }, 0);
+            assert!(!holds_cancel_lock());
+            kernel::with(|k| k.io.irps.remove(&(p as usize)));
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn the_cancel_lock_raises_to_dispatch_and_is_tracked_while_held() {

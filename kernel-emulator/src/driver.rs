@@ -152,7 +152,13 @@ impl LoadedDriver {
     /// still set or a DPC still queued in the image is bugcheck 0xCE
     /// ([`crate::timer::check_unload`]) and the image is inaccessible. Unlike [`Self::stop`],
     /// this does not wait for open handles (the scenarios close theirs first).
+    ///
+    /// Idempotent: once DriverUnload has run (here, or deferred after [`Self::stop`]), this
+    /// returns whether it was set without calling it again.
     pub fn unload(&mut self) -> bool {
+        if self.is_unloaded() {
+            return self.has_unload();
+        }
         self.unloaded = true;
         run_unload(self.object, self.image)
     }

@@ -278,8 +278,10 @@ unsafe extern "win64" fn IoCreateDevice(
     STATUS_SUCCESS
 }
 
-/// Unlinks and frees a device object (after the last file object is gone).
+/// Unlinks and frees a device object (after the last file object is gone). A timer still set
+/// or a DPC still queued in its extension is bugcheck 0xC7 ([`crate::timer::check_free`]).
 fn free_device(dev: *mut DeviceObject, alloc_len: usize) {
+    crate::timer::check_free(dev as usize, alloc_len);
     // SAFETY: `dev` is a live device object owned by the model.
     let driver = unsafe { (*dev).driver_object };
     // SAFETY: its driver object outlives it.
@@ -382,7 +384,10 @@ unsafe extern "win64" fn IoDeleteSymbolicLink(link: *const UnicodeString) -> NtS
 /// (MULTIPLE_IRP_COMPLETE_REQUESTS); completing it with its cancel routine still set is
 /// bugcheck 0x48 (CANCEL_STATE_IN_COMPLETED_IRP,
 /// <https://learn.microsoft.com/en-us/windows-hardware/drivers/debugger/bug-check-0x48--cancel-state-in-completed-irp>:
-/// IoSetCancelRoutine(Irp, NULL) must come first); completing with STATUS_PENDING is a
+/// IoSetCancelRoutine(Irp, NULL) must come first — a free build of Windows stops with it
+/// only when IoCancelIrp later finds the stale routine in the completed IRP, a checked build
+/// and Driver Verifier's I/O verification catch it at completion, as the model does, so the
+/// report names the completing code); completing with STATUS_PENDING is a
 /// verifier violation. Irp->PendingReturned takes the stack location's SL_PENDING_RETURNED.
 /// Any thread, any time after dispatch for a pending IRP. IRQL <= DISPATCH_LEVEL.
 unsafe extern "win64" fn IofCompleteRequest(irp: *mut Irp, _boost: i8) {
@@ -1097,7 +1102,8 @@ impl PendingIoctl {
     /// Irp->CancelIrql set; the routine must release the cancel lock with
     /// IoReleaseCancelSpinLock(Irp->CancelIrql) — checked). Returns IoCancelIrp's result.
     /// No-op returning false once completed.
-    #[must_use = "IoCancelIrp's result: whether a cancel routine was called"]
+    // Not #[must_use]: a scenario may cancel for the effect alone, as CancelIoEx callers do.
+    #[allow(clippy::must_use_candidate)]
     pub fn cancel(&self) -> bool {
         if self.completed() {
             return false;

@@ -74,7 +74,12 @@ pub fn leaks() -> Vec<String> {
         .iter()
         .filter(|(_, s)| s.held() || s.kind == Kind::Resource)
         .map(|(a, s)| {
-            if s.held() {
+            if *a == crate::cancel::cancel_lock_address() {
+                format!(
+                    "the cancel spin lock still held (acquired during {})",
+                    s.acquired_during
+                )
+            } else if s.held() {
                 format!(
                     "{:?} {a:#x} still held (acquired during {})",
                     s.kind, s.acquired_during

@@ -18,8 +18,10 @@
 //! object lies inside the unloaded image is bugcheck 0xCE
 //! DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS
 //! (<https://learn.microsoft.com/en-us/windows-hardware/drivers/debugger/bug-check-0xce--driver-unloaded-without-cancelling-pending-operations>):
-//! on Windows it comes when the timer fires into the unmapped image; the model reports it at
-//! the unload that made it inevitable, naming the timer and its routine.
+//! on Windows it comes when the timer fires into the unmapped image (P1 the address
+//! referenced: here the DPC routine), or, where the unload path checks the image range for
+//! timers (KeCheckForTimer), as 0xC7 TIMER_OR_DPC_INVALID; the model reports 0xCE at the
+//! unload that made it inevitable, naming the timer and its routine.
 //!
 //! Not modelled: periodic timers (KeSetTimerEx with a Period is refused loudly), waiting on a
 //! timer object (KeWaitForSingleObject is not exported), DPC importance and target processor
@@ -376,7 +378,8 @@ unsafe extern "win64" fn KeFlushQueuedDpcs() {
 }
 
 /// Runs one DPC on this thread at DISPATCH_LEVEL; checks it returns at DISPATCH_LEVEL holding
-/// no spin lock.
+/// no spin lock. The caller counted it in [`RUNNING_DPCS`] when it took it off the timer
+/// table or the queue (under the kernel lock, so KeFlushQueuedDpcs never misses it).
 fn run_dpc(dpc: usize, arg1: usize, arg2: usize) {
     require_dpc(dpc, "DPC dispatch");
     // SAFETY: the driver's initialised KDPC (checked above).
@@ -394,7 +397,7 @@ fn run_dpc(dpc: usize, arg1: usize, arg2: usize) {
             "*** kernel-emulator: DPC {dpc:#x} (routine {routine:#x}) runs inside the unloaded image \
              {lo:#x}..{hi:#x}\n"
         ));
-        bugcheck::bugcheck(0xCE, routine, 0, dpc, 0);
+        bugcheck::bugcheck(0xCE, routine, 0, 0, 0);
     }
     // SAFETY: the DPC is being dequeued: DpcData back to NULL so it may be queued again.
     unsafe { poke(dpc + KDPC_DPC_DATA, 0usize) };
@@ -410,7 +413,6 @@ fn run_dpc(dpc: usize, arg1: usize, arg2: usize) {
     // SAFETY: KeInitializeDpc stored a KDEFERRED_ROUTINE of the driver here.
     let f = unsafe { std::mem::transmute::<usize, DeferredRoutine>(routine) };
     let operation = format!("DPC {}", bugcheck::symbolize(routine));
-    RUNNING_DPCS.fetch_add(1, Ordering::AcqRel);
     // SAFETY: calling the driver's DPC routine as the kernel does, at DISPATCH_LEVEL.
     kernel::call_driver(&operation, || unsafe {
         f(dpc as *mut c_void, context as *mut c_void, arg1, arg2);
@@ -441,13 +443,11 @@ fn expire_next() -> Option<(usize, Armed)> {
         unsafe { poke(timer + KTIMER_LIST_ENTRY, [0usize; 2]) };
         // The DPC is queued unless it already is (then it runs once, from the queue).
         let queued = a.dpc != 0 && k.timers.queue.iter().any(|q| q.0 == a.dpc);
-        Some((
-            timer,
-            Armed {
-                dpc: if queued { 0 } else { a.dpc },
-                ..a
-            },
-        ))
+        let dpc = if queued { 0 } else { a.dpc };
+        if dpc != 0 {
+            RUNNING_DPCS.fetch_add(1, Ordering::AcqRel);
+        }
+        Some((timer, Armed { dpc, ..a }))
     })
 }
 
@@ -466,7 +466,13 @@ pub fn run_due() -> usize {
                 run_dpc(a.dpc, now as u32 as usize, (now >> 32) as usize);
                 ran += 1;
             }
-        } else if let Some((dpc, a1, a2)) = kernel::with(|k| k.timers.queue.pop_front()) {
+        } else if let Some((dpc, a1, a2)) = kernel::with(|k| {
+            let next = k.timers.queue.pop_front();
+            if next.is_some() {
+                RUNNING_DPCS.fetch_add(1, Ordering::AcqRel);
+            }
+            next
+        }) {
             run_dpc(dpc, a1, a2);
             ran += 1;
         } else {
@@ -535,7 +541,40 @@ pub fn check_unload(base: usize, size: usize) {
              the unloaded image (KeCancelTimer + KeFlushQueuedDpcs missing)\n",
             bugcheck::symbolize(routine)
         ));
-        bugcheck::bugcheck(0xCE, routine, 0, object.max(dpc), 0);
+        bugcheck::bugcheck(0xCE, routine, 0, 0, 0);
+    }
+}
+
+/// Pool `[addr, addr + len)` is being freed: a timer still set or a DPC still queued inside
+/// it is bugcheck 0xC7 TIMER_OR_DPC_INVALID
+/// (<https://learn.microsoft.com/en-us/windows-hardware/drivers/debugger/bug-check-0xc7--timer-or-dpc-invalid>:
+/// P1 0 timer / 1 DPC, P2 the object, P3..P4 the range checked), as Driver Verifier reports a
+/// driver that frees the memory of a timer or DPC it did not cancel.
+pub fn check_free(addr: usize, len: usize) {
+    let range = addr..addr + len;
+    let culprit = kernel::with(|k| {
+        let timer = k
+            .timers
+            .armed
+            .keys()
+            .find(|t| range.contains(*t))
+            .map(|&t| (0, t));
+        timer.or_else(|| {
+            k.timers
+                .queue
+                .iter()
+                .find(|q| range.contains(&q.0))
+                .map(|q| (1, q.0))
+        })
+    });
+    if let Some((kind, object)) = culprit {
+        bugcheck::emit_stderr(&format!(
+            "*** kernel-emulator: pool block {addr:#x} ({len} bytes) freed with {} {object:#x} inside \
+             still {} (KeCancelTimer / KeRemoveQueueDpc first)\n",
+            if kind == 0 { "KTIMER" } else { "KDPC" },
+            if kind == 0 { "set" } else { "queued" }
+        ));
+        bugcheck::bugcheck(0xC7, kind, object, addr, addr + len);
     }
 }
 
@@ -697,6 +736,62 @@ mod tests {
         assert_eq!(unsafe { KeInsertQueueDpc(d, 0, 0) }, 1);
         run_due();
         assert_eq!(runs(3), 2);
+    }
+
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    unsafe extern "win64" fn blocking_dpc(
+        _dpc: *mut c_void,
+        _ctx: *mut c_void,
+        _a: usize,
+        _b: usize,
+    ) {
+        STARTED.store(true, Ordering::SeqCst);
+        while !RELEASE.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        RUNS[5].fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn flushing_waits_for_a_dpc_running_on_another_thread() {
+        let _clock = CLOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut dpc = Box::new([0u8; KDPC_SIZE]);
+        let d = dpc.as_mut_ptr() as usize;
+        // SAFETY: KDPC storage owned by the test (it outlives both threads, joined below).
+        unsafe {
+            KeInitializeDpc(
+                d as *mut c_void,
+                blocking_dpc as *mut c_void,
+                std::ptr::null_mut(),
+            );
+        };
+        // SAFETY: an initialised DPC.
+        assert_eq!(unsafe { KeInsertQueueDpc(d as *mut c_void, 0, 0) }, 1);
+        let runner = std::thread::spawn(run_due);
+        while !STARTED.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let flushed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = flushed.clone();
+        let waiter = std::thread::spawn(move || {
+            // SAFETY: PASSIVE_LEVEL on a fresh thread.
+            unsafe { KeFlushQueuedDpcs() };
+            f.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !flushed.load(Ordering::SeqCst),
+            "returned while the DPC was running"
+        );
+        RELEASE.store(true, Ordering::SeqCst);
+        waiter.join().unwrap();
+        assert!(flushed.load(Ordering::SeqCst));
+        assert_eq!(RUNS[5].load(Ordering::SeqCst), 1);
+        assert!(runner.join().unwrap() >= 1);
     }
 
     #[test]
