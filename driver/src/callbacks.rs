@@ -260,6 +260,9 @@ fn current_thread() -> u64 {
 }
 
 /// A successful create or open: track the new key object and attach the token as context.
+/// Not inlined: the callback's other classes (pre-open, close, cleanup) need none of its
+/// registers or stack, and pay for them in the prologue when it is.
+#[inline(never)]
 fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     if post.Status != STATUS_SUCCESS || post.Object.is_null() {
         return;

@@ -5,54 +5,25 @@
 //! updates, non-paged lookaside blocks) is allowed. Shared holds are exclusive holds: correct,
 //! if less concurrent.
 //!
-//! The tracker releases nested locks in any order (it hands over from a table lock to a
-//! process lock, releasing the outer one first), so the IRQL to return to cannot be kept per
-//! lock: releasing the outer lock first would drop to `PASSIVE_LEVEL` while the inner one is
-//! still held (the emulator's verifier caught exactly that). It is kept per processor
-//! instead: a holder runs at `DISPATCH_LEVEL`, so it cannot be preempted or migrate, and the
-//! processor's nesting depth and the IRQL it came from are its own. Every release but the
-//! last stays at `DISPATCH_LEVEL`; the last returns to the IRQL of the first acquisition.
+//! Each lock keeps the IRQL its holder is to return to. The tracker releases nested locks in
+//! reverse order everywhere but one place: it hands over from a table lock to a process lock,
+//! releasing the outer one first (`RawLock::unlock_exclusive_keeping`). A naive release there
+//! would drop to the outer acquisition's IRQL (`PASSIVE_LEVEL`) while the inner lock is still
+//! held (the emulator's verifier catches exactly that), so the hand-over swaps the two saved
+//! IRQLs: the outer lock is released to `DISPATCH_LEVEL` (what the inner acquisition saw),
+//! and the inner lock will return to the IRQL the outer acquisition came from. With that, every
+//! release restores the IRQL its hold is owed, with no per-processor bookkeeping on the
+//! hot path (which cost two `KeGetCurrentProcessorNumberEx` calls per lock round trip).
 
-use core::{
-    cell::UnsafeCell,
-    ptr::null_mut,
-    sync::atomic::{AtomicU8, AtomicU32, Ordering},
-};
+use core::cell::UnsafeCell;
 
 use tracker::lock::RawLock;
 use wdk_sys::{
-    DISPATCH_LEVEL, KIRQL, KSPIN_LOCK,
-    ntddk::{KeAcquireSpinLockRaiseToDpc, KeGetCurrentProcessorNumberEx, KeReleaseSpinLock},
+    KIRQL, KSPIN_LOCK,
+    ntddk::{KeAcquireSpinLockRaiseToDpc, KeReleaseSpinLock},
 };
 
-/// Processors with per-processor lock state (Windows supports at most 2,048 logical ones).
-const MAX_PROCESSORS: usize = 2048;
-
-/// One processor's tracker-lock nesting: touched only by that processor, at `DISPATCH_LEVEL`.
-struct PerProcessor {
-    depth: AtomicU32,
-    base_irql: AtomicU8,
-}
-
-static PER_PROCESSOR: [PerProcessor; MAX_PROCESSORS] = [const {
-    PerProcessor {
-        depth: AtomicU32::new(0),
-        base_irql: AtomicU8::new(0),
-    }
-}; MAX_PROCESSORS];
-
-/// `DISPATCH_LEVEL` as a `KIRQL` (the constant is 2).
-#[allow(clippy::cast_possible_truncation, reason = "the constant is 2")]
-const DISPATCH: KIRQL = DISPATCH_LEVEL as KIRQL;
-
-fn this_processor() -> Option<&'static PerProcessor> {
-    // SAFETY: callable at any IRQL; a null PROCESSOR_NUMBER pointer is allowed.
-    let index = unsafe { KeGetCurrentProcessorNumberEx(null_mut()) };
-    PER_PROCESSOR.get(index as usize)
-}
-
-/// A `KSPIN_LOCK`, and the IRQL its holder came from for the (theoretical) processors beyond
-/// [`MAX_PROCESSORS`], where only LIFO release is supported.
+/// A `KSPIN_LOCK`, and the IRQL its current holder returns to on release.
 pub struct SpinLock {
     lock: UnsafeCell<KSPIN_LOCK>,
     old_irql: UnsafeCell<KIRQL>,
@@ -69,7 +40,8 @@ impl SpinLock {
 }
 
 // SAFETY: the lock word is only touched by the kernel's interlocked spin-lock routines;
-// `old_irql` is written and read only by the current holder.
+// `old_irql` is written and read only by the current holder (the hand-over writes the inner
+// lock's, which the same caller holds too).
 unsafe impl Sync for SpinLock {}
 // SAFETY: nothing in the lock is tied to a thread.
 unsafe impl Send for SpinLock {}
@@ -81,43 +53,42 @@ unsafe impl RawLock for SpinLock {
         Self::unlocked()
     }
 
+    #[inline]
     fn lock_exclusive(&self) {
         // SAFETY: the lock word is a valid, initialised KSPIN_LOCK that does not move while held.
         let old = unsafe { KeAcquireSpinLockRaiseToDpc(self.lock.get()) };
-        if let Some(p) = this_processor() {
-            let depth = p.depth.load(Ordering::Relaxed);
-            if depth == 0 {
-                p.base_irql.store(old, Ordering::Relaxed);
-            }
-            p.depth.store(depth + 1, Ordering::Relaxed);
-        } else {
-            // SAFETY: we hold the lock, so no one else touches `old_irql` now.
-            unsafe { *self.old_irql.get() = old };
-        }
+        // SAFETY: we hold the lock, so no one else touches `old_irql` now.
+        unsafe { *self.old_irql.get() = old };
     }
 
+    #[inline]
     unsafe fn unlock_exclusive(&self) {
-        let new_irql = this_processor().map_or_else(
-            // SAFETY: the caller holds the lock; the value was stored by its own acquisition.
-            || unsafe { *self.old_irql.get() },
-            |p| {
-                let depth = p.depth.load(Ordering::Relaxed).saturating_sub(1);
-                p.depth.store(depth, Ordering::Relaxed);
-                if depth == 0 {
-                    p.base_irql.load(Ordering::Relaxed)
-                } else {
-                    DISPATCH
-                }
-            },
-        );
+        // SAFETY: the caller holds the lock; the value was stored by its own acquisition (or
+        // handed over by an outer lock released first).
+        let irql = unsafe { *self.old_irql.get() };
         // SAFETY: the caller holds the lock at DISPATCH_LEVEL, acquired by `lock_exclusive`.
-        unsafe { KeReleaseSpinLock(self.lock.get(), new_irql) };
+        unsafe { KeReleaseSpinLock(self.lock.get(), irql) };
     }
 
+    #[inline]
+    unsafe fn unlock_exclusive_keeping(&self, next: &Self) {
+        // SAFETY: the caller holds `self`: its saved IRQL is the caller's to read.
+        let outer = unsafe { *self.old_irql.get() };
+        // SAFETY: the caller holds `next` too (taken after `self`, so this is DISPATCH_LEVEL).
+        let inner = unsafe { *next.old_irql.get() };
+        // SAFETY: as above; `next` now returns to where the outer acquisition came from.
+        unsafe { *next.old_irql.get() = outer };
+        // SAFETY: the caller holds `self` at DISPATCH_LEVEL and keeps holding `next`, so the
+        // processor stays at `inner` (DISPATCH_LEVEL) after this release.
+        unsafe { KeReleaseSpinLock(self.lock.get(), inner) };
+    }
+
+    #[inline]
     fn lock_shared(&self) {
         self.lock_exclusive();
     }
 
+    #[inline]
     unsafe fn unlock_shared(&self) {
         // SAFETY: a shared hold is an exclusive hold here.
         unsafe { self.unlock_exclusive() };

@@ -14,17 +14,22 @@
 //! shard's retired list until its count drops to zero.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicPtr, AtomicU8, AtomicU32, AtomicU64,
+    Ordering::{AcqRel, Relaxed},
+};
 
 use protocol::holders::{HiveKind, HiveState};
-use protocol::text::eq_folded;
 
 use crate::counters::{locked_add32, locked_sub32};
 use crate::lock::{Exclusive, RawLock, Shared};
-use crate::names::{NameEntry, NameRef, NameTable, NoMemory, name_of};
+use crate::names::{NameEntry, NameRef, NameTable, NoMemory, eq_fold as eq_folded, name_of};
 use crate::pool::{BlockClass, Pool, alloc_init, free_block};
 
 const SHARDS: usize = 16;
+/// Flag in [`Hive`]'s reference count: the hive was unloaded and sits on its shard's retired
+/// list, to be freed by whoever drops its last reference.
+const RETIRED: u32 = 1 << 31;
 const BACKSLASH: u16 = b'\\' as u16;
 /// Size class of a hive record.
 pub const HIVE_CLASS: BlockClass = BlockClass::B128;
@@ -40,6 +45,7 @@ pub struct Hive {
     state: AtomicU8,
     mount: NameRef,
     file: AtomicPtr<NameEntry>,
+    /// Holdings and pins referring to it, plus [`RETIRED`] once unloaded.
     refs: AtomicU32,
     /// Tracked key objects in the hive.
     pub open_keys: AtomicU64,
@@ -94,8 +100,25 @@ pub struct HiveTable<L> {
 /// The first three components of `path` (or all of it when shorter): the shard key.
 #[must_use]
 pub fn shard_prefix(path: &[u16]) -> &[u16] {
+    const BACKSLASHES: u64 = 0x005C_005C_005C_005C;
+    const LOW: u64 = 0x7FFF_7FFF_7FFF_7FFF;
     let mut seen = 0;
-    for (i, &u) in path.iter().enumerate() {
+    let mut words = path.chunks_exact(4);
+    for (k, c) in (&mut words).enumerate() {
+        // A lane of `x` is zero (a backslash) exactly when its top bit stays clear in
+        // `(x & LOW) + LOW | x`; `zeros` has the top bit of each such lane set.
+        let x = crate::names::word4(c) ^ BACKSLASHES;
+        let mut zeros = !(((x & LOW) + LOW) | x) & !LOW;
+        while zeros != 0 {
+            seen += 1;
+            if seen == 4 {
+                return &path[..4 * k + zeros.trailing_zeros() as usize / 16];
+            }
+            zeros &= zeros - 1;
+        }
+    }
+    let done = path.len() - words.remainder().len();
+    for (i, &u) in path.iter().enumerate().skip(done) {
         if u == BACKSLASH {
             seen += 1;
             if seen == 4 {
@@ -106,8 +129,28 @@ pub fn shard_prefix(path: &[u16]) -> &[u16] {
     path
 }
 
+/// The shard of a path: a hash of its [`shard_prefix`]'s length and last eight units (fold
+/// keys, so case variants agree). Every path starts with one of a few roots and top keys
+/// (`\REGISTRY\MACHINE`, `\REGISTRY\USER`, ...), so the end of the third component is
+/// what tells prefixes apart; hashing the whole prefix cost as much as hashing the name.
 fn shard_of(path: &[u16]) -> usize {
-    crate::names::hash_folded(shard_prefix(path)) as usize % SHARDS
+    use crate::names::{key4, word4};
+    let p = shard_prefix(path);
+    let tail = &p[p.len().saturating_sub(8)..];
+    let (a, b) = if let Some((x, y)) = tail.split_at_checked(4).filter(|_| tail.len() == 8) {
+        (word4(x), word4(y))
+    } else {
+        let mut t = [0u64; 2];
+        for (k, &u) in tail.iter().enumerate() {
+            t[(k / 4) & 1] |= u64::from(u) << (16 * (k % 4));
+        }
+        t.into()
+    };
+    let h = ((key4(a).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ key4(b)) + p.len() as u64)
+        .wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    #[allow(clippy::cast_possible_truncation, reason = "the top four bits")]
+    let shard = (h >> 60) as usize;
+    shard % SHARDS
 }
 
 /// True when `mount` is `path` or a prefix of it ending at a component boundary.
@@ -289,19 +332,26 @@ impl<L: RawLock> HiveTable<L> {
     }
 
     /// Drops a reference; frees the hive if it was unloaded and this was the last one.
+    ///
+    /// Lock-free unless it frees: `refs` carries the [`RETIRED`] flag, set by `unloaded` in
+    /// the same atomic word, so the decrement alone tells whether this was the last
+    /// reference to a retired hive. (A live hive at zero references needs nothing: `unloaded`
+    /// frees it at once if it is still unreferenced then.) Release on the decrement and
+    /// Acquire for the last one order every holder's use of the hive before its free.
     pub fn unpin<P: Pool>(&self, pool: &P, names: &NameTable<L>, h: NonNull<Hive>) {
         let hive = hive_of(h);
         let shard = hive.shard as usize;
-        if hive.refs.fetch_sub(1, Relaxed) != 1 {
+        if hive.refs.fetch_sub(1, AcqRel) != RETIRED | 1 {
             return;
         }
-        // `h` may be freed by an unload from here on: only compare it, never read it, until
-        // it is found on the retired list under the lock.
+        // Retired, and no reference is left: nobody else can reach or free it (a retired
+        // hive is on no list a lookup searches). `unloaded` may still be pushing it onto the
+        // retired list: the shard lock waits for that.
         let s = &self.shards[shard];
         let found = {
             let _g = Exclusive::new(&s.lock);
             let dead = find(&s.retired, |x| {
-                ptr::eq(x, h.as_ptr()) && x.refs.load(Relaxed) == 0
+                ptr::eq(x, h.as_ptr()) && x.refs.load(Relaxed) == RETIRED
             });
             if let Some(d) = dead {
                 unlink(&s.retired, d);
@@ -385,7 +435,10 @@ impl<L: RawLock> HiveTable<L> {
             unlink(&shard.live, h);
             let hive = hive_of(h);
             hive.state.store(HiveState::Unloaded as u8, Relaxed);
-            if hive.refs.load(Relaxed) == 0 {
+            // No reference can be taken any more (lookups only search the live list, under
+            // this lock); one may still be dropped concurrently, and whichever of this and
+            // the last `unpin` comes second sees the other's effect in `refs` and frees.
+            if hive.refs.fetch_or(RETIRED, AcqRel) == 0 {
                 locked_sub32(&shard.count, 1);
                 Some(h)
             } else {
@@ -462,5 +515,47 @@ impl<L: RawLock> HiveTable<L> {
             }
             s.count.store(0, Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_prefix(path: &[u16]) -> &[u16] {
+        let mut seen = 0;
+        for (i, &u) in path.iter().enumerate() {
+            if u == BACKSLASH {
+                seen += 1;
+                if seen == 4 {
+                    return &path[..i];
+                }
+            }
+        }
+        path
+    }
+
+    #[test]
+    fn shard_prefix_agrees_with_a_unit_by_unit_scan() {
+        let mut seed = 0x9E37_79B9_u32;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let len = (seed % 23) as usize;
+            let path: Vec<u16> = (0..len)
+                .map(|k| match (seed >> (k % 29)) & 3 {
+                    0 => BACKSLASH,
+                    1 => 0x5C5C,
+                    2 => 0x015C,
+                    _ => u16::from(b'a') + u16::try_from(k % 26).unwrap_or(0),
+                })
+                .collect();
+            assert_eq!(shard_prefix(&path), naive_prefix(&path), "{path:x?}");
+        }
+        let p: Vec<u16> = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001\Software\Bench"
+            .encode_utf16()
+            .collect();
+        assert_eq!(shard_prefix(&p).len(), 34);
     }
 }

@@ -28,6 +28,19 @@ pub unsafe trait RawLock: Sync + Send {
     /// # Safety
     /// The caller holds the lock exclusively.
     unsafe fn unlock_exclusive(&self);
+    /// Releases an exclusive hold on `self` while keeping `next`, a lock the caller took
+    /// (exclusively) after `self`: a hand-over, the one place the tracker releases locks out
+    /// of order. The default simply unlocks `self`. An implementation whose release restores
+    /// state saved by its acquisition (an IRQL) moves that state to `next` here, so that
+    /// every other release can restore its own acquisition's state.
+    ///
+    /// # Safety
+    /// The caller holds `self` exclusively and `next` exclusively, taken after `self`.
+    unsafe fn unlock_exclusive_keeping(&self, next: &Self) {
+        let _ = next;
+        // SAFETY: the caller holds `self` exclusively.
+        unsafe { self.unlock_exclusive() }
+    }
     /// Takes the lock shared.
     fn lock_shared(&self);
     /// Releases a shared hold.
@@ -44,6 +57,18 @@ impl<'a, L: RawLock> Exclusive<'a, L> {
     pub(crate) fn new(lock: &'a L) -> Self {
         lock.lock_exclusive();
         Self(lock)
+    }
+}
+
+impl<L: RawLock> Exclusive<'_, L> {
+    /// Releases this hold while `inner` (taken after it) stays held: see
+    /// [`RawLock::unlock_exclusive_keeping`].
+    pub(crate) fn hand_over(self, inner: &Self) {
+        let lock = self.0;
+        core::mem::forget(self);
+        // SAFETY: `self` held `lock` exclusively (its release is this call, not the forgotten
+        // drop), and `inner` holds its lock exclusively, taken after `lock`.
+        unsafe { lock.unlock_exclusive_keeping(inner.0) }
     }
 }
 

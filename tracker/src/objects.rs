@@ -165,6 +165,11 @@ impl<L: RawLock> ObjShard<L> {
         if index >= self.unused.load(Acquire) {
             return None;
         }
+        self.record(index)
+    }
+
+    /// The record at `index` if its chunk exists (handed out or not).
+    fn record(&self, index: u32) -> Option<&ObjRecord> {
         let chunk = index / PER_CHUNK;
         if chunk >= self.chunks.load(Acquire) {
             return None;
@@ -179,11 +184,11 @@ impl<L: RawLock> ObjShard<L> {
         Some(unsafe { &*base.wrapping_add((index % PER_CHUNK) as usize) })
     }
 
-    /// Takes a free slot (caller holds the lock). Returns its index.
+    /// Takes a free slot (caller holds the lock). Returns its index and record.
     ///
     /// # Errors
     /// [`SlotError`] at the cap or without memory.
-    pub fn alloc<P: Pool>(&self, pool: &P, cap: u32) -> Result<u32, SlotError> {
+    pub fn alloc<P: Pool>(&self, pool: &P, cap: u32) -> Result<(u32, &ObjRecord), SlotError> {
         if self.live.load(Relaxed) >= cap {
             return Err(SlotError::Cap);
         }
@@ -192,7 +197,7 @@ impl<L: RawLock> ObjShard<L> {
             let rec = self.get(head).ok_or(SlotError::NoMemory)?;
             self.free.store(rec.next.load(Relaxed), Relaxed);
             locked_add32(&self.live, 1);
-            return Ok(head);
+            return Ok((head, rec));
         }
         let index = self.unused.load(Relaxed);
         if index >= MAX_PER_SHARD {
@@ -202,9 +207,11 @@ impl<L: RawLock> ObjShard<L> {
         if index / PER_CHUNK >= chunks {
             self.grow(pool, chunks)?;
         }
+        // The chunk exists now (it was there, or `grow` published it).
+        let rec = self.record(index).ok_or(SlotError::NoMemory)?;
         self.unused.store(index + 1, Release);
         locked_add32(&self.live, 1);
-        Ok(index)
+        Ok((index, rec))
     }
 
     fn grow<P: Pool>(&self, pool: &P, chunks: u32) -> Result<(), SlotError> {
@@ -247,9 +254,11 @@ impl<L: RawLock> ObjShard<L> {
         Ok(())
     }
 
-    /// Returns a slot to the free list, bumping its generation (caller holds the lock).
-    pub fn release(&self, index: u32) {
-        if let Some(rec) = self.get(index) {
+    /// Returns slot `index`, whose record is `rec` (from [`ObjShard::alloc`] or
+    /// [`ObjShard::get`] of that index), to the free list, bumping its generation (caller
+    /// holds the lock).
+    pub fn release(&self, index: u32, rec: &ObjRecord) {
+        {
             let g = rec.generation.load(Relaxed).wrapping_add(1);
             rec.generation.store(if g == 0 { 1 } else { g }, Relaxed);
             rec.state.store(FREE, Relaxed);

@@ -262,7 +262,7 @@ impl<L: RawLock> ProcessTable<L> {
             None => return Err(NoProcess),
         };
         let guard = Exclusive::new(&process_of(p).lock);
-        drop(sg);
+        sg.hand_over(&guard);
         Ok(LockedProcess {
             process: p,
             _guard: guard,

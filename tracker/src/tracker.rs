@@ -187,12 +187,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// Takes a slot: from the process's shard, or (when that shard is at its share of the
     /// cap) from the next ones, so one process can hold more than a shard's share.
-    /// `init` fills the record under the shard lock; returns (shard, index, generation).
+    /// `init` fills the record under the shard lock; returns (shard, index, generation,
+    /// record).
     fn take_slot(
         &self,
         process: ProcessKey,
         init: impl FnOnce(&ObjRecord),
-    ) -> Result<(u32, u32, u32), NotTracked> {
+    ) -> Result<(u32, u32, u32, &ObjRecord), NotTracked> {
         let first = self.shard_for(process);
         for probe in 0..=self.shard_mask {
             let si = (first + probe) & self.shard_mask;
@@ -202,10 +203,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 locked_add64(&shard.opens_seen, 1);
             }
             match shard.alloc(&self.pool, self.shard_cap) {
-                Ok(index) => {
-                    let rec = shard.get(index).unwrap_or_else(|| unreachable_link());
+                Ok((index, rec)) => {
                     init(rec);
-                    return Ok((si, index, rec.generation.load(Relaxed)));
+                    return Ok((si, index, rec.generation.load(Relaxed), rec));
                 }
                 Err(SlotError::Cap) => {}
                 Err(SlotError::NoMemory) => {
@@ -244,7 +244,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     ) -> Result<Token, NotTracked> {
         // 1. A slot. Filled before anyone can name it: the token is not out yet, and a
         // forged one is refused while the state is RESERVED.
-        let (si, index, generation) = self.take_slot(process, |rec| {
+        let (si, index, generation, rec) = self.take_slot(process, |rec| {
             rec.state.store(RESERVED, Relaxed);
             rec.object.store(object, Relaxed);
             rec.time.store(time, Relaxed);
@@ -255,10 +255,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         })?;
         let shard = &self.objects[si as usize];
         let r = slot_ref(si, index);
-        let rec = self.rec(r);
         let undo_slot = || {
             let _g = Exclusive::new(&shard.lock);
-            shard.release(index);
+            shard.release(index, rec);
         };
 
         // 2. The hive.
@@ -492,7 +491,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             )
         };
         let key = proc.key;
-        shard.release(i);
+        shard.release(i, rec);
         drop(guard);
         if emptied {
             self.counters.holdings.fetch_sub(1, Relaxed);
@@ -518,6 +517,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// A process started (or was found at start-up): records its image path. Optional: a
     /// process first seen in `opened` is created without an image.
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn process_started(&self, process: ProcessKey, image: &[u16]) {
         let Ok(lp) = self.processes.lock_process(&self.pool, process, true) else {
             bump(&self.counters.images_dropped_no_memory);
@@ -539,6 +539,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// A process exited. Its record goes when it no longer holds keys.
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn process_exited(&self, process: ProcessKey) {
         bump(&self.counters.process_exits_seen);
         let known = self
@@ -552,6 +553,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// A hive was loaded at `mount` from `file` (also used to seed from the hive list).
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn hive_loaded(&self, mount: &[u16], file: &[u16], time: u64) {
         bump(&self.counters.hive_loads_seen);
         if self
@@ -564,6 +566,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// The hive at `mount` was unloaded.
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn hive_unloaded(&self, mount: &[u16]) {
         bump(&self.counters.hive_unloads_seen);
         if !self.hives.unloaded(&self.pool, &self.names, mount) {
@@ -573,6 +576,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// An unload of `mount` was attempted with `outcome` (an NTSTATUS): records who held keys
     /// in the hive at this moment, in the bounded history.
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn unload_attempted(&self, mount: &[u16], outcome: u32, time: u64) {
         bump(&self.counters.unload_attempts_seen);
         let mut entry = HistEntry {
