@@ -37,6 +37,7 @@ use wdk_sys::{
 use crate::{
     clock, routines,
     tracking::{self, DriverTracker},
+    waiters,
 };
 
 /// The cookie `CmRegisterCallbackEx` returned.
@@ -202,6 +203,7 @@ unsafe extern "C" fn registry_callback(
             let info = unsafe { &*argument2.cast::<REG_KEY_HANDLE_CLOSE_INFORMATION>() };
             if !info.ObjectContext.is_null() {
                 tracker.handle_closed(Token(info.ObjectContext as u64), info.Object as u64);
+                waiters::hive_may_be_free();
             }
         }
         RegNtCallbackObjectContextCleanup => {
@@ -209,6 +211,7 @@ unsafe extern "C" fn registry_callback(
             let info = unsafe { &*argument2.cast::<REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION>() };
             if !info.ObjectContext.is_null() {
                 tracker.object_destroyed(Token(info.ObjectContext as u64), info.Object as u64);
+                waiters::hive_may_be_free();
             }
         }
         RegNtPostLoadKey => {
@@ -242,6 +245,7 @@ unsafe extern "C" fn registry_callback(
                 tracker.unload_attempted(mount, outcome, clock::now());
                 if post.Status == STATUS_SUCCESS {
                     tracker.hive_unloaded(mount);
+                    waiters::hive_may_be_free();
                 }
             });
         }
@@ -309,6 +313,7 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     if !attached {
         // No cleanup notification would ever come for it: forget it now (counted).
         tracker.abandon(token, object as u64);
+        waiters::hive_may_be_free();
     }
 }
 

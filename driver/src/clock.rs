@@ -1,4 +1,5 @@
-//! System time in 100-ns units since 1601 (the `KeQuerySystemTime` scale), for open times.
+//! Time: the system time in 100-ns units since 1601 (the `KeQuerySystemTime` scale), for open
+//! times, and the interrupt time (100-ns units since boot, never set back), for timeouts.
 
 use wdk_sys::LARGE_INTEGER;
 
@@ -6,6 +7,8 @@ use crate::routines;
 
 /// `KUSER_SHARED_DATA.SystemTime` (wdm.h: `KI_USER_SHARED_DATA` + 0x14), a `KSYSTEM_TIME`.
 const KUSER_SYSTEM_TIME: usize = 0xFFFF_F780_0000_0014;
+/// `KUSER_SHARED_DATA.InterruptTime` (wdm.h: `KI_USER_SHARED_DATA` + 0x08), a `KSYSTEM_TIME`.
+const KUSER_INTERRUPT_TIME: usize = 0xFFFF_F780_0000_0008;
 
 /// The current system time. `KeQuerySystemTimePrecise` (Windows 8+) when present; otherwise
 /// what the `KeQuerySystemTime` macro of wdm.h does on x64: read the shared-data `KSYSTEM_TIME`
@@ -18,10 +21,22 @@ pub fn now() -> u64 {
         // SAFETY: the routine wrote QuadPart.
         return u64::try_from(unsafe { t.QuadPart }).unwrap_or(0);
     }
+    kuser_time(KUSER_SYSTEM_TIME)
+}
+
+/// The interrupt time, as the inline `KeQueryInterruptTime` of wdm.h reads it on x64: from
+/// the shared-data `KSYSTEM_TIME`. Monotonic, so timeouts do not move when the clock is set.
+pub fn interrupt_time() -> u64 {
+    kuser_time(KUSER_INTERRUPT_TIME)
+}
+
+/// Reads a `KSYSTEM_TIME` of `KUSER_SHARED_DATA` until both high parts agree (the writer
+/// updates `High2Time`, then `LowPart`, then `High1Time`).
+fn kuser_time(address: usize) -> u64 {
     loop {
-        let high1 = kuser_u32(KUSER_SYSTEM_TIME + 4);
-        let low = kuser_u32(KUSER_SYSTEM_TIME);
-        let high2 = kuser_u32(KUSER_SYSTEM_TIME + 8);
+        let high1 = kuser_u32(address + 4);
+        let low = kuser_u32(address);
+        let high2 = kuser_u32(address + 8);
         if high1 == high2 {
             return (u64::from(high1) << 32) | u64::from(low);
         }

@@ -2,16 +2,26 @@
 //!
 //! The routines here only translate between the IRP and safe Rust: the request is handed to
 //! [`crate::ioctl::handle`] as a byte slice, and the IRP is completed exactly once with the
-//! status and byte count it returns.
+//! status and byte count it returns. The one exception is the wait-free request, which
+//! [`crate::waiters`] may keep pending; `IRP_MJ_CLEANUP` cancels the waits of the file
+//! object whose last handle is closing.
 
-use protocol::ioctl::{METHOD_BUFFERED, split_ctl_code};
+use protocol::{
+    ioctl::{IOCTL_HIVETRACK_WAIT_FREE, METHOD_BUFFERED, split_ctl_code},
+    wait::WaitFreeAnswer,
+};
 use wdk_sys::{
-    DRIVER_OBJECT, IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
-    NTSTATUS, PDEVICE_OBJECT, PIRP, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER,
-    STATUS_SUCCESS, ntddk::IofCompleteRequest,
+    DRIVER_OBJECT, IO_NO_INCREMENT, IO_STACK_LOCATION, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE,
+    IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, NTSTATUS, PDEVICE_OBJECT, PIRP, STATUS_CANCELLED,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS,
+    ntddk::IofCompleteRequest,
 };
 
-use crate::{ffi::current_stack_location, ioctl};
+use crate::{
+    ffi::current_stack_location,
+    ioctl,
+    waiters::{self, Queued},
+};
 
 /// `IO_NO_INCREMENT` as the `CCHAR` `IofCompleteRequest` takes (the constant is 0).
 #[allow(
@@ -25,6 +35,7 @@ const NO_INCREMENT: i8 = IO_NO_INCREMENT as i8;
 pub fn install(driver: &mut DRIVER_OBJECT) {
     driver.MajorFunction[IRP_MJ_CREATE as usize] = Some(dispatch_create_close);
     driver.MajorFunction[IRP_MJ_CLOSE as usize] = Some(dispatch_create_close);
+    driver.MajorFunction[IRP_MJ_CLEANUP as usize] = Some(dispatch_cleanup);
     driver.MajorFunction[IRP_MJ_DEVICE_CONTROL as usize] = Some(dispatch_device_control);
 }
 
@@ -50,6 +61,18 @@ unsafe fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTA
 /// device's DACL, so opening and closing always succeed.
 unsafe extern "C" fn dispatch_create_close(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
     // SAFETY: the I/O manager hands us a live IRP we have not completed.
+    unsafe { complete(irp, STATUS_SUCCESS, 0) }
+}
+
+/// `IRP_MJ_CLEANUP`: the last handle to a file object is closing; its pending waits are
+/// cancelled so that the process can exit (docs: "`DispatchCleanup` Routines").
+unsafe extern "C" fn dispatch_cleanup(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the I/O manager hands us a live IRP in one of our dispatch routines.
+    let stack = unsafe { current_stack_location(irp) };
+    // SAFETY: the current stack location of a live IRP is valid while we own the IRP.
+    let file = unsafe { (*stack).FileObject };
+    waiters::cleanup(file.cast());
+    // SAFETY: the IRP is live and not completed.
     unsafe { complete(irp, STATUS_SUCCESS, 0) }
 }
 
@@ -90,7 +113,51 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         // SAFETY: that buffer is `len` bytes and nothing else accesses it while we own the IRP.
         unsafe { core::slice::from_raw_parts_mut(system_buffer, len) }
     };
+    if code == IOCTL_HIVETRACK_WAIT_FREE {
+        // SAFETY: the IRP is live, ours and not completed; `stack` and `buffer` are its own.
+        return unsafe { wait_free(irp, stack, buffer, in_len, out_len) };
+    }
     let outcome = ioctl::handle(code, buffer, in_len, out_len);
     // SAFETY: the IRP is live and not completed; `information` never exceeds `out_len`.
     unsafe { complete(irp, outcome.status, outcome.information) }
+}
+
+/// `IOCTL_HIVETRACK_WAIT_FREE`: answered at once when the request is invalid or the hive is
+/// already free; otherwise queued, and `STATUS_PENDING` returned.
+///
+/// # Safety
+/// `irp` must be the live, uncompleted IRP being dispatched; `stack` its current stack
+/// location and `buffer` its whole system buffer.
+unsafe fn wait_free(
+    irp: *mut IRP,
+    stack: &IO_STACK_LOCATION,
+    buffer: &mut [u8],
+    in_len: usize,
+    out_len: usize,
+) -> NTSTATUS {
+    let request = match ioctl::wait_request(buffer, in_len, out_len) {
+        Ok(r) => r,
+        // SAFETY: the IRP is live and not completed.
+        Err(o) => return unsafe { complete(irp, o.status, o.information) },
+    };
+    let (file, system) = (stack.FileObject.cast(), buffer.as_mut_ptr());
+    // SAFETY: the IRP is the one being dispatched, `system` its system buffer of at least
+    // `out_len` bytes (checked by `wait_request`), `file` its file object.
+    match unsafe { waiters::enqueue(irp, system, out_len, file, request) } {
+        Queued::Pending => STATUS_PENDING,
+        Queued::Now(Ok(Some(outcome))) => {
+            let answer = WaitFreeAnswer {
+                outcome,
+                hive_id: request.hive_id,
+                waited: 0,
+            };
+            let o = ioctl::wait_answer(&answer, &mut buffer[..out_len]);
+            // SAFETY: not queued, so still ours and not completed.
+            unsafe { complete(irp, o.status, o.information) }
+        }
+        // SAFETY: not queued (cancelled before it could be), so still ours.
+        Queued::Now(Ok(None)) => unsafe { complete(irp, STATUS_CANCELLED, 0) },
+        // SAFETY: not queued, so still ours.
+        Queued::Now(Err(status)) => unsafe { complete(irp, status, 0) },
+    }
 }

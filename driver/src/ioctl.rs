@@ -13,6 +13,7 @@ use protocol::{
     },
     request::{QueryKind, QueryRequest},
     version::{BuildId, VersionInfo},
+    wait::{WaitFreeAnswer, WaitFreeRequest},
     wire::{self, EncodeError, HEADER_LEN, encode},
 };
 use tracker::{MAX_QUERY_PATH, QueryError};
@@ -25,6 +26,7 @@ use wdk_sys::{
 use crate::{
     clock,
     tracking::{self, DriverTracker},
+    waiters::Request,
 };
 
 /// The largest query request: header, query/flags/max-records, cursor, and the longest hive
@@ -55,8 +57,57 @@ pub const VERSION: VersionInfo = VersionInfo {
     major: parse_u16(env!("CARGO_PKG_VERSION_MAJOR")),
     minor: parse_u16(env!("CARGO_PKG_VERSION_MINOR")),
     patch: parse_u16(env!("CARGO_PKG_VERSION_PATCH")),
+    capabilities: VersionInfo::CAP_WAIT_FREE,
     build_id: BUILD_ID,
 };
+
+/// The largest wait-free request: header, timeout and reserved word, and the longest hive
+/// path with its length prefix (protocol/src/wait.rs).
+const MAX_WAIT_REQUEST: usize = HEADER_LEN + 8 + 2 + 2 * MAX_QUERY_PATH;
+
+/// The size of a wait-free answer.
+const WAIT_ANSWER_LEN: usize = HEADER_LEN + 16;
+
+/// Validates a wait-free request (in the first `in_len` bytes of `buffer`) and finds its
+/// hive. `Err` is the outcome to complete the request with at once.
+///
+/// # Errors
+/// `STATUS_INVALID_PARAMETER` for a malformed request, `STATUS_BUFFER_TOO_SMALL` when the
+/// output cannot hold the answer, `STATUS_DEVICE_NOT_READY` while live tracking is off (the
+/// driver cannot know when a hive becomes free), `STATUS_OBJECT_NAME_NOT_FOUND` for a path
+/// in no known hive.
+pub fn wait_request(buffer: &[u8], in_len: usize, out_len: usize) -> Result<Request, Outcome> {
+    if in_len > MAX_WAIT_REQUEST || in_len > buffer.len() || out_len > buffer.len() {
+        return Err(Outcome::error(STATUS_INVALID_PARAMETER));
+    }
+    let Ok(req) = wire::decode::<WaitFreeRequest<'_>>(&buffer[..in_len]) else {
+        return Err(Outcome::error(STATUS_INVALID_PARAMETER));
+    };
+    if out_len < WAIT_ANSWER_LEN {
+        return Err(Outcome::error(STATUS_BUFFER_TOO_SMALL));
+    }
+    let Some(tracker) = tracking::get().filter(|_| tracking::status() == STATUS_SUCCESS) else {
+        return Err(Outcome::error(STATUS_DEVICE_NOT_READY));
+    };
+    let mut path = [0u16; MAX_QUERY_PATH];
+    let mut n = 0;
+    for (dst, u) in path.iter_mut().zip(req.hive.units()) {
+        *dst = u;
+        n += 1;
+    }
+    let Some((hive_id, _)) = tracker.watch_hive(&path[..n]) else {
+        return Err(Outcome::error(STATUS_OBJECT_NAME_NOT_FOUND));
+    };
+    Ok(Request {
+        hive_id,
+        timeout_ms: req.timeout_ms,
+    })
+}
+
+/// Writes the answer of a wait that ends at once.
+pub fn wait_answer(answer: &WaitFreeAnswer, out: &mut [u8]) -> Outcome {
+    encode_answer(answer, out)
+}
 
 /// How a request ends: the IRP's status and the number of output bytes to return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +119,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    const fn error(status: NTSTATUS) -> Self {
+    /// An error: no output.
+    pub const fn error(status: NTSTATUS) -> Self {
         Self {
             status,
             information: 0,

@@ -28,6 +28,7 @@ mod routines;
 mod security;
 mod tracking;
 mod unicode;
+mod waiters;
 
 use wdk::println;
 #[cfg(not(test))]
@@ -65,6 +66,7 @@ pub unsafe extern "system" fn driver_entry(
         println!("hivetrack: could not create the control device: {status:#x}");
         return status;
     }
+    waiters::init();
     dispatch::install(driver);
     driver.DriverUnload = Some(driver_unload);
     // Live tracking is best effort: whatever fails here, the driver still loads, answers
@@ -109,6 +111,7 @@ unsafe extern "C" fn driver_unload(driver: PDRIVER_OBJECT) {
     // after these two calls nothing but this thread can reach the tracker.
     callbacks::unregister();
     process::unregister();
+    waiters::shutdown();
     tracking::stop();
     device::delete(driver);
     println!("hivetrack: unloaded");

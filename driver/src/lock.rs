@@ -29,6 +29,16 @@ pub struct SpinLock {
     old_irql: UnsafeCell<KIRQL>,
 }
 
+impl SpinLock {
+    /// A released lock, for static storage (`KeInitializeSpinLock` zeroes the word).
+    pub const fn unlocked() -> Self {
+        Self {
+            lock: UnsafeCell::new(0),
+            old_irql: UnsafeCell::new(0),
+        }
+    }
+}
+
 // SAFETY: the lock word is only touched by the kernel's interlocked spin-lock routines;
 // `old_irql` is written and read only by the current holder (the hand-over writes the inner
 // lock's, which the same caller holds too).
@@ -40,11 +50,7 @@ unsafe impl Send for SpinLock {}
 // `KeAcquireSpinLockRaiseToDpc`); shared holds are exclusive, which is allowed.
 unsafe impl RawLock for SpinLock {
     fn new() -> Self {
-        // KeInitializeSpinLock sets the lock word to zero (wdm.h, inline).
-        Self {
-            lock: UnsafeCell::new(0),
-            old_irql: UnsafeCell::new(0),
-        }
+        Self::unlocked()
     }
 
     #[inline]

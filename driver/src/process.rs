@@ -15,7 +15,7 @@ use wdk_sys::{
     HANDLE, NTSTATUS, PEPROCESS, PPS_CREATE_NOTIFY_INFO, STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS,
 };
 
-use crate::{callbacks, routines, tracking};
+use crate::{callbacks, routines, tracking, waiters};
 
 static REGISTERED: AtomicBool = AtomicBool::new(false);
 
@@ -62,6 +62,7 @@ unsafe extern "C" fn process_notify(
     };
     if create_info.is_null() {
         tracker.process_exited(key);
+        waiters::hive_may_be_free();
         return;
     }
     // SAFETY: a non-null CreateInfo is valid for the duration of the call.

@@ -6,7 +6,7 @@
 //! refreshed from the host clocks.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// PASSIVE_LEVEL.
 pub const PASSIVE_LEVEL: u8 = 0;
@@ -158,16 +158,29 @@ fn now_100ns(clock: libc::clockid_t) -> u64 {
 /// Seconds between 1601-01-01 and 1970-01-01, in 100 ns units.
 pub const EPOCH_DIFFERENCE_100NS: u64 = 116_444_736_000_000_000;
 
+/// How far [`advance_clock`] moved the emulated clocks ahead of the host's, in 100 ns units.
+static CLOCK_OFFSET_100NS: AtomicU64 = AtomicU64::new(0);
+
+/// Moves every emulated clock (system time, interrupt time, the performance counter, the
+/// KUSER_SHARED_DATA copies) forward by `delta` 100 ns units: the emulated machine then runs
+/// that far ahead of the host. Used by [`crate::timer::advance`].
+pub fn advance_clock(delta: u64) {
+    CLOCK_OFFSET_100NS.fetch_add(delta, Ordering::AcqRel);
+    refresh_kuser_shared_data();
+}
+
 /// The system time as Windows counts it (100 ns since 1601, UTC).
 #[must_use]
 pub fn system_time() -> u64 {
-    now_100ns(libc::CLOCK_REALTIME) + EPOCH_DIFFERENCE_100NS
+    now_100ns(libc::CLOCK_REALTIME)
+        + EPOCH_DIFFERENCE_100NS
+        + CLOCK_OFFSET_100NS.load(Ordering::Acquire)
 }
 
 /// Interrupt time: 100 ns units since "boot" (the host's monotonic clock).
 #[must_use]
 pub fn interrupt_time() -> u64 {
-    now_100ns(libc::CLOCK_MONOTONIC)
+    now_100ns(libc::CLOCK_MONOTONIC) + CLOCK_OFFSET_100NS.load(Ordering::Acquire)
 }
 
 /// Creates the KUSER_SHARED_DATA page (idempotent).

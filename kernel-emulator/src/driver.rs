@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::bugcheck::{self, EXIT_REFUSED};
 use crate::exports;
 use crate::io;
-use crate::kernel::call_driver;
+use crate::kernel::{self, call_driver};
 use crate::layout::{
     DispatchFn, DriverExtension, DriverInitFn, DriverObject, IO_TYPE_DRIVER,
     IRP_MJ_MAXIMUM_FUNCTION, OwnedUnicode,
@@ -94,6 +94,24 @@ pub fn load(sys: &Path, map: Option<&Path>) -> Result<LoadedDriver, LoadError> {
     })
 }
 
+/// Calls the DriverUnload of `object` if it has one (in the System process), then checks that
+/// no timer or DPC of the image is left ([`crate::timer::check_unload`], bugcheck 0xCE) and
+/// makes the image inaccessible. Returns whether DriverUnload was set.
+pub(crate) fn run_unload(object: *mut DriverObject, image: &'static Image) -> bool {
+    // SAFETY: the driver object is live (leaked by `load`).
+    let unload = unsafe { (*object).driver_unload };
+    kernel::with(|k| {
+        k.io.unload_pending.remove(&(object as usize));
+        k.io.unloaded.insert(object as usize);
+    });
+    let Some(f) = unload else { return false };
+    // SAFETY: DriverUnload with the driver's own object, no handle open.
+    io::with_pid(4, || call_driver("DriverUnload", || unsafe { f(object) }));
+    crate::timer::check_unload(image.base, image.size);
+    image.make_inaccessible();
+    true
+}
+
 /// Loads or ends the process with [`EXIT_REFUSED`], naming the reason (unresolved imports).
 #[must_use]
 pub fn load_or_refuse(sys: &Path, map: Option<&Path>) -> LoadedDriver {
@@ -130,18 +148,65 @@ impl LoadedDriver {
         status
     }
 
-    /// Calls DriverUnload if the driver set one; returns whether it did. Afterwards the
-    /// image is inaccessible.
+    /// Calls DriverUnload if the driver set one; returns whether it did. Afterwards a timer
+    /// still set or a DPC still queued in the image is bugcheck 0xCE
+    /// ([`crate::timer::check_unload`]) and the image is inaccessible. Unlike [`Self::stop`],
+    /// this does not wait for open handles (the scenarios close theirs first).
+    ///
+    /// Idempotent: once DriverUnload has run (here, or deferred after [`Self::stop`]), this
+    /// returns whether it was set without calling it again.
     pub fn unload(&mut self) -> bool {
-        // SAFETY: the driver object is live.
-        let unload = unsafe { (*self.object).driver_unload };
+        if self.is_unloaded() {
+            return self.has_unload();
+        }
         self.unloaded = true;
-        let Some(f) = unload else { return false };
-        let object = self.object;
-        // SAFETY: DriverUnload with the driver's own object, no handle open.
-        call_driver("DriverUnload", || unsafe { f(object) });
-        self.image.make_inaccessible();
-        true
+        run_unload(self.object, self.image)
+    }
+
+    /// Service stop (NtUnloadDriver → IopUnloadDriver): if no file object is open on any of
+    /// the driver's devices, calls DriverUnload now (as [`Self::unload`] does) and returns
+    /// true. Otherwise marks the devices unload-pending (new opens fail with
+    /// STATUS_NO_SUCH_DEVICE) and returns false; DriverUnload then runs inside the
+    /// [`io::close`] (or [`io::terminate_process_io`]) that releases the last file object,
+    /// and the image becomes inaccessible then.
+    ///
+    /// What the model assumes of Windows: for a legacy (non-PnP) driver, IopUnloadDriver
+    /// marks every device object of the driver DOE_UNLOAD_PENDING and calls DriverUnload only
+    /// once none of them has a non-zero ReferenceCount (each open file object holds one);
+    /// otherwise the unload happens when the last reference goes (IopCheckUnloadDriver from
+    /// IopDeleteFile / IopDecrementDeviceObjectRef), and IopParseDevice refuses new opens of
+    /// an unload-pending device with STATUS_NO_SUCH_DEVICE. A driver without DriverUnload
+    /// cannot be stopped: false, nothing marked.
+    pub fn stop(&mut self) -> bool {
+        if self.is_unloaded() || !self.has_unload() {
+            return false;
+        }
+        let object = self.object as usize;
+        let image = self.image;
+        let deferred = kernel::with(|k| {
+            let busy =
+                k.io.devices
+                    .values()
+                    .any(|d| d.driver == object && d.open_files > 0);
+            if busy {
+                for d in k.io.devices.values_mut().filter(|d| d.driver == object) {
+                    d.unload_pending = true;
+                }
+                k.io.unload_pending.insert(object, image);
+            }
+            busy
+        });
+        if deferred {
+            return false;
+        }
+        self.unload()
+    }
+
+    /// Whether DriverUnload has run (here, or deferred at the last close after [`Self::stop`]).
+    #[must_use]
+    pub fn is_unloaded(&self) -> bool {
+        let object = self.object as usize;
+        self.unloaded || kernel::with(|k| k.io.unloaded.contains(&object))
     }
 
     /// The dispatch routine the driver set for `major`, if not the default.

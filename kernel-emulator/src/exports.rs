@@ -47,6 +47,8 @@ pub fn table() -> &'static [Export] {
         v.extend(crate::process::exports());
         v.extend(crate::lookaside::exports());
         v.extend(crate::sync::exports());
+        v.extend(crate::timer::exports());
+        v.extend(crate::cancel::exports());
         v.extend(crate::bugcheck::exports());
         v.extend(crate::zwreg::exports());
         v.push(Export::function(

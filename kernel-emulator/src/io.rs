@@ -5,6 +5,15 @@
 //! pre-filled with a poison byte and bounded by a guard page, and closing. Each IRP is checked
 //! when dispatch returns: completed exactly once (a second IofCompleteRequest is bugcheck
 //! 0x44), IoStatus.Status equal to the returned status, Information within the output buffer.
+//!
+//! Asynchronous device control ([`device_io_control_async`]): a dispatch routine that marked
+//! the IRP pending (IoMarkIrpPending) and returned STATUS_PENDING keeps it; the driver
+//! completes it later on any thread (a DPC, another request, IRP_MJ_CLEANUP, DriverUnload)
+//! and [`PendingIoctl::poll`] then copies the output back as the synchronous path does.
+//! [`PendingIoctl::cancel`] is IoCancelIrp ([`crate::cancel`]); [`terminate_process_io`] is
+//! what process exit does to a process's I/O. Completing an IRP whose cancel routine is still
+//! set is bugcheck 0x48 CANCEL_STATE_IN_COMPLETED_IRP; an IRP still pending after
+//! IRP_MJ_CLEANUP of its file object is a verifier violation (the process would hang at exit).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +53,9 @@ pub struct Device {
     pub open_files: u32,
     /// IoDeleteDevice was called while files were open.
     pub delete_pending: bool,
+    /// The driver's service was stopped while files were open: DriverUnload runs when the
+    /// last file object on the driver's devices goes; new opens fail.
+    pub unload_pending: bool,
     /// Bytes allocated for DEVICE_OBJECT + extension + DEVOBJ_EXTENSION.
     alloc_len: usize,
 }
@@ -57,6 +69,8 @@ pub struct OpenFile {
     pub granted: u32,
     /// Process that opened it.
     pub pid: u32,
+    /// Open order (a process's handles close in this order at exit).
+    pub seq: u64,
 }
 
 /// Per-IRP bookkeeping.
@@ -64,6 +78,14 @@ pub struct OpenFile {
 pub struct IrpTrack {
     /// IofCompleteRequest calls.
     pub completions: u32,
+    /// Dispatch returned STATUS_PENDING: the driver owns the IRP until it completes it.
+    pub pending: bool,
+    /// The file object the request was sent on.
+    pub file: usize,
+    /// The requesting process.
+    pub pid: u32,
+    /// Issue order.
+    pub seq: u64,
 }
 
 /// I/O manager state.
@@ -73,10 +95,18 @@ pub struct IoState {
     pub devices: HashMap<usize, Device>,
     /// Symbolic links: canonical (upper-case) link name -> (link as created, target).
     pub links: BTreeMap<String, (String, String)>,
-    /// IRPs the driver currently owns.
+    /// IRPs the driver currently owns (and completed asynchronous IRPs whose
+    /// [`PendingIoctl`] is still alive).
     pub irps: HashMap<usize, IrpTrack>,
     /// Open file objects by address.
     pub files: HashMap<usize, OpenFile>,
+    /// Issue order of IRPs and file objects.
+    pub seq: u64,
+    /// Stopped drivers (DRIVER_OBJECT address) whose DriverUnload waits for the last file
+    /// object on their devices: the image to unload.
+    pub unload_pending: HashMap<usize, &'static crate::pe::Image>,
+    /// Drivers (DRIVER_OBJECT address) whose DriverUnload has run.
+    pub unloaded: std::collections::HashSet<usize>,
 }
 
 impl IoState {
@@ -93,10 +123,14 @@ impl IoState {
         for (link, target) in self.links.values() {
             v.push(format!("symbolic link {link} -> {target} not deleted"));
         }
-        for (i, t) in &self.irps {
+        for (i, t) in self.irps.iter().filter(|(_, t)| t.completions == 0) {
             v.push(format!(
-                "IRP {i:#x} still outstanding ({} completions)",
-                t.completions
+                "IRP {i:#x} still outstanding ({})",
+                if t.pending {
+                    "pending, never completed"
+                } else {
+                    "never completed"
+                }
             ));
         }
         v.sort();
@@ -236,6 +270,7 @@ unsafe extern "win64" fn IoCreateDevice(
                 security: SecurityDescriptor::default_device(),
                 open_files: 0,
                 delete_pending: false,
+                unload_pending: false,
                 alloc_len,
             },
         );
@@ -243,8 +278,10 @@ unsafe extern "win64" fn IoCreateDevice(
     STATUS_SUCCESS
 }
 
-/// Unlinks and frees a device object (after the last file object is gone).
+/// Unlinks and frees a device object (after the last file object is gone). A timer still set
+/// or a DPC still queued in its extension is bugcheck 0xC7 ([`crate::timer::check_free`]).
 fn free_device(dev: *mut DeviceObject, alloc_len: usize) {
+    crate::timer::check_free(dev as usize, alloc_len);
     // SAFETY: `dev` is a live device object owned by the model.
     let driver = unsafe { (*dev).driver_object };
     // SAFETY: its driver object outlives it.
@@ -344,8 +381,15 @@ unsafe extern "win64" fn IoDeleteSymbolicLink(link: *const UnicodeString) -> NtS
 
 /// IofCompleteRequest — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iocompleterequest>:
 /// the IRP goes back to the I/O manager; completing it twice is bugcheck 0x44
-/// (MULTIPLE_IRP_COMPLETE_REQUESTS); completing with STATUS_PENDING is a verifier violation.
-/// IRQL <= DISPATCH_LEVEL.
+/// (MULTIPLE_IRP_COMPLETE_REQUESTS); completing it with its cancel routine still set is
+/// bugcheck 0x48 (CANCEL_STATE_IN_COMPLETED_IRP,
+/// <https://learn.microsoft.com/en-us/windows-hardware/drivers/debugger/bug-check-0x48--cancel-state-in-completed-irp>:
+/// IoSetCancelRoutine(Irp, NULL) must come first — a free build of Windows stops with it
+/// only when IoCancelIrp later finds the stale routine in the completed IRP, a checked build
+/// and Driver Verifier's I/O verification catch it at completion, as the model does, so the
+/// report names the completing code); completing with STATUS_PENDING is a
+/// verifier violation. Irp->PendingReturned takes the stack location's SL_PENDING_RETURNED.
+/// Any thread, any time after dispatch for a pending IRP. IRQL <= DISPATCH_LEVEL.
 unsafe extern "win64" fn IofCompleteRequest(irp: *mut Irp, _boost: i8) {
     require_irql("IofCompleteRequest", DISPATCH_LEVEL);
     let completions = kernel::with(|k| {
@@ -370,6 +414,26 @@ unsafe extern "win64" fn IofCompleteRequest(irp: *mut Irp, _boost: i8) {
         }
         Some(_) => {}
     }
+    // SAFETY: the IRP is live (tracked above).
+    let slot = unsafe { &raw mut (*irp).cancel_routine };
+    // SAFETY: CancelRoutine is a pointer-sized, aligned field of the live IRP, read as the
+    // interlocked field it is.
+    let cancel_routine = unsafe { std::sync::atomic::AtomicPtr::from_ptr(slot) }
+        .load(std::sync::atomic::Ordering::Acquire);
+    if !cancel_routine.is_null() {
+        emit_stderr(&format!(
+            "*** kernel-emulator: IoCompleteRequest({irp:p}) with its cancel routine {} still set \
+             (IoSetCancelRoutine(Irp, NULL) first)\n",
+            bugcheck::symbolize(cancel_routine as usize)
+        ));
+        bugcheck(0x48, irp as usize, cancel_routine as usize, 0, 0);
+    }
+    // SAFETY: the IRP is live (tracked above).
+    let stack = unsafe { (*irp).current_stack_location };
+    // SAFETY: its current stack location is live with it.
+    let control = unsafe { (*stack).control };
+    // SAFETY: as above.
+    unsafe { (*irp).pending_returned = control & SL_PENDING_RETURNED };
     // SAFETY: the IRP is live (tracked above).
     let status = unsafe { (*irp).io_status.status };
     if status == STATUS_PENDING {
@@ -513,13 +577,19 @@ impl Drop for IrpAllocation {
     }
 }
 
-/// Sends one IRP to the driver that owns `device` and checks the completion rules.
+/// Stack location Control flag IoMarkIrpPending sets (wdm.h SL_PENDING_RETURNED).
+pub const SL_PENDING_RETURNED: u8 = 0x01;
+
+/// Sends one IRP to the driver that owns `device` and checks the completion rules. With
+/// `may_pend`, a dispatch routine may keep the IRP (IoMarkIrpPending + STATUS_PENDING): the
+/// IRP then stays tracked as pending and STATUS_PENDING is returned.
 fn dispatch(
     irp: &IrpAllocation,
     device: usize,
     major: usize,
     operation: &str,
     pid: u32,
+    may_pend: bool,
 ) -> NtStatus {
     let driver = kernel::with(|k| k.io.devices.get(&device).map(|d| d.driver));
     let Some(driver) = driver else {
@@ -529,18 +599,65 @@ fn dispatch(
     let routine: Option<DispatchFn> =
         unsafe { (*(driver as *mut DriverObject)).major_function[major] };
     let routine = routine.unwrap_or(invalid_device_request);
-    kernel::with(|k| k.io.irps.insert(irp.irp as usize, IrpTrack::default()));
+    // SAFETY: the IRP is live and ours until dispatch.
+    let file = unsafe { (*irp.irp).original_file_object } as usize;
+    kernel::with(|k| {
+        k.io.seq += 1;
+        let seq = k.io.seq;
+        k.io.irps.insert(
+            irp.irp as usize,
+            IrpTrack {
+                file,
+                pid,
+                seq,
+                ..IrpTrack::default()
+            },
+        )
+    });
     let previous = CURRENT_PID.with(|c| c.replace(pid));
     let (dev, i) = (device as *mut DeviceObject, irp.irp);
     // SAFETY: calling the driver's dispatch routine with a live device object and IRP.
     let returned = call_driver(operation, || unsafe { routine(dev, i) });
     CURRENT_PID.with(|c| c.set(previous));
+    let held = crate::sync::spin_locks_held_by_current_thread();
+    if !held.is_empty() {
+        verifier_violation(&format!(
+            "{operation} returned to user mode holding {}",
+            held.join(", ")
+        ));
+    }
+    // SAFETY: the I/O manager's own stack location of the IRP (still allocated: until the
+    // IRP is freed, which only its owner here does).
+    let marked = unsafe { (*irp.stack()).control } & SL_PENDING_RETURNED != 0;
+    if returned == STATUS_PENDING {
+        if !may_pend {
+            verifier_violation(&format!(
+                "{operation} returned STATUS_PENDING: this request was sent synchronously \
+                 (io::device_io_control, open, close); send a request that may pend with \
+                 io::device_io_control_async"
+            ));
+        }
+        if !marked {
+            verifier_violation(&format!(
+                "{operation} returned STATUS_PENDING without IoMarkIrpPending \
+                 (SL_PENDING_RETURNED not set in the stack location's Control)"
+            ));
+        }
+        kernel::with(|k| {
+            if let Some(t) = k.io.irps.get_mut(&(irp.irp as usize)) {
+                t.pending = true;
+            }
+        });
+        return STATUS_PENDING;
+    }
     let track = kernel::with(|k| k.io.irps.remove(&(irp.irp as usize))).unwrap_or_default();
     // SAFETY: the IRP is still allocated (we own it again).
     let io_status = unsafe { (*irp.irp).io_status.status };
-    if returned == STATUS_PENDING {
+    if marked {
         verifier_violation(&format!(
-            "{operation} returned STATUS_PENDING: asynchronous completion is not modelled"
+            "{operation} called IoMarkIrpPending but returned {} (a pending IRP's dispatch \
+             routine must return STATUS_PENDING)",
+            status::describe(returned)
         ));
     }
     if track.completions == 0 {
@@ -630,6 +747,9 @@ pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHa
     if flags & DO_DEVICE_INITIALIZING != 0 {
         return Err(STATUS_NO_SUCH_DEVICE);
     }
+    if kernel::with(|k| k.io.devices[&device].unload_pending) {
+        return Err(STATUS_NO_SUCH_DEVICE);
+    }
     if kernel::with(|k| k.io.devices[&device].delete_pending) {
         return Err(STATUS_DELETE_PENDING);
     }
@@ -651,19 +771,22 @@ pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHa
     // Create.SecurityContext; Options = FILE_OPEN << 24 | FILE_SYNCHRONOUS_IO_NONALERT.
     irp.set_parameters([sc as u64, 0x0100_0000 | 0x20, 0, 0]);
     kernel::with(|k| {
+        k.io.seq += 1;
+        let seq = k.io.seq;
         k.io.files.insert(
             file,
             OpenFile {
                 device,
                 granted,
                 pid,
+                seq,
             },
         );
         if let Some(d) = k.io.devices.get_mut(&device) {
             d.open_files += 1;
         }
     });
-    let status = dispatch(&irp, device, IRP_MJ_CREATE, "IRP_MJ_CREATE", pid);
+    let status = dispatch(&irp, device, IRP_MJ_CREATE, "IRP_MJ_CREATE", pid, false);
     drop(security_context);
     if status::nt_success(status) {
         Ok(FileHandle(file))
@@ -688,20 +811,37 @@ fn alloc_file_object(device: usize) -> usize {
     f
 }
 
-/// Drops a file object; frees a delete-pending device when its last file goes.
+/// Drops a file object; frees a delete-pending device when its last file goes; runs the
+/// deferred DriverUnload of a stopped driver when the last file on its devices goes.
 fn release_file(file: usize) {
-    let freed = kernel::with(|k| {
-        let f = k.io.files.remove(&file)?;
-        let d = k.io.devices.get_mut(&f.device)?;
+    let (freed, unload) = kernel::with(|k| {
+        let Some(f) = k.io.files.remove(&file) else {
+            return (None, None);
+        };
+        let Some(d) = k.io.devices.get_mut(&f.device) else {
+            return (None, None);
+        };
         d.open_files -= 1;
-        if d.open_files == 0 && d.delete_pending {
-            return k
-                .io
-                .devices
+        let driver = d.driver;
+        let freed = if d.open_files == 0 && d.delete_pending {
+            k.io.devices
                 .remove(&f.device)
-                .map(|d| (f.device, d.alloc_len));
-        }
-        None
+                .map(|d| (f.device, d.alloc_len))
+        } else {
+            None
+        };
+        let busy =
+            k.io.devices
+                .values()
+                .any(|d| d.driver == driver && d.open_files > 0);
+        let unload = if busy {
+            None
+        } else {
+            k.io.unload_pending
+                .remove(&driver)
+                .map(|image| (driver, image))
+        };
+        (freed, unload)
     });
     if let Some((dev, len)) = freed {
         free_device(dev as *mut DeviceObject, len);
@@ -709,13 +849,145 @@ fn release_file(file: usize) {
     let layout = std::alloc::Layout::from_size_align(FILE_OBJECT_SIZE, 16).expect("layout");
     // SAFETY: allocated by alloc_file_object with this layout; no IRP references it now.
     unsafe { std::alloc::dealloc(file as *mut u8, layout) };
+    if let Some((driver, image)) = unload {
+        // IopUnloadDriver's deferred half, in the System process.
+        with_pid(4, || {
+            crate::driver::run_unload(driver as *mut DriverObject, image);
+        });
+    }
+}
+
+/// A device-control request built as the I/O manager builds it: the IRP, the
+/// METHOD_BUFFERED system buffer, the caller's buffers (METHOD_NEITHER passes them as they
+/// are). Owned by the caller until dispatch, by the driver while pending, then by the caller
+/// again.
+struct IoctlRequest {
+    irp: IrpAllocation,
+    system: Option<SystemBuffer>,
+    user_out: Vec<u8>,
+    /// METHOD_NEITHER's Type3InputBuffer: must live as long as the request.
+    _user_in: Vec<u8>,
+    code: u32,
+    output_len: u32,
+    device: usize,
+    pid: u32,
+}
+
+impl IoctlRequest {
+    /// Checks the handle and the code's RequiredAccess, then builds the IRP and buffers.
+    fn new(
+        handle: FileHandle,
+        code: u32,
+        input: &[u8],
+        output_len: u32,
+        poison: u8,
+    ) -> Result<Self, IoctlResult> {
+        let refused = |status| IoctlResult {
+            status,
+            information: 0,
+            output: Vec::new(),
+        };
+        let Some(file) = kernel::with(|k| k.io.files.get(&handle.0).copied()) else {
+            return Err(refused(status::STATUS_INVALID_HANDLE));
+        };
+        let access = (code >> 14) & 3;
+        if (access & 1 != 0 && file.granted & FILE_READ_DATA == 0)
+            || (access & 2 != 0 && file.granted & FILE_WRITE_DATA == 0)
+        {
+            return Err(refused(STATUS_ACCESS_DENIED));
+        }
+        let method = code & 3;
+        assert!(
+            method == 0 || method == 3,
+            "METHOD_IN_DIRECT/OUT_DIRECT are not modelled"
+        );
+        let irp = IrpAllocation::new(IRP_MJ_DEVICE_CONTROL, file.device, handle.0, file.pid);
+        let len = input.len().max(output_len as usize);
+        let mut user_out = vec![poison ^ 0xFF; output_len as usize];
+        let mut user_in = input.to_vec();
+        let system = (method == 0 && len > 0).then(|| SystemBuffer::new(len, poison));
+        if let Some(sb) = &system {
+            // SAFETY: the system buffer holds `len` >= input.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(input.as_ptr(), sb.ptr, input.len()) };
+        }
+        // SAFETY: the IRP is live and ours until dispatch.
+        let i = unsafe { &mut *irp.irp };
+        i.system_buffer = system
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |s| s.ptr.cast());
+        let type3 = if method == 3 {
+            i.user_buffer = user_out.as_mut_ptr().cast();
+            user_in.as_mut_ptr() as u64
+        } else {
+            0
+        };
+        irp.set_parameters([
+            u64::from(output_len),
+            input.len() as u64,
+            u64::from(code),
+            type3,
+        ]);
+        Ok(Self {
+            irp,
+            system,
+            user_out,
+            _user_in: user_in,
+            code,
+            output_len,
+            device: file.device,
+            pid: file.pid,
+        })
+    }
+
+    fn dispatch(&self, may_pend: bool) -> NtStatus {
+        dispatch(
+            &self.irp,
+            self.device,
+            IRP_MJ_DEVICE_CONTROL,
+            "IRP_MJ_DEVICE_CONTROL",
+            self.pid,
+            may_pend,
+        )
+    }
+
+    /// What the I/O manager does once the IRP is completed with `status`: copy Information
+    /// bytes of the system buffer back to the caller (none for an error status), after
+    /// checking Information against OutputBufferLength.
+    fn finish(&mut self, status: NtStatus) -> IoctlResult {
+        let (code, output_len) = (self.code, self.output_len);
+        // SAFETY: the IRP is ours again.
+        let information = unsafe { (*self.irp.irp).io_status.information };
+        let copy = if status as u32 >= 0xC000_0000 {
+            0
+        } else {
+            information
+        };
+        if self.system.is_some() && copy > output_len as usize {
+            verifier_violation(&format!(
+                "IRP_MJ_DEVICE_CONTROL {code:#x}: IoStatus.Information {information} exceeds OutputBufferLength {output_len}"
+            ));
+        }
+        if let Some(sb) = &self.system {
+            // SAFETY: copy <= output_len <= len bytes of the system buffer.
+            unsafe { std::ptr::copy_nonoverlapping(sb.ptr, self.user_out.as_mut_ptr(), copy) };
+        }
+        let mut output = std::mem::take(&mut self.user_out);
+        output.truncate(copy.min(output_len as usize));
+        IoctlResult {
+            status,
+            information,
+            output,
+        }
+    }
 }
 
 /// DeviceIoControl on an open handle. METHOD_BUFFERED: one system buffer of max(in, out)
 /// bytes, input copied in, the rest poisoned with `poison`; after completion `Information`
 /// bytes are copied back unless the status is an error. The control code's RequiredAccess is
 /// checked against the handle first (FILE_READ_ACCESS needs FILE_READ_DATA, ...).
-/// METHOD_NEITHER passes the caller's buffers as they are.
+/// METHOD_NEITHER passes the caller's buffers as they are. The request is synchronous: a
+/// dispatch routine returning STATUS_PENDING is a verifier violation (use
+/// [`device_io_control_async`]).
 ///
 /// # Panics
 /// For METHOD_IN_DIRECT / METHOD_OUT_DIRECT (MDLs are not modelled).
@@ -727,86 +999,190 @@ pub fn device_io_control(
     output_len: u32,
     poison: u8,
 ) -> IoctlResult {
-    let Some(file) = kernel::with(|k| k.io.files.get(&handle.0).copied()) else {
-        return IoctlResult {
-            status: status::STATUS_INVALID_HANDLE,
-            information: 0,
-            output: Vec::new(),
-        };
+    let mut request = match IoctlRequest::new(handle, code, input, output_len, poison) {
+        Ok(r) => r,
+        Err(refused) => return refused,
     };
-    let access = (code >> 14) & 3;
-    if (access & 1 != 0 && file.granted & FILE_READ_DATA == 0)
-        || (access & 2 != 0 && file.granted & FILE_WRITE_DATA == 0)
-    {
-        return IoctlResult {
-            status: STATUS_ACCESS_DENIED,
-            information: 0,
-            output: Vec::new(),
-        };
-    }
-    let method = code & 3;
-    assert!(
-        method == 0 || method == 3,
-        "METHOD_IN_DIRECT/OUT_DIRECT are not modelled"
-    );
-    let irp = IrpAllocation::new(IRP_MJ_DEVICE_CONTROL, file.device, handle.0, file.pid);
-    let len = input.len().max(output_len as usize);
-    let mut user_out = vec![poison ^ 0xFF; output_len as usize];
-    let mut user_in = input.to_vec();
-    let system = (method == 0 && len > 0).then(|| SystemBuffer::new(len, poison));
-    if let Some(sb) = &system {
-        // SAFETY: the system buffer holds `len` >= input.len() bytes.
-        unsafe { std::ptr::copy_nonoverlapping(input.as_ptr(), sb.ptr, input.len()) };
-    }
-    // SAFETY: the IRP is live and ours until dispatch.
-    let i = unsafe { &mut *irp.irp };
-    i.system_buffer = system
-        .as_ref()
-        .map_or(std::ptr::null_mut(), |s| s.ptr.cast());
-    let type3 = if method == 3 {
-        i.user_buffer = user_out.as_mut_ptr().cast();
-        user_in.as_mut_ptr() as u64
+    let status = request.dispatch(false);
+    request.finish(status)
+}
+
+/// The outcome of [`device_io_control_async`].
+#[derive(Debug)]
+pub enum IoctlCall {
+    /// The dispatch routine completed the request (or the I/O manager refused it).
+    Done(IoctlResult),
+    /// The dispatch routine returned STATUS_PENDING: the driver owns the IRP.
+    Pending(PendingIoctl),
+}
+
+/// DeviceIoControl on an overlapped handle: like [`device_io_control`], but a dispatch
+/// routine that returns STATUS_PENDING (having called IoMarkIrpPending, else verifier
+/// violation) leaves the IRP with the driver and returns [`IoctlCall::Pending`].
+///
+/// # Panics
+/// For METHOD_IN_DIRECT / METHOD_OUT_DIRECT (MDLs are not modelled).
+#[must_use]
+pub fn device_io_control_async(
+    handle: FileHandle,
+    code: u32,
+    input: &[u8],
+    output_len: u32,
+    poison: u8,
+) -> IoctlCall {
+    let mut request = match IoctlRequest::new(handle, code, input, output_len, poison) {
+        Ok(r) => r,
+        Err(refused) => return IoctlCall::Done(refused),
+    };
+    let status = request.dispatch(true);
+    if status == STATUS_PENDING {
+        IoctlCall::Pending(PendingIoctl {
+            request: Some(request),
+            result: None,
+        })
     } else {
-        0
-    };
-    irp.set_parameters([
-        u64::from(output_len),
-        input.len() as u64,
-        u64::from(code),
-        type3,
-    ]);
-    let status = dispatch(
-        &irp,
-        file.device,
-        IRP_MJ_DEVICE_CONTROL,
-        "IRP_MJ_DEVICE_CONTROL",
-        file.pid,
-    );
-    // SAFETY: the IRP is ours again.
-    let information = unsafe { (*irp.irp).io_status.information };
-    let copy = if status as u32 >= 0xC000_0000 {
-        0
-    } else {
-        information
-    };
-    if method == 0 && copy > output_len as usize {
-        verifier_violation(&format!(
-            "IRP_MJ_DEVICE_CONTROL {code:#x}: IoStatus.Information {information} exceeds OutputBufferLength {output_len}"
-        ));
-    }
-    if let Some(sb) = &system {
-        // SAFETY: copy <= output_len <= len bytes of the system buffer.
-        unsafe { std::ptr::copy_nonoverlapping(sb.ptr, user_out.as_mut_ptr(), copy) };
-    }
-    user_out.truncate(copy.min(output_len as usize));
-    IoctlResult {
-        status,
-        information,
-        output: user_out,
+        IoctlCall::Done(request.finish(status))
     }
 }
 
-/// CloseHandle: IRP_MJ_CLEANUP (if the driver handles it) then IRP_MJ_CLOSE.
+/// A device-control request the driver returned STATUS_PENDING for (an OVERLAPPED in flight).
+/// The IRP and its buffers stay allocated while the driver owns them; once the driver has
+/// completed the IRP this value owns them. Dropped while still pending, it leaks them (the
+/// driver may still write there) and the IRP is reported by [`IoState::leaks`].
+#[derive(Debug)]
+pub struct PendingIoctl {
+    request: Option<IoctlRequest>,
+    result: Option<IoctlResult>,
+}
+
+impl std::fmt::Debug for IoctlRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IRP {:p} (code {:#x})", self.irp.irp, self.code)
+    }
+}
+
+#[allow(clippy::non_send_fields_in_send_ty)] // the raw pointers are owned allocations, see below
+// SAFETY: the IRP and buffers are exclusively owned by this value (or by the driver, which
+// synchronises through the model's kernel lock); nothing in it is tied to the creating thread.
+unsafe impl Send for PendingIoctl {}
+
+impl PendingIoctl {
+    /// The IRP's address (for assertions and reports).
+    #[must_use]
+    pub fn irp(&self) -> usize {
+        self.request.as_ref().map_or(0, |r| r.irp.irp as usize)
+    }
+
+    fn completed(&self) -> bool {
+        let irp = self.irp();
+        self.result.is_some()
+            || kernel::with(|k| k.io.irps.get(&irp).is_some_and(|t| t.completions > 0))
+    }
+
+    /// Some(result) once the driver completed the IRP (output copied back exactly as the
+    /// synchronous path does, same Information/output-length checks); None while pending.
+    /// Idempotent after completion.
+    pub fn poll(&mut self) -> Option<IoctlResult> {
+        if let Some(r) = &self.result {
+            return Some(r.clone());
+        }
+        if !self.completed() {
+            return None;
+        }
+        let request = self.request.as_mut()?;
+        // SAFETY: the driver completed the IRP: it is ours again.
+        let status = unsafe { (*request.irp.irp).io_status.status };
+        let r = request.finish(status);
+        self.result = Some(r.clone());
+        Some(r)
+    }
+
+    /// IoCancelIrp, as CancelIoEx does: sets Irp->Cancel, takes the cancel spin lock,
+    /// exchanges CancelRoutine with NULL and, if it was set, calls it (at DISPATCH_LEVEL, with
+    /// Irp->CancelIrql set; the routine must release the cancel lock with
+    /// IoReleaseCancelSpinLock(Irp->CancelIrql) — checked). Returns IoCancelIrp's result.
+    /// No-op returning false once completed.
+    // Not #[must_use]: a scenario may cancel for the effect alone, as CancelIoEx callers do.
+    #[allow(clippy::must_use_candidate)]
+    pub fn cancel(&self) -> bool {
+        if self.completed() {
+            return false;
+        }
+        let Some(request) = &self.request else {
+            return false;
+        };
+        let irp = request.irp.irp;
+        // SAFETY: the driver owns the live IRP (not completed); its memory is ours until drop.
+        with_pid(request.pid, || unsafe { crate::cancel::cancel_irp(irp) })
+    }
+}
+
+impl Drop for PendingIoctl {
+    fn drop(&mut self) {
+        if self.result.is_none() && self.completed() {
+            // The I/O manager copies the output back at completion whether or not the caller
+            // looks: the same checks apply.
+            let _ = self.poll();
+        }
+        let Some(request) = self.request.take() else {
+            return;
+        };
+        if self.result.is_some() {
+            kernel::with(|k| k.io.irps.remove(&(request.irp.irp as usize)));
+            drop(request);
+        } else {
+            // The driver still owns the IRP and may write to it and its buffers: never free
+            // memory it owns. The IRP stays tracked, so it shows up as a leak.
+            std::mem::forget(request);
+        }
+    }
+}
+
+/// IRPs of `pid` the driver still holds pending, in issue order.
+fn pending_irps(filter: impl Fn(&IrpTrack) -> bool) -> Vec<usize> {
+    let mut v: Vec<(u64, usize)> = kernel::with(|k| {
+        k.io.irps
+            .iter()
+            .filter(|(_, t)| t.pending && t.completions == 0 && filter(t))
+            .map(|(i, t)| (t.seq, *i))
+            .collect()
+    });
+    v.sort_unstable();
+    v.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Process exit for the I/O of `pid`: IoCancelIrp on every IRP it has pending (as thread
+/// rundown does), then closes (IRP_MJ_CLEANUP + IRP_MJ_CLOSE) every handle it has open, in
+/// the order they were opened.
+pub fn terminate_process_io(pid: u32) {
+    for irp in pending_irps(|t| t.pid == pid) {
+        // Re-check: a cancel routine may complete other IRPs too.
+        if pending_irps(|t| t.pid == pid).contains(&irp) {
+            // SAFETY: a live IRP the driver still holds pending (its memory is owned by a
+            // PendingIoctl or leaked, never freed while pending).
+            let _ = with_pid(pid, || unsafe {
+                crate::cancel::cancel_irp(irp as *mut Irp)
+            });
+        }
+    }
+    let mut files: Vec<(u64, usize)> = kernel::with(|k| {
+        k.io.files
+            .iter()
+            .filter(|(_, f)| f.pid == pid)
+            .map(|(a, f)| (f.seq, *a))
+            .collect()
+    });
+    files.sort_unstable();
+    for (_, file) in files {
+        close(FileHandle(file));
+    }
+}
+
+/// CloseHandle of the last handle: IRP_MJ_CLEANUP (if the driver handles it) then
+/// IRP_MJ_CLOSE. Any IRP of the file object still pending once IRP_MJ_CLEANUP returns is a
+/// verifier violation: Windows sends IRP_MJ_CLOSE only after the file's IRPs complete, so the
+/// process would hang at exit. When this releases the last file object of a stopped driver
+/// ([`crate::driver::LoadedDriver::stop`]), its DriverUnload runs here.
 pub fn close(handle: FileHandle) {
     let Some(file) = kernel::with(|k| k.io.files.get(&handle.0).copied()) else {
         return;
@@ -823,8 +1199,20 @@ pub fn close(handle: FileHandle) {
         if major == IRP_MJ_CLEANUP && !handled {
             continue;
         }
+        if major == IRP_MJ_CLOSE {
+            let stuck = pending_irps(|t| t.file == handle.0);
+            if let Some(irp) = stuck.first() {
+                verifier_violation(&format!(
+                    "IRP {irp:#x} still pending after IRP_MJ_CLEANUP of its file object \
+                     {:#x}: the process would hang at exit ({} pending; complete or cancel \
+                     them in IRP_MJ_CLEANUP)",
+                    handle.0,
+                    stuck.len()
+                ));
+            }
+        }
         let irp = IrpAllocation::new(major, file.device, handle.0, file.pid);
-        let _ = dispatch(&irp, file.device, major, name, file.pid);
+        let _ = dispatch(&irp, file.device, major, name, file.pid, false);
     }
     release_file(handle.0);
 }

@@ -40,6 +40,8 @@ pub struct Kernel {
     pub hives: HiveState,
     /// Processes and process-notify routines.
     pub processes: ProcessState,
+    /// Set timers and queued DPCs.
+    pub timers: crate::timer::TimerState,
     /// Registry values and key handles of the driver's own `Zw*` registry reads.
     pub zwreg: crate::zwreg::ZwRegState,
     /// Routines hidden from the loader and from MmGetSystemRoutineAddress.
@@ -132,8 +134,19 @@ fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
 /// stack high-water mark (a bugcheck 0x7F report past 24 KiB), and checks that the driver
 /// returned at the IRQL it was called at, with interrupts enabled.
 pub fn call_driver<R>(operation: &str, f: impl FnOnce() -> R) -> R {
+    call_driver_returning_at(operation, None, f)
+}
+
+/// [`call_driver`] for a routine that returns at another IRQL than it was called at: a
+/// cancel routine is called at DISPATCH_LEVEL holding the cancel spin lock and returns at
+/// Irp->CancelIrql, having released it. `None` means "the IRQL it was called at".
+pub fn call_driver_returning_at<R>(
+    operation: &str,
+    exit_irql: Option<u8>,
+    f: impl FnOnce() -> R,
+) -> R {
     let previous = bugcheck::set_operation(operation);
-    let irql_before = cpu::irql();
+    let irql_before = exit_irql.unwrap_or_else(cpu::irql);
     let (r, depth) = if WATERMARK.load(std::sync::atomic::Ordering::Relaxed) {
         with_stack_watermark(f)
     } else {
@@ -153,7 +166,7 @@ pub fn call_driver<R>(operation: &str, f: impl FnOnce() -> R) -> R {
     }
     if cpu::irql() != irql_before || cpu::interrupts_off() {
         verifier_violation(&format!(
-            "{operation} returned at IRQL {} (entered at {irql_before}){}",
+            "{operation} returned at IRQL {} (expected {irql_before}){}",
             cpu::irql(),
             if cpu::interrupts_off() {
                 " with interrupts disabled"
@@ -177,6 +190,7 @@ pub fn leaks() -> Vec<String> {
         v.extend(k.processes.leaks());
         v.extend(k.lookasides.leaks());
         v.extend(k.zwreg.leaks());
+        v.extend(k.timers.leaks());
         v
     });
     v.extend(crate::sync::leaks());

@@ -9,7 +9,8 @@
 //!   KUSER_SHARED_DATA loads) and turns every other fault into a bugcheck report
 //!   ([`bugcheck`]);
 //! - the kernel model: [`pool`], [`faults`], [`security`], [`object`], [`io`], [`rtl`],
-//!   [`dbgprint`], [`registry`], [`exports`] (the import table the loader binds against),
+//!   [`dbgprint`], [`registry`], [`timer`] (KTIMER/KDPC and the emulated clock),
+//!   [`cancel`] (the cancel spin lock, IoCancelIrp), [`exports`] (the import table the loader binds against),
 //!   all sharing [`kernel`]'s state;
 //! - [`driver`] drives a loaded image (DriverEntry, dispatch, unload, leak check);
 //! - [`scenario`] holds the named scenarios and [`suite`] runs them in child processes.
@@ -36,6 +37,7 @@
 
 pub mod bench;
 pub mod bugcheck;
+pub mod cancel;
 pub mod cpu;
 pub mod dbgprint;
 pub mod driver;
@@ -62,5 +64,6 @@ pub mod session;
 pub mod status;
 pub mod suite;
 pub mod sync;
+pub mod timer;
 pub mod trap;
 pub mod zwreg;

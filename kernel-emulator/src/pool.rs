@@ -232,6 +232,7 @@ pub unsafe fn free(p: *mut u8, tag: Option<u32>, routine: &'static str) {
         ));
         bugcheck(0xC2, 0x0A, p as usize, t as usize, block.tag as usize);
     }
+    crate::timer::check_free(p as usize, block.size);
     if let Some((base, len)) = block.special {
         let end = p as usize + block.size;
         let guard = base + len - PAGE;

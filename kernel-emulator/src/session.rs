@@ -51,6 +51,7 @@ pub const fn win32_error(status: NtStatus) -> u32 {
         0xC000_000D => 87,   // STATUS_INVALID_PARAMETER -> ERROR_INVALID_PARAMETER
         0xC000_0023 => 122,  // STATUS_BUFFER_TOO_SMALL -> ERROR_INSUFFICIENT_BUFFER
         0xC000_009A => 1450, // STATUS_INSUFFICIENT_RESOURCES -> ERROR_NO_SYSTEM_RESOURCES
+        0xC000_0120 => 995,  // STATUS_CANCELLED -> ERROR_OPERATION_ABORTED
         _ => 31,             // ERROR_GEN_FAILURE
     }
 }
@@ -144,14 +145,25 @@ impl Session {
         }
     }
 
-    /// Sends control code `code` with `input`; returns the bytes written into `output`, or
-    /// the Win32 error a user-mode caller would get.
+    /// Sends control code `code` with `input`, as a synchronous `DeviceIoControl`: a
+    /// request the driver keeps pending blocks this thread until the driver completes it,
+    /// while the emulated clock runs (timers fire). Returns the bytes written into `output`,
+    /// or the Win32 error a user-mode caller would get.
     ///
     /// # Errors
     /// The Win32 error for the driver's failure status.
     pub fn ioctl(&self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, u32> {
         let len = u32::try_from(output.len()).unwrap_or(u32::MAX);
-        let r = io::device_io_control(self.control, code, input, len, 0xA5);
+        let r = match io::device_io_control_async(self.control, code, input, len, 0xA5) {
+            io::IoctlCall::Done(r) => r,
+            io::IoctlCall::Pending(mut pending) => loop {
+                if let Some(r) = pending.poll() {
+                    break r;
+                }
+                crate::timer::run_due();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            },
+        };
         if !status::nt_success(r.status) {
             return Err(win32_error(r.status));
         }

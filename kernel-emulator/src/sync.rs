@@ -74,7 +74,12 @@ pub fn leaks() -> Vec<String> {
         .iter()
         .filter(|(_, s)| s.held() || s.kind == Kind::Resource)
         .map(|(a, s)| {
-            if s.held() {
+            if *a == crate::cancel::cancel_lock_address() {
+                format!(
+                    "the cancel spin lock still held (acquired during {})",
+                    s.acquired_during
+                )
+            } else if s.held() {
                 format!(
                     "{:?} {a:#x} still held (acquired during {})",
                     s.kind, s.acquired_during
@@ -179,6 +184,37 @@ fn release(addr: usize, kind: Kind, routine: &str) {
             "{routine}({addr:#x}): this thread does not hold the {kind:?}"
         ));
     }
+}
+
+/// Acquires the KSPIN_LOCK at `addr` for this thread, waiting while another thread holds it;
+/// a recursive acquire is bugcheck 0x81. The caller raises the IRQL.
+pub(crate) fn acquire_spin_lock(addr: usize) {
+    acquire(addr, Kind::SpinLock, true, false, true);
+}
+
+/// Releases the KSPIN_LOCK at `addr`; a release by a thread that does not hold it is a
+/// verifier violation naming `routine`. The caller lowers the IRQL.
+pub(crate) fn release_spin_lock(addr: usize, routine: &str) {
+    release(addr, Kind::SpinLock, routine);
+}
+
+/// Spin locks this thread holds, one description each (a DPC or a cancel routine must return
+/// holding none; nor may a dispatch routine return to user mode holding one).
+#[must_use]
+pub fn spin_locks_held_by_current_thread() -> Vec<String> {
+    let thread = me();
+    locks()
+        .iter()
+        .filter(|(_, s)| s.kind == Kind::SpinLock && s.owner == Some(thread))
+        .map(|(a, s)| {
+            let name = if *a == crate::cancel::cancel_lock_address() {
+                "the cancel spin lock".to_string()
+            } else {
+                format!("spin lock {a:#x}")
+            };
+            format!("{name} (acquired during {})", s.acquired_during)
+        })
+        .collect()
 }
 
 fn require_apcs_disabled(routine: &str) {

@@ -76,6 +76,14 @@ pub const IOCTL_HIVETRACK_QUERY_SNAPSHOT: u32 = hivetrack_ioctl(0x805);
 /// [`crate::history::UnloadHistory`] page.
 pub const IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY: u32 = hivetrack_ioctl(0x806);
 
+/// Waits until a hive is free.
+///
+/// Input: [`crate::wait::WaitFreeRequest`]; output: a [`crate::wait::WaitFreeAnswer`]. The driver keeps the request pending (open the device
+/// for overlapped I/O to do other work meanwhile) and completes it with `STATUS_CANCELLED`
+/// and no answer when the caller cancels it. Drivers that have it say so with
+/// [`crate::version::VersionInfo::CAP_WAIT_FREE`].
+pub const IOCTL_HIVETRACK_WAIT_FREE: u32 = hivetrack_ioctl(0x807);
+
 /// The query IOCTL that carries `query`.
 #[must_use]
 pub const fn query_ioctl(query: crate::request::QueryKind) -> u32 {
@@ -128,6 +136,12 @@ mod tests {
             assert_eq!(parts.method, METHOD_BUFFERED);
             assert_eq!(parts.access, FILE_READ_ACCESS);
         }
+    }
+
+    #[test]
+    fn wait_free_code_is_stable() {
+        assert_eq!(IOCTL_HIVETRACK_WAIT_FREE, 0x8A54_601C);
+        assert_eq!(split_ctl_code(IOCTL_HIVETRACK_WAIT_FREE).function, 0x807);
     }
 
     #[test]

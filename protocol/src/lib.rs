@@ -9,7 +9,8 @@
 //! Queries: a [`request::QueryRequest`] goes in; the answer is a page
 //! ([`page::Page`] of [`holders::Holders`], [`hives::Hives`], [`processes::Processes`],
 //! [`snapshot::Snapshot`], [`history::UnloadHistory`]) or [`stats::Stats`]. Pages carry a
-//! [`cursor::Cursor`] for the next request. With the `std` feature, [`diff`] compares two
+//! [`cursor::Cursor`] for the next request. A [`wait::WaitFreeRequest`] stays pending in the
+//! driver until its hive has no holders ([`wait::WaitFreeAnswer`]). With the `std` feature, [`diff`] compares two
 //! snapshots (user mode only).
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
@@ -27,6 +28,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod text;
 pub mod version;
+pub mod wait;
 pub mod wire;
 
 /// The protocol version this crate speaks. Bumped on any incompatible layout change; the

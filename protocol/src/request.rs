@@ -55,7 +55,9 @@ pub struct QueryRequest<'a> {
     pub query: QueryKind,
     /// Flags; only [`QueryRequest::FLAG_SUMMARY_ONLY`] is defined.
     pub flags: u16,
-    /// At most this many records in the answer; 0 means as many as fit.
+    /// At most this many records in the answer; 0 means as many as fit. A holders page
+    /// that continues a process repeats its summary before the next key, so holders take a
+    /// limit of 1 as 2 (a page of one summary alone could never make progress).
     pub max_records: u32,
     /// Where to resume.
     pub cursor: Cursor,

@@ -7,10 +7,12 @@
 //! | 0      | 2    | driver major version                                   |
 //! | 2      | 2    | driver minor version                                   |
 //! | 4      | 2    | driver patch version                                   |
-//! | 6      | 2    | reserved, zero                                         |
+//! | 6      | 2    | capabilities ([`VersionInfo::CAP_WAIT_FREE`], ...)       |
 //! | 8      | 32   | build id: printable ASCII, zero-padded to 32 bytes      |
 //!
-//! The protocol version is the header's.
+//! The protocol version is the header's. Capability bits tell a client which requests this
+//! driver answers beyond the queries every version has; a client ignores bits it does not
+//! know.
 
 use core::fmt;
 
@@ -68,8 +70,21 @@ pub struct VersionInfo {
     pub minor: u16,
     /// Driver version, patch.
     pub patch: u16,
+    /// What the driver can do beyond the base queries (`CAP_*` bits).
+    pub capabilities: u16,
     /// Build id of the driver image.
     pub build_id: BuildId,
+}
+
+impl VersionInfo {
+    /// The driver answers `IOCTL_HIVETRACK_WAIT_FREE` ([`crate::wait`]).
+    pub const CAP_WAIT_FREE: u16 = 1;
+
+    /// True when every bit of `cap` is set.
+    #[must_use]
+    pub const fn has(&self, cap: u16) -> bool {
+        self.capabilities & cap == cap
+    }
 }
 
 impl fmt::Display for VersionInfo {
@@ -93,7 +108,7 @@ impl Message<'_> for VersionInfo {
         w.u16(self.major)?;
         w.u16(self.minor)?;
         w.u16(self.patch)?;
-        w.zeros(2)?;
+        w.u16(self.capabilities)?;
         w.bytes(&self.build_id.0)
     }
 
@@ -101,7 +116,7 @@ impl Message<'_> for VersionInfo {
         let major = r.u16()?;
         let minor = r.u16()?;
         let patch = r.u16()?;
-        r.zeros(2)?;
+        let capabilities = r.u16()?;
         let raw: [u8; BUILD_ID_LEN] = r.array()?;
         let len = raw.iter().position(|&b| b == 0).unwrap_or(BUILD_ID_LEN);
         let printable = raw[..len].iter().all(u8::is_ascii_graphic);
@@ -113,6 +128,7 @@ impl Message<'_> for VersionInfo {
             major,
             minor,
             patch,
+            capabilities,
             build_id: BuildId(raw),
         })
     }
@@ -128,6 +144,7 @@ mod tests {
             major: 0,
             minor: 1,
             patch: 2,
+            capabilities: VersionInfo::CAP_WAIT_FREE,
             build_id: BuildId::new("g1a2b3c4"),
         }
     }
@@ -135,7 +152,7 @@ mod tests {
     /// The exact bytes of `sample()`: changing the layout must change this fixture on purpose.
     const GOLDEN: [u8; 56] = [
         b'H', b'v', b'T', b'k', 1, 0, 1, 0, 56, 0, 0, 0, 0, 0, 0, 0, // header
-        0, 0, 1, 0, 2, 0, 0, 0, // 0.1.2, reserved
+        0, 0, 1, 0, 2, 0, 1, 0, // 0.1.2, wait-free
         b'g', b'1', b'a', b'2', b'b', b'3', b'c', b'4', 0, 0, 0, 0, 0, 0, 0, 0, //
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
@@ -205,14 +222,10 @@ mod tests {
             decode::<VersionInfo>(&bad),
             Err(DecodeError::NonZeroPadding { offset: 13 })
         );
-        let mut bad = GOLDEN;
-        bad[HEADER_LEN + 6] = 1;
-        assert_eq!(
-            decode::<VersionInfo>(&bad),
-            Err(DecodeError::NonZeroPadding {
-                offset: HEADER_LEN + 6
-            })
-        );
+        let mut newer = GOLDEN;
+        newer[HEADER_LEN + 7] = 0x80; // a capability this version does not know: ignored
+        let v = decode::<VersionInfo>(&newer).unwrap();
+        assert!(v.has(VersionInfo::CAP_WAIT_FREE) && v.capabilities == 0x8001);
         let mut bad = GOLDEN;
         bad[HEADER_LEN + 8 + 20] = b'x'; // text after the terminating zero
         assert_eq!(

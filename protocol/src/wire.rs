@@ -38,6 +38,10 @@ pub enum MessageKind {
     SnapshotPage = 7,
     /// A [`crate::history::UnloadHistory`] page.
     UnloadHistoryPage = 8,
+    /// [`crate::wait::WaitFreeRequest`], the input of `IOCTL_HIVETRACK_WAIT_FREE`.
+    WaitFreeRequest = 9,
+    /// [`crate::wait::WaitFreeAnswer`], its answer.
+    WaitFreeAnswer = 10,
 }
 
 impl MessageKind {
@@ -53,6 +57,8 @@ impl MessageKind {
             6 => Some(Self::Stats),
             7 => Some(Self::SnapshotPage),
             8 => Some(Self::UnloadHistoryPage),
+            9 => Some(Self::WaitFreeRequest),
+            10 => Some(Self::WaitFreeAnswer),
             _ => None,
         }
     }

@@ -1,8 +1,9 @@
 # Step 3: the logoff scenario for real (kept in step with the emulator's `logoff` scenario,
 # kernel-emulator/src/scenario/tracking.rs): a test hive is loaded, a helper process keeps
 # one key of it open, `reg unload` fails, `hivetrack holders --json` names the helper, the
-# helper exits, `hivetrack wait` returns, `reg unload` succeeds; then stats, the unload
-# history and `verifier /query` are collected into .\results\.
+# helper exits, `hivetrack wait` (the driver's wait-free request) returns, `reg unload`
+# succeeds; then stats, the unload history and `verifier /query` are collected into
+# .\results\.
 . "$PSScriptRoot\common.ps1"
 Assert-Admin
 $script:Failures = 0
@@ -49,10 +50,26 @@ $attempt = @(($history.Text | ConvertFrom-Json).attempts | Where-Object { -not $
 Write-Result 'the unload history holds the failed attempt with the helper' `
     ($attempt -and @($attempt.holders | Where-Object pid -eq $helper.Id).Count -eq 1) ($attempt | ConvertTo-Json -Compress -Depth 4)
 
-$waiter = Start-Job -ScriptBlock { param($exe) & $exe wait 'HKU\HivetrackKit' --timeout 60; $LASTEXITCODE } -ArgumentList $Exe
+# The driver's own timer ends a wait on a held hive (wait-free IOCTL, not polling).
+$short = Invoke-Hivetrack @('wait', 'HKU\HivetrackKit', '--timeout', '2', '--json')
+$shortDoc = $short.Text | ConvertFrom-Json
+Write-Result 'a 2 s wait on the held hive times out in the driver' `
+    ($short.Code -eq 1 -and $shortDoc.method -eq 'wait-free' -and -not $shortDoc.free) $short.Text
+
+$waiter = Start-Job -ScriptBlock { param($exe) & $exe wait 'HKU\HivetrackKit' --timeout 60 --json; $LASTEXITCODE } -ArgumentList $Exe
+Start-Sleep -Seconds 2   # the wait-free IRP is pending in the driver now
 Stop-Process -Id $helper.Id -Force
-$waited = Receive-Job -Job $waiter -Wait -AutoRemoveJob
-Write-Result 'hivetrack wait returns once the helper exits' (($waited | Select-Object -Last 1) -eq 0) "exit $($waited | Select-Object -Last 1)"
+$waited = @(Receive-Job -Job $waiter -Wait -AutoRemoveJob)
+$waitDoc = ($waited | Select-Object -SkipLast 1) -join "`n" | ConvertFrom-Json
+Write-Result 'hivetrack wait returns once the helper exits (wait-free, completed by the exit)' `
+    (($waited | Select-Object -Last 1) -eq 0 -and $waitDoc.method -eq 'wait-free' -and $waitDoc.free) ($waited -join ' ')
+
+# Ctrl+C / process exit cancels a pending wait: the IRP must complete (STATUS_CANCELLED),
+# or the killed process would hang in its exit.
+$again = Start-Process -FilePath $Exe -ArgumentList @('wait', 'HKLM\SOFTWARE', '--timeout', '600') -PassThru -WindowStyle Hidden
+Start-Sleep -Seconds 2
+Stop-Process -Id $again.Id -Force
+Write-Result 'a killed waiter exits (its pending IRP was cancelled)' ($again.WaitForExit(10000)) "pid $($again.Id)"
 
 reg unload 'HKU\HivetrackKit' | Out-Null
 Write-Result 'reg unload succeeds (the driver pins nothing)' ($LASTEXITCODE -eq 0) "exit $LASTEXITCODE"

@@ -14,6 +14,7 @@
 //! current. Queries ([`Tracker::answer`], or [`Tracker::holders`], [`Tracker::hives`],
 //! [`Tracker::processes`], [`Tracker::snapshot`], [`Tracker::unload_history`],
 //! [`Tracker::stats`]) write protocol pages into caller buffers and resume with a cursor.
+//! [`Tracker::watch_hive`] and [`Tracker::hive_free`] tell a wait whether a hive is free.
 //!
 //! Names are compared case-insensitively with [`protocol::text::fold_unit`] (ASCII folding
 //! plus Unicode simple upper-casing).
@@ -30,6 +31,7 @@ pub mod pool;
 pub mod processes;
 mod queries;
 mod tracker;
+mod watch;
 
 pub use census::Census;
 pub use lock::{RawLock, SpinLock};
@@ -38,3 +40,4 @@ pub use pool::{BLOCK_ALIGN, BlockClass, Pool};
 pub use processes::ProcessKey;
 pub use queries::{MAX_QUERY_PATH, QueryError};
 pub use tracker::{Config, ConfigError, NotTracked, Tracker};
+pub use watch::HiveFree;

@@ -318,6 +318,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if started && cur_hive != h.id {
             return Err(QueryError::StaleCursor);
         }
+        // A page that continues a process repeats its summary, so it needs room for two
+        // records to make progress: a limit of one is taken as two (protocol/src/request.rs).
+        let max_records = if max_records == 1 { 2 } else { max_records };
         let (mut w, empty_len) = self.hives.with_locked(hive, |h| {
             let prefix = HoldersPrefix {
                 hive_id: h.id,

@@ -18,14 +18,6 @@ use protocol::text::Text;
 use support::*;
 use tracker::{BlockClass, Config, NotTracked, ProcessKey, QueryError, Token, Tracker};
 
-const P1: ProcessKey = ProcessKey {
-    pid: 100,
-    start_key: 1,
-};
-const P2: ProcessKey = ProcessKey {
-    pid: 200,
-    start_key: 2,
-};
 const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 
 fn tracker(pool: &CountingPool) -> TestTracker<'_> {

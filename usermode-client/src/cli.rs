@@ -97,16 +97,16 @@ pub enum Command {
     },
     /// Wait until no process holds keys in a hive (exit 0), or the timeout passes (exit 1).
     ///
-    /// This build polls the holders query (every --interval-ms). The driver's wait-free
-    /// request (a pending IRP completed when the hive is free) does not exist yet; when it
-    /// does, `wait` will use it through the same backend interface.
+    /// With a driver that has it, one wait-free request: the driver completes it the moment
+    /// the hive is free (no polling). Otherwise (an older driver, live tracking off, the
+    /// driverless fallback) the holders query is polled every --interval-ms.
     Wait {
         /// The hive (same forms as `holders`).
         hive: String,
         /// Give up after this many seconds.
         #[arg(long, value_name = "S", default_value_t = 60.0)]
         timeout: f64,
-        /// Poll interval in milliseconds.
+        /// Poll interval in milliseconds, when the driver cannot wait itself.
         #[arg(long, value_name = "MS", default_value_t = 500)]
         interval_ms: u64,
     },

@@ -136,9 +136,14 @@ pub fn version(
         &[],
         &mut buf,
     )?;
+    let wait = if info.has(VersionInfo::CAP_WAIT_FREE) {
+        ", wait-free"
+    } else {
+        ""
+    };
     writeln!(
         out,
-        "hivetrack driver {}.{}.{} (protocol {PROTOCOL_VERSION}, build {}, via {})",
+        "hivetrack driver {}.{}.{} (protocol {PROTOCOL_VERSION}, build {}, via {}{wait})",
         info.major,
         info.minor,
         info.patch,
@@ -216,6 +221,7 @@ mod tests {
             major: 0,
             minor: 1,
             patch: 0,
+            capabilities: 0,
             build_id: BuildId::new("abc1234"),
         };
         let mut buf = vec![0u8; 64];

@@ -13,7 +13,7 @@ use std::{path::PathBuf, time::Duration};
 
 use kernel_emulator::session::{SCENARIOS, Session};
 
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Transport, TransportError, WaitFreeOutcome, driver_wait_free};
 
 /// A running emulated machine.
 pub struct EmulatorTransport {
@@ -82,6 +82,16 @@ impl Transport for EmulatorTransport {
         session
             .ioctl(code, input, output)
             .map_err(|code| TransportError::Request { code })
+    }
+
+    /// The driver's wait-free IOCTL: the session blocks like a synchronous
+    /// `DeviceIoControl` until the driver completes the request.
+    fn wait_free(
+        &mut self,
+        hive: &str,
+        timeout: Duration,
+    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+        driver_wait_free(self, hive, timeout)
     }
 }
 

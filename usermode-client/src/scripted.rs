@@ -147,6 +147,7 @@ pub const fn version() -> VersionInfo {
         major: 0,
         minor: 1,
         patch: 0,
+        capabilities: 0,
         build_id: BuildId::new("g3f9c2ab"),
     }
 }

@@ -7,6 +7,13 @@
 
 use std::time::Duration;
 
+use protocol::{
+    ioctl::{IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_WAIT_FREE},
+    text::Text,
+    version::VersionInfo,
+    wait::{WaitFreeAnswer, WaitFreeRequest},
+    wire::{self, HEADER_LEN, Message},
+};
 use thiserror::Error;
 
 /// A failure to exchange a request with the driver.
@@ -118,13 +125,10 @@ pub trait Transport {
     }
 
     /// Waits until no process holds keys in `hive` (an NT path) or `timeout` passes, with a
-    /// request the backend completes itself.
-    ///
-    /// This is the seam for the driver's future wait-free IOCTL (issue 5: an IRP that stays
-    /// pending until the hive has no holders). The protocol defines no such control code
-    /// yet, so every backend returns `None` ("cannot wait natively") and `hivetrack wait`
-    /// polls the holders query instead ([`crate::wait`]). When the IOCTL exists, the driver
-    /// backend implements this method and `wait` uses it unchanged.
+    /// request the backend completes itself: the driver's wait-free IOCTL
+    /// ([`driver_wait_free`]). `None` means "cannot wait natively" (the default, the
+    /// driverless fallback, a driver without [`VersionInfo::CAP_WAIT_FREE`]): `hivetrack
+    /// wait` then polls the holders query instead ([`crate::wait`]).
     ///
     /// # Errors
     /// [`TransportError`] when the request fails.
@@ -214,5 +218,206 @@ pub fn open_default() -> Result<Box<dyn Transport>, TransportError> {
     #[cfg(not(windows))]
     {
         Err(TransportError::DriverUnavailable)
+    }
+}
+
+/// Win32 `ERROR_INVALID_FUNCTION` (`STATUS_INVALID_DEVICE_REQUEST`): a driver that does not
+/// know the control code.
+pub const ERROR_INVALID_FUNCTION: u32 = 1;
+/// Win32 `ERROR_NOT_READY` (`STATUS_DEVICE_NOT_READY`): live tracking is off.
+pub const ERROR_NOT_READY: u32 = 21;
+/// Win32 `ERROR_NO_SYSTEM_RESOURCES` (`STATUS_INSUFFICIENT_RESOURCES`): the driver's table
+/// of pending waits is full.
+pub const ERROR_NO_SYSTEM_RESOURCES: u32 = 1450;
+
+/// The driver's wait-free request (`IOCTL_HIVETRACK_WAIT_FREE`).
+///
+/// For a transport whose `ioctl` returns when the driver completes the request. `None` when the driver cannot wait
+/// for this hive — it lacks the capability, live tracking is off, its table of waits is full,
+/// or it does not know the hive — so that the caller polls and reports as it does without.
+///
+/// # Errors
+/// (Inside the `Some`.) The transport's failure, or a malformed answer.
+pub fn driver_wait_free(
+    transport: &mut dyn Transport,
+    hive: &str,
+    timeout: Duration,
+) -> Option<Result<WaitFreeOutcome, TransportError>> {
+    let mut buf = [0u8; 256];
+    let n = transport
+        .ioctl(IOCTL_HIVETRACK_GET_VERSION, &[], &mut buf)
+        .ok()?;
+    let version = wire::decode::<VersionInfo>(&buf[..n.min(buf.len())]).ok()?;
+    if !version.has(VersionInfo::CAP_WAIT_FREE) {
+        return None;
+    }
+    let units: Vec<u16> = hive.encode_utf16().collect();
+    let request = WaitFreeRequest {
+        timeout_ms: wait_timeout_ms(timeout),
+        hive: Text::Units(&units),
+    };
+    let mut input = vec![0u8; HEADER_LEN + request.body_len()];
+    let len = wire::encode(&request, &mut input).ok()?;
+    let mut output = [0u8; 64];
+    match transport.ioctl(IOCTL_HIVETRACK_WAIT_FREE, &input[..len], &mut output) {
+        Ok(n) => Some(
+            wire::decode::<WaitFreeAnswer>(&output[..n.min(output.len())])
+                .map(|a| {
+                    if a.outcome.is_free() {
+                        WaitFreeOutcome::Free
+                    } else {
+                        WaitFreeOutcome::TimedOut
+                    }
+                })
+                .map_err(|e| {
+                    TransportError::Os(std::io::Error::other(format!(
+                        "the driver sent a malformed wait-free answer: {e}"
+                    )))
+                }),
+        ),
+        Err(TransportError::Request {
+            code:
+                ERROR_INVALID_FUNCTION
+                | ERROR_FILE_NOT_FOUND
+                | ERROR_NOT_READY
+                | ERROR_NO_SYSTEM_RESOURCES,
+        }) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// A wait's timeout in the request's milliseconds: whole milliseconds, at least one for any
+/// non-zero duration; beyond the field's range, no timeout at all (about 49 days).
+#[must_use]
+pub fn wait_timeout_ms(timeout: Duration) -> u32 {
+    if timeout.is_zero() {
+        return 0;
+    }
+    match u32::try_from(timeout.as_millis().max(1)) {
+        Ok(ms) if ms != WaitFreeRequest::NO_TIMEOUT => ms,
+        _ => WaitFreeRequest::NO_TIMEOUT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{
+        version::BuildId,
+        wait::{WaitFreeAnswer, WaitOutcome},
+    };
+
+    /// A driver that answers the version with `capabilities` and the wait with `wait`,
+    /// and records the wait requests it decoded.
+    struct FakeDriver {
+        capabilities: u16,
+        wait: Result<WaitOutcome, u32>,
+        seen: Vec<(u32, String)>,
+    }
+
+    impl Transport for FakeDriver {
+        fn backend(&self) -> &'static str {
+            "fake"
+        }
+
+        fn ioctl(
+            &mut self,
+            code: u32,
+            input: &[u8],
+            output: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            match code {
+                IOCTL_HIVETRACK_GET_VERSION => {
+                    let v = VersionInfo {
+                        major: 0,
+                        minor: 1,
+                        patch: 0,
+                        capabilities: self.capabilities,
+                        build_id: BuildId::new("t"),
+                    };
+                    Ok(wire::encode(&v, output).unwrap())
+                }
+                IOCTL_HIVETRACK_WAIT_FREE => {
+                    let r = wire::decode::<WaitFreeRequest<'_>>(input).unwrap();
+                    self.seen.push((r.timeout_ms, r.hive.to_string()));
+                    let outcome = self.wait.map_err(|code| TransportError::Request { code })?;
+                    let a = WaitFreeAnswer {
+                        outcome,
+                        hive_id: 3,
+                        waited: 10,
+                    };
+                    Ok(wire::encode(&a, output).unwrap())
+                }
+                _ => Err(TransportError::Request {
+                    code: ERROR_INVALID_FUNCTION,
+                }),
+            }
+        }
+    }
+
+    fn fake(capabilities: u16, wait: Result<WaitOutcome, u32>) -> FakeDriver {
+        FakeDriver {
+            capabilities,
+            wait,
+            seen: Vec::new(),
+        }
+    }
+
+    const HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001";
+
+    #[test]
+    fn sends_the_hive_and_timeout_and_maps_the_outcome() {
+        for (outcome, expected) in [
+            (WaitOutcome::Free, WaitFreeOutcome::Free),
+            (WaitOutcome::Unloaded, WaitFreeOutcome::Free),
+            (WaitOutcome::TimedOut, WaitFreeOutcome::TimedOut),
+        ] {
+            let mut d = fake(VersionInfo::CAP_WAIT_FREE, Ok(outcome));
+            let got = driver_wait_free(&mut d, HIVE, Duration::from_millis(2500));
+            assert_eq!(got.unwrap().unwrap(), expected);
+            assert_eq!(d.seen, vec![(2500, HIVE.to_owned())]);
+        }
+    }
+
+    #[test]
+    fn declines_when_the_driver_cannot_wait_so_the_caller_polls() {
+        let mut old = fake(0, Ok(WaitOutcome::Free));
+        assert!(driver_wait_free(&mut old, HIVE, Duration::from_secs(1)).is_none());
+        assert!(
+            old.seen.is_empty(),
+            "no wait request sent to a driver without it"
+        );
+        for code in [
+            ERROR_NOT_READY,
+            ERROR_NO_SYSTEM_RESOURCES,
+            ERROR_FILE_NOT_FOUND,
+            ERROR_INVALID_FUNCTION,
+        ] {
+            let mut d = fake(VersionInfo::CAP_WAIT_FREE, Err(code));
+            assert!(
+                driver_wait_free(&mut d, HIVE, Duration::from_secs(1)).is_none(),
+                "{code}"
+            );
+        }
+        let mut d = fake(VersionInfo::CAP_WAIT_FREE, Err(ERROR_INVALID_PARAMETER));
+        assert!(matches!(
+            driver_wait_free(&mut d, HIVE, Duration::from_secs(1)),
+            Some(Err(TransportError::Request { code: 87 }))
+        ));
+    }
+
+    #[test]
+    fn timeouts_convert_to_whole_milliseconds_with_infinite_beyond_range() {
+        assert_eq!(wait_timeout_ms(Duration::ZERO), 0);
+        assert_eq!(wait_timeout_ms(Duration::from_micros(10)), 1);
+        assert_eq!(wait_timeout_ms(Duration::from_secs(3)), 3000);
+        assert_eq!(
+            wait_timeout_ms(Duration::from_secs(60 * 60 * 24 * 60)),
+            WaitFreeRequest::NO_TIMEOUT
+        );
+        assert_eq!(
+            wait_timeout_ms(Duration::from_millis(u64::from(u32::MAX))),
+            WaitFreeRequest::NO_TIMEOUT
+        );
     }
 }

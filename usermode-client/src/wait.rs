@@ -1,9 +1,11 @@
 //! `hivetrack wait`: until no process holds keys in a hive, or a timeout.
 //!
-//! The driver's wait-free request (issue 5: an IRP pending until the hive has no holders)
-//! is not in the protocol yet. [`wait_free`] first offers the wait to the backend
-//! ([`crate::transport::Transport::wait_free`], the seam for that IOCTL); every backend of
-//! this build declines, so it polls the holders query (summaries only) every `interval`.
+//! [`wait_free`] first offers the wait to the backend
+//! ([`crate::transport::Transport::wait_free`]): the driver's wait-free IOCTL, an IRP the
+//! driver completes when the hive has no holders (method `wait-free` in the report). A
+//! backend that cannot wait (an older driver, live tracking off, the driverless fallback)
+//! declines, and the holders query (summaries only) is polled every `interval` (method
+//! `poll`).
 
 use std::time::{Duration, Instant};
 
@@ -76,8 +78,22 @@ pub fn wait_free(
     if let Some(native) = client.transport().wait_free(hive, timeout) {
         let outcome = native.map_err(classify)?;
         let secs = clock.elapsed().as_secs_f64();
-        let free = outcome == WaitFreeOutcome::Free;
-        return Ok(report(client, free, "wait-free", 0, 0, 0, secs));
+        if outcome == WaitFreeOutcome::Free {
+            return Ok(report(client, true, "wait-free", 0, 0, 0, secs));
+        }
+        // Timed out: say who still holds the hive, as the polling wait does.
+        let (nr, open_keys, holders) = client.holders(hive, true, 0).map_or((0, 0, 0), |r| {
+            (r.source.not_recorded, r.hive.open_keys, r.hive.holders)
+        });
+        return Ok(report(
+            client,
+            false,
+            "wait-free",
+            nr,
+            open_keys,
+            holders,
+            secs,
+        ));
     }
     let mut seen = false;
     let mut not_recorded = 0;

@@ -12,7 +12,7 @@ use windows_sys::Win32::{
     System::IO::DeviceIoControl,
 };
 
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Transport, TransportError, WaitFreeOutcome, driver_wait_free};
 
 /// An open handle to the driver's control device.
 pub struct DeviceTransport {
@@ -95,6 +95,16 @@ impl Transport for DeviceTransport {
             });
         }
         Ok(returned as usize)
+    }
+
+    /// The driver's wait-free IOCTL: the handle is synchronous, so `DeviceIoControl` returns
+    /// when the driver completes the request. Ending the process (Ctrl+C) cancels it.
+    fn wait_free(
+        &mut self,
+        hive: &str,
+        timeout: std::time::Duration,
+    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+        driver_wait_free(self, hive, timeout)
     }
 }
 

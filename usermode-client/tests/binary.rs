@@ -31,7 +31,7 @@ fn usage_errors_exit_3_and_help_exits_0() {
     let wait = hivetrack(&["wait", "--help"]);
     assert!(
         String::from_utf8_lossy(&wait.stdout).contains("wait-free request"),
-        "wait --help explains polling and the future wait-free request"
+        "wait --help explains the wait-free request and its polling fallback"
     );
 }
 

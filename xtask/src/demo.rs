@@ -56,6 +56,12 @@ pub fn demo(package: &Path, target: &Path) -> Result<()> {
             1,
         ),
         (
+            "wait gives up when the timeout passes first: the driver's own timer ends it (exit 1)",
+            &["--emulator", "logoff", "wait", PROFILE, "--timeout", "1"],
+            None,
+            1,
+        ),
+        (
             "wait returns once the holder exits (it exits 1.5 s into this run)",
             &["--emulator", "logoff", "wait", PROFILE, "--timeout", "10"],
             Some("1500"),

@@ -156,6 +156,11 @@ fn check(name: &str, started: Instant, result: Result<()>) -> Result<()> {
 }
 
 /// Waits up to `limit` for any log in `dir` to contain `needle`.
+/// The bytes of `WaitFreeRequest { timeout_ms: 0, hive: \REGISTRY\MACHINE\SOFTWARE }`
+/// (protocol/src/wait.rs layout: header, timeout, reserved, length-prefixed UTF-16).
+const WAIT_FREE_SOFTWARE_HEX: &str = "4876546b010009004e00000000000000000000000000000\
+    01a005c00520045004700490053005400520059005c004d0041004300480049004e0045005c0053004f00460054005700410052004500";
+
 fn wait_for_log(dir: &Path, needle: &str, limit: Duration) -> bool {
     let t = Instant::now();
     loop {
@@ -402,7 +407,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
         started,
         (|| {
             // (control code, input hex, output length, expected Win32 error)
-            let cases: [(&str, &str, &str, &str); 4] = [
+            let cases: [(&str, &str, &str, &str); 6] = [
                 // An unknown function of our device type: STATUS_INVALID_DEVICE_REQUEST.
                 ("0x8A546FFC", "", "64", "Win32 error 1)"),
                 // METHOD_NEITHER with our device type: refused before any buffer is touched.
@@ -411,6 +416,17 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
                 ("0x8A546000", "", "1", "Win32 error 122)"),
                 // GET_VERSION takes no input: STATUS_INVALID_PARAMETER.
                 ("0x8A546000", "00", "64", "Win32 error 87)"),
+                // WAIT_FREE with a byte of garbage: STATUS_INVALID_PARAMETER.
+                ("0x8A54601C", "00", "64", "Win32 error 87)"),
+                // A well-formed WAIT_FREE for \REGISTRY\MACHINE\SOFTWARE (timeout 0), while
+                // live tracking is off: STATUS_DEVICE_NOT_READY at once, never a pending IRP
+                // that could not know when the hive is free.
+                (
+                    "0x8A54601C",
+                    WAIT_FREE_SOFTWARE_HEX,
+                    "64",
+                    "Win32 error 21)",
+                ),
             ];
             for (i, (code, input, len, want)) in cases.iter().enumerate() {
                 let mut args = vec![

@@ -17,6 +17,9 @@ use crate::status::{self, STATUS_ACCESS_DENIED, STATUS_OBJECT_NAME_NOT_FOUND, ST
 const IOCTL_STATS: u32 = (0x22 << 16) | (0x810 << 2);
 const IOCTL_PIN: u32 = (0x22 << 16) | (0x811 << 2);
 const IOCTL_UNPIN: u32 = (0x22 << 16) | (0x812 << 2);
+const IOCTL_WAIT: u32 = (0x22 << 16) | (0x813 << 2);
+const IOCTL_RELEASE_ON_CLOSE: u32 = (0x22 << 16) | (0x81C << 2);
+const RELEASE_MAGIC: u64 = 0x7265_6c65_6173_6564;
 const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 const USER_HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
 const KEY_READ: u32 = 0x2_0019;
@@ -84,6 +87,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-unload-under-load",
             "the driver unloads while 3 threads drive registry and process traffic: unregistration waits for calls in flight, nothing calls in afterwards",
             td_unload_under_load,
+        ),
+        scenario(
+            "td-wait-registry",
+            "a pending IRP completed from a registry callback on another thread (a key handle closed there), callbacks at PASSIVE and APC_LEVEL",
+            td_wait_registry,
         ),
         scenario(
             "td-generated",
@@ -533,4 +541,55 @@ fn td_unload_under_load(ctx: &mut Ctx) {
         leftover.is_empty(),
         format!("still nothing of the driver's left once the workload ended {leftover:?}"),
     );
+}
+
+/// The product's pattern: a wait completes when a registry notification says so, on the
+/// thread that caused it. Once with callbacks at PASSIVE_LEVEL, once at APC_LEVEL.
+fn td_wait_registry(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let _ = io::device_io_control(s.control, IOCTL_RELEASE_ON_CLOSE, &[], 32, 0xA5);
+    for irql in [crate::cpu::PASSIVE_LEVEL, crate::cpu::APC_LEVEL] {
+        kernel::with(|k| k.callback_irql = irql);
+        let wait =
+            io::device_io_control_async(s.control, IOCTL_WAIT, &60_000u64.to_le_bytes(), 32, 0xA5);
+        let io::IoctlCall::Pending(mut p) = wait else {
+            ctx.check(false, format!("the wait did not pend: {wait:?}"));
+            return;
+        };
+        let me = crate::cpu::current_thread();
+        let other = std::thread::Builder::new()
+            .stack_size(16 << 20)
+            .spawn(move || {
+                crate::cpu::enter_thread(1);
+                let pid =
+                    process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\app.exe", false)?;
+                let key = open(pid, SOFTWARE)?;
+                let closed = hive::close_key(pid, key);
+                process::exit_process(pid);
+                Ok::<_, i32>((crate::cpu::current_thread(), closed))
+            })
+            .expect("spawn");
+        let joined = other.join().unwrap_or(Err(0));
+        ctx.check(
+            joined.is_ok_and(|(t, closed)| t != me && closed == STATUS_SUCCESS),
+            format!("another thread opened and closed a key: {joined:?}"),
+        );
+        let r = p.poll();
+        let magic = r
+            .as_ref()
+            .and_then(|r| r.output.get(..8))
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+        ctx.check(
+            r.as_ref().is_some_and(|r| r.status == STATUS_SUCCESS) && magic == Some(RELEASE_MAGIC),
+            format!(
+                "callbacks at IRQL {irql}: the post-close notification completed the wait: {r:?}"
+            ),
+        );
+    }
+    kernel::with(|k| k.callback_irql = crate::cpu::PASSIVE_LEVEL);
+    ctx.check(
+        crate::timer::armed() == 0,
+        "the waits' timers were cancelled",
+    );
+    finish(ctx, s);
 }

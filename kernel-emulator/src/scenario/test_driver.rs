@@ -7,11 +7,11 @@
 use super::{Ctx, Expect, Scenario, Target};
 use crate::bugcheck::{EXIT_BUGCHECK, EXIT_CHECK_FAILED, EXIT_REFUSED};
 use crate::driver::LoadedDriver;
-use crate::io::{self, FileHandle, IoctlResult};
+use crate::io::{self, FileHandle, IoctlCall, IoctlResult, PendingIoctl};
 use crate::kernel;
 use crate::security::{Caller, GENERIC_READ, GENERIC_WRITE};
-use crate::status::{self, STATUS_SUCCESS};
-use crate::{cpu, rtl, trap};
+use crate::status::{self, STATUS_CANCELLED, STATUS_NO_SUCH_DEVICE, STATUS_SUCCESS};
+use crate::{cpu, rtl, sync, timer, trap};
 
 /// `CTL_CODE(FILE_DEVICE_UNKNOWN, function, METHOD_BUFFERED, FILE_ANY_ACCESS)`.
 const fn ioctl(function: u32) -> u32 {
@@ -33,6 +33,18 @@ const IOCTL_UAF: u32 = ioctl(0x80C);
 const IOCTL_DOUBLE_COMPLETE: u32 = ioctl(0x80D);
 const IOCTL_UNINIT: u32 = ioctl(0x80E);
 const IOCTL_ROUTINE: u32 = ioctl(0x80F);
+const IOCTL_WAIT: u32 = ioctl(0x813);
+const IOCTL_WAIT_UNMARKED: u32 = ioctl(0x814);
+const IOCTL_STRAY_TIMER: u32 = ioctl(0x815);
+const IOCTL_COMPLETE_CANCELABLE: u32 = ioctl(0x816);
+const IOCTL_WAIT_ORPHAN: u32 = ioctl(0x817);
+const IOCTL_RELEASE: u32 = ioctl(0x818);
+const IOCTL_DPC: u32 = ioctl(0x819);
+const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A);
+const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B);
+/// Slot 0 of a wait completed by its timer / by a release request.
+const WAIT_MAGIC: u64 = 0x7469_6d65_6f75_7421;
+const RELEASE_MAGIC: u64 = 0x7265_6c65_6173_6564;
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374;
 const WIN32_PATH: &str = r"\\.\KemuTest";
 
@@ -171,6 +183,90 @@ pub fn scenarios() -> Vec<Scenario> {
             EXIT_CHECK_FAILED,
             "uninitialised output: 24 of 32",
             td_uninit,
+        ),
+        pass(
+            "td-wait-timeout",
+            "a pending IRP completed by its KTIMER's DPC: not before the due time, exactly once, at DISPATCH_LEVEL",
+            td_wait_timeout,
+        ),
+        pass(
+            "td-wait-cancel",
+            "CancelIoEx: IoCancelIrp calls the cancel routine, STATUS_CANCELLED, timer cancelled, cancel lock released",
+            td_wait_cancel,
+        ),
+        pass(
+            "td-wait-other-thread",
+            "pending IRPs completed on other threads: by a request on another handle, by a DPC of a clock tick there",
+            td_wait_other_thread,
+        ),
+        pass(
+            "td-wait-cleanup",
+            "closing a handle with a pending IRP: IRP_MJ_CLEANUP completes it before IRP_MJ_CLOSE",
+            td_wait_cleanup,
+        ),
+        pass(
+            "td-wait-process-exit",
+            "process exit: its pending IRPs are cancelled, then its handles closed",
+            td_wait_process_exit,
+        ),
+        pass(
+            "td-stop-deferred",
+            "service stop with a handle open: DriverUnload waits for the last close, new opens fail",
+            td_stop_deferred,
+        ),
+        pass(
+            "td-dpc-queue",
+            "KeInsertQueueDpc/KeRemoveQueueDpc results; a queued DPC runs once; KeFlushQueuedDpcs at unload drains it",
+            td_dpc_queue,
+        ),
+        caught(
+            "td-pend-unmarked",
+            "STATUS_PENDING without IoMarkIrpPending is a verifier violation",
+            EXIT_BUGCHECK,
+            "without IoMarkIrpPending",
+            td_pend_unmarked,
+        ),
+        caught(
+            "td-pend-sync",
+            "STATUS_PENDING to a synchronous request is a verifier violation pointing at device_io_control_async",
+            EXIT_BUGCHECK,
+            "io::device_io_control_async",
+            td_pend_sync,
+        ),
+        caught(
+            "td-timer-at-unload",
+            "a timer left set by DriverUnload is bugcheck 0xCE",
+            EXIT_BUGCHECK,
+            "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS",
+            td_timer_at_unload,
+        ),
+        caught(
+            "td-complete-cancelable",
+            "an IRP completed with its cancel routine still set is bugcheck 0x48",
+            EXIT_BUGCHECK,
+            "CANCEL_STATE_IN_COMPLETED_IRP",
+            td_complete_cancelable,
+        ),
+        caught(
+            "td-pending-after-cleanup",
+            "an IRP left pending across IRP_MJ_CLEANUP is a verifier violation (the process would hang)",
+            EXIT_BUGCHECK,
+            "still pending after IRP_MJ_CLEANUP",
+            td_pending_after_cleanup,
+        ),
+        caught(
+            "td-cancel-holds-lock",
+            "a cancel routine returning with the cancel spin lock held is bugcheck 0x11B",
+            EXIT_BUGCHECK,
+            "DRIVER_RETURNED_HOLDING_CANCEL_LOCK",
+            td_cancel_holds_lock,
+        ),
+        caught(
+            "td-free-set-timer",
+            "freeing pool that holds a timer still set is bugcheck 0xC7",
+            EXIT_BUGCHECK,
+            "TIMER_OR_DPC_INVALID",
+            td_free_set_timer,
         ),
         Scenario {
             name: "td-refuse",
@@ -423,4 +519,320 @@ fn td_refuse(ctx: &mut Ctx) {
 
 fn td_entry_sweep(ctx: &mut Ctx) {
     super::driver_entry_sweep(ctx, true);
+}
+
+// ------------------------------------------------------------------ pending IRPs, timers
+
+/// Sends a wait (`ms` timeout) that must pend.
+fn pend(ctx: &mut Ctx, h: FileHandle, code: u32, ms: u64) -> Option<PendingIoctl> {
+    match io::device_io_control_async(h, code, &ms.to_le_bytes(), 32, 0xA5) {
+        IoctlCall::Pending(p) => Some(p),
+        IoctlCall::Done(r) => {
+            ctx.check(
+                false,
+                format!("wait completed at once: {}", status::describe(r.status)),
+            );
+            None
+        }
+    }
+}
+
+/// No lock held and back at PASSIVE_LEVEL on this thread.
+fn check_unlocked(ctx: &mut Ctx, when: &str) {
+    let held = sync::spin_locks_held_by_current_thread();
+    ctx.check(
+        held.is_empty() && cpu::irql() == cpu::PASSIVE_LEVEL,
+        format!("{when}: no spin lock held ({held:?}), IRQL {}", cpu::irql()),
+    );
+}
+
+fn td_wait_timeout(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some(mut p) = pend(ctx, s.handle, IOCTL_WAIT, 5000) else {
+        return;
+    };
+    ctx.check(
+        p.poll().is_none() && timer::armed() == 1,
+        "pending, its timer set",
+    );
+    timer::advance(4000);
+    ctx.check(p.poll().is_none(), "not completed 4 s into a 5 s timeout");
+    timer::advance(1500);
+    let r = p.poll();
+    let v = r.as_ref().map(slots).unwrap_or_default();
+    ctx.check(
+        r.as_ref()
+            .is_some_and(|r| r.status == STATUS_SUCCESS && r.information == 32)
+            && v[0] == WAIT_MAGIC
+            && v[2] == 5000,
+        format!("completed by the timer's DPC after 5.5 s: {r:?}"),
+    );
+    ctx.check(
+        v[1] == 1,
+        "KeReadStateTimer TRUE in the DPC (the timer is signalled)",
+    );
+    ctx.check(
+        v[3] == u64::from(cpu::DISPATCH_LEVEL),
+        format!("the DPC ran at IRQL {} (DISPATCH_LEVEL)", v[3]),
+    );
+    ctx.check(timer::armed() == 0, "the timer is no longer set");
+    timer::advance(60_000);
+    let counters = slots(&call(&s, IOCTL_DPC, 1));
+    ctx.check(
+        counters[2] == 1,
+        format!("the DPC completed exactly one wait ({})", counters[2]),
+    );
+    ctx.check(
+        p.poll().is_some_and(|again| {
+            again.output == r.as_ref().map(|r| r.output.clone()).unwrap_or_default()
+        }),
+        "poll is idempotent after completion",
+    );
+    ctx.check(!p.cancel(), "cancel after completion is a no-op (false)");
+    check_unlocked(ctx, "after the DPC");
+    drop(p);
+    finish(ctx, s);
+}
+
+fn td_wait_cancel(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some(mut p) = pend(ctx, s.handle, IOCTL_WAIT, 60_000) else {
+        return;
+    };
+    ctx.check(p.cancel(), "IoCancelIrp found a cancel routine (TRUE)");
+    let r = p.poll();
+    ctx.check(
+        r.as_ref()
+            .is_some_and(|r| r.status == STATUS_CANCELLED && r.output.is_empty()),
+        format!("completed STATUS_CANCELLED with no output: {r:?}"),
+    );
+    ctx.check(
+        timer::armed() == 0,
+        "the cancel routine cancelled the timer",
+    );
+    check_unlocked(ctx, "after the cancel routine");
+    ctx.check(!p.cancel(), "a second cancel is a no-op");
+    timer::advance(120_000);
+    ctx.check(
+        slots(&call(&s, IOCTL_DPC, 1))[2] == 0,
+        "the cancelled wait's timer never fired",
+    );
+    drop(p);
+    finish(ctx, s);
+}
+
+fn td_wait_other_thread(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some(mut released) = pend(ctx, s.handle, IOCTL_WAIT, 60_000) else {
+        return;
+    };
+    let Some(mut timed) = pend(ctx, s.handle, IOCTL_WAIT, 1000) else {
+        return;
+    };
+    let me = cpu::current_thread();
+    let other = std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(move || {
+            cpu::enter_thread(1);
+            // A clock tick on this processor: the 1 s timer's DPC runs here.
+            timer::advance(1000);
+            let first = cpu::current_thread();
+            // Another handle, another process: the release completes the 60 s wait here.
+            let h2 = io::open(WIN32_PATH, Caller::User, 2000, GENERIC_READ | GENERIC_WRITE);
+            let n = h2.map(|h| {
+                let r = io::device_io_control(h, IOCTL_RELEASE, &[], 32, 0x11);
+                io::close(h);
+                r
+            });
+            (first, n)
+        })
+        .expect("spawn");
+    let (other_thread, n) = other.join().unwrap_or((0, Err(0)));
+    ctx.check(
+        other_thread != me && other_thread != 0,
+        "ran on another emulated processor",
+    );
+    ctx.check(
+        n.as_ref().is_ok_and(|r| slots(r)[0] == 1),
+        format!("the release request completed one wait: {n:?}"),
+    );
+    let t = timed.poll();
+    ctx.check(
+        t.as_ref()
+            .is_some_and(|r| r.status == STATUS_SUCCESS && slots(r)[0] == WAIT_MAGIC),
+        format!("the 1 s wait completed by the DPC on the other thread: {t:?}"),
+    );
+    let r = released.poll();
+    ctx.check(
+        r.as_ref()
+            .is_some_and(|r| r.status == STATUS_SUCCESS && slots(r)[0] == RELEASE_MAGIC),
+        format!("the 60 s wait completed by the release on the other thread: {r:?}"),
+    );
+    ctx.check(timer::armed() == 0, "both timers gone");
+    drop((released, timed));
+    finish(ctx, s);
+}
+
+fn td_wait_cleanup(ctx: &mut Ctx) {
+    let Some(mut s) = start(ctx) else { return };
+    let Some(mut p) = pend(ctx, s.handle, IOCTL_WAIT, 60_000) else {
+        return;
+    };
+    io::close(s.handle);
+    let r = p.poll();
+    ctx.check(
+        r.as_ref().is_some_and(|r| r.status == STATUS_CANCELLED),
+        format!("IRP_MJ_CLEANUP completed the pending wait: {r:?}"),
+    );
+    ctx.check(timer::armed() == 0, "its timer cancelled");
+    drop(p);
+    ctx.unload_and_check_clean(&mut s.driver);
+}
+
+fn td_wait_process_exit(ctx: &mut Ctx) {
+    let mut driver = ctx.load();
+    let st = driver.entry();
+    ctx.check(
+        st == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(st)),
+    );
+    let pid = 3000;
+    let opened: Vec<FileHandle> = (0..2)
+        .filter_map(|_| io::open(WIN32_PATH, Caller::User, pid, GENERIC_READ | GENERIC_WRITE).ok())
+        .collect();
+    ctx.check(opened.len() == 2, "the process opened two handles");
+    let mut waits: Vec<PendingIoctl> = opened
+        .iter()
+        .filter_map(|&h| pend(ctx, h, IOCTL_WAIT, 60_000))
+        .collect();
+    io::terminate_process_io(pid);
+    for (i, p) in waits.iter_mut().enumerate() {
+        let r = p.poll();
+        ctx.check(
+            r.as_ref().is_some_and(|r| r.status == STATUS_CANCELLED),
+            format!("wait {i} cancelled at process exit: {r:?}"),
+        );
+    }
+    let files = kernel::with(|k| k.io.files.len());
+    ctx.check(
+        files == 0,
+        format!("the process's handles are closed ({files} left)"),
+    );
+    check_unlocked(ctx, "after process exit");
+    drop(waits);
+    ctx.unload_and_check_clean(&mut driver);
+}
+
+fn td_stop_deferred(ctx: &mut Ctx) {
+    let Some(mut s) = start(ctx) else { return };
+    let Some(mut p) = pend(ctx, s.handle, IOCTL_WAIT, 2000) else {
+        return;
+    };
+    ctx.check(
+        !s.driver.stop(),
+        "stop with a handle open is deferred (false)",
+    );
+    ctx.check(!s.driver.is_unloaded(), "DriverUnload has not run");
+    let again = ctx.open(WIN32_PATH, Caller::User, GENERIC_READ);
+    ctx.check(
+        again == Err(STATUS_NO_SUCH_DEVICE),
+        format!("a new open of the stopping device fails: {again:?}"),
+    );
+    timer::advance(2000);
+    let r = p.poll();
+    ctx.check(
+        r.as_ref().is_some_and(|r| r.status == STATUS_SUCCESS),
+        "the open handle still works: its wait completes",
+    );
+    let r = call(&s, IOCTL_PING, 0);
+    ctx.check(slots(&r)[0] == PING_MAGIC, "and it still answers requests");
+    drop(p);
+    io::close(s.handle);
+    ctx.check(
+        s.driver.is_unloaded(),
+        "DriverUnload ran inside the last close",
+    );
+    ctx.check_clean("after the deferred DriverUnload");
+}
+
+fn td_dpc_queue(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let v = slots(&call(&s, IOCTL_DPC, 0));
+    ctx.check(
+        v == [1, 0, 0b10, 1],
+        format!("insert TRUE, insert again FALSE, remove TRUE then FALSE, insert TRUE: {v:?}"),
+    );
+    ctx.check(timer::queued() == 1, "one DPC queued");
+    let ran = timer::run_due();
+    ctx.check(ran == 1, format!("the clock tick ran {ran} DPC"));
+    ctx.check(
+        slots(&call(&s, IOCTL_DPC, 1))[0] == 1,
+        "the queued DPC ran exactly once",
+    );
+    let _ = call(&s, IOCTL_DPC, 0);
+    ctx.check(timer::queued() == 1, "queued again");
+    // DriverUnload's KeFlushQueuedDpcs must run it: a DPC left queued is bugcheck 0xCE.
+    finish(ctx, s);
+    ctx.check(timer::queued() == 0, "KeFlushQueuedDpcs drained the queue");
+}
+
+fn td_pend_unmarked(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let _ =
+        io::device_io_control_async(s.handle, IOCTL_WAIT_UNMARKED, &1000u64.to_le_bytes(), 32, 0);
+    ctx.check(
+        false,
+        "STATUS_PENDING without IoMarkIrpPending went unnoticed",
+    );
+}
+
+fn td_pend_sync(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let _ = call(&s, IOCTL_WAIT, 1000);
+    ctx.check(
+        false,
+        "STATUS_PENDING to a synchronous request went unnoticed",
+    );
+}
+
+fn td_timer_at_unload(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let r = call(&s, IOCTL_STRAY_TIMER, 60_000);
+    ctx.check(
+        r.status == STATUS_SUCCESS && timer::armed() == 1,
+        "stray timer set",
+    );
+    finish(ctx, s);
+    ctx.check(false, "a timer left set at unload went unnoticed");
+}
+
+fn td_complete_cancelable(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let _ = call(&s, IOCTL_COMPLETE_CANCELABLE, 0);
+    ctx.check(false, "completion with a cancel routine set went unnoticed");
+}
+
+fn td_pending_after_cleanup(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let p = pend(ctx, s.handle, IOCTL_WAIT_ORPHAN, 60_000);
+    io::close(s.handle);
+    drop(p);
+    ctx.check(false, "an IRP pending across IRP_MJ_CLEANUP went unnoticed");
+}
+
+fn td_cancel_holds_lock(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    if let Some(p) = pend(ctx, s.handle, IOCTL_WAIT_HOLD_CANCEL_LOCK, 60_000) {
+        let _ = p.cancel();
+    }
+    ctx.check(
+        false,
+        "a cancel routine holding the cancel lock went unnoticed",
+    );
+}
+
+fn td_free_set_timer(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let _ = call(&s, IOCTL_FREE_SET_TIMER, 0);
+    ctx.check(false, "freeing a set timer went unnoticed");
 }

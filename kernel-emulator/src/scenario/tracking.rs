@@ -74,7 +74,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         scenario(
             "low-resources",
-            "the logoff workload failing the k-th fallible call for every k, then 6% at random: no bugcheck, no leak, losses counted",
+            "the logoff workload (and a wait on its hive) failing the k-th fallible call for every k, then 6% at random: no bugcheck, no leak, losses counted, the wait completes",
             low_resources,
         ),
         scenario(
@@ -303,7 +303,7 @@ impl Client {
 
 /// Boots the machine hives (as the hive list has them at start-up) and loads the driver,
 /// which seeds its hive table from that list.
-fn start(ctx: &mut Ctx) -> LoadedDriver {
+pub(crate) fn start(ctx: &mut Ctx) -> LoadedDriver {
     boot_hives(ctx);
     let d = ctx.load();
     let s = d.entry();
@@ -395,7 +395,7 @@ fn open_close(pid: u32, path: &str) {
 }
 
 /// Proves no pinning: once the processes are gone, every hive the scenario loaded unloads.
-fn unload_all(ctx: &mut Ctx, mounts: &[&str]) {
+pub(crate) fn unload_all(ctx: &mut Ctx, mounts: &[&str]) {
     for mount in mounts {
         let s = hive::unload_hive(SYSTEM_PID, mount);
         ctx.check(
@@ -434,6 +434,10 @@ pub(crate) fn logoff_workload(ctx: &mut Ctx) -> (u32, u32, u32) {
     (shell, app1, app2)
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the issue's logoff proof, step by step, reads best in one piece"
+)]
 fn logoff(ctx: &mut Ctx) {
     let mut d = start(ctx);
     let Some(c) = Client::open(ctx) else { return };
@@ -517,7 +521,11 @@ fn logoff(ctx: &mut Ctx) {
             .all(|p| (p.0 != u64::from(shell) && p.0 != u64::from(app1)) || p.1 == 0),
         "the shell and the first application hold nothing",
     );
-    process::exit_process(app2);
+    // What a logoff tool waits on: one wait-free request, pending while profleak.exe holds
+    // the key, completed by its exit.
+    super::wait_free::pending_until(ctx, c.h, USER, "the logoff wait", || {
+        process::exit_process(app2);
+    });
     let holders = c.holders(ctx, USER);
     ctx.check(
         holders.is_empty(),
@@ -721,9 +729,20 @@ fn faulty_logoff(ctx: &mut Ctx, policy: FaultPolicy) -> (usize, u64, bool) {
     let stats = c.stats(ctx);
     let holders = c.holders(ctx, USER);
     // A record may be missing, never wrong: at most the one real holder is reported.
-    let sane = holders.len() <= 1 && holders.iter().all(|h| h.pid == u64::from(app2));
+    let mut sane = holders.len() <= 1 && holders.iter().all(|h| h.pid == u64::from(app2));
+    // A wait on the hive completes by the time its holders are gone, whatever was lost (a
+    // lost open can only make it complete sooner).
+    let mut wait = super::wait_free::send(c.h, USER, protocol::wait::WaitFreeRequest::NO_TIMEOUT);
     for pid in [shell, app1, app2] {
         process::exit_process(pid);
+    }
+    let completed = match &mut wait {
+        io::IoctlCall::Done(r) => Some(r.status),
+        io::IoctlCall::Pending(p) => p.poll().map(|r| r.status),
+    };
+    if completed != Some(STATUS_SUCCESS) {
+        println!("  the wait on the profile did not complete with success: {completed:?}");
+        sane = false;
     }
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
@@ -741,7 +760,10 @@ fn low_resources(ctx: &mut Ctx) {
             ctx.check(k > 1, "the workload made fallible calls");
             break;
         }
-        ctx.check(sane, format!("k={k}: the report is a subset of the truth"));
+        ctx.check(
+            sane,
+            format!("k={k}: the report is a subset of the truth; the wait completed"),
+        );
         ctx.check(
             lost > 0,
             format!("k={k}: the failure is counted in stats ({lost} not recorded)"),
@@ -763,7 +785,7 @@ fn low_resources(ctx: &mut Ctx) {
         );
         ctx.check(
             sane,
-            format!("seed {seed}: the report is a subset of the truth"),
+            format!("seed {seed}: the report is a subset of the truth; the wait completed"),
         );
         ctx.check(
             injected == 0 || lost > 0,

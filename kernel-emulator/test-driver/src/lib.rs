@@ -13,6 +13,7 @@ extern crate alloc;
 #[cfg(not(test))]
 extern crate wdk_panic;
 
+mod pending;
 mod registry;
 
 use alloc::{boxed::Box, vec::Vec};
@@ -58,6 +59,16 @@ const IOCTL_ROUTINE: u32 = ioctl(0x80F); // MmGetSystemRoutineAddress("CmUnRegis
 const IOCTL_STATS: u32 = ioctl(0x810); // registry/process counters, block `argument`
 const IOCTL_PIN: u32 = ioctl(0x811); // reference the next key object opened (a hive pin)
 const IOCTL_UNPIN: u32 = ioctl(0x812); // release that reference
+const IOCTL_WAIT: u32 = ioctl(0x813); // pend until a timer (`argument` ms), release, cancel, cleanup
+const IOCTL_WAIT_UNMARKED: u32 = ioctl(0x814); // bug: STATUS_PENDING without IoMarkIrpPending
+const IOCTL_STRAY_TIMER: u32 = ioctl(0x815); // bug: a timer DriverUnload forgets to cancel
+const IOCTL_COMPLETE_CANCELABLE: u32 = ioctl(0x816); // bug: completed with its cancel routine set
+const IOCTL_WAIT_ORPHAN: u32 = ioctl(0x817); // bug: a wait IRP_MJ_CLEANUP leaves pending
+const IOCTL_RELEASE: u32 = ioctl(0x818); // complete every pending wait now
+const IOCTL_DPC: u32 = ioctl(0x819); // 0: KeInsertQueueDpc/KeRemoveQueueDpc; 1: counters
+const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A); // bug: cancel routine keeps the lock
+const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B); // bug: frees a timer that is still set
+const IOCTL_RELEASE_ON_CLOSE: u32 = ioctl(0x81C); // key handle closes complete the waits
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -99,7 +110,7 @@ const LINK_NAME: &[u16] = wide!("\\DosDevices\\KemuTest");
 ///
 /// # Safety
 /// `irp` must be a live IRP owned by this driver (not yet completed).
-unsafe fn complete(irp: PIRP, status: NTSTATUS, information: usize) -> NTSTATUS {
+pub(crate) unsafe fn complete(irp: PIRP, status: NTSTATUS, information: usize) -> NTSTATUS {
     // SAFETY: the caller guarantees `irp` is live and ours.
     let io_status = unsafe { &mut (*irp).IoStatus };
     io_status.__bindgen_anon_1.Status = status;
@@ -328,6 +339,44 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             out[0] = u64::from(registry::unpin());
             8
         }
+        IOCTL_WAIT | IOCTL_WAIT_UNMARKED | IOCTL_WAIT_ORPHAN | IOCTL_WAIT_HOLD_CANCEL_LOCK => {
+            let variant = match params.IoControlCode {
+                IOCTL_WAIT_UNMARKED => pending::Variant::Unmarked,
+                IOCTL_WAIT_ORPHAN => pending::Variant::Orphan,
+                IOCTL_WAIT_HOLD_CANCEL_LOCK => pending::Variant::HoldsCancelLock,
+                _ => pending::Variant::Correct,
+            };
+            // SAFETY: `irp` is live, not completed, with >= 32 output bytes (checked above).
+            return unsafe { pending::wait(irp, argument, variant) };
+        }
+        IOCTL_RELEASE_ON_CLOSE => {
+            registry::release_on_close();
+            0
+        }
+        IOCTL_FREE_SET_TIMER => {
+            pending::free_set_timer();
+            0
+        }
+        IOCTL_COMPLETE_CANCELABLE => {
+            // SAFETY: `irp` is live and not yet completed (the bug is inside).
+            return unsafe { pending::complete_cancelable(irp) };
+        }
+        IOCTL_STRAY_TIMER => {
+            out[0] = pending::set_stray_timer(argument);
+            8
+        }
+        IOCTL_RELEASE => {
+            out[0] = pending::release_all();
+            8
+        }
+        IOCTL_DPC => {
+            out = if argument == 0 {
+                pending::queue_dpc()
+            } else {
+                pending::counters()
+            };
+            32
+        }
         _ => {
             // SAFETY: `irp` is live and not yet completed.
             return unsafe { complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0) };
@@ -347,8 +396,22 @@ unsafe extern "C" fn dispatch_create_close(_device: PDEVICE_OBJECT, irp: *mut IR
     unsafe { complete(irp, STATUS_SUCCESS, 0) }
 }
 
-/// DriverUnload: unregisters the callbacks, deletes the symbolic link and the device.
+/// IRP_MJ_CLEANUP: the file object's pending waits complete (STATUS_CANCELLED) before the
+/// cleanup does, so the handle's last close never waits on this driver.
+unsafe extern "C" fn dispatch_cleanup(_device: PDEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+    // SAFETY: the I/O manager passes a live IRP that this driver owns during dispatch.
+    let stack = unsafe { pending::stack(irp) };
+    // SAFETY: the current stack location of the cleanup IRP.
+    let file = unsafe { (*stack).FileObject };
+    pending::cleanup(file.cast());
+    // SAFETY: `irp` is live and not yet completed.
+    unsafe { complete(irp, STATUS_SUCCESS, 0) }
+}
+
+/// DriverUnload: cancels the timers and flushes the DPCs, unregisters the callbacks, deletes
+/// the symbolic link and the device.
 unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
+    pending::stop();
     registry::stop();
     let mut link = unicode(LINK_NAME);
     // SAFETY: the link was created in DriverEntry; PASSIVE_LEVEL.
@@ -403,10 +466,12 @@ pub unsafe extern "system" fn driver_entry(
         unsafe { IoDeleteDevice(device) };
         return status;
     }
+    pending::start();
     // SAFETY: DriverEntry owns the driver object until it returns.
     let major = unsafe { &mut (*driver).MajorFunction };
     major[wdk_sys::IRP_MJ_CREATE as usize] = Some(dispatch_create_close);
     major[wdk_sys::IRP_MJ_CLOSE as usize] = Some(dispatch_create_close);
+    major[wdk_sys::IRP_MJ_CLEANUP as usize] = Some(dispatch_cleanup);
     major[wdk_sys::IRP_MJ_DEVICE_CONTROL as usize] = Some(dispatch_device_control);
     // SAFETY: as above.
     unsafe { (*driver).DriverUnload = Some(driver_unload) };

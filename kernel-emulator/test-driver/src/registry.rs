@@ -76,6 +76,13 @@ static REGISTERED: AtomicBool = AtomicBool::new(false);
 static PROCESS_NOTIFY: AtomicBool = AtomicBool::new(false);
 static PIN_NEXT: AtomicBool = AtomicBool::new(false);
 static PINNED: AtomicUsize = AtomicUsize::new(0);
+/// Post-close notifications complete the pending waits (IOCTL_RELEASE_ON_CLOSE).
+static RELEASE_ON_CLOSE: AtomicBool = AtomicBool::new(false);
+
+/// From now on, every key handle closed completes the pending waits.
+pub fn release_on_close() {
+    RELEASE_ON_CLOSE.store(true, Ordering::Relaxed);
+}
 
 fn count(slot: usize) {
     COUNTERS[slot].fetch_add(1, Ordering::Relaxed);
@@ -209,7 +216,14 @@ unsafe extern "C" fn registry_callback(
                 unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
             }
         }
-        25 => count(POST_CLOSE),
+        25 => {
+            count(POST_CLOSE);
+            // The product's pattern: a registry notification (here: a key handle closed)
+            // completes the pending waits, on whatever thread closed the key.
+            if RELEASE_ON_CLOSE.load(Ordering::Relaxed) {
+                let _ = crate::pending::release_all();
+            }
+        }
         // RegNtCallbackObjectContextCleanup: REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION.
         40 => {
             // SAFETY: ObjectContext is at 0x08.

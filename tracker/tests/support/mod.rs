@@ -295,3 +295,14 @@ pub fn drain<K: PageKind>(
 }
 
 pub type TestTracker<'a> = Tracker<&'a CountingPool, ParkingLock>;
+
+/// Two processes the behaviour tests open keys in.
+pub const P1: tracker::ProcessKey = tracker::ProcessKey {
+    pid: 100,
+    start_key: 1,
+};
+/// The second one.
+pub const P2: tracker::ProcessKey = tracker::ProcessKey {
+    pid: 200,
+    start_key: 2,
+};

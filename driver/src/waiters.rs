@@ -1,0 +1,509 @@
+//! Pending wait-free requests: IRPs held until their hive is free, their timeout passes, the
+//! caller cancels them, their file object is cleaned up, or the driver unloads.
+//!
+//! Storage is a fixed table in static (non-paged) memory, so waiting allocates nothing and
+//! cannot fail under low resources; a full table answers `STATUS_INSUFFICIENT_RESOURCES`.
+//! One spin lock guards the table; one `KTIMER` with its `KDPC` is armed for the earliest
+//! deadline.
+//!
+//! Cancel safety is the documented handshake on `Irp->CancelRoutine` (docs: "Synchronizing
+//! IRP Cancellation", "Cancel-Safe IRP Queues"): a request is queued with a cancel routine
+//! set, under the table lock; whoever wants to complete it (hive free, timeout, cleanup,
+//! unload) first swaps the routine with NULL and completes the IRP only if it got the
+//! routine back. NULL means `IoCancelIrp` took it: the cancel routine will run, take the
+//! table lock, remove the entry and complete the IRP itself, so the entry is left for it.
+//!
+//! A wait is never missed: a request counts itself as pending before it tests its hive, and
+//! every event that can free a hive (a close, a process exit, an unload) tests the pending
+//! count after the tracker changed, with a full fence on both sides.
+
+use core::{
+    cell::UnsafeCell,
+    ffi::c_void,
+    mem::MaybeUninit,
+    ptr::null_mut,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence},
+};
+
+use protocol::wait::{WaitFreeAnswer, WaitOutcome};
+use tracker::{HiveFree, lock::RawLock};
+use wdk_sys::{
+    _KTIMER, DEVICE_OBJECT, IO_NO_INCREMENT, IRP, KDPC, LARGE_INTEGER, NTSTATUS,
+    SL_PENDING_RETURNED, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS,
+    ntddk::{
+        IoReleaseCancelSpinLock, IofCompleteRequest, KeCancelTimer, KeFlushQueuedDpcs,
+        KeInitializeDpc, KeInitializeTimer, KeSetTimer,
+    },
+};
+
+use crate::{clock, ffi::current_stack_location, lock::SpinLock, tracking};
+
+/// Waits that can be pending at once.
+pub const MAX_WAITS: usize = 32;
+
+/// `IO_NO_INCREMENT` as the `CCHAR` `IofCompleteRequest` takes (the constant is 0).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "the constant is 0"
+)]
+const NO_INCREMENT: i8 = IO_NO_INCREMENT as i8;
+
+/// `SL_PENDING_RETURNED` as the `UCHAR` of `IO_STACK_LOCATION.Control` (the constant is 1).
+#[allow(clippy::cast_possible_truncation, reason = "the constant is 1")]
+const PENDING_RETURNED: u8 = SL_PENDING_RETURNED as u8;
+
+/// One pending request.
+#[derive(Clone, Copy)]
+struct Wait {
+    /// The IRP, null when the slot is free.
+    irp: *mut IRP,
+    /// The file object it was sent on (for `IRP_MJ_CLEANUP`).
+    file: *mut c_void,
+    /// Its `METHOD_BUFFERED` system buffer and the output length, for the answer.
+    buffer: *mut u8,
+    out_len: usize,
+    /// The hive it waits for.
+    hive_id: u32,
+    /// Interrupt time when it was queued, and when it times out (`u64::MAX`: never).
+    started: u64,
+    deadline: u64,
+}
+
+impl Wait {
+    const FREE: Self = Self {
+        irp: null_mut(),
+        file: null_mut(),
+        buffer: null_mut(),
+        out_len: 0,
+        hive_id: 0,
+        started: 0,
+        deadline: 0,
+    };
+}
+
+/// A request taken out of the table, to be completed once the lock is released.
+#[derive(Clone, Copy)]
+struct Done {
+    wait: Wait,
+    /// `None`: cancelled (no answer).
+    outcome: Option<WaitOutcome>,
+}
+
+/// The table, its timer and their state.
+struct Table {
+    lock: SpinLock,
+    slots: UnsafeCell<[Wait; MAX_WAITS]>,
+    /// Deadline the timer is set for (`u64::MAX`: not set). Guarded by `lock`.
+    armed_for: UnsafeCell<u64>,
+    timer: UnsafeCell<MaybeUninit<_KTIMER>>,
+    dpc: UnsafeCell<MaybeUninit<KDPC>>,
+}
+
+// SAFETY: `slots` and `armed_for` are only touched under `lock`; the timer and DPC are
+// initialised once in `init` (before any request can arrive) and then only passed to the
+// kernel's timer routines, which synchronise themselves.
+unsafe impl Sync for Table {}
+
+static TABLE: Table = Table {
+    lock: SpinLock::unlocked(),
+    slots: UnsafeCell::new([Wait::FREE; MAX_WAITS]),
+    armed_for: UnsafeCell::new(u64::MAX),
+    timer: UnsafeCell::new(MaybeUninit::uninit()),
+    dpc: UnsafeCell::new(MaybeUninit::uninit()),
+};
+
+/// Pending requests (slots in use), read without the lock by every hive-freeing event.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+/// Set by [`init`]: the timer and DPC exist.
+static READY: AtomicBool = AtomicBool::new(false);
+/// Set by [`shutdown`]: no request is queued and the timer is not re-armed any more.
+static CLOSING: AtomicBool = AtomicBool::new(false);
+
+/// The table with its lock held.
+struct Locked(());
+
+impl Locked {
+    fn take() -> Self {
+        TABLE.lock.lock_exclusive();
+        Self(())
+    }
+
+    #[allow(
+        clippy::unused_self,
+        clippy::needless_pass_by_ref_mut,
+        reason = "the exclusive borrow of the guard is what makes the returned borrow unique"
+    )]
+    fn slots(&mut self) -> &mut [Wait; MAX_WAITS] {
+        // SAFETY: the lock is held for the life of `self`, and `&mut self` makes this the
+        // only reference.
+        unsafe { &mut *TABLE.slots.get() }
+    }
+
+    #[allow(
+        clippy::unused_self,
+        clippy::needless_pass_by_ref_mut,
+        reason = "the exclusive borrow of the guard is what makes the returned borrow unique"
+    )]
+    fn armed_for(&mut self) -> &mut u64 {
+        // SAFETY: as for `slots`.
+        unsafe { &mut *TABLE.armed_for.get() }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: taken in `take` by this value.
+        unsafe { TABLE.lock.unlock_exclusive() };
+    }
+}
+
+/// Initialises the timer and its DPC. Call once from `DriverEntry`, before the device can
+/// be opened.
+pub fn init() {
+    // SAFETY: `init` runs once, before any request; the timer lives in static non-paged
+    // memory and never moves (docs: `KeInitializeTimer`).
+    unsafe { KeInitializeTimer(TABLE.timer.get().cast()) };
+    // SAFETY: as above, for the DPC (docs: `KeInitializeDpc`); the routine lives as long as
+    // the driver, and `shutdown` cancels the timer and flushes DPCs before unload.
+    unsafe { KeInitializeDpc(TABLE.dpc.get().cast(), Some(timer_dpc), null_mut()) };
+    READY.store(true, Ordering::Release);
+}
+
+/// The port of wdm.h's inline `IoSetCancelRoutine`: an interlocked exchange of
+/// `Irp->CancelRoutine`. Returns whether a routine was set before.
+///
+/// # Safety
+/// `irp` must be an IRP this driver owns or has queued (it cannot have been completed).
+unsafe fn swap_cancel_routine(irp: *mut IRP, routine: bool) -> bool {
+    let new = if routine {
+        cancel_routine as *const () as usize
+    } else {
+        0
+    };
+    // SAFETY: the IRP is live (contract); only the field's address is taken.
+    let raw = unsafe { &raw mut (*irp).CancelRoutine };
+    // The field is a nullable function pointer, the size and alignment of a usize.
+    // SAFETY: it is only ever accessed atomically, by the I/O manager (IoCancelIrp) and us.
+    let field = unsafe { AtomicUsize::from_ptr(raw.cast()) };
+    field.swap(new, Ordering::SeqCst) != 0
+}
+
+/// Whether `IoCancelIrp` has been called on `irp`.
+///
+/// # Safety
+/// As for [`swap_cancel_routine`].
+unsafe fn cancel_requested(irp: *mut IRP) -> bool {
+    // SAFETY: the IRP is live (contract); only the field's address is taken.
+    let raw = unsafe { &raw const (*irp).Cancel };
+    // SAFETY: `Cancel` is a BOOLEAN the I/O manager sets; read once, as it may change.
+    let cancel = unsafe { core::ptr::read_volatile(raw) };
+    cancel != 0
+}
+
+/// What [`enqueue`] did with a request.
+pub enum Queued {
+    /// The IRP is pending: return `STATUS_PENDING` and never touch it again.
+    Pending,
+    /// Not queued: complete it now with this outcome (`None`: cancelled), or with the status.
+    Now(Result<Option<WaitOutcome>, NTSTATUS>),
+}
+
+/// A validated wait-free request.
+#[derive(Clone, Copy, Debug)]
+pub struct Request {
+    /// The hive.
+    pub hive_id: u32,
+    /// Milliseconds, `u32::MAX` = no timeout.
+    pub timeout_ms: u32,
+}
+
+/// Queues `irp` to wait for its hive, or says how to complete it now.
+///
+/// # Safety
+/// `irp` must be the live `IRP_MJ_DEVICE_CONTROL` IRP being dispatched, not yet completed;
+/// `buffer` its system buffer of at least `out_len` bytes, `file` its file object.
+pub unsafe fn enqueue(
+    irp: *mut IRP,
+    buffer: *mut u8,
+    out_len: usize,
+    file: *mut c_void,
+    request: Request,
+) -> Queued {
+    if !READY.load(Ordering::Acquire) || CLOSING.load(Ordering::Acquire) {
+        return Queued::Now(Err(STATUS_INSUFFICIENT_RESOURCES));
+    }
+    let now = clock::interrupt_time();
+    let deadline = if request.timeout_ms == u32::MAX {
+        u64::MAX
+    } else {
+        now.saturating_add(u64::from(request.timeout_ms) * 10_000)
+    };
+    let mut t = Locked::take();
+    let Some(index) = t.slots().iter().position(|w| w.irp.is_null()) else {
+        return Queued::Now(Err(STATUS_INSUFFICIENT_RESOURCES));
+    };
+    // Count ourselves before testing the hive: an event that frees it after the test sees
+    // the count and comes for the table lock, which we hold until the entry is in.
+    PENDING.fetch_add(1, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    let state = tracking::get().map_or(HiveFree::Unloaded, |tr| tr.hive_free(request.hive_id));
+    let answer_now = match state {
+        HiveFree::Free => Some(Some(WaitOutcome::Free)),
+        HiveFree::Unloaded => Some(Some(WaitOutcome::Unloaded)),
+        HiveFree::Held if request.timeout_ms == 0 => Some(Some(WaitOutcome::TimedOut)),
+        HiveFree::Held => None,
+    };
+    if let Some(outcome) = answer_now {
+        PENDING.fetch_sub(1, Ordering::SeqCst);
+        return Queued::Now(Ok(outcome));
+    }
+    // SAFETY: the IRP is ours (contract).
+    unsafe { swap_cancel_routine(irp, true) };
+    // SAFETY: the IRP is ours (contract).
+    let cancelled = unsafe { cancel_requested(irp) };
+    // SAFETY: the IRP is ours (contract).
+    if cancelled && unsafe { swap_cancel_routine(irp, false) } {
+        // Cancelled before it was queued, and the routine was still ours: the I/O manager
+        // will not call it, so we complete the IRP.
+        PENDING.fetch_sub(1, Ordering::SeqCst);
+        return Queued::Now(Ok(None));
+    }
+    // Either not cancelled, or IoCancelIrp already took the routine and will call it: it
+    // then finds the entry (it needs the lock we hold) and completes the IRP.
+    // SAFETY: the dispatched IRP's current stack location is ours.
+    let stack = unsafe { current_stack_location(irp) };
+    // The port of wdm.h's inline `IoMarkIrpPending`, before anyone else can complete it.
+    // SAFETY: the stack location of a live IRP we own.
+    unsafe { (*stack).Control |= PENDING_RETURNED };
+    t.slots()[index] = Wait {
+        irp,
+        file,
+        buffer,
+        out_len,
+        hive_id: request.hive_id,
+        started: now,
+        deadline,
+    };
+    if deadline < *t.armed_for() {
+        arm(&mut t, deadline, now);
+    }
+    Queued::Pending
+}
+
+/// Sets the timer for `deadline` (interrupt time), relative to `now`.
+fn arm(t: &mut Locked, deadline: u64, now: u64) {
+    if CLOSING.load(Ordering::Acquire) {
+        return;
+    }
+    *t.armed_for() = deadline;
+    // A relative due time (negative, 100 ns units) does not move when the clock is set;
+    // at least one unit so that a deadline already passed fires at once.
+    let relative = deadline.saturating_sub(now).max(1);
+    let due = LARGE_INTEGER {
+        QuadPart: -i64::try_from(relative).unwrap_or(i64::MAX),
+    };
+    // SAFETY: timer and DPC were initialised by `init` (READY) and live in static memory;
+    // KeSetTimer is callable at <= DISPATCH_LEVEL and re-arms a set timer.
+    unsafe { KeSetTimer(TABLE.timer.get().cast(), due, TABLE.dpc.get().cast()) };
+}
+
+/// Takes out of the table every entry `pick` chooses (with the outcome it returns), provided
+/// its cancel routine is still ours; at most `out.len()`. Returns how many.
+fn take_out(
+    t: &mut Locked,
+    out: &mut [Option<Done>; MAX_WAITS],
+    mut pick: impl FnMut(&Wait) -> Option<Option<WaitOutcome>>,
+) -> usize {
+    let mut n = 0;
+    for w in t.slots().iter_mut() {
+        if w.irp.is_null() {
+            continue;
+        }
+        let Some(outcome) = pick(w) else { continue };
+        // SAFETY: a queued IRP is live until it is completed, which only happens after it
+        // leaves the table.
+        if !unsafe { swap_cancel_routine(w.irp, false) } {
+            continue; // IoCancelIrp owns it now; the cancel routine removes it.
+        }
+        out[n] = Some(Done { wait: *w, outcome });
+        n += 1;
+        *w = Wait::FREE;
+        PENDING.fetch_sub(1, Ordering::SeqCst);
+    }
+    n
+}
+
+/// Completes requests taken out of the table (the lock is no longer held).
+fn complete_all(done: &[Option<Done>; MAX_WAITS]) {
+    let now = clock::interrupt_time();
+    for d in done.iter().flatten() {
+        // SAFETY: the entry left the table with its cancel routine ours, so the IRP is live
+        // and only we can complete it.
+        unsafe { complete(d.wait, d.outcome, now) };
+    }
+}
+
+/// Completes one request: with its answer written into its system buffer, or cancelled.
+///
+/// # Safety
+/// `w.irp` must be live, owned by us, not completed, with no cancel routine set.
+#[allow(
+    clippy::option_if_let_else,
+    reason = "two outcomes read best as a match"
+)]
+unsafe fn complete(w: Wait, outcome: Option<WaitOutcome>, now: u64) {
+    let (status, information) = match outcome {
+        None => (STATUS_CANCELLED, 0),
+        Some(outcome) => {
+            let answer = WaitFreeAnswer {
+                outcome,
+                hive_id: w.hive_id,
+                waited: now.saturating_sub(w.started),
+            };
+            // The output length was checked against the answer's size when it was queued.
+            // SAFETY: the system buffer lives with the IRP and holds `out_len` bytes.
+            let out = unsafe { core::slice::from_raw_parts_mut(w.buffer, w.out_len) };
+            match protocol::wire::encode(&answer, out) {
+                Ok(n) => (STATUS_SUCCESS, n),
+                Err(_) => (STATUS_INSUFFICIENT_RESOURCES, 0),
+            }
+        }
+    };
+    finish(w.irp, status, information);
+}
+
+/// Sets the IRP's status and completes it.
+fn finish(irp: *mut IRP, status: NTSTATUS, information: usize) {
+    {
+        // SAFETY: the caller owns the live IRP; nothing else touches it until completion.
+        let i = unsafe { &mut *irp };
+        i.IoStatus.__bindgen_anon_1.Status = status;
+        i.IoStatus.Information = information as u64;
+    }
+    // SAFETY: completed exactly once, here, at <= DISPATCH_LEVEL.
+    unsafe { IofCompleteRequest(irp, NO_INCREMENT) };
+}
+
+/// After an event that can free a hive (a close, a process exit, an unload): completes the
+/// requests whose hive is now free. Costs one fence and one load when nothing waits.
+pub fn hive_may_be_free() {
+    fence(Ordering::SeqCst);
+    if PENDING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let Some(tracker) = tracking::get() else {
+        return;
+    };
+    let mut done = [None; MAX_WAITS];
+    {
+        let mut t = Locked::take();
+        take_out(&mut t, &mut done, |w| match tracker.hive_free(w.hive_id) {
+            HiveFree::Held => None,
+            HiveFree::Free => Some(Some(WaitOutcome::Free)),
+            HiveFree::Unloaded => Some(Some(WaitOutcome::Unloaded)),
+        });
+    }
+    complete_all(&done);
+}
+
+/// The timer's DPC (`DISPATCH_LEVEL`): completes the requests whose deadline passed and
+/// re-arms the timer for the next one.
+unsafe extern "C" fn timer_dpc(
+    _dpc: *mut KDPC,
+    _context: *mut c_void,
+    _argument1: *mut c_void,
+    _argument2: *mut c_void,
+) {
+    let now = clock::interrupt_time();
+    let mut done = [None; MAX_WAITS];
+    {
+        let mut t = Locked::take();
+        *t.armed_for() = u64::MAX;
+        take_out(&mut t, &mut done, |w| {
+            (w.deadline <= now).then_some(Some(WaitOutcome::TimedOut))
+        });
+        let next = t
+            .slots()
+            .iter()
+            .filter(|w| !w.irp.is_null())
+            .map(|w| w.deadline)
+            .min()
+            .unwrap_or(u64::MAX);
+        if next != u64::MAX {
+            arm(&mut t, next, now);
+        }
+    }
+    complete_all(&done);
+}
+
+/// The cancel routine (`IoCancelIrp` calls it holding the cancel spin lock): removes the
+/// entry and completes the IRP with `STATUS_CANCELLED`.
+unsafe extern "C" fn cancel_routine(_device: *mut DEVICE_OBJECT, irp: *mut IRP) {
+    // SAFETY: IoCancelIrp set CancelIrql before calling us; the IRP is live until completed.
+    let irql = unsafe { (*irp).CancelIrql };
+    // Docs: a cancel routine releases the cancel spin lock, at the IRQL it saved.
+    // SAFETY: the I/O manager acquired the cancel spin lock for us.
+    unsafe { IoReleaseCancelSpinLock(irql) };
+    let mut found = false;
+    {
+        let mut t = Locked::take();
+        if let Some(w) = t.slots().iter_mut().find(|w| w.irp == irp) {
+            *w = Wait::FREE;
+            found = true;
+            PENDING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    // Every path that empties a slot first takes the cancel routine back, so a routine that
+    // IoCancelIrp took always finds its entry; not finding it would be a bug in this module,
+    // and completing an IRP we do not own would be worse than leaving it.
+    if found {
+        finish(irp, STATUS_CANCELLED, 0);
+    }
+}
+
+/// `IRP_MJ_CLEANUP` for `file`: the last handle to it is closing, so its pending requests
+/// are completed (cancelled) now; otherwise the closing process could not exit.
+pub fn cleanup(file: *mut c_void) {
+    if PENDING.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let mut done = [None; MAX_WAITS];
+    {
+        let mut t = Locked::take();
+        take_out(&mut t, &mut done, |w| (w.file == file).then_some(None));
+    }
+    complete_all(&done);
+}
+
+/// At `DriverUnload`: stops the timer, waits for a running DPC, and cancels whatever is still
+/// pending. (The I/O manager calls `DriverUnload` only when no file object is open on the
+/// device, and `IRP_MJ_CLEANUP` has emptied the table by then; this is the belt to that.)
+pub fn shutdown() {
+    if !READY.load(Ordering::Acquire) {
+        return;
+    }
+    {
+        let _t = Locked::take();
+        CLOSING.store(true, Ordering::Release);
+    }
+    // SAFETY: the timer was initialised by `init`; callable at <= DISPATCH_LEVEL.
+    unsafe { KeCancelTimer(TABLE.timer.get().cast()) };
+    // A DPC already running (or queued by an expiry) finishes before this returns; with
+    // CLOSING set it does not re-arm the timer. Docs: `KeFlushQueuedDpcs`, PASSIVE_LEVEL.
+    // SAFETY: called at PASSIVE_LEVEL from DriverUnload.
+    unsafe { KeFlushQueuedDpcs() };
+    loop {
+        let mut done = [None; MAX_WAITS];
+        {
+            let mut t = Locked::take();
+            take_out(&mut t, &mut done, |_| Some(None));
+        }
+        complete_all(&done);
+        if PENDING.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        // A cancel routine is between IoCancelIrp and our lock: let it finish.
+        core::hint::spin_loop();
+    }
+}
