@@ -145,6 +145,14 @@ pub(crate) fn pending_until(
     }
 }
 
+/// Checks that a wait completed with `STATUS_CANCELLED` and no output.
+fn check_cancelled(ctx: &mut Ctx, r: Option<&IoctlResult>, what: &str) {
+    ctx.check(
+        r.is_some_and(|r| r.status == STATUS_CANCELLED && r.output.is_empty()),
+        format!("{what} ({:?})", r.map(|r| status::describe(r.status))),
+    );
+}
+
 /// The wait, pending, or a failed check.
 fn pending(ctx: &mut Ctx, call: IoctlCall, what: &str) -> Option<PendingIoctl> {
     match call {
@@ -310,13 +318,10 @@ fn wait_free(ctx: &mut Ctx) {
     if let Some(mut p) = pending(ctx, send(h, USER, WaitFreeRequest::NO_TIMEOUT), "a wait") {
         ctx.check(p.cancel(), "IoCancelIrp found the driver's cancel routine");
         let r = p.poll();
-        ctx.check(
-            r.as_ref()
-                .is_some_and(|r| r.status == STATUS_CANCELLED && r.output.is_empty()),
-            format!(
-                "a cancelled wait completes with STATUS_CANCELLED and no output ({:?})",
-                r.map(|r| status::describe(r.status))
-            ),
+        check_cancelled(
+            ctx,
+            r.as_ref(),
+            "a cancelled wait completes with STATUS_CANCELLED and no output",
         );
     }
 
@@ -394,12 +399,10 @@ fn wait_free(ctx: &mut Ctx) {
     {
         io::close(h2);
         let r = theirs.poll();
-        ctx.check(
-            r.as_ref().is_some_and(|r| r.status == STATUS_CANCELLED),
-            format!(
-                "closing its handle cancelled the second wait ({:?})",
-                r.map(|r| status::describe(r.status))
-            ),
+        check_cancelled(
+            ctx,
+            r.as_ref(),
+            "closing its handle cancelled the second wait",
         );
         ctx.check(
             mine.poll().is_none(),
@@ -408,13 +411,7 @@ fn wait_free(ctx: &mut Ctx) {
         // Process exit of the client: IoCancelIrp on its IRPs, then its handles close.
         io::terminate_process_io(client);
         let r = mine.poll();
-        ctx.check(
-            r.as_ref().is_some_and(|r| r.status == STATUS_CANCELLED),
-            format!(
-                "the client's exit cancelled its wait ({:?})",
-                r.map(|r| status::describe(r.status))
-            ),
-        );
+        check_cancelled(ctx, r.as_ref(), "the client's exit cancelled its wait");
     }
     process::exit_process(app3);
     unload_all(ctx, &[USER, CLASSES]);
@@ -486,13 +483,7 @@ fn unload_while_waiting(ctx: &mut Ctx) {
     // while the workers' registry calls keep coming.
     io::terminate_process_io(client);
     let r = wait.poll();
-    ctx.check(
-        r.as_ref().is_some_and(|r| r.status == STATUS_CANCELLED),
-        format!(
-            "the pending wait was cancelled ({:?})",
-            r.map(|r| status::describe(r.status))
-        ),
-    );
+    check_cancelled(ctx, r.as_ref(), "the pending wait was cancelled");
     ctx.check(
         d.is_unloaded(),
         "DriverUnload ran when the last handle went",
