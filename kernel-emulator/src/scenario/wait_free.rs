@@ -260,6 +260,34 @@ fn wait_free(ctx: &mut Ctx) {
             STATUS_INVALID_PARAMETER,
             "a non-zero reserved field",
         ),
+        (
+            {
+                let mut r = request(USER, 1000);
+                r.pop();
+                r
+            },
+            64,
+            STATUS_INVALID_PARAMETER,
+            "a request one byte short",
+        ),
+        (
+            request(
+                &format!(r"\REGISTRY\NOWHERE\{}", "x".repeat(512 - 18)),
+                1000,
+            ),
+            64,
+            STATUS_OBJECT_NAME_NOT_FOUND,
+            "the longest path (512 units) in no known hive: accepted, not found",
+        ),
+        (
+            request(
+                &format!(r"\REGISTRY\NOWHERE\{}", "x".repeat(513 - 18)),
+                1000,
+            ),
+            64,
+            STATUS_INVALID_PARAMETER,
+            "a path of 513 units: oversized",
+        ),
     ] {
         let call = io::device_io_control_async(h, IOCTL_HIVETRACK_WAIT_FREE, &input, out_len, 0xA5);
         if let Some(r) = done(ctx, call, what) {
