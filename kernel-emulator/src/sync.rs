@@ -59,6 +59,9 @@ static LOCKS: Mutex<BTreeMap<usize, LockState>> = Mutex::new(BTreeMap::new());
 
 thread_local! {
     static CRITICAL_REGION: Cell<i32> = const { Cell::new(0) };
+    /// A per-OS-thread marker whose address names a host thread that never entered the
+    /// emulated machine (unit tests), so that two such threads are never one lock owner.
+    static HOST_THREAD: u8 = const { 0 };
 }
 
 fn locks() -> std::sync::MutexGuard<'static, BTreeMap<usize, LockState>> {
@@ -98,9 +101,11 @@ pub fn reset() {
     locks().clear();
 }
 
+/// The lock owner this thread is: its emulated KTHREAD, or, for a host thread that never
+/// entered the machine, a value unique to that host thread.
 fn me() -> usize {
     match cpu::current_thread() {
-        0 => 1,
+        0 => HOST_THREAD.with(|m| std::ptr::from_ref(m) as usize),
         t => t,
     }
 }
