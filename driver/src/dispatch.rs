@@ -141,8 +141,8 @@ unsafe fn wait_free(
         Err(o) => return unsafe { complete(irp, o.status, o.information) },
     };
     let (file, system) = (stack.FileObject.cast(), buffer.as_mut_ptr());
-    // SAFETY: the IRP is the one being dispatched, `system` its system buffer of at least
-    // `out_len` bytes (checked by `wait_request`), `file` its file object.
+    // `system` holds at least `out_len` bytes (checked by `wait_request`).
+    // SAFETY: the IRP is the one being dispatched, with its own system buffer and file object.
     match unsafe { waiters::enqueue(irp, system, out_len, file, request) } {
         Queued::Pending => STATUS_PENDING,
         Queued::Now(Ok(Some(outcome))) => {

@@ -63,8 +63,8 @@ unsafe impl RawLock for SpinLock {
 
     #[inline]
     unsafe fn unlock_exclusive(&self) {
-        // SAFETY: the caller holds the lock; the value was stored by its own acquisition (or
-        // handed over by an outer lock released first).
+        // The value was stored by this hold's acquisition, or handed over by an outer lock.
+        // SAFETY: the caller holds the lock, so only it touches `old_irql`.
         let irql = unsafe { *self.old_irql.get() };
         // SAFETY: the caller holds the lock at DISPATCH_LEVEL, acquired by `lock_exclusive`.
         unsafe { KeReleaseSpinLock(self.lock.get(), irql) };
@@ -78,8 +78,8 @@ unsafe impl RawLock for SpinLock {
         let inner = unsafe { *next.old_irql.get() };
         // SAFETY: as above; `next` now returns to where the outer acquisition came from.
         unsafe { *next.old_irql.get() = outer };
-        // SAFETY: the caller holds `self` at DISPATCH_LEVEL and keeps holding `next`, so the
-        // processor stays at `inner` (DISPATCH_LEVEL) after this release.
+        // The caller keeps holding `next`, so the processor stays at `inner` (DISPATCH_LEVEL).
+        // SAFETY: the caller holds `self` at DISPATCH_LEVEL, acquired by `lock_exclusive`.
         unsafe { KeReleaseSpinLock(self.lock.get(), inner) };
     }
 

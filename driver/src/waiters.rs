@@ -135,8 +135,8 @@ impl Locked {
         reason = "the exclusive borrow of the guard is what makes the returned borrow unique"
     )]
     fn slots(&mut self) -> &mut [Wait; MAX_WAITS] {
-        // SAFETY: the lock is held for the life of `self`, and `&mut self` makes this the
-        // only reference.
+        // `&mut self` makes this the only reference while the guard lives.
+        // SAFETY: the table lock is held for the life of `self`.
         unsafe { &mut *TABLE.slots.get() }
     }
 
@@ -161,11 +161,11 @@ impl Drop for Locked {
 /// Initialises the timer and its DPC. Call once from `DriverEntry`, before the device can
 /// be opened.
 pub fn init() {
-    // SAFETY: `init` runs once, before any request; the timer lives in static non-paged
-    // memory and never moves (docs: `KeInitializeTimer`).
+    // Docs: `KeInitializeTimer`; the timer lives in static non-paged memory and never moves.
+    // SAFETY: `init` runs once, before any request can use the timer.
     unsafe { KeInitializeTimer(TABLE.timer.get().cast()) };
-    // SAFETY: as above, for the DPC (docs: `KeInitializeDpc`); the routine lives as long as
-    // the driver, and `shutdown` cancels the timer and flushes DPCs before unload.
+    // Docs: `KeInitializeDpc`; `shutdown` cancels the timer and flushes DPCs before unload.
+    // SAFETY: runs once before any request; the DPC is static and its routine lives as long.
     unsafe { KeInitializeDpc(TABLE.dpc.get().cast(), Some(timer_dpc), null_mut()) };
     READY.store(true, Ordering::Release);
 }
@@ -303,8 +303,8 @@ fn arm(t: &mut Locked, deadline: u64, now: u64) {
     let due = LARGE_INTEGER {
         QuadPart: -i64::try_from(relative).unwrap_or(i64::MAX),
     };
-    // SAFETY: timer and DPC were initialised by `init` (READY) and live in static memory;
     // KeSetTimer is callable at <= DISPATCH_LEVEL and re-arms a set timer.
+    // SAFETY: timer and DPC were initialised by `init` (READY) and live in static memory.
     unsafe { KeSetTimer(TABLE.timer.get().cast(), due, TABLE.dpc.get().cast()) };
 }
 
@@ -321,8 +321,8 @@ fn take_out(
             continue;
         }
         let Some(outcome) = pick(w) else { continue };
-        // SAFETY: a queued IRP is live until it is completed, which only happens after it
-        // leaves the table.
+        // An IRP is completed only after it leaves the table.
+        // SAFETY: so a queued IRP is live.
         if !unsafe { swap_cancel_routine(w.irp, false) } {
             continue; // IoCancelIrp owns it now; the cancel routine removes it.
         }
@@ -344,8 +344,8 @@ fn complete_all(done: &[Option<Done>; MAX_WAITS]) {
     }
     let now = clock::interrupt_time();
     for d in done.iter().flatten() {
-        // SAFETY: the entry left the table with its cancel routine ours, so the IRP is live
-        // and only we can complete it.
+        // The entry left the table with its cancel routine taken back by us.
+        // SAFETY: so the IRP is live and only we can complete it.
         unsafe { complete(d.wait, d.outcome, now) };
     }
 }
