@@ -39,12 +39,12 @@ pub fn install(driver: &mut DRIVER_OBJECT) {
     driver.MajorFunction[IRP_MJ_DEVICE_CONTROL as usize] = Some(dispatch_device_control);
 }
 
-/// Completes `irp` with `status` and `information` bytes, and returns `status`, as a
-/// dispatch routine that does not pend must.
+/// Completes `irp` with `status` and `information` bytes, and returns `status` (what a
+/// dispatch routine that does not pend returns). Also completes the waits that pended.
 ///
 /// # Safety
 /// `irp` must be an IRP this driver owns and has not completed yet.
-unsafe fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
+pub unsafe fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
     {
         // IoStatus is ours to fill; nothing else touches the IRP until it is completed below.
         // SAFETY: per the contract the IRP is ours and live.

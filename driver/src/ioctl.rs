@@ -16,7 +16,7 @@ use protocol::{
     wait::{WaitFreeAnswer, WaitFreeRequest},
     wire::{self, EncodeError, HEADER_LEN, encode},
 };
-use tracker::{MAX_QUERY_PATH, QueryError};
+use tracker::{MAX_QUERY_PATH, QueryError, query_path};
 use wdk_sys::{
     NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_NOT_READY, STATUS_INTERNAL_ERROR,
     STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND,
@@ -90,12 +90,7 @@ pub fn wait_request(buffer: &[u8], in_len: usize, out_len: usize) -> Result<Requ
         return Err(Outcome::error(STATUS_DEVICE_NOT_READY));
     };
     let mut path = [0u16; MAX_QUERY_PATH];
-    let mut n = 0;
-    for (dst, u) in path.iter_mut().zip(req.hive.units()) {
-        *dst = u;
-        n += 1;
-    }
-    let Some((hive_id, _)) = tracker.watch_hive(&path[..n]) else {
+    let Some((hive_id, _)) = tracker.watch_hive(query_path(&req.hive, &mut path)) else {
         return Err(Outcome::error(STATUS_OBJECT_NAME_NOT_FOUND));
     };
     Ok(Request {

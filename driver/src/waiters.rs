@@ -28,26 +28,18 @@ use core::{
 use protocol::wait::{WaitFreeAnswer, WaitOutcome};
 use tracker::{HiveFree, lock::RawLock};
 use wdk_sys::{
-    _KTIMER, DEVICE_OBJECT, IO_NO_INCREMENT, IRP, KDPC, LARGE_INTEGER, NTSTATUS,
-    SL_PENDING_RETURNED, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS,
+    _KTIMER, DEVICE_OBJECT, IRP, KDPC, LARGE_INTEGER, NTSTATUS, SL_PENDING_RETURNED,
+    STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES,
     ntddk::{
-        IoReleaseCancelSpinLock, IofCompleteRequest, KeCancelTimer, KeFlushQueuedDpcs,
-        KeInitializeDpc, KeInitializeTimer, KeSetTimer,
+        IoReleaseCancelSpinLock, KeCancelTimer, KeFlushQueuedDpcs, KeInitializeDpc,
+        KeInitializeTimer, KeSetTimer,
     },
 };
 
-use crate::{clock, ffi::current_stack_location, lock::SpinLock, tracking};
+use crate::{clock, dispatch, ffi::current_stack_location, ioctl, lock::SpinLock, tracking};
 
 /// Waits that can be pending at once.
 pub const MAX_WAITS: usize = 32;
-
-/// `IO_NO_INCREMENT` as the `CCHAR` `IofCompleteRequest` takes (the constant is 0).
-#[allow(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    reason = "the constant is 0"
-)]
-const NO_INCREMENT: i8 = IO_NO_INCREMENT as i8;
 
 /// `SL_PENDING_RETURNED` as the `UCHAR` of `IO_STACK_LOCATION.Control` (the constant is 1).
 #[allow(clippy::cast_possible_truncation, reason = "the constant is 1")]
@@ -354,41 +346,21 @@ fn complete_all(done: &[Option<Done>; MAX_WAITS]) {
 ///
 /// # Safety
 /// `w.irp` must be live, owned by us, not completed, with no cancel routine set.
-#[allow(
-    clippy::option_if_let_else,
-    reason = "two outcomes read best as a match"
-)]
 unsafe fn complete(w: Wait, outcome: Option<WaitOutcome>, now: u64) {
-    let (status, information) = match outcome {
-        None => (STATUS_CANCELLED, 0),
-        Some(outcome) => {
-            let answer = WaitFreeAnswer {
-                outcome,
-                hive_id: w.hive_id,
-                waited: now.saturating_sub(w.started),
-            };
-            // The output length was checked against the answer's size when it was queued.
-            // SAFETY: the system buffer lives with the IRP and holds `out_len` bytes.
-            let out = unsafe { core::slice::from_raw_parts_mut(w.buffer, w.out_len) };
-            match protocol::wire::encode(&answer, out) {
-                Ok(n) => (STATUS_SUCCESS, n),
-                Err(_) => (STATUS_INSUFFICIENT_RESOURCES, 0),
-            }
-        }
-    };
-    finish(w.irp, status, information);
-}
-
-/// Sets the IRP's status and completes it.
-fn finish(irp: *mut IRP, status: NTSTATUS, information: usize) {
-    {
-        // SAFETY: the caller owns the live IRP; nothing else touches it until completion.
-        let i = unsafe { &mut *irp };
-        i.IoStatus.__bindgen_anon_1.Status = status;
-        i.IoStatus.Information = information as u64;
-    }
-    // SAFETY: completed exactly once, here, at <= DISPATCH_LEVEL.
-    unsafe { IofCompleteRequest(irp, NO_INCREMENT) };
+    let (status, information) = outcome.map_or((STATUS_CANCELLED, 0), |outcome| {
+        let answer = WaitFreeAnswer {
+            outcome,
+            hive_id: w.hive_id,
+            waited: now.saturating_sub(w.started),
+        };
+        // The output length was checked against the answer's size when it was queued.
+        // SAFETY: the system buffer lives with the IRP and holds `out_len` bytes.
+        let out = unsafe { core::slice::from_raw_parts_mut(w.buffer, w.out_len) };
+        let o = ioctl::wait_answer(&answer, out);
+        (o.status, o.information)
+    });
+    // SAFETY: per the contract the IRP is ours to complete, once.
+    unsafe { dispatch::complete(w.irp, status, information) };
 }
 
 /// After an event that can free a hive (a close, a process exit, an unload): completes the
@@ -474,7 +446,8 @@ unsafe extern "C" fn cancel_routine(_device: *mut DEVICE_OBJECT, irp: *mut IRP) 
     // IoCancelIrp took always finds its entry; not finding it would be a bug in this module,
     // and completing an IRP we do not own would be worse than leaving it.
     if found {
-        finish(irp, STATUS_CANCELLED, 0);
+        // SAFETY: the entry was ours and IoCancelIrp took the routine: only we complete it.
+        unsafe { dispatch::complete(irp, STATUS_CANCELLED, 0) };
     }
 }
 

@@ -38,6 +38,6 @@ pub use lock::{RawLock, SpinLock};
 pub use objects::Token;
 pub use pool::{BLOCK_ALIGN, BlockClass, Pool};
 pub use processes::ProcessKey;
-pub use queries::{MAX_QUERY_PATH, QueryError};
+pub use queries::{MAX_QUERY_PATH, QueryError, query_path};
 pub use tracker::{Config, ConfigError, NotTracked, Tracker};
 pub use watch::HiveFree;

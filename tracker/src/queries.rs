@@ -37,6 +37,16 @@ const AFTER_ALL_HIVES: u32 = 0x7FFF_FFFF;
 /// mount point is far shorter).
 pub const MAX_QUERY_PATH: usize = 512;
 
+/// The hive path of a request as native units, in `buf`: its first [`MAX_QUERY_PATH`] units.
+pub fn query_path<'b>(text: &Text<'_>, buf: &'b mut [u16; MAX_QUERY_PATH]) -> &'b [u16] {
+    let mut n = 0;
+    for (dst, u) in buf.iter_mut().zip(text.units()) {
+        *dst = u;
+        n += 1;
+    }
+    &buf[..n]
+}
+
 /// Why a query could not be answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueryError {
@@ -201,12 +211,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         match req.query {
             QueryKind::Holders => {
                 let mut path = [0u16; MAX_QUERY_PATH];
-                let mut n = 0;
-                for (dst, u) in path.iter_mut().zip(req.hive.units()) {
-                    *dst = u;
-                    n += 1;
-                }
-                self.holders(&path[..n], &req.cursor, req.flags, req.max_records, out)
+                let path = query_path(&req.hive, &mut path);
+                self.holders(path, &req.cursor, req.flags, req.max_records, out)
             }
             QueryKind::Hives => self.hives(&req.cursor, req.max_records, out),
             QueryKind::Processes => self.processes(&req.cursor, req.max_records, out),
