@@ -70,6 +70,18 @@ pub fn current_thread() -> usize {
     THREAD.with(Cell::get)
 }
 
+/// This thread's emulated processor number (what gs:\[0x1A4\] holds; 0 before
+/// [`enter_thread`]).
+#[must_use]
+pub fn processor_number() -> u32 {
+    let kpcr = kpcr();
+    if kpcr == 0 {
+        return 0;
+    }
+    // SAFETY: KPRCB.Number inside this thread's live fake KPCR (written by enter_thread).
+    unsafe { ((kpcr + KPCR_PRCB + 0x24) as *const u32).read_unaligned() }
+}
+
 /// The fake EPROCESS of the System process.
 #[must_use]
 pub fn system_process() -> usize {

@@ -28,7 +28,7 @@ const DACL_SECURITY_INFORMATION: u32 = 0x4;
 /// SACL_SECURITY_INFORMATION.
 const SACL_SECURITY_INFORMATION: u32 = 0x8;
 /// Kernel handles have the top bit set (KERNEL_HANDLE_MASK).
-const KERNEL_HANDLE_BIT: u64 = 0xFFFF_FFFF_8000_0000;
+pub(crate) const KERNEL_HANDLE_BIT: u64 = 0xFFFF_FFFF_8000_0000;
 
 /// One open handle.
 #[derive(Debug, Clone)]

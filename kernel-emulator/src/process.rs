@@ -6,6 +6,23 @@
 //!
 //! Order at exit (exit notification before the handle-table sweep) follows the documented
 //! "called when the last thread exits" with ObKillProcess running after; *inference*.
+//!
+//! Identity as the kernel has it:
+//! - `PsGetProcessStartKey` (<https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetprocessstartkey>,
+//!   Windows 10 1703+): a key unique to each process, which the model hands out from a counter
+//!   that only grows during one emulated boot (the encoding Windows uses is not documented).
+//! - Threads attached to another process (`KeStackAttachProcess` /
+//!   `KeUnstackDetachProcess`, <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntifs/nf-ntifs-kestackattachprocess>):
+//!   `PsGetCurrentProcessId` still names the thread's own process ("identifies the current
+//!   thread's process"; ReactOS: `PsGetCurrentThread()->Cid.UniqueProcess`) while
+//!   `IoGetCurrentProcess` / `PsGetCurrentProcess` return the attached one (ReactOS:
+//!   `KeGetCurrentThread()->ApcState.Process`), and handles created without
+//!   `OBJ_KERNEL_HANDLE` go into the attached process's table (ReactOS `ObpCreateHandle`:
+//!   `PsGetCurrentProcess()->ObjectTable`).
+//! - PIDs reused: a PID is a handle in `PspCidTable`, freed when the process object is deleted
+//!   (its last reference) and handed out again by `ExCreateHandle` (ReactOS ntoskrnl/ps). The
+//!   model's default allocator never reuses; [`create_process_with_pid`] reuses on request,
+//!   once nothing references the old process object.
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -74,7 +91,14 @@ pub struct Process {
     pub parent: u32,
     /// Fake EPROCESS.
     pub eprocess: usize,
+    /// What PsGetProcessStartKey answers for it.
+    pub start_key: u64,
 }
+
+/// The start key of the System process (the first process of the boot).
+pub const SYSTEM_START_KEY: u64 = START_KEY_BOOT | 1;
+/// The model's boot part of every start key (one emulated boot).
+const START_KEY_BOOT: u64 = 1 << 32;
 
 /// Process state.
 #[derive(Debug, Default)]
@@ -88,6 +112,10 @@ pub struct ProcessState {
     /// Calls in progress, by routine (removal waits for them, as the kernel's rundown does).
     in_flight: std::collections::HashMap<usize, u32>,
     next_pid: u32,
+    /// Start keys handed out so far (System has the first).
+    start_keys: u64,
+    /// Exited processes by pid: their EPROCESS, which keeps the pid taken while referenced.
+    exited: BTreeMap<u32, usize>,
 }
 
 impl ProcessState {
@@ -203,20 +231,62 @@ fn fake_eprocess() -> usize {
 /// # Errors
 /// The CreationStatus a notify routine set.
 pub fn create_process(parent: u32, image: &str, inherit: bool) -> Result<u32, NtStatus> {
+    create(parent, image, inherit, None)
+}
+
+/// [`create_process`] with the PID of an exited process: Windows hands a freed PID out again
+/// (it is a `PspCidTable` handle, freed when the process object is deleted). The pid must
+/// belong to no live process, and nothing may still reference the old process object
+/// (PsLookupProcessByProcessId without ObDereferenceObject keeps it taken).
+///
+/// # Errors
+/// `STATUS_OBJECT_NAME_COLLISION` (a model-API answer) if the pid is still taken, or the
+/// CreationStatus a notify routine set.
+pub fn create_process_with_pid(
+    parent: u32,
+    image: &str,
+    inherit: bool,
+    pid: u32,
+) -> Result<u32, NtStatus> {
+    create(parent, image, inherit, Some(pid))
+}
+
+fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result<u32, NtStatus> {
     let eprocess = fake_eprocess();
     let pid = kernel::with(|k| {
+        let referenced = |e: &usize| k.objects.references.get(e).copied().unwrap_or(0) > 0;
         let p = &mut k.processes;
-        p.next_pid = p.next_pid.max(2000) + 4;
+        let pid = match reuse {
+            Some(pid) => {
+                if pid == 4
+                    || p.processes.contains_key(&pid)
+                    || p.exited.get(&pid).is_some_and(referenced)
+                {
+                    return None;
+                }
+                p.exited.remove(&pid);
+                pid
+            }
+            None => {
+                p.next_pid = p.next_pid.max(2000) + 4;
+                p.next_pid
+            }
+        };
+        p.start_keys = p.start_keys.max(1) + 1;
         p.processes.insert(
-            p.next_pid,
+            pid,
             Process {
                 image: image.to_string(),
                 parent,
                 eprocess,
+                start_key: START_KEY_BOOT | p.start_keys,
             },
         );
-        p.next_pid
+        Some(pid)
     });
+    let Some(pid) = pid else {
+        return Err(crate::status::STATUS_OBJECT_NAME_COLLISION);
+    };
     if inherit {
         for h in kernel::with(|k| k.hives.handles_of(parent)) {
             let _ = hive::duplicate_handle(parent, h, pid);
@@ -276,6 +346,15 @@ pub fn create_process(parent: u32, image: &str, inherit: bool) -> Result<u32, Nt
     }
 }
 
+/// The start key PsGetProcessStartKey answers for `pid` (None if no such live process).
+#[must_use]
+pub fn start_key_of(pid: u32) -> Option<u64> {
+    if pid == 4 {
+        return Some(SYSTEM_START_KEY);
+    }
+    kernel::with(|k| k.processes.processes.get(&pid).map(|p| p.start_key))
+}
+
 /// Ends a process: exit notifications (CreateInfo NULL / Create FALSE) in its context, then
 /// every handle it holds is closed.
 pub fn exit_process(pid: u32) {
@@ -310,7 +389,10 @@ pub fn exit_process(pid: u32) {
     for h in kernel::with(|k| k.hives.handles_of(pid)) {
         let _ = hive::close_key(pid, h);
     }
-    kernel::with(|k| k.processes.processes.remove(&pid));
+    kernel::with(|k| {
+        k.processes.processes.remove(&pid);
+        k.processes.exited.insert(pid, proc_.eprocess);
+    });
 }
 
 /// The fake EPROCESS of `pid` (the System process for 4), if it exists.
@@ -335,10 +417,122 @@ fn process_of(eprocess: usize) -> Option<(u32, String)> {
     })
 }
 
+thread_local! {
+    /// The process this thread is attached to (KeStackAttachProcess), if any, and the
+    /// KAPC_STATE blocks of the attachments in force, innermost last.
+    static ATTACHED: std::cell::RefCell<(Option<u32>, Vec<usize>)> =
+        const { std::cell::RefCell::new((None, Vec::new())) };
+}
+
+/// The process whose address space and handle table this thread uses: the attached process,
+/// else the thread's own ([`io::current_pid`]). IoGetCurrentProcess answers this one.
+#[must_use]
+pub fn address_space_pid() -> u32 {
+    ATTACHED
+        .with(|a| a.borrow().0)
+        .unwrap_or_else(io::current_pid)
+}
+
+/// The handle table a thread of `pid` uses for `handle`: the System process's for a kernel
+/// handle (the kernel-handle bit set), else the attached process's, else `pid`'s own.
+#[must_use]
+pub fn handle_table_of(pid: u32, handle: u64) -> u32 {
+    if handle & crate::object::KERNEL_HANDLE_BIT == crate::object::KERNEL_HANDLE_BIT {
+        return 4;
+    }
+    ATTACHED.with(|a| a.borrow().0).unwrap_or(pid)
+}
+
+/// Runs `f` with this thread attached to process `pid`, as kernel code between
+/// KeStackAttachProcess and KeUnstackDetachProcess runs: PsGetCurrentProcessId still answers
+/// the thread's own process (set with [`io::with_pid`], e.g. by `hive::open_key`), while
+/// IoGetCurrentProcess/PsGetCurrentProcess answer `pid`, and key handles opened without
+/// OBJ_KERNEL_HANDLE go into `pid`'s handle table. Nests like the real routine.
+pub fn attached<R>(pid: u32, f: impl FnOnce() -> R) -> R {
+    let previous = ATTACHED.with(|a| a.borrow_mut().0.replace(pid));
+    let r = f();
+    ATTACHED.with(|a| a.borrow_mut().0 = previous);
+    r
+}
+
 /// IoGetCurrentProcess — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iogetcurrentprocess>
-/// (PsGetCurrentProcess is the same routine): the process on whose behalf the thread runs.
+/// (PsGetCurrentProcess is the same routine): the current process, which for a thread
+/// attached with KeStackAttachProcess is the attached one (ReactOS:
+/// `KeGetCurrentThread()->ApcState.Process`), not the thread's own (PsGetCurrentProcessId).
 unsafe extern "win64" fn IoGetCurrentProcess() -> usize {
-    eprocess_of(io::current_pid()).unwrap_or_else(crate::cpu::system_process)
+    eprocess_of(address_space_pid()).unwrap_or_else(crate::cpu::system_process)
+}
+
+/// What KeStackAttachProcess writes into the caller's KAPC_STATE (opaque to the caller).
+const APC_STATE_MAGIC: u64 = 0x4b41_5043_5354_4154; // "KAPCSTAT"
+
+/// KeStackAttachProcess — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntifs/nf-ntifs-kestackattachprocess>:
+/// attaches the thread to `process`'s address space; `apc_state` (caller storage, opaque)
+/// receives the previous state; every call must be matched by KeUnstackDetachProcess.
+/// IRQL < DISPATCH_LEVEL.
+unsafe extern "win64" fn KeStackAttachProcess(process: usize, apc_state: *mut u64) {
+    require_irql("KeStackAttachProcess", crate::cpu::APC_LEVEL);
+    let Some((pid, _)) = process_of(process) else {
+        crate::bugcheck::verifier_violation(&format!(
+            "KeStackAttachProcess({process:#x}): not a process object"
+        ));
+    };
+    if apc_state.is_null() {
+        crate::bugcheck::verifier_violation("KeStackAttachProcess: ApcState is NULL");
+    }
+    let previous = ATTACHED.with(|a| {
+        let mut a = a.borrow_mut();
+        a.1.push(apc_state as usize);
+        a.0.replace(pid)
+    });
+    // SAFETY: the caller provides KAPC_STATE storage (0x30 bytes on x64).
+    unsafe {
+        apc_state.write_unaligned(APC_STATE_MAGIC);
+        apc_state
+            .add(1)
+            .write_unaligned(previous.map_or(u64::MAX, u64::from));
+    }
+}
+
+/// KeUnstackDetachProcess — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntifs/nf-ntifs-keunstackdetachprocess>:
+/// restores the state saved in `apc_state` by the matching KeStackAttachProcess (the
+/// innermost one: a mismatch is a verifier violation). IRQL < DISPATCH_LEVEL.
+unsafe extern "win64" fn KeUnstackDetachProcess(apc_state: *mut u64) {
+    require_irql("KeUnstackDetachProcess", crate::cpu::APC_LEVEL);
+    let innermost = ATTACHED.with(|a| a.borrow().1.last().copied());
+    if apc_state.is_null() || innermost != Some(apc_state as usize) {
+        crate::bugcheck::verifier_violation(&format!(
+            "KeUnstackDetachProcess({apc_state:p}): not the KAPC_STATE of the innermost KeStackAttachProcess"
+        ));
+    }
+    // SAFETY: the KAPC_STATE KeStackAttachProcess filled (checked above).
+    let (magic, previous) = unsafe {
+        (
+            apc_state.read_unaligned(),
+            apc_state.add(1).read_unaligned(),
+        )
+    };
+    if magic != APC_STATE_MAGIC {
+        crate::bugcheck::verifier_violation("KeUnstackDetachProcess: KAPC_STATE overwritten");
+    }
+    ATTACHED.with(|a| {
+        let mut a = a.borrow_mut();
+        a.1.pop();
+        a.0 = u32::try_from(previous).ok();
+    });
+}
+
+/// PsGetProcessStartKey — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetprocessstartkey>:
+/// a key unique to the process (Windows 10 1703+; older systems lack the export, which
+/// `--hide-routine PsGetProcessStartKey` reproduces). IRQL <= DISPATCH_LEVEL.
+unsafe extern "win64" fn PsGetProcessStartKey(eprocess: usize) -> u64 {
+    require_irql("PsGetProcessStartKey", crate::cpu::DISPATCH_LEVEL);
+    match process_of(eprocess).and_then(|(pid, _)| start_key_of(pid)) {
+        Some(key) => key,
+        None => crate::bugcheck::verifier_violation(&format!(
+            "PsGetProcessStartKey({eprocess:#x}): not a live process object"
+        )),
+    }
 }
 
 /// PsGetProcessId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetprocessid>.
@@ -420,6 +614,18 @@ pub(crate) fn exports() -> Vec<Export> {
             IoGetCurrentProcess as *const () as usize,
         ),
         Export::function("PsGetProcessId", PsGetProcessId as *const () as usize),
+        Export::function(
+            "PsGetProcessStartKey",
+            PsGetProcessStartKey as *const () as usize,
+        ),
+        Export::function(
+            "KeStackAttachProcess",
+            KeStackAttachProcess as *const () as usize,
+        ),
+        Export::function(
+            "KeUnstackDetachProcess",
+            KeUnstackDetachProcess as *const () as usize,
+        ),
         Export::function(
             "PsLookupProcessByProcessId",
             PsLookupProcessByProcessId as *const () as usize,

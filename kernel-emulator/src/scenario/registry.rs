@@ -101,9 +101,10 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-struct Session {
-    driver: LoadedDriver,
-    control: FileHandle,
+/// A loaded test driver and an open handle to its device.
+pub(super) struct Session {
+    pub(super) driver: LoadedDriver,
+    pub(super) control: FileHandle,
 }
 
 fn boot_hives() {
@@ -118,7 +119,8 @@ fn boot_hives() {
     }
 }
 
-fn start(ctx: &mut Ctx) -> Option<Session> {
+/// Mounts the machine hives, loads the test driver and opens its device.
+pub(super) fn start(ctx: &mut Ctx) -> Option<Session> {
     boot_hives();
     let driver = ctx.load();
     let s = driver.entry();
@@ -165,7 +167,8 @@ fn stats(s: &Session) -> Stats {
     }
 }
 
-fn finish(ctx: &mut Ctx, mut s: Session) {
+/// Closes the device and unloads the driver, checking nothing is left.
+pub(super) fn finish(ctx: &mut Ctx, mut s: Session) {
     io::close(s.control);
     ctx.unload_and_check_clean(&mut s.driver);
 }

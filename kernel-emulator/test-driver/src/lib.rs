@@ -13,6 +13,7 @@ extern crate alloc;
 #[cfg(not(test))]
 extern crate wdk_panic;
 
+mod lifecycle;
 mod pending;
 mod registry;
 
@@ -69,6 +70,11 @@ const IOCTL_DPC: u32 = ioctl(0x819); // 0: KeInsertQueueDpc/KeRemoveQueueDpc; 1:
 const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A); // bug: cancel routine keeps the lock
 const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B); // bug: frees a timer that is still set
 const IOCTL_RELEASE_ON_CLOSE: u32 = ioctl(0x81C); // key handle closes complete the waits
+// Hive lifecycle and process identity (lifecycle.rs).
+const IOCTL_LOG_START: u32 = ioctl(0x830); // clear the notification log and start recording
+const IOCTL_LOG_READ: u32 = ioctl(0x831); // log entry `argument` (64 bytes of output)
+const IOCTL_ATTACH: u32 = ioctl(0x832); // KeStackAttachProcess to pid `argument`
+const IOCTL_START_KEY: u32 = ioctl(0x833); // PsGetProcessStartKey of pid `argument`
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -353,6 +359,31 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             registry::release_on_close();
             0
         }
+        IOCTL_LOG_START => {
+            lifecycle::log_start();
+            0
+        }
+        IOCTL_LOG_READ => {
+            if slots < lifecycle::ENTRY_SLOTS {
+                // SAFETY: `irp` is live and not yet completed.
+                return unsafe { complete(irp, STATUS_BUFFER_TOO_SMALL, 0) };
+            }
+            let entry = lifecycle::log_read(usize::try_from(argument).unwrap_or(usize::MAX));
+            for (i, v) in entry.iter().enumerate() {
+                // SAFETY: the system buffer holds at least ENTRY_SLOTS u64 slots of output.
+                unsafe { buffer.wrapping_add(i).write_unaligned(*v) };
+            }
+            // SAFETY: `irp` is live and not yet completed.
+            return unsafe { complete(irp, STATUS_SUCCESS, lifecycle::ENTRY_SLOTS * 8) };
+        }
+        IOCTL_ATTACH => {
+            out = lifecycle::attach(argument);
+            32
+        }
+        IOCTL_START_KEY => {
+            out = lifecycle::start_key_of(argument);
+            32
+        }
         IOCTL_FREE_SET_TIMER => {
             pending::free_set_timer();
             0
@@ -467,6 +498,7 @@ pub unsafe extern "system" fn driver_entry(
         return status;
     }
     pending::start();
+    lifecycle::start();
     // SAFETY: DriverEntry owns the driver object until it returns.
     let major = unsafe { &mut (*driver).MajorFunction };
     major[wdk_sys::IRP_MJ_CREATE as usize] = Some(dispatch_create_close);

@@ -79,6 +79,11 @@ static PINNED: AtomicUsize = AtomicUsize::new(0);
 /// Post-close notifications complete the pending waits (IOCTL_RELEASE_ON_CLOSE).
 static RELEASE_ON_CLOSE: AtomicBool = AtomicBool::new(false);
 
+/// The registry callback's cookie (for CmCallbackGetKeyObjectIDEx).
+pub fn cookie() -> *const i64 {
+    COOKIE.as_ptr()
+}
+
 /// From now on, every key handle closed completes the pending waits.
 pub fn release_on_close() {
     RELEASE_ON_CLOSE.store(true, Ordering::Relaxed);
@@ -149,6 +154,7 @@ unsafe extern "C" fn registry_callback(
     arg2: *mut c_void,
 ) -> NTSTATUS {
     let class = arg1 as usize;
+    crate::lifecycle::record(class, arg2);
     match class {
         // RegNtPreCreateKeyEx, RegNtPreOpenKeyEx: REG_CREATE/OPEN_KEY_INFORMATION_V1.
         26 | 28 => {
@@ -243,10 +249,11 @@ unsafe extern "C" fn registry_callback(
 
 /// The process-notify routine.
 unsafe extern "C" fn process_notify(
-    _process: *mut c_void,
-    _pid: *mut c_void,
+    process: *mut c_void,
+    pid: *mut c_void,
     create_info: *mut c_void,
 ) {
+    crate::lifecycle::record_process(process, pid, create_info.is_null());
     count(if create_info.is_null() {
         PROCESS_EXITS
     } else {

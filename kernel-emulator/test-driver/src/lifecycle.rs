@@ -1,0 +1,339 @@
+//! Hive lifecycle and process identity as the test driver sees them: a log of the registry
+//! notifications of loads, unloads, opens and closes, and of process creations and exits, each
+//! with who the kernel says is calling (`PsGetCurrentProcessId`, the process of
+//! `IoGetCurrentProcess`, its start key), plus two requests that exercise the routines
+//! directly: attaching to a process (`KeStackAttachProcess`) and reading a start key.
+//!
+//! `PsGetProcessStartKey` exists from Windows 10 1703 on: it is resolved with
+//! `MmGetSystemRoutineAddress` at start, and a key of 0 means "not available".
+
+use core::{
+    ffi::c_void,
+    ptr::null_mut,
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+};
+
+use wdk_sys::{NTSTATUS, STATUS_SUCCESS, UNICODE_STRING, ntddk::MmGetSystemRoutineAddress};
+
+unsafe extern "system" {
+    fn PsGetCurrentProcessId() -> *mut c_void;
+    fn IoGetCurrentProcess() -> *mut c_void;
+    fn PsGetCurrentProcess() -> *mut c_void;
+    fn PsGetProcessId(process: *mut c_void) -> *mut c_void;
+    fn PsLookupProcessByProcessId(pid: *mut c_void, process: *mut *mut c_void) -> NTSTATUS;
+    fn ObfDereferenceObject(object: *mut c_void) -> isize;
+    fn KeStackAttachProcess(process: *mut c_void, apc_state: *mut c_void);
+    fn KeUnstackDetachProcess(apc_state: *mut c_void);
+    fn CmCallbackGetKeyObjectIDEx(
+        cookie: *const i64,
+        object: *mut c_void,
+        object_id: *mut usize,
+        object_name: *mut *const UNICODE_STRING,
+        flags: u32,
+    ) -> NTSTATUS;
+    fn CmCallbackReleaseKeyObjectIDEx(name: *const UNICODE_STRING);
+}
+
+/// `PsGetProcessStartKey`.
+type StartKeyFn = unsafe extern "system" fn(*mut c_void) -> u64;
+
+/// Slots per log entry.
+pub const ENTRY_SLOTS: usize = 8;
+/// Entries the log holds; later events are dropped (and counted).
+const ENTRIES: usize = 48;
+/// The log's pseudo-class of a process creation / exit notification.
+const PROCESS_CREATE: u64 = 0x1000;
+const PROCESS_EXIT: u64 = 0x1001;
+
+static LOG: [[AtomicU64; ENTRY_SLOTS]; ENTRIES] =
+    [const { [const { AtomicU64::new(0) }; ENTRY_SLOTS] }; ENTRIES];
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static START_KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Resolves the optional routines (PASSIVE_LEVEL, from DriverEntry).
+pub fn start() {
+    let mut name = [0u16; 20];
+    for (d, c) in name.iter_mut().zip(b"PsGetProcessStartKey") {
+        *d = u16::from(*c);
+    }
+    let mut us = UNICODE_STRING {
+        Length: 40,
+        MaximumLength: 40,
+        Buffer: name.as_ptr().cast_mut(),
+    };
+    // SAFETY: a valid UNICODE_STRING; PASSIVE_LEVEL.
+    let p = unsafe { MmGetSystemRoutineAddress(&raw mut us) };
+    START_KEY.store(p as usize, Ordering::Relaxed);
+}
+
+/// The start key of `process`, 0 where the system lacks PsGetProcessStartKey.
+fn start_key(process: *mut c_void) -> u64 {
+    let f = START_KEY.load(Ordering::Relaxed);
+    if f == 0 || process.is_null() {
+        return 0;
+    }
+    // SAFETY: the address MmGetSystemRoutineAddress returned for PsGetProcessStartKey.
+    let f = unsafe { core::mem::transmute::<usize, StartKeyFn>(f) };
+    // SAFETY: a live process object (the current one, or one the caller references).
+    unsafe { f(process) }
+}
+
+/// Clears the log and starts recording.
+pub fn log_start() {
+    for e in &LOG {
+        for s in e {
+            s.store(0, Ordering::Relaxed);
+        }
+    }
+    NEXT.store(0, Ordering::Relaxed);
+    DROPPED.store(0, Ordering::Relaxed);
+    ENABLED.store(true, Ordering::Release);
+}
+
+/// Entry `i` (all zero past the end); slot 7 of a read past the end is the count of entries
+/// recorded and slot 6 the count dropped.
+pub fn log_read(i: usize) -> [u64; ENTRY_SLOTS] {
+    let mut out = [0u64; ENTRY_SLOTS];
+    if let Some(e) = LOG.get(i).filter(|_| i < NEXT.load(Ordering::Acquire)) {
+        for (o, s) in out.iter_mut().zip(e) {
+            *o = s.load(Ordering::Relaxed);
+        }
+    } else {
+        out[6] = DROPPED.load(Ordering::Relaxed);
+        out[7] = NEXT.load(Ordering::Acquire).min(ENTRIES) as u64;
+    }
+    out
+}
+
+fn push(entry: [u64; ENTRY_SLOTS]) {
+    if !ENABLED.load(Ordering::Acquire) {
+        return;
+    }
+    let i = NEXT.fetch_add(1, Ordering::AcqRel);
+    let Some(slot) = LOG.get(i) else {
+        NEXT.fetch_sub(1, Ordering::AcqRel);
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    for (s, v) in slot.iter().zip(entry) {
+        s.store(v, Ordering::Relaxed);
+    }
+}
+
+/// FNV-1a over the UTF-16 code units of a name (0 for none).
+fn hash(name: *const UNICODE_STRING) -> u64 {
+    if name.is_null() {
+        return 0;
+    }
+    // SAFETY: the kernel passed a valid UNICODE_STRING.
+    let (len, buf) = unsafe { ((*name).Length as usize / 2, (*name).Buffer) };
+    if buf.is_null() {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for i in 0..len {
+        // SAFETY: `len` code units are readable.
+        let c = unsafe { buf.add(i).read_unaligned() };
+        for b in c.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The hash of the name CmCallbackGetKeyObjectIDEx gives `object` (0 if none).
+fn object_name_hash(object: *mut c_void) -> u64 {
+    if object.is_null() {
+        return 0;
+    }
+    let mut id = 0usize;
+    let mut name: *const UNICODE_STRING = null_mut();
+    // SAFETY: a live key object (pre-notifications and post-open on success), our cookie.
+    let s = unsafe {
+        CmCallbackGetKeyObjectIDEx(
+            crate::registry::cookie(),
+            object,
+            &raw mut id,
+            &raw mut name,
+            0,
+        )
+    };
+    if s != STATUS_SUCCESS || name.is_null() {
+        return 0;
+    }
+    let h = hash(name);
+    // SAFETY: releasing the name handed out above.
+    unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
+    h
+}
+
+/// Reads a field of a notification structure.
+///
+/// # Safety
+/// `base + offset` must be a readable `T` inside the structure the kernel passed.
+unsafe fn field<T: Copy>(base: *mut c_void, offset: usize) -> T {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        base.cast::<u8>()
+            .wrapping_add(offset)
+            .cast::<T>()
+            .read_unaligned()
+    }
+}
+
+/// Who the kernel says is calling: (PsGetCurrentProcessId, the current process's pid, its
+/// start key).
+fn caller() -> (u64, u64, u64) {
+    // SAFETY: callable at any IRQL the callbacks run at.
+    let owner = unsafe { PsGetCurrentProcessId() } as u64;
+    // SAFETY: as above.
+    let current = unsafe { IoGetCurrentProcess() };
+    // SAFETY: a live process object.
+    let current_pid = unsafe { PsGetProcessId(current) } as u64;
+    (owner, current_pid, start_key(current))
+}
+
+/// Records a registry notification. Entry: class, PsGetCurrentProcessId, current process
+/// pid, its start key, Object, hash of the name passed (KeyName / CompleteName), hash of the
+/// Object's name, and a class-specific word (load: RootHandle non-NULL | UserEvent non-NULL
+/// << 1 | Flags << 32; unload: UserEvent non-NULL; open: Attributes | CheckAccessMode << 32;
+/// posts: Status).
+pub fn record(class: usize, info: *mut c_void) {
+    if !ENABLED.load(Ordering::Acquire) || info.is_null() {
+        return;
+    }
+    let (owner, current, key) = caller();
+    // SAFETY (all reads below): each offset lies inside the structure documented for `class`.
+    let (object, name, object_name, extra): (*mut c_void, u64, u64, u64) = match class {
+        // RegNtPreLoadKey: REG_LOAD_KEY_INFORMATION.
+        32 => unsafe {
+            let object: *mut c_void = field(info, 0x00);
+            let root_handle: usize = field(info, 0x38);
+            let event: usize = field(info, 0x28);
+            let flags: u32 = field(info, 0x18);
+            (
+                object,
+                hash(field(info, 0x08)),
+                object_name_hash(object),
+                u64::from(root_handle != 0) | u64::from(event != 0) << 1 | u64::from(flags) << 32,
+            )
+        },
+        // RegNtPreUnLoadKey: REG_UNLOAD_KEY_INFORMATION.
+        34 => unsafe {
+            let object: *mut c_void = field(info, 0x00);
+            let event: usize = field(info, 0x08);
+            (object, 0, object_name_hash(object), u64::from(event != 0))
+        },
+        // RegNtPreCreateKeyEx / RegNtPreOpenKeyEx: REG_CREATE_KEY_INFORMATION_V1.
+        26 | 28 => unsafe {
+            let attributes: u32 = field(info, 0x7C);
+            let mode: u8 = field(info, 0x80);
+            (
+                null_mut(),
+                hash(field(info, 0x00)),
+                0,
+                u64::from(attributes) | u64::from(mode) << 32,
+            )
+        },
+        // RegNtPreKeyHandleClose: REG_KEY_HANDLE_CLOSE_INFORMATION.
+        14 => unsafe {
+            let object: *mut c_void = field(info, 0x00);
+            (object, 0, object_name_hash(object), 0)
+        },
+        // Posts: REG_POST_OPERATION_INFORMATION (Object valid only on STATUS_SUCCESS).
+        27 | 29 | 33 | 35 | 25 => unsafe {
+            let object: *mut c_void = field(info, 0x00);
+            let status: NTSTATUS = field(info, 0x08);
+            let name = if status == STATUS_SUCCESS && (class == 27 || class == 29) {
+                object_name_hash(object)
+            } else {
+                0
+            };
+            #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+            (object, 0, name, u64::from(status as u32))
+        },
+        _ => return,
+    };
+    push([
+        class as u64,
+        owner,
+        current,
+        key,
+        object as u64,
+        name,
+        object_name,
+        extra,
+    ]);
+}
+
+/// Records a process creation or exit: pseudo-class, PsGetCurrentProcessId, the notified pid,
+/// the notified process's start key.
+pub fn record_process(process: *mut c_void, pid: *mut c_void, exit: bool) {
+    if !ENABLED.load(Ordering::Acquire) {
+        return;
+    }
+    // SAFETY: callable in the notify routine.
+    let owner = unsafe { PsGetCurrentProcessId() } as u64;
+    push([
+        if exit { PROCESS_EXIT } else { PROCESS_CREATE },
+        owner,
+        pid as u64,
+        start_key(process),
+        process as u64,
+        0,
+        0,
+        0,
+    ]);
+}
+
+/// IOCTL_ATTACH: attaches to process `pid` and reports who the kernel says is calling before,
+/// during and after: [PsGetCurrentProcessId inside, IoGetCurrentProcess's pid inside,
+/// PsGetCurrentProcess's pid inside, (PsGetCurrentProcessId after << 32) | current pid
+/// after]; all zero with slot 3 = the status if the lookup fails.
+pub fn attach(pid: u64) -> [u64; 4] {
+    let mut process: *mut c_void = null_mut();
+    // SAFETY: PASSIVE_LEVEL; a valid out pointer; the pid is only a number.
+    let s = unsafe { PsLookupProcessByProcessId(pid as usize as *mut c_void, &raw mut process) };
+    if s != STATUS_SUCCESS {
+        #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+        return [0, 0, 0, u64::from(s as u32)];
+    }
+    // KAPC_STATE is 0x30 bytes on x64: caller storage, here on the stack.
+    let mut apc_state = [0u64; 6];
+    // SAFETY: a referenced process object and KAPC_STATE storage; PASSIVE_LEVEL.
+    unsafe { KeStackAttachProcess(process, apc_state.as_mut_ptr().cast()) };
+    let (owner, current, _) = caller();
+    // SAFETY: as in `caller`.
+    let ps_current = unsafe { PsGetProcessId(PsGetCurrentProcess()) } as u64;
+    // SAFETY: the KAPC_STATE of the attach above, innermost.
+    unsafe { KeUnstackDetachProcess(apc_state.as_mut_ptr().cast()) };
+    let (owner_after, current_after, _) = caller();
+    // SAFETY: the reference PsLookupProcessByProcessId took.
+    unsafe { ObfDereferenceObject(process) };
+    [
+        owner,
+        current,
+        ps_current,
+        owner_after << 32 | current_after,
+    ]
+}
+
+/// IOCTL_START_KEY: [1, PsGetProcessStartKey(process of `pid`), PsGetProcessId, 0], or
+/// [0, 0, 0, status] if there is no such process; slot 1 is 0 without the routine.
+pub fn start_key_of(pid: u64) -> [u64; 4] {
+    let mut process: *mut c_void = null_mut();
+    // SAFETY: PASSIVE_LEVEL; a valid out pointer.
+    let s = unsafe { PsLookupProcessByProcessId(pid as usize as *mut c_void, &raw mut process) };
+    if s != STATUS_SUCCESS {
+        #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+        return [0, 0, 0, u64::from(s as u32)];
+    }
+    let key = start_key(process);
+    // SAFETY: a referenced process object.
+    let id = unsafe { PsGetProcessId(process) } as u64;
+    // SAFETY: the reference PsLookupProcessByProcessId took.
+    unsafe { ObfDereferenceObject(process) };
+    [1, key, id, 0]
+}
