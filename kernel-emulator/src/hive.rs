@@ -474,6 +474,7 @@ pub fn open_kernel_key(pid: u32, path: &str, desired: u32, create: bool) -> Resu
     open(pid, path, desired, create, true)
 }
 
+#[allow(clippy::too_many_lines)] // one open: notifications, lookup, object and handle
 fn open(
     pid: u32,
     path: &str,
@@ -776,6 +777,7 @@ pub fn unload_hive(pid: u32, mount: &str) -> NtStatus {
 /// process, processor [`DEFERRED_UNLOAD_THREAD`]) with no further notification; the event
 /// then says so. Modelled from the documented `UserEvent` fields; the mechanics are an
 /// inference (no public source describes NtUnloadKeyEx).
+#[must_use = "STATUS_PENDING: wait on the event"]
 pub fn unload_key_ex(pid: u32, mount: &str) -> (NtStatus, UnloadEvent) {
     let event = UnloadEvent::new();
     let status = unload(pid, mount, Some(&event));

@@ -256,21 +256,18 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
     let pid = kernel::with(|k| {
         let referenced = |e: &usize| k.objects.references.get(e).copied().unwrap_or(0) > 0;
         let p = &mut k.processes;
-        let pid = match reuse {
-            Some(pid) => {
-                if pid == 4
-                    || p.processes.contains_key(&pid)
-                    || p.exited.get(&pid).is_some_and(referenced)
-                {
-                    return None;
-                }
-                p.exited.remove(&pid);
-                pid
+        let pid = if let Some(pid) = reuse {
+            if pid == 4
+                || p.processes.contains_key(&pid)
+                || p.exited.get(&pid).is_some_and(referenced)
+            {
+                return None;
             }
-            None => {
-                p.next_pid = p.next_pid.max(2000) + 4;
-                p.next_pid
-            }
+            p.exited.remove(&pid);
+            pid
+        } else {
+            p.next_pid = p.next_pid.max(2000) + 4;
+            p.next_pid
         };
         p.start_keys = p.start_keys.max(1) + 1;
         p.processes.insert(
@@ -486,12 +483,13 @@ unsafe extern "win64" fn KeStackAttachProcess(process: usize, apc_state: *mut u6
         a.0.replace(pid)
     });
     // SAFETY: the caller provides KAPC_STATE storage (0x30 bytes on x64).
+    unsafe { apc_state.write_unaligned(APC_STATE_MAGIC) };
+    // SAFETY: as above: the second u64 of that storage.
     unsafe {
-        apc_state.write_unaligned(APC_STATE_MAGIC);
         apc_state
-            .add(1)
+            .wrapping_add(1)
             .write_unaligned(previous.map_or(u64::MAX, u64::from));
-    }
+    };
 }
 
 /// KeUnstackDetachProcess — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntifs/nf-ntifs-keunstackdetachprocess>:
@@ -506,12 +504,9 @@ unsafe extern "win64" fn KeUnstackDetachProcess(apc_state: *mut u64) {
         ));
     }
     // SAFETY: the KAPC_STATE KeStackAttachProcess filled (checked above).
-    let (magic, previous) = unsafe {
-        (
-            apc_state.read_unaligned(),
-            apc_state.add(1).read_unaligned(),
-        )
-    };
+    let magic = unsafe { apc_state.read_unaligned() };
+    // SAFETY: as above: its second u64.
+    let previous = unsafe { apc_state.wrapping_add(1).read_unaligned() };
     if magic != APC_STATE_MAGIC {
         crate::bugcheck::verifier_violation("KeUnstackDetachProcess: KAPC_STATE overwritten");
     }
@@ -527,12 +522,12 @@ unsafe extern "win64" fn KeUnstackDetachProcess(apc_state: *mut u64) {
 /// `--hide-routine PsGetProcessStartKey` reproduces). IRQL <= DISPATCH_LEVEL.
 unsafe extern "win64" fn PsGetProcessStartKey(eprocess: usize) -> u64 {
     require_irql("PsGetProcessStartKey", crate::cpu::DISPATCH_LEVEL);
-    match process_of(eprocess).and_then(|(pid, _)| start_key_of(pid)) {
-        Some(key) => key,
-        None => crate::bugcheck::verifier_violation(&format!(
+    let key = process_of(eprocess).and_then(|(pid, _)| start_key_of(pid));
+    key.unwrap_or_else(|| {
+        crate::bugcheck::verifier_violation(&format!(
             "PsGetProcessStartKey({eprocess:#x}): not a live process object"
-        )),
-    }
+        ))
+    })
 }
 
 /// PsGetProcessId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetprocessid>.
@@ -687,6 +682,56 @@ mod tests {
                 STATUS_INVALID_PARAMETER
             );
             exit_process(pid);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn pid_reuse_waits_for_the_last_reference_and_attachments_nest() {
+        std::thread::spawn(|| {
+            crate::cpu::enter_thread(31);
+            let a = create_process(4, r"\Device\HarddiskVolume2\a.exe", false).unwrap();
+            let ea = eprocess_of(a).unwrap();
+            let key_a = start_key_of(a).unwrap();
+            let mut looked_up = 0usize;
+            // SAFETY: an exported routine called as a driver would, with a writable out pointer.
+            let s = unsafe { PsLookupProcessByProcessId(a as usize, &raw mut looked_up) };
+            assert_eq!(s, STATUS_SUCCESS);
+            exit_process(a);
+            let reuse = || create_process_with_pid(4, r"\Device\HarddiskVolume2\b.exe", false, a);
+            assert_eq!(reuse(), Err(crate::status::STATUS_OBJECT_NAME_COLLISION));
+            kernel::with(|k| k.objects.references.remove(&ea));
+            let b = reuse().unwrap();
+            assert_eq!(b, a);
+            assert!(start_key_of(b).unwrap() > key_a);
+            let c = create_process(4, r"\Device\HarddiskVolume2\c.exe", false).unwrap();
+            let (eb, ec) = (eprocess_of(b).unwrap(), eprocess_of(c).unwrap());
+            let (mut outer, mut inner) = ([0u64; 6], [0u64; 6]);
+            io::with_pid(b, || {
+                // SAFETY: exported routines called as a driver would, with KAPC_STATE storage.
+                unsafe { KeStackAttachProcess(ec, outer.as_mut_ptr()) };
+                // SAFETY: as above.
+                assert_eq!(unsafe { IoGetCurrentProcess() }, ec);
+                // SAFETY: as above.
+                unsafe { KeStackAttachProcess(crate::cpu::system_process(), inner.as_mut_ptr()) };
+                // SAFETY: as above.
+                assert_eq!(
+                    unsafe { IoGetCurrentProcess() },
+                    crate::cpu::system_process()
+                );
+                assert_eq!(io::current_pid(), b);
+                // SAFETY: the innermost attachment's KAPC_STATE.
+                unsafe { KeUnstackDetachProcess(inner.as_mut_ptr()) };
+                // SAFETY: as above.
+                assert_eq!(unsafe { IoGetCurrentProcess() }, ec);
+                // SAFETY: as above.
+                unsafe { KeUnstackDetachProcess(outer.as_mut_ptr()) };
+                // SAFETY: as above.
+                assert_eq!(unsafe { IoGetCurrentProcess() }, eb);
+            });
+            exit_process(b);
+            exit_process(c);
         })
         .join()
         .unwrap();

@@ -169,6 +169,7 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
 fn td_relative_load(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     let p = new_process(ctx, r"\Device\HarddiskVolume2\Windows\System32\reg.exe");
@@ -316,6 +317,7 @@ fn td_app_hive(ctx: &mut Ctx) {
     finish(ctx, s);
 }
 
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
 fn td_deferred_unload(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     let user = format!(r"{HKU}\{SID}");
@@ -391,6 +393,7 @@ fn td_deferred_unload(ctx: &mut Ctx) {
     finish(ctx, s);
 }
 
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
 fn td_start_key(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     let system = four(&s, IOCTL_START_KEY, u64::from(SYSTEM_PID));
@@ -453,6 +456,7 @@ fn td_start_key(ctx: &mut Ctx) {
     finish(ctx, s);
 }
 
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
 fn td_attached_thread(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     let p = new_process(ctx, r"\Device\HarddiskVolume2\target.exe");
@@ -515,6 +519,7 @@ fn td_attached_thread(ctx: &mut Ctx) {
     finish(ctx, s);
 }
 
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
 fn td_kernel_handle(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     let p = new_process(ctx, r"\Device\HarddiskVolume2\client.exe");

@@ -128,14 +128,15 @@ fn hash(name: *const UNICODE_STRING) -> u64 {
         return 0;
     }
     // SAFETY: the kernel passed a valid UNICODE_STRING.
-    let (len, buf) = unsafe { ((*name).Length as usize / 2, (*name).Buffer) };
+    let us = unsafe { name.read_unaligned() };
+    let (len, buf) = (us.Length as usize / 2, us.Buffer);
     if buf.is_null() {
         return 0;
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for i in 0..len {
         // SAFETY: `len` code units are readable.
-        let c = unsafe { buf.add(i).read_unaligned() };
+        let c = unsafe { buf.wrapping_add(i).read_unaligned() };
         for b in c.to_le_bytes() {
             h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
         }
@@ -205,55 +206,54 @@ pub fn record(class: usize, info: *mut c_void) {
         return;
     }
     let (owner, current, key) = caller();
-    // SAFETY (all reads below): each offset lies inside the structure documented for `class`.
+    let word = |offset: usize| -> u64 {
+        // SAFETY: only offsets inside the structure documented for `class` are read below
+        // (REG_LOAD_KEY_INFORMATION 0x58, REG_UNLOAD_KEY_INFORMATION 0x28,
+        // REG_CREATE_KEY_INFORMATION_V1 0x88, REG_KEY_HANDLE_CLOSE_INFORMATION 0x20,
+        // REG_POST_OPERATION_INFORMATION 0x38 bytes).
+        unsafe { field::<u64>(info, offset) }
+    };
+    let name_at = |offset: usize| hash(word(offset) as usize as *const UNICODE_STRING);
+    let object = word(0x00) as usize as *mut c_void;
     let (object, name, object_name, extra): (*mut c_void, u64, u64, u64) = match class {
-        // RegNtPreLoadKey: REG_LOAD_KEY_INFORMATION.
-        32 => unsafe {
-            let object: *mut c_void = field(info, 0x00);
-            let root_handle: usize = field(info, 0x38);
-            let event: usize = field(info, 0x28);
-            let flags: u32 = field(info, 0x18);
-            (
-                object,
-                hash(field(info, 0x08)),
-                object_name_hash(object),
-                u64::from(root_handle != 0) | u64::from(event != 0) << 1 | u64::from(flags) << 32,
-            )
-        },
-        // RegNtPreUnLoadKey: REG_UNLOAD_KEY_INFORMATION.
-        34 => unsafe {
-            let object: *mut c_void = field(info, 0x00);
-            let event: usize = field(info, 0x08);
-            (object, 0, object_name_hash(object), u64::from(event != 0))
-        },
-        // RegNtPreCreateKeyEx / RegNtPreOpenKeyEx: REG_CREATE_KEY_INFORMATION_V1.
-        26 | 28 => unsafe {
-            let attributes: u32 = field(info, 0x7C);
-            let mode: u8 = field(info, 0x80);
-            (
-                null_mut(),
-                hash(field(info, 0x00)),
-                0,
-                u64::from(attributes) | u64::from(mode) << 32,
-            )
-        },
-        // RegNtPreKeyHandleClose: REG_KEY_HANDLE_CLOSE_INFORMATION.
-        14 => unsafe {
-            let object: *mut c_void = field(info, 0x00);
-            (object, 0, object_name_hash(object), 0)
-        },
-        // Posts: REG_POST_OPERATION_INFORMATION (Object valid only on STATUS_SUCCESS).
-        27 | 29 | 33 | 35 | 25 => unsafe {
-            let object: *mut c_void = field(info, 0x00);
-            let status: NTSTATUS = field(info, 0x08);
-            let name = if status == STATUS_SUCCESS && (class == 27 || class == 29) {
+        // RegNtPreLoadKey: REG_LOAD_KEY_INFORMATION: Object, KeyName 0x08, Flags 0x18,
+        // UserEvent 0x28, RootHandle 0x38.
+        32 => (
+            object,
+            name_at(0x08),
+            object_name_hash(object),
+            u64::from(word(0x38) != 0)
+                | u64::from(word(0x28) != 0) << 1
+                | (word(0x18) & 0xFFFF_FFFF) << 32,
+        ),
+        // RegNtPreUnLoadKey: REG_UNLOAD_KEY_INFORMATION: Object, UserEvent 0x08.
+        34 => (
+            object,
+            0,
+            object_name_hash(object),
+            u64::from(word(0x08) != 0),
+        ),
+        // RegNtPreCreateKeyEx / RegNtPreOpenKeyEx: REG_CREATE_KEY_INFORMATION_V1:
+        // CompleteName 0x00, Attributes 0x7C, CheckAccessMode 0x80.
+        26 | 28 => (
+            null_mut(),
+            name_at(0x00),
+            0,
+            (word(0x78) >> 32) | (word(0x80) & 0xFF) << 32,
+        ),
+        // RegNtPreKeyHandleClose: REG_KEY_HANDLE_CLOSE_INFORMATION: Object.
+        14 => (object, 0, object_name_hash(object), 0),
+        // Posts: REG_POST_OPERATION_INFORMATION: Object (valid only on STATUS_SUCCESS),
+        // Status 0x08.
+        27 | 29 | 33 | 35 | 25 => {
+            let status = word(0x08) & 0xFFFF_FFFF;
+            let name = if status == 0 && (class == 27 || class == 29) {
                 object_name_hash(object)
             } else {
                 0
             };
-            #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
-            (object, 0, name, u64::from(status as u32))
-        },
+            (object, 0, name, status)
+        }
         _ => return,
     };
     push([
@@ -306,7 +306,9 @@ pub fn attach(pid: u64) -> [u64; 4] {
     unsafe { KeStackAttachProcess(process, apc_state.as_mut_ptr().cast()) };
     let (owner, current, _) = caller();
     // SAFETY: as in `caller`.
-    let ps_current = unsafe { PsGetProcessId(PsGetCurrentProcess()) } as u64;
+    let ps_process = unsafe { PsGetCurrentProcess() };
+    // SAFETY: a live process object.
+    let ps_current = unsafe { PsGetProcessId(ps_process) } as u64;
     // SAFETY: the KAPC_STATE of the attach above, innermost.
     unsafe { KeUnstackDetachProcess(apc_state.as_mut_ptr().cast()) };
     let (owner_after, current_after, _) = caller();
