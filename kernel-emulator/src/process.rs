@@ -716,10 +716,8 @@ mod tests {
                 // SAFETY: as above.
                 unsafe { KeStackAttachProcess(crate::cpu::system_process(), inner.as_mut_ptr()) };
                 // SAFETY: as above.
-                assert_eq!(
-                    unsafe { IoGetCurrentProcess() },
-                    crate::cpu::system_process()
-                );
+                let current = unsafe { IoGetCurrentProcess() };
+                assert_eq!(current, crate::cpu::system_process());
                 assert_eq!(io::current_pid(), b);
                 // SAFETY: the innermost attachment's KAPC_STATE.
                 unsafe { KeUnstackDetachProcess(inner.as_mut_ptr()) };

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use super::registry::{Session, finish, start};
+use super::registry::{KEY_READ, SOFTWARE, SYSTEM_PID, Session, finish, start};
+use super::test_driver::ioctl;
 use super::{Ctx, Scenario, Target};
 use crate::hive::{self, APP_HIVE_ROOT, DEFERRED_UNLOAD_THREAD, REG_APP_HIVE};
 use crate::io;
@@ -17,18 +18,12 @@ use crate::process::{self, SYSTEM_START_KEY};
 use crate::security::{Caller, GENERIC_READ, GENERIC_WRITE};
 use crate::status::{self, STATUS_OBJECT_NAME_COLLISION, STATUS_PENDING, STATUS_SUCCESS};
 
-const fn ioctl(function: u32) -> u32 {
-    (0x22 << 16) | (function << 2)
-}
 const IOCTL_LOG_START: u32 = ioctl(0x830);
 const IOCTL_LOG_READ: u32 = ioctl(0x831);
 const IOCTL_ATTACH: u32 = ioctl(0x832);
 const IOCTL_START_KEY: u32 = ioctl(0x833);
-const KEY_READ: u32 = 0x2_0019;
-const SYSTEM_PID: u32 = 4;
 const HKU: &str = r"\REGISTRY\USER";
 const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
-const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 /// OBJ_KERNEL_HANDLE.
 const OBJ_KERNEL_HANDLE: u64 = 0x200;
 

@@ -20,10 +20,10 @@ const IOCTL_UNPIN: u32 = (0x22 << 16) | (0x812 << 2);
 const IOCTL_WAIT: u32 = (0x22 << 16) | (0x813 << 2);
 const IOCTL_RELEASE_ON_CLOSE: u32 = (0x22 << 16) | (0x81C << 2);
 const RELEASE_MAGIC: u64 = 0x7265_6c65_6173_6564;
-const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
+pub(super) const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 const USER_HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
-const KEY_READ: u32 = 0x2_0019;
-const SYSTEM_PID: u32 = 4;
+pub(super) const KEY_READ: u32 = 0x2_0019;
+pub(super) const SYSTEM_PID: u32 = 4;
 
 /// The counters the test driver keeps (test-driver/src/registry.rs).
 #[derive(Debug, Default, Clone, Copy)]

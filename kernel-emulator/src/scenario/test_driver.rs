@@ -14,7 +14,7 @@ use crate::status::{self, STATUS_CANCELLED, STATUS_NO_SUCH_DEVICE, STATUS_SUCCES
 use crate::{cpu, rtl, sync, timer, trap};
 
 /// `CTL_CODE(FILE_DEVICE_UNKNOWN, function, METHOD_BUFFERED, FILE_ANY_ACCESS)`.
-const fn ioctl(function: u32) -> u32 {
+pub(super) const fn ioctl(function: u32) -> u32 {
     (0x22 << 16) | (function << 2)
 }
 const IOCTL_PING: u32 = ioctl(0x800);

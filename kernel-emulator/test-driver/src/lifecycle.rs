@@ -15,23 +15,18 @@ use core::{
 
 use wdk_sys::{NTSTATUS, STATUS_SUCCESS, UNICODE_STRING, ntddk::MmGetSystemRoutineAddress};
 
+use crate::registry::{
+    CmCallbackGetKeyObjectIDEx, CmCallbackReleaseKeyObjectIDEx, ObfDereferenceObject,
+};
+
 unsafe extern "system" {
     fn PsGetCurrentProcessId() -> *mut c_void;
     fn IoGetCurrentProcess() -> *mut c_void;
     fn PsGetCurrentProcess() -> *mut c_void;
     fn PsGetProcessId(process: *mut c_void) -> *mut c_void;
     fn PsLookupProcessByProcessId(pid: *mut c_void, process: *mut *mut c_void) -> NTSTATUS;
-    fn ObfDereferenceObject(object: *mut c_void) -> isize;
     fn KeStackAttachProcess(process: *mut c_void, apc_state: *mut c_void);
     fn KeUnstackDetachProcess(apc_state: *mut c_void);
-    fn CmCallbackGetKeyObjectIDEx(
-        cookie: *const i64,
-        object: *mut c_void,
-        object_id: *mut usize,
-        object_name: *mut *const UNICODE_STRING,
-        flags: u32,
-    ) -> NTSTATUS;
-    fn CmCallbackReleaseKeyObjectIDEx(name: *const UNICODE_STRING);
 }
 
 /// `PsGetProcessStartKey`.

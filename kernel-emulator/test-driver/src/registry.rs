@@ -34,17 +34,17 @@ unsafe extern "system" {
         new_context: *mut c_void,
         old_context: *mut *mut c_void,
     ) -> NTSTATUS;
-    fn CmCallbackGetKeyObjectIDEx(
+    pub(crate) fn CmCallbackGetKeyObjectIDEx(
         cookie: *const i64,
         object: *mut c_void,
         object_id: *mut usize,
         object_name: *mut *const UNICODE_STRING,
         flags: u32,
     ) -> NTSTATUS;
-    fn CmCallbackReleaseKeyObjectIDEx(name: *const UNICODE_STRING);
+    pub(crate) fn CmCallbackReleaseKeyObjectIDEx(name: *const UNICODE_STRING);
     fn PsSetCreateProcessNotifyRoutineEx(routine: ProcessNotifyEx, remove: u8) -> NTSTATUS;
     fn ObfReferenceObject(object: *mut c_void) -> isize;
-    fn ObfDereferenceObject(object: *mut c_void) -> isize;
+    pub(crate) fn ObfDereferenceObject(object: *mut c_void) -> isize;
     fn ExAllocatePool2(flags: u64, size: usize, tag: u32) -> *mut c_void;
     fn ExFreePoolWithTag(p: *mut c_void, tag: u32);
 }
