@@ -235,6 +235,33 @@ pub fn load_hive(pid: u32, mount: &str, file: &str) -> NtStatus {
 /// # Errors
 /// The failing status (from a pre-callback, or STATUS_OBJECT_NAME_NOT_FOUND).
 pub fn open_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64, NtStatus> {
+    open_key_as(pid, path, desired, create, None)
+}
+
+/// An open or create that a capture recorded failing (or reparsing) with `status`: the
+/// pre-notification, then the post-notification carrying `status`; no key, key object or
+/// handle is created. Used by the Process Monitor replay ([`crate::replay`]), where every
+/// result other than SUCCESS reaches the callbacks this way ("Filtering Registry Calls": the
+/// post-notification's Status is the operation's status; Object is undefined unless it is
+/// STATUS_SUCCESS). Returns the status the caller sees (a pre-callback's, or `status`).
+#[must_use]
+pub fn open_key_failing(
+    pid: u32,
+    path: &str,
+    desired: u32,
+    create: bool,
+    status: NtStatus,
+) -> NtStatus {
+    open_key_as(pid, path, desired, create, Some(status)).map_or_else(|s| s, |_| STATUS_SUCCESS)
+}
+
+fn open_key_as(
+    pid: u32,
+    path: &str,
+    desired: u32,
+    create: bool,
+    fail: Option<NtStatus>,
+) -> Result<u64, NtStatus> {
     let name = OwnedUnicode::new(path);
     let mut disposition = 0u32;
     let mut result_object: *mut c_void = std::ptr::null_mut();
@@ -279,6 +306,9 @@ pub fn open_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64,
         }
         let key = canon(path);
         let outcome = kernel::with(|k| {
+            if let Some(s) = fail {
+                return Err(s);
+            }
             let h = &mut k.hives;
             let hive = h.hive_of(&key).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
             let exists = h.keys.contains(&key);

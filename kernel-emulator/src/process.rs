@@ -203,19 +203,41 @@ fn fake_eprocess() -> usize {
 /// # Errors
 /// The CreationStatus a notify routine set.
 pub fn create_process(parent: u32, image: &str, inherit: bool) -> Result<u32, NtStatus> {
-    let eprocess = fake_eprocess();
     let pid = kernel::with(|k| {
         let p = &mut k.processes;
         p.next_pid = p.next_pid.max(2000) + 4;
-        p.processes.insert(
-            p.next_pid,
+        while p.processes.contains_key(&p.next_pid) {
+            p.next_pid += 4;
+        }
+        p.next_pid
+    });
+    create_process_with_pid(pid, parent, image, inherit)
+}
+
+/// [`create_process`] with a given process id (a replayed capture keeps its PIDs).
+///
+/// # Errors
+/// STATUS_INVALID_PARAMETER when `pid` is 0, 4 (System) or a live process; else as
+/// [`create_process`].
+pub fn create_process_with_pid(
+    pid: u32,
+    parent: u32,
+    image: &str,
+    inherit: bool,
+) -> Result<u32, NtStatus> {
+    if pid == 0 || pid == 4 || kernel::with(|k| k.processes.processes.contains_key(&pid)) {
+        return Err(STATUS_INVALID_PARAMETER);
+    }
+    let eprocess = fake_eprocess();
+    kernel::with(|k| {
+        k.processes.processes.insert(
+            pid,
             Process {
                 image: image.to_string(),
                 parent,
                 eprocess,
             },
         );
-        p.next_pid
     });
     if inherit {
         for h in kernel::with(|k| k.hives.handles_of(parent)) {

@@ -4,6 +4,7 @@
 //! with what the scenario expects (some scenarios exist to prove that a bug *is* caught).
 
 pub mod hivetrack;
+pub mod procmon;
 pub mod registry;
 pub mod test_driver;
 pub mod tracking;
@@ -85,6 +86,7 @@ impl Scenario {
 pub fn all() -> Vec<Scenario> {
     let mut v = hivetrack::scenarios();
     v.extend(tracking::scenarios());
+    v.extend(procmon::scenarios());
     v.extend(wait_free::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
