@@ -296,12 +296,14 @@ fn mount_of(key: &str) -> String {
 fn hive_file(mount: &str) -> String {
     let name = mount.rsplit('\\').next().unwrap_or("");
     if mount.to_ascii_uppercase().starts_with(r"\REGISTRY\USER\") {
-        return match name.strip_suffix("_Classes") {
-            Some(sid) => format!(
-                r"\Device\HarddiskVolume2\Users\{sid}\AppData\Local\Microsoft\Windows\UsrClass.dat"
-            ),
-            None => format!(r"\Device\HarddiskVolume2\Users\{name}\NTUSER.DAT"),
-        };
+        return name.strip_suffix("_Classes").map_or_else(
+            || format!(r"\Device\HarddiskVolume2\Users\{name}\NTUSER.DAT"),
+            |sid| {
+                format!(
+                    r"\Device\HarddiskVolume2\Users\{sid}\AppData\Local\Microsoft\Windows\UsrClass.dat"
+                )
+            },
+        );
     }
     format!(r"\Device\HarddiskVolume2\Windows\System32\config\{name}")
 }
@@ -333,7 +335,7 @@ pub fn mount_master_hive() {
         k.hives
             .hives
             .entry(r"\REGISTRY".to_string())
-            .or_insert(hive::Hive {
+            .or_insert_with(|| hive::Hive {
                 mount: r"\REGISTRY".to_string(),
                 file: String::new(),
             });
@@ -472,10 +474,14 @@ impl Accounting {
 const NOT_MODELLED: &str =
     "not modelled: the replay drives opens, creates, closes, process start and exit";
 
+/// The row that opened a handle: its number, its Time of Day, the emulated system time just
+/// before and just after the open.
+type Opened = (usize, String, (u64, u64));
+
 /// The replay's state.
 struct Replayer<'a> {
     acc: Accounting,
-    opened: HashMap<(u32, u64), (usize, String, (u64, u64))>,
+    opened: HashMap<(u32, u64), Opened>,
     /// Exited processes: the names of the handles their rundown closed, not yet matched by a
     /// RegCloseKey row.
     exited: HashMap<u32, Vec<String>>,
@@ -520,10 +526,10 @@ impl Replayer<'_> {
     /// Moves the emulated clock so that it runs as far from its start as the row's Time of
     /// Day from the first row's (a row past midnight counts one day on).
     fn follow_clock(&mut self, row: &Row) {
+        const DAY: u64 = 864_000_000_000;
         let Some(mut t) = time_of_day(&row.time) else {
             return;
         };
-        const DAY: u64 = 864_000_000_000;
         while t + DAY / 2 < self.last_time {
             t += DAY;
         }
@@ -777,7 +783,7 @@ impl Replayer<'_> {
                 })
                 .collect()
         });
-        v.sort_by(|a, b| (a.pid, a.row).cmp(&(b.pid, b.row)));
+        v.sort_by_key(|h| (h.pid, h.row));
         v
     }
 }

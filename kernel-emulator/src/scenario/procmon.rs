@@ -182,16 +182,82 @@ fn fold(k: &KeyLine) -> (u64, String, String, String, String) {
     )
 }
 
-/// Prints the model's handle table beside the driver's holders (every hive it lists) and
-/// processes answers; returns the text and whether the two agree.
-fn compare(ctx: &mut Ctx, client: &Client, label: &str, model: &[OpenHandle]) -> (String, bool) {
-    let opened = |h: &OpenHandle| {
-        if h.row == 0 {
-            "before the replay".to_string()
-        } else {
-            format!("row {} at {}", h.row, h.time)
+/// When a handle was opened: the capture row.
+fn opened(h: &OpenHandle) -> String {
+    if h.row == 0 {
+        "before the replay".to_string()
+    } else {
+        format!("row {} at {}", h.row, h.time)
+    }
+}
+
+/// The driver's holders answers for every hive its hives answer lists; each open time is
+/// mapped back to the row whose open it falls within.
+fn driver_keys(ctx: &mut Ctx, client: &Client, model: &[OpenHandle]) -> Vec<KeyLine> {
+    let mut keys = Vec::new();
+    for (mount, _) in client.hives(ctx) {
+        for holder in client.holders(ctx, &mount) {
+            for (key, time) in &holder.keys {
+                let row = model.iter().find(|h| {
+                    u64::from(h.pid) == holder.pid
+                        && h.name.eq_ignore_ascii_case(key)
+                        && (h.window.0..=h.window.1).contains(time)
+                });
+                let when = row.map_or_else(
+                    || format!("at {time} (no replayed open at that instant)"),
+                    opened,
+                );
+                keys.push((
+                    holder.pid,
+                    holder.image.clone(),
+                    key.clone(),
+                    mount.clone(),
+                    when,
+                ));
+            }
         }
-    };
+    }
+    keys
+}
+
+/// Per process: the model's image and parent, its open keys, the driver's processes answer;
+/// returns the lines and whether they agree.
+fn process_lines(ctx: &mut Ctx, client: &Client, model: &[OpenHandle]) -> (String, bool) {
+    let mut counts: BTreeMap<u64, (String, u64, u64)> = BTreeMap::new();
+    for h in model {
+        counts
+            .entry(h.pid.into())
+            .or_insert_with(|| (format!("{} (parent {})", h.image, h.parent), 0, 0))
+            .1 += 1;
+    }
+    let mut agree = true;
+    for (pid, keys, image) in client.processes(ctx) {
+        if keys > 0 {
+            let e = counts.entry(pid).or_insert_with(|| (image.clone(), 0, 0));
+            e.2 = keys;
+            let same =
+                e.0.to_ascii_uppercase()
+                    .starts_with(&format!("{} (", image.to_ascii_uppercase()));
+            if !same {
+                e.0 = format!("{} (driver: {image})", e.0);
+                agree = false;
+            }
+        }
+    }
+    let mut out = String::new();
+    for (pid, (image, model_keys, driver_keys)) in &counts {
+        agree &= model_keys == driver_keys;
+        let _ = writeln!(
+            out,
+            "   processes  PID {pid} {image}: model {model_keys} open keys, driver {driver_keys}"
+        );
+    }
+    (out, agree)
+}
+
+/// Prints the model's handle table beside the driver's holders and processes answers;
+/// returns the text and whether the two agree.
+fn compare(ctx: &mut Ctx, client: &Client, label: &str, model: &[OpenHandle]) -> (String, bool) {
     let mut model_keys: Vec<KeyLine> = model
         .iter()
         .map(|h| {
@@ -204,30 +270,7 @@ fn compare(ctx: &mut Ctx, client: &Client, label: &str, model: &[OpenHandle]) ->
             )
         })
         .collect();
-    // The driver's open times map back to the row whose open they fall within.
-    let mut driver_keys: Vec<KeyLine> = Vec::new();
-    for (mount, _) in client.hives(ctx) {
-        for holder in client.holders(ctx, &mount) {
-            for (key, time) in &holder.keys {
-                let row = model.iter().find(|h| {
-                    u64::from(h.pid) == holder.pid
-                        && h.name.eq_ignore_ascii_case(key)
-                        && (h.window.0..=h.window.1).contains(time)
-                });
-                let when = row.map_or_else(
-                    || format!("at {time} (no replayed open at that instant)"),
-                    |h| opened(h),
-                );
-                driver_keys.push((
-                    holder.pid,
-                    holder.image.clone(),
-                    key.clone(),
-                    mount.clone(),
-                    when,
-                ));
-            }
-        }
-    }
+    let mut driver_keys = driver_keys(ctx, client, model);
     model_keys.sort_by_key(fold);
     driver_keys.sort_by_key(fold);
     let mut out = format!(
@@ -269,33 +312,7 @@ fn compare(ctx: &mut Ctx, client: &Client, label: &str, model: &[OpenHandle]) ->
             k.4
         );
     }
-    let mut counts: BTreeMap<u64, (String, u64, u64)> = BTreeMap::new();
-    for h in model {
-        counts
-            .entry(h.pid.into())
-            .or_insert_with(|| (format!("{} (parent {})", h.image, h.parent), 0, 0))
-            .1 += 1;
-    }
-    for (pid, keys, image) in client.processes(ctx) {
-        if keys > 0 {
-            let e = counts.entry(pid).or_insert_with(|| (image.clone(), 0, 0));
-            e.2 = keys;
-            if !e
-                .0
-                .to_ascii_uppercase()
-                .starts_with(&format!("{} (", image.to_ascii_uppercase()))
-            {
-                e.0 = format!("{} (driver: {image})", e.0);
-                agree = false;
-            }
-        }
-    }
-    for (pid, (image, model_keys, driver_keys)) in &counts {
-        agree &= model_keys == driver_keys;
-        let _ = writeln!(
-            out,
-            "   processes  PID {pid} {image}: model {model_keys} open keys, driver {driver_keys}"
-        );
-    }
-    (out, agree)
+    let (processes, same) = process_lines(ctx, client, model);
+    out.push_str(&processes);
+    (out, agree && same)
 }
