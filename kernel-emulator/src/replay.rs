@@ -491,8 +491,8 @@ struct Replayer<'a> {
 }
 
 /// Replays `rows` through the model. `checkpoint(label, model handle table)` runs before
-/// each replayed Process Exit row and once at the end; then the processes still running
-/// exit (their handles run down) and the accounting is returned.
+/// each replayed Process Exit row, at the end of the capture, and once more after the
+/// processes still running have exited (their handles run down); returns the accounting.
 pub fn replay(rows: &[Row], checkpoint: &mut dyn FnMut(&str, &[OpenHandle])) -> Accounting {
     let mut r = Replayer {
         acc: Accounting {
@@ -519,6 +519,12 @@ pub fn replay(rows: &[Row], checkpoint: &mut dyn FnMut(&str, &[OpenHandle])) -> 
     for pid in live {
         process::exit_process(pid);
     }
+    r.opened.retain(|(pid, _), _| *pid == 4);
+    let table = r.table();
+    (r.checkpoint)(
+        "after the remaining processes exit (the System process's handles stay)",
+        &table,
+    );
     r.acc
 }
 

@@ -110,7 +110,8 @@ pub struct RunOptions {
     pub special_pool: bool,
     /// Routines to hide.
     pub hide: Vec<String>,
-    /// A Process Monitor CSV export for `td-procmon-replay` (default: a built-in sample).
+    /// A Process Monitor CSV export for `ht-procmon-replay` (default: every fixture in
+    /// `tests/procmon/`) and `td-procmon-replay` (default: a built-in sample).
     pub procmon_csv: Option<PathBuf>,
     /// A step script for `script` / `td-script` (default: a built-in sample).
     pub script: Option<PathBuf>,

@@ -445,8 +445,10 @@ fn td_procmon_replay(ctx: &mut Ctx) {
         "every row is either replayed or counted as not replayed",
     );
     ctx.check(
-        checkpoints == 2,
-        format!("a checkpoint before the one Process Exit and at the end ({checkpoints})"),
+        checkpoints == 3,
+        format!(
+            "a checkpoint before the one Process Exit, at the end, after the last exits ({checkpoints})"
+        ),
     );
     let st = stats(&s);
     ctx.check(
