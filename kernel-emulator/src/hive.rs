@@ -459,7 +459,7 @@ fn load(
 /// # Errors
 /// The failing status (from a pre-callback, or STATUS_OBJECT_NAME_NOT_FOUND).
 pub fn open_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64, NtStatus> {
-    open(pid, path, desired, create, false)
+    open(pid, path, desired, create, false, None)
 }
 
 /// [`open_key`] by kernel code running on a thread of `pid` with OBJ_KERNEL_HANDLE (e.g. a
@@ -471,7 +471,24 @@ pub fn open_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64,
 /// # Errors
 /// As [`open_key`].
 pub fn open_kernel_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64, NtStatus> {
-    open(pid, path, desired, create, true)
+    open(pid, path, desired, create, true, None)
+}
+
+/// An open or create that a capture recorded failing (or reparsing) with `status`: the
+/// pre-notification, then the post-notification carrying `status`; no key, key object or
+/// handle is created. Used by the Process Monitor replay ([`crate::replay`]), where every
+/// result other than SUCCESS reaches the callbacks this way ("Filtering Registry Calls": the
+/// post-notification's Status is the operation's status; Object is undefined unless it is
+/// STATUS_SUCCESS). Returns the status the caller sees (a pre-callback's, or `status`).
+#[must_use]
+pub fn open_key_failing(
+    pid: u32,
+    path: &str,
+    desired: u32,
+    create: bool,
+    status: NtStatus,
+) -> NtStatus {
+    open(pid, path, desired, create, false, Some(status)).map_or_else(|s| s, |_| STATUS_SUCCESS)
 }
 
 #[allow(clippy::too_many_lines)] // one open: notifications, lookup, object and handle
@@ -481,6 +498,7 @@ fn open(
     desired: u32,
     create: bool,
     kernel_handle: bool,
+    fail: Option<NtStatus>,
 ) -> Result<u64, NtStatus> {
     let name = OwnedUnicode::new(path);
     let mut disposition = 0u32;
@@ -527,6 +545,9 @@ fn open(
         }
         let key = canon(path);
         let outcome = kernel::with(|k| {
+            if let Some(s) = fail {
+                return Err(s);
+            }
             let h = &mut k.hives;
             let hive = h.hive_of(&key).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
             let exists = h.keys.contains(&key) || MASTER_KEYS.contains(&key.as_str());

@@ -3,6 +3,8 @@
 //!
 //! - `kernel-emulator suite --sys hivetrack.sys [--map M] [--test-driver T [--test-driver-map TM]] [SCENARIO...]`
 //! - `kernel-emulator run --sys X [--map M] SCENARIO` (one scenario, in this process)
+//! - `kernel-emulator run --sys hivetrack.sys --procmon-csv FILE ht-procmon-replay` (replay a
+//!   Process Monitor capture; exit 1 when the driver's answers differ from the model's)
 //! - `kernel-emulator list`
 //!
 //! Exit codes: 0 pass, 1 a check failed, 2 the image was refused, 86 bugcheck.
@@ -62,7 +64,8 @@ enum Command {
         /// Allocate pool from the ordinary heap instead of special pool.
         #[arg(long)]
         no_special_pool: bool,
-        /// A Process Monitor CSV export to replay (scenario td-procmon-replay).
+        /// A Process Monitor CSV export to replay (scenarios ht-procmon-replay, which exits 1
+        /// when the driver's answers differ from the model's handle table, and td-procmon-replay).
         #[arg(long)]
         procmon_csv: Option<PathBuf>,
         /// A step script to run (scenarios script and td-script).

@@ -257,7 +257,8 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
         let referenced = |e: &usize| k.objects.references.get(e).copied().unwrap_or(0) > 0;
         let p = &mut k.processes;
         let pid = if let Some(pid) = reuse {
-            if pid == 4
+            if pid == 0
+                || pid == 4
                 || p.processes.contains_key(&pid)
                 || p.exited.get(&pid).is_some_and(referenced)
             {
@@ -266,7 +267,11 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
             p.exited.remove(&pid);
             pid
         } else {
+            // A replayed capture may have taken pids of its own: the next free one.
             p.next_pid = p.next_pid.max(2000) + 4;
+            while p.processes.contains_key(&p.next_pid) || p.exited.contains_key(&p.next_pid) {
+                p.next_pid += 4;
+            }
             p.next_pid
         };
         p.start_keys = p.start_keys.max(1) + 1;

@@ -5,6 +5,7 @@
 
 pub mod hivetrack;
 pub mod lifecycle;
+pub mod procmon;
 pub mod registry;
 pub mod test_driver;
 pub mod tracking;
@@ -86,6 +87,7 @@ impl Scenario {
 pub fn all() -> Vec<Scenario> {
     let mut v = hivetrack::scenarios();
     v.extend(tracking::scenarios());
+    v.extend(procmon::scenarios());
     v.extend(wait_free::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
@@ -110,7 +112,8 @@ pub struct RunOptions {
     pub special_pool: bool,
     /// Routines to hide.
     pub hide: Vec<String>,
-    /// A Process Monitor CSV export for `td-procmon-replay` (default: a built-in sample).
+    /// A Process Monitor CSV export for `ht-procmon-replay` (default: every fixture in
+    /// `tests/procmon/`) and `td-procmon-replay` (default: a built-in sample).
     pub procmon_csv: Option<PathBuf>,
     /// A step script for `script` / `td-script` (default: a built-in sample).
     pub script: Option<PathBuf>,

@@ -419,34 +419,50 @@ fn td_procmon_replay(ctx: &mut Ctx) {
         },
         None => SAMPLE_CSV.to_string(),
     };
-    let events = match crate::replay::parse_procmon(&text) {
+    let rows = match crate::replay::parse_procmon(&text) {
         Ok(e) => e,
         Err(e) => {
             ctx.check(false, format!("parse the capture: {e}"));
             return;
         }
     };
+    // The hives existed before the capture began: mounted before the driver loads.
+    crate::replay::mount_hives(&rows);
     let Some(s) = start(ctx) else { return };
     kernel::with(|k| k.quiet_debug_print = true);
-    let report = crate::replay::replay(&events);
-    println!(
-        "  replayed {} events from {} processes",
-        report.events, report.processes
-    );
-    for m in report.mismatches.iter().take(20) {
-        println!("    mismatch: {m}");
+    let mut checkpoints = 0;
+    let acc = crate::replay::replay(&rows, &mut |_, _| checkpoints += 1);
+    for line in acc.lines() {
+        println!("  {line}");
     }
     ctx.check(
-        report.mismatches.is_empty(),
+        acc.mismatches.is_empty(),
         format!(
-            "the model reproduced every result of the capture ({} mismatches)",
-            report.mismatches.len()
+            "the model reproduced every replayed result of the capture ({} mismatches)",
+            acc.mismatches.len()
+        ),
+    );
+    ctx.check(
+        acc.replayed_rows() + acc.skipped.values().sum::<usize>() == acc.rows,
+        "every row is either replayed or counted as not replayed",
+    );
+    ctx.check(
+        checkpoints == 3,
+        format!(
+            "a checkpoint before the one Process Exit, at the end, after the last exits ({checkpoints})"
         ),
     );
     let st = stats(&s);
     ctx.check(
         st.post_success > 0 && st.call_context_mismatch == 0,
         format!("driver saw the opens ({st:?})"),
+    );
+    ctx.check(
+        st.post_failed == 3,
+        format!(
+            "the REPARSE, NAME NOT FOUND and ACCESS DENIED rows reached the driver as posts with their status, nothing else did ({})",
+            st.post_failed
+        ),
     );
     ctx.check(
         st.contexts_set == st.contexts_freed,

@@ -100,12 +100,12 @@ pub fn scenarios() -> Vec<Scenario> {
 
 /// A process summary from a holders answer, with its keys.
 #[derive(Debug, Clone, Default)]
-struct Holder {
-    pid: u64,
-    image: String,
-    open_keys: u64,
-    oldest_open: u64,
-    keys: Vec<(String, u64)>,
+pub(crate) struct Holder {
+    pub(crate) pid: u64,
+    pub(crate) image: String,
+    pub(crate) open_keys: u64,
+    pub(crate) oldest_open: u64,
+    pub(crate) keys: Vec<(String, u64)>,
 }
 
 /// One unload attempt.
@@ -116,12 +116,12 @@ struct Attempt {
     holders: Vec<(u64, String, u64)>,
 }
 
-struct Client {
+pub(crate) struct Client {
     h: FileHandle,
 }
 
 impl Client {
-    fn open(ctx: &mut Ctx) -> Option<Self> {
+    pub(crate) fn open(ctx: &mut Ctx) -> Option<Self> {
         match ctx.open(
             WIN32_DEVICE_PATH,
             Caller::Admin,
@@ -208,7 +208,7 @@ impl Client {
         false
     }
 
-    fn holders(&self, ctx: &mut Ctx, hive: &str) -> Vec<Holder> {
+    pub(crate) fn holders(&self, ctx: &mut Ctx, hive: &str) -> Vec<Holder> {
         let mut out: Vec<Holder> = Vec::new();
         self.pages::<Holders>(ctx, QueryKind::Holders, hive, |page| {
             for rec in page.records() {
@@ -235,7 +235,7 @@ impl Client {
         out
     }
 
-    fn hives(&self, ctx: &mut Ctx) -> Vec<(String, String)> {
+    pub(crate) fn hives(&self, ctx: &mut Ctx) -> Vec<(String, String)> {
         let mut out = Vec::new();
         self.pages::<Hives>(ctx, QueryKind::Hives, "", |page| {
             out.extend(
@@ -246,7 +246,7 @@ impl Client {
         out
     }
 
-    fn processes(&self, ctx: &mut Ctx) -> Vec<(u64, u64, String)> {
+    pub(crate) fn processes(&self, ctx: &mut Ctx) -> Vec<(u64, u64, String)> {
         let mut out = Vec::new();
         self.pages::<Processes>(ctx, QueryKind::Processes, "", |page| {
             out.extend(
@@ -296,7 +296,7 @@ impl Client {
         wire::decode::<Stats>(&r.output[..r.information]).unwrap_or_default()
     }
 
-    fn close(self) {
+    pub(crate) fn close(self) {
         io::close(self.h);
     }
 }
@@ -305,6 +305,11 @@ impl Client {
 /// which seeds its hive table from that list.
 pub(crate) fn start(ctx: &mut Ctx) -> LoadedDriver {
     boot_hives(ctx);
+    load_driver(ctx)
+}
+
+/// Loads the driver and runs DriverEntry (which must succeed).
+pub(crate) fn load_driver(ctx: &mut Ctx) -> LoadedDriver {
     let d = ctx.load();
     let s = d.entry();
     ctx.check(
