@@ -570,10 +570,12 @@ fn release(object: usize) {
         if !dead {
             return None;
         }
-        Some(k.hives.defer_deletion && {
-            k.hives.deferred.push(object);
-            true
-        })
+        Some(
+            k.hives.defer_deletion && {
+                k.hives.deferred.push(object);
+                true
+            },
+        )
     });
     if queued == Some(false) {
         delete_object(object);

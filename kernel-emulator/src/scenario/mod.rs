@@ -4,6 +4,7 @@
 //! with what the scenario expects (some scenarios exist to prove that a bug *is* caught).
 
 pub mod hivetrack;
+pub mod notify;
 pub mod registry;
 pub mod test_driver;
 pub mod tracking;
@@ -88,6 +89,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(wait_free::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
+    v.extend(notify::scenarios());
     v
 }
 

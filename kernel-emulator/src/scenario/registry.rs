@@ -101,9 +101,9 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-struct Session {
+pub(super) struct Session {
     driver: LoadedDriver,
-    control: FileHandle,
+    pub(super) control: FileHandle,
 }
 
 fn boot_hives() {
@@ -118,7 +118,7 @@ fn boot_hives() {
     }
 }
 
-fn start(ctx: &mut Ctx) -> Option<Session> {
+pub(super) fn start(ctx: &mut Ctx) -> Option<Session> {
     boot_hives();
     let driver = ctx.load();
     let s = driver.entry();
@@ -165,7 +165,7 @@ fn stats(s: &Session) -> Stats {
     }
 }
 
-fn finish(ctx: &mut Ctx, mut s: Session) {
+pub(super) fn finish(ctx: &mut Ctx, mut s: Session) {
     io::close(s.control);
     ctx.unload_and_check_clean(&mut s.driver);
 }

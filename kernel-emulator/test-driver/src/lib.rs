@@ -69,6 +69,7 @@ const IOCTL_DPC: u32 = ioctl(0x819); // 0: KeInsertQueueDpc/KeRemoveQueueDpc; 1:
 const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A); // bug: cancel routine keeps the lock
 const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B); // bug: frees a timer that is still set
 const IOCTL_RELEASE_ON_CLOSE: u32 = ioctl(0x81C); // key handle closes complete the waits
+const IOCTL_NAME: u32 = ioctl(0x81D); // last key name / CompleteName seen, block `argument`
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -329,6 +330,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_STATS => {
             out = registry::stats(usize::try_from(argument).unwrap_or(usize::MAX));
+            32
+        }
+        IOCTL_NAME => {
+            out = registry::name_block(usize::try_from(argument).unwrap_or(usize::MAX));
             32
         }
         IOCTL_PIN => {
