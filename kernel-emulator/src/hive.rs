@@ -650,10 +650,11 @@ pub fn on_last_reference(object: usize) {
 /// goes is queued and runs later, on a system worker thread of the System process
 /// ([`run_deferred_deletions`]), so its close and cleanup notifications see
 /// PsGetCurrentProcessId() == 4, not the closing process — as when Windows defers an object's
-/// deletion to a worker thread (docs: ObDereferenceObjectDeferDelete, "the object manager
-/// ... deletes the object ... by using a work item"; ReactOS `ntoskrnl/ob/obref.c`,
-/// ObpDeferObjectDeletion queues ObpReaperWorkItem). Until it runs the object exists (a hive
-/// unload still fails). Turning it off runs what is queued.
+/// deletion (docs: ObDereferenceObjectDeferDelete, "the object manager passes the object
+/// deletion request to a worker thread"; ReactOS `ntoskrnl/ob/obref.c`, ObpDeferObjectDeletion
+/// links the object on ObpReaperList and queues ObpReaperWorkItem with ExQueueWorkItem;
+/// system worker threads belong to the System process). Until it runs the object exists (a
+/// hive unload still fails). Turning it off runs what is queued.
 pub fn set_deferred_deletion(on: bool) {
     kernel::with(|k| k.hives.defer_deletion = on);
     if !on {
