@@ -667,6 +667,7 @@ pub fn set_deferred_deletion(on: bool) {
 ///
 /// # Panics
 /// If the worker thread cannot be spawned.
+#[must_use = "how many deletions ran"]
 pub fn run_deferred_deletions() -> usize {
     let queued = kernel::with(|k| std::mem::take(&mut k.hives.deferred));
     let n = queued.len();

@@ -411,6 +411,7 @@ impl PreOutcome {
     /// callback above the blocker sees 1 pre and 1 post, the blocker 1 pre and 0 post, the one
     /// below none); Windows Research Kernel `base/ntos/config/cmhook.c`, CmpCallCallBacks
     /// ("switch direction and start calling the posts", PostInfo.Status = the failing status).
+    #[must_use = "the status the operation ends with"]
     pub fn unwind(&self, post_class: usize, pre: usize) -> NtStatus {
         let owed = self.call_contexts.len().saturating_sub(1);
         let above = Self {
@@ -468,6 +469,7 @@ pub const INVALID_OBJECT: usize = 0xDEAD_0B1E_C700_0000;
 /// RegistryCallback routine returns STATUS_CALLBACK_BYPASS, the operating system uses the
 /// ReturnStatus member's value"); the callbacks above it then see the new Status, and an
 /// Object that is undefined unless that status is STATUS_SUCCESS.
+#[allow(clippy::must_use_candidate)] // for most operations the final status is not needed
 pub fn notify_post(
     class: usize,
     object: usize,
@@ -860,7 +862,9 @@ pub unsafe extern "win64" fn filter_fail_post(
     let post = info.cast::<RegPostOperationInformation>();
     // SAFETY: the model passes REG_POST_OPERATION_INFORMATION for these classes, whose
     // PreInformation is the _V1 structure of the pre call.
-    let (status, pre) = unsafe { ((*post).status, (*post).pre_information) };
+    let status = unsafe { (*post).status };
+    // SAFETY: as above.
+    let pre = unsafe { (*post).pre_information };
     // SAFETY: as above.
     if status == STATUS_SUCCESS && unsafe { complete_name(pre) }.contains(FAIL_POST_MARKER) {
         // SAFETY: as above; ReturnStatus is the field a post-callback may set.

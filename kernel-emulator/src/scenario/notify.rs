@@ -321,6 +321,7 @@ fn td_names_as_stored(ctx: &mut Ctx) {
 /// Item 3, links and success-class statuses. ReactOS `cmparse.c` CmpParseKey /
 /// CmpGetSymbolicLink, `cmsysini.c` CmpCreateControlSet; "Invalid Key Object Pointers".
 #[allow(clippy::too_many_lines)] // one linear script of checks
+#[allow(clippy::many_single_char_names)] // s, p, h, t, q: session, process, handles
 fn td_reparse_links(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     let Some(p) = new_process(ctx, r"\Device\HarddiskVolume2\links.exe") else {
