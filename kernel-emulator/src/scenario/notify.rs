@@ -3,8 +3,8 @@
 //! model doing one cited behaviour, through the test driver's counters and the names it
 //! fetched with CmCallbackGetKeyObjectIDEx.
 
-use super::registry::{Session, finish, start};
-use super::{Ctx, Scenario, Target};
+use super::registry::{Session, finish, scenario, start};
+use super::{Ctx, Scenario};
 use crate::hive::{self, HANDLE_FAIL_MARKER};
 use crate::io;
 use crate::process;
@@ -39,10 +39,6 @@ const ROOT_CONTEXT_SEEN: usize = 18;
 const LAST_POST_STATUS: usize = 19;
 const LAST_CLOSE_PID: usize = 20;
 const LAST_CLEANUP_PID: usize = 21;
-
-const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
-    Scenario::passing(name, Target::TestDriver, about, run)
-}
 
 /// The scenarios.
 #[must_use]

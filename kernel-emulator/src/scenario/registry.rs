@@ -45,7 +45,11 @@ struct Stats {
     post_load: u64,
 }
 
-const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
+pub(super) const fn scenario(
+    name: &'static str,
+    about: &'static str,
+    run: fn(&mut Ctx),
+) -> Scenario {
     Scenario::passing(name, Target::TestDriver, about, run)
 }
 

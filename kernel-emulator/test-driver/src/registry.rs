@@ -228,8 +228,10 @@ unsafe extern "C" fn registry_callback(
             }
             // SAFETY: CallContext is at 0x50.
             unsafe { set_field(arg2, 0x50, CALL_CONTEXT_MAGIC ^ class) };
-            // SAFETY: CompleteName is at 0x00, a valid PUNICODE_STRING during the call.
-            unsafe { remember(&LAST_COMPLETE, field(arg2, 0x00)) };
+            // SAFETY: CompleteName is at 0x00.
+            let complete: *const UNICODE_STRING = unsafe { field(arg2, 0x00) };
+            // SAFETY: a valid PUNICODE_STRING during the call.
+            unsafe { remember(&LAST_COMPLETE, complete) };
             // SAFETY: RootObject is at 0x08, RootObjectContext at 0x58.
             if !unsafe { field::<*mut c_void>(arg2, 0x08) }.is_null() {
                 count(PRE_OPEN_RELATIVE);
