@@ -465,7 +465,7 @@ pub const INVALID_OBJECT: usize = 0xDEAD_0B1E_C700_0000;
 /// Delivers a post-notification, lowest altitude first, to the callbacks that saw the pre.
 /// Returns the status the operation ends with: a post-callback may change it by setting
 /// ReturnStatus and returning STATUS_CALLBACK_BYPASS (regfltr sample `post.c`,
-/// CallbackPostNotificationOverride; REG_POST_OPERATION_INFORMATION: "If the driver's
+/// CallbackPostNotificationOverrideSuccess; REG_POST_OPERATION_INFORMATION: "If the driver's
 /// RegistryCallback routine returns STATUS_CALLBACK_BYPASS, the operating system uses the
 /// ReturnStatus member's value"); the callbacks above it then see the new Status, and an
 /// Object that is undefined unless that status is STATUS_SUCCESS.
@@ -845,8 +845,8 @@ pub const FAIL_POST_MARKER: &str = "KEMU-FAILPOST";
 /// Another filter (emulated): in post-open/post-create of a path containing
 /// [`FAIL_POST_MARKER`] that succeeded, changes the result to STATUS_ACCESS_DENIED through
 /// ReturnStatus + STATUS_CALLBACK_BYPASS, as the regfltr sample's `post.c`
-/// (CallbackPostNotificationOverride) does. The configuration manager then destroys the key
-/// object the open had created.
+/// (CallbackPostNotificationOverrideSuccess) does. The configuration manager then destroys
+/// the key object the open had created.
 ///
 /// # Safety
 /// Called by the model with a notification class and its structure.
