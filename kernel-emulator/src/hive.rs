@@ -1,7 +1,9 @@
-//! Registry model: hives mounted at paths under `\REGISTRY`, the keys in them, key objects
-//! (one per successful open or create, as CM_KEY_BODY is), per-process handle tables
-//! (duplicated and inherited handles share the object and produce no notification), the
-//! notifications each operation delivers through [`crate::registry`], and hive unload, which
+//! Registry model: hives mounted at paths under `\REGISTRY`, the keys in them (with the case
+//! they were created with), registry symbolic links, key objects (one per successful open or
+//! create, as CM_KEY_BODY is; destroyed at their last reference, on the closing thread or on a
+//! system worker thread), per-process handle tables (duplicated and inherited handles share
+//! the object and produce no notification), the notifications each operation delivers through
+//! [`crate::registry`], and hive unload, which
 //! fails with STATUS_CANNOT_DELETE while any key object of the hive exists or is referenced —
 //! including references a driver took with ObReferenceObject: this is how a test proves that
 //! the driver never pins a hive.
@@ -59,8 +61,9 @@ use crate::registry::{
     RegLoadKeyInformation, RegUnloadKeyInformation, class,
 };
 use crate::status::{
-    NtStatus, STATUS_INVALID_HANDLE, STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND,
-    STATUS_PENDING, STATUS_SUCCESS,
+    NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE, STATUS_OBJECT_NAME_COLLISION,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING, STATUS_PREDEFINED_HANDLE, STATUS_REPARSE,
+    STATUS_SUCCESS,
 };
 
 /// What unloading a hive with open keys returns.
@@ -70,10 +73,19 @@ pub const REG_CREATED_NEW_KEY: u32 = 1;
 /// REG_OPENED_EXISTING_KEY.
 pub const REG_OPENED_EXISTING_KEY: u32 = 2;
 
+/// Marker in a key path whose open succeeds in the post-notification and then fails to get
+/// a handle (STATUS_INSUFFICIENT_RESOURCES): the object is destroyed.
+pub const HANDLE_FAIL_MARKER: &str = "KEMU-NOHANDLE";
+/// The System process id: system worker threads run there.
+pub const SYSTEM_PID: u32 = 4;
+/// How many symbolic links one open follows before giving up (a model bound).
+const MAX_REPARSE: usize = 32;
+
 /// One key object.
 #[derive(Debug, Clone)]
 pub struct KeyObject {
-    /// Full key name as opened (`\REGISTRY\MACHINE\SOFTWARE\X`).
+    /// Full key name as stored: the hive's mount point as loaded and each key's name in the
+    /// case it was created with, whatever the opener typed (`\REGISTRY\MACHINE\SOFTWARE\X`).
     pub name: String,
     /// Canonical (upper-case) mount point of its hive.
     pub hive: String,
@@ -182,6 +194,16 @@ pub struct HiveState {
     /// Handles: (pid, handle) -> key object.
     pub handles: BTreeMap<(u32, u64), usize>,
     next_handle: u64,
+    /// Stored spelling of created keys, by canonical name.
+    spelled: HashMap<String, String>,
+    /// Registry symbolic links: canonical link key -> target path.
+    links: BTreeMap<String, String>,
+    /// Keys that answer an open with STATUS_PREDEFINED_HANDLE.
+    predefined: BTreeSet<String>,
+    /// Key objects are deleted on a system worker thread (see [`set_deferred_deletion`]).
+    defer_deletion: bool,
+    /// Key objects whose deletion is queued for the worker thread.
+    deferred: Vec<usize>,
 }
 
 fn canon(path: &str) -> String {
@@ -222,6 +244,36 @@ impl HiveState {
         self.objects
             .get(&object)
             .map(|o| (o.key_id, o.name.clone(), o.destroyed))
+    }
+
+    /// The stored name of canonical `key`, which the caller spelled `given`: a mount point as
+    /// loaded, a key as created; parts the model never saw created keep the caller's case.
+    fn stored_name(&self, key: &str, given: &str) -> String {
+        if let Some(n) = self.spelled.get(key) {
+            return n.clone();
+        }
+        if let Some(h) = self.hives.get(key) {
+            return h.mount.clone();
+        }
+        match (key.rsplit_once('\\'), given.rsplit_once('\\')) {
+            (Some((kp, _)), Some((gp, last))) if !kp.is_empty() => {
+                format!("{}\\{last}", self.stored_name(kp, gp))
+            }
+            _ => given.to_string(),
+        }
+    }
+
+    /// The name an open of `given` (canonical `key`) reparses to when a symbolic link is on
+    /// its path: the link's target plus the rest of the name (ReactOS
+    /// `ntoskrnl/config/cmparse.c`, CmpGetSymbolicLink).
+    fn reparse_target(&self, key: &str, given: &str) -> Option<String> {
+        let (link, target) = self
+            .links
+            .iter()
+            .filter(|(l, _)| key == l.as_str() || key.starts_with(&format!("{l}\\")))
+            .max_by_key(|(l, _)| l.len())?;
+        let rest = given.get(link.len()..).unwrap_or("");
+        Some(format!("{target}{rest}"))
     }
 
     /// The loaded hive holding `key` (longest mount-point prefix).
@@ -405,7 +457,7 @@ fn load(
         };
         let pre = registry::notify_pre(class::PRE_LOAD_KEY, at, fields);
         if !pre.proceeds() {
-            return (pre.status, None);
+            return (pre.unwind(class::POST_LOAD_KEY, at), None);
         }
         let table = crate::process::address_space_pid();
         let status = kernel::with(|k| {
@@ -452,14 +504,12 @@ fn load(
     })
 }
 
-/// Opens (or creates) a key for `pid`: RegNtPreOpenKeyEx/RegNtPreCreateKeyEx with the _V1
-/// structure, the operation, then the post-notification whose Object is valid only on
-/// STATUS_SUCCESS. Returns the handle.
+/// Opens (or creates) a key for `pid` by its full name: see [`open_key_at`].
 ///
 /// # Errors
-/// The failing status (from a pre-callback, or STATUS_OBJECT_NAME_NOT_FOUND).
+/// As [`open_key_at`].
 pub fn open_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64, NtStatus> {
-    open(pid, path, desired, create, false, None)
+    open(pid, None, path, desired, create, false, None)
 }
 
 /// [`open_key`] by kernel code running on a thread of `pid` with OBJ_KERNEL_HANDLE (e.g. a
@@ -471,7 +521,7 @@ pub fn open_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64,
 /// # Errors
 /// As [`open_key`].
 pub fn open_kernel_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64, NtStatus> {
-    open(pid, path, desired, create, true, None)
+    open(pid, None, path, desired, create, true, None)
 }
 
 /// An open or create that a capture recorded failing (or reparsing) with `status`: the
@@ -488,24 +538,101 @@ pub fn open_key_failing(
     create: bool,
     status: NtStatus,
 ) -> NtStatus {
-    open(pid, path, desired, create, false, Some(status)).map_or_else(|s| s, |_| STATUS_SUCCESS)
+    open(pid, None, path, desired, create, false, Some(status))
+        .map_or_else(|s| s, |_| STATUS_SUCCESS)
 }
 
-#[allow(clippy::too_many_lines)] // one open: notifications, lookup, object and handle
+/// Opens (or creates) a key for `pid`, by a full name or, with `root` (a key handle of
+/// `pid`), by a name relative to that key: RegNtPreOpenKeyEx/RegNtPreCreateKeyEx with the _V1
+/// structure — RootObject is the root's key object and CompleteName the name as given,
+/// relative when RootObject is set (docs: REG_CREATE_KEY_INFORMATION_V1, "CompleteName ...
+/// if RootObject is non-NULL, CompleteName is relative to it") —, the operation, then the
+/// post-notification whose Object is valid only on STATUS_SUCCESS ("Invalid Key Object
+/// Pointers in Registry Notifications"). A symbolic link on the path ends that pair with
+/// STATUS_REPARSE and the open starts over, with its own pre/post pair, under the link's
+/// target (ReactOS `ntoskrnl/config/cmparse.c`, CmpParseKey / CmpGetSymbolicLink). Returns the
+/// handle.
+///
+/// # Errors
+/// The failing status: from a pre-callback (after the unwind, [`registry::PreOutcome::unwind`]),
+/// STATUS_OBJECT_NAME_NOT_FOUND, STATUS_INVALID_HANDLE for a bad `root`, STATUS_PREDEFINED_HANDLE
+/// for a key that maps to a predefined handle (no key object, no handle in the table), or the
+/// status a post-callback or the handle creation turned a success into (the key object is then
+/// destroyed, with its close and cleanup notifications).
+pub fn open_key_at(
+    pid: u32,
+    root: Option<u64>,
+    name: &str,
+    desired: u32,
+    create: bool,
+) -> Result<u64, NtStatus> {
+    open(pid, root, name, desired, create, false, None)
+}
+
+/// What an open asks for beyond its name: a kernel handle, or a captured failure to replay.
+#[derive(Clone, Copy)]
+struct OpenMode {
+    /// OBJ_KERNEL_HANDLE: the handle goes into the System process's table.
+    kernel_handle: bool,
+    /// The status a replayed capture recorded: delivered in the post, nothing created.
+    fail: Option<NtStatus>,
+}
+
+/// [`open_key_at`] with an [`OpenMode`].
 fn open(
     pid: u32,
-    path: &str,
+    root: Option<u64>,
+    name: &str,
     desired: u32,
     create: bool,
     kernel_handle: bool,
     fail: Option<NtStatus>,
 ) -> Result<u64, NtStatus> {
-    let name = OwnedUnicode::new(path);
+    let mode = OpenMode {
+        kernel_handle,
+        fail,
+    };
+    io::with_pid(pid, || {
+        let mut root_object = match root {
+            None => 0,
+            Some(h) => {
+                let table = crate::process::handle_table_of(pid, h);
+                kernel::with(|k| k.hives.handles.get(&(table, h)).copied())
+                    .ok_or(STATUS_INVALID_HANDLE)?
+            }
+        };
+        let mut name = name.to_string();
+        for _ in 0..MAX_REPARSE {
+            match parse_key(root_object, &name, desired, create, mode) {
+                Parsed::Reparse(target) => {
+                    // The object manager parses the new name from the root of the namespace.
+                    name = target;
+                    root_object = 0;
+                }
+                Parsed::Done(r) => return r,
+            }
+        }
+        Err(STATUS_OBJECT_NAME_NOT_FOUND)
+    })
+}
+
+/// What one parse of a key name ended with.
+enum Parsed {
+    /// A symbolic link: parse again with this full name.
+    Reparse(String),
+    /// The open's result.
+    Done(Result<u64, NtStatus>),
+}
+
+/// One parse: one pre/post pair (CmpParseKey), on the calling thread.
+#[allow(clippy::too_many_lines)] // one linear parse: pre, name, link, key, object, post, handle
+fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: OpenMode) -> Parsed {
+    let complete = OwnedUnicode::new(name);
     let mut disposition = 0u32;
     let mut result_object: *mut c_void = std::ptr::null_mut();
     let mut info = RegCreateKeyInformationV1 {
-        complete_name: name.as_ptr(),
-        root_object: std::ptr::null_mut(),
+        complete_name: complete.as_ptr(),
+        root_object: root_object as *mut c_void,
         object_type: std::ptr::null_mut(),
         options: 0,
         pad0: 0,
@@ -520,11 +647,15 @@ fn open(
         root_object_context: std::ptr::null_mut(),
         transaction: std::ptr::null_mut(),
         version: 1,
-        remaining_name: name.as_ptr(),
+        remaining_name: complete.as_ptr(),
         wow64_flags: 0,
         // OBJ_CASE_INSENSITIVE (| OBJ_KERNEL_HANDLE); UserMode, or KernelMode for a Zw call.
-        attributes: 0x40 | if kernel_handle { OBJ_KERNEL_HANDLE } else { 0 },
-        check_access_mode: i8::from(!kernel_handle),
+        attributes: if mode.kernel_handle {
+            0x40 | OBJ_KERNEL_HANDLE
+        } else {
+            0x40
+        },
+        check_access_mode: i8::from(!mode.kernel_handle),
         pad1: [0; 7],
     };
     let at = (&raw mut info) as usize;
@@ -533,79 +664,160 @@ fn open(
     } else {
         (class::PRE_OPEN_KEY_EX, class::POST_OPEN_KEY_EX)
     };
-    io::with_pid(pid, || {
-        let fields = PreFields {
-            call_context: 0x50,
-            object_context: Some(0x58),
-            object: 0,
-        };
-        let pre = registry::notify_pre(pre_class, at, fields);
-        if !pre.proceeds() {
-            return Err(pre.status);
+    let fields = PreFields {
+        call_context: 0x50,
+        object_context: Some(0x58),
+        object: root_object,
+    };
+    let pre = registry::notify_pre(pre_class, at, fields);
+    if !pre.proceeds() {
+        return Parsed::Done(Err(pre.unwind(post_class, at)));
+    }
+    if let Some(captured) = mode.fail {
+        // A replayed capture's failure: the post carries it and nothing is created.
+        let s = registry::notify_post(post_class, 0, captured, at, &pre);
+        return Parsed::Done(Err(s));
+    }
+    let full = if root_object == 0 {
+        name.to_string()
+    } else {
+        let base = kernel::with(|k| k.hives.objects.get(&root_object).map(|o| o.name.clone()))
+            .unwrap_or_default();
+        let rel = name.trim_start_matches('\\');
+        if rel.is_empty() {
+            base
+        } else {
+            format!("{base}\\{rel}")
         }
-        let key = canon(path);
-        let outcome = kernel::with(|k| {
-            if let Some(s) = fail {
-                return Err(s);
-            }
-            let h = &mut k.hives;
-            let hive = h.hive_of(&key).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
-            let exists = h.keys.contains(&key) || MASTER_KEYS.contains(&key.as_str());
-            if !exists {
-                let parent = key.rsplit_once('\\').map_or("", |(p, _)| p);
-                if !create || !h.keys.contains(parent) {
-                    return Err(STATUS_OBJECT_NAME_NOT_FOUND);
-                }
-                h.keys.insert(key.clone());
-            }
-            let key_id = h.key_id(&key);
-            Ok((hive, exists, key_id))
-        });
-        let status = match outcome {
-            Err(s) => {
-                registry::notify_post(post_class, 0, s, at, &pre);
-                return Err(s);
-            }
-            Ok((hive, exists, key_id)) => {
-                let object = alloc_object_page();
-                disposition = if exists {
-                    REG_OPENED_EXISTING_KEY
-                } else {
-                    REG_CREATED_NEW_KEY
-                };
-                result_object = object as *mut c_void;
-                let table = if kernel_handle {
-                    4
-                } else {
-                    crate::process::address_space_pid()
-                };
-                let handle = kernel::with(|k| {
-                    let h = &mut k.hives;
-                    h.objects.insert(
-                        object,
-                        KeyObject {
-                            name: path.to_string(),
-                            hive,
-                            handles: 1,
-                            destroyed: false,
-                            contexts: BTreeMap::new(),
-                            key_id,
-                        },
-                    );
-                    h.next_handle += 4;
-                    let mut handle = 0x1000 + h.next_handle;
-                    if kernel_handle {
-                        handle |= KERNEL_HANDLE_BIT;
-                    }
-                    h.handles.insert((table, handle), object);
-                    handle
-                });
-                (object, handle)
-            }
+    };
+    let key = canon(&full);
+    let (target, predefined) = kernel::with(|k| {
+        (
+            k.hives.reparse_target(&key, &full),
+            k.hives.predefined.contains(&key),
+        )
+    });
+    if let Some(target) = target {
+        let s = registry::notify_post(post_class, 0, STATUS_REPARSE, at, &pre);
+        return if s == STATUS_REPARSE {
+            Parsed::Reparse(target)
+        } else {
+            Parsed::Done(Err(s))
         };
-        registry::notify_post(post_class, status.0, STATUS_SUCCESS, at, &pre);
-        Ok(status.1)
-    })
+    }
+    if predefined {
+        // ntstatus.h: STATUS_PREDEFINED_HANDLE, "The specified registry key is referenced by a
+        // predefined handle" — a success-class status whose post carries an undefined Object
+        // ("Invalid Key Object Pointers in Registry Notifications"). Which keys do this is
+        // the scenario's choice ([`set_predefined`]); the model creates no key object.
+        let s = registry::notify_post(post_class, 0, STATUS_PREDEFINED_HANDLE, at, &pre);
+        return Parsed::Done(Err(s));
+    }
+    let outcome = kernel::with(|k| {
+        let h = &mut k.hives;
+        let hive = h.hive_of(&key).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
+        let exists = h.keys.contains(&key) || MASTER_KEYS.contains(&key.as_str());
+        if !exists {
+            let parent = key.rsplit_once('\\').map_or("", |(p, _)| p);
+            if !create || !h.keys.contains(parent) {
+                return Err(STATUS_OBJECT_NAME_NOT_FOUND);
+            }
+            let stored = h.stored_name(&key, &full);
+            h.spelled.insert(key.clone(), stored);
+            h.keys.insert(key.clone());
+        }
+        let key_id = h.key_id(&key);
+        Ok((hive, exists, key_id, h.stored_name(&key, &full)))
+    });
+    let (hive, exists, key_id, stored) = match outcome {
+        Err(s) => return Parsed::Done(Err(registry::notify_post(post_class, 0, s, at, &pre))),
+        Ok(o) => o,
+    };
+    let object = alloc_object_page();
+    let d = if exists {
+        REG_OPENED_EXISTING_KEY
+    } else {
+        REG_CREATED_NEW_KEY
+    };
+    // SAFETY: both point at this frame's locals, which outlive the post-notification.
+    unsafe { info.disposition.write(d) };
+    // SAFETY: as above.
+    unsafe { info.result_object.write(object as *mut c_void) };
+    // `handles: 1` stands for the reference the parse hands to the object manager, which
+    // becomes the handle below.
+    kernel::with(|k| {
+        k.hives.objects.insert(
+            object,
+            KeyObject {
+                name: stored,
+                hive,
+                handles: 1,
+                destroyed: false,
+                contexts: BTreeMap::new(),
+                key_id,
+            },
+        );
+    });
+    let s = registry::notify_post(post_class, object, STATUS_SUCCESS, at, &pre);
+    let handle_fails = s == STATUS_SUCCESS && full.contains(HANDLE_FAIL_MARKER);
+    if s != STATUS_SUCCESS || handle_fails {
+        // A higher filter changed the result (regfltr post.c), or ObOpenObjectByName could
+        // not create the handle: the object manager drops the object's only reference and
+        // the key object is deleted (CmpDeleteKeyObject: close notifications, cleanup).
+        kernel::with(|k| {
+            if let Some(o) = k.hives.objects.get_mut(&object) {
+                o.handles = 0;
+            }
+        });
+        release(object);
+        return Parsed::Done(Err(if handle_fails {
+            STATUS_INSUFFICIENT_RESOURCES
+        } else {
+            s
+        }));
+    }
+    // A kernel handle goes into the System process's table; any other into the table of the
+    // process whose address space the thread is in (attached or its own).
+    let table = if mode.kernel_handle {
+        4
+    } else {
+        crate::process::address_space_pid()
+    };
+    let handle = kernel::with(|k| {
+        let h = &mut k.hives;
+        h.next_handle += 4;
+        let mut handle = 0x1000 + h.next_handle;
+        if mode.kernel_handle {
+            handle |= KERNEL_HANDLE_BIT;
+        }
+        h.handles.insert((table, handle), object);
+        handle
+    });
+    Parsed::Done(Ok(handle))
+}
+
+/// Makes `link` a registry symbolic link to `target` (a key created with
+/// REG_OPTION_CREATE_LINK and a REG_LINK "SymbolicLinkValue", as ReactOS
+/// `ntoskrnl/config/cmsysini.c` CmpCreateControlSet / CmpLinkKeyToHive make
+/// `\REGISTRY\MACHINE\SYSTEM\CurrentControlSet`; userenv makes
+/// `\REGISTRY\USER\<SID>\Software\Classes` a link to the `<SID>_Classes` hive).
+pub fn create_link(link: &str, target: &str) {
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        let key = canon(link);
+        h.spelled.insert(key.clone(), link.to_string());
+        h.keys.insert(key.clone());
+        h.links.insert(key, target.to_string());
+    });
+}
+
+/// Makes opens of `path` answer STATUS_PREDEFINED_HANDLE (a key flagged KEY_PREDEF_HANDLE).
+pub fn set_predefined(path: &str) {
+    kernel::with(|k| {
+        let key = canon(path);
+        k.hives.keys.insert(key.clone());
+        k.hives.predefined.insert(key);
+    });
 }
 
 /// Duplicates (or inherits) a handle into another process: same key object, no notification.
@@ -629,9 +841,10 @@ pub fn duplicate_handle(src_pid: u32, handle: u64, dst_pid: u32) -> Result<u64, 
     })
 }
 
-/// Closes a key handle. When the object's last handle goes: RegNtPreKeyHandleClose, then (if
-/// nothing references the object any more) RegNtCallbackObjectContextCleanup for each context
-/// and the object's deletion, then RegNtPostKeyHandleClose. Closes cannot be blocked.
+/// Closes a key handle. When the object's last handle goes and nothing else references it,
+/// the object is deleted now, on this thread ([`release`]); while a driver still references
+/// it, nothing is delivered until that reference goes ([`on_last_reference`]). Closes cannot
+/// be blocked.
 #[must_use = "STATUS_INVALID_HANDLE for an unknown handle"]
 pub fn close_key(pid: u32, handle: u64) -> NtStatus {
     // A kernel handle is in the System process's table, whichever thread closes it; the
@@ -650,50 +863,71 @@ fn close_in(pid: u32, table: u32, handle: u64) -> NtStatus {
         let object = h.handles.remove(&(table, handle))?;
         let o = h.objects.get_mut(&object)?;
         o.handles -= 1;
-        Some((object, o.handles))
+        Some(object)
     });
-    let Some((object, remaining)) = object else {
+    let Some(object) = object else {
         return STATUS_INVALID_HANDLE;
     };
-    if remaining > 0 {
-        return STATUS_SUCCESS;
-    }
-    io::with_pid(pid, || {
-        let mut info = RegKeyHandleCloseInformation {
-            object: object as *mut c_void,
-            call_context: std::ptr::null_mut(),
-            object_context: std::ptr::null_mut(),
-            reserved: std::ptr::null_mut(),
-        };
-        let at = (&raw mut info) as usize;
-        let fields = PreFields {
-            call_context: 0x08,
-            object_context: Some(0x10),
-            object,
-        };
-        let pre = registry::notify_pre(class::PRE_KEY_HANDLE_CLOSE, at, fields);
-        let referenced =
-            kernel::with(|k| k.objects.references.get(&object).copied().unwrap_or(0) > 0);
-        if !referenced {
-            destroy(object);
-        }
-        // Closes cannot be blocked: post goes to every callback that saw the pre.
-        let all = registry::PreOutcome {
-            status: STATUS_SUCCESS,
-            call_contexts: pre.call_contexts,
-        };
-        registry::notify_post(
-            class::POST_KEY_HANDLE_CLOSE,
-            object,
-            STATUS_SUCCESS,
-            at,
-            &all,
-        );
-        if !referenced {
-            release_object(object);
-        }
-    });
+    io::with_pid(pid, || release(object));
     STATUS_SUCCESS
+}
+
+/// Deletes `object` if neither a handle nor a reference is left: at once, on the calling
+/// thread, or — in deferred mode ([`set_deferred_deletion`]) — later, on a system worker
+/// thread. The key object lives until its last reference ("Invalid Key Object Pointers in
+/// Registry Notifications": in pre/post-close the object "is being destroyed and whose
+/// reference count is zero"; ReactOS `ntoskrnl/config/cmsysini.c`, CmpDeleteKeyObject is the
+/// key type's delete procedure, run at the last dereference).
+fn release(object: usize) {
+    let queued = kernel::with(|k| {
+        let dead = k.hives.objects.get(&object).is_some_and(|o| o.handles == 0)
+            && k.objects.references.get(&object).copied().unwrap_or(0) == 0;
+        if !dead {
+            return None;
+        }
+        Some(
+            k.hives.defer_deletion && {
+                k.hives.deferred.push(object);
+                true
+            },
+        )
+    });
+    if queued == Some(false) {
+        delete_object(object);
+    }
+}
+
+/// CmpDeleteKeyObject (ReactOS `ntoskrnl/config/cmsysini.c`): RegNtPreKeyHandleClose, the
+/// object's RegNtCallbackObjectContextCleanup notifications, RegNtPostKeyHandleClose to every
+/// callback that saw the pre (a close cannot be failed), then the object is freed — in the
+/// process and thread this runs on.
+fn delete_object(object: usize) {
+    let mut info = RegKeyHandleCloseInformation {
+        object: object as *mut c_void,
+        call_context: std::ptr::null_mut(),
+        object_context: std::ptr::null_mut(),
+        reserved: std::ptr::null_mut(),
+    };
+    let at = (&raw mut info) as usize;
+    let fields = PreFields {
+        call_context: 0x08,
+        object_context: Some(0x10),
+        object,
+    };
+    let pre = registry::notify_pre(class::PRE_KEY_HANDLE_CLOSE, at, fields);
+    destroy(object);
+    let all = registry::PreOutcome {
+        status: STATUS_SUCCESS,
+        call_contexts: pre.call_contexts,
+    };
+    registry::notify_post(
+        class::POST_KEY_HANDLE_CLOSE,
+        object,
+        STATUS_SUCCESS,
+        at,
+        &all,
+    );
+    release_object(object);
 }
 
 /// Removes a destroyed key object and frees its page; if it was the last key object of an
@@ -774,13 +1008,55 @@ fn destroy(object: usize) {
 }
 
 /// Called by ObfDereferenceObject when an object's extra references reach zero: a key object
-/// with no handle left is deleted now (its contexts cleaned up).
+/// with no handle left is deleted now, on the dereferencing thread, in its process.
 pub fn on_last_reference(object: usize) {
-    let closed = kernel::with(|k| k.hives.objects.get(&object).is_some_and(|o| o.handles == 0));
-    if closed {
-        destroy(object);
-        release_object(object);
+    release(object);
+}
+
+/// Deferred mode on or off. On: the deletion of a key object whose last handle or reference
+/// goes is queued and runs later, on a system worker thread of the System process
+/// ([`run_deferred_deletions`]), so its close and cleanup notifications see
+/// PsGetCurrentProcessId() == 4, not the closing process — as when Windows defers an object's
+/// deletion (docs: ObDereferenceObjectDeferDelete, "the object manager passes the object
+/// deletion request to a worker thread"; ReactOS `ntoskrnl/ob/obref.c`, ObpDeferObjectDeletion
+/// links the object on ObpReaperList and queues ObpReaperWorkItem with ExQueueWorkItem;
+/// system worker threads belong to the System process). Until it runs the object exists (a
+/// hive unload still fails). Turning it off runs what is queued.
+pub fn set_deferred_deletion(on: bool) {
+    kernel::with(|k| k.hives.defer_deletion = on);
+    if !on {
+        let _ = run_deferred_deletions();
     }
+}
+
+/// Runs the queued deletions on a new system worker thread (System process, pid 4) and waits
+/// for it. Returns how many key objects it deleted.
+///
+/// # Panics
+/// If the worker thread cannot be spawned.
+#[must_use = "how many deletions ran"]
+pub fn run_deferred_deletions() -> usize {
+    let queued = kernel::with(|k| std::mem::take(&mut k.hives.deferred));
+    let n = queued.len();
+    if n == 0 {
+        return 0;
+    }
+    let worker = std::thread::Builder::new()
+        .name("kemu-system-worker".into())
+        .stack_size(16 << 20)
+        .spawn(move || {
+            crate::cpu::enter_thread(0);
+            io::with_pid(SYSTEM_PID, || {
+                for object in queued {
+                    delete_object(object);
+                }
+            });
+        })
+        .expect("spawn the system worker thread");
+    if let Err(e) = worker.join() {
+        std::panic::resume_unwind(e);
+    }
+    n
 }
 
 /// Unloads a hive (RegUnLoadKey): RegNtPreUnLoadKey with the hive's root key object, then
@@ -847,7 +1123,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
         };
         let pre = registry::notify_pre(class::PRE_UNLOAD_KEY, at, fields);
         if !pre.proceeds() {
-            return pre.status;
+            return pre.unwind(class::POST_UNLOAD_KEY, at);
         }
         let status = kernel::with(|k| {
             let pinned = k.hives.objects.iter().any(|(a, o)| {

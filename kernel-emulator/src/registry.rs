@@ -1,7 +1,9 @@
 //! Configuration manager callbacks: CmRegisterCallbackEx / CmUnRegisterCallback (altitude,
 //! cookie, collision), the delivery of pre- and post-notifications with their real x64
 //! structure layouts (per-callback CallContext from pre to post, ObjectContext per callback,
-//! an error or STATUS_CALLBACK_BYPASS from any pre-callback skips every post-callback), key
+//! an error or STATUS_CALLBACK_BYPASS from a pre-callback stops the round and sends the
+//! post-notification, with that status, to the callbacks above it that returned success —
+//! see [`PreOutcome::unwind`] —, a post-callback changing the status through ReturnStatus), key
 //! object contexts (CmSetCallbackObjectContext, cleanup on object deletion and on
 //! unregistration), and CmCallbackGetKeyObjectIDEx / CmCallbackReleaseKeyObjectIDEx /
 //! CmCallbackGetKeyObjectID. The hives, keys and handles themselves live in [`crate::hive`].
@@ -399,6 +401,25 @@ impl PreOutcome {
     pub const fn proceeds(&self) -> bool {
         self.status == STATUS_SUCCESS
     }
+
+    /// After a veto (an error or STATUS_CALLBACK_BYPASS from a pre-callback): delivers
+    /// `post_class` to the callbacks above the one that vetoed — they returned success, so
+    /// they are owed a post —, lowest first, with the veto's status as Status (Object
+    /// undefined); the vetoing callback and those below it get none. Returns the status.
+    ///
+    /// Sources: regfltr sample `multialt.c`, MultipleAltitudeBlockDuringPreSample (the
+    /// callback above the blocker sees 1 pre and 1 post, the blocker 1 pre and 0 post, the one
+    /// below none); Windows Research Kernel `base/ntos/config/cmhook.c`, CmpCallCallBacks
+    /// ("switch direction and start calling the posts", PostInfo.Status = the failing status).
+    #[must_use = "the status the operation ends with"]
+    pub fn unwind(&self, post_class: usize, pre: usize) -> NtStatus {
+        let owed = self.call_contexts.len().saturating_sub(1);
+        let above = Self {
+            status: self.status,
+            call_contexts: self.call_contexts[..owed].to_vec(),
+        };
+        notify_post(post_class, 0, self.status, pre, &above)
+    }
 }
 
 /// The context the callback with `cookie` attached to `object`, if any.
@@ -442,15 +463,23 @@ pub fn notify_pre(class: usize, info: usize, fields: PreFields) -> PreOutcome {
 pub const INVALID_OBJECT: usize = 0xDEAD_0B1E_C700_0000;
 
 /// Delivers a post-notification, lowest altitude first, to the callbacks that saw the pre.
+/// Returns the status the operation ends with: a post-callback may change it by setting
+/// ReturnStatus and returning STATUS_CALLBACK_BYPASS (regfltr sample `post.c`,
+/// CallbackPostNotificationOverrideSuccess; REG_POST_OPERATION_INFORMATION: "If the driver's
+/// RegistryCallback routine returns STATUS_CALLBACK_BYPASS, the operating system uses the
+/// ReturnStatus member's value"); the callbacks above it then see the new Status, and an
+/// Object that is undefined unless that status is STATUS_SUCCESS.
+#[allow(clippy::must_use_candidate)] // for most operations the final status is not needed
 pub fn notify_post(
     class: usize,
     object: usize,
     status: NtStatus,
     pre: usize,
     outcome: &PreOutcome,
-) {
+) -> NtStatus {
     let mut cbs = by_altitude();
     cbs.reverse();
+    let mut status = status;
     for cb in cbs {
         let Some(&(_, cc)) = outcome.call_contexts.iter().find(|(c, _)| *c == cb.cookie) else {
             continue;
@@ -474,8 +503,11 @@ pub fn notify_post(
             } as *mut c_void,
             reserved: std::ptr::null_mut(),
         };
-        let _ = invoke(&cb, class, (&raw mut info) as usize);
+        if invoke(&cb, class, (&raw mut info) as usize) == STATUS_CALLBACK_BYPASS {
+            status = info.return_status;
+        }
     }
+    status
 }
 
 /// Delivers RegNtCallbackObjectContextCleanup to `cookie`'s callback for `object`.
@@ -801,6 +833,42 @@ pub unsafe extern "win64" fn filter_bypass(
         // SAFETY: the model passes the _V1 structure for these classes.
         && unsafe { complete_name(info) }.contains(BYPASS_MARKER)
     {
+        return STATUS_CALLBACK_BYPASS;
+    }
+    STATUS_SUCCESS
+}
+
+/// Marker in a key path whose successful open or create [`filter_fail_post`] turns into
+/// STATUS_ACCESS_DENIED in the post-notification.
+pub const FAIL_POST_MARKER: &str = "KEMU-FAILPOST";
+
+/// Another filter (emulated): in post-open/post-create of a path containing
+/// [`FAIL_POST_MARKER`] that succeeded, changes the result to STATUS_ACCESS_DENIED through
+/// ReturnStatus + STATUS_CALLBACK_BYPASS, as the regfltr sample's `post.c`
+/// (CallbackPostNotificationOverrideSuccess) does. The configuration manager then destroys
+/// the key object the open had created.
+///
+/// # Safety
+/// Called by the model with a notification class and its structure.
+pub unsafe extern "win64" fn filter_fail_post(
+    _ctx: *mut c_void,
+    class: *mut c_void,
+    info: *mut c_void,
+) -> NtStatus {
+    let c = class as usize;
+    if c != class::POST_OPEN_KEY_EX && c != class::POST_CREATE_KEY_EX {
+        return STATUS_SUCCESS;
+    }
+    let post = info.cast::<RegPostOperationInformation>();
+    // SAFETY: the model passes REG_POST_OPERATION_INFORMATION for these classes, whose
+    // PreInformation is the _V1 structure of the pre call.
+    let status = unsafe { (*post).status };
+    // SAFETY: as above.
+    let pre = unsafe { (*post).pre_information };
+    // SAFETY: as above.
+    if status == STATUS_SUCCESS && unsafe { complete_name(pre) }.contains(FAIL_POST_MARKER) {
+        // SAFETY: as above; ReturnStatus is the field a post-callback may set.
+        unsafe { (*post).return_status = crate::status::STATUS_ACCESS_DENIED };
         return STATUS_CALLBACK_BYPASS;
     }
     STATUS_SUCCESS

@@ -12,6 +12,10 @@ const fn s(v: u32) -> NtStatus {
 pub const STATUS_SUCCESS: NtStatus = 0;
 /// STATUS_PENDING.
 pub const STATUS_PENDING: NtStatus = 0x103;
+/// STATUS_REPARSE: a success-class status (a registry symbolic link was followed).
+pub const STATUS_REPARSE: NtStatus = 0x104;
+/// STATUS_PREDEFINED_HANDLE: a success-class status (the key maps to a predefined handle).
+pub const STATUS_PREDEFINED_HANDLE: NtStatus = 0x4000_0016;
 /// STATUS_UNSUCCESSFUL.
 pub const STATUS_UNSUCCESSFUL: NtStatus = s(0xC000_0001);
 /// STATUS_NOT_IMPLEMENTED.
@@ -83,6 +87,8 @@ pub const fn name(status: NtStatus) -> &'static str {
     match status {
         STATUS_SUCCESS => "STATUS_SUCCESS",
         STATUS_PENDING => "STATUS_PENDING",
+        STATUS_REPARSE => "STATUS_REPARSE",
+        STATUS_PREDEFINED_HANDLE => "STATUS_PREDEFINED_HANDLE",
         STATUS_UNSUCCESSFUL => "STATUS_UNSUCCESSFUL",
         STATUS_NOT_IMPLEMENTED => "STATUS_NOT_IMPLEMENTED",
         STATUS_INVALID_HANDLE => "STATUS_INVALID_HANDLE",

@@ -5,6 +5,7 @@
 
 pub mod hivetrack;
 pub mod lifecycle;
+pub mod notify;
 pub mod procmon;
 pub mod registry;
 pub mod test_driver;
@@ -92,6 +93,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
     v.extend(lifecycle::scenarios());
+    v.extend(notify::scenarios());
     v
 }
 

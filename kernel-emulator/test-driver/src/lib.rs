@@ -75,6 +75,7 @@ const IOCTL_LOG_START: u32 = ioctl(0x830); // clear the notification log and sta
 const IOCTL_LOG_READ: u32 = ioctl(0x831); // log entry `argument` (64 bytes of output)
 const IOCTL_ATTACH: u32 = ioctl(0x832); // KeStackAttachProcess to pid `argument`
 const IOCTL_START_KEY: u32 = ioctl(0x833); // PsGetProcessStartKey of pid `argument`
+const IOCTL_NAME: u32 = ioctl(0x81D); // last key name / CompleteName seen, block `argument`
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -335,6 +336,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_STATS => {
             out = registry::stats(usize::try_from(argument).unwrap_or(usize::MAX));
+            32
+        }
+        IOCTL_NAME => {
+            out = registry::name_block(usize::try_from(argument).unwrap_or(usize::MAX));
             32
         }
         IOCTL_PIN => {

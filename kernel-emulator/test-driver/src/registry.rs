@@ -8,7 +8,7 @@
 use core::{
     ffi::c_void,
     ptr::null_mut,
-    sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, AtomicUsize, Ordering},
 };
 
 use wdk_sys::{DRIVER_OBJECT, NTSTATUS, STATUS_SUCCESS, UNICODE_STRING};
@@ -47,6 +47,7 @@ unsafe extern "system" {
     pub(crate) fn ObfDereferenceObject(object: *mut c_void) -> isize;
     fn ExAllocatePool2(flags: u64, size: usize, tag: u32) -> *mut c_void;
     fn ExFreePoolWithTag(p: *mut c_void, tag: u32);
+    fn PsGetCurrentProcessId() -> *mut c_void;
 }
 
 const POOL_FLAG_NON_PAGED: u64 = 0x40;
@@ -69,8 +70,76 @@ const NOT_V1: usize = 11;
 const PROCESS_NOTIFY_STATUS: usize = 12;
 const PRE_UNLOAD: usize = 13;
 const POST_LOAD: usize = 14;
+const POST_REPARSE: usize = 15; // post-open/create with STATUS_REPARSE
+const POST_PREDEFINED: usize = 16; // post-open/create with STATUS_PREDEFINED_HANDLE
+const PRE_OPEN_RELATIVE: usize = 17; // pre-open/create with a RootObject
+const ROOT_CONTEXT_SEEN: usize = 18; // ... whose RootObjectContext is ours
+const LAST_POST_STATUS: usize = 19; // (a value) the last post-open/create Status
+const LAST_CLOSE_PID: usize = 20; // (a value) PsGetCurrentProcessId in the last pre-close
+const LAST_CLEANUP_PID: usize = 21; // (a value) PsGetCurrentProcessId in the last cleanup
 
-static COUNTERS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+const STATUS_REPARSE: NTSTATUS = 0x104;
+const STATUS_PREDEFINED_HANDLE: NTSTATUS = 0x4000_0016;
+
+static COUNTERS: [AtomicU64; 24] = [const { AtomicU64::new(0) }; 24];
+
+/// Name buffers (UTF-16): the last key name CmCallbackGetKeyObjectIDEx gave in a successful
+/// post-open/create, and the last CompleteName a pre-open/create carried.
+const NAME_UNITS: usize = 256;
+static LAST_NAME: [AtomicU16; NAME_UNITS] = [const { AtomicU16::new(0) }; NAME_UNITS];
+static LAST_COMPLETE: [AtomicU16; NAME_UNITS] = [const { AtomicU16::new(0) }; NAME_UNITS];
+
+fn set_value(slot: usize, v: u64) {
+    COUNTERS[slot].store(v, Ordering::Relaxed);
+}
+
+fn current_pid() -> u64 {
+    // SAFETY: always callable.
+    (unsafe { PsGetCurrentProcessId() }) as u64
+}
+
+/// Copies a counted string into a name buffer (truncated, NUL-padded).
+///
+/// # Safety
+/// `s` must be null or a valid UNICODE_STRING.
+unsafe fn remember(buffer: &[AtomicU16; NAME_UNITS], s: *const UNICODE_STRING) {
+    let units: &[u16] = if s.is_null() {
+        &[]
+    } else {
+        // SAFETY: guaranteed by the caller.
+        let us = unsafe { &*s };
+        if us.Buffer.is_null() {
+            &[]
+        } else {
+            // SAFETY: a valid UNICODE_STRING holds Length bytes of UTF-16.
+            unsafe { core::slice::from_raw_parts(us.Buffer, usize::from(us.Length / 2)) }
+        }
+    };
+    for (i, slot) in buffer.iter().enumerate() {
+        slot.store(units.get(i).copied().unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
+/// Name block `n`: bit 8 of `n` selects the buffer (0 = last object name, 1 = last
+/// CompleteName), its low byte the block of 16 units, 4 per slot.
+pub fn name_block(n: usize) -> [u64; 4] {
+    let buffer = if n & 0x100 == 0 {
+        &LAST_NAME
+    } else {
+        &LAST_COMPLETE
+    };
+    let base = (n & 0xFF) * 16;
+    let mut out = [0u64; 4];
+    for (i, v) in out.iter_mut().enumerate() {
+        for j in 0..4 {
+            let unit = buffer
+                .get(base + i * 4 + j)
+                .map_or(0, |u| u.load(Ordering::Relaxed));
+            *v |= u64::from(unit) << (16 * j);
+        }
+    }
+    out
+}
 static COOKIE: AtomicI64 = AtomicI64::new(0);
 static REGISTERED: AtomicBool = AtomicBool::new(false);
 static PROCESS_NOTIFY: AtomicBool = AtomicBool::new(false);
@@ -165,6 +234,18 @@ unsafe extern "C" fn registry_callback(
             }
             // SAFETY: CallContext is at 0x50.
             unsafe { set_field(arg2, 0x50, CALL_CONTEXT_MAGIC ^ class) };
+            // SAFETY: CompleteName is at 0x00.
+            let complete: *const UNICODE_STRING = unsafe { field(arg2, 0x00) };
+            // SAFETY: a valid PUNICODE_STRING during the call.
+            unsafe { remember(&LAST_COMPLETE, complete) };
+            // SAFETY: RootObject is at 0x08, RootObjectContext at 0x58.
+            if !unsafe { field::<*mut c_void>(arg2, 0x08) }.is_null() {
+                count(PRE_OPEN_RELATIVE);
+                // SAFETY: as above.
+                if !unsafe { field::<*mut c_void>(arg2, 0x58) }.is_null() {
+                    count(ROOT_CONTEXT_SEEN);
+                }
+            }
         }
         // RegNtPostCreateKeyEx, RegNtPostOpenKeyEx: REG_POST_OPERATION_INFORMATION.
         27 | 29 => {
@@ -174,14 +255,32 @@ unsafe extern "C" fn registry_callback(
             }
             // SAFETY: Status is at 0x08.
             let status: NTSTATUS = unsafe { field(arg2, 0x08) };
+            #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+            set_value(LAST_POST_STATUS, u64::from(status as u32));
             if status != STATUS_SUCCESS {
-                // Object is undefined unless Status == STATUS_SUCCESS: do not touch it.
-                count(POST_FAILED);
+                // Object is undefined unless Status == STATUS_SUCCESS, success-class statuses
+                // included: do not touch it.
+                count(match status {
+                    STATUS_REPARSE => POST_REPARSE,
+                    STATUS_PREDEFINED_HANDLE => POST_PREDEFINED,
+                    _ => POST_FAILED,
+                });
                 return STATUS_SUCCESS;
             }
             count(POST_SUCCESS);
             // SAFETY: Object is at 0x00 and valid because Status is STATUS_SUCCESS.
             let object: *mut c_void = unsafe { field(arg2, 0x00) };
+            let mut name: *const UNICODE_STRING = null_mut();
+            // SAFETY: a live key object, our cookie, a valid out pointer, Flags 0.
+            let s = unsafe {
+                CmCallbackGetKeyObjectIDEx(COOKIE.as_ptr(), object, null_mut(), &raw mut name, 0)
+            };
+            if s == STATUS_SUCCESS && !name.is_null() {
+                // SAFETY: the kernel returned a valid UNICODE_STRING.
+                unsafe { remember(&LAST_NAME, name) };
+                // SAFETY: releasing the name the call above handed out.
+                unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
+            }
             // SAFETY: non-paged pool at PASSIVE/APC level.
             let ctx = unsafe { ExAllocatePool2(POOL_FLAG_NON_PAGED, 16, CONTEXT_TAG) };
             if !ctx.is_null() {
@@ -205,6 +304,7 @@ unsafe extern "C" fn registry_callback(
         // (post-close is too late).
         14 => {
             count(PRE_CLOSE);
+            set_value(LAST_CLOSE_PID, current_pid());
             // SAFETY: Object is at 0x00.
             let object: *mut c_void = unsafe { field(arg2, 0x00) };
             let mut id = 0usize;
@@ -232,6 +332,7 @@ unsafe extern "C" fn registry_callback(
         }
         // RegNtCallbackObjectContextCleanup: REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION.
         40 => {
+            set_value(LAST_CLEANUP_PID, current_pid());
             // SAFETY: ObjectContext is at 0x08.
             let ctx: *mut c_void = unsafe { field(arg2, 0x08) };
             if !ctx.is_null() {
