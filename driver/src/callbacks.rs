@@ -268,30 +268,35 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
         return;
     }
     let object = post.Object;
-    let access = if post.PreInformation.is_null() {
-        0
-    } else {
-        // PreInformation is the REG_CREATE_KEY_INFORMATION(_V1) or
-        // REG_OPEN_KEY_INFORMATION(_V1) of the pre call; the V1 layouts only rename the
-        // trailing field of the originals.
-        // SAFETY: all four share GrantedAccess and DesiredAccess at the same offsets.
-        let pre = unsafe { &*post.PreInformation.cast::<REG_CREATE_KEY_INFORMATION_V1>() };
+    // PreInformation is the REG_CREATE_KEY_INFORMATION(_V1) or REG_OPEN_KEY_INFORMATION(_V1)
+    // of the pre call; the V1 layouts only rename the trailing field of the originals.
+    // SAFETY: all four share CompleteName, RootObject, GrantedAccess and DesiredAccess at the
+    // same offsets, and the pre information lives while its post-notification runs.
+    let pre = unsafe {
+        post.PreInformation
+            .cast::<REG_CREATE_KEY_INFORMATION_V1>()
+            .as_ref()
+    };
+    let access = pre.map_or(0, |pre| {
         if pre.GrantedAccess == 0 {
             pre.DesiredAccess
         } else {
             pre.GrantedAccess
         }
-    };
+    });
     let process = current_process();
     let thread = current_thread();
     let now = clock::now();
-    let opened = with_key_name(object, |name| {
+    let Some(opened) = with_key_name(object, |name| {
         tracker.opened(object as u64, process, thread, name, access, now)
-    })
-    .unwrap_or_else(|| {
+    }) else {
+        // The kernel would not name the object (docs: CmCallbackGetKeyObjectIDEx can fail).
+        // Not tracked: a key with no name would be filed under no real hive and make that
+        // hive look free. The loss is counted against the hive the caller's path names.
         tracker.name_unavailable();
-        tracker.opened(object as u64, process, thread, &[], access, now)
-    });
+        lost_open(tracker, pre, now);
+        return;
+    };
     let Ok(token) = opened else {
         return; // counted by the tracker (cap or allocation failure)
     };
@@ -314,6 +319,45 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
         // No cleanup notification would ever come for it: forget it now (counted).
         tracker.abandon(token, object as u64);
         waiters::hive_may_be_free();
+    }
+}
+
+/// Counts an open that cannot be tracked against the hive its pre-information names: the
+/// root object's name joined with a relative `CompleteName`, or an absolute one; globally
+/// when neither can be had.
+fn lost_open(tracker: &DriverTracker, pre: Option<&REG_CREATE_KEY_INFORMATION_V1>, now: u64) {
+    let Some(pre) = pre else {
+        tracker.lost_globally(now);
+        return;
+    };
+    let complete = units_of(pre.CompleteName);
+    if complete.first() == Some(&u16::from(b'\\')) {
+        tracker.open_lost(complete, now);
+        return;
+    }
+    if pre.RootObject.is_null() {
+        tracker.lost_globally(now);
+        return;
+    }
+    let joined = with_key_name(pre.RootObject, |root| {
+        // A fixed buffer on the stack: nothing is allocated for a loss.
+        let mut path = [0u16; MAX_QUERY_PATH];
+        let mut n = 0;
+        for &u in root
+            .iter()
+            .chain(&[u16::from(b'\\')])
+            .chain(complete.iter())
+        {
+            if n == path.len() {
+                break;
+            }
+            path[n] = u;
+            n += 1;
+        }
+        tracker.open_lost(&path[..n], now);
+    });
+    if joined.is_none() {
+        tracker.lost_globally(now);
     }
 }
 

@@ -84,9 +84,6 @@ fn start_tracking(
     registry_path: PCUNICODE_STRING,
 ) -> Result<(), NTSTATUS> {
     tracking::start()?;
-    if let Some(tracker) = tracking::get() {
-        registry_read::seed_hives(tracker);
-    }
     let mut altitude = if registry_path.is_null() {
         registry_read::altitude(&unicode::unicode_string(unicode::wide!("")))
     } else {
@@ -95,6 +92,15 @@ fn start_tracking(
     };
     let altitude = altitude.as_unicode();
     callbacks::register(driver, &altitude)?;
+    if let Some(tracker) = tracking::get() {
+        // Every key object opened from now on carries our context. Objects opened before
+        // (docs: CmSetCallbackObjectContext — a context exists only for objects the callback
+        // attached it to) are not in our records: reports say since when we track.
+        tracker.tracking_started(clock::now());
+        // The mounted hives are read after registration, so a load between the two is seen
+        // by the callback instead of falling in the gap (a load seen twice is harmless).
+        registry_read::seed_hives(tracker);
+    }
     // Process notifications improve reports (images, exits) but tracking works without them.
     if let Err(status) = process::register() {
         println!("hivetrack: no process notifications: {status:#x}");

@@ -25,6 +25,7 @@ use core::{
     sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence},
 };
 
+use protocol::completeness::Completeness;
 use protocol::wait::{WaitFreeAnswer, WaitOutcome};
 use tracker::{HiveFree, lock::RawLock};
 use wdk_sys::{
@@ -283,6 +284,12 @@ pub unsafe fn enqueue(
     Queued::Pending
 }
 
+/// What a wait answer about hive `id` could not see: since when tracking runs and the
+/// losses that concern the hive (a "free" from the driver means free of what it tracks).
+pub fn completeness(id: u32) -> Completeness {
+    tracking::get().map_or_else(Completeness::default, |tr| tr.completeness_of(id))
+}
+
 /// Sets the timer for `deadline` (interrupt time), relative to `now`.
 fn arm(t: &mut Locked, deadline: u64, now: u64) {
     if CLOSING.load(Ordering::Acquire) {
@@ -352,6 +359,7 @@ unsafe fn complete(w: Wait, outcome: Option<WaitOutcome>, now: u64) {
             outcome,
             hive_id: w.hive_id,
             waited: now.saturating_sub(w.started),
+            completeness: completeness(w.hive_id),
         };
         // The output length was checked against the answer's size when it was queued.
         // SAFETY: the system buffer lives with the IRP and holds `out_len` bytes.
