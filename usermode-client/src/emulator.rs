@@ -90,7 +90,8 @@ impl Transport for EmulatorTransport {
         &mut self,
         hive: &str,
         timeout: Duration,
-    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+    ) -> Option<Result<(WaitFreeOutcome, protocol::completeness::Completeness), TransportError>>
+    {
         driver_wait_free(self, hive, timeout)
     }
 }

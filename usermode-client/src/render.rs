@@ -3,9 +3,10 @@
 
 use std::fmt::Write as _;
 
+use crate::hive_name::display;
 use crate::model::{
-    DiffReport, HeldKey, HivesReport, Holder, HoldersReport, ProcessesReport, Source, StatsReport,
-    UnloadHistoryReport, WaitReport, age_text,
+    Coverage, DiffReport, HeldKey, HivesReport, Holder, HoldersReport, ProcessesReport, Source,
+    StatsReport, UnloadHistoryReport, WaitReport, age_text,
 };
 
 /// The output form chosen on the command line.
@@ -89,7 +90,9 @@ pub fn source_line(s: &Source) -> String {
     if s.complete {
         line.push_str(", complete");
     }
-    if s.not_recorded > 0 {
+    if let Some(c) = &s.coverage {
+        coverage_text(c, &mut line);
+    } else if s.not_recorded > 0 {
         let _ = write!(
             line,
             ", INCOMPLETE: the tracker could not record {} event(s), so keys may be missing (see `hivetrack stats`)",
@@ -104,6 +107,66 @@ pub fn source_line(s: &Source) -> String {
         );
     }
     line
+}
+
+/// What a report about one hive vouches for, in words: since when tracking runs, the
+/// kernel's list against the driver's records, and the losses that concern the hive.
+fn coverage_text(c: &Coverage, line: &mut String) {
+    match &c.tracking_since {
+        Some(t) => {
+            let _ = write!(line, "; tracking since {}", t.utc);
+        }
+        None => line.push_str(", INCOMPLETE: live tracking is off"),
+    }
+    match (c.kernel_open_keys, &c.kernel_error) {
+        (Some(n), _) if c.reconciled => {
+            let _ = write!(line, "; the kernel lists {n} open key(s), all tracked");
+        }
+        (Some(n), _) => {
+            let _ = write!(line, ", INCOMPLETE: the kernel lists {n} open key(s)");
+            if c.untracked_keys > 0 {
+                let _ = write!(
+                    line,
+                    ", {} of them not in hivetrack's records (open before tracking started, or lost)",
+                    c.untracked_keys
+                );
+            }
+            if c.unmatched_records > 0 {
+                let _ = write!(
+                    line,
+                    "; {} record(s) the kernel does not list",
+                    c.unmatched_records
+                );
+            }
+        }
+        (None, why) => {
+            let _ = write!(
+                line,
+                ", INCOMPLETE: keys opened before tracking started cannot be ruled out ({})",
+                why.as_deref().unwrap_or("the kernel's list is unavailable")
+            );
+        }
+    }
+    if c.lost_in_hive > 0 {
+        let _ = write!(
+            line,
+            "; {} open(s) in this hive lost since {}",
+            c.lost_in_hive,
+            c.lost_in_hive_since
+                .as_ref()
+                .map_or("-", |t| t.utc.as_str())
+        );
+    }
+    if c.lost_unattributed > 0 {
+        let _ = write!(
+            line,
+            "; {} open(s) lost in an unknown hive since {}",
+            c.lost_unattributed,
+            c.lost_unattributed_since
+                .as_ref()
+                .map_or("-", |t| t.utc.as_str())
+        );
+    }
 }
 
 fn opt(s: Option<&String>) -> String {
@@ -291,6 +354,32 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 out.push('\n');
                 for h in &r.holders {
                     holder_sentences(h, &mut out);
+                }
+            }
+            if !r.untracked.is_empty() {
+                let n: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
+                let _ = writeln!(
+                    out,
+                    "\n{n} more open key(s) the kernel lists that hivetrack has no record of (open before tracking started{}):",
+                    if r.source
+                        .coverage
+                        .as_ref()
+                        .is_some_and(|c| c.lost_in_hive + c.lost_unattributed > 0)
+                    {
+                        ", or lost"
+                    } else {
+                        ""
+                    }
+                );
+                for u in &r.untracked {
+                    let who = process_phrase(u.pid, u.image.as_ref(), false);
+                    for k in &u.keys {
+                        let _ = writeln!(
+                            out,
+                            "{who} has opened key {} (open before tracking started)",
+                            display(k)
+                        );
+                    }
                 }
             }
             out.push('\n');

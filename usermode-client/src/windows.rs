@@ -103,7 +103,8 @@ impl Transport for DeviceTransport {
         &mut self,
         hive: &str,
         timeout: std::time::Duration,
-    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+    ) -> Option<Result<(WaitFreeOutcome, protocol::completeness::Completeness), TransportError>>
+    {
         driver_wait_free(self, hive, timeout)
     }
 }

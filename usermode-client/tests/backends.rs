@@ -13,6 +13,7 @@ use hivetrack_cli::scripted::{
     SID, Scripted, logoff, logoff_busy, logoff_released, logoff_unloaded,
 };
 use hivetrack_cli::transport::{ERROR_FILE_NOT_FOUND, Transport, TransportError, WaitFreeOutcome};
+use protocol::completeness::Completeness;
 use protocol::holders::{HiveKind, HiveState, HolderKey, HolderProcess, HoldersPrefix};
 use protocol::text::Text;
 
@@ -35,7 +36,10 @@ fn wait_polls_until_the_agent_exits() {
     let o = run_scripted(s, &["wait", &user_hive(), "--csv"]);
     assert_eq!(o.code, exit::OK);
     assert_snapshot("wait_free_csv", &o.out);
-    assert_eq!(o.err, "hivetrack: source: scripted, complete\n");
+    assert_eq!(
+        o.err,
+        "hivetrack: source: scripted, complete; tracking since 2026-11-22T01:00:00Z; the kernel lists 0 open key(s), all tracked\n"
+    );
 }
 
 #[test]
@@ -92,9 +96,9 @@ impl Transport for NativeWait {
         &mut self,
         hive: &str,
         timeout: Duration,
-    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+    ) -> Option<Result<(WaitFreeOutcome, Completeness), TransportError>> {
         self.asked = Some((hive.to_owned(), timeout));
-        Some(Ok(WaitFreeOutcome::TimedOut))
+        Some(Ok((WaitFreeOutcome::TimedOut, Completeness::default())))
     }
 }
 
@@ -259,6 +263,7 @@ fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
         holders: 1,
         mount: Text::Units(&mount),
         file: Text::EMPTY,
+        completeness: Completeness::default(),
     };
     let mut server = Server::default();
     server.holders.push((
