@@ -43,6 +43,7 @@ struct Stats {
     process_notify_status: u64,
     pre_unload: u64,
     post_load: u64,
+    pre_close_no_context: u64,
 }
 
 const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
@@ -92,6 +93,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-wait-registry",
             "a pending IRP completed from a registry callback on another thread (a key handle closed there), callbacks at PASSIVE and APC_LEVEL",
             td_wait_registry,
+        ),
+        scenario(
+            "td-preexisting-handles",
+            "keys opened (and a hive loaded) before DriverEntry: their objects never carry the driver's context, their close comes with none and no cleanup; NtQueryOpenSubKeysEx still lists them with the opener's pid",
+            td_preexisting_handles,
         ),
         scenario(
             "td-generated",
@@ -162,6 +168,7 @@ fn stats(s: &Session) -> Stats {
         process_notify_status: v[12],
         pre_unload: v[13],
         post_load: v[14],
+        pre_close_no_context: v[15],
     }
 }
 
@@ -592,4 +599,110 @@ fn td_wait_registry(ctx: &mut Ctx) {
         "the waits' timers were cancelled",
     );
     finish(ctx, s);
+}
+
+/// Issue 11 item 7. Docs: `CmSetCallbackObjectContext` ("associates a context with a
+/// registry key object" for the callback that calls it) and "Registering for Notifications"
+/// / `RegNtCallbackObjectContextCleanup` (sent only for objects that carry a context of the
+/// callback): a key object opened before `CmRegisterCallbackEx` has no context of that
+/// callback, so its close notification carries `ObjectContext == NULL` and no cleanup
+/// follows. `NtQueryOpenSubKeysEx` (WRK `CmpDumpOneKeyBody`) lists every key body of the
+/// hive with its opener's pid, these included.
+fn td_preexisting_handles(ctx: &mut Ctx) {
+    boot_hives();
+    let Ok(early) =
+        process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\early.exe", false)
+    else {
+        ctx.check(false, "create the early process");
+        return;
+    };
+    let loaded = hive::load_hive(
+        SYSTEM_PID,
+        USER_HIVE,
+        r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT",
+    );
+    let before = hive::open_key(early, &format!(r"{USER_HIVE}\Before"), KEY_READ, true);
+    let soft = open(early, SOFTWARE);
+    ctx.check(
+        loaded == STATUS_SUCCESS && before.is_ok() && soft.is_ok(),
+        format!(
+            "before the driver: a hive loaded, two keys opened: {loaded:#x} {before:?} {soft:?}"
+        ),
+    );
+    let listed = hive::open_subkeys(USER_HIVE);
+    ctx.check(
+        listed
+            .as_ref()
+            .is_ok_and(|l| l.len() == 1 && l[0].0 == early && l[0].1.ends_with(r"\Before")),
+        format!("NtQueryOpenSubKeysEx lists the early key with its opener: {listed:?}"),
+    );
+    let Some(s) = start_loaded(ctx) else { return };
+    let contexts = kernel::with(|k| {
+        k.hives
+            .objects
+            .values()
+            .filter(|o| !o.contexts.is_empty())
+            .count()
+    });
+    ctx.check(
+        contexts == 0,
+        format!("no object opened before registration carries a context ({contexts})"),
+    );
+    let after = open(early, &format!(r"{USER_HIVE}\Before"));
+    let st = stats(&s);
+    ctx.check(
+        after.is_ok() && st.contexts_set == 1 && st.post_success == 1,
+        format!("an open after registration gets its context: {after:?} {st:?}"),
+    );
+    let listed = hive::open_subkeys(USER_HIVE).unwrap_or_default();
+    ctx.check(
+        listed.len() == 2 && listed.iter().all(|(p, _)| *p == early),
+        format!("the kernel lists both objects, old and new: {listed:?}"),
+    );
+    if let Ok(h) = before {
+        let _ = hive::close_key(early, h);
+    }
+    let st = stats(&s);
+    ctx.check(
+        st.pre_close == 1 && st.pre_close_no_context == 1 && st.contexts_freed == 0,
+        format!("the early key's close comes with no context and no cleanup: {st:?}"),
+    );
+    if let Ok(h) = after {
+        let _ = hive::close_key(early, h);
+    }
+    let st = stats(&s);
+    ctx.check(
+        st.pre_close == 2 && st.pre_close_no_context == 1 && st.contexts_freed == 1,
+        format!("the later key's close carries its context, then its cleanup: {st:?}"),
+    );
+    if let Ok(h) = soft {
+        let _ = hive::close_key(early, h);
+    }
+    let unloaded = hive::unload_hive(SYSTEM_PID, USER_HIVE);
+    ctx.check(
+        unloaded == STATUS_SUCCESS,
+        format!("the hive unloads once both are closed: {unloaded:#x}"),
+    );
+    let _ = process::exit_process(early);
+    finish(ctx, s);
+}
+
+/// Loads the test driver on a machine whose hives are already mounted.
+fn start_loaded(ctx: &mut Ctx) -> Option<Session> {
+    let driver = ctx.load();
+    let s = driver.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    match ctx.open(r"\\.\KemuTest", Caller::Admin, GENERIC_READ | GENERIC_WRITE) {
+        Ok(control) => Some(Session { driver, control }),
+        Err(s) => {
+            ctx.check(
+                false,
+                format!("open the test driver: {}", status::describe(s)),
+            );
+            None
+        }
+    }
 }

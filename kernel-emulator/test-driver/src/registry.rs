@@ -69,6 +69,7 @@ const NOT_V1: usize = 11;
 const PROCESS_NOTIFY_STATUS: usize = 12;
 const PRE_UNLOAD: usize = 13;
 const POST_LOAD: usize = 14;
+const PRE_CLOSE_NO_CONTEXT: usize = 15;
 
 static COUNTERS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 static COOKIE: AtomicI64 = AtomicI64::new(0);
@@ -199,6 +200,12 @@ unsafe extern "C" fn registry_callback(
         // (post-close is too late).
         14 => {
             count(PRE_CLOSE);
+            // SAFETY: ObjectContext is at 0x10 of REG_KEY_HANDLE_CLOSE_INFORMATION.
+            if unsafe { field::<usize>(arg2, 0x10) } == 0 {
+                // An object this driver never attached a context to: opened before it
+                // registered (or its context allocation failed).
+                count(PRE_CLOSE_NO_CONTEXT);
+            }
             // SAFETY: Object is at 0x00.
             let object: *mut c_void = unsafe { field(arg2, 0x00) };
             let mut id = 0usize;
