@@ -127,8 +127,13 @@ fn coverage_text(c: &Coverage, line: &mut String) {
             if c.untracked_keys > 0 {
                 let _ = write!(
                     line,
-                    ", {} of them not in hivetrack's records (open before tracking started, or lost)",
-                    c.untracked_keys
+                    ", {} of them not in hivetrack's records (open before tracking started{})",
+                    c.untracked_keys,
+                    if c.lost_in_hive + c.lost_unattributed > 0 {
+                        ", or lost"
+                    } else {
+                        ""
+                    }
                 );
             }
             if c.unmatched_records > 0 {

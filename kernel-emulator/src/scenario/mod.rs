@@ -7,6 +7,7 @@ pub mod hivetrack;
 pub mod registry;
 pub mod test_driver;
 pub mod tracking;
+pub mod truth;
 pub mod wait_free;
 
 use std::fmt::Display;
@@ -86,6 +87,7 @@ pub fn all() -> Vec<Scenario> {
     let mut v = hivetrack::scenarios();
     v.extend(tracking::scenarios());
     v.extend(wait_free::scenarios());
+    v.extend(truth::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
     v
