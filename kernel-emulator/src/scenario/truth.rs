@@ -57,6 +57,11 @@ pub fn scenarios() -> Vec<Scenario> {
             wait_completeness,
         ),
         scenario(
+            "wait-after-cleanup",
+            "a wait-free request dispatched after IRP_MJ_CLEANUP of its file object (the handle gone, the object still referenced) is cancelled at once, not left pending with nothing to cancel it",
+            wait_after_cleanup,
+        ),
+        scenario(
             "nameless-open",
             "CmCallbackGetKeyObjectIDEx fails for an open: not filed under an empty-mount hive, counted against the hive its path names",
             nameless_open,
@@ -434,3 +439,56 @@ fn nameless_open(ctx: &mut Ctx) {
     }
     finish(ctx, d, h, &[a]);
 }
+
+/// Docs, "IRP_MJ_CLEANUP": the last handle is closed "but, due to outstanding I/O requests,
+/// [the file object] might not have been released": a `DeviceIoControl` already past its
+/// handle lookup on another thread is dispatched after the cleanup (the model:
+/// `io::cleanup_keeping_reference`). A wait queued then would pend with no handle left to
+/// cancel it, and IRP_MJ_CLOSE (and so a service stop) would never come.
+fn wait_after_cleanup(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (d, h) = load(ctx);
+    let Some(h) = h else { return };
+    load_profile(ctx);
+    let holder = spawn(ctx, APP2);
+    let kept = open_kept(ctx, holder, &format!(r"{USER}\Software\Policies"));
+    let waiter = match ctx.open(
+        WIN32_DEVICE_PATH,
+        Caller::Admin,
+        GENERIC_READ | GENERIC_WRITE,
+    ) {
+        Ok(w) => w,
+        Err(s) => {
+            ctx.check(
+                false,
+                format!("open a second handle: {}", status::describe(s)),
+            );
+            return;
+        }
+    };
+    io::cleanup_keeping_reference(waiter);
+    match super::wait_free::send(waiter, USER, protocol::wait::WaitFreeRequest::NO_TIMEOUT) {
+        IoctlCall::Done(r) => ctx.check(
+            r.status == STATUS_CANCELLED && r.output.is_empty(),
+            format!(
+                "the wait sent after the cleanup completes at once, cancelled: {}",
+                status::describe(r.status)
+            ),
+        ),
+        IoctlCall::Pending(mut p) => {
+            ctx.check(
+                false,
+                "the wait sent after the cleanup pends with no handle left to cancel it",
+            );
+            let _ = p.cancel();
+            let _ = p.poll();
+        }
+    }
+    io::release_reference(waiter);
+    if let Some(k) = kept {
+        let _ = hive::close_key(holder, k);
+    }
+    finish(ctx, d, h, &[holder]);
+}
+
+const STATUS_CANCELLED: crate::status::NtStatus = 0xC000_0120_u32.cast_signed();
