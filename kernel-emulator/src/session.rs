@@ -87,16 +87,15 @@ impl Session {
             script: None,
         });
         boot_hives(&mut ctx);
-        let mut holder = None;
-        if scenario == "late-start" {
+        let mut holder = (scenario == "late-start").then(|| {
             // Before the driver: the profile loads and a process opens a key and keeps it.
             load_profile(&mut ctx);
             let early = spawn(&mut ctx, APP2);
             let key = format!(r"{USER}\Software\Policies");
             ensure_parents(early, &key);
             let _ = hive::open_key(early, &key, KEY_READ, true);
-            holder = Some(early);
-        }
+            early
+        });
         let driver =
             driver::load(sys, map).map_err(|e| format!("{} does not load: {e}", sys.display()))?;
         let s = driver.entry();

@@ -20,7 +20,7 @@ use crate::pool::Pool;
 use crate::tracker::Tracker;
 
 /// Counts one loss in `(count, since)`, stamping the first one with `time`.
-pub(crate) fn count(lost: &AtomicU64, since: &AtomicU64, time: u64) {
+pub fn count(lost: &AtomicU64, since: &AtomicU64, time: u64) {
     bump(lost);
     let _ = since.compare_exchange(0, time.max(1), Relaxed, Relaxed);
 }

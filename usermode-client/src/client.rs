@@ -351,8 +351,10 @@ impl<'t> Client<'t> {
         Ok(report)
     }
 
-    /// The kernel's list of the key objects open in the hive mounted at `mount`, or why it
-    /// cannot be had.
+    /// The kernel's list of the key objects open in the hive mounted at `mount`.
+    ///
+    /// # Errors
+    /// Why it cannot be had (the backend cannot ask, or the system refused), in words.
     pub fn kernel_open_keys(&mut self, mount: &str) -> Result<Vec<(u64, String)>, String> {
         match self.transport.kernel_open_keys(mount) {
             None => Err(format!(

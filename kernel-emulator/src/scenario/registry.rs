@@ -683,7 +683,7 @@ fn td_preexisting_handles(ctx: &mut Ctx) {
         unloaded == STATUS_SUCCESS,
         format!("the hive unloads once both are closed: {unloaded:#x}"),
     );
-    let _ = process::exit_process(early);
+    process::exit_process(early);
     finish(ctx, s);
 }
 
