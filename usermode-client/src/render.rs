@@ -109,6 +109,10 @@ pub fn source_line(s: &Source) -> String {
     line
 }
 
+/// Said under keys opened before tracking started: how to see such opens next time.
+pub const UNTRACKED_HINT: &str = "(hivetrack has no open time, thread or access for these: it started after they were \
+opened. To track from boot, `sc config hivetrack start= system`; see the README, \"Tracking from boot\", for what it costs.)";
+
 /// What a report about one hive vouches for, in words: since when tracking runs, the
 /// kernel's list against the driver's records, and the losses that concern the hive.
 fn coverage_text(c: &Coverage, line: &mut String) {
@@ -386,6 +390,8 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                         );
                     }
                 }
+                out.push_str(UNTRACKED_HINT);
+                out.push('\n');
             }
             out.push('\n');
             out.push_str(&source_line(&r.source));
