@@ -29,8 +29,8 @@ use wdk_sys::{
     },
     DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION,
     REG_CREATE_KEY_INFORMATION_V1, REG_KEY_HANDLE_CLOSE_INFORMATION, REG_LOAD_KEY_INFORMATION,
-    REG_POST_OPERATION_INFORMATION, REG_UNLOAD_KEY_INFORMATION, STATUS_PROCEDURE_NOT_FOUND,
-    STATUS_SUCCESS, UNICODE_STRING,
+    REG_POST_OPERATION_INFORMATION, REG_UNLOAD_KEY_INFORMATION, STATUS_INVALID_PARAMETER,
+    STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
     ntddk::{IoGetCurrentProcess, PsGetCurrentProcessId, PsGetCurrentThreadId},
 };
 
@@ -89,13 +89,23 @@ pub fn register(driver: &mut DRIVER_OBJECT, altitude: &UNICODE_STRING) -> Result
 /// Unregisters the callback. `CmUnRegisterCallback` waits for callbacks in flight and delivers
 /// `RegNtCallbackObjectContextCleanup` for every object that still carries our context, so
 /// every tracked object is forgotten before it returns.
-pub fn unregister() {
+///
+/// # Errors
+/// The status of a failed `CmUnRegisterCallback` (docs: it can fail with "the appropriate
+/// NTSTATUS error code"): the callback may then still be called, so what it uses must stay.
+/// `STATUS_INVALID_PARAMETER` means the cookie is not registered: nothing can call us, so
+/// it counts as success.
+pub fn unregister() -> Result<(), NTSTATUS> {
     if REGISTERED.swap(false, Ordering::AcqRel)
         && let Some(unregister) = routines::cm_unregister_callback()
     {
         // SAFETY: the cookie is the one our registration returned; PASSIVE_LEVEL (unload).
-        let _ = unsafe { unregister(cookie()) };
+        let status = unsafe { unregister(cookie()) };
+        if status != STATUS_SUCCESS && status != STATUS_INVALID_PARAMETER {
+            return Err(status);
+        }
     }
+    Ok(())
 }
 
 /// The process the current thread runs in.

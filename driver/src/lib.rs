@@ -33,7 +33,10 @@ mod waiters;
 use wdk::println;
 #[cfg(not(test))]
 use wdk_alloc::WdkAllocator;
-use wdk_sys::{DRIVER_OBJECT, NTSTATUS, PCUNICODE_STRING, PDRIVER_OBJECT, STATUS_SUCCESS};
+use wdk_sys::{
+    DRIVER_OBJECT, NTSTATUS, PCUNICODE_STRING, PDRIVER_OBJECT, STATUS_SUCCESS,
+    ntddk::ObfReferenceObject,
+};
 
 // windows-drivers-rs expects a global allocator. hivetrack never uses it (all driver memory
 // goes through fallible, tagged pool calls), so the linker drops it, and with it the static
@@ -115,10 +118,24 @@ unsafe extern "C" fn driver_unload(driver: PDRIVER_OBJECT) {
     let driver: &DRIVER_OBJECT = unsafe { &*driver };
     // Unregistering waits for callbacks in flight and cleans up every object context, so
     // after these two calls nothing but this thread can reach the tracker.
-    callbacks::unregister();
+    let unregistered = callbacks::unregister();
     process::unregister();
     waiters::shutdown();
-    tracking::stop();
+    match unregistered {
+        Ok(()) => tracking::stop(),
+        Err(status) => {
+            // The registry callback may still be called: keep the tracker it reads (never
+            // freed) and this image. The I/O manager unmaps a driver's image when its driver
+            // object is deleted at the last reference (ReactOS IopDeleteDriver ->
+            // MmUnloadSystemImage), so a reference we never drop keeps the code mapped.
+            // Only a reboot removes the driver then; that is said, not hidden.
+            // SAFETY: our own live DRIVER_OBJECT; the reference is deliberately kept.
+            unsafe { ObfReferenceObject(core::ptr::from_ref(driver).cast_mut().cast()) };
+            println!(
+                "hivetrack: CmUnRegisterCallback failed ({status:#x}): the callback stays registered, so the tracker and the driver image are kept until reboot"
+            );
+        }
+    }
     device::delete(driver);
     println!("hivetrack: unloaded");
 }

@@ -62,6 +62,11 @@ pub fn scenarios() -> Vec<Scenario> {
             wait_after_cleanup,
         ),
         scenario(
+            "unregister-fails",
+            "CmUnRegisterCallback fails at unload: the driver keeps its tracker and, with a reference on its driver object, its image; registry traffic afterwards runs its callback safely",
+            unregister_fails,
+        ),
+        scenario(
             "nameless-open",
             "CmCallbackGetKeyObjectIDEx fails for an open: not filed under an empty-mount hive, counted against the hive its path names",
             nameless_open,
@@ -492,3 +497,55 @@ fn wait_after_cleanup(ctx: &mut Ctx) {
 }
 
 const STATUS_CANCELLED: crate::status::NtStatus = 0xC000_0120_u32.cast_signed();
+
+/// Docs, `CmUnRegisterCallback`, "Return value": it can fail. The callback then stays
+/// registered and Windows goes on calling it: a driver that freed its tracker, or let its
+/// image go (ReactOS `IopDeleteDriver` unmaps it at the driver object's last reference),
+/// would crash the machine at the next registry call.
+fn unregister_fails(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (mut d, h) = load(ctx);
+    let Some(h) = h else { return };
+    load_profile(ctx);
+    let holder = spawn(ctx, APP2);
+    let kept = open_kept(ctx, holder, &format!(r"{USER}\Software\Policies"));
+    io::close(h);
+    let ran = failing(Some("CmUnRegisterCallback"), || d.unload());
+    let injected = kernel::with(|k| k.faults.injected.len());
+    ctx.check(
+        ran && injected == 1,
+        format!("DriverUnload ran and CmUnRegisterCallback failed ({injected} injected)"),
+    );
+    let (registered, referenced) = kernel::with(|k| {
+        (
+            k.registry.callbacks.iter().any(|c| !c.emulated),
+            k.objects.references.values().any(|n| *n > 0),
+        )
+    });
+    ctx.check(registered, "the callback is still registered");
+    ctx.check(
+        referenced,
+        "the driver keeps a reference on its driver object, so its image stays mapped",
+    );
+    // Registry traffic after the unload: the callback runs in the kept image on the kept
+    // tracker (special pool makes any freed block a bugcheck).
+    let other = spawn(ctx, APP1);
+    let key = format!(r"{USER}\Control Panel\Desktop");
+    let opened = open_kept(ctx, other, &key);
+    if let Some(k) = opened {
+        let _ = hive::close_key(other, k);
+    }
+    if let Some(k) = kept {
+        let _ = hive::close_key(holder, k);
+    }
+    process::exit_process(other);
+    process::exit_process(holder);
+    let s = hive::unload_hive(super::tracking::SYSTEM_PID, USER);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!(
+            "the profile still unloads (nothing pinned): {}",
+            status::describe(s)
+        ),
+    );
+}
