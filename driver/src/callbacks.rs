@@ -108,25 +108,54 @@ pub fn unregister() -> Result<(), NTSTATUS> {
     Ok(())
 }
 
-/// The process the current thread runs in.
+/// The process the current thread belongs to, pid and start key both from it.
+///
+/// `PsGetCurrentProcessId` names the thread's own process; `IoGetCurrentProcess` names the
+/// process the thread is attached to (`KeStackAttachProcess`), which differs for an
+/// attached thread (docs, `IoGetCurrentProcess`). The start key is taken from the thread's
+/// own process (`IoThreadToProcess`), like the pid, which is also the pid the kernel's own
+/// list of open keys reports (`CM_KEY_BODY.ProcessID`). Where that routine is missing, the
+/// current process it is, as before.
 pub fn current_process() -> ProcessKey {
     // SAFETY: always callable; returns the current process id.
     let pid = (unsafe { PsGetCurrentProcessId() }) as u64;
-    // SAFETY: always callable; the current process outlives this call.
-    let process = unsafe { IoGetCurrentProcess() };
+    let own = match (
+        routines::ps_get_current_thread(),
+        routines::io_thread_to_process(),
+    ) {
+        (Some(thread), Some(to_process)) => {
+            // SAFETY: callable at any IRQL a registry callback runs at.
+            let current = unsafe { thread() };
+            // SAFETY: the current thread, which (and whose process) outlives this call.
+            unsafe { to_process(current) }
+        }
+        _ => core::ptr::null_mut(),
+    };
+    let process = if own.is_null() {
+        // SAFETY: always callable; the current process outlives this call.
+        unsafe { IoGetCurrentProcess() }.cast()
+    } else {
+        own
+    };
     ProcessKey {
         pid,
-        start_key: start_key(process.cast()),
+        start_key: start_key(process),
     }
 }
 
-/// `PsGetProcessStartKey` of `process`, or 0 where the system lacks it (then a reused pid is
-/// told apart only by the process-exit notification that retired the old one).
+/// `PsGetProcessStartKey` of `process`; where the system lacks it, its creation time
+/// (`PsGetProcessCreateTimeQuadPart`, Windows XP+), so that a reused pid is another process
+/// even without the start key; 0 only where both are missing (then a reused pid is told
+/// apart only by the exit notification that retired the old one).
 pub fn start_key(process: *mut c_void) -> u64 {
-    routines::ps_get_process_start_key().map_or(0, |get| {
-        // The current process, or the one a notify routine is called for.
+    // The current process, or the one a notify routine is called for: a live EPROCESS.
+    if let Some(get) = routines::ps_get_process_start_key() {
         // SAFETY: `process` is a live EPROCESS.
-        unsafe { get(process) }
+        return unsafe { get(process) };
+    }
+    routines::ps_get_process_create_time_quad_part().map_or(0, |get| {
+        // SAFETY: `process` is a live EPROCESS; callable at any IRQL (docs).
+        (unsafe { get(process) }).cast_unsigned()
     })
 }
 

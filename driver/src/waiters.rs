@@ -495,15 +495,14 @@ const CLEANED_UP: usize = 1;
 /// # Safety
 /// `file` must be a live `FILE_OBJECT` opened on our device.
 unsafe fn context2<'a>(file: *mut c_void) -> &'a AtomicUsize {
-    // SAFETY: per the contract; the field is pointer-sized and aligned, and only this
-    // module writes it (atomically).
-    unsafe {
-        &*core::ptr::addr_of_mut!((*file.cast::<wdk_sys::FILE_OBJECT>()).FsContext2)
-            .cast::<AtomicUsize>()
-    }
+    // SAFETY: per the contract, `file` points to a live FILE_OBJECT.
+    let field = unsafe { &raw mut (*file.cast::<wdk_sys::FILE_OBJECT>()).FsContext2 };
+    // SAFETY: the field is pointer-sized and aligned, lives as long as the file object, and
+    // only this module writes it (atomically).
+    unsafe { &*field.cast::<AtomicUsize>() }
 }
 
-/// Marks `file` as cleaned up (docs, "IRP_MJ_CLEANUP": the last handle is closed, but the
+/// Marks `file` as cleaned up (docs, `IRP_MJ_CLEANUP`: the last handle is closed, but the
 /// file object "might not have been released" while I/O requests are outstanding, so a
 /// request can still be dispatched on it).
 ///

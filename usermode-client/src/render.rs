@@ -156,25 +156,18 @@ fn coverage_text(c: &Coverage, line: &mut String) {
             );
         }
     }
-    if c.lost_in_hive > 0 {
-        let _ = write!(
-            line,
-            "; {} open(s) in this hive lost since {}",
-            c.lost_in_hive,
-            c.lost_in_hive_since
-                .as_ref()
-                .map_or("-", |t| t.utc.as_str())
-        );
-    }
-    if c.lost_unattributed > 0 {
-        let _ = write!(
-            line,
-            "; {} open(s) lost in an unknown hive since {}",
+    for (n, since, place) in [
+        (c.lost_in_hive, &c.lost_in_hive_since, "in this hive"),
+        (
             c.lost_unattributed,
-            c.lost_unattributed_since
-                .as_ref()
-                .map_or("-", |t| t.utc.as_str())
-        );
+            &c.lost_unattributed_since,
+            "in an unknown hive",
+        ),
+    ] {
+        if n > 0 {
+            let since = since.as_ref().map_or("-", |t| t.utc.as_str());
+            let _ = write!(line, "; {n} open(s) lost {place} since {since}");
+        }
     }
 }
 

@@ -126,22 +126,7 @@ fn boot_hives() {
 
 fn start(ctx: &mut Ctx) -> Option<Session> {
     boot_hives();
-    let driver = ctx.load();
-    let s = driver.entry();
-    ctx.check(
-        s == STATUS_SUCCESS,
-        format!("DriverEntry returned {}", status::describe(s)),
-    );
-    match ctx.open(r"\\.\KemuTest", Caller::Admin, GENERIC_READ | GENERIC_WRITE) {
-        Ok(control) => Some(Session { driver, control }),
-        Err(s) => {
-            ctx.check(
-                false,
-                format!("open the test driver: {}", status::describe(s)),
-            );
-            None
-        }
-    }
+    start_loaded(ctx)
 }
 
 fn stats(s: &Session) -> Stats {
