@@ -29,8 +29,8 @@ use wdk_sys::{
     },
     DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION,
     REG_CREATE_KEY_INFORMATION_V1, REG_KEY_HANDLE_CLOSE_INFORMATION, REG_LOAD_KEY_INFORMATION,
-    REG_POST_OPERATION_INFORMATION, REG_UNLOAD_KEY_INFORMATION, STATUS_PROCEDURE_NOT_FOUND,
-    STATUS_SUCCESS, UNICODE_STRING,
+    REG_POST_OPERATION_INFORMATION, REG_UNLOAD_KEY_INFORMATION, STATUS_INVALID_PARAMETER,
+    STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
     ntddk::{IoGetCurrentProcess, PsGetCurrentProcessId, PsGetCurrentThreadId},
 };
 
@@ -89,34 +89,73 @@ pub fn register(driver: &mut DRIVER_OBJECT, altitude: &UNICODE_STRING) -> Result
 /// Unregisters the callback. `CmUnRegisterCallback` waits for callbacks in flight and delivers
 /// `RegNtCallbackObjectContextCleanup` for every object that still carries our context, so
 /// every tracked object is forgotten before it returns.
-pub fn unregister() {
+///
+/// # Errors
+/// The status of a failed `CmUnRegisterCallback` (docs: it can fail with "the appropriate
+/// NTSTATUS error code"): the callback may then still be called, so what it uses must stay.
+/// `STATUS_INVALID_PARAMETER` means the cookie is not registered: nothing can call us, so
+/// it counts as success.
+pub fn unregister() -> Result<(), NTSTATUS> {
     if REGISTERED.swap(false, Ordering::AcqRel)
         && let Some(unregister) = routines::cm_unregister_callback()
     {
         // SAFETY: the cookie is the one our registration returned; PASSIVE_LEVEL (unload).
-        let _ = unsafe { unregister(cookie()) };
+        let status = unsafe { unregister(cookie()) };
+        if status != STATUS_SUCCESS && status != STATUS_INVALID_PARAMETER {
+            return Err(status);
+        }
     }
+    Ok(())
 }
 
-/// The process the current thread runs in.
+/// The process the current thread belongs to, pid and start key both from it.
+///
+/// `PsGetCurrentProcessId` names the thread's own process; `IoGetCurrentProcess` names the
+/// process the thread is attached to (`KeStackAttachProcess`), which differs for an
+/// attached thread (docs, `IoGetCurrentProcess`). The start key is taken from the thread's
+/// own process (`IoThreadToProcess`), like the pid, which is also the pid the kernel's own
+/// list of open keys reports (`CM_KEY_BODY.ProcessID`). Where that routine is missing, the
+/// current process it is, as before.
 pub fn current_process() -> ProcessKey {
     // SAFETY: always callable; returns the current process id.
     let pid = (unsafe { PsGetCurrentProcessId() }) as u64;
-    // SAFETY: always callable; the current process outlives this call.
-    let process = unsafe { IoGetCurrentProcess() };
+    let own = match (
+        routines::ps_get_current_thread(),
+        routines::io_thread_to_process(),
+    ) {
+        (Some(thread), Some(to_process)) => {
+            // SAFETY: callable at any IRQL a registry callback runs at.
+            let current = unsafe { thread() };
+            // SAFETY: the current thread, which (and whose process) outlives this call.
+            unsafe { to_process(current) }
+        }
+        _ => core::ptr::null_mut(),
+    };
+    let process = if own.is_null() {
+        // SAFETY: always callable; the current process outlives this call.
+        unsafe { IoGetCurrentProcess() }.cast()
+    } else {
+        own
+    };
     ProcessKey {
         pid,
-        start_key: start_key(process.cast()),
+        start_key: start_key(process),
     }
 }
 
-/// `PsGetProcessStartKey` of `process`, or 0 where the system lacks it (then a reused pid is
-/// told apart only by the process-exit notification that retired the old one).
+/// `PsGetProcessStartKey` of `process`; where the system lacks it, its creation time
+/// (`PsGetProcessCreateTimeQuadPart`, Windows XP+), so that a reused pid is another process
+/// even without the start key; 0 only where both are missing (then a reused pid is told
+/// apart only by the exit notification that retired the old one).
 pub fn start_key(process: *mut c_void) -> u64 {
-    routines::ps_get_process_start_key().map_or(0, |get| {
-        // The current process, or the one a notify routine is called for.
+    // The current process, or the one a notify routine is called for: a live EPROCESS.
+    if let Some(get) = routines::ps_get_process_start_key() {
         // SAFETY: `process` is a live EPROCESS.
-        unsafe { get(process) }
+        return unsafe { get(process) };
+    }
+    routines::ps_get_process_create_time_quad_part().map_or(0, |get| {
+        // SAFETY: `process` is a live EPROCESS; callable at any IRQL (docs).
+        (unsafe { get(process) }).cast_unsigned()
     })
 }
 
@@ -268,30 +307,35 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
         return;
     }
     let object = post.Object;
-    let access = if post.PreInformation.is_null() {
-        0
-    } else {
-        // PreInformation is the REG_CREATE_KEY_INFORMATION(_V1) or
-        // REG_OPEN_KEY_INFORMATION(_V1) of the pre call; the V1 layouts only rename the
-        // trailing field of the originals.
-        // SAFETY: all four share GrantedAccess and DesiredAccess at the same offsets.
-        let pre = unsafe { &*post.PreInformation.cast::<REG_CREATE_KEY_INFORMATION_V1>() };
+    // PreInformation is the REG_CREATE_KEY_INFORMATION(_V1) or REG_OPEN_KEY_INFORMATION(_V1)
+    // of the pre call; the V1 layouts only rename the trailing field of the originals.
+    // SAFETY: all four share CompleteName, RootObject, GrantedAccess and DesiredAccess at the
+    // same offsets, and the pre information lives while its post-notification runs.
+    let pre = unsafe {
+        post.PreInformation
+            .cast::<REG_CREATE_KEY_INFORMATION_V1>()
+            .as_ref()
+    };
+    let access = pre.map_or(0, |pre| {
         if pre.GrantedAccess == 0 {
             pre.DesiredAccess
         } else {
             pre.GrantedAccess
         }
-    };
+    });
     let process = current_process();
     let thread = current_thread();
     let now = clock::now();
-    let opened = with_key_name(object, |name| {
+    let Some(opened) = with_key_name(object, |name| {
         tracker.opened(object as u64, process, thread, name, access, now)
-    })
-    .unwrap_or_else(|| {
+    }) else {
+        // The kernel would not name the object (docs: CmCallbackGetKeyObjectIDEx can fail).
+        // Not tracked: a key with no name would be filed under no real hive and make that
+        // hive look free. The loss is counted against the hive the caller's path names.
         tracker.name_unavailable();
-        tracker.opened(object as u64, process, thread, &[], access, now)
-    });
+        lost_open(tracker, pre, now);
+        return;
+    };
     let Ok(token) = opened else {
         return; // counted by the tracker (cap or allocation failure)
     };
@@ -314,6 +358,45 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
         // No cleanup notification would ever come for it: forget it now (counted).
         tracker.abandon(token, object as u64);
         waiters::hive_may_be_free();
+    }
+}
+
+/// Counts an open that cannot be tracked against the hive its pre-information names: the
+/// root object's name joined with a relative `CompleteName`, or an absolute one; globally
+/// when neither can be had.
+fn lost_open(tracker: &DriverTracker, pre: Option<&REG_CREATE_KEY_INFORMATION_V1>, now: u64) {
+    let Some(pre) = pre else {
+        tracker.lost_globally(now);
+        return;
+    };
+    let complete = units_of(pre.CompleteName);
+    if complete.first() == Some(&u16::from(b'\\')) {
+        tracker.open_lost(complete, now);
+        return;
+    }
+    if pre.RootObject.is_null() {
+        tracker.lost_globally(now);
+        return;
+    }
+    let joined = with_key_name(pre.RootObject, |root| {
+        // A fixed buffer on the stack: nothing is allocated for a loss.
+        let mut path = [0u16; MAX_QUERY_PATH];
+        let mut n = 0;
+        for &u in root
+            .iter()
+            .chain(&[u16::from(b'\\')])
+            .chain(complete.iter())
+        {
+            if n == path.len() {
+                break;
+            }
+            path[n] = u;
+            n += 1;
+        }
+        tracker.open_lost(&path[..n], now);
+    });
+    if joined.is_none() {
+        tracker.lost_globally(now);
     }
 }
 

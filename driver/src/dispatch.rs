@@ -150,6 +150,7 @@ unsafe fn wait_free(
                 outcome,
                 hive_id: request.hive_id,
                 waited: 0,
+                completeness: waiters::completeness(request.hive_id),
             };
             let o = ioctl::wait_answer(&answer, &mut buffer[..out_len]);
             // SAFETY: not queued, so still ours and not completed.

@@ -66,7 +66,7 @@ pub const VERSION: VersionInfo = VersionInfo {
 const MAX_WAIT_REQUEST: usize = HEADER_LEN + 8 + 2 + 2 * MAX_QUERY_PATH;
 
 /// The size of a wait-free answer.
-const WAIT_ANSWER_LEN: usize = HEADER_LEN + 16;
+const WAIT_ANSWER_LEN: usize = HEADER_LEN + 16 + protocol::completeness::Completeness::LEN;
 
 /// Validates a wait-free request (in the first `in_len` bytes of `buffer`) and finds its
 /// hive. `Err` is the outcome to complete the request with at once.

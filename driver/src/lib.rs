@@ -33,7 +33,10 @@ mod waiters;
 use wdk::println;
 #[cfg(not(test))]
 use wdk_alloc::WdkAllocator;
-use wdk_sys::{DRIVER_OBJECT, NTSTATUS, PCUNICODE_STRING, PDRIVER_OBJECT, STATUS_SUCCESS};
+use wdk_sys::{
+    DRIVER_OBJECT, NTSTATUS, PCUNICODE_STRING, PDRIVER_OBJECT, STATUS_SUCCESS,
+    ntddk::ObfReferenceObject,
+};
 
 // windows-drivers-rs expects a global allocator. hivetrack never uses it (all driver memory
 // goes through fallible, tagged pool calls), so the linker drops it, and with it the static
@@ -84,9 +87,6 @@ fn start_tracking(
     registry_path: PCUNICODE_STRING,
 ) -> Result<(), NTSTATUS> {
     tracking::start()?;
-    if let Some(tracker) = tracking::get() {
-        registry_read::seed_hives(tracker);
-    }
     let mut altitude = if registry_path.is_null() {
         registry_read::altitude(&unicode::unicode_string(unicode::wide!("")))
     } else {
@@ -95,6 +95,15 @@ fn start_tracking(
     };
     let altitude = altitude.as_unicode();
     callbacks::register(driver, &altitude)?;
+    if let Some(tracker) = tracking::get() {
+        // Every key object opened from now on carries our context. Objects opened before
+        // (docs: CmSetCallbackObjectContext — a context exists only for objects the callback
+        // attached it to) are not in our records: reports say since when we track.
+        tracker.tracking_started(clock::now());
+        // The mounted hives are read after registration, so a load between the two is seen
+        // by the callback instead of falling in the gap (a load seen twice is harmless).
+        registry_read::seed_hives(tracker);
+    }
     // Process notifications improve reports (images, exits) but tracking works without them.
     if let Err(status) = process::register() {
         println!("hivetrack: no process notifications: {status:#x}");
@@ -109,10 +118,24 @@ unsafe extern "C" fn driver_unload(driver: PDRIVER_OBJECT) {
     let driver: &DRIVER_OBJECT = unsafe { &*driver };
     // Unregistering waits for callbacks in flight and cleans up every object context, so
     // after these two calls nothing but this thread can reach the tracker.
-    callbacks::unregister();
+    let unregistered = callbacks::unregister();
     process::unregister();
     waiters::shutdown();
-    tracking::stop();
+    match unregistered {
+        Ok(()) => tracking::stop(),
+        Err(status) => {
+            // The registry callback may still be called: keep the tracker it reads (never
+            // freed) and this image. The I/O manager unmaps a driver's image when its driver
+            // object is deleted at the last reference (ReactOS IopDeleteDriver ->
+            // MmUnloadSystemImage), so a reference we never drop keeps the code mapped.
+            // Only a reboot removes the driver then; that is said, not hidden.
+            // SAFETY: our own live DRIVER_OBJECT; the reference is deliberately kept.
+            unsafe { ObfReferenceObject(core::ptr::from_ref(driver).cast_mut().cast()) };
+            println!(
+                "hivetrack: CmUnRegisterCallback failed ({status:#x}): the callback stays registered, so the tracker and the driver image are kept until reboot"
+            );
+        }
+    }
     device::delete(driver);
     println!("hivetrack: unloaded");
 }

@@ -25,6 +25,7 @@ use core::{
     sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence},
 };
 
+use protocol::completeness::Completeness;
 use protocol::wait::{WaitFreeAnswer, WaitOutcome};
 use tracker::{HiveFree, lock::RawLock};
 use wdk_sys::{
@@ -239,6 +240,14 @@ pub unsafe fn enqueue(
     // the count and comes for the table lock, which we hold until the entry is in.
     PENDING.fetch_add(1, Ordering::SeqCst);
     fence(Ordering::SeqCst);
+    // SAFETY: `file` is the IRP's file object, referenced while its IRP is dispatched.
+    if unsafe { cleaned_up(file) } {
+        // Dispatched after IRP_MJ_CLEANUP of its file object (another thread's request was
+        // already past the handle lookup): no handle is left to cancel it with, and a
+        // pending IRP would keep the file object, and so a service stop, waiting forever.
+        PENDING.fetch_sub(1, Ordering::SeqCst);
+        return Queued::Now(Ok(None));
+    }
     let state = tracking::get().map_or(HiveFree::Unloaded, |tr| tr.hive_free(request.hive_id));
     let answer_now = match state {
         HiveFree::Free => Some(Some(WaitOutcome::Free)),
@@ -281,6 +290,12 @@ pub unsafe fn enqueue(
         arm(&mut t, deadline, now);
     }
     Queued::Pending
+}
+
+/// What a wait answer about hive `id` could not see: since when tracking runs and the
+/// losses that concern the hive (a "free" from the driver means free of what it tracks).
+pub fn completeness(id: u32) -> Completeness {
+    tracking::get().map_or_else(Completeness::default, |tr| tr.completeness_of(id))
 }
 
 /// Sets the timer for `deadline` (interrupt time), relative to `now`.
@@ -352,6 +367,7 @@ unsafe fn complete(w: Wait, outcome: Option<WaitOutcome>, now: u64) {
             outcome,
             hive_id: w.hive_id,
             waited: now.saturating_sub(w.started),
+            completeness: completeness(w.hive_id),
         };
         // The output length was checked against the answer's size when it was queued.
         // SAFETY: the system buffer lives with the IRP and holds `out_len` bytes.
@@ -454,6 +470,11 @@ unsafe extern "C" fn cancel_routine(_device: *mut DEVICE_OBJECT, irp: *mut IRP) 
 /// `IRP_MJ_CLEANUP` for `file`: the last handle to it is closing, so its pending requests
 /// are completed (cancelled) now; otherwise the closing process could not exit.
 pub fn cleanup(file: *mut c_void) {
+    // Mark the file object first, then look for its waits: a request enqueued concurrently
+    // either sees the mark (it counts itself pending before it looks) or is found here
+    // (the count is read after the mark; both sides are sequentially consistent).
+    // SAFETY: `file` is the cleanup IRP's file object, live during the dispatch.
+    unsafe { mark_cleaned_up(file) };
     if PENDING.load(Ordering::SeqCst) == 0 {
         return;
     }
@@ -463,6 +484,44 @@ pub fn cleanup(file: *mut c_void) {
         take_out(&mut t, &mut done, |w| (w.file == file).then_some(None));
     }
     complete_all(&done);
+}
+
+/// `FsContext2` of our control device's file objects after `IRP_MJ_CLEANUP`: the driver owns
+/// the context fields of file objects opened on its own device, and uses no other value.
+const CLEANED_UP: usize = 1;
+
+/// The file object's `FsContext2` as an atomic pointer-sized word.
+///
+/// # Safety
+/// `file` must be a live `FILE_OBJECT` opened on our device.
+unsafe fn context2<'a>(file: *mut c_void) -> &'a AtomicUsize {
+    // SAFETY: per the contract, `file` points to a live FILE_OBJECT.
+    let field = unsafe { &raw mut (*file.cast::<wdk_sys::FILE_OBJECT>()).FsContext2 };
+    // SAFETY: the field is pointer-sized and aligned, lives as long as the file object, and
+    // only this module writes it (atomically).
+    unsafe { &*field.cast::<AtomicUsize>() }
+}
+
+/// Marks `file` as cleaned up (docs, `IRP_MJ_CLEANUP`: the last handle is closed, but the
+/// file object "might not have been released" while I/O requests are outstanding, so a
+/// request can still be dispatched on it).
+///
+/// # Safety
+/// As [`context2`].
+unsafe fn mark_cleaned_up(file: *mut c_void) {
+    if !file.is_null() {
+        // SAFETY: per the contract.
+        unsafe { context2(file) }.store(CLEANED_UP, Ordering::SeqCst);
+    }
+}
+
+/// Whether `IRP_MJ_CLEANUP` has come for `file`.
+///
+/// # Safety
+/// As [`context2`].
+unsafe fn cleaned_up(file: *mut c_void) -> bool {
+    // SAFETY: per the contract.
+    !file.is_null() && unsafe { context2(file) }.load(Ordering::SeqCst) == CLEANED_UP
 }
 
 /// At `DriverUnload`: stops the timer, waits for a running DPC, and cancels whatever is still

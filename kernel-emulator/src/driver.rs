@@ -108,7 +108,20 @@ pub(crate) fn run_unload(object: *mut DriverObject, image: &'static Image) -> bo
     // SAFETY: DriverUnload with the driver's own object, no handle open.
     io::with_pid(4, || call_driver("DriverUnload", || unsafe { f(object) }));
     crate::timer::check_unload(image.base, image.size);
-    image.make_inaccessible();
+    // The image goes when the driver object is deleted, at its last reference (ReactOS
+    // ntoskrnl/io/iomgr/driver.c, IopDeleteDriver -> MmUnloadSystemImage): a driver that
+    // keeps a reference on its own object keeps its image mapped.
+    let referenced = kernel::with(|k| {
+        k.objects
+            .references
+            .get(&(object as usize))
+            .copied()
+            .unwrap_or(0)
+            > 0
+    });
+    if !referenced {
+        image.make_inaccessible();
+    }
     true
 }
 

@@ -29,6 +29,8 @@ pub struct FaultInjector {
     pub injected: Vec<String>,
     /// Only allocations count (lookaside misses, pool) when set.
     pub pool_only: bool,
+    /// Only this routine counts (and fails under the policy) when set.
+    pub only: Option<&'static str>,
 }
 
 impl Default for FaultInjector {
@@ -38,6 +40,7 @@ impl Default for FaultInjector {
             calls: 0,
             injected: Vec::new(),
             pool_only: false,
+            only: None,
         }
     }
 }
@@ -45,7 +48,7 @@ impl Default for FaultInjector {
 impl FaultInjector {
     /// Asks whether the fallible call `routine` must fail now; `is_pool` marks allocations.
     pub fn should_fail(&mut self, routine: &str, is_pool: bool, operation: &str) -> bool {
-        if self.pool_only && !is_pool {
+        if self.pool_only && !is_pool || self.only.is_some_and(|r| r != routine) {
             return false;
         }
         self.calls += 1;

@@ -97,6 +97,10 @@ pub struct KeyObject {
     pub contexts: BTreeMap<i64, usize>,
     /// Key id (same for every object of one key).
     pub key_id: usize,
+    /// The process that opened it (`CM_KEY_BODY.ProcessID`, set to `PsGetCurrentProcessId`
+    /// when the key body is created: ReactOS `CmpCreateKeyBody`/`CmpDoCreateChild`, Windows
+    /// Research Kernel `CmpDoOpen`). What `NtQueryOpenSubKeysEx` reports as its pid.
+    pub opener: u32,
 }
 
 /// One mounted hive.
@@ -491,6 +495,7 @@ fn load(
                         destroyed: false,
                         contexts: BTreeMap::new(),
                         key_id,
+                        opener: pid,
                     },
                 );
                 k.hives.next_handle += 4;
@@ -755,6 +760,8 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
                 destroyed: false,
                 contexts: BTreeMap::new(),
                 key_id,
+                // CM_KEY_BODY.ProcessID: the thread's process (PsGetCurrentProcessId).
+                opener: io::current_pid(),
             },
         );
     });
@@ -1104,6 +1111,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
                 destroyed: false,
                 contexts: BTreeMap::new(),
                 key_id,
+                opener: pid,
             },
         );
     });
@@ -1145,6 +1153,41 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
     destroy(root);
     release_object(root);
     status
+}
+
+/// `NtQueryOpenSubKeysEx` on the hive mounted at `mount`: one `(pid, key name)` per key
+/// object of the hive that a handle or a reference keeps alive, the pid being the process
+/// that opened the object. Source: Windows Research Kernel `CmpDumpKeyBodyList` /
+/// `CmpDumpOneKeyBody` (base/ntos/config/cmsubs.c): every `CM_KEY_BODY` enlisted on a KCB
+/// of the hive, reported with `KeyBody->ProcessID` and the KCB's name, the caller's own
+/// query handle excluded; key bodies are delisted only when the object is deleted
+/// (`CmpDeleteKeyObject`), so objects being destroyed are not listed. Objects opened
+/// before any registry callback was registered are listed like any other: this is how a
+/// user-mode tool sees keys a late-started filter never saw. The model keeps the name as
+/// the object was opened (the KCB's stored name is the same path here).
+///
+/// # Errors
+/// `STATUS_OBJECT_NAME_NOT_FOUND` when no hive is mounted at `mount`.
+pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
+    let m = canon(mount);
+    kernel::with(|k| {
+        if !k.hives.hives.contains_key(&m) {
+            return Err(STATUS_OBJECT_NAME_NOT_FOUND);
+        }
+        let mut v: Vec<(usize, u32, String)> = k
+            .hives
+            .objects
+            .iter()
+            .filter(|(a, o)| {
+                o.hive == m
+                    && !o.destroyed
+                    && (o.handles > 0 || k.objects.references.get(a).copied().unwrap_or(0) > 0)
+            })
+            .map(|(a, o)| (*a, o.opener, o.name.clone()))
+            .collect();
+        v.sort_unstable();
+        Ok(v.into_iter().map(|(_, pid, name)| (pid, name)).collect())
+    })
 }
 
 /// Key objects of a hive still alive, one line each (for reports).

@@ -1184,13 +1184,38 @@ pub fn terminate_process_io(pid: u32) {
 /// process would hang at exit. When this releases the last file object of a stopped driver
 /// ([`crate::driver::LoadedDriver::stop`]), its DriverUnload runs here.
 pub fn close(handle: FileHandle) {
+    send_close_irps(handle, &[IRP_MJ_CLEANUP, IRP_MJ_CLOSE]);
+}
+
+/// The last handle to the file object is closed while something still references the
+/// object: IRP_MJ_CLEANUP only. Docs, "IRP_MJ_CLEANUP": "the last handle for a file object
+/// ... has been closed (but, due to outstanding I/O requests, might not have been
+/// released)"; the FS page adds that the file object "might still be being used" after
+/// it. A request another thread referenced the file object for before the close (its
+/// `DeviceIoControl` was already past the handle lookup) is dispatched after the cleanup:
+/// the handle stays usable here for exactly that. [`release_reference`] drops the
+/// reference (IRP_MJ_CLOSE).
+pub fn cleanup_keeping_reference(handle: FileHandle) {
+    send_close_irps(handle, &[IRP_MJ_CLEANUP]);
+}
+
+/// The last reference to a file object cleaned up with [`cleanup_keeping_reference`] goes:
+/// IRP_MJ_CLOSE (a verifier violation if IRPs of the file still pend) and the file is freed.
+pub fn release_reference(handle: FileHandle) {
+    send_close_irps(handle, &[IRP_MJ_CLOSE]);
+}
+
+fn send_close_irps(handle: FileHandle, majors: &[usize]) {
     let Some(file) = kernel::with(|k| k.io.files.get(&handle.0).copied()) else {
         return;
     };
     for (major, name) in [
         (IRP_MJ_CLEANUP, "IRP_MJ_CLEANUP"),
         (IRP_MJ_CLOSE, "IRP_MJ_CLOSE"),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(m, _)| majors.contains(m))
+    {
         let driver = kernel::with(|k| k.io.devices.get(&file.device).map(|d| d.driver));
         let Some(driver) = driver else { break };
         // SAFETY: the DRIVER_OBJECT lives as long as the loaded driver.
@@ -1214,7 +1239,9 @@ pub fn close(handle: FileHandle) {
         let irp = IrpAllocation::new(major, file.device, handle.0, file.pid);
         let _ = dispatch(&irp, file.device, major, name, file.pid, false);
     }
-    release_file(handle.0);
+    if majors.contains(&IRP_MJ_CLOSE) {
+        release_file(handle.0);
+    }
 }
 
 /// Clears DO_DEVICE_INITIALIZING on every device of `driver`, as the I/O manager does when

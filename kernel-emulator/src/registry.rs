@@ -24,6 +24,10 @@ use crate::status::{
     STATUS_SUCCESS,
 };
 
+/// STATUS_UNSUCCESSFUL: the generic failure the model gives an injected CmUnRegisterCallback
+/// failure (the page names no specific code besides STATUS_INVALID_PARAMETER).
+const STATUS_UNSUCCESSFUL: NtStatus = 0xC000_0001_u32.cast_signed();
+
 /// What a pre-callback returns when it completed the operation itself.
 pub use crate::status::STATUS_CALLBACK_BYPASS;
 
@@ -580,6 +584,11 @@ unsafe extern "win64" fn CmUnRegisterCallback(cookie: i64) -> NtStatus {
     require_irql("CmUnRegisterCallback", PASSIVE_LEVEL);
     if !kernel::with(|k| k.registry.callbacks.iter().any(|c| c.cookie == cookie)) {
         return STATUS_INVALID_PARAMETER;
+    }
+    // Docs, "Return value": "the appropriate NTSTATUS error code if it fails". A failure
+    // leaves the callback registered (injected with `faults.only = CmUnRegisterCallback`).
+    if kernel::should_fail("CmUnRegisterCallback", false) {
+        return STATUS_UNSUCCESSFUL;
     }
     if INSIDE.with(|i| i.borrow().contains(&cookie)) {
         verifier_violation(

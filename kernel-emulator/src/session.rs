@@ -11,8 +11,8 @@ use crate::io::{self, FileHandle};
 use crate::kernel;
 use crate::process;
 use crate::scenario::tracking::{
-    APP2, KEY_READ, SYSTEM_PID, USER, boot_hives, ensure_parents, load_profile, logoff_workload,
-    spawn,
+    APP1, APP2, KEY_READ, SYSTEM_PID, USER, boot_hives, ensure_parents, load_profile,
+    logoff_workload, spawn,
 };
 use crate::scenario::{Ctx, RunOptions};
 use crate::security::{Caller, GENERIC_READ, GENERIC_WRITE};
@@ -30,6 +30,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "profleak.exe holds 65,602 handles to one key of the user profile",
     ),
     ("idle", "the machine hives only, nothing held"),
+    (
+        "late-start",
+        "hivetrack started after the leak: the user profile was loaded and profleak.exe opened Software\\Policies before DriverEntry (the driver has no record of it; the kernel's list has); editor.exe opens Control Panel\\Desktop after",
+    ),
 ];
 
 /// A running machine with hivetrack.sys loaded and its device open.
@@ -83,6 +87,15 @@ impl Session {
             script: None,
         });
         boot_hives(&mut ctx);
+        let mut holder = (scenario == "late-start").then(|| {
+            // Before the driver: the profile loads and a process opens a key and keeps it.
+            load_profile(&mut ctx);
+            let early = spawn(&mut ctx, APP2);
+            let key = format!(r"{USER}\Software\Policies");
+            ensure_parents(early, &key);
+            let _ = hive::open_key(early, &key, KEY_READ, true);
+            early
+        });
         let driver =
             driver::load(sys, map).map_err(|e| format!("{} does not load: {e}", sys.display()))?;
         let s = driver.entry();
@@ -97,7 +110,6 @@ impl Session {
             GENERIC_READ | GENERIC_WRITE,
         )
         .map_err(|s| format!("the control device does not open: {}", status::describe(s)))?;
-        let mut holder = None;
         match scenario {
             "logoff" => {
                 load_profile(&mut ctx);
@@ -114,6 +126,12 @@ impl Session {
                     let _ = hive::open_key(leaker, &key, KEY_READ, true);
                 }
                 holder = Some(leaker);
+            }
+            "late-start" => {
+                let later = spawn(&mut ctx, APP1);
+                let key = format!(r"{USER}\Control Panel\Desktop");
+                ensure_parents(later, &key);
+                let _ = hive::open_key(later, &key, KEY_READ, true);
             }
             _ => {}
         }
@@ -170,6 +188,25 @@ impl Session {
         let n = r.information.min(output.len()).min(r.output.len());
         output[..n].copy_from_slice(&r.output[..n]);
         Ok(n)
+    }
+
+    /// `NtQueryOpenSubKeysEx` on the hive mounted at `mount`, as a user-mode caller gets it:
+    /// `(pid, key path)` per key object (the model: `hive::open_subkeys`), or the Win32
+    /// error (`ERROR_FILE_NOT_FOUND` for no hive there).
+    ///
+    /// # Errors
+    /// The Win32 error.
+    pub fn open_subkeys(&self, mount: &str) -> Result<Vec<(u64, String)>, u32> {
+        hive::open_subkeys(mount)
+            .map(|v| v.into_iter().map(|(p, n)| (u64::from(p), n)).collect())
+            .map_err(win32_error)
+    }
+
+    /// The image path of live process `pid` (what `QueryFullProcessImageNameW` gives).
+    #[must_use]
+    pub fn process_image(&self, pid: u64) -> Option<String> {
+        let pid = u32::try_from(pid).ok()?;
+        kernel::with(|k| k.processes.processes.get(&pid).map(|p| p.image.clone()))
     }
 
     /// Closes the device and unloads the driver; returns what was left behind (empty when

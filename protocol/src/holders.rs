@@ -13,6 +13,7 @@
 //! | 20     | 4    | reserved, zero                                 |
 //! | 24     | 2+2n | mount point                                    |
 //! | …      | 2+2n | hive file (empty when unknown)                 |
+//! | …      | 40   | completeness ([`Completeness`])                |
 //!
 //! Records are tagged ([`HolderRecord`]): a process summary, then that process's keys; a
 //! process whose keys continue from the previous page is repeated with
@@ -23,6 +24,7 @@
 //! Key record: tag 2, 3 zero bytes, flags u32, id u64, thread u64, open time u64, access
 //! u32, handle opens u32, handle closes u32, reserved u32, name (2+2n).
 
+use crate::completeness::Completeness;
 use crate::page::{Codec, PageKind};
 use crate::text::Text;
 use crate::wire::{DecodeError, EncodeError, MessageKind, Reader, Writer};
@@ -116,11 +118,13 @@ pub struct HoldersPrefix<'a> {
     pub mount: Text<'a>,
     /// Hive file, empty when unknown.
     pub file: Text<'a>,
+    /// Since when tracking runs and what the hive lost (appended in this version).
+    pub completeness: Completeness,
 }
 
 impl<'a> Codec<'a> for HoldersPrefix<'a> {
     fn encoded_len(&self) -> usize {
-        24 + self.mount.encoded_len() + self.file.encoded_len()
+        24 + self.mount.encoded_len() + self.file.encoded_len() + Completeness::LEN
     }
     fn encode(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.u32(self.hive_id)?;
@@ -131,7 +135,8 @@ impl<'a> Codec<'a> for HoldersPrefix<'a> {
         w.u32(self.holders)?;
         w.zeros(4)?;
         self.mount.encode("mount", w)?;
-        self.file.encode("file", w)
+        self.file.encode("file", w)?;
+        self.completeness.encode(w)
     }
     fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let hive_id = r.u32()?;
@@ -147,6 +152,7 @@ impl<'a> Codec<'a> for HoldersPrefix<'a> {
             holders,
             mount: Text::decode(r)?,
             file: Text::decode(r)?,
+            completeness: Completeness::decode(r)?,
         })
     }
 }

@@ -14,6 +14,7 @@
 //! snapshots (user mode only).
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
+pub mod completeness;
 pub mod cursor;
 #[cfg(feature = "std")]
 pub mod diff;

@@ -13,7 +13,7 @@
 //! | 4      | 4    | reserved, zero                                                   |
 //! | 8      | 2+2n | hive: its mount point or any key path inside it, UTF-16, not empty |
 //!
-//! Answer body (16 bytes):
+//! Answer body (56 bytes):
 //!
 //! | offset | size | field                                                            |
 //! |--------|------|------------------------------------------------------------------|
@@ -21,7 +21,14 @@
 //! | 2      | 2    | reserved, zero                                                   |
 //! | 4      | 4    | hive id (the `hives` and `holders` answers' id)                  |
 //! | 8      | 8    | time the driver held the request, in 100 ns units                |
+//! | 16     | 40   | completeness of the answer ([`Completeness`]), appended          |
+//!
+//! "Free" means free of every key object the driver tracks: a key opened before tracking
+//! began, or an open the tracker lost, is not in its records. The completeness fields say
+//! whether that can be the case; a client that can ask the kernel (`NtQueryOpenSubKeysEx`)
+//! must do so before it calls a hive free.
 
+use crate::completeness::Completeness;
 use crate::text::Text;
 use crate::wire::{DecodeError, EncodeError, Message, MessageKind, Reader, Writer};
 
@@ -104,20 +111,23 @@ pub struct WaitFreeAnswer {
     pub hive_id: u32,
     /// How long the driver held the request, in 100 ns units.
     pub waited: u64,
+    /// Since when tracking runs and what the hive lost, at completion.
+    pub completeness: Completeness,
 }
 
 impl Message<'_> for WaitFreeAnswer {
     const KIND: MessageKind = MessageKind::WaitFreeAnswer;
 
     fn body_len(&self) -> usize {
-        16
+        16 + Completeness::LEN
     }
 
     fn encode_body(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.u16(self.outcome as u16)?;
         w.zeros(2)?;
         w.u32(self.hive_id)?;
-        w.u64(self.waited)
+        w.u64(self.waited)?;
+        self.completeness.encode(w)
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -126,10 +136,12 @@ impl Message<'_> for WaitFreeAnswer {
         r.zeros(2)?;
         let hive_id = r.u32()?;
         let waited = r.u64()?;
+        let completeness = Completeness::decode(r)?;
         Ok(Self {
             outcome,
             hive_id,
             waited,
+            completeness,
         })
     }
 }
@@ -148,10 +160,14 @@ mod tests {
         2, 0, b'\\', 0, b'U', 0, // hive
     ];
 
-    /// The exact bytes of "free, hive 7, waited 0x0102".
-    const ANSWER: [u8; 32] = [
-        b'H', b'v', b'T', b'k', 1, 0, 10, 0, 32, 0, 0, 0, 0, 0, 0, 0, // header
-        1, 0, 0, 0, 7, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0,
+    /// The exact bytes of "free, hive 7, waited 0x0102, tracking since 0x0A, 1 open lost in
+    /// the hive since 0x0B, none globally".
+    const ANSWER: [u8; 72] = [
+        b'H', b'v', b'T', b'k', 1, 0, 10, 0, 72, 0, 0, 0, 0, 0, 0, 0, // header
+        1, 0, 0, 0, 7, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, // outcome, hive, waited
+        0x0A, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, // tracking since, hive lost
+        0x0B, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // hive lost since, global lost
+        0, 0, 0, 0, 0, 0, 0, 0, // global lost since
     ];
 
     fn request() -> WaitFreeRequest<'static> {
@@ -166,12 +182,19 @@ mod tests {
             outcome: WaitOutcome::Free,
             hive_id: 7,
             waited: 0x0102,
+            completeness: Completeness {
+                tracking_since: 0x0A,
+                hive_lost: 1,
+                hive_lost_since: 0x0B,
+                global_lost: 0,
+                global_lost_since: 0,
+            },
         }
     }
 
     #[test]
     fn golden_bytes_and_round_trip() {
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 128];
         let n = encode(&request(), &mut buf).unwrap();
         assert_eq!(buf[..n], REQUEST);
         assert_eq!(decode::<WaitFreeRequest<'_>>(&buf[..n]).unwrap(), request());

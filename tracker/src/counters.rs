@@ -35,6 +35,12 @@ pub struct Counters {
     pub history_dropped_no_memory: AtomicU64,
     pub history_holders_truncated: AtomicU64,
     pub holdings: AtomicU64,
+    /// When live tracking began (FILETIME; 0 = not yet).
+    pub tracking_since: AtomicU64,
+    /// Opens lost whose hive is unknown (see `crate::losses`).
+    pub global_lost: AtomicU64,
+    /// When the first of them happened.
+    pub global_lost_since: AtomicU64,
 }
 
 /// Adds one.

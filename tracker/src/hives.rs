@@ -52,6 +52,11 @@ pub struct Hive {
     /// Processes holding keys in the hive.
     pub holders: AtomicU32,
     loaded_time: AtomicU64,
+    /// Opens in the hive the tracker lost since this record was made (see
+    /// `crate::losses`); a new load of the mount makes a new record, so they age out.
+    pub lost: AtomicU64,
+    /// When the first of them happened (0 when none).
+    pub lost_since: AtomicU64,
 }
 
 impl Hive {
@@ -253,6 +258,8 @@ impl<L: RawLock> HiveTable<L> {
             open_keys: AtomicU64::new(0),
             holders: AtomicU32::new(0),
             loaded_time: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            lost_since: AtomicU64::new(0),
         };
         let Some(h) = alloc_init(pool, HIVE_CLASS, hive) else {
             names.release(pool, mount_ref);

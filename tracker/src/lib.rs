@@ -25,6 +25,7 @@ mod counters;
 mod history;
 pub mod hives;
 pub mod lock;
+mod losses;
 pub mod names;
 pub mod objects;
 pub mod pool;

@@ -336,6 +336,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 holders: h.holders.load(Relaxed),
                 mount: Text::Units(h.mount()),
                 file: Text::Units(h.file()),
+                completeness: self.completeness(h),
             };
             Self::start_page::<Holders>(out, &prefix, max_records)
                 .map(|w| (w, empty_page_len::<Holders>(&prefix)))

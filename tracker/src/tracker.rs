@@ -244,15 +244,17 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     ) -> Result<Token, NotTracked> {
         // 1. A slot. Filled before anyone can name it: the token is not out yet, and a
         // forged one is refused while the state is RESERVED.
-        let (si, index, generation, rec) = self.take_slot(process, |rec| {
-            rec.state.store(RESERVED, Relaxed);
-            rec.object.store(object, Relaxed);
-            rec.time.store(time, Relaxed);
-            rec.thread.store(thread, Relaxed);
-            rec.access.store(access, Relaxed);
-            rec.opens.store(1, Relaxed);
-            rec.closes.store(0, Relaxed);
-        })?;
+        let (si, index, generation, rec) = self
+            .take_slot(process, |rec| {
+                rec.state.store(RESERVED, Relaxed);
+                rec.object.store(object, Relaxed);
+                rec.time.store(time, Relaxed);
+                rec.thread.store(thread, Relaxed);
+                rec.access.store(access, Relaxed);
+                rec.opens.store(1, Relaxed);
+                rec.closes.store(0, Relaxed);
+            })
+            .inspect_err(|_| self.open_lost(name, time))?;
         let shard = &self.objects[si as usize];
         let r = slot_ref(si, index);
         let undo_slot = || {
@@ -265,6 +267,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // alive without a reference count round trip (lock order: hive shard first).
         let Ok((hive_guard, hive)) = self.hives.resolve_held(&self.pool, &self.names, name) else {
             bump(&self.counters.opens_dropped_no_memory_hive);
+            // No known hive contains the path (its implicit hive could not be made).
+            self.lost_globally(time);
             undo_slot();
             return Err(NotTracked::NoMemory);
         };
@@ -318,6 +322,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 )
             }
         };
+        if !linked {
+            let h = hive_of(hive);
+            crate::losses::count(&h.lost, &h.lost_since, time);
+        }
         drop(hive_guard);
         if !linked {
             if let Some(n) = name_ref {
@@ -475,6 +483,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let hold = holding_of(hold_ptr);
         let proc = process_of(hold.process);
         let hive = hold.hive;
+        if !count_destroy {
+            // Abandoned: the object lives on untracked, a loss of its hive (the holding
+            // keeps the hive alive here).
+            let h = hive_of(hive);
+            crate::losses::count(&h.lost, &h.lost_since, rec.time.load(Relaxed));
+        }
         let (emptied, reap) = {
             let _pg = Exclusive::new(&proc.lock);
             self.unlink(hold, rec);

@@ -133,7 +133,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             Ok(verdict(
                 g.strict,
                 &r.source,
-                *fail_if_held && !r.holders.is_empty(),
+                *fail_if_held && !(r.holders.is_empty() && r.untracked.is_empty()),
             ))
         }
         Command::Hives => {

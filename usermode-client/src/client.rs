@@ -287,8 +287,10 @@ impl<'t> Client<'t> {
         };
         let mut info: Option<Hive> = None;
         let mut holders: Vec<Holder> = Vec::new();
+        let mut completeness = protocol::completeness::Completeness::default();
         let nr = self.pages::<Holders>(&pass, |page| {
             let p = &page.prefix;
+            completeness = p.completeness;
             let path = text(p.mount);
             if info.as_ref().is_some_and(|h| h.id != p.hive_id) {
                 bail!("the driver sent a malformed answer: the hive changed between pages");
@@ -327,13 +329,41 @@ impl<'t> Client<'t> {
             Ok(true)
         })?;
         let hive = info.context("the driver sent a malformed answer: no holders page")?;
-        Ok(HoldersReport {
+        let mut report = HoldersReport {
             schema: schema("holders"),
             source: self.source(nr),
             generated_at: Time::or_empty(now),
             hive,
             holders,
-        })
+            untracked: Vec::new(),
+        };
+        if self.transport.backend() != crate::fallback::BACKEND {
+            // The driver's records, set against the kernel's own list of the hive's keys.
+            let kernel = self.kernel_open_keys(&report.hive.path);
+            let transport = &mut *self.transport;
+            crate::coverage::reconcile(
+                &mut report,
+                crate::coverage::from_driver(&completeness),
+                kernel,
+                &mut |pid| transport.process_image(pid),
+            );
+        }
+        Ok(report)
+    }
+
+    /// The kernel's list of the key objects open in the hive mounted at `mount`.
+    ///
+    /// # Errors
+    /// Why it cannot be had (the backend cannot ask, or the system refused), in words.
+    pub fn kernel_open_keys(&mut self, mount: &str) -> Result<Vec<(u64, String)>, String> {
+        match self.transport.kernel_open_keys(mount) {
+            None => Err(format!(
+                "the {} backend cannot ask the kernel (NtQueryOpenSubKeysEx)",
+                self.transport.backend()
+            )),
+            Some(Err(e)) => Err(format!("NtQueryOpenSubKeysEx failed: {e}")),
+            Some(Ok(list)) => Ok(list),
+        }
     }
 
     /// Every hive the driver knows.

@@ -90,8 +90,26 @@ impl Transport for EmulatorTransport {
         &mut self,
         hive: &str,
         timeout: Duration,
-    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+    ) -> Option<Result<(WaitFreeOutcome, protocol::completeness::Completeness), TransportError>>
+    {
         driver_wait_free(self, hive, timeout)
+    }
+
+    /// The model's `NtQueryOpenSubKeysEx` (every key object of the hive, old ones too).
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        let session = self.session.as_ref()?;
+        Some(
+            session
+                .open_subkeys(hive)
+                .map_err(|code| TransportError::Request { code }),
+        )
+    }
+
+    fn process_image(&mut self, pid: u64) -> Option<String> {
+        self.session.as_ref()?.process_image(pid)
     }
 }
 

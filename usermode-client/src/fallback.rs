@@ -109,6 +109,8 @@ pub fn listing(hive: &str, open: &[(u64, String)]) -> Listing {
         holders: u32::try_from(pids.len()).unwrap_or(u32::MAX),
         mount: Text::Units(&mount),
         file: Text::EMPTY,
+        // Not a tracker: this listing is the kernel's own.
+        completeness: protocol::completeness::Completeness::default(),
     };
     Listing::holders(&prefix, &processes)
 }

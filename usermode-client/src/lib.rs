@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod coverage;
 #[cfg(all(feature = "emulator", target_os = "linux", target_arch = "x86_64"))]
 pub mod emulator;
 pub mod fallback;

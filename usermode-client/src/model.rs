@@ -20,6 +20,49 @@ pub struct Source {
     pub not_recorded: u64,
     /// What this backend cannot report (empty for the driver).
     pub missing: Vec<String>,
+    /// For reports about one hive (`holders`, `wait`): since when the driver tracks, what
+    /// it lost in that hive, and how its records compare with the kernel's own list of open
+    /// keys. With it, `complete` means "the driver's records and the kernel's list agree key
+    /// for key and tracking runs"; losses elsewhere do not matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
+}
+
+/// How far a report about one hive can be trusted, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// When live tracking began; null when it is off. Keys opened before it are not in the
+    /// driver's records.
+    pub tracking_since: Option<Time>,
+    /// Opens in this hive the driver could not record (since the hive was loaded).
+    pub lost_in_hive: u64,
+    /// When the first of them happened.
+    pub lost_in_hive_since: Option<Time>,
+    /// Opens lost whose hive the driver could not tell (they concern every hive).
+    pub lost_unattributed: u64,
+    /// When the first of them happened.
+    pub lost_unattributed_since: Option<Time>,
+    /// Key objects the kernel lists open in the hive (`NtQueryOpenSubKeysEx`); null when it
+    /// could not be asked.
+    pub kernel_open_keys: Option<u64>,
+    /// Why the kernel could not be asked, when it could not.
+    pub kernel_error: Option<String>,
+    /// Keys the kernel lists that the driver has no record of (opened before tracking
+    /// started, or lost).
+    pub untracked_keys: u64,
+    /// Driver records the kernel's list does not have.
+    pub unmatched_records: u64,
+    /// The driver's records and the kernel's list agree key for key.
+    pub reconciled: bool,
+}
+
+impl Coverage {
+    /// True when the report can say "complete": tracking runs, the kernel was asked, and
+    /// its list and the driver's records agree key for key.
+    #[must_use]
+    pub const fn complete(&self) -> bool {
+        self.tracking_since.is_some() && self.kernel_open_keys.is_some() && self.reconciled
+    }
 }
 
 impl Source {
@@ -31,13 +74,25 @@ impl Source {
             complete: not_recorded == 0 && missing.is_empty(),
             not_recorded,
             missing: missing.iter().map(|&m| m.to_owned()).collect(),
+            coverage: None,
         }
     }
 
-    /// True when the tracker dropped records (what `--strict` fails on).
+    /// Attaches the coverage of a report about one hive; `complete` then follows it (losses
+    /// in other hives no longer count).
+    pub fn set_coverage(&mut self, coverage: Coverage) {
+        self.complete = coverage.complete() && self.missing.is_empty();
+        self.coverage = Some(coverage);
+    }
+
+    /// True when `--strict` must fail: the report about a hive is not complete, or (for
+    /// the other reports) the tracker dropped records.
     #[must_use]
     pub const fn dropped_records(&self) -> bool {
-        self.not_recorded > 0
+        match &self.coverage {
+            Some(c) => !c.complete(),
+            None => self.not_recorded > 0,
+        }
     }
 }
 
@@ -207,6 +262,24 @@ pub struct HoldersReport {
     pub hive: Hive,
     /// Processes holding keys, in pid order.
     pub holders: Vec<Holder>,
+    /// Keys the kernel lists open in the hive that the driver has no record of, per process:
+    /// opened before tracking started (or lost). Empty when the kernel could not be asked.
+    #[serde(default)]
+    pub untracked: Vec<UntrackedHolder>,
+}
+
+/// A process the kernel lists with keys open in the hive that the driver never saw opened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UntrackedHolder {
+    /// Process id (the process that opened the keys, as the kernel records it).
+    pub pid: u64,
+    /// Image path, looked up in user mode now; null when unknown (the process is gone, or
+    /// the pid was reused).
+    pub image: Option<String>,
+    /// How many such keys.
+    pub open_keys: u64,
+    /// Their NT paths, as the kernel lists them.
+    pub keys: Vec<String>,
 }
 
 /// `hivetrack hives`.

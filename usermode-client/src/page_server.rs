@@ -214,6 +214,9 @@ pub struct Server {
     pub history: Option<Listing>,
     /// `not_recorded` of every page.
     pub not_recorded: u64,
+    /// Keys the kernel lists (`NtQueryOpenSubKeysEx`) beyond the holders answers: opened
+    /// before tracking started, or lost. `(pid, NT path)`.
+    pub kernel_extra: Vec<(u64, String)>,
 }
 
 impl Server {

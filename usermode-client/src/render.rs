@@ -3,9 +3,10 @@
 
 use std::fmt::Write as _;
 
+use crate::hive_name::display;
 use crate::model::{
-    DiffReport, HeldKey, HivesReport, Holder, HoldersReport, ProcessesReport, Source, StatsReport,
-    UnloadHistoryReport, WaitReport, age_text,
+    Coverage, DiffReport, HeldKey, HivesReport, Holder, HoldersReport, ProcessesReport, Source,
+    StatsReport, UnloadHistoryReport, WaitReport, age_text,
 };
 
 /// The output form chosen on the command line.
@@ -89,7 +90,9 @@ pub fn source_line(s: &Source) -> String {
     if s.complete {
         line.push_str(", complete");
     }
-    if s.not_recorded > 0 {
+    if let Some(c) = &s.coverage {
+        coverage_text(c, &mut line);
+    } else if s.not_recorded > 0 {
         let _ = write!(
             line,
             ", INCOMPLETE: the tracker could not record {} event(s), so keys may be missing (see `hivetrack stats`)",
@@ -104,6 +107,68 @@ pub fn source_line(s: &Source) -> String {
         );
     }
     line
+}
+
+/// Said under keys opened before tracking started: how to see such opens next time.
+pub const UNTRACKED_HINT: &str = "(hivetrack has no open time, thread or access for these: it started after they were \
+opened. To track from boot, `sc config hivetrack start= system`; see the README, \"Tracking from boot\", for what it costs.)";
+
+/// What a report about one hive vouches for, in words: since when tracking runs, the
+/// kernel's list against the driver's records, and the losses that concern the hive.
+fn coverage_text(c: &Coverage, line: &mut String) {
+    match &c.tracking_since {
+        Some(t) => {
+            let _ = write!(line, "; tracking since {}", t.utc);
+        }
+        None => line.push_str(", INCOMPLETE: live tracking is off"),
+    }
+    match (c.kernel_open_keys, &c.kernel_error) {
+        (Some(n), _) if c.reconciled => {
+            let _ = write!(line, "; the kernel lists {n} open key(s), all tracked");
+        }
+        (Some(n), _) => {
+            let _ = write!(line, ", INCOMPLETE: the kernel lists {n} open key(s)");
+            if c.untracked_keys > 0 {
+                let _ = write!(
+                    line,
+                    ", {} of them not in hivetrack's records (open before tracking started{})",
+                    c.untracked_keys,
+                    if c.lost_in_hive + c.lost_unattributed > 0 {
+                        ", or lost"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if c.unmatched_records > 0 {
+                let _ = write!(
+                    line,
+                    "; {} record(s) the kernel does not list",
+                    c.unmatched_records
+                );
+            }
+        }
+        (None, why) => {
+            let _ = write!(
+                line,
+                ", INCOMPLETE: keys opened before tracking started cannot be ruled out ({})",
+                why.as_deref().unwrap_or("the kernel's list is unavailable")
+            );
+        }
+    }
+    for (n, since, place) in [
+        (c.lost_in_hive, &c.lost_in_hive_since, "in this hive"),
+        (
+            c.lost_unattributed,
+            &c.lost_unattributed_since,
+            "in an unknown hive",
+        ),
+    ] {
+        if n > 0 {
+            let since = since.as_ref().map_or("-", |t| t.utc.as_str());
+            let _ = write!(line, "; {n} open(s) lost {place} since {since}");
+        }
+    }
 }
 
 fn opt(s: Option<&String>) -> String {
@@ -292,6 +357,34 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 for h in &r.holders {
                     holder_sentences(h, &mut out);
                 }
+            }
+            if !r.untracked.is_empty() {
+                let n: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
+                let _ = writeln!(
+                    out,
+                    "\n{n} more open key(s) the kernel lists that hivetrack has no record of (open before tracking started{}):",
+                    if r.source
+                        .coverage
+                        .as_ref()
+                        .is_some_and(|c| c.lost_in_hive + c.lost_unattributed > 0)
+                    {
+                        ", or lost"
+                    } else {
+                        ""
+                    }
+                );
+                for u in &r.untracked {
+                    let who = process_phrase(u.pid, u.image.as_ref(), false);
+                    for k in &u.keys {
+                        let _ = writeln!(
+                            out,
+                            "{who} has opened key {} (open before tracking started)",
+                            display(k)
+                        );
+                    }
+                }
+                out.push_str(UNTRACKED_HINT);
+                out.push('\n');
             }
             out.push('\n');
             out.push_str(&source_line(&r.source));

@@ -24,6 +24,9 @@ pub const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
 pub const NOW: u64 = UNIX_EPOCH_FILETIME + 1_795_320_000 * 10_000_000;
 /// One second in FILETIME units.
 pub const SECOND: u64 = 10_000_000;
+/// When the scripted driver started tracking: 2026-11-22T01:00:00Z, three hours before
+/// [`NOW`].
+pub const TRACKING_SINCE: u64 = NOW - 3 * 3600 * SECOND;
 /// `KEY_READ`.
 pub const KEY_READ: u32 = 0x0002_0019;
 /// The policy agent that keeps `Software\Policies` open.
@@ -70,6 +73,10 @@ pub struct Scripted {
     pub name: &'static str,
     /// What the backend says it cannot report.
     pub missing: &'static [&'static str],
+    /// Images of live processes the driver does not know, for [`Transport::process_image`].
+    pub images: Vec<(u64, String)>,
+    /// The kernel cannot be asked (as a backend without `NtQueryOpenSubKeysEx`).
+    pub no_kernel: bool,
 }
 
 impl Scripted {
@@ -134,6 +141,80 @@ impl Transport for Scripted {
         }
         Ok(n)
     }
+
+    /// The kernel's list: every key of the driver's holders answer for the hive, plus the
+    /// state's [`Server::kernel_extra`] in it.
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        use protocol::holders::{HolderRecord, Holders};
+        use protocol::page::Page;
+        use protocol::request::{QueryKind, QueryRequest};
+        if self.no_kernel {
+            return None;
+        }
+        let server = &self.states[self.step];
+        let units: Vec<u16> = hive.encode_utf16().collect();
+        let mut out: Vec<(u64, String)> = Vec::new();
+        let mut cursor = protocol::cursor::Cursor::START;
+        let mut input = vec![0u8; 256 + 2 * units.len()];
+        let mut buf = vec![0u8; 1 << 22];
+        loop {
+            let req = QueryRequest {
+                query: QueryKind::Holders,
+                flags: 0,
+                max_records: 0,
+                cursor,
+                hive: Text::Units(&units),
+            };
+            let n = protocol::wire::encode(&req, &mut input).ok()?;
+            let len = match server.answer(
+                protocol::ioctl::IOCTL_HIVETRACK_QUERY_HOLDERS,
+                &input[..n],
+                &mut buf,
+            ) {
+                Ok(len) => len,
+                Err(e) => return Some(Err(e)),
+            };
+            let page = protocol::wire::decode::<Page<'_, Holders>>(&buf[..len]).ok()?;
+            let mut pid = 0;
+            for rec in page.records() {
+                match rec {
+                    HolderRecord::Process(p) => pid = p.pid,
+                    // The kernel always has a name, even where the driver could not
+                    // store one.
+                    HolderRecord::Key(k) if k.name.is_empty() => {
+                        out.push((pid, format!(r"{hive}\Software\Contoso\Unnamed")));
+                    }
+                    HolderRecord::Key(k) => out.push((pid, k.name.to_string())),
+                }
+            }
+            if page.info.done() || page.info.next == cursor {
+                break;
+            }
+            cursor = page.info.next;
+        }
+        let folded = hive.to_uppercase();
+        out.extend(
+            server
+                .kernel_extra
+                .iter()
+                .filter(|(_, k)| {
+                    let k = k.to_uppercase();
+                    k == folded || k.starts_with(&format!(r"{folded}\"))
+                })
+                .cloned(),
+        );
+        Some(Ok(out))
+    }
+
+    fn process_image(&mut self, pid: u64) -> Option<String> {
+        self.images
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, i)| i.clone())
+    }
 }
 
 fn units(s: &str) -> Vec<u16> {
@@ -177,6 +258,12 @@ struct P {
 }
 
 fn holders_listing(h: &H, procs: &[P]) -> Listing {
+    holders_listing_lost(h, procs, 0)
+}
+
+/// The holders listing of `h` from a driver that lost `global_lost` opens in an unknown hive
+/// (10 minutes before [`NOW`]).
+fn holders_listing_lost(h: &H, procs: &[P], global_lost: u64) -> Listing {
     let mount = units(&h.mount);
     let file = units(h.file);
     let names: Vec<Vec<Vec<u16>>> = procs
@@ -231,6 +318,16 @@ fn holders_listing(h: &H, procs: &[P]) -> Listing {
             holders: h.holders,
             mount: Text::Units(&mount),
             file: Text::Units(&file),
+            completeness: protocol::completeness::Completeness {
+                tracking_since: TRACKING_SINCE,
+                global_lost,
+                global_lost_since: if global_lost > 0 {
+                    NOW - 600 * SECOND
+                } else {
+                    0
+                },
+                ..protocol::completeness::Completeness::default()
+            },
         },
         &records,
     )
@@ -446,6 +543,7 @@ pub fn logoff() -> Server {
         history: Some(history_listing(1, false)),
         hives: Some(hives_listing(&hives)),
         not_recorded: 0,
+        kernel_extra: Vec::new(),
     }
 }
 
@@ -625,7 +723,19 @@ pub fn incomplete() -> Server {
             (String::new(), 60, 2044),
         ],
     };
-    s.holders[0] = (units(&h.mount), holders_listing(&h, &[agent]));
+    // The 12 opens dropped for want of an object slot came before their hive was known.
+    s.holders[0] = (units(&h.mount), holders_listing_lost(&h, &[agent], 12));
+    let classes = H {
+        id: 8,
+        mount: user("_Classes"),
+        file: r"\Device\HarddiskVolume2\Users\alice\AppData\Local\Microsoft\Windows\UsrClass.dat",
+        open_keys: 0,
+        holders: 0,
+    };
+    s.holders[1] = (
+        units(&classes.mount),
+        holders_listing_lost(&classes, &[], 12),
+    );
     s.stats = Some(stats_with(
         1_469,
         &[
@@ -635,5 +745,13 @@ pub fn incomplete() -> Server {
     ));
     s.history = Some(history_listing(2, true));
     s.not_recorded = 17;
+    // One of the lost opens is still open: the kernel lists it, the driver has no record.
+    s.kernel_extra = vec![
+        (
+            AGENT_PID,
+            user(r"\Software\Microsoft\Windows\CurrentVersion"),
+        ),
+        (640, user("_Classes\\CLSID")),
+    ];
     s
 }

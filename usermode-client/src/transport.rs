@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use protocol::{
+    completeness::Completeness,
     ioctl::{IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_WAIT_FREE},
     text::Text,
     version::VersionInfo,
@@ -136,8 +137,31 @@ pub trait Transport {
         &mut self,
         hive: &str,
         timeout: Duration,
-    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+    ) -> Option<Result<(WaitFreeOutcome, Completeness), TransportError>> {
         let _ = (hive, timeout);
+        None
+    }
+
+    /// The kernel's own list of the key objects open in the hive mounted at `hive` (an NT
+    /// path), one `(pid, key path)` per object: what `NtQueryOpenSubKeysEx` returns (the pid
+    /// is the process that opened the object, `CM_KEY_BODY.ProcessID`). It includes keys
+    /// opened before the driver started tracking, which the driver cannot know. `None` when
+    /// this backend cannot ask (the default).
+    ///
+    /// # Errors
+    /// (Inside the `Some`.) The system refused (privilege, not a hive root).
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        let _ = hive;
+        None
+    }
+
+    /// The image path of the live process `pid`, looked up in user mode (for keys the
+    /// driver has no record of). `None` when unknown (the default).
+    fn process_image(&mut self, pid: u64) -> Option<String> {
+        let _ = pid;
         None
     }
 }
@@ -242,7 +266,7 @@ pub fn driver_wait_free(
     transport: &mut dyn Transport,
     hive: &str,
     timeout: Duration,
-) -> Option<Result<WaitFreeOutcome, TransportError>> {
+) -> Option<Result<(WaitFreeOutcome, Completeness), TransportError>> {
     let mut buf = [0u8; 256];
     let n = transport
         .ioctl(IOCTL_HIVETRACK_GET_VERSION, &[], &mut buf)
@@ -258,16 +282,17 @@ pub fn driver_wait_free(
     };
     let mut input = vec![0u8; HEADER_LEN + request.body_len()];
     let len = wire::encode(&request, &mut input).ok()?;
-    let mut output = [0u8; 64];
+    let mut output = [0u8; 128];
     match transport.ioctl(IOCTL_HIVETRACK_WAIT_FREE, &input[..len], &mut output) {
         Ok(n) => Some(
             wire::decode::<WaitFreeAnswer>(&output[..n.min(output.len())])
                 .map(|a| {
-                    if a.outcome.is_free() {
+                    let outcome = if a.outcome.is_free() {
                         WaitFreeOutcome::Free
                     } else {
                         WaitFreeOutcome::TimedOut
-                    }
+                    };
+                    (outcome, a.completeness)
                 })
                 .map_err(|e| {
                     TransportError::Os(std::io::Error::other(format!(
@@ -345,6 +370,7 @@ mod tests {
                         outcome,
                         hive_id: 3,
                         waited: 10,
+                        completeness: Completeness::default(),
                     };
                     Ok(wire::encode(&a, output).unwrap())
                 }
@@ -374,7 +400,7 @@ mod tests {
         ] {
             let mut d = fake(VersionInfo::CAP_WAIT_FREE, Ok(outcome));
             let got = driver_wait_free(&mut d, HIVE, Duration::from_millis(2500));
-            assert_eq!(got.unwrap().unwrap(), expected);
+            assert_eq!(got.unwrap().unwrap().0, expected);
             assert_eq!(d.seen, vec![(2500, HIVE.to_owned())]);
         }
     }

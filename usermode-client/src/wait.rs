@@ -54,6 +54,13 @@ impl Clock for SystemClock {
 /// Waits until no process holds keys in the hive at NT path `hive` (shown as `shown`), or
 /// `timeout` passes. A hive that disappears after it was seen was unloaded: it is free.
 ///
+/// The driver can say only that no key it tracks is open; a key opened before tracking
+/// started is in the kernel's list alone. So "free" needs both: after the driver's
+/// wait-free answer (or at every poll) the holders report is taken, which sets the driver's
+/// records against the kernel's list, and the wait goes on while the kernel still lists
+/// keys. When the kernel cannot be asked, "free" is reported as the driver sees it, and the
+/// report says it is not complete.
+///
 /// # Errors
 /// Transport failures, an unknown hive (never seen), a malformed answer.
 pub fn wait_free(
@@ -64,45 +71,51 @@ pub fn wait_free(
     interval: Duration,
     clock: &mut dyn Clock,
 ) -> Result<WaitReport> {
-    let report =
-        |client: &Client<'_>, free, method: &str, nr, open_keys, holders, secs| WaitReport {
-            schema: schema("wait"),
-            source: client.source(nr),
-            hive: shown.to_owned(),
-            free,
-            method: method.to_owned(),
-            waited_secs: secs,
-            open_keys,
-            holders,
-        };
+    let mut method = "poll";
     if let Some(native) = client.transport().wait_free(hive, timeout) {
-        let outcome = native.map_err(classify)?;
-        let secs = clock.elapsed().as_secs_f64();
-        if outcome == WaitFreeOutcome::Free {
-            return Ok(report(client, true, "wait-free", 0, 0, 0, secs));
+        let (outcome, _) = native.map_err(classify)?;
+        method = "wait-free";
+        if outcome == WaitFreeOutcome::TimedOut {
+            // Timed out: say who still holds the hive, as the polling wait does.
+            let secs = clock.elapsed().as_secs_f64();
+            let (source, open_keys, holders) = client.holders(hive, true, 0).map_or_else(
+                |_| (client.source(0), 0, 0),
+                |r| {
+                    let untracked: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
+                    let pids = u32::try_from(r.untracked.len()).unwrap_or(u32::MAX);
+                    (
+                        r.source,
+                        r.hive.open_keys + untracked,
+                        r.hive.holders.saturating_add(pids),
+                    )
+                },
+            );
+            return Ok(WaitReport {
+                schema: schema("wait"),
+                source,
+                hive: shown.to_owned(),
+                free: false,
+                method: method.to_owned(),
+                waited_secs: secs,
+                open_keys,
+                holders,
+            });
         }
-        // Timed out: say who still holds the hive, as the polling wait does.
-        let (nr, open_keys, holders) = client.holders(hive, true, 0).map_or((0, 0, 0), |r| {
-            (r.source.not_recorded, r.hive.open_keys, r.hive.holders)
-        });
-        return Ok(report(
-            client,
-            false,
-            "wait-free",
-            nr,
-            open_keys,
-            holders,
-            secs,
-        ));
     }
-    let mut seen = false;
-    let mut not_recorded = 0;
+    // The driver waited on the hive, so it knew it: if it is gone now, it was unloaded.
+    let mut seen = method == "wait-free";
+    let mut source = client.source(0);
     loop {
         let (open_keys, holders) = match client.holders(hive, true, 0) {
             Ok(r) => {
                 seen = true;
-                not_recorded = not_recorded.max(r.source.not_recorded);
-                (r.hive.open_keys, r.hive.holders)
+                let untracked: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
+                let pids = u32::try_from(r.untracked.len()).unwrap_or(u32::MAX);
+                source = r.source;
+                (
+                    r.hive.open_keys + untracked,
+                    r.hive.holders.saturating_add(pids),
+                )
             }
             Err(e) if seen && matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
                 (0, 0)
@@ -110,20 +123,19 @@ pub fn wait_free(
             Err(e) => return Err(e),
         };
         let secs = clock.elapsed().as_secs_f64();
-        if open_keys == 0 && holders == 0 {
-            return Ok(report(client, true, "poll", not_recorded, 0, 0, secs));
-        }
+        let done = open_keys == 0 && holders == 0;
         let elapsed = clock.elapsed();
-        if elapsed >= timeout {
-            return Ok(report(
-                client,
-                false,
-                "poll",
-                not_recorded,
+        if done || elapsed >= timeout {
+            return Ok(WaitReport {
+                schema: schema("wait"),
+                source,
+                hive: shown.to_owned(),
+                free: done,
+                method: method.to_owned(),
+                waited_secs: secs,
                 open_keys,
                 holders,
-                secs,
-            ));
+            });
         }
         clock.sleep(interval.min(timeout.saturating_sub(elapsed)));
     }

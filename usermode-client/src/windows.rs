@@ -17,6 +17,9 @@ use crate::transport::{Transport, TransportError, WaitFreeOutcome, driver_wait_f
 /// An open handle to the driver's control device.
 pub struct DeviceTransport {
     handle: HANDLE,
+    /// `NtQueryOpenSubKeysEx`, resolved on first use (`None` before; `Some(Err)` when ntdll
+    /// lacks it).
+    kernel: Option<Result<crate::windows_fallback::NtQuerySource, String>>,
 }
 
 impl DeviceTransport {
@@ -53,8 +56,35 @@ impl DeviceTransport {
                 _ => TransportError::Os(err),
             });
         }
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            kernel: None,
+        })
     }
+}
+
+/// `QueryFullProcessImageNameW` of live process `pid` (native `\Device\…` form, as the
+/// driver reports images); `None` when it cannot be opened (gone, protected).
+fn image_of(pid: u64) -> Option<String> {
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, PROCESS_NAME_NATIVE, PROCESS_QUERY_LIMITED_INFORMATION,
+        QueryFullProcessImageNameW,
+    };
+    let pid = u32::try_from(pid).ok()?;
+    // SAFETY: plain values; a null handle is checked below.
+    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if process.is_null() {
+        return None;
+    }
+    let mut buf = vec![0u16; 32 * 1024];
+    let mut len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    // SAFETY: `process` is open; `buf` holds `len` writable units; `len` is in/out.
+    let ok = unsafe {
+        QueryFullProcessImageNameW(process, PROCESS_NAME_NATIVE, buf.as_mut_ptr(), &raw mut len)
+    };
+    // SAFETY: opened above, closed once.
+    unsafe { CloseHandle(process) };
+    (ok != 0).then(|| String::from_utf16_lossy(&buf[..len as usize]))
 }
 
 impl Transport for DeviceTransport {
@@ -103,8 +133,29 @@ impl Transport for DeviceTransport {
         &mut self,
         hive: &str,
         timeout: std::time::Duration,
-    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+    ) -> Option<Result<(WaitFreeOutcome, protocol::completeness::Completeness), TransportError>>
+    {
         driver_wait_free(self, hive, timeout)
+    }
+
+    /// `NtQueryOpenSubKeysEx` (as the driverless fallback calls it): the keys open in the hive,
+    /// those opened before the driver started included.
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        use crate::fallback::OpenSubKeys;
+        let source = self.kernel.get_or_insert_with(|| {
+            crate::windows_fallback::NtQuerySource::new().map_err(|e| e.to_string())
+        });
+        Some(match source {
+            Ok(s) => s.open_subkeys(hive),
+            Err(why) => Err(TransportError::Os(io::Error::other(why.clone()))),
+        })
+    }
+
+    fn process_image(&mut self, pid: u64) -> Option<String> {
+        image_of(pid)
     }
 }
 

@@ -13,6 +13,7 @@ use hivetrack_cli::scripted::{
     SID, Scripted, logoff, logoff_busy, logoff_released, logoff_unloaded,
 };
 use hivetrack_cli::transport::{ERROR_FILE_NOT_FOUND, Transport, TransportError, WaitFreeOutcome};
+use protocol::completeness::Completeness;
 use protocol::holders::{HiveKind, HiveState, HolderKey, HolderProcess, HoldersPrefix};
 use protocol::text::Text;
 
@@ -35,7 +36,10 @@ fn wait_polls_until_the_agent_exits() {
     let o = run_scripted(s, &["wait", &user_hive(), "--csv"]);
     assert_eq!(o.code, exit::OK);
     assert_snapshot("wait_free_csv", &o.out);
-    assert_eq!(o.err, "hivetrack: source: scripted, complete\n");
+    assert_eq!(
+        o.err,
+        "hivetrack: source: scripted, complete; tracking since 2026-11-22T01:00:00Z; the kernel lists 0 open key(s), all tracked\n"
+    );
 }
 
 #[test]
@@ -92,9 +96,9 @@ impl Transport for NativeWait {
         &mut self,
         hive: &str,
         timeout: Duration,
-    ) -> Option<Result<WaitFreeOutcome, TransportError>> {
+    ) -> Option<Result<(WaitFreeOutcome, Completeness), TransportError>> {
         self.asked = Some((hive.to_owned(), timeout));
-        Some(Ok(WaitFreeOutcome::TimedOut))
+        Some(Ok((WaitFreeOutcome::TimedOut, Completeness::default())))
     }
 }
 
@@ -259,6 +263,7 @@ fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
         holders: 1,
         mount: Text::Units(&mount),
         file: Text::EMPTY,
+        completeness: Completeness::default(),
     };
     let mut server = Server::default();
     server.holders.push((
@@ -304,4 +309,74 @@ fn a_driver_that_never_finishes_is_an_error() {
     let o = run_with(&["hives"], |_| Ok(Box::new(Stuck(logoff()))), &Contoso);
     assert_eq!(o.code, 1);
     assert!(o.err.contains("made no progress"), "{}", o.err);
+}
+
+/// The driver started after the agent opened its key: the kernel lists the key, the driver
+/// has no record of it (issue 12).
+fn started_late() -> Scripted {
+    let mut server = logoff_released();
+    server.kernel_extra = vec![(2040, format!(r"\REGISTRY\USER\{SID}\Software\Policies"))];
+    let mut s = Scripted::new(server);
+    s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
+    s
+}
+
+#[test]
+fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete() {
+    let o = run_scripted(started_late(), &["holders", &user_hive(), "--strict"]);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    assert!(
+        o.out.contains(&format!(
+            r"Process 2040 (C:\Program Files\Contoso\Policy Agent\agent.exe) has opened key HKU\{SID}\Software\Policies (open before tracking started)"
+        )),
+        "{}",
+        o.out
+    );
+    assert!(
+        o.out.contains("1 of them not in hivetrack's records"),
+        "{}",
+        o.out
+    );
+    let o = run_scripted(started_late(), &["holders", &user_hive(), "--fail-if-held"]);
+    assert_eq!(
+        o.code,
+        exit::HELD,
+        "held, if only by keys the driver never saw"
+    );
+    let o = run_scripted(started_late(), &["holders", &user_hive(), "--json"]);
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert!(!r.source.complete);
+    assert_eq!(r.untracked.len(), 1);
+    assert_eq!(r.untracked[0].pid, 2040);
+    let c = r.source.coverage.unwrap();
+    assert_eq!(
+        (c.kernel_open_keys, c.untracked_keys, c.reconciled),
+        (Some(1), 1, false)
+    );
+}
+
+#[test]
+fn wait_never_says_free_while_the_kernel_lists_keys() {
+    let o = run_scripted(started_late(), &["wait", &user_hive(), "--timeout", "1"]);
+    assert_eq!(o.code, exit::HELD, "{}{}", o.out, o.err);
+    assert!(
+        o.out
+            .contains("still held after 1.0s: 1 open key(s) by 1 process(es)"),
+        "{}",
+        o.out
+    );
+}
+
+#[test]
+fn without_the_kernel_list_nothing_is_complete() {
+    let mut s = Scripted::new(logoff());
+    s.no_kernel = true;
+    let o = run_scripted(s, &["holders", &user_hive(), "--strict"]);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    assert!(
+        o.out
+            .contains("keys opened before tracking started cannot be ruled out"),
+        "{}",
+        o.out
+    );
 }

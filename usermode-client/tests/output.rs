@@ -26,7 +26,10 @@ fn holders_of_the_profile_that_will_not_unload() {
         assert_eq!(o.code, 0, "{form}: {}", o.err);
         assert_snapshot(&format!("holders_logoff_{form}"), &o.out);
         if form == "csv" {
-            assert_eq!(o.err, "hivetrack: source: scripted, complete\n");
+            assert_eq!(
+                o.err,
+                "hivetrack: source: scripted, complete; tracking since 2026-11-22T01:00:00Z; the kernel lists 1 open key(s), all tracked\n"
+            );
         }
     }
     // The one line an administrator needs, in event 1530's words.

@@ -417,14 +417,15 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
                 // GET_VERSION takes no input: STATUS_INVALID_PARAMETER.
                 ("0x8A546000", "00", "64", "Win32 error 87)"),
                 // WAIT_FREE with a byte of garbage: STATUS_INVALID_PARAMETER.
-                ("0x8A54601C", "00", "64", "Win32 error 87)"),
+                ("0x8A54601C", "00", "72", "Win32 error 87)"),
                 // A well-formed WAIT_FREE for \REGISTRY\MACHINE\SOFTWARE (timeout 0), while
                 // live tracking is off: STATUS_DEVICE_NOT_READY at once, never a pending IRP
                 // that could not know when the hive is free.
                 (
                     "0x8A54601C",
                     WAIT_FREE_SOFTWARE_HEX,
-                    "64",
+                    // The answer's size (16-byte header, 56-byte body with completeness).
+                    "72",
                     "Win32 error 21)",
                 ),
             ];

@@ -10,6 +10,7 @@ pub mod procmon;
 pub mod registry;
 pub mod test_driver;
 pub mod tracking;
+pub mod truth;
 pub mod wait_free;
 
 use std::fmt::Display;
@@ -90,6 +91,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(tracking::scenarios());
     v.extend(procmon::scenarios());
     v.extend(wait_free::scenarios());
+    v.extend(truth::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
     v.extend(lifecycle::scenarios());

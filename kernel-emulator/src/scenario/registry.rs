@@ -45,6 +45,7 @@ struct Stats {
     post_load: u64,
     /// Post-open/create notifications with STATUS_REPARSE (a success-class status).
     post_reparse: u64,
+    pre_close_no_context: u64,
 }
 
 pub(super) const fn scenario(
@@ -100,6 +101,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_wait_registry,
         ),
         scenario(
+            "td-preexisting-handles",
+            "keys opened (and a hive loaded) before DriverEntry: their objects never carry the driver's context, their close comes with none and no cleanup; NtQueryOpenSubKeysEx still lists them with the opener's pid",
+            td_preexisting_handles,
+        ),
+        scenario(
             "td-generated",
             "4 threads x 5 processes x 20 keys, random opens/creates/duplicates/closes/exits, seeded",
             td_generated,
@@ -128,27 +134,12 @@ fn boot_hives() {
 /// Mounts the machine hives, loads the test driver and opens its device.
 pub(super) fn start(ctx: &mut Ctx) -> Option<Session> {
     boot_hives();
-    let driver = ctx.load();
-    let s = driver.entry();
-    ctx.check(
-        s == STATUS_SUCCESS,
-        format!("DriverEntry returned {}", status::describe(s)),
-    );
-    match ctx.open(r"\\.\KemuTest", Caller::Admin, GENERIC_READ | GENERIC_WRITE) {
-        Ok(control) => Some(Session { driver, control }),
-        Err(s) => {
-            ctx.check(
-                false,
-                format!("open the test driver: {}", status::describe(s)),
-            );
-            None
-        }
-    }
+    start_loaded(ctx)
 }
 
 fn stats(s: &Session) -> Stats {
-    let mut v = [0u64; 16];
-    for block in 0..4u64 {
+    let mut v = [0u64; 24];
+    for block in 0..6u64 {
         let r = io::device_io_control(s.control, IOCTL_STATS, &block.to_le_bytes(), 32, 0xA5);
         for (i, c) in r.output.chunks_exact(8).enumerate() {
             v[block as usize * 4 + i] = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
@@ -171,6 +162,7 @@ fn stats(s: &Session) -> Stats {
         pre_unload: v[13],
         post_load: v[14],
         post_reparse: v[15],
+        pre_close_no_context: v[22],
     }
 }
 
@@ -623,4 +615,110 @@ fn td_wait_registry(ctx: &mut Ctx) {
         "the waits' timers were cancelled",
     );
     finish(ctx, s);
+}
+
+/// Issue 11 item 7. Docs: `CmSetCallbackObjectContext` ("associates a context with a
+/// registry key object" for the callback that calls it) and "Registering for Notifications"
+/// / `RegNtCallbackObjectContextCleanup` (sent only for objects that carry a context of the
+/// callback): a key object opened before `CmRegisterCallbackEx` has no context of that
+/// callback, so its close notification carries `ObjectContext == NULL` and no cleanup
+/// follows. `NtQueryOpenSubKeysEx` (WRK `CmpDumpOneKeyBody`) lists every key body of the
+/// hive with its opener's pid, these included.
+fn td_preexisting_handles(ctx: &mut Ctx) {
+    boot_hives();
+    let Ok(early) =
+        process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\early.exe", false)
+    else {
+        ctx.check(false, "create the early process");
+        return;
+    };
+    let loaded = hive::load_hive(
+        SYSTEM_PID,
+        USER_HIVE,
+        r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT",
+    );
+    let before = hive::open_key(early, &format!(r"{USER_HIVE}\Before"), KEY_READ, true);
+    let soft = open(early, SOFTWARE);
+    ctx.check(
+        loaded == STATUS_SUCCESS && before.is_ok() && soft.is_ok(),
+        format!(
+            "before the driver: a hive loaded, two keys opened: {loaded:#x} {before:?} {soft:?}"
+        ),
+    );
+    let listed = hive::open_subkeys(USER_HIVE);
+    ctx.check(
+        listed
+            .as_ref()
+            .is_ok_and(|l| l.len() == 1 && l[0].0 == early && l[0].1.ends_with(r"\Before")),
+        format!("NtQueryOpenSubKeysEx lists the early key with its opener: {listed:?}"),
+    );
+    let Some(s) = start_loaded(ctx) else { return };
+    let contexts = kernel::with(|k| {
+        k.hives
+            .objects
+            .values()
+            .filter(|o| !o.contexts.is_empty())
+            .count()
+    });
+    ctx.check(
+        contexts == 0,
+        format!("no object opened before registration carries a context ({contexts})"),
+    );
+    let after = open(early, &format!(r"{USER_HIVE}\Before"));
+    let st = stats(&s);
+    ctx.check(
+        after.is_ok() && st.contexts_set == 1 && st.post_success == 1,
+        format!("an open after registration gets its context: {after:?} {st:?}"),
+    );
+    let listed = hive::open_subkeys(USER_HIVE).unwrap_or_default();
+    ctx.check(
+        listed.len() == 2 && listed.iter().all(|(p, _)| *p == early),
+        format!("the kernel lists both objects, old and new: {listed:?}"),
+    );
+    if let Ok(h) = before {
+        let _ = hive::close_key(early, h);
+    }
+    let st = stats(&s);
+    ctx.check(
+        st.pre_close == 1 && st.pre_close_no_context == 1 && st.contexts_freed == 0,
+        format!("the early key's close comes with no context and no cleanup: {st:?}"),
+    );
+    if let Ok(h) = after {
+        let _ = hive::close_key(early, h);
+    }
+    let st = stats(&s);
+    ctx.check(
+        st.pre_close == 2 && st.pre_close_no_context == 1 && st.contexts_freed == 1,
+        format!("the later key's close carries its context, then its cleanup: {st:?}"),
+    );
+    if let Ok(h) = soft {
+        let _ = hive::close_key(early, h);
+    }
+    let unloaded = hive::unload_hive(SYSTEM_PID, USER_HIVE);
+    ctx.check(
+        unloaded == STATUS_SUCCESS,
+        format!("the hive unloads once both are closed: {unloaded:#x}"),
+    );
+    process::exit_process(early);
+    finish(ctx, s);
+}
+
+/// Loads the test driver on a machine whose hives are already mounted.
+fn start_loaded(ctx: &mut Ctx) -> Option<Session> {
+    let driver = ctx.load();
+    let s = driver.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    match ctx.open(r"\\.\KemuTest", Caller::Admin, GENERIC_READ | GENERIC_WRITE) {
+        Ok(control) => Some(Session { driver, control }),
+        Err(s) => {
+            ctx.check(
+                false,
+                format!("open the test driver: {}", status::describe(s)),
+            );
+            None
+        }
+    }
 }

@@ -36,11 +36,12 @@ use crate::status::{self, STATUS_SUCCESS};
 pub(crate) const SYSTEM_PID: u32 = 4;
 pub(crate) const KEY_READ: u32 = 0x2_0019;
 pub(crate) const USER: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
-const CLASSES: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001_Classes";
-const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
+pub(crate) const CLASSES: &str =
+    r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001_Classes";
+pub(crate) const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
 const SHELL: &str = r"\Device\HarddiskVolume2\Windows\explorer.exe";
-const APP1: &str = r"\Device\HarddiskVolume2\Program Files\Editor\editor.exe";
+pub(crate) const APP1: &str = r"\Device\HarddiskVolume2\Program Files\Editor\editor.exe";
 pub(crate) const APP2: &str = r"\Device\HarddiskVolume2\Program Files\Sync\profleak.exe";
 const OUT_LEN: u32 = 64 * 1024;
 

@@ -34,7 +34,7 @@ const STATUS_OBJECT_NAME_NOT_FOUND: NtStatus = 0xC000_0034_u32.cast_signed();
 const STATUS_INSUFFICIENT_RESOURCES: NtStatus = 0xC000_009A_u32.cast_signed();
 const STATUS_NO_SUCH_DEVICE: NtStatus = 0xC000_000E_u32.cast_signed();
 /// The answer's size: header and 16-byte body.
-const ANSWER_LEN: usize = 32;
+const ANSWER_LEN: usize = 72;
 /// Waits the driver holds at once.
 const MAX_WAITS: usize = 32;
 /// 100 ns units per millisecond.
@@ -84,7 +84,7 @@ pub(crate) fn send(h: FileHandle, hive: &str, timeout_ms: u32) -> IoctlCall {
         h,
         IOCTL_HIVETRACK_WAIT_FREE,
         &request(hive, timeout_ms),
-        64,
+        128,
         0xA5,
     )
 }
@@ -228,19 +228,19 @@ fn wait_free(ctx: &mut Ctx) {
     for (input, out_len, want, what) in [
         (
             vec![0u8; 1],
-            64,
+            128,
             STATUS_INVALID_PARAMETER,
             "one garbage byte",
         ),
         (
             request("", 0),
-            64,
+            128,
             STATUS_INVALID_PARAMETER,
             "an empty hive path",
         ),
         (
             request(r"\REGISTRY\NOWHERE\X", 1000),
-            64,
+            128,
             STATUS_OBJECT_NAME_NOT_FOUND,
             "a path in no known hive",
         ),
@@ -256,7 +256,7 @@ fn wait_free(ctx: &mut Ctx) {
                 r[20] = 1; // the reserved word
                 r
             },
-            64,
+            128,
             STATUS_INVALID_PARAMETER,
             "a non-zero reserved field",
         ),
@@ -266,7 +266,7 @@ fn wait_free(ctx: &mut Ctx) {
                 r.pop();
                 r
             },
-            64,
+            128,
             STATUS_INVALID_PARAMETER,
             "a request one byte short",
         ),
@@ -275,7 +275,7 @@ fn wait_free(ctx: &mut Ctx) {
                 &format!(r"\REGISTRY\NOWHERE\{}", "x".repeat(512 - 18)),
                 1000,
             ),
-            64,
+            128,
             STATUS_OBJECT_NAME_NOT_FOUND,
             "the longest path (512 units) in no known hive: accepted, not found",
         ),
@@ -284,7 +284,7 @@ fn wait_free(ctx: &mut Ctx) {
                 &format!(r"\REGISTRY\NOWHERE\{}", "x".repeat(513 - 18)),
                 1000,
             ),
-            64,
+            128,
             STATUS_INVALID_PARAMETER,
             "a path of 513 units: oversized",
         ),

@@ -77,6 +77,7 @@ const ROOT_CONTEXT_SEEN: usize = 18; // ... whose RootObjectContext is ours
 const LAST_POST_STATUS: usize = 19; // (a value) the last post-open/create Status
 const LAST_CLOSE_PID: usize = 20; // (a value) PsGetCurrentProcessId in the last pre-close
 const LAST_CLEANUP_PID: usize = 21; // (a value) PsGetCurrentProcessId in the last cleanup
+const PRE_CLOSE_NO_CONTEXT: usize = 22; // pre-close of an object with no context of ours
 
 const STATUS_REPARSE: NTSTATUS = 0x104;
 const STATUS_PREDEFINED_HANDLE: NTSTATUS = 0x4000_0016;
@@ -305,6 +306,12 @@ unsafe extern "C" fn registry_callback(
         14 => {
             count(PRE_CLOSE);
             set_value(LAST_CLOSE_PID, current_pid());
+            // SAFETY: ObjectContext is at 0x10 of REG_KEY_HANDLE_CLOSE_INFORMATION.
+            if unsafe { field::<usize>(arg2, 0x10) } == 0 {
+                // An object this driver never attached a context to: opened before it
+                // registered (or its context allocation failed).
+                count(PRE_CLOSE_NO_CONTEXT);
+            }
             // SAFETY: Object is at 0x00.
             let object: *mut c_void = unsafe { field(arg2, 0x00) };
             let mut id = 0usize;

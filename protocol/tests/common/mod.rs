@@ -37,6 +37,13 @@ pub fn holders_prefix() -> HoldersPrefix<'static> {
         holders: 2,
         mount: Text::Units(MOUNT),
         file: Text::Units(FILE),
+        completeness: protocol::completeness::Completeness {
+            tracking_since: 0x0A,
+            hive_lost: 1,
+            hive_lost_since: 0x0B,
+            global_lost: 2,
+            global_lost_since: 0x0C,
+        },
     }
 }
 

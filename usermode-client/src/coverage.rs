@@ -1,0 +1,262 @@
+//! What a report about one hive can vouch for: the driver's records of the hive set against
+//! the kernel's own list of its open keys.
+//!
+//! The driver sees only key objects opened after its callback was registered (a context
+//! exists only for objects it attached one to: docs, `CmSetCallbackObjectContext`), and it
+//! counts the opens it lost. The kernel's list (`NtQueryOpenSubKeysEx`: one entry per key
+//! object in the hive, with the pid that opened it, `CM_KEY_BODY.ProcessID`; Windows
+//! Research Kernel `CmpDumpKeyBodyList`/`CmpDumpOneKeyBody`) has every object, however old,
+//! but no times, threads or stacks. Keys the driver knows keep their detail; keys only the
+//! kernel lists are reported as open before tracking started, with their pid and the image
+//! looked up now; the report is complete only when the two agree key for key.
+
+use std::collections::BTreeMap;
+
+use protocol::completeness::Completeness;
+
+use crate::model::{Coverage, HoldersReport, Time, UntrackedHolder};
+
+/// The driver's side of the coverage, from a holders prefix or a wait answer.
+#[must_use]
+pub fn from_driver(c: &Completeness) -> Coverage {
+    Coverage {
+        tracking_since: Time::from_filetime(c.tracking_since),
+        lost_in_hive: c.hive_lost,
+        lost_in_hive_since: Time::from_filetime(c.hive_lost_since),
+        lost_unattributed: c.global_lost,
+        lost_unattributed_since: Time::from_filetime(c.global_lost_since),
+        ..Coverage::default()
+    }
+}
+
+fn fold(s: &str) -> String {
+    s.to_uppercase()
+}
+
+/// Sets `report` against the kernel's list `kernel` (`Err` = why it could not be had):
+/// fills `report.untracked` (images from `image_of`) and `report.source`'s coverage, whose
+/// driver side is `driver`.
+pub fn reconcile(
+    report: &mut HoldersReport,
+    driver: Coverage,
+    kernel: Result<Vec<(u64, String)>, String>,
+    image_of: &mut dyn FnMut(u64) -> Option<String>,
+) {
+    let mut coverage = driver;
+    let kernel = match kernel {
+        Ok(k) => k,
+        Err(why) => {
+            coverage.kernel_error = Some(why);
+            report.source.set_coverage(coverage);
+            return;
+        }
+    };
+    coverage.kernel_open_keys = Some(kernel.len() as u64);
+    // The kernel's objects per pid, by folded name (a multiset).
+    let mut listed: BTreeMap<u64, Vec<(String, String)>> = BTreeMap::new();
+    for (pid, name) in kernel {
+        listed.entry(pid).or_default().push((fold(&name), name));
+    }
+    let mut unmatched = 0u64;
+    for h in &report.holders {
+        let entries = listed.entry(h.pid).or_default();
+        if h.keys.is_empty() {
+            // Summary only: counts per process.
+            let take = usize::try_from(h.open_keys)
+                .unwrap_or(usize::MAX)
+                .min(entries.len());
+            entries.drain(..take);
+            unmatched += h.open_keys - take as u64;
+            continue;
+        }
+        // Named keys first, then the keys whose name the driver could not store, each of
+        // which takes any object of the process left over.
+        let mut nameless = 0u64;
+        for k in &h.keys {
+            let Some(path) = k.path.as_deref() else {
+                nameless += 1;
+                continue;
+            };
+            let want = fold(path);
+            let found = entries
+                .iter()
+                .position(|(n, _)| *n == want || (k.name_truncated && n.starts_with(&want)));
+            match found {
+                Some(i) => {
+                    entries.swap_remove(i);
+                }
+                None => unmatched += 1,
+            }
+        }
+        let take = usize::try_from(nameless)
+            .unwrap_or(usize::MAX)
+            .min(entries.len());
+        entries.drain(..take);
+        unmatched += nameless - take as u64;
+    }
+    // The image the driver recorded for the pid, else one looked up now.
+    let known: BTreeMap<u64, Option<String>> = report
+        .holders
+        .iter()
+        .filter(|h| !h.exited)
+        .map(|h| (h.pid, h.image.clone()))
+        .collect();
+    report.untracked = listed
+        .into_iter()
+        .filter(|(_, e)| !e.is_empty())
+        .map(|(pid, e)| {
+            let mut keys: Vec<String> = e.into_iter().map(|(_, n)| n).collect();
+            keys.sort();
+            UntrackedHolder {
+                pid,
+                image: known.get(&pid).cloned().flatten().or_else(|| image_of(pid)),
+                open_keys: keys.len() as u64,
+                keys,
+            }
+        })
+        .collect();
+    coverage.untracked_keys = report.untracked.iter().map(|u| u.open_keys).sum();
+    coverage.unmatched_records = unmatched;
+    coverage.reconciled = coverage.untracked_keys == 0 && unmatched == 0;
+    report.source.set_coverage(coverage);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HeldKey, Hive, Holder, Source, schema};
+
+    fn key(path: &str) -> HeldKey {
+        HeldKey {
+            id: 1,
+            name: Some(path.to_owned()),
+            path: Some(path.to_owned()),
+            name_truncated: false,
+            opened_at: None,
+            age_secs: 0,
+            thread: None,
+            access: 0,
+            handle_opens: 1,
+            handle_closes: 0,
+        }
+    }
+
+    fn report(holders: Vec<Holder>) -> HoldersReport {
+        HoldersReport {
+            schema: schema("holders"),
+            source: Source::new("driver", 0, &[]),
+            generated_at: Time::or_empty(0),
+            hive: Hive {
+                id: 1,
+                name: "HKU\\S".into(),
+                path: r"\REGISTRY\USER\S".into(),
+                file: None,
+                state: "loaded".into(),
+                kind: "regular".into(),
+                open_keys: 1,
+                holders: 1,
+                loaded_at: None,
+                account: None,
+            },
+            holders,
+            untracked: Vec::new(),
+        }
+    }
+
+    fn holder(pid: u64, keys: &[&str]) -> Holder {
+        Holder {
+            pid,
+            start_key: 0,
+            image: None,
+            image_truncated: false,
+            exited: false,
+            open_keys: keys.len() as u64,
+            oldest_open: None,
+            oldest_age_secs: 0,
+            keys: keys.iter().map(|k| key(k)).collect(),
+        }
+    }
+
+    fn tracking() -> Coverage {
+        Coverage {
+            tracking_since: Time::from_filetime(1),
+            ..Coverage::default()
+        }
+    }
+
+    #[test]
+    fn agreement_key_for_key_is_complete() {
+        let mut r = report(vec![holder(7, &[r"\REGISTRY\USER\S\Software"])]);
+        let kernel = vec![(7, r"\REGISTRY\USER\S\SOFTWARE".to_owned())];
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |_| None);
+        assert!(r.source.complete, "{:?}", r.source);
+        assert!(r.untracked.is_empty());
+        assert!(!r.source.dropped_records());
+    }
+
+    #[test]
+    fn keys_only_the_kernel_lists_are_untracked_with_pid_and_image() {
+        let mut r = report(vec![holder(7, &[r"\REGISTRY\USER\S\Software"])]);
+        let kernel = vec![
+            (7, r"\REGISTRY\USER\S\Software".to_owned()),
+            (9, r"\REGISTRY\USER\S\Software\Policies".to_owned()),
+            (9, r"\REGISTRY\USER\S\Console".to_owned()),
+        ];
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |pid| {
+            (pid == 9).then(|| "agent.exe".to_owned())
+        });
+        assert!(!r.source.complete);
+        assert!(r.source.dropped_records(), "--strict fails");
+        assert_eq!(r.untracked.len(), 1);
+        assert_eq!(r.untracked[0].pid, 9);
+        assert_eq!(r.untracked[0].image.as_deref(), Some("agent.exe"));
+        assert_eq!(r.untracked[0].open_keys, 2);
+        assert_eq!(r.source.coverage.as_ref().unwrap().untracked_keys, 2);
+    }
+
+    #[test]
+    fn no_kernel_list_or_no_tracking_is_never_complete() {
+        let mut r = report(vec![]);
+        reconcile(
+            &mut r,
+            tracking(),
+            Err("privilege not held".into()),
+            &mut |_| None,
+        );
+        assert!(!r.source.complete);
+        assert!(r.source.dropped_records());
+        let mut r = report(vec![]);
+        reconcile(&mut r, Coverage::default(), Ok(Vec::new()), &mut |_| None);
+        assert!(!r.source.complete, "tracking off");
+    }
+
+    #[test]
+    fn records_the_kernel_does_not_have_and_summaries_count() {
+        let mut r = report(vec![holder(
+            7,
+            &[r"\REGISTRY\USER\S\A", r"\REGISTRY\USER\S\B"],
+        )]);
+        reconcile(
+            &mut r,
+            tracking(),
+            Ok(vec![(7, r"\REGISTRY\USER\S\A".to_owned())]),
+            &mut |_| None,
+        );
+        assert_eq!(r.source.coverage.as_ref().unwrap().unmatched_records, 1);
+        assert!(!r.source.complete);
+        let mut h = holder(7, &[]);
+        h.open_keys = 2;
+        let mut r = report(vec![h]);
+        let k = vec![(7, "x".to_owned()), (7, "y".to_owned())];
+        reconcile(&mut r, tracking(), Ok(k), &mut |_| None);
+        assert!(r.source.complete, "summary counts agree");
+    }
+
+    #[test]
+    fn losses_elsewhere_do_not_make_a_reconciled_hive_incomplete() {
+        let mut r = report(vec![]);
+        r.source = Source::new("driver", 5, &[]);
+        reconcile(&mut r, tracking(), Ok(Vec::new()), &mut |_| None);
+        assert!(r.source.complete);
+    }
+}
