@@ -35,6 +35,7 @@ pub struct Counters {
     pub history_dropped_no_memory: AtomicU64,
     pub history_holders_truncated: AtomicU64,
     pub holdings: AtomicU64,
+    pub opens_dropped_process_share: AtomicU64,
 }
 
 /// Adds one.
