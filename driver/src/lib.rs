@@ -83,7 +83,13 @@ fn start_tracking(
     driver: &mut DRIVER_OBJECT,
     registry_path: PCUNICODE_STRING,
 ) -> Result<(), NTSTATUS> {
-    tracking::start()?;
+    let budget = if registry_path.is_null() {
+        None
+    } else {
+        // SAFETY: the I/O manager passes a valid registry path for the service key.
+        registry_read::memory_budget(unsafe { &*registry_path })
+    };
+    tracking::start(budget)?;
     if let Some(tracker) = tracking::get() {
         registry_read::seed_hives(tracker);
     }

@@ -36,11 +36,12 @@ use crate::status::{self, STATUS_SUCCESS};
 pub(crate) const SYSTEM_PID: u32 = 4;
 pub(crate) const KEY_READ: u32 = 0x2_0019;
 pub(crate) const USER: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
-const CLASSES: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001_Classes";
-const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
+pub(crate) const CLASSES: &str =
+    r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001_Classes";
+pub(crate) const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
 const SHELL: &str = r"\Device\HarddiskVolume2\Windows\explorer.exe";
-const APP1: &str = r"\Device\HarddiskVolume2\Program Files\Editor\editor.exe";
+pub(crate) const APP1: &str = r"\Device\HarddiskVolume2\Program Files\Editor\editor.exe";
 pub(crate) const APP2: &str = r"\Device\HarddiskVolume2\Program Files\Sync\profleak.exe";
 const OUT_LEN: u32 = 64 * 1024;
 
@@ -116,12 +117,13 @@ struct Attempt {
     holders: Vec<(u64, String, u64)>,
 }
 
-struct Client {
-    h: FileHandle,
+/// The admin client of the scenarios: the driver's query IOCTLs, decoded.
+pub(crate) struct Client {
+    pub(crate) h: FileHandle,
 }
 
 impl Client {
-    fn open(ctx: &mut Ctx) -> Option<Self> {
+    pub(crate) fn open(ctx: &mut Ctx) -> Option<Self> {
         match ctx.open(
             WIN32_DEVICE_PATH,
             Caller::Admin,
@@ -135,7 +137,7 @@ impl Client {
         }
     }
 
-    fn request(kind: QueryKind, hive: &[u16], cursor: Cursor) -> Vec<u8> {
+    pub(crate) fn request(kind: QueryKind, hive: &[u16], cursor: Cursor) -> Vec<u8> {
         let req = QueryRequest {
             query: kind,
             flags: 0,
@@ -246,7 +248,7 @@ impl Client {
         out
     }
 
-    fn processes(&self, ctx: &mut Ctx) -> Vec<(u64, u64, String)> {
+    pub(crate) fn processes(&self, ctx: &mut Ctx) -> Vec<(u64, u64, String)> {
         let mut out = Vec::new();
         self.pages::<Processes>(ctx, QueryKind::Processes, "", |page| {
             out.extend(
@@ -283,7 +285,7 @@ impl Client {
         out
     }
 
-    fn stats(&self, ctx: &mut Ctx) -> Stats {
+    pub(crate) fn stats(&self, ctx: &mut Ctx) -> Stats {
         let input = Self::request(QueryKind::Stats, &[], Cursor::START);
         let r = ctx.ioctl_checked(self.h, query_ioctl(QueryKind::Stats), &input, OUT_LEN);
         if r.status != STATUS_SUCCESS {
@@ -296,7 +298,7 @@ impl Client {
         wire::decode::<Stats>(&r.output[..r.information]).unwrap_or_default()
     }
 
-    fn close(self) {
+    pub(crate) fn close(self) {
         io::close(self.h);
     }
 }
