@@ -108,13 +108,9 @@ fn soak(ctx: &mut Ctx) {
             let h = c.h;
             std::thread::spawn(move || {
                 crate::cpu::enter_thread(40 + u32::try_from(t).unwrap_or(0));
-                let mut seed = 0x2545_F491_4F6C_DD1D_u64 ^ (t + 1).wrapping_mul(0x9E37_79B9);
-                let mut rnd = move || {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed
-                };
+                let mut rnd = super::wait_free::xorshift(
+                    0x2545_F491_4F6C_DD1D_u64 ^ (t + 1).wrapping_mul(0x9E37_79B9),
+                );
                 let mut pid = process::create_process(SYSTEM_PID, APP1, false).unwrap_or(0);
                 let mut handles: Vec<u64> = Vec::new();
                 for _ in 0..per_thread {
