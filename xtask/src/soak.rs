@@ -14,7 +14,8 @@ pub const CI_FUZZ_INPUTS: u64 = 1_000_000;
 fn run_sized(name: &str, var: &str, value: u64) -> Result<()> {
     // SAFETY: xtask is single-threaded here; the variable is read by the emulator child.
     unsafe { std::env::set_var(var, value.to_string()) };
-    let result = crate::emulate(&[name.to_owned()]);
+    // Verbose: the suite prints a passing scenario's output, which holds the figures.
+    let result = crate::emulate(&["--verbose".to_owned(), name.to_owned()]);
     // SAFETY: as above.
     unsafe { std::env::remove_var(var) };
     result
