@@ -332,7 +332,7 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
         // The kernel would not name the object (docs: CmCallbackGetKeyObjectIDEx can fail).
         // Not tracked: a key with no name would be filed under no real hive and make that
         // hive look free. The loss is counted against the hive the caller's path names.
-        tracker.name_unavailable();
+        tracker.open_unnamed();
         lost_open(tracker, pre, now);
         return;
     };

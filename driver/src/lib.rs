@@ -86,7 +86,13 @@ fn start_tracking(
     driver: &mut DRIVER_OBJECT,
     registry_path: PCUNICODE_STRING,
 ) -> Result<(), NTSTATUS> {
-    tracking::start()?;
+    let budget = if registry_path.is_null() {
+        None
+    } else {
+        // SAFETY: the I/O manager passes a valid registry path for the service key.
+        registry_read::memory_budget(unsafe { &*registry_path })
+    };
+    tracking::start(budget)?;
     let mut altitude = if registry_path.is_null() {
         registry_read::altitude(&unicode::unicode_string(unicode::wide!("")))
     } else {

@@ -307,4 +307,15 @@ unsafe impl Pool for LookasidePool {
             unsafe { ExpInterlockedPushEntrySList(f.head, block.as_ptr().cast()) };
         }
     }
+
+    /// Names: a pool block of exactly `bytes` (the pool rounds to 16 bytes), so a name costs
+    /// what it is, not the next class.
+    fn alloc_bytes(&self, bytes: usize) -> Option<NonNull<u8>> {
+        pool::alloc_zeroed(bytes)
+    }
+
+    unsafe fn free_bytes(&self, _bytes: usize, block: NonNull<u8>) {
+        // SAFETY: the caller gives back a block from `alloc_bytes`, i.e. `pool::alloc_zeroed`.
+        unsafe { pool::free(block) };
+    }
 }

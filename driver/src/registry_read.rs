@@ -1,5 +1,6 @@
 //! Registry reads done once, in `DriverEntry` (at `PASSIVE_LEVEL`, where `Zw*` calls are
-//! allowed, unlike in the registry callback): the configured altitude and the hive list.
+//! allowed, unlike in the registry callback): the configured altitude and memory budget, and
+//! the hive list.
 
 use core::ptr::{NonNull, null_mut};
 
@@ -20,6 +21,8 @@ use crate::{
 pub const DEFAULT_ALTITUDE: &[u16] = wide!("385210");
 /// `REG_SZ`.
 const REG_SZ: u32 = 1;
+/// `REG_DWORD`.
+const REG_DWORD: u32 = 4;
 /// Scratch buffer size for value queries.
 const BUF_LEN: usize = 4096;
 
@@ -135,12 +138,17 @@ pub fn altitude(service_key: &UNICODE_STRING) -> Altitude {
     })
 }
 
-fn read_altitude(service_key: &UNICODE_STRING) -> Option<Altitude> {
+/// Queries value `name` of `<service key>\Parameters` into `scratch`; returns its type and
+/// the data bytes (within the buffer).
+fn query_parameter<'a>(
+    service_key: &UNICODE_STRING,
+    name: &'static [u16],
+    scratch: &'a mut Scratch,
+) -> Option<(u32, &'a [u8])> {
     let service = Key::open(null_mut(), service_key)?;
     let params = Key::open(service.0, &unicode_string(wide!("Parameters")))?;
-    let mut scratch = Scratch::new()?;
     let buf = scratch.bytes();
-    let mut value = unicode_string(wide!("Altitude"));
+    let mut value = unicode_string(name);
     let mut returned = 0u32;
     // SAFETY: documented call at PASSIVE_LEVEL; the buffer is BUF_LEN writable bytes.
     let status = unsafe {
@@ -157,13 +165,20 @@ fn read_altitude(service_key: &UNICODE_STRING) -> Option<Altitude> {
         return None;
     }
     // KEY_VALUE_PARTIAL_INFORMATION: TitleIndex, Type, DataLength, Data[].
-    if le_u32(buf, 4) != REG_SZ as usize {
+    let kind = u32::try_from(le_u32(buf, 4)).unwrap_or(0);
+    let len = le_u32(buf, 8).min(BUF_LEN - 12);
+    Some((kind, &buf[12..12 + len]))
+}
+
+fn read_altitude(service_key: &UNICODE_STRING) -> Option<Altitude> {
+    let mut scratch = Scratch::new()?;
+    let (kind, data) = query_parameter(service_key, wide!("Altitude"), &mut scratch)?;
+    if kind != REG_SZ {
         return None;
     }
-    let len = le_u32(buf, 8).min(BUF_LEN - 12);
     let mut units = [0u16; 32];
     let mut n = 0;
-    for u in utf16_at(buf, 12, len) {
+    for u in utf16_at(data, 0, data.len()) {
         if n == units.len() {
             return None;
         }
@@ -171,6 +186,19 @@ fn read_altitude(service_key: &UNICODE_STRING) -> Option<Altitude> {
         n += 1;
     }
     Altitude::parse(&units[..n])
+}
+
+/// The memory budget in bytes from `<service key>\Parameters\MemoryBudgetMiB` (`REG_DWORD`),
+/// or `None` when the value is absent or not a `REG_DWORD` (the tracker's default applies;
+/// the tracker clamps what is configured to its floor and ceiling).
+pub fn memory_budget(service_key: &UNICODE_STRING) -> Option<u64> {
+    let mut scratch = Scratch::new()?;
+    let (kind, data) = query_parameter(service_key, wide!("MemoryBudgetMiB"), &mut scratch)?;
+    if kind != REG_DWORD || data.len() != 4 {
+        return None;
+    }
+    let mib = u64::try_from(le_u32(data, 0)).unwrap_or(0);
+    Some(mib << 20)
 }
 
 /// Seeds the tracker with the mounted hives from

@@ -37,17 +37,20 @@ static SLOT: Slot = Slot {
 /// Why live tracking is off, as an NTSTATUS (`STATUS_SUCCESS` while it is on).
 static TRACKING_STATUS: AtomicI32 = AtomicI32::new(STATUS_SUCCESS);
 
-/// Creates the tracker on its lookaside pool. Call once, from `DriverEntry`.
+/// Creates the tracker on its lookaside pool, with `budget` bytes of tracking memory (the
+/// service key's `Parameters\MemoryBudgetMiB`; `None`: the tracker's default). Call once,
+/// from `DriverEntry`.
 ///
 /// # Errors
 /// The status of the failing step; nothing is left allocated then.
-pub fn start() -> Result<(), NTSTATUS> {
+pub fn start(budget: Option<u64>) -> Result<(), NTSTATUS> {
+    let config = budget.map_or_else(Config::default, |b| Config::default().with_budget(b));
     let pool = LookasidePool::create()?;
     // SAFETY: `start` runs once, single-threaded, before `ready` is set; the slot is unused.
     let slot = unsafe { &mut *SLOT.tracker.get() };
     // Built in place: the tracker is about 6 KiB and the kernel stack 24 KiB. On error the
     // pool is dropped, deleting its lists.
-    Tracker::init_in_place(slot, pool, Config::default()).map_err(|_| STATUS_INVALID_PARAMETER)?;
+    Tracker::init_in_place(slot, pool, config).map_err(|_| STATUS_INVALID_PARAMETER)?;
     SLOT.ready.store(true, Ordering::Release);
     Ok(())
 }

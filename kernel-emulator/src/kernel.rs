@@ -102,10 +102,14 @@ pub fn should_fail(routine: &str, is_pool: bool) -> bool {
 }
 
 /// Measure the stack high-water mark of every driver call (on by default; benchmarks turn it
-/// off: painting 256 KiB per call dominates a short call).
+/// off).
 pub static WATERMARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-const STACK_PAINT: usize = 256 * 1024;
+/// Bytes painted below the caller: the kernel stack plus 8 KiB. A call that goes deeper
+/// overwrites the lowest painted word, so its depth reads as the whole region, which is past
+/// [`KERNEL_STACK_BYTES`]: still reported. (It was 256 KiB, which dominated every short call:
+/// painting and scanning it was most of a soak's time.)
+const STACK_PAINT: usize = KERNEL_STACK_BYTES + 8 * 1024;
 const STACK_PATTERN: u64 = 0x6b65_6d75_5f73_746b;
 
 /// Paints the unused stack below the caller, runs `f`, and measures how deep it went.

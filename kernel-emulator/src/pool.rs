@@ -4,7 +4,7 @@
 //! PROT_NONE guard page, the slack before it is checked on free (bugcheck 0xC1) and freed
 //! pages stay PROT_NONE, so overruns and use-after-free fault (bugcheck 0x50).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::c_void;
 use std::sync::Mutex;
 
@@ -82,7 +82,17 @@ struct Region {
     freed: bool,
 }
 
-static REGIONS: Mutex<Vec<Region>> = Mutex::new(Vec::new());
+/// Special-pool regions by base address: live blocks and the quarantined freed ones.
+static REGIONS: Mutex<BTreeMap<usize, Region>> = Mutex::new(BTreeMap::new());
+
+/// Freed special-pool blocks stay mapped inaccessible (so a use after free faults) until this
+/// many newer ones were freed; then the oldest is unmapped. Unbounded quarantine ran out of
+/// mappings (`vm.max_map_count`) in a million-operation soak. Driver Verifier's special pool
+/// is bounded too: freed pages are reused once it runs out.
+const QUARANTINE: usize = 16_384;
+
+/// The quarantined regions, oldest first.
+static QUARANTINED: Mutex<VecDeque<usize>> = Mutex::new(VecDeque::new());
 
 /// Explains a fault address that hits a special-pool guard page or a freed block (used by
 /// the trap handler; never blocks).
@@ -90,10 +100,10 @@ static REGIONS: Mutex<Vec<Region>> = Mutex::new(Vec::new());
 pub fn describe_fault_address(addr: usize) -> Option<String> {
     let regions = REGIONS.try_lock().ok()?;
     let found = regions
-        .iter()
-        .rev()
-        .find(|r| addr >= r.base && addr < r.base + r.len)
-        .copied();
+        .range(..=addr)
+        .next_back()
+        .map(|(_, r)| *r)
+        .filter(|r| addr < r.base + r.len);
     drop(regions);
     let r = found?;
     let tag = tag_text(r.tag);
@@ -177,14 +187,17 @@ pub fn allocate(size: usize, tag: u32, zero: bool, routine: &'static str) -> *mu
         REGIONS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Region {
+            .insert(
                 base,
-                len,
-                block: p as usize,
-                size,
-                tag,
-                freed: false,
-            });
+                Region {
+                    base,
+                    len,
+                    block: p as usize,
+                    size,
+                    tag,
+                    freed: false,
+                },
+            );
     }
     let operation = crate::bugcheck::operation();
     kernel::with(|k| {
@@ -251,8 +264,20 @@ pub unsafe fn free(p: *mut u8, tag: Option<u32>, routine: &'static str) {
         let mut regions = REGIONS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(r) = regions.iter_mut().rev().find(|r| r.base == base) {
+        if let Some(r) = regions.get_mut(&base) {
             r.freed = true;
+        }
+        let mut quarantined = QUARANTINED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        quarantined.push_back(base);
+        if quarantined.len() > QUARANTINE
+            && let Some(oldest) = quarantined.pop_front()
+            && let Some(r) = regions.remove(&oldest)
+        {
+            // SAFETY: the oldest quarantined mapping, made by `special_alloc`, no longer
+            // tracked anywhere: nothing may use it.
+            unsafe { libc::munmap(r.base as *mut c_void, r.len) };
         }
     } else {
         // SAFETY: `p` is the live block of `block.size` bytes just removed from tracking.

@@ -3,7 +3,7 @@
 //! Body: field count u32 (must equal [`Stats::FIELD_COUNT`]), reserved u32, then that many
 //! u64 values in the order of [`Stats::NAMES`]. Loss counters (events the tracker could not
 //! record fully) are the fields listed in [`Stats::LOSS_NAMES`]; their sum is the
-//! `not_recorded` figure every page carries.
+//! `not_recorded` figure every page carries. The budget fields (gauges) come last.
 
 use crate::wire::{DecodeError, EncodeError, Message, MessageKind, Reader, Writer};
 
@@ -12,6 +12,7 @@ macro_rules! stats {
         gauges { $( $(#[$gm:meta])* $g:ident, )* }
         events { $( $(#[$em:meta])* $e:ident, )* }
         losses { $( $(#[$lm:meta])* $l:ident, )* }
+        budget { $( $(#[$bm:meta])* $b:ident, )* }
     ) => {
         /// Counters of the tracker at one moment. Every field is named on the wire by its
         /// position in [`Stats::NAMES`].
@@ -20,24 +21,28 @@ macro_rules! stats {
             $( $(#[$gm])* pub $g: u64, )*
             $( $(#[$em])* pub $e: u64, )*
             $( $(#[$lm])* pub $l: u64, )*
+            $( $(#[$bm])* pub $b: u64, )*
         }
 
         impl Stats {
             /// Field names, in wire order.
             pub const NAMES: &'static [&'static str] = &[
                 $( stringify!($g), )* $( stringify!($e), )* $( stringify!($l), )*
+                $( stringify!($b), )*
             ];
             /// Names of the loss (completeness) counters.
             pub const LOSS_NAMES: &'static [&'static str] = &[ $( stringify!($l), )* ];
-            /// Names of the gauges (values now, not totals since start).
-            pub const GAUGE_NAMES: &'static [&'static str] = &[ $( stringify!($g), )* ];
+            /// Names of the gauges (values now, not totals since start; the budget fields
+            /// are gauges too).
+            pub const GAUGE_NAMES: &'static [&'static str] =
+                &[ $( stringify!($g), )* $( stringify!($b), )* ];
             /// Number of fields on the wire.
             pub const FIELD_COUNT: usize = Self::NAMES.len();
 
             /// The values in wire order.
             #[must_use]
             pub const fn values(&self) -> [u64; Self::FIELD_COUNT] {
-                [ $( self.$g, )* $( self.$e, )* $( self.$l, )* ]
+                [ $( self.$g, )* $( self.$e, )* $( self.$l, )* $( self.$b, )* ]
             }
 
             /// Builds the struct from values in wire order.
@@ -47,8 +52,9 @@ macro_rules! stats {
                 $( let $g = v[i]; i += 1; )*
                 $( let $e = v[i]; i += 1; )*
                 $( let $l = v[i]; i += 1; )*
+                $( let $b = v[i]; i += 1; )*
                 let _ = i;
-                Self { $( $g, )* $( $e, )* $( $l, )* }
+                Self { $( $g, )* $( $e, )* $( $l, )* $( $b, )* }
             }
 
             /// Sum of the loss counters: events that could not be recorded fully.
@@ -141,6 +147,33 @@ stats! {
         history_dropped_no_memory,
         /// Unload records that could not list every holder.
         history_holders_truncated,
+        /// Opens not tracked: the opening process had used its share of the memory budget
+        /// (see `top_dropper_pid`).
+        opens_dropped_process_share,
+        /// Opens not tracked: the kernel did not give the key's name
+        /// (`CmCallbackGetKeyObjectIDEx` failed). Each is also counted against the hive the
+        /// caller's path names, so that hive's reports say they are incomplete.
+        opens_dropped_no_name,
+    }
+    budget {
+        /// The memory budget in bytes of non-paged pool (configuration: the service key's
+        /// `Parameters\MemoryBudgetMiB`, or the default).
+        budget_bytes,
+        /// Bytes of the budget in use now.
+        budget_used_bytes,
+        /// The most bytes of the budget ever in use at once.
+        budget_peak_bytes,
+        /// One process's share of the budget in bytes (configuration).
+        process_share_bytes,
+        /// Allocations refused because the budget was spent (each also counted as the loss
+        /// it caused).
+        allocations_refused_budget,
+        /// The process with the most opens dropped for its share: pid (0 when none).
+        top_dropper_pid,
+        /// Its start key.
+        top_dropper_start_key,
+        /// Its opens dropped.
+        top_dropper_drops,
     }
 }
 

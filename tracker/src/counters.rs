@@ -41,6 +41,8 @@ pub struct Counters {
     pub global_lost: AtomicU64,
     /// When the first of them happened.
     pub global_lost_since: AtomicU64,
+    pub opens_dropped_process_share: AtomicU64,
+    pub opens_dropped_no_name: AtomicU64,
 }
 
 /// Adds one.

@@ -20,6 +20,7 @@
 //! plus Unicode simple upper-casing).
 #![cfg_attr(not(test), no_std)]
 
+pub mod budget;
 pub mod census;
 mod counters;
 mod history;
@@ -40,5 +41,8 @@ pub use objects::Token;
 pub use pool::{BLOCK_ALIGN, BlockClass, Pool};
 pub use processes::ProcessKey;
 pub use queries::{MAX_QUERY_PATH, QueryError, query_path};
-pub use tracker::{Config, ConfigError, NotTracked, Tracker};
+pub use tracker::{
+    Config, ConfigError, DEFAULT_BUDGET_BYTES, MAX_BUDGET_BYTES, MIN_BUDGET_BYTES, NotTracked,
+    Tracker,
+};
 pub use watch::HiveFree;

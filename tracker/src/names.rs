@@ -1,8 +1,9 @@
 //! Interned UTF-16 names: one reference-counted copy per distinct name.
 //!
-//! Names are compared case-insensitively with [`protocol::text::fold_unit`] and stored in the
-//! smallest size class that holds them. A name longer than the largest class is stored cut
-//! and flagged.
+//! Names are compared case-insensitively with [`protocol::text::fold_unit`] and stored in a
+//! block of exactly their size ([`Pool::alloc_bytes`]: the driver takes it from pool, which
+//! rounds to 16 bytes, so a 75-unit name costs 192 bytes of pool, not a 256-byte block).
+//! A name longer than [`MAX_NAME_UNITS`] is stored cut and flagged.
 //!
 //! The table is sharded by hash; each shard has its own lock and a bucket array allocated on
 //! first use. Every entry keeps the spelling it was first interned with. References are
@@ -18,9 +19,10 @@ use core::sync::atomic::{
 
 use protocol::text::fold_unit;
 
+use crate::budget::pool_cost;
 use crate::counters::{locked_add32, locked_sub32};
 use crate::lock::{Exclusive, RawLock};
-use crate::pool::{BlockClass, Pool, alloc_init, free_block};
+use crate::pool::{BlockClass, Pool};
 
 /// Shards of the name table.
 const SHARDS: usize = 64;
@@ -40,7 +42,12 @@ pub struct NameEntry {
     refs: AtomicU32,
     len: u16,
     flags: u8,
-    class: u8,
+    _pad: u8,
+}
+
+/// Bytes of the block holding an entry of `len` units.
+const fn entry_bytes(len: usize) -> usize {
+    size_of::<NameEntry>() + 2 * len
 }
 
 impl NameEntry {
@@ -58,6 +65,11 @@ impl NameEntry {
     /// True when the name was cut.
     pub const fn truncated(&self) -> bool {
         self.flags & NAME_TRUNCATED != 0
+    }
+
+    /// What the entry costs in pool (header, units, pool rounding and header).
+    pub const fn cost(&self) -> u64 {
+        pool_cost(entry_bytes(self.len as usize))
     }
 }
 
@@ -253,6 +265,19 @@ impl<L: RawLock> NameTable<L> {
     /// # Errors
     /// [`NoMemory`] when a block for the bucket array or the entry could not be had.
     pub fn intern<P: Pool>(&self, pool: &P, units: &[u16]) -> Result<NameRef, NoMemory> {
+        self.intern_new(pool, units).map(|(r, _)| r)
+    }
+
+    /// Interns `units`, taking one reference; also says whether this call created the entry
+    /// (so the caller can be charged for it).
+    ///
+    /// # Errors
+    /// [`NoMemory`] when a block for the bucket array or the entry could not be had.
+    pub fn intern_new<P: Pool>(
+        &self,
+        pool: &P,
+        units: &[u16],
+    ) -> Result<(NameRef, bool), NoMemory> {
         let (stored, flags) = if units.len() > MAX_NAME_UNITS {
             (&units[..MAX_NAME_UNITS], NAME_TRUNCATED)
         } else {
@@ -282,37 +307,36 @@ impl<L: RawLock> NameTable<L> {
                 && eq_fold(entry.units(), stored)
             {
                 entry.refs.fetch_add(1, Relaxed);
-                return Ok(e);
+                return Ok((e, false));
             }
             cur = entry.next.load(Relaxed);
         }
-        let bytes = size_of::<NameEntry>() + 2 * stored.len();
-        let class = BlockClass::for_size(bytes).ok_or(NoMemory)?;
+        let e = pool
+            .alloc_bytes(entry_bytes(stored.len()))
+            .ok_or(NoMemory)?
+            .cast::<NameEntry>();
         #[allow(
             clippy::cast_possible_truncation,
-            reason = "stored.len() <= MAX_NAME_UNITS < 65536; class index < 8"
+            reason = "stored.len() <= MAX_NAME_UNITS < 65536"
         )]
-        let e = alloc_init(
-            pool,
-            class,
-            NameEntry {
-                next: AtomicPtr::new(head.load(Relaxed)),
-                hash: h,
-                refs: AtomicU32::new(1),
-                len: stored.len() as u16,
-                flags,
-                class: class.index() as u8,
-            },
-        )
-        .ok_or(NoMemory)?;
+        let header = NameEntry {
+            next: AtomicPtr::new(head.load(Relaxed)),
+            hash: h,
+            refs: AtomicU32::new(1),
+            len: stored.len() as u16,
+            flags,
+            _pad: 0,
+        };
+        // SAFETY: the pool gave a block of `entry_bytes(len)` >= size_of::<NameEntry>() bytes,
+        // 16-aligned, ours alone.
+        unsafe { e.write(header) };
         let dst = e.as_ptr().wrapping_add(1).cast::<u16>();
-        // SAFETY: the block has room for the header and `stored.len()` units after it (class
-        // chosen for `bytes`), nobody else sees it before it is linked below, and it does not
-        // overlap `stored`.
+        // SAFETY: the block has room for the header and `stored.len()` units after it,
+        // nobody else sees it before it is linked below, and it does not overlap `stored`.
         unsafe { ptr::copy_nonoverlapping(stored.as_ptr(), dst, stored.len()) };
         head.store(e.as_ptr(), Relaxed);
         locked_add32(&shard.count, 1);
-        Ok(e)
+        Ok((e, true))
     }
 
     /// Takes one more reference on `r`, which the caller already holds one on (so the count
@@ -362,9 +386,10 @@ impl<L: RawLock> NameTable<L> {
             }
             locked_sub32(&shard.count, 1);
         }
-        let class = BlockClass::ALL[usize::from(entry.class)];
-        // SAFETY: the count reached zero and the entry is unlinked: nobody can reach it.
-        unsafe { free_block(pool, class, r) };
+        let bytes = entry_bytes(usize::from(entry.len));
+        // SAFETY: the count reached zero and the entry is unlinked: nobody can reach it; it
+        // came from `alloc_bytes` of this size.
+        unsafe { pool.free_bytes(bytes, r.cast()) };
     }
 
     /// Distinct names interned now.
@@ -391,9 +416,10 @@ impl<L: RawLock> NameTable<L> {
                     let entry = name_of(e);
                     cur = entry.next.load(Relaxed);
                     leaked += 1;
-                    let class = BlockClass::ALL[usize::from(entry.class)];
-                    // SAFETY: teardown has exclusive access; the entry is dropped with its bucket.
-                    unsafe { free_block(pool, class, e) };
+                    let bytes = entry_bytes(usize::from(entry.len));
+                    // SAFETY: teardown has exclusive access; the entry is dropped with its
+                    // bucket; it came from `alloc_bytes` of this size.
+                    unsafe { pool.free_bytes(bytes, e.cast()) };
                 }
             }
             // SAFETY: the bucket block came from `pool.alloc(B4096)` in `intern`.

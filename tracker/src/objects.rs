@@ -30,6 +30,10 @@ pub const PER_CHUNK: u32 = (CHUNK_CLASS.size() / size_of::<ObjRecord>()) as u32;
 /// Chunks per shard (one directory block of pointers).
 #[allow(clippy::cast_possible_truncation, reason = "4096 / 8 = 512")]
 pub const MAX_CHUNKS: u32 = (CHUNK_CLASS.size() / size_of::<usize>()) as u32;
+/// What one record costs the budget: its share of a chunk (a page), rounded up.
+#[allow(clippy::cast_possible_truncation, reason = "a page over 56")]
+pub const RECORD_COST: u64 =
+    crate::budget::pool_cost(CHUNK_CLASS.size()).div_ceil(PER_CHUNK as u64);
 /// Slots per shard at most.
 pub const MAX_PER_SHARD: u32 = PER_CHUNK * MAX_CHUNKS;
 const INDEX_BITS: u32 = 26;
@@ -50,6 +54,8 @@ const STATE_MASK: u32 = 0xFF;
 pub const F_NAME_TRUNCATED: u32 = 1 << 8;
 /// Record flag: the name could not be stored.
 pub const F_NAME_MISSING: u32 = 1 << 9;
+/// Record flag: this open created its name entry and its process was charged for it.
+pub const F_NAME_CHARGED: u32 = 1 << 10;
 
 /// The handle a driver stores as object context and passes back on later events. Never 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -93,6 +93,25 @@ pub unsafe trait Pool: Sync {
     /// `block` came from [`Pool::alloc`] of this pool with the same `class` and is not used
     /// afterwards.
     unsafe fn free(&self, class: BlockClass, block: NonNull<u8>);
+
+    /// Hands out a block of exactly `bytes` bytes (16-byte aligned), for storage whose size
+    /// varies (names): the driver takes it from pool directly, so nothing is lost to
+    /// rounding up to a class. The default rounds up to the smallest class that holds it.
+    fn alloc_bytes(&self, bytes: usize) -> Option<NonNull<u8>> {
+        self.alloc(BlockClass::for_size(bytes)?)
+    }
+
+    /// Takes back a block from [`Pool::alloc_bytes`].
+    ///
+    /// # Safety
+    /// `block` came from [`Pool::alloc_bytes`] of this pool with the same `bytes` and is not
+    /// used afterwards.
+    unsafe fn free_bytes(&self, bytes: usize, block: NonNull<u8>) {
+        if let Some(class) = BlockClass::for_size(bytes) {
+            // SAFETY: the default `alloc_bytes` took it from this class.
+            unsafe { self.free(class, block) };
+        }
+    }
 }
 
 // SAFETY: forwards to `P`, which upholds the contract.
@@ -103,6 +122,13 @@ unsafe impl<P: Pool> Pool for &P {
     unsafe fn free(&self, class: BlockClass, block: NonNull<u8>) {
         // SAFETY: the caller's guarantee is passed on unchanged.
         unsafe { (**self).free(class, block) }
+    }
+    fn alloc_bytes(&self, bytes: usize) -> Option<NonNull<u8>> {
+        (**self).alloc_bytes(bytes)
+    }
+    unsafe fn free_bytes(&self, bytes: usize, block: NonNull<u8>) {
+        // SAFETY: the caller's guarantee is passed on unchanged.
+        unsafe { (**self).free_bytes(bytes, block) }
     }
 }
 

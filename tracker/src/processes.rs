@@ -53,6 +53,11 @@ pub struct Process<L> {
     pub holdings: AtomicPtr<Holding<L>>,
     /// Number of holdings.
     pub nholdings: AtomicU32,
+    /// Bytes its tracked opens are charged against its share of the budget (written under
+    /// its lock).
+    pub charged: AtomicU64,
+    /// Its opens dropped because its share was used (written under its lock).
+    pub share_drops: AtomicU64,
 }
 
 /// One process's keys in one hive.
@@ -252,6 +257,8 @@ impl<L: RawLock> ProcessTable<L> {
                         open_keys: AtomicU64::new(0),
                         holdings: AtomicPtr::new(ptr::null_mut()),
                         nholdings: AtomicU32::new(0),
+                        charged: AtomicU64::new(0),
+                        share_drops: AtomicU64::new(0),
                     },
                 )
                 .ok_or(NoProcess)?;

@@ -121,6 +121,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.opens_dropped_no_memory_holding = get(&c.opens_dropped_no_memory_holding);
         s.names_dropped_no_memory = get(&c.names_dropped_no_memory);
         s.names_unavailable = get(&c.names_unavailable);
+        s.opens_dropped_no_name = get(&c.opens_dropped_no_name);
         s.names_truncated = get(&c.names_truncated);
         s.images_dropped_no_memory = get(&c.images_dropped_no_memory);
         s.closes_unknown_object = get(&c.closes_unknown_object);
@@ -131,6 +132,16 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.process_exits_unknown = get(&c.process_exits_unknown);
         s.history_dropped_no_memory = get(&c.history_dropped_no_memory);
         s.history_holders_truncated = get(&c.history_holders_truncated);
+        s.opens_dropped_process_share = get(&c.opens_dropped_process_share);
+        s.budget_bytes = self.pool.limit();
+        s.budget_used_bytes = self.pool.used();
+        s.budget_peak_bytes = self.pool.peak();
+        s.process_share_bytes = self.config.process_share_bytes;
+        s.allocations_refused_budget = self.pool.refused();
+        let (top, drops) = self.top_dropper.get();
+        s.top_dropper_pid = top.pid;
+        s.top_dropper_start_key = top.start_key;
+        s.top_dropper_drops = drops;
         s
     }
 

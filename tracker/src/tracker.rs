@@ -5,6 +5,7 @@ use core::sync::atomic::Ordering::{Relaxed, Release};
 
 use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
 
+use crate::budget::{Budgeted, TopDropper};
 use crate::counters::{Counters, bump};
 use crate::counters::{locked_add32, locked_add64, locked_sub64};
 use crate::history::{HistEntry, HistHolder, History};
@@ -12,12 +13,12 @@ use crate::hives::{Hive, HiveTable, hive_of};
 use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameTable, name_of};
 use crate::objects::{
-    DYING, F_NAME_MISSING, F_NAME_TRUNCATED, LIVE, MAX_PER_SHARD, MAX_SHARDS, NIL, ObjRecord,
-    ObjShard, RESERVED, SlotError, Token, slot_ref, split_ref,
+    DYING, F_NAME_CHARGED, F_NAME_MISSING, F_NAME_TRUNCATED, LIVE, MAX_PER_SHARD, MAX_SHARDS, NIL,
+    ObjRecord, ObjShard, RECORD_COST, RESERVED, SlotError, Token, slot_ref, split_ref,
 };
 use crate::pool::Pool;
 use crate::processes::{
-    Holding, ProcessKey, ProcessTable, free_holding, holding_of, new_holding, process_of,
+    Holding, Process, ProcessKey, ProcessTable, free_holding, holding_of, new_holding, process_of,
 };
 
 /// Tracker settings.
@@ -31,6 +32,50 @@ pub struct Config {
     pub object_shards: u32,
     /// Unload attempts kept.
     pub history_len: u32,
+    /// All tracking memory, in bytes of non-paged pool ([`crate::budget::pool_cost`] of every
+    /// block): allocations past it are refused and counted like any failed allocation.
+    pub budget_bytes: u64,
+    /// The most one process's opens may be charged (its records plus the names they added):
+    /// an open past it is dropped and counted as `opens_dropped_process_share`.
+    pub process_share_bytes: u64,
+}
+
+/// The default budget: 96 MiB.
+///
+/// A fixed figure because no documented kernel routine reports the size of non-paged pool
+/// ("Memory Limits for Windows and Windows Server Releases" on Microsoft Learn gives it as
+/// limited only by kernel address space and RAM on 64-bit Windows); it holds 1,048,576 records (73 bytes each, 56 to a page)
+/// plus the names of a real workload, and is under 5% of the 2 GB of RAM the smallest
+/// supported x64 Windows needs.
+pub const DEFAULT_BUDGET_BYTES: u64 = 96 << 20;
+/// The ceiling on a configured budget: 512 MiB.
+pub const MAX_BUDGET_BYTES: u64 = 512 << 20;
+/// The floor on a configured budget: 1 MiB.
+pub const MIN_BUDGET_BYTES: u64 = 1 << 20;
+
+impl Config {
+    /// The share of one process for a budget: a quarter of it, so at least three quarters
+    /// stay for everyone else whatever one process does.
+    #[must_use]
+    pub const fn share_of(budget_bytes: u64) -> u64 {
+        budget_bytes / 4
+    }
+
+    /// This configuration with a budget of `bytes` (clamped to
+    /// [`MIN_BUDGET_BYTES`]..=[`MAX_BUDGET_BYTES`]) and the matching process share.
+    #[must_use]
+    pub const fn with_budget(mut self, bytes: u64) -> Self {
+        let b = if bytes < MIN_BUDGET_BYTES {
+            MIN_BUDGET_BYTES
+        } else if bytes > MAX_BUDGET_BYTES {
+            MAX_BUDGET_BYTES
+        } else {
+            bytes
+        };
+        self.budget_bytes = b;
+        self.process_share_bytes = Self::share_of(b);
+        self
+    }
 }
 
 impl Default for Config {
@@ -39,6 +84,8 @@ impl Default for Config {
             max_objects: 1 << 20,
             object_shards: 64,
             history_len: 32,
+            budget_bytes: DEFAULT_BUDGET_BYTES,
+            process_share_bytes: Self::share_of(DEFAULT_BUDGET_BYTES),
         }
     }
 }
@@ -50,6 +97,8 @@ pub enum ConfigError {
     Shards,
     /// `max_objects` is 0 or more than the shards can hold.
     Cap,
+    /// `budget_bytes` or `process_share_bytes` is 0.
+    Budget,
 }
 
 /// Why an open was not tracked (each reason is also counted in [`crate::Tracker::stats`]).
@@ -59,11 +108,13 @@ pub enum NotTracked {
     Cap,
     /// An allocation failed.
     NoMemory,
+    /// The opening process has used its share of the budget.
+    Share,
 }
 
 /// The tracking engine. `P` supplies memory, `L` is the lock; see the crate docs.
 pub struct Tracker<P: Pool, L: RawLock> {
-    pub(crate) pool: P,
+    pub(crate) pool: Budgeted<P>,
     pub(crate) config: Config,
     pub(crate) shard_mask: u32,
     pub(crate) shard_cap: u32,
@@ -73,6 +124,7 @@ pub struct Tracker<P: Pool, L: RawLock> {
     pub(crate) processes: ProcessTable<L>,
     pub(crate) history: History<L>,
     pub(crate) counters: Counters,
+    pub(crate) top_dropper: TopDropper<L>,
 }
 
 // SAFETY: every field reachable through `&Tracker` is an atomic, a lock, or a raw pointer to
@@ -96,8 +148,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if config.max_objects == 0 || shard_cap > MAX_PER_SHARD {
             return Err(ConfigError::Cap);
         }
+        if config.budget_bytes == 0 || config.process_share_bytes == 0 {
+            return Err(ConfigError::Budget);
+        }
         Ok(Self {
-            pool,
+            pool: Budgeted::new(pool, config.budget_bytes),
             config,
             shard_mask: shards - 1,
             shard_cap,
@@ -107,6 +162,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             processes: ProcessTable::new(),
             history: History::new(),
             counters: Counters::default(),
+            top_dropper: TopDropper::new(),
         })
     }
 
@@ -130,6 +186,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if config.max_objects == 0 || shard_cap > MAX_PER_SHARD {
             return Err(ConfigError::Cap);
         }
+        if config.budget_bytes == 0 || config.process_share_bytes == 0 {
+            return Err(ConfigError::Budget);
+        }
         let p = slot.as_mut_ptr();
         // Each field is written exactly once through a raw field pointer, with no reference to
         // the partially built value, before `assume_init_mut`.
@@ -141,7 +200,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 unsafe { field.write($value) };
             }};
         }
-        put!(pool, pool);
+        put!(pool, Budgeted::new(pool, config.budget_bytes));
         put!(config, config);
         put!(shard_mask, shards - 1);
         put!(shard_cap, shard_cap);
@@ -157,6 +216,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         put!(processes, ProcessTable::new());
         put!(history, History::new());
         put!(counters, Counters::default());
+        put!(top_dropper, TopDropper::new());
         // SAFETY: every field was written above.
         Ok(unsafe { slot.assume_init_mut() })
     }
@@ -168,6 +228,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// The pool.
     pub const fn pool(&self) -> &P {
+        self.pool.inner()
+    }
+
+    /// The budget every block is charged to.
+    pub const fn budget(&self) -> &Budgeted<P> {
         &self.pool
     }
 
@@ -275,7 +340,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
         // 3. The name.
         let mut flags = 0;
-        let name_ref = self.names.intern(&self.pool, name).ok();
+        let interned = self.names.intern_new(&self.pool, name).ok();
+        let name_ref = interned.map(|(n, _)| n);
+        // The process is charged for its record and for a name entry its open created
+        // (a name already interned is shared, and costs nothing more).
+        let mut charge = RECORD_COST;
+        if let Some((n, true)) = interned {
+            charge += name_of(n).cost();
+            flags |= F_NAME_CHARGED;
+        }
         match name_ref {
             Some(n) if name_of(n).truncated() => {
                 bump(&self.counters.names_truncated);
@@ -290,10 +363,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         rec.name
             .store(name_ref.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
 
-        // 4. The process (locked) and its holding for the hive.
+        // 4. The process (locked), its share, and its holding for the hive.
+        let mut refused = NotTracked::NoMemory;
         let linked = match self.processes.lock_process(&self.pool, process, true) {
             Err(_) => {
                 bump(&self.counters.opens_dropped_no_memory_process);
+                false
+            }
+            Ok(lp) if !self.within_share(process_of(lp.process), charge) => {
+                refused = NotTracked::Share;
                 false
             }
             Ok(lp) => {
@@ -316,6 +394,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                         rec.holding.store(h.as_ptr().cast(), Relaxed);
                         self.link(holding_of(h), r, rec, time);
                         locked_add64(&proc.open_keys, 1);
+                        locked_add64(&proc.charged, charge);
                         hive_of(hive).open_keys.fetch_add(1, Relaxed);
                         true
                     },
@@ -332,10 +411,23 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 self.names.release(&self.pool, n);
             }
             undo_slot();
-            return Err(NotTracked::NoMemory);
+            return Err(refused);
         }
         rec.state.store(LIVE | flags, Release);
         Ok(Token::new(generation, r))
+    }
+
+    /// True when `proc` can be charged `charge` more within its share; otherwise counts the
+    /// drop against it (caller holds its lock).
+    fn within_share(&self, proc: &Process<L>, charge: u64) -> bool {
+        if proc.charged.load(Relaxed).saturating_add(charge) <= self.config.process_share_bytes {
+            return true;
+        }
+        bump(&self.counters.opens_dropped_process_share);
+        let drops = proc.share_drops.load(Relaxed) + 1;
+        locked_add64(&proc.share_drops, 1);
+        self.top_dropper.note(proc.key, drops);
+        false
     }
 
     /// Links `rec` (slot `r`) into `hold` in (time, sequence) order; caller holds the
@@ -410,11 +502,18 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Some(f(shard, rec))
     }
 
-    /// The kernel would not give a key's name: an object about to be reported `opened` with an
-    /// empty name, or an unload attempt that cannot be recorded. Counted as
-    /// `names_unavailable`, so every report says it is incomplete.
+    /// The kernel would not give a key's name for an unload attempt, which then cannot be
+    /// recorded. Counted as `names_unavailable`.
     pub fn name_unavailable(&self) {
         bump(&self.counters.names_unavailable);
+    }
+
+    /// The kernel would not give an opened key's name, so the open is not tracked (the
+    /// driver also counts it against the hive the caller's path names, [`Self::open_lost`]).
+    /// Counted as `opens_dropped_no_name`: with `opens_seen`, it accounts for every
+    /// successful open the driver was told of.
+    pub fn open_unnamed(&self) {
+        bump(&self.counters.opens_dropped_no_name);
     }
 
     /// An unload attempt the driver could not carry to its outcome (no storage for it):
@@ -493,6 +592,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             let _pg = Exclusive::new(&proc.lock);
             self.unlink(hold, rec);
             locked_sub64(&proc.open_keys, 1);
+            let name_charge = if rec.state.load(Relaxed) & F_NAME_CHARGED == 0 {
+                0
+            } else {
+                NonNull::new(name).map_or(0, |n| name_of(n).cost())
+            };
+            locked_sub64(&proc.charged, RECORD_COST + name_charge);
             hive_of(hive).open_keys.fetch_sub(1, Relaxed);
             let emptied = hold.count.load(Relaxed) == 0;
             if emptied {

@@ -271,6 +271,7 @@ fn cap_is_enforced_and_counted() {
             max_objects: 3,
             object_shards: 1,
             history_len: 4,
+            ..Config::default()
         },
     )
     .unwrap();
@@ -288,7 +289,8 @@ fn cap_is_enforced_and_counted() {
             Config {
                 max_objects: 10,
                 object_shards: 3,
-                history_len: 1
+                history_len: 1,
+                ..Config::default()
             }
         )
         .is_err()
@@ -660,6 +662,7 @@ fn one_process_can_fill_the_whole_cap_across_shards() {
             max_objects: 64,
             object_shards: 4,
             history_len: 1,
+            ..Config::default()
         },
     )
     .unwrap();

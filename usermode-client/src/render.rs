@@ -537,11 +537,24 @@ pub fn stats(r: &StatsReport, f: Format) -> serde_json::Result<String> {
                 "\nnot recorded (sum of the loss counters): {}",
                 r.source.not_recorded
             );
+            out.push_str(&top_dropper_line(r));
             out.push_str(&source_line(&r.source));
             out.push('\n');
             out
         }
     })
+}
+
+/// Names the process whose opens were dropped most for its share of the memory budget
+/// (empty when none was).
+fn top_dropper_line(r: &StatsReport) -> String {
+    let value = |name: &str| r.counters.iter().find(|c| c.name == name).map(|c| c.value);
+    match (value("top_dropper_pid"), value("top_dropper_drops")) {
+        (Some(pid), Some(drops)) if drops > 0 => format!(
+            "memory share: {drops} opens of pid {pid} were not tracked (it used its share of the budget; `hivetrack processes` shows its image)\n"
+        ),
+        _ => String::new(),
+    }
 }
 
 /// `live tracking: on`, or `live tracking: off (NAME, 0x…)` from the driver's

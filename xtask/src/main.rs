@@ -4,12 +4,14 @@
 //! - `build`: cross-builds `hivetrack.sys` and `hivetrack.exe` and writes `target/package/`.
 //! - `check-image [PATH]`, `check-inf [PATH]`: verify the driver image and the INF.
 //! - `emulate [SCENARIO...]`: runs the kernel-emulator suite against the package.
+//! - `soak --ops N`, `fuzz-ioctl --inputs N`: the emulator soak and IOCTL fuzz at any size.
 //! - `test`: everything CI runs.
 
 mod bench;
 mod cross;
 mod demo;
 mod setup;
+mod soak;
 mod toolchain;
 mod util;
 mod wdkroot;
@@ -70,6 +72,18 @@ enum Cmd {
     /// Print the driver's added cost per registry open+close in the emulator (ns and
     /// callgrind instructions). Figures only; not part of `test`.
     BenchDriver,
+    /// Soak the driver in the emulator: N registry operations on 8 threads at 6% failures.
+    Soak {
+        /// Registry operations in all.
+        #[arg(long, default_value_t = soak::CI_SOAK_OPS)]
+        ops: u64,
+    },
+    /// Fuzz the driver's IOCTLs in the emulator with N structure-aware inputs.
+    FuzzIoctl {
+        /// Inputs in all.
+        #[arg(long, default_value_t = soak::CI_FUZZ_INPUTS)]
+        inputs: u64,
+    },
     /// Everything CI runs: setup, fmt, clippy, host tests, build, image and INF checks,
     /// emulator suite.
     Test {
@@ -287,6 +301,8 @@ const TEST_STEPS: &[(&str, Step)] = &[
     ("check-image", check_images),
     ("check-inf", || check_inf(None)),
     ("emulate", || emulate(&[])),
+    ("soak", || soak::soak(soak::CI_SOAK_OPS)),
+    ("fuzz-ioctl", || soak::fuzz_ioctl(soak::CI_FUZZ_INPUTS)),
     ("demo", || demo::demo(&package_dir(), &target_dir())),
     ("wine-e2e", wine_e2e),
 ];
@@ -333,6 +349,8 @@ fn main() -> ExitCode {
         Cmd::Emulate { scenarios } => emulate(&scenarios),
         Cmd::Test { skip } => test(&skip),
         Cmd::WineE2e => wine_e2e(),
+        Cmd::Soak { ops } => soak::soak(ops),
+        Cmd::FuzzIoctl { inputs } => soak::fuzz_ioctl(inputs),
         Cmd::Demo => build().and_then(|()| demo::demo(&package_dir(), &target_dir())),
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())

@@ -3,11 +3,14 @@
 //! [`crate::suite`] runs each in its own child process and compares the exit code and output
 //! with what the scenario expects (some scenarios exist to prove that a bug *is* caught).
 
+pub mod budget;
 pub mod hivetrack;
+pub mod ioctl_fuzz;
 pub mod lifecycle;
 pub mod notify;
 pub mod procmon;
 pub mod registry;
+pub mod soak;
 pub mod test_driver;
 pub mod tracking;
 pub mod truth;
@@ -92,6 +95,9 @@ pub fn all() -> Vec<Scenario> {
     v.extend(procmon::scenarios());
     v.extend(wait_free::scenarios());
     v.extend(truth::scenarios());
+    v.extend(budget::scenarios());
+    v.extend(soak::scenarios());
+    v.extend(ioctl_fuzz::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
     v.extend(lifecycle::scenarios());

@@ -117,8 +117,9 @@ struct Attempt {
     holders: Vec<(u64, String, u64)>,
 }
 
+/// The admin client of the scenarios: the driver's query IOCTLs, decoded.
 pub(crate) struct Client {
-    h: FileHandle,
+    pub(crate) h: FileHandle,
 }
 
 impl Client {
@@ -136,7 +137,7 @@ impl Client {
         }
     }
 
-    fn request(kind: QueryKind, hive: &[u16], cursor: Cursor) -> Vec<u8> {
+    pub(crate) fn request(kind: QueryKind, hive: &[u16], cursor: Cursor) -> Vec<u8> {
         let req = QueryRequest {
             query: kind,
             flags: 0,
@@ -284,7 +285,7 @@ impl Client {
         out
     }
 
-    fn stats(&self, ctx: &mut Ctx) -> Stats {
+    pub(crate) fn stats(&self, ctx: &mut Ctx) -> Stats {
         let input = Self::request(QueryKind::Stats, &[], Cursor::START);
         let r = ctx.ioctl_checked(self.h, query_ioctl(QueryKind::Stats), &input, OUT_LEN);
         if r.status != STATUS_SUCCESS {

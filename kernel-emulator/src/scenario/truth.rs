@@ -413,10 +413,10 @@ fn nameless_open(ctx: &mut Ctx) {
     ctx.check(opened.is_ok(), format!("the open succeeds: {opened:?}"));
     let st = stats(ctx, h);
     ctx.check(
-        st.names_unavailable == 1,
+        st.opens_dropped_no_name == 1,
         format!(
-            "the kernel gave no name once (names_unavailable {})",
-            st.names_unavailable
+            "the kernel gave no name once (opens_dropped_no_name {})",
+            st.opens_dropped_no_name
         ),
     );
     let all = mounts(ctx, h);

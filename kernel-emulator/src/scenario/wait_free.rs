@@ -530,7 +530,7 @@ fn unload_while_waiting(ctx: &mut Ctx) {
 }
 
 /// A small xorshift generator: the races are random but each run is reproducible.
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
     let mut x = seed | 1;
     move || {
         x ^= x << 13;

@@ -1,0 +1,188 @@
+//! The memory budget: every block is charged, one process cannot take more than its share,
+//! and what the default budget holds (figures printed; run with `--nocapture` to see them).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    reason = "test code: small sizes, figures"
+)]
+
+mod support;
+
+use support::{SysPool, w};
+use tracker::{
+    Config, DEFAULT_BUDGET_BYTES, NotTracked, ProcessKey, Tracker, budget::pool_cost,
+    names::MAX_NAME_UNITS,
+};
+
+type T<'a> = Tracker<&'a SysPool, support::ParkingLock>;
+
+const USER: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
+
+fn tracker(pool: &SysPool, config: Config) -> T<'_> {
+    let t = Tracker::new(pool, config).unwrap();
+    t.hive_loaded(
+        &w(USER),
+        &w(r"\Device\HarddiskVolume2\Users\u\NTUSER.DAT"),
+        0,
+    );
+    t
+}
+
+const fn proc(pid: u64) -> ProcessKey {
+    ProcessKey {
+        pid,
+        start_key: pid * 7,
+    }
+}
+
+/// A distinct name of `units` units under the profile hive.
+fn long_name(i: u64, units: usize) -> Vec<u16> {
+    let mut s = format!(r"{USER}\Software\Flood\{i:08}\");
+    while s.len() < units {
+        s.push(char::from(b'a' + (s.len() % 26) as u8));
+    }
+    s.truncate(units);
+    w(&s)
+}
+
+#[test]
+fn a_process_flooding_long_distinct_names_is_dropped_at_its_share_and_named() {
+    let pool = SysPool::default();
+    let config = Config::default().with_budget(8 << 20);
+    let t = tracker(&pool, config);
+    let flooder = proc(0x1234);
+    let mut tracked = 0u64;
+    let mut refused = 0u64;
+    for i in 0..4_000u64 {
+        match t.opened(i + 1, flooder, 1, &long_name(i, MAX_NAME_UNITS), 1, i) {
+            Ok(_) => tracked += 1,
+            Err(NotTracked::Share) => refused += 1,
+            Err(e) => panic!("open {i}: {e:?}"),
+        }
+    }
+    let s = t.stats();
+    println!(
+        "flood: {tracked} tracked, {refused} dropped; budget used {} of {} (share {})",
+        s.budget_used_bytes, s.budget_bytes, s.process_share_bytes
+    );
+    assert!(refused > 0 && tracked > 0);
+    // Each tracked open cost its record and its name (a page): the share holds about
+    // share / (page + record) of them.
+    let each = pool_cost(MAX_NAME_UNITS * 2 + 24) + 74;
+    assert_eq!(tracked, s.process_share_bytes / each);
+    assert_eq!(s.opens_dropped_process_share, refused);
+    assert_eq!(s.top_dropper_pid, flooder.pid);
+    assert_eq!(s.top_dropper_start_key, flooder.start_key);
+    assert_eq!(s.top_dropper_drops, refused);
+    assert!(s.budget_used_bytes <= s.budget_bytes);
+    // Everyone else keeps being tracked: 2,000 keys of two other processes.
+    for i in 0..2_000u64 {
+        let p = proc(100 + i % 2);
+        let name = w(&format!(r"{USER}\Software\App{}\Key{}", i % 2, i % 50));
+        t.opened(1_000_000 + i, p, 1, &name, 1, i).unwrap();
+    }
+    assert_eq!(t.stats().opens_dropped_process_share, refused);
+}
+
+#[test]
+fn the_global_budget_bounds_every_block_and_counts_refusals() {
+    let pool = SysPool::default();
+    let config = Config::default().with_budget(1 << 20);
+    let t = tracker(&pool, config);
+    let mut dropped = 0u64;
+    // Many processes, each well within its share, together past the budget.
+    for i in 0..20_000u64 {
+        let name = w(&format!(r"{USER}\Software\Many\{i}"));
+        if t.opened(i + 1, proc(1_000 + i / 100), 1, &name, 1, i)
+            .is_err()
+        {
+            dropped += 1;
+        }
+        assert!(t.stats().budget_used_bytes <= 1 << 20);
+    }
+    let s = t.stats();
+    assert!(dropped > 0 && s.allocations_refused_budget > 0);
+    assert!(s.not_recorded() >= dropped);
+    assert!(s.budget_peak_bytes <= s.budget_bytes);
+}
+
+/// Names like a real workload's: user-hive paths of 60-120 characters, each repeated.
+fn real_name(i: u64) -> Vec<u16> {
+    const PARTS: [&str; 8] = [
+        r"Software\Microsoft\Windows\CurrentVersion\Explorer",
+        r"Software\Microsoft\Office\16.0\Common\General",
+        r"Software\Classes\Local Settings\Software\Microsoft",
+        r"Software\Microsoft\Windows NT\CurrentVersion\Winlogon",
+        r"Control Panel\Desktop",
+        r"Software\Policies\Microsoft\Windows\System",
+        r"Software\Microsoft\Internet Explorer\Main",
+        r"Environment",
+    ];
+    let s = format!(r"{USER}\{}\K{}", PARTS[(i % 8) as usize], i % 5_000);
+    w(&s)
+}
+
+#[test]
+fn the_default_budget_holds_a_million_objects_with_real_names() {
+    const OBJECTS: u64 = 1_000_000;
+    let pool = SysPool::default();
+    let t = tracker(&pool, Config::default());
+    let mut lens = (usize::MAX, 0);
+    for i in 0..OBJECTS {
+        let name = real_name(i);
+        lens = (lens.0.min(name.len()), lens.1.max(name.len()));
+        t.opened(i + 1, proc(8 + i % 200), 1, &name, 1, i).unwrap();
+    }
+    let s = t.stats();
+    println!(
+        "real names ({}..{} units, {} distinct): {} objects in {:.1} MiB of the {} MiB budget",
+        lens.0,
+        lens.1,
+        s.names_interned,
+        s.objects_tracked,
+        s.budget_used_bytes as f64 / 1_048_576.0,
+        DEFAULT_BUDGET_BYTES >> 20
+    );
+    assert!(lens.0 >= 60 && lens.1 <= 120, "{lens:?}");
+    assert_eq!(s.objects_tracked, OBJECTS);
+    assert_eq!(s.not_recorded(), 0);
+}
+
+/// Fills the default budget with distinct names of `units` units (spread over processes so
+/// no share is reached first) and returns how many objects it held with their names (the
+/// first refusal is a record or a name; both are counted losses).
+fn distinct_capacity(units: usize) -> (u64, u64) {
+    let pool = SysPool::default();
+    let t = tracker(&pool, Config::default());
+    let mut i = 0u64;
+    while t
+        .opened(i + 1, proc(8 + i % 64), 1, &long_name(i, units), 1, i)
+        .is_ok()
+        && (t.budget().used() + 8192 < t.budget().limit() || t.stats().names_dropped_no_memory == 0)
+    {
+        i += 1;
+    }
+    let s = t.stats();
+    assert_eq!(s.not_recorded(), 1, "the first refusal ends the fill");
+    assert!(s.budget_used_bytes <= s.budget_bytes);
+    (i, s.budget_used_bytes)
+}
+
+#[test]
+fn what_the_default_budget_holds_when_every_name_is_distinct() {
+    for units in [100, 255, MAX_NAME_UNITS] {
+        let (held, used) = distinct_capacity(units);
+        // Each object costs its record (a 56th of a page) and its name's pool block; the
+        // budget's fixed part (directories, buckets) is small: at least 95% of the ideal.
+        let each = pool_cost(units * 2 + 24) as f64 + 4096.0 / 56.0;
+        println!(
+            "distinct names of {units} units: {held} objects ({each:.0} bytes each, {:.1} MiB used)",
+            used as f64 / 1_048_576.0
+        );
+        let ideal = DEFAULT_BUDGET_BYTES as f64 / each;
+        assert!(
+            (held as f64) <= ideal && held as f64 >= ideal * 0.95,
+            "{held} vs {ideal:.0}"
+        );
+    }
+}
