@@ -52,7 +52,7 @@ enum Cmd {
         #[arg(long)]
         map: Option<PathBuf>,
     },
-    /// Check an INF (default: inf/hivetrack.inf against target/package/).
+    /// Check an INF (default: driver/hivetrack.inx against target/package/).
     CheckInf {
         /// The INF to check.
         path: Option<PathBuf>,
@@ -128,7 +128,7 @@ fn build() -> Result<()> {
         &package.join("hivetrack.exe"),
     )?;
     copy(
-        &repo_root().join("inf/hivetrack.inf"),
+        &repo_root().join("driver/hivetrack.inx"),
         &package.join("hivetrack.inf"),
     )?;
     eprintln!(
@@ -156,7 +156,7 @@ fn check_image(path: Option<PathBuf>, map: Option<PathBuf>) -> Result<()> {
 }
 
 fn check_inf(path: Option<PathBuf>) -> Result<()> {
-    let path = path.unwrap_or_else(|| repo_root().join("inf/hivetrack.inf"));
+    let path = path.unwrap_or_else(|| repo_root().join("driver/hivetrack.inx"));
     let package = package_dir();
     let package = package.join("hivetrack.sys").is_file().then_some(package);
     let report = inf::check_inf(&path, package.as_deref())
