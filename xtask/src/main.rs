@@ -9,6 +9,7 @@
 mod bench;
 mod cross;
 mod demo;
+mod make_check;
 mod setup;
 mod toolchain;
 mod util;
@@ -64,6 +65,22 @@ enum Cmd {
     },
     /// Install, start, query, stop and uninstall the package under Wine.
     WineE2e,
+    /// Run the Windows `cargo make` layout with the real cargo-make (installed from crates.io
+    /// into `target/tools/`) and a stand-in rust-script; see `xtask/src/make_check.rs`.
+    MakeCheck {
+        /// Also reintroduce each known break and require each to fail with its message.
+        #[arg(long)]
+        mutate: bool,
+    },
+    /// Internal: the stand-in tools make-check puts on PATH.
+    #[command(hide = true)]
+    MakeCheckStandIn {
+        /// The tool stood in for.
+        tool: String,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The main job on Linux: build, then run the real CLI against the real driver in the
     /// kernel emulator (logoff and handle-leak scenarios).
     Demo,
@@ -286,6 +303,7 @@ const TEST_STEPS: &[(&str, Step)] = &[
     ("clippy-windows", clippy_drivers),
     ("check-image", check_images),
     ("check-inf", || check_inf(None)),
+    ("make-check", || make_check::make_check(&target_dir(), true)),
     ("emulate", || emulate(&[])),
     ("demo", || demo::demo(&package_dir(), &target_dir())),
     ("wine-e2e", wine_e2e),
@@ -333,6 +351,14 @@ fn main() -> ExitCode {
         Cmd::Emulate { scenarios } => emulate(&scenarios),
         Cmd::Test { skip } => test(&skip),
         Cmd::WineE2e => wine_e2e(),
+        Cmd::MakeCheck { mutate } => make_check::make_check(&target_dir(), mutate),
+        Cmd::MakeCheckStandIn { tool, args } => {
+            if tool == "rust-script" {
+                make_check::stand_in(&args)
+            } else {
+                Err(anyhow::anyhow!("no stand-in for {tool}"))
+            }
+        }
         Cmd::Demo => build().and_then(|()| demo::demo(&package_dir(), &target_dir())),
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())
