@@ -1,6 +1,9 @@
-# Step 2: sign the package with the test certificate, install it through the INF, start it,
-# and enable Driver Verifier (standard rules + low-resources simulation) for hivetrack.sys.
-# Verifier settings take effect after a reboot: the script reboots, then run .\3-logoff.ps1.
+# Step 2: sign the package with the test certificate, install it as a primitive driver with
+# `pnputil /add-driver hivetrack.inf /install` (into the driver store; the service runs from
+# there), start it, and enable Driver Verifier (standard rules + low-resources simulation) for
+# hivetrack.sys. Verifier settings take effect after a reboot: the script reboots, then run
+# .\3-logoff.ps1. With -StartAtBoot the service is set to system start (tracking from boot).
+param([switch]$StartAtBoot)
 . "$PSScriptRoot\common.ps1"
 Assert-Admin
 foreach ($f in 'hivetrack.sys', 'hivetrack.inf', 'hivetrack.exe') {
@@ -20,10 +23,16 @@ if ($inf2cat) {
     Set-AuthenticodeSignature -FilePath (Join-Path $Package 'hivetrack.cat') -Certificate $cert -HashAlgorithm SHA256 | Out-Null
 }
 
-& rundll32.exe setupapi.dll,InstallHinfSection DefaultInstall 132 $Inf
-Start-Sleep -Seconds 2
+$out = & pnputil.exe /add-driver $Inf /install
+$out | Set-Content (Join-Path $Results 'pnputil-add-driver.txt')
+if ($LASTEXITCODE -ne 0) { throw "pnputil /add-driver failed ($LASTEXITCODE): $out" }
 $svc = Get-Service hivetrack -ErrorAction SilentlyContinue
 if (-not $svc) { throw 'The INF did not create the hivetrack service.' }
+$image = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack').ImagePath
+if ($image -notmatch 'DriverStore\\FileRepository\\hivetrack\.inf_') {
+    throw "ImagePath is $image, expected the driver store (DIRID 13)"
+}
+if ($StartAtBoot) { sc.exe config hivetrack start= system | Out-Null }
 sc.exe start hivetrack | Out-Null
 $v = Invoke-Hivetrack @('version')
 $v.Text | Set-Content (Join-Path $Results 'version.txt')

@@ -83,8 +83,7 @@ fn connect(env: &mut Env<'_>, need: Need) -> Result<Box<dyn Transport>> {
 }
 
 fn nt_hive(env: &Env<'_>, given: &str) -> Result<String> {
-    let sid = env.accounts.current_user_sid();
-    Ok(hive_name::resolve(given, sid.as_deref()).map_err(CliError::from)?)
+    Ok(hive_name::resolve_with_accounts(given, env.accounts).map_err(CliError::from)?)
 }
 
 /// Runs `cli`; returns the exit code of a report, or the error to print (its exit code from

@@ -49,8 +49,33 @@ pub struct Global {
     pub backend: BackendChoice,
     /// Run against the real hivetrack.sys inside the kernel emulator with this scenario
     /// (Linux demo; not available in this build: the command says so and exits 2).
+    /// The Windows build has no such option: an administrator's `--help` does not show it.
+    #[cfg(not(windows))]
     #[arg(long, global = true, value_name = "SCENARIO")]
     pub emulator: Option<String>,
+}
+
+impl Global {
+    /// The `--emulator` scenario; always `None` in the Windows build, which has no emulator
+    /// option.
+    #[must_use]
+    #[cfg_attr(
+        windows,
+        allow(
+            clippy::missing_const_for_fn,
+            reason = "const only in the Windows build, where it is always None"
+        )
+    )]
+    pub fn emulator(&self) -> Option<&str> {
+        #[cfg(not(windows))]
+        {
+            self.emulator.as_deref()
+        }
+        #[cfg(windows)]
+        {
+            None
+        }
+    }
 }
 
 /// The commands.
@@ -210,7 +235,7 @@ mod tests {
         assert!(
             matches!(cli.command, Command::Wait { timeout, interval_ms: 500, .. } if (timeout - 2.5).abs() < 1e-9)
         );
-        let cli = Cli::try_parse_from([
+        let with_emulator = Cli::try_parse_from([
             "hivetrack",
             "--backend",
             "ntquery",
@@ -218,11 +243,17 @@ mod tests {
             "logoff",
             "--no-resolve",
             "hives",
-        ])
-        .unwrap();
-        assert_eq!(cli.global.backend, BackendChoice::Ntquery);
-        assert_eq!(cli.global.emulator.as_deref(), Some("logoff"));
-        assert!(cli.global.no_resolve);
+        ]);
+        // The Windows build has no --emulator option at all.
+        #[cfg(windows)]
+        assert!(with_emulator.is_err());
+        #[cfg(not(windows))]
+        {
+            let cli = with_emulator.unwrap();
+            assert_eq!(cli.global.backend, BackendChoice::Ntquery);
+            assert_eq!(cli.global.emulator(), Some("logoff"));
+            assert!(cli.global.no_resolve);
+        }
         for cmd in ["stats", "unload-history", "version", "hives"] {
             Cli::try_parse_from(["hivetrack", cmd]).unwrap();
         }

@@ -141,6 +141,7 @@ fn key_of(k: &HolderKey<'_>, now: u64) -> HeldKey {
         age_secs: age_secs(k.open_time, now),
         thread: (k.thread != 0).then_some(k.thread),
         access: k.access,
+        access_names: crate::access::names(k.access),
         handle_opens: k.handle_opens,
         handle_closes: k.handle_closes,
     }

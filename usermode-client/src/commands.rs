@@ -18,7 +18,7 @@ use crate::{
 
 /// How to install the driver, shown whenever it cannot be reached.
 pub const INSTALL_HINT: &str = "install it from the package folder with \
-`rundll32 setupapi.dll,InstallHinfSection DefaultInstall 132 .\\hivetrack.inf` \
+`pnputil /add-driver hivetrack.inf /install` \
 and start it with `sc start hivetrack` (as Administrator)";
 
 /// A failure that maps to a documented exit code.
@@ -64,6 +64,20 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// The `kind` of this error in `--json` output (stable; usermode-client/README.md).
+    #[must_use]
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::DriverUnavailable { .. } => "driver_unavailable",
+            Self::AccessDenied => "access_denied",
+            Self::VersionMismatch { .. } => "version_mismatch",
+            Self::BackendUnavailable(_) => "backend_unavailable",
+            Self::UnknownHive { .. } => "unknown_hive",
+            Self::BadHiveName(_) => "bad_hive_name",
+            Self::BadArgument(_) => "bad_argument",
+        }
+    }
+
     /// The process exit code for this error.
     #[must_use]
     pub const fn exit_code(&self) -> u8 {
@@ -184,6 +198,45 @@ pub fn raw_ioctl(
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     err.downcast_ref::<CliError>()
         .map_or(1, CliError::exit_code)
+}
+
+/// Schema name of `--json` error documents.
+pub const ERROR_SCHEMA: &str = "hivetrack.error/1";
+
+/// The `hivetrack.error/1` document.
+///
+/// Shape: `{"schema", "error": {"kind", "message", "exit_code"}}`; `kind` is a [`CliError::kind`], `usage` for a command line that does not parse, or
+/// `failed` for any other failure; `message` is what the table output prints.
+#[must_use]
+pub fn error_json(kind: &str, message: &str, exit_code: u8) -> String {
+    let doc = serde_json::json!({
+        "schema": ERROR_SCHEMA,
+        "error": { "kind": kind, "message": message, "exit_code": exit_code },
+    });
+    format!("{doc:#}\n")
+}
+
+/// Prints `err` where the output format puts it, and returns its exit code.
+///
+/// With `json`, the [`error_json`] document on `out` (a script reading stdout always gets JSON); else
+/// `hivetrack: <message>` on `err_out`.
+pub fn report_error(
+    err: &anyhow::Error,
+    json: bool,
+    out: &mut dyn std::io::Write,
+    err_out: &mut dyn std::io::Write,
+) -> u8 {
+    let code = exit_code_for(err);
+    let message = format!("{err:#}");
+    if json {
+        let kind = err
+            .downcast_ref::<CliError>()
+            .map_or("failed", CliError::kind);
+        let _ = out.write_all(error_json(kind, &message, code).as_bytes());
+    } else {
+        let _ = writeln!(err_out, "hivetrack: {message}");
+    }
+    code
 }
 
 #[cfg(test)]

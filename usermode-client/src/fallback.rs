@@ -7,7 +7,9 @@
 //!
 //! This module is the portable part: it turns the `(pid, key)` list into protocol holders
 //! pages, so the rest of the CLI reads them like the driver's. The system call itself is in
-//! `windows_fallback` (Windows only).
+//! `windows_fallback` (Windows only), which also names each process's image in user mode
+//! (`QueryFullProcessImageNameW`); a process it may not open keeps no image, and the report
+//! shows `-` for it.
 
 use protocol::holders::{HiveKind, HiveState, HolderKey, HolderProcess, Holders, HoldersPrefix};
 use protocol::ioctl::IOCTL_HIVETRACK_QUERY_HOLDERS;
@@ -23,7 +25,6 @@ pub const BACKEND: &str = "ntquery";
 
 /// What `NtQueryOpenSubKeysEx` cannot tell, as every report from this backend lists it.
 pub const MISSING: &[&str] = &[
-    "image paths",
     "open times",
     "opening threads",
     "granted access",
@@ -38,6 +39,12 @@ pub trait OpenSubKeys {
     /// # Errors
     /// [`TransportError`] when the system refuses (privilege, not a hive root).
     fn open_subkeys(&mut self, hive: &str) -> Result<Vec<(u64, String)>, TransportError>;
+
+    /// The image path of process `pid`, when this system can tell (the process may have
+    /// exited, or be protected).
+    fn image_of(&mut self, _pid: u64) -> Option<String> {
+        None
+    }
 }
 
 /// A [`Transport`] that answers the holders query from an [`OpenSubKeys`] source.
@@ -58,9 +65,13 @@ impl<S: OpenSubKeys> FallbackTransport<S> {
 }
 
 /// Builds the holders listing of `hive` from `(pid, key)` pairs: processes in pid order,
-/// each with its keys in the order the system listed them.
+/// each with its keys in the order the system listed them, and its image from `image_of`.
 #[must_use]
-pub fn listing(hive: &str, open: &[(u64, String)]) -> Listing {
+pub fn listing(
+    hive: &str,
+    open: &[(u64, String)],
+    image_of: &mut dyn FnMut(u64) -> Option<String>,
+) -> Listing {
     let mut pids: Vec<u64> = open.iter().map(|(p, _)| *p).collect();
     pids.sort_unstable();
     pids.dedup();
@@ -71,6 +82,17 @@ pub fn listing(hive: &str, open: &[(u64, String)]) -> Listing {
             let mut units: Vec<u16> = n.encode_utf16().collect();
             units.truncate(usize::from(u16::MAX));
             (*p, units)
+        })
+        .collect();
+    let images: Vec<(u64, Option<Vec<u16>>)> = pids
+        .iter()
+        .map(|&pid| {
+            let image = image_of(pid).map(|i| {
+                let mut units: Vec<u16> = i.encode_utf16().collect();
+                units.truncate(usize::from(u16::MAX));
+                units
+            });
+            (pid, image)
         })
         .collect();
     let processes: Vec<(HolderProcess<'_>, Vec<HolderKey<'_>>)> = pids
@@ -90,13 +112,21 @@ pub fn listing(hive: &str, open: &[(u64, String)]) -> Listing {
                     name: Text::Units(n),
                 })
                 .collect();
+            let image = &images
+                .iter()
+                .find(|(p, _)| *p == pid)
+                .map_or(&[][..], |(_, i)| i.as_deref().unwrap_or(&[]));
             let summary = HolderProcess {
-                flags: HolderProcess::IMAGE_MISSING,
+                flags: if image.is_empty() {
+                    HolderProcess::IMAGE_MISSING
+                } else {
+                    0
+                },
                 pid,
                 start_key: 0,
                 open_keys: keys.len() as u64,
                 oldest_open: 0,
-                image: Text::EMPTY,
+                image: Text::Units(image),
             };
             (summary, keys)
         })
@@ -142,7 +172,8 @@ impl<S: OpenSubKeys> Transport for FallbackTransport<S> {
         if req.cursor == protocol::cursor::Cursor::START {
             let hive = req.hive.to_string();
             let open = self.source.open_subkeys(&hive)?;
-            self.current = Some(listing(&hive, &open));
+            let source = &mut self.source;
+            self.current = Some(listing(&hive, &open, &mut |pid| source.image_of(pid)));
         }
         let l = self.current.as_ref().ok_or(TransportError::Request {
             code: ERROR_INVALID_FUNCTION,

@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use crate::accounts::{Accounts, SidLookup};
+
 /// NT prefix of `HKEY_LOCAL_MACHINE`.
 pub const MACHINE: &str = r"\REGISTRY\MACHINE";
 /// NT prefix of `HKEY_USERS`.
@@ -37,6 +39,22 @@ pub enum HiveNameError {
         given: String,
         /// A hive under that root.
         example: &'static str,
+    },
+    /// An account name was given on a system that cannot resolve accounts.
+    #[error(
+        "`{given}` looks like an account name, but accounts cannot be resolved on this system (only the Windows build looks them up): name the hive by SID instead (S-1-5-21-..., HKU\\<SID>)"
+    )]
+    AccountsUnsupported {
+        /// What the user typed.
+        given: String,
+    },
+    /// An account name that the system does not know.
+    #[error(
+        "`{given}` is neither a registry hive name nor an account this system knows: use DOMAIN\\user, user, a SID (S-1-5-21-...), HKU\\<SID>, HKCU or HKLM\\<HIVE>"
+    )]
+    UnknownAccount {
+        /// What the user typed.
+        given: String,
     },
     /// The name starts with no known root.
     #[error(
@@ -140,9 +158,64 @@ pub fn resolve(given: &str, current_user_sid: Option<&str>) -> Result<String, Hi
             });
         }
     }
+    if is_sid(s) {
+        return Ok(format!(r"{USER}\{}", s.to_ascii_uppercase()));
+    }
     Err(HiveNameError::UnknownRoot {
         given: given.to_owned(),
     })
+}
+
+/// Whether `s` is a SID string (`S-1-5-21-…`, `S-1-5-18`), optionally with the `_Classes`
+/// suffix of a user's classes hive.
+fn is_sid(s: &str) -> bool {
+    let s = s.strip_suffix("_Classes").unwrap_or(s);
+    let Some(rest) = s.strip_prefix("S-").or_else(|| s.strip_prefix("s-")) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    parts.len() >= 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `s` can be an account name: `user`, `DOMAIN\user` or `user@domain` (no registry
+/// root matched it). Characters Windows forbids in account names rule it out.
+fn is_account_name(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('\\').collect();
+    parts.len() <= 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && !p.contains([
+                    '/', '[', ']', ':', ';', '|', '=', ',', '+', '*', '?', '<', '>', '"',
+                ])
+        })
+}
+
+/// [`resolve`], plus account names.
+///
+/// `DOMAIN\user` and `user` name that user's hive (`\REGISTRY\USER\<SID>`), looked up through `accounts` (Windows only; elsewhere the error
+/// says accounts cannot be resolved there).
+///
+/// # Errors
+/// As [`resolve`]; for a name that can only be an account, [`HiveNameError::UnknownAccount`]
+/// or [`HiveNameError::AccountsUnsupported`].
+pub fn resolve_with_accounts(
+    given: &str,
+    accounts: &dyn Accounts,
+) -> Result<String, HiveNameError> {
+    let sid = accounts.current_user_sid();
+    match resolve(given, sid.as_deref()) {
+        Err(HiveNameError::UnknownRoot { given }) if is_account_name(given.trim()) => {
+            match accounts.sid_of(given.trim()) {
+                SidLookup::Sid(sid) => Ok(format!(r"{USER}\{sid}")),
+                SidLookup::Unknown => Err(HiveNameError::UnknownAccount { given }),
+                SidLookup::Unsupported => Err(HiveNameError::AccountsUnsupported { given }),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The short display form of an NT registry path: `HKU\…` for `\REGISTRY\USER\…`,

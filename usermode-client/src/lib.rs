@@ -3,6 +3,7 @@
 //! Everything but the operating-system backend lives here so that it is tested on any host
 //! with a scripted [`transport::Transport`].
 
+pub mod access;
 pub mod accounts;
 pub mod app;
 pub mod cli;

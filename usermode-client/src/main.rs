@@ -15,19 +15,25 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit::BAD_ARGUMENTS
+            if !e.use_stderr() {
+                let _ = e.print(); // --help, --version
+                return ExitCode::from(exit::OK);
+            }
+            // A command line that does not parse still answers in JSON when --json is on it.
+            if std::env::args_os().any(|a| a == "--json") {
+                let message = e.render().to_string();
+                let doc = commands::error_json("usage", message.trim(), exit::BAD_ARGUMENTS);
+                let _ = std::io::stdout().write_all(doc.as_bytes());
             } else {
-                exit::OK
-            };
-            let _ = e.print();
-            return ExitCode::from(code);
+                let _ = e.print();
+            }
+            return ExitCode::from(exit::BAD_ARGUMENTS);
         }
     };
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
     let accounts = accounts::system();
-    let (backend, emulator) = (cli.global.backend, cli.global.emulator.clone());
+    let (backend, emulator) = (cli.global.backend, cli.global.emulator().map(str::to_owned));
     let mut connect = move |need| transport::open(backend, need, emulator.as_deref());
     let mut clock = SystemClock::start();
     let mut env = Env {
@@ -38,13 +44,10 @@ fn main() -> ExitCode {
         now: app::filetime_now(),
         clock: &mut clock,
     };
-    let result = app::run(&cli, &mut env);
+    let code = match app::run(&cli, &mut env) {
+        Ok(code) => code,
+        Err(err) => commands::report_error(&err, cli.global.json, env.out, env.err),
+    };
     let _ = stdout.flush();
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(err) => {
-            eprintln!("hivetrack: {err:#}");
-            ExitCode::from(commands::exit_code_for(&err))
-        }
-    }
+    ExitCode::from(code)
 }

@@ -220,6 +220,10 @@ pub struct HeldKey {
     pub thread: Option<u64>,
     /// Granted access mask.
     pub access: u32,
+    /// `access` in words (`KEY_READ`, `KEY_SET_VALUE`, ...; see `access::names`); empty when
+    /// the mask is 0 (not known, from the fallback backend).
+    #[serde(default)]
+    pub access_names: Vec<String>,
     /// Handles counted as opened on the object (the open itself is one).
     pub handle_opens: u32,
     /// Handle closes seen for the object.

@@ -231,7 +231,20 @@ fn holder_sentences(h: &Holder, out: &mut String) {
             (true, false) => format!(" (open for {})", age_text(age)),
             (true, true) => format!(" (oldest open for {})", age_text(age)),
         };
-        let _ = writeln!(out, "{who} has opened key {name}{cut}{times}{when}");
+        // The rights it holds the key with, in words (0 = not known, from the fallback).
+        let mut rights: Vec<String> = Vec::new();
+        for k in keys.iter().filter(|k| k.access != 0) {
+            let text = crate::access::text(k.access);
+            if !rights.contains(&text) {
+                rights.push(text);
+            }
+        }
+        let with = if rights.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", rights.join(", "))
+        };
+        let _ = writeln!(out, "{who} has opened key {name}{cut}{times}{with}{when}");
     }
 }
 

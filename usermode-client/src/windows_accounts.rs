@@ -1,5 +1,6 @@
-//! Windows accounts: the current user's SID from the process token (for `HKCU`) and
-//! `DOMAIN\name` for a SID string with `LookupAccountSidW`.
+//! Windows accounts: the current user's SID from the process token (for `HKCU`),
+//! `DOMAIN\name` for a SID string with `LookupAccountSidW`, and the SID of an account name
+//! with `LookupAccountNameW`.
 
 use std::ptr;
 
@@ -7,13 +8,13 @@ use windows_sys::Win32::{
     Foundation::{CloseHandle, HANDLE, LocalFree},
     Security::{
         Authorization::{ConvertSidToStringSidW, ConvertStringSidToSidW},
-        GetTokenInformation, LookupAccountSidW, PSID, SID_NAME_USE, TOKEN_QUERY, TOKEN_USER,
-        TokenUser,
+        GetTokenInformation, LookupAccountNameW, LookupAccountSidW, PSID, SID_NAME_USE,
+        TOKEN_QUERY, TOKEN_USER, TokenUser,
     },
     System::Threading::{GetCurrentProcess, OpenProcessToken},
 };
 
-use crate::accounts::Accounts;
+use crate::accounts::{Accounts, SidLookup};
 
 /// The accounts of the local system.
 #[derive(Clone, Copy, Debug, Default)]
@@ -142,6 +143,45 @@ impl Accounts for WindowsAccounts {
             format!("{domain}\\{name}")
         })
     }
+
+    fn sid_of(&self, account: &str) -> SidLookup {
+        lookup_account_name(account).map_or(SidLookup::Unknown, SidLookup::Sid)
+    }
+}
+
+/// `LookupAccountNameW` then `ConvertSidToStringSidW`: the SID string of `account`
+/// (`DOMAIN\user`, `user`, `user@domain`), or `None` when the system knows no such account.
+fn lookup_account_name(account: &str) -> Option<String> {
+    let wname = wide(account);
+    // A SID is at most 68 bytes (SECURITY_MAX_SID_SIZE); u64 elements keep it aligned.
+    let mut sid = [0u64; 16];
+    let mut sid_len = 128u32;
+    let mut domain = vec![0u16; 256];
+    let mut domain_len = 256u32;
+    let mut use_: SID_NAME_USE = 0;
+    // SAFETY: `wname` is NUL-terminated and outlives the call; `sid` holds `sid_len` bytes and
+    // `domain` `domain_len` units; the out pointers are valid.
+    let ok = unsafe {
+        LookupAccountNameW(
+            ptr::null(),
+            wname.as_ptr(),
+            sid.as_mut_ptr().cast(),
+            &raw mut sid_len,
+            domain.as_mut_ptr(),
+            &raw mut domain_len,
+            &raw mut use_,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    let mut text: *mut u16 = ptr::null_mut();
+    // SAFETY: the call succeeded, so `sid` holds a valid SID; `text` is a valid out pointer.
+    let ok = unsafe { ConvertSidToStringSidW(sid.as_mut_ptr().cast(), &raw mut text) };
+    if ok == 0 {
+        return None;
+    }
+    take_local_wide(text)
 }
 
 #[cfg(test)]

@@ -131,6 +131,10 @@ impl OpenSubKeys for FakeNtQuery {
         assert_eq!(hive, format!(r"\REGISTRY\USER\{SID}"));
         self.0.clone().map_err(|f| f())
     }
+    /// pid 4012 resolves (the shell); 2040 does not (a protected process).
+    fn image_of(&mut self, pid: u64) -> Option<String> {
+        (pid == 4012).then(|| r"C:\Windows\explorer.exe".to_owned())
+    }
 }
 
 fn fallback(open: Answer) -> Box<dyn Transport> {
@@ -169,7 +173,9 @@ fn the_fallback_reports_pid_and_key_and_says_what_is_missing() {
         r.holders.iter().map(|h| h.pid).collect::<Vec<_>>(),
         [2040, 4012]
     );
-    assert!(r.holders.iter().all(|h| h.image.is_none()));
+    // Images are resolved in user mode where the process can be opened; `-` where not.
+    let images: Vec<Option<&str>> = r.holders.iter().map(|h| h.image.as_deref()).collect();
+    assert_eq!(images, [None, Some(r"C:\Windows\explorer.exe")]);
 }
 
 #[test]

@@ -69,4 +69,33 @@ fn off_windows_there_is_no_driver_no_hkcu_and_no_emulator() {
     let o = hivetrack(&["version"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("hivetrack client "));
+    // An account name is accepted as a form, and the error says why it cannot be used here.
+    let o = hivetrack(&["holders", r"CONTOSO\alice"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).contains("accounts cannot be resolved on this system"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// With --json every failure is a `hivetrack.error/1` document on stdout, even a command line
+/// that does not parse; stderr stays empty.
+#[test]
+#[cfg(not(windows))]
+fn json_errors_are_json_on_stdout() {
+    for (argv, kind, code) in [
+        (&["--json", "frobnicate"][..], "usage", 3),
+        (&["--json", "holders", "HKLM"][..], "bad_hive_name", 3),
+        (&["--json", "hives"][..], "driver_unavailable", 2),
+    ] {
+        let o = hivetrack(argv);
+        assert_eq!(o.status.code(), Some(code), "{argv:?}");
+        assert!(o.stderr.is_empty(), "{argv:?}: {}", stderr(&o));
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
+        assert_eq!(doc["schema"], "hivetrack.error/1");
+        assert_eq!(doc["error"]["kind"], kind, "{doc}");
+        assert_eq!(doc["error"]["exit_code"], code);
+        assert!(!doc["error"]["message"].as_str().unwrap().is_empty());
+    }
 }

@@ -35,7 +35,7 @@ fn holders_of_the_profile_that_will_not_unload() {
     // The one line an administrator needs, in event 1530's words.
     let o = run_on(logoff(), &["holders", &hive]);
     assert!(o.out.contains(&format!(
-        r"Process 2040 (C:\Program Files\Contoso\Policy Agent\agent.exe) has opened key HKU\{SID}\Software\Policies (open for 25m03s)"
+        r"Process 2040 (C:\Program Files\Contoso\Policy Agent\agent.exe) has opened key HKU\{SID}\Software\Policies with KEY_READ (open for 25m03s)"
     )), "{}", o.out);
     assert!(o.out.contains(r"(CONTOSO\alice)"));
 }

@@ -144,7 +144,7 @@ fn the_agent_that_blocks_the_logoff_is_reported_from_the_tracker() {
     assert_eq!(h.keys[0].age_secs, 1503);
     let o = run(&t, &["holders", "HKCU"]);
     assert!(o.out.contains(&format!(
-        r"Process 2040 (C:\Program Files\Contoso\Policy Agent\agent.exe) has opened key HKU\{SID}\Software\Policies (open for 25m03s)"
+        r"Process 2040 (C:\Program Files\Contoso\Policy Agent\agent.exe) has opened key HKU\{SID}\Software\Policies with KEY_READ (open for 25m03s)"
     )), "{}", o.out);
     let o = run(&t, &["unload-history", "--json"]);
     let u: UnloadHistoryReport = serde_json::from_str(&o.out).unwrap();

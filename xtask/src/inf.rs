@@ -1,12 +1,21 @@
-//! Checks on the driver's INF (`inf/hivetrack.inf`): a legacy (non-PnP) kernel service
-//! installed through `DefaultInstall`.
+//! Checks on the driver's INF (`driver/hivetrack.inx`, shipped as `hivetrack.inf`).
+//!
+//! It is a primitive driver: the kernel service installed from the driver store with
+//! `pnputil /add-driver hivetrack.inf /install`.
 //!
 //! [`check_inf`] parses the INF ([`parse`]) and verifies its structure: `[Version]`
-//! (Signature, Class/ClassGuid, Provider, `DriverVer`, `CatalogFile`), that every section named by
-//! `CopyFiles`/`DelFiles`/`AddReg`/`DelReg`/`AddService` exists, the install and uninstall
-//! sections and the service definition, the `Parameters\Altitude` value the driver reads, that
+//! (Signature, Class/ClassGuid, Provider, `DriverVer`, `CatalogFile`, `PnpLockDown=1`), that every
+//! section named by `CopyFiles`/`DelFiles`/`AddReg`/`DelReg`/`AddService` exists, the install
+//! section and the service definition, the `Parameters\Altitude` value the driver reads, that
 //! the files it copies are exactly the package files (and exist in the package folder when
-//! one is given), and that every `%string%` is defined. Like [`crate::image`], it returns a
+//! one is given), and that every `%string%` is defined.
+//!
+//! The primitive-driver and isolation rules are the ones `infverif /w` (run by `cargo make`)
+//! enforces, from Microsoft Learn: "Creating a primitive driver" (no `[Manufacturer]`, only
+//! architecture-decorated `[DefaultInstall.NTamd64]`, no `[DefaultUninstall]` unless it says
+//! `LegacyUninstall=1`), "Driver package isolation" and "Using Dirids" (files run from the
+//! driver store, DIRID 13, never copied to `System32\drivers`, DIRID 12), and the `[Version]`
+//! section's `PnpLockDown=1`. Like [`crate::image`], it returns a
 //! report whose `Display` is a one-screen summary and whose `failures()` lists the problems.
 
 pub mod parse;
@@ -24,10 +33,16 @@ pub const SERVICE_NAME: &str = "hivetrack";
 pub const DRIVER_FILE: &str = "hivetrack.sys";
 /// The files of the driver package that the INF installs.
 pub const PACKAGE_FILES: &[&str] = &[DRIVER_FILE];
-/// Where the service binary must live: the drivers directory (DIRID 12).
-pub const SERVICE_BINARY: &str = r"%12%\hivetrack.sys";
-/// The DIRID of `%SystemRoot%\System32\drivers`.
-pub const DRIVERS_DIRID: &str = "12";
+/// Where the service binary must live: the package's driver store folder (DIRID 13).
+pub const SERVICE_BINARY: &str = r"%13%\hivetrack.sys";
+/// The DIRID of the package's folder in the driver store (where an isolated package runs from).
+pub const DRIVER_STORE_DIRID: &str = "13";
+/// The DIRID of `%SystemRoot%\System32\drivers`, which driver package isolation forbids.
+pub const LEGACY_DRIVERS_DIRID: &str = "12";
+/// The install section: a primitive driver's `[DefaultInstall]` is architecture-decorated.
+pub const INSTALL_SECTION: &str = "DefaultInstall.NTamd64";
+/// The install section's services section.
+pub const SERVICES_SECTION: &str = "DefaultInstall.NTamd64.Services";
 /// The only `[Version]` signature for NT-based Windows.
 pub const SIGNATURE: &str = "$WINDOWS NT$";
 
@@ -126,7 +141,7 @@ pub fn check_inf_text(name: &str, text: &str, present: &dyn Fn(&str) -> Option<b
     check_version(&inf, &mut report);
     check_references(&inf, &mut report);
     check_install(&inf, &mut report);
-    check_uninstall(&inf, &mut report);
+    check_primitive(&inf, &mut report);
     check_files(&inf, &mut report, present);
     report
 }
@@ -186,6 +201,14 @@ fn check_version(inf: &Inf, report: &mut InfReport) {
     let provider = value_of("Provider");
     let driver_ver = value_of("DriverVer");
     let catalog = value_of("CatalogFile");
+    let lockdown = value_of("PnpLockDown");
+    if lockdown.as_deref().and_then(inf_number) != Some(1) {
+        report.fail(format!(
+            "[Version] PnpLockDown is {}: write PnpLockDown=1 (driver package isolation: the \
+             installed files may only be changed by the driver store)",
+            lockdown.as_deref().unwrap_or("missing")
+        ));
+    }
     match signature {
         Some(value) if value.eq_ignore_ascii_case(SIGNATURE) => {}
         Some(value) => report.fail(format!(
@@ -196,8 +219,10 @@ fn check_version(inf: &Inf, report: &mut InfReport) {
         )),
     }
     if class.is_none() {
-        report
-            .fail("[Version] has no Class (a legacy service driver uses Class=System)".to_owned());
+        report.fail(
+            "[Version] has no Class (a primitive driver needs one; this one is Class=System)"
+                .to_owned(),
+        );
     }
     match class_guid {
         Some(guid) if is_guid(&guid) => {}
@@ -359,21 +384,54 @@ fn inf_number(text: &str) -> Option<u32> {
         )
 }
 
+/// Sections that make the INF something other than a primitive driver ("Creating a primitive
+/// driver", Microsoft Learn): a `[Manufacturer]` section, an undecorated `[DefaultInstall]`
+/// (`infverif /w` rejects it: a universal INF's install sections are architecture-decorated),
+/// and a `[DefaultUninstall*]` section that does not say `LegacyUninstall=1`.
+fn check_primitive(inf: &Inf, report: &mut InfReport) {
+    for section in &inf.sections {
+        let name = section.name.to_ascii_lowercase();
+        if name == "manufacturer" {
+            report.fail(
+                "[Manufacturer] is present: a primitive driver installs through \
+                 [DefaultInstall.NTamd64] and has no [Manufacturer] section"
+                    .to_owned(),
+            );
+        } else if name == "defaultinstall" || name == "defaultinstall.services" {
+            report.fail(format!(
+                "[{}] is not architecture-decorated: a primitive driver's INF may only have \
+                 [{INSTALL_SECTION}] (and [{SERVICES_SECTION}]); infverif /w rejects the \
+                 undecorated section",
+                section.name
+            ));
+        } else if name.starts_with("defaultuninstall")
+            && section
+                .first_value("LegacyUninstall")
+                .is_none_or(|v| inf_number(v) != Some(1))
+        {
+            report.fail(format!(
+                "[{}] is present: a primitive driver is removed by the driver store \
+                 (pnputil /delete-driver oemN.inf /uninstall), so [DefaultUninstall] is \
+                 prohibited unless it says LegacyUninstall=1",
+                section.name
+            ));
+        }
+    }
+}
+
 fn check_install(inf: &Inf, report: &mut InfReport) {
-    match inf.section("DefaultInstall") {
-        None => report.fail(
-            "[DefaultInstall] is missing: a legacy service is installed with \
-             InstallHinfSection DefaultInstall"
-                .to_owned(),
-        ),
-        Some(section) if section.first_value("CopyFiles").is_none() => report.fail(
-            "[DefaultInstall] has no CopyFiles: the driver file would not be installed".to_owned(),
-        ),
+    match inf.section(INSTALL_SECTION) {
+        None => report.fail(format!(
+            "[{INSTALL_SECTION}] is missing: pnputil /add-driver hivetrack.inf /install runs it"
+        )),
+        Some(section) if section.first_value("CopyFiles").is_none() => report.fail(format!(
+            "[{INSTALL_SECTION}] has no CopyFiles: the driver file would not be installed"
+        )),
         Some(_) => {}
     }
-    let Some(services) = inf.section("DefaultInstall.Services") else {
+    let Some(services) = inf.section(SERVICES_SECTION) else {
         report.fail(format!(
-            "[DefaultInstall.Services] is missing: it must hold AddService={SERVICE_NAME},,<section>"
+            "[{SERVICES_SECTION}] is missing: it must hold AddService={SERVICE_NAME},<flags>,<section>"
         ));
         return;
     };
@@ -383,7 +441,7 @@ fn check_install(inf: &Inf, report: &mut InfReport) {
         .find(|entry| expanded(inf, entry.value(0)).eq_ignore_ascii_case(SERVICE_NAME))
     else {
         report.fail(format!(
-            "[DefaultInstall.Services] has no AddService={SERVICE_NAME},,<section> (found: {})",
+            "[{SERVICES_SECTION}] has no AddService={SERVICE_NAME},<flags>,<section> (found: {})",
             adds.iter()
                 .map(|entry| entry.value(0))
                 .collect::<Vec<_>>()
@@ -418,7 +476,6 @@ fn check_install(inf: &Inf, report: &mut InfReport) {
             1,
             "SERVICE_KERNEL_DRIVER",
         ),
-        ("StartType", &summary.start_type, 3, "SERVICE_DEMAND_START"),
         (
             "ErrorControl",
             &summary.error_control,
@@ -433,9 +490,18 @@ fn check_install(inf: &Inf, report: &mut InfReport) {
             ));
         }
     }
+    // The administrator chooses demand start (3, the INF's) or system start (1, tracking from
+    // boot, set with `sc config`); boot start (0) is for drivers the loader needs, auto start
+    // (2) is not for drivers (AddService directive, Microsoft Learn).
+    if !matches!(inf_number(&summary.start_type), Some(1 | 3)) {
+        report.fail(format!(
+            "[{}] StartType is {:?}, expected 3 (SERVICE_DEMAND_START) or 1 (SERVICE_SYSTEM_START)",
+            service.name, summary.start_type
+        ));
+    }
     if !summary.binary.eq_ignore_ascii_case(SERVICE_BINARY) {
         report.fail(format!(
-            "[{}] ServiceBinary is {:?}, expected {SERVICE_BINARY} (where CopyFiles puts the driver)",
+            "[{}] ServiceBinary is {:?}, expected {SERVICE_BINARY} (the driver store folder CopyFiles puts the driver in)",
             service.name, summary.binary
         ));
     }
@@ -520,46 +586,12 @@ fn files_of(inf: &Inf, owner: &str, directive: &str) -> (Vec<String>, Vec<String
     (files, lists)
 }
 
-fn check_uninstall(inf: &Inf, report: &mut InfReport) {
-    if inf.section("DefaultUninstall").is_none() {
-        report.fail(
-            "[DefaultUninstall] is missing: add it with DelFiles for the driver file".to_owned(),
-        );
-    } else {
-        let (deleted, _) = files_of(inf, "DefaultUninstall", "DelFiles");
-        if !deleted
-            .iter()
-            .any(|file| file.eq_ignore_ascii_case(DRIVER_FILE))
-        {
-            report.fail(format!(
-                "[DefaultUninstall] does not delete {DRIVER_FILE} (DelFiles=<section listing it>)"
-            ));
-        }
-    }
-    match inf.section("DefaultUninstall.Services") {
-        None => report.fail(format!(
-            "[DefaultUninstall.Services] is missing: add DelService={SERVICE_NAME},0x200"
-        )),
-        Some(section) => {
-            if !section
-                .entries_with_key("DelService")
-                .any(|entry| expanded(inf, entry.value(0)).eq_ignore_ascii_case(SERVICE_NAME))
-            {
-                report.fail(format!(
-                    "[DefaultUninstall.Services] has no DelService={SERVICE_NAME}"
-                ));
-            }
-        }
-    }
-}
-
 fn is_package_file(file: &str) -> bool {
     PACKAGE_FILES.iter().any(|p| p.eq_ignore_ascii_case(file))
 }
 
 fn check_files(inf: &Inf, report: &mut InfReport, present: &dyn Fn(&str) -> Option<bool>) {
-    let (copied, copy_lists) = files_of(inf, "DefaultInstall", "CopyFiles");
-    let (deleted, _) = files_of(inf, "DefaultUninstall", "DelFiles");
+    let (copied, copy_lists) = files_of(inf, INSTALL_SECTION, "CopyFiles");
     let disks = inf.section("SourceDisksNames");
     let sources = inf.section("SourceDisksFiles");
     if disks.is_none() {
@@ -573,12 +605,7 @@ fn check_files(inf: &Inf, report: &mut InfReport, present: &dyn Fn(&str) -> Opti
     }
     for (file, place) in copied
         .iter()
-        .map(|f| (f.clone(), "copied by DefaultInstall"))
-        .chain(
-            deleted
-                .iter()
-                .map(|f| (f.clone(), "deleted by DefaultUninstall")),
-        )
+        .map(|f| (f.clone(), "copied by the install section"))
         .chain(
             source_files
                 .iter()
@@ -606,7 +633,7 @@ fn check_files(inf: &Inf, report: &mut InfReport, present: &dyn Fn(&str) -> Opti
     for &file in PACKAGE_FILES {
         if !copied.iter().any(|f| f.eq_ignore_ascii_case(file)) {
             report.fail(format!(
-                "package file {file} is not copied by [DefaultInstall] CopyFiles"
+                "package file {file} is not copied by [{INSTALL_SECTION}] CopyFiles"
             ));
         }
         if !source_files
@@ -631,7 +658,7 @@ fn check_files(inf: &Inf, report: &mut InfReport, present: &dyn Fn(&str) -> Opti
 fn check_destinations(inf: &Inf, report: &mut InfReport, copy_lists: &[String]) {
     let Some(destinations) = inf.section("DestinationDirs") else {
         report.fail(format!(
-            "[DestinationDirs] is missing: add DefaultDestDir={DRIVERS_DIRID} (the drivers directory)"
+            "[DestinationDirs] is missing: add DefaultDestDir={DRIVER_STORE_DIRID} (the driver store)"
         ));
         return;
     };
@@ -641,12 +668,19 @@ fn check_destinations(inf: &Inf, report: &mut InfReport, copy_lists: &[String]) 
             .or_else(|| destinations.first_value("DefaultDestDir"))
             .map(|raw| expanded(inf, raw));
         match dirid {
-            Some(dirid) if inf_number(&dirid) == inf_number(DRIVERS_DIRID) => {
+            Some(dirid) if inf_number(&dirid) == inf_number(DRIVER_STORE_DIRID) => {
                 report.destination = Some(dirid);
+            }
+            Some(dirid) if inf_number(&dirid) == inf_number(LEGACY_DRIVERS_DIRID) => {
+                report.fail(format!(
+                    "[DestinationDirs] sends [{list}] to DIRID {dirid} (System32\\drivers): \
+                     driver package isolation requires running from the driver store, \
+                     DIRID {DRIVER_STORE_DIRID} (infverif /w rejects DIRID 12)"
+                ));
             }
             Some(dirid) => report.fail(format!(
                 "[DestinationDirs] sends [{list}] to DIRID {dirid}, but ServiceBinary expects \
-                 {DRIVERS_DIRID} (System32\\drivers)"
+                 {DRIVER_STORE_DIRID} (the driver store)"
             )),
             None => report.fail(format!(
                 "[DestinationDirs] has no entry for [{list}] and no DefaultDestDir"

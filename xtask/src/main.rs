@@ -10,6 +10,7 @@
 mod bench;
 mod cross;
 mod demo;
+mod make_check;
 mod setup;
 mod soak;
 mod toolchain;
@@ -54,7 +55,7 @@ enum Cmd {
         #[arg(long)]
         map: Option<PathBuf>,
     },
-    /// Check an INF (default: inf/hivetrack.inf against target/package/).
+    /// Check an INF (default: driver/hivetrack.inx against target/package/).
     CheckInf {
         /// The INF to check.
         path: Option<PathBuf>,
@@ -66,6 +67,22 @@ enum Cmd {
     },
     /// Install, start, query, stop and uninstall the package under Wine.
     WineE2e,
+    /// Run the Windows `cargo make` layout with the real cargo-make (installed from crates.io
+    /// into `~/.cache/hivetrack-tools/`) and a stand-in rust-script; see `xtask/src/make_check.rs`.
+    MakeCheck {
+        /// Also reintroduce each known break and require each to fail with its message.
+        #[arg(long)]
+        mutate: bool,
+    },
+    /// Internal: the stand-in tools make-check puts on PATH.
+    #[command(hide = true)]
+    MakeCheckStandIn {
+        /// The tool stood in for.
+        tool: String,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The main job on Linux: build, then run the real CLI against the real driver in the
     /// kernel emulator (logoff and handle-leak scenarios).
     Demo,
@@ -142,7 +159,7 @@ fn build() -> Result<()> {
         &package.join("hivetrack.exe"),
     )?;
     copy(
-        &repo_root().join("inf/hivetrack.inf"),
+        &repo_root().join("driver/hivetrack.inx"),
         &package.join("hivetrack.inf"),
     )?;
     eprintln!(
@@ -170,7 +187,7 @@ fn check_image(path: Option<PathBuf>, map: Option<PathBuf>) -> Result<()> {
 }
 
 fn check_inf(path: Option<PathBuf>) -> Result<()> {
-    let path = path.unwrap_or_else(|| repo_root().join("inf/hivetrack.inf"));
+    let path = path.unwrap_or_else(|| repo_root().join("driver/hivetrack.inx"));
     let package = package_dir();
     let package = package.join("hivetrack.sys").is_file().then_some(package);
     let report = inf::check_inf(&path, package.as_deref())
@@ -300,6 +317,7 @@ const TEST_STEPS: &[(&str, Step)] = &[
     ("clippy-windows", clippy_drivers),
     ("check-image", check_images),
     ("check-inf", || check_inf(None)),
+    ("make-check", || make_check::make_check(&target_dir(), true)),
     ("emulate", || emulate(&[])),
     ("soak", || soak::soak(soak::CI_SOAK_OPS)),
     ("fuzz-ioctl", || soak::fuzz_ioctl(soak::CI_FUZZ_INPUTS)),
@@ -351,6 +369,14 @@ fn main() -> ExitCode {
         Cmd::WineE2e => wine_e2e(),
         Cmd::Soak { ops } => soak::soak(ops),
         Cmd::FuzzIoctl { inputs } => soak::fuzz_ioctl(inputs),
+        Cmd::MakeCheck { mutate } => make_check::make_check(&target_dir(), mutate),
+        Cmd::MakeCheckStandIn { tool, args } => {
+            if tool == "rust-script" {
+                make_check::stand_in(&args)
+            } else {
+                Err(anyhow::anyhow!("no stand-in for {tool}"))
+            }
+        }
         Cmd::Demo => build().and_then(|()| demo::demo(&package_dir(), &target_dir())),
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())

@@ -2,13 +2,20 @@
 //!
 //! Wine is an implementation of the PE loader, the service control manager, setupapi's INF
 //! processing and the I/O manager that no one here wrote. In a private prefix under
-//! `target/wine/`, this installs the package with `InstallHinfSection DefaultInstall`, starts
-//! the service, drives the real CLI over `DeviceIoControl` (good and malformed requests),
-//! stops the service and proves `DriverUnload` ran (its `DbgPrint` line, and the device gone),
-//! then uninstalls with `DefaultUninstall` and checks nothing is left.
+//! `target/wine/`, this installs the package by running the INF's architecture-decorated
+//! `[DefaultInstall.NTamd64]` section with `InstallHinfSection` (the section `pnputil /add-driver
+//! hivetrack.inf /install` runs on Windows; Windows 10 1903+ hands a primitive driver passed to
+//! `InstallHinfSection` to `DiInstallDriver`, "Creating a primitive driver", Microsoft Learn),
+//! starts the service, drives the real CLI over `DeviceIoControl` (good and malformed
+//! requests), stops the service and proves `DriverUnload` ran (its `DbgPrint` line, and the
+//! device gone), then deletes the service and checks its key is gone.
 //!
-//! What it cannot show: registry filtering. Wine 8's ntoskrnl has no `CmRegisterCallbackEx`, so
-//! no registry callback ever fires there.
+//! What it cannot show: registry filtering (Wine 8's ntoskrnl has no `CmRegisterCallbackEx`, so
+//! no registry callback ever fires there), and the driver store. Wine 8 has no `pnputil` and
+//! no driver store: its setupapi resolves DIRID 13 to its fallback folder for unknown DIRIDs,
+//! `system32\unknown`, and `ImagePath` points there, so the service loads the copied file; the
+//! removal is `sc delete` (what `pnputil /delete-driver /uninstall` does to the service), and
+//! the copied file stays in that folder (on Windows the driver store removes the package).
 
 use std::{
     fs,
@@ -226,7 +233,8 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
     let inf = wine_path(&package.join("hivetrack.inf"));
     let exe = wine_path(&package.join("hivetrack.exe"));
     let service_key = r"HKLM\System\CurrentControlSet\Services\hivetrack";
-    let driver_file = prefix.system32().join("drivers/hivetrack.sys");
+    // Wine 8's setupapi has no driver store: DIRID 13 becomes system32\unknown (see the top).
+    let driver_file = prefix.system32().join("unknown/hivetrack.sys");
 
     check(
         "boot a fresh prefix",
@@ -244,7 +252,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
     )?;
 
     check(
-        "install with DefaultInstall",
+        "install with DefaultInstall.NTamd64",
         started,
         (|| {
             prefix.run_ok(
@@ -252,7 +260,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
                 &mut prefix.wine(&[
                     "rundll32",
                     "setupapi.dll,InstallHinfSection",
-                    "DefaultInstall",
+                    "DefaultInstall.NTamd64",
                     "128",
                     &inf,
                 ]),
@@ -277,7 +285,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
                 "Start",
                 "0x3",
                 "ErrorControl",
-                "hivetrack.sys",
+                r"C:\windows\system32\unknown\hivetrack.sys",
             ] {
                 ensure!(svc.contains(want), "service key lacks `{want}`:\n{svc}");
             }
@@ -491,24 +499,13 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
     )?;
 
     check(
-        "uninstall with DefaultUninstall leaves nothing",
+        "remove the service (sc delete) leaves no service key",
         started,
         (|| {
             prefix.run_ok(
                 "uninstall",
-                &mut prefix.wine(&[
-                    "rundll32",
-                    "setupapi.dll,InstallHinfSection",
-                    "DefaultUninstall",
-                    "128",
-                    &inf,
-                ]),
+                &mut prefix.wine(&["sc", "delete", "hivetrack"]),
             )?;
-            ensure!(
-                !driver_file.exists(),
-                "{} is still there",
-                driver_file.display()
-            );
             let out = prefix.run(
                 "reg-after-uninstall",
                 &mut prefix.wine(&["reg", "query", service_key]),

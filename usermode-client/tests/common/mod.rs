@@ -12,10 +12,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use clap::Parser;
-use hivetrack_cli::accounts::Accounts;
+use hivetrack_cli::accounts::{Accounts, SidLookup};
 use hivetrack_cli::app::{Env, run};
 use hivetrack_cli::cli::Cli;
-use hivetrack_cli::commands::exit_code_for;
+use hivetrack_cli::commands::report_error;
 use hivetrack_cli::page_server::Server;
 use hivetrack_cli::scripted::{NOW, SID, Scripted};
 use hivetrack_cli::transport::{Need, Transport, TransportError};
@@ -30,6 +30,13 @@ impl Accounts for Contoso {
     }
     fn account_of(&self, sid: &str) -> Option<String> {
         (sid == SID).then(|| r"CONTOSO\alice".to_owned())
+    }
+    fn sid_of(&self, account: &str) -> SidLookup {
+        if account.eq_ignore_ascii_case(r"CONTOSO\alice") || account.eq_ignore_ascii_case("alice") {
+            SidLookup::Sid(SID.to_owned())
+        } else {
+            SidLookup::Unknown
+        }
     }
 }
 
@@ -110,10 +117,7 @@ pub fn run_with(
         };
         match run(&cli, &mut env) {
             Ok(code) => code,
-            Err(e) => {
-                writeln!(env.err, "hivetrack: {e:#}").unwrap();
-                exit_code_for(&e)
-            }
+            Err(e) => report_error(&e, cli.global.json, env.out, env.err),
         }
     };
     Outcome {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-const REAL_INF: &str = include_str!("../../../inf/hivetrack.inf");
+const REAL_INF: &str = include_str!("../../../driver/hivetrack.inx");
 
 fn not_checked(_: &str) -> Option<bool> {
     None
@@ -51,9 +51,10 @@ fn real_inf_passes_and_is_summarised() {
         "version     Provider     hivetrack project",
         "version     CatalogFile  hivetrack.cat",
         "service     hivetrack [HiveTrack.Service] \"hivetrack registry handle tracker\"",
-        "type 1, start 3, error control 1, binary %12%\\hivetrack.sys",
+        "type 1, start 3, error control 1, binary %13%\\hivetrack.sys",
         "Parameters\\Altitude 385210",
-        "file        hivetrack.sys -> DIRID 12 (package folder not checked)",
+        "version     PnpLockDown  1",
+        "file        hivetrack.sys -> DIRID 13 (package folder not checked)",
         "result      PASS",
     ] {
         assert!(
@@ -89,7 +90,7 @@ fn utf16_inf_is_decoded() {
 fn files_on_disk() {
     let dir = std::env::temp_dir().join(format!("hivetrack-inf-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let inf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../inf/hivetrack.inf");
+    let inf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../driver/hivetrack.inx");
     let report = check_inf(&inf, Some(&dir)).unwrap();
     assert_single_failure(&report, &["not in the package folder"]);
     std::fs::write(dir.join(DRIVER_FILE), b"MZ").unwrap();
@@ -190,14 +191,17 @@ fn references_to_missing_sections_fail() {
     assert!(failures.contains("writes no Parameters\\Altitude"));
     // The service section name is checked where AddService names it.
     let report = broken(
-        "%ServiceName%,,HiveTrack.Service",
-        "%ServiceName%,,HiveTrack.Svc",
+        "%ServiceName%,0x00000010,HiveTrack.Service",
+        "%ServiceName%,0x00000010,HiveTrack.Svc",
     );
     assert_single_failure(
         &report,
         &["names section [HiveTrack.Svc], which does not exist"],
     );
-    let report = broken("%ServiceName%,,HiveTrack.Service", "%ServiceName%");
+    let report = broken(
+        "%ServiceName%,0x00000010,HiveTrack.Service",
+        "%ServiceName%",
+    );
     assert_single_failure(&report, &["AddService needs a service-install section"]);
 }
 
@@ -206,9 +210,7 @@ fn copy_section_missing_fails_everywhere_it_matters() {
     let report = check(&REAL_INF.replace("[HiveTrack.DriverFiles]", "[Other.Files]"));
     let failures = report.failures().join("\n");
     for needle in [
-        "CopyFiles in [DefaultInstall] names section [HiveTrack.DriverFiles]",
-        "DelFiles in [DefaultUninstall] names section [HiveTrack.DriverFiles]",
-        "does not delete hivetrack.sys",
+        "CopyFiles in [DefaultInstall.NTamd64] names section [HiveTrack.DriverFiles]",
         "package file hivetrack.sys is not copied",
     ] {
         assert!(failures.contains(needle), "lacks {needle:?}:\n{report}");
@@ -217,19 +219,76 @@ fn copy_section_missing_fails_everywhere_it_matters() {
 
 #[test]
 fn install_sections_missing_fail() {
-    let report = broken("[DefaultInstall]\nCopyFiles = HiveTrack.DriverFiles\n", "");
+    let report = broken(
+        "[DefaultInstall.NTamd64]\nCopyFiles = HiveTrack.DriverFiles\n",
+        "",
+    );
     let failures = report.failures().join("\n");
-    assert!(failures.contains("[DefaultInstall] is missing"), "{report}");
     assert!(
-        failures.contains("hivetrack.sys is not copied by [DefaultInstall]"),
+        failures.contains("[DefaultInstall.NTamd64] is missing"),
+        "{report}"
+    );
+    assert!(
+        failures.contains("hivetrack.sys is not copied by [DefaultInstall.NTamd64]"),
         "{report}"
     );
 
-    let report = broken("[DefaultInstall.Services]", "[DefaultInstall.Servces]");
-    assert_single_failure(&report, &["[DefaultInstall.Services] is missing"]);
+    let report = broken(
+        "[DefaultInstall.NTamd64.Services]",
+        "[DefaultInstall.NTamd64.Servces]",
+    );
+    assert_single_failure(&report, &["[DefaultInstall.NTamd64.Services] is missing"]);
 
-    let report = broken("AddService = %ServiceName%,,", "AddService = regtrack,,");
+    let report = broken("AddService = %ServiceName%,", "AddService = regtrack,");
     assert_single_failure(&report, &["no AddService=hivetrack", "found: regtrack"]);
+}
+
+/// "Creating a primitive driver" (Microsoft Learn): install sections are architecture-decorated
+/// with no undecorated version, no `[Manufacturer]`, no `[DefaultUninstall]` unless it is a
+/// `LegacyUninstall=1` section.
+#[test]
+fn primitive_driver_rules_are_checked() {
+    // The legacy layout this INF had before: undecorated sections fail (infverif /w rejects them).
+    let report = check(
+        &REAL_INF
+            .replace("[DefaultInstall.NTamd64]", "[DefaultInstall]")
+            .replace(
+                "[DefaultInstall.NTamd64.Services]",
+                "[DefaultInstall.Services]",
+            ),
+    );
+    let failures = report.failures().join("\n");
+    for needle in [
+        "[DefaultInstall] is not architecture-decorated",
+        "[DefaultInstall.Services] is not architecture-decorated",
+        "[DefaultInstall.NTamd64] is missing",
+    ] {
+        assert!(failures.contains(needle), "lacks {needle:?}:\n{report}");
+    }
+    // An undecorated section beside the decorated one still fails.
+    let report = check(&format!(
+        "{REAL_INF}\n[DefaultInstall]\nCopyFiles = HiveTrack.DriverFiles\n"
+    ));
+    assert_single_failure(&report, &["[DefaultInstall] is not architecture-decorated"]);
+    let report = check(&format!(
+        "{REAL_INF}\n[DefaultUninstall.NTamd64]\nDelFiles = HiveTrack.DriverFiles\n"
+    ));
+    assert_single_failure(
+        &report,
+        &["[DefaultUninstall.NTamd64] is present", "LegacyUninstall=1"],
+    );
+    let report = check(&format!(
+        "{REAL_INF}\n[DefaultUninstall.NTamd64]\nLegacyUninstall = 1\n"
+    ));
+    assert!(report.failures().is_empty(), "{report}");
+    let report = check(&format!(
+        "{REAL_INF}\n[Manufacturer]\n%ProviderName% = Models, NTamd64\n"
+    ));
+    assert_single_failure(&report, &["[Manufacturer] is present"]);
+    let report = broken("PnpLockDown = 1\n", "");
+    assert_single_failure(&report, &["PnpLockDown is missing", "PnpLockDown=1"]);
+    let report = broken("PnpLockDown = 1\n", "PnpLockDown = 0\n");
+    assert_single_failure(&report, &["PnpLockDown is 0"]);
 }
 
 #[test]
@@ -242,8 +301,13 @@ fn service_values_are_checked() {
         ),
         (
             "StartType      = 3",
-            "StartType = 1",
-            "StartType is \"1\", expected 3",
+            "StartType = 2",
+            "StartType is \"2\", expected 3 (SERVICE_DEMAND_START) or 1",
+        ),
+        (
+            "StartType      = 3",
+            "StartType = 0",
+            "StartType is \"0\", expected 3",
         ),
         (
             "ErrorControl   = 1",
@@ -251,7 +315,7 @@ fn service_values_are_checked() {
             "ErrorControl is \"3\", expected 1",
         ),
         (
-            r"ServiceBinary  = %12%\hivetrack.sys",
+            r"ServiceBinary  = %13%\hivetrack.sys",
             r"ServiceBinary = %11%\hivetrack.sys",
             "ServiceBinary is \"%11%\\\\hivetrack.sys\"",
         ),
@@ -263,6 +327,12 @@ fn service_values_are_checked() {
     ] {
         assert_single_failure(&broken(from, to), &[needle]);
     }
+    // System start (tracking from boot) is the administrator's other choice.
+    assert!(
+        broken("StartType      = 3", "StartType = 1")
+            .failures()
+            .is_empty()
+    );
     // Hexadecimal numbers are numbers.
     assert!(
         broken("StartType      = 3", "StartType = 0x3")
@@ -293,27 +363,15 @@ fn altitude_is_checked() {
 }
 
 #[test]
-fn uninstall_is_checked() {
-    let report = broken("[DefaultUninstall]\nDelFiles = HiveTrack.DriverFiles\n", "");
-    assert_single_failure(&report, &["[DefaultUninstall] is missing"]);
-    let report = broken("DelFiles = HiveTrack.DriverFiles\n", "");
-    assert_single_failure(&report, &["does not delete hivetrack.sys"]);
-    let report = broken("[DefaultUninstall.Services]", "[DefaultUninstall.Svc]");
-    assert_single_failure(&report, &["[DefaultUninstall.Services] is missing"]);
-    let report = broken("DelService = %ServiceName%", "DelService = other");
-    assert_single_failure(&report, &["no DelService=hivetrack"]);
-}
-
-#[test]
 fn files_must_match_the_package() {
     let report = broken(
         "[HiveTrack.DriverFiles]\nhivetrack.sys\n",
         "[HiveTrack.DriverFiles]\nhivetrack.sys\nevil.dll\n",
     );
-    let failures = report.failures();
-    assert_eq!(failures.len(), 2, "{report}");
-    assert!(failures[0].contains("evil.dll is copied by DefaultInstall but is not a package file"));
-    assert!(failures[1].contains("evil.dll is deleted by DefaultUninstall"));
+    assert_single_failure(
+        &report,
+        &["evil.dll is copied by the install section but is not a package file"],
+    );
 
     let report = broken("hivetrack.sys = 1", "hivetrack.sys = 2");
     assert_single_failure(
@@ -336,16 +394,27 @@ fn files_must_match_the_package() {
     );
 }
 
+/// Driver package isolation: the package runs from the driver store (DIRID 13); copying the
+/// driver to `System32\drivers` (DIRID 12, this INF's layout before) fails.
 #[test]
-fn destination_must_be_the_drivers_directory() {
-    let report = broken("DefaultDestDir = 12", "DefaultDestDir = 11");
-    assert_single_failure(&report, &["DIRID 11, but ServiceBinary expects 12"]);
-    let report = broken("DefaultDestDir = 12", "Other.Files = 12");
+fn destination_must_be_the_driver_store() {
+    let report = broken("DefaultDestDir = 13", "DefaultDestDir = 12");
+    assert_single_failure(
+        &report,
+        &[
+            "DIRID 12 (System32\\drivers)",
+            "driver package isolation",
+            "DIRID 13",
+        ],
+    );
+    let report = broken("DefaultDestDir = 13", "DefaultDestDir = 11");
+    assert_single_failure(&report, &["DIRID 11, but ServiceBinary expects 13"]);
+    let report = broken("DefaultDestDir = 13", "Other.Files = 13");
     assert_single_failure(&report, &["no entry for [HiveTrack.DriverFiles]"]);
     // A per-section entry wins over DefaultDestDir.
     let report = broken(
-        "DefaultDestDir = 12",
-        "DefaultDestDir = 11\nHiveTrack.DriverFiles = 12",
+        "DefaultDestDir = 13",
+        "DefaultDestDir = 11\nHiveTrack.DriverFiles = 13",
     );
     assert!(report.failures().is_empty(), "{report}");
 }
