@@ -136,6 +136,7 @@ mod tests {
             age_secs: 0,
             thread: None,
             access: 0,
+            access_names: Vec::new(),
             handle_opens: 1,
             handle_closes: 0,
         }
