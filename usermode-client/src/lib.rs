@@ -4,6 +4,7 @@
 //! with a scripted [`transport::Transport`].
 
 pub mod accounts;
+pub mod analyze;
 pub mod app;
 pub mod cli;
 pub mod client;
