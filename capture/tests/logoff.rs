@@ -24,8 +24,16 @@ fn processes() -> Vec<Proc> {
     let m = |base: u64, size: u32, path: &str| (base, size, path.to_owned());
     let user_dlls = || {
         vec![
-            m(0x7FFA_1000_0000, 0x20_0000, r"C:\Windows\System32\ntdll.dll"),
-            m(0x7FFA_0000_0000, 0x30_0000, r"C:\Windows\System32\KernelBase.dll"),
+            m(
+                0x7FFA_1000_0000,
+                0x20_0000,
+                r"C:\Windows\System32\ntdll.dll",
+            ),
+            m(
+                0x7FFA_0000_0000,
+                0x30_0000,
+                r"C:\Windows\System32\KernelBase.dll",
+            ),
         ]
     };
     let mut leak = user_dlls();
@@ -36,11 +44,30 @@ fn processes() -> Vec<Proc> {
             pid: 4,
             parent: 0,
             image: "System".into(),
-            modules: vec![m(0xFFFF_F800_0000_0000, 0x100_0000, r"C:\Windows\system32\ntoskrnl.exe")],
+            modules: vec![m(
+                0xFFFF_F800_0000_0000,
+                0x100_0000,
+                r"C:\Windows\system32\ntoskrnl.exe",
+            )],
         },
-        Proc { pid: 4012, parent: 3990, image: r"C:\Windows\explorer.exe".into(), modules: user_dlls() },
-        Proc { pid: 5120, parent: 4012, image: r"C:\Program Files\Editor\editor.exe".into(), modules: user_dlls() },
-        Proc { pid: PROFLEAK_PID, parent: 4012, image: PROFLEAK.into(), modules: leak },
+        Proc {
+            pid: 4012,
+            parent: 3990,
+            image: r"C:\Windows\explorer.exe".into(),
+            modules: user_dlls(),
+        },
+        Proc {
+            pid: 5120,
+            parent: 4012,
+            image: r"C:\Program Files\Editor\editor.exe".into(),
+            modules: user_dlls(),
+        },
+        Proc {
+            pid: PROFLEAK_PID,
+            parent: 4012,
+            image: PROFLEAK.into(),
+            modules: leak,
+        },
     ]
 }
 
@@ -154,10 +181,16 @@ fn the_failed_unload_names_profleak_as_the_driver_does() {
     let user = format!(r"\REGISTRY\USER\{SID}");
     assert_eq!(a.unload_attempts.len(), 3);
     let failed = &a.unload_attempts[0];
-    assert_eq!((failed.hive.as_str(), failed.result.as_str()), (user.as_str(), "CANNOT DELETE"));
+    assert_eq!(
+        (failed.hive.as_str(), failed.result.as_str()),
+        (user.as_str(), "CANNOT DELETE")
+    );
     assert_eq!(failed.holders.len(), 1, "{:?}", failed.holders);
     let h = &failed.holders[0];
-    assert_eq!((h.pid, h.image.as_str(), h.open_keys, h.parent_pid), (PROFLEAK_PID, PROFLEAK, 1, 4012));
+    assert_eq!(
+        (h.pid, h.image.as_str(), h.open_keys, h.parent_pid),
+        (PROFLEAK_PID, PROFLEAK, 1, 4012)
+    );
     assert_eq!(h.keys[0].path, format!(r"{user}\Software\Policies"));
     assert_eq!(h.keys[0].time, time(50));
     // The caller below ntdll and KernelBase: the module that leaks.
@@ -176,7 +209,10 @@ fn the_failed_unload_names_profleak_as_the_driver_does() {
     assert_eq!(a.exits.len(), 1);
     assert_eq!(a.exits[0].holder.pid, PROFLEAK_PID);
     assert!(a.exits[0].holder.exited);
-    assert_eq!(a.exits[0].holder.keys[0].path, format!(r"{user}\Software\Policies"));
+    assert_eq!(
+        a.exits[0].holder.keys[0].path,
+        format!(r"{user}\Software\Policies")
+    );
     // Then both hives unload with no holders, and nothing is open at the end.
     for u in &a.unload_attempts[1..] {
         assert_eq!((u.result.as_str(), u.holders.len()), ("SUCCESS", 0));
@@ -185,7 +221,10 @@ fn the_failed_unload_names_profleak_as_the_driver_does() {
     assert_eq!(a.tracker.objects_tracked, 0);
     // What it cannot know, and what it skipped.
     assert_eq!(a.unknowns.closes_without_open, 1);
-    assert_eq!(a.unknowns.closes_without_open_sample, [r"\REGISTRY\MACHINE\SYSTEM\CurrentControlSet"]);
+    assert_eq!(
+        a.unknowns.closes_without_open_sample,
+        [r"\REGISTRY\MACHINE\SYSTEM\CurrentControlSet"]
+    );
     assert_eq!(a.unknowns.failed_opens, 1);
     assert_eq!(a.unknowns.skipped.get("RegQueryValue"), Some(&15));
     assert_eq!(a.unknowns.skipped.get("Thread Create"), Some(&3));
@@ -205,7 +244,10 @@ fn at_a_row_before_the_exit_profleak_still_holds_and_the_tracker_agrees() {
     assert_eq!(a.open[0].hive, format!(r"\REGISTRY\USER\{SID}"));
     assert_eq!(a.open[0].holders[0].pid, PROFLEAK_PID);
     assert!(!a.open[0].holders[0].exited);
-    assert_eq!(a.tracker.objects_tracked, 1, "the tracker holds the same one key");
+    assert_eq!(
+        a.tracker.objects_tracked, 1,
+        "the tracker holds the same one key"
+    );
     // A pid filter that excludes it leaves nothing held.
     let a = both(&Options {
         at: Some(At::Row(exit_row)),
@@ -226,10 +268,18 @@ fn without_the_hkcu_sid_the_user_hive_is_named_as_unknown() {
 
 #[test]
 fn a_capture_filtered_to_exclude_closes_names_no_holders() {
-    let rows: Vec<Row> = rows().into_iter().filter(|r| r.op != "RegCloseKey").collect();
+    let rows: Vec<Row> = rows()
+        .into_iter()
+        .filter(|r| r.op != "RegCloseKey")
+        .collect();
     let a = from_pml(&pml(&processes(), &rows), opts());
     assert!(!a.holders_known);
-    assert!(a.refusal.as_deref().unwrap().contains("no RegCloseKey rows"));
+    assert!(
+        a.refusal
+            .as_deref()
+            .unwrap()
+            .contains("no RegCloseKey rows")
+    );
     assert!(a.unload_attempts.iter().all(|u| u.holders.is_empty()));
     assert!(a.exits.is_empty() && a.open.is_empty());
 }
@@ -261,7 +311,10 @@ fn committed_fixtures_match_the_script() {
         std::fs::write(dir.join("logoff.csv"), &csv_text).unwrap();
     }
     assert_eq!(std::fs::read(dir.join("logoff.pml")).unwrap(), pml_bytes);
-    assert_eq!(std::fs::read_to_string(dir.join("logoff.csv")).unwrap(), csv_text);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("logoff.csv")).unwrap(),
+        csv_text
+    );
     let a = capture::analyze_file(&dir.join("logoff.pml"), opts()).unwrap();
     assert_eq!(a.unload_attempts[0].holders[0].image, PROFLEAK);
 }

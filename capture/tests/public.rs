@@ -31,14 +31,34 @@ fn pml_and_its_csv_export_agree_row_by_row() {
     let mut loads = 0;
     let mut paths_compared = 0;
     while p.next_event(&mut a).unwrap() {
-        assert!(c.next_event(&mut b).unwrap(), "the CSV ends early at row {}", a.row);
+        assert!(
+            c.next_event(&mut b).unwrap(),
+            "the CSV ends early at row {}",
+            a.row
+        );
         rows += 1;
-        assert_eq!((a.row, a.pid, &a.operation), (b.row, b.pid, &b.operation), "row {}", a.row);
-        assert_eq!(a.time, b.time, "row {} (the capture machine ran on UTC)", a.row);
+        assert_eq!(
+            (a.row, a.pid, &a.operation),
+            (b.row, b.pid, &b.operation),
+            "row {}",
+            a.row
+        );
+        assert_eq!(
+            a.time, b.time,
+            "row {} (the capture machine ran on UTC)",
+            a.row
+        );
         assert_eq!(a.image, b.image, "row {}", a.row);
         if a.op != Op::Other {
             assert_eq!(a.path, b.path, "row {}", a.row);
-            assert_eq!(a.success(), b.success(), "row {}: {} vs {}", a.row, a.result, b.result);
+            assert_eq!(
+                a.success(),
+                b.success(),
+                "row {}: {} vs {}",
+                a.row,
+                a.result,
+                b.result
+            );
             paths_compared += 1;
         }
         if a.op == Op::LoadKey {
@@ -64,7 +84,12 @@ fn the_analysis_refuses_to_name_holders_and_counts_what_it_skipped() {
     assert!(!a.holders_known);
     assert!(a.open.is_empty() && a.exits.is_empty() && a.unload_attempts.is_empty());
     assert_eq!(a.unknowns.failed_opens, 28);
-    let skipped: Vec<(&str, u64)> = a.unknowns.skipped.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let skipped: Vec<(&str, u64)> = a
+        .unknowns
+        .skipped
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
     assert_eq!(
         skipped,
         [

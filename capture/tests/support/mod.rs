@@ -178,7 +178,16 @@ pub fn pml(procs: &[Proc], rows: &[Row]) -> Vec<u8> {
         b.extend(0u32.to_le_bytes()); // virtualized
         b.extend(1u32.to_le_bytes()); // 64-bit
         let name = p.image.rsplit('\\').next().unwrap().to_owned();
-        for s in ["Medium", r"CONTOSO\alice", &name, &p.image, &p.image, "", "", ""] {
+        for s in [
+            "Medium",
+            r"CONTOSO\alice",
+            &name,
+            &p.image,
+            &p.image,
+            "",
+            "",
+            "",
+        ] {
             b.extend(strings.id(s).to_le_bytes());
         }
         b.extend(0u32.to_le_bytes());
@@ -238,7 +247,11 @@ pub fn pml(procs: &[Proc], rows: &[Row]) -> Vec<u8> {
     put(&mut f, 8, &1u32.to_le_bytes());
     put(&mut f, 0xC, &utf16("KIOSK-07"));
     put(&mut f, 0x2C, &utf16(r"C:\Windows"));
-    put(&mut f, 0x234, &u32::try_from(rows.len()).unwrap().to_le_bytes());
+    put(
+        &mut f,
+        0x234,
+        &u32::try_from(rows.len()).unwrap().to_le_bytes(),
+    );
     put(&mut f, 0x240, &0x3A8u64.to_le_bytes());
     put(&mut f, 0x248, &(offsets_at as u64).to_le_bytes());
     put(&mut f, 0x250, &(processes_at as u64).to_le_bytes());
@@ -311,7 +324,9 @@ pub fn csv(procs: &[Proc], rows: &[Row]) -> String {
             "RegLoadKey" => format!("Hive Path: {}", r.file),
             "RegOpenKey" | "RegCreateKey" => "Desired Access: Read".to_owned(),
             // Procmon writes multi-line details (environment blocks) for Process Start.
-            "Process Start" => format!("Parent PID: {},\r\nCommand line: \"{}\"", p.parent, p.image),
+            "Process Start" => {
+                format!("Parent PID: {},\r\nCommand line: \"{}\"", p.parent, p.image)
+            }
             _ => String::new(),
         };
         let fields = [
