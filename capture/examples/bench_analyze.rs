@@ -88,7 +88,7 @@ fn script(rows: usize) -> (Vec<Proc>, Vec<Row>) {
         for _ in 0..3 {
             out.push(Row::new(p, "RegQueryValue", &format!(r"{key}\Value"), secs));
         }
-        if i % 1000 != 0 {
+        if !i.is_multiple_of(1000) {
             out.push(Row::new(p, "RegCloseKey", &key, secs));
         }
         out.push(Row::new(p, "Thread Create", "", secs));

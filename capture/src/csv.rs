@@ -1,6 +1,8 @@
-//! Procmon CSV exports: RFC 4180 (quoted fields may span lines), UTF-8 with a byte-order
-//! mark, a header row naming the columns. Columns are found by name, so any selection and
-//! order Procmon writes is read; `Operation`, `Path`, `Result` and `PID` are required.
+//! Procmon CSV exports, read row by row.
+//!
+//! RFC 4180 (quoted fields may span lines), UTF-8 with a byte-order mark, a header row
+//! naming the columns. Columns are found by name, so any selection and order Procmon writes
+//! is read; `Operation`, `Path`, `Result` and `PID` are required.
 //!
 //! Times: `Time of Day` (`7:27:31.7947753 AM`, 100 ns resolution) on the date of
 //! `Date & Time` (`7/31/2020 7:27:31 AM`), both in the capturing machine's local time and
@@ -143,13 +145,13 @@ pub const DAY: u64 = 864_000_000_000;
 #[must_use]
 pub fn parse_time_of_day(s: &str) -> Option<u64> {
     let s = s.trim();
-    let (clock, pm) = if let Some(c) = s.strip_suffix(" PM") {
-        (c, Some(true))
-    } else if let Some(c) = s.strip_suffix(" AM") {
-        (c, Some(false))
-    } else {
-        (s, None)
-    };
+    let (clock, pm) = s.strip_suffix(" PM").map_or_else(
+        || {
+            s.strip_suffix(" AM")
+                .map_or((s, None), |c| (c, Some(false)))
+        },
+        |c| (c, Some(true)),
+    );
     let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
     let mut it = hms.split(':');
     let h: u64 = it.next()?.parse().ok()?;
@@ -241,7 +243,7 @@ mod tests {
     #[test]
     fn a_header_without_the_operation_is_refused() {
         assert!(matches!(
-            CsvReader::new("\"PID\",\"Path\"\r\n".as_bytes()),
+            CsvReader::new(&b"\"PID\",\"Path\"\r\n"[..]),
             Err(CaptureError::Format(_))
         ));
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 /// The operations the replay acts on; everything else is [`Op::Other`] (counted, skipped).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Op {
     /// `RegOpenKey`.
     OpenKey,
@@ -22,6 +22,7 @@ pub enum Op {
     /// `Process Exit` (rows of the same process after it are the handle rundown).
     ProcessExit,
     /// Any other operation.
+    #[default]
     Other,
 }
 
@@ -83,12 +84,6 @@ pub struct Event {
     pub hive_file: String,
     /// Stack frames, innermost first (PML only).
     pub frames: Vec<Frame>,
-}
-
-impl Default for Op {
-    fn default() -> Self {
-        Self::Other
-    }
 }
 
 impl Event {

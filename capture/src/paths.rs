@@ -17,10 +17,7 @@ pub const UNKNOWN_USER: &str = r"\REGISTRY\USER\<HKCU: SID not given>";
 /// files it under an implicit hive).
 #[must_use]
 pub fn kernel_path(path: &str, hkcu_sid: Option<&str>) -> Option<String> {
-    let (root, rest) = match path.find('\\') {
-        Some(i) => (&path[..i], &path[i..]),
-        None => (path, ""),
-    };
+    let (root, rest) = path.find('\\').map_or((path, ""), |i| path.split_at(i));
     let user = || {
         hkcu_sid.map_or_else(
             || UNKNOWN_USER.to_owned(),
@@ -58,8 +55,9 @@ pub fn kernel_path(path: &str, hkcu_sid: Option<&str>) -> Option<String> {
     Some(out)
 }
 
-/// The hive `path` (a kernel path) falls in, given the mounts loaded during the capture:
-/// the longest of `mounts` that is a prefix at a component boundary, else the implicit hive
+/// The hive `path` (a kernel path) falls in, given the mounts loaded during the capture.
+///
+/// The longest of `mounts` that is a prefix at a component boundary, else the implicit hive
 /// of its first three components, as the tracker resolves it (tracker/src/hives.rs).
 #[must_use]
 pub fn hive_of<'a>(path: &'a str, mounts: &'a [String]) -> &'a str {

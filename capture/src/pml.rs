@@ -1,6 +1,8 @@
-//! Process Monitor's native log format (PML, version 9), read as documented by reverse
-//! engineering in procmon-parser (github.com/eronnen/procmon-parser, `docs/PML Format.md`,
-//! MIT); this is our own reader of that description.
+//! Process Monitor's native log format (PML, version 9), read event by event.
+//!
+//! The format is documented by reverse engineering in procmon-parser
+//! (github.com/eronnen/procmon-parser, `docs/PML Format.md`, MIT); this is our own reader of
+//! that description.
 //!
 //! Layout: a 0x3A8-byte header with file offsets of the string table, the process table
 //! (each process with its modules), the array of event offsets (5 bytes each: a u32 offset
@@ -221,7 +223,7 @@ fn read_processes<R: Read + Seek>(
     strings: &[Arc<str>],
     ptr: usize,
 ) -> Result<HashMap<u32, Process>, CaptureError> {
-    let s = |i: u32| -> Arc<str> {
+    let string = |i: u32| -> Arc<str> {
         strings
             .get(i as usize)
             .cloned()
@@ -238,24 +240,25 @@ fn read_processes<R: Read + Seek>(
     let module_size = 2 * ptr + 4 * 6 + 0x18;
     let mut out = HashMap::with_capacity(offsets.len());
     let mut b = vec![0u8; fixed];
-    let mut m = vec![0u8; module_size];
+    let mut module = vec![0u8; module_size];
     for off in offsets {
         read_exact_at(r, at + u64::from(off), &mut b)?;
         let index = u32_at(&b, 0);
         let count = u32_at(&b, 0x60 + ptr);
         let mut modules = Vec::with_capacity(count.min(4096) as usize);
         for _ in 0..count {
-            r.read_exact(&mut m)
+            r.read_exact(&mut module)
                 .map_err(|e| bad(&format!("truncated module list: {e}")))?;
+            let m = &module;
             let base = if ptr == 8 {
-                u64_at(&m, 8)
+                u64_at(m, 8)
             } else {
-                u64::from(u32_at(&m, 4))
+                u64::from(u32_at(m, 4))
             };
             modules.push(Module {
                 base,
-                size: u32_at(&m, 2 * ptr),
-                path: s(u32_at(&m, 2 * ptr + 4)),
+                size: u32_at(m, 2 * ptr),
+                path: string(u32_at(m, 2 * ptr + 4)),
             });
         }
         modules.sort_by_key(|m| m.base);
@@ -265,8 +268,8 @@ fn read_processes<R: Read + Seek>(
                 pid: u32_at(&b, 4),
                 parent_pid: u32_at(&b, 8),
                 start_time: u64_at(&b, 0x20),
-                user: s(u32_at(&b, 0x3C)),
-                image: s(u32_at(&b, 0x44)),
+                user: string(u32_at(&b, 0x3C)),
+                image: string(u32_at(&b, 0x44)),
                 modules,
             },
         );
@@ -366,106 +369,16 @@ impl<R: Read + Seek> PmlReader<R> {
     }
 }
 
-/// Reads a detail string described by its length word `info` from `b` at `at`.
-fn detail_string(b: &[u8], at: usize, info: u16, out: &mut String) -> Option<usize> {
-    let ascii = info & 0x8000 != 0;
-    let n = usize::from(info & 0x7FFF);
-    out.clear();
-    if ascii {
-        let s = b.get(at..at + n)?;
-        out.extend(s.iter().map(|&c| char::from(c)));
-        Some(at + n)
-    } else {
-        let s = b.get(at..at + 2 * n)?;
-        out.extend(
-            char::decode_utf16(s.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])))
-                .map(|c| c.unwrap_or('\u{FFFD}')),
-        );
-        Some(at + 2 * n)
-    }
-}
-
-/// Procmon's name for an NTSTATUS it shows as text (the ones the replay meets most).
-#[must_use]
-pub fn status_text(status: u32) -> String {
-    match status {
-        0 => "SUCCESS".into(),
-        0x8000_0005 => "BUFFER OVERFLOW".into(),
-        0x8000_001A => "NO MORE ENTRIES".into(),
-        0xC000_0022 => "ACCESS DENIED".into(),
-        0xC000_0023 => "BUFFER TOO SMALL".into(),
-        0xC000_0034 => "NAME NOT FOUND".into(),
-        0xC000_0121 => "CANNOT DELETE".into(),
-        0x0000_0104 => "REPARSE".into(),
-        s => format!("0x{s:08X}"),
-    }
-}
-
-impl<R: Read + Seek> Reader for PmlReader<R> {
-    fn next_event(&mut self, ev: &mut Event) -> Result<bool, CaptureError> {
-        if self.row >= u64::from(self.header.events) {
-            return Ok(false);
-        }
-        let mut entry = [0u8; 5];
-        self.offsets
-            .read_exact(&mut entry)
-            .map_err(|e| bad(&format!("event offsets truncated: {e}")))?;
-        self.row += 1;
-        let at = u64::from(u32_at(&entry, 0));
-        self.read_at(at, EVENT_HEADER)?;
-        let h = &self.buf;
-        let pindex = u32_at(h, 0);
-        let class = u32_at(h, 8);
-        let opnum = u16_at(h, 0xC);
-        let time = u64_at(h, 0x1C);
-        let status = u32_at(h, 0x24);
-        let depth = usize::from(u16_at(h, 0x28));
-        let detail_size = u32_at(h, 0x2C) as usize;
-        ev.row = self.row;
-        ev.time = time;
-        ev.status = Some(status);
-        ev.result.clear();
-        ev.path.clear();
-        ev.hive_file.clear();
-        ev.frames.clear();
-        ev.operation.clear();
-        let name = match class {
-            CLASS_REGISTRY => REGISTRY_OPS.get(usize::from(opnum)).copied(),
-            CLASS_PROCESS => PROCESS_OPS.get(usize::from(opnum)).copied(),
-            c => CLASS_NAMES.get(c as usize).copied(),
-        };
-        ev.operation.push_str(name.unwrap_or("Unknown"));
-        ev.op = if class == CLASS_REGISTRY || class == CLASS_PROCESS {
-            Op::from_name(&ev.operation)
-        } else {
-            Op::Other
-        };
-        let process = self.processes.get(&pindex);
-        ev.pid = process.map_or(0, |p| p.pid);
-        ev.parent_pid = process.map_or(0, |p| p.parent_pid);
-        match process {
-            Some(p) if !Arc::ptr_eq(&ev.image, &p.image) => ev.image = Arc::clone(&p.image),
-            Some(_) => {}
-            None => ev.image = Arc::from(""),
-        }
-        let wanted = matches!(
-            ev.op,
-            Op::OpenKey
-                | Op::CreateKey
-                | Op::CloseKey
-                | Op::LoadKey
-                | Op::UnloadKey
-                | Op::DeleteKey
-        );
-        if !wanted {
-            if ev.op != Op::Other {
-                ev.result.push_str(&status_text(status));
-            }
-            return Ok(true);
-        }
-        ev.result.push_str(&status_text(status));
+impl<R: Read + Seek> PmlReader<R> {
+    /// The stack frames (attributed to modules) and the registry detail of the event, both
+    /// in `self.buf`.
+    fn registry_detail(
+        &self,
+        pindex: u32,
+        depth: usize,
+        ev: &mut Event,
+    ) -> Result<(), CaptureError> {
         let ptr = if self.header.is_64bit { 8 } else { 4 };
-        self.read_at(at + EVENT_HEADER as u64, depth * ptr + detail_size)?;
         let process = self.processes.get(&pindex);
         let b = &self.buf;
         for i in 0..depth {
@@ -514,6 +427,111 @@ impl<R: Read + Seek> Reader for PmlReader<R> {
                 self.row
             )));
         }
+        Ok(())
+    }
+}
+
+/// Reads a detail string described by its length word `info` from `b` at `at`.
+fn detail_string(b: &[u8], at: usize, info: u16, out: &mut String) -> Option<usize> {
+    let ascii = info & 0x8000 != 0;
+    let n = usize::from(info & 0x7FFF);
+    out.clear();
+    if ascii {
+        let s = b.get(at..at + n)?;
+        out.extend(s.iter().map(|&c| char::from(c)));
+        Some(at + n)
+    } else {
+        let s = b.get(at..at + 2 * n)?;
+        out.extend(
+            char::decode_utf16(s.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])))
+                .map(|c| c.unwrap_or('\u{FFFD}')),
+        );
+        Some(at + 2 * n)
+    }
+}
+
+/// Procmon's name for an NTSTATUS it shows as text (the ones the replay meets most).
+#[must_use]
+pub fn status_text(status: u32) -> String {
+    match status {
+        0 => "SUCCESS".into(),
+        0x8000_0005 => "BUFFER OVERFLOW".into(),
+        0x8000_001A => "NO MORE ENTRIES".into(),
+        0xC000_0022 => "ACCESS DENIED".into(),
+        0xC000_0023 => "BUFFER TOO SMALL".into(),
+        0xC000_0034 => "NAME NOT FOUND".into(),
+        0xC000_0121 => "CANNOT DELETE".into(),
+        0x0000_0104 => "REPARSE".into(),
+        s => format!("0x{s:08X}"),
+    }
+}
+
+impl<R: Read + Seek> Reader for PmlReader<R> {
+    fn next_event(&mut self, ev: &mut Event) -> Result<bool, CaptureError> {
+        if self.row >= u64::from(self.header.events) {
+            return Ok(false);
+        }
+        let mut entry = [0u8; 5];
+        self.offsets
+            .read_exact(&mut entry)
+            .map_err(|e| bad(&format!("event offsets truncated: {e}")))?;
+        self.row += 1;
+        let at = u64::from(u32_at(&entry, 0));
+        self.read_at(at, EVENT_HEADER)?;
+        let head = &self.buf;
+        let pindex = u32_at(head, 0);
+        let class = u32_at(head, 8);
+        let opnum = u16_at(head, 0xC);
+        let time = u64_at(head, 0x1C);
+        let status = u32_at(head, 0x24);
+        let depth = usize::from(u16_at(head, 0x28));
+        let detail_size = u32_at(head, 0x2C) as usize;
+        ev.row = self.row;
+        ev.time = time;
+        ev.status = Some(status);
+        ev.result.clear();
+        ev.path.clear();
+        ev.hive_file.clear();
+        ev.frames.clear();
+        ev.operation.clear();
+        let name = match class {
+            CLASS_REGISTRY => REGISTRY_OPS.get(usize::from(opnum)).copied(),
+            CLASS_PROCESS => PROCESS_OPS.get(usize::from(opnum)).copied(),
+            c => CLASS_NAMES.get(c as usize).copied(),
+        };
+        ev.operation.push_str(name.unwrap_or("Unknown"));
+        ev.op = if class == CLASS_REGISTRY || class == CLASS_PROCESS {
+            Op::from_name(&ev.operation)
+        } else {
+            Op::Other
+        };
+        let process = self.processes.get(&pindex);
+        ev.pid = process.map_or(0, |p| p.pid);
+        ev.parent_pid = process.map_or(0, |p| p.parent_pid);
+        match process {
+            Some(p) if !Arc::ptr_eq(&ev.image, &p.image) => ev.image = Arc::clone(&p.image),
+            Some(_) => {}
+            None => ev.image = Arc::from(""),
+        }
+        let wanted = matches!(
+            ev.op,
+            Op::OpenKey
+                | Op::CreateKey
+                | Op::CloseKey
+                | Op::LoadKey
+                | Op::UnloadKey
+                | Op::DeleteKey
+        );
+        if !wanted {
+            if ev.op != Op::Other {
+                ev.result.push_str(&status_text(status));
+            }
+            return Ok(true);
+        }
+        ev.result.push_str(&status_text(status));
+        let ptr = if self.header.is_64bit { 8 } else { 4 };
+        self.read_at(at + EVENT_HEADER as u64, depth * ptr + detail_size)?;
+        self.registry_detail(pindex, depth, ev)?;
         Ok(true)
     }
 

@@ -289,19 +289,16 @@ impl Replay {
         {
             self.open.remove(&k);
         }
-        match popped {
-            Some(o) => {
-                if let Some(t) = o.token {
-                    self.tracker.handle_closed(t, o.object);
-                    self.tracker.object_destroyed(t, o.object);
-                }
+        if let Some(o) = popped {
+            if let Some(t) = o.token {
+                self.tracker.handle_closed(t, o.object);
+                self.tracker.object_destroyed(t, o.object);
             }
-            None => {
-                let u = &mut self.out.unknowns;
-                u.closes_without_open += 1;
-                if u.closes_without_open_sample.len() < 20 {
-                    u.closes_without_open_sample.push(path);
-                }
+        } else {
+            let u = &mut self.out.unknowns;
+            u.closes_without_open += 1;
+            if u.closes_without_open_sample.len() < 20 {
+                u.closes_without_open_sample.push(path);
             }
         }
     }
@@ -330,7 +327,7 @@ impl Replay {
         utf16_into(&mount, &mut self.scratch);
         self.tracker.unload_attempted(
             &self.scratch,
-            ev.status.unwrap_or(u32::from(!ev.success())),
+            ev.status.unwrap_or_else(|| u32::from(!ev.success())),
             ev.time,
         );
         let holders = self.holders(|p| is_under(&mount, p));
@@ -447,16 +444,16 @@ impl Replay {
     /// counts.
     #[must_use]
     pub fn finish(mut self, path: &str, format: &str) -> Analysis {
-        self.out.capture.path = path.to_owned();
-        self.out.capture.format = format.to_owned();
+        path.clone_into(&mut self.out.capture.path);
+        format.clone_into(&mut self.out.capture.format);
         self.out.capture.rows = self.rows;
-        let mut hives: BTreeMap<String, ()> = BTreeMap::new();
+        let mut hives = std::collections::BTreeSet::new();
         for opens in self.open.values() {
             for o in opens {
-                hives.insert(hive_of(&o.path, &self.mounts).to_owned(), ());
+                hives.insert(hive_of(&o.path, &self.mounts).to_owned());
             }
         }
-        for hive in hives.into_keys() {
+        for hive in hives {
             if !self.wanted_hive(&hive) {
                 continue;
             }

@@ -55,7 +55,7 @@ impl Row {
             file: String::new(),
         }
     }
-    pub fn status(mut self, s: u32) -> Self {
+    pub const fn status(mut self, s: u32) -> Self {
         self.status = s;
         self
     }
@@ -64,7 +64,7 @@ impl Row {
         self
     }
     pub fn file(mut self, f: &str) -> Self {
-        self.file = f.to_owned();
+        f.clone_into(&mut self.file);
         self
     }
 }
@@ -108,6 +108,10 @@ fn detail_string_info(s: &str) -> u16 {
 }
 
 /// The capture as a 64-bit PML file.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the file's layout, section by section, reads best in one piece"
+)]
 pub fn pml(procs: &[Proc], rows: &[Row]) -> Vec<u8> {
     let mut f = vec![0u8; 0x3A8];
     let mut offsets = Vec::new();
