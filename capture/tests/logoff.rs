@@ -148,27 +148,20 @@ fn both(o: &Options) -> Analysis {
     c.capture.format = "pml".into();
     // The CSV has no stacks: the same analysis without them.
     let mut p_no_stacks = p.clone();
-    for a in &mut p_no_stacks.unload_attempts {
-        for h in &mut a.holders {
-            for k in &mut h.keys {
-                k.module = None;
-                k.stack.clear();
-            }
-        }
-    }
-    for e in &mut p_no_stacks.exits {
-        for k in &mut e.holder.keys {
-            k.module = None;
-            k.stack.clear();
-        }
-    }
-    for hh in &mut p_no_stacks.open {
-        for h in &mut hh.holders {
-            for k in &mut h.keys {
-                k.module = None;
-                k.stack.clear();
-            }
-        }
+    let holders = p_no_stacks
+        .unload_attempts
+        .iter_mut()
+        .flat_map(|a| a.holders.iter_mut())
+        .chain(p_no_stacks.exits.iter_mut().map(|e| &mut e.holder))
+        .chain(
+            p_no_stacks
+                .open
+                .iter_mut()
+                .flat_map(|h| h.holders.iter_mut()),
+        );
+    for k in holders.flat_map(|h| h.keys.iter_mut()) {
+        k.module = None;
+        k.stack.clear();
     }
     assert_eq!(p_no_stacks, c, "PML and CSV analyses differ");
     p
