@@ -15,8 +15,20 @@ pub const UNKNOWN_USER: &str = r"\REGISTRY\USER\<HKCU: SID not given>";
 ///
 /// `HKLM` alone is the master root `\REGISTRY\MACHINE` (not a hive of its own; the tracker
 /// files it under an implicit hive).
+///
+/// A trailing backslash is dropped: Procmon logs `RegOpenKey HKLM\SOFTWARE\Microsoft\CTF\`
+/// and its `RegCloseKey` as `HKLM\SOFTWARE\Microsoft\CTF` (seen in procmon-parser's public
+/// Windows 10 capture), and the key is the same.
 #[must_use]
 pub fn kernel_path(path: &str, hkcu_sid: Option<&str>) -> Option<String> {
+    let mut k = abbreviation_undone(path, hkcu_sid)?;
+    while k.len() > 1 && k.ends_with('\\') {
+        k.pop();
+    }
+    Some(k)
+}
+
+fn abbreviation_undone(path: &str, hkcu_sid: Option<&str>) -> Option<String> {
     let (root, rest) = path.find('\\').map_or((path, ""), |i| path.split_at(i));
     let user = || {
         hkcu_sid.map_or_else(
@@ -133,6 +145,10 @@ mod tests {
             Some(r"\REGISTRY\A\{x}\Key")
         );
         assert_eq!(k(r"C:\Windows\notepad.exe"), None);
+        assert_eq!(
+            k(r"HKLM\SOFTWARE\Microsoft\CTF\").as_deref(),
+            Some(r"\REGISTRY\MACHINE\SOFTWARE\Microsoft\CTF")
+        );
         assert_eq!(
             kernel_path(r"HKCU\X", None).as_deref(),
             Some(r"\REGISTRY\USER\<HKCU: SID not given>\X")

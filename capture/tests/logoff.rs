@@ -292,6 +292,28 @@ fn a_reused_pid_is_another_process() {
     assert_eq!(a.open[0].hive, r"\REGISTRY\MACHINE\SOFTWARE");
 }
 
+#[test]
+fn an_open_with_a_trailing_backslash_is_closed_without_it() {
+    let mut rows = rows();
+    // As Procmon logged notepad.exe in procmon-parser's public Windows 10 capture.
+    rows.push(Row::new(1, "Process Start", "", 140));
+    rows.push(Row::new(
+        1,
+        "RegOpenKey",
+        r"HKLM\SOFTWARE\Microsoft\CTF\",
+        141,
+    ));
+    rows.push(Row::new(
+        1,
+        "RegCloseKey",
+        r"HKLM\SOFTWARE\Microsoft\CTF",
+        142,
+    ));
+    let a = from_pml(&pml(&processes(), &rows), opts());
+    assert!(a.open.is_empty(), "{:?}", a.open);
+    assert_eq!(a.unknowns.closes_without_open, 1);
+}
+
 /// The committed fixtures are what the writer writes (so their README's expected report
 /// is the one these tests check).
 #[test]
