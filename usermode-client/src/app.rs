@@ -99,6 +99,22 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
     let format = format_of(cli);
     let g = &cli.global;
     match &cli.command {
+        Command::Analyze {
+            capture,
+            view,
+            hkcu_sid,
+            hive,
+            pid,
+            at,
+            fail_if_held,
+        } => {
+            let opts = crate::analyze::options(hkcu_sid, hive, *pid, at.as_deref())?;
+            let a = capture::analyze_file(capture, opts)
+                .map_err(|e| CliError::BadArgument(format!("{}: {e}", capture.display())))?;
+            env.out
+                .write_all(crate::analyze::render(&a, *view, format)?.as_bytes())?;
+            Ok(crate::analyze::verdict(&a, g.strict, *fail_if_held))
+        }
         Command::Version => {
             let connect = &mut *env.connect;
             commands::version(env.out, || connect(Need::Driver))?;

@@ -137,6 +137,31 @@ pub enum Command {
     },
     /// Recent hive unload attempts, each with the processes that held the hive then.
     UnloadHistory,
+    /// Answer from a Process Monitor capture (PML or CSV export) instead of the driver: who
+    /// held which keys at each hive unload attempt, which keys each exiting process still
+    /// held, and what is open at the end (or at --at). JSON schema `hivetrack.analysis/1`.
+    Analyze {
+        /// The capture: a .PML file or a CSV export (read by content, not by extension).
+        capture: PathBuf,
+        /// Which report: everything, or the holders/processes/modules view at the end.
+        #[arg(long, value_enum, default_value_t = AnalyzeView::Report)]
+        view: AnalyzeView,
+        /// The SID Procmon's `HKCU` stands for (the capture does not say).
+        #[arg(long, value_name = "SID")]
+        hkcu_sid: Option<String>,
+        /// Only this hive (HKU\<SID>, HKCU, HKLM\SOFTWARE, \REGISTRY\...).
+        #[arg(long)]
+        hive: Option<String>,
+        /// Only this process id.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Stop after this row number, or at this time of day (`7:27:31.5 AM`).
+        #[arg(long, value_name = "ROW|TIME")]
+        at: Option<String>,
+        /// Exit with 1 when keys are held at the chosen point.
+        #[arg(long)]
+        fail_if_held: bool,
+    },
     /// Print the client's version and the driver's version and build.
     Version,
     /// Send one raw control code to the driver and print the answer in hex (diagnostics and
@@ -153,6 +178,20 @@ pub enum Command {
         #[arg(long, default_value_t = 4096)]
         output_len: usize,
     },
+}
+
+/// The views of `analyze`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnalyzeView {
+    /// Unload attempts, exits with leaks, what is open, and what the capture cannot show.
+    #[default]
+    Report,
+    /// Per hive, the processes holding keys and the keys.
+    Holders,
+    /// Processes ranked by keys held.
+    Processes,
+    /// The modules that opened the keys still held (PML stacks).
+    Modules,
 }
 
 /// Bytes given on the command line as hex digits.

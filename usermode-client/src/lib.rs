@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod accounts;
+pub mod analyze;
 pub mod app;
 pub mod cli;
 pub mod client;

@@ -23,13 +23,15 @@ pub enum Format {
 
 /// Column alignment.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Align {
+pub(crate) enum Align {
+    /// Left-aligned.
     Left,
+    /// Right-aligned.
     Right,
 }
 
 /// Lays out `rows` under `headers`, columns two spaces apart, the last column unpadded.
-fn table(headers: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[(&str, Align)], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|(h, _)| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -72,7 +74,7 @@ fn csv_field(s: &str) -> String {
 }
 
 /// CSV text of `header` and `rows`.
-fn csv(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn csv(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = header.join(",");
     out.push('\n');
     for row in rows {

@@ -101,6 +101,9 @@ enum Cmd {
         #[arg(long, default_value_t = soak::CI_FUZZ_INPUTS)]
         inputs: u64,
     },
+    /// Print `hivetrack analyze`'s replay rate (events per second from PML and CSV, one core)
+    /// and its memory for two capture lengths. Figures only; not part of `test`.
+    BenchAnalyze,
     /// Everything CI runs: setup, fmt, clippy, host tests, build, image and INF checks,
     /// emulator suite.
     Test {
@@ -357,6 +360,23 @@ fn test(skip: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Runs the capture crate's replay benchmark (release build, figures only).
+fn bench_analyze() -> Result<()> {
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "hivetrack-capture",
+                "--example",
+                "bench_analyze",
+            ])
+            .status()?;
+    anyhow::ensure!(status.success(), "bench_analyze failed: {status}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
@@ -381,6 +401,7 @@ fn main() -> ExitCode {
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())
         }
+        Cmd::BenchAnalyze => bench_analyze(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,541 @@
+//! Process Monitor's native log format (PML, version 9), read event by event.
+//!
+//! The format is documented by reverse engineering in procmon-parser
+//! (github.com/eronnen/procmon-parser, `docs/PML Format.md`, MIT); this is our own reader of
+//! that description.
+//!
+//! Layout: a 0x3A8-byte header with file offsets of the string table, the process table
+//! (each process with its modules), the array of event offsets (5 bytes each: a u32 offset
+//! and a flag byte) and the events. An event is a 0x34-byte common part (process index,
+//! thread, class, operation, duration, time, result, stack depth, detail size, extra-detail
+//! offset), the stack frames (pointer-sized), then the detail structure whose first field is
+//! the path's length word (bit 15: ASCII; bits 0–14: characters).
+//!
+//! The tables are read up front (they grow with processes and modules); the events are read
+//! one at a time through the offsets array, so memory does not grow with the capture.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::event::{Event, Frame, Op};
+use crate::{CaptureError, Reader};
+
+/// Size of the header, also stored in it at 0x398.
+pub const HEADER_SIZE: usize = 0x3A8;
+/// Size of an event's common part.
+pub const EVENT_HEADER: usize = 0x34;
+/// The file format version this reader knows.
+pub const VERSION: u32 = 9;
+/// Event class: process.
+pub const CLASS_PROCESS: u32 = 1;
+/// Event class: registry.
+pub const CLASS_REGISTRY: u32 = 2;
+
+/// Registry operation names by operation number.
+pub const REGISTRY_OPS: [&str; 18] = [
+    "RegOpenKey",
+    "RegCreateKey",
+    "RegCloseKey",
+    "RegQueryKey",
+    "RegSetValue",
+    "RegQueryValue",
+    "RegEnumValue",
+    "RegEnumKey",
+    "RegSetInfoKey",
+    "RegDeleteKey",
+    "RegDeleteValue",
+    "RegFlushKey",
+    "RegLoadKey",
+    "RegUnloadKey",
+    "RegRenameKey",
+    "RegQueryMultipleValueKey",
+    "RegSetKeySecurity",
+    "RegQueryKeySecurity",
+];
+/// Process operation names by operation number.
+pub const PROCESS_OPS: [&str; 10] = [
+    "Process Defined",
+    "Process Create",
+    "Process Exit",
+    "Thread Create",
+    "Thread Exit",
+    "Load Image",
+    "Thread Profile",
+    "Process Start",
+    "Process Statistics",
+    "System Statistics",
+];
+const CLASS_NAMES: [&str; 6] = [
+    "Unknown",
+    "Process",
+    "Registry",
+    "File System",
+    "Profiling",
+    "Network",
+];
+
+/// A module loaded in a captured process.
+#[derive(Clone, Debug)]
+pub struct Module {
+    /// Base address.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u32,
+    /// Image path.
+    pub path: Arc<str>,
+}
+
+/// A process of the process table.
+#[derive(Clone, Debug)]
+pub struct Process {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub parent_pid: u32,
+    /// Start time (FILETIME, UTC).
+    pub start_time: u64,
+    /// Image path.
+    pub image: Arc<str>,
+    /// User (`DOMAIN\name`).
+    pub user: Arc<str>,
+    /// Modules, sorted by base address.
+    pub modules: Vec<Module>,
+}
+
+/// The header fields the reader uses.
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    /// 64-bit capture (8-byte pointers).
+    pub is_64bit: bool,
+    /// Number of events.
+    pub events: u32,
+    /// Offset of the array of event offsets.
+    pub offsets_at: u64,
+    /// Offset of the process table.
+    pub processes_at: u64,
+    /// Offset of the string table.
+    pub strings_at: u64,
+    /// Highest user-mode address of the capturing machine.
+    pub max_user_address: u64,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+fn bad(m: &str) -> CaptureError {
+    CaptureError::Format(format!("PML: {m}"))
+}
+
+impl Header {
+    /// Parses and checks a header.
+    ///
+    /// # Errors
+    /// [`CaptureError::Format`] for another signature or version, or a file that Procmon did
+    /// not close (zero table offsets).
+    pub fn parse(b: &[u8; HEADER_SIZE]) -> Result<Self, CaptureError> {
+        if &b[..4] != b"PML_" {
+            return Err(bad("the PML_ signature is missing"));
+        }
+        let version = u32_at(b, 4);
+        if version != VERSION {
+            return Err(bad(&format!(
+                "version {version} (this reader knows {VERSION})"
+            )));
+        }
+        let h = Self {
+            is_64bit: u32_at(b, 8) != 0,
+            events: u32_at(b, 0x234),
+            offsets_at: u64_at(b, 0x248),
+            processes_at: u64_at(b, 0x250),
+            strings_at: u64_at(b, 0x258),
+            max_user_address: u64_at(b, 0x268),
+        };
+        if h.offsets_at == 0 || h.processes_at == 0 || h.strings_at == 0 {
+            return Err(bad(
+                "the capture was not closed cleanly (table offsets are zero)",
+            ));
+        }
+        if u64_at(b, 0x398) != HEADER_SIZE as u64 {
+            return Err(bad("the header size field is not 0x3A8"));
+        }
+        Ok(h)
+    }
+}
+
+fn read_exact_at<R: Read + Seek>(r: &mut R, at: u64, buf: &mut [u8]) -> Result<(), CaptureError> {
+    r.seek(SeekFrom::Start(at))?;
+    r.read_exact(buf)
+        .map_err(|e| bad(&format!("truncated at offset {at:#x}: {e}")))
+}
+
+fn read_u32<R: Read>(r: &mut R) -> Result<u32, CaptureError> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)
+        .map_err(|e| bad(&format!("truncated table: {e}")))?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn utf16(b: &[u8]) -> String {
+    let units: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let s = String::from_utf16_lossy(&units);
+    s.trim_end_matches('\0').to_owned()
+}
+
+/// The string table.
+fn read_strings<R: Read + Seek>(r: &mut R, at: u64) -> Result<Vec<Arc<str>>, CaptureError> {
+    r.seek(SeekFrom::Start(at))?;
+    let n = read_u32(r)?;
+    let mut offsets = Vec::with_capacity(n.min(1 << 20) as usize);
+    for _ in 0..n {
+        offsets.push(read_u32(r)?);
+    }
+    let mut out = Vec::with_capacity(offsets.len());
+    let mut buf = Vec::new();
+    for off in offsets {
+        r.seek(SeekFrom::Start(at + u64::from(off)))?;
+        let size = read_u32(r)? as usize;
+        buf.resize(size, 0);
+        r.read_exact(&mut buf)
+            .map_err(|e| bad(&format!("truncated string: {e}")))?;
+        out.push(Arc::from(utf16(&buf)));
+    }
+    Ok(out)
+}
+
+/// The process table, by process index.
+fn read_processes<R: Read + Seek>(
+    r: &mut R,
+    at: u64,
+    strings: &[Arc<str>],
+    ptr: usize,
+) -> Result<HashMap<u32, Process>, CaptureError> {
+    let string = |i: u32| -> Arc<str> {
+        strings
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
+    };
+    r.seek(SeekFrom::Start(at))?;
+    let n = read_u32(r)?;
+    r.seek(SeekFrom::Current(i64::from(n) * 4))?;
+    let mut offsets = Vec::with_capacity(n.min(1 << 20) as usize);
+    for _ in 0..n {
+        offsets.push(read_u32(r)?);
+    }
+    let fixed = 0x60 + ptr + 4;
+    let module_size = 2 * ptr + 4 * 6 + 0x18;
+    let mut out = HashMap::with_capacity(offsets.len());
+    let mut b = vec![0u8; fixed];
+    let mut module = vec![0u8; module_size];
+    for off in offsets {
+        read_exact_at(r, at + u64::from(off), &mut b)?;
+        let index = u32_at(&b, 0);
+        let count = u32_at(&b, 0x60 + ptr);
+        let mut modules = Vec::with_capacity(count.min(4096) as usize);
+        for _ in 0..count {
+            r.read_exact(&mut module)
+                .map_err(|e| bad(&format!("truncated module list: {e}")))?;
+            let m = &module;
+            let base = if ptr == 8 {
+                u64_at(m, 8)
+            } else {
+                u64::from(u32_at(m, 4))
+            };
+            modules.push(Module {
+                base,
+                size: u32_at(m, 2 * ptr),
+                path: string(u32_at(m, 2 * ptr + 4)),
+            });
+        }
+        modules.sort_by_key(|m| m.base);
+        out.insert(
+            index,
+            Process {
+                pid: u32_at(&b, 4),
+                parent_pid: u32_at(&b, 8),
+                start_time: u64_at(&b, 0x20),
+                user: string(u32_at(&b, 0x3C)),
+                image: string(u32_at(&b, 0x44)),
+                modules,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The module of `p` covering `address`, with the offset into it.
+#[must_use]
+pub fn module_at(p: &Process, address: u64) -> Option<(&Module, u64)> {
+    let i = p.modules.partition_point(|m| m.base <= address);
+    let m = p.modules.get(i.checked_sub(1)?)?;
+    let off = address - m.base;
+    (off < u64::from(m.size)).then_some((m, off))
+}
+
+/// Reads a PML file event by event.
+pub struct PmlReader<R: Read + Seek> {
+    events: BufReader<R>,
+    offsets: BufReader<R>,
+    pos: u64,
+    header: Header,
+    processes: HashMap<u32, Process>,
+    system: Option<u32>,
+    row: u64,
+    buf: Vec<u8>,
+}
+
+impl PmlReader<File> {
+    /// Opens the PML file at `path`.
+    ///
+    /// # Errors
+    /// [`CaptureError`] when it cannot be read or is not a PML file.
+    pub fn open(path: &Path) -> Result<Self, CaptureError> {
+        Self::new(File::open(path)?, File::open(path)?)
+    }
+}
+
+impl<R: Read + Seek> PmlReader<R> {
+    /// A reader over the same file opened twice (events, and the array of offsets).
+    ///
+    /// # Errors
+    /// [`CaptureError`] when the header or tables cannot be read.
+    pub fn new(mut file: R, offsets: R) -> Result<Self, CaptureError> {
+        let mut hb = [0u8; HEADER_SIZE];
+        read_exact_at(&mut file, 0, &mut hb)?;
+        let header = Header::parse(&hb)?;
+        let ptr = if header.is_64bit { 8 } else { 4 };
+        let strings = read_strings(&mut file, header.strings_at)?;
+        let processes = read_processes(&mut file, header.processes_at, &strings, ptr)?;
+        let system = processes
+            .iter()
+            .filter(|(_, p)| p.pid == 4)
+            .map(|(i, _)| *i)
+            .min();
+        let mut offsets = BufReader::with_capacity(1 << 16, offsets);
+        offsets.seek(SeekFrom::Start(header.offsets_at))?;
+        let mut events = BufReader::with_capacity(1 << 18, file);
+        events.seek(SeekFrom::Start(0))?;
+        Ok(Self {
+            events,
+            offsets,
+            pos: 0,
+            header,
+            processes,
+            system,
+            row: 0,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// The header.
+    #[must_use]
+    pub const fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The process table, by process index.
+    #[must_use]
+    pub const fn processes(&self) -> &HashMap<u32, Process> {
+        &self.processes
+    }
+
+    fn read_at(&mut self, at: u64, len: usize) -> Result<(), CaptureError> {
+        let delta = i64::try_from(at.wrapping_sub(self.pos)).unwrap_or(i64::MAX);
+        if at >= self.pos && delta < (1 << 20) {
+            self.events.seek_relative(delta)?;
+        } else {
+            self.events.seek(SeekFrom::Start(at))?;
+        }
+        self.buf.resize(len, 0);
+        self.events
+            .read_exact(&mut self.buf)
+            .map_err(|e| bad(&format!("event truncated at {at:#x}: {e}")))?;
+        self.pos = at + len as u64;
+        Ok(())
+    }
+}
+
+impl<R: Read + Seek> PmlReader<R> {
+    /// The stack frames (attributed to modules) and the registry detail of the event, both
+    /// in `self.buf`.
+    fn registry_detail(
+        &self,
+        pindex: u32,
+        depth: usize,
+        ev: &mut Event,
+    ) -> Result<(), CaptureError> {
+        let ptr = if self.header.is_64bit { 8 } else { 4 };
+        let process = self.processes.get(&pindex);
+        let b = &self.buf;
+        for i in 0..depth {
+            let address = if ptr == 8 {
+                u64_at(b, i * 8)
+            } else {
+                u64::from(u32_at(b, i * 4))
+            };
+            let kernel = address > self.header.max_user_address;
+            let owner = if kernel {
+                self.system.and_then(|s| self.processes.get(&s))
+            } else {
+                process
+            };
+            let (module, offset) = owner
+                .and_then(|p| module_at(p, address))
+                .map_or((None, address), |(m, o)| (Some(Arc::clone(&m.path)), o));
+            ev.frames.push(Frame {
+                address,
+                module,
+                offset,
+                kernel,
+            });
+        }
+        let d = &b[depth * ptr..];
+        if d.len() < 2 {
+            return Err(bad(&format!("row {}: registry detail too short", self.row)));
+        }
+        let info = u16_at(d, 0);
+        let parsed = match ev.op {
+            Op::OpenKey | Op::CreateKey => detail_string(d, 8, info, &mut ev.path),
+            Op::LoadKey if d.len() >= 4 => {
+                let file_info = u16_at(d, 2);
+                detail_string(d, 4, info, &mut ev.path).and_then(|end| {
+                    let mut f = String::new();
+                    let r = detail_string(d, end, file_info, &mut f);
+                    ev.hive_file = f;
+                    r
+                })
+            }
+            _ => detail_string(d, 2, info, &mut ev.path),
+        };
+        if parsed.is_none() {
+            return Err(bad(&format!(
+                "row {}: the key path overruns its detail",
+                self.row
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a detail string described by its length word `info` from `b` at `at`.
+fn detail_string(b: &[u8], at: usize, info: u16, out: &mut String) -> Option<usize> {
+    let ascii = info & 0x8000 != 0;
+    let n = usize::from(info & 0x7FFF);
+    out.clear();
+    if ascii {
+        let s = b.get(at..at + n)?;
+        out.extend(s.iter().map(|&c| char::from(c)));
+        Some(at + n)
+    } else {
+        let s = b.get(at..at + 2 * n)?;
+        out.extend(
+            char::decode_utf16(s.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])))
+                .map(|c| c.unwrap_or('\u{FFFD}')),
+        );
+        Some(at + 2 * n)
+    }
+}
+
+/// Procmon's name for an NTSTATUS it shows as text (the ones the replay meets most).
+#[must_use]
+pub fn status_text(status: u32) -> String {
+    match status {
+        0 => "SUCCESS".into(),
+        0x8000_0005 => "BUFFER OVERFLOW".into(),
+        0x8000_001A => "NO MORE ENTRIES".into(),
+        0xC000_0022 => "ACCESS DENIED".into(),
+        0xC000_0023 => "BUFFER TOO SMALL".into(),
+        0xC000_0034 => "NAME NOT FOUND".into(),
+        0xC000_0121 => "CANNOT DELETE".into(),
+        0x0000_0104 => "REPARSE".into(),
+        s => format!("0x{s:08X}"),
+    }
+}
+
+impl<R: Read + Seek> Reader for PmlReader<R> {
+    fn next_event(&mut self, ev: &mut Event) -> Result<bool, CaptureError> {
+        if self.row >= u64::from(self.header.events) {
+            return Ok(false);
+        }
+        let mut entry = [0u8; 5];
+        self.offsets
+            .read_exact(&mut entry)
+            .map_err(|e| bad(&format!("event offsets truncated: {e}")))?;
+        self.row += 1;
+        let at = u64::from(u32_at(&entry, 0));
+        self.read_at(at, EVENT_HEADER)?;
+        let head = &self.buf;
+        let pindex = u32_at(head, 0);
+        let class = u32_at(head, 8);
+        let opnum = u16_at(head, 0xC);
+        let time = u64_at(head, 0x1C);
+        let status = u32_at(head, 0x24);
+        let depth = usize::from(u16_at(head, 0x28));
+        let detail_size = u32_at(head, 0x2C) as usize;
+        ev.row = self.row;
+        ev.time = time;
+        ev.status = Some(status);
+        ev.result.clear();
+        ev.path.clear();
+        ev.hive_file.clear();
+        ev.frames.clear();
+        ev.operation.clear();
+        let name = match class {
+            CLASS_REGISTRY => REGISTRY_OPS.get(usize::from(opnum)).copied(),
+            CLASS_PROCESS => PROCESS_OPS.get(usize::from(opnum)).copied(),
+            c => CLASS_NAMES.get(c as usize).copied(),
+        };
+        ev.operation.push_str(name.unwrap_or("Unknown"));
+        ev.op = if class == CLASS_REGISTRY || class == CLASS_PROCESS {
+            Op::from_name(&ev.operation)
+        } else {
+            Op::Other
+        };
+        let process = self.processes.get(&pindex);
+        ev.pid = process.map_or(0, |p| p.pid);
+        ev.parent_pid = process.map_or(0, |p| p.parent_pid);
+        match process {
+            Some(p) if !Arc::ptr_eq(&ev.image, &p.image) => ev.image = Arc::clone(&p.image),
+            Some(_) => {}
+            None => ev.image = Arc::from(""),
+        }
+        let wanted = matches!(
+            ev.op,
+            Op::OpenKey
+                | Op::CreateKey
+                | Op::CloseKey
+                | Op::LoadKey
+                | Op::UnloadKey
+                | Op::DeleteKey
+        );
+        if !wanted {
+            if ev.op != Op::Other {
+                ev.result.push_str(&status_text(status));
+            }
+            return Ok(true);
+        }
+        ev.result.push_str(&status_text(status));
+        let ptr = if self.header.is_64bit { 8 } else { 4 };
+        self.read_at(at + EVENT_HEADER as u64, depth * ptr + detail_size)?;
+        self.registry_detail(pindex, depth, ev)?;
+        Ok(true)
+    }
+
+    fn format(&self) -> &'static str {
+        "pml"
+    }
+}

@@ -1,0 +1,597 @@
+//! The replay: capture rows fed to the tracking engine, and the ledger that pairs closes
+//! with opens and answers at unload attempts and process exits.
+//!
+//! Pairing is an inference: Procmon rows carry the key's path, not its handle (CSV has
+//! only the Path column; PML registry events have the path in the detail structure), so a
+//! `RegCloseKey` closes the most recent still-open successful open of the same path
+//! (case-insensitive) in the same process. Two handles on one key in one process are
+//! interchangeable for "who holds this hive" (same key, same process), so the inference can
+//! misplace only which open's time and stack a remaining handle reports.
+//!
+//! Processes: a pid names one process from its `Process Start` row until the next one;
+//! rows logged after `Process Exit` (the handle rundown Procmon records as the process's
+//! closes) stay with the exiting process. Keys still open at `Process Exit` are its leaks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use tracker::{BLOCK_ALIGN, BlockClass, Config, Pool, ProcessKey, SpinLock, Token, Tracker};
+
+use crate::csv::{CsvReader, DAY};
+use crate::event::{Event, Frame, Op};
+use crate::paths::{UNKNOWN_USER, hive_of, is_under, kernel_path};
+use crate::pml::PmlReader;
+use crate::report::{
+    Analysis, CaptureInfo, HiveHolders, Holder, Key, ProcessExit, SCHEMA, TrackerCheck,
+    UnloadAttempt,
+};
+use crate::{CaptureError, Reader};
+
+/// The system allocator as the tracker's pool.
+pub struct Heap;
+
+fn layout(class: BlockClass) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(class.size(), BLOCK_ALIGN)
+        .unwrap_or_else(|_| unreachable!("block classes have valid layouts"))
+}
+
+// SAFETY: every block is allocated with its class's layout and freed with the same one.
+unsafe impl Pool for Heap {
+    fn alloc(&self, class: BlockClass) -> Option<NonNull<u8>> {
+        // SAFETY: block classes have a non-zero size.
+        NonNull::new(unsafe { std::alloc::alloc(layout(class)) })
+    }
+    unsafe fn free(&self, class: BlockClass, block: NonNull<u8>) {
+        // SAFETY: the caller passes a block `alloc` returned for this class.
+        unsafe { std::alloc::dealloc(block.as_ptr(), layout(class)) };
+    }
+}
+
+/// Where to stop the replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// After this row.
+    Row(u64),
+    /// After the last row at or before this time of day (100 ns ticks since midnight).
+    TimeOfDay(u64),
+}
+
+impl At {
+    /// `ROW` (a number) or a time of day (`h:mm:ss[.fffffff] [AM|PM]`).
+    ///
+    /// # Errors
+    /// A message when `s` is neither.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(row) = s.trim().parse::<u64>() {
+            return Ok(Self::Row(row));
+        }
+        crate::csv::parse_time_of_day(s)
+            .map(Self::TimeOfDay)
+            .ok_or_else(|| {
+                format!("--at {s}: expected a row number or a time of day like 7:27:31.5 AM")
+            })
+    }
+}
+
+/// What to analyse and report.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The SID `HKCU` stands for.
+    pub hkcu_sid: Option<String>,
+    /// Only this hive (a kernel path or Procmon abbreviation).
+    pub hive: Option<String>,
+    /// Only this pid.
+    pub pid: Option<u32>,
+    /// Stop here.
+    pub at: Option<At>,
+}
+
+/// The module list of registry API implementations skipped when naming the caller.
+const SYSTEM_DLLS: [&str; 8] = [
+    "ntdll.dll",
+    "kernelbase.dll",
+    "kernel32.dll",
+    "advapi32.dll",
+    "wow64.dll",
+    "wow64win.dll",
+    "wow64cpu.dll",
+    "sechost.dll",
+];
+
+struct Open {
+    path: Arc<str>,
+    row: u64,
+    time: u64,
+    create: bool,
+    token: Option<Token>,
+    object: u64,
+    frames: Vec<Frame>,
+}
+
+struct Proc {
+    key: ProcessKey,
+    parent_pid: u32,
+    image: Arc<str>,
+    exited: bool,
+}
+
+/// A replay in progress.
+pub struct Replay {
+    opts: Options,
+    tracker: Tracker<Heap, SpinLock>,
+    procs: HashMap<u32, Proc>,
+    open: HashMap<(u32, u64, String), Vec<Open>>,
+    mounts: Vec<String>,
+    next_object: u64,
+    rows: u64,
+    stopped: bool,
+    out: Analysis,
+    scratch: Vec<u16>,
+}
+
+fn utf16_into(s: &str, out: &mut Vec<u16>) {
+    out.clear();
+    out.extend(s.encode_utf16());
+}
+
+impl Replay {
+    /// A replay with `opts`.
+    ///
+    /// # Panics
+    /// Never: the default tracker configuration is valid.
+    #[must_use]
+    pub fn new(opts: Options) -> Self {
+        // The driver's default cap (1 Mi objects); opens beyond it are counted as not
+        // recorded in `tracker.not_recorded`, the ledger keeps them all.
+        let tracker = Tracker::new(Heap, Config::default()).expect("a valid tracker configuration");
+        let out = Analysis {
+            schema: SCHEMA.to_owned(),
+            holders_known: true,
+            capture: CaptureInfo {
+                hkcu_sid: opts.hkcu_sid.clone(),
+                ..CaptureInfo::default()
+            },
+            ..Analysis::default()
+        };
+        Self {
+            opts,
+            tracker,
+            procs: HashMap::new(),
+            open: HashMap::new(),
+            mounts: Vec::new(),
+            next_object: 0x1000,
+            rows: 0,
+            stopped: false,
+            out,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn process(&mut self, ev: &Event) -> ProcessKey {
+        let p = self.procs.entry(ev.pid).or_insert_with(|| Proc {
+            key: ProcessKey {
+                pid: u64::from(ev.pid),
+                start_key: 1,
+            },
+            parent_pid: ev.parent_pid,
+            image: Arc::clone(&ev.image),
+            exited: false,
+        });
+        if p.parent_pid == 0 {
+            p.parent_pid = ev.parent_pid;
+        }
+        let key = p.key;
+        if !ev.image.is_empty() && p.image.is_empty() {
+            p.image = Arc::clone(&ev.image);
+        }
+        key
+    }
+
+    fn kernel(&mut self, path: &str) -> Option<String> {
+        let k = kernel_path(path, self.opts.hkcu_sid.as_deref())?;
+        if k.starts_with(UNKNOWN_USER) {
+            self.out.unknowns.hkcu_rows_without_sid += 1;
+        }
+        Some(k)
+    }
+
+    fn skip(&mut self, ev: &Event) {
+        if let Some(n) = self.out.unknowns.skipped.get_mut(ev.operation.as_str()) {
+            *n += 1;
+        } else {
+            self.out.unknowns.skipped.insert(ev.operation.clone(), 1);
+        }
+    }
+
+    /// Replays one row.
+    pub fn event(&mut self, ev: &Event) {
+        if ev.op == Op::CloseKey {
+            self.out.unknowns.close_rows += 1;
+        }
+        self.out.capture.total_rows += 1;
+        if self.stopped {
+            return;
+        }
+        let stop = match self.opts.at {
+            Some(At::Row(r)) => ev.row > r,
+            Some(At::TimeOfDay(t)) => ev.time % DAY > t,
+            None => false,
+        };
+        if stop {
+            self.stopped = true;
+            self.out.capture.at_row = Some(self.rows);
+            if ev.op == Op::CloseKey {
+                // Counted above for the whole capture; nothing else to do.
+            }
+            return;
+        }
+        self.rows += 1;
+        if self.out.capture.first_time == 0 {
+            self.out.capture.first_time = ev.time;
+        }
+        self.out.capture.last_time = ev.time;
+        match ev.op {
+            Op::OpenKey | Op::CreateKey => self.opened(ev),
+            Op::CloseKey => self.closed(ev),
+            Op::LoadKey => self.loaded(ev),
+            Op::UnloadKey => self.unload(ev),
+            Op::ProcessStart => self.started(ev),
+            Op::ProcessExit => self.exited(ev),
+            Op::DeleteKey | Op::Other => self.skip(ev),
+        }
+    }
+
+    fn opened(&mut self, ev: &Event) {
+        if !ev.success() {
+            self.out.unknowns.failed_opens += 1;
+            return;
+        }
+        let Some(path) = self.kernel(&ev.path) else {
+            self.skip(ev);
+            return;
+        };
+        let pk = self.process(ev);
+        self.next_object += 0x10;
+        let object = self.next_object;
+        utf16_into(&path, &mut self.scratch);
+        let token = self
+            .tracker
+            .opened(object, pk, 0, &self.scratch, 0, ev.time)
+            .ok();
+        let folded = path.to_ascii_uppercase();
+        self.open
+            .entry((ev.pid, pk.start_key, folded))
+            .or_default()
+            .push(Open {
+                path: Arc::from(path),
+                row: ev.row,
+                time: ev.time,
+                create: ev.op == Op::CreateKey,
+                token,
+                object,
+                frames: ev.frames.clone(),
+            });
+    }
+
+    fn closed(&mut self, ev: &Event) {
+        let Some(path) = self.kernel(&ev.path) else {
+            self.skip(ev);
+            return;
+        };
+        let pk = self.process(ev);
+        let folded = path.to_ascii_uppercase();
+        let k = (ev.pid, pk.start_key, folded);
+        let popped = self.open.get_mut(&k).and_then(Vec::pop);
+        if let Some(v) = self.open.get(&k)
+            && v.is_empty()
+        {
+            self.open.remove(&k);
+        }
+        if let Some(o) = popped {
+            if let Some(t) = o.token {
+                self.tracker.handle_closed(t, o.object);
+                self.tracker.object_destroyed(t, o.object);
+            }
+        } else {
+            let u = &mut self.out.unknowns;
+            u.closes_without_open += 1;
+            if u.closes_without_open_sample.len() < 20 {
+                u.closes_without_open_sample.push(path);
+            }
+        }
+    }
+
+    fn loaded(&mut self, ev: &Event) {
+        let Some(mount) = self.kernel(&ev.path) else {
+            self.skip(ev);
+            return;
+        };
+        if !ev.success() {
+            return;
+        }
+        utf16_into(&mount, &mut self.scratch);
+        let file: Vec<u16> = ev.hive_file.encode_utf16().collect();
+        self.tracker.hive_loaded(&self.scratch, &file, ev.time);
+        if !self.mounts.iter().any(|m| m.eq_ignore_ascii_case(&mount)) {
+            self.mounts.push(mount);
+        }
+    }
+
+    fn unload(&mut self, ev: &Event) {
+        let Some(mount) = self.kernel(&ev.path) else {
+            self.skip(ev);
+            return;
+        };
+        utf16_into(&mount, &mut self.scratch);
+        self.tracker.unload_attempted(
+            &self.scratch,
+            ev.status.unwrap_or_else(|| u32::from(!ev.success())),
+            ev.time,
+        );
+        let holders = self.holders(|p| is_under(&mount, p));
+        if ev.success() {
+            self.tracker.hive_unloaded(&self.scratch);
+            self.mounts.retain(|m| !m.eq_ignore_ascii_case(&mount));
+        }
+        if self.wanted_hive(&mount) {
+            self.out.unload_attempts.push(UnloadAttempt {
+                row: ev.row,
+                time: ev.time,
+                hive: mount,
+                pid: ev.pid,
+                image: ev.image.to_string(),
+                result: ev.result.clone(),
+                holders,
+            });
+        }
+    }
+
+    fn started(&mut self, ev: &Event) {
+        // A `Process Start` begins a new process for this pid (a reused pid is another one).
+        let start_key = self.procs.get(&ev.pid).map_or(1, |p| p.key.start_key + 1);
+        let key = ProcessKey {
+            pid: u64::from(ev.pid),
+            start_key,
+        };
+        self.procs.insert(
+            ev.pid,
+            Proc {
+                key,
+                parent_pid: ev.parent_pid,
+                image: Arc::clone(&ev.image),
+                exited: false,
+            },
+        );
+        utf16_into(&ev.image, &mut self.scratch);
+        self.tracker.process_started(key, &self.scratch);
+    }
+
+    fn exited(&mut self, ev: &Event) {
+        let key = self.process(ev);
+        if let Some(p) = self.procs.get_mut(&ev.pid) {
+            p.exited = true;
+        }
+        let pid = ev.pid;
+        let mut held = self.holders_of(|(p, s, _)| *p == pid && *s == key.start_key, |_| true);
+        if let Some(mut holder) = held.pop() {
+            holder.exited = true;
+            if self.opts.pid.is_none_or(|p| p == pid) {
+                self.out.exits.push(ProcessExit {
+                    row: ev.row,
+                    time: ev.time,
+                    holder,
+                });
+            }
+        }
+        self.tracker.process_exited(key);
+    }
+
+    fn wanted_hive(&self, mount: &str) -> bool {
+        self.opts.hive.as_deref().is_none_or(|h| {
+            kernel_path(h, self.opts.hkcu_sid.as_deref())
+                .is_some_and(|k| k.eq_ignore_ascii_case(mount))
+        })
+    }
+
+    fn holders(&self, keep: impl Fn(&str) -> bool) -> Vec<Holder> {
+        let want_pid = self.opts.pid;
+        self.holders_of(
+            |(p, _, _)| want_pid.is_none_or(|w| w == *p),
+            |path| keep(path),
+        )
+    }
+
+    /// Holders among ledger entries passing `process` and `path`, most keys first.
+    fn holders_of(
+        &self,
+        process: impl Fn(&(u32, u64, String)) -> bool,
+        path: impl Fn(&str) -> bool,
+    ) -> Vec<Holder> {
+        let mut by: BTreeMap<(u32, u64), Holder> = BTreeMap::new();
+        for (k, opens) in &self.open {
+            if !process(k) {
+                continue;
+            }
+            for o in opens.iter().filter(|o| path(&o.path)) {
+                let h = by.entry((k.0, k.1)).or_insert_with(|| {
+                    let p = self.procs.get(&k.0).filter(|p| p.key.start_key == k.1);
+                    Holder {
+                        pid: k.0,
+                        instance: k.1,
+                        parent_pid: p.map_or(0, |p| p.parent_pid),
+                        image: p.map_or_else(String::new, |p| p.image.to_string()),
+                        exited: p.is_some_and(|p| p.exited),
+                        open_keys: 0,
+                        keys: Vec::new(),
+                    }
+                });
+                h.open_keys += 1;
+                h.keys.push(key_of(o));
+            }
+        }
+        let mut v: Vec<Holder> = by.into_values().collect();
+        for h in &mut v {
+            h.keys
+                .sort_by(|a, b| (a.row, &a.path).cmp(&(b.row, &b.path)));
+        }
+        v.sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.pid.cmp(&b.pid)));
+        v
+    }
+
+    /// Ends the replay: what is open per hive, the completeness verdict, the tracker's
+    /// counts.
+    #[must_use]
+    pub fn finish(mut self, path: &str, format: &str) -> Analysis {
+        path.clone_into(&mut self.out.capture.path);
+        format.clone_into(&mut self.out.capture.format);
+        self.out.capture.rows = self.rows;
+        let mut hives = std::collections::BTreeSet::new();
+        for opens in self.open.values() {
+            for o in opens {
+                hives.insert(hive_of(&o.path, &self.mounts).to_owned());
+            }
+        }
+        for hive in hives {
+            if !self.wanted_hive(&hive) {
+                continue;
+            }
+            let mounts = &self.mounts;
+            let holders = self.holders(|p| hive_of(p, mounts).eq_ignore_ascii_case(&hive));
+            if holders.is_empty() {
+                continue;
+            }
+            self.out.open.push(HiveHolders {
+                open_keys: holders.iter().map(|h| h.open_keys).sum(),
+                hive,
+                holders,
+            });
+        }
+        self.out
+            .open
+            .sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.hive.cmp(&b.hive)));
+        let u = &mut self.out.unknowns;
+        u.notes.push(
+            "handles obtained without an open row (duplicated with DuplicateHandle, inherited \
+             by a child process) are not in any capture; their closes count as closes without \
+             opens"
+                .to_owned(),
+        );
+        u.notes.push(
+            "closes are paired with the most recent open of the same key path in the same \
+             process (Procmon rows carry paths, not handle values)"
+                .to_owned(),
+        );
+        if u.hkcu_rows_without_sid > 0 {
+            u.notes.push(format!(
+                "{} HKCU rows: the capture does not say which user HKCU is; pass --hkcu-sid \
+                 SID to name its hive",
+                u.hkcu_rows_without_sid
+            ));
+        }
+        if u.close_rows == 0 {
+            self.out.holders_known = false;
+            self.out.refusal = Some(
+                "the capture has no RegCloseKey rows at all, so it was filtered (or Procmon \
+                 dropped them): every open would look held. Capture again without a filter on \
+                 Operation (Filter > Reset Filter, keep registry events) to name holders."
+                    .to_owned(),
+            );
+            for a in &mut self.out.unload_attempts {
+                a.holders.clear();
+            }
+            self.out.exits.clear();
+            self.out.open.clear();
+        }
+        let s = self.tracker.stats();
+        self.out.tracker = TrackerCheck {
+            objects_tracked: s.objects_tracked,
+            hives_tracked: s.hives_tracked,
+            processes_tracked: s.processes_tracked,
+            not_recorded: s.not_recorded(),
+        };
+        self.out
+    }
+
+    /// Keys open in the ledger now (memory is proportional to these).
+    #[must_use]
+    pub fn open_keys(&self) -> usize {
+        self.open.values().map(Vec::len).sum()
+    }
+}
+
+fn frame_text(f: &Frame) -> String {
+    f.module.as_deref().map_or_else(
+        || format!("{:#x}", f.address),
+        |m| {
+            let name = m.rsplit('\\').next().unwrap_or(m);
+            format!("{name}+{:#x}", f.offset)
+        },
+    )
+}
+
+fn key_of(o: &Open) -> Key {
+    let module = o
+        .frames
+        .iter()
+        .filter(|f| !f.kernel)
+        .filter_map(|f| f.module.as_deref())
+        .find(|m| {
+            let name = m.rsplit('\\').next().unwrap_or(m);
+            !SYSTEM_DLLS.iter().any(|d| d.eq_ignore_ascii_case(name))
+        })
+        .map(str::to_owned);
+    Key {
+        path: o.path.to_string(),
+        row: o.row,
+        time: o.time,
+        operation: if o.create {
+            "RegCreateKey"
+        } else {
+            "RegOpenKey"
+        }
+        .to_owned(),
+        module,
+        stack: o.frames.iter().map(frame_text).collect(),
+    }
+}
+
+/// Replays every row of `reader`.
+///
+/// # Errors
+/// [`CaptureError`] when a row cannot be read.
+pub fn replay(reader: &mut dyn Reader, replay: &mut Replay) -> Result<(), CaptureError> {
+    let mut ev = Event::default();
+    while reader.next_event(&mut ev)? {
+        replay.event(&ev);
+    }
+    Ok(())
+}
+
+/// Opens `path` (PML by its signature, else CSV) and analyses it.
+///
+/// # Errors
+/// [`CaptureError`] when the file cannot be read as a capture.
+pub fn analyze_file(path: &Path, opts: Options) -> Result<Analysis, CaptureError> {
+    let mut reader = open(path)?;
+    let mut r = Replay::new(opts);
+    replay(reader.as_mut(), &mut r)?;
+    Ok(r.finish(&path.display().to_string(), reader.format()))
+}
+
+/// A reader for the capture at `path`: PML when it starts with `PML_`, else CSV.
+///
+/// # Errors
+/// [`CaptureError`] when it cannot be opened.
+pub fn open(path: &Path) -> Result<Box<dyn Reader>, CaptureError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(path)?.read(&mut magic)?;
+    if n == 4 && &magic == b"PML_" {
+        Ok(Box::new(PmlReader::open(path)?))
+    } else {
+        let f = std::io::BufReader::with_capacity(1 << 18, std::fs::File::open(path)?);
+        Ok(Box::new(CsvReader::new(f)?))
+    }
+}

@@ -1,0 +1,335 @@
+//! The logoff that will not unload, as Procmon captures it: the same workload as the
+//! kernel emulator's `logoff` scenario (kernel-emulator/src/scenario/tracking.rs:
+//! `logoff_workload`), written as PML and as a CSV export, replayed through the tracker.
+//! The unload-attempt report must name the holder the driver names there: profleak.exe,
+//! holding `\REGISTRY\USER\<SID>\Software\Policies`, and nobody else.
+
+mod support;
+
+use std::io::Cursor;
+use std::path::Path;
+
+use capture::replay::{At, Options, Replay, replay};
+use capture::report::Analysis;
+use capture::{Reader, csv::CsvReader, pml::PmlReader};
+use support::{CANNOT_DELETE, NAME_NOT_FOUND, Proc, Row, csv, pml, time};
+
+/// The emulator scenario's user (kernel-emulator/src/scenario/tracking.rs `USER`).
+const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
+const PROFLEAK: &str = r"C:\Program Files\Sync\profleak.exe";
+const SYNCAGENT: &str = r"C:\Program Files\Sync\syncagent.dll";
+const PROFLEAK_PID: u32 = 6230;
+
+fn processes() -> Vec<Proc> {
+    let m = |base: u64, size: u32, path: &str| (base, size, path.to_owned());
+    let user_dlls = || {
+        vec![
+            m(
+                0x7FFA_1000_0000,
+                0x20_0000,
+                r"C:\Windows\System32\ntdll.dll",
+            ),
+            m(
+                0x7FFA_0000_0000,
+                0x30_0000,
+                r"C:\Windows\System32\KernelBase.dll",
+            ),
+        ]
+    };
+    let mut leak = user_dlls();
+    leak.push(m(0x7FF6_0000_0000, 0x1_0000, PROFLEAK));
+    leak.push(m(0x7FF9_5000_0000, 0x8_0000, SYNCAGENT));
+    vec![
+        Proc {
+            pid: 4,
+            parent: 0,
+            image: "System".into(),
+            modules: vec![m(
+                0xFFFF_F800_0000_0000,
+                0x100_0000,
+                r"C:\Windows\system32\ntoskrnl.exe",
+            )],
+        },
+        Proc {
+            pid: 4012,
+            parent: 3990,
+            image: r"C:\Windows\explorer.exe".into(),
+            modules: user_dlls(),
+        },
+        Proc {
+            pid: 5120,
+            parent: 4012,
+            image: r"C:\Program Files\Editor\editor.exe".into(),
+            modules: user_dlls(),
+        },
+        Proc {
+            pid: PROFLEAK_PID,
+            parent: 4012,
+            image: PROFLEAK.into(),
+            modules: leak,
+        },
+    ]
+}
+
+/// The rows, in capture order; `(row of the failed unload, row of profleak's exit)`.
+fn rows() -> Vec<Row> {
+    let user = format!(r"HKU\{SID}");
+    let mut r = vec![
+        Row::new(0, "RegLoadKey", &user, 10).file(r"C:\Users\kemu\NTUSER.DAT"),
+        Row::new(0, "RegLoadKey", &format!("{user}_Classes"), 10)
+            .file(r"C:\Users\kemu\AppData\Local\Microsoft\Windows\UsrClass.dat"),
+        Row::new(1, "RegCloseKey", r"HKLM\SYSTEM\CurrentControlSet", 11),
+    ];
+    for p in 1..=3 {
+        r.push(Row::new(p, "Process Start", "", 20));
+        r.push(Row::new(p, "Thread Create", "", 20));
+        for key in [
+            r"HKCU\Software\Microsoft\Windows\CurrentVersion\Explorer",
+            r"HKCU\Control Panel\Desktop",
+            r"HKCU\Software\Policies",
+            r"HKCU\Software\Classes\CLSID\{00021401-0000-0000-C000-000000000046}",
+            r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion",
+        ] {
+            r.push(Row::new(p, "RegOpenKey", key, 30));
+            r.push(Row::new(p, "RegQueryValue", &format!(r"{key}\Value"), 30));
+            r.push(Row::new(p, "RegCloseKey", key, 31));
+        }
+    }
+    r.push(Row::new(2, "RegOpenKey", r"HKCU\Software\Missing", 40).status(NAME_NOT_FOUND));
+    // profleak.exe keeps Software\Policies open, called from syncagent.dll.
+    r.push(
+        Row::new(3, "RegOpenKey", r"HKCU\Software\Policies", 50).stack(&[
+            0xFFFF_F800_0012_3456,
+            0x7FFA_1000_1234,
+            0x7FFA_0000_5678,
+            0x7FF9_5000_2222,
+            0x7FF6_0000_0100,
+        ]),
+    );
+    r.push(Row::new(0, "RegUnloadKey", &user, 100).status(CANNOT_DELETE));
+    r.push(Row::new(3, "Process Exit", "", 110));
+    // The handle rundown Procmon logs after the exit, in the exiting process.
+    r.push(Row::new(3, "RegCloseKey", r"HKCU\Software\Policies", 110));
+    r.push(Row::new(0, "RegUnloadKey", &user, 120));
+    r.push(Row::new(0, "RegUnloadKey", &format!("{user}_Classes"), 120));
+    r.push(Row::new(1, "Process Exit", "", 130));
+    r.push(Row::new(2, "Process Exit", "", 130));
+    r
+}
+
+fn run(reader: &mut dyn Reader, opts: Options) -> Analysis {
+    let mut r = Replay::new(opts);
+    replay(reader, &mut r).expect("readable");
+    r.finish("logoff", reader.format())
+}
+
+fn opts() -> Options {
+    Options {
+        hkcu_sid: Some(SID.into()),
+        ..Options::default()
+    }
+}
+
+fn from_pml(bytes: &[u8], o: Options) -> Analysis {
+    let mut r = PmlReader::new(Cursor::new(bytes), Cursor::new(bytes)).expect("a PML file");
+    run(&mut r, o)
+}
+
+fn from_csv(text: &str, o: Options) -> Analysis {
+    let mut r = CsvReader::new(text.as_bytes()).expect("a CSV export");
+    run(&mut r, o)
+}
+
+/// Both formats give the same analysis but for the format name.
+fn both(o: &Options) -> Analysis {
+    let p = from_pml(&pml(&processes(), &rows()), o.clone());
+    let mut c = from_csv(&csv(&processes(), &rows()), o.clone());
+    assert_eq!(c.capture.format, "csv");
+    c.capture.format = "pml".into();
+    // The CSV has no stacks: the same analysis without them.
+    let mut p_no_stacks = p.clone();
+    let holders = p_no_stacks
+        .unload_attempts
+        .iter_mut()
+        .flat_map(|a| a.holders.iter_mut())
+        .chain(p_no_stacks.exits.iter_mut().map(|e| &mut e.holder))
+        .chain(
+            p_no_stacks
+                .open
+                .iter_mut()
+                .flat_map(|h| h.holders.iter_mut()),
+        );
+    for k in holders.flat_map(|h| h.keys.iter_mut()) {
+        k.module = None;
+        k.stack.clear();
+    }
+    assert_eq!(p_no_stacks, c, "PML and CSV analyses differ");
+    p
+}
+
+#[test]
+fn the_failed_unload_names_profleak_as_the_driver_does() {
+    let a = both(&opts());
+    assert!(a.holders_known, "{:?}", a.refusal);
+    let user = format!(r"\REGISTRY\USER\{SID}");
+    assert_eq!(a.unload_attempts.len(), 3);
+    let failed = &a.unload_attempts[0];
+    assert_eq!(
+        (failed.hive.as_str(), failed.result.as_str()),
+        (user.as_str(), "CANNOT DELETE")
+    );
+    assert_eq!(failed.holders.len(), 1, "{:?}", failed.holders);
+    let h = &failed.holders[0];
+    assert_eq!(
+        (h.pid, h.image.as_str(), h.open_keys, h.parent_pid),
+        (PROFLEAK_PID, PROFLEAK, 1, 4012)
+    );
+    assert_eq!(h.keys[0].path, format!(r"{user}\Software\Policies"));
+    assert_eq!(h.keys[0].time, time(50));
+    // The caller below ntdll and KernelBase: the module that leaks.
+    assert_eq!(h.keys[0].module.as_deref(), Some(SYNCAGENT));
+    assert_eq!(
+        h.keys[0].stack,
+        [
+            "ntoskrnl.exe+0x123456",
+            "ntdll.dll+0x1234",
+            "KernelBase.dll+0x5678",
+            "syncagent.dll+0x2222",
+            "profleak.exe+0x100"
+        ]
+    );
+    // Its exit closed the key (the rundown row stays with it): a leak.
+    assert_eq!(a.exits.len(), 1);
+    assert_eq!(a.exits[0].holder.pid, PROFLEAK_PID);
+    assert!(a.exits[0].holder.exited);
+    assert_eq!(
+        a.exits[0].holder.keys[0].path,
+        format!(r"{user}\Software\Policies")
+    );
+    // Then both hives unload with no holders, and nothing is open at the end.
+    for u in &a.unload_attempts[1..] {
+        assert_eq!((u.result.as_str(), u.holders.len()), ("SUCCESS", 0));
+    }
+    assert!(a.open.is_empty(), "{:?}", a.open);
+    assert_eq!(a.tracker.objects_tracked, 0);
+    // What it cannot know, and what it skipped.
+    assert_eq!(a.unknowns.closes_without_open, 1);
+    assert_eq!(
+        a.unknowns.closes_without_open_sample,
+        [r"\REGISTRY\MACHINE\SYSTEM\CurrentControlSet"]
+    );
+    assert_eq!(a.unknowns.failed_opens, 1);
+    assert_eq!(a.unknowns.skipped.get("RegQueryValue"), Some(&15));
+    assert_eq!(a.unknowns.skipped.get("Thread Create"), Some(&3));
+    assert_eq!(a.unknowns.hkcu_rows_without_sid, 0);
+}
+
+#[test]
+fn at_a_row_before_the_exit_profleak_still_holds_and_the_tracker_agrees() {
+    let rows = rows();
+    let exit_row = rows.iter().position(|r| r.op == "Process Exit").unwrap() as u64;
+    let a = both(&Options {
+        at: Some(At::Row(exit_row)),
+        ..opts()
+    });
+    assert_eq!(a.capture.at_row, Some(exit_row));
+    assert_eq!(a.open.len(), 1);
+    assert_eq!(a.open[0].hive, format!(r"\REGISTRY\USER\{SID}"));
+    assert_eq!(a.open[0].holders[0].pid, PROFLEAK_PID);
+    assert!(!a.open[0].holders[0].exited);
+    assert_eq!(
+        a.tracker.objects_tracked, 1,
+        "the tracker holds the same one key"
+    );
+    // A pid filter that excludes it leaves nothing held.
+    let a = both(&Options {
+        at: Some(At::Row(exit_row)),
+        pid: Some(4012),
+        ..opts()
+    });
+    assert!(a.open.is_empty());
+}
+
+#[test]
+fn without_the_hkcu_sid_the_user_hive_is_named_as_unknown() {
+    let a = both(&Options::default());
+    assert!(a.unknowns.hkcu_rows_without_sid > 0);
+    assert!(a.unknowns.notes.iter().any(|n| n.contains("--hkcu-sid")));
+    // The failed unload was of HKU\<SID>, which the HKCU opens cannot be matched to.
+    assert!(a.unload_attempts[0].holders.is_empty());
+}
+
+#[test]
+fn a_capture_filtered_to_exclude_closes_names_no_holders() {
+    let rows: Vec<Row> = rows()
+        .into_iter()
+        .filter(|r| r.op != "RegCloseKey")
+        .collect();
+    let a = from_pml(&pml(&processes(), &rows), opts());
+    assert!(!a.holders_known);
+    assert!(
+        a.refusal
+            .as_deref()
+            .unwrap()
+            .contains("no RegCloseKey rows")
+    );
+    assert!(a.unload_attempts.iter().all(|u| u.holders.is_empty()));
+    assert!(a.exits.is_empty() && a.open.is_empty());
+}
+
+#[test]
+fn a_reused_pid_is_another_process() {
+    let mut rows = rows();
+    // After explorer exits, a new process gets its pid and opens a key it keeps.
+    rows.push(Row::new(1, "Process Start", "", 140));
+    rows.push(Row::new(1, "RegOpenKey", r"HKLM\SOFTWARE\Contoso", 141));
+    let a = from_pml(&pml(&processes(), &rows), opts());
+    assert_eq!(a.open.len(), 1);
+    let h = &a.open[0].holders[0];
+    // Instance 1 is whoever had pid 4012 before explorer's `Process Start` (the close of a
+    // key opened before the capture, row 3), 2 is explorer, 3 the new process.
+    assert_eq!((h.pid, h.instance, h.exited), (4012, 3, false));
+    assert_eq!(a.open[0].hive, r"\REGISTRY\MACHINE\SOFTWARE");
+}
+
+#[test]
+fn an_open_with_a_trailing_backslash_is_closed_without_it() {
+    let mut rows = rows();
+    // As Procmon logged notepad.exe in procmon-parser's public Windows 10 capture.
+    rows.push(Row::new(1, "Process Start", "", 140));
+    rows.push(Row::new(
+        1,
+        "RegOpenKey",
+        r"HKLM\SOFTWARE\Microsoft\CTF\",
+        141,
+    ));
+    rows.push(Row::new(
+        1,
+        "RegCloseKey",
+        r"HKLM\SOFTWARE\Microsoft\CTF",
+        142,
+    ));
+    let a = from_pml(&pml(&processes(), &rows), opts());
+    assert!(a.open.is_empty(), "{:?}", a.open);
+    assert_eq!(a.unknowns.closes_without_open, 1);
+}
+
+/// The committed fixtures are what the writer writes (so their README's expected report
+/// is the one these tests check).
+#[test]
+fn committed_fixtures_match_the_script() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let pml_bytes = pml(&processes(), &rows());
+    let csv_text = csv(&processes(), &rows());
+    if std::env::var_os("HIVETRACK_WRITE_FIXTURES").is_some() {
+        std::fs::write(dir.join("logoff.pml"), &pml_bytes).unwrap();
+        std::fs::write(dir.join("logoff.csv"), &csv_text).unwrap();
+    }
+    assert_eq!(std::fs::read(dir.join("logoff.pml")).unwrap(), pml_bytes);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("logoff.csv")).unwrap(),
+        csv_text
+    );
+    let a = capture::analyze_file(&dir.join("logoff.pml"), opts()).unwrap();
+    assert_eq!(a.unload_attempts[0].holders[0].image, PROFLEAK);
+}
