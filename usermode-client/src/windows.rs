@@ -63,11 +63,22 @@ impl DeviceTransport {
     }
 }
 
-/// `QueryFullProcessImageNameW` of live process `pid` (native `\Device\…` form, as the
-/// driver reports images); `None` when it cannot be opened (gone, protected).
-fn image_of(pid: u64) -> Option<String> {
+/// How an image path is written: the native `\Device\…` form (as the driver reports
+/// images) or the Win32 `C:\…` form.
+#[derive(Clone, Copy)]
+pub(crate) enum ImageForm {
+    /// `PROCESS_NAME_NATIVE`.
+    Native,
+    /// `PROCESS_NAME_WIN32`.
+    Win32,
+}
+
+/// `QueryFullProcessImageNameW` of live process `pid`, opening it for
+/// `PROCESS_QUERY_LIMITED_INFORMATION` (which Administrators get for all but protected
+/// processes); `None` when it cannot be opened (gone, protected).
+pub(crate) fn image_of(pid: u64, form: ImageForm) -> Option<String> {
     use windows_sys::Win32::System::Threading::{
-        OpenProcess, PROCESS_NAME_NATIVE, PROCESS_QUERY_LIMITED_INFORMATION,
+        OpenProcess, PROCESS_NAME_NATIVE, PROCESS_NAME_WIN32, PROCESS_QUERY_LIMITED_INFORMATION,
         QueryFullProcessImageNameW,
     };
     let pid = u32::try_from(pid).ok()?;
@@ -76,12 +87,14 @@ fn image_of(pid: u64) -> Option<String> {
     if process.is_null() {
         return None;
     }
+    let flags = match form {
+        ImageForm::Native => PROCESS_NAME_NATIVE,
+        ImageForm::Win32 => PROCESS_NAME_WIN32,
+    };
     let mut buf = vec![0u16; 32 * 1024];
     let mut len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
     // SAFETY: `process` is open; `buf` holds `len` writable units; `len` is in/out.
-    let ok = unsafe {
-        QueryFullProcessImageNameW(process, PROCESS_NAME_NATIVE, buf.as_mut_ptr(), &raw mut len)
-    };
+    let ok = unsafe { QueryFullProcessImageNameW(process, flags, buf.as_mut_ptr(), &raw mut len) };
     // SAFETY: opened above, closed once.
     unsafe { CloseHandle(process) };
     (ok != 0).then(|| String::from_utf16_lossy(&buf[..len as usize]))
@@ -155,7 +168,7 @@ impl Transport for DeviceTransport {
     }
 
     fn process_image(&mut self, pid: u64) -> Option<String> {
-        image_of(pid)
+        image_of(pid, ImageForm::Native)
     }
 }
 

@@ -16,10 +16,7 @@ use windows_sys::Win32::{
     },
     System::{
         LibraryLoader::{GetModuleHandleW, GetProcAddress},
-        Threading::{
-            GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_NAME_WIN32,
-            PROCESS_QUERY_LIMITED_INFORMATION, QueryFullProcessImageNameW,
-        },
+        Threading::{GetCurrentProcess, OpenProcessToken},
     },
 };
 
@@ -176,31 +173,9 @@ fn parse(bytes: &[u8], base: usize) -> Vec<(u64, String)> {
     out
 }
 
-/// The Win32 image path of `pid` with `QueryFullProcessImageNameW`, opening the process for
-/// `PROCESS_QUERY_LIMITED_INFORMATION` (which Administrators get for all but protected
-/// processes); `None` when it cannot be opened or has exited.
-fn image_path(pid: u64) -> Option<String> {
-    let pid = u32::try_from(pid).ok()?;
-    // SAFETY: plain call; the returned handle is checked and closed below.
-    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
-    if process.is_null() {
-        return None;
-    }
-    let mut buf = vec![0u16; 32 * 1024];
-    let mut len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-    // SAFETY: `process` is a live handle; `buf` holds `len` writable units; `len` is an
-    // in/out pointer.
-    let ok = unsafe {
-        QueryFullProcessImageNameW(process, PROCESS_NAME_WIN32, buf.as_mut_ptr(), &raw mut len)
-    };
-    // SAFETY: `process` came from OpenProcess above and is closed exactly once, here.
-    unsafe { CloseHandle(process) };
-    (ok != 0).then(|| String::from_utf16_lossy(&buf[..len as usize]))
-}
-
 impl OpenSubKeys for NtQuerySource {
     fn image_of(&mut self, pid: u64) -> Option<String> {
-        image_path(pid)
+        crate::windows::image_of(pid, crate::windows::ImageForm::Win32)
     }
 
     fn open_subkeys(&mut self, hive: &str) -> Result<Vec<(u64, String)>, TransportError> {
