@@ -461,7 +461,7 @@ fn load(
         };
         let pre = registry::notify_pre(class::PRE_LOAD_KEY, at, fields);
         if !pre.proceeds() {
-            return (pre.unwind(class::POST_LOAD_KEY, at), None);
+            return (pre.unwind(class::POST_LOAD_KEY, at, object), None);
         }
         let table = crate::process::address_space_pid();
         let status = kernel::with(|k| {
@@ -675,8 +675,13 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         object: root_object,
     };
     let pre = registry::notify_pre(pre_class, at, fields);
+    if pre.bypassed() {
+        // SAFETY: ResultObject points at this frame's local, which the filter may have set.
+        let supplied = unsafe { info.result_object.read() } as usize;
+        return Parsed::Done(bypassed_open(supplied, &pre, post_class, at, mode));
+    }
     if !pre.proceeds() {
-        return Parsed::Done(Err(pre.unwind(post_class, at)));
+        return Parsed::Done(Err(pre.unwind(post_class, at, 0)));
     }
     if let Some(captured) = mode.fail {
         // A replayed capture's failure: the post carries it and nothing is created.
@@ -783,24 +788,97 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
             s
         }));
     }
-    // A kernel handle goes into the System process's table; any other into the table of the
-    // process whose address space the thread is in (attached or its own).
-    let table = if mode.kernel_handle {
-        4
+    Parsed::Done(Ok(insert_handle(object, mode.kernel_handle)))
+}
+
+/// The handle ObOpenObjectByName creates for the object a parse returned (the parse's
+/// reference, counted in `handles`, becomes the handle): a kernel handle goes into the System
+/// process's table; any other into the table of the process whose address space the thread
+/// is in (attached or its own).
+fn insert_handle(object: usize, kernel_handle: bool) -> u64 {
+    let table = if kernel_handle {
+        SYSTEM_PID
     } else {
         crate::process::address_space_pid()
     };
-    let handle = kernel::with(|k| {
+    kernel::with(|k| {
         let h = &mut k.hives;
         h.next_handle += 4;
         let mut handle = 0x1000 + h.next_handle;
-        if mode.kernel_handle {
+        if kernel_handle {
             handle |= KERNEL_HANDLE_BIT;
         }
         h.handles.insert((table, handle), object);
         handle
+    })
+}
+
+/// An open or create a pre-callback completed itself (STATUS_CALLBACK_BYPASS): the caller
+/// gets STATUS_SUCCESS ("Handling Notifications") and a handle to the key object the filter
+/// stored, referenced, in ResultObject (regfltr `pre.c` CallbackPreNotificationBypass:
+/// ObReferenceObjectByHandle, then `*PreCreateInfo->ResultObject = Object`); that reference
+/// becomes the handle. The callbacks above the filter get their post with STATUS_SUCCESS and
+/// that object ([`registry::PreOutcome::unwind`]); a post-callback turning it into a failure
+/// drops the reference again. A bypass without a referenced key object in ResultObject is a
+/// filter bug the model stops on (the page: the driver "must be careful to return valid
+/// output values").
+fn bypassed_open(
+    supplied: usize,
+    pre: &registry::PreOutcome,
+    post_class: usize,
+    at: usize,
+    mode: OpenMode,
+) -> Result<u64, NtStatus> {
+    let taken = kernel::with(|k| {
+        let referenced = k.objects.references.get(&supplied).copied().unwrap_or(0) > 0;
+        let o = k.hives.objects.get_mut(&supplied).filter(|_| referenced)?;
+        o.handles += 1;
+        let n = k.objects.references.entry(supplied).or_insert(0);
+        *n -= 1;
+        if *n == 0 {
+            k.objects.references.remove(&supplied);
+        }
+        Some(())
     });
-    Parsed::Done(Ok(handle))
+    if taken.is_none() {
+        crate::bugcheck::verifier_violation(&format!(
+            "a pre-callback returned STATUS_CALLBACK_BYPASS for an open/create with ResultObject \
+             {supplied:#x}, not a referenced key object"
+        ));
+    }
+    let s = pre.unwind(post_class, at, supplied);
+    if s != STATUS_SUCCESS {
+        kernel::with(|k| {
+            if let Some(o) = k.hives.objects.get_mut(&supplied) {
+                o.handles -= 1;
+            }
+        });
+        release(supplied);
+        return Err(s);
+    }
+    Ok(insert_handle(supplied, mode.kernel_handle))
+}
+
+/// What a filter's own `ZwCreateKey` + `ObReferenceObjectByHandle` + `ZwClose` leave it (the
+/// regfltr `pre.c` bypass): the key `name` (relative to key object `root` if non-zero) is
+/// created on this thread with a kernel handle — notifications and all —, the object gains a
+/// reference and the handle is closed. Returns the referenced key object.
+#[must_use]
+pub fn filter_create_referenced(root: usize, name: &str) -> Option<usize> {
+    let full = if root == 0 {
+        name.to_string()
+    } else {
+        let base = kernel::with(|k| k.hives.objects.get(&root).map(|o| o.name.clone()))?;
+        format!("{base}\\{}", name.trim_start_matches('\\'))
+    };
+    let handle = open(io::current_pid(), None, &full, 0xF_003F, true, true, None).ok()?;
+    let object = kernel::with(|k| {
+        let object = *k.hives.handles.get(&(SYSTEM_PID, handle))?;
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        Some(object)
+    });
+    let _ = close_key(io::current_pid(), handle);
+    object
 }
 
 /// Makes `link` a registry symbolic link to `target` (a key created with
@@ -1131,7 +1209,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
         };
         let pre = registry::notify_pre(class::PRE_UNLOAD_KEY, at, fields);
         if !pre.proceeds() {
-            return pre.unwind(class::POST_UNLOAD_KEY, at);
+            return pre.unwind(class::POST_UNLOAD_KEY, at, root);
         }
         let status = kernel::with(|k| {
             let pinned = k.hives.objects.iter().any(|(a, o)| {
