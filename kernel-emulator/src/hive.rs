@@ -1239,7 +1239,11 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
 /// `CmpDumpOneKeyBody` (base/ntos/config/cmsubs.c): every `CM_KEY_BODY` enlisted on a KCB
 /// of the hive, reported with `KeyBody->ProcessID` and the KCB's name, the caller's own
 /// query handle excluded; key bodies are delisted only when the object is deleted
-/// (`CmpDeleteKeyObject`), so objects being destroyed are not listed. Objects opened
+/// (`CmpDeleteKeyObject`), so objects being destroyed are not listed, while an object whose
+/// deletion is queued for a system worker ([`set_deferred_deletion`]) still is — it still
+/// pins the hive, and a listing without it would say "nothing holds it" while the unload
+/// fails (WRK `base/ntos/config/cmdelete.c`: `DelistKeyBodyFromKCB` runs inside
+/// `CmpDeleteKeyObject`, after RegNtPreKeyHandleClose). Objects opened
 /// before any registry callback was registered are listed like any other: this is how a
 /// user-mode tool sees keys a late-started filter never saw. The model keeps the name as
 /// the object was opened (the KCB's stored name is the same path here).
@@ -1259,7 +1263,9 @@ pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
             .filter(|(a, o)| {
                 o.hive == m
                     && !o.destroyed
-                    && (o.handles > 0 || k.objects.references.get(a).copied().unwrap_or(0) > 0)
+                    && (o.handles > 0
+                        || k.objects.references.get(a).copied().unwrap_or(0) > 0
+                        || k.hives.deferred.contains(a))
             })
             .map(|(a, o)| (*a, o.opener, o.name.clone()))
             .collect();
@@ -1291,6 +1297,15 @@ pub fn holders(mount: &str) -> Vec<String> {
                 })
                 .map(|(a, o)| format!("key object {a:#x} ({}) referenced by a driver", o.name)),
         );
+        v.extend(k.hives.deferred.iter().filter_map(|a| {
+            let o = k.hives.objects.get(a)?;
+            (o.hive == m).then(|| {
+                format!(
+                    "key object {a:#x} ({}) awaiting deletion on a system worker thread",
+                    o.name
+                )
+            })
+        }));
         v
     })
 }
@@ -1365,5 +1380,32 @@ mod tests {
                 .callbacks
                 .retain(|c| c.cookie != low && c.cookie != high);
         });
+    }
+
+    /// A key object whose deletion is queued for a system worker (deferred mode) still exists:
+    /// it pins the hive, so NtQueryOpenSubKeysEx must list it — CmpDeleteKeyObject, which
+    /// delists the key body, has not run yet (Windows Research Kernel `cmdelete.c`).
+    #[test]
+    fn a_key_object_queued_for_deletion_is_listed_while_it_pins_the_hive() {
+        let mount = r"\REGISTRY\MACHINE\UNITQUEUED";
+        assert_eq!(load_hive(4, mount, "unitqueued"), STATUS_SUCCESS);
+        let h = open_key(4001, &format!(r"{mount}\Key"), 0x2_0019, true).unwrap();
+        // What close_key does in deferred mode (set_deferred_deletion is global state that
+        // other tests running in parallel would see): the handle goes, the deletion is queued.
+        kernel::with(|k| {
+            let o = k.hives.handles.remove(&(4001, h)).unwrap();
+            k.hives.objects.get_mut(&o).unwrap().handles = 0;
+            k.hives.deferred.push(o);
+        });
+        assert_eq!(unload_hive(4, mount), STATUS_CANNOT_DELETE);
+        assert_eq!(
+            open_subkeys(mount),
+            Ok(vec![(4001, format!(r"{mount}\Key"))]),
+            "the hive cannot unload, so the listing must name what holds it"
+        );
+        assert!(holders(mount).iter().any(|l| l.contains("deletion")));
+        assert!(run_deferred_deletions() >= 1);
+        assert_eq!(open_subkeys(mount), Ok(vec![]));
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
     }
 }
