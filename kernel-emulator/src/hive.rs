@@ -504,8 +504,17 @@ fn load(
             }
             STATUS_SUCCESS
         });
-        registry::notify_post(class::POST_LOAD_KEY, 0, status, at, &pre);
-        (status, app.then(|| (root_handle, mount.clone())))
+        // A post-callback may change the result (ReturnStatus + STATUS_CALLBACK_BYPASS): the
+        // caller gets that status (REG_POST_OPERATION_INFORMATION.ReturnStatus). The hive
+        // stays mounted — undoing is the filter's business (Learn "Handling Notifications":
+        // a driver that changes success to failure "might have to deallocate objects") —,
+        // but an app hive's root handle the caller never receives is closed again
+        // (*inference*, as the object manager drops an open's object when it fails).
+        let returned = registry::notify_post(class::POST_LOAD_KEY, 0, status, at, &pre);
+        if returned != STATUS_SUCCESS && status == STATUS_SUCCESS && app {
+            let _ = close_key(pid, root_handle);
+        }
+        (returned, app.then(|| (root_handle, mount.clone())))
     })
 }
 
@@ -1225,8 +1234,8 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
             remove_hive(&mut k.hives, &m);
             STATUS_SUCCESS
         });
-        registry::notify_post(class::POST_UNLOAD_KEY, root, status, at, &pre);
-        status
+        // The caller gets the status a post-callback may have substituted (as for load).
+        registry::notify_post(class::POST_UNLOAD_KEY, root, status, at, &pre)
     });
     destroy(root);
     release_object(root);
@@ -1406,6 +1415,37 @@ mod tests {
         assert!(holders(mount).iter().any(|l| l.contains("deletion")));
         assert!(run_deferred_deletions() >= 1);
         assert_eq!(open_subkeys(mount), Ok(vec![]));
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    unsafe extern "win64" fn fail_post_load(
+        _ctx: *mut c_void,
+        class: *mut c_void,
+        info: *mut c_void,
+    ) -> NtStatus {
+        if class as usize != class::POST_LOAD_KEY || io::current_pid() != 4002 {
+            return STATUS_SUCCESS;
+        }
+        // SAFETY: the model passes REG_POST_OPERATION_INFORMATION for this class.
+        unsafe {
+            (*info.cast::<registry::RegPostOperationInformation>()).return_status =
+                crate::status::STATUS_ACCESS_DENIED;
+        };
+        registry::STATUS_CALLBACK_BYPASS
+    }
+
+    /// regfltr `post.c` / REG_POST_OPERATION_INFORMATION.ReturnStatus: a post-callback's
+    /// substituted status is what the caller of the load gets.
+    #[test]
+    fn a_post_load_callback_changes_what_the_loader_gets() {
+        let cookie = registry::register_emulated(fail_post_load, 0, "100.7").unwrap();
+        let mount = r"\REGISTRY\MACHINE\UNITPOSTLOAD";
+        let loaded = load_hive(4002, mount, "unitpostload");
+        let app = load_app_key(4002, "unitpostload-app");
+        kernel::with(|k| k.registry.callbacks.retain(|c| c.cookie != cookie));
+        assert_eq!(loaded, crate::status::STATUS_ACCESS_DENIED);
+        assert_eq!(app, Err(crate::status::STATUS_ACCESS_DENIED));
+        assert!(kernel::with(|k| k.hives.handles_of(4002).is_empty()));
         assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
     }
 }
