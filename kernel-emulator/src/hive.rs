@@ -33,13 +33,16 @@
 //!   the automatic unload delivers no RegNtPreUnLoadKey: no thread asks for it (the unload
 //!   notification is documented as sent when "a thread attempts to unload a key"). Both
 //!   absences are *inferences*.
-//! - [`unload_key_ex`] is `NtUnloadKeyEx(TargetKey, Event)`. No public source specifies it
-//!   (ReactOS returns STATUS_NOT_IMPLEMENTED); REG_UNLOAD_KEY_INFORMATION carries `UserEvent`
-//!   and REG_LOAD_KEY_INFORMATION documents that event as "signaled when the hive is
-//!   unloaded". Modelled (*inference*): with keys still open the call returns STATUS_PENDING
-//!   (its post-notification too), and once the hive's last key object is gone a system
-//!   worker thread (System process) unloads it and signals the event, with no further
-//!   notification; a free hive unloads at once (STATUS_SUCCESS, event signalled).
+//! - [`unload_key_ex`] is `NtUnloadKeyEx(TargetKey, Event)`. ReactOS returns
+//!   STATUS_NOT_IMPLEMENTED and Learn has no page; REG_UNLOAD_KEY_INFORMATION carries
+//!   `UserEvent` and REG_LOAD_KEY_INFORMATION documents that event as "signaled when the hive
+//!   is unloaded". The late unload on a worker is the Windows Research Kernel's
+//!   (`base/ntos/config/cmdelete.c`: `CmpDeleteKeyObject` of a key in a frozen hive calls
+//!   `CmpDoQueueLateUnloadWorker`, which queues `CmpLateUnloadHiveWorker` on the
+//!   DelayedWorkQueue). Modelled, the rest an *inference*: with keys still open the call
+//!   returns STATUS_PENDING (its post-notification too), and once the hive's last key object
+//!   is gone a system worker thread (System process) unloads it and signals the event, with
+//!   no further notification; a free hive unloads at once (STATUS_SUCCESS, event signalled).
 //! - Kernel handles ([`open_kernel_key`]): the notifications run on the calling thread, in its
 //!   process, with `Attributes` holding OBJ_KERNEL_HANDLE and `CheckAccessMode` KernelMode;
 //!   the handle goes into the System process's table with the kernel-handle bit set (ReactOS
@@ -1447,5 +1450,27 @@ mod tests {
         assert_eq!(app, Err(crate::status::STATUS_ACCESS_DENIED));
         assert!(kernel::with(|k| k.hives.handles_of(4002).is_empty()));
         assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    /// The app hive's root key object, made inside the load, goes through the same release
+    /// path as any key object: a deletion queued for the system worker (deferred mode) still
+    /// unloads the app hive when it was its last key (RegLoadAppKey: "automatically unloaded
+    /// when all handles to the keys inside the hive are closed").
+    #[test]
+    fn an_app_hive_unloads_when_its_last_key_is_deleted_on_the_worker() {
+        let (root, mount) = load_app_key(4003, "unit-app-deferred").unwrap();
+        let m = canon(&mount);
+        let sub = open_key_at(4003, Some(root), "Sub", 0x2_0019, true).unwrap();
+        assert_eq!(close_key(4003, sub), STATUS_SUCCESS);
+        assert!(kernel::with(|k| k.hives.hives.contains_key(&m)), "the root key holds it");
+        // What close_key does in deferred mode (the mode itself is global state).
+        kernel::with(|k| {
+            let o = k.hives.handles.remove(&(4003, root)).unwrap();
+            k.hives.objects.get_mut(&o).unwrap().handles = 0;
+            k.hives.deferred.push(o);
+        });
+        assert!(kernel::with(|k| k.hives.hives.contains_key(&m)), "queued: still there");
+        assert!(run_deferred_deletions() >= 1);
+        assert!(!kernel::with(|k| k.hives.hives.contains_key(&m)), "unloaded by itself");
     }
 }
