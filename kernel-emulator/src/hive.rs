@@ -765,15 +765,15 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
     unsafe { info.disposition.write(d) };
     // SAFETY: as above.
     unsafe { info.result_object.write(object as *mut c_void) };
-    // `handles: 1` stands for the reference the parse hands to the object manager, which
-    // becomes the handle below.
+    // The parse hands the object manager one reference (CmpDoOpen/CmpCreateKeyBody create
+    // the body with it), which becomes the handle below unless the open fails first.
     kernel::with(|k| {
         k.hives.objects.insert(
             object,
             KeyObject {
                 name: stored,
                 hive,
-                handles: 1,
+                handles: 0,
                 destroyed: false,
                 contexts: BTreeMap::new(),
                 key_id,
@@ -781,30 +781,47 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
                 opener: io::current_pid(),
             },
         );
+        *k.objects.references.entry(object).or_insert(0) += 1;
     });
     let s = registry::notify_post(post_class, object, STATUS_SUCCESS, at, &pre);
-    let handle_fails = s == STATUS_SUCCESS && full.contains(HANDLE_FAIL_MARKER);
-    if s != STATUS_SUCCESS || handle_fails {
-        // A higher filter changed the result (regfltr post.c), or ObOpenObjectByName could
-        // not create the handle: the object manager drops the object's only reference and
-        // the key object is deleted (CmpDeleteKeyObject: close notifications, cleanup).
-        kernel::with(|k| {
-            if let Some(o) = k.hives.objects.get_mut(&object) {
-                o.handles = 0;
-            }
-        });
-        release(object);
-        return Parsed::Done(Err(if handle_fails {
-            STATUS_INSUFFICIENT_RESOURCES
-        } else {
-            s
-        }));
+    if s != STATUS_SUCCESS {
+        // A filter changed the result in its post (regfltr post.c,
+        // CallbackPostNotificationOverrideSuccess): releasing the object is that filter's job
+        // — the sample calls ObDereferenceObject(PostInfo->Object) "because it will not be
+        // returned to the user" and NULLs ResultObject; Learn "Handling Notifications": it
+        // "might have to deallocate objects that the configuration manager allocated". Its
+        // dereference deleted the object (close notifications, cleanup); a filter that does
+        // not release it leaks it, as on Windows.
+        return Parsed::Done(Err(s));
     }
+    if full.contains(HANDLE_FAIL_MARKER) {
+        // ObOpenObjectByName could not create the handle: the object manager drops the
+        // parse's reference and the key object is deleted (CmpDeleteKeyObject: close
+        // notifications, cleanup) on this thread.
+        crate::object::dereference(object);
+        return Parsed::Done(Err(STATUS_INSUFFICIENT_RESOURCES));
+    }
+    reference_to_handle(object);
     Parsed::Done(Ok(insert_handle(object, mode.kernel_handle)))
 }
 
-/// The handle ObOpenObjectByName creates for the object a parse returned (the parse's
-/// reference, counted in `handles`, becomes the handle): a kernel handle goes into the System
+/// The reference an open returned becomes a handle (ObOpenObjectByName).
+fn reference_to_handle(object: usize) {
+    kernel::with(|k| {
+        if let Some(o) = k.hives.objects.get_mut(&object) {
+            o.handles += 1;
+        }
+        if let Some(n) = k.objects.references.get_mut(&object) {
+            *n -= 1;
+            if *n <= 0 {
+                k.objects.references.remove(&object);
+            }
+        }
+    });
+}
+
+/// The handle ObOpenObjectByName creates for the object a parse returned (after
+/// [`reference_to_handle`]): a kernel handle goes into the System
 /// process's table; any other into the table of the process whose address space the thread
 /// is in (attached or its own).
 fn insert_handle(object: usize, kernel_handle: bool) -> u64 {
@@ -831,7 +848,7 @@ fn insert_handle(object: usize, kernel_handle: bool) -> u64 {
 /// ObReferenceObjectByHandle, then `*PreCreateInfo->ResultObject = Object`); that reference
 /// becomes the handle. The callbacks above the filter get their post with STATUS_SUCCESS and
 /// that object ([`registry::PreOutcome::unwind`]); a post-callback turning it into a failure
-/// drops the reference again. A bypass without a referenced key object in ResultObject is a
+/// releases the reference itself (regfltr post.c). A bypass without a referenced key object in ResultObject is a
 /// filter bug the model stops on (the page: the driver "must be careful to return valid
 /// output values").
 fn bypassed_open(
@@ -841,18 +858,11 @@ fn bypassed_open(
     at: usize,
     mode: OpenMode,
 ) -> Result<u64, NtStatus> {
-    let taken = kernel::with(|k| {
-        let referenced = k.objects.references.get(&supplied).copied().unwrap_or(0) > 0;
-        let o = k.hives.objects.get_mut(&supplied).filter(|_| referenced)?;
-        o.handles += 1;
-        let n = k.objects.references.entry(supplied).or_insert(0);
-        *n -= 1;
-        if *n == 0 {
-            k.objects.references.remove(&supplied);
-        }
-        Some(())
+    let live = kernel::with(|k| {
+        k.objects.references.get(&supplied).copied().unwrap_or(0) > 0
+            && k.hives.objects.contains_key(&supplied)
     });
-    if taken.is_none() {
+    if !live {
         crate::bugcheck::verifier_violation(&format!(
             "a pre-callback returned STATUS_CALLBACK_BYPASS for an open/create with ResultObject \
              {supplied:#x}, not a referenced key object"
@@ -860,14 +870,10 @@ fn bypassed_open(
     }
     let s = pre.unwind(post_class, at, supplied);
     if s != STATUS_SUCCESS {
-        kernel::with(|k| {
-            if let Some(o) = k.hives.objects.get_mut(&supplied) {
-                o.handles -= 1;
-            }
-        });
-        release(supplied);
+        // As in parse_key: the filter that failed it in its post releases the object.
         return Err(s);
     }
+    reference_to_handle(supplied);
     Ok(insert_handle(supplied, mode.kernel_handle))
 }
 
@@ -1462,15 +1468,24 @@ mod tests {
         let m = canon(&mount);
         let sub = open_key_at(4003, Some(root), "Sub", 0x2_0019, true).unwrap();
         assert_eq!(close_key(4003, sub), STATUS_SUCCESS);
-        assert!(kernel::with(|k| k.hives.hives.contains_key(&m)), "the root key holds it");
+        assert!(
+            kernel::with(|k| k.hives.hives.contains_key(&m)),
+            "the root key holds it"
+        );
         // What close_key does in deferred mode (the mode itself is global state).
         kernel::with(|k| {
             let o = k.hives.handles.remove(&(4003, root)).unwrap();
             k.hives.objects.get_mut(&o).unwrap().handles = 0;
             k.hives.deferred.push(o);
         });
-        assert!(kernel::with(|k| k.hives.hives.contains_key(&m)), "queued: still there");
+        assert!(
+            kernel::with(|k| k.hives.hives.contains_key(&m)),
+            "queued: still there"
+        );
         assert!(run_deferred_deletions() >= 1);
-        assert!(!kernel::with(|k| k.hives.hives.contains_key(&m)), "unloaded by itself");
+        assert!(
+            !kernel::with(|k| k.hives.hives.contains_key(&m)),
+            "unloaded by itself"
+        );
     }
 }

@@ -893,8 +893,10 @@ pub const FAIL_POST_MARKER: &str = "KEMU-FAILPOST";
 /// Another filter (emulated): in post-open/post-create of a path containing
 /// [`FAIL_POST_MARKER`] that succeeded, changes the result to STATUS_ACCESS_DENIED through
 /// ReturnStatus + STATUS_CALLBACK_BYPASS, as the regfltr sample's `post.c`
-/// (CallbackPostNotificationOverrideSuccess) does. The configuration manager then destroys
-/// the key object the open had created.
+/// (CallbackPostNotificationOverrideSuccess) does — including its cleanup: "Dereference the
+/// object because it will not be returned to the user", `ObDereferenceObject(PostInfo->Object)`
+/// and NULL in `PostInfo->Object` and `*ResultObject`. That dereference destroys the key
+/// object the open had created (its close and cleanup notifications run inside this call).
 ///
 /// # Safety
 /// Called by the model with a notification class and its structure.
@@ -915,6 +917,14 @@ pub unsafe extern "win64" fn filter_fail_post(
     let pre = unsafe { (*post).pre_information };
     // SAFETY: as above.
     if status == STATUS_SUCCESS && unsafe { complete_name(pre) }.contains(FAIL_POST_MARKER) {
+        // SAFETY: as above: Object is valid because Status is STATUS_SUCCESS.
+        let object = unsafe { (*post).object } as usize;
+        crate::object::dereference(object);
+        // SAFETY: as above; the filter clears the pointers to the object it released.
+        unsafe { (*post).object = std::ptr::null_mut() };
+        let v1 = pre.cast::<RegCreateKeyInformationV1>();
+        // SAFETY: PreInformation is the _V1 structure; ResultObject its PVOID out pointer.
+        unsafe { (*v1).result_object.write(std::ptr::null_mut()) };
         // SAFETY: as above; ReturnStatus is the field a post-callback may set.
         unsafe { (*post).return_status = crate::status::STATUS_ACCESS_DENIED };
         return STATUS_CALLBACK_BYPASS;

@@ -247,7 +247,9 @@ fn td_close_on_worker(ctx: &mut Ctx) {
     let listed = hive::open_subkeys(SOFTWARE).unwrap_or_default();
     let deferred = format!(r"{SOFTWARE}\Deferred");
     ctx.check(
-        listed.iter().any(|(pid, n)| *pid == p && n.eq_ignore_ascii_case(&deferred)),
+        listed
+            .iter()
+            .any(|(pid, n)| *pid == p && n.eq_ignore_ascii_case(&deferred)),
         format!("the queued object is still listed by NtQueryOpenSubKeysEx: {listed:?}"),
     );
     let ran = hive::run_deferred_deletions();

@@ -240,7 +240,9 @@ fn td_registry(ctx: &mut Ctx) {
     // its referenced object back in ResultObject, which becomes the caller's handle.
     ctx.check(
         bypassed.is_ok()
-            && redirected.as_deref().is_some_and(|n| n.ends_with(registry::BYPASS_REDIRECT)),
+            && redirected
+                .as_deref()
+                .is_some_and(|n| n.ends_with(registry::BYPASS_REDIRECT)),
         format!(
             "a lower filter bypasses in pre: the caller gets STATUS_SUCCESS and a handle to the \
              key the filter made ({bypassed:?}, {redirected:?})"
