@@ -881,8 +881,10 @@ pub unsafe extern "win64" fn filter_bypass(
     let Some(object) = crate::hive::filter_create_referenced(root, &modified) else {
         return crate::status::STATUS_OBJECT_NAME_NOT_FOUND;
     };
-    // SAFETY: as above; ResultObject points at the configuration manager's PVOID.
-    unsafe { (*v1).result_object.write(object as *mut c_void) };
+    // SAFETY: as above.
+    let result = unsafe { (*v1).result_object };
+    // SAFETY: ResultObject points at the configuration manager's PVOID.
+    unsafe { result.write(object as *mut c_void) };
     STATUS_CALLBACK_BYPASS
 }
 
@@ -923,8 +925,10 @@ pub unsafe extern "win64" fn filter_fail_post(
         // SAFETY: as above; the filter clears the pointers to the object it released.
         unsafe { (*post).object = std::ptr::null_mut() };
         let v1 = pre.cast::<RegCreateKeyInformationV1>();
-        // SAFETY: PreInformation is the _V1 structure; ResultObject its PVOID out pointer.
-        unsafe { (*v1).result_object.write(std::ptr::null_mut()) };
+        // SAFETY: PreInformation is the _V1 structure of the pre call.
+        let result = unsafe { (*v1).result_object };
+        // SAFETY: ResultObject points at the configuration manager's PVOID.
+        unsafe { result.write(std::ptr::null_mut()) };
         // SAFETY: as above; ReturnStatus is the field a post-callback may set.
         unsafe { (*post).return_status = crate::status::STATUS_ACCESS_DENIED };
         return STATUS_CALLBACK_BYPASS;
