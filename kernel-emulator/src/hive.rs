@@ -33,13 +33,16 @@
 //!   the automatic unload delivers no RegNtPreUnLoadKey: no thread asks for it (the unload
 //!   notification is documented as sent when "a thread attempts to unload a key"). Both
 //!   absences are *inferences*.
-//! - [`unload_key_ex`] is `NtUnloadKeyEx(TargetKey, Event)`. No public source specifies it
-//!   (ReactOS returns STATUS_NOT_IMPLEMENTED); REG_UNLOAD_KEY_INFORMATION carries `UserEvent`
-//!   and REG_LOAD_KEY_INFORMATION documents that event as "signaled when the hive is
-//!   unloaded". Modelled (*inference*): with keys still open the call returns STATUS_PENDING
-//!   (its post-notification too), and once the hive's last key object is gone a system
-//!   worker thread (System process) unloads it and signals the event, with no further
-//!   notification; a free hive unloads at once (STATUS_SUCCESS, event signalled).
+//! - [`unload_key_ex`] is `NtUnloadKeyEx(TargetKey, Event)`. ReactOS returns
+//!   STATUS_NOT_IMPLEMENTED and Learn has no page; REG_UNLOAD_KEY_INFORMATION carries
+//!   `UserEvent` and REG_LOAD_KEY_INFORMATION documents that event as "signaled when the hive
+//!   is unloaded". The late unload on a worker is the Windows Research Kernel's
+//!   (`base/ntos/config/cmdelete.c`: `CmpDeleteKeyObject` of a key in a frozen hive calls
+//!   `CmpDoQueueLateUnloadWorker`, which queues `CmpLateUnloadHiveWorker` on the
+//!   DelayedWorkQueue). Modelled, the rest an *inference*: with keys still open the call
+//!   returns STATUS_PENDING (its post-notification too), and once the hive's last key object
+//!   is gone a system worker thread (System process) unloads it and signals the event, with
+//!   no further notification; a free hive unloads at once (STATUS_SUCCESS, event signalled).
 //! - Kernel handles ([`open_kernel_key`]): the notifications run on the calling thread, in its
 //!   process, with `Attributes` holding OBJ_KERNEL_HANDLE and `CheckAccessMode` KernelMode;
 //!   the handle goes into the System process's table with the kernel-handle bit set (ReactOS
@@ -461,7 +464,7 @@ fn load(
         };
         let pre = registry::notify_pre(class::PRE_LOAD_KEY, at, fields);
         if !pre.proceeds() {
-            return (pre.unwind(class::POST_LOAD_KEY, at), None);
+            return (pre.unwind(class::POST_LOAD_KEY, at, object), None);
         }
         let table = crate::process::address_space_pid();
         let status = kernel::with(|k| {
@@ -504,8 +507,17 @@ fn load(
             }
             STATUS_SUCCESS
         });
-        registry::notify_post(class::POST_LOAD_KEY, 0, status, at, &pre);
-        (status, app.then(|| (root_handle, mount.clone())))
+        // A post-callback may change the result (ReturnStatus + STATUS_CALLBACK_BYPASS): the
+        // caller gets that status (REG_POST_OPERATION_INFORMATION.ReturnStatus). The hive
+        // stays mounted — undoing is the filter's business (Learn "Handling Notifications":
+        // a driver that changes success to failure "might have to deallocate objects") —,
+        // but an app hive's root handle the caller never receives is closed again
+        // (*inference*, as the object manager drops an open's object when it fails).
+        let returned = registry::notify_post(class::POST_LOAD_KEY, 0, status, at, &pre);
+        if returned != STATUS_SUCCESS && status == STATUS_SUCCESS && app {
+            let _ = close_key(pid, root_handle);
+        }
+        (returned, app.then(|| (root_handle, mount.clone())))
     })
 }
 
@@ -675,8 +687,13 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         object: root_object,
     };
     let pre = registry::notify_pre(pre_class, at, fields);
+    if pre.bypassed() {
+        // SAFETY: ResultObject points at this frame's local, which the filter may have set.
+        let supplied = unsafe { info.result_object.read() } as usize;
+        return Parsed::Done(bypassed_open(supplied, &pre, post_class, at, mode));
+    }
     if !pre.proceeds() {
-        return Parsed::Done(Err(pre.unwind(post_class, at)));
+        return Parsed::Done(Err(pre.unwind(post_class, at, 0)));
     }
     if let Some(captured) = mode.fail {
         // A replayed capture's failure: the post carries it and nothing is created.
@@ -748,15 +765,15 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
     unsafe { info.disposition.write(d) };
     // SAFETY: as above.
     unsafe { info.result_object.write(object as *mut c_void) };
-    // `handles: 1` stands for the reference the parse hands to the object manager, which
-    // becomes the handle below.
+    // The parse hands the object manager one reference (CmpDoOpen/CmpCreateKeyBody create
+    // the body with it), which becomes the handle below unless the open fails first.
     kernel::with(|k| {
         k.hives.objects.insert(
             object,
             KeyObject {
                 name: stored,
                 hive,
-                handles: 1,
+                handles: 0,
                 destroyed: false,
                 contexts: BTreeMap::new(),
                 key_id,
@@ -764,43 +781,122 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
                 opener: io::current_pid(),
             },
         );
+        *k.objects.references.entry(object).or_insert(0) += 1;
     });
     let s = registry::notify_post(post_class, object, STATUS_SUCCESS, at, &pre);
-    let handle_fails = s == STATUS_SUCCESS && full.contains(HANDLE_FAIL_MARKER);
-    if s != STATUS_SUCCESS || handle_fails {
-        // A higher filter changed the result (regfltr post.c), or ObOpenObjectByName could
-        // not create the handle: the object manager drops the object's only reference and
-        // the key object is deleted (CmpDeleteKeyObject: close notifications, cleanup).
-        kernel::with(|k| {
-            if let Some(o) = k.hives.objects.get_mut(&object) {
-                o.handles = 0;
-            }
-        });
-        release(object);
-        return Parsed::Done(Err(if handle_fails {
-            STATUS_INSUFFICIENT_RESOURCES
-        } else {
-            s
-        }));
+    if s != STATUS_SUCCESS {
+        // A filter changed the result in its post (regfltr post.c,
+        // CallbackPostNotificationOverrideSuccess): releasing the object is that filter's job
+        // — the sample calls ObDereferenceObject(PostInfo->Object) "because it will not be
+        // returned to the user" and NULLs ResultObject; Learn "Handling Notifications": it
+        // "might have to deallocate objects that the configuration manager allocated". Its
+        // dereference deleted the object (close notifications, cleanup); a filter that does
+        // not release it leaks it, as on Windows.
+        return Parsed::Done(Err(s));
     }
-    // A kernel handle goes into the System process's table; any other into the table of the
-    // process whose address space the thread is in (attached or its own).
-    let table = if mode.kernel_handle {
-        4
+    if full.contains(HANDLE_FAIL_MARKER) {
+        // ObOpenObjectByName could not create the handle: the object manager drops the
+        // parse's reference and the key object is deleted (CmpDeleteKeyObject: close
+        // notifications, cleanup) on this thread.
+        crate::object::dereference(object);
+        return Parsed::Done(Err(STATUS_INSUFFICIENT_RESOURCES));
+    }
+    reference_to_handle(object);
+    Parsed::Done(Ok(insert_handle(object, mode.kernel_handle)))
+}
+
+/// The reference an open returned becomes a handle (ObOpenObjectByName).
+fn reference_to_handle(object: usize) {
+    kernel::with(|k| {
+        if let Some(o) = k.hives.objects.get_mut(&object) {
+            o.handles += 1;
+        }
+        if let Some(n) = k.objects.references.get_mut(&object) {
+            *n -= 1;
+            if *n <= 0 {
+                k.objects.references.remove(&object);
+            }
+        }
+    });
+}
+
+/// The handle ObOpenObjectByName creates for the object a parse returned (after
+/// [`reference_to_handle`]): a kernel handle goes into the System
+/// process's table; any other into the table of the process whose address space the thread
+/// is in (attached or its own).
+fn insert_handle(object: usize, kernel_handle: bool) -> u64 {
+    let table = if kernel_handle {
+        SYSTEM_PID
     } else {
         crate::process::address_space_pid()
     };
-    let handle = kernel::with(|k| {
+    kernel::with(|k| {
         let h = &mut k.hives;
         h.next_handle += 4;
         let mut handle = 0x1000 + h.next_handle;
-        if mode.kernel_handle {
+        if kernel_handle {
             handle |= KERNEL_HANDLE_BIT;
         }
         h.handles.insert((table, handle), object);
         handle
+    })
+}
+
+/// An open or create a pre-callback completed itself (STATUS_CALLBACK_BYPASS): the caller
+/// gets STATUS_SUCCESS ("Handling Notifications") and a handle to the key object the filter
+/// stored, referenced, in ResultObject (regfltr `pre.c` CallbackPreNotificationBypass:
+/// ObReferenceObjectByHandle, then `*PreCreateInfo->ResultObject = Object`); that reference
+/// becomes the handle. The callbacks above the filter get their post with STATUS_SUCCESS and
+/// that object ([`registry::PreOutcome::unwind`]); a post-callback turning it into a failure
+/// releases the reference itself (regfltr post.c). A bypass without a referenced key object in ResultObject is a
+/// filter bug the model stops on (the page: the driver "must be careful to return valid
+/// output values").
+fn bypassed_open(
+    supplied: usize,
+    pre: &registry::PreOutcome,
+    post_class: usize,
+    at: usize,
+    mode: OpenMode,
+) -> Result<u64, NtStatus> {
+    let live = kernel::with(|k| {
+        k.objects.references.get(&supplied).copied().unwrap_or(0) > 0
+            && k.hives.objects.contains_key(&supplied)
     });
-    Parsed::Done(Ok(handle))
+    if !live {
+        crate::bugcheck::verifier_violation(&format!(
+            "a pre-callback returned STATUS_CALLBACK_BYPASS for an open/create with ResultObject \
+             {supplied:#x}, not a referenced key object"
+        ));
+    }
+    let s = pre.unwind(post_class, at, supplied);
+    if s != STATUS_SUCCESS {
+        // As in parse_key: the filter that failed it in its post releases the object.
+        return Err(s);
+    }
+    reference_to_handle(supplied);
+    Ok(insert_handle(supplied, mode.kernel_handle))
+}
+
+/// What a filter's own `ZwCreateKey` + `ObReferenceObjectByHandle` + `ZwClose` leave it (the
+/// regfltr `pre.c` bypass): the key `name` (relative to key object `root` if non-zero) is
+/// created on this thread with a kernel handle — notifications and all —, the object gains a
+/// reference and the handle is closed. Returns the referenced key object.
+#[must_use]
+pub fn filter_create_referenced(root: usize, name: &str) -> Option<usize> {
+    let full = if root == 0 {
+        name.to_string()
+    } else {
+        let base = kernel::with(|k| k.hives.objects.get(&root).map(|o| o.name.clone()))?;
+        format!("{base}\\{}", name.trim_start_matches('\\'))
+    };
+    let handle = open(io::current_pid(), None, &full, 0xF_003F, true, true, None).ok()?;
+    let object = kernel::with(|k| {
+        let object = *k.hives.handles.get(&(SYSTEM_PID, handle))?;
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        Some(object)
+    });
+    let _ = close_key(io::current_pid(), handle);
+    object
 }
 
 /// Makes `link` a registry symbolic link to `target` (a key created with
@@ -1131,7 +1227,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
         };
         let pre = registry::notify_pre(class::PRE_UNLOAD_KEY, at, fields);
         if !pre.proceeds() {
-            return pre.unwind(class::POST_UNLOAD_KEY, at);
+            return pre.unwind(class::POST_UNLOAD_KEY, at, root);
         }
         let status = kernel::with(|k| {
             let pinned = k.hives.objects.iter().any(|(a, o)| {
@@ -1147,8 +1243,8 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
             remove_hive(&mut k.hives, &m);
             STATUS_SUCCESS
         });
-        registry::notify_post(class::POST_UNLOAD_KEY, root, status, at, &pre);
-        status
+        // The caller gets the status a post-callback may have substituted (as for load).
+        registry::notify_post(class::POST_UNLOAD_KEY, root, status, at, &pre)
     });
     destroy(root);
     release_object(root);
@@ -1161,7 +1257,11 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
 /// `CmpDumpOneKeyBody` (base/ntos/config/cmsubs.c): every `CM_KEY_BODY` enlisted on a KCB
 /// of the hive, reported with `KeyBody->ProcessID` and the KCB's name, the caller's own
 /// query handle excluded; key bodies are delisted only when the object is deleted
-/// (`CmpDeleteKeyObject`), so objects being destroyed are not listed. Objects opened
+/// (`CmpDeleteKeyObject`), so objects being destroyed are not listed, while an object whose
+/// deletion is queued for a system worker ([`set_deferred_deletion`]) still is — it still
+/// pins the hive, and a listing without it would say "nothing holds it" while the unload
+/// fails (WRK `base/ntos/config/cmdelete.c`: `DelistKeyBodyFromKCB` runs inside
+/// `CmpDeleteKeyObject`, after RegNtPreKeyHandleClose). Objects opened
 /// before any registry callback was registered are listed like any other: this is how a
 /// user-mode tool sees keys a late-started filter never saw. The model keeps the name as
 /// the object was opened (the KCB's stored name is the same path here).
@@ -1181,7 +1281,9 @@ pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
             .filter(|(a, o)| {
                 o.hive == m
                     && !o.destroyed
-                    && (o.handles > 0 || k.objects.references.get(a).copied().unwrap_or(0) > 0)
+                    && (o.handles > 0
+                        || k.objects.references.get(a).copied().unwrap_or(0) > 0
+                        || k.hives.deferred.contains(a))
             })
             .map(|(a, o)| (*a, o.opener, o.name.clone()))
             .collect();
@@ -1213,6 +1315,15 @@ pub fn holders(mount: &str) -> Vec<String> {
                 })
                 .map(|(a, o)| format!("key object {a:#x} ({}) referenced by a driver", o.name)),
         );
+        v.extend(k.hives.deferred.iter().filter_map(|a| {
+            let o = k.hives.objects.get(a)?;
+            (o.hive == m).then(|| {
+                format!(
+                    "key object {a:#x} ({}) awaiting deletion on a system worker thread",
+                    o.name
+                )
+            })
+        }));
         v
     })
 }
@@ -1287,5 +1398,94 @@ mod tests {
                 .callbacks
                 .retain(|c| c.cookie != low && c.cookie != high);
         });
+    }
+
+    /// A key object whose deletion is queued for a system worker (deferred mode) still exists:
+    /// it pins the hive, so NtQueryOpenSubKeysEx must list it — CmpDeleteKeyObject, which
+    /// delists the key body, has not run yet (Windows Research Kernel `cmdelete.c`).
+    #[test]
+    fn a_key_object_queued_for_deletion_is_listed_while_it_pins_the_hive() {
+        let mount = r"\REGISTRY\MACHINE\UNITQUEUED";
+        assert_eq!(load_hive(4, mount, "unitqueued"), STATUS_SUCCESS);
+        let h = open_key(4001, &format!(r"{mount}\Key"), 0x2_0019, true).unwrap();
+        // What close_key does in deferred mode (set_deferred_deletion is global state that
+        // other tests running in parallel would see): the handle goes, the deletion is queued.
+        kernel::with(|k| {
+            let o = k.hives.handles.remove(&(4001, h)).unwrap();
+            k.hives.objects.get_mut(&o).unwrap().handles = 0;
+            k.hives.deferred.push(o);
+        });
+        assert_eq!(unload_hive(4, mount), STATUS_CANNOT_DELETE);
+        assert_eq!(
+            open_subkeys(mount),
+            Ok(vec![(4001, format!(r"{mount}\Key"))]),
+            "the hive cannot unload, so the listing must name what holds it"
+        );
+        assert!(holders(mount).iter().any(|l| l.contains("deletion")));
+        assert!(run_deferred_deletions() >= 1);
+        assert_eq!(open_subkeys(mount), Ok(vec![]));
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    unsafe extern "win64" fn fail_post_load(
+        _ctx: *mut c_void,
+        class: *mut c_void,
+        info: *mut c_void,
+    ) -> NtStatus {
+        if class as usize != class::POST_LOAD_KEY || io::current_pid() != 4002 {
+            return STATUS_SUCCESS;
+        }
+        // SAFETY: the model passes REG_POST_OPERATION_INFORMATION for this class.
+        unsafe {
+            (*info.cast::<registry::RegPostOperationInformation>()).return_status =
+                crate::status::STATUS_ACCESS_DENIED;
+        };
+        registry::STATUS_CALLBACK_BYPASS
+    }
+
+    /// regfltr `post.c` / REG_POST_OPERATION_INFORMATION.ReturnStatus: a post-callback's
+    /// substituted status is what the caller of the load gets.
+    #[test]
+    fn a_post_load_callback_changes_what_the_loader_gets() {
+        let cookie = registry::register_emulated(fail_post_load, 0, "100.7").unwrap();
+        let mount = r"\REGISTRY\MACHINE\UNITPOSTLOAD";
+        let loaded = load_hive(4002, mount, "unitpostload");
+        let app = load_app_key(4002, "unitpostload-app");
+        kernel::with(|k| k.registry.callbacks.retain(|c| c.cookie != cookie));
+        assert_eq!(loaded, crate::status::STATUS_ACCESS_DENIED);
+        assert_eq!(app, Err(crate::status::STATUS_ACCESS_DENIED));
+        assert!(kernel::with(|k| k.hives.handles_of(4002).is_empty()));
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    /// The app hive's root key object, made inside the load, goes through the same release
+    /// path as any key object: a deletion queued for the system worker (deferred mode) still
+    /// unloads the app hive when it was its last key (RegLoadAppKey: "automatically unloaded
+    /// when all handles to the keys inside the hive are closed").
+    #[test]
+    fn an_app_hive_unloads_when_its_last_key_is_deleted_on_the_worker() {
+        let (root, mount) = load_app_key(4003, "unit-app-deferred").unwrap();
+        let m = canon(&mount);
+        let sub = open_key_at(4003, Some(root), "Sub", 0x2_0019, true).unwrap();
+        assert_eq!(close_key(4003, sub), STATUS_SUCCESS);
+        assert!(
+            kernel::with(|k| k.hives.hives.contains_key(&m)),
+            "the root key holds it"
+        );
+        // What close_key does in deferred mode (the mode itself is global state).
+        kernel::with(|k| {
+            let o = k.hives.handles.remove(&(4003, root)).unwrap();
+            k.hives.objects.get_mut(&o).unwrap().handles = 0;
+            k.hives.deferred.push(o);
+        });
+        assert!(
+            kernel::with(|k| k.hives.hives.contains_key(&m)),
+            "queued: still there"
+        );
+        assert!(run_deferred_deletions() >= 1);
+        assert!(
+            !kernel::with(|k| k.hives.hives.contains_key(&m)),
+            "unloaded by itself"
+        );
     }
 }

@@ -246,6 +246,12 @@ unsafe extern "win64" fn ObfDereferenceObject(object: *mut c_void) -> isize {
     n as isize
 }
 
+/// ObDereferenceObject as an emulated filter calls it (same checks and effects as the export).
+pub fn dereference(object: usize) {
+    // SAFETY: the export's own body; it checks the reference it releases.
+    let _ = unsafe { ObfDereferenceObject(object as *mut c_void) };
+}
+
 /// The object manager routines and the IoDeviceObjectType data export.
 pub(crate) fn exports() -> Vec<Export> {
     vec![

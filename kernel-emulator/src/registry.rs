@@ -408,21 +408,43 @@ impl PreOutcome {
 
     /// After a veto (an error or STATUS_CALLBACK_BYPASS from a pre-callback): delivers
     /// `post_class` to the callbacks above the one that vetoed — they returned success, so
-    /// they are owed a post —, lowest first, with the veto's status as Status (Object
-    /// undefined); the vetoing callback and those below it get none. Returns the status.
+    /// they are owed a post —, lowest first; the vetoing callback and those below it get
+    /// none. Returns the status the caller gets.
+    ///
+    /// An error reaches the caller as is, and is the post's Status (Object undefined).
+    /// STATUS_CALLBACK_BYPASS means the filter completed the operation itself: the caller
+    /// gets STATUS_SUCCESS ("Handling Notifications": "it simply returns STATUS_SUCCESS to
+    /// the calling thread and does not process the operation"; EX_CALLBACK_FUNCTION: "returns
+    /// STATUS_SUCCESS to the calling thread"), and the post carries that STATUS_SUCCESS
+    /// (REG_POST_OPERATION_INFORMATION.Status is "the value that the system will return")
+    /// with `object` (for an open/create, the object the filter put in ResultObject, regfltr
+    /// `pre.c` CallbackPreNotificationBypass) — that the callbacks above see STATUS_SUCCESS,
+    /// not STATUS_CALLBACK_BYPASS, is an *inference* from that field's definition. A
+    /// post-callback may still change the result (see [`notify_post`]).
     ///
     /// Sources: regfltr sample `multialt.c`, MultipleAltitudeBlockDuringPreSample (the
     /// callback above the blocker sees 1 pre and 1 post, the blocker 1 pre and 0 post, the one
     /// below none); Windows Research Kernel `base/ntos/config/cmhook.c`, CmpCallCallBacks
-    /// ("switch direction and start calling the posts", PostInfo.Status = the failing status).
+    /// ("switch direction and start calling the posts", PostInfo.Status = the failing status;
+    /// that kernel predates STATUS_CALLBACK_BYPASS).
     #[must_use = "the status the operation ends with"]
-    pub fn unwind(&self, post_class: usize, pre: usize) -> NtStatus {
+    pub fn unwind(&self, post_class: usize, pre: usize, object: usize) -> NtStatus {
         let owed = self.call_contexts.len().saturating_sub(1);
         let above = Self {
             status: self.status,
             call_contexts: self.call_contexts[..owed].to_vec(),
         };
-        notify_post(post_class, 0, self.status, pre, &above)
+        if self.status == STATUS_CALLBACK_BYPASS {
+            notify_post(post_class, object, STATUS_SUCCESS, pre, &above)
+        } else {
+            notify_post(post_class, 0, self.status, pre, &above)
+        }
+    }
+
+    /// Whether a pre-callback completed the operation itself (STATUS_CALLBACK_BYPASS).
+    #[must_use]
+    pub fn bypassed(&self) -> bool {
+        self.status == STATUS_CALLBACK_BYPASS
     }
 }
 
@@ -795,6 +817,9 @@ pub(crate) fn exports() -> Vec<Export> {
 pub const DENY_MARKER: &str = "KEMU-DENIED";
 /// Marker in a key path that [`filter_bypass`] completes itself.
 pub const BYPASS_MARKER: &str = "KEMU-BYPASS";
+/// What [`filter_bypass`] creates instead of the key whose name holds [`BYPASS_MARKER`]
+/// (regfltr `pre.c`: the bypassed create makes MODIFIED_KEY_NAME).
+pub const BYPASS_REDIRECT: &str = "KEMU-REDIRECTED";
 
 /// Reads the CompleteName of a pre-create/open notification.
 ///
@@ -828,7 +853,10 @@ pub unsafe extern "win64" fn filter_deny(
 }
 
 /// Another filter (emulated): completes pre-open/pre-create of paths containing
-/// [`BYPASS_MARKER`] itself (STATUS_CALLBACK_BYPASS).
+/// [`BYPASS_MARKER`] itself, as regfltr `pre.c` CallbackPreNotificationBypass does: it
+/// creates the key under another name ([`BYPASS_REDIRECT`] for the marker) with its own
+/// kernel-handle ZwCreateKey (a full pre/post pair the callbacks see), references the object,
+/// closes its handle, stores the object in ResultObject and returns STATUS_CALLBACK_BYPASS.
 ///
 /// # Safety
 /// Called by the model with a notification class and its structure.
@@ -838,13 +866,26 @@ pub unsafe extern "win64" fn filter_bypass(
     info: *mut c_void,
 ) -> NtStatus {
     let c = class as usize;
-    if (c == class::PRE_OPEN_KEY_EX || c == class::PRE_CREATE_KEY_EX)
-        // SAFETY: the model passes the _V1 structure for these classes.
-        && unsafe { complete_name(info) }.contains(BYPASS_MARKER)
-    {
-        return STATUS_CALLBACK_BYPASS;
+    if c != class::PRE_OPEN_KEY_EX && c != class::PRE_CREATE_KEY_EX {
+        return STATUS_SUCCESS;
     }
-    STATUS_SUCCESS
+    // SAFETY: the model passes the _V1 structure for these classes.
+    let name = unsafe { complete_name(info) };
+    if !name.contains(BYPASS_MARKER) {
+        return STATUS_SUCCESS;
+    }
+    let v1 = info.cast::<RegCreateKeyInformationV1>();
+    // SAFETY: as above.
+    let root = unsafe { (*v1).root_object } as usize;
+    let modified = name.replace(BYPASS_MARKER, BYPASS_REDIRECT);
+    let Some(object) = crate::hive::filter_create_referenced(root, &modified) else {
+        return crate::status::STATUS_OBJECT_NAME_NOT_FOUND;
+    };
+    // SAFETY: as above.
+    let result = unsafe { (*v1).result_object };
+    // SAFETY: ResultObject points at the configuration manager's PVOID.
+    unsafe { result.write(object as *mut c_void) };
+    STATUS_CALLBACK_BYPASS
 }
 
 /// Marker in a key path whose successful open or create [`filter_fail_post`] turns into
@@ -854,8 +895,10 @@ pub const FAIL_POST_MARKER: &str = "KEMU-FAILPOST";
 /// Another filter (emulated): in post-open/post-create of a path containing
 /// [`FAIL_POST_MARKER`] that succeeded, changes the result to STATUS_ACCESS_DENIED through
 /// ReturnStatus + STATUS_CALLBACK_BYPASS, as the regfltr sample's `post.c`
-/// (CallbackPostNotificationOverrideSuccess) does. The configuration manager then destroys
-/// the key object the open had created.
+/// (CallbackPostNotificationOverrideSuccess) does — including its cleanup: "Dereference the
+/// object because it will not be returned to the user", `ObDereferenceObject(PostInfo->Object)`
+/// and NULL in `PostInfo->Object` and `*ResultObject`. That dereference destroys the key
+/// object the open had created (its close and cleanup notifications run inside this call).
 ///
 /// # Safety
 /// Called by the model with a notification class and its structure.
@@ -876,6 +919,16 @@ pub unsafe extern "win64" fn filter_fail_post(
     let pre = unsafe { (*post).pre_information };
     // SAFETY: as above.
     if status == STATUS_SUCCESS && unsafe { complete_name(pre) }.contains(FAIL_POST_MARKER) {
+        // SAFETY: as above: Object is valid because Status is STATUS_SUCCESS.
+        let object = unsafe { (*post).object } as usize;
+        crate::object::dereference(object);
+        // SAFETY: as above; the filter clears the pointers to the object it released.
+        unsafe { (*post).object = std::ptr::null_mut() };
+        let v1 = pre.cast::<RegCreateKeyInformationV1>();
+        // SAFETY: PreInformation is the _V1 structure of the pre call.
+        let result = unsafe { (*v1).result_object };
+        // SAFETY: ResultObject points at the configuration manager's PVOID.
+        unsafe { result.write(std::ptr::null_mut()) };
         // SAFETY: as above; ReturnStatus is the field a post-callback may set.
         unsafe { (*post).return_status = crate::status::STATUS_ACCESS_DENIED };
         return STATUS_CALLBACK_BYPASS;

@@ -242,6 +242,16 @@ fn td_close_on_worker(ctx: &mut Ctx) {
         h.is_ok() && st1[PRE_CLOSE] == st0[PRE_CLOSE] && alive > 0,
         format!("closed in process {p}: deletion queued, nothing delivered yet ({alive} key objects alive)"),
     );
+    // Until CmpDeleteKeyObject runs the key body stays listed on its KCB (WRK cmdelete.c:
+    // DelistKeyBodyFromKCB is inside it), and it pins the hive: NtQueryOpenSubKeysEx names it.
+    let listed = hive::open_subkeys(SOFTWARE).unwrap_or_default();
+    let deferred = format!(r"{SOFTWARE}\Deferred");
+    ctx.check(
+        listed
+            .iter()
+            .any(|(pid, n)| *pid == p && n.eq_ignore_ascii_case(&deferred)),
+        format!("the queued object is still listed by NtQueryOpenSubKeysEx: {listed:?}"),
+    );
     let ran = hive::run_deferred_deletions();
     let st2 = stats(&s);
     ctx.check(

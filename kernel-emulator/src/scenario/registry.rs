@@ -229,21 +229,42 @@ fn td_registry(ctx: &mut Ctx) {
         format!("a higher filter denies in pre: {denied:?}"),
     );
     let bypassed = open(a, &format!(r"{SOFTWARE}\{BYPASS_MARKER}"));
+    let redirected = bypassed
+        .ok()
+        .and_then(|h| kernel::with(|k| k.hives.handles.get(&(a, h)).copied()))
+        .and_then(|o| kernel::with(|k| k.hives.identify(o)))
+        .map(|(_, name, _)| name);
+    // "Handling Notifications": on STATUS_CALLBACK_BYPASS from a pre-callback the registry
+    // "simply returns STATUS_SUCCESS to the calling thread"; regfltr pre.c
+    // (CallbackPreNotificationBypass) creates the key under another name itself and hands
+    // its referenced object back in ResultObject, which becomes the caller's handle.
     ctx.check(
-        bypassed == Err(registry::STATUS_CALLBACK_BYPASS),
-        format!("a lower filter bypasses in pre: {bypassed:?}"),
-    );
-    let st2 = stats(&s);
-    // Below the driver, the bypass leaves the driver (which returned success) its post, with
-    // the bypass status (regfltr multialt.c; WRK cmhook.c CmpCallCallBacks).
-    ctx.check(
-        st2.pre_open == st.pre_open + 1
-            && st2.post_success == st.post_success
-            && st2.post_failed == st.post_failed + 1,
+        bypassed.is_ok()
+            && redirected
+                .as_deref()
+                .is_some_and(|n| n.ends_with(registry::BYPASS_REDIRECT)),
         format!(
-            "denied above the driver: no pre; bypassed below it: a pre and a failed post ({st2:?})"
+            "a lower filter bypasses in pre: the caller gets STATUS_SUCCESS and a handle to the \
+             key the filter made ({bypassed:?}, {redirected:?})"
         ),
     );
+    let st2 = stats(&s);
+    // Below the driver, the bypassing filter's own ZwCreateKey is a full pre/post pair the
+    // driver sees; the bypassed open leaves the driver (which returned success) its post,
+    // carrying the status the caller gets (STATUS_SUCCESS) and the filter's object.
+    ctx.check(
+        st2.pre_open == st.pre_open + 2
+            && st2.post_success == st.post_success + 2
+            && st2.post_failed == st.post_failed,
+        format!(
+            "denied above the driver: no pre; bypassed below it: the filter's create and the \
+             bypassed open, both successful posts ({st2:?})"
+        ),
+    );
+    if let Ok(h) = bypassed {
+        let _ = hive::close_key(a, h);
+    }
+    let st2 = stats(&s);
     ctx.say("duplicated handle, closes");
     if let (Ok(a1), Ok(_)) = (a1, a2) {
         let b1 = hive::duplicate_handle(a, a1, b);
@@ -264,13 +285,16 @@ fn td_registry(ctx: &mut Ctx) {
                 && st4.names_ok == st4.pre_close,
             format!("last handle closed: pre-close with a name, post-close ({st4:?})"),
         );
-        ctx.check(st4.contexts_freed == 1, "its context cleaned up and freed");
+        ctx.check(
+            st4.contexts_freed == 2,
+            "its context (and the bypassed key's) cleaned up and freed",
+        );
     }
     ctx.say("process exit closes its handles");
     process::exit_process(a);
     let st5 = stats(&s);
     ctx.check(
-        st5.contexts_freed == 2 && st5.exits >= 1,
+        st5.contexts_freed == 3 && st5.exits >= 1,
         format!(
             "exit of {a} closed SOFTWARE\\Kemu: contexts freed {}",
             st5.contexts_freed

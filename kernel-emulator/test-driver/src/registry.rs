@@ -285,10 +285,17 @@ unsafe extern "C" fn registry_callback(
             // SAFETY: non-paged pool at PASSIVE/APC level.
             let ctx = unsafe { ExAllocatePool2(POOL_FLAG_NON_PAGED, 16, CONTEXT_TAG) };
             if !ctx.is_null() {
-                // SAFETY: a live key object and our registered cookie.
-                let s =
-                    unsafe { CmSetCallbackObjectContext(object, COOKIE.as_ptr(), ctx, null_mut()) };
-                if s == STATUS_SUCCESS {
+                // An object can succeed a second post (a filter below bypassed an open with
+                // an object whose own create we saw): the context it had is handed back.
+                let mut old: *mut c_void = null_mut();
+                // SAFETY: a live key object, our registered cookie, a writable out pointer.
+                let s = unsafe {
+                    CmSetCallbackObjectContext(object, COOKIE.as_ptr(), ctx, &raw mut old)
+                };
+                if s == STATUS_SUCCESS && !old.is_null() {
+                    // SAFETY: our context from the earlier post, detached by the call above.
+                    unsafe { ExFreePoolWithTag(old, CONTEXT_TAG) };
+                } else if s == STATUS_SUCCESS {
                     count(CONTEXTS_SET);
                 } else {
                     // SAFETY: allocated above, never attached.
