@@ -23,15 +23,17 @@ use core::{
 
 use tracker::{MAX_QUERY_PATH, ProcessKey, Token};
 use wdk_sys::{
+    _MODE::KernelMode,
     _REG_NOTIFY_CLASS::{
         RegNtCallbackObjectContextCleanup, RegNtPostCreateKeyEx, RegNtPostLoadKey,
         RegNtPostOpenKeyEx, RegNtPostUnLoadKey, RegNtPreKeyHandleClose, RegNtPreUnLoadKey,
     },
-    DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION,
-    REG_CREATE_KEY_INFORMATION_V1, REG_KEY_HANDLE_CLOSE_INFORMATION, REG_LOAD_KEY_INFORMATION,
-    REG_POST_OPERATION_INFORMATION, REG_UNLOAD_KEY_INFORMATION, STATUS_INVALID_PARAMETER,
-    STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
-    ntddk::{IoGetCurrentProcess, PsGetCurrentProcessId, PsGetCurrentThreadId},
+    DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, OBJ_KERNEL_HANDLE,
+    REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION, REG_CREATE_KEY_INFORMATION_V1,
+    REG_KEY_HANDLE_CLOSE_INFORMATION, REG_LOAD_KEY_INFORMATION, REG_POST_OPERATION_INFORMATION,
+    REG_UNLOAD_KEY_INFORMATION, STATUS_INVALID_PARAMETER, STATUS_PROCEDURE_NOT_FOUND,
+    STATUS_SUCCESS, UNICODE_STRING,
+    ntddk::{IoGetCurrentProcess, PsGetCurrentThreadId, PsGetProcessId},
 };
 
 use crate::{
@@ -108,35 +110,45 @@ pub fn unregister() -> Result<(), NTSTATUS> {
     Ok(())
 }
 
-/// The process the current thread belongs to, pid and start key both from it.
+/// The process whose handle table receives the handle an open creates: the key's holder,
+/// pid and start key both taken from that one process.
 ///
-/// `PsGetCurrentProcessId` names the thread's own process; `IoGetCurrentProcess` names the
-/// process the thread is attached to (`KeStackAttachProcess`), which differs for an
-/// attached thread (docs, `IoGetCurrentProcess`). The start key is taken from the thread's
-/// own process (`IoThreadToProcess`), like the pid, which is also the pid the kernel's own
-/// list of open keys reports (`CM_KEY_BODY.ProcessID`). Where that routine is missing, the
-/// current process it is, as before.
-pub fn current_process() -> ProcessKey {
-    // SAFETY: always callable; returns the current process id.
-    let pid = (unsafe { PsGetCurrentProcessId() }) as u64;
-    let own = match (
-        routines::ps_get_current_thread(),
-        routines::io_thread_to_process(),
-    ) {
-        (Some(thread), Some(to_process)) => {
-            // SAFETY: callable at any IRQL a registry callback runs at.
-            let current = unsafe { thread() };
-            // SAFETY: the current thread, which (and whose process) outlives this call.
-            unsafe { to_process(current) }
-        }
-        _ => core::ptr::null_mut(),
+/// - A kernel handle (`OBJ_KERNEL_HANDLE` in the open's `Attributes`, checked in
+///   `KernelMode`: docs, `REG_CREATE_KEY_INFORMATION_V1` and `InitializeObjectAttributes`,
+///   "the handle can only be accessed in kernel mode") goes into the System process's table
+///   (`ReactOS` `ObpCreateHandle`), whichever thread opened it: System holds it.
+/// - Any other handle goes into the current process's table, which for a thread attached
+///   to another process (`KeStackAttachProcess`) is the attached one (docs,
+///   `IoGetCurrentProcess`; `ReactOS` `ObpCreateHandle`: `PsGetCurrentProcess()->ObjectTable`),
+///   not the thread's own (`PsGetCurrentProcessId`). Its exit closes the handle, not the
+///   opener's.
+///
+/// The kernel's own list (`NtQueryOpenSubKeysEx`) names the opener instead
+/// (`CM_KEY_BODY.ProcessID`); the CLI reconciles the two by name where they differ.
+fn holder_process(pre: Option<&REG_CREATE_KEY_INFORMATION_V1>) -> ProcessKey {
+    // Version 1 is the _V1 layout, whose Attributes and CheckAccessMode exist (docs).
+    let kernel_handle = pre.is_some_and(|pre| {
+        pre.Version == 1
+            && pre.Attributes & OBJ_KERNEL_HANDLE != 0
+            && i32::from(pre.CheckAccessMode) == KernelMode
+    });
+    let system = if kernel_handle {
+        routines::ps_initial_system_process()
+            .map(|variable| {
+                let variable = core::ptr::with_exposed_provenance::<*mut c_void>(variable.0);
+                // SAFETY: the exported variable, set before any driver loads, never changed.
+                unsafe { variable.read() }
+            })
+            .filter(|p| !p.is_null())
+    } else {
+        None
     };
-    let process = if own.is_null() {
+    let process: *mut c_void = system.unwrap_or_else(|| {
         // SAFETY: always callable; the current process outlives this call.
         unsafe { IoGetCurrentProcess() }.cast()
-    } else {
-        own
-    };
+    });
+    // SAFETY: a live EPROCESS (the current process, or System); any IRQL.
+    let pid = (unsafe { PsGetProcessId(process.cast()) }) as u64;
     ProcessKey {
         pid,
         start_key: start_key(process),
@@ -323,7 +335,7 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
             pre.GrantedAccess
         }
     });
-    let process = current_process();
+    let process = holder_process(pre);
     let thread = current_thread();
     let now = clock::now();
     let Some(opened) = with_key_name(object, |name| {

@@ -4,6 +4,7 @@
 //! with what the scenario expects (some scenarios exist to prove that a bug *is* caught).
 
 pub mod hivetrack;
+pub mod holder;
 pub mod lifecycle;
 pub mod notify;
 pub mod procmon;
@@ -92,6 +93,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(procmon::scenarios());
     v.extend(wait_free::scenarios());
     v.extend(truth::scenarios());
+    v.extend(holder::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
     v.extend(lifecycle::scenarios());
