@@ -271,11 +271,7 @@ unsafe extern "C" fn registry_callback(
             if post.Status == STATUS_SUCCESS && !post.PreInformation.is_null() {
                 // SAFETY: its PreInformation is the REG_LOAD_KEY_INFORMATION of the pre call.
                 let load = unsafe { &*post.PreInformation.cast::<REG_LOAD_KEY_INFORMATION>() };
-                tracker.hive_loaded(
-                    units_of(load.KeyName),
-                    units_of(load.SourceFile),
-                    clock::now(),
-                );
+                post_load(tracker, load);
             }
         }
         RegNtPreUnLoadKey => {
@@ -373,6 +369,57 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     }
 }
 
+/// A hive loaded: recorded at its full mount point. `RegLoadKey(HKEY_USERS, "S-1-5-21-…",
+/// file)` is `NtLoadKey` with the HKU handle as `RootDirectory` and a relative name (`ReactOS`
+/// `RegLoadKeyW`): the notification's `KeyName` is then relative to its `Object`, the root
+/// directory's key object (docs, `REG_LOAD_KEY_INFORMATION`: `Object` and `KeyName`; the
+/// kernel emulator's `td-relative-load`). Done here in the post-notification, while the
+/// operation still holds that object (its pre information is valid during the post: docs,
+/// `REG_POST_OPERATION_INFORMATION.PreInformation`), in a stack buffer: nothing is allocated
+/// in the pre-notification that a missing post would leave behind. A relative name whose
+/// root cannot be named is not recorded as a bogus mount: counted as an unrecorded load.
+fn post_load(tracker: &DriverTracker, load: &REG_LOAD_KEY_INFORMATION) {
+    let name = units_of(load.KeyName);
+    let file = units_of(load.SourceFile);
+    if name.first() == Some(&u16::from(b'\\')) || load.Object.is_null() {
+        tracker.hive_loaded(name, file, clock::now());
+        return;
+    }
+    if with_joined_name(load.Object, name, |mount| {
+        tracker.hive_loaded(mount, file, clock::now());
+    })
+    .is_none()
+    {
+        tracker.name_unavailable();
+    }
+}
+
+/// Runs `f` on `root`'s full name joined with `relative` (`root\relative`, cut to
+/// [`MAX_QUERY_PATH`]) in a stack buffer; `None` when the kernel will not name `root`.
+fn with_joined_name<R>(
+    root: *mut c_void,
+    relative: &[u16],
+    f: impl FnOnce(&[u16]) -> R,
+) -> Option<R> {
+    with_key_name(root, |root| {
+        // A fixed buffer on the stack: nothing is allocated.
+        let mut path = [0u16; MAX_QUERY_PATH];
+        let mut n = 0;
+        for &u in root
+            .iter()
+            .chain(&[u16::from(b'\\')])
+            .chain(relative.iter())
+        {
+            if n == path.len() {
+                break;
+            }
+            path[n] = u;
+            n += 1;
+        }
+        f(&path[..n])
+    })
+}
+
 /// Counts an open that cannot be tracked against the hive its pre-information names: the
 /// root object's name joined with a relative `CompleteName`, or an absolute one; globally
 /// when neither can be had.
@@ -390,22 +437,8 @@ fn lost_open(tracker: &DriverTracker, pre: Option<&REG_CREATE_KEY_INFORMATION_V1
         tracker.lost_globally(now);
         return;
     }
-    let joined = with_key_name(pre.RootObject, |root| {
-        // A fixed buffer on the stack: nothing is allocated for a loss.
-        let mut path = [0u16; MAX_QUERY_PATH];
-        let mut n = 0;
-        for &u in root
-            .iter()
-            .chain(&[u16::from(b'\\')])
-            .chain(complete.iter())
-        {
-            if n == path.len() {
-                break;
-            }
-            path[n] = u;
-            n += 1;
-        }
-        tracker.open_lost(&path[..n], now);
+    let joined = with_joined_name(pre.RootObject, complete, |path| {
+        tracker.open_lost(path, now);
     });
     if joined.is_none() {
         tracker.lost_globally(now);
