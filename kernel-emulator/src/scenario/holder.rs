@@ -4,10 +4,11 @@
 //! (pid, start key, image) against the model's processes.
 
 use super::tracking::{
-    APP1, APP2, Client, Holder, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile, spawn,
-    start, unload_all,
+    APP1, APP2, CLASSES, Client, Holder, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile,
+    spawn, start, unload_all,
 };
 use super::{Ctx, Scenario, Target};
+use crate::driver::LoadedDriver;
 use crate::hive;
 use crate::kernel;
 use crate::process;
@@ -37,6 +38,21 @@ pub fn scenarios() -> Vec<Scenario> {
             kernel_handle,
         ),
     ]
+}
+
+/// The driver started (machine hives mounted), a client of it, the profile loaded.
+fn begin(ctx: &mut Ctx) -> Option<(LoadedDriver, Client)> {
+    let d = start(ctx);
+    let c = Client::open(ctx)?;
+    load_profile(ctx);
+    Some((d, c))
+}
+
+/// Unloads the profile (nothing may pin it), closes the client, unloads the driver clean.
+fn end(ctx: &mut Ctx, mut d: LoadedDriver, c: Client) {
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
 }
 
 fn describe(holders: &[Holder]) -> String {
@@ -70,9 +86,7 @@ fn holds(h: &Holder, key: &str) -> bool {
 /// exit closes it, A's does not); `PsGetCurrentProcessId` still answers A.
 #[allow(clippy::many_single_char_names)] // d, c: driver and client; a, b: the processes
 fn attached_thread(ctx: &mut Ctx) {
-    let mut d = start(ctx);
-    let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
+    let Some((d, c)) = begin(ctx) else { return };
     let a = spawn(ctx, APP1);
     let b = spawn(ctx, APP2);
     let key = format!(r"{USER}\Software\Attached");
@@ -115,9 +129,7 @@ fn attached_thread(ctx: &mut Ctx) {
     let empty = c.holders(ctx, USER).is_empty();
     ctx.check(empty, "B closes it: nobody holds the hive");
     process::exit_process(b);
-    unload_all(ctx, &[USER, super::tracking::CLASSES]);
-    c.close();
-    ctx.unload_and_check_clean(&mut d);
+    end(ctx, d, c);
 }
 
 /// A pid is a `PspCidTable` handle, freed with the process object and handed out again
@@ -133,9 +145,7 @@ fn pid_reuse(ctx: &mut Ctx) {
 
 fn pid_reuse_once(ctx: &mut Ctx, phase: &str) {
     ctx.say(phase);
-    let mut d = start(ctx);
-    let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
+    let Some((d, c)) = begin(ctx) else { return };
     let old = spawn(ctx, APP2);
     let old_key = format!(r"{USER}\Software\Old");
     ensure_parents(old, &old_key);
@@ -181,9 +191,7 @@ fn pid_reuse_once(ctx: &mut Ctx, phase: &str) {
     process::exit_process(child);
     let empty = c.holders(ctx, USER).is_empty();
     ctx.check(empty, "both gone: nobody holds the hive");
-    unload_all(ctx, &[USER, super::tracking::CLASSES]);
-    c.close();
-    ctx.unload_and_check_clean(&mut d);
+    end(ctx, d, c);
 }
 
 /// Docs, `InitializeObjectAttributes`: OBJ_KERNEL_HANDLE "specifies that the handle can only
@@ -191,9 +199,7 @@ fn pid_reuse_once(ctx: &mut Ctx, phase: &str) {
 /// (ReactOS `ObpCreateHandle`: `ObpKernelHandleTable`, the System process's), whichever
 /// thread opens them, and a user process's exit does not close them.
 fn kernel_handle(ctx: &mut Ctx) {
-    let mut d = start(ctx);
-    let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
+    let Some((d, c)) = begin(ctx) else { return };
     let a = spawn(ctx, APP1);
     let key = format!(r"{USER}\Software\KernelHandle");
     ensure_parents(a, &key);
@@ -240,7 +246,5 @@ fn kernel_handle(ctx: &mut Ctx) {
     }
     let empty = c.holders(ctx, USER).is_empty();
     ctx.check(empty, "closed: nobody holds the hive");
-    unload_all(ctx, &[USER, super::tracking::CLASSES]);
-    c.close();
-    ctx.unload_and_check_clean(&mut d);
+    end(ctx, d, c);
 }
