@@ -23,15 +23,17 @@ use core::{
 
 use tracker::{MAX_QUERY_PATH, ProcessKey, Token};
 use wdk_sys::{
+    _MODE::KernelMode,
     _REG_NOTIFY_CLASS::{
         RegNtCallbackObjectContextCleanup, RegNtPostCreateKeyEx, RegNtPostLoadKey,
         RegNtPostOpenKeyEx, RegNtPostUnLoadKey, RegNtPreKeyHandleClose, RegNtPreUnLoadKey,
     },
-    DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION,
-    REG_CREATE_KEY_INFORMATION_V1, REG_KEY_HANDLE_CLOSE_INFORMATION, REG_LOAD_KEY_INFORMATION,
-    REG_POST_OPERATION_INFORMATION, REG_UNLOAD_KEY_INFORMATION, STATUS_INVALID_PARAMETER,
-    STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
-    ntddk::{IoGetCurrentProcess, PsGetCurrentProcessId, PsGetCurrentThreadId},
+    DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, OBJ_KERNEL_HANDLE,
+    REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION, REG_CREATE_KEY_INFORMATION_V1,
+    REG_KEY_HANDLE_CLOSE_INFORMATION, REG_LOAD_KEY_INFORMATION, REG_POST_OPERATION_INFORMATION,
+    REG_UNLOAD_KEY_INFORMATION, STATUS_INVALID_PARAMETER, STATUS_PROCEDURE_NOT_FOUND,
+    STATUS_SUCCESS, UNICODE_STRING,
+    ntddk::{IoGetCurrentProcess, PsGetCurrentThreadId, PsGetProcessId},
 };
 
 use crate::{
@@ -108,35 +110,45 @@ pub fn unregister() -> Result<(), NTSTATUS> {
     Ok(())
 }
 
-/// The process the current thread belongs to, pid and start key both from it.
+/// The process whose handle table receives the handle an open creates: the key's holder,
+/// pid and start key both taken from that one process.
 ///
-/// `PsGetCurrentProcessId` names the thread's own process; `IoGetCurrentProcess` names the
-/// process the thread is attached to (`KeStackAttachProcess`), which differs for an
-/// attached thread (docs, `IoGetCurrentProcess`). The start key is taken from the thread's
-/// own process (`IoThreadToProcess`), like the pid, which is also the pid the kernel's own
-/// list of open keys reports (`CM_KEY_BODY.ProcessID`). Where that routine is missing, the
-/// current process it is, as before.
-pub fn current_process() -> ProcessKey {
-    // SAFETY: always callable; returns the current process id.
-    let pid = (unsafe { PsGetCurrentProcessId() }) as u64;
-    let own = match (
-        routines::ps_get_current_thread(),
-        routines::io_thread_to_process(),
-    ) {
-        (Some(thread), Some(to_process)) => {
-            // SAFETY: callable at any IRQL a registry callback runs at.
-            let current = unsafe { thread() };
-            // SAFETY: the current thread, which (and whose process) outlives this call.
-            unsafe { to_process(current) }
-        }
-        _ => core::ptr::null_mut(),
+/// - A kernel handle (`OBJ_KERNEL_HANDLE` in the open's `Attributes`, checked in
+///   `KernelMode`: docs, `REG_CREATE_KEY_INFORMATION_V1` and `InitializeObjectAttributes`,
+///   "the handle can only be accessed in kernel mode") goes into the System process's table
+///   (`ReactOS` `ObpCreateHandle`), whichever thread opened it: System holds it.
+/// - Any other handle goes into the current process's table, which for a thread attached
+///   to another process (`KeStackAttachProcess`) is the attached one (docs,
+///   `IoGetCurrentProcess`; `ReactOS` `ObpCreateHandle`: `PsGetCurrentProcess()->ObjectTable`),
+///   not the thread's own (`PsGetCurrentProcessId`). Its exit closes the handle, not the
+///   opener's.
+///
+/// The kernel's own list (`NtQueryOpenSubKeysEx`) names the opener instead
+/// (`CM_KEY_BODY.ProcessID`); the CLI reconciles the two by name where they differ.
+fn holder_process(pre: Option<&REG_CREATE_KEY_INFORMATION_V1>) -> ProcessKey {
+    // Version 1 is the _V1 layout, whose Attributes and CheckAccessMode exist (docs).
+    let kernel_handle = pre.is_some_and(|pre| {
+        pre.Version == 1
+            && pre.Attributes & OBJ_KERNEL_HANDLE != 0
+            && i32::from(pre.CheckAccessMode) == KernelMode
+    });
+    let system = if kernel_handle {
+        routines::ps_initial_system_process()
+            .map(|variable| {
+                let variable = core::ptr::with_exposed_provenance::<*mut c_void>(variable.0);
+                // SAFETY: the exported variable, set before any driver loads, never changed.
+                unsafe { variable.read() }
+            })
+            .filter(|p| !p.is_null())
+    } else {
+        None
     };
-    let process = if own.is_null() {
+    let process: *mut c_void = system.unwrap_or_else(|| {
         // SAFETY: always callable; the current process outlives this call.
         unsafe { IoGetCurrentProcess() }.cast()
-    } else {
-        own
-    };
+    });
+    // SAFETY: a live EPROCESS (the current process, or System); any IRQL.
+    let pid = (unsafe { PsGetProcessId(process.cast()) }) as u64;
     ProcessKey {
         pid,
         start_key: start_key(process),
@@ -259,11 +271,7 @@ unsafe extern "C" fn registry_callback(
             if post.Status == STATUS_SUCCESS && !post.PreInformation.is_null() {
                 // SAFETY: its PreInformation is the REG_LOAD_KEY_INFORMATION of the pre call.
                 let load = unsafe { &*post.PreInformation.cast::<REG_LOAD_KEY_INFORMATION>() };
-                tracker.hive_loaded(
-                    units_of(load.KeyName),
-                    units_of(load.SourceFile),
-                    clock::now(),
-                );
+                post_load(tracker, load);
             }
         }
         RegNtPreUnLoadKey => {
@@ -323,7 +331,7 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
             pre.GrantedAccess
         }
     });
-    let process = current_process();
+    let process = holder_process(pre);
     let thread = current_thread();
     let now = clock::now();
     let Some(opened) = with_key_name(object, |name| {
@@ -361,6 +369,57 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     }
 }
 
+/// A hive loaded: recorded at its full mount point. `RegLoadKey(HKEY_USERS, "S-1-5-21-…",
+/// file)` is `NtLoadKey` with the HKU handle as `RootDirectory` and a relative name (`ReactOS`
+/// `RegLoadKeyW`): the notification's `KeyName` is then relative to its `Object`, the root
+/// directory's key object (docs, `REG_LOAD_KEY_INFORMATION`: `Object` and `KeyName`; the
+/// kernel emulator's `td-relative-load`). Done here in the post-notification, while the
+/// operation still holds that object (its pre information is valid during the post: docs,
+/// `REG_POST_OPERATION_INFORMATION.PreInformation`), in a stack buffer: nothing is allocated
+/// in the pre-notification that a missing post would leave behind. A relative name whose
+/// root cannot be named is not recorded as a bogus mount: counted as an unrecorded load.
+fn post_load(tracker: &DriverTracker, load: &REG_LOAD_KEY_INFORMATION) {
+    let name = units_of(load.KeyName);
+    let file = units_of(load.SourceFile);
+    if name.first() == Some(&u16::from(b'\\')) || load.Object.is_null() {
+        tracker.hive_loaded(name, file, clock::now());
+        return;
+    }
+    if with_joined_name(load.Object, name, |mount| {
+        tracker.hive_loaded(mount, file, clock::now());
+    })
+    .is_none()
+    {
+        tracker.name_unavailable();
+    }
+}
+
+/// Runs `f` on `root`'s full name joined with `relative` (`root\relative`, cut to
+/// [`MAX_QUERY_PATH`]) in a stack buffer; `None` when the kernel will not name `root`.
+fn with_joined_name<R>(
+    root: *mut c_void,
+    relative: &[u16],
+    f: impl FnOnce(&[u16]) -> R,
+) -> Option<R> {
+    with_key_name(root, |root| {
+        // A fixed buffer on the stack: nothing is allocated.
+        let mut path = [0u16; MAX_QUERY_PATH];
+        let mut n = 0;
+        for &u in root
+            .iter()
+            .chain(&[u16::from(b'\\')])
+            .chain(relative.iter())
+        {
+            if n == path.len() {
+                break;
+            }
+            path[n] = u;
+            n += 1;
+        }
+        f(&path[..n])
+    })
+}
+
 /// Counts an open that cannot be tracked against the hive its pre-information names: the
 /// root object's name joined with a relative `CompleteName`, or an absolute one; globally
 /// when neither can be had.
@@ -378,22 +437,8 @@ fn lost_open(tracker: &DriverTracker, pre: Option<&REG_CREATE_KEY_INFORMATION_V1
         tracker.lost_globally(now);
         return;
     }
-    let joined = with_key_name(pre.RootObject, |root| {
-        // A fixed buffer on the stack: nothing is allocated for a loss.
-        let mut path = [0u16; MAX_QUERY_PATH];
-        let mut n = 0;
-        for &u in root
-            .iter()
-            .chain(&[u16::from(b'\\')])
-            .chain(complete.iter())
-        {
-            if n == path.len() {
-                break;
-            }
-            path[n] = u;
-            n += 1;
-        }
-        tracker.open_lost(&path[..n], now);
+    let joined = with_joined_name(pre.RootObject, complete, |path| {
+        tracker.open_lost(path, now);
     });
     if joined.is_none() {
         tracker.lost_globally(now);

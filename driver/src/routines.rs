@@ -145,20 +145,20 @@ routines! {
     /// `PsGetProcessCreateTimeQuadPart` (ntddk.h, Windows XP+, any IRQL): the start key where
     /// `PsGetProcessStartKey` is missing.
     PS_GET_PROCESS_CREATE_TIME, ps_get_process_create_time_quad_part: PsGetProcessCreateTimeQuadPart = "PsGetProcessCreateTimeQuadPart";
-    /// `PsGetCurrentThread`, to name the current thread's own process.
-    PS_GET_CURRENT_THREAD, ps_get_current_thread: PsGetCurrentThread = "PsGetCurrentThread";
-    /// `IoThreadToProcess`: the process a thread belongs to (not the one it is attached to).
-    IO_THREAD_TO_PROCESS, io_thread_to_process: IoThreadToProcess = "IoThreadToProcess";
+    /// `PsInitialSystemProcess` (a data export, wdm.h): the variable holding the System
+    /// process, whose handle table kernel handles go into.
+    PS_INITIAL_SYSTEM_PROCESS, ps_initial_system_process: PsInitialSystemProcess = "PsInitialSystemProcess";
 }
 
 /// `PsGetProcessCreateTimeQuadPart`: the process's creation time (FILETIME units); the
 /// value `KeQuerySystemTime` gave when the process was created, unaffected by later clock
 /// changes (docs), so a reused pid has another one.
 pub type PsGetProcessCreateTimeQuadPart = unsafe extern "system" fn(process: *mut c_void) -> i64;
-/// `PsGetCurrentThread`: the current ETHREAD.
-pub type PsGetCurrentThread = unsafe extern "system" fn() -> *mut c_void;
-/// `IoThreadToProcess`: the EPROCESS a thread belongs to.
-pub type IoThreadToProcess = unsafe extern "system" fn(thread: *mut c_void) -> *mut c_void;
+/// `PsInitialSystemProcess`: the address of the exported `PEPROCESS` variable (an export's
+/// address is the variable's for data, as `MmGetSystemRoutineAddress` returns it).
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct PsInitialSystemProcess(pub usize);
 
 /// `PsGetProcessStartKey` (Windows 10 1703+): a per-boot unique key of a process.
 pub type PsGetProcessStartKey = unsafe extern "system" fn(process: *mut c_void) -> u64;

@@ -82,6 +82,15 @@ pub fn processor_number() -> u32 {
     unsafe { ((kpcr + KPCR_PRCB + 0x24) as *const u32).read_unaligned() }
 }
 
+/// The address of the variable holding the System process's EPROCESS: what the kernel
+/// exports as `PsInitialSystemProcess` (wdm.h: `extern PEPROCESS PsInitialSystemProcess`),
+/// set once the first emulator thread starts.
+#[must_use]
+pub fn initial_system_process_variable() -> usize {
+    // An AtomicUsize has the layout of a usize: the driver reads a PEPROCESS there.
+    SYSTEM_PROCESS.as_ptr() as usize
+}
+
 /// The fake EPROCESS of the System process.
 #[must_use]
 pub fn system_process() -> usize {

@@ -93,6 +93,8 @@ pub struct Process {
     pub eprocess: usize,
     /// What PsGetProcessStartKey answers for it.
     pub start_key: u64,
+    /// What PsGetProcessCreateTimeQuadPart answers for it: the system time at creation.
+    pub create_time: i64,
 }
 
 /// The start key of the System process (the first process of the boot).
@@ -116,6 +118,8 @@ pub struct ProcessState {
     start_keys: u64,
     /// Exited processes by pid: their EPROCESS, which keeps the pid taken while referenced.
     exited: BTreeMap<u32, usize>,
+    /// Fake ETHREADs handed out by PsGetCurrentThread: address -> the thread's own process.
+    threads: BTreeMap<usize, u32>,
 }
 
 impl ProcessState {
@@ -282,6 +286,7 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
                 parent,
                 eprocess,
                 start_key: START_KEY_BOOT | p.start_keys,
+                create_time: i64::try_from(crate::cpu::system_time()).unwrap_or(i64::MAX),
             },
         );
         Some(pid)
@@ -535,6 +540,62 @@ unsafe extern "win64" fn PsGetProcessStartKey(eprocess: usize) -> u64 {
     })
 }
 
+/// PsGetProcessCreateTimeQuadPart — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetprocesscreatetimequadpart>:
+/// the process's creation time, "the system time at which the process was created" in
+/// KeQuerySystemTime units; any IRQL. The model answers the emulated system time at
+/// [`create_process`] (so two processes created without the clock moving share it, as two
+/// created within one clock tick can on Windows); the System process, the boot time 0.
+unsafe extern "win64" fn PsGetProcessCreateTimeQuadPart(eprocess: usize) -> i64 {
+    if eprocess != 0 && eprocess == crate::cpu::system_process() {
+        return 0;
+    }
+    let time = kernel::with(|k| {
+        k.processes
+            .processes
+            .values()
+            .find(|p| p.eprocess == eprocess)
+            .map(|p| p.create_time)
+    });
+    time.unwrap_or_else(|| {
+        crate::bugcheck::verifier_violation(&format!(
+            "PsGetProcessCreateTimeQuadPart({eprocess:#x}): not a live process object"
+        ))
+    })
+}
+
+/// PsGetCurrentThread — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetcurrentthread>:
+/// the current thread's ETHREAD. The model has one thread per process (PsGetCurrentThreadId
+/// is derived from the pid), so one fake ETHREAD per process: the thread's own process,
+/// [`io::current_pid`], whatever process it is attached to.
+unsafe extern "win64" fn PsGetCurrentThread() -> usize {
+    let pid = io::current_pid();
+    let existing = kernel::with(|k| {
+        k.processes
+            .threads
+            .iter()
+            .find(|(_, p)| **p == pid)
+            .map(|(t, _)| *t)
+    });
+    existing.unwrap_or_else(|| {
+        let thread = fake_eprocess();
+        kernel::with(|k| k.processes.threads.insert(thread, pid));
+        thread
+    })
+}
+
+/// IoThreadToProcess — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-iothreadtoprocess>:
+/// "a pointer to the process for the specified thread": the process the thread belongs to
+/// (ReactOS `IoThreadToProcess`: `Thread->ThreadsProcess`), not the one it is attached to
+/// (that is IoGetCurrentProcess). Any IRQL.
+unsafe extern "win64" fn IoThreadToProcess(thread: usize) -> usize {
+    let pid = kernel::with(|k| k.processes.threads.get(&thread).copied());
+    pid.and_then(eprocess_of).unwrap_or_else(|| {
+        crate::bugcheck::verifier_violation(&format!(
+            "IoThreadToProcess({thread:#x}): not a live thread of a live process"
+        ))
+    })
+}
+
 /// PsGetProcessId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetprocessid>.
 unsafe extern "win64" fn PsGetProcessId(eprocess: usize) -> usize {
     match process_of(eprocess) {
@@ -615,6 +676,21 @@ pub(crate) fn exports() -> Vec<Export> {
         ),
         Export::function("PsGetProcessId", PsGetProcessId as *const () as usize),
         Export::function(
+            "PsGetProcessCreateTimeQuadPart",
+            PsGetProcessCreateTimeQuadPart as *const () as usize,
+        ),
+        Export::function(
+            "PsGetCurrentThread",
+            PsGetCurrentThread as *const () as usize,
+        ),
+        Export::function("IoThreadToProcess", IoThreadToProcess as *const () as usize),
+        // A data export (wdm.h, `PsInitialSystemProcess`: "a pointer to the system process"):
+        // its address is that of the variable, as MmGetSystemRoutineAddress returns it.
+        Export::function(
+            "PsInitialSystemProcess",
+            crate::cpu::initial_system_process_variable(),
+        ),
+        Export::function(
             "PsGetProcessStartKey",
             PsGetProcessStartKey as *const () as usize,
         ),
@@ -687,6 +763,38 @@ mod tests {
                 STATUS_INVALID_PARAMETER
             );
             exit_process(pid);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_thread_names_its_own_process_and_creation_times_differ() {
+        std::thread::spawn(|| {
+            crate::cpu::enter_thread(32);
+            let a = create_process(4, r"\Device\HarddiskVolume2\a.exe", false).unwrap();
+            crate::timer::advance(16);
+            let b = create_process(4, r"\Device\HarddiskVolume2\b.exe", false).unwrap();
+            let (ea, eb) = (eprocess_of(a).unwrap(), eprocess_of(b).unwrap());
+            io::with_pid(a, || {
+                attached(b, || {
+                    // SAFETY: exported routines called as a driver would.
+                    let thread = unsafe { PsGetCurrentThread() };
+                    // SAFETY: as above, with the current thread.
+                    assert_eq!(unsafe { IoThreadToProcess(thread) }, ea);
+                    // SAFETY: as above.
+                    assert_eq!(unsafe { IoGetCurrentProcess() }, eb);
+                    // SAFETY: as above: the same thread gets the same ETHREAD.
+                    assert_eq!(unsafe { PsGetCurrentThread() }, thread);
+                });
+            });
+            // SAFETY: exported routine called with a live EPROCESS.
+            let ta = unsafe { PsGetProcessCreateTimeQuadPart(ea) };
+            // SAFETY: as above.
+            let tb = unsafe { PsGetProcessCreateTimeQuadPart(eb) };
+            assert!(tb - ta >= 160_000, "{ta} {tb}");
+            exit_process(a);
+            exit_process(b);
         })
         .join()
         .unwrap();

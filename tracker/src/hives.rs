@@ -4,7 +4,8 @@
 //! a component boundary, compared case-insensitively. Mount points are seeded from the hive
 //! list and kept current by load/unload notifications. A path under no known mount point
 //! falls back to an implicit hive `\REGISTRY\<root>\<first component>` (its first three
-//! components), created on first sight; application hives `\REGISTRY\A\{guid}` are
+//! components), created on first sight — and a path of fewer components (`\REGISTRY\MACHINE`)
+//! to the master hive `\REGISTRY`, whose keys the roots are; application hives `\REGISTRY\A\{guid}` are
 //! recognised by their root and flagged.
 //!
 //! The table is sharded by the (folded) first three components of a path: every mount point
@@ -131,7 +132,23 @@ pub fn shard_prefix(path: &[u16]) -> &[u16] {
             }
         }
     }
-    path
+    master_or(path, seen)
+}
+
+/// `path` itself when it has three components, else its first one (`\REGISTRY`): a key of
+/// fewer components (`\REGISTRY`, `\REGISTRY\MACHINE`, `\REGISTRY\USER`) is a key of the
+/// master hive `\REGISTRY`, in which every other hive is mounted (`ReactOS`
+/// `ntoskrnl/config/cmsysini.c`: `CmpCreateRegistryRoot` creates the root node `REGISTRY` in
+/// `CmpMasterHive`, and `CmInitSystem1` its `MACHINE` and `USER` keys there; the kernel
+/// emulator files them so too). `seen` is the number of backslashes in `path`.
+fn master_or(path: &[u16], seen: usize) -> &[u16] {
+    if seen >= 3 {
+        return path;
+    }
+    path.iter()
+        .skip(1)
+        .position(|&u| u == BACKSLASH)
+        .map_or(path, |i| &path[..=i])
 }
 
 /// The shard of a path: a hash of its [`shard_prefix`]'s length and last eight units (fold
@@ -539,6 +556,12 @@ mod tests {
                 }
             }
         }
+        if seen < 3 {
+            // The master hive's keys: the first component.
+            if let Some(i) = path.iter().skip(1).position(|&u| u == BACKSLASH) {
+                return &path[..=i];
+            }
+        }
         path
     }
 
@@ -564,5 +587,15 @@ mod tests {
             .encode_utf16()
             .collect();
         assert_eq!(shard_prefix(&p).len(), 34);
+        for (path, prefix) in [
+            (r"\REGISTRY\MACHINE", r"\REGISTRY"),
+            (r"\REGISTRY\USER", r"\REGISTRY"),
+            (r"\REGISTRY", r"\REGISTRY"),
+            (r"\REGISTRY\MACHINE\SOFTWARE", r"\REGISTRY\MACHINE\SOFTWARE"),
+        ] {
+            let p: Vec<u16> = path.encode_utf16().collect();
+            let want: Vec<u16> = prefix.encode_utf16().collect();
+            assert_eq!(shard_prefix(&p), &want[..], "{path}");
+        }
     }
 }

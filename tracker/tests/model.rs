@@ -185,12 +185,19 @@ fn first3(path: &str) -> String {
             }
         }
     }
+    if seen < 3 {
+        // Fewer than three components: a key of the master hive `\REGISTRY`.
+        if let Some(i) = path.get(1..).and_then(|rest| rest.find('\\')) {
+            return path[..=i].to_string();
+        }
+    }
     path.to_string()
 }
 
 /// A mount captures a path when it is a prefix at a component boundary and shares the
-/// path's first three components (mounts shorter than that, like `\REGISTRY\MACHINE`, only
-/// capture themselves: deeper unknown paths fall back to their own first three components).
+/// path's first three components (a path of fewer components, like `\REGISTRY\MACHINE`, is
+/// the master hive `\REGISTRY`'s; deeper unknown paths fall back to their own first three
+/// components).
 fn is_mount_of(mount: &str, path: &str) -> bool {
     path.len() >= mount.len()
         && path.starts_with(mount)

@@ -58,6 +58,8 @@ pub fn reconcile(
         listed.entry(pid).or_default().push((fold(&name), name));
     }
     let mut unmatched = 0u64;
+    // Named keys not listed under their holder's pid: matched by name under any pid after.
+    let mut elsewhere: Vec<(String, bool)> = Vec::new();
     for h in &report.holders {
         let entries = listed.entry(h.pid).or_default();
         if h.keys.is_empty() {
@@ -85,7 +87,7 @@ pub fn reconcile(
                 Some(i) => {
                     entries.swap_remove(i);
                 }
-                None => unmatched += 1,
+                None => elsewhere.push((want, k.name_truncated)),
             }
         }
         let take = usize::try_from(nameless)
@@ -93,6 +95,24 @@ pub fn reconcile(
             .min(entries.len());
         entries.drain(..take);
         unmatched += nameless - take as u64;
+    }
+    // The driver names the process whose handle table holds the key (System for a kernel
+    // handle, the attached process for an attached thread); the kernel names the thread's
+    // own process that opened it (`CM_KEY_BODY.ProcessID`). Such a key is one object listed
+    // under another pid: matched by name there. Summaries carry no names and stay per pid.
+    for (want, truncated) in elsewhere {
+        let found = listed.values_mut().find_map(|entries| {
+            entries
+                .iter()
+                .position(|(n, _)| *n == want || (truncated && n.starts_with(&want)))
+                .map(|i| (entries, i))
+        });
+        match found {
+            Some((entries, i)) => {
+                entries.swap_remove(i);
+            }
+            None => unmatched += 1,
+        }
     }
     // The image the driver recorded for the pid, else one looked up now.
     let known: BTreeMap<u64, Option<String>> = report
@@ -193,6 +213,32 @@ mod tests {
         assert!(r.source.complete, "{:?}", r.source);
         assert!(r.untracked.is_empty());
         assert!(!r.source.dropped_records());
+    }
+
+    #[test]
+    fn a_key_the_driver_gives_its_holder_reconciles_with_the_opener_the_kernel_lists() {
+        // A kernel handle opened on a thread of 7: the driver names System (4), the kernel
+        // the opener; an attached thread's key likewise (holder 9, opener 7).
+        let mut r = report(vec![
+            holder(4, &[r"\REGISTRY\USER\S\Kernel"]),
+            holder(9, &[r"\REGISTRY\USER\S\Attached"]),
+        ]);
+        let kernel = vec![
+            (7, r"\REGISTRY\USER\S\Kernel".to_owned()),
+            (7, r"\REGISTRY\USER\S\Attached".to_owned()),
+        ];
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |_| None);
+        assert!(r.source.complete, "{:?}", r.source);
+        assert!(r.untracked.is_empty());
+        // One object cannot account for two records.
+        let mut r = report(vec![
+            holder(4, &[r"\REGISTRY\USER\S\Kernel"]),
+            holder(9, &[r"\REGISTRY\USER\S\Kernel"]),
+        ]);
+        let kernel = vec![(7, r"\REGISTRY\USER\S\Kernel".to_owned())];
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |_| None);
+        assert!(!r.source.complete);
+        assert_eq!(r.source.coverage.as_ref().unwrap().unmatched_records, 1);
     }
 
     #[test]

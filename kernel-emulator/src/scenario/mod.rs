@@ -5,6 +5,7 @@
 
 pub mod budget;
 pub mod hivetrack;
+pub mod holder;
 pub mod ioctl_fuzz;
 pub mod lifecycle;
 pub mod notify;
@@ -98,6 +99,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(budget::scenarios());
     v.extend(soak::scenarios());
     v.extend(ioctl_fuzz::scenarios());
+    v.extend(holder::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
     v.extend(lifecycle::scenarios());

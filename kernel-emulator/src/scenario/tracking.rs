@@ -12,7 +12,7 @@ use protocol::{
     diff::{SnapshotRow, diff},
     history::UnloadHistory,
     hives::Hives,
-    holders::{HolderRecord, Holders},
+    holders::{HolderProcess, HolderRecord, Holders},
     ioctl::{WIN32_DEVICE_PATH, query_ioctl},
     page::{Page, PageKind},
     processes::Processes,
@@ -103,6 +103,8 @@ pub fn scenarios() -> Vec<Scenario> {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Holder {
     pub(crate) pid: u64,
+    pub(crate) start_key: u64,
+    pub(crate) exited: bool,
     pub(crate) image: String,
     pub(crate) open_keys: u64,
     pub(crate) oldest_open: u64,
@@ -216,9 +218,14 @@ impl Client {
             for rec in page.records() {
                 match rec {
                     HolderRecord::Process(p) => {
-                        if out.last().is_none_or(|h| h.pid != p.pid) {
+                        if out
+                            .last()
+                            .is_none_or(|h| (h.pid, h.start_key) != (p.pid, p.start_key))
+                        {
                             out.push(Holder {
                                 pid: p.pid,
+                                start_key: p.start_key,
+                                exited: p.flags & HolderProcess::EXITED != 0,
                                 image: p.image.to_string(),
                                 open_keys: p.open_keys,
                                 oldest_open: p.oldest_open,

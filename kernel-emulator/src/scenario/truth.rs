@@ -67,6 +67,11 @@ pub fn scenarios() -> Vec<Scenario> {
             unregister_fails,
         ),
         scenario(
+            "relative-load",
+            "RegLoadKey(HKU, \"S-1-5-21-…\", file): KeyName relative to the load's root object; the driver records the mount \\REGISTRY\\USER\\S-1-5-21-…, not the bare SID",
+            relative_load,
+        ),
+        scenario(
             "nameless-open",
             "CmCallbackGetKeyObjectIDEx fails for an open: not filed under an empty-mount hive, counted against the hive its path names",
             nameless_open,
@@ -548,4 +553,58 @@ fn unregister_fails(ctx: &mut Ctx) {
             status::describe(s)
         ),
     );
+}
+
+/// `RegLoadKey(HKEY_USERS, "S-1-5-21-…", file)` (ReactOS `RegLoadKeyW`: `NtLoadKey` with
+/// `RootDirectory` = the HKU handle): RegNtPreLoadKey's `KeyName` is relative to its `Object`
+/// (the model: `td-relative-load`). The driver must record the full mount point, or the
+/// profile's keys are filed under an implicit hive and a bogus mount named by the bare SID
+/// is left in the table (one per profile load).
+#[allow(clippy::many_single_char_names)] // d, h, s, a: driver, device, status, process
+fn relative_load(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (mut d, h) = load(ctx);
+    let Some(h) = h else { return };
+    let system = super::tracking::SYSTEM_PID;
+    let sid = &USER[r"\REGISTRY\USER\".len()..];
+    let hku = hive::open_key(system, r"\REGISTRY\USER", KEY_READ, false);
+    ctx.check(hku.is_ok(), format!("open HKU: {hku:?}"));
+    if let Ok(hku) = hku {
+        let s = hive::load_key(
+            system,
+            hku,
+            sid,
+            r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT",
+        );
+        ctx.check(
+            s == STATUS_SUCCESS,
+            format!("RegLoadKey(HKU, {sid}): {}", status::describe(s)),
+        );
+        let _ = hive::close_key(system, hku);
+    }
+    let all = mounts(ctx, h);
+    ctx.check(
+        all.iter().any(|m| m.eq_ignore_ascii_case(USER))
+            && all.iter().all(|m| !m.eq_ignore_ascii_case(sid)),
+        format!("the driver records the mount {USER}, no bare-SID mount: {all:?}"),
+    );
+    let a = spawn(ctx, APP1);
+    let key = format!(r"{USER}\Software\Relative");
+    let kept = open_kept(ctx, a, &key);
+    let v = view(ctx, h, USER);
+    ctx.check(
+        v.open_keys == 1 && v.holders == 1,
+        format!("an open in the profile is filed under its loaded hive: {v:?}"),
+    );
+    if let Some(k) = kept {
+        let _ = hive::close_key(a, k);
+    }
+    process::exit_process(a);
+    let s = hive::unload_hive(system, USER);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("the profile unloads: {}", status::describe(s)),
+    );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
 }
