@@ -317,8 +317,9 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let object = post.Object;
     // PreInformation is the REG_CREATE_KEY_INFORMATION(_V1) or REG_OPEN_KEY_INFORMATION(_V1)
     // of the pre call; the V1 layouts only rename the trailing field of the originals.
-    // SAFETY: all four share CompleteName, RootObject, GrantedAccess and DesiredAccess at the
-    // same offsets, and the pre information lives while its post-notification runs.
+    // All four share CompleteName, RootObject, GrantedAccess and DesiredAccess at the same
+    // offsets, and the pre information lives while its post-notification runs.
+    // SAFETY: so PreInformation may be read as REG_CREATE_KEY_INFORMATION_V1, or is null.
     let pre = unsafe {
         post.PreInformation
             .cast::<REG_CREATE_KEY_INFORMATION_V1>()

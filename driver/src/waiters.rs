@@ -497,8 +497,9 @@ const CLEANED_UP: usize = 1;
 unsafe fn context2<'a>(file: *mut c_void) -> &'a AtomicUsize {
     // SAFETY: per the contract, `file` points to a live FILE_OBJECT.
     let field = unsafe { &raw mut (*file.cast::<wdk_sys::FILE_OBJECT>()).FsContext2 };
-    // SAFETY: the field is pointer-sized and aligned, lives as long as the file object, and
-    // only this module writes it (atomically).
+    // The field is pointer-sized and aligned, lives as long as the file object, and only
+    // this module writes it (atomically).
+    // SAFETY: so it may be viewed as an AtomicUsize for the file object's lifetime.
     unsafe { &*field.cast::<AtomicUsize>() }
 }
 
