@@ -31,50 +31,46 @@ use crate::status::{
 /// Size of the encoded version answer (16-byte header + 40-byte body).
 const VERSION_LEN: usize = 56;
 
-const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
-    Scenario::passing(name, Target::Hivetrack, about, run)
-}
-
 /// hivetrack.sys scenarios.
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        scenario(
+        Scenario::hivetrack(
             "load",
             "DriverEntry creates the secured device and its link; unload leaves nothing",
             load,
         ),
-        scenario(
+        Scenario::hivetrack(
             "version",
             "IOCTL_HIVETRACK_GET_VERSION answers a decodable version with no uninitialised byte",
             version,
         ),
-        scenario(
+        Scenario::hivetrack(
             "version-errors",
             "short, truncated, oversized and garbage requests fail cleanly",
             version_errors,
         ),
-        scenario(
+        Scenario::hivetrack(
             "access",
             "only SYSTEM and elevated administrators can open the device",
             access,
         ),
-        scenario(
+        Scenario::hivetrack(
             "unload",
             "handles opened and closed, then unload leaves nothing behind",
             unload,
         ),
-        scenario(
+        Scenario::hivetrack(
             "entry-sweep",
             "DriverEntry with the k-th fallible call failed, for every k: error and nothing left",
             entry_sweep,
         ),
-        scenario(
+        Scenario::hivetrack(
             "random-faults",
             "25% random failures across load, IOCTLs and unload: never a crash or a leak",
             random_faults,
         ),
-        scenario(
+        Scenario::hivetrack(
             "hidden-routines",
             "optional routines resolved at run time hidden (older Windows): still loads and works",
             hidden_routines,
@@ -89,12 +85,12 @@ pub fn scenarios() -> Vec<Scenario> {
             },
             run: refuse_missing_import,
         },
-        scenario(
+        Scenario::hivetrack(
             "stress",
             "4 threads x 2000 concurrent version IOCTLs on their own handles",
             stress,
         ),
-        scenario(
+        Scenario::hivetrack(
             "script",
             "a step script (built-in sample, or run --script FILE) against the control device",
             |ctx| super::run_script(ctx, include_str!("hivetrack-sample.script")),

@@ -7,32 +7,28 @@ use super::tracking::{
     APP1, APP2, CLASSES, Client, Holder, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile,
     spawn, start, unload_all,
 };
-use super::{Ctx, Scenario, Target};
+use super::{Ctx, Scenario};
 use crate::driver::LoadedDriver;
 use crate::hive;
 use crate::kernel;
 use crate::process;
 use crate::timer;
 
-const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
-    Scenario::passing(name, Target::Hivetrack, about, run)
-}
-
 /// The scenarios.
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        scenario(
+        Scenario::hivetrack(
             "attached-thread",
             "a thread of A attached to B (KeStackAttachProcess) opens a key: the handle is in B's table, so B is named, pid, start key and image all B's; A's exit leaves it B's",
             attached_thread,
         ),
-        scenario(
+        Scenario::hivetrack(
             "pid-reuse",
             "a process exits with a key still held (inherited), a new one gets its pid: two holders, each with its own start key and image; again with PsGetProcessStartKey hidden (the creation time tells them apart)",
             pid_reuse,
         ),
-        scenario(
+        Scenario::hivetrack(
             "kernel-handle",
             "a kernel handle (OBJ_KERNEL_HANDLE, KernelMode) opened from a user process's thread is in the System process's table: the key is System's (pid 4, its start key), not the caller's; the kernel's list still names the opener",
             kernel_handle,

@@ -19,8 +19,8 @@ use protocol::{
 };
 
 use super::tracking::{
-    APP1, CLASSES, Client, KEY_READ, SOFTWARE, USER, ensure_parents, load_profile, spawn, start,
-    unload_all,
+    APP1, CLASSES, Client, KEY_READ, QUERY_KINDS, SOFTWARE, USER, ensure_parents, load_profile,
+    spawn, start, unload_all,
 };
 use super::wait_free::request as wait_request;
 use super::{Ctx, Scenario, Target};
@@ -32,14 +32,6 @@ use crate::status::{self, STATUS_SUCCESS};
 
 /// Inputs when `HIVETRACK_FUZZ_INPUTS` is not set.
 const DEFAULT_INPUTS: u64 = 20_000;
-const KINDS: [QueryKind; 6] = [
-    QueryKind::Holders,
-    QueryKind::Hives,
-    QueryKind::Processes,
-    QueryKind::Stats,
-    QueryKind::Snapshot,
-    QueryKind::UnloadHistory,
-];
 const OUT_LENS: [u32; 8] = [0, 1, 15, 16, 64, 300, 4096, 16 * 1024];
 
 /// The fuzz scenario.
@@ -116,7 +108,7 @@ fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str)
             "wait-free",
         )
     } else {
-        let kind = KINDS[rng.below(KINDS.len())];
+        let kind = QUERY_KINDS[rng.below(QUERY_KINDS.len())];
         let c = if rng.below(8) == 0 {
             Cursor([
                 rng.next(),
@@ -162,7 +154,7 @@ fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str)
             4 => {
                 code = [
                     IOCTL_HIVETRACK_GET_VERSION,
-                    query_ioctl(KINDS[rng.below(KINDS.len())]),
+                    query_ioctl(QUERY_KINDS[rng.below(QUERY_KINDS.len())]),
                     code,
                 ][rng.below(3)];
             }

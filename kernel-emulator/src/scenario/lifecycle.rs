@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::registry::{KEY_READ, SOFTWARE, SYSTEM_PID, Session, finish, start};
 use super::test_driver::ioctl;
-use super::{Ctx, Scenario, Target};
+use super::{Ctx, Scenario};
 use crate::hive::{self, APP_HIVE_ROOT, DEFERRED_UNLOAD_THREAD, REG_APP_HIVE};
 use crate::io;
 use crate::kernel;
@@ -123,40 +123,36 @@ fn new_process(ctx: &mut Ctx, image: &str) -> u32 {
     r.unwrap_or(0)
 }
 
-const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
-    Scenario::passing(name, Target::TestDriver, about, run)
-}
-
 /// The hive lifecycle and process scenarios.
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        scenario(
+        Scenario::test_driver(
             "td-relative-load",
             "RegLoadKey(HKU, SID): RegNtPreLoadKey carries the HKU key object and the relative name; an absolute NtLoadKey carries no object",
             td_relative_load,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-app-hive",
             "RegLoadAppKey: \\REGISTRY\\A\\{GUID}, a root handle through RootHandle, the same hive for the same file, unloaded by itself at its last key with no unload notification",
             td_app_hive,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-deferred-unload",
             "NtUnloadKeyEx with an event: STATUS_PENDING while a key is open, the unload completes on a system worker thread after the last close, the event says so",
             td_deferred_unload,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-start-key",
             "PsGetProcessStartKey: per-process, increasing, System's first; a reused PID gets a new start key",
             td_start_key,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-attached-thread",
             "KeStackAttachProcess: PsGetCurrentProcessId stays the thread's process, IoGetCurrentProcess is the attached one, and handles go into its table",
             td_attached_thread,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-kernel-handle",
             "OBJ_KERNEL_HANDLE from a user thread: notified in that process, the handle is in the System process's table, outlives the process, and its close runs attached to System",
             td_kernel_handle,

@@ -70,6 +70,18 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// A scenario on hivetrack.sys whose checks must all pass.
+    #[must_use]
+    pub const fn hivetrack(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Self {
+        Self::passing(name, Target::Hivetrack, about, run)
+    }
+
+    /// A scenario on the test driver whose checks must all pass.
+    #[must_use]
+    pub const fn test_driver(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Self {
+        Self::passing(name, Target::TestDriver, about, run)
+    }
+
     /// A scenario on `target` whose checks must all pass.
     #[must_use]
     pub const fn passing(

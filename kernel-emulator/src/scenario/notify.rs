@@ -3,7 +3,7 @@
 //! model doing one cited behaviour, through the test driver's counters and the names it
 //! fetched with CmCallbackGetKeyObjectIDEx.
 
-use super::registry::{Session, finish, scenario, start};
+use super::registry::{Session, finish, start};
 use super::{Ctx, Scenario};
 use crate::hive::{self, HANDLE_FAIL_MARKER};
 use crate::io;
@@ -44,32 +44,32 @@ const LAST_CLEANUP_PID: usize = 21;
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        scenario(
+        Scenario::test_driver(
             "td-post-after-veto",
             "a filter below the driver fails the pre-open: the driver still gets its post, with that status and its CallContext",
             td_post_after_veto,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-close-at-destroy",
             "close notifications come once per key object, at its last reference: not at the last handle close while a driver references it",
             td_close_at_destroy,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-close-on-worker",
             "a deferred deletion: close and cleanup notifications on a system worker thread in the System process (pid 4)",
             td_close_on_worker,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-names-as-stored",
             "relative opens (RootObject + relative CompleteName) and names as stored, whatever the caller's case",
             td_names_as_stored,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-reparse-links",
             "CurrentControlSet and Software\\Classes links: a STATUS_REPARSE pre/post pair, then the target's; STATUS_PREDEFINED_HANDLE posts",
             td_reparse_links,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-open-then-fail",
             "an open that succeeds in the post and then fails (a higher filter, or no handle): the object is destroyed with close and cleanup",
             td_open_then_fail,

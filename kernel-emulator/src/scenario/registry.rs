@@ -4,7 +4,7 @@
 //! filters failing or bypassing a pre-notification, duplicated and inherited handles, hive
 //! unload refused while a key object is open or referenced by the driver.
 
-use super::{Ctx, Scenario, Target};
+use super::{Ctx, Scenario};
 use crate::driver::LoadedDriver;
 use crate::hive::{self, STATUS_CANNOT_DELETE};
 use crate::io::{self, FileHandle};
@@ -48,64 +48,56 @@ struct Stats {
     pre_close_no_context: u64,
 }
 
-pub(super) const fn scenario(
-    name: &'static str,
-    about: &'static str,
-    run: fn(&mut Ctx),
-) -> Scenario {
-    Scenario::passing(name, Target::TestDriver, about, run)
-}
-
 /// Registry scenarios.
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        scenario(
+        Scenario::test_driver(
             "td-registry",
             "pre/post notifications, CallContext, contexts cleaned on close, exit and unregistration; other filters failing or bypassing",
             td_registry,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-hive-unload",
             "hive unload fails while a process holds a key or the driver references one, succeeds otherwise",
             td_hive_unload,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-process-notify",
             "process create/exit notifications; exit closes every handle, inherited ones included",
             td_process_notify,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-procmon-replay",
             "a Process Monitor CSV export (built-in sample or run --procmon-csv) replayed through the driver",
             td_procmon_replay,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-registry-faults",
             "callbacks at APC_LEVEL with 25% of pool allocations failing: contexts skipped, never leaked",
             td_registry_faults,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-script",
             "a step script (built-in sample, or run --script FILE): hive held by an inherited handle",
             |ctx| super::run_script(ctx, include_str!("td-sample.script")),
         ),
-        scenario(
+        Scenario::test_driver(
             "td-unload-under-load",
             "the driver unloads while 3 threads drive registry and process traffic: unregistration waits for calls in flight, nothing calls in afterwards",
             td_unload_under_load,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-wait-registry",
             "a pending IRP completed from a registry callback on another thread (a key handle closed there), callbacks at PASSIVE and APC_LEVEL",
             td_wait_registry,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-preexisting-handles",
             "keys opened (and a hive loaded) before DriverEntry: their objects never carry the driver's context, their close comes with none and no cleanup; NtQueryOpenSubKeysEx still lists them with the opener's pid",
             td_preexisting_handles,
         ),
-        scenario(
+        Scenario::test_driver(
             "td-generated",
             "4 threads x 5 processes x 20 keys, random opens/creates/duplicates/closes/exits, seeded",
             td_generated,

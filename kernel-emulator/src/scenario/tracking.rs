@@ -23,7 +23,7 @@ use protocol::{
     wire::{self, HEADER_LEN, encode},
 };
 
-use super::{Ctx, Scenario, Target};
+use super::{Ctx, Scenario};
 use crate::driver::LoadedDriver;
 use crate::faults::FaultPolicy;
 use crate::hive::{self, STATUS_CANNOT_DELETE};
@@ -45,50 +45,55 @@ pub(crate) const APP1: &str = r"\Device\HarddiskVolume2\Program Files\Editor\edi
 pub(crate) const APP2: &str = r"\Device\HarddiskVolume2\Program Files\Sync\profleak.exe";
 const OUT_LEN: u32 = 64 * 1024;
 
-const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
-    Scenario::passing(name, Target::Hivetrack, about, run)
-}
-
+/// Every query the driver answers (the hostile-request and fuzz scenarios send each).
+pub(crate) const QUERY_KINDS: [QueryKind; 6] = [
+    QueryKind::Holders,
+    QueryKind::Hives,
+    QueryKind::Processes,
+    QueryKind::Stats,
+    QueryKind::Snapshot,
+    QueryKind::UnloadHistory,
+];
 /// The tracking scenarios.
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        scenario(
+        Scenario::hivetrack(
             "logoff",
             "a profile that will not unload: holders and the unload history name the one process and key; after it exits the hive unloads",
             logoff,
         ),
-        scenario(
+        Scenario::hivetrack(
             "handle-leak",
             "one process opens the same key 65,602 times: processes ranks it first with the exact count; snapshot diff shows the growth",
             handle_leak,
         ),
-        scenario(
+        Scenario::hivetrack(
             "process-exit",
             "a process with keys in three hives exits: all its entries go",
             process_exit,
         ),
-        scenario(
+        Scenario::hivetrack(
             "duplicated-handle",
             "A opens, duplicates into B, closes: still tracked as opened by A until B closes",
             duplicated_handle,
         ),
-        scenario(
+        Scenario::hivetrack(
             "low-resources",
             "the logoff workload (and a wait on its hive) failing the k-th fallible call for every k, then 6% at random: no bugcheck, no leak, losses counted, the wait completes",
             low_resources,
         ),
-        scenario(
+        Scenario::hivetrack(
             "concurrency",
             "8 threads opening, closing and exiting across hives while queries run: exact final counts",
             concurrency,
         ),
-        scenario(
+        Scenario::hivetrack(
             "hostile-queries",
             "every query IOCTL with truncated, oversized, misaligned and garbage requests: clean errors, no poison bytes",
             hostile_queries,
         ),
-        scenario(
+        Scenario::hivetrack(
             "older-windows",
             "ExAllocatePool2, CmCallbackGetKeyObjectIDEx and PsSetCreateProcessNotifyRoutineEx hidden: tracks with fallbacks; CmRegisterCallbackEx hidden: loads, tracking off",
             older_windows,
@@ -922,16 +927,8 @@ fn hostile_queries(ctx: &mut Ctx) {
     load_profile(ctx);
     let p = spawn(ctx, APP1);
     let _ = open(p, &format!(r"{USER}\Software\Hostile"));
-    let kinds = [
-        QueryKind::Holders,
-        QueryKind::Hives,
-        QueryKind::Processes,
-        QueryKind::Stats,
-        QueryKind::Snapshot,
-        QueryKind::UnloadHistory,
-    ];
     let user: Vec<u16> = USER.encode_utf16().collect();
-    for kind in kinds {
+    for kind in QUERY_KINDS {
         let code = query_ioctl(kind);
         let good = Client::request(kind, &user, Cursor::START);
         let mut cases: Vec<(String, Vec<u8>, u32)> = vec![

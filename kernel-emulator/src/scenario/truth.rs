@@ -23,7 +23,7 @@ use super::tracking::{
     APP1, APP2, CLASSES, KEY_READ, SOFTWARE, USER, boot_hives, ensure_parents, load_profile, spawn,
     unload_all,
 };
-use super::{Ctx, Scenario, Target};
+use super::{Ctx, Scenario};
 use crate::driver::LoadedDriver;
 use crate::faults::FaultPolicy;
 use crate::hive;
@@ -33,45 +33,41 @@ use crate::process;
 use crate::security::{Caller, GENERIC_READ, GENERIC_WRITE};
 use crate::status::{self, STATUS_SUCCESS};
 
-const fn scenario(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario {
-    Scenario::passing(name, Target::Hivetrack, about, run)
-}
-
 /// The scenarios.
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        scenario(
+        Scenario::hivetrack(
             "late-start",
             "a key opened before DriverEntry: the driver has no record (no context), its answers say since when it tracks, the kernel's list still has the key with its opener",
             late_start,
         ),
-        scenario(
+        Scenario::hivetrack(
             "loss-ages-out",
             "a cut name in one hive leaves other hives' reports complete; an open lost in the profile is counted there, with its time, and goes with the hive when it unloads",
             loss_ages_out,
         ),
-        scenario(
+        Scenario::hivetrack(
             "wait-completeness",
             "the wait-free answer carries since when the driver tracks and the losses of its hive (and only of its hive)",
             wait_completeness,
         ),
-        scenario(
+        Scenario::hivetrack(
             "wait-after-cleanup",
             "a wait-free request dispatched after IRP_MJ_CLEANUP of its file object (the handle gone, the object still referenced) is cancelled at once, not left pending with nothing to cancel it",
             wait_after_cleanup,
         ),
-        scenario(
+        Scenario::hivetrack(
             "unregister-fails",
             "CmUnRegisterCallback fails at unload: the driver keeps its tracker and, with a reference on its driver object, its image; registry traffic afterwards runs its callback safely",
             unregister_fails,
         ),
-        scenario(
+        Scenario::hivetrack(
             "relative-load",
             "RegLoadKey(HKU, \"S-1-5-21-…\", file): KeyName relative to the load's root object; the driver records the mount \\REGISTRY\\USER\\S-1-5-21-…, not the bare SID",
             relative_load,
         ),
-        scenario(
+        Scenario::hivetrack(
             "nameless-open",
             "CmCallbackGetKeyObjectIDEx fails for an open: not filed under an empty-mount hive, counted against the hive its path names",
             nameless_open,
