@@ -113,6 +113,12 @@ impl Prefix {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Kills this prefix's wineserver and waits until it has exited.
+    fn stop_server(&self) {
+        let _ = self.command("wineserver").arg("-k").status();
+        let _ = self.command("wineserver").arg("-w").status();
+    }
+
     fn system32(&self) -> PathBuf {
         self.dir.join("drive_c/windows/system32")
     }
@@ -206,7 +212,7 @@ pub fn wine_e2e(package: &Path, work: &Path) -> Result<()> {
         log_dir: work.join("logs"),
     };
     if prefix.dir.exists() {
-        let _ = prefix.command("wineserver").arg("-k").status();
+        prefix.stop_server();
         fs::remove_dir_all(&prefix.dir)?;
     }
     if prefix.log_dir.exists() {
@@ -214,8 +220,9 @@ pub fn wine_e2e(package: &Path, work: &Path) -> Result<()> {
     }
     fs::create_dir_all(&prefix.log_dir)?;
     let result = run_checks(&prefix, package, &shim, started);
-    // Whatever happened, leave no Wine process behind.
-    let _ = prefix.command("wineserver").arg("-k").status();
+    // Whatever happened, leave no Wine process behind (and wait for it to go: a server still
+    // exiting would be found by the next prefix made at this path).
+    prefix.stop_server();
     result?;
     eprintln!(
         "wine-e2e: all checks passed in {:.1} s (logs in {})",
@@ -240,7 +247,15 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
         "boot a fresh prefix",
         started,
         (|| {
-            prefix.run_ok("wineboot", &mut prefix.wine(&["wineboot", "-i"]))?;
+            if let Err(e) = prefix.run_ok("wineboot", &mut prefix.wine(&["wineboot", "-i"])) {
+                // Seen once: a fresh prefix at the path of one whose server was still exiting
+                // failed to boot ("could not load kernel32.dll"). Stop the server, start over
+                // once, and say so.
+                eprintln!("wine-e2e: wineboot failed ({e:#}); retrying once on a new prefix");
+                prefix.stop_server();
+                fs::remove_dir_all(&prefix.dir)?;
+                prefix.run_ok("wineboot-retry", &mut prefix.wine(&["wineboot", "-i"]))?;
+            }
             // Right after boot two services.exe can race and service calls fail: settle by
             // letting the server shut down, then keep one alive for the rest of the run (the
             // driver is torn down when an idle server exits).
