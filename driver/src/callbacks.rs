@@ -31,8 +31,8 @@ use wdk_sys::{
     DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, OBJ_KERNEL_HANDLE,
     REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION, REG_CREATE_KEY_INFORMATION_V1,
     REG_KEY_HANDLE_CLOSE_INFORMATION, REG_LOAD_KEY_INFORMATION, REG_POST_OPERATION_INFORMATION,
-    REG_UNLOAD_KEY_INFORMATION, STATUS_INVALID_PARAMETER, STATUS_PROCEDURE_NOT_FOUND,
-    STATUS_SUCCESS, UNICODE_STRING,
+    REG_UNLOAD_KEY_INFORMATION, STATUS_INVALID_PARAMETER, STATUS_PENDING,
+    STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
     ntddk::{IoGetCurrentProcess, PsGetCurrentThreadId, PsGetProcessId},
 };
 
@@ -293,6 +293,12 @@ unsafe extern "C" fn registry_callback(
                 if post.Status == STATUS_SUCCESS {
                     tracker.hive_unloaded(mount);
                     waiters::hive_may_be_free();
+                } else if post.Status == STATUS_PENDING {
+                    // NtUnloadKeyEx with an event on a held hive: Windows unloads it later,
+                    // when its last key object goes, with no further notification
+                    // (REG_UNLOAD_KEY_INFORMATION `UserEvent`; the emulator's
+                    // td-deferred-unload). The tracker marks it pending.
+                    tracker.hive_unload_pending(mount);
                 }
             });
         }

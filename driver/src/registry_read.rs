@@ -12,7 +12,7 @@ use wdk_sys::{
 };
 
 use crate::{
-    clock, pool,
+    pool,
     tracking::DriverTracker,
     unicode::{unicode_string, wide},
 };
@@ -216,7 +216,6 @@ pub fn seed_hives(tracker: &DriverTracker) -> usize {
     let Some(mut scratch) = Scratch::new() else {
         return 0;
     };
-    let now = clock::now();
     let mut seeded = 0;
     for index in 0..4096u32 {
         let buf = scratch.bytes();
@@ -255,7 +254,9 @@ pub fn seed_hives(tracker: &DriverTracker) -> usize {
             f += 1;
         }
         if m > 0 {
-            tracker.hive_loaded(&mount[..m], &file[..f], now);
+            // Load time 0, "not known": the hive was mounted before tracking began, so keys
+            // of it may predate tracking (a pending unload of it is never taken as done).
+            tracker.hive_loaded(&mount[..m], &file[..f], 0);
             seeded += 1;
         }
     }

@@ -39,6 +39,10 @@ pub enum HiveState {
     Implicit = 2,
     /// Unloaded, kept while tracked keys still refer to it.
     Unloaded = 3,
+    /// A deferred unload (`NtUnloadKeyEx` with an event) was accepted as `STATUS_PENDING` and
+    /// has not been seen to complete: Windows unloads the hive, with no notification, once
+    /// its last key object goes. The unload history has the attempt and its time.
+    UnloadPending = 4,
 }
 
 impl HiveState {
@@ -49,6 +53,7 @@ impl HiveState {
             1 => Some(Self::Loaded),
             2 => Some(Self::Implicit),
             3 => Some(Self::Unloaded),
+            4 => Some(Self::UnloadPending),
             _ => None,
         }
     }

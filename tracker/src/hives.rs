@@ -13,10 +13,28 @@
 //! under that shard's lock taken shared. Hives are reference counted by the (process, hive)
 //! records that point at them and by in-flight resolutions; an unloaded hive is kept on the
 //! shard's retired list until its count drops to zero.
+//!
+//! Some hives go without a notification, so their records are forgotten when nothing the
+//! tracker records is in them any more (the table then holds the hives in use, not every hive
+//! seen since boot):
+//! - an application hive (`\REGISTRY\A\{GUID}`, [`HiveKind::App`]) unloads by itself when
+//!   its last key object goes, with no unload notification (Learn, `RegLoadAppKeyW`:
+//!   "automatically unloaded when all handles to the keys inside the hive are closed"; the
+//!   emulator's `td-app-hive`). Its record goes with its last tracked key, unless a loss was
+//!   counted in it (an answer must keep saying so); one whose keys were never tracked (the
+//!   caller's root handle comes with no open notification) is forgotten when more than
+//!   [`IDLE_APP_HIVES`] such sit in its shard.
+//! - a deferred unload (`NtUnloadKeyEx` with an event) is reported once, as `STATUS_PENDING`, and
+//!   completes later with no notification (the emulator's `td-deferred-unload`, after the
+//!   Windows Research Kernel's `CmpLateUnloadHiveWorker`). The hive is marked
+//!   [`HiveState::UnloadPending`]; when its last tracked key goes it is taken as unloaded only
+//!   if the tracker can vouch that it saw every key object of the hive: loaded while tracking
+//!   ran, nothing lost in it or globally. Otherwise it stays pending: keys the tracker cannot
+//!   see (opened before tracking started) may still hold it.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
-    AtomicPtr, AtomicU8, AtomicU32, AtomicU64,
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64,
     Ordering::{AcqRel, Relaxed},
 };
 
@@ -32,6 +50,8 @@ const SHARDS: usize = 16;
 /// list, to be freed by whoever drops its last reference.
 const RETIRED: u32 = 1 << 31;
 const BACKSLASH: u16 = b'\\' as u16;
+/// Application hives with no tracked key kept per shard before the oldest is forgotten.
+pub const IDLE_APP_HIVES: usize = 4;
 /// Size class of a hive record.
 pub const HIVE_CLASS: BlockClass = BlockClass::B128;
 
@@ -58,6 +78,22 @@ pub struct Hive {
     pub lost: AtomicU64,
     /// When the first of them happened (0 when none).
     pub lost_since: AtomicU64,
+    /// A tracked key was in it once: an application hive's record then goes with its last
+    /// tracked key (one never opened is left to [`IDLE_APP_HIVES`]).
+    held: AtomicBool,
+}
+
+/// Since when the tracker has seen every open.
+///
+/// Used to forget a hive whose deferred unload is pending: the time live tracking began when
+/// no open was lost without a known hive, `None` otherwise (then no pending unload is ever
+/// taken as done).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vouch(pub Option<u64>);
+
+impl Vouch {
+    /// Vouches for nothing (teardown, tests).
+    pub const NONE: Self = Self(None);
 }
 
 impl Hive {
@@ -79,6 +115,23 @@ impl Hive {
     /// Load time, 0 when not known.
     pub fn loaded_time(&self) -> u64 {
         self.loaded_time.load(Relaxed)
+    }
+
+    /// Whether its record can go now that nothing refers to it (see the module doc).
+    fn forgettable(&self, vouch: Vouch) -> bool {
+        if self.refs.load(Relaxed) != 0 || self.lost.load(Relaxed) != 0 {
+            return false;
+        }
+        match self.state() {
+            HiveState::UnloadPending => vouch.0.is_some_and(|since| {
+                let loaded = self.loaded_time();
+                since != 0 && loaded != 0 && loaded >= since
+            }),
+            HiveState::Unloaded => false,
+            HiveState::Loaded | HiveState::Implicit => {
+                self.kind == HiveKind::App && self.held.load(Relaxed)
+            }
+        }
     }
 }
 
@@ -219,12 +272,17 @@ fn unlink(list: &AtomicPtr<Hive>, target: NonNull<Hive>) -> bool {
     }
 }
 
-/// The longest live mount that is a prefix of `path`.
+/// The longest live mount that is a prefix of `path`. A mount shorter than the path's
+/// [`shard_prefix`] is not its hive: only the master hive `\REGISTRY` is, and it contains
+/// just the keys of fewer than three components (whose shard prefix is `\REGISTRY` itself);
+/// a deeper path under no mount of its shard belongs to an implicit hive, even when its
+/// shard happens to be the master hive's.
 fn longest(list: &AtomicPtr<Hive>, path: &[u16]) -> Option<NonNull<Hive>> {
+    let least = shard_prefix(path).len();
     let mut best: Option<(NonNull<Hive>, usize)> = None;
     find(list, |h| {
         let m = h.mount();
-        if is_mount_of(m, path) && best.is_none_or(|(_, l)| m.len() > l) {
+        if m.len() >= least && is_mount_of(m, path) && best.is_none_or(|(_, l)| m.len() > l) {
             best = Some((NonNull::from(h), m.len()));
         }
         false
@@ -277,6 +335,7 @@ impl<L: RawLock> HiveTable<L> {
             loaded_time: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             lost_since: AtomicU64::new(0),
+            held: AtomicBool::new(false),
         };
         let Some(h) = alloc_init(pool, HIVE_CLASS, hive) else {
             names.release(pool, mount_ref);
@@ -350,9 +409,12 @@ impl<L: RawLock> HiveTable<L> {
         }
     }
 
-    /// Takes one more reference on a hive the caller keeps alive.
+    /// Takes one more reference on a hive the caller keeps alive, for a holding (a tracked
+    /// key in it).
     pub fn add_ref(h: NonNull<Hive>) {
-        hive_of(h).refs.fetch_add(1, Relaxed);
+        let hive = hive_of(h);
+        hive.refs.fetch_add(1, Relaxed);
+        hive.held.store(true, Relaxed);
     }
 
     /// Drops a reference; frees the hive if it was unloaded and this was the last one.
@@ -362,10 +424,23 @@ impl<L: RawLock> HiveTable<L> {
     /// reference to a retired hive. (A live hive at zero references needs nothing: `unloaded`
     /// frees it at once if it is still unreferenced then.) Release on the decrement and
     /// Acquire for the last one order every holder's use of the hive before its free.
-    pub fn unpin<P: Pool>(&self, pool: &P, names: &NameTable<L>, h: NonNull<Hive>) {
+    ///
+    /// A live hive left with no reference is forgotten when [`Hive::forgettable`] says so
+    /// (`vouch`: see [`Vouch`]); that takes the shard lock, and happens only to application
+    /// hives and pending unloads (checked before the decrement, while the reference keeps the
+    /// hive alive).
+    pub fn unpin<P: Pool>(&self, pool: &P, names: &NameTable<L>, h: NonNull<Hive>, vouch: Vouch) {
         let hive = hive_of(h);
         let shard = hive.shard as usize;
-        if hive.refs.fetch_sub(1, AcqRel) != RETIRED | 1 {
+        let may_forget = hive.kind == HiveKind::App || hive.state() == HiveState::UnloadPending;
+        let before = hive.refs.fetch_sub(1, AcqRel);
+        if before == 1 && may_forget {
+            // `hive` may be freed by another thread from here on: only its address is used
+            // until it is found again on the live list under the shard lock.
+            self.forget_if_idle(pool, names, shard, h, vouch);
+            return;
+        }
+        if before != RETIRED | 1 {
             return;
         }
         // Retired, and no reference is left: nobody else can reach or free it (a retired
@@ -386,6 +461,34 @@ impl<L: RawLock> HiveTable<L> {
         if let Some(d) = found {
             Self::free(pool, names, d);
         }
+    }
+
+    /// Forgets the hive at `h` if it is still on shard `si`'s live list, unreferenced and
+    /// [`Hive::forgettable`].
+    fn forget_if_idle<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        si: usize,
+        h: NonNull<Hive>,
+        vouch: Vouch,
+    ) {
+        let s = &self.shards[si];
+        let gone = {
+            let _g = Exclusive::new(&s.lock);
+            find(&s.live, |x| ptr::eq(x, h.as_ptr()) && x.forgettable(vouch))
+                .inspect(|&d| Self::forget_locked(s, d))
+        };
+        if let Some(d) = gone {
+            Self::free(pool, names, d);
+        }
+    }
+
+    /// Unlinks an unreferenced live hive (caller holds the shard lock exclusively); the
+    /// caller frees it after the lock.
+    fn forget_locked(s: &Shard<L>, h: NonNull<Hive>) {
+        unlink(&s.live, h);
+        locked_sub32(&s.count, 1);
     }
 
     fn free<P: Pool>(pool: &P, names: &NameTable<L>, h: NonNull<Hive>) {
@@ -417,9 +520,19 @@ impl<L: RawLock> HiveTable<L> {
         };
         let si = shard_of(mount);
         let shard = &self.shards[si];
+        let mut gone = [None; 2];
         let old_file = {
             let guard = Exclusive::new(&shard.lock);
-            let found = find(&shard.live, |h| eq_folded(h.mount(), mount));
+            let mut found = find(&shard.live, |h| eq_folded(h.mount(), mount));
+            if let Some(p) = found.filter(|&p| hive_of(p).state() == HiveState::UnloadPending) {
+                // A new load of a mount whose deferred unload was pending: that unload has
+                // completed. The old record goes (with the losses counted in it).
+                gone[0] = Self::retire_locked(shard, p);
+                found = None;
+            }
+            if found.is_none() && kind_of(mount) == HiveKind::App {
+                gone[1] = Self::forget_idle_app(shard);
+            }
             let h = match found.map_or_else(
                 || self.create(pool, names, si, mount, HiveState::Loaded),
                 Ok,
@@ -429,6 +542,9 @@ impl<L: RawLock> HiveTable<L> {
                     drop(guard);
                     if let Some(f) = file_ref {
                         names.release(pool, f);
+                    }
+                    for d in gone.into_iter().flatten() {
+                        Self::free(pool, names, d);
                     }
                     return Err(e);
                 }
@@ -445,7 +561,81 @@ impl<L: RawLock> HiveTable<L> {
         if let Some(f) = NonNull::new(old_file) {
             names.release(pool, f);
         }
+        for d in gone.into_iter().flatten() {
+            Self::free(pool, names, d);
+        }
         Ok(())
+    }
+
+    /// Before a new application hive is recorded in `shard`: when [`IDLE_APP_HIVES`] or more
+    /// of its application hives have no reference and no loss, unlinks the oldest (the
+    /// caller frees it after the lock). Their keys were never tracked, so nothing tells when
+    /// they unload; forgetting one makes an answer about it say "unknown hive", never "free".
+    fn forget_idle_app(shard: &Shard<L>) -> Option<NonNull<Hive>> {
+        let mut idle = 0;
+        let mut oldest = None;
+        find(&shard.live, |h| {
+            if h.kind == HiveKind::App && h.refs.load(Relaxed) == 0 && h.lost.load(Relaxed) == 0 {
+                idle += 1;
+                oldest = Some(NonNull::from(h));
+            }
+            false
+        });
+        let d = oldest.filter(|_| idle >= IDLE_APP_HIVES)?;
+        Self::forget_locked(shard, d);
+        Some(d)
+    }
+
+    /// Unlinks a live hive as unloaded (caller holds the shard lock exclusively). Returns it
+    /// when nothing refers to it (the caller frees it after the lock); otherwise it waits on
+    /// the retired list for its last [`HiveTable::unpin`].
+    fn retire_locked(shard: &Shard<L>, h: NonNull<Hive>) -> Option<NonNull<Hive>> {
+        unlink(&shard.live, h);
+        let hive = hive_of(h);
+        hive.state.store(HiveState::Unloaded as u8, Relaxed);
+        // No reference can be taken any more (lookups only search the live list, under
+        // this lock); one may still be dropped concurrently, and whichever of this and
+        // the last `unpin` comes second sees the other's effect in `refs` and frees.
+        if hive.refs.fetch_or(RETIRED, AcqRel) == 0 {
+            locked_sub32(&shard.count, 1);
+            Some(h)
+        } else {
+            hive.next.store(shard.retired.load(Relaxed), Relaxed);
+            shard.retired.store(h.as_ptr(), Relaxed);
+            None
+        }
+    }
+
+    /// Records that a deferred unload of `mount` is pending (`NtUnloadKeyEx` returned
+    /// `STATUS_PENDING`); forgets the hive at once when nothing tracked is in it and `vouch`
+    /// covers it (its last key went between the unload's pre- and post-notification).
+    /// Returns false when `mount` was not a known hive.
+    pub fn unload_pending<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        mount: &[u16],
+        vouch: Vouch,
+    ) -> bool {
+        let shard = &self.shards[shard_of(mount)];
+        let gone = {
+            let _g = Exclusive::new(&shard.lock);
+            let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) else {
+                return false;
+            };
+            let hive = hive_of(h);
+            if hive.state() != HiveState::Unloaded {
+                hive.state.store(HiveState::UnloadPending as u8, Relaxed);
+            }
+            hive.forgettable(vouch).then(|| {
+                Self::forget_locked(shard, h);
+                h
+            })
+        };
+        if let Some(h) = gone {
+            Self::free(pool, names, h);
+        }
+        true
     }
 
     /// Records an unload; returns false when `mount` was not a known hive.
@@ -456,20 +646,7 @@ impl<L: RawLock> HiveTable<L> {
             let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) else {
                 return false;
             };
-            unlink(&shard.live, h);
-            let hive = hive_of(h);
-            hive.state.store(HiveState::Unloaded as u8, Relaxed);
-            // No reference can be taken any more (lookups only search the live list, under
-            // this lock); one may still be dropped concurrently, and whichever of this and
-            // the last `unpin` comes second sees the other's effect in `refs` and frees.
-            if hive.refs.fetch_or(RETIRED, AcqRel) == 0 {
-                locked_sub32(&shard.count, 1);
-                Some(h)
-            } else {
-                hive.next.store(shard.retired.load(Relaxed), Relaxed);
-                shard.retired.store(h.as_ptr(), Relaxed);
-                None
-            }
+            Self::retire_locked(shard, h)
         };
         if let Some(h) = freed {
             Self::free(pool, names, h);

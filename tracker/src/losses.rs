@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use protocol::completeness::Completeness;
 
 use crate::counters::{bump, get};
-use crate::hives::{Hive, hive_of};
+use crate::hives::{Hive, Vouch, hive_of};
 use crate::lock::RawLock;
 use crate::pool::Pool;
 use crate::tracker::Tracker;
@@ -51,10 +51,16 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             Some(h) => {
                 let hv = hive_of(h);
                 count(&hv.lost, &hv.lost_since, time);
-                self.hives.unpin(&self.pool, &self.names, h);
+                self.hives.unpin(&self.pool, &self.names, h, self.vouch());
             }
             None => self.lost_globally(time),
         }
+    }
+
+    /// Since when the tracker has seen every open in any hive (see [`Vouch`]).
+    pub(crate) fn vouch(&self) -> Vouch {
+        let since = get(&self.counters.tracking_since);
+        Vouch((since != 0 && get(&self.counters.global_lost) == 0).then_some(since))
     }
 
     /// A loss whose hive cannot be known.

@@ -306,7 +306,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             .flatten()
             .ok_or(QueryError::UnknownHive)?;
         let result = self.holders_of(hive, cursor, flags, max_records, out);
-        self.hives.unpin(&self.pool, &self.names, hive);
+        self.hives
+            .unpin(&self.pool, &self.names, hive, self.vouch());
         result
     }
 

@@ -9,7 +9,7 @@ use crate::budget::{Budgeted, TopDropper};
 use crate::counters::{Counters, bump};
 use crate::counters::{locked_add32, locked_add64, locked_sub64};
 use crate::history::{HistEntry, HistHolder, History};
-use crate::hives::{Hive, HiveTable, hive_of};
+use crate::hives::{Hive, HiveTable, Vouch, hive_of};
 use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameTable, name_of};
 use crate::objects::{
@@ -617,7 +617,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             // SAFETY: unlinked from its process under the process lock, and its last key is
             // gone: nothing reaches it.
             unsafe { free_holding(&self.pool, hold_ptr) };
-            self.hives.unpin(&self.pool, &self.names, hive);
+            self.hives
+                .unpin(&self.pool, &self.names, hive, self.vouch());
         }
         if reap {
             self.reap_process(key);
@@ -693,6 +694,20 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
     }
 
+    /// A deferred unload of `mount` is pending (`NtUnloadKeyEx` returned `STATUS_PENDING`): the
+    /// hive is reported as [`protocol::holders::HiveState::UnloadPending`] and taken as
+    /// unloaded when its last tracked key goes, if the tracker can vouch that it saw every key
+    /// of it (see [`crate::hives`]).
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
+    pub fn hive_unload_pending(&self, mount: &[u16]) {
+        if !self
+            .hives
+            .unload_pending(&self.pool, &self.names, mount, self.vouch())
+        {
+            bump(&self.counters.unloads_unknown_hive);
+        }
+    }
+
     /// An unload of `mount` was attempted with `outcome` (an NTSTATUS): records who held keys
     /// in the hive at this moment, in the bounded history.
     #[inline(never)] // rare: kept out of the registry callback's hot frame
@@ -723,7 +738,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 entry.hive_id = hive.id;
                 entry.open_keys = hive.open_keys.load(Relaxed);
                 self.collect_holders(hive, &mut entry);
-                self.hives.unpin(&self.pool, &self.names, h);
+                self.hives.unpin(&self.pool, &self.names, h, self.vouch());
             }
         }
         let Ok(m) = self.names.intern(&self.pool, mount) else {
@@ -842,7 +857,7 @@ impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
             while let Some(h) = NonNull::new(cur) {
                 let hold = holding_of(h);
                 cur = hold.next.load(Relaxed);
-                hives.unpin(pool, names, hold.hive);
+                hives.unpin(pool, names, hold.hive, Vouch::NONE);
                 // SAFETY: teardown: exclusive access; the holding is unlinked.
                 unsafe { free_holding(pool, h) };
             }

@@ -47,7 +47,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             .ok()
             .flatten()?;
         let seen = self.hives.with_locked(h, |hive| (hive.id, state_of(hive)));
-        self.hives.unpin(&self.pool, &self.names, h);
+        self.hives.unpin(&self.pool, &self.names, h, self.vouch());
         Some(seen)
     }
 

@@ -140,6 +140,8 @@ struct MHive {
     kind: HiveKind,
     live: bool,
     loaded_time: u64,
+    /// A loss was counted in it (an abandoned object): an application hive then stays.
+    lost: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -224,6 +226,7 @@ impl Model {
             kind,
             live: true,
             loaded_time: 0,
+            lost: false,
         });
         self.hives.len() - 1
     }
@@ -244,7 +247,10 @@ impl Model {
 
     fn gc(&mut self) {
         let used: BTreeSet<u32> = self.objs.values().map(|o| o.hive).collect();
-        self.hives.retain(|h| h.live || used.contains(&h.id));
+        // An application hive goes with its last tracked key (it unloads by itself, with no
+        // notification); the model's app hives all come from opens.
+        self.hives
+            .retain(|h| (h.live && (h.kind != HiveKind::App || h.lost)) || used.contains(&h.id));
         let holders: BTreeSet<(u64, u64)> = self.objs.values().map(|o| o.proc).collect();
         self.procs.retain(|k, p| !p.exited || holders.contains(k));
     }
@@ -657,6 +663,12 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
             let abandon = matches!(op, Op::Abandon { .. });
             if abandon {
                 t.abandon(tok, a);
+                if let Some(o) = m.objs.get(&a).filter(|o| o.token == tok) {
+                    let id = o.hive;
+                    if let Some(h) = m.hives.iter_mut().find(|h| h.id == id) {
+                        h.lost = true;
+                    }
+                }
             } else {
                 t.object_destroyed(tok, a);
             }

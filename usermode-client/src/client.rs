@@ -61,11 +61,15 @@ fn opt_text(t: Text<'_>) -> Option<String> {
     (!t.is_empty()).then(|| t.to_string())
 }
 
+/// The state of a hive whose deferred unload (`NtUnloadKeyEx` with an event) is pending.
+pub const UNLOAD_PENDING: &str = "unload-pending";
+
 const fn state_name(s: HiveState) -> &'static str {
     match s {
         HiveState::Loaded => "loaded",
         HiveState::Implicit => "implicit",
         HiveState::Unloaded => "unloaded",
+        HiveState::UnloadPending => UNLOAD_PENDING,
     }
 }
 

@@ -328,6 +328,13 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 .map(|f| format!(", file {f}"))
                 .unwrap_or_default();
             let _ = writeln!(out, "Hive {}{account}: {}{file}", hive.name, hive.state);
+            if hive.state == crate::client::UNLOAD_PENDING {
+                let _ = writeln!(
+                    out,
+                    "A deferred unload is pending: Windows unloads the hive when its last key \
+                     closes (the unload history has the attempt)"
+                );
+            }
             let _ = writeln!(
                 out,
                 "{} open key(s) held by {} process(es)",

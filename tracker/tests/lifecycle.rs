@@ -1,0 +1,183 @@
+//! Hive lifecycle: application hives forgotten with their last tracked key, deferred unloads
+//! pending until the tracker can vouch they completed, and the master hive's mount not
+//! swallowing implicit hives.
+#![allow(clippy::cast_possible_truncation, reason = "test code: small sizes")]
+
+mod support;
+
+use protocol::cursor::Cursor;
+use protocol::hives::Hives;
+use protocol::holders::{HiveKind, HiveState};
+use support::*;
+use tracker::{Config, QueryError, Tracker};
+
+const USER: &str = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001";
+
+fn tracker(pool: &CountingPool) -> TestTracker<'_> {
+    Tracker::new(pool, Config::default()).unwrap()
+}
+
+/// Every hive: (mount, state, kind, open keys).
+fn hives(t: &TestTracker<'_>) -> Vec<(String, HiveState, HiveKind, u64)> {
+    let mut out = Vec::new();
+    drain::<Hives>(
+        4096,
+        |c, b| t.hives(c, 0, b),
+        |p| {
+            for r in p.records() {
+                out.push((fold_text(&r.mount), r.state, r.kind, r.open_keys));
+            }
+        },
+    );
+    out
+}
+
+fn state_of(t: &TestTracker<'_>, mount: &str) -> Option<HiveState> {
+    let m = fold(&w(mount));
+    hives(t)
+        .into_iter()
+        .find(|(x, ..)| *x == m)
+        .map(|(_, s, ..)| s)
+}
+
+fn app(n: u32) -> String {
+    format!(r"\REGISTRY\A\{{{n:08X}-0000-0000-0000-000000000000}}")
+}
+
+#[test]
+fn an_app_hive_goes_with_its_last_tracked_key() {
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        t.tracking_started(1);
+        for n in 0..200 {
+            let mount = app(n);
+            t.hive_loaded(&w(&mount), &w(r"\??\C:\ProgramData\App\settings.dat"), 10);
+            let obj = 0x1000 + u64::from(n);
+            let tok = t
+                .opened(obj, P1, 7, &w(&format!(r"{mount}\Settings")), 1, 11)
+                .unwrap();
+            assert_eq!(state_of(&t, &mount), Some(HiveState::Loaded));
+            t.handle_closed(tok, obj);
+            t.object_destroyed(tok, obj);
+            assert_eq!(state_of(&t, &mount), None, "forgotten with its last key");
+            let mut buf = [0u8; 512];
+            assert_eq!(
+                t.holders(&w(&mount), &Cursor::START, 0, 0, &mut buf),
+                Err(QueryError::UnknownHive),
+                "an answer about it says unknown, never free"
+            );
+        }
+        assert!(t.stats().hives_tracked <= 2, "{:?}", hives(&t));
+    }
+    assert_eq!(pool.outstanding_blocks(), 0);
+}
+
+#[test]
+fn an_app_hive_with_a_loss_stays() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.tracking_started(1);
+    let mount = app(1);
+    t.hive_loaded(&w(&mount), &w(""), 10);
+    t.open_lost(&w(&format!(r"{mount}\Lost")), 12);
+    let tok = t
+        .opened(0x10, P1, 7, &w(&format!(r"{mount}\Kept")), 1, 13)
+        .unwrap();
+    t.object_destroyed(tok, 0x10);
+    assert_eq!(
+        state_of(&t, &mount),
+        Some(HiveState::Loaded),
+        "kept: its answers must keep saying what was lost"
+    );
+}
+
+#[test]
+fn never_opened_app_hives_are_capped() {
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        t.tracking_started(1);
+        for n in 0..500 {
+            t.hive_loaded(&w(&app(n)), &w(""), 10);
+        }
+        let apps = hives(&t)
+            .iter()
+            .filter(|(_, _, k, _)| *k == HiveKind::App)
+            .count();
+        assert!(apps <= 16 * tracker::hives::IDLE_APP_HIVES, "{apps} kept");
+        assert!(apps >= tracker::hives::IDLE_APP_HIVES, "{apps} kept");
+    }
+    assert_eq!(pool.outstanding_blocks(), 0);
+}
+
+#[test]
+fn a_deferred_unload_completes_with_the_last_key_when_the_tracker_saw_every_key() {
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        t.tracking_started(5);
+        t.hive_loaded(&w(USER), &w(r"\??\C:\Users\u\NTUSER.DAT"), 10);
+        let tok = t
+            .opened(0x20, P1, 7, &w(&format!(r"{USER}\Software")), 1, 11)
+            .unwrap();
+        t.unload_attempted(&w(USER), 0x103, 12);
+        t.hive_unload_pending(&w(USER));
+        assert_eq!(state_of(&t, USER), Some(HiveState::UnloadPending));
+        t.object_destroyed(tok, 0x20);
+        assert_eq!(state_of(&t, USER), None, "taken as unloaded");
+    }
+    assert_eq!(pool.outstanding_blocks(), 0);
+}
+
+#[test]
+fn a_deferred_unload_stays_pending_when_keys_may_predate_tracking() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    // Seeded from the hive list: its load time is not known, keys may predate tracking.
+    t.hive_loaded(&w(USER), &w(""), 0);
+    t.tracking_started(5);
+    let tok = t
+        .opened(0x20, P1, 7, &w(&format!(r"{USER}\Software")), 1, 11)
+        .unwrap();
+    t.hive_unload_pending(&w(USER));
+    t.object_destroyed(tok, 0x20);
+    assert_eq!(state_of(&t, USER), Some(HiveState::UnloadPending));
+    // A new load at the mount: the pending unload completed; a new record, state Loaded.
+    t.hive_loaded(&w(USER), &w(""), 20);
+    assert_eq!(state_of(&t, USER), Some(HiveState::Loaded));
+    assert_eq!(hives(&t).len(), 1);
+}
+
+#[test]
+fn a_deferred_unload_stays_pending_after_a_global_loss() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.tracking_started(5);
+    t.hive_loaded(&w(USER), &w(""), 10);
+    let tok = t
+        .opened(0x20, P1, 7, &w(&format!(r"{USER}\Software")), 1, 11)
+        .unwrap();
+    t.lost_globally(12);
+    t.hive_unload_pending(&w(USER));
+    t.object_destroyed(tok, 0x20);
+    assert_eq!(state_of(&t, USER), Some(HiveState::UnloadPending));
+}
+
+#[test]
+fn the_master_hive_does_not_swallow_implicit_hives() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.hive_loaded(&w(r"\REGISTRY"), &w(""), 0);
+    for n in 0..64 {
+        let key = format!(r"\REGISTRY\WC\Silo{n}\Key");
+        t.opened(0x100 + n, P1, 7, &w(&key), 1, 11).unwrap();
+    }
+    let all = hives(&t);
+    let master = all.iter().find(|(m, ..)| m == r"\REGISTRY").unwrap();
+    assert_eq!(
+        master.3, 0,
+        "no key of a three-component hive is in the master: {all:?}"
+    );
+    assert_eq!(all.len(), 65, "{all:?}");
+}
