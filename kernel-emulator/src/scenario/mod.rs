@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod notify;
 pub mod procmon;
 pub mod registry;
+pub mod self_unload;
 pub mod soak;
 pub mod test_driver;
 pub mod tracking;
@@ -108,6 +109,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(procmon::scenarios());
     v.extend(wait_free::scenarios());
     v.extend(truth::scenarios());
+    v.extend(self_unload::scenarios());
     v.extend(budget::scenarios());
     v.extend(soak::scenarios());
     v.extend(ioctl_fuzz::scenarios());

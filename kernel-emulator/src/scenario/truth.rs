@@ -77,13 +77,13 @@ pub fn scenarios() -> Vec<Scenario> {
 
 /// What a holders answer says about its hive.
 #[derive(Debug, Default, Clone, Copy)]
-struct View {
-    open_keys: u64,
-    holders: u32,
-    completeness: Completeness,
+pub(super) struct View {
+    pub(super) open_keys: u64,
+    pub(super) holders: u32,
+    pub(super) completeness: Completeness,
 }
 
-fn query(kind: QueryKind, hive: &str) -> Vec<u8> {
+pub(super) fn query(kind: QueryKind, hive: &str) -> Vec<u8> {
     let units: Vec<u16> = hive.encode_utf16().collect();
     let req = QueryRequest {
         query: kind,
@@ -103,7 +103,7 @@ fn query(kind: QueryKind, hive: &str) -> Vec<u8> {
 }
 
 /// The first holders page of `hive` (summaries): enough for counts and completeness.
-fn view(ctx: &mut Ctx, h: FileHandle, hive: &str) -> View {
+pub(super) fn view(ctx: &mut Ctx, h: FileHandle, hive: &str) -> View {
     let r = ctx.ioctl_checked(
         h,
         query_ioctl(QueryKind::Holders),
@@ -142,7 +142,7 @@ fn mounts(ctx: &mut Ctx, h: FileHandle) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn stats(ctx: &mut Ctx, h: FileHandle) -> Stats {
+pub(super) fn stats(ctx: &mut Ctx, h: FileHandle) -> Stats {
     let r = ctx.ioctl_checked(
         h,
         query_ioctl(QueryKind::Stats),
@@ -176,7 +176,7 @@ fn wait_now(ctx: &mut Ctx, h: FileHandle, hive: &str) -> Option<WaitFreeAnswer> 
     }
 }
 
-fn load(ctx: &mut Ctx) -> (LoadedDriver, Option<FileHandle>) {
+pub(super) fn load(ctx: &mut Ctx) -> (LoadedDriver, Option<FileHandle>) {
     let d = ctx.load();
     let s = d.entry();
     ctx.check(
@@ -206,7 +206,7 @@ fn finish(ctx: &mut Ctx, mut d: LoadedDriver, h: FileHandle, pids: &[u32]) {
     ctx.unload_and_check_clean(&mut d);
 }
 
-fn open_kept(ctx: &mut Ctx, pid: u32, key: &str) -> Option<u64> {
+pub(super) fn open_kept(ctx: &mut Ctx, pid: u32, key: &str) -> Option<u64> {
     ensure_parents(pid, key);
     let r = hive::open_key(pid, key, KEY_READ, true);
     ctx.check(r.is_ok(), format!("process {pid} opens {key}: {r:?}"));
