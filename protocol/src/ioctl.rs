@@ -83,6 +83,9 @@ pub const IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY: u32 = hivetrack_ioctl(0x806);
 /// and no answer when the caller cancels it. Drivers that have it say so with
 /// [`crate::version::VersionInfo::CAP_WAIT_FREE`].
 pub const IOCTL_HIVETRACK_WAIT_FREE: u32 = hivetrack_ioctl(0x807);
+/// Which tracked key each of the caller's handles refers to ([`crate::identify`]): the holder
+/// now, for handles duplicated or inherited away from their opener.
+pub const IOCTL_HIVETRACK_IDENTIFY_HANDLES: u32 = hivetrack_ioctl(0x808);
 
 /// The query IOCTL that carries `query`.
 #[must_use]
@@ -141,6 +144,7 @@ mod tests {
     #[test]
     fn wait_free_code_is_stable() {
         assert_eq!(IOCTL_HIVETRACK_WAIT_FREE, 0x8A54_601C);
+        assert_eq!(IOCTL_HIVETRACK_IDENTIFY_HANDLES, 0x8A54_6020);
         assert_eq!(split_ctl_code(IOCTL_HIVETRACK_WAIT_FREE).function, 0x807);
     }
 

@@ -21,6 +21,7 @@ pub mod diff;
 pub mod history;
 pub mod hives;
 pub mod holders;
+pub mod identify;
 pub mod ioctl;
 pub mod page;
 pub mod processes;

@@ -79,6 +79,8 @@ pub struct VersionInfo {
 impl VersionInfo {
     /// The driver answers `IOCTL_HIVETRACK_WAIT_FREE` ([`crate::wait`]).
     pub const CAP_WAIT_FREE: u16 = 1;
+    /// The driver answers `IOCTL_HIVETRACK_IDENTIFY_HANDLES` ([`crate::identify`]).
+    pub const CAP_IDENTIFY_HANDLES: u16 = 1 << 1;
 
     /// True when every bit of `cap` is set.
     #[must_use]

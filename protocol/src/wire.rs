@@ -42,6 +42,10 @@ pub enum MessageKind {
     WaitFreeRequest = 9,
     /// [`crate::wait::WaitFreeAnswer`], its answer.
     WaitFreeAnswer = 10,
+    /// [`crate::identify::IdentifyRequest`], the input of `IOCTL_HIVETRACK_IDENTIFY_HANDLES`.
+    IdentifyRequest = 11,
+    /// [`crate::identify::IdentifyAnswer`], its answer.
+    IdentifyAnswer = 12,
 }
 
 impl MessageKind {
@@ -59,6 +63,8 @@ impl MessageKind {
             8 => Some(Self::UnloadHistoryPage),
             9 => Some(Self::WaitFreeRequest),
             10 => Some(Self::WaitFreeAnswer),
+            11 => Some(Self::IdentifyRequest),
+            12 => Some(Self::IdentifyAnswer),
             _ => None,
         }
     }

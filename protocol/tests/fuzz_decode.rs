@@ -21,12 +21,14 @@ use proptest::prelude::*;
 use protocol::history::UnloadHistory;
 use protocol::hives::Hives;
 use protocol::holders::Holders;
+use protocol::identify::{IdentifyAnswer, IdentifyRequest};
 use protocol::page::Page;
 use protocol::processes::Processes;
 use protocol::request::QueryRequest;
 use protocol::snapshot::Snapshot;
 use protocol::stats::Stats;
 use protocol::version::VersionInfo;
+use protocol::wait::{WaitFreeAnswer, WaitFreeRequest};
 use protocol::wire::{Message, decode, decode_header, encode};
 
 fn check<'a, M: Message<'a>>(bytes: &'a [u8]) {
@@ -47,6 +49,10 @@ fn check_all(bytes: &[u8]) {
     check::<Page<'_, Processes>>(bytes);
     check::<Page<'_, Snapshot>>(bytes);
     check::<Page<'_, UnloadHistory>>(bytes);
+    check::<WaitFreeRequest<'_>>(bytes);
+    check::<WaitFreeAnswer>(bytes);
+    check::<IdentifyRequest>(bytes);
+    check::<IdentifyAnswer>(bytes);
 }
 
 fn cases() -> u32 {
@@ -86,7 +92,7 @@ proptest! {
     }
 
     #[test]
-    fn random_bodies_behind_a_valid_header(kind in 1u16..=8, body in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn random_bodies_behind_a_valid_header(kind in 1u16..=12, body in proptest::collection::vec(any::<u8>(), 0..600)) {
         let mut b = Vec::with_capacity(16 + body.len());
         b.extend_from_slice(b"HvTk");
         b.extend_from_slice(&1u16.to_le_bytes());

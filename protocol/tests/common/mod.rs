@@ -194,5 +194,55 @@ pub fn all_samples() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("stats", stats_buf),
         ("request", req_buf),
+        (
+            "wait_request",
+            bytes_of(&protocol::wait::WaitFreeRequest {
+                timeout_ms: 30_000,
+                hive: Text::Units(MOUNT),
+            }),
+        ),
+        (
+            "wait_answer",
+            bytes_of(&protocol::wait::WaitFreeAnswer {
+                outcome: protocol::wait::WaitOutcome::Free,
+                hive_id: 3,
+                waited: 1234,
+                completeness: protocol::completeness::Completeness {
+                    tracking_since: 1,
+                    hive_lost: 2,
+                    hive_lost_since: 3,
+                    global_lost: 4,
+                    global_lost_since: 5,
+                },
+            }),
+        ),
+        (
+            "identify_request",
+            bytes_of(&protocol::identify::IdentifyRequest::new(&[0x24, 0x1_0004]).unwrap()),
+        ),
+        (
+            "identify_answer",
+            bytes_of(
+                &protocol::identify::IdentifyAnswer::new(&[
+                    protocol::identify::Identified {
+                        outcome: protocol::identify::IdentifyOutcome::Tracked,
+                        id: 0x5_0000_0001,
+                    },
+                    protocol::identify::Identified {
+                        outcome: protocol::identify::IdentifyOutcome::NotTracked,
+                        id: 0,
+                    },
+                ])
+                .unwrap(),
+            ),
+        ),
     ]
+}
+
+/// The encoded bytes of a message.
+fn bytes_of<'a, M: protocol::wire::Message<'a>>(m: &M) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    let n = protocol::wire::encode(m, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
 }
