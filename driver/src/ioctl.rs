@@ -7,9 +7,10 @@
 use protocol::{
     cursor::CURSOR_LEN,
     ioctl::{
-        IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_QUERY_HIVES, IOCTL_HIVETRACK_QUERY_HOLDERS,
-        IOCTL_HIVETRACK_QUERY_PROCESSES, IOCTL_HIVETRACK_QUERY_SNAPSHOT,
-        IOCTL_HIVETRACK_QUERY_STATS, IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY,
+        IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_IDENTIFY_HANDLES, IOCTL_HIVETRACK_QUERY_HIVES,
+        IOCTL_HIVETRACK_QUERY_HOLDERS, IOCTL_HIVETRACK_QUERY_PROCESSES,
+        IOCTL_HIVETRACK_QUERY_SNAPSHOT, IOCTL_HIVETRACK_QUERY_STATS,
+        IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY,
     },
     request::{QueryKind, QueryRequest},
     version::{BuildId, VersionInfo},
@@ -57,7 +58,7 @@ pub const VERSION: VersionInfo = VersionInfo {
     major: parse_u16(env!("CARGO_PKG_VERSION_MAJOR")),
     minor: parse_u16(env!("CARGO_PKG_VERSION_MINOR")),
     patch: parse_u16(env!("CARGO_PKG_VERSION_PATCH")),
-    capabilities: VersionInfo::CAP_WAIT_FREE,
+    capabilities: VersionInfo::CAP_WAIT_FREE | VersionInfo::CAP_IDENTIFY_HANDLES,
     build_id: BUILD_ID,
 };
 
@@ -144,6 +145,7 @@ pub fn handle(code: u32, buffer: &mut [u8], in_len: usize, out_len: usize) -> Ou
         | IOCTL_HIVETRACK_QUERY_STATS
         | IOCTL_HIVETRACK_QUERY_SNAPSHOT
         | IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY => query(code, buffer, in_len, out_len),
+        IOCTL_HIVETRACK_IDENTIFY_HANDLES => crate::identify::identify(buffer, in_len, out_len),
         _ => Outcome::error(STATUS_INVALID_DEVICE_REQUEST),
     }
 }
@@ -203,7 +205,8 @@ fn stats(input: &[u8], out: &mut [u8]) -> Outcome {
     encode_answer(&stats, out)
 }
 
-fn encode_answer<'a, M: protocol::wire::Message<'a>>(msg: &M, out: &mut [u8]) -> Outcome {
+/// Writes `msg` into `out`: the outcome with its exact length, or the error.
+pub fn encode_answer<'a, M: protocol::wire::Message<'a>>(msg: &M, out: &mut [u8]) -> Outcome {
     match encode(msg, out) {
         Ok(n) => Outcome::success(n),
         Err(EncodeError::BufferTooSmall { .. }) => Outcome::error(STATUS_BUFFER_TOO_SMALL),

@@ -18,6 +18,7 @@ mod clock;
 mod device;
 mod dispatch;
 mod ffi;
+mod identify;
 mod ioctl;
 mod lock;
 mod lookaside;

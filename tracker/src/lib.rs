@@ -25,6 +25,7 @@ pub mod census;
 mod counters;
 mod history;
 pub mod hives;
+mod identify;
 pub mod lock;
 mod losses;
 pub mod names;
