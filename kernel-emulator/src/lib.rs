@@ -43,6 +43,7 @@ pub mod dbgprint;
 pub mod driver;
 pub mod exports;
 pub mod faults;
+pub mod handle_table;
 pub mod hive;
 pub mod io;
 pub mod kernel;

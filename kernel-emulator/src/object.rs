@@ -215,6 +215,65 @@ unsafe extern "win64" fn ZwSetSecurityObject(
     STATUS_SUCCESS
 }
 
+/// ObReferenceObjectByHandle — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-obreferenceobjectbyhandle>:
+/// the object behind `handle`, referenced (released with ObDereferenceObject), or
+/// STATUS_INVALID_HANDLE. The handle is looked up in the current process's table (the
+/// attached one, as `PsGetCurrentProcess`); only with `KernelMode` does a handle with the
+/// kernel-handle bits name the System process's table — with `UserMode` such a value is
+/// looked up in the process's own table like any other (ReactOS
+/// `ntoskrnl/include/internal/ob.h` `ObpIsKernelHandle` requires `KernelMode`;
+/// `ntoskrnl/ob/obref.c` `ObReferenceObjectByHandle`). Key handles are the registry model's;
+/// the model has no key object type to export, so a non-null `ObjectType` never matches a
+/// key (STATUS_OBJECT_TYPE_MISMATCH); device handles match `IoDeviceObjectType`. Access is
+/// not checked: the model keeps no granted access for key handles (a DesiredAccess of 0, as
+/// hivetrack passes, needs none). PASSIVE_LEVEL (Learn: "Callers of
+/// ObReferenceObjectByHandle must be running at IRQL = PASSIVE_LEVEL").
+unsafe extern "win64" fn ObReferenceObjectByHandle(
+    handle: u64,
+    _desired: u32,
+    object_type: *mut c_void,
+    access_mode: i8,
+    object: *mut *mut c_void,
+    handle_information: *mut u64,
+) -> NtStatus {
+    require_irql("ObReferenceObjectByHandle", PASSIVE_LEVEL);
+    if object.is_null() {
+        bugcheck::verifier_violation("ObReferenceObjectByHandle with a NULL Object");
+    }
+    let kernel = access_mode == 0 && handle & KERNEL_HANDLE_BIT == KERNEL_HANDLE_BIT;
+    let table = if kernel {
+        4
+    } else {
+        match crate::process::address_space_pid() {
+            0 => 4,
+            pid => pid,
+        }
+    };
+    let found = kernel::with(|k| {
+        if let Some(&key) = k.hives.handles.get(&(table, handle)) {
+            return Some((key, false));
+        }
+        kernel
+            .then(|| k.objects.handles.get(&handle).map(|e| (e.object, true)))
+            .flatten()
+    });
+    let Some((target, device)) = found else {
+        return STATUS_INVALID_HANDLE;
+    };
+    if !object_type.is_null() && (!device || object_type.cast_const() != IO_DEVICE_OBJECT_TYPE.0) {
+        return STATUS_OBJECT_TYPE_MISMATCH;
+    }
+    kernel::with(|k| *k.objects.references.entry(target).or_insert(0) += 1);
+    // SAFETY: checked non-null; the caller passes a writable PVOID.
+    unsafe { object.write_unaligned(target as *mut c_void) };
+    if !handle_information.is_null() {
+        // OBJECT_HANDLE_INFORMATION { HandleAttributes, GrantedAccess }: none recorded.
+        // SAFETY: the caller passes a writable OBJECT_HANDLE_INFORMATION (8 bytes).
+        unsafe { handle_information.write_unaligned(0) };
+    }
+    STATUS_SUCCESS
+}
+
 /// ObfReferenceObject — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-obfreferenceobject>.
 unsafe extern "win64" fn ObfReferenceObject(object: *mut c_void) -> isize {
     require_irql("ObfReferenceObject", DISPATCH_LEVEL);
@@ -268,6 +327,10 @@ pub(crate) fn exports() -> Vec<Export> {
         Export::function(
             "ObfReferenceObject",
             ObfReferenceObject as *const () as usize,
+        ),
+        Export::function(
+            "ObReferenceObjectByHandle",
+            ObReferenceObjectByHandle as *const () as usize,
         ),
         Export::function(
             "ObfDereferenceObject",

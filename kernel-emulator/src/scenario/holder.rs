@@ -29,6 +29,11 @@ pub fn scenarios() -> Vec<Scenario> {
             pid_reuse,
         ),
         Scenario::hivetrack(
+            "duplicated-holder",
+            "a key opened by A, duplicated into B (DuplicateHandle) and inherited by C, then closed by A, who exits: the driver still names A, the opener; the client finds the key handles in the system handle table, duplicates them into itself and asks IOCTL_HIVETRACK_IDENTIFY_HANDLES: held now by B and C, never a kernel address, a key from before tracking 'not tracked', a bad handle 'invalid'",
+            duplicated_holder,
+        ),
+        Scenario::hivetrack(
             "kernel-handle",
             "a kernel handle (OBJ_KERNEL_HANDLE, KernelMode) opened from a user process's thread is in the System process's table: the key is System's (pid 4, its start key), not the caller's; the kernel's list still names the opener",
             kernel_handle,
@@ -187,6 +192,214 @@ fn pid_reuse_once(ctx: &mut Ctx, phase: &str) {
     process::exit_process(child);
     let empty = c.holders(ctx, USER).is_empty();
     ctx.check(empty, "both gone: nobody holds the hive");
+    end(ctx, d, c);
+}
+
+/// What a client learns from the identify request: for each tracked key id, the processes
+/// holding a handle to it now; plus the outcomes it got for handles that were not tracked or
+/// not valid. The flow is the CLI's on Windows: `NtQuerySystemInformation`
+/// (`SystemExtendedHandleInformation`, the model's `handle_table`), the key type's index
+/// learned from a key handle of its own, `DuplicateHandle` of every other process's key
+/// handle into itself, the request in batches of at most 64, and its duplicates closed.
+struct HeldNow {
+    by_id: std::collections::BTreeMap<u64, Vec<u64>>,
+    not_tracked: Vec<u64>,
+    /// Every answer's id that equals some object's address (must stay empty).
+    addresses: Vec<u64>,
+}
+
+fn held_now(ctx: &mut Ctx, client_pid: u32, device: crate::io::FileHandle) -> Option<HeldNow> {
+    use crate::handle_table::system_handles;
+    use protocol::identify::{IdentifyAnswer, IdentifyOutcome, IdentifyRequest, MAX_IDENTIFY};
+    use protocol::ioctl::IOCTL_HIVETRACK_IDENTIFY_HANDLES;
+    let own = hive::open_key(client_pid, r"\REGISTRY\MACHINE\SOFTWARE", KEY_READ, false).ok()?;
+    let table = system_handles();
+    let key_type = table
+        .iter()
+        .find(|e| e.pid == client_pid && e.handle == own)
+        .map(|e| e.type_index);
+    let _ = hive::close_key(client_pid, own);
+    let key_type = key_type?;
+    let objects: Vec<u64> = table.iter().map(|e| e.object as u64).collect();
+    let theirs: Vec<(u32, u64)> = table
+        .iter()
+        .filter(|e| e.type_index == key_type && e.pid != client_pid)
+        .map(|e| (e.pid, e.handle))
+        .collect();
+    let mut out = HeldNow {
+        by_id: std::collections::BTreeMap::new(),
+        not_tracked: Vec::new(),
+        addresses: Vec::new(),
+    };
+    for batch in theirs.chunks(MAX_IDENTIFY) {
+        let dups: Vec<(u64, u64)> = batch
+            .iter()
+            .filter_map(|&(pid, h)| {
+                hive::duplicate_handle(pid, h, client_pid)
+                    .ok()
+                    .map(|d| (u64::from(pid), d))
+            })
+            .collect();
+        let handles: Vec<u64> = dups.iter().map(|d| d.1).collect();
+        let request = IdentifyRequest::new(&handles)?;
+        let mut input = [0u8; 1024];
+        let n = protocol::wire::encode(&request, &mut input).ok()?;
+        let r = ctx.ioctl_checked(
+            device,
+            IOCTL_HIVETRACK_IDENTIFY_HANDLES,
+            &input[..n],
+            u32::try_from(IdentifyAnswer::encoded_len(handles.len())).unwrap_or(0),
+        );
+        for &(_, d) in &dups {
+            let _ = hive::close_key(client_pid, d);
+        }
+        if r.status != crate::status::STATUS_SUCCESS {
+            ctx.check(
+                false,
+                format!(
+                    "IOCTL_HIVETRACK_IDENTIFY_HANDLES: {}",
+                    crate::status::describe(r.status)
+                ),
+            );
+            return None;
+        }
+        let answer = protocol::wire::decode::<IdentifyAnswer>(&r.output[..r.information]).ok()?;
+        for (e, &(pid, _)) in answer.entries().iter().zip(&dups) {
+            if objects.contains(&e.id) {
+                out.addresses.push(e.id);
+            }
+            match e.outcome {
+                IdentifyOutcome::Tracked => out.by_id.entry(e.id).or_default().push(pid),
+                IdentifyOutcome::NotTracked => out.not_tracked.push(pid),
+                IdentifyOutcome::InvalidHandle => {}
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `DuplicateHandle` and inheritance give a process a key handle with no registry
+/// notification (the model: `td-handle-table`; Learn, `DuplicateHandle`: "the duplicate
+/// handle refers to the same object as the original handle"), so the driver's record names
+/// the opener. Who holds the key now is in the system handle table, and only the driver can
+/// tell which of its records a handle's object is, without handing out the address.
+#[allow(clippy::too_many_lines)] // one linear script of checks
+#[allow(clippy::many_single_char_names)] // a, b: processes; c, d: client, driver
+fn duplicated_holder(ctx: &mut Ctx) {
+    use protocol::identify::{IdentifyAnswer, IdentifyOutcome, IdentifyRequest};
+    use protocol::ioctl::IOCTL_HIVETRACK_IDENTIFY_HANDLES;
+    // A key opened before the driver starts: the identify answer must say "not tracked".
+    super::tracking::boot_hives(ctx);
+    let early = spawn(ctx, APP2);
+    let early_key = format!(r"{}\Early", super::tracking::SOFTWARE);
+    let early_h = hive::open_key(early, &early_key, KEY_READ, true).ok();
+    ctx.check(early_h.is_some(), "a key opened before the driver starts");
+    let d = super::tracking::load_driver(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    load_profile(ctx);
+    let a = spawn(ctx, APP1);
+    let key = format!(r"{USER}\Software\Shared");
+    ensure_parents(a, &key);
+    let ka = hive::open_key(a, &key, KEY_READ, true);
+    ctx.check(ka.is_ok(), format!("A opens {key}"));
+    let ka = ka.unwrap_or(0);
+    let b = spawn(ctx, APP2);
+    let dup = hive::duplicate_handle(a, ka, b);
+    ctx.check(dup.is_ok(), "DuplicateHandle(A's handle into B)");
+    // C inherits A's handles at its creation.
+    let child = process::create_process(a, APP2, true).unwrap_or_default();
+    let _ = hive::close_key(a, ka);
+    process::exit_process(a);
+    let holders = c.holders(ctx, USER);
+    let id = holders
+        .iter()
+        .flat_map(|h| h.keys.iter().zip(&h.key_ids))
+        .find(|(k, _)| k.0.eq_ignore_ascii_case(&key))
+        .map(|(_, &id)| id);
+    ctx.check(
+        holders.len() == 1 && holders[0].pid == u64::from(a) && id.is_some(),
+        format!(
+            "the driver names the opener A (exited), not the holders now: {}",
+            describe(&holders)
+        ),
+    );
+    // The client: its own process, its own handle to the device.
+    let cli = spawn(ctx, r"\Device\HarddiskVolume2\Tools\hivetrack.exe");
+    let dev = crate::io::open(
+        protocol::ioctl::WIN32_DEVICE_PATH,
+        crate::security::Caller::Admin,
+        cli,
+        crate::security::GENERIC_READ | crate::security::GENERIC_WRITE,
+    );
+    let Ok(dev) = dev else {
+        ctx.check(false, "the client opens the device");
+        return;
+    };
+    let now = held_now(ctx, cli, dev);
+    ctx.check(now.is_some(), "the client's identify flow ran");
+    if let Some(now) = now {
+        let by = id
+            .and_then(|i| now.by_id.get(&i))
+            .cloned()
+            .unwrap_or_default();
+        let mut want = vec![u64::from(b), u64::from(child)];
+        want.sort_unstable();
+        let mut got = by.clone();
+        got.sort_unstable();
+        ctx.check(
+            got == want,
+            format!("held now by B ({b}) and C ({child}), not A ({a}): {by:?}"),
+        );
+        ctx.check(
+            now.not_tracked.contains(&u64::from(early)),
+            format!(
+                "the key opened before tracking is answered 'not tracked' for its holder {early}: {:?}",
+                now.not_tracked
+            ),
+        );
+        ctx.check(
+            now.addresses.is_empty(),
+            format!("no answer carries an object address: {:?}", now.addresses),
+        );
+    }
+    // Hostile input: a handle value that is not the caller's, a kernel-handle value.
+    if let Some(req) = IdentifyRequest::new(&[0x7FFF_FFF0, 0xFFFF_FFFF_8000_0004]) {
+        let mut input = [0u8; 64];
+        let n = protocol::wire::encode(&req, &mut input).unwrap_or(0);
+        let r = ctx.ioctl_checked(
+            dev,
+            IOCTL_HIVETRACK_IDENTIFY_HANDLES,
+            &input[..n],
+            u32::try_from(IdentifyAnswer::encoded_len(2)).unwrap_or(0),
+        );
+        let answer = protocol::wire::decode::<IdentifyAnswer>(&r.output[..r.information]).ok();
+        ctx.check(
+            answer.is_some_and(|a| {
+                a.entries()
+                    .iter()
+                    .all(|e| e.outcome == IdentifyOutcome::InvalidHandle && e.id == 0)
+            }),
+            format!("handles not in the caller's table are answered invalid: {answer:?}"),
+        );
+        let short = ctx.ioctl_checked(dev, IOCTL_HIVETRACK_IDENTIFY_HANDLES, &input[..n], 24);
+        ctx.check(
+            short.status == crate::status::STATUS_BUFFER_TOO_SMALL && short.information == 0,
+            format!(
+                "an output too small for the answer: {}",
+                crate::status::describe(short.status)
+            ),
+        );
+    }
+    crate::io::close(dev);
+    let dup = dup.unwrap_or(0);
+    let _ = hive::close_key(b, dup);
+    process::exit_process(b);
+    process::exit_process(child);
+    process::exit_process(cli);
+    if let Some(h) = early_h {
+        let _ = hive::close_key(early, h);
+    }
+    process::exit_process(early);
     end(ctx, d, c);
 }
 

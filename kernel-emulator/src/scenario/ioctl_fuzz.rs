@@ -99,7 +99,27 @@ fn kernel_address_in(bytes: &[u8], ranges: &[(u64, u64)]) -> Option<(usize, u64)
 fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str) {
     let wait = rng.below(8) == 0;
     let hive = &hives[rng.below(hives.len())];
-    let (mut code, mut bytes, what) = if wait {
+    let identify = !wait && rng.below(8) == 0;
+    let (mut code, mut bytes, what) = if identify {
+        // 1..=64 handle values: small ones (a process's handles), random, kernel-looking.
+        let n = 1 + rng.below(protocol::identify::MAX_IDENTIFY);
+        let handles: Vec<u64> = (0..n)
+            .map(|_| match rng.below(3) {
+                0 => 4 * (rng.next() % 0x1000),
+                1 => rng.next(),
+                _ => 0xFFFF_FFFF_8000_0000 | (4 * (rng.next() % 0x1000)),
+            })
+            .collect();
+        let req = protocol::identify::IdentifyRequest::new(&handles);
+        let mut b = vec![0u8; 1024];
+        let len = req.map_or(0, |r| protocol::wire::encode(&r, &mut b).unwrap_or(0));
+        b.truncate(len);
+        (
+            protocol::ioctl::IOCTL_HIVETRACK_IDENTIFY_HANDLES,
+            b,
+            "identify",
+        )
+    } else if wait {
         let text = String::from_utf16_lossy(hive);
         // Timeout 0: answered at once, whatever the hive's state.
         (
@@ -162,8 +182,9 @@ fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str)
         }
     }
     #[allow(clippy::cast_possible_truncation, reason = "small sizes")]
-    let out = match (wait, rng.below(4)) {
-        (true, 0 | 1) => 32, // a wait-free answer
+    let out = match (wait || identify, rng.below(4)) {
+        (true, 0 | 1) if identify => 1040, // room for a 64-handle answer
+        (true, 0 | 1) => 32,               // a wait-free answer
         (false, 0 | 1) => 16 * 1024,
         _ => OUT_LENS[rng.below(OUT_LENS.len())],
     };

@@ -4,6 +4,7 @@
 //! with what the scenario expects (some scenarios exist to prove that a bug *is* caught).
 
 pub mod budget;
+pub mod handles;
 pub mod hivetrack;
 pub mod holder;
 pub mod ioctl_fuzz;
@@ -118,6 +119,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(registry::scenarios());
     v.extend(lifecycle::scenarios());
     v.extend(notify::scenarios());
+    v.extend(handles::scenarios());
     v
 }
 

@@ -114,6 +114,8 @@ pub(crate) struct Holder {
     pub(crate) open_keys: u64,
     pub(crate) oldest_open: u64,
     pub(crate) keys: Vec<(String, u64)>,
+    /// The keys' ids (the answers' opaque object ids), in the order of `keys`.
+    pub(crate) key_ids: Vec<u64>,
 }
 
 /// One unload attempt.
@@ -235,12 +237,14 @@ impl Client {
                                 open_keys: p.open_keys,
                                 oldest_open: p.oldest_open,
                                 keys: Vec::new(),
+                                key_ids: Vec::new(),
                             });
                         }
                     }
                     HolderRecord::Key(k) => {
                         if let Some(h) = out.last_mut() {
                             h.keys.push((k.name.to_string(), k.open_time));
+                            h.key_ids.push(k.id);
                         }
                     }
                 }

@@ -13,6 +13,7 @@ extern crate alloc;
 #[cfg(not(test))]
 extern crate wdk_panic;
 
+mod handles;
 mod lifecycle;
 mod pending;
 mod registry;
@@ -75,6 +76,9 @@ const IOCTL_LOG_START: u32 = ioctl(0x830); // clear the notification log and sta
 const IOCTL_LOG_READ: u32 = ioctl(0x831); // log entry `argument` (64 bytes of output)
 const IOCTL_ATTACH: u32 = ioctl(0x832); // KeStackAttachProcess to pid `argument`
 const IOCTL_START_KEY: u32 = ioctl(0x833); // PsGetProcessStartKey of pid `argument`
+const IOCTL_REF_USER: u32 = ioctl(0x834); // ObReferenceObjectByHandle(`argument`, UserMode), kept
+const IOCTL_REF_KERNEL: u32 = ioctl(0x835); // the same in KernelMode
+const IOCTL_DEREF: u32 = ioctl(0x836); // release the kept reference
 const IOCTL_NAME: u32 = ioctl(0x81D); // last key name / CompleteName seen, block `argument`
 
 /// The value IOCTL_PING answers with.
@@ -389,6 +393,18 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             out = lifecycle::start_key_of(argument);
             32
         }
+        IOCTL_REF_USER => {
+            out = handles::reference(argument, 1);
+            32
+        }
+        IOCTL_REF_KERNEL => {
+            out = handles::reference(argument, 0);
+            32
+        }
+        IOCTL_DEREF => {
+            out[0] = handles::release();
+            8
+        }
         IOCTL_FREE_SET_TIMER => {
             pending::free_set_timer();
             0
@@ -447,6 +463,7 @@ unsafe extern "C" fn dispatch_cleanup(_device: PDEVICE_OBJECT, irp: *mut IRP) ->
 /// DriverUnload: cancels the timers and flushes the DPCs, unregisters the callbacks, deletes
 /// the symbolic link and the device.
 unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
+    let _ = handles::release();
     pending::stop();
     registry::stop();
     let mut link = unicode(LINK_NAME);
