@@ -31,6 +31,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     ("idle", "the machine hives only, nothing held"),
     (
+        "duplicated",
+        "editor.exe opened the profile's Software\\Shared, duplicated the handle into profleak.exe (DuplicateHandle), closed its own and exited: the driver names editor.exe, the opener; profleak.exe holds the key now",
+    ),
+    (
         "late-start",
         "hivetrack started after the leak: the user profile was loaded and profleak.exe opened Software\\Policies before DriverEntry (the driver has no record of it; the kernel's list has); editor.exe opens Control Panel\\Desktop after",
     ),
@@ -41,6 +45,8 @@ pub struct Session {
     driver: LoadedDriver,
     control: FileHandle,
     holder: Option<u32>,
+    /// The client's process (the one the control device was opened in).
+    client: u32,
 }
 
 /// The Win32 error `DeviceIoControl` reports for a driver's NTSTATUS (RtlNtStatusToDosError,
@@ -127,6 +133,19 @@ impl Session {
                 }
                 holder = Some(leaker);
             }
+            "duplicated" => {
+                load_profile(&mut ctx);
+                let opener = spawn(&mut ctx, APP1);
+                let now = spawn(&mut ctx, APP2);
+                let key = format!(r"{USER}\Software\Shared");
+                ensure_parents(opener, &key);
+                if let Ok(h) = hive::open_key(opener, &key, KEY_READ, true) {
+                    let _ = hive::duplicate_handle(opener, h, now);
+                    let _ = hive::close_key(opener, h);
+                }
+                process::exit_process(opener);
+                holder = Some(now);
+            }
             "late-start" => {
                 let later = spawn(&mut ctx, APP1);
                 let key = format!(r"{USER}\Control Panel\Desktop");
@@ -142,6 +161,7 @@ impl Session {
             driver,
             control,
             holder,
+            client: pid,
         })
     }
 
@@ -200,6 +220,43 @@ impl Session {
         hive::open_subkeys(mount)
             .map(|v| v.into_iter().map(|(p, n)| (u64::from(p), n)).collect())
             .map_err(win32_error)
+    }
+
+    /// Every key handle of the other processes, as `(pid, handle)`: the model's system
+    /// handle table (`crate::handle_table`), filtered on the key type index the client
+    /// learns from a key handle of its own, as a real client must.
+    #[must_use]
+    pub fn foreign_key_handles(&self) -> Vec<(u64, u64)> {
+        let Ok(own) = hive::open_key(self.client, r"\REGISTRY\MACHINE\SOFTWARE", KEY_READ, false)
+        else {
+            return Vec::new();
+        };
+        let table = crate::handle_table::system_handles();
+        let _ = hive::close_key(self.client, own);
+        let Some(key_type) = table
+            .iter()
+            .find(|e| e.pid == self.client && e.handle == own)
+            .map(|e| e.type_index)
+        else {
+            return Vec::new();
+        };
+        table
+            .iter()
+            .filter(|e| e.type_index == key_type && e.pid != self.client)
+            .map(|e| (u64::from(e.pid), e.handle))
+            .collect()
+    }
+
+    /// `DuplicateHandle` of `pid`'s `handle` into the client's process (no registry
+    /// notification, as in Windows).
+    #[must_use]
+    pub fn duplicate_handle(&self, pid: u64, handle: u64) -> Option<u64> {
+        hive::duplicate_handle(u32::try_from(pid).ok()?, handle, self.client).ok()
+    }
+
+    /// Closes a handle of the client's process.
+    pub fn close_handle(&self, handle: u64) {
+        let _ = hive::close_key(self.client, handle);
     }
 
     /// The image path of live process `pid` (what `QueryFullProcessImageNameW` gives).

@@ -148,6 +148,31 @@ fn key_of(k: &HolderKey<'_>, now: u64) -> HeldKey {
         access_names: crate::access::names(k.access),
         handle_opens: k.handle_opens,
         handle_closes: k.handle_closes,
+        held_now_by: None,
+    }
+}
+
+/// Sets each key's holders now from `found`; the coverage to report.
+fn attach_held_now(
+    holders: &mut [Holder],
+    found: Result<crate::holder_now::HeldNow, String>,
+) -> crate::model::HeldNowCoverage {
+    match found {
+        Ok(now) => {
+            for k in holders.iter_mut().flat_map(|h| h.keys.iter_mut()) {
+                k.held_now_by = Some(now.by_id.get(&k.id).cloned().unwrap_or_default());
+            }
+            crate::model::HeldNowCoverage {
+                handles_examined: now.examined,
+                handles_not_examined: now.not_examined,
+                error: None,
+            }
+        }
+        Err(why) => crate::model::HeldNowCoverage {
+            handles_examined: 0,
+            handles_not_examined: 0,
+            error: Some(why),
+        },
     }
 }
 
@@ -341,7 +366,15 @@ impl<'t> Client<'t> {
             hive,
             holders,
             untracked: Vec::new(),
+            held_now: None,
         };
+        if self.transport.backend() != crate::fallback::BACKEND && !summary_only {
+            // Who holds each key now: duplicated and inherited handles name no opener.
+            report.held_now = Some(attach_held_now(
+                &mut report.holders,
+                crate::holder_now::held_now(&mut *self.transport),
+            ));
+        }
         if self.transport.backend() != crate::fallback::BACKEND {
             // The driver's records, set against the kernel's own list of the hive's keys.
             let kernel = self.kernel_open_keys(&report.hive.path);

@@ -159,6 +159,7 @@ mod tests {
             access_names: Vec::new(),
             handle_opens: 1,
             handle_closes: 0,
+            held_now_by: None,
         }
     }
 
@@ -181,6 +182,7 @@ mod tests {
             },
             holders,
             untracked: Vec::new(),
+            held_now: None,
         }
     }
 

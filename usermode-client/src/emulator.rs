@@ -111,6 +111,21 @@ impl Transport for EmulatorTransport {
     fn process_image(&mut self, pid: u64) -> Option<String> {
         self.session.as_ref()?.process_image(pid)
     }
+
+    /// The model's system handle table, key handles of other processes.
+    fn foreign_key_handles(&mut self) -> Option<Result<Vec<(u64, u64)>, TransportError>> {
+        Some(Ok(self.session.as_ref()?.foreign_key_handles()))
+    }
+
+    fn duplicate_handle(&mut self, pid: u64, handle: u64) -> Option<u64> {
+        self.session.as_ref()?.duplicate_handle(pid, handle)
+    }
+
+    fn close_duplicate(&mut self, handle: u64) {
+        if let Some(s) = self.session.as_ref() {
+            s.close_handle(handle);
+        }
+    }
 }
 
 impl Drop for EmulatorTransport {

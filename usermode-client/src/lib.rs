@@ -15,6 +15,7 @@ pub mod coverage;
 pub mod emulator;
 pub mod fallback;
 pub mod hive_name;
+pub mod holder_now;
 pub mod model;
 pub mod page_server;
 pub mod render;
@@ -27,6 +28,8 @@ pub mod windows;
 pub mod windows_accounts;
 #[cfg(windows)]
 pub mod windows_fallback;
+#[cfg(windows)]
+pub mod windows_handles;
 
 /// Process exit codes, part of the CLI's scripting contract.
 pub mod exit {

@@ -228,6 +228,12 @@ pub struct HeldKey {
     pub handle_opens: u32,
     /// Handle closes seen for the object.
     pub handle_closes: u32,
+    /// The processes holding a handle to this key object now (from the system handle table
+    /// and the driver's identify request), in pid order; absent when that could not be
+    /// asked (see [`HoldersReport::held_now`]). Differs from the holder's pid when the handle
+    /// was duplicated or inherited away from its opener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_now_by: Option<Vec<u64>>,
 }
 
 /// A process holding keys in the hive.
@@ -270,6 +276,23 @@ pub struct HoldersReport {
     /// opened before tracking started (or lost). Empty when the kernel could not be asked.
     #[serde(default)]
     pub untracked: Vec<UntrackedHolder>,
+    /// Whether the holder now of each key could be asked (absent when not tried: summary
+    /// answers, the fallback backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_now: Option<HeldNowCoverage>,
+}
+
+/// How the holders now were found: key handles of other processes examined in the system
+/// handle table, those that could not be (protected processes), or why it could not be done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldNowCoverage {
+    /// Key handles duplicated and identified by the driver.
+    pub handles_examined: u64,
+    /// Key handles that could not be duplicated (a key held only through them shows no
+    /// holder now).
+    pub handles_not_examined: u64,
+    /// Why nothing could be asked; null when it was.
+    pub error: Option<String>,
 }
 
 /// A process the kernel lists with keys open in the hive that the driver never saw opened.

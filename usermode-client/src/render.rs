@@ -247,7 +247,38 @@ fn holder_sentences(h: &Holder, out: &mut String) {
             format!(" with {}", rights.join(", "))
         };
         let _ = writeln!(out, "{who} has opened key {name}{cut}{times}{with}{when}");
+        held_now_sentence(h.pid, &keys, out);
     }
+}
+
+/// When the processes holding the group's key objects now are not just their opener `pid`
+/// (a handle duplicated or inherited away): who holds them now.
+fn held_now_sentence(pid: u64, keys: &[&HeldKey], out: &mut String) {
+    if keys.iter().any(|k| k.held_now_by.is_none()) {
+        return;
+    }
+    let mut now: Vec<u64> = keys
+        .iter()
+        .flat_map(|k| k.held_now_by.iter().flatten().copied())
+        .collect();
+    now.sort_unstable();
+    now.dedup();
+    if now == [pid] {
+        return;
+    }
+    if now.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no process holds a handle to it now that hivetrack could examine (a protected process, or a kernel reference)"
+        );
+        return;
+    }
+    let list: Vec<String> = now.iter().map(u64::to_string).collect();
+    let _ = writeln!(
+        out,
+        "  held now by process {} (the handle was duplicated or inherited)",
+        list.join(", ")
+    );
 }
 
 /// Renders `holders`.
@@ -379,6 +410,23 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 for h in &r.holders {
                     holder_sentences(h, &mut out);
                 }
+            }
+            match &r.held_now {
+                Some(c) if c.error.is_some() && !r.holders.is_empty() => {
+                    let _ = writeln!(
+                        out,
+                        "Holders now not known ({}): the report names each key's opener",
+                        c.error.as_deref().unwrap_or_default()
+                    );
+                }
+                Some(c) if c.handles_not_examined > 0 => {
+                    let _ = writeln!(
+                        out,
+                        "Holders now: {} key handle(s) of other processes could not be examined (protected processes)",
+                        c.handles_not_examined
+                    );
+                }
+                _ => {}
             }
             if !r.untracked.is_empty() {
                 let n: u64 = r.untracked.iter().map(|u| u.open_keys).sum();

@@ -164,6 +164,29 @@ pub trait Transport {
         let _ = pid;
         None
     }
+
+    /// Every key handle other processes hold now, as `(pid, handle value in that process)`:
+    /// the system handle table (`NtQuerySystemInformation`, `SystemExtendedHandleInformation`)
+    /// filtered on the key object type. `None` when this backend cannot read it (the
+    /// default). For [`crate::holder_now`].
+    ///
+    /// # Errors
+    /// (Inside the `Some`.) The system refused.
+    fn foreign_key_handles(&mut self) -> Option<Result<Vec<(u64, u64)>, TransportError>> {
+        None
+    }
+
+    /// Duplicates `handle` of process `pid` into this process (`DuplicateHandle`, same
+    /// access); `None` when it cannot (a protected process, a handle closed meanwhile).
+    fn duplicate_handle(&mut self, pid: u64, handle: u64) -> Option<u64> {
+        let _ = (pid, handle);
+        None
+    }
+
+    /// Closes a handle [`Transport::duplicate_handle`] returned.
+    fn close_duplicate(&mut self, handle: u64) {
+        let _ = handle;
+    }
 }
 
 /// Message for `--emulator` in this build.

@@ -20,6 +20,8 @@ pub struct DeviceTransport {
     /// `NtQueryOpenSubKeysEx`, resolved on first use (`None` before; `Some(Err)` when ntdll
     /// lacks it).
     kernel: Option<Result<crate::windows_fallback::NtQuerySource, String>>,
+    /// The system handle table source, made on first use.
+    handles: Option<Result<crate::windows_handles::HandleSource, String>>,
 }
 
 impl DeviceTransport {
@@ -59,6 +61,7 @@ impl DeviceTransport {
         Ok(Self {
             handle,
             kernel: None,
+            handles: None,
         })
     }
 }
@@ -169,6 +172,25 @@ impl Transport for DeviceTransport {
 
     fn process_image(&mut self, pid: u64) -> Option<String> {
         image_of(pid, ImageForm::Native)
+    }
+
+    /// The system handle table's key handles of other processes.
+    fn foreign_key_handles(&mut self) -> Option<Result<Vec<(u64, u64)>, TransportError>> {
+        let source = self
+            .handles
+            .get_or_insert_with(crate::windows_handles::HandleSource::new);
+        Some(match source {
+            Ok(s) => s.foreign_key_handles(),
+            Err(why) => Err(TransportError::Os(io::Error::other(why.clone()))),
+        })
+    }
+
+    fn duplicate_handle(&mut self, pid: u64, handle: u64) -> Option<u64> {
+        self.handles.as_mut()?.as_mut().ok()?.duplicate(pid, handle)
+    }
+
+    fn close_duplicate(&mut self, handle: u64) {
+        crate::windows_handles::HandleSource::close(handle);
     }
 }
 

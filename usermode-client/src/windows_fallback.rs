@@ -64,7 +64,7 @@ fn wide(s: &str) -> Vec<u16> {
 }
 
 /// Enables `name` in this process's token; false when it could not be.
-fn enable_privilege(name: *const u16) -> bool {
+pub(crate) fn enable_privilege(name: *const u16) -> bool {
     let mut luid = LUID::default();
     // SAFETY: `name` is one of windows-sys's NUL-terminated privilege names; `luid` is an
     // out pointer.

@@ -12,6 +12,72 @@ use crate::util::{cargo, describe, run};
 
 const PROFILE: &str = r"HKU\S-1-5-21-1004336348-1177238915-682003330-1001";
 
+/// The demo's commands: title, arguments, when the holder exits (ms), the exit code wanted.
+const STEPS: &[(&str, &[&str], Option<&str>, i32)] = &[
+    (
+        "Who holds the profile that will not unload?",
+        &["--emulator", "logoff", "holders", PROFILE],
+        None,
+        0,
+    ),
+    (
+        "A key handle duplicated into another process: the opener exited, the holder now is named",
+        &["--emulator", "duplicated", "holders", PROFILE],
+        None,
+        0,
+    ),
+    (
+        "The unload attempt that failed, and who held the hive then",
+        &["--emulator", "logoff", "unload-history"],
+        None,
+        0,
+    ),
+    (
+        "Scripts can gate on it: --fail-if-held exits 1 while anything holds the hive",
+        &[
+            "--emulator",
+            "logoff",
+            "holders",
+            PROFILE,
+            "--summary",
+            "--fail-if-held",
+        ],
+        None,
+        1,
+    ),
+    (
+        "wait gives up when the timeout passes first: the driver's own timer ends it (exit 1)",
+        &["--emulator", "logoff", "wait", PROFILE, "--timeout", "1"],
+        None,
+        1,
+    ),
+    (
+        "wait returns once the holder exits (it exits 1.5 s into this run)",
+        &["--emulator", "logoff", "wait", PROFILE, "--timeout", "10"],
+        Some("1500"),
+        0,
+    ),
+    (
+        "A process leaking key handles, ranked first",
+        &["--emulator", "handle-leak", "processes", "--top", "3"],
+        None,
+        0,
+    ),
+    (
+        "The same as JSON, for scripts",
+        &[
+            "--emulator",
+            "handle-leak",
+            "processes",
+            "--top",
+            "1",
+            "--json",
+        ],
+        None,
+        0,
+    ),
+];
+
 /// Runs the demo with the package in `package`, building the CLI into `target`.
 ///
 /// # Errors
@@ -29,65 +95,7 @@ pub fn demo(package: &Path, target: &Path) -> Result<()> {
     ]))?;
     let exe = target.join("release/hivetrack");
     let sys = package.join("hivetrack.sys");
-    let steps: &[(&str, &[&str], Option<&str>, i32)] = &[
-        (
-            "Who holds the profile that will not unload?",
-            &["--emulator", "logoff", "holders", PROFILE],
-            None,
-            0,
-        ),
-        (
-            "The unload attempt that failed, and who held the hive then",
-            &["--emulator", "logoff", "unload-history"],
-            None,
-            0,
-        ),
-        (
-            "Scripts can gate on it: --fail-if-held exits 1 while anything holds the hive",
-            &[
-                "--emulator",
-                "logoff",
-                "holders",
-                PROFILE,
-                "--summary",
-                "--fail-if-held",
-            ],
-            None,
-            1,
-        ),
-        (
-            "wait gives up when the timeout passes first: the driver's own timer ends it (exit 1)",
-            &["--emulator", "logoff", "wait", PROFILE, "--timeout", "1"],
-            None,
-            1,
-        ),
-        (
-            "wait returns once the holder exits (it exits 1.5 s into this run)",
-            &["--emulator", "logoff", "wait", PROFILE, "--timeout", "10"],
-            Some("1500"),
-            0,
-        ),
-        (
-            "A process leaking key handles, ranked first",
-            &["--emulator", "handle-leak", "processes", "--top", "3"],
-            None,
-            0,
-        ),
-        (
-            "The same as JSON, for scripts",
-            &[
-                "--emulator",
-                "handle-leak",
-                "processes",
-                "--top",
-                "1",
-                "--json",
-            ],
-            None,
-            0,
-        ),
-    ];
-    for (title, args, exit_after, want) in steps {
+    for (title, args, exit_after, want) in STEPS {
         println!("\n### {title}");
         let mut cmd = Command::new(&exe);
         cmd.args(*args).env("HIVETRACK_SYS", &sys);
@@ -95,9 +103,20 @@ pub fn demo(package: &Path, target: &Path) -> Result<()> {
             cmd.env("HIVETRACK_EMULATOR_EXIT_AFTER_MS", ms);
         }
         println!("$ hivetrack {}", args.join(" "));
-        let status = cmd.status()?;
-        if status.code() != Some(*want) {
-            bail!("`{}` exited {status}, expected {want}", describe(&cmd));
+        let out = cmd.output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        if out.status.code() != Some(*want) {
+            bail!(
+                "`{}` exited {}, expected {want}",
+                describe(&cmd),
+                out.status
+            );
+        }
+        if args.contains(&"duplicated")
+            && !String::from_utf8_lossy(&out.stdout).contains("held now by process")
+        {
+            bail!("`{}` did not name the holder now", describe(&cmd));
         }
     }
     println!(

@@ -1,0 +1,234 @@
+//! The holder now of each tracked key: which processes hold a handle to it at this moment.
+//!
+//! The driver's records name the process that opened a key; `DuplicateHandle` and handle
+//! inheritance hand keys to other processes with no registry notification. The system handle
+//! table lists every handle with its process; for each key handle of another process the
+//! client makes a duplicate in its own process and asks the driver
+//! (`IOCTL_HIVETRACK_IDENTIFY_HANDLES`, at most 64 a request) which tracked key object it
+//! refers to. The driver resolves the duplicates in the caller's own handle table and
+//! answers with key ids, never addresses; the duplicates are closed at once.
+//!
+//! What it cannot see: handles of processes it may not duplicate from (protected
+//! processes), counted as not examined; kernel references that are not handles.
+
+use std::collections::BTreeMap;
+
+use protocol::identify::{IdentifyAnswer, IdentifyOutcome, IdentifyRequest, MAX_IDENTIFY};
+use protocol::ioctl::{IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_IDENTIFY_HANDLES};
+use protocol::version::VersionInfo;
+use protocol::wire;
+
+use crate::transport::Transport;
+
+/// Who holds each tracked key now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeldNow {
+    /// Key id → the processes holding a handle to that key object now (pid order, a pid
+    /// once per handle).
+    pub by_id: BTreeMap<u64, Vec<u64>>,
+    /// Key handles of other processes examined (duplicated and identified).
+    pub examined: u64,
+    /// Key handles that could not be duplicated (protected processes, closed meanwhile).
+    pub not_examined: u64,
+}
+
+/// Asks the system and the driver who holds each tracked key now.
+///
+/// # Errors
+/// Why it cannot be done, in words: the backend cannot read the handle table, the system
+/// refused, the driver is too old for the request, or an answer is malformed.
+pub fn held_now(t: &mut dyn Transport) -> Result<HeldNow, String> {
+    let mut buf = [0u8; 256];
+    let n = t
+        .ioctl(IOCTL_HIVETRACK_GET_VERSION, &[], &mut buf)
+        .map_err(|e| format!("the driver's version: {e}"))?;
+    let version = wire::decode::<VersionInfo>(&buf[..n.min(buf.len())])
+        .map_err(|e| format!("the driver's version answer: {e}"))?;
+    if !version.has(VersionInfo::CAP_IDENTIFY_HANDLES) {
+        return Err(format!(
+            "driver {version} cannot identify handles (IOCTL_HIVETRACK_IDENTIFY_HANDLES): only the opener is known"
+        ));
+    }
+    let handles = match t.foreign_key_handles() {
+        None => {
+            return Err(format!(
+                "the {} backend cannot read the system handle table",
+                t.backend()
+            ));
+        }
+        Some(Err(e)) => return Err(format!("the system handle table: {e}")),
+        Some(Ok(h)) => h,
+    };
+    let mut out = HeldNow::default();
+    for batch in handles.chunks(MAX_IDENTIFY) {
+        let mut dups: Vec<(u64, u64)> = Vec::with_capacity(batch.len());
+        for &(pid, h) in batch {
+            match t.duplicate_handle(pid, h) {
+                Some(d) => dups.push((pid, d)),
+                None => out.not_examined += 1,
+            }
+        }
+        let result = identify(t, &dups);
+        for &(_, d) in &dups {
+            t.close_duplicate(d);
+        }
+        for (outcome, id, pid) in result? {
+            out.examined += 1;
+            if outcome == IdentifyOutcome::Tracked {
+                out.by_id.entry(id).or_default().push(pid);
+            }
+        }
+    }
+    for pids in out.by_id.values_mut() {
+        pids.sort_unstable();
+    }
+    Ok(out)
+}
+
+/// One identify request for `dups` (`(holder pid, local duplicate)`), its answers with the
+/// holder pids.
+fn identify(
+    t: &mut dyn Transport,
+    dups: &[(u64, u64)],
+) -> Result<Vec<(IdentifyOutcome, u64, u64)>, String> {
+    let handles: Vec<u64> = dups.iter().map(|d| d.1).collect();
+    let Some(request) = IdentifyRequest::new(&handles) else {
+        return Ok(Vec::new()); // nothing duplicated in this batch
+    };
+    let mut input = vec![0u8; wire::HEADER_LEN + 8 + 8 * MAX_IDENTIFY];
+    let len = wire::encode(&request, &mut input).map_err(|e| e.to_string())?;
+    let mut output = vec![0u8; IdentifyAnswer::encoded_len(handles.len())];
+    let n = t
+        .ioctl(IOCTL_HIVETRACK_IDENTIFY_HANDLES, &input[..len], &mut output)
+        .map_err(|e| format!("IOCTL_HIVETRACK_IDENTIFY_HANDLES: {e}"))?;
+    let answer = wire::decode::<IdentifyAnswer>(&output[..n.min(output.len())])
+        .map_err(|e| format!("the driver sent a malformed identify answer: {e}"))?;
+    if answer.entries().len() != dups.len() {
+        return Err("the driver sent a malformed identify answer: wrong count".to_owned());
+    }
+    Ok(answer
+        .entries()
+        .iter()
+        .zip(dups)
+        .map(|(e, &(pid, _))| (e.outcome, e.id, pid))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::TransportError;
+    use protocol::identify::Identified;
+    use protocol::version::BuildId;
+
+    /// A system with key handles `(pid, handle)`, each referring to key `id` (0: untracked),
+    /// `protected` pids refusing duplication, and a driver with `caps`.
+    struct Fake {
+        caps: u16,
+        handles: Vec<(u64, u64, u64)>,
+        protected: Vec<u64>,
+        open: BTreeMap<u64, u64>,
+        next: u64,
+        requests: usize,
+    }
+
+    impl Transport for Fake {
+        fn backend(&self) -> &'static str {
+            "fake"
+        }
+
+        fn ioctl(
+            &mut self,
+            code: u32,
+            input: &[u8],
+            output: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            if code == IOCTL_HIVETRACK_GET_VERSION {
+                let v = VersionInfo {
+                    major: 0,
+                    minor: 1,
+                    patch: 0,
+                    capabilities: self.caps,
+                    build_id: BuildId::new("test"),
+                };
+                return Ok(wire::encode(&v, output).unwrap());
+            }
+            assert_eq!(code, IOCTL_HIVETRACK_IDENTIFY_HANDLES);
+            self.requests += 1;
+            let req = wire::decode::<IdentifyRequest>(input).unwrap();
+            let entries: Vec<Identified> = req
+                .handles()
+                .iter()
+                .map(|h| match self.open.get(h) {
+                    Some(0) => Identified {
+                        outcome: IdentifyOutcome::NotTracked,
+                        id: 0,
+                    },
+                    Some(&id) => Identified {
+                        outcome: IdentifyOutcome::Tracked,
+                        id,
+                    },
+                    None => Identified {
+                        outcome: IdentifyOutcome::InvalidHandle,
+                        id: 0,
+                    },
+                })
+                .collect();
+            Ok(wire::encode(&IdentifyAnswer::new(&entries).unwrap(), output).unwrap())
+        }
+
+        fn foreign_key_handles(&mut self) -> Option<Result<Vec<(u64, u64)>, TransportError>> {
+            Some(Ok(self.handles.iter().map(|h| (h.0, h.1)).collect()))
+        }
+
+        fn duplicate_handle(&mut self, pid: u64, handle: u64) -> Option<u64> {
+            if self.protected.contains(&pid) {
+                return None;
+            }
+            let id = self.handles.iter().find(|h| (h.0, h.1) == (pid, handle))?.2;
+            self.next += 4;
+            self.open.insert(self.next, id);
+            Some(self.next)
+        }
+
+        fn close_duplicate(&mut self, handle: u64) {
+            assert!(self.open.remove(&handle).is_some(), "closed twice");
+        }
+    }
+
+    #[test]
+    fn duplicates_are_identified_in_batches_and_closed() {
+        let mut handles: Vec<(u64, u64, u64)> = (0..150).map(|i| (100 + i % 3, 4 * i, 0)).collect();
+        handles.push((7, 0x40, 0x5_0000_0001)); // the key, held by 7 and 8
+        handles.push((8, 0x44, 0x5_0000_0001));
+        handles.push((9, 0x48, 0x6_0000_0002)); // held by a protected process
+        let mut t = Fake {
+            caps: VersionInfo::CAP_IDENTIFY_HANDLES,
+            handles,
+            protected: vec![9],
+            open: BTreeMap::new(),
+            next: 0,
+            requests: 0,
+        };
+        let now = held_now(&mut t).unwrap();
+        assert_eq!(now.by_id.get(&0x5_0000_0001), Some(&vec![7, 8]));
+        assert_eq!(now.by_id.get(&0x6_0000_0002), None);
+        assert_eq!((now.examined, now.not_examined), (152, 1));
+        assert_eq!(t.requests, 3, "152 handles in batches of 64");
+        assert!(t.open.is_empty(), "every duplicate closed");
+    }
+
+    #[test]
+    fn an_old_driver_or_a_backend_without_the_table_says_why() {
+        let mut t = Fake {
+            caps: VersionInfo::CAP_WAIT_FREE,
+            handles: vec![],
+            protected: vec![],
+            open: BTreeMap::new(),
+            next: 0,
+            requests: 0,
+        };
+        let e = held_now(&mut t).unwrap_err();
+        assert!(e.contains("cannot identify handles"), "{e}");
+    }
+}
