@@ -24,6 +24,9 @@
 //!   counted in it (an answer must keep saying so); one whose keys were never tracked (the
 //!   caller's root handle comes with no open notification) is forgotten when more than
 //!   [`IDLE_APP_HIVES`] such sit in its shard.
+//! - an implicit hive (a mount point seen only in key paths: no load notification was seen
+//!   for it, so none of its unload will be either) goes the same way with its last tracked
+//!   key, unless a loss was counted in it; it is made again by the next open in it.
 //! - a deferred unload (`NtUnloadKeyEx` with an event) is reported once, as `STATUS_PENDING`, and
 //!   completes later with no notification (the emulator's `td-deferred-unload`, after the
 //!   Windows Research Kernel's `CmpLateUnloadHiveWorker`). The hive is marked
@@ -78,8 +81,8 @@ pub struct Hive {
     pub lost: AtomicU64,
     /// When the first of them happened (0 when none).
     pub lost_since: AtomicU64,
-    /// A tracked key was in it once: an application hive's record then goes with its last
-    /// tracked key (one never opened is left to [`IDLE_APP_HIVES`]).
+    /// A tracked key was in it once: an application or implicit hive's record then goes with
+    /// its last tracked key (an application hive never opened is left to [`IDLE_APP_HIVES`]).
     held: AtomicBool,
 }
 
@@ -128,9 +131,8 @@ impl Hive {
                 since != 0 && loaded != 0 && loaded >= since
             }),
             HiveState::Unloaded => false,
-            HiveState::Loaded | HiveState::Implicit => {
-                self.kind == HiveKind::App && self.held.load(Relaxed)
-            }
+            HiveState::Implicit => self.held.load(Relaxed),
+            HiveState::Loaded => self.kind == HiveKind::App && self.held.load(Relaxed),
         }
     }
 }
@@ -427,12 +429,13 @@ impl<L: RawLock> HiveTable<L> {
     ///
     /// A live hive left with no reference is forgotten when [`Hive::forgettable`] says so
     /// (`vouch`: see [`Vouch`]); that takes the shard lock, and happens only to application
-    /// hives and pending unloads (checked before the decrement, while the reference keeps the
-    /// hive alive).
+    /// and implicit hives and pending unloads (checked before the decrement, while the
+    /// reference keeps the hive alive).
     pub fn unpin<P: Pool>(&self, pool: &P, names: &NameTable<L>, h: NonNull<Hive>, vouch: Vouch) {
         let hive = hive_of(h);
         let shard = hive.shard as usize;
-        let may_forget = hive.kind == HiveKind::App || hive.state() == HiveState::UnloadPending;
+        let may_forget = hive.kind == HiveKind::App
+            || matches!(hive.state(), HiveState::UnloadPending | HiveState::Implicit);
         let before = hive.refs.fetch_sub(1, AcqRel);
         if before == 1 && may_forget {
             // `hive` may be freed by another thread from here on: only its address is used

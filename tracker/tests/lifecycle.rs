@@ -181,3 +181,33 @@ fn the_master_hive_does_not_swallow_implicit_hives() {
     );
     assert_eq!(all.len(), 65, "{all:?}");
 }
+
+#[test]
+fn an_implicit_hive_goes_with_its_last_tracked_key_unless_it_lost_one() {
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        t.tracking_started(1);
+        for n in 0..100 {
+            let key = format!(r"\REGISTRY\WC\Silo{n}\Key");
+            let tok = t.opened(0x40 + n, P1, 7, &w(&key), 1, 2).unwrap();
+            assert_eq!(
+                state_of(&t, &format!(r"\REGISTRY\WC\Silo{n}")),
+                Some(HiveState::Implicit)
+            );
+            t.object_destroyed(tok, 0x40 + n);
+        }
+        assert_eq!(t.stats().hives_tracked, 0, "{:?}", hives(&t));
+        let tok = t
+            .opened(0x10, P1, 7, &w(r"\REGISTRY\WC\Lossy\A"), 1, 2)
+            .unwrap();
+        t.open_lost(&w(r"\REGISTRY\WC\Lossy\B"), 3);
+        t.object_destroyed(tok, 0x10);
+        assert_eq!(
+            state_of(&t, r"\REGISTRY\WC\Lossy"),
+            Some(HiveState::Implicit),
+            "kept: its answers must say what was lost"
+        );
+    }
+    assert_eq!(pool.outstanding_blocks(), 0);
+}

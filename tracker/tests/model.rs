@@ -248,9 +248,12 @@ impl Model {
     fn gc(&mut self) {
         let used: BTreeSet<u32> = self.objs.values().map(|o| o.hive).collect();
         // An application hive goes with its last tracked key (it unloads by itself, with no
-        // notification); the model's app hives all come from opens.
-        self.hives
-            .retain(|h| (h.live && (h.kind != HiveKind::App || h.lost)) || used.contains(&h.id));
+        // notification), and so does an implicit hive; the model's app and implicit hives all
+        // come from opens.
+        self.hives.retain(|h| {
+            (h.live && (h.lost || (h.kind != HiveKind::App && h.state != HiveState::Implicit)))
+                || used.contains(&h.id)
+        });
         let holders: BTreeSet<(u64, u64)> = self.objs.values().map(|o| o.proc).collect();
         self.procs.retain(|k, p| !p.exited || holders.contains(k));
     }
