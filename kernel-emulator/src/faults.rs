@@ -1,6 +1,7 @@
 //! Fault injection, as Driver Verifier's low-resources simulation does it: every fallible
 //! kernel call the model implements asks [`FaultInjector::should_fail`] first. Systematic mode
-//! fails exactly the k-th fallible call; random mode fails each with a seeded probability.
+//! fails exactly the k-th fallible call, or every call from the k-th on; random mode fails
+//! each with a seeded probability.
 
 /// Which calls to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,6 +10,8 @@ pub enum FaultPolicy {
     Off,
     /// Fail exactly the k-th (1-based) fallible call.
     Nth(u64),
+    /// Fail the k-th fallible call and every one after it (memory that never comes back).
+    FromNth(u64),
     /// Fail each fallible call with probability `per_mille`/1000 (xorshift64, seeded).
     Random {
         /// Probability in thousandths.
@@ -31,6 +34,8 @@ pub struct FaultInjector {
     pub pool_only: bool,
     /// Only this routine counts (and fails under the policy) when set.
     pub only: Option<&'static str>,
+    /// Routines never failed (still counted).
+    pub spare: &'static [&'static str],
 }
 
 impl Default for FaultInjector {
@@ -41,6 +46,7 @@ impl Default for FaultInjector {
             injected: Vec::new(),
             pool_only: false,
             only: None,
+            spare: &[],
         }
     }
 }
@@ -53,9 +59,13 @@ impl FaultInjector {
         }
         self.calls += 1;
         let n = self.calls;
+        if self.spare.contains(&routine) {
+            return false;
+        }
         let fail = match &mut self.policy {
             FaultPolicy::Off => false,
             FaultPolicy::Nth(k) => n == *k,
+            FaultPolicy::FromNth(k) => n >= *k,
             FaultPolicy::Random { per_mille, seed } => {
                 *seed ^= *seed << 13;
                 *seed ^= *seed >> 7;
@@ -74,6 +84,17 @@ impl FaultInjector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_nth_fails_every_call_from_k_on() {
+        let mut f = FaultInjector {
+            policy: FaultPolicy::FromNth(3),
+            ..FaultInjector::default()
+        };
+        let failed: Vec<bool> = (0..6).map(|_| f.should_fail("X", true, "op")).collect();
+        assert_eq!(failed, [false, false, true, true, true, true]);
+        assert_eq!(f.injected.len(), 4);
+    }
 
     #[test]
     fn nth_fails_exactly_once() {

@@ -104,6 +104,10 @@ pub struct KeyObject {
     /// when the key body is created: ReactOS `CmpCreateKeyBody`/`CmpDoCreateChild`, Windows
     /// Research Kernel `CmpDoOpen`). What `NtQueryOpenSubKeysEx` reports as its pid.
     pub opener: u32,
+    /// Its open's post-notification went out with STATUS_SUCCESS while a driver's callback
+    /// (and no emulated filter) was registered: a tracking driver was told of it. The audit
+    /// of holders answers relies on it (`Ctx::ioctl_checked`).
+    pub announced: bool,
 }
 
 /// One mounted hive.
@@ -499,6 +503,8 @@ fn load(
                         contexts: BTreeMap::new(),
                         key_id,
                         opener: pid,
+                        // No open notification announces an app hive's root key object.
+                        announced: false,
                     },
                 );
                 k.hives.next_handle += 4;
@@ -779,11 +785,23 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
                 key_id,
                 // CM_KEY_BODY.ProcessID: the thread's process (PsGetCurrentProcessId).
                 opener: io::current_pid(),
+                announced: false,
             },
         );
         *k.objects.references.entry(object).or_insert(0) += 1;
     });
+    let told = kernel::with(|k| {
+        let cbs = &k.registry.callbacks;
+        !cbs.is_empty() && cbs.iter().all(|c| !c.emulated)
+    });
     let s = registry::notify_post(post_class, object, STATUS_SUCCESS, at, &pre);
+    if s == STATUS_SUCCESS && told {
+        kernel::with(|k| {
+            if let Some(o) = k.hives.objects.get_mut(&object) {
+                o.announced = true;
+            }
+        });
+    }
     if s != STATUS_SUCCESS {
         // A filter changed the result in its post (regfltr post.c,
         // CallbackPostNotificationOverrideSuccess): releasing the object is that filter's job
@@ -1208,6 +1226,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
                 contexts: BTreeMap::new(),
                 key_id,
                 opener: pid,
+                announced: false,
             },
         );
     });

@@ -64,6 +64,7 @@ pub mod security;
 pub mod session;
 pub mod status;
 pub mod suite;
+pub mod sweep;
 pub mod sync;
 pub mod timer;
 pub mod trap;

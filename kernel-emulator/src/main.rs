@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use kernel_emulator::faults::FaultPolicy;
 use kernel_emulator::scenario::{self, RunOptions, Target};
 use kernel_emulator::suite::{self, SuiteOptions};
 
@@ -71,8 +72,35 @@ enum Command {
         /// A step script to run (scenarios script and td-script).
         #[arg(long)]
         script: Option<PathBuf>,
+        /// Fail fallible kernel calls from the start: `nth:K` (the K-th only), `from:K` (the
+        /// K-th and every one after); `nth:0` fails none and counts them.
+        #[arg(long, value_parser = parse_fault)]
+        fault: Option<FaultPolicy>,
+        /// A faulted run: the scenario's own checks are reported, not required; leaks,
+        /// uninitialised output, silently wrong answers and bugchecks still fail it.
+        #[arg(long)]
+        faulted: bool,
         /// Scenario name.
         scenario: String,
+    },
+    /// The systematic sweep: every hivetrack scenario that makes fallible kernel calls, run
+    /// again with its K-th call failed (and from its K-th call on), each run in its own
+    /// process, each ending in the leak check.
+    Sweep {
+        /// hivetrack.sys.
+        #[arg(long)]
+        sys: PathBuf,
+        /// Its map.
+        #[arg(long)]
+        map: Option<PathBuf>,
+        /// At most this many runs per scenario and policy (K spread evenly over its calls).
+        #[arg(long, default_value_t = 40)]
+        max_runs: u64,
+        /// Parallel child processes.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Scenarios to sweep (default: every hivetrack scenario not excluded).
+        scenarios: Vec<String>,
     },
     /// Print what the emulator's machinery costs (IOCTL round trip, traps, registry
     /// notifications) with the test driver.
@@ -96,6 +124,18 @@ enum Command {
     },
     /// List the scenarios.
     List,
+}
+
+fn parse_fault(s: &str) -> Result<FaultPolicy, String> {
+    let (kind, k) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected nth:K or from:K"))?;
+    let k: u64 = k.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    match kind {
+        "nth" => Ok(FaultPolicy::Nth(k)),
+        "from" => Ok(FaultPolicy::FromNth(k)),
+        _ => Err(format!("{s:?}: expected nth:K or from:K")),
+    }
 }
 
 fn main() {
@@ -125,6 +165,8 @@ fn main() {
             no_special_pool,
             procmon_csv,
             script,
+            fault,
+            faulted,
             scenario: name,
         } => {
             let Some(s) = scenario::find(&name) else {
@@ -144,9 +186,24 @@ fn main() {
                     hide,
                     procmon_csv,
                     script,
+                    fault,
+                    faulted,
                 },
             )
         }
+        Command::Sweep {
+            sys,
+            map,
+            max_runs,
+            jobs,
+            scenarios,
+        } => kernel_emulator::sweep::run(&kernel_emulator::sweep::SweepOptions {
+            sys,
+            map,
+            max_runs,
+            jobs,
+            only: scenarios,
+        }),
         Command::Bench {
             test_driver,
             iterations,

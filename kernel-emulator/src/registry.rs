@@ -651,6 +651,13 @@ unsafe extern "win64" fn CmSetCallbackObjectContext(
     if !kernel::with(|k| k.registry.callbacks.iter().any(|c| c.cookie == cookie)) {
         return STATUS_INVALID_PARAMETER;
     }
+    // Learn: "Otherwise, it returns an appropriate NTSTATUS error code" — the call can fail;
+    // which error and why is not documented. Under fault injection the model fails it with
+    // STATUS_INSUFFICIENT_RESOURCES (*inference*: the context is kept in memory the kernel
+    // allocates per object and callback), leaving the object without the context.
+    if kernel::should_fail("CmSetCallbackObjectContext", false) {
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
     let old = kernel::with(|k| {
         k.hives
             .set_context(object as usize, cookie, new_context as usize)

@@ -91,6 +91,8 @@ impl Session {
             hide: Vec::new(),
             procmon_csv: None,
             script: None,
+            fault: None,
+            faulted: false,
         });
         boot_hives(&mut ctx);
         let mut holder = (scenario == "late-start").then(|| {

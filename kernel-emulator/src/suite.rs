@@ -33,10 +33,13 @@ pub struct SuiteOptions {
 }
 
 /// The outcome of one child run.
-struct ChildRun {
-    code: Option<i32>,
-    output: String,
-    timed_out: bool,
+pub(crate) struct ChildRun {
+    /// Its exit code (`None`: killed, or it could not start).
+    pub(crate) code: Option<i32>,
+    /// Its stdout and stderr.
+    pub(crate) output: String,
+    /// It ran past [`TIMEOUT`] and was killed.
+    pub(crate) timed_out: bool,
 }
 
 fn run_child(
@@ -46,13 +49,34 @@ fn run_child(
     name: &str,
     no_special_pool: bool,
 ) -> ChildRun {
+    let extra: &[String] = if no_special_pool {
+        &[String::new()]
+    } else {
+        &[]
+    };
+    run_child_with(exe, sys, map, name, extra)
+}
+
+/// Runs `exe run --sys SYS [--map MAP] EXTRA... NAME` (an empty string in `extra` stands
+/// for `--no-special-pool`).
+pub(crate) fn run_child_with(
+    exe: &Path,
+    sys: &Path,
+    map: Option<&Path>,
+    name: &str,
+    extra: &[String],
+) -> ChildRun {
     let mut cmd = Command::new(exe);
     cmd.arg("run").arg("--sys").arg(sys);
     if let Some(m) = map {
         cmd.arg("--map").arg(m);
     }
-    if no_special_pool {
-        cmd.arg("--no-special-pool");
+    for e in extra {
+        if e.is_empty() {
+            cmd.arg("--no-special-pool");
+        } else {
+            cmd.arg(e);
+        }
     }
     cmd.arg(name)
         .stdin(Stdio::null())

@@ -582,7 +582,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let hold = holding_of(hold_ptr);
         let proc = process_of(hold.process);
         let hive = hold.hive;
-        if !count_destroy {
+        if !count_destroy && !cfg!(feature = "mutant-uncounted-abandon") {
             // Abandoned: the object lives on untracked, a loss of its hive (the holding
             // keeps the hive alive here).
             let h = hive_of(hive);

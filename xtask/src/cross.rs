@@ -204,8 +204,22 @@ impl CrossEnv {
     /// # Errors
     /// When the build fails or produces no image.
     pub fn build_driver(&self, manifest_dir: &Path) -> Result<(PathBuf, PathBuf)> {
+        self.build_driver_with(manifest_dir, &[])
+    }
+
+    /// [`Self::build_driver`] with extra cargo arguments (features, another target
+    /// directory).
+    ///
+    /// # Errors
+    /// As [`Self::build_driver`].
+    pub fn build_driver_with(
+        &self,
+        manifest_dir: &Path,
+        extra: &[&str],
+    ) -> Result<(PathBuf, PathBuf)> {
         let mut cmd = self.cargo("build", manifest_dir);
-        cmd.arg("--message-format=json-render-diagnostics")
+        cmd.args(extra)
+            .arg("--message-format=json-render-diagnostics")
             .stderr(Stdio::inherit());
         eprintln!("xtask: $ {}", describe(&cmd));
         let out = cmd.output().context("could not start cargo")?;

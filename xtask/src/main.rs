@@ -13,6 +13,7 @@ mod demo;
 mod make_check;
 mod setup;
 mod soak;
+mod sweep;
 mod toolchain;
 mod util;
 mod wdkroot;
@@ -89,6 +90,18 @@ enum Cmd {
     /// Print the driver's added cost per registry open+close in the emulator (ns and
     /// callgrind instructions). Figures only; not part of `test`.
     BenchDriver,
+    /// The systematic fault sweep over the hivetrack scenarios in the emulator (each
+    /// scenario's K-th fallible call failed, and every call from its K-th on).
+    Sweep {
+        /// Most runs per scenario and policy (K spread over its calls when it makes more).
+        #[arg(long, default_value_t = sweep::CI_MAX_RUNS)]
+        max_runs: u64,
+        /// Instead: build a driver with a deliberate bug and require the sweep to catch it.
+        #[arg(long)]
+        mutant: bool,
+        /// Scenarios (default: every hivetrack scenario the sweep does not exclude).
+        scenarios: Vec<String>,
+    },
     /// Soak the driver in the emulator: N registry operations on 8 threads at 6% failures.
     Soak {
         /// Registry operations in all.
@@ -322,6 +335,7 @@ const TEST_STEPS: &[(&str, Step)] = &[
     ("check-inf", || check_inf(None)),
     ("make-check", || make_check::make_check(&target_dir(), true)),
     ("emulate", || emulate(&[])),
+    ("sweep", || sweep::sweep(sweep::CI_MAX_RUNS, &[])),
     ("soak", || soak::soak(soak::CI_SOAK_OPS)),
     ("fuzz-ioctl", || soak::fuzz_ioctl(soak::CI_FUZZ_INPUTS)),
     ("demo", || demo::demo(&package_dir(), &target_dir())),
@@ -387,6 +401,17 @@ fn main() -> ExitCode {
         Cmd::Emulate { scenarios } => emulate(&scenarios),
         Cmd::Test { skip } => test(&skip),
         Cmd::WineE2e => wine_e2e(),
+        Cmd::Sweep {
+            max_runs,
+            mutant,
+            scenarios,
+        } => {
+            if mutant {
+                sweep::mutant(max_runs)
+            } else {
+                sweep::sweep(max_runs, &scenarios)
+            }
+        }
         Cmd::Soak { ops } => soak::soak(ops),
         Cmd::FuzzIoctl { inputs } => soak::fuzz_ioctl(inputs),
         Cmd::MakeCheck { mutate } => make_check::make_check(&target_dir(), mutate),
