@@ -228,21 +228,12 @@ fn emulate(scenarios: &[String]) -> Result<()> {
             sys.display()
         );
     }
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "--release",
-        "--locked",
-        "--package",
-        "kernel-emulator",
-        "--",
-    ])
-    .arg("suite")
-    .arg("--sys")
-    .arg(&sys)
-    .arg("--map")
-    .arg(sys.with_extension("map"));
+    let mut cmd = emulator_command();
+    cmd.arg("suite")
+        .arg("--sys")
+        .arg(&sys)
+        .arg("--map")
+        .arg(sys.with_extension("map"));
     let test_driver = package.join("test/kemu-test-driver.sys");
     if test_driver.is_file() {
         cmd.arg("--test-driver")
@@ -252,6 +243,21 @@ fn emulate(scenarios: &[String]) -> Result<()> {
     }
     cmd.args(scenarios);
     run(&mut cmd)
+}
+
+/// `cargo run` of the kernel emulator (release), ready for its subcommand.
+fn emulator_command() -> std::process::Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--locked",
+        "--package",
+        "kernel-emulator",
+        "--",
+    ]);
+    cmd
 }
 
 fn wine_e2e() -> Result<()> {

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 
 use crate::cross::CrossEnv;
 use crate::util::repo_root;
-use crate::util::{cargo, describe, run};
+use crate::util::{describe, run};
 use crate::{driver_dirs, package_dir, target_dir};
 
 /// Runs per scenario and policy in CI (every scenario's calls fit; see the README).
@@ -21,24 +21,15 @@ pub const CI_MAX_RUNS: u64 = 200;
 const MUTANT_SCENARIOS: [&str; 3] = ["logoff", "process-exit", "duplicated-handle"];
 
 fn sweep_command(sys: &Path, max_runs: u64, scenarios: &[String]) -> Command {
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "--release",
-        "--locked",
-        "--package",
-        "kernel-emulator",
-        "--",
-        "sweep",
-    ])
-    .arg("--sys")
-    .arg(sys)
-    .arg("--map")
-    .arg(sys.with_extension("map"))
-    .arg("--max-runs")
-    .arg(max_runs.to_string())
-    .args(scenarios);
+    let mut cmd = crate::emulator_command();
+    cmd.arg("sweep")
+        .arg("--sys")
+        .arg(sys)
+        .arg("--map")
+        .arg(sys.with_extension("map"))
+        .arg("--max-runs")
+        .arg(max_runs.to_string())
+        .args(scenarios);
     cmd
 }
 
