@@ -156,22 +156,42 @@ fn key_of(k: &HolderKey<'_>, now: u64) -> HeldKey {
 fn attach_held_now(
     holders: &mut [Holder],
     found: Result<crate::holder_now::HeldNow, String>,
+    image_of: &mut dyn FnMut(u64) -> Option<String>,
 ) -> crate::model::HeldNowCoverage {
     match found {
         Ok(now) => {
             for k in holders.iter_mut().flat_map(|h| h.keys.iter_mut()) {
                 k.held_now_by = Some(now.by_id.get(&k.id).cloned().unwrap_or_default());
             }
+            let mut others: Vec<u64> = holders
+                .iter()
+                .flat_map(|h| {
+                    h.keys
+                        .iter()
+                        .flat_map(|k| k.held_now_by.iter().flatten().copied())
+                        .filter(move |&p| p != h.pid)
+                })
+                .collect();
+            others.sort_unstable();
+            others.dedup();
             crate::model::HeldNowCoverage {
                 handles_examined: now.examined,
                 handles_not_examined: now.not_examined,
                 error: None,
+                processes: others
+                    .into_iter()
+                    .map(|pid| crate::model::HeldNowProcess {
+                        pid,
+                        image: image_of(pid),
+                    })
+                    .collect(),
             }
         }
         Err(why) => crate::model::HeldNowCoverage {
             handles_examined: 0,
             handles_not_examined: 0,
             error: Some(why),
+            processes: Vec::new(),
         },
     }
 }
@@ -370,10 +390,11 @@ impl<'t> Client<'t> {
         };
         if self.transport.backend() != crate::fallback::BACKEND && !summary_only {
             // Who holds each key now: duplicated and inherited handles name no opener.
-            report.held_now = Some(attach_held_now(
-                &mut report.holders,
-                crate::holder_now::held_now(&mut *self.transport),
-            ));
+            let found = crate::holder_now::held_now(&mut *self.transport);
+            let transport = &mut *self.transport;
+            report.held_now = Some(attach_held_now(&mut report.holders, found, &mut |pid| {
+                transport.process_image(pid)
+            }));
         }
         if self.transport.backend() != crate::fallback::BACKEND {
             // The driver's records, set against the kernel's own list of the hive's keys.

@@ -293,6 +293,19 @@ pub struct HeldNowCoverage {
     pub handles_not_examined: u64,
     /// Why nothing could be asked; null when it was.
     pub error: Option<String>,
+    /// The processes named in `held_now_by` that are not the key's holder in the report,
+    /// with their images (looked up in user mode now; null when unknown).
+    #[serde(default)]
+    pub processes: Vec<HeldNowProcess>,
+}
+
+/// A process holding a key now that the report names under another process (its opener).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldNowProcess {
+    /// Process id.
+    pub pid: u64,
+    /// Image path; null when unknown.
+    pub image: Option<String>,
 }
 
 /// A process the kernel lists with keys open in the hive that the driver never saw opened.

@@ -189,7 +189,7 @@ fn process_phrase(pid: u64, image: Option<&String>, exited: bool) -> String {
 }
 
 /// Event 1530's lines for one holder: one per key name, identical names counted.
-fn holder_sentences(h: &Holder, out: &mut String) {
+fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &mut String) {
     let who = process_phrase(h.pid, h.image.as_ref(), h.exited);
     if h.keys.is_empty() {
         let _ = writeln!(
@@ -247,13 +247,18 @@ fn holder_sentences(h: &Holder, out: &mut String) {
             format!(" with {}", rights.join(", "))
         };
         let _ = writeln!(out, "{who} has opened key {name}{cut}{times}{with}{when}");
-        held_now_sentence(h.pid, &keys, out);
+        held_now_sentence(h.pid, &keys, images, out);
     }
 }
 
 /// When the processes holding the group's key objects now are not just their opener `pid`
 /// (a handle duplicated or inherited away): who holds them now.
-fn held_now_sentence(pid: u64, keys: &[&HeldKey], out: &mut String) {
+fn held_now_sentence(
+    pid: u64,
+    keys: &[&HeldKey],
+    images: &[crate::model::HeldNowProcess],
+    out: &mut String,
+) {
     if keys.iter().any(|k| k.held_now_by.is_none()) {
         return;
     }
@@ -273,7 +278,21 @@ fn held_now_sentence(pid: u64, keys: &[&HeldKey], out: &mut String) {
         );
         return;
     }
-    let list: Vec<String> = now.iter().map(u64::to_string).collect();
+    let list: Vec<String> = now
+        .iter()
+        .map(|p| {
+            let image = images
+                .iter()
+                .find(|x| x.pid == *p)
+                .and_then(|x| x.image.as_deref())
+                .unwrap_or(if *p == pid {
+                    "the same process"
+                } else {
+                    "image unknown"
+                });
+            format!("{p} ({image})")
+        })
+        .collect();
     let _ = writeln!(
         out,
         "  held now by process {} (the handle was duplicated or inherited)",
@@ -407,8 +426,9 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     &rows,
                 ));
                 out.push('\n');
+                let images = r.held_now.as_ref().map_or(&[][..], |c| &c.processes[..]);
                 for h in &r.holders {
-                    holder_sentences(h, &mut out);
+                    holder_sentences(h, images, &mut out);
                 }
             }
             match &r.held_now {
