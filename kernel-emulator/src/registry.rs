@@ -327,7 +327,7 @@ fn register(
 }
 
 /// Callbacks by altitude: highest first.
-fn by_altitude() -> Vec<Callback> {
+pub(crate) fn by_altitude() -> Vec<Callback> {
     let mut v = kernel::with(|k| {
         let r = &k.registry;
         r.callbacks
@@ -340,12 +340,24 @@ fn by_altitude() -> Vec<Callback> {
     v
 }
 
-/// Calls one callback.
-fn invoke(cb: &Callback, class: usize, argument: usize) -> NtStatus {
+/// Calls one callback, unless it is being or has been unregistered.
+///
+/// A round takes its snapshot of the callbacks before calling any; by the time it reaches
+/// one, `CmUnRegisterCallback` may have begun or even returned (and the driver's image been
+/// unmapped). ReactOS `ntoskrnl/config/cmhook.c`, CmiCallRegisteredCallbacks: each call
+/// first takes the callback's rundown protection (`!PendingDelete &&
+/// ExAcquireRundownProtection`), which fails once CmUnRegisterCallback has marked it
+/// PendingDelete; CmUnRegisterCallback waits for the protections granted
+/// (ExWaitForRundownProtectionRelease) before unlinking it. So a callback is never entered
+/// after its unregistration began, and never after it returned.
+pub(crate) fn invoke(cb: &Callback, class: usize, argument: usize) -> NtStatus {
     let gone = kernel::with(|k| {
         let r = &mut k.registry;
-        // A round that took its snapshot before CmUnRegisterCallback began must not call in.
-        if r.unregistering.contains(&cb.cookie) && class != class::CALLBACK_OBJECT_CONTEXT_CLEANUP {
+        let registered = r.callbacks.iter().any(|c| c.cookie == cb.cookie);
+        if !registered
+            || (r.unregistering.contains(&cb.cookie)
+                && class != class::CALLBACK_OBJECT_CONTEXT_CLEANUP)
+        {
             return true;
         }
         *r.delivered.entry(class).or_insert(0) += 1;

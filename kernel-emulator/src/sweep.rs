@@ -121,7 +121,23 @@ fn verdict(run: &ChildRun) -> Result<(), String> {
         .unwrap_or("")
         .trim()
         .to_owned();
-    Err(format!("exit {:?}: {last}", run.code))
+    // The bugcheck's own lines (where, which instruction, which address) say more than its
+    // last line: a failure seen once in CI must be diagnosable from the log alone.
+    let detail: Vec<&str> = run
+        .output
+        .lines()
+        .skip_while(|l| !l.starts_with("***"))
+        .take(12)
+        .collect();
+    if detail.is_empty() {
+        Err(format!("exit {:?}: {last}", run.code))
+    } else {
+        Err(format!(
+            "exit {:?}: {last}\n    {}",
+            run.code,
+            detail.join("\n    ")
+        ))
+    }
 }
 
 /// Runs the sweep; returns the process exit code (0 only if every run held).

@@ -165,8 +165,15 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         ));
         return;
     }
+    // SAFETY: `info` is valid for SA_SIGINFO handlers.
+    let info = unsafe { &*info };
+    // SAFETY: si_addr is defined for the fault signals handled here.
+    let addr = unsafe { info.si_addr() } as usize;
+    // A fault fetching the instruction itself (code unmapped, as after an unload) leaves
+    // nothing to decode: reading those bytes would fault again inside this handler.
+    let fetch_fault = addr == rip;
     let mut ins = Instruction::default();
-    if let Some(img) = image.filter(|_| in_image) {
+    if let Some(img) = image.filter(|_| in_image && !fetch_fault) {
         let avail = (img.base + img.size - rip).min(15);
         // SAFETY: [rip, rip + avail) lies inside the mapped, executable driver image.
         let bytes = unsafe { std::slice::from_raw_parts(rip as *const u8, avail) };
@@ -178,10 +185,6 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             bugcheck(0x139, g[libc::REG_RCX as usize] as usize, 0, 0, 0);
         }
     }
-    // SAFETY: `info` is valid for SA_SIGINFO handlers.
-    let info = unsafe { &*info };
-    // SAFETY: si_addr is defined for the fault signals handled here.
-    let addr = unsafe { info.si_addr() } as usize;
     let write = g[libc::REG_ERR as usize] & 2 != 0;
     let mut text = String::new();
     if in_image && !ins.is_invalid() {
@@ -194,6 +197,11 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         _ => (0x1E, "KMODE_EXCEPTION_NOT_HANDLED"),
     };
     let rsp = g[libc::REG_RSP as usize] as usize;
+    let place = if in_image {
+        bugcheck::symbolize(rip)
+    } else {
+        emulator_place(rip)
+    };
     let mut s = format!(
         "\n*** kernel-emulator: signal {sig} in {} at RIP {}\n    instruction: {}\n    \
          fault address {addr:#x} ({}), RSP {rsp:#x}, IRQL {}\n",
@@ -202,11 +210,14 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         } else {
             "emulator code (a bad argument from the driver?)"
         },
-        bugcheck::symbolize(rip),
+        place,
         if text.is_empty() { "?" } else { &text },
         if write { "write" } else { "read" },
         cpu::irql()
     );
+    if fetch_fault && sig == libc::SIGSEGV {
+        s += "    the instruction itself could not be fetched: code not mapped (called after its driver unloaded?)\n";
+    }
     if let Some(note) = crate::pool::describe_fault_address(addr) {
         let _ = writeln!(s, "    {note}");
     }
@@ -216,6 +227,24 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     let _ = writeln!(s, "    Windows would raise {code:#x} {what}");
     emit_stderr(&s);
     bugcheck(code, addr, usize::from(write), rip, 0);
+}
+
+/// Where `rip` lies in the emulator's own executable, as `file+offset` (for `addr2line -f -C
+/// -e file offset`): a fault there is usually a bad argument the driver passed.
+fn emulator_place(rip: usize) -> String {
+    // SAFETY: a zeroed Dl_info is a valid out-parameter.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the loader's tables for `rip` and fills `info`.
+    let found = unsafe { libc::dladdr(rip as *const libc::c_void, &raw mut info) };
+    if found == 0 || info.dli_fbase.is_null() || info.dli_fname.is_null() {
+        return format!("{rip:#x} (outside the driver image)");
+    }
+    // SAFETY: dladdr set dli_fname to the loader's NUL-terminated file name.
+    let file = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy();
+    format!(
+        "{rip:#x} ({file}+{:#x}, outside the driver image)",
+        rip - info.dli_fbase as usize
+    )
 }
 
 /// Installs the handler for SIGSEGV, SIGILL, SIGTRAP, SIGFPE and SIGBUS (on the alternate

@@ -570,8 +570,24 @@ fn td_unload_under_load(ctx: &mut Ctx) {
         let load = scope.spawn(|| crate::replay::generate(&root, 3, 6, 80, 0xFEED));
         std::thread::sleep(std::time::Duration::from_millis(20));
         let before = kernel::with(|k| k.registry.delivered.values().sum::<u64>());
+        // A notification round that took its snapshot of the callbacks now, and reaches the
+        // driver's only after the unload: the deterministic form of the race the workload
+        // threads run into by chance.
+        let stale = crate::registry::by_altitude();
         ctx.unload_and_check_clean(&mut d);
         println!("  unloaded after {before} notifications had been delivered");
+        let delivered = kernel::with(|k| k.registry.delivered.values().sum::<u64>());
+        for cb in &stale {
+            let _ = crate::registry::invoke(cb, crate::registry::class::PRE_KEY_HANDLE_CLOSE, 0);
+        }
+        ctx.check(
+            !stale.is_empty()
+                && kernel::with(|k| k.registry.delivered.values().sum::<u64>()) == delivered,
+            format!(
+                "a round that took its snapshot before the unload does not call the {} unregistered callback(s) (ReactOS cmhook.c: rundown protection)",
+                stale.len()
+            ),
+        );
         load.join().unwrap_or(0)
     });
     println!("  the workload finished after the unload: {opened} opens in all");
