@@ -367,6 +367,12 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
                 &raw mut old,
             )
         };
+        if status == STATUS_SUCCESS && !old.is_null() {
+            // The object was already ours (a lower filter's bypass handed back an object
+            // it opened itself: kernel emulator `bypassed-open`). Only the new context comes
+            // back at cleanup, so the old record goes now.
+            tracker.superseded(Token(old as u64), object as u64);
+        }
         status == STATUS_SUCCESS
     });
     if !attached {

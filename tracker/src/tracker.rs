@@ -545,6 +545,20 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
     }
 
+    /// The object's context was replaced by a newer token: `CmSetCallbackObjectContext`
+    /// returned `token` as the previous context of `object` (docs: `OldContext`). That
+    /// happens when an object hivetrack already tracks comes back from another open (a
+    /// lower filter completing an open with `STATUS_CALLBACK_BYPASS` and an object it opened
+    /// itself, regfltr `pre.c`). The object keeps exactly one record, the newer one: only its
+    /// context will come back at cleanup, so the older record would otherwise outlive the
+    /// object and hold its hive for ever. Nothing is lost (the object stays tracked), so no
+    /// loss is counted; its end counts as a destroy, which keeps `opens_seen` balanced.
+    pub fn superseded(&self, token: Token, object: u64) {
+        if !self.remove(token, object, true) {
+            bump(&self.counters.destroys_unknown_object);
+        }
+    }
+
     /// Forgets an object the driver could not attach its token to (so no destroy will ever
     /// come for it); counted as `objects_abandoned`.
     pub fn abandon(&self, token: Token, object: u64) {

@@ -124,6 +124,7 @@ struct MObj {
     proc: (u64, u64),
     hive: u32,
     name: String, // folded
+    raw_name: &'static str,
     time: u64,
     order: u64,
     thread: u64,
@@ -611,8 +612,45 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
             access,
         } => {
             let a = addr(obj);
-            if m.objs.contains_key(&a) {
-                return; // the kernel never reports an open of a live object
+            if let Some(old) = m.objs.get(&a).cloned() {
+                // A live object opened again: a lower filter's bypass handed back an object
+                // already tracked. The driver files the new open, then CmSetCallbackObjectContext
+                // returns the old token, which is superseded: one record, the new one.
+                let time = *clock - u64::from(jitter);
+                let tok = t
+                    .opened(
+                        a,
+                        pk(proc),
+                        u64::from(obj) * 4,
+                        &w(old.raw_name),
+                        u32::from(access),
+                        time,
+                    )
+                    .unwrap();
+                t.superseded(old.token, a);
+                // Filed by its name now, while the old record still pins its hive.
+                let hive = m.resolve(old.raw_name);
+                m.order += 1;
+                m.procs
+                    .entry((pk(proc).pid, pk(proc).start_key))
+                    .or_default();
+                m.objs.insert(
+                    a,
+                    MObj {
+                        token: tok,
+                        proc: (pk(proc).pid, pk(proc).start_key),
+                        hive,
+                        time,
+                        order: m.order,
+                        thread: u64::from(obj) * 4,
+                        access: u32::from(access),
+                        closes: 0,
+                        ..old
+                    },
+                );
+                m.gc();
+                m.last_token.insert(a, tok);
+                return;
             }
             let time = *clock - u64::from(jitter);
             let tok = t
@@ -637,6 +675,7 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
                     proc: (pk(proc).pid, pk(proc).start_key),
                     hive,
                     name: f(NAMES[name as usize]),
+                    raw_name: NAMES[name as usize],
                     time,
                     order: m.order,
                     thread: u64::from(obj) * 4,

@@ -38,6 +38,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "a kernel handle (OBJ_KERNEL_HANDLE, KernelMode) opened from a user process's thread is in the System process's table: the key is System's (pid 4, its start key), not the caller's; the kernel's list still names the opener",
             kernel_handle,
         ),
+        Scenario::hivetrack(
+            "bypassed-open",
+            "a lower filter completes A's open itself (STATUS_CALLBACK_BYPASS) with a key object it made with its own kernel handle, which hivetrack saw opened: the object's context is replaced, the earlier record goes with it; A closes and nobody holds the hive (no phantom System holder)",
+            bypassed_open,
+        ),
     ]
 }
 
@@ -455,5 +460,55 @@ fn kernel_handle(ctx: &mut Ctx) {
     }
     let empty = c.holders(ctx, USER).is_empty();
     ctx.check(empty, "closed: nobody holds the hive");
+    end(ctx, d, c);
+}
+
+/// Docs, "Handling Notifications": a pre-callback that returns STATUS_CALLBACK_BYPASS
+/// completes the open itself; regfltr `pre.c` CallbackPreNotificationBypass opens the key it
+/// wants with its own `ZwCreateKey` (a full pre/post pair the callbacks above see: hivetrack
+/// tracks that object and attaches its context), references the object, closes its handle
+/// and returns the object in ResultObject. The callbacks above then get the post with that
+/// same object ([`crate::registry::PreOutcome::unwind`]): hivetrack's second
+/// `CmSetCallbackObjectContext` on it returns the first context in `OldContext` (docs:
+/// "receives the previously set context"). One object, one cleanup, one context: a record
+/// for the first context would never be freed and would hold the hive for ever.
+fn bypassed_open(ctx: &mut Ctx) {
+    let Some((d, c)) = begin(ctx) else { return };
+    let lower = crate::registry::register_emulated(crate::registry::filter_bypass, 0, "300000");
+    ctx.check(
+        lower.is_ok(),
+        format!("another filter registered below hivetrack (altitude 300000): {lower:?}"),
+    );
+    let a = spawn(ctx, APP1);
+    let parent = format!(r"{USER}\Software\Bypass");
+    ensure_parents(a, &format!(r"{parent}\x"));
+    let asked = format!(r"{parent}\{}", crate::registry::BYPASS_MARKER);
+    let made = format!(r"{parent}\{}", crate::registry::BYPASS_REDIRECT);
+    let opened = hive::open_key(a, &asked, KEY_READ, true);
+    ctx.check(
+        opened.is_ok(),
+        format!("A's open, completed by the filter: {opened:?}"),
+    );
+    let holders = c.holders(ctx, USER);
+    ctx.check(
+        holders.len() == 1 && holders[0].pid == u64::from(a) && holds(&holders[0], &made),
+        format!(
+            "one holder, A, of the key the filter made: {}",
+            describe(&holders)
+        ),
+    );
+    if let Ok(k) = opened {
+        let s = hive::close_key(a, k);
+        ctx.check(s == 0, format!("A closes its handle: {s:#x}"));
+    }
+    let holders = c.holders(ctx, USER);
+    ctx.check(
+        holders.is_empty(),
+        format!(
+            "the object is gone: nobody holds the hive ({})",
+            describe(&holders)
+        ),
+    );
+    process::exit_process(a);
     end(ctx, d, c);
 }
