@@ -117,6 +117,9 @@ enum Cmd {
     /// Print `hivetrack analyze`'s replay rate (events per second from PML and CSV, one core)
     /// and its memory for two capture lengths. Figures only; not part of `test`.
     BenchAnalyze,
+    /// What the admin queries cost as the tracked state grows (holders, processes; 1k, 10k,
+    /// 100k keys): figures and ratios, never asserted.
+    BenchQueries,
     /// Everything CI runs: setup, fmt, clippy, host tests, build, image and INF checks,
     /// emulator suite.
     Test {
@@ -380,20 +383,13 @@ fn test(skip: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs the capture crate's replay benchmark (release build, figures only).
-fn bench_analyze() -> Result<()> {
+/// Runs a benchmark example of `package` (release build, figures only).
+fn bench_example(package: &str, example: &str) -> Result<()> {
     let status =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "hivetrack-capture",
-                "--example",
-                "bench_analyze",
-            ])
+            .args(["run", "--release", "-p", package, "--example", example])
             .status()?;
-    anyhow::ensure!(status.success(), "bench_analyze failed: {status}");
+    anyhow::ensure!(status.success(), "{example} failed: {status}");
     Ok(())
 }
 
@@ -432,7 +428,8 @@ fn main() -> ExitCode {
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())
         }
-        Cmd::BenchAnalyze => bench_analyze(),
+        Cmd::BenchAnalyze => bench_example("hivetrack-capture", "bench_analyze"),
+        Cmd::BenchQueries => bench_example("hivetrack-tracker", "bench_queries"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,150 @@
+//! `cargo xtask bench-queries`: what the admin queries cost on the host engine as the
+//! tracked state grows. A full `holders` report of one hive and a full `processes` listing,
+//! paged through 64 KiB buffers as the CLI does, with 1,000, 10,000 and 100,000 open keys
+//! held by 100, 1,000 and 10,000 processes (10 keys each); the time per record returned and
+//! its ratio to the smallest case (1.0 is linear in the answer). Goals (issue 14): `holders`
+//! of 100,000 keys ≤ 10 ms, `processes` of 10,000 processes ≤ 50 ms. Figures only, never
+//! asserted; the best of several runs, on whatever load the machine has.
+#![allow(
+    missing_docs,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    reason = "a benchmark program"
+)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use protocol::cursor::Cursor;
+use protocol::page::PageInfo;
+use support::{ParkingLock, SysPool, w};
+use tracker::{Config, ProcessKey, QueryError, Tracker};
+
+type T<'a> = Tracker<&'a SysPool, ParkingLock>;
+
+const MOUNT: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
+const KEYS_PER_PROCESS: u64 = 10;
+
+fn build(pool: &SysPool, processes: u64) -> T<'_> {
+    let t = Tracker::new(
+        pool,
+        Config {
+            max_objects: 1 << 20,
+            budget_bytes: tracker::MAX_BUDGET_BYTES,
+            ..Config::default()
+        },
+    )
+    .expect("tracker");
+    t.hive_loaded(&w(MOUNT), &w(r"C:\Users\u\NTUSER.DAT"), 0);
+    for p in 0..processes {
+        let key = ProcessKey {
+            pid: 8 + p * 4,
+            start_key: 1 + p,
+        };
+        t.process_started(key, &w(&format!(r"\Device\HarddiskVolume3\App{p}.exe")));
+        for k in 0..KEYS_PER_PROCESS {
+            let name = w(&format!(
+                r"{MOUNT}\Software\Vendor{}\Product\Settings{k}",
+                p % 50
+            ));
+            t.opened(
+                0x100_0000 + (p * KEYS_PER_PROCESS + k) * 16,
+                key,
+                1,
+                &name,
+                0x2_0019,
+                p * KEYS_PER_PROCESS + k,
+            )
+            .expect("tracked");
+        }
+    }
+    t
+}
+
+/// Pages through a report to its end; returns (pages, records).
+fn drain(mut page: impl FnMut(&Cursor, &mut [u8]) -> Result<usize, QueryError>) -> (u64, u64) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let mut cursor = Cursor::START;
+    let (mut pages, mut records) = (0, 0);
+    loop {
+        let n = page(&cursor, &mut buf).expect("page");
+        let p = &buf[..n];
+        pages += 1;
+        records += u64::from(u32::from_le_bytes(p[56..60].try_into().unwrap()));
+        if u16::from_le_bytes([p[60], p[61]]) & PageInfo::DONE != 0 {
+            return (pages, records);
+        }
+        cursor = Cursor([
+            word(p, 16),
+            word(p, 24),
+            word(p, 32),
+            word(p, 40),
+            word(p, 48),
+        ]);
+    }
+}
+
+/// The best of `runs` timings of `f`, and what it returned.
+fn best<R>(runs: u32, mut f: impl FnMut() -> R) -> (Duration, R) {
+    let mut out = None;
+    let mut fastest = Duration::MAX;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = f();
+        fastest = fastest.min(t.elapsed());
+        out = Some(r);
+    }
+    (fastest, out.expect("at least one run"))
+}
+
+fn main() {
+    let mount = w(MOUNT);
+    println!(
+        "{:>8} {:>9} | {:>11} {:>8} {:>9} | {:>13} {:>8} {:>9}",
+        "keys",
+        "processes",
+        "holders ms",
+        "records",
+        "ns/record",
+        "processes ms",
+        "records",
+        "ns/record"
+    );
+    let mut first: Option<(f64, f64)> = None;
+    let mut rows = Vec::new();
+    for processes in [100u64, 1_000, 10_000] {
+        let pool = SysPool::default();
+        let t = build(&pool, processes);
+        let runs = if processes >= 10_000 { 3 } else { 7 };
+        let (th, (_, hr)) = best(runs, || drain(|c, b| t.holders(&mount, c, 0, 0, b)));
+        let (tp, (_, pr)) = best(runs, || drain(|c, b| t.processes(c, 0, b)));
+        let (hn, pn) = (
+            th.as_nanos() as f64 / hr as f64,
+            tp.as_nanos() as f64 / pr as f64,
+        );
+        println!(
+            "{:>8} {:>9} | {:>11.2} {:>8} {:>9.0} | {:>13.2} {:>8} {:>9.0}",
+            processes * KEYS_PER_PROCESS,
+            processes,
+            th.as_secs_f64() * 1e3,
+            hr,
+            hn,
+            tp.as_secs_f64() * 1e3,
+            pr,
+            pn
+        );
+        let base = *first.get_or_insert((hn, pn));
+        rows.push((processes, hn / base.0, pn / base.1));
+    }
+    for (processes, h, p) in rows {
+        println!(
+            "ratio: cost per record with {processes} processes / with 100: holders {h:.2}, processes {p:.2} (1.0 = linear in the answer)"
+        );
+    }
+    println!(
+        "goals (issue 14): holders of 100,000 keys <= 10 ms; processes of 10,000 processes <= 50 ms"
+    );
+}
