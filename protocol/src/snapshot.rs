@@ -3,7 +3,8 @@
 //!
 //! Prefix: the time the first page was taken (u64). Record: pid u64, start key u64, id
 //! u64, open time u64, hive id u32, flags u32 ([`crate::holders::HolderKey`]'s name flags),
-//! name (2+2n). Records come per process (pid, start key order), per hive, oldest first.
+//! name (2+2n). Records come per process (in the driver's process-table order, stable for a
+//! given process; clients sort), per hive, oldest first.
 
 use crate::holders::{HolderKey, decode_flags};
 use crate::page::{Codec, PageKind};

@@ -20,6 +20,7 @@
 //! plus Unicode simple upper-casing).
 #![cfg_attr(not(test), no_std)]
 
+pub mod ascending;
 pub mod budget;
 pub mod census;
 mod counters;

@@ -1,7 +1,9 @@
 //! Processes and their (process, hive) holdings.
 //!
 //! A process is its pid plus a start key, so a reused pid is another process. The table is
-//! sharded by that pair; each process has its own lock, which guards its holdings list and
+//! hashed by that pair into 4,096 chains under 64 shard locks (a lookup walks about one
+//! record per 4,096 processes, so 10,000 processes cost no more than 100); each process has
+//! its own lock, which guards its holdings list and
 //! the key lists inside them. A holding is one process's open keys in one hive: its count
 //! (O(1)), and its keys as a list ordered by (open time, sequence), so the oldest is the
 //! head and an insert with a non-decreasing time is O(1).
@@ -21,13 +23,15 @@ use crate::names::{NameEntry, NameRef};
 use crate::pool::{BlockClass, Pool, alloc_init, free_block};
 
 const SHARDS: usize = 64;
+/// Chains per shard.
+const BUCKETS: usize = 64;
 /// Size class of a process record.
 pub const PROCESS_CLASS: BlockClass = BlockClass::B128;
 /// Size class of a holding.
 pub const HOLDING_CLASS: BlockClass = BlockClass::B64;
 
 /// A process as the driver names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessKey {
     /// Process id.
     pub pid: u64,
@@ -169,7 +173,7 @@ impl<L> Process<L> {
 
 struct Shard<L> {
     lock: L,
-    head: AtomicPtr<Process<L>>,
+    heads: [AtomicPtr<Process<L>>; BUCKETS],
     count: AtomicU32,
 }
 
@@ -182,10 +186,21 @@ pub struct ProcessTable<L> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoProcess;
 
-const fn shard_of(k: ProcessKey) -> usize {
+/// (shard, chain) of a process: the hash's top 6 bits pick the shard, the next 6 the chain.
+const fn place_of(k: ProcessKey) -> (usize, usize) {
     let h = (k.pid >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ k.start_key.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    (h >> 58) as usize % SHARDS
+    ((h >> 58) as usize % SHARDS, (h >> 52) as usize % BUCKETS)
+}
+
+/// Where a process comes in a walk of the table ([`ProcessTable::next_in_walk`]).
+///
+/// Its chain, then its key. Reports that list processes (holders, snapshot) use this order:
+/// stable for a given key, and resumable from a key in constant time.
+#[must_use]
+pub const fn walk_order(k: ProcessKey) -> (usize, ProcessKey) {
+    let (shard, chain) = place_of(k);
+    (shard * BUCKETS + chain, k)
 }
 
 /// A process locked by [`ProcessTable::lock_process`]; unlocks on drop.
@@ -210,14 +225,35 @@ impl<L: RawLock> ProcessTable<L> {
         Self {
             shards: core::array::from_fn(|_| Shard {
                 lock: L::new(),
-                head: AtomicPtr::new(ptr::null_mut()),
+                heads: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
                 count: AtomicU32::new(0),
             }),
         }
     }
 
+    /// Writes an empty table at `p` shard by shard, so that the 33 KiB table is never
+    /// built on the (kernel) stack first.
+    ///
+    /// # Safety
+    /// `p` is valid for writes of a `ProcessTable<L>` and properly aligned.
+    pub unsafe fn init_at(p: *mut Self) {
+        // SAFETY: the caller's guarantee; this only computes a field address.
+        let shards = unsafe { &raw mut (*p).shards }.cast::<Shard<L>>();
+        for i in 0..SHARDS {
+            let element = shards.wrapping_add(i);
+            // SAFETY: `i` < SHARDS, inside the array; each element is written once.
+            unsafe {
+                element.write(Shard {
+                    lock: L::new(),
+                    heads: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+                    count: AtomicU32::new(0),
+                });
+            }
+        }
+    }
+
     fn find(shard: &Shard<L>, key: ProcessKey) -> Option<NonNull<Process<L>>> {
-        let mut cur = shard.head.load(Relaxed);
+        let mut cur = shard.heads[place_of(key).1].load(Relaxed);
         while let Some(p) = NonNull::new(cur) {
             let proc = process_of(p);
             if proc.key == key {
@@ -240,7 +276,8 @@ impl<L: RawLock> ProcessTable<L> {
         key: ProcessKey,
         create: bool,
     ) -> Result<LockedProcess<'a, L>, NoProcess> {
-        let shard = &self.shards[shard_of(key)];
+        let (si, chain) = place_of(key);
+        let shard = &self.shards[si];
         let sg = Exclusive::new(&shard.lock);
         let (p, created) = match Self::find(shard, key) {
             Some(p) => (p, false),
@@ -250,7 +287,7 @@ impl<L: RawLock> ProcessTable<L> {
                     PROCESS_CLASS,
                     Process {
                         lock: L::new(),
-                        next: AtomicPtr::new(shard.head.load(Relaxed)),
+                        next: AtomicPtr::new(shard.heads[chain].load(Relaxed)),
                         key,
                         image: AtomicPtr::new(ptr::null_mut()),
                         exited: AtomicBool::new(false),
@@ -262,7 +299,7 @@ impl<L: RawLock> ProcessTable<L> {
                     },
                 )
                 .ok_or(NoProcess)?;
-                shard.head.store(p.as_ptr(), Relaxed);
+                shard.heads[chain].store(p.as_ptr(), Relaxed);
                 locked_add32(&shard.count, 1);
                 (p, true)
             }
@@ -280,7 +317,8 @@ impl<L: RawLock> ProcessTable<L> {
     /// Frees the process if it has exited and holds nothing. Returns its image reference
     /// for the caller to release (names come last in the lock order).
     pub fn reap<P: Pool>(&self, pool: &P, key: ProcessKey) -> Option<Option<NameRef>> {
-        let shard = &self.shards[shard_of(key)];
+        let (si, chain) = place_of(key);
+        let shard = &self.shards[si];
         let _sg = Exclusive::new(&shard.lock);
         let p = Self::find(shard, key)?;
         let proc = process_of(p);
@@ -290,7 +328,7 @@ impl<L: RawLock> ProcessTable<L> {
                 return None;
             }
         }
-        let mut link = &shard.head;
+        let mut link = &shard.heads[chain];
         loop {
             let cur = link.load(Relaxed);
             if cur == p.as_ptr() {
@@ -314,21 +352,83 @@ impl<L: RawLock> ProcessTable<L> {
     pub fn for_each(&self, mut f: impl FnMut(&Process<L>)) {
         for s in &self.shards {
             let _sg = Exclusive::new(&s.lock);
-            let mut cur = s.head.load(Relaxed);
-            while let Some(p) = NonNull::new(cur) {
-                let proc = process_of(p);
-                {
-                    let _pg = Exclusive::new(&proc.lock);
-                    f(proc);
+            for head in &s.heads {
+                let mut cur = head.load(Relaxed);
+                while let Some(p) = NonNull::new(cur) {
+                    let proc = process_of(p);
+                    {
+                        let _pg = Exclusive::new(&proc.lock);
+                        f(proc);
+                    }
+                    cur = proc.next.load(Relaxed);
                 }
-                cur = proc.next.load(Relaxed);
+            }
+        }
+    }
+
+    /// The next process after `after` in the table's walk order ([`walk_order`]) for which
+    /// `keep` (called under the process's lock) is true. A walk resumes from a key alone, in
+    /// time proportional to the chains it passes: from the key's own chain, on. So a paged
+    /// report over the whole table costs one pass over it, however many pages it takes.
+    pub fn next_in_walk(
+        &self,
+        after: Option<ProcessKey>,
+        mut keep: impl FnMut(&Process<L>) -> bool,
+    ) -> Option<ProcessKey> {
+        let start = after.map_or(0, |k| walk_order(k).0);
+        for si in start / BUCKETS..SHARDS {
+            let s = &self.shards[si];
+            let _sg = Exclusive::new(&s.lock);
+            let first = if si == start / BUCKETS {
+                start % BUCKETS
+            } else {
+                0
+            };
+            for chain in first..BUCKETS {
+                // Chains are unordered and short: the smallest qualifying key of the chain
+                // (above `after` in `after`'s own chain) is the next one.
+                let bound = after.filter(|_| si * BUCKETS + chain == start);
+                let mut best: Option<ProcessKey> = None;
+                let mut cur = s.heads[chain].load(Relaxed);
+                while let Some(p) = NonNull::new(cur) {
+                    let proc = process_of(p);
+                    let k = proc.key;
+                    if bound.is_none_or(|b| k > b) && best.is_none_or(|b| k < b) {
+                        let _pg = Exclusive::new(&proc.lock);
+                        if keep(proc) {
+                            best = Some(k);
+                        }
+                    }
+                    cur = proc.next.load(Relaxed);
+                }
+                if best.is_some() {
+                    return best;
+                }
+            }
+        }
+        None
+    }
+
+    /// Calls `f` with the key and open-key count of every process, under its shard lock only
+    /// (both are readable without the process lock: the key never changes, the count is an
+    /// atomic, and the shard lock keeps the record from being reaped).
+    pub fn for_each_key(&self, mut f: impl FnMut(ProcessKey, u64)) {
+        for s in &self.shards {
+            let _sg = Exclusive::new(&s.lock);
+            for head in &s.heads {
+                let mut cur = head.load(Relaxed);
+                while let Some(p) = NonNull::new(cur) {
+                    let proc = process_of(p);
+                    f(proc.key, proc.open_keys.load(Relaxed));
+                    cur = proc.next.load(Relaxed);
+                }
             }
         }
     }
 
     /// Calls `f` on the process `key` under its locks.
     pub fn with<R>(&self, key: ProcessKey, f: impl FnOnce(&Process<L>) -> R) -> Option<R> {
-        let s = &self.shards[shard_of(key)];
+        let s = &self.shards[place_of(key).0];
         let _sg = Exclusive::new(&s.lock);
         let p = Self::find(s, key)?;
         let proc = process_of(p);
@@ -348,15 +448,17 @@ impl<L: RawLock> ProcessTable<L> {
     /// each image reference to release.
     pub fn teardown<P: Pool>(&mut self, pool: &P, mut image: impl FnMut(NameRef)) {
         for s in &mut self.shards {
-            let mut cur = s.head.swap(ptr::null_mut(), Relaxed);
-            while let Some(p) = NonNull::new(cur) {
-                let proc = process_of(p);
-                cur = proc.next.load(Relaxed);
-                if let Some(i) = proc.image() {
-                    image(i);
+            for head in &s.heads {
+                let mut cur = head.swap(ptr::null_mut(), Relaxed);
+                while let Some(p) = NonNull::new(cur) {
+                    let proc = process_of(p);
+                    cur = proc.next.load(Relaxed);
+                    if let Some(i) = proc.image() {
+                        image(i);
+                    }
+                    // SAFETY: teardown has exclusive access; the record is unlinked.
+                    unsafe { free_block(pool, PROCESS_CLASS, p) };
                 }
-                // SAFETY: teardown has exclusive access; the record is unlinked.
-                unsafe { free_block(pool, PROCESS_CLASS, p) };
             }
             s.count.store(0, Relaxed);
         }

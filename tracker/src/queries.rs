@@ -2,9 +2,12 @@
 //! the cursor of the previous page.
 //!
 //! Pages are weakly consistent: each record is read under the lock of the entity it
-//! describes, and the cursor is a position in a stable order (hive id; process key; hive id
-//! then (open time, sequence) within a process), so a resumed query neither repeats nor
-//! skips an entity that existed throughout, whatever changed in between.
+//! describes, and the cursor is a position in a stable order (hive id; the process table's
+//! walk order, resumed from a process key in constant time; hive id then (open time,
+//! sequence) within a process), so a resumed query neither repeats nor skips an entity that
+//! existed throughout, whatever changed in between. A report costs time linear in what it
+//! returns plus one pass over the process table, however many pages it takes (the ranked
+//! `processes` listing: one pass per 96 processes listed).
 
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::Relaxed;
@@ -22,6 +25,7 @@ use protocol::stats::Stats;
 use protocol::text::Text;
 use protocol::wire::{self, DecodeError, EncodeError};
 
+use crate::ascending::Ascending;
 use crate::counters::get;
 use crate::hives::hive_of;
 use crate::lock::RawLock;
@@ -32,6 +36,8 @@ use crate::processes::{Holding, Process, ProcessKey, holding_of};
 use crate::tracker::Tracker;
 
 const STARTED: u64 = 1 << 63;
+/// Ranked process keys found per pass (the `processes` order; 2.25 KiB of stack).
+const RANKED_BATCH: usize = 96;
 const AFTER_ALL_HIVES: u32 = 0x7FFF_FFFF;
 /// Longest hive path a holders request is resolved with (units beyond are ignored; every
 /// mount point is far shorter).
@@ -268,25 +274,19 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.first_after(holding_of(hold), after)
     }
 
-    /// The smallest process key above `lower` with keys in `hive_id` (any hive for `None`).
+    /// The next process after `lower` in the process table's walk order with keys in
+    /// `hive_id` (any hive for `None`).
     fn next_process(&self, lower: Option<ProcessKey>, hive_id: Option<u32>) -> Option<ProcessKey> {
-        let mut best: Option<ProcessKey> = None;
-        self.processes.for_each(|p| {
-            if lower.is_some_and(|l| p.key <= l) || best.is_some_and(|b| p.key >= b) {
-                return;
-            }
-            let holds = hive_id.map_or_else(
+        self.processes.next_in_walk(lower, |p| {
+            hive_id.map_or_else(
                 || !p.holdings.load(Relaxed).is_null(),
                 |id| p.holding(id).is_some(),
-            );
-            if holds {
-                best = Some(p.key);
-            }
-        });
-        best
+            )
+        })
     }
 
-    /// Holders of the hive containing `path`: per process (pid, start key order) a summary,
+    /// Holders of the hive containing `path`: per process (in the process table's walk
+    /// order, [`crate::processes::walk_order`]) a summary,
     /// then its keys oldest first. `flags` may hold [`QueryRequest::FLAG_SUMMARY_ONLY`].
     ///
     /// # Errors
@@ -528,18 +528,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // Order key: (u64::MAX - open_keys, pid, start key), ascending.
         let mut after: Option<(u64, u64, u64)> =
             (cursor.0[0] & STARTED != 0).then_some((cursor.0[1], cursor.0[2], cursor.0[3]));
+        let mut walk = Ascending::<(u64, u64, u64), RANKED_BATCH>::above(after);
         let mut needed = 0;
         let done = loop {
-            let mut next: Option<(u64, u64, u64)> = None;
-            self.processes.for_each(|p| {
-                let k = (
-                    u64::MAX - p.open_keys.load(Relaxed),
-                    p.key.pid,
-                    p.key.start_key,
-                );
-                if after.is_none_or(|a| k > a) && next.is_none_or(|n| k < n) {
-                    next = Some(k);
-                }
+            let next = walk.next(|offer| {
+                self.processes.for_each_key(|key, open_keys| {
+                    offer((u64::MAX - open_keys, key.pid, key.start_key));
+                });
             });
             let Some(k) = next else { break true };
             let pushed = self.processes.with(
@@ -574,7 +569,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.finish(w, Cursor([STARTED, a.0, a.1, a.2, 0]), done, needed)
     }
 
-    /// Every tracked key, per process (pid, start key order), per hive, oldest first.
+    /// Every tracked key, per process (in the process table's walk order), per hive, oldest
+    /// first.
     ///
     /// # Errors
     /// [`QueryError::BufferTooSmall`].

@@ -213,7 +213,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
         put!(names, NameTable::new());
         put!(hives, HiveTable::new());
-        put!(processes, ProcessTable::new());
+        // SAFETY: `p` points to the caller's slot; this only computes a field address.
+        let processes = unsafe { &raw mut (*p).processes };
+        // SAFETY: the field is uninitialised, valid for writes, and written once, here.
+        unsafe { ProcessTable::init_at(processes) };
         put!(history, History::new());
         put!(counters, Counters::default());
         put!(top_dropper, TopDropper::new());

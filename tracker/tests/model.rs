@@ -319,13 +319,20 @@ fn tracker_holders(t: &TestTracker<'_>, mount: &str, buf: usize) -> HolderAnswer
     out
 }
 
+/// Where a process comes in the tracker's process reports (holders, snapshot): the table's
+/// walk order, then the key.
+const fn walk(pid: u64, start_key: u64) -> (usize, ProcessKey) {
+    tracker::processes::walk_order(ProcessKey { pid, start_key })
+}
+
 fn model_holders(m: &Model, hive: u32) -> HolderAnswer {
-    let mut by: BTreeMap<(u64, u64), Vec<&MObj>> = BTreeMap::new();
+    let mut by: BTreeMap<(usize, ProcessKey), Vec<&MObj>> = BTreeMap::new();
     for o in m.objs.values().filter(|o| o.hive == hive) {
-        by.entry(o.proc).or_default().push(o);
+        by.entry(walk(o.proc.0, o.proc.1)).or_default().push(o);
     }
     by.into_iter()
-        .map(|(k, mut objs)| {
+        .map(|((_, key), mut objs)| {
+            let k = (key.pid, key.start_key);
             objs.sort_by_key(|o| (o.time, o.order));
             let p = &m.procs[&k];
             (
@@ -472,7 +479,7 @@ fn check(t: &TestTracker<'_>, m: &Model, buf: usize) {
             )
         })
         .collect();
-    ms.sort_by_key(|x| (x.0, x.1, x.2, x.3, x.4));
+    ms.sort_by_key(|x| (walk(x.0, x.1), x.2, x.3, x.4));
     let ms: Vec<_> = ms
         .into_iter()
         .map(|x| (x.0, x.1, x.2, x.3, x.5, x.6))

@@ -379,6 +379,10 @@ impl<'t> Client<'t> {
             Ok(true)
         })?;
         let hive = info.context("the driver sent a malformed answer: no holders page")?;
+        // The driver lists processes in its table's walk order (resumable in constant time,
+        // issue 14); reports list them in pid order. A stable sort keeps each one's keys
+        // oldest first.
+        holders.sort_by_key(|h| (h.pid, h.start_key));
         let mut report = HoldersReport {
             schema: schema("holders"),
             source: self.source(nr),
