@@ -48,6 +48,10 @@ pub const EXCLUDED: &[(&str, &str)] = &[
         "a budget scenario that fills the pool on purpose",
     ),
     (
+        "many-processes",
+        "10,000 processes: about 40,000 fallible calls, several seconds a run; its paths are those of the processes and holders scenarios",
+    ),
+    (
         "wait-free-races",
         "8 threads and timers: about 29,000 calls, 1.5 s a run (`cargo xtask sweep wait-free-races` on demand: 250 runs, 0 failed, 392 s)",
     ),

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod notify;
 pub mod procmon;
 pub mod registry;
+pub mod scale;
 pub mod self_unload;
 pub mod soak;
 pub mod test_driver;
@@ -115,6 +116,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(soak::scenarios());
     v.extend(ioctl_fuzz::scenarios());
     v.extend(holder::scenarios());
+    v.extend(scale::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
     v.extend(lifecycle::scenarios());

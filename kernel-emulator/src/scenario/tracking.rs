@@ -293,7 +293,7 @@ impl Client {
         out
     }
 
-    fn snapshot(&self, ctx: &mut Ctx) -> Vec<SnapshotRow> {
+    pub(crate) fn snapshot(&self, ctx: &mut Ctx) -> Vec<SnapshotRow> {
         let mut out = Vec::new();
         self.pages::<Snapshot>(ctx, QueryKind::Snapshot, "", |page| {
             out.extend(page.records().map(|r| SnapshotRow::from(&r)));
