@@ -1,6 +1,7 @@
 //! The tracker: configuration, construction, the events the driver reports, and teardown.
 
 use core::ptr::{self, NonNull};
+use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Relaxed, Release};
 
 use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
@@ -119,6 +120,11 @@ pub struct Tracker<P: Pool, L: RawLock> {
     pub(crate) shard_mask: u32,
     pub(crate) shard_cap: u32,
     pub(crate) objects: [ObjShard<L>; MAX_SHARDS],
+    /// Object shards found at their share of the cap, a bit each: set under the shard's lock
+    /// when an allocation fails there, cleared under it when a slot is released. Opens skip
+    /// those shards without taking their locks, so an open past its process's shard and a
+    /// refusal at the cap cost about what an open does (issue 14's cliffs).
+    pub(crate) full_shards: AtomicU64,
     pub(crate) names: NameTable<L>,
     pub(crate) hives: HiveTable<L>,
     pub(crate) processes: ProcessTable<L>,
@@ -157,6 +163,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             shard_mask: shards - 1,
             shard_cap,
             objects: core::array::from_fn(|_| ObjShard::new()),
+            full_shards: AtomicU64::new(0),
             names: NameTable::new(),
             hives: HiveTable::new(),
             processes: ProcessTable::new(),
@@ -167,7 +174,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// Builds a tracker directly in `slot`, field by field, so that no stack frame ever holds
-    /// a whole tracker (about 6 KiB): a kernel driver keeps it in static storage and runs on a
+    /// a whole tracker (about 40 KiB): a kernel driver keeps it in static storage and runs on a
     /// 24 KiB stack. Same checks as [`Tracker::new`]; on error `slot` stays uninitialised and
     /// `pool` is dropped.
     ///
@@ -204,6 +211,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         put!(config, config);
         put!(shard_mask, shards - 1);
         put!(shard_cap, shard_cap);
+        put!(full_shards, AtomicU64::new(0));
         // SAFETY: `p` points to the caller's slot; this only computes a field address.
         let objects = unsafe { &raw mut (*p).objects }.cast::<ObjShard<L>>();
         for i in 0..MAX_SHARDS {
@@ -265,6 +273,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let first = self.shard_for(process);
         for probe in 0..=self.shard_mask {
             let si = (first + probe) & self.shard_mask;
+            // The preferred shard is always asked (it counts the open); the others only
+            // when not known full. A bit read stale here can only skip a shard that got
+            // room this instant: at the cap, such an open is refused and counted.
+            if probe != 0 && self.full_shards.load(Relaxed) & (1 << si) != 0 {
+                continue;
+            }
             let shard = &self.objects[si as usize];
             let _g = Exclusive::new(&shard.lock);
             if probe == 0 {
@@ -275,7 +289,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     init(rec);
                     return Ok((si, index, rec.generation.load(Relaxed), rec));
                 }
-                Err(SlotError::Cap) => {}
+                Err(SlotError::Cap) => {
+                    self.full_shards.fetch_or(1 << si, Relaxed);
+                }
                 Err(SlotError::NoMemory) => {
                     bump(&self.counters.opens_dropped_no_memory_object);
                     return Err(NotTracked::NoMemory);
@@ -284,6 +300,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
         bump(&self.counters.opens_dropped_cap);
         Err(NotTracked::Cap)
+    }
+
+    /// A slot of object shard `si` was released (under its lock): it is not full.
+    fn shard_has_room(&self, si: u32) {
+        let bit = 1u64 << si;
+        if self.full_shards.load(Relaxed) & bit != 0 {
+            self.full_shards.fetch_and(!bit, Relaxed);
+        }
     }
 
     /// The record behind a list link; links are only ever made to handed-out slots.
@@ -328,6 +352,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let undo_slot = || {
             let _g = Exclusive::new(&shard.lock);
             shard.release(index, rec);
+            self.shard_has_room(si);
         };
 
         // 2. The hive.
@@ -628,6 +653,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         };
         let key = proc.key;
         shard.release(i, rec);
+        self.shard_has_room(s);
         drop(guard);
         if emptied {
             self.counters.holdings.fetch_sub(1, Relaxed);

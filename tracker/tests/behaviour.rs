@@ -267,6 +267,44 @@ fn names_are_interned_case_insensitively_and_long_ones_truncated() {
 }
 
 #[test]
+fn full_shards_are_skipped_and_found_again_when_a_slot_frees() {
+    // 4 shards of 4: one process fills its own shard, then the others (skipping the ones
+    // found full), is refused at 16, and gets a slot again in whichever shard one frees.
+    let pool = CountingPool::new(Failure::Never, false);
+    let t: TestTracker<'_> = Tracker::new(
+        &pool,
+        Config {
+            max_objects: 16,
+            object_shards: 4,
+            history_len: 4,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let name = w(r"\REGISTRY\MACHINE\SOFTWARE\A");
+    let toks: Vec<_> = (0..18u64)
+        .map(|i| t.opened(0x10 * (i + 1), P1, 1, &name, 1, i))
+        .collect();
+    assert_eq!(toks.iter().filter(|r| r.is_ok()).count(), 16);
+    assert_eq!(toks[16], Err(NotTracked::Cap));
+    assert_eq!(t.stats().opens_dropped_cap, 2);
+    for (i, tok) in toks.iter().enumerate().take(16).step_by(5) {
+        let object = 0x10 * (i as u64 + 1);
+        t.object_destroyed(*tok.as_ref().unwrap(), object);
+        let again = t.opened(0x1000 + object, P1, 1, &name, 1, 100);
+        assert!(
+            again.is_ok(),
+            "a freed slot of a full shard is found: {again:?}"
+        );
+        assert_eq!(
+            t.opened(0x2000 + object, P1, 1, &name, 1, 101),
+            Err(NotTracked::Cap)
+        );
+    }
+    t.check_consistency().unwrap();
+}
+
+#[test]
 fn cap_is_enforced_and_counted() {
     let pool = CountingPool::new(Failure::Never, false);
     let t: TestTracker<'_> = Tracker::new(

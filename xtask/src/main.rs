@@ -120,6 +120,9 @@ enum Cmd {
     /// What the admin queries cost as the tracked state grows (holders, processes; 1k, 10k,
     /// 100k keys): figures and ratios, never asserted.
     BenchQueries,
+    /// Whether an open's cost stays flat from 1k to 1M tracked objects (many processes, one
+    /// process) and what a refusal at the cap costs: figures and ratios, never asserted.
+    BenchScale,
     /// Everything CI runs: setup, fmt, clippy, host tests, build, image and INF checks,
     /// emulator suite.
     Test {
@@ -430,6 +433,7 @@ fn main() -> ExitCode {
         }
         Cmd::BenchAnalyze => bench_example("hivetrack-capture", "bench_analyze"),
         Cmd::BenchQueries => bench_example("hivetrack-tracker", "bench_queries"),
+        Cmd::BenchScale => bench_example("hivetrack-tracker", "bench_scale"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,124 @@
+//! `cargo xtask bench-scale`: whether an open's cost stays flat as the tracked state grows
+//! (issue 14: "per-cycle cost flat within 1.5x from 1k to 1M tracked objects, ... one
+//! process with 1M keys"), and what an open refused at the object cap costs next to one that
+//! is tracked. One open+close+destroy cycle on the host engine, the median of batches, with
+//! 1,000 and then 1,000,000 objects already tracked (held by 1,000 processes, then by one);
+//! figures and ratios only, never asserted.
+#![allow(
+    missing_docs,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    reason = "a benchmark program"
+)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::Instant;
+
+use support::{ParkingLock, SysPool, w};
+use tracker::{Config, ProcessKey, Tracker};
+
+type T<'a> = Tracker<&'a SysPool, ParkingLock>;
+
+const MOUNT: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
+const CAP: u32 = 1 << 20;
+
+fn tracker(pool: &SysPool) -> T<'_> {
+    let t = Tracker::new(
+        pool,
+        Config {
+            max_objects: CAP,
+            budget_bytes: tracker::MAX_BUDGET_BYTES,
+            process_share_bytes: tracker::MAX_BUDGET_BYTES,
+            ..Config::default()
+        },
+    )
+    .expect("tracker");
+    t.hive_loaded(&w(MOUNT), &w(r"C:\Users\u\NTUSER.DAT"), 0);
+    t
+}
+
+/// Tracks `n` objects held by `processes` processes (names shared 1 in 100).
+fn fill(t: &T<'_>, n: u64, processes: u64) {
+    for i in 0..n {
+        let p = ProcessKey {
+            pid: 8 + (i % processes) * 4,
+            start_key: 1,
+        };
+        let name = w(&format!(r"{MOUNT}\Software\Held\K{}", i % 100));
+        t.opened(0x1000_0000 + i * 16, p, 1, &name, 1, i)
+            .expect("tracked");
+    }
+}
+
+/// Nanoseconds per open+close+destroy cycle of `process` (median of 15 batches of 2,000).
+fn cycle_ns(t: &T<'_>, process: ProcessKey) -> f64 {
+    let name = w(&format!(
+        r"{MOUNT}\Software\Microsoft\Windows\CurrentVersion\Explorer"
+    ));
+    let mut batches = Vec::new();
+    for b in 0..15u64 {
+        let start = Instant::now();
+        for i in 0..2_000u64 {
+            let object = 0x8000_0000_0000 + (b * 2_000 + i) * 16;
+            // Opened now: later than every held key (the driver passes its clock).
+            // Refused at the cap: what that costs is the figure.
+            if let Ok(tok) = t.opened(object, process, 1, &name, 1, 1 << 40 | (b * 2_000 + i)) {
+                t.handle_closed(tok, object);
+                t.object_destroyed(tok, object);
+            }
+        }
+        batches.push(start.elapsed().as_nanos() as f64 / 2_000.0);
+    }
+    batches.sort_by(f64::total_cmp);
+    batches[batches.len() / 2]
+}
+
+fn main() {
+    let other = ProcessKey {
+        pid: 0x7_0000,
+        start_key: 9,
+    };
+    let mut rows = Vec::new();
+    for (label, n, processes) in [
+        ("1,000 objects, 1,000 processes", 1_000u64, 1_000u64),
+        ("1,000,000 objects, 1,000 processes", 1_000_000, 1_000),
+        ("1,000 objects, one process", 1_000, 1),
+        ("1,000,000 objects, one process", 1_000_000, 1),
+    ] {
+        let pool = SysPool::default();
+        let t = tracker(&pool);
+        fill(&t, n, processes);
+        let holder = ProcessKey {
+            pid: 8,
+            start_key: 1,
+        };
+        let own = cycle_ns(&t, holder);
+        let fresh = cycle_ns(&t, other);
+        println!(
+            "{label:>36}: a cycle of the holding process {own:7.0} ns, of another process {fresh:7.0} ns"
+        );
+        rows.push((label, own, fresh));
+    }
+    println!(
+        "ratio 1M / 1k objects, 1,000 processes: {:.2} (holding process), {:.2} (another)",
+        rows[1].1 / rows[0].1,
+        rows[1].2 / rows[0].2
+    );
+    println!(
+        "ratio 1M / 1k objects, one process:     {:.2} (holding process), {:.2} (another)",
+        rows[3].1 / rows[2].1,
+        rows[3].2 / rows[2].2
+    );
+    // At the cap: every open is refused.
+    let pool = SysPool::default();
+    let t = tracker(&pool);
+    fill(&t, u64::from(CAP), 1_000);
+    let refused = cycle_ns(&t, other);
+    println!(
+        "an open refused at the cap ({CAP} objects): {refused:.0} ns, {:.2}x a tracked cycle with 1,000 objects (goal: no more than an open)",
+        refused / rows[0].2
+    );
+    println!("goal (issue 14): per-cycle cost flat within 1.5x from 1k to 1M tracked objects");
+}
