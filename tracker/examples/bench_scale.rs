@@ -39,16 +39,39 @@ fn tracker(pool: &SysPool) -> T<'_> {
     t
 }
 
-/// Tracks `n` objects held by `processes` processes (names shared 1 in 100).
-fn fill(t: &T<'_>, n: u64, processes: u64) {
+/// Tracks `n` objects held by `processes` processes (names shared 1 in 100, or all
+/// distinct).
+fn fill(t: &T<'_>, n: u64, processes: u64, distinct: bool) {
     for i in 0..n {
         let p = ProcessKey {
             pid: 8 + (i % processes) * 4,
             start_key: 1,
         };
-        let name = w(&format!(r"{MOUNT}\Software\Held\K{}", i % 100));
+        let k = if distinct { i } else { i % 100 };
+        let name = w(&format!(r"{MOUNT}\Software\Held\K{k}"));
         t.opened(0x1000_0000 + i * 16, p, 1, &name, 1, i)
             .expect("tracked");
+    }
+}
+
+/// Loads `n` application hives, each with one key held open.
+fn app_hives(t: &T<'_>, n: u64) {
+    for i in 0..n {
+        let mount = format!(r"\REGISTRY\A\{{{i:08X}-0000-0000-0000-000000000000}}");
+        t.hive_loaded(&w(&mount), &w(&format!(r"C:\Apps\{i}.dat")), i);
+        let p = ProcessKey {
+            pid: 0x10_0000 + i * 4,
+            start_key: 1,
+        };
+        t.opened(
+            0x4000_0000 + i * 16,
+            p,
+            1,
+            &w(&format!(r"{mount}\Settings")),
+            1,
+            i,
+        )
+        .expect("tracked");
     }
 }
 
@@ -81,15 +104,32 @@ fn main() {
         start_key: 9,
     };
     let mut rows = Vec::new();
-    for (label, n, processes) in [
-        ("1,000 objects, 1,000 processes", 1_000u64, 1_000u64),
-        ("1,000,000 objects, 1,000 processes", 1_000_000, 1_000),
-        ("1,000 objects, one process", 1_000, 1),
-        ("1,000,000 objects, one process", 1_000_000, 1),
+    for (label, n, processes, distinct, hives) in [
+        (
+            "1,000 objects, 1,000 processes",
+            1_000u64,
+            1_000u64,
+            false,
+            0u64,
+        ),
+        (
+            "1,000,000 objects, 1,000 processes",
+            1_000_000,
+            1_000,
+            false,
+            0,
+        ),
+        ("1,000 objects, one process", 1_000, 1, false, 0),
+        ("1,000,000 objects, one process", 1_000_000, 1, false, 0),
+        ("1,000 distinct names", 1_000, 1_000, true, 0),
+        ("1,000,000 distinct names", 1_000_000, 1_000, true, 0),
+        ("10 app hives", 1_000, 1_000, false, 10),
+        ("10,000 app hives", 1_000, 1_000, false, 10_000),
     ] {
         let pool = SysPool::default();
         let t = tracker(&pool);
-        fill(&t, n, processes);
+        fill(&t, n, processes, distinct);
+        app_hives(&t, hives);
         let holder = ProcessKey {
             pid: 8,
             start_key: 1,
@@ -111,10 +151,20 @@ fn main() {
         rows[3].1 / rows[2].1,
         rows[3].2 / rows[2].2
     );
+    println!(
+        "ratio 1M / 1k distinct names:            {:.2} (holding process), {:.2} (another)",
+        rows[5].1 / rows[4].1,
+        rows[5].2 / rows[4].2
+    );
+    println!(
+        "ratio 10,000 / 10 app hives:             {:.2} (holding process), {:.2} (another)",
+        rows[7].1 / rows[6].1,
+        rows[7].2 / rows[6].2
+    );
     // At the cap: every open is refused.
     let pool = SysPool::default();
     let t = tracker(&pool);
-    fill(&t, u64::from(CAP), 1_000);
+    fill(&t, u64::from(CAP), 1_000, false);
     let refused = cycle_ns(&t, other);
     println!(
         "an open refused at the cap ({CAP} objects): {refused:.0} ns, {:.2}x a tracked cycle with 1,000 objects (goal: no more than an open)",
