@@ -24,6 +24,8 @@ pub struct CsvReader<R: Read> {
     cols: Columns,
     row: u64,
     images: HashMap<u32, Arc<str>>,
+    /// Users by pid, for the same reason.
+    users: HashMap<u32, Arc<str>>,
 }
 
 #[derive(Default)]
@@ -34,6 +36,7 @@ struct Columns {
     pid: usize,
     name: Option<usize>,
     image: Option<usize>,
+    user: Option<usize>,
     parent: Option<usize>,
     detail: Option<usize>,
     time_of_day: Option<usize>,
@@ -68,6 +71,7 @@ impl<R: Read> CsvReader<R> {
             pid: need("PID")?,
             name: find("Process Name"),
             image: find("Image Path"),
+            user: find("User"),
             parent: find("Parent PID"),
             detail: find("Detail"),
             time_of_day: find("Time of Day"),
@@ -79,8 +83,20 @@ impl<R: Read> CsvReader<R> {
             cols,
             row: 0,
             images: HashMap::new(),
+            users: HashMap::new(),
         })
     }
+}
+
+/// The process's text `s` for `pid`, shared with its earlier rows while it stays the same
+/// (rows of one process repeat it: one allocation per process, not per row).
+fn shared(cache: &mut HashMap<u32, Arc<str>>, pid: u32, s: &str) -> Arc<str> {
+    if let Some(c) = cache.get(&pid).filter(|c| &***c == s) {
+        return Arc::clone(c);
+    }
+    let a: Arc<str> = Arc::from(s);
+    cache.insert(pid, Arc::clone(&a));
+    a
 }
 
 impl<R: Read> Reader for CsvReader<R> {
@@ -107,14 +123,8 @@ impl<R: Read> Reader for CsvReader<R> {
             "" => opt(self.cols.name),
             s => s,
         };
-        let cached = self.images.get(&ev.pid).filter(|c| &***c == image);
-        ev.image = if let Some(c) = cached {
-            Arc::clone(c)
-        } else {
-            let a: Arc<str> = Arc::from(image);
-            self.images.insert(ev.pid, Arc::clone(&a));
-            a
-        };
+        ev.image = shared(&mut self.images, ev.pid, image);
+        ev.user = shared(&mut self.users, ev.pid, opt(self.cols.user));
         ev.hive_file.clear();
         if ev.op == Op::LoadKey
             && let Some(f) = opt(self.cols.detail).strip_prefix("Hive Path: ")

@@ -70,6 +70,9 @@ pub struct Event {
     pub parent_pid: u32,
     /// Process image path (or name when the CSV has no Image Path column).
     pub image: Arc<str>,
+    /// The process's user as Procmon shows it (`DOMAIN\name`): PML always, CSV when the
+    /// export has the User column; empty when not known.
+    pub user: Arc<str>,
     /// What the row does.
     pub op: Op,
     /// Procmon's operation name.

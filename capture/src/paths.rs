@@ -4,12 +4,121 @@
 //! Procmon shows `\REGISTRY\MACHINE` as `HKLM`, `\REGISTRY\USER` as `HKU`, the machine
 //! classes `\REGISTRY\MACHINE\SOFTWARE\Classes` as `HKCR`, the current user's hive
 //! `\REGISTRY\USER\<SID>` as `HKCU` and that user's classes hive `\REGISTRY\USER\<SID>_Classes`
-//! as `HKCU\Software\Classes`. The capture does not say which SID `HKCU` stands for: the
-//! caller passes it (`--hkcu-sid`), and without it `HKCU` paths go to a hive named
-//! [`UNKNOWN_USER`], which the report names as such.
+//! as `HKCU\Software\Classes`. `HKCU` is the hive of the *process's* user, so two processes
+//! of two users mean two hives by the same abbreviation. The capture names each process's
+//! user (`DOMAIN\name`: PML always, a CSV export with its User column) but not its SID:
+//! the service accounts have well-known ones ([`service_account_sid`]); for the others the
+//! caller passes it (`--hkcu-sid SID`, or `--hkcu-sid USER=SID` per user, [`HkcuSids`]), and
+//! without it a user's `HKCU` paths go to a hive of its own named as not known
+//! ([`UNKNOWN_USER`] when not even the user is known), which the report names as such.
 
-/// The mount `HKCU` stands for when the caller did not give the SID.
+use std::borrow::Cow;
+
+/// The mount `HKCU` stands for when neither the SID nor the user is known.
 pub const UNKNOWN_USER: &str = r"\REGISTRY\USER\<HKCU: SID not given>";
+
+/// The well-known SID of a service account, by the name Procmon shows for it.
+///
+/// Microsoft Learn, `WELL_KNOWN_SID_TYPE` and "Well-known SIDs": the local system account is
+/// S-1-5-18 (`SECURITY_LOCAL_SYSTEM_RID`), the local service account S-1-5-19, the network
+/// service account S-1-5-20; the pages on the local and network service accounts: each
+/// "has its own subkey under the `HKEY_USERS` registry key", with which its
+/// `HKEY_CURRENT_USER` is associated. English account names only (the security subsystem
+/// localizes them; a localized capture falls back to `--hkcu-sid USER=SID`).
+#[must_use]
+pub fn service_account_sid(user: &str) -> Option<&'static str> {
+    match user.to_ascii_uppercase().as_str() {
+        r"NT AUTHORITY\SYSTEM" => Some("S-1-5-18"),
+        r"NT AUTHORITY\LOCAL SERVICE" | r"NT AUTHORITY\LOCALSERVICE" => Some("S-1-5-19"),
+        r"NT AUTHORITY\NETWORK SERVICE" | r"NT AUTHORITY\NETWORKSERVICE" => Some("S-1-5-20"),
+        _ => None,
+    }
+}
+
+/// The SIDs the caller says `HKCU` stands for (`--hkcu-sid`, repeatable).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HkcuSids {
+    /// `--hkcu-sid SID`: for every user not named below and not a service account (and for
+    /// rows whose user the capture does not give).
+    pub default: Option<String>,
+    /// `--hkcu-sid USER=SID`: per user, as Procmon shows it (`DOMAIN\name`, any case).
+    pub by_user: Vec<(String, String)>,
+}
+
+/// Where the SID a row's `HKCU` was taken as came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HkcuFrom {
+    /// `--hkcu-sid USER=SID` for this user.
+    Named,
+    /// A service account's well-known SID.
+    WellKnown,
+    /// The bare `--hkcu-sid SID`.
+    Default,
+    /// Not known: a placeholder hive of its own.
+    Unknown,
+}
+
+impl HkcuSids {
+    /// Adds one `--hkcu-sid` value: `SID` or `USER=SID`.
+    ///
+    /// # Errors
+    /// A message when the SID does not look like one (`S-1-…`) or a bare SID is given twice.
+    pub fn add(&mut self, arg: &str) -> Result<(), String> {
+        let (user, sid) = match arg.rsplit_once('=') {
+            Some((u, s)) => (Some(u.trim()), s.trim()),
+            None => (None, arg.trim()),
+        };
+        let valid = sid.len() > 4
+            && sid[..4].eq_ignore_ascii_case("S-1-")
+            && sid[4..]
+                .split('-')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !valid {
+            return Err(format!(
+                "--hkcu-sid {arg}: expected a SID such as S-1-5-21-1004336348-1177238915-682003330-1001, or USER=SID"
+            ));
+        }
+        match user {
+            Some(u) if !u.is_empty() => self.by_user.push((u.to_owned(), sid.to_owned())),
+            Some(_) => return Err(format!("--hkcu-sid {arg}: the user before '=' is empty")),
+            None if self.default.is_some() => {
+                return Err(format!(
+                    "--hkcu-sid {arg}: a SID without a user is given twice; name the users (USER=SID)"
+                ));
+            }
+            None => self.default = Some(sid.to_owned()),
+        }
+        Ok(())
+    }
+
+    /// The mount `HKCU` stands for in a row of a process of `user` (empty: not known), and
+    /// where its SID came from.
+    #[must_use]
+    pub fn mount_for(&self, user: &str) -> (Cow<'static, str>, HkcuFrom) {
+        let mount = |sid: &str| Cow::Owned(format!(r"\REGISTRY\USER\{sid}"));
+        if let Some((_, sid)) = self
+            .by_user
+            .iter()
+            .find(|(u, _)| !user.is_empty() && u.eq_ignore_ascii_case(user))
+        {
+            return (mount(sid), HkcuFrom::Named);
+        }
+        if let Some(sid) = service_account_sid(user) {
+            return (mount(sid), HkcuFrom::WellKnown);
+        }
+        if let Some(sid) = &self.default {
+            return (mount(sid), HkcuFrom::Default);
+        }
+        if user.is_empty() {
+            (Cow::Borrowed(UNKNOWN_USER), HkcuFrom::Unknown)
+        } else {
+            (
+                Cow::Owned(format!(r"\REGISTRY\USER\<HKCU of {user}: SID not given>")),
+                HkcuFrom::Unknown,
+            )
+        }
+    }
+}
 
 /// `path` as the kernel names it, or `None` when it is not a registry path.
 ///
@@ -21,21 +130,25 @@ pub const UNKNOWN_USER: &str = r"\REGISTRY\USER\<HKCU: SID not given>";
 /// Windows 10 capture), and the key is the same.
 #[must_use]
 pub fn kernel_path(path: &str, hkcu_sid: Option<&str>) -> Option<String> {
-    let mut k = abbreviation_undone(path, hkcu_sid)?;
+    let mount = hkcu_sid.map_or(Cow::Borrowed(UNKNOWN_USER), |sid| {
+        Cow::Owned(format!(r"\REGISTRY\USER\{sid}"))
+    });
+    kernel_path_as(path, &mount)
+}
+
+/// [`kernel_path`] with `HKCU` standing for the mount `hkcu` (see [`HkcuSids::mount_for`]).
+#[must_use]
+pub fn kernel_path_as(path: &str, hkcu: &str) -> Option<String> {
+    let mut k = abbreviation_undone(path, hkcu)?;
     while k.len() > 1 && k.ends_with('\\') {
         k.pop();
     }
     Some(k)
 }
 
-fn abbreviation_undone(path: &str, hkcu_sid: Option<&str>) -> Option<String> {
+fn abbreviation_undone(path: &str, hkcu: &str) -> Option<String> {
     let (root, rest) = path.find('\\').map_or((path, ""), |i| path.split_at(i));
-    let user = || {
-        hkcu_sid.map_or_else(
-            || UNKNOWN_USER.to_owned(),
-            |sid| format!(r"\REGISTRY\USER\{sid}"),
-        )
-    };
+    let user = || hkcu.to_owned();
     let mut out = match root.to_ascii_uppercase().as_str() {
         "HKLM" | "HKEY_LOCAL_MACHINE" => String::from(r"\REGISTRY\MACHINE"),
         "HKU" | "HKEY_USERS" => String::from(r"\REGISTRY\USER"),

@@ -513,6 +513,11 @@ impl<R: Read + Seek> Reader for PmlReader<R> {
             Some(_) => {}
             None => ev.image = Arc::from(""),
         }
+        match process {
+            Some(p) if !Arc::ptr_eq(&ev.user, &p.user) => ev.user = Arc::clone(&p.user),
+            Some(_) => {}
+            None => ev.user = Arc::from(""),
+        }
         let wanted = matches!(
             ev.op,
             Op::OpenKey

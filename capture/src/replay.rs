@@ -21,7 +21,9 @@ use tracker::{BLOCK_ALIGN, BlockClass, Config, Pool, ProcessKey, SpinLock, Token
 
 use crate::csv::{CsvReader, DAY};
 use crate::event::{Event, Frame, Op};
-use crate::paths::{UNKNOWN_USER, hive_of, is_under, kernel_path};
+use crate::paths::{
+    HkcuFrom, HkcuSids, UNKNOWN_USER, hive_of, is_under, kernel_path, kernel_path_as,
+};
 use crate::pml::PmlReader;
 use crate::report::{
     Analysis, CaptureInfo, HiveHolders, Holder, Key, ProcessExit, SCHEMA, TrackerCheck,
@@ -78,8 +80,8 @@ impl At {
 /// What to analyse and report.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// The SID `HKCU` stands for.
-    pub hkcu_sid: Option<String>,
+    /// The SIDs `HKCU` stands for (`--hkcu-sid SID` and `--hkcu-sid USER=SID`).
+    pub hkcu: HkcuSids,
     /// Only this hive (a kernel path or Procmon abbreviation).
     pub hive: Option<String>,
     /// Only this pid.
@@ -129,6 +131,10 @@ pub struct Replay {
     stopped: bool,
     out: Analysis,
     scratch: Vec<u16>,
+    /// The `HKCU` mount per user, as worked out at the user's first `HKCU` row.
+    hkcu_mounts: HashMap<Arc<str>, (String, HkcuFrom)>,
+    /// Users whose `HKCU` was taken as the bare `--hkcu-sid`.
+    hkcu_default_users: usize,
 }
 
 fn utf16_into(s: &str, out: &mut Vec<u16>) {
@@ -150,7 +156,7 @@ impl Replay {
             schema: SCHEMA.to_owned(),
             holders_known: true,
             capture: CaptureInfo {
-                hkcu_sid: opts.hkcu_sid.clone(),
+                hkcu_sid: opts.hkcu.default.clone(),
                 ..CaptureInfo::default()
             },
             ..Analysis::default()
@@ -166,6 +172,8 @@ impl Replay {
             stopped: false,
             out,
             scratch: Vec::new(),
+            hkcu_mounts: HashMap::new(),
+            hkcu_default_users: 0,
         }
     }
 
@@ -189,12 +197,36 @@ impl Replay {
         key
     }
 
-    fn kernel(&mut self, path: &str) -> Option<String> {
-        let k = kernel_path(path, self.opts.hkcu_sid.as_deref())?;
-        if k.starts_with(UNKNOWN_USER) {
+    /// The kernel path of a row's key; `HKCU` is the hive of the row's process's user.
+    fn kernel(&mut self, path: &str, user: &Arc<str>) -> Option<String> {
+        let starts = |p: &str| {
+            path.get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        };
+        if !starts("HKCU") && !starts("HKEY_CURRENT_USER") {
+            return kernel_path_as(path, UNKNOWN_USER);
+        }
+        if !self.hkcu_mounts.contains_key(user) {
+            let (mount, from) = self.opts.hkcu.mount_for(user);
+            if !user.is_empty() {
+                let shown = if from == HkcuFrom::Unknown {
+                    "not given".to_owned()
+                } else {
+                    mount.trim_start_matches(r"\REGISTRY\USER\").to_owned()
+                };
+                self.out.capture.hkcu_users.insert(user.to_string(), shown);
+                if from == HkcuFrom::Default {
+                    self.hkcu_default_users += 1;
+                }
+            }
+            self.hkcu_mounts
+                .insert(Arc::clone(user), (mount.into_owned(), from));
+        }
+        let (mount, from) = &self.hkcu_mounts[user];
+        if *from == HkcuFrom::Unknown {
             self.out.unknowns.hkcu_rows_without_sid += 1;
         }
-        Some(k)
+        kernel_path_as(path, mount)
     }
 
     fn skip(&mut self, ev: &Event) {
@@ -248,7 +280,7 @@ impl Replay {
             self.out.unknowns.failed_opens += 1;
             return;
         }
-        let Some(path) = self.kernel(&ev.path) else {
+        let Some(path) = self.kernel(&ev.path, &ev.user) else {
             self.skip(ev);
             return;
         };
@@ -276,7 +308,7 @@ impl Replay {
     }
 
     fn closed(&mut self, ev: &Event) {
-        let Some(path) = self.kernel(&ev.path) else {
+        let Some(path) = self.kernel(&ev.path, &ev.user) else {
             self.skip(ev);
             return;
         };
@@ -304,7 +336,7 @@ impl Replay {
     }
 
     fn loaded(&mut self, ev: &Event) {
-        let Some(mount) = self.kernel(&ev.path) else {
+        let Some(mount) = self.kernel(&ev.path, &ev.user) else {
             self.skip(ev);
             return;
         };
@@ -320,7 +352,7 @@ impl Replay {
     }
 
     fn unload(&mut self, ev: &Event) {
-        let Some(mount) = self.kernel(&ev.path) else {
+        let Some(mount) = self.kernel(&ev.path, &ev.user) else {
             self.skip(ev);
             return;
         };
@@ -390,7 +422,7 @@ impl Replay {
 
     fn wanted_hive(&self, mount: &str) -> bool {
         self.opts.hive.as_deref().is_none_or(|h| {
-            kernel_path(h, self.opts.hkcu_sid.as_deref())
+            kernel_path(h, self.opts.hkcu.default.as_deref())
                 .is_some_and(|k| k.eq_ignore_ascii_case(mount))
         })
     }
@@ -485,9 +517,26 @@ impl Replay {
         );
         if u.hkcu_rows_without_sid > 0 {
             u.notes.push(format!(
-                "{} HKCU rows: the capture does not say which user HKCU is; pass --hkcu-sid \
-                 SID to name its hive",
+                "{} HKCU rows: the capture names a process's user, not its SID; pass --hkcu-sid \
+                 SID (or --hkcu-sid DOMAIN\\user=SID per user) to name their hives",
                 u.hkcu_rows_without_sid
+            ));
+        }
+        if self.hkcu_default_users > 1 {
+            let users: Vec<&str> = self
+                .out
+                .capture
+                .hkcu_users
+                .iter()
+                .filter(|(_, sid)| Some(sid.as_str()) == self.opts.hkcu.default.as_deref())
+                .map(|(u, _)| u.as_str())
+                .collect();
+            u.notes.push(format!(
+                "HKCU rows of {} users ({}) were all taken as --hkcu-sid's {}: HKCU is each \
+                 process's own user's hive; give each user its SID (--hkcu-sid USER=SID)",
+                users.len(),
+                users.join(", "),
+                self.opts.hkcu.default.as_deref().unwrap_or("")
             ));
         }
         if u.close_rows == 0 {

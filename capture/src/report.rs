@@ -50,6 +50,11 @@ pub struct CaptureInfo {
     pub at_row: Option<u64>,
     /// The SID `HKCU` was taken to stand for, if given.
     pub hkcu_sid: Option<String>,
+    /// Per user with `HKCU` rows (`DOMAIN\name`): the SID its `HKCU` was taken as, or "not
+    /// given" (then its keys sit in a hive named as not known). Service accounts have
+    /// well-known SIDs; `HKCU` is each process's own user's hive.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hkcu_users: BTreeMap<String, String>,
 }
 
 /// What the capture could not show.

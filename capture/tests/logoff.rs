@@ -124,8 +124,10 @@ fn run(reader: &mut dyn Reader, opts: Options) -> Analysis {
 }
 
 fn opts() -> Options {
+    let mut hkcu = capture::paths::HkcuSids::default();
+    hkcu.add(SID).unwrap();
     Options {
-        hkcu_sid: Some(SID.into()),
+        hkcu,
         ..Options::default()
     }
 }
@@ -255,6 +257,14 @@ fn without_the_hkcu_sid_the_user_hive_is_named_as_unknown() {
     let a = both(&Options::default());
     assert!(a.unknowns.hkcu_rows_without_sid > 0);
     assert!(a.unknowns.notes.iter().any(|n| n.contains("--hkcu-sid")));
+    // The capture names the user (CONTOSO\alice), so her HKCU is a hive of its own.
+    assert_eq!(
+        a.capture
+            .hkcu_users
+            .get(r"CONTOSO\alice")
+            .map(String::as_str),
+        Some("not given")
+    );
     // The failed unload was of HKU\<SID>, which the HKCU opens cannot be matched to.
     assert!(a.unload_attempts[0].holders.is_empty());
 }

@@ -17,15 +17,20 @@ use crate::render::{Align, Format, csv, table};
 /// The replay options from the command line.
 ///
 /// # Errors
-/// [`CliError::BadArgument`] for an `--at` that is neither a row nor a time of day.
+/// [`CliError::BadArgument`] for an `--at` that is neither a row nor a time of day, or an
+/// `--hkcu-sid` that is not `[USER=]SID`.
 pub fn options(
-    hkcu_sid: &Option<String>,
+    hkcu_sid: &[String],
     hive: &Option<String>,
     pid: Option<u32>,
     at: Option<&str>,
 ) -> Result<Options, CliError> {
+    let mut hkcu = capture::paths::HkcuSids::default();
+    for a in hkcu_sid {
+        hkcu.add(a).map_err(CliError::BadArgument)?;
+    }
     Ok(Options {
-        hkcu_sid: hkcu_sid.clone(),
+        hkcu,
         hive: hive.clone(),
         pid,
         at: at

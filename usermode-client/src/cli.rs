@@ -146,9 +146,11 @@ pub enum Command {
         /// Which report: everything, or the holders/processes/modules view at the end.
         #[arg(long, value_enum, default_value_t = AnalyzeView::Report)]
         view: AnalyzeView,
-        /// The SID Procmon's `HKCU` stands for (the capture does not say).
-        #[arg(long, value_name = "SID")]
-        hkcu_sid: Option<String>,
+        /// The SID Procmon's `HKCU` stands for: `SID` for the capture's user, or
+        /// `DOMAIN\user=SID` per user (repeatable). `HKCU` is each process's own user's
+        /// hive; the capture names users, not SIDs (service accounts need none).
+        #[arg(long, value_name = "[USER=]SID")]
+        hkcu_sid: Vec<String>,
         /// Only this hive (HKU\<SID>, HKCU, HKLM\SOFTWARE, \REGISTRY\...).
         #[arg(long)]
         hive: Option<String>,

@@ -1,0 +1,112 @@
+//! `HKCU` is the hive of each process's own user: per-user SIDs (`--hkcu-sid USER=SID`),
+//! service accounts' well-known SIDs, and users left without one kept apart, in a CSV
+//! export with Procmon's User column. Hand-written rows; the expected hives are worked out
+//! in the comments.
+
+use std::io::Cursor;
+
+use capture::Analysis;
+use capture::csv::CsvReader;
+use capture::paths::HkcuSids;
+use capture::replay::{Options, Replay, replay};
+
+const ALICE: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
+const BOB: &str = "S-1-5-21-1004336348-1177238915-682003330-1002";
+
+/// alice's explorer, bob's notepad and a SYSTEM svchost each open (and keep) an HKCU key.
+const CSV: &str = "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"User\"\r\n\
+\"7:00:00.0000000 AM\",\"explorer.exe\",\"100\",\"RegOpenKey\",\"HKCU\\Software\\Alice\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:01.0000000 AM\",\"notepad.exe\",\"200\",\"RegOpenKey\",\"HKCU\\Software\\Bob\",\"SUCCESS\",\"\",\"CONTOSO\\bob\"\r\n\
+\"7:00:02.0000000 AM\",\"svchost.exe\",\"300\",\"RegOpenKey\",\"HKCU\\Software\\System\",\"SUCCESS\",\"\",\"NT AUTHORITY\\SYSTEM\"\r\n\
+\"7:00:03.0000000 AM\",\"svchost.exe\",\"300\",\"RegCloseKey\",\"HKCU\\Software\\Other\",\"SUCCESS\",\"\",\"NT AUTHORITY\\SYSTEM\"\r\n";
+
+fn analyze(args: &[&str]) -> Analysis {
+    let mut hkcu = HkcuSids::default();
+    for a in args {
+        hkcu.add(a).unwrap();
+    }
+    let mut reader = CsvReader::new(Cursor::new(CSV.as_bytes())).unwrap();
+    let mut r = Replay::new(Options {
+        hkcu,
+        ..Options::default()
+    });
+    replay(&mut reader, &mut r).unwrap();
+    r.finish("users", "csv")
+}
+
+/// (pid, kernel path) of every key open at the end.
+fn open_keys(a: &Analysis) -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = a
+        .open
+        .iter()
+        .flat_map(|hive| &hive.holders)
+        .flat_map(|h| h.keys.iter().map(move |k| (h.pid, k.path.clone())))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn each_users_hkcu_is_its_own_hive() {
+    let a = analyze(&[
+        &format!(r"CONTOSO\alice={ALICE}"),
+        &format!(r"contoso\BOB={BOB}"),
+    ]);
+    assert_eq!(
+        open_keys(&a),
+        vec![
+            (100, format!(r"\REGISTRY\USER\{ALICE}\Software\Alice")),
+            (200, format!(r"\REGISTRY\USER\{BOB}\Software\Bob")),
+            // LocalSystem's HKCU: its well-known SID, never a user's.
+            (300, r"\REGISTRY\USER\S-1-5-18\Software\System".to_owned()),
+        ]
+    );
+    assert_eq!(a.unknowns.hkcu_rows_without_sid, 0);
+    assert_eq!(a.capture.hkcu_users[r"NT AUTHORITY\SYSTEM"], "S-1-5-18");
+}
+
+#[test]
+fn a_bare_sid_is_not_given_to_service_accounts_and_its_reuse_is_said() {
+    let a = analyze(&[ALICE]);
+    let keys = open_keys(&a);
+    // Both users got the bare SID (the capture cannot tell them apart by SID) ...
+    assert_eq!(keys[0].1, format!(r"\REGISTRY\USER\{ALICE}\Software\Alice"));
+    assert_eq!(keys[1].1, format!(r"\REGISTRY\USER\{ALICE}\Software\Bob"));
+    // ... SYSTEM did not ...
+    assert_eq!(keys[2].1, r"\REGISTRY\USER\S-1-5-18\Software\System");
+    // ... and the report says the SID was given to two users.
+    assert!(
+        a.unknowns.notes.iter().any(|n| n.contains("2 users")
+            && n.contains(r"CONTOSO\alice")
+            && n.contains(r"CONTOSO\bob")),
+        "{:?}",
+        a.unknowns.notes
+    );
+}
+
+#[test]
+fn users_without_a_sid_are_kept_apart() {
+    let a = analyze(&[&format!(r"CONTOSO\alice={ALICE}")]);
+    let keys = open_keys(&a);
+    assert_eq!(keys[0].1, format!(r"\REGISTRY\USER\{ALICE}\Software\Alice"));
+    // bob's HKCU is a hive of its own, named as not known: never alice's, never merged.
+    assert_eq!(
+        keys[1].1,
+        r"\REGISTRY\USER\<HKCU of CONTOSO\bob: SID not given>\Software\Bob"
+    );
+    assert_eq!(a.unknowns.hkcu_rows_without_sid, 1);
+    assert_eq!(a.capture.hkcu_users[r"CONTOSO\bob"], "not given");
+}
+
+#[test]
+fn hkcu_sid_arguments_are_checked() {
+    let mut s = HkcuSids::default();
+    assert!(s.add("alice").is_err());
+    assert!(s.add(r"CONTOSO\alice=S-1-5-x").is_err());
+    assert!(s.add("=S-1-5-21-1").is_err());
+    assert!(s.add("S-1-5-21-1-1001").is_ok());
+    assert!(
+        s.add("S-1-5-21-1-1002").is_err(),
+        "two bare SIDs are ambiguous"
+    );
+}
