@@ -17,7 +17,8 @@
 //! its path dependencies members); the root's `cargo make driver-package` gives the nested run
 //! `driver/` as its workspace directory, links and loads `driver/target/
 //! rust-driver-makefile.toml`, and runs the flow to the end; the package folder
-//! `driver/target/debug/hivetrack_package/` then holds the built `hivetrack.sys`,
+//! (for the `development` and `release` profiles, [`PROFILES`])
+//! `driver/target/{debug,release}/hivetrack_package/` then holds the built `hivetrack.sys`,
 //! `hivetrack.pdb`, the stamped `hivetrack.inf`, the catalog its `CatalogFile` names and
 //! `WDRLocalTestCert.cer`; the recorded tool calls show stampinf stamping the INF for amd64,
 //! infverif `/v /w` passing it, inf2cat seeing the `.sys` and `.inf`, signtool signing the
@@ -128,9 +129,9 @@ pub fn make_check(target: &Path, mutate: bool) -> Result<()> {
         "make-check: ok: the real cargo-make {CARGO_MAKE_VERSION} runs the driver flow out of \
          workspace mode; the nested run loads driver/target/rust-driver-makefile.toml and runs \
          wdk-build's flow to the package with stand-ins for rust-script, cargo build ({image}), \
-         stampinf, infverif (the INF rules), inf2cat, makecert, certmgr and signtool: \
-         driver/target/debug/hivetrack_package/ holds hivetrack.sys, .pdb, .inf, .cat and \
-         WDRLocalTestCert.cer ({:.1} s)",
+         stampinf, infverif (the INF rules), inf2cat, makecert, certmgr and signtool, for the \
+         development and release profiles: driver/target/{{debug,release}}/hivetrack_package/ \
+         holds hivetrack.sys, .pdb, .inf, .cat and WDRLocalTestCert.cer ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
     if mutate {
@@ -218,7 +219,10 @@ fn check_tree(tools: &Path, work: &Path, mutation: Option<&Mutation>) -> Result<
     let bin = work.join("bin");
     stand_in::write_stand_ins(&bin)?;
     check_driver_alone(tools, &bin, work, &tree)?;
-    check_nested(tools, &bin, work, &tree)
+    for profile in PROFILES {
+        check_nested(tools, &bin, work, &tree, profile)?;
+    }
+    Ok(())
 }
 
 /// The cargo the stand-in `cargo` forwards to: `$CARGO` (set by `cargo xtask`), else the
@@ -266,13 +270,60 @@ fn check_driver_alone(tools: &Path, bin: &Path, work: &Path, tree: &Path) -> Res
     Ok(())
 }
 
-/// `cargo make driver-package` at the root: the nested run must link and load the wdk-build
-/// makefile under driver/target and run wdk-build's flow to the signed package.
-fn check_nested(tools: &Path, bin: &Path, work: &Path, tree: &Path) -> Result<()> {
-    let log = work.join("nested.log");
+/// A cargo-make profile the README documents, and what wdk-build 0.6.0 makes of it.
+struct Profile {
+    /// `cargo make --profile <this>`.
+    cargo_make: &'static str,
+    /// The arguments the flow's `build` task gives cargo (`wdk-build-init` adds
+    /// `--profile release` only for the cargo-make profile `release`).
+    build_args: &'static [&'static str],
+    /// The output folder under `driver/target/` (`configure_wdf_build_output_dir`: `debug`
+    /// for cargo's `dev` profile, else the profile's name).
+    folder: &'static str,
+    /// Whether the test certificate store is empty when this run starts (the first run
+    /// makes the certificate; later ones find it and export it with certmgr).
+    fresh_store: bool,
+}
+
+/// The profiles make-check runs the root's `driver-package` with, in order: cargo-make's
+/// default (`development`, cargo profile `dev`) and `release`. Not `production`: cargo-make
+/// maps it to the cargo profile `production`, so wdk-build looks for the driver in
+/// `target/production/` while `cargo build` (given no profile) writes `target/debug/`.
+const PROFILES: &[Profile] = &[
+    Profile {
+        cargo_make: "development",
+        build_args: &["build"],
+        folder: "debug",
+        fresh_store: true,
+    },
+    Profile {
+        cargo_make: "release",
+        build_args: &["build", "--profile", "release"],
+        folder: "release",
+        fresh_store: false,
+    },
+];
+
+/// `cargo make --profile <profile> driver-package` at the root: the nested run must link and
+/// load the wdk-build makefile under driver/target and run wdk-build's flow to the signed
+/// package.
+fn check_nested(
+    tools: &Path,
+    bin: &Path,
+    work: &Path,
+    tree: &Path,
+    profile: &Profile,
+) -> Result<()> {
+    let log = work.join(format!("nested-{}.log", profile.cargo_make));
     let tools_log = work.join("tools.log");
     let _ = fs::remove_file(&tools_log);
-    let (ok, out) = cargo_make(tools, bin, tree, &log, &["driver-package"])?;
+    let (ok, out) = cargo_make(
+        tools,
+        bin,
+        tree,
+        &log,
+        &["--profile", profile.cargo_make, "driver-package"],
+    )?;
     let driver = tree.join("driver");
     for line in out.lines() {
         if let Some(dir) = line
@@ -314,9 +365,11 @@ fn check_nested(tools: &Path, bin: &Path, work: &Path, tree: &Path) -> Result<()
         );
     }
     let calls = read_calls(&tools_log)?;
-    check_package(&driver, &calls).with_context(|| {
+    check_package(&driver, &calls, profile).with_context(|| {
         format!(
-            "the driver flow ran but its package is wrong (log: {}, tool calls: {})",
+            "the driver flow (--profile {}) ran but its package is wrong (log: {}, tool calls: \
+             {})",
+            profile.cargo_make,
             log.display(),
             tools_log.display()
         )
@@ -370,10 +423,10 @@ const FLOW_SCRIPTS: &[&str] = &[
 
 /// The package the flow produced, where wdk-build 0.6.0 puts it
 /// (`configure_wdf_build_output_dir`: `<CARGO_MAKE_CRATE_CUSTOM_TRIPLE_TARGET_DIRECTORY>/debug`
-/// for the dev profile, then `copy_to_driver_package_folder`: `hivetrack_package/`), and the
-/// tool calls that made it.
-fn check_package(driver: &Path, calls: &[Call]) -> Result<()> {
-    let out = driver.join("target/debug");
+/// for the dev profile, else the profile's name; then `copy_to_driver_package_folder`:
+/// `hivetrack_package/`), and the tool calls that made it.
+fn check_package(driver: &Path, calls: &[Call], profile: &Profile) -> Result<()> {
+    let out = driver.join("target").join(profile.folder);
     let package = out.join("hivetrack_package");
     ensure!(
         package.is_dir(),
@@ -391,7 +444,7 @@ fn check_package(driver: &Path, calls: &[Call]) -> Result<()> {
         "wdk-build scripts that did not run: {missing:?} (ran: {ran:?})"
     );
     let of = |tool: &'static str| calls.iter().filter(move |c| c.tool == tool);
-    // build: `cargo build` in driver/ with no cargo flags (the dev profile). It runs twice:
+    // build: `cargo build` in driver/ with the profile's arguments. It runs twice:
     // `package-driver-flow` depends on `build`, and its `run_task` (`package-driver`) starts a
     // sub-flow whose `generate-driver-binary-file` depends on `build` again.
     let builds: Vec<&Call> = of("cargo").collect();
@@ -399,7 +452,7 @@ fn check_package(driver: &Path, calls: &[Call]) -> Result<()> {
         !builds.is_empty()
             && builds
                 .iter()
-                .all(|b| b.cwd == driver && b.args == ["build"]),
+                .all(|b| b.cwd == driver && b.args == profile.build_args),
         "the build task should run `cargo build` in driver/: {:?}",
         builds.iter().map(|c| (&c.cwd, &c.args)).collect::<Vec<_>>()
     );
@@ -455,12 +508,13 @@ fn check_package(driver: &Path, calls: &[Call]) -> Result<()> {
                     .all(|f| listing.iter().any(|l| l == f))
         },
     )?;
-    expect("makecert", "made the test certificate", &|c| {
-        has(c, &out.join("WDRLocalTestCert.cer").display().to_string())
-    })?;
+    let cer = out.join("WDRLocalTestCert.cer").display().to_string();
     expect("certmgr", "looked for the test certificate", &|c| {
-        has(c, "-put")
+        has(c, "-put") && has(c, &cer)
     })?;
+    if profile.fresh_store {
+        expect("makecert", "made the test certificate", &|c| has(c, &cer))?;
+    }
     for signed in [&sys, &package.join(&catalog)] {
         let path = signed.display().to_string();
         expect("signtool", &format!("signed {path}"), &|c| {
