@@ -68,21 +68,13 @@ enum Cmd {
     },
     /// Install, start, query, stop and uninstall the package under Wine.
     WineE2e,
-    /// Run the Windows `cargo make` layout with the real cargo-make (installed from crates.io
-    /// into `~/.cache/hivetrack-tools/`) and a stand-in rust-script; see `xtask/src/make_check.rs`.
+    /// Run the Windows `cargo make` flow with the real cargo-make (installed from crates.io
+    /// into `~/.cache/hivetrack-tools/`) and stand-ins for rust-script, the driver build and
+    /// the WDK tools; see `xtask/src/make_check.rs`.
     MakeCheck {
         /// Also reintroduce each known break and require each to fail with its message.
         #[arg(long)]
         mutate: bool,
-    },
-    /// Internal: the stand-in tools make-check puts on PATH.
-    #[command(hide = true)]
-    MakeCheckStandIn {
-        /// The tool stood in for.
-        tool: String,
-        /// Its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
     },
     /// The main job on Linux: build, then run the real CLI against the real driver in the
     /// kernel emulator (logoff and handle-leak scenarios).
@@ -397,6 +389,10 @@ fn bench_example(package: &str, example: &str) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // make-check's stand-ins are links to this executable, named as the tools they replace.
+    if let Some(tool) = make_check::stand_in::invoked_as() {
+        return make_check::stand_in::main(tool);
+    }
     let args = Args::parse();
     let result = match args.command {
         Cmd::Setup => setup::setup(),
@@ -420,13 +416,6 @@ fn main() -> ExitCode {
         Cmd::Soak { ops } => soak::soak(ops),
         Cmd::FuzzIoctl { inputs } => soak::fuzz_ioctl(inputs),
         Cmd::MakeCheck { mutate } => make_check::make_check(&target_dir(), mutate),
-        Cmd::MakeCheckStandIn { tool, args } => {
-            if tool == "rust-script" {
-                make_check::stand_in(&args)
-            } else {
-                Err(anyhow::anyhow!("no stand-in for {tool}"))
-            }
-        }
         Cmd::Demo => build().and_then(|()| demo::demo(&package_dir(), &target_dir())),
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())

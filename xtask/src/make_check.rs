@@ -1,33 +1,33 @@
-//! `cargo xtask make-check`: the Windows `cargo make` layout, run by the real cargo-make on
-//! Linux.
+//! `cargo xtask make-check`: the Windows `cargo make` flow, run by the real cargo-make on
+//! Linux with stand-ins for what needs Windows.
 //!
 //! It installs cargo-make [`CARGO_MAKE_VERSION`] from crates.io (cached under
-//! `~/.cache/hivetrack-tools/`, see `tools_root`), copies the makefiles, the driver crate and the crates it depends on into
-//! `target/make-check/tree/`, and runs cargo-make there with a stand-in `rust-script` first on
-//! `PATH`:
+//! `~/.cache/hivetrack-tools/`, see `tools_root`), copies the makefiles, the driver crate and
+//! the crates it depends on into `target/make-check/tree/`, and runs cargo-make there on the
+//! real makefiles (the root's and `driver/Makefile.toml`, which extends wdk-build 0.6.0's
+//! `rust-driver-makefile.toml`) with the stand-ins of [`stand_in`] first on `PATH`:
+//! `rust-script` (each of wdk-build's `@rust` scripts, recognised by its text, does what its
+//! source does), `cargo build` (puts the image `cargo xtask build` cross-built where cargo
+//! would write `hivetrack.dll`), `stampinf`, `infverif` (the project's INF rules),
+//! `inf2cat`, `makecert`, `certmgr` and `signtool`. Every cargo-make task of the flow runs
+//! for real; what the stand-ins replace is the work of the scripts and tools.
 //!
-//! - for `driver/Makefile.toml`'s `load_script`, the stand-in does what wdk-build 0.6.0's
-//!   `load_rust_driver_makefile` does (links `$CARGO_MAKE_WORKSPACE_WORKING_DIRECTORY/target/
-//!   rust-driver-makefile.toml` to the makefile of the wdk-build package `cargo metadata`
-//!   finds) and records the directories cargo-make gave it;
-//! - for the first wdk-build task that the flow then runs, it records the task and stops the
-//!   flow there: wdk-build's tasks are rust-script programs that compile wdk-build for the
-//!   host, which does not compile on Linux unpatched, and the driver build itself needs the
-//!   WDK.
+//! Checks: `cd driver && cargo make --print-steps` plans wdk-build's flow, not the
+//! `workspace` task (`driver/Cargo.toml` has its own `[workspace]`, and cargo-make would make
+//! its path dependencies members); the root's `cargo make driver-package` gives the nested run
+//! `driver/` as its workspace directory, links and loads `driver/target/
+//! rust-driver-makefile.toml`, and runs the flow to the end; the package folder
+//! (for the `development` and `release` profiles, [`PROFILES`])
+//! `driver/target/{debug,release}/hivetrack_package/` then holds the built `hivetrack.sys`,
+//! `hivetrack.pdb`, the stamped `hivetrack.inf`, the catalog its `CatalogFile` names and
+//! `WDRLocalTestCert.cer`; the recorded tool calls show stampinf stamping the INF for amd64,
+//! infverif `/v /w` passing it, inf2cat seeing the `.sys` and `.inf`, signtool signing the
+//! `.sys` and the `.cat`. `--mutate` reintroduces each break of [`MUTATIONS`] and requires
+//! each to fail with its message.
 //!
-//! What that proves with the real cargo-make: the driver flow is not run as a cargo-make
-//! workspace (`cd driver && cargo make --print-steps` must plan wdk-build's steps, not the
-//! `workspace` task: `driver/Cargo.toml` has its own `[workspace]`, and cargo-make would make
-//! its path dependencies members), and the root's nested `cargo make` in `driver/` gets
-//! `driver/` as its workspace directory, links and loads
-//! `driver/target/rust-driver-makefile.toml` (the real wdk-build makefile) and reaches its
-//! first task. The INF the flow would stamp is checked with `xtask::inf` (the rules
-//! `infverif /w` applies). `--mutate` reintroduces each break (the driver workspace, the
-//! nested working directory, an undecorated `[DefaultInstall]`, DIRID 12) and requires each
-//! to fail with its message.
-//!
-//! What it does not run: wdk-build's tasks past the first (build, stampinf, infverif,
-//! inf2cat, signing) and so no stand-in for the WDK tools; those run only on Windows.
+//! What it does not run: Microsoft's tools (nothing is really stamped, verified by infverif,
+//! catalogued or signed), the driver build for the flow's host target, and the parts of
+//! `wdk-build-init` that need a WDK (`setup_path`, `setup_wdk_version`).
 
 use std::{
     fs,
@@ -39,11 +39,14 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::util::{cargo, copy, describe, repo_root, run};
 
+pub mod stand_in;
+
 /// The cargo-make release the check runs (wdk-build 0.6.0's makefile needs 0.37.16 or later).
 pub const CARGO_MAKE_VERSION: &str = "0.37.24";
 
-/// What the stand-in prints when it stops the flow at wdk-build's first task.
-const STOP_MARKER: &str = "make-check: wdk-build task reached";
+/// What the stand-in `cargo build` puts in place when `cargo xtask build` has not run.
+const IMAGE_PLACEHOLDER: &str =
+    "make-check placeholder image: run `cargo xtask build` first to package the real driver\n";
 
 /// The files of the repository the flow reads, copied into the sandbox.
 const TREE: &[&str] = &[
@@ -92,6 +95,13 @@ const MUTATIONS: &[Mutation] = &[
         says: "is not architecture-decorated",
     },
     Mutation {
+        name: "driver crate not a cdylib",
+        file: "driver/Cargo.toml",
+        from: "crate-type = [\"cdylib\"]",
+        to: "crate-type = [\"rlib\"]",
+        says: "no driver package at",
+    },
+    Mutation {
         name: "DIRID 12",
         file: "driver/hivetrack.inx",
         from: "DefaultDestDir = 13",
@@ -110,12 +120,21 @@ pub fn make_check(target: &Path, mutate: bool) -> Result<()> {
     let work = target.join("make-check");
     let started = std::time::Instant::now();
     check_tree(&tools, &work, None).context("cargo make layout check failed")?;
+    let image = if target.join("package/hivetrack.sys").is_file() {
+        "the image `cargo xtask build` cross-built"
+    } else {
+        "a PLACEHOLDER image (run `cargo xtask build` first for the real one)"
+    };
     eprintln!(
         "make-check: ok: the real cargo-make {CARGO_MAKE_VERSION} runs the driver flow out of \
-         workspace mode, the nested run loads driver/target/rust-driver-makefile.toml and \
-         reaches wdk-build's first task, and the INF passes the infverif /w rules ({:.1} s)",
+         workspace mode; the nested run loads driver/target/rust-driver-makefile.toml and runs \
+         wdk-build's flow to the package with stand-ins for rust-script, cargo build ({image}), \
+         stampinf, infverif (the INF rules), inf2cat, makecert, certmgr and signtool, for the \
+         development and release profiles: driver/target/{{debug,release}}/hivetrack_package/ \
+         holds hivetrack.sys, .pdb, .inf, .cat and WDRLocalTestCert.cer ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
+    check_production(&tools, &work)?;
     if mutate {
         for m in MUTATIONS {
             match check_tree(&tools, &work, Some(m)) {
@@ -178,8 +197,10 @@ fn install_cargo_make(target: &Path) -> Result<PathBuf> {
 /// Copies the tree into `work/tree`, applies `mutation`, and runs the checks.
 fn check_tree(tools: &Path, work: &Path, mutation: Option<&Mutation>) -> Result<()> {
     let tree = work.join("tree");
-    if tree.exists() {
-        fs::remove_dir_all(&tree).with_context(|| format!("cannot clear {}", tree.display()))?;
+    for dir in [tree.clone(), work.join("cert-store")] {
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
     }
     let root = repo_root();
     for item in TREE {
@@ -197,23 +218,24 @@ fn check_tree(tools: &Path, work: &Path, mutation: Option<&Mutation>) -> Result<
         fs::write(&path, text.replacen(m.from, m.to, 1))?;
     }
     let bin = work.join("bin");
-    write_stand_in(&bin)?;
-    check_inf_of(&tree)?;
+    stand_in::write_stand_ins(&bin)?;
     check_driver_alone(tools, &bin, work, &tree)?;
-    check_nested(tools, &bin, work, &tree)
-}
-
-/// The INF the flow stamps, against the rules `infverif /w` applies (the flow's infverif
-/// runs only on Windows).
-fn check_inf_of(tree: &Path) -> Result<()> {
-    let report = xtask::inf::check_inf(&tree.join("driver/hivetrack.inx"), None)?;
-    if !report.failures().is_empty() {
-        bail!(
-            "driver/hivetrack.inx would fail infverif /w: {}",
-            report.failures().join("; ")
-        );
+    for profile in PROFILES {
+        check_nested(tools, &bin, work, &tree, profile)?;
     }
     Ok(())
+}
+
+/// The cargo the stand-in `cargo` forwards to: `$CARGO` (set by `cargo xtask`), else the
+/// first `cargo` on `PATH`.
+fn real_cargo() -> Result<PathBuf> {
+    if let Some(c) = std::env::var_os("CARGO") {
+        return Ok(PathBuf::from(c));
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("cargo"))
+        .find(|c| c.is_file())
+        .context("no cargo on PATH")
 }
 
 /// `cd driver && cargo make --print-steps`: cargo-make's execution plan for the driver must be
@@ -221,7 +243,7 @@ fn check_inf_of(tree: &Path) -> Result<()> {
 /// flow in each workspace member.
 fn check_driver_alone(tools: &Path, bin: &Path, work: &Path, tree: &Path) -> Result<()> {
     let log = work.join("driver-alone.log");
-    let out = cargo_make(tools, bin, &tree.join("driver"), &log, &["--print-steps"])?;
+    let (_, out) = cargo_make(tools, bin, &tree.join("driver"), &log, &["--print-steps"])?;
     let steps: Vec<&str> = out
         .lines()
         .filter_map(|l| l.trim().strip_prefix("name: \""))
@@ -249,11 +271,60 @@ fn check_driver_alone(tools: &Path, bin: &Path, work: &Path, tree: &Path) -> Res
     Ok(())
 }
 
-/// `cargo make driver-package` at the root: the nested run must link and load the wdk-build
-/// makefile under driver/target and reach its first task.
-fn check_nested(tools: &Path, bin: &Path, work: &Path, tree: &Path) -> Result<()> {
-    let log = work.join("nested.log");
-    let out = cargo_make(tools, bin, tree, &log, &["driver-package"])?;
+/// A cargo-make profile the README documents, and what wdk-build 0.6.0 makes of it.
+struct Profile {
+    /// `cargo make --profile <this>`.
+    cargo_make: &'static str,
+    /// The arguments the flow's `build` task gives cargo (`wdk-build-init` adds
+    /// `--profile release` only for the cargo-make profile `release`).
+    build_args: &'static [&'static str],
+    /// The output folder under `driver/target/` (`configure_wdf_build_output_dir`: `debug`
+    /// for cargo's `dev` profile, else the profile's name).
+    folder: &'static str,
+    /// Whether the test certificate store is empty when this run starts (the first run
+    /// makes the certificate; later ones find it and export it with certmgr).
+    fresh_store: bool,
+}
+
+/// The profiles make-check runs the root's `driver-package` with, in order: cargo-make's
+/// default (`development`, cargo profile `dev`) and `release`. Not `production`: cargo-make
+/// maps it to the cargo profile `production`, so wdk-build looks for the driver in
+/// `target/production/` while `cargo build` (given no profile) writes `target/debug/`.
+const PROFILES: &[Profile] = &[
+    Profile {
+        cargo_make: "development",
+        build_args: &["build"],
+        folder: "debug",
+        fresh_store: true,
+    },
+    Profile {
+        cargo_make: "release",
+        build_args: &["build", "--profile", "release"],
+        folder: "release",
+        fresh_store: false,
+    },
+];
+
+/// `cargo make --profile <profile> driver-package` at the root: the nested run must link and
+/// load the wdk-build makefile under driver/target and run wdk-build's flow to the signed
+/// package.
+fn check_nested(
+    tools: &Path,
+    bin: &Path,
+    work: &Path,
+    tree: &Path,
+    profile: &Profile,
+) -> Result<()> {
+    let log = work.join(format!("nested-{}.log", profile.cargo_make));
+    let tools_log = work.join("tools.log");
+    let _ = fs::remove_file(&tools_log);
+    let (ok, out) = cargo_make(
+        tools,
+        bin,
+        tree,
+        &log,
+        &["--profile", profile.cargo_make, "driver-package"],
+    )?;
     let driver = tree.join("driver");
     for line in out.lines() {
         if let Some(dir) = line
@@ -271,21 +342,9 @@ fn check_nested(tools: &Path, bin: &Path, work: &Path, tree: &Path) -> Result<()
             );
         }
     }
-    expect_reached(&out, &log, &driver)
-}
-
-/// The flow got past loading the makefiles: the stand-in was called for a wdk-build task
-/// with the driver's directory.
-fn expect_reached(out: &str, log: &Path, driver: &Path) -> Result<()> {
     ensure!(
         out.contains("make-check: load_script CARGO_MAKE_WORKSPACE_WORKING_DIRECTORY="),
         "driver/Makefile.toml's load_script never ran (log: {})",
-        log.display()
-    );
-    ensure!(
-        out.contains(STOP_MARKER),
-        "the flow did not reach wdk-build's first task: cargo-make could not load \
-         driver/target/rust-driver-makefile.toml (log: {})",
         log.display()
     );
     ensure!(
@@ -293,15 +352,229 @@ fn expect_reached(out: &str, log: &Path, driver: &Path) -> Result<()> {
         "driver/target/rust-driver-makefile.toml was not linked (log: {})",
         log.display()
     );
+    if !ok {
+        let mut why: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_once("make-check stand-in ").map(|(_, w)| w.trim()))
+            .collect();
+        why.dedup();
+        bail!(
+            "the driver flow failed{}{} (log: {})",
+            if why.is_empty() { "" } else { ": " },
+            why.join(" | "),
+            log.display()
+        );
+    }
+    let calls = read_calls(&tools_log)?;
+    check_package(&driver, &calls, profile).with_context(|| {
+        format!(
+            "the driver flow (--profile {}) ran but its package is wrong (log: {}, tool calls: \
+             {})",
+            profile.cargo_make,
+            log.display(),
+            tools_log.display()
+        )
+    })
+}
+
+/// One stand-in call from `tools.log`.
+struct Call {
+    tool: String,
+    args: Vec<String>,
+    cwd: PathBuf,
+    extra: serde_json::Value,
+}
+
+/// The calls the stand-ins recorded, in order.
+fn read_calls(log: &Path) -> Result<Vec<Call>> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            Ok(Call {
+                tool: v["tool"].as_str().unwrap_or_default().to_owned(),
+                args: v["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect(),
+                cwd: PathBuf::from(v["cwd"].as_str().unwrap_or_default()),
+                extra: v["extra"].clone(),
+            })
+        })
+        .collect()
+}
+
+/// The wdk-build scripts the default flow runs (as the stand-in names them).
+const FLOW_SCRIPTS: &[&str] = &[
+    "load_script",
+    "wdk-build-init",
+    "setup-wdk-config-env-vars",
+    "package-driver-flow (condition)",
+    "generate-driver-binary-file (condition)",
+    "generate-driver-binary-file",
+    "copy-driver-binary-to-package",
+    "copy-pdb-to-package",
+    "copy-inx-to-output",
+    "copy-inf-to-package",
+    "generate-certificate (condition)",
+    "copy-certificate-to-package",
+];
+
+/// The package the flow produced, where wdk-build 0.6.0 puts it
+/// (`configure_wdf_build_output_dir`: `<CARGO_MAKE_CRATE_CUSTOM_TRIPLE_TARGET_DIRECTORY>/debug`
+/// for the dev profile, else the profile's name; then `copy_to_driver_package_folder`:
+/// `hivetrack_package/`), and the tool calls that made it.
+fn check_package(driver: &Path, calls: &[Call], profile: &Profile) -> Result<()> {
+    let out = driver.join("target").join(profile.folder);
+    let package = out.join("hivetrack_package");
+    ensure!(
+        package.is_dir(),
+        "no driver package at {}: the flow skipped packaging",
+        package.display()
+    );
+    let ran: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.tool == "rust-script")
+        .filter_map(|c| c.extra["task"].as_str())
+        .collect();
+    let missing: Vec<&&str> = FLOW_SCRIPTS.iter().filter(|s| !ran.contains(s)).collect();
+    ensure!(
+        missing.is_empty(),
+        "wdk-build scripts that did not run: {missing:?} (ran: {ran:?})"
+    );
+    let of = |tool: &'static str| calls.iter().filter(move |c| c.tool == tool);
+    // build: `cargo build` in driver/ with the profile's arguments. It runs twice:
+    // `package-driver-flow` depends on `build`, and its `run_task` (`package-driver`) starts a
+    // sub-flow whose `generate-driver-binary-file` depends on `build` again.
+    let builds: Vec<&Call> = of("cargo").collect();
+    ensure!(
+        !builds.is_empty()
+            && builds
+                .iter()
+                .all(|b| b.cwd == driver && b.args == profile.build_args),
+        "the build task should run `cargo build` in driver/: {:?}",
+        builds.iter().map(|c| (&c.cwd, &c.args)).collect::<Vec<_>>()
+    );
+    // The package's files.
+    let image = PathBuf::from(builds[0].extra["from"].as_str().unwrap_or_default());
+    let sys = package.join("hivetrack.sys");
+    ensure!(sys.is_file(), "the package has no hivetrack.sys");
+    ensure!(
+        fs::read(&sys)? == fs::read(&image)?,
+        "the package's hivetrack.sys is not the image built ({})",
+        image.display()
+    );
+    for file in ["hivetrack.pdb", "hivetrack.inf", "WDRLocalTestCert.cer"] {
+        ensure!(package.join(file).is_file(), "the package has no {file}");
+    }
+    let inf = xtask::inf::decode(&fs::read(package.join("hivetrack.inf"))?)?;
+    let catalog = inf
+        .lines()
+        .filter_map(|l| l.split(';').next()?.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("CatalogFile"))
+        .map(|(_, v)| v.trim().to_owned())
+        .context("the package's hivetrack.inf has no CatalogFile")?;
+    ensure!(
+        package.join(&catalog).is_file(),
+        "the package has no {catalog} (the INF's CatalogFile)"
+    );
+    // stampinf stamped the INF in the output folder, for amd64, with the catalog name.
+    let inf_out = out.join("hivetrack.inf").display().to_string();
+    let expect = |tool: &'static str, what: &str, ok: &dyn Fn(&Call) -> bool| {
+        let seen: Vec<&Vec<String>> = of(tool).map(|c| &c.args).collect();
+        ensure!(of(tool).any(ok), "{tool} never {what}: calls {seen:?}");
+        Ok(())
+    };
+    let has = |c: &Call, a: &str| c.args.iter().any(|x| x == a);
+    expect(
+        "stampinf",
+        "stamped the INF for amd64 with hivetrack.cat",
+        &|c| has(c, &inf_out) && has(c, "amd64") && has(c, "hivetrack.cat"),
+    )?;
+    expect("infverif", "checked the stamped INF with /v /w", &|c| {
+        has(c, &inf_out) && has(c, "/v") && has(c, "/w")
+    })?;
+    let driver_arg = format!("/driver:{}", package.display());
+    expect(
+        "inf2cat",
+        "saw the package with hivetrack.sys and hivetrack.inf",
+        &|c| {
+            let listing = c.extra["package"].as_array().cloned().unwrap_or_default();
+            has(c, &driver_arg)
+                && has(c, "/os:10_x64")
+                && ["hivetrack.sys", "hivetrack.inf"]
+                    .iter()
+                    .all(|f| listing.iter().any(|l| l == f))
+        },
+    )?;
+    let cer = out.join("WDRLocalTestCert.cer").display().to_string();
+    expect("certmgr", "looked for the test certificate", &|c| {
+        has(c, "-put") && has(c, &cer)
+    })?;
+    if profile.fresh_store {
+        expect("makecert", "made the test certificate", &|c| has(c, &cer))?;
+    }
+    for signed in [&sys, &package.join(&catalog)] {
+        let path = signed.display().to_string();
+        expect("signtool", &format!("signed {path}"), &|c| {
+            c.args.first().is_some_and(|a| a == "sign") && has(c, &path)
+        })?;
+    }
     Ok(())
 }
 
-/// Runs the installed cargo-make in `dir` with the stand-ins first on `PATH`; returns its
-/// combined output (also written to `log`). The flow is expected to stop at the stand-in.
-fn cargo_make(tools: &Path, bin: &Path, dir: &Path, log: &Path, args: &[&str]) -> Result<String> {
+/// `cargo make --profile production driver-package` must still fail where wdk-build 0.6.0
+/// makes it fail (see [`PROFILES`]): the README tells users not to use it, and this says
+/// when that stops being true. Runs on the tree [`check_tree`] left.
+fn check_production(tools: &Path, work: &Path) -> Result<()> {
+    let tree = work.join("tree");
+    let log = work.join("nested-production.log");
+    let (ok, out) = cargo_make(
+        tools,
+        &work.join("bin"),
+        &tree,
+        &log,
+        &["--profile", "production", "driver-package"],
+    )?;
+    ensure!(
+        !ok,
+        "`cargo make --profile production` now packages the driver: the README and PROFILES \
+         say it cannot (log: {})",
+        log.display()
+    );
+    let missing = tree.join("driver/target/production/hivetrack.dll");
+    ensure!(
+        out.contains(&missing.display().to_string())
+            && tree.join("driver/target/debug/hivetrack.dll").is_file(),
+        "`cargo make --profile production` failed, but not because the build wrote \
+         target/debug while wdk-build looked for {} (log: {})",
+        missing.display(),
+        log.display()
+    );
+    eprintln!(
+        "make-check: as documented, `cargo make --profile production` fails: wdk-build looks \
+         for {} while `cargo build` (no profile given) writes target/debug",
+        missing.display()
+    );
+    Ok(())
+}
+
+/// Runs the installed cargo-make in `dir` with the stand-ins first on `PATH`; returns whether
+/// it succeeded and its combined output (also written to `log`).
+fn cargo_make(
+    tools: &Path,
+    bin: &Path,
+    dir: &Path,
+    log: &Path,
+    args: &[&str],
+) -> Result<(bool, String)> {
     let path = std::env::join_paths([bin.to_path_buf(), tools.to_path_buf()].into_iter().chain(
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
     ))?;
+    let work = log.parent().context("the log is in the work folder")?;
+    let image = driver_image(work)?;
     let mut cmd = Command::new(tools.join("cargo-make"));
     cmd.arg("make")
         .args(["--disable-check-for-updates", "--no-color"])
@@ -310,9 +583,15 @@ fn cargo_make(tools: &Path, bin: &Path, dir: &Path, log: &Path, args: &[&str]) -
         .env("PATH", path)
         .env("CARGO_MAKE_RUST_SCRIPT_PROVIDER", "rust-script")
         // wdk-build's init plugin runs `cargo install rust-script --version 0.30.0`: keep that
-        // install under target/ (done once; the stand-in earlier on PATH is what runs).
+        // install in the tools cache (done once; the stand-in earlier on PATH is what runs).
         .env("CARGO_INSTALL_ROOT", tools.join("../rust-script"))
-        .env("MAKE_CHECK_XTASK", std::env::current_exe()?);
+        .env("MAKE_CHECK_REAL_CARGO", real_cargo()?)
+        .env("MAKE_CHECK_LOG", work.join("tools.log"))
+        .env("MAKE_CHECK_STORE", work.join("cert-store"))
+        .env("MAKE_CHECK_IMAGE", image)
+        // As from a WDK developer prompt: cargo's default target folder, the host target.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET");
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("CARGO_MAKE") {
             cmd.env_remove(key);
@@ -327,102 +606,23 @@ fn cargo_make(tools: &Path, bin: &Path, dir: &Path, log: &Path, args: &[&str]) -
         String::from_utf8_lossy(&out.stderr)
     );
     fs::write(log, &text)?;
-    Ok(text)
+    Ok((out.status.success(), text))
 }
 
-/// Writes `bin/rust-script`, which calls back into this xtask ([`stand_in`]).
-fn write_stand_in(bin: &Path) -> Result<()> {
-    fs::create_dir_all(bin)?;
-    let script = bin.join("rust-script");
-    fs::write(
-        &script,
-        "#!/bin/sh\n# make-check's stand-in for rust-script (see xtask/src/make_check.rs)\n\
-         exec \"$MAKE_CHECK_XTASK\" make-check-stand-in rust-script \"$@\"\n",
-    )?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+/// The image the stand-in `cargo build` puts in place: `cargo xtask build`'s
+/// `target/package/hivetrack.sys` (CI runs `build` before `make-check`), else a placeholder
+/// in `work` ([`IMAGE_PLACEHOLDER`]).
+fn driver_image(work: &Path) -> Result<PathBuf> {
+    let built = work
+        .parent()
+        .context("the work folder is in target/")?
+        .join("package/hivetrack.sys");
+    if built.is_file() {
+        return Ok(built);
     }
-    Ok(())
-}
-
-/// The stand-in `rust-script`: `--version`; the load script (link the wdk-build makefile as
-/// wdk-build 0.6.0's `load_rust_driver_makefile` does); any other script stops the flow.
-///
-/// # Errors
-/// When the script cannot be read or the link cannot be made; every other script "fails"
-/// on purpose, after printing [`STOP_MARKER`].
-pub fn stand_in(args: &[String]) -> Result<()> {
-    if args.iter().any(|a| a == "--version") {
-        println!("rust-script 0.35.0 (make-check stand-in)");
-        return Ok(());
-    }
-    let script = args
-        .iter()
-        .rev()
-        .find(|a| Path::new(a).is_file())
-        .map(fs::read_to_string)
-        .transpose()?
-        .unwrap_or_default();
-    if script.contains("load_rust_driver_makefile") {
-        let workspace = std::env::var("CARGO_MAKE_WORKSPACE_WORKING_DIRECTORY")
-            .context("CARGO_MAKE_WORKSPACE_WORKING_DIRECTORY should be set by cargo-make")?;
-        println!("make-check: load_script CARGO_MAKE_WORKSPACE_WORKING_DIRECTORY={workspace}");
-        let makefile = wdk_build_dir()?.join("rust-driver-makefile.toml");
-        let link = Path::new(&workspace).join("target/rust-driver-makefile.toml");
-        fs::create_dir_all(link.parent().unwrap_or_else(|| Path::new(".")))?;
-        let _ = fs::remove_file(&link);
-        #[cfg(unix)]
-        std::os::unix::fs::symlink(&makefile, &link)
-            .with_context(|| format!("cannot link {}", link.display()))?;
-        #[cfg(not(unix))]
-        copy(&makefile, &link)?;
-        return Ok(());
-    }
-    // wdk-build's plugin writes each task's script to .../cargo-make-script/<task>/...
-    let task = args
-        .iter()
-        .rev()
-        .find_map(|a| {
-            let p = Path::new(a);
-            p.is_file()
-                .then(|| p.parent()?.file_name()?.to_str().map(str::to_owned))
-                .flatten()
-        })
-        .unwrap_or_default();
-    println!("{STOP_MARKER}: {task}; wdk-build's rust-script tasks run on Windows only");
-    bail!("{STOP_MARKER}")
-}
-
-/// The wdk-build package directory, as `cargo metadata` run in the current directory finds
-/// it (what `load_rust_driver_makefile` does).
-fn wdk_build_dir() -> Result<PathBuf> {
-    let out = cargo()
-        .args(["metadata", "--format-version", "1", "--locked"])
-        .output()
-        .context("cargo metadata")?;
-    ensure!(
-        out.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let found: Vec<&str> = meta["packages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"] == "wdk-build")
-        .filter_map(|p| p["manifest_path"].as_str())
-        .collect();
-    match found.as_slice() {
-        [one] => Ok(Path::new(one)
-            .parent()
-            .context("manifest_path has a parent")?
-            .to_path_buf()),
-        [] => bail!("no wdk-build package in cargo metadata (NoWdkBuildCrateDetected)"),
-        _ => bail!("several wdk-build packages in cargo metadata: {found:?}"),
-    }
+    let placeholder = work.join("hivetrack-placeholder.sys");
+    fs::write(&placeholder, IMAGE_PLACEHOLDER)?;
+    Ok(placeholder)
 }
 
 /// Copies a file or a directory tree.
