@@ -479,13 +479,19 @@ impl Replay {
         path.clone_into(&mut self.out.capture.path);
         format.clone_into(&mut self.out.capture.format);
         self.out.capture.rows = self.rows;
-        let mut hives = std::collections::BTreeSet::new();
+        // One entry per hive: key names are case-insensitive, and a capture spells one
+        // implicit hive's prefix several ways (`SOFTWARE`, `Software`, `software` in
+        // procmon-parser's Windows 10 capture); the first spelling met names it.
+        let mut hives: BTreeMap<String, String> = BTreeMap::new();
         for opens in self.open.values() {
             for o in opens {
-                hives.insert(hive_of(&o.path, &self.mounts).to_owned());
+                let h = hive_of(&o.path, &self.mounts);
+                hives
+                    .entry(h.to_ascii_uppercase())
+                    .or_insert_with(|| h.to_owned());
             }
         }
-        for hive in hives {
+        for hive in hives.into_values() {
             if !self.wanted_hive(&hive) {
                 continue;
             }
@@ -554,13 +560,78 @@ impl Replay {
             self.out.open.clear();
         }
         let s = self.tracker.stats();
+        let disagreements = self.holders_disagreements();
         self.out.tracker = TrackerCheck {
             objects_tracked: s.objects_tracked,
             hives_tracked: s.hives_tracked,
             processes_tracked: s.processes_tracked,
             not_recorded: s.not_recorded(),
+            holders_agree: disagreements.is_empty(),
+            disagreements,
         };
         self.out
+    }
+
+    /// Sets the ledger's holders of every hive with open keys against the tracker's holders
+    /// answer for it: (pid, instance, key object) in both, or a line saying what differs.
+    fn holders_disagreements(&self) -> Vec<String> {
+        type Held = std::collections::BTreeSet<(u64, u64, u64)>;
+        let mut ledger: BTreeMap<String, Held> = BTreeMap::new();
+        for (k, opens) in &self.open {
+            for o in opens {
+                let hive = hive_of(&o.path, &self.mounts).to_ascii_uppercase();
+                let id = o.token.map_or(0, |t| t.0);
+                ledger
+                    .entry(hive)
+                    .or_default()
+                    .insert((u64::from(k.0), k.1, id));
+            }
+        }
+        let mut out = Vec::new();
+        let mut units = Vec::new();
+        for (hive, held) in &ledger {
+            utf16_into(hive, &mut units);
+            let answer = self.tracker_holders(&units);
+            if answer.as_ref() != Some(held) {
+                let answer = answer.unwrap_or_default();
+                let only_report = held.difference(&answer).count();
+                let only_tracker = answer.difference(held).count();
+                out.push(format!(
+                    "{hive}: {only_report} key(s) only in the report, {only_tracker} only in the tracker's answer"
+                ));
+            }
+            if out.len() == 20 {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The tracker's holders answer for the hive containing `path`, paged as the CLI pages
+    /// the driver's: (pid, start key, key id) of every key; `None` when it knows no such hive.
+    fn tracker_holders(&self, path: &[u16]) -> Option<std::collections::BTreeSet<(u64, u64, u64)>> {
+        use protocol::holders::{HolderRecord, Holders};
+        use protocol::page::Page;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut cursor = protocol::cursor::Cursor::START;
+        let mut out = std::collections::BTreeSet::new();
+        loop {
+            let n = self.tracker.holders(path, &cursor, 0, 0, &mut buf).ok()?;
+            let page = protocol::wire::decode::<Page<'_, Holders>>(&buf[..n]).ok()?;
+            let mut process = (0, 0);
+            for rec in page.records() {
+                match rec {
+                    HolderRecord::Process(p) => process = (p.pid, p.start_key),
+                    HolderRecord::Key(k) => {
+                        out.insert((process.0, process.1, k.id));
+                    }
+                }
+            }
+            if page.info.done() {
+                return Some(out);
+            }
+            cursor = page.info.next;
+        }
     }
 
     /// Keys open in the ledger now (memory is proportional to these).

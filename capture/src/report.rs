@@ -169,4 +169,12 @@ pub struct TrackerCheck {
     pub processes_tracked: u64,
     /// Records it could not keep.
     pub not_recorded: u64,
+    /// Each hive's holders in the report set against the tracker's own holders answer for
+    /// that hive (the query the driver answers, with the driver's hive resolution): true
+    /// when they name the same processes holding the same key objects everywhere.
+    #[serde(default)]
+    pub holders_agree: bool,
+    /// Where they differ (at most 20), when they do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disagreements: Vec<String>,
 }

@@ -243,6 +243,11 @@ fn at_a_row_before_the_exit_profleak_still_holds_and_the_tracker_agrees() {
         a.tracker.objects_tracked, 1,
         "the tracker holds the same one key"
     );
+    assert!(
+        a.tracker.holders_agree,
+        "the tracker's holders answer names the same holder and key: {:?}",
+        a.tracker.disagreements
+    );
     // A pid filter that excludes it leaves nothing held.
     let a = both(&Options {
         at: Some(At::Row(exit_row)),

@@ -107,5 +107,8 @@ fn the_analysis_refuses_to_name_holders_and_counts_what_it_skipped() {
     );
     // The tracker saw the 22 application hives loaded and holds the 364 created keys.
     assert_eq!(a.tracker.objects_tracked, 364);
+    // Its holders answer for every hive (the driver's hive resolution) names the same
+    // processes holding the same 364 key objects as the report.
+    assert!(a.tracker.holders_agree, "{:?}", a.tracker.disagreements);
     assert!(a.tracker.hives_tracked >= 22);
 }

@@ -110,3 +110,21 @@ fn hkcu_sid_arguments_are_checked() {
         "two bare SIDs are ambiguous"
     );
 }
+
+/// Key names are case-insensitive: one hive spelled two ways is one hive in the report, and
+/// the tracker's own holders answer agrees with it.
+#[test]
+fn one_hive_spelled_two_ways_is_listed_once() {
+    let csv = "\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\"\r\n\
+\"7:00:00 AM\",\"a.exe\",\"100\",\"RegOpenKey\",\"HKLM\\Software\\A\",\"SUCCESS\",\"\"\r\n\
+\"7:00:01 AM\",\"a.exe\",\"100\",\"RegOpenKey\",\"HKLM\\SOFTWARE\\B\",\"SUCCESS\",\"\"\r\n\
+\"7:00:02 AM\",\"a.exe\",\"100\",\"RegCloseKey\",\"HKLM\\software\\C\",\"SUCCESS\",\"\"\r\n";
+    let mut reader = CsvReader::new(Cursor::new(csv.as_bytes())).unwrap();
+    let mut r = Replay::new(Options::default());
+    replay(&mut reader, &mut r).unwrap();
+    let a = r.finish("case", "csv");
+    assert_eq!(a.open.len(), 1, "{:?}", a.open);
+    assert_eq!(a.open[0].open_keys, 2);
+    assert_eq!(a.open[0].holders[0].keys.len(), 2);
+    assert!(a.tracker.holders_agree, "{:?}", a.tracker.disagreements);
+}
