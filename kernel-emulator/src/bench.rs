@@ -93,7 +93,16 @@ pub fn run(test_driver: &Path, iterations: u32) -> i32 {
 /// # Panics
 /// If the emulator thread cannot be spawned.
 #[must_use]
-pub fn hivetrack(sys: Option<&Path>, iterations: u32) -> i32 {
+pub fn hivetrack(sys: Option<&Path>, iterations: u32, name: &str, held: bool) -> i32 {
+    const USER: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
+    let key = match name {
+        "short" => format!(r"{USER}\Software\Bench"),
+        "profile" => format!(r"{USER}\Software\Microsoft\Windows\CurrentVersion\Explorer\Advanced"),
+        other => {
+            eprintln!("bench: --name {other}: expected short or profile");
+            return 2;
+        }
+    };
     crate::trap::install();
     crate::cpu::init_kuser_shared_data(2);
     kernel::with(|k| {
@@ -102,12 +111,20 @@ pub fn hivetrack(sys: Option<&Path>, iterations: u32) -> i32 {
     });
     kernel::WATERMARK.store(false, Ordering::Relaxed);
     let sys = sys.map(Path::to_path_buf);
+    let label = format!(
+        "{name} name{}",
+        if held {
+            ", held open by another handle"
+        } else {
+            ""
+        }
+    );
     let worker = std::thread::Builder::new()
         .stack_size(64 << 20)
         .spawn(move || {
             crate::cpu::enter_thread(0);
             let _ = hive::load_hive(4, r"\REGISTRY\MACHINE\SOFTWARE", "bench");
-            let _ = hive::load_hive(4, r"\REGISTRY\USER\S-1-5-21-1-2-3-1001", "bench-user");
+            let _ = hive::load_hive(4, USER, "bench-user");
             let driver = sys.as_ref().map(|p| {
                 let d = driver::load_or_refuse(p, None);
                 assert_eq!(d.entry(), STATUS_SUCCESS, "DriverEntry");
@@ -119,32 +136,51 @@ pub fn hivetrack(sys: Option<&Path>, iterations: u32) -> i32 {
                 eprintln!("bench: cannot create the process");
                 return 1;
             };
-            let parent = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001\Software";
-            if let Ok(k) = hive::open_key(pid, parent, 0x2_0019, true) {
-                let _ = hive::close_key(pid, k);
+            // Its parents exist (created once, as an application's first run does).
+            let mut parent = USER.to_owned();
+            for part in key[USER.len()..].split('\\').filter(|p| !p.is_empty()) {
+                parent.push('\\');
+                parent.push_str(part);
+                if let Ok(k) = hive::open_key(pid, &parent, 0x2_0019, true) {
+                    let _ = hive::close_key(pid, k);
+                }
             }
-            let key = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001\Software\Bench";
+            let holder = held
+                .then(|| hive::open_key(pid, &key, 0x2_0019, true).ok())
+                .flatten();
             let cycle = || {
-                if let Ok(k) = hive::open_key(pid, key, 0x2_0019, true) {
+                if let Ok(k) = hive::open_key(pid, &key, 0x2_0019, true) {
                     let _ = hive::close_key(pid, k);
                 }
             };
             for _ in 0..iterations.min(1_000) {
                 cycle();
             }
+            let before = crate::calls::snapshot();
             let t = Instant::now();
             for _ in 0..iterations {
                 cycle();
             }
             let per = per_call(t, iterations) * 1_000.0;
-            let what = if driver.is_some() {
-                "with hivetrack.sys"
-            } else {
-                "without a driver"
-            };
+            let after = crate::calls::snapshot();
             println!(
-                "bench: registry open+close {what}: {per:.0} ns per cycle ({iterations} cycles)"
+                "bench: registry open+close ({label}): {per:.0} ns per cycle ({iterations} cycles)"
             );
+            if driver.is_some() {
+                let calls: Vec<String> = crate::calls::NAMES
+                    .iter()
+                    .zip(before.iter().zip(after))
+                    .map(|(n, (b, a))| {
+                        #[allow(clippy::cast_precision_loss, reason = "small counts")]
+                        let per = (a - b) as f64 / f64::from(iterations);
+                        format!("{per:.2} {n}")
+                    })
+                    .collect();
+                println!("    kernel calls per cycle: {}", calls.join(", "));
+            }
+            if let Some(k) = holder {
+                let _ = hive::close_key(pid, k);
+            }
             if let Some(mut d) = driver {
                 crate::process::exit_process(pid);
                 let _ = d.unload();

@@ -37,6 +37,7 @@
 
 pub mod bench;
 pub mod bugcheck;
+pub mod calls;
 pub mod cancel;
 pub mod cpu;
 pub mod dbgprint;

@@ -161,6 +161,7 @@ fn check_aligned(p: usize, what: &str) {
 /// <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-interlockedpushentryslist>:
 /// pushes and returns the previous first entry.
 unsafe extern "win64" fn ExpInterlockedPushEntrySList(h: *mut u64, entry: *mut u64) -> *mut u64 {
+    crate::calls::count(crate::calls::Call::LookasidePush);
     check_aligned(h as usize, "SLIST_HEADER");
     check_aligned(entry as usize, "SLIST_ENTRY");
     loop {
@@ -182,6 +183,7 @@ unsafe extern "win64" fn ExpInterlockedPushEntrySList(h: *mut u64, entry: *mut u
 /// <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-interlockedpopentryslist>:
 /// pops the first entry or returns NULL.
 unsafe extern "win64" fn ExpInterlockedPopEntrySList(h: *mut u64) -> *mut u64 {
+    crate::calls::count(crate::calls::Call::LookasidePop);
     check_aligned(h as usize, "SLIST_HEADER");
     let _serial = POP
         .lock()

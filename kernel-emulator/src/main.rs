@@ -112,15 +112,23 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         iterations: u32,
     },
-    /// Registry open+close cycles with hivetrack.sys loaded (`--sys`) or without any driver:
-    /// prints the time per cycle (the difference is the driver's cost). Figures only.
+    /// Registry open+close cycles with a driver loaded (`--sys`: hivetrack.sys, or the test
+    /// driver for the minimal callback) or without any: prints the time per cycle and the
+    /// kernel calls the driver makes per cycle. Figures only.
     BenchHivetrack {
-        /// hivetrack.sys; omit to measure the registry model without a driver.
+        /// The driver; omit to measure the registry model without one.
         #[arg(long)]
         sys: Option<PathBuf>,
         /// Measured cycles.
         #[arg(long, default_value_t = 20_000)]
         iterations: u32,
+        /// The key opened: `short` (a 50-character path) or `profile` (a real-length
+        /// profile path: `\REGISTRY\USER\S-1-5-21-…-1001\Software\…\Explorer\Advanced`).
+        #[arg(long, default_value = "short")]
+        name: String,
+        /// Keep another handle to the key open throughout (its name is then already held).
+        #[arg(long)]
+        held: bool,
     },
     /// List the scenarios.
     List,
@@ -208,9 +216,12 @@ fn main() {
             test_driver,
             iterations,
         } => kernel_emulator::bench::run(&test_driver, iterations),
-        Command::BenchHivetrack { sys, iterations } => {
-            kernel_emulator::bench::hivetrack(sys.as_deref(), iterations)
-        }
+        Command::BenchHivetrack {
+            sys,
+            iterations,
+            name,
+            held,
+        } => kernel_emulator::bench::hivetrack(sys.as_deref(), iterations, &name, held),
         Command::List => {
             for s in scenario::all() {
                 let target = match s.target {

@@ -302,6 +302,7 @@ const POOL_FLAG_PAGED: u64 = 0x100;
 /// zeroed unless POOL_FLAG_UNINITIALIZED; exactly one pool type flag; paged pool at
 /// IRQL <= APC_LEVEL, non-paged at <= DISPATCH_LEVEL; NULL on failure.
 unsafe extern "win64" fn ExAllocatePool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
+    crate::calls::count(crate::calls::Call::PoolAlloc);
     let types = flags & (POOL_FLAG_NON_PAGED | POOL_FLAG_NON_PAGED_EXECUTE | POOL_FLAG_PAGED);
     if types.count_ones() != 1 {
         verifier_violation(&format!(
@@ -336,6 +337,7 @@ unsafe extern "win64" fn ExAllocatePoolWithTag(
     size: usize,
     tag: u32,
 ) -> *mut c_void {
+    crate::calls::count(crate::calls::Call::PoolAlloc);
     require_irql(
         "ExAllocatePoolWithTag",
         if pool_type & 1 != 0 {

@@ -720,6 +720,11 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectIDEx(
     flags: u32,
 ) -> NtStatus {
     require_irql("CmCallbackGetKeyObjectIDEx", APC_LEVEL);
+    crate::calls::count(if object_name.is_null() {
+        crate::calls::Call::KeyIdOnly
+    } else {
+        crate::calls::Call::KeyName
+    });
     if cookie.is_null() || flags != 0 {
         return STATUS_INVALID_PARAMETER;
     }

@@ -252,6 +252,7 @@ unsafe extern "win64" fn KeLeaveCriticalRegion() {
 /// KeAcquireSpinLockRaiseToDpc — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-keacquirespinlockraisetodpc>:
 /// raises to DISPATCH_LEVEL and returns the previous IRQL. IRQL <= DISPATCH.
 unsafe extern "win64" fn KeAcquireSpinLockRaiseToDpc(lock: *mut usize) -> u8 {
+    crate::calls::count(crate::calls::Call::SpinLock);
     require_irql("KeAcquireSpinLockRaiseToDpc", DISPATCH_LEVEL);
     let old = cpu::irql();
     acquire(lock as usize, Kind::SpinLock, true, false, true);
@@ -294,6 +295,7 @@ unsafe extern "win64" fn KeGetCurrentProcessorNumberEx(number: *mut u32) -> u32 
 /// KeAcquireSpinLockAtDpcLevel — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-keacquirespinlockatdpclevel>:
 /// the caller is already at DISPATCH_LEVEL.
 unsafe extern "win64" fn KeAcquireSpinLockAtDpcLevel(lock: *mut usize) {
+    crate::calls::count(crate::calls::Call::SpinLock);
     if cpu::irql() != DISPATCH_LEVEL {
         verifier_violation(&format!(
             "KeAcquireSpinLockAtDpcLevel at IRQL {}",
