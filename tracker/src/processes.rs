@@ -348,22 +348,33 @@ impl<L: RawLock> ProcessTable<L> {
         Some(image)
     }
 
-    /// Calls `f` on every process, under its shard lock and its own lock.
-    pub fn for_each(&self, mut f: impl FnMut(&Process<L>)) {
+    /// Calls `f` on every process of chain `head` (the caller holds its shard's lock).
+    fn each_in_chain(head: &AtomicPtr<Process<L>>, mut f: impl FnMut(&Process<L>)) {
+        let mut cur = head.load(Relaxed);
+        while let Some(p) = NonNull::new(cur) {
+            let proc = process_of(p);
+            f(proc);
+            cur = proc.next.load(Relaxed);
+        }
+    }
+
+    /// Calls `f` on every process, under its shard lock only (`f` takes the process lock
+    /// itself where it needs one).
+    fn each(&self, mut f: impl FnMut(&Process<L>)) {
         for s in &self.shards {
             let _sg = Exclusive::new(&s.lock);
             for head in &s.heads {
-                let mut cur = head.load(Relaxed);
-                while let Some(p) = NonNull::new(cur) {
-                    let proc = process_of(p);
-                    {
-                        let _pg = Exclusive::new(&proc.lock);
-                        f(proc);
-                    }
-                    cur = proc.next.load(Relaxed);
-                }
+                Self::each_in_chain(head, &mut f);
             }
         }
+    }
+
+    /// Calls `f` on every process, under its shard lock and its own lock.
+    pub fn for_each(&self, mut f: impl FnMut(&Process<L>)) {
+        self.each(|proc| {
+            let _pg = Exclusive::new(&proc.lock);
+            f(proc);
+        });
     }
 
     /// The next process after `after` in the table's walk order ([`walk_order`]) for which
@@ -389,9 +400,7 @@ impl<L: RawLock> ProcessTable<L> {
                 // (above `after` in `after`'s own chain) is the next one.
                 let bound = after.filter(|_| si * BUCKETS + chain == start);
                 let mut best: Option<ProcessKey> = None;
-                let mut cur = s.heads[chain].load(Relaxed);
-                while let Some(p) = NonNull::new(cur) {
-                    let proc = process_of(p);
+                Self::each_in_chain(&s.heads[chain], |proc| {
                     let k = proc.key;
                     if bound.is_none_or(|b| k > b) && best.is_none_or(|b| k < b) {
                         let _pg = Exclusive::new(&proc.lock);
@@ -399,8 +408,7 @@ impl<L: RawLock> ProcessTable<L> {
                             best = Some(k);
                         }
                     }
-                    cur = proc.next.load(Relaxed);
-                }
+                });
                 if best.is_some() {
                     return best;
                 }
@@ -413,17 +421,7 @@ impl<L: RawLock> ProcessTable<L> {
     /// (both are readable without the process lock: the key never changes, the count is an
     /// atomic, and the shard lock keeps the record from being reaped).
     pub fn for_each_key(&self, mut f: impl FnMut(ProcessKey, u64)) {
-        for s in &self.shards {
-            let _sg = Exclusive::new(&s.lock);
-            for head in &s.heads {
-                let mut cur = head.load(Relaxed);
-                while let Some(p) = NonNull::new(cur) {
-                    let proc = process_of(p);
-                    f(proc.key, proc.open_keys.load(Relaxed));
-                    cur = proc.next.load(Relaxed);
-                }
-            }
-        }
+        self.each(|proc| f(proc.key, proc.open_keys.load(Relaxed)));
     }
 
     /// Calls `f` on the process `key` under its locks.

@@ -619,58 +619,28 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
             access,
         } => {
             let a = addr(obj);
-            if let Some(old) = m.objs.get(&a).cloned() {
-                // A live object opened again: a lower filter's bypass handed back an object
-                // already tracked. The driver files the new open, then CmSetCallbackObjectContext
-                // returns the old token, which is superseded: one record, the new one.
-                let time = *clock - u64::from(jitter);
-                let tok = t
-                    .opened(
-                        a,
-                        pk(proc),
-                        u64::from(obj) * 4,
-                        &w(old.raw_name),
-                        u32::from(access),
-                        time,
-                    )
-                    .unwrap();
-                t.superseded(old.token, a);
-                // Filed by its name now, while the old record still pins its hive.
-                let hive = m.resolve(old.raw_name);
-                m.order += 1;
-                m.procs
-                    .entry((pk(proc).pid, pk(proc).start_key))
-                    .or_default();
-                m.objs.insert(
-                    a,
-                    MObj {
-                        token: tok,
-                        proc: (pk(proc).pid, pk(proc).start_key),
-                        hive,
-                        time,
-                        order: m.order,
-                        thread: u64::from(obj) * 4,
-                        access: u32::from(access),
-                        closes: 0,
-                        ..old
-                    },
-                );
-                m.gc();
-                m.last_token.insert(a, tok);
-                return;
-            }
+            // A live object opened again: a lower filter's bypass handed back an object
+            // already tracked. The driver files the new open under the object's name, then
+            // CmSetCallbackObjectContext returns the old token, which is superseded: one
+            // record, the new one.
+            let old = m.objs.get(&a).cloned();
+            let raw = old.as_ref().map_or(NAMES[name as usize], |o| o.raw_name);
             let time = *clock - u64::from(jitter);
             let tok = t
                 .opened(
                     a,
                     pk(proc),
                     u64::from(obj) * 4,
-                    &w(NAMES[name as usize]),
+                    &w(raw),
                     u32::from(access),
                     time,
                 )
                 .unwrap();
-            let hive = m.resolve(NAMES[name as usize]);
+            if let Some(o) = &old {
+                t.superseded(o.token, a);
+            }
+            // Filed by its name now (an old record still pins its hive).
+            let hive = m.resolve(raw);
             m.order += 1;
             m.procs
                 .entry((pk(proc).pid, pk(proc).start_key))
@@ -681,8 +651,8 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
                     token: tok,
                     proc: (pk(proc).pid, pk(proc).start_key),
                     hive,
-                    name: f(NAMES[name as usize]),
-                    raw_name: NAMES[name as usize],
+                    name: f(raw),
+                    raw_name: raw,
                     time,
                     order: m.order,
                     thread: u64::from(obj) * 4,
@@ -690,6 +660,9 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
                     closes: 0,
                 },
             );
+            if old.is_some() {
+                m.gc();
+            }
             m.last_token.insert(a, tok);
         }
         Op::Close { obj } => {
