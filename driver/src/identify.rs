@@ -64,8 +64,8 @@ pub fn identify(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
     let mut referenced = [null_mut::<c_void>(); MAX_IDENTIFY];
     for (i, &handle) in handles.iter().enumerate() {
         let mut object: *mut c_void = null_mut();
-        // SAFETY: PASSIVE_LEVEL (IRP_MJ_DEVICE_CONTROL dispatch); `object` is a writable
-        // PVOID; a UserMode lookup of any value is safe (an invalid handle fails).
+        // At PASSIVE_LEVEL (IRP_MJ_DEVICE_CONTROL dispatch), `object` a writable PVOID:
+        // SAFETY: a UserMode lookup of any handle value is safe (an invalid one fails).
         let status = unsafe {
             ObReferenceObjectByHandle(
                 handle as *mut c_void,
