@@ -629,12 +629,19 @@ unsafe extern "win64" fn CmUnRegisterCallback(cookie: i64) -> NtStatus {
             "CmUnRegisterCallback called from inside the callback it unregisters: a deadlock on Windows",
         );
     }
-    // No new notification reaches it; wait for the calls in flight on other threads.
-    kernel::with(|k| k.registry.unregistering.insert(cookie));
+    // No new notification reaches it, and the contexts still attached are taken in the same
+    // step: an object destroyed on another thread either took its context (and reserved a
+    // call in flight) before this, and is waited for below, or finds none after it. Taking
+    // them after the wait left a window where such a cleanup ran after this returned.
+    let contexts = kernel::with(|k| {
+        k.registry.unregistering.insert(cookie);
+        k.hives.take_contexts_of(cookie)
+    });
+    // Wait for the calls in flight on other threads.
     while kernel::with(|k| k.registry.in_flight.get(&cookie).copied().unwrap_or(0)) > 0 {
         std::thread::yield_now();
     }
-    for (object, context) in kernel::with(|k| k.hives.take_contexts_of(cookie)) {
+    for (object, context) in contexts {
         notify_context_cleanup(object, cookie, context);
     }
     kernel::with(|k| {
