@@ -113,7 +113,12 @@ impl HkcuSids {
             (Cow::Borrowed(UNKNOWN_USER), HkcuFrom::Unknown)
         } else {
             (
-                Cow::Owned(format!(r"\REGISTRY\USER\<HKCU of {user}: SID not given>")),
+                // No backslash inside: the placeholder must stay one key name, so that
+                // each user keeps a hive of its own (`DOMAIN/user`).
+                Cow::Owned(format!(
+                    r"\REGISTRY\USER\<HKCU of {}: SID not given>",
+                    user.replace('\\', "/")
+                )),
                 HkcuFrom::Unknown,
             )
         }

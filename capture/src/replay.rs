@@ -207,6 +207,18 @@ impl Replay {
             return kernel_path_as(path, UNKNOWN_USER);
         }
         if !self.hkcu_mounts.contains_key(user) {
+            // One user spelled another way (account names are case-insensitive) is the same
+            // user: same mount, counted once.
+            let known = self
+                .hkcu_mounts
+                .iter()
+                .find(|(u, _)| u.eq_ignore_ascii_case(user))
+                .map(|(_, v)| v.clone());
+            if let Some(v) = known {
+                self.hkcu_mounts.insert(Arc::clone(user), v);
+            }
+        }
+        if !self.hkcu_mounts.contains_key(user) {
             let (mount, from) = self.opts.hkcu.mount_for(user);
             if !user.is_empty() {
                 let shown = if from == HkcuFrom::Unknown {
@@ -420,11 +432,23 @@ impl Replay {
         self.tracker.process_exited(key);
     }
 
+    /// Whether `--hive` (if given) names `mount`. `HKCU` stands for each process's own
+    /// user's hive, so an `HKCU` filter matches the `HKCU` hive of every user whose rows were
+    /// replayed (and the one the bare `--hkcu-sid` names), never only one of them.
     fn wanted_hive(&self, mount: &str) -> bool {
-        self.opts.hive.as_deref().is_none_or(|h| {
-            kernel_path(h, self.opts.hkcu.default.as_deref())
-                .is_some_and(|k| k.eq_ignore_ascii_case(mount))
-        })
+        let Some(h) = self.opts.hive.as_deref() else {
+            return true;
+        };
+        let names = |k: Option<String>| k.is_some_and(|k| k.eq_ignore_ascii_case(mount));
+        if names(kernel_path(h, self.opts.hkcu.default.as_deref())) {
+            return true;
+        }
+        let starts = |p: &str| h.get(..p.len()).is_some_and(|x| x.eq_ignore_ascii_case(p));
+        (starts("HKCU") || starts("HKEY_CURRENT_USER"))
+            && self
+                .hkcu_mounts
+                .values()
+                .any(|(m, _)| names(kernel_path_as(h, m)))
     }
 
     fn holders(&self, keep: impl Fn(&str) -> bool) -> Vec<Holder> {

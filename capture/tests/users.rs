@@ -92,7 +92,7 @@ fn users_without_a_sid_are_kept_apart() {
     // bob's HKCU is a hive of its own, named as not known: never alice's, never merged.
     assert_eq!(
         keys[1].1,
-        r"\REGISTRY\USER\<HKCU of CONTOSO\bob: SID not given>\Software\Bob"
+        r"\REGISTRY\USER\<HKCU of CONTOSO/bob: SID not given>\Software\Bob"
     );
     assert_eq!(a.unknowns.hkcu_rows_without_sid, 1);
     assert_eq!(a.capture.hkcu_users[r"CONTOSO\bob"], "not given");
@@ -127,4 +127,73 @@ fn one_hive_spelled_two_ways_is_listed_once() {
     assert_eq!(a.open[0].open_keys, 2);
     assert_eq!(a.open[0].holders[0].keys.len(), 2);
     assert!(a.tracker.holders_agree, "{:?}", a.tracker.disagreements);
+}
+
+// Found by an independent review of the per-user mapping.
+
+/// Two users of one domain, no SID given: each user's HKCU should be its own hive, and a
+/// user's HKCU and HKCU\Software\Classes are two hives.
+#[test]
+fn users_without_a_sid_keep_hives_of_their_own() {
+    let csv = "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"User\"\r\n\
+\"7:00:00.0000000 AM\",\"explorer.exe\",\"100\",\"RegOpenKey\",\"HKCU\\Software\\Alice\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:01.0000000 AM\",\"notepad.exe\",\"200\",\"RegOpenKey\",\"HKCU\\Software\\Bob\",\"SUCCESS\",\"\",\"CONTOSO\\bob\"\r\n\
+\"7:00:02.0000000 AM\",\"notepad.exe\",\"200\",\"RegOpenKey\",\"HKCU\\Software\\Classes\\CLSID\",\"SUCCESS\",\"\",\"CONTOSO\\bob\"\r\n\
+\"7:00:03.0000000 AM\",\"svchost.exe\",\"300\",\"RegCloseKey\",\"HKLM\\Software\\Other\",\"SUCCESS\",\"\",\"NT AUTHORITY\\SYSTEM\"\r\n";
+    let mut reader = CsvReader::new(Cursor::new(csv.as_bytes())).unwrap();
+    let mut r = Replay::new(Options::default());
+    replay(&mut reader, &mut r).unwrap();
+    let a = r.finish("users", "csv");
+    let hives: Vec<(String, Vec<u32>)> = a
+        .open
+        .iter()
+        .map(|h| (h.hive.clone(), h.holders.iter().map(|p| p.pid).collect()))
+        .collect();
+    assert_eq!(
+        a.open.len(),
+        3,
+        "alice's HKCU, bob's HKCU, bob's classes: {hives:?}"
+    );
+}
+
+/// `--hive HKCU` with the user's SID given per user (`--hkcu-sid USER=SID`): alice's open
+/// HKCU key should be reported, not an empty answer.
+#[test]
+fn a_hive_filter_of_hkcu_matches_a_users_named_sid() {
+    let csv = "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"User\"\r\n\
+\"7:00:00.0000000 AM\",\"explorer.exe\",\"100\",\"RegOpenKey\",\"HKCU\\Software\\Alice\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:03.0000000 AM\",\"explorer.exe\",\"100\",\"RegCloseKey\",\"HKLM\\Software\\Other\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n";
+    let mut hkcu = capture::paths::HkcuSids::default();
+    hkcu.add(r"CONTOSO\alice=S-1-5-21-1-2-3-1001").unwrap();
+    let mut reader = CsvReader::new(Cursor::new(csv.as_bytes())).unwrap();
+    let mut r = Replay::new(Options {
+        hkcu,
+        hive: Some("HKCU".to_owned()),
+        ..Options::default()
+    });
+    replay(&mut reader, &mut r).unwrap();
+    let a = r.finish("users", "csv");
+    assert_eq!(a.open.len(), 1, "alice's HKCU key is open");
+}
+
+/// `--hive HKCU` with no `--hkcu-sid` at all (the capture names the user): the filter matches
+/// the user's own placeholder hive (an empty answer here once said HKCU was free).
+#[test]
+fn a_hive_filter_of_hkcu_matches_users_without_a_sid() {
+    let csv = "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"User\"\r\n\
+\"7:00:00.0000000 AM\",\"explorer.exe\",\"100\",\"RegOpenKey\",\"HKCU\\Software\\Alice\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:03.0000000 AM\",\"explorer.exe\",\"100\",\"RegCloseKey\",\"HKLM\\Software\\Other\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n";
+    let mut reader = CsvReader::new(Cursor::new(csv.as_bytes())).unwrap();
+    let mut r = Replay::new(Options {
+        hive: Some("HKCU".to_owned()),
+        ..Options::default()
+    });
+    replay(&mut reader, &mut r).unwrap();
+    let a = r.finish("users", "csv");
+    assert_eq!(
+        a.open.len(),
+        1,
+        "alice's HKCU key is open; notes {:?}",
+        a.unknowns.notes
+    );
 }

@@ -1,0 +1,107 @@
+//! Paging holders and the snapshot through 3,000 processes, a few records a page, while
+//! other processes come and go between pages: every stable process's keys come exactly once
+//! (the process table's walk order, resumed from the cursor's key).
+mod support;
+
+use std::collections::HashMap;
+
+use protocol::cursor::Cursor;
+use protocol::holders::{HolderRecord, Holders};
+use protocol::page::Page;
+use protocol::snapshot::Snapshot;
+use support::*;
+use tracker::{Config, ProcessKey, Tracker};
+
+const SW: &str = r"\REGISTRY\MACHINE\SOFTWARE";
+
+#[test]
+fn paged_holders_and_snapshot_neither_repeat_nor_skip() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.hive_loaded(&w(SW), &w(r"C:\x"), 1);
+    let mut obj = 0x1000u64;
+    let mut open = |t: &TestTracker<'_>, p: ProcessKey, n: u64| {
+        let mut v = vec![];
+        for k in 0..n {
+            obj += 16;
+            v.push((
+                t.opened(obj, p, 1, &w(&format!(r"{SW}\K{k}")), 1, 1)
+                    .unwrap(),
+                obj,
+            ));
+        }
+        v
+    };
+    // Stable processes: pids spread, some with several keys (continuation across pages).
+    let stable: Vec<ProcessKey> = (0..3000u64)
+        .map(|i| ProcessKey {
+            pid: i * 4,
+            start_key: i % 3,
+        })
+        .collect();
+    let mut expect: HashMap<(u64, u64), usize> = HashMap::new();
+    for (i, p) in stable.iter().enumerate() {
+        let n = 1 + (i % 4) as u64;
+        open(&t, *p, n);
+        expect.insert((p.pid, p.start_key), usize::try_from(n).unwrap());
+    }
+    for kind in 0..2 {
+        let mut churn: Vec<(ProcessKey, Vec<(tracker::Token, u64)>)> = vec![];
+        let mut seen: HashMap<(u64, u64), usize> = HashMap::new();
+        let mut cursor = Cursor::START;
+        let mut buf = vec![0u8; 4096];
+        let mut page_no = 0u64;
+        loop {
+            let n = if kind == 0 {
+                t.holders(&w(SW), &cursor, 0, 3, &mut buf).unwrap()
+            } else {
+                t.snapshot(&cursor, 3, 0, &mut buf).unwrap()
+            };
+            let (next, done) = if kind == 0 {
+                let page = protocol::wire::decode::<Page<'_, Holders>>(&buf[..n]).unwrap();
+                let mut cur = (0, 0);
+                for r in page.records() {
+                    match r {
+                        HolderRecord::Process(p) => cur = (p.pid, p.start_key),
+                        HolderRecord::Key(_) => *seen.entry(cur).or_default() += 1,
+                    }
+                }
+                (page.info.next, page.info.done())
+            } else {
+                let page = protocol::wire::decode::<Page<'_, Snapshot>>(&buf[..n]).unwrap();
+                for r in page.records() {
+                    *seen.entry((r.pid, r.start_key)).or_default() += 1;
+                }
+                (page.info.next, page.info.done())
+            };
+            if done {
+                break;
+            }
+            cursor = next;
+            // Churn: new processes (pids that interleave the stable ones) and exits/reaps.
+            page_no += 1;
+            let p = ProcessKey {
+                pid: 1_000_000 + page_no * 4,
+                start_key: 7 + kind,
+            };
+            let toks = open(&t, p, 2);
+            churn.push((p, toks));
+            if page_no.is_multiple_of(3) {
+                let (p, toks) = churn.remove(0);
+                for (tok, o) in toks {
+                    t.object_destroyed(tok, o);
+                }
+                t.process_exited(p);
+            }
+        }
+        for (k, n) in &expect {
+            assert_eq!(seen.get(k), Some(n), "kind {kind}: process {k:?} keys seen");
+        }
+        for (p, toks) in churn {
+            for (tok, o) in toks {
+                t.object_destroyed(tok, o);
+            }
+            t.process_exited(p);
+        }
+    }
+}
