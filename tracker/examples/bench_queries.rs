@@ -12,32 +12,20 @@
     reason = "a benchmark program"
 )]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::support::{SysPool, w};
+use common::{MOUNT, T};
 use protocol::cursor::Cursor;
 use protocol::page::PageInfo;
-use support::{ParkingLock, SysPool, w};
-use tracker::{Config, ProcessKey, QueryError, Tracker};
+use tracker::{ProcessKey, QueryError};
 
-type T<'a> = Tracker<&'a SysPool, ParkingLock>;
-
-const MOUNT: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
 const KEYS_PER_PROCESS: u64 = 10;
 
 fn build(pool: &SysPool, processes: u64) -> T<'_> {
-    let t = Tracker::new(
-        pool,
-        Config {
-            max_objects: 1 << 20,
-            budget_bytes: tracker::MAX_BUDGET_BYTES,
-            ..Config::default()
-        },
-    )
-    .expect("tracker");
-    t.hive_loaded(&w(MOUNT), &w(r"C:\Users\u\NTUSER.DAT"), 0);
+    let t = common::tracker(pool);
     for p in 0..processes {
         let key = ProcessKey {
             pid: 8 + p * 4,

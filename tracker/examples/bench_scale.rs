@@ -11,33 +11,13 @@
     reason = "a benchmark program"
 )]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+mod common;
 
 use std::time::Instant;
 
-use support::{ParkingLock, SysPool, w};
-use tracker::{Config, ProcessKey, Tracker};
-
-type T<'a> = Tracker<&'a SysPool, ParkingLock>;
-
-const MOUNT: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
-const CAP: u32 = 1 << 20;
-
-fn tracker(pool: &SysPool) -> T<'_> {
-    let t = Tracker::new(
-        pool,
-        Config {
-            max_objects: CAP,
-            budget_bytes: tracker::MAX_BUDGET_BYTES,
-            process_share_bytes: tracker::MAX_BUDGET_BYTES,
-            ..Config::default()
-        },
-    )
-    .expect("tracker");
-    t.hive_loaded(&w(MOUNT), &w(r"C:\Users\u\NTUSER.DAT"), 0);
-    t
-}
+use common::support::{SysPool, w};
+use common::{CAP, MOUNT, T, tracker};
+use tracker::ProcessKey;
 
 /// Tracks `n` objects held by `processes` processes (names shared 1 in 100, or all
 /// distinct).
@@ -141,26 +121,20 @@ fn main() {
         );
         rows.push((label, own, fresh));
     }
-    println!(
-        "ratio 1M / 1k objects, 1,000 processes: {:.2} (holding process), {:.2} (another)",
-        rows[1].1 / rows[0].1,
-        rows[1].2 / rows[0].2
-    );
-    println!(
-        "ratio 1M / 1k objects, one process:     {:.2} (holding process), {:.2} (another)",
-        rows[3].1 / rows[2].1,
-        rows[3].2 / rows[2].2
-    );
-    println!(
-        "ratio 1M / 1k distinct names:            {:.2} (holding process), {:.2} (another)",
-        rows[5].1 / rows[4].1,
-        rows[5].2 / rows[4].2
-    );
-    println!(
-        "ratio 10,000 / 10 app hives:             {:.2} (holding process), {:.2} (another)",
-        rows[7].1 / rows[6].1,
-        rows[7].2 / rows[6].2
-    );
+    // Rows come in (small, large) pairs of one case.
+    let cases = [
+        "1M / 1k objects, 1,000 processes",
+        "1M / 1k objects, one process",
+        "1M / 1k distinct names",
+        "10,000 / 10 app hives",
+    ];
+    for (case, pair) in cases.iter().zip(rows.chunks(2)) {
+        println!(
+            "ratio {case:>32}: {:.2} (holding process), {:.2} (another)",
+            pair[1].1 / pair[0].1,
+            pair[1].2 / pair[0].2
+        );
+    }
     // At the cap: every open is refused.
     let pool = SysPool::default();
     let t = tracker(&pool);
