@@ -27,6 +27,7 @@ mod counters;
 mod history;
 pub mod hives;
 mod identify;
+pub mod keys;
 pub mod lock;
 mod losses;
 pub mod names;
@@ -38,6 +39,7 @@ mod tracker;
 mod watch;
 
 pub use census::Census;
+pub use keys::KeyMiss;
 pub use lock::{RawLock, SpinLock};
 pub use objects::Token;
 pub use pool::{BLOCK_ALIGN, BlockClass, Pool};

@@ -1,4 +1,4 @@
-//! Tracked key objects: a slab of fixed 72-byte records in 4 KiB chunks, sharded by the
+//! Tracked key objects: a slab of fixed 80-byte records in 4 KiB chunks, sharded by the
 //! kernel object's address, and the tokens that name them.
 //!
 //! A [`Token`] is `generation << 32 | shard << 26 | index`. The driver stores it as the
@@ -25,13 +25,13 @@ pub const MAX_SHARDS: usize = 64;
 /// Size class of a slab chunk (and of a shard's chunk directory).
 pub const CHUNK_CLASS: BlockClass = BlockClass::B4096;
 /// Records per chunk.
-#[allow(clippy::cast_possible_truncation, reason = "4096 / 72 = 56")]
+#[allow(clippy::cast_possible_truncation, reason = "4096 / 80 = 51")]
 pub const PER_CHUNK: u32 = (CHUNK_CLASS.size() / size_of::<ObjRecord>()) as u32;
 /// Chunks per shard (one directory block of pointers).
 #[allow(clippy::cast_possible_truncation, reason = "4096 / 8 = 512")]
 pub const MAX_CHUNKS: u32 = (CHUNK_CLASS.size() / size_of::<usize>()) as u32;
 /// What one record costs the budget: its share of a chunk (a page), rounded up.
-#[allow(clippy::cast_possible_truncation, reason = "a page over 56")]
+#[allow(clippy::cast_possible_truncation, reason = "a page over 51")]
 pub const RECORD_COST: u64 =
     crate::budget::pool_cost(CHUNK_CLASS.size()).div_ceil(PER_CHUNK as u64);
 /// Slots per shard at most.
@@ -74,7 +74,7 @@ impl Token {
     }
 }
 
-/// One tracked key object (72 bytes). Fields are atomics so that readers under the owning
+/// One tracked key object (80 bytes). Fields are atomics so that readers under the owning
 /// process's lock and writers under the shard lock never race in the language's sense; the
 /// locks order them.
 #[repr(C)]
@@ -105,9 +105,11 @@ pub struct ObjRecord {
     pub next: AtomicU32,
     /// Previous in the holding's list.
     pub prev: AtomicU32,
+    /// The key cache entry it was opened through (counted), or null.
+    pub key: AtomicPtr<crate::keys::KeyEntry>,
 }
 
-const _: () = assert!(size_of::<ObjRecord>() == 72);
+const _: () = assert!(size_of::<ObjRecord>() == 80);
 
 impl ObjRecord {
     /// State without flags.
@@ -235,7 +237,7 @@ impl<L: RawLock> ObjShard<L> {
         let block = pool.alloc(CHUNK_CLASS).ok_or(SlotError::NoMemory)?;
         let recs = block.cast::<ObjRecord>().as_ptr();
         for i in 0..PER_CHUNK as usize {
-            // SAFETY: PER_CHUNK records of 72 bytes fit the 4 KiB block, aligned to 16 >= 8.
+            // SAFETY: PER_CHUNK records of 80 bytes fit the 4 KiB block, aligned to 16 >= 8.
             unsafe {
                 recs.wrapping_add(i).write(ObjRecord {
                     generation: AtomicU32::new(1),
@@ -251,6 +253,7 @@ impl<L: RawLock> ObjShard<L> {
                     seq: AtomicU32::new(0),
                     next: AtomicU32::new(NIL),
                     prev: AtomicU32::new(NIL),
+                    key: AtomicPtr::new(ptr::null_mut()),
                 });
             }
         }

@@ -11,6 +11,7 @@ use crate::counters::{Counters, bump};
 use crate::counters::{locked_add32, locked_add64, locked_sub64};
 use crate::history::{HistEntry, HistHolder, History};
 use crate::hives::{Hive, HiveTable, Vouch, hive_of};
+use crate::keys::{KeyCache, KeyHit, KeyMiss, KeyRef};
 use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameTable, name_of};
 use crate::objects::{
@@ -126,6 +127,8 @@ pub struct Tracker<P: Pool, L: RawLock> {
     /// refusal at the cap cost about what an open does (issue 14's cliffs).
     pub(crate) full_shards: AtomicU64,
     pub(crate) names: NameTable<L>,
+    /// Key ids of keys with tracked objects → name and hive ([`crate::keys`]).
+    pub(crate) keys: KeyCache<L>,
     pub(crate) hives: HiveTable<L>,
     pub(crate) processes: ProcessTable<L>,
     pub(crate) history: History<L>,
@@ -165,6 +168,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             objects: core::array::from_fn(|_| ObjShard::new()),
             full_shards: AtomicU64::new(0),
             names: NameTable::new(),
+            keys: KeyCache::new(),
             hives: HiveTable::new(),
             processes: ProcessTable::new(),
             history: History::new(),
@@ -220,6 +224,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             unsafe { element.write(ObjShard::new()) };
         }
         put!(names, NameTable::new());
+        put!(keys, KeyCache::new());
         put!(hives, HiveTable::new());
         // SAFETY: `p` points to the caller's slot; this only computes a field address.
         let processes = unsafe { &raw mut (*p).processes };
@@ -334,19 +339,152 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         access: u32,
         time: u64,
     ) -> Result<Token, NotTracked> {
+        self.open_record(
+            object,
+            process,
+            thread,
+            access,
+            time,
+            Source::Name(name, None),
+        )
+    }
+
+    /// An open of the key whose kernel key id is `key` (`CmCallbackGetKeyObjectIDEx`'s
+    /// `ObjectID`, asked for without the name): tracked at once when a tracked object of
+    /// that key already told the tracker its name and hive ([`crate::keys`]), with no name
+    /// and no path lookup. Otherwise the [`KeyMiss`] to pass to [`Self::opened_named`] with
+    /// the key's name.
+    ///
+    /// # Errors
+    /// `Err(miss)` when the key is not cached; `Ok(Err(_))` as for [`Self::opened`].
+    #[allow(clippy::too_many_arguments, reason = "these are the facts of one open")]
+    pub fn opened_known(
+        &self,
+        object: u64,
+        key: u64,
+        process: ProcessKey,
+        thread: u64,
+        access: u32,
+        time: u64,
+    ) -> Result<Result<Token, NotTracked>, KeyMiss> {
+        let hit = self.keys.lookup(&self.names, key)?;
+        Ok(self.open_record(object, process, thread, access, time, Source::Hit(hit)))
+    }
+
+    /// The open [`Self::opened_known`] missed, with the key's full `name`: tracked as by
+    /// [`Self::opened`], and the key cached for the next opens of it.
+    ///
+    /// # Errors
+    /// As for [`Self::opened`].
+    #[allow(clippy::too_many_arguments, reason = "these are the facts of one open")]
+    pub fn opened_named(
+        &self,
+        miss: KeyMiss,
+        object: u64,
+        process: ProcessKey,
+        thread: u64,
+        name: &[u16],
+        access: u32,
+        time: u64,
+    ) -> Result<Token, NotTracked> {
+        self.open_record(
+            object,
+            process,
+            thread,
+            access,
+            time,
+            Source::Name(name, Some(miss)),
+        )
+    }
+
+    /// A key was renamed (`RegNtPreRenameKey` and `RegNtPostRenameKey`): every key below it
+    /// has a new name under an unchanged key id, so no cached name is trusted any more.
+    /// Objects already tracked keep the name they were opened with.
+    pub fn key_renamed(&self) {
+        self.keys.invalidate();
+    }
+
+    /// Links record `rec` (slot `r`) into `process`'s holding for `hive`, charging it.
+    fn link_open(
+        &self,
+        process: ProcessKey,
+        rec: &ObjRecord,
+        r: u32,
+        hive: NonNull<Hive>,
+        charge: u64,
+        time: u64,
+    ) -> Result<(), NotTracked> {
+        let lp = self
+            .processes
+            .lock_process(&self.pool, process, true)
+            .map_err(|_| {
+                bump(&self.counters.opens_dropped_no_memory_process);
+                NotTracked::NoMemory
+            })?;
+        let proc = process_of(lp.process);
+        if !self.within_share(proc, charge) {
+            return Err(NotTracked::Share);
+        }
+        let hive_id = hive_of(hive).id;
+        let holding = proc.holding(hive_id).or_else(|| {
+            let h = new_holding(&self.pool, hive, hive_id, lp.process)?;
+            HiveTable::<L>::add_ref(hive);
+            hive_of(hive).holders.fetch_add(1, Relaxed);
+            self.counters.holdings.fetch_add(1, Relaxed);
+            proc.insert_holding(h);
+            Some(h)
+        });
+        let Some(h) = holding else {
+            bump(&self.counters.opens_dropped_no_memory_holding);
+            return Err(NotTracked::NoMemory);
+        };
+        rec.holding.store(h.as_ptr().cast(), Relaxed);
+        self.link(holding_of(h), r, rec, time);
+        locked_add64(&proc.open_keys, 1);
+        locked_add64(&proc.charged, charge);
+        hive_of(hive).open_keys.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    fn release_key(&self, key: KeyRef) {
+        self.keys.release(&self.pool, &self.names, key);
+    }
+
+    fn open_record(
+        &self,
+        object: u64,
+        process: ProcessKey,
+        thread: u64,
+        access: u32,
+        time: u64,
+        source: Source<'_>,
+    ) -> Result<Token, NotTracked> {
         // 1. A slot. Filled before anyone can name it: the token is not out yet, and a
         // forged one is refused while the state is RESERVED.
-        let (si, index, generation, rec) = self
-            .take_slot(process, |rec| {
-                rec.state.store(RESERVED, Relaxed);
-                rec.object.store(object, Relaxed);
-                rec.time.store(time, Relaxed);
-                rec.thread.store(thread, Relaxed);
-                rec.access.store(access, Relaxed);
-                rec.opens.store(1, Relaxed);
-                rec.closes.store(0, Relaxed);
-            })
-            .inspect_err(|_| self.open_lost(name, time))?;
+        let slot = self.take_slot(process, |rec| {
+            rec.state.store(RESERVED, Relaxed);
+            rec.object.store(object, Relaxed);
+            rec.time.store(time, Relaxed);
+            rec.thread.store(thread, Relaxed);
+            rec.access.store(access, Relaxed);
+            rec.opens.store(1, Relaxed);
+            rec.closes.store(0, Relaxed);
+            rec.key.store(ptr::null_mut(), Relaxed);
+        });
+        let (si, index, generation, rec) = match slot {
+            Ok(s) => s,
+            Err(e) => {
+                match source {
+                    Source::Name(name, _) => self.open_lost(name, time),
+                    Source::Hit(hit) => {
+                        self.open_lost(name_of(hit.name).units(), time);
+                        self.names.release(&self.pool, hit.name);
+                        self.release_key(hit.entry);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let shard = &self.objects[si as usize];
         let r = slot_ref(si, index);
         let undo_slot = || {
@@ -355,28 +493,47 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             self.shard_has_room(si);
         };
 
-        // 2. The hive.
+        // 2. The name (from the key cache, or interned) and the hive its path is in.
+        let mut flags = 0;
+        // The process is charged for its record and for a name entry its open created
+        // (a name already interned is shared, and costs nothing more).
+        let mut charge = RECORD_COST;
+        let (name, interned, key) = match source {
+            Source::Hit(hit) => (
+                name_of(hit.name).units(),
+                Some((hit.name, false)),
+                Some(Ok(hit.entry)),
+            ),
+            Source::Name(name, miss) => (name, None, miss.map(Err)),
+        };
         // The hive shard stays locked shared until the key is linked: that keeps the hive
         // alive without a reference count round trip (lock order: hive shard first).
         let Ok((hive_guard, hive)) = self.hives.resolve_held(&self.pool, &self.names, name) else {
             bump(&self.counters.opens_dropped_no_memory_hive);
             // No known hive contains the path (its implicit hive could not be made).
             self.lost_globally(time);
+            if let Some((n, _)) = interned {
+                self.names.release(&self.pool, n);
+            }
+            if let Some(Ok(k)) = key {
+                self.release_key(k);
+            }
             undo_slot();
             return Err(NotTracked::NoMemory);
         };
-
-        // 3. The name.
-        let mut flags = 0;
-        let interned = self.names.intern_new(&self.pool, name).ok();
-        let name_ref = interned.map(|(n, _)| n);
-        // The process is charged for its record and for a name entry its open created
-        // (a name already interned is shared, and costs nothing more).
-        let mut charge = RECORD_COST;
+        let interned = interned.or_else(|| self.names.intern_new(&self.pool, name).ok());
         if let Some((n, true)) = interned {
             charge += name_of(n).cost();
             flags |= F_NAME_CHARGED;
         }
+        let name_ref = interned.map(|(n, _)| n);
+        // Cached only under a whole name: a key whose name could not be stored is looked up
+        // by name again at its next open.
+        let key = match (key, name_ref) {
+            (Some(Ok(k)), _) => Some(k),
+            (Some(Err(miss)), Some(n)) => self.keys.insert(&self.pool, &self.names, miss, n),
+            _ => None,
+        };
         match name_ref {
             Some(n) if name_of(n).truncated() => {
                 bump(&self.counters.names_truncated);
@@ -391,56 +548,25 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         rec.name
             .store(name_ref.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
 
-        // 4. The process (locked), its share, and its holding for the hive.
-        let mut refused = NotTracked::NoMemory;
-        let linked = match self.processes.lock_process(&self.pool, process, true) {
-            Err(_) => {
-                bump(&self.counters.opens_dropped_no_memory_process);
-                false
-            }
-            Ok(lp) if !self.within_share(process_of(lp.process), charge) => {
-                refused = NotTracked::Share;
-                false
-            }
-            Ok(lp) => {
-                let proc = process_of(lp.process);
-                let hive_id = hive_of(hive).id;
-                let holding = proc.holding(hive_id).or_else(|| {
-                    let h = new_holding(&self.pool, hive, hive_id, lp.process)?;
-                    HiveTable::<L>::add_ref(hive);
-                    hive_of(hive).holders.fetch_add(1, Relaxed);
-                    self.counters.holdings.fetch_add(1, Relaxed);
-                    proc.insert_holding(h);
-                    Some(h)
-                });
-                holding.map_or_else(
-                    || {
-                        bump(&self.counters.opens_dropped_no_memory_holding);
-                        false
-                    },
-                    |h| {
-                        rec.holding.store(h.as_ptr().cast(), Relaxed);
-                        self.link(holding_of(h), r, rec, time);
-                        locked_add64(&proc.open_keys, 1);
-                        locked_add64(&proc.charged, charge);
-                        hive_of(hive).open_keys.fetch_add(1, Relaxed);
-                        true
-                    },
-                )
-            }
-        };
-        if !linked {
+        // 3. The process (locked), its share, and its holding for the hive.
+        let linked = self.link_open(process, rec, r, hive, charge, time);
+        if linked.is_err() {
             let h = hive_of(hive);
             crate::losses::count(&h.lost, &h.lost_since, time);
         }
         drop(hive_guard);
-        if !linked {
+        if let Err(refused) = linked {
             if let Some(n) = name_ref {
                 self.names.release(&self.pool, n);
             }
             undo_slot();
+            if let Some(k) = key {
+                self.release_key(k);
+            }
             return Err(refused);
         }
+        rec.key
+            .store(key.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
         rec.state.store(LIVE | flags, Release);
         Ok(Token::new(generation, r))
     }
@@ -652,6 +778,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             )
         };
         let key = proc.key;
+        let key_entry = NonNull::new(rec.key.swap(ptr::null_mut(), Relaxed));
         shard.release(i, rec);
         self.shard_has_room(s);
         drop(guard);
@@ -668,6 +795,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
         if let Some(n) = NonNull::new(name) {
             self.names.release(&self.pool, n);
+        }
+        if let Some(k) = key_entry {
+            self.release_key(k);
         }
         true
     }
@@ -867,6 +997,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 }
 
+/// Where an open's name and hive come from.
+enum Source<'a> {
+    /// The key's full name (and the cache miss to fill, if the driver asked the cache).
+    Name(&'a [u16], Option<KeyMiss>),
+    /// The key cache.
+    Hit(KeyHit),
+}
+
 #[cold]
 fn unreachable_link() -> ! {
     // A list link or a validated token always names a handed-out slot; reaching this means
@@ -892,6 +1030,7 @@ impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
                 i += 1;
             }
         }
+        self.keys.teardown(&self.pool, &self.names);
         let pool = &self.pool;
         let names = &self.names;
         let hives = &self.hives;

@@ -63,6 +63,8 @@ enum Op {
         name: u8,
         jitter: u8,
         access: u8,
+        /// Through the key cache (the driver's path: key id first, the name on a miss).
+        keyed: bool,
     },
     Close {
         obj: u8,
@@ -102,7 +104,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0u8..24, 0u8..6, 0u8..11, 0u8..3, 0u8..4).prop_map(|(obj, proc, name, jitter, access)| Op::Open { obj, proc, name, jitter, access }),
+        8 => (0u8..24, 0u8..6, 0u8..11, 0u8..3, 0u8..4, any::<bool>()).prop_map(|(obj, proc, name, jitter, access, keyed)| Op::Open { obj, proc, name, jitter, access, keyed }),
         3 => (0u8..24).prop_map(|obj| Op::Close { obj }),
         5 => (0u8..24).prop_map(|obj| Op::Destroy { obj }),
         1 => (0u8..24).prop_map(|obj| Op::Abandon { obj }),
@@ -617,6 +619,7 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
             name,
             jitter,
             access,
+            keyed,
         } => {
             let a = addr(obj);
             // A live object opened again: a lower filter's bypass handed back an object
@@ -626,16 +629,20 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
             let old = m.objs.get(&a).cloned();
             let raw = old.as_ref().map_or(NAMES[name as usize], |o| o.raw_name);
             let time = *clock - u64::from(jitter);
-            let tok = t
-                .opened(
-                    a,
-                    pk(proc),
-                    u64::from(obj) * 4,
-                    &w(raw),
-                    u32::from(access),
-                    time,
-                )
-                .unwrap();
+            let thread = u64::from(obj) * 4;
+            let tok = if keyed {
+                // One key id per key: case variants of a name are the same key.
+                let key = 0x1000 * (1 + NAMES.iter().position(|n| f(n) == f(raw)).unwrap() as u64);
+                match t.opened_known(a, key, pk(proc), thread, u32::from(access), time) {
+                    Ok(tracked) => tracked,
+                    Err(miss) => {
+                        t.opened_named(miss, a, pk(proc), thread, &w(raw), u32::from(access), time)
+                    }
+                }
+            } else {
+                t.opened(a, pk(proc), thread, &w(raw), u32::from(access), time)
+            }
+            .unwrap();
             if let Some(o) = &old {
                 t.superseded(o.token, a);
             }
@@ -827,6 +834,7 @@ fn a_fixed_long_sequence_matches_too() {
                 name: ((r >> 24) % 11) as u8,
                 jitter: ((r >> 32) % 3) as u8,
                 access: 1,
+                keyed: r & (1 << 40) != 0,
             },
             7..=8 => Op::Close { obj: b(24) },
             9..=11 => Op::Destroy { obj: b(24) },

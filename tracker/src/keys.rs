@@ -1,0 +1,349 @@
+//! The key cache: the kernel's key id of a key with tracked objects → its interned name.
+//!
+//! An open of a key already held needs neither the key's name from the kernel (which builds
+//! and allocates it each time) nor a hash and compare of the whole name to intern it.
+//!
+//! The id is the `ObjectID` of `CmCallbackGetKeyObjectIDEx` (Learn, Remarks: identical for
+//! every object of one key, unchanged when the key is renamed, "unique across all keys in
+//! the registry"). Nothing promises that an id outlives its key's objects (on Windows it is
+//! the key control block's address, freed once no key object refers to it; the kernel
+//! emulator's `td-key-id` reuses it at once), so an entry lives exactly as long as tracked
+//! objects opened through it do: each tracked record counts on its entry, and the last one
+//! to go frees it. While a record of the key lives, its key object does, and so does the id.
+//!
+//! A rename changes the name of the key and of every key below it, whose ids do not change:
+//! a rename starts a new epoch, and an entry from an older epoch is not trusted: the next
+//! open of its key fetches the name again and refreshes the entry. The epoch is read before
+//! the name is fetched, so a name fetched across a rename is stored under the older epoch
+//! and refreshed by the next open.
+//!
+//! The hive is not cached: an entry would have to pin the hive record, and a pinned record
+//! outlives its last key (an idle implicit hive stays listed, a pending unload is never
+//! taken as done), while the records opened through one entry may even be in different hive
+//! records (a hive unloaded and loaded again while a key object of the old one lives). The
+//! tracker resolves the hive from the cached name, which is cheap next to the name fetch.
+//!
+//! Sharded by id, each shard with its own lock and a bucket array allocated on first use.
+//! A failed allocation only means the key is not cached (its opens fetch names as before).
+
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{
+    AtomicPtr, AtomicU32,
+    Ordering::{Acquire, Relaxed, Release},
+};
+
+use crate::counters::{locked_add32, locked_sub32};
+use crate::lock::{Exclusive, RawLock};
+use crate::names::{NameRef, NameTable};
+use crate::pool::{BlockClass, Pool};
+
+/// Shards of the cache.
+const SHARDS: usize = 64;
+/// Buckets per shard (one 4 KiB block of pointers).
+const BUCKETS: usize = BlockClass::B4096.size() / size_of::<usize>();
+
+/// One cached key: 32 bytes, in a 64-byte block.
+#[repr(C)]
+pub struct KeyEntry {
+    next: AtomicPtr<Self>,
+    id: u64,
+    /// The key's name (one counted reference, the entry's own).
+    name: AtomicPtr<crate::names::NameEntry>,
+    /// Tracked records opened through this entry, and opens between lookup and link.
+    objects: AtomicU32,
+    /// The epoch its name and hive were resolved in.
+    epoch: AtomicU32,
+}
+
+const _: () = assert!(size_of::<KeyEntry>() <= BlockClass::B64.size());
+
+/// A counted use of a cache entry, from [`KeyCache::lookup`] or [`KeyCache::insert`]: given
+/// back with [`KeyCache::release`] (through the record it ends up in, or at once when the
+/// open is not tracked).
+pub type KeyRef = NonNull<KeyEntry>;
+
+/// What a hit gives: the entry (counted) and its name (a reference of the caller's own).
+pub struct KeyHit {
+    /// The entry, counted for the caller.
+    pub entry: KeyRef,
+    /// The key's name, with a reference taken for the caller.
+    pub name: NameRef,
+}
+
+/// A lookup that found nothing current: the id and the epoch read before the name is
+/// fetched (what [`KeyCache::insert`] stores the name under).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyMiss {
+    pub(crate) id: u64,
+    pub(crate) epoch: u32,
+}
+
+struct Shard<L> {
+    lock: L,
+    buckets: AtomicPtr<AtomicPtr<KeyEntry>>,
+    count: AtomicU32,
+}
+
+/// The cache.
+pub struct KeyCache<L> {
+    shards: [Shard<L>; SHARDS],
+    epoch: AtomicU32,
+}
+
+/// Whether epoch `a` is later than `b` (epochs only grow; compared across wrap-around).
+#[allow(
+    clippy::cast_possible_wrap,
+    reason = "the wrapped difference's sign is the order"
+)]
+const fn newer(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+const fn mix(id: u64) -> u64 {
+    // Key ids are addresses: the low bits are alignment, the high bits constant.
+    (id ^ (id >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl<L: RawLock> Default for KeyCache<L> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<L: RawLock> KeyCache<L> {
+    /// An empty cache (allocates nothing).
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            shards: core::array::from_fn(|_| Shard {
+                lock: L::new(),
+                buckets: AtomicPtr::new(ptr::null_mut()),
+                count: AtomicU32::new(0),
+            }),
+            epoch: AtomicU32::new(1),
+        }
+    }
+
+    const fn place(&self, id: u64) -> (&Shard<L>, usize) {
+        let h = mix(id);
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the top bits pick the shard"
+        )]
+        let s = (h >> 58) as usize % SHARDS;
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the middle bits pick the bucket"
+        )]
+        let b = (h >> 20) as usize % BUCKETS;
+        (&self.shards[s], b)
+    }
+
+    fn bucket<'a>(buckets: *mut AtomicPtr<KeyEntry>, b: usize) -> &'a AtomicPtr<KeyEntry> {
+        // SAFETY: `buckets` is a live bucket block of BUCKETS pointers (allocated by
+        // `insert`, freed only by `teardown`), and `b < BUCKETS`.
+        unsafe { &*buckets.wrapping_add(b) }
+    }
+
+    fn find(shard: &Shard<L>, b: usize, id: u64) -> Option<&KeyEntry> {
+        let buckets = shard.buckets.load(Relaxed);
+        if buckets.is_null() {
+            return None;
+        }
+        let mut cur = Self::bucket(buckets, b).load(Relaxed);
+        while let Some(e) = NonNull::new(cur) {
+            let entry = entry_of(e);
+            if entry.id == id {
+                return Some(entry);
+            }
+            cur = entry.next.load(Relaxed);
+        }
+        None
+    }
+
+    /// A rename: every entry resolved before now is stale.
+    pub fn invalidate(&self) {
+        self.epoch.fetch_add(1, Release);
+    }
+
+    /// The current epoch's entry for `id`, counted, with a name reference for the caller;
+    /// otherwise the miss to hand to [`Self::insert`] once the name is known.
+    ///
+    /// # Errors
+    /// The [`KeyMiss`] when nothing current is cached for `id`.
+    pub fn lookup(&self, names: &NameTable<L>, id: u64) -> Result<KeyHit, KeyMiss> {
+        // Read first: a name fetched after this read is at least as new as this epoch.
+        let epoch = self.epoch.load(Acquire);
+        let (shard, b) = self.place(id);
+        let _g = Exclusive::new(&shard.lock);
+        if let Some(e) = Self::find(shard, b, id)
+            && e.epoch.load(Relaxed) == epoch
+            && let Some(name) = NonNull::new(e.name.load(Relaxed))
+        {
+            locked_add32(&e.objects, 1);
+            // The entry holds a reference, so this one is not the first: no lock needed.
+            names.add_ref(name);
+            return Ok(KeyHit {
+                entry: NonNull::from(e),
+                name,
+            });
+        }
+        Err(KeyMiss { id, epoch })
+    }
+
+    /// Records that key `miss.id` is named `name` (the caller holds a reference on it) and
+    /// counts one use of the entry: a new entry, or the existing one, refreshed when it is
+    /// older than `miss.epoch`. `None` when no entry could be allocated (the key is then not
+    /// cached).
+    pub fn insert<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        miss: KeyMiss,
+        name: NameRef,
+    ) -> Option<KeyRef> {
+        let (shard, b) = self.place(miss.id);
+        let mut old = None;
+        let entry = {
+            let _g = Exclusive::new(&shard.lock);
+            let Some(e) = Self::find(shard, b, miss.id) else {
+                return Self::link_new(pool, names, shard, b, miss, name);
+            };
+            locked_add32(&e.objects, 1);
+            if newer(miss.epoch, e.epoch.load(Relaxed)) {
+                names.add_ref(name);
+                old = NonNull::new(e.name.swap(name.as_ptr(), Relaxed));
+                e.epoch.store(miss.epoch, Relaxed);
+            }
+            NonNull::from(e)
+        };
+        if let Some(n) = old {
+            names.release(pool, n);
+        }
+        Some(entry)
+    }
+
+    fn link_new<P: Pool>(
+        pool: &P,
+        names: &NameTable<L>,
+        shard: &Shard<L>,
+        b: usize,
+        miss: KeyMiss,
+        name: NameRef,
+    ) -> Option<KeyRef> {
+        let mut buckets = shard.buckets.load(Relaxed);
+        if buckets.is_null() {
+            let block = pool.alloc(BlockClass::B4096)?;
+            let bl = block.cast::<AtomicPtr<KeyEntry>>().as_ptr();
+            for i in 0..BUCKETS {
+                // SAFETY: the block is 4096 bytes = BUCKETS pointers, 16-aligned, ours.
+                unsafe { bl.wrapping_add(i).write(AtomicPtr::new(ptr::null_mut())) };
+            }
+            shard.buckets.store(bl, Relaxed);
+            buckets = bl;
+        }
+        let e = pool.alloc(BlockClass::B64)?.cast::<KeyEntry>();
+        let head = Self::bucket(buckets, b);
+        names.add_ref(name);
+        let entry = KeyEntry {
+            next: AtomicPtr::new(head.load(Relaxed)),
+            id: miss.id,
+            name: AtomicPtr::new(name.as_ptr()),
+            objects: AtomicU32::new(1),
+            epoch: AtomicU32::new(miss.epoch),
+        };
+        // SAFETY: a fresh 64-byte block, 16-aligned, ours alone, big enough (asserted above).
+        unsafe { e.write(entry) };
+        head.store(e.as_ptr(), Relaxed);
+        locked_add32(&shard.count, 1);
+        Some(e)
+    }
+
+    /// Gives back one use of `entry`; the last frees it (its name reference goes).
+    pub fn release<P: Pool>(&self, pool: &P, names: &NameTable<L>, entry: KeyRef) {
+        let e = entry_of(entry);
+        let (shard, b) = self.place(e.id);
+        {
+            let _g = Exclusive::new(&shard.lock);
+            if e.objects.load(Relaxed) > 1 {
+                locked_sub32(&e.objects, 1);
+                return;
+            }
+            let head = Self::bucket(shard.buckets.load(Relaxed), b);
+            let mut link = head;
+            loop {
+                let cur = link.load(Relaxed);
+                if cur == entry.as_ptr() {
+                    link.store(e.next.load(Relaxed), Relaxed);
+                    break;
+                }
+                let Some(c) = NonNull::new(cur) else {
+                    unreachable_entry();
+                };
+                link = &entry_of(c).next;
+            }
+            locked_sub32(&shard.count, 1);
+        }
+        Self::free(pool, names, entry);
+    }
+
+    fn free<P: Pool>(pool: &P, names: &NameTable<L>, entry: KeyRef) {
+        let e = entry_of(entry);
+        let name = NonNull::new(e.name.load(Relaxed));
+        // SAFETY: unlinked (or the table is being torn down): no one else reaches the block,
+        // which came from `pool.alloc(B64)`.
+        unsafe { pool.free(BlockClass::B64, entry.cast()) };
+        if let Some(n) = name {
+            names.release(pool, n);
+        }
+    }
+
+    /// Entries cached now.
+    pub fn len(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| u64::from(s.count.load(Relaxed)))
+            .sum()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Frees every entry and bucket block (teardown: no concurrent use).
+    pub fn teardown<P: Pool>(&mut self, pool: &P, names: &NameTable<L>) {
+        for shard in &self.shards {
+            let buckets = shard.buckets.swap(ptr::null_mut(), Relaxed);
+            if buckets.is_null() {
+                continue;
+            }
+            for b in 0..BUCKETS {
+                let mut cur = Self::bucket(buckets, b).swap(ptr::null_mut(), Relaxed);
+                while let Some(e) = NonNull::new(cur) {
+                    cur = entry_of(e).next.load(Relaxed);
+                    Self::free(pool, names, e);
+                }
+            }
+            shard.count.store(0, Relaxed);
+            if let Some(block) = NonNull::new(buckets) {
+                // SAFETY: the bucket block came from `pool.alloc(B4096)`; nothing refers to it.
+                unsafe { pool.free(BlockClass::B4096, block.cast()) };
+            }
+        }
+    }
+}
+
+/// Reads an entry the caller holds a use of (or that is linked and its shard locked).
+const fn entry_of<'a>(e: KeyRef) -> &'a KeyEntry {
+    // SAFETY: entries are freed only when their last use is given back, under the shard
+    // lock, after being unlinked; the caller holds a use or the lock.
+    unsafe { e.as_ref() }
+}
+
+#[cold]
+fn unreachable_entry() -> ! {
+    // A used entry is always linked in its bucket until its last use goes.
+    panic!("hivetrack: key cache entry not in its bucket")
+}
