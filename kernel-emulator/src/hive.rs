@@ -199,7 +199,16 @@ pub struct HiveState {
     pub hives: BTreeMap<String, Hive>,
     /// Existing keys (canonical names).
     pub keys: BTreeSet<String>,
+    /// The id of each key that has one (canonical name -> id): a key whose key control
+    /// block exists. See [`HiveState::key_id`] and [`HiveState::remove_object`].
     key_ids: HashMap<String, usize>,
+    /// Ids freed when their key's last object (and every object below it) went, most recent
+    /// last: the next key that needs an id takes the last one.
+    free_key_ids: Vec<usize>,
+    /// Ids handed out so far (fresh ones are numbered from it).
+    minted_key_ids: usize,
+    /// Live key objects at or below each canonical key (what keeps a key's id alive).
+    live_below: HashMap<String, usize>,
     /// Live key objects by address.
     pub objects: HashMap<usize, KeyObject>,
     /// Handles: (pid, handle) -> key object.
@@ -297,12 +306,82 @@ impl HiveState {
             .or_else(|| MASTER_KEYS.contains(&key).then(|| MASTER_HIVE.to_string()))
     }
 
+    /// The id `CmCallbackGetKeyObjectIDEx` reports for canonical `key`: the one it has while
+    /// any key object of it or of a key below it lives, else a new one — the most recently
+    /// freed id first (LIFO), so a *different* key soon gets an id a driver may still
+    /// remember. Learn, CmCallbackGetKeyObjectIDEx
+    /// (<https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackgetkeyobjectidex>),
+    /// Remarks: the objects of one key have identical ids, the id survives a rename, and it
+    /// is "unique across all keys in the registry"; nothing promises more. That the id dies
+    /// with the key's last object and is reused is an *inference*: the id is the key control
+    /// block's address (the brief's premise; no public source shows the routine), a KCB is
+    /// referenced by each key body (ReactOS `ntoskrnl/config/cmparse.c` CmpDoCreateChild /
+    /// `cmkcbncb.c` EnlistKeyBodyWithKCB; released in `cmsysini.c` CmpDeleteKeyObject:
+    /// DelistKeyBodyFromKCB + CmpDelayDerefKeyControlBlock) and by each child KCB
+    /// (`cmkcbncb.c` CmpCreateKeyControlBlock references `Parent`), and once unreferenced
+    /// it is freed (`cmkcbncb.c` CmpDereferenceKeyControlBlockWithLock ->
+    /// CmpCleanUpKcbCacheWithLock -> CmpFreeKeyControlBlock, then the parent is
+    /// dereferenced) into an allocator that hands freed KCBs out again (`cmalloc.c`
+    /// CmpFreeKeyControlBlock / CmpAllocateKeyControlBlock). ReactOS reuses them FIFO and
+    /// first parks an unreferenced KCB in a delayed-close cache (CmpAddToDelayedClose, where
+    /// a reopen of the same key finds it again); the model frees at once and reuses LIFO —
+    /// the earliest and most confusing reuse the mechanism allows, on purpose (adversarial).
     fn key_id(&mut self, key: &str) -> usize {
-        let n = self.key_ids.len();
-        *self
-            .key_ids
-            .entry(key.to_string())
-            .or_insert(0x4B00_0000 + n * 0x40)
+        if let Some(&id) = self.key_ids.get(key) {
+            return id;
+        }
+        let id = self.free_key_ids.pop().unwrap_or_else(|| {
+            self.minted_key_ids += 1;
+            0x4B00_0000 + (self.minted_key_ids - 1) * 0x40
+        });
+        self.key_ids.insert(key.to_string(), id);
+        id
+    }
+
+    /// Adds `delta` to the live-object count of canonical `key` and of each key above it.
+    fn count_live(&mut self, key: &str, delta: isize) {
+        let mut k = key;
+        loop {
+            let n = self.live_below.entry(k.to_string()).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                self.live_below.remove(k);
+            }
+            match k.rsplit_once('\\') {
+                Some((parent, _)) if !parent.is_empty() => k = parent,
+                _ => break,
+            }
+        }
+    }
+
+    /// Records a new live key object (every insertion into `objects` goes through here).
+    fn add_object(&mut self, address: usize, object: KeyObject) {
+        self.count_live(&canon(&object.name), 1);
+        self.objects.insert(address, object);
+    }
+
+    /// Forgets a key object; if it was the last object at or below its key, that key's id is
+    /// freed, and so is each id above it left with nothing below (deepest first, as
+    /// CmpCleanUpKcbCacheWithLock frees a KCB and then dereferences its parent): see
+    /// [`Self::key_id`].
+    fn remove_object(&mut self, address: usize) -> Option<KeyObject> {
+        let object = self.objects.remove(&address)?;
+        let key = canon(&object.name);
+        self.count_live(&key, -1);
+        let mut k = key.as_str();
+        loop {
+            if self.live_below.contains_key(k) {
+                break;
+            }
+            if let Some(id) = self.key_ids.remove(k) {
+                self.free_key_ids.push(id);
+            }
+            match k.rsplit_once('\\') {
+                Some((parent, _)) if !parent.is_empty() => k = parent,
+                _ => break,
+            }
+        }
+        Some(object)
     }
 
     /// Handles a process holds.
@@ -493,7 +572,7 @@ fn load(
                 // The root key object and its handle, created inside the load.
                 let object = alloc_object_page();
                 let key_id = k.hives.key_id(&m);
-                k.hives.objects.insert(
+                k.hives.add_object(
                     object,
                     KeyObject {
                         name: mount.clone(),
@@ -741,6 +820,10 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         let s = registry::notify_post(post_class, 0, STATUS_PREDEFINED_HANDLE, at, &pre);
         return Parsed::Done(Err(s));
     }
+    // CM_KEY_BODY.ProcessID: the thread's process (PsGetCurrentProcessId).
+    let opener = io::current_pid();
+    // The key's id and its new object are one step: a concurrent release of the last object
+    // below this key must not free the id between the two (see `HiveState::remove_object`).
     let outcome = kernel::with(|k| {
         let h = &mut k.hives;
         let hive = h.hive_of(&key).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
@@ -755,13 +838,31 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
             h.keys.insert(key.clone());
         }
         let key_id = h.key_id(&key);
-        Ok((hive, exists, key_id, h.stored_name(&key, &full)))
+        let stored = h.stored_name(&key, &full);
+        let object = alloc_object_page();
+        // The parse hands the object manager one reference (CmpDoOpen/CmpCreateKeyBody
+        // create the body with it), which becomes the handle below unless the open fails
+        // first.
+        h.add_object(
+            object,
+            KeyObject {
+                name: stored,
+                hive,
+                handles: 0,
+                destroyed: false,
+                contexts: BTreeMap::new(),
+                key_id,
+                opener,
+                announced: false,
+            },
+        );
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        Ok((exists, object))
     });
-    let (hive, exists, key_id, stored) = match outcome {
+    let (exists, object) = match outcome {
         Err(s) => return Parsed::Done(Err(registry::notify_post(post_class, 0, s, at, &pre))),
         Ok(o) => o,
     };
-    let object = alloc_object_page();
     let d = if exists {
         REG_OPENED_EXISTING_KEY
     } else {
@@ -771,25 +872,6 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
     unsafe { info.disposition.write(d) };
     // SAFETY: as above.
     unsafe { info.result_object.write(object as *mut c_void) };
-    // The parse hands the object manager one reference (CmpDoOpen/CmpCreateKeyBody create
-    // the body with it), which becomes the handle below unless the open fails first.
-    kernel::with(|k| {
-        k.hives.objects.insert(
-            object,
-            KeyObject {
-                name: stored,
-                hive,
-                handles: 0,
-                destroyed: false,
-                contexts: BTreeMap::new(),
-                key_id,
-                // CM_KEY_BODY.ProcessID: the thread's process (PsGetCurrentProcessId).
-                opener: io::current_pid(),
-                announced: false,
-            },
-        );
-        *k.objects.references.entry(object).or_insert(0) += 1;
-    });
     let told = kernel::with(|k| {
         let cbs = &k.registry.callbacks;
         !cbs.is_empty() && cbs.iter().all(|c| !c.emulated)
@@ -1054,7 +1136,7 @@ fn delete_object(object: usize) {
 /// Removes a destroyed key object and frees its page; if it was the last key object of an
 /// app hive, or of a hive with a deferred unload, that hive unloads now.
 fn release_object(object: usize) {
-    let hive = kernel::with(|k| k.hives.objects.remove(&object).map(|o| o.hive));
+    let hive = kernel::with(|k| k.hives.remove_object(object).map(|o| o.hive));
     free_object_page(object);
     if let Some(hive) = hive {
         hive_object_gone(&hive);
@@ -1216,7 +1298,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
     let root = alloc_object_page();
     kernel::with(|k| {
         let key_id = k.hives.key_id(&m);
-        k.hives.objects.insert(
+        k.hives.add_object(
             root,
             KeyObject {
                 name: mount.to_string(),
