@@ -18,18 +18,27 @@ use crate::io;
 use crate::kernel;
 use crate::process;
 use crate::security::{Caller, GENERIC_READ, GENERIC_WRITE};
-use crate::status;
+use crate::status::{
+    self, STATUS_ACCESS_DENIED, STATUS_CANNOT_DELETE, STATUS_OBJECT_NAME_NOT_FOUND,
+};
 
 const IOCTL_KEY_ID: u32 = ioctl(0x837);
 
 /// The key-id scenarios.
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
-    vec![Scenario::test_driver(
-        "td-key-id",
-        "CmCallbackGetKeyObjectIDEx's ObjectID: one id for two objects of a key; once a key's last object is gone its id is reused by the next new key (a cached id must not outlive the key's objects)",
-        td_key_id,
-    )]
+    vec![
+        Scenario::test_driver(
+            "td-key-id",
+            "CmCallbackGetKeyObjectIDEx's ObjectID: one id for two objects of a key; once a key's last object is gone its id is reused by the next new key (a cached id must not outlive the key's objects)",
+            td_key_id,
+        ),
+        Scenario::test_driver(
+            "td-rename-key",
+            "NtRenameKey: RegNtPreRenameKey/RegNtPostRenameKey for the key object; objects of the key and of its subkeys opened before keep their ids and report the new names; a taken name and a hive root are refused",
+            td_rename_key,
+        ),
+    ]
 }
 
 /// What the test driver learned about the key behind `handle` (a handle of the device's
@@ -169,6 +178,137 @@ fn td_key_id(ctx: &mut Ctx) {
         format!("A reopened gets an id of its own, not B's: {a3:x?}"),
     );
     close(p, &[ha3, hb, ho]);
+    io::close(dev);
+    process::exit_process(p);
+    finish(ctx, s);
+}
+
+/// REG_NOTIFY_CLASS RegNtPreRenameKey / RegNtPostRenameKey.
+const PRE_RENAME_KEY: u64 = 4;
+const POST_RENAME_KEY: u64 = 19;
+
+#[allow(clippy::cast_sign_loss)] // NTSTATUS bits, as the log records them
+const fn bits(s: i32) -> u64 {
+    s as u32 as u64
+}
+
+#[allow(clippy::too_many_lines)] // one linear script of checks
+#[allow(clippy::many_single_char_names)] // s: session, p: process, r/n: results
+fn td_rename_key(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some((p, dev)) = process_with_device(ctx, r"\Device\HarddiskVolume2\Windows\regedit.exe")
+    else {
+        finish(ctx, s);
+        return;
+    };
+    let old = format!(r"{SOFTWARE}\KemuRen");
+    let new = format!(r"{SOFTWARE}\KemuRenamed");
+    let hk = open(ctx, p, &old, true);
+    let hs = open(ctx, p, &format!(r"{old}\Sub"), true);
+    let (k0, s0) = (key_id(dev, hk), key_id(dev, hs));
+    ctx.check(
+        k0.status == 0 && k0.name == hash(&old) && s0.name == hash(&format!(r"{old}\Sub")),
+        format!("before: the key and its subkey by their names ({k0:x?} {s0:x?})"),
+    );
+    let object = kernel::with(|k| k.hives.handles.get(&(p, hk)).copied()).unwrap_or(0) as u64;
+
+    log_start(&s);
+    let r = hive::rename_key(p, hk, "KemuRenamed");
+    ctx.check(
+        r == 0,
+        format!(
+            "NtRenameKey(KemuRen -> KemuRenamed): {}",
+            status::describe(r)
+        ),
+    );
+    let l = log(&s);
+    let pre: Vec<_> = l.iter().filter(|e| e.class == PRE_RENAME_KEY).collect();
+    let post: Vec<_> = l.iter().filter(|e| e.class == POST_RENAME_KEY).collect();
+    ctx.check(
+        pre.len() == 1 && post.len() == 1,
+        format!(
+            "one RegNtPreRenameKey and one RegNtPostRenameKey ({} {})",
+            pre.len(),
+            post.len()
+        ),
+    );
+    if let (Some(pre), Some(post)) = (pre.first(), post.first()) {
+        ctx.check(
+            pre.object == object && pre.owner == u64::from(p),
+            "pre-rename: Object is the handle's key object, in the renaming process",
+        );
+        ctx.check(
+            pre.name == hash("KemuRenamed"),
+            "pre-rename: NewName is the new last component",
+        );
+        ctx.check(
+            pre.object_name == hash(&old) && pre.extra == k0.id,
+            "pre-rename: the Object still has its old name, and its id",
+        );
+        ctx.check(
+            post.object == object && post.extra == 0 && post.object_name == hash(&new),
+            format!("post-rename: STATUS_SUCCESS, the same Object, now named {new} ({post:x?})"),
+        );
+    }
+    let (k1, s1) = (key_id(dev, hk), key_id(dev, hs));
+    ctx.check(
+        k1.status == 0 && k1.id == k0.id && k1.named_id == k0.id,
+        format!("the object opened before keeps its id ({k0:x?} -> {k1:x?})"),
+    );
+    ctx.check(
+        k1.name == hash(&new),
+        "…and reports the new name (Learn: the Ex routine's name is always up to date)",
+    );
+    ctx.check(
+        s1.status == 0 && s1.id == s0.id && s1.name == hash(&format!(r"{new}\Sub")),
+        format!("the subkey's object opened before: same id, new full name ({s0:x?} -> {s1:x?})"),
+    );
+    let hn = open(ctx, p, &new, false);
+    let n = key_id(dev, hn);
+    ctx.check(
+        n.status == 0 && n.id == k0.id && n.name == hash(&new),
+        format!("a new open of the renamed key: the same id ({n:x?})"),
+    );
+    let gone = hive::open_key(p, &old, KEY_READ, false);
+    ctx.check(
+        gone == Err(STATUS_OBJECT_NAME_NOT_FOUND),
+        format!("the old name is gone: {gone:?}"),
+    );
+
+    // Refusals (Windows Research Kernel cmapi.c, CmRenameKey): a sibling with the name, a
+    // hive's root. Each still has its pre and post, the post carrying the failure.
+    let ht = open(ctx, p, &format!(r"{SOFTWARE}\KemuTaken"), true);
+    let hroot = open(ctx, p, SOFTWARE, false);
+    log_start(&s);
+    let taken = hive::rename_key(p, hk, "kemutaken");
+    ctx.check(
+        taken == STATUS_CANNOT_DELETE,
+        format!(
+            "to a name a sibling has (any case): {}",
+            status::describe(taken)
+        ),
+    );
+    let root = hive::rename_key(p, hroot, "SOFTWARE2");
+    ctx.check(
+        root == STATUS_ACCESS_DENIED,
+        format!("a hive's root: {}", status::describe(root)),
+    );
+    let l = log(&s);
+    let failed: Vec<u64> = l
+        .iter()
+        .filter(|e| e.class == POST_RENAME_KEY)
+        .map(|e| e.extra)
+        .collect();
+    ctx.check(
+        failed == [bits(STATUS_CANNOT_DELETE), bits(STATUS_ACCESS_DENIED)],
+        format!("the posts carry the failures: {failed:x?}"),
+    );
+    let k2 = key_id(dev, hk);
+    ctx.check(
+        k2.id == k0.id && k2.name == hash(&new),
+        "a refused rename changes nothing",
+    );
+    close(p, &[hk, hs, hn, ht, hroot]);
     io::close(dev);
     process::exit_process(p);
     finish(ctx, s);
