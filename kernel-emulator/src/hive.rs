@@ -61,12 +61,12 @@ use crate::layout::OwnedUnicode;
 use crate::object::{KERNEL_HANDLE_BIT, OBJ_KERNEL_HANDLE};
 use crate::registry::{
     self, PreFields, RegCreateKeyInformationV1, RegKeyHandleCloseInformation,
-    RegLoadKeyInformation, RegUnloadKeyInformation, class,
+    RegLoadKeyInformation, RegRenameKeyInformation, RegUnloadKeyInformation, class,
 };
 use crate::status::{
-    NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE, STATUS_OBJECT_NAME_COLLISION,
-    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING, STATUS_PREDEFINED_HANDLE, STATUS_REPARSE,
-    STATUS_SUCCESS,
+    NtStatus, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
+    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_INVALID, STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_PENDING, STATUS_PREDEFINED_HANDLE, STATUS_REPARSE, STATUS_SUCCESS,
 };
 
 /// What unloading a hive with open keys returns.
@@ -199,7 +199,16 @@ pub struct HiveState {
     pub hives: BTreeMap<String, Hive>,
     /// Existing keys (canonical names).
     pub keys: BTreeSet<String>,
+    /// The id of each key that has one (canonical name -> id): a key whose key control
+    /// block exists. See [`HiveState::key_id`] and [`HiveState::remove_object`].
     key_ids: HashMap<String, usize>,
+    /// Ids freed when their key's last object (and every object below it) went, most recent
+    /// last: the next key that needs an id takes the last one.
+    free_key_ids: Vec<usize>,
+    /// Ids handed out so far (fresh ones are numbered from it).
+    minted_key_ids: usize,
+    /// Live key objects at or below each canonical key (what keeps a key's id alive).
+    live_below: HashMap<String, usize>,
     /// Live key objects by address.
     pub objects: HashMap<usize, KeyObject>,
     /// Handles: (pid, handle) -> key object.
@@ -219,6 +228,27 @@ pub struct HiveState {
 
 fn canon(path: &str) -> String {
     path.trim_end_matches('\\').to_ascii_uppercase()
+}
+
+/// `k` with its prefix `old` (a whole key or a key above it) replaced by `new`; None if `k`
+/// is neither `old` nor below it.
+fn rebase(k: &str, old: &str, new: &str) -> Option<String> {
+    let rest = k.strip_prefix(old)?;
+    (rest.is_empty() || rest.starts_with('\\')).then(|| format!("{new}{rest}"))
+}
+
+/// Moves every entry of `map` at or below canonical `old` to `new`.
+fn rebase_map<V>(map: &mut HashMap<String, V>, old: &str, new: &str) {
+    let moved: Vec<String> = map
+        .keys()
+        .filter(|k| rebase(k, old, new).is_some())
+        .cloned()
+        .collect();
+    for k in moved {
+        if let (Some(v), Some(n)) = (map.remove(&k), rebase(&k, old, new)) {
+            map.insert(n, v);
+        }
+    }
 }
 
 impl HiveState {
@@ -297,12 +327,176 @@ impl HiveState {
             .or_else(|| MASTER_KEYS.contains(&key).then(|| MASTER_HIVE.to_string()))
     }
 
+    /// The id `CmCallbackGetKeyObjectIDEx` reports for canonical `key`: the one it has while
+    /// any key object of it or of a key below it lives, else a new one — the most recently
+    /// freed id first (LIFO), so a *different* key soon gets an id a driver may still
+    /// remember. Learn, CmCallbackGetKeyObjectIDEx
+    /// (<https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackgetkeyobjectidex>),
+    /// Remarks: the objects of one key have identical ids, the id survives a rename, and it
+    /// is "unique across all keys in the registry"; nothing promises more. That the id dies
+    /// with the key's last object and is reused is an *inference*: the id is the key control
+    /// block's address (the brief's premise; no public source shows the routine), a KCB is
+    /// referenced by each key body (ReactOS `ntoskrnl/config/cmparse.c` CmpDoCreateChild /
+    /// `cmkcbncb.c` EnlistKeyBodyWithKCB; released in `cmsysini.c` CmpDeleteKeyObject:
+    /// DelistKeyBodyFromKCB + CmpDelayDerefKeyControlBlock) and by each child KCB
+    /// (`cmkcbncb.c` CmpCreateKeyControlBlock references `Parent`), and once unreferenced
+    /// it is freed (`cmkcbncb.c` CmpDereferenceKeyControlBlockWithLock ->
+    /// CmpCleanUpKcbCacheWithLock -> CmpFreeKeyControlBlock, then the parent is
+    /// dereferenced) into an allocator that hands freed KCBs out again (`cmalloc.c`
+    /// CmpFreeKeyControlBlock / CmpAllocateKeyControlBlock). ReactOS reuses them FIFO and
+    /// first parks an unreferenced KCB in a delayed-close cache (CmpAddToDelayedClose, where
+    /// a reopen of the same key finds it again); the model frees at once and reuses LIFO —
+    /// the earliest and most confusing reuse the mechanism allows, on purpose (adversarial).
     fn key_id(&mut self, key: &str) -> usize {
-        let n = self.key_ids.len();
-        *self
-            .key_ids
-            .entry(key.to_string())
-            .or_insert(0x4B00_0000 + n * 0x40)
+        if let Some(&id) = self.key_ids.get(key) {
+            return id;
+        }
+        let id = self.free_key_ids.pop().unwrap_or_else(|| {
+            self.minted_key_ids += 1;
+            0x4B00_0000 + (self.minted_key_ids - 1) * 0x40
+        });
+        self.key_ids.insert(key.to_string(), id);
+        id
+    }
+
+    /// Adds `delta` to the live-object count of canonical `key` and of each key above it.
+    fn count_live(&mut self, key: &str, delta: isize) {
+        let mut k = key;
+        loop {
+            let n = self.live_below.entry(k.to_string()).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                self.live_below.remove(k);
+            }
+            match k.rsplit_once('\\') {
+                Some((parent, _)) if !parent.is_empty() => k = parent,
+                _ => break,
+            }
+        }
+    }
+
+    /// Records a new live key object (every insertion into `objects` goes through here).
+    fn add_object(&mut self, address: usize, object: KeyObject) {
+        self.count_live(&canon(&object.name), 1);
+        self.objects.insert(address, object);
+    }
+
+    /// Forgets a key object; if it was the last object at or below its key, that key's id is
+    /// freed, and so is each id above it left with nothing below (deepest first, as
+    /// CmpCleanUpKcbCacheWithLock frees a KCB and then dereferences its parent): see
+    /// [`Self::key_id`].
+    fn remove_object(&mut self, address: usize) -> Option<KeyObject> {
+        let object = self.objects.remove(&address)?;
+        let key = canon(&object.name);
+        self.count_live(&key, -1);
+        let mut k = key.as_str();
+        loop {
+            if self.live_below.contains_key(k) {
+                break;
+            }
+            if let Some(id) = self.key_ids.remove(k) {
+                self.free_key_ids.push(id);
+            }
+            match k.rsplit_once('\\') {
+                Some((parent, _)) if !parent.is_empty() => k = parent,
+                _ => break,
+            }
+        }
+        Some(object)
+    }
+
+    /// NtRenameKey's effect on the model (see [`rename_key`]): the key of `object` and every
+    /// key below it take the new last component; ids, objects and their counts follow.
+    fn rename(&mut self, object: usize, new_name: &str) -> NtStatus {
+        let Some(name) = self.objects.get(&object).map(|o| o.name.clone()) else {
+            return STATUS_INVALID_HANDLE;
+        };
+        let key = canon(&name);
+        // Windows Research Kernel `base/ntos/config/cmapi.c`, CmRenameKey: "cannot rename the
+        // root of a hive; or anything in the master hive" -> STATUS_ACCESS_DENIED.
+        if self.hives.contains_key(&key) || self.hive_of(&key).is_none_or(|h| h == MASTER_HIVE) {
+            return STATUS_ACCESS_DENIED;
+        }
+        // REG_RENAME_KEY_INFORMATION (Learn): "only the last component of the path can be
+        // changed". Refusing a NewName with a separator (or empty) with
+        // STATUS_OBJECT_NAME_INVALID is an *inference*: no source shows NtRenameKey's check.
+        if new_name.is_empty() || new_name.contains('\\') {
+            return STATUS_OBJECT_NAME_INVALID;
+        }
+        let Some((parent, _)) = key.rsplit_once('\\') else {
+            return STATUS_ACCESS_DENIED;
+        };
+        let new_key = format!("{parent}\\{}", new_name.to_ascii_uppercase());
+        // CmRenameKey (WRK): CmpFindSubKeyByName finds a subkey of the parent with the new
+        // name (compared case-insensitively, so the key itself too) -> STATUS_CANNOT_DELETE.
+        if self.keys.contains(&new_key) {
+            return STATUS_CANNOT_DELETE;
+        }
+        let old_stored = self.stored_name(&key, &name);
+        // Same byte length as `key` (ASCII case only), so `parent.len()` is its separator.
+        let new_stored = format!("{}\\{new_name}", &old_stored[..parent.len()]);
+        let moved: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|k| rebase(k, &key, &new_key).is_some())
+            .cloned()
+            .collect();
+        for k in moved {
+            self.keys.remove(&k);
+            if let Some(n) = rebase(&k, &key, &new_key) {
+                self.keys.insert(n);
+            }
+        }
+        let spelled: Vec<(String, String)> = self
+            .spelled
+            .iter()
+            .filter(|(k, _)| rebase(k, &key, &new_key).is_some())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in spelled {
+            self.spelled.remove(&k);
+            if let (Some(n), Some(rest)) = (rebase(&k, &key, &new_key), v.get(key.len()..)) {
+                self.spelled.insert(n, format!("{new_stored}{rest}"));
+            }
+        }
+        self.spelled.insert(new_key.clone(), new_stored.clone());
+        rebase_map(&mut self.key_ids, &key, &new_key);
+        rebase_map(&mut self.live_below, &key, &new_key);
+        let links: Vec<String> = self
+            .links
+            .keys()
+            .filter(|k| rebase(k, &key, &new_key).is_some())
+            .cloned()
+            .collect();
+        for k in links {
+            if let (Some(t), Some(n)) = (self.links.remove(&k), rebase(&k, &key, &new_key)) {
+                self.links.insert(n, t);
+            }
+        }
+        let predefined: Vec<String> = self
+            .predefined
+            .iter()
+            .filter(|k| rebase(k, &key, &new_key).is_some())
+            .cloned()
+            .collect();
+        for k in predefined {
+            self.predefined.remove(&k);
+            if let Some(n) = rebase(&k, &key, &new_key) {
+                self.predefined.insert(n);
+            }
+        }
+        // Every live key object of the renamed keys reports the new name: the name is built
+        // from the KCB chain (CmpConstructName), whose name block CmRenameKey replaces in the
+        // renamed key's KCB (WRK `cmapi.c`: `KeyControlBlock->NameBlock =
+        // CmpGetNameControlBlock(&NewKeyName)`; the KCBs below keep their parent pointer).
+        for o in self.objects.values_mut() {
+            if rebase(&canon(&o.name), &key, &new_key).is_some()
+                && let Some(rest) = o.name.get(key.len()..)
+            {
+                o.name = format!("{new_stored}{rest}");
+            }
+        }
+        STATUS_SUCCESS
     }
 
     /// Handles a process holds.
@@ -493,7 +687,7 @@ fn load(
                 // The root key object and its handle, created inside the load.
                 let object = alloc_object_page();
                 let key_id = k.hives.key_id(&m);
-                k.hives.objects.insert(
+                k.hives.add_object(
                     object,
                     KeyObject {
                         name: mount.clone(),
@@ -741,6 +935,10 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         let s = registry::notify_post(post_class, 0, STATUS_PREDEFINED_HANDLE, at, &pre);
         return Parsed::Done(Err(s));
     }
+    // CM_KEY_BODY.ProcessID: the thread's process (PsGetCurrentProcessId).
+    let opener = io::current_pid();
+    // The key's id and its new object are one step: a concurrent release of the last object
+    // below this key must not free the id between the two (see `HiveState::remove_object`).
     let outcome = kernel::with(|k| {
         let h = &mut k.hives;
         let hive = h.hive_of(&key).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
@@ -755,13 +953,31 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
             h.keys.insert(key.clone());
         }
         let key_id = h.key_id(&key);
-        Ok((hive, exists, key_id, h.stored_name(&key, &full)))
+        let stored = h.stored_name(&key, &full);
+        let object = alloc_object_page();
+        // The parse hands the object manager one reference (CmpDoOpen/CmpCreateKeyBody
+        // create the body with it), which becomes the handle below unless the open fails
+        // first.
+        h.add_object(
+            object,
+            KeyObject {
+                name: stored,
+                hive,
+                handles: 0,
+                destroyed: false,
+                contexts: BTreeMap::new(),
+                key_id,
+                opener,
+                announced: false,
+            },
+        );
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        Ok((exists, object))
     });
-    let (hive, exists, key_id, stored) = match outcome {
+    let (exists, object) = match outcome {
         Err(s) => return Parsed::Done(Err(registry::notify_post(post_class, 0, s, at, &pre))),
         Ok(o) => o,
     };
-    let object = alloc_object_page();
     let d = if exists {
         REG_OPENED_EXISTING_KEY
     } else {
@@ -771,25 +987,6 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
     unsafe { info.disposition.write(d) };
     // SAFETY: as above.
     unsafe { info.result_object.write(object as *mut c_void) };
-    // The parse hands the object manager one reference (CmpDoOpen/CmpCreateKeyBody create
-    // the body with it), which becomes the handle below unless the open fails first.
-    kernel::with(|k| {
-        k.hives.objects.insert(
-            object,
-            KeyObject {
-                name: stored,
-                hive,
-                handles: 0,
-                destroyed: false,
-                contexts: BTreeMap::new(),
-                key_id,
-                // CM_KEY_BODY.ProcessID: the thread's process (PsGetCurrentProcessId).
-                opener: io::current_pid(),
-                announced: false,
-            },
-        );
-        *k.objects.references.entry(object).or_insert(0) += 1;
-    });
     let told = kernel::with(|k| {
         let cbs = &k.registry.callbacks;
         !cbs.is_empty() && cbs.iter().all(|c| !c.emulated)
@@ -941,6 +1138,56 @@ pub fn set_predefined(path: &str) {
     });
 }
 
+/// Renames the key behind `pid`'s handle (`NtRenameKey(KeyHandle, NewName)`, what
+/// `RegRenameKey` ends in): `new_name` is the new last path component; the key keeps its
+/// parent. RegNtPreRenameKey with REG_RENAME_KEY_INFORMATION (Object = the handle's key
+/// object, NewName, per-callback CallContext and ObjectContext), the rename, then
+/// RegNtPostRenameKey with REG_POST_OPERATION_INFORMATION, as every other operation here
+/// (Learn [REG_NOTIFY_CLASS](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ne-wdm-_reg_notify_class),
+/// [REG_RENAME_KEY_INFORMATION](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_rename_key_information),
+/// REG_POST_OPERATION_INFORMATION). On success the key and every key below it have new
+/// names, with their ids unchanged, and every live key object of them reports the new full
+/// name from CmCallbackGetKeyObjectIDEx (Learn, CmCallbackGetKeyObjectIDEx Remarks: the id
+/// "does not change" when the key's name changes, and the Ex routine's ObjectName "always
+/// contains the most up-to-date key name"). Failures, from the Windows Research Kernel's
+/// `base/ntos/config/cmapi.c` CmRenameKey: a hive's root key or a key of the master hive,
+/// STATUS_ACCESS_DENIED; a sibling with the new name (case-insensitively, the key itself
+/// included), STATUS_CANNOT_DELETE; and, an *inference*, a NewName that is empty or has a
+/// `\`, STATUS_OBJECT_NAME_INVALID. A handle `pid` does not hold: STATUS_INVALID_HANDLE with
+/// no notification (the handle is resolved before the callbacks, as for `load_key`). Not
+/// modelled: access checks, transactions, symbolic-link targets that point into the renamed
+/// keys (the links below it move with it), hives mounted below the renamed key.
+#[must_use = "the status says whether the key was renamed"]
+pub fn rename_key(pid: u32, handle: u64, new_name: &str) -> NtStatus {
+    let table = crate::process::handle_table_of(pid, handle);
+    let Some(object) = kernel::with(|k| k.hives.handles.get(&(table, handle)).copied()) else {
+        return STATUS_INVALID_HANDLE;
+    };
+    let name = OwnedUnicode::new(new_name);
+    let mut info = RegRenameKeyInformation {
+        object: object as *mut c_void,
+        new_name: name.as_ptr(),
+        call_context: std::ptr::null_mut(),
+        object_context: std::ptr::null_mut(),
+        reserved: std::ptr::null_mut(),
+    };
+    let at = (&raw mut info) as usize;
+    io::with_pid(pid, || {
+        let fields = PreFields {
+            call_context: 0x10,
+            object_context: Some(0x18),
+            object,
+        };
+        let pre = registry::notify_pre(class::PRE_RENAME_KEY, at, fields);
+        if !pre.proceeds() {
+            return pre.unwind(class::POST_RENAME_KEY, at, object);
+        }
+        let status = kernel::with(|k| k.hives.rename(object, new_name));
+        // A post-callback may change the result the caller gets (as for load and unload).
+        registry::notify_post(class::POST_RENAME_KEY, object, status, at, &pre)
+    })
+}
+
 /// Duplicates (or inherits) a handle into another process: same key object, no notification.
 ///
 /// # Errors
@@ -1054,7 +1301,7 @@ fn delete_object(object: usize) {
 /// Removes a destroyed key object and frees its page; if it was the last key object of an
 /// app hive, or of a hive with a deferred unload, that hive unloads now.
 fn release_object(object: usize) {
-    let hive = kernel::with(|k| k.hives.objects.remove(&object).map(|o| o.hive));
+    let hive = kernel::with(|k| k.hives.remove_object(object).map(|o| o.hive));
     free_object_page(object);
     if let Some(hive) = hive {
         hive_object_gone(&hive);
@@ -1216,7 +1463,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
     let root = alloc_object_page();
     kernel::with(|k| {
         let key_id = k.hives.key_id(&m);
-        k.hives.objects.insert(
+        k.hives.add_object(
             root,
             KeyObject {
                 name: mount.to_string(),
@@ -1443,6 +1690,45 @@ mod tests {
         assert!(holders(mount).iter().any(|l| l.contains("deletion")));
         assert!(run_deferred_deletions() >= 1);
         assert_eq!(open_subkeys(mount), Ok(vec![]));
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    /// NtRenameKey (WRK `cmapi.c` CmRenameKey; Learn CmCallbackGetKeyObjectIDEx Remarks):
+    /// the key and its subkeys take the new name, their objects report it, ids stay; a taken
+    /// name and a hive root are refused.
+    #[test]
+    fn a_rename_moves_the_subtree_and_keeps_its_ids() {
+        let mount = r"\REGISTRY\MACHINE\UNITRENAME";
+        assert_eq!(load_hive(4, mount, "unitrename"), STATUS_SUCCESS);
+        let key = open_key(4004, &format!(r"{mount}\Old"), 0x2_0019, true).unwrap();
+        let sub = open_key(4004, &format!(r"{mount}\Old\Sub"), 0x2_0019, true).unwrap();
+        let taken = open_key(4004, &format!(r"{mount}\Taken"), 0x2_0019, true).unwrap();
+        let root = open_key(4004, mount, 0x2_0019, false).unwrap();
+        let ident = |h: u64| {
+            kernel::with(|k| {
+                let o = k.hives.handles[&(4004, h)];
+                k.hives.identify(o).map(|(id, name, _)| (id, name))
+            })
+            .unwrap()
+        };
+        let (key_id, sub_id) = (ident(key).0, ident(sub).0);
+        assert_eq!(rename_key(4004, key, "Taken"), STATUS_CANNOT_DELETE);
+        assert_eq!(rename_key(4004, key, "OLD"), STATUS_CANNOT_DELETE);
+        assert_eq!(rename_key(4004, key, r"A\B"), STATUS_OBJECT_NAME_INVALID);
+        assert_eq!(rename_key(4004, root, "Elsewhere"), STATUS_ACCESS_DENIED);
+        assert_eq!(rename_key(4004, 0xBAD0, "X"), STATUS_INVALID_HANDLE);
+        assert_eq!(rename_key(4004, key, "New"), STATUS_SUCCESS);
+        assert_eq!(ident(key), (key_id, format!(r"{mount}\New")));
+        assert_eq!(ident(sub), (sub_id, format!(r"{mount}\New\Sub")));
+        let reopened = open_key(4004, &format!(r"{mount}\new\sub"), 0x2_0019, false).unwrap();
+        assert_eq!(ident(reopened), (sub_id, format!(r"{mount}\New\Sub")));
+        assert_eq!(
+            open_key(4004, &format!(r"{mount}\Old"), 0x2_0019, false),
+            Err(STATUS_OBJECT_NAME_NOT_FOUND)
+        );
+        for h in [key, sub, taken, root, reopened] {
+            assert_eq!(close_key(4004, h), STATUS_SUCCESS);
+        }
         assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
     }
 

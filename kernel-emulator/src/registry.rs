@@ -31,8 +31,13 @@ const STATUS_UNSUCCESSFUL: NtStatus = 0xC000_0001_u32.cast_signed();
 /// What a pre-callback returns when it completed the operation itself.
 pub use crate::status::STATUS_CALLBACK_BYPASS;
 
-/// REG_NOTIFY_CLASS values (wdm.h).
+/// REG_NOTIFY_CLASS values (wdm.h; the enumeration in ReactOS `sdk/include/xdk/cmtypes.h`
+/// counts them: RegNtPreRenameKey = RegNtRenameKey is the fifth, 4; RegNtPostRenameKey 19).
 pub mod class {
+    /// RegNtPreRenameKey (= RegNtRenameKey).
+    pub const PRE_RENAME_KEY: usize = 4;
+    /// RegNtPostRenameKey.
+    pub const POST_RENAME_KEY: usize = 19;
     /// RegNtPreKeyHandleClose (= RegNtKeyHandleClose).
     pub const PRE_KEY_HANDLE_CLOSE: usize = 14;
     /// RegNtPostKeyHandleClose.
@@ -187,6 +192,24 @@ pub struct RegLoadKeyInformation {
     pub reserved: *mut c_void,
 }
 
+/// REG_RENAME_KEY_INFORMATION (0x28): Learn
+/// <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_rename_key_information>
+/// (Object, NewName, CallContext, ObjectContext, Reserved).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegRenameKeyInformation {
+    /// 0x00: the key object of the key being renamed
+    pub object: *mut c_void,
+    /// 0x08: the new name (the last path component)
+    pub new_name: *mut UnicodeString,
+    /// 0x10
+    pub call_context: *mut c_void,
+    /// 0x18
+    pub object_context: *mut c_void,
+    /// 0x20
+    pub reserved: *mut c_void,
+}
+
 /// REG_UNLOAD_KEY_INFORMATION (0x28).
 #[repr(C)]
 #[derive(Debug)]
@@ -221,6 +244,10 @@ const _: () = {
     assert!(size_of::<RegLoadKeyInformation>() == 0x58);
     assert!(offset_of!(RegLoadKeyInformation, call_context) == 0x40);
     assert!(size_of::<RegUnloadKeyInformation>() == 0x28);
+    assert!(size_of::<RegRenameKeyInformation>() == 0x28);
+    assert!(offset_of!(RegRenameKeyInformation, new_name) == 0x08);
+    assert!(offset_of!(RegRenameKeyInformation, call_context) == 0x10);
+    assert!(offset_of!(RegRenameKeyInformation, object_context) == 0x18);
     assert!(offset_of!(RegUnloadKeyInformation, object_context) == 0x18);
 };
 

@@ -10,6 +10,7 @@
 //! open       app  k1  \REGISTRY\USER\S-1-5-21-1
 //! create     app  k2  \REGISTRY\USER\S-1-5-21-1\Software
 //! dup        app  k2  kid  k3
+//! rename     app  k2  Software2
 //! close      app  k1
 //! exit       app
 //! unload-hive \REGISTRY\USER\S-1-5-21-1 expect STATUS_CANNOT_DELETE
@@ -46,6 +47,7 @@ const KNOWN: &[NtStatus] = &[
     status::STATUS_BUFFER_TOO_SMALL,
     status::STATUS_OBJECT_NAME_NOT_FOUND,
     status::STATUS_OBJECT_NAME_COLLISION,
+    status::STATUS_OBJECT_NAME_INVALID,
     status::STATUS_INSUFFICIENT_RESOURCES,
     status::STATUS_CANNOT_DELETE,
     status::STATUS_CALLBACK_BYPASS,
@@ -131,6 +133,15 @@ fn step(n: &mut Names, words: &[&str]) -> Result<NtStatus, String> {
                 n.keys.insert((*new).to_string(), (q, d));
             }
             r(res)
+        }
+        // NtRenameKey on the key handle `key` (held by `p`): `new` is the new last component.
+        ["rename", p, key, new] => {
+            let p = pid(n, p)?;
+            let (_, h) = *n
+                .keys
+                .get(*key)
+                .ok_or_else(|| format!("unknown key handle {key}"))?;
+            hive::rename_key(p, h, new)
         }
         ["device", name, path, who] => {
             let c = caller(who).ok_or_else(|| format!("unknown caller {who}"))?;
@@ -230,6 +241,10 @@ mod tests {
             load-hive \REGISTRY\MACHINE\SCRIPTTEST hive.dat
             start a \Device\HarddiskVolume2\a.exe
             create a k1 \REGISTRY\MACHINE\SCRIPTTEST\Key
+            create a k3 \REGISTRY\MACHINE\SCRIPTTEST\Other
+            rename a k3 Key expect STATUS_CANNOT_DELETE
+            rename a k3 Renamed
+            close a k3
             open a k2 \REGISTRY\MACHINE\SCRIPTTEST\Missing expect STATUS_OBJECT_NAME_NOT_FOUND
             unload-hive \REGISTRY\MACHINE\SCRIPTTEST expect STATUS_CANNOT_DELETE
             exit a
@@ -237,7 +252,7 @@ mod tests {
             bogus step
         ";
         let (steps, failures) = run(script);
-        assert_eq!(steps, 8);
+        assert_eq!(steps, 12);
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert!(failures[0].contains("cannot parse"));
     }

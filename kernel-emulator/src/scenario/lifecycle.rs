@@ -41,25 +41,25 @@ const PROCESS_EXIT: u64 = 0x1001;
 
 /// One entry of the test driver's log.
 #[derive(Debug, Clone, Copy, Default)]
-struct Entry {
-    class: u64,
+pub(super) struct Entry {
+    pub(super) class: u64,
     /// PsGetCurrentProcessId (the notified pid for process entries).
-    owner: u64,
+    pub(super) owner: u64,
     /// PsGetProcessId(IoGetCurrentProcess()) (the notified pid for process entries).
-    current: u64,
+    pub(super) current: u64,
     /// PsGetProcessStartKey of the current (or notified) process.
-    start_key: u64,
-    object: u64,
+    pub(super) start_key: u64,
+    pub(super) object: u64,
     /// Hash of KeyName / CompleteName.
-    name: u64,
+    pub(super) name: u64,
     /// Hash of the Object's name (CmCallbackGetKeyObjectIDEx).
-    object_name: u64,
+    pub(super) object_name: u64,
     /// Class-specific (see test-driver/src/lifecycle.rs).
-    extra: u64,
+    pub(super) extra: u64,
 }
 
 /// The FNV-1a hash the test driver computes over a name's UTF-16 code units.
-fn hash(name: &str) -> u64 {
+pub(super) fn hash(name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.encode_utf16().flat_map(u16::to_le_bytes) {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
@@ -67,11 +67,11 @@ fn hash(name: &str) -> u64 {
     h
 }
 
-fn log_start(s: &Session) {
+pub(super) fn log_start(s: &Session) {
     let _ = io::device_io_control(s.control, IOCTL_LOG_START, &[0; 8], 32, 0xA5);
 }
 
-fn log(s: &Session) -> Vec<Entry> {
+pub(super) fn log(s: &Session) -> Vec<Entry> {
     let mut v = Vec::new();
     for i in 0..64u64 {
         let r = io::device_io_control(s.control, IOCTL_LOG_READ, &i.to_le_bytes(), 64, 0xA5);

@@ -8,6 +8,7 @@ pub mod handles;
 pub mod hivetrack;
 pub mod holder;
 pub mod ioctl_fuzz;
+pub mod key_id;
 pub mod lifecycle;
 pub mod notify;
 pub mod procmon;
@@ -122,6 +123,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(lifecycle::scenarios());
     v.extend(notify::scenarios());
     v.extend(handles::scenarios());
+    v.extend(key_id::scenarios());
     v
 }
 

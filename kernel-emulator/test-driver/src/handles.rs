@@ -12,9 +12,11 @@ use core::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use wdk_sys::NTSTATUS;
+use wdk_sys::{NTSTATUS, UNICODE_STRING};
 
-use crate::registry::ObfDereferenceObject;
+use crate::registry::{
+    CmCallbackGetKeyObjectIDEx, CmCallbackReleaseKeyObjectIDEx, ObfDereferenceObject, cookie,
+};
 
 unsafe extern "system" {
     fn ObReferenceObjectByHandle(
@@ -64,4 +66,53 @@ pub fn release() -> u64 {
         unsafe { ObfDereferenceObject(object as *mut c_void) };
     }
     object as u64
+}
+
+/// IOCTL_KEY_ID: what a tracking driver learns about the key behind the caller's handle
+/// `handle` (UserMode lookup, reference released before returning): `[status bits, ObjectID
+/// asked for alone (ObjectName NULL, the way a name cache keyed by id asks), hash of the
+/// ObjectName, ObjectID returned with the name]`. The status is the first failure, if any.
+pub fn key_id(handle: u64) -> [u64; 4] {
+    let mut object: *mut c_void = null_mut();
+    // SAFETY: PASSIVE_LEVEL (IRP_MJ_DEVICE_CONTROL dispatch); a writable out pointer.
+    let status = unsafe {
+        ObReferenceObjectByHandle(
+            handle as *mut c_void,
+            0,
+            null_mut(),
+            1,
+            &raw mut object,
+            null_mut(),
+        )
+    };
+    #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+    let bits = |s: NTSTATUS| u64::from(s as u32);
+    if status != 0 || object.is_null() {
+        return [bits(status), 0, 0, 0];
+    }
+    let mut id = 0usize;
+    // SAFETY: a referenced key object, our registered cookie, a writable id, no name, Flags 0.
+    let s1 = unsafe { CmCallbackGetKeyObjectIDEx(cookie(), object, &raw mut id, null_mut(), 0) };
+    let mut named_id = 0usize;
+    let mut name: *const UNICODE_STRING = null_mut();
+    // SAFETY: as above, with a writable name pointer.
+    let s2 = unsafe {
+        CmCallbackGetKeyObjectIDEx(cookie(), object, &raw mut named_id, &raw mut name, 0)
+    };
+    let name_hash = if s2 == 0 && !name.is_null() {
+        let h = crate::lifecycle::hash(name);
+        // SAFETY: releasing the name handed out above.
+        unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
+        h
+    } else {
+        0
+    };
+    // SAFETY: the reference ObReferenceObjectByHandle took above, released once.
+    unsafe { ObfDereferenceObject(object) };
+    [
+        bits(if s1 == 0 { s2 } else { s1 }),
+        id as u64,
+        name_hash,
+        named_id as u64,
+    ]
 }

@@ -79,6 +79,7 @@ const IOCTL_START_KEY: u32 = ioctl(0x833); // PsGetProcessStartKey of pid `argum
 const IOCTL_REF_USER: u32 = ioctl(0x834); // ObReferenceObjectByHandle(`argument`, UserMode), kept
 const IOCTL_REF_KERNEL: u32 = ioctl(0x835); // the same in KernelMode
 const IOCTL_DEREF: u32 = ioctl(0x836); // release the kept reference
+const IOCTL_KEY_ID: u32 = ioctl(0x837); // CmCallbackGetKeyObjectIDEx on the caller's handle `argument`
 const IOCTL_NAME: u32 = ioctl(0x81D); // last key name / CompleteName seen, block `argument`
 
 /// The value IOCTL_PING answers with.
@@ -399,6 +400,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_REF_KERNEL => {
             out = handles::reference(argument, 0);
+            32
+        }
+        IOCTL_KEY_ID => {
+            out = handles::key_id(argument);
             32
         }
         IOCTL_DEREF => {

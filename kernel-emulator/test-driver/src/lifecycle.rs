@@ -118,7 +118,7 @@ fn push(entry: [u64; ENTRY_SLOTS]) {
 }
 
 /// FNV-1a over the UTF-16 code units of a name (0 for none).
-fn hash(name: *const UNICODE_STRING) -> u64 {
+pub fn hash(name: *const UNICODE_STRING) -> u64 {
     if name.is_null() {
         return 0;
     }
@@ -165,6 +165,25 @@ fn object_name_hash(object: *mut c_void) -> u64 {
     h
 }
 
+/// The ObjectID CmCallbackGetKeyObjectIDEx gives `object` with ObjectName NULL (0 if none).
+fn object_id(object: *mut c_void) -> u64 {
+    if object.is_null() {
+        return 0;
+    }
+    let mut id = 0usize;
+    // SAFETY: a live key object (a pre-notification's Object), our cookie, no name, Flags 0.
+    let s = unsafe {
+        CmCallbackGetKeyObjectIDEx(
+            crate::registry::cookie(),
+            object,
+            &raw mut id,
+            null_mut(),
+            0,
+        )
+    };
+    if s == STATUS_SUCCESS { id as u64 } else { 0 }
+}
+
 /// Reads a field of a notification structure.
 ///
 /// # Safety
@@ -195,7 +214,8 @@ fn caller() -> (u64, u64, u64) {
 /// pid, its start key, Object, hash of the name passed (KeyName / CompleteName), hash of the
 /// Object's name, and a class-specific word (load: RootHandle non-NULL | UserEvent non-NULL
 /// << 1 | Flags << 32; unload: UserEvent non-NULL; open: Attributes | CheckAccessMode << 32;
-/// posts: Status).
+/// pre-rename: the ObjectID of the Object; posts: Status). The name passed of a pre-rename is
+/// its NewName; the Object's name of a successful post-open/create/rename is fetched there.
 pub fn record(class: usize, info: *mut c_void) {
     if !ENABLED.load(Ordering::Acquire) || info.is_null() {
         return;
@@ -205,7 +225,7 @@ pub fn record(class: usize, info: *mut c_void) {
         // SAFETY: only offsets inside the structure documented for `class` are read below
         // (REG_LOAD_KEY_INFORMATION 0x58, REG_UNLOAD_KEY_INFORMATION 0x28,
         // REG_CREATE_KEY_INFORMATION_V1 0x88, REG_KEY_HANDLE_CLOSE_INFORMATION 0x20,
-        // REG_POST_OPERATION_INFORMATION 0x38 bytes).
+        // REG_RENAME_KEY_INFORMATION 0x28, REG_POST_OPERATION_INFORMATION 0x38 bytes).
         unsafe { field::<u64>(info, offset) }
     };
     let name_at = |offset: usize| hash(word(offset) as usize as *const UNICODE_STRING);
@@ -238,11 +258,19 @@ pub fn record(class: usize, info: *mut c_void) {
         ),
         // RegNtPreKeyHandleClose: REG_KEY_HANDLE_CLOSE_INFORMATION: Object.
         14 => (object, 0, object_name_hash(object), 0),
+        // RegNtPreRenameKey (4): REG_RENAME_KEY_INFORMATION: Object, NewName 0x08.
+        4 => (
+            object,
+            name_at(0x08),
+            object_name_hash(object),
+            object_id(object),
+        ),
         // Posts: REG_POST_OPERATION_INFORMATION: Object (valid only on STATUS_SUCCESS),
         // Status 0x08.
-        27 | 29 | 33 | 35 | 25 => {
+        // RegNtPostRenameKey (19): the Object is the renamed key's on STATUS_SUCCESS.
+        27 | 29 | 33 | 35 | 25 | 19 => {
             let status = word(0x08) & 0xFFFF_FFFF;
-            let name = if status == 0 && (class == 27 || class == 29) {
+            let name = if status == 0 && (class == 27 || class == 29 || class == 19) {
                 object_name_hash(object)
             } else {
                 0
