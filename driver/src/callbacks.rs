@@ -26,7 +26,8 @@ use wdk_sys::{
     _MODE::KernelMode,
     _REG_NOTIFY_CLASS::{
         RegNtCallbackObjectContextCleanup, RegNtPostCreateKeyEx, RegNtPostLoadKey,
-        RegNtPostOpenKeyEx, RegNtPostUnLoadKey, RegNtPreKeyHandleClose, RegNtPreUnLoadKey,
+        RegNtPostOpenKeyEx, RegNtPostRenameKey, RegNtPostUnLoadKey, RegNtPreKeyHandleClose,
+        RegNtPreRenameKey, RegNtPreUnLoadKey,
     },
     DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, OBJ_KERNEL_HANDLE,
     REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION, REG_CREATE_KEY_INFORMATION_V1,
@@ -171,6 +172,21 @@ pub fn start_key(process: *mut c_void) -> u64 {
     })
 }
 
+/// The kernel's key id of key object `object`: `CmCallbackGetKeyObjectIDEx` asked for the
+/// `ObjectID` alone, which builds and allocates nothing (docs: "Drivers can use
+/// CmCallbackGetKeyObjectIDEx to obtain the registry key identifier, the object name, or
+/// both"; the id is the same for every object of one key and survives renames). `None` where
+/// the routine is missing (before Windows 8: the older routine's names go stale after a
+/// rename, so its opens are named each time) or fails.
+fn key_id(object: *mut c_void) -> Option<u64> {
+    let get = routines::cm_callback_get_key_object_id_ex()?;
+    let cookie = cookie();
+    let mut id = 0usize;
+    // SAFETY: called during a notification for `object`; ObjectName NULL is allowed (docs).
+    let status = unsafe { get(&raw const cookie, object, &raw mut id, null_mut(), 0) };
+    (status == STATUS_SUCCESS && id != 0).then_some(id as u64)
+}
+
 /// Runs `f` on the full name of key object `object` (`\REGISTRY\...`), if it can be had.
 fn with_key_name<R>(object: *mut c_void, f: impl FnOnce(&[u16]) -> R) -> Option<R> {
     let cookie = cookie();
@@ -265,6 +281,13 @@ unsafe extern "C" fn registry_callback(
                 waiters::hive_may_be_free();
             }
         }
+        RegNtPreRenameKey | RegNtPostRenameKey => {
+            // The key and every key below it get new names under unchanged key ids: cached
+            // names are not trusted any more. Both sides: a post may never come (another
+            // filter fails or bypasses the operation), and a name fetched between the two
+            // may be either.
+            tracker.key_renamed();
+        }
         RegNtPostLoadKey => {
             // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
             let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
@@ -341,9 +364,19 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let process = holder_process(pre);
     let thread = current_thread();
     let now = clock::now();
-    let Some(opened) = with_key_name(object, |name| {
-        tracker.opened(object as u64, process, thread, name, access, now)
-    }) else {
+    // A key already held is found by its id: no name is built, fetched or compared.
+    let known = key_id(object)
+        .map(|key| tracker.opened_known(object as u64, key, process, thread, access, now));
+    let opened = match known {
+        Some(Ok(tracked)) => Some(tracked),
+        Some(Err(miss)) => with_key_name(object, |name| {
+            tracker.opened_named(miss, object as u64, process, thread, name, access, now)
+        }),
+        None => with_key_name(object, |name| {
+            tracker.opened(object as u64, process, thread, name, access, now)
+        }),
+    };
+    let Some(opened) = opened else {
         // The kernel would not name the object (docs: CmCallbackGetKeyObjectIDEx can fail).
         // Not tracked: a key with no name would be filed under no real hive and make that
         // hive look free. The loss is counted against the hive the caller's path names.

@@ -87,6 +87,9 @@ stats! {
         holdings_tracked,
         /// Unload attempts kept in the history now.
         history_entries,
+        /// Keys whose name is cached by the kernel's key id now (keys with tracked objects
+        /// opened through the cache).
+        keys_cached,
         /// Why live tracking is off, as the 32 bits of an NTSTATUS; 0 while it is on. Set by
         /// the driver (callback registration can fail: an altitude collision, or a system
         /// without `CmRegisterCallbackEx`), not by the tracker.
@@ -109,6 +112,9 @@ stats! {
         process_exits_seen,
         /// Handle closes beyond the opens counted (duplicated handles); not a loss.
         closes_exceeding_opens,
+        /// Keys that could not be cached by key id (no memory for the cache entry): their
+        /// next open asks the kernel for the name again. Not a loss: the open was tracked.
+        keys_not_cached,
     }
     losses {
         /// Opens not tracked: the object cap was reached.

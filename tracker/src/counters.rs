@@ -17,6 +17,7 @@ pub struct Counters {
     pub unload_attempts_seen: AtomicU64,
     pub process_exits_seen: AtomicU64,
     pub closes_exceeding_opens: AtomicU64,
+    pub keys_not_cached: AtomicU64,
     pub opens_dropped_cap: AtomicU64,
     pub opens_dropped_no_memory_object: AtomicU64,
     pub opens_dropped_no_memory_process: AtomicU64,

@@ -121,6 +121,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.unload_attempts_seen = get(&c.unload_attempts_seen);
         s.process_exits_seen = get(&c.process_exits_seen);
         s.closes_exceeding_opens = get(&c.closes_exceeding_opens);
+        s.keys_not_cached = get(&c.keys_not_cached);
+        s.keys_cached = self.keys.len();
         s.opens_dropped_cap = get(&c.opens_dropped_cap);
         s.opens_dropped_no_memory_object = get(&c.opens_dropped_no_memory_object);
         s.opens_dropped_no_memory_process = get(&c.opens_dropped_no_memory_process);

@@ -446,6 +446,19 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Ok(())
     }
 
+    /// An open refused before it had a slot: counted against its hive, and what its source
+    /// holds given back.
+    fn open_refused(&self, source: Source<'_>, time: u64) {
+        match source {
+            Source::Name(name, _) => self.open_lost(name, time),
+            Source::Hit(hit) => {
+                self.open_lost(name_of(hit.name).units(), time);
+                self.names.release(&self.pool, hit.name);
+                self.release_key(hit.entry);
+            }
+        }
+    }
+
     fn release_key(&self, key: KeyRef) {
         self.keys.release(&self.pool, &self.names, key);
     }
@@ -474,14 +487,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let (si, index, generation, rec) = match slot {
             Ok(s) => s,
             Err(e) => {
-                match source {
-                    Source::Name(name, _) => self.open_lost(name, time),
-                    Source::Hit(hit) => {
-                        self.open_lost(name_of(hit.name).units(), time);
-                        self.names.release(&self.pool, hit.name);
-                        self.release_key(hit.entry);
-                    }
-                }
+                self.open_refused(source, time);
                 return Err(e);
             }
         };
@@ -531,7 +537,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // by name again at its next open.
         let key = match (key, name_ref) {
             (Some(Ok(k)), _) => Some(k),
-            (Some(Err(miss)), Some(n)) => self.keys.insert(&self.pool, &self.names, miss, n),
+            (Some(Err(miss)), Some(n)) => {
+                let key = self.keys.insert(&self.pool, &self.names, miss, n);
+                if key.is_none() {
+                    bump(&self.counters.keys_not_cached);
+                }
+                key
+            }
             _ => None,
         };
         match name_ref {
