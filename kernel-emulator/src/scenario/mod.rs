@@ -8,6 +8,7 @@ pub mod handles;
 pub mod hivetrack;
 pub mod holder;
 pub mod ioctl_fuzz;
+pub mod key_cache;
 pub mod key_id;
 pub mod lifecycle;
 pub mod notify;
@@ -117,6 +118,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(soak::scenarios());
     v.extend(ioctl_fuzz::scenarios());
     v.extend(holder::scenarios());
+    v.extend(key_cache::scenarios());
     v.extend(scale::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());
