@@ -30,7 +30,7 @@ use core::mem::size_of;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
     AtomicPtr, AtomicU32,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
 use crate::counters::{locked_add32, locked_sub32};
@@ -50,7 +50,8 @@ pub struct KeyEntry {
     id: u64,
     /// The key's name (one counted reference, the entry's own).
     name: AtomicPtr<crate::names::NameEntry>,
-    /// Tracked records opened through this entry, and opens between lookup and link.
+    /// Tracked records opened through this entry, and opens between lookup and link. Taken
+    /// under the shard lock only; given back without it unless it may be the last.
     objects: AtomicU32,
     /// The epoch its name and hive were resolved in.
     epoch: AtomicU32,
@@ -176,12 +177,19 @@ impl<L: RawLock> KeyCache<L> {
         // Read first: a name fetched after this read is at least as new as this epoch.
         let epoch = self.epoch.load(Acquire);
         let (shard, b) = self.place(id);
+        // An empty bucket is a miss without the lock (a fresh key's open): a miss is always
+        // safe, `insert` finds an entry linked meanwhile. The bucket block, once published
+        // (Release in `link_new`), lives until teardown.
+        let buckets = shard.buckets.load(Acquire);
+        if buckets.is_null() || Self::bucket(buckets, b).load(Relaxed).is_null() {
+            return Err(KeyMiss { id, epoch });
+        }
         let _g = Exclusive::new(&shard.lock);
         if let Some(e) = Self::find(shard, b, id)
             && e.epoch.load(Relaxed) == epoch
             && let Some(name) = NonNull::new(e.name.load(Relaxed))
         {
-            locked_add32(&e.objects, 1);
+            e.objects.fetch_add(1, Relaxed);
             // The entry holds a reference, so this one is not the first: no lock needed.
             names.add_ref(name);
             return Ok(KeyHit {
@@ -210,7 +218,7 @@ impl<L: RawLock> KeyCache<L> {
             let Some(e) = Self::find(shard, b, miss.id) else {
                 return Self::link_new(pool, names, shard, b, miss, name);
             };
-            locked_add32(&e.objects, 1);
+            e.objects.fetch_add(1, Relaxed);
             if newer(miss.epoch, e.epoch.load(Relaxed)) {
                 names.add_ref(name);
                 old = NonNull::new(e.name.swap(name.as_ptr(), Relaxed));
@@ -240,7 +248,7 @@ impl<L: RawLock> KeyCache<L> {
                 // SAFETY: the block is 4096 bytes = BUCKETS pointers, 16-aligned, ours.
                 unsafe { bl.wrapping_add(i).write(AtomicPtr::new(ptr::null_mut())) };
             }
-            shard.buckets.store(bl, Relaxed);
+            shard.buckets.store(bl, Release);
             buckets = bl;
         }
         let e = pool.alloc(BlockClass::B64)?.cast::<KeyEntry>();
@@ -261,13 +269,27 @@ impl<L: RawLock> KeyCache<L> {
     }
 
     /// Gives back one use of `entry`; the last frees it (its name reference goes).
+    ///
+    /// A use that is not the last goes without the shard lock (as a name reference does,
+    /// [`NameTable::release`]): uses are only taken under the lock, so the count cannot reach
+    /// zero behind a lookup's back; what may be the last is dropped under the lock. Release on
+    /// every decrement and Acquire on the last order each user's reads before the free.
     pub fn release<P: Pool>(&self, pool: &P, names: &NameTable<L>, entry: KeyRef) {
         let e = entry_of(entry);
+        let mut uses = e.objects.load(Relaxed);
+        while uses > 1 {
+            match e
+                .objects
+                .compare_exchange_weak(uses, uses - 1, Release, Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => uses = now,
+            }
+        }
         let (shard, b) = self.place(e.id);
         {
             let _g = Exclusive::new(&shard.lock);
-            if e.objects.load(Relaxed) > 1 {
-                locked_sub32(&e.objects, 1);
+            if e.objects.fetch_sub(1, AcqRel) != 1 {
                 return;
             }
             let head = Self::bucket(shard.buckets.load(Relaxed), b);
