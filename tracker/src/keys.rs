@@ -59,6 +59,10 @@ pub struct KeyEntry {
 
 const _: () = assert!(size_of::<KeyEntry>() <= BlockClass::B64.size());
 
+/// What a cache entry costs the budget (charged to the process whose open created it, as a
+/// name entry is).
+pub const ENTRY_COST: u64 = crate::budget::pool_cost(BlockClass::B64.size());
+
 /// A counted use of a cache entry, from [`KeyCache::lookup`] or [`KeyCache::insert`]: given
 /// back with [`KeyCache::release`] (through the record it ends up in, or at once when the
 /// open is not tracked).
@@ -202,21 +206,21 @@ impl<L: RawLock> KeyCache<L> {
 
     /// Records that key `miss.id` is named `name` (the caller holds a reference on it) and
     /// counts one use of the entry: a new entry, or the existing one, refreshed when it is
-    /// older than `miss.epoch`. `None` when no entry could be allocated (the key is then not
-    /// cached).
+    /// older than `miss.epoch`; also says whether this call created the entry. `None` when no
+    /// entry could be allocated (the key is then not cached).
     pub fn insert<P: Pool>(
         &self,
         pool: &P,
         names: &NameTable<L>,
         miss: KeyMiss,
         name: NameRef,
-    ) -> Option<KeyRef> {
+    ) -> Option<(KeyRef, bool)> {
         let (shard, b) = self.place(miss.id);
         let mut old = None;
         let entry = {
             let _g = Exclusive::new(&shard.lock);
             let Some(e) = Self::find(shard, b, miss.id) else {
-                return Self::link_new(pool, names, shard, b, miss, name);
+                return Self::link_new(pool, names, shard, b, miss, name).map(|e| (e, true));
             };
             e.objects.fetch_add(1, Relaxed);
             if newer(miss.epoch, e.epoch.load(Relaxed)) {
@@ -229,7 +233,7 @@ impl<L: RawLock> KeyCache<L> {
         if let Some(n) = old {
             names.release(pool, n);
         }
-        Some(entry)
+        Some((entry, false))
     }
 
     fn link_new<P: Pool>(

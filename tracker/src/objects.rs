@@ -56,6 +56,8 @@ pub const F_NAME_TRUNCATED: u32 = 1 << 8;
 pub const F_NAME_MISSING: u32 = 1 << 9;
 /// Record flag: this open created its name entry and its process was charged for it.
 pub const F_NAME_CHARGED: u32 = 1 << 10;
+/// Record flag: this open created its key cache entry and its process was charged for it.
+pub const F_KEY_CHARGED: u32 = 1 << 11;
 
 /// The handle a driver stores as object context and passes back on later events. Never 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

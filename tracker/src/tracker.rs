@@ -11,12 +11,13 @@ use crate::counters::{Counters, bump};
 use crate::counters::{locked_add32, locked_add64, locked_sub64};
 use crate::history::{HistEntry, HistHolder, History};
 use crate::hives::{Hive, HiveTable, Vouch, hive_of};
-use crate::keys::{KeyCache, KeyHit, KeyMiss, KeyRef};
+use crate::keys::{ENTRY_COST, KeyCache, KeyHit, KeyMiss, KeyRef};
 use crate::lock::{Exclusive, RawLock};
-use crate::names::{NameTable, name_of};
+use crate::names::{NameRef, NameTable, name_of};
 use crate::objects::{
-    DYING, F_NAME_CHARGED, F_NAME_MISSING, F_NAME_TRUNCATED, LIVE, MAX_PER_SHARD, MAX_SHARDS, NIL,
-    ObjRecord, ObjShard, RECORD_COST, RESERVED, SlotError, Token, slot_ref, split_ref,
+    DYING, F_KEY_CHARGED, F_NAME_CHARGED, F_NAME_MISSING, F_NAME_TRUNCATED, LIVE, MAX_PER_SHARD,
+    MAX_SHARDS, NIL, ObjRecord, ObjShard, RECORD_COST, RESERVED, SlotError, Token, slot_ref,
+    split_ref,
 };
 use crate::pool::Pool;
 use crate::processes::{
@@ -46,7 +47,7 @@ pub struct Config {
 ///
 /// A fixed figure because no documented kernel routine reports the size of non-paged pool
 /// ("Memory Limits for Windows and Windows Server Releases" on Microsoft Learn gives it as
-/// limited only by kernel address space and RAM on 64-bit Windows); it holds 1,048,576 records (73 bytes each, 56 to a page)
+/// limited only by kernel address space and RAM on 64-bit Windows); it holds 1,048,576 records (81 bytes each, 51 to a page)
 /// plus the names of a real workload, and is under 5% of the 2 GB of RAM the smallest
 /// supported x64 Windows needs.
 pub const DEFAULT_BUDGET_BYTES: u64 = 96 << 20;
@@ -446,6 +447,37 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Ok(())
     }
 
+    /// The open's key cache entry: the hit's, or (after a miss) the entry made or refreshed
+    /// for `name`, whose creation is charged to the open's process. Cached only under a whole
+    /// name: a key whose name could not be stored is looked up by name again at its next open.
+    fn cache_key(
+        &self,
+        key: Option<Result<KeyRef, KeyMiss>>,
+        name: Option<NameRef>,
+        charge: &mut u64,
+        flags: &mut u32,
+    ) -> Option<KeyRef> {
+        match (key, name) {
+            (Some(Ok(k)), _) => Some(k),
+            (Some(Err(miss)), Some(n)) => {
+                match self.keys.insert(&self.pool, &self.names, miss, n) {
+                    None => {
+                        bump(&self.counters.keys_not_cached);
+                        None
+                    }
+                    Some((k, created)) => {
+                        if created {
+                            *charge += ENTRY_COST;
+                            *flags |= F_KEY_CHARGED;
+                        }
+                        Some(k)
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// An open refused before it had a slot: counted against its hive, and what its source
     /// holds given back.
     fn open_refused(&self, source: Source<'_>, time: u64) {
@@ -533,19 +565,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             flags |= F_NAME_CHARGED;
         }
         let name_ref = interned.map(|(n, _)| n);
-        // Cached only under a whole name: a key whose name could not be stored is looked up
-        // by name again at its next open.
-        let key = match (key, name_ref) {
-            (Some(Ok(k)), _) => Some(k),
-            (Some(Err(miss)), Some(n)) => {
-                let key = self.keys.insert(&self.pool, &self.names, miss, n);
-                if key.is_none() {
-                    bump(&self.counters.keys_not_cached);
-                }
-                key
-            }
-            _ => None,
-        };
+        let key = self.cache_key(key, name_ref, &mut charge, &mut flags);
         match name_ref {
             Some(n) if name_of(n).truncated() => {
                 bump(&self.counters.names_truncated);
@@ -772,12 +792,18 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             let _pg = Exclusive::new(&proc.lock);
             self.unlink(hold, rec);
             locked_sub64(&proc.open_keys, 1);
-            let name_charge = if rec.state.load(Relaxed) & F_NAME_CHARGED == 0 {
+            let flags = rec.state.load(Relaxed);
+            let name_charge = if flags & F_NAME_CHARGED == 0 {
                 0
             } else {
                 NonNull::new(name).map_or(0, |n| name_of(n).cost())
             };
-            locked_sub64(&proc.charged, RECORD_COST + name_charge);
+            let key_charge = if flags & F_KEY_CHARGED == 0 {
+                0
+            } else {
+                ENTRY_COST
+            };
+            locked_sub64(&proc.charged, RECORD_COST + name_charge + key_charge);
             hive_of(hive).open_keys.fetch_sub(1, Relaxed);
             let emptied = hold.count.load(Relaxed) == 0;
             if emptied {
