@@ -281,13 +281,12 @@ unsafe extern "C" fn registry_callback(
                 waiters::hive_may_be_free();
             }
         }
-        RegNtPreRenameKey | RegNtPostRenameKey => {
-            // The key and every key below it get new names under unchanged key ids: cached
-            // names are not trusted any more. Both sides: a post may never come (another
-            // filter fails or bypasses the operation), and a name fetched between the two
-            // may be either.
-            tracker.key_renamed();
-        }
+        // The key and every key below it get new names under unchanged key ids: no name
+        // cached before is trusted after, and none fetched in between is cached (it may be
+        // either name). A post comes even when a filter vetoes the pre (docs: "Filtering
+        // Registry Calls"; the emulator's td-post-after-veto).
+        RegNtPreRenameKey => tracker.rename_started(),
+        RegNtPostRenameKey => tracker.rename_ended(),
         RegNtPostLoadKey => {
             // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
             let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };

@@ -11,11 +11,14 @@
 //! objects opened through it do: each tracked record counts on its entry, and the last one
 //! to go frees it. While a record of the key lives, its key object does, and so does the id.
 //!
-//! A rename changes the name of the key and of every key below it, whose ids do not change:
-//! a rename starts a new epoch, and an entry from an older epoch is not trusted: the next
-//! open of its key fetches the name again and refreshes the entry. The epoch is read before
-//! the name is fetched, so a name fetched across a rename is stored under the older epoch
-//! and refreshed by the next open.
+//! A rename changes the name of the key and of every key below it, whose ids do not change.
+//! Its pre-notification starts a new epoch and marks a rename in flight; its post starts
+//! another and ends it. An entry from an older epoch is not trusted: the next open of its key
+//! fetches the name again and refreshes the entry. The epoch is read before the name is
+//! fetched, so a name fetched across a rename is stored under an older epoch; and a name
+//! fetched while a rename is in flight (it may be the old name or the new) is not cached at
+//! all, or an open of the new path between the rename and its post would be filed under the
+//! old name (found in review). A post that never comes leaves caching off: safe, only slower.
 //!
 //! The hive is not cached: an entry would have to pin the hive record, and a pinned record
 //! outlives its last key (an idle implicit hive stays listed, a pending unload is never
@@ -29,7 +32,7 @@
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
-    AtomicPtr, AtomicU32,
+    AtomicPtr, AtomicU32, AtomicU64,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
@@ -43,7 +46,7 @@ const SHARDS: usize = 64;
 /// Buckets per shard (one 4 KiB block of pointers).
 const BUCKETS: usize = BlockClass::B4096.size() / size_of::<usize>();
 
-/// One cached key: 32 bytes, in a 64-byte block.
+/// One cached key: 40 bytes, in a 64-byte block.
 #[repr(C)]
 pub struct KeyEntry {
     next: AtomicPtr<Self>,
@@ -53,8 +56,8 @@ pub struct KeyEntry {
     /// Tracked records opened through this entry, and opens between lookup and link. Taken
     /// under the shard lock only; given back without it unless it may be the last.
     objects: AtomicU32,
-    /// The epoch its name and hive were resolved in.
-    epoch: AtomicU32,
+    /// The epoch its name was fetched in.
+    epoch: AtomicU64,
 }
 
 const _: () = assert!(size_of::<KeyEntry>() <= BlockClass::B64.size());
@@ -76,13 +79,31 @@ pub struct KeyHit {
     pub name: NameRef,
 }
 
-/// A lookup that found nothing current: the id and the epoch read before the name is
-/// fetched (what [`KeyCache::insert`] stores the name under).
+/// A lookup that found nothing current.
+///
+/// It carries the id, the epoch read before the name is fetched (what [`KeyCache::insert`]
+/// stores the name under), and whether a rename was in flight then (the name is then not
+/// cached).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyMiss {
     pub(crate) id: u64,
-    pub(crate) epoch: u32,
+    pub(crate) epoch: u64,
+    pub(crate) renaming: bool,
 }
+
+impl KeyMiss {
+    /// Whether the name fetched for this miss may be cached.
+    #[must_use]
+    pub const fn cacheable(&self) -> bool {
+        !self.renaming
+    }
+}
+
+/// The rename state word: renames in flight in the top 16 bits, the epoch below.
+const RENAMING_ONE: u64 = 1 << 48;
+const EPOCH_MASK: u64 = RENAMING_ONE - 1;
+/// The most renames counted in flight (the count saturates there).
+const EPOCH_LIMIT_RENAMES: u64 = u16::MAX as u64;
 
 struct Shard<L> {
     lock: L,
@@ -93,16 +114,8 @@ struct Shard<L> {
 /// The cache.
 pub struct KeyCache<L> {
     shards: [Shard<L>; SHARDS],
-    epoch: AtomicU32,
-}
-
-/// Whether epoch `a` is later than `b` (epochs only grow; compared across wrap-around).
-#[allow(
-    clippy::cast_possible_wrap,
-    reason = "the wrapped difference's sign is the order"
-)]
-const fn newer(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
+    /// Renames in flight and the epoch ([`RENAMING_ONE`], [`EPOCH_MASK`]).
+    state: AtomicU64,
 }
 
 const fn mix(id: u64) -> u64 {
@@ -126,7 +139,7 @@ impl<L: RawLock> KeyCache<L> {
                 buckets: AtomicPtr::new(ptr::null_mut()),
                 count: AtomicU32::new(0),
             }),
-            epoch: AtomicU32::new(1),
+            state: AtomicU64::new(1),
         }
     }
 
@@ -167,9 +180,28 @@ impl<L: RawLock> KeyCache<L> {
         None
     }
 
-    /// A rename: every entry resolved before now is stale.
-    pub fn invalidate(&self) {
-        self.epoch.fetch_add(1, Release);
+    /// `RegNtPreRenameKey`: every entry filled before now is stale, and names fetched until
+    /// the rename ends are not cached.
+    pub fn rename_started(&self) {
+        self.update(|renaming| renaming.saturating_add(1).min(EPOCH_LIMIT_RENAMES));
+    }
+
+    /// `RegNtPostRenameKey`: every entry filled before now is stale (names fetched during the
+    /// rename were not cached); caching resumes when no other rename is in flight. A post
+    /// without its pre (the callback registered in between) only starts an epoch.
+    pub fn rename_ended(&self) {
+        self.update(|renaming| renaming.saturating_sub(1));
+    }
+
+    fn update(&self, renaming: impl Fn(u64) -> u64) {
+        let mut s = self.state.load(Relaxed);
+        loop {
+            let next = (renaming(s >> 48) << 48) | ((s + 1) & EPOCH_MASK);
+            match self.state.compare_exchange_weak(s, next, AcqRel, Relaxed) {
+                Ok(_) => return,
+                Err(now) => s = now,
+            }
+        }
     }
 
     /// The current epoch's entry for `id`, counted, with a name reference for the caller;
@@ -179,14 +211,20 @@ impl<L: RawLock> KeyCache<L> {
     /// The [`KeyMiss`] when nothing current is cached for `id`.
     pub fn lookup(&self, names: &NameTable<L>, id: u64) -> Result<KeyHit, KeyMiss> {
         // Read first: a name fetched after this read is at least as new as this epoch.
-        let epoch = self.epoch.load(Acquire);
+        let state = self.state.load(Acquire);
+        let miss = KeyMiss {
+            id,
+            epoch: state & EPOCH_MASK,
+            renaming: state >> 48 != 0,
+        };
+        let epoch = miss.epoch;
         let (shard, b) = self.place(id);
         // An empty bucket is a miss without the lock (a fresh key's open): a miss is always
         // safe, `insert` finds an entry linked meanwhile. The bucket block, once published
         // (Release in `link_new`), lives until teardown.
         let buckets = shard.buckets.load(Acquire);
         if buckets.is_null() || Self::bucket(buckets, b).load(Relaxed).is_null() {
-            return Err(KeyMiss { id, epoch });
+            return Err(miss);
         }
         let _g = Exclusive::new(&shard.lock);
         if let Some(e) = Self::find(shard, b, id)
@@ -201,13 +239,14 @@ impl<L: RawLock> KeyCache<L> {
                 name,
             });
         }
-        Err(KeyMiss { id, epoch })
+        Err(miss)
     }
 
     /// Records that key `miss.id` is named `name` (the caller holds a reference on it) and
     /// counts one use of the entry: a new entry, or the existing one, refreshed when it is
     /// older than `miss.epoch`; also says whether this call created the entry. `None` when no
-    /// entry could be allocated (the key is then not cached).
+    /// entry could be allocated (the key is then not cached). The caller asks only for a
+    /// [`KeyMiss::cacheable`] miss.
     pub fn insert<P: Pool>(
         &self,
         pool: &P,
@@ -223,7 +262,7 @@ impl<L: RawLock> KeyCache<L> {
                 return Self::link_new(pool, names, shard, b, miss, name).map(|e| (e, true));
             };
             e.objects.fetch_add(1, Relaxed);
-            if newer(miss.epoch, e.epoch.load(Relaxed)) {
+            if miss.epoch > e.epoch.load(Relaxed) {
                 names.add_ref(name);
                 old = NonNull::new(e.name.swap(name.as_ptr(), Relaxed));
                 e.epoch.store(miss.epoch, Relaxed);
@@ -263,7 +302,7 @@ impl<L: RawLock> KeyCache<L> {
             id: miss.id,
             name: AtomicPtr::new(name.as_ptr()),
             objects: AtomicU32::new(1),
-            epoch: AtomicU32::new(miss.epoch),
+            epoch: AtomicU64::new(miss.epoch),
         };
         // SAFETY: a fresh 64-byte block, 16-aligned, ours alone, big enough (asserted above).
         unsafe { e.write(entry) };

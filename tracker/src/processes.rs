@@ -10,8 +10,10 @@
 //!
 //! Lifetimes: a holding lives while it has keys; a process lives until it has exited and
 //! holds nothing. Lock order (a lock is only ever taken while holding locks to its left):
-//! hive shard, process shard, object shard, process, name shard. (`opened` takes them one
-//! at a time; a destroy holds its object shard while it takes the process lock to unlink.)
+//! hive shard, process shard, object shard, process, name shard; the key-cache shard
+//! (`crate::keys`) is a leaf, taken under the hive shard by an open that fills the cache and
+//! under nothing else, and nothing is taken under it. (`opened` takes them one at a time; a
+//! destroy holds its object shard while it takes the process lock to unlink.)
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};

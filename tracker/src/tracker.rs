@@ -398,11 +398,17 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         )
     }
 
-    /// A key was renamed (`RegNtPreRenameKey` and `RegNtPostRenameKey`): every key below it
-    /// has a new name under an unchanged key id, so no cached name is trusted any more.
-    /// Objects already tracked keep the name they were opened with.
-    pub fn key_renamed(&self) {
-        self.keys.invalidate();
+    /// A key is being renamed (`RegNtPreRenameKey`): it and every key below it are getting
+    /// new names under unchanged key ids, so no cached name is trusted any more, and names
+    /// fetched until the rename ends are not cached ([`crate::keys`]). Objects already
+    /// tracked keep the name they were opened with.
+    pub fn rename_started(&self) {
+        self.keys.rename_started();
+    }
+
+    /// The rename ended (`RegNtPostRenameKey`, whatever its status).
+    pub fn rename_ended(&self) {
+        self.keys.rename_ended();
     }
 
     /// Links record `rec` (slot `r`) into `process`'s holding for `hive`, charging it.
@@ -448,8 +454,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// The open's key cache entry: the hit's, or (after a miss) the entry made or refreshed
-    /// for `name`, whose creation is charged to the open's process. Cached only under a whole
-    /// name: a key whose name could not be stored is looked up by name again at its next open.
+    /// for `name`, whose creation is charged to the open's process. Cached only under a
+    /// stored name (a key whose name could not be stored is named again at its next open) and
+    /// when no rename was in flight as the name was fetched.
     fn cache_key(
         &self,
         key: Option<Result<KeyRef, KeyMiss>>,
@@ -459,7 +466,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     ) -> Option<KeyRef> {
         match (key, name) {
             (Some(Ok(k)), _) => Some(k),
-            (Some(Err(miss)), Some(n)) => {
+            (Some(Err(miss)), Some(n)) if miss.cacheable() => {
                 match self.keys.insert(&self.pool, &self.names, miss, n) {
                     None => {
                         bump(&self.counters.keys_not_cached);

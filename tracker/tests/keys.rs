@@ -22,13 +22,46 @@ const P1: ProcessKey = ProcessKey {
     pid: 100,
     start_key: 1,
 };
+const P2: ProcessKey = ProcessKey {
+    pid: 200,
+    start_key: 1,
+};
 /// A key id, as the kernel gives it (an address).
 const KEY: u64 = 0xFFFF_A000_1234_5670;
 
 fn tracker(pool: &CountingPool) -> TestTracker<'_> {
-    let t = Tracker::new(pool, Config::default()).unwrap();
+    tracker_with(pool, Config::default())
+}
+
+fn tracker_with(pool: &CountingPool, config: Config) -> TestTracker<'_> {
+    let t = Tracker::new(pool, config).unwrap();
     t.hive_loaded(&w(SOFTWARE), &w(r"\SystemRoot\System32\Config\SOFTWARE"), 1);
     t
+}
+
+/// The driver's open as process `p`: by key id first, by name on a miss; and whether it hit.
+fn open_as(
+    t: &TestTracker<'_>,
+    p: ProcessKey,
+    object: u64,
+    key: u64,
+    name: &str,
+) -> (Result<Token, NotTracked>, bool) {
+    match t.opened_known(object, key, p, 7, 0x2_0019, 10) {
+        Ok(r) => (r, true),
+        Err(miss) => (
+            t.opened_named(miss, object, p, 7, &w(name), 0x2_0019, 10),
+            false,
+        ),
+    }
+}
+
+/// Nothing left in the cache and no name reference kept (teardown would free both
+/// silently, so this is checked before it).
+fn assert_nothing_cached(t: &TestTracker<'_>, names_before: u64) {
+    let s = t.stats();
+    assert_eq!(s.keys_cached, 0, "an entry outlived its key's last object");
+    assert_eq!(s.names_interned, names_before, "a name reference leaked");
 }
 
 /// The driver's open: by key id first, by name on a miss.
@@ -68,14 +101,17 @@ fn a_held_key_is_opened_by_its_id_alone() {
     let pool = CountingPool::new(Failure::Never, true);
     {
         let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
         let (a, hit_a) = open(&t, 0x1000, KEY, RUN);
         assert!(!hit_a, "the first open of a key needs its name");
         let (b, hit_b) = open(&t, 0x2000, KEY, RUN);
         assert!(hit_b, "a key already held is found by its id");
         assert_eq!(held(&t), [RUN, RUN]);
+        assert_eq!(t.stats().keys_cached, 1);
         t.object_destroyed(a, 0x1000);
         t.object_destroyed(b, 0x2000);
         assert!(held(&t).is_empty());
+        assert_nothing_cached(&t, names_before);
     }
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
 }
@@ -114,8 +150,8 @@ fn a_rename_makes_every_cached_name_stale() {
     {
         let t = tracker(&pool);
         let (a, _) = open(&t, 0x1000, KEY, RUN);
-        t.key_renamed(); // RegNtPreRenameKey
-        t.key_renamed(); // RegNtPostRenameKey
+        t.rename_started(); // RegNtPreRenameKey
+        t.rename_ended(); // RegNtPostRenameKey
         let (b, hit) = open(&t, 0x2000, KEY, RUN_RENAMED);
         assert!(!hit, "after a rename the key is named again");
         let (c, hit) = open(&t, 0x3000, KEY, RUN_RENAMED);
@@ -140,7 +176,8 @@ fn a_name_fetched_across_a_rename_is_not_trusted() {
         let miss = t
             .opened_known(0x1000, KEY, P1, 7, 0x2_0019, 10)
             .expect_err("nothing cached yet");
-        t.key_renamed();
+        t.rename_started();
+        t.rename_ended();
         let a = named(&t, miss, 0x1000, RUN);
         let (b, hit) = open(&t, 0x2000, KEY, RUN_RENAMED);
         assert!(
@@ -222,7 +259,8 @@ fn concurrent_opens_and_closes_of_shared_keys_leave_nothing() {
                         };
                         let tok = r.unwrap();
                         if i % 13 == 0 {
-                            t.key_renamed();
+                            t.rename_started();
+                            t.rename_ended();
                         }
                         t.object_destroyed(tok, object);
                     }
@@ -230,6 +268,206 @@ fn concurrent_opens_and_closes_of_shared_keys_leave_nothing() {
             }
         });
         assert!(held(&t).is_empty());
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+// Found in review (helper-30), each shown failing or leaking on the code before its fix.
+
+#[test]
+fn an_open_during_a_rename_is_not_cached_under_the_old_name() {
+    // Thread R renames Run to Run2. Between its pre and post: thread X's open of Run misses
+    // and fetches "Run" (the kernel has not renamed yet); the kernel renames; thread B opens
+    // Run2. B must not be a hit on X's name. Before the fix X's name was cached under the
+    // epoch the pre had started, and B was filed as Run for good.
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
+        t.rename_started();
+        let miss = t
+            .opened_known(0x1000, KEY, P1, 7, 1, 10)
+            .expect_err("empty cache");
+        let a = t.opened_named(miss, 0x1000, P1, 7, &w(RUN), 1, 10).unwrap();
+        let (b, hit) = open_as(&t, P2, 0x2000, KEY, RUN_RENAMED);
+        let b = b.unwrap();
+        t.rename_ended();
+        assert!(!hit, "an open during a rename is named");
+        assert_eq!(held_all(&t), [RUN, RUN_RENAMED]);
+        let (c, hit) = open_as(&t, P2, 0x3000, KEY, RUN_RENAMED);
+        assert!(!hit, "nothing fetched during the rename was cached");
+        let (d, hit) = open_as(&t, P2, 0x4000, KEY, RUN_RENAMED);
+        assert!(hit, "caching resumes once the rename ended");
+        for (tok, obj) in [
+            (a, 0x1000),
+            (b, 0x2000),
+            (c.unwrap(), 0x3000),
+            (d.unwrap(), 0x4000),
+        ] {
+            t.object_destroyed(tok, obj);
+        }
+        assert_nothing_cached(&t, names_before);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+#[test]
+fn a_post_without_its_pre_only_starts_an_epoch() {
+    // The callback registered between a rename's pre and post: the post must not make the
+    // in-flight count negative (caching would then never stop for a later rename).
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
+        t.rename_ended();
+        let (a, _) = open(&t, 0x1000, KEY, RUN);
+        let (b, hit) = open(&t, 0x2000, KEY, RUN);
+        assert!(hit);
+        t.rename_started();
+        let (c, hit) = open(&t, 0x3000, KEY, RUN_RENAMED);
+        assert!(!hit, "a later rename still stops caching");
+        t.rename_ended();
+        for (tok, obj) in [(a, 0x1000), (b, 0x2000), (c, 0x3000)] {
+            t.object_destroyed(tok, obj);
+        }
+        assert_nothing_cached(&t, names_before);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+fn held_all(t: &TestTracker<'_>) -> Vec<String> {
+    held(t)
+}
+
+/// A hit refused by `refuse` gives back its entry use and its name reference: once the
+/// key's last object goes, the id (reused by the kernel for another key) is not found.
+fn refused_hit_gives_back(
+    config: Config,
+    refuse: impl Fn(&TestTracker<'_>) -> Result<Token, NotTracked>,
+) {
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker_with(&pool, config);
+        let names_before = t.stats().names_interned;
+        let (a, hit) = open_as(&t, P1, 0x1000, KEY, RUN);
+        assert!(!hit);
+        let a = a.unwrap();
+        let r = refuse(&t);
+        assert!(r.is_err(), "the hit was expected to be refused: {r:?}");
+        t.object_destroyed(a, 0x1000);
+        assert_nothing_cached(&t, names_before);
+        let (d, hit) = open_as(&t, P1, 0x4000, KEY, POLICIES);
+        assert!(!hit, "a reused id was found in the cache");
+        assert_eq!(held_all(&t), [POLICIES]);
+        t.object_destroyed(d.unwrap(), 0x4000);
+        assert_nothing_cached(&t, names_before);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+#[test]
+fn a_hit_refused_at_the_cap_gives_back_its_use() {
+    let config = Config {
+        max_objects: 1,
+        object_shards: 1,
+        ..Config::default()
+    };
+    refused_hit_gives_back(config, |t| {
+        let (r, hit) = open_as(t, P1, 0x2000, KEY, RUN);
+        assert!(hit);
+        r
+    });
+}
+
+#[test]
+fn a_hit_refused_for_the_share_gives_back_its_use() {
+    // A share that fits P1's first open (record, name, entry) but not a second record.
+    let config = Config {
+        process_share_bytes: 400,
+        ..Config::default()
+    };
+    refused_hit_gives_back(config, |t| {
+        let (r, hit) = open_as(t, P1, 0x2000, KEY, RUN);
+        assert!(hit);
+        r
+    });
+}
+
+#[test]
+fn a_hit_refused_for_memory_gives_back_its_use() {
+    // P2's first open needs a process record: that allocation fails on a hit.
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
+        let (a, _) = open_as(&t, P1, 0x1000, KEY, RUN);
+        let a = a.unwrap();
+        pool.set_failure(Failure::FromK(pool.calls() + 1));
+        let (r, hit) = open_as(&t, P2, 0x2000, KEY, RUN);
+        pool.set_failure(Failure::Never);
+        assert!(hit);
+        assert_eq!(r, Err(NotTracked::NoMemory));
+        t.object_destroyed(a, 0x1000);
+        assert_nothing_cached(&t, names_before);
+        let (d, hit) = open_as(&t, P1, 0x4000, KEY, POLICIES);
+        assert!(!hit, "a reused id was found in the cache");
+        t.object_destroyed(d.unwrap(), 0x4000);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+#[test]
+fn teardown_with_cached_records_live() {
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        let _ = open_as(&t, P1, 0x1000, KEY, RUN);
+        let _ = open_as(&t, P2, 0x2000, KEY, RUN);
+        t.rename_started();
+        t.rename_ended();
+        let _ = open_as(&t, P2, 0x3000, KEY, RUN_RENAMED);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+#[test]
+fn concurrent_hits_renames_and_destroys_leave_no_entry_or_name() {
+    let pool = CountingPool::new(Failure::Never, false);
+    {
+        let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
+        std::thread::scope(|s| {
+            for thread in 0..2u64 {
+                let t = &t;
+                s.spawn(move || {
+                    let mut live = std::collections::VecDeque::new();
+                    for i in 0..30_000u64 {
+                        let k = i % 5;
+                        let key = KEY + k * 0x40;
+                        let name = format!(r"{SOFTWARE}\K{k}");
+                        let object = (thread << 40) | (i + 1) << 4;
+                        let p = if i % 2 == 0 { P1 } else { P2 };
+                        let (r, _) = open_as(t, p, object, key, &name);
+                        live.push_back((r.unwrap(), object));
+                        if i % 97 == 0 {
+                            t.rename_started();
+                        }
+                        if i % 97 == 3 {
+                            t.rename_ended();
+                        }
+                        if live.len() > 3 {
+                            let (tok, obj) = live.pop_front().unwrap();
+                            t.object_destroyed(tok, obj);
+                        }
+                    }
+                    for (tok, obj) in live {
+                        t.object_destroyed(tok, obj);
+                    }
+                });
+            }
+        });
+        assert_eq!(t.stats().objects_tracked, 0);
+        assert_nothing_cached(&t, names_before);
     }
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
 }

@@ -43,6 +43,11 @@ fn id_of(pid: u32, handle: u64) -> Option<usize> {
     })
 }
 
+/// `CmCallbackGetKeyObjectIDEx` calls that asked for the name, so far.
+fn name_fetches() -> u64 {
+    crate::calls::snapshot()[crate::calls::Call::KeyName as usize]
+}
+
 /// The keys `pid` holds in `holders`, as reported.
 fn keys_of(holders: &[Holder], pid: u32) -> Vec<String> {
     let mut keys: Vec<String> = holders
@@ -86,8 +91,14 @@ fn rename_key(ctx: &mut Ctx) {
     let ids = (id_of(a, ha), id_of(a, ha_sub));
     let s = hive::rename_key(a, ha, "New");
     ctx.check(s == STATUS_SUCCESS, format!("Old renamed New: {s:#x}"));
+    let fetched = name_fetches();
     let hb = hive::open_key(b, &new, KEY_READ, false);
     let hb_sub = hive::open_key(b, &new_sub, KEY_READ, false);
+    let fetched = name_fetches() - fetched;
+    ctx.check(
+        fetched == 2,
+        format!("B's two opens after the rename asked the kernel for the names: {fetched}"),
+    );
     let (Ok(hb), Ok(hb_sub)) = (hb, hb_sub) else {
         ctx.check(
             false,
@@ -110,12 +121,18 @@ fn rename_key(ctx: &mut Ctx) {
         got == [old.as_str(), old_sub.as_str()],
         format!("A's keys keep the names they were opened with: {got:?}"),
     );
-    // Opened again now: found by id, under the new name.
+    // Opened again now: found by id (the rename has ended), under the new name.
+    let fetched = name_fetches();
     let again = hive::open_key(b, &new_sub, KEY_READ, false);
+    let fetched = name_fetches() - fetched;
     let got = keys_of(&c.holders(ctx, USER), b);
     ctx.check(
         again.is_ok() && got == [new.as_str(), new_sub.as_str(), new_sub.as_str()],
-        format!("a later open of New\\Sub, by its id: {got:?}"),
+        format!("a later open of New\\Sub, under its new name: {got:?}"),
+    );
+    ctx.check(
+        fetched == 0,
+        format!("that open was found by its id, no name fetched: {fetched} fetch(es)"),
     );
     for (pid, h) in [(a, ha), (a, ha_sub), (b, hb), (b, hb_sub)]
         .into_iter()
