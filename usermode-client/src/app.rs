@@ -16,6 +16,7 @@ use crate::client::Client;
 use crate::commands::{self, CliError, classify};
 use crate::exit;
 use crate::hive_name::{self, display, user_sid};
+use crate::holder_identity::{self, Identities};
 use crate::model::{DiffEntry, DiffReport, Hive, SnapshotFile, Source, schema};
 use crate::render::{self, Format};
 use crate::transport::{Need, Transport, TransportError};
@@ -34,6 +35,8 @@ pub struct Env<'a> {
     pub connect: &'a mut Connect<'a>,
     /// Resolves SIDs and the current user.
     pub accounts: &'a dyn Accounts,
+    /// Who a running holder is (session, user, services).
+    pub identities: &'a dyn Identities,
     /// The client's clock, as a FILETIME (ages are computed against it).
     pub now: u64,
     /// Time for `wait`.
@@ -144,6 +147,9 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             let mut t = connect(env, Need::Holders)?;
             let mut r = Client::new(t.as_mut()).holders(&nt, *summary, env.now)?;
             resolve_account(&mut r.hive, env.accounts, g.no_resolve);
+            if !g.no_resolve {
+                holder_identity::annotate(&mut r, env.identities);
+            }
             emit(env, format, &render::holders(&r, format)?, Some(&r.source))?;
             Ok(verdict(
                 g.strict,

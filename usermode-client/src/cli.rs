@@ -37,7 +37,8 @@ pub struct Global {
     /// Print CSV with a header row (the backend and completeness go to stderr).
     #[arg(long, global = true)]
     pub csv: bool,
-    /// Do not resolve user SIDs to account names (Windows).
+    /// Do not resolve user SIDs to account names, nor holders' sessions, users and services
+    /// (Windows).
     #[arg(long, global = true)]
     pub no_resolve: bool,
     /// Exit with 4 when the report is incomplete (the tracker dropped records).

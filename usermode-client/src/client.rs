@@ -127,6 +127,9 @@ fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
         oldest_open: Time::from_filetime(p.oldest_open),
         oldest_age_secs: age_secs(p.oldest_open, now),
         keys: Vec::new(),
+        session: None,
+        user: None,
+        services: Vec::new(),
     }
 }
 

@@ -197,6 +197,9 @@ mod tests {
             oldest_open: None,
             oldest_age_secs: 0,
             keys: keys.iter().map(|k| key(k)).collect(),
+            session: None,
+            user: None,
+            services: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod coverage;
 pub mod emulator;
 pub mod fallback;
 pub mod hive_name;
+pub mod holder_identity;
 pub mod holder_now;
 pub mod model;
 pub mod page_server;
@@ -30,6 +31,8 @@ pub mod windows_accounts;
 pub mod windows_fallback;
 #[cfg(windows)]
 pub mod windows_handles;
+#[cfg(windows)]
+pub mod windows_identity;
 
 /// Process exit codes, part of the CLI's scripting contract.
 pub mod exit {

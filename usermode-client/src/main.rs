@@ -7,7 +7,7 @@ use hivetrack_cli::{
     accounts,
     app::{self, Env},
     cli::Cli,
-    commands, exit, transport,
+    commands, exit, holder_identity, transport,
     wait::SystemClock,
 };
 
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
     let accounts = accounts::system();
+    let identities = holder_identity::system();
     let (backend, emulator) = (cli.global.backend, cli.global.emulator().map(str::to_owned));
     let mut connect = move |need| transport::open(backend, need, emulator.as_deref());
     let mut clock = SystemClock::start();
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         err: &mut stderr,
         connect: &mut connect,
         accounts: accounts.as_ref(),
+        identities: identities.as_ref(),
         now: app::filetime_now(),
         clock: &mut clock,
     };

@@ -257,6 +257,16 @@ pub struct Holder {
     pub oldest_age_secs: u64,
     /// Its keys, oldest first (empty with `--summary`).
     pub keys: Vec<HeldKey>,
+    /// Its Terminal Services session, looked up by pid while it runs (Windows; null when
+    /// unknown, exited, or with `--no-resolve`).
+    #[serde(default)]
+    pub session: Option<u32>,
+    /// The account it runs as (`DOMAIN\name`, or a SID string), looked up the same way.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The services running in it (a service host's), looked up the same way.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// `hivetrack holders`.

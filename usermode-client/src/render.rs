@@ -188,9 +188,33 @@ fn process_phrase(pid: u64, image: Option<&String>, exited: bool) -> String {
     format!("Process {pid} ({image}{exited})")
 }
 
+/// What Windows said of a running holder: `; services A, B; session 1; DOMAIN\user` (empty
+/// when nothing was looked up).
+fn identity_phrase(h: &Holder) -> String {
+    let mut parts = Vec::new();
+    if !h.services.is_empty() {
+        parts.push(format!("services {}", h.services.join(", ")));
+    }
+    if let Some(s) = h.session {
+        parts.push(format!("session {s}"));
+    }
+    if let Some(u) = &h.user {
+        parts.push(u.clone());
+    }
+    parts.iter().fold(String::new(), |mut acc, p| {
+        let _ = write!(acc, "; {p}");
+        acc
+    })
+}
+
 /// Event 1530's lines for one holder: one per key name, identical names counted.
 fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &mut String) {
-    let who = process_phrase(h.pid, h.image.as_ref(), h.exited);
+    let mut who = process_phrase(h.pid, h.image.as_ref(), h.exited);
+    let identity = identity_phrase(h);
+    if !identity.is_empty() {
+        who.pop(); // the closing parenthesis
+        who = format!("{who}{identity})");
+    }
     if h.keys.is_empty() {
         let _ = writeln!(
             out,
@@ -320,6 +344,9 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     opt(h.image.as_ref()),
                     h.exited.to_string(),
                     h.open_keys.to_string(),
+                    h.session.map(|s| s.to_string()).unwrap_or_default(),
+                    opt(h.user.as_ref()),
+                    h.services.join(";"),
                 ];
                 if h.keys.is_empty() {
                     let mut row = proc_cells.to_vec();
@@ -352,6 +379,9 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     "image",
                     "exited",
                     "open_keys",
+                    "session",
+                    "user",
+                    "services",
                     "key",
                     "path",
                     "opened_at",

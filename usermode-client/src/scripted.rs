@@ -594,6 +594,50 @@ pub fn logoff_busy() -> Server {
     s
 }
 
+/// The pid of the service host in [`logoff_service_host`].
+pub const SVCHOST_PID: u64 = 1188;
+/// The pid of the exited holder in [`logoff_service_host`].
+pub const EXITED_PID: u64 = 5120;
+
+/// The event-1530 case people post: a service host and an exited process hold the profile.
+///
+/// `svchost.exe` says nothing until its services are named; the exited process's key handle
+/// was inherited by another, and its pid may belong to someone else by now.
+#[must_use]
+pub fn logoff_service_host() -> Server {
+    let mut s = logoff();
+    let h = H {
+        id: 7,
+        mount: user(""),
+        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
+        open_keys: 3,
+        holders: 2,
+    };
+    let procs = [
+        P {
+            pid: SVCHOST_PID,
+            image: r"C:\Windows\System32\svchost.exe",
+            flags: 0,
+            keys: vec![
+                (
+                    user(r"\Software\Microsoft\Windows\CurrentVersion\Group Policy"),
+                    40 * 60,
+                    1192,
+                ),
+                (user(r"\Software\Policies"), 40 * 60, 1192),
+            ],
+        },
+        P {
+            pid: EXITED_PID,
+            image: r"C:\Windows\System32\rundll32.exe",
+            flags: HolderProcess::EXITED,
+            keys: vec![(user(r"\Software\Classes"), 5 * 60, 5124)],
+        },
+    ];
+    s.holders[0] = (units(&h.mount), holders_listing(&h, &procs));
+    s
+}
+
 /// The profile after the agent exited: nothing holds either profile hive.
 #[must_use]
 pub fn logoff_released() -> Server {

@@ -59,49 +59,55 @@ impl Drop for Token {
     }
 }
 
+/// The SID string of the user of `process`'s primary token (the process handle needs
+/// `PROCESS_QUERY_LIMITED_INFORMATION`).
+pub(crate) fn process_user_sid(process: HANDLE) -> Option<String> {
+    let mut raw: HANDLE = ptr::null_mut();
+    // SAFETY: `process` is a valid process handle; `raw` is a valid out pointer.
+    let ok = unsafe { OpenProcessToken(process, TOKEN_QUERY, &raw mut raw) };
+    if ok == 0 {
+        return None;
+    }
+    let token = Token(raw);
+    let mut needed = 0u32;
+    // SAFETY: a size query: null buffer of length 0, `needed` is a valid out pointer.
+    unsafe { GetTokenInformation(token.0, TokenUser, ptr::null_mut(), 0, &raw mut needed) };
+    if needed == 0 {
+        return None;
+    }
+    // u64 elements keep the buffer aligned for TOKEN_USER.
+    let mut buf = vec![0u64; (needed as usize).div_ceil(8)];
+    let len = u32::try_from(buf.len() * 8).ok()?;
+    // SAFETY: `buf` holds `len` writable bytes; `needed` is a valid out pointer.
+    let ok = unsafe {
+        GetTokenInformation(
+            token.0,
+            TokenUser,
+            buf.as_mut_ptr().cast(),
+            len,
+            &raw mut needed,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    // SAFETY: the call succeeded, so the buffer starts with an initialised TOKEN_USER
+    // (8-aligned); its SID points into the same buffer, which outlives its use below.
+    let user: TOKEN_USER = unsafe { buf.as_ptr().cast::<TOKEN_USER>().read() };
+    let mut text: *mut u16 = ptr::null_mut();
+    // SAFETY: the SID is valid (see above); `text` is a valid out pointer.
+    let ok = unsafe { ConvertSidToStringSidW(user.User.Sid, &raw mut text) };
+    if ok == 0 {
+        return None;
+    }
+    take_local_wide(text)
+}
+
 impl Accounts for WindowsAccounts {
     fn current_user_sid(&self) -> Option<String> {
-        let mut raw: HANDLE = ptr::null_mut();
         // SAFETY: no arguments; returns the current process's pseudo-handle.
         let process = unsafe { GetCurrentProcess() };
-        // SAFETY: `process` is a valid pseudo-handle; `raw` is a valid out pointer.
-        let ok = unsafe { OpenProcessToken(process, TOKEN_QUERY, &raw mut raw) };
-        if ok == 0 {
-            return None;
-        }
-        let token = Token(raw);
-        let mut needed = 0u32;
-        // SAFETY: a size query: null buffer of length 0, `needed` is a valid out pointer.
-        unsafe { GetTokenInformation(token.0, TokenUser, ptr::null_mut(), 0, &raw mut needed) };
-        if needed == 0 {
-            return None;
-        }
-        // u64 elements keep the buffer aligned for TOKEN_USER.
-        let mut buf = vec![0u64; (needed as usize).div_ceil(8)];
-        let len = u32::try_from(buf.len() * 8).ok()?;
-        // SAFETY: `buf` holds `len` writable bytes; `needed` is a valid out pointer.
-        let ok = unsafe {
-            GetTokenInformation(
-                token.0,
-                TokenUser,
-                buf.as_mut_ptr().cast(),
-                len,
-                &raw mut needed,
-            )
-        };
-        if ok == 0 {
-            return None;
-        }
-        // SAFETY: the call succeeded, so the buffer starts with an initialised TOKEN_USER
-        // (8-aligned); its SID points into the same buffer, which outlives its use below.
-        let user: TOKEN_USER = unsafe { buf.as_ptr().cast::<TOKEN_USER>().read() };
-        let mut text: *mut u16 = ptr::null_mut();
-        // SAFETY: the SID is valid (see above); `text` is a valid out pointer.
-        let ok = unsafe { ConvertSidToStringSidW(user.User.Sid, &raw mut text) };
-        if ok == 0 {
-            return None;
-        }
-        take_local_wide(text)
+        process_user_sid(process)
     }
 
     fn account_of(&self, sid: &str) -> Option<String> {

@@ -16,6 +16,7 @@ use hivetrack_cli::accounts::{Accounts, SidLookup};
 use hivetrack_cli::app::{Env, run};
 use hivetrack_cli::cli::Cli;
 use hivetrack_cli::commands::report_error;
+use hivetrack_cli::holder_identity::{Identities, NoIdentities};
 use hivetrack_cli::page_server::Server;
 use hivetrack_cli::scripted::{NOW, SID, Scripted};
 use hivetrack_cli::transport::{Need, Transport, TransportError};
@@ -97,8 +98,18 @@ impl Transport for Counting {
 /// Runs `argv` with `connect`, the given accounts, at [`NOW`].
 pub fn run_with(
     argv: &[&str],
+    connect: impl FnMut(Need) -> Result<Box<dyn Transport>, TransportError>,
+    accounts: &dyn Accounts,
+) -> Outcome {
+    run_with_identities(argv, connect, accounts, &NoIdentities)
+}
+
+/// Runs `argv` with `connect`, the given accounts and process identities, at [`NOW`].
+pub fn run_with_identities(
+    argv: &[&str],
     mut connect: impl FnMut(Need) -> Result<Box<dyn Transport>, TransportError>,
     accounts: &dyn Accounts,
+    identities: &dyn Identities,
 ) -> Outcome {
     let mut full = vec!["hivetrack"];
     full.extend_from_slice(argv);
@@ -112,6 +123,7 @@ pub fn run_with(
             err: &mut err,
             connect: &mut connect,
             accounts,
+            identities,
             now: NOW,
             clock: &mut clock,
         };

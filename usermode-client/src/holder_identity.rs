@@ -1,0 +1,69 @@
+//! Who a holding process is: its session, the account it runs as, and, for a service host,
+//! the services running in it.
+//!
+//! In the event-1530 reports people post, the holder is most often `svchost.exe`, which
+//! says nothing until the services it hosts are named (issue 16). The driver reports pid,
+//! start key and image; the CLI asks Windows about the process while it runs
+//! (`windows_identity`: `ProcessIdToSessionId`, the token's user, the service manager's
+//! `EnumServicesStatusExW` with `SC_ENUM_PROCESS_INFO`). Elsewhere nothing resolves
+//! ([`NoIdentities`]) and the fields stay empty.
+//!
+//! Only holders the driver reports as running are asked about: an exited holder's pid may
+//! already belong to another process. A process that exits between the driver's answer and
+//! the lookup, with its pid handed out again in that instant, would be misnamed; the lookup
+//! happens at once after the answer, and the fields say "as looked up by pid", never more.
+
+use crate::model::HoldersReport;
+
+/// What Windows says about a running process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Its Terminal Services session (0: services).
+    pub session: Option<u32>,
+    /// The account its primary token runs as (`DOMAIN\name`, or the SID string when the
+    /// name does not resolve).
+    pub user: Option<String>,
+    /// The services running in it (service names, sorted): a service host's.
+    pub services: Vec<String>,
+}
+
+/// Looks up running processes.
+pub trait Identities {
+    /// Who process `pid` is; `None` when nothing can be learned (it is gone, access is
+    /// denied, or the system is not Windows).
+    fn identity_of(&self, pid: u64) -> Option<Identity>;
+}
+
+/// No lookups: what every system but Windows has.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoIdentities;
+
+impl Identities for NoIdentities {
+    fn identity_of(&self, _pid: u64) -> Option<Identity> {
+        None
+    }
+}
+
+/// The lookups of this system.
+#[must_use]
+pub fn system() -> Box<dyn Identities> {
+    #[cfg(windows)]
+    {
+        Box::new(crate::windows_identity::WindowsIdentities::default())
+    }
+    #[cfg(not(windows))]
+    {
+        Box::new(NoIdentities)
+    }
+}
+
+/// Fills in the session, user and services of every running holder of `report`.
+pub fn annotate(report: &mut HoldersReport, identities: &dyn Identities) {
+    for h in report.holders.iter_mut().filter(|h| !h.exited) {
+        if let Some(id) = identities.identity_of(h.pid) {
+            h.session = id.session;
+            h.user = id.user;
+            h.services = id.services;
+        }
+    }
+}

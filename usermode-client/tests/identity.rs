@@ -1,0 +1,109 @@
+//! Holder identity (issue 16): the session, user and services of a running holder, looked
+//! up by pid (on Windows, `windows_identity`; here a stand-in), in every output form; never
+//! for a holder that has exited (its pid may be another process's by now), and not with
+//! `--no-resolve`.
+
+mod common;
+
+use std::cell::RefCell;
+
+use common::{Contoso, run_with_identities};
+use hivetrack_cli::holder_identity::{Identities, Identity};
+use hivetrack_cli::scripted::{EXITED_PID, SID, SVCHOST_PID, Scripted, logoff_service_host};
+use hivetrack_cli::transport::{Transport, TransportError};
+
+/// Answers for the service host; records which pids were asked about.
+#[derive(Default)]
+struct StandIn {
+    asked: RefCell<Vec<u64>>,
+}
+
+impl Identities for StandIn {
+    fn identity_of(&self, pid: u64) -> Option<Identity> {
+        self.asked.borrow_mut().push(pid);
+        (pid == SVCHOST_PID).then(|| Identity {
+            session: Some(0),
+            user: Some(r"NT AUTHORITY\SYSTEM".to_owned()),
+            services: vec!["ProfSvc".to_owned(), "gpsvc".to_owned()],
+        })
+    }
+}
+
+fn run(argv: &[&str], ids: &StandIn) -> common::Outcome {
+    let mut once = Some(Scripted::new(logoff_service_host()));
+    run_with_identities(
+        argv,
+        move |_| {
+            once.take()
+                .map(|s| Box::new(s) as Box<dyn Transport>)
+                .ok_or(TransportError::DriverUnavailable)
+        },
+        &Contoso,
+        ids,
+    )
+}
+
+#[test]
+fn a_service_host_is_named_by_its_services_session_and_user() {
+    let hive = format!(r"HKU\{SID}");
+    let ids = StandIn::default();
+    let o = run(&["holders", &hive], &ids);
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(
+        o.out.contains(
+            r"Process 1188 (C:\Windows\System32\svchost.exe; services ProfSvc, gpsvc; session 0; NT AUTHORITY\SYSTEM) has opened key"
+        ),
+        "{}",
+        o.out
+    );
+    assert!(
+        o.out
+            .contains(r"Process 5120 (C:\Windows\System32\rundll32.exe, exited) has opened key"),
+        "the exited holder is not given anyone's identity: {}",
+        o.out
+    );
+    assert_eq!(
+        *ids.asked.borrow(),
+        [SVCHOST_PID],
+        "only running holders are looked up"
+    );
+    assert!(!ids.asked.borrow().contains(&EXITED_PID));
+}
+
+#[test]
+fn json_and_csv_carry_the_identity() {
+    let hive = format!(r"HKU\{SID}");
+    let o = run(&["holders", &hive, "--json"], &StandIn::default());
+    let v: serde_json::Value = serde_json::from_str(&o.out).unwrap();
+    let holders = v["holders"].as_array().unwrap();
+    let svchost = holders.iter().find(|h| h["pid"] == SVCHOST_PID).unwrap();
+    assert_eq!(svchost["session"], 0);
+    assert_eq!(svchost["user"], r"NT AUTHORITY\SYSTEM");
+    assert_eq!(svchost["services"], serde_json::json!(["ProfSvc", "gpsvc"]));
+    let exited = holders.iter().find(|h| h["pid"] == EXITED_PID).unwrap();
+    assert!(exited["session"].is_null() && exited["user"].is_null());
+    assert_eq!(exited["services"], serde_json::json!([]));
+
+    let o = run(&["holders", &hive, "--csv"], &StandIn::default());
+    let mut lines = o.out.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("pid,start_key,image,exited,open_keys,session,user,services,key,"),
+        "{header}"
+    );
+    let row = lines.find(|l| l.starts_with("1188,")).unwrap();
+    assert!(
+        row.contains(r",0,NT AUTHORITY\SYSTEM,ProfSvc;gpsvc,"),
+        "{row}"
+    );
+}
+
+#[test]
+fn no_resolve_looks_nothing_up() {
+    let hive = format!(r"HKU\{SID}");
+    let ids = StandIn::default();
+    let o = run(&["holders", &hive, "--no-resolve"], &ids);
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(ids.asked.borrow().is_empty());
+    assert!(!o.out.contains("services"), "{}", o.out);
+}
