@@ -43,6 +43,23 @@ $mine = @($doc.holders | Where-Object pid -eq $helper.Id)
 Write-Result 'holders names the helper' ($mine.Count -eq 1) "pid $($helper.Id), image $($mine.image)"
 $policies = @($mine.keys | Where-Object { $_.path -like '*\Software\Policies' })
 Write-Result 'with its Software\Policies key and open time' ($policies.Count -ge 1 -and $policies[0].opened_at) ($policies | ConvertTo-Json -Compress)
+$session = (Get-Process -Id $helper.Id).SessionId
+Write-Result 'the helper''s session and user (holder identity)' `
+    ($mine.session -eq $session -and $mine.user -like "*\$env:USERNAME") "session $($mine.session), user $($mine.user)"
+
+# A second handle to the same key: its open is served by the key cache (ObjectID, no name
+# fetched) and must carry the same name.
+$second = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(
+    '-NoProfile', '-Command',
+    '$k = [Microsoft.Win32.Registry]::Users.OpenSubKey("HivetrackKit\Software\Policies"); Start-Sleep -Seconds 600')
+Start-Sleep -Seconds 3
+$again = (Invoke-Hivetrack @('holders', 'HKU\HivetrackKit', '--json')).Text | ConvertFrom-Json
+$theirs = @(@($again.holders | Where-Object pid -eq $second.Id).keys | Where-Object { $_.path -like '*\Software\Policies' })
+Write-Result 'a second open of the held key has the same name (key cache)' ($theirs.Count -ge 1) ($theirs | ConvertTo-Json -Compress)
+Stop-Process -Id $second.Id -Force
+$svc = @($again.holders | Where-Object { $_.services.Count -gt 0 })
+# Information for the report, not a check: which service hosts hold keys here varies.
+Write-Host "  service hosts holding keys: $((($svc | ForEach-Object { "$($_.pid): $($_.services -join ',')" }) -join '; '))"
 
 $history = Invoke-Hivetrack @('unload-history', '--json')
 $history.Text | Set-Content (Join-Path $Results 'unload-history.json')
