@@ -174,7 +174,7 @@ pub fn start_key(process: *mut c_void) -> u64 {
 
 /// The kernel's key id of key object `object`: `CmCallbackGetKeyObjectIDEx` asked for the
 /// `ObjectID` alone, which builds and allocates nothing (docs: "Drivers can use
-/// CmCallbackGetKeyObjectIDEx to obtain the registry key identifier, the object name, or
+/// `CmCallbackGetKeyObjectIDEx` to obtain the registry key identifier, the object name, or
 /// both"; the id is the same for every object of one key and survives renames). `None` where
 /// the routine is missing (before Windows 8: the older routine's names go stale after a
 /// rename, so its opens are named each time) or fails.
@@ -367,7 +367,7 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let known = key_id(object)
         .map(|key| tracker.opened_known(object as u64, key, process, thread, access, now));
     let opened = match known {
-        Some(Ok(tracked)) => Some(tracked),
+        Some(Ok(outcome)) => Some(outcome),
         Some(Err(miss)) => with_key_name(object, |name| {
             tracker.opened_named(miss, object as u64, process, thread, name, access, now)
         }),

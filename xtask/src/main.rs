@@ -115,6 +115,9 @@ enum Cmd {
     /// Whether an open's cost stays flat from 1k to 1M tracked objects (many processes, one
     /// process) and what a refusal at the cap costs: figures and ratios, never asserted.
     BenchScale,
+    /// The lints CI runs, alone: clippy on the host workspace, on both driver crates for the
+    /// Windows target and on the CLI for Windows (`-D warnings`).
+    Lint,
     /// Everything CI runs: setup, fmt, clippy, host tests, build, image and INF checks,
     /// emulator suite.
     Test {
@@ -401,6 +404,7 @@ fn main() -> ExitCode {
         Cmd::CheckInf { path } => check_inf(path),
         Cmd::Emulate { scenarios } => emulate(&scenarios),
         Cmd::Test { skip } => test(&skip),
+        Cmd::Lint => clippy_host().and_then(|()| clippy_drivers()),
         Cmd::WineE2e => wine_e2e(),
         Cmd::Sweep {
             max_runs,
