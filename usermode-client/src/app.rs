@@ -168,7 +168,10 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
         }
         Command::Processes { top } => {
             let mut t = connect(env, Need::Driver)?;
-            let r = Client::new(t.as_mut()).processes(*top)?;
+            let mut r = Client::new(t.as_mut()).processes(*top)?;
+            if !g.no_resolve {
+                holder_identity::annotate_processes(&mut r, env.identities);
+            }
             emit(
                 env,
                 format,

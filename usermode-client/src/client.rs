@@ -109,6 +109,9 @@ fn process_of(r: &ProcessRecord<'_>) -> ProcessEntry {
         exited: r.flags & ProcessRecord::EXITED != 0,
         open_keys: r.open_keys,
         hives: r.hives,
+        session: None,
+        user: None,
+        services: Vec::new(),
     }
 }
 

@@ -13,7 +13,7 @@
 //! the lookup, with its pid handed out again in that instant, would be misnamed; the lookup
 //! happens at once after the answer, and the fields say "as looked up by pid", never more.
 
-use crate::model::HoldersReport;
+use crate::model::{HoldersReport, ProcessesReport};
 
 /// What Windows says about a running process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,6 +64,17 @@ pub fn annotate(report: &mut HoldersReport, identities: &dyn Identities) {
             h.session = id.session;
             h.user = id.user;
             h.services = id.services;
+        }
+    }
+}
+
+/// Fills in the session, user and services of every running process of `report`.
+pub fn annotate_processes(report: &mut ProcessesReport, identities: &dyn Identities) {
+    for p in report.processes.iter_mut().filter(|p| !p.exited) {
+        if let Some(id) = identities.identity_of(p.pid) {
+            p.session = id.session;
+            p.user = id.user;
+            p.services = id.services;
         }
     }
 }

@@ -360,6 +360,15 @@ pub struct ProcessEntry {
     pub open_keys: u64,
     /// Hives it holds keys in.
     pub hives: u32,
+    /// Its session, looked up by pid while it runs (as for a holder).
+    #[serde(default)]
+    pub session: Option<u32>,
+    /// The account it runs as, looked up the same way.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The services running in it, looked up the same way.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// `hivetrack processes`.

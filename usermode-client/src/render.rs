@@ -188,19 +188,25 @@ fn process_phrase(pid: u64, image: Option<&String>, exited: bool) -> String {
     format!("Process {pid} ({image}{exited})")
 }
 
-/// What Windows said of a running holder: `; services A, B; session 1; DOMAIN\user` (empty
-/// when nothing was looked up).
-fn identity_phrase(h: &Holder) -> String {
+/// What Windows said of a running process: `services A, B`, `session 1`, the user
+/// (whichever were looked up).
+fn identity_parts(session: Option<u32>, user: Option<&String>, services: &[String]) -> Vec<String> {
     let mut parts = Vec::new();
-    if !h.services.is_empty() {
-        parts.push(format!("services {}", h.services.join(", ")));
+    if !services.is_empty() {
+        parts.push(format!("services {}", services.join(", ")));
     }
-    if let Some(s) = h.session {
+    if let Some(s) = session {
         parts.push(format!("session {s}"));
     }
-    if let Some(u) = &h.user {
+    if let Some(u) = user {
         parts.push(u.clone());
     }
+    parts
+}
+
+/// [`identity_parts`] of a holder, each after `; ` (empty when nothing was looked up).
+fn identity_phrase(h: &Holder) -> String {
+    let parts = identity_parts(h.session, h.user.as_ref(), &h.services);
     parts.iter().fold(String::new(), |mut acc, p| {
         let _ = write!(acc, "; {p}");
         acc
@@ -600,16 +606,43 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                 p.hives.to_string(),
                 if p.exited { "exited" } else { "running" }.to_owned(),
                 opt(p.image.as_ref()),
+                p.session.map(|s| s.to_string()).unwrap_or_default(),
+                opt(p.user.as_ref()),
+                p.services.join(";"),
             ]
         })
         .collect();
     Ok(match f {
         Format::Json => json(r)?,
         Format::Csv => csv(
-            &["rank", "pid", "open_keys", "hives", "state", "image"],
+            &[
+                "rank",
+                "pid",
+                "open_keys",
+                "hives",
+                "state",
+                "image",
+                "session",
+                "user",
+                "services",
+            ],
             &rows,
         ),
         Format::Table => {
+            // The image cell names what was looked up: `svchost.exe [services A; session 0]`.
+            let rows: Vec<Vec<String>> = r
+                .processes
+                .iter()
+                .zip(rows)
+                .map(|(p, mut row)| {
+                    let parts = identity_parts(p.session, p.user.as_ref(), &p.services);
+                    row.truncate(6);
+                    if !parts.is_empty() {
+                        row[5] = format!("{} [{}]", row[5], parts.join("; "));
+                    }
+                    row
+                })
+                .collect();
             let mut out = table(
                 &[
                     ("#", Align::Right),

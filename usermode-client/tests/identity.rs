@@ -9,7 +9,9 @@ use std::cell::RefCell;
 
 use common::{Contoso, run_with_identities};
 use hivetrack_cli::holder_identity::{Identities, Identity};
-use hivetrack_cli::scripted::{EXITED_PID, SID, SVCHOST_PID, Scripted, logoff_service_host};
+use hivetrack_cli::scripted::{
+    EXITED_PID, LEAKY_PID, SID, SVCHOST_PID, Scripted, handle_leak, logoff_service_host,
+};
 use hivetrack_cli::transport::{Transport, TransportError};
 
 /// Answers for the service host; records which pids were asked about.
@@ -30,7 +32,15 @@ impl Identities for StandIn {
 }
 
 fn run(argv: &[&str], ids: &StandIn) -> common::Outcome {
-    let mut once = Some(Scripted::new(logoff_service_host()));
+    run_server(logoff_service_host(), argv, ids)
+}
+
+fn run_server(
+    server: hivetrack_cli::page_server::Server,
+    argv: &[&str],
+    ids: &StandIn,
+) -> common::Outcome {
+    let mut once = Some(Scripted::new(server));
     run_with_identities(
         argv,
         move |_| {
@@ -106,4 +116,37 @@ fn no_resolve_looks_nothing_up() {
     assert_eq!(o.code, 0, "{}", o.err);
     assert!(ids.asked.borrow().is_empty());
     assert!(!o.out.contains("services"), "{}", o.out);
+}
+
+#[test]
+fn processes_name_the_leaker_s_session_and_user() {
+    // The 65,602-handle leaker: which session and account it runs in.
+    struct Leaker;
+    impl Identities for Leaker {
+        fn identity_of(&self, pid: u64) -> Option<Identity> {
+            (pid == LEAKY_PID).then(|| Identity {
+                session: Some(2),
+                user: Some(r"CONTOSO\bob".to_owned()),
+                services: Vec::new(),
+            })
+        }
+    }
+    let mut once = Some(Scripted::new(handle_leak()));
+    let o = run_with_identities(
+        &["processes", "--top", "2"],
+        move |_| {
+            once.take()
+                .map(|s| Box::new(s) as Box<dyn Transport>)
+                .ok_or(TransportError::DriverUnavailable)
+        },
+        &Contoso,
+        &Leaker,
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(
+        o.out
+            .contains(r"C:\Tools\leaky.exe [session 2; CONTOSO\bob]"),
+        "{}",
+        o.out
+    );
 }
