@@ -78,3 +78,19 @@ pub fn locked_add64(a: &AtomicU64, delta: u64) {
 pub fn locked_sub64(a: &AtomicU64, delta: u64) {
     a.store(a.load(Relaxed).wrapping_sub(delta), Relaxed);
 }
+
+/// Drops one of reference count `count` without a lock while more than one is left, and says
+/// so; `false` when what is left may be the last, which the caller then drops under the lock
+/// that new references are taken under (so the count never reaches zero behind a taker's
+/// back). Release on the decrement orders the holder's reads before a later free.
+pub fn release_unless_last(count: &core::sync::atomic::AtomicU32) -> bool {
+    let mut n = count.load(Relaxed);
+    while n > 1 {
+        match count.compare_exchange_weak(n, n - 1, core::sync::atomic::Ordering::Release, Relaxed)
+        {
+            Ok(_) => return true,
+            Err(now) => n = now,
+        }
+    }
+    false
+}

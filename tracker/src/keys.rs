@@ -36,7 +36,7 @@ use core::sync::atomic::{
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
-use crate::counters::{locked_add32, locked_sub32};
+use crate::counters::{locked_add32, locked_sub32, release_unless_last};
 use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameRef, NameTable};
 use crate::pool::{BlockClass, Pool};
@@ -319,15 +319,8 @@ impl<L: RawLock> KeyCache<L> {
     /// every decrement and Acquire on the last order each user's reads before the free.
     pub fn release<P: Pool>(&self, pool: &P, names: &NameTable<L>, entry: KeyRef) {
         let e = entry_of(entry);
-        let mut uses = e.objects.load(Relaxed);
-        while uses > 1 {
-            match e
-                .objects
-                .compare_exchange_weak(uses, uses - 1, Release, Relaxed)
-            {
-                Ok(_) => return,
-                Err(now) => uses = now,
-            }
+        if release_unless_last(&e.objects) {
+            return;
         }
         let (shard, b) = self.place(e.id);
         {

@@ -14,13 +14,13 @@ use core::mem::size_of;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
     AtomicPtr, AtomicU32,
-    Ordering::{AcqRel, Relaxed, Release},
+    Ordering::{AcqRel, Relaxed},
 };
 
 use protocol::text::fold_unit;
 
 use crate::budget::pool_cost;
-use crate::counters::{locked_add32, locked_sub32};
+use crate::counters::{locked_add32, locked_sub32, release_unless_last};
 use crate::lock::{Exclusive, RawLock};
 use crate::pool::{BlockClass, Pool};
 
@@ -354,15 +354,8 @@ impl<L: RawLock> NameTable<L> {
     /// every decrement and Acquire on the last order each holder's reads before the free.
     pub fn release<P: Pool>(&self, pool: &P, r: NameRef) {
         let entry = name_of(r);
-        let mut refs = entry.refs.load(Relaxed);
-        while refs > 1 {
-            match entry
-                .refs
-                .compare_exchange_weak(refs, refs - 1, Release, Relaxed)
-            {
-                Ok(_) => return,
-                Err(now) => refs = now,
-            }
+        if release_unless_last(&entry.refs) {
+            return;
         }
         let h = entry.hash;
         let shard = &self.shards[h as usize % SHARDS];

@@ -22,9 +22,9 @@ use protocol::wire::{self, DecodeError, HEADER_LEN, Message};
 use crate::commands::{CliError, classify};
 use crate::hive_name::display;
 use crate::model::{
-    Counter, HeldKey, Hive, HivesReport, Holder, HoldersReport, ProcessEntry, ProcessesReport,
-    SnapshotFile, SnapshotKey, Source, StatsReport, Time, UnloadAttempt, UnloadHistoryReport,
-    UnloadHolder, age_secs, ntstatus_name, schema,
+    Counter, HeldKey, Hive, HivesReport, Holder, HoldersReport, Identity, ProcessEntry,
+    ProcessesReport, SnapshotFile, SnapshotKey, Source, StatsReport, Time, UnloadAttempt,
+    UnloadHistoryReport, UnloadHolder, age_secs, ntstatus_name, schema,
 };
 use crate::transport::{
     ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER, ERROR_MORE_DATA, Transport, TransportError,
@@ -109,9 +109,7 @@ fn process_of(r: &ProcessRecord<'_>) -> ProcessEntry {
         exited: r.flags & ProcessRecord::EXITED != 0,
         open_keys: r.open_keys,
         hives: r.hives,
-        session: None,
-        user: None,
-        services: Vec::new(),
+        identity: Identity::default(),
     }
 }
 
@@ -130,9 +128,7 @@ fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
         oldest_open: Time::from_filetime(p.oldest_open),
         oldest_age_secs: age_secs(p.oldest_open, now),
         keys: Vec::new(),
-        session: None,
-        user: None,
-        services: Vec::new(),
+        identity: Identity::default(),
     }
 }
 

@@ -187,6 +187,7 @@ mod tests {
     }
 
     fn holder(pid: u64, keys: &[&str]) -> Holder {
+        use crate::model::Identity;
         Holder {
             pid,
             start_key: 0,
@@ -197,9 +198,7 @@ mod tests {
             oldest_open: None,
             oldest_age_secs: 0,
             keys: keys.iter().map(|k| key(k)).collect(),
-            session: None,
-            user: None,
-            services: Vec::new(),
+            identity: Identity::default(),
         }
     }
 

@@ -13,19 +13,8 @@
 //! the lookup, with its pid handed out again in that instant, would be misnamed; the lookup
 //! happens at once after the answer, and the fields say "as looked up by pid", never more.
 
+pub use crate::model::Identity;
 use crate::model::{HoldersReport, ProcessesReport};
-
-/// What Windows says about a running process.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Identity {
-    /// Its Terminal Services session (0: services).
-    pub session: Option<u32>,
-    /// The account its primary token runs as (`DOMAIN\name`, or the SID string when the
-    /// name does not resolve).
-    pub user: Option<String>,
-    /// The services running in it (service names, sorted): a service host's.
-    pub services: Vec<String>,
-}
 
 /// Looks up running processes.
 pub trait Identities {
@@ -61,9 +50,7 @@ pub fn system() -> Box<dyn Identities> {
 pub fn annotate(report: &mut HoldersReport, identities: &dyn Identities) {
     for h in report.holders.iter_mut().filter(|h| !h.exited) {
         if let Some(id) = identities.identity_of(h.pid) {
-            h.session = id.session;
-            h.user = id.user;
-            h.services = id.services;
+            h.identity = id;
         }
     }
 }
@@ -72,9 +59,7 @@ pub fn annotate(report: &mut HoldersReport, identities: &dyn Identities) {
 pub fn annotate_processes(report: &mut ProcessesReport, identities: &dyn Identities) {
     for p in report.processes.iter_mut().filter(|p| !p.exited) {
         if let Some(id) = identities.identity_of(p.pid) {
-            p.session = id.session;
-            p.user = id.user;
-            p.services = id.services;
+            p.identity = id;
         }
     }
 }

@@ -236,6 +236,22 @@ pub struct HeldKey {
     pub held_now_by: Option<Vec<u64>>,
 }
 
+/// What Windows says of a running process, looked up by pid (`crate::holder_identity`):
+/// empty when unknown, exited, not on Windows, or with `--no-resolve`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Its Terminal Services session (0: services); null when unknown.
+    #[serde(default)]
+    pub session: Option<u32>,
+    /// The account its primary token runs as (`DOMAIN\name`, or the SID string when the
+    /// name does not resolve); null when unknown.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The services running in it (service names, sorted): a service host's.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
 /// A process holding keys in the hive.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
@@ -257,16 +273,9 @@ pub struct Holder {
     pub oldest_age_secs: u64,
     /// Its keys, oldest first (empty with `--summary`).
     pub keys: Vec<HeldKey>,
-    /// Its Terminal Services session, looked up by pid while it runs (Windows; null when
-    /// unknown, exited, or with `--no-resolve`).
-    #[serde(default)]
-    pub session: Option<u32>,
-    /// The account it runs as (`DOMAIN\name`, or a SID string), looked up the same way.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// The services running in it (a service host's), looked up the same way.
-    #[serde(default)]
-    pub services: Vec<String>,
+    /// Who it is (`session`, `user`, `services`), looked up by pid while it runs.
+    #[serde(flatten)]
+    pub identity: Identity,
 }
 
 /// `hivetrack holders`.
@@ -360,15 +369,9 @@ pub struct ProcessEntry {
     pub open_keys: u64,
     /// Hives it holds keys in.
     pub hives: u32,
-    /// Its session, looked up by pid while it runs (as for a holder).
-    #[serde(default)]
-    pub session: Option<u32>,
-    /// The account it runs as, looked up the same way.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// The services running in it, looked up the same way.
-    #[serde(default)]
-    pub services: Vec<String>,
+    /// Who it is (`session`, `user`, `services`), looked up by pid while it runs.
+    #[serde(flatten)]
+    pub identity: Identity,
 }
 
 /// `hivetrack processes`.

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use crate::hive_name::display;
 use crate::model::{
-    Coverage, DiffReport, HeldKey, HivesReport, Holder, HoldersReport, ProcessesReport, Source,
-    StatsReport, UnloadHistoryReport, WaitReport, age_text,
+    Coverage, DiffReport, HeldKey, HivesReport, Holder, HoldersReport, Identity, ProcessesReport,
+    Source, StatsReport, UnloadHistoryReport, WaitReport, age_text,
 };
 
 /// The output form chosen on the command line.
@@ -190,23 +190,32 @@ fn process_phrase(pid: u64, image: Option<&String>, exited: bool) -> String {
 
 /// What Windows said of a running process: `services A, B`, `session 1`, the user
 /// (whichever were looked up).
-fn identity_parts(session: Option<u32>, user: Option<&String>, services: &[String]) -> Vec<String> {
+fn identity_parts(id: &Identity) -> Vec<String> {
     let mut parts = Vec::new();
-    if !services.is_empty() {
-        parts.push(format!("services {}", services.join(", ")));
+    if !id.services.is_empty() {
+        parts.push(format!("services {}", id.services.join(", ")));
     }
-    if let Some(s) = session {
+    if let Some(s) = id.session {
         parts.push(format!("session {s}"));
     }
-    if let Some(u) = user {
+    if let Some(u) = &id.user {
         parts.push(u.clone());
     }
     parts
 }
 
+/// The CSV cells of an identity: session, user, services (`;`-separated).
+fn identity_cells(id: &Identity) -> [String; 3] {
+    [
+        id.session.map(|s| s.to_string()).unwrap_or_default(),
+        opt(id.user.as_ref()),
+        id.services.join(";"),
+    ]
+}
+
 /// [`identity_parts`] of a holder, each after `; ` (empty when nothing was looked up).
 fn identity_phrase(h: &Holder) -> String {
-    let parts = identity_parts(h.session, h.user.as_ref(), &h.services);
+    let parts = identity_parts(&h.identity);
     parts.iter().fold(String::new(), |mut acc, p| {
         let _ = write!(acc, "; {p}");
         acc
@@ -344,16 +353,14 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
         Format::Csv => {
             let mut rows = Vec::new();
             for h in &r.holders {
-                let proc_cells = [
+                let mut proc_cells = vec![
                     h.pid.to_string(),
                     h.start_key.to_string(),
                     opt(h.image.as_ref()),
                     h.exited.to_string(),
                     h.open_keys.to_string(),
-                    h.session.map(|s| s.to_string()).unwrap_or_default(),
-                    opt(h.user.as_ref()),
-                    h.services.join(";"),
                 ];
+                proc_cells.extend(identity_cells(&h.identity));
                 if h.keys.is_empty() {
                     let mut row = proc_cells.to_vec();
                     row.extend(std::iter::repeat_n(String::new(), 8));
@@ -599,17 +606,16 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            vec![
+            let mut row = vec![
                 (i + 1).to_string(),
                 p.pid.to_string(),
                 p.open_keys.to_string(),
                 p.hives.to_string(),
                 if p.exited { "exited" } else { "running" }.to_owned(),
                 opt(p.image.as_ref()),
-                p.session.map(|s| s.to_string()).unwrap_or_default(),
-                opt(p.user.as_ref()),
-                p.services.join(";"),
-            ]
+            ];
+            row.extend(identity_cells(&p.identity));
+            row
         })
         .collect();
     Ok(match f {
@@ -635,7 +641,7 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                 .iter()
                 .zip(rows)
                 .map(|(p, mut row)| {
-                    let parts = identity_parts(p.session, p.user.as_ref(), &p.services);
+                    let parts = identity_parts(&p.identity);
                     row.truncate(6);
                     if !parts.is_empty() {
                         row[5] = format!("{} [{}]", row[5], parts.join("; "));
