@@ -362,12 +362,12 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 ];
                 proc_cells.extend(identity_cells(&h.identity));
                 if h.keys.is_empty() {
-                    let mut row = proc_cells.to_vec();
+                    let mut row = proc_cells.clone();
                     row.extend(std::iter::repeat_n(String::new(), 8));
                     rows.push(row);
                 }
                 for k in &h.keys {
-                    let mut row = proc_cells.to_vec();
+                    let mut row = proc_cells.clone();
                     row.extend([
                         opt(k.name.as_ref()),
                         opt(k.path.as_ref()),
