@@ -7,12 +7,11 @@ mod common;
 
 use std::cell::RefCell;
 
-use common::{Contoso, run_with_identities};
+use common::run_on_with_identities;
 use hivetrack_cli::holder_identity::{Identities, Identity};
 use hivetrack_cli::scripted::{
     EXITED_PID, LEAKY_PID, SID, SVCHOST_PID, Scripted, handle_leak, logoff_service_host,
 };
-use hivetrack_cli::transport::{Transport, TransportError};
 
 /// Answers for the service host; records which pids were asked about.
 #[derive(Default)]
@@ -32,25 +31,7 @@ impl Identities for StandIn {
 }
 
 fn run(argv: &[&str], ids: &StandIn) -> common::Outcome {
-    run_server(logoff_service_host(), argv, ids)
-}
-
-fn run_server(
-    server: hivetrack_cli::page_server::Server,
-    argv: &[&str],
-    ids: &StandIn,
-) -> common::Outcome {
-    let mut once = Some(Scripted::new(server));
-    run_with_identities(
-        argv,
-        move |_| {
-            once.take()
-                .map(|s| Box::new(s) as Box<dyn Transport>)
-                .ok_or(TransportError::DriverUnavailable)
-        },
-        &Contoso,
-        ids,
-    )
+    run_on_with_identities(Scripted::new(logoff_service_host()), argv, ids)
 }
 
 #[test]
@@ -131,15 +112,9 @@ fn processes_name_the_leaker_s_session_and_user() {
             })
         }
     }
-    let mut once = Some(Scripted::new(handle_leak()));
-    let o = run_with_identities(
+    let o = run_on_with_identities(
+        Scripted::new(handle_leak()),
         &["processes", "--top", "2"],
-        move |_| {
-            once.take()
-                .map(|s| Box::new(s) as Box<dyn Transport>)
-                .ok_or(TransportError::DriverUnavailable)
-        },
-        &Contoso,
         &Leaker,
     );
     assert_eq!(o.code, 0, "{}", o.err);

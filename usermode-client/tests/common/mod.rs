@@ -147,8 +147,17 @@ pub fn run_on(server: Server, argv: &[&str]) -> Outcome {
 
 /// Runs `argv` against `scripted` (every connection gets the same state machine).
 pub fn run_scripted(scripted: Scripted, argv: &[&str]) -> Outcome {
+    run_on_with_identities(scripted, argv, &NoIdentities)
+}
+
+/// Runs `argv` against `scripted`, with `identities` for the processes it names.
+pub fn run_on_with_identities(
+    scripted: Scripted,
+    argv: &[&str],
+    identities: &dyn Identities,
+) -> Outcome {
     let mut once = Some(scripted);
-    run_with(
+    run_with_identities(
         argv,
         move |_| {
             once.take()
@@ -156,6 +165,7 @@ pub fn run_scripted(scripted: Scripted, argv: &[&str]) -> Outcome {
                 .ok_or(TransportError::DriverUnavailable)
         },
         &Contoso,
+        identities,
     )
 }
 
