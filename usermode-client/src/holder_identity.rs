@@ -8,7 +8,8 @@
 //! `EnumServicesStatusExW` with `SC_ENUM_PROCESS_INFO`). Elsewhere nothing resolves
 //! ([`NoIdentities`]) and the fields stay empty.
 //!
-//! Only holders the driver reports as running are asked about: an exited holder's pid may
+//! Only holders the driver reports as running are asked about (never the driverless
+//! fallback's, whose openers may have exited unseen): an exited holder's pid may
 //! already belong to another process. A process that exits between the driver's answer and
 //! the lookup, with its pid handed out again in that instant, would be misnamed; the lookup
 //! happens at once after the answer, and the fields say "as looked up by pid", never more.
@@ -46,8 +47,13 @@ pub fn system() -> Box<dyn Identities> {
     }
 }
 
-/// Fills in the session, user and services of every running holder of `report`.
+/// Fills in the session, user and services of every running holder of `report`. Not for the
+/// driverless fallback's holders: the kernel's list names each key's opener, which may have
+/// exited with its pid handed out again, and that backend cannot tell.
 pub fn annotate(report: &mut HoldersReport, identities: &dyn Identities) {
+    if report.source.backend == crate::fallback::BACKEND {
+        return;
+    }
     for h in report.holders.iter_mut().filter(|h| !h.exited) {
         if let Some(id) = identities.identity_of(h.pid) {
             h.identity = id;

@@ -125,3 +125,45 @@ fn processes_name_the_leaker_s_session_and_user() {
         o.out
     );
 }
+
+/// The driverless fallback's source: one open key of pid 9.
+struct Kernel;
+
+impl hivetrack_cli::fallback::OpenSubKeys for Kernel {
+    fn open_subkeys(
+        &mut self,
+        _: &str,
+    ) -> Result<Vec<(u64, String)>, hivetrack_cli::transport::TransportError> {
+        Ok(vec![(9, format!(r"\REGISTRY\USER\{SID}\Software"))])
+    }
+}
+
+#[test]
+fn the_fallback_s_openers_are_not_looked_up() {
+    // NtQueryOpenSubKeysEx names each key's opener, which may have exited with its pid
+    // handed out again; the fallback cannot tell, so nobody's identity is attached.
+    let ids = StandIn::default();
+    let o = common::run_with_identities(
+        &[
+            "holders",
+            &format!(r"HKU\{SID}"),
+            "--backend",
+            "ntquery",
+            "--json",
+        ],
+        |_| {
+            Ok(Box::new(hivetrack_cli::fallback::FallbackTransport::new(
+                Kernel,
+            )))
+        },
+        &common::Contoso,
+        &ids,
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(
+        ids.asked.borrow().is_empty(),
+        "asked about {:?}",
+        ids.asked.borrow()
+    );
+    assert!(o.out.contains("\"pid\": 9"), "{}", o.out);
+}
