@@ -47,9 +47,10 @@ pub fn system() -> Box<dyn Identities> {
     }
 }
 
-/// Fills in the session, user and services of every running holder of `report`. Not for the
-/// driverless fallback's holders: the kernel's list names each key's opener, which may have
-/// exited with its pid handed out again, and that backend cannot tell.
+/// Fills in the session, user and services of every running holder of `report`.
+///
+/// Not for the driverless fallback's holders: the kernel's list names each key's opener,
+/// which may have exited with its pid handed out again, and that backend cannot tell.
 pub fn annotate(report: &mut HoldersReport, identities: &dyn Identities) {
     if report.source.backend == crate::fallback::BACKEND {
         return;
