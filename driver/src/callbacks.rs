@@ -32,6 +32,7 @@ use wdk_sys::{
     DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, OBJ_KERNEL_HANDLE,
     REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION, REG_CREATE_KEY_INFORMATION_V1,
     REG_KEY_HANDLE_CLOSE_INFORMATION, REG_LOAD_KEY_INFORMATION, REG_POST_OPERATION_INFORMATION,
+    REG_RENAME_KEY_INFORMATION,
     REG_UNLOAD_KEY_INFORMATION, STATUS_INVALID_PARAMETER, STATUS_PENDING,
     STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
     ntddk::{IoGetCurrentProcess, PsGetCurrentThreadId, PsGetProcessId},
@@ -285,8 +286,21 @@ unsafe extern "C" fn registry_callback(
         // cached before is trusted after, and none fetched in between is cached (it may be
         // either name). A post comes even when a filter vetoes the pre (docs: "Filtering
         // Registry Calls"; the emulator's td-post-after-veto).
-        RegNtPreRenameKey => tracker.rename_started(),
-        RegNtPostRenameKey => tracker.rename_ended(),
+        RegNtPreRenameKey => {
+            // SAFETY: for this class Argument2 is a REG_RENAME_KEY_INFORMATION, writable
+            // during the notification (its CallContext is the driver's: docs).
+            let info = unsafe { &mut *argument2.cast::<REG_RENAME_KEY_INFORMATION>() };
+            // Marks this rename as counted: its post carries the mark back (docs,
+            // REG_POST_OPERATION_INFORMATION.CallContext), a post whose pre we never saw
+            // does not (the callback registered in between) and must not end another count.
+            info.CallContext = rename_mark();
+            tracker.rename_started();
+        }
+        RegNtPostRenameKey => {
+            // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
+            let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
+            tracker.rename_ended(post.CallContext == rename_mark());
+        }
         RegNtPostLoadKey => {
             // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
             let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
@@ -327,6 +341,13 @@ unsafe extern "C" fn registry_callback(
         _ => {}
     }
     STATUS_SUCCESS
+}
+
+/// The `CallContext` a counted rename's pre leaves for its post: the address of a static,
+/// never a pointer to anything the post reads.
+fn rename_mark() -> *mut c_void {
+    static MARK: u8 = 0;
+    core::ptr::from_ref(&MARK).cast_mut().cast()
 }
 
 fn current_thread() -> u64 {

@@ -49,6 +49,13 @@ pub fn load(sys: &Path, map: Option<&Path>) -> Result<LoadedDriver, LoadError> {
         }
     }
     let image: &'static Image = Box::leak(Box::new(image));
+    // For profilers (callgrind sees the image as anonymous code): where it was mapped.
+    if std::env::var_os("KEMU_PRINT_IMAGE_BASE").is_some() {
+        eprintln!(
+            "kernel-emulator: {file_name} mapped at {:#x} (preferred {:#x})",
+            image.base, image.preferred_base
+        );
+    }
     crate::kernel::with(|k| k.processes.driver_dll_characteristics = image.dll_characteristics);
     bugcheck::set_image(image);
     let service = file_name.trim_end_matches(".sys").to_string();

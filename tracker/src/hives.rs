@@ -150,6 +150,21 @@ struct Shard<L> {
     live: AtomicPtr<Hive>,
     retired: AtomicPtr<Hive>,
     count: AtomicU32,
+    /// Bumped under the exclusive lock whenever `live` changes (a hive added or unlinked):
+    /// while it stays the same, every path of the shard resolves as before and every hive
+    /// found on `live` is still there ([`HiveHint`]).
+    generation: AtomicU64,
+}
+
+/// Where a path resolved: its hive, the hive's shard, and the shard's generation then.
+///
+/// The key cache keeps it so that an open of a held key skips the path lookup while the
+/// shard's live list has not changed ([`HiveTable::held_by_hint`]); it holds no reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HiveHint {
+    pub(crate) hive: NonNull<Hive>,
+    pub(crate) shard: u32,
+    pub(crate) generation: u64,
 }
 
 /// The hive table.
@@ -308,6 +323,7 @@ impl<L: RawLock> HiveTable<L> {
                 live: AtomicPtr::new(ptr::null_mut()),
                 retired: AtomicPtr::new(ptr::null_mut()),
                 count: AtomicU32::new(0),
+                generation: AtomicU64::new(0),
             }),
             next_id: AtomicU32::new(1),
         }
@@ -344,6 +360,7 @@ impl<L: RawLock> HiveTable<L> {
             return Err(NoMemory);
         };
         self.shards[shard].live.store(h.as_ptr(), Relaxed);
+        self.shards[shard].generation.fetch_add(1, Relaxed);
         locked_add32(&self.shards[shard].count, 1);
         Ok(h)
     }
@@ -385,7 +402,8 @@ impl<L: RawLock> HiveTable<L> {
 
     /// Resolves `path` (creating its implicit hive if needed) and returns the hive with its
     /// shard lock held shared: the hive stays alive while the guard lives, without touching
-    /// its reference count (the open path's cheaper alternative to `resolve` + `unpin`).
+    /// its reference count (the open path's cheaper alternative to `resolve` + `unpin`); and
+    /// the hint for resolving it again ([`Self::held_by_hint`]).
     ///
     /// # Errors
     /// [`NoMemory`] when the implicit hive could not be created.
@@ -394,13 +412,19 @@ impl<L: RawLock> HiveTable<L> {
         pool: &P,
         names: &NameTable<L>,
         path: &[u16],
-    ) -> Result<(Shared<'_, L>, NonNull<Hive>), NoMemory> {
+    ) -> Result<(Shared<'_, L>, NonNull<Hive>, HiveHint), NoMemory> {
         let si = shard_of(path);
         let shard = &self.shards[si];
         loop {
             let g = Shared::new(&shard.lock);
             if let Some(h) = longest(&shard.live, path) {
-                return Ok((g, h));
+                #[allow(clippy::cast_possible_truncation, reason = "si < SHARDS")]
+                let hint = HiveHint {
+                    hive: h,
+                    shard: si as u32,
+                    generation: shard.generation.load(Relaxed),
+                };
+                return Ok((g, h, hint));
             }
             drop(g);
             let _x = Exclusive::new(&shard.lock);
@@ -409,6 +433,17 @@ impl<L: RawLock> HiveTable<L> {
             }
             // Retake it shared; an unload in between sends us round again.
         }
+    }
+
+    /// The hive of `hint` with its shard lock held shared, as [`Self::resolve_held`] gave it
+    /// for the same path, when the shard's live list has not changed since: then the path
+    /// still resolves to it and it is still live (no hive can be added to or unlinked from
+    /// the list without bumping the generation under the exclusive lock). `None` otherwise:
+    /// resolve by the path.
+    pub fn held_by_hint(&self, hint: HiveHint) -> Option<(Shared<'_, L>, NonNull<Hive>)> {
+        let shard = &self.shards[hint.shard as usize % SHARDS];
+        let g = Shared::new(&shard.lock);
+        (shard.generation.load(Relaxed) == hint.generation).then_some((g, hint.hive))
     }
 
     /// Takes one more reference on a hive the caller keeps alive, for a holding (a tracked
@@ -491,6 +526,7 @@ impl<L: RawLock> HiveTable<L> {
     /// caller frees it after the lock.
     fn forget_locked(s: &Shard<L>, h: NonNull<Hive>) {
         unlink(&s.live, h);
+        s.generation.fetch_add(1, Relaxed);
         locked_sub32(&s.count, 1);
     }
 
@@ -594,6 +630,7 @@ impl<L: RawLock> HiveTable<L> {
     /// the retired list for its last [`HiveTable::unpin`].
     fn retire_locked(shard: &Shard<L>, h: NonNull<Hive>) -> Option<NonNull<Hive>> {
         unlink(&shard.live, h);
+        shard.generation.fetch_add(1, Relaxed);
         let hive = hive_of(h);
         hive.state.store(HiveState::Unloaded as u8, Relaxed);
         // No reference can be taken any more (lookups only search the live list, under

@@ -20,11 +20,13 @@
 //! all, or an open of the new path between the rename and its post would be filed under the
 //! old name (found in review). A post that never comes leaves caching off: safe, only slower.
 //!
-//! The hive is not cached: an entry would have to pin the hive record, and a pinned record
-//! outlives its last key (an idle implicit hive stays listed, a pending unload is never
-//! taken as done), while the records opened through one entry may even be in different hive
-//! records (a hive unloaded and loaded again while a key object of the old one lives). The
-//! tracker resolves the hive from the cached name, which is cheap next to the name fetch.
+//! The hive is not pinned: an entry holding a reference would keep the hive record past its
+//! last key (an idle implicit hive stays listed, a pending unload is never taken as done),
+//! and the records opened through one entry may even be in different hive records (a hive
+//! unloaded and loaded again while a key object of the old one lives). An entry keeps a
+//! [`HiveHint`] instead: where its name resolved and that hive shard's generation then. An
+//! open of the key takes the hint's hive while the shard's live list is unchanged, and
+//! resolves the cached name otherwise (the path lookup was most of a held key's open).
 //!
 //! Sharded by id, each shard with its own lock and a bucket array allocated on first use.
 //! A failed allocation only means the key is not cached (its opens fetch names as before).
@@ -37,6 +39,7 @@ use core::sync::atomic::{
 };
 
 use crate::counters::{locked_add32, locked_sub32, release_unless_last};
+use crate::hives::{Hive, HiveHint};
 use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameRef, NameTable};
 use crate::pool::{BlockClass, Pool};
@@ -58,6 +61,12 @@ pub struct KeyEntry {
     objects: AtomicU32,
     /// The epoch its name was fetched in.
     epoch: AtomicU64,
+    /// Where its name resolved ([`HiveHint`]; null hive: none): not a reference, only
+    /// trusted while the hive shard's generation is unchanged. Read and written under this
+    /// entry's shard lock.
+    hint_hive: AtomicPtr<Hive>,
+    hint_shard: AtomicU32,
+    hint_generation: AtomicU64,
 }
 
 const _: () = assert!(size_of::<KeyEntry>() <= BlockClass::B64.size());
@@ -77,6 +86,10 @@ pub struct KeyHit {
     pub entry: KeyRef,
     /// The key's name, with a reference taken for the caller.
     pub name: NameRef,
+    /// Where the name resolved last, if known.
+    pub hint: Option<HiveHint>,
+    /// The entry's epoch (for [`KeyCache::set_hint`]).
+    pub epoch: u64,
 }
 
 /// A lookup that found nothing current.
@@ -187,10 +200,19 @@ impl<L: RawLock> KeyCache<L> {
     }
 
     /// `RegNtPostRenameKey`: every entry filled before now is stale (names fetched during the
-    /// rename were not cached); caching resumes when no other rename is in flight. A post
-    /// without its pre (the callback registered in between) only starts an epoch.
-    pub fn rename_ended(&self) {
-        self.update(|renaming| renaming.saturating_sub(1));
+    /// rename were not cached); caching resumes when no other rename is in flight.
+    /// `had_pre` says whether this rename's pre was counted (the driver marks it in the
+    /// pre's `CallContext`): a post without its pre (the callback registered in between)
+    /// only starts an epoch, and must not end another rename's count (found in review). A
+    /// saturated count stays saturated: caching then stays off, which is only slower.
+    pub fn rename_ended(&self, had_pre: bool) {
+        self.update(|renaming| {
+            if !had_pre || renaming == EPOCH_LIMIT_RENAMES {
+                renaming
+            } else {
+                renaming.saturating_sub(1)
+            }
+        });
     }
 
     fn update(&self, renaming: impl Fn(u64) -> u64) {
@@ -237,6 +259,8 @@ impl<L: RawLock> KeyCache<L> {
             return Ok(KeyHit {
                 entry: NonNull::from(e),
                 name,
+                hint: hint_of(e),
+                epoch,
             });
         }
         Err(miss)
@@ -253,19 +277,25 @@ impl<L: RawLock> KeyCache<L> {
         names: &NameTable<L>,
         miss: KeyMiss,
         name: NameRef,
+        hint: HiveHint,
     ) -> Option<(KeyRef, bool)> {
         let (shard, b) = self.place(miss.id);
         let mut old = None;
         let entry = {
             let _g = Exclusive::new(&shard.lock);
             let Some(e) = Self::find(shard, b, miss.id) else {
-                return Self::link_new(pool, names, shard, b, miss, name).map(|e| (e, true));
+                return Self::link_new(pool, names, shard, b, miss, name, hint).map(|e| (e, true));
             };
             e.objects.fetch_add(1, Relaxed);
-            if miss.epoch > e.epoch.load(Relaxed) {
+            let epoch = e.epoch.load(Relaxed);
+            if miss.epoch > epoch {
                 names.add_ref(name);
                 old = NonNull::new(e.name.swap(name.as_ptr(), Relaxed));
                 e.epoch.store(miss.epoch, Relaxed);
+            }
+            // The hint goes with the name it was resolved from: not onto a newer name.
+            if miss.epoch >= epoch {
+                store_hint(e, hint);
             }
             NonNull::from(e)
         };
@@ -282,6 +312,7 @@ impl<L: RawLock> KeyCache<L> {
         b: usize,
         miss: KeyMiss,
         name: NameRef,
+        hint: HiveHint,
     ) -> Option<KeyRef> {
         let mut buckets = shard.buckets.load(Relaxed);
         if buckets.is_null() {
@@ -303,12 +334,26 @@ impl<L: RawLock> KeyCache<L> {
             name: AtomicPtr::new(name.as_ptr()),
             objects: AtomicU32::new(1),
             epoch: AtomicU64::new(miss.epoch),
+            hint_hive: AtomicPtr::new(hint.hive.as_ptr()),
+            hint_shard: AtomicU32::new(hint.shard),
+            hint_generation: AtomicU64::new(hint.generation),
         };
         // SAFETY: a fresh 64-byte block, 16-aligned, ours alone, big enough (asserted above).
         unsafe { e.write(entry) };
         head.store(e.as_ptr(), Relaxed);
         locked_add32(&shard.count, 1);
         Some(e)
+    }
+
+    /// Records where the name of a hit resolved after its hint went stale, unless the entry
+    /// was refreshed meanwhile (`epoch` is the hit's).
+    pub fn set_hint(&self, entry: KeyRef, epoch: u64, hint: HiveHint) {
+        let e = entry_of(entry);
+        let (shard, _) = self.place(e.id);
+        let _g = Exclusive::new(&shard.lock);
+        if e.epoch.load(Relaxed) == epoch {
+            store_hint(e, hint);
+        }
     }
 
     /// Gives back one use of `entry`; the last frees it (its name reference goes).
@@ -391,6 +436,22 @@ impl<L: RawLock> KeyCache<L> {
             }
         }
     }
+}
+
+/// The hint stored in `e` (its shard lock held).
+fn hint_of(e: &KeyEntry) -> Option<HiveHint> {
+    NonNull::new(e.hint_hive.load(Relaxed)).map(|hive| HiveHint {
+        hive,
+        shard: e.hint_shard.load(Relaxed),
+        generation: e.hint_generation.load(Relaxed),
+    })
+}
+
+/// Stores `hint` in `e` (its shard lock held).
+fn store_hint(e: &KeyEntry, hint: HiveHint) {
+    e.hint_hive.store(hint.hive.as_ptr(), Relaxed);
+    e.hint_shard.store(hint.shard, Relaxed);
+    e.hint_generation.store(hint.generation, Relaxed);
 }
 
 /// Reads an entry the caller holds a use of (or that is linked and its shard locked).

@@ -10,7 +10,7 @@ use crate::budget::{Budgeted, TopDropper};
 use crate::counters::{Counters, bump};
 use crate::counters::{locked_add32, locked_add64, locked_sub64};
 use crate::history::{HistEntry, HistHolder, History};
-use crate::hives::{Hive, HiveTable, Vouch, hive_of};
+use crate::hives::{Hive, HiveHint, HiveTable, Vouch, hive_of};
 use crate::keys::{ENTRY_COST, KeyCache, KeyHit, KeyMiss, KeyRef};
 use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameRef, NameTable, name_of};
@@ -406,9 +406,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.keys.rename_started();
     }
 
-    /// The rename ended (`RegNtPostRenameKey`, whatever its status).
-    pub fn rename_ended(&self) {
-        self.keys.rename_ended();
+    /// The rename ended (`RegNtPostRenameKey`, whatever its status); `had_pre`: its pre was
+    /// seen and counted by [`Self::rename_started`].
+    pub fn rename_ended(&self, had_pre: bool) {
+        self.keys.rename_ended(had_pre);
     }
 
     /// Links record `rec` (slot `r`) into `process`'s holding for `hive`, charging it.
@@ -461,13 +462,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         &self,
         key: Option<Result<KeyRef, KeyMiss>>,
         name: Option<NameRef>,
+        hint: Option<HiveHint>,
         charge: &mut u64,
         flags: &mut u32,
     ) -> Option<KeyRef> {
-        match (key, name) {
-            (Some(Ok(k)), _) => Some(k),
-            (Some(Err(miss)), Some(n)) if miss.cacheable() => {
-                match self.keys.insert(&self.pool, &self.names, miss, n) {
+        match (key, name, hint) {
+            (Some(Ok(k)), _, _) => Some(k),
+            (Some(Err(miss)), Some(n), Some(hint)) if miss.cacheable() => {
+                match self.keys.insert(&self.pool, &self.names, miss, n, hint) {
                     None => {
                         bump(&self.counters.keys_not_cached);
                         None
@@ -543,17 +545,26 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // The process is charged for its record and for a name entry its open created
         // (a name already interned is shared, and costs nothing more).
         let mut charge = RECORD_COST;
-        let (name, interned, key) = match source {
+        let (name, interned, key, hinted) = match source {
             Source::Hit(hit) => (
                 name_of(hit.name).units(),
                 Some((hit.name, false)),
                 Some(Ok(hit.entry)),
+                Some((hit.hint, hit.epoch)),
             ),
-            Source::Name(name, miss) => (name, None, miss.map(Err)),
+            Source::Name(name, miss) => (name, None, miss.map(Err), None),
         };
         // The hive shard stays locked shared until the key is linked: that keeps the hive
-        // alive without a reference count round trip (lock order: hive shard first).
-        let Ok((hive_guard, hive)) = self.hives.resolve_held(&self.pool, &self.names, name) else {
+        // alive without a reference count round trip (lock order: hive shard first). A hit
+        // takes the hive its name resolved to last while that shard is unchanged.
+        let by_hint = hinted
+            .and_then(|(hint, _)| hint)
+            .and_then(|hint| self.hives.held_by_hint(hint));
+        let (hive_guard, hive, fresh_hint) = if let Some((g, h)) = by_hint {
+            (g, h, None)
+        } else if let Ok((g, h, hint)) = self.hives.resolve_held(&self.pool, &self.names, name) {
+            (g, h, Some(hint))
+        } else {
             bump(&self.counters.opens_dropped_no_memory_hive);
             // No known hive contains the path (its implicit hive could not be made).
             self.lost_globally(time);
@@ -566,13 +577,16 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             undo_slot();
             return Err(NotTracked::NoMemory);
         };
+        if let (Some(Ok(k)), Some((_, epoch)), Some(hint)) = (key, hinted, fresh_hint) {
+            self.keys.set_hint(k, epoch, hint);
+        }
         let interned = interned.or_else(|| self.names.intern_new(&self.pool, name).ok());
         if let Some((n, true)) = interned {
             charge += name_of(n).cost();
             flags |= F_NAME_CHARGED;
         }
         let name_ref = interned.map(|(n, _)| n);
-        let key = self.cache_key(key, name_ref, &mut charge, &mut flags);
+        let key = self.cache_key(key, name_ref, fresh_hint, &mut charge, &mut flags);
         match name_ref {
             Some(n) if name_of(n).truncated() => {
                 bump(&self.counters.names_truncated);

@@ -151,7 +151,7 @@ fn a_rename_makes_every_cached_name_stale() {
         let t = tracker(&pool);
         let (a, _) = open(&t, 0x1000, KEY, RUN);
         t.rename_started(); // RegNtPreRenameKey
-        t.rename_ended(); // RegNtPostRenameKey
+        t.rename_ended(true); // RegNtPostRenameKey
         let (b, hit) = open(&t, 0x2000, KEY, RUN_RENAMED);
         assert!(!hit, "after a rename the key is named again");
         let (c, hit) = open(&t, 0x3000, KEY, RUN_RENAMED);
@@ -177,7 +177,7 @@ fn a_name_fetched_across_a_rename_is_not_trusted() {
             .opened_known(0x1000, KEY, P1, 7, 0x2_0019, 10)
             .expect_err("nothing cached yet");
         t.rename_started();
-        t.rename_ended();
+        t.rename_ended(true);
         let a = named(&t, miss, 0x1000, RUN);
         let (b, hit) = open(&t, 0x2000, KEY, RUN_RENAMED);
         assert!(
@@ -260,7 +260,7 @@ fn concurrent_opens_and_closes_of_shared_keys_leave_nothing() {
                         let tok = r.unwrap();
                         if i % 13 == 0 {
                             t.rename_started();
-                            t.rename_ended();
+                            t.rename_ended(true);
                         }
                         t.object_destroyed(tok, object);
                     }
@@ -291,7 +291,7 @@ fn an_open_during_a_rename_is_not_cached_under_the_old_name() {
         let a = t.opened_named(miss, 0x1000, P1, 7, &w(RUN), 1, 10).unwrap();
         let (b, hit) = open_as(&t, P2, 0x2000, KEY, RUN_RENAMED);
         let b = b.unwrap();
-        t.rename_ended();
+        t.rename_ended(true);
         assert!(!hit, "an open during a rename is named");
         assert_eq!(held_all(&t), [RUN, RUN_RENAMED]);
         let (c, hit) = open_as(&t, P2, 0x3000, KEY, RUN_RENAMED);
@@ -319,14 +319,14 @@ fn a_post_without_its_pre_only_starts_an_epoch() {
     {
         let t = tracker(&pool);
         let names_before = t.stats().names_interned;
-        t.rename_ended();
+        t.rename_ended(false);
         let (a, _) = open(&t, 0x1000, KEY, RUN);
         let (b, hit) = open(&t, 0x2000, KEY, RUN);
         assert!(hit);
         t.rename_started();
         let (c, hit) = open(&t, 0x3000, KEY, RUN_RENAMED);
         assert!(!hit, "a later rename still stops caching");
-        t.rename_ended();
+        t.rename_ended(true);
         for (tok, obj) in [(a, 0x1000), (b, 0x2000), (c, 0x3000)] {
             t.object_destroyed(tok, obj);
         }
@@ -424,7 +424,7 @@ fn teardown_with_cached_records_live() {
         let _ = open_as(&t, P1, 0x1000, KEY, RUN);
         let _ = open_as(&t, P2, 0x2000, KEY, RUN);
         t.rename_started();
-        t.rename_ended();
+        t.rename_ended(true);
         let _ = open_as(&t, P2, 0x3000, KEY, RUN_RENAMED);
     }
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
@@ -453,7 +453,7 @@ fn concurrent_hits_renames_and_destroys_leave_no_entry_or_name() {
                             t.rename_started();
                         }
                         if i % 97 == 3 {
-                            t.rename_ended();
+                            t.rename_ended(true);
                         }
                         if live.len() > 3 {
                             let (tok, obj) = live.pop_front().unwrap();
@@ -468,6 +468,106 @@ fn concurrent_hits_renames_and_destroys_leave_no_entry_or_name() {
         });
         assert_eq!(t.stats().objects_tracked, 0);
         assert_nothing_cached(&t, names_before);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+// Found in the second review (helper-31): each failed before its fix.
+
+#[test]
+fn a_post_without_its_pre_does_not_end_another_rename() {
+    // R1 was in flight when the callback registered (its pre unseen); R2's pre is counted;
+    // R1's post must not end R2's count, or a name fetched during R2 would be cached.
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
+        t.rename_started(); // R2's pre
+        t.rename_ended(false); // R1's post, its pre unseen
+        let (a, _) = open_as(&t, P1, 0x1000, KEY, RUN); // fetched before the kernel renames
+        let (b, hit) = open_as(&t, P2, 0x2000, KEY, RUN_RENAMED); // after, before R2's post
+        t.rename_ended(true); // R2's post
+        let listed = held_all(&t);
+        for (tok, obj) in [(a.unwrap(), 0x1000), (b.unwrap(), 0x2000)] {
+            t.object_destroyed(tok, obj);
+        }
+        assert_nothing_cached(&t, names_before);
+        assert!(
+            !hit,
+            "B was a hit on the name fetched during R2: {listed:?}"
+        );
+        assert_eq!(listed, [RUN, RUN_RENAMED]);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+#[test]
+fn a_saturated_rename_count_keeps_caching_off() {
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
+        for _ in 0..65_536 {
+            t.rename_started();
+        }
+        for _ in 0..65_535 {
+            t.rename_ended(true);
+        }
+        let (a, _) = open_as(&t, P1, 0x1000, KEY, RUN);
+        let (b, hit) = open_as(&t, P2, 0x2000, KEY, RUN_RENAMED);
+        t.rename_ended(true);
+        let listed = held_all(&t);
+        for (tok, obj) in [(a.unwrap(), 0x1000), (b.unwrap(), 0x2000)] {
+            t.object_destroyed(tok, obj);
+        }
+        assert_nothing_cached(&t, names_before);
+        assert!(!hit, "one rename still in flight, yet a hit: {listed:?}");
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+#[test]
+fn a_hive_hint_is_dropped_when_its_shard_changes() {
+    // A held key's opens take the hive its name resolved to while that hive shard is
+    // unchanged; a hive loaded at a longer prefix of the key changes the shard's live list,
+    // and the next open resolves the name again (here: into the new hive).
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
+        let key = r"\REGISTRY\MACHINE\SOFTWARE\Nested\Deep";
+        let (a, _) = open_as(&t, P1, 0x1000, KEY, key);
+        let (b, hit) = open_as(&t, P1, 0x2000, KEY, key);
+        assert!(hit);
+        t.hive_loaded(&w(r"\REGISTRY\MACHINE\SOFTWARE\Nested"), &w(""), 2);
+        let (c, hit) = open_as(&t, P1, 0x3000, KEY, key);
+        assert!(hit, "the name still comes from the cache");
+        let mut in_nested = Vec::new();
+        drain::<Holders>(
+            4096,
+            |cur, buf| t.holders(&w(r"\REGISTRY\MACHINE\SOFTWARE\Nested"), cur, 0, 0, buf),
+            |p| {
+                for r in p.records() {
+                    if let HolderRecord::Key(k) = r {
+                        in_nested.push(k.name.to_string());
+                    }
+                }
+            },
+        );
+        assert_eq!(
+            in_nested,
+            [key],
+            "the open after the load is filed in the new hive"
+        );
+        for (tok, obj) in [
+            (a.unwrap(), 0x1000),
+            (b.unwrap(), 0x2000),
+            (c.unwrap(), 0x3000),
+        ] {
+            t.object_destroyed(tok, obj);
+        }
+        // The load interned the new mount point: one name more than before.
+        assert_nothing_cached(&t, names_before + 1);
     }
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
 }
