@@ -202,6 +202,7 @@ fn stats(input: &[u8], out: &mut [u8]) -> Outcome {
     )]
     let why_off = tracking::status() as u32;
     stats.tracking_status = u64::from(why_off);
+    stats.process_exits_tracked = u64::from(crate::process::registered());
     encode_answer(&stats, out)
 }
 

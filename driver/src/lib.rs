@@ -94,6 +94,12 @@ fn start_tracking(
         registry_read::memory_budget(unsafe { &*registry_path })
     };
     tracking::start(budget)?;
+    // Process notifications improve reports (images, exits) but tracking works without them.
+    // Registered before the registry callback, so that every process holding a tracked key
+    // has its exit seen (stats `process_exits_tracked` says whether they are).
+    if let Err(status) = process::register() {
+        println!("hivetrack: no process notifications: {status:#x}");
+    }
     let mut altitude = if registry_path.is_null() {
         registry_read::altitude(&unicode::unicode_string(unicode::wide!("")))
     } else {
@@ -110,10 +116,6 @@ fn start_tracking(
         // The mounted hives are read after registration, so a load between the two is seen
         // by the callback instead of falling in the gap (a load seen twice is harmless).
         registry_read::seed_hives(tracker);
-    }
-    // Process notifications improve reports (images, exits) but tracking works without them.
-    if let Err(status) = process::register() {
-        println!("hivetrack: no process notifications: {status:#x}");
     }
     Ok(())
 }

@@ -36,6 +36,11 @@ pub fn register() -> Result<(), NTSTATUS> {
     Ok(())
 }
 
+/// Whether the notify routine is registered (process exits are seen).
+pub fn registered() -> bool {
+    REGISTERED.load(Ordering::Acquire)
+}
+
 /// Removes the notify routine; the system waits for calls in progress.
 pub fn unregister() {
     if REGISTERED.swap(false, Ordering::AcqRel)

@@ -94,6 +94,12 @@ stats! {
         /// the driver (callback registration can fail: an altitude collision, or a system
         /// without `CmRegisterCallbackEx`), not by the tracker.
         tracking_status,
+        /// 1 when the driver is told of process exits (its process notify routine is
+        /// registered, before its registry callback): a process it reports as not exited was
+        /// running when last seen. 0 when the routine could not be registered: then an
+        /// exited holder may be reported as running, and the CLI looks nobody up by pid. Set
+        /// by the driver.
+        process_exits_tracked,
     }
     events {
         /// `opened` calls.

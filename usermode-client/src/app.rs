@@ -75,6 +75,17 @@ fn emit(env: &mut Env<'_>, format: Format, text: &str, source: Option<&Source>) 
     Ok(())
 }
 
+/// Whether the backend is told of process exits (stats `process_exits_tracked`): only then
+/// does "not exited" mean the pid is still the holder's, so that looking it up names the
+/// holder. A backend without stats (the driverless fallback) is not.
+fn exits_tracked(t: &mut dyn Transport) -> bool {
+    Client::new(t).stats().is_ok_and(|s| {
+        s.counters
+            .iter()
+            .any(|c| c.name == "process_exits_tracked" && c.value == 1)
+    })
+}
+
 fn resolve_account(h: &mut Hive, accounts: &dyn Accounts, no_resolve: bool) {
     if !no_resolve {
         h.account = user_sid(&h.path).and_then(|sid| accounts.account_of(sid));
@@ -147,7 +158,11 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             let mut t = connect(env, Need::Holders)?;
             let mut r = Client::new(t.as_mut()).holders(&nt, *summary, env.now)?;
             resolve_account(&mut r.hive, env.accounts, g.no_resolve);
-            if !g.no_resolve {
+            if !g.no_resolve
+                && env.identities.supported()
+                && r.holders.iter().any(|h| !h.exited)
+                && exits_tracked(t.as_mut())
+            {
                 holder_identity::annotate(&mut r, env.identities);
             }
             emit(env, format, &render::holders(&r, format)?, Some(&r.source))?;
@@ -169,7 +184,11 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
         Command::Processes { top } => {
             let mut t = connect(env, Need::Driver)?;
             let mut r = Client::new(t.as_mut()).processes(*top)?;
-            if !g.no_resolve {
+            if !g.no_resolve
+                && env.identities.supported()
+                && r.processes.iter().any(|p| !p.exited)
+                && exits_tracked(t.as_mut())
+            {
                 holder_identity::annotate_processes(&mut r, env.identities);
             }
             emit(

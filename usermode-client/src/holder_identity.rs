@@ -8,8 +8,9 @@
 //! `EnumServicesStatusExW` with `SC_ENUM_PROCESS_INFO`). Elsewhere nothing resolves
 //! ([`NoIdentities`]) and the fields stay empty.
 //!
-//! Only holders the driver reports as running are asked about (never the driverless
-//! fallback's, whose openers may have exited unseen): an exited holder's pid may
+//! Only holders the driver reports as running are asked about, and only when the driver is
+//! told of process exits (stats `process_exits_tracked`; never the driverless fallback's
+//! openers, which may have exited unseen): an exited holder's pid may
 //! already belong to another process. A process that exits between the driver's answer and
 //! the lookup, with its pid handed out again in that instant, would be misnamed; the lookup
 //! happens at once after the answer, and the fields say "as looked up by pid", never more.
@@ -22,6 +23,12 @@ pub trait Identities {
     /// Who process `pid` is; `None` when nothing can be learned (it is gone, access is
     /// denied, or the system is not Windows).
     fn identity_of(&self, pid: u64) -> Option<Identity>;
+
+    /// Whether this system can look processes up at all (so that asking the driver whether
+    /// it sees process exits is worth a request).
+    fn supported(&self) -> bool {
+        true
+    }
 }
 
 /// No lookups: what every system but Windows has.
@@ -31,6 +38,10 @@ pub struct NoIdentities;
 impl Identities for NoIdentities {
     fn identity_of(&self, _pid: u64) -> Option<Identity> {
         None
+    }
+
+    fn supported(&self) -> bool {
+        false
     }
 }
 

@@ -247,9 +247,11 @@ pub struct Identity {
     /// name does not resolve); null when unknown.
     #[serde(default)]
     pub user: Option<String>,
-    /// The services running in it (service names, sorted): a service host's.
+    /// The services running in it (service names, sorted): a service host's; empty when
+    /// none; null when unknown (not looked up, or the service manager could not be read
+    /// in full).
     #[serde(default)]
-    pub services: Vec<String>,
+    pub services: Option<Vec<String>>,
 }
 
 /// A process holding keys in the hive.

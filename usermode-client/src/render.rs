@@ -192,8 +192,8 @@ fn process_phrase(pid: u64, image: Option<&String>, exited: bool) -> String {
 /// (whichever were looked up).
 fn identity_parts(id: &Identity) -> Vec<String> {
     let mut parts = Vec::new();
-    if !id.services.is_empty() {
-        parts.push(format!("services {}", id.services.join(", ")));
+    if let Some(services) = id.services.as_ref().filter(|s| !s.is_empty()) {
+        parts.push(format!("services {}", services.join(", ")));
     }
     if let Some(s) = id.session {
         parts.push(format!("session {s}"));
@@ -209,7 +209,10 @@ fn identity_cells(id: &Identity) -> [String; 3] {
     [
         id.session.map(|s| s.to_string()).unwrap_or_default(),
         opt(id.user.as_ref()),
-        id.services.join(";"),
+        id.services
+            .as_ref()
+            .map(|s| s.join(";"))
+            .unwrap_or_default(),
     ]
 }
 

@@ -31,7 +31,8 @@ use crate::windows_accounts::{WindowsAccounts, process_user_sid};
 /// The lookups, with the service list read on first use.
 #[derive(Debug, Default)]
 pub struct WindowsIdentities {
-    services: OnceCell<BTreeMap<u32, Vec<String>>>,
+    /// Active services by pid; `None` when the list could not be read in full.
+    services: OnceCell<Option<BTreeMap<u32, Vec<String>>>>,
 }
 
 /// Closes a process handle when dropped.
@@ -74,22 +75,20 @@ fn read_wide(p: *const u16) -> Option<String> {
     Some(String::from_utf16_lossy(units))
 }
 
-/// Active Win32 services by process id, or an empty map when the list cannot be read.
-fn services_by_pid() -> BTreeMap<u32, Vec<String>> {
+/// Active Win32 services by process id; `None` when the list cannot be read in full.
+fn services_by_pid() -> Option<BTreeMap<u32, Vec<String>>> {
     let mut by_pid: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     // SAFETY: local machine, default database; no pointers but the nulls.
     let raw = unsafe { OpenSCManagerW(ptr::null(), ptr::null(), SC_MANAGER_ENUMERATE_SERVICE) };
     if raw.is_null() {
-        return by_pid;
+        return None;
     }
     let manager = Manager(raw);
     let mut buf: Vec<u64> = vec![0; 8192];
     let mut resume = 0u32;
     loop {
         let (mut needed, mut returned) = (0u32, 0u32);
-        let Ok(len) = u32::try_from(buf.len() * 8) else {
-            return by_pid;
-        };
+        let len = u32::try_from(buf.len() * 8).ok()?;
         // SAFETY: `buf` holds `len` writable, 8-aligned bytes; the out pointers are valid;
         // no group name.
         let ok = unsafe {
@@ -123,36 +122,41 @@ fn services_by_pid() -> BTreeMap<u32, Vec<String>> {
         }
         // SAFETY: no arguments; reads this thread's last error, set by the call above.
         if unsafe { GetLastError() } != ERROR_MORE_DATA {
-            break; // another error: what was read is kept
+            return None; // another error: the list is not whole
         }
         buf.resize((needed as usize).div_ceil(8).max(buf.len()), 0);
     }
     for names in by_pid.values_mut() {
         names.sort();
     }
-    by_pid
+    Some(by_pid)
 }
 
 impl Identities for WindowsIdentities {
     fn identity_of(&self, pid: u64) -> Option<Identity> {
         let pid = u32::try_from(pid).ok()?;
+        // The handle pins the pid: while it is open the process object lives and its id is
+        // not handed out again, so every answer below is about the same process. A process
+        // that cannot be opened is not looked up at all.
+        // SAFETY: no pointers; a limited query right is enough for the token.
+        let raw = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+        if raw.is_null() {
+            return None;
+        }
+        let process = Process(raw);
         let mut session = 0u32;
         // SAFETY: `session` is a valid out pointer.
         let session =
             (unsafe { ProcessIdToSessionId(pid, &raw mut session) } != 0).then_some(session);
-        // SAFETY: no pointers; a limited query right is enough for the token.
-        let raw = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
-        let user = (!raw.is_null()).then(|| Process(raw)).and_then(|p| {
-            let sid = process_user_sid(p.0)?;
-            Some(WindowsAccounts.account_of(&sid).unwrap_or(sid))
-        });
+        let user =
+            process_user_sid(process.0).map(|sid| WindowsAccounts.account_of(&sid).unwrap_or(sid));
         let services = self
             .services
             .get_or_init(services_by_pid)
-            .get(&pid)
-            .cloned()
-            .unwrap_or_default();
-        (session.is_some() || user.is_some() || !services.is_empty()).then_some(Identity {
+            .as_ref()
+            .map(|by_pid| by_pid.get(&pid).cloned().unwrap_or_default());
+        drop(process);
+        Some(Identity {
             session,
             user,
             services,
