@@ -282,6 +282,18 @@ mod tests {
     }
 
     #[test]
+    fn a_key_renamed_after_it_was_opened_is_not_reconciled() {
+        // The driver keeps the name a key was opened with; the kernel's list has its name
+        // now (the emulator's rename-key): the report must not say complete.
+        let mut r = report(vec![holder(7, &[r"\REGISTRY\USER\S\Vendor\Old"])]);
+        let kernel = vec![(7, r"\REGISTRY\USER\S\Vendor\New".to_owned())];
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |_| None);
+        assert!(!r.source.complete, "{:?}", r.source);
+        let c = r.source.coverage.as_ref().unwrap();
+        assert_eq!((c.unmatched_records, c.untracked_keys), (1, 1));
+    }
+
+    #[test]
     fn records_the_kernel_does_not_have_and_summaries_count() {
         let mut r = report(vec![holder(
             7,

@@ -23,7 +23,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::hivetrack(
             "rename-key",
-            "A holds Vendor\\Old and Old\\Sub; Old is renamed New (NtRenameKey: the ids stay, the names change); B then opens New and New\\Sub: filed under the new names, not the names cached for those ids; A's keys keep the names they were opened with",
+            "A holds Vendor\\Old and Old\\Sub; Old is renamed New (NtRenameKey: the ids stay, the names change); B then opens New and New\\Sub: filed under the new names, not the names cached for those ids; A's keys keep the names they were opened with, while the kernel's list (which the CLI reconciles with) names them New",
             rename_key,
         ),
         Scenario::hivetrack(
@@ -120,6 +120,22 @@ fn rename_key(ctx: &mut Ctx) {
     ctx.check(
         got == [old.as_str(), old_sub.as_str()],
         format!("A's keys keep the names they were opened with: {got:?}"),
+    );
+    // The kernel's own list (NtQueryOpenSubKeysEx) names A's keys as they are now: the CLI
+    // sets the driver's records against it by name, so the two old names show as records
+    // the kernel does not list and the report does not say "complete"
+    // (usermode-client/src/coverage.rs).
+    let kernel: Vec<String> = hive::open_subkeys(USER)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(pid, _)| *pid == a)
+        .map(|(_, name)| name)
+        .collect();
+    ctx.check(
+        kernel.iter().any(|n| n.eq_ignore_ascii_case(&new))
+            && kernel.iter().any(|n| n.eq_ignore_ascii_case(&new_sub))
+            && !kernel.iter().any(|n| n.eq_ignore_ascii_case(&old)),
+        format!("the kernel's list names A's keys New and New\\Sub now: {kernel:?}"),
     );
     // Opened again now: found by id (the rename has ended), under the new name.
     let fetched = name_fetches();
