@@ -1,7 +1,8 @@
 # Step 3: the logoff scenario for real (kept in step with the emulator's `logoff` scenario,
 # kernel-emulator/src/scenario/tracking.rs): a test hive is loaded, a helper process keeps
-# one key of it open, `reg unload` fails, `hivetrack holders --json` names the helper, the
-# helper exits, `hivetrack wait` (the driver's wait-free request) returns, `reg unload`
+# one key of it open, `reg unload` fails, `hivetrack holders --json` names the helper (with
+# its session and user), a second process opens the same key (served by the key cache: same
+# name), the helper exits, `hivetrack wait` (the driver's wait-free request) returns, `reg unload`
 # succeeds; then stats, the unload history and `verifier /query` are collected into
 # .\results\.
 . "$PSScriptRoot\common.ps1"
