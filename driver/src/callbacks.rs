@@ -286,8 +286,8 @@ unsafe extern "C" fn registry_callback(
         // either name). A post comes even when a filter vetoes the pre (docs: "Filtering
         // Registry Calls"; the emulator's td-post-after-veto).
         RegNtPreRenameKey => {
-            // SAFETY: for this class Argument2 is a REG_RENAME_KEY_INFORMATION, writable
-            // during the notification (its CallContext is the driver's: docs).
+            // Its CallContext is the driver's to set during the notification (docs).
+            // SAFETY: for this class Argument2 is a writable REG_RENAME_KEY_INFORMATION.
             let info = unsafe { &mut *argument2.cast::<REG_RENAME_KEY_INFORMATION>() };
             // Marks this rename as counted: its post carries the mark back (docs,
             // REG_POST_OPERATION_INFORMATION.CallContext), a post whose pre we never saw

@@ -30,6 +30,11 @@ impl Identities for StandIn {
     }
 }
 
+fn assert_nobody_asked(ids: &StandIn) {
+    let asked = ids.asked.borrow();
+    assert!(asked.is_empty(), "asked about {asked:?}");
+}
+
 fn run(argv: &[&str], ids: &StandIn) -> common::Outcome {
     run_on_with_identities(Scripted::new(logoff_service_host()), argv, ids)
 }
@@ -163,11 +168,7 @@ fn the_fallback_s_openers_are_not_looked_up() {
         &ids,
     );
     assert_eq!(o.code, 0, "{}", o.err);
-    assert!(
-        ids.asked.borrow().is_empty(),
-        "asked about {:?}",
-        ids.asked.borrow()
-    );
+    assert_nobody_asked(&ids);
     assert!(o.out.contains("\"pid\": 9"), "{}", o.out);
 }
 
@@ -186,9 +187,5 @@ fn nobody_is_looked_up_when_the_driver_does_not_see_exits() {
         &ids,
     );
     assert_eq!(o.code, 0, "{}", o.err);
-    assert!(
-        ids.asked.borrow().is_empty(),
-        "asked about {:?}",
-        ids.asked.borrow()
-    );
+    assert_nobody_asked(&ids);
 }
