@@ -22,7 +22,8 @@
 //! Process record: tag 1, 3 zero bytes, flags u32, pid u64, start key u64, open keys in the
 //! hive u64, oldest open time u64, image (2+2n).
 //! Key record: tag 2, 3 zero bytes, flags u32, id u64, thread u64, open time u64, access
-//! u32, handle opens u32, handle closes u32, reserved u32, name (2+2n).
+//! u32, handle opens u32, handle closes u32, stack id u32 (0: none, see the flags), name
+//! (2+2n).
 
 use crate::completeness::Completeness;
 use crate::page::{Codec, PageKind};
@@ -209,6 +210,8 @@ pub struct HolderKey<'a> {
     pub handle_opens: u32,
     /// Handle closes seen for the object.
     pub handle_closes: u32,
+    /// The user-mode stack of its open ([`crate::stacks`]); 0 when none was captured.
+    pub stack: u32,
     /// Full key name (empty when missing).
     pub name: Text<'a>,
 }
@@ -218,8 +221,15 @@ impl HolderKey<'_> {
     pub const NAME_TRUNCATED: u32 = 1;
     /// The name could not be stored (allocation failure).
     pub const NAME_MISSING: u32 = 2;
+    /// Capture was on for this open but the opening thread had no user-mode frames to give
+    /// (a kernel-mode opener, or a stack the walk could not read).
+    pub const STACK_EMPTY: u32 = 4;
+    /// A stack was captured but could not be stored (no memory, or the stack table full).
+    pub const STACK_DROPPED: u32 = 8;
     /// Every flag this version defines.
-    pub const KNOWN_FLAGS: u32 = 3;
+    pub const KNOWN_FLAGS: u32 = 15;
+    /// The name flags (the snapshot's records carry only these).
+    pub const NAME_FLAGS: u32 = 3;
 }
 
 /// A record of a holders page.
@@ -260,7 +270,7 @@ impl<'a> Codec<'a> for HolderRecord<'a> {
                 w.u32(k.access)?;
                 w.u32(k.handle_opens)?;
                 w.u32(k.handle_closes)?;
-                w.zeros(4)?;
+                w.u32(k.stack)?;
                 k.name.encode("name", w)
             }
         }
@@ -288,7 +298,7 @@ impl<'a> Codec<'a> for HolderRecord<'a> {
                 let access = r.u32()?;
                 let handle_opens = r.u32()?;
                 let handle_closes = r.u32()?;
-                r.zeros(4)?;
+                let stack = r.u32()?;
                 Ok(Self::Key(HolderKey {
                     flags,
                     id,
@@ -297,6 +307,7 @@ impl<'a> Codec<'a> for HolderRecord<'a> {
                     access,
                     handle_opens,
                     handle_closes,
+                    stack,
                     name: Text::decode(r)?,
                 }))
             }

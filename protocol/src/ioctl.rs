@@ -86,6 +86,18 @@ pub const IOCTL_HIVETRACK_WAIT_FREE: u32 = hivetrack_ioctl(0x807);
 /// Which tracked key each of the caller's handles refers to ([`crate::identify`]): the holder
 /// now, for handles duplicated or inherited away from their opener.
 pub const IOCTL_HIVETRACK_IDENTIFY_HANDLES: u32 = hivetrack_ioctl(0x808);
+/// Open-time stack capture.
+///
+/// Input [`crate::capture::CaptureRequest`] (get, or set the scope); output
+/// [`crate::capture::CaptureState`]. Drivers that have it say so with
+/// [`crate::version::VersionInfo::CAP_STACKS`].
+pub const IOCTL_HIVETRACK_CAPTURE: u32 = hivetrack_ioctl(0x809);
+/// Captured stacks. Input: `QueryRequest` (`Stacks`); output: a
+/// [`crate::stacks::Stacks`] page.
+pub const IOCTL_HIVETRACK_QUERY_STACKS: u32 = hivetrack_ioctl(0x80A);
+/// Modules of the processes whose keys carry stacks. Input: `QueryRequest` (`Modules`);
+/// output: a [`crate::modules::Modules`] page.
+pub const IOCTL_HIVETRACK_QUERY_MODULES: u32 = hivetrack_ioctl(0x80B);
 
 /// The query IOCTL that carries `query`.
 #[must_use]
@@ -98,6 +110,8 @@ pub const fn query_ioctl(query: crate::request::QueryKind) -> u32 {
         Q::Stats => IOCTL_HIVETRACK_QUERY_STATS,
         Q::Snapshot => IOCTL_HIVETRACK_QUERY_SNAPSHOT,
         Q::UnloadHistory => IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY,
+        Q::Stacks => IOCTL_HIVETRACK_QUERY_STACKS,
+        Q::Modules => IOCTL_HIVETRACK_QUERY_MODULES,
     }
 }
 
@@ -146,6 +160,9 @@ mod tests {
         assert_eq!(IOCTL_HIVETRACK_WAIT_FREE, 0x8A54_601C);
         assert_eq!(IOCTL_HIVETRACK_IDENTIFY_HANDLES, 0x8A54_6020);
         assert_eq!(split_ctl_code(IOCTL_HIVETRACK_WAIT_FREE).function, 0x807);
+        assert_eq!(IOCTL_HIVETRACK_CAPTURE, 0x8A54_6024);
+        assert_eq!(query_ioctl(crate::request::QueryKind::Stacks), 0x8A54_6028);
+        assert_eq!(query_ioctl(crate::request::QueryKind::Modules), 0x8A54_602C);
     }
 
     #[test]

@@ -8,12 +8,15 @@
 //!
 //! Queries: a [`request::QueryRequest`] goes in; the answer is a page
 //! ([`page::Page`] of [`holders::Holders`], [`hives::Hives`], [`processes::Processes`],
-//! [`snapshot::Snapshot`], [`history::UnloadHistory`]) or [`stats::Stats`]. Pages carry a
+//! [`snapshot::Snapshot`], [`history::UnloadHistory`], [`stacks::Stacks`],
+//! [`modules::Modules`]) or [`stats::Stats`]. [`capture::CaptureRequest`] turns open-time
+//! stack capture on and off. Pages carry a
 //! [`cursor::Cursor`] for the next request. A [`wait::WaitFreeRequest`] stays pending in the
 //! driver until its hive has no holders ([`wait::WaitFreeAnswer`]). With the `std` feature, [`diff`] compares two
 //! snapshots (user mode only).
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
+pub mod capture;
 pub mod completeness;
 pub mod cursor;
 #[cfg(feature = "std")]
@@ -23,10 +26,12 @@ pub mod hives;
 pub mod holders;
 pub mod identify;
 pub mod ioctl;
+pub mod modules;
 pub mod page;
 pub mod processes;
 pub mod request;
 pub mod snapshot;
+pub mod stacks;
 pub mod stats;
 pub mod text;
 pub mod version;

@@ -30,6 +30,10 @@ pub enum QueryKind {
     Snapshot = 5,
     /// Recent hive unload attempts and who held the hive: [`crate::history`].
     UnloadHistory = 6,
+    /// The user-mode stacks captured at opens: [`crate::stacks`].
+    Stacks = 7,
+    /// The modules of processes whose keys carry stacks: [`crate::modules`].
+    Modules = 8,
 }
 
 impl QueryKind {
@@ -43,6 +47,8 @@ impl QueryKind {
             4 => Some(Self::Stats),
             5 => Some(Self::Snapshot),
             6 => Some(Self::UnloadHistory),
+            7 => Some(Self::Stacks),
+            8 => Some(Self::Modules),
             _ => None,
         }
     }
@@ -142,7 +148,7 @@ mod tests {
         let n = encode(&sample(), &mut buf).unwrap();
         assert_eq!(buf[..n], GOLDEN);
         assert_eq!(decode::<QueryRequest<'_>>(&buf).unwrap(), sample());
-        for kind in 1..=6 {
+        for kind in 1..=8 {
             let q = QueryRequest {
                 query: QueryKind::from_u16(kind).unwrap(),
                 flags: 0,

@@ -68,7 +68,7 @@ impl<'a> Codec<'a> for SnapshotRecord<'a> {
         let id = r.u64()?;
         let open_time = r.u64()?;
         let hive_id = r.u32()?;
-        let flags = decode_flags(r, HolderKey::KNOWN_FLAGS, "name flags")?;
+        let flags = decode_flags(r, HolderKey::NAME_FLAGS, "name flags")?;
         Ok(Self {
             pid,
             start_key,

@@ -100,6 +100,13 @@ stats! {
         /// exited holder may be reported as running, and the CLI looks nobody up by pid. Set
         /// by the driver.
         process_exits_tracked,
+        /// Distinct open-time stacks stored now (issue 16).
+        stacks_stored,
+        /// Module records (mapped images of processes) kept now.
+        modules_tracked,
+        /// 1 when the driver is told of image loads (its load-image notify routine is
+        /// registered): frames can be resolved to modules. Set by the driver.
+        image_loads_tracked,
     }
     events {
         /// `opened` calls.
@@ -121,6 +128,18 @@ stats! {
         /// Keys that could not be cached by key id (no memory for the cache entry): their
         /// next open asks the kernel for the name again. Not a loss: the open was tracked.
         keys_not_cached,
+        /// Opens whose user-mode stack was captured and stored.
+        stacks_captured,
+        /// Opens in the capture scope whose thread gave no user-mode frame.
+        stacks_empty,
+        /// Stacks captured but not stored (no memory, or the table full): those keys are
+        /// reported without a stack. Not a loss of holders.
+        stacks_dropped,
+        /// Image loads recorded.
+        image_loads_seen,
+        /// Image loads not recorded (no memory, the process's share used, or an unknown
+        /// process): frames in those images cannot be attributed. Not a loss of holders.
+        modules_dropped,
     }
     losses {
         /// Opens not tracked: the object cap was reached.

@@ -81,6 +81,9 @@ impl VersionInfo {
     pub const CAP_WAIT_FREE: u16 = 1;
     /// The driver answers `IOCTL_HIVETRACK_IDENTIFY_HANDLES` ([`crate::identify`]).
     pub const CAP_IDENTIFY_HANDLES: u16 = 1 << 1;
+    /// The driver captures open-time stacks and records modules
+    /// (`IOCTL_HIVETRACK_CAPTURE`, [`crate::stacks`], [`crate::modules`]).
+    pub const CAP_STACKS: u16 = 1 << 2;
 
     /// True when every bit of `cap` is set.
     #[must_use]

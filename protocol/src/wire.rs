@@ -46,6 +46,14 @@ pub enum MessageKind {
     IdentifyRequest = 11,
     /// [`crate::identify::IdentifyAnswer`], its answer.
     IdentifyAnswer = 12,
+    /// [`crate::capture::CaptureRequest`], the input of `IOCTL_HIVETRACK_CAPTURE`.
+    CaptureRequest = 13,
+    /// [`crate::capture::CaptureState`], its answer.
+    CaptureState = 14,
+    /// A [`crate::stacks::Stacks`] page.
+    StacksPage = 15,
+    /// A [`crate::modules::Modules`] page.
+    ModulesPage = 16,
 }
 
 impl MessageKind {
@@ -65,6 +73,10 @@ impl MessageKind {
             10 => Some(Self::WaitFreeAnswer),
             11 => Some(Self::IdentifyRequest),
             12 => Some(Self::IdentifyAnswer),
+            13 => Some(Self::CaptureRequest),
+            14 => Some(Self::CaptureState),
+            15 => Some(Self::StacksPage),
+            16 => Some(Self::ModulesPage),
             _ => None,
         }
     }

@@ -44,6 +44,13 @@ pub struct Counters {
     pub global_lost_since: AtomicU64,
     pub opens_dropped_process_share: AtomicU64,
     pub opens_dropped_no_name: AtomicU64,
+    pub stacks_captured: AtomicU64,
+    pub stacks_empty: AtomicU64,
+    pub stacks_dropped: AtomicU64,
+    pub image_loads_seen: AtomicU64,
+    pub modules_dropped: AtomicU64,
+    /// Module records kept now (a gauge).
+    pub modules: AtomicU64,
 }
 
 /// Adds one.

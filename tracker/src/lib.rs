@@ -22,6 +22,7 @@
 
 pub mod ascending;
 pub mod budget;
+pub mod capture;
 pub mod census;
 mod counters;
 mod history;
@@ -30,11 +31,13 @@ mod identify;
 pub mod keys;
 pub mod lock;
 mod losses;
+pub mod modules;
 pub mod names;
 pub mod objects;
 pub mod pool;
 pub mod processes;
 mod queries;
+pub mod stacks;
 mod tracker;
 mod watch;
 

@@ -91,8 +91,11 @@ pub struct ObjRecord {
     pub time: AtomicU64,
     /// Interned name (counted), or null.
     pub name: AtomicPtr<NameEntry>,
-    /// Opening thread.
-    pub thread: AtomicU64,
+    /// Opening thread (a Win32 thread id is a DWORD: `GetCurrentThreadId`; 0 if one ever
+    /// did not fit).
+    pub thread: AtomicU32,
+    /// The stack captured at its open ([`crate::stacks`] id), or 0.
+    pub stack: AtomicU32,
     /// The (process, hive) record it is linked into (erased `Holding<L>`).
     pub holding: AtomicPtr<()>,
     /// Granted access.
@@ -247,7 +250,8 @@ impl<L: RawLock> ObjShard<L> {
                     object: AtomicU64::new(0),
                     time: AtomicU64::new(0),
                     name: AtomicPtr::new(ptr::null_mut()),
-                    thread: AtomicU64::new(0),
+                    thread: AtomicU32::new(0),
+                    stack: AtomicU32::new(0),
                     holding: AtomicPtr::new(ptr::null_mut()),
                     access: AtomicU32::new(0),
                     opens: AtomicU32::new(0),

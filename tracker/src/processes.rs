@@ -64,6 +64,14 @@ pub struct Process<L> {
     pub charged: AtomicU64,
     /// Its opens dropped because its share was used (written under its lock).
     pub share_drops: AtomicU64,
+    /// Its mapped images, oldest first ([`crate::modules`]; written under its lock).
+    pub modules: AtomicPtr<crate::modules::Module>,
+    /// The last of them.
+    pub modules_tail: AtomicPtr<crate::modules::Module>,
+    /// How many.
+    pub nmodules: AtomicU32,
+    /// Its tracked objects that carry a captured stack (written under its lock).
+    pub stacked: AtomicU32,
 }
 
 /// One process's keys in one hive.
@@ -298,6 +306,10 @@ impl<L: RawLock> ProcessTable<L> {
                         nholdings: AtomicU32::new(0),
                         charged: AtomicU64::new(0),
                         share_drops: AtomicU64::new(0),
+                        modules: AtomicPtr::new(ptr::null_mut()),
+                        modules_tail: AtomicPtr::new(ptr::null_mut()),
+                        nmodules: AtomicU32::new(0),
+                        stacked: AtomicU32::new(0),
                     },
                 )
                 .ok_or(NoProcess)?;
@@ -317,8 +329,12 @@ impl<L: RawLock> ProcessTable<L> {
     }
 
     /// Frees the process if it has exited and holds nothing. Returns its image reference
-    /// for the caller to release (names come last in the lock order).
-    pub fn reap<P: Pool>(&self, pool: &P, key: ProcessKey) -> Option<Option<NameRef>> {
+    /// and its module list for the caller to release (names come last in the lock order).
+    pub fn reap<P: Pool>(
+        &self,
+        pool: &P,
+        key: ProcessKey,
+    ) -> Option<(Option<NameRef>, Option<NonNull<crate::modules::Module>>)> {
         let (si, chain) = place_of(key);
         let shard = &self.shards[si];
         let _sg = Exclusive::new(&shard.lock);
@@ -344,10 +360,11 @@ impl<L: RawLock> ProcessTable<L> {
         }
         locked_sub32(&shard.count, 1);
         let image = proc.image();
+        let modules = NonNull::new(proc.modules.load(Relaxed));
         // SAFETY: unlinked under the shard lock, and its own lock showed it holds nothing:
         // no key, holding or lookup can reach it any more.
         unsafe { free_block(pool, PROCESS_CLASS, p) };
-        Some(image)
+        Some((image, modules))
     }
 
     /// Calls `f` on every process of chain `head` (the caller holds its shard's lock).

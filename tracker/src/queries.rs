@@ -96,6 +96,19 @@ fn name_flags(rec: &ObjRecord) -> u32 {
     f
 }
 
+/// The stack flags of a record ([`crate::capture`]).
+fn stack_flags(rec: &ObjRecord) -> u32 {
+    let s = rec.state.load(Relaxed);
+    let mut f = 0;
+    if s & crate::capture::F_STACK_EMPTY != 0 {
+        f |= HolderKey::STACK_EMPTY;
+    }
+    if s & crate::capture::F_STACK_DROPPED != 0 {
+        f |= HolderKey::STACK_DROPPED;
+    }
+    f
+}
+
 /// Where a key sits in its holding's order.
 type KeyPos = (u64, u32);
 
@@ -142,6 +155,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.history_dropped_no_memory = get(&c.history_dropped_no_memory);
         s.history_holders_truncated = get(&c.history_holders_truncated);
         s.opens_dropped_process_share = get(&c.opens_dropped_process_share);
+        s.stacks_stored = self.stacks.len();
+        s.modules_tracked = get(&c.modules);
+        s.stacks_captured = get(&c.stacks_captured);
+        s.stacks_empty = get(&c.stacks_empty);
+        s.stacks_dropped = get(&c.stacks_dropped);
+        s.image_loads_seen = get(&c.image_loads_seen);
+        s.modules_dropped = get(&c.modules_dropped);
         s.budget_bytes = self.pool.limit();
         s.budget_used_bytes = self.pool.used();
         s.budget_peak_bytes = self.pool.peak();
@@ -154,7 +174,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s
     }
 
-    fn finish<K: PageKind>(
+    pub(crate) fn finish<K: PageKind>(
         &self,
         w: PageWriter<'_, K>,
         next: Cursor,
@@ -166,7 +186,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// `progress` is false when the page repeats only what the cursor already covered (a
     /// continued summary whose next key does not fit).
-    fn finish_with<K: PageKind>(
+    pub(crate) fn finish_with<K: PageKind>(
         &self,
         w: PageWriter<'_, K>,
         next: Cursor,
@@ -187,7 +207,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Ok(w.finish(&info))
     }
 
-    fn start_page<'b, K: PageKind>(
+    pub(crate) fn start_page<'b, K: PageKind>(
         out: &'b mut [u8],
         prefix: &K::Prefix<'_>,
         max_records: u32,
@@ -242,6 +262,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             }),
             QueryKind::Snapshot => self.snapshot(&req.cursor, req.max_records, now, out),
             QueryKind::UnloadHistory => self.unload_history(&req.cursor, req.max_records, out),
+            QueryKind::Stacks => self.stacks(&req.cursor, req.max_records, out),
+            QueryKind::Modules => self.modules(&req.cursor, req.max_records, out),
         }
     }
 
@@ -432,13 +454,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
                     let id = Token::new(rec.generation.load(Relaxed), r).0;
                     let k = HolderRecord::Key(HolderKey {
-                        flags: name_flags(rec),
+                        flags: name_flags(rec) | stack_flags(rec),
                         id,
-                        thread: rec.thread.load(Relaxed),
+                        thread: u64::from(rec.thread.load(Relaxed)),
                         open_time: pos.0,
                         access: rec.access.load(Relaxed),
                         handle_opens: rec.opens.load(Relaxed),
                         handle_closes: rec.closes.load(Relaxed),
+                        stack: rec.stack.load(Relaxed),
                         name: text(NonNull::new(rec.name.load(Relaxed))),
                     });
                     if !w.push(&k) {

@@ -7,8 +7,9 @@ use core::sync::atomic::Ordering::{Relaxed, Release};
 use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
 
 use crate::budget::{Budgeted, TopDropper};
+use crate::capture::Capture;
 use crate::counters::{Counters, bump};
-use crate::counters::{locked_add32, locked_add64, locked_sub64};
+use crate::counters::{locked_add32, locked_add64, locked_sub32, locked_sub64};
 use crate::history::{HistEntry, HistHolder, History};
 use crate::hives::{Hive, HiveHint, HiveTable, Vouch, hive_of};
 use crate::keys::{ENTRY_COST, KeyCache, KeyHit, KeyMiss, KeyRef};
@@ -23,6 +24,7 @@ use crate::pool::Pool;
 use crate::processes::{
     Holding, Process, ProcessKey, ProcessTable, free_holding, holding_of, new_holding, process_of,
 };
+use crate::stacks::StackTable;
 
 /// Tracker settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +137,10 @@ pub struct Tracker<P: Pool, L: RawLock> {
     pub(crate) history: History<L>,
     pub(crate) counters: Counters,
     pub(crate) top_dropper: TopDropper<L>,
+    /// Open-time stacks ([`crate::stacks`]).
+    pub(crate) stacks: StackTable<L>,
+    /// The capture scope ([`crate::capture`]).
+    pub(crate) capture: Capture<L>,
 }
 
 // SAFETY: every field reachable through `&Tracker` is an atomic, a lock, or a raw pointer to
@@ -175,6 +181,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             history: History::new(),
             counters: Counters::default(),
             top_dropper: TopDropper::new(),
+            stacks: StackTable::new(),
+            capture: Capture::new(),
         })
     }
 
@@ -234,6 +242,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         put!(history, History::new());
         put!(counters, Counters::default());
         put!(top_dropper, TopDropper::new());
+        put!(stacks, StackTable::new());
+        put!(capture, Capture::new());
         // SAFETY: every field was written above.
         Ok(unsafe { slot.assume_init_mut() })
     }
@@ -519,7 +529,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             rec.state.store(RESERVED, Relaxed);
             rec.object.store(object, Relaxed);
             rec.time.store(time, Relaxed);
-            rec.thread.store(thread, Relaxed);
+            rec.thread
+                .store(u32::try_from(thread).unwrap_or(0), Relaxed);
+            rec.stack.store(0, Relaxed);
             rec.access.store(access, Relaxed);
             rec.opens.store(1, Relaxed);
             rec.closes.store(0, Relaxed);
@@ -687,7 +699,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// Validates `token` for `object` under the shard lock and runs `f` on the live record.
-    fn with_live<R>(
+    pub(crate) fn with_live<R>(
         &self,
         token: Token,
         object: u64,
@@ -825,6 +837,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 ENTRY_COST
             };
             locked_sub64(&proc.charged, RECORD_COST + name_charge + key_charge);
+            if rec.stack.load(Relaxed) != 0 {
+                locked_sub32(&proc.stacked, 1);
+            }
             hive_of(hive).open_keys.fetch_sub(1, Relaxed);
             let emptied = hold.count.load(Relaxed) == 0;
             if emptied {
@@ -838,6 +853,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         };
         let key = proc.key;
         let key_entry = NonNull::new(rec.key.swap(ptr::null_mut(), Relaxed));
+        let stack = rec.stack.swap(0, Relaxed);
         shard.release(i, rec);
         self.shard_has_room(s);
         drop(guard);
@@ -858,12 +874,16 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if let Some(k) = key_entry {
             self.release_key(k);
         }
+        self.release_stack(stack);
         true
     }
 
     fn reap_process(&self, key: ProcessKey) {
-        if let Some(Some(image)) = self.processes.reap(&self.pool, key) {
-            self.names.release(&self.pool, image);
+        if let Some((image, modules)) = self.processes.reap(&self.pool, key) {
+            if let Some(image) = image {
+                self.names.release(&self.pool, image);
+            }
+            self.free_modules(modules);
         }
     }
 
@@ -1090,10 +1110,14 @@ impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
             }
         }
         self.keys.teardown(&self.pool, &self.names);
+        self.stacks.teardown(&self.pool);
         let pool = &self.pool;
         let names = &self.names;
         let hives = &self.hives;
         self.processes.for_each(|p| {
+            let modules = NonNull::new(p.modules.swap(ptr::null_mut(), Relaxed));
+            p.modules_tail.store(ptr::null_mut(), Relaxed);
+            self.free_modules(modules);
             let mut cur = p.holdings.swap(ptr::null_mut(), Relaxed);
             while let Some(h) = NonNull::new(cur) {
                 let hold = holding_of(h);

@@ -109,6 +109,7 @@ pub fn listing(
                     access: 0,
                     handle_opens: 0,
                     handle_closes: 0,
+                    stack: 0,
                     name: Text::Units(n),
                 })
                 .collect();

@@ -292,6 +292,7 @@ fn holders_listing_lost(h: &H, procs: &[P], global_lost: u64) -> Listing {
                     access: KEY_READ,
                     handle_opens: 1,
                     handle_closes: 0,
+                    stack: 0,
                     name: Text::Units(n),
                 })
                 .collect();

@@ -251,6 +251,7 @@ fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
         access: 1,
         handle_opens: 1,
         handle_closes: 0,
+        stack: 0,
         name: Text::Units(&long),
     };
     let proc_ = HolderProcess {

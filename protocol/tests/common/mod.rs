@@ -11,9 +11,11 @@ use protocol::hives::{HiveRecord, Hives};
 use protocol::holders::{
     HiveKind, HiveState, HolderKey, HolderProcess, HolderRecord, Holders, HoldersPrefix,
 };
+use protocol::modules::{Module, ModuleProcess, ModuleRecord, Modules, ModulesPrefix};
 use protocol::page::{NoPrefix, PageInfo, PageKind, PageWriter};
 use protocol::processes::{ProcessRecord, Processes};
 use protocol::snapshot::{Snapshot, SnapshotPrefix, SnapshotRecord};
+use protocol::stacks::{StackRecord, Stacks, StacksPrefix};
 use protocol::stats::Stats;
 use protocol::text::Text;
 
@@ -65,7 +67,38 @@ pub fn holder_records() -> Vec<HolderRecord<'static>> {
             access: 0x0002_0019,
             handle_opens: 1,
             handle_closes: 2,
+            stack: 9,
             name: Text::Units(NAME),
+        }),
+    ]
+}
+
+pub fn stack_records() -> Vec<StackRecord> {
+    let mut frames = [0u64; protocol::capture::MAX_FRAMES];
+    frames[0] = 0x7FF8_1234_5678;
+    frames[1] = 0x7FF6_0000_1000;
+    vec![StackRecord {
+        id: 9,
+        flags: StackRecord::TRUNCATED,
+        uses: 3,
+        len: 2,
+        frames,
+    }]
+}
+
+pub fn module_records() -> Vec<ModuleRecord<'static>> {
+    vec![
+        ModuleRecord::Process(ModuleProcess {
+            flags: ModuleProcess::EXITED,
+            pid: 0x40,
+            start_key: 0x0102,
+        }),
+        ModuleRecord::Module(Module {
+            flags: 0,
+            base: 0x7FF8_1230_0000,
+            size: 0x10_0000,
+            load_time: 999,
+            name: Text::Units(IMAGE),
         }),
     ]
 }
@@ -191,6 +224,31 @@ pub fn all_samples() -> Vec<(&'static str, Vec<u8>)> {
         (
             "unload_history",
             page::<UnloadHistory>(&NoPrefix, &unload_records(), &INFO),
+        ),
+        (
+            "stacks",
+            page::<Stacks>(&StacksPrefix { dropped: 4 }, &stack_records(), &INFO),
+        ),
+        (
+            "modules",
+            page::<Modules>(&ModulesPrefix { dropped: 2 }, &module_records(), &INFO),
+        ),
+        (
+            "capture_request",
+            bytes_of(&protocol::capture::CaptureRequest {
+                op: protocol::capture::CaptureOp::Set,
+                scope: protocol::capture::CaptureScope::Hive,
+                text: Text::Units(MOUNT),
+            }),
+        ),
+        (
+            "capture_state",
+            bytes_of(&protocol::capture::CaptureState {
+                scope: protocol::capture::CaptureScope::Image,
+                max_frames: 16,
+                since: 77,
+                text: Text::Units(IMAGE),
+            }),
         ),
         ("stats", stats_buf),
         ("request", req_buf),
