@@ -193,6 +193,7 @@ pub fn page<K: PageKind>(
 }
 
 /// Every sample message, with its name.
+#[allow(clippy::too_many_lines, reason = "one sample per message kind")]
 pub fn all_samples() -> Vec<(&'static str, Vec<u8>)> {
     let mut stats_buf = vec![0u8; 1024];
     let n = protocol::wire::encode(&stats(), &mut stats_buf).unwrap();
