@@ -23,7 +23,7 @@ use core::{
 
 use tracker::{MAX_QUERY_PATH, ProcessKey, Token};
 use wdk_sys::{
-    _MODE::KernelMode,
+    _MODE::{KernelMode, UserMode},
     _REG_NOTIFY_CLASS::{
         RegNtCallbackObjectContextCleanup, RegNtPostCreateKeyEx, RegNtPostLoadKey,
         RegNtPostOpenKeyEx, RegNtPostRenameKey, RegNtPostUnLoadKey, RegNtPreKeyHandleClose,
@@ -406,6 +406,12 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let Ok(token) = opened else {
         return; // counted by the tracker (cap or allocation failure)
     };
+    if tracker.capture_wanted(token) {
+        // Version 1 has CheckAccessMode (docs): UserMode is an open from user mode.
+        let user_mode =
+            pre.is_some_and(|pre| pre.Version == 1 && i32::from(pre.CheckAccessMode) == UserMode);
+        crate::stacks::capture(tracker, token, object as u64, process, user_mode);
+    }
     let attached = routines::cm_set_callback_object_context().is_some_and(|set| {
         let cookie = cookie();
         let mut old: *mut c_void = null_mut();

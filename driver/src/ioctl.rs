@@ -7,9 +7,10 @@
 use protocol::{
     cursor::CURSOR_LEN,
     ioctl::{
-        IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_IDENTIFY_HANDLES, IOCTL_HIVETRACK_QUERY_HIVES,
-        IOCTL_HIVETRACK_QUERY_HOLDERS, IOCTL_HIVETRACK_QUERY_PROCESSES,
-        IOCTL_HIVETRACK_QUERY_SNAPSHOT, IOCTL_HIVETRACK_QUERY_STATS,
+        IOCTL_HIVETRACK_CAPTURE, IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_IDENTIFY_HANDLES,
+        IOCTL_HIVETRACK_QUERY_HIVES, IOCTL_HIVETRACK_QUERY_HOLDERS, IOCTL_HIVETRACK_QUERY_MODULES,
+        IOCTL_HIVETRACK_QUERY_PROCESSES, IOCTL_HIVETRACK_QUERY_SNAPSHOT,
+        IOCTL_HIVETRACK_QUERY_STACKS, IOCTL_HIVETRACK_QUERY_STATS,
         IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY,
     },
     request::{QueryKind, QueryRequest},
@@ -58,7 +59,9 @@ pub const VERSION: VersionInfo = VersionInfo {
     major: parse_u16(env!("CARGO_PKG_VERSION_MAJOR")),
     minor: parse_u16(env!("CARGO_PKG_VERSION_MINOR")),
     patch: parse_u16(env!("CARGO_PKG_VERSION_PATCH")),
-    capabilities: VersionInfo::CAP_WAIT_FREE | VersionInfo::CAP_IDENTIFY_HANDLES,
+    capabilities: VersionInfo::CAP_WAIT_FREE
+        | VersionInfo::CAP_IDENTIFY_HANDLES
+        | VersionInfo::CAP_STACKS,
     build_id: BUILD_ID,
 };
 
@@ -144,7 +147,10 @@ pub fn handle(code: u32, buffer: &mut [u8], in_len: usize, out_len: usize) -> Ou
         | IOCTL_HIVETRACK_QUERY_PROCESSES
         | IOCTL_HIVETRACK_QUERY_STATS
         | IOCTL_HIVETRACK_QUERY_SNAPSHOT
-        | IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY => query(code, buffer, in_len, out_len),
+        | IOCTL_HIVETRACK_QUERY_UNLOAD_HISTORY
+        | IOCTL_HIVETRACK_QUERY_STACKS
+        | IOCTL_HIVETRACK_QUERY_MODULES => query(code, buffer, in_len, out_len),
+        IOCTL_HIVETRACK_CAPTURE => capture(buffer, in_len, out_len),
         IOCTL_HIVETRACK_IDENTIFY_HANDLES => crate::identify::identify(buffer, in_len, out_len),
         _ => Outcome::error(STATUS_INVALID_DEVICE_REQUEST),
     }
@@ -185,6 +191,24 @@ fn query(code: u32, buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome
     }
 }
 
+/// `IOCTL_HIVETRACK_CAPTURE`: the request is copied out of the shared system buffer, the
+/// scope set (for a set), and the state after it written over the buffer.
+fn capture(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
+    if in_len > MAX_REQUEST {
+        return Outcome::error(STATUS_INVALID_PARAMETER);
+    }
+    let mut request = [0u8; MAX_REQUEST];
+    request[..in_len].copy_from_slice(&buffer[..in_len]);
+    let Some(tracker) = tracking::get() else {
+        return Outcome::error(STATUS_DEVICE_NOT_READY);
+    };
+    match tracker.answer_capture(&request[..in_len], &mut buffer[..out_len], clock::now()) {
+        Ok(n) => Outcome::success(n),
+        Err(QueryError::BufferTooSmall { .. }) => Outcome::error(STATUS_BUFFER_TOO_SMALL),
+        Err(_) => Outcome::error(STATUS_INVALID_PARAMETER),
+    }
+}
+
 /// Stats: the tracker's counters (zero when it could not be created) and why live tracking is
 /// off, which only the driver knows. Answered even without a tracker, so that the CLI can say
 /// why.
@@ -203,6 +227,7 @@ fn stats(input: &[u8], out: &mut [u8]) -> Outcome {
     let why_off = tracking::status() as u32;
     stats.tracking_status = u64::from(why_off);
     stats.process_exits_tracked = u64::from(crate::process::registered());
+    stats.image_loads_tracked = u64::from(crate::images::registered());
     encode_answer(&stats, out)
 }
 

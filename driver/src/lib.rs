@@ -19,6 +19,7 @@ mod device;
 mod dispatch;
 mod ffi;
 mod identify;
+mod images;
 mod ioctl;
 mod lock;
 mod lookaside;
@@ -27,6 +28,7 @@ mod process;
 mod registry_read;
 mod routines;
 mod security;
+mod stacks;
 mod tracking;
 mod unicode;
 mod waiters;
@@ -100,6 +102,11 @@ fn start_tracking(
     if let Err(status) = process::register() {
         println!("hivetrack: no process notifications: {status:#x}");
     }
+    // Image loads let captured frames be named by module (issue 16); without them frames
+    // stay raw addresses (stats `image_loads_tracked` says which).
+    if let Err(status) = images::register() {
+        println!("hivetrack: no image-load notifications: {status:#x}");
+    }
     let mut altitude = if registry_path.is_null() {
         registry_read::altitude(&unicode::unicode_string(unicode::wide!("")))
     } else {
@@ -129,6 +136,7 @@ unsafe extern "C" fn driver_unload(driver: PDRIVER_OBJECT) {
     // after these two calls nothing but this thread can reach the tracker.
     let unregistered = callbacks::unregister();
     process::unregister();
+    images::unregister();
     waiters::shutdown();
     match unregistered {
         Ok(()) => tracking::stop(),

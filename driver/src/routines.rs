@@ -77,6 +77,27 @@ pub type ExDeleteLookasideListEx = unsafe extern "system" fn(lookaside: *mut LOO
 /// `KeQuerySystemTimePrecise` (docs: `KeQuerySystemTimePrecise`, Windows 8+).
 pub type KeQuerySystemTimePrecise = unsafe extern "system" fn(time: *mut LARGE_INTEGER);
 
+/// `RtlWalkFrameChain` (ntddk.h, "reserved for system use"; exported since Windows 2000):
+/// with `RTL_WALK_USER_MODE_STACK` (1) in `flags`, the current thread's user-mode return
+/// addresses, innermost first; returns how many it wrote (at most `count`).
+pub type RtlWalkFrameChain =
+    unsafe extern "system" fn(callers: *mut *mut c_void, count: u32, flags: u32) -> u32;
+/// `PLOAD_IMAGE_NOTIFY_ROUTINE` (docs: `PLOAD_IMAGE_NOTIFY_ROUTINE`).
+pub type LoadImageNotifyRoutine = unsafe extern "C" fn(
+    full_image_name: *mut UNICODE_STRING,
+    process_id: *mut c_void,
+    image_info: *mut c_void,
+);
+/// `PsSetLoadImageNotifyRoutine` (docs, Windows 2000+).
+pub type PsSetLoadImageNotifyRoutine =
+    unsafe extern "system" fn(routine: Option<LoadImageNotifyRoutine>) -> NTSTATUS;
+/// `PsSetLoadImageNotifyRoutineEx` (docs, Windows 10 1709+).
+pub type PsSetLoadImageNotifyRoutineEx =
+    unsafe extern "system" fn(routine: Option<LoadImageNotifyRoutine>, flags: usize) -> NTSTATUS;
+/// `PsRemoveLoadImageNotifyRoutine` (docs).
+pub type PsRemoveLoadImageNotifyRoutine =
+    unsafe extern "system" fn(routine: Option<LoadImageNotifyRoutine>) -> NTSTATUS;
+
 macro_rules! routines {
     ($( $(#[$doc:meta])* $slot:ident, $getter:ident: $ty:ty = $name:literal; )*) => {
         $( static $slot: AtomicUsize = AtomicUsize::new(0); )*
@@ -148,6 +169,14 @@ routines! {
     /// `PsInitialSystemProcess` (a data export, wdm.h): the variable holding the System
     /// process, whose handle table kernel handles go into.
     PS_INITIAL_SYSTEM_PROCESS, ps_initial_system_process: PsInitialSystemProcess = "PsInitialSystemProcess";
+    /// `RtlWalkFrameChain`, when the system has it (Wine 8 may not).
+    RTL_WALK_FRAME_CHAIN, rtl_walk_frame_chain: RtlWalkFrameChain = "RtlWalkFrameChain";
+    /// `PsSetLoadImageNotifyRoutine`, when the system has it.
+    PS_SET_LOAD_IMAGE_NOTIFY, ps_set_load_image_notify_routine: PsSetLoadImageNotifyRoutine = "PsSetLoadImageNotifyRoutine";
+    /// `PsSetLoadImageNotifyRoutineEx` (Windows 10 1709+), when the system has it.
+    PS_SET_LOAD_IMAGE_NOTIFY_EX, ps_set_load_image_notify_routine_ex: PsSetLoadImageNotifyRoutineEx = "PsSetLoadImageNotifyRoutineEx";
+    /// `PsRemoveLoadImageNotifyRoutine`, when the system has it.
+    PS_REMOVE_LOAD_IMAGE_NOTIFY, ps_remove_load_image_notify_routine: PsRemoveLoadImageNotifyRoutine = "PsRemoveLoadImageNotifyRoutine";
 }
 
 /// `PsGetProcessCreateTimeQuadPart`: the process's creation time (FILETIME units); the

@@ -310,6 +310,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
     }
 
+    /// An image load for a process that could not be identified (gone before the driver
+    /// could look it up): counted as `modules_dropped`.
+    pub fn image_load_unknown(&self) {
+        bump(&self.counters.modules_dropped);
+    }
+
     /// Frees a module list taken from a process record that is gone (or being torn down).
     pub(crate) fn free_modules(&self, mut cur: Option<NonNull<Module>>) {
         while let Some(m) = cur {
@@ -338,6 +344,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let prefix = StacksPrefix {
             dropped: get(&self.counters.stacks_dropped),
         };
+        let empty_len = protocol::page::empty_page_len::<Stacks>(&prefix);
         let mut w = Self::start_page::<Stacks>(out, &prefix, max_records)?;
         #[allow(clippy::cast_possible_truncation, reason = "a slot index")]
         let mut at = if cursor.0[0] & STARTED == 0 {
@@ -367,7 +374,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             w,
             Cursor([STARTED | u64::from(at), 0, 0, 0, 0]),
             done,
-            needed,
+            needed + empty_len,
         )
     }
 
@@ -387,6 +394,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         };
         // A page that continues a process repeats it first: it needs room for two records.
         let max_records = if max_records == 1 { 2 } else { max_records };
+        let empty_len = protocol::page::empty_page_len::<Modules>(&prefix);
         let mut w = Self::start_page::<Modules>(out, &prefix, max_records)?;
         let mut resume = (cursor.0[0] & STARTED != 0).then(|| {
             (
@@ -474,6 +482,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 break false;
             }
         };
-        self.finish_with(w, last, done, needed, progress)
+        self.finish_with(w, last, done, needed + empty_len, progress)
     }
 }

@@ -310,6 +310,8 @@ impl Server {
                 .as_ref()
                 .ok_or_else(missing)?
                 .serve::<UnloadHistory>(c, m, nr, out),
+            // Scripted answers for these come with the CLI's stack support.
+            QueryKind::Stacks | QueryKind::Modules => Err(missing()),
         }
     }
 }
