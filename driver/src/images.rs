@@ -18,7 +18,9 @@ use core::{
 use tracker::ProcessKey;
 use wdk_sys::{
     NTSTATUS, PEPROCESS, STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
-    ntddk::{ObfDereferenceObject, PsLookupProcessByProcessId},
+    ntddk::{
+        IoGetCurrentProcess, ObfDereferenceObject, PsGetProcessId, PsLookupProcessByProcessId,
+    },
 };
 
 use crate::{callbacks, clock, routines, tracking};
@@ -80,8 +82,20 @@ pub fn unregister() {
     }
 }
 
-/// The process key of process id `pid`, or `None` when it is gone.
+/// The process key of process id `pid`, or `None` when it is gone. A DLL's notification
+/// runs in the process that maps it (docs: `PLOAD_IMAGE_NOTIFY_ROUTINE`), which is then the
+/// current one; otherwise (an executable mapped while its process is created) the process
+/// is looked up by id.
 fn process_key(pid: *mut c_void) -> Option<ProcessKey> {
+    // SAFETY: always callable; the process whose address space is current.
+    let current = unsafe { IoGetCurrentProcess() };
+    // SAFETY: a live EPROCESS; any IRQL.
+    if unsafe { PsGetProcessId(current) } == pid {
+        return Some(ProcessKey {
+            pid: pid as u64,
+            start_key: callbacks::start_key(current.cast()),
+        });
+    }
     let mut process: PEPROCESS = core::ptr::null_mut();
     // PASSIVE_LEVEL (docs: PsLookupProcessByProcessId, <= APC_LEVEL).
     // SAFETY: `process` receives a referenced EPROCESS on success.
