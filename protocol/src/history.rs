@@ -141,8 +141,12 @@ impl UnloadRecord<'_> {
     pub const HOLDERS_TRUNCATED: u16 = 1;
     /// The mount point was not a known hive.
     pub const UNKNOWN_HIVE: u16 = 2;
+    /// Not an unload: a key-count alarm ([`crate::events`]). A process reached the alarm
+    /// threshold of open keys; the record names no hive (id 0, empty mount, outcome 0),
+    /// `open_keys` is the process's count, and its one holder is the process.
+    pub const KEY_ALARM: u16 = 4;
     /// Every flag this version defines.
-    pub const KNOWN_FLAGS: u16 = 3;
+    pub const KNOWN_FLAGS: u16 = 7;
 }
 
 impl<'a> Codec<'a> for UnloadRecord<'a> {

@@ -98,6 +98,11 @@ pub const IOCTL_HIVETRACK_QUERY_STACKS: u32 = hivetrack_ioctl(0x80A);
 /// Modules of the processes whose keys carry stacks. Input: `QueryRequest` (`Modules`);
 /// output: a [`crate::modules::Modules`] page.
 pub const IOCTL_HIVETRACK_QUERY_MODULES: u32 = hivetrack_ioctl(0x80B);
+/// The event stream ([`crate::events`]).
+///
+/// Input [`crate::events::EventsRequest`]; output an [`crate::events::Events`] page, pending until an event comes or the timeout passes.
+/// Drivers that have it say so with [`crate::version::VersionInfo::CAP_EVENTS`].
+pub const IOCTL_HIVETRACK_WAIT_EVENTS: u32 = hivetrack_ioctl(0x80C);
 
 /// The query IOCTL that carries `query`.
 #[must_use]
@@ -161,6 +166,7 @@ mod tests {
         assert_eq!(IOCTL_HIVETRACK_IDENTIFY_HANDLES, 0x8A54_6020);
         assert_eq!(split_ctl_code(IOCTL_HIVETRACK_WAIT_FREE).function, 0x807);
         assert_eq!(IOCTL_HIVETRACK_CAPTURE, 0x8A54_6024);
+        assert_eq!(IOCTL_HIVETRACK_WAIT_EVENTS, 0x8A54_6030);
         assert_eq!(query_ioctl(crate::request::QueryKind::Stacks), 0x8A54_6028);
         assert_eq!(query_ioctl(crate::request::QueryKind::Modules), 0x8A54_602C);
     }

@@ -21,6 +21,7 @@ pub mod completeness;
 pub mod cursor;
 #[cfg(feature = "std")]
 pub mod diff;
+pub mod events;
 pub mod history;
 pub mod hives;
 pub mod holders;

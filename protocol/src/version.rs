@@ -84,6 +84,8 @@ impl VersionInfo {
     /// The driver captures open-time stacks and records modules
     /// (`IOCTL_HIVETRACK_CAPTURE`, [`crate::stacks`], [`crate::modules`]).
     pub const CAP_STACKS: u16 = 1 << 2;
+    /// The driver answers `IOCTL_HIVETRACK_WAIT_EVENTS` ([`crate::events`]).
+    pub const CAP_EVENTS: u16 = 1 << 3;
 
     /// True when every bit of `cap` is set.
     #[must_use]

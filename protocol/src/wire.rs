@@ -54,6 +54,10 @@ pub enum MessageKind {
     StacksPage = 15,
     /// A [`crate::modules::Modules`] page.
     ModulesPage = 16,
+    /// [`crate::events::EventsRequest`], the input of `IOCTL_HIVETRACK_WAIT_EVENTS`.
+    EventsRequest = 17,
+    /// An [`crate::events::Events`] page, its answer.
+    EventsPage = 18,
 }
 
 impl MessageKind {
@@ -77,6 +81,8 @@ impl MessageKind {
             14 => Some(Self::CaptureState),
             15 => Some(Self::StacksPage),
             16 => Some(Self::ModulesPage),
+            17 => Some(Self::EventsRequest),
+            18 => Some(Self::EventsPage),
             _ => None,
         }
     }
