@@ -24,6 +24,9 @@
 //!   model's default allocator never reuses; [`create_process_with_pid`] reuses on request,
 //!   once nothing references the old process object.
 
+pub use crate::image::load_image;
+pub use crate::thread::{UserStack, with_user_stack};
+
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 

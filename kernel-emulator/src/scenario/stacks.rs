@@ -368,6 +368,21 @@ fn td_user_stack(ctx: &mut Ctx) {
         format!("a System thread's open: 0 ({w:x?})"),
     );
     let _ = hive::close_key(SYSTEM_PID, sh.unwrap_or(0));
+    // Deferred deletion: p's last close queues the key object's deletion, whose close
+    // notifications run later on a System worker thread: no user stack there.
+    hive::set_deferred_deletion(true);
+    let h = hive::open_key(p, SOFTWARE, KEY_READ, false);
+    arm(&s, 16, USER);
+    with_user_stack(p, UserStack::Frames(FRAMES.to_vec()), || {
+        let _ = hive::close_key(p, h.unwrap_or(0));
+    });
+    let queued = hive::run_deferred_deletions();
+    hive::set_deferred_deletion(false);
+    let w = captured(&s, 1);
+    ctx.check(
+        h.is_ok() && queued == 1 && w.returned == 0 && w.pid == u64::from(SYSTEM_PID),
+        format!("a close notification on the System worker (deferred deletion): 0 ({w:x?})"),
+    );
     arm(&s, 0, 0);
     process::exit_process(p);
     finish(ctx, s);
