@@ -47,7 +47,11 @@
 //! the walk cannot proceed (a driver cannot rely on kernel frames; *model limitation*).
 //! Windows x64 returns only the user frames for `RTL_WALK_USER_MODE_STACK` (*inference*:
 //! KProcessHacker's `KphCaptureStack` appends a `RTL_WALK_USER_MODE_STACK` walk to a kernel
-//! walk; ReactOS x86 walks from the trap frame's user EBP).
+//! walk; ReactOS x86 walks from the trap frame's user EBP). Note the oldest x64 source: the
+//! Windows Research Kernel (Server 2003 SP1) amd64 `RtlpWalkFrameChain` returns 0 for *any*
+//! non-zero Flags ("No flag values are currently supported on amd64 platforms"), so a driver
+//! must treat 0 as "no stack available" even on a healthy user thread; the model answers as
+//! the later systems do that drivers such as KProcessHacker rely on.
 //!
 //! Learn: [RtlWalkFrameChain](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-rtlwalkframechain)
 //! ("reserved for system use"; Windows 2000 on), so everything above is from the sources.
