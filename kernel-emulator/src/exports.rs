@@ -45,6 +45,8 @@ pub fn table() -> &'static [Export] {
         v.extend(crate::dbgprint::exports());
         v.extend(crate::registry::exports());
         v.extend(crate::process::exports());
+        v.extend(crate::image::exports());
+        v.extend(crate::thread::exports());
         v.extend(crate::lookaside::exports());
         v.extend(crate::sync::exports());
         v.extend(crate::timer::exports());

@@ -40,6 +40,8 @@ pub struct Kernel {
     pub hives: HiveState,
     /// Processes and process-notify routines.
     pub processes: ProcessState,
+    /// Load-image notify routines and the images reported.
+    pub images: crate::image::ImageState,
     /// Set timers and queued DPCs.
     pub timers: crate::timer::TimerState,
     /// Registry values and key handles of the driver's own `Zw*` registry reads.
@@ -192,6 +194,7 @@ pub fn leaks() -> Vec<String> {
         v.extend(k.objects.leaks());
         v.extend(k.registry.leaks());
         v.extend(k.processes.leaks());
+        v.extend(k.images.leaks());
         v.extend(k.lookasides.leaks());
         v.extend(k.zwreg.leaks());
         v.extend(k.timers.leaks());

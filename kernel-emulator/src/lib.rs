@@ -10,6 +10,7 @@
 //!   ([`bugcheck`]);
 //! - the kernel model: [`pool`], [`faults`], [`security`], [`object`], [`io`], [`rtl`],
 //!   [`dbgprint`], [`registry`], [`timer`] (KTIMER/KDPC and the emulated clock),
+//!   [`thread`] (user-mode stacks, RtlWalkFrameChain), [`image`] (load-image notifications),
 //!   [`cancel`] (the cancel spin lock, IoCancelIrp), [`exports`] (the import table the loader binds against),
 //!   all sharing [`kernel`]'s state;
 //! - [`driver`] drives a loaded image (DriverEntry, dispatch, unload, leak check);
@@ -46,6 +47,7 @@ pub mod exports;
 pub mod faults;
 pub mod handle_table;
 pub mod hive;
+pub mod image;
 pub mod io;
 pub mod kernel;
 pub mod layout;
@@ -67,6 +69,7 @@ pub mod status;
 pub mod suite;
 pub mod sweep;
 pub mod sync;
+pub mod thread;
 pub mod timer;
 pub mod trap;
 pub mod zwreg;

@@ -24,6 +24,9 @@
 //!   model's default allocator never reuses; [`create_process_with_pid`] reuses on request,
 //!   once nothing references the old process object.
 
+pub use crate::image::load_image;
+pub use crate::thread::{UserStack, with_user_stack};
+
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 
@@ -343,6 +346,8 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
         }
     });
     if nt_success(status) {
+        // The first thread starts: it reports the main image and ntdll.dll (image.rs).
+        crate::image::notify_process_created(pid, image);
         Ok(pid)
     } else {
         for h in kernel::with(|k| k.hives.handles_of(pid)) {
@@ -400,6 +405,7 @@ pub fn exit_process(pid: u32) {
         k.processes.processes.remove(&pid);
         k.processes.exited.insert(pid, proc_.eprocess);
     });
+    crate::image::process_exited(pid);
 }
 
 /// The fake EPROCESS of `pid` (the System process for 4), if it exists.
@@ -438,6 +444,13 @@ pub fn address_space_pid() -> u32 {
     ATTACHED
         .with(|a| a.borrow().0)
         .unwrap_or_else(io::current_pid)
+}
+
+/// Whether this thread is attached to another process (KeStackAttachProcess,
+/// [`attached`]): ReactOS `KeIsAttachedProcess`.
+#[must_use]
+pub fn is_attached() -> bool {
+    ATTACHED.with(|a| a.borrow().0.is_some())
 }
 
 /// The handle table a thread of `pid` uses for `handle`: the System process's for a kernel

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod scale;
 pub mod self_unload;
 pub mod soak;
+pub mod stacks;
 pub mod test_driver;
 pub mod tracking;
 pub mod truth;
@@ -126,6 +127,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(notify::scenarios());
     v.extend(handles::scenarios());
     v.extend(key_id::scenarios());
+    v.extend(stacks::scenarios());
     v
 }
 

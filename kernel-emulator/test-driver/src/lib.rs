@@ -17,6 +17,7 @@ mod handles;
 mod lifecycle;
 mod pending;
 mod registry;
+mod stacks;
 
 use alloc::{boxed::Box, vec::Vec};
 use core::{arch::asm, ptr::null_mut};
@@ -80,6 +81,14 @@ const IOCTL_REF_USER: u32 = ioctl(0x834); // ObReferenceObjectByHandle(`argument
 const IOCTL_REF_KERNEL: u32 = ioctl(0x835); // the same in KernelMode
 const IOCTL_DEREF: u32 = ioctl(0x836); // release the kept reference
 const IOCTL_KEY_ID: u32 = ioctl(0x837); // CmCallbackGetKeyObjectIDEx on the caller's handle `argument`
+// User-mode stacks and load-image notifications (stacks.rs).
+const IOCTL_WALK: u32 = ioctl(0x840); // RtlWalkFrameChain(input slots: Count, Flags, options)
+const IOCTL_CAPTURE_ARM: u32 = ioctl(0x841); // walk in the registry callback (Count, Flags)
+const IOCTL_CAPTURE_READ: u32 = ioctl(0x842); // last capture `argument` (0 open, 1 close)
+const IOCTL_IMAGE_REGISTER: u32 = ioctl(0x843); // input slots: Flags, classic, times
+const IOCTL_IMAGE_REMOVE: u32 = ioctl(0x844); // `argument` 1: remove a never-registered one
+const IOCTL_IMAGE_READ: u32 = ioctl(0x845); // image log entry `argument` (64 bytes)
+const IOCTL_IMAGE_LEAK: u32 = ioctl(0x846); // bug: DriverUnload leaves the routine registered
 const IOCTL_NAME: u32 = ioctl(0x81D); // last key name / CompleteName seen, block `argument`
 
 /// The value IOCTL_PING answers with.
@@ -181,8 +190,58 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
     } else {
         0
     };
+    // The requests with several input slots or a long answer (stacks.rs).
+    let input = |i: usize| -> u64 {
+        if params.InputBufferLength as usize >= (i + 1) * 8 {
+            // SAFETY: the system buffer holds at least (i + 1) * 8 input bytes.
+            unsafe { buffer.wrapping_add(i).read_unaligned() }
+        } else {
+            0
+        }
+    };
+    let long: Option<([u64; stacks::WALK_SLOTS], usize)> = match params.IoControlCode {
+        IOCTL_WALK => Some((
+            stacks::walk_request(input(0), input(1), input(2)),
+            stacks::WALK_SLOTS,
+        )),
+        IOCTL_CAPTURE_READ => Some((stacks::capture(argument), stacks::WALK_SLOTS)),
+        IOCTL_IMAGE_READ => {
+            let mut v = [0u64; stacks::WALK_SLOTS];
+            v[..stacks::IMAGE_SLOTS].copy_from_slice(&stacks::image_entry(argument));
+            Some((v, stacks::IMAGE_SLOTS))
+        }
+        _ => None,
+    };
+    if let Some((values, n)) = long {
+        if slots < n {
+            // SAFETY: `irp` is live and not yet completed.
+            return unsafe { complete(irp, STATUS_BUFFER_TOO_SMALL, 0) };
+        }
+        for (i, v) in values.iter().take(n).enumerate() {
+            // SAFETY: the system buffer holds at least `n` u64 slots of output.
+            unsafe { buffer.wrapping_add(i).write_unaligned(*v) };
+        }
+        // SAFETY: `irp` is live and not yet completed.
+        return unsafe { complete(irp, STATUS_SUCCESS, n * 8) };
+    }
     let mut out = [0u64; 4];
     let information = match params.IoControlCode {
+        IOCTL_CAPTURE_ARM => {
+            stacks::arm(input(0), input(1));
+            0
+        }
+        IOCTL_IMAGE_REGISTER => {
+            out = stacks::register(input(0), input(1) != 0, input(2));
+            32
+        }
+        IOCTL_IMAGE_REMOVE => {
+            out = stacks::remove(argument != 0);
+            32
+        }
+        IOCTL_IMAGE_LEAK => {
+            stacks::leak();
+            0
+        }
         IOCTL_PING => {
             out[0] = PING_MAGIC;
             8
@@ -469,6 +528,7 @@ unsafe extern "C" fn dispatch_cleanup(_device: PDEVICE_OBJECT, irp: *mut IRP) ->
 /// the symbolic link and the device.
 unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
     let _ = handles::release();
+    stacks::stop();
     pending::stop();
     registry::stop();
     let mut link = unicode(LINK_NAME);

@@ -225,6 +225,7 @@ unsafe extern "C" fn registry_callback(
 ) -> NTSTATUS {
     let class = arg1 as usize;
     crate::lifecycle::record(class, arg2);
+    crate::stacks::on_notification(class);
     match class {
         // RegNtPreCreateKeyEx, RegNtPreOpenKeyEx: REG_CREATE/OPEN_KEY_INFORMATION_V1.
         26 | 28 => {
