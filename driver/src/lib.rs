@@ -102,11 +102,6 @@ fn start_tracking(
     if let Err(status) = process::register() {
         println!("hivetrack: no process notifications: {status:#x}");
     }
-    // Image loads let captured frames be named by module (issue 16); without them frames
-    // stay raw addresses (stats `image_loads_tracked` says which).
-    if let Err(status) = images::register() {
-        println!("hivetrack: no image-load notifications: {status:#x}");
-    }
     let mut altitude = if registry_path.is_null() {
         registry_read::altitude(&unicode::unicode_string(unicode::wide!("")))
     } else {
@@ -115,6 +110,12 @@ fn start_tracking(
     };
     let altitude = altitude.as_unicode();
     callbacks::register(driver, &altitude)?;
+    // Image loads let captured frames be named by module (issue 16); without them frames
+    // stay raw addresses (stats `image_loads_tracked` says which). Only with live tracking:
+    // they would fill memory for nothing without it.
+    if let Err(status) = images::register() {
+        println!("hivetrack: no image-load notifications: {status:#x}");
+    }
     if let Some(tracker) = tracking::get() {
         // Every key object opened from now on carries our context. Objects opened before
         // (docs: CmSetCallbackObjectContext — a context exists only for objects the callback

@@ -248,8 +248,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     pub fn image_loaded(&self, process: ProcessKey, base: u64, size: u64, name: &[u16], time: u64) {
         let interned = if name.is_empty() {
             None
+        } else if let Ok(n) = self.names.intern_new(&self.pool, name) {
+            Some(n)
         } else {
-            self.names.intern_new(&self.pool, name).ok()
+            // The kernel named it but the name could not be stored: without its path a
+            // module attributes nothing, so it is not kept (counted).
+            bump(&self.counters.modules_dropped);
+            return;
         };
         let mut flags = 0;
         match interned {

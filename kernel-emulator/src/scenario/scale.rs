@@ -8,6 +8,7 @@ use super::tracking::{
 };
 use super::{Ctx, Scenario};
 use crate::hive;
+use crate::kernel;
 use crate::process;
 
 /// Processes in `many-processes`.
@@ -29,6 +30,11 @@ const fn keys_of(i: u32) -> u32 {
 }
 
 fn many_processes(ctx: &mut Ctx) {
+    // Special pool maps every allocation apart (with guard pages); 10,000 processes, each
+    // with its records and the modules its image loads reported, pass the kernel's mapping
+    // limit (vm.max_map_count). Overruns are what the other scenarios catch; this one is
+    // about scale, on the ordinary heap.
+    kernel::with(|k| k.pool.special = false);
     let mut d = start(ctx);
     let Some(c) = Client::open(ctx) else { return };
     load_profile(ctx);
