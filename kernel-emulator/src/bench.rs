@@ -93,7 +93,18 @@ pub fn run(test_driver: &Path, iterations: u32) -> i32 {
 /// # Panics
 /// If the emulator thread cannot be spawned.
 #[must_use]
-pub fn hivetrack(sys: Option<&Path>, iterations: u32, name: &str, held: bool) -> i32 {
+#[allow(
+    clippy::fn_params_excessive_bools,
+    clippy::too_many_lines,
+    reason = "a benchmark's switches, in one piece"
+)]
+pub fn hivetrack(
+    sys: Option<&Path>,
+    iterations: u32,
+    name: &str,
+    held: bool,
+    capture: bool,
+) -> i32 {
     const USER: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
     let key = match name {
         "short" => format!(r"{USER}\Software\Bench"),
@@ -112,12 +123,13 @@ pub fn hivetrack(sys: Option<&Path>, iterations: u32, name: &str, held: bool) ->
     kernel::WATERMARK.store(false, Ordering::Relaxed);
     let sys = sys.map(Path::to_path_buf);
     let label = format!(
-        "{name} name{}",
+        "{name} name{}{}",
         if held {
             ", held open by another handle"
         } else {
             ""
-        }
+        },
+        if capture { ", stack capture on" } else { "" }
     );
     let worker = std::thread::Builder::new()
         .stack_size(64 << 20)
@@ -136,6 +148,40 @@ pub fn hivetrack(sys: Option<&Path>, iterations: u32, name: &str, held: bool) ->
                 eprintln!("bench: cannot create the process");
                 return 1;
             };
+            let control = (capture && driver.is_some())
+                .then(|| {
+                    io::open(
+                        protocol::ioctl::WIN32_DEVICE_PATH,
+                        Caller::Admin,
+                        pid,
+                        GENERIC_READ | GENERIC_WRITE,
+                    )
+                    .ok()
+                })
+                .flatten();
+            if let Some(h) = control {
+                let req = protocol::capture::CaptureRequest {
+                    op: protocol::capture::CaptureOp::Set,
+                    scope: protocol::capture::CaptureScope::All,
+                    text: protocol::text::Text::EMPTY,
+                };
+                let mut input = [0u8; 64];
+                let n = protocol::wire::encode(&req, &mut input).unwrap_or(0);
+                let r = io::device_io_control(
+                    h,
+                    protocol::ioctl::IOCTL_HIVETRACK_CAPTURE,
+                    &input[..n],
+                    256,
+                    0,
+                );
+                if r.status != STATUS_SUCCESS {
+                    eprintln!("bench: the driver refused stack capture: {:#x}", r.status);
+                }
+            }
+            // A registry open's user stack is typically 10-20 frames deep (ntdll, kernelbase,
+            // the caller's DLLs); one code path, so every capture finds its stack stored.
+            let exe = crate::image::main_image_base(pid);
+            let frames: Vec<u64> = (0..14u64).map(|i| exe + 0x1000 + i * 0x240).collect();
             // Its parents exist (created once, as an application's first run does).
             let mut parent = USER.to_owned();
             for part in key[USER.len()..].split('\\').filter(|p| !p.is_empty()) {
@@ -149,7 +195,11 @@ pub fn hivetrack(sys: Option<&Path>, iterations: u32, name: &str, held: bool) ->
                 .then(|| hive::open_key(pid, &key, 0x2_0019, true).ok())
                 .flatten();
             let cycle = || {
-                if let Ok(k) = hive::open_key(pid, &key, 0x2_0019, true) {
+                let stack = crate::thread::UserStack::Frames(frames.clone());
+                let opened = crate::thread::with_user_stack(pid, stack, || {
+                    hive::open_key(pid, &key, 0x2_0019, true)
+                });
+                if let Ok(k) = opened {
                     let _ = hive::close_key(pid, k);
                 }
             };
@@ -177,6 +227,35 @@ pub fn hivetrack(sys: Option<&Path>, iterations: u32, name: &str, held: bool) ->
                     })
                     .collect();
                 println!("    kernel calls per cycle: {}", calls.join(", "));
+            }
+            if let Some(h) = control {
+                let req = protocol::request::QueryRequest {
+                    query: protocol::request::QueryKind::Stats,
+                    flags: 0,
+                    max_records: 0,
+                    cursor: protocol::cursor::Cursor::START,
+                    hive: protocol::text::Text::EMPTY,
+                };
+                let mut input = [0u8; 128];
+                let n = protocol::wire::encode(&req, &mut input).unwrap_or(0);
+                let r = io::device_io_control(
+                    h,
+                    protocol::ioctl::IOCTL_HIVETRACK_QUERY_STATS,
+                    &input[..n],
+                    4096,
+                    0,
+                );
+                if let Ok(s) =
+                    protocol::wire::decode::<protocol::stats::Stats>(&r.output[..r.information])
+                {
+                    // Every cycle opens from the same code path: one stack stored, shared by
+                    // every capture while a key opened from it is held.
+                    println!(
+                        "    stacks: {} captured, {} stored now (one code path: every capture shares it), {} dropped",
+                        s.stacks_captured, s.stacks_stored, s.stacks_dropped
+                    );
+                }
+                io::close(h);
             }
             if let Some(k) = holder {
                 let _ = hive::close_key(pid, k);

@@ -129,6 +129,10 @@ enum Command {
         /// Keep another handle to the key open throughout (its name is then already held).
         #[arg(long)]
         held: bool,
+        /// Turn hivetrack's open-time stack capture on for every open (issue 16); the
+        /// opening thread has a 14-frame user stack.
+        #[arg(long)]
+        capture: bool,
     },
     /// List the scenarios.
     List,
@@ -221,7 +225,8 @@ fn main() {
             iterations,
             name,
             held,
-        } => kernel_emulator::bench::hivetrack(sys.as_deref(), iterations, &name, held),
+            capture,
+        } => kernel_emulator::bench::hivetrack(sys.as_deref(), iterations, &name, held, capture),
         Command::List => {
             for s in scenario::all() {
                 let target = match s.target {

@@ -35,6 +35,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "editor.exe opened the profile's Software\\Shared, duplicated the handle into profleak.exe (DuplicateHandle), closed its own and exited: the driver names editor.exe, the opener; profleak.exe holds the key now",
     ),
     (
+        "stacks",
+        "stack capture on for the user profile; explorer.exe maps ContosoShellExt.dll, which opens Software\\Contoso\\ShellExt\\{Settings,Cache,Overlay} and keeps them; explorer opens Explorer's key itself; the extension also opens a key in SOFTWARE (out of the capture scope)",
+    ),
+    (
         "late-start",
         "hivetrack started after the leak: the user profile was loaded and profleak.exe opened Software\\Policies before DriverEntry (the driver has no record of it; the kernel's list has); editor.exe opens Control Panel\\Desktop after",
     ),
@@ -147,6 +151,13 @@ impl Session {
                 }
                 process::exit_process(opener);
                 holder = Some(now);
+            }
+            "stacks" => {
+                // Capture on for the profile; a shell extension in explorer.exe holds keys.
+                load_profile(&mut ctx);
+                let client = crate::scenario::tracking::Client { h: control };
+                let staged = crate::scenario::attribution::stacks_workload(&mut ctx, &client);
+                holder = staged.map(|s| s.explorer);
             }
             "late-start" => {
                 let later = spawn(&mut ctx, APP1);

@@ -48,6 +48,10 @@ pub const EXCLUDED: &[(&str, &str)] = &[
         "a budget scenario that fills the pool on purpose",
     ),
     (
+        "stacks-low-resources",
+        "itself fails every fallible call of the stacks workload in turn (the sweep runs `stacks`)",
+    ),
+    (
         "many-processes",
         "10,000 processes: about 40,000 fallible calls, several seconds a run; its paths are those of the processes and holders scenarios",
     ),

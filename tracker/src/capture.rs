@@ -200,7 +200,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if stored == Some(true) {
             bump(&self.counters.stacks_captured);
         } else {
-            self.stacks.release(&self.pool, id);
+            self.release_stack(id);
         }
     }
 
@@ -208,7 +208,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// the process lock by the caller.
     pub(crate) fn release_stack(&self, id: u32) {
         if id != 0 {
-            self.stacks.release(&self.pool, id);
+            let capturing = self.capture.scope() != CaptureScope::Off;
+            self.stacks.release(&self.pool, id, capturing);
         }
     }
 
@@ -225,6 +226,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let req = wire::decode::<CaptureRequest<'_>>(input).map_err(QueryError::BadRequest)?;
         if req.op == CaptureOp::Set {
             self.capture.set(req.scope, &req.text, now);
+            if req.scope == CaptureScope::Off {
+                self.stacks.trim(&self.pool);
+            }
         }
         self.capture.with(|scope, text| {
             let state = CaptureState {

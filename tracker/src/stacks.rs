@@ -4,7 +4,9 @@
 //! Entries are fixed 144-byte slots in 4 KiB chunks (28 a chunk, at most [`MAX_STACKS`]),
 //! found by a hash of their frames through 1,024 chains of slot links; every block comes from
 //! the budgeted pool and is allocated only when capture first stores a stack. When the last
-//! stack goes (capture off and its keys closed) every block is given back. One lock guards the
+//! stack goes with capture off (or capture is turned off with none stored) every block is
+//! given back; while capture is on they stay, so a workload of fresh opens does not allocate
+//! the table again at every open. One lock guards the
 //! table: it is taken only by opens in the capture scope, by destroys of objects that carry
 //! a stack, and by the `stacks` query, and nothing is taken under it.
 //!
@@ -203,8 +205,9 @@ impl<L: RawLock> StackTable<L> {
     }
 
     /// One use of stack `id` is gone; the stack goes with its last use, and the table's
-    /// blocks with its last stack. A stale or foreign id is ignored (returns false).
-    pub fn release<P: Pool>(&self, pool: &P, id: u32) -> bool {
+    /// blocks with its last stack unless `keep` (capture is on: the next open would allocate
+    /// them again). A stale or foreign id is ignored (returns false).
+    pub fn release<P: Pool>(&self, pool: &P, id: u32, keep: bool) -> bool {
         self.locked(|t| {
             let Some(index) = Self::valid(t, id) else {
                 return false;
@@ -232,11 +235,20 @@ impl<L: RawLock> StackTable<L> {
             t.free = index;
             t.live -= 1;
             locked_sub32(&self.count, 1);
-            if t.live == 0 {
+            if t.live == 0 && !keep {
                 Self::stop(pool, t);
             }
             true
         })
+    }
+
+    /// Gives the table's blocks back if it stores no stack (capture was turned off).
+    pub fn trim<P: Pool>(&self, pool: &P) {
+        self.locked(|t| {
+            if t.live == 0 && !t.heads.is_null() {
+                Self::stop(pool, t);
+            }
+        });
     }
 
     /// The first stored stack at or after slot `from` (a query's resume position), with the

@@ -25,10 +25,18 @@ fn emulator(target: &Path) -> std::path::PathBuf {
 
 /// The workloads: (label, `bench-hivetrack` arguments). Issue 14: a real-length profile
 /// path, fresh each cycle and already held by another handle, beside the short path.
-const WORKLOADS: [(&str, &[&str]); 3] = [
+const WORKLOADS: [(&str, &[&str]); 5] = [
     ("short name (50 chars), fresh", &["--name", "short"]),
     ("profile path (96 chars), fresh", &["--name", "profile"]),
     ("profile path, held open", &["--name", "profile", "--held"]),
+    (
+        "profile path, fresh, stack capture on (14 frames)",
+        &["--name", "profile", "--capture"],
+    ),
+    (
+        "profile path, held open, stack capture on (14 frames)",
+        &["--name", "profile", "--held", "--capture"],
+    ),
 ];
 
 /// Instructions callgrind counted: (whole program, inside anonymous code = the driver image).

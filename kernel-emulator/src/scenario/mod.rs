@@ -3,6 +3,7 @@
 //! [`crate::suite`] runs each in its own child process and compares the exit code and output
 //! with what the scenario expects (some scenarios exist to prove that a bug *is* caught).
 
+pub mod attribution;
 pub mod budget;
 pub mod handles;
 pub mod hivetrack;
@@ -120,6 +121,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(ioctl_fuzz::scenarios());
     v.extend(holder::scenarios());
     v.extend(key_cache::scenarios());
+    v.extend(attribution::scenarios());
     v.extend(scale::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());

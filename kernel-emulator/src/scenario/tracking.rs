@@ -40,10 +40,10 @@ pub(crate) const CLASSES: &str =
     r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001_Classes";
 pub(crate) const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
-const SHELL: &str = r"\Device\HarddiskVolume2\Windows\explorer.exe";
+pub(crate) const SHELL: &str = r"\Device\HarddiskVolume2\Windows\explorer.exe";
 pub(crate) const APP1: &str = r"\Device\HarddiskVolume2\Program Files\Editor\editor.exe";
 pub(crate) const APP2: &str = r"\Device\HarddiskVolume2\Program Files\Sync\profleak.exe";
-const OUT_LEN: u32 = 64 * 1024;
+pub(crate) const OUT_LEN: u32 = 64 * 1024;
 
 /// Every query the driver answers (the hostile-request and fuzz scenarios send each).
 pub(crate) const QUERY_KINDS: [QueryKind; 6] = [
@@ -186,7 +186,7 @@ impl Client {
     }
 
     /// Every page of `kind`, each checked for uninitialised bytes, handed to `each`.
-    fn pages<K: PageKind>(
+    pub(crate) fn pages<K: PageKind>(
         &self,
         ctx: &mut Ctx,
         kind: QueryKind,
