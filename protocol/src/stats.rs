@@ -137,6 +137,9 @@ stats! {
         stacks_dropped,
         /// Image loads recorded.
         image_loads_seen,
+        /// Key-count alarms raised (a process reached the alarm threshold of open keys, or
+        /// a doubling of it; each is an event in the stream).
+        key_alarms,
         /// Image loads not recorded (no memory, the process's share used, or an unknown
         /// process): frames in those images cannot be attributed. Not a loss of holders.
         modules_dropped,

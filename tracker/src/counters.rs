@@ -49,6 +49,7 @@ pub struct Counters {
     pub stacks_dropped: AtomicU64,
     pub image_loads_seen: AtomicU64,
     pub modules_dropped: AtomicU64,
+    pub key_alarms: AtomicU64,
     /// Module records kept now (a gauge).
     pub modules: AtomicU64,
 }

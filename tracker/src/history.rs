@@ -71,13 +71,20 @@ impl<L: RawLock> History<L> {
         }
     }
 
-    /// Next sequence number.
-    pub fn take_sequence(&self) -> u64 {
-        self.next_seq.fetch_add(1, Relaxed)
+    /// Takes a sequence number for an event that could not be stored: readers of the
+    /// stream see the gap and count it as missed.
+    pub fn skip_sequence(&self) {
+        self.next_seq.fetch_add(1, Relaxed);
     }
 
-    /// Adds a copy of `entry` (its name references move into the copy). On success returns
-    /// the evicted entry, if any, for [`History::free_entry`].
+    /// The sequence number of the newest event numbered (stored or not), 0 before the first.
+    pub fn last_sequence(&self) -> u64 {
+        self.next_seq.load(Relaxed) - 1
+    }
+
+    /// Adds a copy of `entry` (its name references move into the copy) under the next
+    /// sequence number, taken under the lock so that the list stays in sequence order. On
+    /// success returns the evicted entry, if any, for [`History::free_entry`].
     ///
     /// # Errors
     /// `()` when no block could be had; the caller still owns `entry`'s names then.
@@ -93,6 +100,9 @@ impl<L: RawLock> History<L> {
         };
         let e = alloc_init(pool, ENTRY_CLASS, copy).ok_or(())?;
         let _g = Exclusive::new(&self.lock);
+        let sequence = self.next_seq.fetch_add(1, Relaxed);
+        // SAFETY: `e` was just allocated and is not linked yet: this is its only reference.
+        unsafe { (*e.as_ptr()).sequence = sequence };
         Self::entry(e).next.store(self.head.load(Relaxed), Relaxed);
         self.head.store(e.as_ptr(), Relaxed);
         if self.len.load(Relaxed) < max {
@@ -135,6 +145,12 @@ impl<L: RawLock> History<L> {
         }
         // SAFETY: the entry is unlinked (evicted or torn down) and owned by the caller.
         unsafe { free_block(pool, ENTRY_CLASS, e) };
+    }
+
+    /// Runs `f` under the lock with the newest entry (the list continues through `next`).
+    pub fn with_newest<R>(&self, f: impl FnOnce(Option<&HistEntry>) -> R) -> R {
+        let _g = Exclusive::new(&self.lock);
+        f(NonNull::new(self.head.load(Relaxed)).map(Self::entry))
     }
 
     /// Calls `f` on each entry, newest first, under the lock; stops when `f` returns false.

@@ -25,6 +25,7 @@ pub mod budget;
 pub mod capture;
 pub mod census;
 mod counters;
+pub mod events;
 mod history;
 pub mod hives;
 mod identify;

@@ -162,6 +162,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.stacks_dropped = get(&c.stacks_dropped);
         s.image_loads_seen = get(&c.image_loads_seen);
         s.modules_dropped = get(&c.modules_dropped);
+        s.key_alarms = get(&c.key_alarms);
         s.budget_bytes = self.pool.limit();
         s.budget_used_bytes = self.pool.used();
         s.budget_peak_bytes = self.pool.peak();
@@ -708,7 +709,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let mut done = true;
         let mut needed = 0;
         self.history.for_each(|e| {
-            if e.sequence >= before {
+            // Key-count alarms share the event stream's ring but are not unload attempts.
+            if e.sequence >= before || e.flags & UnloadRecord::KEY_ALARM != 0 {
                 return true;
             }
             let mut holders = [UnloadHolder {

@@ -43,6 +43,10 @@ pub struct Config {
     /// The most one process's opens may be charged (its records plus the names they added):
     /// an open past it is dropped and counted as `opens_dropped_process_share`.
     pub process_share_bytes: u64,
+    /// Open keys of one process that raise a key-count alarm in the event stream
+    /// ([`protocol::events`]), again at each doubling (10,000, 20,000, 40,000, …: a leak of
+    /// 65,602 handles raises three); 0 turns alarms off.
+    pub key_alarm_threshold: u64,
 }
 
 /// The default budget: 96 MiB.
@@ -53,6 +57,9 @@ pub struct Config {
 /// plus the names of a real workload, and is under 5% of the 2 GB of RAM the smallest
 /// supported x64 Windows needs.
 pub const DEFAULT_BUDGET_BYTES: u64 = 96 << 20;
+/// The default key-count alarm: 10,000 open keys in one process (a healthy process holds a
+/// few hundred; the leak users report reached 65,602).
+pub const DEFAULT_KEY_ALARM: u64 = 10_000;
 /// The ceiling on a configured budget: 512 MiB.
 pub const MAX_BUDGET_BYTES: u64 = 512 << 20;
 /// The floor on a configured budget: 1 MiB.
@@ -91,6 +98,7 @@ impl Default for Config {
             history_len: 32,
             budget_bytes: DEFAULT_BUDGET_BYTES,
             process_share_bytes: Self::share_of(DEFAULT_BUDGET_BYTES),
+            key_alarm_threshold: DEFAULT_KEY_ALARM,
         }
     }
 }
@@ -431,7 +439,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         hive: NonNull<Hive>,
         charge: u64,
         time: u64,
-    ) -> Result<(), NotTracked> {
+    ) -> Result<u64, NotTracked> {
         let lp = self
             .processes
             .lock_process(&self.pool, process, true)
@@ -458,10 +466,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         };
         rec.holding.store(h.as_ptr().cast(), Relaxed);
         self.link(holding_of(h), r, rec, time);
-        locked_add64(&proc.open_keys, 1);
+        let count = proc.open_keys.load(Relaxed) + 1;
+        proc.open_keys.store(count, Relaxed); // under the process lock
         locked_add64(&proc.charged, charge);
         hive_of(hive).open_keys.fetch_add(1, Relaxed);
-        Ok(())
+        Ok(count)
     }
 
     /// The open's key cache entry: the hit's, or (after a miss) the entry made or refreshed
@@ -514,6 +523,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.keys.release(&self.pool, &self.names, key);
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one open's steps, in order, read best in one piece"
+    )]
     fn open_record(
         &self,
         object: u64,
@@ -620,19 +633,25 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             crate::losses::count(&h.lost, &h.lost_since, time);
         }
         drop(hive_guard);
-        if let Err(refused) = linked {
-            if let Some(n) = name_ref {
-                self.names.release(&self.pool, n);
+        let count = match linked {
+            Ok(count) => count,
+            Err(refused) => {
+                if let Some(n) = name_ref {
+                    self.names.release(&self.pool, n);
+                }
+                undo_slot();
+                if let Some(k) = key {
+                    self.release_key(k);
+                }
+                return Err(refused);
             }
-            undo_slot();
-            if let Some(k) = key {
-                self.release_key(k);
-            }
-            return Err(refused);
-        }
+        };
         rec.key
             .store(key.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
         rec.state.store(LIVE | flags, Release);
+        if crate::events::alarm_due(count, self.config.key_alarm_threshold) {
+            self.key_alarm(process, count, time);
+        }
         Ok(Token::new(generation, r))
     }
 
@@ -967,7 +986,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         bump(&self.counters.unload_attempts_seen);
         let mut entry = HistEntry {
             next: core::sync::atomic::AtomicPtr::default(),
-            sequence: self.history.take_sequence(),
+            sequence: 0, // given under the history's lock by `push`
             time,
             outcome,
             hive_id: 0,
@@ -996,12 +1015,20 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let Ok(m) = self.names.intern(&self.pool, mount) else {
             bump(&self.counters.history_dropped_no_memory);
             self.release_entry_names(&entry);
+            self.history.skip_sequence();
             return;
         };
         entry.mount = Some(m);
+        self.record_event(&entry);
+    }
+
+    /// Adds `entry` to the history (the event stream), evicting the oldest past the
+    /// configured length; an entry that cannot be stored still takes its sequence number, so
+    /// the stream's readers count it as missed.
+    pub(crate) fn record_event(&self, entry: &HistEntry) {
         match self
             .history
-            .push(&self.pool, &entry, self.config.history_len.max(1))
+            .push(&self.pool, entry, self.config.history_len.max(1))
         {
             Ok(Some(old)) => {
                 History::<L>::free_entry(&self.pool, old, |n| self.names.release(&self.pool, n));
@@ -1009,7 +1036,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             Ok(None) => {}
             Err(()) => {
                 bump(&self.counters.history_dropped_no_memory);
-                self.release_entry_names(&entry);
+                self.release_entry_names(entry);
+                self.history.skip_sequence();
             }
         }
     }

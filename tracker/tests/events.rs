@@ -1,0 +1,179 @@
+//! The event stream (`tracker::events`): unload attempts and key-count alarms read by
+//! sequence number, oldest first; every event not delivered (evicted, or never stored for
+//! want of memory) is counted as missed; alarms do not show in the unload history.
+#![allow(clippy::cast_possible_truncation, reason = "test code: small sizes")]
+
+mod support;
+
+use protocol::events::{Events, EventsRequest};
+use protocol::history::{UnloadHistory, UnloadRecord};
+use protocol::page::Page;
+use protocol::wire::decode;
+use support::*;
+use tracker::{Config, ProcessKey, Tracker};
+
+const USER: &str = r"\REGISTRY\USER\S-1-5-21-1-1001";
+const P: ProcessKey = ProcessKey {
+    pid: 0x40,
+    start_key: 1,
+};
+
+fn tracker(pool: &CountingPool, history: u32, alarm: u64) -> TestTracker<'_> {
+    let t = Tracker::new(
+        pool,
+        Config {
+            history_len: history,
+            key_alarm_threshold: alarm,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    t.tracking_started(7);
+    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 1);
+    t.process_started(P, &w(r"\Device\HarddiskVolume3\leak.exe"));
+    t
+}
+
+/// (sequences, flags, missed, done, next) of the page after `after`.
+fn page(t: &TestTracker<'_>, after: u64, max: u32) -> (Vec<u64>, Vec<u16>, u64, bool, u64) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = t.events(after, max, &mut buf).unwrap();
+    let p = decode::<Page<'_, Events>>(&buf[..n]).unwrap();
+    assert_eq!(p.prefix.tracking_since, 7);
+    let recs: Vec<UnloadRecord<'_>> = p.records().collect();
+    (
+        recs.iter().map(|r| r.sequence).collect(),
+        recs.iter().map(|r| r.flags).collect(),
+        p.prefix.missed,
+        p.info.done(),
+        EventsRequest::after_cursor(&p.info.next),
+    )
+}
+
+#[test]
+fn unload_attempts_in_order_then_resumed_and_missed_when_evicted() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool, 4, 0);
+    assert!(!t.events_after(0));
+    for i in 0..3 {
+        t.unload_attempted(&w(USER), 0xC000_0121, 10 + i);
+    }
+    assert!(t.events_after(0) && !t.events_after(3));
+    assert_eq!(page(&t, 0, 0), (vec![1, 2, 3], vec![0, 0, 0], 0, true, 3));
+    assert_eq!(page(&t, 1, 1), (vec![2], vec![0], 0, false, 2));
+    // Nothing new: an empty page that keeps the position.
+    assert_eq!(page(&t, 3, 0), (vec![], vec![], 0, true, 3));
+    for i in 0..5 {
+        t.unload_attempted(&w(USER), 0xC000_0121, 20 + i);
+    }
+    // 8 numbered, 4 kept (5..=8): a reader at 3 missed 4.
+    assert_eq!(page(&t, 3, 0), (vec![5, 6, 7, 8], vec![0; 4], 1, true, 8));
+    assert_eq!(page(&t, 0, 2).0, vec![5, 6], "the oldest kept come first");
+    assert_eq!(page(&t, 0, 2).2, 4);
+}
+
+#[test]
+fn an_event_not_stored_is_counted_as_missed() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool, 8, 0);
+    t.unload_attempted(&w(USER), 0xC000_0121, 10);
+    pool.set_failure(Failure::FromK(pool.calls() + 1));
+    t.unload_attempted(&w(USER), 0xC000_0121, 11);
+    pool.set_failure(Failure::Never);
+    t.unload_attempted(&w(USER), 0xC000_0121, 12);
+    assert!(t.events_after(1));
+    // Sequence 2 was numbered but never stored: the reader after 1 is told it missed one.
+    assert_eq!(page(&t, 1, 0), (vec![3], vec![0], 1, true, 3));
+    assert_eq!(page(&t, 0, 0).0, vec![1, 3]);
+}
+
+#[test]
+fn key_count_alarms_at_the_threshold_and_each_doubling_only() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool, 32, 4);
+    for i in 0..17u64 {
+        t.opened(0x1000 + i, P, 7, &w(&format!(r"{USER}\K{i}")), 1, 10)
+            .unwrap();
+    }
+    let (seqs, flags, missed, _, _) = page(&t, 0, 0);
+    assert_eq!(seqs, vec![1, 2, 3], "alarms at 4, 8 and 16 keys");
+    assert!(flags.iter().all(|f| f & UnloadRecord::KEY_ALARM != 0));
+    assert_eq!(missed, 0);
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = t.events(0, 0, &mut buf).unwrap();
+    let p = decode::<Page<'_, Events>>(&buf[..n]).unwrap();
+    let counts: Vec<(u64, u64, String)> = p
+        .records()
+        .map(|r| {
+            let h = r.holders.iter().next().unwrap();
+            (r.open_keys, h.pid, h.image.to_string())
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            (4, 0x40, r"\Device\HarddiskVolume3\leak.exe".to_string()),
+            (8, 0x40, r"\Device\HarddiskVolume3\leak.exe".to_string()),
+            (16, 0x40, r"\Device\HarddiskVolume3\leak.exe".to_string()),
+        ]
+    );
+    assert_eq!(t.stats().key_alarms, 3);
+    // The unload history lists unload attempts only.
+    t.unload_attempted(&w(USER), 0xC000_0121, 30);
+    let mut seen = Vec::new();
+    drain::<UnloadHistory>(
+        4096,
+        |c, b| t.unload_history(c, 0, b),
+        |p| seen.extend(p.records().map(|r| r.sequence)),
+    );
+    assert_eq!(seen, vec![4]);
+    // Alarms off: none.
+    let pool2 = CountingPool::new(Failure::Never, true);
+    let quiet = tracker(&pool2, 32, 0);
+    for i in 0..20u64 {
+        quiet
+            .opened(0x1000 + i, P, 7, &w(&format!(r"{USER}\K{i}")), 1, 10)
+            .unwrap();
+    }
+    assert!(!quiet.events_after(0));
+}
+
+#[test]
+fn every_allocation_failure_leaves_the_stream_consistent_and_nothing_leaks() {
+    let run = |pool: &CountingPool| {
+        let t = tracker(pool, 3, 2);
+        for i in 0..9u64 {
+            let _ = t.opened(0x1000 + i, P, 7, &w(&format!(r"{USER}\K{i}")), 1, 10);
+            if i % 3 == 0 {
+                t.unload_attempted(&w(USER), 0xC000_0121, 20 + i);
+            }
+        }
+        // Whatever was lost, sequences delivered plus missed account for every number.
+        let (seqs, _, missed, done, next) = page(&t, 0, 0);
+        assert!(
+            done && !t.events_after(next),
+            "the page covers every number"
+        );
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "out of order: {seqs:?}"
+        );
+        assert_eq!(
+            missed + seqs.len() as u64,
+            next,
+            "a number neither delivered nor missed"
+        );
+        drop(t);
+    };
+    let probe = CountingPool::new(Failure::Never, true);
+    run(&probe);
+    for k in 1..=probe.calls() {
+        let pool = CountingPool::new(Failure::Kth(k), true);
+        run(&pool);
+        assert_eq!(
+            pool.outstanding_blocks(),
+            0,
+            "leak when allocation {k} failed"
+        );
+    }
+}
