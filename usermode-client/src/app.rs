@@ -126,15 +126,11 @@ fn modules_report(env: &mut Env<'_>, hive: Option<&str>) -> Result<crate::model:
         let hives = client.hives()?;
         (hives.hives.into_iter().map(|h| h.path).collect(), true)
     };
-    let table = client.stack_table()?;
     client.held_now = false;
     let mut reports = Vec::new();
     for nt in &targets {
         match client.holders(nt, false, env.now) {
-            Ok(mut r) => {
-                table.annotate(&mut r, &mut NoSymbols);
-                reports.push(r);
-            }
+            Ok(r) => reports.push(r),
             // A hive unloaded since the list was read.
             Err(e)
                 if all
@@ -144,6 +140,12 @@ fn modules_report(env: &mut Env<'_>, hive: Option<&str>) -> Result<crate::model:
                     ) => {}
             Err(e) => return Err(e),
         }
+    }
+    // Read after the holders answers, once: a stack stays stored while a key opened from it
+    // is tracked, so every key still held finds its stack.
+    let table = client.stack_table()?;
+    for r in &mut reports {
+        table.annotate(r, &mut NoSymbols);
     }
     let source = if let ([one], false) = (&reports[..], all) {
         one.source.clone()
@@ -232,16 +234,14 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
         } => {
             let nt = nt_hive(env, hive)?;
             let mut t = connect(env, Need::Holders)?;
-            // Read the stacks first, once: every key of the answer can then be resolved.
-            let table: Option<StackTable> = if *stacks {
-                let mut client = Client::new(t.as_mut());
-                crate::capture::require_stacks(&mut client, "holders --stacks")?;
-                Some(client.stack_table()?)
-            } else {
-                None
-            };
+            if *stacks {
+                crate::capture::require_stacks(&mut Client::new(t.as_mut()), "holders --stacks")?;
+            }
             let mut r = Client::new(t.as_mut()).holders(&nt, *summary, env.now)?;
-            if let Some(table) = &table {
+            if *stacks {
+                // Read after the holders answer, once: a stack stays stored while a key
+                // opened from it is tracked, so every key still held finds its stack.
+                let table: StackTable = Client::new(t.as_mut()).stack_table()?;
                 table.annotate(&mut r, env.symbols);
             }
             resolve_account(&mut r.hive, env.accounts, g.no_resolve);

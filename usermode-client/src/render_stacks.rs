@@ -78,7 +78,7 @@ fn stack_header(s: &KeyStack, of: Option<(usize, usize)>) -> String {
     }
     if has("unknown_stack") {
         return format!(
-            "opened from stack {}{share}: not on the driver's stacks page (freed since the holders answer)",
+            "opened from stack {}{share}: not on the driver's stacks page (the key was closed while the report was read)",
             s.id
         );
     }

@@ -824,3 +824,37 @@ mod engine {
         assert_eq!(later.stack.as_ref().unwrap().flags, ["not_captured"]);
     }
 }
+
+#[test]
+fn a_stack_id_missing_from_the_page_and_a_key_without_one_are_named() {
+    use hivetrack_cli::model::{HeldKey, StackRef};
+    use hivetrack_cli::symbols::NoSymbols;
+    let key = |id, flags| HeldKey {
+        id: 1,
+        name: None,
+        path: None,
+        name_truncated: false,
+        opened_at: None,
+        age_secs: 0,
+        thread: None,
+        access: 0,
+        access_names: Vec::new(),
+        handle_opens: 1,
+        handle_closes: 0,
+        held_now_by: None,
+        stack: None,
+        stack_ref: StackRef { id, flags },
+    };
+    let t = StackTable::default();
+    let flags = |id, f| t.resolve(1, 1, &key(id, f), &mut NoSymbols).flags;
+    assert_eq!(flags(9, 0), ["unknown_stack"]);
+    assert_eq!(flags(0, 0), ["not_captured"]);
+    assert_eq!(
+        flags(0, protocol::holders::HolderKey::STACK_EMPTY),
+        ["empty"]
+    );
+    assert_eq!(
+        flags(0, protocol::holders::HolderKey::STACK_DROPPED),
+        ["dropped"]
+    );
+}
