@@ -44,7 +44,7 @@ pub fn capture(r: &CaptureReport, f: Format) -> serde_json::Result<String> {
             } else {
                 let _ = writeln!(
                     out,
-                    "Stack capture is on for {what}{since}, at most {} frames per stack.\nKeys opened from now on carry their stack: `hivetrack holders HIVE --stacks`, `hivetrack modules HIVE`. Keys opened before have none.",
+                    "Stack capture is on for {what}{since}, at most {} frames per stack.\nKeys opened while it is on carry their stack (`hivetrack holders HIVE --stacks`, `hivetrack modules HIVE`); keys opened before have none.",
                     r.max_frames
                 );
             }
