@@ -19,6 +19,8 @@ use crate::hive_name::{self, display, user_sid};
 use crate::holder_identity::{self, Identities};
 use crate::model::{DiffEntry, DiffReport, Hive, SnapshotFile, Source, schema};
 use crate::render::{self, Format};
+use crate::stacks::StackTable;
+use crate::symbols::{NoSymbols, Symbolizer};
 use crate::transport::{Need, Transport, TransportError};
 use crate::wait::{Clock, wait_free};
 
@@ -41,6 +43,8 @@ pub struct Env<'a> {
     pub now: u64,
     /// Time for `wait`.
     pub clock: &'a mut dyn Clock,
+    /// Function names for stack frames (`holders --stacks`).
+    pub symbols: &'a mut dyn Symbolizer,
 }
 
 const fn format_of(cli: &Cli) -> Format {
@@ -96,6 +100,68 @@ fn connect(env: &mut Env<'_>, need: Need) -> Result<Box<dyn Transport>> {
     (env.connect)(need).map_err(classify)
 }
 
+/// Connects for a stack feature: the driverless fallback cannot give one, and says so.
+fn connect_for_stacks(env: &mut Env<'_>, what: &'static str) -> Result<Box<dyn Transport>> {
+    match (env.connect)(Need::Driver) {
+        Err(TransportError::Unsupported { backend, .. }) if backend == crate::fallback::BACKEND => {
+            Err(CliError::NeedsDriver { what }.into())
+        }
+        other => other.map_err(classify),
+    }
+}
+
+/// `hivetrack modules`: the holders of `hive` (or of every hive) with their stacks, ranked.
+fn modules_report(env: &mut Env<'_>, hive: Option<&str>) -> Result<crate::model::ModulesReport> {
+    let what = "hivetrack modules";
+    let targets = match hive {
+        Some(h) => vec![nt_hive(env, h)?],
+        None => Vec::new(),
+    };
+    let mut t = connect_for_stacks(env, what)?;
+    let mut client = Client::new(t.as_mut());
+    crate::capture::require_stacks(&mut client, what)?;
+    let (targets, all) = if hive.is_some() {
+        (targets, false)
+    } else {
+        let hives = client.hives()?;
+        (hives.hives.into_iter().map(|h| h.path).collect(), true)
+    };
+    client.held_now = false;
+    let mut reports = Vec::new();
+    for nt in &targets {
+        match client.holders(nt, false, env.now) {
+            Ok(r) => reports.push(r),
+            // A hive unloaded since the list was read.
+            Err(e)
+                if all
+                    && matches!(
+                        e.downcast_ref::<CliError>(),
+                        Some(CliError::UnknownHive { .. })
+                    ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Read after the holders answers, once: a stack stays stored while a key opened from it
+    // is tracked, so every key still held finds its stack.
+    let table = client.stack_table()?;
+    for r in &mut reports {
+        table.annotate(r, &mut NoSymbols);
+    }
+    let source = if let ([one], false) = (&reports[..], all) {
+        one.source.clone()
+    } else {
+        {
+            let nr = reports
+                .iter()
+                .map(|r| r.source.not_recorded)
+                .max()
+                .unwrap_or(0);
+            client.source(nr)
+        }
+    };
+    Ok(crate::modules::rank(&reports, source, table.coverage))
+}
+
 fn nt_hive(env: &Env<'_>, given: &str) -> Result<String> {
     Ok(hive_name::resolve_with_accounts(given, env.accounts).map_err(CliError::from)?)
 }
@@ -149,14 +215,35 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             )?;
             Ok(exit::OK)
         }
+        Command::Capture { action } => {
+            let mut t = connect_for_stacks(env, "stack capture")?;
+            let r = crate::capture::run(&mut Client::new(t.as_mut()), action, env.accounts)?;
+            emit(env, format, &render::capture(&r, format)?, Some(&r.source))?;
+            Ok(exit::OK)
+        }
+        Command::Modules { hive, all: _ } => {
+            let r = modules_report(env, hive.as_deref())?;
+            emit(env, format, &render::modules(&r, format)?, Some(&r.source))?;
+            Ok(verdict(g.strict, &r.source, false))
+        }
         Command::Holders {
             hive,
             fail_if_held,
             summary,
+            stacks,
         } => {
             let nt = nt_hive(env, hive)?;
             let mut t = connect(env, Need::Holders)?;
+            if *stacks {
+                crate::capture::require_stacks(&mut Client::new(t.as_mut()), "holders --stacks")?;
+            }
             let mut r = Client::new(t.as_mut()).holders(&nt, *summary, env.now)?;
+            if *stacks {
+                // Read after the holders answer, once: a stack stays stored while a key
+                // opened from it is tracked, so every key still held finds its stack.
+                let table: StackTable = Client::new(t.as_mut()).stack_table()?;
+                table.annotate(&mut r, env.symbols);
+            }
             resolve_account(&mut r.hive, env.accounts, g.no_resolve);
             if !g.no_resolve
                 && env.identities.supported()

@@ -97,6 +97,30 @@ pub enum Command {
         /// Per-process summaries only, without the keys.
         #[arg(long)]
         summary: bool,
+        /// After each key, the user-mode stack it was opened from, as `module+0xOFFSET`
+        /// lines, innermost first (`module!function+0xOFF` where `DbgHelp` finds symbols, on
+        /// Windows). Needs a driver with stack capture, turned on with `hivetrack capture on`
+        /// before the keys were opened.
+        #[arg(long, conflicts_with = "summary")]
+        stacks: bool,
+    },
+    /// Open-time stack capture: which code opens keys. Off until turned on; keys opened
+    /// while it is on carry their stack (`holders --stacks`, `modules`).
+    Capture {
+        /// What to do.
+        #[command(subcommand)]
+        action: CaptureAction,
+    },
+    /// Rank the modules that opened the keys still held in a hive (or in every hive): each
+    /// held key with a stack is attributed to its first frame outside the OS registry
+    /// plumbing (ntdll, kernelbase, kernel32, advapi32, ...). The list to hand to a vendor.
+    Modules {
+        /// The hive (same forms as `holders`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        hive: Option<String>,
+        /// Every hive the driver knows.
+        #[arg(long)]
+        all: bool,
     },
     /// Every hive the driver knows, with its open keys and holders.
     Hives,
@@ -183,6 +207,25 @@ pub enum Command {
     },
 }
 
+/// What `hivetrack capture` does.
+#[derive(Debug, Subcommand)]
+pub enum CaptureAction {
+    /// Show the capture scope.
+    Status,
+    /// Capture the stack of every tracked open (no option), of opens in one hive, or of
+    /// opens by processes of one image.
+    On {
+        /// Only opens of keys in this hive (same forms as `holders`).
+        #[arg(long, conflicts_with = "image")]
+        hive: Option<String>,
+        /// Only opens by processes whose image file name is this (`explorer.exe`).
+        #[arg(long, value_name = "NAME")]
+        image: Option<String>,
+    },
+    /// Stop capturing (stacks already stored stay with their keys).
+    Off,
+}
+
 /// The views of `analyze`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AnalyzeView {
@@ -262,7 +305,7 @@ mod tests {
         assert!(cli.global.json && cli.global.strict && !cli.global.csv);
         assert!(matches!(
             cli.command,
-            Command::Holders { fail_if_held: true, summary: false, ref hive } if hive == r"HKU\S-1-5-21-1-2-3-1001"
+            Command::Holders { fail_if_held: true, summary: false, ref hive, .. } if hive == r"HKU\S-1-5-21-1-2-3-1001"
         ));
         let cli = Cli::try_parse_from(["hivetrack", "--csv", "processes", "--top", "5"]).unwrap();
         assert!(cli.global.csv);

@@ -6,17 +6,21 @@
 //! [`crate::model`].
 
 use anyhow::{Context, Result, bail};
+use protocol::capture::{CaptureOp, CaptureRequest, CaptureScope, CaptureState};
 use protocol::cursor::Cursor;
 use protocol::history::UnloadHistory;
 use protocol::hives::{HiveRecord, Hives};
 use protocol::holders::{HiveKind, HiveState, HolderKey, HolderProcess, HolderRecord, Holders};
-use protocol::ioctl::query_ioctl;
+use protocol::ioctl::{IOCTL_HIVETRACK_CAPTURE, IOCTL_HIVETRACK_GET_VERSION, query_ioctl};
+use protocol::modules::{Module, ModuleRecord, Modules};
 use protocol::page::{Page, PageKind};
 use protocol::processes::{ProcessRecord, Processes};
 use protocol::request::{QueryKind, QueryRequest};
 use protocol::snapshot::{Snapshot, SnapshotRecord};
+use protocol::stacks::{StackRecord, Stacks};
 use protocol::stats::Stats;
 use protocol::text::Text;
+use protocol::version::VersionInfo;
 use protocol::wire::{self, DecodeError, HEADER_LEN, Message};
 
 use crate::commands::{CliError, classify};
@@ -26,6 +30,7 @@ use crate::model::{
     ProcessesReport, SnapshotFile, SnapshotKey, Source, StatsReport, Time, UnloadAttempt,
     UnloadHistoryReport, UnloadHolder, age_secs, ntstatus_name, schema,
 };
+use crate::stacks::{LoadedModule, Stack, StackTable};
 use crate::transport::{
     ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER, ERROR_MORE_DATA, Transport, TransportError,
 };
@@ -43,6 +48,9 @@ pub struct Client<'t> {
     buf: Vec<u8>,
     /// Largest output buffer to grow to.
     pub max_buffer: usize,
+    /// Whether `holders` asks who holds each key now (the system handle table); off for
+    /// reports that do not show it (`modules`).
+    pub held_now: bool,
 }
 
 /// A pass over the pages of one query.
@@ -151,6 +159,11 @@ fn key_of(k: &HolderKey<'_>, now: u64) -> HeldKey {
         handle_opens: k.handle_opens,
         handle_closes: k.handle_closes,
         held_now_by: None,
+        stack: None,
+        stack_ref: crate::model::StackRef {
+            id: k.stack,
+            flags: k.flags & (HolderKey::STACK_EMPTY | HolderKey::STACK_DROPPED),
+        },
     }
 }
 
@@ -205,6 +218,7 @@ impl<'t> Client<'t> {
             transport,
             buf: vec![0u8; INITIAL_BUFFER],
             max_buffer: MAX_BUFFER,
+            held_now: true,
         }
     }
 
@@ -393,8 +407,9 @@ impl<'t> Client<'t> {
             holders,
             untracked: Vec::new(),
             held_now: None,
+            stacks: None,
         };
-        if self.transport.backend() != crate::fallback::BACKEND && !summary_only {
+        if self.transport.backend() != crate::fallback::BACKEND && !summary_only && self.held_now {
             // Who holds each key now: duplicated and inherited handles name no opener.
             let found = crate::holder_now::held_now(&mut *self.transport);
             let transport = &mut *self.transport;
@@ -429,6 +444,107 @@ impl<'t> Client<'t> {
             Some(Err(e)) => Err(format!("NtQueryOpenSubKeysEx failed: {e}")),
             Some(Ok(list)) => Ok(list),
         }
+    }
+
+    /// The driver's version answer (its capabilities).
+    ///
+    /// # Errors
+    /// Transport failures, a malformed answer.
+    pub fn version(&mut self) -> Result<VersionInfo> {
+        let len = self.call(IOCTL_HIVETRACK_GET_VERSION, &[])?;
+        Self::decode::<VersionInfo>(&self.buf[..len])
+    }
+
+    /// Sends a stack-capture request (`IOCTL_HIVETRACK_CAPTURE`); the state after it:
+    /// scope, most frames per stack, since when (FILETIME), the scope's text.
+    ///
+    /// # Errors
+    /// Transport failures (a driver without capture refuses the control code), a
+    /// malformed answer.
+    pub fn capture(
+        &mut self,
+        op: CaptureOp,
+        scope: CaptureScope,
+        text: &str,
+    ) -> Result<(CaptureScope, u32, u64, String)> {
+        let units: Vec<u16> = text.encode_utf16().collect();
+        let req = CaptureRequest {
+            op,
+            scope,
+            text: Text::Units(&units),
+        };
+        let mut input = vec![0u8; HEADER_LEN + req.body_len()];
+        let n = wire::encode(&req, &mut input).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let len = self.call(IOCTL_HIVETRACK_CAPTURE, &input[..n])?;
+        let st = Self::decode::<CaptureState<'_>>(&self.buf[..len])?;
+        Ok((st.scope, st.max_frames, st.since, st.text.to_string()))
+    }
+
+    /// Every stored stack and the modules of the processes whose keys carry one (all
+    /// pages of both), with the stack counters of `stats`.
+    ///
+    /// # Errors
+    /// Transport failures, a malformed answer.
+    pub fn stack_table(&mut self) -> Result<StackTable> {
+        let mut t = StackTable::default();
+        let mut stacks_dropped = 0;
+        self.pages::<Stacks>(&Self::plain(QueryKind::Stacks, 0), |page| {
+            stacks_dropped = stacks_dropped.max(page.prefix.dropped);
+            for r in page.records() {
+                t.stacks.insert(
+                    r.id,
+                    Stack {
+                        truncated: r.flags & StackRecord::TRUNCATED != 0,
+                        frames: r.frames().to_vec(),
+                    },
+                );
+            }
+            Ok(true)
+        })?;
+        let mut modules_dropped = 0;
+        let mut current: Option<(u64, u64)> = None;
+        let modules = &mut t.modules;
+        self.pages::<Modules>(&Self::plain(QueryKind::Modules, 0), |page| {
+            modules_dropped = modules_dropped.max(page.prefix.dropped);
+            for r in page.records() {
+                match r {
+                    ModuleRecord::Process(p) => {
+                        let key = (p.pid, p.start_key);
+                        modules.entry(key).or_default();
+                        current = Some(key);
+                    }
+                    ModuleRecord::Module(m) => {
+                        let Some(key) = current else {
+                            bail!(
+                                "the driver sent a malformed answer: a module before any process"
+                            );
+                        };
+                        modules.entry(key).or_default().push(LoadedModule {
+                            path: (m.flags & Module::NAME_MISSING == 0)
+                                .then(|| opt_text(m.name))
+                                .flatten(),
+                            base: m.base,
+                            size: m.size,
+                            load_time: m.load_time,
+                        });
+                    }
+                }
+            }
+            Ok(true)
+        })?;
+        let stats = self.stats().ok();
+        let counter = |name: &str| {
+            stats
+                .as_ref()
+                .and_then(|s| s.counters.iter().find(|c| c.name == name))
+                .map(|c| c.value)
+        };
+        t.coverage = crate::model::StackCoverage {
+            stacks_dropped: stacks_dropped.max(counter("stacks_dropped").unwrap_or(0)),
+            modules_dropped: modules_dropped.max(counter("modules_dropped").unwrap_or(0)),
+            image_loads_tracked: counter("image_loads_tracked").map(|v| v == 1),
+        };
+        Ok(t)
     }
 
     /// Every hive the driver knows.

@@ -61,6 +61,22 @@ pub enum CliError {
     /// Another argument is unusable (a file that does not parse, say).
     #[error("{0}")]
     BadArgument(String),
+    /// The driver answers, but is older than the feature asked for.
+    #[error(
+        "the installed hivetrack.sys is too old for {what}: it does not have open-time stack capture (issue 16); install the driver and client from the same package ({INSTALL_HINT})"
+    )]
+    DriverTooOld {
+        /// What was asked for (`stack capture`, `holders --stacks`).
+        what: &'static str,
+    },
+    /// The driverless fallback answered, and the feature needs the driver.
+    #[error(
+        "{what} needs the hivetrack driver: the driverless fallback (NtQueryOpenSubKeysEx) sees only the pid and key of open keys, not the code that opened them; {INSTALL_HINT}"
+    )]
+    NeedsDriver {
+        /// What was asked for.
+        what: &'static str,
+    },
 }
 
 impl CliError {
@@ -75,6 +91,8 @@ impl CliError {
             Self::UnknownHive { .. } => "unknown_hive",
             Self::BadHiveName(_) => "bad_hive_name",
             Self::BadArgument(_) => "bad_argument",
+            Self::DriverTooOld { .. } => "driver_too_old",
+            Self::NeedsDriver { .. } => "needs_driver",
         }
     }
 
@@ -85,7 +103,9 @@ impl CliError {
             Self::DriverUnavailable { .. }
             | Self::AccessDenied
             | Self::VersionMismatch { .. }
-            | Self::BackendUnavailable(_) => exit::DRIVER_UNAVAILABLE,
+            | Self::BackendUnavailable(_)
+            | Self::DriverTooOld { .. }
+            | Self::NeedsDriver { .. } => exit::DRIVER_UNAVAILABLE,
             Self::UnknownHive { .. } | Self::BadHiveName(_) | Self::BadArgument(_) => {
                 exit::BAD_ARGUMENTS
             }

@@ -160,6 +160,8 @@ mod tests {
             handle_opens: 1,
             handle_closes: 0,
             held_now_by: None,
+            stack: None,
+            stack_ref: crate::model::StackRef::default(),
         }
     }
 
@@ -183,6 +185,7 @@ mod tests {
             holders,
             untracked: Vec::new(),
             held_now: None,
+            stacks: None,
         }
     }
 

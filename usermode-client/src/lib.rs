@@ -7,6 +7,7 @@ pub mod access;
 pub mod accounts;
 pub mod analyze;
 pub mod app;
+pub mod capture;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -18,9 +19,13 @@ pub mod hive_name;
 pub mod holder_identity;
 pub mod holder_now;
 pub mod model;
+pub mod modules;
 pub mod page_server;
 pub mod render;
+pub mod render_stacks;
 pub mod scripted;
+pub mod stacks;
+pub mod symbols;
 pub mod transport;
 pub mod wait;
 #[cfg(windows)]
@@ -33,6 +38,8 @@ pub mod windows_fallback;
 pub mod windows_handles;
 #[cfg(windows)]
 pub mod windows_identity;
+#[cfg(windows)]
+pub mod windows_symbols;
 
 /// Process exit codes, part of the CLI's scripting contract.
 pub mod exit {

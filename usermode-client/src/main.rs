@@ -7,7 +7,7 @@ use hivetrack_cli::{
     accounts,
     app::{self, Env},
     cli::Cli,
-    commands, exit, holder_identity, transport,
+    commands, exit, holder_identity, symbols, transport,
     wait::SystemClock,
 };
 
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     let (backend, emulator) = (cli.global.backend, cli.global.emulator().map(str::to_owned));
     let mut connect = move |need| transport::open(backend, need, emulator.as_deref());
     let mut clock = SystemClock::start();
+    let mut symbols = symbols::system();
     let mut env = Env {
         out: &mut stdout,
         err: &mut stderr,
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         identities: identities.as_ref(),
         now: app::filetime_now(),
         clock: &mut clock,
+        symbols: symbols.as_mut(),
     };
     let code = match app::run(&cli, &mut env) {
         Ok(code) => code,

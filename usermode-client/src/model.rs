@@ -234,6 +234,66 @@ pub struct HeldKey {
     /// was duplicated or inherited away from its opener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_now_by: Option<Vec<u64>>,
+    /// The user-mode stack of its open, resolved (`holders --stacks` only; absent
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<KeyStack>,
+    /// The driver's stack id and stack flags of the key record (not printed: `stack` is).
+    #[serde(skip)]
+    pub stack_ref: StackRef,
+}
+
+/// A key record's stack as the driver named it: id (0: none) and `HolderKey` flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackRef {
+    /// Stack id of the stacks page; 0 when none was stored.
+    pub id: u32,
+    /// `STACK_EMPTY`, `STACK_DROPPED` (other bits cleared).
+    pub flags: u32,
+}
+
+/// The stack a key was opened from (issue 16).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyStack {
+    /// The driver's stack id; 0 when none was stored.
+    pub id: u32,
+    /// What is known of it: `truncated` (outer frames not kept), `empty` (capture was on
+    /// but the thread gave no user-mode frame: a kernel-mode opener, or an unreadable
+    /// stack), `dropped` (captured but not stored), `not_captured` (capture was off for
+    /// this open), `unknown_stack` (the id is not on the stacks page); empty when the
+    /// frames are complete.
+    pub flags: Vec<String>,
+    /// The frames, innermost first.
+    pub frames: Vec<Frame>,
+}
+
+/// One return address of a stack, resolved against the opening process's modules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The raw user-mode address.
+    pub address: u64,
+    /// The module it falls in (the image path as the kernel named it; the one loaded last
+    /// at or before the key's open time); null when in no known module.
+    pub module: Option<String>,
+    /// Offset from the module's base; null when in no known module.
+    pub offset: Option<u64>,
+    /// `function+0xOFF` from the module's symbols (Windows, `DbgHelp`); null when none.
+    pub symbol: Option<String>,
+    /// As printed: `shellext.dll+0x1a2b`, `shellext.dll!Init+0x2b`, or
+    /// `0x000001f000001234 (no module)`.
+    pub text: String,
+}
+
+/// How complete the stacks of a report are (`holders --stacks`, `modules`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackCoverage {
+    /// Stacks captured but not stored so far (their keys say `dropped`).
+    pub stacks_dropped: u64,
+    /// Image loads not recorded so far: frames in those images show no module.
+    pub modules_dropped: u64,
+    /// Whether the driver is told of image loads (stats `image_loads_tracked`); null when
+    /// the stats could not be read.
+    pub image_loads_tracked: Option<bool>,
 }
 
 /// What Windows says of a running process, looked up by pid (`crate::holder_identity`):
@@ -301,6 +361,78 @@ pub struct HoldersReport {
     /// answers, the fallback backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_now: Option<HeldNowCoverage>,
+    /// How complete the keys' stacks are (`--stacks` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<StackCoverage>,
+}
+
+/// `hivetrack capture`: the driver's stack-capture scope after the request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureReport {
+    /// `hivetrack.capture/1`.
+    pub schema: String,
+    /// Who answered.
+    pub source: Source,
+    /// `off`, `all`, `hive` or `image`.
+    pub scope: String,
+    /// The hive (NT path) or image file name of the scope; null otherwise.
+    pub target: Option<String>,
+    /// The hive's short name (`HKU\S-1-5-…`) for a hive scope; null otherwise.
+    pub hive: Option<String>,
+    /// When this scope was set; null when capture was never on.
+    pub since: Option<Time>,
+    /// Most frames the driver keeps per stack.
+    pub max_frames: u32,
+}
+
+/// A module that opened keys still held, ranked (`hivetrack modules`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankedModule {
+    /// The image path as the kernel named it; null for frames in no known module.
+    pub module: Option<String>,
+    /// Its file name (`shellext.dll`), or `(no module)`.
+    pub name: String,
+    /// Every frame of its keys' stacks was OS registry plumbing: the module is the
+    /// innermost frame's (see the README), not a caller.
+    pub plumbing_only: bool,
+    /// Held keys attributed to it.
+    pub keys: u64,
+    /// Processes holding them.
+    pub processes: u64,
+    /// Those processes: `image (pid)`, `, exited` when gone.
+    pub holders: Vec<String>,
+    /// A few of the keys (short names).
+    pub example_keys: Vec<String>,
+}
+
+/// Held keys that could not be attributed to a module.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithoutStack {
+    /// Capture was off for their open.
+    pub not_captured: u64,
+    /// Capture was on, but the thread gave no user-mode frame (a kernel-mode opener).
+    pub empty: u64,
+    /// Captured but not stored.
+    pub dropped: u64,
+}
+
+/// `hivetrack modules`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModulesReport {
+    /// `hivetrack.modules/1`.
+    pub schema: String,
+    /// Who answered, how complete (the holders answers').
+    pub source: Source,
+    /// The hives covered (short names).
+    pub hives: Vec<String>,
+    /// Held keys examined.
+    pub held_keys: u64,
+    /// The modules, most keys first.
+    pub modules: Vec<RankedModule>,
+    /// Held keys with no stack to attribute.
+    pub without_stack: WithoutStack,
+    /// How complete the stacks are.
+    pub stacks: StackCoverage,
 }
 
 /// How the holders now were found: key handles of other processes examined in the system

@@ -9,17 +9,20 @@
 //! The driverless fallback answers holders through it, and the scripted test transport
 //! ([`crate::scripted`]) answers every query through it.
 
+use protocol::capture::{CaptureOp, CaptureRequest, CaptureScope, CaptureState, MAX_FRAMES};
 use protocol::cursor::Cursor;
 use protocol::history::UnloadHistory;
 use protocol::hives::Hives;
 use protocol::holders::{HolderKey, HolderProcess, HolderRecord, Holders, HoldersPrefix};
 use protocol::ioctl;
+use protocol::modules::{Module, ModuleProcess, ModuleRecord, Modules, ModulesPrefix};
 use protocol::page::{Codec, NoPrefix, PageInfo, PageKind, PageWriter};
 use protocol::processes::Processes;
 use protocol::request::{QueryKind, QueryRequest};
 use protocol::snapshot::{Snapshot, SnapshotPrefix};
+use protocol::stacks::Stacks;
 use protocol::stats::Stats;
-use protocol::text::eq_folded;
+use protocol::text::{Text, eq_folded};
 use protocol::version::VersionInfo;
 use protocol::wire::{self, Reader, Writer};
 
@@ -124,6 +127,25 @@ impl Listing {
         l
     }
 
+    /// A modules listing: per process its record, then its modules in load order (a page
+    /// that resumes inside a process starts with it repeated, flagged `CONTINUED`).
+    #[must_use]
+    pub fn modules(prefix: &ModulesPrefix, processes: &[(ModuleProcess, Vec<Module<'_>>)]) -> Self {
+        let mut l = Self::new(prefix);
+        for (p, modules) in processes {
+            l.push(&ModuleRecord::Process(*p));
+            let continued = encode_codec(&ModuleRecord::Process(ModuleProcess {
+                flags: p.flags | ModuleProcess::CONTINUED,
+                ..*p
+            }));
+            for m in modules {
+                l.records.push(encode_codec(&ModuleRecord::Module(*m)));
+                l.lead.push(Some(continued.clone()));
+            }
+        }
+        l
+    }
+
     /// Writes the page of `K` that starts at `cursor` into `out`.
     ///
     /// # Errors
@@ -212,6 +234,13 @@ pub struct Server {
     pub snapshot: Option<Listing>,
     /// The unload-history page.
     pub history: Option<Listing>,
+    /// The stacks page (issue 16).
+    pub stacks: Option<Listing>,
+    /// The modules page (issue 16).
+    pub modules: Option<Listing>,
+    /// The capture scope and its text, and when it was set; `None`: a driver without
+    /// `IOCTL_HIVETRACK_CAPTURE`.
+    pub capture: Option<(CaptureScope, String, u64)>,
     /// `not_recorded` of every page.
     pub not_recorded: u64,
     /// Keys the kernel lists (`NtQueryOpenSubKeysEx`) beyond the holders answers: opened
@@ -242,6 +271,42 @@ impl Server {
         })
     }
 
+    /// Answers `IOCTL_HIVETRACK_CAPTURE` as the driver does: a set replaces the scope
+    /// (stamped `now`), and the answer is the state after it.
+    ///
+    /// # Errors
+    /// `ERROR_INVALID_FUNCTION` without capture, `ERROR_INVALID_PARAMETER` for a malformed
+    /// request, `ERROR_INSUFFICIENT_BUFFER`.
+    pub fn answer_capture(
+        &mut self,
+        input: &[u8],
+        out: &mut [u8],
+        now: u64,
+    ) -> Result<usize, TransportError> {
+        let Some(state) = self.capture.as_mut() else {
+            return Err(TransportError::Request {
+                code: ERROR_INVALID_FUNCTION,
+            });
+        };
+        let req =
+            wire::decode::<CaptureRequest<'_>>(input).map_err(|_| TransportError::Request {
+                code: ERROR_INVALID_PARAMETER,
+            })?;
+        if req.op == CaptureOp::Set {
+            *state = (req.scope, req.text.to_string(), now);
+        }
+        let units: Vec<u16> = state.1.encode_utf16().collect();
+        let answer = CaptureState {
+            scope: state.0,
+            max_frames: u32::try_from(MAX_FRAMES).unwrap_or(u32::MAX),
+            since: state.2,
+            text: Text::Units(&units),
+        };
+        wire::encode(&answer, out).map_err(|_| TransportError::Request {
+            code: ERROR_INSUFFICIENT_BUFFER,
+        })
+    }
+
     /// Answers control code `code` with `input` into `out`, as the driver would.
     ///
     /// # Errors
@@ -261,7 +326,7 @@ impl Server {
         }
         let Ok(req) = wire::decode::<QueryRequest<'_>>(input) else {
             return refuse(
-                if (0x801..=0x806).contains(&ioctl::split_ctl_code(code).function) {
+                if matches!(ioctl::split_ctl_code(code).function, 0x801..=0x806 | 0x80A..=0x80B) {
                     ERROR_INVALID_PARAMETER
                 } else {
                     ERROR_INVALID_FUNCTION
@@ -310,8 +375,16 @@ impl Server {
                 .as_ref()
                 .ok_or_else(missing)?
                 .serve::<UnloadHistory>(c, m, nr, out),
-            // Scripted answers for these come with the CLI's stack support.
-            QueryKind::Stacks | QueryKind::Modules => Err(missing()),
+            QueryKind::Stacks => self
+                .stacks
+                .as_ref()
+                .ok_or_else(missing)?
+                .serve::<Stacks>(c, m, nr, out),
+            QueryKind::Modules => self
+                .modules
+                .as_ref()
+                .ok_or_else(missing)?
+                .serve::<Modules>(c, m, nr, out),
         }
     }
 }

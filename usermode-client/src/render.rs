@@ -9,6 +9,8 @@ use crate::model::{
     Source, StatsReport, UnloadHistoryReport, WaitReport, age_text,
 };
 
+pub use crate::render_stacks::{capture, modules};
+
 /// The output form chosen on the command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
@@ -290,6 +292,7 @@ fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &m
         };
         let _ = writeln!(out, "{who} has opened key {name}{cut}{times}{with}{when}");
         held_now_sentence(h.pid, &keys, images, out);
+        crate::render_stacks::key_stacks(&keys, out);
     }
 }
 
@@ -366,7 +369,10 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 proc_cells.extend(identity_cells(&h.identity));
                 if h.keys.is_empty() {
                     let mut row = proc_cells.clone();
-                    row.extend(std::iter::repeat_n(String::new(), 8));
+                    row.extend(std::iter::repeat_n(
+                        String::new(),
+                        8 + usize::from(r.stacks.is_some()),
+                    ));
                     rows.push(row);
                 }
                 for k in &h.keys {
@@ -385,30 +391,34 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                         k.handle_opens.to_string(),
                         k.handle_closes.to_string(),
                     ]);
+                    if r.stacks.is_some() {
+                        row.push(crate::render_stacks::stack_cell(k));
+                    }
                     rows.push(row);
                 }
             }
-            csv(
-                &[
-                    "pid",
-                    "start_key",
-                    "image",
-                    "exited",
-                    "open_keys",
-                    "session",
-                    "user",
-                    "services",
-                    "key",
-                    "path",
-                    "opened_at",
-                    "age_secs",
-                    "thread",
-                    "access",
-                    "handle_opens",
-                    "handle_closes",
-                ],
-                &rows,
-            )
+            let mut header = vec![
+                "pid",
+                "start_key",
+                "image",
+                "exited",
+                "open_keys",
+                "session",
+                "user",
+                "services",
+                "key",
+                "path",
+                "opened_at",
+                "age_secs",
+                "thread",
+                "access",
+                "handle_opens",
+                "handle_closes",
+            ];
+            if r.stacks.is_some() {
+                header.push("stack");
+            }
+            csv(&header, &rows)
         }
         Format::Table => {
             let mut out = String::new();
@@ -522,6 +532,7 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 out.push_str(UNTRACKED_HINT);
                 out.push('\n');
             }
+            crate::render_stacks::holders_notes(r, &mut out);
             out.push('\n');
             out.push_str(&source_line(&r.source));
             out.push('\n');
@@ -934,7 +945,7 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
     })
 }
 
-fn json<T: serde::Serialize>(v: &T) -> serde_json::Result<String> {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> serde_json::Result<String> {
     let mut s = serde_json::to_string_pretty(v)?;
     s.push('\n');
     Ok(s)

@@ -132,7 +132,11 @@ impl Transport for Scripted {
             }
             self.holders_passes += 1;
         }
-        let n = self.states[self.step].answer(code, input, output)?;
+        let n = if code == protocol::ioctl::IOCTL_HIVETRACK_CAPTURE {
+            self.states[self.step].answer_capture(input, output, NOW)?
+        } else {
+            self.states[self.step].answer(code, input, output)?
+        };
         match self.fault {
             Some(Fault::Version(v)) => output[4..6].copy_from_slice(&v.to_le_bytes()),
             Some(Fault::Truncate(len)) => return Ok(len.min(n)),
@@ -254,6 +258,8 @@ struct P {
     pid: u64,
     image: &'static str,
     flags: u32,
+    /// Per key, its stack id and stack flags (`STACK_EMPTY`, `STACK_DROPPED`); none: 0.
+    stacks: Vec<(u32, u32)>,
     keys: Vec<K>,
 }
 
@@ -285,14 +291,14 @@ fn holders_listing_lost(h: &H, procs: &[P], global_lost: u64) -> Listing {
                         HolderKey::NAME_MISSING
                     } else {
                         0
-                    },
+                    } | p.stacks.get(j).map_or(0, |s| s.1),
                     id: 0x1_0000_0000 + p.pid * 0x1_0000 + j as u64,
                     thread: k.2,
                     open_time: NOW - k.1 * SECOND,
                     access: KEY_READ,
                     handle_opens: 1,
                     handle_closes: 0,
-                    stack: 0,
+                    stack: p.stacks.get(j).map_or(0, |s| s.0),
                     name: Text::Units(n),
                 })
                 .collect();
@@ -511,6 +517,7 @@ pub fn logoff() -> Server {
         pid: AGENT_PID,
         image: AGENT,
         flags: 0,
+        stacks: Vec::new(),
         keys: vec![(user(r"\Software\Policies"), 25 * 60 + 3, 2044)],
     };
     Server {
@@ -544,6 +551,9 @@ pub fn logoff() -> Server {
         )),
         history: Some(history_listing(1, false)),
         hives: Some(hives_listing(&hives)),
+        stacks: None,
+        modules: None,
+        capture: None,
         not_recorded: 0,
         kernel_extra: Vec::new(),
     }
@@ -566,6 +576,7 @@ pub fn logoff_busy() -> Server {
             pid: AGENT_PID,
             image: AGENT,
             flags: 0,
+            stacks: Vec::new(),
             keys: vec![
                 (user(r"\Software\Policies"), 25 * 60 + 3, 2044),
                 (user(r"\Software\Contoso\Policy Agent"), 90, 2044),
@@ -575,12 +586,14 @@ pub fn logoff_busy() -> Server {
             pid: 3176,
             image: r"C:\Windows\System32\notepad.exe",
             flags: 0,
+            stacks: Vec::new(),
             keys: vec![(user(r"\Software\Microsoft\Notepad"), 12 * 60, 3180)],
         },
         P {
             pid: 4012,
             image: SHELL,
             flags: 0,
+            stacks: Vec::new(),
             keys: vec![
                 (
                     user(r"\Software\Microsoft\Windows\CurrentVersion\Explorer"),
@@ -620,6 +633,7 @@ pub fn logoff_service_host() -> Server {
             pid: SVCHOST_PID,
             image: r"C:\Windows\System32\svchost.exe",
             flags: 0,
+            stacks: Vec::new(),
             keys: vec![
                 (
                     user(r"\Software\Microsoft\Windows\CurrentVersion\Group Policy"),
@@ -633,6 +647,7 @@ pub fn logoff_service_host() -> Server {
             pid: EXITED_PID,
             image: r"C:\Windows\System32\rundll32.exe",
             flags: HolderProcess::EXITED,
+            stacks: Vec::new(),
             keys: vec![(user(r"\Software\Classes"), 5 * 60, 5124)],
         },
     ];
@@ -673,6 +688,7 @@ pub fn handle_leak() -> Server {
         pid: LEAKY_PID,
         image: LEAKY,
         flags: 0,
+        stacks: Vec::new(),
         keys: (0..LEAK_COUNT)
             .map(|i| {
                 (
@@ -687,6 +703,7 @@ pub fn handle_leak() -> Server {
         pid: 640,
         image: r"C:\Windows\System32\svchost.exe",
         flags: 0,
+        stacks: Vec::new(),
         keys: vec![
             (
                 r"\REGISTRY\MACHINE\SOFTWARE\Microsoft\Windows NT\CurrentVersion".to_owned(),
@@ -764,6 +781,7 @@ pub fn incomplete() -> Server {
         pid: AGENT_PID,
         image: AGENT,
         flags: 0,
+        stacks: Vec::new(),
         keys: vec![
             (user(r"\Software\Policies"), 25 * 60 + 3, 2044),
             (String::new(), 60, 2044),
@@ -799,5 +817,267 @@ pub fn incomplete() -> Server {
         ),
         (640, user("_Classes\\CLSID")),
     ];
+    s
+}
+
+// Issue 16: which code opened the key.
+
+/// The shell in [`shell_extension`].
+pub const EXPLORER_PID: u64 = 4012;
+/// The exited process in [`shell_extension`] whose modules are still listed.
+pub const RUNDLL_PID: u64 = 5120;
+/// The shell extension both load (kernel path, as the image-load notification names it).
+pub const SHELLEXT: &str = r"\Device\HarddiskVolume2\Program Files\Contoso\ShellExt\shellext.dll";
+/// The extension mapped at the same base before it, unmapped without a notification.
+pub const OLDEXT: &str = r"\Device\HarddiskVolume2\Program Files\Fabrikam\oldext.dll";
+/// Where explorer mapped `oldext.dll` (4 h before [`NOW`]... 3 h) and then `shellext.dll`.
+pub const EXT_BASE: u64 = 0x7ffa_5000_0000;
+/// The no-module frame of stack 2 (JIT code, say).
+pub const JIT_FRAME: u64 = 0x0000_01f0_0000_1234;
+
+const SYSTEM32: &str = r"\Device\HarddiskVolume2\Windows\System32";
+const NTDLL: u64 = 0x7ffb_2000_0000;
+const KERNELBASE: u64 = 0x7ffb_1d00_0000;
+const KERNEL32: u64 = 0x7ffb_1e00_0000;
+const ADVAPI32: u64 = 0x7ffb_1f00_0000;
+const EXPLORER_BASE: u64 = 0x7ff6_1000_0000;
+const RUNDLL_BASE: u64 = 0x7ff7_4000_0000;
+/// Where rundll32 mapped `shellext.dll`.
+pub const RUNDLL_EXT_BASE: u64 = 0x7ffa_6000_0000;
+
+/// One module of a process: path, base, size, loaded this many seconds before [`NOW`].
+type M = (String, u64, u64, u64);
+
+fn system_modules() -> Vec<M> {
+    [
+        ("ntdll.dll", NTDLL, 0x1f_8000),
+        ("kernel32.dll", KERNEL32, 0xc_0000),
+        ("KernelBase.dll", KERNELBASE, 0x3a_0000),
+        ("advapi32.dll", ADVAPI32, 0xb_0000),
+    ]
+    .into_iter()
+    .map(|(n, base, size)| (format!(r"{SYSTEM32}\{n}"), base, size, 4 * 3600))
+    .collect()
+}
+
+/// The module records of `ms`, named by `names`.
+fn modules_of<'n>(ms: &[M], names: &'n [Vec<u16>]) -> Vec<protocol::modules::Module<'n>> {
+    ms.iter()
+        .zip(names)
+        .map(|(m, n)| protocol::modules::Module {
+            flags: 0,
+            base: m.1,
+            size: m.2,
+            load_time: NOW - m.3 * SECOND,
+            name: Text::Units(n),
+        })
+        .collect()
+}
+
+fn stack(id: u32, flags: u16, frames: &[u64]) -> protocol::stacks::StackRecord {
+    let mut f = [0u64; protocol::capture::MAX_FRAMES];
+    f[..frames.len()].copy_from_slice(frames);
+    protocol::stacks::StackRecord {
+        id,
+        flags,
+        uses: 1,
+        len: u16::try_from(frames.len()).unwrap_or(0),
+        frames: f,
+    }
+}
+
+/// A shell extension holds the profile open (issue 16): capture was on for the user's hive,
+/// and the keys carry their open-time stacks.
+///
+/// `explorer.exe` (4012) holds six keys: two opened from `shellext.dll` (one stack),
+/// one from `oldext.dll` — mapped at [`EXT_BASE`] three hours before [`NOW`] and replaced by
+/// `shellext.dll` at the same base an hour later without an unmap notification, the key
+/// opened between the two, so only the load-time rule names `oldext.dll` — with a frame in
+/// no module ([`JIT_FRAME`]), one whose truncated stack is all OS plumbing, one with an
+/// empty stack (a kernel-mode opener) and one whose stack was dropped. `rundll32.exe`
+/// (5120) exited holding a key opened from `shellext.dll`; its modules are still listed.
+/// One image load and one stack could not be recorded.
+#[must_use]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario: its keys, stacks and modules side by side"
+)]
+pub fn shell_extension() -> Server {
+    use protocol::holders::HolderKey as HK;
+    use protocol::modules::{ModuleProcess, ModulesPrefix};
+    let mut s = logoff();
+    let h = H {
+        id: 7,
+        mount: user(""),
+        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
+        open_keys: 7,
+        holders: 2,
+    };
+    let procs = [
+        P {
+            pid: EXPLORER_PID,
+            image: SHELL,
+            flags: 0,
+            stacks: vec![
+                (3, 0),
+                (0, HK::STACK_EMPTY),
+                (0, HK::STACK_DROPPED),
+                (2, 0),
+                (1, 0),
+                (1, 0),
+            ],
+            keys: vec![
+                (
+                    user(r"\Software\Microsoft\Windows\CurrentVersion\Explorer"),
+                    3 * 3600 + 1800,
+                    4016,
+                ),
+                (user(r"\Control Panel\Desktop"), 3 * 3600 + 1700, 4016),
+                (user(r"\Environment"), 3 * 3600 + 1600, 4020),
+                (user(r"\Software\Fabrikam\OldExt"), 2 * 3600 + 1800, 4020),
+                (user(r"\Software\Contoso\ShellExt"), 3600, 4024),
+                (user(r"\Software\Contoso\ShellExt\Cache"), 3590, 4024),
+            ],
+        },
+        P {
+            pid: RUNDLL_PID,
+            image: r"C:\Windows\System32\rundll32.exe",
+            flags: HolderProcess::EXITED,
+            stacks: vec![(4, 0)],
+            keys: vec![(
+                user(r"\Software\Classes\CLSID\{5E2A7C3B-0F43-4E8C-9B1D-6A2F9C3E8D10}"),
+                600,
+                5124,
+            )],
+        },
+    ];
+    s.holders[0] = (units(&h.mount), holders_listing(&h, &procs));
+    let mut stacks = Listing::new(&protocol::stacks::StacksPrefix { dropped: 1 });
+    let explorer_tail = [
+        EXPLORER_BASE + 0x5e10,
+        KERNEL32 + 0x1_7034,
+        NTDLL + 0x5_26a1,
+    ];
+    let mut frames = vec![NTDLL + 0x9_d1f4, KERNELBASE + 0x2_a3c1];
+    frames.extend([EXT_BASE + 0x1a2b, EXT_BASE + 0x3f00]);
+    frames.extend(explorer_tail);
+    let mut one = stack(1, 0, &frames);
+    one.uses = 2;
+    stacks.push(&one);
+    stacks.push(&stack(
+        2,
+        0,
+        &[
+            NTDLL + 0x9_d1f4,
+            KERNELBASE + 0x2_a3c1,
+            ADVAPI32 + 0x1_8a20,
+            EXT_BASE + 0x2100,
+            JIT_FRAME,
+            EXPLORER_BASE + 0x5e10,
+        ],
+    ));
+    let plumbing: Vec<u64> = (0..16u64)
+        .map(|i| match i % 4 {
+            0 => NTDLL + 0x9_d1f4 + i,
+            1 => KERNELBASE + 0x2_a3c1 + i,
+            2 => ADVAPI32 + 0x1_8a20 + i,
+            _ => KERNEL32 + 0x1_7034 + i,
+        })
+        .collect();
+    stacks.push(&stack(
+        3,
+        protocol::stacks::StackRecord::TRUNCATED,
+        &plumbing,
+    ));
+    stacks.push(&stack(
+        4,
+        0,
+        &[
+            NTDLL + 0x9_d1f4,
+            KERNELBASE + 0x2_a3c1,
+            RUNDLL_EXT_BASE + 0x1a2b,
+            RUNDLL_BASE + 0x3344,
+            NTDLL + 0x5_26a1,
+        ],
+    ));
+    s.stacks = Some(stacks);
+    let mut explorer = vec![(
+        format!(r"{}\explorer.exe", r"\Device\HarddiskVolume2\Windows"),
+        EXPLORER_BASE,
+        0x40_0000,
+        4 * 3600,
+    )];
+    explorer.extend(system_modules());
+    explorer.push((OLDEXT.to_owned(), EXT_BASE, 0x8_0000, 3 * 3600));
+    explorer.push((SHELLEXT.to_owned(), EXT_BASE, 0x6_0000, 2 * 3600));
+    let mut rundll = vec![(
+        format!(r"{SYSTEM32}\rundll32.exe"),
+        RUNDLL_BASE,
+        0x1_6000,
+        900,
+    )];
+    rundll.extend(system_modules().into_iter().map(|m| (m.0, m.1, m.2, 900)));
+    rundll.push((SHELLEXT.to_owned(), RUNDLL_EXT_BASE, 0x6_0000, 890));
+    let names: Vec<Vec<Vec<u16>>> = [&explorer, &rundll]
+        .iter()
+        .map(|ms| ms.iter().map(|m| units(&m.0)).collect())
+        .collect();
+    s.modules = Some(Listing::modules(
+        &ModulesPrefix { dropped: 1 },
+        &[
+            (
+                ModuleProcess {
+                    flags: 0,
+                    pid: EXPLORER_PID,
+                    start_key: 0x100 + EXPLORER_PID,
+                },
+                modules_of(&explorer, &names[0]),
+            ),
+            (
+                ModuleProcess {
+                    flags: ModuleProcess::EXITED,
+                    pid: RUNDLL_PID,
+                    start_key: 0x100 + RUNDLL_PID,
+                },
+                modules_of(&rundll, &names[1]),
+            ),
+        ],
+    ));
+    s.version = Some(VersionInfo {
+        capabilities: VersionInfo::CAP_STACKS,
+        ..version()
+    });
+    s.stats = Some(stats_with(
+        1_475,
+        &[
+            ("stacks_stored", 4),
+            ("modules_tracked", 14),
+            ("image_loads_tracked", 1),
+            ("stacks_captured", 5),
+            ("stacks_empty", 1),
+            ("stacks_dropped", 1),
+            ("image_loads_seen", 14),
+            ("modules_dropped", 1),
+        ],
+    ));
+    s.capture = Some((
+        protocol::capture::CaptureScope::Hive,
+        user(""),
+        NOW - 4 * 3600 * SECOND,
+    ));
+    s
+}
+
+/// [`logoff`] from a driver that has stack capture but was never asked for it.
+#[must_use]
+pub fn capture_off() -> Server {
+    let mut s = logoff();
+    s.version = Some(VersionInfo {
+        capabilities: VersionInfo::CAP_STACKS,
+        ..version()
+    });
+    s.capture = Some((protocol::capture::CaptureScope::Off, String::new(), 0));
+    s.stacks = Some(Listing::new(&protocol::stacks::StacksPrefix::default()));
+    s.modules = Some(Listing::new(&protocol::modules::ModulesPrefix::default()));
     s
 }

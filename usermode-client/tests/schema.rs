@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use common::{assert_snapshot, run_on, run_with};
 use hivetrack_cli::model::{
-    DiffReport, HivesReport, HoldersReport, ProcessesReport, SnapshotFile, StatsReport,
-    UnloadHistoryReport, WaitReport,
+    CaptureReport, DiffReport, HivesReport, HoldersReport, ModulesReport, ProcessesReport,
+    SnapshotFile, StatsReport, UnloadHistoryReport, WaitReport,
 };
 use hivetrack_cli::scripted::{self, SID, handle_leak, incomplete, logoff};
 use serde::Serialize;
@@ -74,6 +74,7 @@ fn every_report_round_trips_and_its_shape_is_pinned() {
         o.out
     };
     let mut lines = BTreeSet::new();
+    stack_shapes(&hive, &mut lines);
     let mut add = |name: &str, v: &Value| shape(name, v, &mut lines);
     for server in [logoff(), incomplete()] {
         add(
@@ -146,6 +147,25 @@ fn every_report_round_trips_and_its_shape_is_pinned() {
             "README.md does not document `{field}` ({path})"
         );
     }
+}
+
+/// Issue 16's reports: `holders --stacks`, `capture` (on and off) and `modules`.
+fn stack_shapes(hive: &str, lines: &mut BTreeSet<String>) {
+    let json = |server, argv: &[&str]| {
+        let mut v = argv.to_vec();
+        v.push("--json");
+        let o = run_on(server, &v);
+        assert_eq!(o.code, 0, "{argv:?}: {}", o.err);
+        o.out
+    };
+    let holders = json(scripted::shell_extension(), &["holders", hive, "--stacks"]);
+    shape("holders", &round_trip::<HoldersReport>(&holders), lines);
+    for server in [scripted::shell_extension(), scripted::capture_off()] {
+        let capture = json(server, &["capture", "status"]);
+        shape("capture", &round_trip::<CaptureReport>(&capture), lines);
+    }
+    let modules = json(scripted::shell_extension(), &["modules", hive]);
+    shape("modules", &round_trip::<ModulesReport>(&modules), lines);
 }
 
 struct Fixed(Vec<(u64, String)>);

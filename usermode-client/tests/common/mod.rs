@@ -19,6 +19,7 @@ use hivetrack_cli::commands::report_error;
 use hivetrack_cli::holder_identity::{Identities, NoIdentities};
 use hivetrack_cli::page_server::Server;
 use hivetrack_cli::scripted::{NOW, SID, Scripted};
+use hivetrack_cli::symbols::{NoSymbols, Symbolizer};
 use hivetrack_cli::transport::{Need, Transport, TransportError};
 use hivetrack_cli::wait::Clock;
 
@@ -107,9 +108,20 @@ pub fn run_with(
 /// Runs `argv` with `connect`, the given accounts and process identities, at [`NOW`].
 pub fn run_with_identities(
     argv: &[&str],
+    connect: impl FnMut(Need) -> Result<Box<dyn Transport>, TransportError>,
+    accounts: &dyn Accounts,
+    identities: &dyn Identities,
+) -> Outcome {
+    run_with_symbols(argv, connect, accounts, identities, &mut NoSymbols)
+}
+
+/// Runs `argv` with everything given, `symbols` naming stack frames, at [`NOW`].
+pub fn run_with_symbols(
+    argv: &[&str],
     mut connect: impl FnMut(Need) -> Result<Box<dyn Transport>, TransportError>,
     accounts: &dyn Accounts,
     identities: &dyn Identities,
+    symbols: &mut dyn Symbolizer,
 ) -> Outcome {
     let mut full = vec!["hivetrack"];
     full.extend_from_slice(argv);
@@ -126,6 +138,7 @@ pub fn run_with_identities(
             identities,
             now: NOW,
             clock: &mut clock,
+            symbols,
         };
         match run(&cli, &mut env) {
             Ok(code) => code,

@@ -1,0 +1,169 @@
+//! `hivetrack modules`: which modules opened the keys still held — the list to hand to a
+//! vendor (issue 16).
+//!
+//! Every held key with a stack is attributed to its **first frame outside the OS registry
+//! plumbing** ([`PLUMBING`]: the system DLLs every registry call passes through on its way
+//! to the kernel), innermost first: the code that asked for the key. A frame in no known
+//! module counts as code (JIT code, an image whose load was not recorded) and is attributed
+//! as `(no module)`. When every frame is plumbing (an OS component's own opens, or a stack
+//! truncated before it left the plumbing), the key goes to the **innermost frame's module**
+//! and the row says `plumbing only`: that frame is the one that entered the kernel, the same
+//! module for every such stack, so those keys form one row that reads as the OS rather than
+//! being scattered over thread-start routines (the outermost frame of a whole stack is
+//! `ntdll!RtlUserThreadStart` for every thread, and names nobody).
+
+use std::collections::HashMap;
+
+use crate::hive_name::display;
+use crate::model::{
+    Frame, HoldersReport, KeyStack, ModulesReport, RankedModule, Source, StackCoverage,
+    WithoutStack, schema,
+};
+use crate::stacks::file_name;
+
+/// The OS registry plumbing, by file name (compared case-insensitively).
+///
+/// The native API
+/// (`ntdll.dll`), the Win32 registry API and its forwarders (`kernelbase.dll`,
+/// `kernel32.dll`, `advapi32.dll`, `sechost.dll`), the shell's registry helpers
+/// (`shlwapi.dll`, `shcore.dll`: `SHGetValue`, `SHRegGetValue`), and the WOW64 layer a
+/// 32-bit process's calls pass through (`wow64.dll`, `wow64win.dll`, `wow64cpu.dll`).
+/// COM (`combase.dll`) is not: its registry lookups are its own decisions.
+pub const PLUMBING: &[&str] = &[
+    "ntdll.dll",
+    "kernelbase.dll",
+    "kernel32.dll",
+    "advapi32.dll",
+    "sechost.dll",
+    "shlwapi.dll",
+    "shcore.dll",
+    "wow64.dll",
+    "wow64win.dll",
+    "wow64cpu.dll",
+];
+
+/// Most example keys per module.
+pub const EXAMPLES: usize = 3;
+
+/// True when the image at `path` is OS registry plumbing.
+#[must_use]
+pub fn is_plumbing(path: &str) -> bool {
+    let name = file_name(path);
+    PLUMBING.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// The frame a key's stack is attributed to, and whether every frame was plumbing;
+/// `None` for a stack without frames.
+#[must_use]
+pub fn attribute(stack: &KeyStack) -> Option<(&Frame, bool)> {
+    stack
+        .frames
+        .iter()
+        .find(|f| !f.module.as_deref().is_some_and(is_plumbing))
+        .map(|f| (f, false))
+        .or_else(|| stack.frames.first().map(|f| (f, true)))
+}
+
+/// One row while it is counted.
+struct Row {
+    module: Option<String>,
+    plumbing_only: bool,
+    keys: u64,
+    processes: Vec<(u64, u64)>,
+    holders: Vec<String>,
+    example_keys: Vec<String>,
+}
+
+/// Ranks the modules that opened the keys of `reports`.
+///
+/// The keys carry resolved stacks ([`crate::stacks::StackTable::annotate`]). Most keys
+/// first, then most processes, then callers before plumbing-only rows.
+#[must_use]
+pub fn rank(reports: &[HoldersReport], source: Source, coverage: StackCoverage) -> ModulesReport {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut index: HashMap<(Option<String>, bool), usize> = HashMap::new();
+    let mut without = WithoutStack::default();
+    let mut held_keys = 0;
+    for r in reports {
+        for h in &r.holders {
+            for k in &h.keys {
+                held_keys += 1;
+                let Some((frame, plumbing_only)) = k.stack.as_ref().and_then(attribute) else {
+                    let flags = k.stack.as_ref().map_or(&[][..], |s| &s.flags[..]);
+                    if flags.iter().any(|f| f == "empty") {
+                        without.empty += 1;
+                    } else if flags.iter().any(|f| f == "dropped") {
+                        without.dropped += 1;
+                    } else {
+                        without.not_captured += 1;
+                    }
+                    continue;
+                };
+                let key = (
+                    frame.module.as_ref().map(|m| m.to_lowercase()),
+                    plumbing_only,
+                );
+                let i = *index.entry(key).or_insert_with(|| {
+                    rows.push(Row {
+                        module: frame.module.clone(),
+                        plumbing_only,
+                        keys: 0,
+                        processes: Vec::new(),
+                        holders: Vec::new(),
+                        example_keys: Vec::new(),
+                    });
+                    rows.len() - 1
+                });
+                let row = &mut rows[i];
+                row.keys += 1;
+                if !row.processes.contains(&(h.pid, h.start_key)) {
+                    row.processes.push((h.pid, h.start_key));
+                    let image = h.image.as_deref().map_or("image unknown", file_name);
+                    let exited = if h.exited { ", exited" } else { "" };
+                    row.holders.push(format!("{image} ({}{exited})", h.pid));
+                }
+                let name = k
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| "<name not recorded>".to_owned());
+                if row.example_keys.len() < EXAMPLES
+                    && !row
+                        .example_keys
+                        .iter()
+                        .any(|e| e.eq_ignore_ascii_case(&name))
+                {
+                    row.example_keys.push(name);
+                }
+            }
+        }
+    }
+    let mut modules: Vec<RankedModule> = rows
+        .into_iter()
+        .map(|r| RankedModule {
+            name: r
+                .module
+                .as_deref()
+                .map_or_else(|| "(no module)".to_owned(), |m| file_name(m).to_owned()),
+            module: r.module,
+            plumbing_only: r.plumbing_only,
+            keys: r.keys,
+            processes: r.processes.len() as u64,
+            holders: r.holders,
+            example_keys: r.example_keys,
+        })
+        .collect();
+    modules.sort_by(|a, b| {
+        (b.keys, b.processes, a.plumbing_only)
+            .cmp(&(a.keys, a.processes, b.plumbing_only))
+            .then_with(|| a.name.to_lowercase().cmp(&b.name.to_lowercase()))
+    });
+    ModulesReport {
+        schema: schema("modules"),
+        source,
+        hives: reports.iter().map(|r| display(&r.hive.path)).collect(),
+        held_keys,
+        modules,
+        without_stack: without,
+        stacks: coverage,
+    }
+}

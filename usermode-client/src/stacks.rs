@@ -1,0 +1,186 @@
+//! Open-time stacks (issue 16): the driver's stacks and modules pages, read once per run,
+//! and each frame resolved to `module+0xOFFSET` by the load-time rule.
+//!
+//! Windows sends no notification when an image is unmapped, so a process's module list may
+//! hold two images over the same addresses. A frame of a key's stack resolves against the
+//! module that contains it and was **loaded last at or before the key's open time**: one
+//! mapped later was not there when the key was opened.
+
+use std::collections::HashMap;
+
+use protocol::holders::HolderKey;
+
+use crate::model::{Frame, HeldKey, HoldersReport, KeyStack, StackCoverage};
+use crate::symbols::Symbolizer;
+
+/// One stored stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stack {
+    /// Outer frames were not kept (deeper than the driver keeps).
+    pub truncated: bool,
+    /// Return addresses, innermost first.
+    pub frames: Vec<u64>,
+}
+
+/// An image mapped into a process, as the driver recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedModule {
+    /// The image path as the kernel named it; `None` when it was not recorded.
+    pub path: Option<String>,
+    /// Base address.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was mapped (FILETIME).
+    pub load_time: u64,
+}
+
+impl LoadedModule {
+    /// True when `address` is inside the image.
+    #[must_use]
+    pub const fn contains(&self, address: u64) -> bool {
+        address >= self.base && address - self.base < self.size
+    }
+
+    /// Its file name (`shellext.dll`), or `<image at 0x…>` when the path is unknown.
+    #[must_use]
+    pub fn name(&self) -> String {
+        self.path.as_deref().map_or_else(
+            || format!("<image at {:#x}>", self.base),
+            |p| file_name(p).to_owned(),
+        )
+    }
+}
+
+/// The last component of a path (after its last backslash).
+#[must_use]
+pub fn file_name(path: &str) -> &str {
+    path.rsplit('\\').next().unwrap_or(path)
+}
+
+/// What the stacks and modules pages said, for resolving frames.
+#[derive(Clone, Debug, Default)]
+pub struct StackTable {
+    /// Stacks by id.
+    pub stacks: HashMap<u32, Stack>,
+    /// Modules per process `(pid, start key)`, in load order.
+    pub modules: HashMap<(u64, u64), Vec<LoadedModule>>,
+    /// How complete all this is.
+    pub coverage: StackCoverage,
+}
+
+impl StackTable {
+    /// The module of process `(pid, start_key)` holding `address` for a key opened at
+    /// `open_time` (FILETIME; 0 when unknown, then any module): among those containing it
+    /// and loaded at or before the open, the one loaded last (the later in load order on a
+    /// tie).
+    #[must_use]
+    pub fn module_at(
+        &self,
+        pid: u64,
+        start_key: u64,
+        address: u64,
+        open_time: u64,
+    ) -> Option<&LoadedModule> {
+        self.modules
+            .get(&(pid, start_key))?
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.contains(address) && (open_time == 0 || m.load_time <= open_time))
+            .max_by_key(|(i, m)| (m.load_time, *i))
+            .map(|(_, m)| m)
+    }
+
+    /// The stack of `key`, held by process `(pid, start_key)`, with its frames resolved.
+    pub fn resolve(
+        &self,
+        pid: u64,
+        start_key: u64,
+        key: &HeldKey,
+        symbols: &mut dyn Symbolizer,
+    ) -> KeyStack {
+        let mut flags = Vec::new();
+        if key.stack_ref.flags & HolderKey::STACK_EMPTY != 0 {
+            flags.push("empty".to_owned());
+        }
+        if key.stack_ref.flags & HolderKey::STACK_DROPPED != 0 {
+            flags.push("dropped".to_owned());
+        }
+        let id = key.stack_ref.id;
+        if id == 0 {
+            if flags.is_empty() {
+                flags.push("not_captured".to_owned());
+            }
+            return KeyStack {
+                id,
+                flags,
+                frames: Vec::new(),
+            };
+        }
+        let Some(stack) = self.stacks.get(&id) else {
+            flags.push("unknown_stack".to_owned());
+            return KeyStack {
+                id,
+                flags,
+                frames: Vec::new(),
+            };
+        };
+        if stack.truncated {
+            flags.push("truncated".to_owned());
+        }
+        let open_time = key.opened_at.as_ref().map_or(0, |t| t.filetime);
+        let frames = stack
+            .frames
+            .iter()
+            .map(|&address| self.frame(pid, start_key, address, open_time, symbols))
+            .collect();
+        KeyStack { id, flags, frames }
+    }
+
+    /// One frame of process `(pid, start_key)`'s key opened at `open_time`, resolved.
+    fn frame(
+        &self,
+        pid: u64,
+        start_key: u64,
+        address: u64,
+        open_time: u64,
+        symbols: &mut dyn Symbolizer,
+    ) -> Frame {
+        let Some(m) = self.module_at(pid, start_key, address, open_time) else {
+            return Frame {
+                address,
+                module: None,
+                offset: None,
+                symbol: None,
+                text: format!("{address:#018x} (no module)"),
+            };
+        };
+        let offset = address - m.base;
+        let symbol = m
+            .path
+            .as_deref()
+            .and_then(|p| symbols.symbolize(p, m.base, m.size, address));
+        let text = symbol.as_ref().map_or_else(
+            || format!("{}+{offset:#x}", m.name()),
+            |s| format!("{}!{s}", m.name()),
+        );
+        Frame {
+            address,
+            module: m.path.clone(),
+            offset: Some(offset),
+            symbol,
+            text,
+        }
+    }
+
+    /// Sets every key's [`HeldKey::stack`] in `report`, and its stack coverage.
+    pub fn annotate(&self, report: &mut HoldersReport, symbols: &mut dyn Symbolizer) {
+        for h in &mut report.holders {
+            let (pid, start_key) = (h.pid, h.start_key);
+            for k in &mut h.keys {
+                k.stack = Some(self.resolve(pid, start_key, k, symbols));
+            }
+        }
+        report.stacks = Some(self.coverage.clone());
+    }
+}

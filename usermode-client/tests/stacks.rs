@@ -1,0 +1,860 @@
+//! Which code opened the key (issue 16): `capture`, `holders --stacks` and `modules` against
+//! the scripted shell-extension scenario, the load-time resolution rule, the ranking, the
+//! errors of drivers and backends that cannot capture, and the same commands against the
+//! real tracking engine.
+
+mod common;
+
+use common::{Contoso, assert_snapshot, run_on, run_scripted, run_with, run_with_symbols};
+use hivetrack_cli::fallback::{FallbackTransport, OpenSubKeys};
+use hivetrack_cli::holder_identity::NoIdentities;
+use hivetrack_cli::model::{HoldersReport, ModulesReport};
+use hivetrack_cli::scripted::{
+    self, EXPLORER_PID, EXT_BASE, JIT_FRAME, OLDEXT, RUNDLL_EXT_BASE, RUNDLL_PID, SHELLEXT, SID,
+    Scripted,
+};
+use hivetrack_cli::stacks::{LoadedModule, StackTable, file_name};
+use hivetrack_cli::symbols::Symbolizer;
+use hivetrack_cli::transport::{Transport, TransportError};
+use serde_json::Value;
+
+fn hive() -> String {
+    format!(r"HKU\{SID}")
+}
+
+fn holders_json(server: hivetrack_cli::page_server::Server) -> HoldersReport {
+    let o = run_on(server, &["--json", "holders", &hive(), "--stacks"]);
+    assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+    serde_json::from_str(&o.out).unwrap()
+}
+
+fn key<'r>(r: &'r HoldersReport, pid: u64, suffix: &str) -> &'r hivetrack_cli::model::HeldKey {
+    r.holders
+        .iter()
+        .find(|h| h.pid == pid)
+        .and_then(|h| {
+            h.keys
+                .iter()
+                .find(|k| k.path.as_deref().is_some_and(|p| p.ends_with(suffix)))
+        })
+        .unwrap_or_else(|| panic!("{pid} {suffix}"))
+}
+
+#[test]
+fn holders_stacks_prints_each_keys_stack_innermost_first() {
+    let o = run_on(
+        scripted::shell_extension(),
+        &["holders", &hive(), "--stacks"],
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert_snapshot("holders_stacks_table", &o.out);
+    // The two ShellExt keys share stack 1, printed under each.
+    assert!(o.out.contains("  opened from stack 1:\n    ntdll.dll+0x9d1f4\n    KernelBase.dll+0x2a3c1\n    shellext.dll+0x1a2b\n"), "{}", o.out);
+    assert!(
+        o.out
+            .contains(&format!("    {JIT_FRAME:#018x} (no module)\n"))
+    );
+    assert!(
+        o.out
+            .contains("opened from stack 3 (truncated: only its innermost 16 frames were kept):")
+    );
+    assert!(o.out.contains("opened from: no user-mode frames"));
+    assert!(o.out.contains("opened from: not known"));
+    assert!(
+        o.out
+            .contains("1 image load(s) could not be recorded (stats modules_dropped)")
+    );
+    assert!(o.out.contains("1 stack(s) could not be stored"));
+    // Without --stacks nothing of it shows (and the pages are not asked for).
+    let plain = run_on(scripted::shell_extension(), &["holders", &hive()]);
+    assert!(!plain.out.contains("opened from"), "{}", plain.out);
+}
+
+#[test]
+fn holders_stacks_json_carries_raw_addresses_and_resolved_modules() {
+    let r = holders_json(scripted::shell_extension());
+    let ext = key(&r, EXPLORER_PID, r"\Software\Contoso\ShellExt")
+        .stack
+        .as_ref()
+        .unwrap();
+    assert_eq!((ext.id, ext.flags.len()), (1, 0));
+    let f = &ext.frames[2];
+    assert_eq!(f.address, EXT_BASE + 0x1a2b);
+    assert_eq!(f.module.as_deref(), Some(SHELLEXT));
+    assert_eq!(f.offset, Some(0x1a2b));
+    assert_eq!(f.text, "shellext.dll+0x1a2b");
+    // Load-time rule: opened while oldext.dll was mapped at the same base.
+    let old = key(&r, EXPLORER_PID, r"\Software\Fabrikam\OldExt")
+        .stack
+        .as_ref()
+        .unwrap();
+    assert_eq!(old.frames[3].address, EXT_BASE + 0x2100);
+    assert_eq!(old.frames[3].module.as_deref(), Some(OLDEXT));
+    assert_eq!(old.frames[4].module, None);
+    assert_eq!(old.frames[4].offset, None);
+    assert_eq!(old.frames[4].address, JIT_FRAME);
+    // The exited process's modules still resolve its key's stack.
+    let gone = &r.holders.iter().find(|h| h.pid == RUNDLL_PID).unwrap().keys[0];
+    let gone = gone.stack.as_ref().unwrap();
+    assert_eq!(gone.frames[2].module.as_deref(), Some(SHELLEXT));
+    assert_eq!(gone.frames[2].address - RUNDLL_EXT_BASE, 0x1a2b);
+    let flags = |suffix| {
+        key(&r, EXPLORER_PID, suffix)
+            .stack
+            .as_ref()
+            .unwrap()
+            .flags
+            .clone()
+    };
+    assert_eq!(flags(r"\CurrentVersion\Explorer"), ["truncated"]);
+    assert_eq!(flags(r"\Control Panel\Desktop"), ["empty"]);
+    assert_eq!(flags(r"\Environment"), ["dropped"]);
+    let c = r.stacks.as_ref().unwrap();
+    assert_eq!((c.stacks_dropped, c.modules_dropped), (1, 1));
+    assert_eq!(c.image_loads_tracked, Some(true));
+    // The document, with its field names.
+    let o = run_on(
+        scripted::shell_extension(),
+        &["--json", "holders", &hive(), "--stacks"],
+    );
+    assert_snapshot("holders_stacks_json", &o.out);
+    let doc: Value = serde_json::from_str(&o.out).unwrap();
+    let frame = &doc["holders"][0]["keys"][4]["stack"]["frames"][2];
+    for field in ["address", "module", "offset", "symbol", "text"] {
+        assert!(frame.get(field).is_some(), "{field} in {frame}");
+    }
+    // Without --stacks the keys carry no `stack` field at all.
+    let o = run_on(scripted::shell_extension(), &["--json", "holders", &hive()]);
+    assert!(!o.out.contains("\"stack\""), "{}", o.out);
+}
+
+#[test]
+fn holders_stacks_csv_has_a_stack_column() {
+    let o = run_on(
+        scripted::shell_extension(),
+        &["--csv", "holders", &hive(), "--stacks"],
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    let header = o.out.lines().next().unwrap();
+    assert!(header.ends_with(",handle_closes,stack"), "{header}");
+    assert!(
+        o.out
+            .contains("ntdll.dll+0x9d1f4 | KernelBase.dll+0x2a3c1 | shellext.dll+0x1a2b")
+    );
+    assert!(o.out.contains("[empty]"));
+}
+
+fn module(path: &str, base: u64, size: u64, load_time: u64) -> LoadedModule {
+    LoadedModule {
+        path: Some(path.to_owned()),
+        base,
+        size,
+        load_time,
+    }
+}
+
+#[test]
+fn a_frame_resolves_to_the_module_loaded_last_at_or_before_the_open() {
+    let mut t = StackTable::default();
+    t.modules.insert(
+        (7, 1),
+        vec![
+            module("a.dll", 0x1000, 0x1000, 100),
+            module("b.dll", 0x1000, 0x800, 200),
+            module("c.dll", 0x4000, 0x100, 300),
+        ],
+    );
+    let at = |address, open| {
+        t.module_at(7, 1, address, open)
+            .map(|m| m.path.clone().unwrap())
+    };
+    assert_eq!(
+        at(0x1100, 150).as_deref(),
+        Some("a.dll"),
+        "before b was mapped"
+    );
+    assert_eq!(
+        at(0x1100, 200).as_deref(),
+        Some("b.dll"),
+        "at b's load time"
+    );
+    assert_eq!(at(0x1100, 250).as_deref(), Some("b.dll"), "b over a");
+    assert_eq!(at(0x1900, 250).as_deref(), Some("a.dll"), "beyond b's end");
+    assert_eq!(at(0x4010, 250), None, "c was mapped after the open");
+    assert_eq!(at(0x4010, 0).as_deref(), Some("c.dll"), "open time unknown");
+    assert_eq!(at(0x0fff, 250), None);
+    assert_eq!(at(0x2000, 250), None, "one past a's end");
+    assert_eq!(t.module_at(8, 1, 0x1100, 250), None, "another process");
+    // Same load time: the later in load order.
+    t.modules
+        .get_mut(&(7, 1))
+        .unwrap()
+        .push(module("d.dll", 0x1000, 0x10, 200));
+    assert_eq!(
+        t.module_at(7, 1, 0x1004, 250)
+            .and_then(|m| m.path.as_deref()),
+        Some("d.dll")
+    );
+}
+
+fn modules_json(argv: &[&str]) -> ModulesReport {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(argv);
+    let o = run_on(scripted::shell_extension(), &full);
+    assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+    serde_json::from_str(&o.out).unwrap()
+}
+
+#[test]
+fn modules_ranks_the_code_that_opened_the_held_keys() {
+    let o = run_on(scripted::shell_extension(), &["modules", &hive()]);
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert_snapshot("modules_table", &o.out);
+    let r = modules_json(&["modules", &hive()]);
+    let rows: Vec<(&str, u64, u64, bool)> = r
+        .modules
+        .iter()
+        .map(|m| (m.name.as_str(), m.keys, m.processes, m.plumbing_only))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("shellext.dll", 3, 2, false),
+            ("oldext.dll", 1, 1, false),
+            ("ntdll.dll", 1, 1, true),
+        ]
+    );
+    assert_eq!(r.modules[0].module.as_deref(), Some(SHELLEXT));
+    assert_eq!(
+        r.modules[0].holders,
+        ["explorer.exe (4012)", "rundll32.exe (5120, exited)"]
+    );
+    assert_eq!(r.modules[0].example_keys.len(), 3);
+    assert_eq!(r.held_keys, 7);
+    assert_eq!(
+        (
+            r.without_stack.not_captured,
+            r.without_stack.empty,
+            r.without_stack.dropped
+        ),
+        (0, 1, 1)
+    );
+    assert_eq!(r.hives, [hive()]);
+    let o = run_on(scripted::shell_extension(), &["--json", "modules", &hive()]);
+    assert_snapshot("modules_json", &o.out);
+}
+
+#[test]
+fn modules_all_covers_every_hive_the_driver_lists() {
+    let r = modules_json(&["modules", "--all"]);
+    assert_eq!(r.modules[0].name, "shellext.dll");
+    // The hives page lists the machine hives too; those without a holders answer here
+    // (unknown to the scripted driver) are skipped, the two profile hives are covered.
+    assert_eq!(r.hives, [hive(), format!("{}_Classes", hive())]);
+    assert_eq!(r.held_keys, 7);
+    let o = run_on(scripted::shell_extension(), &["--csv", "modules", "--all"]);
+    assert!(
+        o.out.starts_with(
+            "rank,module,path,plumbing_only,keys,processes,holders,example_keys\n1,shellext.dll,"
+        ),
+        "{}",
+        o.out
+    );
+}
+
+#[test]
+fn a_key_with_only_plumbing_frames_goes_to_its_innermost_module() {
+    use hivetrack_cli::model::{Frame, KeyStack};
+    use hivetrack_cli::modules::{attribute, is_plumbing};
+    let frame = |m: Option<&str>| Frame {
+        module: m.map(str::to_owned),
+        ..Frame::default()
+    };
+    let sys = r"\Device\HarddiskVolume2\Windows\System32";
+    let stack = KeyStack {
+        id: 1,
+        flags: Vec::new(),
+        frames: vec![
+            frame(Some(&format!(r"{sys}\ntdll.dll"))),
+            frame(Some(&format!(r"{sys}\KERNELBASE.dll"))),
+            frame(Some(&format!(r"{sys}\advapi32.dll"))),
+        ],
+    };
+    let (f, plumbing) = attribute(&stack).unwrap();
+    assert!(plumbing);
+    assert_eq!(file_name(f.module.as_deref().unwrap()), "ntdll.dll");
+    let mut with_code = stack.clone();
+    with_code.frames.insert(2, frame(None));
+    with_code.frames.push(frame(Some(r"C:\x\app.exe")));
+    let (f, plumbing) = attribute(&with_code).unwrap();
+    assert!(!plumbing);
+    assert_eq!(f.module, None, "a frame in no module is code, not plumbing");
+    assert!(is_plumbing(r"\Device\X\Windows\SysWOW64\SECHOST.DLL"));
+    assert!(!is_plumbing(r"\Device\X\Windows\System32\combase.dll"));
+    assert!(attribute(&KeyStack::default()).is_none());
+}
+
+/// Names every frame of shellext.dll as a function of it (a stand-in for `DbgHelp`).
+struct ShellExtSymbols(Vec<(String, u64)>);
+
+impl Symbolizer for ShellExtSymbols {
+    fn symbolize(&mut self, path: &str, base: u64, _: u64, address: u64) -> Option<String> {
+        self.0.push((path.to_owned(), base));
+        (path == SHELLEXT).then(|| format!("CShellExt::Initialize+{:#x}", address - base - 0x1a00))
+    }
+}
+
+#[test]
+fn frames_are_symbolized_where_the_symbolizer_knows_the_module() {
+    let mut symbols = ShellExtSymbols(Vec::new());
+    let mut once = Some(Scripted::new(scripted::shell_extension()));
+    let o = run_with_symbols(
+        &["holders", &hive(), "--stacks"],
+        move |_| {
+            once.take()
+                .map(|s| Box::new(s) as Box<dyn Transport>)
+                .ok_or(TransportError::DriverUnavailable)
+        },
+        &Contoso,
+        &NoIdentities,
+        &mut symbols,
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(
+        o.out
+            .contains("    shellext.dll!CShellExt::Initialize+0x2b\n"),
+        "{}",
+        o.out
+    );
+    assert!(o.out.contains("    ntdll.dll+0x9d1f4\n"));
+    // Each module is asked at the base it had in its own process.
+    assert!(symbols.0.contains(&(SHELLEXT.to_owned(), EXT_BASE)));
+    assert!(symbols.0.contains(&(SHELLEXT.to_owned(), RUNDLL_EXT_BASE)));
+}
+
+#[test]
+fn the_stack_pages_are_read_once_per_run_and_only_with_stacks() {
+    let count = |argv: &[&str]| {
+        let mut once = Some(Scripted::new(scripted::shell_extension()));
+        let sent = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let record = std::rc::Rc::clone(&sent);
+        let o = run_with(
+            argv,
+            move |_| {
+                let inner = once.take().ok_or(TransportError::DriverUnavailable)?;
+                Ok(Box::new(Recording {
+                    inner,
+                    sent: std::rc::Rc::clone(&record),
+                }) as Box<dyn Transport>)
+            },
+            &Contoso,
+        );
+        assert_eq!(o.code, 0, "{}", o.err);
+        let sent = sent.borrow();
+        (
+            sent.iter()
+                .filter(|&&c| c == protocol::ioctl::IOCTL_HIVETRACK_QUERY_STACKS)
+                .count(),
+            sent.iter()
+                .filter(|&&c| c == protocol::ioctl::IOCTL_HIVETRACK_QUERY_MODULES)
+                .count(),
+        )
+    };
+    assert_eq!(count(&["holders", &hive(), "--stacks"]), (1, 1));
+    assert_eq!(count(&["holders", &hive()]), (0, 0));
+    assert_eq!(count(&["modules", "--all"]), (1, 1));
+}
+
+/// Records the control codes sent.
+struct Recording {
+    inner: Scripted,
+    sent: std::rc::Rc<std::cell::RefCell<Vec<u32>>>,
+}
+
+impl Transport for Recording {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        self.sent.borrow_mut().push(code);
+        self.inner.ioctl(code, input, out)
+    }
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        self.inner.kernel_open_keys(hive)
+    }
+}
+
+/// Hands the driver only `limit` bytes of output: every page holds a few records.
+struct Small {
+    inner: Scripted,
+    limit: usize,
+}
+
+impl Transport for Small {
+    fn backend(&self) -> &'static str {
+        "small"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        let n = self.limit.min(out.len());
+        self.inner.ioctl(code, input, &mut out[..n])
+    }
+}
+
+#[test]
+fn stacks_and_modules_read_page_by_page_give_the_same_table() {
+    let table = |limit| {
+        let mut t = Small {
+            inner: Scripted::new(scripted::shell_extension()),
+            limit,
+        };
+        let table = hivetrack_cli::client::Client::new(&mut t)
+            .stack_table()
+            .unwrap();
+        (table, t.inner.sent.len())
+    };
+    let (whole, one) = table(1 << 20);
+    let (paged, many) = table(400);
+    assert!(many > one + 4, "{one} then {many} requests");
+    assert_eq!(whole.stacks, paged.stacks);
+    assert_eq!(whole.modules, paged.modules);
+    assert_eq!(
+        whole.modules[&(EXPLORER_PID, 0x100 + EXPLORER_PID)].len(),
+        7
+    );
+    // (The stats answer does not fit in 400 bytes: only the pages' prefixes count then.)
+    assert_eq!(
+        (
+            whole.coverage.stacks_dropped,
+            whole.coverage.modules_dropped
+        ),
+        (
+            paged.coverage.stacks_dropped,
+            paged.coverage.modules_dropped
+        )
+    );
+}
+
+#[test]
+fn capture_commands_set_and_show_the_scope() {
+    let o = run_on(scripted::shell_extension(), &["capture", "status"]);
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert_snapshot("capture_status_table", &o.out);
+    let json = |argv: &[&str]| -> Value {
+        let mut full = vec!["--json", "capture"];
+        full.extend_from_slice(argv);
+        let o = run_on(scripted::capture_off(), &full);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        serde_json::from_str(&o.out).unwrap()
+    };
+    let st = json(&["status"]);
+    assert_eq!(st["schema"], "hivetrack.capture/1");
+    assert_eq!(st["scope"], "off");
+    assert_eq!(st["since"], Value::Null);
+    assert_eq!(st["max_frames"], 16);
+    let on = json(&["on", "--hive", "alice"]);
+    assert_eq!(on["scope"], "hive");
+    assert_eq!(on["target"], format!(r"\REGISTRY\USER\{SID}"));
+    assert_eq!(on["hive"], hive());
+    assert_eq!(on["since"]["filetime"], scripted::NOW);
+    let on = json(&["on", "--image", r"C:\Windows\explorer.exe"]);
+    assert_eq!(
+        (on["scope"].as_str(), on["target"].as_str()),
+        (Some("image"), Some("explorer.exe"))
+    );
+    let on = json(&["on"]);
+    assert_eq!(
+        (on["scope"].as_str(), on["target"].clone()),
+        (Some("all"), Value::Null)
+    );
+    assert_eq!(json(&["off"])["scope"], "off");
+    let o = run_on(
+        scripted::capture_off(),
+        &["capture", "on", "--image", "explorer.exe"],
+    );
+    assert_snapshot("capture_on_table", &o.out);
+    let o = run_on(
+        scripted::capture_off(),
+        &["capture", "on", "--image", "*.exe"],
+    );
+    assert_eq!(o.code, 3, "{}", o.err);
+    assert!(o.err.contains("name one image file"), "{}", o.err);
+}
+
+#[test]
+fn the_scope_sent_is_the_one_the_driver_keeps() {
+    let mut s = Scripted::new(scripted::capture_off());
+    let mut c = hivetrack_cli::client::Client::new(&mut s);
+    let set = c
+        .capture(
+            protocol::capture::CaptureOp::Set,
+            protocol::capture::CaptureScope::Image,
+            "explorer.exe",
+        )
+        .unwrap();
+    let got = c
+        .capture(
+            protocol::capture::CaptureOp::Get,
+            protocol::capture::CaptureScope::Off,
+            "",
+        )
+        .unwrap();
+    assert_eq!(set, got);
+    assert_eq!(got.0, protocol::capture::CaptureScope::Image);
+    assert_eq!(got.3, "explorer.exe");
+}
+
+#[test]
+fn an_older_driver_is_named_too_old() {
+    for argv in [
+        &["capture", "status"][..],
+        &["capture", "on"],
+        &["holders", &hive(), "--stacks"],
+        &["modules", &hive()],
+    ] {
+        let o = run_on(scripted::logoff(), argv);
+        assert_eq!(o.code, 2, "{argv:?}");
+        assert!(o.err.contains("too old for"), "{}", o.err);
+        assert!(o.err.contains("same package"), "{}", o.err);
+        assert!(o.out.is_empty());
+    }
+    let o = run_on(scripted::logoff(), &["--json", "capture", "on"]);
+    let doc: Value = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(doc["error"]["kind"], "driver_too_old");
+    assert_eq!(doc["error"]["exit_code"], 2);
+}
+
+/// The driverless fallback's source: the profile with one key.
+struct OneKey;
+
+impl OpenSubKeys for OneKey {
+    fn open_subkeys(&mut self, hive: &str) -> Result<Vec<(u64, String)>, TransportError> {
+        Ok(vec![(4012, format!(r"{hive}\Environment"))])
+    }
+    fn image_of(&mut self, _: u64) -> Option<String> {
+        None
+    }
+}
+
+#[test]
+fn the_fallback_backend_says_capture_needs_the_driver() {
+    // `--backend ntquery` refuses every query but holders.
+    for argv in [
+        &["--backend", "ntquery", "capture", "on"][..],
+        &["--backend", "ntquery", "modules", "--all"],
+    ] {
+        let o = run_with(
+            argv,
+            |_| {
+                Err(TransportError::Unsupported {
+                    backend: hivetrack_cli::fallback::BACKEND,
+                    why: "it lists only pid and key of open keys of one hive (holders, wait)",
+                })
+            },
+            &Contoso,
+        );
+        assert_eq!(o.code, 2);
+        assert!(o.err.contains("needs the hivetrack driver"), "{}", o.err);
+        assert!(o.err.contains("pnputil"), "{}", o.err);
+    }
+    // `holders --stacks` answered by the fallback (no driver installed).
+    let o = run_with(
+        &["holders", &hive(), "--stacks"],
+        |_| Ok(Box::new(FallbackTransport::new(OneKey)) as Box<dyn Transport>),
+        &Contoso,
+    );
+    assert_eq!(o.code, 2, "{}", o.out);
+    assert!(
+        o.err
+            .contains("holders --stacks needs the hivetrack driver"),
+        "{}",
+        o.err
+    );
+}
+
+#[test]
+fn stacks_and_summary_do_not_combine() {
+    use clap::Parser;
+    let e = hivetrack_cli::cli::Cli::try_parse_from([
+        "hivetrack",
+        "holders",
+        "HKCU",
+        "--stacks",
+        "--summary",
+    ]);
+    assert!(e.is_err());
+    let e = hivetrack_cli::cli::Cli::try_parse_from(["hivetrack", "modules"]);
+    assert!(e.is_err(), "a hive or --all");
+    let e = hivetrack_cli::cli::Cli::try_parse_from([
+        "hivetrack",
+        "capture",
+        "on",
+        "--hive",
+        "HKCU",
+        "--image",
+        "a.exe",
+    ]);
+    assert!(e.is_err());
+    let o = run_scripted(
+        Scripted::new(scripted::shell_extension()),
+        &["modules", "HKLM\\SOFTWARE"],
+    );
+    assert_eq!(o.code, 3, "{}", o.err);
+}
+
+/// The same commands against the real tracking engine (`tracker`, the code hivetrack.sys
+/// runs): its capture scope, stacks and modules pages, decoded by the client.
+mod engine {
+    use std::alloc::{Layout, alloc, dealloc};
+    use std::ptr::NonNull;
+    use std::rc::Rc;
+
+    use hivetrack_cli::model::{HoldersReport, ModulesReport};
+    use hivetrack_cli::scripted::{NOW, SECOND, SID};
+    use hivetrack_cli::transport::{
+        ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_PARAMETER, Transport,
+        TransportError,
+    };
+    use protocol::ioctl::{IOCTL_HIVETRACK_CAPTURE, IOCTL_HIVETRACK_GET_VERSION};
+    use protocol::version::{BuildId, VersionInfo};
+    use tracker::{
+        BLOCK_ALIGN, BlockClass, Config, Pool, ProcessKey, QueryError, SpinLock, Tracker,
+    };
+
+    use super::common::{Contoso, run_with};
+
+    /// The system allocator as the tracker's pool.
+    struct Heap;
+
+    fn layout(class: BlockClass) -> Layout {
+        Layout::from_size_align(class.size(), BLOCK_ALIGN).expect("a valid block layout")
+    }
+
+    // SAFETY: every block is allocated with its class's layout and freed with the same one.
+    unsafe impl Pool for Heap {
+        fn alloc(&self, class: BlockClass) -> Option<NonNull<u8>> {
+            // SAFETY: block classes have a non-zero size.
+            NonNull::new(unsafe { alloc(layout(class)) })
+        }
+        unsafe fn free(&self, class: BlockClass, block: NonNull<u8>) {
+            // SAFETY: the caller passes a block `alloc` returned for this class.
+            unsafe { dealloc(block.as_ptr(), layout(class)) };
+        }
+    }
+
+    type Engine = Tracker<Heap, SpinLock>;
+
+    /// The tracker behind the IOCTLs, as the driver puts it (the version answer is the
+    /// driver's own: a driver with stack capture).
+    struct Driver(Rc<Engine>);
+
+    impl Transport for Driver {
+        fn backend(&self) -> &'static str {
+            "tracker"
+        }
+        fn ioctl(
+            &mut self,
+            code: u32,
+            input: &[u8],
+            out: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            let map = |e| TransportError::Request {
+                code: match e {
+                    QueryError::BufferTooSmall { .. } => ERROR_INSUFFICIENT_BUFFER,
+                    QueryError::UnknownHive => ERROR_FILE_NOT_FOUND,
+                    _ => ERROR_INVALID_PARAMETER,
+                },
+            };
+            match code {
+                IOCTL_HIVETRACK_GET_VERSION => {
+                    let v = VersionInfo {
+                        major: 0,
+                        minor: 1,
+                        patch: 0,
+                        capabilities: VersionInfo::CAP_STACKS,
+                        build_id: BuildId::new("t"),
+                    };
+                    Ok(protocol::wire::encode(&v, out).unwrap())
+                }
+                IOCTL_HIVETRACK_CAPTURE => self
+                    .0
+                    .answer_capture(input, out, NOW - 3600 * SECOND)
+                    .map_err(map),
+                _ => self.0.answer(code, input, out, NOW).map_err(map),
+            }
+        }
+    }
+
+    fn w(s: &str) -> Vec<u16> {
+        s.encode_utf16().collect()
+    }
+
+    const SHELL: ProcessKey = ProcessKey {
+        pid: 4012,
+        start_key: 3,
+    };
+    const AGENT: ProcessKey = ProcessKey {
+        pid: 2040,
+        start_key: 7,
+    };
+    const BASE: u64 = 0x7ffa_5000_0000;
+    const NTDLL: u64 = 0x7ffb_2000_0000;
+    const SYS: &str = r"\Device\HarddiskVolume2\Windows\System32";
+
+    fn run(t: &Rc<Engine>, argv: &[&str]) -> super::common::Outcome {
+        run_with(argv, |_| Ok(Box::new(Driver(Rc::clone(t)))), &Contoso)
+    }
+
+    #[test]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one story: capture on, the opens, the reports, capture off"
+    )]
+    fn the_tracker_captures_for_the_image_asked_and_the_cli_resolves_by_load_time() {
+        let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+        let user = format!(r"\REGISTRY\USER\{SID}");
+        t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 4 * 3600 * SECOND);
+        t.process_started(SHELL, &w(r"C:\Windows\explorer.exe"));
+        t.process_started(AGENT, &w(r"C:\Program Files\Contoso\agent.exe"));
+        // Capture on for explorer.exe only, through the CLI.
+        let o = run(&t, &["--json", "capture", "on", "--image", "explorer.exe"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        assert!(o.out.contains(r#""scope": "image""#), "{}", o.out);
+        let at = |h: u64| NOW - h * 3600 * SECOND;
+        t.image_loaded(
+            SHELL,
+            NTDLL,
+            0x1f_8000,
+            &w(&format!(r"{SYS}\ntdll.dll")),
+            at(3),
+        );
+        t.image_loaded(
+            SHELL,
+            BASE,
+            0x8_0000,
+            &w(r"\Device\HarddiskVolume2\old.dll"),
+            at(3),
+        );
+        let mut object = 0x1000;
+        let mut open = |p: ProcessKey, name: &str, hours: u64, frames: &[u64]| {
+            object += 0x10;
+            let token = t
+                .opened(
+                    object,
+                    p,
+                    1,
+                    &w(&format!(r"{user}\{name}")),
+                    0x2_0019,
+                    at(hours),
+                )
+                .expect("tracked");
+            if t.capture_wanted(token) {
+                t.stack_captured(token, object, frames, false);
+            }
+        };
+        open(SHELL, r"Software\Old", 2, &[NTDLL + 0x10, BASE + 0x2100]);
+        t.image_loaded(
+            SHELL,
+            BASE,
+            0x6_0000,
+            &w(r"\Device\HarddiskVolume2\new.dll"),
+            at(1),
+        );
+        // `at(1)` is the load: an open in the same hour, after it.
+        open(SHELL, r"Software\New", 0, &[NTDLL + 0x10, BASE + 0x2100]);
+        open(SHELL, r"Software\Kernel", 0, &[]);
+        open(AGENT, r"Software\Agent", 0, &[NTDLL + 0x10]);
+        let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let r: HoldersReport = serde_json::from_str(&o.out).unwrap();
+        let stack = |suffix: &str| {
+            r.holders
+                .iter()
+                .flat_map(|h| &h.keys)
+                .find(|k| k.path.as_deref().is_some_and(|p| p.ends_with(suffix)))
+                .and_then(|k| k.stack.clone())
+                .unwrap()
+        };
+        let old = stack(r"\Software\Old");
+        assert_eq!(
+            old.frames[1].module.as_deref(),
+            Some(r"\Device\HarddiskVolume2\old.dll")
+        );
+        assert_eq!(old.frames[1].text, "old.dll+0x2100");
+        assert_eq!(old.frames[0].text, "ntdll.dll+0x10");
+        let new = stack(r"\Software\New");
+        assert_eq!(
+            new.frames[1].module.as_deref(),
+            Some(r"\Device\HarddiskVolume2\new.dll")
+        );
+        assert_eq!(old.id, new.id, "the same frames are one stack");
+        assert_eq!(stack(r"\Software\Kernel").flags, ["empty"]);
+        assert_eq!(
+            stack(r"\Software\Agent").flags,
+            ["not_captured"],
+            "another image"
+        );
+        let o = run(&t, &["--json", "modules", "HKCU"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let m: ModulesReport = serde_json::from_str(&o.out).unwrap();
+        let rows: Vec<(&str, u64)> = m
+            .modules
+            .iter()
+            .map(|m| (m.name.as_str(), m.keys))
+            .collect();
+        assert_eq!(rows, [("new.dll", 1), ("old.dll", 1)]);
+        assert_eq!(
+            (m.without_stack.empty, m.without_stack.not_captured),
+            (1, 1)
+        );
+        // Off again: later opens carry no stack.
+        let o = run(&t, &["--json", "capture", "off"]);
+        assert!(o.out.contains(r#""scope": "off""#), "{}", o.out);
+        open(SHELL, r"Software\Later", 0, &[NTDLL + 0x10]);
+        let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);
+        let r: HoldersReport = serde_json::from_str(&o.out).unwrap();
+        let later = r
+            .holders
+            .iter()
+            .flat_map(|h| &h.keys)
+            .find(|k| k.path.as_deref().is_some_and(|p| p.ends_with("Later")))
+            .unwrap();
+        assert_eq!(later.stack.as_ref().unwrap().flags, ["not_captured"]);
+    }
+}
+
+#[test]
+fn a_stack_id_missing_from_the_page_and_a_key_without_one_are_named() {
+    use hivetrack_cli::model::{HeldKey, StackRef};
+    use hivetrack_cli::symbols::NoSymbols;
+    let key = |id, flags| HeldKey {
+        id: 1,
+        name: None,
+        path: None,
+        name_truncated: false,
+        opened_at: None,
+        age_secs: 0,
+        thread: None,
+        access: 0,
+        access_names: Vec::new(),
+        handle_opens: 1,
+        handle_closes: 0,
+        held_now_by: None,
+        stack: None,
+        stack_ref: StackRef { id, flags },
+    };
+    let t = StackTable::default();
+    let flags = |id, f| t.resolve(1, 1, &key(id, f), &mut NoSymbols).flags;
+    assert_eq!(flags(9, 0), ["unknown_stack"]);
+    assert_eq!(flags(0, 0), ["not_captured"]);
+    assert_eq!(
+        flags(0, protocol::holders::HolderKey::STACK_EMPTY),
+        ["empty"]
+    );
+    assert_eq!(
+        flags(0, protocol::holders::HolderKey::STACK_DROPPED),
+        ["dropped"]
+    );
+}
