@@ -313,8 +313,15 @@ unsafe extern "C" fn registry_callback(
             // SAFETY: for this class Argument2 is a REG_UNLOAD_KEY_INFORMATION.
             let info = unsafe { &*argument2.cast::<REG_UNLOAD_KEY_INFORMATION>() };
             match with_key_name(info.Object, |name| UNLOAD_SLOTS.put(current_thread(), name)) {
-                None => tracker.name_unavailable(),
-                Some(false) => tracker.unload_not_recorded(),
+                // Not recorded: the event stream's readers are told they missed one.
+                None => {
+                    tracker.unload_unnamed();
+                    waiters::hive_may_be_free();
+                }
+                Some(false) => {
+                    tracker.unload_not_recorded();
+                    waiters::hive_may_be_free();
+                }
                 Some(true) => {}
             }
         }
@@ -335,6 +342,8 @@ unsafe extern "C" fn registry_callback(
                     // td-deferred-unload). The tracker marks it pending.
                     tracker.hive_unload_pending(mount);
                 }
+                // Every attempt is an event of the stream (issue 17): wake its readers.
+                waiters::hive_may_be_free();
             });
         }
         _ => {}
@@ -383,6 +392,7 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let process = holder_process(pre);
     let thread = current_thread();
     let now = clock::now();
+    let events_before = tracker.last_event();
     // A key already held is found by its id: no name is built, fetched or compared.
     let known = key_id(object)
         .map(|key| tracker.opened_known(object as u64, key, process, thread, access, now));
@@ -406,6 +416,10 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let Ok(token) = opened else {
         return; // counted by the tracker (cap or allocation failure)
     };
+    if tracker.last_event() != events_before {
+        // The open raised a key-count alarm (issue 17): wake the event stream's readers.
+        waiters::hive_may_be_free();
+    }
     if tracker.capture_wanted(token) {
         // Version 1 has CheckAccessMode (docs): UserMode is an open from user mode.
         let user_mode =

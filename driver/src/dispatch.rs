@@ -7,7 +7,9 @@
 //! object whose last handle is closing.
 
 use protocol::{
-    ioctl::{IOCTL_HIVETRACK_WAIT_FREE, METHOD_BUFFERED, split_ctl_code},
+    ioctl::{
+        IOCTL_HIVETRACK_WAIT_EVENTS, IOCTL_HIVETRACK_WAIT_FREE, METHOD_BUFFERED, split_ctl_code,
+    },
     wait::WaitFreeAnswer,
 };
 use wdk_sys::{
@@ -113,17 +115,18 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         // SAFETY: that buffer is `len` bytes and nothing else accesses it while we own the IRP.
         unsafe { core::slice::from_raw_parts_mut(system_buffer, len) }
     };
-    if code == IOCTL_HIVETRACK_WAIT_FREE {
+    if code == IOCTL_HIVETRACK_WAIT_FREE || code == IOCTL_HIVETRACK_WAIT_EVENTS {
         // SAFETY: the IRP is live, ours and not completed; `stack` and `buffer` are its own.
-        return unsafe { wait_free(irp, stack, buffer, in_len, out_len) };
+        return unsafe { wait_free(irp, stack, buffer, in_len, out_len, code) };
     }
     let outcome = ioctl::handle(code, buffer, in_len, out_len);
     // SAFETY: the IRP is live and not completed; `information` never exceeds `out_len`.
     unsafe { complete(irp, outcome.status, outcome.information) }
 }
 
-/// `IOCTL_HIVETRACK_WAIT_FREE`: answered at once when the request is invalid or the hive is
-/// already free; otherwise queued, and `STATUS_PENDING` returned.
+/// `IOCTL_HIVETRACK_WAIT_FREE` and `IOCTL_HIVETRACK_WAIT_EVENTS`: answered at once when the
+/// request is invalid or can be answered (the hive is free; an event after the caller's
+/// last one exists); otherwise queued, and `STATUS_PENDING` returned.
 ///
 /// # Safety
 /// `irp` must be the live, uncompleted IRP being dispatched; `stack` its current stack
@@ -134,8 +137,14 @@ unsafe fn wait_free(
     buffer: &mut [u8],
     in_len: usize,
     out_len: usize,
+    code: u32,
 ) -> NTSTATUS {
-    let request = match ioctl::wait_request(buffer, in_len, out_len) {
+    let parsed = if code == IOCTL_HIVETRACK_WAIT_EVENTS {
+        ioctl::events_request(buffer, in_len, out_len)
+    } else {
+        ioctl::wait_request(buffer, in_len, out_len)
+    };
+    let request = match parsed {
         Ok(r) => r,
         // SAFETY: the IRP is live and not completed.
         Err(o) => return unsafe { complete(irp, o.status, o.information) },
@@ -145,6 +154,15 @@ unsafe fn wait_free(
     // SAFETY: the IRP is the one being dispatched, with its own system buffer and file object.
     match unsafe { waiters::enqueue(irp, system, out_len, file, request) } {
         Queued::Pending => STATUS_PENDING,
+        Queued::Now(Ok(Some(_))) if request.events.is_some() => {
+            let o = request
+                .events
+                .map_or(ioctl::Outcome::error(STATUS_CANCELLED), |ev| {
+                    ioctl::events_answer(ev, &mut buffer[..out_len])
+                });
+            // SAFETY: not queued, so still ours and not completed.
+            unsafe { complete(irp, o.status, o.information) }
+        }
         Queued::Now(Ok(Some(outcome))) => {
             let answer = WaitFreeAnswer {
                 outcome,

@@ -6,6 +6,7 @@
 
 use protocol::{
     cursor::CURSOR_LEN,
+    events::{Events, EventsPrefix, EventsRequest},
     ioctl::{
         IOCTL_HIVETRACK_CAPTURE, IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_IDENTIFY_HANDLES,
         IOCTL_HIVETRACK_QUERY_HIVES, IOCTL_HIVETRACK_QUERY_HOLDERS, IOCTL_HIVETRACK_QUERY_MODULES,
@@ -28,7 +29,7 @@ use wdk_sys::{
 use crate::{
     clock,
     tracking::{self, DriverTracker},
-    waiters::Request,
+    waiters::{EventsWait, Request},
 };
 
 /// The largest query request: header, query/flags/max-records, cursor, and the longest hive
@@ -61,7 +62,8 @@ pub const VERSION: VersionInfo = VersionInfo {
     patch: parse_u16(env!("CARGO_PKG_VERSION_PATCH")),
     capabilities: VersionInfo::CAP_WAIT_FREE
         | VersionInfo::CAP_IDENTIFY_HANDLES
-        | VersionInfo::CAP_STACKS,
+        | VersionInfo::CAP_STACKS
+        | VersionInfo::CAP_EVENTS,
     build_id: BUILD_ID,
 };
 
@@ -100,7 +102,51 @@ pub fn wait_request(buffer: &[u8], in_len: usize, out_len: usize) -> Result<Requ
     Ok(Request {
         hive_id,
         timeout_ms: req.timeout_ms,
+        events: None,
     })
+}
+
+/// The largest event-stream request (protocol/src/events.rs).
+const EVENTS_REQUEST_LEN: usize = HEADER_LEN + 16;
+
+/// Validates an event-stream request. `Err` is the outcome to complete it with at once.
+///
+/// # Errors
+/// `STATUS_INVALID_PARAMETER` for a malformed request, `STATUS_BUFFER_TOO_SMALL` when the
+/// output cannot hold an empty page, `STATUS_DEVICE_NOT_READY` while live tracking is off.
+pub fn events_request(buffer: &[u8], in_len: usize, out_len: usize) -> Result<Request, Outcome> {
+    if in_len != EVENTS_REQUEST_LEN || in_len > buffer.len() || out_len > buffer.len() {
+        return Err(Outcome::error(STATUS_INVALID_PARAMETER));
+    }
+    let Ok(req) = wire::decode::<EventsRequest>(&buffer[..in_len]) else {
+        return Err(Outcome::error(STATUS_INVALID_PARAMETER));
+    };
+    if out_len < protocol::page::empty_page_len::<Events>(&EventsPrefix::default()) {
+        return Err(Outcome::error(STATUS_BUFFER_TOO_SMALL));
+    }
+    if tracking::get().is_none() || tracking::status() != STATUS_SUCCESS {
+        return Err(Outcome::error(STATUS_DEVICE_NOT_READY));
+    }
+    Ok(Request {
+        hive_id: 0,
+        timeout_ms: req.timeout_ms,
+        events: Some(EventsWait {
+            after: req.after,
+            max_records: req.max_records,
+        }),
+    })
+}
+
+/// Writes the event-stream page for `wait` into `out`.
+pub fn events_answer(wait: EventsWait, out: &mut [u8]) -> Outcome {
+    let Some(tracker) = tracking::get() else {
+        return Outcome::error(STATUS_DEVICE_NOT_READY);
+    };
+    match tracker.events(wait.after, wait.max_records, out) {
+        Ok(n) => Outcome::success(n),
+        Err(QueryError::BufferTooSmall { .. }) => Outcome::error(STATUS_BUFFER_TOO_SMALL),
+        Err(_) => Outcome::error(STATUS_INVALID_PARAMETER),
+    }
 }
 
 /// Writes the answer of a wait that ends at once.

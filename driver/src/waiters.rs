@@ -1,5 +1,6 @@
-//! Pending wait-free requests: IRPs held until their hive is free, their timeout passes, the
-//! caller cancels them, their file object is cleaned up, or the driver unloads.
+//! Pending wait-free and event-stream requests: IRPs held until their hive is free (or an
+//! event after the caller's last one exists: issue 17), their timeout passes, the caller
+//! cancels them, their file object is cleaned up, or the driver unloads.
 //!
 //! Storage is a fixed table in static (non-paged) memory, so waiting allocates nothing and
 //! cannot fail under low resources; a full table answers `STATUS_INSUFFICIENT_RESOURCES`.
@@ -58,6 +59,8 @@ struct Wait {
     out_len: usize,
     /// The hive it waits for.
     hive_id: u32,
+    /// An event-stream request instead: events after this sequence number, at most so many.
+    events: Option<EventsWait>,
     /// Interrupt time when it was queued, and when it times out (`u64::MAX`: never).
     started: u64,
     deadline: u64,
@@ -70,6 +73,7 @@ impl Wait {
         buffer: null_mut(),
         out_len: 0,
         hive_id: 0,
+        events: None,
         started: 0,
         deadline: 0,
     };
@@ -202,13 +206,42 @@ pub enum Queued {
     Now(Result<Option<WaitOutcome>, NTSTATUS>),
 }
 
-/// A validated wait-free request.
+/// A validated wait-free or event-stream request.
 #[derive(Clone, Copy, Debug)]
 pub struct Request {
-    /// The hive.
+    /// The hive (wait-free).
     pub hive_id: u32,
     /// Milliseconds, `u32::MAX` = no timeout.
     pub timeout_ms: u32,
+    /// An event-stream request (`IOCTL_HIVETRACK_WAIT_EVENTS`) instead of a wait-free one.
+    pub events: Option<EventsWait>,
+}
+
+/// What an event-stream request waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventsWait {
+    /// The last sequence number the caller has.
+    pub after: u64,
+    /// At most so many events in the answer (0: as many as fit).
+    pub max_records: u32,
+}
+
+/// Whether `w` can be answered now: its hive is free or gone, or an event after its last
+/// one exists. The outcome is the wait-free answer's (an event-stream answer is written
+/// from the tracker's stream whatever it is).
+fn ready(
+    tracker: &tracking::DriverTracker,
+    hive_id: u32,
+    events: Option<EventsWait>,
+) -> Option<WaitOutcome> {
+    if let Some(ev) = events {
+        return tracker.events_after(ev.after).then_some(WaitOutcome::Free);
+    }
+    match tracker.hive_free(hive_id) {
+        HiveFree::Held => None,
+        HiveFree::Free => Some(WaitOutcome::Free),
+        HiveFree::Unloaded => Some(WaitOutcome::Unloaded),
+    }
 }
 
 /// Queues `irp` to wait for its hive, or says how to complete it now.
@@ -248,12 +281,13 @@ pub unsafe fn enqueue(
         PENDING.fetch_sub(1, Ordering::SeqCst);
         return Queued::Now(Ok(None));
     }
-    let state = tracking::get().map_or(HiveFree::Unloaded, |tr| tr.hive_free(request.hive_id));
+    let state = tracking::get().map_or(Some(WaitOutcome::Unloaded), |tr| {
+        ready(tr, request.hive_id, request.events)
+    });
     let answer_now = match state {
-        HiveFree::Free => Some(Some(WaitOutcome::Free)),
-        HiveFree::Unloaded => Some(Some(WaitOutcome::Unloaded)),
-        HiveFree::Held if request.timeout_ms == 0 => Some(Some(WaitOutcome::TimedOut)),
-        HiveFree::Held => None,
+        Some(outcome) => Some(Some(outcome)),
+        None if request.timeout_ms == 0 => Some(Some(WaitOutcome::TimedOut)),
+        None => None,
     };
     if let Some(outcome) = answer_now {
         PENDING.fetch_sub(1, Ordering::SeqCst);
@@ -283,6 +317,7 @@ pub unsafe fn enqueue(
         buffer,
         out_len,
         hive_id: request.hive_id,
+        events: request.events,
         started: now,
         deadline,
     };
@@ -363,15 +398,19 @@ fn complete_all(done: &[Option<Done>; MAX_WAITS]) {
 /// `w.irp` must be live, owned by us, not completed, with no cancel routine set.
 unsafe fn complete(w: Wait, outcome: Option<WaitOutcome>, now: u64) {
     let (status, information) = outcome.map_or((STATUS_CANCELLED, 0), |outcome| {
+        // The output length was checked against the smallest answer when it was queued.
+        // SAFETY: the system buffer lives with the IRP and holds `out_len` bytes.
+        let out = unsafe { core::slice::from_raw_parts_mut(w.buffer, w.out_len) };
+        if let Some(ev) = w.events {
+            let o = ioctl::events_answer(ev, out);
+            return (o.status, o.information);
+        }
         let answer = WaitFreeAnswer {
             outcome,
             hive_id: w.hive_id,
             waited: now.saturating_sub(w.started),
             completeness: completeness(w.hive_id),
         };
-        // The output length was checked against the answer's size when it was queued.
-        // SAFETY: the system buffer lives with the IRP and holds `out_len` bytes.
-        let out = unsafe { core::slice::from_raw_parts_mut(w.buffer, w.out_len) };
         let o = ioctl::wait_answer(&answer, out);
         (o.status, o.information)
     });
@@ -379,8 +418,9 @@ unsafe fn complete(w: Wait, outcome: Option<WaitOutcome>, now: u64) {
     unsafe { dispatch::complete(w.irp, status, information) };
 }
 
-/// After an event that can free a hive (a close, a process exit, an unload): completes the
-/// requests whose hive is now free. Costs one fence and one load when nothing waits.
+/// After an event that can free a hive (a close, a process exit, an unload) or add to the
+/// event stream (an unload attempt, a key-count alarm): completes the requests that can be
+/// answered now. Costs one fence and one load when nothing waits.
 #[inline]
 pub fn hive_may_be_free() {
     fence(Ordering::SeqCst);
@@ -402,10 +442,8 @@ fn complete_free_waits() {
     let mut done = [None; MAX_WAITS];
     {
         let mut t = Locked::take();
-        take_out(&mut t, &mut done, |w| match tracker.hive_free(w.hive_id) {
-            HiveFree::Held => None,
-            HiveFree::Free => Some(Some(WaitOutcome::Free)),
-            HiveFree::Unloaded => Some(Some(WaitOutcome::Unloaded)),
+        take_out(&mut t, &mut done, |w| {
+            ready(tracker, w.hive_id, w.events).map(Some)
         });
     }
     complete_all(&done);

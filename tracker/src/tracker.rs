@@ -755,9 +755,18 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// An unload attempt the driver could not carry to its outcome (no storage for it):
-    /// counted as `history_dropped_no_memory`.
+    /// counted as `history_dropped_no_memory`, and as a number of the event stream that its
+    /// readers are told they missed.
     pub fn unload_not_recorded(&self) {
         bump(&self.counters.history_dropped_no_memory);
+        self.history.skip_sequence();
+    }
+
+    /// An unload attempt whose key the kernel would not name: counted as
+    /// `names_unavailable`, and as a number of the event stream its readers missed.
+    pub fn unload_unnamed(&self) {
+        bump(&self.counters.names_unavailable);
+        self.history.skip_sequence();
     }
 
     /// A handle to the object was closed (`RegNtPreKeyHandleClose`). Closes beyond the

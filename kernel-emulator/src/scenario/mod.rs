@@ -5,6 +5,7 @@
 
 pub mod attribution;
 pub mod budget;
+pub mod events;
 pub mod handles;
 pub mod hivetrack;
 pub mod holder;
@@ -122,6 +123,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(holder::scenarios());
     v.extend(key_cache::scenarios());
     v.extend(attribution::scenarios());
+    v.extend(events::scenarios());
     v.extend(scale::scenarios());
     v.extend(test_driver::scenarios());
     v.extend(registry::scenarios());

@@ -1,0 +1,445 @@
+//! hivetrack.sys scenarios of the event stream (issue 17): what a collector (`hivetrack
+//! service`) drains with `IOCTL_HIVETRACK_WAIT_EVENTS`. The pending-IRP machinery (cancel,
+//! cleanup, timer) is the wait-free request's, proven on the emulator's IRP, cancel and timer
+//! models (`td-wait-*`); these check what the stream delivers:
+//! - `event-stream`: a reader pends; a failed unload of the held profile completes it with
+//!   the unload and its holder; a process reaching 10,000 open keys raises a key-count alarm;
+//!   an answer at once, a timeout (an empty page that keeps the reader's place), cancel and
+//!   cleanup while it pends;
+//! - `event-overflow`: 40 failed unloads while the reader is away, more than the 32 the ring
+//!   keeps: the reader is told it missed 8 and gets the 32 kept, oldest first;
+//! - `event-low-resources`: a failed unload with its holder and a reader, failing the k-th
+//!   fallible call for every k: no bugcheck, no leak, every event delivered or counted as
+//!   missed.
+
+use protocol::events::{Events, EventsRequest};
+use protocol::history::UnloadRecord;
+use protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS;
+use protocol::page::Page;
+use protocol::wire::{self, encode};
+
+use super::tracking::{
+    APP2, CLASSES, Client, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile, spawn, start,
+    unload_all,
+};
+use super::{Ctx, Scenario};
+use crate::faults::FaultPolicy;
+use crate::hive;
+use crate::io::{self, FileHandle, IoctlCall, IoctlResult};
+use crate::kernel;
+use crate::process;
+use crate::status::{self, STATUS_CANCELLED, STATUS_SUCCESS};
+use crate::timer;
+
+/// STATUS_CANNOT_DELETE: an unload refused because keys are open.
+const CANNOT_DELETE: u32 = 0xC000_0121;
+/// The driver's default key-count alarm.
+const ALARM: u64 = 10_000;
+
+/// The scenarios.
+#[must_use]
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario::hivetrack(
+            "event-stream",
+            "a reader of the event stream pends; a failed unload of the held profile completes it with the unload and its holder; 10,000 open keys in one process raise a key-count alarm; answers at once, timeout (an empty page keeping the place), cancel and cleanup while pending",
+            event_stream,
+        ),
+        Scenario::hivetrack(
+            "event-overflow",
+            "40 failed unloads while the reader is away, more than the 32 kept: it is told it missed 8 and gets the 32 kept, oldest first",
+            event_overflow,
+        ),
+        Scenario::hivetrack(
+            "event-low-resources",
+            "a failed unload with its holder and a reader, failing the k-th fallible call for every k: no bugcheck, no leak, every event delivered or counted as missed",
+            event_low_resources,
+        ),
+    ]
+}
+
+/// An event-stream request.
+fn request(after: u64, timeout_ms: u32) -> Vec<u8> {
+    let req = EventsRequest {
+        after,
+        timeout_ms,
+        max_records: 0,
+    };
+    let mut buf = vec![0u8; 64];
+    let n = encode(&req, &mut buf).expect("request fits");
+    buf.truncate(n);
+    buf
+}
+
+/// Sends an event-stream request on `h`.
+fn send(h: FileHandle, after: u64, timeout_ms: u32) -> IoctlCall {
+    io::device_io_control_async(
+        h,
+        IOCTL_HIVETRACK_WAIT_EVENTS,
+        &request(after, timeout_ms),
+        64 * 1024,
+        0xA5,
+    )
+}
+
+/// One event as delivered: (sequence, flags, outcome, mount, holders: (pid, keys, image)).
+type Event = (u64, u16, u32, String, Vec<(u64, u64, String)>);
+
+/// What a page said.
+#[derive(Debug, Default, Clone)]
+struct Delivered {
+    events: Vec<Event>,
+    missed: u64,
+    next: u64,
+    done: bool,
+    tracking_since: u64,
+}
+
+fn decode(ctx: &mut Ctx, r: &IoctlResult, what: &str) -> Option<Delivered> {
+    if r.status != STATUS_SUCCESS {
+        ctx.check(
+            false,
+            format!("{what}: completed with {}", status::describe(r.status)),
+        );
+        return None;
+    }
+    let Ok(p) = wire::decode::<Page<'_, Events>>(&r.output[..r.information]) else {
+        ctx.check(false, format!("{what}: the answer does not decode"));
+        return None;
+    };
+    Some(Delivered {
+        events: p
+            .records()
+            .map(|e: UnloadRecord<'_>| {
+                (
+                    e.sequence,
+                    e.flags,
+                    e.outcome,
+                    e.mount.to_string(),
+                    e.holders
+                        .iter()
+                        .map(|h| (h.pid, h.open_keys, h.image.to_string()))
+                        .collect(),
+                )
+            })
+            .collect(),
+        missed: p.prefix.missed,
+        next: EventsRequest::after_cursor(&p.info.next),
+        done: p.info.done(),
+        tracking_since: p.prefix.tracking_since,
+    })
+}
+
+/// Sends a request that must pend; returns it.
+fn pending(ctx: &mut Ctx, call: IoctlCall, what: &str) -> Option<io::PendingIoctl> {
+    match call {
+        IoctlCall::Pending(p) => Some(p),
+        IoctlCall::Done(r) => {
+            ctx.check(
+                false,
+                format!(
+                    "{what}: pends (completed at once with {})",
+                    status::describe(r.status)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// The answer of a request that must complete at once.
+fn at_once(ctx: &mut Ctx, call: IoctlCall, what: &str) -> Option<Delivered> {
+    match call {
+        IoctlCall::Done(r) => decode(ctx, &r, what),
+        IoctlCall::Pending(p) => {
+            p.cancel();
+            ctx.check(false, format!("{what}: answered at once (it pended)"));
+            None
+        }
+    }
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one reader's life, step by step, reads best in one piece"
+)]
+fn event_stream(ctx: &mut Ctx) {
+    let mut d = start(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    load_profile(ctx);
+    let leaker = spawn(ctx, APP2);
+    let key = format!(r"{USER}\Software\Sync\State");
+    ensure_parents(leaker, &format!(r"{key}\x"));
+    let first = hive::open_key(leaker, &key, KEY_READ, true);
+    ctx.check(first.is_ok(), "the sync client holds its key");
+    // Nothing happened yet: a reader pends.
+    let Some(mut reader) = pending(
+        ctx,
+        send(c.h, 0, EventsRequest::NO_TIMEOUT),
+        "a reader with nothing to read",
+    ) else {
+        return;
+    };
+    ctx.check(
+        reader.poll().is_none(),
+        "it stays pending while nothing happens",
+    );
+    let refused = hive::unload_hive(SYSTEM_PID, USER);
+    ctx.check(
+        refused.cast_unsigned() == CANNOT_DELETE,
+        format!(
+            "the held profile does not unload: {}",
+            status::describe(refused)
+        ),
+    );
+    let got = reader
+        .poll()
+        .and_then(|r| decode(ctx, &r, "the reader after the failed unload"));
+    let since = got.as_ref().map_or(0, |g| g.tracking_since);
+    ctx.check(
+        got.as_ref().is_some_and(|g| {
+            g.events.len() == 1
+                && g.events[0].0 == 1
+                && g.events[0].2 == CANNOT_DELETE
+                && g.events[0].3.eq_ignore_ascii_case(USER)
+                && g.events[0].4 == vec![(u64::from(leaker), 1, APP2.to_string())]
+                && g.missed == 0
+                && g.next == 1
+                && g.done
+                && g.tracking_since != 0
+        }),
+        format!("the failed unload completes it, naming the holder: {got:?}"),
+    );
+    // Asked again after it with no timeout to spare: an empty page that keeps the place.
+    let again = at_once(ctx, send(c.h, 1, 0), "timeout 0 after the last event");
+    ctx.check(
+        again
+            .as_ref()
+            .is_some_and(|g| g.events.is_empty() && g.next == 1 && g.done && g.missed == 0),
+        format!("nothing new: an empty page at the same place: {again:?}"),
+    );
+    // A timeout: the timer completes it with an empty page.
+    if let Some(mut timed) = pending(ctx, send(c.h, 1, 1_000), "a reader with a 1 s timeout") {
+        timer::advance(990);
+        ctx.check(timed.poll().is_none(), "still pending before its timeout");
+        timer::advance(20);
+        let r = timed.poll();
+        let t = r
+            .as_ref()
+            .and_then(|r| decode(ctx, r, "the timed-out reader"));
+        ctx.check(
+            t.as_ref()
+                .is_some_and(|g| g.events.is_empty() && g.next == 1),
+            format!("the timeout completes it with an empty page: {t:?}"),
+        );
+    }
+    // A key-count alarm: the sync client reaches 10,000 open keys.
+    let Some(mut alarm) = pending(
+        ctx,
+        send(c.h, 1, EventsRequest::NO_TIMEOUT),
+        "a reader after the unload",
+    ) else {
+        return;
+    };
+    let mut handles = Vec::new();
+    for _ in 1..ALARM {
+        if let Ok(h) = hive::open_key(leaker, &key, KEY_READ, true) {
+            handles.push(h);
+        }
+    }
+    let got = alarm
+        .poll()
+        .and_then(|r| decode(ctx, &r, "the reader after 10,000 opens"));
+    ctx.check(
+        got.as_ref().is_some_and(|g| {
+            g.events.len() == 1
+                && g.events[0].1 & UnloadRecord::KEY_ALARM != 0
+                && g.events[0].4 == vec![(u64::from(leaker), ALARM, APP2.to_string())]
+                && g.events[0].3.is_empty()
+                && g.tracking_since == since
+        }),
+        format!("the 10,000th open raises a key-count alarm naming the process: {got:?}"),
+    );
+    // Cancel while pending: no answer.
+    if let Some(mut p) = pending(
+        ctx,
+        send(c.h, 2, EventsRequest::NO_TIMEOUT),
+        "a reader to cancel",
+    ) {
+        ctx.check(p.cancel(), "IoCancelIrp takes the cancel routine");
+        let r = p.poll();
+        ctx.check(
+            r.as_ref()
+                .is_some_and(|r| r.status == STATUS_CANCELLED && r.information == 0),
+            format!("a cancelled reader completes with STATUS_CANCELLED and nothing: {r:?}"),
+        );
+    }
+    // Cleanup while pending (the service's handle closed).
+    if let Ok(h2) = ctx.open(
+        protocol::ioctl::WIN32_DEVICE_PATH,
+        crate::security::Caller::Admin,
+        crate::security::GENERIC_READ | crate::security::GENERIC_WRITE,
+    ) && let Some(mut p) = pending(
+        ctx,
+        send(h2, 2, EventsRequest::NO_TIMEOUT),
+        "a reader on a second handle",
+    ) {
+        io::close(h2);
+        let r = p.poll();
+        ctx.check(
+            r.as_ref().is_some_and(|r| r.status == STATUS_CANCELLED),
+            format!("closing its handle completes the reader: {r:?}"),
+        );
+    }
+    for h in handles {
+        let _ = hive::close_key(leaker, h);
+    }
+    if let Ok(h) = first {
+        let _ = hive::close_key(leaker, h);
+    }
+    process::exit_process(leaker);
+    let s = c.stats(ctx);
+    ctx.check(
+        s.key_alarms == 1,
+        format!("stats count one alarm ({})", s.key_alarms),
+    );
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+fn event_overflow(ctx: &mut Ctx) {
+    let mut d = start(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    load_profile(ctx);
+    let leaker = spawn(ctx, APP2);
+    let key = format!(r"{USER}\Software\Sync\State");
+    ensure_parents(leaker, &format!(r"{key}\x"));
+    let held = hive::open_key(leaker, &key, KEY_READ, true);
+    for _ in 0..40 {
+        let _ = hive::unload_hive(SYSTEM_PID, USER);
+    }
+    let got = at_once(
+        ctx,
+        send(c.h, 0, EventsRequest::NO_TIMEOUT),
+        "a reader after 40 events",
+    );
+    let seqs: Vec<u64> = got
+        .as_ref()
+        .map(|g| g.events.iter().map(|e| e.0).collect())
+        .unwrap_or_default();
+    ctx.check(
+        got.as_ref()
+            .is_some_and(|g| g.missed == 8 && g.next == 40 && g.done)
+            && seqs == (9..=40).collect::<Vec<u64>>(),
+        format!(
+            "missed 8, then the 32 kept oldest first: missed {:?}, {seqs:?}",
+            got.as_ref().map(|g| g.missed)
+        ),
+    );
+    // A reader that had read up to 20 missed nothing.
+    let mid = at_once(ctx, send(c.h, 20, 0), "a reader at 20");
+    ctx.check(
+        mid.as_ref().is_some_and(|g| {
+            g.missed == 0 && g.events.first().is_some_and(|e| e.0 == 21) && g.events.len() == 20
+        }),
+        format!(
+            "a reader at 20 gets 21..=40 and missed nothing: {:?}",
+            mid.map(|g| (g.missed, g.events.len()))
+        ),
+    );
+    if let Ok(h) = held {
+        let _ = hive::close_key(leaker, h);
+    }
+    process::exit_process(leaker);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// One faulted run: (failures injected, the stream accounts for every event numbered).
+fn faulty_events(ctx: &mut Ctx, policy: FaultPolicy) -> (usize, bool) {
+    kernel::reset();
+    let mut d = ctx.load();
+    if d.entry() != STATUS_SUCCESS {
+        ctx.check(false, "DriverEntry without faults");
+        return (0, true);
+    }
+    let Some(c) = Client::open(ctx) else {
+        return (0, true);
+    };
+    load_profile(ctx);
+    let leaker = spawn(ctx, APP2);
+    let key = format!(r"{USER}\Software\Sync\State");
+    ensure_parents(leaker, &format!(r"{key}\x"));
+    kernel::with(|k| {
+        k.faults.calls = 0;
+        k.faults.injected.clear();
+        k.faults.policy = policy;
+    });
+    let reader = send(c.h, 0, EventsRequest::NO_TIMEOUT);
+    let held = hive::open_key(leaker, &key, KEY_READ, true);
+    let _ = hive::unload_hive(SYSTEM_PID, USER);
+    let _ = hive::unload_hive(SYSTEM_PID, USER);
+    let injected = kernel::with(|k| {
+        k.faults.policy = FaultPolicy::Off;
+        k.faults.injected.clone()
+    });
+    let mut ok = true;
+    match reader {
+        IoctlCall::Pending(mut p) => {
+            // Two unload attempts were numbered: the reader completed, or, if neither could
+            // be stored, a new request is answered with both counted as missed.
+            match p.poll() {
+                Some(r) if r.status == STATUS_SUCCESS => {}
+                Some(r) => {
+                    ok &= r.status == STATUS_CANCELLED;
+                }
+                None => {
+                    ok = false;
+                    p.cancel();
+                    let _ = p.poll();
+                }
+            }
+        }
+        IoctlCall::Done(r) => ok &= r.status != STATUS_SUCCESS || r.information > 0,
+    }
+    if let Some(g) = at_once(ctx, send(c.h, 0, 0), "the stream after the faults") {
+        ok &= g.events.len() as u64 + g.missed == g.next && g.next == 2 && g.done;
+        if !ok {
+            println!("  stream: {g:?}");
+        }
+    }
+    if let Ok(h) = held {
+        let _ = hive::close_key(leaker, h);
+    }
+    process::exit_process(leaker);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+    (injected.len(), ok)
+}
+
+fn event_low_resources(ctx: &mut Ctx) {
+    ctx.say("systematic: fail the k-th fallible call of the events workload, for every k");
+    let mut k = 1u64;
+    loop {
+        let (injected, ok) = faulty_events(ctx, FaultPolicy::Nth(k));
+        if injected == 0 {
+            println!("  the workload makes {} fallible calls", k - 1);
+            ctx.check(k > 1, "the workload made fallible calls");
+            break;
+        }
+        ctx.check(
+            ok,
+            format!(
+                "k={k}: the reader completed, and every event is delivered or counted as missed"
+            ),
+        );
+        k += 1;
+        if k > 2_000 {
+            ctx.check(false, "the sweep did not end");
+            break;
+        }
+    }
+}
