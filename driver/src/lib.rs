@@ -89,13 +89,17 @@ fn start_tracking(
     driver: &mut DRIVER_OBJECT,
     registry_path: PCUNICODE_STRING,
 ) -> Result<(), NTSTATUS> {
-    let budget = if registry_path.is_null() {
-        None
+    let (budget, key_alarm) = if registry_path.is_null() {
+        (None, None)
     } else {
         // SAFETY: the I/O manager passes a valid registry path for the service key.
-        registry_read::memory_budget(unsafe { &*registry_path })
+        let service = unsafe { &*registry_path };
+        (
+            registry_read::memory_budget(service),
+            registry_read::key_alarm_threshold(service),
+        )
     };
-    tracking::start(budget)?;
+    tracking::start(budget, key_alarm)?;
     // Process notifications improve reports (images, exits) but tracking works without them.
     // Registered before the registry callback, so that every process holding a tracked key
     // has its exit seen (stats `process_exits_tracked` says whether they are).

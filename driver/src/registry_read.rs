@@ -201,6 +201,17 @@ pub fn memory_budget(service_key: &UNICODE_STRING) -> Option<u64> {
     Some(mib << 20)
 }
 
+/// The key-count alarm threshold (issue 17) from the service key's
+/// `Parameters\KeyAlarmThreshold` (`REG_DWORD`; 0 turns alarms off), if set.
+pub fn key_alarm_threshold(service_key: &UNICODE_STRING) -> Option<u64> {
+    let mut scratch = Scratch::new()?;
+    let (kind, data) = query_parameter(service_key, wide!("KeyAlarmThreshold"), &mut scratch)?;
+    if kind != REG_DWORD || data.len() != 4 {
+        return None;
+    }
+    u64::try_from(le_u32(data, 0)).ok()
+}
+
 /// Seeds the tracker with the mounted hives from
 /// `HKLM\SYSTEM\CurrentControlSet\Control\hivelist` (value name = mount point, data = file).
 /// Returns how many hives were seeded.

@@ -43,8 +43,11 @@ static TRACKING_STATUS: AtomicI32 = AtomicI32::new(STATUS_SUCCESS);
 ///
 /// # Errors
 /// The status of the failing step; nothing is left allocated then.
-pub fn start(budget: Option<u64>) -> Result<(), NTSTATUS> {
-    let config = budget.map_or_else(Config::default, |b| Config::default().with_budget(b));
+pub fn start(budget: Option<u64>, key_alarm: Option<u64>) -> Result<(), NTSTATUS> {
+    let mut config = budget.map_or_else(Config::default, |b| Config::default().with_budget(b));
+    if let Some(threshold) = key_alarm {
+        config.key_alarm_threshold = threshold;
+    }
     let pool = LookasidePool::create()?;
     // SAFETY: `start` runs once, single-threaded, before `ready` is set; the slot is unused.
     let slot = unsafe { &mut *SLOT.tracker.get() };

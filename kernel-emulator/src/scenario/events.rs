@@ -3,7 +3,7 @@
 //! cleanup, timer) is the wait-free request's, proven on the emulator's IRP, cancel and timer
 //! models (`td-wait-*`); these check what the stream delivers:
 //! - `event-stream`: a reader pends; a failed unload of the held profile completes it with
-//!   the unload and its holder; a process reaching 10,000 open keys raises a key-count alarm;
+//!   the unload and its holder; a process reaching the configured threshold of open keys raises a key-count alarm;
 //!   an answer at once, a timeout (an empty page that keeps the reader's place), cancel and
 //!   cleanup while it pends;
 //! - `event-overflow`: 40 failed unloads while the reader is away, more than the 32 the ring
@@ -19,8 +19,8 @@ use protocol::page::Page;
 use protocol::wire::{self, encode};
 
 use super::tracking::{
-    APP2, CLASSES, Client, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile, spawn, start,
-    unload_all,
+    APP2, CLASSES, Client, KEY_READ, SYSTEM_PID, USER, boot_hives, ensure_parents, load_profile,
+    spawn, start, unload_all,
 };
 use super::{Ctx, Scenario};
 use crate::faults::FaultPolicy;
@@ -30,11 +30,13 @@ use crate::kernel;
 use crate::process;
 use crate::status::{self, STATUS_CANCELLED, STATUS_SUCCESS};
 use crate::timer;
+use crate::zwreg::{self, REG_DWORD};
 
 /// STATUS_CANNOT_DELETE: an unload refused because keys are open.
 const CANNOT_DELETE: u32 = 0xC000_0121;
-/// The driver's default key-count alarm.
-const ALARM: u64 = 10_000;
+/// The key-count alarm `event-stream` configures (`Parameters\KeyAlarmThreshold`; the
+/// default, 10,000, is the tracker's, tested on the host).
+const ALARM: u64 = 1_000;
 
 /// The scenarios.
 #[must_use]
@@ -42,7 +44,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::hivetrack(
             "event-stream",
-            "a reader of the event stream pends; a failed unload of the held profile completes it with the unload and its holder; 10,000 open keys in one process raise a key-count alarm; answers at once, timeout (an empty page keeping the place), cancel and cleanup while pending",
+            "a reader of the event stream pends; a failed unload of the held profile completes it with the unload and its holder; with Parameters\\KeyAlarmThreshold 1,000, the 1,000th open key of one process raises a key-count alarm; answers at once, timeout (an empty page keeping the place), cancel and cleanup while pending",
             event_stream,
         ),
         Scenario::hivetrack(
@@ -93,6 +95,7 @@ struct Delivered {
     next: u64,
     done: bool,
     tracking_since: u64,
+    key_alarm_threshold: u64,
 }
 
 fn decode(ctx: &mut Ctx, r: &IoctlResult, what: &str) -> Option<Delivered> {
@@ -127,6 +130,7 @@ fn decode(ctx: &mut Ctx, r: &IoctlResult, what: &str) -> Option<Delivered> {
         next: EventsRequest::after_cursor(&p.info.next),
         done: p.info.done(),
         tracking_since: p.prefix.tracking_since,
+        key_alarm_threshold: p.prefix.key_alarm_threshold,
     })
 }
 
@@ -161,10 +165,34 @@ fn at_once(ctx: &mut Ctx, call: IoctlCall, what: &str) -> Option<Delivered> {
 
 #[allow(
     clippy::too_many_lines,
-    reason = "one reader's life, step by step, reads best in one piece"
+    clippy::many_single_char_names,
+    reason = "one reader's life, step by step, reads best in one piece; d, c, s, p, r: driver, client, status, pending, result"
 )]
 fn event_stream(ctx: &mut Ctx) {
-    let mut d = start(ctx);
+    boot_hives(ctx);
+    let mut d = ctx.load();
+    let params = kernel::with(|k| {
+        k.zwreg
+            .keys
+            .keys()
+            .find(|p| p.contains(r"\SERVICES\") && p.ends_with(r"\PARAMETERS"))
+            .cloned()
+    });
+    if let Some(params) = params {
+        #[allow(clippy::cast_possible_truncation, reason = "1,000")]
+        let alarm = ALARM as u32;
+        zwreg::set_value(
+            &params,
+            "KeyAlarmThreshold",
+            REG_DWORD,
+            alarm.to_le_bytes().to_vec(),
+        );
+    }
+    let s = d.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
     let Some(c) = Client::open(ctx) else { return };
     load_profile(ctx);
     let leaker = spawn(ctx, APP2);
@@ -210,6 +238,10 @@ fn event_stream(ctx: &mut Ctx) {
         }),
         format!("the failed unload completes it, naming the holder: {got:?}"),
     );
+    ctx.check(
+        got.as_ref().is_some_and(|g| g.key_alarm_threshold == ALARM),
+        "the driver read Parameters\\KeyAlarmThreshold",
+    );
     // Asked again after it with no timeout to spare: an empty page that keeps the place.
     let again = at_once(ctx, send(c.h, 1, 0), "timeout 0 after the last event");
     ctx.check(
@@ -233,7 +265,7 @@ fn event_stream(ctx: &mut Ctx) {
             format!("the timeout completes it with an empty page: {t:?}"),
         );
     }
-    // A key-count alarm: the sync client reaches 10,000 open keys.
+    // A key-count alarm: the sync client reaches the threshold of open keys.
     let Some(mut alarm) = pending(
         ctx,
         send(c.h, 1, EventsRequest::NO_TIMEOUT),
@@ -249,7 +281,7 @@ fn event_stream(ctx: &mut Ctx) {
     }
     let got = alarm
         .poll()
-        .and_then(|r| decode(ctx, &r, "the reader after 10,000 opens"));
+        .and_then(|r| decode(ctx, &r, "the reader after 1,000 opens"));
     ctx.check(
         got.as_ref().is_some_and(|g| {
             g.events.len() == 1
@@ -258,7 +290,7 @@ fn event_stream(ctx: &mut Ctx) {
                 && g.events[0].3.is_empty()
                 && g.tracking_since == since
         }),
-        format!("the 10,000th open raises a key-count alarm naming the process: {got:?}"),
+        format!("the 1,000th open raises a key-count alarm naming the process: {got:?}"),
     );
     // Cancel while pending: no answer.
     if let Some(mut p) = pending(
