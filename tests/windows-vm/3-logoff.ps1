@@ -1,8 +1,10 @@
 # Step 3: the logoff scenario for real (kept in step with the emulator's `logoff` scenario,
 # kernel-emulator/src/scenario/tracking.rs): a test hive is loaded, a helper process keeps
 # one key of it open, `reg unload` fails, `hivetrack holders --json` names the helper (with
-# its session and user), a second process opens the same key (served by the key cache: same
-# name), the helper exits, `hivetrack wait` (the driver's wait-free request) returns, `reg unload`
+# its session and user) and, with stack capture on for the hive, the stack of its open resolved
+# to modules (issue 16: RtlWalkFrameChain's user walk and the load-image notifications on real
+# Windows), a second process opens the same key (served by the key cache: same name), the
+# helper exits, `hivetrack wait` (the driver's wait-free request) returns, `reg unload`
 # succeeds; then stats, the unload history and `verifier /query` are collected into
 # .\results\.
 . "$PSScriptRoot\common.ps1"
@@ -28,6 +30,11 @@ reg delete 'HKCU\Software\HivetrackKit' /f | Out-Null
 reg load 'HKU\HivetrackKit' $hiveFile | Out-Null
 Write-Result 'test hive loaded' ($LASTEXITCODE -eq 0) 'HKU\HivetrackKit'
 
+# Open-time stacks for the test hive (issue 16): on before the helper opens its key.
+$cap = Invoke-Hivetrack @('capture', 'on', '--hive', 'HKU\HivetrackKit', '--json')
+$cap.Text | Set-Content (Join-Path $Results 'capture-on.json')
+Write-Result 'stack capture is on for the test hive' ($cap.Code -eq 0) $cap.Text
+
 # The helper keeps HKU\HivetrackKit\Software\Policies open, as a leaking application would.
 $helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(
     '-NoProfile', '-Command',
@@ -44,6 +51,22 @@ $mine = @($doc.holders | Where-Object pid -eq $helper.Id)
 Write-Result 'holders names the helper' ($mine.Count -eq 1) "pid $($helper.Id), image $($mine.image)"
 $policies = @($mine.keys | Where-Object { $_.path -like '*\Software\Policies' })
 Write-Result 'with its Software\Policies key and open time' ($policies.Count -ge 1 -and $policies[0].opened_at) ($policies | ConvertTo-Json -Compress)
+# Its open's user-mode stack, resolved to modules the driver saw load (KernelBase.dll is on
+# every registry open's path). STACK_EMPTY here means this Windows's RtlWalkFrameChain gave
+# no user frames from a registry callback (the Windows Research Kernel's x64 walk refuses).
+$st = Invoke-Hivetrack @('holders', 'HKU\HivetrackKit', '--stacks', '--json')
+$st.Text | Set-Content (Join-Path $Results 'holders-stacks.json')
+$stKey = @(@(($st.Text | ConvertFrom-Json).holders | Where-Object pid -eq $helper.Id).keys |
+    Where-Object { $_.path -like '*\Software\Policies' }) | Select-Object -First 1
+$frames = @($stKey.stack.frames)
+Write-Result 'the helper''s open has a user-mode stack resolved to modules' `
+    ($frames.Count -gt 0 -and @($frames | Where-Object { $_.module -like '*KernelBase.dll' }).Count -ge 1) `
+    (($stKey.stack | ConvertTo-Json -Compress -Depth 4))
+$mods = Invoke-Hivetrack @('modules', 'HKU\HivetrackKit', '--json')
+$mods.Text | Set-Content (Join-Path $Results 'modules.json')
+Write-Result 'hivetrack modules ranks the code that opened the held key' `
+    ($mods.Code -eq 0 -and @(($mods.Text | ConvertFrom-Json).modules).Count -ge 1) ''
+Invoke-Hivetrack @('capture', 'off') | Out-Null
 $session = (Get-Process -Id $helper.Id).SessionId
 Write-Result 'the helper''s session and user (holder identity)' `
     ($mine.session -eq $session -and $mine.user -like "*\$env:USERNAME") "session $($mine.session), user $($mine.user)"
