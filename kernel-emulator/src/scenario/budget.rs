@@ -5,16 +5,14 @@
 use std::fmt::Write as _;
 
 use super::tracking::{
-    APP2, CLASSES, Client, KEY_READ, USER, boot_hives, ensure_parents, load_profile, spawn,
-    unload_all,
+    APP2, CLASSES, Client, KEY_READ, USER, ensure_parents, load_profile, spawn,
+    start_with_parameter, unload_all,
 };
 use super::{Ctx, Scenario, Target};
 use crate::hive;
 use crate::kernel;
 use crate::pool::tag_text;
 use crate::process;
-use crate::status::{self, STATUS_SUCCESS};
-use crate::zwreg::{self, REG_DWORD};
 
 /// The budget the scenario configures, MiB.
 const BUDGET_MIB: u32 = 8;
@@ -64,30 +62,9 @@ fn flood_path(i: u32) -> String {
 
 #[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn name_flood(ctx: &mut Ctx) {
-    boot_hives(ctx);
-    let mut d = ctx.load();
-    let params = kernel::with(|k| {
-        k.zwreg
-            .keys
-            .keys()
-            .find(|p| p.contains(r"\SERVICES\") && p.ends_with(r"\PARAMETERS"))
-            .cloned()
-    });
-    let Some(params) = params else {
-        ctx.check(false, "the service key's Parameters exists");
+    let Some(mut d) = start_with_parameter(ctx, "MemoryBudgetMiB", BUDGET_MIB) else {
         return;
     };
-    zwreg::set_value(
-        &params,
-        "MemoryBudgetMiB",
-        REG_DWORD,
-        BUDGET_MIB.to_le_bytes().to_vec(),
-    );
-    let s = d.entry();
-    ctx.check(
-        s == STATUS_SUCCESS,
-        format!("DriverEntry returned {}", status::describe(s)),
-    );
     let Some(c) = Client::open(ctx) else { return };
     load_profile(ctx);
     let budget = u64::from(BUDGET_MIB) << 20;

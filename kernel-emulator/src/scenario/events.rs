@@ -19,8 +19,8 @@ use protocol::page::Page;
 use protocol::wire::{self, encode};
 
 use super::tracking::{
-    APP2, CLASSES, Client, KEY_READ, SYSTEM_PID, USER, boot_hives, ensure_parents, load_profile,
-    spawn, start, unload_all,
+    APP2, CLASSES, Client, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile, spawn, start,
+    start_with_parameter, unload_all,
 };
 use super::{Ctx, Scenario};
 use crate::faults::FaultPolicy;
@@ -30,7 +30,6 @@ use crate::kernel;
 use crate::process;
 use crate::status::{self, STATUS_CANCELLED, STATUS_SUCCESS};
 use crate::timer;
-use crate::zwreg::{self, REG_DWORD};
 
 /// STATUS_CANNOT_DELETE: an unload refused because keys are open.
 const CANNOT_DELETE: u32 = 0xC000_0121;
@@ -169,30 +168,10 @@ fn at_once(ctx: &mut Ctx, call: IoctlCall, what: &str) -> Option<Delivered> {
     reason = "one reader's life, step by step, reads best in one piece; d, c, s, p, r: driver, client, status, pending, result"
 )]
 fn event_stream(ctx: &mut Ctx) {
-    boot_hives(ctx);
-    let mut d = ctx.load();
-    let params = kernel::with(|k| {
-        k.zwreg
-            .keys
-            .keys()
-            .find(|p| p.contains(r"\SERVICES\") && p.ends_with(r"\PARAMETERS"))
-            .cloned()
-    });
-    if let Some(params) = params {
-        #[allow(clippy::cast_possible_truncation, reason = "1,000")]
-        let alarm = ALARM as u32;
-        zwreg::set_value(
-            &params,
-            "KeyAlarmThreshold",
-            REG_DWORD,
-            alarm.to_le_bytes().to_vec(),
-        );
-    }
-    let s = d.entry();
-    ctx.check(
-        s == STATUS_SUCCESS,
-        format!("DriverEntry returned {}", status::describe(s)),
-    );
+    #[allow(clippy::cast_possible_truncation, reason = "1,000")]
+    let Some(mut d) = start_with_parameter(ctx, "KeyAlarmThreshold", ALARM as u32) else {
+        return;
+    };
     let Some(c) = Client::open(ctx) else { return };
     load_profile(ctx);
     let leaker = spawn(ctx, APP2);

@@ -326,6 +326,38 @@ pub(crate) fn start(ctx: &mut Ctx) -> LoadedDriver {
     load_driver(ctx)
 }
 
+/// Boots the machine hives, maps the driver, writes the REG_DWORD `name` = `value` under its
+/// service key's `Parameters` (as an administrator would before starting it), and runs
+/// DriverEntry, which must succeed. `None` (checked as a failure) when the service key has
+/// no `Parameters`.
+pub(crate) fn start_with_parameter(ctx: &mut Ctx, name: &str, value: u32) -> Option<LoadedDriver> {
+    boot_hives(ctx);
+    let d = ctx.load();
+    let params = kernel::with(|k| {
+        k.zwreg
+            .keys
+            .keys()
+            .find(|p| p.contains(r"\SERVICES\") && p.ends_with(r"\PARAMETERS"))
+            .cloned()
+    });
+    let Some(params) = params else {
+        ctx.check(false, "the service key's Parameters exists");
+        return None;
+    };
+    crate::zwreg::set_value(
+        &params,
+        name,
+        crate::zwreg::REG_DWORD,
+        value.to_le_bytes().to_vec(),
+    );
+    let s = d.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    Some(d)
+}
+
 /// Loads the driver and runs DriverEntry (which must succeed).
 pub(crate) fn load_driver(ctx: &mut Ctx) -> LoadedDriver {
     let d = ctx.load();
