@@ -132,8 +132,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// Whether the open that returned `token` is in the capture scope. Called by the thread
     /// that opened it, before the token is stored as the object's context.
     pub fn capture_wanted(&self, token: Token) -> bool {
-        if self.capture.scope() == CaptureScope::Off {
-            return false;
+        match self.capture.scope() {
+            CaptureScope::Off => return false,
+            // Every open: no text to read, so no lock.
+            CaptureScope::All => return self.holding_of_open(token).is_some(),
+            CaptureScope::Hive | CaptureScope::Image => {}
         }
         let Some(hold) = self.holding_of_open(token) else {
             return false;
