@@ -58,6 +58,18 @@ const STEPS: &[(&str, &[&str], Option<&str>, i32)] = &[
         0,
     ),
     (
+        "Which code opened the keys still held (stack capture on for the profile)",
+        &["--emulator", "stacks", "modules", PROFILE],
+        None,
+        0,
+    ),
+    (
+        "Each key's open stack, module+offset",
+        &["--emulator", "stacks", "holders", PROFILE, "--stacks"],
+        None,
+        0,
+    ),
+    (
         "A process leaking key handles, ranked first",
         &["--emulator", "handle-leak", "processes", "--top", "3"],
         None,
@@ -117,6 +129,13 @@ pub fn demo(package: &Path, target: &Path) -> Result<()> {
             && !String::from_utf8_lossy(&out.stdout).contains("held now by process")
         {
             bail!("`{}` did not name the holder now", describe(&cmd));
+        }
+        if args.contains(&"modules") {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let first = stdout.lines().find(|l| l.trim_start().starts_with("1 "));
+            if !first.is_some_and(|l| l.contains("ContosoShellExt.dll")) {
+                bail!("`{}` did not rank the shell extension first: {first:?}", describe(&cmd));
+            }
         }
     }
     println!(
