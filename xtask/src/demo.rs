@@ -134,7 +134,10 @@ pub fn demo(package: &Path, target: &Path) -> Result<()> {
             let stdout = String::from_utf8_lossy(&out.stdout);
             let first = stdout.lines().find(|l| l.trim_start().starts_with("1 "));
             if !first.is_some_and(|l| l.contains("ContosoShellExt.dll")) {
-                bail!("`{}` did not rank the shell extension first: {first:?}", describe(&cmd));
+                bail!(
+                    "`{}` did not rank the shell extension first: {first:?}",
+                    describe(&cmd)
+                );
             }
         }
     }
