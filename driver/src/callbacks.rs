@@ -316,11 +316,11 @@ unsafe extern "C" fn registry_callback(
                 // Not recorded: the event stream's readers are told they missed one.
                 None => {
                     tracker.unload_unnamed();
-                    waiters::hive_may_be_free();
+                    waiters::events_may_be_ready();
                 }
                 Some(false) => {
                     tracker.unload_not_recorded();
-                    waiters::hive_may_be_free();
+                    waiters::events_may_be_ready();
                 }
                 Some(true) => {}
             }
@@ -343,7 +343,7 @@ unsafe extern "C" fn registry_callback(
                     tracker.hive_unload_pending(mount);
                 }
                 // Every attempt is an event of the stream (issue 17): wake its readers.
-                waiters::hive_may_be_free();
+                waiters::events_may_be_ready();
             });
         }
         _ => {}
@@ -392,7 +392,7 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let process = holder_process(pre);
     let thread = current_thread();
     let now = clock::now();
-    let events_before = tracker.last_event();
+    let attention = tracker.attention();
     // A key already held is found by its id: no name is built, fetched or compared.
     let known = key_id(object)
         .map(|key| tracker.opened_known(object as u64, key, process, thread, access, now));
@@ -416,9 +416,8 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let Ok(token) = opened else {
         return; // counted by the tracker (cap or allocation failure)
     };
-    if tracker.last_event() != events_before {
-        // The open raised a key-count alarm (issue 17): wake the event stream's readers.
-        waiters::hive_may_be_free();
+    if tracker.attention() != attention {
+        open_needs_attention(tracker, process);
     }
     if tracker.capture_wanted(token) {
         // Version 1 has CheckAccessMode (docs): UserMode is an open from user mode.
@@ -451,6 +450,18 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
         // No cleanup notification would ever come for it: forget it now (counted).
         tracker.abandon(token, object as u64);
         waiters::hive_may_be_free();
+    }
+}
+
+/// After an open that raised an event (a key-count alarm, issue 17: wake the event stream's
+/// readers) or made the record of a process the tracker never saw start (it ran before the
+/// driver): name that process now, so that reports and the image capture scope know it.
+#[cold]
+#[inline(never)]
+fn open_needs_attention(tracker: &DriverTracker, process: ProcessKey) {
+    waiters::events_may_be_ready();
+    if tracker.image_missing(process) {
+        crate::process::name_current(tracker, process);
     }
 }
 

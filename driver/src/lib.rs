@@ -117,7 +117,10 @@ fn start_tracking(
     // Image loads let captured frames be named by module (issue 16); without them frames
     // stay raw addresses (stats `image_loads_tracked` says which). Only with live tracking:
     // they would fill memory for nothing without it.
-    if let Err(status) = images::register() {
+    // And only when process exits are seen: a module list goes with its process record.
+    if !process::registered() {
+        println!("hivetrack: no image-load notifications: process exits are not seen");
+    } else if let Err(status) = images::register() {
         println!("hivetrack: no image-load notifications: {status:#x}");
     }
     if let Some(tracker) = tracking::get() {

@@ -51,6 +51,33 @@ pub fn unregister() {
     }
 }
 
+/// Names `process` — the current process, which the tracker knew without its image (it ran
+/// before the driver) — with `SeLocateProcessImageName` (documented at `PASSIVE_LEVEL`, which
+/// post-open notifications run at; resolved at run time). A process whose handle went to
+/// System (a kernel handle) or another process is left unnamed.
+pub fn name_current(tracker: &crate::tracking::DriverTracker, process: ProcessKey) {
+    let Some(locate) = routines::se_locate_process_image_name() else {
+        return;
+    };
+    // SAFETY: always callable; the current process outlives this call.
+    let current = unsafe { wdk_sys::ntddk::IoGetCurrentProcess() };
+    // SAFETY: a live EPROCESS; any IRQL.
+    if (unsafe { wdk_sys::ntddk::PsGetProcessId(current) }) as u64 != process.pid {
+        return;
+    }
+    let mut name: *mut wdk_sys::UNICODE_STRING = core::ptr::null_mut();
+    // Docs: SeLocateProcessImageName allocates the string; the caller frees it (ExFreePool).
+    // SAFETY: a live EPROCESS and a valid out pointer; PASSIVE_LEVEL.
+    let status = unsafe { locate(current.cast(), &raw mut name) };
+    if status != STATUS_SUCCESS || name.is_null() {
+        return;
+    }
+    // SAFETY: on success `name` is a valid counted string until freed below.
+    tracker.process_started(process, callbacks::unicode_units(unsafe { &*name }));
+    // SAFETY: allocated by SeLocateProcessImageName for us; freed once.
+    unsafe { wdk_sys::ntddk::ExFreePool(name.cast()) };
+}
+
 /// Called at `PASSIVE_LEVEL` for every process creation (`create_info` set) and exit
 /// (`create_info` null) (docs: `PCREATE_PROCESS_NOTIFY_ROUTINE_EX`).
 unsafe extern "C" fn process_notify(

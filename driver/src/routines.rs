@@ -82,6 +82,10 @@ pub type KeQuerySystemTimePrecise = unsafe extern "system" fn(time: *mut LARGE_I
 /// addresses, innermost first; returns how many it wrote (at most `count`).
 pub type RtlWalkFrameChain =
     unsafe extern "system" fn(callers: *mut *mut c_void, count: u32, flags: u32) -> u32;
+/// `SeLocateProcessImageName` (docs, Vista+): the process's image path in a new string the
+/// caller frees with `ExFreePool`.
+pub type SeLocateProcessImageName =
+    unsafe extern "system" fn(process: *mut c_void, name: *mut *mut UNICODE_STRING) -> NTSTATUS;
 /// `PLOAD_IMAGE_NOTIFY_ROUTINE` (docs: `PLOAD_IMAGE_NOTIFY_ROUTINE`).
 pub type LoadImageNotifyRoutine = unsafe extern "C" fn(
     full_image_name: *mut UNICODE_STRING,
@@ -169,6 +173,8 @@ routines! {
     /// `PsInitialSystemProcess` (a data export, wdm.h): the variable holding the System
     /// process, whose handle table kernel handles go into.
     PS_INITIAL_SYSTEM_PROCESS, ps_initial_system_process: PsInitialSystemProcess = "PsInitialSystemProcess";
+    /// `SeLocateProcessImageName`, when the system has it.
+    SE_LOCATE_PROCESS_IMAGE_NAME, se_locate_process_image_name: SeLocateProcessImageName = "SeLocateProcessImageName";
     /// `RtlWalkFrameChain`, when the system has it (Wine 8 may not).
     RTL_WALK_FRAME_CHAIN, rtl_walk_frame_chain: RtlWalkFrameChain = "RtlWalkFrameChain";
     /// `PsSetLoadImageNotifyRoutine`, when the system has it.

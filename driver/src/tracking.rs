@@ -19,6 +19,17 @@ use crate::{lock::SpinLock, lookaside::LookasidePool};
 /// The tracker type of the driver.
 pub type DriverTracker = Tracker<LookasidePool, SpinLock>;
 
+// The tracker's records hold the driver's lock: each must still fit its block (a record that
+// does not fit is never allocated, and every open would be dropped).
+const _: () = assert!(
+    core::mem::size_of::<tracker::processes::Process<SpinLock>>()
+        <= tracker::processes::PROCESS_CLASS.size()
+);
+const _: () = assert!(
+    core::mem::size_of::<tracker::processes::Holding<SpinLock>>()
+        <= tracker::processes::HOLDING_CLASS.size()
+);
+
 struct Slot {
     tracker: UnsafeCell<MaybeUninit<DriverTracker>>,
     ready: AtomicBool,
@@ -48,6 +59,8 @@ pub fn start(budget: Option<u64>, key_alarm: Option<u64>) -> Result<(), NTSTATUS
     if let Some(threshold) = key_alarm {
         config.key_alarm_threshold = threshold;
     }
+    // The stack table's hash key: the interrupt time at start, which no process chooses.
+    config.hash_seed = crate::clock::interrupt_time().rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
     let pool = LookasidePool::create()?;
     // SAFETY: `start` runs once, single-threaded, before `ready` is set; the slot is unused.
     let slot = unsafe { &mut *SLOT.tracker.get() };

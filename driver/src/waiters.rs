@@ -110,8 +110,20 @@ static TABLE: Table = Table {
     dpc: UnsafeCell::new(MaybeUninit::uninit()),
 };
 
-/// Pending requests (slots in use), read without the lock by every hive-freeing event.
+/// Pending wait-free requests, read without the lock by every hive-freeing event.
 static PENDING: AtomicUsize = AtomicUsize::new(0);
+/// Pending event-stream requests, read without the lock by every event: counted apart, so
+/// that a collector always waiting costs a close or a cleanup nothing.
+static PENDING_EVENTS: AtomicUsize = AtomicUsize::new(0);
+
+/// The pending count for a request of this kind.
+const fn pending_of(events: Option<EventsWait>) -> &'static AtomicUsize {
+    if events.is_some() {
+        &PENDING_EVENTS
+    } else {
+        &PENDING
+    }
+}
 /// Set by [`init`]: the timer and DPC exist.
 static READY: AtomicBool = AtomicBool::new(false);
 /// Set by [`shutdown`]: no request is queued and the timer is not re-armed any more.
@@ -269,16 +281,18 @@ pub unsafe fn enqueue(
     let Some(index) = t.slots().iter().position(|w| w.irp.is_null()) else {
         return Queued::Now(Err(STATUS_INSUFFICIENT_RESOURCES));
     };
-    // Count ourselves before testing the hive: an event that frees it after the test sees
-    // the count and comes for the table lock, which we hold until the entry is in.
-    PENDING.fetch_add(1, Ordering::SeqCst);
+    // Count ourselves before testing the hive (or the stream): an event that frees it after
+    // the test sees the count and comes for the table lock, which we hold until the entry is
+    // in.
+    let pending = pending_of(request.events);
+    pending.fetch_add(1, Ordering::SeqCst);
     fence(Ordering::SeqCst);
     // SAFETY: `file` is the IRP's file object, referenced while its IRP is dispatched.
     if unsafe { cleaned_up(file) } {
         // Dispatched after IRP_MJ_CLEANUP of its file object (another thread's request was
         // already past the handle lookup): no handle is left to cancel it with, and a
         // pending IRP would keep the file object, and so a service stop, waiting forever.
-        PENDING.fetch_sub(1, Ordering::SeqCst);
+        pending.fetch_sub(1, Ordering::SeqCst);
         return Queued::Now(Ok(None));
     }
     let state = tracking::get().map_or(Some(WaitOutcome::Unloaded), |tr| {
@@ -290,7 +304,7 @@ pub unsafe fn enqueue(
         None => None,
     };
     if let Some(outcome) = answer_now {
-        PENDING.fetch_sub(1, Ordering::SeqCst);
+        pending.fetch_sub(1, Ordering::SeqCst);
         return Queued::Now(Ok(outcome));
     }
     // SAFETY: the IRP is ours (contract).
@@ -301,7 +315,7 @@ pub unsafe fn enqueue(
     if cancelled && unsafe { swap_cancel_routine(irp, false) } {
         // Cancelled before it was queued, and the routine was still ours: the I/O manager
         // will not call it, so we complete the IRP.
-        PENDING.fetch_sub(1, Ordering::SeqCst);
+        pending.fetch_sub(1, Ordering::SeqCst);
         return Queued::Now(Ok(None));
     }
     // Either not cancelled, or IoCancelIrp already took the routine and will call it: it
@@ -370,8 +384,8 @@ fn take_out(
         }
         out[n] = Some(Done { wait: *w, outcome });
         n += 1;
+        pending_of(w.events).fetch_sub(1, Ordering::SeqCst);
         *w = Wait::FREE;
-        PENDING.fetch_sub(1, Ordering::SeqCst);
     }
     n
 }
@@ -418,13 +432,24 @@ unsafe fn complete(w: Wait, outcome: Option<WaitOutcome>, now: u64) {
     unsafe { dispatch::complete(w.irp, status, information) };
 }
 
-/// After an event that can free a hive (a close, a process exit, an unload) or add to the
-/// event stream (an unload attempt, a key-count alarm): completes the requests that can be
-/// answered now. Costs one fence and one load when nothing waits.
+/// After an event that can free a hive (a close, a process exit, an unload): completes the
+/// wait-free requests whose hive is now free. Costs one fence and one load when nothing
+/// waits (a pending event-stream request is not counted here).
 #[inline]
 pub fn hive_may_be_free() {
     fence(Ordering::SeqCst);
     if PENDING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    complete_free_waits();
+}
+
+/// After an event of the stream (an unload attempt, a key-count alarm, a number taken for an
+/// event not stored): completes the event-stream requests that can be answered now.
+#[inline]
+pub fn events_may_be_ready() {
+    fence(Ordering::SeqCst);
+    if PENDING_EVENTS.load(Ordering::Relaxed) == 0 {
         return;
     }
     complete_free_waits();
@@ -491,9 +516,9 @@ unsafe extern "C" fn cancel_routine(_device: *mut DEVICE_OBJECT, irp: *mut IRP) 
     {
         let mut t = Locked::take();
         if let Some(w) = t.slots().iter_mut().find(|w| w.irp == irp) {
+            pending_of(w.events).fetch_sub(1, Ordering::SeqCst);
             *w = Wait::FREE;
             found = true;
-            PENDING.fetch_sub(1, Ordering::SeqCst);
         }
     }
     // Every path that empties a slot first takes the cancel routine back, so a routine that
@@ -513,7 +538,7 @@ pub fn cleanup(file: *mut c_void) {
     // (the count is read after the mark; both sides are sequentially consistent).
     // SAFETY: `file` is the cleanup IRP's file object, live during the dispatch.
     unsafe { mark_cleaned_up(file) };
-    if PENDING.load(Ordering::SeqCst) == 0 {
+    if PENDING.load(Ordering::SeqCst) == 0 && PENDING_EVENTS.load(Ordering::SeqCst) == 0 {
         return;
     }
     let mut done = [None; MAX_WAITS];
@@ -587,7 +612,7 @@ pub fn shutdown() {
             take_out(&mut t, &mut done, |_| Some(None));
         }
         complete_all(&done);
-        if PENDING.load(Ordering::SeqCst) == 0 {
+        if PENDING.load(Ordering::SeqCst) == 0 && PENDING_EVENTS.load(Ordering::SeqCst) == 0 {
             break;
         }
         // A cancel routine is between IoCancelIrp and our lock: let it finish.

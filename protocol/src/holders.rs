@@ -226,8 +226,10 @@ impl HolderKey<'_> {
     pub const STACK_EMPTY: u32 = 4;
     /// A stack was captured but could not be stored (no memory, or the stack table full).
     pub const STACK_DROPPED: u32 = 8;
+    /// Capture was on, but this open was outside its scope (another hive or image).
+    pub const STACK_OUT_OF_SCOPE: u32 = 16;
     /// Every flag this version defines.
-    pub const KNOWN_FLAGS: u32 = 15;
+    pub const KNOWN_FLAGS: u32 = 31;
     /// The name flags (the snapshot's records carry only these).
     pub const NAME_FLAGS: u32 = 3;
 }

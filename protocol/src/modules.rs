@@ -11,7 +11,10 @@
 //! Prefix: image loads not recorded so far u64 (no memory, or the process's share used).
 //! Records are tagged: a process, then its modules in load order; a process whose modules
 //! continue from the previous page is repeated with [`ModuleProcess::CONTINUED`].
-//! Process record: tag 1, 3 zero bytes, flags u32, pid u64, start key u64.
+//! Process record: tag 1, 3 zero bytes, flags u32, pid u64, start key u64, lost since u64
+//! (when the first of its image loads that could not be kept happened — its module list is
+//! full or its share used — 0 when none: from then on a frame may lie in an image not
+//! listed, over the range of an older one).
 //! Module record: tag 2, 3 zero bytes, flags u32, base u64, size u64, load time u64,
 //! image path (2+2n, as the kernel named it: `\Device\HarddiskVolume3\…\x.dll`).
 
@@ -48,6 +51,8 @@ pub struct ModuleProcess {
     pub pid: u64,
     /// Process start key.
     pub start_key: u64,
+    /// When its first image load not kept happened (0: none).
+    pub lost_since: u64,
 }
 
 impl ModuleProcess {
@@ -101,7 +106,7 @@ pub enum ModuleRecord<'a> {
 impl<'a> Codec<'a> for ModuleRecord<'a> {
     fn encoded_len(&self) -> usize {
         match self {
-            Self::Process(_) => 24,
+            Self::Process(_) => 32,
             Self::Module(m) => 32 + m.name.encoded_len(),
         }
     }
@@ -112,7 +117,8 @@ impl<'a> Codec<'a> for ModuleRecord<'a> {
                 w.zeros(3)?;
                 w.u32(p.flags)?;
                 w.u64(p.pid)?;
-                w.u64(p.start_key)
+                w.u64(p.start_key)?;
+                w.u64(p.lost_since)
             }
             Self::Module(m) => {
                 w.u8(2)?;
@@ -134,6 +140,7 @@ impl<'a> Codec<'a> for ModuleRecord<'a> {
                     flags,
                     pid: r.u64()?,
                     start_key: r.u64()?,
+                    lost_since: r.u64()?,
                 }))
             }
             2 => {

@@ -40,6 +40,8 @@ use crate::tracker::Tracker;
 pub const F_STACK_EMPTY: u32 = 1 << 12;
 /// Record flag: the stack was captured but could not be stored.
 pub const F_STACK_DROPPED: u32 = 1 << 13;
+/// Record flag: capture was on, but the open was outside its scope.
+pub const F_STACK_OUT_OF_SCOPE: u32 = 1 << 14;
 
 const STARTED: u64 = 1 << 63;
 
@@ -138,11 +140,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             CaptureScope::All => return self.holding_of_open(token).is_some(),
             CaptureScope::Hive | CaptureScope::Image => {}
         }
-        let Some(hold) = self.holding_of_open(token) else {
+        let Some(hold_ptr) = self.holding_of_open(token) else {
             return false;
         };
-        let hold = holding_of(hold);
-        self.capture.with(|scope, text| match scope {
+        let hold = holding_of(hold_ptr);
+        let wanted = self.capture.with(|scope, text| match scope {
             CaptureScope::Off => false,
             CaptureScope::All => true,
             CaptureScope::Hive => match self.hives.resolve(&self.pool, &self.names, text, false) {
@@ -159,7 +161,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 proc.image()
                     .is_some_and(|n| eq_folded(file_name(name_of(n).units()), text))
             }
-        })
+        });
+        if !wanted {
+            // Said on the record, so that a report does not call it "capture was off".
+            let (sh, idx) = split_ref(token.slot());
+            if let Some(rec) = self.objects[sh as usize].get(idx) {
+                rec.state.fetch_or(F_STACK_OUT_OF_SCOPE, Relaxed);
+            }
+        }
+        wanted
     }
 
     /// The user-mode `frames` of the open that returned `token` (innermost first; empty when
@@ -211,8 +221,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// the process lock by the caller.
     pub(crate) fn release_stack(&self, id: u32) {
         if id != 0 {
-            let capturing = self.capture.scope() != CaptureScope::Off;
-            self.stacks.release(&self.pool, id, capturing);
+            self.stacks
+                .release(&self.pool, id, || self.capture.scope() != CaptureScope::Off);
         }
     }
 
@@ -250,9 +260,18 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// An image was mapped into `process` (the load-image notification): `base`, `size`,
     /// its path as the kernel gave it (empty when it gave none), at `time`. Kept with the
-    /// process, in load order, charged to its share.
+    /// process, in load order, charged to its share — only for a process the tracker knows
+    /// (started while the driver ran: the creation notification comes before the first
+    /// thread maps its images; or one that opened a tracked key). A load never makes a
+    /// process record: one for a process whose exit was already seen (a late notification)
+    /// or never will be would live until unload. Loads not kept are counted.
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn image_loaded(&self, process: ProcessKey, base: u64, size: u64, name: &[u16], time: u64) {
+        // A process not known (or gone) keeps nothing: its name is not even interned.
+        if self.processes.with(process, |p| !p.exited.load(Relaxed)) != Some(true) {
+            bump(&self.counters.modules_dropped);
+            return;
+        }
         let interned = if name.is_empty() {
             None
         } else if let Ok(n) = self.names.intern_new(&self.pool, name) {
@@ -278,17 +297,28 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 .map_or(0, |(n, _)| name_of(n).cost());
         let kept = self
             .processes
-            .lock_process(&self.pool, process, true)
+            .lock_process(&self.pool, process, false)
             .ok()
             .and_then(|lp| {
                 let proc = process_of(lp.process);
+                if proc.exited.load(Relaxed) {
+                    return None;
+                }
+                // From the first load not kept, a frame may lie in an image not listed: the
+                // reports are told since when (the modules page's `lost_since`).
+                let note_loss = || {
+                    if proc.modules_lost_since.load(Relaxed) == 0 {
+                        proc.modules_lost_since.store(time.max(1), Relaxed);
+                    }
+                };
                 if proc.nmodules.load(Relaxed) >= MAX_MODULES
                     || proc.charged.load(Relaxed).saturating_add(charge)
                         > self.config.process_share_bytes
                 {
+                    note_loss();
                     return None;
                 }
-                let m = alloc_init(
+                let Some(m) = alloc_init(
                     &self.pool,
                     MODULE_CLASS,
                     Module {
@@ -301,7 +331,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                         ),
                         flags: AtomicU32::new(flags),
                     },
-                )?;
+                ) else {
+                    note_loss();
+                    return None;
+                };
                 match NonNull::new(proc.modules_tail.load(Relaxed)) {
                     Some(tail) => module_of(tail).next.store(m.as_ptr(), Relaxed),
                     None => proc.modules.store(m.as_ptr(), Relaxed),
@@ -446,9 +479,16 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     },
                     pid: p.key.pid,
                     start_key: p.key.start_key,
+                    lost_since: p.modules_lost_since.load(Relaxed),
                 });
-                let mut cur = p.modules.load(Relaxed);
-                let mut index = 0u64;
+                // Resume where the last page stopped in O(1) when it stopped here (the hint:
+                // modules are freed only with their process, so a hinted one is still on
+                // the list); otherwise walk to the position.
+                let hinted = u64::from(p.modules_hint_index.load(Relaxed));
+                let (mut cur, mut index) = match NonNull::new(p.modules_hint.load(Relaxed)) {
+                    Some(h) if skip != 0 && skip == hinted => (h.as_ptr(), hinted),
+                    _ => (p.modules.load(Relaxed), 0u64),
+                };
                 while index < skip {
                     let Some(m) = NonNull::new(cur) else { break };
                     cur = module_of(m).next.load(Relaxed);
@@ -479,6 +519,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                         if sent == 0 && continued {
                             progress = false;
                         }
+                        p.modules_hint.store(m.as_ptr(), Relaxed);
+                        p.modules_hint_index
+                            .store(u32::try_from(index).unwrap_or(u32::MAX), Relaxed);
                         return true;
                     }
                     sent += 1;

@@ -61,20 +61,22 @@ fn with_record<R>(e: &HistEntry, f: impl FnOnce(&UnloadRecord<'_>) -> R) -> R {
     f(&rec)
 }
 
-/// True when a process that now holds `count` keys has just reached an alarm level:
-/// `threshold` and each doubling of it.
+/// The alarm level a process holding `count` keys has reached: 0 below `threshold`, 1 from
+/// it, 2 from twice it, 3 from four times, …; always 0 when `threshold` is 0 (alarms off).
 #[must_use]
-pub const fn alarm_due(count: u64, threshold: u64) -> bool {
-    threshold != 0
-        && count >= threshold
-        && count.is_multiple_of(threshold)
-        && (count / threshold).is_power_of_two()
+pub const fn alarm_level(count: u64, threshold: u64) -> u32 {
+    if threshold == 0 || count < threshold {
+        return 0;
+    }
+    (count / threshold).ilog2() + 1
 }
 
 impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// True when an event after sequence number `after` exists (stored or missed).
     pub fn events_after(&self, after: u64) -> bool {
-        self.history.last_sequence() > after
+        // A number beyond the newest is from a previous run of the driver (numbers start
+        // at 1 again): answered at once, from the start.
+        self.history.last_sequence() != after
     }
 
     /// The sequence number of the newest event (0 before the first): a caller that reads it
@@ -108,6 +110,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             // Numbers are taken under this lock when an event is stored: any number up to
             // this one that is not in the list now was never stored.
             let newest_numbered = self.history.last_sequence();
+            // A reader's number from a previous run of the driver (beyond the newest): it
+            // reads from the start, and the new `tracking_since` tells it why.
+            let after = if after > newest_numbered { 0 } else { after };
             // The newest first: keep the `limit` oldest of those after `after`.
             let mut found: [Option<&HistEntry>; MAX_EVENTS_PER_PAGE] = [None; MAX_EVENTS_PER_PAGE];
             let mut seen = 0usize;

@@ -13,9 +13,9 @@ use core::ptr::NonNull;
 pub enum BlockClass {
     /// 64 bytes: (process, hive) records, short names.
     B64,
-    /// 128 bytes: process and hive records, names.
+    /// 128 bytes: hive records, names.
     B128,
-    /// 256 bytes: names.
+    /// 256 bytes: process records, names.
     B256,
     /// 512 bytes: unload-history entries, names.
     B512,

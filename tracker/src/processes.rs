@@ -14,6 +14,15 @@
 //! (`crate::keys`) is a leaf, taken under the hive shard by an open that fills the cache and
 //! under nothing else, and nothing is taken under it. (`opened` takes them one at a time; a
 //! destroy holds its object shard while it takes the process lock to unlink.)
+//!
+//! Issues 16 and 17 add: the capture scope's lock (`crate::capture`), taken first, under
+//! nothing, and holding the hive shard (resolving a hive scope, then the name shard) or a
+//! process lock (an image scope) under it; the stack table's lock (`crate::stacks`) and the
+//! history's lock (`crate::history`, the event stream), leaves taken under nothing and
+//! holding nothing (a stack is stored before the object shard is taken, and given back after
+//! it is released). The driver's wait table lock (`driver/src/waiters.rs`) holds the hive
+//! shard (a wait's hive test) under it; an event page is written after it is released, and
+//! no tracker lock is held when it is taken.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -28,7 +37,7 @@ const SHARDS: usize = 64;
 /// Chains per shard.
 const BUCKETS: usize = 64;
 /// Size class of a process record.
-pub const PROCESS_CLASS: BlockClass = BlockClass::B128;
+pub const PROCESS_CLASS: BlockClass = BlockClass::B256;
 /// Size class of a holding.
 pub const HOLDING_CLASS: BlockClass = BlockClass::B64;
 
@@ -70,8 +79,18 @@ pub struct Process<L> {
     pub modules_tail: AtomicPtr<crate::modules::Module>,
     /// How many.
     pub nmodules: AtomicU32,
+    /// When its first image load could not be kept (0: none; written under its lock).
+    pub modules_lost_since: AtomicU64,
+    /// Where the last modules page stopped in its list (the module and its index), so the
+    /// next page resumes there without a walk (written under its lock).
+    pub modules_hint: AtomicPtr<crate::modules::Module>,
+    /// The index of `modules_hint` (below [`crate::modules::MAX_MODULES`]).
+    pub modules_hint_index: AtomicU32,
     /// Its tracked objects that carry a captured stack (written under its lock).
     pub stacked: AtomicU32,
+    /// The highest key-count alarm level it reached (1: the threshold, 2: twice it, …; 0:
+    /// none), so that a process hovering at a level raises it once (written under its lock).
+    pub alarm_level: AtomicU32,
 }
 
 /// One process's keys in one hive.
@@ -309,7 +328,11 @@ impl<L: RawLock> ProcessTable<L> {
                         modules: AtomicPtr::new(ptr::null_mut()),
                         modules_tail: AtomicPtr::new(ptr::null_mut()),
                         nmodules: AtomicU32::new(0),
+                        modules_lost_since: AtomicU64::new(0),
+                        modules_hint: AtomicPtr::new(ptr::null_mut()),
+                        modules_hint_index: AtomicU32::new(0),
                         stacked: AtomicU32::new(0),
+                        alarm_level: AtomicU32::new(0),
                     },
                 )
                 .ok_or(NoProcess)?;

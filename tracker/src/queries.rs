@@ -106,6 +106,9 @@ fn stack_flags(rec: &ObjRecord) -> u32 {
     if s & crate::capture::F_STACK_DROPPED != 0 {
         f |= HolderKey::STACK_DROPPED;
     }
+    if s & crate::capture::F_STACK_OUT_OF_SCOPE != 0 {
+        f |= HolderKey::STACK_OUT_OF_SCOPE;
+    }
     f
 }
 

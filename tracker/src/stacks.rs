@@ -1,7 +1,7 @@
 //! Open-time user-mode stacks (issue 16), deduplicated: one entry per distinct stack,
 //! counted by the tracked objects opened from it, named to user mode by a small id.
 //!
-//! Entries are fixed 144-byte slots in 4 KiB chunks (28 a chunk, at most [`MAX_STACKS`]),
+//! Entries are fixed 152-byte slots in 4 KiB chunks (26 a chunk, at most [`MAX_STACKS`]),
 //! found by a hash of their frames through 1,024 chains of slot links; every block comes from
 //! the budgeted pool and is allocated only when capture first stores a stack. When the last
 //! stack goes with capture off (or capture is turned off with none stored) every block is
@@ -10,8 +10,11 @@
 //! table: it is taken only by opens in the capture scope, by destroys of objects that carry
 //! a stack, and by the `stacks` query, and nothing is taken under it.
 //!
-//! An id is `generation << 16 | (slot + 1)`: never 0, never a kernel address, and a stale id
-//! (the slot was freed and reused) is refused.
+//! An id is `generation << 14 | (slot + 1)`: never 0, never a kernel address. Generations come
+//! from one 18-bit counter of the table that survives the table's blocks being given back,
+//! so an id names another stack only after 262,144 more stacks were stored; a stale id is
+//! refused. The hash of the frames is keyed with a per-boot seed, so a process cannot choose
+//! return addresses that all fall in one chain.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
@@ -33,22 +36,24 @@ struct Slot {
     uses: u32,
     /// Next slot in its chain or in the free list (a slot index), or [`NIL`].
     next: u32,
-    /// Generation: bumped when the slot is freed.
-    generation: u16,
     /// Frames in use.
     len: u8,
     /// [`protocol::stacks::StackRecord`] flags.
     flags: u8,
+    /// Padding.
+    _pad: u16,
+    /// Generation: the table's counter when the slot was last taken.
+    generation: u32,
     /// Return addresses.
     frames: [u64; MAX_FRAMES],
 }
 
 const SLOT_SIZE: usize = core::mem::size_of::<Slot>();
-const _: () = assert!(SLOT_SIZE == 144);
+const _: () = assert!(SLOT_SIZE == 152);
 /// [`protocol::stacks::StackRecord::TRUNCATED`] as a slot stores it.
 #[allow(clippy::cast_possible_truncation, reason = "the flag is 1")]
 pub const TRUNCATED: u8 = protocol::stacks::StackRecord::TRUNCATED as u8;
-#[allow(clippy::cast_possible_truncation, reason = "4096 / 144 = 28")]
+#[allow(clippy::cast_possible_truncation, reason = "4096 / 152 = 26")]
 const PER_CHUNK: u32 = (CLASS.size() / SLOT_SIZE) as u32;
 #[allow(clippy::cast_possible_truncation, reason = "4096 / 8 = 512")]
 const MAX_CHUNKS: u32 = (CLASS.size() / core::mem::size_of::<usize>()) as u32;
@@ -56,6 +61,11 @@ const MAX_CHUNKS: u32 = (CLASS.size() / core::mem::size_of::<usize>()) as u32;
 pub const MAX_STACKS: u32 = PER_CHUNK * MAX_CHUNKS;
 const CHAINS: u32 = 1024;
 const NIL: u32 = u32::MAX;
+/// Bits of an id that hold the slot (+1).
+const SLOT_BITS: u32 = 14;
+/// The generation counter's range (18 bits).
+const GENERATION_MASK: u32 = (1 << (32 - SLOT_BITS)) - 1;
+const _: () = assert!(MAX_STACKS < (1 << SLOT_BITS));
 
 /// A stored stack, as read under the lock for a query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +91,10 @@ struct Inner {
     chunks: u32,
     free: u32,
     live: u32,
+    /// The next generation (kept when the blocks are given back).
+    next_generation: u32,
+    /// The hash key.
+    seed: u64,
 }
 
 /// The stack table.
@@ -97,9 +111,9 @@ unsafe impl<L: RawLock> Sync for StackTable<L> {}
 // any thread.
 unsafe impl Send for Inner {}
 
-/// FNV-1a over the frames' bytes, folded to 32 bits.
-fn hash_of(frames: &[u64], flags: u8) -> u32 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325 ^ u64::from(flags);
+/// FNV-1a over the frames' bytes, keyed with `seed`, folded to 32 bits.
+fn hash_of(frames: &[u64], flags: u8, seed: u64) -> u32 {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325 ^ u64::from(flags) ^ seed;
     for &f in frames {
         h ^= f;
         h = h.wrapping_mul(0x0000_0100_0000_01B3);
@@ -128,9 +142,20 @@ impl<L: RawLock> StackTable<L> {
                 chunks: 0,
                 free: NIL,
                 live: 0,
+                next_generation: 1,
+                seed: 0,
             }),
             count: AtomicU32::new(0),
         }
+    }
+
+    /// An empty table whose hash is keyed with `seed` (a per-boot value the opening
+    /// processes cannot know).
+    #[must_use]
+    pub fn with_seed(seed: u64) -> Self {
+        let t = Self::new();
+        t.locked(|i| i.seed = seed);
+        t
     }
 
     /// Stacks stored now.
@@ -164,8 +189,8 @@ impl<L: RawLock> StackTable<L> {
         } else {
             frames
         };
-        let hash = hash_of(frames, flags);
         self.locked(|t| {
+            let hash = hash_of(frames, flags, t.seed);
             if t.heads.is_null() && !Self::start(pool, t) {
                 return None;
             }
@@ -205,9 +230,10 @@ impl<L: RawLock> StackTable<L> {
     }
 
     /// One use of stack `id` is gone; the stack goes with its last use, and the table's
-    /// blocks with its last stack unless `keep` (capture is on: the next open would allocate
-    /// them again). A stale or foreign id is ignored (returns false).
-    pub fn release<P: Pool>(&self, pool: &P, id: u32, keep: bool) -> bool {
+    /// blocks with its last stack unless `keep` says so (capture is on: the next open would
+    /// allocate them again; asked under the table's lock, so a `trim` that ran before it
+    /// is not undone). A stale or foreign id is ignored (returns false).
+    pub fn release<P: Pool>(&self, pool: &P, id: u32, keep: impl FnOnce() -> bool) -> bool {
         self.locked(|t| {
             let Some(index) = Self::valid(t, id) else {
                 return false;
@@ -230,12 +256,11 @@ impl<L: RawLock> StackTable<L> {
             let s = Self::slot(t, index);
             // SAFETY: `link` is the link that names `index` (see the loop).
             unsafe { *link = s.next };
-            s.generation = s.generation.wrapping_add(1);
             s.next = t.free;
             t.free = index;
             t.live -= 1;
             locked_sub32(&self.count, 1);
-            if t.live == 0 && !keep {
+            if t.live == 0 && !keep() {
                 Self::stop(pool, t);
             }
             true
@@ -287,18 +312,18 @@ impl<L: RawLock> StackTable<L> {
         });
     }
 
-    const fn id_of(index: u32, generation: u16) -> u32 {
-        ((generation as u32) << 16) | (index + 1)
+    const fn id_of(index: u32, generation: u32) -> u32 {
+        ((generation & GENERATION_MASK) << SLOT_BITS) | (index + 1)
     }
 
     /// The slot `id` names while it is in use.
     fn valid(t: &Inner, id: u32) -> Option<u32> {
-        let index = (id & 0xFFFF).checked_sub(1)?;
+        let index = (id & ((1 << SLOT_BITS) - 1)).checked_sub(1)?;
         if t.heads.is_null() || index >= t.chunks * PER_CHUNK {
             return None;
         }
         let s = Self::slot(t, index);
-        (s.uses > 0 && u32::from(s.generation) == id >> 16).then_some(index)
+        (s.uses > 0 && s.generation & GENERATION_MASK == id >> SLOT_BITS).then_some(index)
     }
 
     #[allow(
@@ -361,6 +386,8 @@ impl<L: RawLock> StackTable<L> {
             chunks: 0,
             free: NIL,
             live: 0,
+            next_generation: t.next_generation,
+            seed: t.seed,
         };
     }
 
@@ -385,9 +412,10 @@ impl<L: RawLock> StackTable<L> {
                         hash: 0,
                         uses: 0,
                         next,
-                        generation: 1,
                         len: 0,
                         flags: 0,
+                        _pad: 0,
+                        generation: 0,
                         frames: [0; MAX_FRAMES],
                     });
                 }
@@ -398,7 +426,12 @@ impl<L: RawLock> StackTable<L> {
             t.free = first;
         }
         let index = t.free;
-        t.free = Self::slot(t, index).next;
+        let generation = t.next_generation;
+        t.next_generation = (generation + 1) & GENERATION_MASK;
+        let s = Self::slot(t, index);
+        s.generation = generation;
+        let next = s.next;
+        t.free = next;
         Some(index)
     }
 }

@@ -47,6 +47,8 @@ pub struct Config {
     /// ([`protocol::events`]), again at each doubling (10,000, 20,000, 40,000, …: a leak of
     /// 65,602 handles raises three); 0 turns alarms off.
     pub key_alarm_threshold: u64,
+    /// Keys the hash of stored stacks ([`crate::stacks`]); the driver gives a per-boot value.
+    pub hash_seed: u64,
 }
 
 /// The default budget: 96 MiB.
@@ -99,6 +101,7 @@ impl Default for Config {
             budget_bytes: DEFAULT_BUDGET_BYTES,
             process_share_bytes: Self::share_of(DEFAULT_BUDGET_BYTES),
             key_alarm_threshold: DEFAULT_KEY_ALARM,
+            hash_seed: 0,
         }
     }
 }
@@ -189,7 +192,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             history: History::new(),
             counters: Counters::default(),
             top_dropper: TopDropper::new(),
-            stacks: StackTable::new(),
+            stacks: StackTable::with_seed(config.hash_seed),
             capture: Capture::new(),
         })
     }
@@ -250,7 +253,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         put!(history, History::new());
         put!(counters, Counters::default());
         put!(top_dropper, TopDropper::new());
-        put!(stacks, StackTable::new());
+        put!(stacks, StackTable::with_seed(config.hash_seed));
         put!(capture, Capture::new());
         // SAFETY: every field was written above.
         Ok(unsafe { slot.assume_init_mut() })
@@ -439,7 +442,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         hive: NonNull<Hive>,
         charge: u64,
         time: u64,
-    ) -> Result<u64, NotTracked> {
+    ) -> Result<Option<u64>, NotTracked> {
         let lp = self
             .processes
             .lock_process(&self.pool, process, true)
@@ -448,6 +451,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 NotTracked::NoMemory
             })?;
         let proc = process_of(lp.process);
+        if lp.created {
+            // A process the tracker never saw start (it ran before the driver): the driver
+            // names it ([`Self::attention`]).
+            bump(&self.counters.attention);
+        }
         if !self.within_share(proc, charge) {
             return Err(NotTracked::Share);
         }
@@ -470,7 +478,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         proc.open_keys.store(count, Relaxed); // under the process lock
         locked_add64(&proc.charged, charge);
         hive_of(hive).open_keys.fetch_add(1, Relaxed);
-        Ok(count)
+        // A key-count alarm when the process reaches a level it never reached before (one
+        // compare while it is below the threshold).
+        let level = crate::events::alarm_level(count, self.config.key_alarm_threshold);
+        if level > proc.alarm_level.load(Relaxed) {
+            proc.alarm_level.store(level, Relaxed);
+            return Ok(Some(count));
+        }
+        Ok(None)
     }
 
     /// The open's key cache entry: the hit's, or (after a miss) the entry made or refreshed
@@ -633,8 +648,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             crate::losses::count(&h.lost, &h.lost_since, time);
         }
         drop(hive_guard);
-        let count = match linked {
-            Ok(count) => count,
+        let alarm = match linked {
+            Ok(alarm) => alarm,
             Err(refused) => {
                 if let Some(n) = name_ref {
                     self.names.release(&self.pool, n);
@@ -649,8 +664,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         rec.key
             .store(key.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
         rec.state.store(LIVE | flags, Release);
-        if crate::events::alarm_due(count, self.config.key_alarm_threshold) {
+        if let Some(count) = alarm {
             self.key_alarm(process, count, time);
+            bump(&self.counters.attention);
         }
         Ok(Token::new(generation, r))
     }
@@ -913,6 +929,22 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             }
             self.free_modules(modules);
         }
+    }
+
+    /// A value that changes when an open needs the driver's attention afterwards: it raised
+    /// an event (wake the event stream's readers) or made the record of a process the
+    /// tracker never saw start (name it: [`Self::image_missing`], [`Self::process_started`]).
+    /// One load; the driver reads it before and after an open.
+    pub fn attention(&self) -> u64 {
+        crate::counters::get(&self.counters.attention)
+    }
+
+    /// True when `process` is known without its image path.
+    #[inline(never)]
+    pub fn image_missing(&self, process: ProcessKey) -> bool {
+        self.processes
+            .with(process, |p| p.image().is_none())
+            .unwrap_or(false)
     }
 
     /// A process started (or was found at start-up): records its image path. Optional: a

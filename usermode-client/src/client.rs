@@ -162,7 +162,10 @@ fn key_of(k: &HolderKey<'_>, now: u64) -> HeldKey {
         stack: None,
         stack_ref: crate::model::StackRef {
             id: k.stack,
-            flags: k.flags & (HolderKey::STACK_EMPTY | HolderKey::STACK_DROPPED),
+            flags: k.flags
+                & (HolderKey::STACK_EMPTY
+                    | HolderKey::STACK_DROPPED
+                    | HolderKey::STACK_OUT_OF_SCOPE),
         },
     }
 }
@@ -504,6 +507,7 @@ impl<'t> Client<'t> {
         let mut modules_dropped = 0;
         let mut current: Option<(u64, u64)> = None;
         let modules = &mut t.modules;
+        let lost = &mut t.modules_lost_since;
         self.pages::<Modules>(&Self::plain(QueryKind::Modules, 0), |page| {
             modules_dropped = modules_dropped.max(page.prefix.dropped);
             for r in page.records() {
@@ -511,6 +515,9 @@ impl<'t> Client<'t> {
                     ModuleRecord::Process(p) => {
                         let key = (p.pid, p.start_key);
                         modules.entry(key).or_default();
+                        if p.lost_since != 0 {
+                            lost.insert(key, p.lost_since);
+                        }
                         current = Some(key);
                     }
                     ModuleRecord::Module(m) => {

@@ -248,7 +248,7 @@ pub struct HeldKey {
 pub struct StackRef {
     /// Stack id of the stacks page; 0 when none was stored.
     pub id: u32,
-    /// `STACK_EMPTY`, `STACK_DROPPED` (other bits cleared).
+    /// `STACK_EMPTY`, `STACK_DROPPED`, `STACK_OUT_OF_SCOPE` (other bits cleared).
     pub flags: u32,
 }
 
@@ -259,8 +259,8 @@ pub struct KeyStack {
     pub id: u32,
     /// What is known of it: `truncated` (outer frames not kept), `empty` (capture was on
     /// but the thread gave no user-mode frame: a kernel-mode opener, or an unreadable
-    /// stack), `dropped` (captured but not stored), `not_captured` (capture was off for
-    /// this open), `unknown_stack` (the id is not on the stacks page); empty when the
+    /// stack), `dropped` (captured but not stored), `out_of_scope` (capture was on for
+    /// another hive or image), `not_captured` (capture was off for this open), `unknown_stack` (the id is not on the stacks page); empty when the
     /// frames are complete.
     pub flags: Vec<String>,
     /// The frames, innermost first.

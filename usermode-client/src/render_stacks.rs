@@ -71,6 +71,11 @@ fn stack_header(s: &KeyStack, of: Option<(usize, usize)>) -> String {
             "opened from: not known{share} (the stack was captured but not stored: the driver's stack table was full or out of memory)"
         );
     }
+    if has("out_of_scope") {
+        return format!(
+            "opened from: not captured{share} (capture was on for another hive or image: `hivetrack capture status`)"
+        );
+    }
     if has("not_captured") {
         return format!(
             "opened from: not captured{share} (capture was off for this open: `hivetrack capture on`)"
@@ -277,7 +282,7 @@ fn notes(r: &ModulesReport, out: &mut String) {
     if w.not_captured + w.empty + w.dropped > 0 {
         let _ = writeln!(
             out,
-            "{} held key(s) without a stack: {} not captured (opened while capture was off), {} empty (a kernel-mode opener, or an unreadable stack), {} dropped (not stored).",
+            "{} held key(s) without a stack: {} not captured (opened while capture was off or outside its scope), {} empty (a kernel-mode opener, or an unreadable stack), {} dropped (not stored).",
             w.not_captured + w.empty + w.dropped,
             w.not_captured,
             w.empty,

@@ -65,6 +65,10 @@ pub struct StackTable {
     pub stacks: HashMap<u32, Stack>,
     /// Modules per process `(pid, start key)`, in load order.
     pub modules: HashMap<(u64, u64), Vec<LoadedModule>>,
+    /// Per process, when its first image load not recorded happened (its list is full):
+    /// frames of keys opened since are not attributed (an unlisted image may lie over an
+    /// older one's range).
+    pub modules_lost_since: HashMap<(u64, u64), u64>,
     /// How complete all this is.
     pub coverage: StackCoverage,
 }
@@ -106,6 +110,9 @@ impl StackTable {
         if key.stack_ref.flags & HolderKey::STACK_DROPPED != 0 {
             flags.push("dropped".to_owned());
         }
+        if key.stack_ref.flags & HolderKey::STACK_OUT_OF_SCOPE != 0 {
+            flags.push("out_of_scope".to_owned());
+        }
         let id = key.stack_ref.id;
         if id == 0 {
             if flags.is_empty() {
@@ -146,6 +153,19 @@ impl StackTable {
         open_time: u64,
         symbols: &mut dyn Symbolizer,
     ) -> Frame {
+        if let Some(&since) = self.modules_lost_since.get(&(pid, start_key))
+            && (open_time == 0 || open_time >= since)
+        {
+            return Frame {
+                address,
+                module: None,
+                offset: None,
+                symbol: None,
+                text: format!(
+                    "{address:#018x} (not attributed: the process mapped more images than the driver records)"
+                ),
+            };
+        }
         let Some(m) = self.module_at(pid, start_key, address, open_time) else {
             return Frame {
                 address,

@@ -793,7 +793,7 @@ mod engine {
         assert_eq!(stack(r"\Software\Kernel").flags, ["empty"]);
         assert_eq!(
             stack(r"\Software\Agent").flags,
-            ["not_captured"],
+            ["out_of_scope"],
             "another image"
         );
         let o = run(&t, &["--json", "modules", "HKCU"]);

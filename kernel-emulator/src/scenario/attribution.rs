@@ -287,8 +287,10 @@ fn stacks(ctx: &mut Ctx) {
         .cloned()
         .unwrap_or_default();
     ctx.check(
-        outside.len() == 1 && outside[0].1 == 0 && outside[0].2 == 0,
-        format!("the key in SOFTWARE (out of scope) carries no stack: {outside:?}"),
+        outside.len() == 1 && outside[0].1 == 0 && outside[0].2 == HolderKey::STACK_OUT_OF_SCOPE,
+        format!(
+            "the key in SOFTWARE carries no stack, and says it was outside the capture scope: {outside:?}"
+        ),
     );
     let modules = modules_of(ctx, &c);
     let listed = modules.get(&u64::from(st.explorer));

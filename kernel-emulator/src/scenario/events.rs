@@ -52,6 +52,11 @@ pub fn scenarios() -> Vec<Scenario> {
             event_overflow,
         ),
         Scenario::hivetrack(
+            "event-reader-cost",
+            "a collector keeps an events reader pending at all times: opens and closes take no more spin locks than with none (event waits are counted apart from wait-free ones)",
+            event_reader_cost,
+        ),
+        Scenario::hivetrack(
             "event-low-resources",
             "a failed unload with its holder and a reader, failing the k-th fallible call for every k: no bugcheck, no leak, every event delivered or counted as missed",
             event_low_resources,
@@ -453,4 +458,49 @@ fn event_low_resources(ctx: &mut Ctx) {
             break;
         }
     }
+}
+
+/// Spin-lock acquisitions per open+close cycle with no reader and with one events reader
+/// pending (the service keeps one pending at all times): the same (found by the review of
+/// issue 17: every close took the wait table's global lock while a reader pended).
+fn event_reader_cost(ctx: &mut Ctx) {
+    let mut d = start(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    load_profile(ctx);
+    let app = spawn(ctx, APP2);
+    let key = format!(r"{USER}\Software\Sync\State");
+    ensure_parents(app, &format!(r"{key}\x"));
+    let locks = || crate::calls::snapshot()[crate::calls::Call::SpinLock as usize];
+    let cycle = |n: u32| {
+        let before = locks();
+        for _ in 0..n {
+            if let Ok(h) = hive::open_key(app, &key, KEY_READ, true) {
+                let _ = hive::close_key(app, h);
+            }
+        }
+        #[allow(clippy::cast_precision_loss, reason = "small counts")]
+        let per = (locks() - before) as f64 / f64::from(n);
+        per
+    };
+    let quiet = cycle(1000);
+    let reader = pending(ctx, send(c.h, 0, EventsRequest::NO_TIMEOUT), "a reader");
+    let waiting = cycle(1000);
+    println!(
+        "  spin-lock acquisitions per open+close: {quiet:.2} with no reader, {waiting:.2} with one events reader pending"
+    );
+    ctx.check(
+        waiting <= quiet + 0.01,
+        format!(
+            "a pending events reader costs opens and closes nothing ({:.2} more spin-lock acquisitions per cycle)",
+            waiting - quiet
+        ),
+    );
+    if let Some(r) = reader {
+        r.cancel();
+        let _ = r;
+    }
+    process::exit_process(app);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
 }

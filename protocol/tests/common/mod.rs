@@ -92,6 +92,7 @@ pub fn module_records() -> Vec<ModuleRecord<'static>> {
             flags: ModuleProcess::EXITED,
             pid: 0x40,
             start_key: 0x0102,
+            lost_since: 77,
         }),
         ModuleRecord::Module(Module {
             flags: 0,
