@@ -71,6 +71,11 @@ pub fn scenarios() -> Vec<Scenario> {
             stacks_hostile,
         ),
         Scenario::hivetrack(
+            "stacks-image-scope",
+            "explorer.exe runs before the driver starts (no creation notification: the driver does not know its image); capture on for the image explorer.exe: its next open is captured (the driver names the process at its first tracked open, SeLocateProcessImageName) and holders shows its image; another process's open is flagged out of scope",
+            stacks_image_scope,
+        ),
+        Scenario::hivetrack(
             "stacks-low-resources",
             "the stacks workload failing its k-th fallible call for every k: no bugcheck, no leak, every stack or module not kept counted, nothing reported wrong",
             stacks_low_resources,
@@ -592,4 +597,74 @@ fn stacks_low_resources(ctx: &mut Ctx) {
             break;
         }
     }
+}
+
+fn stacks_image_scope(ctx: &mut Ctx) {
+    super::tracking::boot_hives(ctx);
+    load_profile(ctx);
+    // Started before the driver: no creation notification, so the driver never learns its
+    // image from one.
+    let explorer = spawn(ctx, SHELL);
+    let mut d = super::tracking::load_driver(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    let other = spawn(ctx, APP2);
+    let state = set_capture(ctx, &c, CaptureScope::Image, "EXPLORER.EXE");
+    ctx.check(
+        state
+            .as_ref()
+            .is_some_and(|(s, t)| *s == CaptureScope::Image && t == "EXPLORER.EXE"),
+        format!("capture is on for the image: {state:?}"),
+    );
+    let key = format!(r"{USER}\Software\Contoso\Early");
+    ensure_parents(explorer, &format!(r"{key}\x"));
+    let frames = shellext_stack(explorer, 0x1F2C);
+    let h = with_user_stack(explorer, UserStack::Frames(frames.clone()), || {
+        hive::open_key(explorer, &key, KEY_READ, true)
+    });
+    let other_key = format!(r"{USER}\Software\Sync\Other");
+    ensure_parents(other, &format!(r"{other_key}\x"));
+    let ho = hive::open_key(other, &other_key, KEY_READ, true);
+    let held = keys(ctx, &c, USER);
+    let stacks = stacks_of(ctx, &c);
+    let mine = held
+        .get(&u64::from(explorer))
+        .and_then(|ks| ks.iter().find(|k| k.0.eq_ignore_ascii_case(&key)).cloned());
+    ctx.check(
+        mine.as_ref().and_then(|k| stacks.get(&k.1)) == Some(&frames),
+        format!("the open of the explorer that ran before the driver is captured: {mine:?}"),
+    );
+    let theirs = held.get(&u64::from(other)).and_then(|ks| {
+        ks.iter()
+            .find(|k| k.0.eq_ignore_ascii_case(&other_key))
+            .cloned()
+    });
+    ctx.check(
+        theirs
+            .as_ref()
+            .is_some_and(|k| k.1 == 0 && k.2 == HolderKey::STACK_OUT_OF_SCOPE),
+        format!("another image's open is flagged out of scope: {theirs:?}"),
+    );
+    let images = c.holders(ctx, USER);
+    let named = images
+        .iter()
+        .find(|h| h.pid == u64::from(explorer))
+        .map(|h| h.image.clone());
+    ctx.check(
+        named
+            .as_deref()
+            .is_some_and(|i| i.eq_ignore_ascii_case(SHELL)),
+        format!("holders names its image, learnt at its first tracked open: {named:?}"),
+    );
+    if let Ok(h) = h {
+        let _ = hive::close_key(explorer, h);
+    }
+    if let Ok(h) = ho {
+        let _ = hive::close_key(other, h);
+    }
+    set_capture(ctx, &c, CaptureScope::Off, "");
+    process::exit_process(explorer);
+    process::exit_process(other);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
 }
