@@ -94,10 +94,17 @@ impl<L: RawLock> Capture<L> {
         f(self.scope(), &text[..n])
     }
 
+    /// Sets the scope; `since` moves only when the scope or its text changes (setting what
+    /// is already set changes nothing, so the request is idempotent).
     fn set(&self, scope: CaptureScope, text: &Text<'_>, now: u64) {
         let _g = Exclusive::new(&self.lock);
         // SAFETY: the lock is held: no other reference to the buffer exists.
         let buf = unsafe { &mut *self.text.get() };
+        let old = (self.len.load(Relaxed) as usize).min(MAX_SCOPE_UNITS);
+        if self.scope() == scope && old == text.len() && buf[..old].iter().copied().eq(text.units())
+        {
+            return;
+        }
         let mut n: u32 = 0;
         for (dst, u) in buf.iter_mut().zip(text.units()) {
             *dst = u;

@@ -40,7 +40,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![Scenario::passing(
         "ioctl-fuzz",
         Target::Hivetrack,
-        "HIVETRACK_FUZZ_INPUTS structure-aware IOCTL inputs (default 20,000; queries and the wait-free request, mutated): no poison byte, no kernel address, clean errors, decodable answers",
+        "HIVETRACK_FUZZ_INPUTS structure-aware IOCTL inputs (default 20,000; queries, the wait-free and event-stream requests, the capture IOCTL, mutated): no poison byte, no kernel address, clean errors, decodable answers",
         ioctl_fuzz,
     )]
 }
@@ -100,7 +100,46 @@ fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str)
     let wait = rng.below(8) == 0;
     let hive = &hives[rng.below(hives.len())];
     let identify = !wait && rng.below(8) == 0;
-    let (mut code, mut bytes, what) = if identify {
+    let other = if wait || identify { 3 } else { rng.below(10) };
+    let (mut code, mut bytes, what) = if other == 0 {
+        // The capture IOCTL: a get or a set of any scope, with any of the texts.
+        let scope =
+            protocol::capture::CaptureScope::from_u16(u16::try_from(rng.below(4)).unwrap_or(0))
+                .unwrap_or(protocol::capture::CaptureScope::Off);
+        let get = rng.below(3) == 0;
+        let req = protocol::capture::CaptureRequest {
+            op: if get {
+                protocol::capture::CaptureOp::Get
+            } else {
+                protocol::capture::CaptureOp::Set
+            },
+            scope: if get {
+                protocol::capture::CaptureScope::Off
+            } else {
+                scope
+            },
+            text: if !get && scope.takes_text() {
+                protocol::text::Text::Units(hive)
+            } else {
+                protocol::text::Text::EMPTY
+            },
+        };
+        let mut b = vec![0u8; 2048];
+        let len = protocol::wire::encode(&req, &mut b).unwrap_or(0);
+        b.truncate(len);
+        (protocol::ioctl::IOCTL_HIVETRACK_CAPTURE, b, "capture")
+    } else if other == 1 {
+        // The event stream, answered at once (timeout 0), from any place.
+        let req = protocol::events::EventsRequest {
+            after: [0, 1, rng.next() % 64, u64::MAX][rng.below(4)],
+            timeout_ms: 0,
+            max_records: u32::try_from(rng.below(4)).unwrap_or(0),
+        };
+        let mut b = vec![0u8; 64];
+        let len = protocol::wire::encode(&req, &mut b).unwrap_or(0);
+        b.truncate(len);
+        (protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS, b, "events")
+    } else if identify {
         // 1..=64 handle values: small ones (a process's handles), random, kernel-looking.
         let n = 1 + rng.below(protocol::identify::MAX_IDENTIFY);
         let handles: Vec<u64> = (0..n)
@@ -237,6 +276,8 @@ fn ioctl_fuzz(ctx: &mut Ctx) {
     let mut d = start(ctx);
     let Some(c) = Client::open(ctx) else { return };
     load_profile(ctx);
+    // Stacks and modules to report too: capture on for every open.
+    super::attribution::set_capture(ctx, &c, protocol::capture::CaptureScope::All, "");
     // Something to report: two processes holding keys in three hives.
     let mut held = Vec::new();
     for (n, image) in [APP1, super::tracking::APP2].into_iter().enumerate() {
@@ -281,7 +322,9 @@ fn ioctl_fuzz(ctx: &mut Ctx) {
         }
         let (code, bytes, out, what) = input(&mut rng, &hives);
         let mut poisoned = Vec::new();
-        let r = if code == IOCTL_HIVETRACK_WAIT_FREE {
+        let r = if code == IOCTL_HIVETRACK_WAIT_FREE
+            || code == protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS
+        {
             waits += 1;
             sent += 1;
             match io::device_io_control_async(c.h, code, &bytes, out, 0xA5) {

@@ -46,13 +46,15 @@ pub(crate) const APP2: &str = r"\Device\HarddiskVolume2\Program Files\Sync\profl
 pub(crate) const OUT_LEN: u32 = 64 * 1024;
 
 /// Every query the driver answers (the hostile-request and fuzz scenarios send each).
-pub(crate) const QUERY_KINDS: [QueryKind; 6] = [
+pub(crate) const QUERY_KINDS: [QueryKind; 8] = [
     QueryKind::Holders,
     QueryKind::Hives,
     QueryKind::Processes,
     QueryKind::Stats,
     QueryKind::Snapshot,
     QueryKind::UnloadHistory,
+    QueryKind::Stacks,
+    QueryKind::Modules,
 ];
 /// The tracking scenarios.
 #[must_use]
