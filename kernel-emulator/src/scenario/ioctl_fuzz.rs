@@ -95,6 +95,49 @@ fn kernel_address_in(bytes: &[u8], ranges: &[(u64, u64)]) -> Option<(usize, u64)
     })
 }
 
+/// A capture request: a get or a set of any scope, with `hive` as the text.
+fn capture_input(rng: &mut Rng, hive: &[u16]) -> (u32, Vec<u8>, &'static str) {
+    // The capture IOCTL: a get or a set of any scope, with any of the texts.
+    let scope = protocol::capture::CaptureScope::from_u16(u16::try_from(rng.below(4)).unwrap_or(0))
+        .unwrap_or(protocol::capture::CaptureScope::Off);
+    let get = rng.below(3) == 0;
+    let req = protocol::capture::CaptureRequest {
+        op: if get {
+            protocol::capture::CaptureOp::Get
+        } else {
+            protocol::capture::CaptureOp::Set
+        },
+        scope: if get {
+            protocol::capture::CaptureScope::Off
+        } else {
+            scope
+        },
+        text: if !get && scope.takes_text() {
+            protocol::text::Text::Units(hive)
+        } else {
+            protocol::text::Text::EMPTY
+        },
+    };
+    let mut b = vec![0u8; 2048];
+    let len = protocol::wire::encode(&req, &mut b).unwrap_or(0);
+    b.truncate(len);
+    (protocol::ioctl::IOCTL_HIVETRACK_CAPTURE, b, "capture")
+}
+
+/// An event-stream request answered at once (timeout 0), from any place.
+fn events_input(rng: &mut Rng) -> (u32, Vec<u8>, &'static str) {
+    // The event stream, answered at once (timeout 0), from any place.
+    let req = protocol::events::EventsRequest {
+        after: [0, 1, rng.next() % 64, u64::MAX][rng.below(4)],
+        timeout_ms: 0,
+        max_records: u32::try_from(rng.below(4)).unwrap_or(0),
+    };
+    let mut b = vec![0u8; 64];
+    let len = protocol::wire::encode(&req, &mut b).unwrap_or(0);
+    b.truncate(len);
+    (protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS, b, "events")
+}
+
 /// A valid request, then 0..=3 mutations.
 fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str) {
     let wait = rng.below(8) == 0;
@@ -102,43 +145,9 @@ fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str)
     let identify = !wait && rng.below(8) == 0;
     let other = if wait || identify { 3 } else { rng.below(10) };
     let (mut code, mut bytes, what) = if other == 0 {
-        // The capture IOCTL: a get or a set of any scope, with any of the texts.
-        let scope =
-            protocol::capture::CaptureScope::from_u16(u16::try_from(rng.below(4)).unwrap_or(0))
-                .unwrap_or(protocol::capture::CaptureScope::Off);
-        let get = rng.below(3) == 0;
-        let req = protocol::capture::CaptureRequest {
-            op: if get {
-                protocol::capture::CaptureOp::Get
-            } else {
-                protocol::capture::CaptureOp::Set
-            },
-            scope: if get {
-                protocol::capture::CaptureScope::Off
-            } else {
-                scope
-            },
-            text: if !get && scope.takes_text() {
-                protocol::text::Text::Units(hive)
-            } else {
-                protocol::text::Text::EMPTY
-            },
-        };
-        let mut b = vec![0u8; 2048];
-        let len = protocol::wire::encode(&req, &mut b).unwrap_or(0);
-        b.truncate(len);
-        (protocol::ioctl::IOCTL_HIVETRACK_CAPTURE, b, "capture")
+        capture_input(rng, hive)
     } else if other == 1 {
-        // The event stream, answered at once (timeout 0), from any place.
-        let req = protocol::events::EventsRequest {
-            after: [0, 1, rng.next() % 64, u64::MAX][rng.below(4)],
-            timeout_ms: 0,
-            max_records: u32::try_from(rng.below(4)).unwrap_or(0),
-        };
-        let mut b = vec![0u8; 64];
-        let len = protocol::wire::encode(&req, &mut b).unwrap_or(0);
-        b.truncate(len);
-        (protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS, b, "events")
+        events_input(rng)
     } else if identify {
         // 1..=64 handle values: small ones (a process's handles), random, kernel-looking.
         let n = 1 + rng.below(protocol::identify::MAX_IDENTIFY);
