@@ -13,7 +13,11 @@ pub mod commands;
 pub mod coverage;
 #[cfg(all(feature = "emulator", target_os = "linux", target_arch = "x86_64"))]
 pub mod emulator;
+pub mod event_service;
+pub mod event_sink;
+pub mod event_stream;
 pub mod fallback;
+pub mod fleet_event;
 pub mod hive_name;
 pub mod holder_identity;
 pub mod holder_now;
@@ -21,6 +25,8 @@ pub mod model;
 pub mod page_server;
 pub mod render;
 pub mod scripted;
+pub mod scripted_events;
+pub mod service_command;
 pub mod transport;
 pub mod wait;
 #[cfg(windows)]
@@ -28,11 +34,15 @@ pub mod windows;
 #[cfg(windows)]
 pub mod windows_accounts;
 #[cfg(windows)]
+pub mod windows_event_log;
+#[cfg(windows)]
 pub mod windows_fallback;
 #[cfg(windows)]
 pub mod windows_handles;
 #[cfg(windows)]
 pub mod windows_identity;
+#[cfg(windows)]
+pub mod windows_service_host;
 
 /// Process exit codes, part of the CLI's scripting contract.
 pub mod exit {
