@@ -47,9 +47,9 @@ impl<W: Write> EventSink for JsonLines<W> {
 /// Every event to each sink in turn; a sink's failure does not keep the others from
 /// their event (the first failure is returned).
 #[derive(Default)]
-pub struct Sinks(pub Vec<Box<dyn EventSink>>);
+pub struct Sinks<'a>(pub Vec<Box<dyn EventSink + 'a>>);
 
-impl EventSink for Sinks {
+impl EventSink for Sinks<'_> {
     fn emit(&mut self, event: &FleetEvent) -> Result<()> {
         let mut first = None;
         for s in &mut self.0 {

@@ -95,7 +95,7 @@ impl Transport for Shared {
     }
 }
 
-/// Opens the `--jsonl` destination.
+/// Opens the `--jsonl` destination (`-`: stdout).
 ///
 /// # Errors
 /// A file that cannot be opened for appending.
@@ -136,65 +136,83 @@ pub fn run(cmd: &ServiceCommand, g: &Global, env: &mut Env<'_>) -> Result<u8> {
             if *scm {
                 return run_under_scm(opts, jsonl.clone());
             }
-            let mut sinks = Sinks::default();
-            #[cfg(windows)]
-            sinks
-                .0
-                .push(Box::new(crate::windows_event_log::EventLogSink::open()?));
-            match jsonl.as_deref() {
-                Some(target) => sinks.0.push(jsonl_sink(target)?),
-                None if cfg!(not(windows)) => {
-                    sinks.0.push(Box::new(JsonLines::new(std::io::stdout())));
-                }
-                None => {}
-            }
-            let shared: Option<Rc<RefCell<Box<dyn Transport>>>> = if g.emulator().is_some() {
-                Some(Rc::new(RefCell::new(
-                    (env.connect)(Need::Driver).map_err(crate::commands::classify)?,
-                )))
-            } else {
-                None
-            };
-            let connect_env = &mut *env.connect;
-            let mut connect = || -> Result<Box<dyn Transport>, TransportError> {
-                shared.as_ref().map_or_else(
-                    || connect_env(Need::Driver),
-                    |s| Ok(Box::new(Shared(Rc::clone(s))) as Box<dyn Transport>),
-                )
-            };
-            let mut clock = crate::wait::SystemClock::start();
-            let keep_going = || true;
-            let (accounts, identities): (
-                &dyn crate::accounts::Accounts,
-                &dyn crate::holder_identity::Identities,
-            ) = if g.no_resolve {
-                (
-                    &crate::accounts::NoAccounts,
-                    &crate::holder_identity::NoIdentities,
-                )
-            } else {
-                (env.accounts, env.identities)
-            };
-            let mut senv = ServiceEnv {
-                connect: &mut connect,
-                sink: &mut sinks,
-                accounts,
-                identities,
-                clock: &mut clock,
-                started_at: event_service::filetime_now(),
-                keep_going: &keep_going,
-            };
-            let (code, counts) = event_service::run(opts, &mut senv)?;
-            if let Some(e) = counts.last_sink_error {
-                writeln!(
-                    env.err,
-                    "hivetrack: {} of {} event(s) could not be written: {e}",
-                    counts.sink_errors, counts.events
-                )?;
-            }
-            Ok(code)
+            run_console(opts, jsonl.as_deref(), g, env)
         }
     }
+}
+
+/// `hivetrack service run` in a console (or a test): the Event Log on Windows, JSON lines to
+/// `--jsonl` (`-`: the command's output; off Windows the default).
+fn run_console(
+    opts: ServiceOptions,
+    jsonl: Option<&str>,
+    g: &Global,
+    env: &mut Env<'_>,
+) -> Result<u8> {
+    let Env {
+        out,
+        err,
+        connect: connect_env,
+        accounts,
+        identities,
+        now,
+        clock,
+    } = env;
+    let mut sinks = Sinks::default();
+    #[cfg(windows)]
+    sinks
+        .0
+        .push(Box::new(crate::windows_event_log::EventLogSink::open()?));
+    match jsonl {
+        Some("-") => sinks.0.push(Box::new(JsonLines::new(&mut **out))),
+        Some(target) => sinks.0.push(jsonl_sink(target)?),
+        None if cfg!(not(windows)) => sinks.0.push(Box::new(JsonLines::new(&mut **out))),
+        None => {}
+    }
+    let shared: Option<Rc<RefCell<Box<dyn Transport>>>> = if g.emulator().is_some() {
+        Some(Rc::new(RefCell::new(
+            connect_env(Need::Driver).map_err(crate::commands::classify)?,
+        )))
+    } else {
+        None
+    };
+    let mut connect = || -> Result<Box<dyn Transport>, TransportError> {
+        shared.as_ref().map_or_else(
+            || connect_env(Need::Driver),
+            |s| Ok(Box::new(Shared(Rc::clone(s))) as Box<dyn Transport>),
+        )
+    };
+    let keep_going = || true;
+    let (accounts, identities): (
+        &dyn crate::accounts::Accounts,
+        &dyn crate::holder_identity::Identities,
+    ) = if g.no_resolve {
+        (
+            &crate::accounts::NoAccounts,
+            &crate::holder_identity::NoIdentities,
+        )
+    } else {
+        (*accounts, *identities)
+    };
+    let mut senv = ServiceEnv {
+        connect: &mut connect,
+        sink: &mut sinks,
+        accounts,
+        identities,
+        clock: &mut **clock,
+        started_at: *now,
+        keep_going: &keep_going,
+    };
+    let (code, counts) = event_service::run(opts, &mut senv)?;
+    drop(sinks);
+    if let Some(e) = counts.last_sink_error {
+        writeln!(
+            err,
+            "hivetrack: {} of {} event(s) could not be written: {e}",
+            counts.sink_errors, counts.events
+        )?;
+    }
+    Ok(code)
 }
 
 #[cfg(windows)]
