@@ -336,7 +336,9 @@ impl Loop<'_, '_> {
                 return Ok(Drained::Stopped);
             }
             self.rechecks_due(t);
-            let page = match wait_events(t, self.after, self.timeout_ms(), &mut self.buf) {
+            let timeout_ms = self.timeout_ms();
+            let asked_at = self.env.clock.elapsed();
+            let page = match wait_events(t, self.after, timeout_ms, &mut self.buf) {
                 Err(TransportError::Request {
                     code: ERROR_OPERATION_ABORTED,
                 }) => return Ok(Drained::Stopped),
@@ -385,6 +387,14 @@ impl Loop<'_, '_> {
             if !progressed {
                 if self.opts.once {
                     self.rechecks_due(t);
+                } else {
+                    // A driver that answers before the timeout with nothing new (it should
+                    // not) must not make the loop spin: wait out the rest here.
+                    let asked = Duration::from_millis(u64::from(timeout_ms));
+                    let waited = self.env.clock.elapsed().saturating_sub(asked_at);
+                    if waited < asked / 2 {
+                        self.env.pause(asked - waited);
+                    }
                 }
                 return Ok(Drained::Idle);
             }

@@ -599,6 +599,17 @@ fn a_driver_without_the_event_stream_is_unavailable() {
     );
 }
 
+#[test]
+fn a_driver_answering_early_does_not_make_the_loop_spin() {
+    let mut q = queue();
+    q.answers_early = true;
+    let q = q.shared();
+    let (_, events) = serve(&q, long_recheck(), 60, &NoIdentities);
+    assert_eq!(ids(&events), [1010]);
+    let n = q.borrow().requests.len();
+    assert!((5..=7).contains(&n), "{n} requests in 60 s of 10 s waits");
+}
+
 /// Answers for the policy agent only; records who was asked about.
 #[derive(Default)]
 struct StandIn {
