@@ -393,7 +393,7 @@ impl Loop<'_, '_> {
                     let asked = Duration::from_millis(u64::from(timeout_ms));
                     let waited = self.env.clock.elapsed().saturating_sub(asked_at);
                     if waited < asked / 2 {
-                        self.env.pause(asked - waited);
+                        self.env.pause(asked.saturating_sub(waited));
                     }
                 }
                 return Ok(Drained::Idle);
