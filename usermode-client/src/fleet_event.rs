@@ -232,7 +232,12 @@ fn holder_phrase(h: &EventHolder) -> String {
 }
 
 /// `2 processes held 5 keys open: a.exe (pid 1, 3 keys), b.exe (pid 2, 2 keys).`
-fn holders_sentence(holders: &[EventHolder], total: u64, keys: u64, verb: &str) -> String {
+fn holders_sentence(holders: &[EventHolder], total: u64, keys: u64, past: bool) -> String {
+    let verb = match (past, total) {
+        (true, _) => "held",
+        (false, 1) => "holds",
+        (false, _) => "hold",
+    };
     let mut s = format!(
         "{} {verb} {} open",
         plural(total, "process", "processes"),
@@ -309,7 +314,7 @@ impl FleetEvent {
             &holders,
             failure.holder_count,
             failure.key_count,
-            "held",
+            true,
         ));
         if failure.holder_count == 0 {
             message.push_str(
@@ -353,7 +358,7 @@ impl FleetEvent {
             hive_words(&failure.hive, user.as_deref()),
             failure.sequence
         );
-        message.push_str(&holders_sentence(&holders, count, key_count, "hold"));
+        message.push_str(&holders_sentence(&holders, count, key_count, false));
         message.push_str(
             " Until they close their keys the profile stays loaded (User Profile Service event 1530).",
         );

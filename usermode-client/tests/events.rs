@@ -199,6 +199,20 @@ fn every_other_event_says_what_happened() {
         r"The registry hive \REGISTRY\USER\{SID} is still held 60 s after its failed unload (hivetrack event sequence 7). 2 processes hold 5 keys open: profleak.exe"
     )), "{}", still.message);
     assert_eq!(field(&still.insertion_strings(), "HeldForSecs"), "60");
+    let one = FleetEvent::still_held(
+        &failure(1, 1),
+        None,
+        two_holders()[..1].to_vec(),
+        3,
+        60,
+        NOW,
+    );
+    assert!(
+        one.message
+            .contains("1 process holds 3 keys open: profleak.exe"),
+        "{}",
+        one.message
+    );
 
     let connected = FleetEvent::connected(TRACKING_SINCE, false, NOW);
     assert_eq!(
