@@ -205,6 +205,20 @@ fn run_console(
     };
     let (code, counts) = event_service::run(opts, &mut senv)?;
     drop(sinks);
+    let to_stdout = jsonl == Some("-") || (jsonl.is_none() && cfg!(not(windows)));
+    if !to_stdout {
+        let mut places = Vec::new();
+        if cfg!(windows) {
+            places.push(format!("the Application log (source {EVENT_SOURCE})"));
+        }
+        places.extend(jsonl.map(str::to_owned));
+        writeln!(
+            err,
+            "hivetrack: {} event(s) written to {}",
+            counts.events,
+            places.join(" and ")
+        )?;
+    }
     if let Some(e) = counts.last_sink_error {
         writeln!(
             err,

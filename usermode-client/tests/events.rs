@@ -752,6 +752,24 @@ fn service_run_once_writes_json_lines_and_exits() {
     assert_eq!(lines[1]["event_id"], 1001);
     assert_eq!(lines[1]["user"], r"CONTOSO\alice");
     assert_eq!(lines[1]["holders"][0]["image"], PROFLEAK);
+    // To a file: the lines there, a count on stderr.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let o = run_with(
+        &[
+            "service",
+            "run",
+            "--once",
+            "--jsonl",
+            file.to_str().unwrap(),
+        ],
+        |_| connect_to(&q),
+        &Contoso,
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(o.out.is_empty(), "{}", o.out);
+    assert!(o.err.contains("2 event(s) written to "), "{}", o.err);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
     // No driver at all: one 1013 line, exit 2.
     let o = run_with(
         &["service", "run", "--once", "--jsonl", "-"],
