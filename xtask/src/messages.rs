@@ -2,7 +2,8 @@
 //! `usermode-client/messages/hivetrack-events.mc` compiled with mingw's `windmc`, made a
 //! resource object with `windres` and linked by `ld` into a resource-only DLL (no code, no
 //! entry point: the Event Log loads it as a data file). Then its message table is read back
-//! and must hold exactly the message ids the `.mc` declares.
+//! and must hold exactly the message ids the `.mc` declares, and the DLL must carry it
+//! (`RT_MESSAGETABLE` 1, language 0x409, as `objdump -p` shows).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,6 +95,13 @@ pub fn build(package: &Path, work: &Path) -> Result<PathBuf> {
         bail!(
             "{} declares message ids {declared:?}, the built table holds {built:?}",
             mc.display()
+        );
+    }
+    let image = std::fs::read(&dll)?;
+    if !image.windows(bin.len()).any(|w| w == bin.as_slice()) {
+        bail!(
+            "{} does not carry the message table windmc built",
+            dll.display()
         );
     }
     Ok(dll)
