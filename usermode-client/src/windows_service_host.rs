@@ -167,12 +167,18 @@ fn cancel(slot: &Slot) {
     }
 }
 
+/// The service's exit code: 0, or service-specific 1 when the loop could not run (the
+/// Event Log source or the `--jsonl` file could not be opened).
 const fn status(state: ServiceState, accept: ServiceControlAccept, code: u32) -> ServiceStatus {
     ServiceStatus {
         service_type: ServiceType::OWN_PROCESS,
         current_state: state,
         controls_accepted: accept,
-        exit_code: ServiceExitCode::Win32(code),
+        exit_code: if code == 0 {
+            ServiceExitCode::Win32(0)
+        } else {
+            ServiceExitCode::ServiceSpecific(code)
+        },
         checkpoint: 0,
         wait_hint: Duration::from_secs(15),
         process_id: None,
