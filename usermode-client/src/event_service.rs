@@ -355,8 +355,8 @@ impl Loop<'_, '_> {
                     let e = FleetEvent::restarted(old, since, self.after, self.env.now());
                     self.env.emit(&e, &mut self.counts);
                     // Earlier sequence numbers meant the previous start: read from the start.
+                    // Pending re-checks stay: they ask about the hive as it is now.
                     self.after = 0;
-                    self.rechecks.clear();
                     self.tracking_since = Some(since);
                     self.unavailable = false;
                     continue;

@@ -674,6 +674,16 @@ fn a_hive_still_held_after_its_failed_unload_is_reported_by_the_service() {
 }
 
 #[test]
+fn a_recheck_survives_a_driver_restart() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+}
+
+#[test]
 fn a_later_successful_unload_cancels_the_recheck() {
     let mut q = queue();
     q.push(&failed_unload(&user_hive(), NOW));
