@@ -386,9 +386,9 @@ impl FleetEvent {
             format!(", at or above the driver's alarm threshold of {threshold}")
         };
         let message = format!(
-            "Process {name} (pid {}) holds {} open{threshold_words}. A process that leaks key handles keeps every hive it holds keys in loaded; `hivetrack processes` ranks the processes by open keys.",
+            "Process {name} (pid {}) reached {}{threshold_words}. A process that leaks key handles keeps every hive it holds keys in loaded; `hivetrack processes` ranks the processes by open keys.",
             holder.pid,
-            plural(holder.keys, "registry key", "registry keys"),
+            plural(holder.keys, "open registry key", "open registry keys"),
         );
         Self {
             holder_count: Some(1),

@@ -181,7 +181,7 @@ fn every_other_event_says_what_happened() {
         (1003, Level::Warning)
     );
     assert!(alarm.message.starts_with(
-        "Process leaky.exe (pid 4711) holds 65602 registry keys open, at or above the driver's alarm threshold of 10000."
+        "Process leaky.exe (pid 4711) reached 65602 open registry keys, at or above the driver's alarm threshold of 10000."
     ), "{}", alarm.message);
     assert_eq!(field(&alarm.insertion_strings(), "KeyCount"), "65602");
     assert_eq!(field(&alarm.insertion_strings(), "Hive"), "");
