@@ -195,6 +195,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 .write_all(crate::analyze::render(&a, *view, format)?.as_bytes())?;
             Ok(crate::analyze::verdict(&a, g.strict, *fail_if_held))
         }
+        Command::Service(cmd) => crate::service_command::run(cmd, g, env),
         Command::Version => {
             let connect = &mut *env.connect;
             commands::version(env.out, || connect(Need::Driver))?;

@@ -189,6 +189,10 @@ pub enum Command {
         #[arg(long)]
         fail_if_held: bool,
     },
+    /// The event service: every failed hive unload, with its holders, in the Windows Event
+    /// Log beside event 1530 (source hivetrack, Application log), or as JSON lines.
+    #[command(subcommand)]
+    Service(crate::service_command::ServiceCommand),
     /// Print the client's version and the driver's version and build.
     Version,
     /// Send one raw control code to the driver and print the answer in hex (diagnostics and

@@ -14,7 +14,11 @@ pub mod commands;
 pub mod coverage;
 #[cfg(all(feature = "emulator", target_os = "linux", target_arch = "x86_64"))]
 pub mod emulator;
+pub mod event_service;
+pub mod event_sink;
+pub mod event_stream;
 pub mod fallback;
+pub mod fleet_event;
 pub mod hive_name;
 pub mod holder_identity;
 pub mod holder_now;
@@ -24,6 +28,8 @@ pub mod page_server;
 pub mod render;
 pub mod render_stacks;
 pub mod scripted;
+pub mod scripted_events;
+pub mod service_command;
 pub mod stacks;
 pub mod symbols;
 pub mod transport;
@@ -33,6 +39,8 @@ pub mod windows;
 #[cfg(windows)]
 pub mod windows_accounts;
 #[cfg(windows)]
+pub mod windows_event_log;
+#[cfg(windows)]
 pub mod windows_fallback;
 #[cfg(windows)]
 pub mod windows_handles;
@@ -40,6 +48,8 @@ pub mod windows_handles;
 pub mod windows_identity;
 #[cfg(windows)]
 pub mod windows_symbols;
+#[cfg(windows)]
+pub mod windows_service_host;
 
 /// Process exit codes, part of the CLI's scripting contract.
 pub mod exit {

@@ -77,6 +77,9 @@ pub struct Scripted {
     pub images: Vec<(u64, String)>,
     /// The kernel cannot be asked (as a backend without `NtQueryOpenSubKeysEx`).
     pub no_kernel: bool,
+    /// The driver's event stream (`IOCTL_HIVETRACK_WAIT_EVENTS`); without it the request is
+    /// refused as an older driver refuses it.
+    pub events: Option<crate::scripted_events::SharedQueue>,
 }
 
 impl Scripted {
@@ -122,6 +125,11 @@ impl Transport for Scripted {
         self.sent.push(code);
         if let Some(Fault::Refuse(code)) = self.fault {
             return Err(TransportError::Request { code });
+        }
+        if code == protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS
+            && let Some(events) = &self.events
+        {
+            return events.borrow_mut().answer(input, output);
         }
         let starts_pass = code == protocol::ioctl::IOCTL_HIVETRACK_QUERY_HOLDERS
             && protocol::wire::decode::<protocol::request::QueryRequest<'_>>(input)

@@ -64,6 +64,12 @@ impl DeviceTransport {
             handles: None,
         })
     }
+
+    /// The device handle, for `CancelIoEx` from another thread (the event service's stop).
+    #[must_use]
+    pub const fn raw_handle(&self) -> HANDLE {
+        self.handle
+    }
 }
 
 /// How an image path is written: the native `\Device\…` form (as the driver reports

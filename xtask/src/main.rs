@@ -11,6 +11,7 @@ mod bench;
 mod cross;
 mod demo;
 mod make_check;
+mod messages;
 mod setup;
 mod soak;
 mod sweep;
@@ -179,8 +180,9 @@ fn build() -> Result<()> {
         &repo_root().join("driver/hivetrack.inx"),
         &package.join("hivetrack.inf"),
     )?;
+    messages::build(&package, &target_dir().join("messages"))?;
     eprintln!(
-        "xtask: package ready in {} ({:.0} s): hivetrack.sys, hivetrack.map, hivetrack.inf, hivetrack.exe",
+        "xtask: package ready in {} ({:.0} s): hivetrack.sys, hivetrack.map, hivetrack.inf, hivetrack.exe, hivetrack-events.dll",
         package.display(),
         started.elapsed().as_secs_f64()
     );

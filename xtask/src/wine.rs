@@ -8,7 +8,11 @@
 //! `InstallHinfSection` to `DiInstallDriver`, "Creating a primitive driver", Microsoft Learn),
 //! starts the service, drives the real CLI over `DeviceIoControl` (good and malformed
 //! requests), stops the service and proves `DriverUnload` ran (its `DbgPrint` line, and the
-//! device gone), then deletes the service and checks its key is gone.
+//! device gone), then deletes the service and checks its key is gone. Before the stop it runs
+//! `hivetrack service run --once`, `service install` (the Event Log source's key, the service
+//! `hivetracksvc` started by Wine's service manager and writing its first event to a
+//! `--jsonl` file) and `service uninstall` (both keys gone; the driver's stop that follows
+//! proves the service closed its device handle).
 //!
 //! What it cannot show: registry filtering (Wine 8's ntoskrnl has no `CmRegisterCallbackEx`, so
 //! no registry callback ever fires there), and the driver store. Wine 8 has no `pnputil` and
@@ -196,7 +200,12 @@ fn wait_for_log(dir: &Path, needle: &str, limit: Duration) -> bool {
 /// The first check that fails, with the log file that explains it.
 pub fn wine_e2e(package: &Path, work: &Path) -> Result<()> {
     let started = Instant::now();
-    for f in ["hivetrack.sys", "hivetrack.inf", "hivetrack.exe"] {
+    for f in [
+        "hivetrack.sys",
+        "hivetrack.inf",
+        "hivetrack.exe",
+        "hivetrack-events.dll",
+    ] {
         if !package.join(f).is_file() {
             bail!(
                 "{} is missing: run `cargo xtask build` first",
@@ -484,6 +493,8 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
         })(),
     )?;
 
+    service_checks(prefix, &exe, started)?;
+
     check(
         "stop the service (DriverUnload ran)",
         started,
@@ -534,4 +545,144 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
         })(),
     )?;
     Ok(())
+}
+
+/// `hivetrack service` (issue 17) under Wine, while the driver runs: `run --once` drains the
+/// stream (Wine's ntoskrnl has no registry callbacks, so there is nothing to drain: a 1010 or,
+/// from a driver without the event stream or with tracking off, a 1013 line), `install`
+/// writes the Event Log source's key and creates `hivetracksvc` (Wine's service manager
+/// starts it), `uninstall` stops it and removes both.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one linear script of checks reads best in one place"
+)]
+fn service_checks(prefix: &Prefix, exe: &str, started: Instant) -> Result<()> {
+    let source_key = r"HKLM\System\CurrentControlSet\Services\EventLog\Application\hivetrack";
+    let service_key = r"HKLM\System\CurrentControlSet\Services\hivetracksvc";
+    let jsonl = prefix.log_dir.join("hivetracksvc.jsonl");
+    check(
+        "hivetrack service run --once reads the event stream",
+        started,
+        (|| {
+            let out = prefix.run(
+                "svc-run-once",
+                &mut prefix.wine(&[exe, "service", "run", "--once", "--jsonl", "-"]),
+            )?;
+            let code = out.status.code();
+            ensure!(
+                matches!(code, Some(0 | 2)),
+                "service run --once exited {}: {}",
+                out.status,
+                stderr_of(&out)
+            );
+            let first = stdout_of(&out);
+            let line = first.lines().next().unwrap_or_default();
+            let event: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("not a JSON line: {first}"))?;
+            let id = event["event_id"].as_u64();
+            ensure!(
+                matches!(id, Some(1010 | 1013)),
+                "first event {id:?}:\n{first}"
+            );
+            eprintln!(
+                "wine-e2e: service run --once: event {} ({})",
+                id.unwrap_or(0),
+                event["message"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        })(),
+    )?;
+    check(
+        "hivetrack service install: event source key and service",
+        started,
+        (|| {
+            let _ = fs::remove_file(&jsonl);
+            prefix.run_ok(
+                "svc-install",
+                &mut prefix.wine(&[
+                    exe,
+                    "service",
+                    "install",
+                    "--still-held-after",
+                    "30",
+                    "--jsonl",
+                    &wine_path(&jsonl),
+                ]),
+            )?;
+            let source = prefix.run_ok(
+                "reg-source",
+                &mut prefix.wine(&["reg", "query", source_key]),
+            )?;
+            for want in [
+                "EventMessageFile",
+                "REG_EXPAND_SZ",
+                "hivetrack-events.dll",
+                "TypesSupported",
+                "0x7",
+            ] {
+                ensure!(
+                    source.contains(want),
+                    "event source key lacks `{want}`:\n{source}"
+                );
+            }
+            let svc = prefix.run_ok("reg-svc", &mut prefix.wine(&["reg", "query", service_key]))?;
+            for want in [
+                "ImagePath",
+                "service run --scm --still-held-after 30",
+                "Start",
+                "0x2",
+            ] {
+                ensure!(svc.contains(want), "service key lacks `{want}`:\n{svc}");
+            }
+            // Wine's service manager started it: its loop wrote its first event.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let written = loop {
+                let text = fs::read_to_string(&jsonl).unwrap_or_default();
+                if text.contains("\"event_id\":1013") || text.contains("\"event_id\":1010") {
+                    break text;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the service wrote no event to {} in 10 s",
+                    jsonl.display()
+                );
+                thread::sleep(Duration::from_millis(100));
+            };
+            let running = prefix.run_ok(
+                "sc-query-svc",
+                &mut prefix.wine(&["sc", "query", "hivetracksvc"]),
+            )?;
+            ensure!(
+                running.contains("RUNNING"),
+                "hivetracksvc is not running:\n{running}"
+            );
+            eprintln!(
+                "wine-e2e: hivetracksvc running, wrote: {}",
+                written.lines().next().unwrap_or_default()
+            );
+            Ok(())
+        })(),
+    )?;
+    check(
+        "hivetrack service uninstall removes both",
+        started,
+        (|| {
+            prefix.run_ok(
+                "svc-uninstall",
+                &mut prefix.wine(&[exe, "service", "uninstall"]),
+            )?;
+            for key in [source_key, service_key] {
+                let out = prefix.run(
+                    "reg-after-svc-uninstall",
+                    &mut prefix.wine(&["reg", "query", key]),
+                )?;
+                ensure!(
+                    !out.status.success(),
+                    "{key} is still there:\n{}",
+                    stdout_of(&out)
+                );
+            }
+            Ok(())
+        })(),
+    )
 }

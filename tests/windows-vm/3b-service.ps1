@@ -1,0 +1,88 @@
+# Step 3b: `hivetrack service` (issue 17). Installs the Event Log source and the service
+# `hivetracksvc` (with `--still-held-after 10` and a JSON lines copy in .\results\), makes a
+# hive unload fail as step 3 does, and looks for event 1001 naming the helper in the
+# Application log (its message rendered from hivetrack-events.dll, its EventData by
+# position), then 1002 once the re-check is due; stops the driver and starts it again
+# (1013/1012/1010), and uninstalls the service. Needs hivetrack-events.dll in the package.
+. "$PSScriptRoot\common.ps1"
+Assert-Admin
+$script:Failures = 0
+
+sc.exe start hivetrack 2>&1 | Out-Null   # demand start; already running is fine
+$dll = Join-Path $Package 'hivetrack-events.dll'
+Write-Result 'the message DLL is in the package' (Test-Path $dll) $dll
+$jsonl = Join-Path $Results 'service-events.jsonl'
+Remove-Item $jsonl -ErrorAction SilentlyContinue
+$since = Get-Date
+$install = Invoke-Hivetrack @('service', 'install', '--still-held-after', '10', '--jsonl', $jsonl)
+Write-Result 'service install' ($install.Code -eq 0) $install.Text
+$svc = Get-Service hivetracksvc -ErrorAction SilentlyContinue
+Write-Result 'hivetracksvc is running' ($null -ne $svc -and $svc.Status -eq 'Running') "$($svc.Status)"
+$sourceKey = 'HKLM:\SYSTEM\CurrentControlSet\Services\EventLog\Application\hivetrack'
+$source = Get-ItemProperty $sourceKey -ErrorAction SilentlyContinue
+Write-Result 'event source registered' `
+    ($null -ne $source -and $source.EventMessageFile -eq $dll -and $source.TypesSupported -eq 7) `
+    "$($source.EventMessageFile), TypesSupported $($source.TypesSupported)"
+
+function Get-Ours([int]$Id) {
+    @(Get-WinEvent -FilterHashtable @{ LogName = 'Application'; ProviderName = 'hivetrack'; Id = $Id; StartTime = $since } -ErrorAction SilentlyContinue)
+}
+
+Start-Sleep -Seconds 3
+$connected = Get-Ours 1010
+Write-Result 'event 1010: connected, tracking since' ($connected.Count -ge 1) ($connected | Select-Object -First 1 | ForEach-Object Message)
+
+# A failed unload, as in step 3.
+$work = Join-Path $env:TEMP 'hivetrack-kit'
+New-Item -ItemType Directory -Force -Path $work | Out-Null
+$hiveFile = Join-Path $work 'service.hiv'
+reg delete 'HKCU\Software\HivetrackKitSvc' /f 2>&1 | Out-Null
+reg add 'HKCU\Software\HivetrackKitSvc\Software\Policies' /f | Out-Null
+Remove-Item $hiveFile -ErrorAction SilentlyContinue
+reg save 'HKCU\Software\HivetrackKitSvc' $hiveFile /y | Out-Null
+reg delete 'HKCU\Software\HivetrackKitSvc' /f | Out-Null
+reg load 'HKU\HivetrackKitSvc' $hiveFile | Out-Null
+$helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(
+    '-NoProfile', '-Command',
+    '$k = [Microsoft.Win32.Registry]::Users.OpenSubKey("HivetrackKitSvc\Software\Policies"); Start-Sleep -Seconds 600')
+Start-Sleep -Seconds 3
+reg unload 'HKU\HivetrackKitSvc' 2>&1 | Out-Null
+Write-Result 'reg unload fails while the helper holds a key' ($LASTEXITCODE -ne 0) "exit $LASTEXITCODE"
+Start-Sleep -Seconds 3
+
+$failed = @(Get-Ours 1001 | Where-Object { $_.Properties[1].Value -like '*\HivetrackKitSvc' })
+Write-Result 'event 1001 for the test hive' ($failed.Count -ge 1) ($failed | Select-Object -First 1 | ForEach-Object Message)
+if ($failed.Count -ge 1) {
+    $p = $failed[0].Properties.Value
+    Write-Result 'EventData: Status, Holder1Pid, Holder1Image' `
+        ($p[4] -eq '0xC0000121' -and $p[14] -eq "$($helper.Id)" -and $p[15] -like '*powershell.exe') `
+        "status $($p[4]), pid $($p[14]), image $($p[15])"
+    Write-Result 'the message is rendered from hivetrack-events.dll' `
+        ($failed[0].Message -like 'The registry hive*could not be unloaded*Hive:*') $failed[0].Message
+}
+Start-Sleep -Seconds 15
+$still = @(Get-Ours 1002 | Where-Object { $_.Properties[1].Value -like '*\HivetrackKitSvc' })
+Write-Result 'event 1002: still held after the re-check delay' ($still.Count -ge 1) ($still | Select-Object -First 1 | ForEach-Object Message)
+$lines = @(Get-Content $jsonl -ErrorAction SilentlyContinue | ForEach-Object { $_ | ConvertFrom-Json })
+Write-Result 'the same events as JSON lines' (@($lines | Where-Object event_id -eq 1001).Count -ge 1) "$($lines.Count) line(s)"
+
+Stop-Process -Id $helper.Id -Force
+Start-Sleep -Seconds 2
+reg unload 'HKU\HivetrackKitSvc' | Out-Null
+Write-Result 'reg unload succeeds once the helper is gone' ($LASTEXITCODE -eq 0) "exit $LASTEXITCODE"
+
+# The driver stops (the service closes its handle within 10 s) and starts again.
+sc.exe stop hivetrack | Out-Null
+Start-Sleep -Seconds 20
+sc.exe start hivetrack | Out-Null
+Start-Sleep -Seconds 20
+Write-Result 'event 1013 while the driver was stopped' ((Get-Ours 1013).Count -ge 1) ''
+Write-Result 'event 1012: the restart was seen' ((Get-Ours 1012).Count -ge 1) ((Get-Ours 1012) | Select-Object -First 1 | ForEach-Object Message)
+
+$uninstall = Invoke-Hivetrack @('service', 'uninstall')
+Write-Result 'service uninstall' ($uninstall.Code -eq 0) $uninstall.Text
+Write-Result 'service and source are gone' `
+    ($null -eq (Get-Service hivetracksvc -ErrorAction SilentlyContinue) -and -not (Test-Path $sourceKey)) ''
+Write-Host ''
+Write-Host "Results in $Results ($script:Failures failure(s)). Next: .\4-uninstall.ps1"
+exit $script:Failures

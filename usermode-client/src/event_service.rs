@@ -1,0 +1,461 @@
+//! The loop of `hivetrack service run`: drain the driver's event stream, turn each record
+//! into a [`FleetEvent`], write it, and re-check failed unloads.
+//!
+//! - Each request asks for the events after the last sequence number seen (nothing is
+//!   persisted: a service that starts again re-reports what the driver still keeps;
+//!   `Sequence` and `TrackingSince` tell collectors the duplicates).
+//! - A request waits at most `wait` (default 10 s) in the driver. After a wait that brought
+//!   nothing the device handle is closed and opened again: a driver stop requested meanwhile
+//!   (`sc stop hivetrack`) can only complete when no handle is open.
+//! - The driver unreachable (stopped, not installed, no event stream): event 1013 once, a
+//!   new try every `retry` (default 15 s), event 1010 when connected again. A new tracking
+//!   start on any answer: event 1012, and reading starts over at sequence 0.
+//! - `missed` in an answer: event 1011.
+//! - A failed unload: event 1001, and `still_held_after` (default 60 s) after the unload,
+//!   the hive's holders are asked for again **by this service** (the driver does not
+//!   re-check): event 1002 when any process still holds a key in it (the driver's records
+//!   and the kernel's list, as `hivetrack holders` reports them). A later successful unload of
+//!   the hive, or the hive gone, cancels the re-check. With `--once` only re-checks already
+//!   due (the unload older than the delay) run.
+//! - Services of a holder (a service host's) are looked up by pid only for holders the
+//!   driver reports as running now (as `hivetrack holders` does).
+//! - Stopping: `keep_going` turns false and the service host cancels the pending request
+//!   (`CancelIoEx`); the request ends with `ERROR_OPERATION_ABORTED` and the loop returns.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::accounts::Accounts;
+use crate::client::Client;
+use crate::event_sink::EventSink;
+use crate::event_stream::{ERROR_OPERATION_ABORTED, StreamRecord, has_event_stream, wait_events};
+use crate::exit;
+use crate::fleet_event::{EventHolder, FleetEvent, UnloadFailure, failed};
+use crate::hive_name::user_sid;
+use crate::holder_identity::Identities;
+use crate::model::UNIX_EPOCH_FILETIME;
+use crate::transport::{ERROR_INVALID_FUNCTION, Transport, TransportError, wait_timeout_ms};
+use crate::wait::Clock;
+
+/// How the service runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// Drain what is there now (requests with timeout 0) and return.
+    pub once: bool,
+    /// How long after a failed unload its hive's holders are asked for again.
+    pub still_held_after: Duration,
+    /// Longest wait of one request in the driver.
+    pub wait: Duration,
+    /// Pause between tries while the driver cannot be reached.
+    pub retry: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            once: false,
+            still_held_after: Duration::from_secs(60),
+            wait: Duration::from_secs(10),
+            retry: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Opens a connection to the driver.
+pub type ConnectEvents<'a> = dyn FnMut() -> Result<Box<dyn Transport>, TransportError> + 'a;
+
+/// What the loop needs from the outside world.
+pub struct ServiceEnv<'a> {
+    /// Opens the driver (each call a new handle).
+    pub connect: &'a mut ConnectEvents<'a>,
+    /// Where events go.
+    pub sink: &'a mut dyn EventSink,
+    /// Account names of SIDs.
+    pub accounts: &'a dyn Accounts,
+    /// Services of running holders.
+    pub identities: &'a dyn Identities,
+    /// Time since the loop started; sleeps.
+    pub clock: &'a mut dyn Clock,
+    /// The wall clock (FILETIME) when `clock` read zero.
+    pub started_at: u64,
+    /// False once the service is asked to stop.
+    pub keep_going: &'a dyn Fn() -> bool,
+}
+
+impl ServiceEnv<'_> {
+    fn now(&self) -> u64 {
+        self.started_at
+            + u64::try_from(self.clock.elapsed().as_nanos() / 100).unwrap_or(u64::MAX / 4)
+    }
+
+    fn emit(&mut self, event: &FleetEvent, stats: &mut Counts) {
+        stats.events += 1;
+        if let Err(e) = self.sink.emit(event) {
+            stats.sink_errors += 1;
+            stats.last_sink_error = Some(format!("{e:#}"));
+        }
+    }
+
+    /// Sleeps `d` in slices, returning early when asked to stop.
+    fn pause(&mut self, d: Duration) {
+        let slice = Duration::from_millis(250);
+        let mut left = d;
+        while !left.is_zero() && (self.keep_going)() {
+            let step = left.min(slice);
+            self.clock.sleep(step);
+            left -= step;
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Events written (or attempted).
+    pub events: u64,
+    /// Events a sink refused.
+    pub sink_errors: u64,
+    /// The last refusal, in words.
+    pub last_sink_error: Option<String>,
+    /// Connections that reached the driver's stream.
+    pub connections: u64,
+}
+
+/// A failed unload waiting for its re-check.
+struct Recheck {
+    failure: UnloadFailure,
+    user: Option<String>,
+    /// FILETIME at which to ask.
+    due: u64,
+}
+
+/// How a connection's drain ended.
+enum Drained {
+    /// Nothing more now (the wait timed out): reconnect (or, with `--once`, return).
+    Idle,
+    /// The service stops.
+    Stopped,
+}
+
+/// FILETIME units per second.
+const SECOND: u64 = 10_000_000;
+
+fn duration_filetime(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos() / 100).unwrap_or(u64::MAX / 4)
+}
+
+struct Loop<'e, 'a> {
+    env: &'e mut ServiceEnv<'a>,
+    opts: ServiceOptions,
+    after: u64,
+    tracking_since: Option<u64>,
+    /// Event 1013 was written and no connection succeeded since.
+    unavailable: bool,
+    rechecks: Vec<Recheck>,
+    buf: Vec<u8>,
+    counts: Counts,
+}
+
+impl Loop<'_, '_> {
+    fn unavailable(&mut self, reason: &str) {
+        if !self.unavailable {
+            self.unavailable = true;
+            let retry = if self.opts.once {
+                0
+            } else {
+                self.opts.retry.as_secs().max(1)
+            };
+            let e = FleetEvent::unavailable(reason, retry, self.env.now());
+            self.env.emit(&e, &mut self.counts);
+        }
+    }
+
+    /// The holders of `mount` the driver reports as running now, `(pid, start key)`; empty
+    /// when identities cannot be looked up here (nothing would be asked).
+    fn running_holders(&self, t: &mut dyn Transport, mount: Option<&str>) -> Vec<(u64, u64)> {
+        if !self.env.identities.supported() {
+            return Vec::new();
+        }
+        let now = self.env.now();
+        let mut client = Client::new(t);
+        match mount {
+            Some(m) => client.holders(m, true, now).map_or_else(
+                |_| Vec::new(),
+                |r| {
+                    r.holders
+                        .iter()
+                        .filter(|h| !h.exited)
+                        .map(|h| (h.pid, h.start_key))
+                        .collect()
+                },
+            ),
+            None => client.processes(None).map_or_else(
+                |_| Vec::new(),
+                |r| {
+                    r.processes
+                        .iter()
+                        .filter(|p| !p.exited)
+                        .map(|p| (p.pid, p.start_key))
+                        .collect()
+                },
+            ),
+        }
+    }
+
+    fn services(&self, running: &[(u64, u64)], pid: u64, start_key: u64) -> Option<Vec<String>> {
+        if running.contains(&(pid, start_key)) {
+            self.env.identities.identity_of(pid)?.services
+        } else {
+            None
+        }
+    }
+
+    fn record(&mut self, t: &mut dyn Transport, rec: &StreamRecord, threshold: u64) {
+        if rec.is_key_alarm() {
+            let running = self.running_holders(t, None);
+            let Some(h) = rec.holders.first() else {
+                return;
+            };
+            let holder = EventHolder {
+                pid: h.pid,
+                image: h.image.clone(),
+                services: self.services(&running, h.pid, h.start_key),
+                keys: rec.open_keys,
+            };
+            let e = FleetEvent::key_alarm(holder, threshold, rec.sequence, rec.time);
+            self.env.emit(&e, &mut self.counts);
+        } else if failed(rec.outcome) {
+            let running = self.running_holders(t, Some(&rec.mount));
+            let holders = rec
+                .holders
+                .iter()
+                .map(|h| EventHolder {
+                    pid: h.pid,
+                    image: h.image.clone(),
+                    services: self.services(&running, h.pid, h.start_key),
+                    keys: h.open_keys,
+                })
+                .collect();
+            let failure = UnloadFailure {
+                hive: rec.mount.clone(),
+                status: rec.outcome,
+                holder_count: u64::from(rec.holders_total),
+                key_count: rec.open_keys,
+                holders_truncated: rec.flags & protocol::history::UnloadRecord::HOLDERS_TRUNCATED
+                    != 0,
+                sequence: rec.sequence,
+                time: rec.time,
+            };
+            let user = user_sid(&rec.mount).and_then(|sid| self.env.accounts.account_of(sid));
+            let e = FleetEvent::unload_failed(&failure, user.clone(), holders);
+            self.env.emit(&e, &mut self.counts);
+            let time = if rec.time == 0 {
+                self.env.now()
+            } else {
+                rec.time
+            };
+            self.rechecks
+                .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));
+            self.rechecks.push(Recheck {
+                failure,
+                user,
+                due: time + duration_filetime(self.opts.still_held_after),
+            });
+        } else {
+            // The hive unloaded after all: nothing to re-check.
+            self.rechecks
+                .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));
+        }
+    }
+
+    /// Asks again about every failed unload whose re-check is due.
+    fn rechecks_due(&mut self, t: &mut dyn Transport) {
+        let now = self.env.now();
+        let (due, later): (Vec<Recheck>, Vec<Recheck>) = std::mem::take(&mut self.rechecks)
+            .into_iter()
+            .partition(|r| r.due <= now);
+        self.rechecks = later;
+        for r in due {
+            let Ok(report) = Client::new(t).holders(&r.failure.hive, true, now) else {
+                continue; // the hive is gone (unloaded) or cannot be asked about
+            };
+            let lookup = self.env.identities.supported();
+            let mut holders: Vec<EventHolder> = report
+                .holders
+                .iter()
+                .map(|h| EventHolder {
+                    pid: h.pid,
+                    image: h.image.clone(),
+                    services: if lookup && !h.exited {
+                        self.env
+                            .identities
+                            .identity_of(h.pid)
+                            .and_then(|i| i.services)
+                    } else {
+                        None
+                    },
+                    keys: h.open_keys,
+                })
+                .collect();
+            holders.extend(report.untracked.iter().map(|u| EventHolder {
+                pid: u.pid,
+                image: u.image.clone(),
+                services: None,
+                keys: u.open_keys,
+            }));
+            if holders.is_empty() {
+                continue;
+            }
+            let keys = holders.iter().map(|h| h.keys).sum();
+            let since = now.saturating_sub(r.failure.time) / SECOND;
+            let e = FleetEvent::still_held(&r.failure, r.user, holders, keys, since, now);
+            self.env.emit(&e, &mut self.counts);
+        }
+    }
+
+    /// The request's timeout: the longest wait, or less when a re-check is due sooner.
+    fn timeout_ms(&self) -> u32 {
+        if self.opts.once {
+            return 0;
+        }
+        let now = self.env.now();
+        let mut wait = self.opts.wait;
+        if let Some(due) = self.rechecks.iter().map(|r| r.due).min() {
+            wait = wait.min(Duration::from_nanos(
+                due.saturating_sub(now).saturating_mul(100),
+            ));
+        }
+        wait_timeout_ms(wait).max(1)
+    }
+
+    /// Reads the stream on one connection until a wait brings nothing.
+    fn drain(&mut self, t: &mut dyn Transport) -> Result<Drained, TransportError> {
+        loop {
+            if !(self.env.keep_going)() {
+                return Ok(Drained::Stopped);
+            }
+            self.rechecks_due(t);
+            let timeout_ms = self.timeout_ms();
+            let asked_at = self.env.clock.elapsed();
+            let page = match wait_events(t, self.after, timeout_ms, &mut self.buf) {
+                Err(TransportError::Request {
+                    code: ERROR_OPERATION_ABORTED,
+                }) => return Ok(Drained::Stopped),
+                other => other?,
+            };
+            let since = page.prefix.tracking_since;
+            match self.tracking_since {
+                None => {
+                    self.counts.connections += 1;
+                    let e = FleetEvent::connected(since, false, self.env.now());
+                    self.env.emit(&e, &mut self.counts);
+                }
+                Some(old) if old != since => {
+                    let e = FleetEvent::restarted(old, since, self.after, self.env.now());
+                    self.env.emit(&e, &mut self.counts);
+                    // Earlier sequence numbers meant the previous start: read from the start.
+                    // Pending re-checks stay: they ask about the hive as it is now.
+                    self.after = 0;
+                    self.tracking_since = Some(since);
+                    self.unavailable = false;
+                    continue;
+                }
+                Some(_) if self.unavailable => {
+                    self.counts.connections += 1;
+                    let e = FleetEvent::connected(since, true, self.env.now());
+                    self.env.emit(&e, &mut self.counts);
+                }
+                Some(_) => {}
+            }
+            self.tracking_since = Some(since);
+            self.unavailable = false;
+            if page.prefix.missed > 0 {
+                let e = FleetEvent::missed(page.prefix.missed, self.after, self.env.now());
+                self.env.emit(&e, &mut self.counts);
+            }
+            let threshold = page.prefix.key_alarm_threshold;
+            let mut progressed = false;
+            for rec in &page.records {
+                if rec.sequence <= self.after {
+                    continue; // the driver must not repeat one; never report it twice
+                }
+                self.record(t, rec, threshold);
+                self.after = rec.sequence;
+                progressed = true;
+            }
+            if !progressed {
+                if self.opts.once {
+                    self.rechecks_due(t);
+                } else {
+                    // A driver that answers before the timeout with nothing new (it should
+                    // not) must not make the loop spin: wait out the rest here.
+                    let asked = Duration::from_millis(u64::from(timeout_ms));
+                    let waited = self.env.clock.elapsed().saturating_sub(asked_at);
+                    if waited < asked / 2 {
+                        self.env.pause(asked.saturating_sub(waited));
+                    }
+                }
+                return Ok(Drained::Idle);
+            }
+        }
+    }
+}
+
+/// Runs the service loop until `keep_going` turns false (or, with `once`, until the stream
+/// has nothing more now). Returns the exit code: 0, or 2 with `once` when the driver's
+/// stream could not be read.
+///
+/// # Errors
+/// None today: every failure becomes an event; the signature leaves room for a sink that
+/// must stop the service.
+pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts)> {
+    let mut l = Loop {
+        env,
+        opts,
+        after: 0,
+        tracking_since: None,
+        unavailable: false,
+        rechecks: Vec::new(),
+        buf: Vec::new(),
+        counts: Counts::default(),
+    };
+    loop {
+        if !(l.env.keep_going)() {
+            return Ok((exit::OK, l.counts));
+        }
+        let reason = match (l.env.connect)() {
+            Err(e) => e.to_string(),
+            Ok(mut t) => match has_event_stream(t.as_mut()) {
+                Ok(false) | Err(TransportError::Request { code: ERROR_INVALID_FUNCTION }) => {
+                    "the installed hivetrack.sys has no event stream (no CAP_EVENTS in its version answer): install the driver from the same package as this client".to_owned()
+                }
+                Err(e) => e.to_string(),
+                Ok(true) => match l.drain(t.as_mut()) {
+                    Ok(Drained::Stopped) => return Ok((exit::OK, l.counts)),
+                    Ok(Drained::Idle) if l.opts.once => return Ok((exit::OK, l.counts)),
+                    Ok(Drained::Idle) => continue,
+                    Err(TransportError::Request {
+                        code: ERROR_INVALID_FUNCTION,
+                    }) => "the installed hivetrack.sys does not answer IOCTL_HIVETRACK_WAIT_EVENTS: install the driver from the same package as this client".to_owned(),
+                    Err(e) => e.to_string(),
+                },
+            },
+        };
+        l.unavailable(&reason);
+        if l.opts.once {
+            return Ok((exit::DRIVER_UNAVAILABLE, l.counts));
+        }
+        let retry = l.opts.retry;
+        l.env.pause(retry);
+    }
+}
+
+/// The wall clock now, as a FILETIME.
+#[must_use]
+pub fn filetime_now() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    UNIX_EPOCH_FILETIME + u64::try_from(since.as_nanos() / 100).unwrap_or(u64::MAX / 4)
+}

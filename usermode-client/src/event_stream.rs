@@ -1,0 +1,164 @@
+//! The driver's event stream, read: `IOCTL_HIVETRACK_WAIT_EVENTS` ([`protocol::events`])
+//! sent through a [`Transport`] and its page turned into owned records.
+
+use protocol::events::{Events, EventsPrefix, EventsRequest};
+use protocol::history::UnloadRecord;
+use protocol::ioctl::{IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_WAIT_EVENTS};
+use protocol::page::Page;
+use protocol::version::VersionInfo;
+use protocol::wire::{self, DecodeError, HEADER_LEN};
+
+use crate::transport::{ERROR_INSUFFICIENT_BUFFER, ERROR_MORE_DATA, Transport, TransportError};
+
+/// Win32 `ERROR_OPERATION_ABORTED` (`STATUS_CANCELLED`): the request was cancelled
+/// (`CancelIoEx` when the service stops).
+pub const ERROR_OPERATION_ABORTED: u32 = 995;
+
+/// First output buffer of an events request; grown (4×, up to [`MAX_BUFFER`]) while the
+/// driver says one record does not fit.
+pub const INITIAL_BUFFER: usize = 16 * 1024;
+/// Largest output buffer.
+pub const MAX_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A process in a stream record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamHolder {
+    /// Process id.
+    pub pid: u64,
+    /// Process start key.
+    pub start_key: u64,
+    /// Keys it held (a key-count alarm: its open keys).
+    pub open_keys: u64,
+    /// Image path; `None` when the driver had none.
+    pub image: Option<String>,
+}
+
+/// One record of the stream: an unload attempt or a key-count alarm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamRecord {
+    /// Sequence number (1 = first since the driver's tracking started).
+    pub sequence: u64,
+    /// When (FILETIME).
+    pub time: u64,
+    /// The unload's NTSTATUS (0 for an alarm).
+    pub outcome: u32,
+    /// [`UnloadRecord`] flags.
+    pub flags: u16,
+    /// The mount point (empty for an alarm).
+    pub mount: String,
+    /// Keys open in the hive then (an alarm: the process's count).
+    pub open_keys: u64,
+    /// Processes holding keys then.
+    pub holders_total: u32,
+    /// The biggest holders (an alarm: the process).
+    pub holders: Vec<StreamHolder>,
+}
+
+impl StreamRecord {
+    /// A key-count alarm, not an unload.
+    #[must_use]
+    pub const fn is_key_alarm(&self) -> bool {
+        self.flags & UnloadRecord::KEY_ALARM != 0
+    }
+}
+
+/// One answer of the stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamPage {
+    /// The page's prefix: missed events, tracking since, alarm threshold.
+    pub prefix: EventsPrefix,
+    /// Records, oldest first (empty when the wait timed out).
+    pub records: Vec<StreamRecord>,
+    /// The sequence number to ask after next, from the page's cursor (0 when it gave none).
+    pub next_after: u64,
+}
+
+fn malformed(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Os(std::io::Error::other(format!(
+        "the driver sent a malformed events page: {e}"
+    )))
+}
+
+/// Whether the driver says it has the event stream (`VersionInfo::CAP_EVENTS`).
+///
+/// # Errors
+/// The version request's failure, or a malformed answer.
+pub fn has_event_stream(transport: &mut dyn Transport) -> Result<bool, TransportError> {
+    let mut buf = [0u8; 256];
+    let n = transport.ioctl(IOCTL_HIVETRACK_GET_VERSION, &[], &mut buf)?;
+    let v = wire::decode::<VersionInfo>(&buf[..n.min(buf.len())]).map_err(malformed)?;
+    Ok(v.has(VersionInfo::CAP_EVENTS))
+}
+
+/// Asks for the events after sequence `after`, waiting up to `timeout_ms` for one
+/// ([`EventsRequest::NO_TIMEOUT`]: until one comes or the request is cancelled).
+///
+/// # Errors
+/// The transport's failure ([`ERROR_OPERATION_ABORTED`] when cancelled), or a malformed
+/// answer (another protocol version included).
+pub fn wait_events(
+    transport: &mut dyn Transport,
+    after: u64,
+    timeout_ms: u32,
+    buf: &mut Vec<u8>,
+) -> Result<StreamPage, TransportError> {
+    let req = EventsRequest {
+        after,
+        timeout_ms,
+        max_records: 0,
+    };
+    let mut input = [0u8; 64];
+    let len = wire::encode(&req, &mut input).map_err(malformed)?;
+    if buf.len() < INITIAL_BUFFER {
+        buf.resize(INITIAL_BUFFER, 0);
+    }
+    let n = loop {
+        match transport.ioctl(IOCTL_HIVETRACK_WAIT_EVENTS, &input[..len], buf) {
+            Ok(n) => break n.min(buf.len()),
+            Err(TransportError::Request {
+                code: ERROR_INSUFFICIENT_BUFFER | ERROR_MORE_DATA,
+            }) if buf.len() < MAX_BUFFER => {
+                let grown = (buf.len() * 4).min(MAX_BUFFER);
+                buf.resize(grown, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let answer = &buf[..n];
+    if answer.len() >= HEADER_LEN
+        && let Err(DecodeError::UnsupportedVersion { found }) = wire::decode_header(answer)
+    {
+        return Err(malformed(format!(
+            "protocol version {found}, this client speaks {}",
+            protocol::PROTOCOL_VERSION
+        )));
+    }
+    let page = wire::decode::<Page<'_, Events>>(answer).map_err(malformed)?;
+    let records = page
+        .records()
+        .map(|r| StreamRecord {
+            sequence: r.sequence,
+            time: r.time,
+            outcome: r.outcome,
+            flags: r.flags,
+            mount: r.mount.to_string(),
+            open_keys: r.open_keys,
+            holders_total: r.holders_total,
+            holders: r
+                .holders
+                .iter()
+                .map(|h| StreamHolder {
+                    pid: h.pid,
+                    start_key: h.start_key,
+                    open_keys: h.open_keys,
+                    image: (!h.image.is_empty()).then(|| h.image.to_string()),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(StreamPage {
+        prefix: page.prefix,
+        records,
+        next_after: EventsRequest::after_cursor(&page.info.next),
+    })
+}

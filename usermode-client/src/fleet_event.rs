@@ -1,0 +1,561 @@
+//! hivetrack's own events (issue 17), as the Event Log and `--jsonl` get them.
+//!
+//! `hivetrack service` writes them to the Windows Event Log (source `hivetrack`,
+//! Application log, beside the User Profile Service's event 1530) and, with `--jsonl`, as
+//! JSON lines. Pure: an event is built from the driver's stream records and what the service learned
+//! (accounts, holder identities, a re-check), then turned into its message text, its
+//! Event Log insertion strings (the `EventData` of the event, in the fixed order of
+//! [`EVENT_DATA_FIELDS`] then [`HOLDER_FIELDS`] for each of [`EVENT_HOLDERS`] holders) and its
+//! JSON object (the same fields, `snake_case` as every hivetrack JSON document). The message
+//! table (`usermode-client/messages/hivetrack-events.mc`) renders `%1`, the message, followed by the
+//! fields; its message ids are [`EventId`]'s.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hive_name::user_sid;
+use crate::model::{Time, ntstatus_name, schema};
+
+/// The Event IDs (the message ids of the message table; the Event Log shows them as is:
+/// the table sets no severity or facility bits, the level is the event type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "u32", try_from = "u32")]
+pub enum EventId {
+    /// 1001, Warning: a hive unload failed; who held it.
+    UnloadFailed = 1001,
+    /// 1002, Warning: the hive is still held some time after its failed unload (the service
+    /// asks the driver again after `--still-held-after` seconds).
+    StillHeld = 1002,
+    /// 1003, Warning: a process reached the driver's key-count alarm threshold.
+    KeyAlarm = 1003,
+    /// 1010, Information: the service is connected to the driver (at start, or again after
+    /// the driver was unavailable), with since when the driver tracks.
+    Connected = 1010,
+    /// 1011, Warning: events were lost before the service read them (the driver's history
+    /// overflowed).
+    Missed = 1011,
+    /// 1012, Warning: the driver restarted (a new tracking start; sequence numbers begin
+    /// again at 1).
+    DriverRestarted = 1012,
+    /// 1013, Warning: the driver cannot be reached, or has no event stream.
+    DriverUnavailable = 1013,
+}
+
+impl EventId {
+    /// Every id, in number order.
+    pub const ALL: [Self; 7] = [
+        Self::UnloadFailed,
+        Self::StillHeld,
+        Self::KeyAlarm,
+        Self::Connected,
+        Self::Missed,
+        Self::DriverRestarted,
+        Self::DriverUnavailable,
+    ];
+
+    /// The number the Event Log shows.
+    #[must_use]
+    pub const fn number(self) -> u32 {
+        self as u32
+    }
+
+    /// Its level.
+    #[must_use]
+    pub const fn level(self) -> Level {
+        match self {
+            Self::Connected => Level::Information,
+            _ => Level::Warning,
+        }
+    }
+}
+
+impl From<EventId> for u32 {
+    fn from(id: EventId) -> Self {
+        id.number()
+    }
+}
+
+impl TryFrom<u32> for EventId {
+    type Error = String;
+    fn try_from(n: u32) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|id| id.number() == n)
+            .ok_or_else(|| format!("{n} is not a hivetrack event id"))
+    }
+}
+
+/// An event's level (the Event Log's event type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Level {
+    /// `EVENTLOG_INFORMATION_TYPE`.
+    Information,
+    /// `EVENTLOG_WARNING_TYPE`.
+    Warning,
+}
+
+/// A process named in an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventHolder {
+    /// Process id.
+    pub pid: u64,
+    /// Image path as the driver reports it; null when unknown.
+    pub image: Option<String>,
+    /// The services running in it (a service host's), looked up by pid on Windows while it
+    /// runs; null when not looked up or unknown.
+    pub services: Option<Vec<String>>,
+    /// Keys it held open in the hive (for a key-count alarm: all its open keys).
+    pub keys: u64,
+}
+
+/// One hivetrack event: the JSON line of `--jsonl` and, through [`FleetEvent::insertion_strings`],
+/// the Event Log record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetEvent {
+    /// `hivetrack.event/1`.
+    pub schema: String,
+    /// The Event ID (1001, ...).
+    pub event_id: EventId,
+    /// `Information` or `Warning`.
+    pub level: Level,
+    /// The message, as the Event Log shows it first.
+    pub message: String,
+    /// The hive's NT mount point (`\REGISTRY\USER\S-1-5-21-…-1001`); null when none.
+    pub hive: Option<String>,
+    /// The user SID of a `\REGISTRY\USER\<SID>` (or `<SID>_Classes`) hive.
+    pub sid: Option<String>,
+    /// That SID's account (`CONTOSO\alice`), resolved on Windows; null elsewhere.
+    pub user: Option<String>,
+    /// The unload's NTSTATUS (`0xC0000121`).
+    pub status: Option<String>,
+    /// Its name (`STATUS_CANNOT_DELETE`), when known.
+    pub status_name: Option<String>,
+    /// Processes that held keys in the hive (the driver's count, which may exceed
+    /// `holders`).
+    pub holder_count: Option<u64>,
+    /// Keys open in the hive (a key-count alarm: the process's open keys).
+    pub key_count: Option<u64>,
+    /// More processes held keys than `holders` lists.
+    pub holders_truncated: bool,
+    /// The biggest holders (at most [`EVENT_HOLDERS`] in the Event Log).
+    pub holders: Vec<EventHolder>,
+    /// The driver's sequence number of the record behind the event.
+    pub sequence: Option<u64>,
+    /// When it happened (the driver's record time; for the service's own events, its
+    /// clock).
+    pub time: Option<Time>,
+    /// Since when the driver tracks (connected, restarted).
+    pub tracking_since: Option<Time>,
+    /// Events lost (1011).
+    pub missed: Option<u64>,
+    /// Seconds since the failed unload (1002).
+    pub held_for_secs: Option<u64>,
+}
+
+/// The `EventData` fields every hivetrack event carries, in insertion-string order (`%1` is
+/// `Message`). Absent values are empty strings.
+pub const EVENT_DATA_FIELDS: [&str; 14] = [
+    "Message",
+    "Hive",
+    "SID",
+    "User",
+    "Status",
+    "StatusName",
+    "HolderCount",
+    "KeyCount",
+    "HoldersTruncated",
+    "Sequence",
+    "EventTime",
+    "TrackingSince",
+    "Missed",
+    "HeldForSecs",
+];
+
+/// The fields of each holder slot, after [`EVENT_DATA_FIELDS`]: holder `n` (1-based) has
+/// `HolderNPid`, `HolderNImage`, `HolderNServices`, `HolderNKeys`.
+pub const HOLDER_FIELDS: [&str; 4] = ["Pid", "Image", "Services", "Keys"];
+
+/// Holder slots in every event (the driver's unload record keeps at most 8 holders).
+pub const EVENT_HOLDERS: usize = protocol::history::MAX_UNLOAD_HOLDERS;
+
+/// Insertion strings per event.
+pub const INSERTION_STRINGS: usize = EVENT_DATA_FIELDS.len() + EVENT_HOLDERS * HOLDER_FIELDS.len();
+
+/// Every `EventData` field name in order (`Message`, …, `Holder8Keys`).
+#[must_use]
+pub fn event_data_names() -> Vec<String> {
+    let mut names: Vec<String> = EVENT_DATA_FIELDS.iter().map(|s| (*s).to_owned()).collect();
+    for n in 1..=EVENT_HOLDERS {
+        names.extend(HOLDER_FIELDS.iter().map(|f| format!("Holder{n}{f}")));
+    }
+    names
+}
+
+/// The NTSTATUS as `0xC0000121`.
+#[must_use]
+pub fn status_text(status: u32) -> String {
+    format!("0x{status:08X}")
+}
+
+/// `NT_SUCCESS`: an unload whose outcome is not a success failed (`STATUS_PENDING`, a
+/// deferred unload, is a success).
+#[must_use]
+pub const fn failed(status: u32) -> bool {
+    status >= 0x8000_0000
+}
+
+/// The file name of an image path (`profleak.exe` for `\Device\…\profleak.exe`).
+#[must_use]
+pub fn image_name(image: &str) -> &str {
+    image.rsplit(['\\', '/']).next().unwrap_or(image)
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// `profleak.exe (pid 4242, 3 keys)`, with services when known.
+fn holder_phrase(h: &EventHolder) -> String {
+    let name = h.image.as_deref().map_or("image unknown", image_name);
+    let services = match &h.services {
+        Some(s) if !s.is_empty() => format!("; services {}", s.join(", ")),
+        _ => String::new(),
+    };
+    format!(
+        "{name} (pid {}, {}{services})",
+        h.pid,
+        plural(h.keys, "key", "keys")
+    )
+}
+
+/// `2 processes held 5 keys open: a.exe (pid 1, 3 keys), b.exe (pid 2, 2 keys).`
+fn holders_sentence(holders: &[EventHolder], total: u64, keys: u64, past: bool) -> String {
+    let verb = match (past, total) {
+        (true, _) => "held",
+        (false, 1) => "holds",
+        (false, _) => "hold",
+    };
+    let mut s = format!(
+        "{} {verb} {} open",
+        plural(total, "process", "processes"),
+        plural(keys, "key", "keys")
+    );
+    if holders.is_empty() {
+        s.push('.');
+        return s;
+    }
+    s.push_str(": ");
+    s.push_str(
+        &holders
+            .iter()
+            .map(holder_phrase)
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let listed = holders.len() as u64;
+    if total > listed {
+        s.push_str(", and ");
+        s.push_str(&plural(total - listed, "more process", "more processes"));
+        s.push_str(" not listed");
+    }
+    s.push('.');
+    s
+}
+
+fn hive_words(hive: &str, user: Option<&str>) -> String {
+    user.map_or_else(|| hive.to_owned(), |u| format!("{hive} (user {u})"))
+}
+
+impl FleetEvent {
+    /// An event with only its id, level and message set.
+    #[must_use]
+    pub fn new(event_id: EventId, message: String) -> Self {
+        Self {
+            schema: schema("event"),
+            event_id,
+            level: event_id.level(),
+            message,
+            hive: None,
+            sid: None,
+            user: None,
+            status: None,
+            status_name: None,
+            holder_count: None,
+            key_count: None,
+            holders_truncated: false,
+            holders: Vec::new(),
+            sequence: None,
+            time: None,
+            tracking_since: None,
+            missed: None,
+            held_for_secs: None,
+        }
+    }
+
+    /// 1001: the unload of `hive` failed with `status`; `holders` (the biggest, as the
+    /// driver's record keeps them) of `holder_count` processes held `key_count` keys.
+    #[must_use]
+    pub fn unload_failed(
+        failure: &UnloadFailure,
+        user: Option<String>,
+        holders: Vec<EventHolder>,
+    ) -> Self {
+        let status = status_text(failure.status);
+        let name = ntstatus_name(failure.status);
+        let mut message = format!(
+            "The registry hive {} could not be unloaded ({}). ",
+            hive_words(&failure.hive, user.as_deref()),
+            name.unwrap_or(&status)
+        );
+        message.push_str(&holders_sentence(
+            &holders,
+            failure.holder_count,
+            failure.key_count,
+            true,
+        ));
+        if failure.holder_count == 0 {
+            message.push_str(
+                " No key opened since tracking started held it: keys opened before then are not in the driver's records (run `hivetrack holders` on the hive).",
+            );
+        }
+        message.push_str(
+            " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); these processes are the ones holding it.",
+        );
+        Self {
+            hive: Some(failure.hive.clone()),
+            sid: user_sid(&failure.hive).map(str::to_owned),
+            user,
+            status: Some(status),
+            status_name: name.map(str::to_owned),
+            holder_count: Some(failure.holder_count),
+            key_count: Some(failure.key_count),
+            holders_truncated: failure.holders_truncated
+                || failure.holder_count > holders.len() as u64,
+            holders,
+            sequence: Some(failure.sequence),
+            time: Time::from_filetime(failure.time),
+            ..Self::new(EventId::UnloadFailed, message)
+        }
+    }
+
+    /// 1002: `hive` is still held `held_for_secs` seconds after the failed unload with
+    /// sequence `sequence`; `holders` hold `key_count` keys now.
+    #[must_use]
+    pub fn still_held(
+        failure: &UnloadFailure,
+        user: Option<String>,
+        holders: Vec<EventHolder>,
+        key_count: u64,
+        held_for_secs: u64,
+        now: u64,
+    ) -> Self {
+        let count = holders.len() as u64;
+        let mut message = format!(
+            "The registry hive {} is still held {held_for_secs} s after its failed unload (hivetrack event sequence {}). ",
+            hive_words(&failure.hive, user.as_deref()),
+            failure.sequence
+        );
+        message.push_str(&holders_sentence(&holders, count, key_count, false));
+        message.push_str(
+            " Until they close their keys the profile stays loaded (User Profile Service event 1530).",
+        );
+        Self {
+            hive: Some(failure.hive.clone()),
+            sid: user_sid(&failure.hive).map(str::to_owned),
+            user,
+            holder_count: Some(count),
+            key_count: Some(key_count),
+            holders,
+            sequence: Some(failure.sequence),
+            time: Time::from_filetime(now),
+            held_for_secs: Some(held_for_secs),
+            ..Self::new(EventId::StillHeld, message)
+        }
+    }
+
+    /// 1003: process `holder` holds `holder.keys` keys open, at or above `threshold`.
+    #[must_use]
+    pub fn key_alarm(holder: EventHolder, threshold: u64, sequence: u64, time: u64) -> Self {
+        let name = holder.image.as_deref().map_or("image unknown", image_name);
+        let threshold_words = if threshold == 0 {
+            String::new()
+        } else {
+            format!(", at or above the driver's alarm threshold of {threshold}")
+        };
+        let message = format!(
+            "Process {name} (pid {}) reached {}{threshold_words}. A process that leaks key handles keeps every hive it holds keys in loaded; `hivetrack processes` ranks the processes by open keys.",
+            holder.pid,
+            plural(holder.keys, "open registry key", "open registry keys"),
+        );
+        Self {
+            holder_count: Some(1),
+            key_count: Some(holder.keys),
+            holders: vec![holder],
+            sequence: Some(sequence),
+            time: Time::from_filetime(time),
+            ..Self::new(EventId::KeyAlarm, message)
+        }
+    }
+
+    /// 1010: connected to the driver; `again` after it was unavailable.
+    #[must_use]
+    pub fn connected(tracking_since: u64, again: bool, now: u64) -> Self {
+        let since = Time::from_filetime(tracking_since);
+        let since_words = since.as_ref().map_or_else(
+            || "live tracking is off (run `hivetrack stats` for why)".to_owned(),
+            |t| format!("the driver tracks since {}", t.utc),
+        );
+        let message = if again {
+            format!(
+                "The hivetrack service is connected to the driver again; {since_words}. Failed hive unloads are reported from here on."
+            )
+        } else {
+            format!(
+                "The hivetrack service started and is connected to the driver; {since_words}. Failed hive unloads are reported as event 1001."
+            )
+        };
+        Self {
+            tracking_since: since,
+            time: Time::from_filetime(now),
+            ..Self::new(EventId::Connected, message)
+        }
+    }
+
+    /// 1011: `missed` events were no longer kept when the service asked.
+    #[must_use]
+    pub fn missed(missed: u64, after: u64, now: u64) -> Self {
+        let message = format!(
+            "{} after sequence {after} could not be reported: the driver no longer kept {} when the service asked (its history overflowed while the service was behind or not running). `hivetrack unload-history` lists what the driver still keeps.",
+            plural(missed, "hivetrack event", "hivetrack events"),
+            if missed == 1 { "it" } else { "them" }
+        );
+        Self {
+            missed: Some(missed),
+            time: Time::from_filetime(now),
+            ..Self::new(EventId::Missed, message)
+        }
+    }
+
+    /// 1012: the driver restarted: tracking since `new` instead of `old`; the service had
+    /// read up to `last_sequence`.
+    #[must_use]
+    pub fn restarted(old: u64, new: u64, last_sequence: u64, now: u64) -> Self {
+        let new_t = Time::from_filetime(new);
+        let message = format!(
+            "The hivetrack driver restarted: it tracks since {} (before: since {}). Sequence numbers begin again at 1; events after sequence {last_sequence} of the previous start that the service had not read are lost, and keys opened before the restart are not in the driver's records.",
+            new_t.as_ref().map_or_else(
+                || "never (live tracking is off)".to_owned(),
+                |t| t.utc.clone()
+            ),
+            Time::or_empty(old).utc,
+        );
+        Self {
+            tracking_since: new_t,
+            sequence: Some(last_sequence),
+            time: Time::from_filetime(now),
+            ..Self::new(EventId::DriverRestarted, message)
+        }
+    }
+
+    /// 1013: the driver cannot be reached (`reason`); the service retries every
+    /// `retry_secs` seconds (0: it does not, `run --once`).
+    #[must_use]
+    pub fn unavailable(reason: &str, retry_secs: u64, now: u64) -> Self {
+        let retry = if retry_secs == 0 {
+            String::new()
+        } else {
+            format!(
+                " The service tries again every {retry_secs} s and writes event 1010 when it is connected."
+            )
+        };
+        let message = format!(
+            "The hivetrack service cannot read the driver's events: {reason}.{retry} Failed hive unloads are not reported meanwhile."
+        );
+        Self {
+            time: Time::from_filetime(now),
+            ..Self::new(EventId::DriverUnavailable, message)
+        }
+    }
+
+    /// The Event Log insertion strings: [`INSERTION_STRINGS`] strings in the order of
+    /// [`event_data_names`]; absent values are empty.
+    #[must_use]
+    pub fn insertion_strings(&self) -> Vec<String> {
+        fn opt<T: ToString>(v: Option<&T>) -> String {
+            v.map(ToString::to_string).unwrap_or_default()
+        }
+        let mut s = vec![
+            self.message.clone(),
+            opt(self.hive.as_ref()),
+            opt(self.sid.as_ref()),
+            opt(self.user.as_ref()),
+            opt(self.status.as_ref()),
+            opt(self.status_name.as_ref()),
+            opt(self.holder_count.as_ref()),
+            opt(self.key_count.as_ref()),
+            if self.holder_count.is_some() {
+                self.holders_truncated.to_string()
+            } else {
+                String::new()
+            },
+            opt(self.sequence.as_ref()),
+            self.time
+                .as_ref()
+                .map(|t| t.utc.clone())
+                .unwrap_or_default(),
+            self.tracking_since
+                .as_ref()
+                .map(|t| t.utc.clone())
+                .unwrap_or_default(),
+            opt(self.missed.as_ref()),
+            opt(self.held_for_secs.as_ref()),
+        ];
+        for i in 0..EVENT_HOLDERS {
+            match self.holders.get(i) {
+                Some(h) => {
+                    s.push(h.pid.to_string());
+                    s.push(h.image.clone().unwrap_or_default());
+                    s.push(
+                        h.services
+                            .as_ref()
+                            .map(|v| v.join(", "))
+                            .unwrap_or_default(),
+                    );
+                    s.push(h.keys.to_string());
+                }
+                None => s.extend(std::iter::repeat_n(String::new(), HOLDER_FIELDS.len())),
+            }
+        }
+        s
+    }
+
+    /// The event as one JSON line (no newline).
+    ///
+    /// # Errors
+    /// Never for this type in practice (`serde_json`'s signature).
+    pub fn json_line(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
+    }
+}
+
+/// A failed unload, as the driver's record has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnloadFailure {
+    /// The NT mount point.
+    pub hive: String,
+    /// The NTSTATUS.
+    pub status: u32,
+    /// Processes holding keys then.
+    pub holder_count: u64,
+    /// Keys open then.
+    pub key_count: u64,
+    /// The record could not list every holder.
+    pub holders_truncated: bool,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// When (FILETIME).
+    pub time: u64,
+}

@@ -1,0 +1,253 @@
+//! Test support: a scripted driver event stream (`IOCTL_HIVETRACK_WAIT_EVENTS`).
+//!
+//! [`EventQueue`] keeps records as the driver's bounded history does (sequence numbers from
+//! 1, the oldest dropped past its capacity and counted as missed by a caller that asked
+//! after them, a restart as a new tracking start with sequence numbers from 1 again) and
+//! answers the request exactly as the protocol says: records after `after`, oldest first,
+//! as many as fit, or after the timeout an empty page. Time passing while a request waits is
+//! scripted as [`Step`]s, applied one by one while a request with a timeout finds nothing;
+//! the waited time is added to a shared test clock ([`SharedClock`]). Used by the
+//! [`crate::scripted::Scripted`] transport and `tests/events.rs`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use protocol::cursor::Cursor;
+use protocol::events::{Events, EventsPrefix, EventsRequest};
+use protocol::history::{UnloadHolder, UnloadHolders, UnloadRecord};
+use protocol::page::{PageInfo, PageWriter};
+use protocol::text::Text;
+use protocol::wire;
+
+use crate::event_stream::StreamRecord;
+use crate::page_server::encode_codec;
+use crate::transport::{ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_PARAMETER, TransportError};
+use crate::wait::Clock;
+
+/// What happens while a request waits and nothing is there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A record is added (its sequence number is assigned then).
+    Record(StreamRecord),
+    /// The driver restarted: tracking since this FILETIME, its history empty, sequence
+    /// numbers from 1.
+    Restart(u64),
+    /// The driver stops: this many connections fail before it is back.
+    Stop(u32),
+}
+
+/// A clock the tests advance: the scripted driver adds each wait's timeout, the service's
+/// sleeps add themselves.
+#[derive(Clone, Debug, Default)]
+pub struct SharedClock(pub Rc<Cell<Duration>>);
+
+impl Clock for SharedClock {
+    fn elapsed(&self) -> Duration {
+        self.0.get()
+    }
+    fn sleep(&mut self, d: Duration) {
+        self.0.set(self.0.get() + d);
+    }
+}
+
+/// The driver's event history, scripted.
+#[derive(Debug)]
+pub struct EventQueue {
+    /// Kept records: sequence number and encoded [`UnloadRecord`].
+    kept: VecDeque<(u64, Vec<u8>)>,
+    /// Most records kept; older ones are dropped.
+    pub capacity: usize,
+    next_sequence: u64,
+    /// When the driver's tracking started.
+    pub tracking_since: u64,
+    /// The key-count alarm threshold reported.
+    pub key_alarm_threshold: u64,
+    /// What happens while requests wait.
+    pub steps: VecDeque<Step>,
+    /// Connections to refuse before the driver is back ([`Step::Stop`]).
+    pub refuse_connects: u32,
+    /// The clock waits advance.
+    pub clock: SharedClock,
+    /// Every request: `(after, timeout_ms)`.
+    pub requests: Vec<(u64, u32)>,
+    /// Answer a wait with nothing at once instead of after its timeout (a misbehaving
+    /// driver).
+    pub answers_early: bool,
+}
+
+/// A queue shared by the scripted transports of several connections.
+pub type SharedQueue = Rc<RefCell<EventQueue>>;
+
+impl EventQueue {
+    /// An empty history of a driver tracking since `tracking_since`, keeping `capacity`
+    /// records.
+    #[must_use]
+    pub fn new(tracking_since: u64, capacity: usize) -> Self {
+        Self {
+            kept: VecDeque::new(),
+            capacity,
+            next_sequence: 1,
+            tracking_since,
+            key_alarm_threshold: 0,
+            steps: VecDeque::new(),
+            refuse_connects: 0,
+            clock: SharedClock::default(),
+            requests: Vec::new(),
+            answers_early: false,
+        }
+    }
+
+    /// The same, shared.
+    #[must_use]
+    pub fn shared(self) -> SharedQueue {
+        Rc::new(RefCell::new(self))
+    }
+
+    /// Adds `rec` now with the next sequence number (its own is ignored); returns that
+    /// number.
+    pub fn push(&mut self, rec: &StreamRecord) -> u64 {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let mount: Vec<u16> = rec.mount.encode_utf16().collect();
+        let images: Vec<Vec<u16>> = rec
+            .holders
+            .iter()
+            .map(|h| h.image.as_deref().unwrap_or("").encode_utf16().collect())
+            .collect();
+        let holders: Vec<UnloadHolder<'_>> = rec
+            .holders
+            .iter()
+            .zip(&images)
+            .map(|(h, image)| UnloadHolder {
+                pid: h.pid,
+                start_key: h.start_key,
+                open_keys: h.open_keys,
+                image: Text::Units(image),
+            })
+            .collect();
+        let bytes = encode_codec(&UnloadRecord {
+            time: rec.time,
+            outcome: rec.outcome,
+            hive_id: 0,
+            open_keys: rec.open_keys,
+            holders_total: rec.holders_total,
+            flags: rec.flags,
+            sequence,
+            mount: Text::Units(&mount),
+            holders: UnloadHolders::Slice(&holders),
+        });
+        self.kept.push_back((sequence, bytes));
+        while self.kept.len() > self.capacity {
+            self.kept.pop_front();
+        }
+        sequence
+    }
+
+    /// The driver restarted.
+    pub fn restart(&mut self, tracking_since: u64) {
+        self.kept.clear();
+        self.next_sequence = 1;
+        self.tracking_since = tracking_since;
+    }
+
+    /// Whether a connection may be made now (counts a refused one down).
+    pub const fn take_connect(&mut self) -> bool {
+        if self.refuse_connects > 0 {
+            self.refuse_connects -= 1;
+            false
+        } else {
+            true
+        }
+    }
+
+    fn apply(&mut self, step: Step) {
+        match step {
+            Step::Record(r) => {
+                self.push(&r);
+            }
+            Step::Restart(since) => self.restart(since),
+            Step::Stop(n) => self.refuse_connects += n,
+        }
+    }
+
+    /// Events after `after` that are no longer kept.
+    fn missed(&self, after: u64) -> u64 {
+        let oldest = self.kept.front().map_or(self.next_sequence, |(s, _)| *s);
+        if after >= self.next_sequence {
+            return 0; // a cursor from another start: nothing of it is known
+        }
+        oldest.saturating_sub(1).saturating_sub(after)
+    }
+
+    /// Answers `IOCTL_HIVETRACK_WAIT_EVENTS` with `input` into `out`, as the driver would.
+    ///
+    /// # Errors
+    /// `ERROR_INVALID_PARAMETER` for a malformed request, `ERROR_INSUFFICIENT_BUFFER` when
+    /// not even one record fits.
+    pub fn answer(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        let req = wire::decode::<EventsRequest>(input).map_err(|_| TransportError::Request {
+            code: ERROR_INVALID_PARAMETER,
+        })?;
+        self.requests.push((req.after, req.timeout_ms));
+        let stopped = |q: &Self| q.refuse_connects > 0;
+        while req.timeout_ms != 0
+            && !stopped(self)
+            && !self.kept.iter().any(|(s, _)| *s > req.after)
+        {
+            let Some(step) = self.steps.pop_front() else {
+                break;
+            };
+            self.apply(step);
+        }
+        let small = || TransportError::Request {
+            code: ERROR_INSUFFICIENT_BUFFER,
+        };
+        let prefix = EventsPrefix {
+            missed: self.missed(req.after),
+            tracking_since: self.tracking_since,
+            key_alarm_threshold: self.key_alarm_threshold,
+        };
+        let mut w =
+            PageWriter::<Events>::new(out, &prefix, req.max_records).map_err(|_| small())?;
+        let pending: Vec<&(u64, Vec<u8>)> =
+            self.kept.iter().filter(|(s, _)| *s > req.after).collect();
+        if pending.is_empty() && req.timeout_ms != 0 && !self.answers_early {
+            // The wait ran its course.
+            let waited = if req.timeout_ms == EventsRequest::NO_TIMEOUT {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(u64::from(req.timeout_ms))
+            };
+            self.clock.sleep(waited);
+        }
+        let mut last = req.after;
+        let mut pushed = 0usize;
+        for (seq, bytes) in &pending {
+            let rec = <UnloadRecord<'_> as protocol::page::Codec<'_>>::decode(
+                &mut wire::Reader::new(bytes),
+            )
+            .map_err(|_| small())?;
+            if !w.push(&rec) {
+                break;
+            }
+            last = *seq;
+            pushed += 1;
+        }
+        if pushed == 0 && !pending.is_empty() {
+            return Err(small());
+        }
+        let mut next = Cursor::START;
+        next.0[0] = last;
+        Ok(w.finish(&PageInfo {
+            next,
+            flags: if pushed == pending.len() {
+                PageInfo::DONE
+            } else {
+                0
+            },
+            not_recorded: 0,
+        }))
+    }
+}

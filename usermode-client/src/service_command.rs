@@ -1,0 +1,311 @@
+//! `hivetrack service install | uninstall | run`: the command line of the event service
+//! (issue 17) and what each subcommand does on this system.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+#[cfg(windows)]
+use anyhow::Context;
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::app::Env;
+use crate::cli::Global;
+use crate::commands::CliError;
+use crate::event_service::{self, ServiceEnv, ServiceOptions};
+use crate::event_sink::{EventSink, JsonLines, Sinks};
+use crate::transport::{Need, Transport, TransportError};
+
+/// The Windows service's name (the driver's own service is `hivetrack`).
+pub const SERVICE_NAME: &str = "hivetracksvc";
+/// The Event Log source: Application log, beside event 1530.
+pub const EVENT_SOURCE: &str = "hivetrack";
+/// The message table DLL, next to `hivetrack.exe`.
+pub const MESSAGE_DLL: &str = "hivetrack-events.dll";
+
+/// `hivetrack service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Register the event source `hivetrack` (Application log; message table
+    /// hivetrack-events.dll next to hivetrack.exe) and the auto-start service `hivetracksvc`
+    /// running `hivetrack service run`, and start it (Windows, as Administrator).
+    Install {
+        /// Also write every event as a JSON line to FILE.
+        #[arg(long, value_name = "FILE")]
+        jsonl: Option<PathBuf>,
+        /// Seconds after a failed unload at which the service asks for its hive's holders
+        /// again (event 1002).
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        still_held_after: u64,
+    },
+    /// Stop and delete the service and remove the event source's registration (Windows, as
+    /// Administrator). Events already logged stay in the Application log.
+    Uninstall,
+    /// Drain the driver's event stream into the Event Log (Windows) and/or JSON lines: every
+    /// failed hive unload with its holders (1001), the hive still held later (1002), key-count
+    /// alarms (1003), and the service's own state (1010-1013).
+    Run {
+        /// Write what the driver has now and exit (no waiting, no reconnecting).
+        #[arg(long)]
+        once: bool,
+        /// Write every event as a JSON line to FILE (`-`: stdout). Without it on systems
+        /// other than Windows, stdout.
+        #[arg(long, value_name = "FILE")]
+        jsonl: Option<String>,
+        /// Seconds after a failed unload at which the service asks for its hive's holders
+        /// again (event 1002).
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        still_held_after: u64,
+        /// Run under the service control manager (the command line `install` registers).
+        #[arg(long, hide = true)]
+        scm: bool,
+    },
+}
+
+/// A transport shared by every "connection" of the loop: the emulator is one machine per
+/// process, so reconnecting reuses it.
+struct Shared(Rc<RefCell<Box<dyn Transport>>>);
+
+impl Transport for Shared {
+    fn backend(&self) -> &'static str {
+        self.0.borrow().backend()
+    }
+    fn ioctl(
+        &mut self,
+        code: u32,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, TransportError> {
+        self.0.borrow_mut().ioctl(code, input, output)
+    }
+    fn missing(&self) -> &'static [&'static str] {
+        self.0.borrow().missing()
+    }
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        self.0.borrow_mut().kernel_open_keys(hive)
+    }
+    fn process_image(&mut self, pid: u64) -> Option<String> {
+        self.0.borrow_mut().process_image(pid)
+    }
+}
+
+/// Opens the `--jsonl` destination (`-`: stdout).
+///
+/// # Errors
+/// A file that cannot be opened for appending.
+pub fn jsonl_sink(target: &str) -> Result<Box<dyn EventSink>> {
+    if target == "-" {
+        return Ok(Box::new(JsonLines::new(std::io::stdout())));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(target)
+        .map_err(|e| CliError::BadArgument(format!("cannot open --jsonl {target}: {e}")))?;
+    Ok(Box::new(JsonLines::new(file)))
+}
+
+/// Runs `hivetrack service …`.
+///
+/// # Errors
+/// Bad arguments, a system that cannot do it, the service manager's or registry's refusal.
+pub fn run(cmd: &ServiceCommand, g: &Global, env: &mut Env<'_>) -> Result<u8> {
+    match cmd {
+        ServiceCommand::Install {
+            jsonl,
+            still_held_after,
+        } => install(jsonl.as_deref(), *still_held_after, env.out),
+        ServiceCommand::Uninstall => uninstall(env.out),
+        ServiceCommand::Run {
+            once,
+            jsonl,
+            still_held_after,
+            scm,
+        } => {
+            let opts = ServiceOptions {
+                once: *once,
+                still_held_after: Duration::from_secs(*still_held_after),
+                ..ServiceOptions::default()
+            };
+            if *scm {
+                return run_under_scm(opts, jsonl.clone());
+            }
+            run_console(opts, jsonl.as_deref(), g, env)
+        }
+    }
+}
+
+/// `hivetrack service run` in a console (or a test): the Event Log on Windows, JSON lines to
+/// `--jsonl` (`-`: the command's output; off Windows the default).
+fn run_console(
+    opts: ServiceOptions,
+    jsonl: Option<&str>,
+    g: &Global,
+    env: &mut Env<'_>,
+) -> Result<u8> {
+    let Env {
+        out,
+        err,
+        connect: connect_env,
+        accounts,
+        identities,
+        now,
+        clock,
+    } = env;
+    let mut sinks = Sinks::default();
+    #[cfg(windows)]
+    sinks
+        .0
+        .push(Box::new(crate::windows_event_log::EventLogSink::open()?));
+    match jsonl {
+        Some("-") => sinks.0.push(Box::new(JsonLines::new(&mut **out))),
+        Some(target) => sinks.0.push(jsonl_sink(target)?),
+        None if cfg!(not(windows)) => sinks.0.push(Box::new(JsonLines::new(&mut **out))),
+        None => {}
+    }
+    let shared: Option<Rc<RefCell<Box<dyn Transport>>>> = if g.emulator().is_some() {
+        Some(Rc::new(RefCell::new(
+            connect_env(Need::Driver).map_err(crate::commands::classify)?,
+        )))
+    } else {
+        None
+    };
+    let mut connect = || -> Result<Box<dyn Transport>, TransportError> {
+        shared.as_ref().map_or_else(
+            || connect_env(Need::Driver),
+            |s| Ok(Box::new(Shared(Rc::clone(s))) as Box<dyn Transport>),
+        )
+    };
+    let keep_going = || true;
+    let (accounts, identities): (
+        &dyn crate::accounts::Accounts,
+        &dyn crate::holder_identity::Identities,
+    ) = if g.no_resolve {
+        (
+            &crate::accounts::NoAccounts,
+            &crate::holder_identity::NoIdentities,
+        )
+    } else {
+        (*accounts, *identities)
+    };
+    let mut senv = ServiceEnv {
+        connect: &mut connect,
+        sink: &mut sinks,
+        accounts,
+        identities,
+        clock: &mut **clock,
+        started_at: *now,
+        keep_going: &keep_going,
+    };
+    let (code, counts) = event_service::run(opts, &mut senv)?;
+    drop(sinks);
+    let to_stdout = jsonl == Some("-") || (jsonl.is_none() && cfg!(not(windows)));
+    if !to_stdout {
+        let mut places = Vec::new();
+        if cfg!(windows) {
+            places.push(format!("the Application log (source {EVENT_SOURCE})"));
+        }
+        places.extend(jsonl.map(str::to_owned));
+        writeln!(
+            err,
+            "hivetrack: {} event(s) written to {}",
+            counts.events,
+            places.join(" and ")
+        )?;
+    }
+    if let Some(e) = counts.last_sink_error {
+        writeln!(
+            err,
+            "hivetrack: {} of {} event(s) could not be written: {e}",
+            counts.sink_errors, counts.events
+        )?;
+    }
+    Ok(code)
+}
+
+#[cfg(windows)]
+fn install(
+    jsonl: Option<&std::path::Path>,
+    still_held_after: u64,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let exe = std::env::current_exe().context("cannot tell where hivetrack.exe is")?;
+    let dll = exe.with_file_name(MESSAGE_DLL);
+    if !dll.is_file() {
+        return Err(CliError::BadArgument(format!(
+            "{} is missing: copy it from the package folder next to {} (it holds the event messages)",
+            dll.display(),
+            exe.display()
+        ))
+        .into());
+    }
+    crate::windows_event_log::register_source(&dll)?;
+    writeln!(
+        out,
+        "Registered event source {EVENT_SOURCE} (Application log), messages in {}",
+        dll.display()
+    )?;
+    crate::windows_service_host::install(&exe, jsonl, still_held_after)?;
+    writeln!(
+        out,
+        "Installed and started service {SERVICE_NAME} (automatic start, LocalSystem): {} service run --scm",
+        exe.display()
+    )?;
+    Ok(crate::exit::OK)
+}
+
+#[cfg(not(windows))]
+fn install(_: Option<&std::path::Path>, _: u64, _: &mut dyn Write) -> Result<u8> {
+    Err(not_windows("install"))
+}
+
+#[cfg(windows)]
+fn uninstall(out: &mut dyn Write) -> Result<u8> {
+    let service = crate::windows_service_host::uninstall();
+    let source = crate::windows_event_log::unregister_source();
+    match &service {
+        Ok(()) => writeln!(out, "Stopped and deleted service {SERVICE_NAME}")?,
+        Err(e) => writeln!(out, "Service {SERVICE_NAME}: {e:#}")?,
+    }
+    match &source {
+        Ok(()) => writeln!(
+            out,
+            "Removed event source {EVENT_SOURCE} (its events stay in the log)"
+        )?,
+        Err(e) => writeln!(out, "Event source {EVENT_SOURCE}: {e:#}")?,
+    }
+    service.and(source)?;
+    Ok(crate::exit::OK)
+}
+
+#[cfg(not(windows))]
+fn uninstall(_: &mut dyn Write) -> Result<u8> {
+    Err(not_windows("uninstall"))
+}
+
+#[cfg(windows)]
+fn run_under_scm(opts: ServiceOptions, jsonl: Option<String>) -> Result<u8> {
+    crate::windows_service_host::dispatch(opts, jsonl)?;
+    Ok(crate::exit::OK)
+}
+
+#[cfg(not(windows))]
+fn run_under_scm(_: ServiceOptions, _: Option<String>) -> Result<u8> {
+    Err(not_windows("run --scm"))
+}
+
+#[cfg(not(windows))]
+fn not_windows(what: &str) -> anyhow::Error {
+    CliError::BackendUnavailable(TransportError::NotInThisBuild(match what {
+        "install" => "`hivetrack service install` registers a Windows service and Event Log source: run it on Windows (as Administrator)",
+        "uninstall" => "`hivetrack service uninstall` removes a Windows service and Event Log source: run it on Windows (as Administrator)",
+        _ => "`--scm` is for the Windows service control manager; run `hivetrack service run` here",
+    }))
+    .into()
+}

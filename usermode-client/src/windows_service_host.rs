@@ -1,0 +1,256 @@
+//! `hivetrack service` under the service control manager (the `windows-service` crate).
+//!
+//! Creating and deleting the service `hivetracksvc`, and running the event loop
+//! ([`crate::event_service`]) as its service main, stopped with `CancelIoEx` on the pending
+//! events request. Never run on Windows by the project's tests.
+
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use windows_service::service::{
+    ServiceAccess, ServiceControl, ServiceControlAccept, ServiceErrorControl, ServiceExitCode,
+    ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
+};
+use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
+use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
+use windows_service::{define_windows_service, service_dispatcher};
+use windows_sys::Win32::System::IO::CancelIoEx;
+
+use crate::event_service::{self, ServiceEnv, ServiceOptions};
+use crate::event_sink::{EventSink, Sinks};
+use crate::service_command::{SERVICE_NAME, jsonl_sink};
+use crate::transport::{Transport, TransportError};
+use crate::windows::DeviceTransport;
+
+/// Creates the service (automatic start, `LocalSystem`, no dependency on the driver so that
+/// the driver can be stopped and updated while it runs) and starts it.
+///
+/// # Errors
+/// The service manager refused (not elevated, the service exists).
+pub fn install(exe: &Path, jsonl: Option<&Path>, still_held_after: u64) -> Result<()> {
+    let manager = ServiceManager::local_computer(
+        None::<&str>,
+        ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE,
+    )
+    .context("cannot open the service control manager (run as Administrator)")?;
+    let mut arguments: Vec<OsString> = ["service", "run", "--scm", "--still-held-after"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    arguments.push(OsString::from(still_held_after.to_string()));
+    if let Some(file) = jsonl {
+        arguments.push(OsString::from("--jsonl"));
+        arguments.push(file.as_os_str().to_owned());
+    }
+    let info = ServiceInfo {
+        name: OsString::from(SERVICE_NAME),
+        display_name: OsString::from("hivetrack event service"),
+        service_type: ServiceType::OWN_PROCESS,
+        start_type: ServiceStartType::AutoStart,
+        error_control: ServiceErrorControl::Normal,
+        executable_path: exe.to_path_buf(),
+        launch_arguments: arguments,
+        dependencies: Vec::new(),
+        account_name: None,
+        account_password: None,
+    };
+    let service = manager
+        .create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)
+        .with_context(|| {
+            format!("cannot create service {SERVICE_NAME} (already installed? `hivetrack service uninstall` first)")
+        })?;
+    service
+        .set_description(
+            "Writes every failed registry hive unload, with the processes holding the hive, to the Application log (source hivetrack) beside event 1530.",
+        )
+        .context("cannot set the service description")?;
+    service
+        .start::<&OsStr>(&[])
+        .with_context(|| format!("created service {SERVICE_NAME}, but it did not start"))
+}
+
+/// Stops (if running) and deletes the service.
+///
+/// # Errors
+/// The service manager refused (not elevated, no such service).
+pub fn uninstall() -> Result<()> {
+    let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+        .context("cannot open the service control manager (run as Administrator)")?;
+    let service = manager
+        .open_service(
+            SERVICE_NAME,
+            ServiceAccess::QUERY_STATUS | ServiceAccess::STOP | ServiceAccess::DELETE,
+        )
+        .with_context(|| format!("cannot open service {SERVICE_NAME} (is it installed?)"))?;
+    if service
+        .query_status()
+        .is_ok_and(|s| s.current_state != ServiceState::Stopped)
+    {
+        let _ = service.stop();
+    }
+    service
+        .delete()
+        .with_context(|| format!("cannot delete service {SERVICE_NAME}"))
+}
+
+/// The options the service main runs with (parsed from the command line the service was
+/// registered with, before the dispatcher takes the thread).
+static OPTIONS: OnceLock<(ServiceOptions, Option<String>)> = OnceLock::new();
+
+define_windows_service!(ffi_service_main, service_main);
+
+/// Hands the process to the service control manager; returns when the service stopped.
+///
+/// # Errors
+/// Not started by the service control manager (`service run` without `--scm` is the
+/// console form).
+pub fn dispatch(opts: ServiceOptions, jsonl: Option<String>) -> Result<()> {
+    let _ = OPTIONS.set((opts, jsonl));
+    service_dispatcher::start(SERVICE_NAME, ffi_service_main).context(
+        "not started by the service control manager: use `hivetrack service run` (without --scm) in a console",
+    )
+}
+
+/// The device handle of the current connection, for `CancelIoEx` from the control handler.
+type Slot = Arc<Mutex<Option<usize>>>;
+
+/// The driver's device, its handle published in a [`Slot`] while open.
+struct Cancellable {
+    inner: DeviceTransport,
+    slot: Slot,
+}
+
+impl Transport for Cancellable {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn ioctl(
+        &mut self,
+        code: u32,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, TransportError> {
+        self.inner.ioctl(code, input, output)
+    }
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        self.inner.kernel_open_keys(hive)
+    }
+    fn process_image(&mut self, pid: u64) -> Option<String> {
+        self.inner.process_image(pid)
+    }
+}
+
+impl Drop for Cancellable {
+    fn drop(&mut self) {
+        // Unpublished before `inner` closes the handle: the control handler never cancels
+        // on a closed (or reused) handle value.
+        if let Ok(mut h) = self.slot.lock() {
+            *h = None;
+        }
+    }
+}
+
+fn cancel(slot: &Slot) {
+    if let Ok(h) = slot.lock()
+        && let Some(handle) = *h
+    {
+        // SAFETY: the handle is open while it is in the slot (the lock keeps it so); a null
+        // OVERLAPPED cancels every request of this process on it.
+        unsafe { CancelIoEx(handle as _, std::ptr::null()) };
+    }
+}
+
+/// The service's exit code: 0, or service-specific 1 when the loop could not run (the
+/// Event Log source or the `--jsonl` file could not be opened).
+const fn status(state: ServiceState, accept: ServiceControlAccept, code: u32) -> ServiceStatus {
+    ServiceStatus {
+        service_type: ServiceType::OWN_PROCESS,
+        current_state: state,
+        controls_accepted: accept,
+        exit_code: if code == 0 {
+            ServiceExitCode::Win32(0)
+        } else {
+            ServiceExitCode::ServiceSpecific(code)
+        },
+        checkpoint: 0,
+        wait_hint: Duration::from_secs(15),
+        process_id: None,
+    }
+}
+
+fn service_main(_arguments: Vec<OsString>) {
+    let (opts, jsonl) = OPTIONS.get().cloned().unwrap_or_default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let (stop_h, slot_h) = (Arc::clone(&stop), Arc::clone(&slot));
+    let Ok(handle) =
+        service_control_handler::register(SERVICE_NAME, move |control| match control {
+            ServiceControl::Stop | ServiceControl::Shutdown => {
+                stop_h.store(true, Ordering::SeqCst);
+                cancel(&slot_h);
+                ServiceControlHandlerResult::NoError
+            }
+            ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
+            _ => ServiceControlHandlerResult::NotImplemented,
+        })
+    else {
+        return;
+    };
+    let _ = handle.set_service_status(status(
+        ServiceState::Running,
+        ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
+        0,
+    ));
+    let code = run_loop(opts, jsonl.as_deref(), &stop, &slot).map_or(1, |()| 0);
+    let _ = handle.set_service_status(status(
+        ServiceState::Stopped,
+        ServiceControlAccept::empty(),
+        code,
+    ));
+}
+
+fn run_loop(
+    opts: ServiceOptions,
+    jsonl: Option<&str>,
+    stop: &AtomicBool,
+    slot: &Slot,
+) -> Result<()> {
+    let mut sinks = Sinks::default();
+    sinks
+        .0
+        .push(Box::new(crate::windows_event_log::EventLogSink::open()?) as Box<dyn EventSink>);
+    if let Some(target) = jsonl {
+        sinks.0.push(jsonl_sink(target)?);
+    }
+    let mut connect = || -> Result<Box<dyn Transport>, TransportError> {
+        let inner = DeviceTransport::open()?;
+        if let Ok(mut h) = slot.lock() {
+            *h = Some(inner.raw_handle() as usize);
+        }
+        Ok(Box::new(Cancellable {
+            inner,
+            slot: Arc::clone(slot),
+        }))
+    };
+    let accounts = crate::accounts::system();
+    let identities = crate::holder_identity::system();
+    let mut clock = crate::wait::SystemClock::start();
+    let keep_going = || !stop.load(Ordering::SeqCst);
+    let mut env = ServiceEnv {
+        connect: &mut connect,
+        sink: &mut sinks,
+        accounts: accounts.as_ref(),
+        identities: identities.as_ref(),
+        clock: &mut clock,
+        started_at: event_service::filetime_now(),
+        keep_going: &keep_going,
+    };
+    event_service::run(opts, &mut env).map(|_| ())
+}

@@ -1,0 +1,808 @@
+//! `hivetrack service` (issue 17): the events, their `EventData` and message text, the JSON
+//! lines, the message table source, and the service loop draining a scripted driver event
+//! stream (order, each once, overflow, restart, the driver away and back, the still-held
+//! re-check, cancellation).
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::{Contoso, run_with};
+use hivetrack_cli::event_service::{self, ServiceEnv, ServiceOptions};
+use hivetrack_cli::event_sink::{Collected, EventSink, JsonLines};
+use hivetrack_cli::event_stream::{ERROR_OPERATION_ABORTED, StreamHolder, StreamRecord};
+use hivetrack_cli::fleet_event::{
+    EVENT_DATA_FIELDS, EventHolder, EventId, FleetEvent, INSERTION_STRINGS, Level, UnloadFailure,
+    event_data_names,
+};
+use hivetrack_cli::holder_identity::{Identities, Identity, NoIdentities};
+use hivetrack_cli::page_server::Server;
+use hivetrack_cli::scripted::{AGENT, AGENT_PID, NOW, SECOND, SID, Scripted, logoff, version};
+use hivetrack_cli::scripted_events::{EventQueue, SharedQueue, Step};
+use hivetrack_cli::transport::{Transport, TransportError};
+use hivetrack_cli::wait::Clock;
+use protocol::history::UnloadRecord;
+use protocol::version::VersionInfo;
+
+const PROFLEAK: &str = r"\Device\HarddiskVolume2\Tools\profleak.exe";
+const SVCHOST: &str = r"C:\Windows\System32\svchost.exe";
+const TRACKING_SINCE: u64 = NOW - 3 * 3600 * SECOND;
+
+fn user_hive() -> String {
+    format!(r"\REGISTRY\USER\{SID}")
+}
+
+fn field<'a>(strings: &'a [String], name: &str) -> &'a str {
+    let names = event_data_names();
+    let i = names
+        .iter()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no EventData field {name}"));
+    &strings[i]
+}
+
+fn failure(holder_count: u64, key_count: u64) -> UnloadFailure {
+    UnloadFailure {
+        hive: user_hive(),
+        status: 0xC000_0121,
+        holder_count,
+        key_count,
+        holders_truncated: false,
+        sequence: 7,
+        time: NOW,
+    }
+}
+
+fn two_holders() -> Vec<EventHolder> {
+    vec![
+        EventHolder {
+            pid: 4242,
+            image: Some(PROFLEAK.to_owned()),
+            services: None,
+            keys: 3,
+        },
+        EventHolder {
+            pid: 1188,
+            image: Some(SVCHOST.to_owned()),
+            services: Some(vec!["ProfSvc".to_owned(), "gpsvc".to_owned()]),
+            keys: 2,
+        },
+    ]
+}
+
+#[test]
+fn a_failed_unload_names_its_holders_in_words_and_in_event_data() {
+    let e = FleetEvent::unload_failed(
+        &failure(2, 5),
+        Some(r"CONTOSO\alice".to_owned()),
+        two_holders(),
+    );
+    assert_eq!(
+        (e.event_id, e.level),
+        (EventId::UnloadFailed, Level::Warning)
+    );
+    assert_eq!(
+        e.message,
+        format!(
+            r"The registry hive \REGISTRY\USER\{SID} (user CONTOSO\alice) could not be unloaded (STATUS_CANNOT_DELETE). 2 processes held 5 keys open: profleak.exe (pid 4242, 3 keys), svchost.exe (pid 1188, 2 keys; services ProfSvc, gpsvc). Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); these processes are the ones holding it."
+        )
+    );
+    let s = e.insertion_strings();
+    assert_eq!(s.len(), INSERTION_STRINGS);
+    assert_eq!(INSERTION_STRINGS, 46);
+    assert_eq!(field(&s, "Message"), e.message);
+    assert_eq!(field(&s, "Hive"), user_hive());
+    assert_eq!(field(&s, "SID"), SID);
+    assert_eq!(field(&s, "User"), r"CONTOSO\alice");
+    assert_eq!(field(&s, "Status"), "0xC0000121");
+    assert_eq!(field(&s, "StatusName"), "STATUS_CANNOT_DELETE");
+    assert_eq!(field(&s, "HolderCount"), "2");
+    assert_eq!(field(&s, "KeyCount"), "5");
+    assert_eq!(field(&s, "HoldersTruncated"), "false");
+    assert_eq!(field(&s, "Sequence"), "7");
+    assert_eq!(field(&s, "EventTime"), "2026-11-22T04:00:00Z");
+    assert_eq!(field(&s, "TrackingSince"), "");
+    assert_eq!(field(&s, "Holder1Pid"), "4242");
+    assert_eq!(field(&s, "Holder1Image"), PROFLEAK);
+    assert_eq!(field(&s, "Holder1Services"), "");
+    assert_eq!(field(&s, "Holder1Keys"), "3");
+    assert_eq!(field(&s, "Holder2Pid"), "1188");
+    assert_eq!(field(&s, "Holder2Services"), "ProfSvc, gpsvc");
+    assert_eq!(field(&s, "Holder2Keys"), "2");
+    for n in 3..=8 {
+        for f in ["Pid", "Image", "Services", "Keys"] {
+            assert_eq!(field(&s, &format!("Holder{n}{f}")), "", "Holder{n}{f}");
+        }
+    }
+    // The fixed order, as documented.
+    assert_eq!(&event_data_names()[..3], ["Message", "Hive", "SID"]);
+    assert_eq!(event_data_names()[14], "Holder1Pid");
+    assert_eq!(event_data_names()[45], "Holder8Keys");
+}
+
+#[test]
+fn counts_read_in_the_singular_and_unlisted_holders_are_said() {
+    let one = FleetEvent::unload_failed(
+        &failure(1, 1),
+        None,
+        vec![EventHolder {
+            pid: 4242,
+            image: Some(PROFLEAK.to_owned()),
+            services: None,
+            keys: 1,
+        }],
+    );
+    assert!(
+        one.message.contains(&format!(
+            r"The registry hive \REGISTRY\USER\{SID} could not be unloaded (STATUS_CANNOT_DELETE). 1 process held 1 key open: profleak.exe (pid 4242, 1 key)."
+        )),
+        "{}",
+        one.message
+    );
+    assert_eq!(one.user, None);
+    let mut f = failure(11, 40);
+    f.holders_truncated = true;
+    f.status = 0xC000_9999;
+    let many = FleetEvent::unload_failed(&f, None, two_holders());
+    assert!(
+        many.message.contains("(0xC0009999). 11 processes held 40 keys open: profleak.exe (pid 4242, 3 keys), svchost.exe (pid 1188, 2 keys; services ProfSvc, gpsvc), and 9 more processes not listed."),
+        "{}",
+        many.message
+    );
+    assert!(many.holders_truncated);
+    assert_eq!(many.status_name, None);
+    let nobody = FleetEvent::unload_failed(&failure(0, 0), None, Vec::new());
+    assert!(
+        nobody
+            .message
+            .contains("0 processes held 0 keys open. No key opened since tracking started held it"),
+        "{}",
+        nobody.message
+    );
+}
+
+#[test]
+fn every_other_event_says_what_happened() {
+    let alarm = FleetEvent::key_alarm(
+        EventHolder {
+            pid: 4711,
+            image: Some(r"C:\Tools\leaky.exe".to_owned()),
+            services: None,
+            keys: 65_602,
+        },
+        10_000,
+        9,
+        NOW,
+    );
+    assert_eq!(
+        (alarm.event_id.number(), alarm.level),
+        (1003, Level::Warning)
+    );
+    assert!(alarm.message.starts_with(
+        "Process leaky.exe (pid 4711) reached 65602 open registry keys, at or above the driver's alarm threshold of 10000."
+    ), "{}", alarm.message);
+    assert_eq!(field(&alarm.insertion_strings(), "KeyCount"), "65602");
+    assert_eq!(field(&alarm.insertion_strings(), "Hive"), "");
+
+    let still = FleetEvent::still_held(
+        &failure(2, 5),
+        None,
+        two_holders(),
+        5,
+        60,
+        NOW + 60 * SECOND,
+    );
+    assert_eq!(still.event_id.number(), 1002);
+    assert!(still.message.starts_with(&format!(
+        r"The registry hive \REGISTRY\USER\{SID} is still held 60 s after its failed unload (hivetrack event sequence 7). 2 processes hold 5 keys open: profleak.exe"
+    )), "{}", still.message);
+    assert_eq!(field(&still.insertion_strings(), "HeldForSecs"), "60");
+    let one = FleetEvent::still_held(
+        &failure(1, 1),
+        None,
+        two_holders()[..1].to_vec(),
+        3,
+        60,
+        NOW,
+    );
+    assert!(
+        one.message
+            .contains("1 process holds 3 keys open: profleak.exe"),
+        "{}",
+        one.message
+    );
+
+    let connected = FleetEvent::connected(TRACKING_SINCE, false, NOW);
+    assert_eq!(
+        (connected.event_id.number(), connected.level),
+        (1010, Level::Information)
+    );
+    assert!(
+        connected
+            .message
+            .contains("the driver tracks since 2026-11-22T01:00:00Z"),
+        "{}",
+        connected.message
+    );
+    assert_eq!(
+        field(&connected.insertion_strings(), "TrackingSince"),
+        "2026-11-22T01:00:00Z"
+    );
+    assert!(
+        FleetEvent::connected(TRACKING_SINCE, true, NOW)
+            .message
+            .contains("connected to the driver again")
+    );
+
+    let missed = FleetEvent::missed(3, 0, NOW);
+    assert_eq!(missed.event_id.number(), 1011);
+    assert!(
+        missed
+            .message
+            .starts_with("3 hivetrack events after sequence 0 could not be reported"),
+        "{}",
+        missed.message
+    );
+    assert_eq!(field(&missed.insertion_strings(), "Missed"), "3");
+
+    let restarted = FleetEvent::restarted(TRACKING_SINCE, NOW, 12, NOW);
+    assert_eq!(restarted.event_id.number(), 1012);
+    assert!(restarted.message.starts_with("The hivetrack driver restarted: it tracks since 2026-11-22T04:00:00Z (before: since 2026-11-22T01:00:00Z)."), "{}", restarted.message);
+
+    let away = FleetEvent::unavailable(
+        "the hivetrack driver is not installed or not running",
+        15,
+        NOW,
+    );
+    assert_eq!(away.event_id.number(), 1013);
+    assert!(
+        away.message
+            .contains("not running. The service tries again every 15 s"),
+        "{}",
+        away.message
+    );
+}
+
+/// The `.mc` file declares exactly the event ids, documents the `EventData` order the code
+/// uses, and refers to no insertion string beyond those reported.
+#[test]
+fn the_message_table_source_matches_the_events() {
+    let mc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("messages/hivetrack-events.mc"),
+    )
+    .unwrap();
+    let ids: Vec<u32> = mc
+        .lines()
+        .filter_map(|l| l.strip_prefix("MessageId="))
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    let expected: Vec<u32> = EventId::ALL.iter().map(|e| e.number()).collect();
+    assert_eq!(ids, expected);
+    // Inserts used in the message bodies.
+    let mut body = false;
+    let mut used = Vec::new();
+    for line in mc.lines() {
+        if line.starts_with("Language=") {
+            body = true;
+            continue;
+        }
+        if line == "." {
+            body = false;
+        }
+        if body {
+            let mut rest = line;
+            while let Some(i) = rest.find('%') {
+                let digits: String = rest[i + 1..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                if let Ok(n) = digits.parse::<usize>() {
+                    used.push(n);
+                }
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    assert!(
+        used.contains(&1),
+        "every message starts with %1, the message"
+    );
+    assert!(
+        used.iter().all(|&n| (1..=INSERTION_STRINGS).contains(&n)),
+        "{used:?}"
+    );
+    // The documented order in the file's header is the code's.
+    let header: Vec<&str> = mc.lines().filter(|l| l.starts_with("; //")).collect();
+    let text = header.join(" ");
+    for (i, name) in EVENT_DATA_FIELDS.iter().enumerate() {
+        assert!(
+            text.contains(&format!("%{} {name}", i + 1)),
+            "%{} {name} not documented",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn json_lines_carry_the_same_fields_one_object_a_line() {
+    let events = [
+        FleetEvent::unload_failed(
+            &failure(2, 5),
+            Some(r"CONTOSO\alice".to_owned()),
+            two_holders(),
+        ),
+        FleetEvent::missed(3, 0, NOW),
+    ];
+    let mut sink = JsonLines::new(Vec::new());
+    for e in &events {
+        sink.emit(e).unwrap();
+    }
+    let text = String::from_utf8(sink.into_inner()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [
+            "event_id",
+            "held_for_secs",
+            "hive",
+            "holder_count",
+            "holders",
+            "holders_truncated",
+            "key_count",
+            "level",
+            "message",
+            "missed",
+            "schema",
+            "sequence",
+            "sid",
+            "status",
+            "status_name",
+            "time",
+            "tracking_since",
+            "user"
+        ]
+    );
+    assert_eq!(v["schema"], "hivetrack.event/1");
+    assert_eq!(v["event_id"], 1001);
+    assert_eq!(v["level"], "Warning");
+    assert_eq!(v["sid"], SID);
+    assert_eq!(v["user"], r"CONTOSO\alice");
+    assert_eq!(v["key_count"], 5);
+    assert_eq!(v["holders"][1]["pid"], 1188);
+    assert_eq!(v["holders"][1]["services"][1], "gpsvc");
+    assert_eq!(v["holders"][0]["image"], PROFLEAK);
+    assert_eq!(v["holders"][0]["keys"], 3);
+    assert_eq!(v["time"]["utc"], "2026-11-22T04:00:00Z");
+    for (line, e) in lines.iter().zip(&events) {
+        let back: FleetEvent = serde_json::from_str(line).unwrap();
+        assert_eq!(&back, e);
+    }
+}
+
+// ---- the service loop against the scripted driver ----
+
+fn unload(mount: &str, outcome: u32, holders: &[(u64, &str, u64)], time: u64) -> StreamRecord {
+    StreamRecord {
+        sequence: 0,
+        time,
+        outcome,
+        flags: 0,
+        mount: mount.to_owned(),
+        open_keys: holders.iter().map(|h| h.2).sum(),
+        holders_total: u32::try_from(holders.len()).unwrap(),
+        holders: holders
+            .iter()
+            .map(|&(pid, image, keys)| StreamHolder {
+                pid,
+                start_key: 0x100 + pid,
+                open_keys: keys,
+                image: Some(image.to_owned()),
+            })
+            .collect(),
+    }
+}
+
+fn failed_unload(mount: &str, time: u64) -> StreamRecord {
+    unload(
+        mount,
+        0xC000_0121,
+        &[(4242, PROFLEAK, 3), (AGENT_PID, AGENT, 1)],
+        time,
+    )
+}
+
+fn alarm(time: u64) -> StreamRecord {
+    StreamRecord {
+        flags: UnloadRecord::KEY_ALARM,
+        mount: String::new(),
+        outcome: 0,
+        open_keys: 65_602,
+        holders_total: 1,
+        ..unload("", 0, &[(4711, r"C:\Tools\leaky.exe", 65_602)], time)
+    }
+}
+
+/// The logoff scenario's driver, with the event stream.
+fn driver() -> Server {
+    let mut s = logoff();
+    s.version = Some(VersionInfo {
+        capabilities: VersionInfo::CAP_EVENTS,
+        ..version()
+    });
+    s
+}
+
+fn queue() -> EventQueue {
+    EventQueue::new(TRACKING_SINCE, 64)
+}
+
+/// A connection to the scripted driver sharing `q`; refused while the driver is stopped.
+fn connect_to(q: &SharedQueue) -> Result<Box<dyn Transport>, TransportError> {
+    if !q.borrow_mut().take_connect() {
+        return Err(TransportError::DriverUnavailable);
+    }
+    let mut t = Scripted::new(driver());
+    t.events = Some(Rc::clone(q));
+    Ok(Box::new(t))
+}
+
+/// Runs the loop for `secs` seconds of scripted time; returns the events.
+fn serve(
+    q: &SharedQueue,
+    opts: ServiceOptions,
+    secs: u64,
+    identities: &dyn Identities,
+) -> (u8, Vec<FleetEvent>) {
+    let clock = q.borrow().clock.clone();
+    let watch = clock.clone();
+    let mut clock = clock;
+    let keep_going = move || watch.elapsed() < Duration::from_secs(secs);
+    let mut sink = Collected::default();
+    let mut connect = || connect_to(q);
+    let code = {
+        let mut env = ServiceEnv {
+            connect: &mut connect,
+            sink: &mut sink,
+            accounts: &Contoso,
+            identities,
+            clock: &mut clock,
+            started_at: NOW,
+            keep_going: &keep_going,
+        };
+        event_service::run(opts, &mut env).unwrap().0
+    };
+    (code, sink.0)
+}
+
+fn ids(events: &[FleetEvent]) -> Vec<u32> {
+    events.iter().map(|e| e.event_id.number()).collect()
+}
+
+fn long_recheck() -> ServiceOptions {
+    ServiceOptions {
+        still_held_after: Duration::from_secs(24 * 3600),
+        ..ServiceOptions::default()
+    }
+}
+
+#[test]
+fn the_service_reports_each_event_once_in_order() {
+    let other = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002";
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.push(&unload(other, 0, &[], NOW)); // a successful unload: no event
+    q.push(&alarm(NOW));
+    q.steps
+        .push_back(Step::Record(failed_unload(other, NOW + 30 * SECOND)));
+    let q = q.shared();
+    let (code, events) = serve(&q, long_recheck(), 120, &NoIdentities);
+    assert_eq!(code, 0);
+    assert_eq!(ids(&events), [1010, 1001, 1003, 1001], "{events:#?}");
+    let seqs: Vec<Option<u64>> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(seqs, [None, Some(1), Some(3), Some(4)]);
+    assert_eq!(events[1].hive.as_deref(), Some(user_hive().as_str()));
+    assert_eq!(events[1].user.as_deref(), Some(r"CONTOSO\alice"));
+    assert_eq!(events[1].holders[0].pid, 4242);
+    assert_eq!(events[2].holders[0].keys, 65_602);
+    assert_eq!(events[3].hive.as_deref(), Some(other));
+    // It asked after the last sequence it had, every time, and waited between.
+    let requests = q.borrow().requests.clone();
+    assert_eq!(requests[0], (0, 10_000));
+    assert!(
+        requests.windows(2).all(|w| w[0].0 <= w[1].0),
+        "{requests:?}"
+    );
+    assert_eq!(requests.last().unwrap().0, 4);
+    assert!(requests.len() > 5, "it kept waiting: {requests:?}");
+}
+
+#[test]
+fn overflow_is_reported_as_missed_events() {
+    let mut q = EventQueue::new(TRACKING_SINCE, 2);
+    for i in 0..5 {
+        q.push(&failed_unload(&user_hive(), NOW + i * SECOND));
+    }
+    let q = q.shared();
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (code, events) = serve(&q, opts, 600, &NoIdentities);
+    assert_eq!(code, 0);
+    assert_eq!(ids(&events), [1010, 1011, 1001, 1001]);
+    assert_eq!(events[1].missed, Some(3));
+    assert_eq!(events[2].sequence, Some(4));
+    assert_eq!(events[3].sequence, Some(5));
+    // --once never waits.
+    assert!(q.borrow().requests.iter().all(|r| r.1 == 0));
+}
+
+#[test]
+fn a_driver_restart_is_detected_and_reading_starts_over() {
+    let restarted_at = NOW + 3600 * SECOND;
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Restart(restarted_at));
+    q.steps.push_back(Step::Record(failed_unload(
+        &user_hive(),
+        restarted_at + SECOND,
+    )));
+    let q = q.shared();
+    let (_, events) = serve(&q, long_recheck(), 120, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1001], "{events:#?}");
+    assert_eq!(
+        events[2].tracking_since.as_ref().map(|t| t.filetime),
+        Some(restarted_at)
+    );
+    assert_eq!(events[2].sequence, Some(1), "the last sequence read before");
+    assert_eq!(events[3].sequence, Some(1), "the new start's first");
+}
+
+#[test]
+fn the_driver_away_is_said_once_and_its_return_too() {
+    let mut q = queue();
+    q.steps.push_back(Step::Stop(3));
+    q.steps
+        .push_back(Step::Record(failed_unload(&user_hive(), NOW + 90 * SECOND)));
+    let q = q.shared();
+    let (_, events) = serve(&q, long_recheck(), 180, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1013, 1010, 1001], "{events:#?}");
+    assert!(events[1].message.contains("not installed or not running"));
+    assert!(events[2].message.contains("again"));
+}
+
+#[test]
+fn a_driver_without_the_event_stream_is_unavailable() {
+    let q = queue().shared();
+    let mut once = Some(Scripted::new(logoff())); // version without CAP_EVENTS
+    let mut c = q.borrow().clock.clone();
+    let mut sink = Collected::default();
+    let mut connect = || {
+        once.take()
+            .map(|s| Box::new(s) as Box<dyn Transport>)
+            .ok_or(TransportError::DriverUnavailable)
+    };
+    let keep_going = || true;
+    let mut env = ServiceEnv {
+        connect: &mut connect,
+        sink: &mut sink,
+        accounts: &Contoso,
+        identities: &NoIdentities,
+        clock: &mut c,
+        started_at: NOW,
+        keep_going: &keep_going,
+    };
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (code, _) = event_service::run(opts, &mut env).unwrap();
+    assert_eq!(code, 2);
+    assert_eq!(ids(&sink.0), [1013]);
+    assert!(
+        sink.0[0].message.contains("no event stream"),
+        "{}",
+        sink.0[0].message
+    );
+}
+
+#[test]
+fn a_driver_answering_early_does_not_make_the_loop_spin() {
+    let mut q = queue();
+    q.answers_early = true;
+    let q = q.shared();
+    let (_, events) = serve(&q, long_recheck(), 60, &NoIdentities);
+    assert_eq!(ids(&events), [1010]);
+    let n = q.borrow().requests.len();
+    assert!((5..=7).contains(&n), "{n} requests in 60 s of 10 s waits");
+}
+
+/// Answers for the policy agent only; records who was asked about.
+#[derive(Default)]
+struct StandIn {
+    asked: RefCell<Vec<u64>>,
+}
+
+impl Identities for StandIn {
+    fn identity_of(&self, pid: u64) -> Option<Identity> {
+        self.asked.borrow_mut().push(pid);
+        (pid == AGENT_PID).then(|| Identity {
+            session: Some(0),
+            user: None,
+            services: Some(vec!["PolicyAgent".to_owned()]),
+        })
+    }
+}
+
+#[test]
+fn a_hive_still_held_after_its_failed_unload_is_reported_by_the_service() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let ids_ = StandIn::default();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &ids_);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    // Services only for a holder the driver lists as running now (the agent), not profleak.
+    assert_eq!(events[1].holders[0].services, None);
+    assert_eq!(
+        events[1].holders[1].services,
+        Some(vec!["PolicyAgent".to_owned()])
+    );
+    assert!(!ids_.asked.borrow().contains(&4242));
+    let still = &events[2];
+    assert_eq!(still.held_for_secs, Some(60));
+    assert_eq!(still.sequence, Some(1));
+    assert_eq!(still.holders.len(), 1);
+    assert_eq!(
+        (still.holders[0].pid, still.holders[0].keys),
+        (AGENT_PID, 1)
+    );
+    assert!(
+        still
+            .message
+            .contains("is still held 60 s after its failed unload"),
+        "{}",
+        still.message
+    );
+}
+
+#[test]
+fn a_recheck_survives_a_driver_restart() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+}
+
+#[test]
+fn a_later_successful_unload_cancels_the_recheck() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Record(unload(
+        &user_hive(),
+        0,
+        &[],
+        NOW + 20 * SECOND,
+    )));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001]);
+}
+
+/// A stop cancels the pending request: the loop ends at once.
+struct Cancelled(Box<dyn Transport>);
+
+impl Transport for Cancelled {
+    fn backend(&self) -> &'static str {
+        "scripted"
+    }
+    fn ioctl(
+        &mut self,
+        code: u32,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, TransportError> {
+        if code == protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS {
+            return Err(TransportError::Request {
+                code: ERROR_OPERATION_ABORTED,
+            });
+        }
+        self.0.ioctl(code, input, output)
+    }
+}
+
+#[test]
+fn a_cancelled_request_ends_the_loop() {
+    let q = queue().shared();
+    let mut c = q.borrow().clock.clone();
+    let mut sink = Collected::default();
+    let mut connect = || connect_to(&q).map(|t| Box::new(Cancelled(t)) as Box<dyn Transport>);
+    let keep_going = || true;
+    let mut env = ServiceEnv {
+        connect: &mut connect,
+        sink: &mut sink,
+        accounts: &Contoso,
+        identities: &NoIdentities,
+        clock: &mut c,
+        started_at: NOW,
+        keep_going: &keep_going,
+    };
+    let (code, _) = event_service::run(ServiceOptions::default(), &mut env).unwrap();
+    assert_eq!(code, 0);
+    assert!(sink.0.is_empty());
+}
+
+#[test]
+fn service_run_once_writes_json_lines_and_exits() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let o = run_with(
+        &["service", "run", "--once", "--jsonl", "-"],
+        |_| connect_to(&q),
+        &Contoso,
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    let lines: Vec<serde_json::Value> = o
+        .out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", o.out);
+    assert_eq!(lines[0]["event_id"], 1010);
+    assert_eq!(lines[1]["event_id"], 1001);
+    assert_eq!(lines[1]["user"], r"CONTOSO\alice");
+    assert_eq!(lines[1]["holders"][0]["image"], PROFLEAK);
+    // To a file: the lines there, a count on stderr.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let o = run_with(
+        &[
+            "service",
+            "run",
+            "--once",
+            "--jsonl",
+            file.to_str().unwrap(),
+        ],
+        |_| connect_to(&q),
+        &Contoso,
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(o.out.is_empty(), "{}", o.out);
+    assert!(o.err.contains("2 event(s) written to "), "{}", o.err);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+    // No driver at all: one 1013 line, exit 2.
+    let o = run_with(
+        &["service", "run", "--once", "--jsonl", "-"],
+        |_| Err(TransportError::DriverUnavailable),
+        &Contoso,
+    );
+    assert_eq!(o.code, 2);
+    let v: serde_json::Value = serde_json::from_str(o.out.trim()).unwrap();
+    assert_eq!(v["event_id"], 1013);
+}
+
+#[test]
+fn install_and_uninstall_say_they_are_for_windows_elsewhere() {
+    if cfg!(windows) {
+        return;
+    }
+    for cmd in ["install", "uninstall"] {
+        let o = run_with(
+            &["service", cmd],
+            |_| Err(TransportError::DriverUnavailable),
+            &Contoso,
+        );
+        assert_eq!(o.code, 2, "{cmd}");
+        assert!(o.err.contains("run it on Windows"), "{}", o.err);
+    }
+}
