@@ -47,9 +47,9 @@ pub mod windows_handles;
 #[cfg(windows)]
 pub mod windows_identity;
 #[cfg(windows)]
-pub mod windows_symbols;
-#[cfg(windows)]
 pub mod windows_service_host;
+#[cfg(windows)]
+pub mod windows_symbols;
 
 /// Process exit codes, part of the CLI's scripting contract.
 pub mod exit {

@@ -157,6 +157,7 @@ fn run_console(
         identities,
         now,
         clock,
+        symbols: _,
     } = env;
     let mut sinks = Sinks::default();
     #[cfg(windows)]

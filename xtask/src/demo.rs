@@ -70,6 +70,20 @@ const STEPS: &[(&str, &[&str], Option<&str>, i32)] = &[
         0,
     ),
     (
+        "For the fleet: the failed unload as the event the service writes (JSON lines here; the Event Log on Windows)",
+        &[
+            "--emulator",
+            "logoff",
+            "service",
+            "run",
+            "--once",
+            "--jsonl",
+            "-",
+        ],
+        None,
+        0,
+    ),
+    (
         "A process leaking key handles, ranked first",
         &["--emulator", "handle-leak", "processes", "--top", "3"],
         None,
@@ -129,6 +143,16 @@ pub fn demo(package: &Path, target: &Path) -> Result<()> {
             && !String::from_utf8_lossy(&out.stdout).contains("held now by process")
         {
             bail!("`{}` did not name the holder now", describe(&cmd));
+        }
+        if args.contains(&"service")
+            && !String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.contains(r#""event_id":1001"#) && l.contains("profleak.exe"))
+        {
+            bail!(
+                "`{}` did not write the failed unload (1001) naming its holder",
+                describe(&cmd)
+            );
         }
         if args.contains(&"modules") {
             let stdout = String::from_utf8_lossy(&out.stdout);
