@@ -607,8 +607,6 @@ fn stacks_and_summary_do_not_combine() {
 /// The same commands against the real tracking engine (`tracker`, the code hivetrack.sys
 /// runs): its capture scope, stacks and modules pages, decoded by the client.
 mod engine {
-    use std::alloc::{Layout, alloc, dealloc};
-    use std::ptr::NonNull;
     use std::rc::Rc;
 
     use hivetrack_cli::model::{HoldersReport, ModulesReport};
@@ -619,32 +617,9 @@ mod engine {
     };
     use protocol::ioctl::{IOCTL_HIVETRACK_CAPTURE, IOCTL_HIVETRACK_GET_VERSION};
     use protocol::version::{BuildId, VersionInfo};
-    use tracker::{
-        BLOCK_ALIGN, BlockClass, Config, Pool, ProcessKey, QueryError, SpinLock, Tracker,
-    };
+    use tracker::{Config, ProcessKey, QueryError};
 
-    use super::common::{Contoso, run_with};
-
-    /// The system allocator as the tracker's pool.
-    struct Heap;
-
-    fn layout(class: BlockClass) -> Layout {
-        Layout::from_size_align(class.size(), BLOCK_ALIGN).expect("a valid block layout")
-    }
-
-    // SAFETY: every block is allocated with its class's layout and freed with the same one.
-    unsafe impl Pool for Heap {
-        fn alloc(&self, class: BlockClass) -> Option<NonNull<u8>> {
-            // SAFETY: block classes have a non-zero size.
-            NonNull::new(unsafe { alloc(layout(class)) })
-        }
-        unsafe fn free(&self, class: BlockClass, block: NonNull<u8>) {
-            // SAFETY: the caller passes a block `alloc` returned for this class.
-            unsafe { dealloc(block.as_ptr(), layout(class)) };
-        }
-    }
-
-    type Engine = Tracker<Heap, SpinLock>;
+    use super::common::{Contoso, Engine, Heap, run_with};
 
     /// The tracker behind the IOCTLs, as the driver puts it (the version answer is the
     /// driver's own: a driver with stack capture).

@@ -10,39 +10,16 @@
 
 mod common;
 
-use std::alloc::{Layout, alloc, dealloc};
-use std::ptr::NonNull;
 use std::rc::Rc;
 
-use common::{Contoso, run_with};
+use common::{Contoso, Engine, Heap, run_with};
 use hivetrack_cli::model::{HoldersReport, ProcessesReport, UnloadHistoryReport};
 use hivetrack_cli::scripted::{NOW, SECOND, SID};
 use hivetrack_cli::transport::{
     ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_PARAMETER, Transport,
     TransportError,
 };
-use tracker::{BLOCK_ALIGN, BlockClass, Config, Pool, ProcessKey, QueryError, SpinLock, Tracker};
-
-/// The system allocator as the tracker's pool.
-struct Heap;
-
-fn layout(class: BlockClass) -> Layout {
-    Layout::from_size_align(class.size(), BLOCK_ALIGN).expect("a valid block layout")
-}
-
-// SAFETY: every block is allocated with its class's layout and freed with the same one.
-unsafe impl Pool for Heap {
-    fn alloc(&self, class: BlockClass) -> Option<NonNull<u8>> {
-        // SAFETY: block classes have a non-zero size.
-        NonNull::new(unsafe { alloc(layout(class)) })
-    }
-    unsafe fn free(&self, class: BlockClass, block: NonNull<u8>) {
-        // SAFETY: the caller passes a block `alloc` returned for this class.
-        unsafe { dealloc(block.as_ptr(), layout(class)) };
-    }
-}
-
-type Engine = Tracker<Heap, SpinLock>;
+use tracker::{Config, ProcessKey, QueryError};
 
 /// The tracker behind the query IOCTLs, as the driver will put it.
 struct Driver(Rc<Engine>);

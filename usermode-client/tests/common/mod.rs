@@ -227,3 +227,27 @@ pub fn assert_snapshot(name: &str, actual: &str) {
         path.display()
     );
 }
+
+/// The system allocator as the tracking engine's pool (the tests that run the real
+/// `tracker` behind a transport).
+pub struct Heap;
+
+fn layout(class: tracker::BlockClass) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(class.size(), tracker::BLOCK_ALIGN)
+        .expect("a valid block layout")
+}
+
+// SAFETY: every block is allocated with its class's layout and freed with the same one.
+unsafe impl tracker::Pool for Heap {
+    fn alloc(&self, class: tracker::BlockClass) -> Option<std::ptr::NonNull<u8>> {
+        // SAFETY: block classes have a non-zero size.
+        std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout(class)) })
+    }
+    unsafe fn free(&self, class: tracker::BlockClass, block: std::ptr::NonNull<u8>) {
+        // SAFETY: the caller passes a block `alloc` returned for this class.
+        unsafe { std::alloc::dealloc(block.as_ptr(), layout(class)) };
+    }
+}
+
+/// The real tracking engine on the system allocator.
+pub type Engine = tracker::Tracker<Heap, tracker::SpinLock>;
