@@ -79,12 +79,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.history.last_sequence() != after
     }
 
-    /// The sequence number of the newest event (0 before the first): a caller that reads it
-    /// before and after an operation learns whether the operation raised one.
-    pub fn last_event(&self) -> u64 {
-        self.history.last_sequence()
-    }
-
     /// Writes the events after sequence number `after` (at most `max_records`, 0: as many as
     /// fit and [`MAX_EVENTS_PER_PAGE`]) into `out` as an [`Events`] page, oldest first. The
     /// page's next cursor holds the sequence number to ask after next; it is marked done when
