@@ -179,36 +179,23 @@ impl Loop<'_, '_> {
         }
     }
 
-    /// The holders of `mount` the driver reports as running now, `(pid, start key)`; empty
-    /// when identities cannot be looked up here (nothing would be asked).
-    fn running_holders(&self, t: &mut dyn Transport, mount: Option<&str>) -> Vec<(u64, u64)> {
+    /// The processes the driver reports as running now, `(pid, start key)`; empty when
+    /// identities cannot be looked up here (nothing would be asked). A failed unload's
+    /// holders come from its hive's holders read instead ([`hive_keys`]).
+    fn running_processes(&self, t: &mut dyn Transport) -> Vec<(u64, u64)> {
         if !self.env.identities.supported() {
             return Vec::new();
         }
-        let now = self.env.now();
-        let mut client = Client::new(t);
-        match mount {
-            Some(m) => client.holders(m, true, now).map_or_else(
-                |_| Vec::new(),
-                |r| {
-                    r.holders
-                        .iter()
-                        .filter(|h| !h.exited)
-                        .map(|h| (h.pid, h.start_key))
-                        .collect()
-                },
-            ),
-            None => client.processes(None).map_or_else(
-                |_| Vec::new(),
-                |r| {
-                    r.processes
-                        .iter()
-                        .filter(|p| !p.exited)
-                        .map(|p| (p.pid, p.start_key))
-                        .collect()
-                },
-            ),
-        }
+        Client::new(t).processes(None).map_or_else(
+            |_| Vec::new(),
+            |r| {
+                r.processes
+                    .iter()
+                    .filter(|p| !p.exited)
+                    .map(|p| (p.pid, p.start_key))
+                    .collect()
+            },
+        )
     }
 
     fn services(&self, running: &[(u64, u64)], pid: u64, start_key: u64) -> Option<Vec<String>> {
@@ -221,7 +208,7 @@ impl Loop<'_, '_> {
 
     fn record(&mut self, t: &mut dyn Transport, rec: &StreamRecord, threshold: u64) {
         if rec.is_key_alarm() {
-            let running = self.running_holders(t, None);
+            let running = self.running_processes(t);
             let Some(h) = rec.holders.first() else {
                 return;
             };
