@@ -19,6 +19,10 @@
 //!   due (the unload older than the delay) run.
 //! - Services of a holder (a service host's) are looked up by pid only for holders the
 //!   driver reports as running now (as `hivetrack holders` does).
+//! - For 1001 and 1002 the hive's holders are read once with their keys (and, with
+//!   `CAP_STACKS` and some key carrying a stack, the stacks and modules pages): each holder
+//!   gets its oldest key names and the modules that opened its keys. Nothing when the read
+//!   fails or the hive is gone.
 //! - Stopping: `keep_going` turns false and the service host cancels the pending request
 //!   (`CancelIoEx`); the request ends with `ERROR_OPERATION_ABORTED` and the loop returns.
 
@@ -31,12 +35,16 @@ use crate::client::Client;
 use crate::event_sink::EventSink;
 use crate::event_stream::{ERROR_OPERATION_ABORTED, StreamRecord, has_event_stream, wait_events};
 use crate::exit;
-use crate::fleet_event::{EventHolder, FleetEvent, UnloadFailure, failed};
+use crate::fleet_event::{EventHolder, FleetEvent, KEY_NAMES, UnloadFailure, failed};
 use crate::hive_name::user_sid;
 use crate::holder_identity::Identities;
-use crate::model::UNIX_EPOCH_FILETIME;
+use crate::model::{HeldKey, Holder, HoldersReport, UNIX_EPOCH_FILETIME};
+use crate::modules::attribute;
+use crate::stacks::file_name;
+use crate::symbols::NoSymbols;
 use crate::transport::{ERROR_INVALID_FUNCTION, Transport, TransportError, wait_timeout_ms};
 use crate::wait::Clock;
+use protocol::version::VersionInfo;
 
 /// How the service runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,36 +179,23 @@ impl Loop<'_, '_> {
         }
     }
 
-    /// The holders of `mount` the driver reports as running now, `(pid, start key)`; empty
-    /// when identities cannot be looked up here (nothing would be asked).
-    fn running_holders(&self, t: &mut dyn Transport, mount: Option<&str>) -> Vec<(u64, u64)> {
+    /// The processes the driver reports as running now, `(pid, start key)`; empty when
+    /// identities cannot be looked up here (nothing would be asked). A failed unload's
+    /// holders come from its hive's holders read instead ([`hive_keys`]).
+    fn running_processes(&self, t: &mut dyn Transport) -> Vec<(u64, u64)> {
         if !self.env.identities.supported() {
             return Vec::new();
         }
-        let now = self.env.now();
-        let mut client = Client::new(t);
-        match mount {
-            Some(m) => client.holders(m, true, now).map_or_else(
-                |_| Vec::new(),
-                |r| {
-                    r.holders
-                        .iter()
-                        .filter(|h| !h.exited)
-                        .map(|h| (h.pid, h.start_key))
-                        .collect()
-                },
-            ),
-            None => client.processes(None).map_or_else(
-                |_| Vec::new(),
-                |r| {
-                    r.processes
-                        .iter()
-                        .filter(|p| !p.exited)
-                        .map(|p| (p.pid, p.start_key))
-                        .collect()
-                },
-            ),
-        }
+        Client::new(t).processes(None).map_or_else(
+            |_| Vec::new(),
+            |r| {
+                r.processes
+                    .iter()
+                    .filter(|p| !p.exited)
+                    .map(|p| (p.pid, p.start_key))
+                    .collect()
+            },
+        )
     }
 
     fn services(&self, running: &[(u64, u64)], pid: u64, start_key: u64) -> Option<Vec<String>> {
@@ -213,28 +208,50 @@ impl Loop<'_, '_> {
 
     fn record(&mut self, t: &mut dyn Transport, rec: &StreamRecord, threshold: u64) {
         if rec.is_key_alarm() {
-            let running = self.running_holders(t, None);
+            let running = self.running_processes(t);
             let Some(h) = rec.holders.first() else {
                 return;
             };
-            let holder = EventHolder {
-                pid: h.pid,
-                image: h.image.clone(),
-                services: self.services(&running, h.pid, h.start_key),
-                keys: rec.open_keys,
-            };
+            let holder = EventHolder::new(
+                h.pid,
+                h.image.clone(),
+                self.services(&running, h.pid, h.start_key),
+                rec.open_keys,
+            );
             let e = FleetEvent::key_alarm(holder, threshold, rec.sequence, rec.time);
             self.env.emit(&e, &mut self.counts);
         } else if failed(rec.outcome) {
-            let running = self.running_holders(t, Some(&rec.mount));
+            let now = self.env.now();
+            let report = hive_keys(t, &rec.mount, now);
+            let running = if self.env.identities.supported() {
+                report.as_ref().map_or_else(Vec::new, |r| {
+                    r.holders
+                        .iter()
+                        .filter(|h| !h.exited)
+                        .map(|h| (h.pid, h.start_key))
+                        .collect()
+                })
+            } else {
+                Vec::new()
+            };
             let holders = rec
                 .holders
                 .iter()
-                .map(|h| EventHolder {
-                    pid: h.pid,
-                    image: h.image.clone(),
-                    services: self.services(&running, h.pid, h.start_key),
-                    keys: h.open_keys,
+                .map(|h| {
+                    let mut e = EventHolder::new(
+                        h.pid,
+                        h.image.clone(),
+                        self.services(&running, h.pid, h.start_key),
+                        h.open_keys,
+                    );
+                    if let Some(held) = report.as_ref().and_then(|r| {
+                        r.holders
+                            .iter()
+                            .find(|x| x.pid == h.pid && x.start_key == h.start_key)
+                    }) {
+                        add_keys(&mut e, held);
+                    }
+                    e
                 })
                 .collect();
             let failure = UnloadFailure {
@@ -277,33 +294,33 @@ impl Loop<'_, '_> {
             .partition(|r| r.due <= now);
         self.rechecks = later;
         for r in due {
-            let Ok(report) = Client::new(t).holders(&r.failure.hive, true, now) else {
+            let Some(report) = hive_keys(t, &r.failure.hive, now) else {
                 continue; // the hive is gone (unloaded) or cannot be asked about
             };
             let lookup = self.env.identities.supported();
             let mut holders: Vec<EventHolder> = report
                 .holders
                 .iter()
-                .map(|h| EventHolder {
-                    pid: h.pid,
-                    image: h.image.clone(),
-                    services: if lookup && !h.exited {
+                .map(|h| {
+                    let services = if lookup && !h.exited {
                         self.env
                             .identities
                             .identity_of(h.pid)
                             .and_then(|i| i.services)
                     } else {
                         None
-                    },
-                    keys: h.open_keys,
+                    };
+                    let mut e = EventHolder::new(h.pid, h.image.clone(), services, h.open_keys);
+                    add_keys(&mut e, h);
+                    e
                 })
                 .collect();
-            holders.extend(report.untracked.iter().map(|u| EventHolder {
-                pid: u.pid,
-                image: u.image.clone(),
-                services: None,
-                keys: u.open_keys,
-            }));
+            holders.extend(
+                report
+                    .untracked
+                    .iter()
+                    .map(|u| EventHolder::new(u.pid, u.image.clone(), None, u.open_keys)),
+            );
             if holders.is_empty() {
                 continue;
             }
@@ -400,6 +417,82 @@ impl Loop<'_, '_> {
             }
         }
     }
+}
+
+/// The holders of `mount` with their keys, and the keys' open-time stacks when the driver
+/// has `CAP_STACKS` and some key carries one (the stacks and modules pages are read only
+/// then); `None` when the hive is gone or cannot be asked about.
+fn hive_keys(t: &mut dyn Transport, mount: &str, now: u64) -> Option<HoldersReport> {
+    let mut client = Client::new(t);
+    // Who holds each key now (the system handle table) is not part of an event.
+    client.held_now = false;
+    let mut report = client.holders(mount, false, now).ok()?;
+    let has_stack = report
+        .holders
+        .iter()
+        .flat_map(|h| &h.keys)
+        .any(|k| k.stack_ref.id != 0);
+    if has_stack
+        && client
+            .version()
+            .is_ok_and(|v| v.has(VersionInfo::CAP_STACKS))
+        && let Ok(table) = client.stack_table()
+    {
+        table.annotate(&mut report, &mut NoSymbols);
+    }
+    Some(report)
+}
+
+/// Sets `e`'s key names (at most [`KEY_NAMES`], oldest first) and the modules that opened
+/// `held`'s keys: attributed and ordered as `hivetrack modules` does for this one process,
+/// a row whose stacks were all OS plumbing named `ntdll.dll (plumbing only)`.
+fn add_keys(e: &mut EventHolder, held: &Holder) {
+    let mut keys: Vec<&HeldKey> = held.keys.iter().collect();
+    keys.sort_by_key(|k| k.opened_at.as_ref().map_or(u64::MAX, |t| t.filetime));
+    e.key_names = keys
+        .iter()
+        .take(KEY_NAMES)
+        .map(|k| {
+            k.name
+                .clone()
+                .or_else(|| k.path.clone())
+                .unwrap_or_else(|| "<name not recorded>".to_owned())
+        })
+        .collect();
+    // (file name, every frame plumbing, keys), ranked as `hivetrack modules` ranks its
+    // rows: most keys, callers before plumbing-only rows, then by name.
+    let mut modules: Vec<(String, bool, u64)> = Vec::new();
+    for k in &keys {
+        let Some((frame, plumbing_only)) = k.stack.as_ref().and_then(attribute) else {
+            continue; // no stack captured (or an empty one): nothing to attribute
+        };
+        let name = frame
+            .module
+            .as_deref()
+            .map_or_else(|| "(no module)".to_owned(), |m| file_name(m).to_owned());
+        match modules
+            .iter_mut()
+            .find(|(n, p, _)| *p == plumbing_only && n.eq_ignore_ascii_case(&name))
+        {
+            Some((_, _, n)) => *n += 1,
+            None => modules.push((name, plumbing_only, 1)),
+        }
+    }
+    modules.sort_by(|a, b| {
+        (b.2, a.1)
+            .cmp(&(a.2, b.1))
+            .then_with(|| a.0.to_lowercase().cmp(&b.0.to_lowercase()))
+    });
+    e.modules = modules
+        .into_iter()
+        .map(|(n, plumbing_only, _)| {
+            if plumbing_only {
+                format!("{n} (plumbing only)")
+            } else {
+                n
+            }
+        })
+        .collect();
 }
 
 /// Runs the service loop until `keep_going` turns false (or, with `once`, until the stream

@@ -5,7 +5,8 @@
 //! JSON lines. Pure: an event is built from the driver's stream records and what the service learned
 //! (accounts, holder identities, a re-check), then turned into its message text, its
 //! Event Log insertion strings (the `EventData` of the event, in the fixed order of
-//! [`EVENT_DATA_FIELDS`] then [`HOLDER_FIELDS`] for each of [`EVENT_HOLDERS`] holders) and its
+//! [`EVENT_DATA_FIELDS`], then [`HOLDER_FIELDS`] for each of [`EVENT_HOLDERS`] holders, then
+//! [`HOLDER_DETAIL_FIELDS`] for each holder again) and its
 //! JSON object (the same fields, `snake_case` as every hivetrack JSON document). The message
 //! table (`usermode-client/messages/hivetrack-events.mc`) renders `%1`, the message, followed by the
 //! fields; its message ids are [`EventId`]'s.
@@ -105,7 +106,40 @@ pub struct EventHolder {
     pub services: Option<Vec<String>>,
     /// Keys it held open in the hive (for a key-count alarm: all its open keys).
     pub keys: u64,
+    /// Names of its oldest held keys in the hive, oldest first, at most [`KEY_NAMES`]
+    /// (more exist when `keys` is larger). Read from the driver when the service handles a
+    /// 1001/1002 event and the hive is still known; empty otherwise (never guessed).
+    #[serde(default)]
+    pub key_names: Vec<String>,
+    /// The modules that opened its held keys in the hive, by file name, attributed as
+    /// `hivetrack modules` does (first frame outside the OS registry plumbing; see
+    /// [`crate::modules::attribute`]), most keys first; empty when no stack was captured.
+    #[serde(default)]
+    pub modules: Vec<String>,
 }
+
+impl EventHolder {
+    /// A holder without key names or modules.
+    #[must_use]
+    pub const fn new(
+        pid: u64,
+        image: Option<String>,
+        services: Option<Vec<String>>,
+        keys: u64,
+    ) -> Self {
+        Self {
+            pid,
+            image,
+            services,
+            keys,
+            key_names: Vec::new(),
+            modules: Vec::new(),
+        }
+    }
+}
+
+/// Most key names per holder in an event ([`EventHolder::key_names`]).
+pub const KEY_NAMES: usize = 5;
 
 /// One hivetrack event: the JSON line of `--jsonl` and, through [`FleetEvent::insertion_strings`],
 /// the Event Log record.
@@ -174,18 +208,31 @@ pub const EVENT_DATA_FIELDS: [&str; 14] = [
 /// `HolderNPid`, `HolderNImage`, `HolderNServices`, `HolderNKeys`.
 pub const HOLDER_FIELDS: [&str; 4] = ["Pid", "Image", "Services", "Keys"];
 
+/// The per-holder fields added after every [`HOLDER_FIELDS`] slot: the keys and the modules
+/// that opened them.
+///
+/// `Holder1KeyNames`, `Holder1Modules`, …,
+/// `Holder8KeyNames`, `Holder8Modules` follow `Holder8Keys`, so the positions of the older
+/// fields stay what collectors already read. Lists are joined with `"; "`.
+pub const HOLDER_DETAIL_FIELDS: [&str; 2] = ["KeyNames", "Modules"];
+
 /// Holder slots in every event (the driver's unload record keeps at most 8 holders).
 pub const EVENT_HOLDERS: usize = protocol::history::MAX_UNLOAD_HOLDERS;
 
 /// Insertion strings per event.
-pub const INSERTION_STRINGS: usize = EVENT_DATA_FIELDS.len() + EVENT_HOLDERS * HOLDER_FIELDS.len();
+pub const INSERTION_STRINGS: usize =
+    EVENT_DATA_FIELDS.len() + EVENT_HOLDERS * (HOLDER_FIELDS.len() + HOLDER_DETAIL_FIELDS.len());
 
-/// Every `EventData` field name in order (`Message`, …, `Holder8Keys`).
+/// Every `EventData` field name in order (`Message`, …, `Holder8Keys`, `Holder1KeyNames`,
+/// …, `Holder8Modules`).
 #[must_use]
 pub fn event_data_names() -> Vec<String> {
     let mut names: Vec<String> = EVENT_DATA_FIELDS.iter().map(|s| (*s).to_owned()).collect();
     for n in 1..=EVENT_HOLDERS {
         names.extend(HOLDER_FIELDS.iter().map(|f| format!("Holder{n}{f}")));
+    }
+    for n in 1..=EVENT_HOLDERS {
+        names.extend(HOLDER_DETAIL_FIELDS.iter().map(|f| format!("Holder{n}{f}")));
     }
     names
 }
@@ -217,15 +264,21 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     }
 }
 
-/// `profleak.exe (pid 4242, 3 keys)`, with services when known.
+/// `profleak.exe (pid 4242, 3 keys)`, with services and the modules that opened the keys
+/// when known (`…, 3 keys, opened by SyncHook.dll)`).
 fn holder_phrase(h: &EventHolder) -> String {
     let name = h.image.as_deref().map_or("image unknown", image_name);
     let services = match &h.services {
         Some(s) if !s.is_empty() => format!("; services {}", s.join(", ")),
         _ => String::new(),
     };
+    let modules = if h.modules.is_empty() {
+        String::new()
+    } else {
+        format!(", opened by {}", h.modules.join(", "))
+    };
     format!(
-        "{name} (pid {}, {}{services})",
+        "{name} (pid {}, {}{modules}{services})",
         h.pid,
         plural(h.keys, "key", "keys")
     )
@@ -527,6 +580,18 @@ impl FleetEvent {
                     s.push(h.keys.to_string());
                 }
                 None => s.extend(std::iter::repeat_n(String::new(), HOLDER_FIELDS.len())),
+            }
+        }
+        for i in 0..EVENT_HOLDERS {
+            match self.holders.get(i) {
+                Some(h) => {
+                    s.push(h.key_names.join("; "));
+                    s.push(h.modules.join("; "));
+                }
+                None => s.extend(std::iter::repeat_n(
+                    String::new(),
+                    HOLDER_DETAIL_FIELDS.len(),
+                )),
             }
         }
         s

@@ -10,17 +10,23 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use common::{Contoso, run_with};
+use hivetrack_cli::client::Client;
 use hivetrack_cli::event_service::{self, ServiceEnv, ServiceOptions};
 use hivetrack_cli::event_sink::{Collected, EventSink, JsonLines};
 use hivetrack_cli::event_stream::{ERROR_OPERATION_ABORTED, StreamHolder, StreamRecord};
 use hivetrack_cli::fleet_event::{
-    EVENT_DATA_FIELDS, EventHolder, EventId, FleetEvent, INSERTION_STRINGS, Level, UnloadFailure,
-    event_data_names,
+    EVENT_DATA_FIELDS, EventHolder, EventId, FleetEvent, INSERTION_STRINGS, KEY_NAMES, Level,
+    UnloadFailure, event_data_names,
 };
 use hivetrack_cli::holder_identity::{Identities, Identity, NoIdentities};
+use hivetrack_cli::modules::rank;
 use hivetrack_cli::page_server::Server;
-use hivetrack_cli::scripted::{AGENT, AGENT_PID, NOW, SECOND, SID, Scripted, logoff, version};
+use hivetrack_cli::scripted::{
+    AGENT, AGENT_PID, EXPLORER_PID, NOW, RUNDLL_PID, SECOND, SHELL, SID, Scripted, logoff,
+    shell_extension, version,
+};
 use hivetrack_cli::scripted_events::{EventQueue, SharedQueue, Step};
+use hivetrack_cli::symbols::NoSymbols;
 use hivetrack_cli::transport::{Transport, TransportError};
 use hivetrack_cli::wait::Clock;
 use protocol::history::UnloadRecord;
@@ -62,12 +68,16 @@ fn two_holders() -> Vec<EventHolder> {
             image: Some(PROFLEAK.to_owned()),
             services: None,
             keys: 3,
+            key_names: Vec::new(),
+            modules: Vec::new(),
         },
         EventHolder {
             pid: 1188,
             image: Some(SVCHOST.to_owned()),
             services: Some(vec!["ProfSvc".to_owned(), "gpsvc".to_owned()]),
             keys: 2,
+            key_names: Vec::new(),
+            modules: Vec::new(),
         },
     ]
 }
@@ -91,7 +101,7 @@ fn a_failed_unload_names_its_holders_in_words_and_in_event_data() {
     );
     let s = e.insertion_strings();
     assert_eq!(s.len(), INSERTION_STRINGS);
-    assert_eq!(INSERTION_STRINGS, 46);
+    assert_eq!(INSERTION_STRINGS, 62);
     assert_eq!(field(&s, "Message"), e.message);
     assert_eq!(field(&s, "Hive"), user_hive());
     assert_eq!(field(&s, "SID"), SID);
@@ -120,6 +130,15 @@ fn a_failed_unload_names_its_holders_in_words_and_in_event_data() {
     assert_eq!(&event_data_names()[..3], ["Message", "Hive", "SID"]);
     assert_eq!(event_data_names()[14], "Holder1Pid");
     assert_eq!(event_data_names()[45], "Holder8Keys");
+    // The key names and modules follow every older field (their positions stay).
+    assert_eq!(event_data_names()[46], "Holder1KeyNames");
+    assert_eq!(event_data_names()[47], "Holder1Modules");
+    assert_eq!(event_data_names()[61], "Holder8Modules");
+    for n in 1..=8 {
+        for f in ["KeyNames", "Modules"] {
+            assert_eq!(field(&s, &format!("Holder{n}{f}")), "", "Holder{n}{f}");
+        }
+    }
 }
 
 #[test]
@@ -132,6 +151,8 @@ fn counts_read_in_the_singular_and_unlisted_holders_are_said() {
             image: Some(PROFLEAK.to_owned()),
             services: None,
             keys: 1,
+            key_names: Vec::new(),
+            modules: Vec::new(),
         }],
     );
     assert!(
@@ -171,6 +192,8 @@ fn every_other_event_says_what_happened() {
             image: Some(r"C:\Tools\leaky.exe".to_owned()),
             services: None,
             keys: 65_602,
+            key_names: Vec::new(),
+            modules: Vec::new(),
         },
         10_000,
         9,
@@ -445,10 +468,18 @@ fn queue() -> EventQueue {
 
 /// A connection to the scripted driver sharing `q`; refused while the driver is stopped.
 fn connect_to(q: &SharedQueue) -> Result<Box<dyn Transport>, TransportError> {
+    connect_with(q, &driver)
+}
+
+/// The same with the driver `make` builds.
+fn connect_with(
+    q: &SharedQueue,
+    make: &dyn Fn() -> Server,
+) -> Result<Box<dyn Transport>, TransportError> {
     if !q.borrow_mut().take_connect() {
         return Err(TransportError::DriverUnavailable);
     }
-    let mut t = Scripted::new(driver());
+    let mut t = Scripted::new(make());
     t.events = Some(Rc::clone(q));
     Ok(Box::new(t))
 }
@@ -460,12 +491,23 @@ fn serve(
     secs: u64,
     identities: &dyn Identities,
 ) -> (u8, Vec<FleetEvent>) {
+    serve_with(q, opts, secs, identities, &driver)
+}
+
+/// [`serve`] against the driver `make` builds.
+fn serve_with(
+    q: &SharedQueue,
+    opts: ServiceOptions,
+    secs: u64,
+    identities: &dyn Identities,
+    make: &dyn Fn() -> Server,
+) -> (u8, Vec<FleetEvent>) {
     let clock = q.borrow().clock.clone();
     let watch = clock.clone();
     let mut clock = clock;
     let keep_going = move || watch.elapsed() < Duration::from_secs(secs);
     let mut sink = Collected::default();
-    let mut connect = || connect_to(q);
+    let mut connect = || connect_with(q, make);
     let code = {
         let mut env = ServiceEnv {
             connect: &mut connect,
@@ -805,4 +847,150 @@ fn install_and_uninstall_say_they_are_for_windows_elsewhere() {
         assert_eq!(o.code, 2, "{cmd}");
         assert!(o.err.contains("run it on Windows"), "{}", o.err);
     }
+}
+
+// ---- key names and the modules that opened them (issue 17 with issue 16's stacks) ----
+
+/// The shell-extension scenario's driver with the event stream; `stacks`: with `CAP_STACKS`.
+fn shell_driver(stacks: bool) -> Server {
+    let mut s = shell_extension();
+    s.version = Some(VersionInfo {
+        capabilities: VersionInfo::CAP_EVENTS | if stacks { VersionInfo::CAP_STACKS } else { 0 },
+        ..version()
+    });
+    s
+}
+
+/// The service's 1001 for a failed unload of `mount` held by explorer (6 keys) and
+/// rundll32 (1 key), against `make`'s driver.
+fn shell_unload(mount: &str, make: &dyn Fn() -> Server) -> FleetEvent {
+    let mut q = queue();
+    q.push(&unload(
+        mount,
+        0xC000_0121,
+        &[
+            (EXPLORER_PID, SHELL, 6),
+            (RUNDLL_PID, r"C:\Windows\System32\rundll32.exe", 1),
+        ],
+        NOW,
+    ));
+    let q = q.shared();
+    let (_, events) = serve_with(
+        &q,
+        ServiceOptions {
+            once: true,
+            ..long_recheck()
+        },
+        1,
+        &NoIdentities,
+        make,
+    );
+    assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
+    events[1].clone()
+}
+
+/// What `hivetrack modules` ranks for process `pid` of the shell-extension hive alone, row
+/// names as the event writes them.
+fn modules_rows(pid: u64) -> Vec<String> {
+    let mut t = Scripted::new(shell_driver(true));
+    let mut client = Client::new(&mut t);
+    let mut r = client.holders(&user_hive(), false, NOW).unwrap();
+    let table = client.stack_table().unwrap();
+    table.annotate(&mut r, &mut NoSymbols);
+    r.holders.retain(|h| h.pid == pid);
+    let source = r.source.clone();
+    rank(&[r], source, table.coverage)
+        .modules
+        .into_iter()
+        .map(|m| {
+            if m.plumbing_only {
+                format!("{} (plumbing only)", m.name)
+            } else {
+                m.name
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_unload_names_the_held_keys_and_the_modules_that_opened_them() {
+    let e = shell_unload(&user_hive(), &|| shell_driver(true));
+    let explorer = &e.holders[0];
+    assert_eq!(explorer.pid, EXPLORER_PID);
+    // Six keys held: the five oldest, oldest first.
+    assert_eq!(explorer.key_names.len(), KEY_NAMES, "{explorer:#?}");
+    assert!(
+        explorer.key_names[0].ends_with(r"\Software\Microsoft\Windows\CurrentVersion\Explorer"),
+        "{:?}",
+        explorer.key_names
+    );
+    assert!(explorer.key_names[3].ends_with(r"\Software\Fabrikam\OldExt"));
+    assert!(explorer.key_names[4].ends_with(r"\Software\Contoso\ShellExt"));
+    assert!(!explorer.key_names.iter().any(|k| k.ends_with("Cache")));
+    // Attributed as `hivetrack modules` does: the load-time rule names oldext.dll, an
+    // all-plumbing stack is its own row, empty and dropped stacks name nobody.
+    assert_eq!(
+        explorer.modules,
+        ["shellext.dll", "oldext.dll", "ntdll.dll (plumbing only)"]
+    );
+    assert_eq!(explorer.modules, modules_rows(EXPLORER_PID));
+    let rundll = &e.holders[1];
+    assert_eq!(rundll.key_names.len(), 1);
+    assert_eq!(rundll.modules, ["shellext.dll"]);
+    assert_eq!(rundll.modules, modules_rows(RUNDLL_PID));
+    assert!(
+        e.message.contains(&format!(
+            "explorer.exe (pid {EXPLORER_PID}, 6 keys, opened by shellext.dll, oldext.dll, ntdll.dll (plumbing only))"
+        )),
+        "{}",
+        e.message
+    );
+    // EventData: after every older field, "; "-joined.
+    let s = e.insertion_strings();
+    assert_eq!(s.len(), INSERTION_STRINGS);
+    assert_eq!(field(&s, "Holder1KeyNames"), explorer.key_names.join("; "));
+    assert_eq!(
+        field(&s, "Holder1Modules"),
+        "shellext.dll; oldext.dll; ntdll.dll (plumbing only)"
+    );
+    assert_eq!(field(&s, "Holder2Modules"), "shellext.dll");
+    assert_eq!(field(&s, "Holder1Keys"), "6");
+    assert_eq!(field(&s, "Holder3KeyNames"), "");
+    // JSON: arrays per holder.
+    let v: serde_json::Value = serde_json::from_str(&e.json_line().unwrap()).unwrap();
+    assert_eq!(
+        v["holders"][0]["key_names"].as_array().unwrap().len(),
+        KEY_NAMES
+    );
+    assert_eq!(v["holders"][0]["modules"][0], "shellext.dll");
+    assert_eq!(
+        v["holders"][1]["modules"],
+        serde_json::json!(["shellext.dll"])
+    );
+}
+
+#[test]
+fn without_stack_capture_the_keys_are_named_and_no_module_is() {
+    let e = shell_unload(&user_hive(), &|| shell_driver(false));
+    assert_eq!(e.holders[0].key_names.len(), KEY_NAMES);
+    assert!(e.holders.iter().all(|h| h.modules.is_empty()), "{e:#?}");
+    assert!(!e.message.contains("opened by"), "{}", e.message);
+    let s = e.insertion_strings();
+    assert_eq!(field(&s, "Holder1Modules"), "");
+    let v: serde_json::Value = serde_json::from_str(&e.json_line().unwrap()).unwrap();
+    assert_eq!(v["holders"][0]["modules"], serde_json::json!([]));
+}
+
+#[test]
+fn a_hive_the_driver_no_longer_knows_gets_no_keys_or_modules() {
+    let gone = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1999";
+    let e = shell_unload(gone, &|| shell_driver(true));
+    assert_eq!(e.holders.len(), 2);
+    assert!(
+        e.holders
+            .iter()
+            .all(|h| h.key_names.is_empty() && h.modules.is_empty()),
+        "{e:#?}"
+    );
+    assert!(!e.message.contains("opened by"), "{}", e.message);
 }

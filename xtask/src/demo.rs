@@ -145,12 +145,14 @@ pub fn demo(package: &Path, target: &Path) -> Result<()> {
             bail!("`{}` did not name the holder now", describe(&cmd));
         }
         if args.contains(&"service")
-            && !String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.contains(r#""event_id":1001"#) && l.contains("profleak.exe"))
+            && !String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                l.contains(r#""event_id":1001"#)
+                    && l.contains("profleak.exe")
+                    && l.contains(r#"Software\\Policies"]"#)
+            })
         {
             bail!(
-                "`{}` did not write the failed unload (1001) naming its holder",
+                "`{}` did not write the failed unload (1001) naming its holder and its key",
                 describe(&cmd)
             );
         }
