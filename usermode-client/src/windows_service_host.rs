@@ -91,6 +91,17 @@ pub fn uninstall() -> Result<()> {
         .is_ok_and(|s| s.current_state != ServiceState::Stopped)
     {
         let _ = service.stop();
+        // `ControlService(STOP)` only asks; Learn, `DeleteService`: the entry is removed once
+        // the service is not running and every handle to it is closed. Wait (up to 30 s) for
+        // it to stop, so that the service is gone when `uninstall` returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while service
+            .query_status()
+            .is_ok_and(|s| s.current_state != ServiceState::Stopped)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
     service
         .delete()

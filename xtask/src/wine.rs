@@ -671,16 +671,26 @@ fn service_checks(prefix: &Prefix, exe: &str, started: Instant) -> Result<()> {
                 "svc-uninstall",
                 &mut prefix.wine(&[exe, "service", "uninstall"]),
             )?;
+            // Learn, `DeleteService`: the service's entry goes once it is not running and
+            // every handle to it is closed, which the service manager sees a moment after
+            // `uninstall` returns: allow it 10 s.
             for key in [source_key, service_key] {
-                let out = prefix.run(
-                    "reg-after-svc-uninstall",
-                    &mut prefix.wine(&["reg", "query", key]),
-                )?;
-                ensure!(
-                    !out.status.success(),
-                    "{key} is still there:\n{}",
-                    stdout_of(&out)
-                );
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let out = prefix.run(
+                        "reg-after-svc-uninstall",
+                        &mut prefix.wine(&["reg", "query", key]),
+                    )?;
+                    if !out.status.success() {
+                        break;
+                    }
+                    ensure!(
+                        Instant::now() < deadline,
+                        "{key} is still there 10 s after uninstall:\n{}",
+                        stdout_of(&out)
+                    );
+                    thread::sleep(Duration::from_millis(250));
+                }
             }
             Ok(())
         })(),
