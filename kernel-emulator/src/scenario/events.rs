@@ -64,6 +64,16 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Loads the profile and starts the sync client (profleak.exe) with the parents of the key
+/// it holds in these scenarios: (its pid, the key).
+fn sync_client(ctx: &mut Ctx) -> (u32, String) {
+    load_profile(ctx);
+    let pid = spawn(ctx, APP2);
+    let key = format!(r"{USER}\Software\Sync\State");
+    ensure_parents(pid, &format!(r"{key}\x"));
+    (pid, key)
+}
+
 /// An event-stream request.
 fn request(after: u64, timeout_ms: u32) -> Vec<u8> {
     let req = EventsRequest {
@@ -178,10 +188,7 @@ fn event_stream(ctx: &mut Ctx) {
         return;
     };
     let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
-    let leaker = spawn(ctx, APP2);
-    let key = format!(r"{USER}\Software\Sync\State");
-    ensure_parents(leaker, &format!(r"{key}\x"));
+    let (leaker, key) = sync_client(ctx);
     let first = hive::open_key(leaker, &key, KEY_READ, true);
     ctx.check(first.is_ok(), "the sync client holds its key");
     // Nothing happened yet: a reader pends.
@@ -327,10 +334,7 @@ fn event_stream(ctx: &mut Ctx) {
 fn event_overflow(ctx: &mut Ctx) {
     let mut d = start(ctx);
     let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
-    let leaker = spawn(ctx, APP2);
-    let key = format!(r"{USER}\Software\Sync\State");
-    ensure_parents(leaker, &format!(r"{key}\x"));
+    let (leaker, key) = sync_client(ctx);
     let held = hive::open_key(leaker, &key, KEY_READ, true);
     for _ in 0..40 {
         let _ = hive::unload_hive(SYSTEM_PID, USER);
@@ -384,10 +388,7 @@ fn faulty_events(ctx: &mut Ctx, policy: FaultPolicy) -> (usize, bool) {
     let Some(c) = Client::open(ctx) else {
         return (0, true);
     };
-    load_profile(ctx);
-    let leaker = spawn(ctx, APP2);
-    let key = format!(r"{USER}\Software\Sync\State");
-    ensure_parents(leaker, &format!(r"{key}\x"));
+    let (leaker, key) = sync_client(ctx);
     kernel::with(|k| {
         k.faults.calls = 0;
         k.faults.injected.clear();
@@ -466,10 +467,7 @@ fn event_low_resources(ctx: &mut Ctx) {
 fn event_reader_cost(ctx: &mut Ctx) {
     let mut d = start(ctx);
     let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
-    let app = spawn(ctx, APP2);
-    let key = format!(r"{USER}\Software\Sync\State");
-    ensure_parents(app, &format!(r"{key}\x"));
+    let (app, key) = sync_client(ctx);
     let locks = || crate::calls::snapshot()[crate::calls::Call::SpinLock as usize];
     let cycle = |n: u32| {
         let before = locks();
