@@ -19,28 +19,12 @@
 //! image path (2+2n, as the kernel named it: `\Device\HarddiskVolume3\…\x.dll`).
 
 use crate::holders::decode_flags;
-use crate::page::{Codec, PageKind};
+use crate::page::{Codec, DroppedPrefix, PageKind};
 use crate::text::Text;
 use crate::wire::{DecodeError, EncodeError, MessageKind, Reader, Writer};
 
-/// What the whole answer could not hold.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ModulesPrefix {
-    /// Image loads not recorded so far.
-    pub dropped: u64,
-}
-
-impl Codec<'_> for ModulesPrefix {
-    fn encoded_len(&self) -> usize {
-        8
-    }
-    fn encode(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        w.u64(self.dropped)
-    }
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Self { dropped: r.u64()? })
-    }
-}
+/// The modules page's prefix: image loads not recorded so far.
+pub type ModulesPrefix = DroppedPrefix;
 
 /// A process whose modules follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

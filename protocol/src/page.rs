@@ -58,6 +58,26 @@ impl Codec<'_> for NoPrefix {
     }
 }
 
+/// A prefix of one count: what the whole answer could not hold so far (the stacks and
+/// modules pages: stacks not stored, image loads not recorded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DroppedPrefix {
+    /// How many were not kept.
+    pub dropped: u64,
+}
+
+impl Codec<'_> for DroppedPrefix {
+    fn encoded_len(&self) -> usize {
+        8
+    }
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        w.u64(self.dropped)
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self { dropped: r.u64()? })
+    }
+}
+
 /// One kind of paged answer.
 pub trait PageKind {
     /// The message kind in the header.

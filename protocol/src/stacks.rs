@@ -12,27 +12,11 @@
 //! that process's modules ([`crate::modules`]), never a kernel address.
 
 use crate::capture::MAX_FRAMES;
-use crate::page::{Codec, PageKind};
+use crate::page::{Codec, DroppedPrefix, PageKind};
 use crate::wire::{DecodeError, EncodeError, MessageKind, Reader, Writer};
 
-/// What the whole answer could not hold.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StacksPrefix {
-    /// Stacks captured but not stored so far.
-    pub dropped: u64,
-}
-
-impl Codec<'_> for StacksPrefix {
-    fn encoded_len(&self) -> usize {
-        8
-    }
-    fn encode(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        w.u64(self.dropped)
-    }
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Self { dropped: r.u64()? })
-    }
-}
+/// The stacks page's prefix: stacks captured but not stored so far.
+pub type StacksPrefix = DroppedPrefix;
 
 /// One stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
