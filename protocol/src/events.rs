@@ -5,7 +5,10 @@
 //! hive unload attempt with the processes that held keys in the hive at that moment, and a
 //! key-count alarm ([`UnloadRecord::KEY_ALARM`]: a process reached the alarm threshold of
 //! open keys, the 65,602-handle leak; its record names no hive, `open_keys` is the process's
-//! count and its one holder is the process). The history is a bounded ring in the driver's
+//! count and its one holder is the process), and a hive still held after a failed unload
+//! ([`UnloadRecord::HELD_AFTER`]: the driver looked again the configured delay after the
+//! attempt and some process still held a key in it, or it could not see whether one did).
+//! The history is a bounded ring in the driver's
 //! memory budget: a collector that falls behind is told how many events it missed.
 //!
 //! `IOCTL_HIVETRACK_WAIT_EVENTS` takes an [`EventsRequest`] (the last sequence number the
@@ -20,7 +23,8 @@
 //! Page prefix: missed u64 (events after `after` no longer kept when this page was
 //! written), tracking since u64 (when the driver's tracking started: another value means the
 //! driver restarted and sequence numbers started again at 1), key alarm threshold u64 (0:
-//! alarms off).
+//! alarms off), held-after delay in seconds u64 (0: the driver does not look again after a
+//! failed unload).
 
 use crate::cursor::Cursor;
 use crate::history::UnloadRecord;
@@ -80,22 +84,27 @@ pub struct EventsPrefix {
     pub tracking_since: u64,
     /// Open keys per process that raise a key-count alarm (0: alarms off).
     pub key_alarm_threshold: u64,
+    /// Seconds after a failed unload attempt at which the driver looks at the hive again
+    /// and reports it if still held ([`UnloadRecord::HELD_AFTER`]); 0: it does not.
+    pub held_after_seconds: u64,
 }
 
 impl Codec<'_> for EventsPrefix {
     fn encoded_len(&self) -> usize {
-        24
+        32
     }
     fn encode(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.u64(self.missed)?;
         w.u64(self.tracking_since)?;
-        w.u64(self.key_alarm_threshold)
+        w.u64(self.key_alarm_threshold)?;
+        w.u64(self.held_after_seconds)
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             missed: r.u64()?,
             tracking_since: r.u64()?,
             key_alarm_threshold: r.u64()?,
+            held_after_seconds: r.u64()?,
         })
     }
 }

@@ -11,7 +11,7 @@
 //! | 16     | 8    | open keys in the hive at the time                              |
 //! | 24     | 4    | processes holding keys at the time                             |
 //! | 28     | 2    | holders stored in this record (at most [`MAX_UNLOAD_HOLDERS`]) |
-//! | 30     | 2    | flags: [`UnloadRecord::HOLDERS_TRUNCATED`], [`UnloadRecord::UNKNOWN_HIVE`] |
+//! | 30     | 2    | flags: [`UnloadRecord::KNOWN_FLAGS`]                             |
 //! | 32     | 8    | sequence number of the attempt (1 = first since start)        |
 //! | 40     | 2+2n | mount point as given                                          |
 //! | …      |      | stored holders: pid u64, start key u64, open keys u64, image (2+2n) |
@@ -126,7 +126,9 @@ pub struct UnloadRecord<'a> {
     pub open_keys: u64,
     /// Processes holding keys then.
     pub holders_total: u32,
-    /// [`UnloadRecord::HOLDERS_TRUNCATED`], [`UnloadRecord::UNKNOWN_HIVE`].
+    /// [`UnloadRecord::HOLDERS_TRUNCATED`], [`UnloadRecord::UNKNOWN_HIVE`],
+    /// [`UnloadRecord::KEY_ALARM`], [`UnloadRecord::HELD_AFTER`],
+    /// [`UnloadRecord::HOLDERS_UNSEEN`].
     pub flags: u16,
     /// Sequence number of the attempt.
     pub sequence: u64,
@@ -145,8 +147,18 @@ impl UnloadRecord<'_> {
     /// threshold of open keys; the record names no hive (id 0, empty mount, outcome 0),
     /// `open_keys` is the process's count, and its one holder is the process.
     pub const KEY_ALARM: u16 = 4;
+    /// Not an unload: the hive was still held (or the driver could not see whether it was)
+    /// the configured delay after a failed unload attempt of it
+    /// ([`crate::events::EventsPrefix::held_after_seconds`]). `time` is when the driver
+    /// looked, `outcome` the failed attempt's status, and the holders are those at that
+    /// moment.
+    pub const HELD_AFTER: u16 = 8;
+    /// The driver cannot vouch that it saw every open in the hive (keys opened before its
+    /// tracking began, or opens it lost): processes beyond the holders listed may hold keys
+    /// in it. Only the kernel's own handle list can tell those.
+    pub const HOLDERS_UNSEEN: u16 = 16;
     /// Every flag this version defines.
-    pub const KNOWN_FLAGS: u16 = 7;
+    pub const KNOWN_FLAGS: u16 = 31;
 }
 
 impl<'a> Codec<'a> for UnloadRecord<'a> {

@@ -143,6 +143,9 @@ stats! {
         /// Image loads not recorded (no memory, the process's share used, or an unknown
         /// process): frames in those images cannot be attributed. Not a loss of holders.
         modules_dropped,
+        /// Hives reported still held the configured delay after a failed unload (each an
+        /// event in the stream).
+        held_after_events,
     }
     losses {
         /// Opens not tracked: the object cap was reached.
@@ -188,6 +191,10 @@ stats! {
         /// (`CmCallbackGetKeyObjectIDEx` failed). Each is also counted against the hive the
         /// caller's path names, so that hive's reports say they are incomplete.
         opens_dropped_no_name,
+        /// Failed unloads the driver could not look at again after the delay (every watch
+        /// slot in use, or no memory for the event): each took a number of the event
+        /// stream, so its readers count it as missed.
+        held_after_unwatched,
     }
     budget {
         /// The memory budget in bytes of non-paged pool (configuration: the service key's

@@ -50,6 +50,8 @@ pub struct Counters {
     pub image_loads_seen: AtomicU64,
     pub modules_dropped: AtomicU64,
     pub key_alarms: AtomicU64,
+    pub held_after_events: AtomicU64,
+    pub held_after_unwatched: AtomicU64,
     /// Bumped when something the driver must act on happened inside an open: an event (a
     /// key-count alarm) was recorded, or a process record was made without its image.
     pub attention: AtomicU64,

@@ -127,6 +127,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 missed,
                 tracking_since: since,
                 key_alarm_threshold: threshold,
+                held_after_seconds: self.config.held_after_seconds,
             };
             let mut room = out
                 .len()

@@ -105,6 +105,11 @@ impl Hive {
         name_of(self.mount).units()
     }
 
+    /// Its mount point's name reference (for a record that keeps it: add a reference).
+    pub(crate) const fn mount_ref(&self) -> NameRef {
+        self.mount
+    }
+
     /// Hive file, if known. Valid while the caller holds the hive's shard lock.
     pub fn file(&self) -> &[u16] {
         NonNull::new(self.file.load(Relaxed)).map_or(&[], |f| name_of(f).units())
@@ -701,6 +706,18 @@ impl<L: RawLock> HiveTable<L> {
         let h = find(&shard.live, |h| eq_folded(h.mount(), mount))?;
         hive_of(h).refs.fetch_add(1, Relaxed);
         Some(h)
+    }
+
+    /// Pins the live hive (loaded, implicit or with an unload pending: not unloaded) with `id`.
+    pub fn pin_live_id(&self, id: u32) -> Option<NonNull<Hive>> {
+        for s in &self.shards {
+            let _g = Shared::new(&s.lock);
+            if let Some(h) = find(&s.live, |h| h.id == id) {
+                hive_of(h).refs.fetch_add(1, Relaxed);
+                return Some(h);
+            }
+        }
+        None
     }
 
     /// Calls `f` on every hive (live and retired) under its shard lock, shared.

@@ -26,6 +26,7 @@ pub mod capture;
 pub mod census;
 mod counters;
 pub mod events;
+pub mod held_after;
 mod history;
 pub mod hives;
 mod identify;

@@ -166,6 +166,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.image_loads_seen = get(&c.image_loads_seen);
         s.modules_dropped = get(&c.modules_dropped);
         s.key_alarms = get(&c.key_alarms);
+        s.held_after_events = get(&c.held_after_events);
+        s.held_after_unwatched = get(&c.held_after_unwatched);
         s.budget_bytes = self.pool.limit();
         s.budget_used_bytes = self.pool.used();
         s.budget_peak_bytes = self.pool.peak();

@@ -10,6 +10,7 @@ use crate::budget::{Budgeted, TopDropper};
 use crate::capture::Capture;
 use crate::counters::{Counters, bump};
 use crate::counters::{locked_add32, locked_add64, locked_sub32, locked_sub64};
+use crate::held_after::Watches;
 use crate::history::{HistEntry, HistHolder, History};
 use crate::hives::{Hive, HiveHint, HiveTable, Vouch, hive_of};
 use crate::keys::{ENTRY_COST, KeyCache, KeyHit, KeyMiss, KeyRef};
@@ -47,6 +48,9 @@ pub struct Config {
     /// ([`protocol::events`]), again at each doubling (10,000, 20,000, 40,000, …: a leak of
     /// 65,602 handles raises three); 0 turns alarms off.
     pub key_alarm_threshold: u64,
+    /// Seconds after a failed unload attempt at which the hive is looked at again and, if
+    /// still held, reported in the event stream ([`crate::held_after`]); 0 turns it off.
+    pub held_after_seconds: u64,
     /// Keys the hash of stored stacks ([`crate::stacks`]); the driver gives a per-boot value.
     pub hash_seed: u64,
 }
@@ -62,6 +66,10 @@ pub const DEFAULT_BUDGET_BYTES: u64 = 96 << 20;
 /// The default key-count alarm: 10,000 open keys in one process (a healthy process holds a
 /// few hundred; the leak users report reached 65,602).
 pub const DEFAULT_KEY_ALARM: u64 = 10_000;
+/// The default delay before a hive whose unload failed is looked at again: 60 s. The User
+/// Profile Service retries a profile hive's unload for a while after logoff before it logs
+/// event 1530; a minute later a hive still held is a leak, not a slow close.
+pub const DEFAULT_HELD_AFTER_SECONDS: u64 = 60;
 /// The ceiling on a configured budget: 512 MiB.
 pub const MAX_BUDGET_BYTES: u64 = 512 << 20;
 /// The floor on a configured budget: 1 MiB.
@@ -101,6 +109,7 @@ impl Default for Config {
             budget_bytes: DEFAULT_BUDGET_BYTES,
             process_share_bytes: Self::share_of(DEFAULT_BUDGET_BYTES),
             key_alarm_threshold: DEFAULT_KEY_ALARM,
+            held_after_seconds: DEFAULT_HELD_AFTER_SECONDS,
             hash_seed: 0,
         }
     }
@@ -146,6 +155,8 @@ pub struct Tracker<P: Pool, L: RawLock> {
     pub(crate) hives: HiveTable<L>,
     pub(crate) processes: ProcessTable<L>,
     pub(crate) history: History<L>,
+    /// Hives to look at again after a failed unload ([`crate::held_after`]).
+    pub(crate) watches: Watches<L>,
     pub(crate) counters: Counters,
     pub(crate) top_dropper: TopDropper<L>,
     /// Open-time stacks ([`crate::stacks`]).
@@ -190,6 +201,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             hives: HiveTable::new(),
             processes: ProcessTable::new(),
             history: History::new(),
+            watches: Watches::new(),
             counters: Counters::default(),
             top_dropper: TopDropper::new(),
             stacks: StackTable::with_seed(config.hash_seed),
@@ -251,6 +263,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // SAFETY: the field is uninitialised, valid for writes, and written once, here.
         unsafe { ProcessTable::init_at(processes) };
         put!(history, History::new());
+        put!(watches, Watches::new());
         put!(counters, Counters::default());
         put!(top_dropper, TopDropper::new());
         put!(stacks, StackTable::with_seed(config.hash_seed));
@@ -1021,9 +1034,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// An unload of `mount` was attempted with `outcome` (an NTSTATUS): records who held keys
-    /// in the hive at this moment, in the bounded history.
+    /// in the hive at this moment, in the bounded history. Returns the hive's id when the
+    /// mount point is a known hive (for [`Tracker::watch_held_after`]).
     #[inline(never)] // rare: kept out of the registry callback's hot frame
-    pub fn unload_attempted(&self, mount: &[u16], outcome: u32, time: u64) {
+    pub fn unload_attempted(&self, mount: &[u16], outcome: u32, time: u64) -> Option<u32> {
         bump(&self.counters.unload_attempts_seen);
         let mut entry = HistEntry {
             next: core::sync::atomic::AtomicPtr::default(),
@@ -1049,6 +1063,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 let hive = hive_of(h);
                 entry.hive_id = hive.id;
                 entry.open_keys = hive.open_keys.load(Relaxed);
+                if self.holders_unseen(hive) {
+                    entry.flags |= UnloadRecord::HOLDERS_UNSEEN;
+                }
                 self.collect_holders(hive, &mut entry);
                 self.hives.unpin(&self.pool, &self.names, h, self.vouch());
             }
@@ -1057,10 +1074,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             bump(&self.counters.history_dropped_no_memory);
             self.release_entry_names(&entry);
             self.history.skip_sequence();
-            return;
+            return (entry.hive_id != 0).then_some(entry.hive_id);
         };
         entry.mount = Some(m);
         self.record_event(&entry);
+        (entry.hive_id != 0).then_some(entry.hive_id)
     }
 
     /// Adds `entry` to the history (the event stream), evicting the oldest past the
@@ -1095,7 +1113,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// Keeps the biggest holders of `hive` in `entry` (images counted).
-    fn collect_holders(&self, hive: &Hive, entry: &mut HistEntry) {
+    pub(crate) fn collect_holders(&self, hive: &Hive, entry: &mut HistEntry) {
         let mut total = 0u32;
         self.processes.for_each(|p| {
             let Some(h) = p.holding(hive.id) else { return };

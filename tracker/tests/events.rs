@@ -29,7 +29,7 @@ fn tracker(pool: &CountingPool, history: u32, alarm: u64) -> TestTracker<'_> {
     )
     .unwrap();
     t.tracking_started(7);
-    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 1);
+    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 8);
     t.process_started(P, &w(r"\Device\HarddiskVolume3\leak.exe"));
     t
 }

@@ -205,7 +205,14 @@ fn run(script: &[Step], pool: &CountingPool) -> Outcome {
         match step {
             Step::Load(m, f) => t.hive_loaded(&w(m), &w(f), n as u64),
             Step::Unload(m) => t.hive_unloaded(&w(m)),
-            Step::Attempt(m) => t.unload_attempted(&w(m), 0xC000_0022, n as u64),
+            Step::Attempt(m) => {
+                // Watched, and looked at again at once (as if the delay had passed): the
+                // held-after event's allocations fail in turn too.
+                if let Some(id) = t.unload_attempted(&w(m), 0xC000_0022, n as u64) {
+                    let _ = t.watch_held_after(id, 0xC000_0022, n as u64);
+                }
+                let _ = t.held_after_check(u64::MAX, n as u64);
+            }
             Step::Start(pid, start, image) => t.process_started(
                 ProcessKey {
                     pid: *pid,

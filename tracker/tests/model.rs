@@ -748,9 +748,11 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
                 .iter()
                 .find(|h| h.live && h.mount == f(mo))
                 .map(|h| h.id);
+            // Live tracking is never started in this model: a known hive's record cannot
+            // vouch for every holder.
             let (id, flags) = hive
                 .map_or((0, protocol::history::UnloadRecord::UNKNOWN_HIVE), |id| {
-                    (id, 0)
+                    (id, protocol::history::UnloadRecord::HOLDERS_UNSEEN)
                 });
             let mut by: BTreeMap<(u64, u64), u64> = BTreeMap::new();
             for o in m.objs.values().filter(|o| Some(o.hive) == hive) {

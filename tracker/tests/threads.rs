@@ -165,11 +165,19 @@ fn eight_threads_six_percent_failures() {
                                     }
                                 }
                                 _ => match (r >> 24) % 4 {
-                                    0 => t.unload_attempted(
-                                        &mounts[((r >> 30) % 6) as usize],
-                                        0xC000_0022,
-                                        ev,
-                                    ),
+                                    0 => {
+                                        // A failed unload is watched; checks run at a later
+                                        // time on any thread (the driver's timer), racing
+                                        // loads, unloads and closes.
+                                        if let Some(id) = t.unload_attempted(
+                                            &mounts[((r >> 30) % 6) as usize],
+                                            0xC000_0022,
+                                            ev,
+                                        ) {
+                                            let _ = t.watch_held_after(id, 0xC000_0022, ev);
+                                        }
+                                        let _ = t.held_after_check(ev + (r >> 40), ev);
+                                    }
                                     1 if ti == 0 => {
                                         let m = &mounts[2 + ((r >> 30) % 4) as usize];
                                         t.hive_unloaded(m);

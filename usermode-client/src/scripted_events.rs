@@ -208,6 +208,7 @@ impl EventQueue {
             missed: self.missed(req.after),
             tracking_since: self.tracking_since,
             key_alarm_threshold: self.key_alarm_threshold,
+            held_after_seconds: 0,
         };
         let mut w =
             PageWriter::<Events>::new(out, &prefix, req.max_records).map_err(|_| small())?;

@@ -169,6 +169,15 @@ pub fn unload_records() -> Vec<UnloadRecord<'static>> {
     }]
 }
 
+/// An events page's records: an unload attempt and a held-after look at its hive.
+pub fn event_records() -> Vec<UnloadRecord<'static>> {
+    let mut held = unload_records()[0];
+    held.flags = UnloadRecord::HELD_AFTER | UnloadRecord::HOLDERS_UNSEEN;
+    held.sequence = 2;
+    held.time = 600_000_500;
+    vec![unload_records()[0], held]
+}
+
 pub fn stats() -> Stats {
     let mut v = [0u64; Stats::FIELD_COUNT];
     for (i, x) in v.iter_mut().enumerate() {
@@ -226,6 +235,19 @@ pub fn all_samples() -> Vec<(&'static str, Vec<u8>)> {
         (
             "unload_history",
             page::<UnloadHistory>(&NoPrefix, &unload_records(), &INFO),
+        ),
+        (
+            "events",
+            page::<protocol::events::Events>(
+                &protocol::events::EventsPrefix {
+                    missed: 3,
+                    tracking_since: 4,
+                    key_alarm_threshold: 10_000,
+                    held_after_seconds: 60,
+                },
+                &event_records(),
+                &INFO,
+            ),
         ),
         (
             "stacks",

@@ -1,0 +1,225 @@
+//! Hives looked at again after a failed unload (issue 17).
+//!
+//! A hive still held the configured delay after its unload failed is an event of the stream
+//! ([`UnloadRecord::HELD_AFTER`]), so a collector that was not running at the attempt, or
+//! restarted since, still learns it.
+//!
+//! A failed attempt on a known hive puts a watch (hive id, the attempt's status, when it is
+//! due) in a fixed table of [`MAX_WATCHES`] slots inside the tracker: watching allocates
+//! nothing and cannot fail for memory. One watch per hive: a retry while one is pending keeps
+//! the first (the delay counts from the first failed attempt of a run of retries). A full
+//! table counts the attempt as `held_after_unwatched` and takes a number of the stream for
+//! it, so the stream's readers are told they missed one rather than told nothing.
+//!
+//! The caller's clock is monotonic (the driver's interrupt time, in 100 ns units); the event
+//! is stamped with the system time the caller gives. The driver's timer calls
+//! [`Tracker::held_after_check`] at the earliest due time, at `DISPATCH_LEVEL`: it takes
+//! spin locks and non-paged blocks only.
+//!
+//! At the due time the hive is reported when it is still loaded (a later successful unload
+//! removes it from the live list: nothing to say) and some process holds a key in it, or the
+//! tracker cannot vouch that it saw every open in it (keys opened before tracking began,
+//! opens lost): then the record carries [`UnloadRecord::HOLDERS_UNSEEN`]. A hive whose keys
+//! are all closed and whose opens were all seen is free: no event.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::Relaxed};
+
+use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
+
+use crate::counters::{bump, get};
+use crate::history::{HistEntry, HistHolder};
+use crate::hives::{Hive, hive_of};
+use crate::lock::{Exclusive, RawLock};
+use crate::pool::Pool;
+use crate::tracker::Tracker;
+
+/// Failed unloads watched at once: more hives than a mass logoff of a large terminal server
+/// fails to unload within one delay.
+pub const MAX_WATCHES: usize = 64;
+
+/// `STATUS_SUCCESS`: an unload that succeeded is not watched.
+const SUCCESS: u32 = 0;
+
+/// 100 ns units in a second.
+const SECOND: u64 = 10_000_000;
+
+/// One watched hive (`hive_id` 0: the slot is free).
+#[derive(Clone, Copy, Debug, Default)]
+struct Watch {
+    hive_id: u32,
+    outcome: u32,
+    due: u64,
+}
+
+/// The watch table.
+pub struct Watches<L> {
+    lock: L,
+    slots: UnsafeCell<[Watch; MAX_WATCHES]>,
+    /// Slots in use, readable without the lock.
+    used: AtomicU32,
+}
+
+// SAFETY: `slots` is only touched under `lock`.
+unsafe impl<L: RawLock> Sync for Watches<L> {}
+// SAFETY: nothing in it is tied to a thread.
+unsafe impl<L: RawLock> Send for Watches<L> {}
+
+impl<L: RawLock> Default for Watches<L> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<L: RawLock> Watches<L> {
+    /// No watch.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            lock: L::new(),
+            slots: UnsafeCell::new([Watch::default(); MAX_WATCHES]),
+            used: AtomicU32::new(0),
+        }
+    }
+
+    /// Runs `f` on the slots under the lock.
+    fn with<R>(&self, f: impl FnOnce(&mut [Watch; MAX_WATCHES], &AtomicU32) -> R) -> R {
+        let _g = Exclusive::new(&self.lock);
+        // SAFETY: the lock is held: this is the only reference to the slots.
+        let slots = unsafe { &mut *self.slots.get() };
+        f(slots, &self.used)
+    }
+}
+
+/// What [`Tracker::held_after_check`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldAfterChecked {
+    /// Stream numbers taken (events stored, or numbered and counted missed): wake readers.
+    pub events: u32,
+    /// When the next watch is due (the caller's clock), if any.
+    pub next_due: Option<u64>,
+}
+
+fn earliest(slots: &[Watch]) -> Option<u64> {
+    slots.iter().filter(|w| w.hive_id != 0).map(|w| w.due).min()
+}
+
+impl<P: Pool, L: RawLock> Tracker<P, L> {
+    /// An unload of hive `hive_id` (from [`Tracker::unload_attempted`]) ended with `outcome`
+    /// at `now` (the caller's monotonic clock): unless it succeeded, or looking again is
+    /// turned off, the hive is watched. Returns when the watch is due, for the caller's timer
+    /// (an earlier watch of the same hive keeps its due time); `None` when nothing is watched.
+    /// A full table is counted and takes a number of the stream (its readers count it missed).
+    pub fn watch_held_after(&self, hive_id: u32, outcome: u32, now: u64) -> Option<u64> {
+        let secs = self.config.held_after_seconds;
+        if secs == 0 || outcome == SUCCESS || hive_id == 0 {
+            return None;
+        }
+        let due = now.saturating_add(secs.saturating_mul(SECOND));
+        let watched = self.watches.with(|slots, used| {
+            if let Some(w) = slots.iter().find(|w| w.hive_id == hive_id) {
+                return Some(w.due);
+            }
+            let free = slots.iter_mut().find(|w| w.hive_id == 0)?;
+            *free = Watch {
+                hive_id,
+                outcome,
+                due,
+            };
+            used.fetch_add(1, Relaxed);
+            Some(due)
+        });
+        if watched.is_none() {
+            bump(&self.counters.held_after_unwatched);
+            self.history.skip_sequence();
+        }
+        watched
+    }
+
+    /// When the earliest watch is due, if any.
+    pub fn next_held_after(&self) -> Option<u64> {
+        if self.watches.used.load(Relaxed) == 0 {
+            return None;
+        }
+        self.watches.with(|slots, _| earliest(slots))
+    }
+
+    /// Looks at every hive whose watch is due at `now` (the caller's monotonic clock) and
+    /// records a [`UnloadRecord::HELD_AFTER`] event, stamped `time`, for each still held (see
+    /// the module doc).
+    pub fn held_after_check(&self, now: u64, time: u64) -> HeldAfterChecked {
+        if self.watches.used.load(Relaxed) == 0 {
+            return HeldAfterChecked::default();
+        }
+        let mut due = [Watch::default(); MAX_WATCHES];
+        let mut n = 0;
+        let next_due = self.watches.with(|slots, used| {
+            for w in slots.iter_mut().filter(|w| w.hive_id != 0 && w.due <= now) {
+                due[n] = *w;
+                n += 1;
+                *w = Watch::default();
+                used.fetch_sub(1, Relaxed);
+            }
+            earliest(slots)
+        });
+        let events = due[..n]
+            .iter()
+            .map(|w| u32::from(self.held_after_event(*w, time)))
+            .sum();
+        HeldAfterChecked { events, next_due }
+    }
+
+    /// Whether the tracker cannot vouch that it saw every open in `hive`: opens lost, or the
+    /// hive loaded before tracking began (or at an unknown time), so keys opened before may
+    /// still be held unseen.
+    pub(crate) fn holders_unseen(&self, hive: &Hive) -> bool {
+        let since = get(&self.counters.tracking_since);
+        let loaded = hive.loaded_time();
+        !self.completeness(hive).nothing_lost() || loaded == 0 || loaded < since
+    }
+
+    /// Records the event of one due watch; true when it took a stream number.
+    fn held_after_event(&self, w: Watch, time: u64) -> bool {
+        let Some(h) = self.hives.pin_live_id(w.hive_id) else {
+            return false; // unloaded since (or forgotten): not held
+        };
+        let hive = hive_of(h);
+        let open_keys = hive.open_keys.load(Relaxed);
+        let unseen = self.holders_unseen(hive);
+        if open_keys == 0 && hive.holders.load(Relaxed) == 0 && !unseen {
+            self.hives.unpin(&self.pool, &self.names, h, self.vouch());
+            return false; // free, and every open in it was seen
+        }
+        let mount = self.hives.with_locked(h, |hive| {
+            let m = hive.mount_ref();
+            self.names.add_ref(m);
+            m
+        });
+        let mut entry = HistEntry {
+            next: AtomicPtr::default(),
+            sequence: 0,
+            time,
+            outcome: w.outcome,
+            hive_id: w.hive_id,
+            open_keys,
+            holders_total: 0,
+            flags: UnloadRecord::HELD_AFTER,
+            n: 0,
+            mount: Some(mount),
+            holders: [HistHolder {
+                pid: 0,
+                start_key: 0,
+                open_keys: 0,
+                image: None,
+            }; MAX_UNLOAD_HOLDERS],
+        };
+        if unseen {
+            entry.flags |= UnloadRecord::HOLDERS_UNSEEN;
+        }
+        self.collect_holders(hive, &mut entry);
+        self.hives.unpin(&self.pool, &self.names, h, self.vouch());
+        bump(&self.counters.held_after_events);
+        self.record_event(&entry);
+        true
+    }
+}

@@ -1,0 +1,237 @@
+//! Hives looked at again after a failed unload (`tracker::held_after`): a hive still held
+//! when its watch is due is an event of the stream with its holders then; an unloaded or
+//! free hive is not; a hive the tracker cannot vouch for is reported as such; retries keep
+//! one watch; a full table is counted and shows as missed to the stream's readers.
+
+mod support;
+
+use protocol::events::Events;
+use protocol::history::UnloadRecord;
+use protocol::page::Page;
+use protocol::wire::decode;
+use support::*;
+use tracker::held_after::MAX_WATCHES;
+use tracker::{Config, ProcessKey, Tracker};
+
+const USER: &str = r"\REGISTRY\USER\S-1-5-21-1-1001";
+const P: ProcessKey = ProcessKey {
+    pid: 0x40,
+    start_key: 1,
+};
+const DENIED: u32 = 0xC000_0022;
+/// 100 ns units in a second.
+const S: u64 = 10_000_000;
+
+/// A tracker tracking since 7 with the user's hive loaded at `loaded` (after 7: every open
+/// in it is seen) and one holder of one key in it; looking again after 60 s.
+fn tracker(pool: &CountingPool, loaded: u64, held_after: u64) -> (TestTracker<'_>, u32) {
+    let t = Tracker::new(
+        pool,
+        Config {
+            held_after_seconds: held_after,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    t.tracking_started(7);
+    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), loaded);
+    t.process_started(P, &w(r"\Device\HarddiskVolume3\profleak.exe"));
+    // Its token is not kept: the key stays open until the tracker is dropped.
+    let _ = t
+        .opened(0x1000, P, 9, &w(&format!(r"{USER}\Software")), 1, 10)
+        .unwrap();
+    let id = t.watch_hive(&w(USER)).unwrap().0;
+    (t, id)
+}
+
+/// The records after `after`: (sequence, flags, holders' pids, open keys, outcome, mount).
+fn events(t: &TestTracker<'_>, after: u64) -> Vec<(u64, u16, Vec<u64>, u64, u32, String)> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = t.events(after, 0, &mut buf).unwrap();
+    let p = decode::<Page<'_, Events>>(&buf[..n]).unwrap();
+    p.records()
+        .map(|r| {
+            (
+                r.sequence,
+                r.flags,
+                r.holders.iter().map(|h| h.pid).collect(),
+                r.open_keys,
+                r.outcome,
+                r.mount.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_hive_still_held_when_due_is_reported_with_its_holders_once() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let (t, id) = tracker(&pool, 8, 60);
+    assert_eq!(t.unload_attempted(&w(USER), DENIED, 20), Some(id));
+    let due = t.watch_held_after(id, DENIED, 100).unwrap();
+    assert_eq!(due, 100 + 60 * S);
+    // A retry keeps the first watch (and its due time).
+    t.unload_attempted(&w(USER), DENIED, 21);
+    assert_eq!(t.watch_held_after(id, DENIED, 100 + 5 * S), Some(due));
+    assert_eq!(t.next_held_after(), Some(due));
+    // Not yet due: nothing.
+    let c = t.held_after_check(due - 1, 30);
+    assert_eq!((c.events, c.next_due), (0, Some(due)));
+    assert_eq!(events(&t, 2), vec![]);
+    // Due: one event naming the holder, stamped with the caller's time.
+    let c = t.held_after_check(due, 40);
+    assert_eq!((c.events, c.next_due), (1, None));
+    assert_eq!(
+        events(&t, 2),
+        vec![(
+            3,
+            UnloadRecord::HELD_AFTER,
+            vec![0x40],
+            1,
+            DENIED,
+            USER.to_string()
+        )]
+    );
+    assert_eq!(t.stats().held_after_events, 1);
+    let mut buf = vec![0u8; 4096];
+    let n = t.events(0, 0, &mut buf).unwrap();
+    let p = decode::<Page<'_, Events>>(&buf[..n]).unwrap();
+    assert_eq!(
+        p.prefix.held_after_seconds, 60,
+        "readers are told the delay"
+    );
+    // Once: the watch is gone.
+    assert_eq!(t.held_after_check(u64::MAX, 50).events, 0);
+    assert_eq!(t.next_held_after(), None);
+}
+
+#[test]
+fn an_unloaded_or_free_hive_is_not_reported() {
+    let pool = CountingPool::new(Failure::Never, true);
+    // Unloaded after the failed attempt.
+    let (t, id) = tracker(&pool, 8, 60);
+    t.unload_attempted(&w(USER), DENIED, 20);
+    t.watch_held_after(id, DENIED, 0).unwrap();
+    t.hive_unloaded(&w(USER));
+    assert_eq!(t.held_after_check(u64::MAX, 40).events, 0);
+    assert_eq!(events(&t, 1), vec![]);
+    // Free: its one key closed; every open in it was seen (loaded after tracking began).
+    let pool = CountingPool::new(Failure::Never, true);
+    let (t, id) = tracker(&pool, 8, 60);
+    let tok = t
+        .opened(0x2000, P, 9, &w(&format!(r"{USER}\Other")), 1, 11)
+        .unwrap();
+    t.unload_attempted(&w(USER), DENIED, 20);
+    t.watch_held_after(id, DENIED, 0).unwrap();
+    t.object_destroyed(tok, 0x2000);
+    // Still held by the first key: reported.
+    assert_eq!(t.held_after_check(u64::MAX, 40).events, 1);
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(7);
+    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 8);
+    let tok = t
+        .opened(0x2000, P, 9, &w(&format!(r"{USER}\Other")), 1, 11)
+        .unwrap();
+    let id = t.unload_attempted(&w(USER), DENIED, 20).unwrap();
+    t.watch_held_after(id, DENIED, 0).unwrap();
+    t.object_destroyed(tok, 0x2000);
+    assert_eq!(t.held_after_check(u64::MAX, 40).events, 0, "free: no event");
+    assert_eq!(t.stats().held_after_events, 0);
+}
+
+#[test]
+fn a_hive_loaded_before_tracking_began_is_reported_as_unseen_even_without_holders() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 3);
+    t.tracking_started(7);
+    let id = t.unload_attempted(&w(USER), DENIED, 20).unwrap();
+    t.watch_held_after(id, DENIED, 0).unwrap();
+    assert_eq!(t.held_after_check(u64::MAX, 40).events, 1);
+    let unseen = UnloadRecord::HOLDERS_UNSEEN;
+    assert_eq!(
+        events(&t, 0),
+        vec![
+            (1, unseen, vec![], 0, DENIED, USER.to_string()),
+            (
+                2,
+                UnloadRecord::HELD_AFTER | unseen,
+                vec![],
+                0,
+                DENIED,
+                USER.to_string()
+            ),
+        ],
+        "the attempt and the look again both say the holders may be incomplete"
+    );
+}
+
+#[test]
+fn success_unknown_hives_and_a_zero_delay_are_not_watched() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let (t, id) = tracker(&pool, 8, 60);
+    assert_eq!(t.watch_held_after(id, 0, 0), None, "a successful unload");
+    assert_eq!(
+        t.unload_attempted(&w(r"\REGISTRY\A\nowhere"), DENIED, 20),
+        None
+    );
+    assert_eq!(t.watch_held_after(0, DENIED, 0), None);
+    let pool = CountingPool::new(Failure::Never, true);
+    let (t, id) = tracker(&pool, 8, 0);
+    assert_eq!(t.watch_held_after(id, DENIED, 0), None, "turned off");
+    assert_eq!(t.held_after_check(u64::MAX, 1).events, 0);
+}
+
+#[test]
+fn a_full_table_is_counted_and_missed_by_readers() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(7);
+    let mounts: Vec<String> = (0..=MAX_WATCHES)
+        .map(|i| format!(r"\REGISTRY\A\H{i}"))
+        .collect();
+    let mut ids = vec![];
+    for m in &mounts {
+        t.hive_loaded(&w(m), &w(r"C:\h.dat"), 8);
+        ids.push(t.unload_attempted(&w(m), DENIED, 20).unwrap());
+    }
+    let numbered = MAX_WATCHES as u64 + 1;
+    for (i, id) in ids.iter().enumerate() {
+        let watched = t.watch_held_after(*id, DENIED, i as u64);
+        assert_eq!(watched.is_some(), i < MAX_WATCHES, "watch {i}");
+    }
+    assert_eq!(t.stats().held_after_unwatched, 1);
+    // The unwatched one took a number: a reader after the attempts is told it missed one.
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = t.events(numbered, 0, &mut buf).unwrap();
+    let p = decode::<Page<'_, Events>>(&buf[..n]).unwrap();
+    assert_eq!((p.records().count(), p.prefix.missed), (0, 1));
+    assert!(t.stats().not_recorded() >= 1);
+}
+
+#[test]
+fn every_allocation_failure_takes_a_number_and_leaks_nothing() {
+    for k in 1..40 {
+        let pool = CountingPool::new(Failure::Never, true);
+        {
+            let (t, id) = tracker(&pool, 8, 60);
+            t.unload_attempted(&w(USER), DENIED, 20);
+            t.watch_held_after(id, DENIED, 0).unwrap();
+            pool.set_failure(Failure::FromK(pool.calls() + k));
+            let c = t.held_after_check(u64::MAX, 40);
+            pool.set_failure(Failure::Never);
+            assert_eq!(c.events, 1, "k={k}: the look again took a number");
+            let got = events(&t, 1);
+            let mut buf = vec![0u8; 16 * 1024];
+            let n = t.events(1, 0, &mut buf).unwrap();
+            let p = decode::<Page<'_, Events>>(&buf[..n]).unwrap();
+            assert_eq!(
+                got.len() as u64 + p.prefix.missed,
+                1,
+                "k={k}: delivered or counted missed"
+            );
+        }
+        assert_eq!(pool.outstanding_blocks(), 0, "k={k}: leaked");
+    }
+}
