@@ -331,7 +331,15 @@ unsafe extern "C" fn registry_callback(
             #[allow(clippy::cast_sign_loss, reason = "an NTSTATUS is reported as its bits")]
             let outcome = post.Status as u32;
             UNLOAD_SLOTS.take(current_thread(), |mount| {
-                tracker.unload_attempted(mount, outcome, clock::now());
+                let hive = tracker.unload_attempted(mount, outcome, clock::now());
+                // A failed (or deferred) unload: the hive is looked at again after the
+                // configured delay, by the waiters' timer (issue 17).
+                let failed = hive.filter(|_| post.Status != STATUS_SUCCESS);
+                if let Some(due) = failed
+                    .and_then(|id| tracker.watch_held_after(id, outcome, clock::interrupt_time()))
+                {
+                    waiters::held_after_due(due);
+                }
                 if post.Status == STATUS_SUCCESS {
                     tracker.hive_unloaded(mount);
                     waiters::hive_may_be_free();

@@ -89,17 +89,18 @@ fn start_tracking(
     driver: &mut DRIVER_OBJECT,
     registry_path: PCUNICODE_STRING,
 ) -> Result<(), NTSTATUS> {
-    let (budget, key_alarm) = if registry_path.is_null() {
-        (None, None)
+    let parameters = if registry_path.is_null() {
+        tracking::Parameters::default()
     } else {
         // SAFETY: the I/O manager passes a valid registry path for the service key.
         let service = unsafe { &*registry_path };
-        (
-            registry_read::memory_budget(service),
-            registry_read::key_alarm_threshold(service),
-        )
+        tracking::Parameters {
+            budget: registry_read::memory_budget(service),
+            key_alarm: registry_read::key_alarm_threshold(service),
+            held_after: registry_read::held_after_seconds(service),
+        }
     };
-    tracking::start(budget, key_alarm)?;
+    tracking::start(parameters)?;
     // Process notifications improve reports (images, exits) but tracking works without them.
     // Registered before the registry callback, so that every process holding a tracked key
     // has its exit seen (stats `process_exits_tracked` says whether they are).

@@ -212,6 +212,18 @@ pub fn key_alarm_threshold(service_key: &UNICODE_STRING) -> Option<u64> {
     u64::try_from(le_u32(data, 0)).ok()
 }
 
+/// Seconds after a failed hive unload at which the driver looks at the hive again and
+/// reports it in the event stream if still held (issue 17), from the service key's
+/// `Parameters\HeldAfterSeconds` (`REG_DWORD`; 0 turns it off), if set.
+pub fn held_after_seconds(service_key: &UNICODE_STRING) -> Option<u64> {
+    let mut scratch = Scratch::new()?;
+    let (kind, data) = query_parameter(service_key, wide!("HeldAfterSeconds"), &mut scratch)?;
+    if kind != REG_DWORD || data.len() != 4 {
+        return None;
+    }
+    u64::try_from(le_u32(data, 0)).ok()
+}
+
 /// Seeds the tracker with the mounted hives from
 /// `HKLM\SYSTEM\CurrentControlSet\Control\hivelist` (value name = mount point, data = file).
 /// Returns how many hives were seeded.

@@ -48,16 +48,32 @@ static SLOT: Slot = Slot {
 /// Why live tracking is off, as an NTSTATUS (`STATUS_SUCCESS` while it is on).
 static TRACKING_STATUS: AtomicI32 = AtomicI32::new(STATUS_SUCCESS);
 
-/// Creates the tracker on its lookaside pool, with `budget` bytes of tracking memory (the
-/// service key's `Parameters\MemoryBudgetMiB`; `None`: the tracker's default). Call once,
-/// from `DriverEntry`.
+/// The service key's `Parameters` values the tracker is configured with (`None`: the
+/// tracker's default).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Parameters {
+    /// Bytes of tracking memory (`MemoryBudgetMiB`).
+    pub budget: Option<u64>,
+    /// Open keys of one process that raise an alarm (`KeyAlarmThreshold`).
+    pub key_alarm: Option<u64>,
+    /// Seconds after a failed unload to look at the hive again (`HeldAfterSeconds`).
+    pub held_after: Option<u64>,
+}
+
+/// Creates the tracker on its lookaside pool, configured by `parameters`. Call once, from
+/// `DriverEntry`.
 ///
 /// # Errors
 /// The status of the failing step; nothing is left allocated then.
-pub fn start(budget: Option<u64>, key_alarm: Option<u64>) -> Result<(), NTSTATUS> {
-    let mut config = budget.map_or_else(Config::default, |b| Config::default().with_budget(b));
-    if let Some(threshold) = key_alarm {
+pub fn start(parameters: Parameters) -> Result<(), NTSTATUS> {
+    let mut config = parameters
+        .budget
+        .map_or_else(Config::default, |b| Config::default().with_budget(b));
+    if let Some(threshold) = parameters.key_alarm {
         config.key_alarm_threshold = threshold;
+    }
+    if let Some(seconds) = parameters.held_after {
+        config.held_after_seconds = seconds;
     }
     // The stack table's hash key: the interrupt time at start, which no process chooses.
     config.hash_seed = crate::clock::interrupt_time().rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;

@@ -2,6 +2,11 @@
 //! event after the caller's last one exists: issue 17), their timeout passes, the caller
 //! cancels them, their file object is cleaned up, or the driver unloads.
 //!
+//! The same timer looks again at hives whose unload failed, when their watch is due
+//! ([`tracker::held_after`]): its DPC runs the tracker's check (spin locks and non-paged
+//! blocks only, allowed at `DISPATCH_LEVEL`) before it completes the requests that timed
+//! out, and wakes the event readers when the check numbered an event.
+//!
 //! Storage is a fixed table in static (non-paged) memory, so waiting allocates nothing and
 //! cannot fail under low resources; a full table answers `STATUS_INSUFFICIENT_RESOURCES`.
 //! One spin lock guards the table; one `KTIMER` with its `KDPC` is armed for the earliest
@@ -364,6 +369,18 @@ fn arm(t: &mut Locked, deadline: u64, now: u64) {
     unsafe { KeSetTimer(TABLE.timer.get().cast(), due, TABLE.dpc.get().cast()) };
 }
 
+/// A failed unload's watch is due at `due` (interrupt time): sets the timer for it unless it
+/// is set for earlier (the DPC re-arms for the next watch).
+pub fn held_after_due(due: u64) {
+    if !READY.load(Ordering::Acquire) {
+        return;
+    }
+    let mut t = Locked::take();
+    if due < *t.armed_for() {
+        arm(&mut t, due, clock::interrupt_time());
+    }
+}
+
 /// Takes out of the table every entry `pick` chooses (with the outcome it returns), provided
 /// its cancel routine is still ours; at most `out.len()`. Returns how many.
 fn take_out(
@@ -483,6 +500,10 @@ unsafe extern "C" fn timer_dpc(
     _argument2: *mut c_void,
 ) {
     let now = clock::interrupt_time();
+    // Hives whose unload failed, looked at again when due; the tracker's locks are taken
+    // before (never inside) the table lock, as everywhere.
+    let tracker = tracking::get();
+    let checked = tracker.map(|t| t.held_after_check(now, clock::now()));
     let mut done = [None; MAX_WAITS];
     {
         let mut t = Locked::take();
@@ -490,11 +511,16 @@ unsafe extern "C" fn timer_dpc(
         take_out(&mut t, &mut done, |w| {
             (w.deadline <= now).then_some(Some(WaitOutcome::TimedOut))
         });
+        // The next watch: read again under the table lock, so that a watch added since
+        // the check (whose `held_after_due` found the timer armed for later, or not yet
+        // re-armed) is not left without a timer.
+        let next_watch = tracker.and_then(tracking::DriverTracker::next_held_after);
         let next = t
             .slots()
             .iter()
             .filter(|w| !w.irp.is_null())
             .map(|w| w.deadline)
+            .chain(next_watch)
             .min()
             .unwrap_or(u64::MAX);
         if next != u64::MAX {
@@ -502,6 +528,9 @@ unsafe extern "C" fn timer_dpc(
         }
     }
     complete_all(&done);
+    if checked.is_some_and(|c| c.events > 0) {
+        events_may_be_ready();
+    }
 }
 
 /// The cancel routine (`IoCancelIrp` calls it holding the cancel spin lock): removes the

@@ -6,11 +6,16 @@
 //!   the unload and its holder; a process reaching the configured threshold of open keys raises a key-count alarm;
 //!   an answer at once, a timeout (an empty page that keeps the reader's place), cancel and
 //!   cleanup while it pends;
+//! - `held-after`: with `Parameters\HeldAfterSeconds` 30, a failed unload of the held
+//!   profile (and a retry 10 s later) is followed, 30 s after the first attempt and not
+//!   before, by one held-after event naming the holder, delivered by the driver's timer to
+//!   a pending reader; a hive unloaded after its failed attempt gives none; a watch pending
+//!   at driver unload leaves no timer behind;
 //! - `event-overflow`: 40 failed unloads while the reader is away, more than the 32 the ring
 //!   keeps: the reader is told it missed 8 and gets the 32 kept, oldest first;
-//! - `event-low-resources`: a failed unload with its holder and a reader, failing the k-th
-//!   fallible call for every k: no bugcheck, no leak, every event delivered or counted as
-//!   missed.
+//! - `event-low-resources`: a failed unload with its holder, a reader and the held-after
+//!   look 60 s later, failing the k-th fallible call for every k: no bugcheck, no leak,
+//!   every event delivered or counted as missed.
 
 use protocol::events::{Events, EventsRequest};
 use protocol::history::UnloadRecord;
@@ -47,6 +52,11 @@ pub fn scenarios() -> Vec<Scenario> {
             event_stream,
         ),
         Scenario::hivetrack(
+            "held-after",
+            "with Parameters\\HeldAfterSeconds 30, a failed unload of the held profile and a retry 10 s later: 30 s after the first attempt, not before, the driver's timer delivers one held-after event naming the holder to a pending reader; a hive unloaded after its failed attempt gives none; a watch pending at driver unload leaves no timer",
+            held_after,
+        ),
+        Scenario::hivetrack(
             "event-overflow",
             "40 failed unloads while the reader is away, more than the 32 kept: it is told it missed 8 and gets the 32 kept, oldest first",
             event_overflow,
@@ -58,7 +68,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "event-low-resources",
-            "a failed unload with its holder and a reader, failing the k-th fallible call for every k: no bugcheck, no leak, every event delivered or counted as missed",
+            "a failed unload with its holder, a reader and the held-after look 60 s later, failing the k-th fallible call for every k: no bugcheck, no leak, every event delivered or counted as missed",
             event_low_resources,
         ),
     ]
@@ -110,6 +120,7 @@ struct Delivered {
     done: bool,
     tracking_since: u64,
     key_alarm_threshold: u64,
+    held_after_seconds: u64,
 }
 
 fn decode(ctx: &mut Ctx, r: &IoctlResult, what: &str) -> Option<Delivered> {
@@ -145,6 +156,7 @@ fn decode(ctx: &mut Ctx, r: &IoctlResult, what: &str) -> Option<Delivered> {
         done: p.info.done(),
         tracking_since: p.prefix.tracking_since,
         key_alarm_threshold: p.prefix.key_alarm_threshold,
+        held_after_seconds: p.prefix.held_after_seconds,
     })
 }
 
@@ -331,6 +343,163 @@ fn event_stream(ctx: &mut Ctx) {
     ctx.unload_and_check_clean(&mut d);
 }
 
+/// The delay `held-after` configures (`Parameters\HeldAfterSeconds`; the default, 60 s, is
+/// the tracker's, tested on the host).
+const HELD_AFTER_SECONDS: u32 = 30;
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one hive's watch, step by step, reads best in one piece"
+)]
+fn held_after(ctx: &mut Ctx) {
+    let Some(mut d) = start_with_parameter(ctx, "HeldAfterSeconds", HELD_AFTER_SECONDS) else {
+        return;
+    };
+    let Some(c) = Client::open(ctx) else { return };
+    let (leaker, key) = sync_client(ctx);
+    let first = hive::open_key(leaker, &key, KEY_READ, true);
+    ctx.check(first.is_ok(), "the sync client holds its key");
+    let refused = hive::unload_hive(SYSTEM_PID, USER);
+    ctx.check(
+        refused.cast_unsigned() == CANNOT_DELETE,
+        format!(
+            "the held profile does not unload: {}",
+            status::describe(refused)
+        ),
+    );
+    let got = at_once(ctx, send(c.h, 0, 0), "the stream after the failed unload");
+    ctx.check(
+        got.as_ref().is_some_and(|g| {
+            g.events.len() == 1
+                && g.events[0].1 == 0
+                && g.held_after_seconds == u64::from(HELD_AFTER_SECONDS)
+        }),
+        format!(
+            "the attempt, every open in the profile seen, and the delay read from Parameters\\HeldAfterSeconds: {got:?}"
+        ),
+    );
+    // A retry 10 s later: the watch keeps its first due time, and no second event comes.
+    // At the same time the classes hive, held too, fails to unload: its watch is due 10 s
+    // after the profile's, so the timer must be set again for it after the first.
+    timer::advance(10_000);
+    let _ = hive::unload_hive(SYSTEM_PID, USER);
+    let class_key = format!(r"{CLASSES}\CLSID\{{0B1E5B57-0000-0000-0000-000000000001}}");
+    ensure_parents(leaker, &format!(r"{class_key}\x"));
+    let class_held = hive::open_key(leaker, &class_key, KEY_READ, true);
+    let _ = hive::unload_hive(SYSTEM_PID, CLASSES);
+    let Some(mut reader) = pending(
+        ctx,
+        send(c.h, 3, EventsRequest::NO_TIMEOUT),
+        "a reader after the three attempts",
+    ) else {
+        return;
+    };
+    timer::advance(19_900);
+    ctx.check(
+        reader.poll().is_none(),
+        "29.9 s after the first attempt: nothing yet",
+    );
+    timer::advance(200);
+    let got = reader
+        .poll()
+        .and_then(|r| decode(ctx, &r, "the reader 30 s after the attempt"));
+    ctx.check(
+        got.as_ref().is_some_and(|g| {
+            g.events.len() == 1
+                && g.events[0].0 == 4
+                && g.events[0].1 == UnloadRecord::HELD_AFTER
+                && g.events[0].2 == CANNOT_DELETE
+                && g.events[0].3.eq_ignore_ascii_case(USER)
+                && g.events[0].4 == vec![(u64::from(leaker), 1, APP2.to_string())]
+                && g.missed == 0
+        }),
+        format!(
+            "30 s after the first attempt the timer delivers one held-after event naming the holder: {got:?}"
+        ),
+    );
+    let Some(mut reader) = pending(
+        ctx,
+        send(c.h, 4, EventsRequest::NO_TIMEOUT),
+        "a reader after the profile's held-after event",
+    ) else {
+        return;
+    };
+    timer::advance(9_800);
+    ctx.check(
+        reader.poll().is_none(),
+        "29.9 s after the classes hive's attempt: nothing yet",
+    );
+    timer::advance(200);
+    let got = reader
+        .poll()
+        .and_then(|r| decode(ctx, &r, "the reader 30 s after the classes attempt"));
+    ctx.check(
+        got.as_ref().is_some_and(|g| {
+            g.events.len() == 1
+                && g.events[0].0 == 5
+                && g.events[0].1 == UnloadRecord::HELD_AFTER
+                && g.events[0].3.eq_ignore_ascii_case(CLASSES)
+                && g.events[0].4 == vec![(u64::from(leaker), 1, APP2.to_string())]
+        }),
+        format!(
+            "the timer was set again for the second watch: the classes hive's event 30 s after its attempt: {got:?}"
+        ),
+    );
+    timer::advance(60_000);
+    let later = at_once(ctx, send(c.h, 5, 0), "the stream a minute later");
+    ctx.check(
+        later.as_ref().is_some_and(|g| g.events.is_empty()),
+        format!("once per watch: {later:?}"),
+    );
+    // Released and unloaded after a failed attempt: no held-after event.
+    for h in [first, class_held].into_iter().flatten() {
+        let _ = hive::close_key(leaker, h);
+    }
+    unload_all(ctx, &[USER, CLASSES]);
+    load_profile(ctx);
+    ensure_parents(leaker, &format!(r"{key}\x"));
+    let again = hive::open_key(leaker, &key, KEY_READ, true);
+    let _ = hive::unload_hive(SYSTEM_PID, USER);
+    if let Ok(h) = again {
+        let _ = hive::close_key(leaker, h);
+    }
+    let s = hive::unload_hive(SYSTEM_PID, USER);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("released, the profile unloads: {}", status::describe(s)),
+    );
+    let numbered = at_once(ctx, send(c.h, 5, 0), "the stream after the unload")
+        .map_or(0, |g| g.next);
+    timer::advance(31_000);
+    let after = at_once(ctx, send(c.h, numbered, 0), "the stream 31 s later");
+    ctx.check(
+        after.as_ref().is_some_and(|g| g.events.is_empty()),
+        format!("a hive unloaded after its failed attempt gives no held-after event: {after:?}"),
+    );
+    let st = c.stats(ctx);
+    ctx.check(
+        st.held_after_events == 2 && st.held_after_unwatched == 0,
+        format!(
+            "stats: two held-after events, nothing unwatched ({}, {})",
+            st.held_after_events, st.held_after_unwatched
+        ),
+    );
+    // A watch still pending when the driver stops: its timer is cancelled with the rest.
+    let _ = hive::unload_hive(SYSTEM_PID, CLASSES);
+    load_profile(ctx);
+    ensure_parents(leaker, &format!(r"{key}\x"));
+    let held = hive::open_key(leaker, &key, KEY_READ, true);
+    let _ = hive::unload_hive(SYSTEM_PID, USER);
+    c.close();
+    if let Ok(h) = held {
+        let _ = hive::close_key(leaker, h);
+    }
+    process::exit_process(leaker);
+    ctx.check(timer::armed() > 0, "a watch is pending: the timer is set");
+    ctx.unload_and_check_clean(&mut d);
+    unload_all(ctx, &[USER, CLASSES]);
+}
+
 fn event_overflow(ctx: &mut Ctx) {
     let mut d = start(ctx);
     let Some(c) = Client::open(ctx) else { return };
@@ -398,6 +567,9 @@ fn faulty_events(ctx: &mut Ctx, policy: FaultPolicy) -> (usize, bool) {
     let held = hive::open_key(leaker, &key, KEY_READ, true);
     let _ = hive::unload_hive(SYSTEM_PID, USER);
     let _ = hive::unload_hive(SYSTEM_PID, USER);
+    // The default delay (60 s) passes: the timer's DPC looks at the still-held profile
+    // again and numbers a held-after event, its allocations failing in turn too.
+    timer::advance(61_000);
     let injected = kernel::with(|k| {
         k.faults.policy = FaultPolicy::Off;
         k.faults.injected.clone()
@@ -405,8 +577,9 @@ fn faulty_events(ctx: &mut Ctx, policy: FaultPolicy) -> (usize, bool) {
     let mut ok = true;
     match reader {
         IoctlCall::Pending(mut p) => {
-            // Two unload attempts were numbered: the reader completed, or, if neither could
-            // be stored, a new request is answered with both counted as missed.
+            // Two unload attempts and a held-after event were numbered: the reader
+            // completed, or, if none could be stored, a new request is answered with all
+            // counted as missed.
             match p.poll() {
                 Some(r) if r.status == STATUS_SUCCESS => {}
                 Some(r) => {
@@ -422,7 +595,7 @@ fn faulty_events(ctx: &mut Ctx, policy: FaultPolicy) -> (usize, bool) {
         IoctlCall::Done(r) => ok &= r.status != STATUS_SUCCESS || r.information > 0,
     }
     if let Some(g) = at_once(ctx, send(c.h, 0, 0), "the stream after the faults") {
-        ok &= g.events.len() as u64 + g.missed == g.next && g.next == 2 && g.done;
+        ok &= g.events.len() as u64 + g.missed == g.next && g.next == 3 && g.done;
         if !ok {
             println!("  stream: {g:?}");
         }
