@@ -2,13 +2,21 @@
 # `hivetracksvc` (with `--still-held-after 10` and a JSON lines copy in .\results\), makes a
 # hive unload fail as step 3 does, and looks for event 1001 naming the helper in the
 # Application log (its message rendered from hivetrack-events.dll, its EventData by
-# position), then 1002 once the re-check is due; stops the driver and starts it again
-# (1013/1012/1010), and uninstalls the service. Needs hivetrack-events.dll in the package.
+# position), then 1002 once the driver looks at the hive again (`Parameters\HeldAfterSeconds`
+# set to 10 for this step: the driver's own held-after event, not the service's fallback
+# re-check); stops the driver and starts it again (1013/1012/1010), and uninstalls the
+# service. Needs hivetrack-events.dll in the package.
 . "$PSScriptRoot\common.ps1"
 Assert-Admin
 $script:Failures = 0
 
-sc.exe start hivetrack 2>&1 | Out-Null   # demand start; already running is fine
+# The driver reads Parameters at DriverEntry: set the held-after delay, then (re)start it.
+$parameters = 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack\Parameters'
+New-Item -Path $parameters -Force | Out-Null
+New-ItemProperty -Path $parameters -Name HeldAfterSeconds -PropertyType DWord -Value 10 -Force | Out-Null
+sc.exe stop hivetrack 2>&1 | Out-Null
+Start-Sleep -Seconds 3
+sc.exe start hivetrack 2>&1 | Out-Null
 $dll = Join-Path $Package 'hivetrack-events.dll'
 Write-Result 'the message DLL is in the package' (Test-Path $dll) $dll
 $jsonl = Join-Path $Results 'service-events.jsonl'
@@ -62,7 +70,11 @@ if ($failed.Count -ge 1) {
 }
 Start-Sleep -Seconds 15
 $still = @(Get-Ours 1002 | Where-Object { $_.Properties[1].Value -like '*\HivetrackKitSvc' })
-Write-Result 'event 1002: still held after the re-check delay' ($still.Count -ge 1) ($still | Select-Object -First 1 | ForEach-Object Message)
+Write-Result 'event 1002: still held 10 s after the failed unload (the driver looked again)' ($still.Count -ge 1) ($still | Select-Object -First 1 | ForEach-Object Message)
+Write-Result 'exactly one 1002 (the service does not re-check as well)' ($still.Count -eq 1) "$($still.Count)"
+$stats = Invoke-Hivetrack @('stats', '--json')
+$heldAfter = @(($stats.Text | ConvertFrom-Json).counters | Where-Object name -eq 'held_after_events')
+Write-Result 'stats: held_after_events counted' ($heldAfter.Count -eq 1 -and $heldAfter[0].value -ge 1) "$($heldAfter.value)"
 $lines = @(Get-Content $jsonl -ErrorAction SilentlyContinue | ForEach-Object { $_ | ConvertFrom-Json })
 Write-Result 'the same events as JSON lines' (@($lines | Where-Object event_id -eq 1001).Count -ge 1) "$($lines.Count) line(s)"
 
@@ -79,6 +91,7 @@ Start-Sleep -Seconds 20
 Write-Result 'event 1013 while the driver was stopped' ((Get-Ours 1013).Count -ge 1) ''
 Write-Result 'event 1012: the restart was seen' ((Get-Ours 1012).Count -ge 1) ((Get-Ours 1012) | Select-Object -First 1 | ForEach-Object Message)
 
+Remove-ItemProperty -Path $parameters -Name HeldAfterSeconds -ErrorAction SilentlyContinue
 $uninstall = Invoke-Hivetrack @('service', 'uninstall')
 Write-Result 'service uninstall' ($uninstall.Code -eq 0) $uninstall.Text
 Write-Result 'service and source are gone' `
