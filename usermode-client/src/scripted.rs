@@ -586,8 +586,9 @@ pub fn logoff() -> Server {
     }
 }
 
-/// The logoff scenario with the driver's look again (issue 17) in its unload history: the
-/// user hive still held 60 s after its failed unload (#2), as record #3
+/// The logoff scenario with the driver's look again (issue 17) in its unload history.
+///
+/// The user hive is still held 60 s after its failed unload (#2), as record #3
 /// ([`UnloadRecord::HELD_AFTER`], with [`UnloadRecord::HOLDERS_UNSEEN`]).
 #[must_use]
 pub fn logoff_held_after() -> Server {
