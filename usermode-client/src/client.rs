@@ -692,6 +692,11 @@ impl<'t> Client<'t> {
                             & protocol::history::UnloadRecord::HOLDERS_TRUNCATED
                             != 0,
                         unknown_hive: r.flags & protocol::history::UnloadRecord::UNKNOWN_HIVE != 0,
+                        held_after: r.flags & protocol::history::UnloadRecord::HELD_AFTER != 0,
+                        held_for_secs: None,
+                        failed_unload_sequence: None,
+                        holders_unseen: r.flags & protocol::history::UnloadRecord::HOLDERS_UNSEEN
+                            != 0,
                         holders: r
                             .holders
                             .iter()
@@ -706,11 +711,49 @@ impl<'t> Client<'t> {
                 }
                 Ok(true)
             })?;
+        link_held_after(&mut attempts);
         Ok(UnloadHistoryReport {
             schema: schema("unload-history"),
             source: self.source(nr),
             attempts,
         })
+    }
+}
+
+/// Sets each held-after record's failed unload: the latest failed attempt of the same hive
+/// before it (by sequence) that no successful unload of it follows, and the seconds between
+/// the two. That attempt failed and the hive was still held when the driver looked, so the
+/// hive was held at least that long after it (a retry of a run counts from the run's
+/// first attempt in the driver; the history names the latest, a statement that is true).
+fn link_held_after(attempts: &mut [UnloadAttempt]) {
+    let links: Vec<Option<(u64, u64)>> = attempts
+        .iter()
+        .map(|held| {
+            if !held.held_after {
+                return None;
+            }
+            let mut before: Vec<&UnloadAttempt> = attempts
+                .iter()
+                .filter(|a| a.sequence < held.sequence && a.path.eq_ignore_ascii_case(&held.path))
+                .collect();
+            before.sort_by_key(|a| std::cmp::Reverse(a.sequence));
+            let attempt = before
+                .into_iter()
+                .find(|a| !a.held_after)
+                .filter(|a| !a.succeeded)?;
+            let secs = held
+                .time
+                .as_ref()
+                .zip(attempt.time.as_ref())
+                .map(|(h, a)| h.filetime.saturating_sub(a.filetime) / 10_000_000)?;
+            Some((attempt.sequence, secs))
+        })
+        .collect();
+    for (a, link) in attempts.iter_mut().zip(links) {
+        if let Some((sequence, secs)) = link {
+            a.failed_unload_sequence = Some(sequence);
+            a.held_for_secs = Some(secs);
+        }
     }
 }
 

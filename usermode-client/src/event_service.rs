@@ -1,5 +1,6 @@
 //! The loop of `hivetrack service run`: drain the driver's event stream, turn each record
-//! into a [`FleetEvent`], write it, and re-check failed unloads.
+//! into a [`FleetEvent`], write it, and (with a driver that does not) re-check failed
+//! unloads.
 //!
 //! - Each request asks for the events after the last sequence number seen (nothing is
 //!   persisted: a service that starts again re-reports what the driver still keeps;
@@ -11,12 +12,25 @@
 //!   new try every `retry` (default 15 s), event 1010 when connected again. A new tracking
 //!   start on any answer: event 1012, and reading starts over at sequence 0.
 //! - `missed` in an answer: event 1011.
-//! - A failed unload: event 1001, and `still_held_after` (default 60 s) after the unload,
-//!   the hive's holders are asked for again **by this service** (the driver does not
-//!   re-check): event 1002 when any process still holds a key in it (the driver's records
-//!   and the kernel's list, as `hivetrack holders` reports them). A later successful unload of
-//!   the hive, or the hive gone, cancels the re-check. With `--once` only re-checks already
-//!   due (the unload older than the delay) run.
+//! - A failed unload: event 1001. Who looks again later depends on the driver, page by page:
+//!   - **The driver** when its events prefix says `held_after_seconds` > 0 (its service key's
+//!     `Parameters\HeldAfterSeconds`, default 60): it looks at the hive that long after the
+//!     attempt and, if still held (or it cannot see whether it is), writes a
+//!     [`UnloadRecord::HELD_AFTER`] record, which becomes event 1002 built like 1001 (the
+//!     record's holders, their services and keys, plus the kernel's untracked holders), with
+//!     the record's own sequence. `held_for_secs` is measured from the failed attempt when
+//!     this service saw it (the first of a run of retries, as the driver counts), otherwise
+//!     it is the driver's delay, said as "at least". The service does **not** re-check
+//!     then: no second 1002. A held-after record is never a failed unload (its `outcome` is
+//!     the failed attempt's status).
+//!   - **This service** when the prefix says 0 (an older driver, or `HeldAfterSeconds` 0):
+//!     `still_held_after` (`--still-held-after`, default 60 s) after the unload the hive's
+//!     holders are asked for again: event 1002 when any process still holds a key in it (the
+//!     driver's records and the kernel's list, as `hivetrack holders` reports them). A later
+//!     successful unload of the hive, or the hive gone, cancels the re-check. With `--once`
+//!     only re-checks already due (the unload older than the delay) run.
+//! - A record with [`UnloadRecord::HOLDERS_UNSEEN`] (1001 or 1002): the event says that
+//!   processes hivetrack could not see may also hold keys (`HoldersUnseen`).
 //! - Services of a holder (a service host's) are looked up by pid only for holders the
 //!   driver reports as running now (as `hivetrack holders` does).
 //! - For 1001 and 1002 the hive's holders are read once with their keys (and, with
@@ -35,7 +49,7 @@ use crate::client::Client;
 use crate::event_sink::EventSink;
 use crate::event_stream::{ERROR_OPERATION_ABORTED, StreamRecord, has_event_stream, wait_events};
 use crate::exit;
-use crate::fleet_event::{EventHolder, FleetEvent, KEY_NAMES, UnloadFailure, failed};
+use crate::fleet_event::{EventHolder, FleetEvent, HeldAfter, KEY_NAMES, UnloadFailure, failed};
 use crate::hive_name::user_sid;
 use crate::holder_identity::Identities;
 use crate::model::{HeldKey, Holder, HoldersReport, UNIX_EPOCH_FILETIME};
@@ -44,6 +58,8 @@ use crate::stacks::file_name;
 use crate::symbols::NoSymbols;
 use crate::transport::{ERROR_INVALID_FUNCTION, Transport, TransportError, wait_timeout_ms};
 use crate::wait::Clock;
+use protocol::events::EventsPrefix;
+use protocol::history::UnloadRecord;
 use protocol::version::VersionInfo;
 
 /// How the service runs.
@@ -51,7 +67,9 @@ use protocol::version::VersionInfo;
 pub struct ServiceOptions {
     /// Drain what is there now (requests with timeout 0) and return.
     pub once: bool,
-    /// How long after a failed unload its hive's holders are asked for again.
+    /// How long after a failed unload its hive's holders are asked for again, by the
+    /// service itself only when the driver does not look again (its prefix's
+    /// `held_after_seconds` is 0).
     pub still_held_after: Duration,
     /// Longest wait of one request in the driver.
     pub wait: Duration,
@@ -138,6 +156,15 @@ struct Recheck {
     due: u64,
 }
 
+/// The first failed unload of a run of retries of a hive, seen in the stream while the
+/// driver looks again: what its held-after record is measured from.
+struct Attempt {
+    hive: String,
+    sequence: u64,
+    /// FILETIME of the attempt.
+    time: u64,
+}
+
 /// How a connection's drain ended.
 enum Drained {
     /// Nothing more now (the wait timed out): reconnect (or, with `--once`, return).
@@ -161,6 +188,8 @@ struct Loop<'e, 'a> {
     /// Event 1013 was written and no connection succeeded since.
     unavailable: bool,
     rechecks: Vec<Recheck>,
+    /// Failed unloads the driver will look at again (its delay > 0), by hive.
+    attempts: Vec<Attempt>,
     buf: Vec<u8>,
     counts: Counts,
 }
@@ -206,7 +235,51 @@ impl Loop<'_, '_> {
         }
     }
 
-    fn record(&mut self, t: &mut dyn Transport, rec: &StreamRecord, threshold: u64) {
+    /// The record's holders as event holders: services for those running now, key names
+    /// and modules from the hive's holders read once (as `hivetrack holders` has them), and
+    /// that read, `None` when the hive is gone or cannot be asked about.
+    fn record_holders(
+        &self,
+        t: &mut dyn Transport,
+        rec: &StreamRecord,
+    ) -> (Vec<EventHolder>, Option<HoldersReport>) {
+        let now = self.env.now();
+        let report = hive_keys(t, &rec.mount, now);
+        let running = if self.env.identities.supported() {
+            report.as_ref().map_or_else(Vec::new, |r| {
+                r.holders
+                    .iter()
+                    .filter(|h| !h.exited)
+                    .map(|h| (h.pid, h.start_key))
+                    .collect()
+            })
+        } else {
+            Vec::new()
+        };
+        let holders = rec
+            .holders
+            .iter()
+            .map(|h| {
+                let mut e = EventHolder::new(
+                    h.pid,
+                    h.image.clone(),
+                    self.services(&running, h.pid, h.start_key),
+                    h.open_keys,
+                );
+                if let Some(held) = report.as_ref().and_then(|r| {
+                    r.holders
+                        .iter()
+                        .find(|x| x.pid == h.pid && x.start_key == h.start_key)
+                }) {
+                    add_keys(&mut e, held);
+                }
+                e
+            })
+            .collect();
+        (holders, report)
+    }
+
+    fn record(&mut self, t: &mut dyn Transport, rec: &StreamRecord, prefix: &EventsPrefix) {
         if rec.is_key_alarm() {
             let running = self.running_processes(t);
             let Some(h) = rec.holders.first() else {
@@ -218,49 +291,21 @@ impl Loop<'_, '_> {
                 self.services(&running, h.pid, h.start_key),
                 rec.open_keys,
             );
-            let e = FleetEvent::key_alarm(holder, threshold, rec.sequence, rec.time);
+            let e =
+                FleetEvent::key_alarm(holder, prefix.key_alarm_threshold, rec.sequence, rec.time);
             self.env.emit(&e, &mut self.counts);
+        } else if rec.is_held_after() {
+            // Before `failed`: its outcome is the failed attempt's status, yet it is no unload.
+            self.held_after(t, rec, prefix.held_after_seconds);
         } else if failed(rec.outcome) {
-            let now = self.env.now();
-            let report = hive_keys(t, &rec.mount, now);
-            let running = if self.env.identities.supported() {
-                report.as_ref().map_or_else(Vec::new, |r| {
-                    r.holders
-                        .iter()
-                        .filter(|h| !h.exited)
-                        .map(|h| (h.pid, h.start_key))
-                        .collect()
-                })
-            } else {
-                Vec::new()
-            };
-            let holders = rec
-                .holders
-                .iter()
-                .map(|h| {
-                    let mut e = EventHolder::new(
-                        h.pid,
-                        h.image.clone(),
-                        self.services(&running, h.pid, h.start_key),
-                        h.open_keys,
-                    );
-                    if let Some(held) = report.as_ref().and_then(|r| {
-                        r.holders
-                            .iter()
-                            .find(|x| x.pid == h.pid && x.start_key == h.start_key)
-                    }) {
-                        add_keys(&mut e, held);
-                    }
-                    e
-                })
-                .collect();
+            let (holders, _) = self.record_holders(t, rec);
             let failure = UnloadFailure {
                 hive: rec.mount.clone(),
                 status: rec.outcome,
                 holder_count: u64::from(rec.holders_total),
                 key_count: rec.open_keys,
-                holders_truncated: rec.flags & protocol::history::UnloadRecord::HOLDERS_TRUNCATED
-                    != 0,
+                holders_truncated: rec.flags & UnloadRecord::HOLDERS_TRUNCATED != 0,
+                holders_unseen: rec.holders_unseen(),
                 sequence: rec.sequence,
                 time: rec.time,
             };
@@ -274,16 +319,84 @@ impl Loop<'_, '_> {
             };
             self.rechecks
                 .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));
-            self.rechecks.push(Recheck {
-                failure,
-                user,
-                due: time + duration_filetime(self.opts.still_held_after),
-            });
+            if prefix.held_after_seconds > 0 {
+                // The driver looks again: its held-after record is the 1002. Remember the
+                // first attempt of a run of retries (the driver's watch counts from it; an
+                // attempt after that watch was due starts a new run).
+                let delay = prefix.held_after_seconds.saturating_mul(SECOND);
+                match self
+                    .attempts
+                    .iter_mut()
+                    .find(|a| a.hive.eq_ignore_ascii_case(&rec.mount))
+                {
+                    Some(a) if a.time.saturating_add(delay) >= time => {}
+                    Some(a) => {
+                        a.sequence = rec.sequence;
+                        a.time = time;
+                    }
+                    None => self.attempts.push(Attempt {
+                        hive: rec.mount.clone(),
+                        sequence: rec.sequence,
+                        time,
+                    }),
+                }
+            } else {
+                self.rechecks.push(Recheck {
+                    failure,
+                    user,
+                    due: time + duration_filetime(self.opts.still_held_after),
+                });
+            }
         } else {
             // The hive unloaded after all: nothing to re-check.
             self.rechecks
                 .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));
+            self.attempts
+                .retain(|a| !a.hive.eq_ignore_ascii_case(&rec.mount));
         }
+    }
+
+    /// Event 1002 from the driver's held-after record `rec` (`delay`: the prefix's
+    /// `held_after_seconds`).
+    fn held_after(&mut self, t: &mut dyn Transport, rec: &StreamRecord, delay: u64) {
+        let (mut holders, report) = self.record_holders(t, rec);
+        let mut holder_count = u64::from(rec.holders_total);
+        let mut key_count = rec.open_keys;
+        // The kernel's list knows processes whose keys the driver never saw opened.
+        if let Some(r) = &report {
+            for u in &r.untracked {
+                holders.push(EventHolder::new(u.pid, u.image.clone(), None, u.open_keys));
+                holder_count += 1;
+                key_count += u.open_keys;
+            }
+        }
+        let attempt = self
+            .attempts
+            .iter()
+            .position(|a| a.hive.eq_ignore_ascii_case(&rec.mount))
+            .map(|i| self.attempts.swap_remove(i))
+            .filter(|a| a.time <= rec.time);
+        // The driver looked again: no re-check of the service's own for this hive.
+        self.rechecks
+            .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));
+        let held = HeldAfter {
+            hive: rec.mount.clone(),
+            status: rec.outcome,
+            holder_count,
+            key_count,
+            holders_truncated: rec.flags & UnloadRecord::HOLDERS_TRUNCATED != 0,
+            holders_unseen: rec.holders_unseen(),
+            sequence: rec.sequence,
+            time: rec.time,
+            held_for_secs: attempt
+                .as_ref()
+                .map_or(delay, |a| (rec.time - a.time) / SECOND),
+            at_least: attempt.is_none(),
+            failed_unload_sequence: attempt.as_ref().map(|a| a.sequence),
+        };
+        let user = user_sid(&rec.mount).and_then(|sid| self.env.accounts.account_of(sid));
+        let e = FleetEvent::held_after(&held, user, holders);
+        self.env.emit(&e, &mut self.counts);
     }
 
     /// Asks again about every failed unload whose re-check is due.
@@ -374,6 +487,8 @@ impl Loop<'_, '_> {
                     // Earlier sequence numbers meant the previous start: read from the start.
                     // Pending re-checks stay: they ask about the hive as it is now.
                     self.after = 0;
+                    // The driver's watches of the previous start are gone with it.
+                    self.attempts.clear();
                     self.tracking_since = Some(since);
                     self.unavailable = false;
                     continue;
@@ -391,13 +506,13 @@ impl Loop<'_, '_> {
                 let e = FleetEvent::missed(page.prefix.missed, self.after, self.env.now());
                 self.env.emit(&e, &mut self.counts);
             }
-            let threshold = page.prefix.key_alarm_threshold;
+            let prefix = page.prefix;
             let mut progressed = false;
             for rec in &page.records {
                 if rec.sequence <= self.after {
                     continue; // the driver must not repeat one; never report it twice
                 }
-                self.record(t, rec, threshold);
+                self.record(t, rec, &prefix);
                 self.after = rec.sequence;
                 progressed = true;
             }
@@ -510,6 +625,7 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
         tracking_since: None,
         unavailable: false,
         rechecks: Vec::new(),
+        attempts: Vec::new(),
         buf: Vec::new(),
         counts: Counts::default(),
     };

@@ -33,14 +33,15 @@ pub struct StreamHolder {
     pub image: Option<String>,
 }
 
-/// One record of the stream: an unload attempt or a key-count alarm.
+/// One record of the stream: an unload attempt, a key-count alarm, or a hive still held
+/// the driver's delay after a failed unload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamRecord {
     /// Sequence number (1 = first since the driver's tracking started).
     pub sequence: u64,
     /// When (FILETIME).
     pub time: u64,
-    /// The unload's NTSTATUS (0 for an alarm).
+    /// The unload's NTSTATUS (0 for an alarm; a held-after record: the failed attempt's).
     pub outcome: u32,
     /// [`UnloadRecord`] flags.
     pub flags: u16,
@@ -60,12 +61,27 @@ impl StreamRecord {
     pub const fn is_key_alarm(&self) -> bool {
         self.flags & UnloadRecord::KEY_ALARM != 0
     }
+
+    /// Not an unload either: the driver looked at the hive again its delay after a failed
+    /// unload and found it still held (or could not see whether it was). `outcome` is the
+    /// failed attempt's status, so this must be asked before [`crate::fleet_event::failed`].
+    #[must_use]
+    pub const fn is_held_after(&self) -> bool {
+        self.flags & UnloadRecord::HELD_AFTER != 0
+    }
+
+    /// The driver cannot vouch that it saw every open in the hive: processes not listed may
+    /// hold keys in it (opened before its tracking began, or opens it lost).
+    #[must_use]
+    pub const fn holders_unseen(&self) -> bool {
+        self.flags & UnloadRecord::HOLDERS_UNSEEN != 0
+    }
 }
 
 /// One answer of the stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamPage {
-    /// The page's prefix: missed events, tracking since, alarm threshold.
+    /// The page's prefix: missed events, tracking since, alarm threshold, held-after delay.
     pub prefix: EventsPrefix,
     /// Records, oldest first (empty when the wait timed out).
     pub records: Vec<StreamRecord>,

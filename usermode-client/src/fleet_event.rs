@@ -6,7 +6,7 @@
 //! (accounts, holder identities, a re-check), then turned into its message text, its
 //! Event Log insertion strings (the `EventData` of the event, in the fixed order of
 //! [`EVENT_DATA_FIELDS`], then [`HOLDER_FIELDS`] for each of [`EVENT_HOLDERS`] holders, then
-//! [`HOLDER_DETAIL_FIELDS`] for each holder again) and its
+//! [`HOLDER_DETAIL_FIELDS`] for each holder again, then [`LATER_FIELDS`]) and its
 //! JSON object (the same fields, `snake_case` as every hivetrack JSON document). The message
 //! table (`usermode-client/messages/hivetrack-events.mc`) renders `%1`, the message, followed by the
 //! fields; its message ids are [`EventId`]'s.
@@ -23,8 +23,9 @@ use crate::model::{Time, ntstatus_name, schema};
 pub enum EventId {
     /// 1001, Warning: a hive unload failed; who held it.
     UnloadFailed = 1001,
-    /// 1002, Warning: the hive is still held some time after its failed unload (the service
-    /// asks the driver again after `--still-held-after` seconds).
+    /// 1002, Warning: the hive is still held some time after its failed unload (the driver's
+    /// own look again, `HeldAfterSeconds` after the attempt; with a driver that does not look
+    /// again, the service asks it again after `--still-held-after` seconds).
     StillHeld = 1002,
     /// 1003, Warning: a process reached the driver's key-count alarm threshold.
     KeyAlarm = 1003,
@@ -181,8 +182,18 @@ pub struct FleetEvent {
     pub tracking_since: Option<Time>,
     /// Events lost (1011).
     pub missed: Option<u64>,
-    /// Seconds since the failed unload (1002).
+    /// Seconds since the failed unload (1002; at least this many when the service did not
+    /// see the attempt itself: the driver's delay).
     pub held_for_secs: Option<u64>,
+    /// The driver cannot vouch that it saw every open in the hive (keys opened before its
+    /// tracking began, or opens it lost): processes not listed, unseen by hivetrack, may also
+    /// hold keys in it (1001, 1002).
+    #[serde(default)]
+    pub holders_unseen: bool,
+    /// The driver's sequence number of the failed unload a 1002 follows, when known (the
+    /// driver's 1002 has its own `sequence`).
+    #[serde(default)]
+    pub failed_unload_sequence: Option<u64>,
 }
 
 /// The `EventData` fields every hivetrack event carries, in insertion-string order (`%1` is
@@ -216,15 +227,23 @@ pub const HOLDER_FIELDS: [&str; 4] = ["Pid", "Image", "Services", "Keys"];
 /// fields stay what collectors already read. Lists are joined with `"; "`.
 pub const HOLDER_DETAIL_FIELDS: [&str; 2] = ["KeyNames", "Modules"];
 
+/// The fields added after every holder's [`HOLDER_DETAIL_FIELDS`] (positions 63 and 64).
+///
+/// After all the others, so that every older position stays: `HoldersUnseen` (`true` when processes hivetrack
+/// could not see may also hold keys; empty when the event names no holders) and
+/// `FailedUnloadSequence` (1002: the sequence of the failed unload it follows).
+pub const LATER_FIELDS: [&str; 2] = ["HoldersUnseen", "FailedUnloadSequence"];
+
 /// Holder slots in every event (the driver's unload record keeps at most 8 holders).
 pub const EVENT_HOLDERS: usize = protocol::history::MAX_UNLOAD_HOLDERS;
 
 /// Insertion strings per event.
-pub const INSERTION_STRINGS: usize =
-    EVENT_DATA_FIELDS.len() + EVENT_HOLDERS * (HOLDER_FIELDS.len() + HOLDER_DETAIL_FIELDS.len());
+pub const INSERTION_STRINGS: usize = EVENT_DATA_FIELDS.len()
+    + EVENT_HOLDERS * (HOLDER_FIELDS.len() + HOLDER_DETAIL_FIELDS.len())
+    + LATER_FIELDS.len();
 
 /// Every `EventData` field name in order (`Message`, …, `Holder8Keys`, `Holder1KeyNames`,
-/// …, `Holder8Modules`).
+/// …, `Holder8Modules`, `HoldersUnseen`, `FailedUnloadSequence`).
 #[must_use]
 pub fn event_data_names() -> Vec<String> {
     let mut names: Vec<String> = EVENT_DATA_FIELDS.iter().map(|s| (*s).to_owned()).collect();
@@ -234,6 +253,7 @@ pub fn event_data_names() -> Vec<String> {
     for n in 1..=EVENT_HOLDERS {
         names.extend(HOLDER_DETAIL_FIELDS.iter().map(|f| format!("Holder{n}{f}")));
     }
+    names.extend(LATER_FIELDS.iter().map(|s| (*s).to_owned()));
     names
 }
 
@@ -318,6 +338,9 @@ fn holders_sentence(holders: &[EventHolder], total: u64, keys: u64, past: bool) 
     s
 }
 
+/// Said of a record with `HOLDERS_UNSEEN`.
+const UNSEEN_SENTENCE: &str = " Processes hivetrack could not see may also hold keys in this hive: keys opened before the driver's tracking began, or opens it lost, are not in its records (`hivetrack holders` on the hive also asks the kernel's list).";
+
 fn hive_words(hive: &str, user: Option<&str>) -> String {
     user.map_or_else(|| hive.to_owned(), |u| format!("{hive} (user {u})"))
 }
@@ -345,6 +368,8 @@ impl FleetEvent {
             tracking_since: None,
             missed: None,
             held_for_secs: None,
+            holders_unseen: false,
+            failed_unload_sequence: None,
         }
     }
 
@@ -369,7 +394,9 @@ impl FleetEvent {
             failure.key_count,
             true,
         ));
-        if failure.holder_count == 0 {
+        if failure.holders_unseen {
+            message.push_str(UNSEEN_SENTENCE);
+        } else if failure.holder_count == 0 {
             message.push_str(
                 " No key opened since tracking started held it: keys opened before then are not in the driver's records (run `hivetrack holders` on the hive).",
             );
@@ -388,14 +415,16 @@ impl FleetEvent {
             holders_truncated: failure.holders_truncated
                 || failure.holder_count > holders.len() as u64,
             holders,
+            holders_unseen: failure.holders_unseen,
             sequence: Some(failure.sequence),
             time: Time::from_filetime(failure.time),
             ..Self::new(EventId::UnloadFailed, message)
         }
     }
 
-    /// 1002: `hive` is still held `held_for_secs` seconds after the failed unload with
-    /// sequence `sequence`; `holders` hold `key_count` keys now.
+    /// 1002 from the service's own re-check (a driver that does not look again): `hive` is
+    /// still held `held_for_secs` seconds after the failed unload with sequence `sequence`;
+    /// `holders` hold `key_count` keys now.
     #[must_use]
     pub fn still_held(
         failure: &UnloadFailure,
@@ -423,8 +452,58 @@ impl FleetEvent {
             key_count: Some(key_count),
             holders,
             sequence: Some(failure.sequence),
+            failed_unload_sequence: Some(failure.sequence),
             time: Time::from_filetime(now),
             held_for_secs: Some(held_for_secs),
+            ..Self::new(EventId::StillHeld, message)
+        }
+    }
+
+    /// 1002 from the driver's own look again ([`protocol::history::UnloadRecord::HELD_AFTER`]):
+    /// `held.hive` was still held (or the driver could not see whether it was) when it looked;
+    /// `holders` are the record's, with the kernel's untracked ones the service added.
+    #[must_use]
+    pub fn held_after(held: &HeldAfter, user: Option<String>, holders: Vec<EventHolder>) -> Self {
+        let status = status_text(held.status);
+        let name = ntstatus_name(held.status);
+        let attempt = held
+            .failed_unload_sequence
+            .map_or_else(String::new, |s| format!(", hivetrack event sequence {s}"));
+        let mut message = format!(
+            "The registry hive {} is still held {}{} s after its failed unload ({}{attempt}): the driver looked again (hivetrack event sequence {}). ",
+            hive_words(&held.hive, user.as_deref()),
+            if held.at_least { "at least " } else { "" },
+            held.held_for_secs,
+            name.unwrap_or(&status),
+            held.sequence,
+        );
+        message.push_str(&holders_sentence(
+            &holders,
+            held.holder_count,
+            held.key_count,
+            false,
+        ));
+        if held.holders_unseen {
+            message.push_str(UNSEEN_SENTENCE);
+        }
+        message.push_str(
+            " Until they close their keys the profile stays loaded (User Profile Service event 1530).",
+        );
+        Self {
+            hive: Some(held.hive.clone()),
+            sid: user_sid(&held.hive).map(str::to_owned),
+            user,
+            status: Some(status),
+            status_name: name.map(str::to_owned),
+            holder_count: Some(held.holder_count),
+            key_count: Some(held.key_count),
+            holders_truncated: held.holders_truncated || held.holder_count > holders.len() as u64,
+            holders,
+            holders_unseen: held.holders_unseen,
+            sequence: Some(held.sequence),
+            failed_unload_sequence: held.failed_unload_sequence,
+            time: Time::from_filetime(held.time),
+            held_for_secs: Some(held.held_for_secs),
             ..Self::new(EventId::StillHeld, message)
         }
     }
@@ -594,6 +673,12 @@ impl FleetEvent {
                 )),
             }
         }
+        s.push(if self.holder_count.is_some() {
+            self.holders_unseen.to_string()
+        } else {
+            String::new()
+        });
+        s.push(opt(self.failed_unload_sequence.as_ref()));
         s
     }
 
@@ -619,8 +704,40 @@ pub struct UnloadFailure {
     pub key_count: u64,
     /// The record could not list every holder.
     pub holders_truncated: bool,
+    /// The driver could not vouch that it saw every open in the hive
+    /// ([`protocol::history::UnloadRecord::HOLDERS_UNSEEN`]).
+    pub holders_unseen: bool,
     /// Its sequence number.
     pub sequence: u64,
     /// When (FILETIME).
     pub time: u64,
+}
+
+/// A hive still held when the driver looked again after its failed unload, as its
+/// [`protocol::history::UnloadRecord::HELD_AFTER`] record has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldAfter {
+    /// The NT mount point.
+    pub hive: String,
+    /// The failed attempt's NTSTATUS.
+    pub status: u32,
+    /// Processes holding keys then (with the kernel's untracked ones the service added).
+    pub holder_count: u64,
+    /// Keys open then (likewise).
+    pub key_count: u64,
+    /// The record could not list every holder.
+    pub holders_truncated: bool,
+    /// The driver could not vouch that it saw every open in the hive.
+    pub holders_unseen: bool,
+    /// The record's own sequence number.
+    pub sequence: u64,
+    /// When the driver looked (FILETIME).
+    pub time: u64,
+    /// Seconds since the failed unload.
+    pub held_for_secs: u64,
+    /// `held_for_secs` is the driver's delay, not measured from an attempt the service saw:
+    /// the hive was held at least that long.
+    pub at_least: bool,
+    /// The failed unload's sequence number, when the service saw it.
+    pub failed_unload_sequence: Option<u64>,
 }

@@ -626,8 +626,12 @@ pub struct UnloadHolder {
     pub open_keys: u64,
 }
 
-/// One unload attempt.
+/// One unload attempt, or the driver's look again at a hive after a failed one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent flags of the driver's record, each a field of the JSON document"
+)]
 pub struct UnloadAttempt {
     /// Sequence number (1 = first since the driver started).
     pub sequence: u64,
@@ -653,6 +657,23 @@ pub struct UnloadAttempt {
     pub unknown_hive: bool,
     /// The biggest holders (at most 8).
     pub holders: Vec<UnloadHolder>,
+    /// Not an unload: the driver looked at the hive again its configured delay after a
+    /// failed unload and found it still held (or could not see whether it was); `time` is
+    /// when it looked, `status` the failed attempt's, the holders those then.
+    #[serde(default)]
+    pub held_after: bool,
+    /// A held-after record: seconds since the failed unload it follows (the latest failed
+    /// attempt of the hive before it in the history); null when that attempt is no longer
+    /// kept, and for unload attempts.
+    #[serde(default)]
+    pub held_for_secs: Option<u64>,
+    /// A held-after record: the sequence number of that failed unload; null as above.
+    #[serde(default)]
+    pub failed_unload_sequence: Option<u64>,
+    /// The driver cannot vouch that it saw every open in the hive (keys opened before its
+    /// tracking began, or opens it lost): processes not listed may also hold keys.
+    #[serde(default)]
+    pub holders_unseen: bool,
 }
 
 /// `hivetrack unload-history`.

@@ -768,9 +768,19 @@ pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<
                     a.open_keys.to_string(),
                     a.holders_total.to_string(),
                 ];
+                // After the holder's columns, so the older columns keep their places.
+                let later = [
+                    if a.held_after { "held_after" } else { "unload" }.to_owned(),
+                    a.held_for_secs.map(|n| n.to_string()).unwrap_or_default(),
+                    a.failed_unload_sequence
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                    a.holders_unseen.to_string(),
+                ];
                 if a.holders.is_empty() {
                     let mut row = cells.to_vec();
                     row.extend(std::iter::repeat_n(String::new(), 3));
+                    row.extend(later.iter().cloned());
                     rows.push(row);
                 }
                 for h in &a.holders {
@@ -780,6 +790,7 @@ pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<
                         opt(h.image.as_ref()),
                         h.open_keys.to_string(),
                     ]);
+                    row.extend(later.iter().cloned());
                     rows.push(row);
                 }
             }
@@ -795,57 +806,83 @@ pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<
                     "holder_pid",
                     "holder_image",
                     "holder_open_keys",
+                    "record",
+                    "held_for_secs",
+                    "failed_unload_sequence",
+                    "holders_unseen",
                 ],
                 &rows,
             )
         }
-        Format::Table => {
-            let mut out = String::new();
-            if r.attempts.is_empty() {
-                out.push_str("No unload attempt recorded.\n");
-            }
-            for a in &r.attempts {
-                let status = a
-                    .status_name
-                    .as_ref()
-                    .map_or_else(|| a.status.clone(), |n| format!("{n} ({})", a.status));
-                let outcome = if a.succeeded { "unloaded" } else { "FAILED" };
-                let _ = writeln!(
-                    out,
-                    "#{} {} {}: {outcome}, {status}; {} open key(s) held by {} process(es){}",
-                    a.sequence,
-                    a.time.as_ref().map_or("-", |t| t.utc.as_str()),
-                    a.hive,
-                    a.open_keys,
-                    a.holders_total,
-                    if a.unknown_hive {
-                        " [not a hive the driver knew]"
-                    } else {
-                        ""
-                    }
-                );
-                for h in &a.holders {
-                    let _ = writeln!(
-                        out,
-                        "    {} held {} key(s)",
-                        process_phrase(h.pid, h.image.as_ref(), false),
-                        h.open_keys
-                    );
-                }
-                if a.holders_truncated {
-                    let _ = writeln!(
-                        out,
-                        "    ... and {} more process(es) not stored in the record",
-                        (a.holders_total as usize).saturating_sub(a.holders.len())
-                    );
-                }
-            }
-            out.push('\n');
-            out.push_str(&source_line(&r.source));
-            out.push('\n');
-            out
-        }
+        Format::Table => unload_history_table(r),
     })
+}
+
+/// The table of `unload-history`: a held-after record is labelled as the driver's look
+/// again, never as an unload attempt.
+fn unload_history_table(r: &UnloadHistoryReport) -> String {
+    let mut out = String::new();
+    if r.attempts.is_empty() {
+        out.push_str("No unload attempt recorded.\n");
+    }
+    for a in &r.attempts {
+        let status = a
+            .status_name
+            .as_ref()
+            .map_or_else(|| a.status.clone(), |n| format!("{n} ({})", a.status));
+        // A held-after record is the driver's look again, never an unload attempt.
+        let outcome = if a.held_after {
+            match (a.held_for_secs, a.failed_unload_sequence) {
+                (Some(secs), Some(seq)) => {
+                    format!("STILL HELD {secs} s after the failed unload #{seq} (")
+                }
+                _ => "STILL HELD after its failed unload, no longer in the history (".to_owned(),
+            }
+        } else if a.succeeded {
+            "unloaded, ".to_owned()
+        } else {
+            "FAILED, ".to_owned()
+        };
+        let close = if a.held_after { ")" } else { "" };
+        let _ = writeln!(
+            out,
+            "#{} {} {}: {outcome}{status}{close}; {} open key(s) held by {} process(es){}",
+            a.sequence,
+            a.time.as_ref().map_or("-", |t| t.utc.as_str()),
+            a.hive,
+            a.open_keys,
+            a.holders_total,
+            if a.unknown_hive {
+                " [not a hive the driver knew]"
+            } else {
+                ""
+            }
+        );
+        for h in &a.holders {
+            let _ = writeln!(
+                out,
+                "    {} held {} key(s)",
+                process_phrase(h.pid, h.image.as_ref(), false),
+                h.open_keys
+            );
+        }
+        if a.holders_truncated {
+            let _ = writeln!(
+                out,
+                "    ... and {} more process(es) not stored in the record",
+                (a.holders_total as usize).saturating_sub(a.holders.len())
+            );
+        }
+        if a.holders_unseen {
+            out.push_str(
+                "    ... and processes hivetrack could not see may also hold keys (opened before its tracking began, or opens it lost; `hivetrack holders` asks the kernel's list)\n",
+            );
+        }
+    }
+    out.push('\n');
+    out.push_str(&source_line(&r.source));
+    out.push('\n');
+    out
 }
 
 /// Renders `diff`.

@@ -439,6 +439,12 @@ fn stats_with(objects: u64, losses: &[(&str, u64)]) -> Stats {
 }
 
 fn history_listing(agent_keys: u64, truncated: bool) -> Listing {
+    history_listing_held(agent_keys, truncated, false)
+}
+
+/// The unload history; `held_after`: newest, the driver's look at the user hive 60 s after
+/// its failed unload (#2), still held by the agent, with holders it could not all see.
+fn history_listing_held(agent_keys: u64, truncated: bool, held_after: bool) -> Listing {
     let agent = units(AGENT);
     let mount = units(&user(""));
     let other = units(r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002");
@@ -449,6 +455,19 @@ fn history_listing(agent_keys: u64, truncated: bool) -> Listing {
         image: Text::Units(&agent),
     }];
     let mut l = Listing::new(&NoPrefix);
+    if held_after {
+        l.push(&UnloadRecord {
+            time: NOW,
+            outcome: 0xC000_0121,
+            hive_id: 7,
+            open_keys: agent_keys,
+            holders_total: 1,
+            flags: UnloadRecord::HELD_AFTER | UnloadRecord::HOLDERS_UNSEEN,
+            sequence: 3,
+            mount: Text::Units(&mount),
+            holders: UnloadHolders::Slice(&holders),
+        });
+    }
     l.push(&UnloadRecord {
         time: NOW - 60 * SECOND,
         outcome: 0xC000_0121,
@@ -565,6 +584,17 @@ pub fn logoff() -> Server {
         not_recorded: 0,
         kernel_extra: Vec::new(),
     }
+}
+
+/// The logoff scenario with the driver's look again (issue 17) in its unload history.
+///
+/// The user hive is still held 60 s after its failed unload (#2), as record #3
+/// ([`UnloadRecord::HELD_AFTER`], with [`UnloadRecord::HOLDERS_UNSEEN`]).
+#[must_use]
+pub fn logoff_held_after() -> Server {
+    let mut s = logoff();
+    s.history = Some(history_listing_held(1, false, true));
+    s
 }
 
 /// The logoff scenario a minute earlier: the shell and two applications hold keys in both

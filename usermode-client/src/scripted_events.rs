@@ -6,7 +6,10 @@
 //! answers the request exactly as the protocol says: records after `after`, oldest first,
 //! as many as fit, or after the timeout an empty page. Time passing while a request waits is
 //! scripted as [`Step`]s, applied one by one while a request with a timeout finds nothing;
-//! the waited time is added to a shared test clock ([`SharedClock`]). Used by the
+//! the waited time is added to a shared test clock ([`SharedClock`]). A record's flags are
+//! kept as given: a hive still held after a failed unload ([`UnloadRecord::HELD_AFTER`]),
+//! holders the driver could not all see ([`UnloadRecord::HOLDERS_UNSEEN`]); the prefix's
+//! held-after delay is [`EventQueue::held_after_seconds`]. Used by the
 //! [`crate::scripted::Scripted`] transport and `tests/events.rs`.
 
 use std::cell::{Cell, RefCell};
@@ -64,6 +67,10 @@ pub struct EventQueue {
     pub tracking_since: u64,
     /// The key-count alarm threshold reported.
     pub key_alarm_threshold: u64,
+    /// The held-after delay reported (seconds; 0: the driver does not look again after a
+    /// failed unload, as an older driver). Records with [`UnloadRecord::HELD_AFTER`] are
+    /// scripted like any other ([`Step::Record`], [`EventQueue::push`]).
+    pub held_after_seconds: u64,
     /// What happens while requests wait.
     pub steps: VecDeque<Step>,
     /// Connections to refuse before the driver is back ([`Step::Stop`]).
@@ -91,6 +98,7 @@ impl EventQueue {
             next_sequence: 1,
             tracking_since,
             key_alarm_threshold: 0,
+            held_after_seconds: 0,
             steps: VecDeque::new(),
             refuse_connects: 0,
             clock: SharedClock::default(),
@@ -208,7 +216,7 @@ impl EventQueue {
             missed: self.missed(req.after),
             tracking_since: self.tracking_since,
             key_alarm_threshold: self.key_alarm_threshold,
-            held_after_seconds: 0,
+            held_after_seconds: self.held_after_seconds,
         };
         let mut w =
             PageWriter::<Events>::new(out, &prefix, req.max_records).map_err(|_| small())?;

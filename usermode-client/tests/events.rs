@@ -15,15 +15,15 @@ use hivetrack_cli::event_service::{self, ServiceEnv, ServiceOptions};
 use hivetrack_cli::event_sink::{Collected, EventSink, JsonLines};
 use hivetrack_cli::event_stream::{ERROR_OPERATION_ABORTED, StreamHolder, StreamRecord};
 use hivetrack_cli::fleet_event::{
-    EVENT_DATA_FIELDS, EventHolder, EventId, FleetEvent, INSERTION_STRINGS, KEY_NAMES, Level,
-    UnloadFailure, event_data_names,
+    EVENT_DATA_FIELDS, EventHolder, EventId, FleetEvent, INSERTION_STRINGS, KEY_NAMES,
+    LATER_FIELDS, Level, UnloadFailure, event_data_names,
 };
 use hivetrack_cli::holder_identity::{Identities, Identity, NoIdentities};
 use hivetrack_cli::modules::rank;
 use hivetrack_cli::page_server::Server;
 use hivetrack_cli::scripted::{
-    AGENT, AGENT_PID, EXPLORER_PID, NOW, RUNDLL_PID, SECOND, SHELL, SID, Scripted, logoff,
-    shell_extension, version,
+    AGENT, AGENT_PID, EXPLORER_PID, NOW, RUNDLL_PID, SECOND, SHELL, SID, Scripted, incomplete,
+    logoff, shell_extension, version,
 };
 use hivetrack_cli::scripted_events::{EventQueue, SharedQueue, Step};
 use hivetrack_cli::symbols::NoSymbols;
@@ -56,6 +56,7 @@ fn failure(holder_count: u64, key_count: u64) -> UnloadFailure {
         holder_count,
         key_count,
         holders_truncated: false,
+        holders_unseen: false,
         sequence: 7,
         time: NOW,
     }
@@ -101,7 +102,7 @@ fn a_failed_unload_names_its_holders_in_words_and_in_event_data() {
     );
     let s = e.insertion_strings();
     assert_eq!(s.len(), INSERTION_STRINGS);
-    assert_eq!(INSERTION_STRINGS, 62);
+    assert_eq!(INSERTION_STRINGS, 64);
     assert_eq!(field(&s, "Message"), e.message);
     assert_eq!(field(&s, "Hive"), user_hive());
     assert_eq!(field(&s, "SID"), SID);
@@ -134,6 +135,11 @@ fn a_failed_unload_names_its_holders_in_words_and_in_event_data() {
     assert_eq!(event_data_names()[46], "Holder1KeyNames");
     assert_eq!(event_data_names()[47], "Holder1Modules");
     assert_eq!(event_data_names()[61], "Holder8Modules");
+    // Issue 17's driver look again: after those too.
+    assert_eq!(event_data_names()[62], "HoldersUnseen");
+    assert_eq!(event_data_names()[63], "FailedUnloadSequence");
+    assert_eq!(field(&s, "HoldersUnseen"), "false");
+    assert_eq!(field(&s, "FailedUnloadSequence"), "");
     for n in 1..=8 {
         for f in ["KeyNames", "Modules"] {
             assert_eq!(field(&s, &format!("Holder{n}{f}")), "", "Holder{n}{f}");
@@ -346,6 +352,18 @@ fn the_message_table_source_matches_the_events() {
             i + 1
         );
     }
+    let first_later = INSERTION_STRINGS - LATER_FIELDS.len();
+    for (i, name) in LATER_FIELDS.iter().enumerate() {
+        assert!(
+            text.contains(&format!("%{} {name}", first_later + i + 1)),
+            "%{} {name} not documented",
+            first_later + i + 1
+        );
+    }
+    assert!(
+        text.contains(&format!("same {INSERTION_STRINGS} insertion strings")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -373,11 +391,13 @@ fn json_lines_carry_the_same_fields_one_object_a_line() {
         sorted,
         [
             "event_id",
+            "failed_unload_sequence",
             "held_for_secs",
             "hive",
             "holder_count",
             "holders",
             "holders_truncated",
+            "holders_unseen",
             "key_count",
             "level",
             "message",
@@ -993,4 +1013,195 @@ fn a_hive_the_driver_no_longer_knows_gets_no_keys_or_modules() {
         "{e:#?}"
     );
     assert!(!e.message.contains("opened by"), "{}", e.message);
+}
+
+// ---- the driver's own look again after a failed unload (issue 17: HELD_AFTER) ----
+
+/// The driver's record of the user hive still held (by the policy agent, 1 key) when it
+/// looked again `secs` after a failed unload at [`NOW`].
+fn held_after(secs: u64, flags: u16) -> StreamRecord {
+    StreamRecord {
+        flags: UnloadRecord::HELD_AFTER | flags,
+        ..unload(
+            &user_hive(),
+            0xC000_0121,
+            &[(AGENT_PID, AGENT, 1)],
+            NOW + secs * SECOND,
+        )
+    }
+}
+
+/// A queue whose driver says it looks again `secs` after a failed unload.
+fn queue_held_after(secs: u64) -> EventQueue {
+    let mut q = queue();
+    q.held_after_seconds = secs;
+    q
+}
+
+#[test]
+fn the_drivers_held_after_record_is_one_1002_and_the_service_does_not_recheck() {
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Record(held_after(60, 0)));
+    let q = q.shared();
+    let ids_ = StandIn::default();
+    let (_, events) = serve(&q, ServiceOptions::default(), 300, &ids_);
+    // One 1002 (the driver's), never a second 1001 for it, no re-check of the service's own.
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    let still = &events[2];
+    assert_eq!(still.sequence, Some(2), "the record's own sequence");
+    assert_eq!(still.held_for_secs, Some(60));
+    assert_eq!(still.hive.as_deref(), Some(user_hive().as_str()));
+    assert_eq!(still.user.as_deref(), Some(r"CONTOSO\alice"));
+    assert_eq!(still.status.as_deref(), Some("0xC0000121"));
+    assert_eq!(
+        still.time.as_ref().map(|t| t.filetime),
+        Some(NOW + 60 * SECOND)
+    );
+    assert_eq!(still.holders.len(), 1, "{still:#?}");
+    let agent = &still.holders[0];
+    assert_eq!((agent.pid, agent.keys), (AGENT_PID, 1));
+    // Its services (it runs) and its key names, read as for 1001.
+    assert_eq!(agent.services, Some(vec!["PolicyAgent".to_owned()]));
+    assert!(
+        agent
+            .key_names
+            .iter()
+            .any(|k| k.ends_with(r"\Software\Policies")),
+        "{agent:#?}"
+    );
+    assert!(
+        still.message.contains(&format!(
+            r"The registry hive \REGISTRY\USER\{SID} (user CONTOSO\alice) is still held 60 s after its failed unload (STATUS_CANNOT_DELETE, hivetrack event sequence 1)"
+        )),
+        "{}",
+        still.message
+    );
+    assert!(
+        still
+            .message
+            .contains("1 process holds 1 key open: agent.exe"),
+        "{}",
+        still.message
+    );
+    // The driver looks again: the service's own re-check would have come 60 s after the
+    // unload, within the 300 s served.
+    assert!(q.borrow().clock.elapsed() >= Duration::from_secs(300));
+}
+
+#[test]
+fn without_the_drivers_look_again_the_service_rechecks_itself() {
+    // An older driver, or HeldAfterSeconds 0: the prefix says 0; the service's fallback.
+    let mut q = queue_held_after(0);
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    assert_eq!(events[2].held_for_secs, Some(60));
+    assert_eq!(events[2].sequence, Some(1), "the failed unload's");
+    assert_eq!(events[2].holders[0].pid, AGENT_PID);
+    // The driver looking again (prefix > 0) and finding the hive free: no event at all.
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
+}
+
+#[test]
+fn holders_the_driver_could_not_see_are_said_in_1001_and_1002() {
+    const UNSEEN: &str = "Processes hivetrack could not see may also hold keys in this hive: keys opened before the driver's tracking began, or opens it lost, are not in its records";
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.push(&StreamRecord {
+        flags: UnloadRecord::HOLDERS_UNSEEN,
+        ..failed_unload(&user_hive(), NOW + 5 * SECOND)
+    });
+    q.push(&held_after(65, UnloadRecord::HOLDERS_UNSEEN));
+    let q = q.shared();
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve(&q, opts, 1, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1001, 1002], "{events:#?}");
+    let (seen, unseen, still) = (&events[1], &events[2], &events[3]);
+    // Every open seen: no such sentence, the field false.
+    assert!(!seen.message.contains("could not see"), "{}", seen.message);
+    assert!(!seen.holders_unseen);
+    assert_eq!(field(&seen.insertion_strings(), "HoldersUnseen"), "false");
+    // Not vouched for: said plainly, in the field and the JSON line.
+    assert!(unseen.message.contains(UNSEEN), "{}", unseen.message);
+    assert!(unseen.holders_unseen);
+    assert_eq!(field(&unseen.insertion_strings(), "HoldersUnseen"), "true");
+    let v: serde_json::Value = serde_json::from_str(&unseen.json_line().unwrap()).unwrap();
+    assert_eq!(v["holders_unseen"], true);
+    // The driver's 1002 says it too, and is measured from the first attempt of the run.
+    assert!(still.message.contains(UNSEEN), "{}", still.message);
+    assert_eq!(field(&still.insertion_strings(), "HoldersUnseen"), "true");
+    assert_eq!(still.held_for_secs, Some(65));
+    assert_eq!(still.failed_unload_sequence, Some(1));
+    assert_eq!(
+        field(&still.insertion_strings(), "FailedUnloadSequence"),
+        "1"
+    );
+    assert_eq!(field(&still.insertion_strings(), "Sequence"), "3");
+    // Events without holders leave the field empty.
+    assert_eq!(field(&events[0].insertion_strings(), "HoldersUnseen"), "");
+}
+
+#[test]
+fn a_held_after_record_whose_attempt_the_service_did_not_see_is_held_at_least_the_delay() {
+    // The service started after the attempt left the driver's history (or it was never read).
+    let mut q = queue_held_after(90);
+    q.push(&held_after(120, 0));
+    let q = q.shared();
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve(&q, opts, 1, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1002], "{events:#?}");
+    let still = &events[1];
+    assert_eq!(still.held_for_secs, Some(90));
+    assert_eq!(still.failed_unload_sequence, None);
+    assert!(
+        still.message.contains(
+            "is still held at least 90 s after its failed unload (STATUS_CANNOT_DELETE): the driver looked again (hivetrack event sequence 1)."
+        ),
+        "{}",
+        still.message
+    );
+}
+
+#[test]
+fn the_drivers_1002_adds_the_holders_only_the_kernels_list_knows() {
+    // A driver that lost opens: the kernel lists a key of the agent's it has no record of.
+    let lossy = || {
+        let mut s = incomplete();
+        s.version = Some(VersionInfo {
+            capabilities: VersionInfo::CAP_EVENTS,
+            ..version()
+        });
+        s
+    };
+    let mut q = queue_held_after(60);
+    q.push(&held_after(60, UnloadRecord::HOLDERS_UNSEEN));
+    let q = q.shared();
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve_with(&q, opts, 1, &NoIdentities, &lossy);
+    assert_eq!(ids(&events), [1010, 1002], "{events:#?}");
+    let still = &events[1];
+    assert_eq!(still.holders.len(), 2, "{still:#?}");
+    assert_eq!(still.holders[1].pid, AGENT_PID);
+    assert_eq!(still.holders[1].keys, 1);
+    assert_eq!((still.holder_count, still.key_count), (Some(2), Some(2)));
+    assert!(
+        still.message.contains("2 processes hold 2 keys open"),
+        "{}",
+        still.message
+    );
 }

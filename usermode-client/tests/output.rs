@@ -200,3 +200,39 @@ fn snapshot_and_diff_show_the_leak_growing() {
         "the agent's closed key"
     );
 }
+
+#[test]
+fn the_unload_history_labels_the_drivers_look_again() {
+    for (form, extra) in forms() {
+        let o = run_on(
+            scripted::logoff_held_after(),
+            &args(&["unload-history"], extra),
+        );
+        assert_eq!(o.code, 0, "{form}: {}", o.err);
+        assert_snapshot(&format!("unload_history_held_after_{form}"), &o.out);
+    }
+    let o = run_on(scripted::logoff_held_after(), &["unload-history"]);
+    let first = o.out.lines().next().unwrap();
+    assert_eq!(
+        first,
+        format!(
+            r"#3 2026-11-22T04:00:00Z HKU\{SID}: STILL HELD 60 s after the failed unload #2 (STATUS_CANNOT_DELETE (0xC0000121)); 1 open key(s) held by 1 process(es)"
+        ),
+        "{}",
+        o.out
+    );
+    assert!(
+        o.out
+            .contains("processes hivetrack could not see may also hold keys"),
+        "{}",
+        o.out
+    );
+    let o = run_on(scripted::logoff_held_after(), &["unload-history", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.out).unwrap();
+    let held = &v["attempts"][0];
+    assert_eq!(held["held_after"], true);
+    assert_eq!(held["held_for_secs"], 60);
+    assert_eq!(held["failed_unload_sequence"], 2);
+    assert_eq!(held["holders_unseen"], true);
+    assert_eq!(v["attempts"][1]["held_after"], false);
+}
