@@ -8,11 +8,14 @@
 use core::{
     cell::UnsafeCell,
     mem::MaybeUninit,
+    ptr::null_mut,
     sync::atomic::{AtomicBool, AtomicI32, Ordering},
 };
 
 use tracker::{Config, Tracker};
-use wdk_sys::{NTSTATUS, STATUS_INVALID_PARAMETER, STATUS_SUCCESS};
+use wdk_sys::{
+    NTSTATUS, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, ntddk::KeQueryPerformanceCounter,
+};
 
 use crate::{lock::SpinLock, lookaside::LookasidePool};
 
@@ -75,8 +78,15 @@ pub fn start(parameters: Parameters) -> Result<(), NTSTATUS> {
     if let Some(seconds) = parameters.held_after {
         config.held_after_seconds = seconds;
     }
-    // The stack table's hash key: the interrupt time at start, which no process chooses.
-    config.hash_seed = crate::clock::interrupt_time().rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
+    // The stack table's hash key: the performance counter at start, which no process
+    // chooses. (Not the interrupt time: the emulator traps `KUSER_SHARED_DATA` loads, which
+    // callgrind cannot replay, so reading it here ended `cargo xtask bench-driver` in a
+    // bugcheck at DriverEntry.) Docs: `KeQueryPerformanceCounter`, any IRQL.
+    // SAFETY: a documented call; a null frequency pointer is allowed.
+    let counter = unsafe { KeQueryPerformanceCounter(null_mut()) };
+    // SAFETY: the routine returns the counter in QuadPart.
+    let counter = unsafe { counter.QuadPart }.cast_unsigned();
+    config.hash_seed = counter.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
     let pool = LookasidePool::create()?;
     // SAFETY: `start` runs once, single-threaded, before `ready` is set; the slot is unused.
     let slot = unsafe { &mut *SLOT.tracker.get() };
