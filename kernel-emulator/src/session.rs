@@ -26,6 +26,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "a user profile (\\REGISTRY\\USER\\S-1-5-21-1004336348-1177238915-682003330-1001 and its _Classes hive) that will not unload: profleak.exe holds Software\\Policies; one failed unload attempt is in the history; profleak.exe exits 3 s after the session starts a `wait`",
     ),
     (
+        "logoff-later",
+        "the logoff scenario a minute later on the emulated clock: the driver's timer has looked at the profile again (its default Parameters\\HeldAfterSeconds, 60 s, passed) and put a held-after record in its event stream",
+    ),
+    (
         "handle-leak",
         "profleak.exe holds 65,602 handles to one key of the user profile",
     ),
@@ -123,11 +127,15 @@ impl Session {
         )
         .map_err(|s| format!("the control device does not open: {}", status::describe(s)))?;
         match scenario {
-            "logoff" => {
+            "logoff" | "logoff-later" => {
                 load_profile(&mut ctx);
                 let (_, _, app2) = logoff_workload(&mut ctx);
                 let _ = hive::unload_hive(SYSTEM_PID, USER);
                 holder = Some(app2);
+                if scenario == "logoff-later" {
+                    // The emulated clock moves 61 s: the driver's timer DPC runs (issue 17).
+                    crate::timer::advance(61_000);
+                }
             }
             "handle-leak" => {
                 load_profile(&mut ctx);

@@ -84,6 +84,20 @@ const STEPS: &[(&str, &[&str], Option<&str>, i32)] = &[
         0,
     ),
     (
+        "A minute later: the driver looked at the profile again and it is still held (event 1002)",
+        &[
+            "--emulator",
+            "logoff-later",
+            "service",
+            "run",
+            "--once",
+            "--jsonl",
+            "-",
+        ],
+        None,
+        0,
+    ),
+    (
         "A process leaking key handles, ranked first",
         &["--emulator", "handle-leak", "processes", "--top", "3"],
         None,
@@ -153,6 +167,18 @@ pub fn demo(package: &Path, target: &Path) -> Result<()> {
         {
             bail!(
                 "`{}` did not write the failed unload (1001) naming its holder and its key",
+                describe(&cmd)
+            );
+        }
+        if args.contains(&"logoff-later")
+            && !String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                l.contains(r#""event_id":1002"#)
+                    && l.contains("the driver looked again")
+                    && l.contains("profleak.exe")
+            })
+        {
+            bail!(
+                "`{}` did not write the driver's held-after event (1002) naming its holder",
                 describe(&cmd)
             );
         }
