@@ -112,8 +112,8 @@ impl<L: RawLock> Drop for Shared<'_, L> {
 ///
 /// Bit 31 is the writer, bits 0..31 count readers. Writers wait for readers to drain; new
 /// readers wait while a writer holds the lock. Fine at
-/// `DISPATCH_LEVEL` and in tests; a kernel build should prefer `EX_PUSH_LOCK`, which
-/// sleeps instead of spinning.
+/// `DISPATCH_LEVEL` and in tests; the driver uses the kernel's own reader/writer spin lock
+/// (`EX_SPIN_LOCK`), which Driver Verifier and debuggers know.
 #[derive(Debug)]
 pub struct SpinLock {
     state: AtomicU32,
