@@ -1,19 +1,34 @@
-//! The tracker's lock: an executive spin lock (`KSPIN_LOCK`).
+//! The tracker's lock: an executive reader/writer spin lock (`EX_SPIN_LOCK`), or a
+//! `KSPIN_LOCK` where the system lacks the `EX_SPIN_LOCK` routines.
 //!
-//! Spin locks exist on every Windows and under Wine; push locks would need routines Windows 7
-//! and Wine lack. Holding one raises to `DISPATCH_LEVEL`, where the tracker's work (pointer
-//! updates, non-paged lookaside blocks) is allowed. Shared holds are exclusive holds: correct,
-//! if less concurrent.
+//! Shared holds (queries, and the open path's hive-shard lookups) overlap one another, so an
+//! administrator's query does not stall registry opens and lookups on one hive shard do not
+//! serialise across processors. The routines (`ExAcquireSpinLockShared`,
+//! `ExReleaseSpinLockShared`, `ExAcquireSpinLockExclusive`, `ExReleaseSpinLockExclusive`) exist
+//! from Windows Vista SP1 (docs, Requirements) but not in Wine 8's ntoskrnl.exe, so they are
+//! resolved at run time (`routines.rs`, all four or none) and every lock is a `KSPIN_LOCK`
+//! without them: correct, shared holds then being exclusive. Either way a hold raises to
+//! `DISPATCH_LEVEL`, where the tracker's work (pointer updates, non-paged lookaside blocks)
+//! is allowed.
 //!
-//! Each lock keeps the IRQL its holder is to return to. The tracker releases nested locks in
-//! reverse order everywhere but one place: it hands over from a table lock to a process lock,
-//! releasing the outer one first (`RawLock::unlock_exclusive_keeping`). A naive release there
-//! would drop to the outer acquisition's IRQL (`PASSIVE_LEVEL`) while the inner lock is still
-//! held (the emulator's verifier catches exactly that), so the hand-over swaps the two saved
-//! IRQLs: the outer lock is released to `DISPATCH_LEVEL` (what the inner acquisition saw),
-//! and the inner lock will return to the IRQL the outer acquisition came from. With that, every
-//! release restores the IRQL its hold is owed, with no per-processor bookkeeping on the
-//! hot path (which cost two `KeGetCurrentProcessorNumberEx` calls per lock round trip).
+//! Rules this depends on (docs: the four routines' pages and "Reader/Writer Spin Locks"):
+//! the lock is a 32-bit `EX_SPIN_LOCK` initialised to zero in non-paged memory; acquiring one
+//! the caller already holds, in either mode, deadlocks (there is no shared-to-exclusive
+//! upgrade but a *try*, `ExTryConvertSharedSpinLockExclusive`, unused here: the tracker
+//! retakes a lock exclusively only after dropping its shared hold); each release takes the
+//! IRQL its own acquisition returned, at `DISPATCH_LEVEL`; and the release must match the
+//! mode.
+//!
+//! The IRQL to return to: a shared hold hands it from `lock_shared` to `unlock_shared` as the
+//! guard's token (several readers hold the lock at once, so it cannot live in the lock). An
+//! exclusive hold keeps it in the lock. The tracker releases nested locks in reverse order
+//! everywhere but one place: it hands over from a table lock to a process lock, releasing the
+//! outer one first (`RawLock::unlock_exclusive_keeping`). A naive release there would drop to
+//! the outer acquisition's IRQL (`PASSIVE_LEVEL`) while the inner lock is still held (the
+//! emulator's verifier catches exactly that), so the hand-over swaps the two saved IRQLs: the
+//! outer lock is released to `DISPATCH_LEVEL` (what the inner acquisition saw), and the inner
+//! lock will return to the IRQL the outer acquisition came from. With that, every release
+//! restores the IRQL its hold is owed, with no per-processor bookkeeping on the hot path.
 
 use core::cell::UnsafeCell;
 
@@ -23,51 +38,96 @@ use wdk_sys::{
     ntddk::{KeAcquireSpinLockRaiseToDpc, KeReleaseSpinLock},
 };
 
-/// A `KSPIN_LOCK`, and the IRQL its current holder returns to on release.
+use crate::routines;
+
+/// A lock word, and the IRQL its exclusive holder returns to on release.
 pub struct SpinLock {
-    lock: UnsafeCell<KSPIN_LOCK>,
+    /// A `KSPIN_LOCK` (`ULONG_PTR`), or, when the system has the `EX_SPIN_LOCK` routines, an
+    /// `EX_SPIN_LOCK` in its low four bytes (x64 is little-endian; the `LONG` is 4-aligned
+    /// inside the 8-aligned word). Zero is released for both.
+    word: UnsafeCell<KSPIN_LOCK>,
     old_irql: UnsafeCell<KIRQL>,
 }
 
 impl SpinLock {
-    /// A released lock, for static storage (`KeInitializeSpinLock` zeroes the word).
+    /// A released lock, for static storage (`KeInitializeSpinLock` zeroes the word; an
+    /// `EX_SPIN_LOCK` is initialised to zero).
     pub const fn unlocked() -> Self {
         Self {
-            lock: UnsafeCell::new(0),
+            word: UnsafeCell::new(0),
             old_irql: UnsafeCell::new(0),
+        }
+    }
+
+    /// The word as an `EX_SPIN_LOCK` (`volatile LONG`).
+    const fn ex(&self) -> *mut i32 {
+        self.word.get().cast::<i32>()
+    }
+
+    /// Takes the lock exclusively; returns the IRQL to restore.
+    #[inline]
+    fn acquire_exclusive(&self) -> KIRQL {
+        routines::ex_acquire_spin_lock_exclusive().map_or_else(
+            // SAFETY: the word is a valid, initialised KSPIN_LOCK that does not move while held.
+            || unsafe { KeAcquireSpinLockRaiseToDpc(self.word.get()) },
+            // SAFETY: the word is a zero-initialised EX_SPIN_LOCK in non-paged memory that does
+            // not move while held, used only through the EX routines (all four or none).
+            |acquire| unsafe { acquire(self.ex()) },
+        )
+    }
+
+    /// Releases an exclusive hold to `irql`.
+    ///
+    /// # Safety
+    /// The caller holds the lock exclusively, at `DISPATCH_LEVEL`.
+    #[inline]
+    unsafe fn release_exclusive(&self, irql: KIRQL) {
+        if let Some(release) = routines::ex_release_spin_lock_exclusive() {
+            // SAFETY: the caller holds the EX_SPIN_LOCK exclusively (taken by
+            // `acquire_exclusive` through the EX routines, which are all present or none).
+            unsafe { release(self.ex(), irql) };
+        } else {
+            // SAFETY: the caller holds the KSPIN_LOCK, taken by `acquire_exclusive`.
+            unsafe { KeReleaseSpinLock(self.word.get(), irql) };
         }
     }
 }
 
 // SAFETY: the lock word is only touched by the kernel's interlocked spin-lock routines;
-// `old_irql` is written and read only by the current holder (the hand-over writes the inner
-// lock's, which the same caller holds too).
+// `old_irql` is written and read only by the current exclusive holder (the hand-over writes
+// the inner lock's, which the same caller holds too).
 unsafe impl Sync for SpinLock {}
 // SAFETY: nothing in the lock is tied to a thread.
 unsafe impl Send for SpinLock {}
 
-// SAFETY: KeAcquireSpinLockRaiseToDpc / KeReleaseSpinLock give mutual exclusion (docs:
-// `KeAcquireSpinLockRaiseToDpc`); shared holds are exclusive, which is allowed.
+// SAFETY: ExAcquireSpinLockExclusive excludes every other holder and ExAcquireSpinLockShared
+// excludes exclusive holders (docs: "Reader/Writer Spin Locks"); without them,
+// KeAcquireSpinLockRaiseToDpc / KeReleaseSpinLock give mutual exclusion and shared holds are
+// exclusive, which is allowed. Acquisitions and releases are full barriers.
 unsafe impl RawLock for SpinLock {
+    /// The IRQL the shared hold's acquisition returned (docs, `ExReleaseSpinLockShared`:
+    /// "Set this parameter to the KIRQL value that was returned by the
+    /// `ExAcquireSpinLockShared` call").
+    type SharedToken = KIRQL;
+
     fn new() -> Self {
         Self::unlocked()
     }
 
     #[inline]
     fn lock_exclusive(&self) {
-        // SAFETY: the lock word is a valid, initialised KSPIN_LOCK that does not move while held.
-        let old = unsafe { KeAcquireSpinLockRaiseToDpc(self.lock.get()) };
-        // SAFETY: we hold the lock, so no one else touches `old_irql` now.
+        let old = self.acquire_exclusive();
+        // SAFETY: we hold the lock exclusively, so no one else touches `old_irql` now.
         unsafe { *self.old_irql.get() = old };
     }
 
     #[inline]
     unsafe fn unlock_exclusive(&self) {
         // The value was stored by this hold's acquisition, or handed over by an outer lock.
-        // SAFETY: the caller holds the lock, so only it touches `old_irql`.
+        // SAFETY: the caller holds the lock exclusively, so only it touches `old_irql`.
         let irql = unsafe { *self.old_irql.get() };
-        // SAFETY: the caller holds the lock at DISPATCH_LEVEL, acquired by `lock_exclusive`.
-        unsafe { KeReleaseSpinLock(self.lock.get(), irql) };
+        // SAFETY: the caller holds the lock exclusively at DISPATCH_LEVEL.
+        unsafe { self.release_exclusive(irql) };
     }
 
     #[inline]
@@ -79,18 +139,31 @@ unsafe impl RawLock for SpinLock {
         // SAFETY: as above; `next` now returns to where the outer acquisition came from.
         unsafe { *next.old_irql.get() = outer };
         // The caller keeps holding `next`, so the processor stays at `inner` (DISPATCH_LEVEL).
-        // SAFETY: the caller holds `self` at DISPATCH_LEVEL, acquired by `lock_exclusive`.
-        unsafe { KeReleaseSpinLock(self.lock.get(), inner) };
+        // SAFETY: the caller holds `self` exclusively at DISPATCH_LEVEL.
+        unsafe { self.release_exclusive(inner) };
     }
 
     #[inline]
-    fn lock_shared(&self) {
-        self.lock_exclusive();
+    fn lock_shared(&self) -> KIRQL {
+        routines::ex_acquire_spin_lock_shared().map_or_else(
+            || self.acquire_exclusive(),
+            // SAFETY: as in `acquire_exclusive`: a zero-initialised EX_SPIN_LOCK that does not
+            // move while held; the caller does not hold it already (the tracker never nests a
+            // lock in itself: that deadlocks, docs "Recursive acquisition").
+            |acquire| unsafe { acquire(self.ex()) },
+        )
     }
 
     #[inline]
-    unsafe fn unlock_shared(&self) {
-        // SAFETY: a shared hold is an exclusive hold here.
-        unsafe { self.unlock_exclusive() };
+    unsafe fn unlock_shared(&self, irql: KIRQL) {
+        if let Some(release) = routines::ex_release_spin_lock_shared() {
+            // SAFETY: the caller holds the EX_SPIN_LOCK shared at DISPATCH_LEVEL, and `irql` is
+            // what its ExAcquireSpinLockShared returned.
+            unsafe { release(self.ex(), irql) };
+        } else {
+            // SAFETY: without the EX routines a shared hold is an exclusive KSPIN_LOCK hold
+            // (taken by `acquire_exclusive`), and `irql` is what its acquisition returned.
+            unsafe { self.release_exclusive(irql) };
+        }
     }
 }

@@ -74,6 +74,13 @@ pub type ExInitializeLookasideListEx = unsafe extern "system" fn(
 ) -> NTSTATUS;
 /// `ExDeleteLookasideListEx` (docs: `ExDeleteLookasideListEx`).
 pub type ExDeleteLookasideListEx = unsafe extern "system" fn(lookaside: *mut LOOKASIDE_LIST_EX);
+/// `ExAcquireSpinLockShared` / `ExAcquireSpinLockExclusive` (docs, wdm.h: Windows Vista SP1+;
+/// absent from Wine 8's ntoskrnl.exe): acquire an `EX_SPIN_LOCK` (a zero-initialised LONG),
+/// raise to `DISPATCH_LEVEL`, return the entry IRQL.
+pub type ExAcquireSpinLock = unsafe extern "system" fn(lock: *mut i32) -> u8;
+/// `ExReleaseSpinLockShared` / `ExReleaseSpinLockExclusive` (docs, Vista SP1+): release the
+/// hold of that mode at `DISPATCH_LEVEL` and return to `old_irql`, the acquisition's value.
+pub type ExReleaseSpinLock = unsafe extern "system" fn(lock: *mut i32, old_irql: u8);
 /// `KeQuerySystemTimePrecise` (docs: `KeQuerySystemTimePrecise`, Windows 8+).
 pub type KeQuerySystemTimePrecise = unsafe extern "system" fn(time: *mut LARGE_INTEGER);
 
@@ -107,7 +114,7 @@ macro_rules! routines {
         $( static $slot: AtomicUsize = AtomicUsize::new(0); )*
 
         /// Resolves every optional routine. Call once, from `DriverEntry` (`PASSIVE_LEVEL`),
-        /// before anything else can run.
+        /// before anything else can run (a lock taken before would not know its kind).
         pub fn resolve_all() {
             $(
                 let mut name = unicode_string(wide!($name));
@@ -116,6 +123,7 @@ macro_rules! routines {
                 let address = unsafe { MmGetSystemRoutineAddress(&raw mut name) };
                 $slot.store(address as usize, Ordering::Release);
             )*
+            ex_spin_locks_all_or_none();
         }
 
         $(
@@ -163,6 +171,14 @@ routines! {
     EX_INIT_LOOKASIDE_EX, ex_initialize_lookaside_list_ex: ExInitializeLookasideListEx = "ExInitializeLookasideListEx";
     /// `ExDeleteLookasideListEx`, when the system has it.
     EX_DELETE_LOOKASIDE_EX, ex_delete_lookaside_list_ex: ExDeleteLookasideListEx = "ExDeleteLookasideListEx";
+    /// `ExAcquireSpinLockShared`, when the system has all four `EX_SPIN_LOCK` routines.
+    EX_ACQUIRE_SPIN_LOCK_SHARED, ex_acquire_spin_lock_shared: ExAcquireSpinLock = "ExAcquireSpinLockShared";
+    /// `ExReleaseSpinLockShared`, when the system has all four `EX_SPIN_LOCK` routines.
+    EX_RELEASE_SPIN_LOCK_SHARED, ex_release_spin_lock_shared: ExReleaseSpinLock = "ExReleaseSpinLockShared";
+    /// `ExAcquireSpinLockExclusive`, when the system has all four `EX_SPIN_LOCK` routines.
+    EX_ACQUIRE_SPIN_LOCK_EXCLUSIVE, ex_acquire_spin_lock_exclusive: ExAcquireSpinLock = "ExAcquireSpinLockExclusive";
+    /// `ExReleaseSpinLockExclusive`, when the system has all four `EX_SPIN_LOCK` routines.
+    EX_RELEASE_SPIN_LOCK_EXCLUSIVE, ex_release_spin_lock_exclusive: ExReleaseSpinLock = "ExReleaseSpinLockExclusive";
     /// `KeQuerySystemTimePrecise`, when the system has it.
     KE_QUERY_TIME_PRECISE, ke_query_system_time_precise: KeQuerySystemTimePrecise = "KeQuerySystemTimePrecise";
     /// `PsGetProcessStartKey`, when the system has it.
@@ -183,6 +199,23 @@ routines! {
     PS_SET_LOAD_IMAGE_NOTIFY_EX, ps_set_load_image_notify_routine_ex: PsSetLoadImageNotifyRoutineEx = "PsSetLoadImageNotifyRoutineEx";
     /// `PsRemoveLoadImageNotifyRoutine`, when the system has it.
     PS_REMOVE_LOAD_IMAGE_NOTIFY, ps_remove_load_image_notify_routine: PsRemoveLoadImageNotifyRoutine = "PsRemoveLoadImageNotifyRoutine";
+}
+
+/// The tracker's locks use the four `EX_SPIN_LOCK` routines together or not at all
+/// (`lock.rs`): a hold taken with one kind of lock must be released with the same kind, so
+/// unless the system has all four, none is kept and every lock is a `KSPIN_LOCK`.
+fn ex_spin_locks_all_or_none() {
+    let slots = [
+        &EX_ACQUIRE_SPIN_LOCK_SHARED,
+        &EX_RELEASE_SPIN_LOCK_SHARED,
+        &EX_ACQUIRE_SPIN_LOCK_EXCLUSIVE,
+        &EX_RELEASE_SPIN_LOCK_EXCLUSIVE,
+    ];
+    if slots.iter().any(|s| s.load(Ordering::Acquire) == 0) {
+        for s in slots {
+            s.store(0, Ordering::Release);
+        }
+    }
 }
 
 /// `PsGetProcessCreateTimeQuadPart`: the process's creation time (FILETIME units); the

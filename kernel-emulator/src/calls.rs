@@ -1,4 +1,5 @@
-//! Counts of some kernel calls a driver makes, for the benchmarks: spin-lock acquisitions,
+//! Counts of some kernel calls a driver makes, for the benchmarks: spin-lock acquisitions
+//! (every kind; the EX_SPIN_LOCK ones also by mode),
 //! lookaside (SList) pops and pushes, pool allocations, and `CmCallbackGetKeyObjectIDEx`
 //! with and without the name. Figures for the benchmarks; `rename-key` checks the name
 //! fetches around a rename.
@@ -8,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// A counted kind of call.
 #[derive(Clone, Copy, Debug)]
 pub enum Call {
-    /// `KeAcquireSpinLockRaiseToDpc` / `KeAcquireSpinLockAtDpcLevel`.
+    /// Every spin-lock acquisition: `KeAcquireSpinLockRaiseToDpc` /
+    /// `KeAcquireSpinLockAtDpcLevel` and every `ExAcquireSpinLock{Shared,Exclusive}[AtDpcLevel]`.
     SpinLock,
     /// An SList pop (a lookaside allocation's first step).
     LookasidePop,
@@ -20,19 +22,25 @@ pub enum Call {
     KeyName,
     /// `CmCallbackGetKeyObjectIDEx` asked for the ObjectID only.
     KeyIdOnly,
+    /// Of [`Call::SpinLock`]: an EX_SPIN_LOCK taken shared.
+    ExSpinLockShared,
+    /// Of [`Call::SpinLock`]: an EX_SPIN_LOCK taken exclusive.
+    ExSpinLockExclusive,
 }
 
 /// The counted kinds, in [`snapshot`]'s order, with the names the benchmark prints.
-pub const NAMES: [&str; 6] = [
-    "spin-lock acquisitions",
+pub const NAMES: [&str; 8] = [
+    "spin-lock acquisitions (all kinds)",
     "lookaside pops",
     "lookaside pushes",
     "pool allocations",
     "key-name fetches (CmCallbackGetKeyObjectIDEx with a name)",
     "key-id-only lookups (CmCallbackGetKeyObjectIDEx without a name)",
+    "of the spin locks: EX_SPIN_LOCK shared",
+    "of the spin locks: EX_SPIN_LOCK exclusive",
 ];
 
-static COUNTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static COUNTS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 
 /// Counts one call.
 pub fn count(c: Call) {
@@ -41,6 +49,6 @@ pub fn count(c: Call) {
 
 /// The counts so far, in [`NAMES`]' order.
 #[must_use]
-pub fn snapshot() -> [u64; 6] {
+pub fn snapshot() -> [u64; 8] {
     core::array::from_fn(|i| COUNTS[i].load(Relaxed))
 }

@@ -1,4 +1,6 @@
-//! Synchronisation and time: spin locks (raise to DISPATCH_LEVEL), push locks and ERESOURCE
+//! Synchronisation and time: spin locks (raise to DISPATCH_LEVEL), executive reader/writer
+//! spin locks (`EX_SPIN_LOCK`: shared or exclusive, raise to DISPATCH_LEVEL, writers
+//! preferred), push locks and ERESOURCE
 //! (which need normal kernel APCs disabled: a critical region or APC_LEVEL), fast mutexes
 //! (raise to APC_LEVEL), KeEnterCriticalRegion / KeLeaveCriticalRegion, with the owner of
 //! every lock tracked so that a release by a non-owner, a recursive spin-lock acquire
@@ -27,6 +29,8 @@ pub enum Kind {
     FastMutex,
     /// ERESOURCE.
     Resource,
+    /// EX_SPIN_LOCK (a reader/writer spin lock, a 32-bit LONG).
+    ExSpinLock,
 }
 
 /// One lock's state.
@@ -36,6 +40,9 @@ struct LockState {
     owner: Option<usize>,
     recursion: u32,
     shared: HashMap<usize, u32>,
+    /// EX_SPIN_LOCK only: exclusive acquirers spinning for it (new shared acquirers wait
+    /// behind them).
+    waiting_writers: u32,
     acquired_during: String,
 }
 
@@ -46,11 +53,16 @@ impl LockState {
             owner: None,
             recursion: 0,
             shared: HashMap::new(),
+            waiting_writers: 0,
             acquired_during: String::new(),
         }
     }
     fn held(&self) -> bool {
         self.owner.is_some() || !self.shared.is_empty()
+    }
+    /// Whether the lock table must keep this entry (held, waited for, or an ERESOURCE).
+    fn kept(&self) -> bool {
+        self.held() || self.waiting_writers > 0 || self.kind == Kind::Resource
     }
 }
 
@@ -181,7 +193,7 @@ fn release(addr: usize, kind: Kind, routine: &str) {
         _ => false,
     };
     if ok && kind != Kind::Resource {
-        l.retain(|_, s| s.held() || s.kind == Kind::Resource);
+        l.retain(|_, s| s.kept());
     }
     drop(l);
     if !ok {
@@ -210,10 +222,21 @@ pub fn spin_locks_held_by_current_thread() -> Vec<String> {
     let thread = me();
     locks()
         .iter()
-        .filter(|(_, s)| s.kind == Kind::SpinLock && s.owner == Some(thread))
+        .filter(|(_, s)| {
+            (s.kind == Kind::SpinLock && s.owner == Some(thread))
+                || (s.kind == Kind::ExSpinLock
+                    && (s.owner == Some(thread) || s.shared.contains_key(&thread)))
+        })
         .map(|(a, s)| {
             let name = if *a == crate::cancel::cancel_lock_address() {
                 "the cancel spin lock".to_string()
+            } else if s.kind == Kind::ExSpinLock {
+                let mode = if s.owner == Some(thread) {
+                    "exclusive"
+                } else {
+                    "shared"
+                };
+                format!("EX_SPIN_LOCK {a:#x} ({mode})")
             } else {
                 format!("spin lock {a:#x}")
             };
@@ -318,6 +341,259 @@ unsafe extern "win64" fn KeReleaseSpinLockFromDpcLevel(lock: *mut usize) {
         Kind::SpinLock,
         "KeReleaseSpinLockFromDpcLevel",
     );
+}
+
+// ---- Executive reader/writer spin locks (EX_SPIN_LOCK) ----
+//
+// Sources (each rule below cites one):
+// [A] ExAcquireSpinLockShared / ExAcquireSpinLockExclusive —
+//     <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exacquirespinlockshared>,
+//     <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exacquirespinlockexclusive>:
+//     "the caller must be running at IRQL <= DISPATCH_LEVEL. This routine raises the IRQL to
+//     DISPATCH_LEVEL and returns the original (on-entry) IRQL value"; "A spin lock is a 32-bit
+//     variable of type EX_SPIN_LOCK. The driver must ... initialize the spin lock to zero";
+//     "The caller must not already own this spin lock"; "Recursive acquisition of a spin lock
+//     causes deadlock and is not allowed."
+// [R] ExReleaseSpinLockShared / ExReleaseSpinLockExclusive —
+//     <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exreleasespinlockshared>,
+//     <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exreleasespinlockexclusive>:
+//     "The caller must own this spin lock for shared [exclusive] access"; "On entry ... IRQL =
+//     DISPATCH_LEVEL. Before exiting, [it] restores the IRQL to the value specified by the
+//     OldIrql parameter"; OldIrql is the value the matching acquire returned.
+// [D] The ...AtDpcLevel / ...FromDpcLevel variants (same pages' siblings): "the caller must be
+//     running at IRQL >= DISPATCH_LEVEL. This routine does not change the IRQL."
+// [W] Reader/Writer Spin Locks —
+//     <https://learn.microsoft.com/en-us/windows-hardware/drivers/kernel/reader-writer-spin-locks>:
+//     readers share; a writer waits for every reader to release; "While the writer waits, no
+//     new reader threads can acquire the lock"; the one way from shared to exclusive is
+//     ExTryConvertSharedSpinLockExclusive (a try, not modelled: no driver here uses it).
+//     Available from Windows Vista SP1 (the pages' Requirements).
+// Windows' own lock word layout is undocumented: the model keeps each lock's state in its
+// table and only reads the word, to check it is 0 (rule [A]).
+
+/// A misuse Windows would not survive: it spins forever on its own lock ([A]: "causes
+/// deadlock"). Reported as Driver Verifier's deadlock detection reports lock misuse (0xC4;
+/// whether Verifier tracks EX_SPIN_LOCKs is not documented: the model stops here rather than
+/// hang).
+fn ex_deadlock(message: &str) -> ! {
+    bugcheck::emit_stderr(&format!(
+        "*** kernel-emulator: {message}: a deadlock on Windows\n"
+    ));
+    verifier_violation(&format!("deadlock: {message}"))
+}
+
+/// Acquires the EX_SPIN_LOCK at `addr` shared or exclusive for this thread, waiting (yielding)
+/// while it is unavailable: exclusive waits for every holder; shared waits for a writer that
+/// holds it or waits for it ([W]).
+fn ex_acquire(addr: usize, exclusive: bool, routine: &str) {
+    let thread = me();
+    let mut waiting = false;
+    loop {
+        {
+            let mut l = locks();
+            let fresh = !l.contains_key(&addr);
+            let s = l
+                .entry(addr)
+                .or_insert_with(|| LockState::new(Kind::ExSpinLock));
+            if s.kind != Kind::ExSpinLock {
+                let k = s.kind;
+                drop(l);
+                verifier_violation(&format!(
+                    "{routine}({addr:#x}): used as an EX_SPIN_LOCK but it is a {k:?}"
+                ));
+            }
+            if fresh {
+                // [A]: "initialize the spin lock to zero"; the model never writes the word.
+                // SAFETY: the driver passes its EX_SPIN_LOCK (a LONG); read only.
+                let word = unsafe { (addr as *const i32).read_volatile() };
+                if word != 0 {
+                    l.remove(&addr);
+                    drop(l);
+                    verifier_violation(&format!(
+                        "{routine}({addr:#x}): the EX_SPIN_LOCK reads {word:#x}, not 0 (an EX_SPIN_LOCK must be initialised to zero)"
+                    ));
+                }
+            }
+            let mine = if s.owner == Some(thread) {
+                Some("exclusive")
+            } else if s.shared.contains_key(&thread) {
+                Some("shared")
+            } else {
+                None
+            };
+            if let Some(mode) = mine {
+                let what = if exclusive { "exclusive" } else { "shared" };
+                if waiting {
+                    s.waiting_writers -= 1;
+                }
+                drop(l);
+                // [A] "must not already own"; [W]: no blocking upgrade from shared.
+                ex_deadlock(&format!(
+                    "{routine}: EX_SPIN_LOCK {addr:#x} acquired {what} by a thread that already holds it {mode}"
+                ));
+            }
+            let free = if exclusive {
+                !s.held()
+            } else {
+                s.owner.is_none() && s.waiting_writers == 0
+            };
+            if free {
+                if exclusive {
+                    s.owner = Some(thread);
+                    s.recursion = 1;
+                    if waiting {
+                        s.waiting_writers -= 1;
+                    }
+                } else {
+                    s.shared.insert(thread, 1);
+                }
+                s.acquired_during = bugcheck::operation();
+                return;
+            }
+            if exclusive && !waiting {
+                s.waiting_writers += 1;
+                waiting = true;
+            }
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Releases this thread's `exclusive` (or shared) hold of the EX_SPIN_LOCK at `addr` ([R]):
+/// a lock it does not hold, or a hold of the other mode, is a verifier violation.
+fn ex_release(addr: usize, exclusive: bool, routine: &str) {
+    let thread = me();
+    let mut l = locks();
+    let problem = match l.get_mut(&addr) {
+        Some(s) if s.kind != Kind::ExSpinLock => Some(format!(
+            "{routine}({addr:#x}): a {:?}, not an EX_SPIN_LOCK",
+            s.kind
+        )),
+        Some(s) if exclusive && s.owner == Some(thread) => {
+            s.owner = None;
+            s.recursion = 0;
+            None
+        }
+        Some(s) if !exclusive && s.shared.contains_key(&thread) => {
+            s.shared.remove(&thread);
+            None
+        }
+        Some(s) if s.owner == Some(thread) => Some(format!(
+            "{routine}({addr:#x}): this thread holds the EX_SPIN_LOCK exclusive (release it with ExReleaseSpinLockExclusive)"
+        )),
+        Some(s) if s.shared.contains_key(&thread) => Some(format!(
+            "{routine}({addr:#x}): this thread holds the EX_SPIN_LOCK shared (release it with ExReleaseSpinLockShared)"
+        )),
+        _ => Some(format!(
+            "{routine}({addr:#x}): this thread does not hold the EX_SPIN_LOCK"
+        )),
+    };
+    l.retain(|_, s| s.kept());
+    drop(l);
+    if let Some(p) = problem {
+        verifier_violation(&p);
+    }
+}
+
+/// Counts one EX_SPIN_LOCK acquisition (a spin-lock acquisition of its mode).
+fn count_ex(exclusive: bool) {
+    crate::calls::count(crate::calls::Call::SpinLock);
+    crate::calls::count(if exclusive {
+        crate::calls::Call::ExSpinLockExclusive
+    } else {
+        crate::calls::Call::ExSpinLockShared
+    });
+}
+
+/// [A]: IRQL <= DISPATCH_LEVEL; raises to DISPATCH_LEVEL and returns the entry IRQL.
+fn ex_acquire_raising(lock: *mut i32, exclusive: bool, routine: &str) -> u8 {
+    count_ex(exclusive);
+    require_irql(routine, DISPATCH_LEVEL);
+    let old = cpu::irql();
+    ex_acquire(lock as usize, exclusive, routine);
+    cpu::set_irql(DISPATCH_LEVEL);
+    old
+}
+
+/// [R]: at DISPATCH_LEVEL; releases and restores `old_irql`.
+fn ex_release_lowering(lock: *mut i32, old_irql: u8, exclusive: bool, routine: &str) {
+    if cpu::irql() != DISPATCH_LEVEL {
+        verifier_violation(&format!(
+            "{routine} at IRQL {} (must be DISPATCH_LEVEL)",
+            cpu::irql()
+        ));
+    }
+    ex_release(lock as usize, exclusive, routine);
+    cpu::set_irql(old_irql);
+}
+
+/// [D]: IRQL >= DISPATCH_LEVEL, unchanged.
+fn require_dpc_level(routine: &str) {
+    if cpu::irql() < DISPATCH_LEVEL {
+        verifier_violation(&format!(
+            "{routine} at IRQL {} (must be DISPATCH_LEVEL or above)",
+            cpu::irql()
+        ));
+    }
+}
+
+/// ExAcquireSpinLockShared — [A]; shared with other readers, behind a waiting writer ([W]).
+unsafe extern "win64" fn ExAcquireSpinLockShared(lock: *mut i32) -> u8 {
+    ex_acquire_raising(lock, false, "ExAcquireSpinLockShared")
+}
+
+/// ExReleaseSpinLockShared — [R].
+unsafe extern "win64" fn ExReleaseSpinLockShared(lock: *mut i32, old_irql: u8) {
+    ex_release_lowering(lock, old_irql, false, "ExReleaseSpinLockShared");
+}
+
+/// ExAcquireSpinLockExclusive — [A]; waits for every holder ([W]).
+unsafe extern "win64" fn ExAcquireSpinLockExclusive(lock: *mut i32) -> u8 {
+    ex_acquire_raising(lock, true, "ExAcquireSpinLockExclusive")
+}
+
+/// ExReleaseSpinLockExclusive — [R].
+unsafe extern "win64" fn ExReleaseSpinLockExclusive(lock: *mut i32, old_irql: u8) {
+    ex_release_lowering(lock, old_irql, true, "ExReleaseSpinLockExclusive");
+}
+
+/// ExAcquireSpinLockSharedAtDpcLevel — [D].
+unsafe extern "win64" fn ExAcquireSpinLockSharedAtDpcLevel(lock: *mut i32) {
+    count_ex(false);
+    require_dpc_level("ExAcquireSpinLockSharedAtDpcLevel");
+    ex_acquire(lock as usize, false, "ExAcquireSpinLockSharedAtDpcLevel");
+}
+
+/// ExReleaseSpinLockSharedFromDpcLevel — [D], [R].
+unsafe extern "win64" fn ExReleaseSpinLockSharedFromDpcLevel(lock: *mut i32) {
+    require_dpc_level("ExReleaseSpinLockSharedFromDpcLevel");
+    ex_release(lock as usize, false, "ExReleaseSpinLockSharedFromDpcLevel");
+}
+
+/// ExAcquireSpinLockExclusiveAtDpcLevel — [D].
+unsafe extern "win64" fn ExAcquireSpinLockExclusiveAtDpcLevel(lock: *mut i32) {
+    count_ex(true);
+    require_dpc_level("ExAcquireSpinLockExclusiveAtDpcLevel");
+    ex_acquire(lock as usize, true, "ExAcquireSpinLockExclusiveAtDpcLevel");
+}
+
+/// ExReleaseSpinLockExclusiveFromDpcLevel — [D], [R].
+unsafe extern "win64" fn ExReleaseSpinLockExclusiveFromDpcLevel(lock: *mut i32) {
+    require_dpc_level("ExReleaseSpinLockExclusiveFromDpcLevel");
+    ex_release(
+        lock as usize,
+        true,
+        "ExReleaseSpinLockExclusiveFromDpcLevel",
+    );
+}
+
+/// Exclusive acquirers now waiting for the EX_SPIN_LOCK at `addr`, and its shared holders
+/// (for scenarios that order threads around a waiting writer).
+#[must_use]
+pub fn ex_spin_lock_state(addr: usize) -> (u32, usize) {
+    locks()
+        .get(&addr)
+        .map_or((0, 0), |s| (s.waiting_writers, s.shared.len()))
 }
 
 /// ExAcquirePushLockExclusiveEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exacquirepushlockexclusiveex>:
@@ -489,10 +765,49 @@ unsafe extern "win64" fn KeGetCurrentIrql() -> u8 {
     cpu::irql()
 }
 
+/// The EX_SPIN_LOCK routines.
+fn ex_spin_lock_exports() -> Vec<Export> {
+    vec![
+        Export::function(
+            "ExAcquireSpinLockShared",
+            ExAcquireSpinLockShared as *const () as usize,
+        ),
+        Export::function(
+            "ExReleaseSpinLockShared",
+            ExReleaseSpinLockShared as *const () as usize,
+        ),
+        Export::function(
+            "ExAcquireSpinLockExclusive",
+            ExAcquireSpinLockExclusive as *const () as usize,
+        ),
+        Export::function(
+            "ExReleaseSpinLockExclusive",
+            ExReleaseSpinLockExclusive as *const () as usize,
+        ),
+        Export::function(
+            "ExAcquireSpinLockSharedAtDpcLevel",
+            ExAcquireSpinLockSharedAtDpcLevel as *const () as usize,
+        ),
+        Export::function(
+            "ExReleaseSpinLockSharedFromDpcLevel",
+            ExReleaseSpinLockSharedFromDpcLevel as *const () as usize,
+        ),
+        Export::function(
+            "ExAcquireSpinLockExclusiveAtDpcLevel",
+            ExAcquireSpinLockExclusiveAtDpcLevel as *const () as usize,
+        ),
+        Export::function(
+            "ExReleaseSpinLockExclusiveFromDpcLevel",
+            ExReleaseSpinLockExclusiveFromDpcLevel as *const () as usize,
+        ),
+    ]
+}
+
 /// The synchronisation and time routines.
 pub(crate) fn exports() -> Vec<Export> {
     let _ = PASSIVE_LEVEL;
-    vec![
+    let mut v = ex_spin_lock_exports();
+    v.extend([
         Export::function(
             "KeEnterCriticalRegion",
             KeEnterCriticalRegion as *const () as usize,
@@ -575,7 +890,8 @@ pub(crate) fn exports() -> Vec<Export> {
             KeQueryPerformanceCounter as *const () as usize,
         ),
         Export::function("KeGetCurrentIrql", KeGetCurrentIrql as *const () as usize),
-    ]
+    ]);
+    v
 }
 
 #[cfg(test)]
@@ -627,5 +943,83 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn ex_spin_lock_shares_readers_and_queues_readers_behind_a_waiting_writer() {
+        use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+        use std::sync::mpsc;
+        static ORDER: AtomicU32 = AtomicU32::new(0);
+        static WRITER_AT: AtomicU32 = AtomicU32::new(0);
+        static READER_AT: AtomicU32 = AtomicU32::new(0);
+        let lock = std::ptr::from_mut::<i32>(Box::leak(Box::new(0i32))) as usize;
+        let (held_tx, held_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        // A first reader holds it shared until told to release.
+        let first = std::thread::spawn(move || {
+            cpu::enter_thread(30);
+            // SAFETY: a live, zeroed lock word at PASSIVE_LEVEL.
+            let old = unsafe { ExAcquireSpinLockShared(lock as *mut i32) };
+            held_tx.send((old, cpu::irql())).unwrap();
+            go_rx.recv().unwrap();
+            // SAFETY: held shared by this thread.
+            unsafe { ExReleaseSpinLockShared(lock as *mut i32, old) };
+            cpu::irql()
+        });
+        assert_eq!(held_rx.recv().unwrap(), (PASSIVE_LEVEL, DISPATCH_LEVEL));
+        // A second reader shares it.
+        std::thread::spawn(move || {
+            cpu::enter_thread(31);
+            // SAFETY: as above.
+            let old = unsafe { ExAcquireSpinLockShared(lock as *mut i32) };
+            assert_eq!(ex_spin_lock_state(lock), (0, 2), "two readers at once");
+            // SAFETY: held shared by this thread.
+            unsafe { ExReleaseSpinLockShared(lock as *mut i32, old) };
+        })
+        .join()
+        .unwrap();
+        // A writer waits for the first reader...
+        let writer = std::thread::spawn(move || {
+            cpu::enter_thread(32);
+            // SAFETY: as above.
+            let old = unsafe { ExAcquireSpinLockExclusive(lock as *mut i32) };
+            WRITER_AT.store(ORDER.fetch_add(1, SeqCst) + 1, SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            // SAFETY: held exclusive by this thread.
+            unsafe { ExReleaseSpinLockExclusive(lock as *mut i32, old) };
+        });
+        while ex_spin_lock_state(lock).0 == 0 {
+            std::thread::yield_now();
+        }
+        // ...and a new reader queues behind the waiting writer.
+        let reader = std::thread::spawn(move || {
+            cpu::enter_thread(33);
+            // SAFETY: as above.
+            let old = unsafe { ExAcquireSpinLockShared(lock as *mut i32) };
+            READER_AT.store(ORDER.fetch_add(1, SeqCst) + 1, SeqCst);
+            // SAFETY: held shared by this thread.
+            unsafe { ExReleaseSpinLockShared(lock as *mut i32, old) };
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            (WRITER_AT.load(SeqCst), READER_AT.load(SeqCst)),
+            (0, 0),
+            "neither got it while the first reader holds it"
+        );
+        go_tx.send(()).unwrap();
+        assert_eq!(
+            first.join().unwrap(),
+            PASSIVE_LEVEL,
+            "release restores the IRQL"
+        );
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!((WRITER_AT.load(SeqCst), READER_AT.load(SeqCst)), (1, 2));
+        assert!(!locks().contains_key(&lock));
+        assert_eq!(
+            spin_locks_held_by_current_thread(),
+            Vec::<String>::new(),
+            "nothing held here"
+        );
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! `no_std`, and no global allocator: all memory comes from a [`Pool`] of fixed-size blocks
 //! (the driver's non-paged lookaside lists), and every allocation failure is counted and
-//! survived. Locks are a type parameter ([`RawLock`]): `EX_PUSH_LOCK` in the driver, a
-//! parking or spin lock on the host.
+//! survived. Locks are a type parameter ([`RawLock`]): an executive reader/writer spin lock
+//! (`EX_SPIN_LOCK`, or a `KSPIN_LOCK` where the system lacks it) in the driver, a parking or
+//! spin lock on the host.
 //!
 //! The driver reports events to a [`Tracker`]:
 //! [`Tracker::opened`] returns a [`Token`] to store as the key object's callback context;

@@ -1,8 +1,11 @@
 //! The lock the tracker is generic over, RAII guards for it, and a spin implementation.
 //!
-//! The driver implements [`RawLock`] with `EX_PUSH_LOCK` (shared and exclusive, at
-//! `APC_LEVEL` or below: enter a critical region around each hold) or with a `KSPIN_LOCK`
-//! (shared = exclusive). Host tests use a parking lock; [`SpinLock`] is a portable
+//! The driver implements [`RawLock`] with an executive reader/writer spin lock
+//! (`EX_SPIN_LOCK`: shared holds overlap), falling back to a `KSPIN_LOCK` (shared =
+//! exclusive) where the system lacks it. A shared hold may hand a token from
+//! [`RawLock::lock_shared`] to [`RawLock::unlock_shared`] (the driver's: the IRQL to return
+//! to, which cannot live in a lock several readers hold). Host tests use a parking lock;
+//! [`SpinLock`] is a portable
 //! reader-writer spin lock, model-checked with loom (`RUSTFLAGS="--cfg loom" cargo test -p
 //! hivetrack-tracker --release --lib lock`).
 
@@ -41,13 +44,17 @@ pub unsafe trait RawLock: Sync + Send {
         // SAFETY: the caller holds `self` exclusively.
         unsafe { self.unlock_exclusive() }
     }
-    /// Takes the lock shared.
-    fn lock_shared(&self);
+    /// What a shared hold carries from its acquisition to its release (`()` where nothing
+    /// does; the driver's: the IRQL to restore).
+    type SharedToken: Copy;
+    /// Takes the lock shared; the token goes to the matching [`Self::unlock_shared`].
+    fn lock_shared(&self) -> Self::SharedToken;
     /// Releases a shared hold.
     ///
     /// # Safety
-    /// The caller holds the lock shared.
-    unsafe fn unlock_shared(&self);
+    /// The caller holds the lock shared, and `token` is what that hold's `lock_shared`
+    /// returned.
+    unsafe fn unlock_shared(&self, token: Self::SharedToken);
 }
 
 /// An exclusive hold, released on drop.
@@ -80,20 +87,24 @@ impl<L: RawLock> Drop for Exclusive<'_, L> {
 }
 
 /// A shared hold, released on drop.
-pub struct Shared<'a, L: RawLock>(&'a L);
+pub struct Shared<'a, L: RawLock> {
+    lock: &'a L,
+    token: L::SharedToken,
+}
 
 impl<'a, L: RawLock> Shared<'a, L> {
     /// Takes `lock` shared.
     pub fn new(lock: &'a L) -> Self {
-        lock.lock_shared();
-        Self(lock)
+        let token = lock.lock_shared();
+        Self { lock, token }
     }
 }
 
 impl<L: RawLock> Drop for Shared<'_, L> {
     fn drop(&mut self) {
-        // SAFETY: `new` took the lock shared and this guard is its only release.
-        unsafe { self.0.unlock_shared() }
+        // SAFETY: `new` took the lock shared, this guard is its only release, and `token` is
+        // what that acquisition returned.
+        unsafe { self.lock.unlock_shared(self.token) }
     }
 }
 
@@ -101,8 +112,8 @@ impl<L: RawLock> Drop for Shared<'_, L> {
 ///
 /// Bit 31 is the writer, bits 0..31 count readers. Writers wait for readers to drain; new
 /// readers wait while a writer holds the lock. Fine at
-/// `DISPATCH_LEVEL` and in tests; a kernel build should prefer `EX_PUSH_LOCK`, which
-/// sleeps instead of spinning.
+/// `DISPATCH_LEVEL` and in tests; the driver uses the kernel's own reader/writer spin lock
+/// (`EX_SPIN_LOCK`), which Driver Verifier and debuggers know.
 #[derive(Debug)]
 pub struct SpinLock {
     state: AtomicU32,
@@ -144,6 +155,8 @@ unsafe impl RawLock for SpinLock {
         self.state.store(0, Ordering::Release);
     }
 
+    type SharedToken = ();
+
     fn lock_shared(&self) {
         loop {
             let s = self.state.load(Ordering::Relaxed);
@@ -159,7 +172,7 @@ unsafe impl RawLock for SpinLock {
         }
     }
 
-    unsafe fn unlock_shared(&self) {
+    unsafe fn unlock_shared(&self, (): ()) {
         self.state.fetch_sub(1, Ordering::Release);
     }
 }

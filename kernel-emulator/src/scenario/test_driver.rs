@@ -42,6 +42,21 @@ const IOCTL_RELEASE: u32 = ioctl(0x818);
 const IOCTL_DPC: u32 = ioctl(0x819);
 const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A);
 const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B);
+const IOCTL_EX_SPIN_LOCK: u32 = ioctl(0x850);
+/// `test-driver/src/exlock.rs`'s operations.
+const EX_IRQL: u64 = 0;
+const EX_HOLD_SHARED: u64 = 1;
+const EX_JOIN_SHARED: u64 = 2;
+const EX_EXCLUSIVE_TICK: u64 = 3;
+const EX_SHARED_TICK: u64 = 4;
+const EX_GO: u64 = 5;
+const EX_BUG_HIGH_IRQL: u64 = 10;
+const EX_BUG_NOT_HELD: u64 = 11;
+const EX_BUG_EXCLUSIVE_RELEASED_SHARED: u64 = 12;
+const EX_BUG_UPGRADE: u64 = 13;
+const EX_BUG_RECURSIVE_SHARED: u64 = 14;
+const EX_BUG_NOT_ZERO: u64 = 15;
+const EX_BUG_SHARED_RELEASED_EXCLUSIVE: u64 = 16;
 /// Slot 0 of a wait completed by its timer / by a release request.
 const WAIT_MAGIC: u64 = 0x7469_6d65_6f75_7421;
 const RELEASE_MAGIC: u64 = 0x7265_6c65_6173_6564;
@@ -267,6 +282,60 @@ pub fn scenarios() -> Vec<Scenario> {
             EXIT_BUGCHECK,
             "TIMER_OR_DPC_INVALID",
             td_free_set_timer,
+        ),
+        pass(
+            "td-ex-spin-lock",
+            "EX_SPIN_LOCK: each acquire raises to DISPATCH_LEVEL and returns the entry IRQL, each release restores it; two processors hold it shared at once; a waiting writer holds back a new reader and goes first; counted by mode",
+            td_ex_spin_lock,
+        ),
+        caught(
+            "td-ex-spin-lock-high-irql",
+            "ExAcquireSpinLockShared above DISPATCH_LEVEL is a verifier violation",
+            EXIT_BUGCHECK,
+            "ExAcquireSpinLockShared called at IRQL 3",
+            |ctx| ex_bug(ctx, EX_BUG_HIGH_IRQL),
+        ),
+        caught(
+            "td-ex-spin-lock-not-held",
+            "ExReleaseSpinLockShared of an EX_SPIN_LOCK nobody holds is a verifier violation",
+            EXIT_BUGCHECK,
+            "does not hold the EX_SPIN_LOCK",
+            |ctx| ex_bug(ctx, EX_BUG_NOT_HELD),
+        ),
+        caught(
+            "td-ex-spin-lock-wrong-release",
+            "an exclusive hold released with ExReleaseSpinLockShared is a verifier violation",
+            EXIT_BUGCHECK,
+            "holds the EX_SPIN_LOCK exclusive (release it with ExReleaseSpinLockExclusive)",
+            |ctx| ex_bug(ctx, EX_BUG_EXCLUSIVE_RELEASED_SHARED),
+        ),
+        caught(
+            "td-ex-spin-lock-wrong-release-shared",
+            "a shared hold released with ExReleaseSpinLockExclusive is a verifier violation",
+            EXIT_BUGCHECK,
+            "holds the EX_SPIN_LOCK shared (release it with ExReleaseSpinLockShared)",
+            |ctx| ex_bug(ctx, EX_BUG_SHARED_RELEASED_EXCLUSIVE),
+        ),
+        caught(
+            "td-ex-spin-lock-upgrade",
+            "ExAcquireSpinLockExclusive by a thread holding the lock shared: a deadlock on Windows, reported",
+            EXIT_BUGCHECK,
+            "acquired exclusive by a thread that already holds it shared: a deadlock on Windows",
+            |ctx| ex_bug(ctx, EX_BUG_UPGRADE),
+        ),
+        caught(
+            "td-ex-spin-lock-recursive",
+            "ExAcquireSpinLockShared by a thread holding the lock shared: a deadlock on Windows, reported",
+            EXIT_BUGCHECK,
+            "acquired shared by a thread that already holds it shared: a deadlock on Windows",
+            |ctx| ex_bug(ctx, EX_BUG_RECURSIVE_SHARED),
+        ),
+        caught(
+            "td-ex-spin-lock-not-zero",
+            "an EX_SPIN_LOCK whose word is not 0 when first acquired is a verifier violation",
+            EXIT_BUGCHECK,
+            "an EX_SPIN_LOCK must be initialised to zero",
+            |ctx| ex_bug(ctx, EX_BUG_NOT_ZERO),
         ),
         Scenario {
             name: "td-refuse",
@@ -828,6 +897,157 @@ fn td_cancel_holds_lock(ctx: &mut Ctx) {
     ctx.check(
         false,
         "a cancel routine holding the cancel lock went unnoticed",
+    );
+}
+
+/// One EX_SPIN_LOCK operation of the test driver on emulated processor `cpu`, on a handle
+/// of its own.
+fn ex_on_cpu(cpu: u32, op: u64) -> std::thread::JoinHandle<Option<[u64; 4]>> {
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(move || {
+            cpu::enter_thread(cpu);
+            let h = io::open(WIN32_PATH, Caller::User, 2000, GENERIC_READ | GENERIC_WRITE).ok()?;
+            let r = io::device_io_control(h, IOCTL_EX_SPIN_LOCK, &op.to_le_bytes(), 32, 0x11);
+            io::close(h);
+            (r.status == STATUS_SUCCESS).then(|| slots(&r))
+        })
+        .expect("spawn")
+}
+
+/// Waits (up to 3 s) until the model's state of the EX_SPIN_LOCK at `addr` satisfies `f`
+/// ((waiting writers, shared holders)).
+fn ex_wait_for(addr: usize, f: impl Fn((u32, usize)) -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(3) {
+        if f(sync::ex_spin_lock_state(addr)) {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
+fn td_ex_spin_lock(ctx: &mut Ctx) {
+    use crate::calls::{self, Call};
+    let Some(s) = start(ctx) else { return };
+    // IRQL: raise to DISPATCH_LEVEL, return the entry IRQL, restore it (docs: the four
+    // routines' Remarks). Counted: one shared, one exclusive, two spin-lock acquisitions.
+    let before = calls::snapshot();
+    let v = slots(&call(&s, IOCTL_EX_SPIN_LOCK, EX_IRQL));
+    let after = calls::snapshot();
+    if v[0] == u64::MAX {
+        ctx.check(false, "the test driver found no EX_SPIN_LOCK routines");
+        return;
+    }
+    let irqls = |x: u64| [x & 0xFF, (x >> 8) & 0xFF, (x >> 16) & 0xFF];
+    ctx.check(
+        irqls(v[0]) == [0, 2, 0],
+        format!(
+            "shared: acquire returned IRQL {}, held at {}, released to {}",
+            irqls(v[0])[0],
+            irqls(v[0])[1],
+            irqls(v[0])[2]
+        ),
+    );
+    ctx.check(
+        irqls(v[1]) == [0, 2, 0],
+        format!(
+            "exclusive: acquire returned IRQL {}, held at {}, released to {}",
+            irqls(v[1])[0],
+            irqls(v[1])[1],
+            irqls(v[1])[2]
+        ),
+    );
+    let delta = |c: Call| after[c as usize] - before[c as usize];
+    ctx.check(
+        (
+            delta(Call::SpinLock),
+            delta(Call::ExSpinLockShared),
+            delta(Call::ExSpinLockExclusive),
+        ) == (2, 1, 1),
+        format!(
+            "counted: {} spin-lock acquisitions, {} EX shared, {} EX exclusive",
+            delta(Call::SpinLock),
+            delta(Call::ExSpinLockShared),
+            delta(Call::ExSpinLockExclusive)
+        ),
+    );
+    #[allow(clippy::cast_possible_truncation, reason = "an address")]
+    let addr = v[3] as usize;
+    ex_concurrency(ctx, &s, addr);
+    finish(ctx, s);
+}
+
+/// Shared holders overlap; a waiting writer holds back new readers.
+fn ex_concurrency(ctx: &mut Ctx, s: &Session, addr: usize) {
+    // Shared holds overlap (docs, "Reader/Writer Spin Locks").
+    let holder = ex_on_cpu(1, EX_HOLD_SHARED);
+    ctx.check(
+        ex_wait_for(addr, |(_, readers)| readers == 1),
+        "processor 1 holds the lock shared",
+    );
+    let joiner = ex_on_cpu(2, EX_JOIN_SHARED).join().ok().flatten();
+    let held = holder.join().ok().flatten();
+    ctx.check(
+        joiner.is_some_and(|j| j[0] == 1),
+        format!(
+            "processor 2 took it shared while processor 1 held it (holders it saw: {joiner:?})"
+        ),
+    );
+    ctx.check(
+        held.is_some_and(|h| h[0] == 1),
+        format!("processor 1 was still holding it when processor 2 got in: {held:?}"),
+    );
+    // "While the writer waits, no new reader threads can acquire the lock" (same page).
+    let holder = ex_on_cpu(1, EX_HOLD_SHARED);
+    ctx.check(
+        ex_wait_for(addr, |(_, readers)| readers == 1),
+        "processor 1 holds the lock shared again",
+    );
+    let writer = ex_on_cpu(2, EX_EXCLUSIVE_TICK);
+    ctx.check(
+        ex_wait_for(addr, |(writers, _)| writers == 1),
+        "processor 2 waits to take it exclusive",
+    );
+    let reader = ex_on_cpu(3, EX_SHARED_TICK);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    ctx.check(
+        !reader.is_finished() && sync::ex_spin_lock_state(addr) == (1, 1),
+        format!(
+            "processor 3's shared acquire waits behind the waiting writer (waiting writers, readers: {:?})",
+            sync::ex_spin_lock_state(addr)
+        ),
+    );
+    let _ = call(s, IOCTL_EX_SPIN_LOCK, EX_GO);
+    let held = holder.join().ok().flatten();
+    let w = writer.join().ok().flatten();
+    let r = reader.join().ok().flatten();
+    ctx.check(
+        held.is_some_and(|h| h[0] == 1),
+        format!("processor 1 held it until told to release: {held:?}"),
+    );
+    ctx.check(
+        matches!((w, r), (Some(w), Some(r)) if w[0] < r[0]),
+        format!(
+            "the writer got it before the reader that came after it (turns: writer {:?}, reader {:?})",
+            w.map(|w| w[0]),
+            r.map(|r| r[0])
+        ),
+    );
+    ctx.check(
+        sync::ex_spin_lock_state(addr) == (0, 0),
+        "nobody holds or waits for it",
+    );
+}
+
+/// Runs one of the test driver's EX_SPIN_LOCK bugs: the model must stop the machine.
+fn ex_bug(ctx: &mut Ctx, op: u64) {
+    let Some(s) = start(ctx) else { return };
+    let r = call(&s, IOCTL_EX_SPIN_LOCK, op);
+    ctx.check(
+        false,
+        format!("EX_SPIN_LOCK misuse {op} went unnoticed: {:?}", slots(&r)),
     );
 }
 

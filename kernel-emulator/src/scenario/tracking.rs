@@ -100,6 +100,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "ExAllocatePool2, CmCallbackGetKeyObjectIDEx and PsSetCreateProcessNotifyRoutineEx hidden: tracks with fallbacks; CmRegisterCallbackEx hidden: loads, tracking off",
             older_windows,
         ),
+        Scenario::hivetrack(
+            "no-ex-spin-locks",
+            "ExReleaseSpinLockShared hidden (Wine exports none of the four): the driver drops all four and tracks with KSPIN_LOCKs; with them, a query's shared holds and an open's exclusive ones are EX_SPIN_LOCKs",
+            no_ex_spin_locks,
+        ),
     ]
 }
 
@@ -1069,6 +1074,86 @@ fn longest_path_is_accepted(ctx: &mut Ctx, c: &Client) {
             status::describe(r.status)
         ),
     );
+}
+
+/// Spin-lock acquisitions per open+close of a held profile key by `p`: (all, EX shared, EX
+/// exclusive), and whether a `holders` query in between took any EX_SPIN_LOCK shared.
+fn lock_counts(ctx: &mut Ctx, c: &Client, p: u32) -> ([u64; 3], u64) {
+    use crate::calls::{Call, snapshot};
+    let key = format!(r"{USER}\Software\Policies");
+    let pick = |v: [u64; 8]| {
+        [
+            v[Call::SpinLock as usize],
+            v[Call::ExSpinLockShared as usize],
+            v[Call::ExSpinLockExclusive as usize],
+        ]
+    };
+    let before = pick(snapshot());
+    if let Some(h) = open(p, &key) {
+        let _ = hive::close_key(p, h);
+    }
+    let after = pick(snapshot());
+    let q0 = pick(snapshot())[1];
+    let _ = c.holders(ctx, USER);
+    let q1 = pick(snapshot())[1];
+    (
+        [
+            after[0] - before[0],
+            after[1] - before[1],
+            after[2] - before[2],
+        ],
+        q1 - q0,
+    )
+}
+
+/// The tracker's locks with and without the EX_SPIN_LOCK routines (`driver/src/lock.rs`):
+/// Wine 8's ntoskrnl exports none of them; Windows from Vista SP1 has all four.
+fn no_ex_spin_locks(ctx: &mut Ctx) {
+    for hidden in [false, true] {
+        kernel::reset();
+        if hidden {
+            ctx.say("ExReleaseSpinLockShared hidden: all four dropped, KSPIN_LOCKs");
+            crate::exports::hide(["ExReleaseSpinLockShared"]);
+        } else {
+            ctx.say("all four EX_SPIN_LOCK routines present");
+        }
+        let mut d = start(ctx);
+        if let Some(c) = Client::open(ctx) {
+            load_profile(ctx);
+            let p = spawn(ctx, APP2);
+            let held = open(p, &format!(r"{USER}\Software\Policies"));
+            let (cycle, query) = lock_counts(ctx, &c, p);
+            if hidden {
+                ctx.check(
+                    cycle[0] > 0 && cycle[1] == 0 && cycle[2] == 0 && query == 0,
+                    format!(
+                        "only KSPIN_LOCKs: an open+close took {} spin locks, {} EX shared, {} EX exclusive; the query {query} EX shared",
+                        cycle[0], cycle[1], cycle[2]
+                    ),
+                );
+            } else {
+                ctx.check(
+                    cycle[0] > 0 && cycle[1] + cycle[2] == cycle[0] && query > 0,
+                    format!(
+                        "only EX_SPIN_LOCKs: an open+close took {} spin locks, {} EX shared, {} EX exclusive; the query {query} EX shared",
+                        cycle[0], cycle[1], cycle[2]
+                    ),
+                );
+            }
+            let holders = c.holders(ctx, USER);
+            ctx.check(
+                holders.len() == 1,
+                format!("the held key is tracked: {} holder(s)", holders.len()),
+            );
+            if let Some(h) = held {
+                let _ = hive::close_key(p, h);
+            }
+            process::exit_process(p);
+            unload_all(ctx, &[USER, CLASSES]);
+            c.close();
+        }
+        ctx.unload_and_check_clean(&mut d);
+    }
 }
 
 fn older_windows(ctx: &mut Ctx) {

@@ -90,6 +90,7 @@ const IOCTL_IMAGE_REMOVE: u32 = ioctl(0x844); // `argument` 1: remove a never-re
 const IOCTL_IMAGE_READ: u32 = ioctl(0x845); // image log entry `argument` (64 bytes)
 const IOCTL_IMAGE_LEAK: u32 = ioctl(0x846); // bug: DriverUnload leaves the routine registered
 const IOCTL_NAME: u32 = ioctl(0x81D); // last key name / CompleteName seen, block `argument`
+const IOCTL_EX_SPIN_LOCK: u32 = ioctl(0x850); // EX_SPIN_LOCK operation `argument` (exlock.rs)
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -112,6 +113,9 @@ macro_rules! wide {
         &W
     }};
 }
+
+// After `wide!`, which it uses (a macro_rules macro is visible only below its definition).
+mod exlock;
 
 /// A UNICODE_STRING over a static NUL-terminated UTF-16 literal.
 fn unicode(w: &'static [u16]) -> UNICODE_STRING {
@@ -397,6 +401,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             let p = unsafe { MmGetSystemRoutineAddress(&raw mut name) };
             out[0] = u64::from(!p.is_null());
             8
+        }
+        IOCTL_EX_SPIN_LOCK => {
+            out = exlock::request(argument);
+            32
         }
         IOCTL_STATS => {
             out = registry::stats(usize::try_from(argument).unwrap_or(usize::MAX));

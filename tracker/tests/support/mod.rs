@@ -231,10 +231,11 @@ unsafe impl RawLock for ParkingLock {
         // SAFETY: the caller holds it exclusively.
         unsafe { self.0.unlock_exclusive() }
     }
+    type SharedToken = ();
     fn lock_shared(&self) {
         self.0.lock_shared();
     }
-    unsafe fn unlock_shared(&self) {
+    unsafe fn unlock_shared(&self, (): ()) {
         // SAFETY: the caller holds it shared.
         unsafe { self.0.unlock_shared() }
     }

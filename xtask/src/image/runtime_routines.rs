@@ -70,6 +70,26 @@ pub const RUNTIME_RESOLVED: &[RuntimeRoutine] = &[
         reason: "Windows 8+ and not exported by Wine 8's ntoskrnl",
     },
     RuntimeRoutine {
+        name: "ExAcquireSpinLockShared",
+        reason: "not exported by Wine 8's ntoskrnl (Windows Vista SP1+): the driver's locks \
+                 fall back to KSPIN_LOCKs without the four EX_SPIN_LOCK routines",
+    },
+    RuntimeRoutine {
+        name: "ExReleaseSpinLockShared",
+        reason: "not exported by Wine 8's ntoskrnl (Windows Vista SP1+): the driver's locks \
+                 fall back to KSPIN_LOCKs without the four EX_SPIN_LOCK routines",
+    },
+    RuntimeRoutine {
+        name: "ExAcquireSpinLockExclusive",
+        reason: "not exported by Wine 8's ntoskrnl (Windows Vista SP1+): the driver's locks \
+                 fall back to KSPIN_LOCKs without the four EX_SPIN_LOCK routines",
+    },
+    RuntimeRoutine {
+        name: "ExReleaseSpinLockExclusive",
+        reason: "not exported by Wine 8's ntoskrnl (Windows Vista SP1+): the driver's locks \
+                 fall back to KSPIN_LOCKs without the four EX_SPIN_LOCK routines",
+    },
+    RuntimeRoutine {
         name: "ExAcquirePushLockExclusiveEx",
         reason: "not exported by Wine 8's ntoskrnl",
     },
