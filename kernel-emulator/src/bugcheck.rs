@@ -69,6 +69,7 @@ pub fn operation() -> String {
 #[must_use]
 pub const fn name(code: u32) -> &'static str {
     match code {
+        0x0F => "SPIN_LOCK_ALREADY_OWNED",
         0x1E => "KMODE_EXCEPTION_NOT_HANDLED",
         0x44 => "MULTIPLE_IRP_COMPLETE_REQUESTS",
         0x48 => "CANCEL_STATE_IN_COMPLETED_IRP",

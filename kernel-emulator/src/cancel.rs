@@ -26,7 +26,7 @@ pub fn cancel_lock_address() -> usize {
 /// IoAcquireCancelSpinLock — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-ioacquirecancelspinlock>:
 /// acquires the system-wide cancel spin lock, raises to DISPATCH_LEVEL, stores the previous
 /// IRQL at `*Irql`. IRQL <= DISPATCH_LEVEL. Held like any spin lock: recursion is bugcheck
-/// 0x81, holding it when a dispatch routine, DPC or cancel routine returns (or at unload) is
+/// 0xF (SPIN_LOCK_ALREADY_OWNED), holding it when a dispatch routine, DPC or cancel routine returns (or at unload) is
 /// reported.
 unsafe extern "win64" fn IoAcquireCancelSpinLock(irql: *mut u8) {
     require_irql("IoAcquireCancelSpinLock", DISPATCH_LEVEL);

@@ -4,7 +4,7 @@
 //! (which need normal kernel APCs disabled: a critical region or APC_LEVEL), fast mutexes
 //! (raise to APC_LEVEL), KeEnterCriticalRegion / KeLeaveCriticalRegion, with the owner of
 //! every lock tracked so that a release by a non-owner, a recursive spin-lock acquire
-//! (bugcheck 0x81 on Windows: a deadlock), an IRQL rule broken, or a lock still held at unload
+//! (bugcheck 0xF SPIN_LOCK_ALREADY_OWNED: Learn, "Bug Check 0xF"), an IRQL rule broken, or a lock still held at unload
 //! is reported. Real mutual exclusion between emulator threads: waiters yield until free.
 //! Plus KeQuerySystemTimePrecise, KeQueryPerformanceCounter, KeQueryInterruptTime and
 //! KeGetCurrentIrql.
@@ -140,7 +140,9 @@ fn acquire(addr: usize, kind: Kind, exclusive: bool, recursive_ok: bool, wait: b
                     bugcheck::emit_stderr(&format!(
                         "*** kernel-emulator: {kind:?} {addr:#x} acquired recursively: a deadlock on Windows\n"
                     ));
-                    bugcheck::bugcheck(0x81, addr, 0, 0, 0); // SPIN_LOCK_ALREADY_OWNED
+                    // Learn, "Bug Check 0xF: SPIN_LOCK_ALREADY_OWNED": "typically ... a recursive
+                    // request for a spin lock" (0x81 is SPIN_LOCK_INIT_FAILURE).
+                    bugcheck::bugcheck(0xF, addr, 0, 0, 0);
                 }
                 s.recursion += 1;
                 return true;
@@ -204,7 +206,7 @@ fn release(addr: usize, kind: Kind, routine: &str) {
 }
 
 /// Acquires the KSPIN_LOCK at `addr` for this thread, waiting while another thread holds it;
-/// a recursive acquire is bugcheck 0x81. The caller raises the IRQL.
+/// a recursive acquire is bugcheck 0xF (SPIN_LOCK_ALREADY_OWNED). The caller raises the IRQL.
 pub(crate) fn acquire_spin_lock(addr: usize) {
     acquire(addr, Kind::SpinLock, true, false, true);
 }
