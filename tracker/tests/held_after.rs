@@ -235,3 +235,29 @@ fn every_allocation_failure_takes_a_number_and_leaks_nothing() {
         assert_eq!(pool.outstanding_blocks(), 0, "k={k}: leaked");
     }
 }
+
+// ---- review17: failing tests (the production code is left to the author) ----
+
+/// Review 17, finding: a held-after event that could not be stored (no memory for its
+/// record) is counted in `held_after_events` ("each an event in the stream") and not in
+/// `held_after_unwatched`, whose documentation (protocol/src/stats.rs) says it counts
+/// exactly that case ("every watch slot in use, or no memory for the event").
+#[test]
+fn review17_a_held_after_event_not_stored_is_counted_unwatched_not_as_an_event() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let (t, id) = tracker(&pool, 8, 60);
+    t.unload_attempted(&w(USER), DENIED, 20);
+    t.watch_held_after(id, DENIED, 0).unwrap();
+    // The look again's only allocation (its history entry) fails.
+    pool.set_failure(Failure::FromK(pool.calls() + 1));
+    let c = t.held_after_check(u64::MAX, 40);
+    pool.set_failure(Failure::Never);
+    assert_eq!(c.events, 1, "it took a number");
+    assert_eq!(events(&t, 1), vec![], "nothing stored");
+    let s = t.stats();
+    assert_eq!(
+        (s.held_after_events, s.held_after_unwatched),
+        (0, 1),
+        "no event in the stream, one failed unload not looked at again (as stats.rs says)"
+    );
+}
