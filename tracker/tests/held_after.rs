@@ -261,3 +261,56 @@ fn review17_a_held_after_event_not_stored_is_counted_unwatched_not_as_an_event()
         "no event in the stream, one failed unload not looked at again (as stats.rs says)"
     );
 }
+
+/// Review 17, finding: a successful unload does not end the hive's watch. In a mass logoff
+/// most hives fail their first unload and unload on the User Profile Service's retry a
+/// second later; their watches keep the 64 slots until due (a day with HeldAfterSeconds
+/// 86400), so the next failed unload, of a hive really held, is not looked at again.
+#[test]
+fn review17_watches_of_hives_that_then_unloaded_do_not_fill_the_table() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(7);
+    for i in 0..MAX_WATCHES {
+        let m = w(&format!(r"\REGISTRY\USER\S-1-5-21-1-{i}"));
+        t.hive_loaded(&m, &w(r"C:\h.dat"), 8);
+        let id = t.unload_attempted(&m, DENIED, 20).unwrap();
+        t.watch_held_after(id, DENIED, i as u64).unwrap();
+        // The retry a second later succeeds: the hive is gone.
+        t.unload_attempted(&m, 0, 21);
+        t.hive_unloaded(&m);
+    }
+    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 8);
+    let id = t.unload_attempted(&w(USER), DENIED, 30).unwrap();
+    assert!(
+        t.watch_held_after(id, DENIED, 100).is_some(),
+        "the held hive is watched: every other watch's hive has unloaded"
+    );
+    assert_eq!(t.stats().held_after_unwatched, 0);
+}
+
+/// Review 17, same finding, the other consequence: the driver calls `unload_attempted` and
+/// then `hive_unloaded` for a successful unload; the timer's DPC can run the check between
+/// the two (another processor). For a hive the tracker cannot vouch for (loaded before
+/// tracking began: every hive read from the hive list) it then numbers a HELD_AFTER record,
+/// "still held", right after the record of the unload that succeeded.
+#[test]
+fn review17_no_held_after_record_follows_a_successful_unload() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(7);
+    // As the driver seeds the hive list: load time unknown.
+    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 0);
+    let id = t.unload_attempted(&w(USER), DENIED, 20).unwrap();
+    let due = t.watch_held_after(id, DENIED, 0).unwrap();
+    // The retry, at the due time, succeeds; the DPC runs before `hive_unloaded`.
+    t.unload_attempted(&w(USER), 0, 30);
+    let c = t.held_after_check(due, 31);
+    t.hive_unloaded(&w(USER));
+    assert_eq!(
+        c.events,
+        0,
+        "after a successful unload of it the hive is not 'still held': {:?}",
+        events(&t, 0)
+    );
+}
