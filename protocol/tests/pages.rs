@@ -305,3 +305,44 @@ impl LenForTest for HolderRecord<'_> {
         protocol::page::Codec::encoded_len(self)
     }
 }
+
+// ---- review17: failing tests (the production code is left to the author) ----
+
+/// Review 17, finding: the events prefix grew from 24 to 32 bytes (`held_after_seconds`)
+/// while `PROTOCOL_VERSION` stayed 1 ("Bumped on any incompatible layout change; the CLI
+/// refuses to talk to a driver that answers with another version"). The service's doc and
+/// `--still-held-after` help say an older driver shows as "the prefix says 0"; instead an
+/// events page written by the driver before this change (24-byte prefix) is neither read as
+/// delay 0 nor refused as another protocol version: its first record's bytes are taken as
+/// the delay and the page fails as malformed.
+#[test]
+fn review17_an_events_page_of_the_driver_before_held_after_is_read_as_delay_0_or_refused_as_another_version()
+ {
+    use protocol::events::{Events, EventsPrefix};
+    let new = page::<Events>(
+        &EventsPrefix {
+            missed: 0,
+            tracking_since: 4,
+            key_alarm_threshold: 10_000,
+            held_after_seconds: 0,
+        },
+        &unload_records(),
+        &INFO,
+    );
+    // The same page as 7076580's driver wrote it: the prefix's first three fields only.
+    let prefix_end = 56 + 24;
+    let mut old = new[..prefix_end].to_vec();
+    old.extend_from_slice(&new[prefix_end + 8..]);
+    let size = u32::try_from(old.len()).unwrap();
+    old[8..12].copy_from_slice(&size.to_le_bytes());
+    match decode::<Page<'_, Events>>(&old) {
+        Ok(p) => {
+            assert_eq!(p.prefix.held_after_seconds, 0, "{:?}", p.prefix);
+            assert_eq!(p.records().count(), 1);
+        }
+        Err(DecodeError::UnsupportedVersion { .. }) => {}
+        Err(e) => {
+            panic!("an older driver's events page is neither delay 0 nor another version: {e}")
+        }
+    }
+}
