@@ -227,6 +227,15 @@ fn eight_threads_six_percent_failures() {
             "no valid token was rejected"
         );
         assert!(pool.failed() > 0, "failures were injected");
+        // Review 17 (FAILING): the watches are due 60 s (6e8 units) after `ev`, but the checks
+        // run at `ev + (r >> 40)` < 125,000 + 2^24: no watch is ever due, so the held-after
+        // event path never races anything here and this test cannot fail on it.
+        assert!(
+            s.held_after_events > 0,
+            "review17: the concurrent held-after check never looked at a hive (events {}, next due {:?})",
+            s.held_after_events,
+            t.next_held_after()
+        );
         println!(
             "{} events on {THREADS} threads: {} allocations, {} failed; {} opens, {} not tracked; {} names without memory",
             per_thread * THREADS,
