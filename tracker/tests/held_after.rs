@@ -314,3 +314,31 @@ fn review17_no_held_after_record_follows_a_successful_unload() {
         events(&t, 0)
     );
 }
+
+/// Review 17, finding: `holders_unseen` vouches for an application hive loaded after
+/// tracking began, yet its loader's root handle (`RegLoadAppKey`, and `NtLoadKeyEx` with a
+/// `RootHandle`) comes with no open notification (hives.rs module doc, README, the
+/// emulator's `td-app-hive`: "no open notification announces the root key object"). A failed
+/// unload of such a hive is recorded as if every holder were seen (no HOLDERS_UNSEEN), and
+/// the look again finds it "free, every open seen": no event, while the root handle holds it.
+#[test]
+fn review17_an_app_hive_held_by_its_unannounced_root_handle_is_not_vouched_for() {
+    const APP: &str = r"\REGISTRY\A\{0B1E5B57-0000-0000-0000-000000000001}";
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(7);
+    // RegLoadAppKey after tracking began: the post-load is seen, the root handle is not.
+    t.hive_loaded(&w(APP), &w(r"\??\C:\ProgramData\App\settings.dat"), 8);
+    let id = t.unload_attempted(&w(APP), DENIED, 20).unwrap();
+    t.watch_held_after(id, DENIED, 0).unwrap();
+    let c = t.held_after_check(u64::MAX, 40);
+    let got = events(&t, 0);
+    assert!(
+        got[0].1 & UnloadRecord::HOLDERS_UNSEEN != 0,
+        "the attempt's record cannot vouch for the root handle: {got:?}"
+    );
+    assert_eq!(
+        c.events, 1,
+        "still loaded, its root handle unseen: reported, not taken as free: {got:?}"
+    );
+}
