@@ -57,6 +57,11 @@ pub fn scenarios() -> Vec<Scenario> {
             held_after,
         ),
         Scenario::hivetrack(
+            "review17-app-hive-held-after",
+            "review 17 (FAILING): an application hive held only by its loader's root handle (announced by no open notification) fails to unload; HeldAfterSeconds 30 later the driver must report it still held (HOLDERS_UNSEEN), not take it as free",
+            review17_app_hive_held_after,
+        ),
+        Scenario::hivetrack(
             "event-overflow",
             "40 failed unloads while the reader is away, more than the 32 kept: it is told it missed 8 and gets the 32 kept, oldest first",
             event_overflow,
@@ -673,5 +678,51 @@ fn event_reader_cost(ctx: &mut Ctx) {
     process::exit_process(app);
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// Review 17 (FAILING): `holders_unseen` vouches for an application hive loaded after
+/// tracking began, yet the root handle `RegLoadAppKey` gives its caller comes with no open
+/// notification (`td-app-hive`). Its failed unload is recorded as if every holder were seen,
+/// and the driver's look again takes it as free: no held-after event while the root handle
+/// holds it.
+fn review17_app_hive_held_after(ctx: &mut Ctx) {
+    let Some(mut d) = start_with_parameter(ctx, "HeldAfterSeconds", HELD_AFTER_SECONDS) else {
+        return;
+    };
+    let Some(c) = Client::open(ctx) else { return };
+    let app = spawn(ctx, r"\Device\HarddiskVolume2\Program Files\App\app.exe");
+    let Ok((root, mount)) = hive::load_app_key(app, r"\??\C:\ProgramData\App\settings.dat") else {
+        ctx.check(false, "RegLoadAppKey failed");
+        return;
+    };
+    let refused = hive::unload_hive(SYSTEM_PID, &mount);
+    ctx.check(
+        refused.cast_unsigned() == CANNOT_DELETE,
+        format!(
+            "the app hive, held by its root handle, does not unload: {}",
+            status::describe(refused)
+        ),
+    );
+    let got = at_once(ctx, send(c.h, 0, 0), "the stream after the failed unload");
+    ctx.check(
+        got.as_ref().is_some_and(|g| {
+            g.events.len() == 1 && g.events[0].1 & UnloadRecord::HOLDERS_UNSEEN != 0
+        }),
+        format!("the attempt says its holders may not all be seen (the root handle): {got:?}"),
+    );
+    timer::advance(u64::from(HELD_AFTER_SECONDS) * 1_000 + 1_000);
+    let later = at_once(ctx, send(c.h, 1, 0), "the stream after the delay");
+    ctx.check(
+        later.as_ref().is_some_and(|g| {
+            g.events.len() == 1
+                && g.events[0].1 & UnloadRecord::HELD_AFTER != 0
+                && g.events[0].1 & UnloadRecord::HOLDERS_UNSEEN != 0
+        }),
+        format!("still held by the root handle: a held-after event, HOLDERS_UNSEEN: {later:?}"),
+    );
+    c.close();
+    let _ = hive::close_key(app, root);
+    process::exit_process(app);
     ctx.unload_and_check_clean(&mut d);
 }
