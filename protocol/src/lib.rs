@@ -41,4 +41,6 @@ pub mod wire;
 
 /// The protocol version this crate speaks. Bumped on any incompatible layout change; the
 /// CLI refuses to talk to a driver that answers with another version.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: the events page's prefix carries `held_after_seconds` (issue 17's held-after records).
+pub const PROTOCOL_VERSION: u16 = 2;

@@ -217,6 +217,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             holders,
         };
         bump(&self.counters.key_alarms);
-        self.record_event(&entry);
+        let _ = self.record_event(&entry);
     }
 }

@@ -4,7 +4,7 @@
 //! ([`UnloadRecord::HELD_AFTER`]), so a collector that was not running at the attempt, or
 //! restarted since, still learns it.
 //!
-//! A failed attempt on a known hive puts a watch (hive id, the attempt's status, when it is
+//! A failed or deferred attempt on a known hive puts a watch (hive id, the attempt's status, when it is
 //! due) in a fixed table of [`MAX_WATCHES`] slots inside the tracker: watching allocates
 //! nothing and cannot fail for memory. One watch per hive: a retry while one is pending keeps
 //! the first (the delay counts from the first failed attempt of a run of retries). A full
@@ -16,8 +16,9 @@
 //! [`Tracker::held_after_check`] at the earliest due time, at `DISPATCH_LEVEL`: it takes
 //! spin locks and non-paged blocks only.
 //!
-//! At the due time the hive is reported when it is still loaded (a later successful unload
-//! removes it from the live list: nothing to say) and some process holds a key in it, or the
+//! A successful unload of the hive ends its watch. At the due time the hive is reported
+//! when it is still loaded (unloaded since: nothing to say) and some process holds a key in
+//! it, or the
 //! tracker cannot vouch that it saw every open in it (keys opened before tracking began,
 //! opens lost): then the record carries [`UnloadRecord::HOLDERS_UNSEEN`]. A hive whose keys
 //! are all closed and whose opens were all seen is free: no event.
@@ -33,6 +34,7 @@ use crate::hives::{Hive, hive_of};
 use crate::lock::{Exclusive, RawLock};
 use crate::pool::Pool;
 use crate::tracker::Tracker;
+use protocol::holders::HiveKind;
 
 /// Failed unloads watched at once: more hives than a mass logoff of a large terminal server
 /// fails to unload within one delay.
@@ -147,35 +149,59 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// Looks at every hive whose watch is due at `now` (the caller's monotonic clock) and
     /// records a [`UnloadRecord::HELD_AFTER`] event, stamped `time`, for each still held (see
     /// the module doc).
+    ///
+    /// The table's lock is held while the due watches' events are recorded, and a successful
+    /// unload ends its hive's watch under the same lock before its own record is numbered
+    /// ([`Tracker::unwatch_unloaded`]): a held-after record is numbered before the success
+    /// of its hive's unload or not at all. (Lock order: the watch table, then the hive,
+    /// process and history locks; nothing takes the table's lock holding those.)
     pub fn held_after_check(&self, now: u64, time: u64) -> HeldAfterChecked {
         if self.watches.used.load(Relaxed) == 0 {
             return HeldAfterChecked::default();
         }
-        let mut due = [Watch::default(); MAX_WATCHES];
-        let mut n = 0;
-        let next_due = self.watches.with(|slots, used| {
+        self.watches.with(|slots, used| {
+            let mut events = 0;
             for w in slots.iter_mut().filter(|w| w.hive_id != 0 && w.due <= now) {
-                due[n] = *w;
-                n += 1;
+                let watch = *w;
+                *w = Watch::default();
+                used.fetch_sub(1, Relaxed);
+                events += u32::from(self.held_after_event(watch, time));
+            }
+            HeldAfterChecked {
+                events,
+                next_due: earliest(slots),
+            }
+        })
+    }
+
+    /// An unload of hive `hive_id` succeeded: its watch ends (it is not held any more; its
+    /// slot is free for the next failed unload). Called before the success is numbered.
+    pub(crate) fn unwatch_unloaded(&self, hive_id: u32) {
+        if hive_id == 0 || self.watches.used.load(Relaxed) == 0 {
+            return;
+        }
+        self.watches.with(|slots, used| {
+            if let Some(w) = slots.iter_mut().find(|w| w.hive_id == hive_id) {
                 *w = Watch::default();
                 used.fetch_sub(1, Relaxed);
             }
-            earliest(slots)
         });
-        let events = due[..n]
-            .iter()
-            .map(|w| u32::from(self.held_after_event(*w, time)))
-            .sum();
-        HeldAfterChecked { events, next_due }
     }
 
     /// Whether the tracker cannot vouch that it saw every open in `hive`: opens lost, or the
     /// hive loaded before tracking began (or at an unknown time), so keys opened before may
     /// still be held unseen.
+    ///
+    /// An application hive is never vouched for: the handle its loader gets
+    /// (`RegLoadAppKey`, `NtLoadKeyEx` with a root handle) comes with no open notification
+    /// (see [`crate::hives`]; the emulator's `td-app-hive`), so it may hold the hive unseen.
     pub(crate) fn holders_unseen(&self, hive: &Hive) -> bool {
         let since = get(&self.counters.tracking_since);
         let loaded = hive.loaded_time();
-        !self.completeness(hive).nothing_lost() || loaded == 0 || loaded < since
+        hive.kind == HiveKind::App
+            || !self.completeness(hive).nothing_lost()
+            || loaded == 0
+            || loaded < since
     }
 
     /// Records the event of one due watch; true when it took a stream number.
@@ -218,8 +244,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
         self.collect_holders(hive, &mut entry);
         self.hives.unpin(&self.pool, &self.names, h, self.vouch());
-        bump(&self.counters.held_after_events);
-        self.record_event(&entry);
+        // Not stored (no memory): its number is taken all the same (readers count it
+        // missed), and it counts as a failed unload not looked at again.
+        if self.record_event(&entry) {
+            bump(&self.counters.held_after_events);
+        } else {
+            bump(&self.counters.held_after_unwatched);
+        }
         true
     }
 }

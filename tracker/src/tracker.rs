@@ -1070,6 +1070,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 self.hives.unpin(&self.pool, &self.names, h, self.vouch());
             }
         }
+        // A success ends the hive's watch before the success is numbered, so no held-after
+        // record of the hive can follow it ([`crate::held_after`]).
+        if outcome == 0 {
+            self.unwatch_unloaded(entry.hive_id);
+        }
         let Ok(m) = self.names.intern(&self.pool, mount) else {
             bump(&self.counters.history_dropped_no_memory);
             self.release_entry_names(&entry);
@@ -1077,26 +1082,28 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return (entry.hive_id != 0).then_some(entry.hive_id);
         };
         entry.mount = Some(m);
-        self.record_event(&entry);
+        let _ = self.record_event(&entry);
         (entry.hive_id != 0).then_some(entry.hive_id)
     }
 
     /// Adds `entry` to the history (the event stream), evicting the oldest past the
     /// configured length; an entry that cannot be stored still takes its sequence number, so
-    /// the stream's readers count it as missed.
-    pub(crate) fn record_event(&self, entry: &HistEntry) {
+    /// the stream's readers count it as missed. Returns whether it was stored.
+    pub(crate) fn record_event(&self, entry: &HistEntry) -> bool {
         match self
             .history
             .push(&self.pool, entry, self.config.history_len.max(1))
         {
             Ok(Some(old)) => {
                 History::<L>::free_entry(&self.pool, old, |n| self.names.release(&self.pool, n));
+                true
             }
-            Ok(None) => {}
+            Ok(None) => true,
             Err(()) => {
                 bump(&self.counters.history_dropped_no_memory);
                 self.release_entry_names(entry);
                 self.history.skip_sequence();
+                false
             }
         }
     }

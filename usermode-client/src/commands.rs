@@ -319,7 +319,7 @@ mod tests {
         let (out, r) = run_version(Ok(version_answer()));
         r.unwrap();
         let expected = format!(
-            "hivetrack client {} (protocol 1)\nhivetrack driver 0.1.0 (protocol 1, build abc1234, via scripted)\n",
+            "hivetrack client {} (protocol {PROTOCOL_VERSION})\nhivetrack driver 0.1.0 (protocol {PROTOCOL_VERSION}, build abc1234, via scripted)\n",
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(out, expected);

@@ -368,8 +368,9 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
                 text.contains("hivetrack client "),
                 "no client line:\n{text}"
             );
+            // protocol/src/lib.rs's PROTOCOL_VERSION: the driver under Wine speaks the CLI's.
             ensure!(
-                text.contains("hivetrack driver 0.1.0 (protocol 1, build "),
+                text.contains("hivetrack driver 0.1.0 (protocol 2, build "),
                 "no driver line:\n{text}"
             );
             Ok(())

@@ -11,6 +11,9 @@
 //!   before, by one held-after event naming the holder, delivered by the driver's timer to
 //!   a pending reader; a hive unloaded after its failed attempt gives none; a watch pending
 //!   at driver unload leaves no timer behind;
+//! - `held-after-app-hive`: an application hive held only by its loader's root handle (no
+//!   open notification) is never vouched for: its failed unload and the look again say
+//!   `HOLDERS_UNSEEN`;
 //! - `event-overflow`: 40 failed unloads while the reader is away, more than the 32 the ring
 //!   keeps: the reader is told it missed 8 and gets the 32 kept, oldest first;
 //! - `event-low-resources`: a failed unload with its holder, a reader and the held-after
@@ -57,9 +60,9 @@ pub fn scenarios() -> Vec<Scenario> {
             held_after,
         ),
         Scenario::hivetrack(
-            "review17-app-hive-held-after",
-            "review 17 (FAILING): an application hive held only by its loader's root handle (announced by no open notification) fails to unload; HeldAfterSeconds 30 later the driver must report it still held (HOLDERS_UNSEEN), not take it as free",
-            review17_app_hive_held_after,
+            "held-after-app-hive",
+            "an application hive held only by its loader's root handle (announced by no open notification) fails to unload: its record says HOLDERS_UNSEEN, and HeldAfterSeconds 30 later the driver reports it still held (HOLDERS_UNSEEN), not free (found by the review of issue 17)",
+            held_after_app_hive,
         ),
         Scenario::hivetrack(
             "event-overflow",
@@ -473,8 +476,8 @@ fn held_after(ctx: &mut Ctx) {
         s == STATUS_SUCCESS,
         format!("released, the profile unloads: {}", status::describe(s)),
     );
-    let numbered = at_once(ctx, send(c.h, 5, 0), "the stream after the unload")
-        .map_or(0, |g| g.next);
+    let numbered =
+        at_once(ctx, send(c.h, 5, 0), "the stream after the unload").map_or(0, |g| g.next);
     timer::advance(31_000);
     let after = at_once(ctx, send(c.h, numbered, 0), "the stream 31 s later");
     ctx.check(
@@ -681,12 +684,11 @@ fn event_reader_cost(ctx: &mut Ctx) {
     ctx.unload_and_check_clean(&mut d);
 }
 
-/// Review 17 (FAILING): `holders_unseen` vouches for an application hive loaded after
-/// tracking began, yet the root handle `RegLoadAppKey` gives its caller comes with no open
-/// notification (`td-app-hive`). Its failed unload is recorded as if every holder were seen,
-/// and the driver's look again takes it as free: no held-after event while the root handle
-/// holds it.
-fn review17_app_hive_held_after(ctx: &mut Ctx) {
+/// The review of issue 17 found `holders_unseen` vouching for an application hive loaded
+/// after tracking began, yet the root handle `RegLoadAppKey` gives its caller comes with no
+/// open notification (`td-app-hive`): its failed unload was recorded as if every holder were
+/// seen, and the driver's look again took it as free. Both must say `HOLDERS_UNSEEN`.
+fn held_after_app_hive(ctx: &mut Ctx) {
     let Some(mut d) = start_with_parameter(ctx, "HeldAfterSeconds", HELD_AFTER_SECONDS) else {
         return;
     };
