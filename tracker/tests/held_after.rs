@@ -264,7 +264,7 @@ fn review17_a_held_after_event_not_stored_is_counted_unwatched_not_as_an_event()
 
 /// Review 17, finding: a successful unload does not end the hive's watch. In a mass logoff
 /// most hives fail their first unload and unload on the User Profile Service's retry a
-/// second later; their watches keep the 64 slots until due (a day with HeldAfterSeconds
+/// second later; their watches keep the 64 slots until due (a day with `HeldAfterSeconds`
 /// 86400), so the next failed unload, of a hive really held, is not looked at again.
 #[test]
 fn review17_watches_of_hives_that_then_unloaded_do_not_fill_the_table() {
@@ -292,7 +292,7 @@ fn review17_watches_of_hives_that_then_unloaded_do_not_fill_the_table() {
 /// Review 17, same finding, the other consequence: the driver calls `unload_attempted` and
 /// then `hive_unloaded` for a successful unload; the timer's DPC can run the check between
 /// the two (another processor). For a hive the tracker cannot vouch for (loaded before
-/// tracking began: every hive read from the hive list) it then numbers a HELD_AFTER record,
+/// tracking began: every hive read from the hive list) it then numbers a `HELD_AFTER` record,
 /// "still held", right after the record of the unload that succeeded.
 #[test]
 fn review17_no_held_after_record_follows_a_successful_unload() {
@@ -319,7 +319,7 @@ fn review17_no_held_after_record_follows_a_successful_unload() {
 /// tracking began, yet its loader's root handle (`RegLoadAppKey`, and `NtLoadKeyEx` with a
 /// `RootHandle`) comes with no open notification (hives.rs module doc, README, the
 /// emulator's `td-app-hive`: "no open notification announces the root key object"). A failed
-/// unload of such a hive is recorded as if every holder were seen (no HOLDERS_UNSEEN), and
+/// unload of such a hive is recorded as if every holder were seen (no `HOLDERS_UNSEEN`), and
 /// the look again finds it "free, every open seen": no event, while the root handle holds it.
 #[test]
 fn review17_an_app_hive_held_by_its_unannounced_root_handle_is_not_vouched_for() {
