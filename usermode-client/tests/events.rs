@@ -1205,3 +1205,27 @@ fn the_drivers_1002_adds_the_holders_only_the_kernels_list_knows() {
         still.message
     );
 }
+
+// ---- review17: failing tests (the production code is left to the author) ----
+
+/// Review 17, finding: the driver watches only hives it knows (`unload_attempted` returns
+/// no id for an unknown mount, so `watch_held_after` is never called), yet the service stops
+/// its own re-check whenever the prefix's delay is > 0. A failed unload of a hive the driver
+/// did not know (flag UNKNOWN_HIVE) is then looked at again by no one: no 1002 ever, where
+/// the service before this change (and with delay 0 still) re-checks it.
+#[test]
+fn review17_a_failed_unload_of_a_hive_the_driver_did_not_know_is_still_rechecked() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        flags: UnloadRecord::UNKNOWN_HIVE,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(
+        ids(&events),
+        [1010, 1001, 1002],
+        "the driver does not watch a hive it did not know: the service must re-check: {events:#?}"
+    );
+}
+
