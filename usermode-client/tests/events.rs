@@ -1229,3 +1229,17 @@ fn review17_a_failed_unload_of_a_hive_the_driver_did_not_know_is_still_rechecked
     );
 }
 
+/// Review 17, finding: a driver restart (new tracking start) drops the driver's watches and
+/// `attempts.clear()`; with the delay > 0 the service has no re-check of its own either. The
+/// hive still held a minute after its failed unload gets no 1002, where the documented
+/// behaviour (`a_recheck_survives_a_driver_restart`, "Pending re-checks stay") gives one.
+#[test]
+fn review17_a_failed_unload_before_a_driver_restart_still_gets_its_1002() {
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+}
+
