@@ -1243,3 +1243,35 @@ fn review17_a_failed_unload_before_a_driver_restart_still_gets_its_1002() {
     assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
 }
 
+/// Review 17, finding: the driver watches a deferred unload (`STATUS_PENDING`: the callback
+/// watches every status but success), so its HELD_AFTER record carries outcome 0x103. The
+/// service counts `STATUS_PENDING` as a success (`failed()`: no 1001, the attempt
+/// forgotten), then turns the record into a 1002 saying the hive is still held after "its
+/// failed unload (STATUS_PENDING)": a failure that was never reported and did not happen.
+#[test]
+fn review17_a_deferred_unload_is_not_reported_as_a_failed_one() {
+    let mut q = queue_held_after(60);
+    q.push(&unload(&user_hive(), 0x103, &[(AGENT_PID, AGENT, 1)], NOW));
+    q.push(&StreamRecord {
+        flags: UnloadRecord::HELD_AFTER,
+        ..unload(
+            &user_hive(),
+            0x103,
+            &[(AGENT_PID, AGENT, 1)],
+            NOW + 60 * SECOND,
+        )
+    });
+    let q = q.shared();
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve(&q, opts, 1, &NoIdentities);
+    for e in &events {
+        assert!(
+            !e.message.contains("failed unload"),
+            "a deferred unload did not fail: {}",
+            e.message
+        );
+    }
+}
