@@ -14,7 +14,8 @@
 //! - `missed` in an answer: event 1011.
 //! - A failed unload: event 1001. Who looks again later depends on the driver, page by page:
 //!   - **The driver** when its events prefix says `held_after_seconds` > 0 (its service key's
-//!     `Parameters\HeldAfterSeconds`, default 60): it looks at the hive that long after the
+//!     `Parameters\HeldAfterSeconds`, default 60) and it knew the hive (it never watches a
+//!     record flagged [`UnloadRecord::UNKNOWN_HIVE`]): it looks at the hive that long after the
 //!     attempt and, if still held (or it cannot see whether it is), writes a
 //!     [`UnloadRecord::HELD_AFTER`] record, which becomes event 1002 built like 1001 (the
 //!     record's holders, their services and keys, plus the kernel's untracked holders), with
@@ -23,7 +24,8 @@
 //!     it is the driver's delay, said as "at least". The service does **not** re-check
 //!     then: no second 1002. A held-after record is never a failed unload (its `outcome` is
 //!     the failed attempt's status).
-//!   - **This service** when the prefix says 0 (an older driver, or `HeldAfterSeconds` 0):
+//!   - **This service** when the prefix says 0 (an older driver, or `HeldAfterSeconds` 0),
+//!     and for a record flagged `UNKNOWN_HIVE` whatever the prefix says:
 //!     `still_held_after` (`--still-held-after`, default 60 s) after the unload the hive's
 //!     holders are asked for again: event 1002 when any process still holds a key in it (the
 //!     driver's records and the kernel's list, as `hivetrack holders` reports them). A later
@@ -69,7 +71,7 @@ pub struct ServiceOptions {
     pub once: bool,
     /// How long after a failed unload its hive's holders are asked for again, by the
     /// service itself only when the driver does not look again (its prefix's
-    /// `held_after_seconds` is 0).
+    /// `held_after_seconds` is 0, or the record is flagged `UNKNOWN_HIVE`).
     pub still_held_after: Duration,
     /// Longest wait of one request in the driver.
     pub wait: Duration,
@@ -176,6 +178,13 @@ enum Drained {
 /// FILETIME units per second.
 const SECOND: u64 = 10_000_000;
 
+/// Whether the driver looks at `rec`'s hive again itself: it says a delay above 0 and knew
+/// the hive (it watches only hives it knows: a record flagged
+/// [`UnloadRecord::UNKNOWN_HIVE`] is never watched).
+const fn driver_watches(rec: &StreamRecord, prefix: &EventsPrefix) -> bool {
+    prefix.held_after_seconds > 0 && rec.flags & UnloadRecord::UNKNOWN_HIVE == 0
+}
+
 fn duration_filetime(d: Duration) -> u64 {
     u64::try_from(d.as_nanos() / 100).unwrap_or(u64::MAX / 4)
 }
@@ -188,7 +197,7 @@ struct Loop<'e, 'a> {
     /// Event 1013 was written and no connection succeeded since.
     unavailable: bool,
     rechecks: Vec<Recheck>,
-    /// Failed unloads the driver will look at again (its delay > 0), by hive.
+    /// Failed unloads the driver will look at again (its delay > 0, a hive it knew), by hive.
     attempts: Vec<Attempt>,
     buf: Vec<u8>,
     counts: Counts,
@@ -319,7 +328,7 @@ impl Loop<'_, '_> {
             };
             self.rechecks
                 .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));
-            if prefix.held_after_seconds > 0 {
+            if driver_watches(rec, prefix) {
                 // The driver looks again: its held-after record is the 1002. Remember the
                 // first attempt of a run of retries (the driver's watch counts from it; an
                 // attempt after that watch was due starts a new run).
