@@ -24,6 +24,10 @@
 //!     it is the driver's delay, said as "at least". The service does **not** re-check
 //!     then: no second 1002. A held-after record is never a failed unload (its `outcome` is
 //!     the failed attempt's status).
+//!     A driver restart (a new tracking start) drops the driver's watches: the failed
+//!     unloads it had not answered with a held-after record yet become re-checks of this
+//!     service's own (as below), due at the attempt's time plus the delay the driver had
+//!     reported (their 1002's `Sequence` is then a number of the driver's previous start).
 //!   - **This service** when the prefix says 0 (an older driver, or `HeldAfterSeconds` 0),
 //!     and for a record flagged `UNKNOWN_HIVE` whatever the prefix says:
 //!     `still_held_after` (`--still-held-after`, default 60 s) after the unload the hive's
@@ -165,6 +169,10 @@ struct Attempt {
     sequence: u64,
     /// FILETIME of the attempt.
     time: u64,
+    /// The service's own re-check of it, due when the driver's watch is (the attempt's time
+    /// plus the delay the driver reported): run only if the driver restarts (its watches
+    /// gone with it) before its held-after record came.
+    recheck: Recheck,
 }
 
 /// How a connection's drain ended.
@@ -333,21 +341,24 @@ impl Loop<'_, '_> {
                 // first attempt of a run of retries (the driver's watch counts from it; an
                 // attempt after that watch was due starts a new run).
                 let delay = prefix.held_after_seconds.saturating_mul(SECOND);
+                let attempt = Attempt {
+                    hive: rec.mount.clone(),
+                    sequence: rec.sequence,
+                    time,
+                    recheck: Recheck {
+                        failure,
+                        user,
+                        due: time.saturating_add(delay),
+                    },
+                };
                 match self
                     .attempts
                     .iter_mut()
                     .find(|a| a.hive.eq_ignore_ascii_case(&rec.mount))
                 {
                     Some(a) if a.time.saturating_add(delay) >= time => {}
-                    Some(a) => {
-                        a.sequence = rec.sequence;
-                        a.time = time;
-                    }
-                    None => self.attempts.push(Attempt {
-                        hive: rec.mount.clone(),
-                        sequence: rec.sequence,
-                        time,
-                    }),
+                    Some(a) => *a = attempt,
+                    None => self.attempts.push(attempt),
                 }
             } else {
                 self.rechecks.push(Recheck {
@@ -496,8 +507,18 @@ impl Loop<'_, '_> {
                     // Earlier sequence numbers meant the previous start: read from the start.
                     // Pending re-checks stay: they ask about the hive as it is now.
                     self.after = 0;
-                    // The driver's watches of the previous start are gone with it.
-                    self.attempts.clear();
+                    // The driver's watches of the previous start are gone with it: the
+                    // failed unloads it had not answered yet become re-checks of the
+                    // service's own, due when the driver would have looked.
+                    for a in std::mem::take(&mut self.attempts) {
+                        if !self
+                            .rechecks
+                            .iter()
+                            .any(|r| r.failure.hive.eq_ignore_ascii_case(&a.hive))
+                        {
+                            self.rechecks.push(a.recheck);
+                        }
+                    }
                     self.tracking_since = Some(since);
                     self.unavailable = false;
                     continue;

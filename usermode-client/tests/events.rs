@@ -1275,3 +1275,29 @@ fn review17_a_deferred_unload_is_not_reported_as_a_failed_one() {
         );
     }
 }
+
+/// After a driver restart, the failed unload the old driver had not answered is re-checked
+/// by the service when the old driver would have looked (its delay after the attempt); one
+/// it had answered already is not looked at again.
+#[test]
+fn a_restart_turns_only_unanswered_attempts_into_rechecks_due_at_the_drivers_delay() {
+    let mut q = queue_held_after(90);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    let still = &events[3];
+    // Due at the old driver's 90 s, not the service's own --still-held-after (60 s).
+    assert_eq!(still.held_for_secs, Some(90));
+    assert_eq!(still.failed_unload_sequence, Some(1));
+    assert_eq!(still.holders[0].pid, AGENT_PID);
+
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Record(held_after(60, 0)));
+    q.steps.push_back(Step::Restart(NOW + 70 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 300, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1002, 1012], "{events:#?}");
+}
