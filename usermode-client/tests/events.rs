@@ -1301,3 +1301,85 @@ fn a_restart_turns_only_unanswered_attempts_into_rechecks_due_at_the_drivers_del
     let (_, events) = serve(&q, ServiceOptions::default(), 300, &NoIdentities);
     assert_eq!(ids(&events), [1010, 1001, 1002, 1012], "{events:#?}");
 }
+
+/// The driver's 1002 after a deferred unload says so, measured from the attempt the service
+/// saw; a deferred retry is no unload: it keeps a pending re-check, and a run it began gets
+/// its first failure re-checked after a driver restart.
+#[test]
+fn a_deferred_unload_still_held_is_said_plainly_and_keeps_the_look_again() {
+    let mut q = queue_held_after(60);
+    q.push(&unload(&user_hive(), 0x103, &[(AGENT_PID, AGENT, 1)], NOW));
+    q.push(&StreamRecord {
+        flags: UnloadRecord::HELD_AFTER,
+        ..unload(
+            &user_hive(),
+            0x103,
+            &[(AGENT_PID, AGENT, 1)],
+            NOW + 60 * SECOND,
+        )
+    });
+    let q = q.shared();
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve(&q, opts, 1, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1002], "{events:#?}");
+    let still = &events[1];
+    assert!(
+        still.message.contains(&format!(
+            r"The registry hive \REGISTRY\USER\{SID} (user CONTOSO\alice) is still held 60 s after its deferred unload (STATUS_PENDING, hivetrack event sequence 1): Windows unloads it when its last key closes; the driver looked again (hivetrack event sequence 2). 1 process holds 1 key open: agent.exe"
+        )),
+        "{}",
+        still.message
+    );
+    assert!(
+        still
+            .message
+            .ends_with(" Until they close their keys the hive stays loaded and its unload waits."),
+        "{}",
+        still.message
+    );
+    let s = still.insertion_strings();
+    assert_eq!(field(&s, "Status"), "0x00000103");
+    assert_eq!(field(&s, "StatusName"), "STATUS_PENDING");
+    assert_eq!(field(&s, "HeldForSecs"), "60");
+    assert_eq!(
+        field(&s, "FailedUnloadSequence"),
+        "1",
+        "the deferred attempt's"
+    );
+    assert_eq!(field(&s, "Sequence"), "2");
+
+    // The service's own re-check (delay 0) is not cancelled by a deferred retry: the hive
+    // is not unloaded yet.
+    let mut q = queue_held_after(0);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Record(unload(
+        &user_hive(),
+        0x103,
+        &[(AGENT_PID, AGENT, 1)],
+        NOW + 20 * SECOND,
+    )));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+
+    // A run begun by a deferred unload, then a failed retry, then a driver restart: the
+    // failure is re-checked when the old driver would have looked (60 s after the first).
+    let mut q = queue_held_after(60);
+    q.push(&unload(&user_hive(), 0x103, &[(AGENT_PID, AGENT, 1)], NOW));
+    q.push(&failed_unload(&user_hive(), NOW + 10 * SECOND));
+    q.steps.push_back(Step::Restart(NOW + 20 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    assert_eq!(events[3].held_for_secs, Some(50), "since the failed retry");
+    // A run of only deferred unloads is no failure: nothing after the restart.
+    let mut q = queue_held_after(60);
+    q.push(&unload(&user_hive(), 0x103, &[(AGENT_PID, AGENT, 1)], NOW));
+    q.steps.push_back(Step::Restart(NOW + 20 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1012], "{events:#?}");
+}
