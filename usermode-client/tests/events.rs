@@ -1211,7 +1211,7 @@ fn the_drivers_1002_adds_the_holders_only_the_kernels_list_knows() {
 /// Review 17, finding: the driver watches only hives it knows (`unload_attempted` returns
 /// no id for an unknown mount, so `watch_held_after` is never called), yet the service stops
 /// its own re-check whenever the prefix's delay is > 0. A failed unload of a hive the driver
-/// did not know (flag UNKNOWN_HIVE) is then looked at again by no one: no 1002 ever, where
+/// did not know (flag `UNKNOWN_HIVE`) is then looked at again by no one: no 1002 ever, where
 /// the service before this change (and with delay 0 still) re-checks it.
 #[test]
 fn review17_a_failed_unload_of_a_hive_the_driver_did_not_know_is_still_rechecked() {
@@ -1244,10 +1244,10 @@ fn review17_a_failed_unload_before_a_driver_restart_still_gets_its_1002() {
 }
 
 /// Review 17, finding: the driver watches a deferred unload (`STATUS_PENDING`: the callback
-/// watches every status but success), so its HELD_AFTER record carries outcome 0x103. The
+/// watches every status but success), so its `HELD_AFTER` record carries outcome 0x103. The
 /// service counts `STATUS_PENDING` as a success (`failed()`: no 1001, the attempt
 /// forgotten), then turns the record into a 1002 saying the hive is still held after "its
-/// failed unload (STATUS_PENDING)": a failure that was never reported and did not happen.
+/// failed unload (`STATUS_PENDING`)": a failure that was never reported and did not happen.
 #[test]
 fn review17_a_deferred_unload_is_not_reported_as_a_failed_one() {
     let mut q = queue_held_after(60);
