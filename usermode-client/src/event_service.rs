@@ -14,7 +14,8 @@
 //! - `missed` in an answer: event 1011.
 //! - A failed unload: event 1001. Who looks again later depends on the driver, page by page:
 //!   - **The driver** when its events prefix says `held_after_seconds` > 0 (its service key's
-//!     `Parameters\HeldAfterSeconds`, default 60): it looks at the hive that long after the
+//!     `Parameters\HeldAfterSeconds`, default 60) and it knew the hive (it never watches a
+//!     record flagged [`UnloadRecord::UNKNOWN_HIVE`]): it looks at the hive that long after the
 //!     attempt and, if still held (or it cannot see whether it is), writes a
 //!     [`UnloadRecord::HELD_AFTER`] record, which becomes event 1002 built like 1001 (the
 //!     record's holders, their services and keys, plus the kernel's untracked holders), with
@@ -22,13 +23,26 @@
 //!     this service saw it (the first of a run of retries, as the driver counts), otherwise
 //!     it is the driver's delay, said as "at least". The service does **not** re-check
 //!     then: no second 1002. A held-after record is never a failed unload (its `outcome` is
-//!     the failed attempt's status).
-//!   - **This service** when the prefix says 0 (an older driver, or `HeldAfterSeconds` 0):
+//!     the watched attempt's status).
+//!     A driver restart (a new tracking start) drops the driver's watches: the failed
+//!     unloads it had not answered with a held-after record yet become re-checks of this
+//!     service's own (as below), due at the attempt's time plus the delay the driver had
+//!     reported (their 1002's `Sequence` is then a number of the driver's previous start).
+//!   - **This service** when the prefix says 0 (an older driver, or `HeldAfterSeconds` 0),
+//!     and for a record flagged `UNKNOWN_HIVE` whatever the prefix says:
 //!     `still_held_after` (`--still-held-after`, default 60 s) after the unload the hive's
 //!     holders are asked for again: event 1002 when any process still holds a key in it (the
 //!     driver's records and the kernel's list, as `hivetrack holders` reports them). A later
 //!     successful unload of the hive, or the hive gone, cancels the re-check. With `--once`
 //!     only re-checks already due (the unload older than the delay) run.
+//! - A deferred unload (`STATUS_PENDING`: `NtUnloadKeyEx` with an event on a held hive;
+//!   Windows unloads the hive later, when its last key closes) is no failure: no 1001, no
+//!   re-check of the service's own, and it cancels no pending re-check (the hive is not
+//!   unloaded yet). The driver watches it as a failed one (a hive it knew, delay > 0): its
+//!   held-after record becomes a 1002 that says "after its deferred unload", measured from
+//!   the attempt as for a failed one (`failed_unload_sequence` is then the deferred
+//!   attempt's). A run of retries begun by a deferred attempt is re-checked after a driver
+//!   restart only when a failed retry followed it.
 //! - A record with [`UnloadRecord::HOLDERS_UNSEEN`] (1001 or 1002): the event says that
 //!   processes hivetrack could not see may also hold keys (`HoldersUnseen`).
 //! - Services of a holder (a service host's) are looked up by pid only for holders the
@@ -49,7 +63,9 @@ use crate::client::Client;
 use crate::event_sink::EventSink;
 use crate::event_stream::{ERROR_OPERATION_ABORTED, StreamRecord, has_event_stream, wait_events};
 use crate::exit;
-use crate::fleet_event::{EventHolder, FleetEvent, HeldAfter, KEY_NAMES, UnloadFailure, failed};
+use crate::fleet_event::{
+    EventHolder, FleetEvent, HeldAfter, KEY_NAMES, UnloadFailure, deferred, failed,
+};
 use crate::hive_name::user_sid;
 use crate::holder_identity::Identities;
 use crate::model::{HeldKey, Holder, HoldersReport, UNIX_EPOCH_FILETIME};
@@ -69,7 +85,7 @@ pub struct ServiceOptions {
     pub once: bool,
     /// How long after a failed unload its hive's holders are asked for again, by the
     /// service itself only when the driver does not look again (its prefix's
-    /// `held_after_seconds` is 0).
+    /// `held_after_seconds` is 0, or the record is flagged `UNKNOWN_HIVE`).
     pub still_held_after: Duration,
     /// Longest wait of one request in the driver.
     pub wait: Duration,
@@ -156,13 +172,18 @@ struct Recheck {
     due: u64,
 }
 
-/// The first failed unload of a run of retries of a hive, seen in the stream while the
-/// driver looks again: what its held-after record is measured from.
+/// The first failed or deferred unload of a run of retries of a hive, seen in the stream
+/// while the driver looks again: what its held-after record is measured from.
 struct Attempt {
     hive: String,
     sequence: u64,
     /// FILETIME of the attempt.
     time: u64,
+    /// The service's own re-check of the run's first failed attempt, due when the driver's
+    /// watch is (the run's first attempt's time plus the delay the driver reported): run
+    /// only if the driver restarts (its watches gone with it) before its held-after record
+    /// came. `None` while the run has only deferred attempts (no failure to re-check).
+    recheck: Option<Recheck>,
 }
 
 /// How a connection's drain ended.
@@ -176,6 +197,13 @@ enum Drained {
 /// FILETIME units per second.
 const SECOND: u64 = 10_000_000;
 
+/// Whether the driver looks at `rec`'s hive again itself: it says a delay above 0 and knew
+/// the hive (it watches only hives it knows: a record flagged
+/// [`UnloadRecord::UNKNOWN_HIVE`] is never watched).
+const fn driver_watches(rec: &StreamRecord, prefix: &EventsPrefix) -> bool {
+    prefix.held_after_seconds > 0 && rec.flags & UnloadRecord::UNKNOWN_HIVE == 0
+}
+
 fn duration_filetime(d: Duration) -> u64 {
     u64::try_from(d.as_nanos() / 100).unwrap_or(u64::MAX / 4)
 }
@@ -188,7 +216,8 @@ struct Loop<'e, 'a> {
     /// Event 1013 was written and no connection succeeded since.
     unavailable: bool,
     rechecks: Vec<Recheck>,
-    /// Failed unloads the driver will look at again (its delay > 0), by hive.
+    /// Failed and deferred unloads the driver will look at again (its delay > 0, a hive it
+    /// knew), by hive.
     attempts: Vec<Attempt>,
     buf: Vec<u8>,
     counts: Counts,
@@ -319,27 +348,9 @@ impl Loop<'_, '_> {
             };
             self.rechecks
                 .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));
-            if prefix.held_after_seconds > 0 {
-                // The driver looks again: its held-after record is the 1002. Remember the
-                // first attempt of a run of retries (the driver's watch counts from it; an
-                // attempt after that watch was due starts a new run).
-                let delay = prefix.held_after_seconds.saturating_mul(SECOND);
-                match self
-                    .attempts
-                    .iter_mut()
-                    .find(|a| a.hive.eq_ignore_ascii_case(&rec.mount))
-                {
-                    Some(a) if a.time.saturating_add(delay) >= time => {}
-                    Some(a) => {
-                        a.sequence = rec.sequence;
-                        a.time = time;
-                    }
-                    None => self.attempts.push(Attempt {
-                        hive: rec.mount.clone(),
-                        sequence: rec.sequence,
-                        time,
-                    }),
-                }
+            if driver_watches(rec, prefix) {
+                // The driver looks again: its held-after record is the 1002.
+                self.attempted(rec, prefix, time, Some((failure, user)));
             } else {
                 self.rechecks.push(Recheck {
                     failure,
@@ -347,12 +358,64 @@ impl Loop<'_, '_> {
                     due: time + duration_filetime(self.opts.still_held_after),
                 });
             }
+        } else if deferred(rec.outcome) {
+            // Not a failure (no 1001, no re-check of the service's own), and the hive is not
+            // unloaded yet: Windows unloads it when its last key closes. The driver watches
+            // it as a failed one; its held-after record is measured from this attempt.
+            if driver_watches(rec, prefix) {
+                let time = if rec.time == 0 {
+                    self.env.now()
+                } else {
+                    rec.time
+                };
+                self.attempted(rec, prefix, time, None);
+            }
         } else {
             // The hive unloaded after all: nothing to re-check.
             self.rechecks
                 .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));
             self.attempts
                 .retain(|a| !a.hive.eq_ignore_ascii_case(&rec.mount));
+        }
+    }
+
+    /// Remembers the unload attempt `rec` (at `time`; `failed`: the failure with its user, or
+    /// `None` for a deferred unload) that the driver watches: the first attempt of a run of
+    /// retries, as the driver's watch counts from it (an attempt after that watch was due
+    /// starts a new run).
+    fn attempted(
+        &mut self,
+        rec: &StreamRecord,
+        prefix: &EventsPrefix,
+        time: u64,
+        failed: Option<(UnloadFailure, Option<String>)>,
+    ) {
+        let delay = prefix.held_after_seconds.saturating_mul(SECOND);
+        let recheck = |due: u64| failed.map(|(failure, user)| Recheck { failure, user, due });
+        match self
+            .attempts
+            .iter_mut()
+            .find(|a| a.hive.eq_ignore_ascii_case(&rec.mount))
+        {
+            Some(a) if a.time.saturating_add(delay) >= time => {
+                // A retry within the run: the watch stays the first attempt's. A run begun
+                // by a deferred unload gets its first failure as the re-check after a restart.
+                if a.recheck.is_none() {
+                    a.recheck = recheck(a.time.saturating_add(delay));
+                }
+            }
+            found => {
+                let attempt = Attempt {
+                    hive: rec.mount.clone(),
+                    sequence: rec.sequence,
+                    time,
+                    recheck: recheck(time.saturating_add(delay)),
+                };
+                match found {
+                    Some(a) => *a = attempt,
+                    None => self.attempts.push(attempt),
+                }
+            }
         }
     }
 
@@ -487,8 +550,22 @@ impl Loop<'_, '_> {
                     // Earlier sequence numbers meant the previous start: read from the start.
                     // Pending re-checks stay: they ask about the hive as it is now.
                     self.after = 0;
-                    // The driver's watches of the previous start are gone with it.
-                    self.attempts.clear();
+                    // The driver's watches of the previous start are gone with it: the
+                    // failed unloads it had not answered yet become re-checks of the
+                    // service's own, due when the driver would have looked.
+                    // (A run of only deferred unloads is no failure: nothing to re-check.)
+                    for r in std::mem::take(&mut self.attempts)
+                        .into_iter()
+                        .filter_map(|a| a.recheck)
+                    {
+                        if !self
+                            .rechecks
+                            .iter()
+                            .any(|x| x.failure.hive.eq_ignore_ascii_case(&r.failure.hive))
+                        {
+                            self.rechecks.push(r);
+                        }
+                    }
                     self.tracking_since = Some(since);
                     self.unavailable = false;
                     continue;

@@ -34,14 +34,15 @@ pub struct StreamHolder {
 }
 
 /// One record of the stream: an unload attempt, a key-count alarm, or a hive still held
-/// the driver's delay after a failed unload.
+/// the driver's delay after a failed (or deferred) unload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamRecord {
     /// Sequence number (1 = first since the driver's tracking started).
     pub sequence: u64,
     /// When (FILETIME).
     pub time: u64,
-    /// The unload's NTSTATUS (0 for an alarm; a held-after record: the failed attempt's).
+    /// The unload's NTSTATUS (0 for an alarm; a held-after record: the watched attempt's, an
+    /// error or `STATUS_PENDING` for a deferred unload).
     pub outcome: u32,
     /// [`UnloadRecord`] flags.
     pub flags: u16,
@@ -63,8 +64,9 @@ impl StreamRecord {
     }
 
     /// Not an unload either: the driver looked at the hive again its delay after a failed
-    /// unload and found it still held (or could not see whether it was). `outcome` is the
-    /// failed attempt's status, so this must be asked before [`crate::fleet_event::failed`].
+    /// (or deferred) unload and found it still held (or could not see whether it was).
+    /// `outcome` is that attempt's status, so this must be asked before
+    /// [`crate::fleet_event::failed`].
     #[must_use]
     pub const fn is_held_after(&self) -> bool {
         self.flags & UnloadRecord::HELD_AFTER != 0

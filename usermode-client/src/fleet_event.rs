@@ -25,7 +25,8 @@ pub enum EventId {
     UnloadFailed = 1001,
     /// 1002, Warning: the hive is still held some time after its failed unload (the driver's
     /// own look again, `HeldAfterSeconds` after the attempt; with a driver that does not look
-    /// again, the service asks it again after `--still-held-after` seconds).
+    /// again, the service asks it again after `--still-held-after` seconds), or after its
+    /// deferred unload (`STATUS_PENDING`; the driver's look again only).
     StillHeld = 1002,
     /// 1003, Warning: a process reached the driver's key-count alarm threshold.
     KeyAlarm = 1003,
@@ -182,16 +183,18 @@ pub struct FleetEvent {
     pub tracking_since: Option<Time>,
     /// Events lost (1011).
     pub missed: Option<u64>,
-    /// Seconds since the failed unload (1002; at least this many when the service did not
-    /// see the attempt itself: the driver's delay).
+    /// Seconds since the failed unload, or the deferred one (1002; at least this many when
+    /// the service did not see the attempt itself: the driver's delay).
     pub held_for_secs: Option<u64>,
     /// The driver cannot vouch that it saw every open in the hive (keys opened before its
     /// tracking began, or opens it lost): processes not listed, unseen by hivetrack, may also
     /// hold keys in it (1001, 1002).
     #[serde(default)]
     pub holders_unseen: bool,
-    /// The driver's sequence number of the failed unload a 1002 follows, when known (the
-    /// driver's 1002 has its own `sequence`).
+    /// The driver's sequence number of the unload attempt a 1002 follows, when known: the
+    /// failed one, or for a 1002 after a deferred unload (`status` `0x00000103`,
+    /// `STATUS_PENDING`) the deferred one, no failure despite the name (the driver's 1002 has
+    /// its own `sequence`).
     #[serde(default)]
     pub failed_unload_sequence: Option<u64>,
 }
@@ -231,7 +234,8 @@ pub const HOLDER_DETAIL_FIELDS: [&str; 2] = ["KeyNames", "Modules"];
 ///
 /// After all the others, so that every older position stays: `HoldersUnseen` (`true` when processes hivetrack
 /// could not see may also hold keys; empty when the event names no holders) and
-/// `FailedUnloadSequence` (1002: the sequence of the failed unload it follows).
+/// `FailedUnloadSequence` (1002: the sequence of the failed unload it follows; after a
+/// deferred unload, `Status` `0x00000103` `STATUS_PENDING`, the deferred one's).
 pub const LATER_FIELDS: [&str; 2] = ["HoldersUnseen", "FailedUnloadSequence"];
 
 /// Holder slots in every event (the driver's unload record keeps at most 8 holders).
@@ -268,6 +272,16 @@ pub fn status_text(status: u32) -> String {
 #[must_use]
 pub const fn failed(status: u32) -> bool {
     status >= 0x8000_0000
+}
+
+/// `STATUS_PENDING`: a deferred unload (`NtUnloadKeyEx` with an event on a held hive).
+pub const STATUS_PENDING: u32 = 0x0000_0103;
+
+/// A deferred unload: no failure, but the hive is not unloaded yet; Windows unloads it when
+/// its last key closes. The driver watches it as it watches a failed one.
+#[must_use]
+pub const fn deferred(status: u32) -> bool {
+    status == STATUS_PENDING
 }
 
 /// The file name of an image path (`profleak.exe` for `\Device\…\profleak.exe`).
@@ -460,8 +474,10 @@ impl FleetEvent {
     }
 
     /// 1002 from the driver's own look again ([`protocol::history::UnloadRecord::HELD_AFTER`]):
-    /// `held.hive` was still held (or the driver could not see whether it was) when it looked;
-    /// `holders` are the record's, with the kernel's untracked ones the service added.
+    /// `held.hive` was still held (or the driver could not see whether it was) when it looked
+    /// after a failed unload, or after a deferred one (`STATUS_PENDING`: said as such, not
+    /// as a failure); `holders` are the record's, with the kernel's untracked ones the
+    /// service added.
     #[must_use]
     pub fn held_after(held: &HeldAfter, user: Option<String>, holders: Vec<EventHolder>) -> Self {
         let status = status_text(held.status);
@@ -469,8 +485,16 @@ impl FleetEvent {
         let attempt = held
             .failed_unload_sequence
             .map_or_else(String::new, |s| format!(", hivetrack event sequence {s}"));
+        let (kind, why) = if deferred(held.status) {
+            (
+                "deferred unload",
+                " Windows unloads it when its last key closes;",
+            )
+        } else {
+            ("failed unload", "")
+        };
         let mut message = format!(
-            "The registry hive {} is still held {}{} s after its failed unload ({}{attempt}): the driver looked again (hivetrack event sequence {}). ",
+            "The registry hive {} is still held {}{} s after its {kind} ({}{attempt}):{why} the driver looked again (hivetrack event sequence {}). ",
             hive_words(&held.hive, user.as_deref()),
             if held.at_least { "at least " } else { "" },
             held.held_for_secs,
@@ -486,9 +510,11 @@ impl FleetEvent {
         if held.holders_unseen {
             message.push_str(UNSEEN_SENTENCE);
         }
-        message.push_str(
-            " Until they close their keys the profile stays loaded (User Profile Service event 1530).",
-        );
+        message.push_str(if deferred(held.status) {
+            " Until they close their keys the hive stays loaded and its unload waits."
+        } else {
+            " Until they close their keys the profile stays loaded (User Profile Service event 1530)."
+        });
         Self {
             hive: Some(held.hive.clone()),
             sid: user_sid(&held.hive).map(str::to_owned),
@@ -713,13 +739,13 @@ pub struct UnloadFailure {
     pub time: u64,
 }
 
-/// A hive still held when the driver looked again after its failed unload, as its
+/// A hive still held when the driver looked again after its failed (or deferred) unload, as its
 /// [`protocol::history::UnloadRecord::HELD_AFTER`] record has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldAfter {
     /// The NT mount point.
     pub hive: String,
-    /// The failed attempt's NTSTATUS.
+    /// The watched attempt's NTSTATUS: an error, or [`STATUS_PENDING`] for a deferred unload.
     pub status: u32,
     /// Processes holding keys then (with the kernel's untracked ones the service added).
     pub holder_count: u64,
@@ -733,11 +759,11 @@ pub struct HeldAfter {
     pub sequence: u64,
     /// When the driver looked (FILETIME).
     pub time: u64,
-    /// Seconds since the failed unload.
+    /// Seconds since the failed (or deferred) unload.
     pub held_for_secs: u64,
     /// `held_for_secs` is the driver's delay, not measured from an attempt the service saw:
     /// the hive was held at least that long.
     pub at_least: bool,
-    /// The failed unload's sequence number, when the service saw it.
+    /// The failed (or deferred) unload's sequence number, when the service saw it.
     pub failed_unload_sequence: Option<u64>,
 }

@@ -1205,3 +1205,181 @@ fn the_drivers_1002_adds_the_holders_only_the_kernels_list_knows() {
         still.message
     );
 }
+
+// ---- review17: failing tests (the production code is left to the author) ----
+
+/// Review 17, finding: the driver watches only hives it knows (`unload_attempted` returns
+/// no id for an unknown mount, so `watch_held_after` is never called), yet the service stops
+/// its own re-check whenever the prefix's delay is > 0. A failed unload of a hive the driver
+/// did not know (flag `UNKNOWN_HIVE`) is then looked at again by no one: no 1002 ever, where
+/// the service before this change (and with delay 0 still) re-checks it.
+#[test]
+fn review17_a_failed_unload_of_a_hive_the_driver_did_not_know_is_still_rechecked() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        flags: UnloadRecord::UNKNOWN_HIVE,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(
+        ids(&events),
+        [1010, 1001, 1002],
+        "the driver does not watch a hive it did not know: the service must re-check: {events:#?}"
+    );
+}
+
+/// Review 17, finding: a driver restart (new tracking start) drops the driver's watches and
+/// `attempts.clear()`; with the delay > 0 the service has no re-check of its own either. The
+/// hive still held a minute after its failed unload gets no 1002, where the documented
+/// behaviour (`a_recheck_survives_a_driver_restart`, "Pending re-checks stay") gives one.
+#[test]
+fn review17_a_failed_unload_before_a_driver_restart_still_gets_its_1002() {
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+}
+
+/// Review 17, finding: the driver watches a deferred unload (`STATUS_PENDING`: the callback
+/// watches every status but success), so its `HELD_AFTER` record carries outcome 0x103. The
+/// service counts `STATUS_PENDING` as a success (`failed()`: no 1001, the attempt
+/// forgotten), then turns the record into a 1002 saying the hive is still held after "its
+/// failed unload (`STATUS_PENDING`)": a failure that was never reported and did not happen.
+#[test]
+fn review17_a_deferred_unload_is_not_reported_as_a_failed_one() {
+    let mut q = queue_held_after(60);
+    q.push(&unload(&user_hive(), 0x103, &[(AGENT_PID, AGENT, 1)], NOW));
+    q.push(&StreamRecord {
+        flags: UnloadRecord::HELD_AFTER,
+        ..unload(
+            &user_hive(),
+            0x103,
+            &[(AGENT_PID, AGENT, 1)],
+            NOW + 60 * SECOND,
+        )
+    });
+    let q = q.shared();
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve(&q, opts, 1, &NoIdentities);
+    for e in &events {
+        assert!(
+            !e.message.contains("failed unload"),
+            "a deferred unload did not fail: {}",
+            e.message
+        );
+    }
+}
+
+/// After a driver restart, the failed unload the old driver had not answered is re-checked
+/// by the service when the old driver would have looked (its delay after the attempt); one
+/// it had answered already is not looked at again.
+#[test]
+fn a_restart_turns_only_unanswered_attempts_into_rechecks_due_at_the_drivers_delay() {
+    let mut q = queue_held_after(90);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    let still = &events[3];
+    // Due at the old driver's 90 s, not the service's own --still-held-after (60 s).
+    assert_eq!(still.held_for_secs, Some(90));
+    assert_eq!(still.failed_unload_sequence, Some(1));
+    assert_eq!(still.holders[0].pid, AGENT_PID);
+
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Record(held_after(60, 0)));
+    q.steps.push_back(Step::Restart(NOW + 70 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 300, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1002, 1012], "{events:#?}");
+}
+
+/// The driver's 1002 after a deferred unload says so, measured from the attempt the service
+/// saw; a deferred retry is no unload: it keeps a pending re-check, and a run it began gets
+/// its first failure re-checked after a driver restart.
+#[test]
+fn a_deferred_unload_still_held_is_said_plainly_and_keeps_the_look_again() {
+    let mut q = queue_held_after(60);
+    q.push(&unload(&user_hive(), 0x103, &[(AGENT_PID, AGENT, 1)], NOW));
+    q.push(&StreamRecord {
+        flags: UnloadRecord::HELD_AFTER,
+        ..unload(
+            &user_hive(),
+            0x103,
+            &[(AGENT_PID, AGENT, 1)],
+            NOW + 60 * SECOND,
+        )
+    });
+    let q = q.shared();
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve(&q, opts, 1, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1002], "{events:#?}");
+    let still = &events[1];
+    assert!(
+        still.message.contains(&format!(
+            r"The registry hive \REGISTRY\USER\{SID} (user CONTOSO\alice) is still held 60 s after its deferred unload (STATUS_PENDING, hivetrack event sequence 1): Windows unloads it when its last key closes; the driver looked again (hivetrack event sequence 2). 1 process holds 1 key open: agent.exe"
+        )),
+        "{}",
+        still.message
+    );
+    assert!(
+        still
+            .message
+            .ends_with(" Until they close their keys the hive stays loaded and its unload waits."),
+        "{}",
+        still.message
+    );
+    let s = still.insertion_strings();
+    assert_eq!(field(&s, "Status"), "0x00000103");
+    assert_eq!(field(&s, "StatusName"), "STATUS_PENDING");
+    assert_eq!(field(&s, "HeldForSecs"), "60");
+    assert_eq!(
+        field(&s, "FailedUnloadSequence"),
+        "1",
+        "the deferred attempt's"
+    );
+    assert_eq!(field(&s, "Sequence"), "2");
+
+    // The service's own re-check (delay 0) is not cancelled by a deferred retry: the hive
+    // is not unloaded yet.
+    let mut q = queue_held_after(0);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Record(unload(
+        &user_hive(),
+        0x103,
+        &[(AGENT_PID, AGENT, 1)],
+        NOW + 20 * SECOND,
+    )));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+
+    // A run begun by a deferred unload, then a failed retry, then a driver restart: the
+    // failure is re-checked when the old driver would have looked (60 s after the first).
+    let mut q = queue_held_after(60);
+    q.push(&unload(&user_hive(), 0x103, &[(AGENT_PID, AGENT, 1)], NOW));
+    q.push(&failed_unload(&user_hive(), NOW + 10 * SECOND));
+    q.steps.push_back(Step::Restart(NOW + 20 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    assert_eq!(events[3].held_for_secs, Some(50), "since the failed retry");
+    // A run of only deferred unloads is no failure: nothing after the restart.
+    let mut q = queue_held_after(60);
+    q.push(&unload(&user_hive(), 0x103, &[(AGENT_PID, AGENT, 1)], NOW));
+    q.steps.push_back(Step::Restart(NOW + 20 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1012], "{events:#?}");
+}
