@@ -28,7 +28,8 @@
 //!     unloads it had not answered with a held-after record yet become re-checks of this
 //!     service's own (as below), due at the attempt's time plus the delay the driver had
 //!     reported (their 1002's `Sequence` is then a number of the driver's previous start).
-//!   - **This service** when the prefix says 0 (an older driver, or `HeldAfterSeconds` 0),
+//!   - **This service** when the prefix says 0 (`HeldAfterSeconds` 0; a driver older than
+//!     the look again speaks protocol 1 and is refused like any other version),
 //!     and for a record flagged `UNKNOWN_HIVE` whatever the prefix says:
 //!     `still_held_after` (`--still-held-after`, default 60 s) after the unload the hive's
 //!     holders are asked for again: event 1002 when any process still holds a key in it (the

@@ -4,6 +4,9 @@
 use std::fmt::Write as _;
 
 use crate::hive_name::display;
+
+/// `STATUS_PENDING` as an unload attempt's status text: a deferred unload.
+const STATUS_PENDING_TEXT: &str = "0x00000103";
 use crate::model::{
     Coverage, DiffReport, HeldKey, HivesReport, Holder, HoldersReport, Identity, ProcessesReport,
     Source, StatsReport, UnloadHistoryReport, WaitReport, age_text,
@@ -833,13 +836,19 @@ fn unload_history_table(r: &UnloadHistoryReport) -> String {
         // A held-after record is the driver's look again, never an unload attempt.
         let outcome = if a.held_after {
             match (a.held_for_secs, a.failed_unload_sequence) {
+                // The attempt failed or was deferred (STATUS_PENDING): "unload attempt" is
+                // true of both.
                 (Some(secs), Some(seq)) => {
-                    format!("STILL HELD {secs} s after the failed unload #{seq} (")
+                    format!("STILL HELD {secs} s after the unload attempt #{seq} (")
                 }
-                _ => "STILL HELD after its failed unload, no longer in the history (".to_owned(),
+                _ => "STILL HELD after its unload attempt, no longer in the history (".to_owned(),
             }
         } else if a.succeeded {
             "unloaded, ".to_owned()
+        } else if a.status == STATUS_PENDING_TEXT {
+            // NtUnloadKeyEx with an event on a held hive: Windows unloads it when its last
+            // key closes (REG_UNLOAD_KEY_INFORMATION `UserEvent`).
+            "DEFERRED (unloads when its last key closes), ".to_owned()
         } else {
             "FAILED, ".to_owned()
         };

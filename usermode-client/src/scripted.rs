@@ -439,12 +439,17 @@ fn stats_with(objects: u64, losses: &[(&str, u64)]) -> Stats {
 }
 
 fn history_listing(agent_keys: u64, truncated: bool) -> Listing {
-    history_listing_held(agent_keys, truncated, false)
+    history_listing_held(agent_keys, truncated, false, 0xC000_0121)
 }
 
 /// The unload history; `held_after`: newest, the driver's look at the user hive 60 s after
 /// its failed unload (#2), still held by the agent, with holders it could not all see.
-fn history_listing_held(agent_keys: u64, truncated: bool, held_after: bool) -> Listing {
+fn history_listing_held(
+    agent_keys: u64,
+    truncated: bool,
+    held_after: bool,
+    outcome: u32,
+) -> Listing {
     let agent = units(AGENT);
     let mount = units(&user(""));
     let other = units(r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002");
@@ -458,7 +463,7 @@ fn history_listing_held(agent_keys: u64, truncated: bool, held_after: bool) -> L
     if held_after {
         l.push(&UnloadRecord {
             time: NOW,
-            outcome: 0xC000_0121,
+            outcome,
             hive_id: 7,
             open_keys: agent_keys,
             holders_total: 1,
@@ -470,7 +475,7 @@ fn history_listing_held(agent_keys: u64, truncated: bool, held_after: bool) -> L
     }
     l.push(&UnloadRecord {
         time: NOW - 60 * SECOND,
-        outcome: 0xC000_0121,
+        outcome,
         hive_id: 7,
         open_keys: agent_keys + u64::from(truncated) * 3,
         holders_total: 1 + u32::from(truncated) * 3,
@@ -593,7 +598,16 @@ pub fn logoff() -> Server {
 #[must_use]
 pub fn logoff_held_after() -> Server {
     let mut s = logoff();
-    s.history = Some(history_listing_held(1, false, true));
+    s.history = Some(history_listing_held(1, false, true, 0xC000_0121));
+    s
+}
+
+/// [`logoff_held_after`] with a deferred unload (`STATUS_PENDING`: `NtUnloadKeyEx` with an
+/// event) instead of the failed one: the driver watched it as well.
+#[must_use]
+pub fn logoff_deferred_held_after() -> Server {
+    let mut s = logoff();
+    s.history = Some(history_listing_held(1, false, true, 0x103));
     s
 }
 

@@ -37,8 +37,9 @@ pub enum ServiceCommand {
         #[arg(long, value_name = "FILE")]
         jsonl: Option<PathBuf>,
         /// Seconds after a failed unload at which the service asks for its hive's holders
-        /// again (event 1002), only with a driver that does not look again itself (its
-        /// `HeldAfterSeconds` 0, or an older driver); otherwise the driver's delay applies.
+        /// again (event 1002), only when the driver does not look again itself (its
+        /// `HeldAfterSeconds` 0) or did not know the hive; otherwise the driver's delay
+        /// applies.
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         still_held_after: u64,
     },
@@ -57,8 +58,9 @@ pub enum ServiceCommand {
         #[arg(long, value_name = "FILE")]
         jsonl: Option<String>,
         /// Seconds after a failed unload at which the service asks for its hive's holders
-        /// again (event 1002), only with a driver that does not look again itself (its
-        /// `HeldAfterSeconds` 0, or an older driver); otherwise the driver's delay applies.
+        /// again (event 1002), only when the driver does not look again itself (its
+        /// `HeldAfterSeconds` 0) or did not know the hive; otherwise the driver's delay
+        /// applies.
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         still_held_after: u64,
         /// Run under the service control manager (the command line `install` registers).

@@ -202,6 +202,24 @@ fn snapshot_and_diff_show_the_leak_growing() {
 }
 
 #[test]
+fn the_unload_history_says_a_deferred_unload_is_deferred_not_failed() {
+    let o = run_on(scripted::logoff_deferred_held_after(), &["unload-history"]);
+    let lines: Vec<&str> = o.out.lines().collect();
+    assert!(
+        lines[0].contains("STILL HELD 60 s after the unload attempt #2 (STATUS_PENDING"),
+        "{}",
+        o.out
+    );
+    assert!(
+        o.out.lines().any(|l| l.starts_with("#2 ")
+            && l.contains("DEFERRED (unloads when its last key closes), STATUS_PENDING")),
+        "{}",
+        o.out
+    );
+    assert!(!o.out.contains("FAILED, STATUS_PENDING"), "{}", o.out);
+}
+
+#[test]
 fn the_unload_history_labels_the_drivers_look_again() {
     for (form, extra) in forms() {
         let o = run_on(
@@ -216,7 +234,7 @@ fn the_unload_history_labels_the_drivers_look_again() {
     assert_eq!(
         first,
         format!(
-            r"#3 2026-11-22T04:00:00Z HKU\{SID}: STILL HELD 60 s after the failed unload #2 (STATUS_CANNOT_DELETE (0xC0000121)); 1 open key(s) held by 1 process(es)"
+            r"#3 2026-11-22T04:00:00Z HKU\{SID}: STILL HELD 60 s after the unload attempt #2 (STATUS_CANNOT_DELETE (0xC0000121)); 1 open key(s) held by 1 process(es)"
         ),
         "{}",
         o.out
