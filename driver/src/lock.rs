@@ -70,8 +70,8 @@ impl SpinLock {
         routines::ex_acquire_spin_lock_exclusive().map_or_else(
             // SAFETY: the word is a valid, initialised KSPIN_LOCK that does not move while held.
             || unsafe { KeAcquireSpinLockRaiseToDpc(self.word.get()) },
-            // SAFETY: the word is a zero-initialised EX_SPIN_LOCK in non-paged memory that does
-            // not move while held, used only through the EX routines (all four or none).
+            // The word is used only through the EX routines (all four or none).
+            // SAFETY: a zero-initialised EX_SPIN_LOCK in non-paged memory that does not move.
             |acquire| unsafe { acquire(self.ex()) },
         )
     }
@@ -83,8 +83,8 @@ impl SpinLock {
     #[inline]
     unsafe fn release_exclusive(&self, irql: KIRQL) {
         if let Some(release) = routines::ex_release_spin_lock_exclusive() {
-            // SAFETY: the caller holds the EX_SPIN_LOCK exclusively (taken by
-            // `acquire_exclusive` through the EX routines, which are all present or none).
+            // Taken by `acquire_exclusive` through the EX routines (all present or none).
+            // SAFETY: the caller holds the EX_SPIN_LOCK exclusively, at DISPATCH_LEVEL.
             unsafe { release(self.ex(), irql) };
         } else {
             // SAFETY: the caller holds the KSPIN_LOCK, taken by `acquire_exclusive`.
@@ -147,9 +147,9 @@ unsafe impl RawLock for SpinLock {
     fn lock_shared(&self) -> KIRQL {
         routines::ex_acquire_spin_lock_shared().map_or_else(
             || self.acquire_exclusive(),
-            // SAFETY: as in `acquire_exclusive`: a zero-initialised EX_SPIN_LOCK that does not
-            // move while held; the caller does not hold it already (the tracker never nests a
-            // lock in itself: that deadlocks, docs "Recursive acquisition").
+            // The caller does not hold it already: the tracker never nests a lock in itself
+            // (that deadlocks, docs "Recursive acquisition").
+            // SAFETY: as in `acquire_exclusive`: a zero-initialised, unmoving EX_SPIN_LOCK.
             |acquire| unsafe { acquire(self.ex()) },
         )
     }
@@ -157,12 +157,12 @@ unsafe impl RawLock for SpinLock {
     #[inline]
     unsafe fn unlock_shared(&self, irql: KIRQL) {
         if let Some(release) = routines::ex_release_spin_lock_shared() {
-            // SAFETY: the caller holds the EX_SPIN_LOCK shared at DISPATCH_LEVEL, and `irql` is
-            // what its ExAcquireSpinLockShared returned.
+            // `irql` is what its ExAcquireSpinLockShared returned.
+            // SAFETY: the caller holds the EX_SPIN_LOCK shared at DISPATCH_LEVEL.
             unsafe { release(self.ex(), irql) };
         } else {
-            // SAFETY: without the EX routines a shared hold is an exclusive KSPIN_LOCK hold
-            // (taken by `acquire_exclusive`), and `irql` is what its acquisition returned.
+            // Without the EX routines a shared hold is an exclusive KSPIN_LOCK hold.
+            // SAFETY: taken by `acquire_exclusive`; `irql` is what its acquisition returned.
             unsafe { self.release_exclusive(irql) };
         }
     }
