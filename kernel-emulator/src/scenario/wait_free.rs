@@ -6,7 +6,7 @@
 //! flight leaves nothing behind (no IRP, no timer, no DPC, no pool).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use protocol::{
     ioctl::{IOCTL_HIVETRACK_WAIT_FREE, WIN32_DEVICE_PATH},
@@ -460,6 +460,19 @@ fn unload_while_waiting(ctx: &mut Ctx) {
     };
     // Registry calls in flight on 4 threads across the stop and the unload.
     let stop = Arc::new(AtomicBool::new(false));
+    // Calls made so far by all workers: the steps below wait for progress rather than for a
+    // fixed time, so a loaded machine (a CI runner, the sweep's parallel jobs) cannot leave
+    // the workers idle across the stop and the unload.
+    let made = Arc::new(AtomicU64::new(0));
+    let wait_for_calls = |past: u64| {
+        let t0 = std::time::Instant::now();
+        while made.load(Ordering::Acquire) < past + 4
+            && t0.elapsed() < std::time::Duration::from_secs(20)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        made.load(Ordering::Acquire)
+    };
     #[allow(
         clippy::needless_collect,
         reason = "the threads must all start before the stop, not when joined"
@@ -467,6 +480,7 @@ fn unload_while_waiting(ctx: &mut Ctx) {
     let workers: Vec<_> = (0..4u32)
         .map(|t| {
             let stop = Arc::clone(&stop);
+            let made = Arc::clone(&made);
             std::thread::spawn(move || {
                 crate::cpu::enter_thread(90 + t);
                 let mut n = 0u64;
@@ -480,6 +494,7 @@ fn unload_while_waiting(ctx: &mut Ctx) {
                         let _ = hive::close_key(pid, k);
                     }
                     n += 1;
+                    made.fetch_add(1, Ordering::Release);
                 }
                 process::exit_process(pid);
                 n
@@ -487,6 +502,7 @@ fn unload_while_waiting(ctx: &mut Ctx) {
         })
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(50));
+    let before_stop = wait_for_calls(0);
     let unloaded_now = d.stop();
     ctx.check(
         !unloaded_now && !d.is_unloaded(),
@@ -507,6 +523,7 @@ fn unload_while_waiting(ctx: &mut Ctx) {
     );
     ctx.check(wait.poll().is_none(), "the wait is still pending");
     std::thread::sleep(std::time::Duration::from_millis(50));
+    let before_unload = wait_for_calls(before_stop);
     // The client is killed: its IRP is cancelled, its handle closes, DriverUnload runs —
     // while the workers' registry calls keep coming.
     io::terminate_process_io(client);
@@ -517,11 +534,14 @@ fn unload_while_waiting(ctx: &mut Ctx) {
         "DriverUnload ran when the last handle went",
     );
     std::thread::sleep(std::time::Duration::from_millis(50));
+    let after_unload = wait_for_calls(before_unload);
     stop.store(true, Ordering::Release);
     let calls: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
     ctx.check(
-        calls > 0,
-        format!("{calls} registry calls ran across the stop and the unload"),
+        before_stop > 0 && before_unload > before_stop && after_unload > before_unload,
+        format!(
+            "{calls} registry calls ran across the stop and the unload ({before_stop} before the stop, {before_unload} before the unload, {after_unload} after it)"
+        ),
     );
     ctx.check(timer::armed() == 0, "no timer is left set");
     process::exit_process(app);
