@@ -40,6 +40,14 @@ use protocol::holders::HiveKind;
 /// fails to unload within one delay.
 pub const MAX_WATCHES: usize = 64;
 
+/// Due watches looked at by one check, at most.
+///
+/// Each walks the process table for the hive's
+/// holders at `DISPATCH_LEVEL` (the driver's timer DPC), and a DPC should be short (docs,
+/// "Guidelines for Writing DPC Routines"); the rest stay due and the check says so, so the
+/// caller sets its timer again at once.
+pub const MAX_PER_CHECK: usize = 4;
+
 /// `STATUS_SUCCESS`: an unload that succeeded is not watched.
 const SUCCESS: u32 = 0;
 
@@ -146,7 +154,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.watches.with(|slots, _| earliest(slots))
     }
 
-    /// Looks at every hive whose watch is due at `now` (the caller's monotonic clock) and
+    /// Looks at the hives whose watch is due at `now` (the caller's monotonic clock), at most
+    /// [`MAX_PER_CHECK`] (the rest stay due: `next_due` is then at or before `now`), and
     /// records a [`UnloadRecord::HELD_AFTER`] event, stamped `time`, for each still held (see
     /// the module doc).
     ///
@@ -161,7 +170,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
         self.watches.with(|slots, used| {
             let mut events = 0;
-            for w in slots.iter_mut().filter(|w| w.hive_id != 0 && w.due <= now) {
+            let due = slots.iter_mut().filter(|w| w.hive_id != 0 && w.due <= now);
+            for w in due.take(MAX_PER_CHECK) {
                 let watch = *w;
                 *w = Watch::default();
                 used.fetch_sub(1, Relaxed);

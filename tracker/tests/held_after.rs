@@ -342,3 +342,39 @@ fn review17_an_app_hive_held_by_its_unannounced_root_handle_is_not_vouched_for()
         "still loaded, its root handle unseen: reported, not taken as free: {got:?}"
     );
 }
+
+/// One check looks at no more than `MAX_PER_CHECK` due watches (each walks the process table
+/// in the driver's DPC): the rest stay due, and the check says so, so the timer is set again
+/// at once; every hive is looked at in the end, once.
+#[test]
+fn a_check_looks_at_a_bounded_number_and_leaves_the_rest_due() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(7);
+    let p = ProcessKey {
+        pid: 0x50,
+        start_key: 2,
+    };
+    for i in 0..10 {
+        let m = format!(r"\REGISTRY\A\H{i}");
+        t.hive_loaded(&w(&m), &w(r"C:\h.dat"), 8);
+        let _ = t
+            .opened(0x100 + i, p, 1, &w(&format!(r"{m}\K")), 1, 9)
+            .unwrap();
+        let id = t.unload_attempted(&w(&m), DENIED, 20).unwrap();
+        t.watch_held_after(id, DENIED, 0).unwrap();
+    }
+    let now = 61 * S;
+    let mut looked = vec![];
+    loop {
+        let c = t.held_after_check(now, 40);
+        assert!(c.events as usize <= tracker::held_after::MAX_PER_CHECK);
+        looked.push(c.events);
+        match c.next_due {
+            Some(d) => assert!(d <= now, "the rest stay due"),
+            None => break,
+        }
+    }
+    assert_eq!(looked, vec![4, 4, 2]);
+    assert_eq!(t.stats().held_after_events, 10);
+}
