@@ -191,30 +191,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 image
             })
             .flatten();
-        let mut holders = [HistHolder {
-            pid: 0,
-            start_key: 0,
-            open_keys: 0,
-            image: None,
-        }; MAX_UNLOAD_HOLDERS];
-        holders[0] = HistHolder {
+        let mut entry = HistEntry::new(time, 0, UnloadRecord::KEY_ALARM);
+        entry.open_keys = count;
+        entry.holders_total = 1;
+        entry.n = 1;
+        entry.holders[0] = HistHolder {
             pid: process.pid,
             start_key: process.start_key,
             open_keys: count,
             image,
-        };
-        let entry = HistEntry {
-            next: core::sync::atomic::AtomicPtr::default(),
-            sequence: 0,
-            time,
-            outcome: 0,
-            hive_id: 0,
-            open_keys: count,
-            holders_total: 1,
-            flags: UnloadRecord::KEY_ALARM,
-            n: 1,
-            mount: None,
-            holders,
         };
         bump(&self.counters.key_alarms);
         let _ = self.record_event(&entry);

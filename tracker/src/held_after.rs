@@ -24,12 +24,12 @@
 //! are all closed and whose opens were all seen is free: no event.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
+use protocol::history::UnloadRecord;
 
 use crate::counters::{bump, get};
-use crate::history::{HistEntry, HistHolder};
+use crate::history::HistEntry;
 use crate::hives::{Hive, hive_of};
 use crate::lock::{Exclusive, RawLock};
 use crate::pool::Pool;
@@ -231,24 +231,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             self.names.add_ref(m);
             m
         });
-        let mut entry = HistEntry {
-            next: AtomicPtr::default(),
-            sequence: 0,
-            time,
-            outcome: w.outcome,
-            hive_id: w.hive_id,
-            open_keys,
-            holders_total: 0,
-            flags: UnloadRecord::HELD_AFTER,
-            n: 0,
-            mount: Some(mount),
-            holders: [HistHolder {
-                pid: 0,
-                start_key: 0,
-                open_keys: 0,
-                image: None,
-            }; MAX_UNLOAD_HOLDERS],
-        };
+        let mut entry = HistEntry::new(time, w.outcome, UnloadRecord::HELD_AFTER);
+        entry.hive_id = w.hive_id;
+        entry.open_keys = open_keys;
+        entry.mount = Some(mount);
         if unseen {
             entry.flags |= UnloadRecord::HOLDERS_UNSEEN;
         }

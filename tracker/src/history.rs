@@ -27,6 +27,16 @@ pub struct HistHolder {
     pub image: Option<NameRef>,
 }
 
+impl HistHolder {
+    /// An unused holder slot.
+    pub const EMPTY: Self = Self {
+        pid: 0,
+        start_key: 0,
+        open_keys: 0,
+        image: None,
+    };
+}
+
 /// One unload attempt.
 pub struct HistEntry {
     pub(crate) next: AtomicPtr<Self>,
@@ -50,6 +60,26 @@ pub struct HistEntry {
     pub mount: Option<NameRef>,
     /// The biggest holders.
     pub holders: [HistHolder; MAX_UNLOAD_HOLDERS],
+}
+
+impl HistEntry {
+    /// An entry at `time` with `outcome` and `flags`, no hive, no holders yet; its sequence
+    /// number is given under the history's lock by [`History::push`].
+    pub const fn new(time: u64, outcome: u32, flags: u16) -> Self {
+        Self {
+            next: AtomicPtr::new(ptr::null_mut()),
+            sequence: 0,
+            time,
+            outcome,
+            hive_id: 0,
+            open_keys: 0,
+            holders_total: 0,
+            flags,
+            n: 0,
+            mount: None,
+            holders: [HistHolder::EMPTY; MAX_UNLOAD_HOLDERS],
+        }
+    }
 }
 
 /// The history list, newest first, at most `max` entries.

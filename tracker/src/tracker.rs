@@ -1050,24 +1050,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn unload_attempted(&self, mount: &[u16], outcome: u32, time: u64) -> Option<u32> {
         bump(&self.counters.unload_attempts_seen);
-        let mut entry = HistEntry {
-            next: core::sync::atomic::AtomicPtr::default(),
-            sequence: 0, // given under the history's lock by `push`
-            time,
-            outcome,
-            hive_id: 0,
-            open_keys: 0,
-            holders_total: 0,
-            flags: 0,
-            n: 0,
-            mount: None,
-            holders: [HistHolder {
-                pid: 0,
-                start_key: 0,
-                open_keys: 0,
-                image: None,
-            }; MAX_UNLOAD_HOLDERS],
-        };
+        let mut entry = HistEntry::new(time, outcome, 0);
         match self.hives.find_exact(mount) {
             None => entry.flags |= UnloadRecord::UNKNOWN_HIVE,
             Some(h) => {
