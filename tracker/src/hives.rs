@@ -38,7 +38,7 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64,
-    Ordering::{AcqRel, Relaxed},
+    Ordering::{AcqRel, Acquire, Relaxed},
 };
 
 use protocol::holders::{HiveKind, HiveState};
@@ -449,6 +449,18 @@ impl<L: RawLock> HiveTable<L> {
         let shard = &self.shards[hint.shard as usize % SHARDS];
         let g = Shared::new(&shard.lock);
         (shard.generation.load(Relaxed) == hint.generation).then_some((g, hint.hive))
+    }
+
+    /// Whether `hint` still holds without its shard lock: the shard's live list has not
+    /// changed since it was made. The caller keeps the hint's hive alive some other way (a
+    /// holding of it, found by address under a process lock): then the hive has stayed on the
+    /// list all along, and its path still resolves to it. A load or unload that bumps the
+    /// generation right after this read is ordered after the open that asked.
+    pub fn hint_current(&self, hint: HiveHint) -> bool {
+        self.shards[hint.shard as usize % SHARDS]
+            .generation
+            .load(Acquire)
+            == hint.generation
     }
 
     /// Takes one more reference on a hive the caller keeps alive, for a holding (a tracked

@@ -1,6 +1,17 @@
 //! Tracked key objects: a slab of fixed 80-byte records in 4 KiB chunks, sharded by the
 //! kernel object's address, and the tokens that name them.
 //!
+//! A slot is taken and given back without a lock (issue 14: two spin-lock round trips
+//! fewer per open+close): chunks live until teardown (a record's memory is never returned
+//! while the tracker lives, so a stale read of one is safe), and the free list is a stack
+//! whose head carries a tag bumped by every push and pop, so a pop that read a slot's link
+//! before another thread took and gave the slot back fails its compare-exchange instead of
+//! installing a stale link (the ABA problem; the same scheme as the kernel's
+//! `SLIST_HEADER`, Learn: "Singly and Doubly Linked Lists", interlocked lists). The shard
+//! lock remains for growing the shard (a new chunk) and for walks that want its slots to
+//! stay handed out ([`crate::identify`]). A record is ended by whoever moves its state from
+//! `LIVE` to `DYING` ([`ObjRecord::claim`]), so two enders of one record cannot both free it.
+//!
 //! A [`Token`] is `generation << 32 | shard << 26 | index`. The driver stores it as the
 //! object's callback context and hands it back; a stale token (the slot was freed, so its
 //! generation moved on), a foreign value (shard or index out of range, never-used slot) or a
@@ -15,7 +26,6 @@ use core::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 
-use crate::counters::{locked_add32, locked_sub32};
 use crate::lock::RawLock;
 use crate::names::NameEntry;
 use crate::pool::{BlockClass, Pool};
@@ -40,6 +50,9 @@ const INDEX_BITS: u32 = 26;
 const INDEX_MASK: u32 = (1 << INDEX_BITS) - 1;
 /// "No slot" in a list link.
 pub const NIL: u32 = u32::MAX;
+/// An empty free list's head (tag 0, index [`NIL`]).
+const FREE_LIST_EMPTY: u64 = 0xFFFF_FFFF;
+const _: () = assert!(FREE_LIST_EMPTY == NIL as u64);
 
 /// Slot states.
 pub const FREE: u32 = 0;
@@ -121,15 +134,55 @@ impl ObjRecord {
     pub fn state(&self) -> u32 {
         self.state.load(Relaxed) & STATE_MASK
     }
+
+    /// Moves the record named by (`generation`, `object`) from `LIVE` to `to` (`DYING` to
+    /// end it, `RESERVED` to work on it while no one can end it); returns its flags. `None`
+    /// when it is not that live record (a stale or foreign token, or another thread holds it).
+    ///
+    /// Generation and state are two words: the state is moved first, and the generation and
+    /// object checked after, while the claim keeps the slot from being freed (only a claimer
+    /// frees it). A mismatch then (the slot was freed and taken again between the caller's
+    /// token and the claim) gives the claim back untouched.
+    pub fn claim(&self, generation: u32, object: u64, to: u32) -> Option<u32> {
+        let mut cur = self.state.load(Relaxed);
+        loop {
+            if cur & STATE_MASK != LIVE {
+                return None;
+            }
+            match self
+                .state
+                .compare_exchange_weak(cur, (cur & !STATE_MASK) | to, Acquire, Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        if self.generation.load(Relaxed) == generation && self.object.load(Relaxed) == object {
+            return Some(cur & !STATE_MASK);
+        }
+        self.unclaim(to);
+        None
+    }
+
+    /// Gives back a claim made with `claim(.., to)`: the record is `LIVE` again, with every
+    /// flag set meanwhile kept.
+    pub fn unclaim(&self, to: u32) {
+        // The state is `to` while claimed: xor-ing `to ^ LIVE` turns it into LIVE and leaves
+        // the flag bits alone.
+        self.state.fetch_xor(to ^ LIVE, Release);
+    }
 }
 
 /// One shard of the slab.
 pub struct ObjShard<L> {
-    /// Protects allocation, state changes and handle counts.
+    /// Taken to grow the shard (a new chunk, the first use of a slot) and by walks that want
+    /// its slots to stay handed out; taking and giving back a slot is lock-free.
     pub lock: L,
     dir: AtomicPtr<AtomicPtr<ObjRecord>>,
     chunks: AtomicU32,
-    free: AtomicU32,
+    /// The free list's head: a tag bumped by every change (high half) and the first free
+    /// slot's index or [`NIL`] (low half).
+    free: AtomicU64,
     unused: AtomicU32,
     /// Slots LIVE or RESERVED or DYING.
     pub live: AtomicU32,
@@ -164,7 +217,7 @@ impl<L: RawLock> ObjShard<L> {
             lock: L::new(),
             dir: AtomicPtr::new(ptr::null_mut()),
             chunks: AtomicU32::new(0),
-            free: AtomicU32::new(NIL),
+            free: AtomicU64::new(FREE_LIST_EMPTY),
             unused: AtomicU32::new(0),
             live: AtomicU32::new(0),
             opens_seen: AtomicU64::new(0),
@@ -197,21 +250,62 @@ impl<L: RawLock> ObjShard<L> {
         Some(unsafe { &*base.wrapping_add((index % PER_CHUNK) as usize) })
     }
 
-    /// Takes a free slot (caller holds the lock). Returns its index and record.
+    /// Takes a free slot (no lock held: the shard lock is taken here only to grow the
+    /// shard). Returns its index and record.
     ///
     /// # Errors
     /// [`SlotError`] at the cap or without memory.
     pub fn alloc<P: Pool>(&self, pool: &P, cap: u32) -> Result<(u32, &ObjRecord), SlotError> {
-        if self.live.load(Relaxed) >= cap {
+        // The slot is counted before it is taken, so that concurrent takers never pass the
+        // cap together.
+        if self.live.fetch_add(1, Relaxed) >= cap {
+            self.live.fetch_sub(1, Relaxed);
             return Err(SlotError::Cap);
         }
-        let head = self.free.load(Relaxed);
-        if head != NIL {
-            let rec = self.get(head).ok_or(SlotError::NoMemory)?;
-            self.free.store(rec.next.load(Relaxed), Relaxed);
-            locked_add32(&self.live, 1);
-            return Ok((head, rec));
+        if let Some(taken) = self.pop() {
+            return Ok(taken);
         }
+        let grown = {
+            let _g = crate::lock::Exclusive::new(&self.lock);
+            // A slot given back while this thread waited for the lock is taken first.
+            self.pop().map_or_else(|| self.first_use(pool), Ok)
+        };
+        if grown.is_err() {
+            self.live.fetch_sub(1, Relaxed);
+        }
+        grown
+    }
+
+    /// Pops the free list.
+    fn pop(&self) -> Option<(u32, &ObjRecord)> {
+        let mut head = self.free.load(Acquire);
+        loop {
+            #[allow(clippy::cast_possible_truncation, reason = "the low half is the index")]
+            let index = head as u32;
+            if index == NIL {
+                return None;
+            }
+            // A listed slot was handed out once, so its chunk exists; it may have been taken
+            // by another thread since `head` was read, and its link rewritten: then the head's
+            // tag has moved on and the exchange below fails.
+            let rec = self.get(index)?;
+            let next = rec.next.load(Relaxed);
+            let tag = (head >> 32).wrapping_add(1);
+            match self.free.compare_exchange_weak(
+                head,
+                (tag << 32) | u64::from(next),
+                Acquire,
+                Acquire,
+            ) {
+                Ok(_) => return Some((index, rec)),
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// A slot never handed out before (the shard lock held), growing the shard by a chunk
+    /// when its chunks are all handed out.
+    fn first_use<P: Pool>(&self, pool: &P) -> Result<(u32, &ObjRecord), SlotError> {
         let index = self.unused.load(Relaxed);
         if index >= MAX_PER_SHARD {
             return Err(SlotError::Cap);
@@ -223,7 +317,6 @@ impl<L: RawLock> ObjShard<L> {
         // The chunk exists now (it was there, or `grow` published it).
         let rec = self.record(index).ok_or(SlotError::NoMemory)?;
         self.unused.store(index + 1, Release);
-        locked_add32(&self.live, 1);
         Ok((index, rec))
     }
 
@@ -270,19 +363,34 @@ impl<L: RawLock> ObjShard<L> {
     }
 
     /// Returns slot `index`, whose record is `rec` (from [`ObjShard::alloc`] or
-    /// [`ObjShard::get`] of that index), to the free list, bumping its generation (caller
-    /// holds the lock).
+    /// [`ObjShard::get`] of that index, and taken or claimed by the caller alone), to the
+    /// free list, bumping its generation. No lock held.
     pub fn release(&self, index: u32, rec: &ObjRecord) {
-        {
-            let g = rec.generation.load(Relaxed).wrapping_add(1);
-            rec.generation.store(if g == 0 { 1 } else { g }, Relaxed);
-            rec.state.store(FREE, Relaxed);
-            rec.name.store(ptr::null_mut(), Relaxed);
-            rec.holding.store(ptr::null_mut(), Relaxed);
-            rec.next.store(self.free.load(Relaxed), Relaxed);
-            self.free.store(index, Relaxed);
-            locked_sub32(&self.live, 1);
+        let g = rec.generation.load(Relaxed).wrapping_add(1);
+        rec.generation.store(if g == 0 { 1 } else { g }, Relaxed);
+        rec.name.store(ptr::null_mut(), Relaxed);
+        rec.holding.store(ptr::null_mut(), Relaxed);
+        // After the generation: a token checked against this record from now on is stale,
+        // whatever state it reads.
+        rec.state.store(FREE, Release);
+        let mut head = self.free.load(Relaxed);
+        loop {
+            #[allow(clippy::cast_possible_truncation, reason = "the low half is the index")]
+            rec.next.store(head as u32, Relaxed);
+            let tag = (head >> 32).wrapping_add(1);
+            // Release: the record's writes (and the link just stored) happen before a pop
+            // that takes it.
+            match self.free.compare_exchange_weak(
+                head,
+                (tag << 32) | u64::from(index),
+                Release,
+                Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => head = now,
+            }
         }
+        self.live.fetch_sub(1, Relaxed);
     }
 
     /// Frees the chunks and the directory (teardown; records must have been released).
@@ -304,7 +412,7 @@ impl<L: RawLock> ObjShard<L> {
         self.dir.store(ptr::null_mut(), Relaxed);
         self.chunks.store(0, Relaxed);
         self.unused.store(0, Relaxed);
-        self.free.store(NIL, Relaxed);
+        self.free.store(FREE_LIST_EMPTY, Relaxed);
         self.live.store(0, Relaxed);
     }
 }

@@ -152,6 +152,20 @@ impl<L> Process<L> {
         None
     }
 
+    /// The holding for the hive at `hive` (caller holds the process lock). Compares
+    /// addresses only, so `hive` need not be alive: a match is, pinned by the holding.
+    pub fn holding_at(&self, hive: NonNull<Hive>) -> Option<NonNull<Holding<L>>> {
+        let mut cur = self.holdings.load(Relaxed);
+        while let Some(h) = NonNull::new(cur) {
+            let hold = holding_of(h);
+            if hold.hive == hive {
+                return Some(h);
+            }
+            cur = hold.next.load(Relaxed);
+        }
+        None
+    }
+
     /// The first holding with a hive id >= `hive_id` (caller holds the process lock).
     pub fn holding_from(&self, hive_id: u32) -> Option<NonNull<Holding<L>>> {
         let mut cur = self.holdings.load(Relaxed);

@@ -303,8 +303,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// Takes a slot: from the process's shard, or (when that shard is at its share of the
     /// cap) from the next ones, so one process can hold more than a shard's share.
-    /// `init` fills the record under the shard lock; returns (shard, index, generation,
-    /// record).
+    /// `init` fills the record before anyone can name it; returns (shard, index, generation,
+    /// record). Lock-free unless the shard grows ([`ObjShard::alloc`]).
     fn take_slot(
         &self,
         process: ProcessKey,
@@ -320,12 +320,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 continue;
             }
             let shard = &self.objects[si as usize];
-            let _g = Exclusive::new(&shard.lock);
             if probe == 0 {
-                locked_add64(&shard.opens_seen, 1);
+                bump(&shard.opens_seen);
             }
             match shard.alloc(&self.pool, self.shard_cap) {
                 Ok((index, rec)) => {
+                    // The slot is this thread's alone until its token is out.
                     init(rec);
                     return Ok((si, index, rec.generation.load(Relaxed), rec));
                 }
@@ -342,7 +342,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Err(NotTracked::Cap)
     }
 
-    /// A slot of object shard `si` was released (under its lock): it is not full.
+    /// A slot of object shard `si` was released: it is not full.
     fn shard_has_room(&self, si: u32) {
         let bit = 1u64 << si;
         if self.full_shards.load(Relaxed) & bit != 0 {
@@ -485,20 +485,68 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             bump(&self.counters.opens_dropped_no_memory_holding);
             return Err(NotTracked::NoMemory);
         };
+        Ok(self.link_counted(proc, h, rec, r, charge, time))
+    }
+
+    /// A held key's open, without its hive shard's lock (issue 14: a held key's open takes
+    /// at most three spin locks: the key cache shard, the process table shard, the process).
+    /// When the process already holds the hive of `hint` (found by address under the process
+    /// lock: that holding pins it) and the hint is current ([`HiveTable::hint_current`]), the
+    /// record is linked there. `None` when not (the process holds nothing in that hive yet, or
+    /// the hive list changed): the caller takes the path with the hive shard.
+    fn link_held(
+        &self,
+        process: ProcessKey,
+        rec: &ObjRecord,
+        r: u32,
+        hint: HiveHint,
+        time: u64,
+    ) -> Option<Result<Option<u64>, NotTracked>> {
+        let lp = self
+            .processes
+            .lock_process(&self.pool, process, false)
+            .ok()?;
+        let proc = process_of(lp.process);
+        let h = proc.holding_at(hint.hive)?;
+        if !self.hives.hint_current(hint) {
+            return None;
+        }
+        if !self.within_share(proc, RECORD_COST) {
+            // Counted against the hive while the holding keeps it alive.
+            let hive = hive_of(holding_of(h).hive);
+            crate::losses::count(&hive.lost, &hive.lost_since, time);
+            return Some(Err(NotTracked::Share));
+        }
+        Some(Ok(self.link_counted(proc, h, rec, r, RECORD_COST, time)))
+    }
+
+    /// Links `rec` into holding `h` of `proc` (its lock held), charging `charge`, and
+    /// counts the key on the process and the hive; `Some(count)` when the process reached a
+    /// key-count alarm level it never reached before.
+    fn link_counted(
+        &self,
+        proc: &Process<L>,
+        h: NonNull<Holding<L>>,
+        rec: &ObjRecord,
+        r: u32,
+        charge: u64,
+        time: u64,
+    ) -> Option<u64> {
         rec.holding.store(h.as_ptr().cast(), Relaxed);
-        self.link(holding_of(h), r, rec, time);
+        let hold = holding_of(h);
+        self.link(hold, r, rec, time);
         let count = proc.open_keys.load(Relaxed) + 1;
         proc.open_keys.store(count, Relaxed); // under the process lock
         locked_add64(&proc.charged, charge);
-        hive_of(hive).open_keys.fetch_add(1, Relaxed);
+        hive_of(hold.hive).open_keys.fetch_add(1, Relaxed);
         // A key-count alarm when the process reaches a level it never reached before (one
         // compare while it is below the threshold).
         let level = crate::events::alarm_level(count, self.config.key_alarm_threshold);
         if level > proc.alarm_level.load(Relaxed) {
             proc.alarm_level.store(level, Relaxed);
-            return Ok(Some(count));
+            return Some(count);
         }
-        Ok(None)
+        None
     }
 
     /// The open's key cache entry: the hit's, or (after a miss) the entry made or refreshed
@@ -588,12 +636,46 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let shard = &self.objects[si as usize];
         let r = slot_ref(si, index);
         let undo_slot = || {
-            let _g = Exclusive::new(&shard.lock);
             shard.release(index, rec);
             self.shard_has_room(si);
         };
 
-        // 2. The name (from the key cache, or interned) and the hive its path is in.
+        // 2. A held key's open: linked into the holding its process already has for the
+        // hive the key's name resolved to last, without the hive shard.
+        if let Source::Hit(hit) = &source
+            && let Some(hint) = hit.hint
+        {
+            let truncated = name_of(hit.name).truncated();
+            rec.name.store(hit.name.as_ptr(), Relaxed);
+            if let Some(linked) = self.link_held(process, rec, r, hint, time) {
+                if truncated {
+                    bump(&self.counters.names_truncated);
+                }
+                return match linked {
+                    Ok(alarm) => {
+                        let flags = if truncated { F_NAME_TRUNCATED } else { 0 };
+                        Ok(self.open_done(
+                            rec,
+                            Some(hit.entry),
+                            flags,
+                            alarm,
+                            process,
+                            generation,
+                            r,
+                            time,
+                        ))
+                    }
+                    Err(refused) => {
+                        self.names.release(&self.pool, hit.name);
+                        undo_slot();
+                        self.release_key(hit.entry);
+                        Err(refused)
+                    }
+                };
+            }
+        }
+
+        // 3. The name (from the key cache, or interned) and the hive its path is in.
         let mut flags = 0;
         // The process is charged for its record and for a name entry its open created
         // (a name already interned is shared, and costs nothing more).
@@ -654,7 +736,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         rec.name
             .store(name_ref.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
 
-        // 3. The process (locked), its share, and its holding for the hive.
+        // 4. The process (locked), its share, and its holding for the hive.
         let linked = self.link_open(process, rec, r, hive, charge, time);
         if linked.is_err() {
             let h = hive_of(hive);
@@ -674,6 +756,26 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 return Err(refused);
             }
         };
+        Ok(self.open_done(rec, key, flags, alarm, process, generation, r, time))
+    }
+
+    /// The last step of a tracked open: the record goes live with its key cache entry and
+    /// flags, and a key-count alarm it raised is recorded. Returns its token.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the facts of the open being finished"
+    )]
+    fn open_done(
+        &self,
+        rec: &ObjRecord,
+        key: Option<KeyRef>,
+        flags: u32,
+        alarm: Option<u64>,
+        process: ProcessKey,
+        generation: u32,
+        r: u32,
+        time: u64,
+    ) -> Token {
         rec.key
             .store(key.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
         rec.state.store(LIVE | flags, Release);
@@ -681,7 +783,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             self.key_alarm(process, count, time);
             bump(&self.counters.attention);
         }
-        Ok(Token::new(generation, r))
+        Token::new(generation, r)
     }
 
     /// True when `proc` can be charged `charge` more within its share; otherwise counts the
@@ -746,7 +848,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         locked_sub64(&hold.count, 1);
     }
 
-    /// Validates `token` for `object` under the shard lock and runs `f` on the live record.
+    /// Runs `f` on the live record `token` names for `object`, claimed (state `RESERVED`)
+    /// meanwhile so that no destroy can end it under `f`. Called by the thread that opened
+    /// it before the token is the object's context (stack capture), so no destroy of it can
+    /// be under way; were one, it would find the record claimed and count it unknown.
     pub(crate) fn with_live<R>(
         &self,
         token: Token,
@@ -758,15 +863,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return None;
         }
         let shard = &self.objects[s as usize];
-        let _g = Exclusive::new(&shard.lock);
         let rec = shard.get(i)?;
-        if rec.generation.load(Relaxed) != token.generation()
-            || rec.state() != LIVE
-            || rec.object.load(Relaxed) != object
-        {
-            return None;
-        }
-        Some(f(shard, rec))
+        rec.claim(token.generation(), object, RESERVED)?;
+        let r = f(shard, rec);
+        rec.unclaim(RESERVED);
+        Some(r)
     }
 
     /// The kernel would not give a key's name for an unload attempt, which then cannot be
@@ -862,20 +963,20 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return false;
         }
         let shard = &self.objects[s as usize];
-        // The shard lock is held across the unlink (object shard before process lock, see
-        // `processes`), so validating, unlinking and freeing the slot is one hold.
-        let guard = Exclusive::new(&shard.lock);
         let Some(rec) = shard.get(i) else {
             return false;
         };
-        if rec.generation.load(Relaxed) != token.generation()
-            || rec.state() != LIVE
-            || rec.object.load(Relaxed) != object
-        {
+        // Cheap refusal of a stale token before the claim (which checks again after).
+        if rec.generation.load(Relaxed) != token.generation() {
             return false;
         }
+        // Whoever moves the record from LIVE to DYING ends it: no lock (issue 14), and a
+        // second ender of the same record finds it DYING and refuses.
+        let Some(flags) = rec.claim(token.generation(), object, DYING) else {
+            return false;
+        };
         if count_destroy {
-            locked_add64(&shard.destroys_seen, 1);
+            bump(&shard.destroys_seen);
         }
         let name = rec.name.load(Relaxed);
         let hold_ptr = NonNull::new(rec.holding.load(Relaxed).cast::<Holding<L>>())
@@ -893,7 +994,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             let _pg = Exclusive::new(&proc.lock);
             self.unlink(hold, rec);
             locked_sub64(&proc.open_keys, 1);
-            let flags = rec.state.load(Relaxed);
             let name_charge = if flags & F_NAME_CHARGED == 0 {
                 0
             } else {
@@ -924,7 +1024,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let stack = rec.stack.swap(0, Relaxed);
         shard.release(i, rec);
         self.shard_has_room(s);
-        drop(guard);
         if emptied {
             self.counters.holdings.fetch_sub(1, Relaxed);
             // SAFETY: unlinked from its process under the process lock, and its last key is

@@ -249,3 +249,82 @@ fn eight_threads_six_percent_failures() {
     }
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked after teardown");
 }
+
+/// Issue 14: object slots are taken and given back without a lock. Eight threads of one
+/// process (one object shard, one free list) open, close and destroy keys as fast as they
+/// can, each keeping a few open, some through the key cache: no slot is ever handed to two
+/// opens at once (a second holder's destroy would be refused as unknown, or the census would
+/// differ), the shard's live count ends at zero, and teardown leaves no block.
+#[test]
+fn one_shard_eight_threads_slots_without_a_lock() {
+    let per_thread = (events() / 4).max(20_000);
+    let pool = CountingPool::new(Failure::Never, false);
+    {
+        let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+        let mount = w(r"\REGISTRY\USER\S-1-5-21-7");
+        t.hive_loaded(&mount, &w(r"C:\Users\x\NTUSER.DAT"), 0);
+        let process = ProcessKey {
+            pid: 4242,
+            start_key: 1,
+        };
+        let opens = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for ti in 0..THREADS {
+                let (t, opens) = (&t, &opens);
+                s.spawn(move || {
+                    let mut rng = Rng(0xA5A5_5A5A ^ ((ti + 1) * 0x9E37_79B9));
+                    let names: Vec<Vec<u16>> = (0..8)
+                        .map(|i| w(&format!(r"\REGISTRY\USER\S-1-5-21-7\Software\T{ti}\K{i}")))
+                        .collect();
+                    let mut live: Vec<(u64, Token)> = Vec::new();
+                    for n in 0..per_thread {
+                        let r = rng.next();
+                        if live.len() < 6 && (!r.is_multiple_of(3) || live.is_empty()) {
+                            let obj = ((ti << 40) | (n + 1)) * 16;
+                            let k = (r >> 8) % 8;
+                            // Key ids: per thread and key, so hits and misses mix.
+                            let id = (ti << 8) | k;
+                            let tok = match t.opened_known(obj, id, process, ti, 1, n) {
+                                Ok(r) => r,
+                                Err(miss) => t.opened_named(
+                                    miss,
+                                    obj,
+                                    process,
+                                    ti,
+                                    &names[usize::try_from(k).unwrap()],
+                                    1,
+                                    n,
+                                ),
+                            }
+                            .expect("no cap and no failures: always tracked");
+                            opens.fetch_add(1, Relaxed);
+                            live.push((obj, tok));
+                        } else {
+                            let at = usize::try_from(r >> 32).unwrap() % live.len();
+                            let (obj, tok) = live.swap_remove(at);
+                            t.handle_closed(tok, obj);
+                            t.object_destroyed(tok, obj);
+                        }
+                    }
+                    for (obj, tok) in live {
+                        t.object_destroyed(tok, obj);
+                    }
+                });
+            }
+        });
+        let s = t.stats();
+        assert_eq!(s.opens_seen, opens.load(Relaxed));
+        assert_eq!(
+            s.destroys_seen, s.opens_seen,
+            "every open was destroyed once"
+        );
+        assert_eq!(
+            s.closes_unknown_object + s.destroys_unknown_object,
+            0,
+            "no slot was handed to two opens"
+        );
+        let census = t.check_consistency().expect("consistent");
+        assert_eq!(census.objects, 0, "nothing left tracked");
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked after teardown");
+}

@@ -241,6 +241,48 @@ unsafe impl RawLock for ParkingLock {
     }
 }
 
+std::thread_local! {
+    static ACQUIRED: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// A [`ParkingLock`] that counts the acquisitions (exclusive and shared) made by the
+/// current thread: what the driver pays as spin-lock round trips (issue 14).
+pub struct CountingLock(ParkingLock);
+
+impl CountingLock {
+    /// Acquisitions made by this thread so far.
+    pub fn acquired() -> u64 {
+        ACQUIRED.with(core::cell::Cell::get)
+    }
+    fn count() {
+        ACQUIRED.with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: a ParkingLock, counted.
+unsafe impl RawLock for CountingLock {
+    fn new() -> Self {
+        Self(ParkingLock::new())
+    }
+    fn lock_exclusive(&self) {
+        Self::count();
+        self.0.lock_exclusive();
+    }
+    unsafe fn unlock_exclusive(&self) {
+        // SAFETY: the caller holds it exclusively.
+        unsafe { self.0.unlock_exclusive() }
+    }
+    type SharedToken = ();
+    fn lock_shared(&self) {
+        Self::count();
+        self.0.lock_shared();
+    }
+    unsafe fn unlock_shared(&self, (): ()) {
+        // SAFETY: the caller holds it shared.
+        unsafe { self.0.unlock_shared(()) }
+    }
+}
+
 pub fn w(s: &str) -> Vec<u16> {
     s.encode_utf16().collect()
 }

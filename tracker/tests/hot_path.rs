@@ -1,0 +1,159 @@
+//! Issue 14's hot path, counted in lock acquisitions (what the driver pays in spin-lock round
+//! trips; `cargo xtask bench-driver` counts the same in the emulator): a held key's open
+//! takes at most three (key cache shard, process table shard, process), its close none and
+//! its cleanup one (the process). And the shortcut that gives those numbers (the hive shard
+//! skipped when the process already holds the hive the key's name resolved to) never files
+//! an open under the wrong hive: not when the hive list changed, not for another process.
+#![allow(clippy::cast_possible_truncation, reason = "test code: small sizes")]
+
+mod support;
+
+use protocol::holders::{HolderRecord, Holders};
+use support::*;
+use tracker::{Config, NotTracked, ProcessKey, Token, Tracker};
+
+type T<'a> = Tracker<&'a CountingPool, CountingLock>;
+
+const PROFILE: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
+const P1: ProcessKey = ProcessKey {
+    pid: 100,
+    start_key: 1,
+};
+const P2: ProcessKey = ProcessKey {
+    pid: 200,
+    start_key: 1,
+};
+
+fn key(sub: &str) -> String {
+    format!(r"{PROFILE}\{sub}")
+}
+
+/// The driver's open: by key id first, by name on a miss; and whether it hit.
+fn open(t: &T<'_>, p: ProcessKey, object: u64, id: u64, name: &str) -> (Token, bool) {
+    let r: (Result<Token, NotTracked>, bool) = match t.opened_known(object, id, p, 7, 1, 10) {
+        Ok(r) => (r, true),
+        Err(miss) => (t.opened_named(miss, object, p, 7, &w(name), 1, 10), false),
+    };
+    (r.0.expect("tracked"), r.1)
+}
+
+/// (pid, key name) of every key held in the hive mounted at `mount`, sorted.
+fn holders(t: &T<'_>, mount: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut pid = 0;
+    drain::<Holders>(
+        4096,
+        |c, b| t.holders(&w(mount), c, 0, 0, b),
+        |p| {
+            for r in p.records() {
+                match r {
+                    HolderRecord::Process(p) => pid = p.pid,
+                    HolderRecord::Key(k) => out.push((pid, k.name.to_string())),
+                }
+            }
+        },
+    );
+    out.sort();
+    out
+}
+
+fn tracker(pool: &CountingPool) -> T<'_> {
+    let t = Tracker::new(pool, Config::default()).unwrap();
+    t.hive_loaded(&w(PROFILE), &w(r"C:\Users\u\NTUSER.DAT"), 1);
+    t
+}
+
+#[test]
+fn a_held_keys_open_takes_three_locks_its_close_none_its_cleanup_one() {
+    let pool = CountingPool::new(Failure::Never, false);
+    {
+        let t = tracker(&pool);
+        let name = key(r"Software\Microsoft\Windows\CurrentVersion\Explorer\Advanced");
+        let (held, hit) = open(&t, P1, 0x1000, 77, &name);
+        assert!(!hit);
+        // Warm: the first hit may refresh the entry's hint.
+        let (warm, hit) = open(&t, P1, 0x2000, 77, &name);
+        assert!(hit);
+        t.object_destroyed(warm, 0x2000);
+        for i in 0..4u64 {
+            let object = 0x3000 + i * 16;
+            let before = CountingLock::acquired();
+            let (tok, hit) = open(&t, P1, object, 77, &name);
+            let opened = CountingLock::acquired() - before;
+            assert!(hit, "a held key is found by its id");
+            t.handle_closed(tok, object);
+            let closed = CountingLock::acquired() - before - opened;
+            t.object_destroyed(tok, object);
+            let destroyed = CountingLock::acquired() - before - opened - closed;
+            assert!(
+                opened <= 3,
+                "issue 14: a held key's open takes at most 3 locks, took {opened}"
+            );
+            assert_eq!(closed, 0, "a handle close takes no lock");
+            assert!(
+                destroyed <= 1,
+                "a cleanup takes the process lock only, took {destroyed}"
+            );
+        }
+        assert_eq!(holders(&t, PROFILE), [(100, name)]);
+        t.object_destroyed(held, 0x1000);
+        assert!(holders(&t, PROFILE).is_empty());
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+#[test]
+fn a_hit_after_a_hive_loads_below_its_path_is_filed_under_the_new_hive() {
+    let pool = CountingPool::new(Failure::Never, false);
+    {
+        let t = tracker(&pool);
+        let sub = key("Mounted");
+        let name = key(r"Mounted\Settings");
+        // Opened while the path is still inside the profile hive.
+        let (first, _) = open(&t, P1, 0x1000, 77, &name);
+        let (second, hit) = open(&t, P1, 0x2000, 77, &name);
+        assert!(hit);
+        assert_eq!(holders(&t, PROFILE).len(), 2);
+        // A hive mounted at a path above the key (same hive shard: the hint goes stale).
+        t.hive_loaded(&w(&sub), &w(r"C:\Data\mounted.dat"), 2);
+        let (third, hit) = open(&t, P1, 0x3000, 77, &name);
+        assert!(hit, "still found by id");
+        assert_eq!(
+            holders(&t, &sub),
+            [(100, name)],
+            "the open after the load is the new hive's, though the process holds the old one"
+        );
+        assert_eq!(holders(&t, PROFILE).len(), 2);
+        for (tok, obj) in [(first, 0x1000), (second, 0x2000), (third, 0x3000)] {
+            t.object_destroyed(tok, obj);
+        }
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
+#[test]
+fn a_hit_by_a_process_holding_nothing_in_the_hive_is_filed_under_it() {
+    let pool = CountingPool::new(Failure::Never, false);
+    {
+        let t = tracker(&pool);
+        let name = key(r"Software\Shared");
+        let (a, _) = open(&t, P1, 0x1000, 77, &name);
+        let (b, hit) = open(&t, P2, 0x2000, 77, &name);
+        assert!(hit, "held by another process: still found by id");
+        let (c, hit) = open(&t, P2, 0x3000, 77, &name);
+        assert!(hit);
+        assert_eq!(
+            holders(&t, PROFILE),
+            [
+                (100, name.clone()),
+                (200, name.clone()),
+                (200, name)
+            ]
+        );
+        for (tok, obj) in [(a, 0x1000), (b, 0x2000), (c, 0x3000)] {
+            t.object_destroyed(tok, obj);
+        }
+        assert!(holders(&t, PROFILE).is_empty());
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
