@@ -28,7 +28,9 @@ pub struct Census {
 }
 
 impl<P: Pool, L: RawLock> Tracker<P, L> {
-    /// Recomputes every summary count from the lists and checks them.
+    /// Recomputes every summary count from the lists and checks them. Quiescent only (no
+    /// event running): a record being ended is `DYING` while still linked, and one being
+    /// given its stack is `RESERVED` (`crate::objects`: slots are not guarded by a lock).
     ///
     /// # Errors
     /// A description of the first inconsistency found.

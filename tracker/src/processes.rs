@@ -10,17 +10,19 @@
 //!
 //! Lifetimes: a holding lives while it has keys; a process lives until it has exited and
 //! holds nothing. Lock order (a lock is only ever taken while holding locks to its left):
-//! hive shard, process shard, object shard, process, name shard; the key-cache shard
+//! hive shard, process shard, process, name shard; the key-cache shard
 //! (`crate::keys`) is a leaf, taken under the hive shard by an open that fills the cache and
-//! under nothing else, and nothing is taken under it. (`opened` takes them one at a time; a
-//! destroy holds its object shard while it takes the process lock to unlink.)
+//! under nothing else, and nothing is taken under it. The object shard's lock is a leaf too,
+//! taken under nothing (a slot is taken and given back without it: `crate::objects`; it
+//! guards a shard's growth and `identify`'s walk). A held key's open takes the process shard
+//! and the process without the hive shard when the process's holding pins the hive.
 //!
 //! Issues 16 and 17 add: the capture scope's lock (`crate::capture`), taken first, under
 //! nothing, and holding the hive shard (resolving a hive scope, then the name shard) or a
 //! process lock (an image scope) under it; the stack table's lock (`crate::stacks`) and the
 //! history's lock (`crate::history`, the event stream), leaves taken under nothing and
-//! holding nothing (a stack is stored before the object shard is taken, and given back after
-//! it is released). The driver's wait table lock (`driver/src/waiters.rs`) holds the hive
+//! holding nothing (a stack is stored before the record is linked, and given back after it
+//! is freed). The driver's wait table lock (`driver/src/waiters.rs`) holds the hive
 //! shard (a wait's hive test) under it; an event page is written after it is released, and
 //! no tracker lock is held when it is taken.
 
