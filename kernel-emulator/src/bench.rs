@@ -194,11 +194,19 @@ pub fn hivetrack(
             let holder = held
                 .then(|| hive::open_key(pid, &key, 0x2_0019, true).ok())
                 .flatten();
+            // Kernel calls made during the opens alone (the rest of a cycle is the close and
+            // the object's cleanup): issue 14 counts spin-lock pairs per open of a held key.
+            let in_opens = std::cell::RefCell::new([0u64; 8]);
             let cycle = || {
                 let stack = crate::thread::UserStack::Frames(frames.clone());
+                let before = crate::calls::snapshot();
                 let opened = crate::thread::with_user_stack(pid, stack, || {
                     hive::open_key(pid, &key, 0x2_0019, true)
                 });
+                let after = crate::calls::snapshot();
+                for (sum, (b, a)) in in_opens.borrow_mut().iter_mut().zip(before.iter().zip(after)) {
+                    *sum += a - b;
+                }
                 if let Ok(k) = opened {
                     let _ = hive::close_key(pid, k);
                 }
@@ -207,6 +215,7 @@ pub fn hivetrack(
                 cycle();
             }
             let before = crate::calls::snapshot();
+            let opens_before = *in_opens.borrow();
             let t = Instant::now();
             for _ in 0..iterations {
                 cycle();
@@ -227,6 +236,17 @@ pub fn hivetrack(
                     })
                     .collect();
                 println!("    kernel calls per cycle: {}", calls.join(", "));
+                let opens_after = *in_opens.borrow();
+                #[allow(clippy::cast_precision_loss, reason = "small counts")]
+                let per_open =
+                    |i: usize| (opens_after[i] - opens_before[i]) as f64 / f64::from(iterations);
+                println!(
+                    "    of them in the open: {:.2} spin-lock acquisitions ({:.2} shared), {:.2} key-name fetches, {:.2} lookaside pops",
+                    per_open(0),
+                    per_open(6),
+                    per_open(4),
+                    per_open(1)
+                );
             }
             if let Some(h) = control {
                 let req = protocol::request::QueryRequest {
