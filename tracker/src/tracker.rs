@@ -805,21 +805,24 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         locked_add32(&hold.seq, 1);
         let seq = hold.seq.load(Relaxed);
         rec.seq.store(seq, Relaxed);
+        // The record to insert after (found once: each lookup of a slot costs a directory
+        // walk), or none: then at the head.
         let mut after = hold.tail.load(Relaxed);
-        while after != NIL && self.rec(after).time.load(Relaxed) > time {
-            after = self.rec(after).prev.load(Relaxed);
+        let mut after_rec = None;
+        while after != NIL {
+            let a = self.rec(after);
+            if a.time.load(Relaxed) <= time {
+                after_rec = Some(a);
+                break;
+            }
+            after = a.prev.load(Relaxed);
         }
-        let next = if after == NIL {
-            hold.head.load(Relaxed)
-        } else {
-            self.rec(after).next.load(Relaxed)
-        };
+        let next = after_rec.map_or_else(|| hold.head.load(Relaxed), |a| a.next.load(Relaxed));
         rec.prev.store(after, Relaxed);
         rec.next.store(next, Relaxed);
-        if after == NIL {
-            hold.head.store(r, Relaxed);
-        } else {
-            self.rec(after).next.store(r, Relaxed);
+        match after_rec {
+            None => hold.head.store(r, Relaxed),
+            Some(a) => a.next.store(r, Relaxed),
         }
         if next == NIL {
             hold.tail.store(r, Relaxed);

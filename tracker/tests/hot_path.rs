@@ -144,11 +144,7 @@ fn a_hit_by_a_process_holding_nothing_in_the_hive_is_filed_under_it() {
         assert!(hit);
         assert_eq!(
             holders(&t, PROFILE),
-            [
-                (100, name.clone()),
-                (200, name.clone()),
-                (200, name)
-            ]
+            [(100, name.clone()), (200, name.clone()), (200, name)]
         );
         for (tok, obj) in [(a, 0x1000), (b, 0x2000), (c, 0x3000)] {
             t.object_destroyed(tok, obj);
