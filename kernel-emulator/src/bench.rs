@@ -85,24 +85,41 @@ pub fn run(test_driver: &Path, iterations: u32) -> i32 {
     worker.join().unwrap_or(1)
 }
 
+/// Who keeps the other handle of a held key open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// The process that opens and closes the key in the loop.
+    SameProcess,
+    /// Another process; the measured one holds nothing else in the hive.
+    OtherProcess,
+}
+
+impl Holder {
+    /// The command line's `--held` and `--by-other`.
+    #[must_use]
+    pub const fn of(held: bool, by_other: bool) -> Option<Self> {
+        match (held, by_other) {
+            (false, _) => None,
+            (true, false) => Some(Self::SameProcess),
+            (true, true) => Some(Self::OtherProcess),
+        }
+    }
+}
+
 /// Runs `iterations` registry open+close cycles of one process on a key of the user profile,
 /// with hivetrack.sys loaded (`sys`) or without any driver, after `warmup` cycles, and prints
-/// the time per cycle. The difference of the two runs is the driver's added cost; run both
+/// the time per cycle; `holder`: another handle keeps the key open throughout. The difference of the two runs is the driver's added cost; run both
 /// under callgrind to compare instructions (`cargo xtask bench-driver` does both).
 ///
 /// # Panics
 /// If the emulator thread cannot be spawned.
 #[must_use]
-#[allow(
-    clippy::fn_params_excessive_bools,
-    clippy::too_many_lines,
-    reason = "a benchmark's switches, in one piece"
-)]
+#[allow(clippy::too_many_lines, reason = "a benchmark, in one piece")]
 pub fn hivetrack(
     sys: Option<&Path>,
     iterations: u32,
     name: &str,
-    held: bool,
+    holder: Option<Holder>,
     capture: bool,
 ) -> i32 {
     const USER: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
@@ -114,6 +131,7 @@ pub fn hivetrack(
             return 2;
         }
     };
+    let held = holder.is_some();
     crate::trap::install();
     crate::cpu::init_kuser_shared_data(2);
     kernel::with(|k| {
@@ -124,10 +142,10 @@ pub fn hivetrack(
     let sys = sys.map(Path::to_path_buf);
     let label = format!(
         "{name} name{}{}",
-        if held {
-            ", held open by another handle"
-        } else {
-            ""
+        match holder {
+            Some(Holder::SameProcess) => ", held open by another handle",
+            Some(Holder::OtherProcess) => ", held open by another process",
+            None => "",
         },
         if capture { ", stack capture on" } else { "" }
     );
@@ -191,8 +209,19 @@ pub fn hivetrack(
                     let _ = hive::close_key(pid, k);
                 }
             }
+            let holder_pid = if holder == Some(Holder::OtherProcess) {
+                let Ok(p) =
+                    crate::process::create_process(4, r"\Device\HarddiskVolume2\holder.exe", false)
+                else {
+                    eprintln!("bench: cannot create the holding process");
+                    return 1;
+                };
+                p
+            } else {
+                pid
+            };
             let holder = held
-                .then(|| hive::open_key(pid, &key, 0x2_0019, true).ok())
+                .then(|| hive::open_key(holder_pid, &key, 0x2_0019, true).ok())
                 .flatten();
             // Kernel calls made during the opens alone (the rest of a cycle is the close and
             // the object's cleanup): issue 14 counts spin-lock pairs per open of a held key.
@@ -278,10 +307,13 @@ pub fn hivetrack(
                 io::close(h);
             }
             if let Some(k) = holder {
-                let _ = hive::close_key(pid, k);
+                let _ = hive::close_key(holder_pid, k);
             }
             if let Some(mut d) = driver {
                 crate::process::exit_process(pid);
+                if holder_pid != pid {
+                    crate::process::exit_process(holder_pid);
+                }
                 let _ = d.unload();
             }
             0

@@ -129,6 +129,11 @@ enum Command {
         /// Keep another handle to the key open throughout (its name is then already held).
         #[arg(long)]
         held: bool,
+        /// With `--held`: the other handle is another process's, and the measured process
+        /// holds nothing else in the hive (hivetrack then files each open through the hive
+        /// table, not the holding the process already has).
+        #[arg(long, requires = "held")]
+        by_other: bool,
         /// Turn hivetrack's open-time stack capture on for every open (issue 16); the
         /// opening thread has a 14-frame user stack.
         #[arg(long)]
@@ -225,8 +230,12 @@ fn main() {
             iterations,
             name,
             held,
+            by_other,
             capture,
-        } => kernel_emulator::bench::hivetrack(sys.as_deref(), iterations, &name, held, capture),
+        } => {
+            let holder = kernel_emulator::bench::Holder::of(held, by_other);
+            kernel_emulator::bench::hivetrack(sys.as_deref(), iterations, &name, holder, capture)
+        }
         Command::List => {
             for s in scenario::all() {
                 let target = match s.target {

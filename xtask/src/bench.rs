@@ -24,11 +24,17 @@ fn emulator(target: &Path) -> std::path::PathBuf {
 }
 
 /// The workloads: (label, `bench-hivetrack` arguments). Issue 14: a real-length profile
-/// path, fresh each cycle and already held by another handle, beside the short path.
-const WORKLOADS: [(&str, &[&str]); 5] = [
+/// path, fresh each cycle and already held by another handle (of the same process, or of
+/// another process while the measured one holds nothing else in the hive), beside the short
+/// path.
+const WORKLOADS: [(&str, &[&str]); 6] = [
     ("short name (50 chars), fresh", &["--name", "short"]),
     ("profile path (96 chars), fresh", &["--name", "profile"]),
     ("profile path, held open", &["--name", "profile", "--held"]),
+    (
+        "profile path, held open by another process only",
+        &["--name", "profile", "--held", "--by-other"],
+    ),
     (
         "profile path, fresh, stack capture on (14 frames)",
         &["--name", "profile", "--capture"],
