@@ -30,6 +30,7 @@ use crate::counters::{bump, get, locked_add32, locked_add64};
 use crate::lock::{Exclusive, RawLock};
 use crate::modules::{MAX_MODULES, MODULE_CLASS, MODULE_COST, Module, module_of};
 use crate::names::{NameRef, name_of};
+use crate::objects::STATE_MASK;
 use crate::objects::{LIVE, Token, split_ref};
 use crate::pool::{Pool, alloc_init, free_block};
 use crate::processes::{Holding, ProcessKey, holding_of, process_of};
@@ -132,7 +133,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return None;
         }
         let rec = self.objects[s as usize].get(i)?;
-        if rec.generation.load(Relaxed) != token.generation() || rec.state() != LIVE {
+        let (generation, state) = rec.read();
+        if generation != token.generation() || state & STATE_MASK != LIVE {
             return None;
         }
         NonNull::new(rec.holding.load(Relaxed).cast::<Holding<L>>())
@@ -173,7 +175,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             // Said on the record, so that a report does not call it "capture was off".
             let (sh, idx) = split_ref(token.slot());
             if let Some(rec) = self.objects[sh as usize].get(idx) {
-                rec.state.fetch_or(F_STACK_OUT_OF_SCOPE, Relaxed);
+                rec.set_flags(F_STACK_OUT_OF_SCOPE);
             }
         }
         wanted
@@ -188,7 +190,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if frames.is_empty() {
             bump(&self.counters.stacks_empty);
             self.with_live(token, object, |_, rec| {
-                rec.state.fetch_or(F_STACK_EMPTY, Relaxed);
+                rec.set_flags(F_STACK_EMPTY);
             });
             return;
         }
@@ -200,7 +202,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let Some(id) = self.stacks.intern(&self.pool, frames, flags) else {
             bump(&self.counters.stacks_dropped);
             self.with_live(token, object, |_, rec| {
-                rec.state.fetch_or(F_STACK_DROPPED, Relaxed);
+                rec.set_flags(F_STACK_DROPPED);
             });
             return;
         };

@@ -14,6 +14,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use protocol::identify::MAX_IDENTIFY;
 
 use crate::lock::{Exclusive, RawLock};
+use crate::objects::STATE_MASK;
 use crate::objects::{LIVE, Token, slot_ref};
 use crate::pool::Pool;
 use crate::tracker::Tracker;
@@ -42,20 +43,27 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             let _g = Exclusive::new(&shard.lock);
             let mut index = 0;
             while let Some(rec) = shard.get(index) {
-                if rec.state() == LIVE {
-                    let object = rec.object.load(Relaxed);
-                    if let Ok(k) = sorted.binary_search_by(|&(o, _)| o.cmp(&object)) {
-                        // Equal addresses sit side by side: answer every request index.
-                        let token = Token::new(rec.generation.load(Relaxed), slot_ref(si, index));
-                        let first = sorted[..k]
-                            .iter()
-                            .rposition(|&(o, _)| o != object)
-                            .map_or(0, |p| p + 1);
-                        for &(_, i) in sorted[first..].iter().take_while(|&&(o, _)| o == object) {
-                            if out[i].is_none() {
-                                out[i] = Some(token);
-                                left -= 1;
-                            }
+                // Slots are freed without the shard lock (`crate::objects`): the object is
+                // read between two reads of the (generation, state) word, and used only when
+                // both saw the same generation live (flags may change meanwhile).
+                let (generation, state) = rec.read();
+                let object = rec.object.load(Relaxed);
+                let again = rec.read();
+                if state & STATE_MASK == LIVE
+                    && again.0 == generation
+                    && again.1 & STATE_MASK == LIVE
+                    && let Ok(k) = sorted.binary_search_by(|&(o, _)| o.cmp(&object))
+                {
+                    // Equal addresses sit side by side: answer every request index.
+                    let token = Token::new(generation, slot_ref(si, index));
+                    let first = sorted[..k]
+                        .iter()
+                        .rposition(|&(o, _)| o != object)
+                        .map_or(0, |p| p + 1);
+                    for &(_, i) in sorted[first..].iter().take_while(|&&(o, _)| o == object) {
+                        if out[i].is_none() {
+                            out[i] = Some(token);
+                            left -= 1;
                         }
                     }
                 }

@@ -10,7 +10,10 @@
 //! `SLIST_HEADER`, Learn: "Singly and Doubly Linked Lists", interlocked lists). The shard
 //! lock remains for growing the shard (a new chunk) and for walks that want its slots to
 //! stay handed out ([`crate::identify`]). A record is ended by whoever moves its state from
-//! `LIVE` to `DYING` ([`ObjRecord::claim`]), so two enders of one record cannot both free it.
+//! `LIVE` to `DYING` ([`ObjRecord::claim`]: one compare-exchange of the generation and state,
+//! which share a word), so two enders of one record cannot both free it, and a stale or
+//! foreign token changes nothing. The tag is 32 bits: a pop could only be fooled by a thread
+//! paused inside it while exactly a multiple of 2^32 changes were made to the list.
 //!
 //! A [`Token`] is `generation << 32 | shard << 26 | index`. The driver stores it as the
 //! object's callback context and hands it back; a stale token (the slot was freed, so its
@@ -23,7 +26,7 @@ use core::mem::size_of;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
     AtomicPtr, AtomicU32, AtomicU64,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 
 use crate::lock::RawLock;
@@ -62,7 +65,8 @@ pub const RESERVED: u32 = 1;
 pub const LIVE: u32 = 2;
 /// Being removed.
 pub const DYING: u32 = 3;
-const STATE_MASK: u32 = 0xFF;
+/// The state's bits of the state word (the rest are flags).
+pub const STATE_MASK: u32 = 0xFF;
 /// Record flag: the name is cut.
 pub const F_NAME_TRUNCATED: u32 = 1 << 8;
 /// Record flag: the name could not be stored.
@@ -90,14 +94,14 @@ impl Token {
 }
 
 /// One tracked key object (80 bytes). Fields are atomics so that readers under the owning
-/// process's lock and writers under the shard lock never race in the language's sense; the
-/// locks order them.
+/// process's lock and the thread that owns the slot (its opener, or its claimer) never race
+/// in the language's sense.
 #[repr(C)]
 pub struct ObjRecord {
-    /// Generation; bumped when the slot is freed (never 0).
-    pub generation: AtomicU32,
-    /// State (low byte) and flags.
-    pub state: AtomicU32,
+    /// Generation (high half; bumped when the slot is freed, never 0) and state (low byte of
+    /// the low half) with flags: one word, so that a token's generation and the record's
+    /// state are checked and changed in one compare-exchange ([`Self::claim`]).
+    gen_state: AtomicU64,
     /// The kernel object address: a private lookup key, never reported.
     pub object: AtomicU64,
     /// Open time.
@@ -129,47 +133,107 @@ pub struct ObjRecord {
 
 const _: () = assert!(size_of::<ObjRecord>() == 80);
 
+const fn gen_state(generation: u32, state: u32) -> u64 {
+    ((generation as u64) << 32) | state as u64
+}
+
 impl ObjRecord {
+    /// A free record of generation 1.
+    const fn new() -> Self {
+        Self {
+            gen_state: AtomicU64::new(gen_state(1, FREE)),
+            object: AtomicU64::new(0),
+            time: AtomicU64::new(0),
+            name: AtomicPtr::new(ptr::null_mut()),
+            thread: AtomicU32::new(0),
+            stack: AtomicU32::new(0),
+            holding: AtomicPtr::new(ptr::null_mut()),
+            access: AtomicU32::new(0),
+            opens: AtomicU32::new(0),
+            closes: AtomicU32::new(0),
+            seq: AtomicU32::new(0),
+            next: AtomicU32::new(NIL),
+            prev: AtomicU32::new(NIL),
+            key: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// (generation, state with flags), read at once.
+    pub fn read(&self) -> (u32, u32) {
+        let w = self.gen_state.load(Acquire);
+        #[allow(clippy::cast_possible_truncation, reason = "the two halves")]
+        ((w >> 32) as u32, w as u32)
+    }
+
+    /// The generation.
+    pub fn generation(&self) -> u32 {
+        self.read().0
+    }
+
     /// State without flags.
     pub fn state(&self) -> u32 {
-        self.state.load(Relaxed) & STATE_MASK
+        self.read().1 & STATE_MASK
+    }
+
+    /// State with flags.
+    pub fn state_and_flags(&self) -> u32 {
+        self.read().1
+    }
+
+    /// Sets `flags` (record flags, never state bits).
+    pub fn set_flags(&self, flags: u32) {
+        self.gen_state
+            .fetch_or(u64::from(flags & !STATE_MASK), Relaxed);
+    }
+
+    /// Sets the state and flags of a record the caller owns (its opener, before the token
+    /// is out): `Release`, so that a claimer or a lock-free reader that sees the state sees
+    /// the fields written before it.
+    pub fn set_state(&self, generation: u32, state: u32) {
+        self.gen_state.store(gen_state(generation, state), Release);
     }
 
     /// Moves the record named by (`generation`, `object`) from `LIVE` to `to` (`DYING` to
     /// end it, `RESERVED` to work on it while no one can end it); returns its flags. `None`
-    /// when it is not that live record (a stale or foreign token, or another thread holds it).
-    ///
-    /// Generation and state are two words: the state is moved first, and the generation and
-    /// object checked after, while the claim keeps the slot from being freed (only a claimer
-    /// frees it). A mismatch then (the slot was freed and taken again between the caller's
-    /// token and the claim) gives the claim back untouched.
+    /// when it is not that live record (a stale or foreign token, or another thread holds
+    /// it): nothing is changed then. Generation and state are one word, and the object is
+    /// fixed for a generation, so the check and the move are one compare-exchange.
     pub fn claim(&self, generation: u32, object: u64, to: u32) -> Option<u32> {
-        let mut cur = self.state.load(Relaxed);
+        let mut cur = self.gen_state.load(Acquire);
         loop {
-            if cur & STATE_MASK != LIVE {
+            #[allow(clippy::cast_possible_truncation, reason = "the low half")]
+            let state = cur as u32;
+            if cur >> 32 != u64::from(generation)
+                || state & STATE_MASK != LIVE
+                || self.object.load(Relaxed) != object
+            {
                 return None;
             }
+            let next = gen_state(generation, (state & !STATE_MASK) | to);
             match self
-                .state
-                .compare_exchange_weak(cur, (cur & !STATE_MASK) | to, Acquire, Relaxed)
+                .gen_state
+                .compare_exchange_weak(cur, next, Acquire, Acquire)
             {
-                Ok(_) => break,
+                Ok(_) => return Some(state & !STATE_MASK),
                 Err(now) => cur = now,
             }
         }
-        if self.generation.load(Relaxed) == generation && self.object.load(Relaxed) == object {
-            return Some(cur & !STATE_MASK);
-        }
-        self.unclaim(to);
-        None
     }
 
     /// Gives back a claim made with `claim(.., to)`: the record is `LIVE` again, with every
     /// flag set meanwhile kept.
     pub fn unclaim(&self, to: u32) {
         // The state is `to` while claimed: xor-ing `to ^ LIVE` turns it into LIVE and leaves
-        // the flag bits alone.
-        self.state.fetch_xor(to ^ LIVE, Release);
+        // the generation and the flag bits alone.
+        self.gen_state.fetch_xor(u64::from(to ^ LIVE), Release);
+    }
+
+    /// Ends a record the caller claimed: the next generation, `FREE`. A token of the old
+    /// generation is stale from here on, whatever else it reads.
+    fn retire(&self) {
+        let g = self.generation().wrapping_add(1);
+        self.gen_state
+            .store(gen_state(if g == 0 { 1 } else { g }, FREE), Release);
     }
 }
 
@@ -257,10 +321,20 @@ impl<L: RawLock> ObjShard<L> {
     /// [`SlotError`] at the cap or without memory.
     pub fn alloc<P: Pool>(&self, pool: &P, cap: u32) -> Result<(u32, &ObjRecord), SlotError> {
         // The slot is counted before it is taken, so that concurrent takers never pass the
-        // cap together.
-        if self.live.fetch_add(1, Relaxed) >= cap {
-            self.live.fetch_sub(1, Relaxed);
-            return Err(SlotError::Cap);
+        // cap together; only below the cap, so that a refused taker never raises the count
+        // (another taker would then be refused with a slot free: found in review).
+        let mut live = self.live.load(Relaxed);
+        loop {
+            if live >= cap {
+                return Err(SlotError::Cap);
+            }
+            match self
+                .live
+                .compare_exchange_weak(live, live + 1, Relaxed, Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => live = now,
+            }
         }
         if let Some(taken) = self.pop() {
             return Ok(taken);
@@ -271,7 +345,7 @@ impl<L: RawLock> ObjShard<L> {
             self.pop().map_or_else(|| self.first_use(pool), Ok)
         };
         if grown.is_err() {
-            self.live.fetch_sub(1, Relaxed);
+            self.live.fetch_sub(1, SeqCst);
         }
         grown
     }
@@ -337,23 +411,7 @@ impl<L: RawLock> ObjShard<L> {
         for i in 0..PER_CHUNK as usize {
             // SAFETY: PER_CHUNK records of 80 bytes fit the 4 KiB block, aligned to 16 >= 8.
             unsafe {
-                recs.wrapping_add(i).write(ObjRecord {
-                    generation: AtomicU32::new(1),
-                    state: AtomicU32::new(FREE),
-                    object: AtomicU64::new(0),
-                    time: AtomicU64::new(0),
-                    name: AtomicPtr::new(ptr::null_mut()),
-                    thread: AtomicU32::new(0),
-                    stack: AtomicU32::new(0),
-                    holding: AtomicPtr::new(ptr::null_mut()),
-                    access: AtomicU32::new(0),
-                    opens: AtomicU32::new(0),
-                    closes: AtomicU32::new(0),
-                    seq: AtomicU32::new(0),
-                    next: AtomicU32::new(NIL),
-                    prev: AtomicU32::new(NIL),
-                    key: AtomicPtr::new(ptr::null_mut()),
-                });
+                recs.wrapping_add(i).write(ObjRecord::new());
             }
         }
         // SAFETY: `chunks < MAX_CHUNKS` (index < MAX_PER_SHARD), inside the directory block.
@@ -366,13 +424,9 @@ impl<L: RawLock> ObjShard<L> {
     /// [`ObjShard::get`] of that index, and taken or claimed by the caller alone), to the
     /// free list, bumping its generation. No lock held.
     pub fn release(&self, index: u32, rec: &ObjRecord) {
-        let g = rec.generation.load(Relaxed).wrapping_add(1);
-        rec.generation.store(if g == 0 { 1 } else { g }, Relaxed);
         rec.name.store(ptr::null_mut(), Relaxed);
         rec.holding.store(ptr::null_mut(), Relaxed);
-        // After the generation: a token checked against this record from now on is stale,
-        // whatever state it reads.
-        rec.state.store(FREE, Release);
+        rec.retire();
         let mut head = self.free.load(Relaxed);
         loop {
             #[allow(clippy::cast_possible_truncation, reason = "the low half is the index")]
@@ -390,7 +444,9 @@ impl<L: RawLock> ObjShard<L> {
                 Err(now) => head = now,
             }
         }
-        self.live.fetch_sub(1, Relaxed);
+        // SeqCst, with the load of the shard's "full" bit after it
+        // (`Tracker::shard_has_room`): see `Tracker::take_slot`.
+        self.live.fetch_sub(1, SeqCst);
     }
 
     /// Frees the chunks and the directory (teardown; records must have been released).

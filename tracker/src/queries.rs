@@ -85,7 +85,7 @@ fn image_flags(p: &Process<impl RawLock>) -> u32 {
 }
 
 fn name_flags(rec: &ObjRecord) -> u32 {
-    let s = rec.state.load(Relaxed);
+    let s = rec.state_and_flags();
     let mut f = 0;
     if s & F_NAME_TRUNCATED != 0 {
         f |= HolderKey::NAME_TRUNCATED;
@@ -98,7 +98,7 @@ fn name_flags(rec: &ObjRecord) -> u32 {
 
 /// The stack flags of a record ([`crate::capture`]).
 fn stack_flags(rec: &ObjRecord) -> u32 {
-    let s = rec.state.load(Relaxed);
+    let s = rec.state_and_flags();
     let mut f = 0;
     if s & crate::capture::F_STACK_EMPTY != 0 {
         f |= HolderKey::STACK_EMPTY;
@@ -297,7 +297,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             && s <= self.shard_mask
             && let Some(rec) = self.objects[s as usize].get(i)
             && rec.holding.load(Relaxed) == hold.as_ptr().cast()
-            && rec.generation.load(Relaxed) == tok.generation()
+            && rec.generation() == tok.generation()
             && (rec.time.load(Relaxed), rec.seq.load(Relaxed)) == after
         {
             return rec.next.load(Relaxed);
@@ -458,7 +458,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 while r != NIL {
                     let rec = self.rec(r);
                     let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
-                    let id = Token::new(rec.generation.load(Relaxed), r).0;
+                    let id = Token::new(rec.generation(), r).0;
                     let k = HolderRecord::Key(HolderKey {
                         flags: name_flags(rec) | stack_flags(rec),
                         id,
@@ -668,7 +668,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                         let s = SnapshotRecord {
                             pid: p.key.pid,
                             start_key: p.key.start_key,
-                            id: Token::new(rec.generation.load(Relaxed), r).0,
+                            id: Token::new(rec.generation(), r).0,
                             open_time: pos.0,
                             hive_id: hold.hive_id,
                             flags: name_flags(rec),

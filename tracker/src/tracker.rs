@@ -2,7 +2,9 @@
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::AtomicU64;
-use core::sync::atomic::Ordering::{Relaxed, Release};
+use core::sync::atomic::Ordering::{Relaxed, SeqCst};
+
+use crate::objects::STATE_MASK;
 
 use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
 
@@ -144,9 +146,9 @@ pub struct Tracker<P: Pool, L: RawLock> {
     pub(crate) shard_mask: u32,
     pub(crate) shard_cap: u32,
     pub(crate) objects: [ObjShard<L>; MAX_SHARDS],
-    /// Object shards found at their share of the cap, a bit each: set under the shard's lock
-    /// when an allocation fails there, cleared under it when a slot is released. Opens skip
-    /// those shards without taking their locks, so an open past its process's shard and a
+    /// Object shards found at their share of the cap, a bit each: set when an allocation
+    /// fails there, cleared when a slot is released (ordered without a lock: `take_slot`).
+    /// Opens skip those shards, so an open past its process's shard and a
     /// refusal at the cap cost about what an open does (issue 14's cliffs).
     pub(crate) full_shards: AtomicU64,
     pub(crate) names: NameTable<L>,
@@ -327,10 +329,19 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 Ok((index, rec)) => {
                     // The slot is this thread's alone until its token is out.
                     init(rec);
-                    return Ok((si, index, rec.generation.load(Relaxed), rec));
+                    return Ok((si, index, rec.generation(), rec));
                 }
                 Err(SlotError::Cap) => {
-                    self.full_shards.fetch_or(1 << si, Relaxed);
+                    // No lock orders this with a release in the shard (slots are lock-free):
+                    // the bit is set, then the count read again, while a release lowers the
+                    // count, then reads the bit (`shard_has_room`), all SeqCst. Either this
+                    // read sees the slot given back and clears the bit, or the release sees
+                    // the bit and clears it: never a shard with room left marked full (its
+                    // opens would be refused at the cap: found in review).
+                    self.full_shards.fetch_or(1 << si, SeqCst);
+                    if shard.live.load(SeqCst) < self.shard_cap {
+                        self.full_shards.fetch_and(!(1 << si), SeqCst);
+                    }
                 }
                 Err(SlotError::NoMemory) => {
                     bump(&self.counters.opens_dropped_no_memory_object);
@@ -345,8 +356,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// A slot of object shard `si` was released: it is not full.
     fn shard_has_room(&self, si: u32) {
         let bit = 1u64 << si;
-        if self.full_shards.load(Relaxed) & bit != 0 {
-            self.full_shards.fetch_and(!bit, Relaxed);
+        // SeqCst: see `take_slot`.
+        if self.full_shards.load(SeqCst) & bit != 0 {
+            self.full_shards.fetch_and(!bit, SeqCst);
         }
     }
 
@@ -615,7 +627,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // 1. A slot. Filled before anyone can name it: the token is not out yet, and a
         // forged one is refused while the state is RESERVED.
         let slot = self.take_slot(process, |rec| {
-            rec.state.store(RESERVED, Relaxed);
+            rec.set_state(rec.generation(), RESERVED);
             rec.object.store(object, Relaxed);
             rec.time.store(time, Relaxed);
             rec.thread
@@ -778,7 +790,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     ) -> Token {
         rec.key
             .store(key.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
-        rec.state.store(LIVE | flags, Release);
+        rec.set_state(generation, LIVE | flags);
         if let Some(count) = alarm {
             self.key_alarm(process, count, time);
             bump(&self.counters.attention);
@@ -914,8 +926,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let (s, i) = split_ref(token.slot());
         let shard = (s <= self.shard_mask).then(|| &self.objects[s as usize]);
         let rec = shard.and_then(|sh| sh.get(i)).filter(|rec| {
-            rec.generation.load(core::sync::atomic::Ordering::Acquire) == token.generation()
-                && rec.state() == LIVE
+            let (generation, state) = rec.read();
+            generation == token.generation()
+                && state & STATE_MASK == LIVE
                 && rec.object.load(Relaxed) == object
         });
         let (Some(shard), Some(rec)) = (shard, rec) else {
@@ -970,7 +983,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return false;
         };
         // Cheap refusal of a stale token before the claim (which checks again after).
-        if rec.generation.load(Relaxed) != token.generation() {
+        if rec.generation() != token.generation() {
             return false;
         }
         // Whoever moves the record from LIVE to DYING ends it: no lock (issue 14), and a
