@@ -183,23 +183,34 @@ pub struct HiveTable<L> {
 pub fn shard_prefix(path: &[u16]) -> &[u16] {
     const BACKSLASHES: u64 = 0x005C_005C_005C_005C;
     const LOW: u64 = 0x7FFF_7FFF_7FFF_7FFF;
-    let mut seen = 0;
-    let mut words = path.chunks_exact(4);
-    for (k, c) in (&mut words).enumerate() {
-        // A lane of `x` is zero (a backslash) exactly when its top bit stays clear in
-        // `(x & LOW) + LOW | x`; `zeros` has the top bit of each such lane set.
+    // A lane of `x` is zero (a backslash) exactly when its top bit stays clear in
+    // `(x & LOW) + LOW | x`; the result has the top bit of each such lane set.
+    let backslashes = |c: &[u16]| {
         let x = crate::names::word4(c) ^ BACKSLASHES;
-        let mut zeros = !(((x & LOW) + LOW) | x) & !LOW;
-        while zeros != 0 {
-            seen += 1;
-            if seen == 4 {
-                return &path[..4 * k + zeros.trailing_zeros() as usize / 16];
+        !(((x & LOW) + LOW) | x) & !LOW
+    };
+    let mut seen = 0;
+    // Eight units a step, two words tested at once: most steps find no backslash (a SID
+    // component is 40-odd units), and the loop's own cost was half of the scan's.
+    let mut steps = path.chunks_exact(8);
+    let mut base = 0;
+    for c in &mut steps {
+        let (lo, hi) = c.split_at(4);
+        let (a, b) = (backslashes(lo), backslashes(hi));
+        if a | b != 0 {
+            for (offset, mut zeros) in [(0, a), (4, b)] {
+                while zeros != 0 {
+                    seen += 1;
+                    if seen == 4 {
+                        return &path[..base + offset + zeros.trailing_zeros() as usize / 16];
+                    }
+                    zeros &= zeros - 1;
+                }
             }
-            zeros &= zeros - 1;
         }
+        base += 8;
     }
-    let done = path.len() - words.remainder().len();
-    for (i, &u) in path.iter().enumerate().skip(done) {
+    for (i, &u) in path.iter().enumerate().skip(base) {
         if u == BACKSLASH {
             seen += 1;
             if seen == 4 {
@@ -231,8 +242,13 @@ fn master_or(path: &[u16], seen: usize) -> &[u16] {
 /// (`\REGISTRY\MACHINE`, `\REGISTRY\USER`, ...), so the end of the third component is
 /// what tells prefixes apart; hashing the whole prefix cost as much as hashing the name.
 fn shard_of(path: &[u16]) -> usize {
+    shard_of_prefix(shard_prefix(path))
+}
+
+/// [`shard_of`] for a path whose [`shard_prefix`] is `p` (an open computes it once, for the
+/// shard and for [`longest`]: it was a fifth of a fresh key's open, twice).
+fn shard_of_prefix(p: &[u16]) -> usize {
     use crate::names::{key4, word4};
-    let p = shard_prefix(path);
     let tail = &p[p.len().saturating_sub(8)..];
     let (a, b) = if let Some((x, y)) = tail.split_at_checked(4).filter(|_| tail.len() == 8) {
         (word4(x), word4(y))
@@ -298,9 +314,8 @@ fn unlink(list: &AtomicPtr<Hive>, target: NonNull<Hive>) -> bool {
 /// [`shard_prefix`] is not its hive: only the master hive `\REGISTRY` is, and it contains
 /// just the keys of fewer than three components (whose shard prefix is `\REGISTRY` itself);
 /// a deeper path under no mount of its shard belongs to an implicit hive, even when its
-/// shard happens to be the master hive's.
-fn longest(list: &AtomicPtr<Hive>, path: &[u16]) -> Option<NonNull<Hive>> {
-    let least = shard_prefix(path).len();
+/// shard happens to be the master hive's. `least` is the length of that prefix.
+fn longest(list: &AtomicPtr<Hive>, path: &[u16], least: usize) -> Option<NonNull<Hive>> {
     let mut best: Option<(NonNull<Hive>, usize)> = None;
     find(list, |h| {
         let m = h.mount();
@@ -383,11 +398,12 @@ impl<L: RawLock> HiveTable<L> {
         path: &[u16],
         create: bool,
     ) -> Result<Option<NonNull<Hive>>, NoMemory> {
-        let si = shard_of(path);
+        let prefix = shard_prefix(path);
+        let si = shard_of_prefix(prefix);
         let shard = &self.shards[si];
         {
             let _g = Shared::new(&shard.lock);
-            if let Some(h) = longest(&shard.live, path) {
+            if let Some(h) = longest(&shard.live, path, prefix.len()) {
                 hive_of(h).refs.fetch_add(1, Relaxed);
                 return Ok(Some(h));
             }
@@ -396,11 +412,11 @@ impl<L: RawLock> HiveTable<L> {
             return Ok(None);
         }
         let _g = Exclusive::new(&shard.lock);
-        if let Some(h) = longest(&shard.live, path) {
+        if let Some(h) = longest(&shard.live, path, prefix.len()) {
             hive_of(h).refs.fetch_add(1, Relaxed);
             return Ok(Some(h));
         }
-        let h = self.create(pool, names, si, shard_prefix(path), HiveState::Implicit)?;
+        let h = self.create(pool, names, si, prefix, HiveState::Implicit)?;
         hive_of(h).refs.fetch_add(1, Relaxed);
         Ok(Some(h))
     }
@@ -418,11 +434,12 @@ impl<L: RawLock> HiveTable<L> {
         names: &NameTable<L>,
         path: &[u16],
     ) -> Result<(Shared<'_, L>, NonNull<Hive>, HiveHint), NoMemory> {
-        let si = shard_of(path);
+        let prefix = shard_prefix(path);
+        let si = shard_of_prefix(prefix);
         let shard = &self.shards[si];
         loop {
             let g = Shared::new(&shard.lock);
-            if let Some(h) = longest(&shard.live, path) {
+            if let Some(h) = longest(&shard.live, path, prefix.len()) {
                 #[allow(clippy::cast_possible_truncation, reason = "si < SHARDS")]
                 let hint = HiveHint {
                     hive: h,
@@ -433,8 +450,8 @@ impl<L: RawLock> HiveTable<L> {
             }
             drop(g);
             let _x = Exclusive::new(&shard.lock);
-            if longest(&shard.live, path).is_none() {
-                self.create(pool, names, si, shard_prefix(path), HiveState::Implicit)?;
+            if longest(&shard.live, path, prefix.len()).is_none() {
+                self.create(pool, names, si, prefix, HiveState::Implicit)?;
             }
             // Retake it shared; an unload in between sends us round again.
         }
