@@ -22,20 +22,28 @@ fn main() {
     let name = w(&format!(
         r"{MOUNT}\Software\Microsoft\Windows\CurrentVersion\Explorer\Advanced"
     ));
+    let fresh = std::env::args().nth(2).is_some();
+    // Fresh: nothing else holds the key or its name, so each cycle fetches, interns, caches
+    // and frees them (the driver bench's "fresh"); the profile hive is held through another
+    // key, as a logged-on user's is.
+    let held_name = if fresh {
+        w(&format!(r"{MOUNT}\Software\Other"))
+    } else {
+        name.clone()
+    };
     let held = match t.opened_known(0x10, 77, p, 1, 1, 1) {
         Ok(r) => r.expect("tracked"),
         Err(miss) => t
-            .opened_named(miss, 0x10, p, 1, &name, 1, 1)
+            .opened_named(miss, 0x10, p, 1, &held_name, 1, 1)
             .expect("tracked"),
     };
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000);
-    let fresh = std::env::args().nth(2).is_some();
     for i in 0..n {
         let object = 0x8000_0000 + i * 16;
-        let key = if fresh { 1000 + i } else { 77 };
+        let key = if fresh { 1000 + 64 * i } else { 77 };
         let tok = match t.opened_known(object, key, p, 1, 1, 2 + i) {
             Ok(r) => r.expect("tracked"),
             Err(miss) => t
