@@ -9,7 +9,7 @@
 //! pass over the records whatever the number of handles asked (at most
 //! [`protocol::identify::MAX_IDENTIFY`]), and no lock is held longer than one shard's walk.
 
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::Ordering::Acquire;
 
 use protocol::identify::MAX_IDENTIFY;
 
@@ -47,7 +47,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 // read between two reads of the (generation, state) word, and used only when
                 // both saw the same generation live (flags may change meanwhile).
                 let (generation, state) = rec.read();
-                let object = rec.object.load(Relaxed);
+                // Acquire, with the opener's Release store of the object: an object written
+                // after the slot was taken again is never read with the old word twice.
+                let object = rec.object.load(Acquire);
                 let again = rec.read();
                 if state & STATE_MASK == LIVE
                     && again.0 == generation

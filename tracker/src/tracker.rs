@@ -2,7 +2,7 @@
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::AtomicU64;
-use core::sync::atomic::Ordering::{Relaxed, SeqCst};
+use core::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
 
 use crate::objects::STATE_MASK;
 
@@ -344,6 +344,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     }
                 }
                 Err(SlotError::NoMemory) => {
+                    // `alloc` gave back the count it took (SeqCst), as a release does: so it
+                    // looks for the bit as a release does (found in a second review).
+                    self.shard_has_room(si);
                     bump(&self.counters.opens_dropped_no_memory_object);
                     return Err(NotTracked::NoMemory);
                 }
@@ -628,7 +631,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // forged one is refused while the state is RESERVED.
         let slot = self.take_slot(process, |rec| {
             rec.set_state(rec.generation(), RESERVED);
-            rec.object.store(object, Relaxed);
+            // Release: a lock-free reader that sees this object also sees the state above
+            // (`identify` reads the object between two reads of the state word).
+            rec.object.store(object, Release);
             rec.time.store(time, Relaxed);
             rec.thread
                 .store(u32::try_from(thread).unwrap_or(0), Relaxed);
