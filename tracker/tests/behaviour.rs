@@ -795,3 +795,53 @@ fn a_process_leaking_65602_key_handles_is_found_by_snapshot_diff() {
     );
     assert_eq!(t.stats().not_recorded(), 0);
 }
+
+#[test]
+fn an_open_finds_the_one_shard_with_room_whatever_the_shard_count() {
+    // Issue 14: shards known full are skipped by a bit search, not one by one; the search
+    // wraps round the ring (a process whose preferred shard is the last one included).
+    for shards in [1u32, 2, 64] {
+        let pool = CountingPool::new(Failure::Never, true);
+        let cap = 2 * shards;
+        let t: TestTracker<'_> = Tracker::new(
+            &pool,
+            Config {
+                max_objects: cap,
+                object_shards: shards,
+                history_len: 1,
+                ..Config::default()
+            },
+        )
+        .unwrap();
+        let name = w(r"\REGISTRY\MACHINE\SOFTWARE\Leak");
+        let process = |i: u64| ProcessKey {
+            pid: 4 * (i % 7 + 1),
+            start_key: 1,
+        };
+        let object = |i: usize| (i as u64 + 1) * 16;
+        let mut toks: Vec<_> = (0..cap as usize)
+            .map(|i| t.opened(object(i), process(i as u64), 1, &name, 1, i as u64))
+            .collect::<Result<_, _>>()
+            .expect("the whole cap is usable");
+        for k in 0..7u64 {
+            assert_eq!(
+                t.opened(0x10_0000 + k, process(k), 1, &name, 1, 99),
+                Err(NotTracked::Cap),
+                "{shards} shards"
+            );
+            // One slot given back somewhere: the next open, of any process, finds it.
+            let victim = (k as usize * 5 + 3) % toks.len();
+            t.object_destroyed(toks[victim], object(victim));
+            toks[victim] = t
+                .opened(object(victim), process(k), 1, &name, 1, 100)
+                .expect("the freed slot is found");
+            assert_eq!(t.stats().objects_tracked, u64::from(cap), "{shards} shards");
+        }
+        t.check_consistency().unwrap();
+        for (i, tok) in toks.iter().enumerate() {
+            t.object_destroyed(*tok, object(i));
+        }
+        assert_eq!(t.stats().objects_tracked, 0);
+        assert_eq!(t.stats().destroys_unknown_object, 0);
+    }
+}
