@@ -193,6 +193,20 @@ impl ObjRecord {
         self.gen_state.store(gen_state(generation, state), Release);
     }
 
+    /// Whether this is the live record of (`generation`, `object`).
+    pub fn is_live(&self, generation: u32, object: u64) -> bool {
+        Self::names_live(self.gen_state.load(Acquire), generation) && self.object_is(object)
+    }
+
+    /// Whether state word `word` is `generation`'s, live.
+    fn names_live(word: u64, generation: u32) -> bool {
+        word >> 32 == u64::from(generation) && word & u64::from(STATE_MASK) == u64::from(LIVE)
+    }
+
+    fn object_is(&self, object: u64) -> bool {
+        self.object.load(Relaxed) == object
+    }
+
     /// Moves the record named by (`generation`, `object`) from `LIVE` to `to` (`DYING` to
     /// end it, `RESERVED` to work on it while no one can end it); returns its flags. `None`
     /// when it is not that live record (a stale or foreign token, or another thread holds
@@ -203,10 +217,7 @@ impl ObjRecord {
         loop {
             #[allow(clippy::cast_possible_truncation, reason = "the low half")]
             let state = cur as u32;
-            if cur >> 32 != u64::from(generation)
-                || state & STATE_MASK != LIVE
-                || self.object.load(Relaxed) != object
-            {
+            if !Self::names_live(cur, generation) || !self.object_is(object) {
                 return None;
             }
             let next = gen_state(generation, (state & !STATE_MASK) | to);

@@ -4,8 +4,6 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
 
-use crate::objects::STATE_MASK;
-
 use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
 
 use crate::budget::{Budgeted, TopDropper};
@@ -939,12 +937,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     pub fn handle_closed(&self, token: Token, object: u64) {
         let (s, i) = split_ref(token.slot());
         let shard = (s <= self.shard_mask).then(|| &self.objects[s as usize]);
-        let rec = shard.and_then(|sh| sh.get(i)).filter(|rec| {
-            let (generation, state) = rec.read();
-            generation == token.generation()
-                && state & STATE_MASK == LIVE
-                && rec.object.load(Relaxed) == object
-        });
+        let rec = shard
+            .and_then(|sh| sh.get(i))
+            .filter(|rec| rec.is_live(token.generation(), object));
         let (Some(shard), Some(rec)) = (shard, rec) else {
             bump(&self.counters.closes_unknown_object);
             return;
@@ -996,10 +991,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let Some(rec) = shard.get(i) else {
             return false;
         };
-        // Cheap refusal of a stale token before the claim (which checks again after).
-        if rec.generation() != token.generation() {
-            return false;
-        }
         // Whoever moves the record from LIVE to DYING ends it: no lock (issue 14), and a
         // second ender of the same record finds it DYING and refuses.
         let Some(flags) = rec.claim(token.generation(), object, DYING) else {
