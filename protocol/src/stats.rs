@@ -81,7 +81,8 @@ stats! {
         processes_tracked,
         /// Hives known now (loaded, implicit, and unloaded ones still referenced).
         hives_tracked,
-        /// Distinct names interned now (key names, image paths, mount points, files).
+        /// Names stored now: distinct names interned (image paths, mount points, files, keys
+        /// opened without the key cache) and the key cache's private copies of key names.
         names_interned,
         /// (process, hive) pairs with open keys now.
         holdings_tracked,

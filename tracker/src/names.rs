@@ -1,4 +1,5 @@
-//! Interned UTF-16 names: one reference-counted copy per distinct name.
+//! Interned UTF-16 names: one reference-counted copy per distinct name, and private copies
+//! for names that already have an owner who shares them.
 //!
 //! Names are compared case-insensitively with [`protocol::text::fold_unit`] and stored in a
 //! block of exactly their size ([`Pool::alloc_bytes`]: the driver takes it from pool, which
@@ -9,12 +10,21 @@
 //! first use. Every entry keeps the spelling it was first interned with. References are
 //! counted atomically: only interning and dropping what may be the last reference take the
 //! shard lock.
+//!
+//! A *private* name ([`NameTable::store_private`]) is a reference-counted copy in no bucket:
+//! neither hashed, compared nor locked. The key cache's names are private (issue 14): every
+//! object of one key already shares its entry's name through the cache (an id lookup, not a
+//! name lookup), so interning them bought nothing but a hash and compare of the whole name
+//! and two shard-lock round trips per fresh key. Two keys can have the same name only for a
+//! moment (one deleted and made again, a hive unloaded and loaded again); then the name is
+//! stored twice, which the opens' charges and the budget account for like any other name.
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
     AtomicPtr, AtomicU32,
-    Ordering::{AcqRel, Relaxed},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+    fence,
 };
 
 use protocol::text::fold_unit;
@@ -33,6 +43,8 @@ pub const MAX_NAME_UNITS: usize = (BlockClass::B4096.size() - size_of::<NameEntr
 
 /// Flag: the name was cut to [`MAX_NAME_UNITS`].
 pub const NAME_TRUNCATED: u8 = 1;
+/// Flag: a private copy, in no bucket ([`NameTable::store_private`]).
+const NAME_PRIVATE: u8 = 2;
 
 /// The header of an interned name; the units follow it in the same block.
 #[repr(C)]
@@ -88,7 +100,10 @@ pub const fn name_of<'a>(r: NameRef) -> &'a NameEntry {
 struct Shard<L> {
     lock: L,
     buckets: AtomicPtr<AtomicPtr<NameEntry>>,
+    /// Interned entries (written under `lock`).
     count: AtomicU32,
+    /// Private entries whose address picks this shard (atomic: no lock).
+    private: AtomicU32,
 }
 
 /// Why a name could not be interned.
@@ -241,6 +256,41 @@ pub fn hash_folded(units: &[u16]) -> u32 {
     out
 }
 
+/// A new entry holding `stored` (at most [`MAX_NAME_UNITS`] units) with one reference,
+/// linked before `next`.
+fn new_entry<P: Pool>(
+    pool: &P,
+    stored: &[u16],
+    hash: u32,
+    flags: u8,
+    next: *mut NameEntry,
+) -> Result<NameRef, NoMemory> {
+    let e = pool
+        .alloc_bytes(entry_bytes(stored.len()))
+        .ok_or(NoMemory)?
+        .cast::<NameEntry>();
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "stored.len() <= MAX_NAME_UNITS < 65536"
+    )]
+    let header = NameEntry {
+        next: AtomicPtr::new(next),
+        hash,
+        refs: AtomicU32::new(1),
+        len: stored.len() as u16,
+        flags,
+        _pad: 0,
+    };
+    // SAFETY: the pool gave a block of `entry_bytes(len)` >= size_of::<NameEntry>() bytes,
+    // 16-aligned, ours alone.
+    unsafe { e.write(header) };
+    let dst = e.as_ptr().wrapping_add(1).cast::<u16>();
+    // SAFETY: the block has room for the header and `stored.len()` units after it, nobody
+    // else sees it before the caller publishes it, and it does not overlap `stored`.
+    unsafe { ptr::copy_nonoverlapping(stored.as_ptr(), dst, stored.len()) };
+    Ok(e)
+}
+
 fn hash(units: &[u16]) -> u32 {
     hash_folded(units)
 }
@@ -260,6 +310,7 @@ impl<L: RawLock> NameTable<L> {
                 lock: L::new(),
                 buckets: AtomicPtr::new(ptr::null_mut()),
                 count: AtomicU32::new(0),
+                private: AtomicU32::new(0),
             }),
         }
     }
@@ -322,32 +373,32 @@ impl<L: RawLock> NameTable<L> {
             }
             cur = entry.next.load(Relaxed);
         }
-        let e = pool
-            .alloc_bytes(entry_bytes(stored.len()))
-            .ok_or(NoMemory)?
-            .cast::<NameEntry>();
-        #[allow(
-            clippy::cast_possible_truncation,
-            reason = "stored.len() <= MAX_NAME_UNITS < 65536"
-        )]
-        let header = NameEntry {
-            next: AtomicPtr::new(head.load(Relaxed)),
-            hash: h,
-            refs: AtomicU32::new(1),
-            len: stored.len() as u16,
-            flags,
-            _pad: 0,
-        };
-        // SAFETY: the pool gave a block of `entry_bytes(len)` >= size_of::<NameEntry>() bytes,
-        // 16-aligned, ours alone.
-        unsafe { e.write(header) };
-        let dst = e.as_ptr().wrapping_add(1).cast::<u16>();
-        // SAFETY: the block has room for the header and `stored.len()` units after it,
-        // nobody else sees it before it is linked below, and it does not overlap `stored`.
-        unsafe { ptr::copy_nonoverlapping(stored.as_ptr(), dst, stored.len()) };
+        let e = new_entry(pool, stored, h, flags, head.load(Relaxed))?;
         head.store(e.as_ptr(), Relaxed);
         locked_add32(&shard.count, 1);
         Ok((e, true))
+    }
+
+    /// A private copy of `units` (cut to [`MAX_NAME_UNITS`] and flagged), with one
+    /// reference: in no bucket, so nothing hashes, compares or locks (see the module's
+    /// comment). Always a new entry, charged to whoever stores it.
+    ///
+    /// # Errors
+    /// [`NoMemory`] when the block could not be had.
+    pub fn store_private<P: Pool>(&self, pool: &P, units: &[u16]) -> Result<NameRef, NoMemory> {
+        let (stored, flags) = if units.len() > MAX_NAME_UNITS {
+            (&units[..MAX_NAME_UNITS], NAME_TRUNCATED)
+        } else {
+            (units, 0)
+        };
+        let e = new_entry(pool, stored, 0, flags | NAME_PRIVATE, ptr::null_mut())?;
+        self.private_shard(e).private.fetch_add(1, Relaxed);
+        Ok(e)
+    }
+
+    /// The shard counting private entry `e` (by its address: no shared counter line).
+    fn private_shard(&self, e: NameRef) -> &Shard<L> {
+        &self.shards[(e.as_ptr() as usize >> 4) % SHARDS]
     }
 
     /// Takes one more reference on `r`, which the caller already holds one on (so the count
@@ -363,8 +414,24 @@ impl<L: RawLock> NameTable<L> {
     /// be the last reference is dropped under the lock, where `intern` takes new ones, so
     /// the entry is unlinked only when no one holds or is taking a reference. Release on
     /// every decrement and Acquire on the last order each holder's reads before the free.
+    ///
+    /// A private entry is in no bucket, where nobody can find it to take a reference: its
+    /// last reference goes without a lock (Release on each decrement, an Acquire fence on
+    /// the last, as for an `Arc`).
     pub fn release<P: Pool>(&self, pool: &P, r: NameRef) {
         let entry = name_of(r);
+        if entry.flags & NAME_PRIVATE != 0 {
+            if entry.refs.fetch_sub(1, Release) != 1 {
+                return;
+            }
+            fence(Acquire);
+            self.private_shard(r).private.fetch_sub(1, Relaxed);
+            let bytes = entry_bytes(usize::from(entry.len));
+            // SAFETY: the last reference is gone and no bucket links the entry: nobody can
+            // reach it; it came from `alloc_bytes` of this size.
+            unsafe { pool.free_bytes(bytes, r.cast()) };
+            return;
+        }
         if release_unless_last(&entry.refs) {
             return;
         }
@@ -396,19 +463,21 @@ impl<L: RawLock> NameTable<L> {
         unsafe { pool.free_bytes(bytes, r.cast()) };
     }
 
-    /// Distinct names interned now.
+    /// Names stored now: distinct interned names and private copies.
     pub fn count(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| u64::from(s.count.load(Relaxed)))
+            .map(|s| u64::from(s.count.load(Relaxed)) + u64::from(s.private.load(Relaxed)))
             .sum()
     }
 
-    /// Frees every entry and bucket array; returns how many entries were still referenced
-    /// (0 when every holder released its names first).
+    /// Frees every interned entry and bucket array; returns how many entries were still
+    /// referenced (0 when every holder released its names first), private ones included
+    /// (those only their holders can free: no bucket links them).
     pub fn teardown<P: Pool>(&mut self, pool: &P) -> u64 {
         let mut leaked = 0;
         for shard in &mut self.shards {
+            leaked += u64::from(shard.private.load(Relaxed));
             let buckets = shard.buckets.load(Relaxed);
             let Some(block) = NonNull::new(buckets) else {
                 continue;

@@ -153,3 +153,65 @@ fn a_hit_by_a_process_holding_nothing_in_the_hive_is_filed_under_it() {
     }
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
 }
+
+#[test]
+fn a_fresh_keys_name_is_neither_interned_nor_locked_for() {
+    // Issue 14: a key's first open names it once, for the key cache, which shares the name
+    // with every later open by id; interning it too cost a hash and a compare of the whole
+    // name and the name table's lock at the open and again at the last release.
+    let pool = CountingPool::new(Failure::Never, false);
+    {
+        let t = tracker(&pool);
+        let base = t.stats().names_interned; // the hive's mount and file
+        // The hive is held through another key, as a logged-on user's profile is.
+        let (other, _) = open(&t, P1, 0x1000, 1, &key("Other"));
+        let name = key(r"Software\Microsoft\Windows\CurrentVersion\Explorer\Advanced");
+        // Warm: the first open past the shard's used slots takes its lock to claim one.
+        let (warm, _) = open(&t, P1, 0x2000, 99, &name);
+        t.object_destroyed(warm, 0x2000);
+        let names_before = t.stats().names_interned;
+        for i in 0..4u64 {
+            let object = 0x3000 + i * 16;
+            let before = CountingLock::acquired();
+            let (tok, hit) = open(&t, P1, object, 100 + i, &name);
+            let opened = CountingLock::acquired() - before;
+            assert!(!hit, "a fresh key");
+            assert_eq!(
+                t.stats().names_interned,
+                names_before + 1,
+                "its name is stored"
+            );
+            t.handle_closed(tok, object);
+            let before = CountingLock::acquired();
+            t.object_destroyed(tok, object);
+            let destroyed = CountingLock::acquired() - before;
+            assert!(
+                opened <= 4,
+                "a fresh key's open: key cache, hive shard, process table, process; took {opened}"
+            );
+            assert!(
+                destroyed <= 2,
+                "its cleanup: the process and the key cache entry; took {destroyed}"
+            );
+            assert_eq!(
+                t.stats().names_interned,
+                names_before,
+                "and freed with the key"
+            );
+        }
+        // A second object of the key shares the cache's name: stored once.
+        let (a, _) = open(&t, P1, 0x5000, 500, &name);
+        let (b, hit) = open(&t, P2, 0x6000, 500, &name);
+        assert!(hit);
+        assert_eq!(t.stats().names_interned, names_before + 1);
+        assert_eq!(
+            holders(&t, PROFILE),
+            [(100, key("Other")), (100, name.clone()), (200, name)]
+        );
+        for (tok, obj) in [(a, 0x5000), (b, 0x6000), (other, 0x1000)] {
+            t.object_destroyed(tok, obj);
+        }
+        assert_eq!(t.stats().names_interned, base);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
