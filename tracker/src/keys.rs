@@ -1,4 +1,5 @@
-//! The key cache: the kernel's key id of a key with tracked objects → its name.
+//! The key cache: the kernel's key id of a key with tracked objects → its name (a private
+//! copy, [`NameTable::store_private`]: the cache shares it by id, not by name).
 //!
 //! An open of a key already held needs neither the key's name from the kernel (which builds
 //! and allocates it each time) nor a hash and compare of the whole name to intern it.
@@ -11,11 +12,6 @@
 //! objects opened through it do: each tracked record counts on its entry, and the last one
 //! to go frees it. While a record of the key lives, its key object does, and so does the id.
 //!
-//! The entry's name is a private copy ([`NameTable::store_private`]) that the records opened
-//! through the entry borrow: an entry's name never changes, so it lives exactly as long as
-//! the last record that borrowed it (each holds a use of the entry). A hit costs no name
-//! reference, and its record's end gives none back (issue 14).
-//!
 //! A rename changes the name of the key and of every key below it, whose ids do not change.
 //! Its pre-notification starts a new epoch and marks a rename in flight; its post starts
 //! another and ends it. An entry from an older epoch is not trusted: the next open of its key
@@ -24,8 +20,6 @@
 //! fetched while a rename is in flight (it may be the old name or the new) is not cached at
 //! all, or an open of the new path between the rename and its post would be filed under the
 //! old name (found in review). A post that never comes leaves caching off: safe, only slower.
-//! A refresh does not change the stale entry's name (records borrow it): it unlinks that
-//! entry, which lives on, *detached*, until its last record goes, and links a new one.
 //!
 //! The hive is not pinned: an entry holding a reference would keep the hive record past its
 //! last key (an idle implicit hive stays listed, a pending unload is never taken as done),
@@ -87,12 +81,11 @@ pub const ENTRY_COST: u64 = crate::budget::pool_cost(BlockClass::B64.size());
 /// open is not tracked).
 pub type KeyRef = NonNull<KeyEntry>;
 
-/// What a hit gives: the entry (counted) and its name (borrowed).
+/// What a hit gives: the entry (counted) and its name (a reference of the caller's own).
 pub struct KeyHit {
     /// The entry, counted for the caller.
     pub entry: KeyRef,
-    /// The entry's name, borrowed: valid while the caller's use of the entry is (no
-    /// reference of its own; never released by the caller).
+    /// The key's name, with a reference taken for the caller.
     pub name: NameRef,
     /// Where the name resolved last, if known.
     pub hint: Option<HiveHint>,
@@ -123,9 +116,6 @@ impl KeyMiss {
 /// The rename state word: renames in flight in the top 16 bits, the epoch below.
 const RENAMING_ONE: u64 = 1 << 48;
 const EPOCH_MASK: u64 = RENAMING_ONE - 1;
-/// The epoch of a detached entry (refreshed by a newer one; in no bucket): above any epoch,
-/// so no lookup, refresh or hint takes it for current.
-const DETACHED: u64 = u64::MAX;
 /// The most renames counted in flight (the count saturates there).
 const EPOCH_LIMIT_RENAMES: u64 = u16::MAX as u64;
 
@@ -237,12 +227,12 @@ impl<L: RawLock> KeyCache<L> {
         }
     }
 
-    /// The current epoch's entry for `id`, counted, with its name borrowed; otherwise the
-    /// miss to hand to [`Self::insert`] once the name is known.
+    /// The current epoch's entry for `id`, counted, with a name reference for the caller;
+    /// otherwise the miss to hand to [`Self::insert`] once the name is known.
     ///
     /// # Errors
     /// The [`KeyMiss`] when nothing current is cached for `id`.
-    pub fn lookup(&self, id: u64) -> Result<KeyHit, KeyMiss> {
+    pub fn lookup(&self, names: &NameTable<L>, id: u64) -> Result<KeyHit, KeyMiss> {
         // Read first: a name fetched after this read is at least as new as this epoch.
         let state = self.state.load(Acquire);
         let miss = KeyMiss {
@@ -265,6 +255,8 @@ impl<L: RawLock> KeyCache<L> {
             && let Some(name) = NonNull::new(e.name.load(Relaxed))
         {
             e.objects.fetch_add(1, Relaxed);
+            // The entry holds a reference, so this one is not the first: no lock needed.
+            names.add_ref(name);
             return Ok(KeyHit {
                 entry: NonNull::from(e),
                 name,
@@ -276,11 +268,10 @@ impl<L: RawLock> KeyCache<L> {
     }
 
     /// Records that key `miss.id` is named `name` (the caller holds a reference on it) and
-    /// counts one use of the entry: a new entry, or the existing one; when that is older
-    /// than `miss.epoch`, a new entry replaces it in its bucket and it lives on detached for
-    /// the records that borrow its name. Also says whether this call created the entry.
-    /// `None` when no entry could be allocated (the key is then not cached). The caller asks
-    /// only for a [`KeyMiss::cacheable`] miss.
+    /// counts one use of the entry: a new entry, or the existing one, refreshed when it is
+    /// older than `miss.epoch`; also says whether this call created the entry. `None` when no
+    /// entry could be allocated (the key is then not cached). The caller asks only for a
+    /// [`KeyMiss::cacheable`] miss.
     pub fn insert<P: Pool>(
         &self,
         pool: &P,
@@ -290,44 +281,29 @@ impl<L: RawLock> KeyCache<L> {
         hint: HiveHint,
     ) -> Option<(KeyRef, bool)> {
         let (shard, b) = self.place(miss.id);
-        let _g = Exclusive::new(&shard.lock);
-        let Some(e) = Self::find(shard, b, miss.id) else {
-            return Self::link_new(pool, names, shard, b, miss, name, hint).map(|e| (e, true));
-        };
-        let epoch = e.epoch.load(Relaxed);
-        if miss.epoch > epoch {
-            // A newer name: a new entry in front of the stale one, which is then unlinked
-            // (its records still borrow its name). No block: the stale entry stays, and this
-            // open is not cached.
-            let new = Self::link_new(pool, names, shard, b, miss, name, hint)?;
-            Self::unlink(shard, b, e);
-            e.epoch.store(DETACHED, Relaxed);
-            return Some((new, true));
-        }
-        e.objects.fetch_add(1, Relaxed);
-        // The hint goes with the name it was resolved from: not onto a newer name.
-        if miss.epoch == epoch {
-            store_hint(e, hint);
-        }
-        Some((NonNull::from(e), false))
-    }
-
-    /// Unlinks `e` from bucket `b` of `shard` (its lock held).
-    fn unlink(shard: &Shard<L>, b: usize, e: &KeyEntry) {
-        let head = Self::bucket(shard.buckets.load(Relaxed), b);
-        let mut link = head;
-        loop {
-            let cur = link.load(Relaxed);
-            if ptr::eq(cur, e) {
-                link.store(e.next.load(Relaxed), Relaxed);
-                break;
-            }
-            let Some(c) = NonNull::new(cur) else {
-                unreachable_entry();
+        let mut old = None;
+        let entry = {
+            let _g = Exclusive::new(&shard.lock);
+            let Some(e) = Self::find(shard, b, miss.id) else {
+                return Self::link_new(pool, names, shard, b, miss, name, hint).map(|e| (e, true));
             };
-            link = &entry_of(c).next;
+            e.objects.fetch_add(1, Relaxed);
+            let epoch = e.epoch.load(Relaxed);
+            if miss.epoch > epoch {
+                names.add_ref(name);
+                old = NonNull::new(e.name.swap(name.as_ptr(), Relaxed));
+                e.epoch.store(miss.epoch, Relaxed);
+            }
+            // The hint goes with the name it was resolved from: not onto a newer name.
+            if miss.epoch >= epoch {
+                store_hint(e, hint);
+            }
+            NonNull::from(e)
+        };
+        if let Some(n) = old {
+            names.release(pool, n);
         }
-        locked_sub32(&shard.count, 1);
+        Some((entry, false))
     }
 
     fn link_new<P: Pool>(
@@ -381,8 +357,7 @@ impl<L: RawLock> KeyCache<L> {
         }
     }
 
-    /// Gives back one use of `entry`; the last frees it (its name reference goes), and
-    /// unlinks it unless it was detached.
+    /// Gives back one use of `entry`; the last frees it (its name reference goes).
     ///
     /// A use that is not the last goes without the shard lock (as a name reference does,
     /// [`NameTable::release`]): uses are only taken under the lock, so the count cannot reach
@@ -399,9 +374,20 @@ impl<L: RawLock> KeyCache<L> {
             if e.objects.fetch_sub(1, AcqRel) != 1 {
                 return;
             }
-            if e.epoch.load(Relaxed) != DETACHED {
-                Self::unlink(shard, b, e);
+            let head = Self::bucket(shard.buckets.load(Relaxed), b);
+            let mut link = head;
+            loop {
+                let cur = link.load(Relaxed);
+                if cur == entry.as_ptr() {
+                    link.store(e.next.load(Relaxed), Relaxed);
+                    break;
+                }
+                let Some(c) = NonNull::new(cur) else {
+                    unreachable_entry();
+                };
+                link = &entry_of(c).next;
             }
+            locked_sub32(&shard.count, 1);
         }
         Self::free(pool, names, entry);
     }
@@ -417,14 +403,7 @@ impl<L: RawLock> KeyCache<L> {
         }
     }
 
-    /// True when `entry` (a use of which the caller holds) was detached by a refresh: in no
-    /// bucket, so [`Self::teardown`] does not reach it.
-    #[must_use]
-    pub fn is_detached(entry: KeyRef) -> bool {
-        entry_of(entry).epoch.load(Relaxed) == DETACHED
-    }
-
-    /// Entries cached now (detached ones not counted).
+    /// Entries cached now.
     pub fn len(&self) -> u64 {
         self.shards
             .iter()

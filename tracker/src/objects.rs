@@ -75,9 +75,6 @@ pub const F_NAME_MISSING: u32 = 1 << 9;
 pub const F_NAME_CHARGED: u32 = 1 << 10;
 /// Record flag: this open created its key cache entry and its process was charged for it.
 pub const F_KEY_CHARGED: u32 = 1 << 11;
-/// Record flag: the name is its key cache entry's, borrowed (no reference of its own; the
-/// record's use of the entry keeps it, [`crate::keys`]).
-pub const F_NAME_BORROWED: u32 = 1 << 15;
 
 /// The handle a driver stores as object context and passes back on later events. Never 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

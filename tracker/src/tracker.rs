@@ -17,9 +17,9 @@ use crate::keys::{ENTRY_COST, KeyCache, KeyHit, KeyMiss, KeyRef};
 use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameRef, NameTable, name_of};
 use crate::objects::{
-    DYING, F_KEY_CHARGED, F_NAME_BORROWED, F_NAME_CHARGED, F_NAME_MISSING, F_NAME_TRUNCATED, LIVE,
-    MAX_PER_SHARD, MAX_SHARDS, NIL, ObjRecord, ObjShard, RECORD_COST, RESERVED, STATE_MASK,
-    SlotError, Token, slot_ref, split_ref,
+    DYING, F_KEY_CHARGED, F_NAME_CHARGED, F_NAME_MISSING, F_NAME_TRUNCATED, LIVE, MAX_PER_SHARD,
+    MAX_SHARDS, NIL, ObjRecord, ObjShard, RECORD_COST, RESERVED, SlotError, Token, slot_ref,
+    split_ref,
 };
 use crate::pool::Pool;
 use crate::processes::{
@@ -424,7 +424,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         access: u32,
         time: u64,
     ) -> Result<Result<Token, NotTracked>, KeyMiss> {
-        let hit = self.keys.lookup(key)?;
+        let hit = self.keys.lookup(&self.names, key)?;
         Ok(self.open_record(object, process, thread, access, time, Source::Hit(hit)))
     }
 
@@ -610,8 +610,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         match source {
             Source::Name(name, _) => self.open_lost(name, time),
             Source::Hit(hit) => {
-                // The name is the entry's (borrowed): used before the entry's use goes.
                 self.open_lost(name_of(hit.name).units(), time);
+                self.names.release(&self.pool, hit.name);
                 self.release_key(hit.entry);
             }
         }
@@ -677,7 +677,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 }
                 return match linked {
                     Ok(alarm) => {
-                        let flags = F_NAME_BORROWED | if truncated { F_NAME_TRUNCATED } else { 0 };
+                        let flags = if truncated { F_NAME_TRUNCATED } else { 0 };
                         Ok(self.open_done(
                             rec,
                             Some(hit.entry),
@@ -690,6 +690,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                         ))
                     }
                     Err(refused) => {
+                        self.names.release(&self.pool, hit.name);
                         undo_slot();
                         self.release_key(hit.entry);
                         Err(refused)
@@ -699,12 +700,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
 
         // 3. The name (from the key cache, or interned) and the hive its path is in.
-        // A hit's name is its entry's, borrowed (no reference to take or give back).
-        let mut flags = if matches!(source, Source::Hit(_)) {
-            F_NAME_BORROWED
-        } else {
-            0
-        };
+        let mut flags = 0;
         // The process is charged for its record and for a name entry its open created
         // (a name already interned is shared, and costs nothing more).
         let mut charge = RECORD_COST;
@@ -731,7 +727,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             bump(&self.counters.opens_dropped_no_memory_hive);
             // No known hive contains the path (its implicit hive could not be made).
             self.lost_globally(time);
-            if let (Some((n, _)), 0) = (interned, flags & F_NAME_BORROWED) {
+            if let Some((n, _)) = interned {
                 self.names.release(&self.pool, n);
             }
             if let Some(Ok(k)) = key {
@@ -785,7 +781,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let alarm = match linked {
             Ok(alarm) => alarm,
             Err(refused) => {
-                if let (Some(n), 0) = (name_ref, flags & F_NAME_BORROWED) {
+                if let Some(n) = name_ref {
                     self.names.release(&self.pool, n);
                 }
                 undo_slot();
@@ -1071,9 +1067,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if reap {
             self.reap_process(key);
         }
-        // A borrowed name is the key entry's: nothing to give back, and not read after the
-        // entry's use goes.
-        if let (Some(n), 0) = (NonNull::new(name), flags & F_NAME_BORROWED) {
+        if let Some(n) = NonNull::new(name) {
             self.names.release(&self.pool, n);
         }
         if let Some(k) = key_entry {
@@ -1325,18 +1319,11 @@ impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
         for s in 0..MAX_SHARDS {
             let mut i = 0;
             while let Some(rec) = self.objects[s].get(i) {
-                let state = rec.state_and_flags();
-                if matches!(state & STATE_MASK, LIVE | DYING | RESERVED) {
-                    let name = NonNull::new(rec.name.swap(ptr::null_mut(), Relaxed));
-                    if let (Some(n), 0) = (name, state & F_NAME_BORROWED) {
-                        self.names.release(&self.pool, n);
-                    }
-                    // A detached entry is in no bucket: its records' uses free it.
-                    if let Some(k) = NonNull::new(rec.key.swap(ptr::null_mut(), Relaxed))
-                        && KeyCache::<L>::is_detached(k)
-                    {
-                        self.release_key(k);
-                    }
+                let state = rec.state();
+                if matches!(state, LIVE | DYING | RESERVED)
+                    && let Some(n) = NonNull::new(rec.name.swap(ptr::null_mut(), Relaxed))
+                {
+                    self.names.release(&self.pool, n);
                 }
                 i += 1;
             }

@@ -573,10 +573,9 @@ fn a_hive_hint_is_dropped_when_its_shard_changes() {
 }
 
 #[test]
-fn a_refresh_leaves_the_stale_name_to_the_records_that_borrow_it() {
-    // Issue 14: a hit's record borrows its entry's name (no reference of its own). A rename
-    // makes the entry stale, and the next open's refresh must not free or change the name
-    // the earlier hits still show: the stale entry is detached and lives on for them.
+fn a_refresh_leaves_the_stale_name_to_the_records_opened_with_it() {
+    // A hit's record shares its entry's name. A rename makes the entry stale, and the next
+    // open's refresh must not free or change the name the earlier hits still show.
     for drop_with_a_live_record in [false, true] {
         let pool = CountingPool::new(Failure::Never, true); // freed blocks are poisoned
         {
@@ -584,7 +583,7 @@ fn a_refresh_leaves_the_stale_name_to_the_records_that_borrow_it() {
             let names_before = t.stats().names_interned;
             let (a, _) = open(&t, 0x1000, KEY, RUN);
             let (b, hit) = open(&t, 0x2000, KEY, RUN);
-            assert!(hit, "b borrows the entry's name");
+            assert!(hit, "b shares the entry's name");
             t.object_destroyed(a, 0x1000); // the name is now the entry's alone
             t.rename_started();
             t.rename_ended(true);
@@ -597,13 +596,13 @@ fn a_refresh_leaves_the_stale_name_to_the_records_that_borrow_it() {
                 [RUN, RUN_RENAMED, RUN_RENAMED],
                 "b still shows the name it was opened with"
             );
-            assert_eq!(t.stats().keys_cached, 1, "the stale entry is in no bucket");
+            assert_eq!(t.stats().keys_cached, 1, "one entry for the key");
             assert_eq!(t.stats().names_interned, names_before + 2);
             for (tok, obj) in [(c, 0x3000), (d, 0x4000)] {
                 t.object_destroyed(tok, obj);
             }
             assert_eq!(held(&t), [RUN]);
-            // Else the tracker's teardown frees the detached entry with b.
+            // Else the tracker's teardown frees b's name with it.
             if !drop_with_a_live_record {
                 t.object_destroyed(b, 0x2000);
                 assert_nothing_cached(&t, names_before);
