@@ -82,7 +82,9 @@ stats! {
         /// Hives known now (loaded, implicit, and unloaded ones still referenced).
         hives_tracked,
         /// Names stored now: distinct names interned (image paths, mount points, files, keys
-        /// opened without the key cache) and the key cache's private copies of key names.
+        /// opened without the key cache) and private copies of key names fetched on a key
+        /// cache miss (one per cached key, shared by its opens; rarely one more per open
+        /// that raced another to cache the same key).
         names_interned,
         /// (process, hive) pairs with open keys now.
         holdings_tracked,
