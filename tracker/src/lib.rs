@@ -42,6 +42,7 @@ pub mod processes;
 mod queries;
 pub mod stacks;
 mod tracker;
+pub mod units;
 mod watch;
 
 pub use census::Census;
