@@ -232,6 +232,11 @@ impl<L: RawLock> KeyCache<L> {
     ///
     /// # Errors
     /// The [`KeyMiss`] when nothing current is cached for `id`.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     pub fn lookup(&self, names: &NameTable<L>, id: u64) -> Result<KeyHit, KeyMiss> {
         // Read first: a name fetched after this read is at least as new as this epoch.
         let state = self.state.load(Acquire);
@@ -363,6 +368,11 @@ impl<L: RawLock> KeyCache<L> {
     /// [`NameTable::release`]): uses are only taken under the lock, so the count cannot reach
     /// zero behind a lookup's back; what may be the last is dropped under the lock. Release on
     /// every decrement and Acquire on the last order each user's reads before the free.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     pub fn release<P: Pool>(&self, pool: &P, names: &NameTable<L>, entry: KeyRef) {
         let e = entry_of(entry);
         if release_unless_last(&e.objects) {

@@ -426,6 +426,11 @@ impl<L: RawLock> NameTable<L> {
     /// A private entry is in no bucket, where nobody can find it to take a reference: its
     /// last reference goes without a lock (Release on each decrement, an Acquire fence on
     /// the last, as for an `Arc`).
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     pub fn release<P: Pool>(&self, pool: &P, r: NameRef) {
         let entry = name_of(r);
         if entry.flags & NAME_PRIVATE != 0 {

@@ -302,6 +302,11 @@ impl<L: RawLock> ObjShard<L> {
     }
 
     /// The record at `index` if that slot has ever been handed out.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     pub fn get(&self, index: u32) -> Option<&ObjRecord> {
         if index >= self.unused.load(Acquire) {
             return None;
@@ -330,6 +335,11 @@ impl<L: RawLock> ObjShard<L> {
     ///
     /// # Errors
     /// [`SlotError`] at the cap or without memory.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     pub fn alloc<P: Pool>(&self, pool: &P, cap: u32) -> Result<(u32, &ObjRecord), SlotError> {
         // The slot is counted before it is taken, so that concurrent takers never pass the
         // cap together; only below the cap, so that a refused taker never raises the count

@@ -315,6 +315,11 @@ impl<L: RawLock> ProcessTable<L> {
     ///
     /// # Errors
     /// [`NoProcess`] when it does not exist (and `create` is false) or no memory.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     pub fn lock_process<'a, P: Pool>(
         &'a self,
         pool: &P,

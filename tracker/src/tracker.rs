@@ -305,6 +305,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// cap) from the next ones, so one process can hold more than a shard's share.
     /// `init` fills the record before anyone can name it; returns (shard, index, generation,
     /// record). Lock-free unless the shard grows ([`ObjShard::alloc`]).
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     fn take_slot(
         &self,
         process: ProcessKey,
@@ -516,6 +521,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// lock: that holding pins it) and the hint is current ([`HiveTable::hint_current`]), the
     /// record is linked there. `None` when not (the process holds nothing in that hive yet, or
     /// the hive list changed): the caller takes the path with the hive shard.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     fn link_held(
         &self,
         process: ProcessKey,
@@ -545,6 +555,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// Links `rec` into holding `h` of `proc` (its lock held), charging `charge`, and
     /// counts the key on the process and the hive; `Some(count)` when the process reached a
     /// key-count alarm level it never reached before.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     fn link_counted(
         &self,
         proc: &Process<L>,
@@ -836,6 +851,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// Links `rec` (slot `r`) into `hold` in (time, sequence) order; caller holds the
     /// process lock.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     fn link(&self, hold: &Holding<L>, r: u32, rec: &ObjRecord, time: u64) {
         locked_add32(&hold.seq, 1);
         let seq = hold.seq.load(Relaxed);
@@ -867,6 +887,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         locked_add64(&hold.count, 1);
     }
 
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
     fn unlink(&self, hold: &Holding<L>, rec: &ObjRecord) {
         let prev = rec.prev.load(Relaxed);
         let next = rec.next.load(Relaxed);
