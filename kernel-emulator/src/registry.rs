@@ -670,6 +670,13 @@ unsafe extern "win64" fn CmUnRegisterCallback(cookie: i64) -> NtStatus {
     // context; none may outlive the unregistration, the driver's image goes next. So after each
     // wait the contexts are taken again, until a wait leaves none (the sweep met a cleanup
     // delivered into the unloaded image through such a context, once in ~3,700 runs).
+    //
+    // The loop ends only when one step finds no context left and no call in flight: a
+    // cleanup an object's destruction started on another thread (it took its context, and
+    // reserved its call, after the wait below) is a call in flight too, and is waited for
+    // (ReactOS `ntoskrnl/config/cmhook.c`, CmUnRegisterCallback: ExWaitForRundownProtection-
+    // Release covers every call; the sweep met such a cleanup running in the unloaded image,
+    // once in ~40 runs of `unload-while-waiting`, when the loop ended on "no context" alone).
     loop {
         // Wait for the calls in flight on other threads.
         while kernel::with(|k| k.registry.in_flight.get(&cookie).copied().unwrap_or(0)) > 0 {
@@ -678,10 +685,15 @@ unsafe extern "win64" fn CmUnRegisterCallback(cookie: i64) -> NtStatus {
         for (object, context) in contexts {
             notify_context_cleanup(object, cookie, context);
         }
-        contexts = kernel::with(|k| k.hives.take_contexts_of(cookie));
-        if contexts.is_empty() {
+        let (next, idle) = kernel::with(|k| {
+            let next = k.hives.take_contexts_of(cookie);
+            let idle = k.registry.in_flight.get(&cookie).copied().unwrap_or(0) == 0;
+            (next, idle)
+        });
+        if next.is_empty() && idle {
             break;
         }
+        contexts = next;
     }
     kernel::with(|k| {
         k.registry.callbacks.retain(|c| c.cookie != cookie);
