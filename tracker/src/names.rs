@@ -264,6 +264,15 @@ pub fn hash_folded(units: &[u16]) -> u32 {
     out
 }
 
+/// What of `units` is stored: all of it, or its first [`MAX_NAME_UNITS`] flagged as cut.
+fn stored_part(units: &[u16]) -> (&[u16], u8) {
+    if units.len() > MAX_NAME_UNITS {
+        (&units[..MAX_NAME_UNITS], NAME_TRUNCATED)
+    } else {
+        (units, 0)
+    }
+}
+
 /// A new entry holding `stored` (at most [`MAX_NAME_UNITS`] units) with one reference,
 /// linked before `next`.
 fn new_entry<P: Pool>(
@@ -348,11 +357,7 @@ impl<L: RawLock> NameTable<L> {
         pool: &P,
         units: &[u16],
     ) -> Result<(NameRef, bool), NoMemory> {
-        let (stored, flags) = if units.len() > MAX_NAME_UNITS {
-            (&units[..MAX_NAME_UNITS], NAME_TRUNCATED)
-        } else {
-            (units, 0)
-        };
+        let (stored, flags) = stored_part(units);
         let h = hash(stored);
         let shard = &self.shards[h as usize % SHARDS];
         let _g = Exclusive::new(&shard.lock);
@@ -394,11 +399,7 @@ impl<L: RawLock> NameTable<L> {
     /// # Errors
     /// [`NoMemory`] when the block could not be had.
     pub fn store_private<P: Pool>(&self, pool: &P, units: &[u16]) -> Result<NameRef, NoMemory> {
-        let (stored, flags) = if units.len() > MAX_NAME_UNITS {
-            (&units[..MAX_NAME_UNITS], NAME_TRUNCATED)
-        } else {
-            (units, 0)
-        };
+        let (stored, flags) = stored_part(units);
         let e = new_entry(pool, stored, 0, flags | NAME_PRIVATE, ptr::null_mut())?;
         self.private_shard(e).private.fetch_add(1, Relaxed);
         Ok(e)
