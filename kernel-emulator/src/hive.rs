@@ -972,6 +972,7 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
             },
         );
         *k.objects.references.entry(object).or_insert(0) += 1;
+        *k.objects.in_operation.entry(object).or_insert(0) += 1;
         Ok((exists, object))
     });
     let (exists, object) = match outcome {
@@ -1000,6 +1001,8 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         });
     }
     if s != STATUS_SUCCESS {
+        // The reference is the failing filter's now (below), no longer the open's.
+        operation_done(object);
         // A filter changed the result in its post (regfltr post.c,
         // CallbackPostNotificationOverrideSuccess): releasing the object is that filter's job
         // — the sample calls ObDereferenceObject(PostInfo->Object) "because it will not be
@@ -1013,16 +1016,36 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         // ObOpenObjectByName could not create the handle: the object manager drops the
         // parse's reference and the key object is deleted (CmpDeleteKeyObject: close
         // notifications, cleanup) on this thread.
+        operation_done(object);
         crate::object::dereference(object);
         return Parsed::Done(Err(STATUS_INSUFFICIENT_RESOURCES));
     }
-    reference_to_handle(object);
+    reference_to_handle(object, true);
     Parsed::Done(Ok(insert_handle(object, mode.kernel_handle)))
 }
 
-/// The reference an open returned becomes a handle (ObOpenObjectByName).
-fn reference_to_handle(object: usize) {
+/// The open no longer holds its parse reference as its own operation's (see
+/// `ObjectState::in_operation`).
+fn operation_done(object: usize) {
+    kernel::with(|k| operation_done_in(k, object));
+}
+
+fn operation_done_in(k: &mut kernel::Kernel, object: usize) {
+    if let Some(n) = k.objects.in_operation.get_mut(&object) {
+        *n -= 1;
+        if *n <= 0 {
+            k.objects.in_operation.remove(&object);
+        }
+    }
+}
+
+/// The reference an open returned becomes a handle (ObOpenObjectByName); `parsed`: it was
+/// the parse's own, held for the open so far.
+fn reference_to_handle(object: usize, parsed: bool) {
     kernel::with(|k| {
+        if parsed {
+            operation_done_in(k, object);
+        }
         if let Some(o) = k.hives.objects.get_mut(&object) {
             o.handles += 1;
         }
@@ -1088,7 +1111,7 @@ fn bypassed_open(
         // As in parse_key: the filter that failed it in its post releases the object.
         return Err(s);
     }
-    reference_to_handle(supplied);
+    reference_to_handle(supplied, false);
     Ok(insert_handle(supplied, mode.kernel_handle))
 }
 
@@ -1664,6 +1687,51 @@ mod tests {
                 .callbacks
                 .retain(|c| c.cookie != low && c.cookie != high);
         });
+    }
+
+    /// (object, whether a leak line named it) as seen from inside a post-open.
+    static DURING_OPEN: Mutex<Option<(usize, bool)>> = Mutex::new(None);
+
+    unsafe extern "win64" fn leak_checker(
+        _ctx: *mut c_void,
+        class: *mut c_void,
+        info: *mut c_void,
+    ) -> NtStatus {
+        let class = class as usize;
+        if io::current_pid() != 4002
+            || (class != class::POST_OPEN_KEY_EX && class != class::POST_CREATE_KEY_EX)
+        {
+            return STATUS_SUCCESS;
+        }
+        // SAFETY: the model passes REG_POST_OPERATION_INFORMATION for these classes.
+        let object = unsafe { (*info.cast::<registry::RegPostOperationInformation>()).object };
+        let object = object as usize;
+        let named = kernel::leaks()
+            .iter()
+            .any(|l| l.contains(&format!("{object:#x}")));
+        *DURING_OPEN.lock().unwrap() = Some((object, named));
+        STATUS_SUCCESS
+    }
+
+    /// The parse's reference on a new key object is the open's own until it becomes the
+    /// handle (ReactOS `ob/obhandle.c`, ObOpenObjectByName): a leak check that runs while an
+    /// open is in progress on another thread must not report it (`td-unload-under-load`
+    /// failed on that, about once in 60 runs).
+    #[test]
+    fn an_open_in_progress_is_not_a_leak() {
+        let mount = r"\REGISTRY\MACHINE\UNITINPROGRESS";
+        assert_eq!(load_hive(4, mount, "unitinprogress"), STATUS_SUCCESS);
+        let cookie = registry::register_emulated(leak_checker, 0, "100.7").unwrap();
+        let h = open_key(4002, &format!(r"{mount}\Key"), 0x2_0019, true).unwrap();
+        let seen = DURING_OPEN.lock().unwrap().take();
+        kernel::with(|k| k.registry.callbacks.retain(|c| c.cookie != cookie));
+        let (object, named) = seen.expect("the post-create was delivered");
+        assert!(object != 0);
+        let referenced = kernel::with(|k| k.objects.references.get(&object).copied());
+        assert_eq!(referenced, None, "the reference became the handle");
+        assert!(!named, "the open's own reference was reported as a leak");
+        assert_eq!(close_key(4002, h), STATUS_SUCCESS);
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
     }
 
     /// A key object whose deletion is queued for a system worker (deferred mode) still exists:
