@@ -107,17 +107,7 @@ impl<'a> Text<'a> {
         w.u16(n)?;
         match self {
             Self::Wire(bytes) => w.bytes(bytes),
-            Self::Units(units) => {
-                // Converted in blocks: a query page writes megabytes of names.
-                let mut block = [0u8; 256];
-                for chunk in units.chunks(block.len() / 2) {
-                    for (dst, u) in block.chunks_exact_mut(2).zip(chunk) {
-                        dst.copy_from_slice(&u.to_le_bytes());
-                    }
-                    w.bytes(&block[..chunk.len() * 2])?;
-                }
-                Ok(())
-            }
+            Self::Units(units) => w.units(units),
         }
     }
 }

@@ -230,14 +230,17 @@ impl<'a> Writer<'a> {
     /// # Errors
     /// [`EncodeError::BufferTooSmall`] when they do not fit.
     pub fn bytes(&mut self, data: &[u8]) -> Result<(), EncodeError> {
+        self.reserve(data.len())?.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// The next `n` bytes of the buffer, counted as written: the caller fills all of them.
+    fn reserve(&mut self, n: usize) -> Result<&mut [u8], EncodeError> {
         let available = self.buf.len();
-        let end = self
-            .pos
-            .checked_add(data.len())
-            .ok_or(EncodeError::BufferTooSmall {
-                needed: usize::MAX,
-                available,
-            })?;
+        let end = self.pos.checked_add(n).ok_or(EncodeError::BufferTooSmall {
+            needed: usize::MAX,
+            available,
+        })?;
         let dst = self
             .buf
             .get_mut(self.pos..end)
@@ -245,8 +248,32 @@ impl<'a> Writer<'a> {
                 needed: end,
                 available,
             })?;
-        dst.copy_from_slice(data);
         self.pos = end;
+        Ok(dst)
+    }
+
+    /// Writes a run of fields built with [`Fixed`], with one bounds check.
+    ///
+    /// # Errors
+    /// [`EncodeError::BufferTooSmall`] when it does not fit; [`EncodeError::FieldTooLarge`]
+    /// when the run's fields did not fill exactly its `N` bytes (a layout mistake).
+    pub fn fixed<const N: usize>(&mut self, run: &Fixed<N>) -> Result<(), EncodeError> {
+        if run.at != N {
+            return Err(EncodeError::FieldTooLarge { field: "fixed run" });
+        }
+        self.bytes(&run.bytes)
+    }
+
+    /// Writes UTF-16 code units little-endian, straight into the buffer (a query page
+    /// writes megabytes of names).
+    ///
+    /// # Errors
+    /// [`EncodeError::BufferTooSmall`] when they do not fit.
+    pub fn units(&mut self, units: &[u16]) -> Result<(), EncodeError> {
+        let dst = self.reserve(units.len().saturating_mul(2))?;
+        for (d, u) in dst.chunks_exact_mut(2).zip(units) {
+            d.copy_from_slice(&u.to_le_bytes());
+        }
         Ok(())
     }
 
@@ -304,10 +331,82 @@ impl<'a> Writer<'a> {
     pub fn utf16(&mut self, field: &'static str, units: &[u16]) -> Result<(), EncodeError> {
         let n = u16::try_from(units.len()).map_err(|_| EncodeError::FieldTooLarge { field })?;
         self.u16(n)?;
-        for u in units {
-            self.u16(*u)?;
+        self.units(units)
+    }
+}
+
+/// A record's fixed-size fields, built in a local array and written by [`Writer::fixed`].
+///
+/// One bounds check instead of one per field: every offset is known when it is built
+/// inline, so the compiler drops the checks below. A run that overflows or falls short of
+/// `N` is refused by [`Writer::fixed`], never a panic.
+#[derive(Debug)]
+pub struct Fixed<const N: usize> {
+    bytes: [u8; N],
+    at: usize,
+}
+
+impl<const N: usize> Default for Fixed<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Fixed<N> {
+    /// An empty run (all bytes zero: padding is written by skipping it).
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            bytes: [0; N],
+            at: 0,
         }
-        Ok(())
+    }
+
+    #[inline]
+    fn put<const M: usize>(&mut self, b: [u8; M]) -> &mut Self {
+        let end = self.at.saturating_add(M);
+        match self.bytes.get_mut(self.at..end) {
+            Some(d) => {
+                d.copy_from_slice(&b);
+                self.at = end;
+            }
+            None => self.at = usize::MAX,
+        }
+        self
+    }
+
+    /// Appends a `u8`.
+    #[inline]
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.put([v])
+    }
+
+    /// Appends a little-endian `u16`.
+    #[inline]
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.put(v.to_le_bytes())
+    }
+
+    /// Appends a little-endian `u32`.
+    #[inline]
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.put(v.to_le_bytes())
+    }
+
+    /// Appends a little-endian `u64`.
+    #[inline]
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.put(v.to_le_bytes())
+    }
+
+    /// Skips `n` bytes of explicit padding (left zero).
+    #[inline]
+    pub const fn zeros(&mut self, n: usize) -> &mut Self {
+        self.at = match self.at.checked_add(n) {
+            Some(end) if end <= N => end,
+            _ => usize::MAX,
+        };
+        self
     }
 }
 
@@ -575,4 +674,56 @@ pub fn decode<'a, M: Message<'a>>(buf: &'a [u8]) -> Result<M, DecodeError> {
         });
     }
     Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_run_is_written_whole_or_refused() {
+        let mut buf = [0xAAu8; 16];
+        let mut w = Writer::new(&mut buf);
+        let mut f = Fixed::<12>::new();
+        f.u8(7).zeros(1).u16(0x0102).u64(0x0A0B_0C0D_0E0F_1011);
+        assert!(w.fixed(&f).is_ok());
+        assert_eq!(w.position(), 12);
+        assert_eq!(
+            buf[..12],
+            [7, 0, 2, 1, 0x11, 0x10, 0x0F, 0x0E, 0x0D, 0x0C, 0x0B, 0x0A]
+        );
+        assert_eq!(buf[12..], [0xAA; 4], "nothing past the run");
+
+        // Falling short of N or running past it is a layout mistake: refused, no panic.
+        let mut short = Fixed::<12>::new();
+        short.u64(1);
+        let mut long = Fixed::<12>::new();
+        long.u64(1).u64(2).zeros(1);
+        let mut buf = [0u8; 32];
+        let mut w = Writer::new(&mut buf);
+        assert!(w.fixed(&short).is_err());
+        assert!(w.fixed(&long).is_err());
+        assert_eq!(w.position(), 0);
+        // A run that does not fit the buffer is refused like any write.
+        let mut buf = [0u8; 8];
+        assert!(Writer::new(&mut buf).fixed(&f).is_err());
+    }
+
+    #[test]
+    fn units_are_written_little_endian_whatever_their_length() {
+        // Longer than the 128-unit blocks the old encoder converted in.
+        let units: Vec<u16> = (0..300u16)
+            .map(|i| i.wrapping_mul(0x0101) ^ 0xD800)
+            .collect();
+        let mut buf = vec![0u8; 602];
+        let mut w = Writer::new(&mut buf);
+        w.utf16("name", &units).unwrap();
+        assert_eq!(w.position(), 602);
+        assert_eq!(u16::from_le_bytes([buf[0], buf[1]]), 300);
+        for (i, u) in units.iter().enumerate() {
+            assert_eq!(buf[2 + 2 * i..4 + 2 * i], u.to_le_bytes(), "unit {i}");
+        }
+        let mut small = vec![0u8; 601];
+        assert!(Writer::new(&mut small).utf16("name", &units).is_err());
+    }
 }
