@@ -1027,14 +1027,15 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
 /// The open no longer holds its parse reference as its own operation's (see
 /// `ObjectState::in_operation`).
 fn operation_done(object: usize) {
-    kernel::with(|k| operation_done_in(k, object));
+    kernel::with(|k| count_down(&mut k.objects.in_operation, object));
 }
 
-fn operation_done_in(k: &mut kernel::Kernel, object: usize) {
-    if let Some(n) = k.objects.in_operation.get_mut(&object) {
+/// One fewer of `object`'s counted references in `counts`; none left removes its entry.
+fn count_down(counts: &mut HashMap<usize, i64>, object: usize) {
+    if let Some(n) = counts.get_mut(&object) {
         *n -= 1;
         if *n <= 0 {
-            k.objects.in_operation.remove(&object);
+            counts.remove(&object);
         }
     }
 }
@@ -1044,17 +1045,12 @@ fn operation_done_in(k: &mut kernel::Kernel, object: usize) {
 fn reference_to_handle(object: usize, parsed: bool) {
     kernel::with(|k| {
         if parsed {
-            operation_done_in(k, object);
+            count_down(&mut k.objects.in_operation, object);
         }
         if let Some(o) = k.hives.objects.get_mut(&object) {
             o.handles += 1;
         }
-        if let Some(n) = k.objects.references.get_mut(&object) {
-            *n -= 1;
-            if *n <= 0 {
-                k.objects.references.remove(&object);
-            }
-        }
+        count_down(&mut k.objects.references, object);
     });
 }
 
