@@ -64,8 +64,8 @@ pub const IOCTL_HIVETRACK_GET_VERSION: u32 = hivetrack_ioctl(0x800);
 pub const IOCTL_HIVETRACK_QUERY_HOLDERS: u32 = hivetrack_ioctl(0x801);
 /// Hives. Input: `QueryRequest` (`Hives`); output: a [`crate::hives::Hives`] page.
 pub const IOCTL_HIVETRACK_QUERY_HIVES: u32 = hivetrack_ioctl(0x802);
-/// Processes ranked by open keys. Input: `QueryRequest` (`Processes`); output: a
-/// [`crate::processes::Processes`] page.
+/// Every known process with its open keys (unranked). Input: `QueryRequest`
+/// (`Processes`); output: a [`crate::processes::Processes`] page.
 pub const IOCTL_HIVETRACK_QUERY_PROCESSES: u32 = hivetrack_ioctl(0x803);
 /// Counters. Input: `QueryRequest` (`Stats`); output: [`crate::stats::Stats`].
 pub const IOCTL_HIVETRACK_QUERY_STATS: u32 = hivetrack_ioctl(0x804);

@@ -1,9 +1,10 @@
-//! The processes page: processes ranked by open keys (most first; ties by pid, start key).
+//! The processes page: every process the driver knows, in its process table's walk order
+//! (clients rank them; the CLI by open keys, most first, ties by pid).
 //!
 //! No prefix. Record: pid u64, start key u64, open keys u64, hives held u32, flags u32,
-//! image (2+2n). Counts move while pages are read, so the ranking is per page, weakly
-//! consistent across pages: a process is never reported twice, but one whose count changed
-//! between two requests may be skipped.
+//! image (2+2n). The cursor is a process key in that order, which does not move when counts
+//! do: across pages, a process that exists throughout comes exactly once, each record's
+//! counts read at its own time.
 
 use crate::holders::decode_flags;
 use crate::page::{Codec, NoPrefix, PageKind};

@@ -22,7 +22,7 @@ pub enum QueryKind {
     Holders = 1,
     /// The hives: [`crate::hives`].
     Hives = 2,
-    /// Processes ranked by open keys: [`crate::processes`].
+    /// Every known process with its open keys: [`crate::processes`].
     Processes = 3,
     /// Counters: [`crate::stats`].
     Stats = 4,

@@ -21,7 +21,6 @@
 //! plus Unicode simple upper-casing).
 #![cfg_attr(not(test), no_std)]
 
-pub mod ascending;
 pub mod budget;
 pub mod capture;
 pub mod census;

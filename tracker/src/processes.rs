@@ -480,13 +480,6 @@ impl<L: RawLock> ProcessTable<L> {
         None
     }
 
-    /// Calls `f` with the key and open-key count of every process, under its shard lock only
-    /// (both are readable without the process lock: the key never changes, the count is an
-    /// atomic, and the shard lock keeps the record from being reaped).
-    pub fn for_each_key(&self, mut f: impl FnMut(ProcessKey, u64)) {
-        self.each(|proc| f(proc.key, proc.open_keys.load(Relaxed)));
-    }
-
     /// Calls `f` on the process `key` under its locks.
     pub fn with<R>(&self, key: ProcessKey, f: impl FnOnce(&Process<L>) -> R) -> Option<R> {
         let s = &self.shards[place_of(key).0];

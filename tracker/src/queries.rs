@@ -6,8 +6,7 @@
 //! walk order, resumed from a process key in constant time; hive id then (open time,
 //! sequence) within a process), so a resumed query neither repeats nor skips an entity that
 //! existed throughout, whatever changed in between. A report costs time linear in what it
-//! returns plus one pass over the process table, however many pages it takes (the ranked
-//! `processes` listing: one pass per 96 processes listed).
+//! returns plus one pass over the process table, however many pages it takes.
 
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::Relaxed;
@@ -25,7 +24,6 @@ use protocol::stats::Stats;
 use protocol::text::Text;
 use protocol::wire::{self, DecodeError, EncodeError};
 
-use crate::ascending::Ascending;
 use crate::counters::get;
 use crate::hives::hive_of;
 use crate::lock::RawLock;
@@ -36,9 +34,6 @@ use crate::processes::{Holding, Process, ProcessKey, holding_of};
 use crate::tracker::Tracker;
 
 const STARTED: u64 = 1 << 63;
-/// Ranked process keys found per pass (the `processes` order): 2.25 KiB of stack, twice
-/// while a pass refills (about 4.5 KiB; the emulator measures the deepest use).
-const RANKED_BATCH: usize = 96;
 const AFTER_ALL_HIVES: u32 = 0x7FFF_FFFF;
 /// Longest hive path a holders request is resolved with (units beyond are ignored; every
 /// mount point is far shorter).
@@ -546,7 +541,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         )
     }
 
-    /// Processes ranked by open keys (most first; ties by pid, start key).
+    /// Every process the tracker knows, in the process table's walk order
+    /// ([`crate::processes::walk_order`]), resumed from the cursor's process key: a process
+    /// that exists throughout a paged listing comes exactly once, however its key count
+    /// changes between pages. Clients rank the listing (the CLI: most open keys first). A
+    /// cursor in the order of the counts themselves would skip a process that climbs past
+    /// it between two pages (a leak) and repeat one that falls behind it, and cost one pass
+    /// over the table per batch ranked.
     ///
     /// # Errors
     /// [`QueryError::BufferTooSmall`].
@@ -557,48 +558,43 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         out: &mut [u8],
     ) -> Result<usize, QueryError> {
         let mut w = Self::start_page::<Processes>(out, &NoPrefix, max_records)?;
-        // Order key: (u64::MAX - open_keys, pid, start key), ascending.
-        let mut after: Option<(u64, u64, u64)> =
-            (cursor.0[0] & STARTED != 0).then_some((cursor.0[1], cursor.0[2], cursor.0[3]));
-        let mut walk = Ascending::<(u64, u64, u64), RANKED_BATCH>::above(after);
+        let mut after = (cursor.0[0] & STARTED != 0).then_some(ProcessKey {
+            pid: cursor.0[1],
+            start_key: cursor.0[2],
+        });
         let mut needed = 0;
         let done = loop {
-            let next = walk.next(|offer| {
-                self.processes.for_each_key(|key, open_keys| {
-                    offer((u64::MAX - open_keys, key.pid, key.start_key));
-                });
+            let Some(key) = self.processes.next_in_walk(after, |_| true) else {
+                break true;
+            };
+            let pushed = self.processes.with(key, |p| {
+                let rec = ProcessRecord {
+                    pid: p.key.pid,
+                    start_key: p.key.start_key,
+                    open_keys: p.open_keys.load(Relaxed),
+                    hives: p.nholdings.load(Relaxed),
+                    flags: (if p.exited.load(Relaxed) {
+                        ProcessRecord::EXITED
+                    } else {
+                        0
+                    }) | image_flags(p),
+                    image: text(p.image()),
+                };
+                needed = protocol::page::Codec::encoded_len(&rec);
+                w.push(&rec)
             });
-            let Some(k) = next else { break true };
-            let pushed = self.processes.with(
-                ProcessKey {
-                    pid: k.1,
-                    start_key: k.2,
-                },
-                |p| {
-                    let rec = ProcessRecord {
-                        pid: p.key.pid,
-                        start_key: p.key.start_key,
-                        open_keys: p.open_keys.load(Relaxed),
-                        hives: p.nholdings.load(Relaxed),
-                        flags: (if p.exited.load(Relaxed) {
-                            ProcessRecord::EXITED
-                        } else {
-                            0
-                        }) | image_flags(p),
-                        image: text(p.image()),
-                    };
-                    needed = protocol::page::Codec::encoded_len(&rec);
-                    w.push(&rec)
-                },
-            );
             if pushed == Some(false) {
                 break false;
             }
-            after = Some(k);
+            // Gone between the two looks (reaped): the walk goes on after it.
+            after = Some(key);
         };
-        let a = after.unwrap_or((0, 0, 0));
+        let a = after.unwrap_or(ProcessKey {
+            pid: 0,
+            start_key: 0,
+        });
         let needed = needed + empty_page_len::<Processes>(&NoPrefix);
-        self.finish(w, Cursor([STARTED, a.0, a.1, a.2, 0]), done, needed)
+        self.finish(w, Cursor([STARTED, a.pid, a.start_key, 0, 0]), done, needed)
     }
 
     /// Every tracked key, per process (in the process table's walk order), per hive, oldest

@@ -414,7 +414,7 @@ fn check(t: &TestTracker<'_>, m: &Model, buf: usize) {
         .collect();
     mh.sort_by_key(|h| h.0);
     assert_eq!(hives, mh, "hives");
-    // Processes, ranked.
+    // Processes.
     let mut procs = vec![];
     drain::<Processes>(
         buf,
@@ -448,7 +448,13 @@ fn check(t: &TestTracker<'_>, m: &Model, buf: usize) {
             )
         })
         .collect();
-    mp.sort_by_key(|p| (u64::MAX - p.2, p.0, p.1));
+    // In the process table's walk order (clients rank them).
+    mp.sort_by_key(|p| {
+        tracker::processes::walk_order(ProcessKey {
+            pid: p.0,
+            start_key: p.1,
+        })
+    });
     assert_eq!(procs, mp, "processes");
     // Snapshot.
     let mut snap = vec![];

@@ -105,3 +105,77 @@ fn paged_holders_and_snapshot_neither_repeat_nor_skip() {
         }
     }
 }
+
+/// The `processes` listing pages through processes whose key counts change between pages
+/// (a leaking process keeps opening, others close): every process that exists throughout
+/// comes exactly once. A cursor in the order of the counts themselves could not promise it:
+/// a process that climbs past the cursor between two pages was never listed, one that falls
+/// behind it was listed twice.
+#[test]
+fn paged_processes_neither_repeat_nor_skip_while_counts_change() {
+    use protocol::processes::Processes;
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.hive_loaded(&w(SW), &w(r"C:\x"), 1);
+    let name = w(&format!(r"{SW}\K"));
+    let mut obj = 0x1000u64;
+    let mut held: HashMap<(u64, u64), Vec<(tracker::Token, u64)>> = HashMap::new();
+    let mut open = |t: &TestTracker<'_>,
+                    held: &mut HashMap<(u64, u64), Vec<(tracker::Token, u64)>>,
+                    p: ProcessKey,
+                    n: u64| {
+        for _ in 0..n {
+            obj += 16;
+            let tok = t.opened(obj, p, 1, &name, 1, 1).unwrap();
+            held.entry((p.pid, p.start_key))
+                .or_default()
+                .push((tok, obj));
+        }
+    };
+    let procs: Vec<ProcessKey> = (0..300u64)
+        .map(|i| ProcessKey {
+            pid: 8 + i * 4,
+            start_key: 1,
+        })
+        .collect();
+    for (i, p) in procs.iter().enumerate() {
+        open(&t, &mut held, *p, 1 + (i as u64 % 7));
+    }
+    let mut seen: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut cursor = Cursor::START;
+    let mut buf = vec![0u8; 4096];
+    let mut page_no = 0usize;
+    loop {
+        let n = t.processes(&cursor, 5, &mut buf).unwrap();
+        let page = protocol::wire::decode::<Page<'_, Processes>>(&buf[..n]).unwrap();
+        for r in page.records() {
+            *seen.entry((r.pid, r.start_key)).or_default() += 1;
+        }
+        if page.info.done() {
+            break;
+        }
+        cursor = page.info.next;
+        // Between pages: one process climbs (a leak: 40 more keys), one sheds all but one.
+        page_no += 1;
+        let climber = procs[(page_no * 37) % procs.len()];
+        open(&t, &mut held, climber, 40);
+        let shedder = procs[(page_no * 53 + 11) % procs.len()];
+        let toks = held.get_mut(&(shedder.pid, shedder.start_key)).unwrap();
+        while toks.len() > 1 {
+            let (tok, o) = toks.pop().unwrap();
+            t.handle_closed(tok, o);
+            t.object_destroyed(tok, o);
+        }
+    }
+    let missing: Vec<_> = procs
+        .iter()
+        .filter(|p| !seen.contains_key(&(p.pid, p.start_key)))
+        .collect();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty() && seen.len() == procs.len(),
+        "{} listed of {}; never listed: {missing:?}; listed more than once: {twice:?}",
+        seen.len(),
+        procs.len()
+    );
+}

@@ -104,6 +104,11 @@ fn hive_of(rec: &HiveRecord<'_>) -> Hive {
     }
 }
 
+/// Ranks processes as reports show them: most open keys first, ties by pid, then start key.
+fn rank(processes: &mut [ProcessEntry]) {
+    processes.sort_by_key(|p| (std::cmp::Reverse(p.open_keys), p.pid, p.start_key));
+}
+
 fn process_of(r: &ProcessRecord<'_>) -> ProcessEntry {
     ProcessEntry {
         pid: r.pid,
@@ -580,17 +585,21 @@ impl<'t> Client<'t> {
         }
     }
 
-    /// Processes ranked by open keys, at most `top` of them (all when `None`).
+    /// Processes ranked by open keys (most first; ties by pid, then start key), at most
+    /// `top` of them (all when `None`). The driver lists every process in its own table
+    /// order, whose cursor does not move when counts do (a ranked cursor skipped a process
+    /// that climbed past it between two pages): so the whole listing is read and ranked
+    /// here, whatever `top` is.
     ///
     /// # Errors
     /// Transport failures, a malformed answer.
     pub fn processes(&mut self, top: Option<usize>) -> Result<ProcessesReport> {
         let mut processes = Vec::new();
-        let limit = top.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
-        let nr = self.pages::<Processes>(&Self::plain(QueryKind::Processes, limit), |page| {
+        let nr = self.pages::<Processes>(&Self::plain(QueryKind::Processes, 0), |page| {
             processes.extend(page.records().map(|r| process_of(&r)));
-            Ok(top.is_none_or(|n| processes.len() < n))
+            Ok(true)
         })?;
+        rank(&mut processes);
         if let Some(n) = top {
             processes.truncate(n);
         }

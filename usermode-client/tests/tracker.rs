@@ -185,3 +185,47 @@ fn snapshots_of_the_tracker_diff_to_the_growth() {
     assert_eq!((d.entries[0].pid, d.entries[0].delta), (4711, 602));
     assert_eq!(d.entries[0].name, r"HKLM\SOFTWARE\Contoso\Leaky\Settings");
 }
+
+/// The driver lists processes in its table's order; the CLI ranks them. With 600 processes
+/// (more than one page of the CLI's, none ranked by the engine), `--top 3` is the three
+/// with the most keys, most first, and the full listing is every process, ranked.
+#[test]
+fn processes_are_ranked_by_the_cli_over_the_whole_listing() {
+    let t = Engine::new(Heap, Config::default()).expect("default config");
+    t.hive_loaded(&w(r"\REGISTRY\MACHINE\SOFTWARE"), &w("SOFTWARE"), NOW);
+    let mut object = 0x1000u64;
+    // Counts 1..=5 cycling, and three heavier holders at scattered pids.
+    let heavy = [(1_204, 40), (88, 30), (2_396, 20)];
+    for i in 0..600u64 {
+        let pid = 8 + i * 4;
+        let n = heavy.iter().find(|h| h.0 == pid).map_or(1 + i % 5, |h| h.1);
+        for _ in 0..n {
+            object += 0x10;
+            t.opened(
+                object,
+                ProcessKey { pid, start_key: 1 },
+                1,
+                &w(r"\REGISTRY\MACHINE\SOFTWARE\K"),
+                1,
+                NOW,
+            )
+            .expect("tracked");
+        }
+    }
+    let t = Rc::new(t);
+    let o = run(&t, &["processes", "--top", "3", "--json"]);
+    assert_eq!(o.code, 0, "{}", o.err);
+    let p: ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    let top: Vec<_> = p.processes.iter().map(|p| (p.pid, p.open_keys)).collect();
+    assert_eq!(top, vec![(1_204, 40), (88, 30), (2_396, 20)]);
+    let o = run(&t, &["processes", "--json"]);
+    let p: ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(p.processes.len(), 600, "every process, once");
+    assert!(
+        p.processes
+            .windows(2)
+            .all(|w| w[0].open_keys > w[1].open_keys
+                || (w[0].open_keys == w[1].open_keys && w[0].pid < w[1].pid)),
+        "ranked by open keys, then pid"
+    );
+}

@@ -271,6 +271,8 @@ impl Client {
         out
     }
 
+    /// Every process the driver lists (pid, open keys, image), ranked as the CLI ranks them:
+    /// most open keys first, ties by pid (the driver lists them in its table's order).
     pub(crate) fn processes(&self, ctx: &mut Ctx) -> Vec<(u64, u64, String)> {
         let mut out = Vec::new();
         self.pages::<Processes>(ctx, QueryKind::Processes, "", |page| {
@@ -279,6 +281,7 @@ impl Client {
                     .map(|p| (p.pid, p.open_keys, p.image.to_string())),
             );
         });
+        out.sort_by_key(|p| (std::cmp::Reverse(p.1), p.0));
         out
     }
 
