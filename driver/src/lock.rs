@@ -1,9 +1,9 @@
 //! The tracker's lock: an executive reader/writer spin lock (`EX_SPIN_LOCK`), or a
 //! `KSPIN_LOCK` where the system lacks the `EX_SPIN_LOCK` routines.
 //!
-//! Shared holds (queries, and the open path's hive-shard lookups) overlap one another, so an
-//! administrator's query does not stall registry opens and lookups on one hive shard do not
-//! serialise across processors. The routines (`ExAcquireSpinLockShared`,
+//! Shared holds (queries, and the open path's hive-shard, key-cache and process-table
+//! lookups) overlap one another, so an administrator's query does not stall registry opens
+//! and lookups on one shard do not serialise across processors. The routines (`ExAcquireSpinLockShared`,
 //! `ExReleaseSpinLockShared`, `ExAcquireSpinLockExclusive`, `ExReleaseSpinLockExclusive`) exist
 //! from Windows Vista SP1 (docs, Requirements) but not in Wine 8's ntoskrnl.exe, so they are
 //! resolved at run time (`routines.rs`, all four or none) and every lock is a `KSPIN_LOCK`
@@ -23,7 +23,8 @@
 //! guard's token (several readers hold the lock at once, so it cannot live in the lock). An
 //! exclusive hold keeps it in the lock. The tracker releases nested locks in reverse order
 //! everywhere but one place: it hands over from a table lock to a process lock, releasing the
-//! outer one first (`RawLock::unlock_exclusive_keeping`). A naive release there would drop to
+//! outer one first (`RawLock::unlock_exclusive_keeping`, and `unlock_shared_keeping` when the
+//! table was only looked up, shared). A naive release there would drop to
 //! the outer acquisition's IRQL (`PASSIVE_LEVEL`) while the inner lock is still held (the
 //! emulator's verifier catches exactly that), so the hand-over swaps the two saved IRQLs: the
 //! outer lock is released to `DISPATCH_LEVEL` (what the inner acquisition saw), and the inner
@@ -141,6 +142,17 @@ unsafe impl RawLock for SpinLock {
         // The caller keeps holding `next`, so the processor stays at `inner` (DISPATCH_LEVEL).
         // SAFETY: the caller holds `self` exclusively at DISPATCH_LEVEL.
         unsafe { self.release_exclusive(inner) };
+    }
+
+    #[inline]
+    unsafe fn unlock_shared_keeping(&self, irql: KIRQL, next: &Self) {
+        // SAFETY: the caller holds `next` (taken after `self`, so this is DISPATCH_LEVEL).
+        let inner = unsafe { *next.old_irql.get() };
+        // SAFETY: as above; `next` now returns to where the shared acquisition came from.
+        unsafe { *next.old_irql.get() = irql };
+        // The caller keeps holding `next`, so the processor stays at `inner` (DISPATCH_LEVEL).
+        // SAFETY: the caller holds `self` shared, at DISPATCH_LEVEL.
+        unsafe { self.unlock_shared(inner) };
     }
 
     #[inline]

@@ -41,7 +41,7 @@ use core::sync::atomic::{
 
 use crate::counters::{locked_add32, locked_sub32, release_unless_last};
 use crate::hives::{Hive, HiveHint};
-use crate::lock::{Exclusive, RawLock};
+use crate::lock::{Exclusive, RawLock, Shared};
 use crate::names::{NameRef, NameTable};
 use crate::pool::{BlockClass, Pool};
 
@@ -254,7 +254,11 @@ impl<L: RawLock> KeyCache<L> {
         if buckets.is_null() || Self::bucket(buckets, b).load(Relaxed).is_null() {
             return Err(miss);
         }
-        let _g = Exclusive::new(&shard.lock);
+        // Shared (issue 14: opens of one key on several processors overlap): the chain, an
+        // entry's name, epoch and hint change only under the exclusive lock, and a use is
+        // counted atomically, so the last use's release (exclusive) cannot free the entry
+        // under this one.
+        let _g = Shared::new(&shard.lock);
         if let Some(e) = Self::find(shard, b, id)
             && e.epoch.load(Relaxed) == epoch
             && let Some(name) = NonNull::new(e.name.load(Relaxed))

@@ -55,6 +55,20 @@ pub unsafe trait RawLock: Sync + Send {
     /// The caller holds the lock shared, and `token` is what that hold's `lock_shared`
     /// returned.
     unsafe fn unlock_shared(&self, token: Self::SharedToken);
+    /// Releases a shared hold on `self` while keeping `next`, a lock the caller took
+    /// exclusively after `self`: the shared form of [`Self::unlock_exclusive_keeping`]
+    /// (a table looked up shared, the entry found kept locked). The default simply unlocks
+    /// `self`; an implementation whose release restores what the acquisition saved moves
+    /// `token`'s state to `next` here.
+    ///
+    /// # Safety
+    /// The caller holds `self` shared, with `token` from that hold's `lock_shared`, and
+    /// `next` exclusively, taken after `self`.
+    unsafe fn unlock_shared_keeping(&self, token: Self::SharedToken, next: &Self) {
+        let _ = next;
+        // SAFETY: the caller holds `self` shared with `token`.
+        unsafe { self.unlock_shared(token) }
+    }
 }
 
 /// An exclusive hold, released on drop.
@@ -97,6 +111,18 @@ impl<'a, L: RawLock> Shared<'a, L> {
     pub fn new(lock: &'a L) -> Self {
         let token = lock.lock_shared();
         Self { lock, token }
+    }
+}
+
+impl<L: RawLock> Shared<'_, L> {
+    /// Releases this hold while `inner` (taken exclusively after it) stays held: see
+    /// [`RawLock::unlock_shared_keeping`].
+    pub(crate) fn hand_over(self, inner: &Exclusive<'_, L>) {
+        let (lock, token) = (self.lock, self.token);
+        core::mem::forget(self);
+        // SAFETY: `self` held `lock` shared with `token` (its release is this call, not the
+        // forgotten drop), and `inner` holds its lock exclusively, taken after `lock`.
+        unsafe { lock.unlock_shared_keeping(token, inner.0) }
     }
 }
 

@@ -31,7 +31,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::
 
 use crate::counters::{locked_add32, locked_sub32};
 use crate::hives::Hive;
-use crate::lock::{Exclusive, RawLock};
+use crate::lock::{Exclusive, RawLock, Shared};
 use crate::names::{NameEntry, NameRef};
 use crate::pool::{BlockClass, Pool, alloc_init, free_block};
 
@@ -311,7 +311,9 @@ impl<L: RawLock> ProcessTable<L> {
 
     /// Finds (or, with `create`, creates) the process and returns it locked: the shard lock
     /// is held only until the process lock is taken, so the process cannot be freed in
-    /// between.
+    /// between. A process already known is looked up with the shard lock shared (issue 14:
+    /// opens of different processes of one shard, and queries, overlap); only a new one's
+    /// insertion takes it exclusively.
     ///
     /// # Errors
     /// [`NoProcess`] when it does not exist (and `create` is false) or no memory.
@@ -328,40 +330,56 @@ impl<L: RawLock> ProcessTable<L> {
     ) -> Result<LockedProcess<'a, L>, NoProcess> {
         let (si, chain) = place_of(key);
         let shard = &self.shards[si];
-        let sg = Exclusive::new(&shard.lock);
-        let (p, created) = match Self::find(shard, key) {
-            Some(p) => (p, false),
-            None if create => {
-                let p = alloc_init(
-                    pool,
-                    PROCESS_CLASS,
-                    Process {
-                        lock: L::new(),
-                        next: AtomicPtr::new(shard.heads[chain].load(Relaxed)),
-                        key,
-                        image: AtomicPtr::new(ptr::null_mut()),
-                        exited: AtomicBool::new(false),
-                        open_keys: AtomicU64::new(0),
-                        holdings: AtomicPtr::new(ptr::null_mut()),
-                        nholdings: AtomicU32::new(0),
-                        charged: AtomicU64::new(0),
-                        share_drops: AtomicU64::new(0),
-                        modules: AtomicPtr::new(ptr::null_mut()),
-                        modules_tail: AtomicPtr::new(ptr::null_mut()),
-                        nmodules: AtomicU32::new(0),
-                        modules_lost_since: AtomicU64::new(0),
-                        modules_hint: AtomicPtr::new(ptr::null_mut()),
-                        modules_hint_index: AtomicU32::new(0),
-                        stacked: AtomicU32::new(0),
-                        alarm_level: AtomicU32::new(0),
-                    },
-                )
-                .ok_or(NoProcess)?;
-                shard.heads[chain].store(p.as_ptr(), Relaxed);
-                locked_add32(&shard.count, 1);
-                (p, true)
+        {
+            // The chains change only under the exclusive lock; the process, once found,
+            // is freed only under it too, after its own lock showed it unused (`reap`).
+            let sg = Shared::new(&shard.lock);
+            if let Some(p) = Self::find(shard, key) {
+                let guard = Exclusive::new(&process_of(p).lock);
+                sg.hand_over(&guard);
+                return Ok(LockedProcess {
+                    process: p,
+                    _guard: guard,
+                    created: false,
+                });
             }
-            None => return Err(NoProcess),
+        }
+        if !create {
+            return Err(NoProcess);
+        }
+        // Not there a moment ago: inserted unless another open inserted it meanwhile.
+        let sg = Exclusive::new(&shard.lock);
+        let (p, created) = if let Some(p) = Self::find(shard, key) {
+            (p, false)
+        } else {
+            let p = alloc_init(
+                pool,
+                PROCESS_CLASS,
+                Process {
+                    lock: L::new(),
+                    next: AtomicPtr::new(shard.heads[chain].load(Relaxed)),
+                    key,
+                    image: AtomicPtr::new(ptr::null_mut()),
+                    exited: AtomicBool::new(false),
+                    open_keys: AtomicU64::new(0),
+                    holdings: AtomicPtr::new(ptr::null_mut()),
+                    nholdings: AtomicU32::new(0),
+                    charged: AtomicU64::new(0),
+                    share_drops: AtomicU64::new(0),
+                    modules: AtomicPtr::new(ptr::null_mut()),
+                    modules_tail: AtomicPtr::new(ptr::null_mut()),
+                    nmodules: AtomicU32::new(0),
+                    modules_lost_since: AtomicU64::new(0),
+                    modules_hint: AtomicPtr::new(ptr::null_mut()),
+                    modules_hint_index: AtomicU32::new(0),
+                    stacked: AtomicU32::new(0),
+                    alarm_level: AtomicU32::new(0),
+                },
+            )
+            .ok_or(NoProcess)?;
+            shard.heads[chain].store(p.as_ptr(), Relaxed);
+            locked_add32(&shard.count, 1);
+            (p, true)
         };
         let guard = Exclusive::new(&process_of(p).lock);
         sg.hand_over(&guard);
@@ -425,7 +443,7 @@ impl<L: RawLock> ProcessTable<L> {
     /// itself where it needs one).
     fn each(&self, mut f: impl FnMut(&Process<L>)) {
         for s in &self.shards {
-            let _sg = Exclusive::new(&s.lock);
+            let _sg = Shared::new(&s.lock);
             for head in &s.heads {
                 Self::each_in_chain(head, &mut f);
             }
@@ -452,7 +470,8 @@ impl<L: RawLock> ProcessTable<L> {
         let start = after.map_or(0, |k| walk_order(k).0);
         for si in start / BUCKETS..SHARDS {
             let s = &self.shards[si];
-            let _sg = Exclusive::new(&s.lock);
+            // Shared: a walk reads the chains, and opens of the shard's processes go on.
+            let _sg = Shared::new(&s.lock);
             let first = if si == start / BUCKETS {
                 start % BUCKETS
             } else {
@@ -480,14 +499,19 @@ impl<L: RawLock> ProcessTable<L> {
         None
     }
 
-    /// Calls `f` on the process `key` under its locks.
+    /// Calls `f` on the process `key` under its own lock: the shard is looked up shared and
+    /// released once the process is locked (as [`Self::lock_process`] does), so a query
+    /// writing a page of one process's keys holds up the opens of that process alone.
     pub fn with<R>(&self, key: ProcessKey, f: impl FnOnce(&Process<L>) -> R) -> Option<R> {
         let s = &self.shards[place_of(key).0];
-        let _sg = Exclusive::new(&s.lock);
+        let sg = Shared::new(&s.lock);
         let p = Self::find(s, key)?;
         let proc = process_of(p);
-        let _pg = Exclusive::new(&proc.lock);
-        Some(f(proc))
+        let pg = Exclusive::new(&proc.lock);
+        sg.hand_over(&pg);
+        let r = f(proc);
+        drop(pg);
+        Some(r)
     }
 
     /// Processes known now.

@@ -215,3 +215,100 @@ fn a_fresh_keys_name_is_neither_interned_nor_locked_for() {
     }
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
 }
+
+/// Issue 14: "readers (queries) take shared locks so they do not stall opens". A lock that
+/// the held opens of two different processes both take (a key cache shard, a process table
+/// shard) guards a structure every processor's opens go through: a held key's open and
+/// every query take such a lock only shared, so they overlap one another; what they take
+/// exclusively is one process's own lock at a time.
+#[test]
+fn held_opens_and_queries_take_no_lock_they_share_exclusively() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let pool = CountingPool::new(Failure::Never, false);
+    {
+        let t = tracker(&pool);
+        let name = key(r"Software\Microsoft\Windows\CurrentVersion\Explorer\Advanced");
+        let procs: Vec<ProcessKey> = (0..200u64)
+            .map(|i| ProcessKey {
+                pid: 1000 + i * 4,
+                start_key: 1,
+            })
+            .collect();
+        let mut object = 0x10_0000u64;
+        let mut held = Vec::new();
+        for p in &procs {
+            object += 16;
+            held.push((open(&t, *p, object, 77, &name).0, object));
+        }
+        // Warm: a slot's first use takes its object shard's lock (to grow the shard); slots
+        // given back are taken again without it.
+        let warm: Vec<_> = procs
+            .iter()
+            .map(|p| {
+                object += 16;
+                (open(&t, *p, object, 77, &name).0, object)
+            })
+            .collect();
+        for (tok, o) in warm {
+            t.object_destroyed(tok, o);
+        }
+        // Each process opens the key again, now held (by id, without the hive shard).
+        let mut taken_by: BTreeMap<usize, BTreeSet<u64>> = BTreeMap::new();
+        let mut exclusive_in_opens = BTreeSet::new();
+        for p in &procs {
+            object += 16;
+            let ((tok, hit), log) = CountingLock::logged(|| open(&t, *p, object, 77, &name));
+            assert!(hit, "a held key");
+            for (lock, exclusive) in log {
+                taken_by.entry(lock).or_default().insert(p.pid);
+                if exclusive {
+                    exclusive_in_opens.insert(lock);
+                }
+            }
+            held.push((tok, object));
+        }
+        let shared_structures: BTreeSet<usize> = taken_by
+            .iter()
+            .filter(|(_, pids)| pids.len() > 1)
+            .map(|(lock, _)| *lock)
+            .collect();
+        assert!(
+            shared_structures.len() >= 2,
+            "the key cache shard and some process table shards are taken by several processes"
+        );
+        let in_opens: Vec<_> = exclusive_in_opens
+            .intersection(&shared_structures)
+            .collect();
+        assert!(
+            in_opens.is_empty(),
+            "a held key's open took {} lock(s) other processes' opens take, exclusively",
+            in_opens.len()
+        );
+        let queries: [(&str, &dyn Fn()); 3] = [
+            ("holders", &|| {
+                holders(&t, PROFILE);
+            }),
+            ("processes", &|| {
+                drain::<protocol::processes::Processes>(512, |c, b| t.processes(c, 0, b), |_| {});
+            }),
+            ("snapshot", &|| {
+                drain::<protocol::snapshot::Snapshot>(512, |c, b| t.snapshot(c, 0, 0, b), |_| {});
+            }),
+        ];
+        for (query, run) in queries {
+            let ((), log) = CountingLock::logged(run);
+            let stalls = log
+                .iter()
+                .filter(|(lock, exclusive)| *exclusive && shared_structures.contains(lock))
+                .count();
+            assert_eq!(
+                stalls, 0,
+                "{query} took locks the opens of several processes take, exclusively"
+            );
+        }
+        for (tok, o) in held {
+            t.object_destroyed(tok, o);
+        }
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}

@@ -243,6 +243,8 @@ unsafe impl RawLock for ParkingLock {
 
 std::thread_local! {
     static ACQUIRED: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    static LOG: core::cell::RefCell<Option<Vec<(usize, bool)>>> =
+        const { core::cell::RefCell::new(None) };
 }
 
 /// A [`ParkingLock`] that counts the acquisitions (exclusive and shared) made by the
@@ -254,8 +256,21 @@ impl CountingLock {
     pub fn acquired() -> u64 {
         ACQUIRED.with(core::cell::Cell::get)
     }
-    fn count() {
+    /// Runs `f` and returns, with its result, every lock this thread took meanwhile: its
+    /// address and whether the hold was exclusive, in order.
+    pub fn logged<R>(f: impl FnOnce() -> R) -> (R, Vec<(usize, bool)>) {
+        LOG.with(|l| *l.borrow_mut() = Some(Vec::new()));
+        let r = f();
+        (r, LOG.with(|l| l.borrow_mut().take().unwrap_or_default()))
+    }
+    fn count(&self, exclusive: bool) {
         ACQUIRED.with(|c| c.set(c.get() + 1));
+        let at = core::ptr::from_ref(self) as usize;
+        LOG.with(|l| {
+            if let Some(v) = l.borrow_mut().as_mut() {
+                v.push((at, exclusive));
+            }
+        });
     }
 }
 
@@ -265,7 +280,7 @@ unsafe impl RawLock for CountingLock {
         Self(ParkingLock::new())
     }
     fn lock_exclusive(&self) {
-        Self::count();
+        self.count(true);
         self.0.lock_exclusive();
     }
     unsafe fn unlock_exclusive(&self) {
@@ -274,7 +289,7 @@ unsafe impl RawLock for CountingLock {
     }
     type SharedToken = ();
     fn lock_shared(&self) {
-        Self::count();
+        self.count(false);
         self.0.lock_shared();
     }
     unsafe fn unlock_shared(&self, (): ()) {
