@@ -22,14 +22,13 @@
 //! The IRQL to return to: a shared hold hands it from `lock_shared` to `unlock_shared` as the
 //! guard's token (several readers hold the lock at once, so it cannot live in the lock). An
 //! exclusive hold keeps it in the lock. The tracker releases nested locks in reverse order
-//! everywhere but one place: it hands over from a table lock to a process lock, releasing the
-//! outer one first (`RawLock::unlock_exclusive_keeping`, and `unlock_shared_keeping` when the
-//! table was only looked up, shared). A naive release there would drop to
-//! the outer acquisition's IRQL (`PASSIVE_LEVEL`) while the inner lock is still held (the
-//! emulator's verifier catches exactly that), so the hand-over swaps the two saved IRQLs: the
-//! outer lock is released to `DISPATCH_LEVEL` (what the inner acquisition saw), and the inner
-//! lock will return to the IRQL the outer acquisition came from. With that, every release
-//! restores the IRQL its hold is owed, with no per-processor bookkeeping on the hot path.
+//! everywhere (a process is locked inside its table shard's lock and released first), so
+//! each release restores exactly the IRQL its own acquisition returned, as the release
+//! routines require ("Set this parameter to the KIRQL value that was returned by the
+//! `ExAcquireSpinLockShared` call that acquired the spin lock"; `KeReleaseSpinLock`: "the IRQL
+//! value saved from the preceding call"). It once released the table lock first, handing
+//! the IRQLs over; the emulator's verifier now checks that rule and failed 44 scenarios on
+//! that code.
 
 use core::cell::UnsafeCell;
 
@@ -95,8 +94,7 @@ impl SpinLock {
 }
 
 // SAFETY: the lock word is only touched by the kernel's interlocked spin-lock routines;
-// `old_irql` is written and read only by the current exclusive holder (the hand-over writes
-// the inner lock's, which the same caller holds too).
+// `old_irql` is written and read only by the current exclusive holder.
 unsafe impl Sync for SpinLock {}
 // SAFETY: nothing in the lock is tied to a thread.
 unsafe impl Send for SpinLock {}
@@ -124,35 +122,11 @@ unsafe impl RawLock for SpinLock {
 
     #[inline]
     unsafe fn unlock_exclusive(&self) {
-        // The value was stored by this hold's acquisition, or handed over by an outer lock.
+        // The value was stored by this hold's acquisition.
         // SAFETY: the caller holds the lock exclusively, so only it touches `old_irql`.
         let irql = unsafe { *self.old_irql.get() };
         // SAFETY: the caller holds the lock exclusively at DISPATCH_LEVEL.
         unsafe { self.release_exclusive(irql) };
-    }
-
-    #[inline]
-    unsafe fn unlock_exclusive_keeping(&self, next: &Self) {
-        // SAFETY: the caller holds `self`: its saved IRQL is the caller's to read.
-        let outer = unsafe { *self.old_irql.get() };
-        // SAFETY: the caller holds `next` too (taken after `self`, so this is DISPATCH_LEVEL).
-        let inner = unsafe { *next.old_irql.get() };
-        // SAFETY: as above; `next` now returns to where the outer acquisition came from.
-        unsafe { *next.old_irql.get() = outer };
-        // The caller keeps holding `next`, so the processor stays at `inner` (DISPATCH_LEVEL).
-        // SAFETY: the caller holds `self` exclusively at DISPATCH_LEVEL.
-        unsafe { self.release_exclusive(inner) };
-    }
-
-    #[inline]
-    unsafe fn unlock_shared_keeping(&self, irql: KIRQL, next: &Self) {
-        // SAFETY: the caller holds `next` (taken after `self`, so this is DISPATCH_LEVEL).
-        let inner = unsafe { *next.old_irql.get() };
-        // SAFETY: as above; `next` now returns to where the shared acquisition came from.
-        unsafe { *next.old_irql.get() = irql };
-        // The caller keeps holding `next`, so the processor stays at `inner` (DISPATCH_LEVEL).
-        // SAFETY: the caller holds `self` shared, at DISPATCH_LEVEL.
-        unsafe { self.unlock_shared(inner) };
     }
 
     #[inline]

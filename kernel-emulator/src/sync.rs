@@ -70,10 +70,46 @@ impl LockState {
 static LOCKS: Mutex<BTreeMap<usize, LockState>> = Mutex::new(BTreeMap::new());
 
 thread_local! {
+    /// The IRQL each spin lock this thread holds through a raising acquisition
+    /// (`KeAcquireSpinLockRaiseToDpc`, `ExAcquireSpinLockShared`/`Exclusive`) returned: its
+    /// release must restore exactly that ([R]; `KeReleaseSpinLock`: "NewIrql: Specifies the
+    /// IRQL value saved from the preceding call to KeAcquireSpinLock"), and a `FromDpcLevel`
+    /// release, which restores nothing, is for locks taken `AtDpcLevel` ([D]; Learn,
+    /// `KeReleaseSpinLockFromDpcLevel`: "It is an error to call KeReleaseSpinLockFromDpcLevel
+    /// if the specified spin lock was acquired by calling KeAcquireSpinLock because the
+    /// caller's original IRQL is not restored").
+    static RAISED: std::cell::RefCell<HashMap<usize, u8>> = std::cell::RefCell::new(HashMap::new());
     static CRITICAL_REGION: Cell<i32> = const { Cell::new(0) };
     /// A per-OS-thread marker whose address names a host thread that never entered the
     /// emulated machine (unit tests), so that two such threads are never one lock owner.
     static HOST_THREAD: u8 = const { 0 };
+}
+
+/// A raising acquisition of the spin lock at `addr` returned `old`.
+fn raised(addr: usize, old: u8) {
+    RAISED.with(|r| r.borrow_mut().insert(addr, old));
+}
+
+/// A raising release of the spin lock at `addr` restores `irql`: it must be what its raising
+/// acquisition returned ([R]; see [`RAISED`]).
+fn lowering(routine: &str, addr: usize, irql: u8) {
+    if let Some(returned) = RAISED.with(|r| r.borrow_mut().remove(&addr))
+        && returned != irql
+    {
+        verifier_violation(&format!(
+            "{routine}({addr:#x}, {irql}): the acquisition returned IRQL {returned}, and the release must restore that value"
+        ));
+    }
+}
+
+/// A `FromDpcLevel` release of the spin lock at `addr` restores no IRQL: the lock must not
+/// have been taken by a raising acquisition ([D]; see [`RAISED`]).
+fn not_raised(routine: &str, addr: usize) {
+    if let Some(returned) = RAISED.with(|r| r.borrow_mut().remove(&addr)) {
+        verifier_violation(&format!(
+            "{routine}({addr:#x}): acquired by a routine that raised the IRQL from {returned}, which this release would never restore"
+        ));
+    }
 }
 
 fn locks() -> std::sync::MutexGuard<'static, BTreeMap<usize, LockState>> {
@@ -282,6 +318,7 @@ unsafe extern "win64" fn KeAcquireSpinLockRaiseToDpc(lock: *mut usize) -> u8 {
     let old = cpu::irql();
     acquire(lock as usize, Kind::SpinLock, true, false, true);
     cpu::set_irql(DISPATCH_LEVEL);
+    raised(lock as usize, old);
     old
 }
 
@@ -294,6 +331,7 @@ unsafe extern "win64" fn KeReleaseSpinLock(lock: *mut usize, new_irql: u8) {
             cpu::irql()
         ));
     }
+    lowering("KeReleaseSpinLock", lock as usize, new_irql);
     release(lock as usize, Kind::SpinLock, "KeReleaseSpinLock");
     cpu::set_irql(new_irql);
 }
@@ -338,6 +376,7 @@ unsafe extern "win64" fn KeReleaseSpinLockFromDpcLevel(lock: *mut usize) {
             cpu::irql()
         ));
     }
+    not_raised("KeReleaseSpinLockFromDpcLevel", lock as usize);
     release(
         lock as usize,
         Kind::SpinLock,
@@ -514,6 +553,7 @@ fn ex_acquire_raising(lock: *mut i32, exclusive: bool, routine: &str) -> u8 {
     let old = cpu::irql();
     ex_acquire(lock as usize, exclusive, routine);
     cpu::set_irql(DISPATCH_LEVEL);
+    raised(lock as usize, old);
     old
 }
 
@@ -525,6 +565,7 @@ fn ex_release_lowering(lock: *mut i32, old_irql: u8, exclusive: bool, routine: &
             cpu::irql()
         ));
     }
+    lowering(routine, lock as usize, old_irql);
     ex_release(lock as usize, exclusive, routine);
     cpu::set_irql(old_irql);
 }
@@ -569,6 +610,7 @@ unsafe extern "win64" fn ExAcquireSpinLockSharedAtDpcLevel(lock: *mut i32) {
 /// ExReleaseSpinLockSharedFromDpcLevel — [D], [R].
 unsafe extern "win64" fn ExReleaseSpinLockSharedFromDpcLevel(lock: *mut i32) {
     require_dpc_level("ExReleaseSpinLockSharedFromDpcLevel");
+    not_raised("ExReleaseSpinLockSharedFromDpcLevel", lock as usize);
     ex_release(lock as usize, false, "ExReleaseSpinLockSharedFromDpcLevel");
 }
 
@@ -582,6 +624,7 @@ unsafe extern "win64" fn ExAcquireSpinLockExclusiveAtDpcLevel(lock: *mut i32) {
 /// ExReleaseSpinLockExclusiveFromDpcLevel — [D], [R].
 unsafe extern "win64" fn ExReleaseSpinLockExclusiveFromDpcLevel(lock: *mut i32) {
     require_dpc_level("ExReleaseSpinLockExclusiveFromDpcLevel");
+    not_raised("ExReleaseSpinLockExclusiveFromDpcLevel", lock as usize);
     ex_release(
         lock as usize,
         true,

@@ -31,19 +31,6 @@ pub unsafe trait RawLock: Sync + Send {
     /// # Safety
     /// The caller holds the lock exclusively.
     unsafe fn unlock_exclusive(&self);
-    /// Releases an exclusive hold on `self` while keeping `next`, a lock the caller took
-    /// (exclusively) after `self`: a hand-over, the one place the tracker releases locks out
-    /// of order. The default simply unlocks `self`. An implementation whose release restores
-    /// state saved by its acquisition (an IRQL) moves that state to `next` here, so that
-    /// every other release can restore its own acquisition's state.
-    ///
-    /// # Safety
-    /// The caller holds `self` exclusively and `next` exclusively, taken after `self`.
-    unsafe fn unlock_exclusive_keeping(&self, next: &Self) {
-        let _ = next;
-        // SAFETY: the caller holds `self` exclusively.
-        unsafe { self.unlock_exclusive() }
-    }
     /// What a shared hold carries from its acquisition to its release (`()` where nothing
     /// does; the driver's: the IRQL to restore).
     type SharedToken: Copy;
@@ -55,20 +42,6 @@ pub unsafe trait RawLock: Sync + Send {
     /// The caller holds the lock shared, and `token` is what that hold's `lock_shared`
     /// returned.
     unsafe fn unlock_shared(&self, token: Self::SharedToken);
-    /// Releases a shared hold on `self` while keeping `next`, a lock the caller took
-    /// exclusively after `self`: the shared form of [`Self::unlock_exclusive_keeping`]
-    /// (a table looked up shared, the entry found kept locked). The default simply unlocks
-    /// `self`; an implementation whose release restores what the acquisition saved moves
-    /// `token`'s state to `next` here.
-    ///
-    /// # Safety
-    /// The caller holds `self` shared, with `token` from that hold's `lock_shared`, and
-    /// `next` exclusively, taken after `self`.
-    unsafe fn unlock_shared_keeping(&self, token: Self::SharedToken, next: &Self) {
-        let _ = next;
-        // SAFETY: the caller holds `self` shared with `token`.
-        unsafe { self.unlock_shared(token) }
-    }
 }
 
 /// An exclusive hold, released on drop.
@@ -81,23 +54,19 @@ impl<'a, L: RawLock> Exclusive<'a, L> {
     }
 }
 
-impl<L: RawLock> Exclusive<'_, L> {
-    /// Releases this hold while `inner` (taken after it) stays held: see
-    /// [`RawLock::unlock_exclusive_keeping`].
-    pub(crate) fn hand_over(self, inner: &Self) {
-        let lock = self.0;
-        core::mem::forget(self);
-        // SAFETY: `self` held `lock` exclusively (its release is this call, not the forgotten
-        // drop), and `inner` holds its lock exclusively, taken after `lock`.
-        unsafe { lock.unlock_exclusive_keeping(inner.0) }
-    }
-}
-
 impl<L: RawLock> Drop for Exclusive<'_, L> {
     fn drop(&mut self) {
         // SAFETY: `new` took the lock exclusively and this guard is its only release.
         unsafe { self.0.unlock_exclusive() }
     }
+}
+
+/// A hold of either mode, released on drop.
+pub(crate) enum Hold<'a, L: RawLock> {
+    /// Shared.
+    Shared(#[allow(dead_code, reason = "held for its drop")] Shared<'a, L>),
+    /// Exclusive.
+    Exclusive(#[allow(dead_code, reason = "held for its drop")] Exclusive<'a, L>),
 }
 
 /// A shared hold, released on drop.
@@ -111,18 +80,6 @@ impl<'a, L: RawLock> Shared<'a, L> {
     pub fn new(lock: &'a L) -> Self {
         let token = lock.lock_shared();
         Self { lock, token }
-    }
-}
-
-impl<L: RawLock> Shared<'_, L> {
-    /// Releases this hold while `inner` (taken exclusively after it) stays held: see
-    /// [`RawLock::unlock_shared_keeping`].
-    pub(crate) fn hand_over(self, inner: &Exclusive<'_, L>) {
-        let (lock, token) = (self.lock, self.token);
-        core::mem::forget(self);
-        // SAFETY: `self` held `lock` shared with `token` (its release is this call, not the
-        // forgotten drop), and `inner` holds its lock exclusively, taken after `lock`.
-        unsafe { lock.unlock_shared_keeping(token, inner.0) }
     }
 }
 

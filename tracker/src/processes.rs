@@ -31,7 +31,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::
 
 use crate::counters::{locked_add32, locked_sub32};
 use crate::hives::Hive;
-use crate::lock::{Exclusive, RawLock, Shared};
+use crate::lock::{Exclusive, Hold, RawLock, Shared};
 use crate::names::{NameEntry, NameRef};
 use crate::pool::{BlockClass, Pool, alloc_init, free_block};
 
@@ -249,10 +249,18 @@ pub const fn walk_order(k: ProcessKey) -> (usize, ProcessKey) {
 }
 
 /// A process locked by [`ProcessTable::lock_process`]; unlocks on drop.
+///
+/// Its own lock goes first, then its table shard's (fields drop in order): no lock is
+/// released out of order, so each release can restore the IRQL its own acquisition returned
+/// (docs, `ExReleaseSpinLockShared`: "Set this parameter to the KIRQL value that was
+/// returned by the `ExAcquireSpinLockShared` call").
 pub struct LockedProcess<'a, L: RawLock> {
     /// The process.
     pub process: NonNull<Process<L>>,
     _guard: Exclusive<'a, L>,
+    /// Its shard: shared (a lookup) or exclusive (an insertion); held while the process is,
+    /// which also keeps it from being reaped.
+    _table: Hold<'a, L>,
     /// True when this call created the record.
     pub created: bool,
 }
@@ -309,11 +317,10 @@ impl<L: RawLock> ProcessTable<L> {
         None
     }
 
-    /// Finds (or, with `create`, creates) the process and returns it locked: the shard lock
-    /// is held only until the process lock is taken, so the process cannot be freed in
-    /// between. A process already known is looked up with the shard lock shared (issue 14:
-    /// opens of different processes of one shard, and queries, overlap); only a new one's
-    /// insertion takes it exclusively.
+    /// Finds (or, with `create`, creates) the process and returns it locked, with its shard
+    /// lock held as long. A process already known is looked up with the shard lock shared
+    /// (issue 14: opens of different processes of one shard, and queries, overlap); only a
+    /// new one's insertion takes it exclusively.
     ///
     /// # Errors
     /// [`NoProcess`] when it does not exist (and `create` is false) or no memory.
@@ -335,11 +342,10 @@ impl<L: RawLock> ProcessTable<L> {
             // is freed only under it too, after its own lock showed it unused (`reap`).
             let sg = Shared::new(&shard.lock);
             if let Some(p) = Self::find(shard, key) {
-                let guard = Exclusive::new(&process_of(p).lock);
-                sg.hand_over(&guard);
                 return Ok(LockedProcess {
                     process: p,
-                    _guard: guard,
+                    _guard: Exclusive::new(&process_of(p).lock),
+                    _table: Hold::Shared(sg),
                     created: false,
                 });
             }
@@ -381,11 +387,10 @@ impl<L: RawLock> ProcessTable<L> {
             locked_add32(&shard.count, 1);
             (p, true)
         };
-        let guard = Exclusive::new(&process_of(p).lock);
-        sg.hand_over(&guard);
         Ok(LockedProcess {
             process: p,
-            _guard: guard,
+            _guard: Exclusive::new(&process_of(p).lock),
+            _table: Hold::Exclusive(sg),
             created,
         })
     }
@@ -499,19 +504,16 @@ impl<L: RawLock> ProcessTable<L> {
         None
     }
 
-    /// Calls `f` on the process `key` under its own lock: the shard is looked up shared and
-    /// released once the process is locked (as [`Self::lock_process`] does), so a query
-    /// writing a page of one process's keys holds up the opens of that process alone.
+    /// Calls `f` on the process `key` under its own lock and its shard's, shared: a query
+    /// writing a page of one process's keys holds up the opens of that process alone (and
+    /// the insertion of a new process into its shard).
     pub fn with<R>(&self, key: ProcessKey, f: impl FnOnce(&Process<L>) -> R) -> Option<R> {
         let s = &self.shards[place_of(key).0];
-        let sg = Shared::new(&s.lock);
+        let _sg = Shared::new(&s.lock);
         let p = Self::find(s, key)?;
         let proc = process_of(p);
-        let pg = Exclusive::new(&proc.lock);
-        sg.hand_over(&pg);
-        let r = f(proc);
-        drop(pg);
-        Some(r)
+        let _pg = Exclusive::new(&proc.lock);
+        Some(f(proc))
     }
 
     /// Processes known now.

@@ -57,6 +57,8 @@ const EX_BUG_UPGRADE: u64 = 13;
 const EX_BUG_RECURSIVE_SHARED: u64 = 14;
 const EX_BUG_NOT_ZERO: u64 = 15;
 const EX_BUG_SHARED_RELEASED_EXCLUSIVE: u64 = 16;
+const EX_BUG_WRONG_OLD_IRQL: u64 = 17;
+const EX_BUG_HANDED_OVER: u64 = 18;
 /// Slot 0 of a wait completed by its timer / by a release request.
 const WAIT_MAGIC: u64 = 0x7469_6d65_6f75_7421;
 const RELEASE_MAGIC: u64 = 0x7265_6c65_6173_6564;
@@ -315,6 +317,20 @@ pub fn scenarios() -> Vec<Scenario> {
             EXIT_BUGCHECK,
             "holds the EX_SPIN_LOCK shared (release it with ExReleaseSpinLockShared)",
             |ctx| ex_bug(ctx, EX_BUG_SHARED_RELEASED_EXCLUSIVE),
+        ),
+        caught(
+            "td-ex-spin-lock-wrong-old-irql",
+            "a release given another IRQL than its acquire returned is a verifier violation (ExReleaseSpinLockExclusive: OldIrql is \"the KIRQL value that was returned by the ExAcquireSpinLockExclusive call\")",
+            EXIT_BUGCHECK,
+            "the acquisition returned IRQL 0, and the release must restore that value",
+            |ctx| ex_bug(ctx, EX_BUG_WRONG_OLD_IRQL),
+        ),
+        caught(
+            "td-ex-spin-lock-handed-over",
+            "two nested EX_SPIN_LOCKs released outer first, the IRQLs handed over, is a verifier violation: each release must restore what its own acquire returned",
+            EXIT_BUGCHECK,
+            "ExReleaseSpinLockShared(",
+            |ctx| ex_bug(ctx, EX_BUG_HANDED_OVER),
         ),
         caught(
             "td-ex-spin-lock-upgrade",

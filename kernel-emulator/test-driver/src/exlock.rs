@@ -19,7 +19,10 @@
 //! - Bugs: [`OP_BUG_HIGH_IRQL`] (acquire above `DISPATCH_LEVEL`), [`OP_BUG_NOT_HELD`] (release
 //!   a lock not held), [`OP_BUG_EXCLUSIVE_RELEASED_SHARED`], [`OP_BUG_SHARED_RELEASED_EXCLUSIVE`],
 //!   [`OP_BUG_UPGRADE`] (exclusive while holding it shared), [`OP_BUG_RECURSIVE_SHARED`],
-//!   [`OP_BUG_NOT_ZERO`] (a lock word that is not 0).
+//!   [`OP_BUG_NOT_ZERO`] (a lock word that is not 0), [`OP_BUG_WRONG_OLD_IRQL`] (a release
+//!   given another IRQL than its acquire returned), [`OP_BUG_HANDED_OVER`] (the outer of two
+//!   nested locks released first, handing its IRQL to the inner: what hivetrack.sys did
+//!   until 2026-12-04).
 
 use core::{
     arch::asm,
@@ -60,6 +63,12 @@ pub const OP_BUG_RECURSIVE_SHARED: u64 = 14;
 pub const OP_BUG_NOT_ZERO: u64 = 15;
 /// Bug: a shared hold released with `ExReleaseSpinLockExclusive`.
 pub const OP_BUG_SHARED_RELEASED_EXCLUSIVE: u64 = 16;
+/// Bug: an exclusive hold released with `OldIrql` = `DISPATCH_LEVEL`, not the `PASSIVE_LEVEL`
+/// its acquire returned.
+pub const OP_BUG_WRONG_OLD_IRQL: u64 = 17;
+/// Bug: [`LOCK`] shared, then [`BUG_LOCK`] exclusive inside it; the outer released first at
+/// `DISPATCH_LEVEL` (what the inner acquire returned), the inner to the outer's entry IRQL.
+pub const OP_BUG_HANDED_OVER: u64 = 18;
 
 /// An `EX_SPIN_LOCK`: a zero-initialised LONG in non-paged memory (the image's data).
 struct ExLock(UnsafeCell<i32>);
@@ -249,6 +258,23 @@ pub fn request(op: u64) -> [u64; 4] {
             // SAFETY: the bug under test.
             let old = unsafe { acquire_exclusive(bug) };
             out[0] = u64::from(old);
+        }
+        OP_BUG_WRONG_OLD_IRQL => {
+            // SAFETY: as above.
+            let old = unsafe { acquire_exclusive(bug) };
+            out[0] = u64::from(old);
+            // SAFETY: the bug under test: OldIrql is not what the acquire returned.
+            unsafe { release_exclusive(bug, 2) };
+        }
+        OP_BUG_HANDED_OVER => {
+            // SAFETY: as in OP_IRQL: LOCK is a zero-initialised EX_SPIN_LOCK.
+            let outer = unsafe { acquire_shared(lock) };
+            // SAFETY: BUG_LOCK, not held by this thread, inside LOCK.
+            let inner = unsafe { acquire_exclusive(bug) };
+            // SAFETY: the bug under test: the outer released first, with the inner's IRQL.
+            unsafe { release_shared(lock, inner) };
+            // SAFETY: held exclusive; given the outer's IRQL.
+            unsafe { release_exclusive(bug, outer) };
         }
         _ => out = [u64::MAX; 4],
     }
