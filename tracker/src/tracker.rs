@@ -1071,12 +1071,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 proc.remove_holding(hold_ptr);
                 hive_of(hive).holders.fetch_sub(1, Relaxed);
             }
+            // The key is read here, under the process lock: once it is released, a process
+            // left holding nothing can be reaped (and freed) by its exit on another
+            // processor at any moment (found in review: it was read after the release).
             (
                 emptied,
-                proc.exited.load(Relaxed) && proc.holdings.load(Relaxed).is_null(),
+                (proc.exited.load(Relaxed) && proc.holdings.load(Relaxed).is_null())
+                    .then_some(proc.key),
             )
         };
-        let key = proc.key;
         let key_entry = NonNull::new(rec.key.swap(ptr::null_mut(), Relaxed));
         let stack = rec.stack.swap(0, Relaxed);
         shard.release(i, rec);
@@ -1089,7 +1092,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             self.hives
                 .unpin(&self.pool, &self.names, hive, self.vouch());
         }
-        if reap {
+        if let Some(key) = reap {
             self.reap_process(key);
         }
         if let Some(n) = NonNull::new(name) {
