@@ -505,8 +505,9 @@ impl<L: RawLock> ProcessTable<L> {
     }
 
     /// Calls `f` on the process `key` under its own lock and its shard's, shared: a query
-    /// writing a page of one process's keys holds up the opens of that process alone (and
-    /// the insertion of a new process into its shard).
+    /// writing a page of one process's keys holds up the opens of that process, and a
+    /// writer of its shard (a new process's insertion, a reap) — behind which, writers
+    /// going first, the shard's other lookups then wait too — for that one page.
     pub fn with<R>(&self, key: ProcessKey, f: impl FnOnce(&Process<L>) -> R) -> Option<R> {
         let s = &self.shards[place_of(key).0];
         let _sg = Shared::new(&s.lock);
