@@ -19,7 +19,7 @@ use crate::{
 const CYCLES_SHORT: u32 = 1_000;
 const CYCLES_LONG: u32 = 3_000;
 
-fn emulator(target: &Path) -> std::path::PathBuf {
+pub fn emulator(target: &Path) -> std::path::PathBuf {
     target.join("release/kernel-emulator")
 }
 
@@ -27,7 +27,7 @@ fn emulator(target: &Path) -> std::path::PathBuf {
 /// path, fresh each cycle and already held by another handle (of the same process, or of
 /// another process while the measured one holds nothing else in the hive), beside the short
 /// path.
-const WORKLOADS: [(&str, &[&str]); 6] = [
+pub const WORKLOADS: [(&str, &[&str]); 6] = [
     ("short name (50 chars), fresh", &["--name", "short"]),
     ("profile path (96 chars), fresh", &["--name", "profile"]),
     ("profile path, held open", &["--name", "profile", "--held"]),

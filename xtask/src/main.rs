@@ -12,6 +12,7 @@ mod cross;
 mod demo;
 mod make_check;
 mod messages;
+mod profile;
 mod setup;
 mod soak;
 mod sweep;
@@ -81,8 +82,16 @@ enum Cmd {
     /// kernel emulator (logoff and handle-leak scenarios).
     Demo,
     /// Print the driver's added cost per registry open+close in the emulator (ns and
-    /// callgrind instructions). Figures only; not part of `test`.
+    /// cachegrind instructions). Figures only; not part of `test`.
     BenchDriver,
+    /// Print where one open+close cycle's instructions go inside hivetrack.sys, function by
+    /// function (valgrind exp-bbv, the image's .pdata and map). Figures only.
+    ProfileDriver {
+        /// The bench workload: held, fresh, short-fresh, held-by-other, fresh-capture,
+        /// held-capture.
+        #[arg(default_value = "held")]
+        workload: String,
+    },
     /// The systematic fault sweep over the hivetrack scenarios in the emulator (each
     /// scenario's K-th fallible call failed, and every call from its K-th on).
     Sweep {
@@ -426,6 +435,11 @@ fn main() -> ExitCode {
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())
         }
+        Cmd::ProfileDriver { workload } => profile::profile_driver(
+            &package_dir().join("hivetrack.sys"),
+            &target_dir(),
+            &workload,
+        ),
         Cmd::BenchAnalyze => bench_example("hivetrack-capture", "bench_analyze"),
         Cmd::BenchQueries => bench_example("hivetrack-tracker", "bench_queries"),
         Cmd::BenchScale => bench_example("hivetrack-tracker", "bench_scale"),
