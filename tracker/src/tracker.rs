@@ -430,7 +430,70 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         time: u64,
     ) -> Result<Result<Token, NotTracked>, KeyMiss> {
         let hit = self.keys.lookup(&self.names, key)?;
-        Ok(self.open_record(object, process, thread, access, time, Source::Hit(hit)))
+        Ok(self.open_hit(object, process, thread, access, time, hit))
+    }
+
+    /// A key cache hit's open: the held key's shortcut ([`Self::link_held`]) inlined into
+    /// the caller, so that the common open of a key its process already holds passes no
+    /// [`Source`] through memory and pays no frame of [`Self::open_in_slot`] (issue 14: 65
+    /// instructions of a held cycle); anything else continues there with the slot taken.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
+    fn open_hit(
+        &self,
+        object: u64,
+        process: ProcessKey,
+        thread: u64,
+        access: u32,
+        time: u64,
+        hit: KeyHit,
+    ) -> Result<Token, NotTracked> {
+        let slot = match self.take_slot(process, |rec| {
+            init_record(rec, object, thread, access, time);
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                self.open_refused(Source::Hit(hit), time);
+                return Err(e);
+            }
+        };
+        let (si, index, generation, rec) = slot;
+        if let Some(hint) = hit.hint {
+            let r = slot_ref(si, index);
+            let truncated = name_of(hit.name).truncated();
+            rec.name.store(hit.name.as_ptr(), Relaxed);
+            if let Some(linked) = self.link_held(process, rec, r, hint, time) {
+                if truncated {
+                    bump(&self.counters.names_truncated);
+                }
+                return match linked {
+                    Ok(alarm) => {
+                        let flags = if truncated { F_NAME_TRUNCATED } else { 0 };
+                        Ok(self.open_done(
+                            rec,
+                            Some(hit.entry),
+                            flags,
+                            alarm,
+                            process,
+                            generation,
+                            r,
+                            time,
+                        ))
+                    }
+                    Err(refused) => {
+                        self.names.release(&self.pool, hit.name);
+                        self.objects[si as usize].release(index, rec);
+                        self.shard_has_room(si);
+                        self.release_key(hit.entry);
+                        Err(refused)
+                    }
+                };
+            }
+        }
+        self.open_in_slot(slot, process, time, Source::Hit(hit))
     }
 
     /// The open [`Self::opened_known`] missed, with the key's full `name`: tracked as by
@@ -636,10 +699,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.keys.release(&self.pool, &self.names, key);
     }
 
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one open's steps, in order, read best in one piece"
-    )]
+    /// An open named by `source`: a slot, then [`Self::open_in_slot`].
     fn open_record(
         &self,
         object: u64,
@@ -649,29 +709,34 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         time: u64,
         source: Source<'_>,
     ) -> Result<Token, NotTracked> {
-        // 1. A slot. Filled before anyone can name it: the token is not out yet, and a
-        // forged one is refused while the state is RESERVED.
-        let slot = self.take_slot(process, |rec| {
-            rec.set_state(rec.generation(), RESERVED);
-            // Release: a lock-free reader that sees this object also sees the state above
-            // (`identify` reads the object between two reads of the state word).
-            rec.object.store(object, Release);
-            rec.time.store(time, Relaxed);
-            rec.thread
-                .store(u32::try_from(thread).unwrap_or(0), Relaxed);
-            rec.stack.store(0, Relaxed);
-            rec.access.store(access, Relaxed);
-            rec.opens.store(1, Relaxed);
-            rec.closes.store(0, Relaxed);
-            rec.key.store(ptr::null_mut(), Relaxed);
-        });
-        let (si, index, generation, rec) = match slot {
-            Ok(s) => s,
+        match self.take_slot(process, |rec| {
+            init_record(rec, object, thread, access, time);
+        }) {
+            Ok(slot) => self.open_in_slot(slot, process, time, source),
             Err(e) => {
                 self.open_refused(source, time);
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// The rest of an open once it has its slot (taken by [`Self::take_slot`], filled by
+    /// [`init_record`]): its name and hive, its key cache entry, and its process's holding.
+    /// Out of line: its frame is the fresh open's, which the held key's shortcut
+    /// ([`Self::open_hit`]) does not pay.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one open's steps, in order, read best in one piece"
+    )]
+    #[inline(never)]
+    fn open_in_slot(
+        &self,
+        slot: (u32, u32, u32, &ObjRecord),
+        process: ProcessKey,
+        time: u64,
+        source: Source<'_>,
+    ) -> Result<Token, NotTracked> {
+        let (si, index, generation, rec) = slot;
         let shard = &self.objects[si as usize];
         let r = slot_ref(si, index);
         let undo_slot = || {
@@ -679,42 +744,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             self.shard_has_room(si);
         };
 
-        // 2. A held key's open: linked into the holding its process already has for the
-        // hive the key's name resolved to last, without the hive shard.
-        if let Source::Hit(hit) = &source
-            && let Some(hint) = hit.hint
-        {
-            let truncated = name_of(hit.name).truncated();
-            rec.name.store(hit.name.as_ptr(), Relaxed);
-            if let Some(linked) = self.link_held(process, rec, r, hint, time) {
-                if truncated {
-                    bump(&self.counters.names_truncated);
-                }
-                return match linked {
-                    Ok(alarm) => {
-                        let flags = if truncated { F_NAME_TRUNCATED } else { 0 };
-                        Ok(self.open_done(
-                            rec,
-                            Some(hit.entry),
-                            flags,
-                            alarm,
-                            process,
-                            generation,
-                            r,
-                            time,
-                        ))
-                    }
-                    Err(refused) => {
-                        self.names.release(&self.pool, hit.name);
-                        undo_slot();
-                        self.release_key(hit.entry);
-                        Err(refused)
-                    }
-                };
-            }
-        }
-
-        // 3. The name (from the key cache, or interned) and the hive its path is in.
+        // 1. The name (from the key cache, or interned) and the hive its path is in.
         let mut flags = 0;
         // The process is charged for its record and for a name entry its open created
         // (a name already interned is shared, and costs nothing more).
@@ -786,7 +816,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         rec.name
             .store(name_ref.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
 
-        // 4. The process (locked), its share, and its holding for the hive.
+        // 2. The process (locked), its share, and its holding for the hive.
         let linked = self.link_open(process, rec, r, hive, charge, time);
         if linked.is_err() {
             let h = hive_of(hive);
@@ -1329,6 +1359,28 @@ enum Source<'a> {
     Name(&'a [u16], Option<KeyMiss>),
     /// The key cache.
     Hit(KeyHit),
+}
+
+/// Fills a slot just taken for an open, before anyone can name it: the token is not out
+/// yet, and a forged one is refused while the state is `RESERVED`.
+#[allow(
+    clippy::inline_always,
+    reason = "hot path: a call's register saves cost more than its body (issue 14)"
+)]
+#[inline(always)]
+fn init_record(rec: &ObjRecord, object: u64, thread: u64, access: u32, time: u64) {
+    rec.set_state(rec.generation(), RESERVED);
+    // Release: a lock-free reader that sees this object also sees the state above
+    // (`identify` reads the object between two reads of the state word).
+    rec.object.store(object, Release);
+    rec.time.store(time, Relaxed);
+    rec.thread
+        .store(u32::try_from(thread).unwrap_or(0), Relaxed);
+    rec.stack.store(0, Relaxed);
+    rec.access.store(access, Relaxed);
+    rec.opens.store(1, Relaxed);
+    rec.closes.store(0, Relaxed);
+    rec.key.store(ptr::null_mut(), Relaxed);
 }
 
 #[cold]
