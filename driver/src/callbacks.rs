@@ -292,12 +292,13 @@ unsafe extern "C" fn registry_callback(
     STATUS_SUCCESS
 }
 
-/// A handle to a key object is being closed (`RegNtPreKeyHandleClose`).
+/// A handle to a key object is being closed (`RegNtPreKeyHandleClose`). No wait is woken:
+/// a hive is free when none of its key objects is left (`tracker::watch`), and the object
+/// outlives its handle's close until its cleanup, which wakes them.
 #[inline(never)]
 fn pre_close(tracker: &DriverTracker, info: &REG_KEY_HANDLE_CLOSE_INFORMATION) {
     if !info.ObjectContext.is_null() {
         tracker.handle_closed(Token(info.ObjectContext as u64), info.Object as u64);
-        waiters::hive_may_be_free();
     }
 }
 
