@@ -16,9 +16,28 @@ use crate::{
     util::{capture, cargo, run},
 };
 
-const CYCLES_SHORT: u32 = 1_000;
-const CYCLES_LONG: u32 = 3_000;
+/// Cycles of the shorter run: subtracted from the longer one's, load, set-up and teardown
+/// cancel out.
+pub const CYCLES_SHORT: u32 = 1_000;
+/// Cycles of the longer run.
+pub const CYCLES_LONG: u32 = 3_000;
 
+/// Builds the kernel emulator (release) for the bench and the profile.
+///
+/// # Errors
+/// When cargo fails.
+pub fn build_emulator() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "--locked",
+        "--package",
+        "kernel-emulator",
+    ]))
+}
+
+/// The emulator `build_emulator` built.
 pub fn emulator(target: &Path) -> std::path::PathBuf {
     target.join("release/kernel-emulator")
 }
@@ -120,14 +139,7 @@ pub fn bench_driver(sys: &Path, target: &Path) -> Result<()> {
             sys.display()
         );
     }
-    run(cargo().args([
-        "build",
-        "--quiet",
-        "--release",
-        "--locked",
-        "--package",
-        "kernel-emulator",
-    ]))?;
+    build_emulator()?;
     let test_driver = sys
         .parent()
         .map(|p| p.join("test/kemu-test-driver.sys"))

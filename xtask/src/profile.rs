@@ -24,13 +24,10 @@ use anyhow::{Context, Result, bail};
 use object::{Object, ObjectSection};
 
 use crate::{
-    bench::{WORKLOADS, emulator},
+    bench::{CYCLES_LONG, CYCLES_SHORT, WORKLOADS, build_emulator, emulator},
     setup::{Package, ensure_packages},
-    util::{cargo, run},
 };
 
-const CYCLES_SHORT: u32 = 1_000;
-const CYCLES_LONG: u32 = 3_000;
 const INTERVAL: u32 = 10_000;
 
 /// A function of the image: its range (RVAs, end exclusive) and name.
@@ -248,14 +245,7 @@ pub fn profile_driver(sys: &Path, target: &Path, workload: &str) -> Result<()> {
             names.join(", ")
         );
     };
-    run(cargo().args([
-        "build",
-        "--quiet",
-        "--release",
-        "--locked",
-        "--package",
-        "kernel-emulator",
-    ]))?;
+    build_emulator()?;
     ensure_packages(&[Package {
         name: "valgrind",
         why: "exp-bbv counts the instructions of each basic block",
