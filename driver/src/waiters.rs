@@ -20,8 +20,8 @@
 //! table lock, remove the entry and complete the IRP itself, so the entry is left for it.
 //!
 //! A wait is never missed: a request counts itself as pending before it tests its hive, and
-//! every event that can free a hive (a close, a process exit, an unload) tests the pending
-//! count after the tracker changed, with a full fence on both sides.
+//! every event that can free a hive (a key object's cleanup, a process exit, an unload)
+//! tests the pending count after the tracker changed, with a full fence on both sides.
 
 use core::{
     cell::UnsafeCell,
@@ -449,9 +449,10 @@ unsafe fn complete(w: Wait, outcome: Option<WaitOutcome>, now: u64) {
     unsafe { dispatch::complete(w.irp, status, information) };
 }
 
-/// After an event that can free a hive (a close, a process exit, an unload): completes the
-/// wait-free requests whose hive is now free. Costs one fence and one load when nothing
-/// waits (a pending event-stream request is not counted here).
+/// After an event that can free a hive (a key object's cleanup or abandonment, a process exit,
+/// an unload; not a handle's close, which frees nothing): completes the wait-free requests
+/// whose hive is now free. Costs one fence and one load when nothing waits (a pending
+/// event-stream request is not counted here).
 #[inline]
 pub fn hive_may_be_free() {
     fence(Ordering::SeqCst);

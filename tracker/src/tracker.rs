@@ -435,7 +435,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// A key cache hit's open: the held key's shortcut ([`Self::link_held`]) inlined into
     /// the caller, so that the common open of a key its process already holds passes no
-    /// [`Source`] through memory and pays no frame of [`Self::open_in_slot`] (issue 14: 65
+    /// [`Source`] through memory and pays no frame of [`Self::open_in_slot`] (issue 14: 40
     /// instructions of a held cycle); anything else continues there with the slot taken.
     #[allow(
         clippy::inline_always,
