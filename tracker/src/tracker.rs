@@ -368,6 +368,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Err(NotTracked::Cap)
     }
 
+    /// Gives back slot `index` of object shard `si`, taken by an open that is not tracked.
+    fn give_back(&self, si: u32, index: u32, rec: &ObjRecord) {
+        self.objects[si as usize].release(index, rec);
+        self.shard_has_room(si);
+    }
+
     /// A slot of object shard `si` was released: it is not full.
     fn shard_has_room(&self, si: u32) {
         let bit = 1u64 << si;
@@ -485,8 +491,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     }
                     Err(refused) => {
                         self.names.release(&self.pool, hit.name);
-                        self.objects[si as usize].release(index, rec);
-                        self.shard_has_room(si);
+                        self.give_back(si, index, rec);
                         self.release_key(hit.entry);
                         Err(refused)
                     }
@@ -737,12 +742,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         source: Source<'_>,
     ) -> Result<Token, NotTracked> {
         let (si, index, generation, rec) = slot;
-        let shard = &self.objects[si as usize];
         let r = slot_ref(si, index);
-        let undo_slot = || {
-            shard.release(index, rec);
-            self.shard_has_room(si);
-        };
+        let undo_slot = || self.give_back(si, index, rec);
 
         // 1. The name (from the key cache, or interned) and the hive its path is in.
         let mut flags = 0;
