@@ -85,6 +85,13 @@ impl Source {
         self.coverage = Some(coverage);
     }
 
+    /// Records something this answer could not see (listed in `missing`): it is then not
+    /// complete.
+    pub fn cannot_see(&mut self, what: String) {
+        self.missing.push(what);
+        self.complete = false;
+    }
+
     /// True when `--strict` must fail: the report about a hive is not complete, or (for
     /// the other reports) the tracker dropped records.
     #[must_use]

@@ -13,8 +13,8 @@ use anyhow::Result;
 
 use crate::client::Client;
 use crate::commands::{CliError, classify};
-use crate::model::{WaitReport, schema};
-use crate::transport::WaitFreeOutcome;
+use crate::model::{Source, WaitReport, schema};
+use crate::transport::{ERROR_FILE_NOT_FOUND, TransportError, WaitFreeOutcome};
 
 /// Time, as the wait sees it (a test drives it by hand).
 pub trait Clock {
@@ -52,7 +52,10 @@ impl Clock for SystemClock {
 }
 
 /// Waits until no process holds keys in the hive at NT path `hive` (shown as `shown`), or
-/// `timeout` passes. A hive that disappears after it was seen was unloaded: it is free.
+/// `timeout` passes.
+///
+/// A hive whose record disappears after it was seen is free only when the kernel says so
+/// ([`record_gone`]).
 ///
 /// The driver can say only that no key it tracks is open; a key opened before tracking
 /// started is in the kernel's list alone. So "free" needs both: after the driver's
@@ -78,9 +81,8 @@ pub fn wait_free(
         if outcome == WaitFreeOutcome::TimedOut {
             // Timed out: say who still holds the hive, as the polling wait does.
             let secs = clock.elapsed().as_secs_f64();
-            let (source, open_keys, holders) = client.holders(hive, true, 0).map_or_else(
-                |_| (client.source(0), 0, 0),
-                |r| {
+            let (source, open_keys, holders) = match client.holders(hive, true, 0) {
+                Ok(r) => {
                     let untracked: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
                     let pids = u32::try_from(r.untracked.len()).unwrap_or(u32::MAX);
                     (
@@ -88,8 +90,18 @@ pub fn wait_free(
                         r.hive.open_keys + untracked,
                         r.hive.holders.saturating_add(pids),
                     )
-                },
-            );
+                }
+                Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
+                    let gone = record_gone(client, hive);
+                    (gone.source, gone.open_keys, gone.holders)
+                }
+                Err(e) => {
+                    // Still held, but who holds it cannot be said: no count is vouched for.
+                    let mut source = client.source(0);
+                    source.cannot_see(format!("who holds the hive ({e:#})"));
+                    (source, 0, 0)
+                }
+            };
             return Ok(WaitReport {
                 schema: schema("wait"),
                 source,
@@ -102,23 +114,24 @@ pub fn wait_free(
             });
         }
     }
-    // The driver waited on the hive, so it knew it: if it is gone now, it was unloaded.
+    // The driver waited on the hive, so it knew it: if its record is gone now, it was
+    // unloaded or forgotten ([`record_gone`]).
     let mut seen = method == "wait-free";
-    let mut source = client.source(0);
     loop {
-        let (open_keys, holders) = match client.holders(hive, true, 0) {
+        let (source, open_keys, holders) = match client.holders(hive, true, 0) {
             Ok(r) => {
                 seen = true;
                 let untracked: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
                 let pids = u32::try_from(r.untracked.len()).unwrap_or(u32::MAX);
-                source = r.source;
                 (
+                    r.source,
                     r.hive.open_keys + untracked,
                     r.hive.holders.saturating_add(pids),
                 )
             }
             Err(e) if seen && matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
-                (0, 0)
+                let gone = record_gone(client, hive);
+                (gone.source, gone.open_keys, gone.holders)
             }
             Err(e) => return Err(e),
         };
@@ -138,5 +151,62 @@ pub fn wait_free(
             });
         }
         clock.sleep(interval.min(timeout.saturating_sub(elapsed)));
+    }
+}
+
+/// What the wait knows of a hive whose record the driver no longer has.
+#[derive(Debug)]
+struct Gone {
+    source: Source,
+    open_keys: u64,
+    holders: u32,
+}
+
+/// A hive the driver knew has no record any more: it was unloaded, or the driver forgot
+/// it when its last tracked key closed (an application hive, or an implicit one: a hive it
+/// did not see loaded). Forgetting says nothing of keys the driver never saw: the handle
+/// `RegLoadAppKey` returns comes with no open notification (the kernel emulator's
+/// `td-app-hive`), and a key opened before tracking started is in the kernel's list alone.
+/// So the kernel is asked (`NtQueryOpenSubKeysEx`): no such hive (unloaded) or no key open
+/// is free; keys it lists hold the hive (counted by opener); when it cannot be asked, the
+/// hive is free as far as the driver can tell and the answer says it is not complete.
+fn record_gone(client: &mut Client<'_>, hive: &str) -> Gone {
+    let mut source = client.source(0);
+    let (open_keys, holders) = match client.transport().kernel_open_keys(hive) {
+        Some(Err(TransportError::Request {
+            code: ERROR_FILE_NOT_FOUND,
+        })) => (0, 0),
+        Some(Ok(keys)) => {
+            let mut pids: Vec<u64> = keys.iter().map(|&(pid, _)| pid).collect();
+            pids.sort_unstable();
+            pids.dedup();
+            if !keys.is_empty() {
+                source.cannot_see(
+                    "the driver's records of this hive (it forgot the hive when its last \
+                     tracked key closed; the counts are the kernel's list)"
+                        .to_owned(),
+                );
+            }
+            (
+                keys.len() as u64,
+                u32::try_from(pids.len()).unwrap_or(u32::MAX),
+            )
+        }
+        unknown => {
+            let why = match unknown {
+                Some(Err(e)) => format!("NtQueryOpenSubKeysEx failed: {e}"),
+                _ => format!("the {} backend cannot ask the kernel", client.backend()),
+            };
+            source.cannot_see(format!(
+                "whether a key hivetrack never saw still holds the hive (the driver forgot \
+                 the hive when its last tracked key closed, and {why})"
+            ));
+            (0, 0)
+        }
+    };
+    Gone {
+        source,
+        open_keys,
+        holders,
     }
 }

@@ -17,8 +17,9 @@ use hivetrack_cli::model::{HoldersReport, ProcessesReport, UnloadHistoryReport};
 use hivetrack_cli::scripted::{NOW, SECOND, SID};
 use hivetrack_cli::transport::{
     ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_PARAMETER, Transport,
-    TransportError,
+    TransportError, WaitFreeOutcome,
 };
+use protocol::completeness::Completeness;
 use tracker::{Config, ProcessKey, QueryError};
 
 /// The tracker behind the query IOCTLs, as the driver will put it.
@@ -228,4 +229,147 @@ fn processes_are_ranked_by_the_cli_over_the_whole_listing() {
                 || (w[0].open_keys == w[1].open_keys && w[0].pid < w[1].pid)),
         "ranked by open keys, then pid"
     );
+}
+
+/// An application hive loaded while tracking runs: its root handle (`RegLoadAppKey`'s)
+/// comes with no open notification, so the tracker forgets the hive when its one tracked
+/// subkey closes, while the root handle still holds it.
+const APP: &str = r"\REGISTRY\A\{0f1e2d3c-0000-4000-8000-000000000001}";
+
+fn app_hive_with_one_tracked_key() -> (Rc<Engine>, tracker::Token) {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    t.tracking_started(NOW - 60 * SECOND);
+    t.hive_loaded(
+        &w(APP),
+        &w(r"\??\C:\ProgramData\Contoso\app.dat"),
+        NOW - 50 * SECOND,
+    );
+    let tok = t
+        .opened(
+            0x2000,
+            AGENT,
+            1,
+            &w(&format!(r"{APP}\Settings")),
+            1,
+            NOW - 40 * SECOND,
+        )
+        .expect("tracked");
+    (t, tok)
+}
+
+/// The tracker behind the query IOCTLs and the wait-free request, with the kernel's list of
+/// open keys (`NtQueryOpenSubKeysEx`) as a script; `close` ends the tracked key after the
+/// first query, so that the record goes between two looks.
+struct AppHiveDriver {
+    t: Rc<Engine>,
+    native: bool,
+    kernel: Option<Result<Vec<(u64, String)>, u32>>,
+    close: Option<tracker::Token>,
+}
+
+impl AppHiveDriver {
+    fn close_now(&mut self) {
+        if let Some(tok) = self.close.take() {
+            self.t.handle_closed(tok, 0x2000);
+            self.t.object_destroyed(tok, 0x2000);
+        }
+    }
+}
+
+impl Transport for AppHiveDriver {
+    fn backend(&self) -> &'static str {
+        "tracker"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        let r = Driver(self.t.clone()).ioctl(code, input, out);
+        self.close_now();
+        r
+    }
+    fn wait_free(
+        &mut self,
+        hive: &str,
+        _timeout: std::time::Duration,
+    ) -> Option<Result<(WaitFreeOutcome, Completeness), TransportError>> {
+        if !self.native {
+            return None;
+        }
+        // As the driver does: the hive's id is found when the request comes, and the
+        // request is completed once the tracker says it is not held.
+        let (id, _) = self.t.watch_hive(&w(hive))?;
+        self.close_now();
+        let outcome = if self.t.hive_free(id) == tracker::HiveFree::Held {
+            WaitFreeOutcome::TimedOut
+        } else {
+            WaitFreeOutcome::Free
+        };
+        Some(Ok((outcome, self.t.completeness_of(id))))
+    }
+    fn kernel_open_keys(
+        &mut self,
+        _hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        self.kernel
+            .clone()
+            .map(|r| r.map_err(|code| TransportError::Request { code }))
+    }
+}
+
+fn wait_on_app_hive(
+    native: bool,
+    kernel: Option<Result<Vec<(u64, String)>, u32>>,
+) -> hivetrack_cli::model::WaitReport {
+    let (t, tok) = app_hive_with_one_tracked_key();
+    let mut d = AppHiveDriver {
+        t,
+        native,
+        kernel,
+        close: Some(tok),
+    };
+    let mut client = hivetrack_cli::client::Client::new(&mut d);
+    client.held_now = false;
+    let mut clock = common::ManualClock::default();
+    hivetrack_cli::wait::wait_free(
+        &mut client,
+        APP,
+        "app.dat",
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(1),
+        &mut clock,
+    )
+    .expect("a wait answer")
+}
+
+/// Found in review (2026-12-04): a forgotten hive was taken for an unloaded one, and the
+/// wait said `free`, `complete`, without asking the kernel.
+#[test]
+fn a_forgotten_hive_the_kernel_still_lists_keys_in_is_not_free() {
+    let root = vec![(AGENT.pid, APP.to_owned())];
+    for native in [true, false] {
+        let r = wait_on_app_hive(native, Some(Ok(root.clone())));
+        assert!(!r.free, "native {native}: {r:?}");
+        assert_eq!((r.open_keys, r.holders), (1, 1), "native {native}");
+        assert!(!r.source.complete, "native {native}: {r:?}");
+    }
+}
+
+#[test]
+fn a_forgotten_hive_is_free_when_the_kernel_says_so_and_unproven_when_it_cannot_be_asked() {
+    for native in [true, false] {
+        let r = wait_on_app_hive(native, Some(Ok(Vec::new())));
+        assert!(r.free && r.source.complete, "native {native}: {r:?}");
+        let r = wait_on_app_hive(native, Some(Err(ERROR_FILE_NOT_FOUND)));
+        assert!(
+            r.free && r.source.complete,
+            "unloaded, native {native}: {r:?}"
+        );
+        for kernel in [None, Some(Err(5))] {
+            let r = wait_on_app_hive(native, kernel.clone());
+            assert!(r.free, "native {native}, {kernel:?}: {r:?}");
+            assert!(!r.source.complete, "native {native}, {kernel:?}: {r:?}");
+            assert!(
+                r.source.missing.iter().any(|m| m.contains("never saw")),
+                "{r:?}"
+            );
+        }
+    }
 }
