@@ -32,9 +32,10 @@ use crate::counters::{bump, get};
 use crate::history::HistEntry;
 use crate::hives::{Hive, hive_of};
 use crate::lock::{Exclusive, RawLock};
+use crate::names::NameRef;
 use crate::pool::Pool;
 use crate::tracker::Tracker;
-use protocol::holders::HiveKind;
+use protocol::holders::{HiveKind, HiveState};
 
 /// Failed unloads watched at once: more hives than a mass logoff of a large terminal server
 /// fails to unload within one delay.
@@ -60,6 +61,14 @@ struct Watch {
     hive_id: u32,
     outcome: u32,
     due: u64,
+    /// The hive's mount point (a counted reference, or none when it could not be had): the
+    /// event's name should the hive's record be forgotten before the check.
+    mount: Option<NameRef>,
+    /// The hive is one the tracker forgets when its last tracked key goes, whether or not
+    /// a key it never saw still holds it (an application hive, whose loader's handle comes
+    /// with no open notification, or an implicit one, which may hold keys opened before
+    /// tracking began): gone at the check, it is reported as possibly held, not as free.
+    forgotten_unseen: bool,
 }
 
 /// The watch table.
@@ -72,7 +81,12 @@ pub struct Watches<L> {
 
 // SAFETY: `slots` is only touched under `lock`.
 unsafe impl<L: RawLock> Sync for Watches<L> {}
-// SAFETY: nothing in it is tied to a thread.
+#[allow(
+    clippy::non_send_fields_in_send_ty,
+    reason = "the NameRef in a watch is a counted pointer into the name table, not thread-bound"
+)]
+// SAFETY: nothing in it is tied to a thread: the name references are counted entries of the
+// tracker's name table, released by whichever thread ends the watch.
 unsafe impl<L: RawLock> Send for Watches<L> {}
 
 impl<L: RawLock> Default for Watches<L> {
@@ -126,6 +140,19 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return None;
         }
         let due = now.saturating_add(secs.saturating_mul(SECOND));
+        // Before the table's lock (lock order: the table, then the hive shards).
+        let (mount, forgotten_unseen) = self
+            .hives
+            .with_id(hive_id, |h| {
+                let m = h.mount_ref();
+                self.names.add_ref(m);
+                (
+                    Some(m),
+                    h.kind == HiveKind::App || h.state() == HiveState::Implicit,
+                )
+            })
+            .unwrap_or((None, false));
+        let mut kept = false;
         let watched = self.watches.with(|slots, used| {
             if let Some(w) = slots.iter().find(|w| w.hive_id == hive_id) {
                 return Some(w.due);
@@ -135,10 +162,16 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 hive_id,
                 outcome,
                 due,
+                mount,
+                forgotten_unseen,
             };
+            kept = true;
             used.fetch_add(1, Relaxed);
             Some(due)
         });
+        if !kept && let Some(m) = mount {
+            self.names.release(&self.pool, m);
+        }
         if watched.is_none() {
             bump(&self.counters.held_after_unwatched);
             self.history.skip_sequence();
@@ -190,12 +223,16 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if hive_id == 0 || self.watches.used.load(Relaxed) == 0 {
             return;
         }
-        self.watches.with(|slots, used| {
-            if let Some(w) = slots.iter_mut().find(|w| w.hive_id == hive_id) {
-                *w = Watch::default();
-                used.fetch_sub(1, Relaxed);
-            }
+        let ended = self.watches.with(|slots, used| {
+            let w = slots.iter_mut().find(|w| w.hive_id == hive_id)?;
+            let mount = w.mount;
+            *w = Watch::default();
+            used.fetch_sub(1, Relaxed);
+            mount
         });
+        if let Some(m) = ended {
+            self.names.release(&self.pool, m);
+        }
     }
 
     /// Whether the tracker cannot vouch that it saw every open in `hive`: opens lost, or the
@@ -214,11 +251,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             || loaded < since
     }
 
-    /// Records the event of one due watch; true when it took a stream number.
+    /// Records the event of one due watch (its mount reference is used or released here);
+    /// true when it took a stream number.
     fn held_after_event(&self, w: Watch, time: u64) -> bool {
         let Some(h) = self.hives.pin_live_id(w.hive_id) else {
-            return false; // unloaded since (or forgotten): not held
+            return self.held_after_gone(w, time);
         };
+        if let Some(m) = w.mount {
+            self.names.release(&self.pool, m);
+        }
         let hive = hive_of(h);
         let open_keys = hive.open_keys.load(Relaxed);
         let unseen = self.holders_unseen(hive);
@@ -248,5 +289,40 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             bump(&self.counters.held_after_unwatched);
         }
         true
+    }
+
+    /// A watched hive whose record is gone at the check. Unloaded (a deferred unload the
+    /// tracker vouched for), it is free: no event. Forgotten when its last tracked key went
+    /// ([`Watch::forgotten_unseen`]), it may still be held by a key the tracker never saw: the
+    /// event says so ([`UnloadRecord::HOLDERS_UNSEEN`], no holder known). Until 2026-12-04
+    /// both were taken as free (found in review).
+    fn held_after_gone(&self, w: Watch, time: u64) -> bool {
+        let Some(mount) = w.mount else {
+            return false;
+        };
+        if !w.forgotten_unseen {
+            self.names.release(&self.pool, mount);
+            return false;
+        }
+        let mut entry = HistEntry::new(time, w.outcome, UnloadRecord::HELD_AFTER);
+        entry.hive_id = w.hive_id;
+        entry.flags |= UnloadRecord::HOLDERS_UNSEEN;
+        entry.mount = Some(mount);
+        if self.record_event(&entry) {
+            bump(&self.counters.held_after_events);
+        } else {
+            bump(&self.counters.held_after_unwatched);
+        }
+        true
+    }
+
+    /// Releases the watches' name references (teardown).
+    pub(crate) fn drop_watches(&mut self) {
+        let slots = self.watches.slots.get_mut();
+        for w in slots.iter_mut() {
+            if let Some(m) = w.mount.take() {
+                self.names.release(&self.pool, m);
+            }
+        }
     }
 }

@@ -1410,6 +1410,7 @@ impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
             }
         }
         self.keys.teardown(&self.pool, &self.names);
+        self.drop_watches();
         self.stacks.teardown(&self.pool);
         let pool = &self.pool;
         let names = &self.names;

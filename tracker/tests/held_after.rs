@@ -343,6 +343,70 @@ fn review17_an_app_hive_held_by_its_unannounced_root_handle_is_not_vouched_for()
     );
 }
 
+/// Found in review (2026-12-04): the tracker forgets an application hive when its last
+/// tracked key goes, and a watched hive it could not find at the check was taken as
+/// unloaded: no event, while the loader's unannounced root handle still held it.
+#[test]
+fn a_watched_app_hive_forgotten_before_the_check_is_reported_as_possibly_held() {
+    const APP: &str = r"\REGISTRY\A\{0B1E5B57-0000-0000-0000-000000000002}";
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(7);
+    t.hive_loaded(&w(APP), &w(r"\??\C:\ProgramData\App\settings.dat"), 8);
+    let tok = t
+        .opened(0x2000, P, 9, &w(&format!(r"{APP}\Settings")), 1, 10)
+        .unwrap();
+    let id = t.unload_attempted(&w(APP), DENIED, 20).unwrap();
+    t.watch_held_after(id, DENIED, 0).unwrap();
+    // The tracked subkey closes: the tracker forgets the hive; the root handle stays.
+    t.handle_closed(tok, 0x2000);
+    t.object_destroyed(tok, 0x2000);
+    assert!(t.watch_hive(&w(APP)).is_none(), "the hive's record is gone");
+    let c = t.held_after_check(u64::MAX, 40);
+    let got = events(&t, 1);
+    assert_eq!(c.events, 1, "{got:?}");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (_, flags, holders, open_keys, outcome, mount) = &got[0];
+    assert!(flags & UnloadRecord::HELD_AFTER != 0, "{got:?}");
+    assert!(flags & UnloadRecord::HOLDERS_UNSEEN != 0, "{got:?}");
+    assert_eq!((holders.len(), *open_keys, *outcome), (0, 0, DENIED));
+    assert_eq!(mount, APP);
+}
+
+/// A watched hive the tracker forgets only when it vouches for it (a deferred unload of a
+/// hive loaded after tracking began, every open seen) is free when its record is gone; a
+/// watch is also ended by a success and by teardown, each releasing its mount name once
+/// (the tracking pool refuses a double free).
+#[test]
+fn a_vouched_deferred_unload_gone_before_the_check_is_free() {
+    const PENDING: u32 = 0x0000_0103;
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(7);
+    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 8);
+    let tok = t
+        .opened(0x1000, P, 9, &w(&format!(r"{USER}\Software")), 1, 10)
+        .unwrap();
+    let id = t.unload_attempted(&w(USER), PENDING, 20).unwrap();
+    t.watch_held_after(id, PENDING, 0).unwrap();
+    t.hive_unload_pending(&w(USER));
+    t.handle_closed(tok, 0x1000);
+    t.object_destroyed(tok, 0x1000);
+    assert!(
+        t.watch_hive(&w(USER)).is_none(),
+        "vouched: taken as unloaded"
+    );
+    assert_eq!(t.held_after_check(u64::MAX, 40).events, 0);
+    // Watches ended by a success, and one left for teardown.
+    for (i, outcome) in [(1, 0), (2, DENIED)] {
+        let m = format!(r"\REGISTRY\A\W{i}");
+        t.hive_loaded(&w(&m), &w(r"C:\w.dat"), 8);
+        let id = t.unload_attempted(&w(&m), DENIED, 20).unwrap();
+        t.watch_held_after(id, DENIED, 0).unwrap();
+        t.unload_attempted(&w(&m), outcome, 21);
+    }
+}
+
 /// One check looks at no more than `MAX_PER_CHECK` due watches (each walks the process table
 /// in the driver's DPC): the rest stay due, and the check says so, so the timer is set again
 /// at once; every hive is looked at in the end, once.
