@@ -202,11 +202,12 @@ fn with_key_name<R>(object: *mut c_void, f: impl FnOnce(&[u16]) -> R) -> Option<
         if status != STATUS_SUCCESS || name.is_null() {
             return None;
         }
+        // A paged-pool buffer: the tracker gets a resident copy ([`crate::resident`]).
         // SAFETY: on success the routine returns a valid UNICODE_STRING it owns until released.
-        let r = f(unicode_units(unsafe { &*name }));
+        let r = crate::resident::with_copy(unicode_units(unsafe { &*name }), f);
         // SAFETY: released exactly once, as the routine's contract requires.
         unsafe { release(name) };
-        return Some(r);
+        return r;
     }
     let get = routines::cm_callback_get_key_object_id()?;
     // SAFETY: documented call (docs: CmCallbackGetKeyObjectID); the name stays the kernel's.
@@ -215,7 +216,7 @@ fn with_key_name<R>(object: *mut c_void, f: impl FnOnce(&[u16]) -> R) -> Option<
         return None;
     }
     // SAFETY: on success the string is valid while the notification runs.
-    Some(f(unicode_units(unsafe { &*name })))
+    crate::resident::with_copy(unicode_units(unsafe { &*name }), f)
 }
 
 /// The UTF-16 units of a counted string (empty for a null buffer).
@@ -526,17 +527,21 @@ fn open_needs_attention(tracker: &DriverTracker, process: ProcessKey) {
 /// in the pre-notification that a missing post would leave behind. A relative name whose
 /// root cannot be named is not recorded as a bogus mount: counted as an unrecorded load.
 fn post_load(tracker: &DriverTracker, load: &REG_LOAD_KEY_INFORMATION) {
-    let name = units_of(load.KeyName);
-    let file = units_of(load.SourceFile);
-    if name.first() == Some(&u16::from(b'\\')) || load.Object.is_null() {
-        tracker.hive_loaded(name, file, clock::now());
-        return;
-    }
-    if with_joined_name(load.Object, name, |mount| {
-        tracker.hive_loaded(mount, file, clock::now());
+    // Resident copies ([`crate::resident`]): the tracker reads them under its locks.
+    let recorded = crate::resident::with_copy(units_of(load.SourceFile), |file| {
+        let name = units_of(load.KeyName);
+        if name.first() == Some(&u16::from(b'\\')) || load.Object.is_null() {
+            crate::resident::with_copy(name, |name| {
+                tracker.hive_loaded(name, file, clock::now());
+            })
+        } else {
+            with_joined_name(load.Object, name, |mount| {
+                tracker.hive_loaded(mount, file, clock::now());
+            })
+        }
     })
-    .is_none()
-    {
+    .flatten();
+    if recorded.is_none() {
         tracker.name_unavailable();
     }
 }
@@ -577,7 +582,10 @@ fn lost_open(tracker: &DriverTracker, pre: Option<&REG_CREATE_KEY_INFORMATION_V1
     };
     let complete = units_of(pre.CompleteName);
     if complete.first() == Some(&u16::from(b'\\')) {
-        tracker.open_lost(complete, now);
+        // A resident copy ([`crate::resident`]): the tracker reads it under its locks.
+        if crate::resident::with_copy(complete, |c| tracker.open_lost(c, now)).is_none() {
+            tracker.lost_globally(now);
+        }
         return;
     }
     if pre.RootObject.is_null() {

@@ -135,14 +135,21 @@ unsafe extern "C" fn load_image(
         // SAFETY: a non-null FullImageName is a valid counted string during the call.
         callbacks::unicode_units(unsafe { &*full_image_name })
     };
-    match process_key(process_id) {
-        Some(key) => tracker.image_loaded(
+    let Some(key) = process_key(process_id) else {
+        tracker.image_load_unknown();
+        return;
+    };
+    let loaded = |name: &[u16]| {
+        tracker.image_loaded(
             key,
             info.image_base as u64,
             info.image_size as u64,
             name,
             clock::now(),
-        ),
-        None => tracker.image_load_unknown(),
+        );
+    };
+    // A resident copy ([`crate::resident`]): the tracker reads it under its locks.
+    if crate::resident::with_copy(name, loaded).is_none() {
+        loaded(&[]);
     }
 }

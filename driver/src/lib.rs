@@ -26,6 +26,7 @@ mod lookaside;
 mod pool;
 mod process;
 mod registry_read;
+mod resident;
 mod routines;
 mod security;
 mod stacks;

@@ -72,8 +72,13 @@ pub fn name_current(tracker: &crate::tracking::DriverTracker, process: ProcessKe
     if status != STATUS_SUCCESS || name.is_null() {
         return;
     }
+    // A resident copy ([`crate::resident`]): the tracker reads it under its locks.
     // SAFETY: on success `name` is a valid counted string until freed below.
-    tracker.process_started(process, callbacks::unicode_units(unsafe { &*name }));
+    let image = callbacks::unicode_units(unsafe { &*name });
+    if crate::resident::with_copy(image, |image| tracker.process_started(process, image)).is_none()
+    {
+        tracker.process_started(process, &[]);
+    }
     // SAFETY: allocated by SeLocateProcessImageName for us; freed once.
     unsafe { wdk_sys::ntddk::ExFreePool(name.cast()) };
 }
@@ -105,5 +110,8 @@ unsafe extern "C" fn process_notify(
         // SAFETY: ImageFileName, when set, is a valid counted string during the call.
         callbacks::unicode_units(unsafe { &*info.ImageFileName })
     };
-    tracker.process_started(key, image);
+    // A resident copy ([`crate::resident`]): the tracker reads it under its locks.
+    if crate::resident::with_copy(image, |image| tracker.process_started(key, image)).is_none() {
+        tracker.process_started(key, &[]);
+    }
 }
