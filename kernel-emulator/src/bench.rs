@@ -34,6 +34,8 @@ pub fn run(test_driver: &Path, iterations: u32) -> i32 {
         k.quiet_debug_print = true;
     });
     kernel::WATERMARK.store(false, Ordering::Relaxed);
+    // Timing the driver, not Force IRQL Checking's trims (`crate::paged`).
+    crate::paged::set_checking(false);
     let path = test_driver.to_path_buf();
     let worker = std::thread::Builder::new()
         .stack_size(64 << 20)
@@ -139,6 +141,8 @@ pub fn hivetrack(
         k.quiet_debug_print = true;
     });
     kernel::WATERMARK.store(false, Ordering::Relaxed);
+    // Timing the driver, not Force IRQL Checking's trims (`crate::paged`).
+    crate::paged::set_checking(false);
     let sys = sys.map(Path::to_path_buf);
     let label = format!(
         "{name} name{}{}",

@@ -86,6 +86,7 @@ pub const fn name(code: u32) -> &'static str {
         0xC7 => "TIMER_OR_DPC_INVALID",
         0xC9 => "DRIVER_VERIFIER_IOMANAGER_VIOLATION",
         0xCE => "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS",
+        0xD1 => "DRIVER_IRQL_NOT_LESS_OR_EQUAL",
         0xF7 => "DRIVER_OVERRAN_STACK_BUFFER",
         RUST_PANIC => "RUST_PANIC ('RPNC', wdk-panic)",
         _ => "?",

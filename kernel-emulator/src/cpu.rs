@@ -42,9 +42,14 @@ pub fn irql() -> u8 {
     IRQL.with(Cell::get)
 }
 
-/// Sets the IRQL of this thread (KeRaiseIrql / KeLowerIrql / `mov cr8`).
+/// Sets the IRQL of this thread (KeRaiseIrql / KeLowerIrql / `mov cr8`). A raise to
+/// `DISPATCH_LEVEL` or above trims the pageable buffers (Force IRQL Checking,
+/// [`crate::paged`]).
 pub fn set_irql(v: u8) {
-    IRQL.with(|c| c.set(v));
+    let old = IRQL.with(|c| c.replace(v));
+    if v >= DISPATCH_LEVEL && old < DISPATCH_LEVEL {
+        crate::paged::trim();
+    }
 }
 
 /// Whether the driver disabled interrupts (`cli`) on this thread.

@@ -54,6 +54,7 @@ pub mod layout;
 pub mod lookaside;
 pub mod mapfile;
 pub mod object;
+pub mod paged;
 pub mod pe;
 pub mod pool;
 pub mod printf;

@@ -744,14 +744,21 @@ unsafe extern "win64" fn CmSetCallbackObjectContext(
     STATUS_SUCCESS
 }
 
-/// Allocates a UNICODE_STRING + buffer for a key name (freed by CmCallbackReleaseKeyObjectIDEx).
-fn alloc_name(name: &str) -> usize {
+/// Allocates a UNICODE_STRING + buffer for a key name, in one block as `CmpConstructName`
+/// builds it (ReactOS `ntoskrnl/config/cmkcbncb.c`); `pageable`: from paged pool, as there
+/// ([`crate::paged`]: trimmed at every raise to DISPATCH_LEVEL), freed by
+/// CmCallbackReleaseKeyObjectIDEx.
+fn alloc_name(name: &str, pageable: bool) -> usize {
     let units: Vec<u16> = name.encode_utf16().collect();
     let len = units.len() * 2;
     let total = 16 + len;
-    let layout = std::alloc::Layout::from_size_align(total, 16).expect("layout");
-    // SAFETY: non-zero size.
-    let p = unsafe { std::alloc::alloc(layout) } as usize;
+    let p = if pageable {
+        crate::paged::alloc(total)
+    } else {
+        let layout = std::alloc::Layout::from_size_align(total, 16).expect("layout");
+        // SAFETY: non-zero size.
+        unsafe { std::alloc::alloc(layout) as usize }
+    };
     assert!(p != 0, "host out of memory");
     let us = UnicodeString {
         length: len as u16,
@@ -804,7 +811,7 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectIDEx(
         if kernel::should_fail("CmCallbackGetKeyObjectIDEx", true) {
             return STATUS_INSUFFICIENT_RESOURCES;
         }
-        let p = alloc_name(&name);
+        let p = alloc_name(&name, true);
         let op = crate::bugcheck::operation();
         kernel::with(|k| k.registry.names.insert(p, (name, op)));
         // SAFETY: checked non-null; the driver passes a writable PCUNICODE_STRING.
@@ -822,12 +829,10 @@ unsafe extern "win64" fn CmCallbackReleaseKeyObjectIDEx(name: *const UnicodeStri
             "CmCallbackReleaseKeyObjectIDEx({name:p}): not a name the kernel handed out"
         ));
     };
-    let total = 16 + text.encode_utf16().count() * 2;
-    // SAFETY: allocated by alloc_name with this size.
-    unsafe { std::ptr::write_bytes(p as *mut u8, 0xFE, total) };
-    let layout = std::alloc::Layout::from_size_align(total, 16).expect("layout");
-    // SAFETY: as above.
-    unsafe { std::alloc::dealloc(p as *mut u8, layout) };
+    let _ = text;
+    // Unmapped: a use after the release faults (PAGE_FAULT_IN_NONPAGED_AREA).
+    let freed = crate::paged::free(p);
+    debug_assert!(freed, "a handed-out name is a pageable buffer");
 }
 
 /// CmCallbackGetKeyObjectID — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackgetkeyobjectid>:
@@ -857,8 +862,9 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectID(
         unsafe { object_id.write_unaligned(id) };
     }
     if !object_name.is_null() {
-        // Kernel-owned: never freed by the driver, so not tracked as the driver's.
-        let p = alloc_name(&name);
+        // Kernel-owned: never freed by the driver, so not tracked as the driver's. Not
+        // modelled as pageable (each would keep a mapping for good).
+        let p = alloc_name(&name, false);
         // SAFETY: checked non-null; the driver passes a writable PCUNICODE_STRING.
         unsafe { object_name.write_unaligned(p as *mut UnicodeString) };
     }

@@ -169,6 +169,35 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     let info = unsafe { &*info };
     // SAFETY: si_addr is defined for the fault signals handled here.
     let addr = unsafe { info.si_addr() } as usize;
+    // A pageable buffer the kernel gave the driver, trimmed by Force IRQL Checking
+    // ([`crate::paged`]): paged in below DISPATCH_LEVEL, bug check 0xD1 at or above it.
+    if matches!(sig, libc::SIGSEGV | libc::SIGBUS) && addr != 0 {
+        match crate::paged::fault(addr, cpu::irql()) {
+            Some(crate::paged::Fault::PagedIn) => return,
+            Some(crate::paged::Fault::TooHighIrql) => {
+                let write = g[libc::REG_ERR as usize] & 2 != 0;
+                let place = if in_image {
+                    bugcheck::symbolize(rip)
+                } else {
+                    emulator_place(rip)
+                };
+                emit_stderr(&format!(
+                    "\n*** kernel-emulator: pageable memory {addr:#x} touched at IRQL {} by {place}: \
+                     Driver Verifier's Force IRQL Checking had trimmed it (a kernel name from paged \
+                     pool, read while a spin lock is held?)\n",
+                    cpu::irql()
+                ));
+                bugcheck(
+                    0xD1,
+                    addr,
+                    usize::from(cpu::irql()),
+                    usize::from(write),
+                    rip,
+                );
+            }
+            None => {}
+        }
+    }
     // A fault fetching the instruction itself (code unmapped, as after an unload) leaves
     // nothing to decode: reading those bytes would fault again inside this handler.
     let fetch_fault = addr == rip;

@@ -19,6 +19,10 @@ const IOCTL_PIN: u32 = (0x22 << 16) | (0x811 << 2);
 const IOCTL_UNPIN: u32 = (0x22 << 16) | (0x812 << 2);
 const IOCTL_WAIT: u32 = (0x22 << 16) | (0x813 << 2);
 const IOCTL_RELEASE_ON_CLOSE: u32 = (0x22 << 16) | (0x81C << 2);
+const IOCTL_NAME_TOUCH: u32 = (0x22 << 16) | (0x81E << 2);
+/// test-driver/src/registry.rs: read the name after lowering the IRQL again, or while raised.
+const TOUCH_AFTER: u64 = 1;
+const TOUCH_RAISED: u64 = 2;
 const RELEASE_MAGIC: u64 = 0x7265_6c65_6173_6564;
 pub(super) const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 const USER_HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001";
@@ -46,6 +50,7 @@ struct Stats {
     /// Post-open/create notifications with STATUS_REPARSE (a success-class status).
     post_reparse: u64,
     pre_close_no_context: u64,
+    name_touched: u64,
 }
 
 /// Registry scenarios.
@@ -97,6 +102,21 @@ pub fn scenarios() -> Vec<Scenario> {
             "keys opened (and a hive loaded) before DriverEntry: their objects never carry the driver's context, their close comes with none and no cleanup; NtQueryOpenSubKeysEx still lists them with the opener's pid",
             td_preexisting_handles,
         ),
+        Scenario::test_driver(
+            "td-paged-key-name",
+            "the key name from CmCallbackGetKeyObjectIDEx is paged pool: trimmed when the driver raises to DISPATCH_LEVEL (Force IRQL Checking), paged back in when read below it",
+            td_paged_key_name,
+        ),
+        Scenario {
+            name: "td-paged-key-name-at-dispatch",
+            target: super::Target::TestDriver,
+            about: "the key name from CmCallbackGetKeyObjectIDEx read at DISPATCH_LEVEL: bug check 0xD1 under Force IRQL Checking",
+            expect: super::Expect {
+                exit: crate::bugcheck::EXIT_BUGCHECK,
+                output: Some("DRIVER_IRQL_NOT_LESS_OR_EQUAL"),
+            },
+            run: td_paged_key_name_at_dispatch,
+        },
         Scenario::test_driver(
             "td-generated",
             "4 threads x 5 processes x 20 keys, random opens/creates/duplicates/closes/exits, seeded",
@@ -155,6 +175,7 @@ fn stats(s: &Session) -> Stats {
         post_load: v[14],
         post_reparse: v[15],
         pre_close_no_context: v[22],
+        name_touched: v[23],
     }
 }
 
@@ -753,4 +774,50 @@ fn start_loaded(ctx: &mut Ctx) -> Option<Session> {
             None
         }
     }
+}
+
+/// One open by a new process with the test driver reading the key name around a raise as
+/// `mode` says ([`TOUCH_AFTER`], [`TOUCH_RAISED`]).
+fn open_touching_name(ctx: &mut Ctx, s: &Session, mode: u64) -> Option<(u32, u64)> {
+    let r = io::device_io_control(s.control, IOCTL_NAME_TOUCH, &mode.to_le_bytes(), 32, 0xA5);
+    ctx.check(r.status == STATUS_SUCCESS, "IOCTL_NAME_TOUCH");
+    let pid = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\app.exe", false);
+    let k = pid
+        .ok()
+        .and_then(|pid| Some((pid, open(pid, SOFTWARE).ok()?)));
+    ctx.check(k.is_some(), "a process opens SOFTWARE");
+    k
+}
+
+/// ReactOS `CmpConstructName` (paged pool) and Learn "Force IRQL Checking": a raise trims the
+/// name, a read below DISPATCH_LEVEL pages it back in ([`crate::paged`]).
+fn td_paged_key_name(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let (trims, page_ins) = crate::paged::counts();
+    let k = open_touching_name(ctx, &s, TOUCH_AFTER);
+    let st = stats(&s);
+    let (trims2, page_ins2) = crate::paged::counts();
+    ctx.check(
+        st.name_touched == 1,
+        format!("the driver read the name again at PASSIVE_LEVEL: {st:?}"),
+    );
+    ctx.check(
+        trims2 > trims && page_ins2 > page_ins,
+        format!(
+            "the raise trimmed the name and the read paged it in: trims {trims} -> {trims2}, page-ins {page_ins} -> {page_ins2}"
+        ),
+    );
+    if let Some((pid, k)) = k {
+        let _ = hive::close_key(pid, k);
+    }
+    finish(ctx, s);
+}
+
+fn td_paged_key_name_at_dispatch(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let k = open_touching_name(ctx, &s, TOUCH_RAISED);
+    ctx.check(
+        false,
+        format!("a paged key name read at DISPATCH_LEVEL went unnoticed: {k:?}"),
+    );
 }

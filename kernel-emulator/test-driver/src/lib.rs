@@ -90,6 +90,7 @@ const IOCTL_IMAGE_REMOVE: u32 = ioctl(0x844); // `argument` 1: remove a never-re
 const IOCTL_IMAGE_READ: u32 = ioctl(0x845); // image log entry `argument` (64 bytes)
 const IOCTL_IMAGE_LEAK: u32 = ioctl(0x846); // bug: DriverUnload leaves the routine registered
 const IOCTL_NAME: u32 = ioctl(0x81D); // last key name / CompleteName seen, block `argument`
+const IOCTL_NAME_TOUCH: u32 = ioctl(0x81E); // post-open reads the name around a raise (`argument`)
 const IOCTL_EX_SPIN_LOCK: u32 = ioctl(0x850); // EX_SPIN_LOCK operation `argument` (exlock.rs)
 
 /// The value IOCTL_PING answers with.
@@ -434,6 +435,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_RELEASE_ON_CLOSE => {
             registry::release_on_close();
+            0
+        }
+        IOCTL_NAME_TOUCH => {
+            registry::set_name_touch(argument);
             0
         }
         IOCTL_LOG_START => {

@@ -78,6 +78,7 @@ const LAST_POST_STATUS: usize = 19; // (a value) the last post-open/create Statu
 const LAST_CLOSE_PID: usize = 20; // (a value) PsGetCurrentProcessId in the last pre-close
 const LAST_CLEANUP_PID: usize = 21; // (a value) PsGetCurrentProcessId in the last cleanup
 const PRE_CLOSE_NO_CONTEXT: usize = 22; // pre-close of an object with no context of ours
+const NAME_TOUCHED: usize = 23; // key names read again at PASSIVE_LEVEL after a raise
 
 const STATUS_REPARSE: NTSTATUS = 0x104;
 const STATUS_PREDEFINED_HANDLE: NTSTATUS = 0x4000_0016;
@@ -146,6 +147,52 @@ static REGISTERED: AtomicBool = AtomicBool::new(false);
 static PROCESS_NOTIFY: AtomicBool = AtomicBool::new(false);
 static PIN_NEXT: AtomicBool = AtomicBool::new(false);
 static PINNED: AtomicUsize = AtomicUsize::new(0);
+/// How post-open reads the key name again around a raise to `DISPATCH_LEVEL`
+/// (IOCTL_NAME_TOUCH): 0 not at all; [`TOUCH_AFTER`] after lowering the IRQL again (allowed:
+/// the name is paged pool, paged back in); [`TOUCH_RAISED`] while raised (the bug Driver
+/// Verifier's Force IRQL Checking catches: bug check 0xD1).
+static NAME_TOUCH: AtomicU64 = AtomicU64::new(0);
+/// Read the name after lowering the IRQL again.
+pub const TOUCH_AFTER: u64 = 1;
+/// Read the name at `DISPATCH_LEVEL` (a bug).
+pub const TOUCH_RAISED: u64 = 2;
+
+/// Sets how post-open reads the key name around a raise ([`NAME_TOUCH`]).
+pub fn set_name_touch(mode: u64) {
+    NAME_TOUCH.store(mode, Ordering::Relaxed);
+}
+
+/// Reads the first unit of `name`'s buffer around a raise to `DISPATCH_LEVEL` (`mov cr8`,
+/// `KeRaiseIrql`'s inline form), as [`NAME_TOUCH`] says.
+///
+/// # Safety
+/// `name` is a valid `UNICODE_STRING` from `CmCallbackGetKeyObjectIDEx`, not yet released.
+unsafe fn touch_name(name: *const UNICODE_STRING) {
+    let mode = NAME_TOUCH.load(Ordering::Relaxed);
+    // SAFETY: guaranteed by the caller; the header is read at PASSIVE_LEVEL.
+    let header = unsafe { &*name };
+    let (buffer, length) = (header.Buffer, header.Length);
+    if mode == 0 || buffer.is_null() || length == 0 {
+        return;
+    }
+    let before: u64;
+    // SAFETY: KeGetCurrentIrql's inline form.
+    unsafe { core::arch::asm!("mov {}, cr8", out(reg) before) };
+    // SAFETY: KeRaiseIrql(DISPATCH_LEVEL)'s inline form; lowered again below.
+    unsafe { core::arch::asm!("mov cr8, {}", in(reg) 2u64) };
+    if mode == TOUCH_RAISED {
+        // SAFETY: the buffer is valid (the bug is only the IRQL it is read at).
+        let _ = unsafe { core::ptr::read_volatile(buffer) };
+    }
+    // SAFETY: KeLowerIrql back to the entry IRQL.
+    unsafe { core::arch::asm!("mov cr8, {}", in(reg) before) };
+    if mode == TOUCH_AFTER {
+        // SAFETY: as above, at the entry IRQL.
+        let _ = unsafe { core::ptr::read_volatile(buffer) };
+        count(NAME_TOUCHED);
+    }
+}
+
 /// Post-close notifications complete the pending waits (IOCTL_RELEASE_ON_CLOSE).
 static RELEASE_ON_CLOSE: AtomicBool = AtomicBool::new(false);
 
@@ -280,6 +327,8 @@ unsafe extern "C" fn registry_callback(
             if s == STATUS_SUCCESS && !name.is_null() {
                 // SAFETY: the kernel returned a valid UNICODE_STRING.
                 unsafe { remember(&LAST_NAME, name) };
+                // SAFETY: as above, not yet released.
+                unsafe { touch_name(name) };
                 // SAFETY: releasing the name the call above handed out.
                 unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
             }
