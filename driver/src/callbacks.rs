@@ -492,8 +492,9 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
         };
         if status == STATUS_SUCCESS && !old.is_null() {
             // The object was already ours (a lower filter's bypass handed back an object
-            // it opened itself: kernel emulator `bypassed-open`). Only the new context comes
-            // back at cleanup, so the old record goes now.
+            // it opened earlier outside its callback, an open hivetrack saw: kernel emulator
+            // `bypassed-open`). Only the new context comes back at cleanup, so the old
+            // record goes now.
             tracker.superseded(Token(old as u64), object as u64);
         }
         status == STATUS_SUCCESS

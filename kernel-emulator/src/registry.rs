@@ -353,13 +353,33 @@ fn register(
     })
 }
 
-/// Callbacks by altitude: highest first.
+/// The callbacks a registry operation on this thread reaches, by altitude: highest first.
+///
+/// An operation a callback makes itself (a filter's own `ZwCreateKey`, `ZwClose`, or an
+/// `ObDereferenceObject` that ends a key object) reaches only the callbacks *below* the
+/// innermost callback this thread is in: "if a driver modifies an operation by calling a
+/// different registry function, the configuration manager does not restart at the top of
+/// the filter stack" (Learn, [Supporting Layered Registry Filtering Drivers](https://learn.microsoft.com/en-us/windows-hardware/drivers/kernel/supporting-layered-registry-filtering-drivers));
+/// regfltr `multialt.c`, MultipleAltitudeInternalInvocationSample: the highest callback "does
+/// not get notifications for the registry operations called by the middle callback", the
+/// middle one "does not get notifications for the registry operations that it calls", the
+/// lowest gets them all. Until 2026-12-04 such an operation reached every callback, the
+/// calling one included (found in review). Context cleanups are not a round of the stack:
+/// each goes to the callback whose context it is ([`notify_context_cleanup`]).
 pub(crate) fn by_altitude() -> Vec<Callback> {
+    let inside = INSIDE.with(|i| i.borrow().last().copied());
     let mut v = kernel::with(|k| {
         let r = &k.registry;
+        let ceiling = inside.and_then(|cookie| {
+            r.callbacks
+                .iter()
+                .find(|c| c.cookie == cookie)
+                .map(Callback::altitude_value)
+        });
         r.callbacks
             .iter()
             .filter(|c| !r.unregistering.contains(&c.cookie))
+            .filter(|c| ceiling.is_none_or(|top| c.altitude_value() < top))
             .cloned()
             .collect::<Vec<_>>()
     });
@@ -969,6 +989,53 @@ pub unsafe extern "win64" fn filter_bypass(
     let Some(object) = crate::hive::filter_create_referenced(root, &modified) else {
         return crate::status::STATUS_OBJECT_NAME_NOT_FOUND;
     };
+    // SAFETY: as above.
+    let result = unsafe { (*v1).result_object };
+    // SAFETY: ResultObject points at the configuration manager's PVOID.
+    unsafe { result.write(object as *mut c_void) };
+    STATUS_CALLBACK_BYPASS
+}
+
+/// The referenced key object [`filter_bypass_cached`] hands back (0: none).
+static BYPASS_CACHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Gives [`filter_bypass_cached`] the key object to hand back: one the filter opened
+/// earlier *outside* its callback (on a system thread of its own, so every filter above it saw
+/// that open) and keeps referenced. Returns the object it had before (0: none), whose
+/// reference the caller now owns.
+pub fn set_bypass_object(object: usize) -> usize {
+    BYPASS_CACHED.swap(object, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Another filter (emulated): in pre-open/pre-create of a path containing [`BYPASS_MARKER`],
+/// completes the operation with STATUS_CALLBACK_BYPASS and the key object set by
+/// [`set_bypass_object`], referenced once more for the caller's handle (ResultObject holds a
+/// referenced object: regfltr `pre.c`, CallbackPreNotificationBypass). Unlike
+/// [`filter_bypass`], whose `ZwCreateKey` inside its callback reaches only the callbacks below
+/// it ([`by_altitude`]), this object's open was seen by the filters above: handed back to
+/// them in the bypassed open's post, it already carries their context.
+///
+/// # Safety
+/// Called by the model with a notification class and its structure.
+pub unsafe extern "win64" fn filter_bypass_cached(
+    _ctx: *mut c_void,
+    class: *mut c_void,
+    info: *mut c_void,
+) -> NtStatus {
+    let c = class as usize;
+    if c != class::PRE_OPEN_KEY_EX && c != class::PRE_CREATE_KEY_EX {
+        return STATUS_SUCCESS;
+    }
+    // SAFETY: the model passes the _V1 structure for these classes.
+    if !unsafe { complete_name(info) }.contains(BYPASS_MARKER) {
+        return STATUS_SUCCESS;
+    }
+    let object = BYPASS_CACHED.load(std::sync::atomic::Ordering::Relaxed);
+    if object == 0 {
+        return crate::status::STATUS_OBJECT_NAME_NOT_FOUND;
+    }
+    kernel::with(|k| *k.objects.references.entry(object).or_insert(0) += 1);
+    let v1 = info.cast::<RegCreateKeyInformationV1>();
     // SAFETY: as above.
     let result = unsafe { (*v1).result_object };
     // SAFETY: ResultObject points at the configuration manager's PVOID.

@@ -1029,7 +1029,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// returned `token` as the previous context of `object` (docs: `OldContext`). That
     /// happens when an object hivetrack already tracks comes back from another open (a
     /// lower filter completing an open with `STATUS_CALLBACK_BYPASS` and an object it opened
-    /// itself, regfltr `pre.c`). The object keeps exactly one record, the newer one: only its
+    /// earlier, outside its callback, regfltr `pre.c`; an open it makes inside its callback
+    /// reaches only the callbacks below it, Learn "Supporting Layered Registry Filtering
+    /// Drivers"). The object keeps exactly one record, the newer one: only its
     /// context will come back at cleanup, so the older record would otherwise outlive the
     /// object and hold its hive for ever. Nothing is lost (the object stays tracked), so no
     /// loss is counted; its end counts as a destroy, which keeps `opens_seen` balanced.

@@ -40,7 +40,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "bypassed-open",
-            "a lower filter completes A's open itself (STATUS_CALLBACK_BYPASS) with a key object it made with its own kernel handle, which hivetrack saw opened: the object's context is replaced, the earlier record goes with it; A closes and nobody holds the hive (no phantom System holder)",
+            "a lower filter completes A's open itself (STATUS_CALLBACK_BYPASS) with a key object it opened earlier on its own thread with a kernel handle, which hivetrack saw opened: the object's context is replaced, the earlier record goes with it; A closes, the filter lets go, and nobody holds the hive (no phantom System holder)",
             bypassed_open,
         ),
     ]
@@ -474,7 +474,8 @@ fn kernel_handle(ctx: &mut Ctx) {
 /// for the first context would never be freed and would hold the hive for ever.
 fn bypassed_open(ctx: &mut Ctx) {
     let Some((d, c)) = begin(ctx) else { return };
-    let lower = crate::registry::register_emulated(crate::registry::filter_bypass, 0, "300000");
+    let lower =
+        crate::registry::register_emulated(crate::registry::filter_bypass_cached, 0, "300000");
     ctx.check(
         lower.is_ok(),
         format!("another filter registered below hivetrack (altitude 300000): {lower:?}"),
@@ -484,6 +485,14 @@ fn bypassed_open(ctx: &mut Ctx) {
     ensure_parents(a, &format!(r"{parent}\x"));
     let asked = format!(r"{parent}\{}", crate::registry::BYPASS_MARKER);
     let made = format!(r"{parent}\{}", crate::registry::BYPASS_REDIRECT);
+    // The filter's own open, on its own system thread (outside any callback: every filter
+    // sees it, hivetrack tracks it as System's), kept referenced for its bypass.
+    let cached = hive::filter_create_referenced(0, &made);
+    ctx.check(
+        cached.is_some(),
+        format!("the filter opens {made} for itself and keeps the object"),
+    );
+    let _ = crate::registry::set_bypass_object(cached.unwrap_or(0));
     let opened = hive::open_key(a, &asked, KEY_READ, true);
     ctx.check(
         opened.is_ok(),
@@ -500,6 +509,11 @@ fn bypassed_open(ctx: &mut Ctx) {
     if let Ok(k) = opened {
         let s = hive::close_key(a, k);
         ctx.check(s == 0, format!("A closes its handle: {s:#x}"));
+    }
+    // The filter lets go of its object: its last reference, the object ends.
+    let kept = crate::registry::set_bypass_object(0);
+    if kept != 0 {
+        crate::object::dereference(kept);
     }
     let holders = c.holders(ctx, USER);
     ctx.check(
