@@ -454,9 +454,24 @@ pub fn diff_report(a: &SnapshotFile, b: &SnapshotFile) -> DiffReport {
         schema: schema("diff"),
         before: a.taken_at.clone(),
         after: b.taken_at.clone(),
-        complete: a.source.not_recorded == 0 && b.source.not_recorded == 0,
+        complete: diff_complete(a, b),
         entries,
     }
+}
+
+/// Whether a diff of `a` and `b` shows only changes that happened: neither snapshot missed
+/// events or could not see opens, and one run of the driver's tracking took both (a restart
+/// between them loses every record: each key would show as closed; a snapshot that does not
+/// say when tracking began, as those before 2026-12-04, cannot tell). Found in review.
+fn diff_complete(a: &SnapshotFile, b: &SnapshotFile) -> bool {
+    let one_run = a.source.tracking_since.is_some()
+        && a.source.tracking_since.as_ref().map(|t| t.filetime)
+            == b.source.tracking_since.as_ref().map(|t| t.filetime);
+    one_run
+        && a.source.not_recorded == 0
+        && b.source.not_recorded == 0
+        && a.source.missing.is_empty()
+        && b.source.missing.is_empty()
 }
 
 /// The client's clock as a FILETIME.

@@ -251,6 +251,41 @@ impl<'t> Client<'t> {
         )
     }
 
+    /// The scope of a listing (`processes`, `hives`, `snapshot`) from the driver: when its
+    /// live tracking began (the event stream's prefix, asked with no wait), or that it is off
+    /// (`stats`' `tracking_status`, or no start time): then the listing records nothing, and
+    /// is not complete. Found in review (2026-12-04): with tracking off, the listings said
+    /// "complete". A backend that cannot say (the driverless fallback, an older driver)
+    /// leaves the source as it is.
+    fn scope(&mut self, source: &mut Source) {
+        if self.transport.backend() == crate::fallback::BACKEND {
+            return;
+        }
+        let status = self.stats().ok().and_then(|s| {
+            s.counters
+                .iter()
+                .find(|c| c.name == "tracking_status")
+                .map(|c| c.value)
+        });
+        let mut buf = Vec::new();
+        let since = crate::event_stream::wait_events(&mut *self.transport, u64::MAX, 0, &mut buf)
+            .ok()
+            .map(|page| page.prefix.tracking_since);
+        match (status, since) {
+            (Some(s), _) if s != 0 => {
+                #[allow(clippy::cast_possible_truncation, reason = "an NTSTATUS in a u64")]
+                let why = crate::model::ntstatus_name(s as u32)
+                    .map_or_else(|| format!("{s:#010x}"), str::to_owned);
+                source.cannot_see(format!(
+                    "any open: live tracking is off ({why}; `hivetrack stats`)"
+                ));
+            }
+            (_, Some(0)) => source.cannot_see("any open: live tracking has not started".to_owned()),
+            (_, Some(t)) => source.tracking_since = Time::from_filetime(t),
+            (_, None) => {}
+        }
+    }
+
     /// Sends one request, growing the output buffer while the driver says it is too small;
     /// returns the answer's length in `self.buf`, its protocol version checked.
     fn call(&mut self, code: u32, input: &[u8]) -> Result<usize> {
@@ -569,9 +604,11 @@ impl<'t> Client<'t> {
             hives.extend(page.records().map(|r| hive_of(&r)));
             Ok(true)
         })?;
+        let mut source = self.source(nr);
+        self.scope(&mut source);
         Ok(HivesReport {
             schema: schema("hives"),
-            source: self.source(nr),
+            source,
             hives,
         })
     }
@@ -603,9 +640,11 @@ impl<'t> Client<'t> {
         if let Some(n) = top {
             processes.truncate(n);
         }
+        let mut source = self.source(nr);
+        self.scope(&mut source);
         Ok(ProcessesReport {
             schema: schema("processes"),
-            source: self.source(nr),
+            source,
             processes,
         })
     }
@@ -667,9 +706,19 @@ impl<'t> Client<'t> {
         let nr = nr
             .max(hives.source.not_recorded)
             .max(processes.source.not_recorded);
+        // The listings' scope (they asked the driver just now).
+        let mut source = self.source(nr);
+        source
+            .tracking_since
+            .clone_from(&processes.source.tracking_since);
+        for m in &processes.source.missing {
+            if !source.missing.contains(m) {
+                source.cannot_see(m.clone());
+            }
+        }
         Ok(SnapshotFile {
             schema: schema("snapshot"),
-            source: self.source(nr),
+            source,
             taken_at: Time::or_empty(taken_at),
             hives: hives.hives,
             processes: processes.processes,

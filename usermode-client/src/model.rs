@@ -26,6 +26,11 @@ pub struct Source {
     /// for key and tracking runs"; losses elsewhere do not matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<Coverage>,
+    /// For listings (`processes`, `hives`, `snapshot`): when the driver's live tracking began.
+    /// Such a listing holds what was opened since; a key opened before it is in no listing
+    /// (only `holders`, which asks the kernel, shows those). Null when not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_since: Option<Time>,
 }
 
 /// How far a report about one hive can be trusted, and why.
@@ -75,6 +80,7 @@ impl Source {
             not_recorded,
             missing: missing.iter().map(|&m| m.to_owned()).collect(),
             coverage: None,
+            tracking_since: None,
         }
     }
 

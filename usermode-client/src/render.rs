@@ -99,7 +99,14 @@ pub fn source_line(s: &Source) -> String {
     }
     if let Some(c) = &s.coverage {
         coverage_text(c, &mut line);
-    } else if s.not_recorded > 0 {
+    } else if let Some(t) = &s.tracking_since {
+        let _ = write!(
+            line,
+            "; tracking since {} (keys opened before are not listed; `hivetrack holders` asks the kernel)",
+            t.utc
+        );
+    }
+    if s.coverage.is_none() && s.not_recorded > 0 {
         let _ = write!(
             line,
             ", INCOMPLETE: the tracker could not record {} event(s), so keys may be missing (see `hivetrack stats`)",
@@ -939,7 +946,7 @@ pub fn diff(r: &DiffReport, f: Format) -> serde_json::Result<String> {
             }
             if !r.complete {
                 out.push_str(
-                    "\nINCOMPLETE: a snapshot missed events; differences may not be real\n",
+                    "\nINCOMPLETE: a snapshot missed events, or tracking did not run (or restarted) between them; differences may not be real\n",
                 );
             }
             out

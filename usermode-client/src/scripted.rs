@@ -126,10 +126,14 @@ impl Transport for Scripted {
         if let Some(Fault::Refuse(code)) = self.fault {
             return Err(TransportError::Request { code });
         }
-        if code == protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS
-            && let Some(events) = &self.events
-        {
-            return events.borrow_mut().answer(input, output);
+        if code == protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS {
+            return match &self.events {
+                Some(events) => events.borrow_mut().answer(input, output),
+                // A driver tracking since TRACKING_SINCE with no event yet.
+                None => {
+                    crate::scripted_events::EventQueue::new(TRACKING_SINCE, 1).answer(input, output)
+                }
+            };
         }
         let starts_pass = code == protocol::ioctl::IOCTL_HIVETRACK_QUERY_HOLDERS
             && protocol::wire::decode::<protocol::request::QueryRequest<'_>>(input)

@@ -373,3 +373,91 @@ fn a_forgotten_hive_is_free_when_the_kernel_says_so_and_unproven_when_it_cannot_
         }
     }
 }
+
+/// The tracker behind the query IOCTLs and the event stream's request (answered at once, as
+/// the driver does for a request with no wait).
+struct DriverWithEvents(Rc<Engine>);
+
+impl Transport for DriverWithEvents {
+    fn backend(&self) -> &'static str {
+        "tracker"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        if code == protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS {
+            let req =
+                protocol::wire::decode::<protocol::events::EventsRequest>(input).map_err(|_| {
+                    TransportError::Request {
+                        code: ERROR_INVALID_PARAMETER,
+                    }
+                })?;
+            return self.0.events(req.after, req.max_records, out).map_err(|_| {
+                TransportError::Request {
+                    code: ERROR_INSUFFICIENT_BUFFER,
+                }
+            });
+        }
+        Driver(self.0.clone()).ioctl(code, input, out)
+    }
+}
+
+/// Found in review (2026-12-04): with live tracking off (never started: the registry
+/// callback could not be registered) the listings said "complete", and with it on they never
+/// said that keys opened before it are in none of them.
+#[test]
+fn listings_say_since_when_they_hold_opens_and_are_incomplete_without_tracking() {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let mut d = DriverWithEvents(t.clone());
+    let mut client = hivetrack_cli::client::Client::new(&mut d);
+    let off = client.processes(None).expect("a listing");
+    assert!(!off.source.complete, "{:?}", off.source);
+    assert!(
+        off.source.missing.iter().any(|m| m.contains("not started")),
+        "{:?}",
+        off.source
+    );
+    let hives = client.hives().expect("a listing");
+    assert!(!hives.source.complete, "{:?}", hives.source);
+    let snap = client.snapshot().expect("a snapshot");
+    assert!(!snap.source.complete, "{:?}", snap.source);
+
+    t.tracking_started(NOW - 3600 * SECOND);
+    let on = client.processes(None).expect("a listing");
+    assert!(on.source.complete, "{:?}", on.source);
+    assert_eq!(
+        on.source.tracking_since.as_ref().map(|t| t.filetime),
+        Some(NOW - 3600 * SECOND)
+    );
+    let line = hivetrack_cli::render::source_line(&on.source);
+    assert!(
+        line.contains("tracking since") && line.contains("keys opened before are not listed"),
+        "{line}"
+    );
+    let snap = client.snapshot().expect("a snapshot");
+    assert!(
+        snap.source.complete && snap.source.tracking_since.is_some(),
+        "{:?}",
+        snap.source
+    );
+}
+
+/// Found in review (2026-12-04): a diff across a restart of the driver said "complete",
+/// though every key the first run tracked shows as closed.
+#[test]
+fn a_diff_is_complete_only_within_one_run_of_tracking() {
+    let run = |since: u64| {
+        let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+        t.tracking_started(since);
+        let mut d = DriverWithEvents(t);
+        hivetrack_cli::client::Client::new(&mut d)
+            .snapshot()
+            .expect("a snapshot")
+    };
+    let a = run(NOW - 3600 * SECOND);
+    let same = run(NOW - 3600 * SECOND);
+    let restarted = run(NOW - 60 * SECOND);
+    assert!(hivetrack_cli::app::diff_report(&a, &same).complete);
+    assert!(!hivetrack_cli::app::diff_report(&a, &restarted).complete);
+    let mut old = a.clone();
+    old.source.tracking_since = None; // a snapshot file written before 2026-12-04
+    assert!(!hivetrack_cli::app::diff_report(&old, &same).complete);
+}
