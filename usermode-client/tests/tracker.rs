@@ -457,7 +457,7 @@ fn a_diff_is_complete_only_within_one_run_of_tracking() {
     let restarted = run(NOW - 60 * SECOND);
     assert!(hivetrack_cli::app::diff_report(&a, &same).complete);
     assert!(!hivetrack_cli::app::diff_report(&a, &restarted).complete);
-    let mut old = a.clone();
+    let mut old = a;
     old.source.tracking_since = None; // a snapshot file written before 2026-12-04
     assert!(!hivetrack_cli::app::diff_report(&old, &same).complete);
 }
