@@ -392,8 +392,11 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
                     // NtUnloadKeyEx with an event on a held hive: Windows unloads it later,
                     // when its last key object goes, with no further notification
                     // (REG_UNLOAD_KEY_INFORMATION `UserEvent`; the emulator's
-                    // td-deferred-unload). The tracker marks it pending.
+                    // td-deferred-unload). The tracker marks it pending, which may end its
+                    // record at once (nothing tracked left in it): waits on it look again
+                    // (found in review).
                     tracker.hive_unload_pending(mount);
+                    waiters::hive_may_be_free();
                 }
                 // Every attempt is an event of the stream (issue 17): wake its readers.
                 waiters::events_may_be_ready();
@@ -424,10 +427,14 @@ fn post_open(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
         return;
     }
     let object = post.Object;
-    // PreInformation is the REG_CREATE_KEY_INFORMATION(_V1) or REG_OPEN_KEY_INFORMATION(_V1)
-    // of the pre call; the V1 layouts only rename the trailing field of the originals.
-    // All four share CompleteName, RootObject, GrantedAccess and DesiredAccess at the same
-    // offsets, and the pre information lives while its post-notification runs.
+    // PreInformation is the REG_CREATE_KEY_INFORMATION_V1 or REG_OPEN_KEY_INFORMATION_V1 of
+    // the pre call, which share one layout: Windows 7 and later always pass the V1
+    // structures for these classes (docs: EX_CALLBACK_FUNCTION, "Starting with Windows 7,
+    // the actual data structure passed in [...] is the V1 version"). Before it, the original
+    // structures end at `Reserved`, where V1 has `Version` ("Check the Reserved member to
+    // determine the version"): the fields after it (Attributes, CheckAccessMode) are read
+    // only when `Version == 1` (`holder_process`, the capture's user-mode test). The pre
+    // information lives while its post-notification runs.
     // SAFETY: so PreInformation may be read as REG_CREATE_KEY_INFORMATION_V1, or is null.
     let pre = unsafe {
         post.PreInformation

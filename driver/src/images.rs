@@ -47,8 +47,16 @@ const SYSTEM_MODE_IMAGE: u32 = 1 << 8;
 /// Registers the notify routine.
 ///
 /// # Errors
-/// `STATUS_PROCEDURE_NOT_FOUND` where the system lacks both routines, or what it returned.
+/// `STATUS_PROCEDURE_NOT_FOUND` where the system lacks both routines (or the one that
+/// removes them), or what it returned.
 pub fn register() -> Result<(), NTSTATUS> {
+    // A routine that could not be removed again would be called in the unloaded image at
+    // the next image load (docs, PsSetLoadImageNotifyRoutine: the driver "must remove any
+    // callbacks it registers before it unloads"): no removal routine, no registration
+    // (found in review).
+    if routines::ps_remove_load_image_notify_routine().is_none() {
+        return Err(STATUS_PROCEDURE_NOT_FOUND);
+    }
     let status = if let Some(set) = routines::ps_set_load_image_notify_routine_ex() {
         // Flags 0: native images only (docs: PS_IMAGE_NOTIFY_CONFLICTING_ARCHITECTURE adds
         // the other architecture's).

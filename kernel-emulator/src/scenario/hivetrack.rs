@@ -462,6 +462,18 @@ fn hidden_routines(ctx: &mut Ctx) {
         io::close(h);
     }
     ctx.unload_and_check_clean(&mut d);
+    // Each alone: a system may lack one routine of a pair (the one that undoes another:
+    // a notify routine registered with no way to remove it would be called in the unloaded
+    // image; found in review: PsRemoveLoadImageNotifyRoutine).
+    ctx.say("phase 3: hide each one alone");
+    for routine in &queried {
+        kernel::reset();
+        // A reset keeps what is hidden: only this one is.
+        kernel::with(|k| k.hidden_routines.clear());
+        crate::exports::hide([routine.as_str()]);
+        let mut d = start(ctx);
+        ctx.unload_and_check_clean(&mut d);
+    }
 }
 
 fn refuse_missing_import(ctx: &mut Ctx) {
