@@ -1301,7 +1301,7 @@ fn delete_object(object: usize) {
         object_context: Some(0x10),
         object,
     };
-    let pre = registry::notify_pre(class::PRE_KEY_HANDLE_CLOSE, at, fields);
+    let pre = registry::notify_pre_unblockable(class::PRE_KEY_HANDLE_CLOSE, at, fields);
     destroy(object);
     let all = registry::PreOutcome {
         status: STATUS_SUCCESS,

@@ -517,6 +517,21 @@ fn object_context(object: usize, cookie: i64) -> usize {
 /// STATUS_CALLBACK_BYPASS stops the round.
 #[must_use]
 pub fn notify_pre(class: usize, info: usize, fields: PreFields) -> PreOutcome {
+    notify_pre_round(class, info, fields, true)
+}
+
+/// Delivers a pre-notification no callback can block, to every callback, highest altitude
+/// first: RegNtPreKeyHandleClose ("Drivers can monitor this registry operation but they
+/// cannot block or modify it": Learn, [REG_NOTIFY_CLASS](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ne-wdm-_reg_notify_class)).
+/// A callback's error changes nothing: the callbacks below it still get the pre, and every
+/// one its post. Until 2026-12-04 an error stopped the round, and the callbacks below missed
+/// both (found in review).
+#[must_use]
+pub fn notify_pre_unblockable(class: usize, info: usize, fields: PreFields) -> PreOutcome {
+    notify_pre_round(class, info, fields, false)
+}
+
+fn notify_pre_round(class: usize, info: usize, fields: PreFields, blockable: bool) -> PreOutcome {
     let mut call_contexts = Vec::new();
     for cb in by_altitude() {
         // SAFETY: `info` is a live pre-information structure of the emulator with CallContext
@@ -530,7 +545,7 @@ pub fn notify_pre(class: usize, info: usize, fields: PreFields) -> PreOutcome {
         // SAFETY: as above; the callback may have set its CallContext.
         let cc = unsafe { ((info + fields.call_context) as *const usize).read_unaligned() };
         call_contexts.push((cb.cookie, cc));
-        if s == STATUS_CALLBACK_BYPASS || !status::nt_success(s) {
+        if blockable && (s == STATUS_CALLBACK_BYPASS || !status::nt_success(s)) {
             return PreOutcome {
                 status: s,
                 call_contexts,
@@ -544,7 +559,8 @@ pub fn notify_pre(class: usize, info: usize, fields: PreFields) -> PreOutcome {
 }
 
 /// A pointer the driver must never dereference: what `Object` holds in a post-notification
-/// whose status is not STATUS_SUCCESS ("undefined" per the docs).
+/// whose status is a success-class status other than STATUS_SUCCESS ("undefined" per the
+/// docs; an error status has NULL).
 pub const INVALID_OBJECT: usize = 0xDEAD_0B1E_C700_0000;
 
 /// Delivers a post-notification, lowest altitude first, to the callbacks that saw the pre.
@@ -570,10 +586,19 @@ pub fn notify_post(
             continue;
         };
         let mut info = RegPostOperationInformation {
+            // Callback version 1.1 (Windows 7 and later): "the Object member is always NULL
+            // if the Status member is set to an error status value" (Learn,
+            // CmGetCallbackVersion); for a success-class status other than STATUS_SUCCESS
+            // (STATUS_REPARSE, STATUS_PREDEFINED_HANDLE) it is undefined ("valid only if the
+            // Status member [...] is set to STATUS_SUCCESS": REG_POST_OPERATION_INFORMATION),
+            // and the model makes it a pointer that faults if touched. Until 2026-12-04 the
+            // error statuses had the poison too (found in review).
             object: if status == STATUS_SUCCESS {
                 object
-            } else {
+            } else if status::nt_success(status) {
                 INVALID_OBJECT
+            } else {
+                0
             } as *mut c_void,
             status,
             pad0: 0,
@@ -955,6 +980,22 @@ pub unsafe extern "win64" fn filter_deny(
         // SAFETY: the model passes the _V1 structure for these classes.
         && unsafe { complete_name(info) }.contains(DENY_MARKER)
     {
+        return 0xC000_0022_u32 as NtStatus;
+    }
+    STATUS_SUCCESS
+}
+
+/// Another filter (emulated): fails every RegNtPreKeyHandleClose with STATUS_ACCESS_DENIED,
+/// which changes nothing ([`notify_pre_unblockable`]).
+///
+/// # Safety
+/// Called by the model with a notification class and its structure.
+pub unsafe extern "win64" fn filter_fail_close(
+    _ctx: *mut c_void,
+    class: *mut c_void,
+    _info: *mut c_void,
+) -> NtStatus {
+    if class as usize == class::PRE_KEY_HANDLE_CLOSE {
         return 0xC000_0022_u32 as NtStatus;
     }
     STATUS_SUCCESS

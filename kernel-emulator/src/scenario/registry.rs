@@ -103,6 +103,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_preexisting_handles,
         ),
         Scenario::test_driver(
+            "td-close-unblockable",
+            "a filter above the test driver fails RegNtPreKeyHandleClose: nothing changes, the test driver still gets the pre- and post-close",
+            td_close_unblockable,
+        ),
+        Scenario::test_driver(
             "td-paged-key-name",
             "the key name from CmCallbackGetKeyObjectIDEx is paged pool: trimmed when the driver raises to DISPATCH_LEVEL (Force IRQL Checking), paged back in when read below it",
             td_paged_key_name,
@@ -824,4 +829,35 @@ fn td_paged_key_name_at_dispatch(ctx: &mut Ctx) {
         false,
         format!("a paged key name read at DISPATCH_LEVEL went unnoticed: {k:?}"),
     );
+}
+
+/// Learn REG_NOTIFY_CLASS: RegNtPreKeyHandleClose can be monitored, not blocked or modified.
+fn td_close_unblockable(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let higher = registry::register_emulated(registry::filter_fail_close, 0, "400000");
+    ctx.check(higher.is_ok(), "a filter registered above the test driver");
+    let Ok(pid) = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\app.exe", false)
+    else {
+        ctx.check(false, "create a process");
+        return;
+    };
+    let before = stats(&s);
+    let k = open(pid, SOFTWARE);
+    ctx.check(k.is_ok(), format!("the open succeeds: {k:?}"));
+    if let Ok(k) = k {
+        let c = hive::close_key(pid, k);
+        ctx.check(
+            c == 0,
+            format!("the close succeeds although a filter failed it: {c:#x}"),
+        );
+    }
+    let after = stats(&s);
+    ctx.check(
+        after.pre_close == before.pre_close + 1 && after.post_close == before.post_close + 1,
+        format!(
+            "the filter's error changed nothing: the test driver got the pre- and post-close ({before:?} -> {after:?})"
+        ),
+    );
+    process::exit_process(pid);
+    finish(ctx, s);
 }
