@@ -220,6 +220,30 @@ fn td_close_at_destroy(ctx: &mut Ctx) {
         st4[PRE_CLOSE] == st4[POST_CLOSE] && st4[CONTEXTS_SET] == st4[CONTEXTS_FREED],
         "closes paired, every context freed",
     );
+    // The order: the cleanup comes after the pre-close and before the post-close
+    // (REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION Remarks: the registry "has just finished
+    // processing a RegNtPreKeyHandleClose notification"; REG_NOTIFY_CLASS, the same; regfltr
+    // `context.c`: "after the RegNtPreKeyHandleClose notification and before the
+    // RegNtPostKeyHandleClose notification").
+    let Some(q) = new_process(ctx, r"\Device\HarddiskVolume2\orderly.exe") else {
+        return;
+    };
+    super::lifecycle::log_start(&s);
+    let h = hive::open_key(q, SOFTWARE, KEY_READ, false);
+    ctx.check(h.is_ok(), format!("a process opens SOFTWARE: {h:?}"));
+    if let Ok(h) = h {
+        let _ = hive::close_key(q, h);
+    }
+    process::exit_process(q);
+    let order: Vec<u64> = super::lifecycle::log(&s)
+        .iter()
+        .map(|e| e.class)
+        .filter(|c| matches!(c, 14 | 40 | 25))
+        .collect();
+    ctx.check(
+        order == [14, 40, 25],
+        format!("pre-close (14), cleanup (40), post-close (25), in that order: {order:?}"),
+    );
     finish(ctx, s);
 }
 

@@ -225,6 +225,7 @@ pub fn record(class: usize, info: *mut c_void) {
         // SAFETY: only offsets inside the structure documented for `class` are read below
         // (REG_LOAD_KEY_INFORMATION 0x58, REG_UNLOAD_KEY_INFORMATION 0x28,
         // REG_CREATE_KEY_INFORMATION_V1 0x88, REG_KEY_HANDLE_CLOSE_INFORMATION 0x20,
+        // REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION 0x18,
         // REG_RENAME_KEY_INFORMATION 0x28, REG_POST_OPERATION_INFORMATION 0x38 bytes).
         unsafe { field::<u64>(info, offset) }
     };
@@ -258,6 +259,9 @@ pub fn record(class: usize, info: *mut c_void) {
         ),
         // RegNtPreKeyHandleClose: REG_KEY_HANDLE_CLOSE_INFORMATION: Object.
         14 => (object, 0, object_name_hash(object), 0),
+        // RegNtCallbackObjectContextCleanup: REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION: Object,
+        // ObjectContext 0x08 (the object is going: its name is not asked for).
+        40 => (object, 0, 0, u64::from(word(0x08) != 0)),
         // RegNtPreRenameKey (4): REG_RENAME_KEY_INFORMATION: Object, NewName 0x08.
         4 => (
             object,
