@@ -15,7 +15,8 @@
 //! | 32     | 2+2n | mount point                        |
 //! | …      | 2+2n | hive file (empty when unknown)     |
 //!
-//! Records come in hive id order.
+//! Records come in the driver's table order (shard by shard, newest first in each), each
+//! hive once in a paged listing; clients sort them (by id, the order reports use).
 
 use crate::holders::{HiveKind, HiveState, decode_state_kind};
 use crate::page::{Codec, NoPrefix, PageKind};

@@ -678,8 +678,18 @@ impl<L: RawLock> HiveTable<L> {
             locked_sub32(&shard.count, 1);
             Some(h)
         } else {
-            hive.next.store(shard.retired.load(Relaxed), Relaxed);
-            shard.retired.store(h.as_ptr(), Relaxed);
+            // In place by id (newest first), as on the live list: a listing walks the two
+            // merged in one order ([`HiveTable::walk_from`]). Retired hives are few (each
+            // waits only for its last reference).
+            let mut link = &shard.retired;
+            while let Some(c) = NonNull::new(link.load(Relaxed)) {
+                if hive_of(c).id < hive.id {
+                    break;
+                }
+                link = &hive_of(c).next;
+            }
+            hive.next.store(link.load(Relaxed), Relaxed);
+            link.store(h.as_ptr(), Relaxed);
             None
         }
     }
@@ -764,6 +774,57 @@ impl<L: RawLock> HiveTable<L> {
                 });
             }
         }
+    }
+
+    /// Calls `f` on every hive (live and retired) of shard `shard` whose id is below `below`,
+    /// newest first, under the shard lock (shared), until `f` returns false; returns the id
+    /// it returned false on, `None` when it went through. Each shard's two lists are kept
+    /// newest first (a new hive goes at the head of `live`, [`Self::create`]; a retired one
+    /// in place by id), so this is a merge: a listing resumed at (shard, id) visits each
+    /// hive at most once per page, whatever the table's size (a listing by ids looked the
+    /// whole table up for each hive it wrote: found in review).
+    pub fn walk_from(
+        &self,
+        shard: usize,
+        below: u64,
+        mut f: impl FnMut(&Hive) -> bool,
+    ) -> Option<u32> {
+        let table = self.shards.get(shard)?;
+        let _guard = Shared::new(&table.lock);
+        let mut live = table.live.load(Relaxed);
+        let mut retired = table.retired.load(Relaxed);
+        loop {
+            let on_live = NonNull::new(live).map(hive_of);
+            let on_retired = NonNull::new(retired).map(hive_of);
+            let next = match (on_live, on_retired) {
+                (None, None) => return None,
+                (Some(one), None) | (None, Some(one)) => one,
+                (Some(l), Some(r)) => {
+                    if l.id >= r.id {
+                        l
+                    } else {
+                        r
+                    }
+                }
+            };
+            if on_live.is_some_and(|l| ptr::eq(l, next)) {
+                live = next.next.load(Relaxed);
+            } else {
+                retired = next.next.load(Relaxed);
+            }
+            if u64::from(next.id) >= below {
+                continue;
+            }
+            if !f(next) {
+                return Some(next.id);
+            }
+        }
+    }
+
+    /// Shards of the table (a listing's outer loop, [`Self::walk_from`]).
+    #[must_use]
+    pub const fn shard_count() -> usize {
+        SHARDS
     }
 
     /// Calls `f` on the hive with `id` under its shard lock; returns `f`'s result.

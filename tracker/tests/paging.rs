@@ -179,3 +179,84 @@ fn paged_processes_neither_repeat_nor_skip_while_counts_change() {
         procs.len()
     );
 }
+
+/// The hives listing is paged by (shard, id) in the table's order: every hive that exists
+/// throughout a listing comes exactly once, while others are loaded, unloaded and
+/// forgotten between pages, and a retired hive (unloaded, still referenced) comes once too.
+/// Its cost per page is one visit per hive at most: before 2026-12-04 it looked the whole
+/// table up for each hive written (10,000 app hives: some 10^8 visits for one listing).
+#[test]
+fn paged_hives_neither_repeat_nor_skip_while_hives_come_and_go() {
+    use protocol::hives::Hives;
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(1);
+    let p = ProcessKey {
+        pid: 0x40,
+        start_key: 1,
+    };
+    let mut tokens = Vec::new();
+    for i in 0..600u64 {
+        let m = format!(r"\REGISTRY\A\{{{i:08}-0000-0000-0000-000000000000}}");
+        t.hive_loaded(&w(&m), &w(r"C:\h.dat"), 2);
+        // Every third one held by a key: it stays while others come and go.
+        if i % 3 == 0 {
+            tokens.push((
+                t.opened(0x1_0000 + i, p, 1, &w(&format!(r"{m}\K")), 1, 3)
+                    .unwrap(),
+                0x1_0000 + i,
+            ));
+        }
+    }
+    // A user hive unloaded while a key still holds it: retired, still listed.
+    let user = r"\REGISTRY\USER\S-1-5-21-9-1001";
+    t.hive_loaded(&w(user), &w(r"C:\Users\u\NTUSER.DAT"), 2);
+    let _held = t
+        .opened(0x9_0000, p, 1, &w(&format!(r"{user}\Software")), 1, 3)
+        .unwrap();
+    t.hive_unloaded(&w(user));
+    // The hives held by a key (and the retired one, held too) exist throughout.
+    let must: std::collections::BTreeSet<u32> = {
+        let mut ids = std::collections::BTreeSet::new();
+        drain::<Hives>(
+            1 << 20,
+            |c, b| t.hives(c, 0, b),
+            |pg| ids.extend(pg.records().filter(|r| r.open_keys > 0).map(|r| r.id)),
+        );
+        ids
+    };
+    assert_eq!(
+        must.len(),
+        201,
+        "200 held app hives and the retired user hive"
+    );
+    let mut seen: HashMap<u32, u32> = HashMap::new();
+    let mut churn = 0u64;
+    let pages = drain::<Hives>(
+        4096,
+        |c, b| {
+            // Between pages: a hive loaded (and, past the idle limit, an idle one forgotten).
+            churn += 1;
+            let m = format!(r"\REGISTRY\A\{{new{churn:05}-0000-0000-0000-000000000000}}");
+            t.hive_loaded(&w(&m), &w(r"C:\n.dat"), 2);
+            t.hives(c, 7, b)
+        },
+        |pg| {
+            for r in pg.records() {
+                *seen.entry(r.id).or_default() += 1;
+            }
+        },
+    );
+    assert!(pages > 25, "paged: {pages} pages");
+    for id in &must {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "hive {id} (held throughout) listed once"
+        );
+    }
+    assert!(seen.values().all(|&n| n == 1), "no hive twice");
+    for (tok, obj) in tokens {
+        t.object_destroyed(tok, obj);
+    }
+}

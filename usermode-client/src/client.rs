@@ -604,6 +604,9 @@ impl<'t> Client<'t> {
             hives.extend(page.records().map(|r| hive_of(&r)));
             Ok(true)
         })?;
+        // The driver lists hives in its table's order (one visit per hive a page); reports
+        // list them by id.
+        hives.sort_by_key(|h: &Hive| h.id);
         let mut source = self.source(nr);
         self.scope(&mut source);
         Ok(HivesReport {
