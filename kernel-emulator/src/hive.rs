@@ -209,6 +209,10 @@ pub struct HiveState {
     minted_key_ids: usize,
     /// Live key objects at or below each canonical key (what keeps a key's id alive).
     live_below: HashMap<String, usize>,
+    /// The Windows 7 routine `CmCallbackGetKeyObjectID`'s name of each key it named (key id
+    /// -> the kernel-owned UNICODE_STRING): built at the first call and handed out again,
+    /// the old name after a rename, until the key's id goes (`registry.rs`).
+    pub(crate) old_names: HashMap<usize, usize>,
     /// Live key objects by address.
     pub objects: HashMap<usize, KeyObject>,
     /// Handles: (pid, handle) -> key object.
@@ -396,6 +400,9 @@ impl HiveState {
             }
             if let Some(id) = self.key_ids.remove(k) {
                 self.free_key_ids.push(id);
+                if let Some(name) = self.old_names.remove(&id) {
+                    crate::registry::free_kernel_name(name);
+                }
             }
             match k.rsplit_once('\\') {
                 Some((parent, _)) if !parent.is_empty() => k = parent,

@@ -880,8 +880,25 @@ unsafe extern "win64" fn CmCallbackReleaseKeyObjectIDEx(name: *const UnicodeStri
     debug_assert!(freed, "a handed-out name is a pageable buffer");
 }
 
+/// Frees a kernel-owned name from [`alloc_name`] (not pageable): the Windows 7 routine's,
+/// when its key goes.
+pub(crate) fn free_kernel_name(p: usize) {
+    // SAFETY: `p` is a UNICODE_STRING header made by `alloc_name`, its buffer after it.
+    let len = usize::from(unsafe { (p as *const UnicodeString).read() }.length);
+    let layout = std::alloc::Layout::from_size_align(16 + len, 16).expect("layout");
+    // SAFETY: allocated by `alloc_name` with this layout (not pageable), freed once.
+    unsafe { std::alloc::dealloc(p as *mut u8, layout) };
+}
+
 /// CmCallbackGetKeyObjectID — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackgetkeyobjectid>:
-/// the Windows 7 form: the name belongs to the kernel (the caller must not free it).
+/// the Windows 7 form: the name belongs to the kernel (the caller must not free it), one per
+/// key, kept until the key's handles are closed, and *stale* after a rename: "subsequent calls
+/// to CmCallbackGetKeyObjectID get a pointer to a stale copy of the ObjectName structure,
+/// which contains the old key name. The stale copy of this structure persists until all
+/// handles to the key are closed" (Learn, CmCallbackGetKeyObjectIDEx, Remarks). The model
+/// keeps it while the key's id lives (until no object of the key or below it is left: at
+/// least as long; *inference* for the difference). Until 2026-12-04 each call built the
+/// current name afresh (and never freed it); found in review.
 unsafe extern "win64" fn CmCallbackGetKeyObjectID(
     cookie: *const i64,
     object: *mut c_void,
@@ -908,8 +925,13 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectID(
     }
     if !object_name.is_null() {
         // Kernel-owned: never freed by the driver, so not tracked as the driver's. Not
-        // modelled as pageable (each would keep a mapping for good).
-        let p = alloc_name(&name, false);
+        // modelled as pageable. The key's first name is handed out again, stale or not.
+        let cached = kernel::with(|k| k.hives.old_names.get(&id).copied());
+        let p = cached.unwrap_or_else(|| {
+            let p = alloc_name(&name, false);
+            kernel::with(|k| k.hives.old_names.insert(id, p));
+            p
+        });
         // SAFETY: checked non-null; the driver passes a writable PCUNICODE_STRING.
         unsafe { object_name.write_unaligned(p as *mut UnicodeString) };
     }

@@ -23,6 +23,7 @@ use crate::status::{
 };
 
 const IOCTL_KEY_ID: u32 = ioctl(0x837);
+const IOCTL_KEY_NAME_OLD: u32 = ioctl(0x838);
 
 /// The key-id scenarios.
 #[must_use]
@@ -32,6 +33,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-key-id",
             "CmCallbackGetKeyObjectIDEx's ObjectID: one id for two objects of a key; once a key's last object is gone its id is reused by the next new key (a cached id must not outlive the key's objects)",
             td_key_id,
+        ),
+        Scenario::test_driver(
+            "td-old-name-stale",
+            "the Windows 7 routine CmCallbackGetKeyObjectID: after a rename it still names the key by its old name (a stale copy) until the key's handles are closed; the Ex routine names it anew",
+            td_old_name_stale,
         ),
         Scenario::test_driver(
             "td-rename-key",
@@ -309,6 +315,65 @@ fn td_rename_key(ctx: &mut Ctx) {
         "a refused rename changes nothing",
     );
     close(p, &[hk, hs, hn, ht, hroot]);
+    io::close(dev);
+    process::exit_process(p);
+    finish(ctx, s);
+}
+
+/// What the Windows 7 routine answers for `handle`: (status, hash of the name).
+fn key_name_old(device: io::FileHandle, handle: u64) -> (u64, u64) {
+    let r = io::device_io_control(device, IOCTL_KEY_NAME_OLD, &handle.to_le_bytes(), 32, 0xA5);
+    let w: Vec<u64> = r
+        .output
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    (
+        w.first().copied().unwrap_or(u64::MAX),
+        w.get(2).copied().unwrap_or(0),
+    )
+}
+
+/// Learn, CmCallbackGetKeyObjectIDEx (Remarks): after a rename, CmCallbackGetKeyObjectID
+/// hands out "a stale copy [...] which contains the old key name [...] until all handles to
+/// the key are closed"; the Ex routine "always contains the most up-to-date key name".
+fn td_old_name_stale(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some((p, dev)) = process_with_device(ctx, r"\Device\HarddiskVolume2\Tools\win7.exe") else {
+        finish(ctx, s);
+        return;
+    };
+    let before = format!(r"{SOFTWARE}\KemuOld");
+    let after = format!(r"{SOFTWARE}\KemuNew");
+    let h1 = open(ctx, p, &before, true);
+    let first = key_name_old(dev, h1);
+    ctx.check(
+        first == (0, hash(&before)),
+        format!("the Windows 7 routine names the key: {first:x?}"),
+    );
+    let r = hive::rename_key(p, h1, "KemuNew");
+    ctx.check(r == 0, format!("the key renamed: {r:#x}"));
+    let now_ex = key_id(dev, h1);
+    ctx.check(
+        now_ex.name == hash(&after),
+        format!("the Ex routine names it anew: {now_ex:x?}"),
+    );
+    let h2 = open(ctx, p, &after, false);
+    let stale = (key_name_old(dev, h1), key_name_old(dev, h2));
+    ctx.check(
+        stale.0 == (0, hash(&before)) && stale.1 == (0, hash(&before)),
+        format!(
+            "the Windows 7 routine still gives the old name, for both objects (a stale copy): {stale:x?}"
+        ),
+    );
+    close(p, &[h1, h2]);
+    let h3 = open(ctx, p, &after, false);
+    let fresh = key_name_old(dev, h3);
+    ctx.check(
+        fresh == (0, hash(&after)),
+        format!("once every handle was closed, the new name: {fresh:x?}"),
+    );
+    close(p, &[h3]);
     io::close(dev);
     process::exit_process(p);
     finish(ctx, s);

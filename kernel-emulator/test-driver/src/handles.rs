@@ -116,3 +116,63 @@ pub fn key_id(handle: u64) -> [u64; 4] {
         named_id as u64,
     ]
 }
+
+/// `CmCallbackGetKeyObjectID` (the Windows 7 routine: the name stays the kernel's).
+type GetKeyObjectIdFn = unsafe extern "system" fn(
+    *const i64,
+    *mut c_void,
+    *mut usize,
+    *mut *const UNICODE_STRING,
+) -> NTSTATUS;
+
+/// The Windows 7 routine's answer for the key behind `handle` (UserMode lookup, reference
+/// released before returning): `[status bits, ObjectID, hash of the ObjectName, 0]`; the
+/// name is the kernel's and is not released. Status `STATUS_PROCEDURE_NOT_FOUND` where the
+/// system lacks the routine.
+pub fn key_name_old(handle: u64) -> [u64; 4] {
+    let mut name = [0u16; 24];
+    for (d, c) in name.iter_mut().zip(b"CmCallbackGetKeyObjectID") {
+        *d = u16::from(*c);
+    }
+    let mut us = UNICODE_STRING {
+        Length: 48,
+        MaximumLength: 48,
+        Buffer: name.as_mut_ptr(),
+    };
+    // SAFETY: a valid UNICODE_STRING; PASSIVE_LEVEL (IRP_MJ_DEVICE_CONTROL dispatch).
+    let routine = unsafe { wdk_sys::ntddk::MmGetSystemRoutineAddress(&raw mut us) };
+    if routine.is_null() {
+        return [0xC000_007A, 0, 0, 0];
+    }
+    // SAFETY: the address MmGetSystemRoutineAddress returned for CmCallbackGetKeyObjectID.
+    let get = unsafe { core::mem::transmute::<*mut c_void, GetKeyObjectIdFn>(routine) };
+    let mut object: *mut c_void = null_mut();
+    // SAFETY: PASSIVE_LEVEL; a writable out pointer.
+    let status = unsafe {
+        ObReferenceObjectByHandle(
+            handle as *mut c_void,
+            0,
+            null_mut(),
+            1,
+            &raw mut object,
+            null_mut(),
+        )
+    };
+    #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+    let bits = |s: NTSTATUS| u64::from(s as u32);
+    if status != 0 || object.is_null() {
+        return [bits(status), 0, 0, 0];
+    }
+    let mut id = 0usize;
+    let mut kernel_name: *const UNICODE_STRING = null_mut();
+    // SAFETY: a referenced key object, our registered cookie, writable out pointers.
+    let s = unsafe { get(cookie(), object, &raw mut id, &raw mut kernel_name) };
+    let hash = if s == 0 && !kernel_name.is_null() {
+        crate::lifecycle::hash(kernel_name)
+    } else {
+        0
+    };
+    // SAFETY: the reference ObReferenceObjectByHandle took above, released once.
+    unsafe { ObfDereferenceObject(object) };
+    [bits(s), id as u64, hash, 0]
+}

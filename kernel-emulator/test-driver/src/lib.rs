@@ -81,6 +81,7 @@ const IOCTL_REF_USER: u32 = ioctl(0x834); // ObReferenceObjectByHandle(`argument
 const IOCTL_REF_KERNEL: u32 = ioctl(0x835); // the same in KernelMode
 const IOCTL_DEREF: u32 = ioctl(0x836); // release the kept reference
 const IOCTL_KEY_ID: u32 = ioctl(0x837); // CmCallbackGetKeyObjectIDEx on the caller's handle `argument`
+const IOCTL_KEY_NAME_OLD: u32 = ioctl(0x838); // CmCallbackGetKeyObjectID on the caller's handle `argument`
 // User-mode stacks and load-image notifications (stacks.rs).
 const IOCTL_WALK: u32 = ioctl(0x840); // RtlWalkFrameChain(input slots: Count, Flags, options)
 const IOCTL_CAPTURE_ARM: u32 = ioctl(0x841); // walk in the registry callback (Count, Flags)
@@ -476,6 +477,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_KEY_ID => {
             out = handles::key_id(argument);
+            32
+        }
+        IOCTL_KEY_NAME_OLD => {
+            out = handles::key_name_old(argument);
             32
         }
         IOCTL_DEREF => {
