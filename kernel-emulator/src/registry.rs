@@ -14,7 +14,7 @@
 use std::ffi::c_void;
 
 use crate::bugcheck::{require_irql, verifier_violation};
-use crate::cpu::{APC_LEVEL, PASSIVE_LEVEL};
+use crate::cpu::APC_LEVEL;
 use crate::exports::Export;
 use crate::kernel::{self, call_driver};
 use crate::layout::{ExCallbackFn, UnicodeString, poke, read_unicode};
@@ -645,7 +645,7 @@ pub fn notify_context_cleanup(object: usize, cookie: i64, context: usize) {
 
 /// CmRegisterCallbackEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmregistercallbackex>:
 /// Driver must be the DRIVER_OBJECT (NULL: STATUS_INVALID_PARAMETER_3), Reserved must be NULL,
-/// one callback per altitude (STATUS_FLT_INSTANCE_ALTITUDE_COLLISION). PASSIVE_LEVEL.
+/// one callback per altitude (STATUS_FLT_INSTANCE_ALTITUDE_COLLISION). IRQL <= APC_LEVEL.
 unsafe extern "win64" fn CmRegisterCallbackEx(
     function: Option<ExCallbackFn>,
     altitude: *const UnicodeString,
@@ -654,7 +654,8 @@ unsafe extern "win64" fn CmRegisterCallbackEx(
     cookie: *mut i64,
     reserved: *mut c_void,
 ) -> NtStatus {
-    require_irql("CmRegisterCallbackEx", PASSIVE_LEVEL);
+    // IRQL <= APC_LEVEL (ReactOS `sdk/include/xdk/cmfuncs.h`: `_IRQL_requires_max_(APC_LEVEL)`).
+    require_irql("CmRegisterCallbackEx", APC_LEVEL);
     // SAFETY: the driver passes a UNICODE_STRING (validated by read_unicode).
     let (Some(f), Some(alt)) = (function, unsafe { read_unicode(altitude) }) else {
         return STATUS_INVALID_PARAMETER;
@@ -684,10 +685,11 @@ unsafe extern "win64" fn CmRegisterCallbackEx(
 /// CmUnRegisterCallback — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmunregistercallback>:
 /// delivers RegNtCallbackObjectContextCleanup for every key object that still has a context
 /// of this callback, then removes it; an unknown cookie is STATUS_INVALID_PARAMETER.
-/// PASSIVE_LEVEL. New notifications stop reaching the callback at once; calls in flight on
+/// IRQL <= APC_LEVEL. New notifications stop reaching the callback at once; calls in flight on
 /// other threads are waited for; calling it from inside the callback is a deadlock (reported).
 unsafe extern "win64" fn CmUnRegisterCallback(cookie: i64) -> NtStatus {
-    require_irql("CmUnRegisterCallback", PASSIVE_LEVEL);
+    // IRQL <= APC_LEVEL (Learn, CmUnRegisterCallback, Requirements).
+    require_irql("CmUnRegisterCallback", APC_LEVEL);
     if !kernel::with(|k| k.registry.callbacks.iter().any(|c| c.cookie == cookie)) {
         return STATUS_INVALID_PARAMETER;
     }
@@ -868,6 +870,8 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectIDEx(
 /// CmCallbackReleaseKeyObjectIDEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackreleasekeyobjectidex>:
 /// releases a name from CmCallbackGetKeyObjectIDEx; anything else is a verifier violation.
 unsafe extern "win64" fn CmCallbackReleaseKeyObjectIDEx(name: *const UnicodeString) {
+    // IRQL <= APC_LEVEL (Learn, CmCallbackReleaseKeyObjectIDEx, Requirements).
+    require_irql("CmCallbackReleaseKeyObjectIDEx", APC_LEVEL);
     let p = name as usize;
     let Some((text, _)) = kernel::with(|k| k.registry.names.remove(&p)) else {
         verifier_violation(&format!(
