@@ -1030,7 +1030,8 @@ pub unsafe extern "win64" fn filter_fail_close(
 /// Another filter (emulated): completes pre-open/pre-create of paths containing
 /// [`BYPASS_MARKER`] itself, as regfltr `pre.c` CallbackPreNotificationBypass does: it
 /// creates the key under another name ([`BYPASS_REDIRECT`] for the marker) with its own
-/// kernel-handle ZwCreateKey (a full pre/post pair the callbacks see), references the object,
+/// kernel-handle ZwCreateKey (a pre/post pair only the callbacks below it see: [`by_altitude`]),
+/// references the object,
 /// closes its handle, stores the object in ResultObject and returns STATUS_CALLBACK_BYPASS.
 ///
 /// # Safety
@@ -1040,24 +1041,43 @@ pub unsafe extern "win64" fn filter_bypass(
     class: *mut c_void,
     info: *mut c_void,
 ) -> NtStatus {
-    let c = class as usize;
-    if c != class::PRE_OPEN_KEY_EX && c != class::PRE_CREATE_KEY_EX {
+    // SAFETY: called by the model with a notification class and its structure.
+    let Some(name) = (unsafe { bypass_asked(class, info) }) else {
         return STATUS_SUCCESS;
-    }
-    // SAFETY: the model passes the _V1 structure for these classes.
-    let name = unsafe { complete_name(info) };
-    if !name.contains(BYPASS_MARKER) {
-        return STATUS_SUCCESS;
-    }
-    let v1 = info.cast::<RegCreateKeyInformationV1>();
-    // SAFETY: as above.
-    let root = unsafe { (*v1).root_object } as usize;
+    };
+    // SAFETY: a pre-open/create's _V1 structure (`bypass_asked`).
+    let root = unsafe { (*info.cast::<RegCreateKeyInformationV1>()).root_object } as usize;
     let modified = name.replace(BYPASS_MARKER, BYPASS_REDIRECT);
     let Some(object) = crate::hive::filter_create_referenced(root, &modified) else {
         return crate::status::STATUS_OBJECT_NAME_NOT_FOUND;
     };
     // SAFETY: as above.
-    let result = unsafe { (*v1).result_object };
+    unsafe { bypass_with(info, object) }
+}
+
+/// The CompleteName of a pre-open/pre-create that names [`BYPASS_MARKER`], or `None` (any
+/// other notification).
+///
+/// # Safety
+/// `class` and `info` are a notification's, as the model passes them.
+unsafe fn bypass_asked(class: *mut c_void, info: *mut c_void) -> Option<String> {
+    let c = class as usize;
+    if c != class::PRE_OPEN_KEY_EX && c != class::PRE_CREATE_KEY_EX {
+        return None;
+    }
+    // SAFETY: the model passes the _V1 structure for these classes.
+    let name = unsafe { complete_name(info) };
+    name.contains(BYPASS_MARKER).then_some(name)
+}
+
+/// Completes a pre-open/pre-create with `object` (referenced for the caller) in
+/// ResultObject: STATUS_CALLBACK_BYPASS (regfltr `pre.c`, CallbackPreNotificationBypass).
+///
+/// # Safety
+/// `info` is a pre-open/pre-create's _V1 structure.
+unsafe fn bypass_with(info: *mut c_void, object: usize) -> NtStatus {
+    // SAFETY: guaranteed by the caller.
+    let result = unsafe { (*info.cast::<RegCreateKeyInformationV1>()).result_object };
     // SAFETY: ResultObject points at the configuration manager's PVOID.
     unsafe { result.write(object as *mut c_void) };
     STATUS_CALLBACK_BYPASS
@@ -1089,12 +1109,8 @@ pub unsafe extern "win64" fn filter_bypass_cached(
     class: *mut c_void,
     info: *mut c_void,
 ) -> NtStatus {
-    let c = class as usize;
-    if c != class::PRE_OPEN_KEY_EX && c != class::PRE_CREATE_KEY_EX {
-        return STATUS_SUCCESS;
-    }
-    // SAFETY: the model passes the _V1 structure for these classes.
-    if !unsafe { complete_name(info) }.contains(BYPASS_MARKER) {
+    // SAFETY: called by the model with a notification class and its structure.
+    if unsafe { bypass_asked(class, info) }.is_none() {
         return STATUS_SUCCESS;
     }
     let object = BYPASS_CACHED.load(std::sync::atomic::Ordering::Relaxed);
@@ -1102,12 +1118,8 @@ pub unsafe extern "win64" fn filter_bypass_cached(
         return crate::status::STATUS_OBJECT_NAME_NOT_FOUND;
     }
     kernel::with(|k| *k.objects.references.entry(object).or_insert(0) += 1);
-    let v1 = info.cast::<RegCreateKeyInformationV1>();
-    // SAFETY: as above.
-    let result = unsafe { (*v1).result_object };
-    // SAFETY: ResultObject points at the configuration manager's PVOID.
-    unsafe { result.write(object as *mut c_void) };
-    STATUS_CALLBACK_BYPASS
+    // SAFETY: a pre-open/create's _V1 structure (`bypass_asked`).
+    unsafe { bypass_with(info, object) }
 }
 
 /// Marker in a key path whose successful open or create [`filter_fail_post`] turns into

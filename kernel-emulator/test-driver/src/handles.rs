@@ -68,11 +68,8 @@ pub fn release() -> u64 {
     object as u64
 }
 
-/// IOCTL_KEY_ID: what a tracking driver learns about the key behind the caller's handle
-/// `handle` (UserMode lookup, reference released before returning): `[status bits, ObjectID
-/// asked for alone (ObjectName NULL, the way a name cache keyed by id asks), hash of the
-/// ObjectName, ObjectID returned with the name]`. The status is the first failure, if any.
-pub fn key_id(handle: u64) -> [u64; 4] {
+/// The key object behind the caller's `handle`, referenced (UserMode lookup), or the failure.
+fn reference_key(handle: u64) -> Result<*mut c_void, NTSTATUS> {
     let mut object: *mut c_void = null_mut();
     // SAFETY: PASSIVE_LEVEL (IRP_MJ_DEVICE_CONTROL dispatch); a writable out pointer.
     let status = unsafe {
@@ -85,11 +82,27 @@ pub fn key_id(handle: u64) -> [u64; 4] {
             null_mut(),
         )
     };
-    #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
-    let bits = |s: NTSTATUS| u64::from(s as u32);
     if status != 0 || object.is_null() {
-        return [bits(status), 0, 0, 0];
+        return Err(status);
     }
+    Ok(object)
+}
+
+/// NTSTATUS bits as a slot.
+#[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+const fn bits(s: NTSTATUS) -> u64 {
+    s as u32 as u64
+}
+
+/// IOCTL_KEY_ID: what a tracking driver learns about the key behind the caller's handle
+/// `handle` (UserMode lookup, reference released before returning): `[status bits, ObjectID
+/// asked for alone (ObjectName NULL, the way a name cache keyed by id asks), hash of the
+/// ObjectName, ObjectID returned with the name]`. The status is the first failure, if any.
+pub fn key_id(handle: u64) -> [u64; 4] {
+    let object = match reference_key(handle) {
+        Ok(o) => o,
+        Err(status) => return [bits(status), 0, 0, 0],
+    };
     let mut id = 0usize;
     // SAFETY: a referenced key object, our registered cookie, a writable id, no name, Flags 0.
     let s1 = unsafe { CmCallbackGetKeyObjectIDEx(cookie(), object, &raw mut id, null_mut(), 0) };
@@ -146,23 +159,10 @@ pub fn key_name_old(handle: u64) -> [u64; 4] {
     }
     // SAFETY: the address MmGetSystemRoutineAddress returned for CmCallbackGetKeyObjectID.
     let get = unsafe { core::mem::transmute::<*mut c_void, GetKeyObjectIdFn>(routine) };
-    let mut object: *mut c_void = null_mut();
-    // SAFETY: PASSIVE_LEVEL; a writable out pointer.
-    let status = unsafe {
-        ObReferenceObjectByHandle(
-            handle as *mut c_void,
-            0,
-            null_mut(),
-            1,
-            &raw mut object,
-            null_mut(),
-        )
+    let object = match reference_key(handle) {
+        Ok(o) => o,
+        Err(status) => return [bits(status), 0, 0, 0],
     };
-    #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
-    let bits = |s: NTSTATUS| u64::from(s as u32);
-    if status != 0 || object.is_null() {
-        return [bits(status), 0, 0, 0];
-    }
     let mut id = 0usize;
     let mut kernel_name: *const UNICODE_STRING = null_mut();
     // SAFETY: a referenced key object, our registered cookie, writable out pointers.
