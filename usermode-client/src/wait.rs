@@ -173,9 +173,12 @@ struct Gone {
 fn record_gone(client: &mut Client<'_>, hive: &str) -> Gone {
     let mut source = client.source(0);
     let (open_keys, holders) = match client.transport().kernel_open_keys(hive) {
+        // No such hive: unloaded. Not for an application hive: `\REGISTRY\A` is a private
+        // namespace whose hives cannot be opened by name at all, so "not found" proves
+        // nothing there (it is a failure to ask, below).
         Some(Err(TransportError::Request {
             code: ERROR_FILE_NOT_FOUND,
-        })) => (0, 0),
+        })) if !is_app_hive(hive) => (0, 0),
         Some(Ok(keys)) => {
             let mut pids: Vec<u64> = keys.iter().map(|&(pid, _)| pid).collect();
             pids.sort_unstable();
@@ -209,4 +212,11 @@ fn record_gone(client: &mut Client<'_>, hive: &str) -> Gone {
         open_keys,
         holders,
     }
+}
+
+/// Whether `hive` (an NT path) is an application hive's mount (`\REGISTRY\A\…`).
+fn is_app_hive(hive: &str) -> bool {
+    const PREFIX: &str = "\\REGISTRY\\A\\";
+    hive.get(..PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
 }
