@@ -33,8 +33,8 @@ pub fn with_copy<R>(units: &[u16], f: impl FnOnce(&[u16]) -> R) -> Option<R> {
     if units.len() <= STACK_UNITS {
         let mut buf = MaybeUninit::<[u16; STACK_UNITS]>::uninit();
         let dst = buf.as_mut_ptr().cast::<u16>();
-        // SAFETY: `units.len() <= STACK_UNITS` units fit the stack buffer, which `units`
-        // cannot overlap.
+        // The stack buffer cannot overlap `units`.
+        // SAFETY: `units.len() <= STACK_UNITS` units fit the stack buffer.
         unsafe { ptr::copy_nonoverlapping(units.as_ptr(), dst, units.len()) };
         // SAFETY: the first `units.len()` units of the buffer were just written.
         return Some(f(unsafe { slice::from_raw_parts(dst, units.len()) }));
@@ -46,8 +46,8 @@ pub fn with_copy<R>(units: &[u16], f: impl FnOnce(&[u16]) -> R) -> Option<R> {
         reason = "pool blocks are at least 16-byte aligned (docs: ExAllocatePool2)"
     )]
     let dst = block.as_ptr().cast::<u16>();
-    // SAFETY: the block holds `n` units (pool blocks are at least 16-byte aligned) and is
-    // ours alone; `n <= units.len()`.
+    // Pool blocks are at least 16-byte aligned; `n <= units.len()`.
+    // SAFETY: the block holds `n` units and is ours alone.
     unsafe { ptr::copy_nonoverlapping(units.as_ptr(), dst, n) };
     // SAFETY: the block's `n` units were just written; it lives until freed below.
     let r = f(unsafe { slice::from_raw_parts(dst, n) });
