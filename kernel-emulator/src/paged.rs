@@ -124,7 +124,10 @@ pub(crate) enum Fault {
 /// Handles a fault at `addr` on a thread at `irql`: `None` if `addr` is in no pageable
 /// buffer.
 pub(crate) fn fault(addr: usize, irql: u8) -> Option<Fault> {
-    let (s, len) = regions()
+    // Held across the protection change, as `trim` holds it: a trim or a free on another
+    // thread cannot come between (found in review).
+    let r = regions();
+    let (s, len) = r
         .iter()
         .copied()
         .find(|&(s, len)| addr >= s && addr < s + len)?;
@@ -139,6 +142,7 @@ pub(crate) fn fault(addr: usize, irql: u8) -> Option<Fault> {
             libc::PROT_READ | libc::PROT_WRITE,
         )
     };
+    drop(r);
     PAGE_INS.fetch_add(1, Ordering::Relaxed);
     Some(Fault::PagedIn)
 }

@@ -16,7 +16,10 @@
 //! [`Tracker::held_after_check`] at the earliest due time, at `DISPATCH_LEVEL`: it takes
 //! spin locks and non-paged blocks only.
 //!
-//! A successful unload of the hive ends its watch. At the due time the hive is reported
+//! A successful unload of the hive ends its watch (matched by id or by mount name). A
+//! watched application or implicit hive the tracker forgot before the check (its last
+//! tracked key closed) is reported with [`UnloadRecord::HOLDERS_UNSEEN`]: a key it never saw
+//! may hold it. At the due time the hive is reported
 //! when it is still loaded (unloaded since: nothing to say) and some process holds a key in
 //! it, or the
 //! tracker cannot vouch that it saw every open in it (keys opened before tracking began,
@@ -217,20 +220,29 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         })
     }
 
-    /// An unload of hive `hive_id` succeeded: its watch ends (it is not held any more; its
-    /// slot is free for the next failed unload). Called before the success is numbered.
-    pub(crate) fn unwatch_unloaded(&self, hive_id: u32) {
-        if hive_id == 0 || self.watches.used.load(Relaxed) == 0 {
+    /// An unload of the hive mounted at `mount` (id `hive_id`, 0 when its record was gone)
+    /// succeeded: its watches end (it is not held any more; their slots are free for the next
+    /// failed unload). Called before the success is numbered. Matched by id, and by mount
+    /// name too: a watched hive the tracker forgot (or made again under another id) before
+    /// this success would otherwise be reported held after it (found in review).
+    pub(crate) fn unwatch_unloaded(&self, hive_id: u32, mount: &[u16]) {
+        if self.watches.used.load(Relaxed) == 0 {
             return;
         }
-        let ended = self.watches.with(|slots, used| {
-            let w = slots.iter_mut().find(|w| w.hive_id == hive_id)?;
-            let mount = w.mount;
-            *w = Watch::default();
-            used.fetch_sub(1, Relaxed);
-            mount
+        let mut ended: [Option<NameRef>; MAX_WATCHES] = [None; MAX_WATCHES];
+        self.watches.with(|slots, used| {
+            for (w, out) in slots.iter_mut().zip(ended.iter_mut()) {
+                let same_mount = w.mount.is_some_and(|m| {
+                    crate::names::eq_fold(crate::names::name_of(m).units(), mount)
+                });
+                if w.hive_id != 0 && ((hive_id != 0 && w.hive_id == hive_id) || same_mount) {
+                    *out = w.mount;
+                    *w = Watch::default();
+                    used.fetch_sub(1, Relaxed);
+                }
+            }
         });
-        if let Some(m) = ended {
+        for m in ended.into_iter().flatten() {
             self.names.release(&self.pool, m);
         }
     }

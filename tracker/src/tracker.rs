@@ -1259,7 +1259,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // A success ends the hive's watch before the success is numbered, so no held-after
         // record of the hive can follow it ([`crate::held_after`]).
         if outcome == 0 {
-            self.unwatch_unloaded(entry.hive_id);
+            self.unwatch_unloaded(entry.hive_id, mount);
         }
         let Ok(m) = self.names.intern(&self.pool, mount) else {
             bump(&self.counters.history_dropped_no_memory);

@@ -442,3 +442,40 @@ fn a_check_looks_at_a_bounded_number_and_leaves_the_rest_due() {
     assert_eq!(looked, vec![4, 4, 2]);
     assert_eq!(t.stats().held_after_events, 10);
 }
+
+/// Found in review (2026-12-04): an implicit hive watched after a failed unload, forgotten
+/// when its last tracked key closed, then unloaded successfully (the success names no known
+/// hive): its watch must end, not report it held after the success.
+#[test]
+fn a_forgotten_hive_unloaded_successfully_is_not_reported_held_after() {
+    const X: &str = r"\REGISTRY\MACHINE\X";
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.tracking_started(7);
+    // No load seen: the open makes an implicit hive.
+    let tok = t
+        .opened(0x3000, P, 9, &w(&format!(r"{X}\Key")), 1, 10)
+        .unwrap();
+    let id = t.unload_attempted(&w(X), DENIED, 20).unwrap();
+    t.watch_held_after(id, DENIED, 0).unwrap();
+    t.handle_closed(tok, 0x3000);
+    t.object_destroyed(tok, 0x3000);
+    assert!(
+        t.watch_hive(&w(X)).is_none(),
+        "the implicit hive is forgotten"
+    );
+    assert!(
+        t.unload_attempted(&w(X), 0, 30).is_none(),
+        "the success names no known hive"
+    );
+    let c = t.held_after_check(u64::MAX, 40);
+    let got = events(&t, 0);
+    assert_eq!(
+        c.events, 0,
+        "after a successful unload the hive is not 'still held': {got:?}"
+    );
+    assert!(
+        got.iter().all(|e| e.1 & UnloadRecord::HELD_AFTER == 0),
+        "{got:?}"
+    );
+}
