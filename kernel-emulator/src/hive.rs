@@ -1660,8 +1660,14 @@ mod tests {
     fn notifications_follow_altitude_order_and_call_contexts_stay_per_callback() {
         let mount = r"\REGISTRY\MACHINE\UNITTEST";
         assert_eq!(load_hive(4, mount, "unit"), STATUS_SUCCESS);
-        let low = registry::register_emulated(recorder, 1, "100.5").unwrap();
-        let high = registry::register_emulated(recorder, 2, "900000").unwrap();
+        // Altitudes are exact decimals (`crate::altitude`): these two differ in their 23rd
+        // digit, where an f64 sees one number, and "0…670" is the low one again.
+        let low = registry::register_emulated(recorder, 1, "385200.12345678901234567").unwrap();
+        let high = registry::register_emulated(recorder, 2, "385200.12345678901234568").unwrap();
+        assert_eq!(
+            registry::register_emulated(recorder, 3, "0385200.123456789012345670"),
+            Err(crate::status::STATUS_FLT_INSTANCE_ALTITUDE_COLLISION)
+        );
         SEEN.lock().unwrap().clear();
         let h = open_key(4000, &format!(r"{mount}\Key"), 0x2_0019, true).unwrap();
         let seen: Vec<(usize, usize, usize)> = SEEN.lock().unwrap().drain(..).collect();

@@ -36,6 +36,7 @@
 // adds nothing there, and the lint fires on most of them.
 #![allow(clippy::missing_const_for_fn)]
 
+pub mod altitude;
 pub mod bench;
 pub mod bugcheck;
 pub mod calls;

@@ -13,6 +13,7 @@
 
 use std::ffi::c_void;
 
+use crate::altitude::Altitude;
 use crate::bugcheck::{require_irql, verifier_violation};
 use crate::cpu::APC_LEVEL;
 use crate::exports::Export;
@@ -267,8 +268,10 @@ pub struct Callback {
 }
 
 impl Callback {
-    fn altitude_value(&self) -> f64 {
-        self.altitude.parse().unwrap_or(0.0)
+    /// Its altitude as an exact decimal ([`crate::altitude`]); a string that is not one
+    /// sorts lowest (Learn documents no status for it).
+    fn altitude_value(&self) -> Altitude {
+        Altitude::parse(&self.altitude).unwrap_or_else(Altitude::zero)
     }
 }
 
@@ -337,7 +340,9 @@ fn register(
 ) -> Result<i64, NtStatus> {
     kernel::with(|k| {
         let r = &mut k.registry;
-        if r.callbacks.iter().any(|c| c.altitude == altitude) {
+        // One callback per altitude, compared as numbers ("385200" and "385200.0" are one).
+        let wanted = Altitude::parse(&altitude).unwrap_or_else(Altitude::zero);
+        if r.callbacks.iter().any(|c| c.altitude_value() == wanted) {
             return Err(STATUS_FLT_INSTANCE_ALTITUDE_COLLISION);
         }
         r.next_cookie += 1;
@@ -379,11 +384,11 @@ pub(crate) fn by_altitude() -> Vec<Callback> {
         r.callbacks
             .iter()
             .filter(|c| !r.unregistering.contains(&c.cookie))
-            .filter(|c| ceiling.is_none_or(|top| c.altitude_value() < top))
+            .filter(|c| ceiling.as_ref().is_none_or(|top| c.altitude_value() < *top))
             .cloned()
             .collect::<Vec<_>>()
     });
-    v.sort_by(|a, b| b.altitude_value().total_cmp(&a.altitude_value()));
+    v.sort_by_cached_key(|c| std::cmp::Reverse(c.altitude_value()));
     v
 }
 
