@@ -267,10 +267,9 @@ impl<'t> Client<'t> {
                 .find(|c| c.name == "tracking_status")
                 .map(|c| c.value)
         });
-        let mut buf = Vec::new();
-        let since = crate::event_stream::wait_events(&mut *self.transport, u64::MAX, 0, &mut buf)
+        let since = crate::event_stream::stream_prefix(&mut *self.transport)
             .ok()
-            .map(|page| page.prefix.tracking_since);
+            .map(|prefix| prefix.tracking_since);
         match (status, since) {
             (Some(s), _) if s != 0 => {
                 #[allow(clippy::cast_possible_truncation, reason = "an NTSTATUS in a u64")]

@@ -125,8 +125,33 @@ pub fn wait_events(
         timeout_ms,
         max_records: 0,
     };
+    request_events(transport, &req, buf)
+}
+
+/// The event stream's prefix (tracking since, missed events, thresholds) without its
+/// history: asked with no wait and at most one record (a listing's scope needs only the
+/// prefix; with no limit, each listing copied a whole page of unload history).
+///
+/// # Errors
+/// As for [`wait_events`].
+pub fn stream_prefix(transport: &mut dyn Transport) -> Result<EventsPrefix, TransportError> {
+    let req = EventsRequest {
+        after: u64::MAX,
+        timeout_ms: 0,
+        max_records: 1,
+    };
+    let mut buf = Vec::new();
+    request_events(transport, &req, &mut buf).map(|page| page.prefix)
+}
+
+/// Sends one events request, growing `buf` while the driver says it is too small.
+fn request_events(
+    transport: &mut dyn Transport,
+    req: &EventsRequest,
+    buf: &mut Vec<u8>,
+) -> Result<StreamPage, TransportError> {
     let mut input = [0u8; 64];
-    let len = wire::encode(&req, &mut input).map_err(malformed)?;
+    let len = wire::encode(req, &mut input).map_err(malformed)?;
     if buf.len() < INITIAL_BUFFER {
         buf.resize(INITIAL_BUFFER, 0);
     }
@@ -179,4 +204,46 @@ pub fn wait_events(
         records,
         next_after: EventsRequest::after_cursor(&page.info.next),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::events::EventsRequest;
+    use protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS;
+    use protocol::wire;
+
+    use super::stream_prefix;
+    use crate::transport::{Transport, TransportError};
+
+    /// Keeps the events requests it is sent and refuses them.
+    struct Recorder(Vec<EventsRequest>);
+
+    impl Transport for Recorder {
+        fn backend(&self) -> &'static str {
+            "recorder"
+        }
+
+        fn ioctl(
+            &mut self,
+            code: u32,
+            input: &[u8],
+            _output: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            assert_eq!(code, IOCTL_HIVETRACK_WAIT_EVENTS);
+            self.0.push(wire::decode::<EventsRequest>(input).unwrap());
+            Err(TransportError::Request { code: 1 })
+        }
+    }
+
+    #[test]
+    fn the_prefix_is_asked_for_without_the_history_or_a_wait() {
+        let mut t = Recorder(Vec::new());
+        assert!(stream_prefix(&mut t).is_err());
+        assert_eq!(t.0.len(), 1);
+        assert_eq!(
+            t.0[0].max_records, 1,
+            "a listing needs no page of unload history"
+        );
+        assert_eq!(t.0[0].timeout_ms, 0, "a listing never waits for an event");
+    }
 }
