@@ -228,6 +228,9 @@ pub struct HiveState {
     defer_deletion: bool,
     /// Key objects whose deletion is queued for the worker thread.
     deferred: Vec<usize>,
+    /// The `\REGISTRY` key object (0 until the first absolute open needs it): the root an
+    /// absolute name is parsed from, never closed ([`registry_root`]).
+    registry_root: usize,
 }
 
 fn canon(path: &str) -> String {
@@ -802,6 +805,60 @@ struct OpenMode {
     fail: Option<NtStatus>,
 }
 
+/// The `\REGISTRY` key object, made at the first call: the object an absolute name is parsed
+/// from, which the pre-open/create's `RootObject` names ("For an absolute path, the
+/// RootObject member specifies the \REGISTRY key, which is the root directory of the
+/// registry tree": Learn REG_CREATE_KEY_INFORMATION_V1, CompleteName). Windows makes it at
+/// boot and keeps a reference for ever (ReactOS `ntoskrnl/config/cmsysini.c`
+/// CmpCreateRegistryRoot: `CmpRegistryRootHandle`, then "Reference the key again so that we
+/// never lose it"); the model makes it on first use, with that permanent reference
+/// (`ObjectState::permanent`), opened by System and in no hive anyone loads or lists.
+/// Until 2026-12-05 an absolute open's RootObject was NULL.
+fn registry_root() -> usize {
+    kernel::with(|k| {
+        if k.hives.registry_root != 0 {
+            return k.hives.registry_root;
+        }
+        let h = &mut k.hives;
+        let key = canon(MASTER_HIVE);
+        let key_id = h.key_id(&key);
+        let object = alloc_object_page();
+        h.add_object(
+            object,
+            KeyObject {
+                name: MASTER_HIVE.to_string(),
+                hive: key,
+                handles: 0,
+                destroyed: false,
+                contexts: BTreeMap::new(),
+                key_id,
+                opener: SYSTEM_PID,
+                announced: false,
+            },
+        );
+        h.registry_root = object;
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        *k.objects.permanent.entry(object).or_insert(0) += 1;
+        object
+    })
+}
+
+/// Whether a name parsed from `root` is absolute: parsed from the `\REGISTRY` key (or from
+/// no object at all, as a filter's own open may be).
+fn is_absolute(root: usize) -> bool {
+    root == 0 || root == registry_root()
+}
+
+/// How many key objects exist besides the `\REGISTRY` key's ([`registry_root`]), which lives
+/// for ever.
+#[must_use]
+pub fn key_objects() -> usize {
+    kernel::with(|k| {
+        let root = k.hives.registry_root;
+        k.hives.objects.keys().filter(|&&o| o != root).count()
+    })
+}
+
 /// [`open_key_at`] with an [`OpenMode`].
 fn open(
     pid: u32,
@@ -818,7 +875,7 @@ fn open(
     };
     io::with_pid(pid, || {
         let mut root_object = match root {
-            None => 0,
+            None => registry_root(),
             Some(h) => {
                 let table = crate::process::handle_table_of(pid, h);
                 kernel::with(|k| k.hives.handles.get(&(table, h)).copied())
@@ -831,7 +888,7 @@ fn open(
                 Parsed::Reparse(target) => {
                     // The object manager parses the new name from the root of the namespace.
                     name = target;
-                    root_object = 0;
+                    root_object = registry_root();
                 }
                 Parsed::Done(r) => return r,
             }
@@ -907,7 +964,7 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         let s = registry::notify_post(post_class, 0, captured, at, &pre);
         return Parsed::Done(Err(s));
     }
-    let full = if root_object == 0 {
+    let full = if is_absolute(root_object) {
         name.to_string()
     } else {
         let base = kernel::with(|k| k.hives.objects.get(&root_object).map(|o| o.name.clone()))
@@ -1124,7 +1181,7 @@ fn bypassed_open(
 /// reference and the handle is closed. Returns the referenced key object.
 #[must_use]
 pub fn filter_create_referenced(root: usize, name: &str) -> Option<usize> {
-    let full = if root == 0 {
+    let full = if is_absolute(root) {
         name.to_string()
     } else {
         let base = kernel::with(|k| k.hives.objects.get(&root).map(|o| o.name.clone()))?;

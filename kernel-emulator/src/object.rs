@@ -56,6 +56,10 @@ pub struct ObjectState {
     /// ObpCreateHandle, or is dereferenced on failure). Not a leak of anyone's while the
     /// operation runs, so a leak check beside a running workload skips them.
     pub in_operation: HashMap<usize, i64>,
+    /// Objects the kernel itself keeps one reference on for ever: the `\REGISTRY` key
+    /// (ReactOS `ntoskrnl/config/cmsysini.c` CmpCreateRegistryRoot: "Reference the key again
+    /// so that we never lose it", `CmpRegistryRootObject`). That reference is nobody's leak.
+    pub permanent: HashMap<usize, i64>,
 }
 
 impl ObjectState {
@@ -73,7 +77,9 @@ impl ObjectState {
             })
             .collect();
         v.extend(self.references.iter().filter_map(|(o, n)| {
-            let n = n - self.in_operation.get(o).copied().unwrap_or(0);
+            let n = n
+                - self.in_operation.get(o).copied().unwrap_or(0)
+                - self.permanent.get(o).copied().unwrap_or(0);
             (n != 0).then(|| format!("object {o:#x}: {n} reference(s) taken and not released"))
         }));
         v.sort();

@@ -39,6 +39,8 @@ const ROOT_CONTEXT_SEEN: usize = 18;
 const LAST_POST_STATUS: usize = 19;
 const LAST_CLOSE_PID: usize = 20;
 const LAST_CLEANUP_PID: usize = 21;
+const ABSOLUTE_ROOT_REGISTRY: usize = 24;
+const ABSOLUTE_ROOT_OTHER: usize = 25;
 
 /// The scenarios.
 #[must_use]
@@ -77,9 +79,9 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-fn stats(s: &Session) -> [u64; 24] {
-    let mut v = [0u64; 24];
-    for block in 0..6u64 {
+fn stats(s: &Session) -> [u64; 28] {
+    let mut v = [0u64; 28];
+    for block in 0..7u64 {
         let r = io::device_io_control(s.control, IOCTL_STATS, &block.to_le_bytes(), 32, 0xA5);
         for (i, c) in r.output.chunks_exact(8).enumerate() {
             if let Some(slot) = v.get_mut(block as usize * 4 + i) {
@@ -261,7 +263,7 @@ fn td_close_on_worker(ctx: &mut Ctx) {
         let _ = hive::close_key(p, h);
     }
     let st1 = stats(&s);
-    let alive = crate::kernel::with(|k| k.hives.objects.len());
+    let alive = hive::key_objects();
     ctx.check(
         h.is_ok() && st1[PRE_CLOSE] == st0[PRE_CLOSE] && alive > 0,
         format!("closed in process {p}: deletion queued, nothing delivered yet ({alive} key objects alive)"),
@@ -312,12 +314,25 @@ fn td_names_as_stored(ctx: &mut Ctx) {
         }
     }
     let shouted = r"\registry\machine\software\KEMUCASE\mixedcase";
+    let before = stats(&s);
     let h = hive::open_key(p, shouted, KEY_READ, false);
+    let after = stats(&s);
     let got = name(&s, false);
     println!("  opened {shouted}: the driver was told {got}");
     ctx.check(
         h.is_ok() && got == stored,
         "CmCallbackGetKeyObjectIDEx gives the name as stored, not as the caller typed it",
+    );
+    // Learn REG_CREATE_KEY_INFORMATION_V1: "For an absolute path, the RootObject member
+    // specifies the \REGISTRY key" (the model passed NULL until 2026-12-05).
+    ctx.check(
+        after[ABSOLUTE_ROOT_REGISTRY] == before[ABSOLUTE_ROOT_REGISTRY] + 1
+            && after[ABSOLUTE_ROOT_OTHER] == 0,
+        format!(
+            "an absolute open's RootObject is the \\REGISTRY key ({} of {} absolute pre-opens had another)",
+            after[ABSOLUTE_ROOT_OTHER],
+            after[ABSOLUTE_ROOT_OTHER] + after[ABSOLUTE_ROOT_REGISTRY]
+        ),
     );
     ctx.say("a relative open");
     let root = hive::open_key(p, SOFTWARE, KEY_READ, false);
@@ -487,7 +502,7 @@ fn td_open_then_fail(ctx: &mut Ctx) {
             "then the object was destroyed: pre-close, cleanup, post-close, in the opening process",
         );
     }
-    let alive = crate::kernel::with(|k| k.hives.objects.len());
+    let alive = hive::key_objects();
     ctx.check(alive == 0, format!("no key object left ({alive})"));
     process::exit_process(p);
     finish(ctx, s);

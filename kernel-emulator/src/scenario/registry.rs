@@ -155,8 +155,8 @@ pub(super) fn start(ctx: &mut Ctx) -> Option<Session> {
 }
 
 fn stats(s: &Session) -> Stats {
-    let mut v = [0u64; 24];
-    for block in 0..6u64 {
+    let mut v = [0u64; 28];
+    for block in 0..7u64 {
         let r = io::device_io_control(s.control, IOCTL_STATS, &block.to_le_bytes(), 32, 0xA5);
         for (i, c) in r.output.chunks_exact(8).enumerate() {
             v[block as usize * 4 + i] = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));

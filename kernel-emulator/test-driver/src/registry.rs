@@ -79,11 +79,13 @@ const LAST_CLOSE_PID: usize = 20; // (a value) PsGetCurrentProcessId in the last
 const LAST_CLEANUP_PID: usize = 21; // (a value) PsGetCurrentProcessId in the last cleanup
 const PRE_CLOSE_NO_CONTEXT: usize = 22; // pre-close of an object with no context of ours
 const NAME_TOUCHED: usize = 23; // key names read again at PASSIVE_LEVEL after a raise
+const ABSOLUTE_ROOT_REGISTRY: usize = 24; // pre-open/create, absolute name, RootObject \REGISTRY
+const ABSOLUTE_ROOT_OTHER: usize = 25; // ... absolute name, RootObject NULL or another key
 
 const STATUS_REPARSE: NTSTATUS = 0x104;
 const STATUS_PREDEFINED_HANDLE: NTSTATUS = 0x4000_0016;
 
-static COUNTERS: [AtomicU64; 24] = [const { AtomicU64::new(0) }; 24];
+static COUNTERS: [AtomicU64; 28] = [const { AtomicU64::new(0) }; 28];
 
 /// Name buffers (UTF-16): the last key name CmCallbackGetKeyObjectIDEx gave in a successful
 /// post-open/create, and the last CompleteName a pre-open/create carried.
@@ -120,6 +122,51 @@ unsafe fn remember(buffer: &[AtomicU16; NAME_UNITS], s: *const UNICODE_STRING) {
     for (i, slot) in buffer.iter().enumerate() {
         slot.store(units.get(i).copied().unwrap_or(0), Ordering::Relaxed);
     }
+}
+
+/// Whether counted string `s` starts with a backslash (an absolute registry path).
+///
+/// # Safety
+/// `s` must be null or a valid UNICODE_STRING.
+unsafe fn is_absolute(s: *const UNICODE_STRING) -> bool {
+    if s.is_null() {
+        return false;
+    }
+    // SAFETY: guaranteed by the caller.
+    let us = unsafe { &*s };
+    // SAFETY: a valid UNICODE_STRING holds Length bytes; the first unit is read only if any.
+    us.Length >= 2 && !us.Buffer.is_null() && unsafe { us.Buffer.read() } == u16::from(b'\\')
+}
+
+/// Whether the kernel names key object `object` `\REGISTRY` (any case).
+///
+/// # Safety
+/// `object` must be a key object of the notification being handled.
+unsafe fn names_registry_root(object: *mut c_void) -> bool {
+    let mut name: *const UNICODE_STRING = null_mut();
+    // SAFETY: a live key object, our cookie, a valid out pointer, Flags 0.
+    let s = unsafe {
+        CmCallbackGetKeyObjectIDEx(COOKIE.as_ptr(), object, null_mut(), &raw mut name, 0)
+    };
+    if s != STATUS_SUCCESS || name.is_null() {
+        return false;
+    }
+    // SAFETY: the kernel returned a valid UNICODE_STRING, not yet released.
+    let us = unsafe { &*name };
+    let units: &[u16] = if us.Buffer.is_null() {
+        &[]
+    } else {
+        // SAFETY: a valid UNICODE_STRING holds Length bytes of UTF-16.
+        unsafe { core::slice::from_raw_parts(us.Buffer, usize::from(us.Length / 2)) }
+    };
+    let want = "\\REGISTRY".encode_utf16();
+    let same = units.len() == 9
+        && units.iter().zip(want).all(|(&u, w)| {
+            u == w || (u16::from(b'a')..=u16::from(b'z')).contains(&u) && u - 32 == w
+        });
+    // SAFETY: releasing the name the call above handed out.
+    unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
+    same
 }
 
 /// Name block `n`: bit 8 of `n` selects the buffer (0 = last object name, 1 = last
@@ -287,8 +334,20 @@ unsafe extern "C" fn registry_callback(
             let complete: *const UNICODE_STRING = unsafe { field(arg2, 0x00) };
             // SAFETY: a valid PUNICODE_STRING during the call.
             unsafe { remember(&LAST_COMPLETE, complete) };
-            // SAFETY: RootObject is at 0x08, RootObjectContext at 0x58.
-            if !unsafe { field::<*mut c_void>(arg2, 0x08) }.is_null() {
+            // SAFETY: RootObject is at 0x08.
+            let root: *mut c_void = unsafe { field(arg2, 0x08) };
+            // SAFETY: a valid PUNICODE_STRING during the call.
+            if unsafe { is_absolute(complete) } {
+                // Learn REG_CREATE_KEY_INFORMATION_V1: "For an absolute path, the RootObject
+                // member specifies the \REGISTRY key".
+                // SAFETY: RootObject is a key object of this notification, or NULL.
+                let registry = !root.is_null() && unsafe { names_registry_root(root) };
+                count(if registry {
+                    ABSOLUTE_ROOT_REGISTRY
+                } else {
+                    ABSOLUTE_ROOT_OTHER
+                });
+            } else if !root.is_null() {
                 count(PRE_OPEN_RELATIVE);
                 // SAFETY: as above.
                 if !unsafe { field::<*mut c_void>(arg2, 0x58) }.is_null() {
