@@ -1365,19 +1365,23 @@ fn delete_object(object: usize) {
         object_context: Some(0x10),
         object,
     };
-    let pre = registry::notify_pre_unblockable(class::PRE_KEY_HANDLE_CLOSE, at, fields);
+    let pre = registry::delivering_close(object, || {
+        registry::notify_pre_unblockable(class::PRE_KEY_HANDLE_CLOSE, at, fields)
+    });
     destroy(object);
     let all = registry::PreOutcome {
         status: STATUS_SUCCESS,
         call_contexts: pre.call_contexts,
     };
-    registry::notify_post(
-        class::POST_KEY_HANDLE_CLOSE,
-        object,
-        STATUS_SUCCESS,
-        at,
-        &all,
-    );
+    registry::delivering_close(object, || {
+        registry::notify_post(
+            class::POST_KEY_HANDLE_CLOSE,
+            object,
+            STATUS_SUCCESS,
+            at,
+            &all,
+        )
+    });
     release_object(object);
 }
 

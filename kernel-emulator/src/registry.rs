@@ -295,6 +295,32 @@ pub struct RegistryState {
 thread_local! {
     /// Cookies of the callbacks this thread is inside (innermost last).
     static INSIDE: std::cell::RefCell<Vec<i64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Key objects whose pre- or post-close notification this thread is delivering.
+    static CLOSING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f`, which delivers RegNtPreKeyHandleClose or RegNtPostKeyHandleClose for key
+/// `object`: meanwhile the callbacks may pass that object to configuration manager routines
+/// even though it is being destroyed ([`may_name`]).
+pub(crate) fn delivering_close<R>(object: usize, f: impl FnOnce() -> R) -> R {
+    CLOSING.with(|c| c.borrow_mut().push(object));
+    let r = f();
+    CLOSING.with(|c| c.borrow_mut().pop());
+    r
+}
+
+/// Whether a driver may pass key object `object` (`destroyed`: its destruction has begun) to
+/// a configuration manager routine such as CmCallbackGetKeyObjectIDEx. A key object being
+/// destroyed "is not in a valid state" in the pre-close, post-close and context-cleanup
+/// notifications, "However, during a RegistryCallback call to handle a
+/// RegNtPreKeyHandleClose or RegNtPostKeyHandleClose notification, a registry filter driver
+/// can call a configuration manager routine (for example, CmGetBoundTransaction) that takes a
+/// registry object as a parameter" (Learn, "Invalid Key Object Pointers in Registry
+/// Notifications"). So: always before its destruction, and after it only inside its close
+/// notifications — not in its cleanup. Until 2026-12-05 the model called a post-close's use
+/// a violation.
+fn may_name(object: usize, destroyed: bool) -> bool {
+    !destroyed || CLOSING.with(|c| c.borrow().contains(&object))
 }
 
 impl RegistryState {
@@ -828,7 +854,8 @@ fn alloc_name(name: &str, pageable: bool) -> usize {
 /// CmCallbackGetKeyObjectIDEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackgetkeyobjectidex>:
 /// a unique id for the registry key (the same for every object opened on the same key) and its
 /// full name, which the caller must release with CmCallbackReleaseKeyObjectIDEx. Flags must be
-/// 0. Calling it on an object being destroyed (post-close) is a verifier violation.
+/// 0. Calling it on an object being destroyed outside its close notifications (in its
+/// context cleanup, or after) is a verifier violation ([`may_name`]).
 unsafe extern "win64" fn CmCallbackGetKeyObjectIDEx(
     cookie: *const i64,
     object: *mut c_void,
@@ -850,9 +877,9 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectIDEx(
             "CmCallbackGetKeyObjectIDEx({object:p}): not a key object"
         ));
     };
-    if destroyed {
+    if !may_name(object as usize, destroyed) {
         verifier_violation(&format!(
-            "CmCallbackGetKeyObjectIDEx({object:p}) on a key object that is being destroyed (post-close)"
+            "CmCallbackGetKeyObjectIDEx({object:p}) on a key object that is being destroyed, outside its close notifications"
         ));
     }
     if !object_id.is_null() {
@@ -923,9 +950,9 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectID(
             "CmCallbackGetKeyObjectID({object:p}): not a key object"
         ));
     };
-    if destroyed {
+    if !may_name(object as usize, destroyed) {
         verifier_violation(&format!(
-            "CmCallbackGetKeyObjectID({object:p}) on a key object that is being destroyed"
+            "CmCallbackGetKeyObjectID({object:p}) on a key object that is being destroyed, outside its close notifications"
         ));
     }
     if !object_id.is_null() {

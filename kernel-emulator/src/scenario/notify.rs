@@ -41,6 +41,7 @@ const LAST_CLOSE_PID: usize = 20;
 const LAST_CLEANUP_PID: usize = 21;
 const ABSOLUTE_ROOT_REGISTRY: usize = 24;
 const ABSOLUTE_ROOT_OTHER: usize = 25;
+const POST_CLOSE_NAMED: usize = 26;
 
 /// The scenarios.
 #[must_use]
@@ -178,6 +179,13 @@ fn td_close_at_destroy(ctx: &mut Ctx) {
             && st1[POST_CLOSE] == st0[POST_CLOSE] + 1
             && st1[CONTEXTS_FREED] == st0[CONTEXTS_FREED] + 1,
         "pre-close, cleanup, post-close at the close",
+    );
+    // Learn, "Invalid Key Object Pointers in Registry Notifications": a close notification's
+    // callback may pass the object to a configuration manager routine (the model called a
+    // post-close's CmCallbackGetKeyObjectIDEx a violation until 2026-12-05).
+    ctx.check(
+        st1[POST_CLOSE_NAMED] == st0[POST_CLOSE_NAMED] + 1,
+        "the post-close may name its key object (CmCallbackGetKeyObjectIDEx)",
     );
     ctx.check(
         st1[LAST_CLOSE_PID] == u64::from(p) && st1[LAST_CLEANUP_PID] == u64::from(p),

@@ -81,6 +81,7 @@ const PRE_CLOSE_NO_CONTEXT: usize = 22; // pre-close of an object with no contex
 const NAME_TOUCHED: usize = 23; // key names read again at PASSIVE_LEVEL after a raise
 const ABSOLUTE_ROOT_REGISTRY: usize = 24; // pre-open/create, absolute name, RootObject \REGISTRY
 const ABSOLUTE_ROOT_OTHER: usize = 25; // ... absolute name, RootObject NULL or another key
+const POST_CLOSE_NAMED: usize = 26; // post-close whose Object CmCallbackGetKeyObjectIDEx named
 
 const STATUS_REPARSE: NTSTATUS = 0x104;
 const STATUS_PREDEFINED_HANDLE: NTSTATUS = 0x4000_0016;
@@ -447,6 +448,20 @@ unsafe extern "C" fn registry_callback(
         }
         25 => {
             count(POST_CLOSE);
+            // A configuration manager routine may take the object in a post-close (Learn,
+            // "Invalid Key Object Pointers in Registry Notifications": "However, during ...").
+            // SAFETY: Object is at 0x00 of REG_POST_OPERATION_INFORMATION.
+            let object: *mut c_void = unsafe { field(arg2, 0x00) };
+            let mut name: *const UNICODE_STRING = null_mut();
+            // SAFETY: the closing key object, our cookie, a valid out pointer, Flags 0.
+            let s = unsafe {
+                CmCallbackGetKeyObjectIDEx(COOKIE.as_ptr(), object, null_mut(), &raw mut name, 0)
+            };
+            if s == STATUS_SUCCESS && !name.is_null() {
+                count(POST_CLOSE_NAMED);
+                // SAFETY: releasing the name the call above handed out.
+                unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
+            }
             // The product's pattern: a registry notification (here: a key handle closed)
             // completes the pending waits, on whatever thread closed the key.
             if RELEASE_ON_CLOSE.load(Ordering::Relaxed) {
