@@ -91,6 +91,10 @@ enum Cmd {
         /// held-capture.
         #[arg(default_value = "held")]
         workload: String,
+        /// Also list, block by block, where the instructions of the functions whose name
+        /// contains this go (image RVAs, to read beside `objdump -d`).
+        #[arg(long)]
+        blocks: Option<String>,
     },
     /// The systematic fault sweep over the hivetrack scenarios in the emulator (each
     /// scenario's K-th fallible call failed, and every call from its K-th on).
@@ -435,10 +439,11 @@ fn main() -> ExitCode {
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())
         }
-        Cmd::ProfileDriver { workload } => profile::profile_driver(
+        Cmd::ProfileDriver { workload, blocks } => profile::profile_driver(
             &package_dir().join("hivetrack.sys"),
             &target_dir(),
             &workload,
+            blocks.as_deref(),
         ),
         Cmd::BenchAnalyze => bench_example("hivetrack-capture", "bench_analyze"),
         Cmd::BenchQueries => bench_example("hivetrack-tracker", "bench_queries"),

@@ -227,7 +227,12 @@ fn per_function(
 ///
 /// # Errors
 /// When the package, the emulator or valgrind's exp-bbv cannot be had or run.
-pub fn profile_driver(sys: &Path, target: &Path, workload: &str) -> Result<()> {
+pub fn profile_driver(
+    sys: &Path,
+    target: &Path,
+    workload: &str,
+    blocks: Option<&str>,
+) -> Result<()> {
     let map_path = sys.with_extension("map");
     if !sys.is_file() || !map_path.is_file() {
         bail!(
@@ -256,9 +261,12 @@ pub fn profile_driver(sys: &Path, target: &Path, workload: &str) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let (base_a, a) = run_bbv(target, sys, args, CYCLES_SHORT, &dir)?;
     let (base_b, b) = run_bbv(target, sys, args, CYCLES_LONG, &dir)?;
+    let cycles = f64::from(CYCLES_LONG - CYCLES_SHORT);
+    if let Some(wanted) = blocks {
+        print_blocks(&functions, wanted, (base_a, &a), (base_b, &b), cycles);
+    }
     let a = per_function(&functions, base_a, &a);
     let b = per_function(&functions, base_b, &b);
-    let cycles = f64::from(CYCLES_LONG - CYCLES_SHORT);
     #[allow(
         clippy::cast_precision_loss,
         reason = "instruction counts far below 2^52"
@@ -282,6 +290,44 @@ pub fn profile_driver(sys: &Path, target: &Path, workload: &str) -> Result<()> {
     }
     println!("{total:8.1}  in all (bench-driver's cachegrind count is the exact total)");
     Ok(())
+}
+
+/// Prints, for each function whose name contains `wanted`, its blocks (RVA) and the
+/// instructions each executed per cycle (the two runs' difference), in address order.
+fn print_blocks(
+    functions: &[Function],
+    wanted: &str,
+    (base_a, a): (u64, &HashMap<u64, u64>),
+    (base_b, b): (u64, &HashMap<u64, u64>),
+    cycles: f64,
+) {
+    let rvas = |base: u64, counts: &HashMap<u64, u64>| -> HashMap<u64, u64> {
+        counts
+            .iter()
+            .filter_map(|(&addr, &n)| Some((addr.checked_sub(base)?, n)))
+            .collect()
+    };
+    let (a, b) = (rvas(base_a, a), rvas(base_b, b));
+    for f in functions.iter().filter(|f| f.name.contains(wanted)) {
+        let mut rows: Vec<(u64, f64)> = b
+            .iter()
+            .filter(|&(&rva, _)| rva >= f.begin && rva < f.end)
+            .map(|(&rva, &n)| {
+                #[allow(
+                    clippy::cast_precision_loss,
+                    reason = "instruction counts far below 2^52"
+                )]
+                let per = (n as f64 - a.get(&rva).copied().unwrap_or(0) as f64) / cycles;
+                (rva, per)
+            })
+            .filter(|&(_, per)| per.abs() >= 0.5)
+            .collect();
+        rows.sort_by_key(|r| r.0);
+        println!("-- blocks of {} (RVA: instructions per cycle)", f.name);
+        for (rva, per) in rows {
+            println!("  {rva:#08x}: {per:7.1}");
+        }
+    }
 }
 
 /// A workload's short name: `held`, `fresh`, ... from its bench arguments.
