@@ -157,7 +157,8 @@ stats! {
         opens_dropped_no_memory_object,
         /// Opens not tracked: no memory for the process record.
         opens_dropped_no_memory_process,
-        /// Opens not tracked: no memory for an inferred hive.
+        /// Opens not tracked: no memory for an inferred hive (or no hive id left, after
+        /// 2^31 - 1 hives in one run: ids are never reused).
         opens_dropped_no_memory_hive,
         /// Opens not tracked: no memory for the (process, hive) record.
         opens_dropped_no_memory_holding,

@@ -178,6 +178,21 @@ pub struct HiveTable<L> {
     next_id: AtomicU32,
 }
 
+/// The largest hive id: ids have 31 bits (the top bit of the word they share marks a
+/// retired record, [`RETIRED`]).
+const MAX_HIVE_ID: u32 = 0x7FFF_FFFF;
+
+/// Takes the next hive id from `next`, or `None` once all 2^31 - 1 of them have been handed
+/// out in this run. Ids are never reused: a reused id would name two hives at once (a
+/// held-after watch ended for the wrong hive, a listing cursor skipping one; until
+/// 2026-12-05 the counter wrapped to 0 and on). Past the last id no new hive is recorded:
+/// its opens are counted as `opens_dropped_no_memory_hive`, so reports say they are
+/// incomplete.
+fn take_id(next: &AtomicU32) -> Option<u32> {
+    next.fetch_update(Relaxed, Relaxed, |id| (id <= MAX_HIVE_ID).then(|| id + 1))
+        .ok()
+}
+
 /// The first three components of `path` (or all of it when shorter): the shard key.
 #[must_use]
 pub fn shard_prefix(path: &[u16]) -> &[u16] {
@@ -361,11 +376,12 @@ impl<L: RawLock> HiveTable<L> {
         mount: &[u16],
         state: HiveState,
     ) -> Result<NonNull<Hive>, NoMemory> {
+        let id = take_id(&self.next_id).ok_or(NoMemory)?;
         let mount_ref = names.intern(pool, mount)?;
         #[allow(clippy::cast_possible_truncation, reason = "shard < SHARDS")]
         let hive = Hive {
             next: AtomicPtr::new(self.shards[shard].live.load(Relaxed)),
-            id: self.next_id.fetch_add(1, Relaxed) & 0x7FFF_FFFF,
+            id,
             shard: shard as u32,
             kind: kind_of(mount),
             state: AtomicU8::new(state as u8),
@@ -891,6 +907,19 @@ mod tests {
             }
         }
         path
+    }
+
+    #[test]
+    fn hive_ids_run_out_rather_than_wrap() {
+        let next = AtomicU32::new(MAX_HIVE_ID - 1);
+        assert_eq!(take_id(&next), Some(MAX_HIVE_ID - 1));
+        assert_eq!(take_id(&next), Some(MAX_HIVE_ID));
+        assert_eq!(
+            take_id(&next),
+            None,
+            "no id 0 or 1 again while hive 1 may live"
+        );
+        assert_eq!(take_id(&next), None);
     }
 
     #[test]
