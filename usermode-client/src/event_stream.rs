@@ -128,9 +128,10 @@ pub fn wait_events(
     request_events(transport, &req, buf)
 }
 
-/// The event stream's prefix (tracking since, missed events, thresholds) without its
-/// history: asked with no wait and at most one record (a listing's scope needs only the
-/// prefix; with no limit, each listing copied a whole page of unload history).
+/// The event stream's prefix (tracking since, missed events, thresholds) without its history.
+///
+/// Asked with no wait and at most one record: a listing's scope needs only the prefix; with
+/// no limit, each listing copied a whole page of unload history.
 ///
 /// # Errors
 /// As for [`wait_events`].
