@@ -113,6 +113,10 @@ pub struct NoMemory;
 /// The intern table.
 pub struct NameTable<L> {
     shards: [Shard<L>; SHARDS],
+    /// Keys the hash ([`hash_seeded`]): the driver gives a per-boot value, so that no one can
+    /// choose names (image paths of files they create, say) that all fall in one bucket and
+    /// make every intern and last release there walk a long chain under the shard lock.
+    seed: u64,
 }
 
 /// One in each 16-bit lane of a word of four units.
@@ -239,10 +243,16 @@ pub fn eq_fold(a: &[u16], b: &[u16]) -> bool {
 /// over four units each: a serial per-unit hash was half the cost of an open.
 #[must_use]
 pub fn hash_folded(units: &[u16]) -> u32 {
+    hash_seeded(units, 0)
+}
+
+/// [`hash_folded`] keyed by `seed`: which names collide depends on it.
+#[must_use]
+pub fn hash_seeded(units: &[u16], seed: u64) -> u32 {
     const K1: u64 = 0x9E37_79B9_7F4A_7C15;
     const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-    let mut a: u64 = 0x243F_6A88_85A3_08D3 ^ units.len() as u64;
-    let mut b: u64 = 0x1319_8A2E_0370_7344;
+    let mut a: u64 = 0x243F_6A88_85A3_08D3 ^ units.len() as u64 ^ seed;
+    let mut b: u64 = 0x1319_8A2E_0370_7344 ^ seed.rotate_left(32);
     let mut chunks = units.chunks_exact(8);
     for c in &mut chunks {
         a = (a ^ key4(word4(&c[..4]))).wrapping_mul(K1).rotate_left(29);
@@ -308,10 +318,6 @@ fn new_entry<P: Pool>(
     Ok(e)
 }
 
-fn hash(units: &[u16]) -> u32 {
-    hash_folded(units)
-}
-
 impl<L: RawLock> Default for NameTable<L> {
     fn default() -> Self {
         Self::new()
@@ -319,10 +325,17 @@ impl<L: RawLock> Default for NameTable<L> {
 }
 
 impl<L: RawLock> NameTable<L> {
-    /// An empty table (allocates nothing).
+    /// An empty table (allocates nothing), its hash unkeyed.
     #[must_use]
     pub fn new() -> Self {
+        Self::with_seed(0)
+    }
+
+    /// An empty table whose hash is keyed by `seed` (allocates nothing).
+    #[must_use]
+    pub fn with_seed(seed: u64) -> Self {
         Self {
+            seed,
             shards: core::array::from_fn(|_| Shard {
                 lock: L::new(),
                 buckets: AtomicPtr::new(ptr::null_mut()),
@@ -358,7 +371,7 @@ impl<L: RawLock> NameTable<L> {
         units: &[u16],
     ) -> Result<(NameRef, bool), NoMemory> {
         let (stored, flags) = stored_part(units);
-        let h = hash(stored);
+        let h = hash_seeded(stored, self.seed);
         let shard = &self.shards[h as usize % SHARDS];
         let _g = Exclusive::new(&shard.lock);
         let mut buckets = shard.buckets.load(Relaxed);
@@ -521,6 +534,37 @@ impl<L: RawLock> NameTable<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_collide_under_one_seed_spread_under_another() {
+        // What a user could do offline against a fixed hash: pick names that all land in
+        // one bucket of one shard (its 15 low bits, [`NameTable::bucket`]).
+        let seed_a = 0x0123_4567_89AB_CDEF;
+        let slot = |h: u32| h as usize % (SHARDS * BUCKETS);
+        let target = slot(hash_seeded(&[0x41], seed_a));
+        let mut colliding = Vec::new();
+        let mut i = 0u32;
+        while colliding.len() < 64 {
+            let n: Vec<u16> = format!(r"\Device\HarddiskVolume2\Users\x\{i}.dll")
+                .encode_utf16()
+                .collect();
+            if slot(hash_seeded(&n, seed_a)) == target {
+                colliding.push(n);
+            }
+            i += 1;
+        }
+        let seed_b = 0xFEDC_BA98_7654_3210;
+        let mut per_slot = std::collections::HashMap::new();
+        for n in &colliding {
+            *per_slot.entry(slot(hash_seeded(n, seed_b))).or_insert(0) += 1;
+        }
+        let longest = per_slot.values().copied().max().unwrap_or(0);
+        assert!(
+            longest <= 3,
+            "64 names colliding under seed A: {longest} share a bucket under B"
+        );
+        assert_eq!(hash_seeded(&colliding[0], 0), hash_folded(&colliding[0]));
+    }
 
     #[test]
     fn hash_is_case_insensitive_and_spreads() {

@@ -51,7 +51,8 @@ pub struct Config {
     /// Seconds after a failed unload attempt at which the hive is looked at again and, if
     /// still held, reported in the event stream ([`crate::held_after`]); 0 turns it off.
     pub held_after_seconds: u64,
-    /// Keys the hash of stored stacks ([`crate::stacks`]); the driver gives a per-boot value.
+    /// Keys the hashes of stored stacks ([`crate::stacks`]) and names ([`crate::names`]); the
+    /// driver gives a per-boot value.
     pub hash_seed: u64,
 }
 
@@ -196,7 +197,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             shard_cap,
             objects: core::array::from_fn(|_| ObjShard::new()),
             full_shards: AtomicU64::new(0),
-            names: NameTable::new(),
+            names: NameTable::with_seed(config.hash_seed),
             keys: KeyCache::new(),
             hives: HiveTable::new(),
             processes: ProcessTable::new(),
@@ -255,7 +256,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             // SAFETY: `i` < MAX_SHARDS, inside the array; each element is written once.
             unsafe { element.write(ObjShard::new()) };
         }
-        put!(names, NameTable::new());
+        put!(names, NameTable::with_seed(config.hash_seed));
         put!(keys, KeyCache::new());
         put!(hives, HiveTable::new());
         // SAFETY: `p` points to the caller's slot; this only computes a field address.
