@@ -21,9 +21,12 @@
 //!   its last key object goes, with no unload notification (Learn, `RegLoadAppKeyW`:
 //!   "automatically unloaded when all handles to the keys inside the hive are closed"; the
 //!   emulator's `td-app-hive`). Its record goes with its last tracked key, unless a loss was
-//!   counted in it (an answer must keep saying so); one whose keys were never tracked (the
-//!   caller's root handle comes with no open notification) is forgotten when more than
-//!   [`IDLE_APP_HIVES`] such sit in its shard.
+//!   counted in it (an answer must keep saying so); one with no tracked key left (its keys
+//!   never tracked: the caller's root handle comes with no open notification; or a loss
+//!   kept it) is forgotten when more than [`IDLE_APP_HIVES`] such sit in its shard, its
+//!   losses moved to the global count (every answer then says opens were lost somewhere).
+//!   Without that, a user loading app hive after app hive, each with one refused open, grew
+//!   the table without bound (audit 2026-12-05: 5,001 records for 5,000 loads).
 //! - an implicit hive (a mount point seen only in key paths: no load notification was seen
 //!   for it, so none of its unload will be either) goes the same way with its last tracked
 //!   key, unless a loss was counted in it; it is made again by the next open in it.
@@ -598,6 +601,8 @@ impl<L: RawLock> HiveTable<L> {
     ///
     /// # Errors
     /// [`NoMemory`]; nothing changed then.
+    /// An application hive forgotten to make room hands its losses (count, since) to
+    /// `fold_losses`, which keeps them in the global count.
     pub fn loaded<P: Pool>(
         &self,
         pool: &P,
@@ -605,6 +610,7 @@ impl<L: RawLock> HiveTable<L> {
         mount: &[u16],
         file: &[u16],
         time: u64,
+        fold_losses: impl Fn(u64, u64),
     ) -> Result<(), NoMemory> {
         let file_ref = if file.is_empty() {
             None
@@ -625,6 +631,13 @@ impl<L: RawLock> HiveTable<L> {
             }
             if found.is_none() && kind_of(mount) == HiveKind::App {
                 gone[1] = Self::forget_idle_app(shard);
+                if let Some(d) = gone[1] {
+                    let h = hive_of(d);
+                    let lost = h.lost.load(Relaxed);
+                    if lost != 0 {
+                        fold_losses(lost, h.lost_since.load(Relaxed));
+                    }
+                }
             }
             let h = match found.map_or_else(
                 || self.create(pool, names, si, mount, HiveState::Loaded),
@@ -661,14 +674,15 @@ impl<L: RawLock> HiveTable<L> {
     }
 
     /// Before a new application hive is recorded in `shard`: when [`IDLE_APP_HIVES`] or more
-    /// of its application hives have no reference and no loss, unlinks the oldest (the
-    /// caller frees it after the lock). Their keys were never tracked, so nothing tells when
-    /// they unload; forgetting one makes an answer about it say "unknown hive", never "free".
+    /// of its application hives have no reference (no tracked key, no query or watch pinning
+    /// it), unlinks the oldest (the caller folds its losses into the global count and frees
+    /// it after the lock). Nothing tells when such a hive unloads; forgetting one makes an
+    /// answer about it say "unknown hive", never "free", and its losses stay counted.
     fn forget_idle_app(shard: &Shard<L>) -> Option<NonNull<Hive>> {
         let mut idle = 0;
         let mut oldest = None;
         find(&shard.live, |h| {
-            if h.kind == HiveKind::App && h.refs.load(Relaxed) == 0 && h.lost.load(Relaxed) == 0 {
+            if h.kind == HiveKind::App && h.refs.load(Relaxed) == 0 {
                 idle += 1;
                 oldest = Some(NonNull::from(h));
             }

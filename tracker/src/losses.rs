@@ -3,9 +3,11 @@
 //! An open the tracker cannot record makes reports incomplete, but only reports about the
 //! hive it was in: it is counted on that hive's record when its path is known (the hive is
 //! looked up, never created, so counting allocates nothing), and in a global account only
-//! when no hive can be named (then every hive's report says so). A hive's account lives on
-//! its record: when the hive is unloaded its key objects are all gone, and a new load makes
-//! a new record with an empty account, so a loss ages out with the hive it concerns.
+//! when no hive can be named (then every hive's report says so), or when the record of an
+//! application hive that kept losses is forgotten to make room (its losses move there). A
+//! hive's account lives on its record: when the hive is unloaded its key objects are all
+//! gone, and a new load makes a new record with an empty account, so a loss ages out with
+//! the hive it concerns.
 //! Detail losses that leave the object tracked (a name cut or not stored) are flagged on
 //! that key and do not make the hive's list incomplete.
 
@@ -23,6 +25,16 @@ use crate::tracker::Tracker;
 pub fn count(lost: &AtomicU64, since: &AtomicU64, time: u64) {
     bump(lost);
     let _ = since.compare_exchange(0, time.max(1), Relaxed, Relaxed);
+}
+
+/// Adds `n` losses, the first of them at `first` (0: not known), to (`lost`, `since`):
+/// `since` keeps the earliest.
+pub fn fold(lost: &AtomicU64, since: &AtomicU64, n: u64, first: u64) {
+    lost.fetch_add(n, Relaxed);
+    let first = first.max(1);
+    let _ = since.fetch_update(Relaxed, Relaxed, |cur| {
+        (cur == 0 || first < cur).then_some(first)
+    });
 }
 
 impl<P: Pool, L: RawLock> Tracker<P, L> {

@@ -1207,7 +1207,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         bump(&self.counters.hive_loads_seen);
         if self
             .hives
-            .loaded(&self.pool, &self.names, mount, file, time)
+            .loaded(&self.pool, &self.names, mount, file, time, |lost, since| {
+                crate::losses::fold(
+                    &self.counters.global_lost,
+                    &self.counters.global_lost_since,
+                    lost,
+                    since,
+                );
+            })
             .is_err()
         {
             bump(&self.counters.hive_loads_dropped_no_memory);

@@ -93,6 +93,38 @@ fn an_app_hive_with_a_loss_stays() {
 }
 
 #[test]
+fn app_hives_kept_by_losses_are_capped_and_their_losses_stay_counted() {
+    // A user loading app hive after app hive, each with a loss (an open refused past its
+    // share, say): the records must not pile up, and no answer may forget the losses.
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        t.tracking_started(1);
+        for n in 0..2_000 {
+            let mount = app(n);
+            t.hive_loaded(&w(&mount), &w(""), 10);
+            t.open_lost(&w(&format!(r"{mount}\Lost")), 12 + u64::from(n));
+        }
+        let apps = hives(&t)
+            .iter()
+            .filter(|(_, _, k, _)| *k == HiveKind::App)
+            .count();
+        assert!(
+            apps <= 16 * (tracker::hives::IDLE_APP_HIVES + 1),
+            "{apps} app hive records kept for 2,000 loads"
+        );
+        let global = t.completeness_of(u32::MAX);
+        let kept = hives(&t).len() as u64;
+        assert!(
+            global.global_lost >= 2_000 - kept && global.global_lost_since == 12,
+            "the forgotten hives' losses are global now: {global:?}"
+        );
+        assert!(!global.nothing_lost(), "so no answer says nothing was lost");
+    }
+    assert_eq!(pool.outstanding_blocks(), 0);
+}
+
+#[test]
 fn never_opened_app_hives_are_capped() {
     let pool = CountingPool::new(Failure::Never, true);
     {
