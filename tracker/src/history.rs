@@ -4,7 +4,7 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use protocol::history::MAX_UNLOAD_HOLDERS;
+use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
 
 use crate::counters::locked_add32;
 use crate::lock::{Exclusive, RawLock};
@@ -116,6 +116,13 @@ impl<L: RawLock> History<L> {
     /// sequence number, taken under the lock so that the list stays in sequence order. On
     /// success returns the evicted entry, if any, for [`History::free_entry`].
     ///
+    /// A full list evicts its oldest entry, except that an alarm that would make key-count
+    /// alarms more than half of it evicts the oldest alarm instead: alarms push out other
+    /// events (failed unloads, held-after checks) only while those hold more than half of
+    /// the list. Any user can raise alarms (a few processes opening one key 10,000 times each); without the
+    /// cap, 32 of them pushed every failed unload out of `unload-history` (audit,
+    /// 2026-12-05). A reader of the stream counts the evicted number as missed either way.
+    ///
     /// # Errors
     /// `()` when no block could be had; the caller still owns `entry`'s names then.
     pub fn push<P: Pool>(
@@ -139,6 +146,11 @@ impl<L: RawLock> History<L> {
             locked_add32(&self.len, 1);
             return Ok(None);
         }
+        if entry.flags & UnloadRecord::KEY_ALARM != 0
+            && let Some(oldest_alarm) = self.alarm_over_half(max)
+        {
+            return Ok(Some(oldest_alarm));
+        }
         // Evict the oldest (the list's last entry).
         let mut link = &self.head;
         loop {
@@ -154,6 +166,28 @@ impl<L: RawLock> History<L> {
                 None => return Ok(None),
             }
         }
+    }
+
+    /// When key-count alarms are more than half of the `max` entries, the new one counted
+    /// (caller holds the lock, the list full), unlinks and returns the oldest of them.
+    fn alarm_over_half(&self, max: u32) -> Option<NonNull<HistEntry>> {
+        let mut alarms = 0u32;
+        let mut oldest: Option<&AtomicPtr<HistEntry>> = None;
+        let mut link = &self.head;
+        while let Some(c) = NonNull::new(link.load(Relaxed)) {
+            if Self::entry(c).flags & UnloadRecord::KEY_ALARM != 0 {
+                alarms += 1;
+                oldest = Some(link);
+            }
+            link = &Self::entry(c).next;
+        }
+        if alarms <= max / 2 {
+            return None;
+        }
+        let link = oldest?;
+        let e = NonNull::new(link.load(Relaxed))?;
+        link.store(Self::entry(e).next.load(Relaxed), Relaxed);
+        Some(e)
     }
 
     const fn entry<'a>(e: NonNull<HistEntry>) -> &'a HistEntry {

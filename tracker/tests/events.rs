@@ -177,3 +177,49 @@ fn every_allocation_failure_leaves_the_stream_consistent_and_nothing_leaks() {
         );
     }
 }
+
+#[test]
+fn alarms_push_out_failed_unloads_only_while_those_hold_more_than_half_of_the_history() {
+    // Any user can raise key-count alarms (a process opening one key over and over): 40 of
+    // them must not erase the failed unloads an administrator needs after a logoff.
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool, 8, 2);
+    for i in 0..6 {
+        t.unload_attempted(&w(USER), 0xC000_0121, 10 + i);
+    }
+    for p in 0..40u64 {
+        let who = ProcessKey {
+            pid: 0x100 + p * 4,
+            start_key: 1,
+        };
+        for k in 0..2u64 {
+            let obj = 0x10_000 + p * 16 + k;
+            t.opened(obj, who, 7, &w(&format!(r"{USER}\K{p}")), 1, 20)
+                .unwrap();
+        }
+    }
+    assert_eq!(t.stats().key_alarms, 40);
+    let mut seen = Vec::new();
+    drain::<UnloadHistory>(
+        4096,
+        |c, b| t.unload_history(c, 0, b),
+        |p| seen.extend(p.records().map(|r| r.sequence)),
+    );
+    assert_eq!(
+        seen,
+        vec![6, 5, 4, 3],
+        "half of the 8 entries keep failed unloads"
+    );
+    let (seqs, flags, missed, done, next) = page(&t, 0, 0);
+    let alarms = flags
+        .iter()
+        .filter(|&&f| f & UnloadRecord::KEY_ALARM != 0)
+        .count();
+    assert_eq!(alarms, 4);
+    assert_eq!(seqs, vec![3, 4, 5, 6, 43, 44, 45, 46], "the newest alarms");
+    assert_eq!(
+        (missed, done, next),
+        (38, true, 46),
+        "the evicted are counted as missed"
+    );
+}
