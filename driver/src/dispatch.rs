@@ -166,9 +166,9 @@ unsafe fn wait_free(
         Queued::Now(Ok(Some(outcome))) => {
             let answer = WaitFreeAnswer {
                 outcome,
-                hive_id: request.hive_id,
+                hive_id: request.hive.id,
                 waited: 0,
-                completeness: waiters::completeness(request.hive_id),
+                completeness: waiters::completeness(request.hive.id),
             };
             let o = ioctl::wait_answer(&answer, &mut buffer[..out_len]);
             // SAFETY: not queued, so still ours and not completed.

@@ -96,11 +96,11 @@ pub fn wait_request(buffer: &[u8], in_len: usize, out_len: usize) -> Result<Requ
         return Err(Outcome::error(STATUS_DEVICE_NOT_READY));
     };
     let mut path = [0u16; MAX_QUERY_PATH];
-    let Some((hive_id, _)) = tracker.watch_hive(query_path(&req.hive, &mut path)) else {
+    let Some((hive, _)) = tracker.watch_hive(query_path(&req.hive, &mut path)) else {
         return Err(Outcome::error(STATUS_OBJECT_NAME_NOT_FOUND));
     };
     Ok(Request {
-        hive_id,
+        hive,
         timeout_ms: req.timeout_ms,
         events: None,
     })
@@ -128,7 +128,7 @@ pub fn events_request(buffer: &[u8], in_len: usize, out_len: usize) -> Result<Re
         return Err(Outcome::error(STATUS_DEVICE_NOT_READY));
     }
     Ok(Request {
-        hive_id: 0,
+        hive: tracker::WatchedHive::NONE,
         timeout_ms: req.timeout_ms,
         events: Some(EventsWait {
             after: req.after,

@@ -33,7 +33,7 @@ use core::{
 
 use protocol::completeness::Completeness;
 use protocol::wait::{WaitFreeAnswer, WaitOutcome};
-use tracker::{HiveFree, lock::RawLock};
+use tracker::{HiveFree, WatchedHive, lock::RawLock};
 use wdk_sys::{
     _KTIMER, DEVICE_OBJECT, IRP, KDPC, LARGE_INTEGER, NTSTATUS, SL_PENDING_RETURNED,
     STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES,
@@ -63,7 +63,7 @@ struct Wait {
     buffer: *mut u8,
     out_len: usize,
     /// The hive it waits for.
-    hive_id: u32,
+    hive: WatchedHive,
     /// An event-stream request instead: events after this sequence number, at most so many.
     events: Option<EventsWait>,
     /// Interrupt time when it was queued, and when it times out (`u64::MAX`: never).
@@ -77,7 +77,7 @@ impl Wait {
         file: null_mut(),
         buffer: null_mut(),
         out_len: 0,
-        hive_id: 0,
+        hive: WatchedHive::NONE,
         events: None,
         started: 0,
         deadline: 0,
@@ -227,7 +227,7 @@ pub enum Queued {
 #[derive(Clone, Copy, Debug)]
 pub struct Request {
     /// The hive (wait-free).
-    pub hive_id: u32,
+    pub hive: WatchedHive,
     /// Milliseconds, `u32::MAX` = no timeout.
     pub timeout_ms: u32,
     /// An event-stream request (`IOCTL_HIVETRACK_WAIT_EVENTS`) instead of a wait-free one.
@@ -248,13 +248,13 @@ pub struct EventsWait {
 /// from the tracker's stream whatever it is).
 fn ready(
     tracker: &tracking::DriverTracker,
-    hive_id: u32,
+    hive: WatchedHive,
     events: Option<EventsWait>,
 ) -> Option<WaitOutcome> {
     if let Some(ev) = events {
         return tracker.events_after(ev.after).then_some(WaitOutcome::Free);
     }
-    match tracker.hive_free(hive_id) {
+    match tracker.hive_free(hive) {
         HiveFree::Held => None,
         HiveFree::Free => Some(WaitOutcome::Free),
         HiveFree::Unloaded => Some(WaitOutcome::Unloaded),
@@ -301,7 +301,7 @@ pub unsafe fn enqueue(
         return Queued::Now(Ok(None));
     }
     let state = tracking::get().map_or(Some(WaitOutcome::Unloaded), |tr| {
-        ready(tr, request.hive_id, request.events)
+        ready(tr, request.hive, request.events)
     });
     let answer_now = match state {
         Some(outcome) => Some(Some(outcome)),
@@ -335,7 +335,7 @@ pub unsafe fn enqueue(
         file,
         buffer,
         out_len,
-        hive_id: request.hive_id,
+        hive: request.hive,
         events: request.events,
         started: now,
         deadline,
@@ -438,9 +438,9 @@ unsafe fn complete(w: Wait, outcome: Option<WaitOutcome>, now: u64) {
         }
         let answer = WaitFreeAnswer {
             outcome,
-            hive_id: w.hive_id,
+            hive_id: w.hive.id,
             waited: now.saturating_sub(w.started),
-            completeness: completeness(w.hive_id),
+            completeness: completeness(w.hive.id),
         };
         let o = ioctl::wait_answer(&answer, out);
         (o.status, o.information)
@@ -486,7 +486,7 @@ fn complete_free_waits() {
     {
         let mut t = Locked::take();
         take_out(&mut t, &mut done, |w| {
-            ready(tracker, w.hive_id, w.events).map(Some)
+            ready(tracker, w.hive, w.events).map(Some)
         });
     }
     complete_all(&done);

@@ -66,7 +66,7 @@ pub struct Hive {
     next: AtomicPtr<Self>,
     /// Opaque id, never reused while the tracker lives (1, 2, …).
     pub id: u32,
-    shard: u32,
+    pub(crate) shard: u32,
     /// Regular or application hive.
     pub kind: HiveKind,
     state: AtomicU8,
@@ -855,6 +855,17 @@ impl<L: RawLock> HiveTable<L> {
     #[must_use]
     pub const fn shard_count() -> usize {
         SHARDS
+    }
+
+    /// [`Self::with_id`] in shard `shard` alone (a hive never changes shard): `None` also
+    /// when `shard` is not the hive's.
+    pub fn with_id_in<R>(&self, shard: u32, id: u32, f: impl FnOnce(&Hive) -> R) -> Option<R> {
+        let s = self.shards.get(shard as usize)?;
+        let _g = Shared::new(&s.lock);
+        [&s.live, &s.retired]
+            .into_iter()
+            .find_map(|list| find(list, |h| h.id == id))
+            .map(|h| f(hive_of(h)))
     }
 
     /// Calls `f` on the hive with `id` under its shard lock; returns `f`'s result.

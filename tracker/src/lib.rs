@@ -55,4 +55,4 @@ pub use tracker::{
     Config, ConfigError, DEFAULT_BUDGET_BYTES, MAX_BUDGET_BYTES, MIN_BUDGET_BYTES, NotTracked,
     Tracker,
 };
-pub use watch::HiveFree;
+pub use watch::{HiveFree, WatchedHive};

@@ -40,7 +40,7 @@ fn tracker(pool: &CountingPool, loaded: u64, held_after: u64) -> (TestTracker<'_
     let _ = t
         .opened(0x1000, P, 9, &w(&format!(r"{USER}\Software")), 1, 10)
         .unwrap();
-    let id = t.watch_hive(&w(USER)).unwrap().0;
+    let id = t.watch_hive(&w(USER)).unwrap().0.id;
     (t, id)
 }
 

@@ -54,7 +54,19 @@ fn an_unloaded_or_forgotten_hive_counts_as_unloaded_and_unknown_paths_name_none(
     let (id, _) = t.watch_hive(&w(USER)).unwrap();
     t.hive_unloaded(&w(USER));
     assert_eq!(t.hive_free(id), HiveFree::Unloaded);
-    assert_eq!(t.hive_free(0xDEAD), HiveFree::Unloaded, "never seen");
+    assert_eq!(
+        t.hive_free(tracker::WatchedHive {
+            id: 0xDEAD,
+            shard: 0
+        }),
+        HiveFree::Unloaded,
+        "never seen"
+    );
+    assert_eq!(
+        t.hive_free(tracker::WatchedHive { shard: 99, ..id }),
+        HiveFree::Unloaded,
+        "no such shard"
+    );
     assert_eq!(t.watch_hive(&w(USER)), None, "no longer mounted");
     assert_eq!(t.watch_hive(&w(r"\REGISTRY\NOWHERE\X")), None);
     // Reloading mounts a new hive with a new id; the old wait's hive stays unloaded.
