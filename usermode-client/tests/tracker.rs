@@ -302,7 +302,7 @@ impl Transport for AppHiveDriver {
         } else {
             WaitFreeOutcome::Free
         };
-        Some(Ok((outcome, self.t.completeness_of(id))))
+        Some(Ok((outcome, self.t.completeness_of(id.id))))
     }
     fn kernel_open_keys(
         &mut self,
