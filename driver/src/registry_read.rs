@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// The altitude used when the service key has none (the INF writes this value too).
-pub const DEFAULT_ALTITUDE: &[u16] = wide!("385210");
+pub const DEFAULT_ALTITUDE: &[u16] = wide!("385217");
 /// `REG_SZ`.
 const REG_SZ: u32 = 1;
 /// `REG_DWORD`.

@@ -32,7 +32,7 @@ use crate::status::{
 };
 
 /// The altitude hivetrack.inf writes to `Parameters\Altitude`.
-pub const INF_ALTITUDE: &str = "385210";
+pub const INF_ALTITUDE: &str = "385217";
 /// `REG_SZ`.
 pub const REG_SZ: u32 = 1;
 /// `REG_DWORD`.
@@ -392,7 +392,7 @@ mod tests {
         let v = Value {
             name: "A".into(),
             kind: REG_SZ,
-            data: sz("385210"),
+            data: sz("385217"),
         };
         let (info, fixed) = information(KEY_VALUE_PARTIAL_INFORMATION, &v).unwrap();
         let mut out = vec![0u8; 64];
@@ -406,6 +406,6 @@ mod tests {
         // SAFETY: as above.
         let st = unsafe { deliver(&info, fixed, out.as_mut_ptr(), 64, &raw mut needed) };
         assert_eq!(st, STATUS_SUCCESS);
-        assert_eq!(&out[12..26], &sz("385210")[..]);
+        assert_eq!(&out[12..26], &sz("385217")[..]);
     }
 }

@@ -528,7 +528,7 @@ fn altitude(inf: &Inf, service: &Section, report: &mut InfReport) -> Option<Stri
     let Some(entry) = entries.first() else {
         report.fail(format!(
             "[{}] writes no Parameters\\Altitude: add AddReg=<section> with \
-             HKR,Parameters,Altitude,0x00000000,\"385210\" (the driver registers its registry \
+             HKR,Parameters,Altitude,0x00000000,\"385217\" (the driver registers its registry \
              callback at that altitude)",
             service.name
         ));
@@ -548,7 +548,7 @@ fn altitude(inf: &Inf, service: &Section, report: &mut InfReport) -> Option<Stri
     if !digits(whole) || !digits(fraction) {
         report.fail(format!(
             "line {}: Parameters\\Altitude {value:?} is not an altitude (digits, optionally \
-             .digits, e.g. \"385210\")",
+             .digits, e.g. \"385217\")",
             entry.line
         ));
     }

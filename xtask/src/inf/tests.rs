@@ -52,7 +52,7 @@ fn real_inf_passes_and_is_summarised() {
         "version     CatalogFile  hivetrack.cat",
         "service     hivetrack [HiveTrack.Service] \"hivetrack registry handle tracker\"",
         "type 1, start 3, error control 1, binary %13%\\hivetrack.sys",
-        "Parameters\\Altitude 385210",
+        "Parameters\\Altitude 385217",
         "version     PnpLockDown  1",
         "file        hivetrack.sys -> DIRID 13 (package folder not checked)",
         "result      PASS",
@@ -348,14 +348,14 @@ fn altitude_is_checked() {
     let report = broken("Altitude, 0x00000002,", "Altitude, 0x00010001,");
     assert_single_failure(&report, &["flags 0x00010001 are not REG_SZ"]);
     let report = broken(
-        "DefaultAltitude    = \"385210\"",
+        "DefaultAltitude    = \"385217\"",
         "DefaultAltitude = \"high\"",
     );
     assert_single_failure(&report, &["\"high\" is not an altitude"]);
     assert!(
         broken(
-            "DefaultAltitude    = \"385210\"",
-            "DefaultAltitude = \"385210.5\""
+            "DefaultAltitude    = \"385217\"",
+            "DefaultAltitude = \"385217.5\""
         )
         .failures()
         .is_empty()
