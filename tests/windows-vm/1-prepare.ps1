@@ -5,7 +5,13 @@ Assert-Admin
 
 $bcd = bcdedit /enum '{current}' | Out-String
 if ($bcd -notmatch 'testsigning\s+Yes') {
-    bcdedit /set testsigning on | Out-Null
+    # Secure Boot forbids test signing ("The value is protected by Secure Boot policy": Learn,
+    # "The TESTSIGNING boot configuration option"); without this check the step rebooted for
+    # ever. On Hyper-V: Set-VMFirmware -VMName <vm> -EnableSecureBoot Off.
+    $secureBoot = try { Confirm-SecureBootUEFI } catch { $false }
+    if ($secureBoot) { throw 'Secure Boot is on: turn it off in the VM firmware settings, then run this again.' }
+    $set = Invoke-Native { bcdedit /set testsigning on }
+    if ($set.Code -ne 0) { throw "bcdedit /set testsigning on failed ($($set.Code)): $($set.Text)" }
     Set-KitState 'testsigning-pending-reboot'
     Write-Host 'Test signing enabled: reboot, then run .\1-prepare.ps1 again.'
     Restart-Computer -Confirm

@@ -16,18 +16,32 @@ foreach ($f in 'hivetrack.sys', 'hivetrack.exe') {
     $sig = Set-AuthenticodeSignature -FilePath (Join-Path $Package $f) -Certificate $cert -HashAlgorithm SHA256
     if ($sig.Status -notin 'Valid', 'UnknownError') { throw "Signing $f failed: $($sig.StatusMessage)" }
 }
-# A catalog for CatalogFile=hivetrack.cat (Inf2Cat from the WDK when present).
+# A signed catalog for CatalogFile=hivetrack.cat: the driver store takes no package without
+# one (Learn, "Driver Store": "The catalog file must be signed with a trusted digital
+# signature"). Made with Inf2Cat (WDK) when present; otherwise the package must bring it (the
+# `cargo make` package does; `cargo xtask build`'s does not).
+$catalog = Join-Path $Package 'hivetrack.cat'
 $inf2cat = Get-Command Inf2Cat.exe -ErrorAction SilentlyContinue
 if ($inf2cat) {
-    & $inf2cat.Source /driver:$Package /os:10_X64 | Out-Null
-    Set-AuthenticodeSignature -FilePath (Join-Path $Package 'hivetrack.cat') -Certificate $cert -HashAlgorithm SHA256 | Out-Null
+    $made = Invoke-Native { & $inf2cat.Source /driver:$Package /os:10_X64 }
+    if ($made.Code -ne 0) { throw "Inf2Cat failed ($($made.Code)): $($made.Text)" }
 }
+if (-not (Test-Path $catalog)) {
+    throw 'No hivetrack.cat and no Inf2Cat.exe: install the WDK on this VM, or copy the package `cargo make` builds (it has the catalog).'
+}
+$catSig = Set-AuthenticodeSignature -FilePath $catalog -Certificate $cert -HashAlgorithm SHA256
+if ($catSig.Status -notin 'Valid', 'UnknownError') { throw "Signing hivetrack.cat failed: $($catSig.StatusMessage)" }
 
 $out = & pnputil.exe /add-driver $Inf /install
 $out | Set-Content (Join-Path $Results 'pnputil-add-driver.txt')
 if ($LASTEXITCODE -ne 0) { throw "pnputil /add-driver failed ($LASTEXITCODE): $out" }
 $svc = Get-Service hivetrack -ErrorAction SilentlyContinue
 if (-not $svc) { throw 'The INF did not create the hivetrack service.' }
+# The INF's AddReg wrote Parameters\Altitude (the driver falls back to its built-in default
+# without it, which would hide an AddReg regression).
+$wanted = if ((Get-Content $Inf -Raw) -match 'DefaultAltitude\s*=\s*"([0-9.]+)"') { $Matches[1] } else { $null }
+$altitude = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack\Parameters' -ErrorAction SilentlyContinue).Altitude
+if (-not $wanted -or $altitude -ne $wanted) { throw "Parameters\Altitude is '$altitude', the INF says '$wanted'" }
 $image = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack').ImagePath
 if ($image -notmatch 'DriverStore\\FileRepository\\hivetrack\.inf_') {
     throw "ImagePath is $image, expected the driver store (DIRID 13)"

@@ -12,7 +12,7 @@ Assert-Admin
 $script:Failures = 0
 Remove-Item (Join-Path $Results 'summary.txt') -ErrorAction SilentlyContinue
 
-sc.exe start hivetrack 2>&1 | Out-Null   # demand start; already running is fine
+Invoke-Native { sc.exe start hivetrack } | Out-Null   # demand start; already running is fine
 $stats = Invoke-Hivetrack @('stats', '--json')
 $stats.Text | Set-Content (Join-Path $Results 'stats-before.json')
 $status = ($stats.Text | ConvertFrom-Json).counters | Where-Object name -eq 'tracking_status'
@@ -22,7 +22,7 @@ Write-Result 'live tracking is on' ($stats.Code -eq 0 -and $status.value -eq 0) 
 $work = Join-Path $env:TEMP 'hivetrack-kit'
 New-Item -ItemType Directory -Force -Path $work | Out-Null
 $hiveFile = Join-Path $work 'test.hiv'
-reg delete 'HKCU\Software\HivetrackKit' /f 2>&1 | Out-Null
+Invoke-Native { reg delete 'HKCU\Software\HivetrackKit' /f } | Out-Null
 reg add 'HKCU\Software\HivetrackKit\Software\Policies' /f | Out-Null
 Remove-Item $hiveFile -ErrorAction SilentlyContinue
 reg save 'HKCU\Software\HivetrackKit' $hiveFile /y | Out-Null
@@ -41,7 +41,7 @@ $helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentLi
     '$k = [Microsoft.Win32.Registry]::Users.OpenSubKey("HivetrackKit\Software\Policies"); Start-Sleep -Seconds 600')
 Start-Sleep -Seconds 3
 
-reg unload 'HKU\HivetrackKit' 2>&1 | Out-Null
+Invoke-Native { reg unload 'HKU\HivetrackKit' } | Out-Null
 Write-Result 'reg unload fails while the helper holds a key' ($LASTEXITCODE -ne 0) "exit $LASTEXITCODE"
 
 $h = Invoke-Hivetrack @('holders', 'HKU\HivetrackKit', '--json')

@@ -12,11 +12,13 @@ $script:Failures = 0
 
 # The driver reads Parameters at DriverEntry: set the held-after delay, then (re)start it.
 $parameters = 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack\Parameters'
-New-Item -Path $parameters -Force | Out-Null
+# Not `New-Item -Force` on the existing key: that recreates it empty, deleting the INF's
+# Altitude (PowerShell/PowerShell#5444).
+if (-not (Test-Path $parameters)) { New-Item -Path $parameters | Out-Null }
 New-ItemProperty -Path $parameters -Name HeldAfterSeconds -PropertyType DWord -Value 10 -Force | Out-Null
-sc.exe stop hivetrack 2>&1 | Out-Null
+Invoke-Native { sc.exe stop hivetrack } | Out-Null
 Start-Sleep -Seconds 3
-sc.exe start hivetrack 2>&1 | Out-Null
+Invoke-Native { sc.exe start hivetrack } | Out-Null
 $dll = Join-Path $Package 'hivetrack-events.dll'
 Write-Result 'the message DLL is in the package' (Test-Path $dll) $dll
 $jsonl = Join-Path $Results 'service-events.jsonl'
@@ -44,7 +46,7 @@ Write-Result 'event 1010: connected, tracking since' ($connected.Count -ge 1) ($
 $work = Join-Path $env:TEMP 'hivetrack-kit'
 New-Item -ItemType Directory -Force -Path $work | Out-Null
 $hiveFile = Join-Path $work 'service.hiv'
-reg delete 'HKCU\Software\HivetrackKitSvc' /f 2>&1 | Out-Null
+Invoke-Native { reg delete 'HKCU\Software\HivetrackKitSvc' /f } | Out-Null
 reg add 'HKCU\Software\HivetrackKitSvc\Software\Policies' /f | Out-Null
 Remove-Item $hiveFile -ErrorAction SilentlyContinue
 reg save 'HKCU\Software\HivetrackKitSvc' $hiveFile /y | Out-Null
@@ -54,7 +56,7 @@ $helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentLi
     '-NoProfile', '-Command',
     '$k = [Microsoft.Win32.Registry]::Users.OpenSubKey("HivetrackKitSvc\Software\Policies"); Start-Sleep -Seconds 600')
 Start-Sleep -Seconds 3
-reg unload 'HKU\HivetrackKitSvc' 2>&1 | Out-Null
+Invoke-Native { reg unload 'HKU\HivetrackKitSvc' } | Out-Null
 Write-Result 'reg unload fails while the helper holds a key' ($LASTEXITCODE -ne 0) "exit $LASTEXITCODE"
 Start-Sleep -Seconds 3
 

@@ -5,7 +5,7 @@
 . "$PSScriptRoot\common.ps1"
 Assert-Admin
 $script:Failures = 0
-sc.exe stop hivetrack 2>&1 | Out-Null
+Invoke-Native { sc.exe stop hivetrack } | Out-Null
 # The published name (oemN.inf) of every driver store package whose original name is hivetrack.inf.
 $published = @()
 $current = $null

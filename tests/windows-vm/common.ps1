@@ -34,7 +34,20 @@ function Write-Result([string]$Name, [bool]$Ok, [string]$Detail) {
     if (-not $Ok) { $script:Failures++ }
 }
 
-function Invoke-Hivetrack([string[]]$Arguments) {
-    $out = & $Exe @Arguments 2>&1
+# Runs a native command with its stderr merged into its output; the caller reads the exit
+# code (.Code, and $LASTEXITCODE). Windows PowerShell 5.1 makes a native command's stderr line
+# a terminating error under $ErrorActionPreference = 'Stop' (Learn, "Differences between
+# Windows PowerShell 5.1 and PowerShell": from 7.1 "the runtime no longer applies
+# $ErrorActionPreference if the ErrorRecord comes from a native command"); reg.exe, sc.exe and
+# hivetrack.exe write their failures there, some of them expected (a `reg unload` of a held
+# hive). So the preference is 'Continue' while one runs (found in review: step 3 stopped at
+# its first `reg delete` of a key that did not exist yet).
+function Invoke-Native([scriptblock]$Command) {
+    $ErrorActionPreference = 'Continue'
+    $out = & $Command 2>&1 | ForEach-Object { "$_" }
     return [pscustomobject]@{ Code = $LASTEXITCODE; Text = ($out -join "`n") }
+}
+
+function Invoke-Hivetrack([string[]]$Arguments) {
+    return Invoke-Native { & $Exe @Arguments }
 }
