@@ -78,6 +78,7 @@ pub struct ImageReport {
     timestamp: u32,
     subsystem: u16,
     dll_characteristics: u16,
+    section_alignment: u32,
     checksum_stored: u32,
     checksum_computed: Option<u32>,
     sections: Vec<SectionInfo>,
@@ -164,6 +165,7 @@ pub fn check_image_bytes(
         timestamp: 0,
         subsystem: 0,
         dll_characteristics: 0,
+        section_alignment: 0,
         checksum_stored: 0,
         checksum_computed: None,
         sections: Vec::new(),
@@ -205,6 +207,7 @@ fn read_headers<Pe: ImageNtHeaders>(data: &[u8], report: &mut ImageReport) -> an
     let optional = headers.optional_header();
     report.subsystem = optional.subsystem();
     report.dll_characteristics = optional.dll_characteristics();
+    report.section_alignment = optional.section_alignment();
     report.checksum_stored = optional.check_sum();
     for section in file.section_table().iter() {
         let raw = section.raw_name();
@@ -432,6 +435,15 @@ fn check_headers(report: &mut ImageReport) {
 }
 
 fn check_sections(report: &mut ImageReport) {
+    // Learn, "Implement memory integrity compatible code": "Section alignment is a multiple of
+    // 0x1000 (PAGE_SIZE)" (production-signing.md lists it among the rules this checks).
+    if report.section_alignment == 0 || report.section_alignment % 0x1000 != 0 {
+        report.fail(format!(
+            "SectionAlignment is {:#x}, not a multiple of 0x1000: HVCI (memory integrity) needs \
+             page-aligned sections; do not link with /ALIGN below 4096",
+            report.section_alignment
+        ));
+    }
     let writable_code: Vec<String> = report
         .sections
         .iter()

@@ -30,6 +30,8 @@ pub struct SynthImage {
     pub writable_code: bool,
     /// Build a PE32 (32-bit optional header) image instead of PE32+.
     pub pe32: bool,
+    /// The optional header's SectionAlignment (0x1000 for a driver).
+    pub section_alignment: u32,
     pub timestamp: u32,
 }
 
@@ -57,6 +59,7 @@ impl SynthImage {
             checksum: Checksum::Valid,
             writable_code: false,
             pe32: false,
+            section_alignment: 0x1000,
             timestamp: 0x6b02_6699,
         }
     }
@@ -136,7 +139,7 @@ impl SynthImage {
     /// Builds the image bytes.
     pub fn build(&self) -> Vec<u8> {
         let mut data = Vec::new();
-        let mut writer = Writer::new(!self.pe32, 0x1000, 0x200, &mut data);
+        let mut writer = Writer::new(!self.pe32, self.section_alignment, 0x200, &mut data);
         writer.reserve_dos_header_and_stub();
         writer.reserve_nt_headers(pe::IMAGE_NUMBEROF_DIRECTORY_ENTRIES);
         let has_imports = !self.imports.is_empty();

@@ -271,6 +271,13 @@ fn writable_code_section_fails() {
 }
 
 #[test]
+fn section_alignment_below_a_page_fails() {
+    let mut image = SynthImage::driver();
+    image.section_alignment = 0x200;
+    assert_single_failure(&image, &["SectionAlignment is 0x200", "HVCI"]);
+}
+
+#[test]
 fn several_problems_are_all_reported() {
     let mut image = SynthImage::driver();
     image.machine = pe::IMAGE_FILE_MACHINE_ARM64;
