@@ -142,8 +142,65 @@ pub fn check_inf_text(name: &str, text: &str, present: &dyn Fn(&str) -> Option<b
     check_references(&inf, &mut report);
     check_install(&inf, &mut report);
     check_primitive(&inf, &mut report);
+    check_registry_isolation(&inf, &mut report);
     check_files(&inf, &mut report, present);
     report
+}
+
+/// Driver package isolation of registry writes, as `infverif /w` checks them (Learn,
+/// "InfVerif errors and warnings"): every `AddReg`/`DelReg` line writes under `HKR` (1320,
+/// 1321: "Registry root ... is not isolated to HKR"), and one reached from a service-install
+/// section writes under its `Parameters` subkey (1323: "Registry values using a
+/// service-relative HKR root must be written under the Parameters subkey"). The check
+/// used to look at the Altitude line alone, so a future `HKLM,...` line passed here and
+/// failed only in `cargo make` (found in review).
+fn check_registry_isolation(inf: &Inf, report: &mut InfReport) {
+    let service_sections: Vec<String> = inf
+        .sections
+        .iter()
+        .flat_map(|section| section.entries_with_key("AddService"))
+        .map(|entry| expanded(inf, entry.value(2)))
+        .collect();
+    let mut failures = Vec::new();
+    for owner in &inf.sections {
+        let in_service = service_sections
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(&owner.name));
+        for directive in ["AddReg", "DelReg"] {
+            let lists = owner
+                .entries_with_key(directive)
+                .flat_map(|entry| entry.values.iter())
+                .filter_map(|name| inf.section(&expanded(inf, name)));
+            for list in lists {
+                for entry in list.entries.iter().filter(|e| e.key.is_none()) {
+                    let root = expanded(inf, entry.value(0));
+                    let subkey = expanded(inf, entry.value(1));
+                    if !root.eq_ignore_ascii_case("HKR") {
+                        failures.push(format!(
+                            "line {}: [{}] writes under {root}, not HKR: driver package \
+                             isolation allows HKR only (infverif 1320/1321)",
+                            entry.line, list.name
+                        ));
+                    } else if in_service && !under_parameters(&subkey) {
+                        failures.push(format!(
+                            "line {}: [{}] writes the service key's {subkey:?}, not its \
+                             Parameters subkey (infverif 1323)",
+                            entry.line, list.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for failure in failures {
+        report.fail(failure);
+    }
+}
+
+/// Whether a service-relative subkey is `Parameters` or below it.
+fn under_parameters(subkey: &str) -> bool {
+    let first = subkey.split('\\').next().unwrap_or_default();
+    first.eq_ignore_ascii_case("Parameters")
 }
 
 /// `text` with `%strings%` substituted, or `text` itself when a token is undefined (that is

@@ -40,6 +40,28 @@ fn assert_single_failure(report: &InfReport, needles: &[&str]) {
 }
 
 #[test]
+fn a_registry_write_outside_hkr_fails() {
+    assert_single_failure(
+        &broken(
+            "HKR, Parameters, Altitude, 0x00000002, %DefaultAltitude%",
+            "HKR, Parameters, Altitude, 0x00000002, %DefaultAltitude%\nHKLM, Software\\Hivetrack, X, 0x00010001, 1",
+        ),
+        &["writes under HKLM, not HKR", "1320"],
+    );
+}
+
+#[test]
+fn a_service_value_outside_parameters_fails() {
+    assert_single_failure(
+        &broken(
+            "HKR, Parameters, Altitude, 0x00000002, %DefaultAltitude%",
+            "HKR, Parameters, Altitude, 0x00000002, %DefaultAltitude%\nHKR, , Tag, 0x00010001, 1",
+        ),
+        &["not its Parameters subkey", "1323"],
+    );
+}
+
+#[test]
 fn real_inf_passes_and_is_summarised() {
     let report = check(REAL_INF);
     assert!(report.failures().is_empty(), "{report}");
