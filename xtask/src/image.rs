@@ -437,7 +437,7 @@ fn check_headers(report: &mut ImageReport) {
 fn check_sections(report: &mut ImageReport) {
     // Learn, "Implement memory integrity compatible code": "Section alignment is a multiple of
     // 0x1000 (PAGE_SIZE)" (production-signing.md lists it among the rules this checks).
-    if report.section_alignment == 0 || report.section_alignment % 0x1000 != 0 {
+    if report.section_alignment == 0 || !report.section_alignment.is_multiple_of(0x1000) {
         report.fail(format!(
             "SectionAlignment is {:#x}, not a multiple of 0x1000: HVCI (memory integrity) needs \
              page-aligned sections; do not link with /ALIGN below 4096",

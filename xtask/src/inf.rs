@@ -148,7 +148,7 @@ pub fn check_inf_text(name: &str, text: &str, present: &dyn Fn(&str) -> Option<b
 }
 
 /// Driver package isolation of registry writes, as `infverif /w` checks them (Learn,
-/// "InfVerif errors and warnings"): every `AddReg`/`DelReg` line writes under `HKR` (1320,
+/// "`InfVerif` errors and warnings"): every `AddReg`/`DelReg` line writes under `HKR` (1320,
 /// 1321: "Registry root ... is not isolated to HKR"), and one reached from a service-install
 /// section writes under its `Parameters` subkey (1323: "Registry values using a
 /// service-relative HKR root must be written under the Parameters subkey"). The check

@@ -30,7 +30,7 @@ pub struct SynthImage {
     pub writable_code: bool,
     /// Build a PE32 (32-bit optional header) image instead of PE32+.
     pub pe32: bool,
-    /// The optional header's SectionAlignment (0x1000 for a driver).
+    /// The optional header's `SectionAlignment` (0x1000 for a driver).
     pub section_alignment: u32,
     pub timestamp: u32,
 }
