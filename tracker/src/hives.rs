@@ -47,7 +47,7 @@ use core::sync::atomic::{
 use protocol::holders::{HiveKind, HiveState};
 
 use crate::counters::{locked_add32, locked_sub32};
-use crate::lock::{Exclusive, RawLock, Shared};
+use crate::lock::{Exclusive, Hold, RawLock, Shared};
 use crate::names::{NameEntry, NameRef, NameTable, NoMemory, eq_fold as eq_folded, name_of};
 use crate::pool::{BlockClass, Pool, alloc_init, free_block};
 
@@ -78,6 +78,11 @@ pub struct Hive {
     pub open_keys: AtomicU64,
     /// Processes holding keys in the hive.
     pub holders: AtomicU32,
+    /// The first of those holdings (`crate::processes::Holding`, type-erased: a hive is not
+    /// generic over the lock type), a list guarded by its shard's holdings lock
+    /// ([`HiveTable::with_holdings`]), so that an unload's holders are found without a walk
+    /// of every process.
+    pub(crate) holdings: AtomicPtr<()>,
     loaded_time: AtomicU64,
     /// Opens in the hive the tracker lost since this record was made (see
     /// `crate::losses`); a new load of the mount makes a new record, so they age out.
@@ -158,6 +163,10 @@ struct Shard<L> {
     live: AtomicPtr<Hive>,
     retired: AtomicPtr<Hive>,
     count: AtomicU32,
+    /// Guards the holdings lists of the shard's hives ([`Hive::holdings`]): a leaf, taken
+    /// under a process lock (a holding made or emptied) or under nothing (an unload's
+    /// holders), and nothing is taken under it.
+    holdings_lock: L,
     /// Bumped under the exclusive lock whenever `live` changes (a hive added or unlinked):
     /// while it stays the same, every path of the shard resolves as before and every hive
     /// found on `live` is still there ([`HiveHint`]).
@@ -362,6 +371,7 @@ impl<L: RawLock> HiveTable<L> {
         Self {
             shards: core::array::from_fn(|_| Shard {
                 lock: L::new(),
+                holdings_lock: L::new(),
                 live: AtomicPtr::new(ptr::null_mut()),
                 retired: AtomicPtr::new(ptr::null_mut()),
                 count: AtomicU32::new(0),
@@ -393,6 +403,7 @@ impl<L: RawLock> HiveTable<L> {
             refs: AtomicU32::new(0),
             open_keys: AtomicU64::new(0),
             holders: AtomicU32::new(0),
+            holdings: AtomicPtr::new(ptr::null_mut()),
             loaded_time: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             lost_since: AtomicU64::new(0),
@@ -879,6 +890,25 @@ impl<L: RawLock> HiveTable<L> {
             }
         }
         None
+    }
+
+    /// Calls `f` with the head of a pinned hive's holdings list under its shard's holdings
+    /// lock: exclusive to link or unlink a holding (the caller holds that holding's process
+    /// lock), shared to read the list. `f` takes no lock (the holdings lock is a leaf).
+    pub(crate) fn with_holdings<R>(
+        &self,
+        h: NonNull<Hive>,
+        exclusive: bool,
+        f: impl FnOnce(&AtomicPtr<()>) -> R,
+    ) -> R {
+        let hive = hive_of(h);
+        let lock = &self.shards[hive.shard as usize].holdings_lock;
+        let _g = if exclusive {
+            Hold::Exclusive(Exclusive::new(lock))
+        } else {
+            Hold::Shared(Shared::new(lock))
+        };
+        f(&hive.holdings)
     }
 
     /// Calls `f` on a pinned hive under its shard lock (so its file name is stable).

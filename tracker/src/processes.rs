@@ -10,7 +10,10 @@
 //!
 //! Lifetimes: a holding lives while it has keys; a process lives until it has exited and
 //! holds nothing. Lock order (a lock is only ever taken while holding locks to its left):
-//! hive shard, process shard, process, name shard; the key-cache shard
+//! hive shard, process shard, process, name shard. The hive shard's holdings lock
+//! (`crate::hives`) is a leaf, taken under a process lock (a holding made or emptied) or
+//! under nothing (an unload's holders, found from the hive's list of its holdings without
+//! a walk of every process). The key-cache shard
 //! (`crate::keys`) is a leaf, taken under the hive shard by an open that fills the cache and
 //! under nothing else, and nothing is taken under it. The object shard's lock is a leaf too,
 //! taken under nothing (a slot is taken and given back without it: `crate::objects`; it
@@ -60,7 +63,9 @@ pub struct Process<L> {
     next: AtomicPtr<Self>,
     /// Identity.
     pub key: ProcessKey,
-    /// Image path (counted), or null.
+    /// Image path (counted), or null. Set once (Release, under its lock) and released only
+    /// when the record is freed, so a reader that keeps the process alive otherwise (a
+    /// listed holding) may load it with Acquire without the lock.
     pub image: AtomicPtr<NameEntry>,
     /// Set by `process_exited`.
     pub exited: AtomicBool,
@@ -113,6 +118,50 @@ pub struct Holding<L> {
     pub tail: AtomicU32,
     /// Next sequence number.
     pub seq: AtomicU32,
+    /// Next holding of the hive ([`Hive`]'s holdings list, under its shard's holdings lock).
+    hive_next: AtomicPtr<Self>,
+    /// Previous one, or null for the list's first.
+    hive_prev: AtomicPtr<Self>,
+}
+
+impl<L> Holding<L> {
+    /// Links `h` first in its hive's holdings list `head` (caller holds the hive shard's
+    /// holdings lock exclusively, and `h`'s process lock).
+    pub fn link_in_hive(head: &AtomicPtr<()>, h: NonNull<Self>) {
+        let first = head.load(Relaxed).cast::<Self>();
+        let hold = holding_of(h);
+        hold.hive_prev.store(ptr::null_mut(), Relaxed);
+        hold.hive_next.store(first, Relaxed);
+        if let Some(f) = NonNull::new(first) {
+            holding_of(f).hive_prev.store(h.as_ptr(), Relaxed);
+        }
+        head.store(h.as_ptr().cast(), Relaxed);
+    }
+
+    /// Unlinks `h` from its hive's holdings list `head` in O(1) (same locks as
+    /// [`Self::link_in_hive`]).
+    pub fn unlink_from_hive(head: &AtomicPtr<()>, h: NonNull<Self>) {
+        let hold = holding_of(h);
+        let next = hold.hive_next.load(Relaxed);
+        let prev = hold.hive_prev.load(Relaxed);
+        if let Some(n) = NonNull::new(next) {
+            holding_of(n).hive_prev.store(prev, Relaxed);
+        }
+        match NonNull::new(prev) {
+            Some(p) => holding_of(p).hive_next.store(next, Relaxed),
+            None => head.store(next.cast(), Relaxed),
+        }
+    }
+
+    /// Calls `f` on every holding of the hive whose list is `head` (caller holds the hive
+    /// shard's holdings lock: a listed holding, and so its process, lives while it does).
+    pub fn each_in_hive(head: &AtomicPtr<()>, mut f: impl FnMut(NonNull<Self>)) {
+        let mut cur = head.load(Relaxed).cast::<Self>();
+        while let Some(h) = NonNull::new(cur) {
+            f(h);
+            cur = holding_of(h).hive_next.load(Relaxed);
+        }
+    }
 }
 
 /// Reads a process the caller keeps alive (its shard lock, its own lock via a holding, or a
@@ -565,6 +614,8 @@ pub fn new_holding<P: Pool, L>(
             head: AtomicU32::new(crate::objects::NIL),
             tail: AtomicU32::new(crate::objects::NIL),
             seq: AtomicU32::new(0),
+            hive_next: AtomicPtr::new(ptr::null_mut()),
+            hive_prev: AtomicPtr::new(ptr::null_mut()),
         },
     )
 }

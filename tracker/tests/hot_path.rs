@@ -312,3 +312,49 @@ fn held_opens_and_queries_take_no_lock_they_share_exclusively() {
     }
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
 }
+
+/// An unload attempt's holders (recorded in the registry callback) cost the hive's own
+/// holders, not every process the tracker knows: found 2026-12-05 in the bounded-memory
+/// audit, where 100,000 exited processes kept alive by duplicated handles made each attempt
+/// walk them all (15.9 ms). Counted in locks: the old walk took every process-table shard
+/// and every process's lock.
+#[test]
+fn an_unload_attempt_takes_locks_for_its_hives_holders_not_for_every_process() {
+    let pool = CountingPool::new(Failure::Never, false);
+    {
+        let t = tracker(&pool);
+        let other = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002";
+        t.hive_loaded(&w(other), &w(r"C:\Users\v\NTUSER.DAT"), 1);
+        let mut tokens = Vec::new();
+        let mut locks = Vec::new();
+        for round in 0..2u64 {
+            // 2,000 more processes holding keys in the other hive, half of them exited.
+            for i in 0..2_000u64 {
+                let p = ProcessKey {
+                    pid: 1_000 + round * 10_000 + i * 4,
+                    start_key: 1,
+                };
+                let object = 0x10_0000 + (round * 10_000 + i) * 16;
+                let tok = t
+                    .opened(object, p, 7, &w(&format!(r"{other}\Software")), 1, 10)
+                    .unwrap();
+                if i % 2 == 0 {
+                    t.process_exited(p);
+                }
+                tokens.push((tok, object));
+            }
+            let before = CountingLock::acquired();
+            t.unload_attempted(&w(PROFILE), 0xC000_0121, 20 + round);
+            locks.push(CountingLock::acquired() - before);
+        }
+        assert_eq!(
+            locks[0], locks[1],
+            "the profile's unload attempt cost the same with 2,000 and 4,000 other processes: {locks:?}"
+        );
+        assert!(locks[0] <= 16, "took {} locks", locks[0]);
+        for (tok, object) in tokens {
+            t.object_destroyed(tok, object);
+        }
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
