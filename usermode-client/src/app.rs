@@ -57,15 +57,20 @@ const fn format_of(cli: &Cli) -> Format {
     }
 }
 
-/// The exit code of a report: 4 with `--strict` when records were dropped, else 1 when
-/// `held` (and the caller asked to fail on it), else 0.
-const fn verdict(strict: bool, source: &Source, held: bool) -> u8 {
-    if strict && source.dropped_records() {
-        exit::INCOMPLETE
-    } else if held {
-        exit::HELD
-    } else {
-        exit::OK
+/// The exit code of a report.
+///
+/// `held` is the verdict a caller asked for (`--fail-if-held`, `wait`), `None` for none. 4
+/// with `--strict` when the report is incomplete; 1 when held (what the report saw is held,
+/// however much it could not see); 4 when a verdict was asked and the answer "not held" (or
+/// "free") is incomplete: a script gated on the verdict must not go on as if the hive were
+/// free when keys the report could not see may hold it; else 0.
+const fn verdict(strict: bool, source: &Source, held: Option<bool>) -> u8 {
+    let incomplete = source.dropped_records();
+    match held {
+        _ if strict && incomplete => exit::INCOMPLETE,
+        Some(true) => exit::HELD,
+        Some(false) if incomplete => exit::INCOMPLETE,
+        _ => exit::OK,
     }
 }
 
@@ -225,7 +230,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
         Command::Modules { hive, all: _ } => {
             let r = modules_report(env, hive.as_deref())?;
             emit(env, format, &render::modules(&r, format)?, Some(&r.source))?;
-            Ok(verdict(g.strict, &r.source, false))
+            Ok(verdict(g.strict, &r.source, None))
         }
         Command::Holders {
             hive,
@@ -257,7 +262,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             Ok(verdict(
                 g.strict,
                 &r.source,
-                *fail_if_held && !(r.holders.is_empty() && r.untracked.is_empty()),
+                fail_if_held.then_some(!(r.holders.is_empty() && r.untracked.is_empty())),
             ))
         }
         Command::Hives => {
@@ -267,7 +272,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 resolve_account(h, env.accounts, g.no_resolve);
             }
             emit(env, format, &render::hives(&r, format)?, Some(&r.source))?;
-            Ok(verdict(g.strict, &r.source, false))
+            Ok(verdict(g.strict, &r.source, None))
         }
         Command::Processes { top } => {
             let mut t = connect(env, Need::Driver)?;
@@ -285,13 +290,13 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 &render::processes(&r, format)?,
                 Some(&r.source),
             )?;
-            Ok(verdict(g.strict, &r.source, false))
+            Ok(verdict(g.strict, &r.source, None))
         }
         Command::Stats => {
             let mut t = connect(env, Need::Driver)?;
             let r = Client::new(t.as_mut()).stats()?;
             emit(env, format, &render::stats(&r, format)?, Some(&r.source))?;
-            Ok(verdict(g.strict, &r.source, false))
+            Ok(verdict(g.strict, &r.source, None))
         }
         Command::UnloadHistory => {
             let mut t = connect(env, Need::Driver)?;
@@ -302,7 +307,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 &render::unload_history(&r, format)?,
                 Some(&r.source),
             )?;
-            Ok(verdict(g.strict, &r.source, false))
+            Ok(verdict(g.strict, &r.source, None))
         }
         Command::Snapshot { output } => {
             let mut t = connect(env, Need::Driver)?;
@@ -350,7 +355,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 ),
             };
             emit(env, format, &summary, Some(&snap.source))?;
-            Ok(verdict(g.strict, &snap.source, false))
+            Ok(verdict(g.strict, &snap.source, None))
         }
         Command::Diff { a, b } => {
             let before = read_snapshot(a)?;
@@ -383,7 +388,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 env.clock,
             )?;
             emit(env, format, &render::wait(&r, format)?, Some(&r.source))?;
-            Ok(verdict(g.strict, &r.source, !r.free))
+            Ok(verdict(g.strict, &r.source, Some(!r.free)))
         }
     }
 }

@@ -10,7 +10,8 @@ use crate::transport::BackendChoice;
 const EXIT_CODES: &str = "Exit codes: 0 ok; 1 holders found (with --fail-if-held) or the wait \
 timed out; 2 driver unavailable (not installed, not running, access denied, other protocol \
 version, backend not in this build); 3 bad arguments (including a hive the driver does not \
-know); 4 the report is incomplete because the tracker dropped records (with --strict).";
+know); 4 the report is incomplete: with --strict, or with --fail-if-held or wait when nothing \
+held was seen but keys the report could not see may hold the hive.";
 
 /// hivetrack: who holds this registry hive open, which keys, since when, and from where.
 #[derive(Debug, Parser)]

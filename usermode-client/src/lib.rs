@@ -61,6 +61,8 @@ pub mod exit {
     pub const DRIVER_UNAVAILABLE: u8 = 2;
     /// The command line is invalid.
     pub const BAD_ARGUMENTS: u8 = 3;
-    /// The report is incomplete and `--strict` was given.
+    /// The report is incomplete and `--strict` was given, or a verdict was asked
+    /// (`--fail-if-held`, `wait`) and nothing held was seen but the report could not see
+    /// everything.
     pub const INCOMPLETE: u8 = 4;
 }

@@ -980,7 +980,14 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
             ]],
         ),
         Format::Table => {
-            let mut out = if r.free {
+            let mut out = if r.free && !r.source.complete {
+                // Not a plain "free": the report could not see everything (exit 4).
+                format!(
+                    "{}: no open key seen after {:.1}s ({}), but the answer is incomplete: \
+                     it may still be held\n",
+                    r.hive, r.waited_secs, r.method
+                )
+            } else if r.free {
                 format!(
                     "{}: free after {:.1}s ({})\n",
                     r.hive, r.waited_secs, r.method

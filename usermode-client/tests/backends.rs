@@ -388,3 +388,39 @@ fn without_the_kernel_list_nothing_is_complete() {
         o.out
     );
 }
+
+/// A verdict a script acts on is never "not held" or "free" when the answer could not see
+/// everything: `--fail-if-held` and `wait` exit 4 then, `--strict` or not (until
+/// 2026-12-05 they exited 0, and a script gated on them went on as if the hive were free).
+/// Held stays held however incomplete the answer (what it saw is held).
+#[test]
+fn a_not_held_verdict_that_could_not_see_everything_exits_4() {
+    let blind = || {
+        let mut s = Scripted::new(logoff_released());
+        s.no_kernel = true;
+        s
+    };
+    let o = run_scripted(blind(), &["holders", &user_hive(), "--fail-if-held"]);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    let o = run_scripted(blind(), &["wait", &user_hive(), "--timeout", "1"]);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    assert!(
+        o.out
+            .contains("no open key seen after 0.0s (poll), but the answer is incomplete"),
+        "{}",
+        o.out
+    );
+    // No verdict asked: the report is printed, incomplete, and that is not a failure.
+    let o = run_scripted(blind(), &["holders", &user_hive()]);
+    assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
+    // Complete: free is free.
+    let o = run_scripted(
+        Scripted::new(logoff_released()),
+        &["holders", &user_hive(), "--fail-if-held"],
+    );
+    assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
+    let mut held = Scripted::new(logoff());
+    held.no_kernel = true;
+    let o = run_scripted(held, &["holders", &user_hive(), "--fail-if-held"]);
+    assert_eq!(o.code, exit::HELD, "{}{}", o.out, o.err);
+}
