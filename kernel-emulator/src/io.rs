@@ -78,6 +78,10 @@ pub struct OpenFile {
 pub struct IrpTrack {
     /// IofCompleteRequest calls.
     pub completions: u32,
+    /// The first IofCompleteRequest has returned: the IRP is back with the I/O manager, and
+    /// its requester may see the result and free it. Until then the completing thread is
+    /// still reading the IRP (its cancel routine, its stack location, its status).
+    pub released: bool,
     /// Dispatch returned STATUS_PENDING: the driver owns the IRP until it completes it.
     pub pending: bool,
     /// The file object the request was sent on.
@@ -441,6 +445,17 @@ unsafe extern "win64" fn IofCompleteRequest(irp: *mut Irp, _boost: i8) {
             "IoCompleteRequest({irp:p}) with IoStatus.Status == STATUS_PENDING"
         ));
     }
+    // Only now does the requester see the completion (and may free the IRP). ReactOS
+    // ntoskrnl/io/iomgr/irp.c, IofCompleteRequest: queueing the IopCompleteRequest APC (which
+    // copies the system buffer back, signals the caller and frees the IRP) is its last use
+    // of the IRP. Publishing the completion at the call's start let a scenario free the IRP
+    // under a DPC still checking it (wait-free-races, 1 run in a few hundred: bugcheck 0x48
+    // naming the bytes of the next request's buffer as the cancel routine).
+    kernel::with(|k| {
+        if let Some(t) = k.io.irps.get_mut(&(irp as usize)) {
+            t.released = true;
+        }
+    });
 }
 
 /// What MajorFunction entries hold before the driver sets them (IopInvalidDeviceRequest):
@@ -1075,8 +1090,7 @@ impl PendingIoctl {
 
     fn completed(&self) -> bool {
         let irp = self.irp();
-        self.result.is_some()
-            || kernel::with(|k| k.io.irps.get(&irp).is_some_and(|t| t.completions > 0))
+        self.result.is_some() || kernel::with(|k| k.io.irps.get(&irp).is_some_and(|t| t.released))
     }
 
     /// Some(result) once the driver completed the IRP (output copied back exactly as the
