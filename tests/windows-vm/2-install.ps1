@@ -53,9 +53,21 @@ $v.Text | Set-Content (Join-Path $Results 'version.txt')
 if ($v.Code -ne 0) { throw "hivetrack version failed ($($v.Code)): $($v.Text)" }
 Write-Host $v.Text
 
-# Standard flags plus low-resources simulation (0x4): 0x209BF. Takes effect at the next boot.
-verifier /flags 0x209BF /driver hivetrack.sys | Out-Null
-verifier /querysettings | Set-Content (Join-Path $Results 'verifier-settings.txt')
+# Standard flags (0x209BB: Learn, "Driver Verifier command syntax") plus low-resources
+# simulation (0x4) and the code integrity checks (0x2000000, bit 25, Windows 10 and later:
+# an executable pool type or page protection is a bugcheck, as memory integrity (HVCI)
+# requires; Learn, "Code Integrity Checks"): 0x20209BF. Takes effect at the next boot.
+verifier /flags 0x20209BF /driver hivetrack.sys | Out-Null
+$settings = verifier /querysettings | Out-String
+$settings | Set-Content (Join-Path $Results 'verifier-settings.txt')
+if ($settings -notmatch 'hivetrack\.sys') { throw "verifier /querysettings does not list hivetrack.sys: $settings" }
+# The "Name: Enabled|Disabled" lines of /querysettings (Learn, "Low Resources Simulation"
+# shows them); this option's label is not in that sample, so its absence is only a warning.
+if ($settings -match '(?m)^Code integrity checks:\s*Disabled') {
+    throw "verifier /querysettings shows the code integrity checks disabled: $settings"
+} elseif ($settings -notmatch '(?m)^Code integrity checks:\s*Enabled') {
+    Write-Warning 'No "Code integrity checks: Enabled" line in verifier /querysettings: check results\verifier-settings.txt'
+}
 Set-KitState 'installed-verifier-pending-reboot'
 Write-Host 'Installed; Driver Verifier armed for hivetrack.sys. Reboot, wait 8 minutes (the'
 Write-Host 'low-resources grace period), then run .\3-logoff.ps1.'
