@@ -783,7 +783,14 @@ unsafe extern "win64" fn CmUnRegisterCallback(cookie: i64) -> NtStatus {
 
 /// CmSetCallbackObjectContext — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmsetcallbackobjectcontext>:
 /// attaches NewContext to a live key object for the callback identified by Cookie; returns
-/// the previous one in OldContext. Only a live key object is valid.
+/// the previous one in OldContext. Only a live key object is valid, and only from inside that
+/// callback's notifications up to the object's pre-close: "A RegistryCallback routine can call
+/// CmSetCallbackObjectContext during a post-notification for a create operation, an open
+/// operation, or any subsequent notification up to the pre-notification of handle closure"
+/// (Remarks). Later (in the post-close, or in the context cleanup) the kernel has already
+/// taken the object's contexts for their cleanup, so a context set then never gets one: the
+/// model reports the call, where it used to accept it and drop the context silently (found
+/// in review, 2026-12-05; `td-context-after-close`).
 unsafe extern "win64" fn CmSetCallbackObjectContext(
     object: *mut c_void,
     cookie: *const i64,
@@ -805,6 +812,24 @@ unsafe extern "win64" fn CmSetCallbackObjectContext(
     // allocates per object and callback), leaving the object without the context.
     if kernel::should_fail("CmSetCallbackObjectContext", false) {
         return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    if !INSIDE.with(|i| i.borrow().contains(&cookie)) {
+        verifier_violation(&format!(
+            "CmSetCallbackObjectContext({object:p}) outside a notification of its callback (Learn: \
+             \"during a post-notification for a create operation, an open operation, or any \
+             subsequent notification up to the pre-notification of handle closure\")"
+        ));
+    }
+    let identified = kernel::with(|k| k.hives.identify(object as usize));
+    if identified
+        .as_ref()
+        .is_some_and(|(_, _, destroyed)| *destroyed)
+    {
+        verifier_violation(&format!(
+            "CmSetCallbackObjectContext({object:p}) after the pre-notification of its handle \
+             closure: the object's contexts were already taken for their cleanup, so this one \
+             would never get a RegNtCallbackObjectContextCleanup"
+        ));
     }
     let old = kernel::with(|k| {
         k.hives
@@ -851,6 +876,24 @@ fn alloc_name(name: &str, pageable: bool) -> usize {
     p
 }
 
+/// Whether `cookie` points to the cookie of a registered callback (one being unregistered
+/// included: its close and cleanup notifications still run). The key-id routines fail
+/// otherwise (Learn, Return value: CmCallbackGetKeyObjectIDEx, "STATUS_INVALID_PARAMETER —
+/// The Cookie, Object, or Flags parameter is invalid"; CmCallbackGetKeyObjectID, "The Cookie
+/// or Object parameter is invalid"). The model
+/// used to check only for NULL, so a driver naming keys with a cookie it had not stored yet
+/// (its callback already running on another thread while CmRegisterCallbackEx returns) or
+/// had forgotten got names Windows would refuse (found in review, 2026-12-05;
+/// `td-key-id-cookie`).
+fn registered_cookie(cookie: *const i64) -> bool {
+    if cookie.is_null() {
+        return false;
+    }
+    // SAFETY: checked non-null; the driver passes a PLARGE_INTEGER.
+    let cookie = unsafe { cookie.read_unaligned() };
+    kernel::with(|k| k.registry.callbacks.iter().any(|c| c.cookie == cookie))
+}
+
 /// CmCallbackGetKeyObjectIDEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackgetkeyobjectidex>:
 /// a unique id for the registry key (the same for every object opened on the same key) and its
 /// full name, which the caller must release with CmCallbackReleaseKeyObjectIDEx. Flags must be
@@ -869,7 +912,7 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectIDEx(
     } else {
         crate::calls::Call::KeyName
     });
-    if cookie.is_null() || flags != 0 {
+    if flags != 0 || !registered_cookie(cookie) {
         return STATUS_INVALID_PARAMETER;
     }
     let Some((id, name, destroyed)) = kernel::with(|k| k.hives.identify(object as usize)) else {
@@ -942,7 +985,7 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectID(
     object_name: *mut *mut UnicodeString,
 ) -> NtStatus {
     require_irql("CmCallbackGetKeyObjectID", APC_LEVEL);
-    if cookie.is_null() {
+    if !registered_cookie(cookie) {
         return STATUS_INVALID_PARAMETER;
     }
     let Some((id, name, destroyed)) = kernel::with(|k| k.hives.identify(object as usize)) else {

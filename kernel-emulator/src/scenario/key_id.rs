@@ -24,6 +24,7 @@ use crate::status::{
 
 const IOCTL_KEY_ID: u32 = ioctl(0x837);
 const IOCTL_KEY_NAME_OLD: u32 = ioctl(0x838);
+const IOCTL_KEY_ID_BAD_COOKIE: u32 = ioctl(0x839);
 
 /// The key-id scenarios.
 #[must_use]
@@ -33,6 +34,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-key-id",
             "CmCallbackGetKeyObjectIDEx's ObjectID: one id for two objects of a key; once a key's last object is gone its id is reused by the next new key (a cached id must not outlive the key's objects)",
             td_key_id,
+        ),
+        Scenario::test_driver(
+            "td-key-id-cookie",
+            "CmCallbackGetKeyObjectIDEx with a cookie no registered callback has (a driver's callback running before it stored its cookie) fails with STATUS_INVALID_PARAMETER: no id, no name",
+            td_key_id_cookie,
         ),
         Scenario::test_driver(
             "td-old-name-stale",
@@ -106,6 +112,50 @@ pub(super) fn close(pid: u32, handles: &[u64]) {
     for &h in handles {
         let _ = hive::close_key(pid, h);
     }
+}
+
+/// Learn, CmCallbackGetKeyObjectIDEx, Return value: "STATUS_INVALID_PARAMETER — The Cookie,
+/// Object, or Flags parameter is invalid". The model checked only that the cookie pointer
+/// was not NULL until 2026-12-05.
+fn td_key_id_cookie(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some((p, dev)) = process_with_device(ctx, r"\Device\HarddiskVolume2\Tools\cookie.exe")
+    else {
+        finish(ctx, s);
+        return;
+    };
+    let h = open(ctx, p, SOFTWARE, false);
+    let good = key_id(dev, h);
+    ctx.check(
+        good.status == 0 && good.id != 0 && good.name != 0,
+        format!("with the registered cookie: an id and a name ({good:?})"),
+    );
+    let reply = io::device_io_control(dev, IOCTL_KEY_ID_BAD_COOKIE, &h.to_le_bytes(), 32, 0xA5);
+    let words: Vec<u64> = reply
+        .output
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    let at = |i: usize| words.get(i).copied().unwrap_or(u64::MAX);
+    ctx.check(
+        at(0) == u64::from(status::STATUS_INVALID_PARAMETER.cast_unsigned()),
+        format!(
+            "with a cookie no callback has: STATUS_INVALID_PARAMETER ({:#x})",
+            at(0)
+        ),
+    );
+    ctx.check(
+        at(1) == 0 && at(2) == 0,
+        format!(
+            "and neither an id nor a name is handed out (id written {}, name {})",
+            at(1),
+            at(2)
+        ),
+    );
+    close(p, &[h]);
+    io::close(dev);
+    process::exit_process(p);
+    finish(ctx, s);
 }
 
 #[allow(clippy::too_many_lines)] // one linear script of checks

@@ -18,6 +18,7 @@ const IOCTL_STATS: u32 = (0x22 << 16) | (0x810 << 2);
 const IOCTL_PIN: u32 = (0x22 << 16) | (0x811 << 2);
 const IOCTL_UNPIN: u32 = (0x22 << 16) | (0x812 << 2);
 const IOCTL_NAME: u32 = (0x22 << 16) | (0x81D << 2);
+const IOCTL_CONTEXT_LATE: u32 = (0x22 << 16) | (0x81F << 2);
 const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
 const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
@@ -71,6 +72,13 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-reparse-links",
             "CurrentControlSet and Software\\Classes links: a STATUS_REPARSE pre/post pair, then the target's; STATUS_PREDEFINED_HANDLE posts",
             td_reparse_links,
+        ),
+        super::test_driver::caught(
+            "td-context-after-close",
+            "CmSetCallbackObjectContext in a post-close (after the pre-notification of handle closure: the context would never be cleaned up) is a verifier violation",
+            crate::bugcheck::EXIT_BUGCHECK,
+            "after the pre-notification of its handle closure",
+            td_context_after_close,
         ),
         Scenario::test_driver(
             "td-open-then-fail",
@@ -162,6 +170,26 @@ fn td_post_after_veto(ctx: &mut Ctx) {
 
 /// Item 2, closing-thread case. "Invalid Key Object Pointers in Registry Notifications";
 /// ReactOS `cmsysini.c` CmpDeleteKeyObject.
+/// Learn, CmSetCallbackObjectContext (Remarks): a context may be set "during a
+/// post-notification for a create operation, an open operation, or any subsequent
+/// notification up to the pre-notification of handle closure". The test driver sets one in
+/// the post-close of the next key it sees closed.
+fn td_context_after_close(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some(p) = new_process(ctx, r"\Device\HarddiskVolume2\late.exe") else {
+        return;
+    };
+    let armed = io::device_io_control(s.control, IOCTL_CONTEXT_LATE, &[0; 8], 32, 0xA5);
+    ctx.check(armed.status == STATUS_SUCCESS, "late context armed");
+    if let Ok(h) = hive::open_key(p, SOFTWARE, KEY_READ, false) {
+        let _ = hive::close_key(p, h);
+    }
+    ctx.check(
+        false,
+        "a context set in the post-close (never to be cleaned up) went unnoticed",
+    );
+}
+
 fn td_close_at_destroy(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     let Some(p) = new_process(ctx, r"\Device\HarddiskVolume2\closer.exe") else {

@@ -75,7 +75,7 @@ fn pass(name: &'static str, about: &'static str, run: fn(&mut Ctx)) -> Scenario 
     }
 }
 
-fn caught(
+pub(super) fn caught(
     name: &'static str,
     about: &'static str,
     exit: i32,

@@ -130,6 +130,34 @@ pub fn key_id(handle: u64) -> [u64; 4] {
     ]
 }
 
+/// IOCTL_KEY_ID_BAD_COOKIE: `CmCallbackGetKeyObjectIDEx` on the key behind `handle` with a
+/// cookie that is not a registered callback's (ours plus one: what a driver passes when its
+/// callback runs before it stored the cookie `CmRegisterCallbackEx` returned, or after it
+/// forgot it). Returns `[status bits, 1 if an ObjectID was written, 1 if an ObjectName was
+/// handed out, 0]`; a name handed out anyway is released.
+pub fn key_id_bad_cookie(handle: u64) -> [u64; 4] {
+    let object = match reference_key(handle) {
+        Ok(o) => o,
+        Err(status) => return [bits(status), 0, 0, 0],
+    };
+    // SAFETY: our cookie's storage, read once.
+    let bogus = unsafe { cookie().read() }.wrapping_add(1);
+    let mut id = 0usize;
+    let mut name: *const UNICODE_STRING = null_mut();
+    // SAFETY: a referenced key object, a readable cookie, writable out pointers, Flags 0.
+    let s = unsafe {
+        CmCallbackGetKeyObjectIDEx(&raw const bogus, object, &raw mut id, &raw mut name, 0)
+    };
+    let named = !name.is_null();
+    if named {
+        // SAFETY: a name the call handed out, released once.
+        unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
+    }
+    // SAFETY: the reference taken above, released once.
+    unsafe { ObfDereferenceObject(object) };
+    [bits(s), u64::from(id != 0), u64::from(named), 0]
+}
+
 /// `CmCallbackGetKeyObjectID` (the Windows 7 routine: the name stays the kernel's).
 type GetKeyObjectIdFn = unsafe extern "system" fn(
     *const i64,

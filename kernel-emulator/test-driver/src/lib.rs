@@ -82,6 +82,7 @@ const IOCTL_REF_KERNEL: u32 = ioctl(0x835); // the same in KernelMode
 const IOCTL_DEREF: u32 = ioctl(0x836); // release the kept reference
 const IOCTL_KEY_ID: u32 = ioctl(0x837); // CmCallbackGetKeyObjectIDEx on the caller's handle `argument`
 const IOCTL_KEY_NAME_OLD: u32 = ioctl(0x838); // CmCallbackGetKeyObjectID on the caller's handle `argument`
+const IOCTL_KEY_ID_BAD_COOKIE: u32 = ioctl(0x839); // CmCallbackGetKeyObjectIDEx, unregistered cookie
 // User-mode stacks and load-image notifications (stacks.rs).
 const IOCTL_WALK: u32 = ioctl(0x840); // RtlWalkFrameChain(input slots: Count, Flags, options)
 const IOCTL_CAPTURE_ARM: u32 = ioctl(0x841); // walk in the registry callback (Count, Flags)
@@ -92,6 +93,7 @@ const IOCTL_IMAGE_READ: u32 = ioctl(0x845); // image log entry `argument` (64 by
 const IOCTL_IMAGE_LEAK: u32 = ioctl(0x846); // bug: DriverUnload leaves the routine registered
 const IOCTL_NAME: u32 = ioctl(0x81D); // last key name / CompleteName seen, block `argument`
 const IOCTL_NAME_TOUCH: u32 = ioctl(0x81E); // post-open reads the name around a raise (`argument`)
+const IOCTL_CONTEXT_LATE: u32 = ioctl(0x81F); // bug: the next post-close sets an object context
 const IOCTL_EX_SPIN_LOCK: u32 = ioctl(0x850); // EX_SPIN_LOCK operation `argument` (exlock.rs)
 
 /// The value IOCTL_PING answers with.
@@ -442,6 +444,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             registry::set_name_touch(argument);
             0
         }
+        IOCTL_CONTEXT_LATE => {
+            registry::context_late();
+            0
+        }
         IOCTL_LOG_START => {
             lifecycle::log_start();
             0
@@ -481,6 +487,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_KEY_NAME_OLD => {
             out = handles::key_name_old(argument);
+            32
+        }
+        IOCTL_KEY_ID_BAD_COOKIE => {
+            out = handles::key_id_bad_cookie(argument);
             32
         }
         IOCTL_DEREF => {

@@ -241,6 +241,18 @@ unsafe fn touch_name(name: *const UNICODE_STRING) {
     }
 }
 
+/// The next post-close sets an object context on its object (IOCTL_CONTEXT_LATE): a bug,
+/// the object's contexts were already taken for their cleanup.
+static CONTEXT_LATE: AtomicBool = AtomicBool::new(false);
+
+/// Arms [`CONTEXT_LATE`].
+pub fn context_late() {
+    CONTEXT_LATE.store(true, Ordering::Relaxed);
+}
+
+/// The context the late call sets: a static's address, so that nothing is allocated.
+static LATE_MARK: u8 = 0;
+
 /// Post-close notifications complete the pending waits (IOCTL_RELEASE_ON_CLOSE).
 static RELEASE_ON_CLOSE: AtomicBool = AtomicBool::new(false);
 
@@ -461,6 +473,15 @@ unsafe extern "C" fn registry_callback(
                 count(POST_CLOSE_NAMED);
                 // SAFETY: releasing the name the call above handed out.
                 unsafe { CmCallbackReleaseKeyObjectIDEx(name) };
+            }
+            if CONTEXT_LATE.swap(false, Ordering::Relaxed) {
+                let mut old: *mut c_void = null_mut();
+                let mark = core::ptr::from_ref(&LATE_MARK).cast_mut().cast();
+                // SAFETY: the closing key object, our cookie, a writable out pointer (the bug
+                // is only when it is called).
+                let _ = unsafe {
+                    CmSetCallbackObjectContext(object, COOKIE.as_ptr(), mark, &raw mut old)
+                };
             }
             // The product's pattern: a registry notification (here: a key handle closed)
             // completes the pending waits, on whatever thread closed the key.
