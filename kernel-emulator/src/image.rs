@@ -17,12 +17,15 @@
 //!   routines: PASSIVE_LEVEL (Learn).
 //! - Removal: `PsRemoveLoadImageNotifyRoutine` removes one registration, waits for calls of
 //!   it in progress (ReactOS `ExWaitForCallBacks`), and returns STATUS_PROCEDURE_NOT_FOUND for
-//!   a routine that is not registered (ReactOS psnotify.c). "A driver must remove any
+//!   a routine that is not registered (ReactOS psnotify.c). A removal from inside a call of
+//!   the routine is a verifier violation (Learn, PsRemoveLoadImageNotifyRoutine: "the
+//!   callback routine itself must not call PsRemoveLoadImageNotifyRoutine"). "A driver must remove any
 //!   callbacks it registers before it unloads" (Learn, both pages): a routine left registered
 //!   at unload is reported like a process-notify routine (a leak line: Windows would call
 //!   into the unloaded image, bugcheck 0xCE).
 //! - The call ([PLOAD_IMAGE_NOTIFY_ROUTINE](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nc-ntddk-pload_image_notify_routine)):
-//!   `(FullImageName, ProcessId, ImageInfo)` at PASSIVE_LEVEL; ProcessId 0 for a driver image;
+//!   `(FullImageName, ProcessId, ImageInfo)` at PASSIVE_LEVEL "inside a critical region with
+//!   normal kernel APCs always disabled" (`sync::in_critical_region`); ProcessId 0 for a driver image;
 //!   "when the main executable image for a newly created process is loaded, the load-image
 //!   notify routine runs in the context of the new process"; FullImageName "can be NULL in
 //!   cases in which the operating system is unable to obtain the full name of the image at
@@ -294,14 +297,25 @@ fn notify(load: &Load<'_>) {
             let info_ptr = &raw mut info.image_info;
             // SAFETY: registered by the driver as a PLOAD_IMAGE_NOTIFY_ROUTINE.
             let g = unsafe { std::mem::transmute::<usize, NotifyFn>(r.f) };
-            // SAFETY: calling the routine with a name (or NULL), the pid and an IMAGE_INFO
-            // (inside an IMAGE_INFO_EX when ExtendedInfoPresent is set), at PASSIVE_LEVEL.
-            call_driver("LoadImageNotify", || unsafe {
-                g(name_ptr, load.pid as usize, info_ptr);
+            // Learn, PLOAD_IMAGE_NOTIFY_ROUTINE: "at PASSIVE_LEVEL inside a critical region
+            // with normal kernel APCs always disabled".
+            INSIDE.with(|i| i.borrow_mut().push(r.f));
+            crate::sync::in_critical_region(|| {
+                // SAFETY: calling the routine with a name (or NULL), the pid and an IMAGE_INFO
+                // (inside an IMAGE_INFO_EX when ExtendedInfoPresent is set), at PASSIVE_LEVEL.
+                call_driver("LoadImageNotify", || unsafe {
+                    g(name_ptr, load.pid as usize, info_ptr);
+                });
             });
+            INSIDE.with(|i| i.borrow_mut().pop());
             leave(r.f);
         }
     });
+}
+
+thread_local! {
+    /// The load-image notify routines this thread is inside (innermost last).
+    static INSIDE: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn enter(r: Routine) -> bool {
@@ -416,6 +430,16 @@ unsafe extern "win64" fn PsSetLoadImageNotifyRoutineEx(routine: usize, flags: us
 /// PsRemoveLoadImageNotifyRoutine — see the module docs.
 unsafe extern "win64" fn PsRemoveLoadImageNotifyRoutine(routine: usize) -> NtStatus {
     require_irql("PsRemoveLoadImageNotifyRoutine", PASSIVE_LEVEL);
+    if INSIDE.with(|i| i.borrow().contains(&routine)) {
+        // Learn, PsRemoveLoadImageNotifyRoutine: "If the driver's callback routine is
+        // currently running, PsRemoveLoadImageNotifyRoutine waits until the callback routine
+        // exits before removing it. Therefore, the callback routine itself must not call
+        // PsRemoveLoadImageNotifyRoutine." Reported rather than hung.
+        crate::bugcheck::verifier_violation(&format!(
+            "PsRemoveLoadImageNotifyRoutine removes load-image notify routine {} from inside that routine: a deadlock on Windows",
+            crate::bugcheck::symbolize(routine)
+        ));
+    }
     let removed = kernel::with(|k| {
         let r = &mut k.images.routines;
         r.iter().position(|x| x.f == routine).map(|i| r.remove(i))

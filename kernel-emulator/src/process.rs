@@ -2,7 +2,11 @@
 //! (PsSetCreateProcessNotifyRoutine and PsSetCreateProcessNotifyRoutineEx with
 //! PS_CREATE_NOTIFY_INFO), handle inheritance at creation, and exit, which delivers the exit
 //! notification and then closes every handle of the process (each key handle close is a
-//! registry notification in that process's context).
+//! registry notification in that process's context). The routines run inside a critical
+//! region (Learn, PsSetCreateProcessNotifyRoutineEx: "at PASSIVE_LEVEL inside a critical
+//! region with normal kernel APCs disabled"); removing a routine from inside a call of it is a
+//! verifier violation ("A driver must not make this call from its implementation of the
+//! PCREATE_PROCESS_NOTIFY_ROUTINE_EX callback routine").
 //!
 //! Order at exit (exit notification before the handle-table sweep) follows the documented
 //! "called when the last thread exits" with ObKillProcess running after; *inference*.
@@ -142,6 +146,22 @@ impl ProcessState {
     }
 }
 
+thread_local! {
+    /// The process-notify routines this thread is inside (innermost last).
+    static INSIDE: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls notify routine `f` through `call` the way the kernel does: inside a critical region
+/// (Learn, PsSetCreateProcessNotifyRoutineEx: "calls the driver's process-notify routine at
+/// PASSIVE_LEVEL inside a critical region with normal kernel APCs disabled";
+/// `sync::in_critical_region`), with the thread marked as inside `f` for
+/// [`set_routine`]'s self-removal check.
+fn call_routine(f: usize, operation: &str, call: impl FnOnce()) {
+    INSIDE.with(|i| i.borrow_mut().push(f));
+    crate::sync::in_critical_region(|| call_driver(operation, call));
+    INSIDE.with(|i| i.borrow_mut().pop());
+}
+
 /// Enters a call of routine `f` if it is still registered.
 fn enter(f: usize, ex: bool) -> bool {
     kernel::with(|k| {
@@ -164,6 +184,21 @@ fn leave(f: usize) {
 }
 
 fn set_routine(f: usize, ex: bool, remove: bool) -> NtStatus {
+    if remove && INSIDE.with(|i| i.borrow().contains(&f)) {
+        // Learn, PsSetCreateProcessNotifyRoutineEx (and PsSetCreateProcessNotifyRoutine): "A
+        // driver must not make this call from its implementation of the
+        // PCREATE_PROCESS_NOTIFY_ROUTINE_EX callback routine" — the removal waits for the
+        // calls in flight, this one among them: a deadlock on Windows, reported, not hung.
+        crate::bugcheck::verifier_violation(&format!(
+            "{} removes process notify routine {} from inside that routine: a deadlock on Windows",
+            if ex {
+                "PsSetCreateProcessNotifyRoutineEx"
+            } else {
+                "PsSetCreateProcessNotifyRoutine"
+            },
+            crate::bugcheck::symbolize(f)
+        ));
+    }
     let status = update_routines(f, ex, remove);
     if remove && status == STATUS_SUCCESS {
         // Wait for calls in flight on other threads, as the kernel's rundown protection does.
@@ -328,7 +363,7 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
                 let g = unsafe { std::mem::transmute::<usize, NotifyExFn>(f) };
                 let info_ptr = &raw mut info;
                 // SAFETY: calling the routine with a live EPROCESS and PS_CREATE_NOTIFY_INFO.
-                call_driver("CreateProcessNotifyEx(create)", || unsafe {
+                call_routine(f, "CreateProcessNotifyEx(create)", || unsafe {
                     g(eprocess as *mut c_void, pid as usize, info_ptr);
                 });
                 if !nt_success(info.creation_status) {
@@ -338,7 +373,7 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
                 // SAFETY: registered by the driver as a PCREATE_PROCESS_NOTIFY_ROUTINE.
                 let g = unsafe { std::mem::transmute::<usize, NotifyFn>(f) };
                 // SAFETY: calling the routine with (ParentId, ProcessId, Create = TRUE).
-                call_driver("CreateProcessNotify(create)", || unsafe {
+                call_routine(f, "CreateProcessNotify(create)", || unsafe {
                     g(parent as usize, pid as usize, 1);
                 });
             }
@@ -384,14 +419,14 @@ pub fn exit_process(pid: u32) {
                 let g = unsafe { std::mem::transmute::<usize, NotifyExFn>(f) };
                 let e = proc_.eprocess as *mut c_void;
                 // SAFETY: calling the routine with (Process, ProcessId, NULL) for an exit.
-                call_driver("CreateProcessNotifyEx(exit)", || unsafe {
+                call_routine(f, "CreateProcessNotifyEx(exit)", || unsafe {
                     g(e, pid as usize, std::ptr::null_mut());
                 });
             } else {
                 // SAFETY: registered by the driver as a PCREATE_PROCESS_NOTIFY_ROUTINE.
                 let g = unsafe { std::mem::transmute::<usize, NotifyFn>(f) };
                 // SAFETY: calling the routine with (ParentId, ProcessId, Create = FALSE).
-                call_driver("CreateProcessNotify(exit)", || unsafe {
+                call_routine(f, "CreateProcessNotify(exit)", || unsafe {
                     g(proc_.parent as usize, pid as usize, 0);
                 });
             }

@@ -291,6 +291,31 @@ fn require_apcs_disabled(routine: &str) {
     }
 }
 
+/// Runs `f` (a call into a driver's notify routine) inside a critical region, as the kernel
+/// calls process-notify and load-image notify routines: Learn,
+/// [PsSetCreateProcessNotifyRoutineEx](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-pssetcreateprocessnotifyroutineex)
+/// ("calls the driver's process-notify routine at PASSIVE_LEVEL inside a critical region with
+/// normal kernel APCs disabled") and
+/// [PLOAD_IMAGE_NOTIFY_ROUTINE](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nc-ntddk-pload_image_notify_routine)
+/// ("inside a critical region with normal kernel APCs always disabled"). The routine may take
+/// a push lock or an ERESOURCE without KeEnterCriticalRegion of its own.
+pub(crate) fn in_critical_region<R>(f: impl FnOnce() -> R) -> R {
+    CRITICAL_REGION.with(|c| c.set(c.get() + 1));
+    let r = f();
+    CRITICAL_REGION.with(|c| c.set(c.get() - 1));
+    r
+}
+
+/// KeAreApcsDisabled — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-keareapcsdisabled>:
+/// TRUE "if the thread is within a critical region or a guarded region" (the model has no
+/// guarded regions), whatever the IRQL (ReactOS `ntoskrnl/ke/apc.c`: the thread's
+/// `CombinedApcDisable`, "Callers of this routine must be running at IRQL <=
+/// DISPATCH_LEVEL").
+unsafe extern "win64" fn KeAreApcsDisabled() -> u8 {
+    require_irql("KeAreApcsDisabled", DISPATCH_LEVEL);
+    u8::from(CRITICAL_REGION.with(Cell::get) > 0)
+}
+
 /// KeEnterCriticalRegion — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-keentercriticalregion>.
 unsafe extern "win64" fn KeEnterCriticalRegion() {
     require_irql("KeEnterCriticalRegion", APC_LEVEL);
@@ -861,6 +886,7 @@ pub(crate) fn exports() -> Vec<Export> {
             "KeLeaveCriticalRegion",
             KeLeaveCriticalRegion as *const () as usize,
         ),
+        Export::function("KeAreApcsDisabled", KeAreApcsDisabled as *const () as usize),
         Export::function(
             "KeGetCurrentProcessorNumberEx",
             KeGetCurrentProcessorNumberEx as *const () as usize,

@@ -5,6 +5,7 @@
 //! unload refused while a key object is open or referenced by the driver.
 
 use super::{Ctx, Scenario};
+use crate::bugcheck::EXIT_BUGCHECK;
 use crate::driver::LoadedDriver;
 use crate::hive::{self, STATUS_CANNOT_DELETE};
 use crate::io::{self, FileHandle};
@@ -20,6 +21,7 @@ const IOCTL_UNPIN: u32 = (0x22 << 16) | (0x812 << 2);
 const IOCTL_WAIT: u32 = (0x22 << 16) | (0x813 << 2);
 const IOCTL_RELEASE_ON_CLOSE: u32 = (0x22 << 16) | (0x81C << 2);
 const IOCTL_NAME_TOUCH: u32 = (0x22 << 16) | (0x81E << 2);
+const IOCTL_PROCESS_REMOVE_INSIDE: u32 = (0x22 << 16) | (0x851 << 2);
 /// test-driver/src/registry.rs: read the name after lowering the IRQL again, or while raised.
 const TOUCH_AFTER: u64 = 1;
 const TOUCH_RAISED: u64 = 2;
@@ -51,6 +53,8 @@ struct Stats {
     post_reparse: u64,
     pre_close_no_context: u64,
     name_touched: u64,
+    /// Process notifications in which KeAreApcsDisabled was TRUE.
+    process_apcs_disabled: u64,
 }
 
 /// Registry scenarios.
@@ -71,6 +75,13 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-process-notify",
             "process create/exit notifications; exit closes every handle, inherited ones included",
             td_process_notify,
+        ),
+        super::test_driver::caught(
+            "td-process-notify-remove-inside",
+            "PsSetCreateProcessNotifyRoutineEx(Remove) from inside the routine it removes is a verifier violation (Learn: \"A driver must not make this call from its implementation of the PCREATE_PROCESS_NOTIFY_ROUTINE_EX callback routine\"), not a hang",
+            EXIT_BUGCHECK,
+            "from inside that routine: a deadlock on Windows",
+            td_process_notify_remove_inside,
         ),
         Scenario::test_driver(
             "td-procmon-replay",
@@ -181,6 +192,7 @@ fn stats(s: &Session) -> Stats {
         post_reparse: v[15],
         pre_close_no_context: v[22],
         name_touched: v[23],
+        process_apcs_disabled: v[27],
     }
 }
 
@@ -449,10 +461,27 @@ fn td_process_notify(ctx: &mut Ctx) {
         format!("3 creations and 3 exits notified ({st:?})"),
     );
     ctx.check(
+        st.process_apcs_disabled - st0.process_apcs_disabled == 6,
+        format!(
+            "each of the 6 notifications ran inside a critical region (KeAreApcsDisabled TRUE in {})",
+            st.process_apcs_disabled - st0.process_apcs_disabled
+        ),
+    );
+    ctx.check(
         st.pre_close == 1 && st.contexts_freed == st.contexts_set,
         "the child's exit closed the inherited handle: context freed",
     );
     finish(ctx, s);
+}
+
+fn td_process_notify_remove_inside(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let _ = io::device_io_control(s.control, IOCTL_PROCESS_REMOVE_INSIDE, &[], 32, 0);
+    let p = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\selfremove.exe", false);
+    ctx.check(
+        false,
+        format!("the routine removed itself from inside a call ({p:?}) and nothing was reported"),
+    );
 }
 
 /// The sample capture replayed when no `--procmon-csv` is given.

@@ -7,7 +7,7 @@
 use super::registry::{KEY_READ, SOFTWARE, SYSTEM_PID, Session, finish, start};
 use super::test_driver::ioctl;
 use super::{Ctx, Expect, Scenario, Target};
-use crate::bugcheck::EXIT_CHECK_FAILED;
+use crate::bugcheck::{EXIT_BUGCHECK, EXIT_CHECK_FAILED};
 use crate::cpu::APC_LEVEL;
 use crate::hive;
 use crate::image::{self, MAIN_IMAGE_SIZE, NTDLL_BASE, NTDLL_NAME, NTDLL_SIZE};
@@ -25,6 +25,7 @@ const IOCTL_IMAGE_REGISTER: u32 = ioctl(0x843);
 const IOCTL_IMAGE_REMOVE: u32 = ioctl(0x844);
 const IOCTL_IMAGE_READ: u32 = ioctl(0x845);
 const IOCTL_IMAGE_LEAK: u32 = ioctl(0x846);
+const IOCTL_IMAGE_REMOVE_INSIDE: u32 = ioctl(0x852);
 /// What the test driver pre-fills its frame buffer with.
 const UNWRITTEN: u64 = 0x5555_5555_5555_5555;
 const USER: u32 = 1; // RTL_WALK_USER_MODE_STACK
@@ -136,6 +137,8 @@ struct ImageEntry {
     properties: u32,
     name_null: bool,
     irql: u64,
+    /// KeAreApcsDisabled in the routine (the kernel calls it inside a critical region).
+    apcs_disabled: bool,
     base: u64,
     size: u64,
     /// ImageSelector | ImageSectionNumber << 32.
@@ -163,6 +166,7 @@ fn image_log(s: &Session) -> Vec<ImageEntry> {
             properties: (w[3] & 0xFFFF_FFFF) as u32,
             name_null: (w[3] >> 32) & 1 == 1,
             irql: (w[3] >> 40) & 0xFF,
+            apcs_disabled: (w[3] >> 48) & 1 == 1,
             base: w[4],
             size: w[5],
             selector_section: w[6],
@@ -224,6 +228,13 @@ pub fn scenarios() -> Vec<Scenario> {
             },
             run: td_load_image_leak,
         },
+        super::test_driver::caught(
+            "td-load-image-remove-inside",
+            "PsRemoveLoadImageNotifyRoutine called from inside the routine it removes is a verifier violation (Learn: \"the callback routine itself must not call PsRemoveLoadImageNotifyRoutine\"; the removal would wait for its own call), not a hang",
+            EXIT_BUGCHECK,
+            "from inside that routine: a deadlock on Windows",
+            td_load_image_remove_inside,
+        ),
     ]
 }
 
@@ -458,6 +469,7 @@ fn user_entry(pid: u32, name: &str, base: u64, size: u64, extended: bool) -> Ima
         properties: 3 | if extended { 1 << 10 } else { 0 },
         name_null: false,
         irql: 0,
+        apcs_disabled: true,
         base,
         size,
         selector_section: 0,
@@ -504,6 +516,7 @@ fn td_load_image_notify(ctx: &mut Ctx) {
             context: u64::from(SYSTEM_PID),
             name: super::lifecycle::hash(driver),
             properties: 3 | 1 << 8,
+            apcs_disabled: true,
             base: 0xFFFF_F806_1234_0000,
             size: 0x8000,
             ..ImageEntry::default()
@@ -630,4 +643,18 @@ fn td_load_image_leak(ctx: &mut Ctx) {
     ctx.check(r[0] == 1, format!("registered: {r:x?}"));
     let _ = four(s.control, IOCTL_IMAGE_LEAK, &[0]);
     finish(ctx, s);
+}
+
+fn td_load_image_remove_inside(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let r = register(&s, 0, false, 1);
+    ctx.check(r[0] == 1, format!("registered: {r:x?}"));
+    let _ = four(s.control, IOCTL_IMAGE_REMOVE_INSIDE, &[0]);
+    let p = new_process(ctx, APP);
+    ctx.check(
+        false,
+        format!(
+            "the routine removed itself from inside a call (process {p}) and nothing was reported"
+        ),
+    );
 }

@@ -95,6 +95,8 @@ const IOCTL_NAME: u32 = ioctl(0x81D); // last key name / CompleteName seen, bloc
 const IOCTL_NAME_TOUCH: u32 = ioctl(0x81E); // post-open reads the name around a raise (`argument`)
 const IOCTL_CONTEXT_LATE: u32 = ioctl(0x81F); // bug: the next post-close sets an object context
 const IOCTL_EX_SPIN_LOCK: u32 = ioctl(0x850); // EX_SPIN_LOCK operation `argument` (exlock.rs)
+const IOCTL_PROCESS_REMOVE_INSIDE: u32 = ioctl(0x851); // bug: next process notify removes itself
+const IOCTL_IMAGE_REMOVE_INSIDE: u32 = ioctl(0x852); // bug: next image notify removes itself
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -248,6 +250,14 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_IMAGE_LEAK => {
             stacks::leak();
+            0
+        }
+        IOCTL_IMAGE_REMOVE_INSIDE => {
+            stacks::remove_inside();
+            0
+        }
+        IOCTL_PROCESS_REMOVE_INSIDE => {
+            registry::remove_inside();
             0
         }
         IOCTL_PING => {

@@ -48,6 +48,7 @@ unsafe extern "system" {
     fn ExAllocatePool2(flags: u64, size: usize, tag: u32) -> *mut c_void;
     fn ExFreePoolWithTag(p: *mut c_void, tag: u32);
     fn PsGetCurrentProcessId() -> *mut c_void;
+    pub(crate) fn KeAreApcsDisabled() -> u8;
 }
 
 const POOL_FLAG_NON_PAGED: u64 = 0x40;
@@ -82,6 +83,7 @@ const NAME_TOUCHED: usize = 23; // key names read again at PASSIVE_LEVEL after a
 const ABSOLUTE_ROOT_REGISTRY: usize = 24; // pre-open/create, absolute name, RootObject \REGISTRY
 const ABSOLUTE_ROOT_OTHER: usize = 25; // ... absolute name, RootObject NULL or another key
 const POST_CLOSE_NAMED: usize = 26; // post-close whose Object CmCallbackGetKeyObjectIDEx named
+const PROCESS_NOTIFY_APCS_DISABLED: usize = 27; // process notifications with KeAreApcsDisabled TRUE
 
 const STATUS_REPARSE: NTSTATUS = 0x104;
 const STATUS_PREDEFINED_HANDLE: NTSTATUS = 0x4000_0016;
@@ -507,12 +509,30 @@ unsafe extern "C" fn registry_callback(
     STATUS_SUCCESS
 }
 
-/// The process-notify routine.
+/// Set by IOCTL_PROCESS_REMOVE_INSIDE: the next notification removes its own routine (a bug
+/// the model must report: Windows deadlocks waiting for the call it is made from).
+static REMOVE_INSIDE: AtomicBool = AtomicBool::new(false);
+
+/// IOCTL_PROCESS_REMOVE_INSIDE: arms the self-removal bug.
+pub fn remove_inside() {
+    REMOVE_INSIDE.store(true, Ordering::Relaxed);
+}
+
+/// The process-notify routine: counts, logs, and records whether normal kernel APCs are
+/// disabled (the kernel calls it inside a critical region).
 unsafe extern "C" fn process_notify(
     process: *mut c_void,
     pid: *mut c_void,
     create_info: *mut c_void,
 ) {
+    // SAFETY: callable at IRQL <= DISPATCH_LEVEL.
+    if unsafe { KeAreApcsDisabled() } != 0 {
+        count(PROCESS_NOTIFY_APCS_DISABLED);
+    }
+    if REMOVE_INSIDE.swap(false, Ordering::Relaxed) {
+        // SAFETY: the bug on purpose: removing this routine from inside it.
+        let _ = unsafe { PsSetCreateProcessNotifyRoutineEx(process_notify, 1) };
+    }
     crate::lifecycle::record_process(process, pid, create_info.is_null());
     count(if create_info.is_null() {
         PROCESS_EXITS

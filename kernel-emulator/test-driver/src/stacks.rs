@@ -137,6 +137,15 @@ static IMAGE_NEXT: AtomicUsize = AtomicUsize::new(0);
 static REGISTERED: AtomicU32 = AtomicU32::new(0);
 /// Whether the last registration went through PsSetLoadImageNotifyRoutineEx.
 static USED_EX: AtomicBool = AtomicBool::new(false);
+/// Set by IOCTL_IMAGE_REMOVE_INSIDE: the next notification removes its own routine (a bug the
+/// model must report).
+static REMOVE_INSIDE: AtomicBool = AtomicBool::new(false);
+
+/// IOCTL_IMAGE_REMOVE_INSIDE: arms the self-removal bug.
+pub fn remove_inside() {
+    REMOVE_INSIDE.store(true, Ordering::Relaxed);
+}
+
 /// Set by IOCTL_IMAGE_LEAK: DriverUnload "forgets" to remove the routine (a bug to catch).
 static LEAK: AtomicBool = AtomicBool::new(false);
 
@@ -146,7 +155,7 @@ fn name_hash(name: *const UNICODE_STRING) -> u64 {
 }
 
 /// The load-image notify routine: logs [ProcessId, PsGetCurrentProcessId, name hash,
-/// Properties | (name NULL) << 32 | IRQL << 40, ImageBase, ImageSize, ImageSelector |
+/// Properties | (name NULL) << 32 | IRQL << 40 | KeAreApcsDisabled << 48, ImageBase, ImageSize, ImageSelector |
 /// ImageSectionNumber << 32, IMAGE_INFO_EX Size | (FileObject non-NULL) << 32 when
 /// ExtendedInfoPresent, else 0].
 unsafe extern "C" fn image_notify(
@@ -183,11 +192,20 @@ unsafe extern "C" fn image_notify(
     };
     // SAFETY: callable at PASSIVE_LEVEL.
     let current = unsafe { PsGetCurrentProcessId() } as u64;
+    // SAFETY: callable at IRQL <= DISPATCH_LEVEL.
+    let apcs_disabled = u64::from(unsafe { crate::registry::KeAreApcsDisabled() } != 0);
+    if REMOVE_INSIDE.swap(false, Ordering::Relaxed) {
+        // SAFETY: the bug on purpose: removing this routine from inside it.
+        let _ = unsafe { PsRemoveLoadImageNotifyRoutine(image_notify) };
+    }
     let entry = [
         pid as u64,
         current,
         name_hash(name),
-        u64::from(properties) | u64::from(name.is_null()) << 32 | irql() << 40,
+        u64::from(properties)
+            | u64::from(name.is_null()) << 32
+            | irql() << 40
+            | apcs_disabled << 48,
         image_base,
         size,
         u64::from(selector) | u64::from(section) << 32,
