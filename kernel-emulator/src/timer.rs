@@ -4,8 +4,8 @@
 //! [`advance`] moves every emulated clock forward and then plays the clock interrupt
 //! ([`run_due`]): each set timer whose due time has passed expires (earliest first), becomes
 //! signalled, and its DPC runs on the calling thread at DISPATCH_LEVEL; then every DPC queued
-//! with KeInsertQueueDpc runs. A timer therefore never fires before its due time, and fires
-//! exactly once per KeSetTimer.
+//! with KeInsertQueueDpc runs (KeFlushQueuedDpcs runs only those queued before it). A timer
+//! therefore never fires before its due time, and fires exactly once per KeSetTimer.
 //!
 //! The KTIMER and KDPC live in driver memory, as on Windows; the model writes the documented
 //! fields (Header.Type/SignalState, DueTime, Dpc, Period; Type, DeferredRoutine,
@@ -366,12 +366,36 @@ unsafe extern "win64" fn KeRemoveQueueDpc(dpc: *mut c_void) -> u8 {
 }
 
 /// KeFlushQueuedDpcs — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-keflushqueueddpcs>:
-/// returns once every DPC queued on any processor has run. The model first expires the
-/// timers already due (the clock interrupt would have by now), runs every queued DPC on this
-/// thread, then waits for DPCs running on other emulator threads. PASSIVE_LEVEL only.
+/// returns once every DPC queued *before the call* has run: "Only DPCs queued prior to the
+/// call to KeFlushQueuedDpcs are guaranteed to have been executed to completion upon return.
+/// No guarantee is made for DPCs that are queued during the call." The model takes a
+/// snapshot at the start — the timers already due (the clock interrupt would have queued
+/// their DPCs by now) and the DPCs in the queue — runs those on this thread, then waits for
+/// DPCs running on other emulator threads. A DPC queued meanwhile (by one of them, or
+/// again) stays queued: the next clock tick runs it, and if the driver's image goes first
+/// it is the 0xCE of [`check_unload`]. PASSIVE_LEVEL only.
 unsafe extern "win64" fn KeFlushQueuedDpcs() {
     require_irql("KeFlushQueuedDpcs", PASSIVE_LEVEL);
-    run_due();
+    let mut due = Vec::new();
+    while let Some((_, a)) = expire_next() {
+        due.push(a.dpc);
+    }
+    let mut prior: Vec<usize> = kernel::with(|k| k.timers.queue.iter().map(|q| q.0).collect());
+    for dpc in due.into_iter().filter(|&d| d != 0) {
+        let now = cpu::interrupt_time();
+        run_dpc(dpc, now as u32 as usize, (now >> 32) as usize);
+    }
+    // The queue is FIFO and new DPCs go to its back: run from the front while the front is
+    // one of the DPCs queued before the call (one removed meanwhile simply never comes).
+    while let Some((dpc, a1, a2)) = kernel::with(|k| {
+        let &(front, _, _) = k.timers.queue.front()?;
+        let i = prior.iter().position(|&d| d == front)?;
+        prior.swap_remove(i);
+        RUNNING_DPCS.fetch_add(1, Ordering::AcqRel);
+        k.timers.queue.pop_front()
+    }) {
+        run_dpc(dpc, a1, a2);
+    }
     while RUNNING_DPCS.load(Ordering::Acquire) > 0 {
         std::thread::yield_now();
     }
@@ -736,6 +760,46 @@ mod tests {
         assert_eq!(unsafe { KeInsertQueueDpc(d, 0, 0) }, 1);
         run_due();
         assert_eq!(runs(3), 2);
+    }
+
+    /// The KDPC that [`queue_second`] queues (set by the test).
+    static SECOND: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "win64" fn queue_second(
+        _dpc: *mut c_void,
+        _ctx: *mut c_void,
+        _a: usize,
+        _b: usize,
+    ) {
+        RUNS[6].fetch_add(1, Ordering::SeqCst);
+        // SAFETY: the test's initialised KDPC; any IRQL.
+        unsafe { KeInsertQueueDpc(SECOND.load(Ordering::SeqCst) as *mut c_void, 0, 0) };
+    }
+
+    #[test]
+    fn a_flush_runs_only_the_dpcs_queued_before_it() {
+        let _clock = CLOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut first = Box::new([0u8; KDPC_SIZE]);
+        let mut second = objects(7);
+        let f = first.as_mut_ptr().cast();
+        let d = second.dpc.as_mut_ptr().cast::<c_void>();
+        SECOND.store(d as usize, Ordering::SeqCst);
+        // SAFETY: KDPC storage owned by the test; `queue_second` is a KDEFERRED_ROUTINE.
+        unsafe { KeInitializeDpc(f, queue_second as *mut c_void, std::ptr::null_mut()) };
+        // SAFETY: an initialised DPC.
+        assert_eq!(unsafe { KeInsertQueueDpc(f, 0, 0) }, 1);
+        // SAFETY: PASSIVE_LEVEL.
+        unsafe { KeFlushQueuedDpcs() };
+        assert_eq!(
+            RUNS[6].load(Ordering::SeqCst),
+            1,
+            "the DPC queued before ran"
+        );
+        assert_eq!(runs(7), 0, "the DPC it queued during the flush did not run");
+        // SAFETY: an initialised DPC: still queued, so removing it succeeds.
+        assert_eq!(unsafe { KeRemoveQueueDpc(d) }, 1, "and is still queued");
     }
 
     static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
