@@ -19,8 +19,40 @@ use crate::kernel;
 use crate::layout::ListEntry;
 use crate::pool;
 use crate::status::{
-    NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER_5, STATUS_SUCCESS,
+    NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER_4,
+    STATUS_INVALID_PARAMETER_5, STATUS_SUCCESS,
 };
+
+/// EX_LOOKASIDE_LIST_EX_FLAGS_RAISE_ON_FAIL (wdm.h).
+const RAISE_ON_FAIL: u32 = 1;
+/// EX_LOOKASIDE_LIST_EX_FLAGS_FAIL_NO_RAISE (wdm.h).
+const FAIL_NO_RAISE: u32 = 2;
+/// POOL_RAISE_IF_ALLOCATION_FAILURE (wdm.h, 16).
+const POOL_RAISE_IF_ALLOCATION_FAILURE: i32 = 0x10;
+/// POOL_QUOTA_FAIL_INSTEAD_OF_RAISE (wdm.h, 8).
+const POOL_QUOTA_FAIL_INSTEAD_OF_RAISE: i32 = 0x8;
+
+/// The members of the POOL_TYPE enumeration (Learn, `ne-wdm-_pool_type`: NonPagedPool 0 ...
+/// NonPagedPoolCacheAlignedMustS 6, the session types 32 ... 38, NonPagedPoolNx 512,
+/// NonPagedPoolNxCacheAligned 516, NonPagedPoolSessionNx 544; MaxPoolType 7 is a count, not
+/// a type). Which of them Windows accepts for a lookaside list is not documented: every
+/// member is taken as "a valid POOL_TYPE enumeration value" (*inference*).
+const fn is_pool_type(t: i32) -> bool {
+    matches!(t, 0..=6 | 32..=38 | 512 | 516 | 544)
+}
+
+/// Depth is "Reserved" and must be zero (Learn: ExInitializeLookasideListEx "Always set this
+/// parameter to zero", ExInitializeNPagedLookasideList "Must be zero"). Windows ignores it
+/// (ReactOS `ntoskrnl/ex/lookas.c` sets `L.Depth = 4` whatever was passed); the model reports
+/// the broken rule as a verifier violation (stricter than Windows: no Verifier rule for it is
+/// documented).
+fn require_depth_zero(routine: &str, depth: u16) {
+    if depth != 0 {
+        verifier_violation(&format!(
+            "{routine}: Depth {depth} — the parameter is reserved and must be zero"
+        ));
+    }
+}
 
 /// PALLOCATE_FUNCTION_EX.
 pub type AllocateFnEx =
@@ -311,8 +343,15 @@ fn init_common(
 }
 
 /// ExInitializeLookasideListEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exinitializelookasidelistex>:
-/// Flags beyond EX_LOOKASIDE_LIST_EX_FLAGS_RAISE_ON_FAIL | FAIL_NO_RAISE are
-/// STATUS_INVALID_PARAMETER_5; NULL routines mean the default pool routines. IRQL <= DISPATCH.
+/// Flags beyond EX_LOOKASIDE_LIST_EX_FLAGS_RAISE_ON_FAIL | FAIL_NO_RAISE, or both of them ("These
+/// two flag bits are mutually exclusive"), are STATUS_INVALID_PARAMETER_5; a PoolType that is
+/// not a POOL_TYPE is STATUS_INVALID_PARAMETER_4; Depth must be 0 ([`require_depth_zero`]);
+/// FAIL_NO_RAISE with the default allocator (Allocate NULL) is a verifier violation ("the
+/// behavior of the default allocation routine is undefined"). The allocate routine gets
+/// PoolType | POOL_RAISE_IF_ALLOCATION_FAILURE with RAISE_ON_FAIL and | POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
+/// with FAIL_NO_RAISE (the page's Flags section). NULL routines mean the default pool
+/// routines, for which an executable PoolType is Verifier's code integrity stop
+/// ([`pool::code_integrity_executable`]). IRQL <= DISPATCH.
 #[allow(clippy::too_many_arguments)] // the documented signature
 unsafe extern "win64" fn ExInitializeLookasideListEx(
     l: *mut LookasideListEx,
@@ -322,18 +361,42 @@ unsafe extern "win64" fn ExInitializeLookasideListEx(
     flags: u32,
     size: usize,
     tag: u32,
-    _depth: u16,
+    depth: u16,
 ) -> NtStatus {
     require_irql("ExInitializeLookasideListEx", DISPATCH_LEVEL);
-    if flags & !3 != 0 {
+    require_depth_zero("ExInitializeLookasideListEx", depth);
+    if flags & !(RAISE_ON_FAIL | FAIL_NO_RAISE) != 0 || flags == RAISE_ON_FAIL | FAIL_NO_RAISE {
         return STATUS_INVALID_PARAMETER_5;
+    }
+    if !is_pool_type(pool_type) {
+        return STATUS_INVALID_PARAMETER_4;
+    }
+    if allocate.is_none() && flags == FAIL_NO_RAISE {
+        verifier_violation(
+            "ExInitializeLookasideListEx: EX_LOOKASIDE_LIST_EX_FLAGS_FAIL_NO_RAISE with the default \
+             allocation routine (Allocate NULL): its behaviour is undefined",
+        );
+    }
+    if allocate.is_none() {
+        pool::code_integrity_executable("ExInitializeLookasideListEx", pool_type, tag);
     }
     if kernel::should_fail("ExInitializeLookasideListEx", false) {
         return STATUS_INSUFFICIENT_RESOURCES;
     }
     let a = allocate.unwrap_or(default_allocate_ex) as usize;
     let f = free.unwrap_or(default_free_ex) as usize;
-    init_common(l, Flavour::Ex, pool_type, size, tag, a, f);
+    let passed = pool_type
+        | if flags == RAISE_ON_FAIL {
+            POOL_RAISE_IF_ALLOCATION_FAILURE
+        } else {
+            0
+        }
+        | if flags == FAIL_NO_RAISE {
+            POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
+        } else {
+            0
+        };
+    init_common(l, Flavour::Ex, passed, size, tag, a, f);
     STATUS_SUCCESS
 }
 
@@ -422,20 +485,32 @@ unsafe extern "win64" fn ExFreeToLookasideListEx(l: *mut LookasideListEx, entry:
 }
 
 /// ExInitializeNPagedLookasideList — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exinitializenpagedlookasidelist>:
-/// the older API (no status; NULL routines mean the default pool routines). IRQL <= DISPATCH.
+/// the older API (no status; NULL routines mean the default pool routines). The entries' pool
+/// type is NonPagedPool | Flags (ReactOS `ntoskrnl/ex/lookas.c`: `L.Type = NonPagedPool |
+/// Flags`; Learn: Flags may hold POOL_RAISE_IF_ALLOCATION_FAILURE (16) and POOL_NX_ALLOCATION
+/// (512)), passed to the allocate routine. Without POOL_NX_ALLOCATION the default allocator's
+/// entries are executable NonPagedPool: Verifier's code integrity stop
+/// ([`pool::code_integrity_executable`]). Depth must be 0 ([`require_depth_zero`]).
+/// IRQL <= DISPATCH.
 unsafe extern "win64" fn ExInitializeNPagedLookasideList(
     l: *mut LookasideListEx,
     allocate: Option<AllocateFn>,
     free: Option<FreeFn>,
-    _flags: u32,
+    flags: u32,
     size: usize,
     tag: u32,
-    _depth: u16,
+    depth: u16,
 ) {
     require_irql("ExInitializeNPagedLookasideList", DISPATCH_LEVEL);
+    require_depth_zero("ExInitializeNPagedLookasideList", depth);
+    #[allow(clippy::cast_possible_wrap)] // POOL_TYPE bits
+    let pool_type = flags as i32;
+    if allocate.is_none() {
+        pool::code_integrity_executable("ExInitializeNPagedLookasideList", pool_type, tag);
+    }
     let a = allocate.unwrap_or(default_allocate) as usize;
     let f = free.unwrap_or(default_free) as usize;
-    init_common(l, Flavour::NPaged, 0x200, size, tag, a, f);
+    init_common(l, Flavour::NPaged, pool_type, size, tag, a, f);
 }
 
 /// ExDeleteNPagedLookasideList — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exdeletenpagedlookasidelist>.
@@ -574,28 +649,7 @@ mod tests {
 
     #[test]
     fn lookaside_caches_up_to_depth_and_frees_everything_on_delete() {
-        let list = Box::leak(Box::new(LookasideListEx {
-            list_head: [0, 0],
-            depth: 0,
-            maximum_depth: 0,
-            total_allocates: 0,
-            allocate_misses: 0,
-            total_frees: 0,
-            free_misses: 0,
-            pool_type: 0,
-            tag: 0,
-            size: 0,
-            allocate: 0,
-            free: 0,
-            list_entry: ListEntry {
-                flink: std::ptr::null_mut(),
-                blink: std::ptr::null_mut(),
-            },
-            last_total_allocates: 0,
-            last_allocate_misses: 0,
-            future: [0, 0],
-        }));
-        let l: *mut LookasideListEx = list;
+        let l = new_list();
         let tag = u32::from_le_bytes(*b"LkTs");
         // SAFETY: a leaked, aligned list; default routines; PASSIVE_LEVEL.
         let s = unsafe { ExInitializeLookasideListEx(l, None, None, 0x200, 0, 48, tag, 0) };
@@ -623,5 +677,139 @@ mod tests {
             .lookasides
             .lists
             .contains(&(l as usize, Flavour::Ex))));
+    }
+
+    /// Fresh, leaked, aligned storage for a list.
+    fn new_list() -> *mut LookasideListEx {
+        Box::leak(Box::new(LookasideListEx {
+            list_head: [0, 0],
+            depth: 0,
+            maximum_depth: 0,
+            total_allocates: 0,
+            allocate_misses: 0,
+            total_frees: 0,
+            free_misses: 0,
+            pool_type: 0,
+            tag: 0,
+            size: 0,
+            allocate: 0,
+            free: 0,
+            list_entry: ListEntry {
+                flink: std::ptr::null_mut(),
+                blink: std::ptr::null_mut(),
+            },
+            last_total_allocates: 0,
+            last_allocate_misses: 0,
+            future: [0, 0],
+        }))
+    }
+
+    /// The PoolType the last allocate routine call received.
+    static SEEN_POOL_TYPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+    unsafe extern "win64" fn recording_allocate_ex(
+        pool_type: i32,
+        size: usize,
+        tag: u32,
+        _l: *mut LookasideListEx,
+    ) -> *mut c_void {
+        SEEN_POOL_TYPE.store(pool_type, std::sync::atomic::Ordering::SeqCst);
+        pool::allocate(size, tag, false, "test AllocateEx").cast()
+    }
+
+    unsafe extern "win64" fn recording_allocate(
+        pool_type: i32,
+        size: usize,
+        tag: u32,
+    ) -> *mut c_void {
+        SEEN_POOL_TYPE.store(pool_type, std::sync::atomic::Ordering::SeqCst);
+        pool::allocate(size, tag, false, "test Allocate").cast()
+    }
+
+    /// Allocates one entry of `l` through its allocate routine (as the driver's inline
+    /// ExAllocateFromNPagedLookasideList does for the NPaged flavour) and frees it again.
+    fn seen_pool_type(l: *mut LookasideListEx, flavour: Flavour) -> i32 {
+        SEEN_POOL_TYPE.store(-1, std::sync::atomic::Ordering::SeqCst);
+        let e = match flavour {
+            // SAFETY: an initialised list.
+            Flavour::Ex => unsafe { ExAllocateFromLookasideListEx(l) },
+            Flavour::NPaged => {
+                // SAFETY: an initialised list, read whole (its PALLOCATE_FUNCTION and fields).
+                let list = unsafe { &*l };
+                // SAFETY: set at initialisation to a PALLOCATE_FUNCTION.
+                let allocate = unsafe { std::mem::transmute::<usize, AllocateFn>(list.allocate) };
+                // SAFETY: the list's own allocate routine with the list's type, size and tag.
+                unsafe { allocate(list.pool_type, list.size as usize, list.tag) }
+            }
+        };
+        assert!(!e.is_null());
+        // SAFETY: a block from pool::allocate.
+        unsafe { pool::free(e.cast(), None, "test") };
+        SEEN_POOL_TYPE.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn initialisation_checks_flags_and_pool_type_and_passes_the_flags_on() {
+        let tag = u32::from_le_bytes(*b"LkPt");
+        let a = Some(recording_allocate_ex as AllocateFnEx);
+        let l = new_list();
+        let init = |l, flags, pool_type| {
+            // SAFETY: leaked, aligned storage; PASSIVE_LEVEL.
+            unsafe { ExInitializeLookasideListEx(l, a, None, pool_type, flags, 48, tag, 0) }
+        };
+        assert_eq!(
+            init(l, 3, 0x200),
+            STATUS_INVALID_PARAMETER_5,
+            "the flags are mutually exclusive"
+        );
+        assert_eq!(
+            init(l, 4, 0x200),
+            STATUS_INVALID_PARAMETER_5,
+            "an unknown flag"
+        );
+        assert_eq!(
+            init(l, 0, 7),
+            STATUS_INVALID_PARAMETER_4,
+            "MaxPoolType is not a type"
+        );
+        assert_eq!(
+            init(l, 0, 0x1234),
+            STATUS_INVALID_PARAMETER_4,
+            "not a POOL_TYPE"
+        );
+        for (flags, passed) in [(0, 0x200), (RAISE_ON_FAIL, 0x210), (FAIL_NO_RAISE, 0x208)] {
+            let l = new_list();
+            assert_eq!(init(l, flags, 0x200), STATUS_SUCCESS);
+            assert_eq!(
+                seen_pool_type(l, Flavour::Ex),
+                passed,
+                "Flags {flags}: the PoolType the allocate routine gets"
+            );
+            // SAFETY: an initialised list.
+            unsafe { ExDeleteLookasideListEx(l) };
+        }
+        // The NPaged flavour: NonPagedPool | Flags.
+        for flags in [0x200u32, 0x210, 0] {
+            let l = new_list();
+            // SAFETY: leaked, aligned storage; a custom allocator; PASSIVE_LEVEL.
+            unsafe {
+                ExInitializeNPagedLookasideList(
+                    l,
+                    Some(recording_allocate),
+                    None,
+                    flags,
+                    48,
+                    tag,
+                    0,
+                );
+            }
+            assert_eq!(
+                seen_pool_type(l, Flavour::NPaged),
+                flags as i32,
+                "NPaged, Flags {flags:#x}"
+            );
+            // SAFETY: an initialised list.
+            unsafe { ExDeleteNPagedLookasideList(l) };
+        }
     }
 }

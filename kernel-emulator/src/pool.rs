@@ -298,6 +298,34 @@ const POOL_FLAG_NON_PAGED_EXECUTE: u64 = 0x80;
 /// POOL_FLAG_PAGED.
 const POOL_FLAG_PAGED: u64 = 0x100;
 
+/// POOL_NX_ALLOCATION (wdm.h, 512): the NX bit of a POOL_TYPE (NonPagedPoolNx = 512).
+pub const POOL_NX_ALLOCATION: i32 = 0x200;
+
+/// Whether `pool_type` asks for executable memory: nonpaged (even base types: paged types are
+/// odd, as `ExAllocatePoolWithTag` below takes them) without POOL_NX_ALLOCATION. Learn,
+/// POOL_TYPE: "System memory allocated with the NonPagedPool pool type is executable".
+#[must_use]
+pub const fn is_executable(pool_type: i32) -> bool {
+    pool_type & 1 == 0 && pool_type & POOL_NX_ALLOCATION == 0
+}
+
+/// Driver Verifier's Code Integrity Checks, which the hivetrack VM kit turns on: a request
+/// for an executable pool type stops with bug check 0xC4, P1 0x2000, P3 the pool type, P4
+/// the tag — Learn, devtest "Code Integrity Checks" and "Bug Check 0xC4" (0x2000: "The caller
+/// specified an executable pool type. (Expected: NonPagedPoolNx)"). P2 (the address in the
+/// driver's code) is not known here: 0.
+pub fn code_integrity_executable(routine: &str, pool_type: i32, tag: u32) {
+    if !is_executable(pool_type) {
+        return;
+    }
+    crate::bugcheck::emit_stderr(&format!(
+        "*** kernel-emulator verifier: code integrity: {routine} specified an executable pool \
+         type {pool_type:#x} (tag {tag:#x}; expected NonPagedPoolNx)\n"
+    ));
+    #[allow(clippy::cast_sign_loss)] // the POOL_TYPE bits as the bug check parameter
+    crate::bugcheck::bugcheck(0xC4, 0x2000, 0, pool_type as u32 as usize, tag as usize);
+}
+
 /// ExAllocatePool2 — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exallocatepool2>:
 /// zeroed unless POOL_FLAG_UNINITIALIZED; exactly one pool type flag; paged pool at
 /// IRQL <= APC_LEVEL, non-paged at <= DISPATCH_LEVEL; NULL on failure.
