@@ -63,13 +63,17 @@ pub(super) struct KeyId {
     pub(super) named_id: u64,
 }
 
-pub(super) fn key_id(device: io::FileHandle, handle: u64) -> KeyId {
-    let r = io::device_io_control(device, IOCTL_KEY_ID, &handle.to_le_bytes(), 32, 0xA5);
-    let w: Vec<u64> = r
-        .output
+/// A reply's output as little-endian 64-bit words.
+fn words(output: &[u8]) -> Vec<u64> {
+    output
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect();
+        .collect()
+}
+
+pub(super) fn key_id(device: io::FileHandle, handle: u64) -> KeyId {
+    let r = io::device_io_control(device, IOCTL_KEY_ID, &handle.to_le_bytes(), 32, 0xA5);
+    let w = words(&r.output);
     let at = |i: usize| w.get(i).copied().unwrap_or(0);
     KeyId {
         status: at(0),
@@ -131,12 +135,8 @@ fn td_key_id_cookie(ctx: &mut Ctx) {
         format!("with the registered cookie: an id and a name ({good:?})"),
     );
     let reply = io::device_io_control(dev, IOCTL_KEY_ID_BAD_COOKIE, &h.to_le_bytes(), 32, 0xA5);
-    let words: Vec<u64> = reply
-        .output
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect();
-    let at = |i: usize| words.get(i).copied().unwrap_or(u64::MAX);
+    let w = words(&reply.output);
+    let at = |i: usize| w.get(i).copied().unwrap_or(u64::MAX);
     ctx.check(
         at(0) == u64::from(status::STATUS_INVALID_PARAMETER.cast_unsigned()),
         format!(
