@@ -31,6 +31,13 @@ pub struct Source {
     /// (only `holders`, which asks the kernel, shows those). Null when not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking_since: Option<Time>,
+    /// Set by [`Source::cannot_see`]: this answer missed something it needed (tracking off,
+    /// the holders of a hive the driver forgot, a failed request), so a verdict or
+    /// `--strict` must not pass on it. Unlike `missing`'s fixed list of what a backend never
+    /// reports (the driverless fallback has no times or stacks, which no verdict rests on).
+    /// Not part of the JSON: `complete` says it there.
+    #[serde(skip)]
+    pub unseen: bool,
 }
 
 /// How far a report about one hive can be trusted, and why.
@@ -81,6 +88,7 @@ impl Source {
             missing: missing.iter().map(|&m| m.to_owned()).collect(),
             coverage: None,
             tracking_since: None,
+            unseen: false,
         }
     }
 
@@ -96,16 +104,22 @@ impl Source {
     pub fn cannot_see(&mut self, what: String) {
         self.missing.push(what);
         self.complete = false;
+        self.unseen = true;
     }
 
-    /// True when `--strict` must fail: the report about a hive is not complete, or (for
-    /// the other reports) the tracker dropped records.
+    /// True when `--strict` must fail and a "free" verdict cannot be trusted: the answer
+    /// missed something ([`Source::cannot_see`]), or the report about a hive is not
+    /// complete, or (for the other reports) the tracker dropped records. Found in review
+    /// (2026-12-05): this once ignored `cannot_see`, so `processes --strict` with tracking
+    /// off and `wait` on a forgotten application hive the kernel could not be asked about
+    /// exited 0.
     #[must_use]
     pub const fn dropped_records(&self) -> bool {
-        match &self.coverage {
-            Some(c) => !c.complete(),
-            None => self.not_recorded > 0,
-        }
+        self.unseen
+            || match &self.coverage {
+                Some(c) => !c.complete(),
+                None => self.not_recorded > 0,
+            }
     }
 }
 

@@ -362,6 +362,11 @@ fn a_forgotten_hive_is_free_when_the_kernel_says_so_and_unproven_when_it_cannot_
             let r = wait_on_app_hive(native, kernel.clone());
             assert!(r.free, "native {native}, {kernel:?}: {r:?}");
             assert!(!r.source.complete, "native {native}, {kernel:?}: {r:?}");
+            // `wait`'s verdict and `--strict` follow `dropped_records`: "free" is not proven.
+            assert!(
+                r.source.dropped_records(),
+                "native {native}, {kernel:?}: {r:?}"
+            );
             assert!(
                 r.source.missing.iter().any(|m| m.contains("never saw")),
                 "{r:?}"
@@ -434,6 +439,41 @@ fn listings_say_since_when_they_hold_opens_and_are_incomplete_without_tracking()
         "{:?}",
         snap.source
     );
+}
+
+/// Found in review (2026-12-05): `--strict` ignored what a listing said it could not see, so
+/// `processes --strict` and `hives --strict` with live tracking off exited 0.
+#[test]
+fn strict_listings_fail_while_tracking_is_off() {
+    use hivetrack_cli::exit;
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let listings: [&[&str]; 3] = [
+        &["processes", "--strict"],
+        &["hives", "--strict"],
+        &["--json", "processes", "--strict"],
+    ];
+    let run = |argv: &[&str]| {
+        let engine = t.clone();
+        run_with(
+            argv,
+            move |_| Ok(Box::new(DriverWithEvents(engine.clone())) as Box<dyn Transport>),
+            &Contoso,
+        )
+    };
+    for argv in listings {
+        let o = run(argv);
+        assert_eq!(o.code, exit::INCOMPLETE, "{argv:?}: {o:?}");
+        assert_eq!(
+            run(&argv[..argv.len() - 1]).code,
+            exit::OK,
+            "{argv:?} without --strict"
+        );
+    }
+    t.tracking_started(NOW - 3600 * SECOND);
+    for argv in listings {
+        let o = run(argv);
+        assert_eq!(o.code, exit::OK, "{argv:?}: {o:?}");
+    }
 }
 
 /// Found in review (2026-12-04): a diff across a restart of the driver said "complete",
