@@ -503,7 +503,8 @@ impl Loop<'_, '_> {
             }
             let keys = holders.iter().map(|h| h.keys).sum();
             let since = now.saturating_sub(r.failure.time) / SECOND;
-            let e = FleetEvent::still_held(&r.failure, r.user, holders, keys, since, now);
+            let unseen = holders_unseen(&report.source);
+            let e = FleetEvent::still_held(&r.failure, r.user, holders, keys, since, now, unseen);
             self.env.emit(&e, &mut self.counts);
         }
     }
@@ -615,6 +616,18 @@ impl Loop<'_, '_> {
 /// The holders of `mount` with their keys, and the keys' open-time stacks when the driver
 /// has `CAP_STACKS` and some key carries one (the stacks and modules pages are read only
 /// then); `None` when the hive is gone or cannot be asked about.
+/// Whether processes the re-check could not see may also hold the hive. The kernel's list
+/// of open keys (`NtQueryOpenSubKeysEx`, in the report as `untracked` holders) names every
+/// opener, so with it nobody is unseen; without it, only a complete report (tracking since
+/// before the hive's keys were opened, nothing lost) vouches for its holders. Found in
+/// review (2026-12-05): the service's own 1002 always said `HoldersUnseen` false.
+fn holders_unseen(source: &crate::model::Source) -> bool {
+    source.unseen
+        || source.coverage.as_ref().map_or(!source.complete, |c| {
+            c.kernel_open_keys.is_none() && !source.complete
+        })
+}
+
 fn hive_keys(t: &mut dyn Transport, mount: &str, now: u64) -> Option<HoldersReport> {
     let mut client = Client::new(t);
     // Who holds each key now (the system handle table) is not part of an event.

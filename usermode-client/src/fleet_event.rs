@@ -438,8 +438,13 @@ impl FleetEvent {
 
     /// 1002 from the service's own re-check (a driver that does not look again): `hive` is
     /// still held `held_for_secs` seconds after the failed unload with sequence `sequence`;
-    /// `holders` hold `key_count` keys now.
+    /// `holders` hold `key_count` keys now; `unseen` when processes the re-check could not
+    /// see may hold keys too.
     #[must_use]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of one event, each named where it is called"
+    )]
     pub fn still_held(
         failure: &UnloadFailure,
         user: Option<String>,
@@ -447,6 +452,7 @@ impl FleetEvent {
         key_count: u64,
         held_for_secs: u64,
         now: u64,
+        unseen: bool,
     ) -> Self {
         let count = holders.len() as u64;
         let mut message = format!(
@@ -455,6 +461,9 @@ impl FleetEvent {
             failure.sequence
         );
         message.push_str(&holders_sentence(&holders, count, key_count, false));
+        if unseen {
+            message.push_str(UNSEEN_SENTENCE);
+        }
         message.push_str(
             " Until they close their keys the profile stays loaded (User Profile Service event 1530).",
         );
@@ -469,6 +478,7 @@ impl FleetEvent {
             failed_unload_sequence: Some(failure.sequence),
             time: Time::from_filetime(now),
             held_for_secs: Some(held_for_secs),
+            holders_unseen: unseen,
             ..Self::new(EventId::StillHeld, message)
         }
     }

@@ -222,6 +222,7 @@ fn every_other_event_says_what_happened() {
         5,
         60,
         NOW + 60 * SECOND,
+        false,
     );
     assert_eq!(still.event_id.number(), 1002);
     assert!(still.message.starts_with(&format!(
@@ -235,6 +236,7 @@ fn every_other_event_says_what_happened() {
         3,
         60,
         NOW,
+        true,
     );
     assert!(
         one.message
@@ -242,6 +244,9 @@ fn every_other_event_says_what_happened() {
         "{}",
         one.message
     );
+    assert!(!still.holders_unseen && !still.message.contains("could not see"));
+    assert!(one.holders_unseen && one.message.contains("could not see"));
+    assert_eq!(field(&one.insertion_strings(), "HoldersUnseen"), "true");
 
     let connected = FleetEvent::connected(TRACKING_SINCE, false, NOW);
     assert_eq!(
@@ -488,18 +493,18 @@ fn queue() -> EventQueue {
 
 /// A connection to the scripted driver sharing `q`; refused while the driver is stopped.
 fn connect_to(q: &SharedQueue) -> Result<Box<dyn Transport>, TransportError> {
-    connect_with(q, &driver)
+    connect_with(q, &|| Scripted::new(driver()))
 }
 
-/// The same with the driver `make` builds.
+/// The same with the scripted transport `make` builds.
 fn connect_with(
     q: &SharedQueue,
-    make: &dyn Fn() -> Server,
+    make: &dyn Fn() -> Scripted,
 ) -> Result<Box<dyn Transport>, TransportError> {
     if !q.borrow_mut().take_connect() {
         return Err(TransportError::DriverUnavailable);
     }
-    let mut t = Scripted::new(make());
+    let mut t = make();
     t.events = Some(Rc::clone(q));
     Ok(Box::new(t))
 }
@@ -521,6 +526,17 @@ fn serve_with(
     secs: u64,
     identities: &dyn Identities,
     make: &dyn Fn() -> Server,
+) -> (u8, Vec<FleetEvent>) {
+    serve_scripted(q, opts, secs, identities, &|| Scripted::new(make()))
+}
+
+/// [`serve`] against the scripted transports `make` builds.
+fn serve_scripted(
+    q: &SharedQueue,
+    opts: ServiceOptions,
+    secs: u64,
+    identities: &dyn Identities,
+    make: &dyn Fn() -> Scripted,
 ) -> (u8, Vec<FleetEvent>) {
     let clock = q.borrow().clock.clone();
     let watch = clock.clone();
@@ -1106,6 +1122,37 @@ fn without_the_drivers_look_again_the_service_rechecks_itself() {
     let q = q.shared();
     let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
     assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
+}
+
+/// Found in review (2026-12-05): the service's own re-check said `HoldersUnseen` false even
+/// when the kernel's list could not be had and the driver's records were not vouched for.
+#[test]
+fn the_services_own_recheck_says_when_holders_may_be_unseen() {
+    for no_kernel in [false, true] {
+        let mut q = queue_held_after(0);
+        q.push(&failed_unload(&user_hive(), NOW));
+        let q = q.shared();
+        let make = || {
+            let mut t = Scripted::new(driver());
+            t.no_kernel = no_kernel;
+            t
+        };
+        let (_, events) = serve_scripted(&q, ServiceOptions::default(), 200, &NoIdentities, &make);
+        assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+        let still = &events[2];
+        assert_eq!(still.holders[0].pid, AGENT_PID);
+        assert_eq!(still.holders_unseen, no_kernel, "{still:#?}");
+        assert_eq!(
+            field(&still.insertion_strings(), "HoldersUnseen"),
+            no_kernel.to_string()
+        );
+        assert_eq!(
+            still.message.contains("could not see"),
+            no_kernel,
+            "{}",
+            still.message
+        );
+    }
 }
 
 #[test]
