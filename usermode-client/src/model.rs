@@ -306,7 +306,13 @@ pub struct Frame {
     pub offset: Option<u64>,
     /// `function+0xOFF` from the module's symbols (Windows, `DbgHelp`); null when none.
     pub symbol: Option<String>,
-    /// As printed: `shellext.dll+0x1a2b`, `shellext.dll!Init+0x2b`, or
+    /// `export+0xOFF` when only the module's export table could be had (no symbols): the
+    /// nearest export below the address, which the code need not belong to, so `symbol`
+    /// stays null. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nearest_export: Option<String>,
+    /// As printed: `shellext.dll+0x1a2b`, `shellext.dll!Init+0x2b`,
+    /// `KernelBase.dll+0x2a3c1 (no symbols; nearest export RegOpenKeyExW+0x41)` or
     /// `0x000001f000001234 (no module)`.
     pub text: String,
 }

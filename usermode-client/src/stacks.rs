@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use protocol::holders::HolderKey;
 
 use crate::model::{Frame, HeldKey, HoldersReport, KeyStack, StackCoverage};
-use crate::symbols::Symbolizer;
+use crate::symbols::{Symbol, Symbolizer};
 
 /// One stored stack.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,6 +161,7 @@ impl StackTable {
                 module: None,
                 offset: None,
                 symbol: None,
+                nearest_export: None,
                 text: format!(
                     "{address:#018x} (not attributed: the process mapped more images than the driver records)"
                 ),
@@ -172,23 +173,32 @@ impl StackTable {
                 module: None,
                 offset: None,
                 symbol: None,
+                nearest_export: None,
                 text: format!("{address:#018x} (no module)"),
             };
         };
         let offset = address - m.base;
-        let symbol = m
+        let found = m
             .path
             .as_deref()
             .and_then(|p| symbols.symbolize(p, m.base, m.size, address));
-        let text = symbol.as_ref().map_or_else(
-            || format!("{}+{offset:#x}", m.name()),
-            |s| format!("{}!{s}", m.name()),
-        );
+        let (symbol, nearest_export, text) = match found {
+            Some(Symbol::Function(f)) => {
+                let text = format!("{}!{f}", m.name());
+                (Some(f), None, text)
+            }
+            Some(Symbol::NearestExport(e)) => {
+                let text = format!("{}+{offset:#x} (no symbols; nearest export {e})", m.name());
+                (None, Some(e), text)
+            }
+            None => (None, None, format!("{}+{offset:#x}", m.name())),
+        };
         Frame {
             address,
             module: m.path.clone(),
             offset: Some(offset),
             symbol,
+            nearest_export,
             text,
         }
     }

@@ -14,11 +14,11 @@ use std::os::windows::ffi::OsStrExt;
 use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::Storage::FileSystem::QueryDosDeviceW;
 use windows_sys::Win32::System::Diagnostics::Debug::{
-    SYMBOL_INFOW, SYMOPT_DEFERRED_LOADS, SYMOPT_UNDNAME, SymCleanup, SymFromAddrW, SymInitializeW,
-    SymLoadModuleExW, SymSetOptions, SymUnloadModule64,
+    SYMBOL_INFOW, SYMFLAG_EXPORT, SYMOPT_DEFERRED_LOADS, SYMOPT_UNDNAME, SymCleanup, SymFromAddrW,
+    SymInitializeW, SymLoadModuleExW, SymSetOptions, SymUnloadModule64,
 };
 
-use crate::symbols::Symbolizer;
+use crate::symbols::{Symbol, Symbolizer};
 
 /// The `DbgHelp` session's "process": any unique value that is not a process handle
 /// (`fInvadeProcess` is false, so `DbgHelp` reads no process memory).
@@ -155,7 +155,7 @@ impl Symbolizer for DbgHelp {
         base: u64,
         size: u64,
         address: u64,
-    ) -> Option<String> {
+    ) -> Option<Symbol> {
         if !self.start() || !self.load(module_path, base, size) {
             return None;
         }
@@ -189,6 +189,19 @@ impl Symbolizer for DbgHelp {
             .map(|b| u16::from_ne_bytes([b[0], b[1]]))
             .collect();
         let name = String::from_utf16_lossy(&units);
-        (!name.is_empty()).then(|| format!("{name}+{displacement:#x}"))
+        if name.is_empty() {
+            return None;
+        }
+        let text = format!("{name}+{displacement:#x}");
+        // Without a PDB DbgHelp falls back to the export table and answers with the nearest
+        // export below the address, flagged SYMFLAG_EXPORT ("The symbol is from the export
+        // table": SYMBOL_INFO, Learn): not necessarily the function the code belongs to.
+        // SAFETY: `info` points to the header DbgHelp filled in.
+        let flags = unsafe { (*info).Flags };
+        Some(if flags & SYMFLAG_EXPORT == 0 {
+            Symbol::Function(text)
+        } else {
+            Symbol::NearestExport(text)
+        })
     }
 }

@@ -14,7 +14,7 @@ use hivetrack_cli::scripted::{
     Scripted,
 };
 use hivetrack_cli::stacks::{LoadedModule, StackTable, file_name};
-use hivetrack_cli::symbols::Symbolizer;
+use hivetrack_cli::symbols::{Symbol, Symbolizer};
 use hivetrack_cli::transport::{Transport, TransportError};
 use serde_json::Value;
 
@@ -298,9 +298,69 @@ fn a_key_with_only_plumbing_frames_goes_to_its_innermost_module() {
 struct ShellExtSymbols(Vec<(String, u64)>);
 
 impl Symbolizer for ShellExtSymbols {
-    fn symbolize(&mut self, path: &str, base: u64, _: u64, address: u64) -> Option<String> {
+    fn symbolize(&mut self, path: &str, base: u64, _: u64, address: u64) -> Option<Symbol> {
         self.0.push((path.to_owned(), base));
-        (path == SHELLEXT).then(|| format!("CShellExt::Initialize+{:#x}", address - base - 0x1a00))
+        (path == SHELLEXT).then(|| {
+            Symbol::Function(format!(
+                "CShellExt::Initialize+{:#x}",
+                address - base - 0x1a00
+            ))
+        })
+    }
+}
+
+/// Has only export tables (no PDB), as `DbgHelp` without symbols: every address gets the
+/// nearest export below it.
+struct ExportsOnly;
+
+impl Symbolizer for ExportsOnly {
+    fn symbolize(&mut self, _: &str, base: u64, _: u64, address: u64) -> Option<Symbol> {
+        Some(Symbol::NearestExport(format!(
+            "DllGetClassObject+{:#x}",
+            address - base - 0x1000
+        )))
+    }
+}
+
+/// Found in review (2026-12-05): without a PDB, `DbgHelp`'s nearest export was shown as the
+/// frame's function (`shellext.dll!DllGetClassObject+0xa2b`), though the code need not be
+/// part of it.
+#[test]
+fn a_nearest_export_is_not_shown_as_the_frames_function() {
+    let mut once = Some(Scripted::new(scripted::shell_extension()));
+    let o = run_with_symbols(
+        &["--json", "holders", &hive(), "--stacks"],
+        move |_| {
+            once.take()
+                .map(|s| Box::new(s) as Box<dyn Transport>)
+                .ok_or(TransportError::DriverUnavailable)
+        },
+        &Contoso,
+        &NoIdentities,
+        &mut ExportsOnly,
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    let v: serde_json::Value = serde_json::from_str(&o.out).expect("JSON");
+    let frames: Vec<&serde_json::Value> = v["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|h| h["keys"].as_array().unwrap())
+        .filter_map(|k| k["stack"]["frames"].as_array())
+        .flatten()
+        .filter(|f| !f["module"].is_null())
+        .collect();
+    assert!(!frames.is_empty(), "{}", o.out);
+    for f in frames {
+        assert!(f["symbol"].is_null(), "{f}");
+        let export = f["nearest_export"].as_str().expect("the export is said");
+        assert!(export.starts_with("DllGetClassObject+0x"), "{f}");
+        let text = f["text"].as_str().unwrap();
+        assert!(
+            !text.contains('!')
+                && text.contains("(no symbols; nearest export DllGetClassObject+0x"),
+            "{text}"
+        );
     }
 }
 
