@@ -11,6 +11,7 @@
 pub mod csv;
 pub mod event;
 pub mod paths;
+pub mod plumbing;
 pub mod pml;
 pub mod replay;
 pub mod report;

@@ -24,6 +24,7 @@ use crate::event::{Event, Frame, Op};
 use crate::paths::{
     HkcuFrom, HkcuSids, UNKNOWN_USER, hive_of, is_under, kernel_path, kernel_path_as,
 };
+use crate::plumbing::{NO_MODULE, is_plumbing};
 use crate::pml::PmlReader;
 use crate::report::{
     Analysis, CaptureInfo, HiveHolders, Holder, Key, ProcessExit, SCHEMA, TrackerCheck,
@@ -89,18 +90,6 @@ pub struct Options {
     /// Stop here.
     pub at: Option<At>,
 }
-
-/// The module list of registry API implementations skipped when naming the caller.
-const SYSTEM_DLLS: [&str; 8] = [
-    "ntdll.dll",
-    "kernelbase.dll",
-    "kernel32.dll",
-    "advapi32.dll",
-    "wow64.dll",
-    "wow64win.dll",
-    "wow64cpu.dll",
-    "sechost.dll",
-];
 
 struct Open {
     path: Arc<str>,
@@ -675,17 +664,25 @@ fn frame_text(f: &Frame) -> String {
     )
 }
 
+/// The code that asked for the key, as the live `hivetrack modules` attributes it: the
+/// innermost user-mode frame outside the OS registry plumbing, a frame in no known module
+/// counting as code ([`NO_MODULE`]); when every frame is plumbing, the innermost frame's
+/// module, marked plumbing only. Found in review (2026-12-05): frames in no module were
+/// skipped (attributing JIT code's opens to whatever module called it), an all-plumbing
+/// stack showed as "(no stack)", and the list lacked the shell's registry helpers.
+fn attribution(frames: &[Frame]) -> (Option<String>, bool) {
+    let mut user = frames.iter().filter(|f| !f.kernel).peekable();
+    let innermost = user.peek().map(|f| f.module.clone());
+    let asked = user.find(|f| f.module.as_deref().is_none_or(|m| !is_plumbing(m)));
+    let name = |m: Option<&str>| Some(m.unwrap_or(NO_MODULE).to_owned());
+    asked.map_or_else(
+        || innermost.map_or((None, false), |m| (name(m.as_deref()), true)),
+        |f| (name(f.module.as_deref()), false),
+    )
+}
+
 fn key_of(o: &Open) -> Key {
-    let module = o
-        .frames
-        .iter()
-        .filter(|f| !f.kernel)
-        .filter_map(|f| f.module.as_deref())
-        .find(|m| {
-            let name = m.rsplit('\\').next().unwrap_or(m);
-            !SYSTEM_DLLS.iter().any(|d| d.eq_ignore_ascii_case(name))
-        })
-        .map(str::to_owned);
+    let (module, plumbing_only) = attribution(&o.frames);
     Key {
         path: o.path.to_string(),
         row: o.row,
@@ -697,6 +694,7 @@ fn key_of(o: &Open) -> Key {
         }
         .to_owned(),
         module,
+        plumbing_only,
         stack: o.frames.iter().map(frame_text).collect(),
     }
 }
@@ -737,5 +735,44 @@ pub fn open(path: &Path) -> Result<Box<dyn Reader>, CaptureError> {
     } else {
         let f = std::io::BufReader::with_capacity(1 << 18, std::fs::File::open(path)?);
         Ok(Box::new(CsvReader::new(f)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(module: Option<&str>, kernel: bool) -> Frame {
+        Frame {
+            address: 0x7ff0_0000_1000,
+            module: module.map(Arc::from),
+            offset: 0x10,
+            kernel,
+        }
+    }
+
+    #[test]
+    fn keys_are_attributed_as_the_live_modules_report_does() {
+        let nt = frame(Some(r"C:\Windows\System32\ntdll.dll"), false);
+        let shlwapi = frame(Some(r"C:\Windows\System32\SHLWAPI.dll"), false);
+        let app = frame(Some(r"C:\Program Files\Contoso\agent.exe"), false);
+        let jit = frame(None, false);
+        let kernel = frame(Some(r"\SystemRoot\System32\ntoskrnl.exe"), true);
+        let code = |m: &str| (Some(m.to_owned()), false);
+        // The first frame outside the plumbing, kernel frames aside.
+        assert_eq!(
+            attribution(&[kernel.clone(), nt.clone(), shlwapi.clone(), app.clone()]),
+            code(r"C:\Program Files\Contoso\agent.exe")
+        );
+        // JIT code (no module) asked: it is not skipped for its caller.
+        assert_eq!(attribution(&[nt.clone(), jit, app]), code(NO_MODULE));
+        // Plumbing only: the innermost frame's module, said as such.
+        assert_eq!(
+            attribution(&[kernel.clone(), nt, shlwapi]),
+            (Some(r"C:\Windows\System32\ntdll.dll".to_owned()), true)
+        );
+        // No user-mode stack at all.
+        assert_eq!(attribution(&[kernel]), (None, false));
+        assert_eq!(attribution(&[]), (None, false));
     }
 }

@@ -90,8 +90,14 @@ pub struct Key {
     /// Operation of the open (`RegOpenKey`, `RegCreateKey`).
     pub operation: String,
     /// The module that called the registry API (PML stacks): the innermost user-mode frame
-    /// outside the system DLLs that implement it.
+    /// outside the OS registry plumbing (`capture::plumbing`), `(no module)` when that frame
+    /// is in no known module; with `plumbing_only`, the innermost frame's module. Null
+    /// without a stack.
     pub module: Option<String>,
+    /// Every user-mode frame was plumbing: `module` is the one that entered the kernel (an
+    /// OS component's own open, or a stack cut short), not the code that asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plumbing_only: bool,
     /// The stack as `module+0xoffset` (or the address), innermost first (PML only).
     pub stack: Vec<String>,
 }

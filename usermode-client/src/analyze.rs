@@ -298,7 +298,11 @@ fn modules(a: &Analysis, format: Format) -> String {
     for hh in &a.open {
         for h in &hh.holders {
             for k in &h.keys {
-                let m = k.module.clone().unwrap_or_else(|| "(no stack)".into());
+                let m = match (&k.module, k.plumbing_only) {
+                    (None, _) => "(no stack)".to_owned(),
+                    (Some(m), false) => m.clone(),
+                    (Some(m), true) => format!("{m} (plumbing only)"),
+                };
                 let e = by.entry(m).or_default();
                 e.0 += 1;
                 e.1.insert(h.pid);
@@ -368,9 +372,11 @@ fn open_table(a: &Analysis, out: &mut String) {
 }
 
 fn module_note(k: &Key) -> String {
-    k.module
-        .as_deref()
-        .map_or_else(String::new, |m| format!(", opened from {m}"))
+    match (&k.module, k.plumbing_only) {
+        (None, _) => String::new(),
+        (Some(m), false) => format!(", opened from {m}"),
+        (Some(m), true) => format!(", opened from {m} (plumbing only)"),
+    }
 }
 
 fn unknowns(a: &Analysis, out: &mut String) {

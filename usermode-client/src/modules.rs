@@ -21,26 +21,9 @@ use crate::model::{
 };
 use crate::stacks::file_name;
 
-/// The OS registry plumbing, by file name (compared case-insensitively).
-///
-/// The native API
-/// (`ntdll.dll`), the Win32 registry API and its forwarders (`kernelbase.dll`,
-/// `kernel32.dll`, `advapi32.dll`, `sechost.dll`), the shell's registry helpers
-/// (`shlwapi.dll`, `shcore.dll`: `SHGetValue`, `SHRegGetValue`), and the WOW64 layer a
-/// 32-bit process's calls pass through (`wow64.dll`, `wow64win.dll`, `wow64cpu.dll`).
-/// COM (`combase.dll`) is not: its registry lookups are its own decisions.
-pub const PLUMBING: &[&str] = &[
-    "ntdll.dll",
-    "kernelbase.dll",
-    "kernel32.dll",
-    "advapi32.dll",
-    "sechost.dll",
-    "shlwapi.dll",
-    "shcore.dll",
-    "wow64.dll",
-    "wow64win.dll",
-    "wow64cpu.dll",
-];
+/// The OS registry plumbing, by file name (compared case-insensitively): one list for the
+/// live report and the capture's replay.
+pub use capture::plumbing::PLUMBING;
 
 /// Most example keys per module.
 pub const EXAMPLES: usize = 3;
