@@ -329,6 +329,9 @@ pub fn code_integrity_executable(routine: &str, pool_type: i32, tag: u32) {
 /// ExAllocatePool2 — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exallocatepool2>:
 /// zeroed unless POOL_FLAG_UNINITIALIZED; exactly one pool type flag; paged pool at
 /// IRQL <= APC_LEVEL, non-paged at <= DISPATCH_LEVEL; NULL on failure.
+/// POOL_FLAG_NON_PAGED_EXECUTE asks for executable memory: Verifier's code integrity stop
+/// ([`code_integrity_executable`]; Learn, "Implement memory integrity compatible code": "Uses
+/// NX APIs/flags for memory allocation").
 unsafe extern "win64" fn ExAllocatePool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
     crate::calls::count(crate::calls::Call::PoolAlloc);
     let types = flags & (POOL_FLAG_NON_PAGED | POOL_FLAG_NON_PAGED_EXECUTE | POOL_FLAG_PAGED);
@@ -349,6 +352,10 @@ unsafe extern "win64" fn ExAllocatePool2(flags: u64, size: usize, tag: u32) -> *
     if tag == 0 {
         verifier_violation("ExAllocatePool2 with pool tag 0");
     }
+    if types == POOL_FLAG_NON_PAGED_EXECUTE {
+        // Executable non-paged memory: NonPagedPoolExecute (0) as the bug check's pool type.
+        code_integrity_executable("ExAllocatePool2", 0, tag);
+    }
     allocate(
         size,
         tag,
@@ -359,7 +366,10 @@ unsafe extern "win64" fn ExAllocatePool2(flags: u64, size: usize, tag: u32) -> *
 }
 
 /// ExAllocatePoolWithTag — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exallocatepoolwithtag>:
-/// contents uninitialised; odd pool types are paged (IRQL <= APC_LEVEL).
+/// contents uninitialised; odd pool types are paged (IRQL <= APC_LEVEL). An executable pool
+/// type (`NonPagedPool` is `NonPagedPoolExecute`) is Verifier's code integrity stop
+/// ([`code_integrity_executable`]; Learn, "Implement memory integrity compatible code" lists
+/// this routine among those whose callers must ask for `NonPagedPoolNx`).
 unsafe extern "win64" fn ExAllocatePoolWithTag(
     pool_type: i32,
     size: usize,
@@ -374,6 +384,7 @@ unsafe extern "win64" fn ExAllocatePoolWithTag(
             DISPATCH_LEVEL
         },
     );
+    code_integrity_executable("ExAllocatePoolWithTag", pool_type, tag);
     allocate(size, tag, false, "ExAllocatePoolWithTag").cast()
 }
 

@@ -14,6 +14,7 @@ pub mod key_cache;
 pub mod key_id;
 pub mod lifecycle;
 pub mod notify;
+pub mod pool_checks;
 pub mod procmon;
 pub mod registry;
 pub mod scale;
@@ -131,6 +132,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(notify::scenarios());
     v.extend(handles::scenarios());
     v.extend(key_id::scenarios());
+    v.extend(pool_checks::scenarios());
     v.extend(stacks::scenarios());
     v
 }

@@ -16,6 +16,7 @@ extern crate wdk_panic;
 mod handles;
 mod lifecycle;
 mod pending;
+mod pool_checks;
 mod registry;
 mod stacks;
 
@@ -97,6 +98,7 @@ const IOCTL_CONTEXT_LATE: u32 = ioctl(0x81F); // bug: the next post-close sets a
 const IOCTL_EX_SPIN_LOCK: u32 = ioctl(0x850); // EX_SPIN_LOCK operation `argument` (exlock.rs)
 const IOCTL_PROCESS_REMOVE_INSIDE: u32 = ioctl(0x851); // bug: next process notify removes itself
 const IOCTL_IMAGE_REMOVE_INSIDE: u32 = ioctl(0x852); // bug: next image notify removes itself
+const IOCTL_POOL_CHECK: u32 = ioctl(0x853); // pool/lookaside request `argument` (pool_checks.rs)
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -418,6 +420,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_EX_SPIN_LOCK => {
             out = exlock::request(argument);
+            32
+        }
+        IOCTL_POOL_CHECK => {
+            out = pool_checks::request(argument);
             32
         }
         IOCTL_STATS => {
