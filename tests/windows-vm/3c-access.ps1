@@ -5,8 +5,13 @@
 # real Windows shows that the descriptor the driver builds is the one the I/O manager checks.
 # Makes a standard local user, runs `hivetrack stats` as that user (Start-Process -Credential;
 # needs the Secondary Logon service, which starts on demand), then as this elevated
-# administrator, and removes the user, its profile and its files. (A non-elevated
-# administrator, whose Administrators SID is deny-only under UAC, is not tried.)
+# administrator, and removes the user, its profile and its files. Then a non-elevated
+# administrator: a second local user in Administrators runs `hivetrack stats` from a scheduled
+# task with RunLevel Limited, which gets the UAC-filtered token whose Administrators SID is
+# deny-only (Learn, Principal.RunLevel: TASK_RUNLEVEL_LUA, "Tasks will be run with the least
+# privileges (LUA)"), so the device must refuse it too; the task, user and profile are
+# removed. The same page: the run level "will also be ignored if User Account Control (UAC)
+# is turned off" -- then there is no non-elevated administrator, and the check says so.
 . "$PSScriptRoot\common.ps1"
 Assert-Admin
 $script:Failures = 0
@@ -62,8 +67,56 @@ if ($null -ne $code) {
 Get-CimInstance Win32_UserProfile -ErrorAction SilentlyContinue |
     Where-Object { $_.SID -eq $user.SID.Value } | Remove-CimInstance -ErrorAction SilentlyContinue
 Remove-LocalUser -Name $name
-Remove-Item $work -Recurse -Force -ErrorAction SilentlyContinue
 Write-Result 'the test user is removed' (-not (Get-LocalUser -Name $name -ErrorAction SilentlyContinue)) $name
+
+# A non-elevated administrator. Administrators hold "Log on as a batch job" by default, so a
+# task may run as this new user with its password; RunLevel Limited gives the filtered token.
+$lua = (Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Policies\System' `
+    -Name EnableLUA -ErrorAction SilentlyContinue).EnableLUA
+if ($lua -ne 1) {
+    Write-Host "SKIPPED: UAC is off (EnableLUA '$lua'): every administrator is elevated, so there is no non-elevated administrator to refuse."
+    Remove-Item $work -Recurse -Force -ErrorAction SilentlyContinue
+    Write-Host ''
+    Write-Host "Results in $Results ($script:Failures failure(s))."
+    exit $script:Failures
+}
+$adminName = 'hivetrack-kit-adm'
+Get-LocalUser -Name $adminName -ErrorAction SilentlyContinue | Remove-LocalUser
+$adminUser = New-LocalUser -Name $adminName -Password $password -AccountNeverExpires `
+    -Description 'hivetrack VM kit, step 3c: a non-elevated administrator (removed by the step)'
+Add-LocalGroupMember -SID 'S-1-5-32-544' -Member $adminName
+Invoke-Native { icacls.exe $work /grant "${adminName}:(OI)(CI)M" } | Out-Null
+$limitedOut = Join-Path $work 'limited.out.txt'
+$limitedCode = Join-Path $work 'limited.code.txt'
+Remove-Item $limitedOut, $limitedCode -ErrorAction SilentlyContinue
+$task = 'hivetrack-kit-limited-admin'
+# cmd's delayed expansion (!errorlevel!) reads the exit code after hivetrack ran.
+$action = New-ScheduledTaskAction -Execute 'cmd.exe' -WorkingDirectory $work `
+    -Argument "/v:on /c `"`"$copy`" stats > `"$limitedOut`" 2>&1 & echo !errorlevel! > `"$limitedCode`"`""
+Unregister-ScheduledTask -TaskName $task -Confirm:$false -ErrorAction SilentlyContinue
+try {
+    Register-ScheduledTask -TaskName $task -Action $action -User "$env:COMPUTERNAME\$adminName" `
+        -Password $plain -RunLevel Limited | Out-Null
+    Start-ScheduledTask -TaskName $task
+    $deadline = (Get-Date).AddSeconds(60)
+    while (-not (Test-Path $limitedCode) -and (Get-Date) -lt $deadline) { Start-Sleep -Milliseconds 500 }
+    Start-Sleep -Milliseconds 500
+    $limited = (Get-Content $limitedCode -ErrorAction SilentlyContinue | Select-Object -First 1)
+    $saidLimited = ((Get-Content $limitedOut -ErrorAction SilentlyContinue) -join "`n")
+    Copy-Item $limitedOut (Join-Path $Results 'access-limited-admin.out.txt') -ErrorAction SilentlyContinue
+    Write-Result 'a non-elevated administrator is refused the device (exit 2)' ("$limited".Trim() -eq '2') "exit '$limited'"
+    Write-Result 'the refusal says access was denied and to run elevated' `
+        ($saidLimited -match 'was denied' -and $saidLimited -match 'elevated') $saidLimited
+    Write-Result 'the non-elevated administrator gets no statistics' ($saidLimited -notmatch 'COUNTER') $saidLimited
+} catch {
+    Write-Result 'hivetrack runs as a non-elevated administrator' $false "$_"
+}
+Unregister-ScheduledTask -TaskName $task -Confirm:$false -ErrorAction SilentlyContinue
+Get-CimInstance Win32_UserProfile -ErrorAction SilentlyContinue |
+    Where-Object { $_.SID -eq $adminUser.SID.Value } | Remove-CimInstance -ErrorAction SilentlyContinue
+Remove-LocalUser -Name $adminName
+Write-Result 'the administrator test user is removed' (-not (Get-LocalUser -Name $adminName -ErrorAction SilentlyContinue)) $adminName
+Remove-Item $work -Recurse -Force -ErrorAction SilentlyContinue
 Write-Host ''
 Write-Host "Results in $Results ($script:Failures failure(s))."
 exit $script:Failures
