@@ -2,19 +2,18 @@
 //! process, runs its machine code natively against a model of the ntoskrnl routines it
 //! imports, and checks what it does like Driver Verifier would.
 //!
-//! Layers, bottom up:
-//! - [`pe`] maps and binds the image, [`mapfile`] symbolizes addresses with the linker map;
-//! - [`cpu`] gives every emulator thread a fake KPCR through gs and the per-thread IRQL,
-//!   [`trap`] emulates the few privileged instructions drivers inline (cr8, cli/sti,
-//!   KUSER_SHARED_DATA loads) and turns every other fault into a bugcheck report
-//!   ([`bugcheck`]);
-//! - the kernel model: [`pool`], [`faults`], [`security`], [`object`], [`io`], [`rtl`],
-//!   [`dbgprint`], [`registry`], [`timer`] (KTIMER/KDPC and the emulated clock),
-//!   [`thread`] (user-mode stacks, RtlWalkFrameChain), [`image`] (load-image notifications),
-//!   [`cancel`] (the cancel spin lock, IoCancelIrp), [`exports`] (the import table the loader binds against),
-//!   all sharing [`kernel`]'s state;
-//! - [`driver`] drives a loaded image (DriverEntry, dispatch, unload, leak check);
-//! - [`scenario`] holds the named scenarios and [`suite`] runs them in child processes.
+//! Layers, bottom up, one directory each:
+//! - [`loader`] maps and binds the image and symbolizes addresses with the linker map, and
+//!   drives a loaded driver (DriverEntry, dispatch, unload, leak check);
+//! - [`machine`] gives every emulator thread a fake KPCR through gs and the per-thread IRQL,
+//!   and emulates the few privileged instructions drivers inline (cr8, cli/sti,
+//!   KUSER_SHARED_DATA loads), turning every other fault into a bugcheck report;
+//! - [`nt`], the kernel model, laid out by NT component as ReactOS's `ntoskrnl/` is
+//!   (`cm`, `io`, `ob`, `se`, `ps`, `ke`, `ex`, `mm`, `rtl`), all sharing `nt::kernel`'s
+//!   state, with the export table the loader binds against;
+//! - [`verifier`]: the bugchecks Driver Verifier would raise, fault injection, call counts;
+//! - [`harness`] holds the named scenarios, the suite that runs them in child processes, the
+//!   fault sweep, scripts, replays, benchmarks and the CLI's live session.
 //!
 //! The model is of Windows as documented, not Windows itself: see README.md.
 
@@ -36,42 +35,8 @@
 // adds nothing there, and the lint fires on most of them.
 #![allow(clippy::missing_const_for_fn)]
 
-pub mod altitude;
-pub mod bench;
-pub mod bugcheck;
-pub mod calls;
-pub mod cancel;
-pub mod cpu;
-pub mod dbgprint;
-pub mod driver;
-pub mod exports;
-pub mod faults;
-pub mod handle_table;
-pub mod hive;
-pub mod image;
-pub mod io;
-pub mod kernel;
-pub mod layout;
-pub mod lookaside;
-pub mod mapfile;
-pub mod object;
-pub mod paged;
-pub mod pe;
-pub mod pool;
-pub mod printf;
-pub mod process;
-pub mod registry;
-pub mod replay;
-pub mod rtl;
-pub mod scenario;
-pub mod script;
-pub mod security;
-pub mod session;
-pub mod status;
-pub mod suite;
-pub mod sweep;
-pub mod sync;
-pub mod thread;
-pub mod timer;
-pub mod trap;
-pub mod zwreg;
+pub mod harness;
+pub mod loader;
+pub mod machine;
+pub mod nt;
+pub mod verifier;

@@ -12,9 +12,11 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use kernel_emulator::faults::FaultPolicy;
-use kernel_emulator::scenario::{self, RunOptions, Target};
-use kernel_emulator::suite::{self, SuiteOptions};
+use kernel_emulator::harness::scenario::{self, RunOptions, Target};
+use kernel_emulator::harness::suite::{self, SuiteOptions};
+use kernel_emulator::harness::{bench, sweep};
+use kernel_emulator::verifier::bugcheck;
+use kernel_emulator::verifier::faults::FaultPolicy;
 
 /// Runs a Windows x64 WDM driver natively against a model of ntoskrnl.
 #[derive(Parser)]
@@ -192,7 +194,7 @@ fn main() {
             };
             if !sys.is_file() {
                 eprintln!("kernel-emulator: {} not found", sys.display());
-                std::process::exit(kernel_emulator::bugcheck::EXIT_REFUSED);
+                std::process::exit(bugcheck::EXIT_REFUSED);
             }
             scenario::run_in_process(
                 s,
@@ -214,7 +216,7 @@ fn main() {
             max_runs,
             jobs,
             scenarios,
-        } => kernel_emulator::sweep::run(&kernel_emulator::sweep::SweepOptions {
+        } => sweep::run(&sweep::SweepOptions {
             sys,
             map,
             max_runs,
@@ -224,7 +226,7 @@ fn main() {
         Command::Bench {
             test_driver,
             iterations,
-        } => kernel_emulator::bench::run(&test_driver, iterations),
+        } => bench::run(&test_driver, iterations),
         Command::BenchHivetrack {
             sys,
             iterations,
@@ -233,8 +235,8 @@ fn main() {
             by_other,
             capture,
         } => {
-            let holder = kernel_emulator::bench::Holder::of(held, by_other);
-            kernel_emulator::bench::hivetrack(sys.as_deref(), iterations, &name, holder, capture)
+            let holder = bench::Holder::of(held, by_other);
+            bench::hivetrack(sys.as_deref(), iterations, &name, holder, capture)
         }
         Command::List => {
             for s in scenario::all() {

@@ -1,7 +1,7 @@
 //! The `--emulator SCENARIO` backend (Linux, cargo feature `emulator`).
 //!
 //! The real `hivetrack.sys` runs inside the kernel emulator, with the machine state of a named
-//! scenario staged (see `kernel_emulator::session::SCENARIOS`), answering the same IOCTLs the
+//! scenario staged (see `kernel_emulator::harness::session::SCENARIOS`), answering the same IOCTLs the
 //! driver answers on Windows. This is how the CLI is demonstrated and tested end to end on
 //! Linux (`cargo xtask demo`).
 //!
@@ -11,7 +11,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use kernel_emulator::session::{SCENARIOS, Session};
+use kernel_emulator::harness::session::{SCENARIOS, Session};
 
 use crate::transport::{Transport, TransportError, WaitFreeOutcome, driver_wait_free};
 

@@ -1,5 +1,5 @@
 //! `cargo xtask sweep`: the kernel emulator's systematic fault sweep over the hivetrack
-//! scenarios (`kernel-emulator sweep`, see `kernel-emulator/src/sweep.rs`), and its self-test:
+//! scenarios (`kernel-emulator sweep`, see `kernel-emulator/src/harness/sweep.rs`), and its self-test:
 //! with `--mutant` a driver built with a deliberate bug (`mutant-uncounted-abandon`: an
 //! abandoned object is not counted as a loss) must be caught — some faulted run must fail
 //! with a holders answer that says complete while a key is missing.

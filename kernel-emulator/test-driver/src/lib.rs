@@ -2,7 +2,7 @@
 //!
 //! Each IOCTL does one thing that is hard for an emulator that runs a `.sys` natively in a
 //! Linux process, or one bug its verifier must catch. The control codes are mirrored in
-//! `kernel-emulator/src/scenarios/test_driver.rs`; keep both lists in step.
+//! `kernel-emulator/src/harness/scenario/test_driver.rs`; keep both lists in step.
 //!
 //! The IOCTLs write their results as little-endian `u64` slots into the METHOD_BUFFERED system
 //! buffer (at least 4 slots = 32 bytes of output are required). Slot 0 of the *input* is the

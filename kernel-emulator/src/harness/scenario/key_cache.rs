@@ -1,0 +1,217 @@
+//! hivetrack.sys scenarios of its key cache (issue 14): opens of a key already held are filed
+//! by the key's ObjectID without asking the kernel for the name. What the model promises about
+//! ids is shown by `td-key-id` and `td-rename-key` ([`super::key_id`]); these check that the
+//! driver's answers stay right where a cache keyed by id could go wrong:
+//! - `rename-key`: a rename keeps every id of the renamed key and the keys below it and
+//!   changes their names; opens after it must be filed under the new names;
+//! - `key-id-reuse`: once a key's last object is gone its id may name another key; an open of
+//!   that key must be filed under its own name.
+
+use super::tracking::{
+    APP1, APP2, CLASSES, Client, Holder, KEY_READ, USER, ensure_parents, load_profile, spawn,
+    start, unload_all,
+};
+use super::{Ctx, Scenario};
+use crate::nt::cm::hive;
+use crate::nt::kernel;
+use crate::nt::ps::process;
+use crate::nt::status::STATUS_SUCCESS;
+
+/// The scenarios.
+#[must_use]
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario::hivetrack(
+            "rename-key",
+            "A holds Vendor\\Old and Old\\Sub; Old is renamed New (NtRenameKey: the ids stay, the names change); B then opens New and New\\Sub: filed under the new names, not the names cached for those ids; A's keys keep the names they were opened with, while the kernel's list (which the CLI reconciles with) names them New",
+            rename_key,
+        ),
+        Scenario::hivetrack(
+            "key-id-reuse",
+            "A opens and closes Reuse\\First, the last object of that key; B opens Reuse\\Second, which the kernel gives First's freed id: B's key is filed as Second",
+            key_id_reuse,
+        ),
+    ]
+}
+
+/// The key id the model gives the object behind `pid`'s `handle`.
+fn id_of(pid: u32, handle: u64) -> Option<usize> {
+    let table = process::handle_table_of(pid, handle);
+    kernel::with(|k| {
+        let object = *k.hives.handles.get(&(table, handle))?;
+        k.hives.identify(object).map(|(id, _, _)| id)
+    })
+}
+
+/// `CmCallbackGetKeyObjectIDEx` calls that asked for the name, so far.
+fn name_fetches() -> u64 {
+    crate::verifier::calls::snapshot()[crate::verifier::calls::Call::KeyName as usize]
+}
+
+/// The keys `pid` holds in `holders`, as reported.
+fn keys_of(holders: &[Holder], pid: u32) -> Vec<String> {
+    let mut keys: Vec<String> = holders
+        .iter()
+        .filter(|h| h.pid == u64::from(pid))
+        .flat_map(|h| h.keys.iter().map(|k| k.0.clone()))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[allow(
+    clippy::many_single_char_names,
+    clippy::similar_names,
+    reason = "d, c: driver and client; a, b and their handles ha, hb"
+)]
+fn rename_key(ctx: &mut Ctx) {
+    let mut d = start(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    load_profile(ctx);
+    let a = spawn(ctx, APP1);
+    let b = spawn(ctx, APP2);
+    let vendor = format!(r"{USER}\Software\Vendor");
+    let (old, old_sub) = (format!(r"{vendor}\Old"), format!(r"{vendor}\Old\Sub"));
+    let (new, new_sub) = (format!(r"{vendor}\New"), format!(r"{vendor}\New\Sub"));
+    ensure_parents(a, &old_sub);
+    let ha = hive::open_key(a, &old, KEY_READ, true);
+    let ha_sub = hive::open_key(a, &old_sub, KEY_READ, true);
+    let (Ok(ha), Ok(ha_sub)) = (ha, ha_sub) else {
+        ctx.check(
+            false,
+            format!("A opens Old and Old\\Sub: {ha:?} {ha_sub:?}"),
+        );
+        return;
+    };
+    let before = keys_of(&c.holders(ctx, USER), a);
+    ctx.check(
+        before == [old.as_str(), old_sub.as_str()],
+        format!("A holds Old and Old\\Sub: {before:?}"),
+    );
+    let ids = (id_of(a, ha), id_of(a, ha_sub));
+    let s = hive::rename_key(a, ha, "New");
+    ctx.check(s == STATUS_SUCCESS, format!("Old renamed New: {s:#x}"));
+    let fetched = name_fetches();
+    let hb = hive::open_key(b, &new, KEY_READ, false);
+    let hb_sub = hive::open_key(b, &new_sub, KEY_READ, false);
+    let fetched = name_fetches() - fetched;
+    ctx.check(
+        fetched == 2,
+        format!("B's two opens after the rename asked the kernel for the names: {fetched}"),
+    );
+    let (Ok(hb), Ok(hb_sub)) = (hb, hb_sub) else {
+        ctx.check(
+            false,
+            format!("B opens New and New\\Sub: {hb:?} {hb_sub:?}"),
+        );
+        return;
+    };
+    ctx.check(
+        (id_of(b, hb), id_of(b, hb_sub)) == ids && ids.0.is_some(),
+        format!("the model kept both ids across the rename: {ids:?}"),
+    );
+    let holders = c.holders(ctx, USER);
+    let got = keys_of(&holders, b);
+    ctx.check(
+        got == [new.as_str(), new_sub.as_str()],
+        format!("B's keys are filed under their names now, New and New\\Sub: {got:?}"),
+    );
+    let got = keys_of(&holders, a);
+    ctx.check(
+        got == [old.as_str(), old_sub.as_str()],
+        format!("A's keys keep the names they were opened with: {got:?}"),
+    );
+    // The kernel's own list (NtQueryOpenSubKeysEx) names A's keys as they are now: the CLI
+    // sets the driver's records against it by name, so the two old names show as records
+    // the kernel does not list and the report does not say "complete"
+    // (usermode-client/src/coverage.rs).
+    let kernel: Vec<String> = hive::open_subkeys(USER)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(pid, _)| *pid == a)
+        .map(|(_, name)| name)
+        .collect();
+    ctx.check(
+        kernel.iter().any(|n| n.eq_ignore_ascii_case(&new))
+            && kernel.iter().any(|n| n.eq_ignore_ascii_case(&new_sub))
+            && !kernel.iter().any(|n| n.eq_ignore_ascii_case(&old)),
+        format!("the kernel's list names A's keys New and New\\Sub now: {kernel:?}"),
+    );
+    // Opened again now: found by id (the rename has ended), under the new name.
+    let fetched = name_fetches();
+    let again = hive::open_key(b, &new_sub, KEY_READ, false);
+    let fetched = name_fetches() - fetched;
+    let got = keys_of(&c.holders(ctx, USER), b);
+    ctx.check(
+        again.is_ok() && got == [new.as_str(), new_sub.as_str(), new_sub.as_str()],
+        format!("a later open of New\\Sub, under its new name: {got:?}"),
+    );
+    ctx.check(
+        fetched == 0,
+        format!("that open was found by its id, no name fetched: {fetched} fetch(es)"),
+    );
+    for (pid, h) in [(a, ha), (a, ha_sub), (b, hb), (b, hb_sub)]
+        .into_iter()
+        .chain(again.ok().map(|h| (b, h)))
+    {
+        let _ = hive::close_key(pid, h);
+    }
+    let left = c.holders(ctx, USER);
+    ctx.check(left.is_empty(), format!("every key closed: {left:?}"));
+    process::exit_process(a);
+    process::exit_process(b);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+#[allow(
+    clippy::many_single_char_names,
+    reason = "d, c: driver and client; a, b: the processes"
+)]
+fn key_id_reuse(ctx: &mut Ctx) {
+    let mut d = start(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    load_profile(ctx);
+    let a = spawn(ctx, APP1);
+    let b = spawn(ctx, APP2);
+    let first = format!(r"{USER}\Software\Reuse\First");
+    let second = format!(r"{USER}\Software\Reuse\Second");
+    ensure_parents(a, &first);
+    let Ok(ha) = hive::open_key(a, &first, KEY_READ, true) else {
+        ctx.check(false, "A opens First");
+        return;
+    };
+    let first_id = id_of(a, ha);
+    let got = keys_of(&c.holders(ctx, USER), a);
+    ctx.check(got == [first.as_str()], format!("A holds First: {got:?}"));
+    let s = hive::close_key(a, ha);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("A closes First, its last object: {s:#x}"),
+    );
+    let Ok(hb) = hive::open_key(b, &second, KEY_READ, true) else {
+        ctx.check(false, "B creates Second");
+        return;
+    };
+    ctx.check(
+        first_id.is_some() && id_of(b, hb) == first_id,
+        format!("the model gave Second First's freed id {first_id:?}"),
+    );
+    let holders = c.holders(ctx, USER);
+    let got = keys_of(&holders, b);
+    ctx.check(
+        got == [second.as_str()],
+        format!("B's key is filed as Second: {got:?}"),
+    );
+    ctx.check(
+        keys_of(&holders, a).is_empty(),
+        "A holds nothing".to_string(),
+    );
+    let _ = hive::close_key(b, hb);
+    process::exit_process(a);
+    process::exit_process(b);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}

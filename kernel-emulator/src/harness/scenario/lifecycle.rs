@@ -1,0 +1,587 @@
+//! Hive lifecycle and process identity, shown on the test driver: `RegLoadKey`'s root object
+//! and relative name, application hives, the deferred unload of `NtUnloadKeyEx`, process
+//! start keys and reused PIDs, threads attached to another process, and kernel handles opened
+//! from a user thread. The test driver logs each notification with what the kernel tells it
+//! (`PsGetCurrentProcessId`, `IoGetCurrentProcess`, the start key, the names), so every check
+//! below is on what a driver can observe (test-driver/src/lifecycle.rs).
+
+use std::time::Duration;
+
+use super::registry::{KEY_READ, SOFTWARE, SYSTEM_PID, Session, finish, start};
+use super::test_driver::ioctl;
+use super::{Ctx, Scenario};
+use crate::nt::cm::hive::{self, APP_HIVE_ROOT, DEFERRED_UNLOAD_THREAD, REG_APP_HIVE};
+use crate::nt::io;
+use crate::nt::kernel;
+use crate::nt::ob::object::KERNEL_HANDLE_BIT;
+use crate::nt::ps::process::{self, SYSTEM_START_KEY};
+use crate::nt::se::security::{Caller, GENERIC_READ, GENERIC_WRITE};
+use crate::nt::status::{self, STATUS_OBJECT_NAME_COLLISION, STATUS_PENDING, STATUS_SUCCESS};
+
+const IOCTL_LOG_START: u32 = ioctl(0x830);
+const IOCTL_LOG_READ: u32 = ioctl(0x831);
+const IOCTL_ATTACH: u32 = ioctl(0x832);
+const IOCTL_START_KEY: u32 = ioctl(0x833);
+const HKU: &str = r"\REGISTRY\USER";
+const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
+/// OBJ_KERNEL_HANDLE.
+const OBJ_KERNEL_HANDLE: u64 = 0x200;
+
+// Notification classes the log records (REG_NOTIFY_CLASS), and its process pseudo-classes.
+const PRE_KEY_HANDLE_CLOSE: u64 = 14;
+const PRE_CREATE_KEY_EX: u64 = 26;
+const PRE_OPEN_KEY_EX: u64 = 28;
+const POST_OPEN_KEY_EX: u64 = 29;
+const PRE_LOAD_KEY: u64 = 32;
+const POST_LOAD_KEY: u64 = 33;
+const PRE_UNLOAD_KEY: u64 = 34;
+const POST_UNLOAD_KEY: u64 = 35;
+const PROCESS_CREATE: u64 = 0x1000;
+const PROCESS_EXIT: u64 = 0x1001;
+
+/// One entry of the test driver's log.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Entry {
+    pub(super) class: u64,
+    /// PsGetCurrentProcessId (the notified pid for process entries).
+    pub(super) owner: u64,
+    /// PsGetProcessId(IoGetCurrentProcess()) (the notified pid for process entries).
+    pub(super) current: u64,
+    /// PsGetProcessStartKey of the current (or notified) process.
+    pub(super) start_key: u64,
+    pub(super) object: u64,
+    /// Hash of KeyName / CompleteName.
+    pub(super) name: u64,
+    /// Hash of the Object's name (CmCallbackGetKeyObjectIDEx).
+    pub(super) object_name: u64,
+    /// Class-specific (see test-driver/src/lifecycle.rs).
+    pub(super) extra: u64,
+}
+
+/// The FNV-1a hash the test driver computes over a name's UTF-16 code units.
+pub(super) fn hash(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.encode_utf16().flat_map(u16::to_le_bytes) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+pub(super) fn log_start(s: &Session) {
+    let _ = io::device_io_control(s.control, IOCTL_LOG_START, &[0; 8], 32, 0xA5);
+}
+
+pub(super) fn log(s: &Session) -> Vec<Entry> {
+    let mut v = Vec::new();
+    for i in 0..64u64 {
+        let r = io::device_io_control(s.control, IOCTL_LOG_READ, &i.to_le_bytes(), 64, 0xA5);
+        let w: Vec<u64> = r
+            .output
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        if w.len() < 8 || w[0] == 0 {
+            break;
+        }
+        v.push(Entry {
+            class: w[0],
+            owner: w[1],
+            current: w[2],
+            start_key: w[3],
+            object: w[4],
+            name: w[5],
+            object_name: w[6],
+            extra: w[7],
+        });
+    }
+    for e in &v {
+        println!("  log: {e:x?}");
+    }
+    v
+}
+
+fn four(s: &Session, code: u32, argument: u64) -> [u64; 4] {
+    four_on(s.control, code, argument)
+}
+
+fn four_on(device: io::FileHandle, code: u32, argument: u64) -> [u64; 4] {
+    let r = io::device_io_control(device, code, &argument.to_le_bytes(), 32, 0xA5);
+    let mut out = [0u64; 4];
+    for (o, c) in out.iter_mut().zip(r.output.chunks_exact(8)) {
+        *o = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    }
+    out
+}
+
+fn first(log: &[Entry], class: u64) -> Option<Entry> {
+    log.iter().copied().find(|e| e.class == class)
+}
+
+fn new_process(ctx: &mut Ctx, image: &str) -> u32 {
+    let r = process::create_process(SYSTEM_PID, image, false);
+    ctx.check(r.is_ok(), format!("create {image}: {r:?}"));
+    r.unwrap_or(0)
+}
+
+/// The hive lifecycle and process scenarios.
+#[must_use]
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario::test_driver(
+            "td-relative-load",
+            "RegLoadKey(HKU, SID): RegNtPreLoadKey carries the HKU key object and the relative name; an absolute NtLoadKey carries no object",
+            td_relative_load,
+        ),
+        Scenario::test_driver(
+            "td-app-hive",
+            "RegLoadAppKey: \\REGISTRY\\A\\{GUID}, a root handle through RootHandle, the same hive for the same file, unloaded by itself at its last key with no unload notification",
+            td_app_hive,
+        ),
+        Scenario::test_driver(
+            "td-deferred-unload",
+            "NtUnloadKeyEx with an event: STATUS_PENDING while a key is open, the unload completes on a system worker thread after the last close, the event says so",
+            td_deferred_unload,
+        ),
+        Scenario::test_driver(
+            "td-start-key",
+            "PsGetProcessStartKey: per-process, increasing, System's first; a reused PID gets a new start key",
+            td_start_key,
+        ),
+        Scenario::test_driver(
+            "td-attached-thread",
+            "KeStackAttachProcess: PsGetCurrentProcessId stays the thread's process, IoGetCurrentProcess is the attached one, and handles go into its table",
+            td_attached_thread,
+        ),
+        Scenario::test_driver(
+            "td-kernel-handle",
+            "OBJ_KERNEL_HANDLE from a user thread: notified in that process, the handle is in the System process's table, outlives the process, and its close runs attached to System",
+            td_kernel_handle,
+        ),
+    ]
+}
+
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
+fn td_relative_load(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let p = new_process(ctx, r"\Device\HarddiskVolume2\Windows\System32\reg.exe");
+    log_start(&s);
+    // advapi32 RegLoadKey: HKEY_USERS mapped to a handle on \REGISTRY\USER, NtLoadKey with
+    // that RootDirectory and the relative sub-key (ReactOS advapi32 RegLoadKeyW).
+    let hku = hive::open_key(p, HKU, KEY_READ, false);
+    ctx.check(hku.is_ok(), format!("HKEY_USERS opened: {hku:?}"));
+    let hku = hku.unwrap_or(0);
+    let r = hive::load_key(p, hku, SID, r"\??\C:\Users\kemu\NTUSER.DAT");
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!("RegLoadKey(HKU, SID): {}", status::describe(r)),
+    );
+    let mount = format!(r"{HKU}\{SID}");
+    ctx.check(
+        kernel::with(|k| k.hives.hives.contains_key(&mount.to_ascii_uppercase())),
+        format!("mounted at {mount}"),
+    );
+    let hku_object = kernel::with(|k| k.hives.handles.get(&(p, hku)).copied()).unwrap_or(0);
+    let absolute = format!(r"{HKU}\S-1-5-21-9-9-9-1002");
+    let r2 = hive::load_hive(SYSTEM_PID, &absolute, r"\??\C:\Users\other\NTUSER.DAT");
+    ctx.check(r2 == STATUS_SUCCESS, "an absolute NtLoadKey mounts too");
+    let l = log(&s);
+    let loads: Vec<Entry> = l
+        .iter()
+        .copied()
+        .filter(|e| e.class == PRE_LOAD_KEY)
+        .collect();
+    let relative = loads.first().copied().unwrap_or_default();
+    ctx.check(
+        relative.object == hku_object as u64 && relative.object != 0,
+        format!(
+            "pre-load Object is the HKU key object {hku_object:#x} ({:#x})",
+            relative.object
+        ),
+    );
+    ctx.check(
+        relative.object_name == hash(HKU),
+        "the driver names that object \\REGISTRY\\USER (CmCallbackGetKeyObjectIDEx)",
+    );
+    ctx.check(
+        relative.name == hash(SID),
+        "pre-load KeyName is the relative SID, not the full path",
+    );
+    ctx.check(
+        relative.owner == u64::from(p) && relative.extra == 0,
+        "in the loading process, no RootHandle, no event, no flags",
+    );
+    let abs = loads.get(1).copied().unwrap_or_default();
+    ctx.check(
+        abs.object == 0 && abs.name == hash(&absolute),
+        "an absolute load: Object NULL, KeyName the full path",
+    );
+    let posts = l.iter().filter(|e| e.class == POST_LOAD_KEY).count();
+    ctx.check(posts == 2, format!("two post-load notifications ({posts})"));
+    // The loaded hive behaves like any other: held by an open key, free once closed.
+    let k = hive::open_key(p, &format!(r"{mount}\Software"), KEY_READ, true);
+    ctx.check(
+        hive::unload_hive(SYSTEM_PID, &mount) == hive::STATUS_CANNOT_DELETE,
+        "held while a key is open",
+    );
+    if let Ok(k) = k {
+        let _ = hive::close_key(p, k);
+    }
+    let _ = hive::close_key(p, hku);
+    let r = hive::unload_hive(SYSTEM_PID, &mount);
+    ctx.check(r == STATUS_SUCCESS, "unloaded once closed");
+    let _ = hive::unload_hive(SYSTEM_PID, &absolute);
+    process::exit_process(p);
+    finish(ctx, s);
+}
+
+fn td_app_hive(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let p = new_process(ctx, r"\Device\HarddiskVolume2\Program Files\App\app.exe");
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\Program Files\App\helper.exe");
+    let file = r"\??\C:\ProgramData\App\settings.dat";
+    log_start(&s);
+    let Ok((root, mount)) = hive::load_app_key(p, file) else {
+        ctx.check(false, "RegLoadAppKey failed");
+        return;
+    };
+    ctx.say(format!(
+        "app hive mounted at {mount}, root handle {root:#x}"
+    ));
+    ctx.check(
+        mount.starts_with(&format!(r"{APP_HIVE_ROOT}\{{")) && mount.ends_with('}'),
+        format!("mounted at \\REGISTRY\\A\\{{GUID}}: {mount}"),
+    );
+    ctx.check(
+        kernel::with(|k| k.hives.handles_of(p).contains(&root)),
+        "the root handle is in the caller's table",
+    );
+    let l = log(&s);
+    let pre = first(&l, PRE_LOAD_KEY).unwrap_or_default();
+    ctx.check(
+        pre.object == 0
+            && pre.name == hash(&mount)
+            && pre.extra & 1 == 1
+            && pre.extra >> 32 == u64::from(REG_APP_HIVE),
+        format!(
+            "pre-load: no root object, KeyName the mount, RootHandle set, Flags REG_APP_HIVE ({pre:x?})"
+        ),
+    );
+    ctx.check(
+        first(&l, POST_LOAD_KEY).is_some_and(|e| e.extra == 0),
+        "post-load STATUS_SUCCESS",
+    );
+    ctx.check(
+        !l.iter()
+            .any(|e| e.class == PRE_OPEN_KEY_EX || e.class == POST_OPEN_KEY_EX),
+        "no open notification announces the root key object",
+    );
+    // The same file again (another process): the hive already loaded, a new root handle.
+    let again = hive::load_app_key(q, file);
+    ctx.check(
+        again.as_ref().is_ok_and(|(h, m)| *m == mount && *h != root),
+        format!("loading the same file again returns the loaded hive: {again:?}"),
+    );
+    let sub = hive::open_key(p, &format!(r"{mount}\Settings"), KEY_READ, true);
+    log_start(&s);
+    let _ = hive::close_key(p, root);
+    let still = kernel::with(|k| k.hives.hives.contains_key(&mount.to_ascii_uppercase()));
+    ctx.check(still, "still loaded while other keys of it are open");
+    if let Ok(sub) = sub {
+        let _ = hive::close_key(p, sub);
+    }
+    process::exit_process(q); // closes q's root handle: the last key of the hive
+    let gone = !kernel::with(|k| k.hives.hives.contains_key(&mount.to_ascii_uppercase()));
+    ctx.check(gone, "unloaded by itself when its last key closed");
+    let l = log(&s);
+    let closes = l.iter().filter(|e| e.class == PRE_KEY_HANDLE_CLOSE).count();
+    ctx.check(closes == 3, format!("three key objects closed ({closes})"));
+    ctx.check(
+        !l.iter()
+            .any(|e| e.class == PRE_UNLOAD_KEY || e.class == POST_UNLOAD_KEY),
+        "no unload notification for the automatic unload",
+    );
+    ctx.check(
+        hive::open_key(p, &format!(r"{mount}\Settings"), KEY_READ, false).is_err(),
+        "its keys are gone",
+    );
+    process::exit_process(p);
+    finish(ctx, s);
+}
+
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
+fn td_deferred_unload(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let user = format!(r"{HKU}\{SID}");
+    let r = hive::load_hive(SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
+    ctx.check(r == STATUS_SUCCESS, "user hive loaded");
+    let p = new_process(ctx, r"\Device\HarddiskVolume2\leaky.exe");
+    let h = hive::open_key(p, &format!(r"{user}\Software"), KEY_READ, true);
+    ctx.check(h.is_ok(), "a process holds a key of the hive");
+    log_start(&s);
+    let (r, event) = hive::unload_key_ex(SYSTEM_PID, &user);
+    ctx.check(
+        r == STATUS_PENDING,
+        format!("NtUnloadKeyEx while held: {}", status::describe(r)),
+    );
+    ctx.check(
+        event.signalled().is_none(),
+        "the event is not signalled yet",
+    );
+    ctx.check(
+        kernel::with(|k| k.hives.hives.contains_key(&user.to_ascii_uppercase())),
+        "the hive is still loaded",
+    );
+    let l = log(&s);
+    let pre = first(&l, PRE_UNLOAD_KEY).unwrap_or_default();
+    ctx.check(
+        pre.extra == 1 && pre.object_name == hash(&user) && pre.owner == u64::from(SYSTEM_PID),
+        format!("pre-unload carries UserEvent and the hive's root object ({pre:x?})"),
+    );
+    #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+    let pending = u64::from(STATUS_PENDING as u32);
+    ctx.check(
+        first(&l, POST_UNLOAD_KEY).is_some_and(|e| e.extra == pending),
+        "post-unload carries STATUS_PENDING",
+    );
+    log_start(&s);
+    if let Ok(h) = h {
+        let _ = hive::close_key(p, h);
+    }
+    let done = event.wait(Duration::from_secs(5));
+    ctx.check(
+        done == Some(hive::UnloadCompletion {
+            pid: SYSTEM_PID,
+            thread: DEFERRED_UNLOAD_THREAD,
+        }),
+        format!(
+            "the last close let a system worker thread complete the unload: {done:?} (closing thread: processor {})",
+            crate::machine::cpu::processor_number()
+        ),
+    );
+    ctx.check(
+        !kernel::with(|k| k.hives.hives.contains_key(&user.to_ascii_uppercase())),
+        "the hive is unloaded",
+    );
+    let l = log(&s);
+    ctx.check(
+        first(&l, PRE_KEY_HANDLE_CLOSE).is_some_and(|e| e.owner == u64::from(p)),
+        "the close was notified on the closing thread",
+    );
+    ctx.check(
+        !l.iter()
+            .any(|e| e.class == PRE_UNLOAD_KEY || e.class == POST_UNLOAD_KEY),
+        "the completion sends no further unload notification",
+    );
+    // A hive nothing holds unloads at once, and the event is already signalled.
+    let r = hive::load_hive(SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
+    ctx.check(r == STATUS_SUCCESS, "loaded again");
+    let (r, event) = hive::unload_key_ex(SYSTEM_PID, &user);
+    ctx.check(
+        r == STATUS_SUCCESS && event.signalled().is_some_and(|c| c.pid == SYSTEM_PID),
+        format!("a free hive unloads at once: {}", status::describe(r)),
+    );
+    process::exit_process(p);
+    finish(ctx, s);
+}
+
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
+fn td_start_key(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let system = four(&s, IOCTL_START_KEY, u64::from(SYSTEM_PID));
+    ctx.check(
+        system == [1, SYSTEM_START_KEY, 4, 0],
+        format!("the System process's start key ({system:x?})"),
+    );
+    log_start(&s);
+    let a = new_process(ctx, r"\Device\HarddiskVolume2\a.exe");
+    let b = new_process(ctx, r"\Device\HarddiskVolume2\b.exe");
+    let ka = four(&s, IOCTL_START_KEY, u64::from(a));
+    let kb = four(&s, IOCTL_START_KEY, u64::from(b));
+    ctx.check(
+        ka[1] > SYSTEM_START_KEY && kb[1] > ka[1],
+        format!(
+            "start keys grow: System {SYSTEM_START_KEY:#x} < a {:#x} < b {:#x}",
+            ka[1], kb[1]
+        ),
+    );
+    ctx.check(
+        Some(ka[1]) == process::start_key_of(a) && ka[2] == u64::from(a),
+        "the driver and the model agree on a's key",
+    );
+    ctx.check(
+        process::create_process_with_pid(SYSTEM_PID, r"\Device\HarddiskVolume2\x.exe", false, b)
+            == Err(STATUS_OBJECT_NAME_COLLISION),
+        "a live process's pid is not handed out",
+    );
+    process::exit_process(a);
+    // PID reuse: a new process gets the exited process's pid, and a new start key.
+    let c =
+        process::create_process_with_pid(SYSTEM_PID, r"\Device\HarddiskVolume2\c.exe", false, a);
+    ctx.check(c == Ok(a), format!("a new process reuses pid {a}: {c:?}"));
+    let kc = four(&s, IOCTL_START_KEY, u64::from(a));
+    ctx.check(
+        kc[1] > kb[1] && kc[1] != ka[1],
+        format!(
+            "same pid {a}, new start key {:#x} (was {:#x})",
+            kc[1], ka[1]
+        ),
+    );
+    let l = log(&s);
+    let seq: Vec<(u64, u64, u64)> = l
+        .iter()
+        .filter(|e| e.class == PROCESS_CREATE || e.class == PROCESS_EXIT)
+        .map(|e| (e.class, e.current, e.start_key))
+        .collect();
+    let (a64, b64) = (u64::from(a), u64::from(b));
+    ctx.check(
+        seq == [
+            (PROCESS_CREATE, a64, ka[1]),
+            (PROCESS_CREATE, b64, kb[1]),
+            (PROCESS_EXIT, a64, ka[1]),
+            (PROCESS_CREATE, a64, kc[1]),
+        ],
+        format!("the notify routine saw create a, create b, exit a, create a again with a new key: {seq:x?}"),
+    );
+    process::exit_process(a);
+    process::exit_process(b);
+    finish(ctx, s);
+}
+
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
+fn td_attached_thread(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let p = new_process(ctx, r"\Device\HarddiskVolume2\target.exe");
+    // The driver attaches itself (KeStackAttachProcess / KeUnstackDetachProcess), in a
+    // request from process q.
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\requester.exe");
+    let Ok(device) = io::open(
+        r"\\.\KemuTest",
+        Caller::Admin,
+        q,
+        GENERIC_READ | GENERIC_WRITE,
+    ) else {
+        ctx.check(false, "q opens the test driver");
+        return;
+    };
+    let r = four_on(device, IOCTL_ATTACH, u64::from(p));
+    io::close(device);
+    let (p64, q64) = (u64::from(p), u64::from(q));
+    ctx.check(
+        r == [q64, p64, p64, q64 << 32 | q64],
+        format!(
+            "attached: PsGetCurrentProcessId {} (the thread's, q), IoGetCurrentProcess/PsGetCurrentProcess {}/{} (the attached p); after detaching both q ({:#x})",
+            r[0], r[1], r[2], r[3]
+        ),
+    );
+    // A system thread attached to p opens a key (what kernel code between attach and detach
+    // does): the notifications say System / p, and the handle lands in p's table.
+    log_start(&s);
+    let h = process::attached(p, || hive::open_key(SYSTEM_PID, SOFTWARE, KEY_READ, false));
+    ctx.check(h.is_ok(), "opened while attached");
+    let h = h.unwrap_or(0);
+    let l = log(&s);
+    let pre = first(&l, PRE_OPEN_KEY_EX).unwrap_or_default();
+    ctx.check(
+        pre.owner == u64::from(SYSTEM_PID)
+            && pre.current == u64::from(p)
+            && pre.start_key == process::start_key_of(p).unwrap_or(0),
+        format!(
+            "pre-open: PsGetCurrentProcessId {} and IoGetCurrentProcess {} disagree ({pre:x?})",
+            pre.owner, pre.current
+        ),
+    );
+    ctx.check(
+        kernel::with(|k| {
+            k.hives.handles_of(p).contains(&h) && !k.hives.handles_of(SYSTEM_PID).contains(&h)
+        }),
+        "the handle is in the attached process's table, not the System process's",
+    );
+    log_start(&s);
+    let r = hive::close_key(p, h);
+    let l = log(&s);
+    ctx.check(
+        r == STATUS_SUCCESS
+            && first(&l, PRE_KEY_HANDLE_CLOSE)
+                .is_some_and(|e| e.owner == u64::from(p) && e.current == u64::from(p)),
+        "p's own thread closes it",
+    );
+    process::exit_process(p);
+    process::exit_process(q);
+    finish(ctx, s);
+}
+
+#[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result
+fn td_kernel_handle(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let p = new_process(ctx, r"\Device\HarddiskVolume2\client.exe");
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\other.exe");
+    let key = format!(r"{SOFTWARE}\Vendor");
+    log_start(&s);
+    let user = hive::open_key(p, &key, KEY_READ, true);
+    let kh = hive::open_kernel_key(p, &key, KEY_READ, false);
+    ctx.check(user.is_ok() && kh.is_ok(), "user and kernel handles opened");
+    let (user, kh) = (user.unwrap_or(0), kh.unwrap_or(0));
+    let l = log(&s);
+    let opens: Vec<Entry> = l
+        .iter()
+        .copied()
+        .filter(|e| e.class == PRE_CREATE_KEY_EX || e.class == PRE_OPEN_KEY_EX)
+        .collect();
+    let (u, k) = (
+        opens.first().copied().unwrap_or_default(),
+        opens.get(1).copied().unwrap_or_default(),
+    );
+    ctx.check(
+        u.extra & OBJ_KERNEL_HANDLE == 0 && u.extra >> 32 == 1,
+        format!(
+            "user open: no OBJ_KERNEL_HANDLE, CheckAccessMode UserMode ({:#x})",
+            u.extra
+        ),
+    );
+    ctx.check(
+        k.extra & OBJ_KERNEL_HANDLE != 0
+            && k.extra >> 32 == 0
+            && k.owner == u64::from(p)
+            && k.current == u64::from(p),
+        format!(
+            "kernel open: OBJ_KERNEL_HANDLE, KernelMode, notified in the opening process {p} ({k:x?})"
+        ),
+    );
+    ctx.check(
+        first(&l, POST_OPEN_KEY_EX).is_some_and(|e| e.extra == 0),
+        "post-open success",
+    );
+    ctx.check(
+        kh & KERNEL_HANDLE_BIT == KERNEL_HANDLE_BIT
+            && kernel::with(|k| {
+                k.hives.handles_of(SYSTEM_PID).contains(&kh) && !k.hives.handles_of(p).contains(&kh)
+            }),
+        format!("the kernel handle {kh:#x} is in the System process's table"),
+    );
+    log_start(&s);
+    process::exit_process(p);
+    let l = log(&s);
+    let closes = l.iter().filter(|e| e.class == PRE_KEY_HANDLE_CLOSE).count();
+    ctx.check(
+        closes == 1 && kernel::with(|k| k.hives.handles_of(SYSTEM_PID).contains(&kh)),
+        format!("the process exit closed its user handle only ({closes} close); the kernel handle lives on"),
+    );
+    let _ = user;
+    log_start(&s);
+    let r = hive::close_key(q, kh);
+    let l = log(&s);
+    let close = first(&l, PRE_KEY_HANDLE_CLOSE).unwrap_or_default();
+    ctx.check(
+        r == STATUS_SUCCESS && close.owner == u64::from(q) && close.current == u64::from(SYSTEM_PID),
+        format!(
+            "closed from another process's thread: PsGetCurrentProcessId {}, IoGetCurrentProcess {} (attached to System) ({close:x?})",
+            close.owner, close.current
+        ),
+    );
+    ctx.check(
+        !kernel::with(|k| k.hives.handles_of(SYSTEM_PID).contains(&kh)),
+        "the kernel handle is gone",
+    );
+    process::exit_process(q);
+    finish(ctx, s);
+}

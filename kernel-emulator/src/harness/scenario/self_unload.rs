@@ -1,0 +1,270 @@
+//! hivetrack.sys scenarios of hives that unload with no unload notification (issue 12, "Hive
+//! lifecycle as Windows has it"): application hives, which unload by themselves when their
+//! last key object goes (`app-hive`), and deferred unloads, accepted as STATUS_PENDING and
+//! completed later (`deferred-unload`). The model of both is `td-app-hive` and
+//! `td-deferred-unload` (sources in the README's "Hive lifecycle and processes").
+
+use protocol::{
+    hives::Hives, holders::HiveState, ioctl::query_ioctl, page::Page, request::QueryKind, wire,
+};
+
+use super::tracking::{APP1, APP2, CLASSES, KEY_READ, SYSTEM_PID, USER, boot_hives, spawn};
+use super::truth::{load, open_kept, query, stats, view};
+use super::{Ctx, Scenario};
+use crate::nt::cm::hive;
+use crate::nt::io::{self, FileHandle};
+use crate::nt::ps::process;
+use crate::nt::status::{self, STATUS_PENDING, STATUS_SUCCESS};
+
+/// The scenarios.
+#[must_use]
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario::hivetrack(
+            "app-hive",
+            "application hives (\\REGISTRY\\A\\{GUID}) unload by themselves with no notification: the driver's record goes with the hive's last tracked key, so 120 app-hive loads leave the hive table as it was; one whose keys were never tracked is capped",
+            app_hive,
+        ),
+        Scenario::hivetrack(
+            "deferred-unload",
+            "NtUnloadKeyEx on a held hive is accepted as STATUS_PENDING and completes with no notification: the driver reports the hive unload-pending, and unloaded after its last key only when it saw every key of it",
+            deferred_unload,
+        ),
+    ]
+}
+
+/// Every hive the driver reports: (mount, state).
+fn hive_states(ctx: &mut Ctx, h: FileHandle) -> Vec<(String, HiveState)> {
+    let r = ctx.ioctl_checked(
+        h,
+        query_ioctl(QueryKind::Hives),
+        &query(QueryKind::Hives, ""),
+        256 * 1024,
+    );
+    let page = wire::decode::<Page<'_, Hives>>(&r.output[..r.information]);
+    ctx.check(
+        page.as_ref().is_ok_and(|p| p.info.done()),
+        format!(
+            "the hives answer decodes in one page: {:?}",
+            page.as_ref().map(|p| p.records().count())
+        ),
+    );
+    page.map(|p| {
+        p.records()
+            .map(|h| (h.mount.to_string(), h.state))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn state_of(ctx: &mut Ctx, h: FileHandle, mount: &str) -> Option<HiveState> {
+    hive_states(ctx, h)
+        .into_iter()
+        .find(|(m, _)| m.eq_ignore_ascii_case(mount))
+        .map(|(_, s)| s)
+}
+
+/// `holders` of `mount` fails (the driver does not know the hive) rather than saying free.
+fn unknown_hive(ctx: &mut Ctx, h: FileHandle, mount: &str) -> bool {
+    let r = ctx.ioctl_checked(
+        h,
+        query_ioctl(QueryKind::Holders),
+        &query(QueryKind::Holders, mount),
+        64 * 1024,
+    );
+    r.status != STATUS_SUCCESS
+}
+
+#[allow(clippy::many_single_char_names)] // d, h: driver, device; p, q: processes
+fn app_hive(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (mut d, h) = load(ctx);
+    let Some(h) = h else { return };
+    let before = stats(ctx, h).hives_tracked;
+    let p = spawn(ctx, APP1);
+    let q = spawn(ctx, APP2);
+    let mut kept_after = 0;
+    let mut forgotten = 0;
+    let loads = 120;
+    for n in 0..loads {
+        let file = format!(r"\??\C:\ProgramData\Editor\state{n}.dat");
+        let Ok((root, mount)) = hive::load_app_key(p, &file) else {
+            ctx.check(false, format!("RegLoadAppKey({file}) failed"));
+            break;
+        };
+        // RegOpenKeyEx(root, "Settings"): only the subkey's open is announced.
+        let key = hive::open_key(p, &format!(r"{mount}\Settings"), KEY_READ, true);
+        ctx.check(key.is_ok(), format!("open {mount}\\Settings: {key:?}"));
+        let key = key.ok();
+        if n == 0 {
+            let v = view(ctx, h, &mount);
+            ctx.check(
+                v.open_keys == 1 && v.holders == 1,
+                format!("while a key of it is open the app hive is reported with it: {v:?}"),
+            );
+            let st = state_of(ctx, h, &mount);
+            ctx.check(
+                st == Some(HiveState::Loaded),
+                format!("the app hive is listed, loaded: {st:?}"),
+            );
+        }
+        if let Some(k) = key {
+            let _ = hive::close_key(p, k);
+        }
+        if n == 0 {
+            // The caller's root handle (never announced by an open notification) still keeps
+            // the hive loaded: the driver cannot see it, so it must not say "free".
+            let unknown = unknown_hive(ctx, h, &mount);
+            ctx.check(
+                unknown,
+                "with only the untracked root handle left, holders of the app hive is 'unknown hive', not 'free'",
+            );
+        }
+        let _ = hive::close_key(p, root);
+        let gone =
+            !crate::nt::kernel::with(|k| k.hives.hives.contains_key(&mount.to_ascii_uppercase()));
+        if n == 0 {
+            ctx.check(gone, "the app hive unloaded by itself (model)");
+        }
+        if state_of(ctx, h, &mount).is_some() {
+            kept_after += 1;
+        } else {
+            forgotten += 1;
+        }
+    }
+    ctx.check(
+        kept_after == 0 && forgotten == loads,
+        format!("every app hive forgotten with its last tracked key: {forgotten} of {loads} ({kept_after} kept)"),
+    );
+    let after = stats(ctx, h).hives_tracked;
+    ctx.check(
+        after == before,
+        format!("the hive table is as before {loads} app-hive loads: {before} → {after} hives"),
+    );
+    // App hives whose keys are never opened after the load (only the root handle, which no
+    // open notification announces): nothing tells when they unload; the driver keeps a few.
+    for n in 0..loads {
+        let file = format!(r"\??\C:\ProgramData\Sync\cache{n}.dat");
+        if let Ok((root, _)) = hive::load_app_key(q, &file) {
+            let _ = hive::close_key(q, root);
+        }
+    }
+    let idle = stats(ctx, h).hives_tracked - after;
+    // 16 hive shards × `IDLE_APP_HIVES` (4) in the tracker's hive table.
+    let cap = 64;
+    ctx.check(
+        idle <= cap,
+        format!("{loads} never-opened app hives leave at most {cap} records: {idle}"),
+    );
+    ctx.say(format!(
+        "hives tracked: {before} at start, {after} after {loads} opened app hives, +{idle} after {loads} never-opened ones"
+    ));
+    process::exit_process(p);
+    process::exit_process(q);
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+fn pending(ctx: &mut Ctx, mount: &str) -> Option<hive::UnloadEvent> {
+    let (r, event) = hive::unload_key_ex(SYSTEM_PID, mount);
+    ctx.check(
+        r == STATUS_PENDING,
+        format!("NtUnloadKeyEx({mount}) while held: {}", status::describe(r)),
+    );
+    (r == STATUS_PENDING).then_some(event)
+}
+
+#[allow(clippy::many_single_char_names)] // d, h: driver, device; p, q: processes; s: status
+fn deferred_unload(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    // The classes hive is mounted, and a key of it opened, before the driver starts.
+    let early = spawn(ctx, APP1);
+    let classes_file =
+        r"\Device\HarddiskVolume2\Users\kemu\AppData\Local\Microsoft\Windows\UsrClass.dat";
+    let s = hive::load_hive(SYSTEM_PID, CLASSES, classes_file);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        "classes hive mounted before the driver",
+    );
+    let early_key = open_kept(ctx, early, &format!(r"{CLASSES}\CLSID"));
+    let (mut d, h) = load(ctx);
+    let Some(h) = h else { return };
+    // The profile is loaded while the driver tracks: it sees every key of it.
+    let s = hive::load_hive(
+        SYSTEM_PID,
+        USER,
+        r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT",
+    );
+    ctx.check(s == STATUS_SUCCESS, "profile loaded");
+    let p = spawn(ctx, APP2);
+    let key = open_kept(ctx, p, &format!(r"{USER}\Software\Pending"));
+    let event = pending(ctx, USER);
+    let st = state_of(ctx, h, USER);
+    ctx.check(
+        st == Some(HiveState::UnloadPending),
+        format!("the profile is reported unload-pending: {st:?}"),
+    );
+    let v = view(ctx, h, USER);
+    ctx.check(
+        v.open_keys == 1 && v.holders == 1,
+        format!("its holder is still reported: {v:?}"),
+    );
+    if let Some(k) = key {
+        let _ = hive::close_key(p, k);
+    }
+    let done = event.and_then(|e| e.wait(std::time::Duration::from_secs(5)));
+    ctx.check(
+        done.is_some(),
+        "the last close completed the unload (model)",
+    );
+    let st = state_of(ctx, h, USER);
+    ctx.check(
+        st.is_none(),
+        format!("the driver saw every key of the profile: unloaded with its last key ({st:?})"),
+    );
+    // The classes hive: keys opened before tracking may hold it, so the driver cannot vouch
+    // for the unload completing when its own last key goes.
+    let q = spawn(ctx, APP2);
+    let tracked = open_kept(ctx, q, &format!(r"{CLASSES}\Tracked"));
+    let event = pending(ctx, CLASSES);
+    if let Some(k) = tracked {
+        let _ = hive::close_key(q, k);
+    }
+    ctx.check(
+        event.as_ref().is_some_and(|e| e.signalled().is_none()),
+        "the key opened before the driver still holds the classes hive (model)",
+    );
+    let st = state_of(ctx, h, CLASSES);
+    ctx.check(
+        st == Some(HiveState::UnloadPending),
+        format!(
+            "after the driver's last key the classes hive stays unload-pending, never 'unloaded': {st:?}"
+        ),
+    );
+    if let Some(k) = early_key {
+        let _ = hive::close_key(early, k);
+    }
+    let done = event.and_then(|e| e.wait(std::time::Duration::from_secs(5)));
+    ctx.check(
+        done.is_some(),
+        "the early key's close completed the unload (model)",
+    );
+    // A new load at the mount: the pending unload is over, a fresh record.
+    let s = hive::load_hive(SYSTEM_PID, CLASSES, classes_file);
+    ctx.check(s == STATUS_SUCCESS, "classes hive loaded again");
+    let st = state_of(ctx, h, CLASSES);
+    ctx.check(
+        st == Some(HiveState::Loaded),
+        format!("reloaded: reported loaded ({st:?})"),
+    );
+    let s = hive::unload_hive(SYSTEM_PID, CLASSES);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("classes hive unloads: {}", status::describe(s)),
+    );
+    for pid in [early, p, q] {
+        process::exit_process(pid);
+    }
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}

@@ -1,0 +1,606 @@
+//! hivetrack.sys scenarios of issue 12 ("Truthful reports"): what each answer can vouch for.
+//! Keys opened before the driver started (`late-start`), losses counted against their own
+//! hive and ageing out with it (`loss-ages-out`), the wait-free answer's completeness
+//! (`wait-completeness`), an open whose name the kernel will not give (`nameless-open`).
+//! Each checks the driver's own answers, decoded with the protocol crate, beside the model's
+//! `NtQueryOpenSubKeysEx` (what the CLI sets them against).
+
+use protocol::{
+    completeness::Completeness,
+    cursor::Cursor,
+    hives::Hives,
+    holders::Holders,
+    ioctl::{WIN32_DEVICE_PATH, query_ioctl},
+    page::Page,
+    request::{QueryKind, QueryRequest},
+    stats::Stats,
+    text::Text,
+    wait::{WaitFreeAnswer, WaitOutcome},
+    wire,
+};
+
+use super::tracking::{
+    APP1, APP2, CLASSES, KEY_READ, SOFTWARE, USER, boot_hives, ensure_parents, load_profile, spawn,
+    unload_all,
+};
+use super::{Ctx, Scenario};
+use crate::loader::driver::LoadedDriver;
+use crate::nt::cm::hive;
+use crate::nt::io::{self, FileHandle, IoctlCall};
+use crate::nt::kernel;
+use crate::nt::ps::process;
+use crate::nt::se::security::{Caller, GENERIC_READ, GENERIC_WRITE};
+use crate::nt::status::{self, STATUS_SUCCESS};
+use crate::verifier::faults::FaultPolicy;
+
+/// The scenarios.
+#[must_use]
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario::hivetrack(
+            "late-start",
+            "a key opened before DriverEntry: the driver has no record (no context), its answers say since when it tracks, the kernel's list still has the key with its opener",
+            late_start,
+        ),
+        Scenario::hivetrack(
+            "loss-ages-out",
+            "a cut name in one hive leaves other hives' reports complete; an open lost in the profile is counted there, with its time, and goes with the hive when it unloads",
+            loss_ages_out,
+        ),
+        Scenario::hivetrack(
+            "wait-completeness",
+            "the wait-free answer carries since when the driver tracks and the losses of its hive (and only of its hive)",
+            wait_completeness,
+        ),
+        Scenario::hivetrack(
+            "wait-after-cleanup",
+            "a wait-free request dispatched after IRP_MJ_CLEANUP of its file object (the handle gone, the object still referenced) is cancelled at once, not left pending with nothing to cancel it",
+            wait_after_cleanup,
+        ),
+        Scenario::hivetrack(
+            "unregister-fails",
+            "CmUnRegisterCallback fails at unload: the driver keeps its tracker and, with a reference on its driver object, its image; registry traffic afterwards runs its callback safely",
+            unregister_fails,
+        ),
+        Scenario::hivetrack(
+            "relative-load",
+            "RegLoadKey(HKU, \"S-1-5-21-…\", file): KeyName relative to the load's root object; the driver records the mount \\REGISTRY\\USER\\S-1-5-21-…, not the bare SID",
+            relative_load,
+        ),
+        Scenario::hivetrack(
+            "nameless-open",
+            "CmCallbackGetKeyObjectIDEx fails for an open: not filed under an empty-mount hive, counted against the hive its path names",
+            nameless_open,
+        ),
+    ]
+}
+
+/// What a holders answer says about its hive.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct View {
+    pub(super) open_keys: u64,
+    pub(super) holders: u32,
+    pub(super) completeness: Completeness,
+}
+
+pub(super) fn query(kind: QueryKind, hive: &str) -> Vec<u8> {
+    let units: Vec<u16> = hive.encode_utf16().collect();
+    let req = QueryRequest {
+        query: kind,
+        flags: if kind == QueryKind::Holders {
+            QueryRequest::FLAG_SUMMARY_ONLY
+        } else {
+            0
+        },
+        max_records: 0,
+        cursor: Cursor::START,
+        hive: Text::Units(&units),
+    };
+    let mut buf = vec![0u8; 256 + 2 * units.len()];
+    let n = wire::encode(&req, &mut buf).unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
+
+/// The first holders page of `hive` (summaries): enough for counts and completeness.
+pub(super) fn view(ctx: &mut Ctx, h: FileHandle, hive: &str) -> View {
+    let r = ctx.ioctl_checked(
+        h,
+        query_ioctl(QueryKind::Holders),
+        &query(QueryKind::Holders, hive),
+        64 * 1024,
+    );
+    let page = (r.status == STATUS_SUCCESS)
+        .then(|| wire::decode::<Page<'_, Holders>>(&r.output[..r.information]).ok())
+        .flatten();
+    let Some(page) = page else {
+        ctx.check(
+            false,
+            format!(
+                "holders of {hive}: {} and an answer that decodes",
+                status::describe(r.status)
+            ),
+        );
+        return View::default();
+    };
+    View {
+        open_keys: page.prefix.open_keys,
+        holders: page.prefix.holders,
+        completeness: page.prefix.completeness,
+    }
+}
+
+fn mounts(ctx: &mut Ctx, h: FileHandle) -> Vec<String> {
+    let r = ctx.ioctl_checked(
+        h,
+        query_ioctl(QueryKind::Hives),
+        &query(QueryKind::Hives, ""),
+        64 * 1024,
+    );
+    wire::decode::<Page<'_, Hives>>(&r.output[..r.information])
+        .map(|p| p.records().map(|h| h.mount.to_string()).collect())
+        .unwrap_or_default()
+}
+
+pub(super) fn stats(ctx: &mut Ctx, h: FileHandle) -> Stats {
+    let r = ctx.ioctl_checked(
+        h,
+        query_ioctl(QueryKind::Stats),
+        &query(QueryKind::Stats, ""),
+        64 * 1024,
+    );
+    wire::decode::<Stats>(&r.output[..r.information]).unwrap_or_default()
+}
+
+/// A wait-free request with a zero timeout: answered at once.
+fn wait_now(ctx: &mut Ctx, h: FileHandle, hive: &str) -> Option<WaitFreeAnswer> {
+    match super::wait_free::send(h, hive, 0) {
+        IoctlCall::Done(r) if r.status == STATUS_SUCCESS => {
+            let a = wire::decode::<WaitFreeAnswer>(&r.output[..r.information]).ok();
+            ctx.check(a.is_some(), format!("wait on {hive}: the answer decodes"));
+            a
+        }
+        IoctlCall::Done(r) => {
+            ctx.check(
+                false,
+                format!("wait on {hive}: {}", status::describe(r.status)),
+            );
+            None
+        }
+        IoctlCall::Pending(mut p) => {
+            ctx.check(false, format!("wait on {hive} with timeout 0 pends"));
+            let _ = p.cancel();
+            let _ = p.poll();
+            None
+        }
+    }
+}
+
+pub(super) fn load(ctx: &mut Ctx) -> (LoadedDriver, Option<FileHandle>) {
+    let d = ctx.load();
+    let s = d.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    let h = match ctx.open(
+        WIN32_DEVICE_PATH,
+        Caller::Admin,
+        GENERIC_READ | GENERIC_WRITE,
+    ) {
+        Ok(h) => Some(h),
+        Err(s) => {
+            ctx.check(false, format!("open the device: {}", status::describe(s)));
+            None
+        }
+    };
+    (d, h)
+}
+
+fn finish(ctx: &mut Ctx, mut d: LoadedDriver, h: FileHandle, pids: &[u32]) {
+    for &pid in pids {
+        process::exit_process(pid);
+    }
+    unload_all(ctx, &[USER, CLASSES]);
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+pub(super) fn open_kept(ctx: &mut Ctx, pid: u32, key: &str) -> Option<u64> {
+    ensure_parents(pid, key);
+    let r = hive::open_key(pid, key, KEY_READ, true);
+    ctx.check(r.is_ok(), format!("process {pid} opens {key}: {r:?}"));
+    r.ok()
+}
+
+/// Runs `f` with every fallible call of `routine` failing (every allocation when `None`).
+fn failing<R>(routine: Option<&'static str>, f: impl FnOnce() -> R) -> R {
+    kernel::with(|k| {
+        k.faults.only = routine;
+        k.faults.pool_only = routine.is_none();
+        k.faults.policy = FaultPolicy::Random {
+            per_mille: 1000,
+            seed: 0x5EED,
+        };
+    });
+    let r = f();
+    kernel::with(|k| {
+        k.faults.policy = FaultPolicy::Off;
+        k.faults.only = None;
+        k.faults.pool_only = false;
+    });
+    r
+}
+
+/// Object contexts exist only for objects the callback attached one to (docs:
+/// `CmSetCallbackObjectContext`; the model: `td-preexisting-handles`): a driver started after
+/// the leak has no record of the leaked key. Its answers must say since when it tracks.
+fn late_start(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    load_profile(ctx);
+    let early = spawn(ctx, APP2);
+    let policies = format!(r"{USER}\Software\Policies");
+    let kept = open_kept(ctx, early, &policies);
+    let opened_at = crate::machine::cpu::system_time();
+    let (d, h) = load(ctx);
+    let Some(h) = h else { return };
+    let v = view(ctx, h, USER);
+    ctx.check(
+        v.completeness.tracking_since >= opened_at,
+        format!(
+            "the holders answer says since when the driver tracks ({}), after the early open ({opened_at})",
+            v.completeness.tracking_since
+        ),
+    );
+    ctx.check(
+        v.open_keys == 0 && v.holders == 0,
+        format!("the driver has no record of the key opened before it started: {v:?}"),
+    );
+    let listed = hive::open_subkeys(USER).unwrap_or_default();
+    ctx.check(
+        listed
+            .iter()
+            .any(|(p, n)| *p == early && n.eq_ignore_ascii_case(&policies)),
+        format!("the kernel's list has it, with its opener {early}: {listed:?}"),
+    );
+    let w = wait_now(ctx, h, USER);
+    ctx.check(
+        w.is_some_and(|w| {
+            w.outcome == WaitOutcome::Free
+                && w.completeness.tracking_since == v.completeness.tracking_since
+        }),
+        format!("the driver's wait answer is free of what it tracks and says since when: {w:?}"),
+    );
+    let known = mounts(ctx, h).iter().any(|m| m.eq_ignore_ascii_case(USER));
+    ctx.check(
+        known,
+        "the profile loaded before the driver is known (hive list read after registration)",
+    );
+    let later = spawn(ctx, APP1);
+    let desktop = format!(r"{USER}\Control Panel\Desktop");
+    let _ = open_kept(ctx, later, &desktop);
+    let v = view(ctx, h, USER);
+    ctx.check(
+        v.open_keys == 1 && v.holders == 1,
+        format!("an open after the start is tracked: {v:?}"),
+    );
+    if let Some(k) = kept {
+        let _ = hive::close_key(early, k);
+    }
+    finish(ctx, d, h, &[early, later]);
+}
+
+/// Losses are counted against the hive they concern and age out with it.
+fn loss_ages_out(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (d, h) = load(ctx);
+    let Some(h) = h else { return };
+    load_profile(ctx);
+    let a = spawn(ctx, APP1);
+    // A path longer than the tracker's largest name block (any user can make one).
+    let long: String = (0..12).fold(SOFTWARE.to_owned(), |mut p, i| {
+        p.push('\\');
+        p.push_str(&format!("{i:02}").repeat(100));
+        p
+    });
+    let long_key = open_kept(ctx, a, &long);
+    let st = stats(ctx, h);
+    ctx.check(
+        st.names_truncated >= 1,
+        format!(
+            "the long name was cut (names_truncated {})",
+            st.names_truncated
+        ),
+    );
+    let profile = view(ctx, h, USER);
+    let software = view(ctx, h, SOFTWARE);
+    ctx.check(
+        profile.completeness.nothing_lost() && software.completeness.nothing_lost(),
+        format!(
+            "a cut name is flagged on its key: no hive's report is incomplete for it ({:?}, {:?})",
+            profile.completeness, software.completeness
+        ),
+    );
+    let b = spawn(ctx, APP2);
+    let lost_key = format!(r"{USER}\Software\Lost");
+    ensure_parents(b, &lost_key);
+    let before = crate::machine::cpu::system_time();
+    let lost = failing(None, || hive::open_key(b, &lost_key, KEY_READ, true));
+    ctx.check(lost.is_ok(), format!("the open itself succeeds: {lost:?}"));
+    let profile = view(ctx, h, USER);
+    let classes = view(ctx, h, CLASSES);
+    ctx.check(
+        profile.completeness.hive_lost >= 1
+            && profile.completeness.hive_lost_since >= before
+            && profile.completeness.global_lost == 0,
+        format!(
+            "the lost open is counted against the profile, with its time: {:?}",
+            profile.completeness
+        ),
+    );
+    let software = view(ctx, h, SOFTWARE);
+    ctx.check(
+        classes.completeness.nothing_lost() && software.completeness.nothing_lost(),
+        format!("and against no other hive: {:?}", classes.completeness),
+    );
+    if let Ok(k) = lost {
+        let _ = hive::close_key(b, k);
+    }
+    if let Some(k) = long_key {
+        let _ = hive::close_key(a, k);
+    }
+    unload_all(ctx, &[USER, CLASSES]);
+    load_profile(ctx);
+    let profile = view(ctx, h, USER);
+    ctx.check(
+        profile.completeness.nothing_lost(),
+        format!(
+            "unloaded and loaded again, the profile starts with nothing lost: {:?}",
+            profile.completeness
+        ),
+    );
+    finish(ctx, d, h, &[a, b]);
+}
+
+/// The wait-free answer says what it could not see.
+fn wait_completeness(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    load_profile(ctx);
+    let early = spawn(ctx, APP2);
+    let kept = open_kept(ctx, early, &format!(r"{USER}\Software\Policies"));
+    let (d, h) = load(ctx);
+    let Some(h) = h else { return };
+    let w = wait_now(ctx, h, USER);
+    ctx.check(
+        w.is_some_and(|w| w.outcome == WaitOutcome::Free && w.completeness.tracking_since != 0),
+        format!("free of what the driver tracks, with since when it tracks: {w:?}"),
+    );
+    let b = spawn(ctx, APP1);
+    let key = format!(r"{CLASSES}\CLSID\Lost");
+    ensure_parents(b, &key);
+    let lost = failing(None, || hive::open_key(b, &key, KEY_READ, true));
+    let w = wait_now(ctx, h, CLASSES);
+    ctx.check(
+        w.is_some_and(|w| w.completeness.hive_lost >= 1 && !w.completeness.nothing_lost()),
+        format!("a wait on the hive that lost an open says so: {w:?}"),
+    );
+    let w = wait_now(ctx, h, SOFTWARE);
+    ctx.check(
+        w.is_some_and(|w| w.completeness.nothing_lost()),
+        format!("a wait on another hive does not: {w:?}"),
+    );
+    if let Ok(k) = lost {
+        let _ = hive::close_key(b, k);
+    }
+    if let Some(k) = kept {
+        let _ = hive::close_key(early, k);
+    }
+    finish(ctx, d, h, &[early, b]);
+}
+
+/// `CmCallbackGetKeyObjectIDEx` can fail (docs); the open is then counted against the hive its
+/// path names, and no hive with an empty mount point appears.
+fn nameless_open(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (d, h) = load(ctx);
+    let Some(h) = h else { return };
+    load_profile(ctx);
+    let a = spawn(ctx, APP1);
+    let key = format!(r"{USER}\Software\Nameless");
+    ensure_parents(a, &key);
+    let opened = failing(Some("CmCallbackGetKeyObjectIDEx"), || {
+        hive::open_key(a, &key, KEY_READ, true)
+    });
+    ctx.check(opened.is_ok(), format!("the open succeeds: {opened:?}"));
+    let st = stats(ctx, h);
+    ctx.check(
+        st.opens_dropped_no_name == 1,
+        format!(
+            "the kernel gave no name once (opens_dropped_no_name {})",
+            st.opens_dropped_no_name
+        ),
+    );
+    let all = mounts(ctx, h);
+    ctx.check(
+        all.iter().all(|m| !m.is_empty()),
+        format!("no hive with an empty mount point: {all:?}"),
+    );
+    let profile = view(ctx, h, USER);
+    ctx.check(
+        profile.completeness.hive_lost == 1 && profile.completeness.global_lost == 0,
+        format!("counted against the profile, the hive its path names: {profile:?}"),
+    );
+    let classes = view(ctx, h, CLASSES);
+    ctx.check(
+        classes.completeness.nothing_lost(),
+        format!("not against another hive: {classes:?}"),
+    );
+    let w = wait_now(ctx, h, USER);
+    ctx.check(
+        w.is_some_and(|w| !w.completeness.nothing_lost()),
+        format!("a wait on the profile does not call it free and complete: {w:?}"),
+    );
+    if let Ok(k) = opened {
+        let _ = hive::close_key(a, k);
+    }
+    finish(ctx, d, h, &[a]);
+}
+
+/// Docs, "IRP_MJ_CLEANUP": the last handle is closed "but, due to outstanding I/O requests,
+/// [the file object] might not have been released": a `DeviceIoControl` already past its
+/// handle lookup on another thread is dispatched after the cleanup (the model:
+/// `io::cleanup_keeping_reference`). A wait queued then would pend with no handle left to
+/// cancel it, and IRP_MJ_CLOSE (and so a service stop) would never come.
+fn wait_after_cleanup(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (d, h) = load(ctx);
+    let Some(h) = h else { return };
+    load_profile(ctx);
+    let holder = spawn(ctx, APP2);
+    let kept = open_kept(ctx, holder, &format!(r"{USER}\Software\Policies"));
+    let waiter = match ctx.open(
+        WIN32_DEVICE_PATH,
+        Caller::Admin,
+        GENERIC_READ | GENERIC_WRITE,
+    ) {
+        Ok(w) => w,
+        Err(s) => {
+            ctx.check(
+                false,
+                format!("open a second handle: {}", status::describe(s)),
+            );
+            return;
+        }
+    };
+    io::cleanup_keeping_reference(waiter);
+    match super::wait_free::send(waiter, USER, protocol::wait::WaitFreeRequest::NO_TIMEOUT) {
+        IoctlCall::Done(r) => ctx.check(
+            r.status == STATUS_CANCELLED && r.output.is_empty(),
+            format!(
+                "the wait sent after the cleanup completes at once, cancelled: {}",
+                status::describe(r.status)
+            ),
+        ),
+        IoctlCall::Pending(mut p) => {
+            ctx.check(
+                false,
+                "the wait sent after the cleanup pends with no handle left to cancel it",
+            );
+            let _ = p.cancel();
+            let _ = p.poll();
+        }
+    }
+    io::release_reference(waiter);
+    if let Some(k) = kept {
+        let _ = hive::close_key(holder, k);
+    }
+    finish(ctx, d, h, &[holder]);
+}
+
+const STATUS_CANCELLED: crate::nt::status::NtStatus = 0xC000_0120_u32.cast_signed();
+
+/// Docs, `CmUnRegisterCallback`, "Return value": it can fail. The callback then stays
+/// registered and Windows goes on calling it: a driver that freed its tracker, or let its
+/// image go (ReactOS `IopDeleteDriver` unmaps it at the driver object's last reference),
+/// would crash the machine at the next registry call.
+fn unregister_fails(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (mut d, h) = load(ctx);
+    let Some(h) = h else { return };
+    load_profile(ctx);
+    let holder = spawn(ctx, APP2);
+    let kept = open_kept(ctx, holder, &format!(r"{USER}\Software\Policies"));
+    io::close(h);
+    let ran = failing(Some("CmUnRegisterCallback"), || d.unload());
+    let injected = kernel::with(|k| k.faults.injected.len());
+    ctx.check(
+        ran && injected == 1,
+        format!("DriverUnload ran and CmUnRegisterCallback failed ({injected} injected)"),
+    );
+    let (registered, referenced) = kernel::with(|k| {
+        (
+            k.registry.callbacks.iter().any(|c| !c.emulated),
+            k.objects.references.values().any(|n| *n > 0),
+        )
+    });
+    ctx.check(registered, "the callback is still registered");
+    ctx.check(
+        referenced,
+        "the driver keeps a reference on its driver object, so its image stays mapped",
+    );
+    // Registry traffic after the unload: the callback runs in the kept image on the kept
+    // tracker (special pool makes any freed block a bugcheck).
+    let other = spawn(ctx, APP1);
+    let key = format!(r"{USER}\Control Panel\Desktop");
+    let opened = open_kept(ctx, other, &key);
+    if let Some(k) = opened {
+        let _ = hive::close_key(other, k);
+    }
+    if let Some(k) = kept {
+        let _ = hive::close_key(holder, k);
+    }
+    process::exit_process(other);
+    process::exit_process(holder);
+    let s = hive::unload_hive(super::tracking::SYSTEM_PID, USER);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!(
+            "the profile still unloads (nothing pinned): {}",
+            status::describe(s)
+        ),
+    );
+}
+
+/// `RegLoadKey(HKEY_USERS, "S-1-5-21-…", file)` (ReactOS `RegLoadKeyW`: `NtLoadKey` with
+/// `RootDirectory` = the HKU handle): RegNtPreLoadKey's `KeyName` is relative to its `Object`
+/// (the model: `td-relative-load`). The driver must record the full mount point, or the
+/// profile's keys are filed under an implicit hive and a bogus mount named by the bare SID
+/// is left in the table (one per profile load).
+#[allow(clippy::many_single_char_names)] // d, h, s, a: driver, device, status, process
+fn relative_load(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (mut d, h) = load(ctx);
+    let Some(h) = h else { return };
+    let system = super::tracking::SYSTEM_PID;
+    let sid = &USER[r"\REGISTRY\USER\".len()..];
+    let hku = hive::open_key(system, r"\REGISTRY\USER", KEY_READ, false);
+    ctx.check(hku.is_ok(), format!("open HKU: {hku:?}"));
+    if let Ok(hku) = hku {
+        let s = hive::load_key(
+            system,
+            hku,
+            sid,
+            r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT",
+        );
+        ctx.check(
+            s == STATUS_SUCCESS,
+            format!("RegLoadKey(HKU, {sid}): {}", status::describe(s)),
+        );
+        let _ = hive::close_key(system, hku);
+    }
+    let all = mounts(ctx, h);
+    ctx.check(
+        all.iter().any(|m| m.eq_ignore_ascii_case(USER))
+            && all.iter().all(|m| !m.eq_ignore_ascii_case(sid)),
+        format!("the driver records the mount {USER}, no bare-SID mount: {all:?}"),
+    );
+    let a = spawn(ctx, APP1);
+    let key = format!(r"{USER}\Software\Relative");
+    let kept = open_kept(ctx, a, &key);
+    let v = view(ctx, h, USER);
+    ctx.check(
+        v.open_keys == 1 && v.holders == 1,
+        format!("an open in the profile is filed under its loaded hive: {v:?}"),
+    );
+    if let Some(k) = kept {
+        let _ = hive::close_key(a, k);
+    }
+    process::exit_process(a);
+    let s = hive::unload_hive(system, USER);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("the profile unloads: {}", status::describe(s)),
+    );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}

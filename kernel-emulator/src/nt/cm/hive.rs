@@ -1,0 +1,1934 @@
+//! Registry model: hives mounted at paths under `\REGISTRY`, the keys in them (with the case
+//! they were created with), registry symbolic links, key objects (one per successful open or
+//! create, as CM_KEY_BODY is; destroyed at their last reference, on the closing thread or on a
+//! system worker thread), per-process handle tables (duplicated and inherited handles share
+//! the object and produce no notification), the notifications each operation delivers through
+//! [`crate::nt::cm::registry`], and hive unload, which
+//! fails with STATUS_CANNOT_DELETE while any key object of the hive exists or is referenced —
+//! including references a driver took with ObReferenceObject: this is how a test proves that
+//! the driver never pins a hive.
+//!
+//! Docs: "Filtering Registry Calls", "Invalid Key Object Pointers in Registry Notifications",
+//! RegUnLoadKey/NtUnloadKey (fails while keys of the hive are open).
+//!
+//! Hive lifecycle as the APIs make it:
+//! - [`load_key`] with a root handle is what `RegLoadKey(HKEY_USERS, "S-1-5-21-…", file)`
+//!   sends: ReactOS advapi32 `RegLoadKeyW` maps the predefined key to a handle and calls
+//!   `NtLoadKey` with `ObjectAttributes.RootDirectory` = that handle and `ObjectName` = the
+//!   relative sub-key; REG_LOAD_KEY_INFORMATION
+//!   (<https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_load_key_information>)
+//!   then carries `Object` = the root directory's key object and `KeyName` = the relative
+//!   name (an absolute `NtLoadKey` has no root object: `Object` NULL). That `Object` is the
+//!   RootDirectory's key object is how filters in the field read it; the Learn page's wording
+//!   ("the root key of the hive that is about to be loaded") cannot be literal, as that key
+//!   does not exist before the load.
+//! - [`load_app_key`] is `RegLoadAppKey`
+//!   (<https://learn.microsoft.com/en-us/windows/win32/api/winreg/nf-winreg-regloadappkeyw>):
+//!   the hive is mounted under `\REGISTRY\A\{GUID}` (a root that cannot be enumerated), the
+//!   caller gets a handle to its root key through `RootHandle` (non-NULL only for app hives,
+//!   per the structure's page), loading the same file again returns a new handle to the hive
+//!   already loaded, and the hive "is automatically unloaded when all handles to the keys
+//!   inside the hive are closed". The model delivers RegNtPreLoadKey/RegNtPostLoadKey (with
+//!   `RootHandle` and `Flags` = REG_APP_HIVE) and no open notification for the root key, and
+//!   the automatic unload delivers no RegNtPreUnLoadKey: no thread asks for it (the unload
+//!   notification is documented as sent when "a thread attempts to unload a key"). Both
+//!   absences are *inferences*.
+//! - [`unload_key_ex`] is `NtUnloadKeyEx(TargetKey, Event)`. ReactOS returns
+//!   STATUS_NOT_IMPLEMENTED and Learn has no page; REG_UNLOAD_KEY_INFORMATION carries
+//!   `UserEvent` and REG_LOAD_KEY_INFORMATION documents that event as "signaled when the hive
+//!   is unloaded". The late unload on a worker is the Windows Research Kernel's
+//!   (`base/ntos/config/cmdelete.c`: `CmpDeleteKeyObject` of a key in a frozen hive calls
+//!   `CmpDoQueueLateUnloadWorker`, which queues `CmpLateUnloadHiveWorker` on the
+//!   DelayedWorkQueue). Modelled, the rest an *inference*: with keys still open the call
+//!   returns STATUS_PENDING (its post-notification too), and once the hive's last key object
+//!   is gone a system worker thread (System process) unloads it and signals the event, with
+//!   no further notification; a free hive unloads at once (STATUS_SUCCESS, event signalled).
+//! - Kernel handles ([`open_kernel_key`]): the notifications run on the calling thread, in its
+//!   process, with `Attributes` holding OBJ_KERNEL_HANDLE and `CheckAccessMode` KernelMode;
+//!   the handle goes into the System process's table with the kernel-handle bit set (ReactOS
+//!   `ObpCreateHandle`: `ObpKernelHandleTable`, `ObMarkHandleAsKernelHandle`), survives the
+//!   opening process, and closing it from any thread attaches that thread to the System
+//!   process for the close (ReactOS `ObpCloseHandle`: `KeStackAttachProcess(PsInitialSystemProcess)`).
+//!   A handle opened without OBJ_KERNEL_HANDLE by a thread attached to another process goes
+//!   into that process's table (`PsGetCurrentProcess()->ObjectTable`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::c_void;
+
+use crate::nt::cm::registry::{
+    self, PreFields, RegCreateKeyInformationV1, RegKeyHandleCloseInformation,
+    RegLoadKeyInformation, RegRenameKeyInformation, RegUnloadKeyInformation, class,
+};
+use crate::nt::io;
+use crate::nt::kernel;
+use crate::nt::layout::OwnedUnicode;
+use crate::nt::ob::object::{KERNEL_HANDLE_BIT, OBJ_KERNEL_HANDLE};
+use crate::nt::status::{
+    NtStatus, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
+    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_INVALID, STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_PENDING, STATUS_PREDEFINED_HANDLE, STATUS_REPARSE, STATUS_SUCCESS,
+};
+
+/// What unloading a hive with open keys returns.
+pub use crate::nt::status::STATUS_CANNOT_DELETE;
+/// REG_CREATED_NEW_KEY.
+pub const REG_CREATED_NEW_KEY: u32 = 1;
+/// REG_OPENED_EXISTING_KEY.
+pub const REG_OPENED_EXISTING_KEY: u32 = 2;
+
+/// Marker in a key path whose open succeeds in the post-notification and then fails to get
+/// a handle (STATUS_INSUFFICIENT_RESOURCES): the object is destroyed.
+pub const HANDLE_FAIL_MARKER: &str = "KEMU-NOHANDLE";
+/// The System process id: system worker threads run there.
+pub const SYSTEM_PID: u32 = 4;
+/// How many symbolic links one open follows before giving up (a model bound).
+const MAX_REPARSE: usize = 32;
+
+/// One key object.
+#[derive(Debug, Clone)]
+pub struct KeyObject {
+    /// Full key name as stored: the hive's mount point as loaded and each key's name in the
+    /// case it was created with, whatever the opener typed (`\REGISTRY\MACHINE\SOFTWARE\X`).
+    pub name: String,
+    /// Canonical (upper-case) mount point of its hive.
+    pub hive: String,
+    /// Open handles.
+    pub handles: u32,
+    /// Being destroyed (between pre-close and its end).
+    pub destroyed: bool,
+    /// Per-callback contexts by cookie.
+    pub contexts: BTreeMap<i64, usize>,
+    /// Key id (same for every object of one key).
+    pub key_id: usize,
+    /// The process that opened it (`CM_KEY_BODY.ProcessID`, set to `PsGetCurrentProcessId`
+    /// when the key body is created: ReactOS `CmpCreateKeyBody`/`CmpDoCreateChild`, Windows
+    /// Research Kernel `CmpDoOpen`). What `NtQueryOpenSubKeysEx` reports as its pid.
+    pub opener: u32,
+    /// Its open's post-notification went out with STATUS_SUCCESS while a driver's callback
+    /// (and no emulated filter) was registered: a tracking driver was told of it. The audit
+    /// of holders answers relies on it (`Ctx::ioctl_checked`).
+    pub announced: bool,
+}
+
+/// One mounted hive.
+#[derive(Debug, Clone)]
+pub struct Hive {
+    /// Mount point as given.
+    pub mount: String,
+    /// Backing file.
+    pub file: String,
+    /// An application hive (RegLoadAppKey): unloads by itself when its last key goes.
+    pub app: bool,
+    /// A deferred unload (NtUnloadKeyEx with an event) waiting for the last key to go.
+    pub pending_unload: Option<UnloadEvent>,
+}
+
+/// The master hive's pseudo mount point: it is never listed, loaded or unloaded.
+pub const MASTER_HIVE: &str = r"\REGISTRY";
+/// The keys of the master hive that can be opened (canonical): `HKEY_LOCAL_MACHINE` and
+/// `HKEY_USERS` are handles to the last two, which `RegLoadKey` passes as the root directory.
+/// `\REGISTRY\A` is not among them: the app-hive root "cannot be enumerated" (RegLoadAppKey).
+pub const MASTER_KEYS: [&str; 3] = [r"\REGISTRY", r"\REGISTRY\MACHINE", r"\REGISTRY\USER"];
+
+/// The mount root of application hives.
+pub const APP_HIVE_ROOT: &str = r"\REGISTRY\A";
+/// REG_APP_HIVE (winnt.h), the NtLoadKeyEx flag of an application hive.
+pub const REG_APP_HIVE: u32 = 0x10;
+
+/// How a deferred unload ended, as the event's waiter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnloadCompletion {
+    /// The process the completing thread belongs to (4: a system worker thread).
+    pub pid: u32,
+    /// The emulated processor number of the completing thread.
+    pub thread: u32,
+}
+
+/// The event of [`unload_key_ex`] (the `Event` of NtUnloadKeyEx): signalled when the hive is
+/// unloaded. Its address is what `UserEvent` carries to the callbacks.
+#[derive(Debug, Clone)]
+pub struct UnloadEvent {
+    state: std::sync::Arc<(
+        std::sync::Mutex<Option<UnloadCompletion>>,
+        std::sync::Condvar,
+    )>,
+    /// The fake event object's address (`REG_UNLOAD_KEY_INFORMATION.UserEvent`).
+    pub object: usize,
+}
+
+impl UnloadEvent {
+    fn new() -> Self {
+        Self {
+            state: std::sync::Arc::default(),
+            object: alloc_object_page(),
+        }
+    }
+
+    fn signal(&self, completion: UnloadCompletion) {
+        let (m, c) = &*self.state;
+        *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(completion);
+        c.notify_all();
+    }
+
+    /// Whether the hive is unloaded (and by which thread), without waiting.
+    #[must_use]
+    pub fn signalled(&self) -> Option<UnloadCompletion> {
+        *self
+            .state
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits up to `timeout` for the unload (KeWaitForSingleObject on the event).
+    #[must_use]
+    pub fn wait(&self, timeout: std::time::Duration) -> Option<UnloadCompletion> {
+        let (m, c) = &*self.state;
+        let g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (g, _) = c
+            .wait_timeout_while(g, timeout, |done| done.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g
+    }
+}
+
+/// Registry state.
+#[derive(Debug, Default)]
+pub struct HiveState {
+    /// Mounted hives by canonical mount point.
+    pub hives: BTreeMap<String, Hive>,
+    /// Existing keys (canonical names).
+    pub keys: BTreeSet<String>,
+    /// The id of each key that has one (canonical name -> id): a key whose key control
+    /// block exists. See [`HiveState::key_id`] and [`HiveState::remove_object`].
+    key_ids: HashMap<String, usize>,
+    /// Ids freed when their key's last object (and every object below it) went, most recent
+    /// last: the next key that needs an id takes the last one.
+    free_key_ids: Vec<usize>,
+    /// Ids handed out so far (fresh ones are numbered from it).
+    minted_key_ids: usize,
+    /// Live key objects at or below each canonical key (what keeps a key's id alive).
+    live_below: HashMap<String, usize>,
+    /// The Windows 7 routine `CmCallbackGetKeyObjectID`'s name of each key it named (key id
+    /// -> the kernel-owned UNICODE_STRING): built at the first call and handed out again,
+    /// the old name after a rename, until the key's id goes (`registry.rs`).
+    pub(crate) old_names: HashMap<usize, usize>,
+    /// Live key objects by address.
+    pub objects: HashMap<usize, KeyObject>,
+    /// Handles: (pid, handle) -> key object.
+    pub handles: BTreeMap<(u32, u64), usize>,
+    next_handle: u64,
+    /// Stored spelling of created keys, by canonical name.
+    spelled: HashMap<String, String>,
+    /// Registry symbolic links: canonical link key -> target path.
+    links: BTreeMap<String, String>,
+    /// Keys that answer an open with STATUS_PREDEFINED_HANDLE.
+    predefined: BTreeSet<String>,
+    /// Key objects are deleted on a system worker thread (see [`set_deferred_deletion`]).
+    defer_deletion: bool,
+    /// Key objects whose deletion is queued for the worker thread.
+    deferred: Vec<usize>,
+    /// The `\REGISTRY` key object (0 until the first absolute open needs it): the root an
+    /// absolute name is parsed from, never closed ([`registry_root`]).
+    registry_root: usize,
+}
+
+fn canon(path: &str) -> String {
+    path.trim_end_matches('\\').to_ascii_uppercase()
+}
+
+/// `k` with its prefix `old` (a whole key or a key above it) replaced by `new`; None if `k`
+/// is neither `old` nor below it.
+fn rebase(k: &str, old: &str, new: &str) -> Option<String> {
+    let rest = k.strip_prefix(old)?;
+    (rest.is_empty() || rest.starts_with('\\')).then(|| format!("{new}{rest}"))
+}
+
+/// Moves every entry of `map` at or below canonical `old` to `new`.
+fn rebase_map<V>(map: &mut HashMap<String, V>, old: &str, new: &str) {
+    let moved: Vec<String> = map
+        .keys()
+        .filter(|k| rebase(k, old, new).is_some())
+        .cloned()
+        .collect();
+    for k in moved {
+        if let (Some(v), Some(n)) = (map.remove(&k), rebase(&k, old, new)) {
+            map.insert(n, v);
+        }
+    }
+}
+
+impl HiveState {
+    /// The context `cookie` attached to `object` (0 if none or not a key object).
+    #[must_use]
+    pub fn context_of(&self, object: usize, cookie: i64) -> usize {
+        self.objects
+            .get(&object)
+            .and_then(|o| o.contexts.get(&cookie).copied())
+            .unwrap_or(0)
+    }
+
+    /// Removes and returns every context of `cookie` (CmUnRegisterCallback).
+    pub fn take_contexts_of(&mut self, cookie: i64) -> Vec<(usize, usize)> {
+        self.objects
+            .iter_mut()
+            .filter_map(|(a, o)| o.contexts.remove(&cookie).map(|c| (*a, c)))
+            .collect()
+    }
+
+    /// Sets a context; returns the old one, or None if `object` is not a live key object.
+    pub fn set_context(&mut self, object: usize, cookie: i64, context: usize) -> Option<usize> {
+        let o = self.objects.get_mut(&object)?;
+        Some(if context == 0 {
+            o.contexts.remove(&cookie).unwrap_or(0)
+        } else {
+            o.contexts.insert(cookie, context).unwrap_or(0)
+        })
+    }
+
+    /// (key id, name, being destroyed) of a key object.
+    #[must_use]
+    pub fn identify(&self, object: usize) -> Option<(usize, String, bool)> {
+        self.objects
+            .get(&object)
+            .map(|o| (o.key_id, o.name.clone(), o.destroyed))
+    }
+
+    /// The stored name of canonical `key`, which the caller spelled `given`: a mount point as
+    /// loaded, a key as created; parts the model never saw created keep the caller's case.
+    fn stored_name(&self, key: &str, given: &str) -> String {
+        if let Some(n) = self.spelled.get(key) {
+            return n.clone();
+        }
+        if let Some(h) = self.hives.get(key) {
+            return h.mount.clone();
+        }
+        match (key.rsplit_once('\\'), given.rsplit_once('\\')) {
+            (Some((kp, _)), Some((gp, last))) if !kp.is_empty() => {
+                format!("{}\\{last}", self.stored_name(kp, gp))
+            }
+            _ => given.to_string(),
+        }
+    }
+
+    /// The name an open of `given` (canonical `key`) reparses to when a symbolic link is on
+    /// its path: the link's target plus the rest of the name (ReactOS
+    /// `ntoskrnl/config/cmparse.c`, CmpGetSymbolicLink).
+    fn reparse_target(&self, key: &str, given: &str) -> Option<String> {
+        let (link, target) = self
+            .links
+            .iter()
+            .filter(|(l, _)| key == l.as_str() || key.starts_with(&format!("{l}\\")))
+            .max_by_key(|(l, _)| l.len())?;
+        let rest = given.get(link.len()..).unwrap_or("");
+        Some(format!("{target}{rest}"))
+    }
+
+    /// The loaded hive holding `key` (longest mount-point prefix).
+    fn hive_of(&self, key: &str) -> Option<String> {
+        self.hives
+            .keys()
+            .filter(|m| key == m.as_str() || key.starts_with(&format!("{m}\\")))
+            .max_by_key(|m| m.len())
+            .cloned()
+            .or_else(|| MASTER_KEYS.contains(&key).then(|| MASTER_HIVE.to_string()))
+    }
+
+    /// The id `CmCallbackGetKeyObjectIDEx` reports for canonical `key`: the one it has while
+    /// any key object of it or of a key below it lives, else a new one — the most recently
+    /// freed id first (LIFO), so a *different* key soon gets an id a driver may still
+    /// remember. Learn, CmCallbackGetKeyObjectIDEx
+    /// (<https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackgetkeyobjectidex>),
+    /// Remarks: the objects of one key have identical ids, the id survives a rename, and it
+    /// is "unique across all keys in the registry"; nothing promises more. That the id dies
+    /// with the key's last object and is reused is an *inference*: the id is the key control
+    /// block's address (the brief's premise; no public source shows the routine), a KCB is
+    /// referenced by each key body (ReactOS `ntoskrnl/config/cmparse.c` CmpDoCreateChild /
+    /// `cmkcbncb.c` EnlistKeyBodyWithKCB; released in `cmsysini.c` CmpDeleteKeyObject:
+    /// DelistKeyBodyFromKCB + CmpDelayDerefKeyControlBlock) and by each child KCB
+    /// (`cmkcbncb.c` CmpCreateKeyControlBlock references `Parent`), and once unreferenced
+    /// it is freed (`cmkcbncb.c` CmpDereferenceKeyControlBlockWithLock ->
+    /// CmpCleanUpKcbCacheWithLock -> CmpFreeKeyControlBlock, then the parent is
+    /// dereferenced) into an allocator that hands freed KCBs out again (`cmalloc.c`
+    /// CmpFreeKeyControlBlock / CmpAllocateKeyControlBlock). ReactOS reuses them FIFO and
+    /// first parks an unreferenced KCB in a delayed-close cache (CmpAddToDelayedClose, where
+    /// a reopen of the same key finds it again); the model frees at once and reuses LIFO —
+    /// the earliest and most confusing reuse the mechanism allows, on purpose (adversarial).
+    fn key_id(&mut self, key: &str) -> usize {
+        if let Some(&id) = self.key_ids.get(key) {
+            return id;
+        }
+        let id = self.free_key_ids.pop().unwrap_or_else(|| {
+            self.minted_key_ids += 1;
+            0x4B00_0000 + (self.minted_key_ids - 1) * 0x40
+        });
+        self.key_ids.insert(key.to_string(), id);
+        id
+    }
+
+    /// Adds `delta` to the live-object count of canonical `key` and of each key above it.
+    fn count_live(&mut self, key: &str, delta: isize) {
+        let mut k = key;
+        loop {
+            let n = self.live_below.entry(k.to_string()).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                self.live_below.remove(k);
+            }
+            match k.rsplit_once('\\') {
+                Some((parent, _)) if !parent.is_empty() => k = parent,
+                _ => break,
+            }
+        }
+    }
+
+    /// Records a new live key object (every insertion into `objects` goes through here).
+    fn add_object(&mut self, address: usize, object: KeyObject) {
+        self.count_live(&canon(&object.name), 1);
+        self.objects.insert(address, object);
+    }
+
+    /// Forgets a key object; if it was the last object at or below its key, that key's id is
+    /// freed, and so is each id above it left with nothing below (deepest first, as
+    /// CmpCleanUpKcbCacheWithLock frees a KCB and then dereferences its parent): see
+    /// [`Self::key_id`].
+    fn remove_object(&mut self, address: usize) -> Option<KeyObject> {
+        let object = self.objects.remove(&address)?;
+        let key = canon(&object.name);
+        self.count_live(&key, -1);
+        let mut k = key.as_str();
+        loop {
+            if self.live_below.contains_key(k) {
+                break;
+            }
+            if let Some(id) = self.key_ids.remove(k) {
+                self.free_key_ids.push(id);
+                if let Some(name) = self.old_names.remove(&id) {
+                    crate::nt::cm::registry::free_kernel_name(name);
+                }
+            }
+            match k.rsplit_once('\\') {
+                Some((parent, _)) if !parent.is_empty() => k = parent,
+                _ => break,
+            }
+        }
+        Some(object)
+    }
+
+    /// NtRenameKey's effect on the model (see [`rename_key`]): the key of `object` and every
+    /// key below it take the new last component; ids, objects and their counts follow.
+    fn rename(&mut self, object: usize, new_name: &str) -> NtStatus {
+        let Some(name) = self.objects.get(&object).map(|o| o.name.clone()) else {
+            return STATUS_INVALID_HANDLE;
+        };
+        let key = canon(&name);
+        // Windows Research Kernel `base/ntos/config/cmapi.c`, CmRenameKey: "cannot rename the
+        // root of a hive; or anything in the master hive" -> STATUS_ACCESS_DENIED.
+        if self.hives.contains_key(&key) || self.hive_of(&key).is_none_or(|h| h == MASTER_HIVE) {
+            return STATUS_ACCESS_DENIED;
+        }
+        // REG_RENAME_KEY_INFORMATION (Learn): "only the last component of the path can be
+        // changed". Refusing a NewName with a separator (or empty) with
+        // STATUS_OBJECT_NAME_INVALID is an *inference*: no source shows NtRenameKey's check.
+        if new_name.is_empty() || new_name.contains('\\') {
+            return STATUS_OBJECT_NAME_INVALID;
+        }
+        let Some((parent, _)) = key.rsplit_once('\\') else {
+            return STATUS_ACCESS_DENIED;
+        };
+        let new_key = format!("{parent}\\{}", new_name.to_ascii_uppercase());
+        // CmRenameKey (WRK): CmpFindSubKeyByName finds a subkey of the parent with the new
+        // name (compared case-insensitively, so the key itself too) -> STATUS_CANNOT_DELETE.
+        if self.keys.contains(&new_key) {
+            return STATUS_CANNOT_DELETE;
+        }
+        let old_stored = self.stored_name(&key, &name);
+        // Same byte length as `key` (ASCII case only), so `parent.len()` is its separator.
+        let new_stored = format!("{}\\{new_name}", &old_stored[..parent.len()]);
+        let moved: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|k| rebase(k, &key, &new_key).is_some())
+            .cloned()
+            .collect();
+        for k in moved {
+            self.keys.remove(&k);
+            if let Some(n) = rebase(&k, &key, &new_key) {
+                self.keys.insert(n);
+            }
+        }
+        let spelled: Vec<(String, String)> = self
+            .spelled
+            .iter()
+            .filter(|(k, _)| rebase(k, &key, &new_key).is_some())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in spelled {
+            self.spelled.remove(&k);
+            if let (Some(n), Some(rest)) = (rebase(&k, &key, &new_key), v.get(key.len()..)) {
+                self.spelled.insert(n, format!("{new_stored}{rest}"));
+            }
+        }
+        self.spelled.insert(new_key.clone(), new_stored.clone());
+        rebase_map(&mut self.key_ids, &key, &new_key);
+        rebase_map(&mut self.live_below, &key, &new_key);
+        let links: Vec<String> = self
+            .links
+            .keys()
+            .filter(|k| rebase(k, &key, &new_key).is_some())
+            .cloned()
+            .collect();
+        for k in links {
+            if let (Some(t), Some(n)) = (self.links.remove(&k), rebase(&k, &key, &new_key)) {
+                self.links.insert(n, t);
+            }
+        }
+        let predefined: Vec<String> = self
+            .predefined
+            .iter()
+            .filter(|k| rebase(k, &key, &new_key).is_some())
+            .cloned()
+            .collect();
+        for k in predefined {
+            self.predefined.remove(&k);
+            if let Some(n) = rebase(&k, &key, &new_key) {
+                self.predefined.insert(n);
+            }
+        }
+        // Every live key object of the renamed keys reports the new name: the name is built
+        // from the KCB chain (CmpConstructName), whose name block CmRenameKey replaces in the
+        // renamed key's KCB (WRK `cmapi.c`: `KeyControlBlock->NameBlock =
+        // CmpGetNameControlBlock(&NewKeyName)`; the KCBs below keep their parent pointer).
+        for o in self.objects.values_mut() {
+            if rebase(&canon(&o.name), &key, &new_key).is_some()
+                && let Some(rest) = o.name.get(key.len()..)
+            {
+                o.name = format!("{new_stored}{rest}");
+            }
+        }
+        STATUS_SUCCESS
+    }
+
+    /// Handles a process holds.
+    #[must_use]
+    pub fn handles_of(&self, pid: u32) -> Vec<u64> {
+        self.handles
+            .keys()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, h)| *h)
+            .collect()
+    }
+}
+
+/// A key object's memory: a page of its own, made inaccessible when the object is freed, so
+/// a driver touching a dead key object faults.
+/// Key-object pages come from 16 MiB regions, one page per object: a mapping per object
+/// would hit Linux's `vm.max_map_count` (65,530) long before the 65,602 open keys of the leak
+/// scenario. A freed page is made inaccessible, never reused.
+fn alloc_object_page() -> usize {
+    const REGION: usize = 16 << 20;
+    static NEXT: std::sync::Mutex<(usize, usize)> = std::sync::Mutex::new((0, 0));
+    let mut g = NEXT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if g.0 == g.1 {
+        // SAFETY: a fresh anonymous mapping.
+        let m = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                REGION,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert!(m != libc::MAP_FAILED, "key object mmap failed");
+        *g = (m as usize, m as usize + REGION);
+    }
+    let page = g.0;
+    g.0 += 4096;
+    page
+}
+
+fn free_object_page(addr: usize) {
+    // SAFETY: the key object's own page; the mapping stays reserved so the address is not
+    // reused and stale pointers fault.
+    unsafe { libc::mprotect(addr as *mut c_void, 4096, libc::PROT_NONE) };
+}
+
+/// Mounts a hive at an absolute path (`NtLoadKey` with no root directory, as kernel-mode
+/// callers and services do): RegNtPreLoadKey with `Object` NULL and `KeyName` = `mount`,
+/// then RegNtPostLoadKey.
+#[must_use = "the status says whether the hive is mounted"]
+pub fn load_hive(pid: u32, mount: &str, file: &str) -> NtStatus {
+    load(pid, None, mount, file, false).0
+}
+
+/// Mounts a hive the way `RegLoadKey(hKey, lpSubKey, lpFile)` does: `NtLoadKey` with
+/// `RootDirectory` = `root` (a key handle of `pid`, e.g. the `HKEY_USERS` handle opened on
+/// `\REGISTRY\USER`) and the relative `key_name` (`S-1-5-21-…`). RegNtPreLoadKey carries
+/// `Object` = the root's key object and `KeyName` = `key_name` as given; the hive is mounted
+/// at the root's name + `\` + `key_name`. A handle `pid` does not hold is
+/// STATUS_INVALID_HANDLE with no notification (the handle is resolved before the callbacks).
+#[must_use = "the status says whether the hive is mounted"]
+pub fn load_key(pid: u32, root: u64, key_name: &str, file: &str) -> NtStatus {
+    load(pid, Some(root), key_name, file, false).0
+}
+
+/// Loads an application hive (`RegLoadAppKey(file, &hkey, …)`): mounted at
+/// `\REGISTRY\A\{GUID}` (the same mount if `file` is already loaded as an app hive),
+/// RegNtPreLoadKey/RegNtPostLoadKey with `RootHandle` set and `Flags` = [`REG_APP_HIVE`], and
+/// a handle to the hive's root key in `pid`'s table, returned with the mount point. No open
+/// notification announces that root key object (inference, see the module doc). The hive
+/// unloads by itself, without RegNtPreUnLoadKey, when its last key object is gone.
+///
+/// # Errors
+/// The status of a vetoing pre-callback.
+pub fn load_app_key(pid: u32, file: &str) -> Result<(u64, String), NtStatus> {
+    match load(pid, None, "", file, true) {
+        (STATUS_SUCCESS, Some((handle, mount))) => Ok((handle, mount)),
+        (status, _) => Err(if status == STATUS_SUCCESS {
+            STATUS_INVALID_HANDLE
+        } else {
+            status
+        }),
+    }
+}
+
+/// The name of the key object behind `pid`'s handle `root`.
+fn root_name(pid: u32, root: u64) -> Option<(usize, String)> {
+    let table = crate::nt::ps::process::handle_table_of(pid, root);
+    kernel::with(|k| {
+        let object = *k.hives.handles.get(&(table, root))?;
+        k.hives
+            .objects
+            .get(&object)
+            .map(|o| (object, o.name.clone()))
+    })
+}
+
+/// The next application-hive mount point: `\REGISTRY\A\{GUID}` with a GUID that only grows.
+fn next_app_mount() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(r"{APP_HIVE_ROOT}\{{6B656D75-0000-4000-8000-{n:012X}}}")
+}
+
+/// NtLoadKey / NtLoadKeyEx: the notifications and the mount; for an app hive also the root
+/// handle and the mount point.
+fn load(
+    pid: u32,
+    root: Option<u64>,
+    key_name: &str,
+    file: &str,
+    app: bool,
+) -> (NtStatus, Option<(u64, String)>) {
+    let (object, mount) = match root {
+        Some(h) => match root_name(pid, h) {
+            Some((object, name)) => (object, format!(r"{name}\{key_name}")),
+            None => return (STATUS_INVALID_HANDLE, None),
+        },
+        None if app => {
+            let existing = kernel::with(|k| {
+                k.hives
+                    .hives
+                    .values()
+                    .find(|h| h.app && h.file.eq_ignore_ascii_case(file))
+                    .map(|h| h.mount.clone())
+            });
+            (0, existing.unwrap_or_else(next_app_mount))
+        }
+        None => (0, key_name.to_string()),
+    };
+    let key_name = OwnedUnicode::new(if root.is_some() { key_name } else { &mount });
+    let source = OwnedUnicode::new(file);
+    let mut root_handle = 0u64;
+    let mut info = RegLoadKeyInformation {
+        object: object as *mut c_void,
+        key_name: key_name.as_ptr(),
+        source_file: source.as_ptr(),
+        flags: if app { REG_APP_HIVE } else { 0 },
+        pad0: 0,
+        trust_class_object: std::ptr::null_mut(),
+        user_event: std::ptr::null_mut(),
+        desired_access: 0,
+        pad1: 0,
+        root_handle: if app {
+            &raw mut root_handle
+        } else {
+            std::ptr::null_mut()
+        },
+        call_context: std::ptr::null_mut(),
+        object_context: std::ptr::null_mut(),
+        reserved: std::ptr::null_mut(),
+    };
+    let at = (&raw mut info) as usize;
+    io::with_pid(pid, || {
+        let fields = PreFields {
+            call_context: 0x40,
+            object_context: Some(0x48),
+            object,
+        };
+        let pre = registry::notify_pre(class::PRE_LOAD_KEY, at, fields);
+        if !pre.proceeds() {
+            return (pre.unwind(class::POST_LOAD_KEY, at, object), None);
+        }
+        let table = crate::nt::ps::process::address_space_pid();
+        let status = kernel::with(|k| {
+            let m = canon(&mount);
+            let already_app = app && k.hives.hives.get(&m).is_some_and(|h| h.app);
+            if !already_app {
+                if k.hives.hives.contains_key(&m) || k.hives.keys.contains(&m) {
+                    return STATUS_OBJECT_NAME_COLLISION;
+                }
+                k.hives.hives.insert(
+                    m.clone(),
+                    Hive {
+                        mount: mount.clone(),
+                        file: file.to_string(),
+                        app,
+                        pending_unload: None,
+                    },
+                );
+                k.hives.keys.insert(m.clone());
+            }
+            if app {
+                // The root key object and its handle, created inside the load.
+                let object = alloc_object_page();
+                let key_id = k.hives.key_id(&m);
+                k.hives.add_object(
+                    object,
+                    KeyObject {
+                        name: mount.clone(),
+                        hive: m,
+                        handles: 1,
+                        destroyed: false,
+                        contexts: BTreeMap::new(),
+                        key_id,
+                        opener: pid,
+                        // No open notification announces an app hive's root key object.
+                        announced: false,
+                    },
+                );
+                k.hives.next_handle += 4;
+                root_handle = 0x1000 + k.hives.next_handle;
+                k.hives.handles.insert((table, root_handle), object);
+            }
+            STATUS_SUCCESS
+        });
+        // A post-callback may change the result (ReturnStatus + STATUS_CALLBACK_BYPASS): the
+        // caller gets that status (REG_POST_OPERATION_INFORMATION.ReturnStatus). The hive
+        // stays mounted — undoing is the filter's business (Learn "Handling Notifications":
+        // a driver that changes success to failure "might have to deallocate objects") —,
+        // but an app hive's root handle the caller never receives is closed again
+        // (*inference*, as the object manager drops an open's object when it fails).
+        let returned = registry::notify_post(class::POST_LOAD_KEY, 0, status, at, &pre);
+        if returned != STATUS_SUCCESS && status == STATUS_SUCCESS && app {
+            let _ = close_key(pid, root_handle);
+        }
+        (returned, app.then(|| (root_handle, mount.clone())))
+    })
+}
+
+/// Opens (or creates) a key for `pid` by its full name: see [`open_key_at`].
+///
+/// # Errors
+/// As [`open_key_at`].
+pub fn open_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64, NtStatus> {
+    open(pid, None, path, desired, create, false, None)
+}
+
+/// [`open_key`] by kernel code running on a thread of `pid` with OBJ_KERNEL_HANDLE (e.g. a
+/// driver's `ZwOpenKey`/`ZwCreateKey` in a dispatch routine): the notifications run on that
+/// thread (PsGetCurrentProcessId = `pid`) with `Attributes` holding OBJ_KERNEL_HANDLE and
+/// `CheckAccessMode` KernelMode, and the handle goes into the System process's table, with
+/// the kernel-handle bit set; it outlives `pid`. Close it with [`close_key`] from any thread.
+///
+/// # Errors
+/// As [`open_key`].
+pub fn open_kernel_key(pid: u32, path: &str, desired: u32, create: bool) -> Result<u64, NtStatus> {
+    open(pid, None, path, desired, create, true, None)
+}
+
+/// An open or create that a capture recorded failing (or reparsing) with `status`: the
+/// pre-notification, then the post-notification carrying `status`; no key, key object or
+/// handle is created. Used by the Process Monitor replay ([`crate::harness::replay`]), where every
+/// result other than SUCCESS reaches the callbacks this way ("Filtering Registry Calls": the
+/// post-notification's Status is the operation's status; Object is undefined unless it is
+/// STATUS_SUCCESS). Returns the status the caller sees (a pre-callback's, or `status`).
+#[must_use]
+pub fn open_key_failing(
+    pid: u32,
+    path: &str,
+    desired: u32,
+    create: bool,
+    status: NtStatus,
+) -> NtStatus {
+    open(pid, None, path, desired, create, false, Some(status))
+        .map_or_else(|s| s, |_| STATUS_SUCCESS)
+}
+
+/// Opens (or creates) a key for `pid`, by a full name or, with `root` (a key handle of
+/// `pid`), by a name relative to that key: RegNtPreOpenKeyEx/RegNtPreCreateKeyEx with the _V1
+/// structure — RootObject is the root's key object and CompleteName the name as given,
+/// relative when RootObject is set (docs: REG_CREATE_KEY_INFORMATION_V1, "CompleteName ...
+/// if RootObject is non-NULL, CompleteName is relative to it") —, the operation, then the
+/// post-notification whose Object is valid only on STATUS_SUCCESS ("Invalid Key Object
+/// Pointers in Registry Notifications"). A symbolic link on the path ends that pair with
+/// STATUS_REPARSE and the open starts over, with its own pre/post pair, under the link's
+/// target (ReactOS `ntoskrnl/config/cmparse.c`, CmpParseKey / CmpGetSymbolicLink). Returns the
+/// handle.
+///
+/// # Errors
+/// The failing status: from a pre-callback (after the unwind, [`registry::PreOutcome::unwind`]),
+/// STATUS_OBJECT_NAME_NOT_FOUND, STATUS_INVALID_HANDLE for a bad `root`, STATUS_PREDEFINED_HANDLE
+/// for a key that maps to a predefined handle (no key object, no handle in the table), or the
+/// status a post-callback or the handle creation turned a success into (the key object is then
+/// destroyed, with its close and cleanup notifications).
+pub fn open_key_at(
+    pid: u32,
+    root: Option<u64>,
+    name: &str,
+    desired: u32,
+    create: bool,
+) -> Result<u64, NtStatus> {
+    open(pid, root, name, desired, create, false, None)
+}
+
+/// What an open asks for beyond its name: a kernel handle, or a captured failure to replay.
+#[derive(Clone, Copy)]
+struct OpenMode {
+    /// OBJ_KERNEL_HANDLE: the handle goes into the System process's table.
+    kernel_handle: bool,
+    /// The status a replayed capture recorded: delivered in the post, nothing created.
+    fail: Option<NtStatus>,
+}
+
+/// The `\REGISTRY` key object, made at the first call: the object an absolute name is parsed
+/// from, which the pre-open/create's `RootObject` names ("For an absolute path, the
+/// RootObject member specifies the \REGISTRY key, which is the root directory of the
+/// registry tree": Learn REG_CREATE_KEY_INFORMATION_V1, CompleteName). Windows makes it at
+/// boot and keeps a reference for ever (ReactOS `ntoskrnl/config/cmsysini.c`
+/// CmpCreateRegistryRoot: `CmpRegistryRootHandle`, then "Reference the key again so that we
+/// never lose it"); the model makes it on first use, with that permanent reference
+/// (`ObjectState::permanent`), opened by System and in no hive anyone loads or lists.
+/// Until 2026-12-05 an absolute open's RootObject was NULL.
+fn registry_root() -> usize {
+    kernel::with(|k| {
+        if k.hives.registry_root != 0 {
+            return k.hives.registry_root;
+        }
+        let h = &mut k.hives;
+        let key = canon(MASTER_HIVE);
+        let key_id = h.key_id(&key);
+        let object = alloc_object_page();
+        h.add_object(
+            object,
+            KeyObject {
+                name: MASTER_HIVE.to_string(),
+                hive: key,
+                handles: 0,
+                destroyed: false,
+                contexts: BTreeMap::new(),
+                key_id,
+                opener: SYSTEM_PID,
+                announced: false,
+            },
+        );
+        h.registry_root = object;
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        *k.objects.permanent.entry(object).or_insert(0) += 1;
+        object
+    })
+}
+
+/// Whether a name parsed from `root` is absolute: parsed from the `\REGISTRY` key (or from
+/// no object at all, as a filter's own open may be).
+fn is_absolute(root: usize) -> bool {
+    root == 0 || root == registry_root()
+}
+
+/// How many key objects exist besides the `\REGISTRY` key's ([`registry_root`]), which lives
+/// for ever.
+#[must_use]
+pub fn key_objects() -> usize {
+    kernel::with(|k| {
+        let root = k.hives.registry_root;
+        k.hives.objects.keys().filter(|&&o| o != root).count()
+    })
+}
+
+/// [`open_key_at`] with an [`OpenMode`].
+fn open(
+    pid: u32,
+    root: Option<u64>,
+    name: &str,
+    desired: u32,
+    create: bool,
+    kernel_handle: bool,
+    fail: Option<NtStatus>,
+) -> Result<u64, NtStatus> {
+    let mode = OpenMode {
+        kernel_handle,
+        fail,
+    };
+    io::with_pid(pid, || {
+        let mut root_object = match root {
+            None => registry_root(),
+            Some(h) => {
+                let table = crate::nt::ps::process::handle_table_of(pid, h);
+                kernel::with(|k| k.hives.handles.get(&(table, h)).copied())
+                    .ok_or(STATUS_INVALID_HANDLE)?
+            }
+        };
+        let mut name = name.to_string();
+        for _ in 0..MAX_REPARSE {
+            match parse_key(root_object, &name, desired, create, mode) {
+                Parsed::Reparse(target) => {
+                    // The object manager parses the new name from the root of the namespace.
+                    name = target;
+                    root_object = registry_root();
+                }
+                Parsed::Done(r) => return r,
+            }
+        }
+        Err(STATUS_OBJECT_NAME_NOT_FOUND)
+    })
+}
+
+/// What one parse of a key name ended with.
+enum Parsed {
+    /// A symbolic link: parse again with this full name.
+    Reparse(String),
+    /// The open's result.
+    Done(Result<u64, NtStatus>),
+}
+
+/// One parse: one pre/post pair (CmpParseKey), on the calling thread.
+#[allow(clippy::too_many_lines)] // one linear parse: pre, name, link, key, object, post, handle
+fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: OpenMode) -> Parsed {
+    let complete = OwnedUnicode::new(name);
+    let mut disposition = 0u32;
+    let mut result_object: *mut c_void = std::ptr::null_mut();
+    let mut info = RegCreateKeyInformationV1 {
+        complete_name: complete.as_ptr(),
+        root_object: root_object as *mut c_void,
+        object_type: std::ptr::null_mut(),
+        options: 0,
+        pad0: 0,
+        class: std::ptr::null_mut(),
+        security_descriptor: std::ptr::null_mut(),
+        security_quality_of_service: std::ptr::null_mut(),
+        desired_access: desired,
+        granted_access: 0,
+        disposition: &raw mut disposition,
+        result_object: &raw mut result_object,
+        call_context: std::ptr::null_mut(),
+        root_object_context: std::ptr::null_mut(),
+        transaction: std::ptr::null_mut(),
+        version: 1,
+        remaining_name: complete.as_ptr(),
+        wow64_flags: 0,
+        // OBJ_CASE_INSENSITIVE (| OBJ_KERNEL_HANDLE); UserMode, or KernelMode for a Zw call.
+        attributes: if mode.kernel_handle {
+            0x40 | OBJ_KERNEL_HANDLE
+        } else {
+            0x40
+        },
+        check_access_mode: i8::from(!mode.kernel_handle),
+        pad1: [0; 7],
+    };
+    let at = (&raw mut info) as usize;
+    let (pre_class, post_class) = if create {
+        (class::PRE_CREATE_KEY_EX, class::POST_CREATE_KEY_EX)
+    } else {
+        (class::PRE_OPEN_KEY_EX, class::POST_OPEN_KEY_EX)
+    };
+    let fields = PreFields {
+        call_context: 0x50,
+        object_context: Some(0x58),
+        object: root_object,
+    };
+    let pre = registry::notify_pre(pre_class, at, fields);
+    if pre.bypassed() {
+        // SAFETY: ResultObject points at this frame's local, which the filter may have set.
+        let supplied = unsafe { info.result_object.read() } as usize;
+        return Parsed::Done(bypassed_open(supplied, &pre, post_class, at, mode));
+    }
+    if !pre.proceeds() {
+        return Parsed::Done(Err(pre.unwind(post_class, at, 0)));
+    }
+    if let Some(captured) = mode.fail {
+        // A replayed capture's failure: the post carries it and nothing is created.
+        let s = registry::notify_post(post_class, 0, captured, at, &pre);
+        return Parsed::Done(Err(s));
+    }
+    let full = if is_absolute(root_object) {
+        name.to_string()
+    } else {
+        let base = kernel::with(|k| k.hives.objects.get(&root_object).map(|o| o.name.clone()))
+            .unwrap_or_default();
+        let rel = name.trim_start_matches('\\');
+        if rel.is_empty() {
+            base
+        } else {
+            format!("{base}\\{rel}")
+        }
+    };
+    let key = canon(&full);
+    let (target, predefined) = kernel::with(|k| {
+        (
+            k.hives.reparse_target(&key, &full),
+            k.hives.predefined.contains(&key),
+        )
+    });
+    if let Some(target) = target {
+        let s = registry::notify_post(post_class, 0, STATUS_REPARSE, at, &pre);
+        return if s == STATUS_REPARSE {
+            Parsed::Reparse(target)
+        } else {
+            Parsed::Done(Err(s))
+        };
+    }
+    if predefined {
+        // ntstatus.h: STATUS_PREDEFINED_HANDLE, "The specified registry key is referenced by a
+        // predefined handle" — a success-class status whose post carries an undefined Object
+        // ("Invalid Key Object Pointers in Registry Notifications"). Which keys do this is
+        // the scenario's choice ([`set_predefined`]); the model creates no key object.
+        let s = registry::notify_post(post_class, 0, STATUS_PREDEFINED_HANDLE, at, &pre);
+        return Parsed::Done(Err(s));
+    }
+    // CM_KEY_BODY.ProcessID: the thread's process (PsGetCurrentProcessId).
+    let opener = io::current_pid();
+    // The key's id and its new object are one step: a concurrent release of the last object
+    // below this key must not free the id between the two (see `HiveState::remove_object`).
+    let outcome = kernel::with(|k| {
+        let h = &mut k.hives;
+        let hive = h.hive_of(&key).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
+        let exists = h.keys.contains(&key) || MASTER_KEYS.contains(&key.as_str());
+        if !exists {
+            let parent = key.rsplit_once('\\').map_or("", |(p, _)| p);
+            if !create || !h.keys.contains(parent) {
+                return Err(STATUS_OBJECT_NAME_NOT_FOUND);
+            }
+            let stored = h.stored_name(&key, &full);
+            h.spelled.insert(key.clone(), stored);
+            h.keys.insert(key.clone());
+        }
+        let key_id = h.key_id(&key);
+        let stored = h.stored_name(&key, &full);
+        let object = alloc_object_page();
+        // The parse hands the object manager one reference (CmpDoOpen/CmpCreateKeyBody
+        // create the body with it), which becomes the handle below unless the open fails
+        // first.
+        h.add_object(
+            object,
+            KeyObject {
+                name: stored,
+                hive,
+                handles: 0,
+                destroyed: false,
+                contexts: BTreeMap::new(),
+                key_id,
+                opener,
+                announced: false,
+            },
+        );
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        *k.objects.in_operation.entry(object).or_insert(0) += 1;
+        Ok((exists, object))
+    });
+    let (exists, object) = match outcome {
+        Err(s) => return Parsed::Done(Err(registry::notify_post(post_class, 0, s, at, &pre))),
+        Ok(o) => o,
+    };
+    let d = if exists {
+        REG_OPENED_EXISTING_KEY
+    } else {
+        REG_CREATED_NEW_KEY
+    };
+    // SAFETY: both point at this frame's locals, which outlive the post-notification.
+    unsafe { info.disposition.write(d) };
+    // SAFETY: as above.
+    unsafe { info.result_object.write(object as *mut c_void) };
+    let told = kernel::with(|k| {
+        let cbs = &k.registry.callbacks;
+        !cbs.is_empty() && cbs.iter().all(|c| !c.emulated)
+    });
+    let s = registry::notify_post(post_class, object, STATUS_SUCCESS, at, &pre);
+    if s == STATUS_SUCCESS && told {
+        kernel::with(|k| {
+            if let Some(o) = k.hives.objects.get_mut(&object) {
+                o.announced = true;
+            }
+        });
+    }
+    if s != STATUS_SUCCESS {
+        // The reference is the failing filter's now (below), no longer the open's.
+        operation_done(object);
+        // A filter changed the result in its post (regfltr post.c,
+        // CallbackPostNotificationOverrideSuccess): releasing the object is that filter's job
+        // — the sample calls ObDereferenceObject(PostInfo->Object) "because it will not be
+        // returned to the user" and NULLs ResultObject; Learn "Handling Notifications": it
+        // "might have to deallocate objects that the configuration manager allocated". Its
+        // dereference deleted the object (close notifications, cleanup); a filter that does
+        // not release it leaks it, as on Windows.
+        return Parsed::Done(Err(s));
+    }
+    if full.contains(HANDLE_FAIL_MARKER) {
+        // ObOpenObjectByName could not create the handle: the object manager drops the
+        // parse's reference and the key object is deleted (CmpDeleteKeyObject: close
+        // notifications, cleanup) on this thread.
+        operation_done(object);
+        crate::nt::ob::object::dereference(object);
+        return Parsed::Done(Err(STATUS_INSUFFICIENT_RESOURCES));
+    }
+    reference_to_handle(object, true);
+    Parsed::Done(Ok(insert_handle(object, mode.kernel_handle)))
+}
+
+/// The open no longer holds its parse reference as its own operation's (see
+/// `ObjectState::in_operation`).
+fn operation_done(object: usize) {
+    kernel::with(|k| count_down(&mut k.objects.in_operation, object));
+}
+
+/// One fewer of `object`'s counted references in `counts`; none left removes its entry.
+fn count_down(counts: &mut HashMap<usize, i64>, object: usize) {
+    if let Some(n) = counts.get_mut(&object) {
+        *n -= 1;
+        if *n <= 0 {
+            counts.remove(&object);
+        }
+    }
+}
+
+/// The reference an open returned becomes a handle (ObOpenObjectByName); `parsed`: it was
+/// the parse's own, held for the open so far.
+fn reference_to_handle(object: usize, parsed: bool) {
+    kernel::with(|k| {
+        if parsed {
+            count_down(&mut k.objects.in_operation, object);
+        }
+        if let Some(o) = k.hives.objects.get_mut(&object) {
+            o.handles += 1;
+        }
+        count_down(&mut k.objects.references, object);
+    });
+}
+
+/// The handle ObOpenObjectByName creates for the object a parse returned (after
+/// [`reference_to_handle`]): a kernel handle goes into the System
+/// process's table; any other into the table of the process whose address space the thread
+/// is in (attached or its own).
+fn insert_handle(object: usize, kernel_handle: bool) -> u64 {
+    let table = if kernel_handle {
+        SYSTEM_PID
+    } else {
+        crate::nt::ps::process::address_space_pid()
+    };
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        h.next_handle += 4;
+        let mut handle = 0x1000 + h.next_handle;
+        if kernel_handle {
+            handle |= KERNEL_HANDLE_BIT;
+        }
+        h.handles.insert((table, handle), object);
+        handle
+    })
+}
+
+/// An open or create a pre-callback completed itself (STATUS_CALLBACK_BYPASS): the caller
+/// gets STATUS_SUCCESS ("Handling Notifications") and a handle to the key object the filter
+/// stored, referenced, in ResultObject (regfltr `pre.c` CallbackPreNotificationBypass:
+/// ObReferenceObjectByHandle, then `*PreCreateInfo->ResultObject = Object`); that reference
+/// becomes the handle. The callbacks above the filter get their post with STATUS_SUCCESS and
+/// that object ([`registry::PreOutcome::unwind`]); a post-callback turning it into a failure
+/// releases the reference itself (regfltr post.c). A bypass without a referenced key object in ResultObject is a
+/// filter bug the model stops on (the page: the driver "must be careful to return valid
+/// output values").
+fn bypassed_open(
+    supplied: usize,
+    pre: &registry::PreOutcome,
+    post_class: usize,
+    at: usize,
+    mode: OpenMode,
+) -> Result<u64, NtStatus> {
+    let live = kernel::with(|k| {
+        k.objects.references.get(&supplied).copied().unwrap_or(0) > 0
+            && k.hives.objects.contains_key(&supplied)
+    });
+    if !live {
+        crate::verifier::bugcheck::verifier_violation(&format!(
+            "a pre-callback returned STATUS_CALLBACK_BYPASS for an open/create with ResultObject \
+             {supplied:#x}, not a referenced key object"
+        ));
+    }
+    let s = pre.unwind(post_class, at, supplied);
+    if s != STATUS_SUCCESS {
+        // As in parse_key: the filter that failed it in its post releases the object.
+        return Err(s);
+    }
+    reference_to_handle(supplied, false);
+    Ok(insert_handle(supplied, mode.kernel_handle))
+}
+
+/// What a filter's own `ZwCreateKey` + `ObReferenceObjectByHandle` + `ZwClose` leave it (the
+/// regfltr `pre.c` bypass): the key `name` (relative to key object `root` if non-zero) is
+/// created on this thread with a kernel handle — notifications and all —, the object gains a
+/// reference and the handle is closed. Returns the referenced key object.
+#[must_use]
+pub fn filter_create_referenced(root: usize, name: &str) -> Option<usize> {
+    let full = if is_absolute(root) {
+        name.to_string()
+    } else {
+        let base = kernel::with(|k| k.hives.objects.get(&root).map(|o| o.name.clone()))?;
+        format!("{base}\\{}", name.trim_start_matches('\\'))
+    };
+    let handle = open(io::current_pid(), None, &full, 0xF_003F, true, true, None).ok()?;
+    let object = kernel::with(|k| {
+        let object = *k.hives.handles.get(&(SYSTEM_PID, handle))?;
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        Some(object)
+    });
+    let _ = close_key(io::current_pid(), handle);
+    object
+}
+
+/// Makes `link` a registry symbolic link to `target` (a key created with
+/// REG_OPTION_CREATE_LINK and a REG_LINK "SymbolicLinkValue", as ReactOS
+/// `ntoskrnl/config/cmsysini.c` CmpCreateControlSet / CmpLinkKeyToHive make
+/// `\REGISTRY\MACHINE\SYSTEM\CurrentControlSet`; userenv makes
+/// `\REGISTRY\USER\<SID>\Software\Classes` a link to the `<SID>_Classes` hive).
+pub fn create_link(link: &str, target: &str) {
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        let key = canon(link);
+        h.spelled.insert(key.clone(), link.to_string());
+        h.keys.insert(key.clone());
+        h.links.insert(key, target.to_string());
+    });
+}
+
+/// Makes opens of `path` answer STATUS_PREDEFINED_HANDLE (a key flagged KEY_PREDEF_HANDLE).
+pub fn set_predefined(path: &str) {
+    kernel::with(|k| {
+        let key = canon(path);
+        k.hives.keys.insert(key.clone());
+        k.hives.predefined.insert(key);
+    });
+}
+
+/// Renames the key behind `pid`'s handle (`NtRenameKey(KeyHandle, NewName)`, what
+/// `RegRenameKey` ends in): `new_name` is the new last path component; the key keeps its
+/// parent. RegNtPreRenameKey with REG_RENAME_KEY_INFORMATION (Object = the handle's key
+/// object, NewName, per-callback CallContext and ObjectContext), the rename, then
+/// RegNtPostRenameKey with REG_POST_OPERATION_INFORMATION, as every other operation here
+/// (Learn [REG_NOTIFY_CLASS](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ne-wdm-_reg_notify_class),
+/// [REG_RENAME_KEY_INFORMATION](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_rename_key_information),
+/// REG_POST_OPERATION_INFORMATION). On success the key and every key below it have new
+/// names, with their ids unchanged, and every live key object of them reports the new full
+/// name from CmCallbackGetKeyObjectIDEx (Learn, CmCallbackGetKeyObjectIDEx Remarks: the id
+/// "does not change" when the key's name changes, and the Ex routine's ObjectName "always
+/// contains the most up-to-date key name"). Failures, from the Windows Research Kernel's
+/// `base/ntos/config/cmapi.c` CmRenameKey: a hive's root key or a key of the master hive,
+/// STATUS_ACCESS_DENIED; a sibling with the new name (case-insensitively, the key itself
+/// included), STATUS_CANNOT_DELETE; and, an *inference*, a NewName that is empty or has a
+/// `\`, STATUS_OBJECT_NAME_INVALID. A handle `pid` does not hold: STATUS_INVALID_HANDLE with
+/// no notification (the handle is resolved before the callbacks, as for `load_key`). Not
+/// modelled: access checks, transactions, symbolic-link targets that point into the renamed
+/// keys (the links below it move with it), hives mounted below the renamed key.
+#[must_use = "the status says whether the key was renamed"]
+pub fn rename_key(pid: u32, handle: u64, new_name: &str) -> NtStatus {
+    let table = crate::nt::ps::process::handle_table_of(pid, handle);
+    let Some(object) = kernel::with(|k| k.hives.handles.get(&(table, handle)).copied()) else {
+        return STATUS_INVALID_HANDLE;
+    };
+    let name = OwnedUnicode::new(new_name);
+    let mut info = RegRenameKeyInformation {
+        object: object as *mut c_void,
+        new_name: name.as_ptr(),
+        call_context: std::ptr::null_mut(),
+        object_context: std::ptr::null_mut(),
+        reserved: std::ptr::null_mut(),
+    };
+    let at = (&raw mut info) as usize;
+    io::with_pid(pid, || {
+        let fields = PreFields {
+            call_context: 0x10,
+            object_context: Some(0x18),
+            object,
+        };
+        let pre = registry::notify_pre(class::PRE_RENAME_KEY, at, fields);
+        if !pre.proceeds() {
+            return pre.unwind(class::POST_RENAME_KEY, at, object);
+        }
+        let status = kernel::with(|k| k.hives.rename(object, new_name));
+        // A post-callback may change the result the caller gets (as for load and unload).
+        registry::notify_post(class::POST_RENAME_KEY, object, status, at, &pre)
+    })
+}
+
+/// Duplicates (or inherits) a handle into another process: same key object, no notification.
+///
+/// # Errors
+/// STATUS_INVALID_HANDLE.
+pub fn duplicate_handle(src_pid: u32, handle: u64, dst_pid: u32) -> Result<u64, NtStatus> {
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        let object = *h
+            .handles
+            .get(&(src_pid, handle))
+            .ok_or(STATUS_INVALID_HANDLE)?;
+        h.next_handle += 4;
+        let new = 0x1000 + h.next_handle;
+        h.handles.insert((dst_pid, new), object);
+        if let Some(o) = h.objects.get_mut(&object) {
+            o.handles += 1;
+        }
+        Ok(new)
+    })
+}
+
+/// Closes a key handle. When the object's last handle goes and nothing else references it,
+/// the object is deleted now, on this thread ([`release`]); while a driver still references
+/// it, nothing is delivered until that reference goes ([`on_last_reference`]). Closes cannot
+/// be blocked.
+#[must_use = "STATUS_INVALID_HANDLE for an unknown handle"]
+pub fn close_key(pid: u32, handle: u64) -> NtStatus {
+    // A kernel handle is in the System process's table, whichever thread closes it; the
+    // close then runs attached to the System process (ReactOS ObpCloseHandle).
+    let table = crate::nt::ps::process::handle_table_of(pid, handle);
+    if handle & KERNEL_HANDLE_BIT == KERNEL_HANDLE_BIT && table == 4 {
+        return crate::nt::ps::process::attached(4, || close_in(pid, 4, handle));
+    }
+    close_in(pid, table, handle)
+}
+
+/// Closes `handle` of `table` on a thread of `pid`.
+fn close_in(pid: u32, table: u32, handle: u64) -> NtStatus {
+    let object = kernel::with(|k| {
+        let h = &mut k.hives;
+        let object = h.handles.remove(&(table, handle))?;
+        let o = h.objects.get_mut(&object)?;
+        o.handles -= 1;
+        Some(object)
+    });
+    let Some(object) = object else {
+        return STATUS_INVALID_HANDLE;
+    };
+    io::with_pid(pid, || release(object));
+    STATUS_SUCCESS
+}
+
+/// Deletes `object` if neither a handle nor a reference is left: at once, on the calling
+/// thread, or — in deferred mode ([`set_deferred_deletion`]) — later, on a system worker
+/// thread. The key object lives until its last reference ("Invalid Key Object Pointers in
+/// Registry Notifications": in pre/post-close the object "is being destroyed and whose
+/// reference count is zero"; ReactOS `ntoskrnl/config/cmsysini.c`, CmpDeleteKeyObject is the
+/// key type's delete procedure, run at the last dereference).
+fn release(object: usize) {
+    let queued = kernel::with(|k| {
+        let dead = k.hives.objects.get(&object).is_some_and(|o| o.handles == 0)
+            && k.objects.references.get(&object).copied().unwrap_or(0) == 0;
+        if !dead {
+            return None;
+        }
+        Some(
+            k.hives.defer_deletion && {
+                k.hives.deferred.push(object);
+                true
+            },
+        )
+    });
+    if queued == Some(false) {
+        delete_object(object);
+    }
+}
+
+/// CmpDeleteKeyObject (ReactOS `ntoskrnl/config/cmsysini.c`): RegNtPreKeyHandleClose, the
+/// object's RegNtCallbackObjectContextCleanup notifications, RegNtPostKeyHandleClose to every
+/// callback that saw the pre (a close cannot be failed), then the object is freed — in the
+/// process and thread this runs on.
+fn delete_object(object: usize) {
+    let mut info = RegKeyHandleCloseInformation {
+        object: object as *mut c_void,
+        call_context: std::ptr::null_mut(),
+        object_context: std::ptr::null_mut(),
+        reserved: std::ptr::null_mut(),
+    };
+    let at = (&raw mut info) as usize;
+    let fields = PreFields {
+        call_context: 0x08,
+        object_context: Some(0x10),
+        object,
+    };
+    let pre = registry::delivering_close(object, || {
+        registry::notify_pre_unblockable(class::PRE_KEY_HANDLE_CLOSE, at, fields)
+    });
+    destroy(object);
+    let all = registry::PreOutcome {
+        status: STATUS_SUCCESS,
+        call_contexts: pre.call_contexts,
+    };
+    registry::delivering_close(object, || {
+        registry::notify_post(
+            class::POST_KEY_HANDLE_CLOSE,
+            object,
+            STATUS_SUCCESS,
+            at,
+            &all,
+        )
+    });
+    release_object(object);
+}
+
+/// Removes a destroyed key object and frees its page; if it was the last key object of an
+/// app hive, or of a hive with a deferred unload, that hive unloads now.
+fn release_object(object: usize) {
+    let hive = kernel::with(|k| k.hives.remove_object(object).map(|o| o.hive));
+    free_object_page(object);
+    if let Some(hive) = hive {
+        hive_object_gone(&hive);
+    }
+}
+
+/// After a key object of `hive` is gone: an app hive with no key object left unloads by
+/// itself, silently (RegLoadAppKey: "automatically unloaded when all handles to the keys
+/// inside the hive are closed"); a hive with a deferred unload is unloaded by a system worker
+/// thread, which signals the unload event (inference, see the module doc).
+fn hive_object_gone(hive: &str) {
+    let action = kernel::with(|k| {
+        let h = &mut k.hives;
+        let held = h.objects.values().any(|o| o.hive == hive);
+        let entry = h.hives.get(hive)?;
+        if held || !(entry.app || entry.pending_unload.is_some()) {
+            return None;
+        }
+        Some(entry.pending_unload.clone())
+    });
+    match action {
+        None => {}
+        Some(None) => kernel::with(|k| remove_hive(&mut k.hives, hive)),
+        Some(Some(event)) => {
+            let hive = hive.to_string();
+            // The worker is detached: a scenario waits on the event, as a caller of
+            // NtUnloadKeyEx waits on its event.
+            std::thread::spawn(move || {
+                crate::machine::cpu::enter_thread(DEFERRED_UNLOAD_THREAD);
+                io::with_pid(4, || kernel::with(|k| remove_hive(&mut k.hives, &hive)));
+                event.signal(UnloadCompletion {
+                    pid: 4,
+                    thread: DEFERRED_UNLOAD_THREAD,
+                });
+            });
+        }
+    }
+}
+
+/// The emulated processor number of the system worker thread that completes deferred unloads.
+pub const DEFERRED_UNLOAD_THREAD: u32 = 120;
+
+/// Removes a mounted hive and its keys.
+fn remove_hive(h: &mut HiveState, m: &str) {
+    h.hives.remove(m);
+    let prefix = format!("{m}\\");
+    h.keys.retain(|key| key != m && !key.starts_with(&prefix));
+}
+
+/// Marks `object` destroyed and delivers the context cleanups.
+fn destroy(object: usize) {
+    // Taking the contexts and reserving their callbacks is one step, so a concurrent
+    // CmUnRegisterCallback either sees the context or waits for this cleanup.
+    let contexts = kernel::with(|k| {
+        let taken = k.hives.objects.get_mut(&object).map(|o| {
+            o.destroyed = true;
+            std::mem::take(&mut o.contexts)
+        });
+        for cookie in taken.iter().flat_map(|c| c.keys()) {
+            *k.registry.in_flight.entry(*cookie).or_insert(0) += 1;
+        }
+        taken
+    });
+    for (cookie, context) in contexts.unwrap_or_default() {
+        registry::notify_context_cleanup(object, cookie, context);
+        kernel::with(|k| {
+            if let Some(n) = k.registry.in_flight.get_mut(&cookie) {
+                *n -= 1;
+            }
+        });
+    }
+}
+
+/// Called by ObfDereferenceObject when an object's extra references reach zero: a key object
+/// with no handle left is deleted now, on the dereferencing thread, in its process.
+pub fn on_last_reference(object: usize) {
+    release(object);
+}
+
+/// Deferred mode on or off. On: the deletion of a key object whose last handle or reference
+/// goes is queued and runs later, on a system worker thread of the System process
+/// ([`run_deferred_deletions`]), so its close and cleanup notifications see
+/// PsGetCurrentProcessId() == 4, not the closing process — as when Windows defers an object's
+/// deletion (docs: ObDereferenceObjectDeferDelete, "the object manager passes the object
+/// deletion request to a worker thread"; ReactOS `ntoskrnl/ob/obref.c`, ObpDeferObjectDeletion
+/// links the object on ObpReaperList and queues ObpReaperWorkItem with ExQueueWorkItem;
+/// system worker threads belong to the System process). Until it runs the object exists (a
+/// hive unload still fails). Turning it off runs what is queued.
+pub fn set_deferred_deletion(on: bool) {
+    kernel::with(|k| k.hives.defer_deletion = on);
+    if !on {
+        let _ = run_deferred_deletions();
+    }
+}
+
+/// Runs the queued deletions on a new system worker thread (System process, pid 4) and waits
+/// for it. Returns how many key objects it deleted.
+///
+/// # Panics
+/// If the worker thread cannot be spawned.
+#[must_use = "how many deletions ran"]
+pub fn run_deferred_deletions() -> usize {
+    let queued = kernel::with(|k| std::mem::take(&mut k.hives.deferred));
+    let n = queued.len();
+    if n == 0 {
+        return 0;
+    }
+    let worker = std::thread::Builder::new()
+        .name("kemu-system-worker".into())
+        .stack_size(16 << 20)
+        .spawn(move || {
+            crate::machine::cpu::enter_thread(0);
+            io::with_pid(SYSTEM_PID, || {
+                for object in queued {
+                    delete_object(object);
+                }
+            });
+        })
+        .expect("spawn the system worker thread");
+    if let Err(e) = worker.join() {
+        std::panic::resume_unwind(e);
+    }
+    n
+}
+
+/// Unloads a hive (RegUnLoadKey): RegNtPreUnLoadKey with the hive's root key object, then
+/// STATUS_CANNOT_DELETE if any other key object of the hive exists or any is referenced,
+/// else the hive and its keys are gone; RegNtPostUnLoadKey.
+#[must_use = "STATUS_CANNOT_DELETE while the hive is held"]
+pub fn unload_hive(pid: u32, mount: &str) -> NtStatus {
+    unload(pid, mount, None)
+}
+
+/// Unloads a hive with `NtUnloadKeyEx(TargetKey, Event)`: RegNtPreUnLoadKey with `UserEvent`
+/// = the event; a hive nothing holds unloads at once (STATUS_SUCCESS, event signalled on the
+/// calling thread); a held one answers STATUS_PENDING (also in RegNtPostUnLoadKey) and is
+/// unloaded later, when its last key object is gone, by a system worker thread (System
+/// process, processor [`DEFERRED_UNLOAD_THREAD`]) with no further notification; the event
+/// then says so. Modelled from the documented `UserEvent` fields; the mechanics are an
+/// inference (no public source describes NtUnloadKeyEx).
+#[must_use = "STATUS_PENDING: wait on the event"]
+pub fn unload_key_ex(pid: u32, mount: &str) -> (NtStatus, UnloadEvent) {
+    let event = UnloadEvent::new();
+    let status = unload(pid, mount, Some(&event));
+    if status == STATUS_SUCCESS {
+        event.signal(UnloadCompletion {
+            pid,
+            thread: crate::machine::cpu::processor_number(),
+        });
+    }
+    (status, event)
+}
+
+fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
+    let m = canon(mount);
+    if !kernel::with(|k| k.hives.hives.contains_key(&m)) {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    }
+    let root = alloc_object_page();
+    kernel::with(|k| {
+        let key_id = k.hives.key_id(&m);
+        k.hives.add_object(
+            root,
+            KeyObject {
+                name: mount.to_string(),
+                hive: m.clone(),
+                handles: 0,
+                destroyed: false,
+                contexts: BTreeMap::new(),
+                key_id,
+                opener: pid,
+                announced: false,
+            },
+        );
+    });
+    let status = io::with_pid(pid, || {
+        let mut info = RegUnloadKeyInformation {
+            object: root as *mut c_void,
+            user_event: event.map_or(std::ptr::null_mut(), |e| e.object as *mut c_void),
+            call_context: std::ptr::null_mut(),
+            object_context: std::ptr::null_mut(),
+            reserved: std::ptr::null_mut(),
+        };
+        let at = (&raw mut info) as usize;
+        let fields = PreFields {
+            call_context: 0x10,
+            object_context: Some(0x18),
+            object: root,
+        };
+        let pre = registry::notify_pre(class::PRE_UNLOAD_KEY, at, fields);
+        if !pre.proceeds() {
+            return pre.unwind(class::POST_UNLOAD_KEY, at, root);
+        }
+        let status = kernel::with(|k| {
+            let pinned = k.hives.objects.iter().any(|(a, o)| {
+                o.hive == m && (*a != root || k.objects.references.get(a).copied().unwrap_or(0) > 0)
+            });
+            if pinned {
+                if let (Some(e), Some(h)) = (event, k.hives.hives.get_mut(&m)) {
+                    h.pending_unload = Some(e.clone());
+                    return STATUS_PENDING;
+                }
+                return STATUS_CANNOT_DELETE;
+            }
+            remove_hive(&mut k.hives, &m);
+            STATUS_SUCCESS
+        });
+        // The caller gets the status a post-callback may have substituted (as for load).
+        registry::notify_post(class::POST_UNLOAD_KEY, root, status, at, &pre)
+    });
+    destroy(root);
+    release_object(root);
+    status
+}
+
+/// `NtQueryOpenSubKeysEx` on the hive mounted at `mount`: one `(pid, key name)` per key
+/// object of the hive that a handle or a reference keeps alive, the pid being the process
+/// that opened the object. Source: Windows Research Kernel `CmpDumpKeyBodyList` /
+/// `CmpDumpOneKeyBody` (base/ntos/config/cmsubs.c): every `CM_KEY_BODY` enlisted on a KCB
+/// of the hive, reported with `KeyBody->ProcessID` and the KCB's name, the caller's own
+/// query handle excluded; key bodies are delisted only when the object is deleted
+/// (`CmpDeleteKeyObject`), so objects being destroyed are not listed, while an object whose
+/// deletion is queued for a system worker ([`set_deferred_deletion`]) still is — it still
+/// pins the hive, and a listing without it would say "nothing holds it" while the unload
+/// fails (WRK `base/ntos/config/cmdelete.c`: `DelistKeyBodyFromKCB` runs inside
+/// `CmpDeleteKeyObject`, after RegNtPreKeyHandleClose). Objects opened
+/// before any registry callback was registered are listed like any other: this is how a
+/// user-mode tool sees keys a late-started filter never saw. The model keeps the name as
+/// the object was opened (the KCB's stored name is the same path here).
+///
+/// # Errors
+/// `STATUS_OBJECT_NAME_NOT_FOUND` when no hive is mounted at `mount`.
+pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
+    let m = canon(mount);
+    kernel::with(|k| {
+        if !k.hives.hives.contains_key(&m) {
+            return Err(STATUS_OBJECT_NAME_NOT_FOUND);
+        }
+        let mut v: Vec<(usize, u32, String)> = k
+            .hives
+            .objects
+            .iter()
+            .filter(|(a, o)| {
+                o.hive == m
+                    && !o.destroyed
+                    && (o.handles > 0
+                        || k.objects.references.get(a).copied().unwrap_or(0) > 0
+                        || k.hives.deferred.contains(a))
+            })
+            .map(|(a, o)| (*a, o.opener, o.name.clone()))
+            .collect();
+        v.sort_unstable();
+        Ok(v.into_iter().map(|(_, pid, name)| (pid, name)).collect())
+    })
+}
+
+/// Key objects of a hive still alive, one line each (for reports).
+#[must_use]
+pub fn holders(mount: &str) -> Vec<String> {
+    let m = canon(mount);
+    kernel::with(|k| {
+        let mut v: Vec<String> = k
+            .hives
+            .handles
+            .iter()
+            .filter_map(|((pid, h), o)| {
+                let obj = k.hives.objects.get(o)?;
+                (obj.hive == m).then(|| format!("process {pid} handle {h:#x}: {}", obj.name))
+            })
+            .collect();
+        v.extend(
+            k.hives
+                .objects
+                .iter()
+                .filter(|(a, o)| {
+                    o.hive == m && k.objects.references.get(a).copied().unwrap_or(0) > 0
+                })
+                .map(|(a, o)| format!("key object {a:#x} ({}) referenced by a driver", o.name)),
+        );
+        v.extend(k.hives.deferred.iter().filter_map(|a| {
+            let o = k.hives.objects.get(a)?;
+            (o.hive == m).then(|| {
+                format!(
+                    "key object {a:#x} ({}) awaiting deletion on a system worker thread",
+                    o.name
+                )
+            })
+        }));
+        v
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// (callback id, class, CallContext seen in post) in delivery order.
+    static SEEN: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
+
+    unsafe extern "win64" fn recorder(
+        ctx: *mut c_void,
+        class: *mut c_void,
+        info: *mut c_void,
+    ) -> NtStatus {
+        let (id, class) = (ctx as usize, class as usize);
+        // Other tests share the emulated kernel: record this test's process only.
+        if io::current_pid() != 4000 {
+            return STATUS_SUCCESS;
+        }
+        let mut seen_cc = 0;
+        if class == class::PRE_OPEN_KEY_EX || class == class::PRE_CREATE_KEY_EX {
+            // SAFETY: the model passes REG_CREATE_KEY_INFORMATION_V1 for these classes.
+            unsafe {
+                (*info.cast::<RegCreateKeyInformationV1>()).call_context =
+                    (0x100 + id) as *mut c_void;
+            };
+        }
+        if class == class::POST_OPEN_KEY_EX || class == class::POST_CREATE_KEY_EX {
+            // SAFETY: the model passes REG_POST_OPERATION_INFORMATION for these classes.
+            seen_cc =
+                unsafe { (*info.cast::<registry::RegPostOperationInformation>()).call_context }
+                    as usize;
+        }
+        SEEN.lock().unwrap().push((id, class, seen_cc));
+        STATUS_SUCCESS
+    }
+
+    #[test]
+    fn notifications_follow_altitude_order_and_call_contexts_stay_per_callback() {
+        let mount = r"\REGISTRY\MACHINE\UNITTEST";
+        assert_eq!(load_hive(4, mount, "unit"), STATUS_SUCCESS);
+        // Altitudes are exact decimals (`crate::nt::cm::altitude`): these two differ in their 23rd
+        // digit, where an f64 sees one number, and "0…670" is the low one again.
+        let low = registry::register_emulated(recorder, 1, "385200.12345678901234567").unwrap();
+        let high = registry::register_emulated(recorder, 2, "385200.12345678901234568").unwrap();
+        assert_eq!(
+            registry::register_emulated(recorder, 3, "0385200.123456789012345670"),
+            Err(crate::nt::status::STATUS_FLT_INSTANCE_ALTITUDE_COLLISION)
+        );
+        SEEN.lock().unwrap().clear();
+        let h = open_key(4000, &format!(r"{mount}\Key"), 0x2_0019, true).unwrap();
+        let seen: Vec<(usize, usize, usize)> = SEEN.lock().unwrap().drain(..).collect();
+        assert_eq!(
+            seen,
+            [
+                (2, class::PRE_CREATE_KEY_EX, 0),
+                (1, class::PRE_CREATE_KEY_EX, 0),
+                (1, class::POST_CREATE_KEY_EX, 0x101),
+                (2, class::POST_CREATE_KEY_EX, 0x102),
+            ]
+        );
+        let missing = open_key(4000, &format!(r"{mount}\Nope"), 0x2_0019, false);
+        assert_eq!(missing, Err(STATUS_OBJECT_NAME_NOT_FOUND));
+        assert_eq!(unload_hive(4, mount), STATUS_CANNOT_DELETE);
+        assert_eq!(close_key(4000, h), STATUS_SUCCESS);
+        let closes: Vec<usize> = SEEN.lock().unwrap().drain(..).map(|(_, c, _)| c).collect();
+        assert!(
+            closes.contains(&class::PRE_KEY_HANDLE_CLOSE)
+                && closes.contains(&class::POST_KEY_HANDLE_CLOSE)
+        );
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+        assert_eq!(close_key(4000, h), STATUS_INVALID_HANDLE);
+        kernel::with(|k| {
+            k.registry
+                .callbacks
+                .retain(|c| c.cookie != low && c.cookie != high);
+        });
+    }
+
+    /// (object, whether a leak line named it) as seen from inside a post-open.
+    static DURING_OPEN: Mutex<Option<(usize, bool)>> = Mutex::new(None);
+
+    unsafe extern "win64" fn leak_checker(
+        _ctx: *mut c_void,
+        class: *mut c_void,
+        info: *mut c_void,
+    ) -> NtStatus {
+        let class = class as usize;
+        if io::current_pid() != 4002
+            || (class != class::POST_OPEN_KEY_EX && class != class::POST_CREATE_KEY_EX)
+        {
+            return STATUS_SUCCESS;
+        }
+        // SAFETY: the model passes REG_POST_OPERATION_INFORMATION for these classes.
+        let object = unsafe { (*info.cast::<registry::RegPostOperationInformation>()).object };
+        let object = object as usize;
+        let named = kernel::leaks()
+            .iter()
+            .any(|l| l.contains(&format!("{object:#x}")));
+        *DURING_OPEN.lock().unwrap() = Some((object, named));
+        STATUS_SUCCESS
+    }
+
+    /// The parse's reference on a new key object is the open's own until it becomes the
+    /// handle (ReactOS `ob/obhandle.c`, ObOpenObjectByName): a leak check that runs while an
+    /// open is in progress on another thread must not report it (`td-unload-under-load`
+    /// failed on that, about once in 60 runs).
+    #[test]
+    fn an_open_in_progress_is_not_a_leak() {
+        let mount = r"\REGISTRY\MACHINE\UNITINPROGRESS";
+        assert_eq!(load_hive(4, mount, "unitinprogress"), STATUS_SUCCESS);
+        let cookie = registry::register_emulated(leak_checker, 0, "100.7").unwrap();
+        let h = open_key(4002, &format!(r"{mount}\Key"), 0x2_0019, true).unwrap();
+        let seen = DURING_OPEN.lock().unwrap().take();
+        kernel::with(|k| k.registry.callbacks.retain(|c| c.cookie != cookie));
+        let (object, named) = seen.expect("the post-create was delivered");
+        assert!(object != 0);
+        let referenced = kernel::with(|k| k.objects.references.get(&object).copied());
+        assert_eq!(referenced, None, "the reference became the handle");
+        assert!(!named, "the open's own reference was reported as a leak");
+        assert_eq!(close_key(4002, h), STATUS_SUCCESS);
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    /// A key object whose deletion is queued for a system worker (deferred mode) still exists:
+    /// it pins the hive, so NtQueryOpenSubKeysEx must list it — CmpDeleteKeyObject, which
+    /// delists the key body, has not run yet (Windows Research Kernel `cmdelete.c`).
+    #[test]
+    fn a_key_object_queued_for_deletion_is_listed_while_it_pins_the_hive() {
+        let mount = r"\REGISTRY\MACHINE\UNITQUEUED";
+        assert_eq!(load_hive(4, mount, "unitqueued"), STATUS_SUCCESS);
+        let h = open_key(4001, &format!(r"{mount}\Key"), 0x2_0019, true).unwrap();
+        // What close_key does in deferred mode (set_deferred_deletion is global state that
+        // other tests running in parallel would see): the handle goes, the deletion is queued.
+        kernel::with(|k| {
+            let o = k.hives.handles.remove(&(4001, h)).unwrap();
+            k.hives.objects.get_mut(&o).unwrap().handles = 0;
+            k.hives.deferred.push(o);
+        });
+        assert_eq!(unload_hive(4, mount), STATUS_CANNOT_DELETE);
+        assert_eq!(
+            open_subkeys(mount),
+            Ok(vec![(4001, format!(r"{mount}\Key"))]),
+            "the hive cannot unload, so the listing must name what holds it"
+        );
+        assert!(holders(mount).iter().any(|l| l.contains("deletion")));
+        assert!(run_deferred_deletions() >= 1);
+        assert_eq!(open_subkeys(mount), Ok(vec![]));
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    /// NtRenameKey (WRK `cmapi.c` CmRenameKey; Learn CmCallbackGetKeyObjectIDEx Remarks):
+    /// the key and its subkeys take the new name, their objects report it, ids stay; a taken
+    /// name and a hive root are refused.
+    #[test]
+    fn a_rename_moves_the_subtree_and_keeps_its_ids() {
+        let mount = r"\REGISTRY\MACHINE\UNITRENAME";
+        assert_eq!(load_hive(4, mount, "unitrename"), STATUS_SUCCESS);
+        let key = open_key(4004, &format!(r"{mount}\Old"), 0x2_0019, true).unwrap();
+        let sub = open_key(4004, &format!(r"{mount}\Old\Sub"), 0x2_0019, true).unwrap();
+        let taken = open_key(4004, &format!(r"{mount}\Taken"), 0x2_0019, true).unwrap();
+        let root = open_key(4004, mount, 0x2_0019, false).unwrap();
+        let ident = |h: u64| {
+            kernel::with(|k| {
+                let o = k.hives.handles[&(4004, h)];
+                k.hives.identify(o).map(|(id, name, _)| (id, name))
+            })
+            .unwrap()
+        };
+        let (key_id, sub_id) = (ident(key).0, ident(sub).0);
+        assert_eq!(rename_key(4004, key, "Taken"), STATUS_CANNOT_DELETE);
+        assert_eq!(rename_key(4004, key, "OLD"), STATUS_CANNOT_DELETE);
+        assert_eq!(rename_key(4004, key, r"A\B"), STATUS_OBJECT_NAME_INVALID);
+        assert_eq!(rename_key(4004, root, "Elsewhere"), STATUS_ACCESS_DENIED);
+        assert_eq!(rename_key(4004, 0xBAD0, "X"), STATUS_INVALID_HANDLE);
+        assert_eq!(rename_key(4004, key, "New"), STATUS_SUCCESS);
+        assert_eq!(ident(key), (key_id, format!(r"{mount}\New")));
+        assert_eq!(ident(sub), (sub_id, format!(r"{mount}\New\Sub")));
+        let reopened = open_key(4004, &format!(r"{mount}\new\sub"), 0x2_0019, false).unwrap();
+        assert_eq!(ident(reopened), (sub_id, format!(r"{mount}\New\Sub")));
+        assert_eq!(
+            open_key(4004, &format!(r"{mount}\Old"), 0x2_0019, false),
+            Err(STATUS_OBJECT_NAME_NOT_FOUND)
+        );
+        for h in [key, sub, taken, root, reopened] {
+            assert_eq!(close_key(4004, h), STATUS_SUCCESS);
+        }
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    unsafe extern "win64" fn fail_post_load(
+        _ctx: *mut c_void,
+        class: *mut c_void,
+        info: *mut c_void,
+    ) -> NtStatus {
+        if class as usize != class::POST_LOAD_KEY || io::current_pid() != 4002 {
+            return STATUS_SUCCESS;
+        }
+        // SAFETY: the model passes REG_POST_OPERATION_INFORMATION for this class.
+        unsafe {
+            (*info.cast::<registry::RegPostOperationInformation>()).return_status =
+                crate::nt::status::STATUS_ACCESS_DENIED;
+        };
+        registry::STATUS_CALLBACK_BYPASS
+    }
+
+    /// regfltr `post.c` / REG_POST_OPERATION_INFORMATION.ReturnStatus: a post-callback's
+    /// substituted status is what the caller of the load gets.
+    #[test]
+    fn a_post_load_callback_changes_what_the_loader_gets() {
+        let cookie = registry::register_emulated(fail_post_load, 0, "100.7").unwrap();
+        let mount = r"\REGISTRY\MACHINE\UNITPOSTLOAD";
+        let loaded = load_hive(4002, mount, "unitpostload");
+        let app = load_app_key(4002, "unitpostload-app");
+        kernel::with(|k| k.registry.callbacks.retain(|c| c.cookie != cookie));
+        assert_eq!(loaded, crate::nt::status::STATUS_ACCESS_DENIED);
+        assert_eq!(app, Err(crate::nt::status::STATUS_ACCESS_DENIED));
+        assert!(kernel::with(|k| k.hives.handles_of(4002).is_empty()));
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    /// The app hive's root key object, made inside the load, goes through the same release
+    /// path as any key object: a deletion queued for the system worker (deferred mode) still
+    /// unloads the app hive when it was its last key (RegLoadAppKey: "automatically unloaded
+    /// when all handles to the keys inside the hive are closed").
+    #[test]
+    fn an_app_hive_unloads_when_its_last_key_is_deleted_on_the_worker() {
+        let (root, mount) = load_app_key(4003, "unit-app-deferred").unwrap();
+        let m = canon(&mount);
+        let sub = open_key_at(4003, Some(root), "Sub", 0x2_0019, true).unwrap();
+        assert_eq!(close_key(4003, sub), STATUS_SUCCESS);
+        assert!(
+            kernel::with(|k| k.hives.hives.contains_key(&m)),
+            "the root key holds it"
+        );
+        // What close_key does in deferred mode (the mode itself is global state).
+        kernel::with(|k| {
+            let o = k.hives.handles.remove(&(4003, root)).unwrap();
+            k.hives.objects.get_mut(&o).unwrap().handles = 0;
+            k.hives.deferred.push(o);
+        });
+        assert!(
+            kernel::with(|k| k.hives.hives.contains_key(&m)),
+            "queued: still there"
+        );
+        assert!(run_deferred_deletions() >= 1);
+        assert!(
+            !kernel::with(|k| k.hives.hives.contains_key(&m)),
+            "unloaded by itself"
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! The driver's own registry reads: `ZwOpenKey`, `ZwQueryValueKey`, `ZwEnumerateValueKey`
+//! (and `ZwClose` of their handles, in [`crate::nt::ob::object`]).
+//!
+//! Values are modelled only where a driver reads them at start-up: the service key and its
+//! `Parameters` subkey (the INF writes `Parameters\Altitude`; [`install_service`] does what the
+//! INF does, and scenarios can change or remove the value), and
+//! `HKLM\SYSTEM\CurrentControlSet\Control\hivelist`, whose values are generated from the hives
+//! mounted in [`crate::nt::cm::hive`] at the moment of the call (value name = mount point, data = file,
+//! `REG_SZ`), as the real key lists the mounted hives. Every routine is `PASSIVE_LEVEL` only, so
+//! a driver calling one from a registry callback at `APC_LEVEL` is caught.
+//!
+//! Docs: ZwOpenKey <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-zwopenkey>,
+//! ZwQueryValueKey <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-zwqueryvaluekey>
+//! (`STATUS_BUFFER_TOO_SMALL` when even the fixed part does not fit, `STATUS_BUFFER_OVERFLOW`
+//! with partial data otherwise, `ResultLength` = size needed),
+//! ZwEnumerateValueKey <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-zwenumeratevaluekey>
+//! (`STATUS_NO_MORE_ENTRIES` past the last value),
+//! KEY_VALUE_FULL_INFORMATION / KEY_VALUE_PARTIAL_INFORMATION (wdm.h layouts).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::c_void;
+
+use crate::machine::cpu::PASSIVE_LEVEL;
+use crate::nt::exports::Export;
+use crate::nt::kernel;
+use crate::nt::layout::{UnicodeString, read_unicode};
+use crate::nt::status::{
+    NtStatus, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER, STATUS_NO_MORE_ENTRIES,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS,
+};
+use crate::verifier::bugcheck::{self, require_irql};
+
+/// The altitude hivetrack.inf writes to `Parameters\Altitude`.
+pub const INF_ALTITUDE: &str = "385217";
+/// `REG_SZ`.
+pub const REG_SZ: u32 = 1;
+/// `REG_DWORD`.
+pub const REG_DWORD: u32 = 4;
+/// The hive list key, canonical.
+pub const HIVELIST: &str = r"\REGISTRY\MACHINE\SYSTEM\CURRENTCONTROLSET\CONTROL\HIVELIST";
+/// `KeyValueFullInformation`.
+const KEY_VALUE_FULL_INFORMATION: u32 = 1;
+/// `KeyValuePartialInformation`.
+const KEY_VALUE_PARTIAL_INFORMATION: u32 = 2;
+/// Kernel handles have the top bit set; these are told apart from object handles by range.
+const KEY_HANDLE_BASE: u64 = 0xFFFF_FFFF_C000_0000;
+
+/// One value: name, type, data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    /// Name as written.
+    pub name: String,
+    /// `REG_*` type.
+    pub kind: u32,
+    /// Raw data.
+    pub data: Vec<u8>,
+}
+
+/// Keys with values, and the key handles the driver holds.
+#[derive(Debug, Default)]
+pub struct ZwRegState {
+    /// Values by canonical key path (a key listed here exists, even with no values).
+    pub keys: BTreeMap<String, Vec<Value>>,
+    /// Open key handles: handle -> (canonical path, operation that opened it).
+    pub handles: HashMap<u64, (String, String)>,
+    next: u64,
+    /// Every key path the driver opened or tried to, in order (for scenario checks).
+    pub opened: Vec<String>,
+}
+
+impl ZwRegState {
+    /// Key handles still open, as leak lines.
+    #[must_use]
+    pub fn leaks(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .handles
+            .iter()
+            .map(|(h, (path, op))| {
+                format!("registry key handle {h:#x} ({path}) opened during {op}")
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn canon(path: &str) -> String {
+    path.trim_end_matches('\\').to_ascii_uppercase()
+}
+
+/// Creates key `path` (and makes it exist) with no values.
+pub fn create_key(path: &str) {
+    kernel::with(|k| {
+        k.zwreg.keys.entry(canon(path)).or_default();
+    });
+}
+
+/// Sets value `name` of key `path` (creating the key).
+pub fn set_value(path: &str, name: &str, kind: u32, data: Vec<u8>) {
+    kernel::with(|k| {
+        let values = k.zwreg.keys.entry(canon(path)).or_default();
+        values.retain(|v| !v.name.eq_ignore_ascii_case(name));
+        values.push(Value {
+            name: name.to_owned(),
+            kind,
+            data,
+        });
+    });
+}
+
+/// Removes value `name` of key `path`.
+pub fn delete_value(path: &str, name: &str) {
+    kernel::with(|k| {
+        if let Some(values) = k.zwreg.keys.get_mut(&canon(path)) {
+            values.retain(|v| !v.name.eq_ignore_ascii_case(name));
+        }
+    });
+}
+
+/// `REG_SZ` data: UTF-16LE with a terminating NUL.
+#[must_use]
+pub fn sz(text: &str) -> Vec<u8> {
+    text.encode_utf16()
+        .chain(std::iter::once(0))
+        .flat_map(u16::to_le_bytes)
+        .collect()
+}
+
+/// What the INF's install does for a service: the service key and
+/// `Parameters\Altitude` = `altitude` (`REG_SZ`).
+pub fn install_service(service_key: &str, altitude: &str) {
+    create_key(service_key);
+    set_value(
+        &format!(r"{service_key}\Parameters"),
+        "Altitude",
+        REG_SZ,
+        sz(altitude),
+    );
+}
+
+/// Whether the driver opened (or tried to open) `path`.
+#[must_use]
+pub fn was_opened(path: &str) -> bool {
+    let c = canon(path);
+    kernel::with(|k| k.zwreg.opened.contains(&c))
+}
+
+/// The values of `path` now (the hive list is generated from the mounted hives).
+fn values_of(path: &str) -> Option<Vec<Value>> {
+    if path == HIVELIST {
+        return Some(kernel::with(|k| {
+            k.hives
+                .hives
+                .values()
+                .map(|h| Value {
+                    name: h.mount.clone(),
+                    kind: REG_SZ,
+                    data: sz(&h.file),
+                })
+                .collect()
+        }));
+    }
+    kernel::with(|k| k.zwreg.keys.get(path).cloned())
+}
+
+/// Closes a key handle opened by [`ZwOpenKey`]; false when `handle` is not one.
+#[must_use]
+pub fn close(handle: u64) -> bool {
+    kernel::with(|k| k.zwreg.handles.remove(&handle)).is_some()
+}
+
+/// The layout of OBJECT_ATTRIBUTES on x64 (wdm.h).
+#[repr(C)]
+struct ObjectAttributes {
+    length: u32,
+    root_directory: u64,
+    object_name: *const UnicodeString,
+    attributes: u32,
+    security_descriptor: *mut c_void,
+    security_quality_of_service: *mut c_void,
+}
+
+/// ZwOpenKey — opens an existing key for the driver (see the module docs). PASSIVE_LEVEL.
+unsafe extern "win64" fn ZwOpenKey(
+    handle: *mut u64,
+    _desired: u32,
+    attributes: *const ObjectAttributes,
+) -> NtStatus {
+    require_irql("ZwOpenKey", PASSIVE_LEVEL);
+    if handle.is_null() || attributes.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: the driver passes a readable OBJECT_ATTRIBUTES.
+    let attrs = unsafe { attributes.read_unaligned() };
+    if attrs.length as usize != size_of::<ObjectAttributes>() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: ObjectName, if set, is a readable UNICODE_STRING.
+    let Some(name) = (unsafe { read_unicode(attrs.object_name) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    let path = if attrs.root_directory == 0 {
+        canon(&name)
+    } else {
+        let Some(root) = kernel::with(|k| {
+            k.zwreg
+                .handles
+                .get(&attrs.root_directory)
+                .map(|e| e.0.clone())
+        }) else {
+            return STATUS_INVALID_HANDLE;
+        };
+        canon(&format!(r"{root}\{name}"))
+    };
+    kernel::with(|k| k.zwreg.opened.push(path.clone()));
+    if kernel::should_fail("ZwOpenKey", false) {
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    let exists = path == HIVELIST || kernel::with(|k| k.zwreg.keys.contains_key(&path));
+    if !exists {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    }
+    let op = bugcheck::operation();
+    let value = kernel::with(|k| {
+        k.zwreg.next += 4;
+        let value = KEY_HANDLE_BASE | k.zwreg.next;
+        k.zwreg.handles.insert(value, (path, op));
+        value
+    });
+    // SAFETY: checked non-null; the driver passes a writable HANDLE.
+    unsafe { handle.write_unaligned(value) };
+    STATUS_SUCCESS
+}
+
+/// Builds the information structure of `class` for `v`.
+fn information(class: u32, v: &Value) -> Option<(Vec<u8>, usize)> {
+    let u32le = |x: usize| u32::try_from(x).unwrap_or(u32::MAX).to_le_bytes();
+    match class {
+        KEY_VALUE_PARTIAL_INFORMATION => {
+            // TitleIndex, Type, DataLength, Data[]
+            let mut b = Vec::new();
+            b.extend(0u32.to_le_bytes());
+            b.extend(v.kind.to_le_bytes());
+            b.extend(u32le(v.data.len()));
+            b.extend(&v.data);
+            Some((b, 12))
+        }
+        KEY_VALUE_FULL_INFORMATION => {
+            // TitleIndex, Type, DataOffset, DataLength, NameLength, Name[], (aligned) Data[]
+            let name: Vec<u8> = v.name.encode_utf16().flat_map(u16::to_le_bytes).collect();
+            let data_offset = (20 + name.len()).next_multiple_of(8);
+            let mut b = Vec::new();
+            b.extend(0u32.to_le_bytes());
+            b.extend(v.kind.to_le_bytes());
+            b.extend(u32le(data_offset));
+            b.extend(u32le(v.data.len()));
+            b.extend(u32le(name.len()));
+            b.extend(&name);
+            b.resize(data_offset, 0);
+            b.extend(&v.data);
+            Some((b, 20))
+        }
+        _ => None,
+    }
+}
+
+/// Copies `info` into the driver's buffer with the documented size rules.
+///
+/// # Safety
+/// `out` is writable for `length` bytes; `result` is writable or null.
+unsafe fn deliver(
+    info: &[u8],
+    fixed: usize,
+    out: *mut u8,
+    length: u32,
+    result: *mut u32,
+) -> NtStatus {
+    if !result.is_null() {
+        // SAFETY: per the contract.
+        unsafe { result.write_unaligned(u32::try_from(info.len()).unwrap_or(u32::MAX)) };
+    }
+    let length = length as usize;
+    if length < fixed {
+        return STATUS_BUFFER_TOO_SMALL;
+    }
+    let n = info.len().min(length);
+    // SAFETY: per the contract `out` holds `length` >= `n` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(info.as_ptr(), out, n) };
+    if n < info.len() {
+        STATUS_BUFFER_OVERFLOW
+    } else {
+        STATUS_SUCCESS
+    }
+}
+
+fn key_of(handle: u64) -> Option<String> {
+    kernel::with(|k| k.zwreg.handles.get(&handle).map(|e| e.0.clone()))
+}
+
+/// ZwQueryValueKey — see the module docs. PASSIVE_LEVEL.
+unsafe extern "win64" fn ZwQueryValueKey(
+    handle: u64,
+    value_name: *const UnicodeString,
+    class: u32,
+    out: *mut u8,
+    length: u32,
+    result: *mut u32,
+) -> NtStatus {
+    require_irql("ZwQueryValueKey", PASSIVE_LEVEL);
+    let Some(path) = key_of(handle) else {
+        return STATUS_INVALID_HANDLE;
+    };
+    // SAFETY: the driver passes a readable UNICODE_STRING.
+    let Some(name) = (unsafe { read_unicode(value_name) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    let Some(v) = values_of(&path)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name.eq_ignore_ascii_case(&name))
+    else {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    };
+    let Some((info, fixed)) = information(class, &v) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    // SAFETY: the driver passes a buffer of `length` bytes and a writable result length.
+    unsafe { deliver(&info, fixed, out, length, result) }
+}
+
+/// ZwEnumerateValueKey — see the module docs. PASSIVE_LEVEL.
+unsafe extern "win64" fn ZwEnumerateValueKey(
+    handle: u64,
+    index: u32,
+    class: u32,
+    out: *mut u8,
+    length: u32,
+    result: *mut u32,
+) -> NtStatus {
+    require_irql("ZwEnumerateValueKey", PASSIVE_LEVEL);
+    let Some(path) = key_of(handle) else {
+        return STATUS_INVALID_HANDLE;
+    };
+    let Some(v) = values_of(&path)
+        .unwrap_or_default()
+        .into_iter()
+        .nth(index as usize)
+    else {
+        return STATUS_NO_MORE_ENTRIES;
+    };
+    let Some((info, fixed)) = information(class, &v) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    // SAFETY: the driver passes a buffer of `length` bytes and a writable result length.
+    unsafe { deliver(&info, fixed, out, length, result) }
+}
+
+pub(crate) fn exports() -> Vec<Export> {
+    vec![
+        Export::function("ZwOpenKey", ZwOpenKey as *const () as usize),
+        Export::function("ZwQueryValueKey", ZwQueryValueKey as *const () as usize),
+        Export::function(
+            "ZwEnumerateValueKey",
+            ZwEnumerateValueKey as *const () as usize,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_information_layout_matches_wdm_h() {
+        let v = Value {
+            name: "Ab".into(),
+            kind: REG_SZ,
+            data: sz("x"),
+        };
+        let (b, fixed) = information(KEY_VALUE_FULL_INFORMATION, &v).unwrap();
+        assert_eq!(fixed, 20);
+        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 24); // DataOffset, 8-aligned
+        assert_eq!(u32::from_le_bytes(b[12..16].try_into().unwrap()), 4); // "x\0"
+        assert_eq!(u32::from_le_bytes(b[16..20].try_into().unwrap()), 4); // "Ab"
+        assert_eq!(&b[20..24], &[b'A', 0, b'b', 0]);
+        assert_eq!(&b[24..28], &[b'x', 0, 0, 0]);
+    }
+
+    #[test]
+    fn short_buffers_follow_the_documented_statuses() {
+        let v = Value {
+            name: "A".into(),
+            kind: REG_SZ,
+            data: sz("385217"),
+        };
+        let (info, fixed) = information(KEY_VALUE_PARTIAL_INFORMATION, &v).unwrap();
+        let mut out = vec![0u8; 64];
+        let mut needed = 0u32;
+        // SAFETY: the buffer and result are valid for the lengths passed.
+        let st = unsafe { deliver(&info, fixed, out.as_mut_ptr(), 8, &raw mut needed) };
+        assert_eq!((st, needed as usize), (STATUS_BUFFER_TOO_SMALL, info.len()));
+        // SAFETY: as above.
+        let st = unsafe { deliver(&info, fixed, out.as_mut_ptr(), 14, &raw mut needed) };
+        assert_eq!(st, STATUS_BUFFER_OVERFLOW);
+        // SAFETY: as above.
+        let st = unsafe { deliver(&info, fixed, out.as_mut_ptr(), 64, &raw mut needed) };
+        assert_eq!(st, STATUS_SUCCESS);
+        assert_eq!(&out[12..26], &sz("385217")[..]);
+    }
+}

@@ -1,0 +1,205 @@
+//! The emulated kernel's shared state (one per process: each scenario runs in its own child
+//! process) and the gate every call into driver code goes through.
+//!
+//! Rule: the state lock is never held while driver code runs — the driver calls back into
+//! the model (a lookaside FreeEx, a completion, a nested dispatch).
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::machine::cpu;
+use crate::nt::cm::hive::HiveState;
+use crate::nt::cm::registry::RegistryState;
+use crate::nt::ex::lookaside::LookasideState;
+use crate::nt::ex::pool::PoolState;
+use crate::nt::io::IoState;
+use crate::nt::ob::object::ObjectState;
+use crate::nt::ps::process::ProcessState;
+use crate::verifier::bugcheck::{self, verifier_violation};
+use crate::verifier::faults::FaultInjector;
+
+/// The 24 KiB x64 kernel stack: deeper use would have overflowed on Windows (bugcheck 0x7F).
+pub const KERNEL_STACK_BYTES: usize = 24 * 1024;
+
+/// Everything the model tracks.
+#[derive(Default)]
+pub struct Kernel {
+    /// Pool blocks and special-pool mode.
+    pub pool: PoolState,
+    /// Fault injection.
+    pub faults: FaultInjector,
+    /// Devices, symbolic links, file objects, IRPs.
+    pub io: IoState,
+    /// Kernel handles and object types.
+    pub objects: ObjectState,
+    /// Registry callbacks.
+    pub registry: RegistryState,
+    /// Lookaside lists.
+    pub lookasides: LookasideState,
+    /// Hives, keys, key objects and key handles.
+    pub hives: HiveState,
+    /// Processes and process-notify routines.
+    pub processes: ProcessState,
+    /// Load-image notify routines and the images reported.
+    pub images: crate::nt::ps::image::ImageState,
+    /// Set timers and queued DPCs.
+    pub timers: crate::nt::ke::timer::TimerState,
+    /// Registry values and key handles of the driver's own `Zw*` registry reads.
+    pub zwreg: crate::nt::cm::zwreg::ZwRegState,
+    /// Routines hidden from the loader and from MmGetSystemRoutineAddress.
+    pub hidden_routines: BTreeSet<String>,
+    /// Names the driver asked MmGetSystemRoutineAddress for, in order.
+    pub routine_queries: Vec<String>,
+    /// DbgPrint output, one entry per call.
+    pub debug_log: Vec<String>,
+    /// Do not echo DbgPrint to stdout.
+    pub quiet_debug_print: bool,
+    /// IRQL registry callbacks run at: PASSIVE_LEVEL as documented, or APC_LEVEL as System
+    /// Informer observed in practice (so Zw* calls from a callback are caught).
+    pub callback_irql: u8,
+    /// Deepest stack use of one driver call so far, and the operation.
+    pub max_stack: (usize, String),
+}
+
+static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
+
+fn lock() -> MutexGuard<'static, Option<Kernel>> {
+    KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `f` with the kernel state locked. Never call driver code inside `f`.
+pub fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
+    let mut guard = lock();
+    f(guard.get_or_insert_with(Kernel::default))
+}
+
+/// Like [`with`] but gives up instead of blocking (for the trap handler).
+pub fn try_with<R>(f: impl FnOnce(&mut Kernel) -> R) -> Option<R> {
+    let mut guard = KERNEL.try_lock().ok()?;
+    Some(f(guard.get_or_insert_with(Kernel::default)))
+}
+
+/// Forgets all state but the configuration (hidden routines, special pool): used between the
+/// independent driver loads of a DriverEntry sweep.
+pub fn reset() {
+    with(|k| {
+        let hidden = std::mem::take(&mut k.hidden_routines);
+        let special = k.pool.special;
+        let quiet = k.quiet_debug_print;
+        *k = Kernel::default();
+        crate::nt::ke::sync::reset();
+        k.hidden_routines = hidden;
+        k.pool.special = special;
+        k.quiet_debug_print = quiet;
+    });
+}
+
+/// A fallible routine asks whether to fail now (fault injection).
+#[must_use]
+pub fn should_fail(routine: &str, is_pool: bool) -> bool {
+    let op = bugcheck::operation();
+    with(|k| k.faults.should_fail(routine, is_pool, &op))
+}
+
+/// Measure the stack high-water mark of every driver call (on by default; benchmarks turn it
+/// off).
+pub static WATERMARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Bytes painted below the caller: the kernel stack plus 8 KiB. A call that goes deeper
+/// overwrites the lowest painted word, so its depth reads as the whole region, which is past
+/// [`KERNEL_STACK_BYTES`]: still reported. (It was 256 KiB, which dominated every short call:
+/// painting and scanning it was most of a soak's time.)
+const STACK_PAINT: usize = KERNEL_STACK_BYTES + 8 * 1024;
+const STACK_PATTERN: u64 = 0x6b65_6d75_5f73_746b;
+
+/// Paints the unused stack below the caller, runs `f`, and measures how deep it went.
+/// Emulator threads have stacks far larger than [`STACK_PAINT`].
+#[inline(never)]
+fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let top = (cpu::rsp() - 128) & !7;
+    let bottom = top - STACK_PAINT;
+    let mut p = bottom;
+    while p < top {
+        // SAFETY: [bottom, top) is unused stack of this thread, below the live frames and
+        // inside its (64 MiB) mapping.
+        unsafe { std::ptr::write_volatile(p as *mut u64, STACK_PATTERN) };
+        p += 8;
+    }
+    let r = f();
+    let mut p = bottom;
+    // SAFETY: as above; the region is still mapped and below our frame.
+    while p < top && unsafe { std::ptr::read_volatile(p as *const u64) } == STACK_PATTERN {
+        p += 8;
+    }
+    (r, top - p)
+}
+
+/// The gate for every call into driver code: labels the operation for reports, measures the
+/// stack high-water mark (a bugcheck 0x7F report past 24 KiB), and checks that the driver
+/// returned at the IRQL it was called at, with interrupts enabled.
+pub fn call_driver<R>(operation: &str, f: impl FnOnce() -> R) -> R {
+    call_driver_returning_at(operation, None, f)
+}
+
+/// [`call_driver`] for a routine that returns at another IRQL than it was called at: a
+/// cancel routine is called at DISPATCH_LEVEL holding the cancel spin lock and returns at
+/// Irp->CancelIrql, having released it. `None` means "the IRQL it was called at".
+pub fn call_driver_returning_at<R>(
+    operation: &str,
+    exit_irql: Option<u8>,
+    f: impl FnOnce() -> R,
+) -> R {
+    let previous = bugcheck::set_operation(operation);
+    let irql_before = exit_irql.unwrap_or_else(cpu::irql);
+    let (r, depth) = if WATERMARK.load(std::sync::atomic::Ordering::Relaxed) {
+        with_stack_watermark(f)
+    } else {
+        (f(), 0)
+    };
+    with(|k| {
+        if depth > k.max_stack.0 {
+            k.max_stack = (depth, operation.to_string());
+        }
+    });
+    if depth > KERNEL_STACK_BYTES {
+        bugcheck::emit_stderr(&format!(
+            "*** kernel-emulator: {operation} used {depth} bytes of stack; the x64 kernel \
+             stack is {KERNEL_STACK_BYTES} bytes\n"
+        ));
+        bugcheck::bugcheck(0x7F, 0x8, depth, 0, 0);
+    }
+    if cpu::irql() != irql_before || cpu::interrupts_off() {
+        verifier_violation(&format!(
+            "{operation} returned at IRQL {} (expected {irql_before}){}",
+            cpu::irql(),
+            if cpu::interrupts_off() {
+                " with interrupts disabled"
+            } else {
+                ""
+            }
+        ));
+    }
+    let _ = bugcheck::set_operation(&previous);
+    r
+}
+
+/// Everything the driver still owns, one line each: empty means clean.
+#[must_use]
+pub fn leaks() -> Vec<String> {
+    let mut v = with(|k| {
+        let mut v = k.pool.leaks();
+        v.extend(k.io.leaks());
+        v.extend(k.objects.leaks());
+        v.extend(k.registry.leaks());
+        v.extend(k.processes.leaks());
+        v.extend(k.images.leaks());
+        v.extend(k.lookasides.leaks());
+        v.extend(k.zwreg.leaks());
+        v.extend(k.timers.leaks());
+        v
+    });
+    v.extend(crate::nt::ke::sync::leaks());
+    v
+}
