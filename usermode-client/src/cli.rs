@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::transport::BackendChoice;
+use crate::backend::BackendChoice;
 
 /// Exit codes, as `--help` shows them.
 const EXIT_CODES: &str = "Exit codes: 0 ok; 1 holders found (with --fail-if-held) or the wait \

@@ -7,6 +7,7 @@ pub mod access;
 pub mod accounts;
 pub mod analyze;
 pub mod app;
+pub mod backend;
 pub mod capture;
 pub mod cli;
 pub mod client;

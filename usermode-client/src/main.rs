@@ -6,8 +6,9 @@ use clap::Parser;
 use hivetrack_cli::{
     accounts,
     app::{self, Env},
+    backend,
     cli::Cli,
-    commands, exit, holder_identity, symbols, transport,
+    commands, exit, holder_identity, symbols,
     wait::SystemClock,
 };
 
@@ -34,8 +35,8 @@ fn main() -> ExitCode {
     let mut stderr = std::io::stderr();
     let accounts = accounts::system();
     let identities = holder_identity::system();
-    let (backend, emulator) = (cli.global.backend, cli.global.emulator().map(str::to_owned));
-    let mut connect = move |need| transport::open(backend, need, emulator.as_deref());
+    let (choice, emulator) = (cli.global.backend, cli.global.emulator().map(str::to_owned));
+    let mut connect = move |need| backend::open(choice, need, emulator.as_deref());
     let mut clock = SystemClock::start();
     let mut symbols = symbols::system();
     let mut env = Env {

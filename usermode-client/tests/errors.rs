@@ -4,10 +4,11 @@ mod common;
 
 use common::{Contoso, run_on, run_scripted, run_with};
 use hivetrack_cli::accounts::NoAccounts;
+use hivetrack_cli::backend::{self, BackendChoice};
 use hivetrack_cli::commands::INSTALL_HINT;
 use hivetrack_cli::exit;
 use hivetrack_cli::scripted::{Fault, Scripted, incomplete, logoff};
-use hivetrack_cli::transport::{self, BackendChoice, Need, TransportError};
+use hivetrack_cli::transport::{Need, TransportError};
 
 const QUERY_COMMANDS: &[&[&str]] = &[
     &[
@@ -197,7 +198,7 @@ fn hkcu_off_windows_is_a_clear_error() {
 fn the_emulator_backend_is_not_in_this_build() {
     let o = run_with(
         &["--emulator", "logoff", "holders", r"HKLM\SOFTWARE"],
-        |need| transport::open(BackendChoice::Auto, need, Some("logoff")),
+        |need| backend::open(BackendChoice::Auto, need, Some("logoff")),
         &Contoso,
     );
     assert_eq!(o.code, exit::DRIVER_UNAVAILABLE);
@@ -228,7 +229,7 @@ fn default_backends_off_windows() {
         ),
         (BackendChoice::Ntquery, Need::Driver, "pid and key"),
     ] {
-        let err = transport::open(choice, need, None)
+        let err = backend::open(choice, need, None)
             .err()
             .expect("no backend here");
         assert!(err.to_string().contains(says), "{choice:?} {need:?}: {err}");
