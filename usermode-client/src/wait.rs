@@ -13,7 +13,7 @@ use anyhow::Result;
 
 use crate::client::Client;
 use crate::commands::{CliError, classify};
-use crate::model::{Source, WaitReport, schema};
+use crate::model::{HoldersReport, Source, WaitReport, schema};
 use crate::transport::{ERROR_FILE_NOT_FOUND, TransportError, WaitFreeOutcome};
 
 /// Time, as the wait sees it (a test drives it by hand).
@@ -83,13 +83,8 @@ pub fn wait_free(
             let secs = clock.elapsed().as_secs_f64();
             let (source, open_keys, holders) = match client.holders(hive, true, 0) {
                 Ok(r) => {
-                    let untracked: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
-                    let pids = u32::try_from(r.untracked.len()).unwrap_or(u32::MAX);
-                    (
-                        r.source,
-                        r.hive.open_keys + untracked,
-                        r.hive.holders.saturating_add(pids),
-                    )
+                    let (open_keys, holders) = held_counts(&r);
+                    (r.source, open_keys, holders)
                 }
                 Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
                     let gone = record_gone(client, hive);
@@ -121,13 +116,8 @@ pub fn wait_free(
         let (source, open_keys, holders) = match client.holders(hive, true, 0) {
             Ok(r) => {
                 seen = true;
-                let untracked: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
-                let pids = u32::try_from(r.untracked.len()).unwrap_or(u32::MAX);
-                (
-                    r.source,
-                    r.hive.open_keys + untracked,
-                    r.hive.holders.saturating_add(pids),
-                )
+                let (open_keys, holders) = held_counts(&r);
+                (r.source, open_keys, holders)
             }
             Err(e) if seen && matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
                 let gone = record_gone(client, hive);
@@ -152,6 +142,23 @@ pub fn wait_free(
         }
         clock.sleep(interval.min(timeout.saturating_sub(elapsed)));
     }
+}
+
+/// The keys open in a holders report and the processes holding them: the driver's records
+/// and the kernel's untracked keys. The driver's side is the larger of the page's counters
+/// and the holders it listed: the counters are read before the walk that lists the holders,
+/// so an open in between is listed (and matched to the kernel's entry, so not untracked)
+/// while the counters still say 0. Found in review (2026-12-05): `wait` then said "free",
+/// complete, with the kernel listing the key.
+fn held_counts(r: &HoldersReport) -> (u64, u32) {
+    let listed_keys: u64 = r.holders.iter().map(|h| h.open_keys).sum();
+    let listed = u32::try_from(r.holders.len()).unwrap_or(u32::MAX);
+    let untracked: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
+    let pids = u32::try_from(r.untracked.len()).unwrap_or(u32::MAX);
+    (
+        r.hive.open_keys.max(listed_keys).saturating_add(untracked),
+        r.hive.holders.max(listed).saturating_add(pids),
+    )
 }
 
 /// What the wait knows of a hive whose record the driver no longer has.

@@ -424,3 +424,60 @@ fn a_not_held_verdict_that_could_not_see_everything_exits_4() {
     let o = run_scripted(held, &["holders", &user_hive(), "--fail-if-held"]);
     assert_eq!(o.code, exit::HELD, "{}{}", o.out, o.err);
 }
+
+/// Found in review (2026-12-05): `wait` decided "free" from the holders page's counters,
+/// which the driver reads before the walk that lists the holders: an open in between was
+/// listed (and matched to the kernel's entry, so not untracked) while the counters said 0,
+/// and the wait answered free, complete, exit 0.
+#[test]
+fn a_holder_listed_after_the_counters_were_read_keeps_the_hive_held() {
+    let nt = format!(r"\REGISTRY\USER\{SID}");
+    let mount: Vec<u16> = nt.encode_utf16().collect();
+    let image: Vec<u16> = r"C:\agent.exe".encode_utf16().collect();
+    let name: Vec<u16> = format!(r"{nt}\Software\Policies").encode_utf16().collect();
+    let now = hivetrack_cli::scripted::NOW;
+    let prefix = HoldersPrefix {
+        hive_id: 7,
+        state: HiveState::Loaded,
+        kind: HiveKind::Regular,
+        open_keys: 0,
+        holders: 0,
+        mount: Text::Units(&mount),
+        file: Text::EMPTY,
+        completeness: Completeness {
+            tracking_since: now - 3600 * hivetrack_cli::scripted::SECOND,
+            ..Completeness::default()
+        },
+    };
+    let holder = HolderProcess {
+        flags: 0,
+        pid: 2040,
+        start_key: 0x900,
+        open_keys: 1,
+        oldest_open: now,
+        image: Text::Units(&image),
+    };
+    let key = HolderKey {
+        flags: 0,
+        id: 0x1_0000_0001,
+        thread: 1,
+        open_time: now,
+        access: 0x2_0019,
+        handle_opens: 1,
+        handle_closes: 0,
+        stack: 0,
+        name: Text::Units(&name),
+    };
+    let mut s = logoff();
+    s.holders = vec![(
+        mount.clone(),
+        Listing::holders(&prefix, &[(holder, vec![key])]),
+    )];
+    s.kernel_extra = Vec::new();
+    let o = run_on(s, &["--json", "wait", "HKCU", "--timeout", "1"]);
+    let r: hivetrack_cli::model::WaitReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
+    assert!(!r.free, "{r:?}");
+    assert_eq!((r.open_keys, r.holders), (1, 1), "{r:?}");
+    assert_eq!(o.code, exit::HELD, "{}", o.err);
+}
