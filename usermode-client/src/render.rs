@@ -407,6 +407,35 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     rows.push(row);
                 }
             }
+            for row in &mut rows {
+                row.push("true".to_owned());
+            }
+            // Keys only the kernel lists (opened before tracking started, or lost): a row
+            // each, `tracked` false, with what is known of them (pid, image, path). Found in
+            // review (2026-12-05): CSV left them out, so a hive held only by such keys came
+            // out as a bare header.
+            for u in &r.untracked {
+                for k in &u.keys {
+                    let mut row = vec![
+                        u.pid.to_string(),
+                        String::new(),
+                        opt(u.image.as_ref()),
+                        String::new(),
+                        u.open_keys.to_string(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        display(k),
+                        k.clone(),
+                    ];
+                    row.extend(std::iter::repeat_n(
+                        String::new(),
+                        6 + usize::from(r.stacks.is_some()),
+                    ));
+                    row.push("false".to_owned());
+                    rows.push(row);
+                }
+            }
             let mut header = vec![
                 "pid",
                 "start_key",
@@ -428,6 +457,7 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
             if r.stacks.is_some() {
                 header.push("stack");
             }
+            header.push("tracked");
             csv(&header, &rows)
         }
         Format::Table => {
