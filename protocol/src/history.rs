@@ -141,7 +141,8 @@ pub struct UnloadRecord<'a> {
 impl UnloadRecord<'_> {
     /// More processes held keys than the record stores (or some could not be listed).
     pub const HOLDERS_TRUNCATED: u16 = 1;
-    /// The mount point was not a known hive.
+    /// The mount point was not a known hive. Readers take it as [`Self::HOLDERS_UNSEEN`] too:
+    /// the driver saw no open in a hive it did not know.
     pub const UNKNOWN_HIVE: u16 = 2;
     /// Not an unload: a key-count alarm ([`crate::events`]). A process reached the alarm
     /// threshold of open keys; the record names no hive (id 0, empty mount, outcome 0),

@@ -755,7 +755,10 @@ impl<'t> Client<'t> {
                         held_after: r.flags & protocol::history::UnloadRecord::HELD_AFTER != 0,
                         held_for_secs: None,
                         failed_unload_sequence: None,
-                        holders_unseen: r.flags & protocol::history::UnloadRecord::HOLDERS_UNSEEN
+                        // A hive the driver did not know: nothing in it was seen either.
+                        holders_unseen: r.flags
+                            & (protocol::history::UnloadRecord::HOLDERS_UNSEEN
+                                | protocol::history::UnloadRecord::UNKNOWN_HIVE)
                             != 0,
                         holders: r
                             .holders

@@ -73,10 +73,13 @@ impl StreamRecord {
     }
 
     /// The driver cannot vouch that it saw every open in the hive: processes not listed may
-    /// hold keys in it (opened before its tracking began, or opens it lost).
+    /// hold keys in it (opened before its tracking began, or opens it lost). So too when it
+    /// did not know the hive at all ([`UnloadRecord::UNKNOWN_HIVE`]: it never saw it loaded,
+    /// or forgot it), whatever the driver flagged: found in review (2026-12-05), such a 1001
+    /// said "No key opened since tracking started held it".
     #[must_use]
     pub const fn holders_unseen(&self) -> bool {
-        self.flags & UnloadRecord::HOLDERS_UNSEEN != 0
+        self.flags & (UnloadRecord::HOLDERS_UNSEEN | UnloadRecord::UNKNOWN_HIVE) != 0
     }
 }
 

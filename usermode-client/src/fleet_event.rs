@@ -415,9 +415,11 @@ impl FleetEvent {
                 " No key opened since tracking started held it: keys opened before then are not in the driver's records (run `hivetrack holders` on the hive).",
             );
         }
-        message.push_str(
-            " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); these processes are the ones holding it.",
-        );
+        message.push_str(if failure.holders_unseen {
+            " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); these are the processes hivetrack saw holding it."
+        } else {
+            " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); these processes are the ones holding it."
+        });
         Self {
             hive: Some(failure.hive.clone()),
             sid: user_sid(&failure.hive).map(str::to_owned),
@@ -455,18 +457,30 @@ impl FleetEvent {
         unseen: bool,
     ) -> Self {
         let count = holders.len() as u64;
-        let mut message = format!(
-            "The registry hive {} is still held {held_for_secs} s after its failed unload (hivetrack event sequence {}). ",
-            hive_words(&failure.hive, user.as_deref()),
-            failure.sequence
-        );
-        message.push_str(&holders_sentence(&holders, count, key_count, false));
+        let mut message = if holders.is_empty() && unseen {
+            // Nobody seen, and not vouched for: whether it is held cannot be told.
+            format!(
+                "hivetrack could not tell whether the registry hive {} is still held {held_for_secs} s after its failed unload (hivetrack event sequence {}): no process it can see holds a key in it.",
+                hive_words(&failure.hive, user.as_deref()),
+                failure.sequence
+            )
+        } else {
+            let mut m = format!(
+                "The registry hive {} is still held {held_for_secs} s after its failed unload (hivetrack event sequence {}). ",
+                hive_words(&failure.hive, user.as_deref()),
+                failure.sequence
+            );
+            m.push_str(&holders_sentence(&holders, count, key_count, false));
+            m
+        };
         if unseen {
             message.push_str(UNSEEN_SENTENCE);
         }
-        message.push_str(
-            " Until they close their keys the profile stays loaded (User Profile Service event 1530).",
-        );
+        message.push_str(if holders.is_empty() {
+            " Run `hivetrack holders` on the hive to see who holds it now."
+        } else {
+            " Until they close their keys the profile stays loaded (User Profile Service event 1530)."
+        });
         Self {
             hive: Some(failure.hive.clone()),
             sid: user_sid(&failure.hive).map(str::to_owned),

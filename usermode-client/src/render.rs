@@ -816,6 +816,8 @@ pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<
                         .map(|n| n.to_string())
                         .unwrap_or_default(),
                     a.holders_unseen.to_string(),
+                    a.unknown_hive.to_string(),
+                    a.holders_truncated.to_string(),
                 ];
                 if a.holders.is_empty() {
                     let mut row = cells.to_vec();
@@ -850,6 +852,8 @@ pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<
                     "held_for_secs",
                     "failed_unload_sequence",
                     "holders_unseen",
+                    "unknown_hive",
+                    "holders_truncated",
                 ],
                 &rows,
             )

@@ -107,6 +107,22 @@ impl Scripted {
     }
 }
 
+impl Scripted {
+    /// The state's [`Server::kernel_extra`] keys in `hive`.
+    fn extra_in(server: &Server, hive: &str) -> Vec<(u64, String)> {
+        let folded = hive.to_uppercase();
+        server
+            .kernel_extra
+            .iter()
+            .filter(|(_, k)| {
+                let k = k.to_uppercase();
+                k == folded || k.starts_with(&format!(r"{folded}\"))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 impl Transport for Scripted {
     fn backend(&self) -> &'static str {
         self.name
@@ -191,7 +207,12 @@ impl Transport for Scripted {
                 &mut buf,
             ) {
                 Ok(len) => len,
-                Err(e) => return Some(Err(e)),
+                // A hive the driver does not know may still be loaded with keys open: the
+                // kernel lists them whatever the driver knows.
+                Err(e) => {
+                    let extra = Self::extra_in(server, hive);
+                    return Some(if extra.is_empty() { Err(e) } else { Ok(extra) });
+                }
             };
             let page = protocol::wire::decode::<Page<'_, Holders>>(&buf[..len]).ok()?;
             let mut pid = 0;
@@ -211,17 +232,7 @@ impl Transport for Scripted {
             }
             cursor = page.info.next;
         }
-        let folded = hive.to_uppercase();
-        out.extend(
-            server
-                .kernel_extra
-                .iter()
-                .filter(|(_, k)| {
-                    let k = k.to_uppercase();
-                    k == folded || k.starts_with(&format!(r"{folded}\"))
-                })
-                .cloned(),
-        );
+        out.extend(Self::extra_in(server, hive));
         Some(Ok(out))
     }
 

@@ -222,7 +222,7 @@ fn record_gone(client: &mut Client<'_>, hive: &str) -> Gone {
 }
 
 /// Whether `hive` (an NT path) is an application hive's mount (`\REGISTRY\A\…`).
-fn is_app_hive(hive: &str) -> bool {
+pub(crate) fn is_app_hive(hive: &str) -> bool {
     const PREFIX: &str = "\\REGISTRY\\A\\";
     hive.get(..PREFIX.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))

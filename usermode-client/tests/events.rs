@@ -23,7 +23,7 @@ use hivetrack_cli::modules::rank;
 use hivetrack_cli::page_server::Server;
 use hivetrack_cli::scripted::{
     AGENT, AGENT_PID, EXPLORER_PID, NOW, RUNDLL_PID, SECOND, SHELL, SID, Scripted, incomplete,
-    logoff, shell_extension, version,
+    logoff, logoff_released, shell_extension, version,
 };
 use hivetrack_cli::scripted_events::{EventQueue, SharedQueue, Step};
 use hivetrack_cli::symbols::NoSymbols;
@@ -1429,4 +1429,94 @@ fn a_deferred_unload_still_held_is_said_plainly_and_keeps_the_look_again() {
     let q = q.shared();
     let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
     assert_eq!(ids(&events), [1010, 1012], "{events:#?}");
+}
+
+/// Found in review (2026-12-05): a failed unload of a hive the driver did not know said
+/// "No key opened since tracking started held it" with `HoldersUnseen` false, and the
+/// service's re-check of it, answered "unknown hive", was dropped without a word though the
+/// kernel listed a key in it.
+#[test]
+fn a_hive_the_driver_did_not_know_is_not_vouched_for_and_its_recheck_asks_the_kernel() {
+    let other = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1999".to_owned();
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        flags: UnloadRecord::UNKNOWN_HIVE,
+        ..unload(&other, 0xC000_0121, &[], NOW)
+    });
+    let q = q.shared();
+    let kernel_key = format!(r"{other}\Software");
+    let make = || {
+        let mut s = driver();
+        s.kernel_extra = vec![(AGENT_PID, kernel_key.clone())];
+        Scripted::new(s)
+    };
+    let (_, events) = serve_scripted(&q, ServiceOptions::default(), 200, &NoIdentities, &make);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    let (failed, still) = (&events[1], &events[2]);
+    assert!(failed.holders_unseen, "{failed:#?}");
+    assert!(
+        failed.message.contains("could not see") && !failed.message.contains("No key opened"),
+        "{}",
+        failed.message
+    );
+    // The kernel's list names the holder; with it nobody is unseen.
+    assert_eq!(still.holders.len(), 1, "{still:#?}");
+    assert_eq!(
+        (still.holders[0].pid, still.holders[0].keys),
+        (AGENT_PID, 1)
+    );
+    assert!(!still.holders_unseen, "{still:#?}");
+}
+
+/// Found in review (2026-12-05): a re-check whose tracked holders were gone and whose
+/// kernel list could not be had wrote nothing, as if the hive were free.
+#[test]
+fn a_recheck_that_can_see_nobody_and_cannot_ask_the_kernel_says_it_cannot_tell() {
+    let mut q = queue_held_after(0);
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let make = |no_kernel: bool| {
+        move || {
+            let mut s = logoff_released();
+            s.version = Some(VersionInfo {
+                capabilities: VersionInfo::CAP_EVENTS,
+                ..version()
+            });
+            let mut t = Scripted::new(s);
+            t.no_kernel = no_kernel;
+            t
+        }
+    };
+    let (_, events) = serve_scripted(
+        &q,
+        ServiceOptions::default(),
+        200,
+        &NoIdentities,
+        &make(true),
+    );
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    let still = &events[2];
+    assert!(
+        still.holders_unseen && still.holders.is_empty(),
+        "{still:#?}"
+    );
+    assert!(
+        still
+            .message
+            .starts_with("hivetrack could not tell whether the registry hive"),
+        "{}",
+        still.message
+    );
+    // With the kernel's list, empty: free, no 1002.
+    let mut q = queue_held_after(0);
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let (_, events) = serve_scripted(
+        &q,
+        ServiceOptions::default(),
+        200,
+        &NoIdentities,
+        &make(false),
+    );
+    assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
 }
