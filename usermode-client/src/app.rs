@@ -155,14 +155,24 @@ fn modules_report(env: &mut Env<'_>, hive: Option<&str>) -> Result<crate::model:
     let source = if let ([one], false) = (&reports[..], all) {
         one.source.clone()
     } else {
-        {
-            let nr = reports
-                .iter()
-                .map(|r| r.source.not_recorded)
-                .max()
-                .unwrap_or(0);
-            client.source(nr)
+        let nr = reports
+            .iter()
+            .map(|r| r.source.not_recorded)
+            .max()
+            .unwrap_or(0);
+        let mut source = client.source(nr);
+        // Each hive's own report says whether its holders are vouched for (its records set
+        // against the kernel's list); the ranking over all of them is complete only when
+        // every one is. Found in review (2026-12-05): `modules --all` said complete, and
+        // `--strict` exited 0, with hives held by keys the driver never saw.
+        let unvouched = reports.iter().filter(|r| !r.source.complete).count();
+        if unvouched > 0 {
+            source.cannot_see(format!(
+                "every holder of {unvouched} hive(s) (keys opened before tracking started, \
+                 lost, or the kernel's list not had: `hivetrack holders HIVE` says which)"
+            ));
         }
+        source
     };
     Ok(crate::modules::rank(&reports, source, table.coverage))
 }

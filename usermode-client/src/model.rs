@@ -447,6 +447,10 @@ pub struct WithoutStack {
     pub empty: u64,
     /// Captured but not stored.
     pub dropped: u64,
+    /// Keys only the kernel lists (opened before tracking started, or lost): no record, so
+    /// no stack.
+    #[serde(default)]
+    pub untracked: u64,
 }
 
 /// `hivetrack modules`.

@@ -68,6 +68,10 @@ pub fn rank(reports: &[HoldersReport], source: Source, coverage: StackCoverage) 
     let mut without = WithoutStack::default();
     let mut held_keys = 0;
     for r in reports {
+        // Keys only the kernel lists are held too; with no record there is no stack.
+        let untracked: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
+        held_keys += untracked;
+        without.untracked += untracked;
         for h in &r.holders {
             for k in &h.keys {
                 held_keys += 1;

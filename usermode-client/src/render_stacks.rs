@@ -279,14 +279,15 @@ fn notes(r: &ModulesReport, out: &mut String) {
                 "\nEach key is attributed to its first frame outside the OS registry plumbing (ntdll, kernelbase, kernel32, advapi32, sechost, shlwapi, shcore, wow64); [OS plumbing only]: no frame left it (the innermost frame's module is named).\n",
             );
     let w = &r.without_stack;
-    if w.not_captured + w.empty + w.dropped > 0 {
+    if w.not_captured + w.empty + w.dropped + w.untracked > 0 {
         let _ = writeln!(
             out,
-            "{} held key(s) without a stack: {} not captured (opened while capture was off or outside its scope), {} empty (a kernel-mode opener, or an unreadable stack), {} dropped (not stored).",
-            w.not_captured + w.empty + w.dropped,
+            "{} held key(s) without a stack: {} not captured (opened while capture was off or outside its scope), {} empty (a kernel-mode opener, or an unreadable stack), {} dropped (not stored), {} not in hivetrack's records (the kernel lists them: opened before tracking started, or lost).",
+            w.not_captured + w.empty + w.dropped + w.untracked,
             w.not_captured,
             w.empty,
-            w.dropped
+            w.dropped,
+            w.untracked
         );
     }
     coverage_notes(&r.stacks, out);

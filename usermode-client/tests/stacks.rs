@@ -893,3 +893,29 @@ fn a_stack_id_missing_from_the_page_and_a_key_without_one_are_named() {
         ["dropped"]
     );
 }
+
+/// Found in review (2026-12-05): `modules --all` dropped each hive's completeness, so with
+/// keys only the kernel lists (opened before tracking started) it said complete, counted
+/// only the driver's keys, and `--strict` exited 0. `modules HIVE` was right.
+#[test]
+fn modules_all_counts_and_says_keys_only_the_kernel_lists() {
+    let mount = format!(r"\REGISTRY\USER\{SID}");
+    let mut s = scripted::shell_extension();
+    s.kernel_extra = vec![
+        (2040, format!(r"{mount}\Software\Policies")),
+        (2040, format!(r"{mount}\Console")),
+    ];
+    let single = run_on(s.clone(), &["--json", "modules", &hive()]);
+    let one: ModulesReport = serde_json::from_str(&single.out).expect("JSON");
+    let all = run_on(s.clone(), &["--json", "--strict", "modules", "--all"]);
+    assert_eq!(all.code, hivetrack_cli::exit::INCOMPLETE, "{}", all.err);
+    let r: ModulesReport = serde_json::from_str(&all.out).expect("JSON");
+    assert!(!r.source.complete, "{:?}", r.source);
+    assert_eq!(r.without_stack.untracked, 2, "{:?}", r.without_stack);
+    assert_eq!(
+        r.held_keys, one.held_keys,
+        "the hive's keys, the kernel's two included"
+    );
+    let t = run_on(s, &["modules", "--all"]);
+    assert!(t.out.contains("2 not in hivetrack's records"), "{}", t.out);
+}
