@@ -145,6 +145,30 @@ fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
     }
 }
 
+/// Sets the hive's `open_keys` and `holders` in a holders report to every key open in it
+/// and every process holding one: the driver's and the kernel's alone (`untracked`). The
+/// driver's side is the larger of its page's counters and the holders it listed: the
+/// counters are read before the walk that lists the holders, so an open in between is
+/// listed while the counters still say 0. Found in review (2026-12-05): a hive held only by
+/// keys opened before tracking said `open_keys` 0 ("0 open key(s) held by 0 process(es)"),
+/// and `wait` took the counters for "free" while a holder was listed.
+fn count_held(report: &mut HoldersReport) {
+    let listed_keys: u64 = report.holders.iter().map(|h| h.open_keys).sum();
+    let listed = u32::try_from(report.holders.len()).unwrap_or(u32::MAX);
+    let untracked: u64 = report.untracked.iter().map(|u| u.open_keys).sum();
+    let more = report
+        .untracked
+        .iter()
+        .filter(|u| !report.holders.iter().any(|h| h.pid == u.pid))
+        .count();
+    let hive = &mut report.hive;
+    hive.open_keys = hive.open_keys.max(listed_keys).saturating_add(untracked);
+    hive.holders = hive
+        .holders
+        .max(listed)
+        .saturating_add(u32::try_from(more).unwrap_or(u32::MAX));
+}
+
 fn key_of(k: &HolderKey<'_>, now: u64) -> HeldKey {
     let path = if k.flags & HolderKey::NAME_MISSING == 0 {
         opt_text(k.name)
@@ -469,6 +493,7 @@ impl<'t> Client<'t> {
                 kernel,
                 &mut |pid| transport.process_image(pid),
             );
+            count_held(&mut report);
         }
         Ok(report)
     }

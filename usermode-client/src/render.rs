@@ -481,10 +481,17 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                      closes (the unload history has the attempt)"
                 );
             }
+            let only_kernel: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
             let _ = writeln!(
                 out,
-                "{} open key(s) held by {} process(es)",
-                hive.open_keys, hive.holders
+                "{} open key(s) held by {} process(es){}",
+                hive.open_keys,
+                hive.holders,
+                if only_kernel > 0 {
+                    format!(", {only_kernel} of them only in the kernel's list (below)")
+                } else {
+                    String::new()
+                }
             );
             if !r.holders.is_empty() {
                 out.push('\n');

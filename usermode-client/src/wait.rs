@@ -144,21 +144,11 @@ pub fn wait_free(
     }
 }
 
-/// The keys open in a holders report and the processes holding them: the driver's records
-/// and the kernel's untracked keys. The driver's side is the larger of the page's counters
-/// and the holders it listed: the counters are read before the walk that lists the holders,
-/// so an open in between is listed (and matched to the kernel's entry, so not untracked)
-/// while the counters still say 0. Found in review (2026-12-05): `wait` then said "free",
-/// complete, with the kernel listing the key.
-fn held_counts(r: &HoldersReport) -> (u64, u32) {
-    let listed_keys: u64 = r.holders.iter().map(|h| h.open_keys).sum();
-    let listed = u32::try_from(r.holders.len()).unwrap_or(u32::MAX);
-    let untracked: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
-    let pids = u32::try_from(r.untracked.len()).unwrap_or(u32::MAX);
-    (
-        r.hive.open_keys.max(listed_keys).saturating_add(untracked),
-        r.hive.holders.max(listed).saturating_add(pids),
-    )
+/// The keys open in a holders report and the processes holding them: the hive's counts,
+/// which the client sets from the driver's records and the kernel's list together
+/// (`client::count_held`).
+const fn held_counts(r: &HoldersReport) -> (u64, u32) {
+    (r.hive.open_keys, r.hive.holders)
 }
 
 /// What the wait knows of a hive whose record the driver no longer has.

@@ -369,6 +369,9 @@ fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete
     assert!(!r.source.complete);
     assert_eq!(r.untracked.len(), 1);
     assert_eq!(r.untracked[0].pid, 2040);
+    // The hive's counts include the keys only the kernel lists (found in review, 2026-12-05:
+    // they said 0 keys held by 0 processes, which a script reads as free).
+    assert_eq!((r.hive.open_keys, r.hive.holders), (1, 1), "{:?}", r.hive);
     let c = r.source.coverage.unwrap();
     assert_eq!(
         (c.kernel_open_keys, c.untracked_keys, c.reconciled),
