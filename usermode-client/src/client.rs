@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 use protocol::capture::{CaptureOp, CaptureRequest, CaptureScope, CaptureState};
+use protocol::completeness::Completeness;
 use protocol::cursor::Cursor;
 use protocol::history::UnloadHistory;
 use protocol::hives::{HiveRecord, Hives};
@@ -142,6 +143,25 @@ fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
         oldest_age_secs: age_secs(p.oldest_open, now),
         keys: Vec::new(),
         identity: Identity::default(),
+    }
+}
+
+/// Leaves out the image of an untracked holder when the process now at its pid cannot be
+/// the one the kernel names: with nothing lost, a key the driver has no record of was opened
+/// before tracking started, so its opener was running then, and a process created after
+/// that is a later one that reused the pid. Found in review (2026-12-05): such keys were
+/// attributed to whatever process had the pid now (the opener may be long gone: a
+/// kernel-mode handle from a filter driver, or a process that passed its handle on).
+fn not_the_opener(report: &mut HoldersReport, c: &Completeness, t: &mut dyn Transport) {
+    if !c.nothing_lost() {
+        return; // a lost open may be from any process running since the first loss
+    }
+    for u in &mut report.untracked {
+        if t.process_started(u.pid)
+            .is_some_and(|s| s > c.tracking_since)
+        {
+            u.image = None;
+        }
     }
 }
 
@@ -419,7 +439,7 @@ impl<'t> Client<'t> {
         };
         let mut info: Option<Hive> = None;
         let mut holders: Vec<Holder> = Vec::new();
-        let mut completeness = protocol::completeness::Completeness::default();
+        let mut completeness = Completeness::default();
         let nr = self.pages::<Holders>(&pass, |page| {
             let p = &page.prefix;
             completeness = p.completeness;
@@ -493,6 +513,7 @@ impl<'t> Client<'t> {
                 kernel,
                 &mut |pid| transport.process_image(pid),
             );
+            not_the_opener(&mut report, &completeness, transport);
             count_held(&mut report);
         }
         Ok(report)

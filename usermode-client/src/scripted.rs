@@ -77,6 +77,8 @@ pub struct Scripted {
     pub images: Vec<(u64, String)>,
     /// The kernel cannot be asked (as a backend without `NtQueryOpenSubKeysEx`).
     pub no_kernel: bool,
+    /// Creation times (FILETIME) of live processes, for [`Transport::process_started`].
+    pub started: Vec<(u64, u64)>,
     /// The driver's event stream (`IOCTL_HIVETRACK_WAIT_EVENTS`); without it the request is
     /// refused as an older driver refuses it.
     pub events: Option<crate::scripted_events::SharedQueue>,
@@ -241,6 +243,13 @@ impl Transport for Scripted {
             .iter()
             .find(|(p, _)| *p == pid)
             .map(|(_, i)| i.clone())
+    }
+
+    fn process_started(&mut self, pid: u64) -> Option<u64> {
+        self.started
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|&(_, t)| t)
     }
 }
 

@@ -153,6 +153,14 @@ pub trait Transport {
         None
     }
 
+    /// When the live process `pid` was created (FILETIME), looked up in user mode: tells
+    /// whether it can be the opener of a key the kernel lists under that pid. `None` when
+    /// unknown (the default).
+    fn process_started(&mut self, pid: u64) -> Option<u64> {
+        let _ = pid;
+        None
+    }
+
     /// Every key handle other processes hold now, as `(pid, handle value in that process)`:
     /// the system handle table (`NtQuerySystemInformation`, `SystemExtendedHandleInformation`)
     /// filtered on the key object type. `None` when this backend cannot read it (the

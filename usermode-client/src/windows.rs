@@ -109,6 +109,40 @@ pub(crate) fn image_of(pid: u64, form: ImageForm) -> Option<String> {
     (ok != 0).then(|| String::from_utf16_lossy(&buf[..len as usize]))
 }
 
+/// When the live process `pid` was created (FILETIME): `GetProcessTimes`' creation time,
+/// "the creation time of the process" (Learn), through a `PROCESS_QUERY_LIMITED_INFORMATION`
+/// handle. `None` when it cannot be opened (gone, or protected beyond that right).
+pub(crate) fn started_at(pid: u64) -> Option<u64> {
+    use windows_sys::Win32::Foundation::FILETIME;
+    use windows_sys::Win32::System::Threading::{
+        GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    let pid = u32::try_from(pid).ok()?;
+    // SAFETY: plain values; a null handle is checked below.
+    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if process.is_null() {
+        return None;
+    }
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // SAFETY: `process` is open; the four FILETIMEs are writable.
+    let ok = unsafe {
+        GetProcessTimes(
+            process,
+            &raw mut created,
+            &raw mut exited,
+            &raw mut kernel,
+            &raw mut user,
+        )
+    };
+    // SAFETY: opened above, closed once.
+    unsafe { CloseHandle(process) };
+    (ok != 0).then(|| u64::from(created.dwHighDateTime) << 32 | u64::from(created.dwLowDateTime))
+}
+
 impl Transport for DeviceTransport {
     fn backend(&self) -> &'static str {
         "driver"
@@ -178,6 +212,10 @@ impl Transport for DeviceTransport {
 
     fn process_image(&mut self, pid: u64) -> Option<String> {
         image_of(pid, ImageForm::Native)
+    }
+
+    fn process_started(&mut self, pid: u64) -> Option<u64> {
+        started_at(pid)
     }
 
     /// The system handle table's key handles of other processes.

@@ -497,3 +497,29 @@ fn a_holder_listed_after_the_counters_were_read_keeps_the_hive_held() {
     assert_eq!((r.open_keys, r.holders), (1, 1), "{r:?}");
     assert_eq!(o.code, exit::HELD, "{}", o.err);
 }
+
+/// Found in review (2026-12-05): a key only the kernel lists was attributed to whatever
+/// process had its pid now. With nothing lost such a key was opened before tracking
+/// started, so a process created after that is not its opener: no image is named for it.
+#[test]
+fn a_pid_reused_since_tracking_started_is_not_named_as_the_opener() {
+    let json = |s: Scripted| -> hivetrack_cli::model::HoldersReport {
+        let o = run_scripted(s, &["--json", "holders", &user_hive()]);
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err))
+    };
+    let now = hivetrack_cli::scripted::NOW;
+    // Running since before tracking: it may be the opener, and is named.
+    let mut s = started_late();
+    s.started = vec![(2040, now - 24 * 3600 * hivetrack_cli::scripted::SECOND)];
+    let r = json(s);
+    assert_eq!(
+        r.untracked[0].image.as_deref(),
+        Some(hivetrack_cli::scripted::AGENT)
+    );
+    // Created after tracking started: another process that got the pid.
+    let mut s = started_late();
+    s.started = vec![(2040, now)];
+    let r = json(s);
+    assert_eq!(r.untracked[0].pid, 2040);
+    assert_eq!(r.untracked[0].image, None, "{:?}", r.untracked);
+}
