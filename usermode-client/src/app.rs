@@ -87,7 +87,7 @@ fn emit(env: &mut Env<'_>, format: Format, text: &str, source: Option<&Source>) 
 /// Whether the backend is told of process exits (stats `process_exits_tracked`): only then
 /// does "not exited" mean the pid is still the holder's, so that looking it up names the
 /// holder. A backend without stats (the driverless fallback) is not.
-fn exits_tracked(t: &mut dyn Transport) -> bool {
+pub(crate) fn exits_tracked(t: &mut dyn Transport) -> bool {
     Client::new(t).stats().is_ok_and(|s| {
         s.counters
             .iter()

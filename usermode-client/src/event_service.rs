@@ -241,11 +241,19 @@ impl Loop<'_, '_> {
         }
     }
 
+    /// Whether services may be looked up by pid: this platform can, and the driver is told of
+    /// process exits, so that "not exited" means the pid is still the holder's (as the CLI
+    /// checks: `app::exits_tracked`). Found in review (2026-12-05): the service named the
+    /// services of whatever process had the pid now when the driver could not see exits.
+    fn lookup(&self, t: &mut dyn Transport) -> bool {
+        self.env.identities.supported() && crate::app::exits_tracked(t)
+    }
+
     /// The processes the driver reports as running now, `(pid, start key)`; empty when
     /// identities cannot be looked up here (nothing would be asked). A failed unload's
     /// holders come from its hive's holders read instead ([`hive_keys`]).
     fn running_processes(&self, t: &mut dyn Transport) -> Vec<(u64, u64)> {
-        if !self.env.identities.supported() {
+        if !self.lookup(t) {
             return Vec::new();
         }
         Client::new(t).processes(None).map_or_else(
@@ -278,7 +286,7 @@ impl Loop<'_, '_> {
     ) -> (Vec<EventHolder>, Option<HoldersReport>) {
         let now = self.env.now();
         let report = hive_keys(t, &rec.mount, now).ok();
-        let running = if self.env.identities.supported() {
+        let running = if self.lookup(t) {
             report.as_ref().map_or_else(Vec::new, |r| {
                 r.holders
                     .iter()
@@ -529,7 +537,7 @@ impl Loop<'_, '_> {
             }
             Err(_) => return None,
         };
-        let lookup = self.env.identities.supported();
+        let lookup = self.lookup(t);
         let mut holders: Vec<EventHolder> = report
             .holders
             .iter()

@@ -1520,3 +1520,27 @@ fn a_recheck_that_can_see_nobody_and_cannot_ask_the_kernel_says_it_cannot_tell()
     );
     assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
 }
+
+/// Found in review (2026-12-05): the service looked services up by pid even when the driver
+/// is not told of process exits (`process_exits_tracked` 0), where "not exited" does not
+/// mean the pid is still the holder's; the CLI already refused then.
+#[test]
+fn services_are_not_looked_up_when_the_driver_cannot_see_exits() {
+    let make = || {
+        let mut s = driver();
+        if let Some(st) = s.stats.as_mut() {
+            st.process_exits_tracked = 0;
+        }
+        s
+    };
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let ids_ = StandIn::default();
+    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &ids_, &make);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    for e in &events[1..] {
+        assert!(e.holders.iter().all(|h| h.services.is_none()), "{e:#?}");
+    }
+    assert!(ids_.asked.borrow().is_empty(), "{:?}", ids_.asked.borrow());
+}
