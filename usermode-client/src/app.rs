@@ -372,6 +372,14 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             let after = read_snapshot(b)?;
             let r = diff_report(&before, &after);
             emit(env, format, &render::diff(&r, format)?, None)?;
+            if format == Format::Csv && !r.complete {
+                // As every CSV report's source line: on stderr, the rows stay rows. Found in
+                // review (2026-12-05): CSV never said a diff was incomplete.
+                writeln!(
+                    env.err,
+                    "hivetrack: INCOMPLETE: a snapshot missed events, or tracking did not run (or restarted) between them; differences may not be real"
+                )?;
+            }
             Ok(if g.strict && !r.complete {
                 exit::INCOMPLETE
             } else {

@@ -246,12 +246,21 @@ fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &m
         who = format!("{who}{identity})");
     }
     if h.keys.is_empty() {
-        let _ = writeln!(
-            out,
-            "{who} has {} key(s) open in the hive (oldest open for {})",
-            h.open_keys,
-            age_text(h.oldest_age_secs)
-        );
+        // No open time (the driverless fallback): no age either. Found in review
+        // (2026-12-05): it printed "oldest open for 0s".
+        let _ = match h.oldest_open {
+            Some(_) => writeln!(
+                out,
+                "{who} has {} key(s) open in the hive (oldest open for {})",
+                h.open_keys,
+                age_text(h.oldest_age_secs)
+            ),
+            None => writeln!(
+                out,
+                "{who} has {} key(s) open in the hive (open times unknown)",
+                h.open_keys
+            ),
+        };
         return;
     }
     // Group by name, keeping the order of first appearance (oldest first).

@@ -176,6 +176,15 @@ fn the_fallback_reports_pid_and_key_and_says_what_is_missing() {
     // Images are resolved in user mode where the process can be opened; `-` where not.
     let images: Vec<Option<&str>> = r.holders.iter().map(|h| h.image.as_deref()).collect();
     assert_eq!(images, [None, Some(r"C:\Windows\explorer.exe")]);
+    // The summary has no open times to age (found in review, 2026-12-05: "oldest open for
+    // 0s").
+    let o = run_with(
+        &["holders", "HKCU", "--summary"],
+        |_| Ok(fallback(Ok(profile_keys(1)))),
+        &Contoso,
+    );
+    assert!(!o.out.contains("oldest open for"), "{}", o.out);
+    assert!(o.out.contains("(open times unknown)"), "{}", o.out);
 }
 
 #[test]

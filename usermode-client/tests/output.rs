@@ -199,6 +199,34 @@ fn snapshot_and_diff_show_the_leak_growing() {
         -1,
         "the agent's closed key"
     );
+    assert!(
+        o.err.is_empty() || !o.err.contains("INCOMPLETE"),
+        "{}",
+        o.err
+    );
+    // A snapshot that missed events: every form says the diff is incomplete, CSV on stderr
+    // as every CSV report's source line (found in review, 2026-12-05: CSV never said so).
+    let lossy = dir.path().join("lossy.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&b).unwrap()).unwrap();
+    v["source"]["complete"] = serde_json::Value::Bool(false);
+    v["source"]["not_recorded"] = serde_json::Value::from(3);
+    std::fs::write(&lossy, v.to_string()).unwrap();
+    let o = run_on(
+        logoff(),
+        &[
+            "--csv",
+            "diff",
+            a.to_str().unwrap(),
+            lossy.to_str().unwrap(),
+        ],
+    );
+    assert!(o.err.contains("INCOMPLETE"), "{}", o.err);
+    assert!(
+        !o.out.contains("INCOMPLETE"),
+        "the rows stay rows: {}",
+        o.out
+    );
 }
 
 #[test]
