@@ -207,11 +207,11 @@ fn snapshot_and_diff_show_the_leak_growing() {
     // A snapshot that missed events: every form says the diff is incomplete, CSV on stderr
     // as every CSV report's source line (found in review, 2026-12-05: CSV never said so).
     let lossy = dir.path().join("lossy.json");
-    let mut v: serde_json::Value =
+    let mut doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&b).unwrap()).unwrap();
-    v["source"]["complete"] = serde_json::Value::Bool(false);
-    v["source"]["not_recorded"] = serde_json::Value::from(3);
-    std::fs::write(&lossy, v.to_string()).unwrap();
+    doc["source"]["complete"] = serde_json::Value::Bool(false);
+    doc["source"]["not_recorded"] = serde_json::Value::from(3);
+    std::fs::write(&lossy, doc.to_string()).unwrap();
     let o = run_on(
         logoff(),
         &[
