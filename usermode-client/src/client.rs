@@ -685,6 +685,7 @@ impl<'t> Client<'t> {
             Ok(true)
         })?;
         rank(&mut processes);
+        let all = processes.len();
         if let Some(n) = top {
             processes.truncate(n);
         }
@@ -693,6 +694,7 @@ impl<'t> Client<'t> {
         Ok(ProcessesReport {
             schema: schema("processes"),
             source,
+            omitted: (all - processes.len()) as u64,
             processes,
         })
     }

@@ -556,6 +556,17 @@ pub struct ProcessesReport {
     pub source: Source,
     /// Most open keys first.
     pub processes: Vec<ProcessEntry>,
+    /// Processes left out by `--top` (absent when none were).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: u64,
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
+const fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `hivetrack stats`.

@@ -730,6 +730,13 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                 ],
                 &rows,
             );
+            if r.omitted > 0 {
+                let _ = writeln!(
+                    out,
+                    "… and {} more process(es) holding fewer keys (left out by --top)",
+                    r.omitted
+                );
+            }
             out.push('\n');
             out.push_str(&source_line(&r.source));
             out.push('\n');

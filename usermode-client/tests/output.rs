@@ -111,6 +111,7 @@ fn processes_rank_the_leak_first() {
     let o = run_on(handle_leak(), &["processes", "--top", "1", "--json"]);
     let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
     assert_eq!(r.processes.len(), 1);
+    assert_eq!(r.omitted, 3, "--top says how many it left out");
     assert_eq!(
         (r.processes[0].pid, r.processes[0].open_keys),
         (LEAKY_PID, 65_602)
