@@ -419,6 +419,22 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
             for row in &mut rows {
                 row.push("true".to_owned());
             }
+            // Whether each key's name was cut short (the table marks it; CSV said nothing).
+            let cut = r.holders.iter().flat_map(|h| {
+                let keys: Vec<String> = h
+                    .keys
+                    .iter()
+                    .map(|k| k.name_truncated.to_string())
+                    .collect();
+                if keys.is_empty() {
+                    vec![String::new()]
+                } else {
+                    keys
+                }
+            });
+            for (row, c) in rows.iter_mut().zip(cut) {
+                row.push(c);
+            }
             // Keys only the kernel lists (opened before tracking started, or lost): a row
             // each, `tracked` false, with what is known of them (pid, image, path). Found in
             // review (2026-12-05): CSV left them out, so a hive held only by such keys came
@@ -442,6 +458,7 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                         6 + usize::from(r.stacks.is_some()),
                     ));
                     row.push("false".to_owned());
+                    row.push(String::new());
                     rows.push(row);
                 }
             }
@@ -467,6 +484,7 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 header.push("stack");
             }
             header.push("tracked");
+            header.push("name_truncated");
             csv(&header, &rows)
         }
         Format::Table => {
@@ -520,8 +538,13 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                                 "-".to_owned()
                             },
                             format!(
-                                "{}{}",
+                                "{}{}{}",
                                 h.image.as_deref().unwrap_or("-"),
+                                if h.image_truncated {
+                                    "… (path cut short)"
+                                } else {
+                                    ""
+                                },
                                 if h.exited { " (exited)" } else { "" }
                             ),
                         ]

@@ -286,6 +286,15 @@ fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
         mount.clone(),
         Listing::holders(&prefix, &[(proc_, vec![key])]),
     ));
+    let (csv, _) = run_counting(server.clone(), &["--csv", "holders", "HKCU"]);
+    assert!(
+        csv.out
+            .lines()
+            .nth(1)
+            .is_some_and(|row| row.ends_with(",true,true")),
+        "a cut name says so in CSV too: {}",
+        csv.out
+    );
     let (o, requests) = run_counting(server, &["holders", "HKCU", "--json"]);
     assert_eq!(o.code, exit::OK, "{}", o.err);
     // A page with the process alone, a refusal (ERROR_INSUFFICIENT_BUFFER) for the key,
@@ -364,12 +373,12 @@ fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete
     // such keys out, so this hive came out as a bare header).
     let o = run_scripted(started_late(), &["--csv", "holders", &user_hive()]);
     let rows: Vec<&str> = o.out.lines().collect();
-    assert!(rows[0].ends_with(",tracked"), "{}", o.out);
+    assert!(rows[0].ends_with(",tracked,name_truncated"), "{}", o.out);
     assert_eq!(rows.len(), 2, "{}", o.out);
     assert!(
         rows[1].starts_with(r"2040,,C:\Program Files\Contoso\Policy Agent\agent.exe,,1,")
             && rows[1].contains(&format!(r"\REGISTRY\USER\{SID}\Software\Policies"))
-            && rows[1].ends_with(",false"),
+            && rows[1].ends_with(",false,"),
         "{}",
         o.out
     );

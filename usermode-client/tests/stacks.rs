@@ -136,7 +136,10 @@ fn holders_stacks_csv_has_a_stack_column() {
     );
     assert_eq!(o.code, 0, "{}", o.err);
     let header = o.out.lines().next().unwrap();
-    assert!(header.ends_with(",handle_closes,stack,tracked"), "{header}");
+    assert!(
+        header.ends_with(",handle_closes,stack,tracked,name_truncated"),
+        "{header}"
+    );
     assert!(
         o.out
             .contains("ntdll.dll+0x9d1f4 | KernelBase.dll+0x2a3c1 | shellext.dll+0x1a2b")
