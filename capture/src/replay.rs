@@ -124,6 +124,8 @@ pub struct Replay {
     hkcu_mounts: HashMap<Arc<str>, (String, HkcuFrom)>,
     /// Users whose `HKCU` was taken as the bare `--hkcu-sid`.
     hkcu_default_users: usize,
+    /// Whether any row (replayed or not) had a time: `--at TIME` needs times.
+    any_time: bool,
 }
 
 fn utf16_into(s: &str, out: &mut Vec<u16>) {
@@ -163,6 +165,7 @@ impl Replay {
             scratch: Vec::new(),
             hkcu_mounts: HashMap::new(),
             hkcu_default_users: 0,
+            any_time: false,
         }
     }
 
@@ -244,6 +247,12 @@ impl Replay {
             self.out.unknowns.close_rows += 1;
         }
         self.out.capture.total_rows += 1;
+        if self.out.capture.first_time == 0 {
+            // The capture's first row, replayed or not: `--at` before it replays nothing,
+            // and the report says where the capture begins.
+            self.out.capture.first_time = ev.time;
+        }
+        self.any_time |= ev.time != 0;
         if self.stopped {
             return;
         }
@@ -261,9 +270,6 @@ impl Replay {
             return;
         }
         self.rows += 1;
-        if self.out.capture.first_time == 0 {
-            self.out.capture.first_time = ev.time;
-        }
         self.out.capture.last_time = ev.time;
         match ev.op {
             Op::OpenKey | Op::CreateKey => self.opened(ev),
@@ -364,6 +370,7 @@ impl Replay {
             ev.time,
         );
         let holders = self.holders(|p| is_under(&mount, p));
+        let (missing, maybe_holders) = self.hkcu_unseen(&mount);
         if ev.success() {
             self.tracker.hive_unloaded(&self.scratch);
             self.mounts.retain(|m| !m.eq_ignore_ascii_case(&mount));
@@ -377,6 +384,10 @@ impl Replay {
                 image: ev.image.to_string(),
                 result: ev.result.clone(),
                 holders,
+                // Settled in `finish`, which knows the whole capture.
+                complete: false,
+                missing,
+                maybe_holders,
             });
         }
     }
@@ -438,6 +449,194 @@ impl Replay {
                 .hkcu_mounts
                 .values()
                 .any(|(m, _)| names(kernel_path_as(h, m)))
+    }
+
+    /// What the ledger cannot place in the user hive `mount`: keys open now in the `HKCU`
+    /// hive of a user whose SID was not given (a placeholder mount), which are in `mount`
+    /// if it is that user's. One sentence per such user, saying how to place them, and the
+    /// processes holding them. Found in review (2026-12-05): without `--hkcu-sid` an unload
+    /// of `HKU\<SID>` showed no holders, as if complete, while the user's own processes
+    /// held its keys under the placeholder.
+    ///
+    /// The SID is not inferred from `HKU\S-1-5-21-…` rows of the same process: a process
+    /// may open any user's hive (the profile service opens every one), and Procmon shows
+    /// the process's own user's hive as `HKCU`, so an `HKU\<SID>` row beside `HKCU` rows
+    /// more likely names another user than this one.
+    fn hkcu_unseen(&self, mount: &str) -> (Vec<String>, Vec<Holder>) {
+        const USERS: &str = r"\REGISTRY\USER\";
+        const CLASSES: &str = "_Classes";
+        let Some(name) = mount
+            .get(..USERS.len())
+            .filter(|p| p.eq_ignore_ascii_case(USERS))
+            .and_then(|_| mount.get(USERS.len()..))
+        else {
+            return (Vec::new(), Vec::new());
+        };
+        let hive = name.split('\\').next().unwrap_or(name);
+        if hive.is_empty() || hive.starts_with('<') {
+            return (Vec::new(), Vec::new());
+        }
+        let classes = hive.len() > CLASSES.len()
+            && hive.is_char_boundary(hive.len() - CLASSES.len())
+            && hive[hive.len() - CLASSES.len()..].eq_ignore_ascii_case(CLASSES);
+        let sid = if classes {
+            &hive[..hive.len() - CLASSES.len()]
+        } else {
+            hive
+        };
+        let sid = if sid.len() > 4 && sid[..4].eq_ignore_ascii_case("S-1-") {
+            sid
+        } else {
+            "S-1-5-21-…"
+        };
+        // One user per placeholder (a user spelled two ways shares one), in a stable order.
+        let mut unknown: BTreeMap<&str, &str> = BTreeMap::new();
+        for (user, (m, from)) in &self.hkcu_mounts {
+            if *from == HkcuFrom::Unknown {
+                let u = unknown.entry(m.as_str()).or_insert(user);
+                if user.as_ref() < *u {
+                    *u = user;
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        let mut maybe = Vec::new();
+        for (m, user) in unknown {
+            let placeholder = if classes {
+                format!("{m}{CLASSES}")
+            } else {
+                m.to_owned()
+            };
+            let held = self.holders(|p| is_under(&placeholder, p));
+            if held.is_empty() {
+                continue;
+            }
+            let n: u64 = held.iter().map(|h| h.open_keys).sum();
+            let what = if classes {
+                r"HKCU\Software\Classes"
+            } else {
+                "HKCU"
+            };
+            missing.push(if user.is_empty() {
+                format!(
+                    "{n} {what} key(s) held by processes whose user the capture does not name \
+                     may be in this hive: the SID HKCU stands for was not given; pass \
+                     --hkcu-sid {sid} if that is the capture's user's SID (`whoami /user` as \
+                     that user on the capturing machine shows it) to place them"
+                )
+            } else {
+                format!(
+                    "{n} {what} key(s) of {user} may be in this hive: the capture names the \
+                     user, not the SID; pass --hkcu-sid {user}={sid} if {sid} is {user}'s \
+                     (`whoami /user` as that user on the capturing machine shows it) to place \
+                     them"
+                )
+            });
+            maybe.extend(held);
+        }
+        maybe.sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.pid.cmp(&b.pid)));
+        (missing, maybe)
+    }
+
+    /// Holders names no one: `why` says so in [`Analysis::refusal`], every holder list is
+    /// emptied.
+    fn refuse(&mut self, why: &str) {
+        self.out.holders_known = false;
+        match &mut self.out.refusal {
+            Some(r) => {
+                r.push(' ');
+                r.push_str(why);
+            }
+            None => self.out.refusal = Some(why.to_owned()),
+        }
+        for a in &mut self.out.unload_attempts {
+            a.holders.clear();
+            a.maybe_holders.clear();
+            a.missing.clear();
+        }
+        self.out.exits.clear();
+        self.out.open.clear();
+    }
+
+    /// Refuses to name holders at an `--at` the capture cannot place: a time in a capture
+    /// without times (every row would be replayed), or a point before its first row
+    /// (nothing would be, and "nothing held" would read as free).
+    fn refuse_at(&mut self) {
+        match self.opts.at {
+            Some(At::TimeOfDay(_)) if !self.any_time => self.refuse(
+                "--at TIME cannot be placed: the capture's rows have no times (a CSV export \
+                 without the Time of Day column, or not in Procmon's en-US format), so every row \
+                 was replayed. Give --at a row number instead.",
+            ),
+            Some(at) if self.rows == 0 && self.out.capture.total_rows > 0 => {
+                let first = self.out.capture.first_time;
+                let why = match at {
+                    At::Row(r) => format!("--at {r}: nothing was replayed"),
+                    At::TimeOfDay(t) => format!(
+                        "--at {} is before the capture's first row (at {}): nothing was \
+                         replayed",
+                        time_of_day(t),
+                        time_of_day(first % DAY)
+                    ),
+                };
+                self.refuse(&format!(
+                    "{why}, so no holder is known at that point. Give an --at at or after the \
+                     first row."
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    /// Settles [`Analysis::complete`] and [`Analysis::missing`], and each unload attempt's.
+    fn settle_completeness(&mut self) {
+        let mut missing = Vec::new();
+        if let Some(r) = &self.out.refusal {
+            missing.push(format!("holders are not named: {r}"));
+        }
+        for a in &self.out.unload_attempts {
+            for m in &a.missing {
+                missing.push(format!("unload of {} at row {}: {m}", a.hive, a.row));
+            }
+        }
+        let end = self.out.capture.at_row.unwrap_or(self.rows);
+        if self.out.holders_known
+            && let Some(h) = self.opts.hive.as_deref()
+            && let Some(target) = kernel_path(h, self.opts.hkcu.default.as_deref())
+        {
+            for m in self.hkcu_unseen(&target).0 {
+                missing.push(format!("open at row {end} in {target}: {m}"));
+            }
+        }
+        let u = &self.out.unknowns;
+        let closes = u.closes_without_open;
+        if closes > 0 {
+            missing.push(format!(
+                "{closes} RegCloseKey row(s) close keys the capture never saw opened (e.g. {}): \
+                 keys opened before the capture started (or handles duplicated or inherited); \
+                 such keys not closed in the capture are not listed and may hold any hive. \
+                 Start Procmon before the workload (Options > Enable Boot Logging for a logon \
+                 or logoff) to see their opens",
+                u.closes_without_open_sample
+                    .first()
+                    .map_or("", String::as_str)
+            ));
+        }
+        for a in &mut self.out.unload_attempts {
+            if !self.out.holders_known {
+                a.missing
+                    .insert(0, "holders are not named (see refusal)".to_owned());
+            }
+            if closes > 0 {
+                a.missing.push(format!(
+                    "{closes} close(s) without an open show keys opened before the capture \
+                     started; those still open at this row are not listed"
+                ));
+            }
+            a.complete = a.missing.is_empty();
+        }
+        self.out.complete = missing.is_empty();
+        self.out.missing = missing;
     }
 
     fn holders(&self, keep: impl Fn(&str) -> bool) -> Vec<Holder> {
@@ -559,19 +758,14 @@ impl Replay {
             ));
         }
         if u.close_rows == 0 {
-            self.out.holders_known = false;
-            self.out.refusal = Some(
+            self.refuse(
                 "the capture has no RegCloseKey rows at all, so it was filtered (or Procmon \
                  dropped them): every open would look held. Capture again without a filter on \
-                 Operation (Filter > Reset Filter, keep registry events) to name holders."
-                    .to_owned(),
+                 Operation (Filter > Reset Filter, keep registry events) to name holders.",
             );
-            for a in &mut self.out.unload_attempts {
-                a.holders.clear();
-            }
-            self.out.exits.clear();
-            self.out.open.clear();
         }
+        self.refuse_at();
+        self.settle_completeness();
         let s = self.tracker.stats();
         let disagreements = self.holders_disagreements();
         self.out.tracker = TrackerCheck {
@@ -652,6 +846,18 @@ impl Replay {
     pub fn open_keys(&self) -> usize {
         self.open.values().map(Vec::len).sum()
     }
+}
+
+/// 100 ns ticks since midnight as `h:mm:ss.fffffff` (the form `--at` takes, 24-hour).
+fn time_of_day(ticks: u64) -> String {
+    let s = ticks / 10_000_000;
+    format!(
+        "{}:{:02}:{:02}.{:07}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ticks % 10_000_000
+    )
 }
 
 fn frame_text(f: &Frame) -> String {
