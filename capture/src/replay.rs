@@ -126,6 +126,15 @@ pub struct Replay {
     hkcu_default_users: usize,
     /// Whether any row (replayed or not) had a time: `--at TIME` needs times.
     any_time: bool,
+    /// After the `--at` point: keys opened since, per (pid, folded path), not yet closed.
+    later: HashMap<(u32, String), u64>,
+    /// After the `--at` point: keys of the ledger (open at the point) closed since.
+    consumed: HashMap<(u32, String), usize>,
+    /// Pids with a `Process Start` after the point (another process: the ledger's keys of
+    /// that pid are not its own).
+    restarted: std::collections::HashSet<u32>,
+    /// The first close after the point of a key not open then: (pid, kernel path).
+    first_close_after_at: Option<(u32, String)>,
 }
 
 fn utf16_into(s: &str, out: &mut Vec<u16>) {
@@ -166,6 +175,10 @@ impl Replay {
             hkcu_mounts: HashMap::new(),
             hkcu_default_users: 0,
             any_time: false,
+            later: HashMap::new(),
+            consumed: HashMap::new(),
+            restarted: std::collections::HashSet::new(),
+            first_close_after_at: None,
         }
     }
 
@@ -233,6 +246,76 @@ impl Replay {
         kernel_path_as(path, mount)
     }
 
+    /// [`Self::kernel`] without counting the row (rows after the `--at` point).
+    fn kernel_quiet(&self, path: &str, user: &Arc<str>) -> Option<String> {
+        let starts = |p: &str| {
+            path.get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        };
+        if !starts("HKCU") && !starts("HKEY_CURRENT_USER") {
+            return kernel_path_as(path, UNKNOWN_USER);
+        }
+        let known = self.hkcu_mounts.get(user).or_else(|| {
+            self.hkcu_mounts
+                .iter()
+                .find(|(u, _)| u.eq_ignore_ascii_case(user))
+                .map(|(_, v)| v)
+        });
+        match known {
+            Some((m, _)) => kernel_path_as(path, m),
+            None => kernel_path_as(path, &self.opts.hkcu.mount_for(user).0),
+        }
+    }
+
+    /// A row after the `--at` point: not replayed, but its opens and closes are paired as
+    /// the ledger pairs them, to find closes of keys open at the point that the ledger does
+    /// not have (opened before the capture). Found in review (2026-12-05): such a close
+    /// after the point left an `--at` analysis "complete" while it proves a key the
+    /// analysis does not list was open at the point.
+    fn after_the_point(&mut self, ev: &Event) {
+        match ev.op {
+            Op::ProcessStart => {
+                self.restarted.insert(ev.pid);
+                self.later.retain(|(p, _), _| *p != ev.pid);
+            }
+            Op::OpenKey | Op::CreateKey if ev.success() => {
+                if let Some(k) = self.kernel_quiet(&ev.path, &ev.user) {
+                    *self
+                        .later
+                        .entry((ev.pid, k.to_ascii_uppercase()))
+                        .or_default() += 1;
+                }
+            }
+            Op::CloseKey => {
+                let Some(path) = self.kernel_quiet(&ev.path, &ev.user) else {
+                    return;
+                };
+                let key = (ev.pid, path.to_ascii_uppercase());
+                if let Some(n) = self.later.get_mut(&key).filter(|n| **n > 0) {
+                    *n -= 1;
+                    return;
+                }
+                if !self.restarted.contains(&ev.pid) {
+                    let start_key = self.procs.get(&ev.pid).map_or(1, |p| p.key.start_key);
+                    let held = self
+                        .open
+                        .get(&(ev.pid, start_key, key.1.clone()))
+                        .map_or(0, Vec::len);
+                    let used = self.consumed.entry(key).or_default();
+                    if *used < held {
+                        *used += 1;
+                        return;
+                    }
+                }
+                self.out.unknowns.closes_after_at_without_open += 1;
+                if self.first_close_after_at.is_none() {
+                    self.first_close_after_at = Some((ev.pid, path));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn skip(&mut self, ev: &Event) {
         if let Some(n) = self.out.unknowns.skipped.get_mut(ev.operation.as_str()) {
             *n += 1;
@@ -253,20 +336,19 @@ impl Replay {
             self.out.capture.first_time = ev.time;
         }
         self.any_time |= ev.time != 0;
-        if self.stopped {
-            return;
-        }
-        let stop = match self.opts.at {
-            Some(At::Row(r)) => ev.row > r,
-            Some(At::TimeOfDay(t)) => ev.time % DAY > t,
-            None => false,
-        };
-        if stop {
-            self.stopped = true;
-            self.out.capture.at_row = Some(self.rows);
-            if ev.op == Op::CloseKey {
-                // Counted above for the whole capture; nothing else to do.
+        if !self.stopped {
+            let stop = match self.opts.at {
+                Some(At::Row(r)) => ev.row > r,
+                Some(At::TimeOfDay(t)) => ev.time % DAY > t,
+                None => false,
+            };
+            if stop {
+                self.stopped = true;
+                self.out.capture.at_row = Some(self.rows);
             }
+        }
+        if self.stopped {
+            self.after_the_point(ev);
             return;
         }
         self.rows += 1;
@@ -609,14 +691,23 @@ impl Replay {
             }
         }
         let u = &self.out.unknowns;
-        let closes = u.closes_without_open;
-        if closes > 0 {
+        if let Some((pid, path)) = &self.first_close_after_at {
             missing.push(format!(
-                "{closes} RegCloseKey row(s) close keys the capture never saw opened (e.g. {}): \
+                "{} RegCloseKey row(s) after the --at point close keys not opened by then \
+                 (e.g. {path} by pid {pid}): keys opened before the capture started, open at \
+                 row {end} and not listed. Start Procmon before the workload to see their opens",
+                u.closes_after_at_without_open
+            ));
+        }
+        let closes = u.closes_without_open + u.closes_after_at_without_open;
+        if u.closes_without_open > 0 {
+            missing.push(format!(
+                "{} RegCloseKey row(s) close keys the capture never saw opened (e.g. {}): \
                  keys opened before the capture started (or handles duplicated or inherited); \
                  such keys not closed in the capture are not listed and may hold any hive. \
                  Start Procmon before the workload (Options > Enable Boot Logging for a logon \
                  or logoff) to see their opens",
+                u.closes_without_open,
                 u.closes_without_open_sample
                     .first()
                     .map_or("", String::as_str)

@@ -78,6 +78,11 @@ pub struct Unknowns {
     pub closes_without_open: u64,
     /// The first of those keys (at most 20).
     pub closes_without_open_sample: Vec<String>,
+    /// With `--at`: `RegCloseKey` rows after the point that close a key not opened by then
+    /// in that process (nor after it): keys opened before the capture and still open at
+    /// the point, which no list shows.
+    #[serde(default)]
+    pub closes_after_at_without_open: u64,
     /// Opens and creates whose result was not `SUCCESS` (not opens: nothing to close).
     pub failed_opens: u64,
     /// Rows not replayed, by operation (file, network, queries, …).

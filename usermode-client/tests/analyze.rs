@@ -423,3 +423,37 @@ fn an_at_before_the_first_row_names_no_holders() {
         o.out
     );
 }
+
+/// Found in review (2026-12-05): with `--at`, a close after the point of a key the capture
+/// never saw opened proves the key was open at the point, but only rows up to the point
+/// were paired, so the analysis said "free" (exit 0). The logoff capture with its close of
+/// a key opened before the capture moved to the end: at row 4 nothing the capture saw
+/// opened is held, yet explorer holds that key. Failed before the fix: exit 0.
+#[test]
+fn a_close_after_the_at_point_of_a_key_never_seen_opened_is_not_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = logoff_from_the_start(&dir);
+    let text = std::fs::read_to_string(fixture("logoff.csv")).unwrap();
+    let moved_row = text.split_inclusive('\n').nth(3).unwrap();
+    assert!(moved_row.contains("CurrentControlSet"), "{moved_row}");
+    let moved = dir.path().join("logoff-close-at-the-end.csv");
+    std::fs::write(&moved, std::fs::read_to_string(&start).unwrap() + moved_row).unwrap();
+    let argv = |f: &str| {
+        json(&[
+            "analyze",
+            f,
+            "--hkcu-sid",
+            SID,
+            "--at",
+            "4",
+            "--fail-if-held",
+        ])
+    };
+    let (code, a) = argv(&start);
+    assert_eq!(code, 0, "nothing held at row 4, and complete: {a}");
+    let (code, a) = argv(&moved.display().to_string());
+    assert_eq!(code, 4, "{a}");
+    assert_eq!(a["complete"], false);
+    assert!(missing(&a).contains("after the --at point"), "{a}");
+    assert!(missing(&a).contains(r"\\REGISTRY\\MACHINE\\SYSTEM\\CurrentControlSet by pid 4012"));
+}
