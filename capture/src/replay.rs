@@ -124,6 +124,17 @@ pub struct Replay {
     hkcu_mounts: HashMap<Arc<str>, (String, HkcuFrom)>,
     /// Users whose `HKCU` was taken as the bare `--hkcu-sid`.
     hkcu_default_users: usize,
+    /// Whether any row (replayed or not) had a time: `--at TIME` needs times.
+    any_time: bool,
+    /// After the `--at` point: keys opened since, per (pid, folded path), not yet closed.
+    later: HashMap<(u32, String), u64>,
+    /// After the `--at` point: keys of the ledger (open at the point) closed since.
+    consumed: HashMap<(u32, String), usize>,
+    /// Pids with a `Process Start` after the point (another process: the ledger's keys of
+    /// that pid are not its own).
+    restarted: std::collections::HashSet<u32>,
+    /// The first close after the point of a key not open then: (pid, kernel path).
+    first_close_after_at: Option<(u32, String)>,
 }
 
 fn utf16_into(s: &str, out: &mut Vec<u16>) {
@@ -163,6 +174,11 @@ impl Replay {
             scratch: Vec::new(),
             hkcu_mounts: HashMap::new(),
             hkcu_default_users: 0,
+            any_time: false,
+            later: HashMap::new(),
+            consumed: HashMap::new(),
+            restarted: std::collections::HashSet::new(),
+            first_close_after_at: None,
         }
     }
 
@@ -230,6 +246,76 @@ impl Replay {
         kernel_path_as(path, mount)
     }
 
+    /// [`Self::kernel`] without counting the row (rows after the `--at` point).
+    fn kernel_quiet(&self, path: &str, user: &Arc<str>) -> Option<String> {
+        let starts = |p: &str| {
+            path.get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        };
+        if !starts("HKCU") && !starts("HKEY_CURRENT_USER") {
+            return kernel_path_as(path, UNKNOWN_USER);
+        }
+        let known = self.hkcu_mounts.get(user).or_else(|| {
+            self.hkcu_mounts
+                .iter()
+                .find(|(u, _)| u.eq_ignore_ascii_case(user))
+                .map(|(_, v)| v)
+        });
+        match known {
+            Some((m, _)) => kernel_path_as(path, m),
+            None => kernel_path_as(path, &self.opts.hkcu.mount_for(user).0),
+        }
+    }
+
+    /// A row after the `--at` point: not replayed, but its opens and closes are paired as
+    /// the ledger pairs them, to find closes of keys open at the point that the ledger does
+    /// not have (opened before the capture). Found in review (2026-12-05): such a close
+    /// after the point left an `--at` analysis "complete" while it proves a key the
+    /// analysis does not list was open at the point.
+    fn after_the_point(&mut self, ev: &Event) {
+        match ev.op {
+            Op::ProcessStart => {
+                self.restarted.insert(ev.pid);
+                self.later.retain(|(p, _), _| *p != ev.pid);
+            }
+            Op::OpenKey | Op::CreateKey if ev.success() => {
+                if let Some(k) = self.kernel_quiet(&ev.path, &ev.user) {
+                    *self
+                        .later
+                        .entry((ev.pid, k.to_ascii_uppercase()))
+                        .or_default() += 1;
+                }
+            }
+            Op::CloseKey => {
+                let Some(path) = self.kernel_quiet(&ev.path, &ev.user) else {
+                    return;
+                };
+                let key = (ev.pid, path.to_ascii_uppercase());
+                if let Some(n) = self.later.get_mut(&key).filter(|n| **n > 0) {
+                    *n -= 1;
+                    return;
+                }
+                if !self.restarted.contains(&ev.pid) {
+                    let start_key = self.procs.get(&ev.pid).map_or(1, |p| p.key.start_key);
+                    let held = self
+                        .open
+                        .get(&(ev.pid, start_key, key.1.clone()))
+                        .map_or(0, Vec::len);
+                    let used = self.consumed.entry(key).or_default();
+                    if *used < held {
+                        *used += 1;
+                        return;
+                    }
+                }
+                self.out.unknowns.closes_after_at_without_open += 1;
+                if self.first_close_after_at.is_none() {
+                    self.first_close_after_at = Some((ev.pid, path));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn skip(&mut self, ev: &Event) {
         if let Some(n) = self.out.unknowns.skipped.get_mut(ev.operation.as_str()) {
             *n += 1;
@@ -244,26 +330,28 @@ impl Replay {
             self.out.unknowns.close_rows += 1;
         }
         self.out.capture.total_rows += 1;
-        if self.stopped {
-            return;
+        if self.out.capture.first_time == 0 {
+            // The capture's first row, replayed or not: `--at` before it replays nothing,
+            // and the report says where the capture begins.
+            self.out.capture.first_time = ev.time;
         }
-        let stop = match self.opts.at {
-            Some(At::Row(r)) => ev.row > r,
-            Some(At::TimeOfDay(t)) => ev.time % DAY > t,
-            None => false,
-        };
-        if stop {
-            self.stopped = true;
-            self.out.capture.at_row = Some(self.rows);
-            if ev.op == Op::CloseKey {
-                // Counted above for the whole capture; nothing else to do.
+        self.any_time |= ev.time != 0;
+        if !self.stopped {
+            let stop = match self.opts.at {
+                Some(At::Row(r)) => ev.row > r,
+                Some(At::TimeOfDay(t)) => ev.time % DAY > t,
+                None => false,
+            };
+            if stop {
+                self.stopped = true;
+                self.out.capture.at_row = Some(self.rows);
             }
+        }
+        if self.stopped {
+            self.after_the_point(ev);
             return;
         }
         self.rows += 1;
-        if self.out.capture.first_time == 0 {
-            self.out.capture.first_time = ev.time;
-        }
         self.out.capture.last_time = ev.time;
         match ev.op {
             Op::OpenKey | Op::CreateKey => self.opened(ev),
@@ -364,6 +452,7 @@ impl Replay {
             ev.time,
         );
         let holders = self.holders(|p| is_under(&mount, p));
+        let (missing, maybe_holders) = self.hkcu_unseen(&mount);
         if ev.success() {
             self.tracker.hive_unloaded(&self.scratch);
             self.mounts.retain(|m| !m.eq_ignore_ascii_case(&mount));
@@ -377,6 +466,10 @@ impl Replay {
                 image: ev.image.to_string(),
                 result: ev.result.clone(),
                 holders,
+                // Settled in `finish`, which knows the whole capture.
+                complete: false,
+                missing,
+                maybe_holders,
             });
         }
     }
@@ -438,6 +531,203 @@ impl Replay {
                 .hkcu_mounts
                 .values()
                 .any(|(m, _)| names(kernel_path_as(h, m)))
+    }
+
+    /// What the ledger cannot place in the user hive `mount`: keys open now in the `HKCU`
+    /// hive of a user whose SID was not given (a placeholder mount), which are in `mount`
+    /// if it is that user's. One sentence per such user, saying how to place them, and the
+    /// processes holding them. Found in review (2026-12-05): without `--hkcu-sid` an unload
+    /// of `HKU\<SID>` showed no holders, as if complete, while the user's own processes
+    /// held its keys under the placeholder.
+    ///
+    /// The SID is not inferred from `HKU\S-1-5-21-…` rows of the same process: a process
+    /// may open any user's hive (the profile service opens every one), and Procmon shows
+    /// the process's own user's hive as `HKCU`, so an `HKU\<SID>` row beside `HKCU` rows
+    /// more likely names another user than this one.
+    fn hkcu_unseen(&self, mount: &str) -> (Vec<String>, Vec<Holder>) {
+        const USERS: &str = r"\REGISTRY\USER\";
+        const CLASSES: &str = "_Classes";
+        let Some(name) = mount
+            .get(..USERS.len())
+            .filter(|p| p.eq_ignore_ascii_case(USERS))
+            .and_then(|_| mount.get(USERS.len()..))
+        else {
+            return (Vec::new(), Vec::new());
+        };
+        let hive = name.split('\\').next().unwrap_or(name);
+        if hive.is_empty() || hive.starts_with('<') {
+            return (Vec::new(), Vec::new());
+        }
+        let classes = hive.len() > CLASSES.len()
+            && hive.is_char_boundary(hive.len() - CLASSES.len())
+            && hive[hive.len() - CLASSES.len()..].eq_ignore_ascii_case(CLASSES);
+        let sid = if classes {
+            &hive[..hive.len() - CLASSES.len()]
+        } else {
+            hive
+        };
+        let sid = if sid.len() > 4 && sid[..4].eq_ignore_ascii_case("S-1-") {
+            sid
+        } else {
+            "S-1-5-21-…"
+        };
+        // One user per placeholder (a user spelled two ways shares one), in a stable order.
+        let mut unknown: BTreeMap<&str, &str> = BTreeMap::new();
+        for (user, (m, from)) in &self.hkcu_mounts {
+            if *from == HkcuFrom::Unknown {
+                let u = unknown.entry(m.as_str()).or_insert(user);
+                if user.as_ref() < *u {
+                    *u = user;
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        let mut maybe = Vec::new();
+        for (m, user) in unknown {
+            let placeholder = if classes {
+                format!("{m}{CLASSES}")
+            } else {
+                m.to_owned()
+            };
+            let held = self.holders(|p| is_under(&placeholder, p));
+            if held.is_empty() {
+                continue;
+            }
+            let n: u64 = held.iter().map(|h| h.open_keys).sum();
+            let what = if classes {
+                r"HKCU\Software\Classes"
+            } else {
+                "HKCU"
+            };
+            missing.push(if user.is_empty() {
+                format!(
+                    "{n} {what} key(s) held by processes whose user the capture does not name \
+                     may be in this hive: the SID HKCU stands for was not given; pass \
+                     --hkcu-sid {sid} if that is the capture's user's SID (`whoami /user` as \
+                     that user on the capturing machine shows it) to place them"
+                )
+            } else {
+                format!(
+                    "{n} {what} key(s) of {user} may be in this hive: the capture names the \
+                     user, not the SID; pass --hkcu-sid {user}={sid} if {sid} is {user}'s \
+                     (`whoami /user` as that user on the capturing machine shows it) to place \
+                     them"
+                )
+            });
+            maybe.extend(held);
+        }
+        maybe.sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.pid.cmp(&b.pid)));
+        (missing, maybe)
+    }
+
+    /// Holders names no one: `why` says so in [`Analysis::refusal`], every holder list is
+    /// emptied.
+    fn refuse(&mut self, why: &str) {
+        self.out.holders_known = false;
+        match &mut self.out.refusal {
+            Some(r) => {
+                r.push(' ');
+                r.push_str(why);
+            }
+            None => self.out.refusal = Some(why.to_owned()),
+        }
+        for a in &mut self.out.unload_attempts {
+            a.holders.clear();
+            a.maybe_holders.clear();
+            a.missing.clear();
+        }
+        self.out.exits.clear();
+        self.out.open.clear();
+    }
+
+    /// Refuses to name holders at an `--at` the capture cannot place: a time in a capture
+    /// without times (every row would be replayed), or a point before its first row
+    /// (nothing would be, and "nothing held" would read as free).
+    fn refuse_at(&mut self) {
+        match self.opts.at {
+            Some(At::TimeOfDay(_)) if !self.any_time => self.refuse(
+                "--at TIME cannot be placed: the capture's rows have no times (a CSV export \
+                 without the Time of Day column, or not in Procmon's en-US format), so every row \
+                 was replayed. Give --at a row number instead.",
+            ),
+            Some(at) if self.rows == 0 && self.out.capture.total_rows > 0 => {
+                let first = self.out.capture.first_time;
+                let why = match at {
+                    At::Row(r) => format!("--at {r}: nothing was replayed"),
+                    At::TimeOfDay(t) => format!(
+                        "--at {} is before the capture's first row (at {}): nothing was \
+                         replayed",
+                        time_of_day(t),
+                        time_of_day(first % DAY)
+                    ),
+                };
+                self.refuse(&format!(
+                    "{why}, so no holder is known at that point. Give an --at at or after the \
+                     first row."
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    /// Settles [`Analysis::complete`] and [`Analysis::missing`], and each unload attempt's.
+    fn settle_completeness(&mut self) {
+        let mut missing = Vec::new();
+        if let Some(r) = &self.out.refusal {
+            missing.push(format!("holders are not named: {r}"));
+        }
+        for a in &self.out.unload_attempts {
+            for m in &a.missing {
+                missing.push(format!("unload of {} at row {}: {m}", a.hive, a.row));
+            }
+        }
+        let end = self.out.capture.at_row.unwrap_or(self.rows);
+        if self.out.holders_known
+            && let Some(h) = self.opts.hive.as_deref()
+            && let Some(target) = kernel_path(h, self.opts.hkcu.default.as_deref())
+        {
+            for m in self.hkcu_unseen(&target).0 {
+                missing.push(format!("open at row {end} in {target}: {m}"));
+            }
+        }
+        let u = &self.out.unknowns;
+        if let Some((pid, path)) = &self.first_close_after_at {
+            missing.push(format!(
+                "{} RegCloseKey row(s) after the --at point close keys not opened by then \
+                 (e.g. {path} by pid {pid}): keys opened before the capture started, open at \
+                 row {end} and not listed. Start Procmon before the workload to see their opens",
+                u.closes_after_at_without_open
+            ));
+        }
+        let closes = u.closes_without_open + u.closes_after_at_without_open;
+        if u.closes_without_open > 0 {
+            missing.push(format!(
+                "{} RegCloseKey row(s) close keys the capture never saw opened (e.g. {}): \
+                 keys opened before the capture started (or handles duplicated or inherited); \
+                 such keys not closed in the capture are not listed and may hold any hive. \
+                 Start Procmon before the workload (Options > Enable Boot Logging for a logon \
+                 or logoff) to see their opens",
+                u.closes_without_open,
+                u.closes_without_open_sample
+                    .first()
+                    .map_or("", String::as_str)
+            ));
+        }
+        for a in &mut self.out.unload_attempts {
+            if !self.out.holders_known {
+                a.missing
+                    .insert(0, "holders are not named (see refusal)".to_owned());
+            }
+            if closes > 0 {
+                a.missing.push(format!(
+                    "{closes} close(s) without an open show keys opened before the capture \
+                     started; those still open at this row are not listed"
+                ));
+            }
+            a.complete = a.missing.is_empty();
+        }
+        self.out.complete = missing.is_empty();
+        self.out.missing = missing;
     }
 
     fn holders(&self, keep: impl Fn(&str) -> bool) -> Vec<Holder> {
@@ -559,19 +849,14 @@ impl Replay {
             ));
         }
         if u.close_rows == 0 {
-            self.out.holders_known = false;
-            self.out.refusal = Some(
+            self.refuse(
                 "the capture has no RegCloseKey rows at all, so it was filtered (or Procmon \
                  dropped them): every open would look held. Capture again without a filter on \
-                 Operation (Filter > Reset Filter, keep registry events) to name holders."
-                    .to_owned(),
+                 Operation (Filter > Reset Filter, keep registry events) to name holders.",
             );
-            for a in &mut self.out.unload_attempts {
-                a.holders.clear();
-            }
-            self.out.exits.clear();
-            self.out.open.clear();
         }
+        self.refuse_at();
+        self.settle_completeness();
         let s = self.tracker.stats();
         let disagreements = self.holders_disagreements();
         self.out.tracker = TrackerCheck {
@@ -652,6 +937,18 @@ impl Replay {
     pub fn open_keys(&self) -> usize {
         self.open.values().map(Vec::len).sum()
     }
+}
+
+/// 100 ns ticks since midnight as `h:mm:ss.fffffff` (the form `--at` takes, 24-hour).
+fn time_of_day(ticks: u64) -> String {
+    let s = ticks / 10_000_000;
+    format!(
+        "{}:{:02}:{:02}.{:07}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ticks % 10_000_000
+    )
 }
 
 fn frame_text(f: &Frame) -> String {

@@ -19,6 +19,18 @@ pub struct Analysis {
     pub holders_known: bool,
     /// Why holders are not named, when they are not.
     pub refusal: Option<String>,
+    /// True only when nothing in the capture says the answers may miss a key: holders are
+    /// named, rows were replayed, no `RegCloseKey` closes a key the capture never saw opened
+    /// (the sign of keys opened before it started), and every hive reported could be told
+    /// apart (`HKCU` rows of a user whose SID was not given may be in any `HKU\<SID>`
+    /// hive). A verdict (`--fail-if-held`, `--strict`) never says "free" when false.
+    /// Absent (false) in documents written before 2026-12-05.
+    #[serde(default)]
+    pub complete: bool,
+    /// What the analysis could not see, one sentence each with what would show it; empty
+    /// when [`Analysis::complete`].
+    #[serde(default)]
+    pub missing: Vec<String>,
     /// What the capture could not show.
     pub unknowns: Unknowns,
     /// Every `RegUnloadKey` row, with who held keys in that hive at that row.
@@ -66,6 +78,11 @@ pub struct Unknowns {
     pub closes_without_open: u64,
     /// The first of those keys (at most 20).
     pub closes_without_open_sample: Vec<String>,
+    /// With `--at`: `RegCloseKey` rows after the point that close a key not opened by then
+    /// in that process (nor after it): keys opened before the capture and still open at
+    /// the point, which no list shows.
+    #[serde(default)]
+    pub closes_after_at_without_open: u64,
     /// Opens and creates whose result was not `SUCCESS` (not opens: nothing to close).
     pub failed_opens: u64,
     /// Rows not replayed, by operation (file, network, queries, …).
@@ -139,6 +156,18 @@ pub struct UnloadAttempt {
     pub result: String,
     /// Holders at that row, most keys first.
     pub holders: Vec<Holder>,
+    /// True when `holders` names everyone the capture shows holding keys in this hive at
+    /// this row, and the capture shows no sign of keys it could not see (see
+    /// [`Analysis::complete`]). Absent (false) in documents written before 2026-12-05.
+    #[serde(default)]
+    pub complete: bool,
+    /// Why not, one sentence each with what would show it; empty when complete.
+    #[serde(default)]
+    pub missing: Vec<String>,
+    /// Processes holding `HKCU` keys of a user whose SID was not given (`--hkcu-sid`) at
+    /// this row: they hold this hive if it is that user's, which the capture cannot say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maybe_holders: Vec<Holder>,
 }
 
 /// A process exit with keys still held.

@@ -144,29 +144,7 @@ fn from_csv(text: &str, o: Options) -> Analysis {
 
 /// Both formats give the same analysis but for the format name.
 fn both(o: &Options) -> Analysis {
-    let p = from_pml(&pml(&processes(), &rows()), o.clone());
-    let mut c = from_csv(&csv(&processes(), &rows()), o.clone());
-    assert_eq!(c.capture.format, "csv");
-    c.capture.format = "pml".into();
-    // The CSV has no stacks: the same analysis without them.
-    let mut p_no_stacks = p.clone();
-    let holders = p_no_stacks
-        .unload_attempts
-        .iter_mut()
-        .flat_map(|a| a.holders.iter_mut())
-        .chain(p_no_stacks.exits.iter_mut().map(|e| &mut e.holder))
-        .chain(
-            p_no_stacks
-                .open
-                .iter_mut()
-                .flat_map(|h| h.holders.iter_mut()),
-        );
-    for k in holders.flat_map(|h| h.keys.iter_mut()) {
-        k.module = None;
-        k.stack.clear();
-    }
-    assert_eq!(p_no_stacks, c, "PML and CSV analyses differ");
-    p
+    both_of(&rows(), o)
 }
 
 #[test]
@@ -224,6 +202,43 @@ fn the_failed_unload_names_profleak_as_the_driver_does() {
     assert_eq!(a.unknowns.skipped.get("RegQueryValue"), Some(&15));
     assert_eq!(a.unknowns.skipped.get("Thread Create"), Some(&3));
     assert_eq!(a.unknowns.hkcu_rows_without_sid, 0);
+    // The close of a key opened before the capture: keys it never saw opened may hold any
+    // hive, so neither the analysis nor any unload attempt is complete.
+    assert!(!a.complete);
+    assert_eq!(a.missing.len(), 1, "{:?}", a.missing);
+    assert!(a.missing[0].contains("never saw opened"), "{:?}", a.missing);
+    assert!(
+        a.unload_attempts
+            .iter()
+            .all(|u| !u.complete && u.missing.len() == 1)
+    );
+}
+
+/// The same logoff captured from before its first open (without the close of a key opened
+/// before the capture): complete, as is every unload attempt. Found in review (2026-12-05):
+/// the analysis had no completeness verdict (a compile failure on the old code, where
+/// `complete` did not exist; the CLI tests in usermode-client/tests/analyze.rs fail there
+/// by exit code).
+#[test]
+fn a_capture_that_saw_every_open_is_complete() {
+    let a = both_of(&from_the_start(), &opts());
+    assert!(a.complete, "{:?}", a.missing);
+    assert!(a.missing.is_empty());
+    assert_eq!(a.unknowns.closes_without_open, 0);
+    assert!(
+        a.unload_attempts
+            .iter()
+            .all(|u| u.complete && u.missing.is_empty())
+    );
+    assert_eq!(a.unload_attempts[0].holders[0].pid, PROFLEAK_PID);
+}
+
+/// [`rows`] without the close of a key opened before the capture.
+fn from_the_start() -> Vec<Row> {
+    rows()
+        .into_iter()
+        .filter(|r| !(r.op == "RegCloseKey" && r.path.starts_with(r"HKLM\SYSTEM")))
+        .collect()
 }
 
 #[test]
@@ -274,6 +289,125 @@ fn without_the_hkcu_sid_the_user_hive_is_named_as_unknown() {
     assert!(a.unload_attempts[0].holders.is_empty());
 }
 
+/// Found in review (2026-12-05): without `--hkcu-sid`, the failed unload of `HKU\<SID>`
+/// showed no holders and nothing said they could not be seen. Now the attempt says that
+/// alice's `HKCU` keys may be in the hive, how to place them, and who holds them; unloads
+/// when no such key was open stay complete. (On the old code: no `complete`, `missing`,
+/// `maybe_holders`; the CLI test `hkcu_keys_without_a_sid_make_a_user_hive_incomplete_not_free`
+/// fails there by exit code.)
+#[test]
+fn without_the_hkcu_sid_a_user_hive_unload_says_what_it_cannot_place() {
+    let rows = from_the_start();
+    let a = both_of(&rows, &Options::default());
+    let failed = &a.unload_attempts[0];
+    assert_eq!(failed.result, "CANNOT DELETE");
+    assert!(failed.holders.is_empty());
+    assert!(!failed.complete);
+    assert_eq!(failed.missing.len(), 1, "{:?}", failed.missing);
+    assert!(
+        failed.missing[0].contains(&format!(r"--hkcu-sid CONTOSO\alice={SID}")),
+        "{:?}",
+        failed.missing
+    );
+    assert_eq!(failed.maybe_holders.len(), 1);
+    assert_eq!(failed.maybe_holders[0].pid, PROFLEAK_PID);
+    assert_eq!(
+        failed.maybe_holders[0].keys[0].module.as_deref(),
+        Some(SYNCAGENT)
+    );
+    // No HKCU key was open at the later unloads (the user hive, then the classes hive).
+    assert!(a.unload_attempts[1..].iter().all(|u| u.complete));
+    assert!(!a.complete);
+    assert_eq!(a.missing.len(), 1, "{:?}", a.missing);
+    // A --hive filter on the user hive at the failed unload: profleak's key is not listed
+    // (it is in a hive named as not known), so the answer is not complete either.
+    let at = Options {
+        hive: Some(format!(r"HKU\{SID}")),
+        at: Some(At::Row(failed.row)),
+        ..Options::default()
+    };
+    let a = from_pml(&pml(&processes(), &rows), at.clone());
+    assert!(a.open.is_empty());
+    assert!(!a.complete);
+    assert!(
+        a.missing.iter().any(|m| m.starts_with(&format!(
+            r"open at row {} in \REGISTRY\USER\{SID}: 1 HKCU key(s) of CONTOSO\alice",
+            failed.row
+        ))),
+        "{:?}",
+        a.missing
+    );
+    // The same with the SID: held, and complete.
+    let a = from_pml(
+        &pml(&processes(), &rows),
+        Options {
+            hkcu: opts().hkcu,
+            ..at
+        },
+    );
+    assert!(a.complete, "{:?}", a.missing);
+    assert_eq!(a.open[0].holders[0].pid, PROFLEAK_PID);
+}
+
+/// The PML analysis of `rows`, checked equal to the CSV export's but for stacks.
+fn both_of(rows: &[Row], o: &Options) -> Analysis {
+    let p = from_pml(&pml(&processes(), rows), o.clone());
+    let mut c = from_csv(&csv(&processes(), rows), o.clone());
+    assert_eq!(c.capture.format, "csv");
+    c.capture.format = "pml".into();
+    // The CSV has no stacks: the same analysis without them.
+    let mut p_no_stacks = p.clone();
+    let holders = p_no_stacks
+        .unload_attempts
+        .iter_mut()
+        .flat_map(|a| a.holders.iter_mut().chain(a.maybe_holders.iter_mut()))
+        .chain(p_no_stacks.exits.iter_mut().map(|e| &mut e.holder))
+        .chain(
+            p_no_stacks
+                .open
+                .iter_mut()
+                .flat_map(|h| h.holders.iter_mut()),
+        );
+    for k in holders.flat_map(|h| h.keys.iter_mut()) {
+        k.module = None;
+        k.stack.clear();
+    }
+    assert_eq!(p_no_stacks, c, "PML and CSV analyses differ");
+    p
+}
+
+/// Found in review (2026-12-05): `--at` before the capture's first row replayed nothing,
+/// and the analysis named no holders as if none held anything. Now it refuses, saying so.
+/// (On the old code `holders_known` stays true and there is no refusal.)
+#[test]
+fn an_at_before_the_first_row_refuses_to_name_holders() {
+    // The first row is 10 s after midnight.
+    for at in [At::TimeOfDay(5 * 10_000_000), At::Row(0)] {
+        let a = both(&Options {
+            at: Some(at),
+            ..opts()
+        });
+        assert_eq!(a.capture.rows, 0);
+        assert!(!a.holders_known, "{at:?}");
+        assert!(!a.complete);
+        let r = a.refusal.as_deref().unwrap();
+        assert!(r.contains("nothing was replayed"), "{r}");
+        if let At::TimeOfDay(_) = at {
+            assert!(
+                r.contains(
+                    "--at 0:00:05.0000000 is before the capture's first row (at 0:00:10.0000000)"
+                ),
+                "{r}"
+            );
+        }
+        assert!(
+            a.missing[0].starts_with("holders are not named: --at"),
+            "{:?}",
+            a.missing
+        );
+    }
+}
+
 #[test]
 fn a_capture_filtered_to_exclude_closes_names_no_holders() {
     let rows: Vec<Row> = rows()
@@ -290,6 +424,9 @@ fn a_capture_filtered_to_exclude_closes_names_no_holders() {
     );
     assert!(a.unload_attempts.iter().all(|u| u.holders.is_empty()));
     assert!(a.exits.is_empty() && a.open.is_empty());
+    assert!(!a.complete);
+    assert!(a.missing[0].starts_with("holders are not named: the capture has no RegCloseKey"));
+    assert!(a.unload_attempts.iter().all(|u| !u.complete));
 }
 
 #[test]
@@ -347,4 +484,42 @@ fn committed_fixtures_match_the_script() {
     );
     let a = capture::analyze_file(&dir.join("logoff.pml"), opts()).unwrap();
     assert_eq!(a.unload_attempts[0].holders[0].image, PROFLEAK);
+}
+
+/// A close after the `--at` point of a key the ledger does not have at the point (opened
+/// before the capture) makes the analysis at the point incomplete; closes after the point
+/// of keys open at it, or opened after it, do not. (New field: does not compile on the old
+/// code; the CLI test `a_close_after_the_at_point_of_a_key_never_seen_opened_is_not_free`
+/// fails there by exit code.)
+#[test]
+fn closes_after_the_at_point_are_paired_to_find_keys_open_at_it() {
+    let mut rows = from_the_start();
+    let failed = rows.iter().position(|r| r.op == "RegUnloadKey").unwrap() as u64 + 1;
+    let at = Options {
+        at: Some(At::Row(failed)),
+        ..opts()
+    };
+    // profleak's key is closed after the point (its rundown), and everything else after it
+    // pairs: complete.
+    let a = both_of(&rows, &at);
+    assert!(a.complete, "{:?}", a.missing);
+    assert_eq!(a.unknowns.closes_after_at_without_open, 0);
+    // Explorer closes, at the end, a key it opened before the capture: open at the point.
+    let n = rows.len();
+    rows.insert(
+        n - 2,
+        Row::new(1, "RegCloseKey", r"HKLM\SOFTWARE\Opened\Before", 125),
+    );
+    let a = both_of(&rows, &at);
+    assert!(!a.complete);
+    assert_eq!(a.unknowns.closes_after_at_without_open, 1);
+    assert_eq!(a.unknowns.closes_without_open, 0, "not a replayed row");
+    assert!(
+        a.missing
+            .iter()
+            .any(|m| m.contains(r"\REGISTRY\MACHINE\SOFTWARE\Opened\Before by pid 4012")),
+        "{:?}",
+        a.missing
+    );
+    assert!(a.unload_attempts.iter().all(|u| !u.complete));
 }

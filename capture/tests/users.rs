@@ -197,3 +197,32 @@ fn a_hive_filter_of_hkcu_matches_users_without_a_sid() {
         a.unknowns.notes
     );
 }
+
+/// `--at TIME` in a CSV export without times (no Time of Day column): no row can be placed
+/// before or after it, so every row was replayed and what is open at the end would read as
+/// open at that time. Found in review (2026-12-05); the analysis now refuses to name holders
+/// (on the old code it named the key opened at 7:00:01 as held "at" 6:00).
+#[test]
+fn an_at_time_in_a_capture_without_times_names_no_holders() {
+    let csv = "\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\"\r\n\
+\"a.exe\",\"100\",\"RegOpenKey\",\"HKLM\\Software\\A\",\"SUCCESS\",\"\"\r\n\
+\"a.exe\",\"100\",\"RegCloseKey\",\"HKLM\\Software\\A\",\"SUCCESS\",\"\"\r\n\
+\"a.exe\",\"100\",\"RegOpenKey\",\"HKLM\\Software\\B\",\"SUCCESS\",\"\"\r\n";
+    let at = capture::replay::At::parse("6:00:00 AM").unwrap();
+    let mut reader = CsvReader::new(Cursor::new(csv.as_bytes())).unwrap();
+    let mut r = Replay::new(Options {
+        at: Some(at),
+        ..Options::default()
+    });
+    replay(&mut reader, &mut r).unwrap();
+    let a = r.finish("no-times", "csv");
+    assert!(!a.holders_known);
+    assert!(a.open.is_empty(), "{:?}", a.open);
+    assert!(
+        a.refusal
+            .as_deref()
+            .is_some_and(|r| r.contains("no times") && r.contains("row number")),
+        "{:?}",
+        a.refusal
+    );
+}

@@ -40,23 +40,38 @@ pub fn options(
     })
 }
 
-/// The exit code of an analysis.
+/// The exit code of an analysis, as the live reports' (`holders --fail-if-held`, `wait`).
 ///
-/// 1 with `--fail-if-held` when keys are held at the chosen point; 4 when the
-/// capture cannot name holders (no `RegCloseKey` rows) and either flag asks for a verdict,
-/// or with `--strict` when closes without opens show keys opened before the capture.
+/// 4 with `--strict` when the analysis is not complete; 1 with `--fail-if-held` when keys
+/// are held at the chosen point (held is held, however much the capture could not see); 4
+/// with `--fail-if-held` when nothing held was seen but the analysis is not complete (holders
+/// not named, keys opened before the capture, `HKCU` keys that may be in the hive, nothing
+/// replayed): a script gated on the verdict must not go on as if the hive were free. Until
+/// 2026-12-05 these exited 0 (found in review).
 #[must_use]
 pub const fn verdict(a: &Analysis, strict: bool, fail_if_held: bool) -> u8 {
-    if !a.holders_known && (strict || fail_if_held) {
-        return exit::INCOMPLETE;
+    match () {
+        () if strict && !a.complete => exit::INCOMPLETE,
+        () if fail_if_held && !a.open.is_empty() => exit::HELD,
+        () if fail_if_held && !a.complete => exit::INCOMPLETE,
+        () => exit::OK,
     }
-    if fail_if_held && !a.open.is_empty() {
-        return exit::HELD;
+}
+
+/// The analysis's completeness in one line, as the live reports' `source:` line: printed
+/// on stderr with CSV (whose rows cannot carry it without changing every consumer).
+#[must_use]
+pub fn status_line(a: &Analysis) -> String {
+    let mut s = format!(
+        "analysis: {} ({}), {} of {} rows replayed",
+        a.capture.path, a.capture.format, a.capture.rows, a.capture.total_rows
+    );
+    if a.complete {
+        s.push_str(", complete");
+    } else {
+        let _ = write!(s, ", INCOMPLETE: {}", a.missing.join("; "));
     }
-    if strict && a.unknowns.closes_without_open > 0 {
-        return exit::INCOMPLETE;
-    }
-    exit::OK
+    s
 }
 
 /// A capture time: date and time when the capture has dates, else the time of day.
@@ -77,9 +92,11 @@ fn when(filetime: u64, csv_clock: bool) -> String {
     }
 }
 
+/// One CSV row per key `h` holds; `unseen`: the report of that point may miss holders
+/// (the `holders_unseen` column, as `unload-history`'s).
 fn key_rows(
     section: &str,
-    at: &(u64, String),
+    at: &(u64, String, bool),
     hive: &str,
     h: &Holder,
     rows: &mut Vec<Vec<String>>,
@@ -95,6 +112,7 @@ fn key_rows(
             k.path.clone(),
             k.row.to_string(),
             k.module.clone().unwrap_or_default(),
+            at.2.to_string(),
         ]);
     }
 }
@@ -120,7 +138,7 @@ pub fn render(a: &Analysis, view: AnalyzeView, format: Format) -> serde_json::Re
 
 /// The report as CSV: one row per held key (and per unload attempt without holders).
 fn report_csv(a: &Analysis, view: AnalyzeView, csv_clock: bool) -> String {
-    const HEAD: [&str; 9] = [
+    const HEAD: [&str; 10] = [
         "section",
         "row",
         "time",
@@ -130,6 +148,7 @@ fn report_csv(a: &Analysis, view: AnalyzeView, csv_clock: bool) -> String {
         "key",
         "opened_row",
         "module",
+        "holders_unseen",
     ];
     let t = |ft| when(ft, csv_clock);
     let mut rows = Vec::new();
@@ -142,18 +161,29 @@ fn report_csv(a: &Analysis, view: AnalyzeView, csv_clock: bool) -> String {
                     t(u.time),
                     u.hive.clone(),
                     String::new(),
-                    format!("(no holders; {})", u.result),
+                    format!(
+                        "({}; {})",
+                        if u.complete {
+                            "no holders"
+                        } else {
+                            "no holders seen"
+                        },
+                        u.result
+                    ),
                     String::new(),
                     String::new(),
                     String::new(),
+                    (!u.complete).to_string(),
                 ]);
             }
+            let at = (u.row, t(u.time), !u.complete);
             for h in &u.holders {
-                key_rows("unload", &(u.row, t(u.time)), &u.hive, h, &mut rows);
+                key_rows("unload", &at, &u.hive, h, &mut rows);
             }
         }
         for e in &a.exits {
-            key_rows("exit-leak", &(e.row, t(e.time)), "", &e.holder, &mut rows);
+            let at = (e.row, t(e.time), !a.complete);
+            key_rows("exit-leak", &at, "", &e.holder, &mut rows);
         }
     }
     let end = a.capture.at_row.unwrap_or(a.capture.rows);
@@ -161,7 +191,7 @@ fn report_csv(a: &Analysis, view: AnalyzeView, csv_clock: bool) -> String {
         for h in &hh.holders {
             key_rows(
                 "open",
-                &(end, t(a.capture.last_time)),
+                &(end, t(a.capture.last_time), !a.complete),
                 &hh.hive,
                 h,
                 &mut rows,
@@ -178,24 +208,7 @@ fn report(a: &Analysis, view: AnalyzeView, format: Format, csv_clock: bool) -> S
     }
     let t = |ft| when(ft, csv_clock);
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "capture: {} ({}), {} of {} rows replayed, {} .. {}{}",
-        a.capture.path,
-        a.capture.format,
-        a.capture.rows,
-        a.capture.total_rows,
-        t(a.capture.first_time),
-        t(a.capture.last_time),
-        if csv_clock {
-            " (capture machine's clock)"
-        } else {
-            " (UTC)"
-        }
-    );
-    if let Some(r) = &a.refusal {
-        let _ = writeln!(out, "holders NOT named: {r}");
-    }
+    header(a, &mut out);
     if view == AnalyzeView::Report {
         let _ = writeln!(out, "\nunload attempts: {}", a.unload_attempts.len());
         for u in &a.unload_attempts {
@@ -214,6 +227,19 @@ fn report(a: &Analysis, view: AnalyzeView, format: Format, csv_clock: bool) -> S
             );
             for h in &u.holders {
                 let _ = writeln!(out, "    {} ({}): {} keys", h.image, h.pid, h.open_keys);
+                for k in &h.keys {
+                    let _ = writeln!(out, "      {}  (row {}{})", k.path, k.row, module_note(k));
+                }
+            }
+            for m in &u.missing {
+                let _ = writeln!(out, "    INCOMPLETE: {m}");
+            }
+            for h in &u.maybe_holders {
+                let _ = writeln!(
+                    out,
+                    "    may hold it: {} ({}): {} HKCU keys of a user whose SID was not given",
+                    h.image, h.pid, h.open_keys
+                );
                 for k in &h.keys {
                     let _ = writeln!(out, "      {}  (row {}{})", k.path, k.row, module_note(k));
                 }
@@ -242,6 +268,45 @@ fn report(a: &Analysis, view: AnalyzeView, format: Format, csv_clock: bool) -> S
     open_table(a, &mut out);
     unknowns(a, &mut out);
     out
+}
+
+/// What was read, whether holders are named, and what the analysis could not see: the
+/// head of every text view.
+fn header(a: &Analysis, out: &mut String) {
+    let csv_clock = a.capture.format == "csv";
+    let t = |ft| when(ft, csv_clock);
+    let _ = writeln!(
+        out,
+        "capture: {} ({}), {} of {} rows replayed, {} .. {}{}",
+        a.capture.path,
+        a.capture.format,
+        a.capture.rows,
+        a.capture.total_rows,
+        t(a.capture.first_time),
+        t(a.capture.last_time),
+        if csv_clock {
+            " (capture machine's clock)"
+        } else {
+            " (UTC)"
+        }
+    );
+    if let Some(r) = &a.refusal {
+        let _ = writeln!(out, "holders NOT named: {r}");
+    }
+    if a.complete {
+        let _ = writeln!(
+            out,
+            "complete: the capture shows no sign of keys it could not see"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "INCOMPLETE: keys the capture could not see may be held (--fail-if-held never says free: 1 held, else 4):"
+        );
+        for m in &a.missing {
+            let _ = writeln!(out, "  - {m}");
+        }
+    }
 }
 
 /// Processes ranked by keys held at the chosen point.
@@ -277,6 +342,8 @@ fn processes(a: &Analysis, format: Format) -> String {
     if format == Format::Csv {
         return csv(&["pid", "instance", "open_keys", "state", "image"], &rows);
     }
+    header(a, &mut out);
+    out.push('\n');
     out.push_str(&table(
         &[
             ("PID", Align::Right),
@@ -321,6 +388,8 @@ fn modules(a: &Analysis, format: Format) -> String {
     if format == Format::Csv {
         return csv(&["open_keys", "pids", "module"], &rows);
     }
+    header(a, &mut out);
+    out.push('\n');
     out.push_str(&table(
         &[
             ("KEYS", Align::Right),

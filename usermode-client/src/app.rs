@@ -208,6 +208,10 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 .map_err(|e| CliError::BadArgument(format!("{}: {e}", capture.display())))?;
             env.out
                 .write_all(crate::analyze::render(&a, *view, format)?.as_bytes())?;
+            if format == Format::Csv {
+                // As the live reports' `source:` line: CSV rows cannot say it.
+                writeln!(env.err, "hivetrack: {}", crate::analyze::status_line(&a))?;
+            }
             Ok(crate::analyze::verdict(&a, g.strict, *fail_if_held))
         }
         Command::Service(cmd) => crate::service_command::run(cmd, g, env),

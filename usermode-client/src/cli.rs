@@ -186,7 +186,9 @@ pub enum Command {
         /// Stop after this row number, or at this time of day (`7:27:31.5 AM`).
         #[arg(long, value_name = "ROW|TIME")]
         at: Option<String>,
-        /// Exit with 1 when keys are held at the chosen point.
+        /// Exit with 1 when keys are held at the chosen point, with 4 when none are seen but
+        /// the analysis is not complete (keys opened before the capture, HKCU keys without
+        /// --hkcu-sid, no holders named), 0 only when free and complete.
         #[arg(long)]
         fail_if_held: bool,
     },

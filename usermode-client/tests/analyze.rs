@@ -54,6 +54,8 @@ fn fail_if_held_exits_1_only_when_something_is_held_at_the_point() {
     assert_eq!(held.code, 1, "{}{}", held.out, held.err);
     assert!(held.out.contains("profleak.exe"), "{}", held.out);
     assert!(held.out.contains("syncagent.dll"), "{}", held.out);
+    // Nothing is held at the end, but the capture closes a key it never saw opened: not
+    // "free" (exit 4), see `free_is_said_only_when_the_capture_saw_every_open`.
     let free = run(&[
         "analyze",
         &fixture("logoff.pml"),
@@ -61,7 +63,7 @@ fn fail_if_held_exits_1_only_when_something_is_held_at_the_point() {
         SID,
         "--fail-if-held",
     ]);
-    assert_eq!(free.code, 0, "{}{}", free.out, free.err);
+    assert_eq!(free.code, 4, "{}{}", free.out, free.err);
     // --at as a time of day: 12:01:40 AM is the failed unload (100 s after midnight).
     let at_time = run(&[
         "analyze",
@@ -118,7 +120,7 @@ fn views_render_as_tables_and_csv() {
     let o = run(&["analyze", &f, "--hkcu-sid", SID, "--csv"]);
     assert_eq!(
         o.out.lines().next(),
-        Some("section,row,time,hive,pid,image,key,opened_row,module")
+        Some("section,row,time,hive,pid,image,key,opened_row,module,holders_unseen")
     );
     assert!(
         o.out
@@ -147,4 +149,311 @@ fn bad_inputs_are_usage_errors() {
         "{}",
         o.err
     );
+}
+
+/// The logoff capture without its one close of a key opened before the capture (row 3): a
+/// capture that saw every open it pairs, so "free" can be complete. Rows shift by one: the
+/// failed unload is row 56.
+fn logoff_from_the_start(dir: &tempfile::TempDir) -> String {
+    let text = std::fs::read_to_string(fixture("logoff.csv")).unwrap();
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|l| !l.contains(r#""RegCloseKey","HKLM\SYSTEM\CurrentControlSet""#))
+        .collect();
+    assert_eq!(
+        kept.lines().count() + 1,
+        text.lines().count(),
+        "one row less"
+    );
+    let path = dir.path().join("logoff-from-the-start.csv");
+    std::fs::write(&path, kept).unwrap();
+    path.display().to_string()
+}
+
+fn json(argv: &[&str]) -> (u8, serde_json::Value) {
+    let mut v = argv.to_vec();
+    v.push("--json");
+    let o = run(&v);
+    (o.code, serde_json::from_str(&o.out).unwrap())
+}
+
+fn missing(v: &serde_json::Value) -> String {
+    v["missing"].to_string()
+}
+
+/// Found in review (2026-12-05): `--fail-if-held` exited 0 ("free") on a capture whose
+/// `RegCloseKey` rows close keys it never saw opened: keys opened before the capture
+/// started, which may still hold the hive. Failed before the fix: exit 0, no `complete`.
+#[test]
+fn free_is_said_only_when_the_capture_saw_every_open() {
+    let (code, a) = json(&[
+        "analyze",
+        &fixture("logoff.pml"),
+        "--hkcu-sid",
+        SID,
+        "--fail-if-held",
+    ]);
+    assert_eq!(code, 4);
+    assert_eq!(a["complete"], false, "{a}");
+    assert!(missing(&a).contains("never saw opened"), "{a}");
+    assert!(missing(&a).contains(r"\\REGISTRY\\MACHINE\\SYSTEM\\CurrentControlSet"));
+    assert!(
+        missing(&a).contains("Boot Logging"),
+        "an actionable hint: {a}"
+    );
+    for u in a["unload_attempts"].as_array().unwrap() {
+        assert_eq!(u["complete"], false, "{u}");
+    }
+    let strict = run(&[
+        "analyze",
+        &fixture("logoff.pml"),
+        "--hkcu-sid",
+        SID,
+        "--strict",
+    ]);
+    assert_eq!(strict.code, 4);
+    // Held is held, however incomplete.
+    let held = run(&[
+        "analyze",
+        &fixture("logoff.pml"),
+        "--hkcu-sid",
+        SID,
+        "--at",
+        "57",
+        "--fail-if-held",
+    ]);
+    assert_eq!(held.code, 1);
+
+    // The same logoff captured from before the first open: free, and complete.
+    let dir = tempfile::tempdir().unwrap();
+    let f = logoff_from_the_start(&dir);
+    let (code, a) = json(&["analyze", &f, "--hkcu-sid", SID, "--fail-if-held"]);
+    assert_eq!(code, 0, "{a}");
+    assert_eq!(
+        (a["complete"].clone(), missing(&a)),
+        (true.into(), "[]".into())
+    );
+    assert!(
+        a["unload_attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["complete"] == true)
+    );
+    let o = run(&["analyze", &f, "--hkcu-sid", SID, "--strict"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+    assert!(
+        o.out.contains("complete: the capture shows no sign"),
+        "{}",
+        o.out
+    );
+}
+
+/// Found in review (2026-12-05): without `--hkcu-sid` a capture's `HKCU` keys cannot be
+/// placed in `HKU\<SID>`, so the failed unload of `HKU\<SID>` showed no holders and
+/// `--fail-if-held` exited 0. Failed before the fix: exit 0, no `complete`, no hint.
+#[test]
+fn hkcu_keys_without_a_sid_make_a_user_hive_incomplete_not_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = logoff_from_the_start(&dir);
+    let hive = format!(r"HKU\{SID}");
+    // At the failed unload profleak.exe holds HKCU\Software\Policies: in HKU\<SID> if <SID>
+    // is alice's, which the capture cannot say.
+    for argv in [
+        vec!["analyze", &f, "--fail-if-held"],
+        vec!["analyze", &f, "--hive", &hive, "--fail-if-held"],
+        vec![
+            "analyze",
+            &f,
+            "--hive",
+            &hive,
+            "--at",
+            "56",
+            "--fail-if-held",
+        ],
+    ] {
+        let (code, a) = json(&argv);
+        assert_eq!(code, 4, "{argv:?}: {a}");
+        assert_eq!(a["complete"], false);
+        assert!(
+            missing(&a).contains(&format!(r"--hkcu-sid CONTOSO\\alice={SID}")),
+            "{argv:?}: the hint names the user and the hive's SID: {a}"
+        );
+    }
+    let (_, a) = json(&["analyze", &f]);
+    let failed = &a["unload_attempts"][0];
+    assert_eq!(failed["result"], "CANNOT DELETE");
+    assert_eq!(failed["complete"], false);
+    assert_eq!(failed["holders"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        failed["maybe_holders"][0]["image"],
+        r"C:\Program Files\Sync\profleak.exe"
+    );
+    // The later unloads, when no HKCU key was open: complete.
+    assert_eq!(a["unload_attempts"][1]["complete"], true);
+    assert_eq!(a["unload_attempts"][2]["complete"], true);
+    let text = run(&["analyze", &f]).out;
+    assert!(
+        text.contains("INCOMPLETE: 1 HKCU key(s) of CONTOSO\\alice"),
+        "{text}"
+    );
+    assert!(
+        text.contains("may hold it: C:\\Program Files\\Sync\\profleak.exe"),
+        "{text}"
+    );
+    // With the SID: profleak.exe holds the hive at the failed unload (1), and it is free,
+    // completely, at the end (0).
+    let o = run(&[
+        "analyze",
+        &f,
+        "--hkcu-sid",
+        SID,
+        "--hive",
+        &hive,
+        "--at",
+        "56",
+        "--fail-if-held",
+    ]);
+    assert_eq!(o.code, 1, "{}", o.out);
+    let o = run(&[
+        "analyze",
+        &f,
+        "--hkcu-sid",
+        SID,
+        "--hive",
+        &hive,
+        "--fail-if-held",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.out);
+}
+
+/// Found in review (2026-12-05): the CSV, `processes` and `modules` views did not say that
+/// the analysis was incomplete or refused. Failed before the fix: nothing on stderr, no
+/// INCOMPLETE line in the tables.
+#[test]
+fn every_view_carries_the_incompleteness() {
+    let f = fixture("logoff.pml");
+    for view in ["report", "holders", "processes", "modules"] {
+        let o = run(&["analyze", &f, "--hkcu-sid", SID, "--view", view]);
+        assert!(
+            o.out.contains("INCOMPLETE:") && o.out.contains("never saw opened"),
+            "{view}: {}",
+            o.out
+        );
+        let o = run(&["analyze", &f, "--hkcu-sid", SID, "--view", view, "--csv"]);
+        assert!(
+            o.err.starts_with("hivetrack: analysis: ") && o.err.contains(", INCOMPLETE: "),
+            "{view}: {}",
+            o.err
+        );
+        assert!(
+            !o.out.contains("INCOMPLETE"),
+            "CSV rows stay data: {}",
+            o.out
+        );
+        let o = run(&[
+            "analyze",
+            &f,
+            "--hkcu-sid",
+            SID,
+            "--view",
+            view,
+            "--csv",
+            "--fail-if-held",
+        ]);
+        assert_eq!(o.code, 4, "{view}");
+    }
+    // The report's CSV says it per row too, as unload-history's `holders_unseen`.
+    let o = run(&["analyze", &f, "--csv"]);
+    let unload = o.out.lines().find(|l| l.starts_with("unload,")).unwrap();
+    assert!(
+        unload.contains("(no holders seen; CANNOT DELETE)"),
+        "{unload}"
+    );
+    assert!(unload.ends_with(",true"), "{unload}");
+    // Complete: said as such.
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "analyze",
+        &logoff_from_the_start(&dir),
+        "--hkcu-sid",
+        SID,
+        "--csv",
+    ]);
+    assert!(o.err.ends_with(", complete\n"), "{}", o.err);
+    assert!(
+        o.out.lines().skip(1).all(|l| l.ends_with(",false")),
+        "{}",
+        o.out
+    );
+}
+
+/// Found in review (2026-12-05): `--at` before the capture's first row replayed nothing
+/// and `--fail-if-held` exited 0, "free". Failed before the fix: exit 0, `holders_known`
+/// true.
+#[test]
+fn an_at_before_the_first_row_names_no_holders() {
+    // The capture begins at 12:00:10 AM.
+    for at in ["12:00:05 AM", "0"] {
+        let (code, a) = json(&[
+            "analyze",
+            &fixture("logoff.csv"),
+            "--hkcu-sid",
+            SID,
+            "--at",
+            at,
+            "--fail-if-held",
+        ]);
+        assert_eq!(code, 4, "--at {at}: {a}");
+        assert_eq!(a["holders_known"], false);
+        assert_eq!(a["complete"], false);
+        assert!(
+            a["refusal"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was replayed"),
+            "{a}"
+        );
+    }
+    let o = run(&["analyze", &fixture("logoff.csv"), "--at", "12:00:05 AM"]);
+    assert!(
+        o.out
+            .contains("is before the capture's first row (at 0:00:10.0000000)"),
+        "{}",
+        o.out
+    );
+}
+
+/// Found in review (2026-12-05): with `--at`, a close after the point of a key the capture
+/// never saw opened proves the key was open at the point, but only rows up to the point
+/// were paired, so the analysis said "free" (exit 0). The logoff capture with its close of
+/// a key opened before the capture moved to the end: at row 4 nothing the capture saw
+/// opened is held, yet explorer holds that key. Failed before the fix: exit 0.
+#[test]
+fn a_close_after_the_at_point_of_a_key_never_seen_opened_is_not_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = logoff_from_the_start(&dir);
+    let text = std::fs::read_to_string(fixture("logoff.csv")).unwrap();
+    let moved_row = text.split_inclusive('\n').nth(3).unwrap();
+    assert!(moved_row.contains("CurrentControlSet"), "{moved_row}");
+    let moved = dir.path().join("logoff-close-at-the-end.csv");
+    std::fs::write(&moved, std::fs::read_to_string(&start).unwrap() + moved_row).unwrap();
+    let argv = |f: &str| {
+        json(&[
+            "analyze",
+            f,
+            "--hkcu-sid",
+            SID,
+            "--at",
+            "4",
+            "--fail-if-held",
+        ])
+    };
+    let (code, a) = argv(&start);
+    assert_eq!(code, 0, "nothing held at row 4, and complete: {a}");
+    let (code, a) = argv(&moved.display().to_string());
+    assert_eq!(code, 4, "{a}");
+    assert_eq!(a["complete"], false);
+    assert!(missing(&a).contains("after the --at point"), "{a}");
+    assert!(missing(&a).contains(r"\\REGISTRY\\MACHINE\\SYSTEM\\CurrentControlSet by pid 4012"));
 }
