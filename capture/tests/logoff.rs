@@ -1,5 +1,5 @@
 //! The logoff that will not unload, as Procmon captures it: the same workload as the
-//! kernel emulator's `logoff` scenario (kernel-emulator/src/scenario/tracking.rs:
+//! kernel emulator's `logoff` scenario (kernel-emulator/src/harness/scenario/tracking.rs:
 //! `logoff_workload`), written as PML and as a CSV export, replayed through the tracker.
 //! The unload-attempt report must name the holder the driver names there: profleak.exe,
 //! holding `\REGISTRY\USER\<SID>\Software\Policies`, and nobody else.
@@ -14,7 +14,7 @@ use capture::report::Analysis;
 use capture::{Reader, csv::CsvReader, pml::PmlReader};
 use support::{CANNOT_DELETE, NAME_NOT_FOUND, Proc, Row, csv, pml, time};
 
-/// The emulator scenario's user (kernel-emulator/src/scenario/tracking.rs `USER`).
+/// The emulator scenario's user (kernel-emulator/src/harness/scenario/tracking.rs `USER`).
 const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
 const PROFLEAK: &str = r"C:\Program Files\Sync\profleak.exe";
 const SYNCAGENT: &str = r"C:\Program Files\Sync\syncagent.dll";
