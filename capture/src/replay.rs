@@ -89,7 +89,20 @@ pub struct Options {
     pub pid: Option<u32>,
     /// Stop here.
     pub at: Option<At>,
+    /// The capture began at boot (Procmon's boot logging), so it saw every open: said by the
+    /// user (`--from-boot`), who knows how it was taken; a capture cannot tell. Without it,
+    /// keys opened before the capture's first row and never closed in it are in no row, so
+    /// no answer is complete.
+    pub from_boot: bool,
 }
+
+/// Why no capture that did not begin at boot is complete. Found in review (2026-12-05): an
+/// analysis said `complete` when it saw no close of a key it never saw opened, though a key
+/// opened before the capture and never closed in it (the profile case: a service holding a
+/// key since logon) is in no row at all.
+const BEFORE_CAPTURE: &str = "keys opened before the capture's first row and not closed in it \
+    are in no row: any process running then may hold them. Capture from boot (Procmon: \
+    Options > Enable Boot Logging) and pass --from-boot to vouch for every open";
 
 struct Open {
     path: Arc<str>,
@@ -452,7 +465,17 @@ impl Replay {
             ev.time,
         );
         let holders = self.holders(|p| is_under(&mount, p));
-        let (missing, maybe_holders) = self.hkcu_unseen(&mount);
+        let (mut missing, maybe_holders) = self.hkcu_unseen(&mount);
+        if !ev.success() && holders.is_empty() && maybe_holders.is_empty() {
+            // Windows says the hive is in use, yet no key the capture saw is open in it: the
+            // holders are keys it could not see.
+            missing.push(format!(
+                "the unload failed ({}) with no key the capture saw open in the hive: its \
+                 holders opened their keys before the capture started (or hold duplicated or \
+                 inherited handles)",
+                ev.result
+            ));
+        }
         if ev.success() {
             self.tracker.hive_unloaded(&self.scratch);
             self.mounts.retain(|m| !m.eq_ignore_ascii_case(&mount));
@@ -700,6 +723,9 @@ impl Replay {
             ));
         }
         let closes = u.closes_without_open + u.closes_after_at_without_open;
+        if !self.opts.from_boot {
+            missing.push(BEFORE_CAPTURE.to_owned());
+        }
         if u.closes_without_open > 0 {
             missing.push(format!(
                 "{} RegCloseKey row(s) close keys the capture never saw opened (e.g. {}): \
@@ -714,6 +740,13 @@ impl Replay {
             ));
         }
         for a in &mut self.out.unload_attempts {
+            // Windows unloaded the hive: nothing held it at that row, seen or not.
+            let unloaded = a.result == "SUCCESS" && a.holders.is_empty();
+            if unloaded && self.out.holders_known {
+                a.missing.clear();
+                a.complete = true;
+                continue;
+            }
             if !self.out.holders_known {
                 a.missing
                     .insert(0, "holders are not named (see refusal)".to_owned());
@@ -723,6 +756,12 @@ impl Replay {
                     "{closes} close(s) without an open show keys opened before the capture \
                      started; those still open at this row are not listed"
                 ));
+            } else if !self.opts.from_boot {
+                a.missing.push(
+                    "keys opened before the capture started and still open at this row are \
+                     not listed (a capture from boot, analysed with --from-boot, has them)"
+                        .to_owned(),
+                );
             }
             a.complete = a.missing.is_empty();
         }

@@ -37,6 +37,7 @@ pub fn options(
             .map(At::parse)
             .transpose()
             .map_err(CliError::BadArgument)?,
+        from_boot: false,
     })
 }
 

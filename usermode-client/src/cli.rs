@@ -191,6 +191,11 @@ pub enum Command {
         /// --hkcu-sid, no holders named), 0 only when free and complete.
         #[arg(long)]
         fail_if_held: bool,
+        /// The capture began at boot (Procmon: Options > Enable Boot Logging), so it saw every
+        /// open. Without it keys opened before the capture's first row and never closed in it
+        /// are in no row, and no answer is complete.
+        #[arg(long)]
+        from_boot: bool,
     },
     /// The event service: every failed hive unload, with its holders, in the Windows Event
     /// Log beside event 1530 (source hivetrack, Application log), or as JSON lines.
