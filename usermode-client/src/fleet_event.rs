@@ -415,7 +415,9 @@ impl FleetEvent {
                 " No key opened since tracking started held it: keys opened before then are not in the driver's records (run `hivetrack holders` on the hive).",
             );
         }
-        message.push_str(if failure.holders_unseen {
+        message.push_str(if failure.holders_unseen && holders.is_empty() {
+            " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); hivetrack saw no process holding it."
+        } else if failure.holders_unseen {
             " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); these are the processes hivetrack saw holding it."
         } else {
             " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); these processes are the ones holding it."
