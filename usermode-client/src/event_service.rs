@@ -312,7 +312,7 @@ impl Loop<'_, '_> {
                         .iter()
                         .find(|x| x.pid == h.pid && x.start_key == h.start_key)
                 }) {
-                    add_keys(&mut e, held);
+                    add_keys(&mut e, held, rec.time);
                 }
                 e
             })
@@ -551,7 +551,7 @@ impl Loop<'_, '_> {
                     None
                 };
                 let mut e = EventHolder::new(h.pid, h.image.clone(), services, h.open_keys);
-                add_keys(&mut e, h);
+                add_keys(&mut e, h, u64::MAX);
                 e
             })
             .collect();
@@ -706,9 +706,17 @@ fn hive_keys(t: &mut dyn Transport, mount: &str, now: u64) -> Result<HoldersRepo
 
 /// Sets `e`'s key names (at most [`KEY_NAMES`], oldest first) and the modules that opened
 /// `held`'s keys: attributed and ordered as `hivetrack modules` does for this one process,
-/// a row whose stacks were all OS plumbing named `ntdll.dll (plumbing only)`.
-fn add_keys(e: &mut EventHolder, held: &Holder) {
-    let mut keys: Vec<&HeldKey> = held.keys.iter().collect();
+/// a row whose stacks were all OS plumbing named `ntdll.dll (plumbing only)`. Only keys
+/// opened at or before `until` (the record's time; a key whose open time is not known
+/// stays): the holders are read when the service handles the record, which may be long
+/// after it (a service started later reads the history), and a key opened since held
+/// nothing then. Found in review (2026-12-05).
+fn add_keys(e: &mut EventHolder, held: &Holder, until: u64) {
+    let mut keys: Vec<&HeldKey> = held
+        .keys
+        .iter()
+        .filter(|k| k.opened_at.as_ref().is_none_or(|t| t.filetime <= until))
+        .collect();
     keys.sort_by_key(|k| k.opened_at.as_ref().map_or(u64::MAX, |t| t.filetime));
     e.key_names = keys
         .iter()

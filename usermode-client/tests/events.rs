@@ -1548,3 +1548,32 @@ fn services_are_not_looked_up_when_the_driver_cannot_see_exits() {
     }
     assert!(ids_.asked.borrow().is_empty(), "{:?}", ids_.asked.borrow());
 }
+
+/// Found in review (2026-12-05): a 1001's key names were the holder's keys when the service
+/// read them, however long after the failure: a key opened since held nothing at the
+/// failure. Only keys opened at or before the record's time are named.
+#[test]
+fn key_names_are_of_keys_open_at_the_failure() {
+    let names = |time: u64| {
+        let mut q = queue();
+        q.push(&failed_unload(&user_hive(), time));
+        let q = q.shared();
+        let (_, events) = serve(&q, long_recheck(), 30, &NoIdentities);
+        let agent = events[1]
+            .holders
+            .iter()
+            .find(|h| h.pid == AGENT_PID)
+            .expect("the agent")
+            .clone();
+        agent.key_names
+    };
+    // The agent opened Software\Policies 25 min before NOW.
+    assert!(
+        names(NOW)
+            .iter()
+            .any(|k| k.ends_with(r"\Software\Policies")),
+        "{:?}",
+        names(NOW)
+    );
+    assert!(names(NOW - 3600 * SECOND).is_empty());
+}
