@@ -312,6 +312,22 @@ impl Symbolizer for ShellExtSymbols {
     }
 }
 
+/// Runs `argv` on the shell-extension scenario with `symbols` naming the frames.
+fn shell_extension_with(argv: &[&str], symbols: &mut dyn Symbolizer) -> common::Outcome {
+    let mut once = Some(Scripted::new(scripted::shell_extension()));
+    run_with_symbols(
+        argv,
+        move |_| {
+            once.take()
+                .map(|s| Box::new(s) as Box<dyn Transport>)
+                .ok_or(TransportError::DriverUnavailable)
+        },
+        &Contoso,
+        &NoIdentities,
+        symbols,
+    )
+}
+
 /// Has only export tables (no PDB), as `DbgHelp` without symbols: every address gets the
 /// nearest export below it.
 struct ExportsOnly;
@@ -330,16 +346,8 @@ impl Symbolizer for ExportsOnly {
 /// part of it.
 #[test]
 fn a_nearest_export_is_not_shown_as_the_frames_function() {
-    let mut once = Some(Scripted::new(scripted::shell_extension()));
-    let o = run_with_symbols(
+    let o = shell_extension_with(
         &["--json", "holders", &hive(), "--stacks"],
-        move |_| {
-            once.take()
-                .map(|s| Box::new(s) as Box<dyn Transport>)
-                .ok_or(TransportError::DriverUnavailable)
-        },
-        &Contoso,
-        &NoIdentities,
         &mut ExportsOnly,
     );
     assert_eq!(o.code, 0, "{}", o.err);
@@ -370,18 +378,7 @@ fn a_nearest_export_is_not_shown_as_the_frames_function() {
 #[test]
 fn frames_are_symbolized_where_the_symbolizer_knows_the_module() {
     let mut symbols = ShellExtSymbols(Vec::new());
-    let mut once = Some(Scripted::new(scripted::shell_extension()));
-    let o = run_with_symbols(
-        &["holders", &hive(), "--stacks"],
-        move |_| {
-            once.take()
-                .map(|s| Box::new(s) as Box<dyn Transport>)
-                .ok_or(TransportError::DriverUnavailable)
-        },
-        &Contoso,
-        &NoIdentities,
-        &mut symbols,
-    );
+    let o = shell_extension_with(&["holders", &hive(), "--stacks"], &mut symbols);
     assert_eq!(o.code, 0, "{}", o.err);
     assert!(
         o.out
