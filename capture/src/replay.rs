@@ -471,9 +471,15 @@ impl Replay {
             // holders are keys it could not see.
             missing.push(format!(
                 "the unload failed ({}) with no key the capture saw open in the hive: its \
-                 holders opened their keys before the capture started (or hold duplicated or \
-                 inherited handles)",
-                ev.result
+                 holders {}",
+                ev.result,
+                if self.opts.from_boot {
+                    "hold duplicated or inherited handles, or opened keys in rows the capture \
+                     left out"
+                } else {
+                    "opened their keys before the capture started (or hold duplicated or \
+                     inherited handles)"
+                }
             ));
         }
         if ev.success() {
@@ -488,6 +494,7 @@ impl Replay {
                 pid: ev.pid,
                 image: ev.image.to_string(),
                 result: ev.result.clone(),
+                succeeded: ev.success(),
                 holders,
                 // Settled in `finish`, which knows the whole capture.
                 complete: false,
@@ -741,7 +748,7 @@ impl Replay {
         }
         for a in &mut self.out.unload_attempts {
             // Windows unloaded the hive: nothing held it at that row, seen or not.
-            let unloaded = a.result == "SUCCESS" && a.holders.is_empty();
+            let unloaded = a.succeeded && a.holders.is_empty();
             if unloaded && self.out.holders_known {
                 a.missing.clear();
                 a.complete = true;

@@ -154,6 +154,10 @@ pub struct UnloadAttempt {
     pub image: String,
     /// Procmon's result text.
     pub result: String,
+    /// Windows carried the unload out (the row's status, else its result text, as every
+    /// row's success is read). Not part of the JSON: `result` says it there.
+    #[serde(skip)]
+    pub succeeded: bool,
     /// Holders at that row, most keys first.
     pub holders: Vec<Holder>,
     /// True when `holders` names everyone the capture shows holding keys in this hive at
