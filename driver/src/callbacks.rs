@@ -357,7 +357,15 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
         RegNtPreUnLoadKey => {
             // SAFETY: for this class Argument2 is a REG_UNLOAD_KEY_INFORMATION.
             let info = unsafe { &*argument2.cast::<REG_UNLOAD_KEY_INFORMATION>() };
-            match with_key_name(info.Object, |name| UNLOAD_SLOTS.put(current_thread(), name)) {
+            // The unload's own key object: NtUnloadKey2/NtUnloadKeyEx open the hive's root
+            // with a private kernel handle "just to take a reference on the object" (Windows
+            // Research Kernel `base/ntos/config/ntapi.c`), an open this callback tracked (its
+            // context is our token) and that lives until after the post. It is left out of
+            // the attempt's holders (emulator: td-unload-sequence, unload-holders-exact).
+            let own = (info.ObjectContext as u64, info.Object as u64);
+            match with_key_name(info.Object, |name| {
+                UNLOAD_SLOTS.put(current_thread(), name, own)
+            }) {
                 // Not recorded: the event stream's readers are told they missed one.
                 None => {
                     tracker.unload_unnamed();
@@ -375,8 +383,9 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
             let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
             #[allow(clippy::cast_sign_loss, reason = "an NTSTATUS is reported as its bits")]
             let outcome = post.Status as u32;
-            UNLOAD_SLOTS.take(current_thread(), |mount| {
-                let hive = tracker.unload_attempted(mount, outcome, clock::now());
+            UNLOAD_SLOTS.take(current_thread(), |mount, (token, object)| {
+                let own = (token != 0).then_some((Token(token), object));
+                let hive = tracker.unload_attempted_with(mount, outcome, clock::now(), own);
                 // A failed (or deferred) unload: the hive is looked at again after the
                 // configured delay, by the waiters' timer (issue 17).
                 let failed = hive.filter(|_| post.Status != STATUS_SUCCESS);
@@ -608,9 +617,9 @@ fn lost_open(tracker: &DriverTracker, pre: Option<&REG_CREATE_KEY_INFORMATION_V1
     }
 }
 
-/// Mount names carried from `RegNtPreUnLoadKey` to `RegNtPostUnLoadKey`, per thread, in fixed
-/// storage: no allocation in a pre-notification, and a post that never comes only leaves a
-/// slot to be reused.
+/// Mount names (and the unload's own key object: its context and address) carried from
+/// `RegNtPreUnLoadKey` to `RegNtPostUnLoadKey`, per thread, in fixed storage: no allocation
+/// in a pre-notification, and a post that never comes only leaves a slot to be reused.
 struct UnloadSlots {
     slots: [UnloadSlot; UNLOAD_SLOTS_N],
 }
@@ -622,9 +631,11 @@ struct UnloadSlot {
     thread: AtomicU64,
     len: UnsafeCell<usize>,
     name: UnsafeCell<[u16; MAX_QUERY_PATH]>,
+    /// The unload's own key object: (its context, 0 if none; its address).
+    own: UnsafeCell<(u64, u64)>,
 }
 
-// SAFETY: a slot's `len` and `name` are written only by the thread that claimed it (by a
+// SAFETY: a slot's `len`, `name` and `own` are written only by the thread that claimed it (by a
 // compare-exchange of `thread` from 0) and read only by that same thread before it frees it.
 unsafe impl Sync for UnloadSlots {}
 
@@ -634,14 +645,15 @@ static UNLOAD_SLOTS: UnloadSlots = UnloadSlots {
             thread: AtomicU64::new(0),
             len: UnsafeCell::new(0),
             name: UnsafeCell::new([0; MAX_QUERY_PATH]),
+            own: UnsafeCell::new((0, 0)),
         }
     }; UNLOAD_SLOTS_N],
 };
 
 impl UnloadSlots {
-    /// Stores `name` for `thread` (a stale entry of the same thread is replaced); false when
-    /// every slot is taken.
-    fn put(&self, thread: u64, name: &[u16]) -> bool {
+    /// Stores `name` and `own` for `thread` (a stale entry of the same thread is replaced);
+    /// false when every slot is taken.
+    fn put(&self, thread: u64, name: &[u16], own: (u64, u64)) -> bool {
         let slot = self
             .slots
             .iter()
@@ -662,11 +674,13 @@ impl UnloadSlots {
         dst[..n].copy_from_slice(&name[..n]);
         // SAFETY: as above.
         unsafe { *slot.len.get() = n };
+        // SAFETY: as above.
+        unsafe { *slot.own.get() = own };
         true
     }
 
-    /// Runs `f` on the name stored for `thread`, and frees the slot.
-    fn take(&self, thread: u64, f: impl FnOnce(&[u16])) {
+    /// Runs `f` on the name and own object stored for `thread`, and frees the slot.
+    fn take(&self, thread: u64, f: impl FnOnce(&[u16], (u64, u64))) {
         let Some(slot) = self
             .slots
             .iter()
@@ -678,7 +692,9 @@ impl UnloadSlots {
         let n = unsafe { *slot.len.get() };
         // SAFETY: as above.
         let name = unsafe { &*slot.name.get() };
-        f(&name[..n.min(MAX_QUERY_PATH)]);
+        // SAFETY: as above.
+        let own = unsafe { *slot.own.get() };
+        f(&name[..n.min(MAX_QUERY_PATH)], own);
         slot.thread.store(0, Ordering::Release);
     }
 }

@@ -291,7 +291,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if unseen {
             entry.flags |= UnloadRecord::HOLDERS_UNSEEN;
         }
-        self.collect_holders(h, &mut entry);
+        self.collect_holders(h, None, &mut entry);
         self.hives.unpin(&self.pool, &self.names, h, self.vouch());
         // Not stored (no memory): its number is taken all the same (readers count it
         // missed), and it counts as a failed unload not looked at again.

@@ -1192,6 +1192,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
     }
 
+    /// A process's image could not be stored: the driver had no memory to get or copy it
+    /// (counted in `images_dropped_no_memory`, so reports say a name is missing).
+    #[cold]
+    pub fn image_not_stored(&self) {
+        bump(&self.counters.images_dropped_no_memory);
+    }
+
     /// A process exited. Its record goes when it no longer holds keys.
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn process_exited(&self, process: ProcessKey) {
@@ -1252,8 +1259,26 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// An unload of `mount` was attempted with `outcome` (an NTSTATUS): records who held keys
     /// in the hive at this moment, in the bounded history. Returns the hive's id when the
     /// mount point is a known hive (for [`Tracker::watch_held_after`]).
-    #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn unload_attempted(&self, mount: &[u16], outcome: u32, time: u64) -> Option<u32> {
+        self.unload_attempted_with(mount, outcome, time, None)
+    }
+
+    /// [`Self::unload_attempted`] of an unload that holds a key object of its own: `own` is
+    /// that object's token and address (from `RegNtPreUnLoadKey`'s `ObjectContext` and
+    /// `Object`). Windows' `NtUnloadKey2`/`NtUnloadKeyEx` open the hive's root themselves, with a
+    /// kernel handle, "just to take a reference on the object" (Windows Research Kernel
+    /// `base/ntos/config/ntapi.c`), so the driver tracks that open (System holds it) and it is
+    /// still open when the unload's post-notification comes; it is the unload's, not a
+    /// holder's, and is left out of the record's keys and holders (the emulator's
+    /// `td-unload-sequence`). An `own` the tracker does not hold live changes nothing.
+    #[inline(never)] // rare: kept out of the registry callback's hot frame
+    pub fn unload_attempted_with(
+        &self,
+        mount: &[u16],
+        outcome: u32,
+        time: u64,
+        own: Option<(Token, u64)>,
+    ) -> Option<u32> {
         bump(&self.counters.unload_attempts_seen);
         let mut entry = HistEntry::new(time, outcome, 0);
         match self.hives.find_exact(mount) {
@@ -1265,7 +1290,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 if self.holders_unseen(hive) {
                     entry.flags |= UnloadRecord::HOLDERS_UNSEEN;
                 }
-                self.collect_holders(h, &mut entry);
+                let own = own.and_then(|(token, object)| self.live_holding(token, object));
+                self.collect_holders(h, own, &mut entry);
                 self.hives.unpin(&self.pool, &self.names, h, self.vouch());
             }
         }
@@ -1283,6 +1309,21 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         entry.mount = Some(m);
         let _ = self.record_event(&entry);
         (entry.hive_id != 0).then_some(entry.hive_id)
+    }
+
+    /// The holding of the live record `token` of `object`, if there is one. The caller must
+    /// know the object cannot go meanwhile (the unload holds a reference on its own object):
+    /// the holding lives as long as the record.
+    fn live_holding(&self, token: Token, object: u64) -> Option<NonNull<Holding<L>>> {
+        let (s, i) = split_ref(token.slot());
+        let shard = self
+            .objects
+            .get(s as usize)
+            .filter(|_| s <= self.shard_mask)?;
+        let rec = shard
+            .get(i)
+            .filter(|rec| rec.is_live(token.generation(), object))?;
+        NonNull::new(rec.holding.load(Relaxed).cast::<Holding<L>>())
     }
 
     /// Adds `entry` to the history (the event stream), evicting the oldest past the
@@ -1326,15 +1367,28 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// 15.9 ms per unload attempt with 100,000 of them, in the registry callback). The
     /// holdings lock is a leaf: the images are referenced (an atomic add) under it, and the
     /// biggest are chosen before that, so no name is released under it.
-    pub(crate) fn collect_holders(&self, h: NonNull<Hive>, entry: &mut HistEntry) {
+    pub(crate) fn collect_holders(
+        &self,
+        h: NonNull<Hive>,
+        own: Option<NonNull<Holding<L>>>,
+        entry: &mut HistEntry,
+    ) {
         let mut total = 0u32;
         let mut chosen: [Option<NonNull<Process<L>>>; MAX_UNLOAD_HOLDERS] =
             [None; MAX_UNLOAD_HOLDERS];
         self.hives.with_holdings(h, false, |head| {
             Holding::<L>::each_in_hive(head, |hp| {
                 let hold = holding_of(hp);
+                let mut keys = hold.count.load(Relaxed);
+                if own == Some(hp) {
+                    // The unload's own key (see `unload_attempted_with`): not a holder's.
+                    entry.open_keys = entry.open_keys.saturating_sub(1);
+                    keys = keys.saturating_sub(1);
+                    if keys == 0 {
+                        return;
+                    }
+                }
                 total = total.saturating_add(1);
-                let keys = hold.count.load(Relaxed);
                 let n = usize::from(entry.n);
                 let slot = if n < MAX_UNLOAD_HOLDERS {
                     entry.n += 1;

@@ -223,3 +223,55 @@ fn alarms_push_out_failed_unloads_only_while_those_hold_more_than_half_of_the_hi
         "the evicted are counted as missed"
     );
 }
+
+/// The unload's own open of the hive root (Windows' `NtUnloadKey2` opens it with a kernel
+/// handle, so System holds it until after the post) is not a holder: with it named, the
+/// record counts only the others' keys; a System key besides it stays listed; an `own` the
+/// tracker does not hold live (wrong object, or already gone) changes nothing.
+#[test]
+fn an_unloads_own_root_key_is_not_recorded_as_a_holder() {
+    const SYSTEM: ProcessKey = ProcessKey {
+        pid: 4,
+        start_key: 0,
+    };
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool, 8, 0);
+    t.opened(0x1000, P, 7, &w(&format!(r"{USER}\Software")), 1, 10)
+        .unwrap();
+    t.opened(0x1100, P, 7, &w(&format!(r"{USER}\Console")), 1, 10)
+        .unwrap();
+    let kernel_key = t
+        .opened(0x1200, SYSTEM, 7, &w(&format!(r"{USER}\Policies")), 1, 10)
+        .unwrap();
+    let own = t.opened(0x2000, SYSTEM, 8, &w(USER), 0x2_0006, 11).unwrap();
+    let holders = |t: &TestTracker<'_>| {
+        let mut out = Vec::new();
+        drain::<UnloadHistory>(
+            4096,
+            |c, b| t.unload_history(c, 0, b),
+            |p| {
+                out.extend(p.records().map(|r| {
+                    let mut h: Vec<(u64, u64)> =
+                        r.holders.iter().map(|h| (h.pid, h.open_keys)).collect();
+                    h.sort_unstable();
+                    (r.sequence, r.open_keys, r.holders_total, h)
+                }));
+            },
+        );
+        out.sort_unstable();
+        out.pop().unwrap()
+    };
+    t.unload_attempted_with(&w(USER), 0xC000_0121, 12, Some((own, 0x2000)));
+    assert_eq!(holders(&t), (1, 3, 2, vec![(4, 1), (0x40, 2)]));
+    // Without it (or with a token of another object) the open is counted, as before.
+    t.unload_attempted_with(&w(USER), 0xC000_0121, 13, Some((own, 0x2001)));
+    assert_eq!(holders(&t), (2, 4, 2, vec![(4, 2), (0x40, 2)]));
+    // Its last key is the unload's own: System is not listed at all.
+    t.object_destroyed(kernel_key, 0x1200);
+    t.unload_attempted_with(&w(USER), 0xC000_0121, 14, Some((own, 0x2000)));
+    assert_eq!(holders(&t), (3, 2, 1, vec![(0x40, 2)]));
+    // Gone before the post: nothing to leave out.
+    t.object_destroyed(own, 0x2000);
+    t.unload_attempted_with(&w(USER), 0xC000_0121, 15, Some((own, 0x2000)));
+    assert_eq!(holders(&t), (4, 2, 1, vec![(0x40, 2)]));
+}
