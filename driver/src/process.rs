@@ -12,7 +12,8 @@ use core::{
 
 use tracker::ProcessKey;
 use wdk_sys::{
-    HANDLE, NTSTATUS, PEPROCESS, PPS_CREATE_NOTIFY_INFO, STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS,
+    HANDLE, NTSTATUS, PEPROCESS, PPS_CREATE_NOTIFY_INFO, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_NO_MEMORY, STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS,
 };
 
 use crate::{callbacks, routines, tracking, waiters};
@@ -70,6 +71,12 @@ pub fn name_current(tracker: &crate::tracking::DriverTracker, process: ProcessKe
     // SAFETY: a live EPROCESS and a valid out pointer; PASSIVE_LEVEL.
     let status = unsafe { locate(current.cast(), &raw mut name) };
     if status != STATUS_SUCCESS || name.is_null() {
+        // It allocates the string (docs): out of memory, the process stays unnamed, which
+        // the reports must say (found by the emulator's low-resources sweep once unloads
+        // opened the hive root as System, td-unload-sequence).
+        if status == STATUS_INSUFFICIENT_RESOURCES || status == STATUS_NO_MEMORY {
+            tracker.image_not_stored();
+        }
         return;
     }
     // A resident copy ([`crate::resident`]): the tracker reads it under its locks.
@@ -77,7 +84,8 @@ pub fn name_current(tracker: &crate::tracking::DriverTracker, process: ProcessKe
     let image = callbacks::unicode_units(unsafe { &*name });
     if crate::resident::with_copy(image, |image| tracker.process_started(process, image)).is_none()
     {
-        tracker.process_started(process, &[]);
+        // No memory for the copy: the name is lost, and counted.
+        tracker.image_not_stored();
     }
     // SAFETY: allocated by SeLocateProcessImageName for us; freed once.
     unsafe { wdk_sys::ntddk::ExFreePool(name.cast()) };
