@@ -30,6 +30,9 @@ const OBJ_KERNEL_HANDLE: u64 = 0x200;
 // Notification classes the log records (REG_NOTIFY_CLASS), and its process pseudo-classes.
 const PRE_KEY_HANDLE_CLOSE: u64 = 14;
 const PRE_CREATE_KEY_EX: u64 = 26;
+const POST_CREATE_KEY_EX: u64 = 27;
+const POST_KEY_HANDLE_CLOSE: u64 = 25;
+const CONTEXT_CLEANUP: u64 = 40;
 const PRE_OPEN_KEY_EX: u64 = 28;
 const POST_OPEN_KEY_EX: u64 = 29;
 const PRE_LOAD_KEY: u64 = 32;
@@ -141,6 +144,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-deferred-unload",
             "NtUnloadKeyEx with an event: STATUS_PENDING while a key is open, the unload completes on a system worker thread after the last close, the event says so",
             td_deferred_unload,
+        ),
+        Scenario::test_driver(
+            "td-unload-sequence",
+            "RegUnLoadKey opens the hive's root itself (a kernel handle, a create on the caller's thread), unloads with that object, and closes it after the unload's post, failed or not (WRK NtUnloadKey2)",
+            td_unload_sequence,
         ),
         Scenario::test_driver(
             "td-start-key",
@@ -381,6 +389,101 @@ fn td_deferred_unload(ctx: &mut Ctx) {
         format!("a free hive unloads at once: {}", status::describe(r)),
     );
     process::exit_process(p);
+    finish(ctx, s);
+}
+
+/// The classes of an unload in the order NtUnloadKey2 delivers them (WRK
+/// `base/ntos/config/ntapi.c`): the private open of the root, the unload, the private
+/// object's deletion.
+const UNLOAD_SEQUENCE: [u64; 5] = [
+    PRE_CREATE_KEY_EX,
+    POST_CREATE_KEY_EX,
+    PRE_UNLOAD_KEY,
+    POST_UNLOAD_KEY,
+    PRE_KEY_HANDLE_CLOSE,
+];
+
+/// One unload's log, checked: the sequence, on the caller's thread, all about one object.
+fn check_unload_log(ctx: &mut Ctx, l: &[Entry], caller: u32, mount: &str, status: u64, what: &str) {
+    let classes: Vec<u64> = l
+        .iter()
+        .map(|e| e.class)
+        .filter(|c| *c != CONTEXT_CLEANUP && *c != POST_KEY_HANDLE_CLOSE)
+        .collect();
+    ctx.check(
+        classes == UNLOAD_SEQUENCE,
+        format!("{what}: create, post-create, pre-unload, post-unload, close ({classes:?})"),
+    );
+    let create = first(l, PRE_CREATE_KEY_EX).unwrap_or_default();
+    ctx.check(
+        create.name == hash(mount)
+            && create.extra & OBJ_KERNEL_HANDLE != 0
+            && create.extra >> 32 == 0
+            && create.owner == u64::from(caller),
+        format!(
+            "{what}: the root is created by name with OBJ_KERNEL_HANDLE, KernelMode, on the caller's thread ({create:x?})"
+        ),
+    );
+    let opened = first(l, POST_CREATE_KEY_EX).unwrap_or_default();
+    let pre = first(l, PRE_UNLOAD_KEY).unwrap_or_default();
+    let post = first(l, POST_UNLOAD_KEY).unwrap_or_default();
+    let close = first(l, PRE_KEY_HANDLE_CLOSE).unwrap_or_default();
+    ctx.check(
+        opened.extra == 0
+            && opened.object != 0
+            && pre.object == opened.object
+            && close.object == opened.object
+            && close.owner == u64::from(caller),
+        format!(
+            "{what}: the unload carries the object of its own open, closed on the caller's thread after the post ({opened:x?} {pre:x?} {close:x?})"
+        ),
+    );
+    ctx.check(
+        post.extra == status,
+        format!(
+            "{what}: post-unload status {:#x} (want {status:#x})",
+            post.extra
+        ),
+    );
+}
+
+#[allow(clippy::many_single_char_names)] // p, q: processes; s, l, r, h: session, log, result, handle
+fn td_unload_sequence(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let user = format!(r"{HKU}\{SID}");
+    let r = hive::load_hive(SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
+    ctx.check(r == STATUS_SUCCESS, "user hive loaded");
+    let p = new_process(ctx, r"\Device\HarddiskVolume2\leaky.exe");
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\Windows\System32\svchost.exe");
+    let h = hive::open_key(p, &format!(r"{user}\Software"), KEY_READ, true);
+    ctx.check(h.is_ok(), "a process holds a key of the hive");
+    log_start(&s);
+    let r = hive::unload_hive(q, &user);
+    #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+    let cannot = u64::from(hive::STATUS_CANNOT_DELETE as u32);
+    ctx.check(
+        r == hive::STATUS_CANNOT_DELETE,
+        format!("held: {}", status::describe(r)),
+    );
+    let l = log(&s);
+    check_unload_log(ctx, &l, q, &user, cannot, "a failed unload");
+    if let Ok(h) = h {
+        let _ = hive::close_key(p, h);
+    }
+    log_start(&s);
+    let r = hive::unload_hive(q, &user);
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!("free: {}", status::describe(r)),
+    );
+    let l = log(&s);
+    check_unload_log(ctx, &l, q, &user, 0, "a carried-out unload");
+    ctx.check(
+        !kernel::with(|k| k.hives.hives.contains_key(&user.to_ascii_uppercase())),
+        "the hive is unloaded",
+    );
+    process::exit_process(p);
+    process::exit_process(q);
     finish(ctx, s);
 }
 

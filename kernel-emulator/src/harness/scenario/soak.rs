@@ -20,7 +20,7 @@ use crate::nt::cm::hive;
 use crate::nt::io;
 use crate::nt::kernel;
 use crate::nt::ps::process;
-use crate::nt::status::STATUS_SUCCESS;
+use crate::nt::status::{STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS};
 use crate::verifier::faults::FaultPolicy;
 
 /// The hive loaded and unloaded during the soak.
@@ -167,7 +167,12 @@ fn soak(ctx: &mut Ctx) {
                     }
                 }
                 std::thread::yield_now();
-                if hive::unload_hive(SYSTEM_PID, SPARE) == STATUS_SUCCESS {
+                let unloaded = hive::unload_hive(SYSTEM_PID, SPARE);
+                if unloaded != STATUS_OBJECT_NAME_NOT_FOUND {
+                    // The unload opened the hive's root itself (td-unload-sequence).
+                    totals.opens.fetch_add(1, Relaxed);
+                }
+                if unloaded == STATUS_SUCCESS {
                     totals.unloads.fetch_add(1, Relaxed);
                 }
                 std::thread::yield_now();

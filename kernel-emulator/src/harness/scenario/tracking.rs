@@ -30,7 +30,7 @@ use crate::nt::io::{self, FileHandle};
 use crate::nt::kernel;
 use crate::nt::ps::process;
 use crate::nt::se::security::{Caller, GENERIC_READ, GENERIC_WRITE};
-use crate::nt::status::{self, STATUS_SUCCESS};
+use crate::nt::status::{self, STATUS_PENDING, STATUS_SUCCESS};
 use crate::verifier::faults::FaultPolicy;
 
 pub(crate) const SYSTEM_PID: u32 = 4;
@@ -64,6 +64,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "logoff",
             "a profile that will not unload: holders and the unload history name the one process and key; after it exits the hive unloads",
             logoff,
+        ),
+        Scenario::hivetrack(
+            "unload-holders-exact",
+            "an unload's own open of the hive root (NtUnloadKey2's private kernel handle, System's) is not a holder: a failed unload, a deferred one and a carried-out one record exactly the keys others hold, System's real kernel key included",
+            unload_holders_exact,
         ),
         Scenario::hivetrack(
             "handle-leak",
@@ -130,6 +135,12 @@ pub(crate) struct Holder {
 struct Attempt {
     mount: String,
     outcome: u32,
+    /// The hive's open keys the record counts.
+    open_keys: u64,
+    /// How many processes held keys (the record may list fewer).
+    holders_total: u32,
+    /// The record's place in the event stream.
+    sequence: u64,
     holders: Vec<(u64, String, u64)>,
 }
 
@@ -292,6 +303,9 @@ impl Client {
                 Attempt {
                     mount: a.mount.to_string(),
                     outcome: a.outcome,
+                    open_keys: a.open_keys,
+                    holders_total: a.holders_total,
+                    sequence: a.sequence,
                     holders: a
                         .holders
                         .iter()
@@ -607,6 +621,104 @@ fn logoff(ctx: &mut Ctx) {
     for pid in [shell, app1] {
         process::exit_process(pid);
     }
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// The last unload attempt of `mount` in the history.
+fn last_attempt(ctx: &mut Ctx, c: &Client, mount: &str) -> Option<Attempt> {
+    let history = c.history(ctx);
+    println!("  unload history: {history:?}");
+    history
+        .into_iter()
+        .filter(|a| a.mount.eq_ignore_ascii_case(mount))
+        .max_by_key(|a| a.sequence)
+}
+
+/// Windows' unloads open the hive's root themselves with a kernel handle, which the driver
+/// tracks as System's (td-unload-sequence); that open is the unload's, not a holder. Here the
+/// profile service (svchost) unloads a hive that an application holds by two keys and a
+/// driver by one kernel key (also System's): each record must say exactly that.
+fn unload_holders_exact(ctx: &mut Ctx) {
+    let mut d = start(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    load_profile(ctx);
+    let svchost = spawn(ctx, r"\Device\HarddiskVolume2\Windows\System32\svchost.exe");
+    let app = spawn(ctx, APP2);
+    let keys: Vec<u64> = [r"Software\Policies", r"Control Panel\Desktop"]
+        .iter()
+        .filter_map(|k| open(app, &format!(r"{USER}\{k}")))
+        .collect();
+    // A driver's ZwOpenKey in the application's context: a kernel handle, System holds it.
+    let kernel_key = hive::open_kernel_key(app, &format!(r"{USER}\Software"), KEY_READ, false);
+    ctx.check(
+        keys.len() == 2 && kernel_key.is_ok(),
+        format!("two keys and a kernel key open: {keys:?} {kernel_key:?}"),
+    );
+    let want = |a: &Attempt, outcome: u32, held: &[(u64, u64)]| {
+        a.outcome == outcome
+            && a.open_keys == held.iter().map(|h| h.1).sum::<u64>()
+            && usize::try_from(a.holders_total).is_ok_and(|t| t == held.len())
+            && a.holders.len() == held.len()
+            && held
+                .iter()
+                .all(|(pid, n)| a.holders.iter().any(|h| h.0 == *pid && h.2 == *n))
+    };
+    let app_pid = u64::from(app);
+    let system = u64::from(SYSTEM_PID);
+    let s = hive::unload_hive(svchost, USER);
+    ctx.check(
+        s == STATUS_CANNOT_DELETE,
+        format!("the unload fails: {}", status::describe(s)),
+    );
+    let last = last_attempt(ctx, &c, USER);
+    ctx.check(
+        last.as_ref().is_some_and(|a| {
+            want(a, STATUS_CANNOT_DELETE.cast_unsigned(), &[(app_pid, 2), (system, 1)])
+        }),
+        format!("the failed unload records the application's 2 keys and System's 1, not the unload's own: {last:?}"),
+    );
+    if let Ok(k) = kernel_key {
+        let _ = hive::close_key(app, k);
+    }
+    let (s, event) = hive::unload_key_ex(svchost, USER);
+    ctx.check(
+        s == STATUS_PENDING,
+        format!("NtUnloadKeyEx is pending: {}", status::describe(s)),
+    );
+    let last = last_attempt(ctx, &c, USER);
+    ctx.check(
+        last.as_ref()
+            .is_some_and(|a| want(a, STATUS_PENDING.cast_unsigned(), &[(app_pid, 2)])),
+        format!("the deferred unload records the application's 2 keys only: {last:?}"),
+    );
+    for k in keys {
+        let _ = hive::close_key(app, k);
+    }
+    ctx.check(
+        event.wait(std::time::Duration::from_secs(5)).is_some(),
+        "the deferred unload completes at the last close",
+    );
+    let s = hive::load_hive(
+        SYSTEM_PID,
+        USER,
+        r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT",
+    );
+    ctx.check(s == STATUS_SUCCESS, "the profile is loaded again");
+    let s = hive::unload_hive(svchost, USER);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("a free hive unloads: {}", status::describe(s)),
+    );
+    let last = last_attempt(ctx, &c, USER);
+    ctx.check(
+        last.as_ref().is_some_and(|a| want(a, 0, &[])),
+        format!("the carried-out unload records no holder and no key: {last:?}"),
+    );
+    for pid in [app, svchost] {
+        process::exit_process(pid);
+    }
+    unload_all(ctx, &[CLASSES]);
     c.close();
     ctx.unload_and_check_clean(&mut d);
 }

@@ -43,6 +43,11 @@
 //!   returns STATUS_PENDING (its post-notification too), and once the hive's last key object
 //!   is gone a system worker thread (System process) unloads it and signals the event, with
 //!   no further notification; a free hive unloads at once (STATUS_SUCCESS, event signalled).
+//! - Both unloads ([`unload_hive`], [`unload_key_ex`]) first open the hive's root themselves
+//!   with a private kernel handle (WRK `base/ntos/config/ntapi.c` NtUnloadKey2/NtUnloadKeyEx:
+//!   "we open a private kernel mode handle just to take a reference on the object"), so a
+//!   filter sees a create of the root on the caller's thread before the unload, and the
+//!   object's close after it (see `unload`).
 //! - Kernel handles ([`open_kernel_key`]): the notifications run on the calling thread, in its
 //!   process, with `Attributes` holding OBJ_KERNEL_HANDLE and `CheckAccessMode` KernelMode;
 //!   the handle goes into the System process's table with the kernel-handle bit set (ReactOS
@@ -1514,9 +1519,12 @@ pub fn run_deferred_deletions() -> usize {
     n
 }
 
-/// Unloads a hive (RegUnLoadKey): RegNtPreUnLoadKey with the hive's root key object, then
-/// STATUS_CANNOT_DELETE if any other key object of the hive exists or any is referenced,
-/// else the hive and its keys are gone; RegNtPostUnLoadKey.
+/// Unloads a hive (RegUnLoadKey): the private open of the hive's root (RegNtPreCreateKeyEx /
+/// RegNtPostCreateKeyEx, a kernel handle, on the caller's thread), RegNtPreUnLoadKey with that
+/// key object, then STATUS_CANNOT_DELETE if any other key object of the hive exists or any is
+/// referenced, else the hive and its keys are gone; RegNtPostUnLoadKey; then the private
+/// object's deletion (RegNtPreKeyHandleClose, cleanups, RegNtPostKeyHandleClose). See
+/// `unload`.
 #[must_use = "STATUS_CANNOT_DELETE while the hive is held"]
 pub fn unload_hive(pid: u32, mount: &str) -> NtStatus {
     unload(pid, mount, None)
@@ -1542,28 +1550,45 @@ pub fn unload_key_ex(pid: u32, mount: &str) -> (NtStatus, UnloadEvent) {
     (status, event)
 }
 
+/// KEY_WRITE (winnt.h): the access NtUnloadKey2/NtUnloadKeyEx open the hive's root with.
+const KEY_WRITE: u32 = 0x2_0006;
+
+/// NtUnloadKey2 / NtUnloadKeyEx as the Windows Research Kernel has them
+/// (`base/ntos/config/ntapi.c`): "we open a private kernel mode handle just to take a
+/// reference on the object" — `ObOpenObjectByName` of the target name with
+/// `OBJ_KERNEL_HANDLE`, `KernelMode`, `KEY_WRITE` and a parse context with
+/// `CreateOperation = TRUE`, so the parse (`cmparse.c` CmpParseKey) delivers
+/// RegNtPreCreateKeyEx/RegNtPostCreateKeyEx on the calling thread, in its process; then
+/// `ObReferenceObjectByHandle` and `ZwClose` of the handle (no notification: the object is
+/// still referenced), the unload itself (`CmUnloadKey`), and `ObDereferenceObject` at the
+/// end, which deletes the object (`cmdelete.c` CmpDeleteKeyObject: RegNtPreKeyHandleClose,
+/// the context cleanups, RegNtPostKeyHandleClose) after the unload's post-notification. The
+/// WRK predates RegNtPreUnLoadKey; that its `Object` ("the registry key object for the root
+/// key of the hive that is about to be unloaded", Learn REG_UNLOAD_KEY_INFORMATION) is this
+/// private object — the only key object the routine holds — is an *inference*. Until
+/// 2026-12-05 the model made that object silently (no create or close notification), so a
+/// tracking driver never saw the unload's own key (issue: emulator fidelity audit F2).
 fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
     let m = canon(mount);
     if !kernel::with(|k| k.hives.hives.contains_key(&m)) {
         return STATUS_OBJECT_NAME_NOT_FOUND;
     }
-    let root = alloc_object_page();
-    kernel::with(|k| {
-        let key_id = k.hives.key_id(&m);
-        k.hives.add_object(
-            root,
-            KeyObject {
-                name: mount.to_string(),
-                hive: m.clone(),
-                handles: 0,
-                destroyed: false,
-                contexts: BTreeMap::new(),
-                key_id,
-                opener: pid,
-                announced: false,
-            },
-        );
+    // The private kernel handle: its open is notified like any create (a filter may fail it,
+    // and then the unload is not attempted: no unload notification).
+    let handle = match open(pid, None, mount, KEY_WRITE, true, true, None) {
+        Ok(h) => h,
+        Err(s) => return s,
+    };
+    let root = kernel::with(|k| {
+        let object = k.hives.handles.get(&(SYSTEM_PID, handle)).copied()?;
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        Some(object)
     });
+    // ZwClose of the private handle, attached to the System process (a kernel handle).
+    let _ = close_key(pid, handle);
+    let Some(root) = root else {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    };
     let status = io::with_pid(pid, || {
         let mut info = RegUnloadKeyInformation {
             object: root as *mut c_void,
@@ -1583,8 +1608,10 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
             return pre.unwind(class::POST_UNLOAD_KEY, at, root);
         }
         let status = kernel::with(|k| {
+            // Held: any other key object of the hive, or a reference on the unload's own
+            // object beyond the one the unload took.
             let pinned = k.hives.objects.iter().any(|(a, o)| {
-                o.hive == m && (*a != root || k.objects.references.get(a).copied().unwrap_or(0) > 0)
+                o.hive == m && (*a != root || k.objects.references.get(a).copied().unwrap_or(0) > 1)
             });
             if pinned {
                 if let (Some(e), Some(h)) = (event, k.hives.hives.get_mut(&m)) {
@@ -1599,8 +1626,9 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
         // The caller gets the status a post-callback may have substituted (as for load).
         registry::notify_post(class::POST_UNLOAD_KEY, root, status, at, &pre)
     });
-    destroy(root);
-    release_object(root);
+    // ObDereferenceObject: the last reference, so the object is deleted on this thread, in
+    // the caller's process (or queued, in deferred mode).
+    io::with_pid(pid, || crate::nt::ob::object::dereference(root));
     status
 }
 
