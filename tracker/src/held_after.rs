@@ -68,9 +68,9 @@ struct Watch {
     /// event's name should the hive's record be forgotten before the check.
     mount: Option<NameRef>,
     /// The hive is one the tracker forgets when its last tracked key goes, whether or not
-    /// a key it never saw still holds it (an application hive, whose loader's handle comes
-    /// with no open notification, or an implicit one, which may hold keys opened before
-    /// tracking began): gone at the check, it is reported as possibly held, not as free.
+    /// a key it never saw still holds it (an application hive, whose loader's handle may
+    /// come with no open notification on some Windows, see `holders_unseen`, or
+    /// an implicit one, which may hold keys opened before tracking began): gone at the check, it is reported as possibly held, not as free.
     forgotten_unseen: bool,
 }
 
@@ -252,8 +252,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// still be held unseen.
     ///
     /// An application hive is never vouched for: the handle its loader gets
-    /// (`RegLoadAppKey`, `NtLoadKeyEx` with a root handle) comes with no open notification
-    /// (see [`crate::hives`]; the emulator's `td-app-hive`), so it may hold the hive unseen.
+    /// (`RegLoadAppKey`, `NtLoadKeyEx` with a root handle) is opened by the registry manager,
+    /// an open Learn implies filters see ("Filtering Registry Operations on Application
+    /// Hives"; the emulator's `td-app-hive` since 2026-12-05), but no Windows run has shown
+    /// every version announces it, and one it did not would hold the hive unseen.
     pub(crate) fn holders_unseen(&self, hive: &Hive) -> bool {
         let since = get(&self.counters.tracking_since);
         let loaded = hive.loaded_time();

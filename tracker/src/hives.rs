@@ -22,7 +22,9 @@
 //!   "automatically unloaded when all handles to the keys inside the hive are closed"; the
 //!   emulator's `td-app-hive`). Its record goes with its last tracked key, unless a loss was
 //!   counted in it (an answer must keep saying so); one with no tracked key left (its keys
-//!   never tracked: the caller's root handle comes with no open notification; or a loss
+//!   never tracked: a caller's root handle whose open no notification announced, which
+//!   the emulator no longer models (Learn implies the open is notified) but no Windows run
+//!   has ruled out; or a loss
 //!   kept it) is forgotten when more than [`IDLE_APP_HIVES`] such sit in its shard, its
 //!   losses moved to the global count (every answer then says opens were lost somewhere).
 //!   Without that, a user loading app hive after app hive, each with one refused open, grew

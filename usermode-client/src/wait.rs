@@ -161,9 +161,10 @@ struct Gone {
 
 /// A hive the driver knew has no record any more: it was unloaded, or the driver forgot
 /// it when its last tracked key closed (an application hive, or an implicit one: a hive it
-/// did not see loaded). Forgetting says nothing of keys the driver never saw: the handle
-/// `RegLoadAppKey` returns comes with no open notification (the kernel emulator's
-/// `td-app-hive`), and a key opened before tracking started is in the kernel's list alone.
+/// did not see loaded). Forgetting says nothing of keys the driver never saw: a key opened
+/// before tracking started is in the kernel's list alone, and so is the handle
+/// `RegLoadAppKey` returns if a Windows does not announce its open (Learn implies it does;
+/// the kernel emulator's `td-app-hive` models it, but it is unverified).
 /// So the kernel is asked (`NtQueryOpenSubKeysEx`): no such hive (unloaded) or no key open
 /// is free; keys it lists hold the hive (counted by opener); when it cannot be asked, the
 /// hive is free as far as the driver can tell and the answer says it is not complete.

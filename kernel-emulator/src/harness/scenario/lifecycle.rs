@@ -137,7 +137,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::test_driver(
             "td-app-hive",
-            "RegLoadAppKey: \\REGISTRY\\A\\{GUID}, a root handle through RootHandle, the same hive for the same file, unloaded by itself at its last key with no unload notification",
+            "RegLoadAppKey: \\REGISTRY\\A\\{GUID}, a root handle through RootHandle whose open is notified by its absolute name inside the load, the same hive for the same file, unloaded by itself at its last key with no unload notification",
             td_app_hive,
         ),
         Scenario::test_driver(
@@ -278,10 +278,33 @@ fn td_app_hive(ctx: &mut Ctx) {
         first(&l, POST_LOAD_KEY).is_some_and(|e| e.extra == 0),
         "post-load STATUS_SUCCESS",
     );
+    // The root handle's open, by the absolute \REGISTRY\A\{GUID} name, between the load's
+    // pre and post, on the caller's thread (Learn "Filtering Registry Operations on
+    // Application Hives").
+    let classes: Vec<u64> = l.iter().map(|e| e.class).collect();
     ctx.check(
-        !l.iter()
-            .any(|e| e.class == PRE_OPEN_KEY_EX || e.class == POST_OPEN_KEY_EX),
-        "no open notification announces the root key object",
+        classes
+            == [
+                PRE_LOAD_KEY,
+                PRE_OPEN_KEY_EX,
+                POST_OPEN_KEY_EX,
+                POST_LOAD_KEY,
+            ],
+        format!("pre-load, the root's open, post-load ({classes:?})"),
+    );
+    let open = first(&l, PRE_OPEN_KEY_EX).unwrap_or_default();
+    let opened = first(&l, POST_OPEN_KEY_EX).unwrap_or_default();
+    let root_object = kernel::with(|k| k.hives.handles.get(&(p, root)).copied()).unwrap_or(0);
+    ctx.check(
+        open.name == hash(&mount)
+            && open.owner == u64::from(p)
+            && open.extra & OBJ_KERNEL_HANDLE == 0
+            && opened.extra == 0
+            && opened.object == root_object as u64
+            && opened.object_name == hash(&mount),
+        format!(
+            "the root is opened by its absolute name in the caller's process, and the post names the root handle's object ({open:x?} {opened:x?})"
+        ),
     );
     // The same file again (another process): the hive already loaded, a new root handle.
     let again = hive::load_app_key(q, file);

@@ -28,11 +28,15 @@
 //!   caller gets a handle to its root key through `RootHandle` (non-NULL only for app hives,
 //!   per the structure's page), loading the same file again returns a new handle to the hive
 //!   already loaded, and the hive "is automatically unloaded when all handles to the keys
-//!   inside the hive are closed". The model delivers RegNtPreLoadKey/RegNtPostLoadKey (with
-//!   `RootHandle` and `Flags` = REG_APP_HIVE) and no open notification for the root key, and
-//!   the automatic unload delivers no RegNtPreUnLoadKey: no thread asks for it (the unload
-//!   notification is documented as sent when "a thread attempts to unload a key"). Both
-//!   absences are *inferences*.
+//!   inside the hive are closed". The model delivers RegNtPreLoadKey, then the open of the
+//!   root by its absolute name `\REGISTRY\A\{GUID}` on the caller's thread (RegNtPreOpenKeyEx /
+//!   RegNtPostOpenKeyEx: Learn "Filtering Registry Operations on Application Hives" says only
+//!   the registry manager can open an app hive by such a path and that the path appears in
+//!   the create/open notifications' CompleteName; an open rather than a create, and its place
+//!   inside the load, are an *inference*; until 2026-12-05 the model announced no open, audit
+//!   F1), then RegNtPostLoadKey (with `RootHandle` and `Flags` = REG_APP_HIVE). The automatic
+//!   unload delivers no RegNtPreUnLoadKey: no thread asks for it (the unload notification is
+//!   documented as sent when "a thread attempts to unload a key"), an *inference*.
 //! - [`unload_key_ex`] is `NtUnloadKeyEx(TargetKey, Event)`. ReactOS returns
 //!   STATUS_NOT_IMPLEMENTED and Learn has no page; REG_UNLOAD_KEY_INFORMATION carries
 //!   `UserEvent` and REG_LOAD_KEY_INFORMATION documents that event as "signaled when the hive
@@ -584,9 +588,10 @@ pub fn load_key(pid: u32, root: u64, key_name: &str, file: &str) -> NtStatus {
 /// Loads an application hive (`RegLoadAppKey(file, &hkey, …)`): mounted at
 /// `\REGISTRY\A\{GUID}` (the same mount if `file` is already loaded as an app hive),
 /// RegNtPreLoadKey/RegNtPostLoadKey with `RootHandle` set and `Flags` = [`REG_APP_HIVE`], and
-/// a handle to the hive's root key in `pid`'s table, returned with the mount point. No open
-/// notification announces that root key object (inference, see the module doc). The hive
-/// unloads by itself, without RegNtPreUnLoadKey, when its last key object is gone.
+/// a handle to the hive's root key in `pid`'s table, returned with the mount point; the
+/// handle's open is notified between the load's pre and post, by its absolute name (see the
+/// module doc). The hive unloads by itself, without RegNtPreUnLoadKey, when its last key
+/// object is gone.
 ///
 /// # Errors
 /// The status of a vetoing pre-callback.
@@ -679,8 +684,7 @@ fn load(
         if !pre.proceeds() {
             return (pre.unwind(class::POST_LOAD_KEY, at, object), None);
         }
-        let table = crate::nt::ps::process::address_space_pid();
-        let status = kernel::with(|k| {
+        let mut status = kernel::with(|k| {
             let m = canon(&mount);
             let already_app = app && k.hives.hives.get(&m).is_some_and(|h| h.app);
             if !already_app {
@@ -696,32 +700,26 @@ fn load(
                         pending_unload: None,
                     },
                 );
-                k.hives.keys.insert(m.clone());
-            }
-            if app {
-                // The root key object and its handle, created inside the load.
-                let object = alloc_object_page();
-                let key_id = k.hives.key_id(&m);
-                k.hives.add_object(
-                    object,
-                    KeyObject {
-                        name: mount.clone(),
-                        hive: m,
-                        handles: 1,
-                        destroyed: false,
-                        contexts: BTreeMap::new(),
-                        key_id,
-                        opener: pid,
-                        // No open notification announces an app hive's root key object.
-                        announced: false,
-                    },
-                );
-                k.hives.next_handle += 4;
-                root_handle = 0x1000 + k.hives.next_handle;
-                k.hives.handles.insert((table, root_handle), object);
+                k.hives.keys.insert(m);
             }
             STATUS_SUCCESS
         });
+        if app && status == STATUS_SUCCESS {
+            // The registry manager opens the root by its absolute name, on the caller's
+            // thread, for the handle the caller gets (Learn "Filtering Registry Operations on
+            // Application Hives": only the registry manager can open an application hive by
+            // a path beginning with \REGISTRY\A\, and such a path "appears in the CompleteName
+            // member" of the create/open notifications). An open, not a create, and its place
+            // between the load's pre and post are an *inference*.
+            match open(pid, None, &mount, KEY_ALL_ACCESS, false, false, None) {
+                Ok(h) => root_handle = h,
+                Err(s) => {
+                    // No root handle: a hive nothing holds goes at once, as an app hive does.
+                    hive_object_gone(&canon(&mount));
+                    status = s;
+                }
+            }
+        }
         // A post-callback may change the result (ReturnStatus + STATUS_CALLBACK_BYPASS): the
         // caller gets that status (REG_POST_OPERATION_INFORMATION.ReturnStatus). The hive
         // stays mounted — undoing is the filter's business (Learn "Handling Notifications":
@@ -1550,6 +1548,8 @@ pub fn unload_key_ex(pid: u32, mount: &str) -> (NtStatus, UnloadEvent) {
     (status, event)
 }
 
+/// KEY_ALL_ACCESS (winnt.h): the access the model's RegLoadAppKey callers ask for.
+const KEY_ALL_ACCESS: u32 = 0xF_003F;
 /// KEY_WRITE (winnt.h): the access NtUnloadKey2/NtUnloadKeyEx open the hive's root with.
 const KEY_WRITE: u32 = 0x2_0006;
 
