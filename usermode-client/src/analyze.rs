@@ -14,7 +14,8 @@ use crate::exit;
 use crate::model::utc_text;
 use crate::render::{Align, Format, csv, table};
 
-/// The replay options from the command line.
+/// The replay options from the command line (`from_boot`: the capture began at boot, so no
+/// key can have been opened before it).
 ///
 /// # Errors
 /// [`CliError::BadArgument`] for an `--at` that is neither a row nor a time of day, or an
@@ -24,6 +25,7 @@ pub fn options(
     hive: &Option<String>,
     pid: Option<u32>,
     at: Option<&str>,
+    from_boot: bool,
 ) -> Result<Options, CliError> {
     let mut hkcu = capture::paths::HkcuSids::default();
     for a in hkcu_sid {
@@ -37,7 +39,7 @@ pub fn options(
             .map(At::parse)
             .transpose()
             .map_err(CliError::BadArgument)?,
-        from_boot: false,
+        from_boot,
     })
 }
 

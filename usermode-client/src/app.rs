@@ -204,8 +204,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             fail_if_held,
             from_boot,
         } => {
-            let mut opts = crate::analyze::options(hkcu_sid, hive, *pid, at.as_deref())?;
-            opts.from_boot = *from_boot;
+            let opts = crate::analyze::options(hkcu_sid, hive, *pid, at.as_deref(), *from_boot)?;
             let a = capture::analyze_file(capture, opts)
                 .map_err(|e| CliError::BadArgument(format!("{}: {e}", capture.display())))?;
             env.out

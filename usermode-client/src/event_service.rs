@@ -483,7 +483,7 @@ impl Loop<'_, '_> {
         self.rechecks = later;
         for r in due {
             let Some((holders, unseen)) = self.recheck(t, &r.failure.hive, now) else {
-                continue; // unloaded, or the driver cannot be asked at all
+                continue; // unloaded
             };
             if holders.is_empty() && !unseen {
                 continue; // free
@@ -496,8 +496,8 @@ impl Loop<'_, '_> {
     }
 
     /// Who holds `hive` now, as event holders, and whether processes the re-check could not
-    /// see may hold it too ([`holders_unseen`]); `None` when it was unloaded or the driver
-    /// could not be asked. A hive the driver does not know (it never saw it loaded, or forgot
+    /// see may hold it too ([`holders_unseen`]); `None` when it was unloaded. When the driver
+    /// cannot be asked, an empty, unseen answer ("could not tell"). A hive the driver does not know (it never saw it loaded, or forgot
     /// it: the failed unload's record was flagged `UNKNOWN_HIVE`) is looked up in the kernel's
     /// list of open keys, as `wait` does: keys it lists hold the hive; when it cannot be asked,
     /// whether the hive is held cannot be told (an empty, unseen answer). Found in review
@@ -535,7 +535,11 @@ impl Loop<'_, '_> {
                     _ => Some((Vec::new(), true)),
                 };
             }
-            Err(_) => return None,
+            // Any other failure to ask (the driver restarting, an I/O error, a hive changing
+            // between pages too often): whether it is still held cannot be told, and the
+            // event says so. Until 2026-12-05 the re-check was dropped without a word, and
+            // the missing 1002 read as "released" (found in review).
+            Err(_) => return Some((Vec::new(), true)),
         };
         let lookup = self.lookup(t);
         let mut holders: Vec<EventHolder> = report

@@ -55,6 +55,8 @@ pub enum Fault {
     Truncate(usize),
     /// Answers have this byte flipped.
     Flip(usize),
+    /// Holders queries (only) fail with this Win32 error.
+    RefuseHolders(u32),
 }
 
 /// A transport answering from [`Server`]s.
@@ -141,8 +143,14 @@ impl Transport for Scripted {
         output: &mut [u8],
     ) -> Result<usize, TransportError> {
         self.sent.push(code);
-        if let Some(Fault::Refuse(code)) = self.fault {
-            return Err(TransportError::Request { code });
+        match self.fault {
+            Some(Fault::Refuse(code)) => return Err(TransportError::Request { code }),
+            Some(Fault::RefuseHolders(refused))
+                if code == protocol::ioctl::IOCTL_HIVETRACK_QUERY_HOLDERS =>
+            {
+                return Err(TransportError::Request { code: refused });
+            }
+            _ => {}
         }
         if code == protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS {
             return match &self.events {

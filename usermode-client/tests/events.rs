@@ -22,8 +22,8 @@ use hivetrack_cli::holder_identity::{Identities, Identity, NoIdentities};
 use hivetrack_cli::modules::rank;
 use hivetrack_cli::page_server::Server;
 use hivetrack_cli::scripted::{
-    AGENT, AGENT_PID, EXPLORER_PID, NOW, RUNDLL_PID, SECOND, SHELL, SID, Scripted, incomplete,
-    logoff, logoff_released, shell_extension, version,
+    AGENT, AGENT_PID, EXPLORER_PID, Fault, NOW, RUNDLL_PID, SECOND, SHELL, SID, Scripted,
+    incomplete, logoff, logoff_released, shell_extension, version,
 };
 use hivetrack_cli::scripted_events::{EventQueue, SharedQueue, Step};
 use hivetrack_cli::symbols::NoSymbols;
@@ -1523,6 +1523,31 @@ fn a_recheck_that_can_see_nobody_and_cannot_ask_the_kernel_says_it_cannot_tell()
         &make(false),
     );
     assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
+}
+
+/// Found in review (2026-12-05): a re-check whose holders query failed for any reason but
+/// "unknown hive" was dropped without a word, so the missing 1002 read as "released" while
+/// the hive was held. It now says it could not tell.
+#[test]
+fn a_recheck_the_driver_cannot_answer_says_it_cannot_tell() {
+    let mut q = queue_held_after(0);
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let make = || Scripted::new(driver()).with_fault(Fault::RefuseHolders(31));
+    let (_, events) = serve_scripted(&q, ServiceOptions::default(), 200, &NoIdentities, &make);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    let still = &events[2];
+    assert!(
+        still.holders_unseen && still.holders.is_empty(),
+        "{still:#?}"
+    );
+    assert!(
+        still
+            .message
+            .starts_with("hivetrack could not tell whether the registry hive"),
+        "{}",
+        still.message
+    );
 }
 
 /// Found in review (2026-12-05): the service looked services up by pid even when the driver
