@@ -402,12 +402,19 @@ impl FleetEvent {
             hive_words(&failure.hive, user.as_deref()),
             name.unwrap_or(&status)
         );
-        message.push_str(&holders_sentence(
-            &holders,
-            failure.holder_count,
-            failure.key_count,
-            true,
-        ));
+        // Nobody seen while holders may be unseen: "0 processes held 0 keys" would be a flat
+        // claim Windows just contradicted (review, 2026-12-05, L5).
+        let seen_nobody = failure.holders_unseen && failure.holder_count == 0 && holders.is_empty();
+        if seen_nobody {
+            message.push_str("hivetrack saw no process holding a key in it.");
+        } else {
+            message.push_str(&holders_sentence(
+                &holders,
+                failure.holder_count,
+                failure.key_count,
+                true,
+            ));
+        }
         if failure.holders_unseen {
             message.push_str(UNSEEN_SENTENCE);
         } else if failure.holder_count == 0 {
