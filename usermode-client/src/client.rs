@@ -147,22 +147,26 @@ fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
 }
 
 /// Leaves out the image of an untracked holder when the process now at its pid cannot be
-/// the one the kernel names: with nothing lost, a key the driver has no record of was opened
-/// before tracking started, so its opener was running then, and a process created after
-/// that is a later one that reused the pid. Found in review (2026-12-05): such keys were
-/// attributed to whatever process had the pid now (the opener may be long gone: a
-/// kernel-mode handle from a filter driver, or a process that passed its handle on).
+/// shown to be the one the kernel names ([`process_after`]). Found in review (2026-12-05):
+/// such keys were attributed to whatever process had the pid now (the opener may be long
+/// gone: a kernel-mode handle from a filter driver, or a process that passed its handle on).
 fn not_the_opener(report: &mut HoldersReport, c: &Completeness, t: &mut dyn Transport) {
-    if !c.nothing_lost() {
-        return; // a lost open may be from any process running since the first loss
-    }
     for u in &mut report.untracked {
-        if t.process_started(u.pid)
-            .is_some_and(|s| s > c.tracking_since)
-        {
+        if process_after(t, u.pid, c.tracking_since) {
             u.image = None;
         }
     }
+}
+
+/// Whether the live process at `pid` was created after tracking began (`tracking_since`, a
+/// FILETIME; 0: unknown): then it cannot be proven the opener of a key only the kernel lists
+/// under that pid. With nothing lost such a key was opened before tracking began, so that
+/// process reused the pid; with opens lost it may be the opener of a lost open, or not —
+/// either way its image is not the key's opener's for certain, so it is left out (the
+/// report says "image unknown"). Until 2026-12-05 a lost open let any image through
+/// unmarked (found in review).
+pub(crate) fn process_after(t: &mut dyn Transport, pid: u64, tracking_since: u64) -> bool {
+    tracking_since != 0 && t.process_started(pid).is_some_and(|s| s > tracking_since)
 }
 
 /// Sets the hive's `open_keys` and `holders` in a holders report to every key open in it

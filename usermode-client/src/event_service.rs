@@ -521,9 +521,20 @@ impl Loop<'_, '_> {
                                 None => by_pid.push((pid, 1)),
                             }
                         }
+                        // The process now at a pid is named only if it may be the opener
+                        // (`client::process_after`; found in review, 2026-12-05: a reused
+                        // pid's process was named as the holder).
+                        let since = self.tracking_since.unwrap_or(0);
                         let holders = by_pid
                             .into_iter()
-                            .map(|(pid, n)| EventHolder::new(pid, t.process_image(pid), None, n))
+                            .map(|(pid, n)| {
+                                let image = if crate::client::process_after(t, pid, since) {
+                                    None
+                                } else {
+                                    t.process_image(pid)
+                                };
+                                EventHolder::new(pid, image, None, n)
+                            })
                             .collect();
                         Some((holders, false))
                     }

@@ -585,27 +585,27 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
             }
             if !r.untracked.is_empty() {
                 let n: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
+                let lost = r
+                    .source
+                    .coverage
+                    .as_ref()
+                    .is_some_and(|c| c.lost_in_hive + c.lost_unattributed > 0);
                 let _ = writeln!(
                     out,
                     "\n{n} more open key(s) the kernel lists that hivetrack has no record of (open before tracking started{}):",
-                    if r.source
-                        .coverage
-                        .as_ref()
-                        .is_some_and(|c| c.lost_in_hive + c.lost_unattributed > 0)
-                    {
-                        ", or lost"
-                    } else {
-                        ""
-                    }
+                    if lost { ", or lost" } else { "" }
                 );
+                // With opens lost, a key may be a lost open rather than one from before
+                // tracking (found in review, 2026-12-05).
+                let when = if lost {
+                    "open before tracking started, or lost"
+                } else {
+                    "open before tracking started"
+                };
                 for u in &r.untracked {
                     let who = process_phrase(u.pid, u.image.as_ref(), false);
                     for k in &u.keys {
-                        let _ = writeln!(
-                            out,
-                            "{who} has opened key {} (open before tracking started)",
-                            display(k)
-                        );
+                        let _ = writeln!(out, "{who} has opened key {} ({when})", display(k));
                     }
                 }
                 out.push_str(UNTRACKED_HINT);

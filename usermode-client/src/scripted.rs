@@ -754,6 +754,21 @@ pub fn logoff_released() -> Server {
     s
 }
 
+/// [`logoff_released`] after the driver lost 3 opens it could not attribute to a hive.
+#[must_use]
+pub fn logoff_released_lossy() -> Server {
+    let mut s = logoff();
+    let h = H {
+        id: 7,
+        mount: user(""),
+        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
+        open_keys: 0,
+        holders: 0,
+    };
+    s.holders[0] = (units(&h.mount), holders_listing_lost(&h, &[], 3));
+    s
+}
+
 /// The profile after a successful unload: the driver no longer knows the hive.
 #[must_use]
 pub fn logoff_unloaded() -> Server {

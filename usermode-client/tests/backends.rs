@@ -541,3 +541,41 @@ fn a_pid_reused_since_tracking_started_is_not_named_as_the_opener() {
     assert_eq!(r.untracked[0].pid, 2040);
     assert_eq!(r.untracked[0].image, None, "{:?}", r.untracked);
 }
+
+/// Found in review (2026-12-05): with opens lost, the check above was skipped, so a key only
+/// the kernel lists was attributed to whatever process had the pid now, and the table
+/// called it "open before tracking started" though it may be a lost open.
+#[test]
+fn with_opens_lost_a_later_process_at_the_pid_is_not_named_either() {
+    let lossy = |started: u64| {
+        let mut server = hivetrack_cli::scripted::logoff_released_lossy();
+        server.kernel_extra = vec![(2040, format!(r"\REGISTRY\USER\{SID}\Software\Policies"))];
+        let mut s = Scripted::new(server);
+        s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
+        s.started = vec![(2040, started)];
+        s
+    };
+    let now = hivetrack_cli::scripted::NOW;
+    let o = run_scripted(lossy(now), &["--json", "holders", &user_hive()]);
+    let r: hivetrack_cli::model::HoldersReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
+    assert_eq!(r.untracked[0].image, None, "{:?}", r.untracked);
+    let o = run_scripted(lossy(now), &["holders", &user_hive()]);
+    assert!(
+        o.out.contains(&format!(
+            r"Process 2040 (image unknown) has opened key HKU\{SID}\Software\Policies (open before tracking started, or lost)"
+        )),
+        "{}",
+        o.out
+    );
+    // Running since before tracking: it may be the opener, and is named.
+    let day = 24 * 3600 * hivetrack_cli::scripted::SECOND;
+    let o = run_scripted(lossy(now - day), &["holders", &user_hive()]);
+    assert!(
+        o.out.contains(
+            r"Process 2040 (C:\Program Files\Contoso\Policy Agent\agent.exe) has opened key"
+        ),
+        "{}",
+        o.out
+    );
+}

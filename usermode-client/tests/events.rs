@@ -1473,6 +1473,45 @@ fn a_hive_the_driver_did_not_know_is_not_vouched_for_and_its_recheck_asks_the_ke
     assert!(!still.holders_unseen, "{still:#?}");
 }
 
+/// Found in review (2026-12-05): the re-check of a hive the driver did not know named the
+/// process now at each pid the kernel lists, even one created after tracking began, which
+/// cannot be the opener of a key the driver never saw opened (the pid was reused) — in a
+/// 1002 that says nobody is unseen.
+#[test]
+fn the_kernel_list_recheck_does_not_name_a_process_that_reused_the_pid() {
+    let other = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1999".to_owned();
+    let still_of = |started: u64| {
+        let mut q = queue_held_after(60);
+        q.push(&StreamRecord {
+            flags: UnloadRecord::UNKNOWN_HIVE,
+            ..unload(&other, 0xC000_0121, &[], NOW)
+        });
+        let q = q.shared();
+        let kernel_key = format!(r"{other}\Software");
+        let make = || {
+            let mut s = driver();
+            s.kernel_extra = vec![(AGENT_PID, kernel_key.clone())];
+            let mut t = Scripted::new(s);
+            t.images = vec![(AGENT_PID, AGENT.to_owned())];
+            t.started = vec![(AGENT_PID, started)];
+            t
+        };
+        let (_, events) = serve_scripted(&q, ServiceOptions::default(), 200, &NoIdentities, &make);
+        assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+        events[2].clone()
+    };
+    let day = 24 * 3600 * SECOND;
+    let before = still_of(NOW - day);
+    assert_eq!(
+        before.holders[0].image.as_deref(),
+        Some(AGENT),
+        "{before:#?}"
+    );
+    let after = still_of(NOW);
+    assert_eq!(after.holders[0].pid, AGENT_PID);
+    assert_eq!(after.holders[0].image, None, "{after:#?}");
+}
+
 /// Found in review (2026-12-05): a re-check whose tracked holders were gone and whose
 /// kernel list could not be had wrote nothing, as if the hive were free.
 #[test]
