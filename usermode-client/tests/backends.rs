@@ -516,6 +516,39 @@ fn a_holder_listed_after_the_counters_were_read_keeps_the_hive_held() {
     assert_eq!(o.code, exit::HELD, "{}", o.err);
 }
 
+/// Found in review (2026-12-05): a holders page whose counters say a key is open (read before
+/// the walk) but whose walk lists nobody (the key closed in between) printed "1 open key(s)
+/// held by 1 process(es)" while `--fail-if-held` exited 0: the exit now follows the report.
+#[test]
+fn fail_if_held_follows_the_reports_counts() {
+    let nt = format!(r"\REGISTRY\USER\{SID}");
+    let mount: Vec<u16> = nt.encode_utf16().collect();
+    let now = hivetrack_cli::scripted::NOW;
+    let prefix = HoldersPrefix {
+        hive_id: 7,
+        state: HiveState::Loaded,
+        kind: HiveKind::Regular,
+        open_keys: 1,
+        holders: 1,
+        mount: Text::Units(&mount),
+        file: Text::EMPTY,
+        completeness: Completeness {
+            tracking_since: now - 3600 * hivetrack_cli::scripted::SECOND,
+            ..Completeness::default()
+        },
+    };
+    let mut s = logoff();
+    s.holders = vec![(mount.clone(), Listing::holders(&prefix, &[]))];
+    s.kernel_extra = Vec::new();
+    let o = run_on(s, &["holders", "HKCU", "--fail-if-held"]);
+    assert!(
+        o.out.contains("1 open key(s) held by 1 process(es)"),
+        "{}",
+        o.out
+    );
+    assert_eq!(o.code, exit::HELD, "{}{}", o.out, o.err);
+}
+
 /// Found in review (2026-12-05): a key only the kernel lists was attributed to whatever
 /// process had its pid now. With nothing lost such a key was opened before tracking
 /// started, so a process created after that is not its opener: no image is named for it.
