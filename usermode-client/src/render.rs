@@ -435,6 +435,14 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
             for (row, c) in rows.iter_mut().zip(cut) {
                 row.push(c);
             }
+            // Whether the holder's image path was cut short (the table marks it, JSON has
+            // `image_truncated`; CSV gave the cut path as if whole: review, 2026-12-05).
+            let image_cut = r.holders.iter().flat_map(|h| {
+                std::iter::repeat_n(h.image_truncated.to_string(), h.keys.len().max(1))
+            });
+            for (row, c) in rows.iter_mut().zip(image_cut) {
+                row.push(c);
+            }
             // Keys only the kernel lists (opened before tracking started, or lost): a row
             // each, `tracked` false, with what is known of them (pid, image, path). Found in
             // review (2026-12-05): CSV left them out, so a hive held only by such keys came
@@ -459,6 +467,8 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     ));
                     row.push("false".to_owned());
                     row.push(String::new());
+                    // Its image is read whole in user mode, never the driver's cut copy.
+                    row.push(if u.image.is_some() { "false" } else { "" }.to_owned());
                     rows.push(row);
                 }
             }
@@ -485,6 +495,7 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
             }
             header.push("tracked");
             header.push("name_truncated");
+            header.push("image_truncated");
             csv(&header, &rows)
         }
         Format::Table => {

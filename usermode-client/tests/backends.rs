@@ -291,8 +291,27 @@ fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
         csv.out
             .lines()
             .nth(1)
-            .is_some_and(|row| row.ends_with(",true,true")),
+            .is_some_and(|row| row.ends_with(",true,true,false")),
         "a cut name says so in CSV too: {}",
+        csv.out
+    );
+    // And a cut image path (found in review, 2026-12-05: CSV gave it as if whole).
+    let cut_image = HolderProcess {
+        flags: HolderProcess::IMAGE_TRUNCATED,
+        ..proc_
+    };
+    let mut cut = Server::default();
+    cut.holders.push((
+        mount.clone(),
+        Listing::holders(&prefix, &[(cut_image, vec![key])]),
+    ));
+    let (csv, _) = run_counting(cut, &["--csv", "holders", "HKCU"]);
+    assert!(
+        csv.out
+            .lines()
+            .nth(1)
+            .is_some_and(|row| row.ends_with(",true,true,true")),
+        "a cut image says so in CSV: {}",
         csv.out
     );
     let (o, requests) = run_counting(server, &["holders", "HKCU", "--json"]);
@@ -373,12 +392,16 @@ fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete
     // such keys out, so this hive came out as a bare header).
     let o = run_scripted(started_late(), &["--csv", "holders", &user_hive()]);
     let rows: Vec<&str> = o.out.lines().collect();
-    assert!(rows[0].ends_with(",tracked,name_truncated"), "{}", o.out);
+    assert!(
+        rows[0].ends_with(",tracked,name_truncated,image_truncated"),
+        "{}",
+        o.out
+    );
     assert_eq!(rows.len(), 2, "{}", o.out);
     assert!(
         rows[1].starts_with(r"2040,,C:\Program Files\Contoso\Policy Agent\agent.exe,,1,")
             && rows[1].contains(&format!(r"\REGISTRY\USER\{SID}\Software\Policies"))
-            && rows[1].ends_with(",false,"),
+            && rows[1].ends_with(",false,,false"),
         "{}",
         o.out
     );

@@ -137,7 +137,7 @@ fn holders_stacks_csv_has_a_stack_column() {
     assert_eq!(o.code, 0, "{}", o.err);
     let header = o.out.lines().next().unwrap();
     assert!(
-        header.ends_with(",handle_closes,stack,tracked,name_truncated"),
+        header.ends_with(",handle_closes,stack,tracked,name_truncated,image_truncated"),
         "{header}"
     );
     assert!(
