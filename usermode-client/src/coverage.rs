@@ -180,6 +180,7 @@ mod tests {
                 open_keys: 1,
                 holders: 1,
                 loaded_at: None,
+                counts_complete: None,
                 account: None,
             },
             holders,

@@ -224,6 +224,12 @@ pub struct Hive {
     pub holders: u32,
     /// When the load was seen (hives report only).
     pub loaded_at: Option<Time>,
+    /// Hives report only: whether `open_keys` and `holders` can be every key open in the
+    /// hive — false when the hive was loaded before tracking began (or when is unknown) or
+    /// is an application hive, so keys opened before tracking may be missing from them
+    /// (`hivetrack holders` on the hive also asks the kernel's list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts_complete: Option<bool>,
     /// The account of the user SID in the name (`CONTOSO\alice`), when resolved.
     pub account: Option<String>,
 }

@@ -649,6 +649,7 @@ pub fn hives(r: &HivesReport, f: Format) -> serde_json::Result<String> {
                 h.open_keys.to_string(),
                 h.holders.to_string(),
                 opt(h.file.as_ref()),
+                h.counts_complete.map(|c| c.to_string()).unwrap_or_default(),
             ]
         })
         .collect();
@@ -664,13 +665,20 @@ pub fn hives(r: &HivesReport, f: Format) -> serde_json::Result<String> {
                 "open_keys",
                 "holders",
                 "file",
+                "counts_complete",
             ],
             &rows,
         ),
         Format::Table => {
+            let marked = r.hives.iter().any(|h| h.counts_complete == Some(false));
             let rows: Vec<Vec<String>> = rows
                 .into_iter()
                 .map(|mut row| {
+                    // The last cell says whether the counts can be complete: a `*` on KEYS
+                    // when they cannot (the note below says why).
+                    if row.pop().as_deref() == Some("false") {
+                        row[5].push('*');
+                    }
                     for cell in &mut row {
                         if cell.is_empty() {
                             "-".clone_into(cell);
@@ -692,6 +700,11 @@ pub fn hives(r: &HivesReport, f: Format) -> serde_json::Result<String> {
                 ],
                 &rows,
             );
+            if marked {
+                out.push_str(
+                    "\n* loaded before tracking started (or an application hive): the counts are the opens since; keys opened earlier are not in them (`hivetrack holders <hive>` also asks the kernel's list)\n",
+                );
+            }
             out.push('\n');
             out.push_str(&source_line(&r.source));
             out.push('\n');

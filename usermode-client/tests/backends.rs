@@ -635,3 +635,58 @@ fn with_opens_lost_a_later_process_at_the_pid_is_not_named_either() {
         o.out
     );
 }
+
+/// Found in review (2026-12-05): `hives` listed a hive held only by keys opened before
+/// tracking began as 0 open keys, "complete", so a script reading it took the hive for free.
+/// A hive loaded before tracking began (or at an unknown time) or an application hive now
+/// has `counts_complete` false, and the listing says what it cannot see.
+#[test]
+fn hives_loaded_before_tracking_do_not_claim_complete_counts() {
+    use protocol::hives::HiveRecord;
+    let now = hivetrack_cli::scripted::NOW;
+    let since = hivetrack_cli::scripted::TRACKING_SINCE;
+    let mount = |m: &str| -> Vec<u16> { m.encode_utf16().collect() };
+    let (early, late, app) = (
+        mount(&format!(r"\REGISTRY\USER\{SID}")),
+        mount(r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002"),
+        mount(r"\REGISTRY\A\{6B656D75-0000-4000-8000-000000000001}"),
+    );
+    let mut s = logoff();
+    let mut l = Listing::new(&protocol::page::NoPrefix);
+    for (id, m, loaded_time, kind) in [
+        (7, &early, 0, HiveKind::Regular),
+        (9, &late, now, HiveKind::Regular),
+        (10, &app, now, HiveKind::App),
+    ] {
+        l.push(&HiveRecord {
+            id,
+            state: HiveState::Loaded,
+            kind,
+            open_keys: 0,
+            holders: 0,
+            loaded_time,
+            mount: Text::Units(m),
+            file: Text::EMPTY,
+        });
+    }
+    s.hives = Some(l);
+    assert!(now > since);
+    let o = run_on(s.clone(), &["--json", "hives", "--strict"]);
+    let r: hivetrack_cli::model::HivesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
+    let complete: Vec<(u32, Option<bool>)> =
+        r.hives.iter().map(|h| (h.id, h.counts_complete)).collect();
+    assert_eq!(
+        complete,
+        [(7, Some(false)), (9, Some(true)), (10, Some(false))]
+    );
+    assert!(!r.source.complete, "{:?}", r.source);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}", o.err);
+    let o = run_on(s, &["hives"]);
+    assert!(o.out.contains("0*"), "{}", o.out);
+    assert!(
+        o.out.contains("* loaded before tracking started"),
+        "{}",
+        o.out
+    );
+}
