@@ -255,6 +255,17 @@ fn modules_all_covers_every_hive_the_driver_lists() {
     // (unknown to the scripted driver) are skipped, the two profile hives are covered.
     assert_eq!(r.hives, [hive(), format!("{}_Classes", hive())]);
     assert_eq!(r.held_keys, 7);
+    // Skipped, not unsaid: a hive the driver forgot between the list and its question may
+    // still be held by keys it never saw (review, 2026-12-05).
+    assert!(!r.source.complete, "{:?}", r.source);
+    assert!(
+        r.source
+            .missing
+            .iter()
+            .any(|c| c.starts_with("3 hive(s) the driver no longer knew")),
+        "{:?}",
+        r.source
+    );
     let o = run_on(scripted::shell_extension(), &["--csv", "modules", "--all"]);
     assert!(
         o.out.starts_with(
