@@ -440,8 +440,9 @@ impl Loop<'_, '_> {
         // The kernel's list knows processes whose keys the driver never saw opened.
         if let Some(r) = &report {
             for u in &r.untracked {
-                holders.push(EventHolder::new(u.pid, u.image.clone(), None, u.open_keys));
-                holder_count += 1;
+                if merge_untracked(&mut holders, u) {
+                    holder_count += 1;
+                }
                 key_count += u.open_keys;
             }
         }
@@ -570,12 +571,9 @@ impl Loop<'_, '_> {
                 e
             })
             .collect();
-        holders.extend(
-            report
-                .untracked
-                .iter()
-                .map(|u| EventHolder::new(u.pid, u.image.clone(), None, u.open_keys)),
-        );
+        for u in &report.untracked {
+            merge_untracked(&mut holders, u);
+        }
         Some((holders, holders_unseen(&report.source)))
     }
 
@@ -680,6 +678,20 @@ impl Loop<'_, '_> {
                 return Ok(Drained::Idle);
             }
         }
+    }
+}
+
+/// Adds the kernel-only keys `u` to the event's holders: to the holder of the same pid if
+/// there is one (the driver's records and the kernel's list name the same process), else as
+/// a new holder. Returns whether it is a new holder. Found in review (2026-12-05): a pid in
+/// both was listed twice and counted as two processes.
+fn merge_untracked(holders: &mut Vec<EventHolder>, u: &crate::model::UntrackedHolder) -> bool {
+    if let Some(h) = holders.iter_mut().find(|h| h.pid == u.pid) {
+        h.keys += u.open_keys;
+        false
+    } else {
+        holders.push(EventHolder::new(u.pid, u.image.clone(), None, u.open_keys));
+        true
     }
 }
 

@@ -1242,12 +1242,14 @@ fn the_drivers_1002_adds_the_holders_only_the_kernels_list_knows() {
     let (_, events) = serve_with(&q, opts, 1, &NoIdentities, &lossy);
     assert_eq!(ids(&events), [1010, 1002], "{events:#?}");
     let still = &events[1];
-    assert_eq!(still.holders.len(), 2, "{still:#?}");
-    assert_eq!(still.holders[1].pid, AGENT_PID);
-    assert_eq!(still.holders[1].keys, 1);
-    assert_eq!((still.holder_count, still.key_count), (Some(2), Some(2)));
+    // The agent is the record's holder too: one process with both keys (until 2026-12-05
+    // it was listed twice, as two processes).
+    assert_eq!(still.holders.len(), 1, "{still:#?}");
+    assert_eq!(still.holders[0].pid, AGENT_PID);
+    assert_eq!(still.holders[0].keys, 2);
+    assert_eq!((still.holder_count, still.key_count), (Some(1), Some(2)));
     assert!(
-        still.message.contains("2 processes hold 2 keys open"),
+        still.message.contains("1 process holds 2 keys open"),
         "{}",
         still.message
     );
@@ -1471,6 +1473,39 @@ fn a_hive_the_driver_did_not_know_is_not_vouched_for_and_its_recheck_asks_the_ke
         (AGENT_PID, 1)
     );
     assert!(!still.holders_unseen, "{still:#?}");
+}
+
+/// Found in review (2026-12-05): a 1002 added the kernel's keys of a pid the driver's record
+/// already names as a second holder ("2 processes hold …: agent.exe (pid 2040, 1 key),
+/// agent.exe (pid 2040, 1 key)"). They are one process, with both keys.
+#[test]
+fn a_pid_in_the_record_and_the_kernels_list_is_one_holder() {
+    for own_recheck in [false, true] {
+        let mut q = queue_held_after(if own_recheck { 0 } else { 60 });
+        q.push(&failed_unload(&user_hive(), NOW));
+        if !own_recheck {
+            q.steps.push_back(Step::Record(held_after(60, 0)));
+        }
+        let q = q.shared();
+        let make = || {
+            let mut s = driver();
+            s.kernel_extra = vec![(AGENT_PID, format!(r"{}\Console", user_hive()))];
+            Scripted::new(s)
+        };
+        let (_, events) = serve_scripted(&q, ServiceOptions::default(), 300, &NoIdentities, &make);
+        assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+        let still = &events[2];
+        assert_eq!(still.holders.len(), 1, "{still:#?}");
+        assert_eq!(
+            (still.holders[0].pid, still.holders[0].keys),
+            (AGENT_PID, 2)
+        );
+        assert_eq!(
+            (still.holder_count, still.key_count),
+            (Some(1), Some(2)),
+            "{still:#?}"
+        );
+    }
 }
 
 /// Found in review (2026-12-05): the re-check of a hive the driver did not know named the
