@@ -8,8 +8,11 @@
 //! verifier violation ("A driver must not make this call from its implementation of the
 //! PCREATE_PROCESS_NOTIFY_ROUTINE_EX callback routine").
 //!
-//! Order at exit (exit notification before the handle-table sweep) follows the documented
-//! "called when the last thread exits" with ObKillProcess running after; *inference*.
+//! Order at exit (exit notification before the handle-table sweep): ReactOS
+//! `ntoskrnl/ps/kill.c` `PspExitThread`, whose last thread calls `PspExitProcess(TRUE, …)`
+//! (it runs `PspRunCreateProcessNotifyRoutines(Process, FALSE)`) and only then
+//! `ObKillProcess` (the handle table); Learn documents the routine as called when the last
+//! thread exits. Until 2026-12-05 this was marked an inference.
 //!
 //! Identity as the kernel has it:
 //! - `PsGetProcessStartKey` (<https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetprocessstartkey>,
