@@ -670,14 +670,19 @@ impl<'t> Client<'t> {
         if let Some(since) = self.scope(&mut source) {
             // Counts are the opens the driver saw: for a hive loaded before tracking began
             // (or at an unknown time), or an application hive (never vouched for, as the
-            // driver's HOLDERS_UNSEEN), keys opened before may be missing. Found in review
+            // driver's HOLDERS_UNSEEN), keys opened before may be missing, and with opens lost
+            // (`nr`: the listing's not-recorded count) any hive's may. Found in review
             // (2026-12-05): such a hive held only by old keys listed 0 keys, "complete".
+            // Counts alone cannot be set against the kernel's list without a race (a key
+            // closing between the two reads hides one opened before tracking): `holders`
+            // reconciles one hive by name.
             let mut unvouched = 0usize;
             for h in &mut hives {
-                let vouched = loaded
-                    .iter()
-                    .find(|(id, _, _)| *id == h.id)
-                    .is_some_and(|&(_, at, app)| !app && at != 0 && at >= since);
+                let vouched = nr == 0
+                    && loaded
+                        .iter()
+                        .find(|(id, _, _)| *id == h.id)
+                        .is_some_and(|&(_, at, app)| !app && at != 0 && at >= since);
                 h.counts_complete = Some(vouched);
                 unvouched += usize::from(!vouched);
             }

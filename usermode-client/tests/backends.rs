@@ -682,11 +682,22 @@ fn hives_loaded_before_tracking_do_not_claim_complete_counts() {
     );
     assert!(!r.source.complete, "{:?}", r.source);
     assert_eq!(o.code, exit::INCOMPLETE, "{}", o.err);
-    let o = run_on(s, &["hives"]);
+    let o = run_on(s.clone(), &["hives"]);
     assert!(o.out.contains("0*"), "{}", o.out);
     assert!(
         o.out.contains("* loaded before tracking started"),
         "{}",
         o.out
+    );
+    // With opens lost, no hive's counts can be complete, however late it was loaded
+    // (review 16: the flag said true for it).
+    s.not_recorded = 17;
+    let o = run_on(s, &["--json", "hives"]);
+    let r: hivetrack_cli::model::HivesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
+    assert!(
+        r.hives.iter().all(|h| h.counts_complete == Some(false)),
+        "{:?}",
+        r.hives
     );
 }
