@@ -129,7 +129,17 @@ fn modules_report(env: &mut Env<'_>, hive: Option<&str>) -> Result<crate::model:
         (targets, false)
     } else {
         let hives = client.hives()?;
-        (hives.hives.into_iter().map(|h| h.path).collect(), true)
+        // An unloaded hive the driver still lists (its records outlive it) holds nothing:
+        // asking would only find it gone (review, 2026-12-05).
+        (
+            hives
+                .hives
+                .into_iter()
+                .filter(|h| h.state != "unloaded")
+                .map(|h| h.path)
+                .collect(),
+            true,
+        )
     };
     client.held_now = false;
     let mut reports = Vec::new();

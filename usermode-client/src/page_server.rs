@@ -90,6 +90,12 @@ impl Listing {
         self.lead.push(None);
     }
 
+    /// Appends `other`'s records (its prefix is dropped).
+    pub fn append(&mut self, other: &Self) {
+        self.records.extend(other.records.iter().cloned());
+        self.lead.extend(other.lead.iter().cloned());
+    }
+
     /// Number of records.
     #[must_use]
     pub const fn len(&self) -> usize {

@@ -247,6 +247,37 @@ fn modules_ranks_the_code_that_opened_the_held_keys() {
     assert_snapshot("modules_json", &o.out);
 }
 
+/// Review 16: an unloaded hive the driver still lists (its records outlive it) was asked
+/// about, found gone and reported as "no longer known, may be held".
+#[test]
+fn modules_all_does_not_ask_about_an_unloaded_hive() {
+    use protocol::hives::HiveRecord;
+    use protocol::holders::{HiveKind, HiveState};
+    use protocol::text::Text;
+    let base = modules_json(&["modules", "--all"]);
+    let mut s = scripted::shell_extension();
+    let mut l = hivetrack_cli::page_server::Listing::new(&protocol::page::NoPrefix);
+    let gone: Vec<u16> = r"\REGISTRY\USER\S-1-5-21-9-9-9-1009"
+        .encode_utf16()
+        .collect();
+    l.push(&HiveRecord {
+        id: 99,
+        state: HiveState::Unloaded,
+        kind: HiveKind::Regular,
+        open_keys: 0,
+        holders: 0,
+        loaded_time: 0,
+        mount: Text::Units(&gone),
+        file: Text::EMPTY,
+    });
+    let mut listed = s.hives.take().expect("a hives listing");
+    listed.append(&l);
+    s.hives = Some(listed);
+    let o = run_on(s, &["--json", "modules", "--all"]);
+    let r: ModulesReport = serde_json::from_str(&o.out).expect("JSON");
+    assert_eq!(r.source.missing, base.source.missing);
+}
+
 #[test]
 fn modules_all_covers_every_hive_the_driver_lists() {
     let r = modules_json(&["modules", "--all"]);
