@@ -685,8 +685,13 @@ impl Loop<'_, '_> {
 /// there is one (the driver's records and the kernel's list name the same process), else as
 /// a new holder. Returns whether it is a new holder. Found in review (2026-12-05): a pid in
 /// both was listed twice and counted as two processes.
+///
+/// An entry whose image was left out (the process now at the pid was created after tracking
+/// began: `client::process_after`) is another process than a holder the driver tracked under
+/// that pid, and stays apart.
 fn merge_untracked(holders: &mut Vec<EventHolder>, u: &crate::model::UntrackedHolder) -> bool {
-    if let Some(h) = holders.iter_mut().find(|h| h.pid == u.pid) {
+    let same = |h: &&mut EventHolder| h.pid == u.pid && u.image.is_some();
+    if let Some(h) = holders.iter_mut().find(same) {
         h.keys += u.open_keys;
         false
     } else {

@@ -1505,6 +1505,26 @@ fn a_pid_in_the_record_and_the_kernels_list_is_one_holder() {
             (Some(1), Some(2)),
             "{still:#?}"
         );
+        // But when the process now at that pid was created after tracking began, the
+        // kernel-only key is an earlier process's: two holders (review 16).
+        let mut q = queue_held_after(if own_recheck { 0 } else { 60 });
+        q.push(&failed_unload(&user_hive(), NOW));
+        if !own_recheck {
+            q.steps.push_back(Step::Record(held_after(60, 0)));
+        }
+        let q = q.shared();
+        let reused = || {
+            let mut s = driver();
+            s.kernel_extra = vec![(AGENT_PID, format!(r"{}\Console", user_hive()))];
+            let mut t = Scripted::new(s);
+            t.started = vec![(AGENT_PID, NOW)];
+            t
+        };
+        let (_, events) =
+            serve_scripted(&q, ServiceOptions::default(), 300, &NoIdentities, &reused);
+        let still = &events[2];
+        assert_eq!(still.holders.len(), 2, "{still:#?}");
+        assert_eq!(still.holder_count, Some(2), "{still:#?}");
     }
 }
 
