@@ -16,7 +16,9 @@ use crate::nt::kernel;
 use crate::nt::ob::object::KERNEL_HANDLE_BIT;
 use crate::nt::ps::process::{self, SYSTEM_START_KEY};
 use crate::nt::se::security::{Caller, GENERIC_READ, GENERIC_WRITE};
-use crate::nt::status::{self, STATUS_OBJECT_NAME_COLLISION, STATUS_PENDING, STATUS_SUCCESS};
+use crate::nt::status::{
+    self, STATUS_ACCESS_DENIED, STATUS_OBJECT_NAME_COLLISION, STATUS_PENDING, STATUS_SUCCESS,
+};
 
 const IOCTL_LOG_START: u32 = ioctl(0x830);
 const IOCTL_LOG_READ: u32 = ioctl(0x831);
@@ -278,41 +280,25 @@ fn td_app_hive(ctx: &mut Ctx) {
         first(&l, POST_LOAD_KEY).is_some_and(|e| e.extra == 0),
         "post-load STATUS_SUCCESS",
     );
-    // The root handle's open, by the absolute \REGISTRY\A\{GUID} name, between the load's
-    // pre and post, on the caller's thread (Learn "Filtering Registry Operations on
-    // Application Hives").
-    let classes: Vec<u64> = l.iter().map(|e| e.class).collect();
-    ctx.check(
-        classes
-            == [
-                PRE_LOAD_KEY,
-                PRE_OPEN_KEY_EX,
-                POST_OPEN_KEY_EX,
-                POST_LOAD_KEY,
-            ],
-        format!("pre-load, the root's open, post-load ({classes:?})"),
-    );
-    let open = first(&l, PRE_OPEN_KEY_EX).unwrap_or_default();
-    let opened = first(&l, POST_OPEN_KEY_EX).unwrap_or_default();
-    let root_object = kernel::with(|k| k.hives.handles.get(&(p, root)).copied()).unwrap_or(0);
-    ctx.check(
-        open.name == hash(&mount)
-            && open.owner == u64::from(p)
-            && open.extra & OBJ_KERNEL_HANDLE == 0
-            && opened.extra == 0
-            && opened.object == root_object as u64
-            && opened.object_name == hash(&mount),
-        format!(
-            "the root is opened by its absolute name in the caller's process, and the post names the root handle's object ({open:x?} {opened:x?})"
-        ),
-    );
+    check_app_root_open(ctx, &l, p, root, &mount);
     // The same file again (another process): the hive already loaded, a new root handle.
     let again = hive::load_app_key(q, file);
     ctx.check(
         again.as_ref().is_ok_and(|(h, m)| *m == mount && *h != root),
         format!("loading the same file again returns the loaded hive: {again:?}"),
     );
-    let sub = hive::open_key(p, &format!(r"{mount}\Settings"), KEY_READ, true);
+    // Keys of an app hive are reached relative to its root handle; by absolute name they are
+    // refused (Learn, "Filtering Registry Operations on Application Hives").
+    let by_name = hive::open_key(p, &format!(r"{mount}\Settings"), KEY_READ, true);
+    ctx.check(
+        by_name == Err(STATUS_ACCESS_DENIED),
+        format!("an absolute open under \\REGISTRY\\A is refused: {by_name:?}"),
+    );
+    let sub = hive::open_key_at(p, Some(root), "Settings", KEY_READ, true);
+    ctx.check(
+        sub.is_ok(),
+        format!("a subkey opened relative to the root: {sub:?}"),
+    );
     log_start(&s);
     let _ = hive::close_key(p, root);
     let still = kernel::with(|k| k.hives.hives.contains_key(&mount.to_ascii_uppercase()));
@@ -332,11 +318,46 @@ fn td_app_hive(ctx: &mut Ctx) {
         "no unload notification for the automatic unload",
     );
     ctx.check(
-        hive::open_key(p, &format!(r"{mount}\Settings"), KEY_READ, false).is_err(),
+        !kernel::with(|k| {
+            k.hives
+                .keys
+                .contains(&format!(r"{mount}\Settings").to_ascii_uppercase())
+        }),
         "its keys are gone",
     );
     process::exit_process(p);
     finish(ctx, s);
+}
+
+/// The root handle's open, by the absolute `\REGISTRY\A\{GUID}` name, between the load's
+/// pre and post, on the caller's thread (Learn "Filtering Registry Operations on Application
+/// Hives"), as the log of one `RegLoadAppKey` shows it.
+fn check_app_root_open(ctx: &mut Ctx, l: &[Entry], p: u32, root: u64, mount: &str) {
+    let classes: Vec<u64> = l.iter().map(|e| e.class).collect();
+    ctx.check(
+        classes
+            == [
+                PRE_LOAD_KEY,
+                PRE_OPEN_KEY_EX,
+                POST_OPEN_KEY_EX,
+                POST_LOAD_KEY,
+            ],
+        format!("pre-load, the root's open, post-load ({classes:?})"),
+    );
+    let open = first(l, PRE_OPEN_KEY_EX).unwrap_or_default();
+    let opened = first(l, POST_OPEN_KEY_EX).unwrap_or_default();
+    let root_object = kernel::with(|k| k.hives.handles.get(&(p, root)).copied()).unwrap_or(0);
+    ctx.check(
+        open.name == hash(mount)
+            && open.owner == u64::from(p)
+            && open.extra & OBJ_KERNEL_HANDLE == 0
+            && opened.extra == 0
+            && opened.object == root_object as u64
+            && opened.object_name == hash(mount),
+        format!(
+            "the root is opened by its absolute name in the caller's process, and the post names the root handle's object ({open:x?} {opened:x?})"
+        ),
+    );
 }
 
 #[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result

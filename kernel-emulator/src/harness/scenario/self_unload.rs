@@ -83,7 +83,7 @@ fn app_hive(ctx: &mut Ctx) {
         };
         // RegOpenKeyEx(root, "Settings"); the root handle's open was announced in the load
         // (td-app-hive).
-        let key = hive::open_key(p, &format!(r"{mount}\Settings"), KEY_READ, true);
+        let key = hive::open_key_at(p, Some(root), "Settings", KEY_READ, true);
         ctx.check(key.is_ok(), format!("open {mount}\\Settings: {key:?}"));
         let key = key.ok();
         if n == 0 {

@@ -711,7 +711,12 @@ fn load(
             // a path beginning with \REGISTRY\A\, and such a path "appears in the CompleteName
             // member" of the create/open notifications). An open, not a create, and its place
             // between the load's pre and post are an *inference*.
-            match open(pid, None, &mount, KEY_ALL_ACCESS, false, false, None) {
+            let manager = OpenMode {
+                kernel_handle: false,
+                fail: None,
+                registry_manager: true,
+            };
+            match open_mode(pid, None, &mount, KEY_ALL_ACCESS, false, manager) {
                 Ok(h) => root_handle = h,
                 Err(s) => {
                     // No root handle: a hive nothing holds goes at once, as an app hive does.
@@ -806,6 +811,9 @@ struct OpenMode {
     kernel_handle: bool,
     /// The status a replayed capture recorded: delivered in the post, nothing created.
     fail: Option<NtStatus>,
+    /// The registry manager's own open of an application hive's root inside its load: the
+    /// only open of a `\REGISTRY\A\…` key by its absolute name that is not refused.
+    registry_manager: bool,
 }
 
 /// The `\REGISTRY` key object, made at the first call: the object an absolute name is parsed
@@ -875,7 +883,20 @@ fn open(
     let mode = OpenMode {
         kernel_handle,
         fail,
+        registry_manager: false,
     };
+    open_mode(pid, root, name, desired, create, mode)
+}
+
+/// [`open`] with the whole [`OpenMode`].
+fn open_mode(
+    pid: u32,
+    root: Option<u64>,
+    name: &str,
+    desired: u32,
+    create: bool,
+    mode: OpenMode,
+) -> Result<u64, NtStatus> {
     io::with_pid(pid, || {
         let mut root_object = match root {
             None => registry_root(),
@@ -980,6 +1001,20 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         }
     };
     let key = canon(&full);
+    // "An attempt to open a key under \REGISTRY\A fails with error status
+    // STATUS_ACCESS_DENIED"; only the registry manager opens an application hive by such a
+    // path, for the root handle of its load; keys in it are reached relative to that handle
+    // (Learn, "Filtering Registry Operations on Application Hives"; RegLoadAppKeyW: "The
+    // registry will prevent an application from accessing keys in this hive using an
+    // absolute path"). Until 2026-12-05 the model let such opens through.
+    let app_root = canon(APP_HIVE_ROOT);
+    if is_absolute(root_object)
+        && !mode.registry_manager
+        && (key == app_root || key.starts_with(&format!("{app_root}\\")))
+    {
+        let s = registry::notify_post(post_class, 0, STATUS_ACCESS_DENIED, at, &pre);
+        return Parsed::Done(Err(s));
+    }
     let (target, predefined) = kernel::with(|k| {
         (
             k.hives.reparse_target(&key, &full),
