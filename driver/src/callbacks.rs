@@ -384,7 +384,7 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
             #[allow(clippy::cast_sign_loss, reason = "an NTSTATUS is reported as its bits")]
             let outcome = post.Status as u32;
             UNLOAD_SLOTS.take(current_thread(), |mount, (token, object)| {
-                let own = (token != 0).then_some((Token(token), object));
+                let own = (token != 0).then_some((Token(token), object, current_thread()));
                 let hive = tracker.unload_attempted_with(mount, outcome, clock::now(), own);
                 // A failed (or deferred) unload: the hive is looked at again after the
                 // configured delay, by the waiters' timer (issue 17).

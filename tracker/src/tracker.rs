@@ -1264,8 +1264,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// [`Self::unload_attempted`] of an unload that holds a key object of its own: `own` is
-    /// that object's token and address (from `RegNtPreUnLoadKey`'s `ObjectContext` and
-    /// `Object`). Windows' `NtUnloadKey2`/`NtUnloadKeyEx` open the hive's root themselves, with a
+    /// that object's token, address (from `RegNtPreUnLoadKey`'s `ObjectContext` and
+    /// `Object`) and the unloading thread, which opened it. Windows' `NtUnloadKey2`/`NtUnloadKeyEx` open the hive's root themselves, with a
     /// kernel handle, "just to take a reference on the object" (Windows Research Kernel
     /// `base/ntos/config/ntapi.c`), so the driver tracks that open (System holds it) and it is
     /// still open when the unload's post-notification comes; it is the unload's, not a
@@ -1277,7 +1277,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         mount: &[u16],
         outcome: u32,
         time: u64,
-        own: Option<(Token, u64)>,
+        own: Option<(Token, u64, u64)>,
     ) -> Option<u32> {
         bump(&self.counters.unload_attempts_seen);
         let mut entry = HistEntry::new(time, outcome, 0);
@@ -1290,7 +1290,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 if self.holders_unseen(hive) {
                     entry.flags |= UnloadRecord::HOLDERS_UNSEEN;
                 }
-                let own = own.and_then(|(token, object)| self.live_holding(token, object));
+                let own = own
+                    .and_then(|(token, object, thread)| self.live_holding(token, object, thread));
                 self.collect_holders(h, own, &mut entry);
                 self.hives.unpin(&self.pool, &self.names, h, self.vouch());
             }
@@ -1311,18 +1312,21 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         (entry.hive_id != 0).then_some(entry.hive_id)
     }
 
-    /// The holding of the live record `token` of `object`, if there is one. The caller must
-    /// know the object cannot go meanwhile (the unload holds a reference on its own object):
-    /// the holding lives as long as the record.
-    fn live_holding(&self, token: Token, object: u64) -> Option<NonNull<Holding<L>>> {
+    /// The holding of the live record `token` of `object` opened by `thread`, if there is
+    /// one. The caller must know the object cannot go meanwhile (the unload holds a reference
+    /// on its own object): the holding lives as long as the record. The opening thread must
+    /// be the unloading one: an object a filter handed back from an earlier open of its own
+    /// (a bypassed create) is someone's real key, not the unload's (review, 2026-12-05).
+    fn live_holding(&self, token: Token, object: u64, thread: u64) -> Option<NonNull<Holding<L>>> {
         let (s, i) = split_ref(token.slot());
         let shard = self
             .objects
             .get(s as usize)
             .filter(|_| s <= self.shard_mask)?;
-        let rec = shard
-            .get(i)
-            .filter(|rec| rec.is_live(token.generation(), object))?;
+        let rec = shard.get(i).filter(|rec| {
+            rec.is_live(token.generation(), object)
+                && rec.thread.load(Relaxed) == u32::try_from(thread).unwrap_or(0)
+        })?;
         NonNull::new(rec.holding.load(Relaxed).cast::<Holding<L>>())
     }
 
