@@ -120,6 +120,9 @@ unsafe extern "C" fn process_notify(
     };
     // A resident copy ([`crate::resident`]): the tracker reads it under its locks.
     if crate::resident::with_copy(image, |image| tracker.process_started(key, image)).is_none() {
+        // No memory for the copy: the process is recorded without its image, and the loss
+        // counted (review, 2026-12-05: it went unsaid here as it did in `name_current`).
         tracker.process_started(key, &[]);
+        tracker.image_not_stored();
     }
 }

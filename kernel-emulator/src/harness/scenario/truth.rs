@@ -68,6 +68,11 @@ pub fn scenarios() -> Vec<Scenario> {
             relative_load,
         ),
         Scenario::hivetrack(
+            "long-image-low-memory",
+            "a process whose image path is too long for the stack copy starts while pool is short: it is recorded without its image and the loss is counted (images_dropped_no_memory)",
+            long_image_low_memory,
+        ),
+        Scenario::hivetrack(
             "nameless-open",
             "CmCallbackGetKeyObjectIDEx fails for an open: not filed under an empty-mount hive, counted against the hive its path names",
             nameless_open,
@@ -444,6 +449,48 @@ fn nameless_open(ctx: &mut Ctx) {
         let _ = hive::close_key(a, k);
     }
     finish(ctx, d, h, &[a]);
+}
+
+/// A process-creation notification whose image path (over 256 UTF-16 units) needs a pool
+/// copy, with that one allocation failing: the driver records the process without an image
+/// and must count the lost name, so reports say a name is missing. Review 16 (2026-12-05):
+/// it went uncounted here, as it had in `name_current`.
+fn long_image_low_memory(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (d, h) = load(ctx);
+    let Some(h) = h else { return };
+    load_profile(ctx);
+    let before = stats(ctx, h).images_dropped_no_memory;
+    let image = format!(
+        r"\Device\HarddiskVolume2\Program Files\{}\agent.exe",
+        "VeryLongVendorDirectoryName\\".repeat(12)
+    );
+    ctx.check(
+        image.len() > 256,
+        format!("a long image path ({} units)", image.len()),
+    );
+    kernel::with(|k| {
+        k.faults.calls = 0;
+        k.faults.injected.clear();
+        k.faults.pool_only = true;
+        k.faults.policy = FaultPolicy::Nth(1);
+    });
+    let pid = spawn(ctx, &image);
+    let injected = kernel::with(|k| {
+        k.faults.policy = FaultPolicy::Off;
+        k.faults.pool_only = false;
+        k.faults.injected.clone()
+    });
+    ctx.check(
+        injected.len() == 1,
+        format!("one pool allocation failed, in the creation notification: {injected:?}"),
+    );
+    let after = stats(ctx, h).images_dropped_no_memory;
+    ctx.check(
+        after == before + 1,
+        format!("the lost image is counted: images_dropped_no_memory {before} -> {after}"),
+    );
+    finish(ctx, d, h, &[pid]);
 }
 
 /// Docs, "IRP_MJ_CLEANUP": the last handle is closed "but, due to outstanding I/O requests,
