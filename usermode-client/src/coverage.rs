@@ -114,11 +114,13 @@ pub fn reconcile(
             None => unmatched += 1,
         }
     }
-    // The image the driver recorded for the pid, else one looked up now.
+    // The image the driver recorded for the pid, else one looked up now (whole: the driver's
+    // copy, when cut short, is not used for these rows, which carry no mark for it; review,
+    // 2026-12-05).
     let known: BTreeMap<u64, Option<String>> = report
         .holders
         .iter()
-        .filter(|h| !h.exited)
+        .filter(|h| !h.exited && !h.image_truncated)
         .map(|h| (h.pid, h.image.clone()))
         .collect();
     report.untracked = listed

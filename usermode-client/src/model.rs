@@ -509,10 +509,9 @@ pub struct HeldNowProcess {
 pub struct UntrackedHolder {
     /// Process id (the process that opened the keys, as the kernel records it).
     pub pid: u64,
-    /// Image path of the process running with that pid now, looked up in user mode; null
-    /// when unknown (the process is gone) or when that process cannot be the opener (created
-    /// after tracking started while nothing was lost: the pid was reused). With opens lost,
-    /// a reused pid cannot be told apart, and the image is the current process's.
+    /// Image path (whole) of the process running with that pid now: the driver's record of
+    /// it, or looked up in user mode; null when unknown (the process is gone) or when that
+    /// process cannot be shown to be the opener (created after tracking started).
     pub image: Option<String>,
     /// How many such keys.
     pub open_keys: u64,

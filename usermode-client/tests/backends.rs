@@ -701,3 +701,64 @@ fn hives_loaded_before_tracking_do_not_claim_complete_counts() {
         r.hives
     );
 }
+
+/// Review 16: a key only the kernel lists took its image from the driver's record of the
+/// holder at that pid even when that copy was cut short, in rows that carry no mark for it
+/// (CSV `image_truncated` false). The whole path is looked up instead.
+#[test]
+fn a_kernel_only_key_never_shows_a_cut_image() {
+    let nt = format!(r"\REGISTRY\USER\{SID}");
+    let mount: Vec<u16> = nt.encode_utf16().collect();
+    let cut: Vec<u16> = r"C:\Program Files\Con".encode_utf16().collect();
+    let name: Vec<u16> = format!(r"{nt}\Software\Policies").encode_utf16().collect();
+    let now = hivetrack_cli::scripted::NOW;
+    let prefix = HoldersPrefix {
+        hive_id: 7,
+        state: HiveState::Loaded,
+        kind: HiveKind::Regular,
+        open_keys: 1,
+        holders: 1,
+        mount: Text::Units(&mount),
+        file: Text::EMPTY,
+        completeness: Completeness {
+            tracking_since: now - 3600 * hivetrack_cli::scripted::SECOND,
+            ..Completeness::default()
+        },
+    };
+    let holder = HolderProcess {
+        flags: HolderProcess::IMAGE_TRUNCATED,
+        pid: 2040,
+        start_key: 0x900,
+        open_keys: 1,
+        oldest_open: now,
+        image: Text::Units(&cut),
+    };
+    let key = HolderKey {
+        flags: 0,
+        id: 0x1_0000_0001,
+        thread: 1,
+        open_time: now,
+        access: 0x2_0019,
+        handle_opens: 1,
+        handle_closes: 0,
+        stack: 0,
+        name: Text::Units(&name),
+    };
+    let mut s = logoff();
+    s.holders = vec![(
+        mount.clone(),
+        Listing::holders(&prefix, &[(holder, vec![key])]),
+    )];
+    s.kernel_extra = vec![(2040, format!(r"{nt}\Console"))];
+    let mut t = Scripted::new(s);
+    t.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
+    let o = run_scripted(t, &["--json", "holders", &user_hive()]);
+    let r: hivetrack_cli::model::HoldersReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
+    assert_eq!(
+        r.untracked[0].image.as_deref(),
+        Some(hivetrack_cli::scripted::AGENT),
+        "{:?}",
+        r.untracked
+    );
+}
