@@ -157,6 +157,39 @@ fn incomplete_holders_say_so() {
     assert!(o.out.contains("INCOMPLETE"));
 }
 
+/// Review 16: a snapshot carries the hives listing, so it says what that listing cannot
+/// see (a hive loaded before tracking began), as `hives --strict` does.
+#[test]
+fn a_snapshot_says_what_its_hives_listing_cannot_see() {
+    use protocol::hives::HiveRecord;
+    use protocol::holders::{HiveKind, HiveState};
+    use protocol::text::Text;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.json");
+    let (mut sa, _) = scripted::leak_snapshots();
+    let mount: Vec<u16> = r"\REGISTRY\MACHINE\SYSTEM".encode_utf16().collect();
+    let mut l = hivetrack_cli::page_server::Listing::new(&protocol::page::NoPrefix);
+    l.push(&HiveRecord {
+        id: 1,
+        state: HiveState::Loaded,
+        kind: HiveKind::Regular,
+        open_keys: 0,
+        holders: 0,
+        loaded_time: 0,
+        mount: Text::Units(&mount),
+        file: Text::EMPTY,
+    });
+    sa.hives = Some(l);
+    let o = run_on(sa, &["snapshot", "--strict", "-o", a.to_str().unwrap()]);
+    assert_eq!(
+        o.code,
+        hivetrack_cli::exit::INCOMPLETE,
+        "{}{}",
+        o.out,
+        o.err
+    );
+}
+
 #[test]
 fn snapshot_and_diff_show_the_leak_growing() {
     let dir = tempfile::tempdir().unwrap();
