@@ -153,6 +153,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_unload_sequence,
         ),
         Scenario::test_driver(
+            "td-unload-deferred-delete",
+            "with object deletion deferred to a worker, the unload's own object outlives a carried-out unload: a hive loaded again at the mount is neither held nor listed by it",
+            td_unload_deferred_delete,
+        ),
+        Scenario::test_driver(
             "td-start-key",
             "PsGetProcessStartKey: per-process, increasing, System's first; a reused PID gets a new start key",
             td_start_key,
@@ -528,6 +533,45 @@ fn td_unload_sequence(ctx: &mut Ctx) {
     );
     process::exit_process(p);
     process::exit_process(q);
+    finish(ctx, s);
+}
+
+/// The unload's private object is dereferenced after the unload; with deletion deferred to a
+/// system worker it lives on past a successful unload. It is the old hive's (WRK
+/// `CmUnloadKey` marks the hive's KCBs deleted): a new load at the same mount must unload
+/// while it still waits for deletion, and the kernel's list must not show it.
+fn td_unload_deferred_delete(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let user = format!(r"{HKU}\{SID}");
+    let file = r"\??\C:\Users\kemu\NTUSER.DAT";
+    ctx.check(
+        hive::load_hive(SYSTEM_PID, &user, file) == STATUS_SUCCESS,
+        "user hive loaded",
+    );
+    hive::set_deferred_deletion(true);
+    let r = hive::unload_hive(SYSTEM_PID, &user);
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!("unloaded: {}", status::describe(r)),
+    );
+    ctx.check(
+        hive::load_hive(SYSTEM_PID, &user, file) == STATUS_SUCCESS,
+        "loaded again at the same mount",
+    );
+    let listed = hive::open_subkeys(&user);
+    ctx.check(
+        listed.as_ref().is_ok_and(Vec::is_empty),
+        format!("the old unload's object, awaiting deletion, is not the new hive's: {listed:?}"),
+    );
+    let r = hive::unload_hive(SYSTEM_PID, &user);
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!(
+            "the new hive unloads, nothing of it open: {}",
+            status::describe(r)
+        ),
+    );
+    hive::set_deferred_deletion(false);
     finish(ctx, s);
 }
 

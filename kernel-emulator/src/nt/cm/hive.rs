@@ -1656,6 +1656,13 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
                 return STATUS_CANNOT_DELETE;
             }
             remove_hive(&mut k.hives, &m);
+            // The unload's own object outlives the hive until its dereference below (later,
+            // in deferred mode): it belongs to the hive just unloaded, not to one loaded at
+            // the same mount afterwards (WRK `CmUnloadKey` marks the hive's KCBs deleted), so
+            // it must neither hold nor be listed in that one (review 16, 2026-12-05).
+            if let Some(o) = k.hives.objects.get_mut(&root) {
+                o.hive = format!("{m} (unloaded)");
+            }
             STATUS_SUCCESS
         });
         // The caller gets the status a post-callback may have substituted (as for load).
