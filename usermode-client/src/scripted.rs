@@ -742,6 +742,11 @@ pub fn logoff_service_host() -> Server {
 /// The profile after the agent exited: nothing holds either profile hive.
 #[must_use]
 pub fn logoff_released() -> Server {
+    released(0)
+}
+
+/// The released profile from a driver that lost `global_lost` opens in an unknown hive.
+fn released(global_lost: u64) -> Server {
     let mut s = logoff();
     let h = H {
         id: 7,
@@ -750,23 +755,14 @@ pub fn logoff_released() -> Server {
         open_keys: 0,
         holders: 0,
     };
-    s.holders[0] = (units(&h.mount), holders_listing(&h, &[]));
+    s.holders[0] = (units(&h.mount), holders_listing_lost(&h, &[], global_lost));
     s
 }
 
 /// [`logoff_released`] after the driver lost 3 opens it could not attribute to a hive.
 #[must_use]
 pub fn logoff_released_lossy() -> Server {
-    let mut s = logoff();
-    let h = H {
-        id: 7,
-        mount: user(""),
-        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
-        open_keys: 0,
-        holders: 0,
-    };
-    s.holders[0] = (units(&h.mount), holders_listing_lost(&h, &[], 3));
-    s
+    released(3)
 }
 
 /// The profile after a successful unload: the driver no longer knows the hive.

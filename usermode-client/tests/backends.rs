@@ -482,23 +482,20 @@ fn a_not_held_verdict_that_could_not_see_everything_exits_4() {
     assert_eq!(o.code, exit::HELD, "{}{}", o.out, o.err);
 }
 
-/// Found in review (2026-12-05): `wait` decided "free" from the holders page's counters,
-/// which the driver reads before the walk that lists the holders: an open in between was
-/// listed (and matched to the kernel's entry, so not untracked) while the counters said 0,
-/// and the wait answered free, complete, exit 0.
-#[test]
-fn a_holder_listed_after_the_counters_were_read_keeps_the_hive_held() {
+/// A driver whose only holders answer is for the profile: its page's counters `counts`
+/// (open keys, holders), and, when `holder` is given (its flags and image), that process
+/// (pid 2040) holding `Software\Policies`; no kernel-only keys.
+fn profile_holders(counts: (u64, u32), holder: Option<(u32, &str)>) -> Server {
     let nt = format!(r"\REGISTRY\USER\{SID}");
     let mount: Vec<u16> = nt.encode_utf16().collect();
-    let image: Vec<u16> = r"C:\agent.exe".encode_utf16().collect();
     let name: Vec<u16> = format!(r"{nt}\Software\Policies").encode_utf16().collect();
     let now = hivetrack_cli::scripted::NOW;
     let prefix = HoldersPrefix {
         hive_id: 7,
         state: HiveState::Loaded,
         kind: HiveKind::Regular,
-        open_keys: 0,
-        holders: 0,
+        open_keys: counts.0,
+        holders: counts.1,
         mount: Text::Units(&mount),
         file: Text::EMPTY,
         completeness: Completeness {
@@ -506,31 +503,45 @@ fn a_holder_listed_after_the_counters_were_read_keeps_the_hive_held() {
             ..Completeness::default()
         },
     };
-    let holder = HolderProcess {
-        flags: 0,
-        pid: 2040,
-        start_key: 0x900,
-        open_keys: 1,
-        oldest_open: now,
-        image: Text::Units(&image),
-    };
-    let key = HolderKey {
-        flags: 0,
-        id: 0x1_0000_0001,
-        thread: 1,
-        open_time: now,
-        access: 0x2_0019,
-        handle_opens: 1,
-        handle_closes: 0,
-        stack: 0,
-        name: Text::Units(&name),
-    };
+    let image: Vec<u16> = holder.map_or("", |h| h.1).encode_utf16().collect();
+    let processes: Vec<(HolderProcess<'_>, Vec<HolderKey<'_>>)> = holder
+        .map(|(flags, _)| {
+            let process = HolderProcess {
+                flags,
+                pid: 2040,
+                start_key: 0x900,
+                open_keys: 1,
+                oldest_open: now,
+                image: Text::Units(&image),
+            };
+            let key = HolderKey {
+                flags: 0,
+                id: 0x1_0000_0001,
+                thread: 1,
+                open_time: now,
+                access: 0x2_0019,
+                handle_opens: 1,
+                handle_closes: 0,
+                stack: 0,
+                name: Text::Units(&name),
+            };
+            (process, vec![key])
+        })
+        .into_iter()
+        .collect();
     let mut s = logoff();
-    s.holders = vec![(
-        mount.clone(),
-        Listing::holders(&prefix, &[(holder, vec![key])]),
-    )];
+    s.holders = vec![(mount.clone(), Listing::holders(&prefix, &processes))];
     s.kernel_extra = Vec::new();
+    s
+}
+
+/// Found in review (2026-12-05): `wait` decided "free" from the holders page's counters,
+/// which the driver reads before the walk that lists the holders: an open in between was
+/// listed (and matched to the kernel's entry, so not untracked) while the counters said 0,
+/// and the wait answered free, complete, exit 0.
+#[test]
+fn a_holder_listed_after_the_counters_were_read_keeps_the_hive_held() {
+    let s = profile_holders((0, 0), Some((0, r"C:\agent.exe")));
     let o = run_on(s, &["--json", "wait", "HKCU", "--timeout", "1"]);
     let r: hivetrack_cli::model::WaitReport =
         serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
@@ -544,25 +555,7 @@ fn a_holder_listed_after_the_counters_were_read_keeps_the_hive_held() {
 /// held by 1 process(es)" while `--fail-if-held` exited 0: the exit now follows the report.
 #[test]
 fn fail_if_held_follows_the_reports_counts() {
-    let nt = format!(r"\REGISTRY\USER\{SID}");
-    let mount: Vec<u16> = nt.encode_utf16().collect();
-    let now = hivetrack_cli::scripted::NOW;
-    let prefix = HoldersPrefix {
-        hive_id: 7,
-        state: HiveState::Loaded,
-        kind: HiveKind::Regular,
-        open_keys: 1,
-        holders: 1,
-        mount: Text::Units(&mount),
-        file: Text::EMPTY,
-        completeness: Completeness {
-            tracking_since: now - 3600 * hivetrack_cli::scripted::SECOND,
-            ..Completeness::default()
-        },
-    };
-    let mut s = logoff();
-    s.holders = vec![(mount.clone(), Listing::holders(&prefix, &[]))];
-    s.kernel_extra = Vec::new();
+    let s = profile_holders((1, 1), None);
     let o = run_on(s, &["holders", "HKCU", "--fail-if-held"]);
     assert!(
         o.out.contains("1 open key(s) held by 1 process(es)"),
@@ -708,47 +701,10 @@ fn hives_loaded_before_tracking_do_not_claim_complete_counts() {
 #[test]
 fn a_kernel_only_key_never_shows_a_cut_image() {
     let nt = format!(r"\REGISTRY\USER\{SID}");
-    let mount: Vec<u16> = nt.encode_utf16().collect();
-    let cut: Vec<u16> = r"C:\Program Files\Con".encode_utf16().collect();
-    let name: Vec<u16> = format!(r"{nt}\Software\Policies").encode_utf16().collect();
-    let now = hivetrack_cli::scripted::NOW;
-    let prefix = HoldersPrefix {
-        hive_id: 7,
-        state: HiveState::Loaded,
-        kind: HiveKind::Regular,
-        open_keys: 1,
-        holders: 1,
-        mount: Text::Units(&mount),
-        file: Text::EMPTY,
-        completeness: Completeness {
-            tracking_since: now - 3600 * hivetrack_cli::scripted::SECOND,
-            ..Completeness::default()
-        },
-    };
-    let holder = HolderProcess {
-        flags: HolderProcess::IMAGE_TRUNCATED,
-        pid: 2040,
-        start_key: 0x900,
-        open_keys: 1,
-        oldest_open: now,
-        image: Text::Units(&cut),
-    };
-    let key = HolderKey {
-        flags: 0,
-        id: 0x1_0000_0001,
-        thread: 1,
-        open_time: now,
-        access: 0x2_0019,
-        handle_opens: 1,
-        handle_closes: 0,
-        stack: 0,
-        name: Text::Units(&name),
-    };
-    let mut s = logoff();
-    s.holders = vec![(
-        mount.clone(),
-        Listing::holders(&prefix, &[(holder, vec![key])]),
-    )];
+    let mut s = profile_holders(
+        (1, 1),
+        Some((HolderProcess::IMAGE_TRUNCATED, r"C:\Program Files\Con")),
+    );
     s.kernel_extra = vec![(2040, format!(r"{nt}\Console"))];
     let mut t = Scripted::new(s);
     t.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
