@@ -1593,19 +1593,7 @@ fn a_recheck_that_can_see_nobody_and_cannot_ask_the_kernel_says_it_cannot_tell()
         &NoIdentities,
         &make(true),
     );
-    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
-    let still = &events[2];
-    assert!(
-        still.holders_unseen && still.holders.is_empty(),
-        "{still:#?}"
-    );
-    assert!(
-        still
-            .message
-            .starts_with("hivetrack could not tell whether the registry hive"),
-        "{}",
-        still.message
-    );
+    assert_could_not_tell(&events);
     // With the kernel's list, empty: free, no 1002.
     let mut q = queue_held_after(0);
     q.push(&failed_unload(&user_hive(), NOW));
@@ -1620,17 +1608,9 @@ fn a_recheck_that_can_see_nobody_and_cannot_ask_the_kernel_says_it_cannot_tell()
     assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
 }
 
-/// Found in review (2026-12-05): a re-check whose holders query failed for any reason but
-/// "unknown hive" was dropped without a word, so the missing 1002 read as "released" while
-/// the hive was held. It now says it could not tell.
-#[test]
-fn a_recheck_the_driver_cannot_answer_says_it_cannot_tell() {
-    let mut q = queue_held_after(0);
-    q.push(&failed_unload(&user_hive(), NOW));
-    let q = q.shared();
-    let make = || Scripted::new(driver()).with_fault(Fault::RefuseHolders(31));
-    let (_, events) = serve_scripted(&q, ServiceOptions::default(), 200, &NoIdentities, &make);
-    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+/// The events end with the re-check's "could not tell" 1002: nobody named, holders unseen.
+fn assert_could_not_tell(events: &[FleetEvent]) {
+    assert_eq!(ids(events), [1010, 1001, 1002], "{events:#?}");
     let still = &events[2];
     assert!(
         still.holders_unseen && still.holders.is_empty(),
@@ -1643,6 +1623,19 @@ fn a_recheck_the_driver_cannot_answer_says_it_cannot_tell() {
         "{}",
         still.message
     );
+}
+
+/// Found in review (2026-12-05): a re-check whose holders query failed for any reason but
+/// "unknown hive" was dropped without a word, so the missing 1002 read as "released" while
+/// the hive was held. It now says it could not tell.
+#[test]
+fn a_recheck_the_driver_cannot_answer_says_it_cannot_tell() {
+    let mut q = queue_held_after(0);
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let make = || Scripted::new(driver()).with_fault(Fault::RefuseHolders(31));
+    let (_, events) = serve_scripted(&q, ServiceOptions::default(), 200, &NoIdentities, &make);
+    assert_could_not_tell(&events);
 }
 
 /// Found in review (2026-12-05): the service looked services up by pid even when the driver
