@@ -1433,19 +1433,28 @@ fn a_deferred_unload_still_held_is_said_plainly_and_keeps_the_look_again() {
     assert_eq!(ids(&events), [1010, 1012], "{events:#?}");
 }
 
+/// A profile hive the scripted driver does not know.
+const OTHER_HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1999";
+
+/// A stream with one failed unload of `hive`, flagged `UNKNOWN_HIVE`, from a driver that
+/// looks again after 60 s.
+fn unknown_hive_failure(hive: &str) -> SharedQueue {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        flags: UnloadRecord::UNKNOWN_HIVE,
+        ..unload(hive, 0xC000_0121, &[], NOW)
+    });
+    q.shared()
+}
+
 /// Found in review (2026-12-05): a failed unload of a hive the driver did not know said
 /// "No key opened since tracking started held it" with `HoldersUnseen` false, and the
 /// service's re-check of it, answered "unknown hive", was dropped without a word though the
 /// kernel listed a key in it.
 #[test]
 fn a_hive_the_driver_did_not_know_is_not_vouched_for_and_its_recheck_asks_the_kernel() {
-    let other = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1999".to_owned();
-    let mut q = queue_held_after(60);
-    q.push(&StreamRecord {
-        flags: UnloadRecord::UNKNOWN_HIVE,
-        ..unload(&other, 0xC000_0121, &[], NOW)
-    });
-    let q = q.shared();
+    let other = OTHER_HIVE.to_owned();
+    let q = unknown_hive_failure(&other);
     let kernel_key = format!(r"{other}\Software");
     let make = || {
         let mut s = driver();
@@ -1534,14 +1543,9 @@ fn a_pid_in_the_record_and_the_kernels_list_is_one_holder() {
 /// 1002 that says nobody is unseen.
 #[test]
 fn the_kernel_list_recheck_does_not_name_a_process_that_reused_the_pid() {
-    let other = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1999".to_owned();
+    let other = OTHER_HIVE.to_owned();
     let still_of = |started: u64| {
-        let mut q = queue_held_after(60);
-        q.push(&StreamRecord {
-            flags: UnloadRecord::UNKNOWN_HIVE,
-            ..unload(&other, 0xC000_0121, &[], NOW)
-        });
-        let q = q.shared();
+        let q = unknown_hive_failure(&other);
         let kernel_key = format!(r"{other}\Software");
         let make = || {
             let mut s = driver();
