@@ -1489,7 +1489,10 @@ fn a_hive_the_driver_did_not_know_is_not_vouched_for_and_its_recheck_asks_the_ke
 /// agent.exe (pid 2040, 1 key)"). They are one process, with both keys.
 #[test]
 fn a_pid_in_the_record_and_the_kernels_list_is_one_holder() {
-    for own_recheck in [false, true] {
+    // The 1002 of the driver's held-after record, or of the service's own re-check, with
+    // the kernel listing one more key of the agent's; `started`: when the process now at
+    // the agent's pid was created, if known.
+    let still_of = |own_recheck: bool, started: Option<u64>| {
         let mut q = queue_held_after(if own_recheck { 0 } else { 60 });
         q.push(&failed_unload(&user_hive(), NOW));
         if !own_recheck {
@@ -1499,11 +1502,16 @@ fn a_pid_in_the_record_and_the_kernels_list_is_one_holder() {
         let make = || {
             let mut s = driver();
             s.kernel_extra = vec![(AGENT_PID, format!(r"{}\Console", user_hive()))];
-            Scripted::new(s)
+            let mut t = Scripted::new(s);
+            t.started = started.map(|at| (AGENT_PID, at)).into_iter().collect();
+            t
         };
         let (_, events) = serve_scripted(&q, ServiceOptions::default(), 300, &NoIdentities, &make);
         assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
-        let still = &events[2];
+        events[2].clone()
+    };
+    for own_recheck in [false, true] {
+        let still = still_of(own_recheck, None);
         assert_eq!(still.holders.len(), 1, "{still:#?}");
         assert_eq!(
             (still.holders[0].pid, still.holders[0].keys),
@@ -1516,22 +1524,7 @@ fn a_pid_in_the_record_and_the_kernels_list_is_one_holder() {
         );
         // But when the process now at that pid was created after tracking began, the
         // kernel-only key is an earlier process's: two holders (review 16).
-        let mut q = queue_held_after(if own_recheck { 0 } else { 60 });
-        q.push(&failed_unload(&user_hive(), NOW));
-        if !own_recheck {
-            q.steps.push_back(Step::Record(held_after(60, 0)));
-        }
-        let q = q.shared();
-        let reused = || {
-            let mut s = driver();
-            s.kernel_extra = vec![(AGENT_PID, format!(r"{}\Console", user_hive()))];
-            let mut t = Scripted::new(s);
-            t.started = vec![(AGENT_PID, NOW)];
-            t
-        };
-        let (_, events) =
-            serve_scripted(&q, ServiceOptions::default(), 300, &NoIdentities, &reused);
-        let still = &events[2];
+        let still = still_of(own_recheck, Some(NOW));
         assert_eq!(still.holders.len(), 2, "{still:#?}");
         assert_eq!(still.holder_count, Some(2), "{still:#?}");
     }
