@@ -249,6 +249,7 @@ fn attach_held_now(
             crate::model::HeldNowCoverage {
                 handles_examined: now.examined,
                 handles_not_examined: now.not_examined,
+                handles_other_hives: now.other_hives,
                 error: None,
                 processes: others
                     .into_iter()
@@ -262,6 +263,7 @@ fn attach_held_now(
         Err(why) => crate::model::HeldNowCoverage {
             handles_examined: 0,
             handles_not_examined: 0,
+            handles_other_hives: 0,
             error: Some(why),
             processes: Vec::new(),
         },
@@ -507,7 +509,7 @@ impl<'t> Client<'t> {
         };
         if self.transport.backend() != crate::fallback::BACKEND && !summary_only && self.held_now {
             // Who holds each key now: duplicated and inherited handles name no opener.
-            let found = crate::holder_now::held_now(&mut *self.transport);
+            let found = crate::holder_now::held_now(&mut *self.transport, &report.hive.path);
             let transport = &mut *self.transport;
             report.held_now = Some(attach_held_now(&mut report.holders, found, &mut |pid| {
                 transport.process_image(pid)

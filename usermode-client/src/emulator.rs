@@ -126,6 +126,10 @@ impl Transport for EmulatorTransport {
             s.close_handle(handle);
         }
     }
+
+    fn key_name(&mut self, handle: u64) -> Option<String> {
+        self.session.as_ref()?.key_name(handle)
+    }
 }
 
 impl Drop for EmulatorTransport {

@@ -8,6 +8,13 @@
 //! refers to. The driver resolves the duplicates in the caller's own handle table and
 //! answers with key ids, never addresses; the duplicates are closed at once.
 //!
+//! Only the report's hive is asked about: each duplicate is named first (`NtQueryKey`,
+//! `KeyNameInformation`), and one whose key is in another hive is closed unasked (counted).
+//! The driver answers each request with one pass over its records, so asking about every key
+//! handle of the system made a `holders` cost (all key handles / 64) passes, on a terminal
+//! server hundreds of thousands of handles; now it is this hive's handles / 64. A duplicate
+//! that cannot be named (a deleted key, no `NtQueryKey`) is asked about.
+//!
 //! What it cannot see: handles of processes it may not duplicate from (protected
 //! processes), counted as not examined; kernel references that are not handles.
 
@@ -30,14 +37,31 @@ pub struct HeldNow {
     pub examined: u64,
     /// Key handles that could not be duplicated (protected processes, closed meanwhile).
     pub not_examined: u64,
+    /// Key handles duplicated and found, by their key's name, to be in another hive: not
+    /// asked about.
+    pub other_hives: u64,
 }
 
-/// Asks the system and the driver who holds each tracked key now.
+/// True when the key named `name` (`\REGISTRY\…`) is in the hive mounted at `mount`: the
+/// mount itself or below it, compared as the driver files names under mounts
+/// ([`protocol::text::eq_folded`]).
+fn in_hive(name: &str, mount: &str) -> bool {
+    let (name, mount): (Vec<u16>, Vec<u16>) = (
+        name.encode_utf16().collect(),
+        mount.encode_utf16().collect(),
+    );
+    name.get(..mount.len())
+        .is_some_and(|head| protocol::text::eq_folded(head, &mount))
+        && name.get(mount.len()).is_none_or(|&u| u == u16::from(b'\\'))
+}
+
+/// Asks the system and the driver who holds each tracked key of the hive mounted at `mount`
+/// now.
 ///
 /// # Errors
 /// Why it cannot be done, in words: the backend cannot read the handle table, the system
 /// refused, the driver is too old for the request, or an answer is malformed.
-pub fn held_now(t: &mut dyn Transport) -> Result<HeldNow, String> {
+pub fn held_now(t: &mut dyn Transport, mount: &str) -> Result<HeldNow, String> {
     let mut buf = [0u8; 256];
     let n = t
         .ioctl(IOCTL_HIVETRACK_GET_VERSION, &[], &mut buf)
@@ -60,13 +84,27 @@ pub fn held_now(t: &mut dyn Transport) -> Result<HeldNow, String> {
         Some(Ok(h)) => h,
     };
     let mut out = HeldNow::default();
-    for batch in handles.chunks(MAX_IDENTIFY) {
-        let mut dups: Vec<(u64, u64)> = Vec::with_capacity(batch.len());
-        for &(pid, h) in batch {
-            match t.duplicate_handle(pid, h) {
-                Some(d) => dups.push((pid, d)),
-                None => out.not_examined += 1,
+    let mut rest = handles.into_iter();
+    loop {
+        // Up to a request's worth of this hive's duplicates.
+        let mut dups: Vec<(u64, u64)> = Vec::with_capacity(MAX_IDENTIFY);
+        for (pid, h) in rest.by_ref() {
+            let Some(d) = t.duplicate_handle(pid, h) else {
+                out.not_examined += 1;
+                continue;
+            };
+            if t.key_name(d).is_some_and(|name| !in_hive(&name, mount)) {
+                t.close_duplicate(d);
+                out.other_hives += 1;
+                continue;
             }
+            dups.push((pid, d));
+            if dups.len() == MAX_IDENTIFY {
+                break;
+            }
+        }
+        if dups.is_empty() {
+            break;
         }
         let result = identify(t, &dups);
         for &(_, d) in &dups {
@@ -130,6 +168,25 @@ mod tests {
         open: BTreeMap<u64, u64>,
         next: u64,
         requests: usize,
+        /// `(pid, handle)` → the key's name (`NtQueryKey`); unnamed when absent.
+        names: BTreeMap<(u64, u64), &'static str>,
+        /// Duplicate → the key's name.
+        dup_names: BTreeMap<u64, &'static str>,
+    }
+
+    impl Fake {
+        fn new(caps: u16, handles: Vec<(u64, u64, u64)>, protected: Vec<u64>) -> Self {
+            Self {
+                caps,
+                handles,
+                protected,
+                open: BTreeMap::new(),
+                next: 0,
+                requests: 0,
+                names: BTreeMap::new(),
+                dup_names: BTreeMap::new(),
+            }
+        }
     }
 
     impl Transport for Fake {
@@ -188,11 +245,19 @@ mod tests {
             let id = self.handles.iter().find(|h| (h.0, h.1) == (pid, handle))?.2;
             self.next += 4;
             self.open.insert(self.next, id);
+            if let Some(&name) = self.names.get(&(pid, handle)) {
+                self.dup_names.insert(self.next, name);
+            }
             Some(self.next)
         }
 
         fn close_duplicate(&mut self, handle: u64) {
             assert!(self.open.remove(&handle).is_some(), "closed twice");
+        }
+
+        fn key_name(&mut self, handle: u64) -> Option<String> {
+            assert!(self.open.contains_key(&handle), "named after its close");
+            self.dup_names.get(&handle).map(|&n| n.to_owned())
         }
     }
 
@@ -202,33 +267,86 @@ mod tests {
         handles.push((7, 0x40, 0x5_0000_0001)); // the key, held by 7 and 8
         handles.push((8, 0x44, 0x5_0000_0001));
         handles.push((9, 0x48, 0x6_0000_0002)); // held by a protected process
-        let mut t = Fake {
-            caps: VersionInfo::CAP_IDENTIFY_HANDLES,
-            handles,
-            protected: vec![9],
-            open: BTreeMap::new(),
-            next: 0,
-            requests: 0,
-        };
-        let now = held_now(&mut t).unwrap();
+        // No key can be named: every one is asked about.
+        let mut t = Fake::new(VersionInfo::CAP_IDENTIFY_HANDLES, handles, vec![9]);
+        let now = held_now(&mut t, HIVE).unwrap();
         assert_eq!(now.by_id.get(&0x5_0000_0001), Some(&vec![7, 8]));
         assert_eq!(now.by_id.get(&0x6_0000_0002), None);
         assert_eq!((now.examined, now.not_examined), (152, 1));
+        assert_eq!(now.other_hives, 0);
         assert_eq!(t.requests, 3, "152 handles in batches of 64");
         assert!(t.open.is_empty(), "every duplicate closed");
     }
 
+    const HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1";
+
+    #[test]
+    fn only_the_hives_handles_are_asked_about() {
+        // 150 handles into HKLM\SOFTWARE, one into the user's Classes hive (its mount only
+        // starts like the user's), and, in the user's hive: two of one tracked key, one
+        // untracked, its root spelled in another case, one unnamed (asked: it may be there),
+        // one in a protected process.
+        let mut handles: Vec<(u64, u64, u64)> = (0..150).map(|i| (100 + i % 3, 4 * i, 0)).collect();
+        handles.extend([
+            (7, 0x40, 0x5_0000_0001),
+            (8, 0x44, 0x5_0000_0001),
+            (8, 0x48, 0),
+            (8, 0x4C, 0x7_0000_0003),
+            (8, 0x50, 0x8_0000_0004),
+            (8, 0x54, 0),
+            (9, 0x58, 0x6_0000_0002),
+        ]);
+        let mut t = Fake::new(VersionInfo::CAP_IDENTIFY_HANDLES, handles, vec![9]);
+        for i in 0..150 {
+            t.names.insert(
+                (100 + i % 3, 4 * i),
+                r"\REGISTRY\MACHINE\SOFTWARE\Classes\CLSID",
+            );
+        }
+        t.names
+            .insert((7, 0x40), r"\REGISTRY\USER\S-1-5-21-1\Software");
+        t.names
+            .insert((8, 0x44), r"\REGISTRY\USER\S-1-5-21-1\Software");
+        t.names
+            .insert((8, 0x48), r"\REGISTRY\USER\S-1-5-21-1\Environment");
+        t.names.insert((8, 0x4C), r"\Registry\User\s-1-5-21-1");
+        t.names
+            .insert((8, 0x54), r"\REGISTRY\USER\S-1-5-21-1_Classes\CLSID");
+        t.names
+            .insert((9, 0x58), r"\REGISTRY\USER\S-1-5-21-1\Console");
+        let now = held_now(&mut t, HIVE).unwrap();
+        assert_eq!(t.requests, 1, "only the hive's 5 handles are asked about");
+        assert_eq!(now.by_id.get(&0x5_0000_0001), Some(&vec![7, 8]));
+        assert_eq!(
+            now.by_id.get(&0x7_0000_0003),
+            Some(&vec![8]),
+            "the root itself"
+        );
+        assert_eq!(
+            now.by_id.get(&0x8_0000_0004),
+            Some(&vec![8]),
+            "unnamed: asked"
+        );
+        assert_eq!(
+            (now.examined, now.not_examined, now.other_hives),
+            (5, 1, 151)
+        );
+        assert!(t.open.is_empty(), "every duplicate closed");
+    }
+
+    #[test]
+    fn a_key_is_in_a_hive_at_its_mount_or_below() {
+        assert!(in_hive(HIVE, HIVE));
+        assert!(in_hive(r"\registry\user\s-1-5-21-1\x", HIVE));
+        assert!(!in_hive(r"\REGISTRY\USER\S-1-5-21-1_Classes", HIVE));
+        assert!(!in_hive(r"\REGISTRY\USER\S-1-5-21", HIVE));
+        assert!(!in_hive(r"\REGISTRY\MACHINE", HIVE));
+    }
+
     #[test]
     fn an_old_driver_or_a_backend_without_the_table_says_why() {
-        let mut t = Fake {
-            caps: VersionInfo::CAP_WAIT_FREE,
-            handles: vec![],
-            protected: vec![],
-            open: BTreeMap::new(),
-            next: 0,
-            requests: 0,
-        };
-        let e = held_now(&mut t).unwrap_err();
+        let mut t = Fake::new(VersionInfo::CAP_WAIT_FREE, vec![], vec![]);
+        let e = held_now(&mut t, HIVE).unwrap_err();
         assert!(e.contains("cannot identify handles"), "{e}");
     }
 }

@@ -487,6 +487,9 @@ pub struct HeldNowCoverage {
     /// Key handles that could not be duplicated (a key held only through them shows no
     /// holder now).
     pub handles_not_examined: u64,
+    /// Key handles duplicated whose key is in another hive (by its name): not asked about.
+    #[serde(default)]
+    pub handles_other_hives: u64,
     /// Why nothing could be asked; null when it was.
     pub error: Option<String>,
     /// The processes named in `held_now_by` that are not the key's holder in the report,

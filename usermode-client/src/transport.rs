@@ -183,6 +183,14 @@ pub trait Transport {
     fn close_duplicate(&mut self, handle: u64) {
         let _ = handle;
     }
+
+    /// The full name (`\REGISTRY\…`) of the key behind `handle`, a handle of this process
+    /// ([`Transport::duplicate_handle`]'s): `NtQueryKey` with `KeyNameInformation`. `None`
+    /// when it cannot be had (a deleted key, a backend without it: the default).
+    fn key_name(&mut self, handle: u64) -> Option<String> {
+        let _ = handle;
+        None
+    }
 }
 
 /// Win32 `ERROR_INVALID_FUNCTION` (`STATUS_INVALID_DEVICE_REQUEST`): a driver that does not

@@ -236,6 +236,10 @@ impl Transport for DeviceTransport {
     fn close_duplicate(&mut self, handle: u64) {
         crate::windows_handles::HandleSource::close(handle);
     }
+
+    fn key_name(&mut self, handle: u64) -> Option<String> {
+        self.handles.as_ref()?.as_ref().ok()?.key_name(handle)
+    }
 }
 
 impl Drop for DeviceTransport {

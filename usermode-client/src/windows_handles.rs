@@ -45,9 +45,23 @@ type NtQuerySystemInformationFn = unsafe extern "system" fn(
     returned: *mut u32,
 ) -> i32;
 
-/// The resolved routine and the processes opened for duplication.
+type NtQueryKeyFn = unsafe extern "system" fn(
+    key: HANDLE,
+    class: u32,
+    buffer: *mut core::ffi::c_void,
+    length: u32,
+    returned: *mut u32,
+) -> i32;
+
+/// `KEY_INFORMATION_CLASS::KeyNameInformation` (Learn, `KEY_INFORMATION_CLASS`).
+const KEY_NAME_INFORMATION: u32 = 3;
+const STATUS_BUFFER_OVERFLOW: i32 = 0x8000_0005_u32.cast_signed();
+const STATUS_BUFFER_TOO_SMALL: i32 = 0xC000_0023_u32.cast_signed();
+
+/// The resolved routines and the processes opened for duplication.
 pub struct HandleSource {
     query: NtQuerySystemInformationFn,
+    query_key: Option<NtQueryKeyFn>,
     processes: BTreeMap<u64, HANDLE>,
 }
 
@@ -88,12 +102,59 @@ impl HandleSource {
                 proc_,
             )
         };
+        // SAFETY: `module` is ntdll's handle; the name is NUL-terminated ASCII.
+        let query_key = unsafe { GetProcAddress(module, c"NtQueryKey".as_ptr().cast()) }.map(|p| {
+            // SAFETY: NtQueryKey has this prototype (Learn, `NtQueryKey` / `ZwQueryKey`).
+            unsafe { std::mem::transmute::<unsafe extern "system" fn() -> isize, NtQueryKeyFn>(p) }
+        });
         let _ =
             crate::windows_fallback::enable_privilege(windows_sys::Win32::Security::SE_DEBUG_NAME);
         Ok(Self {
             query,
+            query_key,
             processes: BTreeMap::new(),
         })
+    }
+
+    /// The full name of the key behind `handle`, a handle of this process: `NtQueryKey`
+    /// with `KeyNameInformation`, whose `KEY_NAME_INFORMATION` is `NameLength` (bytes) and
+    /// the name, not NUL-terminated (Learn, `KEY_NAME_INFORMATION`). `None` when ntdll has no
+    /// such routine or the key cannot be named (deleted, say).
+    #[must_use]
+    pub fn key_name(&self, handle: u64) -> Option<String> {
+        let query_key = self.query_key?;
+        let mut buf = vec![0u8; 1024];
+        loop {
+            let mut returned = 0u32;
+            // SAFETY: `buf` holds `buf.len()` writable bytes; `returned` is an out pointer;
+            // `handle` is this process's (a duplicate), a bad one only fails.
+            let status = unsafe {
+                query_key(
+                    handle as HANDLE,
+                    KEY_NAME_INFORMATION,
+                    buf.as_mut_ptr().cast(),
+                    u32::try_from(buf.len()).unwrap_or(u32::MAX),
+                    &raw mut returned,
+                )
+            };
+            if (status == STATUS_BUFFER_OVERFLOW || status == STATUS_BUFFER_TOO_SMALL)
+                && (returned as usize) > buf.len()
+                && returned <= 1 << 20
+            {
+                buf.resize(returned as usize, 0);
+                continue;
+            }
+            if status < 0 {
+                return None;
+            }
+            let len = usize::try_from(u32::from_le_bytes(buf.get(..4)?.try_into().ok()?)).ok()?;
+            let units: Vec<u16> = buf
+                .get(4..4 + len)?
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            return Some(String::from_utf16_lossy(&units));
+        }
     }
 
     /// The whole table, as raw bytes.

@@ -153,10 +153,24 @@ pub fn demo(package: &Path, target: &Path) -> Result<()> {
                 out.status
             );
         }
-        if args.contains(&"duplicated")
-            && !String::from_utf8_lossy(&out.stdout).contains("held now by process")
-        {
-            bail!("`{}` did not name the holder now", describe(&cmd));
+        if args.contains(&"duplicated") {
+            if !String::from_utf8_lossy(&out.stdout).contains("held now by process") {
+                bail!("`{}` did not name the holder now", describe(&cmd));
+            }
+            // The holder's key handle in HKLM\SOFTWARE is named and not asked about; the one
+            // in the profile is (`hivetrack::holder_now`).
+            let mut json = Command::new(&exe);
+            json.args(*args).arg("--json").env("HIVETRACK_SYS", &sys);
+            let out = json.output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !(text.contains(r#""handles_examined": 1,"#)
+                && text.contains(r#""handles_other_hives": 1,"#))
+            {
+                bail!(
+                    "`{}` did not ask about the profile's handle alone:\n{text}",
+                    describe(&json)
+                );
+            }
         }
         if args.contains(&"service")
             && !String::from_utf8_lossy(&out.stdout).lines().any(|l| {

@@ -149,19 +149,7 @@ impl Session {
                 }
                 holder = Some(leaker);
             }
-            "duplicated" => {
-                load_profile(&mut ctx);
-                let opener = spawn(&mut ctx, APP1);
-                let now = spawn(&mut ctx, APP2);
-                let key = format!(r"{USER}\Software\Shared");
-                ensure_parents(opener, &key);
-                if let Ok(h) = hive::open_key(opener, &key, KEY_READ, true) {
-                    let _ = hive::duplicate_handle(opener, h, now);
-                    let _ = hive::close_key(opener, h);
-                }
-                process::exit_process(opener);
-                holder = Some(now);
-            }
+            "duplicated" => holder = Some(stage_duplicated(&mut ctx)),
             "stacks" => {
                 // Capture on for the profile; a shell extension in explorer.exe holds keys.
                 load_profile(&mut ctx);
@@ -282,6 +270,14 @@ impl Session {
         let _ = hive::close_key(self.client, handle);
     }
 
+    /// The full name of the key behind the client's `handle` (`NtQueryKey` with
+    /// `KeyNameInformation`: `hive::query_key_name`); `None` when the handle is not the
+    /// client's.
+    #[must_use]
+    pub fn key_name(&self, handle: u64) -> Option<String> {
+        hive::query_key_name(self.client, handle).ok()
+    }
+
     /// The image path of live process `pid` (what `QueryFullProcessImageNameW` gives).
     #[must_use]
     pub fn process_image(&self, pid: u64) -> Option<String> {
@@ -297,6 +293,24 @@ impl Session {
         let _ = self.driver.unload();
         kernel::leaks()
     }
+}
+
+/// The `duplicated` scenario: a profile key opened by one process, its handle duplicated
+/// into another, the opener gone; the holder now also keeps a key of another hive open (the
+/// CLI names it and does not ask the driver). Returns the holder now.
+fn stage_duplicated(ctx: &mut Ctx) -> u32 {
+    load_profile(ctx);
+    let opener = spawn(ctx, APP1);
+    let now = spawn(ctx, APP2);
+    let key = format!(r"{USER}\Software\Shared");
+    ensure_parents(opener, &key);
+    if let Ok(h) = hive::open_key(opener, &key, KEY_READ, true) {
+        let _ = hive::duplicate_handle(opener, h, now);
+        let _ = hive::close_key(opener, h);
+    }
+    let _ = hive::open_key(now, r"\REGISTRY\MACHINE\SOFTWARE", KEY_READ, false);
+    process::exit_process(opener);
+    now
 }
 
 #[cfg(test)]

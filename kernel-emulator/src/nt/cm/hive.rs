@@ -1330,6 +1330,30 @@ pub fn duplicate_handle(src_pid: u32, handle: u64, dst_pid: u32) -> Result<u64, 
     })
 }
 
+/// `NtQueryKey(handle, KeyNameInformation)` of `pid`'s `handle`: the key's full name as
+/// stored, built from its KCB chain, so a renamed key's new name (ReactOS
+/// `ntoskrnl/config/cmapi.c` `CmQueryKey` → `CmpQueryNameInformation`, each KCB's name block
+/// up to the root; Learn `KEY_NAME_INFORMATION`). The model's object keeps that name
+/// ([`HiveState::rename`] rebases it).
+///
+/// # Errors
+/// STATUS_INVALID_HANDLE for a handle `pid` does not have. (`CmQueryKey`'s STATUS_KEY_DELETED
+/// is not modelled: the model deletes no keys.)
+pub fn query_key_name(pid: u32, handle: u64) -> Result<String, NtStatus> {
+    let table = crate::nt::ps::process::handle_table_of(pid, handle);
+    kernel::with(|k| {
+        let h = &k.hives;
+        let object = h
+            .handles
+            .get(&(table, handle))
+            .ok_or(STATUS_INVALID_HANDLE)?;
+        h.objects
+            .get(object)
+            .map(|o| o.name.clone())
+            .ok_or(STATUS_INVALID_HANDLE)
+    })
+}
+
 /// Closes a key handle. When the object's last handle goes and nothing else references it,
 /// the object is deleted now, on this thread ([`release`]); while a driver still references
 /// it, nothing is delivered until that reference goes ([`on_last_reference`]). Closes cannot
@@ -1902,8 +1926,9 @@ mod tests {
     }
 
     /// NtRenameKey (WRK `cmapi.c` CmRenameKey; Learn CmCallbackGetKeyObjectIDEx Remarks):
-    /// the key and its subkeys take the new name, their objects report it, ids stay; a taken
-    /// name and a hive root are refused.
+    /// the key and its subkeys take the new name, their objects report it (to
+    /// `CmCallbackGetKeyObjectIDEx` and to `NtQueryKey`), ids stay; a taken name and a hive
+    /// root are refused.
     #[test]
     fn a_rename_moves_the_subtree_and_keeps_its_ids() {
         let mount = r"\REGISTRY\MACHINE\UNITRENAME";
@@ -1928,6 +1953,10 @@ mod tests {
         assert_eq!(rename_key(4004, key, "New"), STATUS_SUCCESS);
         assert_eq!(ident(key), (key_id, format!(r"{mount}\New")));
         assert_eq!(ident(sub), (sub_id, format!(r"{mount}\New\Sub")));
+        // NtQueryKey(KeyNameInformation) builds the name from the KCB chain: the new one
+        // (ReactOS cmapi.c CmpQueryNameInformation).
+        assert_eq!(query_key_name(4004, sub), Ok(format!(r"{mount}\New\Sub")));
+        assert_eq!(query_key_name(4004, 0xBAD0), Err(STATUS_INVALID_HANDLE));
         let reopened = open_key(4004, &format!(r"{mount}\new\sub"), 0x2_0019, false).unwrap();
         assert_eq!(ident(reopened), (sub_id, format!(r"{mount}\New\Sub")));
         assert_eq!(
