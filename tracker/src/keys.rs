@@ -21,6 +21,16 @@
 //! all, or an open of the new path between the rename and its post would be filed under the
 //! old name (found in review). A post that never comes leaves caching off: safe, only slower.
 //!
+//! A rename the driver is not told of is possible: a registry call a filter makes inside its
+//! own callback reaches only the callbacks below it (Learn, "Supporting Layered Registry
+//! Filtering Drivers": "the configuration manager does not restart at the top of the filter
+//! stack"), so a lower filter's `ZwRenameKey` renames keys under unchanged ids with no
+//! notification here. A cached name is therefore trusted for at most [`MAX_NAME_AGE`] after
+//! it was fetched: the next open of its key after that fetches the name again and refreshes
+//! the entry. Opens within that second after such a rename are filed under the old name, as
+//! objects opened before any rename keep theirs (fidelity audit, 2026-12-05; the kernel
+//! emulator's `hidden-rename`). A clock set back counts as stale too.
+//!
 //! The hive is not pinned: an entry holding a reference would keep the hive record past its
 //! last key (an idle implicit hive stays listed, a pending unload is never taken as done),
 //! and the records opened through one entry may even be in different hive records (a hive
@@ -45,29 +55,40 @@ use crate::lock::{Exclusive, RawLock, Shared};
 use crate::names::{NameRef, NameTable};
 use crate::pool::{BlockClass, Pool};
 
+/// How long a cached name is trusted after it was fetched, in 100 ns units: one second.
+pub const MAX_NAME_AGE: u64 = 10_000_000;
+
+/// True when a name fetched at `fetched` is too old to trust at `time` (or `time` is before
+/// it: the clock was set back).
+const fn too_old(time: u64, fetched: u64) -> bool {
+    time.wrapping_sub(fetched) > MAX_NAME_AGE
+}
+
 /// Shards of the cache.
 const SHARDS: usize = 64;
 /// Buckets per shard (one 4 KiB block of pointers).
 const BUCKETS: usize = BlockClass::B4096.size() / size_of::<usize>();
 
-/// One cached key: 40 bytes, in a 64-byte block.
+/// One cached key: 64 bytes, in a 64-byte block (the two 32-bit counts share a word).
 #[repr(C)]
 pub struct KeyEntry {
     next: AtomicPtr<Self>,
     id: u64,
     /// The key's name (one counted reference, the entry's own).
     name: AtomicPtr<crate::names::NameEntry>,
-    /// Tracked records opened through this entry, and opens between lookup and link. Taken
-    /// under the shard lock only; given back without it unless it may be the last.
-    objects: AtomicU32,
     /// The epoch its name was fetched in.
     epoch: AtomicU64,
+    /// When its name was fetched (the time of the open that fetched it).
+    fetched: AtomicU64,
     /// Where its name resolved ([`HiveHint`]; null hive: none): not a reference, only
     /// trusted while the hive shard's generation is unchanged. Read and written under this
     /// entry's shard lock.
     hint_hive: AtomicPtr<Hive>,
-    hint_shard: AtomicU32,
     hint_generation: AtomicU64,
+    hint_shard: AtomicU32,
+    /// Tracked records opened through this entry, and opens between lookup and link. Taken
+    /// under the shard lock only; given back without it unless it may be the last.
+    objects: AtomicU32,
 }
 
 const _: () = assert!(size_of::<KeyEntry>() <= BlockClass::B64.size());
@@ -103,6 +124,8 @@ pub struct KeyMiss {
     pub(crate) id: u64,
     pub(crate) epoch: u64,
     pub(crate) renaming: bool,
+    /// The time of the open (read before the name is fetched).
+    pub(crate) time: u64,
 }
 
 impl KeyMiss {
@@ -237,13 +260,14 @@ impl<L: RawLock> KeyCache<L> {
         reason = "hot path: a call's register saves cost more than its body (issue 14)"
     )]
     #[inline(always)]
-    pub fn lookup(&self, names: &NameTable<L>, id: u64) -> Result<KeyHit, KeyMiss> {
+    pub fn lookup(&self, names: &NameTable<L>, id: u64, time: u64) -> Result<KeyHit, KeyMiss> {
         // Read first: a name fetched after this read is at least as new as this epoch.
         let state = self.state.load(Acquire);
         let miss = KeyMiss {
             id,
             epoch: state & EPOCH_MASK,
             renaming: state >> 48 != 0,
+            time,
         };
         let epoch = miss.epoch;
         let (shard, b) = self.place(id);
@@ -261,6 +285,7 @@ impl<L: RawLock> KeyCache<L> {
         let _g = Shared::new(&shard.lock);
         if let Some(e) = Self::find(shard, b, id)
             && e.epoch.load(Relaxed) == epoch
+            && !too_old(time, e.fetched.load(Relaxed))
             && let Some(name) = NonNull::new(e.name.load(Relaxed))
         {
             e.objects.fetch_add(1, Relaxed);
@@ -278,7 +303,8 @@ impl<L: RawLock> KeyCache<L> {
 
     /// Records that key `miss.id` is named `name` (the caller holds a reference on it) and
     /// counts one use of the entry: a new entry, or the existing one, refreshed when it is
-    /// older than `miss.epoch`; also says whether this call created the entry. `None` when no
+    /// older than `miss.epoch` or its name older than [`MAX_NAME_AGE`] at `miss.time`; also
+    /// says whether this call created the entry. `None` when no
     /// entry could be allocated (the key is then not cached). The caller asks only for a
     /// [`KeyMiss::cacheable`] miss.
     pub fn insert<P: Pool>(
@@ -298,10 +324,13 @@ impl<L: RawLock> KeyCache<L> {
             };
             e.objects.fetch_add(1, Relaxed);
             let epoch = e.epoch.load(Relaxed);
-            if miss.epoch > epoch {
+            if miss.epoch > epoch
+                || (miss.epoch == epoch && too_old(miss.time, e.fetched.load(Relaxed)))
+            {
                 names.add_ref(name);
                 old = NonNull::new(e.name.swap(name.as_ptr(), Relaxed));
                 e.epoch.store(miss.epoch, Relaxed);
+                e.fetched.store(miss.time, Relaxed);
             }
             // The hint goes with the name it was resolved from: not onto a newer name.
             if miss.epoch >= epoch {
@@ -344,6 +373,7 @@ impl<L: RawLock> KeyCache<L> {
             name: AtomicPtr::new(name.as_ptr()),
             objects: AtomicU32::new(1),
             epoch: AtomicU64::new(miss.epoch),
+            fetched: AtomicU64::new(miss.time),
             hint_hive: AtomicPtr::new(hint.hive.as_ptr()),
             hint_shard: AtomicU32::new(hint.shard),
             hint_generation: AtomicU64::new(hint.generation),

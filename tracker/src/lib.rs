@@ -45,7 +45,7 @@ pub mod units;
 mod watch;
 
 pub use census::Census;
-pub use keys::KeyMiss;
+pub use keys::{KeyMiss, MAX_NAME_AGE};
 pub use lock::{RawLock, SpinLock};
 pub use objects::Token;
 pub use pool::{BLOCK_ALIGN, BlockClass, Pool};

@@ -436,7 +436,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         access: u32,
         time: u64,
     ) -> Result<Result<Token, NotTracked>, KeyMiss> {
-        let hit = self.keys.lookup(&self.names, key)?;
+        let hit = self.keys.lookup(&self.names, key, time)?;
         Ok(self.open_hit(object, process, thread, access, time, hit))
     }
 

@@ -13,7 +13,7 @@ mod support;
 
 use protocol::holders::{HolderRecord, Holders};
 use support::*;
-use tracker::{Config, KeyMiss, NotTracked, ProcessKey, Token, Tracker};
+use tracker::{Config, KeyMiss, MAX_NAME_AGE, NotTracked, ProcessKey, Token, Tracker};
 
 const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
 const RUN: &str = r"\REGISTRY\MACHINE\SOFTWARE\Microsoft\Windows\CurrentVersion\Run";
@@ -95,6 +95,53 @@ fn held(t: &TestTracker<'_>) -> Vec<String> {
     );
     out.sort();
     out
+}
+
+/// The open at `time` as P1: by key id first, by name on a miss; and whether it hit.
+fn open_at(t: &TestTracker<'_>, object: u64, name: &str, time: u64) -> (Token, bool) {
+    match t.opened_known(object, KEY, P1, 7, 0x2_0019, time) {
+        Ok(tracked) => (tracked.unwrap(), true),
+        Err(miss) => (
+            t.opened_named(miss, object, P1, 7, &w(name), 0x2_0019, time)
+                .unwrap(),
+            false,
+        ),
+    }
+}
+
+/// A rename the driver is not told of (a lower filter's, inside its callback) keeps the id:
+/// a cached name is trusted for `MAX_NAME_AGE` only, then fetched again and the entry
+/// refreshed; a clock set back is stale too (fidelity audit, 2026-12-05).
+#[test]
+fn a_cached_name_is_trusted_for_a_second_only() {
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
+        let t0 = 1_000_000_000;
+        let (a, _) = open_at(&t, 0x1000, RUN, t0);
+        let (b, hit) = open_at(&t, 0x2000, RUN, t0 + MAX_NAME_AGE);
+        assert!(hit, "a name a second old is still trusted");
+        // Renamed unseen: the kernel names it Run2 now, under the same id.
+        let (c, hit) = open_at(&t, 0x3000, RUN_RENAMED, t0 + MAX_NAME_AGE + 1);
+        assert!(!hit, "an older name is fetched again");
+        let (d, hit) = open_at(&t, 0x4000, RUN_RENAMED, t0 + MAX_NAME_AGE + 2);
+        assert!(hit, "the refreshed entry is trusted again");
+        let (e, hit) = open_at(&t, 0x5000, RUN_RENAMED, t0);
+        assert!(!hit, "a clock set back does not trust the entry");
+        assert_eq!(held(&t), [RUN, RUN, RUN_RENAMED, RUN_RENAMED, RUN_RENAMED]);
+        for (tok, o) in [
+            (a, 0x1000),
+            (b, 0x2000),
+            (c, 0x3000),
+            (d, 0x4000),
+            (e, 0x5000),
+        ] {
+            t.object_destroyed(tok, o);
+        }
+        assert_nothing_cached(&t, names_before);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
 }
 
 #[test]

@@ -4,12 +4,15 @@
 //! driver's answers stay right where a cache keyed by id could go wrong:
 //! - `rename-key`: a rename keeps every id of the renamed key and the keys below it and
 //!   changes their names; opens after it must be filed under the new names;
+//! - `hidden-rename`: a rename hivetrack is not told of (a lower filter's, from inside its
+//!   callback) keeps the ids; an open more than a second later must be filed under the new
+//!   name;
 //! - `key-id-reuse`: once a key's last object is gone its id may name another key; an open of
 //!   that key must be filed under its own name.
 
 use super::tracking::{
-    APP1, APP2, CLASSES, Client, Holder, KEY_READ, USER, ensure_parents, load_profile, spawn,
-    start, unload_all,
+    APP1, APP2, CLASSES, Client, Holder, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile,
+    spawn, start, unload_all,
 };
 use super::{Ctx, Scenario};
 use crate::nt::cm::hive;
@@ -25,6 +28,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "rename-key",
             "A holds Vendor\\Old and Old\\Sub; Old is renamed New (NtRenameKey: the ids stay, the names change); B then opens New and New\\Sub: filed under the new names, not the names cached for those ids; A's keys keep the names they were opened with, while the kernel's list (which the CLI reconciles with) names them New",
             rename_key,
+        ),
+        Scenario::hivetrack(
+            "hidden-rename",
+            "A holds Vendor\\Old\\Sub; a filter below hivetrack renames Old to New from inside its callback (its rename's notifications reach only the callbacks below it: hivetrack is not told; the ids stay); more than a second later B opens New\\Sub: filed as New\\Sub (the cached name is fetched again, being over a second old), and the refreshed entry serves B's next open without a fetch",
+            hidden_rename,
         ),
         Scenario::hivetrack(
             "key-id-reuse",
@@ -155,6 +163,91 @@ fn rename_key(ctx: &mut Ctx) {
         .chain(again.ok().map(|h| (b, h)))
     {
         let _ = hive::close_key(pid, h);
+    }
+    let left = c.holders(ctx, USER);
+    ctx.check(left.is_empty(), format!("every key closed: {left:?}"));
+    process::exit_process(a);
+    process::exit_process(b);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+#[allow(
+    clippy::many_single_char_names,
+    reason = "d, c: driver and client; a, b: the processes"
+)]
+fn hidden_rename(ctx: &mut Ctx) {
+    use crate::nt::cm::registry;
+    /// `KEY_WRITE` (winnt.h): what a rename needs.
+    const KEY_WRITE: u32 = 0x2_0006;
+    let mut d = start(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    load_profile(ctx);
+    let a = spawn(ctx, APP1);
+    let b = spawn(ctx, APP2);
+    let vendor = format!(r"{USER}\Software\Vendor");
+    let (old, old_sub) = (format!(r"{vendor}\Old"), format!(r"{vendor}\Old\Sub"));
+    let new_sub = format!(r"{vendor}\New\Sub");
+    ensure_parents(a, &old_sub);
+    let Ok(ha) = hive::open_key(a, &old_sub, KEY_READ, true) else {
+        ctx.check(false, "A opens Old\\Sub");
+        return;
+    };
+    // The filter's own handle to Old (a kernel handle, opened on a system thread outside
+    // any callback: hivetrack sees it as System's).
+    let Ok(filter) = hive::open_kernel_key(SYSTEM_PID, &old, KEY_WRITE, false) else {
+        ctx.check(false, "the filter opens Old");
+        return;
+    };
+    let lower = registry::register_emulated(registry::filter_rename_hidden, 0, "300000");
+    ctx.check(
+        lower.is_ok(),
+        format!("a filter registered below hivetrack (altitude 300000): {lower:?}"),
+    );
+    registry::set_hidden_rename(SYSTEM_PID, filter, "New");
+    let trigger = hive::open_key(
+        b,
+        &format!(r"{vendor}\{}", registry::RENAME_MARKER),
+        KEY_READ,
+        true,
+    );
+    let renamed = hive::query_key_name(a, ha);
+    ctx.check(
+        renamed.as_deref() == Ok(new_sub.as_str()),
+        format!("the filter renamed Old to New, unseen by hivetrack: A's key is {renamed:?} now"),
+    );
+    // More than the driver's MAX_NAME_AGE (one second) later.
+    crate::nt::ke::timer::advance(1_500);
+    let fetched = name_fetches();
+    let hb = hive::open_key(b, &new_sub, KEY_READ, false);
+    let fetched = name_fetches() - fetched;
+    ctx.check(
+        fetched == 1,
+        format!("B's open asked the kernel for the name again: {fetched} fetch(es)"),
+    );
+    let got = keys_of(&c.holders(ctx, USER), b);
+    ctx.check(
+        got.iter().any(|k| k == &new_sub) && !got.iter().any(|k| k == &old_sub),
+        format!("B's key is filed as New\\Sub, not as the name cached for its id: {got:?}"),
+    );
+    let fetched = name_fetches();
+    let again = hive::open_key(b, &new_sub, KEY_READ, false);
+    let fetched = name_fetches() - fetched;
+    ctx.check(
+        fetched == 0 && again.is_ok(),
+        format!("B's next open found the refreshed entry by its id: {fetched} fetch(es)"),
+    );
+    for (pid, h) in [
+        (a, Ok(ha)),
+        (SYSTEM_PID, Ok(filter)),
+        (b, trigger),
+        (b, hb),
+        (b, again),
+    ] {
+        if let Ok(h) = h {
+            let _ = hive::close_key(pid, h);
+        }
     }
     let left = c.holders(ctx, USER);
     ctx.check(left.is_empty(), format!("every key closed: {left:?}"));

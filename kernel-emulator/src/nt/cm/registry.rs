@@ -1200,6 +1200,51 @@ pub unsafe extern "win64" fn filter_bypass_cached(
     unsafe { bypass_with(info, object) }
 }
 
+/// Marker in a key path whose pre-open/pre-create makes [`filter_rename_hidden`] rename.
+pub const RENAME_MARKER: &str = "KEMU-RENAME";
+
+/// The rename [`filter_rename_hidden`] makes: (the pid whose handle table has the handle,
+/// the handle, the new name); taken by the rename.
+static HIDDEN_RENAME: std::sync::Mutex<Option<(u32, u64, String)>> = std::sync::Mutex::new(None);
+
+/// Gives [`filter_rename_hidden`] its one rename: the key behind `pid`'s `handle` (a handle
+/// the filter opened itself, a kernel handle) to `new_name`.
+pub fn set_hidden_rename(pid: u32, handle: u64, new_name: &str) {
+    if let Ok(mut r) = HIDDEN_RENAME.lock() {
+        *r = Some((pid, handle, new_name.to_string()));
+    }
+}
+
+/// Another filter (emulated): in the pre-open/pre-create of a path containing
+/// [`RENAME_MARKER`], renames the key set by [`set_hidden_rename`], once. It renames from
+/// inside its callback, so the rename's notifications reach only the callbacks below it
+/// ([`by_altitude`]: Learn, "Supporting Layered Registry Filtering Drivers", "the
+/// configuration manager does not restart at the top of the filter stack"; regfltr
+/// `multialt.c`): a filter above it, hivetrack, is never told of the rename, while the key's
+/// id stays and its name changes (`hive::rename_key`; fidelity audit 2026-12-05, F1).
+///
+/// # Safety
+/// Called by the model with a notification class and its structure.
+pub unsafe extern "win64" fn filter_rename_hidden(
+    _ctx: *mut c_void,
+    class: *mut c_void,
+    info: *mut c_void,
+) -> NtStatus {
+    let c = class as usize;
+    if c != class::PRE_OPEN_KEY_EX && c != class::PRE_CREATE_KEY_EX {
+        return STATUS_SUCCESS;
+    }
+    // SAFETY: the model passes the _V1 structure for these classes.
+    if !unsafe { complete_name(info) }.contains(RENAME_MARKER) {
+        return STATUS_SUCCESS;
+    }
+    let rename = HIDDEN_RENAME.lock().ok().and_then(|mut r| r.take());
+    if let Some((pid, handle, name)) = rename {
+        let _ = crate::nt::cm::hive::rename_key(pid, handle, &name);
+    }
+    STATUS_SUCCESS
+}
+
 /// Marker in a key path whose successful open or create [`filter_fail_post`] turns into
 /// STATUS_ACCESS_DENIED in the post-notification.
 pub const FAIL_POST_MARKER: &str = "KEMU-FAILPOST";
