@@ -349,6 +349,22 @@ fn td_rename_key(ctx: &mut Ctx) {
         root == STATUS_ACCESS_DENIED,
         format!("a hive's root: {}", status::describe(root)),
     );
+    // NtRenameKey checks the new name before it references the handle or calls anyone (WRK
+    // ntapi.c NtRenameKey): an empty name, one with a `\`, or one over REG_MAX_KEY_NAME_LENGTH
+    // (512 bytes) is STATUS_INVALID_PARAMETER with no notification.
+    let long = "K".repeat(257);
+    for bad in ["", r"Kemu\Bad", long.as_str()] {
+        let r = hive::rename_key(p, hk, bad);
+        ctx.check(
+            r == status::STATUS_INVALID_PARAMETER,
+            format!(
+                "a NewName of {} units with{} a separator: {}",
+                bad.len(),
+                if bad.contains('\\') { "" } else { "out" },
+                status::describe(r)
+            ),
+        );
+    }
     let l = log(&s);
     let failed: Vec<u64> = l
         .iter()

@@ -74,8 +74,8 @@ use crate::nt::layout::OwnedUnicode;
 use crate::nt::ob::object::{KERNEL_HANDLE_BIT, OBJ_KERNEL_HANDLE};
 use crate::nt::status::{
     NtStatus, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
-    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_INVALID, STATUS_OBJECT_NAME_NOT_FOUND,
-    STATUS_PENDING, STATUS_PREDEFINED_HANDLE, STATUS_REPARSE, STATUS_SUCCESS,
+    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING,
+    STATUS_PREDEFINED_HANDLE, STATUS_REPARSE, STATUS_SUCCESS,
 };
 
 /// What unloading a hive with open keys returns.
@@ -435,12 +435,6 @@ impl HiveState {
         // root of a hive; or anything in the master hive" -> STATUS_ACCESS_DENIED.
         if self.hives.contains_key(&key) || self.hive_of(&key).is_none_or(|h| h == MASTER_HIVE) {
             return STATUS_ACCESS_DENIED;
-        }
-        // REG_RENAME_KEY_INFORMATION (Learn): "only the last component of the path can be
-        // changed". Refusing a NewName with a separator (or empty) with
-        // STATUS_OBJECT_NAME_INVALID is an *inference*: no source shows NtRenameKey's check.
-        if new_name.is_empty() || new_name.contains('\\') {
-            return STATUS_OBJECT_NAME_INVALID;
         }
         let Some((parent, _)) = key.rsplit_once('\\') else {
             return STATUS_ACCESS_DENIED;
@@ -1273,13 +1267,23 @@ pub fn set_predefined(path: &str) {
 /// contains the most up-to-date key name"). Failures, from the Windows Research Kernel's
 /// `base/ntos/config/cmapi.c` CmRenameKey: a hive's root key or a key of the master hive,
 /// STATUS_ACCESS_DENIED; a sibling with the new name (case-insensitively, the key itself
-/// included), STATUS_CANNOT_DELETE; and, an *inference*, a NewName that is empty or has a
-/// `\`, STATUS_OBJECT_NAME_INVALID. A handle `pid` does not hold: STATUS_INVALID_HANDLE with
-/// no notification (the handle is resolved before the callbacks, as for `load_key`). Not
+/// included), STATUS_CANNOT_DELETE. Before anything else, the WRK's `ntapi.c` NtRenameKey
+/// checks the NewName: empty, longer than REG_MAX_KEY_NAME_LENGTH (512 bytes,
+/// `ntregapi.h`), of an odd length or with a `\` is STATUS_INVALID_PARAMETER with no
+/// notification (before 2026-12-05 the model notified and answered
+/// STATUS_OBJECT_NAME_INVALID, an inference; fidelity audit F4). A handle `pid` does not
+/// hold: STATUS_INVALID_HANDLE with no notification (the handle is resolved before the
+/// callbacks, as for `load_key`). Not
 /// modelled: access checks, transactions, symbolic-link targets that point into the renamed
 /// keys (the links below it move with it), hives mounted below the renamed key.
 #[must_use = "the status says whether the key was renamed"]
 pub fn rename_key(pid: u32, handle: u64, new_name: &str) -> NtStatus {
+    /// `REG_MAX_KEY_NAME_LENGTH` (WRK `public/sdk/inc/ntregapi.h`), in bytes.
+    const REG_MAX_KEY_NAME_LENGTH: usize = 512;
+    let bytes = new_name.encode_utf16().count() * 2;
+    if bytes == 0 || bytes > REG_MAX_KEY_NAME_LENGTH || new_name.contains('\\') {
+        return crate::nt::status::STATUS_INVALID_PARAMETER;
+    }
     let table = crate::nt::ps::process::handle_table_of(pid, handle);
     let Some(object) = kernel::with(|k| k.hives.handles.get(&(table, handle)).copied()) else {
         return STATUS_INVALID_HANDLE;
@@ -1947,7 +1951,10 @@ mod tests {
         let (key_id, sub_id) = (ident(key).0, ident(sub).0);
         assert_eq!(rename_key(4004, key, "Taken"), STATUS_CANNOT_DELETE);
         assert_eq!(rename_key(4004, key, "OLD"), STATUS_CANNOT_DELETE);
-        assert_eq!(rename_key(4004, key, r"A\B"), STATUS_OBJECT_NAME_INVALID);
+        assert_eq!(
+            rename_key(4004, key, r"A\B"),
+            crate::nt::status::STATUS_INVALID_PARAMETER
+        );
         assert_eq!(rename_key(4004, root, "Elsewhere"), STATUS_ACCESS_DENIED);
         assert_eq!(rename_key(4004, 0xBAD0, "X"), STATUS_INVALID_HANDLE);
         assert_eq!(rename_key(4004, key, "New"), STATUS_SUCCESS);
