@@ -361,8 +361,13 @@ impl HiveState {
     /// dereferenced) into an allocator that hands freed KCBs out again (`cmalloc.c`
     /// CmpFreeKeyControlBlock / CmpAllocateKeyControlBlock). ReactOS reuses them FIFO and
     /// first parks an unreferenced KCB in a delayed-close cache (CmpAddToDelayedClose, where
-    /// a reopen of the same key finds it again); the model frees at once and reuses LIFO —
-    /// the earliest and most confusing reuse the mechanism allows, on purpose (adversarial).
+    /// a reopen of the same key finds it again); the Windows Research Kernel delays the last
+    /// dereference too (`cmdelete.c` CmpDeleteKeyObject -> `cmdelay.c`
+    /// CmpDelayDerefKeyControlBlock, whose worker runs on a timer "5 secs later"; a KCB not
+    /// deleted then goes to the delayed-close table, `cmsubs.c`). The model frees at once and
+    /// reuses LIFO — the earliest and most confusing reuse the mechanism allows, on purpose
+    /// (adversarial). hivetrack frees its cache entry at the object's context cleanup, before
+    /// either.
     fn key_id(&mut self, key: &str) -> usize {
         if let Some(&id) = self.key_ids.get(key) {
             return id;
