@@ -518,17 +518,38 @@ impl<'t> Client<'t> {
         if self.transport.backend() != crate::fallback::BACKEND {
             // The driver's records, set against the kernel's own list of the hive's keys.
             let kernel = self.kernel_open_keys(&report.hive.path);
+            let mut driver = crate::coverage::from_driver(&completeness);
+            // A key opened before tracking started and deleted since is in neither list
+            // (review of the fidelity audit, 2026-12-05): only a hive loaded since is vouched.
+            driver.deleted_keys_unseen =
+                !self.loaded_since(report.hive.id, completeness.tracking_since);
             let transport = &mut *self.transport;
-            crate::coverage::reconcile(
-                &mut report,
-                crate::coverage::from_driver(&completeness),
-                kernel,
-                &mut |pid| transport.process_image(pid),
-            );
+            crate::coverage::reconcile(&mut report, driver, kernel, &mut |pid| {
+                transport.process_image(pid)
+            });
             not_the_opener(&mut report, &completeness, transport);
             count_held(&mut report);
         }
         Ok(report)
+    }
+
+    /// Whether the driver saw hive `id` loaded at or after `since` (a FILETIME; 0: tracking
+    /// is off): then every key object of it was opened while tracking ran. An application
+    /// hive is never vouched for (as in [`Self::hives`]); a failed listing vouches for
+    /// nothing.
+    fn loaded_since(&mut self, id: u32, since: u64) -> bool {
+        let mut loaded = None;
+        let listed = self.pages::<Hives>(&Self::plain(QueryKind::Hives, 0), |page| {
+            for r in page.records() {
+                if r.id == id {
+                    loaded = Some((r.loaded_time, r.kind == HiveKind::App));
+                }
+            }
+            Ok(true)
+        });
+        listed.is_ok()
+            && since != 0
+            && loaded.is_some_and(|(at, app)| !app && at != 0 && at >= since)
     }
 
     /// The kernel's list of the key objects open in the hive mounted at `mount`.

@@ -500,8 +500,9 @@ impl Loop<'_, '_> {
     /// see may hold it too ([`holders_unseen`]); `None` when it was unloaded. When the driver
     /// cannot be asked, an empty, unseen answer ("could not tell"). A hive the driver does not know (it never saw it loaded, or forgot
     /// it: the failed unload's record was flagged `UNKNOWN_HIVE`) is looked up in the kernel's
-    /// list of open keys, as `wait` does: keys it lists hold the hive; when it cannot be asked,
-    /// whether the hive is held cannot be told (an empty, unseen answer). Found in review
+    /// list of open keys, as `wait` does: keys it lists hold the hive, and others may (keys
+    /// deleted while open are not in it: the answer is always unseen); when it cannot be
+    /// asked, whether the hive is held cannot be told (an empty, unseen answer). Found in review
     /// (2026-12-05): such a re-check was dropped without a word, even with the kernel listing
     /// keys, and an empty answer was taken for "free" before asking whether it was unseen.
     fn recheck(
@@ -537,7 +538,12 @@ impl Loop<'_, '_> {
                                 EventHolder::new(pid, image, None, n)
                             })
                             .collect();
-                        Some((holders, false))
+                        // Never "nobody unseen": the kernel's list omits keys deleted while
+                        // open, which still hold the hive (WRK `cmsubs.c`
+                        // CmpSearchForOpenSubKeys, `cmapi.c` CmUnloadKey), and the driver
+                        // cannot vouch for a hive it does not know (fidelity audit,
+                        // 2026-12-05).
+                        Some((holders, true))
                     }
                     // Not found: unloaded (not for an application hive, whose private
                     // namespace cannot be opened by name: `wait::is_app_hive`).

@@ -30,6 +30,7 @@ pub const MISSING: &[&str] = &[
     "granted access",
     "handle counts",
     "hive file",
+    "keys deleted while open (the kernel's list omits them; they still hold the hive)",
 ];
 
 /// A source of `(pid, NT key path)` pairs for the open keys of one hive.

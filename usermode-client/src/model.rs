@@ -66,14 +66,25 @@ pub struct Coverage {
     pub unmatched_records: u64,
     /// The driver's records and the kernel's list agree key for key.
     pub reconciled: bool,
+    /// The hive was loaded before tracking started (or when is not known), so a key opened
+    /// before then and deleted since may hold it unseen: the kernel's list omits a deleted
+    /// key's objects, which still keep the hive from unloading (Windows Research Kernel
+    /// `cmsubs.c` `CmpSearchForOpenSubKeys` walks the KCB hash, which `CmDeleteKey` takes the
+    /// key out of; `cmapi.c` `CmUnloadKey` still fails on the KCB's reference).
+    #[serde(default)]
+    pub deleted_keys_unseen: bool,
 }
 
 impl Coverage {
-    /// True when the report can say "complete": tracking runs, the kernel was asked, and
-    /// its list and the driver's records agree key for key.
+    /// True when the report can say "complete": tracking runs, the kernel was asked, its
+    /// list and the driver's records agree key for key, and no key deleted while open can
+    /// have escaped both (the hive was loaded after tracking started).
     #[must_use]
     pub const fn complete(&self) -> bool {
-        self.tracking_since.is_some() && self.kernel_open_keys.is_some() && self.reconciled
+        self.tracking_since.is_some()
+            && self.kernel_open_keys.is_some()
+            && self.reconciled
+            && !self.deleted_keys_unseen
     }
 }
 

@@ -139,6 +139,13 @@ fn coverage_text(c: &Coverage, line: &mut String) {
     match (c.kernel_open_keys, &c.kernel_error) {
         (Some(n), _) if c.reconciled => {
             let _ = write!(line, "; the kernel lists {n} open key(s), all tracked");
+            if c.deleted_keys_unseen {
+                line.push_str(
+                    ", INCOMPLETE: the hive was loaded before tracking started, and a key opened \
+                     before then and deleted since would be in neither list (the kernel's list \
+                     omits deleted keys, which still hold the hive)",
+                );
+            }
         }
         (Some(n), _) => {
             let _ = write!(line, ", INCOMPLETE: the kernel lists {n} open key(s)");

@@ -75,6 +75,9 @@ pub fn wait_free(
     clock: &mut dyn Clock,
 ) -> Result<WaitReport> {
     let mut method = "poll";
+    // Whether the hive was loaded after tracking started, as the last holders report said
+    // ([`vouched`]; not known before one): a hive whose record goes cannot be asked any more.
+    let mut loaded_since = false;
     if let Some(native) = client.transport().wait_free(hive, timeout) {
         let (outcome, _) = native.map_err(classify)?;
         method = "wait-free";
@@ -87,7 +90,7 @@ pub fn wait_free(
                     (r.source, open_keys, holders)
                 }
                 Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
-                    let gone = record_gone(client, hive);
+                    let gone = record_gone(client, hive, loaded_since);
                     (gone.source, gone.open_keys, gone.holders)
                 }
                 Err(e) => {
@@ -116,11 +119,12 @@ pub fn wait_free(
         let (source, open_keys, holders) = match client.holders(hive, true, 0) {
             Ok(r) => {
                 seen = true;
+                loaded_since = vouched(&r);
                 let (open_keys, holders) = held_counts(&r);
                 (r.source, open_keys, holders)
             }
             Err(e) if seen && matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
-                let gone = record_gone(client, hive);
+                let gone = record_gone(client, hive, loaded_since);
                 (gone.source, gone.open_keys, gone.holders)
             }
             Err(e) => return Err(e),
@@ -151,6 +155,15 @@ const fn held_counts(r: &HoldersReport) -> (u64, u32) {
     (r.hive.open_keys, r.hive.holders)
 }
 
+/// Whether a holders report vouches that the hive was loaded after tracking started (so
+/// no key opened before it, deleted since, can hold it unseen: `Coverage::deleted_keys_unseen`).
+fn vouched(r: &HoldersReport) -> bool {
+    r.source
+        .coverage
+        .as_ref()
+        .is_some_and(|c| !c.deleted_keys_unseen)
+}
+
 /// What the wait knows of a hive whose record the driver no longer has.
 #[derive(Debug)]
 struct Gone {
@@ -167,8 +180,13 @@ struct Gone {
 /// the kernel emulator's `td-app-hive` models it, but it is unverified).
 /// So the kernel is asked (`NtQueryOpenSubKeysEx`): no such hive (unloaded) or no key open
 /// is free; keys it lists hold the hive (counted by opener); when it cannot be asked, the
-/// hive is free as far as the driver can tell and the answer says it is not complete.
-fn record_gone(client: &mut Client<'_>, hive: &str) -> Gone {
+/// hive is free as far as the driver can tell and the answer says it is not complete. The
+/// kernel's list omits keys deleted while open, which still hold the hive (Windows Research
+/// Kernel `cmsubs.c` `CmpSearchForOpenSubKeys` walks the KCB hash, `CmDeleteKey` takes the
+/// key out of it; `cmapi.c` `CmUnloadKey` fails on its reference): an empty list proves the
+/// hive free only when it was loaded after tracking started (`loaded_since`: the driver saw
+/// every key of it, and forgot it only once none of its records was left).
+fn record_gone(client: &mut Client<'_>, hive: &str, loaded_since: bool) -> Gone {
     let mut source = client.source(0);
     let (open_keys, holders) = match client.transport().kernel_open_keys(hive) {
         // No such hive: unloaded. Not for an application hive: `\REGISTRY\A` is a private
@@ -187,6 +205,8 @@ fn record_gone(client: &mut Client<'_>, hive: &str) -> Gone {
                      tracked key closed; the counts are the kernel's list)"
                         .to_owned(),
                 );
+            } else if !loaded_since {
+                source.cannot_see(DELETED_UNSEEN.to_owned());
             }
             (
                 keys.len() as u64,
@@ -211,6 +231,10 @@ fn record_gone(client: &mut Client<'_>, hive: &str) -> Gone {
         holders,
     }
 }
+
+/// What an empty kernel list cannot rule out for a hive loaded before tracking started.
+pub const DELETED_UNSEEN: &str = "keys opened before tracking started and deleted since (the \
+     kernel's list omits deleted keys, which still hold the hive)";
 
 /// Whether `hive` (an NT path) is an application hive's mount (`\REGISTRY\A\…`).
 pub(crate) fn is_app_hive(hive: &str) -> bool {

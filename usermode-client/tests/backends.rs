@@ -317,9 +317,10 @@ fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
     let (o, requests) = run_counting(server, &["holders", "HKCU", "--json"]);
     assert_eq!(o.code, exit::OK, "{}", o.err);
     // A page with the process alone, a refusal (ERROR_INSUFFICIENT_BUFFER) for the key,
-    // then the key (after the process repeated as CONTINUED) in a larger buffer; and the
-    // version request of the holder-now step (this server cannot identify handles).
-    assert_eq!(requests, 4);
+    // then the key (after the process repeated as CONTINUED) in a larger buffer; the
+    // version request of the holder-now step (this server cannot identify handles); and the
+    // hive listing that says whether the hive was loaded since tracking began.
+    assert_eq!(requests, 5);
     let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
     assert_eq!(
         r.holders[0].keys[0].path.as_ref().unwrap().len(),

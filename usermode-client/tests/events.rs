@@ -1475,13 +1475,14 @@ fn a_hive_the_driver_did_not_know_is_not_vouched_for_and_its_recheck_asks_the_ke
         "{}",
         failed.message
     );
-    // The kernel's list names the holder; with it nobody is unseen.
+    // The kernel's list names the holder; it omits keys deleted while open, which still
+    // hold the hive (WRK cmsubs.c, cmapi.c): others may hold it unseen.
     assert_eq!(still.holders.len(), 1, "{still:#?}");
     assert_eq!(
         (still.holders[0].pid, still.holders[0].keys),
         (AGENT_PID, 1)
     );
-    assert!(!still.holders_unseen, "{still:#?}");
+    assert!(still.holders_unseen, "{still:#?}");
 }
 
 /// Found in review (2026-12-05): a 1002 added the kernel's keys of a pid the driver's record
