@@ -25,9 +25,9 @@ use tracker::{MAX_QUERY_PATH, ProcessKey, Token};
 use wdk_sys::{
     _MODE::{KernelMode, UserMode},
     _REG_NOTIFY_CLASS::{
-        RegNtCallbackObjectContextCleanup, RegNtPostCreateKeyEx, RegNtPostLoadKey,
-        RegNtPostOpenKeyEx, RegNtPostRenameKey, RegNtPostUnLoadKey, RegNtPreKeyHandleClose,
-        RegNtPreRenameKey, RegNtPreUnLoadKey,
+        RegNtCallbackObjectContextCleanup, RegNtPostCreateKeyEx, RegNtPostDeleteKey,
+        RegNtPostLoadKey, RegNtPostOpenKeyEx, RegNtPostRenameKey, RegNtPostUnLoadKey,
+        RegNtPreKeyHandleClose, RegNtPreRenameKey, RegNtPreUnLoadKey,
     },
     DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, OBJ_KERNEL_HANDLE,
     REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION, REG_CREATE_KEY_INFORMATION_V1,
@@ -283,8 +283,8 @@ unsafe extern "C" fn registry_callback(
                 &*argument2.cast::<REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION>()
             });
         }
-        RegNtPreRenameKey | RegNtPostRenameKey | RegNtPostLoadKey | RegNtPreUnLoadKey
-        | RegNtPostUnLoadKey => {
+        RegNtPreRenameKey | RegNtPostRenameKey | RegNtPostDeleteKey | RegNtPostLoadKey
+        | RegNtPreUnLoadKey | RegNtPostUnLoadKey => {
             // SAFETY: Argument2 is the structure of `class`, valid during the notification.
             unsafe { hive_or_name_change(tracker, class, argument2) };
         }
@@ -344,6 +344,22 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
             // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
             let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
             tracker.rename_ended(post.CallContext == rename_mark());
+        }
+        RegNtPostDeleteKey => {
+            // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
+            let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
+            // Deleted: the key's objects live on and hold the hive, but the kernel's list of
+            // open keys omits them from now on (Windows Research Kernel `cmapi2.c`
+            // CmDeleteKey takes the KCB out of the hash `cmsubs.c` CmpSearchForOpenSubKeys
+            // walks). `Object` is valid with STATUS_SUCCESS only (docs,
+            // REG_POST_OPERATION_INFORMATION); NtDeleteKey holds it through the post (WRK
+            // `ntapi.c`). The kernel emulator's td-delete-key and delete-held-key.
+            if post.Status == STATUS_SUCCESS
+                && !post.Object.is_null()
+                && let Some(key) = key_id(post.Object)
+            {
+                tracker.key_deleted(key);
+            }
         }
         RegNtPostLoadKey => {
             // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.

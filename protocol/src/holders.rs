@@ -228,8 +228,12 @@ impl HolderKey<'_> {
     pub const STACK_DROPPED: u32 = 8;
     /// Capture was on, but this open was outside its scope (another hive or image).
     pub const STACK_OUT_OF_SCOPE: u32 = 16;
+    /// The key was deleted since it was opened (`RegNtPostDeleteKey`): the object lives on
+    /// and holds the hive, but the kernel's list of open keys (`NtQueryOpenSubKeysEx`) no
+    /// longer has it.
+    pub const KEY_DELETED: u32 = 32;
     /// Every flag this version defines.
-    pub const KNOWN_FLAGS: u32 = 31;
+    pub const KNOWN_FLAGS: u32 = 63;
     /// The name flags (the snapshot's records carry only these).
     pub const NAME_FLAGS: u32 = 3;
 }

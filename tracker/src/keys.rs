@@ -45,7 +45,7 @@
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
-    AtomicPtr, AtomicU32, AtomicU64,
+    AtomicPtr, AtomicU16, AtomicU32, AtomicU64,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
@@ -62,6 +62,15 @@ pub const MAX_NAME_AGE: u64 = 10_000_000;
 /// it: the clock was set back).
 const fn too_old(time: u64, fetched: u64) -> bool {
     time.wrapping_sub(fetched) > MAX_NAME_AGE
+}
+
+/// A hive shard index as stored in an entry (hive shards number fewer than 2^16).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "hive shard indices are below crate::hives' SHARDS (16)"
+)]
+const fn shard16(shard: u32) -> u16 {
+    shard as u16
 }
 
 /// Shards of the cache.
@@ -85,7 +94,11 @@ pub struct KeyEntry {
     /// entry's shard lock.
     hint_hive: AtomicPtr<Hive>,
     hint_generation: AtomicU64,
-    hint_shard: AtomicU32,
+    /// The hint's hive shard (fewer than 2^16).
+    hint_shard: AtomicU16,
+    /// Nonzero once the key was deleted ([`KeyCache::mark_deleted`]): its objects live on,
+    /// holding the hive, but the kernel's own list of open keys no longer has them.
+    deleted: AtomicU16,
     /// Tracked records opened through this entry, and opens between lookup and link. Taken
     /// under the shard lock only; given back without it unless it may be the last.
     objects: AtomicU32,
@@ -375,7 +388,8 @@ impl<L: RawLock> KeyCache<L> {
             epoch: AtomicU64::new(miss.epoch),
             fetched: AtomicU64::new(miss.time),
             hint_hive: AtomicPtr::new(hint.hive.as_ptr()),
-            hint_shard: AtomicU32::new(hint.shard),
+            hint_shard: AtomicU16::new(shard16(hint.shard)),
+            deleted: AtomicU16::new(0),
             hint_generation: AtomicU64::new(hint.generation),
         };
         // SAFETY: a fresh 64-byte block, 16-aligned, ours alone, big enough (asserted above).
@@ -447,6 +461,22 @@ impl<L: RawLock> KeyCache<L> {
         }
     }
 
+    /// Key `id` was deleted (`RegNtPostDeleteKey` with `STATUS_SUCCESS`): its entry, if
+    /// cached, is marked, and every record opened through it reads as deleted from now on.
+    /// A deleted key keeps its id while its objects live and is never found by name again
+    /// (a key created with the name later is another key, with another id: Windows Research
+    /// Kernel `cmapi2.c` `CmDeleteKey` sets the KCB's `Delete` and takes it out of the KCB
+    /// hash). Returns whether an entry was marked.
+    pub fn mark_deleted(&self, id: u64) -> bool {
+        let (shard, b) = self.place(id);
+        // Shared: the entry cannot be freed under it (freeing takes it exclusively).
+        let _g = Shared::new(&shard.lock);
+        Self::find(shard, b, id).is_some_and(|e| {
+            e.deleted.store(1, Relaxed);
+            true
+        })
+    }
+
     /// Entries cached now.
     pub fn len(&self) -> u64 {
         self.shards
@@ -487,7 +517,7 @@ impl<L: RawLock> KeyCache<L> {
 fn hint_of(e: &KeyEntry) -> Option<HiveHint> {
     NonNull::new(e.hint_hive.load(Relaxed)).map(|hive| HiveHint {
         hive,
-        shard: e.hint_shard.load(Relaxed),
+        shard: u32::from(e.hint_shard.load(Relaxed)),
         generation: e.hint_generation.load(Relaxed),
     })
 }
@@ -495,8 +525,15 @@ fn hint_of(e: &KeyEntry) -> Option<HiveHint> {
 /// Stores `hint` in `e` (its shard lock held).
 fn store_hint(e: &KeyEntry, hint: HiveHint) {
     e.hint_hive.store(hint.hive.as_ptr(), Relaxed);
-    e.hint_shard.store(hint.shard, Relaxed);
+    e.hint_shard.store(shard16(hint.shard), Relaxed);
     e.hint_generation.store(hint.generation, Relaxed);
+}
+
+/// Whether the key of `entry` was deleted ([`KeyCache::mark_deleted`]). The caller holds a
+/// counted use of the entry (a live record's).
+#[must_use]
+pub fn is_deleted(entry: KeyRef) -> bool {
+    entry_of(entry).deleted.load(Relaxed) != 0
 }
 
 /// Reads an entry the caller holds a use of (or that is linked and its shard locked).

@@ -91,6 +91,15 @@ fn name_flags(rec: &ObjRecord) -> u32 {
     f
 }
 
+/// [`HolderKey::KEY_DELETED`] when the record's key was deleted since it was opened
+/// ([`crate::keys::KeyCache::mark_deleted`]). Read under the process lock of a linked
+/// record, whose key entry is released only after it is unlinked.
+fn deleted_flag(rec: &ObjRecord) -> u32 {
+    NonNull::new(rec.key.load(Relaxed))
+        .filter(|&k| crate::keys::is_deleted(k))
+        .map_or(0, |_| HolderKey::KEY_DELETED)
+}
+
 /// The stack flags of a record ([`crate::capture`]).
 fn stack_flags(rec: &ObjRecord) -> u32 {
     let s = rec.state_and_flags();
@@ -455,7 +464,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
                     let id = Token::new(rec.generation(), r).0;
                     let k = HolderRecord::Key(HolderKey {
-                        flags: name_flags(rec) | stack_flags(rec),
+                        flags: name_flags(rec) | stack_flags(rec) | deleted_flag(rec),
                         id,
                         thread: u64::from(rec.thread.load(Relaxed)),
                         open_time: pos.0,

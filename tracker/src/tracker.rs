@@ -528,6 +528,19 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         )
     }
 
+    /// Key `key` (a key id, as for [`Self::opened_known`]) was deleted
+    /// (`RegNtPostDeleteKey` with `STATUS_SUCCESS`): the objects of it that are tracked through
+    /// the key cache are reported as deleted from now on ([`crate::keys`]). They still hold
+    /// the hive, but the kernel's own list of open keys omits them (Windows Research Kernel
+    /// `cmsubs.c` `CmpSearchForOpenSubKeys` walks the KCB hash, which `cmapi2.c` `CmDeleteKey`
+    /// takes the key out of), so a report would otherwise count them as records the kernel
+    /// does not list. Objects tracked without a cache entry are not marked (counted in
+    /// `keys_not_cached` when they were opened): they stay unmatched, which only makes a
+    /// report not complete.
+    pub fn key_deleted(&self, key: u64) {
+        self.keys.mark_deleted(key);
+    }
+
     /// A key is being renamed (`RegNtPreRenameKey`): it and every key below it are getting
     /// new names under unchanged key ids, so no cached name is trusted any more, and names
     /// fetched until the rename ends are not cached ([`crate::keys`]). Objects already

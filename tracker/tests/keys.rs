@@ -144,6 +144,58 @@ fn a_cached_name_is_trusted_for_a_second_only() {
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
 }
 
+/// The names of the keys `P1` holds in SOFTWARE with their deleted mark, sorted.
+fn held_deleted(t: &TestTracker<'_>) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    drain::<Holders>(
+        4096,
+        |c, b| t.holders(&w(SOFTWARE), c, 0, 0, b),
+        |p| {
+            for r in p.records() {
+                if let HolderRecord::Key(k) = r {
+                    out.push((
+                        k.name.to_string(),
+                        k.flags & protocol::holders::HolderKey::KEY_DELETED != 0,
+                    ));
+                }
+            }
+        },
+    );
+    out.sort();
+    out
+}
+
+/// `RegNtPostDeleteKey` (fidelity audit, 2026-12-05): every object tracked through the
+/// deleted key's entry is reported deleted (it still holds the hive; the kernel's list no
+/// longer has it); a key created with the name afterwards is another key (another id), not
+/// deleted; a delete of a key nobody tracks marks nothing.
+#[test]
+fn a_deleted_keys_objects_are_reported_deleted() {
+    const NEW_KEY: u64 = KEY + 0x40;
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        let names_before = t.stats().names_interned;
+        let (a, _) = open(&t, 0x1000, KEY, RUN);
+        let (b, hit) = open(&t, 0x2000, KEY, RUN);
+        assert!(hit);
+        t.key_deleted(0xDEAD_0000); // a key nobody tracks
+        assert_eq!(held_deleted(&t), [(RUN.into(), false), (RUN.into(), false)]);
+        t.key_deleted(KEY);
+        let (c, hit) = open(&t, 0x3000, NEW_KEY, RUN);
+        assert!(!hit, "the key created again is another key");
+        assert_eq!(
+            held_deleted(&t),
+            [(RUN.into(), false), (RUN.into(), true), (RUN.into(), true)]
+        );
+        for (tok, o) in [(a, 0x1000), (b, 0x2000), (c, 0x3000)] {
+            t.object_destroyed(tok, o);
+        }
+        assert_nothing_cached(&t, names_before);
+    }
+    assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
+}
+
 #[test]
 fn a_held_key_is_opened_by_its_id_alone() {
     let pool = CountingPool::new(Failure::Never, true);

@@ -205,6 +205,7 @@ fn key_of(k: &HolderKey<'_>, now: u64) -> HeldKey {
         name: path.as_deref().map(display),
         path,
         name_truncated: k.flags & HolderKey::NAME_TRUNCATED != 0,
+        deleted: k.flags & HolderKey::KEY_DELETED != 0,
         opened_at: Time::from_filetime(k.open_time),
         age_secs: age_secs(k.open_time, now),
         thread: (k.thread != 0).then_some(k.thread),

@@ -75,6 +75,11 @@ pub fn reconcile(
         // which takes any object of the process left over.
         let mut nameless = 0u64;
         for k in &h.keys {
+            if k.deleted {
+                // Not in the kernel's list, by design: a deleted key's objects are out of the
+                // KCB hash NtQueryOpenSubKeysEx walks (WRK `cmsubs.c`), yet hold the hive.
+                continue;
+            }
             let Some(path) = k.path.as_deref() else {
                 nameless += 1;
                 continue;
@@ -154,6 +159,7 @@ mod tests {
             name: Some(path.to_owned()),
             path: Some(path.to_owned()),
             name_truncated: false,
+            deleted: false,
             opened_at: None,
             age_secs: 0,
             thread: None,

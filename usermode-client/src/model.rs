@@ -256,6 +256,10 @@ pub struct HeldKey {
     pub path: Option<String>,
     /// The stored name is cut.
     pub name_truncated: bool,
+    /// The key was deleted since it was opened: the object lives on and holds the hive, but
+    /// the kernel's list of open keys no longer has it.
+    #[serde(default)]
+    pub deleted: bool,
     /// When it was opened; null when unknown.
     pub opened_at: Option<Time>,
     /// Seconds it has been open at `generated_at`.

@@ -270,8 +270,9 @@ fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &m
         };
         return;
     }
-    // Group by name, keeping the order of first appearance (oldest first).
-    let mut groups: Vec<(String, Vec<&HeldKey>)> = Vec::new();
+    // Group by name (a deleted key apart from one created with its name since), keeping the
+    // order of first appearance (oldest first).
+    let mut groups: Vec<(String, bool, Vec<&HeldKey>)> = Vec::new();
     for k in &h.keys {
         let name = k
             .name
@@ -279,19 +280,24 @@ fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &m
             .unwrap_or_else(|| "<name not recorded>".to_owned());
         match groups
             .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .find(|(n, d, _)| *d == k.deleted && n.eq_ignore_ascii_case(&name))
         {
-            Some((_, v)) => v.push(k),
-            None => groups.push((name, vec![k])),
+            Some((_, _, v)) => v.push(k),
+            None => groups.push((name, k.deleted, vec![k])),
         }
     }
-    for (name, keys) in groups {
+    for (name, deleted, keys) in groups {
         let age = keys.iter().map(|k| k.age_secs).max().unwrap_or(0);
         let known = keys.iter().any(|k| k.opened_at.is_some());
         let cut = if keys.iter().any(|k| k.name_truncated) {
             " [name cut]"
         } else {
             ""
+        };
+        let cut = if deleted {
+            format!("{cut} [deleted since: it still holds the hive]")
+        } else {
+            cut.to_owned()
         };
         let times = if keys.len() > 1 {
             format!(" {} times", keys.len())
@@ -450,6 +456,18 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
             for (row, c) in rows.iter_mut().zip(image_cut) {
                 row.push(c);
             }
+            // Whether each key was deleted since it was opened (the table marks it).
+            let deleted = r.holders.iter().flat_map(|h| {
+                let keys: Vec<String> = h.keys.iter().map(|k| k.deleted.to_string()).collect();
+                if keys.is_empty() {
+                    vec![String::new()]
+                } else {
+                    keys
+                }
+            });
+            for (row, c) in rows.iter_mut().zip(deleted) {
+                row.push(c);
+            }
             // Keys only the kernel lists (opened before tracking started, or lost): a row
             // each, `tracked` false, with what is known of them (pid, image, path). Found in
             // review (2026-12-05): CSV left them out, so a hive held only by such keys came
@@ -476,6 +494,7 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     row.push(String::new());
                     // Its image is read whole in user mode, never the driver's cut copy.
                     row.push(if u.image.is_some() { "false" } else { "" }.to_owned());
+                    row.push(String::new());
                     rows.push(row);
                 }
             }
@@ -503,6 +522,7 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
             header.push("tracked");
             header.push("name_truncated");
             header.push("image_truncated");
+            header.push("deleted");
             csv(&header, &rows)
         }
         Format::Table => {

@@ -291,7 +291,7 @@ fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
         csv.out
             .lines()
             .nth(1)
-            .is_some_and(|row| row.ends_with(",true,true,false")),
+            .is_some_and(|row| row.ends_with(",true,true,false,false")),
         "a cut name says so in CSV too: {}",
         csv.out
     );
@@ -310,7 +310,7 @@ fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
         csv.out
             .lines()
             .nth(1)
-            .is_some_and(|row| row.ends_with(",true,true,true")),
+            .is_some_and(|row| row.ends_with(",true,true,true,false")),
         "a cut image says so in CSV: {}",
         csv.out
     );
@@ -394,7 +394,7 @@ fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete
     let o = run_scripted(started_late(), &["--csv", "holders", &user_hive()]);
     let rows: Vec<&str> = o.out.lines().collect();
     assert!(
-        rows[0].ends_with(",tracked,name_truncated,image_truncated"),
+        rows[0].ends_with(",tracked,name_truncated,image_truncated,deleted"),
         "{}",
         o.out
     );
@@ -402,7 +402,7 @@ fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete
     assert!(
         rows[1].starts_with(r"2040,,C:\Program Files\Contoso\Policy Agent\agent.exe,,1,")
             && rows[1].contains(&format!(r"\REGISTRY\USER\{SID}\Software\Policies"))
-            && rows[1].ends_with(",false,,false"),
+            && rows[1].ends_with(",false,,false,"),
         "{}",
         o.out
     );

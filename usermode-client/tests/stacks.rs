@@ -137,7 +137,7 @@ fn holders_stacks_csv_has_a_stack_column() {
     assert_eq!(o.code, 0, "{}", o.err);
     let header = o.out.lines().next().unwrap();
     assert!(
-        header.ends_with(",handle_closes,stack,tracked,name_truncated,image_truncated"),
+        header.ends_with(",handle_closes,stack,tracked,name_truncated,image_truncated,deleted"),
         "{header}"
     );
     assert!(
@@ -911,6 +911,7 @@ fn a_stack_id_missing_from_the_page_and_a_key_without_one_are_named() {
         name: None,
         path: None,
         name_truncated: false,
+        deleted: false,
         opened_at: None,
         age_secs: 0,
         thread: None,

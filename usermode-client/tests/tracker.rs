@@ -463,6 +463,51 @@ fn a_hive_loaded_before_tracking_is_not_complete_even_when_the_lists_agree() {
     );
 }
 
+/// A key deleted while open (fidelity audit, 2026-12-05): its object still holds the hive,
+/// the kernel's list no longer has it, and the driver marks it at `RegNtPostDeleteKey`. The
+/// report names it as deleted and does not count it against the reconciliation: a hive
+/// loaded since tracking began and held only by it is held, and the report complete.
+#[test]
+fn a_key_deleted_while_open_still_holds_the_hive_and_says_so() {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let hive = format!(r"\REGISTRY\USER\{SID}");
+    t.tracking_started(NOW - 3600 * SECOND);
+    t.hive_loaded(&w(&hive), &w("NTUSER.DAT"), NOW - 600 * SECOND);
+    t.process_started(
+        AGENT,
+        &w(r"C:\Program Files\Contoso\Policy Agent\agent.exe"),
+    );
+    let key = format!(r"{hive}\Software\Policies\Contoso");
+    let id = 0xFFFF_A000_0000_7700;
+    let miss = t
+        .opened_known(0x1000, id, AGENT, 1, 1, NOW - 60 * SECOND)
+        .expect_err("a first open misses the key cache");
+    t.opened_named(miss, 0x1000, AGENT, 1, &w(&key), 1, NOW - 60 * SECOND)
+        .expect("tracked");
+    t.key_deleted(id);
+    let mut d = ListedDriver {
+        t,
+        kernel: vec![(hive.clone(), Vec::new())],
+    };
+    let mut client = hivetrack_cli::client::Client::new(&mut d);
+    client.held_now = false;
+    let r = client.holders(&hive, false, NOW).expect("a report");
+    assert_eq!(r.holders.len(), 1, "{r:?}");
+    assert!(r.holders[0].keys[0].deleted, "{r:?}");
+    let c = r.source.coverage.as_ref().expect("coverage");
+    assert_eq!(
+        (c.unmatched_records, c.kernel_open_keys),
+        (0, Some(0)),
+        "{c:?}"
+    );
+    assert!(r.source.complete, "{:?}", r.source);
+    let table = hivetrack_cli::render::holders(&r, hivetrack_cli::render::Format::Table).unwrap();
+    assert!(
+        table.contains(r"Software\Policies\Contoso [deleted since: it still holds the hive]"),
+        "{table}"
+    );
+}
+
 /// The tracker behind the query IOCTLs and the event stream's request (answered at once, as
 /// the driver does for a request with no wait).
 struct DriverWithEvents(Rc<Engine>);
