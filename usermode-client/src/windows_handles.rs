@@ -118,8 +118,11 @@ impl HandleSource {
 
     /// The full name of the key behind `handle`, a handle of this process: `NtQueryKey`
     /// with `KeyNameInformation`, whose `KEY_NAME_INFORMATION` is `NameLength` (bytes) and
-    /// the name, not NUL-terminated (Learn, `KEY_NAME_INFORMATION`). `None` when ntdll has no
-    /// such routine or the key cannot be named (deleted, say).
+    /// the name, not NUL-terminated (Learn, `KEY_NAME_INFORMATION`). Any access will do: "name
+    /// information is available regardless of the access level you have on the key" (Windows
+    /// Research Kernel `ntapi.c` `NtQueryKey`), so a duplicate of a handle opened for, say,
+    /// `KEY_NOTIFY` alone is named too. `None` when ntdll has no such routine or the key
+    /// cannot be named (deleted: `STATUS_KEY_DELETED`).
     #[must_use]
     pub fn key_name(&self, handle: u64) -> Option<String> {
         let query_key = self.query_key?;
