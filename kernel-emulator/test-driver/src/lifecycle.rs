@@ -214,8 +214,10 @@ fn caller() -> (u64, u64, u64) {
 /// pid, its start key, Object, hash of the name passed (KeyName / CompleteName), hash of the
 /// Object's name, and a class-specific word (load: RootHandle non-NULL | UserEvent non-NULL
 /// << 1 | Flags << 32; unload: UserEvent non-NULL; open: Attributes | CheckAccessMode << 32;
-/// pre-rename: the ObjectID of the Object; posts: Status). The name passed of a pre-rename is
-/// its NewName; the Object's name of a successful post-open/create/rename is fetched there.
+/// pre-rename and pre-delete: the ObjectID of the Object; posts: Status). The name passed of a
+/// pre-rename is its NewName; the Object's name of a successful post-open/create/rename/delete
+/// is fetched there (post-delete: the deleted key's object, which NtDeleteKey still
+/// references, WRK `ntapi.c`).
 pub fn record(class: usize, info: *mut c_void) {
     if !ENABLED.load(Ordering::Acquire) || info.is_null() {
         return;
@@ -226,7 +228,8 @@ pub fn record(class: usize, info: *mut c_void) {
         // (REG_LOAD_KEY_INFORMATION 0x58, REG_UNLOAD_KEY_INFORMATION 0x28,
         // REG_CREATE_KEY_INFORMATION_V1 0x88, REG_KEY_HANDLE_CLOSE_INFORMATION 0x20,
         // REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION 0x18,
-        // REG_RENAME_KEY_INFORMATION 0x28, REG_POST_OPERATION_INFORMATION 0x38 bytes).
+        // REG_RENAME_KEY_INFORMATION 0x28, REG_DELETE_KEY_INFORMATION 0x20,
+        // REG_POST_OPERATION_INFORMATION 0x38 bytes).
         unsafe { field::<u64>(info, offset) }
     };
     let name_at = |offset: usize| hash(word(offset) as usize as *const UNICODE_STRING);
@@ -269,12 +272,15 @@ pub fn record(class: usize, info: *mut c_void) {
             object_name_hash(object),
             object_id(object),
         ),
+        // RegNtPreDeleteKey (0): REG_DELETE_KEY_INFORMATION (Learn): Object.
+        0 => (object, 0, object_name_hash(object), object_id(object)),
         // Posts: REG_POST_OPERATION_INFORMATION: Object (valid only on STATUS_SUCCESS),
         // Status 0x08.
         // RegNtPostRenameKey (19): the Object is the renamed key's on STATUS_SUCCESS.
-        27 | 29 | 33 | 35 | 25 | 19 => {
+        // RegNtPostDeleteKey (15): the Object is the deleted key's, still referenced.
+        27 | 29 | 33 | 35 | 25 | 19 | 15 => {
             let status = word(0x08) & 0xFFFF_FFFF;
-            let name = if status == 0 && (class == 27 || class == 29 || class == 19) {
+            let name = if status == 0 && matches!(class, 27 | 29 | 19 | 15) {
                 object_name_hash(object)
             } else {
                 0

@@ -8,17 +8,20 @@
 //!   callback) keeps the ids; an open more than a second later must be filed under the new
 //!   name;
 //! - `key-id-reuse`: once a key's last object is gone its id may name another key; an open of
-//!   that key must be filed under its own name.
+//!   that key must be filed under its own name;
+//! - `delete-held-key`: a key deleted while another process holds it (NtDeleteKey) keeps its
+//!   id on that object, a key re-created with its name gets a new one; the deleted key's
+//!   object still holds the hive, though the kernel's list no longer shows it.
 
 use super::tracking::{
-    APP1, APP2, CLASSES, Client, Holder, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile,
-    spawn, start, unload_all,
+    APP1, APP2, CLASSES, Client, Holder, KEY_READ, SHELL, SYSTEM_PID, USER, ensure_parents,
+    load_profile, spawn, start, unload_all,
 };
 use super::{Ctx, Scenario};
 use crate::nt::cm::hive;
 use crate::nt::kernel;
 use crate::nt::ps::process;
-use crate::nt::status::STATUS_SUCCESS;
+use crate::nt::status::{self, STATUS_CANNOT_DELETE, STATUS_SUCCESS};
 
 /// The scenarios.
 #[must_use]
@@ -38,6 +41,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "key-id-reuse",
             "A opens and closes Reuse\\First, the last object of that key; B opens Reuse\\Second, which the kernel gives First's freed id: B's key is filed as Second",
             key_id_reuse,
+        ),
+        Scenario::hivetrack(
+            "delete-held-key",
+            "A holds Vendor\\Gone; B deletes it (NtDeleteKey); C creates Vendor\\Gone again: C's open is a new key with a new id (its name is fetched); hivetrack's holders list A's key and C's, the kernel's list only C's; the profile refuses to unload while A's object of the deleted key lives, even with C's closed, and unloads once A closes it",
+            delete_held_key,
         ),
     ]
 }
@@ -304,6 +312,120 @@ fn key_id_reuse(ctx: &mut Ctx) {
     let _ = hive::close_key(b, hb);
     process::exit_process(a);
     process::exit_process(b);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+#[allow(
+    clippy::many_single_char_names,
+    clippy::similar_names,
+    clippy::too_many_lines,
+    reason = "d, c: driver and client; a, b, e: the processes A, B, C and their handles; one linear script"
+)]
+fn delete_held_key(ctx: &mut Ctx) {
+    let mut d = start(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    load_profile(ctx);
+    let a = spawn(ctx, APP1);
+    let b = spawn(ctx, APP2);
+    let e = spawn(ctx, SHELL);
+    let gone = format!(r"{USER}\Software\Vendor\Gone");
+    ensure_parents(a, &gone);
+    let Ok(ha) = hive::open_key(a, &gone, KEY_READ, true) else {
+        ctx.check(false, "A opens Gone");
+        return;
+    };
+    let a_id = id_of(a, ha);
+    let got = keys_of(&c.holders(ctx, USER), a);
+    ctx.check(got == [gone.as_str()], format!("A holds Gone: {got:?}"));
+    // B deletes the key through a handle of its own, then closes it.
+    let deleted = hive::open_key(b, &gone, KEY_READ, false).map(|hb| {
+        let s = hive::delete_key(b, hb);
+        let _ = hive::close_key(b, hb);
+        s
+    });
+    ctx.check(
+        deleted == Ok(STATUS_SUCCESS),
+        format!("B opens Gone and deletes it: {deleted:x?}"),
+    );
+    // C creates it again: a new key, so a new id, whose name hivetrack has not cached.
+    let fetched = name_fetches();
+    let he = hive::open_key(e, &gone, KEY_READ, true);
+    let fetched = name_fetches() - fetched;
+    let Ok(he) = he else {
+        ctx.check(false, format!("C creates Gone again: {he:?}"));
+        return;
+    };
+    let e_id = id_of(e, he);
+    ctx.check(
+        a_id.is_some() && e_id.is_some() && e_id != a_id && id_of(a, ha) == a_id,
+        format!("the re-created Gone has a new id ({e_id:x?}); A's object keeps the deleted key's ({a_id:x?})"),
+    );
+    ctx.check(
+        fetched == 1,
+        format!(
+            "C's open missed the key cache: the new id's name was fetched ({fetched} fetch(es))"
+        ),
+    );
+    let holders = c.holders(ctx, USER);
+    let (held_a, held_e) = (keys_of(&holders, a), keys_of(&holders, e));
+    println!("  hivetrack's holders: A {held_a:?}, C {held_e:?}");
+    ctx.check(
+        held_a == [gone.as_str()],
+        format!("hivetrack still lists A's key, which still holds the hive, as Gone: {held_a:?}"),
+    );
+    ctx.check(
+        held_e == [gone.as_str()],
+        format!("…and C's, filed as Gone: {held_e:?}"),
+    );
+    ctx.check(
+        keys_of(&holders, b).is_empty(),
+        "B holds nothing (its handle is closed)".to_string(),
+    );
+    // The kernel's list walks the KCB hash, which the deleted key left.
+    let kernel = hive::open_subkeys(USER).unwrap_or_default();
+    let listed = |pid: u32| -> Vec<String> {
+        kernel
+            .iter()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, n)| n.clone())
+            .collect()
+    };
+    let (kernel_a, kernel_e) = (listed(a), listed(e));
+    ctx.check(
+        kernel_a.is_empty() && kernel_e.len() == 1 && kernel_e[0].eq_ignore_ascii_case(&gone),
+        format!(
+            "the kernel's list has C's Gone and nothing of A's: A {kernel_a:?}, C {kernel_e:?}"
+        ),
+    );
+    let _ = hive::close_key(e, he);
+    let s = hive::unload_hive(SYSTEM_PID, USER);
+    ctx.check(
+        s == STATUS_CANNOT_DELETE,
+        format!(
+            "with C's key closed, A's object of the deleted key still holds the profile: {}",
+            status::describe(s)
+        ),
+    );
+    let kernel_a: Vec<_> = hive::open_subkeys(USER)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(p, _)| *p == a)
+        .collect();
+    let held_a = keys_of(&c.holders(ctx, USER), a);
+    ctx.check(
+        kernel_a.is_empty() && held_a == [gone.as_str()],
+        format!(
+            "then only hivetrack names what holds it: A {held_a:?}; the kernel lists {kernel_a:?}"
+        ),
+    );
+    let _ = hive::close_key(a, ha);
+    let left = c.holders(ctx, USER);
+    ctx.check(left.is_empty(), format!("every key closed: {left:?}"));
+    for p in [a, b, e] {
+        process::exit_process(p);
+    }
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
     ctx.unload_and_check_clean(&mut d);

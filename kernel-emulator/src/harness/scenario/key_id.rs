@@ -50,6 +50,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "NtRenameKey: RegNtPreRenameKey/RegNtPostRenameKey for the key object; objects of the key and of its subkeys opened before keep their ids and report the new names; a taken name and a hive root are refused",
             td_rename_key,
         ),
+        Scenario::test_driver(
+            "td-delete-key",
+            "NtDeleteKey: RegNtPreDeleteKey/RegNtPostDeleteKey with the key object; a key with a subkey, a hive's root refused (STATUS_CANNOT_DELETE in the post); an object of the deleted key keeps its id, the same name re-created gets a new id; the kernel's open-keys list drops the deleted key's object, NtQueryKey/NtRenameKey on it say STATUS_KEY_DELETED, yet it still holds its hive: the unload fails until it is closed, and then its id is freed",
+            td_delete_key,
+        ),
     ]
 }
 
@@ -381,6 +386,226 @@ fn td_rename_key(ctx: &mut Ctx) {
         "a refused rename changes nothing",
     );
     close(p, &[hk, hs, hn, ht, hroot]);
+    io::close(dev);
+    process::exit_process(p);
+    finish(ctx, s);
+}
+
+/// REG_NOTIFY_CLASS RegNtPreDeleteKey / RegNtPostDeleteKey.
+const PRE_DELETE_KEY: u64 = 0;
+const POST_DELETE_KEY: u64 = 15;
+
+/// NtDeleteKey after the Windows Research Kernel (`ntapi.c` NtDeleteKey, `cmapi2.c`
+/// CmDeleteKey, `cmsubs.c` KCB hash; see `hive::delete_key`), on a hive of its own so the
+/// unload can be shown.
+#[allow(clippy::too_many_lines)] // one linear script of checks
+#[allow(clippy::many_single_char_names)] // s: session, p: process, r: results
+fn td_delete_key(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some((p, dev)) = process_with_device(ctx, r"\Device\HarddiskVolume2\Windows\regedit.exe")
+    else {
+        finish(ctx, s);
+        return;
+    };
+    let mount = r"\REGISTRY\MACHINE\KemuDelete";
+    let r = hive::load_hive(SYSTEM_PID, mount, r"\??\C:\kemu\delete.hiv");
+    ctx.check(
+        r == 0,
+        format!("a private hive loads: {}", status::describe(r)),
+    );
+    let gone = format!(r"{mount}\Gone");
+    let parent = format!(r"{mount}\Parent");
+    // The object that outlives the delete, and a key with a subkey.
+    let hold = open(ctx, p, &gone, true);
+    let hp = open(ctx, p, &parent, true);
+    let hc = open(ctx, p, &format!(r"{parent}\Child"), true);
+    close(p, &[hc]);
+    let hroot = open(ctx, p, mount, false);
+    let g0 = key_id(dev, hold);
+    ctx.check(
+        g0.status == 0 && g0.id != 0 && g0.name == hash(&gone),
+        format!("before: Gone by its id and name ({g0:x?})"),
+    );
+
+    // The delete, through a second handle of the key, closed afterwards.
+    let hdel = open(ctx, p, &gone, false);
+    let object = kernel::with(|k| k.hives.handles.get(&(p, hdel)).copied()).unwrap_or(0) as u64;
+    log_start(&s);
+    let r = hive::delete_key(p, hdel);
+    ctx.check(
+        r == 0,
+        format!("NtDeleteKey(Gone): {}", status::describe(r)),
+    );
+    let l = log(&s);
+    let pre: Vec<_> = l.iter().filter(|e| e.class == PRE_DELETE_KEY).collect();
+    let post: Vec<_> = l.iter().filter(|e| e.class == POST_DELETE_KEY).collect();
+    ctx.check(
+        pre.len() == 1 && post.len() == 1,
+        format!(
+            "one RegNtPreDeleteKey and one RegNtPostDeleteKey ({} {})",
+            pre.len(),
+            post.len()
+        ),
+    );
+    if let (Some(pre), Some(post)) = (pre.first(), post.first()) {
+        ctx.check(
+            pre.object == object && object != 0 && pre.owner == u64::from(p),
+            format!("pre-delete: Object is the handle's key object {object:#x}, in the deleting process ({pre:x?})"),
+        );
+        ctx.check(
+            pre.object_name == hash(&gone) && pre.extra == g0.id,
+            "pre-delete: the Object is Gone, with Gone's id",
+        );
+        ctx.check(
+            post.object == object && post.extra == 0,
+            format!("post-delete: STATUS_SUCCESS and the same Object ({post:x?})"),
+        );
+        // Not documented: the model keeps naming a deleted key's object (inference).
+        ctx.check(
+            post.object_name == hash(&gone),
+            "post-delete: CmCallbackGetKeyObjectIDEx still names the deleted key's object Gone (inference)",
+        );
+    }
+    close(p, &[hdel]);
+    let g1 = key_id(dev, hold);
+    ctx.check(
+        g1.status == 0 && g1.id == g0.id && g1.named_id == g0.id && g1.name == hash(&gone),
+        format!("the object opened before keeps its id and its last name ({g0:x?} -> {g1:x?})"),
+    );
+    let again = hive::open_key(p, &gone, KEY_READ, false);
+    ctx.check(
+        again == Err(STATUS_OBJECT_NAME_NOT_FOUND),
+        format!("Gone is gone from the namespace: {again:?}"),
+    );
+    let hnew = open(ctx, p, &gone, true);
+    let n = key_id(dev, hnew);
+    ctx.check(
+        n.status == 0 && n.id != g0.id && n.id != 0 && n.name == hash(&gone),
+        format!(
+            "Gone created again is a new key: a new id ({:#x}, the deleted one {:#x})",
+            n.id, g0.id
+        ),
+    );
+    let listed = hive::open_subkeys(mount).unwrap_or_default();
+    let named_gone = listed
+        .iter()
+        .filter(|(_, name)| name.eq_ignore_ascii_case(&gone))
+        .count();
+    ctx.check(
+        named_gone == 1,
+        format!("the kernel's open-keys list (NtQueryOpenSubKeysEx) has the new Gone once and not the deleted key's object: {listed:?}"),
+    );
+    let q = hive::query_key_name(p, hold);
+    ctx.check(
+        q == Err(status::STATUS_KEY_DELETED),
+        format!("NtQueryKey(KeyNameInformation) of the deleted key's object: {q:?}"),
+    );
+    let qn = hive::query_key_name(p, hnew);
+    ctx.check(
+        qn.as_deref().is_ok_and(|n| n.eq_ignore_ascii_case(&gone)),
+        format!("…and of the new key's: {qn:?}"),
+    );
+    let rel = hive::open_key_at(p, Some(hold), "Below", KEY_READ, true);
+    ctx.check(
+        rel == Err(status::STATUS_KEY_DELETED),
+        format!("a create relative to the deleted key's object: {rel:?}"),
+    );
+
+    // Refusals, each with its pre and post: a key with a subkey, a hive's root; a second
+    // delete of the deleted key succeeds doing nothing; a rename of it is refused; an unknown
+    // handle is refused before any notification.
+    log_start(&s);
+    let sub = hive::delete_key(p, hp);
+    ctx.check(
+        sub == STATUS_CANNOT_DELETE,
+        format!("a key with a subkey: {}", status::describe(sub)),
+    );
+    let root = hive::delete_key(p, hroot);
+    ctx.check(
+        root == STATUS_CANNOT_DELETE,
+        format!("the hive's root: {}", status::describe(root)),
+    );
+    let twice = hive::delete_key(p, hold);
+    ctx.check(
+        twice == 0,
+        format!("the deleted key deleted again: {}", status::describe(twice)),
+    );
+    let ren = hive::rename_key(p, hold, "Renamed");
+    ctx.check(
+        ren == status::STATUS_KEY_DELETED,
+        format!("a rename of the deleted key: {}", status::describe(ren)),
+    );
+    let bad = hive::delete_key(p, 0xBAD0);
+    ctx.check(
+        bad == status::STATUS_INVALID_HANDLE,
+        format!("an unknown handle: {}", status::describe(bad)),
+    );
+    let l = log(&s);
+    let pres = l.iter().filter(|e| e.class == PRE_DELETE_KEY).count();
+    let posts: Vec<u64> = l
+        .iter()
+        .filter(|e| e.class == POST_DELETE_KEY || e.class == POST_RENAME_KEY)
+        .map(|e| e.extra)
+        .collect();
+    ctx.check(
+        pres == 3,
+        format!("three RegNtPreDeleteKey, none for the unknown handle ({pres})"),
+    );
+    ctx.check(
+        posts
+            == [
+                bits(STATUS_CANNOT_DELETE),
+                bits(STATUS_CANNOT_DELETE),
+                0,
+                bits(status::STATUS_KEY_DELETED),
+            ],
+        format!("the posts carry the statuses: {posts:x?}"),
+    );
+    let kept = hive::open_key(p, &format!(r"{parent}\Child"), KEY_READ, false);
+    ctx.check(
+        kept.is_ok(),
+        "the refused delete left Parent\\Child in place",
+    );
+    close(p, &[hp, hnew]);
+    close(p, &kept.into_iter().collect::<Vec<_>>());
+    close(p, &[hroot]);
+
+    // The deleted key's object alone holds the hive, though the kernel lists nothing.
+    let listed = hive::open_subkeys(mount).unwrap_or_default();
+    ctx.check(
+        listed.is_empty(),
+        format!("only the deleted key's object is left: the kernel's list is empty ({listed:?})"),
+    );
+    let r = hive::unload_hive(SYSTEM_PID, mount);
+    ctx.check(
+        r == STATUS_CANNOT_DELETE,
+        format!(
+            "the unload fails while it lives (its KCB references its parent, up to the root): {}",
+            status::describe(r)
+        ),
+    );
+    // Its id is freed with it: with the root held, it is the last id freed, which the next
+    // new key takes (ids are reused last-freed first).
+    let hroot = open(ctx, p, mount, false);
+    close(p, &[hold]);
+    let hnext = open(ctx, p, &format!(r"{SOFTWARE}\KemuDeleteNext"), true);
+    let next = key_id(dev, hnext);
+    ctx.check(
+        next.id == g0.id,
+        format!(
+            "the deleted key's id is freed with its last object: the next new key gets it ({:#x}, deleted {:#x})",
+            next.id, g0.id
+        ),
+    );
+    close(p, &[hnext, hroot]);
+    let r = hive::unload_hive(SYSTEM_PID, mount);
+    ctx.check(
+        r == 0,
+        format!(
+            "once it is closed the hive unloads: {}",
+            status::describe(r)
+        ),
+    );
     io::close(dev);
     process::exit_process(p);
     finish(ctx, s);

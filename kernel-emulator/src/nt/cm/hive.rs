@@ -65,8 +65,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::c_void;
 
 use crate::nt::cm::registry::{
-    self, PreFields, RegCreateKeyInformationV1, RegKeyHandleCloseInformation,
-    RegLoadKeyInformation, RegRenameKeyInformation, RegUnloadKeyInformation, class,
+    self, PreFields, RegCreateKeyInformationV1, RegDeleteKeyInformation,
+    RegKeyHandleCloseInformation, RegLoadKeyInformation, RegRenameKeyInformation,
+    RegUnloadKeyInformation, class,
 };
 use crate::nt::io;
 use crate::nt::kernel;
@@ -74,7 +75,7 @@ use crate::nt::layout::OwnedUnicode;
 use crate::nt::ob::object::{KERNEL_HANDLE_BIT, OBJ_KERNEL_HANDLE};
 use crate::nt::status::{
     NtStatus, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
-    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING,
+    STATUS_KEY_DELETED, STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING,
     STATUS_PREDEFINED_HANDLE, STATUS_REPARSE, STATUS_SUCCESS,
 };
 
@@ -117,6 +118,10 @@ pub struct KeyObject {
     /// (and no emulated filter) was registered: a tracking driver was told of it. The audit
     /// of holders answers relies on it (`Ctx::ioctl_checked`).
     pub announced: bool,
+    /// Its key was deleted (NtDeleteKey) while it lived: the object stays, with its id, name
+    /// and hive, and still pins the hive, but belongs to no key a lookup can find
+    /// ([`delete_key`]).
+    pub deleted: bool,
 }
 
 /// One mounted hive.
@@ -216,8 +221,12 @@ pub struct HiveState {
     free_key_ids: Vec<usize>,
     /// Ids handed out so far (fresh ones are numbered from it).
     minted_key_ids: usize,
-    /// Live key objects at or below each canonical key (what keeps a key's id alive).
+    /// Live key objects at or below each canonical key (what keeps a key's id alive); a
+    /// deleted key still referenced counts as one below its parent ([`DeletedKey`]).
     live_below: HashMap<String, usize>,
+    /// Deleted keys still referenced, by id: their ids stay allocated, apart from `key_ids`,
+    /// until their last reference goes ([`HiveState::delete`]).
+    deleted_keys: HashMap<usize, DeletedKey>,
     /// The Windows 7 routine `CmCallbackGetKeyObjectID`'s name of each key it named (key id
     /// -> the kernel-owned UNICODE_STRING): built at the first call and handed out again,
     /// the old name after a rename, until the key's id goes (`registry.rs`).
@@ -240,6 +249,27 @@ pub struct HiveState {
     /// The `\REGISTRY` key object (0 until the first absolute open needs it): the root an
     /// absolute name is parsed from, never closed ([`registry_root`]).
     registry_root: usize,
+}
+
+/// What a deleted key's key control block hangs from: its parent (WRK `cmsubs.c`
+/// CmpCreateKeyControlBlock references `ParentKcb`, which CmDeleteKey leaves in place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DeletedParent {
+    /// A key that still exists, by canonical name: the deleted key counts as one in its
+    /// `live_below`.
+    Key(String),
+    /// A deleted key, by id.
+    Deleted(usize),
+}
+
+/// A deleted key whose key control block is still referenced (WRK `cmapi2.c` CmDeleteKey:
+/// `Delete = TRUE`, `CmpRemoveKeyControlBlock`, "do NOT free its storage ... when the
+/// RefCount becomes zero"): by its key objects and by the KCBs of deleted keys below it.
+#[derive(Debug, Clone)]
+struct DeletedKey {
+    /// Its key objects plus the deleted keys that hang from it.
+    refs: usize,
+    parent: DeletedParent,
 }
 
 fn canon(path: &str) -> String {
@@ -408,9 +438,20 @@ impl HiveState {
     /// [`Self::key_id`].
     fn remove_object(&mut self, address: usize) -> Option<KeyObject> {
         let object = self.objects.remove(&address)?;
+        if object.deleted {
+            self.release_deleted(object.key_id);
+            return Some(object);
+        }
         let key = canon(&object.name);
         self.count_live(&key, -1);
-        let mut k = key.as_str();
+        self.free_unheld(&key);
+        Some(object)
+    }
+
+    /// Frees the id of canonical `key` if nothing is left at or below it, then of each key
+    /// above it left so, deepest first.
+    fn free_unheld(&mut self, key: &str) {
+        let mut k = key;
         loop {
             if self.live_below.contains_key(k) {
                 break;
@@ -426,15 +467,119 @@ impl HiveState {
                 _ => break,
             }
         }
-        Some(object)
+    }
+
+    /// One reference fewer on the deleted key `id`; at the last its id is freed (it was
+    /// kept out of `key_ids`, so a key re-created with the same name keeps its own id) and
+    /// its parent loses the reference it held (WRK `cmsubs.c`
+    /// CmpDereferenceKeyControlBlockWithLock -> CmpCleanUpKcbCacheWithLock: a deleted KCB is
+    /// freed at once, never cached, then its parent is dereferenced).
+    fn release_deleted(&mut self, id: usize) {
+        let mut id = id;
+        loop {
+            let Some(d) = self.deleted_keys.get_mut(&id) else {
+                return;
+            };
+            d.refs -= 1;
+            if d.refs > 0 {
+                return;
+            }
+            let parent = d.parent.clone();
+            self.deleted_keys.remove(&id);
+            self.free_key_ids.push(id);
+            if let Some(name) = self.old_names.remove(&id) {
+                crate::nt::cm::registry::free_kernel_name(name);
+            }
+            match parent {
+                DeletedParent::Deleted(p) => id = p,
+                DeletedParent::Key(p) => {
+                    self.count_live(&p, -1);
+                    self.free_unheld(&p);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// NtDeleteKey's effect on the model (see [`delete_key`]), after WRK `cmapi2.c`
+    /// CmDeleteKey.
+    fn delete(&mut self, object: usize) -> NtStatus {
+        let Some(o) = self.objects.get(&object) else {
+            return STATUS_INVALID_HANDLE;
+        };
+        // "If already marked for deletion, storage is gone, so do nothing and return
+        // success" (the `Delete == TRUE` test comes after the `\REGISTRY` one, which a
+        // deleted key never is).
+        if o.deleted {
+            return STATUS_SUCCESS;
+        }
+        let key = canon(&o.name);
+        // `\REGISTRY` (`ParentKcb == NULL`) and every hive's root (KEY_NO_DELETE: WRK
+        // `cmparse.c` CmpDoCreateLinkNode, `cmsysini.c` CmpCreateRootNode) ->
+        // STATUS_CANNOT_DELETE; `\REGISTRY\MACHINE` and `\REGISTRY\USER` hold the hives' links
+        // (subkeys), so the same; and so does any key with a subkey.
+        let below = format!("{key}\\");
+        if MASTER_KEYS.contains(&key.as_str())
+            || self.hives.contains_key(&key)
+            || self.hive_of(&key).is_none()
+            || self.keys.iter().any(|k| k.starts_with(&below))
+            || self.hives.keys().any(|m| m.starts_with(&below))
+        {
+            return STATUS_CANNOT_DELETE;
+        }
+        let Some(id) = self.key_ids.remove(&key) else {
+            return STATUS_INVALID_HANDLE;
+        };
+        self.keys.remove(&key);
+        self.spelled.remove(&key);
+        self.links.remove(&key);
+        self.predefined.remove(&key);
+        // The key's objects (their bodies stay on the KCB) and the deleted keys that hung
+        // from it by name now hang from the deleted KCB.
+        let mut refs = 0;
+        for o in self.objects.values_mut() {
+            if !o.deleted && canon(&o.name) == key {
+                o.deleted = true;
+                refs += 1;
+            }
+        }
+        for d in self.deleted_keys.values_mut() {
+            if d.parent == DeletedParent::Key(key.clone()) {
+                d.parent = DeletedParent::Deleted(id);
+                refs += 1;
+            }
+        }
+        // Each of those counted once at the key and above; now the deleted key counts once
+        // above it (its KCB's reference on its parent).
+        let parent = key
+            .rsplit_once('\\')
+            .map_or(String::new(), |(p, _)| p.to_string());
+        self.count_live(&key, -isize::try_from(refs).unwrap_or(isize::MAX));
+        self.count_live(&parent, 1);
+        self.deleted_keys.insert(
+            id,
+            DeletedKey {
+                refs,
+                parent: DeletedParent::Key(parent),
+            },
+        );
+        STATUS_SUCCESS
     }
 
     /// NtRenameKey's effect on the model (see [`rename_key`]): the key of `object` and every
     /// key below it take the new last component; ids, objects and their counts follow.
     fn rename(&mut self, object: usize, new_name: &str) -> NtStatus {
-        let Some(name) = self.objects.get(&object).map(|o| o.name.clone()) else {
+        let Some((name, deleted)) = self
+            .objects
+            .get(&object)
+            .map(|o| (o.name.clone(), o.deleted))
+        else {
             return STATUS_INVALID_HANDLE;
         };
+        // WRK `cmapi.c` CmRenameKey, first: "no edits, on keys marked for deletion".
+        if deleted {
+            return STATUS_KEY_DELETED;
+        }
         let key = canon(&name);
         // Windows Research Kernel `base/ntos/config/cmapi.c`, CmRenameKey: "cannot rename the
         // root of a hive; or anything in the master hive" -> STATUS_ACCESS_DENIED.
@@ -480,6 +625,13 @@ impl HiveState {
         self.spelled.insert(new_key.clone(), new_stored.clone());
         rebase_map(&mut self.key_ids, &key, &new_key);
         rebase_map(&mut self.live_below, &key, &new_key);
+        for d in self.deleted_keys.values_mut() {
+            if let DeletedParent::Key(p) = &d.parent
+                && let Some(n) = rebase(p, &key, &new_key)
+            {
+                d.parent = DeletedParent::Key(n);
+            }
+        }
         let links: Vec<String> = self
             .links
             .keys()
@@ -507,8 +659,11 @@ impl HiveState {
         // from the KCB chain (CmpConstructName), whose name block CmRenameKey replaces in the
         // renamed key's KCB (WRK `cmapi.c`: `KeyControlBlock->NameBlock =
         // CmpGetNameControlBlock(&NewKeyName)`; the KCBs below keep their parent pointer).
+        // A deleted key's objects keep their names (not modelled: the WRK builds those from
+        // the deleted KCB's parent chain too).
         for o in self.objects.values_mut() {
-            if rebase(&canon(&o.name), &key, &new_key).is_some()
+            if !o.deleted
+                && rebase(&canon(&o.name), &key, &new_key).is_some()
                 && let Some(rest) = o.name.get(key.len()..)
             {
                 o.name = format!("{new_stored}{rest}");
@@ -844,6 +999,7 @@ fn registry_root() -> usize {
                 key_id,
                 opener: SYSTEM_PID,
                 announced: false,
+                deleted: false,
             },
         );
         h.registry_root = object;
@@ -987,6 +1143,13 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         let s = registry::notify_post(post_class, 0, captured, at, &pre);
         return Parsed::Done(Err(s));
     }
+    // WRK `cmparse.c`: after the pre-callbacks, CmpBuildHashStackAndLookupCache refuses a
+    // root key object whose key is deleted ("Check to make sure the passed in root key is
+    // not marked for deletion") -> STATUS_KEY_DELETED.
+    if kernel::with(|k| k.hives.objects.get(&root_object).is_some_and(|o| o.deleted)) {
+        let s = registry::notify_post(post_class, 0, STATUS_KEY_DELETED, at, &pre);
+        return Parsed::Done(Err(s));
+    }
     let full = if is_absolute(root_object) {
         name.to_string()
     } else {
@@ -1070,6 +1233,7 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
                 key_id,
                 opener,
                 announced: false,
+                deleted: false,
             },
         );
         *k.objects.references.entry(object).or_insert(0) += 1;
@@ -1272,7 +1436,8 @@ pub fn set_predefined(path: &str) {
 /// contains the most up-to-date key name"). Failures, from the Windows Research Kernel's
 /// `base/ntos/config/cmapi.c` CmRenameKey: a hive's root key or a key of the master hive,
 /// STATUS_ACCESS_DENIED; a sibling with the new name (case-insensitively, the key itself
-/// included), STATUS_CANNOT_DELETE. Before anything else, the WRK's `ntapi.c` NtRenameKey
+/// included), STATUS_CANNOT_DELETE; a deleted key ([`delete_key`]), STATUS_KEY_DELETED, checked
+/// first. Before anything else, the WRK's `ntapi.c` NtRenameKey
 /// checks the NewName: empty, longer than REG_MAX_KEY_NAME_LENGTH (512 bytes,
 /// `ntregapi.h`), of an odd length or with a `\` is STATUS_INVALID_PARAMETER with no
 /// notification (before 2026-12-05 the model notified and answered
@@ -1318,6 +1483,62 @@ pub fn rename_key(pid: u32, handle: u64, new_name: &str) -> NtStatus {
     })
 }
 
+/// Deletes the key behind `pid`'s handle (`NtDeleteKey(KeyHandle)`, what `RegDeleteKey`
+/// ends in), after the Windows Research Kernel's `base/ntos/config/ntapi.c` NtDeleteKey: the
+/// handle is referenced first (an unknown one: STATUS_INVALID_HANDLE, no notification);
+/// RegNtPreDeleteKey with REG_DELETE_KEY_INFORMATION (Object = the handle's key object,
+/// per-callback CallContext and ObjectContext; Learn
+/// [REG_DELETE_KEY_INFORMATION](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_delete_key_information)),
+/// which a callback can fail (then only the callbacks that saw the pre get a post, with that
+/// status: `CmpCallCallBacks(..., TRUE, RegNtPostDeleteKey, KeyBody)`); then `CmDeleteKey`
+/// and RegNtPostDeleteKey with its status and the Object, whatever the status
+/// (`CmPostCallbackNotification(RegNtPostDeleteKey, KeyBody, status)`). `CmDeleteKey`
+/// (`cmapi2.c`): `\REGISTRY` (no parent KCB), a hive's root (KEY_NO_DELETE) or a key with
+/// subkeys is STATUS_CANNOT_DELETE; a key already deleted, STATUS_SUCCESS and nothing done;
+/// otherwise the key is gone from the namespace and its KCB is marked `Delete` and taken out
+/// of the KCB hash (`CmpRemoveKeyControlBlock`) but lives while key objects reference it.
+///
+/// In the model: the key leaves the key set, so a later create of the same name is a new key
+/// with a new id (WRK `cmsubs.c` CmpCreateKeyControlBlock finds no match in the hash for a
+/// deleted KCB and allocates a new one); the key's live objects are flagged `deleted` and
+/// keep their id, name and hive — they still pin it for an unload (the deleted KCB
+/// references its parent, up to the root, whose `RefCount == 1` CmUnloadKey requires, WRK
+/// `cmapi.c`) — but are no longer listed by [`open_subkeys`] (`cmsubs.c`
+/// CmpSearchForOpenSubKeys walks the KCB hash); [`query_key_name`], [`rename_key`] and
+/// opens relative to them answer STATUS_KEY_DELETED. The id stays allocated until the last
+/// such object goes, then is freed like any id. What CmCallbackGetKeyObjectIDEx returns for
+/// such an object is not documented: the model keeps answering its id and its last name, an
+/// *inference*. Not modelled: access checks (DELETE), the WMI control keys and read-only
+/// KCBs NtDeleteKey also checks, transactions.
+#[must_use = "the status says whether the key was deleted"]
+pub fn delete_key(pid: u32, handle: u64) -> NtStatus {
+    let table = crate::nt::ps::process::handle_table_of(pid, handle);
+    let Some(object) = kernel::with(|k| k.hives.handles.get(&(table, handle)).copied()) else {
+        return STATUS_INVALID_HANDLE;
+    };
+    let mut info = RegDeleteKeyInformation {
+        object: object as *mut c_void,
+        call_context: std::ptr::null_mut(),
+        object_context: std::ptr::null_mut(),
+        reserved: std::ptr::null_mut(),
+    };
+    let at = (&raw mut info) as usize;
+    io::with_pid(pid, || {
+        let fields = PreFields {
+            call_context: 0x08,
+            object_context: Some(0x10),
+            object,
+        };
+        let pre = registry::notify_pre(class::PRE_DELETE_KEY, at, fields);
+        if !pre.proceeds() {
+            return pre.unwind(class::POST_DELETE_KEY, at, object);
+        }
+        let status = kernel::with(|k| k.hives.delete(object));
+        // As for rename: a post-callback may change the result the caller gets.
+        registry::notify_post(class::POST_DELETE_KEY, object, status, at, &pre)
+    })
+}
+
 /// Duplicates (or inherits) a handle into another process: same key object, no notification.
 ///
 /// # Errors
@@ -1346,8 +1567,11 @@ pub fn duplicate_handle(src_pid: u32, handle: u64, dst_pid: u32) -> Result<u64, 
 /// ([`HiveState::rename`] rebases it).
 ///
 /// # Errors
-/// STATUS_INVALID_HANDLE for a handle `pid` does not have. (`CmQueryKey`'s STATUS_KEY_DELETED
-/// is not modelled: the model deletes no keys.)
+/// STATUS_INVALID_HANDLE for a handle `pid` does not have; STATUS_KEY_DELETED for an object
+/// of a deleted key ([`delete_key`]): WRK `base/ntos/config/cmapi.c` CmQueryKey,
+/// KeyNameInformation of a KCB with `Delete` set: "return key deleted status, but still fill
+/// the full name of the key" (the model returns no name with it; until 2026-12-05 the model
+/// deleted no keys).
 pub fn query_key_name(pid: u32, handle: u64) -> Result<String, NtStatus> {
     let table = crate::nt::ps::process::handle_table_of(pid, handle);
     kernel::with(|k| {
@@ -1356,10 +1580,11 @@ pub fn query_key_name(pid: u32, handle: u64) -> Result<String, NtStatus> {
             .handles
             .get(&(table, handle))
             .ok_or(STATUS_INVALID_HANDLE)?;
-        h.objects
-            .get(object)
-            .map(|o| o.name.clone())
-            .ok_or(STATUS_INVALID_HANDLE)
+        let o = h.objects.get(object).ok_or(STATUS_INVALID_HANDLE)?;
+        if o.deleted {
+            return Err(STATUS_KEY_DELETED);
+        }
+        Ok(o.name.clone())
     })
 }
 
@@ -1737,6 +1962,7 @@ pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
             .filter(|(a, o)| {
                 o.hive == m
                     && !o.destroyed
+                    && !o.deleted
                     && (o.handles > 0
                         || k.objects.references.get(a).copied().unwrap_or(0) > 0
                         || k.hives.deferred.contains(a))
@@ -1759,7 +1985,10 @@ pub fn holders(mount: &str) -> Vec<String> {
             .iter()
             .filter_map(|((pid, h), o)| {
                 let obj = k.hives.objects.get(o)?;
-                (obj.hive == m).then(|| format!("process {pid} handle {h:#x}: {}", obj.name))
+                (obj.hive == m).then(|| {
+                    let deleted = if obj.deleted { " (deleted key)" } else { "" };
+                    format!("process {pid} handle {h:#x}: {}{deleted}", obj.name)
+                })
             })
             .collect();
         v.extend(
@@ -1978,6 +2207,77 @@ mod tests {
         for h in [key, sub, taken, root, reopened] {
             assert_eq!(close_key(4004, h), STATUS_SUCCESS);
         }
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    /// NtDeleteKey of nested keys (WRK `cmapi2.c` CmDeleteKey, `cmsubs.c`): a deleted key
+    /// held by its objects keeps its id apart from the key re-created with its name; a deleted
+    /// parent of a deleted key stays referenced by it; a rename of a live parent carries the
+    /// deleted child's reference along; every count and id goes with the last object.
+    #[test]
+    fn deleted_keys_keep_their_ids_apart_until_their_last_object() {
+        let mount = r"\REGISTRY\MACHINE\UNITDELETE";
+        let up = mount.to_ascii_uppercase();
+        assert_eq!(load_hive(4, mount, "unitdelete"), STATUS_SUCCESS);
+        let open =
+            |name: &str| open_key(4004, &format!(r"{mount}\{name}"), 0x2_0019, true).unwrap();
+        let id = |h: u64| {
+            kernel::with(|k| {
+                let o = k.hives.handles[&(4004, h)];
+                k.hives.identify(o).unwrap().0
+            })
+        };
+        let (old, sub) = (open("Old"), open(r"Old\Sub"));
+        let (old_id, sub_id) = (id(old), id(sub));
+        assert_eq!(delete_key(4004, old), STATUS_CANNOT_DELETE);
+        assert_eq!(delete_key(4004, sub), STATUS_SUCCESS);
+        assert_eq!(delete_key(4004, old), STATUS_SUCCESS);
+        assert_eq!(delete_key(4004, old), STATUS_SUCCESS);
+        let (recreated_old, recreated_sub) = (open("Old"), open(r"Old\Sub"));
+        let (recreated_old_id, recreated_sub_id) = (id(recreated_old), id(recreated_sub));
+        for new in [recreated_old_id, recreated_sub_id] {
+            assert!(new != old_id && new != sub_id);
+        }
+        assert_eq!((id(old), id(sub)), (old_id, sub_id));
+        assert_eq!(query_key_name(4004, sub), Err(STATUS_KEY_DELETED));
+        assert_eq!(open_subkeys(mount).unwrap().len(), 2);
+        // The re-created keys go first: their ids are freed, the deleted ones are not.
+        for h in [recreated_sub, recreated_old] {
+            assert_eq!(close_key(4004, h), STATUS_SUCCESS);
+        }
+        kernel::with(|k| {
+            let h = &k.hives;
+            assert!(
+                !h.key_ids
+                    .values()
+                    .any(|&i| i == recreated_old_id || i == recreated_sub_id)
+            );
+            assert_eq!(h.deleted_keys[&old_id].refs, 2);
+            assert_eq!(
+                h.deleted_keys[&sub_id].parent,
+                DeletedParent::Deleted(old_id)
+            );
+            assert_eq!(h.live_below.get(&up), Some(&1));
+        });
+        assert_eq!(unload_hive(4, mount), STATUS_CANNOT_DELETE);
+        assert_eq!(close_key(4004, old), STATUS_SUCCESS);
+        assert_eq!(close_key(4004, sub), STATUS_SUCCESS);
+        kernel::with(|k| {
+            let h = &k.hives;
+            assert!(!h.deleted_keys.contains_key(&old_id) && !h.deleted_keys.contains_key(&sub_id));
+            assert!(!h.live_below.contains_key(&up));
+        });
+        // A deleted child of a key renamed afterwards: its reference moves with the name.
+        let (p, c) = (open("P"), open(r"P\C"));
+        assert_eq!(delete_key(4004, c), STATUS_SUCCESS);
+        assert_eq!(rename_key(4004, p, "Q"), STATUS_SUCCESS);
+        assert_eq!(close_key(4004, p), STATUS_SUCCESS);
+        let q = format!(r"{up}\Q");
+        kernel::with(|k| assert_eq!(k.hives.live_below.get(&q), Some(&1)));
+        assert_eq!(close_key(4004, c), STATUS_SUCCESS);
+        kernel::with(|k| {
+            assert!(!k.hives.live_below.contains_key(&q) && !k.hives.key_ids.contains_key(&q));
+        });
         assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
     }
 

@@ -35,6 +35,10 @@ pub use crate::nt::status::STATUS_CALLBACK_BYPASS;
 /// REG_NOTIFY_CLASS values (wdm.h; the enumeration in ReactOS `sdk/include/xdk/cmtypes.h`
 /// counts them: RegNtPreRenameKey = RegNtRenameKey is the fifth, 4; RegNtPostRenameKey 19).
 pub mod class {
+    /// RegNtPreDeleteKey (= RegNtDeleteKey).
+    pub const PRE_DELETE_KEY: usize = 0;
+    /// RegNtPostDeleteKey.
+    pub const POST_DELETE_KEY: usize = 15;
     /// RegNtPreRenameKey (= RegNtRenameKey).
     pub const PRE_RENAME_KEY: usize = 4;
     /// RegNtPostRenameKey.
@@ -211,6 +215,22 @@ pub struct RegRenameKeyInformation {
     pub reserved: *mut c_void,
 }
 
+/// REG_DELETE_KEY_INFORMATION (0x20): Learn
+/// <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_delete_key_information>
+/// (Object, CallContext, ObjectContext, Reserved).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegDeleteKeyInformation {
+    /// 0x00: the key object of the key being deleted
+    pub object: *mut c_void,
+    /// 0x08
+    pub call_context: *mut c_void,
+    /// 0x10
+    pub object_context: *mut c_void,
+    /// 0x18
+    pub reserved: *mut c_void,
+}
+
 /// REG_UNLOAD_KEY_INFORMATION (0x28).
 #[repr(C)]
 #[derive(Debug)]
@@ -245,6 +265,9 @@ const _: () = {
     assert!(size_of::<RegLoadKeyInformation>() == 0x58);
     assert!(offset_of!(RegLoadKeyInformation, call_context) == 0x40);
     assert!(size_of::<RegUnloadKeyInformation>() == 0x28);
+    assert!(size_of::<RegDeleteKeyInformation>() == 0x20);
+    assert!(offset_of!(RegDeleteKeyInformation, call_context) == 0x08);
+    assert!(offset_of!(RegDeleteKeyInformation, object_context) == 0x10);
     assert!(size_of::<RegRenameKeyInformation>() == 0x28);
     assert!(offset_of!(RegRenameKeyInformation, new_name) == 0x08);
     assert!(offset_of!(RegRenameKeyInformation, call_context) == 0x10);
