@@ -75,6 +75,16 @@ fn keys_of(holders: &[Holder], pid: u32) -> Vec<String> {
     keys
 }
 
+/// Whether each key `pid` holds in `holders` is reported deleted (`HolderKey::KEY_DELETED`).
+fn deleted_of(holders: &[Holder], pid: u32) -> Vec<bool> {
+    holders
+        .iter()
+        .filter(|h| h.pid == u64::from(pid))
+        .flat_map(|h| h.key_flags.iter())
+        .map(|f| f & protocol::holders::HolderKey::KEY_DELETED != 0)
+        .collect()
+}
+
 #[allow(
     clippy::many_single_char_names,
     clippy::similar_names,
@@ -337,8 +347,12 @@ fn delete_held_key(ctx: &mut Ctx) {
         return;
     };
     let a_id = id_of(a, ha);
-    let got = keys_of(&c.holders(ctx, USER), a);
-    ctx.check(got == [gone.as_str()], format!("A holds Gone: {got:?}"));
+    let before = c.holders(ctx, USER);
+    let got = keys_of(&before, a);
+    ctx.check(
+        got == [gone.as_str()] && deleted_of(&before, a) == [false],
+        format!("A holds Gone, not deleted: {got:?}"),
+    );
     // B deletes the key through a handle of its own, then closes it.
     let deleted = hive::open_key(b, &gone, KEY_READ, false).map(|hb| {
         let s = hive::delete_key(b, hb);
@@ -371,6 +385,13 @@ fn delete_held_key(ctx: &mut Ctx) {
     let holders = c.holders(ctx, USER);
     let (held_a, held_e) = (keys_of(&holders, a), keys_of(&holders, e));
     println!("  hivetrack's holders: A {held_a:?}, C {held_e:?}");
+    // hivetrack saw the delete (RegNtPostDeleteKey): A's object is marked deleted, so the
+    // CLI does not expect it in the kernel's list; C's key is another key, not marked.
+    let (deleted_a, deleted_e) = (deleted_of(&holders, a), deleted_of(&holders, e));
+    ctx.check(
+        deleted_a == [true] && deleted_e == [false],
+        format!("A's key is reported deleted, C's not: A {deleted_a:?}, C {deleted_e:?}"),
+    );
     ctx.check(
         held_a == [gone.as_str()],
         format!("hivetrack still lists A's key, which still holds the hive, as Gone: {held_a:?}"),

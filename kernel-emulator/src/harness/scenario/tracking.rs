@@ -128,6 +128,8 @@ pub(crate) struct Holder {
     pub(crate) keys: Vec<(String, u64)>,
     /// The keys' ids (the answers' opaque object ids), in the order of `keys`.
     pub(crate) key_ids: Vec<u64>,
+    /// The keys' flags (`HolderKey::flags`), in the order of `keys`.
+    pub(crate) key_flags: Vec<u32>,
 }
 
 /// One unload attempt.
@@ -256,6 +258,7 @@ impl Client {
                                 oldest_open: p.oldest_open,
                                 keys: Vec::new(),
                                 key_ids: Vec::new(),
+                                key_flags: Vec::new(),
                             });
                         }
                     }
@@ -263,6 +266,7 @@ impl Client {
                         if let Some(h) = out.last_mut() {
                             h.keys.push((k.name.to_string(), k.open_time));
                             h.key_ids.push(k.id);
+                            h.key_flags.push(k.flags);
                         }
                     }
                 }
