@@ -58,10 +58,12 @@ use crate::pool::{BlockClass, Pool};
 /// How long a cached name is trusted after it was fetched, in 100 ns units: one second.
 pub const MAX_NAME_AGE: u64 = 10_000_000;
 
-/// True when a name fetched at `fetched` is too old to trust at `time` (or `time` is before
-/// it: the clock was set back).
+/// True when a name fetched at `fetched` is too old to trust at `time`, or `time` is that far
+/// before it (the clock was set back). Two opens racing read times a little out of order:
+/// that is neither (review 16: `time < fetched` by a hair made an older name replace a
+/// newer one in [`KeyCache::insert`]).
 const fn too_old(time: u64, fetched: u64) -> bool {
-    time.wrapping_sub(fetched) > MAX_NAME_AGE
+    time.abs_diff(fetched) > MAX_NAME_AGE
 }
 
 /// A hive shard index as stored in an entry (hive shards number fewer than 2^16).
@@ -78,7 +80,8 @@ const SHARDS: usize = 64;
 /// Buckets per shard (one 4 KiB block of pointers).
 const BUCKETS: usize = BlockClass::B4096.size() / size_of::<usize>();
 
-/// One cached key: 64 bytes, in a 64-byte block (the two 32-bit counts share a word).
+/// One cached key: 64 bytes, in a 64-byte block (the last word holds the hint's shard and
+/// the deleted mark, 16 bits each, and the objects count).
 #[repr(C)]
 pub struct KeyEntry {
     next: AtomicPtr<Self>,

@@ -127,15 +127,22 @@ fn a_cached_name_is_trusted_for_a_second_only() {
         assert!(!hit, "an older name is fetched again");
         let (d, hit) = open_at(&t, 0x4000, RUN_RENAMED, t0 + MAX_NAME_AGE + 2);
         assert!(hit, "the refreshed entry is trusted again");
+        // An open whose time was read a little before the refresh's (two opens racing).
+        let (f, hit) = open_at(&t, 0x6000, RUN_RENAMED, t0 + MAX_NAME_AGE - 5);
+        assert!(hit, "times a little out of order are not a clock set back");
         let (e, hit) = open_at(&t, 0x5000, RUN_RENAMED, t0);
         assert!(!hit, "a clock set back does not trust the entry");
-        assert_eq!(held(&t), [RUN, RUN, RUN_RENAMED, RUN_RENAMED, RUN_RENAMED]);
+        assert_eq!(
+            held(&t),
+            [RUN, RUN, RUN_RENAMED, RUN_RENAMED, RUN_RENAMED, RUN_RENAMED]
+        );
         for (tok, o) in [
             (a, 0x1000),
             (b, 0x2000),
             (c, 0x3000),
             (d, 0x4000),
             (e, 0x5000),
+            (f, 0x6000),
         ] {
             t.object_destroyed(tok, o);
         }
