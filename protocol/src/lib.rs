@@ -43,4 +43,6 @@ pub mod wire;
 /// CLI refuses to talk to a driver that answers with another version.
 ///
 /// 2: the events page's prefix carries `held_after_seconds` (issue 17's held-after records).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: a holders key may carry `HolderKey::KEY_DELETED` (32), which a version 2 client's
+/// decoder refuses as an unknown flag (review, 2026-12-05).
+pub const PROTOCOL_VERSION: u16 = 3;
