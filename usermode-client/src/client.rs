@@ -510,7 +510,9 @@ impl<'t> Client<'t> {
         };
         if self.transport.backend() != crate::fallback::BACKEND && !summary_only && self.held_now {
             // Who holds each key now: duplicated and inherited handles name no opener.
-            let found = crate::holder_now::held_now(&mut *self.transport, &report.hive.path);
+            let mounts = self.mounts();
+            let found =
+                crate::holder_now::held_now(&mut *self.transport, &report.hive.path, &mounts);
             let transport = &mut *self.transport;
             report.held_now = Some(attach_held_now(&mut report.holders, found, &mut |pid| {
                 transport.process_image(pid)
@@ -520,10 +522,12 @@ impl<'t> Client<'t> {
             // The driver's records, set against the kernel's own list of the hive's keys.
             let kernel = self.kernel_open_keys(&report.hive.path);
             let mut driver = crate::coverage::from_driver(&completeness);
-            // A key opened before tracking started and deleted since is in neither list
-            // (review of the fidelity audit, 2026-12-05): only a hive loaded since is vouched.
-            driver.deleted_keys_unseen =
-                !self.loaded_since(report.hive.id, completeness.tracking_since);
+            // A key the driver did not see (opened before tracking started, or lost) and
+            // deleted since is in neither list (fidelity audit, 2026-12-05): only a hive
+            // loaded since, with nothing lost, is vouched for (as the driver's own
+            // `holders_unseen` in tracker/src/held_after.rs; review 16).
+            driver.deleted_keys_unseen = !completeness.nothing_lost()
+                || !self.loaded_since(report.hive.id, completeness.tracking_since);
             let transport = &mut *self.transport;
             crate::coverage::reconcile(&mut report, driver, kernel, &mut |pid| {
                 transport.process_image(pid)
@@ -532,6 +536,19 @@ impl<'t> Client<'t> {
             count_held(&mut report);
         }
         Ok(report)
+    }
+
+    /// The mount points of the hives the driver lists (none when it cannot be asked).
+    fn mounts(&mut self) -> Vec<String> {
+        let mut mounts = Vec::new();
+        let listed = self.pages::<Hives>(&Self::plain(QueryKind::Hives, 0), |page| {
+            mounts.extend(page.records().map(|r| text(r.mount)));
+            Ok(true)
+        });
+        if listed.is_err() {
+            mounts.clear();
+        }
+        mounts
     }
 
     /// Whether the driver saw hive `id` loaded at or after `since` (a FILETIME; 0: tracking

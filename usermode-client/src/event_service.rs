@@ -711,13 +711,16 @@ fn merge_untracked(holders: &mut Vec<EventHolder>, u: &crate::model::UntrackedHo
 /// then); `None` when the hive is gone or cannot be asked about.
 /// Whether processes the re-check could not see may also hold the hive. The kernel's list
 /// of open keys (`NtQueryOpenSubKeysEx`, in the report as `untracked` holders) names every
-/// opener, so with it nobody is unseen; without it, only a complete report (tracking since
-/// before the hive's keys were opened, nothing lost) vouches for its holders. Found in
-/// review (2026-12-05): the service's own 1002 always said `HoldersUnseen` false.
+/// opener of a key that still exists, but not the objects of a key deleted while open, which
+/// still hold the hive (`Coverage::deleted_keys_unseen`: the hive was loaded before tracking
+/// started, or opens were lost); without the list, only a complete report vouches for its
+/// holders. Found in review (2026-12-05): the service's own 1002 always said
+/// `HoldersUnseen` false; then (review 16) a profile loaded before the service, held only by
+/// a key deleted while open, read as released.
 fn holders_unseen(source: &crate::model::Source) -> bool {
     source.unseen
         || source.coverage.as_ref().map_or(!source.complete, |c| {
-            c.kernel_open_keys.is_none() && !source.complete
+            (c.kernel_open_keys.is_none() && !source.complete) || c.deleted_keys_unseen
         })
 }
 

@@ -353,7 +353,7 @@ fn holders_sentence(holders: &[EventHolder], total: u64, keys: u64, past: bool) 
 }
 
 /// Said of a record with `HOLDERS_UNSEEN`.
-const UNSEEN_SENTENCE: &str = " Processes hivetrack could not see may also hold keys in this hive: keys opened before the driver's tracking began, or opens it lost, are not in its records (`hivetrack holders` on the hive also asks the kernel's list).";
+const UNSEEN_SENTENCE: &str = " Processes hivetrack could not see may also hold keys in this hive: keys opened before the driver's tracking began, or opens it lost, are not in its records (`hivetrack holders` on the hive also asks the kernel's list, which names them unless the key was deleted while open: such a key still holds the hive and is in neither list).";
 
 fn hive_words(hive: &str, user: Option<&str>) -> String {
     user.map_or_else(|| hive.to_owned(), |u| format!("{hive} (user {u})"))

@@ -9,7 +9,9 @@
 //! answers with key ids, never addresses; the duplicates are closed at once.
 //!
 //! Only the report's hive is asked about: each duplicate is named first (`NtQueryKey`,
-//! `KeyNameInformation`), and one whose key is in another hive is closed unasked (counted).
+//! `KeyNameInformation`), and one whose key is in another hive the driver lists is closed
+//! unasked (counted). A name under no listed mount is asked about: `NtQueryKey` runs the
+//! registry callbacks, and a virtualizing filter may hand back a name of its own (review 16).
 //! The driver answers each request with one pass over its records, so asking about every key
 //! handle of the system made a `holders` cost (all key handles / 64) passes, on a terminal
 //! server hundreds of thousands of handles; now it is this hive's handles / 64. A duplicate
@@ -56,12 +58,13 @@ fn in_hive(name: &str, mount: &str) -> bool {
 }
 
 /// Asks the system and the driver who holds each tracked key of the hive mounted at `mount`
-/// now.
+/// now; `mounts`: every hive the driver lists (a handle named in another of them is not
+/// asked about).
 ///
 /// # Errors
 /// Why it cannot be done, in words: the backend cannot read the handle table, the system
 /// refused, the driver is too old for the request, or an answer is malformed.
-pub fn held_now(t: &mut dyn Transport, mount: &str) -> Result<HeldNow, String> {
+pub fn held_now(t: &mut dyn Transport, mount: &str, mounts: &[String]) -> Result<HeldNow, String> {
     let mut buf = [0u8; 256];
     let n = t
         .ioctl(IOCTL_HIVETRACK_GET_VERSION, &[], &mut buf)
@@ -93,7 +96,10 @@ pub fn held_now(t: &mut dyn Transport, mount: &str) -> Result<HeldNow, String> {
                 out.not_examined += 1;
                 continue;
             };
-            if t.key_name(d).is_some_and(|name| !in_hive(&name, mount)) {
+            let elsewhere = t.key_name(d).is_some_and(|name| {
+                !in_hive(&name, mount) && mounts.iter().any(|m| in_hive(&name, m))
+            });
+            if elsewhere {
                 t.close_duplicate(d);
                 out.other_hives += 1;
                 continue;
@@ -269,7 +275,7 @@ mod tests {
         handles.push((9, 0x48, 0x6_0000_0002)); // held by a protected process
         // No key can be named: every one is asked about.
         let mut t = Fake::new(VersionInfo::CAP_IDENTIFY_HANDLES, handles, vec![9]);
-        let now = held_now(&mut t, HIVE).unwrap();
+        let now = held_now(&mut t, HIVE, &mounts()).unwrap();
         assert_eq!(now.by_id.get(&0x5_0000_0001), Some(&vec![7, 8]));
         assert_eq!(now.by_id.get(&0x6_0000_0002), None);
         assert_eq!((now.examined, now.not_examined), (152, 1));
@@ -279,6 +285,17 @@ mod tests {
     }
 
     const HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1";
+
+    /// The hives the driver lists.
+    fn mounts() -> Vec<String> {
+        [
+            HIVE,
+            r"\REGISTRY\USER\S-1-5-21-1_Classes",
+            r"\REGISTRY\MACHINE\SOFTWARE",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
 
     #[test]
     fn only_the_hives_handles_are_asked_about() {
@@ -295,6 +312,7 @@ mod tests {
             (8, 0x50, 0x8_0000_0004),
             (8, 0x54, 0),
             (9, 0x58, 0x6_0000_0002),
+            (8, 0x5C, 0x9_0000_0005),
         ]);
         let mut t = Fake::new(VersionInfo::CAP_IDENTIFY_HANDLES, handles, vec![9]);
         for i in 0..150 {
@@ -314,8 +332,19 @@ mod tests {
             .insert((8, 0x54), r"\REGISTRY\USER\S-1-5-21-1_Classes\CLSID");
         t.names
             .insert((9, 0x58), r"\REGISTRY\USER\S-1-5-21-1\Console");
-        let now = held_now(&mut t, HIVE).unwrap();
-        assert_eq!(t.requests, 1, "only the hive's 5 handles are asked about");
+        // A name under no hive the driver lists (a filter's virtual one): asked.
+        t.names
+            .insert((8, 0x5C), r"\REGISTRY\WC\Silo1\user\Software");
+        let now = held_now(&mut t, HIVE, &mounts()).unwrap();
+        assert_eq!(
+            t.requests, 1,
+            "the hive's 5 handles and the unplaced one are asked"
+        );
+        assert_eq!(
+            now.by_id.get(&0x9_0000_0005),
+            Some(&vec![8]),
+            "unplaced: asked"
+        );
         assert_eq!(now.by_id.get(&0x5_0000_0001), Some(&vec![7, 8]));
         assert_eq!(
             now.by_id.get(&0x7_0000_0003),
@@ -329,7 +358,7 @@ mod tests {
         );
         assert_eq!(
             (now.examined, now.not_examined, now.other_hives),
-            (5, 1, 151)
+            (6, 1, 151)
         );
         assert!(t.open.is_empty(), "every duplicate closed");
     }
@@ -346,7 +375,7 @@ mod tests {
     #[test]
     fn an_old_driver_or_a_backend_without_the_table_says_why() {
         let mut t = Fake::new(VersionInfo::CAP_WAIT_FREE, vec![], vec![]);
-        let e = held_now(&mut t, HIVE).unwrap_err();
+        let e = held_now(&mut t, HIVE, &mounts()).unwrap_err();
         assert!(e.contains("cannot identify handles"), "{e}");
     }
 }

@@ -66,9 +66,10 @@ pub struct Coverage {
     pub unmatched_records: u64,
     /// The driver's records and the kernel's list agree key for key.
     pub reconciled: bool,
-    /// The hive was loaded before tracking started (or when is not known), so a key opened
-    /// before then and deleted since may hold it unseen: the kernel's list omits a deleted
-    /// key's objects, which still keep the hive from unloading (Windows Research Kernel
+    /// A key the driver did not see may hold the hive unseen by both lists: the hive was
+    /// loaded before tracking started (or when is not known, or it is an application hive),
+    /// or opens were lost, and such a key may have been deleted since. The kernel's list
+    /// omits a deleted key's objects, which still keep the hive from unloading (Windows Research Kernel
     /// `cmsubs.c` `CmpSearchForOpenSubKeys` walks the KCB hash, which `CmDeleteKey` takes the
     /// key out of; `cmapi.c` `CmUnloadKey` still fails on the KCB's reference).
     #[serde(default)]

@@ -381,6 +381,11 @@ fn holders_listing_lost(h: &H, procs: &[P], global_lost: u64) -> Listing {
 }
 
 fn hives_listing(hives: &[H]) -> Listing {
+    hives_listing_at(hives, NOW - 3 * 3600 * SECOND)
+}
+
+/// The hives page with every hive loaded at `loaded_time` (FILETIME).
+fn hives_listing_at(hives: &[H], loaded_time: u64) -> Listing {
     let mut l = Listing::new(&NoPrefix);
     for h in hives {
         let mount = units(&h.mount);
@@ -391,7 +396,7 @@ fn hives_listing(hives: &[H]) -> Listing {
             kind: HiveKind::Regular,
             open_keys: h.open_keys,
             holders: h.holders,
-            loaded_time: NOW - 3 * 3600 * SECOND,
+            loaded_time,
             mount: Text::Units(&mount),
             file: Text::Units(&file),
         });
@@ -413,6 +418,26 @@ fn processes_listing(procs: &[(u64, &str, u64, u32, u32)]) -> Listing {
         });
     }
     l
+}
+
+/// The hives of [`logoff`]: the machine's and the user's two.
+fn logoff_hives() -> Vec<H> {
+    let mut hives = machine_hives();
+    hives.push(H {
+        id: 7,
+        mount: user(""),
+        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
+        open_keys: 1,
+        holders: 1,
+    });
+    hives.push(H {
+        id: 8,
+        mount: user("_Classes"),
+        file: r"\Device\HarddiskVolume2\Users\alice\AppData\Local\Microsoft\Windows\UsrClass.dat",
+        open_keys: 0,
+        holders: 0,
+    });
+    hives
 }
 
 fn machine_hives() -> Vec<H> {
@@ -562,21 +587,7 @@ fn snapshot_listing(taken_at: u64, rows: &[(u64, u32, &str, usize)]) -> Listing 
 /// `Software\Policies` open in the user's hive; the `_Classes` hive is free.
 #[must_use]
 pub fn logoff() -> Server {
-    let mut hives = machine_hives();
-    hives.push(H {
-        id: 7,
-        mount: user(""),
-        file: r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT",
-        open_keys: 1,
-        holders: 1,
-    });
-    hives.push(H {
-        id: 8,
-        mount: user("_Classes"),
-        file: r"\Device\HarddiskVolume2\Users\alice\AppData\Local\Microsoft\Windows\UsrClass.dat",
-        open_keys: 0,
-        holders: 0,
-    });
+    let hives = logoff_hives();
     let agent = P {
         pid: AGENT_PID,
         image: AGENT,
@@ -756,6 +767,20 @@ fn released(global_lost: u64) -> Server {
         holders: 0,
     };
     s.holders[0] = (units(&h.mount), holders_listing_lost(&h, &[], global_lost));
+    s
+}
+
+/// [`logoff_released`] with every hive loaded an hour before tracking started.
+///
+/// A key the driver never saw may hold the profile, and if it was deleted while open the
+/// kernel's list does not name it either (`Coverage::deleted_keys_unseen`).
+#[must_use]
+pub fn logoff_released_loaded_before_tracking() -> Server {
+    let mut s = released(0);
+    s.hives = Some(hives_listing_at(
+        &logoff_hives(),
+        TRACKING_SINCE - 3600 * SECOND,
+    ));
     s
 }
 

@@ -118,11 +118,12 @@ impl HandleSource {
 
     /// The full name of the key behind `handle`, a handle of this process: `NtQueryKey`
     /// with `KeyNameInformation`, whose `KEY_NAME_INFORMATION` is `NameLength` (bytes) and
-    /// the name, not NUL-terminated (Learn, `KEY_NAME_INFORMATION`). Any access will do: "name
-    /// information is available regardless of the access level you have on the key" (Windows
-    /// Research Kernel `ntapi.c` `NtQueryKey`), so a duplicate of a handle opened for, say,
-    /// `KEY_NOTIFY` alone is named too. `None` when ntdll has no such routine or the key
-    /// cannot be named (deleted: `STATUS_KEY_DELETED`).
+    /// the name, not NUL-terminated (Learn, `KEY_NAME_INFORMATION`). Any granted access will
+    /// do: "name information is available regardless of the access level you have on the key
+    /// (provided that you have some ...)" (Windows Research Kernel `ntapi.c` `NtQueryKey`), so
+    /// a duplicate of a handle opened for, say, `KEY_NOTIFY` alone is named too; one with no
+    /// access at all is refused. `None` when ntdll has no such routine or the key cannot be
+    /// named (no access, or deleted: `STATUS_KEY_DELETED`): it is then asked about.
     #[must_use]
     pub fn key_name(&self, handle: u64) -> Option<String> {
         let query_key = self.query_key?;

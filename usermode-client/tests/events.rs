@@ -1155,6 +1155,42 @@ fn the_services_own_recheck_says_when_holders_may_be_unseen() {
     }
 }
 
+/// Review 16 (2026-12-05): a profile loaded before tracking started, whose re-check finds no
+/// tracked holder and an empty kernel list, read as released (no 1002): a key the driver
+/// never saw, deleted while open, still holds it and is in neither list (WRK `cmsubs.c`,
+/// `cmapi.c`). The re-check says it could not tell.
+#[test]
+fn a_recheck_of_a_hive_loaded_before_tracking_with_nobody_listed_cannot_tell() {
+    let events_of = |before_tracking: bool| {
+        let mut q = queue_held_after(0);
+        q.push(&failed_unload(&user_hive(), NOW));
+        let q = q.shared();
+        let make = move || {
+            let mut s = if before_tracking {
+                hivetrack_cli::scripted::logoff_released_loaded_before_tracking()
+            } else {
+                logoff_released()
+            };
+            s.version = Some(VersionInfo {
+                capabilities: VersionInfo::CAP_EVENTS,
+                ..version()
+            });
+            Scripted::new(s)
+        };
+        serve_scripted(&q, ServiceOptions::default(), 200, &NoIdentities, &make).1
+    };
+    let events = events_of(true);
+    assert_could_not_tell(&events);
+    assert!(
+        events[2].message.contains("deleted while open"),
+        "{}",
+        events[2].message
+    );
+    // Loaded after tracking started, the same re-check vouches: released, no 1002.
+    let events = events_of(false);
+    assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
+}
+
 #[test]
 fn holders_the_driver_could_not_see_are_said_in_1001_and_1002() {
     const UNSEEN: &str = "Processes hivetrack could not see may also hold keys in this hive: keys opened before the driver's tracking began, or opens it lost, are not in its records";

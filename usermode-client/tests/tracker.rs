@@ -456,6 +456,14 @@ fn a_hive_loaded_before_tracking_is_not_complete_even_when_the_lists_agree() {
     let c = new.source.coverage.as_ref().expect("coverage");
     assert!(c.reconciled && !c.deleted_keys_unseen, "{c:?}");
     assert!(new.source.complete, "{:?}", new.source);
+    // An open lost in it: that key may have been deleted since, in neither list (review 16).
+    d.t.open_lost(&w(&format!(r"{since}\Lost")), NOW - 30 * SECOND);
+    let mut client = hivetrack_cli::client::Client::new(&mut d);
+    client.held_now = false;
+    let lossy = client.holders(&since, false, NOW).expect("a report");
+    let c = lossy.source.coverage.as_ref().expect("coverage");
+    assert!(c.reconciled && c.deleted_keys_unseen, "{c:?}");
+    assert!(!lossy.source.complete, "{:?}", lossy.source);
     let line = hivetrack_cli::render::source_line(&old.source);
     assert!(
         line.contains("INCOMPLETE: the hive was loaded before tracking started"),
