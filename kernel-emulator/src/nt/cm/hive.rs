@@ -1467,19 +1467,38 @@ pub fn rename_key(pid: u32, handle: u64, new_name: &str) -> NtStatus {
         reserved: std::ptr::null_mut(),
     };
     let at = (&raw mut info) as usize;
+    let classes = (class::PRE_RENAME_KEY, class::POST_RENAME_KEY);
+    notified_key_operation(pid, object, at, (0x10, 0x18), classes, |h| {
+        h.rename(object, new_name)
+    })
+}
+
+/// Runs `op` on the key state as `pid`'s operation on key `object` between its pre- and
+/// post-notification (`classes`): `at` is the pre structure, whose CallContext and
+/// ObjectContext sit at the `contexts` offsets. A pre that does not let it proceed unwinds
+/// ([`registry::PreOutcome::unwind`]); a post-callback may change the result the caller
+/// gets (as for load and unload).
+fn notified_key_operation(
+    pid: u32,
+    object: usize,
+    at: usize,
+    contexts: (usize, usize),
+    classes: (usize, usize),
+    op: impl FnOnce(&mut HiveState) -> NtStatus,
+) -> NtStatus {
+    let (pre_class, post_class) = classes;
     io::with_pid(pid, || {
         let fields = PreFields {
-            call_context: 0x10,
-            object_context: Some(0x18),
+            call_context: contexts.0,
+            object_context: Some(contexts.1),
             object,
         };
-        let pre = registry::notify_pre(class::PRE_RENAME_KEY, at, fields);
+        let pre = registry::notify_pre(pre_class, at, fields);
         if !pre.proceeds() {
-            return pre.unwind(class::POST_RENAME_KEY, at, object);
+            return pre.unwind(post_class, at, object);
         }
-        let status = kernel::with(|k| k.hives.rename(object, new_name));
-        // A post-callback may change the result the caller gets (as for load and unload).
-        registry::notify_post(class::POST_RENAME_KEY, object, status, at, &pre)
+        let status = kernel::with(|k| op(&mut k.hives));
+        registry::notify_post(post_class, object, status, at, &pre)
     })
 }
 
@@ -1523,20 +1542,8 @@ pub fn delete_key(pid: u32, handle: u64) -> NtStatus {
         reserved: std::ptr::null_mut(),
     };
     let at = (&raw mut info) as usize;
-    io::with_pid(pid, || {
-        let fields = PreFields {
-            call_context: 0x08,
-            object_context: Some(0x10),
-            object,
-        };
-        let pre = registry::notify_pre(class::PRE_DELETE_KEY, at, fields);
-        if !pre.proceeds() {
-            return pre.unwind(class::POST_DELETE_KEY, at, object);
-        }
-        let status = kernel::with(|k| k.hives.delete(object));
-        // As for rename: a post-callback may change the result the caller gets.
-        registry::notify_post(class::POST_DELETE_KEY, object, status, at, &pre)
-    })
+    let classes = (class::PRE_DELETE_KEY, class::POST_DELETE_KEY);
+    notified_key_operation(pid, object, at, (0x08, 0x10), classes, |h| h.delete(object))
 }
 
 /// Duplicates (or inherits) a handle into another process: same key object, no notification.
