@@ -80,21 +80,7 @@ fn named(t: &TestTracker<'_>, miss: KeyMiss, object: u64, name: &str) -> Token {
 
 /// The names of the keys `P1` holds in SOFTWARE, sorted.
 fn held(t: &TestTracker<'_>) -> Vec<String> {
-    let mut out = Vec::new();
-    drain::<Holders>(
-        4096,
-        |c, b| t.holders(&w(SOFTWARE), c, 0, 0, b),
-        |p| {
-            for r in p.records() {
-                match r {
-                    HolderRecord::Key(k) => out.push(k.name.to_string()),
-                    HolderRecord::Process(_) => {}
-                }
-            }
-        },
-    );
-    out.sort();
-    out
+    held_deleted(t).into_iter().map(|(name, _)| name).collect()
 }
 
 /// The open at `time` as P1: by key id first, by name on a miss; and whether it hit.
