@@ -18,6 +18,7 @@ use super::tracking::{
     load_profile, spawn, start, unload_all,
 };
 use super::{Ctx, Scenario};
+use crate::loader::driver::LoadedDriver;
 use crate::nt::cm::hive;
 use crate::nt::kernel;
 use crate::nt::ps::process;
@@ -73,6 +74,19 @@ fn keys_of(holders: &[Holder], pid: u32) -> Vec<String> {
         .collect();
     keys.sort();
     keys
+}
+
+/// The end of a scenario whose keys are all closed: nobody holds the profile, the
+/// `processes` exit, the hives unload and the driver leaves nothing behind.
+fn finish(ctx: &mut Ctx, d: &mut LoadedDriver, c: Client, processes: &[u32]) {
+    let left = c.holders(ctx, USER);
+    ctx.check(left.is_empty(), format!("every key closed: {left:?}"));
+    for &p in processes {
+        process::exit_process(p);
+    }
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(d);
 }
 
 /// Whether each key `pid` holds in `holders` is reported deleted (`HolderKey::KEY_DELETED`).
@@ -182,13 +196,7 @@ fn rename_key(ctx: &mut Ctx) {
     {
         let _ = hive::close_key(pid, h);
     }
-    let left = c.holders(ctx, USER);
-    ctx.check(left.is_empty(), format!("every key closed: {left:?}"));
-    process::exit_process(a);
-    process::exit_process(b);
-    unload_all(ctx, &[USER, CLASSES]);
-    c.close();
-    ctx.unload_and_check_clean(&mut d);
+    finish(ctx, &mut d, c, &[a, b]);
 }
 
 #[allow(
@@ -267,13 +275,7 @@ fn hidden_rename(ctx: &mut Ctx) {
             let _ = hive::close_key(pid, h);
         }
     }
-    let left = c.holders(ctx, USER);
-    ctx.check(left.is_empty(), format!("every key closed: {left:?}"));
-    process::exit_process(a);
-    process::exit_process(b);
-    unload_all(ctx, &[USER, CLASSES]);
-    c.close();
-    ctx.unload_and_check_clean(&mut d);
+    finish(ctx, &mut d, c, &[a, b]);
 }
 
 #[allow(
@@ -442,12 +444,5 @@ fn delete_held_key(ctx: &mut Ctx) {
         ),
     );
     let _ = hive::close_key(a, ha);
-    let left = c.holders(ctx, USER);
-    ctx.check(left.is_empty(), format!("every key closed: {left:?}"));
-    for p in [a, b, e] {
-        process::exit_process(p);
-    }
-    unload_all(ctx, &[USER, CLASSES]);
-    c.close();
-    ctx.unload_and_check_clean(&mut d);
+    finish(ctx, &mut d, c, &[a, b, e]);
 }
