@@ -76,6 +76,17 @@ fn keys_of(holders: &[Holder], pid: u32) -> Vec<String> {
     keys
 }
 
+/// The start of a scenario: the driver loaded, its control device open, the profile loaded,
+/// and two processes, A and B.
+fn begin(ctx: &mut Ctx) -> Option<(LoadedDriver, Client, u32, u32)> {
+    let d = start(ctx);
+    let c = Client::open(ctx)?;
+    load_profile(ctx);
+    let a = spawn(ctx, APP1);
+    let b = spawn(ctx, APP2);
+    Some((d, c, a, b))
+}
+
 /// The end of a scenario whose keys are all closed: nobody holds the profile, the
 /// `processes` exit, the hives unload and the driver leaves nothing behind.
 fn finish(ctx: &mut Ctx, d: &mut LoadedDriver, c: Client, processes: &[u32]) {
@@ -105,11 +116,9 @@ fn deleted_of(holders: &[Holder], pid: u32) -> Vec<bool> {
     reason = "d, c: driver and client; a, b and their handles ha, hb"
 )]
 fn rename_key(ctx: &mut Ctx) {
-    let mut d = start(ctx);
-    let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
-    let a = spawn(ctx, APP1);
-    let b = spawn(ctx, APP2);
+    let Some((mut d, c, a, b)) = begin(ctx) else {
+        return;
+    };
     let vendor = format!(r"{USER}\Software\Vendor");
     let (old, old_sub) = (format!(r"{vendor}\Old"), format!(r"{vendor}\Old\Sub"));
     let (new, new_sub) = (format!(r"{vendor}\New"), format!(r"{vendor}\New\Sub"));
@@ -207,11 +216,9 @@ fn hidden_rename(ctx: &mut Ctx) {
     use crate::nt::cm::registry;
     /// `KEY_WRITE` (winnt.h): what a rename needs.
     const KEY_WRITE: u32 = 0x2_0006;
-    let mut d = start(ctx);
-    let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
-    let a = spawn(ctx, APP1);
-    let b = spawn(ctx, APP2);
+    let Some((mut d, c, a, b)) = begin(ctx) else {
+        return;
+    };
     let vendor = format!(r"{USER}\Software\Vendor");
     let (old, old_sub) = (format!(r"{vendor}\Old"), format!(r"{vendor}\Old\Sub"));
     let new_sub = format!(r"{vendor}\New\Sub");
@@ -283,11 +290,9 @@ fn hidden_rename(ctx: &mut Ctx) {
     reason = "d, c: driver and client; a, b: the processes"
 )]
 fn key_id_reuse(ctx: &mut Ctx) {
-    let mut d = start(ctx);
-    let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
-    let a = spawn(ctx, APP1);
-    let b = spawn(ctx, APP2);
+    let Some((mut d, c, a, b)) = begin(ctx) else {
+        return;
+    };
     let first = format!(r"{USER}\Software\Reuse\First");
     let second = format!(r"{USER}\Software\Reuse\Second");
     ensure_parents(a, &first);
@@ -336,11 +341,9 @@ fn key_id_reuse(ctx: &mut Ctx) {
     reason = "d, c: driver and client; a, b, e: the processes A, B, C and their handles; one linear script"
 )]
 fn delete_held_key(ctx: &mut Ctx) {
-    let mut d = start(ctx);
-    let Some(c) = Client::open(ctx) else { return };
-    load_profile(ctx);
-    let a = spawn(ctx, APP1);
-    let b = spawn(ctx, APP2);
+    let Some((mut d, c, a, b)) = begin(ctx) else {
+        return;
+    };
     let e = spawn(ctx, SHELL);
     let gone = format!(r"{USER}\Software\Vendor\Gone");
     ensure_parents(a, &gone);
