@@ -580,6 +580,49 @@ fn td_unload_deferred_delete(ctx: &mut Ctx) {
             status::describe(r)
         ),
     );
+    // The unloads' own objects, still awaiting deletion, keep their keys' ids; their KCBs were
+    // marked deleted at the unloads (WRK cmapi.c CmUnloadKey), so the root of the hive loaded
+    // again has an id of its own (fidelity audit F3: it inherited the old one).
+    ctx.check(
+        hive::load_hive(SYSTEM_PID, &user, file) == STATUS_SUCCESS,
+        "loaded a third time",
+    );
+    let old_ids: Vec<usize> = kernel::with(|k| {
+        let unloaded = format!("{} (unloaded)", user.to_uppercase());
+        k.hives
+            .objects
+            .iter()
+            .filter(|(_, o)| o.hive.eq_ignore_ascii_case(&unloaded))
+            .filter_map(|(a, _)| k.hives.identify(*a))
+            .map(|(id, _, _)| id)
+            .collect()
+    });
+    let new_id = hive::open_key(SYSTEM_PID, &user, 0x2_0019, false)
+        .ok()
+        .and_then(|h| {
+            let id = kernel::with(|k| {
+                let o = k.hives.handles[&(SYSTEM_PID, h)];
+                k.hives.identify(o).map(|(id, _, _)| id)
+            });
+            let _ = hive::close_key(SYSTEM_PID, h);
+            id
+        });
+    ctx.check(
+        old_ids.len() == 2 && new_id.is_some_and(|id| !old_ids.contains(&id)),
+        format!(
+            "the new root has an id of its own ({new_id:x?}), not one of the two unloads' objects ({old_ids:x?})"
+        ),
+    );
+    let ran = hive::run_deferred_deletions();
+    let r = hive::unload_hive(SYSTEM_PID, &user);
+    ctx.check(
+        r == STATUS_SUCCESS && ran == 3,
+        format!(
+            "the three objects deleted on the worker ({ran}), it unloads: {}",
+            status::describe(r)
+        ),
+    );
+    let _ = hive::run_deferred_deletions();
     hive::set_deferred_deletion(false);
     finish(ctx, s);
 }

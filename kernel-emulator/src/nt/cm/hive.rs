@@ -501,6 +501,37 @@ impl HiveState {
         }
     }
 
+    /// The unload's own root `object`, which outlives its hive when its deletion is deferred:
+    /// its KCB is marked deleted and taken out of the hash, as a deleted key's (WRK `cmapi.c`
+    /// CmUnloadKey: `Kcb->Delete = TRUE; ... CmpRemoveKeyControlBlock(Kcb)`), so a hive loaded
+    /// again at the mount gets a new root KCB and a new id while this object keeps the old
+    /// one until it goes (fidelity audit F3; before 2026-12-05 the new root inherited it).
+    fn retire_unloaded_root(&mut self, object: usize) {
+        let Some(o) = self.objects.get_mut(&object) else {
+            return;
+        };
+        if o.deleted {
+            return;
+        }
+        let key = canon(&o.name);
+        let Some(id) = self.key_ids.remove(&key) else {
+            return;
+        };
+        o.deleted = true;
+        let parent = key
+            .rsplit_once('\\')
+            .map_or(String::new(), |(p, _)| p.to_string());
+        self.count_live(&key, -1);
+        self.count_live(&parent, 1);
+        self.deleted_keys.insert(
+            id,
+            DeletedKey {
+                refs: 1,
+                parent: DeletedParent::Key(parent),
+            },
+        );
+    }
+
     /// NtDeleteKey's effect on the model (see [`delete_key`]), after WRK `cmapi2.c`
     /// CmDeleteKey.
     fn delete(&mut self, object: usize) -> NtStatus {
@@ -1928,6 +1959,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
             if let Some(o) = k.hives.objects.get_mut(&root) {
                 o.hive = format!("{m} (unloaded)");
             }
+            k.hives.retire_unloaded_root(root);
             STATUS_SUCCESS
         });
         // The caller gets the status a post-callback may have substituted (as for load).
