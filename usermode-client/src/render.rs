@@ -141,9 +141,10 @@ fn coverage_text(c: &Coverage, line: &mut String) {
             let _ = write!(line, "; the kernel lists {n} open key(s), all tracked");
             if c.deleted_keys_unseen {
                 line.push_str(
-                    ", INCOMPLETE: the hive was loaded before tracking started, and a key opened \
-                     before then and deleted since would be in neither list (the kernel's list \
-                     omits deleted keys, which still hold the hive)",
+                    ", INCOMPLETE: the hive was loaded before tracking started (or is an \
+                     application hive), or opens of it were lost, and a key hivetrack never saw \
+                     and deleted since would be in neither list (the kernel's list omits \
+                     deleted keys, which still hold the hive)",
                 );
             }
         }

@@ -205,7 +205,7 @@ fn record_gone(client: &mut Client<'_>, hive: &str, loaded_since: bool) -> Gone 
                      tracked key closed; the counts are the kernel's list)"
                         .to_owned(),
                 );
-            } else if !loaded_since {
+            } else if !loaded_since || !nothing_lost_now(client) {
                 source.cannot_see(DELETED_UNSEEN.to_owned());
             }
             (
@@ -232,9 +232,17 @@ fn record_gone(client: &mut Client<'_>, hive: &str, loaded_since: bool) -> Gone 
     }
 }
 
-/// What an empty kernel list cannot rule out for a hive loaded before tracking started.
-pub const DELETED_UNSEEN: &str = "keys opened before tracking started and deleted since (the \
-     kernel's list omits deleted keys, which still hold the hive)";
+/// Whether the driver has lost nothing at all (`stats`): `loaded_since` was read at an
+/// earlier look, and an open lost since (in a hive loaded again meanwhile, say) may be of a
+/// key deleted since, in neither list (review 16b).
+fn nothing_lost_now(client: &mut Client<'_>) -> bool {
+    client.stats().is_ok_and(|s| s.source.not_recorded == 0)
+}
+
+/// What an empty kernel list cannot rule out for a hive loaded before tracking started, or
+/// with opens lost.
+pub const DELETED_UNSEEN: &str = "keys hivetrack never saw (opened before tracking started, or \
+     lost) and deleted since (the kernel's list omits deleted keys, which still hold the hive)";
 
 /// Whether `hive` (an NT path) is an application hive's mount (`\REGISTRY\A\…`).
 pub(crate) fn is_app_hive(hive: &str) -> bool {

@@ -359,7 +359,8 @@ fn delete_held_key(ctx: &mut Ctx) {
         format!("A holds Gone, not deleted: {got:?}"),
     );
     // B deletes the key through a handle of its own, then closes it.
-    let deleted = hive::open_key(b, &gone, KEY_READ, false).map(|hb| {
+    // (For DELETE too: NtDeleteKey references its handle for DELETE, WRK `ntapi.c`.)
+    let deleted = hive::open_key(b, &gone, KEY_READ | 0x1_0000, false).map(|hb| {
         let s = hive::delete_key(b, hb);
         let _ = hive::close_key(b, hb);
         s

@@ -117,6 +117,16 @@ pub(super) fn open(ctx: &mut Ctx, pid: u32, path: &str, create: bool) -> u64 {
     r.unwrap_or(0)
 }
 
+/// [`open`] with DELETE access too: `NtDeleteKey` references its handle for DELETE (WRK
+/// `ntapi.c`; the model does not check access, the scenarios ask for it as Windows needs).
+fn open_deletable(ctx: &mut Ctx, pid: u32, path: &str, create: bool) -> u64 {
+    /// `DELETE` (winnt.h).
+    const DELETE: u32 = 0x1_0000;
+    let r = hive::open_key(pid, path, KEY_READ | DELETE, create);
+    ctx.check(r.is_ok(), format!("open {path} for DELETE: {r:?}"));
+    r.unwrap_or(0)
+}
+
 pub(super) fn close(pid: u32, handles: &[u64]) {
     for &h in handles {
         let _ = hive::close_key(pid, h);
@@ -416,11 +426,11 @@ fn td_delete_key(ctx: &mut Ctx) {
     let gone = format!(r"{mount}\Gone");
     let parent = format!(r"{mount}\Parent");
     // The object that outlives the delete, and a key with a subkey.
-    let hold = open(ctx, p, &gone, true);
-    let hp = open(ctx, p, &parent, true);
+    let hold = open_deletable(ctx, p, &gone, true);
+    let hp = open_deletable(ctx, p, &parent, true);
     let hc = open(ctx, p, &format!(r"{parent}\Child"), true);
     close(p, &[hc]);
-    let hroot = open(ctx, p, mount, false);
+    let hroot = open_deletable(ctx, p, mount, false);
     let g0 = key_id(dev, hold);
     ctx.check(
         g0.status == 0 && g0.id != 0 && g0.name == hash(&gone),
@@ -428,7 +438,7 @@ fn td_delete_key(ctx: &mut Ctx) {
     );
 
     // The delete, through a second handle of the key, closed afterwards.
-    let hdel = open(ctx, p, &gone, false);
+    let hdel = open_deletable(ctx, p, &gone, false);
     let object = kernel::with(|k| k.hives.handles.get(&(p, hdel)).copied()).unwrap_or(0) as u64;
     log_start(&s);
     let r = hive::delete_key(p, hdel);

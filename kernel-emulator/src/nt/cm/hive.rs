@@ -1541,7 +1541,9 @@ fn notified_key_operation(
 /// [REG_DELETE_KEY_INFORMATION](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_delete_key_information)),
 /// which a callback can fail (then only the callbacks that saw the pre get a post, with that
 /// status: `CmpCallCallBacks(..., TRUE, RegNtPostDeleteKey, KeyBody)`); then `CmDeleteKey`
-/// and RegNtPostDeleteKey with its status and the Object, whatever the status
+/// and RegNtPostDeleteKey with its status, whatever it is (the Object NULL with an error
+/// status and the status a post-callback's to change, as for every post:
+/// `registry::notify_post`)
 /// (`CmPostCallbackNotification(RegNtPostDeleteKey, KeyBody, status)`). `CmDeleteKey`
 /// (`cmapi2.c`): `\REGISTRY` (no parent KCB), a hive's root (KEY_NO_DELETE) or a key with
 /// subkeys is STATUS_CANNOT_DELETE; a key already deleted, STATUS_SUCCESS and nothing done;
