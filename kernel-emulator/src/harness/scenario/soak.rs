@@ -1,7 +1,8 @@
 //! hivetrack.sys soak: registry operations on 8 emulated threads through the real driver at
 //! 6% random failures of its fallible calls, with queries, process churn and a hive loaded
-//! and unloaded in between; it ends in the leak check and the exact accounting
-//! "opens = tracked + destroyed + abandoned + counted drops".
+//! and unloaded in between, and keys deleted and renamed while held (the key cache's deleted
+//! mark and its epochs under concurrency); it ends in the leak check and the exact
+//! accounting "opens = tracked + destroyed + abandoned + counted drops".
 //!
 //! The size is `HIVETRACK_SOAK_OPS` (registry operations in all; default 40,000 in the
 //! suite); `cargo xtask soak --ops N` sets it.
@@ -36,7 +37,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![Scenario::passing(
         "soak",
         Target::Hivetrack,
-        "HIVETRACK_SOAK_OPS registry operations (default 40,000) on 8 threads at 6% random failures, with queries, process churn and hive load/unload: no bugcheck, no leak, opens = tracked + destroyed + abandoned + counted drops",
+        "HIVETRACK_SOAK_OPS registry operations (default 40,000) on 8 threads at 6% random failures, with queries (holders too), process churn, hive load/unload and keys deleted and renamed while held: no bugcheck, no leak, opens = tracked + destroyed + abandoned + counted drops",
         soak,
     )]
 }
@@ -62,6 +63,9 @@ struct Totals {
     exits: AtomicU64,
     loads: AtomicU64,
     unloads: AtomicU64,
+    /// Deletes and renames carried out.
+    deletes: AtomicU64,
+    renames: AtomicU64,
 }
 
 #[allow(
@@ -82,6 +86,8 @@ fn soak(ctx: &mut Ctx) {
         exits: AtomicU64::new(0),
         loads: AtomicU64::new(0),
         unloads: AtomicU64::new(0),
+        deletes: AtomicU64::new(0),
+        renames: AtomicU64::new(0),
     });
     let hives = [USER, CLASSES, SOFTWARE, SPARE];
     // The parents every worker opens below, made before the faults start.
@@ -127,15 +133,37 @@ fn soak(ctx: &mut Ctx) {
                                 handles.push(k);
                             }
                         }
-                    } else if r < 960 {
+                    } else if r < 940 {
                         let i = (rnd() as usize) % handles.len();
                         let k = handles.swap_remove(i);
                         let _ = hive::close_key(pid, k);
                         totals.closes.fetch_add(1, Relaxed);
+                    } else if r < 955 {
+                        // Deleted while held: the handle stays open, its object now of a
+                        // deleted key (a later open of the name makes a new key).
+                        let k = handles[(rnd() as usize) % handles.len()];
+                        if hive::delete_key(pid, k) == STATUS_SUCCESS {
+                            totals.deletes.fetch_add(1, Relaxed);
+                        }
+                    } else if r < 965 {
+                        let k = handles[(rnd() as usize) % handles.len()];
+                        let name = format!("T{t}R{}", rnd() % 200);
+                        if hive::rename_key(pid, k, &name) == STATUS_SUCCESS {
+                            totals.renames.fetch_add(1, Relaxed);
+                        }
                     } else if r < 990 {
-                        let kind = [QueryKind::Processes, QueryKind::Hives, QueryKind::Stats]
-                            [(rnd() % 3) as usize];
-                        let input = Client::request(kind, &[], Cursor::START);
+                        let kind = [
+                            QueryKind::Processes,
+                            QueryKind::Hives,
+                            QueryKind::Stats,
+                            QueryKind::Holders,
+                        ][(rnd() % 4) as usize];
+                        let hive: Vec<u16> = if kind == QueryKind::Holders {
+                            USER.encode_utf16().collect()
+                        } else {
+                            Vec::new()
+                        };
+                        let input = Client::request(kind, &hive, Cursor::START);
                         let _ =
                             io::device_io_control(h, query_ioctl(kind), &input, 16 * 1024, 0xA5);
                         totals.queries.fetch_add(1, Relaxed);
@@ -194,9 +222,11 @@ fn soak(ctx: &mut Ctx) {
     let t = &totals;
     let opens = t.opens.load(Relaxed);
     println!(
-        "  soak: {ops} operations on {THREADS} threads in {:.1} s: {opens} opens, {} closes, {} queries, {} process exits, {} hive loads / {} unloads; {} fallible calls, {} failures injected",
+        "  soak: {ops} operations on {THREADS} threads in {:.1} s: {opens} opens, {} closes, {} deletes, {} renames, {} queries, {} process exits, {} hive loads / {} unloads; {} fallible calls, {} failures injected",
         elapsed.as_secs_f64(),
         t.closes.load(Relaxed),
+        t.deletes.load(Relaxed),
+        t.renames.load(Relaxed),
         t.queries.load(Relaxed),
         t.exits.load(Relaxed),
         t.loads.load(Relaxed),
@@ -219,6 +249,10 @@ fn soak(ctx: &mut Ctx) {
         s.not_recorded()
     );
     ctx.check(injected.1 > 0, "failures were injected");
+    ctx.check(
+        t.deletes.load(Relaxed) > 0 && t.renames.load(Relaxed) > 0,
+        "keys were deleted and renamed while held",
+    );
     ctx.check(
         s.opens_seen + s.opens_dropped_no_name == opens,
         format!(
