@@ -225,6 +225,27 @@ fn key_of(k: &HolderKey<'_>, now: u64) -> HeldKey {
     }
 }
 
+/// A hive of the driver's listing, as `holders` needs it.
+struct ListedHive {
+    id: u32,
+    mount: String,
+    /// When the driver saw it loaded (FILETIME; 0: not known).
+    loaded_time: u64,
+    app: bool,
+}
+
+/// Whether the driver saw hive `id` loaded at or after `since` (a FILETIME; 0: tracking is
+/// off), by its listing `hives`: then every key object of it was opened while tracking ran.
+/// An application hive is never vouched for (as in [`Client::hives`]), nor one the listing
+/// does not have.
+fn loaded_since(hives: &[ListedHive], id: u32, since: u64) -> bool {
+    since != 0
+        && hives
+            .iter()
+            .find(|h| h.id == id)
+            .is_some_and(|h| !h.app && h.loaded_time != 0 && h.loaded_time >= since)
+}
+
 /// Sets each key's holders now from `found`; the coverage to report.
 fn attach_held_now(
     holders: &mut [Holder],
@@ -508,15 +529,10 @@ impl<'t> Client<'t> {
             held_now: None,
             stacks: None,
         };
+        // The driver's hive listing, read once when needed (held-now's mounts, the load time).
+        let mut listing: Option<Vec<ListedHive>> = None;
         if self.transport.backend() != crate::fallback::BACKEND && !summary_only && self.held_now {
-            // Who holds each key now: duplicated and inherited handles name no opener.
-            let mounts = self.mounts();
-            let found =
-                crate::holder_now::held_now(&mut *self.transport, &report.hive.path, &mounts);
-            let transport = &mut *self.transport;
-            report.held_now = Some(attach_held_now(&mut report.holders, found, &mut |pid| {
-                transport.process_image(pid)
-            }));
+            self.attach_held_now(&mut report, &mut listing);
         }
         if self.transport.backend() != crate::fallback::BACKEND {
             // The driver's records, set against the kernel's own list of the hive's keys.
@@ -527,7 +543,11 @@ impl<'t> Client<'t> {
             // loaded since, with nothing lost, is vouched for (as the driver's own
             // `holders_unseen` in tracker/src/held_after.rs; review 16).
             driver.deleted_keys_unseen = !completeness.nothing_lost()
-                || !self.loaded_since(report.hive.id, completeness.tracking_since);
+                || !loaded_since(
+                    listing.get_or_insert_with(|| self.listed_hives()),
+                    report.hive.id,
+                    completeness.tracking_since,
+                );
             let transport = &mut *self.transport;
             crate::coverage::reconcile(&mut report, driver, kernel, &mut |pid| {
                 transport.process_image(pid)
@@ -538,36 +558,42 @@ impl<'t> Client<'t> {
         Ok(report)
     }
 
-    /// The mount points of the hives the driver lists (none when it cannot be asked).
-    fn mounts(&mut self) -> Vec<String> {
-        let mut mounts = Vec::new();
+    /// Who holds each of `report`'s keys now: duplicated and inherited handles name no
+    /// opener ([`crate::holder_now`]); `listing`: the driver's hive listing, read once.
+    fn attach_held_now(
+        &mut self,
+        report: &mut HoldersReport,
+        listing: &mut Option<Vec<ListedHive>>,
+    ) {
+        let mounts: Vec<String> = listing
+            .get_or_insert_with(|| self.listed_hives())
+            .iter()
+            .map(|h| h.mount.clone())
+            .collect();
+        let found = crate::holder_now::held_now(&mut *self.transport, &report.hive.path, &mounts);
+        let transport = &mut *self.transport;
+        report.held_now = Some(attach_held_now(&mut report.holders, found, &mut |pid| {
+            transport.process_image(pid)
+        }));
+    }
+
+    /// The hives the driver lists; none when it cannot be asked (then no hive is vouched
+    /// for, and held-now asks about every handle).
+    fn listed_hives(&mut self) -> Vec<ListedHive> {
+        let mut hives = Vec::new();
         let listed = self.pages::<Hives>(&Self::plain(QueryKind::Hives, 0), |page| {
-            mounts.extend(page.records().map(|r| text(r.mount)));
+            hives.extend(page.records().map(|r| ListedHive {
+                id: r.id,
+                mount: text(r.mount),
+                loaded_time: r.loaded_time,
+                app: r.kind == HiveKind::App,
+            }));
             Ok(true)
         });
         if listed.is_err() {
-            mounts.clear();
+            hives.clear();
         }
-        mounts
-    }
-
-    /// Whether the driver saw hive `id` loaded at or after `since` (a FILETIME; 0: tracking
-    /// is off): then every key object of it was opened while tracking ran. An application
-    /// hive is never vouched for (as in [`Self::hives`]); a failed listing vouches for
-    /// nothing.
-    fn loaded_since(&mut self, id: u32, since: u64) -> bool {
-        let mut loaded = None;
-        let listed = self.pages::<Hives>(&Self::plain(QueryKind::Hives, 0), |page| {
-            for r in page.records() {
-                if r.id == id {
-                    loaded = Some((r.loaded_time, r.kind == HiveKind::App));
-                }
-            }
-            Ok(true)
-        });
-        listed.is_ok()
-            && since != 0
-            && loaded.is_some_and(|(at, app)| !app && at != 0 && at >= since)
+        hives
     }
 
     /// The kernel's list of the key objects open in the hive mounted at `mount`.
