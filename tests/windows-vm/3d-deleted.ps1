@@ -1,0 +1,74 @@
+# Step 3d: a key deleted while open (fidelity audit, 2026-12-05; kept in step with the
+# emulator's `delete-held-key` scenario, kernel-emulator/src/harness/scenario/key_cache.rs).
+# What only real Windows can show: that a deleted key's object still keeps its hive from
+# unloading while NtQueryOpenSubKeysEx no longer lists it (read from the Windows Research
+# Kernel: cmsubs.c CmpSearchForOpenSubKeys walks the KCB hash CmDeleteKey takes the key out
+# of; cmapi.c CmUnloadKey still fails on its reference), and that the driver's
+# RegNtPostDeleteKey marks it, so `hivetrack holders` reports it `deleted` and the key
+# created again under its name as another key. Also the CLI's held-now filter on a real
+# handle table: `NtQueryKey` names each duplicated key handle, and handles in other hives are
+# not asked about (`held_now.handles_other_hives`).
+# A test hive is loaded under HKU, a helper keeps HivetrackKitDel\Gone open, this session
+# deletes the key and creates it again, `reg unload` must fail, `holders --json` must show the
+# helper's key deleted and this session's key not; then the helper exits and the unload
+# succeeds. Not run here: written without a Windows machine, like the rest of the kit.
+. "$PSScriptRoot\common.ps1"
+Assert-Admin
+$script:Failures = 0
+
+Invoke-Native { sc.exe start hivetrack } | Out-Null   # demand start; already running is fine
+
+# A hive file of our own, loaded after the driver started (so reports may say complete).
+$work = Join-Path $env:TEMP 'hivetrack-kit'
+New-Item -ItemType Directory -Force -Path $work | Out-Null
+$hiveFile = Join-Path $work 'deleted.hiv'
+Invoke-Native { reg delete 'HKCU\Software\HivetrackKitDel' /f } | Out-Null
+reg add 'HKCU\Software\HivetrackKitDel\Gone' /f | Out-Null
+Remove-Item $hiveFile -ErrorAction SilentlyContinue
+reg save 'HKCU\Software\HivetrackKitDel' $hiveFile /y | Out-Null
+reg delete 'HKCU\Software\HivetrackKitDel' /f | Out-Null
+reg load 'HKU\HivetrackKitDel' $hiveFile | Out-Null
+Write-Result 'test hive loaded' ($LASTEXITCODE -eq 0) 'HKU\HivetrackKitDel'
+
+# The helper keeps Gone open (read access only: the delete below uses a handle of its own).
+$helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(
+    '-NoProfile', '-Command',
+    '$k = [Microsoft.Win32.Registry]::Users.OpenSubKey("HivetrackKitDel\Gone"); Start-Sleep -Seconds 600')
+Start-Sleep -Seconds 3
+
+# RegDeleteKey through this session's handle (DELETE access), then the name made again.
+reg delete 'HKU\HivetrackKitDel\Gone' /f | Out-Null
+Write-Result 'the held key is deleted' ($LASTEXITCODE -eq 0) "exit $LASTEXITCODE"
+$again = [Microsoft.Win32.Registry]::Users.CreateSubKey('HivetrackKitDel\Gone')
+Write-Result 'and created again under its name' ($null -ne $again) ''
+
+$h = Invoke-Hivetrack @('holders', 'HKU\HivetrackKitDel', '--json')
+$h.Text | Set-Content (Join-Path $Results 'holders-deleted.json')
+$doc = $h.Text | ConvertFrom-Json
+$helperKeys = @(@($doc.holders | Where-Object pid -eq $helper.Id).keys | Where-Object { $_.path -like '*\Gone' })
+Write-Result "holders reports the helper's key as deleted" `
+    ($helperKeys.Count -eq 1 -and $helperKeys[0].deleted) ($helperKeys | ConvertTo-Json -Compress)
+$ownKeys = @(@($doc.holders | Where-Object pid -eq $PID).keys | Where-Object { $_.path -like '*\Gone' })
+Write-Result "and this session's key, created again, as not deleted" `
+    ($ownKeys.Count -ge 1 -and -not ($ownKeys | Where-Object deleted)) ($ownKeys | ConvertTo-Json -Compress)
+# The kernel's list has this session's key but not the deleted one: reconciled, the deleted
+# record not counted against it.
+Write-Result 'the deleted key is not counted as a record the kernel does not list' `
+    ($doc.source.coverage.unmatched_records -eq 0) ($doc.source.coverage | ConvertTo-Json -Compress)
+# The held-now filter on the real handle table: handles into other hives were named and not
+# asked about.
+Write-Result 'held-now named other hives'' handles and did not ask about them' `
+    ($null -eq $doc.held_now.error -and $doc.held_now.handles_other_hives -gt 0) ($doc.held_now | ConvertTo-Json -Compress)
+
+$again.Close()
+Invoke-Native { reg unload 'HKU\HivetrackKitDel' } | Out-Null
+Write-Result "reg unload fails: the deleted key's object still holds the hive" ($LASTEXITCODE -ne 0) "exit $LASTEXITCODE"
+
+Stop-Process -Id $helper.Id -Force
+Start-Sleep -Seconds 2
+reg unload 'HKU\HivetrackKitDel' | Out-Null
+Write-Result 'reg unload succeeds once the helper exits' ($LASTEXITCODE -eq 0) "exit $LASTEXITCODE"
+
+Write-Host ''
+Write-Host "Results in $Results ($script:Failures failure(s))."
+exit $script:Failures
