@@ -39,6 +39,11 @@ pub fn scenarios() -> Vec<Scenario> {
             kernel_handle,
         ),
         Scenario::hivetrack(
+            "granted-access",
+            "A opens keys with GENERIC_READ, MAXIMUM_ALLOWED and KEY_READ|KEY_WOW64_64KEY: the driver reports the access the open was granted (GrantedAccess: KEY_READ, KEY_ALL_ACCESS, KEY_READ), not the generic or WOW64 bits asked for",
+            granted_access,
+        ),
+        Scenario::hivetrack(
             "bypassed-open",
             "a lower filter completes A's open itself (STATUS_CALLBACK_BYPASS) with a key object it opened earlier on its own thread with a kernel handle, which hivetrack saw opened: the object's context is replaced, the earlier record goes with it; A closes, the filter lets go, and nobody holds the hive (no phantom System holder)",
             bypassed_open,
@@ -52,6 +57,59 @@ fn begin(ctx: &mut Ctx) -> Option<(LoadedDriver, Client)> {
     let c = Client::open(ctx)?;
     load_profile(ctx);
     Some((d, c))
+}
+
+/// The access masks hivetrack reports are what each open was granted: the post's
+/// `GrantedAccess` (Learn REG_CREATE_KEY_INFORMATION_V1), generic rights mapped with the key
+/// type's mapping and the WOW64 bits out (the model's `hive::granted_access`; fidelity audit
+/// 16b, F1 and F2), where before the driver fell back to the desired mask the model left
+/// alone.
+fn granted_access(ctx: &mut Ctx) {
+    const GENERIC_READ: u32 = 0x8000_0000;
+    const MAXIMUM_ALLOWED: u32 = 0x0200_0000;
+    const KEY_WOW64_64KEY: u32 = 0x0100;
+    let Some((d, c)) = begin(ctx) else { return };
+    let a = spawn(ctx, APP1);
+    let base = format!(r"{USER}\Software\Access");
+    ensure_parents(a, &format!(r"{base}\x"));
+    let mut handles = Vec::new();
+    for (name, desired) in [
+        ("Generic", GENERIC_READ),
+        ("Maximum", MAXIMUM_ALLOWED),
+        ("Wow64", KEY_READ | KEY_WOW64_64KEY),
+    ] {
+        match hive::open_key(a, &format!(r"{base}\{name}"), desired, true) {
+            Ok(h) => handles.push(h),
+            Err(s) => ctx.check(false, format!("A opens {name}: {s:#x}")),
+        }
+    }
+    let holders = c.holders(ctx, USER);
+    let mut got: Vec<(String, u32)> = holders
+        .iter()
+        .filter(|h| h.pid == u64::from(a))
+        .flat_map(|h| {
+            h.keys
+                .iter()
+                .map(|k| k.0.clone())
+                .zip(h.key_access.iter().copied())
+        })
+        .filter(|(k, _)| k.starts_with(&base) && k.len() > base.len())
+        .map(|(k, access)| (k[base.len() + 1..].to_string(), access))
+        .collect();
+    got.sort();
+    ctx.check(
+        got == [
+            ("Generic".to_string(), 0x2_0019),
+            ("Maximum".to_string(), 0xF_003F),
+            ("Wow64".to_string(), 0x2_0019),
+        ],
+        format!("each key's access is the one granted: {got:x?}"),
+    );
+    for h in handles {
+        let _ = hive::close_key(a, h);
+    }
+    process::exit_process(a);
+    end(ctx, d, c);
 }
 
 /// Unloads the profile (nothing may pin it), closes the client, unloads the driver clean.

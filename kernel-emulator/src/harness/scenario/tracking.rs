@@ -130,6 +130,8 @@ pub(crate) struct Holder {
     pub(crate) key_ids: Vec<u64>,
     /// The keys' flags (`HolderKey::flags`), in the order of `keys`.
     pub(crate) key_flags: Vec<u32>,
+    /// The keys' access masks (`HolderKey::access`), in the order of `keys`.
+    pub(crate) key_access: Vec<u32>,
 }
 
 /// One unload attempt.
@@ -259,6 +261,7 @@ impl Client {
                                 keys: Vec::new(),
                                 key_ids: Vec::new(),
                                 key_flags: Vec::new(),
+                                key_access: Vec::new(),
                             });
                         }
                     }
@@ -267,6 +270,7 @@ impl Client {
                             h.keys.push((k.name.to_string(), k.open_time));
                             h.key_ids.push(k.id);
                             h.key_flags.push(k.flags);
+                            h.key_access.push(k.access);
                         }
                     }
                 }

@@ -1130,7 +1130,11 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         class: std::ptr::null_mut(),
         security_descriptor: std::ptr::null_mut(),
         security_quality_of_service: std::ptr::null_mut(),
-        desired_access: desired,
+        // NtCreateKey/NtOpenKey take the WOW64 view bits out of the access mask before the
+        // parse (WRK `ntapi.c`: `DesiredAccess &= (~KEY_WOW64_RES)`); Wow64Flags carries them
+        // (Learn REG_CREATE_KEY_INFORMATION_V1: "the Wow64 flags from the access mask").
+        desired_access: desired & !KEY_WOW64_RES,
+        // Filled once the access check has run, before the post ([`granted_access`]).
         granted_access: 0,
         disposition: &raw mut disposition,
         result_object: &raw mut result_object,
@@ -1139,7 +1143,7 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         transaction: std::ptr::null_mut(),
         version: 1,
         remaining_name: complete.as_ptr(),
-        wow64_flags: 0,
+        wow64_flags: desired & KEY_WOW64_RES,
         // OBJ_CASE_INSENSITIVE (| OBJ_KERNEL_HANDLE); UserMode, or KernelMode for a Zw call.
         attributes: if mode.kernel_handle {
             0x40 | OBJ_KERNEL_HANDLE
@@ -1280,6 +1284,7 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
     } else {
         REG_CREATED_NEW_KEY
     };
+    info.granted_access = granted_access(desired & !KEY_WOW64_RES);
     // SAFETY: both point at this frame's locals, which outlive the post-notification.
     unsafe { info.disposition.write(d) };
     // SAFETY: as above.
@@ -1883,6 +1888,45 @@ pub fn unload_key_ex(pid: u32, mount: &str) -> (NtStatus, UnloadEvent) {
 
 /// KEY_ALL_ACCESS (winnt.h): the access the model's RegLoadAppKey callers ask for.
 const KEY_ALL_ACCESS: u32 = 0xF_003F;
+
+/// `KEY_WOW64_RES` (WRK `public/sdk/inc/ntregapi.h`): KEY_WOW64_64KEY | KEY_WOW64_32KEY.
+const KEY_WOW64_RES: u32 = 0x0300;
+
+/// The access an open of a key is granted for `desired` (its WOW64 bits already out): the
+/// generic rights mapped with the key object type's mapping (ReactOS
+/// `ntoskrnl/config/cmsysini.c` CmpCreateObjectTypes, WRK `cmsysini.c`: `CmpKeyMapping =
+/// {KEY_READ, KEY_WRITE, KEY_EXECUTE, KEY_ALL_ACCESS}`), the specific rights as asked.
+/// `MAXIMUM_ALLOWED` gets KEY_ALL_ACCESS: the model's keys have no security descriptors,
+/// and an administrator's or System's open of most keys is granted all access (an
+/// *inference*; Process Monitor's captures of real Windows show "Desired Access: Maximum
+/// Allowed, Granted Access: All Access", or Read where the key's DACL allows no more). What
+/// the open's post-notification carries in `GrantedAccess` (Learn
+/// REG_CREATE_KEY_INFORMATION_V1: "the access rights that were granted to the thread that is
+/// trying to create the registry key"); until 2026-12-05 it was always 0, and hivetrack.sys's
+/// use of it (its reports' access masks) ran only on a filter's bypass (fidelity audit 16b,
+/// F1).
+fn granted_access(desired: u32) -> u32 {
+    const KEY_READ: u32 = 0x2_0019;
+    const KEY_WRITE: u32 = 0x2_0006;
+    const KEY_EXECUTE: u32 = 0x2_0019;
+    const GENERIC: [(u32, u32); 4] = [
+        (0x8000_0000, KEY_READ),
+        (0x4000_0000, KEY_WRITE),
+        (0x2000_0000, KEY_EXECUTE),
+        (0x1000_0000, KEY_ALL_ACCESS),
+    ];
+    let maximum = desired & crate::nt::se::security::MAXIMUM_ALLOWED != 0;
+    let mut granted = desired & 0x00FF_FFFF & !crate::nt::se::security::MAXIMUM_ALLOWED;
+    for (generic, specific) in GENERIC {
+        if desired & generic != 0 {
+            granted |= specific;
+        }
+    }
+    if maximum {
+        granted |= KEY_ALL_ACCESS;
+    }
+    granted
+}
 /// KEY_WRITE (winnt.h): the access NtUnloadKey2/NtUnloadKeyEx open the hive's root with.
 const KEY_WRITE: u32 = 0x2_0006;
 
