@@ -114,10 +114,17 @@ pub fn unregister() -> Result<(), NTSTATUS> {
 /// The process whose handle table receives the handle an open creates: the key's holder,
 /// pid and start key both taken from that one process.
 ///
-/// - A kernel handle (`OBJ_KERNEL_HANDLE` in the open's `Attributes`, checked in
-///   `KernelMode`: docs, `REG_CREATE_KEY_INFORMATION_V1` and `InitializeObjectAttributes`,
-///   "the handle can only be accessed in kernel mode") goes into the System process's table
-///   (`ReactOS` `ObpCreateHandle`), whichever thread opened it: System holds it.
+/// - A kernel handle (`OBJ_KERNEL_HANDLE` in the open's `Attributes`, from a kernel-mode
+///   caller: docs, `REG_CREATE_KEY_INFORMATION_V1` and `InitializeObjectAttributes`, "the
+///   handle can only be accessed in kernel mode") goes into the System process's table
+///   (`ReactOS` `ObpCreateHandle`), whichever thread opened it: System holds it. The table
+///   depends on the attribute alone, which capture strips from user-mode callers (Windows
+///   Research Kernel `ob/obcreate.c`, `ob/obhandle.c`), so the caller's mode is the thread's
+///   previous mode (`ExGetPreviousMode`), not `CheckAccessMode`: a kernel caller that sets
+///   `OBJ_FORCE_ACCESS_CHECK` has `CheckAccessMode` UserMode (docs; the WRK's
+///   `ex/sysinfo.c` opens HKCU keys so) and its handle is still System's (fidelity audit
+///   16b, F3; the kernel emulator's `kernel-handle-forced`). Where the routine is missing,
+///   `CheckAccessMode` stands in.
 /// - Any other handle goes into the current process's table, which for a thread attached
 ///   to another process (`KeStackAttachProcess`) is the attached one (docs,
 ///   `IoGetCurrentProcess`; `ReactOS` `ObpCreateHandle`: `PsGetCurrentProcess()->ObjectTable`),
@@ -129,9 +136,12 @@ pub fn unregister() -> Result<(), NTSTATUS> {
 fn holder_process(pre: Option<&REG_CREATE_KEY_INFORMATION_V1>) -> ProcessKey {
     // Version 1 is the _V1 layout, whose Attributes and CheckAccessMode exist (docs).
     let kernel_handle = pre.is_some_and(|pre| {
-        pre.Version == 1
-            && pre.Attributes & OBJ_KERNEL_HANDLE != 0
-            && i32::from(pre.CheckAccessMode) == KernelMode
+        let kernel_caller = routines::ex_get_previous_mode().map_or_else(
+            || i32::from(pre.CheckAccessMode) == KernelMode,
+            // SAFETY: no arguments; callable at any IRQL (docs).
+            |previous| i32::from(unsafe { previous() }) == KernelMode,
+        );
+        pre.Version == 1 && pre.Attributes & OBJ_KERNEL_HANDLE != 0 && kernel_caller
     });
     let system = if kernel_handle {
         routines::ps_initial_system_process()

@@ -99,6 +99,9 @@ pub type LoadImageNotifyRoutine = unsafe extern "C" fn(
     process_id: *mut c_void,
     image_info: *mut c_void,
 );
+/// `ExGetPreviousMode` (docs, wdm.h; any IRQL): the previous processor mode of the current
+/// thread's system service, `UserMode` or `KernelMode`.
+pub type ExGetPreviousMode = unsafe extern "system" fn() -> i8;
 /// `PsSetLoadImageNotifyRoutine` (docs, Windows 2000+).
 pub type PsSetLoadImageNotifyRoutine =
     unsafe extern "system" fn(routine: Option<LoadImageNotifyRoutine>) -> NTSTATUS;
@@ -186,6 +189,9 @@ routines! {
     /// `PsGetProcessCreateTimeQuadPart` (ntddk.h, Windows XP+, any IRQL): the start key where
     /// `PsGetProcessStartKey` is missing.
     PS_GET_PROCESS_CREATE_TIME, ps_get_process_create_time_quad_part: PsGetProcessCreateTimeQuadPart = "PsGetProcessCreateTimeQuadPart";
+    /// `ExGetPreviousMode`, when the system has it (resolved, not imported: Wine's
+    /// ntoskrnl is not known to export it).
+    EX_GET_PREVIOUS_MODE, ex_get_previous_mode: ExGetPreviousMode = "ExGetPreviousMode";
     /// `PsInitialSystemProcess` (a data export, wdm.h): the variable holding the System
     /// process, whose handle table kernel handles go into.
     PS_INITIAL_SYSTEM_PROCESS, ps_initial_system_process: PsInitialSystemProcess = "PsInitialSystemProcess";

@@ -44,6 +44,11 @@ pub fn scenarios() -> Vec<Scenario> {
             granted_access,
         ),
         Scenario::hivetrack(
+            "kernel-handle-forced",
+            "as kernel-handle, with OBJ_FORCE_ACCESS_CHECK too (the WRK's ex/sysinfo.c opens HKCU keys so): the notification's CheckAccessMode is UserMode, yet the handle is in the System table and the caller's previous mode KernelMode: the key is System's, not the caller's",
+            kernel_handle_forced,
+        ),
+        Scenario::hivetrack(
             "bypassed-open",
             "a lower filter completes A's open itself (STATUS_CALLBACK_BYPASS) with a key object it opened earlier on its own thread with a kernel handle, which hivetrack saw opened: the object's context is replaced, the earlier record goes with it; A closes, the filter lets go, and nobody holds the hive (no phantom System holder)",
             bypassed_open,
@@ -471,11 +476,27 @@ fn duplicated_holder(ctx: &mut Ctx) {
 /// (ReactOS `ObpCreateHandle`: `ObpKernelHandleTable`, the System process's), whichever
 /// thread opens them, and a user process's exit does not close them.
 fn kernel_handle(ctx: &mut Ctx) {
+    kernel_handle_by(ctx, "KernelHandle", hive::open_kernel_key);
+}
+
+/// As [`kernel_handle`], with `OBJ_FORCE_ACCESS_CHECK` too: the notification's
+/// CheckAccessMode is UserMode, the handle still System's (fidelity audit 16b, F3: the driver
+/// took CheckAccessMode for the caller's mode and named A).
+fn kernel_handle_forced(ctx: &mut Ctx) {
+    kernel_handle_by(ctx, "KernelHandleForced", hive::open_kernel_key_forced);
+}
+
+/// A kernel handle opened by `open` on A's thread: System's, before and after A exits.
+fn kernel_handle_by(
+    ctx: &mut Ctx,
+    name: &str,
+    open: fn(u32, &str, u32, bool) -> Result<u64, crate::nt::status::NtStatus>,
+) {
     let Some((d, c)) = begin(ctx) else { return };
     let a = spawn(ctx, APP1);
-    let key = format!(r"{USER}\Software\KernelHandle");
+    let key = format!(r"{USER}\Software\{name}");
     ensure_parents(a, &key);
-    let opened = hive::open_kernel_key(a, &key, KEY_READ, true);
+    let opened = open(a, &key, KEY_READ, true);
     ctx.check(
         opened.is_ok(),
         format!("a kernel handle opened on A's thread: {opened:?}"),

@@ -898,6 +898,7 @@ fn load(
             // between the load's pre and post are an *inference*.
             let manager = OpenMode {
                 kernel_handle: false,
+                force_access_check: false,
                 fail: None,
                 registry_manager: true,
             };
@@ -992,8 +993,17 @@ pub fn open_key_at(
 /// What an open asks for beyond its name: a kernel handle, or a captured failure to replay.
 #[derive(Clone, Copy)]
 struct OpenMode {
-    /// OBJ_KERNEL_HANDLE: the handle goes into the System process's table.
+    /// OBJ_KERNEL_HANDLE: the handle goes into the System process's table. The model's
+    /// kernel-handle opens are `Zw*` calls from kernel mode (previous mode KernelMode); its
+    /// other opens, calls from user mode (UserMode).
     kernel_handle: bool,
+    /// OBJ_FORCE_ACCESS_CHECK with a kernel handle: the access check is made as for user
+    /// mode, so the notification's `CheckAccessMode` is UserMode (Learn
+    /// REG_CREATE_KEY_INFORMATION_V1, CheckAccessMode; WRK `ob/obhandle.c`: "If the caller
+    /// asked us to always do an access check then use user mode for previous mode"), while
+    /// the handle still goes into the System table (WRK `obhandle.c`: the table depends on
+    /// OBJ_KERNEL_HANDLE alone, which capture strips from user-mode callers, `obcreate.c`).
+    force_access_check: bool,
     /// The status a replayed capture recorded: delivered in the post, nothing created.
     fail: Option<NtStatus>,
     /// The registry manager's own open of an application hive's root inside its load: the
@@ -1068,10 +1078,33 @@ fn open(
 ) -> Result<u64, NtStatus> {
     let mode = OpenMode {
         kernel_handle,
+        force_access_check: false,
         fail,
         registry_manager: false,
     };
     open_mode(pid, root, name, desired, create, mode)
+}
+
+/// A kernel-mode open from `pid`'s thread with `OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK`
+/// (the Windows Research Kernel's `ex/sysinfo.c` opens the caller's HKCU keys so): a kernel
+/// handle, in the System table, whose notifications carry CheckAccessMode UserMode while
+/// `ExGetPreviousMode` answers KernelMode ([`OpenMode::force_access_check`]).
+///
+/// # Errors
+/// As for [`open_key`].
+pub fn open_kernel_key_forced(
+    pid: u32,
+    path: &str,
+    desired: u32,
+    create: bool,
+) -> Result<u64, NtStatus> {
+    let mode = OpenMode {
+        kernel_handle: true,
+        force_access_check: true,
+        fail: None,
+        registry_manager: false,
+    };
+    open_mode(pid, None, path, desired, create, mode)
 }
 
 /// [`open`] with the whole [`OpenMode`].
@@ -1083,27 +1116,34 @@ fn open_mode(
     create: bool,
     mode: OpenMode,
 ) -> Result<u64, NtStatus> {
+    let previous = if mode.kernel_handle {
+        crate::nt::ps::thread::KERNEL_MODE
+    } else {
+        crate::nt::ps::thread::USER_MODE
+    };
     io::with_pid(pid, || {
-        let mut root_object = match root {
-            None => registry_root(),
-            Some(h) => {
-                let table = crate::nt::ps::process::handle_table_of(pid, h);
-                kernel::with(|k| k.hives.handles.get(&(table, h)).copied())
-                    .ok_or(STATUS_INVALID_HANDLE)?
-            }
-        };
-        let mut name = name.to_string();
-        for _ in 0..MAX_REPARSE {
-            match parse_key(root_object, &name, desired, create, mode) {
-                Parsed::Reparse(target) => {
-                    // The object manager parses the new name from the root of the namespace.
-                    name = target;
-                    root_object = registry_root();
+        crate::nt::ps::thread::with_previous_mode(previous, || {
+            let mut root_object = match root {
+                None => registry_root(),
+                Some(h) => {
+                    let table = crate::nt::ps::process::handle_table_of(pid, h);
+                    kernel::with(|k| k.hives.handles.get(&(table, h)).copied())
+                        .ok_or(STATUS_INVALID_HANDLE)?
                 }
-                Parsed::Done(r) => return r,
+            };
+            let mut name = name.to_string();
+            for _ in 0..MAX_REPARSE {
+                match parse_key(root_object, &name, desired, create, mode) {
+                    Parsed::Reparse(target) => {
+                        // The object manager parses the new name from the root of the namespace.
+                        name = target;
+                        root_object = registry_root();
+                    }
+                    Parsed::Done(r) => return r,
+                }
             }
-        }
-        Err(STATUS_OBJECT_NAME_NOT_FOUND)
+            Err(STATUS_OBJECT_NAME_NOT_FOUND)
+        })
     })
 }
 
@@ -1144,13 +1184,14 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         version: 1,
         remaining_name: complete.as_ptr(),
         wow64_flags: desired & KEY_WOW64_RES,
-        // OBJ_CASE_INSENSITIVE (| OBJ_KERNEL_HANDLE); UserMode, or KernelMode for a Zw call.
-        attributes: if mode.kernel_handle {
-            0x40 | OBJ_KERNEL_HANDLE
-        } else {
-            0x40
+        // OBJ_CASE_INSENSITIVE (| OBJ_KERNEL_HANDLE (| OBJ_FORCE_ACCESS_CHECK)); UserMode, or
+        // KernelMode for a Zw call that does not force the access check.
+        attributes: match (mode.kernel_handle, mode.force_access_check) {
+            (false, _) => 0x40,
+            (true, false) => 0x40 | OBJ_KERNEL_HANDLE,
+            (true, true) => 0x40 | OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
         },
-        check_access_mode: i8::from(!mode.kernel_handle),
+        check_access_mode: i8::from(!mode.kernel_handle || mode.force_access_check),
         pad1: [0; 7],
     };
     let at = (&raw mut info) as usize;
@@ -1891,6 +1932,9 @@ const KEY_ALL_ACCESS: u32 = 0xF_003F;
 
 /// `KEY_WOW64_RES` (WRK `public/sdk/inc/ntregapi.h`): KEY_WOW64_64KEY | KEY_WOW64_32KEY.
 const KEY_WOW64_RES: u32 = 0x0300;
+
+/// `OBJ_FORCE_ACCESS_CHECK` (wdm.h).
+const OBJ_FORCE_ACCESS_CHECK: u32 = 0x0400;
 
 /// The access an open of a key is granted for `desired` (its WOW64 bits already out): the
 /// generic rights mapped with the key object type's mapping (ReactOS

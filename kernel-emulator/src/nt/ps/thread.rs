@@ -185,11 +185,39 @@ unsafe extern "win64" fn RtlWalkFrameChain(
 }
 
 /// The thread routines.
+/// KernelMode and UserMode (wdm.h `KPROCESSOR_MODE`).
+pub const KERNEL_MODE: i8 = 0;
+/// UserMode.
+pub const USER_MODE: i8 = 1;
+
+thread_local! {
+    /// The previous processor mode of the system service this emulated thread is in: UserMode
+    /// for a call from user mode (`NtOpenKey`), KernelMode for a `Zw*` call or outside a
+    /// service ([`with_previous_mode`]).
+    static PREVIOUS_MODE: std::cell::Cell<i8> = const { std::cell::Cell::new(KERNEL_MODE) };
+}
+
+/// Runs `f` as a system service entered from `mode` ([`KERNEL_MODE`] or [`USER_MODE`]): what
+/// `ExGetPreviousMode` answers inside it, the callbacks' notifications included.
+pub fn with_previous_mode<R>(mode: i8, f: impl FnOnce() -> R) -> R {
+    let saved = PREVIOUS_MODE.with(|m| m.replace(mode));
+    let r = f();
+    PREVIOUS_MODE.with(|m| m.set(saved));
+    r
+}
+
+/// ExGetPreviousMode — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exgetpreviousmode>:
+/// "the previous processor mode for the current thread" (UserMode when the system service
+/// was called from user mode, KernelMode for a `Zw*` call from kernel mode). Any IRQL.
+unsafe extern "win64" fn ExGetPreviousMode() -> i8 {
+    PREVIOUS_MODE.with(std::cell::Cell::get)
+}
+
 pub(crate) fn exports() -> Vec<Export> {
-    vec![Export::function(
-        "RtlWalkFrameChain",
-        RtlWalkFrameChain as *const () as usize,
-    )]
+    vec![
+        Export::function("RtlWalkFrameChain", RtlWalkFrameChain as *const () as usize),
+        Export::function("ExGetPreviousMode", ExGetPreviousMode as *const () as usize),
+    ]
 }
 
 #[cfg(test)]
