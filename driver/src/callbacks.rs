@@ -121,7 +121,7 @@ pub fn unregister() -> Result<(), NTSTATUS> {
 ///   depends on the attribute alone, which capture strips from user-mode callers (Windows
 ///   Research Kernel `ob/obcreate.c`, `ob/obhandle.c`), so the caller's mode is the thread's
 ///   previous mode (`ExGetPreviousMode`), not `CheckAccessMode`: a kernel caller that sets
-///   `OBJ_FORCE_ACCESS_CHECK` has `CheckAccessMode` UserMode (docs; the WRK's
+///   `OBJ_FORCE_ACCESS_CHECK` has `CheckAccessMode` `UserMode` (docs; the WRK's
 ///   `ex/sysinfo.c` opens HKCU keys so) and its handle is still System's (fidelity audit
 ///   16b, F3; the kernel emulator's `kernel-handle-forced`). Where the routine is missing,
 ///   `CheckAccessMode` stands in.
