@@ -18,17 +18,9 @@ $stats.Text | Set-Content (Join-Path $Results 'stats-before.json')
 $status = ($stats.Text | ConvertFrom-Json).counters | Where-Object name -eq 'tracking_status'
 Write-Result 'live tracking is on' ($stats.Code -eq 0 -and $status.value -eq 0) "tracking_status=$($status.value)"
 
-# A hive file of our own: save an empty key, load it under HKU.
-$work = Join-Path $env:TEMP 'hivetrack-kit'
-New-Item -ItemType Directory -Force -Path $work | Out-Null
-$hiveFile = Join-Path $work 'test.hiv'
-Invoke-Native { reg delete 'HKCU\Software\HivetrackKit' /f } | Out-Null
-reg add 'HKCU\Software\HivetrackKit\Software\Policies' /f | Out-Null
-Remove-Item $hiveFile -ErrorAction SilentlyContinue
-reg save 'HKCU\Software\HivetrackKit' $hiveFile /y | Out-Null
-reg delete 'HKCU\Software\HivetrackKit' /f | Out-Null
-reg load 'HKU\HivetrackKit' $hiveFile | Out-Null
-Write-Result 'test hive loaded' ($LASTEXITCODE -eq 0) 'HKU\HivetrackKit'
+# A hive file of our own, loaded under HKU.
+$loaded = New-TestHive 'HivetrackKit' 'Software\Policies'
+Write-Result 'test hive loaded' $loaded 'HKU\HivetrackKit'
 
 # Open-time stacks for the test hive (issue 16): on before the helper opens its key.
 $cap = Invoke-Hivetrack @('capture', 'on', '--hive', 'HKU\HivetrackKit', '--json')

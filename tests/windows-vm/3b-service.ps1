@@ -43,15 +43,7 @@ $connected = Get-Ours 1010
 Write-Result 'event 1010: connected, tracking since' ($connected.Count -ge 1) ($connected | Select-Object -First 1 | ForEach-Object Message)
 
 # A failed unload, as in step 3.
-$work = Join-Path $env:TEMP 'hivetrack-kit'
-New-Item -ItemType Directory -Force -Path $work | Out-Null
-$hiveFile = Join-Path $work 'service.hiv'
-Invoke-Native { reg delete 'HKCU\Software\HivetrackKitSvc' /f } | Out-Null
-reg add 'HKCU\Software\HivetrackKitSvc\Software\Policies' /f | Out-Null
-Remove-Item $hiveFile -ErrorAction SilentlyContinue
-reg save 'HKCU\Software\HivetrackKitSvc' $hiveFile /y | Out-Null
-reg delete 'HKCU\Software\HivetrackKitSvc' /f | Out-Null
-reg load 'HKU\HivetrackKitSvc' $hiveFile | Out-Null
+New-TestHive 'HivetrackKitSvc' 'Software\Policies' | Out-Null
 $helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(
     '-NoProfile', '-Command',
     '$k = [Microsoft.Win32.Registry]::Users.OpenSubKey("HivetrackKitSvc\Software\Policies"); Start-Sleep -Seconds 600')

@@ -19,16 +19,8 @@ $script:Failures = 0
 Invoke-Native { sc.exe start hivetrack } | Out-Null   # demand start; already running is fine
 
 # A hive file of our own, loaded after the driver started (so reports may say complete).
-$work = Join-Path $env:TEMP 'hivetrack-kit'
-New-Item -ItemType Directory -Force -Path $work | Out-Null
-$hiveFile = Join-Path $work 'deleted.hiv'
-Invoke-Native { reg delete 'HKCU\Software\HivetrackKitDel' /f } | Out-Null
-reg add 'HKCU\Software\HivetrackKitDel\Gone' /f | Out-Null
-Remove-Item $hiveFile -ErrorAction SilentlyContinue
-reg save 'HKCU\Software\HivetrackKitDel' $hiveFile /y | Out-Null
-reg delete 'HKCU\Software\HivetrackKitDel' /f | Out-Null
-reg load 'HKU\HivetrackKitDel' $hiveFile | Out-Null
-Write-Result 'test hive loaded' ($LASTEXITCODE -eq 0) 'HKU\HivetrackKitDel'
+$loaded = New-TestHive 'HivetrackKitDel' 'Gone'
+Write-Result 'test hive loaded' $loaded 'HKU\HivetrackKitDel'
 
 # The helper keeps Gone open (read access only: the delete below uses a handle of its own).
 $helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(

@@ -51,3 +51,19 @@ function Invoke-Native([scriptblock]$Command) {
 function Invoke-Hivetrack([string[]]$Arguments) {
     return Invoke-Native { & $Exe @Arguments }
 }
+
+# A test hive of the kit's own: HKCU\Software\<Name> with the subkey <Subkey> is saved to a
+# hive file under %TEMP%\hivetrack-kit, deleted, and the file loaded as HKU\<Name>. Returns
+# whether the load succeeded (steps 3, 3b and 3d).
+function New-TestHive([string]$Name, [string]$Subkey) {
+    $work = Join-Path $env:TEMP 'hivetrack-kit'
+    New-Item -ItemType Directory -Force -Path $work | Out-Null
+    $file = Join-Path $work "$Name.hiv"
+    Invoke-Native { reg delete "HKCU\Software\$Name" /f } | Out-Null
+    reg add "HKCU\Software\$Name\$Subkey" /f | Out-Null
+    Remove-Item $file -ErrorAction SilentlyContinue
+    reg save "HKCU\Software\$Name" $file /y | Out-Null
+    reg delete "HKCU\Software\$Name" /f | Out-Null
+    reg load "HKU\$Name" $file | Out-Null
+    return ($LASTEXITCODE -eq 0)
+}
