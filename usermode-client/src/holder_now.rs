@@ -321,20 +321,16 @@ mod tests {
                 r"\REGISTRY\MACHINE\SOFTWARE\Classes\CLSID",
             );
         }
-        t.names
-            .insert((7, 0x40), r"\REGISTRY\USER\S-1-5-21-1\Software");
-        t.names
-            .insert((8, 0x44), r"\REGISTRY\USER\S-1-5-21-1\Software");
-        t.names
-            .insert((8, 0x48), r"\REGISTRY\USER\S-1-5-21-1\Environment");
-        t.names.insert((8, 0x4C), r"\Registry\User\s-1-5-21-1");
-        t.names
-            .insert((8, 0x54), r"\REGISTRY\USER\S-1-5-21-1_Classes\CLSID");
-        t.names
-            .insert((9, 0x58), r"\REGISTRY\USER\S-1-5-21-1\Console");
-        // A name under no hive the driver lists (a filter's virtual one): asked.
-        t.names
-            .insert((8, 0x5C), r"\REGISTRY\WC\Silo1\user\Software");
+        t.names.extend([
+            ((7, 0x40), r"\REGISTRY\USER\S-1-5-21-1\Software"),
+            ((8, 0x44), r"\REGISTRY\USER\S-1-5-21-1\Software"),
+            ((8, 0x48), r"\REGISTRY\USER\S-1-5-21-1\Environment"),
+            ((8, 0x4C), r"\Registry\User\s-1-5-21-1"),
+            ((8, 0x54), r"\REGISTRY\USER\S-1-5-21-1_Classes\CLSID"),
+            ((9, 0x58), r"\REGISTRY\USER\S-1-5-21-1\Console"),
+            // A name under no hive the driver lists (a filter's virtual one): asked.
+            ((8, 0x5C), r"\REGISTRY\WC\Silo1\user\Software"),
+        ]);
         let now = held_now(&mut t, HIVE, &mounts()).unwrap();
         assert_eq!(
             t.requests, 1,
