@@ -16,24 +16,27 @@
 //! no address reaches the answer: only the key ids of `holders` answers.
 
 use core::ffi::c_void;
-use core::ptr::null_mut;
+use core::mem::{align_of, size_of};
+use core::ptr::{NonNull, null_mut};
 
 use protocol::{
     identify::{Identified, IdentifyAnswer, IdentifyOutcome, IdentifyRequest, MAX_IDENTIFY},
     wire::{self, HEADER_LEN},
 };
+use tracker::Wanted;
 use wdk_sys::{
     _MODE::UserMode,
-    STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_NOT_READY, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+    STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_NOT_READY, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
     ntddk::{ObReferenceObjectByHandle, ObfDereferenceObject},
 };
 
 use crate::{
     ioctl::{Outcome, encode_answer},
-    tracking,
+    pool, tracking,
 };
 
-/// The largest request: header, count and reserved word, 64 handles.
+/// The largest request: header, count and reserved word, [`MAX_IDENTIFY`] handles.
 const MAX_REQUEST: usize = HEADER_LEN + 8 + 8 * MAX_IDENTIFY;
 
 /// `UserMode` as the `KPROCESSOR_MODE` (`CCHAR`) the API takes (the constant is 1).
@@ -44,6 +47,70 @@ const MAX_REQUEST: usize = HEADER_LEN + 8 + 8 * MAX_IDENTIFY;
 )]
 const USER_MODE: i8 = UserMode as i8;
 
+/// One request's working memory, too large for a kernel stack at [`MAX_IDENTIFY`] handles:
+/// `n` [`Wanted`] (what the tracker looks up, sorted by it) then `n` [`Identified`] (the
+/// answer, in request order), in one tagged non-paged block (the tracker reads it under spin
+/// locks), freed when dropped, on every path. At most 96 KiB, the same order as the
+/// request's own system buffer.
+struct Scratch {
+    block: NonNull<u8>,
+    n: usize,
+}
+
+impl Scratch {
+    /// Working memory for `n` handles, every element written; `None` when the pool refuses.
+    fn new(n: usize) -> Option<Self> {
+        let size = n.checked_mul(size_of::<Wanted>() + size_of::<Identified>())?;
+        let scratch = Self {
+            block: pool::alloc_zeroed(size)?,
+            n,
+        };
+        // Pool blocks are 16-aligned on x64 (docs: ExAllocatePool2); checked, not assumed.
+        if scratch.block.as_ptr().align_offset(align_of::<Wanted>()) != 0 {
+            return None; // dropped: freed
+        }
+        let (wanted, entries) = scratch.starts();
+        for i in 0..n {
+            // SAFETY: element `i` of the `n` Wanted at the block's start, inside the block.
+            unsafe { wanted.wrapping_add(i).write(Wanted::default()) };
+        }
+        for i in 0..n {
+            // SAFETY: element `i` of the `n` Identified after them, inside the block.
+            unsafe { entries.wrapping_add(i).write(Identified::default()) };
+        }
+        Some(scratch)
+    }
+
+    /// The first Wanted and the first Identified.
+    #[allow(
+        clippy::cast_ptr_alignment,
+        reason = "the block's alignment is checked in `new`"
+    )]
+    const fn starts(&self) -> (*mut Wanted, *mut Identified) {
+        let wanted = self.block.as_ptr().cast::<Wanted>();
+        // Aligned for Identified (8): `n` Wanted of 32 bytes after an aligned start.
+        let entries = wanted.wrapping_add(self.n).cast::<Identified>();
+        (wanted, entries)
+    }
+
+    /// The two arrays.
+    const fn parts(&mut self) -> (&mut [Wanted], &mut [Identified]) {
+        let (wanted, entries) = self.starts();
+        // SAFETY: `n` initialised Wanted, ours alone while `self` is borrowed mutably.
+        let wanted = unsafe { core::slice::from_raw_parts_mut(wanted, self.n) };
+        // SAFETY: `n` initialised Identified after them, disjoint from the Wanted.
+        let entries = unsafe { core::slice::from_raw_parts_mut(entries, self.n) };
+        (wanted, entries)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `pool::alloc_zeroed` in `new`, freed once, never used after.
+        unsafe { pool::free(self.block) };
+    }
+}
+
 /// Answers the request in the first `in_len` bytes of `buffer` (the `METHOD_BUFFERED` system
 /// buffer), writing the answer over it.
 pub fn identify(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
@@ -53,16 +120,18 @@ pub fn identify(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
     let Ok(request) = wire::decode::<IdentifyRequest>(&buffer[..in_len]) else {
         return Outcome::error(STATUS_INVALID_PARAMETER);
     };
-    let handles = request.handles();
-    if out_len < IdentifyAnswer::encoded_len(handles.len()) {
+    let n = request.len();
+    if out_len < IdentifyAnswer::encoded_len(n) {
         return Outcome::error(STATUS_BUFFER_TOO_SMALL);
     }
     let Some(tracker) = tracking::get().filter(|_| tracking::status() == STATUS_SUCCESS) else {
         return Outcome::error(STATUS_DEVICE_NOT_READY);
     };
-    let mut objects = [0u64; MAX_IDENTIFY];
-    let mut referenced = [null_mut::<c_void>(); MAX_IDENTIFY];
-    for (i, &handle) in handles.iter().enumerate() {
+    let Some(mut scratch) = Scratch::new(n) else {
+        return Outcome::error(STATUS_INSUFFICIENT_RESOURCES);
+    };
+    let (wanted, entries) = scratch.parts();
+    for (i, (w, handle)) in wanted.iter_mut().zip(request.handles()).enumerate() {
         let mut object: *mut c_void = null_mut();
         // At PASSIVE_LEVEL (IRP_MJ_DEVICE_CONTROL dispatch), `object` a writable PVOID:
         // SAFETY: a UserMode lookup of any handle value is safe (an invalid one fails).
@@ -76,20 +145,26 @@ pub fn identify(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
                 null_mut(),
             )
         };
-        if status == STATUS_SUCCESS && !object.is_null() {
-            objects[i] = object as u64;
-            referenced[i] = object;
-        }
+        *w = Wanted {
+            object: if status == STATUS_SUCCESS && !object.is_null() {
+                object as u64
+            } else {
+                0
+            },
+            index: u32::try_from(i).unwrap_or(u32::MAX),
+            found: None,
+        };
     }
-    let mut found = [None; MAX_IDENTIFY];
-    tracker.identify(&objects[..handles.len()], &mut found[..handles.len()]);
-    for &object in referenced.iter().filter(|o| !o.is_null()) {
+    tracker.identify(wanted);
+    for w in wanted.iter().filter(|w| w.object != 0) {
         // SAFETY: the reference taken above, released once; PASSIVE_LEVEL; no lock held.
-        unsafe { ObfDereferenceObject(object) };
+        unsafe { ObfDereferenceObject(w.object as *mut c_void) };
     }
-    let mut entries = [Identified::default(); MAX_IDENTIFY];
-    for (i, e) in entries.iter_mut().enumerate().take(handles.len()) {
-        *e = match (referenced[i].is_null(), found[i]) {
+    for w in wanted.iter() {
+        let Some(e) = entries.get_mut(w.index as usize) else {
+            continue;
+        };
+        *e = match (w.object == 0, w.found) {
             (true, _) => Identified {
                 outcome: IdentifyOutcome::InvalidHandle,
                 id: 0,
@@ -104,7 +179,7 @@ pub fn identify(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
             },
         };
     }
-    IdentifyAnswer::new(&entries[..handles.len()]).map_or_else(
+    IdentifyAnswer::new(entries).map_or_else(
         || Outcome::error(STATUS_INVALID_PARAMETER),
         |answer| encode_answer(&answer, &mut buffer[..out_len]),
     )

@@ -28,36 +28,83 @@
 use crate::wire::{DecodeError, EncodeError, Message, MessageKind, Reader, Writer};
 
 /// Most handles in one request.
-pub const MAX_IDENTIFY: usize = 64;
+///
+/// A `holders` report asks about every duplicate of its hive's
+/// handles, and the driver answers each request with one pass over all its records: at 64
+/// a request, a hive held through 65,536 handles cost 1,024 such passes; at 2,048, 32. The
+/// driver's scratch for one request is `n × (32 + 16)` bytes (96 KiB at most), freed before
+/// it answers: the same order as the request's own buffer, which the I/O manager allocates
+/// from non-paged pool for every `METHOD_BUFFERED` request anyway.
+pub const MAX_IDENTIFY: usize = 2048;
 
-/// The input of `IOCTL_HIVETRACK_IDENTIFY_HANDLES`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IdentifyRequest {
-    n: usize,
-    handles: [u64; MAX_IDENTIFY],
+/// The handles of a request: the caller's values, or the bytes of a decoded message
+/// (validated when decoded: `8 × n` bytes, little-endian).
+#[derive(Clone, Copy, Debug)]
+enum Handles<'a> {
+    Values(&'a [u64]),
+    Wire(&'a [u8]),
 }
 
-impl IdentifyRequest {
+/// The input of `IOCTL_HIVETRACK_IDENTIFY_HANDLES`, borrowed: a decoded request reads its
+/// handles from the message's bytes, so the driver holds no copy of up to [`MAX_IDENTIFY`]
+/// of them on its stack.
+#[derive(Clone, Copy, Debug)]
+pub struct IdentifyRequest<'a> {
+    handles: Handles<'a>,
+}
+
+impl<'a> IdentifyRequest<'a> {
     /// A request for `handles` (1 to [`MAX_IDENTIFY`] of them); `None` otherwise.
     #[must_use]
-    pub fn new(handles: &[u64]) -> Option<Self> {
+    pub const fn new(handles: &'a [u64]) -> Option<Self> {
         if handles.is_empty() || handles.len() > MAX_IDENTIFY {
             return None;
         }
-        let mut all = [0; MAX_IDENTIFY];
-        all[..handles.len()].copy_from_slice(handles);
         Some(Self {
-            n: handles.len(),
-            handles: all,
+            handles: Handles::Values(handles),
         })
     }
 
-    /// The handles, in order.
+    /// How many handles (1 to [`MAX_IDENTIFY`]).
     #[must_use]
-    pub fn handles(&self) -> &[u64] {
-        &self.handles[..self.n]
+    pub const fn len(&self) -> usize {
+        match self.handles {
+            Handles::Values(v) => v.len(),
+            Handles::Wire(b) => b.len() / 8,
+        }
+    }
+
+    /// Always false: a request holds at least one handle.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Handle `i`, if there is one.
+    #[must_use]
+    pub fn handle(&self, i: usize) -> Option<u64> {
+        match self.handles {
+            Handles::Values(v) => v.get(i).copied(),
+            Handles::Wire(b) => b
+                .get(i * 8..i * 8 + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_le_bytes),
+        }
+    }
+
+    /// The handles, in order.
+    pub fn handles(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.len()).filter_map(|i| self.handle(i))
     }
 }
+
+impl PartialEq for IdentifyRequest<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.handles().eq(other.handles())
+    }
+}
+
+impl Eq for IdentifyRequest<'_> {}
 
 fn count(r: &mut Reader<'_>) -> Result<usize, DecodeError> {
     let n = r.u32()? as usize;
@@ -74,28 +121,26 @@ fn encode_count(w: &mut Writer<'_>, n: usize) -> Result<(), EncodeError> {
     w.zeros(4)
 }
 
-impl Message<'_> for IdentifyRequest {
+impl<'a> Message<'a> for IdentifyRequest<'a> {
     const KIND: MessageKind = MessageKind::IdentifyRequest;
 
     fn body_len(&self) -> usize {
-        8 + 8 * self.n
+        8 + 8 * self.len()
     }
 
     fn encode_body(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        encode_count(w, self.n)?;
-        for &h in self.handles() {
+        encode_count(w, self.len())?;
+        for h in self.handles() {
             w.u64(h)?;
         }
         Ok(())
     }
 
-    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode_body(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let n = count(r)?;
-        let mut handles = [0; MAX_IDENTIFY];
-        for h in &mut handles[..n] {
-            *h = r.u64()?;
-        }
-        Ok(Self { n, handles })
+        Ok(Self {
+            handles: Handles::Wire(r.bytes(8 * n)?),
+        })
     }
 }
 
@@ -135,42 +180,82 @@ pub struct Identified {
     pub id: u64,
 }
 
-/// The answer to `IOCTL_HIVETRACK_IDENTIFY_HANDLES`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IdentifyAnswer {
-    n: usize,
-    entries: [Identified; MAX_IDENTIFY],
+impl Identified {
+    /// As written on the wire: an entry that is not Tracked carries id 0 whatever it holds.
+    const fn normalised(self) -> Self {
+        Self {
+            outcome: self.outcome,
+            id: match self.outcome {
+                IdentifyOutcome::Tracked => self.id,
+                _ => 0,
+            },
+        }
+    }
 }
 
-impl IdentifyAnswer {
+/// The entries of an answer: the driver's, or the bytes of a decoded message (each
+/// validated when decoded: 16 bytes, a known outcome, zero reserved bytes, id 0 unless
+/// Tracked).
+#[derive(Clone, Copy, Debug)]
+enum Entries<'a> {
+    Values(&'a [Identified]),
+    Wire(&'a [u8]),
+}
+
+/// The answer to `IOCTL_HIVETRACK_IDENTIFY_HANDLES`, borrowed like [`IdentifyRequest`].
+#[derive(Clone, Copy, Debug)]
+pub struct IdentifyAnswer<'a> {
+    entries: Entries<'a>,
+}
+
+impl<'a> IdentifyAnswer<'a> {
     /// An answer for `entries` (1 to [`MAX_IDENTIFY`]); `None` otherwise. An entry that is not
     /// Tracked is written with id 0 whatever it holds.
     #[must_use]
-    pub fn new(entries: &[Identified]) -> Option<Self> {
+    pub const fn new(entries: &'a [Identified]) -> Option<Self> {
         if entries.is_empty() || entries.len() > MAX_IDENTIFY {
             return None;
         }
-        let mut all = [Identified::default(); MAX_IDENTIFY];
-        for (d, s) in all.iter_mut().zip(entries) {
-            *d = Identified {
-                outcome: s.outcome,
-                id: if s.outcome == IdentifyOutcome::Tracked {
-                    s.id
-                } else {
-                    0
-                },
-            };
-        }
         Some(Self {
-            n: entries.len(),
-            entries: all,
+            entries: Entries::Values(entries),
         })
     }
 
-    /// The entries, in request order.
+    /// How many entries (as many as the request had handles).
     #[must_use]
-    pub fn entries(&self) -> &[Identified] {
-        &self.entries[..self.n]
+    pub const fn len(&self) -> usize {
+        match self.entries {
+            Entries::Values(v) => v.len(),
+            Entries::Wire(b) => b.len() / 16,
+        }
+    }
+
+    /// Always false: an answer holds at least one entry.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entry `i` (the answer for the request's handle `i`), as written on the wire.
+    #[must_use]
+    pub fn entry(&self, i: usize) -> Option<Identified> {
+        match self.entries {
+            Entries::Values(v) => v.get(i).map(|e| e.normalised()),
+            Entries::Wire(b) => b.get(i * 16..i * 16 + 16).map(|e| {
+                let outcome = IdentifyOutcome::from_u16(u16::from_le_bytes([e[0], e[1]]));
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&e[8..16]);
+                Identified {
+                    outcome: outcome.unwrap_or_default(),
+                    id: u64::from_le_bytes(id),
+                }
+            }),
+        }
+    }
+
+    /// The entries, in request order.
+    pub fn entries(&self) -> impl Iterator<Item = Identified> + '_ {
+        (0..self.len()).filter_map(|i| self.entry(i))
     }
 
     /// The size of the encoded answer for `n` handles (header included).
@@ -180,15 +265,15 @@ impl IdentifyAnswer {
     }
 }
 
-impl Message<'_> for IdentifyAnswer {
+impl<'a> Message<'a> for IdentifyAnswer<'a> {
     const KIND: MessageKind = MessageKind::IdentifyAnswer;
 
     fn body_len(&self) -> usize {
-        8 + 16 * self.n
+        8 + 16 * self.len()
     }
 
     fn encode_body(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        encode_count(w, self.n)?;
+        encode_count(w, self.len())?;
         for e in self.entries() {
             w.u16(e.outcome as u16)?;
             w.zeros(6)?;
@@ -197,20 +282,22 @@ impl Message<'_> for IdentifyAnswer {
         Ok(())
     }
 
-    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode_body(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let n = count(r)?;
-        let mut entries = [Identified::default(); MAX_IDENTIFY];
-        for e in &mut entries[..n] {
-            let outcome = IdentifyOutcome::from_u16(r.u16()?)
+        let bytes = r.bytes(16 * n)?;
+        for e in bytes.chunks_exact(16) {
+            let mut entry = Reader::new(e);
+            let outcome = IdentifyOutcome::from_u16(entry.u16()?)
                 .ok_or(DecodeError::InvalidField { field: "outcome" })?;
-            r.zeros(6)?;
-            let id = r.u64()?;
+            entry.zeros(6)?;
+            let id = entry.u64()?;
             if outcome != IdentifyOutcome::Tracked && id != 0 {
                 return Err(DecodeError::InvalidField { field: "id" });
             }
-            *e = Identified { outcome, id };
         }
-        Ok(Self { n, entries })
+        Ok(Self {
+            entries: Entries::Wire(bytes),
+        })
     }
 }
 
@@ -221,7 +308,7 @@ mod tests {
 
     /// The exact bytes of a two-handle request.
     const REQUEST: [u8; 40] = [
-        b'H', b'v', b'T', b'k', 3, 0, 11, 0, 40, 0, 0, 0, 0, 0, 0, 0, // header
+        b'H', b'v', b'T', b'k', 4, 0, 11, 0, 40, 0, 0, 0, 0, 0, 0, 0, // header
         2, 0, 0, 0, 0, 0, 0, 0, // n = 2
         0x34, 0x12, 0, 0, 0, 0, 0, 0, // 0x1234
         0x80, 0, 0, 0, 0, 0, 0, 0x80, // a kernel-handle-looking value
@@ -229,24 +316,25 @@ mod tests {
 
     /// The exact bytes of its answer: one tracked key, one invalid handle.
     const ANSWER: [u8; 56] = [
-        b'H', b'v', b'T', b'k', 3, 0, 12, 0, 56, 0, 0, 0, 0, 0, 0, 0, // header
+        b'H', b'v', b'T', b'k', 4, 0, 12, 0, 56, 0, 0, 0, 0, 0, 0, 0, // header
         2, 0, 0, 0, 0, 0, 0, 0, // n = 2
         1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, // tracked, id 0x3_0000_0007
         3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // invalid handle
     ];
 
-    fn answer() -> IdentifyAnswer {
-        IdentifyAnswer::new(&[
-            Identified {
-                outcome: IdentifyOutcome::Tracked,
-                id: 0x3_0000_0007,
-            },
-            Identified {
-                outcome: IdentifyOutcome::InvalidHandle,
-                id: 99,
-            },
-        ])
-        .unwrap()
+    const ENTRIES: [Identified; 2] = [
+        Identified {
+            outcome: IdentifyOutcome::Tracked,
+            id: 0x3_0000_0007,
+        },
+        Identified {
+            outcome: IdentifyOutcome::InvalidHandle,
+            id: 99,
+        },
+    ];
+
+    fn answer() -> IdentifyAnswer<'static> {
+        IdentifyAnswer::new(&ENTRIES).unwrap()
     }
 
     #[test]
@@ -265,9 +353,11 @@ mod tests {
             "wrote past the message"
         );
         let back = decode::<IdentifyAnswer>(&ANSWER).unwrap();
-        assert_eq!(back.entries()[0].id, 0x3_0000_0007);
+        assert_eq!(back.len(), 2);
+        assert_eq!(back.entry(0).unwrap().id, 0x3_0000_0007);
+        assert_eq!(back.entry(2), None);
         assert_eq!(
-            back.entries()[1],
+            back.entry(1).unwrap(),
             Identified {
                 outcome: IdentifyOutcome::InvalidHandle,
                 id: 0
@@ -276,15 +366,49 @@ mod tests {
     }
 
     #[test]
-    fn counts_outside_one_to_sixty_four_are_refused() {
+    fn counts_outside_one_to_the_maximum_are_refused() {
         assert!(IdentifyRequest::new(&[]).is_none());
-        assert!(IdentifyRequest::new(&[4; MAX_IDENTIFY + 1]).is_none());
-        assert!(IdentifyRequest::new(&[4; MAX_IDENTIFY]).is_some());
-        for n in [0u8, 65, 255] {
+        assert!(IdentifyRequest::new(&vec![4; MAX_IDENTIFY + 1]).is_none());
+        assert!(IdentifyRequest::new(&vec![4; MAX_IDENTIFY]).is_some());
+        assert!(IdentifyAnswer::new(&[]).is_none());
+        assert!(IdentifyAnswer::new(&vec![Identified::default(); MAX_IDENTIFY + 1]).is_none());
+        let too_many = u32::try_from(MAX_IDENTIFY + 1).unwrap().to_le_bytes();
+        for n in [[0u8; 4], too_many, [0xFF; 4]] {
             let mut bad = REQUEST;
-            bad[16] = n;
-            assert!(decode::<IdentifyRequest>(&bad).is_err(), "count {n}");
+            bad[16..20].copy_from_slice(&n);
+            assert!(decode::<IdentifyRequest>(&bad).is_err(), "count {n:?}");
         }
+    }
+
+    #[test]
+    fn a_full_request_and_its_answer_round_trip() {
+        let handles: Vec<u64> = (1..=MAX_IDENTIFY as u64).map(|h| h * 4).collect();
+        let req = IdentifyRequest::new(&handles).unwrap();
+        let mut buf = vec![0u8; crate::wire::HEADER_LEN + 8 + 8 * MAX_IDENTIFY];
+        let n = encode(&req, &mut buf).unwrap();
+        assert_eq!(n, buf.len());
+        let back = decode::<IdentifyRequest>(&buf).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(back.handles().collect::<Vec<_>>(), handles);
+        let entries: Vec<Identified> = handles
+            .iter()
+            .map(|&h| Identified {
+                outcome: if h % 8 == 0 {
+                    IdentifyOutcome::Tracked
+                } else {
+                    IdentifyOutcome::NotTracked
+                },
+                id: h,
+            })
+            .collect();
+        let answer = IdentifyAnswer::new(&entries).unwrap();
+        let mut buf = vec![0u8; IdentifyAnswer::encoded_len(MAX_IDENTIFY)];
+        let n = encode(&answer, &mut buf).unwrap();
+        assert_eq!(n, buf.len());
+        let back = decode::<IdentifyAnswer>(&buf).unwrap();
+        let expected: Vec<Identified> = entries.iter().map(|e| e.normalised()).collect();
+        assert_eq!(back.entries().collect::<Vec<_>>(), expected);
+        assert!(expected.iter().any(|e| e.id == 0) && expected.iter().any(|e| e.id != 0));
     }
 
     #[test]

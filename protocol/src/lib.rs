@@ -45,4 +45,6 @@ pub mod wire;
 /// 2: the events page's prefix carries `held_after_seconds` (issue 17's held-after records).
 /// 3: a holders key may carry `HolderKey::KEY_DELETED` (32), which a version 2 client's
 /// decoder refuses as an unknown flag (review, 2026-12-05).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: an identify request may carry up to 2,048 handles (64 before), which a version 3
+/// driver refuses as an invalid count (issue 14: one pass over the records per request).
+pub const PROTOCOL_VERSION: u16 = 4;

@@ -3,15 +3,15 @@
 //!
 //! The driver resolves the caller's handles to object addresses (holding a reference on each
 //! for the duration of the request, so no address can be reused meanwhile) and asks here
-//! which tracked record each is. Records are not indexed by address, so this walks every
-//! handed-out slot once per request, shard by shard under that shard's lock, checking each
-//! live record against the request's few addresses (sorted, binary search): the cost is one
-//! pass over the records whatever the number of handles asked (at most
-//! [`protocol::identify::MAX_IDENTIFY`]), and no lock is held longer than one shard's walk.
+//! which tracked record each is. Records are not indexed by address (an index would cost
+//! every open and close), so this walks every handed-out slot once per request, shard by
+//! shard under that shard's lock, checking each live record against the request's addresses
+//! (sorted once, binary search): one pass over the records whatever the number of objects
+//! asked, so a request of [`protocol::identify::MAX_IDENTIFY`] objects costs one pass where
+//! 32 requests of the 64 before version 4 cost 32; no lock is held longer than one shard's
+//! walk.
 
 use core::sync::atomic::Ordering::Acquire;
-
-use protocol::identify::MAX_IDENTIFY;
 
 use crate::lock::{Exclusive, RawLock};
 use crate::objects::STATE_MASK;
@@ -19,22 +19,30 @@ use crate::objects::{LIVE, Token, slot_ref};
 use crate::pool::Pool;
 use crate::tracker::Tracker;
 
+/// One object an identify request asks about, and what was found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// The object's address (0: none, as for a handle that could not be referenced; never
+    /// found).
+    pub object: u64,
+    /// Where the caller wants the answer (its request index); carried through the sort.
+    pub index: u32,
+    /// The token of the live record tracking the object, filled by [`Tracker::identify`].
+    pub found: Option<Token>,
+}
+
 impl<P: Pool, L: RawLock> Tracker<P, L> {
-    /// For each object address in `objects` (at most [`MAX_IDENTIFY`]; more are ignored),
-    /// the token of the live record tracking it, in `out` at the same index (`None` when no
-    /// record tracks it). The token is the key id of `holders` answers, never the address.
-    pub fn identify(&self, objects: &[u64], out: &mut [Option<Token>]) {
-        let n = objects.len().min(out.len()).min(MAX_IDENTIFY);
-        let mut sorted = [(0u64, 0usize); MAX_IDENTIFY];
-        for (i, (s, &o)) in sorted.iter_mut().zip(objects).take(n).enumerate() {
-            *s = (o, i);
+    /// Fills each entry's `found` with the token of the live record tracking its object
+    /// (`None` when no record tracks it). The entries are left sorted by object (the caller
+    /// finds its answers by `index`). The token is the key id of `holders` answers, never the
+    /// address.
+    pub fn identify(&self, wanted: &mut [Wanted]) {
+        wanted.sort_unstable_by_key(|w| w.object);
+        let mut left = 0;
+        for w in wanted.iter_mut() {
+            w.found = None;
+            left += usize::from(w.object != 0);
         }
-        let sorted = &mut sorted[..n];
-        sorted.sort_unstable();
-        for o in out.iter_mut().take(n) {
-            *o = None;
-        }
-        let mut left = n;
         for si in 0..=self.shard_mask {
             if left == 0 {
                 break;
@@ -51,20 +59,24 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 // after the slot was taken again is never read with the old word twice.
                 let object = rec.object.load(Acquire);
                 let again = rec.read();
-                if state & STATE_MASK == LIVE
+                if object != 0
+                    && state & STATE_MASK == LIVE
                     && again.0 == generation
                     && again.1 & STATE_MASK == LIVE
-                    && let Ok(k) = sorted.binary_search_by(|&(o, _)| o.cmp(&object))
+                    && let Ok(k) = wanted.binary_search_by_key(&object, |w| w.object)
                 {
-                    // Equal addresses sit side by side: answer every request index.
+                    // Equal addresses sit side by side: answer every one of them.
                     let token = Token::new(generation, slot_ref(si, index));
-                    let first = sorted[..k]
+                    let first = wanted[..k]
                         .iter()
-                        .rposition(|&(o, _)| o != object)
+                        .rposition(|w| w.object != object)
                         .map_or(0, |p| p + 1);
-                    for &(_, i) in sorted[first..].iter().take_while(|&&(o, _)| o == object) {
-                        if out[i].is_none() {
-                            out[i] = Some(token);
+                    for w in wanted[first..]
+                        .iter_mut()
+                        .take_while(|w| w.object == object)
+                    {
+                        if w.found.is_none() {
+                            w.found = Some(token);
                             left -= 1;
                         }
                     }

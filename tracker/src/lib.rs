@@ -45,6 +45,7 @@ pub mod units;
 mod watch;
 
 pub use census::Census;
+pub use identify::Wanted;
 pub use keys::{KeyMiss, MAX_NAME_AGE};
 pub use lock::{RawLock, SpinLock};
 pub use objects::Token;

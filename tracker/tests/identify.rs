@@ -18,17 +18,15 @@ fn addresses_map_to_their_live_records_only() {
     }
     let (a, ta) = tokens[5];
     let (b, tb) = tokens[299];
-    let mut out = [None; 5];
-    t.identify(&[b, 0xDEAD_0000, a, a, 0], &mut out);
+    let out = identify(&t, &[b, 0xDEAD_0000, a, a, 0]);
     assert_eq!(out, [Some(tb), None, Some(ta), Some(ta), None]);
     assert!(
         out.iter().flatten().all(|tok| tok.0 != a && tok.0 != b),
         "never an address"
     );
     t.object_destroyed(ta, a);
-    t.identify(&[a, b], &mut out[..2]);
     assert_eq!(
-        out[..2],
+        identify(&t, &[a, b]),
         [None, Some(tb)],
         "a destroyed object is no longer identified"
     );
@@ -36,7 +34,6 @@ fn addresses_map_to_their_live_records_only() {
     let ta2 = t
         .opened(a, P2, 1, &w(r"\REGISTRY\MACHINE\SOFTWARE\New"), 1, 3)
         .unwrap();
-    t.identify(&[a], &mut out[..1]);
-    assert_eq!(out[0], Some(ta2));
+    assert_eq!(identify(&t, &[a]), [Some(ta2)]);
     assert_ne!(ta2, ta);
 }

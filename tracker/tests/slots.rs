@@ -330,8 +330,7 @@ fn every_slot_of_a_shard_is_walked_past_each_chunk() {
         assert_eq!(t.stats().objects_tracked, n);
         let objects: Vec<u64> = (0..n).map(|i| 0x1_0000 + i * 16).collect();
         for chunk in objects.chunks(protocol::identify::MAX_IDENTIFY) {
-            let mut out = vec![None; chunk.len()];
-            t.identify(chunk, &mut out);
+            let out = identify(&t, chunk);
             assert!(
                 out.iter().all(Option::is_some),
                 "identify found every object"

@@ -59,11 +59,11 @@ fn access_denied_exits_2_and_says_to_elevate() {
 #[test]
 fn a_driver_of_another_protocol_version_exits_2() {
     for argv in QUERY_COMMANDS {
-        let o = run_scripted(Scripted::new(logoff()).with_fault(Fault::Version(2)), argv);
+        let o = run_scripted(Scripted::new(logoff()).with_fault(Fault::Version(3)), argv);
         assert_eq!(o.code, exit::DRIVER_UNAVAILABLE, "{argv:?}: {}", o.err);
         assert!(
             o.err
-                .contains("the driver speaks protocol version 2, this client speaks 3"),
+                .contains("the driver speaks protocol version 3, this client speaks 4"),
             "{argv:?}: {}",
             o.err
         );

@@ -364,3 +364,27 @@ pub const P2: tracker::ProcessKey = tracker::ProcessKey {
     pid: 200,
     start_key: 2,
 };
+
+/// [`Tracker::identify`] for `objects`, answers in their order (one request, whatever its
+/// length: the driver caps a request at `protocol::identify::MAX_IDENTIFY`).
+#[allow(dead_code, reason = "not every test binary identifies")]
+pub fn identify<P: Pool, L: RawLock>(
+    t: &Tracker<P, L>,
+    objects: &[u64],
+) -> Vec<Option<tracker::Token>> {
+    let mut wanted: Vec<tracker::Wanted> = objects
+        .iter()
+        .enumerate()
+        .map(|(i, &object)| tracker::Wanted {
+            object,
+            index: u32::try_from(i).unwrap(),
+            found: None,
+        })
+        .collect();
+    t.identify(&mut wanted);
+    let mut out = vec![None; objects.len()];
+    for w in &wanted {
+        out[w.index as usize] = w.found;
+    }
+    out
+}

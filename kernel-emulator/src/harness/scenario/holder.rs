@@ -30,7 +30,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "duplicated-holder",
-            "a key opened by A, duplicated into B (DuplicateHandle) and inherited by C, then closed by A, who exits: the driver still names A, the opener; the client finds the key handles in the system handle table, duplicates them into itself and asks IOCTL_HIVETRACK_IDENTIFY_HANDLES: held now by B and C, never a kernel address, a key from before tracking 'not tracked', a bad handle 'invalid'",
+            "a key opened by A, duplicated into B (DuplicateHandle) and inherited by C, then closed by A, who exits: the driver still names A, the opener; the client finds the key handles in the system handle table, duplicates them into itself and asks IOCTL_HIVETRACK_IDENTIFY_HANDLES: held now by B and C, never a kernel address, a key from before tracking 'not tracked', a bad handle 'invalid'; one request of MAX_IDENTIFY (2,048) handles answered whole, one more refused",
             duplicated_holder,
         ),
         Scenario::hivetrack(
@@ -310,7 +310,7 @@ fn held_now(ctx: &mut Ctx, client_pid: u32, device: crate::nt::io::FileHandle) -
             .collect();
         let handles: Vec<u64> = dups.iter().map(|d| d.1).collect();
         let request = IdentifyRequest::new(&handles)?;
-        let mut input = [0u8; 1024];
+        let mut input = vec![0u8; protocol::wire::HEADER_LEN + 8 + 8 * handles.len()];
         let n = protocol::wire::encode(&request, &mut input).ok()?;
         let r = ctx.ioctl_checked(
             device,
@@ -332,7 +332,7 @@ fn held_now(ctx: &mut Ctx, client_pid: u32, device: crate::nt::io::FileHandle) -
             return None;
         }
         let answer = protocol::wire::decode::<IdentifyAnswer>(&r.output[..r.information]).ok()?;
-        for (e, &(pid, _)) in answer.entries().iter().zip(&dups) {
+        for (e, &(pid, _)) in answer.entries().zip(&dups) {
             if objects.contains(&e.id) {
                 out.addresses.push(e.id);
             }
@@ -444,7 +444,6 @@ fn duplicated_holder(ctx: &mut Ctx) {
         ctx.check(
             answer.is_some_and(|a| {
                 a.entries()
-                    .iter()
                     .all(|e| e.outcome == IdentifyOutcome::InvalidHandle && e.id == 0)
             }),
             format!("handles not in the caller's table are answered invalid: {answer:?}"),
@@ -458,6 +457,7 @@ fn duplicated_holder(ctx: &mut Ctx) {
             ),
         );
     }
+    full_identify_request(ctx, cli, dev);
     crate::nt::io::close(dev);
     let dup = dup.unwrap_or(0);
     let _ = hive::close_key(b, dup);
@@ -469,6 +469,90 @@ fn duplicated_holder(ctx: &mut Ctx) {
     }
     process::exit_process(early);
     end(ctx, d, c);
+}
+
+/// One identify request of `MAX_IDENTIFY` handles (protocol 4: 2,048; 64 before, when a
+/// hive held through 65,536 handles cost the driver 1,024 passes over all its records) is
+/// answered whole: the client's own opens of one key, each its own object and record, so
+/// every answer is Tracked under a distinct id. One handle more is refused.
+fn full_identify_request(ctx: &mut Ctx, cli: u32, dev: crate::nt::io::FileHandle) {
+    use protocol::identify::{IdentifyAnswer, IdentifyOutcome, IdentifyRequest, MAX_IDENTIFY};
+    use protocol::ioctl::IOCTL_HIVETRACK_IDENTIFY_HANDLES;
+    let key = format!(r"{}\Early", super::tracking::SOFTWARE);
+    let handles: Vec<u64> = (0..=MAX_IDENTIFY)
+        .filter_map(|_| hive::open_key(cli, &key, KEY_READ, false).ok())
+        .collect();
+    ctx.check(
+        handles.len() == MAX_IDENTIFY + 1,
+        format!("the client opens {key} {} times", MAX_IDENTIFY + 1),
+    );
+    let ask = |ctx: &mut Ctx, handles: &[u64]| {
+        let request =
+            IdentifyRequest::new(handles).or_else(|| IdentifyRequest::new(&handles[..1]))?;
+        let mut input = vec![0u8; protocol::wire::HEADER_LEN + 8 + 8 * handles.len()];
+        let n = protocol::wire::encode(&request, &mut input).ok()?;
+        // A request of MAX_IDENTIFY + 1 is built by hand: the protocol crate refuses it.
+        if handles.len() > MAX_IDENTIFY {
+            let count = u32::try_from(handles.len()).ok()?;
+            input[protocol::wire::HEADER_LEN..protocol::wire::HEADER_LEN + 4]
+                .copy_from_slice(&count.to_le_bytes());
+            for (i, h) in handles.iter().enumerate() {
+                let at = protocol::wire::HEADER_LEN + 8 + 8 * i;
+                input[at..at + 8].copy_from_slice(&h.to_le_bytes());
+            }
+            let total = u32::try_from(input.len()).ok()?;
+            input[8..12].copy_from_slice(&total.to_le_bytes());
+        }
+        let len = if handles.len() > MAX_IDENTIFY {
+            input.len()
+        } else {
+            n
+        };
+        Some(ctx.ioctl_checked(
+            dev,
+            IOCTL_HIVETRACK_IDENTIFY_HANDLES,
+            &input[..len],
+            u32::try_from(IdentifyAnswer::encoded_len(handles.len())).unwrap_or(0),
+        ))
+    };
+    let full = &handles[..MAX_IDENTIFY.min(handles.len())];
+    let r = ask(ctx, full);
+    let ids: Option<Vec<u64>> = r.as_ref().and_then(|r| {
+        let a = protocol::wire::decode::<IdentifyAnswer>(&r.output[..r.information]).ok()?;
+        (a.len() == full.len() && a.entries().all(|e| e.outcome == IdentifyOutcome::Tracked))
+            .then(|| a.entries().map(|e| e.id).collect())
+    });
+    let distinct = ids.as_ref().map(|ids| {
+        let mut d = ids.clone();
+        d.sort_unstable();
+        d.dedup();
+        d.len()
+    });
+    ctx.check(
+        distinct == Some(MAX_IDENTIFY),
+        format!(
+            "one request of {MAX_IDENTIFY} handles: every one Tracked, each its own key id: {} ({:?} distinct)",
+            r.as_ref()
+                .map_or_else(|| "no request".to_owned(), |r| crate::nt::status::describe(r.status)),
+            distinct
+        ),
+    );
+    if handles.len() > MAX_IDENTIFY {
+        let over = ask(ctx, &handles);
+        ctx.check(
+            over.as_ref().is_some_and(|r| {
+                r.status == crate::nt::status::STATUS_INVALID_PARAMETER && r.information == 0
+            }),
+            format!(
+                "a request of {} handles is refused: {:?}",
+                handles.len(),
+                over.map(|r| crate::nt::status::describe(r.status))
+            ),
+        );
+    }
+    for h in handles {
+        let _ = hive::close_key(cli, h);
+    }
 }
 
 /// Docs, `InitializeObjectAttributes`: OBJ_KERNEL_HANDLE "specifies that the handle can only

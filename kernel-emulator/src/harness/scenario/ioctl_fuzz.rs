@@ -149,7 +149,7 @@ fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str)
     } else if other == 1 {
         events_input(rng)
     } else if identify {
-        // 1..=64 handle values: small ones (a process's handles), random, kernel-looking.
+        // 1..=MAX_IDENTIFY handle values: small ones (a process's handles), random, kernel-looking.
         let n = 1 + rng.below(protocol::identify::MAX_IDENTIFY);
         let handles: Vec<u64> = (0..n)
             .map(|_| match rng.below(3) {
@@ -159,7 +159,7 @@ fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str)
             })
             .collect();
         let req = protocol::identify::IdentifyRequest::new(&handles);
-        let mut b = vec![0u8; 1024];
+        let mut b = vec![0u8; protocol::wire::HEADER_LEN + 8 + 8 * n];
         let len = req.map_or(0, |r| protocol::wire::encode(&r, &mut b).unwrap_or(0));
         b.truncate(len);
         (
