@@ -136,6 +136,48 @@ fn main() {
         "goals (issue 14): holders of 100,000 keys <= 10 ms; processes of 10,000 processes <= 50 ms"
     );
     hives_listing();
+    identify_handles();
+}
+
+/// The `holders` report's holder-now step for a hive held through 100,000 key handles (10,000
+/// processes, 10 keys each): every handle asked about in identify requests, each of which
+/// walks all the records once. Requests of 64 handles (protocol 3) against requests of
+/// `MAX_IDENTIFY` (protocol 4); the ratio is the saving (issue 14: queries linear in what
+/// they return).
+fn identify_handles() {
+    use protocol::identify::MAX_IDENTIFY;
+    let pool = SysPool::default();
+    let processes = 10_000u64;
+    let t = build(&pool, processes);
+    let keys = processes * KEYS_PER_PROCESS;
+    let objects: Vec<u64> = (0..keys).map(|i| 0x100_0000 + i * 16).collect();
+    let ask = |batch: usize| {
+        let mut found = 0u64;
+        let mut requests = 0u64;
+        for chunk in objects.chunks(batch) {
+            let mut wanted: Vec<tracker::Wanted> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, &object)| tracker::Wanted {
+                    object,
+                    index: i as u32,
+                    found: None,
+                })
+                .collect();
+            t.identify(&mut wanted);
+            found += wanted.iter().filter(|w| w.found.is_some()).count() as u64;
+            requests += 1;
+        }
+        (requests, found)
+    };
+    let (old, (old_requests, old_found)) = best(1, || ask(64));
+    let (new, (new_requests, new_found)) = best(3, || ask(MAX_IDENTIFY));
+    println!(
+        "identify: {keys} handles of one hive among {keys} records: {old_requests} requests of 64 in {:.1} ms ({old_found} found), {new_requests} requests of {MAX_IDENTIFY} in {:.1} ms ({new_found} found): {:.1}x faster",
+        old.as_secs_f64() * 1e3,
+        new.as_secs_f64() * 1e3,
+        old.as_secs_f64() / new.as_secs_f64()
+    );
 }
 
 /// The `hives` listing with 100, 1,000 and 10,000 hives (application hives, each held by one
