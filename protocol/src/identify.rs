@@ -32,14 +32,14 @@ use crate::wire::{DecodeError, EncodeError, Message, MessageKind, Reader, Writer
 /// A `holders` report asks about every duplicate of its hive's
 /// handles, and the driver answers each request with one pass over all its records: at 64
 /// a request, a hive held through 65,536 handles cost 1,024 such passes; at 2,048, 32. The
-/// driver's scratch for one request is `n × (32 + 16)` bytes (96 KiB at most), freed before
-/// it answers: the same order as the request's own buffer, which the I/O manager allocates
-/// from non-paged pool for every `METHOD_BUFFERED` request anyway.
+/// driver's scratch for one request is `n × (32 + 16)` bytes (96 KiB at most, three times
+/// the request's own system buffer, which the I/O manager allocates from non-paged pool for
+/// every `METHOD_BUFFERED` request anyway), freed before the request completes.
 pub const MAX_IDENTIFY: usize = 2048;
 
 /// The handles of a request: the caller's values, or the bytes of a decoded message
 /// (validated when decoded: `8 × n` bytes, little-endian).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 enum Handles<'a> {
     Values(&'a [u64]),
     Wire(&'a [u8]),
@@ -48,7 +48,7 @@ enum Handles<'a> {
 /// The input of `IOCTL_HIVETRACK_IDENTIFY_HANDLES`, borrowed: a decoded request reads its
 /// handles from the message's bytes, so the driver holds no copy of up to [`MAX_IDENTIFY`]
 /// of them on its stack.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct IdentifyRequest<'a> {
     handles: Handles<'a>,
 }
@@ -83,6 +83,9 @@ impl<'a> IdentifyRequest<'a> {
     /// Handle `i`, if there is one.
     #[must_use]
     pub fn handle(&self, i: usize) -> Option<u64> {
+        if i >= self.len() {
+            return None; // and `i * 8` below cannot overflow
+        }
         match self.handles {
             Handles::Values(v) => v.get(i).copied(),
             Handles::Wire(b) => b
@@ -95,6 +98,52 @@ impl<'a> IdentifyRequest<'a> {
     /// The handles, in order.
     pub fn handles(&self) -> impl Iterator<Item = u64> + '_ {
         (0..self.len()).filter_map(|i| self.handle(i))
+    }
+}
+
+/// How many entries a `Debug` line shows (a full answer is 2,048 of them).
+const DEBUG_SHOWN: usize = 8;
+
+impl core::fmt::Debug for IdentifyRequest<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IdentifyRequest")
+            .field("len", &self.len())
+            .field(
+                "handles",
+                &DebugFirst(|| self.handles().take(DEBUG_SHOWN), self.len()),
+            )
+            .finish()
+    }
+}
+
+impl core::fmt::Debug for IdentifyAnswer<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IdentifyAnswer")
+            .field("len", &self.len())
+            .field(
+                "entries",
+                &DebugFirst(|| self.entries().take(DEBUG_SHOWN), self.len()),
+            )
+            .finish()
+    }
+}
+
+/// The first [`DEBUG_SHOWN`] items of a sequence of `len`, as a list (then `..`).
+struct DebugFirst<F>(F, usize);
+
+impl<F, I> core::fmt::Debug for DebugFirst<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+    I::Item: core::fmt::Debug,
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut list = f.debug_list();
+        list.entries((self.0)());
+        if self.1 > DEBUG_SHOWN {
+            list.entry(&format_args!(".."));
+        }
+        list.finish()
     }
 }
 
@@ -196,14 +245,14 @@ impl Identified {
 /// The entries of an answer: the driver's, or the bytes of a decoded message (each
 /// validated when decoded: 16 bytes, a known outcome, zero reserved bytes, id 0 unless
 /// Tracked).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 enum Entries<'a> {
     Values(&'a [Identified]),
     Wire(&'a [u8]),
 }
 
 /// The answer to `IOCTL_HIVETRACK_IDENTIFY_HANDLES`, borrowed like [`IdentifyRequest`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct IdentifyAnswer<'a> {
     entries: Entries<'a>,
 }
@@ -239,6 +288,9 @@ impl<'a> IdentifyAnswer<'a> {
     /// Entry `i` (the answer for the request's handle `i`), as written on the wire.
     #[must_use]
     pub fn entry(&self, i: usize) -> Option<Identified> {
+        if i >= self.len() {
+            return None; // and `i * 16` below cannot overflow
+        }
         match self.entries {
             Entries::Values(v) => v.get(i).map(|e| e.normalised()),
             Entries::Wire(b) => b.get(i * 16..i * 16 + 16).map(|e| {
@@ -412,7 +464,27 @@ mod tests {
     }
 
     #[test]
+    fn an_index_past_the_end_is_none_however_large() {
+        let req = decode::<IdentifyRequest>(&REQUEST).unwrap();
+        let answer = decode::<IdentifyAnswer>(&ANSWER).unwrap();
+        for i in [2, 1 << 60, 1 << 61, usize::MAX] {
+            assert_eq!(req.handle(i), None, "{i}");
+            assert_eq!(answer.entry(i), None, "{i}");
+        }
+        assert_eq!(req.handle(1), Some(0x8000_0000_0000_0080));
+        let shown = format!("{answer:?}");
+        assert!(shown.contains("Tracked") && shown.len() < 400, "{shown}");
+    }
+
+    #[test]
     fn malformed_inputs_are_refused() {
+        // A count smaller than the handles (or entries) present.
+        let mut bad = REQUEST;
+        bad[16] = 1;
+        assert!(decode::<IdentifyRequest>(&bad).is_err());
+        let mut bad = ANSWER;
+        bad[16] = 1;
+        assert!(decode::<IdentifyAnswer>(&bad).is_err());
         let mut bad = REQUEST;
         bad[20] = 1; // reserved
         assert!(decode::<IdentifyRequest>(&bad).is_err());
