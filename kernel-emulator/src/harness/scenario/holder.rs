@@ -476,8 +476,7 @@ fn duplicated_holder(ctx: &mut Ctx) {
 /// answered whole: the client's own opens of one key, each its own object and record, so
 /// every answer is Tracked under a distinct id. One handle more is refused.
 fn full_identify_request(ctx: &mut Ctx, cli: u32, dev: crate::nt::io::FileHandle) {
-    use protocol::identify::{IdentifyAnswer, IdentifyOutcome, IdentifyRequest, MAX_IDENTIFY};
-    use protocol::ioctl::IOCTL_HIVETRACK_IDENTIFY_HANDLES;
+    use protocol::identify::{IdentifyAnswer, IdentifyOutcome, MAX_IDENTIFY};
     let key = format!(r"{}\Early", super::tracking::SOFTWARE);
     let handles: Vec<u64> = (0..=MAX_IDENTIFY)
         .filter_map(|_| hive::open_key(cli, &key, KEY_READ, false).ok())
@@ -486,37 +485,8 @@ fn full_identify_request(ctx: &mut Ctx, cli: u32, dev: crate::nt::io::FileHandle
         handles.len() == MAX_IDENTIFY + 1,
         format!("the client opens {key} {} times", MAX_IDENTIFY + 1),
     );
-    let ask = |ctx: &mut Ctx, handles: &[u64]| {
-        let request =
-            IdentifyRequest::new(handles).or_else(|| IdentifyRequest::new(&handles[..1]))?;
-        let mut input = vec![0u8; protocol::wire::HEADER_LEN + 8 + 8 * handles.len()];
-        let n = protocol::wire::encode(&request, &mut input).ok()?;
-        // A request of MAX_IDENTIFY + 1 is built by hand: the protocol crate refuses it.
-        if handles.len() > MAX_IDENTIFY {
-            let count = u32::try_from(handles.len()).ok()?;
-            input[protocol::wire::HEADER_LEN..protocol::wire::HEADER_LEN + 4]
-                .copy_from_slice(&count.to_le_bytes());
-            for (i, h) in handles.iter().enumerate() {
-                let at = protocol::wire::HEADER_LEN + 8 + 8 * i;
-                input[at..at + 8].copy_from_slice(&h.to_le_bytes());
-            }
-            let total = u32::try_from(input.len()).ok()?;
-            input[8..12].copy_from_slice(&total.to_le_bytes());
-        }
-        let len = if handles.len() > MAX_IDENTIFY {
-            input.len()
-        } else {
-            n
-        };
-        Some(ctx.ioctl_checked(
-            dev,
-            IOCTL_HIVETRACK_IDENTIFY_HANDLES,
-            &input[..len],
-            u32::try_from(IdentifyAnswer::encoded_len(handles.len())).unwrap_or(0),
-        ))
-    };
     let full = &handles[..MAX_IDENTIFY.min(handles.len())];
-    let r = ask(ctx, full);
+    let r = ask_identify(ctx, dev, full);
     let ids: Option<Vec<u64>> = r.as_ref().and_then(|r| {
         let a = protocol::wire::decode::<IdentifyAnswer>(&r.output[..r.information]).ok()?;
         (a.len() == full.len() && a.entries().all(|e| e.outcome == IdentifyOutcome::Tracked))
@@ -537,8 +507,11 @@ fn full_identify_request(ctx: &mut Ctx, cli: u32, dev: crate::nt::io::FileHandle
             distinct
         ),
     );
+    if let Some(ids) = &ids {
+        reversed_identify_request(ctx, dev, full, ids);
+    }
     if handles.len() > MAX_IDENTIFY {
-        let over = ask(ctx, &handles);
+        let over = ask_identify(ctx, dev, &handles);
         ctx.check(
             over.as_ref().is_some_and(|r| {
                 r.status == crate::nt::status::STATUS_INVALID_PARAMETER && r.information == 0
@@ -553,6 +526,92 @@ fn full_identify_request(ctx: &mut Ctx, cli: u32, dev: crate::nt::io::FileHandle
     for h in handles {
         let _ = hive::close_key(cli, h);
     }
+}
+
+/// The same handles as the full request (their key ids `ids`) in reverse order, the first
+/// replaced by a value not in the caller's table and the second by the third's: each answer
+/// must be the one for its own handle (the driver sorts the objects to look them up; an
+/// answer put back in that order, not the request's, passes the full request's check:
+/// review 17a).
+fn reversed_identify_request(
+    ctx: &mut Ctx,
+    dev: crate::nt::io::FileHandle,
+    full: &[u64],
+    ids: &[u64],
+) {
+    use protocol::identify::{IdentifyAnswer, IdentifyOutcome};
+    let id_of: std::collections::HashMap<u64, u64> =
+        full.iter().copied().zip(ids.iter().copied()).collect();
+    let mut mixed: Vec<u64> = full.iter().rev().copied().collect();
+    mixed[0] = 0x7FFF_FFF0;
+    mixed[1] = mixed[2];
+    let r = ask_identify(ctx, dev, &mixed);
+    let answer = r
+        .as_ref()
+        .and_then(|r| protocol::wire::decode::<IdentifyAnswer>(&r.output[..r.information]).ok());
+    let wrong: Vec<usize> = answer.map_or_else(
+        || (0..mixed.len()).collect(),
+        |a| {
+            (0..mixed.len())
+                .filter(|&i| {
+                    let expected = if i == 0 {
+                        (IdentifyOutcome::InvalidHandle, 0)
+                    } else {
+                        (
+                            IdentifyOutcome::Tracked,
+                            id_of.get(&mixed[i]).copied().unwrap_or(0),
+                        )
+                    };
+                    a.entry(i).map(|e| (e.outcome, e.id)) != Some(expected)
+                })
+                .collect()
+        },
+    );
+    ctx.check(
+        wrong.is_empty(),
+        format!(
+            "the same handles reversed, one invalid and one twice: each answer is its own handle's ({} wrong, first at {:?})",
+            wrong.len(),
+            wrong.first()
+        ),
+    );
+}
+
+/// Sends an identify request for `handles` (more than `MAX_IDENTIFY` built by hand, as the
+/// protocol crate refuses them); `None` when it cannot be encoded.
+fn ask_identify(
+    ctx: &mut Ctx,
+    dev: crate::nt::io::FileHandle,
+    handles: &[u64],
+) -> Option<crate::nt::io::IoctlResult> {
+    use protocol::identify::{IdentifyAnswer, IdentifyRequest, MAX_IDENTIFY};
+    use protocol::ioctl::IOCTL_HIVETRACK_IDENTIFY_HANDLES;
+    let request = IdentifyRequest::new(handles).or_else(|| IdentifyRequest::new(&handles[..1]))?;
+    let mut input = vec![0u8; protocol::wire::HEADER_LEN + 8 + 8 * handles.len()];
+    let n = protocol::wire::encode(&request, &mut input).ok()?;
+    // A request of MAX_IDENTIFY + 1 is built by hand: the protocol crate refuses it.
+    if handles.len() > MAX_IDENTIFY {
+        let count = u32::try_from(handles.len()).ok()?;
+        input[protocol::wire::HEADER_LEN..protocol::wire::HEADER_LEN + 4]
+            .copy_from_slice(&count.to_le_bytes());
+        for (i, h) in handles.iter().enumerate() {
+            let at = protocol::wire::HEADER_LEN + 8 + 8 * i;
+            input[at..at + 8].copy_from_slice(&h.to_le_bytes());
+        }
+        let total = u32::try_from(input.len()).ok()?;
+        input[8..12].copy_from_slice(&total.to_le_bytes());
+    }
+    let len = if handles.len() > MAX_IDENTIFY {
+        input.len()
+    } else {
+        n
+    };
+    Some(ctx.ioctl_checked(
+        dev,
+        IOCTL_HIVETRACK_IDENTIFY_HANDLES,
+        &input[..len],
+        u32::try_from(IdentifyAnswer::encoded_len(handles.len())).unwrap_or(0),
+    ))
 }
 
 /// Docs, `InitializeObjectAttributes`: OBJ_KERNEL_HANDLE "specifies that the handle can only

@@ -150,7 +150,13 @@ fn input(rng: &mut Rng, hives: &[Vec<u16>]) -> (u32, Vec<u8>, u32, &'static str)
         events_input(rng)
     } else if identify {
         // 1..=MAX_IDENTIFY handle values: small ones (a process's handles), random, kernel-looking.
-        let n = 1 + rng.below(protocol::identify::MAX_IDENTIFY);
+        // Mostly small requests (as before protocol 4), some at the limit, some anywhere.
+        let max = protocol::identify::MAX_IDENTIFY;
+        let n = match rng.below(4) {
+            0 | 1 => 1 + rng.below(64),
+            2 => max - rng.below(2),
+            _ => 1 + rng.below(max),
+        };
         let handles: Vec<u64> = (0..n)
             .map(|_| match rng.below(3) {
                 0 => 4 * (rng.next() % 0x1000),
