@@ -4,7 +4,7 @@
 //! inheritance hand keys to other processes with no registry notification. The system handle
 //! table lists every handle with its process; for each key handle of another process the
 //! client makes a duplicate in its own process and asks the driver
-//! (`IOCTL_HIVETRACK_IDENTIFY_HANDLES`, at most 64 a request) which tracked key object it
+//! (`IOCTL_HIVETRACK_IDENTIFY_HANDLES`, at most 2,048 a request) which tracked key object it
 //! refers to. The driver resolves the duplicates in the caller's own handle table and
 //! answers with key ids, never addresses; the duplicates are closed at once.
 //!
@@ -14,8 +14,10 @@
 //! registry callbacks, and a virtualizing filter may hand back a name of its own (review 16).
 //! The driver answers each request with one pass over its records, so asking about every key
 //! handle of the system made a `holders` cost (all key handles / 64) passes, on a terminal
-//! server hundreds of thousands of handles; now it is this hive's handles / 64. A duplicate
-//! that cannot be named (a deleted key, no `NtQueryKey`) is asked about.
+//! server hundreds of thousands of handles; now it is this hive's handles / 2,048 (protocol
+//! 4). A duplicate that cannot be named (a deleted key, no `NtQueryKey`) is asked about. The
+//! driver's working memory for a request grows with it (48 bytes a handle): a request it
+//! cannot allocate for is asked again in halves, down to 64 handles.
 //!
 //! What it cannot see: handles of processes it may not duplicate from (protected
 //! processes), counted as not examined; kernel references that are not handles.
@@ -27,7 +29,7 @@ use protocol::ioctl::{IOCTL_HIVETRACK_GET_VERSION, IOCTL_HIVETRACK_IDENTIFY_HAND
 use protocol::version::VersionInfo;
 use protocol::wire;
 
-use crate::transport::Transport;
+use crate::transport::{ERROR_NO_SYSTEM_RESOURCES, Transport, TransportError};
 
 /// Who holds each tracked key now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -129,26 +131,70 @@ pub fn held_now(t: &mut dyn Transport, mount: &str, mounts: &[String]) -> Result
     Ok(out)
 }
 
-/// One identify request for `dups` (`(holder pid, local duplicate)`), its answers with the
-/// holder pids.
+/// The smallest request [`identify`] splits a refused one into (the limit before protocol 4).
+const SMALLEST_SPLIT: usize = 64;
+
+/// Identify requests for `dups` (`(holder pid, local duplicate)`), their answers with the
+/// holder pids. A request the driver cannot allocate for (`STATUS_INSUFFICIENT_RESOURCES`:
+/// non-paged pool is short, or Driver Verifier's low-resources simulation) is sent again in
+/// two halves, down to [`SMALLEST_SPLIT`] handles.
 fn identify(
     t: &mut dyn Transport,
     dups: &[(u64, u64)],
 ) -> Result<Vec<(IdentifyOutcome, u64, u64)>, String> {
+    match identify_once(t, dups) {
+        Err(Refused::NoMemory) if dups.len() > SMALLEST_SPLIT => {
+            let (a, b) = dups.split_at(dups.len() / 2);
+            let mut answers = identify(t, a)?;
+            answers.extend(identify(t, b)?);
+            Ok(answers)
+        }
+        Err(Refused::NoMemory) => Err(format!(
+            "IOCTL_HIVETRACK_IDENTIFY_HANDLES: the driver could not allocate memory for a request of {} handles (Win32 error {ERROR_NO_SYSTEM_RESOURCES}); try again when the system has more free non-paged pool",
+            dups.len()
+        )),
+        Err(Refused::Other(e)) => Err(e),
+        Ok(answers) => Ok(answers),
+    }
+}
+
+/// Why one identify request got no answer.
+enum Refused {
+    /// The driver could not allocate its working memory for it.
+    NoMemory,
+    /// Anything else, as the report says it.
+    Other(String),
+}
+
+/// One identify request for `dups`.
+fn identify_once(
+    t: &mut dyn Transport,
+    dups: &[(u64, u64)],
+) -> Result<Vec<(IdentifyOutcome, u64, u64)>, Refused> {
     let handles: Vec<u64> = dups.iter().map(|d| d.1).collect();
     let Some(request) = IdentifyRequest::new(&handles) else {
         return Ok(Vec::new()); // nothing duplicated in this batch
     };
-    let mut input = vec![0u8; wire::HEADER_LEN + 8 + 8 * MAX_IDENTIFY];
-    let len = wire::encode(&request, &mut input).map_err(|e| e.to_string())?;
+    let mut input = vec![0u8; wire::HEADER_LEN + 8 + 8 * handles.len()];
+    let len = wire::encode(&request, &mut input).map_err(|e| Refused::Other(e.to_string()))?;
     let mut output = vec![0u8; IdentifyAnswer::encoded_len(handles.len())];
     let n = t
         .ioctl(IOCTL_HIVETRACK_IDENTIFY_HANDLES, &input[..len], &mut output)
-        .map_err(|e| format!("IOCTL_HIVETRACK_IDENTIFY_HANDLES: {e}"))?;
+        .map_err(|e| match e {
+            TransportError::Request {
+                code: ERROR_NO_SYSTEM_RESOURCES,
+            } => Refused::NoMemory,
+            e => Refused::Other(format!("IOCTL_HIVETRACK_IDENTIFY_HANDLES: {e}")),
+        })?;
+    let malformed = |why: String| {
+        Refused::Other(format!(
+            "the driver sent a malformed identify answer: {why}"
+        ))
+    };
     let answer = wire::decode::<IdentifyAnswer>(&output[..n.min(output.len())])
-        .map_err(|e| format!("the driver sent a malformed identify answer: {e}"))?;
+        .map_err(|e| malformed(e.to_string()))?;
     if answer.len() != dups.len() {
-        return Err("the driver sent a malformed identify answer: wrong count".to_owned());
+        return Err(malformed("wrong count".to_owned()));
     }
     Ok(answer
         .entries()
@@ -177,6 +223,10 @@ mod tests {
         names: BTreeMap<(u64, u64), &'static str>,
         /// Duplicate → the key's name.
         dup_names: BTreeMap<u64, &'static str>,
+        /// Requests of more handles than this are refused for want of memory.
+        memory_for: usize,
+        /// Answers one entry short.
+        short_answer: bool,
     }
 
     impl Fake {
@@ -190,6 +240,8 @@ mod tests {
                 requests: 0,
                 names: BTreeMap::new(),
                 dup_names: BTreeMap::new(),
+                memory_for: usize::MAX,
+                short_answer: false,
             }
         }
     }
@@ -218,7 +270,12 @@ mod tests {
             assert_eq!(code, IOCTL_HIVETRACK_IDENTIFY_HANDLES);
             self.requests += 1;
             let req = wire::decode::<IdentifyRequest>(input).unwrap();
-            let entries: Vec<Identified> = req
+            if req.len() > self.memory_for {
+                return Err(TransportError::Request {
+                    code: ERROR_NO_SYSTEM_RESOURCES,
+                });
+            }
+            let mut entries: Vec<Identified> = req
                 .handles()
                 .map(|h| match self.open.get(&h) {
                     Some(0) => Identified {
@@ -235,6 +292,9 @@ mod tests {
                     },
                 })
                 .collect();
+            if self.short_answer {
+                entries.pop();
+            }
             Ok(wire::encode(&IdentifyAnswer::new(&entries).unwrap(), output).unwrap())
         }
 
@@ -287,6 +347,50 @@ mod tests {
         // Each request costs the driver one pass over all its records (issue 14): 4,099
         // handles took 65 requests of 64 before protocol 4.
         assert_eq!(t.requests, 3, "4,099 handles in requests of up to 2,048");
+        assert!(t.open.is_empty(), "every duplicate closed");
+    }
+
+    /// Two requests' worth of untracked handles and the key held by 7 and 8.
+    fn many() -> Vec<(u64, u64, u64)> {
+        let mut handles: Vec<(u64, u64, u64)> = (0..=(2 * MAX_IDENTIFY as u64))
+            .map(|i| (100 + i % 3, 4 * i, 0))
+            .collect();
+        handles.push((7, 0x40, 0x5_0000_0001));
+        handles.push((8, 0x44, 0x5_0000_0001));
+        handles
+    }
+
+    #[test]
+    fn a_request_the_driver_cannot_allocate_for_is_asked_again_in_halves() {
+        let mut t = Fake::new(VersionInfo::CAP_IDENTIFY_HANDLES, many(), vec![]);
+        t.memory_for = 600;
+        let now = held_now(&mut t, HIVE, &mounts()).unwrap();
+        assert_eq!(now.by_id.get(&0x5_0000_0001), Some(&vec![7, 8]));
+        assert_eq!(now.examined, 2 * MAX_IDENTIFY as u64 + 3);
+        // 2,048 → 1,024 → 512 twice for each full request; the last 3 handles at once.
+        assert_eq!(t.requests, 2 * (1 + 2 + 4) + 1);
+        assert!(t.open.is_empty(), "every duplicate closed");
+    }
+
+    #[test]
+    fn a_driver_short_of_memory_even_for_64_says_so_and_closes_every_duplicate() {
+        let mut t = Fake::new(VersionInfo::CAP_IDENTIFY_HANDLES, many(), vec![]);
+        t.memory_for = 10;
+        let e = held_now(&mut t, HIVE, &mounts()).unwrap_err();
+        assert!(
+            e.contains("could not allocate memory for a request of 64 handles")
+                && e.contains("1450"),
+            "{e}"
+        );
+        assert!(t.open.is_empty(), "every duplicate closed");
+    }
+
+    #[test]
+    fn an_answer_one_entry_short_is_an_error_and_every_duplicate_is_closed() {
+        let mut t = Fake::new(VersionInfo::CAP_IDENTIFY_HANDLES, many(), vec![]);
+        t.short_answer = true;
+        let e = held_now(&mut t, HIVE, &mounts()).unwrap_err();
+        assert!(e.contains("malformed identify answer"), "{e}");
         assert!(t.open.is_empty(), "every duplicate closed");
     }
 

@@ -199,7 +199,7 @@ pub const ERROR_INVALID_FUNCTION: u32 = 1;
 /// Win32 `ERROR_NOT_READY` (`STATUS_DEVICE_NOT_READY`): live tracking is off.
 pub const ERROR_NOT_READY: u32 = 21;
 /// Win32 `ERROR_NO_SYSTEM_RESOURCES` (`STATUS_INSUFFICIENT_RESOURCES`): the driver's table
-/// of pending waits is full.
+/// of pending waits is full, or it could not allocate an identify request's working memory.
 pub const ERROR_NO_SYSTEM_RESOURCES: u32 = 1450;
 
 /// The driver's wait-free request (`IOCTL_HIVETRACK_WAIT_FREE`).
