@@ -73,6 +73,11 @@ pub fn scenarios() -> Vec<Scenario> {
             long_image_low_memory,
         ),
         Scenario::hivetrack(
+            "load-during-start",
+            "a hive load whose pre-notification went by before the driver registered and whose post reaches it (posts to every registered callback, as the WRK's CmpCallCallBacks does): a key opened in between, then deleted, holds the hive unseen, so the driver does not vouch for the hive's load time (0, as for a hive of the hive list)",
+            load_during_start,
+        ),
+        Scenario::hivetrack(
             "nameless-open",
             "CmCallbackGetKeyObjectIDEx fails for an open: not filed under an empty-mount hive, counted against the hive its path names",
             nameless_open,
@@ -293,6 +298,93 @@ fn late_start(ctx: &mut Ctx) {
         let _ = hive::close_key(early, k);
     }
     finish(ctx, d, h, &[early, later]);
+}
+
+/// A hive whose load's pre-notification went by before the driver registered, and whose
+/// post reaches it: where a post goes to every registered callback (the Windows Research
+/// Kernel's `cmhook.c` CmpCallCallBacks; the model's `registry::set_late_posts`), the driver
+/// gets a post-load without its pre. The hive was linked into the namespace between the two
+/// (WRK `cmapi.c` CmLoadKey, before `ntapi.c` NtLoadKeyEx's post), so a key opened then is
+/// unknown to the driver; deleted, it is in no list either, yet it holds the hive. Only a
+/// load whose pre the driver saw may carry a load time (what a report's completeness rests
+/// on: the CLI's `loaded_since`); this one is recorded as loaded at an unknown time.
+fn load_during_start(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    crate::nt::cm::registry::set_late_posts(true);
+    let loader = spawn(ctx, APP1);
+    let early = spawn(ctx, APP2);
+    let mount = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1007";
+    let key = format!(r"{mount}\Software\Early");
+    let mut kept = None;
+    let mut started = None;
+    let s = hive::load_hive_interrupted(loader, mount, r"\??\C:\Users\late\NTUSER.DAT", || {
+        kept = open_kept(ctx, early, &key);
+        started = Some(load(ctx));
+    });
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("{mount} loads: {}", status::describe(s)),
+    );
+    let Some((d, Some(h))) = started else {
+        ctx.check(false, "the driver started during the load");
+        return;
+    };
+    let delivered = kernel::with(|k| {
+        k.registry
+            .delivered
+            .get(&crate::nt::cm::registry::class::POST_LOAD_KEY)
+            .copied()
+            .unwrap_or(0)
+    });
+    ctx.check(
+        delivered >= 1,
+        format!("the driver got the load's post without its pre ({delivered} delivered)"),
+    );
+    let r = ctx.ioctl_checked(
+        h,
+        query_ioctl(QueryKind::Hives),
+        &query(QueryKind::Hives, ""),
+        64 * 1024,
+    );
+    let load_time = wire::decode::<Page<'_, Hives>>(&r.output[..r.information])
+        .ok()
+        .and_then(|p| {
+            p.records()
+                .find(|h| h.mount.to_string().eq_ignore_ascii_case(mount))
+                .map(|h| h.loaded_time)
+        });
+    ctx.check(
+        load_time == Some(0),
+        format!(
+            "the hive is known, loaded at an unknown time (a load time would vouch that the driver saw every key of it): {load_time:?}"
+        ),
+    );
+    if let Some(k) = kept {
+        let s = hive::delete_key(early, k);
+        ctx.check(
+            s == STATUS_SUCCESS,
+            format!(
+                "the early key is deleted, still held: {}",
+                status::describe(s)
+            ),
+        );
+        let s = hive::unload_hive(super::tracking::SYSTEM_PID, mount);
+        ctx.check(
+            s != STATUS_SUCCESS,
+            format!(
+                "the hive cannot unload: the deleted key, in no list, holds it ({})",
+                status::describe(s)
+            ),
+        );
+        let _ = hive::close_key(early, k);
+    }
+    unload_all(ctx, &[mount]);
+    let mut d = d;
+    for pid in [loader, early] {
+        process::exit_process(pid);
+    }
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
 }
 
 /// Losses are counted against the hive they concern and age out with it.

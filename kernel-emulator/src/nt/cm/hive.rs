@@ -756,7 +756,22 @@ fn free_object_page(addr: usize) {
 /// then RegNtPostLoadKey.
 #[must_use = "the status says whether the hive is mounted"]
 pub fn load_hive(pid: u32, mount: &str, file: &str) -> NtStatus {
-    load(pid, None, mount, file, false).0
+    load(pid, None, mount, file, false, || {}).0
+}
+
+/// [`load_hive`] with `between` run once the hive is mounted and before RegNtPostLoadKey (in
+/// the Windows Research Kernel's `cmapi.c` CmLoadKey the hive is linked into the namespace
+/// before `ntapi.c` NtLoadKeyEx calls the post callbacks, so other threads can open its keys
+/// and callbacks can register meanwhile): a scenario's window between the load's pre and
+/// post.
+#[must_use = "the status says whether the hive is mounted"]
+pub fn load_hive_interrupted(
+    pid: u32,
+    mount: &str,
+    file: &str,
+    between: impl FnOnce(),
+) -> NtStatus {
+    load(pid, None, mount, file, false, between).0
 }
 
 /// Mounts a hive the way `RegLoadKey(hKey, lpSubKey, lpFile)` does: `NtLoadKey` with
@@ -767,7 +782,7 @@ pub fn load_hive(pid: u32, mount: &str, file: &str) -> NtStatus {
 /// STATUS_INVALID_HANDLE with no notification (the handle is resolved before the callbacks).
 #[must_use = "the status says whether the hive is mounted"]
 pub fn load_key(pid: u32, root: u64, key_name: &str, file: &str) -> NtStatus {
-    load(pid, Some(root), key_name, file, false).0
+    load(pid, Some(root), key_name, file, false, || {}).0
 }
 
 /// Loads an application hive (`RegLoadAppKey(file, &hkey, …)`): mounted at
@@ -781,7 +796,7 @@ pub fn load_key(pid: u32, root: u64, key_name: &str, file: &str) -> NtStatus {
 /// # Errors
 /// The status of a vetoing pre-callback.
 pub fn load_app_key(pid: u32, file: &str) -> Result<(u64, String), NtStatus> {
-    match load(pid, None, "", file, true) {
+    match load(pid, None, "", file, true, || {}) {
         (STATUS_SUCCESS, Some((handle, mount))) => Ok((handle, mount)),
         (status, _) => Err(if status == STATUS_SUCCESS {
             STATUS_INVALID_HANDLE
@@ -811,13 +826,14 @@ fn next_app_mount() -> String {
 }
 
 /// NtLoadKey / NtLoadKeyEx: the notifications and the mount; for an app hive also the root
-/// handle and the mount point.
+/// handle and the mount point. `between` runs after a successful mount, before the post.
 fn load(
     pid: u32,
     root: Option<u64>,
     key_name: &str,
     file: &str,
     app: bool,
+    between: impl FnOnce(),
 ) -> (NtStatus, Option<(u64, String)>) {
     let (object, mount) = match root {
         Some(h) => match root_name(pid, h) {
@@ -917,6 +933,9 @@ fn load(
         // a driver that changes success to failure "might have to deallocate objects") —,
         // but an app hive's root handle the caller never receives is closed again
         // (*inference*, as the object manager drops an open's object when it fails).
+        if status == STATUS_SUCCESS {
+            between();
+        }
         let returned = registry::notify_post(class::POST_LOAD_KEY, 0, status, at, &pre);
         if returned != STATUS_SUCCESS && status == STATUS_SUCCESS && app {
             let _ = close_key(pid, root_handle);

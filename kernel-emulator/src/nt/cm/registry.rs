@@ -313,6 +313,20 @@ pub struct RegistryState {
     pub in_flight: std::collections::HashMap<i64, u32>,
     /// Cookies being unregistered: no new notification reaches them.
     pub unregistering: std::collections::HashSet<i64>,
+    /// A post also goes to the callbacks registered after its pre (with CallContext NULL),
+    /// as the Windows Research Kernel does: `base/ntos/config/cmhook.c` CmpCallCallBacks
+    /// calls a post (`Wind == FALSE`) on every callback in `CmpCallBackVector`, and nothing
+    /// records which callbacks saw the pre. Off by default: the model delivers a post only
+    /// to the callbacks that saw its pre, since a per-callback CallContext (Vista and later)
+    /// needs that record; no source says which Windows 10 does, so a scenario that depends
+    /// on it turns this on ([`set_late_posts`]).
+    pub late_posts: bool,
+}
+
+/// Whether posts also reach the callbacks registered after their pre
+/// ([`RegistryState::late_posts`]).
+pub fn set_late_posts(on: bool) {
+    kernel::with(|k| k.registry.late_posts = on);
 }
 
 thread_local! {
@@ -638,9 +652,13 @@ pub fn notify_post(
     let mut cbs = by_altitude();
     cbs.reverse();
     let mut status = status;
+    let late_posts = kernel::with(|k| k.registry.late_posts);
     for cb in cbs {
-        let Some(&(_, cc)) = outcome.call_contexts.iter().find(|(c, _)| *c == cb.cookie) else {
-            continue;
+        let cc = match outcome.call_contexts.iter().find(|(c, _)| *c == cb.cookie) {
+            Some(&(_, cc)) => cc,
+            // Registered after the pre ([`RegistryState::late_posts`]): no CallContext.
+            None if late_posts && outcome.proceeds() => 0,
+            None => continue,
         };
         let mut info = RegPostOperationInformation {
             // Callback version 1.1 (Windows 7 and later): "the Object member is always NULL
