@@ -27,7 +27,7 @@ use wdk_sys::{
     _REG_NOTIFY_CLASS::{
         RegNtCallbackObjectContextCleanup, RegNtPostCreateKeyEx, RegNtPostDeleteKey,
         RegNtPostLoadKey, RegNtPostOpenKeyEx, RegNtPostRenameKey, RegNtPostUnLoadKey,
-        RegNtPreKeyHandleClose, RegNtPreRenameKey, RegNtPreUnLoadKey,
+        RegNtPreKeyHandleClose, RegNtPreLoadKey, RegNtPreRenameKey, RegNtPreUnLoadKey,
     },
     DRIVER_OBJECT, LARGE_INTEGER, NTSTATUS, OBJ_KERNEL_HANDLE,
     REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION, REG_CREATE_KEY_INFORMATION_V1,
@@ -293,8 +293,8 @@ unsafe extern "C" fn registry_callback(
                 &*argument2.cast::<REG_CALLBACK_CONTEXT_CLEANUP_INFORMATION>()
             });
         }
-        RegNtPreRenameKey | RegNtPostRenameKey | RegNtPostDeleteKey | RegNtPostLoadKey
-        | RegNtPreUnLoadKey | RegNtPostUnLoadKey => {
+        RegNtPreRenameKey | RegNtPostRenameKey | RegNtPostDeleteKey | RegNtPreLoadKey
+        | RegNtPostLoadKey | RegNtPreUnLoadKey | RegNtPostUnLoadKey => {
             // SAFETY: Argument2 is the structure of `class`, valid during the notification.
             unsafe { hive_or_name_change(tracker, class, argument2) };
         }
@@ -371,13 +371,34 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
                 tracker.key_deleted(key);
             }
         }
+        // Marks the load as seen from its start: the hive is linked into the namespace
+        // between the pre and the post (Windows Research Kernel `cmapi.c` CmLoadKey, before
+        // `ntapi.c` NtLoadKeyEx's post), so only a load whose pre this callback saw had
+        // every open of its keys reach it. Its post carries the mark back (docs,
+        // REG_POST_OPERATION_INFORMATION.CallContext).
+        RegNtPreLoadKey => {
+            // SAFETY: for this class Argument2 is a writable REG_LOAD_KEY_INFORMATION.
+            let info = unsafe { &mut *argument2.cast::<REG_LOAD_KEY_INFORMATION>() };
+            info.CallContext = load_mark();
+        }
         RegNtPostLoadKey => {
             // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
             let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
             if post.Status == STATUS_SUCCESS && !post.PreInformation.is_null() {
                 // SAFETY: its PreInformation is the REG_LOAD_KEY_INFORMATION of the pre call.
                 let load = unsafe { &*post.PreInformation.cast::<REG_LOAD_KEY_INFORMATION>() };
-                post_load(tracker, load);
+                // A post without the mark: the callback registered during the load (where
+                // a post goes to every registered callback, as the WRK's `cmhook.c`
+                // CmpCallCallBacks does; the kernel emulator's load-during-start). Keys
+                // opened before it registered are unknown, so the load time, which vouches
+                // that every key of the hive was seen, is not known: 0, as for a hive read
+                // from the hive list at start.
+                let seen_from_start = post.CallContext == load_mark();
+                post_load(
+                    tracker,
+                    load,
+                    if seen_from_start { clock::now() } else { 0 },
+                );
             }
         }
         RegNtPreUnLoadKey => {
@@ -444,6 +465,12 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
 /// The `CallContext` a counted rename's pre leaves for its post: the address of a static,
 /// never a pointer to anything the post reads.
 fn rename_mark() -> *mut c_void {
+    static MARK: u8 = 0;
+    core::ptr::from_ref(&MARK).cast_mut().cast()
+}
+
+/// The `CallContext` a load's pre leaves for its post, as [`rename_mark`] (another static).
+fn load_mark() -> *mut c_void {
     static MARK: u8 = 0;
     core::ptr::from_ref(&MARK).cast_mut().cast()
 }
@@ -569,17 +596,18 @@ fn open_needs_attention(tracker: &DriverTracker, process: ProcessKey) {
 /// `REG_POST_OPERATION_INFORMATION.PreInformation`), in a stack buffer: nothing is allocated
 /// in the pre-notification that a missing post would leave behind. A relative name whose
 /// root cannot be named is not recorded as a bogus mount: counted as an unrecorded load.
-fn post_load(tracker: &DriverTracker, load: &REG_LOAD_KEY_INFORMATION) {
+/// `time` is the load's time, 0 when the callback did not see its pre (not known).
+fn post_load(tracker: &DriverTracker, load: &REG_LOAD_KEY_INFORMATION, time: u64) {
     // Resident copies ([`crate::resident`]): the tracker reads them under its locks.
     let recorded = crate::resident::with_copy(units_of(load.SourceFile), |file| {
         let name = units_of(load.KeyName);
         if name.first() == Some(&u16::from(b'\\')) || load.Object.is_null() {
             crate::resident::with_copy(name, |name| {
-                tracker.hive_loaded(name, file, clock::now());
+                tracker.hive_loaded(name, file, time);
             })
         } else {
             with_joined_name(load.Object, name, |mount| {
-                tracker.hive_loaded(mount, file, clock::now());
+                tracker.hive_loaded(mount, file, time);
             })
         }
     })
