@@ -615,7 +615,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             bump(&self.counters.opens_dropped_no_memory_holding);
             return Err(NotTracked::NoMemory);
         };
-        Ok(self.link_counted(proc, h, rec, r, charge, time))
+        let alarm = self.link_counted(proc, h, rec, r, charge, time);
+        lp.unlock();
+        Ok(alarm)
     }
 
     /// A held key's open, without its hive shard's lock (issue 14: a held key's open takes
@@ -652,7 +654,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             crate::losses::count(&hive.lost, &hive.lost_since, time);
             return Some(Err(NotTracked::Share));
         }
-        Some(Ok(self.link_counted(proc, h, rec, r, RECORD_COST, time)))
+        let alarm = self.link_counted(proc, h, rec, r, RECORD_COST, time);
+        lp.unlock();
+        Some(Ok(alarm))
     }
 
     /// Links `rec` into holding `h` of `proc` (its lock held), charging `charge`, and
