@@ -135,13 +135,16 @@ pub fn unregister() -> Result<(), NTSTATUS> {
 /// (`CM_KEY_BODY.ProcessID`); the CLI reconciles the two by name where they differ.
 fn holder_process(pre: Option<&REG_CREATE_KEY_INFORMATION_V1>) -> ProcessKey {
     // Version 1 is the _V1 layout, whose Attributes and CheckAccessMode exist (docs).
+    // The attribute first: most opens lack it, and they need not ask for the caller's mode
+    // (issue 14: `ExGetPreviousMode` was called on every open).
     let kernel_handle = pre.is_some_and(|pre| {
-        let kernel_caller = routines::ex_get_previous_mode().map_or_else(
-            || i32::from(pre.CheckAccessMode) == KernelMode,
-            // SAFETY: no arguments; callable at any IRQL (docs).
-            |previous| i32::from(unsafe { previous() }) == KernelMode,
-        );
-        pre.Version == 1 && pre.Attributes & OBJ_KERNEL_HANDLE != 0 && kernel_caller
+        pre.Version == 1
+            && pre.Attributes & OBJ_KERNEL_HANDLE != 0
+            && routines::ex_get_previous_mode().map_or_else(
+                || i32::from(pre.CheckAccessMode) == KernelMode,
+                // SAFETY: no arguments; callable at any IRQL (docs).
+                |previous| i32::from(unsafe { previous() }) == KernelMode,
+            )
     });
     let system = if kernel_handle {
         routines::ps_initial_system_process()

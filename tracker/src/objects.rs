@@ -357,9 +357,15 @@ impl<L: RawLock> ObjShard<L> {
                 Err(now) => live = now,
             }
         }
-        if let Some(taken) = self.pop() {
-            return Ok(taken);
-        }
+        self.pop().map_or_else(|| self.alloc_locked(pool), Ok)
+    }
+
+    /// [`Self::alloc`] with its slot counted and the free list empty: takes one under the
+    /// lock, growing the shard if none was given back meanwhile; gives the count back on
+    /// failure. Out of line, so that an open that pops a slot pays for none of it.
+    #[cold]
+    #[inline(never)]
+    fn alloc_locked<P: Pool>(&self, pool: &P) -> Result<(u32, &ObjRecord), SlotError> {
         let grown = {
             let _g = crate::lock::Exclusive::new(&self.lock);
             // A slot given back while this thread waited for the lock is taken first.

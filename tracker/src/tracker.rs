@@ -305,7 +305,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// Takes a slot: from the process's shard, or (when that shard is at its share of the
     /// cap) from the next ones, so one process can hold more than a shard's share.
     /// `init` fills the record before anyone can name it; returns (shard, index, generation,
-    /// record). Lock-free unless the shard grows ([`ObjShard::alloc`]).
+    /// record). Lock-free unless the shard grows ([`ObjShard::alloc`]). The preferred
+    /// shard's attempt is inlined; the search of the others is out of line
+    /// ([`Self::take_slot_elsewhere`]), so that the common open pays for none of its setup
+    /// (issue 14).
     #[allow(
         clippy::inline_always,
         reason = "hot path: a call's register saves cost more than its body (issue 14)"
@@ -317,22 +320,34 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         init: impl FnOnce(&ObjRecord),
     ) -> Result<(u32, u32, u32, &ObjRecord), NotTracked> {
         let first = self.shard_for(process);
+        let shard = &self.objects[first as usize];
+        // The preferred shard is always asked, and counts the open.
+        bump(&shard.opens_seen);
+        let (si, index, rec) = match shard.alloc(&self.pool, self.shard_cap) {
+            Ok((index, rec)) => (first, index, rec),
+            Err(error) => self.take_slot_elsewhere(first, error)?,
+        };
+        // The slot is this thread's alone until its token is out.
+        init(rec);
+        Ok((si, index, rec.generation(), rec))
+    }
+
+    /// [`Self::take_slot`] after the preferred shard `first` refused with `error`: a slot
+    /// of another shard (shard, index, record), not yet filled.
+    #[cold]
+    #[inline(never)]
+    fn take_slot_elsewhere(
+        &self,
+        first: u32,
+        error: SlotError,
+    ) -> Result<(u32, u32, &ObjRecord), NotTracked> {
         let all = u64::MAX >> (63 - self.shard_mask);
-        let mut tried = 0u64;
+        let mut tried = 1u64 << first;
         let mut si = first;
+        let mut error = error;
         loop {
-            let shard = &self.objects[si as usize];
-            if tried == 0 {
-                bump(&shard.opens_seen);
-            }
-            tried |= 1 << si;
-            match shard.alloc(&self.pool, self.shard_cap) {
-                Ok((index, rec)) => {
-                    // The slot is this thread's alone until its token is out.
-                    init(rec);
-                    return Ok((si, index, rec.generation(), rec));
-                }
-                Err(SlotError::Cap) => {
+            match error {
+                SlotError::Cap => {
                     // No lock orders this with a release in the shard (slots are lock-free):
                     // the bit is set, then the count read again, while a release lowers the
                     // count, then reads the bit (`shard_has_room`), all SeqCst. Either this
@@ -340,11 +355,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     // the bit and clears it: never a shard with room left marked full (its
                     // opens would be refused at the cap: found in review).
                     self.full_shards.fetch_or(1 << si, SeqCst);
-                    if shard.live.load(SeqCst) < self.shard_cap {
+                    if self.objects[si as usize].live.load(SeqCst) < self.shard_cap {
                         self.full_shards.fetch_and(!(1 << si), SeqCst);
                     }
                 }
-                Err(SlotError::NoMemory) => {
+                SlotError::NoMemory => {
                     // `alloc` gave back the count it took (SeqCst), as a release does: so it
                     // looks for the bit as a release does (found in a second review).
                     self.shard_has_room(si);
@@ -352,18 +367,22 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     return Err(NotTracked::NoMemory);
                 }
             }
-            // The preferred shard is always asked (it counts the open); then the next ones
-            // after it, in order round the ring, that are not known full, found with one
-            // bit search each (one process with a million keys fills shard after shard, and
-            // stepping over them one by one cost a 1M-key open a third more). A bit read
-            // stale can only skip a shard that got room this instant: at the cap, such an
-            // open is refused and counted.
+            // The next shards after the preferred one, in order round the ring, that are
+            // not known full, found with one bit search each (one process with a million
+            // keys fills shard after shard, and stepping over them one by one cost a 1M-key
+            // open a third more). A bit read stale can only skip a shard that got room this
+            // instant: at the cap, such an open is refused and counted.
             let open = !self.full_shards.load(Relaxed) & all & !tried;
             if open == 0 {
                 break;
             }
             let after = open & u64::MAX.checked_shl(first + 1).unwrap_or(0);
             si = if after == 0 { open } else { after }.trailing_zeros();
+            tried |= 1 << si;
+            match self.objects[si as usize].alloc(&self.pool, self.shard_cap) {
+                Ok((index, rec)) => return Ok((si, index, rec)),
+                Err(e) => error = e,
+            }
         }
         bump(&self.counters.opens_dropped_cap);
         Err(NotTracked::Cap)
@@ -596,7 +615,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             bump(&self.counters.opens_dropped_no_memory_holding);
             return Err(NotTracked::NoMemory);
         };
-        Ok(self.link_counted(proc, h, rec, r, charge, time))
+        let alarm = self.link_counted(proc, h, rec, r, charge, time);
+        lp.unlock();
+        Ok(alarm)
     }
 
     /// A held key's open, without its hive shard's lock (issue 14: a held key's open takes
@@ -633,7 +654,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             crate::losses::count(&hive.lost, &hive.lost_since, time);
             return Some(Err(NotTracked::Share));
         }
-        Some(Ok(self.link_counted(proc, h, rec, r, RECORD_COST, time)))
+        let alarm = self.link_counted(proc, h, rec, r, RECORD_COST, time);
+        lp.unlock();
+        Some(Ok(alarm))
     }
 
     /// Links `rec` into holding `h` of `proc` (its lock held), charging `charge`, and
