@@ -501,8 +501,9 @@ unsafe extern "C" fn timer_dpc(
     _argument2: *mut c_void,
 ) {
     let now = clock::interrupt_time();
-    // Hives whose unload failed, looked at again when due; the tracker's locks are taken
-    // before (never inside) the table lock, as everywhere.
+    // Hives whose unload failed, looked at again when due (before the table lock). Lock
+    // order, as everywhere: a tracker lock may be taken inside the table lock (enqueue's
+    // readiness check, `next_held_after` below), never the table lock inside a tracker lock.
     let tracker = tracking::get();
     let checked = tracker.map(|t| t.held_after_check(now, clock::now()));
     let mut done = [None; MAX_WAITS];

@@ -1172,7 +1172,13 @@ fn pending_irps(filter: impl Fn(&IrpTrack) -> bool) -> Vec<usize> {
 
 /// Process exit for the I/O of `pid`: IoCancelIrp on every IRP it has pending (as thread
 /// rundown does), then closes (IRP_MJ_CLEANUP + IRP_MJ_CLOSE) every handle it has open, in
-/// the order they were opened.
+/// the order they were opened. Windows Research Kernel `base/ntos/ps/psdelete.c`
+/// PspExitThread: IoCancelThreadIo (`io/iomgr/iosubs.c`: IoCancelIrp on each of the thread's
+/// IRPs at APC_LEVEL, then waits for them) on every thread's exit, then for the last thread
+/// PspExitProcess (the notify routines) and ObKillProcess (the handles, so IRP_MJ_CLEANUP).
+/// Not modelled (fidelity audit 17b): a thread's own exit cancelling its IRPs while the
+/// process lives (IRPs carry a pid, not a thread), and the APC_LEVEL the cancel runs at (the
+/// model cancels at the caller's PASSIVE_LEVEL).
 pub fn terminate_process_io(pid: u32) {
     for irp in pending_irps(|t| t.pid == pid) {
         // Re-check: a cancel routine may complete other IRPs too.
@@ -1199,8 +1205,17 @@ pub fn terminate_process_io(pid: u32) {
 
 /// CloseHandle of the last handle: IRP_MJ_CLEANUP (if the driver handles it) then
 /// IRP_MJ_CLOSE. Any IRP of the file object still pending once IRP_MJ_CLEANUP returns is a
-/// verifier violation: Windows sends IRP_MJ_CLOSE only after the file's IRPs complete, so the
-/// process would hang at exit. When this releases the last file object of a stopped driver
+/// verifier violation: Windows sends IRP_MJ_CLOSE only after the file's IRPs complete (Learn
+/// [IRP_MJ_CLOSE](https://learn.microsoft.com/en-us/windows-hardware/drivers/kernel/irp-mj-close):
+/// "all outstanding I/O requests have been completed or canceled"), so the process would hang
+/// at exit. Stricter than Windows in one case (fidelity audit 17b, never seen to fire): an IRP
+/// whose cancel routine another thread has already entered is reported too, where Windows just
+/// sends IRP_MJ_CLOSE once it completes. Kinder in another: a handle opened without
+/// FILE_FLAG_OVERLAPPED is synchronous, and Windows serialises its requests and its close on
+/// the file-object lock (WRK `io/iomgr/internal.c` IopXxxControlFile, `objsup.c`
+/// IopCloseFile), so a close from another thread waits for a pending wait rather than
+/// cancelling it; the model lets them overlap (the driver handles both; a client that stopped
+/// a wait by closing its handle would pass here and hang on Windows — the CLI uses CancelIoEx). When this releases the last file object of a stopped driver
 /// ([`crate::loader::driver::LoadedDriver::stop`]), its DriverUnload runs here.
 pub fn close(handle: FileHandle) {
     send_close_irps(handle, &[IRP_MJ_CLEANUP, IRP_MJ_CLOSE]);

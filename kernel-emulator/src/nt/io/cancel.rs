@@ -66,7 +66,9 @@ fn holds_cancel_lock() -> bool {
         .any(|l| l.starts_with("the cancel spin lock"))
 }
 
-/// IoCancelIrp — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iocancelirp>,
+/// IoCancelIrp — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iocancelirp>
+/// and the Windows Research Kernel's `base/ntos/io/iomgr/iosubs.c` IoCancelIrp (the same
+/// steps; the I/O manager calls it at APC_LEVEL, the model at the caller's IRQL),
 /// as CancelIoEx and thread exit run it: acquires the cancel spin lock (saving the IRQL in
 /// Irp->CancelIrql), sets Irp->Cancel, exchanges Irp->CancelRoutine with NULL and, if one
 /// was set, calls it with the IRP's device object at DISPATCH_LEVEL holding the lock; the
