@@ -375,10 +375,11 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
             }
         }
         // Marks the load as seen from its start: the hive is linked into the namespace
-        // between the pre and the post (Windows Research Kernel `cmapi.c` CmLoadKey, before
-        // `ntapi.c` NtLoadKeyEx's post), so only a load whose pre this callback saw had
-        // every open of its keys reach it. Its post carries the mark back (docs,
-        // REG_POST_OPERATION_INFORMATION.CallContext).
+        // inside the operation, between its pre and its post (Windows Research Kernel
+        // `cmapi.c` CmLoadKey links it, `CmpLinkHiveToMaster`, before it returns; the WRK
+        // predates the load notifications, so their place around it is an inference), and
+        // only a load whose pre this callback saw had every open of its keys reach it. Its
+        // post carries the mark back (docs, REG_POST_OPERATION_INFORMATION.CallContext).
         RegNtPreLoadKey => {
             // SAFETY: for this class Argument2 is a writable REG_LOAD_KEY_INFORMATION.
             let info = unsafe { &mut *argument2.cast::<REG_LOAD_KEY_INFORMATION>() };
@@ -391,8 +392,9 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
                 // SAFETY: its PreInformation is the REG_LOAD_KEY_INFORMATION of the pre call.
                 let load = unsafe { &*post.PreInformation.cast::<REG_LOAD_KEY_INFORMATION>() };
                 // A post without the mark: the callback registered during the load (where
-                // a post goes to every registered callback, as the WRK's `cmhook.c`
-                // CmpCallCallBacks does; the kernel emulator's load-during-start). Keys
+                // a post goes to every callback registered at post time, as in the WRK's
+                // `cmp.h` CmPostCallbackNotification and `cmhook.c` CmpCallCallBacks for the
+                // classes it has; the kernel emulator's load-during-start). Keys
                 // opened before it registered are unknown, so the load time, which vouches
                 // that every key of the hive was seen, is not known: 0, as for a hive read
                 // from the hive list at start.

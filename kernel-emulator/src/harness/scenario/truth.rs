@@ -301,10 +301,12 @@ fn late_start(ctx: &mut Ctx) {
 }
 
 /// A hive whose load's pre-notification went by before the driver registered, and whose
-/// post reaches it: where a post goes to every registered callback (the Windows Research
-/// Kernel's `cmhook.c` CmpCallCallBacks; the model's `registry::set_late_posts`), the driver
-/// gets a post-load without its pre. The hive was linked into the namespace between the two
-/// (WRK `cmapi.c` CmLoadKey, before `ntapi.c` NtLoadKeyEx's post), so a key opened then is
+/// post reaches it: where a post goes to every callback registered at post time (the Windows
+/// Research Kernel's `cmp.h` CmPostCallbackNotification and `cmhook.c` CmpCallCallBacks, for
+/// the classes the WRK has; the model's `registry::set_late_posts`), the driver gets a
+/// post-load without its pre. The hive was linked into the namespace between the two (WRK
+/// `cmapi.c` CmLoadKey; the load's notifications around it are an inference, see
+/// `hive::load_hive_interrupted`), so a key opened then is
 /// unknown to the driver; deleted, it is in no list either, yet it holds the hive. Only a
 /// load whose pre the driver saw may carry a load time (what a report's completeness rests
 /// on: the CLI's `loaded_since`); this one is recorded as loaded at an unknown time.
@@ -317,6 +319,16 @@ fn load_during_start(ctx: &mut Ctx) {
     let key = format!(r"{mount}\Software\Early");
     let mut kept = None;
     let mut started = None;
+    let posts = || {
+        kernel::with(|k| {
+            k.registry
+                .delivered
+                .get(&crate::nt::cm::registry::class::POST_LOAD_KEY)
+                .copied()
+                .unwrap_or(0)
+        })
+    };
+    let posts_before = posts();
     let s = hive::load_hive_interrupted(loader, mount, r"\??\C:\Users\late\NTUSER.DAT", || {
         kept = open_kept(ctx, early, &key);
         started = Some(load(ctx));
@@ -329,15 +341,12 @@ fn load_during_start(ctx: &mut Ctx) {
         ctx.check(false, "the driver started during the load");
         return;
     };
-    let delivered = kernel::with(|k| {
-        k.registry
-            .delivered
-            .get(&crate::nt::cm::registry::class::POST_LOAD_KEY)
-            .copied()
-            .unwrap_or(0)
-    });
+    // The driver is the only callback: the one post-load delivered is its, without a pre.
+    // (The load-time check alone would pass without it: the driver's start-up read of the
+    // hive list records the hive with time 0 — found in review 17c.)
+    let delivered = posts() - posts_before;
     ctx.check(
-        delivered >= 1,
+        delivered == 1,
         format!("the driver got the load's post without its pre ({delivered} delivered)"),
     );
     let r = ctx.ioctl_checked(

@@ -759,11 +759,12 @@ pub fn load_hive(pid: u32, mount: &str, file: &str) -> NtStatus {
     load(pid, None, mount, file, false, || {}).0
 }
 
-/// [`load_hive`] with `between` run once the hive is mounted and before RegNtPostLoadKey (in
-/// the Windows Research Kernel's `cmapi.c` CmLoadKey the hive is linked into the namespace
-/// before `ntapi.c` NtLoadKeyEx calls the post callbacks, so other threads can open its keys
-/// and callbacks can register meanwhile): a scenario's window between the load's pre and
-/// post.
+/// [`load_hive`] with `between` run once the hive is mounted and before RegNtPostLoadKey: a
+/// scenario's window between the load's pre and post, in which other threads can open its
+/// keys and callbacks can register. The Windows Research Kernel's `cmapi.c` CmLoadKey links
+/// the hive (`CmpLinkHiveToMaster`) before it returns; the WRK predates the load
+/// notifications (its `cm.h` classes end at RegNtPostOpenKeyEx), so that the post comes after
+/// the link, as every other class's post comes after its operation, is an *inference*.
 #[must_use = "the status says whether the hive is mounted"]
 pub fn load_hive_interrupted(
     pid: u32,
