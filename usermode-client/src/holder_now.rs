@@ -150,7 +150,7 @@ fn identify(
             Ok(answers)
         }
         Err(Refused::NoMemory) => Err(format!(
-            "IOCTL_HIVETRACK_IDENTIFY_HANDLES: the driver could not allocate memory for a request of {} handles (Win32 error {ERROR_NO_SYSTEM_RESOURCES}); try again when the system has more free non-paged pool",
+            "IOCTL_HIVETRACK_IDENTIFY_HANDLES: the system could not allocate memory for a request of {} handles (Win32 error {ERROR_NO_SYSTEM_RESOURCES}); try again when the system has more free non-paged pool",
             dups.len()
         )),
         Err(Refused::Other(e)) => Err(e),
@@ -378,7 +378,7 @@ mod tests {
         t.memory_for = 10;
         let e = held_now(&mut t, HIVE, &mounts()).unwrap_err();
         assert!(
-            e.contains("could not allocate memory for a request of 64 handles")
+            e.contains("the system could not allocate memory for a request of 64 handles")
                 && e.contains("1450"),
             "{e}"
         );

@@ -290,7 +290,6 @@ impl Ctx {
             (r, refused)
         };
         let (a, a_refused) = send(0xA5);
-        self.audit_holders(code, &a);
         let (b, b_refused) = send(0x5A);
         let (first, second) = match (a_refused, b_refused) {
             (false, false) => (a, b),
@@ -301,10 +300,16 @@ impl Ctx {
                 (c, false) => (c, b),
             },
             (false, true) => match send(0x5A) {
-                (_, true) => return a,
+                (_, true) => {
+                    self.audit_holders(code, &a);
+                    return a;
+                }
                 (c, false) => (a, c),
             },
         };
+        // The answer returned is the one audited (review 17c: after a refused first send it
+        // was the resend, which nothing audited).
+        self.audit_holders(code, &first);
         let differs: Vec<usize> = (0..first.output.len().max(second.output.len()))
             .filter(|&i| first.output.get(i) != second.output.get(i))
             .collect();
