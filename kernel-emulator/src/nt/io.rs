@@ -93,6 +93,10 @@ pub struct IrpTrack {
     pub pid: u32,
     /// Issue order.
     pub seq: u64,
+    /// Another thread is inside IoCancelIrp for it ([`cancel_during_dispatch`]): the
+    /// dispatching thread does not take the IRP back (and its requester does not free it)
+    /// until that returns.
+    pub cancelling: bool,
 }
 
 /// I/O manager state.
@@ -114,6 +118,9 @@ pub struct IoState {
     pub unload_pending: HashMap<usize, &'static crate::loader::pe::Image>,
     /// Drivers (DRIVER_OBJECT address) whose DriverUnload has run.
     pub unloaded: std::collections::HashSet<usize>,
+    /// File objects whose next IRP is cancelled from another processor once it is queued
+    /// and before its dispatch routine runs ([`cancel_before_dispatch`]).
+    pub cancel_before_dispatch: std::collections::HashSet<usize>,
 }
 
 impl IoState {
@@ -632,6 +639,23 @@ fn dispatch(
             },
         )
     });
+    if kernel::with(|k| k.io.cancel_before_dispatch.remove(&file)) {
+        // CancelIoEx on another processor between IopQueueThreadIrp and IoCallDriver
+        // ([`cancel_before_dispatch`]): Irp->Cancel is set, no routine to call yet.
+        let at = irp.irp as usize;
+        let cancelled = std::thread::spawn(move || {
+            crate::machine::cpu::enter_thread(121);
+            // SAFETY: the IRP is live: this thread waits for the join before dispatching it.
+            with_pid(pid, || unsafe {
+                crate::nt::io::cancel::cancel_irp(at as *mut Irp)
+            })
+        })
+        .join();
+        assert!(
+            cancelled.is_ok_and(|routine_called| !routine_called),
+            "IoCancelIrp before dispatch found a cancel routine"
+        );
+    }
     let previous = CURRENT_PID.with(|c| c.replace(pid));
     let (dev, i) = (device as *mut DeviceObject, irp.irp);
     // SAFETY: calling the driver's dispatch routine with a live device object and IRP.
@@ -667,6 +691,16 @@ fn dispatch(
             }
         });
         return STATUS_PENDING;
+    }
+    // An IoCancelIrp another thread began ([`cancel_during_dispatch`]) ends before the IRP
+    // goes back to its requester, who frees it: on Windows the IRP is on the issuing
+    // thread's list, which the canceller holds while it cancels.
+    while kernel::with(|k| {
+        k.io.irps
+            .get(&(irp.irp as usize))
+            .is_some_and(|t| t.cancelling)
+    }) {
+        std::thread::yield_now();
     }
     let track = kernel::with(|k| k.io.irps.remove(&(irp.irp as usize))).unwrap_or_default();
     // SAFETY: the IRP is still allocated (we own it again).
@@ -1155,6 +1189,68 @@ impl Drop for PendingIoctl {
             std::mem::forget(request);
         }
     }
+}
+
+/// CancelIoEx from another processor for the next request sent on `handle`, after the I/O
+/// manager queued its IRP on the issuing thread and before the driver's dispatch routine runs
+/// (Windows Research Kernel `base/ntos/io/iomgr/internal.c` IopSynchronousServiceTail:
+/// `IopQueueThreadIrp`, then `IoCallDriver`; `misc.c` NtCancelIoFile cancels the IRPs on a
+/// thread's list): the dispatch routine finds `Irp->Cancel` set and no cancel routine of its
+/// own called. Deterministic: the earliest point of [`cancel_during_dispatch`]'s window.
+pub fn cancel_before_dispatch(handle: FileHandle) {
+    kernel::with(|k| k.io.cancel_before_dispatch.insert(handle.0));
+}
+
+/// CancelIoEx from another processor while a request on `handle` is still in its dispatch
+/// routine. Windows queues an IRP on the issuing thread before it calls the driver (Windows
+/// Research Kernel `base/ntos/io/iomgr/internal.c` IopSynchronousServiceTail:
+/// `IopQueueThreadIrp`, then `IoCallDriver`), and CancelIoEx walks those lists and calls
+/// IoCancelIrp (`misc.c` NtCancelIoFile), so a cancel can land between the dispatch routine's
+/// entry and its STATUS_PENDING (Learn "Synchronizing IRP Cancellation"). Run on a thread of
+/// its own (`machine::cpu::enter_thread`): spins until an IRP sent on `handle` is dispatched
+/// but neither pending nor completed, with its CancelRoutine set (`routine_set`) or not yet,
+/// and cancels it there; returns IoCancelIrp's result, or `None` when `stop` was raised first
+/// (the moment never came).
+#[must_use]
+pub fn cancel_during_dispatch(
+    handle: FileHandle,
+    routine_set: bool,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Option<bool> {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::Acquire) {
+        let irp = kernel::with(|k| {
+            let (&irp, t) = k.io.irps.iter_mut().find(|(_, t)| {
+                t.file == handle.0 && !t.pending && t.completions == 0 && !t.cancelling
+            })?;
+            // SAFETY: a tracked IRP not yet back with its requester is live.
+            let slot = unsafe { &raw mut (*(irp as *mut Irp)).cancel_routine };
+            // SAFETY: CancelRoutine is pointer-sized and aligned, and the driver writes it
+            // only with interlocked operations.
+            let field = unsafe { std::sync::atomic::AtomicPtr::from_ptr(slot) };
+            if field.load(Ordering::SeqCst).is_null() == routine_set {
+                return None;
+            }
+            t.cancelling = true;
+            Some(irp)
+        });
+        let Some(irp) = irp else {
+            std::hint::spin_loop();
+            continue;
+        };
+        let pid = kernel::with(|k| k.io.irps.get(&irp).map_or(0, |t| t.pid));
+        // SAFETY: marked `cancelling`, the IRP is not taken back or freed until this returns.
+        let r = with_pid(pid, || unsafe {
+            crate::nt::io::cancel::cancel_irp(irp as *mut Irp)
+        });
+        kernel::with(|k| {
+            if let Some(t) = k.io.irps.get_mut(&irp) {
+                t.cancelling = false;
+            }
+        });
+        return Some(r);
+    }
+    None
 }
 
 /// IRPs of `pid` the driver still holds pending, in issue order.
