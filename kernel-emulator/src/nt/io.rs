@@ -639,21 +639,25 @@ fn dispatch(
             },
         )
     });
-    if kernel::with(|k| k.io.cancel_before_dispatch.remove(&file)) {
-        // CancelIoEx on another processor between IopQueueThreadIrp and IoCallDriver
+    if major == IRP_MJ_DEVICE_CONTROL && kernel::with(|k| k.io.cancel_before_dispatch.remove(&file))
+    {
+        // CancelIoEx on another processor once the IRP is queued, before IoCallDriver
         // ([`cancel_before_dispatch`]): Irp->Cancel is set, no routine to call yet.
         let at = irp.irp as usize;
         let cancelled = std::thread::spawn(move || {
             crate::machine::cpu::enter_thread(121);
-            // SAFETY: the IRP is live: this thread waits for the join before dispatching it.
-            with_pid(pid, || unsafe {
-                crate::nt::io::cancel::cancel_irp(at as *mut Irp)
+            at_apc_level(|| {
+                // SAFETY: the IRP is live: this thread is joined before it is dispatched.
+                with_pid(pid, || unsafe {
+                    crate::nt::io::cancel::cancel_irp(at as *mut Irp)
+                })
             })
         })
-        .join();
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
         assert!(
-            cancelled.is_ok_and(|routine_called| !routine_called),
-            "IoCancelIrp before dispatch found a cancel routine"
+            !cancelled,
+            "IoCancelIrp before dispatch found a cancel routine (the IRP is zeroed)"
         );
     }
     let previous = CURRENT_PID.with(|c| c.replace(pid));
@@ -695,13 +699,7 @@ fn dispatch(
     // An IoCancelIrp another thread began ([`cancel_during_dispatch`]) ends before the IRP
     // goes back to its requester, who frees it: on Windows the IRP is on the issuing
     // thread's list, which the canceller holds while it cancels.
-    while kernel::with(|k| {
-        k.io.irps
-            .get(&(irp.irp as usize))
-            .is_some_and(|t| t.cancelling)
-    }) {
-        std::thread::yield_now();
-    }
+    wait_for_canceller(irp.irp as usize);
     let track = kernel::with(|k| k.io.irps.remove(&(irp.irp as usize))).unwrap_or_default();
     // SAFETY: the IRP is still allocated (we own it again).
     let io_status = unsafe { (*irp.irp).io_status.status };
@@ -1181,6 +1179,9 @@ impl Drop for PendingIoctl {
             return;
         };
         if self.result.is_some() {
+            // A cross-thread IoCancelIrp ([`cancel_during_dispatch`]) may still be reading
+            // the completed IRP: its memory goes only after that returns.
+            wait_for_canceller(request.irp.irp as usize);
             kernel::with(|k| k.io.irps.remove(&(request.irp.irp as usize)));
             drop(request);
         } else {
@@ -1191,23 +1192,42 @@ impl Drop for PendingIoctl {
     }
 }
 
-/// CancelIoEx from another processor for the next request sent on `handle`, after the I/O
-/// manager queued its IRP on the issuing thread and before the driver's dispatch routine runs
-/// (Windows Research Kernel `base/ntos/io/iomgr/internal.c` IopSynchronousServiceTail:
-/// `IopQueueThreadIrp`, then `IoCallDriver`; `misc.c` NtCancelIoFile cancels the IRPs on a
-/// thread's list): the dispatch routine finds `Irp->Cancel` set and no cancel routine of its
-/// own called. Deterministic: the earliest point of [`cancel_during_dispatch`]'s window.
+/// Waits until no other thread is inside IoCancelIrp for `irp` ([`cancel_during_dispatch`]).
+fn wait_for_canceller(irp: usize) {
+    while kernel::with(|k| k.io.irps.get(&irp).is_some_and(|t| t.cancelling)) {
+        std::thread::yield_now();
+    }
+}
+
+/// Runs `f` at APC_LEVEL, as the I/O manager cancels (Windows Research Kernel `misc.c`
+/// NtCancelIoFile and `iosubs.c` IoCancelThreadIo raise to APC_LEVEL first).
+fn at_apc_level<R>(f: impl FnOnce() -> R) -> R {
+    let old = crate::machine::cpu::irql();
+    crate::machine::cpu::set_irql(crate::machine::cpu::APC_LEVEL);
+    let r = f();
+    crate::machine::cpu::set_irql(old);
+    r
+}
+
+/// CancelIoEx from another processor for the next device-control request sent on `handle`,
+/// once the I/O manager has queued its IRP and before the driver's dispatch routine runs: the
+/// dispatch routine finds `Irp->Cancel` set and no cancel routine of its own called.
+/// Deterministic: the earliest point of [`cancel_during_dispatch`]'s window. Sources: Learn
+/// [CancelIoEx](https://learn.microsoft.com/en-us/windows/win32/fileio/cancelioex-func)
+/// (Vista and later: it cancels requests of any thread on the handle) and "Synchronizing IRP
+/// Cancellation" (a cancel may come while the driver is still queueing the IRP). The Windows
+/// Research Kernel has only the per-thread CancelIo (`misc.c` NtCancelIoFile) and queues the
+/// IRP on the thread before IoCallDriver for an overlapped handle (`internal.c`); the
+/// shipped client's handle is synchronous, a difference the emulator's README states. The
+/// mark is dropped when the handle closes.
 pub fn cancel_before_dispatch(handle: FileHandle) {
     kernel::with(|k| k.io.cancel_before_dispatch.insert(handle.0));
 }
 
 /// CancelIoEx from another processor while a request on `handle` is still in its dispatch
-/// routine. Windows queues an IRP on the issuing thread before it calls the driver (Windows
-/// Research Kernel `base/ntos/io/iomgr/internal.c` IopSynchronousServiceTail:
-/// `IopQueueThreadIrp`, then `IoCallDriver`), and CancelIoEx walks those lists and calls
-/// IoCancelIrp (`misc.c` NtCancelIoFile), so a cancel can land between the dispatch routine's
-/// entry and its STATUS_PENDING (Learn "Synchronizing IRP Cancellation"). Run on a thread of
-/// its own (`machine::cpu::enter_thread`): spins until an IRP sent on `handle` is dispatched
+/// routine (sources as for [`cancel_before_dispatch`]): a cancel can land between the
+/// dispatch routine's entry and its STATUS_PENDING (Learn "Synchronizing IRP Cancellation").
+/// Run on a thread of its own (`machine::cpu::enter_thread`): spins until an IRP sent on `handle` is dispatched
 /// but neither pending nor completed, with its CancelRoutine set (`routine_set`) or not yet,
 /// and cancels it there; returns IoCancelIrp's result, or `None` when `stop` was raised first
 /// (the moment never came).
@@ -1239,9 +1259,12 @@ pub fn cancel_during_dispatch(
             continue;
         };
         let pid = kernel::with(|k| k.io.irps.get(&irp).map_or(0, |t| t.pid));
-        // SAFETY: marked `cancelling`, the IRP is not taken back or freed until this returns.
-        let r = with_pid(pid, || unsafe {
-            crate::nt::io::cancel::cancel_irp(irp as *mut Irp)
+        let r = at_apc_level(|| {
+            // SAFETY: marked `cancelling`, the IRP is not freed until this returns: `dispatch`
+            // and `PendingIoctl`'s drop wait for the mark to clear.
+            with_pid(pid, || unsafe {
+                crate::nt::io::cancel::cancel_irp(irp as *mut Irp)
+            })
         });
         kernel::with(|k| {
             if let Some(t) = k.io.irps.get_mut(&irp) {
@@ -1336,6 +1359,7 @@ pub fn release_reference(handle: FileHandle) {
 }
 
 fn send_close_irps(handle: FileHandle, majors: &[usize]) {
+    kernel::with(|k| k.io.cancel_before_dispatch.remove(&handle.0));
     let Some(file) = kernel::with(|k| k.io.files.get(&handle.0).copied()) else {
         return;
     };
