@@ -19,6 +19,7 @@ use super::tracking::{
     APP2, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile, spawn, start, unload_all,
 };
 use super::{Ctx, Scenario, Target};
+use crate::loader::driver::LoadedDriver;
 use crate::nt::cm::hive;
 use crate::nt::io::{self, FileHandle, IoctlCall, IoctlResult, PendingIoctl};
 use crate::nt::ke::timer;
@@ -453,12 +454,20 @@ fn wait_free(ctx: &mut Ctx) {
     ctx.check(timer::armed() == 0, "no timer is left set after unload");
 }
 
-fn unload_while_waiting(ctx: &mut Ctx) {
-    let mut d = start(ctx);
+/// The driver started, the profile loaded and held by a process, and a client's handle to
+/// the device: (driver, holder pid, client pid, handle); `None` when the device cannot be
+/// opened.
+fn held_profile_and_client(ctx: &mut Ctx) -> Option<(LoadedDriver, u32, u32, FileHandle)> {
+    let d = start(ctx);
     load_profile(ctx);
     let (app, _key) = holder(ctx);
     let client = ctx.new_pid();
-    let Some(h) = open_device(ctx, client) else {
+    let h = open_device(ctx, client)?;
+    Some((d, app, client, h))
+}
+
+fn unload_while_waiting(ctx: &mut Ctx) {
+    let Some((mut d, app, client, h)) = held_profile_and_client(ctx) else {
         return;
     };
     let Some(mut wait) = pending(ctx, send(h, USER, 3_600_000), "an hour-long wait") else {
@@ -740,11 +749,7 @@ fn wait_cancel_mid_dispatch(ctx: &mut Ctx) {
     const BEFORE: u32 = 20;
     // Tries for the spinning canceller, up to this many or until it hit 20 times.
     const DURING: u32 = 600;
-    let mut d = start(ctx);
-    load_profile(ctx);
-    let (app, _key) = holder(ctx);
-    let client = ctx.new_pid();
-    let Some(h) = open_device(ctx, client) else {
+    let Some((mut d, app, _client, h)) = held_profile_and_client(ctx) else {
         return;
     };
     let mut wrong = Vec::new();
