@@ -7,7 +7,8 @@
 # RegNtPostDeleteKey marks it, so `hivetrack holders` reports it `deleted` and the key
 # created again under its name as another key. Also the CLI's held-now filter on a real
 # handle table: `NtQueryKey` names each duplicated key handle, and handles in other hives are
-# not asked about (`held_now.handles_other_hives`).
+# not asked about (`held_now.handles_other_hives`), and identify requests of more than 64
+# handles (protocol 4: 2,048) on a real handle table.
 # A test hive is loaded under HKU, a helper keeps HivetrackKitDel\Gone open, this session
 # deletes the key and creates it again, `reg unload` must fail, `holders --json` must show the
 # helper's key deleted and this session's key not; then the helper exits and the unload
@@ -51,6 +52,22 @@ Write-Result 'the deleted key is not counted as a record the kernel does not lis
 # asked about.
 Write-Result 'held-now named other hives'' handles and did not ask about them' `
     ($null -eq $doc.held_now.error -and $doc.held_now.handles_other_hives -gt 0) ($doc.held_now | ConvertTo-Json -Compress)
+
+# Identify requests of up to 2,048 handles (protocol 4): a second helper holds 2,100 handles
+# into the test hive, so holders asks in two requests (at least 2,048 and the rest); every
+# handle is examined and nothing fails (a request the driver cannot allocate for is asked
+# again in halves; under low-resources simulation that may show in held_now).
+$many = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(
+    '-NoProfile', '-Command',
+    '$ks = 1..2100 | ForEach-Object { [Microsoft.Win32.Registry]::Users.OpenSubKey("HivetrackKitDel") }; Start-Sleep -Seconds 600')
+Start-Sleep -Seconds 10
+$m = Invoke-Hivetrack @('holders', 'HKU\HivetrackKitDel', '--json')
+$m.Text | Set-Content (Join-Path $Results 'holders-2100-handles.json')
+$mdoc = $m.Text | ConvertFrom-Json
+Write-Result 'held-now examined more than 2,048 handles of the hive without an error' `
+    ($null -eq $mdoc.held_now.error -and $mdoc.held_now.handles_examined -ge 2100) ($mdoc.held_now | ConvertTo-Json -Compress)
+Stop-Process -Id $many.Id -Force
+Start-Sleep -Seconds 2
 
 $again.Close()
 Invoke-Native { reg unload 'HKU\HivetrackKitDel' } | Out-Null
