@@ -37,12 +37,66 @@ use crate::wire::{DecodeError, EncodeError, Message, MessageKind, Reader, Writer
 /// every `METHOD_BUFFERED` request anyway), freed before the request completes.
 pub const MAX_IDENTIFY: usize = 2048;
 
-/// The handles of a request: the caller's values, or the bytes of a decoded message
-/// (validated when decoded: `8 × n` bytes, little-endian).
+/// An element of a request or an answer: its size on the wire, how it is read back (from
+/// bytes validated when the message was decoded), and how it is written.
+trait Element: Copy {
+    /// Bytes per element on the wire.
+    const WIDTH: usize;
+    /// Reads one element from exactly [`Self::WIDTH`] validated bytes.
+    fn read(bytes: &[u8]) -> Self;
+    /// The element as the wire carries it.
+    fn as_written(self) -> Self {
+        self
+    }
+}
+
+/// The elements of a request or an answer: the caller's values, or the bytes of a decoded
+/// message (`WIDTH × n` of them, validated when decoded).
 #[derive(Clone, Copy)]
-enum Handles<'a> {
-    Values(&'a [u64]),
+enum Borrowed<'a, T> {
+    Values(&'a [T]),
     Wire(&'a [u8]),
+}
+
+impl<'a, T: Element> Borrowed<'a, T> {
+    /// The caller's `values`, 1 to [`MAX_IDENTIFY`] of them; `None` otherwise.
+    const fn values(values: &'a [T]) -> Option<Self> {
+        if values.is_empty() || values.len() > MAX_IDENTIFY {
+            return None;
+        }
+        Some(Self::Values(values))
+    }
+
+    const fn len(&self) -> usize {
+        match self {
+            Self::Values(v) => v.len(),
+            Self::Wire(b) => b.len() / T::WIDTH,
+        }
+    }
+
+    /// Element `i` as written on the wire, if there is one.
+    fn get(&self, i: usize) -> Option<T> {
+        if i >= self.len() {
+            return None; // and `i * WIDTH` below cannot overflow
+        }
+        match self {
+            Self::Values(v) => v.get(i).map(|e| e.as_written()),
+            Self::Wire(b) => b.get(i * T::WIDTH..(i + 1) * T::WIDTH).map(T::read),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+impl Element for u64 {
+    const WIDTH: usize = 8;
+    fn read(bytes: &[u8]) -> Self {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(bytes);
+        Self::from_le_bytes(v)
+    }
 }
 
 /// The input of `IOCTL_HIVETRACK_IDENTIFY_HANDLES`, borrowed: a decoded request reads its
@@ -50,28 +104,23 @@ enum Handles<'a> {
 /// of them on its stack.
 #[derive(Clone, Copy)]
 pub struct IdentifyRequest<'a> {
-    handles: Handles<'a>,
+    handles: Borrowed<'a, u64>,
 }
 
 impl<'a> IdentifyRequest<'a> {
     /// A request for `handles` (1 to [`MAX_IDENTIFY`] of them); `None` otherwise.
     #[must_use]
     pub const fn new(handles: &'a [u64]) -> Option<Self> {
-        if handles.is_empty() || handles.len() > MAX_IDENTIFY {
-            return None;
+        match Borrowed::values(handles) {
+            Some(handles) => Some(Self { handles }),
+            None => None,
         }
-        Some(Self {
-            handles: Handles::Values(handles),
-        })
     }
 
     /// How many handles (1 to [`MAX_IDENTIFY`]).
     #[must_use]
     pub const fn len(&self) -> usize {
-        match self.handles {
-            Handles::Values(v) => v.len(),
-            Handles::Wire(b) => b.len() / 8,
-        }
+        self.handles.len()
     }
 
     /// Always false: a request holds at least one handle.
@@ -83,21 +132,12 @@ impl<'a> IdentifyRequest<'a> {
     /// Handle `i`, if there is one.
     #[must_use]
     pub fn handle(&self, i: usize) -> Option<u64> {
-        if i >= self.len() {
-            return None; // and `i * 8` below cannot overflow
-        }
-        match self.handles {
-            Handles::Values(v) => v.get(i).copied(),
-            Handles::Wire(b) => b
-                .get(i * 8..i * 8 + 8)
-                .and_then(|s| s.try_into().ok())
-                .map(u64::from_le_bytes),
-        }
+        self.handles.get(i)
     }
 
     /// The handles, in order.
     pub fn handles(&self) -> impl Iterator<Item = u64> + '_ {
-        (0..self.len()).filter_map(|i| self.handle(i))
+        self.handles.iter()
     }
 }
 
@@ -188,7 +228,7 @@ impl<'a> Message<'a> for IdentifyRequest<'a> {
     fn decode_body(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let n = count(r)?;
         Ok(Self {
-            handles: Handles::Wire(r.bytes(8 * n)?),
+            handles: Borrowed::Wire(r.bytes(8 * n)?),
         })
     }
 }
@@ -242,19 +282,26 @@ impl Identified {
     }
 }
 
-/// The entries of an answer: the driver's, or the bytes of a decoded message (each
-/// validated when decoded: 16 bytes, a known outcome, zero reserved bytes, id 0 unless
-/// Tracked).
-#[derive(Clone, Copy)]
-enum Entries<'a> {
-    Values(&'a [Identified]),
-    Wire(&'a [u8]),
+impl Element for Identified {
+    const WIDTH: usize = 16;
+    fn read(bytes: &[u8]) -> Self {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&bytes[8..16]);
+        Self {
+            outcome: IdentifyOutcome::from_u16(u16::from_le_bytes([bytes[0], bytes[1]]))
+                .unwrap_or_default(),
+            id: u64::from_le_bytes(id),
+        }
+    }
+    fn as_written(self) -> Self {
+        self.normalised()
+    }
 }
 
 /// The answer to `IOCTL_HIVETRACK_IDENTIFY_HANDLES`, borrowed like [`IdentifyRequest`].
 #[derive(Clone, Copy)]
 pub struct IdentifyAnswer<'a> {
-    entries: Entries<'a>,
+    entries: Borrowed<'a, Identified>,
 }
 
 impl<'a> IdentifyAnswer<'a> {
@@ -262,21 +309,16 @@ impl<'a> IdentifyAnswer<'a> {
     /// Tracked is written with id 0 whatever it holds.
     #[must_use]
     pub const fn new(entries: &'a [Identified]) -> Option<Self> {
-        if entries.is_empty() || entries.len() > MAX_IDENTIFY {
-            return None;
+        match Borrowed::values(entries) {
+            Some(entries) => Some(Self { entries }),
+            None => None,
         }
-        Some(Self {
-            entries: Entries::Values(entries),
-        })
     }
 
     /// How many entries (as many as the request had handles).
     #[must_use]
     pub const fn len(&self) -> usize {
-        match self.entries {
-            Entries::Values(v) => v.len(),
-            Entries::Wire(b) => b.len() / 16,
-        }
+        self.entries.len()
     }
 
     /// Always false: an answer holds at least one entry.
@@ -288,26 +330,12 @@ impl<'a> IdentifyAnswer<'a> {
     /// Entry `i` (the answer for the request's handle `i`), as written on the wire.
     #[must_use]
     pub fn entry(&self, i: usize) -> Option<Identified> {
-        if i >= self.len() {
-            return None; // and `i * 16` below cannot overflow
-        }
-        match self.entries {
-            Entries::Values(v) => v.get(i).map(|e| e.normalised()),
-            Entries::Wire(b) => b.get(i * 16..i * 16 + 16).map(|e| {
-                let outcome = IdentifyOutcome::from_u16(u16::from_le_bytes([e[0], e[1]]));
-                let mut id = [0u8; 8];
-                id.copy_from_slice(&e[8..16]);
-                Identified {
-                    outcome: outcome.unwrap_or_default(),
-                    id: u64::from_le_bytes(id),
-                }
-            }),
-        }
+        self.entries.get(i)
     }
 
     /// The entries, in request order.
     pub fn entries(&self) -> impl Iterator<Item = Identified> + '_ {
-        (0..self.len()).filter_map(|i| self.entry(i))
+        self.entries.iter()
     }
 
     /// The size of the encoded answer for `n` handles (header included).
@@ -348,7 +376,7 @@ impl<'a> Message<'a> for IdentifyAnswer<'a> {
             }
         }
         Ok(Self {
-            entries: Entries::Wire(bytes),
+            entries: Borrowed::Wire(bytes),
         })
     }
 }
