@@ -214,7 +214,8 @@ fn caller() -> (u64, u64, u64) {
 /// pid, its start key, Object, hash of the name passed (KeyName / CompleteName), hash of the
 /// Object's name, and a class-specific word (load: RootHandle non-NULL | UserEvent non-NULL
 /// << 1 | Flags << 32; unload: UserEvent non-NULL; open: Attributes | CheckAccessMode << 32;
-/// pre-rename and pre-delete: the ObjectID of the Object; posts: Status). The name passed of a
+/// pre-rename and pre-delete: the ObjectID of the Object; posts: Status; post-load: the Object
+/// of its PreInformation and that object's name). The name passed of a
 /// pre-rename is its NewName; the Object's name of a successful post-open/create/rename/delete
 /// is fetched there (post-delete: the deleted key's object, which NtDeleteKey still
 /// references, WRK `ntapi.c`).
@@ -274,11 +275,33 @@ pub fn record(class: usize, info: *mut c_void) {
         ),
         // RegNtPreDeleteKey (0): REG_DELETE_KEY_INFORMATION (Learn): Object.
         0 => (object, 0, object_name_hash(object), object_id(object)),
+        // RegNtPostLoadKey: REG_POST_OPERATION_INFORMATION Status 0x08, PreInformation
+        // 0x10 (the load's REG_LOAD_KEY_INFORMATION, valid during the post: Learn
+        // REG_POST_OPERATION_INFORMATION): logged is that structure's Object as the post
+        // sees it, and its name on STATUS_SUCCESS (the readings of `Object`: the model's
+        // `hive::LoadObject`).
+        33 => {
+            let status = word(0x08) & 0xFFFF_FFFF;
+            let pre = word(0x10) as usize as *mut c_void;
+            let load_object: *mut c_void = if pre.is_null() {
+                null_mut()
+            } else {
+                // SAFETY: PreInformation points at the load's REG_LOAD_KEY_INFORMATION,
+                // whose first field is Object.
+                unsafe { field(pre, 0x00) }
+            };
+            let name = if status == 0 && !load_object.is_null() {
+                object_name_hash(load_object)
+            } else {
+                0
+            };
+            (load_object, 0, name, status)
+        }
         // Posts: REG_POST_OPERATION_INFORMATION: Object (valid only on STATUS_SUCCESS),
         // Status 0x08.
         // RegNtPostRenameKey (19): the Object is the renamed key's on STATUS_SUCCESS.
         // RegNtPostDeleteKey (15): the Object is the deleted key's, still referenced.
-        27 | 29 | 33 | 35 | 25 | 19 | 15 => {
+        27 | 29 | 35 | 25 | 19 | 15 => {
             let status = word(0x08) & 0xFFFF_FFFF;
             let name = if status == 0 && matches!(class, 27 | 29 | 19 | 15) {
                 object_name_hash(object)

@@ -147,6 +147,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_relative_load,
         ),
         Scenario::test_driver(
+            "td-load-object-readings",
+            "REG_LOAD_KEY_INFORMATION.Object played both ways (hive::LoadObject): the root directory's key object, or Learn's literal 'root key of the hive about to be loaded' (NULL in the pre, the new root's object in the post, released after it)",
+            td_load_object_readings,
+        ),
+        Scenario::test_driver(
             "td-app-hive",
             "RegLoadAppKey: \\REGISTRY\\A\\{GUID}, a root handle through RootHandle whose open is notified by its absolute name inside the load, the same hive for the same file, unloaded by itself at its last key with no unload notification",
             td_app_hive,
@@ -182,6 +187,80 @@ pub fn scenarios() -> Vec<Scenario> {
             td_kernel_handle,
         ),
     ]
+}
+
+/// Both readings of the load's `Object` the model can play ([`hive::LoadObject`]), as a
+/// driver sees them: the pre's `Object`, the post's `PreInformation->Object` and its name.
+#[allow(clippy::many_single_char_names)] // s, p, r, l, u: session, process, results, log
+fn td_load_object_readings(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let p = new_process(ctx, r"\Device\HarddiskVolume2\Windows\System32\reg.exe");
+    let hku = hive::open_key(p, HKU, KEY_READ, false);
+    ctx.check(hku.is_ok(), format!("HKEY_USERS opened: {hku:?}"));
+    let hku = hku.unwrap_or(0);
+    let hku_object = kernel::with(|k| k.hives.handles.get(&(p, hku)).copied()).unwrap_or(0);
+    let mount = format!(r"{HKU}\{SID}");
+    for reading in [hive::LoadObject::RootDirectory, hive::LoadObject::HiveRoot] {
+        hive::set_load_object(reading);
+        log_start(&s);
+        let r = hive::load_key(p, hku, SID, r"\??\C:\Users\kemu\NTUSER.DAT");
+        ctx.check(
+            r == STATUS_SUCCESS,
+            format!("{reading:?}: RegLoadKey(HKU, SID): {}", status::describe(r)),
+        );
+        let l = log(&s);
+        let pre = first(&l, PRE_LOAD_KEY).unwrap_or_default();
+        let post = first(&l, POST_LOAD_KEY).unwrap_or_default();
+        ctx.check(
+            pre.name == hash(SID),
+            format!("{reading:?}: KeyName is the relative SID as given"),
+        );
+        match reading {
+            hive::LoadObject::RootDirectory => {
+                ctx.check(
+                    pre.object == hku_object as u64 && post.object == pre.object,
+                    format!("root directory: the HKU object in the pre and the post ({pre:x?}, {post:x?})"),
+                );
+                ctx.check(
+                    post.object_name == hash(HKU),
+                    "root directory: the post names it \\REGISTRY\\USER",
+                );
+            }
+            hive::LoadObject::HiveRoot => {
+                ctx.check(
+                    pre.object == 0 && pre.object_name == 0,
+                    format!(
+                        "hive root: no object in the pre, the key does not exist yet ({pre:x?})"
+                    ),
+                );
+                ctx.check(
+                    post.object != 0 && post.object != hku_object as u64,
+                    format!("hive root: the post carries another object ({post:x?})"),
+                );
+                ctx.check(
+                    post.object_name == hash(&mount),
+                    "hive root: the post names it the new hive's root, the full mount",
+                );
+                let gone = kernel::with(|k| !k.hives.objects.contains_key(&(post.object as usize)));
+                ctx.check(
+                    gone,
+                    "hive root: the load released that object after its post",
+                );
+            }
+        }
+        // Nothing of the load holds the hive: it unloads at once.
+        let u = hive::unload_hive(SYSTEM_PID, &mount);
+        ctx.check(
+            u == STATUS_SUCCESS,
+            format!(
+                "{reading:?}: the loaded hive unloads: {}",
+                status::describe(u)
+            ),
+        );
+    }
+    let _ = hive::close_key(p, hku);
+    process::exit_process(p);
+    finish(ctx, s);
 }
 
 #[allow(clippy::many_single_char_names)] // p, q, a, b, c: processes; s, l, r: session, log, result

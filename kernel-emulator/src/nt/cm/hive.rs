@@ -249,6 +249,35 @@ pub struct HiveState {
     /// The `\REGISTRY` key object (0 until the first absolute open needs it): the root an
     /// absolute name is parsed from, never closed ([`registry_root`]).
     registry_root: usize,
+    /// What a load's REG_LOAD_KEY_INFORMATION `Object` points at ([`set_load_object`]).
+    load_object: LoadObject,
+}
+
+/// The two readings of REG_LOAD_KEY_INFORMATION's `Object` for a load relative to a root
+/// directory (`RegLoadKey(HKEY_USERS, "S-1-5-21-…", file)`). No source settles which one
+/// Windows follows (no Windows Research Kernel or ReactOS code sends this notification;
+/// fidelity audit 16b, F5), so the model plays either, per scenario, and the driver must
+/// record the right mount under both.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum LoadObject {
+    /// `Object` is the root directory's key object (the `HKEY_USERS` key) and `KeyName` is
+    /// relative to it: how filters in the field read it (the default; `td-relative-load`).
+    #[default]
+    RootDirectory,
+    /// The Learn page's literal wording: "A pointer to the registry key object for the root
+    /// key of the hive that is about to be loaded"
+    /// (<https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_load_key_information>).
+    /// That key does not exist before the load, so the pre carries `Object` NULL, and the
+    /// post's `PreInformation` carries a key object of the new hive's root, held by the
+    /// operation through the post and released after it (an *inference*: the closest thing
+    /// to the wording that can exist). `KeyName` stays as the caller gave it.
+    HiveRoot,
+}
+
+/// Which reading of REG_LOAD_KEY_INFORMATION `Object` the loads of this run follow
+/// ([`LoadObject`]).
+pub fn set_load_object(reading: LoadObject) {
+    kernel::with(|k| k.hives.load_object = reading);
 }
 
 /// What a deleted key's key control block hangs from: its parent (WRK `cmsubs.c`
@@ -819,6 +848,59 @@ fn root_name(pid: u32, root: u64) -> Option<(usize, String)> {
     })
 }
 
+/// The registry manager opens an app hive's root by its absolute name, on the caller's
+/// thread, for the handle the caller gets (Learn "Filtering Registry Operations on
+/// Application Hives": only the registry manager can open an application hive by a path
+/// beginning with \REGISTRY\A\, and such a path "appears in the CompleteName member" of the
+/// create/open notifications). An open, not a create, and its place between the load's pre
+/// and post are an *inference*. Without a root handle, a hive nothing holds goes at once, as
+/// an app hive does.
+fn open_app_root(pid: u32, mount: &str) -> Result<u64, NtStatus> {
+    let manager = OpenMode {
+        kernel_handle: false,
+        force_access_check: false,
+        fail: None,
+        registry_manager: true,
+    };
+    open_mode(pid, None, mount, KEY_ALL_ACCESS, false, manager).inspect_err(|_| {
+        hive_object_gone(&canon(mount));
+    })
+}
+
+/// A key object of existing key `path`, referenced once as an operation's own (no handle,
+/// no open notification), as the kernel's internal references are: released with
+/// [`operation_done`] and a dereference. `None` if the key does not exist.
+fn operation_object(path: &str) -> Option<usize> {
+    let key = canon(path);
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        let hive = h.hive_of(&key)?;
+        if !h.keys.contains(&key) {
+            return None;
+        }
+        let key_id = h.key_id(&key);
+        let name = h.stored_name(&key, path);
+        let object = alloc_object_page();
+        h.add_object(
+            object,
+            KeyObject {
+                name,
+                hive,
+                handles: 0,
+                destroyed: false,
+                contexts: BTreeMap::new(),
+                key_id,
+                opener: io::current_pid(),
+                announced: false,
+                deleted: false,
+            },
+        );
+        *k.objects.references.entry(object).or_insert(0) += 1;
+        *k.objects.in_operation.entry(object).or_insert(0) += 1;
+        Some(object)
+    })
+}
+
 /// The next application-hive mount point: `\REGISTRY\A\{GUID}` with a GUID that only grows.
 fn next_app_mount() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -853,6 +935,9 @@ fn load(
         }
         None => (0, key_name.to_string()),
     };
+    // Learn's literal reading ([`LoadObject::HiveRoot`]): no key object before the load.
+    let hive_root_reading = kernel::with(|k| k.hives.load_object == LoadObject::HiveRoot);
+    let object = if hive_root_reading { 0 } else { object };
     let key_name = OwnedUnicode::new(if root.is_some() { key_name } else { &mount });
     let source = OwnedUnicode::new(file);
     let mut root_handle = 0u64;
@@ -907,25 +992,9 @@ fn load(
             STATUS_SUCCESS
         });
         if app && status == STATUS_SUCCESS {
-            // The registry manager opens the root by its absolute name, on the caller's
-            // thread, for the handle the caller gets (Learn "Filtering Registry Operations on
-            // Application Hives": only the registry manager can open an application hive by
-            // a path beginning with \REGISTRY\A\, and such a path "appears in the CompleteName
-            // member" of the create/open notifications). An open, not a create, and its place
-            // between the load's pre and post are an *inference*.
-            let manager = OpenMode {
-                kernel_handle: false,
-                force_access_check: false,
-                fail: None,
-                registry_manager: true,
-            };
-            match open_mode(pid, None, &mount, KEY_ALL_ACCESS, false, manager) {
+            match open_app_root(pid, &mount) {
                 Ok(h) => root_handle = h,
-                Err(s) => {
-                    // No root handle: a hive nothing holds goes at once, as an app hive does.
-                    hive_object_gone(&canon(&mount));
-                    status = s;
-                }
+                Err(s) => status = s,
             }
         }
         // A post-callback may change the result (ReturnStatus + STATUS_CALLBACK_BYPASS): the
@@ -937,7 +1006,19 @@ fn load(
         if status == STATUS_SUCCESS {
             between();
         }
+        // Learn's literal reading: the post's pre information points at a key object of the
+        // new hive's root, which the operation holds through the post.
+        let hive_root = (hive_root_reading && status == STATUS_SUCCESS && !app)
+            .then(|| operation_object(&mount))
+            .flatten();
+        if let Some(o) = hive_root {
+            info.object = o as *mut c_void;
+        }
         let returned = registry::notify_post(class::POST_LOAD_KEY, 0, status, at, &pre);
+        if let Some(o) = hive_root {
+            operation_done(o);
+            crate::nt::ob::object::dereference(o);
+        }
         if returned != STATUS_SUCCESS && status == STATUS_SUCCESS && app {
             let _ = close_key(pid, root_handle);
         }
