@@ -380,10 +380,17 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
         // predates the load notifications, so their place around it is an inference), and
         // only a load whose pre this callback saw had every open of its keys reach it. Its
         // post carries the mark back (docs, REG_POST_OPERATION_INFORMATION.CallContext).
+        // The mark is the pre's `Object` when it has one (a key that existed before the
+        // load: the root directory a relative name hangs from, see `post_load`), otherwise
+        // a static's address.
         RegNtPreLoadKey => {
             // SAFETY: for this class Argument2 is a writable REG_LOAD_KEY_INFORMATION.
             let info = unsafe { &mut *argument2.cast::<REG_LOAD_KEY_INFORMATION>() };
-            info.CallContext = load_mark();
+            info.CallContext = if info.Object.is_null() {
+                load_mark()
+            } else {
+                info.Object
+            };
         }
         RegNtPostLoadKey => {
             // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
@@ -398,10 +405,12 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
                 // opened before it registered are unknown, so the load time, which vouches
                 // that every key of the hive was seen, is not known: 0, as for a hive read
                 // from the hive list at start.
-                let seen_from_start = post.CallContext == load_mark();
+                let object_in_pre = !load.Object.is_null() && post.CallContext == load.Object;
+                let seen_from_start = object_in_pre || post.CallContext == load_mark();
                 post_load(
                     tracker,
                     load,
+                    object_in_pre,
                     if seen_from_start { clock::now() } else { 0 },
                 );
             }
@@ -474,7 +483,8 @@ fn rename_mark() -> *mut c_void {
     core::ptr::from_ref(&MARK).cast_mut().cast()
 }
 
-/// The `CallContext` a load's pre leaves for its post, as [`rename_mark`] (another static).
+/// The `CallContext` a load's pre without an `Object` leaves for its post, as [`rename_mark`]
+/// (another static).
 fn load_mark() -> *mut c_void {
     static MARK: u8 = 0;
     core::ptr::from_ref(&MARK).cast_mut().cast()
@@ -594,25 +604,46 @@ fn open_needs_attention(tracker: &DriverTracker, process: ProcessKey) {
 
 /// A hive loaded: recorded at its full mount point. `RegLoadKey(HKEY_USERS, "S-1-5-21-…",
 /// file)` is `NtLoadKey` with the HKU handle as `RootDirectory` and a relative name (`ReactOS`
-/// `RegLoadKeyW`): the notification's `KeyName` is then relative to its `Object`, the root
-/// directory's key object (docs, `REG_LOAD_KEY_INFORMATION`: `Object` and `KeyName`; the
-/// kernel emulator's `td-relative-load`). Done here in the post-notification, while the
-/// operation still holds that object (its pre information is valid during the post: docs,
+/// `RegLoadKeyW`): the notification's `KeyName` is then relative to the root directory. Its
+/// `Object` is read two ways (docs, `REG_LOAD_KEY_INFORMATION`: "the root key of the hive
+/// that is about to be loaded"; filters in the field: the root directory's key object), so
+/// [`tracker::hives::load_mount`] decides from its name and from whether the pre carried it
+/// (`object_in_pre`) whether to join (the kernel emulator's `relative-load` and
+/// `relative-load-hive-root`). Done here in the post-notification, while the operation still
+/// holds that object (its pre information is valid during the post: docs,
 /// `REG_POST_OPERATION_INFORMATION.PreInformation`), in a stack buffer: nothing is allocated
 /// in the pre-notification that a missing post would leave behind. A relative name whose
-/// root cannot be named is not recorded as a bogus mount: counted as an unrecorded load.
-/// `time` is the load's time, 0 when the callback did not see its pre (not known).
-fn post_load(tracker: &DriverTracker, load: &REG_LOAD_KEY_INFORMATION, time: u64) {
+/// object is missing or cannot be named is not recorded as a bogus mount: counted as an
+/// unrecorded load. `time` is the load's time, 0 when the callback did not see its pre (not
+/// known).
+fn post_load(
+    tracker: &DriverTracker,
+    load: &REG_LOAD_KEY_INFORMATION,
+    object_in_pre: bool,
+    time: u64,
+) {
     // Resident copies ([`crate::resident`]): the tracker reads them under its locks.
     let recorded = crate::resident::with_copy(units_of(load.SourceFile), |file| {
         let name = units_of(load.KeyName);
-        if name.first() == Some(&u16::from(b'\\')) || load.Object.is_null() {
+        if name.first() == Some(&u16::from(b'\\')) {
             crate::resident::with_copy(name, |name| {
                 tracker.hive_loaded(name, file, time);
             })
+        } else if load.Object.is_null() {
+            None
         } else {
-            with_joined_name(load.Object, name, |mount| {
-                tracker.hive_loaded(mount, file, time);
+            with_key_name(load.Object, |object_name| {
+                match tracker::hives::load_mount(object_name, name, object_in_pre) {
+                    // A resident copy already ([`with_key_name`]).
+                    tracker::hives::LoadMount::ObjectName => {
+                        tracker.hive_loaded(object_name, file, time);
+                    }
+                    tracker::hives::LoadMount::Joined => {
+                        with_joined(object_name, name, |mount| {
+                            tracker.hive_loaded(mount, file, time);
+                        });
+                    }
+                }
             })
         }
     })
@@ -629,23 +660,26 @@ fn with_joined_name<R>(
     relative: &[u16],
     f: impl FnOnce(&[u16]) -> R,
 ) -> Option<R> {
-    with_key_name(root, |root| {
-        // A fixed buffer on the stack: nothing is allocated.
-        let mut path = [0u16; MAX_QUERY_PATH];
-        let mut n = 0;
-        for &u in root
-            .iter()
-            .chain(&[u16::from(b'\\')])
-            .chain(relative.iter())
-        {
-            if n == path.len() {
-                break;
-            }
-            path[n] = u;
-            n += 1;
+    with_key_name(root, |root| with_joined(root, relative, f))
+}
+
+/// Runs `f` on `root\relative` (cut to [`MAX_QUERY_PATH`]) in a stack buffer.
+fn with_joined<R>(root: &[u16], relative: &[u16], f: impl FnOnce(&[u16]) -> R) -> R {
+    // A fixed buffer on the stack: nothing is allocated.
+    let mut path = [0u16; MAX_QUERY_PATH];
+    let mut n = 0;
+    for &u in root
+        .iter()
+        .chain(&[u16::from(b'\\')])
+        .chain(relative.iter())
+    {
+        if n == path.len() {
+            break;
         }
-        f(&path[..n])
-    })
+        path[n] = u;
+        n += 1;
+    }
+    f(&path[..n])
 }
 
 /// Counts an open that cannot be tracked against the hive its pre-information names: the

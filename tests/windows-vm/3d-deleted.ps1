@@ -8,7 +8,8 @@
 # created again under its name as another key. Also the CLI's held-now filter on a real
 # handle table: `NtQueryKey` names each duplicated key handle, and handles in other hives are
 # not asked about (`held_now.handles_other_hives`), and identify requests of more than 64
-# handles (protocol 4: 2,048) on a real handle table.
+# handles (protocol 4: 2,048) on a real handle table. And the mount a relative `reg load`
+# is recorded at, and that its unload is matched (audit 16b, F5).
 # A test hive is loaded under HKU, a helper keeps HivetrackKitDel\Gone open, this session
 # deletes the key and creates it again, `reg unload` must fail, `holders --json` must show the
 # helper's key deleted and this session's key not; then the helper exits and the unload
@@ -22,6 +23,18 @@ Invoke-Native { sc.exe start hivetrack } | Out-Null   # demand start; already ru
 # A hive file of our own, loaded after the driver started (so reports may say complete).
 $loaded = New-TestHive 'HivetrackKitDel' 'Gone'
 Write-Result 'test hive loaded' $loaded 'HKU\HivetrackKitDel'
+
+# `reg load HKU\…` is RegLoadKey(HKEY_USERS, "HivetrackKitDel", file): NtLoadKey relative to
+# the HKU handle. Which key object RegNtPreLoadKey's `Object` is (the root directory, or the
+# new hive's root as Learn words it) is not settled (fidelity audit 16b, F5; the emulator's
+# relative-load and relative-load-hive-root): either way the driver must list the hive at its
+# full mount, loaded (not the name twice, not the bare name).
+$hv = Invoke-Hivetrack @('hives', '--json')
+$hv.Text | Set-Content (Join-Path $Results 'hives-after-load.json')
+$mounts = @(($hv.Text | ConvertFrom-Json).hives | Where-Object path -like '*HivetrackKitDel*')
+Write-Result 'the driver lists the relative load at its full mount, loaded' `
+    ($mounts.Count -eq 1 -and $mounts[0].path -eq '\REGISTRY\USER\HivetrackKitDel' -and $mounts[0].state -eq 'loaded') `
+    ($mounts | ConvertTo-Json -Compress)
 
 # The helper keeps Gone open (read access only: the delete below uses a handle of its own).
 $helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(
@@ -77,6 +90,10 @@ Stop-Process -Id $helper.Id -Force
 Start-Sleep -Seconds 2
 reg unload 'HKU\HivetrackKitDel' | Out-Null
 Write-Result 'reg unload succeeds once the helper exits' ($LASTEXITCODE -eq 0) "exit $LASTEXITCODE"
+# The unload matched the mount recorded at the load: the hive is no longer listed as loaded.
+$gone = @((Invoke-Hivetrack @('hives', '--json')).Text | ConvertFrom-Json).hives |
+    Where-Object { $_.path -like '*HivetrackKitDel*' -and $_.state -eq 'loaded' }
+Write-Result 'and the driver no longer lists it as loaded' (@($gone).Count -eq 0) ($gone | ConvertTo-Json -Compress)
 
 Write-Host ''
 Write-Host "Results in $Results ($script:Failures failure(s))."

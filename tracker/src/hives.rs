@@ -943,9 +943,82 @@ impl<L: RawLock> HiveTable<L> {
     }
 }
 
+/// How a load's mount point is made from a relative `KeyName` and the name of the load's
+/// `Object` (`REG_LOAD_KEY_INFORMATION`, read in the post-notification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMount {
+    /// The object's name is the mount: `Object` is the loaded hive's own root key.
+    ObjectName,
+    /// The object's name, `\`, then `KeyName`: `Object` is the root directory the name is
+    /// relative to.
+    Joined,
+}
+
+/// Which [`LoadMount`] a relative load has.
+///
+/// `RegLoadKey(HKEY_USERS, "S-1-5-21-…", file)` is
+/// `NtLoadKey` with the HKU handle as root directory and the relative SID
+/// (`ReactOS` `RegLoadKeyW`); what the notification's `Object` then points at is not settled: the Learn
+/// page says "the root key of the hive that is about to be loaded", filters in the field read
+/// it as the root directory, and no Windows Research Kernel or `ReactOS` code sends the
+/// notification (fidelity audit 16b, F5; the kernel emulator plays both, `hive::LoadObject`).
+/// `seen_in_pre`: the pre-notification carried this same object — it existed before the load,
+/// so it is the root directory, whatever its name. Otherwise an object whose name already
+/// ends with `\KeyName` (case-insensitively) is taken as the hive's own root: joining would
+/// name the mount `…\S-1-5-21-…\S-1-5-21-…` and match no unload. What that leaves wrong is
+/// a load seen only from its post, relative to a root directory whose own last components
+/// are `KeyName` (`\REGISTRY\USER` and `USER`): recorded one level too high.
+#[must_use]
+pub fn load_mount(object_name: &[u16], key_name: &[u16], seen_in_pre: bool) -> LoadMount {
+    if seen_in_pre || key_name.is_empty() || object_name.len() <= key_name.len() {
+        return LoadMount::Joined;
+    }
+    let (head, tail) = object_name.split_at(object_name.len() - key_name.len());
+    if head.last() == Some(&u16::from(b'\\')) && crate::names::eq_fold(tail, key_name) {
+        LoadMount::ObjectName
+    } else {
+        LoadMount::Joined
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn w(s: &str) -> Vec<u16> {
+        s.encode_utf16().collect()
+    }
+
+    #[test]
+    fn a_load_mount_is_joined_unless_the_object_is_the_hive_root() {
+        let sid = w("S-1-5-21-1-2-3-1001");
+        // The root directory (HKU), seen in the pre or not.
+        assert_eq!(
+            load_mount(&w(r"\REGISTRY\USER"), &sid, true),
+            LoadMount::Joined
+        );
+        assert_eq!(
+            load_mount(&w(r"\REGISTRY\USER"), &sid, false),
+            LoadMount::Joined
+        );
+        // The new hive's root, named the whole mount, in any case.
+        let root = w(r"\REGISTRY\USER\s-1-5-21-1-2-3-1001");
+        assert_eq!(load_mount(&root, &sid, false), LoadMount::ObjectName);
+        // Seen in the pre: it existed before the load, so it is a root directory.
+        assert_eq!(load_mount(&root, &sid, true), LoadMount::Joined);
+        // A suffix that is not a whole component, an empty or longer name.
+        assert_eq!(
+            load_mount(&w(r"\REGISTRY\USER\XS-1-5-21-1-2-3-1001"), &sid, false),
+            LoadMount::Joined
+        );
+        assert_eq!(load_mount(&root, &[], false), LoadMount::Joined);
+        assert_eq!(load_mount(&sid, &sid, false), LoadMount::Joined);
+        // A relative name of several components.
+        assert_eq!(
+            load_mount(&w(r"\REGISTRY\MACHINE\A\B"), &w(r"A\B"), false),
+            LoadMount::ObjectName
+        );
+    }
 
     fn naive_prefix(path: &[u16]) -> &[u16] {
         let mut seen = 0;

@@ -68,6 +68,11 @@ pub fn scenarios() -> Vec<Scenario> {
             relative_load,
         ),
         Scenario::hivetrack(
+            "relative-load-hive-root",
+            "relative-load with the load's Object read as Learn words it, the new hive's root key (hive::LoadObject::HiveRoot): the driver still records \\REGISTRY\\USER\\S-1-5-21-…, not the SID twice, and matches its unload",
+            relative_load_hive_root,
+        ),
+        Scenario::hivetrack(
             "long-image-low-memory",
             "a process whose image path is too long for the stack copy starts while pool is short: it is recorded without its image and the loss is counted (images_dropped_no_memory)",
             long_image_low_memory,
@@ -704,8 +709,21 @@ fn unregister_fails(ctx: &mut Ctx) {
 /// (the model: `td-relative-load`). The driver must record the full mount point, or the
 /// profile's keys are filed under an implicit hive and a bogus mount named by the bare SID
 /// is left in the table (one per profile load).
-#[allow(clippy::many_single_char_names)] // d, h, s, a: driver, device, status, process
 fn relative_load(ctx: &mut Ctx) {
+    relative_load_read_as(ctx, hive::LoadObject::RootDirectory);
+}
+
+/// [`relative_load`] under the other reading of the load's `Object` (audit 16b, F5): the
+/// root key of the hive being loaded, whose name is already the full mount. Joining it with
+/// `KeyName` again recorded `\REGISTRY\USER\S-1-5-21-…\S-1-5-21-…`: the profile's keys were
+/// filed under `\REGISTRY\USER` and its unload matched nothing.
+fn relative_load_hive_root(ctx: &mut Ctx) {
+    relative_load_read_as(ctx, hive::LoadObject::HiveRoot);
+}
+
+#[allow(clippy::many_single_char_names)] // d, h, s, a: driver, device, status, process
+fn relative_load_read_as(ctx: &mut Ctx, reading: hive::LoadObject) {
+    hive::set_load_object(reading);
     boot_hives(ctx);
     let (mut d, h) = load(ctx);
     let Some(h) = h else { return };
@@ -748,6 +766,12 @@ fn relative_load(ctx: &mut Ctx) {
     ctx.check(
         s == STATUS_SUCCESS,
         format!("the profile unloads: {}", status::describe(s)),
+    );
+    let all = mounts(ctx, h);
+    ctx.check(
+        all.iter()
+            .all(|m| !m.to_ascii_uppercase().contains(&sid.to_ascii_uppercase())),
+        format!("its unload is matched: no mount of {sid} is left: {all:?}"),
     );
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
