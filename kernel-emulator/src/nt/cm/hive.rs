@@ -2005,7 +2005,19 @@ pub fn run_deferred_deletions() -> usize {
 /// `unload`.
 #[must_use = "STATUS_CANNOT_DELETE while the hive is held"]
 pub fn unload_hive(pid: u32, mount: &str) -> NtStatus {
-    unload(pid, mount, None)
+    unload(pid, mount, None, || {})
+}
+
+/// [`unload_hive`] with `between` run after RegNtPreUnLoadKey and before the hive is
+/// unlinked: a scenario's window inside the unload, in which callbacks can register (with
+/// [`crate::nt::cm::registry::set_late_posts`], they then get the post without the pre) and
+/// read the hive list, which still lists the hive. The Windows Research Kernel's `ntapi.c`
+/// NtUnloadKey2 calls `cmapi.c` CmUnloadKey, which frees the hive, between its lock
+/// acquisitions; the WRK predates the unload notifications, so their places around it are an
+/// *inference*, as every other class's pre comes before its operation and its post after.
+#[must_use = "STATUS_CANNOT_DELETE while the hive is held"]
+pub fn unload_hive_interrupted(pid: u32, mount: &str, between: impl FnOnce()) -> NtStatus {
+    unload(pid, mount, None, between)
 }
 
 /// Unloads a hive with `NtUnloadKeyEx(TargetKey, Event)`: RegNtPreUnLoadKey with `UserEvent`
@@ -2018,7 +2030,7 @@ pub fn unload_hive(pid: u32, mount: &str) -> NtStatus {
 #[must_use = "STATUS_PENDING: wait on the event"]
 pub fn unload_key_ex(pid: u32, mount: &str) -> (NtStatus, UnloadEvent) {
     let event = UnloadEvent::new();
-    let status = unload(pid, mount, Some(&event));
+    let status = unload(pid, mount, Some(&event), || {});
     if status == STATUS_SUCCESS {
         event.signal(UnloadCompletion {
             pid,
@@ -2090,7 +2102,7 @@ const KEY_WRITE: u32 = 0x2_0006;
 /// private object — the only key object the routine holds — is an *inference*. Until
 /// 2026-12-05 the model made that object silently (no create or close notification), so a
 /// tracking driver never saw the unload's own key (issue: emulator fidelity audit F2).
-fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
+fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOnce()) -> NtStatus {
     let m = canon(mount);
     if !kernel::with(|k| k.hives.hives.contains_key(&m)) {
         return STATUS_OBJECT_NAME_NOT_FOUND;
@@ -2129,6 +2141,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>) -> NtStatus {
         if !pre.proceeds() {
             return pre.unwind(class::POST_UNLOAD_KEY, at, root);
         }
+        between();
         let status = kernel::with(|k| {
             // Held: any other key object of the hive, or a reference on the unload's own
             // object beyond the one the unload took.
