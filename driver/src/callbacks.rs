@@ -416,8 +416,12 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
             }
         }
         RegNtPreUnLoadKey => {
-            // SAFETY: for this class Argument2 is a REG_UNLOAD_KEY_INFORMATION.
-            let info = unsafe { &*argument2.cast::<REG_UNLOAD_KEY_INFORMATION>() };
+            // SAFETY: for this class Argument2 is a writable REG_UNLOAD_KEY_INFORMATION.
+            let info = unsafe { &mut *argument2.cast::<REG_UNLOAD_KEY_INFORMATION>() };
+            // Marks the unload as seen (recorded or counted as missed here): its post carries
+            // the mark back, a post whose pre went by before this callback registered does
+            // not (see `post_unload`).
+            info.CallContext = unload_mark();
             // The unload's own key object: NtUnloadKey2/NtUnloadKeyEx open the hive's root
             // with a private kernel handle "just to take a reference on the object" (Windows
             // Research Kernel `base/ntos/config/ntapi.c`), an open this callback tracked (its
@@ -442,43 +446,81 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
         RegNtPostUnLoadKey => {
             // SAFETY: for this class Argument2 is a REG_POST_OPERATION_INFORMATION.
             let post = unsafe { &*argument2.cast::<REG_POST_OPERATION_INFORMATION>() };
-            #[allow(clippy::cast_sign_loss, reason = "an NTSTATUS is reported as its bits")]
-            let outcome = post.Status as u32;
-            UNLOAD_SLOTS.take(current_thread(), |mount, (token, object)| {
-                let own = (token != 0).then_some((Token(token), object, current_thread()));
-                let hive = tracker.unload_attempted_with(mount, outcome, clock::now(), own);
-                // A failed (or deferred) unload: the hive is looked at again after the
-                // configured delay, by the waiters' timer (issue 17).
-                let failed = hive.filter(|_| post.Status != STATUS_SUCCESS);
-                if let Some(due) = failed
-                    .and_then(|id| tracker.watch_held_after(id, outcome, clock::interrupt_time()))
-                {
-                    waiters::held_after_due(due);
-                }
-                if post.Status == STATUS_SUCCESS {
-                    tracker.hive_unloaded(mount);
-                    waiters::hive_may_be_free();
-                } else if post.Status == STATUS_PENDING {
-                    // NtUnloadKeyEx with an event on a held hive: Windows unloads it later,
-                    // when its last key object goes, with no further notification
-                    // (REG_UNLOAD_KEY_INFORMATION `UserEvent`; the emulator's
-                    // td-deferred-unload). The tracker marks it pending, which may end its
-                    // record at once (nothing tracked left in it): waits on it look again
-                    // (found in review).
-                    tracker.hive_unload_pending(mount);
-                    waiters::hive_may_be_free();
-                }
-                // Every attempt is an event of the stream (issue 17): wake its readers.
-                waiters::events_may_be_ready();
-            });
+            post_unload(tracker, post);
         }
         _ => {}
+    }
+}
+
+/// `RegNtPostUnLoadKey`: the attempt recorded under the mount its pre stored, with the
+/// unload's own key object (see `RegNtPreUnLoadKey`). A post without its pre's mark comes
+/// from an unload whose pre went by before this callback registered (where posts go to every
+/// callback registered at post time, as in the Windows Research Kernel's `cmhook.c`
+/// `CmpCallCallBacks` for the classes it has; the kernel emulator's `unload-during-start`):
+/// the hive may be in the hive list the driver read at start, so dropping the post would
+/// leave a hive listed as loaded after it is gone. The unload's object is named instead: its
+/// `PreInformation` is valid during the post (docs, `REG_POST_OPERATION_INFORMATION`) and
+/// the unload holds that object until after the post (WRK `ntapi.c` `NtUnloadKey2`
+/// dereferences it after `CmUnloadKey` returns); one that cannot be named is counted as an
+/// unrecorded unload. Its own open went by before the callback too: nothing to leave out.
+fn post_unload(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
+    #[allow(clippy::cast_sign_loss, reason = "an NTSTATUS is reported as its bits")]
+    let outcome = post.Status as u32;
+    let record = |mount: &[u16], (token, object): (u64, u64)| {
+        let own = (token != 0).then_some((Token(token), object, current_thread()));
+        let hive = tracker.unload_attempted_with(mount, outcome, clock::now(), own);
+        // A failed (or deferred) unload: the hive is looked at again after the
+        // configured delay, by the waiters' timer (issue 17).
+        let failed = hive.filter(|_| post.Status != STATUS_SUCCESS);
+        if let Some(due) =
+            failed.and_then(|id| tracker.watch_held_after(id, outcome, clock::interrupt_time()))
+        {
+            waiters::held_after_due(due);
+        }
+        if post.Status == STATUS_SUCCESS {
+            tracker.hive_unloaded(mount);
+            waiters::hive_may_be_free();
+        } else if post.Status == STATUS_PENDING {
+            // NtUnloadKeyEx with an event on a held hive: Windows unloads it later,
+            // when its last key object goes, with no further notification
+            // (REG_UNLOAD_KEY_INFORMATION `UserEvent`; the emulator's
+            // td-deferred-unload). The tracker marks it pending, which may end its
+            // record at once (nothing tracked left in it): waits on it look again
+            // (found in review).
+            tracker.hive_unload_pending(mount);
+            waiters::hive_may_be_free();
+        }
+        // Every attempt is an event of the stream (issue 17): wake its readers.
+        waiters::events_may_be_ready();
+    };
+    if UNLOAD_SLOTS.take(current_thread(), record) || post.CallContext == unload_mark() {
+        // Recorded, or already counted as missed by its pre.
+        return;
+    }
+    let named = (!post.PreInformation.is_null())
+        .then(|| {
+            // SAFETY: its PreInformation is the REG_UNLOAD_KEY_INFORMATION of the pre call.
+            let info = unsafe { &*post.PreInformation.cast::<REG_UNLOAD_KEY_INFORMATION>() };
+            (!info.Object.is_null())
+                .then(|| with_key_name(info.Object, |mount| record(mount, (0, 0))))
+                .flatten()
+        })
+        .flatten();
+    if named.is_none() {
+        tracker.unload_unnamed();
+        waiters::events_may_be_ready();
     }
 }
 
 /// The `CallContext` a counted rename's pre leaves for its post: the address of a static,
 /// never a pointer to anything the post reads.
 fn rename_mark() -> *mut c_void {
+    static MARK: u8 = 0;
+    core::ptr::from_ref(&MARK).cast_mut().cast()
+}
+
+/// The `CallContext` an unload's pre leaves for its post, as [`rename_mark`] (another static).
+fn unload_mark() -> *mut c_void {
     static MARK: u8 = 0;
     core::ptr::from_ref(&MARK).cast_mut().cast()
 }
@@ -772,14 +814,15 @@ impl UnloadSlots {
         true
     }
 
-    /// Runs `f` on the name and own object stored for `thread`, and frees the slot.
-    fn take(&self, thread: u64, f: impl FnOnce(&[u16], (u64, u64))) {
+    /// Runs `f` on the name and own object stored for `thread`, and frees the slot; false
+    /// when `thread` has none.
+    fn take(&self, thread: u64, f: impl FnOnce(&[u16], (u64, u64))) -> bool {
         let Some(slot) = self
             .slots
             .iter()
             .find(|s| s.thread.load(Ordering::Acquire) == thread)
         else {
-            return;
+            return false;
         };
         // SAFETY: this thread owns the slot.
         let n = unsafe { *slot.len.get() };
@@ -789,5 +832,6 @@ impl UnloadSlots {
         let own = unsafe { *slot.own.get() };
         f(&name[..n.min(MAX_QUERY_PATH)], own);
         slot.thread.store(0, Ordering::Release);
+        true
     }
 }

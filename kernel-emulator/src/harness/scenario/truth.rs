@@ -83,6 +83,11 @@ pub fn scenarios() -> Vec<Scenario> {
             load_during_start,
         ),
         Scenario::hivetrack(
+            "unload-during-start",
+            "a hive unload whose pre-notification went by before the driver registered, and whose post reaches it after the driver read the hive list (which still listed the hive): the driver names the unload's object in the post and no longer lists the hive as loaded",
+            unload_during_start,
+        ),
+        Scenario::hivetrack(
             "nameless-open",
             "CmCallbackGetKeyObjectIDEx fails for an open: not filed under an empty-mount hive, counted against the hive its path names",
             nameless_open,
@@ -397,6 +402,62 @@ fn load_during_start(ctx: &mut Ctx) {
     for pid in [loader, early] {
         process::exit_process(pid);
     }
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// The unload's twin of [`load_during_start`]: the driver registers, and reads the hive list
+/// (which lists the hive: it is not unlinked yet), between an unload's pre and its post
+/// (`hive::unload_hive_interrupted`), and gets the post without the pre (the model's
+/// `registry::set_late_posts`). Dropping that post left the hive listed as loaded after it
+/// was gone: a ghost every report of it would go on asking about (review 17c).
+fn unload_during_start(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    crate::nt::cm::registry::set_late_posts(true);
+    let mount = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1008";
+    let s = hive::load_hive(
+        super::tracking::SYSTEM_PID,
+        mount,
+        r"\??\C:\Users\gone\NTUSER.DAT",
+    );
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("{mount} loads before the driver: {}", status::describe(s)),
+    );
+    let mut started = None;
+    let mut listed_at_start = false;
+    let s = hive::unload_hive_interrupted(super::tracking::SYSTEM_PID, mount, || {
+        let (d, h) = load(ctx);
+        if let Some(h) = h {
+            listed_at_start = mounts(ctx, h).iter().any(|m| m.eq_ignore_ascii_case(mount));
+        }
+        started = Some((d, h));
+    });
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("{mount} unloads: {}", status::describe(s)),
+    );
+    let Some((mut d, Some(h))) = started else {
+        ctx.check(false, "the driver started during the unload");
+        return;
+    };
+    ctx.check(
+        listed_at_start,
+        "the driver's start-up read of the hive list found the hive (not yet unlinked)",
+    );
+    let all = mounts(ctx, h);
+    ctx.check(
+        all.iter().all(|m| !m.eq_ignore_ascii_case(mount)),
+        format!("after the unload's post the hive is no longer listed: {all:?}"),
+    );
+    let st = stats(ctx, h);
+    ctx.check(
+        st.unload_attempts_seen == 1 && st.hive_unloads_seen == 1,
+        format!(
+            "the unload is recorded as an attempt that unloaded the hive ({} attempts, {} unloads)",
+            st.unload_attempts_seen, st.hive_unloads_seen
+        ),
+    );
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
 }
