@@ -148,7 +148,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::test_driver(
             "td-load-object-readings",
-            "REG_LOAD_KEY_INFORMATION.Object played both ways (hive::LoadObject): the root directory's key object, or Learn's literal 'root key of the hive about to be loaded' (NULL in the pre, the new root's object in the post, released after it)",
+            "REG_LOAD_KEY_INFORMATION.Object played each way (hive::LoadObject): the root directory's key object; Learn's literal 'root key of the hive about to be loaded' (NULL in the pre, in the post an object of the new root the kernel opened for it, released after it); NULL throughout",
             td_load_object_readings,
         ),
         Scenario::test_driver(
@@ -189,7 +189,7 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-/// Both readings of the load's `Object` the model can play ([`hive::LoadObject`]), as a
+/// The readings of the load's `Object` the model can play ([`hive::LoadObject`]), as a
 /// driver sees them: the pre's `Object`, the post's `PreInformation->Object` and its name.
 #[allow(clippy::many_single_char_names)] // s, p, r, l, u: session, process, results, log
 fn td_load_object_readings(ctx: &mut Ctx) {
@@ -200,7 +200,11 @@ fn td_load_object_readings(ctx: &mut Ctx) {
     let hku = hku.unwrap_or(0);
     let hku_object = kernel::with(|k| k.hives.handles.get(&(p, hku)).copied()).unwrap_or(0);
     let mount = format!(r"{HKU}\{SID}");
-    for reading in [hive::LoadObject::RootDirectory, hive::LoadObject::HiveRoot] {
+    for reading in [
+        hive::LoadObject::RootDirectory,
+        hive::LoadObject::HiveRoot,
+        hive::LoadObject::Null,
+    ] {
         hive::set_load_object(reading);
         log_start(&s);
         let r = hive::load_key(p, hku, SID, r"\??\C:\Users\kemu\NTUSER.DAT");
@@ -245,6 +249,21 @@ fn td_load_object_readings(ctx: &mut Ctx) {
                 ctx.check(
                     gone,
                     "hive root: the load released that object after its post",
+                );
+                // The kernel's open of the root for it, notified like the unload's own.
+                let opens = l
+                    .iter()
+                    .filter(|e| e.class == PRE_OPEN_KEY_EX && e.name == hash(&mount))
+                    .count();
+                ctx.check(
+                    opens == 1,
+                    format!("hive root: the kernel's open of the new root is notified ({opens})"),
+                );
+            }
+            hive::LoadObject::Null => {
+                ctx.check(
+                    pre.object == 0 && post.object == 0 && post.object_name == 0,
+                    format!("null: no object in the pre or the post ({pre:x?}, {post:x?})"),
                 );
             }
         }

@@ -253,11 +253,11 @@ pub struct HiveState {
     load_object: LoadObject,
 }
 
-/// The two readings of REG_LOAD_KEY_INFORMATION's `Object` for a load relative to a root
-/// directory (`RegLoadKey(HKEY_USERS, "S-1-5-21-…", file)`). No source settles which one
-/// Windows follows (no Windows Research Kernel or ReactOS code sends this notification;
-/// fidelity audit 16b, F5), so the model plays either, per scenario, and the driver must
-/// record the right mount under both.
+/// Readings of REG_LOAD_KEY_INFORMATION's `Object` for a load relative to a root directory
+/// (`RegLoadKey(HKEY_USERS, "S-1-5-21-…", file)`). No source settles which one Windows
+/// follows (no Windows Research Kernel or ReactOS code sends this notification; fidelity
+/// audit 16b, F5), so the model plays each, per scenario, and the driver must record a true
+/// mount under all of them. An absolute load carries `Object` NULL under every reading.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum LoadObject {
     /// `Object` is the root directory's key object (the `HKEY_USERS` key) and `KeyName` is
@@ -268,10 +268,17 @@ pub enum LoadObject {
     /// key of the hive that is about to be loaded"
     /// (<https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_load_key_information>).
     /// That key does not exist before the load, so the pre carries `Object` NULL, and the
-    /// post's `PreInformation` carries a key object of the new hive's root, held by the
-    /// operation through the post and released after it (an *inference*: the closest thing
-    /// to the wording that can exist). `KeyName` stays as the caller gave it.
+    /// post's `PreInformation` carries a key object of the new hive's root. The kernel gets
+    /// it as the unload gets its own object of a hive's root (Windows Research Kernel
+    /// `ntapi.c` NtUnloadKey2: a private kernel handle "just to take a reference on the
+    /// object"): an open of the root on the caller's thread, notified like any create, the
+    /// handle closed at once and the reference dropped after the post. All of it is an
+    /// *inference*, the closest thing to the wording that can exist; the post's own `Object`
+    /// (REG_POST_OPERATION_INFORMATION) stays NULL, a choice. `KeyName` stays as given.
     HiveRoot,
+    /// `Object` NULL in the pre and in the post, `KeyName` relative: a reading that leaves a
+    /// driver no way to place the hive (an *inference*, for the driver's sake).
+    Null,
 }
 
 /// Which reading of REG_LOAD_KEY_INFORMATION `Object` the loads of this run follow
@@ -867,38 +874,30 @@ fn open_app_root(pid: u32, mount: &str) -> Result<u64, NtStatus> {
     })
 }
 
-/// A key object of existing key `path`, referenced once as an operation's own (no handle,
-/// no open notification), as the kernel's internal references are: released with
-/// [`operation_done`] and a dereference. `None` if the key does not exist.
-fn operation_object(path: &str) -> Option<usize> {
-    let key = canon(path);
-    kernel::with(|k| {
-        let h = &mut k.hives;
-        let hive = h.hive_of(&key)?;
-        if !h.keys.contains(&key) {
-            return None;
-        }
-        let key_id = h.key_id(&key);
-        let name = h.stored_name(&key, path);
-        let object = alloc_object_page();
-        h.add_object(
-            object,
-            KeyObject {
-                name,
-                hive,
-                handles: 0,
-                destroyed: false,
-                contexts: BTreeMap::new(),
-                key_id,
-                opener: io::current_pid(),
-                announced: false,
-                deleted: false,
-            },
-        );
+/// The reading of this run ([`set_load_object`]) and the pre-load's `Object` under it: only
+/// the root directory reading has a key object before the load.
+fn pre_load_object(root_directory: usize) -> (LoadObject, usize) {
+    let reading = kernel::with(|k| k.hives.load_object);
+    let object = match reading {
+        LoadObject::RootDirectory => root_directory,
+        LoadObject::HiveRoot | LoadObject::Null => 0,
+    };
+    (reading, object)
+}
+
+/// [`LoadObject::HiveRoot`]'s object: the new hive's root opened with a kernel handle on
+/// `pid`'s thread (notified), referenced, the handle closed (as `unload` gets its own
+/// object); the caller drops the reference after the post. `None` if the open fails (a filter
+/// may veto it): the post then carries no object.
+fn hive_root_object(pid: u32, mount: &str) -> Option<usize> {
+    let handle = open(pid, None, mount, KEY_WRITE, false, true, None).ok()?;
+    let object = kernel::with(|k| {
+        let object = k.hives.handles.get(&(SYSTEM_PID, handle)).copied()?;
         *k.objects.references.entry(object).or_insert(0) += 1;
-        *k.objects.in_operation.entry(object).or_insert(0) += 1;
         Some(object)
-    })
+    });
+    let _ = close_key(pid, handle);
+    object
 }
 
 /// The next application-hive mount point: `\REGISTRY\A\{GUID}` with a GUID that only grows.
@@ -935,9 +934,7 @@ fn load(
         }
         None => (0, key_name.to_string()),
     };
-    // Learn's literal reading ([`LoadObject::HiveRoot`]): no key object before the load.
-    let hive_root_reading = kernel::with(|k| k.hives.load_object == LoadObject::HiveRoot);
-    let object = if hive_root_reading { 0 } else { object };
+    let (reading, object) = pre_load_object(object);
     let key_name = OwnedUnicode::new(if root.is_some() { key_name } else { &mount });
     let source = OwnedUnicode::new(file);
     let mut root_handle = 0u64;
@@ -1008,15 +1005,15 @@ fn load(
         }
         // Learn's literal reading: the post's pre information points at a key object of the
         // new hive's root, which the operation holds through the post.
-        let hive_root = (hive_root_reading && status == STATUS_SUCCESS && !app)
-            .then(|| operation_object(&mount))
-            .flatten();
+        let hive_root =
+            (reading == LoadObject::HiveRoot && root.is_some() && status == STATUS_SUCCESS)
+                .then(|| hive_root_object(pid, &mount))
+                .flatten();
         if let Some(o) = hive_root {
             info.object = o as *mut c_void;
         }
         let returned = registry::notify_post(class::POST_LOAD_KEY, 0, status, at, &pre);
         if let Some(o) = hive_root {
-            operation_done(o);
             crate::nt::ob::object::dereference(o);
         }
         if returned != STATUS_SUCCESS && status == STATUS_SUCCESS && app {
