@@ -436,11 +436,14 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
                     tracker.unload_unnamed();
                     waiters::events_may_be_ready();
                 }
-                Some(false) => {
+                // Every slot taken, or this thread's slot held another unload not yet
+                // recorded (one nested in it, from a callback's own unload, or one whose post
+                // never came): that one is now missed.
+                Some(Stored::Full | Stored::Replaced) => {
                     tracker.unload_not_recorded();
                     waiters::events_may_be_ready();
                 }
-                Some(true) => {}
+                Some(Stored::Fresh) => {}
             }
         }
         RegNtPostUnLoadKey => {
@@ -493,8 +496,10 @@ fn post_unload(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
         // Every attempt is an event of the stream (issue 17): wake its readers.
         waiters::events_may_be_ready();
     };
-    if UNLOAD_SLOTS.take(current_thread(), record) || post.CallContext == unload_mark() {
-        // Recorded, or already counted as missed by its pre.
+    if post.CallContext == unload_mark() {
+        // Its pre stored the mount (or counted the unload as missed): only this post takes
+        // the thread's slot, so a post without the mark never takes another unload's.
+        UNLOAD_SLOTS.take(current_thread(), record);
         return;
     }
     let named = (!post.PreInformation.is_null())
@@ -761,6 +766,17 @@ struct UnloadSlots {
 
 const UNLOAD_SLOTS_N: usize = 4;
 
+/// What [`UnloadSlots::put`] did.
+#[derive(Clone, Copy)]
+enum Stored {
+    /// In a free slot.
+    Fresh,
+    /// In the slot of an entry the same thread left, which is lost.
+    Replaced,
+    /// Nowhere: every slot is taken.
+    Full,
+}
+
 struct UnloadSlot {
     /// Thread id owning the slot, 0 = free.
     thread: AtomicU64,
@@ -786,14 +802,16 @@ static UNLOAD_SLOTS: UnloadSlots = UnloadSlots {
 };
 
 impl UnloadSlots {
-    /// Stores `name` and `own` for `thread` (a stale entry of the same thread is replaced);
-    /// false when every slot is taken.
-    fn put(&self, thread: u64, name: &[u16], own: (u64, u64)) -> bool {
+    /// Stores `name` and `own` for `thread`: in a free slot, or in place of an entry the same
+    /// thread left ([`Stored::Replaced`]: that unload is not recorded).
+    fn put(&self, thread: u64, name: &[u16], own: (u64, u64)) -> Stored {
+        let mut stored = Stored::Replaced;
         let slot = self
             .slots
             .iter()
             .find(|s| s.thread.load(Ordering::Acquire) == thread)
             .or_else(|| {
+                stored = Stored::Fresh;
                 self.slots.iter().find(|s| {
                     s.thread
                         .compare_exchange(0, thread, Ordering::AcqRel, Ordering::Acquire)
@@ -801,7 +819,7 @@ impl UnloadSlots {
                 })
             });
         let Some(slot) = slot else {
-            return false; // four unloads in flight at once: this one goes unrecorded
+            return Stored::Full; // four unloads in flight at once: this one goes unrecorded
         };
         let n = name.len().min(MAX_QUERY_PATH);
         // SAFETY: this thread owns the slot (see the Sync impl).
@@ -811,18 +829,17 @@ impl UnloadSlots {
         unsafe { *slot.len.get() = n };
         // SAFETY: as above.
         unsafe { *slot.own.get() = own };
-        true
+        stored
     }
 
-    /// Runs `f` on the name and own object stored for `thread`, and frees the slot; false
-    /// when `thread` has none.
-    fn take(&self, thread: u64, f: impl FnOnce(&[u16], (u64, u64))) -> bool {
+    /// Runs `f` on the name and own object stored for `thread`, and frees the slot.
+    fn take(&self, thread: u64, f: impl FnOnce(&[u16], (u64, u64))) {
         let Some(slot) = self
             .slots
             .iter()
             .find(|s| s.thread.load(Ordering::Acquire) == thread)
         else {
-            return false;
+            return;
         };
         // SAFETY: this thread owns the slot.
         let n = unsafe { *slot.len.get() };
@@ -832,6 +849,5 @@ impl UnloadSlots {
         let own = unsafe { *slot.own.get() };
         f(&name[..n.min(MAX_QUERY_PATH)], own);
         slot.thread.store(0, Ordering::Release);
-        true
     }
 }

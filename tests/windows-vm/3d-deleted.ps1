@@ -31,10 +31,14 @@ Write-Result 'test hive loaded' $loaded 'HKU\HivetrackKitDel'
 # full mount, loaded (not the name twice, not the bare name).
 $hv = Invoke-Hivetrack @('hives', '--json')
 $hv.Text | Set-Content (Join-Path $Results 'hives-after-load.json')
-$mounts = @(($hv.Text | ConvertFrom-Json).hives | Where-Object path -like '*HivetrackKitDel*')
-Write-Result 'the driver lists the relative load at its full mount, loaded' `
-    ($mounts.Count -eq 1 -and $mounts[0].path -eq '\REGISTRY\USER\HivetrackKitDel' -and $mounts[0].state -eq 'loaded') `
-    ($mounts | ConvertTo-Json -Compress)
+if ($hv.Code -ne 0) {
+    Write-Result 'the driver lists the relative load at its full mount, loaded' $false $hv.Text
+} else {
+    $mounts = @(($hv.Text | ConvertFrom-Json).hives | Where-Object path -like '*HivetrackKitDel*')
+    Write-Result 'the driver lists the relative load at its full mount, loaded' `
+        ($mounts.Count -eq 1 -and $mounts[0].path -eq '\REGISTRY\USER\HivetrackKitDel' -and $mounts[0].state -eq 'loaded') `
+        ($mounts | ConvertTo-Json -Compress)
+}
 
 # The helper keeps Gone open (read access only: the delete below uses a handle of its own).
 $helper = Start-Process powershell.exe -PassThru -WindowStyle Hidden -ArgumentList @(
@@ -91,9 +95,14 @@ Start-Sleep -Seconds 2
 reg unload 'HKU\HivetrackKitDel' | Out-Null
 Write-Result 'reg unload succeeds once the helper exits' ($LASTEXITCODE -eq 0) "exit $LASTEXITCODE"
 # The unload matched the mount recorded at the load: the hive is no longer listed as loaded.
-$gone = @((Invoke-Hivetrack @('hives', '--json')).Text | ConvertFrom-Json).hives |
-    Where-Object { $_.path -like '*HivetrackKitDel*' -and $_.state -eq 'loaded' }
-Write-Result 'and the driver no longer lists it as loaded' (@($gone).Count -eq 0) ($gone | ConvertTo-Json -Compress)
+$after = Invoke-Hivetrack @('hives', '--json')
+if ($after.Code -ne 0) {
+    Write-Result 'and the driver no longer lists it as loaded' $false $after.Text
+} else {
+    $gone = @(($after.Text | ConvertFrom-Json).hives |
+        Where-Object { $_.path -like '*HivetrackKitDel*' -and $_.state -eq 'loaded' })
+    Write-Result 'and the driver no longer lists it as loaded' ($gone.Count -eq 0) ($gone | ConvertTo-Json -Compress)
+}
 
 Write-Host ''
 Write-Host "Results in $Results ($script:Failures failure(s))."

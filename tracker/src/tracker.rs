@@ -1003,8 +1003,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Some(r)
     }
 
-    /// The kernel would not give a key's name for an unload attempt, which then cannot be
-    /// recorded. Counted as `names_unavailable`.
+    /// The kernel would not give a key's name for an unload attempt or a load, or a relative
+    /// load came with no object to place it, so it cannot be recorded. Counted as
+    /// `names_unavailable`.
     pub fn name_unavailable(&self) {
         bump(&self.counters.names_unavailable);
     }

@@ -73,6 +73,11 @@ pub fn scenarios() -> Vec<Scenario> {
             relative_load_hive_root,
         ),
         Scenario::hivetrack(
+            "relative-load-null-object",
+            "relative-load with no Object in the load's notifications (hive::LoadObject::Null): the driver records no mount it cannot place (the name counted as unavailable), and the profile's keys go to the implicit hive their paths name, with no load time",
+            relative_load_null_object,
+        ),
+        Scenario::hivetrack(
             "long-image-low-memory",
             "a process whose image path is too long for the stack copy starts while pool is short: it is recorded without its image and the loss is counted (images_dropped_no_memory)",
             long_image_low_memory,
@@ -452,6 +457,10 @@ fn unload_during_start(ctx: &mut Ctx) {
     );
     let st = stats(ctx, h);
     ctx.check(
+        st.names_unavailable == 0,
+        format!("no name counted as unavailable ({})", st.names_unavailable),
+    );
+    ctx.check(
         st.unload_attempts_seen == 1 && st.hive_unloads_seen == 1,
         format!(
             "the unload is recorded as an attempt that unloaded the hive ({} attempts, {} unloads)",
@@ -782,57 +791,142 @@ fn relative_load_hive_root(ctx: &mut Ctx) {
     relative_load_read_as(ctx, hive::LoadObject::HiveRoot);
 }
 
+/// [`relative_load`] with no `Object` at all (`hive::LoadObject::Null`): the driver cannot
+/// place the hive, so it records no mount (the name counted as unavailable) rather than the
+/// bare relative name, and the profile's keys are filed under the implicit hive their paths
+/// name, which no report calls complete.
+fn relative_load_null_object(ctx: &mut Ctx) {
+    relative_load_read_as(ctx, hive::LoadObject::Null);
+}
+
+/// `RegLoadKey(HKU, sid)` and `RegLoadKey(HKU, "USER")` by System.
+fn load_relative(ctx: &mut Ctx, sid: &str) {
+    let system = super::tracking::SYSTEM_PID;
+    let hku = hive::open_key(system, r"\REGISTRY\USER", KEY_READ, false);
+    ctx.check(hku.is_ok(), format!("open HKU: {hku:?}"));
+    if let Ok(hku) = hku {
+        for (name, file) in [
+            (sid, r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT"),
+            ("USER", r"\Device\HarddiskVolume2\Users\twin\NTUSER.DAT"),
+        ] {
+            let s = hive::load_key(system, hku, name, file);
+            ctx.check(
+                s == STATUS_SUCCESS,
+                format!("RegLoadKey(HKU, {name}): {}", status::describe(s)),
+            );
+        }
+        let _ = hive::close_key(system, hku);
+    }
+}
+
+/// A mount [`relative_load_read_as`]'s loads must not leave: the bare relative name, or the
+/// relative name joined twice.
+fn bogus_mount(mount: &str, sid: &str) -> bool {
+    let (m, sid) = (mount.to_ascii_uppercase(), sid.to_ascii_uppercase());
+    m == sid
+        || m == "USER"
+        || m.ends_with(&format!(r"\{sid}\{sid}"))
+        || m.ends_with(r"\USER\USER\USER")
+}
+
+/// The driver's hives as (mount, load time).
+fn hive_times(ctx: &mut Ctx, h: FileHandle) -> Vec<(String, u64)> {
+    let r = ctx.ioctl_checked(
+        h,
+        query_ioctl(QueryKind::Hives),
+        &query(QueryKind::Hives, ""),
+        64 * 1024,
+    );
+    wire::decode::<Page<'_, Hives>>(&r.output[..r.information])
+        .map(|p| {
+            p.records()
+                .map(|h| (h.mount.to_string(), h.loaded_time))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[allow(clippy::many_single_char_names)] // d, h, s, a: driver, device, status, process
 fn relative_load_read_as(ctx: &mut Ctx, reading: hive::LoadObject) {
     hive::set_load_object(reading);
     boot_hives(ctx);
     let (mut d, h) = load(ctx);
     let Some(h) = h else { return };
+    let placed = reading != hive::LoadObject::Null;
     let system = super::tracking::SYSTEM_PID;
     let sid = &USER[r"\REGISTRY\USER\".len()..];
-    let hku = hive::open_key(system, r"\REGISTRY\USER", KEY_READ, false);
-    ctx.check(hku.is_ok(), format!("open HKU: {hku:?}"));
-    if let Ok(hku) = hku {
-        let s = hive::load_key(
-            system,
-            hku,
-            sid,
-            r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT",
-        );
-        ctx.check(
-            s == STATUS_SUCCESS,
-            format!("RegLoadKey(HKU, {sid}): {}", status::describe(s)),
-        );
-        let _ = hive::close_key(system, hku);
-    }
-    let all = mounts(ctx, h);
+    // A hive named like its root directory's last component (`\REGISTRY\USER` + `USER`):
+    // the object's name then ends with `\KeyName` under the root directory reading too.
+    let twin = r"\REGISTRY\USER\USER";
+    let unavailable = stats(ctx, h).names_unavailable;
+    load_relative(ctx, sid);
+    let all = hive_times(ctx, h);
+    let time_of = |mount: &str| {
+        all.iter()
+            .find(|(m, _)| m.eq_ignore_ascii_case(mount))
+            .map(|&(_, t)| t)
+    };
     ctx.check(
-        all.iter().any(|m| m.eq_ignore_ascii_case(USER))
-            && all.iter().all(|m| !m.eq_ignore_ascii_case(sid)),
-        format!("the driver records the mount {USER}, no bare-SID mount: {all:?}"),
+        !all.iter().any(|(m, _)| bogus_mount(m, sid)),
+        format!("no bogus mount: {all:?}"),
     );
+    if placed {
+        for mount in [USER, twin] {
+            let t = time_of(mount);
+            ctx.check(
+                t.is_some_and(|t| t != 0),
+                format!(
+                    "the driver records {mount}, loaded while it tracked (a load time that vouches for it): {t:?}"
+                ),
+            );
+        }
+    } else {
+        ctx.check(
+            time_of(USER).is_none() && time_of(twin).is_none(),
+            format!("no mount recorded for a load it cannot place: {all:?}"),
+        );
+        let now = stats(ctx, h).names_unavailable;
+        ctx.check(
+            now == unavailable + 2,
+            format!("the two loads are counted as names it could not get ({unavailable} -> {now})"),
+        );
+    }
     let a = spawn(ctx, APP1);
     let key = format!(r"{USER}\Software\Relative");
     let kept = open_kept(ctx, a, &key);
     let v = view(ctx, h, USER);
     ctx.check(
         v.open_keys == 1 && v.holders == 1,
-        format!("an open in the profile is filed under its loaded hive: {v:?}"),
+        format!("an open in the profile is filed under its hive: {v:?}"),
     );
+    if !placed {
+        let t = hive_times(ctx, h)
+            .into_iter()
+            .find(|(m, _)| m.eq_ignore_ascii_case(USER))
+            .map(|(_, t)| t);
+        ctx.check(
+            t == Some(0),
+            format!("that hive, known only from its keys' paths, has no load time: {t:?}"),
+        );
+    }
     if let Some(k) = kept {
         let _ = hive::close_key(a, k);
     }
     process::exit_process(a);
-    let s = hive::unload_hive(system, USER);
-    ctx.check(
-        s == STATUS_SUCCESS,
-        format!("the profile unloads: {}", status::describe(s)),
-    );
+    for mount in [USER, twin] {
+        let s = hive::unload_hive(system, mount);
+        ctx.check(
+            s == STATUS_SUCCESS,
+            format!("{mount} unloads: {}", status::describe(s)),
+        );
+    }
     let all = mounts(ctx, h);
     ctx.check(
-        all.iter()
-            .all(|m| !m.to_ascii_uppercase().contains(&sid.to_ascii_uppercase())),
-        format!("its unload is matched: no mount of {sid} is left: {all:?}"),
+        all.iter().all(|m| {
+            let m = m.to_ascii_uppercase();
+            !m.contains(&sid.to_ascii_uppercase()) && !m.ends_with(r"\USER\USER")
+        }),
+        format!("their unloads are matched: no mount of either is left: {all:?}"),
     );
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
