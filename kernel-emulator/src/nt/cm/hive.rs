@@ -2404,6 +2404,34 @@ mod tests {
     /// `CmCallbackGetKeyObjectIDEx` and to `NtQueryKey`), ids stay; a taken name and a hive
     /// root are refused.
     #[test]
+    fn ensure_key_follows_a_link_and_keeps_the_spelling() {
+        let mount = r"\REGISTRY\MACHINE\UNITENSURE";
+        assert_eq!(load_hive(4, mount, "unitensure"), STATUS_SUCCESS);
+        let set = open_key(4005, &format!(r"{mount}\Set001"), 0x2_0019, true).unwrap();
+        let _ = close_key(4005, set);
+        create_link(&format!(r"{mount}\CurrentSet"), &format!(r"{mount}\Set001"));
+        assert!(ensure_key(&format!(r"{mount}\CurrentSet\Control\hivelist")));
+        let h = open_key(
+            4005,
+            &format!(r"{mount}\SET001\CONTROL\HIVELIST"),
+            0x2_0019,
+            false,
+        )
+        .unwrap();
+        // The keys it made are spelled as given, below the link's target.
+        assert_eq!(
+            query_key_name(4005, h),
+            Ok(format!(r"{mount}\Set001\Control\hivelist"))
+        );
+        let _ = close_key(4005, h);
+        assert!(!ensure_key(r"\REGISTRY\MACHINE\UNITNOHIVE\Key"));
+        assert!(kernel::with(|k| !k
+            .hives
+            .keys
+            .contains(r"\REGISTRY\MACHINE\UNITNOHIVE\KEY")));
+    }
+
+    #[test]
     fn a_rename_moves_the_subtree_and_keeps_its_ids() {
         let mount = r"\REGISTRY\MACHINE\UNITRENAME";
         assert_eq!(load_hive(4, mount, "unitrename"), STATUS_SUCCESS);
