@@ -260,20 +260,8 @@ fn failing<R>(routine: Option<&'static str>, f: impl FnOnce() -> R) -> R {
 /// nothing once it is closed. Before 2026-12-05 the model delivered nothing for it (fidelity
 /// audit 16b, F4).
 fn own_hivelist_open(ctx: &mut Ctx) {
+    // The boot makes CurrentControlSet the link to ControlSet001 the driver's open goes through.
     boot_hives(ctx);
-    // CurrentControlSet is a link to ControlSet001 (ReactOS cmsysini.c CmpCreateControlSet).
-    for key in [
-        format!(r"{SYSTEM}\ControlSet001"),
-        format!(r"{SYSTEM}\ControlSet001\Control"),
-    ] {
-        if let Ok(h) = hive::open_key(SYSTEM_PID, &key, KEY_READ, true) {
-            let _ = hive::close_key(SYSTEM_PID, h);
-        }
-    }
-    hive::create_link(
-        &format!(r"{SYSTEM}\CurrentControlSet"),
-        &format!(r"{SYSTEM}\ControlSet001"),
-    );
     let objects = hive::key_objects();
     let mut d = load_driver(ctx);
     let announced = kernel::with(|k| k.zwreg.announced_opens);
