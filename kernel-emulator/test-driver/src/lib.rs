@@ -99,6 +99,7 @@ const IOCTL_EX_SPIN_LOCK: u32 = ioctl(0x850); // EX_SPIN_LOCK operation `argumen
 const IOCTL_PROCESS_REMOVE_INSIDE: u32 = ioctl(0x851); // bug: next process notify removes itself
 const IOCTL_IMAGE_REMOVE_INSIDE: u32 = ioctl(0x852); // bug: next image notify removes itself
 const IOCTL_POOL_CHECK: u32 = ioctl(0x853); // pool/lookaside request `argument` (pool_checks.rs)
+const IOCTL_ZW_OPEN: u32 = ioctl(0x854); // own ZwOpenKey of the hive list, then ZwClose
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -124,6 +125,55 @@ macro_rules! wide {
 
 // After `wide!`, which it uses (a macro_rules macro is visible only below its definition).
 mod exlock;
+
+/// IOCTL_ZW_OPEN: the driver's own `ZwOpenKey` of
+/// `\Registry\Machine\System\CurrentControlSet\Control\hivelist` (KEY_READ,
+/// OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE when `argument` is 0, OBJ_CASE_INSENSITIVE alone
+/// otherwise), as hivetrack's `seed_hives` makes it, on the requesting thread at
+/// PASSIVE_LEVEL, then `ZwEnumerateValueKey` of value 0 and `ZwClose`. Answers [open status,
+/// handle, enumerate status, close status] (statuses as their 32 bits).
+fn zw_open_hivelist(argument: u64) -> [u64; 4] {
+    use wdk_sys::{
+        _KEY_VALUE_INFORMATION_CLASS::KeyValueFullInformation,
+        HANDLE, KEY_READ, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, OBJECT_ATTRIBUTES,
+        ntddk::{ZwClose, ZwEnumerateValueKey, ZwOpenKey},
+    };
+    #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+    let bits = |s: NTSTATUS| u64::from(s as u32);
+    let mut name = unicode(wide!(
+        "\\Registry\\Machine\\System\\CurrentControlSet\\Control\\hivelist"
+    ));
+    let mut attributes = OBJECT_ATTRIBUTES {
+        Length: u32::try_from(size_of::<OBJECT_ATTRIBUTES>()).unwrap_or(0),
+        RootDirectory: null_mut(),
+        ObjectName: &raw mut name,
+        Attributes: OBJ_CASE_INSENSITIVE | if argument == 0 { OBJ_KERNEL_HANDLE } else { 0 },
+        SecurityDescriptor: null_mut(),
+        SecurityQualityOfService: null_mut(),
+    };
+    let mut handle: HANDLE = null_mut();
+    // SAFETY: PASSIVE_LEVEL (a dispatch routine), valid attributes and out pointer.
+    let opened = unsafe { ZwOpenKey(&raw mut handle, KEY_READ, &raw mut attributes) };
+    if opened != STATUS_SUCCESS {
+        return [bits(opened), 0, 0, 0];
+    }
+    let mut buf = [0u64; 64];
+    let mut returned = 0u32;
+    // SAFETY: a key handle from ZwOpenKey; the buffer is 512 writable bytes.
+    let enumerated = unsafe {
+        ZwEnumerateValueKey(
+            handle,
+            0,
+            KeyValueFullInformation,
+            buf.as_mut_ptr().cast(),
+            512,
+            &raw mut returned,
+        )
+    };
+    // SAFETY: the handle ZwOpenKey returned, closed once.
+    let closed = unsafe { ZwClose(handle) };
+    [bits(opened), handle as u64, bits(enumerated), bits(closed)]
+}
 
 /// A UNICODE_STRING over a static NUL-terminated UTF-16 literal.
 fn unicode(w: &'static [u16]) -> UNICODE_STRING {
@@ -483,6 +533,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_ATTACH => {
             out = lifecycle::attach(argument);
+            32
+        }
+        IOCTL_ZW_OPEN => {
+            out = zw_open_hivelist(argument);
             32
         }
         IOCTL_START_KEY => {

@@ -24,6 +24,7 @@ const IOCTL_LOG_START: u32 = ioctl(0x830);
 const IOCTL_LOG_READ: u32 = ioctl(0x831);
 const IOCTL_ATTACH: u32 = ioctl(0x832);
 const IOCTL_START_KEY: u32 = ioctl(0x833);
+const IOCTL_ZW_OPEN: u32 = ioctl(0x854);
 const HKU: &str = r"\REGISTRY\USER";
 const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
 /// OBJ_KERNEL_HANDLE.
@@ -160,6 +161,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-deferred-unload",
             "NtUnloadKeyEx with an event: STATUS_PENDING while a key is open, the unload completes on a system worker thread after the last close, the event says so",
             td_deferred_unload,
+        ),
+        Scenario::test_driver(
+            "td-zw-open",
+            "a driver's own ZwOpenKey of the hive list (through the CurrentControlSet link) and ZwClose: its own callback gets the reparse pair, the open on the calling thread with OBJ_KERNEL_HANDLE and KernelMode, and the close; nothing is left",
+            td_zw_open,
         ),
         Scenario::test_driver(
             "td-unload-sequence",
@@ -601,6 +607,126 @@ fn check_unload_log(ctx: &mut Ctx, l: &[Entry], caller: u32, mount: &str, status
             post.extra
         ),
     );
+}
+
+/// A driver's own `ZwOpenKey` + `ZwClose` are registry operations like any other: Learn
+/// REG_CREATE_KEY_INFORMATION_V1 Remarks (passed "every time that a thread tries to create a
+/// key", also "when a kernel-mode driver calls ZwCreateKey"); regfltr `sys/pre.c`
+/// PreNotificationBlockSample (its own `ZwCreateKey` is blocked by its own callback). The test
+/// driver opens the hive list as hivetrack's `seed_hives` does, on the requesting thread, and
+/// logs what its own callback gets (fidelity audit 16b, F4: the old model delivered nothing).
+#[allow(clippy::too_many_lines)] // one linear script of checks
+fn td_zw_open(ctx: &mut Ctx) {
+    const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
+    const STATUS_REPARSE: u64 = 0x104;
+    let Some(s) = start(ctx) else { return };
+    // CurrentControlSet is a link to ControlSet001 (ReactOS cmsysini.c CmpCreateControlSet).
+    for key in [
+        format!(r"{SYSTEM}\ControlSet001"),
+        format!(r"{SYSTEM}\ControlSet001\Control"),
+    ] {
+        if let Ok(h) = hive::open_key(SYSTEM_PID, &key, KEY_READ, true) {
+            let _ = hive::close_key(SYSTEM_PID, h);
+        }
+    }
+    hive::create_link(
+        &format!(r"{SYSTEM}\CurrentControlSet"),
+        &format!(r"{SYSTEM}\ControlSet001"),
+    );
+    let p = new_process(
+        ctx,
+        r"\Device\HarddiskVolume2\Windows\System32\services.exe",
+    );
+    let device = io::open(
+        r"\\.\KemuTest",
+        Caller::Admin,
+        p,
+        GENERIC_READ | GENERIC_WRITE,
+    );
+    ctx.check(device.is_ok(), "the process opens the test driver");
+    let Ok(device) = device else { return };
+    let objects = hive::key_objects();
+    let given = r"\Registry\Machine\System\CurrentControlSet\Control\hivelist";
+    // The key the link leads to, named as stored (the hive list key is spelled `hivelist`).
+    let target = format!(r"{SYSTEM}\ControlSet001\Control\hivelist");
+    for (argument, what) in [(0u64, "OBJ_KERNEL_HANDLE"), (1, "no OBJ_KERNEL_HANDLE")] {
+        log_start(&s);
+        let [opened, handle, enumerated, closed] = four_on(device, IOCTL_ZW_OPEN, argument);
+        ctx.check(
+            opened == 0 && enumerated == 0 && closed == 0,
+            format!(
+                "{what}: ZwOpenKey {opened:#x}, ZwEnumerateValueKey {enumerated:#x}, ZwClose {closed:#x}"
+            ),
+        );
+        let kernel = handle & KERNEL_HANDLE_BIT == KERNEL_HANDLE_BIT;
+        ctx.check(
+            kernel == (argument == 0),
+            format!("{what}: handle {handle:#x} (kernel bit {kernel})"),
+        );
+        let l = log(&s);
+        let classes: Vec<u64> = l.iter().map(|e| e.class).collect();
+        ctx.check(
+            classes
+                == [
+                    PRE_OPEN_KEY_EX,
+                    POST_OPEN_KEY_EX,
+                    PRE_OPEN_KEY_EX,
+                    POST_OPEN_KEY_EX,
+                    PRE_KEY_HANDLE_CLOSE,
+                    CONTEXT_CLEANUP,
+                    POST_KEY_HANDLE_CLOSE,
+                ],
+            format!(
+                "{what}: its own callback gets the open at the link, the open at the target, and the close with its context's cleanup ({classes:?})"
+            ),
+        );
+        let at = |i: usize| l.get(i).copied().unwrap_or_default();
+        let (pre, reparse, pre2, post, close, post_close) =
+            (at(0), at(1), at(2), at(3), at(4), at(6));
+        let attributes = if argument == 0 { OBJ_KERNEL_HANDLE } else { 0 };
+        ctx.check(
+            pre.name == hash(given)
+                && pre.extra & 0xFFFF_FFFF == 0x40 | attributes
+                && pre.extra >> 32 == 0
+                && pre.owner == u64::from(p)
+                && reparse.extra == STATUS_REPARSE
+                && pre2.name == hash(&target),
+            format!(
+                "{what}: the name as given, Attributes {:#x}, CheckAccessMode KernelMode, on the caller's thread; STATUS_REPARSE; then the link's target ({pre:x?} {reparse:x?} {pre2:x?})",
+                0x40 | attributes
+            ),
+        );
+        ctx.check(
+            post.extra == 0
+                && post.object != 0
+                && post.object_name == hash(&target)
+                && post.owner == u64::from(p),
+            format!("{what}: the post-open has the hive list's key object ({post:x?})"),
+        );
+        // A kernel handle's close runs attached to System (ReactOS ObpCloseHandle); a handle
+        // of the caller's table closes in the caller's process.
+        let closing_pid = if argument == 0 { SYSTEM_PID } else { p };
+        ctx.check(
+            close.object == post.object
+                && post_close.object == post.object
+                && close.owner == u64::from(p)
+                && close.current == u64::from(closing_pid),
+            format!(
+                "{what}: ZwClose ends the object on the caller's thread, in process {closing_pid} ({close:x?})"
+            ),
+        );
+        ctx.check(
+            hive::key_objects() == objects,
+            format!(
+                "{what}: no key object is left ({} before, {} after)",
+                objects,
+                hive::key_objects()
+            ),
+        );
+    }
+    io::close(device);
+    process::exit_process(p);
+    finish(ctx, s);
 }
 
 #[allow(clippy::many_single_char_names)] // p, q: processes; s, l, r, h: session, log, result, handle

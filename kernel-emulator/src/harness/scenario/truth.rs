@@ -20,8 +20,8 @@ use protocol::{
 };
 
 use super::tracking::{
-    APP1, APP2, CLASSES, KEY_READ, SOFTWARE, USER, boot_hives, ensure_parents, load_profile, spawn,
-    unload_all,
+    APP1, APP2, CLASSES, Client, KEY_READ, SOFTWARE, SYSTEM, SYSTEM_PID, USER, boot_hives,
+    ensure_parents, load_driver, load_profile, spawn, unload_all,
 };
 use super::{Ctx, Scenario};
 use crate::loader::driver::LoadedDriver;
@@ -37,6 +37,11 @@ use crate::verifier::faults::FaultPolicy;
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
+        Scenario::hivetrack(
+            "own-hivelist-open",
+            "DriverEntry's own ZwOpenKey of the hive list (through the CurrentControlSet link), after the callback is registered: the driver tracks it as System's, does not deadlock, and after its ZwClose holds nothing in the SYSTEM hive",
+            own_hivelist_open,
+        ),
         Scenario::hivetrack(
             "late-start",
             "a key opened before DriverEntry: the driver has no record (no context), its answers say since when it tracks, the kernel's list still has the key with its opener",
@@ -260,6 +265,75 @@ fn failing<R>(routine: Option<&'static str>, f: impl FnOnce() -> R) -> R {
 /// Object contexts exist only for objects the callback attached one to (docs:
 /// `CmSetCallbackObjectContext`; the model: `td-preexisting-handles`): a driver started after
 /// the leak has no record of the leaked key. Its answers must say since when it tracks.
+/// DriverEntry registers the callback, then reads the hive list with its own `ZwOpenKey`
+/// (`driver/src/registry_read.rs` `seed_hives`, OBJ_KERNEL_HANDLE, on DriverEntry's System
+/// thread): on Windows that open is notified to every callback, the driver's own included
+/// (Learn REG_CREATE_KEY_INFORMATION_V1 Remarks; regfltr `sys/pre.c`
+/// PreNotificationBlockSample; `td-zw-open`), and its `ZwClose` ends the key object with its
+/// close and cleanup notifications. The driver must track it as System's without deadlocking
+/// (the open runs inside DriverEntry, before the hive it belongs to is seeded) and hold
+/// nothing once it is closed. Before 2026-12-05 the model delivered nothing for it (fidelity
+/// audit 16b, F4).
+fn own_hivelist_open(ctx: &mut Ctx) {
+    // The boot makes CurrentControlSet the link to ControlSet001 the driver's open goes through.
+    boot_hives(ctx);
+    let objects = hive::key_objects();
+    let mut d = load_driver(ctx);
+    let announced = kernel::with(|k| k.zwreg.announced_opens);
+    ctx.check(
+        announced == 1,
+        format!(
+            "DriverEntry's open of the hive list reached a driver's callback with STATUS_SUCCESS ({announced} such open(s))"
+        ),
+    );
+    let Some(c) = Client::open(ctx) else { return };
+    let st = c.stats(ctx);
+    println!(
+        "  stats: opens seen {}, destroys seen {}; now {} objects, {} holdings, {} processes; {} not recorded",
+        st.opens_seen,
+        st.destroys_seen,
+        st.objects_tracked,
+        st.holdings_tracked,
+        st.processes_tracked,
+        st.not_recorded()
+    );
+    ctx.check(
+        st.opens_seen == 1 && st.destroys_seen == 1,
+        "the driver saw its own open and its object go",
+    );
+    ctx.check(
+        st.objects_tracked == 0 && st.holdings_tracked == 0 && st.processes_tracked == 1,
+        "after the ZwClose it tracks no object and no holding, one process (System)",
+    );
+    ctx.check(
+        st.not_recorded() == 0,
+        format!("nothing lost ({})", st.not_recorded()),
+    );
+    let procs = c.processes(ctx);
+    ctx.check(
+        procs.len() == 1 && procs[0].0 == u64::from(SYSTEM_PID) && procs[0].1 == 0,
+        format!("the open was System's, and System holds nothing after the ZwClose: {procs:?}"),
+    );
+    let holders = c.holders(ctx, SYSTEM);
+    ctx.check(
+        holders.is_empty(),
+        format!("no holder of the SYSTEM hive: {holders:?}"),
+    );
+    let known = c.hives(ctx);
+    ctx.check(
+        [SYSTEM, SOFTWARE]
+            .iter()
+            .all(|m| known.iter().any(|(k, _)| k.eq_ignore_ascii_case(m))),
+        format!("the hive list was read after the open: {known:?}"),
+    );
+    ctx.check(
+        hive::key_objects() == objects,
+        "the driver's start left no key object",
+    );
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
 fn late_start(ctx: &mut Ctx) {
     boot_hives(ctx);
     load_profile(ctx);

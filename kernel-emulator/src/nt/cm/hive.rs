@@ -868,6 +868,7 @@ fn open_app_root(pid: u32, mount: &str) -> Result<u64, NtStatus> {
         force_access_check: false,
         fail: None,
         registry_manager: true,
+        kernel_caller: false,
     };
     open_mode(pid, None, mount, KEY_ALL_ACCESS, false, manager).inspect_err(|_| {
         hive_object_gone(&canon(mount));
@@ -1090,6 +1091,10 @@ pub fn open_key_at(
 
 /// What an open asks for beyond its name: a kernel handle, or a captured failure to replay.
 #[derive(Clone, Copy)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent flags of one open, as OBJECT_ATTRIBUTES and the caller's mode are"
+)]
 struct OpenMode {
     /// OBJ_KERNEL_HANDLE: the handle goes into the System process's table. The model's
     /// kernel-handle opens are `Zw*` calls from kernel mode (previous mode KernelMode); its
@@ -1107,6 +1112,9 @@ struct OpenMode {
     /// The registry manager's own open of an application hive's root inside its load: the
     /// only open of a `\REGISTRY\A\…` key by its absolute name that is not refused.
     registry_manager: bool,
+    /// A driver's `ZwOpenKey` without OBJ_KERNEL_HANDLE: previous mode KernelMode (a `Zw`
+    /// call from kernel mode), the handle in the current process's table ([`zw_open_key`]).
+    kernel_caller: bool,
 }
 
 /// The `\REGISTRY` key object, made at the first call: the object an absolute name is parsed
@@ -1179,6 +1187,7 @@ fn open(
         force_access_check: false,
         fail,
         registry_manager: false,
+        kernel_caller: false,
     };
     open_mode(pid, root, name, desired, create, mode)
 }
@@ -1201,8 +1210,84 @@ pub fn open_kernel_key_forced(
         force_access_check: true,
         fail: None,
         registry_manager: false,
+        kernel_caller: false,
     };
     open_mode(pid, None, path, desired, create, mode)
+}
+
+/// A driver's `ZwOpenKey` on the calling thread (its process, its IRQL): `ZwOpenKey` is
+/// `NtOpenKey` called from kernel mode, which parses the name with `ObOpenObjectByName` and
+/// the key type's parse routine — the same path as any open, registry callbacks included
+/// (Learn REG_CREATE_KEY_INFORMATION_V1, Remarks: the structure is passed "every time that a
+/// thread tries to create a key", also "when a kernel-mode driver calls ZwCreateKey"; the
+/// Windows-driver-samples regfltr `sys/pre.c` PreNotificationBlockSample expects its own
+/// `ZwCreateKey` with OBJ_KERNEL_HANDLE to be failed by its own pre-callback; ReactOS
+/// `ntoskrnl/config/ntapi.c` NtOpenKey -> ObOpenObjectByName; `cmparse.c` CmpParseKey). So
+/// the driver's own callback sees its own open (RegNtPreOpenKeyEx/RegNtPostOpenKeyEx, a
+/// symbolic link's STATUS_REPARSE pair on the way), previous mode KernelMode, and the handle's
+/// close and the object's cleanup when it closes it ([`close_key`]). `root`: a key handle of
+/// the calling process (or a kernel handle) the name is relative to. `kernel_handle`:
+/// OBJ_KERNEL_HANDLE (the System table); without it the handle goes into the current
+/// process's table.
+///
+/// # Errors
+/// As [`open_key_at`].
+pub fn zw_open_key(
+    root: Option<u64>,
+    name: &str,
+    desired: u32,
+    kernel_handle: bool,
+) -> Result<u64, NtStatus> {
+    let mode = OpenMode {
+        kernel_handle,
+        force_access_check: false,
+        fail: None,
+        registry_manager: false,
+        kernel_caller: true,
+    };
+    open_mode(io::current_pid(), root, name, desired, false, mode)
+}
+
+/// Makes key `path` and the keys between it and its hive's root exist, following a registry
+/// symbolic link on its path to the key it names (as an open would), with the spelling of
+/// `path` for the keys it creates. Nothing is notified: this is the state of the hive as the
+/// system has it (used for the keys whose values [`crate::nt::cm::zwreg`] stores). Returns
+/// false, changing nothing, when no mounted hive holds the key.
+#[must_use = "false: no mounted hive holds the key"]
+pub fn ensure_key(path: &str) -> bool {
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        let mut full = path.trim_end_matches('\\').to_string();
+        for _ in 0..MAX_REPARSE {
+            match h.reparse_target(&canon(&full), &full) {
+                Some(target) => full = target.trim_end_matches('\\').to_string(),
+                None => break,
+            }
+        }
+        let key = canon(&full);
+        let Some(hive) = h.hive_of(&key) else {
+            return false;
+        };
+        if hive == MASTER_HIVE {
+            return MASTER_KEYS.contains(&key.as_str());
+        }
+        let mut chain = Vec::new();
+        let mut at = key.as_str();
+        while at.len() > hive.len() {
+            chain.push(at.to_string());
+            match at.rsplit_once('\\') {
+                Some((parent, _)) => at = parent,
+                None => break,
+            }
+        }
+        for c in chain.into_iter().rev() {
+            if h.keys.insert(c.clone()) {
+                let stored = h.stored_name(&c, full.get(..c.len()).unwrap_or(&c));
+                h.spelled.insert(c, stored);
+            }
+        }
+        true
+    })
 }
 
 /// [`open`] with the whole [`OpenMode`].
@@ -1214,7 +1299,7 @@ fn open_mode(
     create: bool,
     mode: OpenMode,
 ) -> Result<u64, NtStatus> {
-    let previous = if mode.kernel_handle {
+    let previous = if mode.kernel_handle || mode.kernel_caller {
         crate::nt::ps::thread::KERNEL_MODE
     } else {
         crate::nt::ps::thread::USER_MODE
@@ -1289,7 +1374,9 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
             (true, false) => 0x40 | OBJ_KERNEL_HANDLE,
             (true, true) => 0x40 | OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
         },
-        check_access_mode: i8::from(!mode.kernel_handle || mode.force_access_check),
+        check_access_mode: i8::from(
+            !(mode.kernel_handle || mode.kernel_caller) || mode.force_access_check,
+        ),
         pad1: [0; 7],
     };
     let at = (&raw mut info) as usize;
@@ -2407,6 +2494,34 @@ mod tests {
     /// the key and its subkeys take the new name, their objects report it (to
     /// `CmCallbackGetKeyObjectIDEx` and to `NtQueryKey`), ids stay; a taken name and a hive
     /// root are refused.
+    #[test]
+    fn ensure_key_follows_a_link_and_keeps_the_spelling() {
+        let mount = r"\REGISTRY\MACHINE\UNITENSURE";
+        assert_eq!(load_hive(4, mount, "unitensure"), STATUS_SUCCESS);
+        let set = open_key(4005, &format!(r"{mount}\Set001"), 0x2_0019, true).unwrap();
+        let _ = close_key(4005, set);
+        create_link(&format!(r"{mount}\CurrentSet"), &format!(r"{mount}\Set001"));
+        assert!(ensure_key(&format!(r"{mount}\CurrentSet\Control\hivelist")));
+        let h = open_key(
+            4005,
+            &format!(r"{mount}\SET001\CONTROL\HIVELIST"),
+            0x2_0019,
+            false,
+        )
+        .unwrap();
+        // The keys it made are spelled as given, below the link's target.
+        assert_eq!(
+            query_key_name(4005, h),
+            Ok(format!(r"{mount}\Set001\Control\hivelist"))
+        );
+        let _ = close_key(4005, h);
+        assert!(!ensure_key(r"\REGISTRY\MACHINE\UNITNOHIVE\Key"));
+        assert!(kernel::with(|k| !k
+            .hives
+            .keys
+            .contains(r"\REGISTRY\MACHINE\UNITNOHIVE\KEY")));
+    }
+
     #[test]
     fn a_rename_moves_the_subtree_and_keeps_its_ids() {
         let mount = r"\REGISTRY\MACHINE\UNITRENAME";

@@ -9,6 +9,24 @@
 //! `REG_SZ`), as the real key lists the mounted hives. Every routine is `PASSIVE_LEVEL` only, so
 //! a driver calling one from a registry callback at `APC_LEVEL` is caught.
 //!
+//! The handles are real key handles: `ZwOpenKey` is `NtOpenKey` from kernel mode, which opens
+//! a key object through the object manager and the key type's parse routine, so every
+//! registry callback — the calling driver's own included — gets the open's pre- and
+//! post-notification on the calling thread, and the handle's `ZwClose` ends the key object
+//! (RegNtPreKeyHandleClose, context cleanups, RegNtPostKeyHandleClose). Docs: Learn
+//! REG_CREATE_KEY_INFORMATION_V1 Remarks (the structure is passed "every time that a thread
+//! tries to create a key", also "when a kernel-mode driver calls ZwCreateKey"); regfltr
+//! `sys/pre.c` PreNotificationBlockSample (its own `ZwCreateKey` is failed by its own
+//! callback); see [`hive::zw_open_key`]. A key of the value store is made a key of its mounted
+//! hive when first opened ([`hive::ensure_key`]); the hive list key exists wherever the SYSTEM
+//! hive is mounted. Until 2026-12-05 these handles were bare numbers with no key object and no
+//! notification (fidelity audit 16b, F4). A key no mounted hive holds (a scenario that mounts
+//! no SYSTEM hive, which no booted Windows lacks) is still opened the old way, without a key
+//! object: a limit of the model, not Windows behaviour.
+//! Not modelled: the RegNtPreQueryValueKey / RegNtPreEnumerateValueKey pairs Windows sends
+//! for `ZwQueryValueKey` / `ZwEnumerateValueKey` (ReactOS `ntoskrnl/config/ntapi.c`
+//! NtQueryValueKey / NtEnumerateValueKey); the model has no value notifications.
+//!
 //! Docs: ZwOpenKey <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-zwopenkey>,
 //! ZwQueryValueKey <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-zwqueryvaluekey>
 //! (`STATUS_BUFFER_TOO_SMALL` when even the fixed part does not fit, `STATUS_BUFFER_OVERFLOW`
@@ -21,9 +39,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 
 use crate::machine::cpu::PASSIVE_LEVEL;
+use crate::nt::cm::hive;
 use crate::nt::exports::Export;
 use crate::nt::kernel;
 use crate::nt::layout::{UnicodeString, read_unicode};
+use crate::nt::ob::object::OBJ_KERNEL_HANDLE;
 use crate::nt::status::{
     NtStatus, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER, STATUS_NO_MORE_ENTRIES,
@@ -62,11 +82,15 @@ pub struct Value {
 pub struct ZwRegState {
     /// Values by canonical key path (a key listed here exists, even with no values).
     pub keys: BTreeMap<String, Vec<Value>>,
-    /// Open key handles: handle -> (canonical path, operation that opened it).
-    pub handles: HashMap<u64, (String, String)>,
+    /// Open key handles: handle -> (canonical path, operation that opened it, whether a key
+    /// object of [`hive`] backs it — then [`hive`] holds the handle too).
+    pub handles: HashMap<u64, (String, String, bool)>,
     next: u64,
     /// Every key path the driver opened or tried to, in order (for scenario checks).
     pub opened: Vec<String>,
+    /// How many of its opens made a key object whose post-open went out with STATUS_SUCCESS to
+    /// a driver's callback ([`hive::KeyObject::announced`]): opens a tracking driver was told of.
+    pub announced_opens: u64,
 }
 
 impl ZwRegState {
@@ -76,7 +100,7 @@ impl ZwRegState {
         let mut v: Vec<String> = self
             .handles
             .iter()
-            .map(|(h, (path, op))| {
+            .map(|(h, (path, op, _))| {
                 format!("registry key handle {h:#x} ({path}) opened during {op}")
             })
             .collect();
@@ -164,10 +188,20 @@ fn values_of(path: &str) -> Option<Vec<Value>> {
     kernel::with(|k| k.zwreg.keys.get(path).cloned())
 }
 
-/// Closes a key handle opened by [`ZwOpenKey`]; false when `handle` is not one.
+/// Closes a key handle opened by [`ZwOpenKey`] (on the calling thread: a backed handle's key
+/// object is closed through [`hive::close_key`], with its notifications); false when `handle`
+/// is not one.
 #[must_use]
 pub fn close(handle: u64) -> bool {
-    kernel::with(|k| k.zwreg.handles.remove(&handle)).is_some()
+    match kernel::with(|k| k.zwreg.handles.remove(&handle)) {
+        None => false,
+        Some((_, _, backed)) => {
+            if backed {
+                let _ = hive::close_key(crate::nt::io::current_pid(), handle);
+            }
+            true
+        }
+    }
 }
 
 /// The layout of OBJECT_ATTRIBUTES on x64 (wdm.h).
@@ -184,7 +218,7 @@ struct ObjectAttributes {
 /// ZwOpenKey — opens an existing key for the driver (see the module docs). PASSIVE_LEVEL.
 unsafe extern "win64" fn ZwOpenKey(
     handle: *mut u64,
-    _desired: u32,
+    desired: u32,
     attributes: *const ObjectAttributes,
 ) -> NtStatus {
     require_irql("ZwOpenKey", PASSIVE_LEVEL);
@@ -200,34 +234,66 @@ unsafe extern "win64" fn ZwOpenKey(
     let Some(name) = (unsafe { read_unicode(attrs.object_name) }) else {
         return STATUS_INVALID_PARAMETER;
     };
-    let path = if attrs.root_directory == 0 {
-        canon(&name)
+    let root = if attrs.root_directory == 0 {
+        None
     } else {
-        let Some(root) = kernel::with(|k| {
-            k.zwreg
-                .handles
-                .get(&attrs.root_directory)
-                .map(|e| e.0.clone())
-        }) else {
+        let Some(root) = kernel::with(|k| k.zwreg.handles.get(&attrs.root_directory).cloned())
+        else {
             return STATUS_INVALID_HANDLE;
         };
-        canon(&format!(r"{root}\{name}"))
+        Some(root)
+    };
+    let path = match &root {
+        None => canon(&name),
+        Some((base, _, _)) => canon(&format!(r"{base}\{name}")),
     };
     kernel::with(|k| k.zwreg.opened.push(path.clone()));
     if kernel::should_fail("ZwOpenKey", false) {
         return STATUS_INSUFFICIENT_RESOURCES;
     }
-    let exists = path == HIVELIST || kernel::with(|k| k.zwreg.keys.contains_key(&path));
-    if !exists {
-        return STATUS_OBJECT_NAME_NOT_FOUND;
-    }
+    let stored = path == HIVELIST || kernel::with(|k| k.zwreg.keys.contains_key(&path));
+    // A key of the value store is a key of its hive; a root opened the old way (no mounted
+    // hive) keeps its children the old way too.
+    // The key is made with the caller's spelling (`hivelist`, as Windows spells it).
+    let given = match &root {
+        None => name.clone(),
+        Some((base, _, _)) => format!(r"{base}\{name}"),
+    };
+    let backed = root.as_ref().is_none_or(|r| r.2) && (!stored || hive::ensure_key(&given));
     let op = bugcheck::operation();
-    let value = kernel::with(|k| {
-        k.zwreg.next += 4;
-        let value = KEY_HANDLE_BASE | k.zwreg.next;
-        k.zwreg.handles.insert(value, (path, op));
-        value
-    });
+    let value = if backed {
+        let kernel_handle = attrs.attributes & OBJ_KERNEL_HANDLE != 0;
+        let opened = match root {
+            None => hive::zw_open_key(None, &name, desired, kernel_handle),
+            Some(_) => hive::zw_open_key(Some(attrs.root_directory), &name, desired, kernel_handle),
+        };
+        match opened {
+            Ok(h) => {
+                let table =
+                    crate::nt::ps::process::handle_table_of(crate::nt::io::current_pid(), h);
+                kernel::with(|k| {
+                    let object = k.hives.handles.get(&(table, h));
+                    if object
+                        .and_then(|o| k.hives.objects.get(o))
+                        .is_some_and(|o| o.announced)
+                    {
+                        k.zwreg.announced_opens += 1;
+                    }
+                });
+                h
+            }
+            Err(s) => return s,
+        }
+    } else {
+        if !stored {
+            return STATUS_OBJECT_NAME_NOT_FOUND;
+        }
+        kernel::with(|k| {
+            k.zwreg.next += 4;
+            KEY_HANDLE_BASE | k.zwreg.next
+        })
+    };
+    kernel::with(|k| k.zwreg.handles.insert(value, (path, op, backed)));
     // SAFETY: checked non-null; the driver passes a writable HANDLE.
     unsafe { handle.write_unaligned(value) };
     STATUS_SUCCESS
