@@ -536,6 +536,15 @@ pub fn run_in_process(scenario: Scenario, opts: RunOptions) -> i32 {
             if let Some(policy) = opts.fault {
                 kernel::with(|k| k.faults.policy = policy);
             }
+            if opts.faulted || opts.fault.is_some() {
+                // Under Driver Verifier lookaside lists keep nothing: every allocation from
+                // one goes to the pool, where the low resources simulation can fail it
+                // (Windows Research Kernel `ex/lookasid.c`: "Lookasides are disabled ...
+                // when the verifier is on", ExAdjustLookasideDepth's target 0 when
+                // ExMinimumLookasideDepth is 0). A cached block would otherwise be handed out
+                // where no fault can reach it (fidelity audit 18b, F1).
+                crate::nt::ex::lookaside::disable_caching();
+            }
             if opts.faulted {
                 // A failed CmUnRegisterCallback makes the driver keep its memory on purpose
                 // (the callback may still run: scenario `unregister-fails`), so no leak
