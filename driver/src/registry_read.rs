@@ -6,8 +6,8 @@ use core::ptr::{NonNull, null_mut};
 
 use wdk_sys::{
     _KEY_VALUE_INFORMATION_CLASS::{KeyValueFullInformation, KeyValuePartialInformation},
-    HANDLE, KEY_READ, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, OBJECT_ATTRIBUTES, STATUS_SUCCESS,
-    UNICODE_STRING,
+    HANDLE, KEY_READ, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, OBJECT_ATTRIBUTES,
+    STATUS_NO_MORE_ENTRIES, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
     ntddk::{ZwClose, ZwEnumerateValueKey, ZwOpenKey, ZwQueryValueKey},
 };
 
@@ -25,6 +25,8 @@ const REG_SZ: u32 = 1;
 const REG_DWORD: u32 = 4;
 /// Scratch buffer size for value queries.
 const BUF_LEN: usize = 4096;
+/// Hive list values that may fail one after another before its read is given up.
+const MAX_FAILURES_IN_A_ROW: u32 = 8;
 
 /// An altitude: up to 31 UTF-16 digits (and dots), as a counted string over owned storage.
 pub struct Altitude {
@@ -162,6 +164,13 @@ fn query_parameter<'a>(
         )
     };
     if status != STATUS_SUCCESS {
+        // An absent value is the common case; any other failure (no resources: WRK `cmapi.c`
+        // CmQueryValueKey) leaves the configured value unread, which the debugger is told.
+        if status != STATUS_OBJECT_NAME_NOT_FOUND {
+            wdk::println!(
+                "hivetrack: a Parameters value was not read ({status:#x}): its default applies"
+            );
+        }
         return None;
     }
     // KEY_VALUE_PARTIAL_INFORMATION: TitleIndex, Type, DataLength, Data[].
@@ -228,18 +237,25 @@ pub fn held_after_seconds(service_key: &UNICODE_STRING) -> Option<u64> {
 /// `HKLM\SYSTEM\CurrentControlSet\Control\hivelist` (value name = mount point, data = file).
 /// Returns how many hives were seeded.
 pub fn seed_hives(tracker: &DriverTracker) -> usize {
+    // A hive list not read, or a value of it not read, is a hive the driver does not know
+    // was loaded before it: counted as a name it could not get (a loss every answer reports),
+    // never passed over in silence. Its keys are still tracked, under the implicit hive their
+    // paths name, which no report calls complete.
     let Some(key) = Key::open(
         null_mut(),
         &unicode_string(wide!(
             r"\Registry\Machine\System\CurrentControlSet\Control\hivelist"
         )),
     ) else {
+        tracker.name_unavailable();
         return 0;
     };
     let Some(mut scratch) = Scratch::new() else {
+        tracker.name_unavailable();
         return 0;
     };
     let mut seeded = 0;
+    let mut failures_in_a_row = 0;
     for index in 0..4096u32 {
         let buf = scratch.bytes();
         let mut returned = 0u32;
@@ -254,9 +270,21 @@ pub fn seed_hives(tracker: &DriverTracker) -> usize {
                 &raw mut returned,
             )
         };
-        if status != STATUS_SUCCESS {
-            break; // STATUS_NO_MORE_ENTRIES, or a value too large to matter
+        if status == STATUS_NO_MORE_ENTRIES {
+            break;
         }
+        if status != STATUS_SUCCESS {
+            // A value too long for the buffer, or no resources for this one (WRK `cmapi.c`
+            // CmEnumerateValueKey: STATUS_INSUFFICIENT_RESOURCES when a cell cannot be
+            // mapped): the next may still be read. A failure that repeats ends the read.
+            tracker.name_unavailable();
+            failures_in_a_row += 1;
+            if failures_in_a_row == MAX_FAILURES_IN_A_ROW {
+                break;
+            }
+            continue;
+        }
+        failures_in_a_row = 0;
         // KEY_VALUE_FULL_INFORMATION: TitleIndex, Type, DataOffset, DataLength, NameLength, Name[].
         let data_offset = le_u32(buf, 8);
         let data_len = le_u32(buf, 12);

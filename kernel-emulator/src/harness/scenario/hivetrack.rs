@@ -402,7 +402,7 @@ fn unload(ctx: &mut Ctx) {
 /// off. So each k must either fail cleanly (the control device could not be made) or load and
 /// then unload leaving nothing.
 fn entry_sweep(ctx: &mut Ctx) {
-    super::driver_entry_sweep(ctx, false);
+    super::driver_entry_sweep(ctx, false, &[]);
 }
 
 fn random_faults(ctx: &mut Ctx) {

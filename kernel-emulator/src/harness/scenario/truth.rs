@@ -93,6 +93,11 @@ pub fn scenarios() -> Vec<Scenario> {
             load_during_start,
         ),
         Scenario::hivetrack(
+            "hive-list-unread",
+            "one value of the hive list cannot be read at start (ZwEnumerateValueKey: no resources): the driver still reads the values after it and counts the hive it missed as a name it could not get, so every answer says something went unrecorded",
+            hive_list_unread,
+        ),
+        Scenario::hivetrack(
             "unload-during-start",
             "a hive unload whose pre-notification went by before the driver registered, and whose post reaches it after the driver read the hive list (which still listed the hive): the driver names the unload's object in the post and no longer lists the hive as loaded",
             unload_during_start,
@@ -481,6 +486,47 @@ fn load_during_start(ctx: &mut Ctx) {
     for pid in [loader, early] {
         process::exit_process(pid);
     }
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// The driver's start-up read of the hive list with its second value refused (WRK `cmapi.c`
+/// CmEnumerateValueKey: STATUS_INSUFFICIENT_RESOURCES when a cell cannot be mapped; the
+/// model's fault point, fidelity audit 18b, F2). Stopping there left every later hive unknown
+/// in silence.
+fn hive_list_unread(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    load_profile(ctx);
+    let listed = kernel::with(|k| k.hives.hives.len());
+    kernel::with(|k| {
+        k.faults.only = Some("ZwEnumerateValueKey");
+        k.faults.policy = FaultPolicy::Nth(2);
+    });
+    let (mut d, h) = load(ctx);
+    let injected = kernel::with(|k| {
+        k.faults.policy = FaultPolicy::Off;
+        k.faults.only = None;
+        k.faults.injected.len()
+    });
+    let Some(h) = h else { return };
+    ctx.check(
+        listed >= 3 && injected == 1,
+        format!("{listed} hives listed, the second value's read refused ({injected} injected)"),
+    );
+    let known = mounts(ctx, h).len();
+    ctx.check(
+        known + 1 == listed,
+        format!("every other hive of the list is known ({known} of {listed})"),
+    );
+    let st = stats(ctx, h);
+    ctx.check(
+        st.names_unavailable == 1 && st.not_recorded() >= 1,
+        format!(
+            "the hive it missed is counted ({} names unavailable, {} not recorded)",
+            st.names_unavailable,
+            st.not_recorded()
+        ),
+    );
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
 }

@@ -377,6 +377,11 @@ unsafe extern "win64" fn ZwQueryValueKey(
     let Some(path) = key_of(handle) else {
         return STATUS_INVALID_HANDLE;
     };
+    // Windows Research Kernel `cmapi.c` CmQueryValueKey: "we couldn't map a view for the bin
+    // containing this cell", STATUS_INSUFFICIENT_RESOURCES (fidelity audit 18b, F2).
+    if kernel::should_fail("ZwQueryValueKey", false) {
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
     // SAFETY: the driver passes a readable UNICODE_STRING.
     let Some(name) = (unsafe { read_unicode(value_name) }) else {
         return STATUS_INVALID_PARAMETER;
@@ -408,6 +413,11 @@ unsafe extern "win64" fn ZwEnumerateValueKey(
     let Some(path) = key_of(handle) else {
         return STATUS_INVALID_HANDLE;
     };
+    // WRK `cmapi.c` CmEnumerateValueKey: the same STATUS_INSUFFICIENT_RESOURCES when the
+    // key's cell cannot be mapped (fidelity audit 18b, F2).
+    if kernel::should_fail("ZwEnumerateValueKey", false) {
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
     let Some(v) = values_of(&path)
         .unwrap_or_default()
         .into_iter()

@@ -43,7 +43,9 @@ use crate::nt::exports::Export;
 use crate::nt::io;
 use crate::nt::kernel::{self, call_driver};
 use crate::nt::layout::{OwnedUnicode, UnicodeString};
-use crate::nt::status::{NtStatus, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, nt_success};
+use crate::nt::status::{
+    NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, nt_success,
+};
 use crate::verifier::bugcheck::require_irql;
 
 /// STATUS_PROCEDURE_NOT_FOUND.
@@ -257,6 +259,12 @@ unsafe extern "win64" fn PsSetCreateProcessNotifyRoutineEx(routine: usize, remov
         && kernel::with(|k| k.processes.driver_dll_characteristics & FORCE_INTEGRITY == 0)
     {
         return STATUS_ACCESS_DENIED;
+    }
+    // Registering allocates the callback block first (Windows Research Kernel `ps/create.c`
+    // PsSetCreateProcessNotifyRoutine: `ExAllocateCallBack` NULL is
+    // STATUS_INSUFFICIENT_RESOURCES; fidelity audit 18b, F7). Removing allocates nothing.
+    if remove == 0 && kernel::should_fail("PsSetCreateProcessNotifyRoutineEx", false) {
+        return STATUS_INSUFFICIENT_RESOURCES;
     }
     set_routine(routine, true, remove != 0)
 }
