@@ -98,6 +98,11 @@ pub fn scenarios() -> Vec<Scenario> {
             hive_list_unread,
         ),
         Scenario::hivetrack(
+            "unload-own-open-holder",
+            "a user-mode service unloads a hive: the unload's private kernel-handle open of the root runs on its thread in its previous mode (UserMode), so the driver names the service as that key's holder while the unload runs, as the kernel's own list does (its CM_KEY_BODY's process), not System",
+            unload_own_open_holder,
+        ),
+        Scenario::hivetrack(
             "unload-during-start",
             "a hive unload whose pre-notification went by before the driver registered, and whose post reaches it after the driver read the hive list (which still listed the hive): the driver names the unload's object in the post and no longer lists the hive as loaded",
             unload_during_start,
@@ -527,6 +532,51 @@ fn hive_list_unread(ctx: &mut Ctx) {
             st.not_recorded()
         ),
     );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// `NtUnloadKey2` from a user-mode caller opens the hive's root itself with a kernel handle
+/// and AccessMode KernelMode, while the thread's previous mode stays UserMode (Windows
+/// Research Kernel `ntapi.c`; the model's `OpenMode::service_for_caller`, fidelity audit 18a,
+/// F7): the driver, which names a kernel handle's holder System only when
+/// `ExGetPreviousMode` says KernelMode, names the caller, and so does the kernel's own list
+/// (`CM_KEY_BODY.ProcessID`). The model made that open in KernelMode, so the driver said
+/// System there, and the emulator showed a holder Windows would not.
+fn unload_own_open_holder(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (mut d, h) = load(ctx);
+    let Some(h) = h else { return };
+    load_profile(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    let svchost = spawn(ctx, r"\Device\HarddiskVolume2\Windows\System32\svchost.exe");
+    let mut seen = None;
+    let s = hive::unload_hive_interrupted(svchost, USER, || {
+        let holders: Vec<u64> = c.holders(ctx, USER).iter().map(|x| x.pid).collect();
+        let listed: Vec<u32> = hive::open_subkeys(USER)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        seen = Some((holders, listed));
+    });
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("the profile unloads: {}", status::describe(s)),
+    );
+    let (holders, listed) = seen.unwrap_or_default();
+    ctx.check(
+        holders == [u64::from(svchost)],
+        format!(
+            "while the unload runs, its own open of the root is held by the service ({svchost}), not System: {holders:?}"
+        ),
+    );
+    ctx.check(
+        listed == [svchost],
+        format!("the kernel's own list names the service too: {listed:?}"),
+    );
+    process::exit_process(svchost);
+    io::close(c.h);
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
 }

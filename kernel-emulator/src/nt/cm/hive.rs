@@ -869,6 +869,7 @@ fn open_app_root(pid: u32, mount: &str) -> Result<u64, NtStatus> {
         fail: None,
         registry_manager: true,
         kernel_caller: false,
+        service_for_caller: false,
     };
     open_mode(pid, None, mount, KEY_ALL_ACCESS, false, manager).inspect_err(|_| {
         hive_object_gone(&canon(mount));
@@ -891,7 +892,7 @@ fn pre_load_object(root_directory: usize) -> (LoadObject, usize) {
 /// object); the caller drops the reference after the post. `None` if the open fails (a filter
 /// may veto it): the post then carries no object.
 fn hive_root_object(pid: u32, mount: &str) -> Option<usize> {
-    let handle = open(pid, None, mount, KEY_WRITE, false, true, None).ok()?;
+    let handle = open_for_caller(pid, mount, false).ok()?;
     let object = kernel::with(|k| {
         let object = k.hives.handles.get(&(SYSTEM_PID, handle)).copied()?;
         *k.objects.references.entry(object).or_insert(0) += 1;
@@ -1115,6 +1116,15 @@ struct OpenMode {
     /// A driver's `ZwOpenKey` without OBJ_KERNEL_HANDLE: previous mode KernelMode (a `Zw`
     /// call from kernel mode), the handle in the current process's table ([`zw_open_key`]).
     kernel_caller: bool,
+    /// A system service's own open for its caller (the unload's private open of the hive's
+    /// root): `ObOpenObjectByName` with AccessMode KernelMode and OBJ_KERNEL_HANDLE, on the
+    /// caller's thread, whose previous mode stays the caller's — UserMode for a user process
+    /// (Windows Research Kernel `ntapi.c` NtUnloadKey2: `PreviousMode = KeGetPreviousMode()`,
+    /// then "we open a private kernel mode handle just to take a reference on the object",
+    /// `CapturedAttributes.Attributes |= OBJ_KERNEL_HANDLE`, `ObOpenObjectByName(...,
+    /// KernelMode, ...)`; fidelity audit 18a, F7). Threads of the System process run in
+    /// kernel mode.
+    service_for_caller: bool,
 }
 
 /// The `\REGISTRY` key object, made at the first call: the object an absolute name is parsed
@@ -1188,8 +1198,23 @@ fn open(
         fail,
         registry_manager: false,
         kernel_caller: false,
+        service_for_caller: false,
     };
     open_mode(pid, root, name, desired, create, mode)
+}
+
+/// A system service's private open of `mount` (KEY_WRITE, a kernel handle) for its caller
+/// `pid`, on the caller's thread and in its previous mode (`OpenMode::service_for_caller`).
+fn open_for_caller(pid: u32, mount: &str, create: bool) -> Result<u64, NtStatus> {
+    let mode = OpenMode {
+        kernel_handle: true,
+        force_access_check: false,
+        fail: None,
+        registry_manager: false,
+        kernel_caller: false,
+        service_for_caller: true,
+    };
+    open_mode(pid, None, mount, KEY_WRITE, create, mode)
 }
 
 /// A kernel-mode open from `pid`'s thread with `OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK`
@@ -1211,6 +1236,7 @@ pub fn open_kernel_key_forced(
         fail: None,
         registry_manager: false,
         kernel_caller: false,
+        service_for_caller: false,
     };
     open_mode(pid, None, path, desired, create, mode)
 }
@@ -1244,6 +1270,7 @@ pub fn zw_open_key(
         fail: None,
         registry_manager: false,
         kernel_caller: true,
+        service_for_caller: false,
     };
     open_mode(io::current_pid(), root, name, desired, false, mode)
 }
@@ -1299,7 +1326,13 @@ fn open_mode(
     create: bool,
     mode: OpenMode,
 ) -> Result<u64, NtStatus> {
-    let previous = if mode.kernel_handle || mode.kernel_caller {
+    let previous = if mode.service_for_caller {
+        if pid == SYSTEM_PID {
+            crate::nt::ps::thread::KERNEL_MODE
+        } else {
+            crate::nt::ps::thread::USER_MODE
+        }
+    } else if mode.kernel_handle || mode.kernel_caller {
         crate::nt::ps::thread::KERNEL_MODE
     } else {
         crate::nt::ps::thread::USER_MODE
@@ -2193,7 +2226,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
     }
     // The private kernel handle: its open is notified like any create (a filter may fail it,
     // and then the unload is not attempted: no unload notification).
-    let handle = match open(pid, None, mount, KEY_WRITE, true, true, None) {
+    let handle = match open_for_caller(pid, mount, true) {
         Ok(h) => h,
         Err(s) => return s,
     };
