@@ -44,7 +44,8 @@ use crate::nt::io;
 use crate::nt::kernel::{self, call_driver};
 use crate::nt::layout::{OwnedUnicode, UnicodeString};
 use crate::nt::status::{
-    NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, nt_success,
+    NtStatus, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_NO_MEMORY,
+    STATUS_SUCCESS, nt_success,
 };
 use crate::verifier::bugcheck::require_irql;
 
@@ -690,6 +691,13 @@ unsafe extern "win64" fn SeLocateProcessImageName(
     name: *mut *mut UnicodeString,
 ) -> NtStatus {
     require_irql("SeLocateProcessImageName", PASSIVE_LEVEL);
+    // Windows Research Kernel `se/sepaudit.c` SeLocateProcessImageName: `*pImageFileName =
+    // NULL` first, and STATUS_NO_MEMORY when the copy's allocation fails (fidelity audit 18b,
+    // F4; the model answered STATUS_INSUFFICIENT_RESOURCES and left the pointer alone).
+    if !name.is_null() {
+        // SAFETY: the caller passes a writable PUNICODE_STRING*.
+        unsafe { name.write(std::ptr::null_mut()) };
+    }
     let Some((_, image)) = process_of(eprocess) else {
         return STATUS_INVALID_PARAMETER;
     };
@@ -702,7 +710,7 @@ unsafe extern "win64" fn SeLocateProcessImageName(
         "SeLocateProcessImageName",
     );
     if block.is_null() {
-        return 0xC000_009A_u32 as NtStatus;
+        return STATUS_NO_MEMORY;
     }
     let us = UnicodeString {
         length: bytes as u16,
