@@ -235,7 +235,9 @@ pub unsafe fn free(p: *mut u8, tag: Option<u32>, routine: &'static str) {
         emit_stderr(&format!(
             "*** kernel-emulator: {routine}({p:p}): not an outstanding pool block (double free or foreign pointer)\n"
         ));
-        bugcheck(0xC2, 0x07, 0, p as usize, 0);
+        // Learn, Bug Check 0xC2: "0x07 | Reserved | Pool header contents | Address of the
+        // block of pool being freed" (the model keeps no header contents).
+        bugcheck(0xC2, 0x07, 0, 0, p as usize);
     };
     if let Some(t) = tag.filter(|&t| t != block.tag) {
         emit_stderr(&format!(
@@ -243,7 +245,9 @@ pub unsafe fn free(p: *mut u8, tag: Option<u32>, routine: &'static str) {
             tag_text(t),
             tag_text(block.tag)
         ));
-        bugcheck(0xC2, 0x0A, p as usize, t as usize, block.tag as usize);
+        // Learn, Bug Check 0xC2: "0x0A | Address of pool | Allocator's tag | Tag being used
+        // in the attempted free" (fidelity audit 18b, F6: the two tags were swapped).
+        bugcheck(0xC2, 0x0A, p as usize, block.tag as usize, t as usize);
     }
     crate::nt::ke::timer::check_free(p as usize, block.size);
     if let Some((base, len)) = block.special {
