@@ -403,6 +403,21 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
     }
 
+    /// The record behind a list link of a holding whose process lock the caller holds, in
+    /// [`Self::link`] and [`Self::unlink`] (issue 14: without [`Self::rec`]'s checks).
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
+    fn linked(&self, r: u32) -> &ObjRecord {
+        let (s, i) = split_ref(r);
+        // Links are only ever made to handed-out slots, under the process lock the caller
+        // holds, which orders the hand-out before this read.
+        // SAFETY: as `handed_out` requires.
+        unsafe { self.objects[s as usize & (MAX_SHARDS - 1)].handed_out(i) }
+    }
+
     /// The record behind a list link; links are only ever made to handed-out slots.
     pub(crate) fn rec(&self, r: u32) -> &ObjRecord {
         let (s, i) = split_ref(r);
@@ -935,7 +950,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let mut after = hold.tail.load(Relaxed);
         let mut after_rec = None;
         while after != NIL {
-            let a = self.rec(after);
+            let a = self.linked(after);
             if a.time.load(Relaxed) <= time {
                 after_rec = Some(a);
                 break;
@@ -952,7 +967,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if next == NIL {
             hold.tail.store(r, Relaxed);
         } else {
-            self.rec(next).prev.store(r, Relaxed);
+            self.linked(next).prev.store(r, Relaxed);
         }
         locked_add64(&hold.count, 1);
     }
@@ -971,12 +986,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if prev == NIL {
             hold.head.store(next, Relaxed);
         } else {
-            self.rec(prev).next.store(next, Relaxed);
+            self.linked(prev).next.store(next, Relaxed);
         }
         if next == NIL {
             hold.tail.store(prev, Relaxed);
         } else {
-            self.rec(next).prev.store(prev, Relaxed);
+            self.linked(next).prev.store(prev, Relaxed);
         }
         locked_sub64(&hold.count, 1);
     }
