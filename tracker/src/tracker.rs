@@ -296,9 +296,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             clippy::cast_possible_truncation,
             reason = "the top bits of the product are the hash"
         )]
-        let h = (((process.pid >> 2) ^ process.start_key.rotate_left(17))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> 40) as u32;
+        let h = (crate::processes::process_hash(process) >> 40) as u32;
         h & self.shard_mask
     }
 
