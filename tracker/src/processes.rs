@@ -280,9 +280,11 @@ pub struct ProcessTable<L> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoProcess;
 
-/// The hash of a process key. Its top 12 bits place it in this table ([`place_of`]); the
-/// tracker picks the process's object shard from bits below them (`Tracker::shard_for`),
-/// so that an open hashes its process once (issue 14).
+/// The hash of a process key.
+///
+/// Its top 12 bits place it in this table ([`place_of`]); the tracker picks the process's
+/// object shard from bits below them (`Tracker::shard_for`), so that an open hashes its
+/// process once (issue 14).
 #[must_use]
 pub const fn process_hash(k: ProcessKey) -> u64 {
     (k.pid >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15)
