@@ -139,7 +139,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if s > self.shard_mask {
             return None;
         }
-        let rec = self.objects[s as usize].get(i)?;
+        let rec = self.objects[s as usize].for_token(i)?;
         let (generation, state) = rec.read();
         if generation != token.generation() || state & STATE_MASK != LIVE {
             return None;
@@ -150,16 +150,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// Whether the open that returned `token` is in the capture scope. Called by the thread
     /// that opened it, before the token is stored as the object's context.
     pub fn capture_wanted(&self, token: Token) -> bool {
-        const OFF: u32 = CaptureScope::Off as u32;
         const ALL: u32 = CaptureScope::All as u32;
         const HIVE: u32 = CaptureScope::Hive as u32;
         const IMAGE: u32 = CaptureScope::Image as u32;
         match self.capture.scope_word() {
-            // Off, or a word that names no scope (read as off, as `Capture::scope` does).
-            OFF => return false,
             // Every open: no text to read, so no lock.
             ALL => return self.holding_of_open(token).is_some(),
             HIVE | IMAGE => {}
+            // Off, or a word that names no scope (read as off, as `Capture::scope` does).
             _ => return false,
         }
         let Some(hold_ptr) = self.holding_of_open(token) else {

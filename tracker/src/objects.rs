@@ -340,7 +340,22 @@ impl<L: RawLock> ObjShard<L> {
         unsafe { &*base.wrapping_add((index % PER_CHUNK) as usize) }
     }
 
+    /// The record a token names at `index`, if its chunk exists, for the caller to check
+    /// against the token (generation, state, object): without [`Self::get`]'s check that the
+    /// slot was ever handed out (issue 14: a token is resolved twice a cycle). A slot never
+    /// handed out is as safe to read (its chunk's records were all initialised before the
+    /// chunk was published) and reads `FREE`, which no token's check accepts.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
+    pub fn for_token(&self, index: u32) -> Option<&ObjRecord> {
+        self.record(index)
+    }
+
     /// The record at `index` if its chunk exists (handed out or not).
+    #[inline]
     fn record(&self, index: u32) -> Option<&ObjRecord> {
         let chunk = index / PER_CHUNK;
         if chunk >= self.chunks.load(Acquire) {

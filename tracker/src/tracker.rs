@@ -1009,7 +1009,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return None;
         }
         let shard = &self.objects[s as usize];
-        let rec = shard.get(i)?;
+        let rec = shard.for_token(i)?;
         rec.claim(token.generation(), object, RESERVED)?;
         let r = f(shard, rec);
         rec.unclaim(RESERVED);
@@ -1057,7 +1057,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let (s, i) = split_ref(token.slot());
         let shard = (s <= self.shard_mask).then(|| &self.objects[s as usize]);
         let rec = shard
-            .and_then(|sh| sh.get(i))
+            .and_then(|sh| sh.for_token(i))
             .filter(|rec| rec.is_live(token.generation(), object));
         let (Some(shard), Some(rec)) = (shard, rec) else {
             bump(&self.counters.closes_unknown_object);
@@ -1109,7 +1109,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return false;
         }
         let shard = &self.objects[s as usize];
-        let Some(rec) = shard.get(i) else {
+        let Some(rec) = shard.for_token(i) else {
             return false;
         };
         // Whoever moves the record from LIVE to DYING ends it: no lock (issue 14), and a
@@ -1372,7 +1372,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             .objects
             .get(s as usize)
             .filter(|_| s <= self.shard_mask)?;
-        let rec = shard.get(i).filter(|rec| {
+        let rec = shard.for_token(i).filter(|rec| {
             rec.is_live(token.generation(), object)
                 && rec.thread.load(Relaxed) == u32::try_from(thread).unwrap_or(0)
         })?;
