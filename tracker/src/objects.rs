@@ -496,7 +496,8 @@ impl<L: RawLock> ObjShard<L> {
     /// free list, bumping its generation. No lock held.
     pub fn release(&self, index: u32, rec: &ObjRecord) {
         rec.name.store(ptr::null_mut(), Relaxed);
-        rec.holding.store(ptr::null_mut(), Relaxed);
+        // Unlinked (`Tracker::unlink` clears it under the process lock) or never linked.
+        debug_assert!(rec.holding.load(Relaxed).is_null());
         rec.retire();
         let mut head = self.free.load(Relaxed);
         loop {

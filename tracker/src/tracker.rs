@@ -315,7 +315,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     fn take_slot(
         &self,
         process: ProcessKey,
-        init: impl FnOnce(&ObjRecord),
+        init: impl FnOnce(&ObjRecord, u32),
     ) -> Result<(u32, u32, u32, &ObjRecord), NotTracked> {
         let first = self.shard_for(process);
         let shard = &self.objects[first as usize];
@@ -326,8 +326,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             Err(error) => self.take_slot_elsewhere(first, error)?,
         };
         // The slot is this thread's alone until its token is out.
-        init(rec);
-        Ok((si, index, rec.generation(), rec))
+        // Its generation is read once: only this thread changes it until the token is out.
+        let generation = rec.generation();
+        init(rec, generation);
+        Ok((si, index, generation, rec))
     }
 
     /// [`Self::take_slot`] after the preferred shard `first` refused with `error`: a slot
@@ -490,8 +492,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         time: u64,
         hit: KeyHit,
     ) -> Result<Token, NotTracked> {
-        let slot = match self.take_slot(process, |rec| {
-            init_record(rec, object, thread, access, time);
+        let slot = match self.take_slot(process, |rec, generation| {
+            init_record(rec, generation, object, thread, access, time);
         }) {
             Ok(s) => s,
             Err(e) => {
@@ -766,8 +768,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         time: u64,
         source: Source<'_>,
     ) -> Result<Token, NotTracked> {
-        match self.take_slot(process, |rec| {
-            init_record(rec, object, thread, access, time);
+        match self.take_slot(process, |rec, generation| {
+            init_record(rec, generation, object, thread, access, time);
         }) {
             Ok(slot) => self.open_in_slot(slot, process, time, source),
             Err(e) => {
@@ -1505,19 +1507,22 @@ enum Source<'a> {
     reason = "hot path: a call's register saves cost more than its body (issue 14)"
 )]
 #[inline(always)]
-fn init_record(rec: &ObjRecord, object: u64, thread: u64, access: u32, time: u64) {
-    rec.set_state(rec.generation(), RESERVED);
+fn init_record(rec: &ObjRecord, generation: u32, object: u64, thread: u64, access: u32, time: u64) {
+    rec.set_state(generation, RESERVED);
     // Release: a lock-free reader that sees this object also sees the state above
     // (`identify` reads the object between two reads of the state word).
     rec.object.store(object, Release);
     rec.time.store(time, Relaxed);
     rec.thread
         .store(u32::try_from(thread).unwrap_or(0), Relaxed);
-    rec.stack.store(0, Relaxed);
+    // A free record has no stack and no key entry: `remove` takes both before its slot is
+    // released, and a slot given back untracked never had either (issue 14: not stored
+    // again here).
+    debug_assert_eq!(rec.stack.load(Relaxed), 0);
+    debug_assert!(rec.key.load(Relaxed).is_null());
     rec.access.store(access, Relaxed);
     rec.opens.store(1, Relaxed);
     rec.closes.store(0, Relaxed);
-    rec.key.store(ptr::null_mut(), Relaxed);
 }
 
 #[cold]
