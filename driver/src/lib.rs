@@ -66,6 +66,7 @@ pub unsafe extern "system" fn driver_entry(
     // SAFETY: the I/O manager passes a valid, exclusively owned `DRIVER_OBJECT` to DriverEntry.
     let driver: &mut DRIVER_OBJECT = unsafe { &mut *driver };
     routines::resolve_all();
+    lock::choose_routines();
     for name in routines::missing() {
         println!("hivetrack: this system has no {name}; using the fallback");
     }

@@ -80,6 +80,13 @@ impl<L: RawLock> Capture<L> {
         }
     }
 
+    /// The scope word as stored (`CaptureScope as u32`), undecoded: the hot path compares
+    /// it with the scopes' values (issue 14: decoding it first cost seven instructions of
+    /// every open while capture is off).
+    fn scope_word(&self) -> u32 {
+        self.scope.load(Acquire)
+    }
+
     fn scope(&self) -> CaptureScope {
         #[allow(clippy::cast_possible_truncation, reason = "stored from a u16")]
         let v = self.scope.load(Acquire) as u16;
@@ -132,7 +139,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if s > self.shard_mask {
             return None;
         }
-        let rec = self.objects[s as usize].get(i)?;
+        let rec = self.objects[s as usize].for_token(i)?;
         let (generation, state) = rec.read();
         if generation != token.generation() || state & STATE_MASK != LIVE {
             return None;
@@ -143,11 +150,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// Whether the open that returned `token` is in the capture scope. Called by the thread
     /// that opened it, before the token is stored as the object's context.
     pub fn capture_wanted(&self, token: Token) -> bool {
-        match self.capture.scope() {
-            CaptureScope::Off => return false,
+        const ALL: u32 = CaptureScope::All as u32;
+        const HIVE: u32 = CaptureScope::Hive as u32;
+        const IMAGE: u32 = CaptureScope::Image as u32;
+        match self.capture.scope_word() {
             // Every open: no text to read, so no lock.
-            CaptureScope::All => return self.holding_of_open(token).is_some(),
-            CaptureScope::Hive | CaptureScope::Image => {}
+            ALL => return self.holding_of_open(token).is_some(),
+            HIVE | IMAGE => {}
+            // Off, or a word that names no scope (read as off, as `Capture::scope` does).
+            _ => return false,
         }
         let Some(hold_ptr) = self.holding_of_open(token) else {
             return false;

@@ -314,7 +314,48 @@ impl<L: RawLock> ObjShard<L> {
         self.record(index)
     }
 
+    /// The record of slot `index`, known handed out: no bounds checks (issue 14: a list
+    /// link or a free-list entry is resolved three times a held key's cycle, and the checks
+    /// of [`Self::get`] were a third of each resolution).
+    ///
+    /// # Safety
+    /// Slot `index` of this shard was handed out before (it is linked in a holding or listed
+    /// free, which only a handed-out slot can be), and the caller's view of it is ordered
+    /// after its hand-out (a lock both held, or the free list's Acquire): its chunk is
+    /// published.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
+    pub unsafe fn handed_out(&self, index: u32) -> &ObjRecord {
+        debug_assert!(index < self.unused.load(Acquire));
+        let chunk = index / PER_CHUNK;
+        let dir = self.dir.load(Acquire);
+        // SAFETY: the slot was handed out, so `chunk < chunks <= MAX_CHUNKS` and the directory
+        // exists (the caller's guarantee); the entry is inside the directory block.
+        let base = unsafe { &*dir.wrapping_add(chunk as usize) }.load(Acquire);
+        // SAFETY: that chunk was published before the slot was handed out; `index % PER_CHUNK`
+        // records fit the 4 KiB block, which lives until teardown, its records initialised.
+        unsafe { &*base.wrapping_add((index % PER_CHUNK) as usize) }
+    }
+
+    /// The record a token names at `index`, if its chunk exists, for the caller to check
+    /// against the token (generation, state, object): without [`Self::get`]'s check that the
+    /// slot was ever handed out (issue 14: a token is resolved twice a cycle). A slot never
+    /// handed out is as safe to read (its chunk's records were all initialised before the
+    /// chunk was published) and reads `FREE`, which no token's check accepts.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
+    pub fn for_token(&self, index: u32) -> Option<&ObjRecord> {
+        self.record(index)
+    }
+
     /// The record at `index` if its chunk exists (handed out or not).
+    #[inline]
     fn record(&self, index: u32) -> Option<&ObjRecord> {
         let chunk = index / PER_CHUNK;
         if chunk >= self.chunks.load(Acquire) {
@@ -389,7 +430,10 @@ impl<L: RawLock> ObjShard<L> {
             // A listed slot was handed out once, so its chunk exists; it may have been taken
             // by another thread since `head` was read, and its link rewritten: then the head's
             // tag has moved on and the exchange below fails.
-            let rec = self.get(index)?;
+            // A listed slot was handed out (only a released slot is pushed), and `head` was
+            // read with Acquire after the push that listed it: its chunk is visible.
+            // SAFETY: as `handed_out` requires.
+            let rec = unsafe { self.handed_out(index) };
             let next = rec.next.load(Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             match self.free.compare_exchange_weak(
@@ -452,7 +496,8 @@ impl<L: RawLock> ObjShard<L> {
     /// free list, bumping its generation. No lock held.
     pub fn release(&self, index: u32, rec: &ObjRecord) {
         rec.name.store(ptr::null_mut(), Relaxed);
-        rec.holding.store(ptr::null_mut(), Relaxed);
+        // Unlinked (`Tracker::unlink` clears it under the process lock) or never linked.
+        debug_assert!(rec.holding.load(Relaxed).is_null());
         rec.retire();
         let mut head = self.free.load(Relaxed);
         loop {

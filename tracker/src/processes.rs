@@ -280,10 +280,20 @@ pub struct ProcessTable<L> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoProcess;
 
+/// The hash of a process key.
+///
+/// Its top 12 bits place it in this table ([`place_of`]); the tracker picks the process's
+/// object shard from bits below them (`Tracker::shard_for`), so that an open hashes its
+/// process once (issue 14).
+#[must_use]
+pub const fn process_hash(k: ProcessKey) -> u64 {
+    (k.pid >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ k.start_key.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+}
+
 /// (shard, chain) of a process: the hash's top 6 bits pick the shard, the next 6 the chain.
 const fn place_of(k: ProcessKey) -> (usize, usize) {
-    let h = (k.pid >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ k.start_key.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let h = process_hash(k);
     ((h >> 58) as usize % SHARDS, (h >> 52) as usize % BUCKETS)
 }
 
@@ -376,8 +386,8 @@ impl<L: RawLock> ProcessTable<L> {
         }
     }
 
-    fn find(shard: &Shard<L>, key: ProcessKey) -> Option<NonNull<Process<L>>> {
-        let mut cur = shard.heads[place_of(key).1].load(Relaxed);
+    fn find(shard: &Shard<L>, chain: usize, key: ProcessKey) -> Option<NonNull<Process<L>>> {
+        let mut cur = shard.heads[chain].load(Relaxed);
         while let Some(p) = NonNull::new(cur) {
             let proc = process_of(p);
             if proc.key == key {
@@ -412,7 +422,7 @@ impl<L: RawLock> ProcessTable<L> {
             // The chains change only under the exclusive lock; the process, once found,
             // is freed only under it too, after its own lock showed it unused (`reap`).
             let sg = Shared::new(&shard.lock);
-            if let Some(p) = Self::find(shard, key) {
+            if let Some(p) = Self::find(shard, chain, key) {
                 return Ok(LockedProcess {
                     process: p,
                     _guard: Exclusive::new(&process_of(p).lock),
@@ -426,7 +436,7 @@ impl<L: RawLock> ProcessTable<L> {
         }
         // Not there a moment ago: inserted unless another open inserted it meanwhile.
         let sg = Exclusive::new(&shard.lock);
-        let (p, created) = if let Some(p) = Self::find(shard, key) {
+        let (p, created) = if let Some(p) = Self::find(shard, chain, key) {
             (p, false)
         } else {
             let p = alloc_init(
@@ -476,7 +486,7 @@ impl<L: RawLock> ProcessTable<L> {
         let (si, chain) = place_of(key);
         let shard = &self.shards[si];
         let _sg = Exclusive::new(&shard.lock);
-        let p = Self::find(shard, key)?;
+        let p = Self::find(shard, chain, key)?;
         let proc = process_of(p);
         {
             let _pg = Exclusive::new(&proc.lock);
@@ -580,9 +590,10 @@ impl<L: RawLock> ProcessTable<L> {
     /// writer of its shard (a new process's insertion, a reap) — behind which, writers
     /// going first, the shard's other lookups then wait too — for that one page.
     pub fn with<R>(&self, key: ProcessKey, f: impl FnOnce(&Process<L>) -> R) -> Option<R> {
-        let s = &self.shards[place_of(key).0];
+        let (si, chain) = place_of(key);
+        let s = &self.shards[si];
         let _sg = Shared::new(&s.lock);
-        let p = Self::find(s, key)?;
+        let p = Self::find(s, chain, key)?;
         let proc = process_of(p);
         let _pg = Exclusive::new(&proc.lock);
         Some(f(proc))

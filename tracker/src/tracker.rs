@@ -296,9 +296,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             clippy::cast_possible_truncation,
             reason = "the top bits of the product are the hash"
         )]
-        let h = (((process.pid >> 2) ^ process.start_key.rotate_left(17))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> 40) as u32;
+        let h = (crate::processes::process_hash(process) >> 40) as u32;
         h & self.shard_mask
     }
 
@@ -317,7 +315,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     fn take_slot(
         &self,
         process: ProcessKey,
-        init: impl FnOnce(&ObjRecord),
+        init: impl FnOnce(&ObjRecord, u32),
     ) -> Result<(u32, u32, u32, &ObjRecord), NotTracked> {
         let first = self.shard_for(process);
         let shard = &self.objects[first as usize];
@@ -328,8 +326,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             Err(error) => self.take_slot_elsewhere(first, error)?,
         };
         // The slot is this thread's alone until its token is out.
-        init(rec);
-        Ok((si, index, rec.generation(), rec))
+        // Its generation is read once: only this thread changes it until the token is out.
+        let generation = rec.generation();
+        init(rec, generation);
+        Ok((si, index, generation, rec))
     }
 
     /// [`Self::take_slot`] after the preferred shard `first` refused with `error`: a slot
@@ -401,6 +401,21 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if self.full_shards.load(SeqCst) & bit != 0 {
             self.full_shards.fetch_and(!bit, SeqCst);
         }
+    }
+
+    /// The record behind a list link of a holding whose process lock the caller holds, in
+    /// [`Self::link`] and [`Self::unlink`] (issue 14: without [`Self::rec`]'s checks).
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
+    fn linked(&self, r: u32) -> &ObjRecord {
+        let (s, i) = split_ref(r);
+        // Links are only ever made to handed-out slots, under the process lock the caller
+        // holds, which orders the hand-out before this read.
+        // SAFETY: as `handed_out` requires.
+        unsafe { self.objects[s as usize & (MAX_SHARDS - 1)].handed_out(i) }
     }
 
     /// The record behind a list link; links are only ever made to handed-out slots.
@@ -477,8 +492,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         time: u64,
         hit: KeyHit,
     ) -> Result<Token, NotTracked> {
-        let slot = match self.take_slot(process, |rec| {
-            init_record(rec, object, thread, access, time);
+        let slot = match self.take_slot(process, |rec, generation| {
+            init_record(rec, generation, object, thread, access, time);
         }) {
             Ok(s) => s,
             Err(e) => {
@@ -753,8 +768,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         time: u64,
         source: Source<'_>,
     ) -> Result<Token, NotTracked> {
-        match self.take_slot(process, |rec| {
-            init_record(rec, object, thread, access, time);
+        match self.take_slot(process, |rec, generation| {
+            init_record(rec, generation, object, thread, access, time);
         }) {
             Ok(slot) => self.open_in_slot(slot, process, time, source),
             Err(e) => {
@@ -935,7 +950,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let mut after = hold.tail.load(Relaxed);
         let mut after_rec = None;
         while after != NIL {
-            let a = self.rec(after);
+            let a = self.linked(after);
             if a.time.load(Relaxed) <= time {
                 after_rec = Some(a);
                 break;
@@ -952,7 +967,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if next == NIL {
             hold.tail.store(r, Relaxed);
         } else {
-            self.rec(next).prev.store(r, Relaxed);
+            self.linked(next).prev.store(r, Relaxed);
         }
         locked_add64(&hold.count, 1);
     }
@@ -971,12 +986,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if prev == NIL {
             hold.head.store(next, Relaxed);
         } else {
-            self.rec(prev).next.store(next, Relaxed);
+            self.linked(prev).next.store(next, Relaxed);
         }
         if next == NIL {
             hold.tail.store(prev, Relaxed);
         } else {
-            self.rec(next).prev.store(prev, Relaxed);
+            self.linked(next).prev.store(prev, Relaxed);
         }
         locked_sub64(&hold.count, 1);
     }
@@ -996,7 +1011,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return None;
         }
         let shard = &self.objects[s as usize];
-        let rec = shard.get(i)?;
+        let rec = shard.for_token(i)?;
         rec.claim(token.generation(), object, RESERVED)?;
         let r = f(shard, rec);
         rec.unclaim(RESERVED);
@@ -1045,7 +1060,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let (s, i) = split_ref(token.slot());
         let shard = (s <= self.shard_mask).then(|| &self.objects[s as usize]);
         let rec = shard
-            .and_then(|sh| sh.get(i))
+            .and_then(|sh| sh.for_token(i))
             .filter(|rec| rec.is_live(token.generation(), object));
         let (Some(shard), Some(rec)) = (shard, rec) else {
             bump(&self.counters.closes_unknown_object);
@@ -1097,7 +1112,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return false;
         }
         let shard = &self.objects[s as usize];
-        let Some(rec) = shard.get(i) else {
+        let Some(rec) = shard.for_token(i) else {
             return false;
         };
         // Whoever moves the record from LIVE to DYING ends it: no lock (issue 14), and a
@@ -1360,7 +1375,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             .objects
             .get(s as usize)
             .filter(|_| s <= self.shard_mask)?;
-        let rec = shard.get(i).filter(|rec| {
+        let rec = shard.for_token(i).filter(|rec| {
             rec.is_live(token.generation(), object)
                 && rec.thread.load(Relaxed) == u32::try_from(thread).unwrap_or(0)
         })?;
@@ -1493,19 +1508,22 @@ enum Source<'a> {
     reason = "hot path: a call's register saves cost more than its body (issue 14)"
 )]
 #[inline(always)]
-fn init_record(rec: &ObjRecord, object: u64, thread: u64, access: u32, time: u64) {
-    rec.set_state(rec.generation(), RESERVED);
+fn init_record(rec: &ObjRecord, generation: u32, object: u64, thread: u64, access: u32, time: u64) {
+    rec.set_state(generation, RESERVED);
     // Release: a lock-free reader that sees this object also sees the state above
     // (`identify` reads the object between two reads of the state word).
     rec.object.store(object, Release);
     rec.time.store(time, Relaxed);
     rec.thread
         .store(u32::try_from(thread).unwrap_or(0), Relaxed);
-    rec.stack.store(0, Relaxed);
+    // A free record has no stack and no key entry: `remove` takes both before its slot is
+    // released, and a slot given back untracked never had either (issue 14: not stored
+    // again here).
+    debug_assert_eq!(rec.stack.load(Relaxed), 0);
+    debug_assert!(rec.key.load(Relaxed).is_null());
     rec.access.store(access, Relaxed);
     rec.opens.store(1, Relaxed);
     rec.closes.store(0, Relaxed);
-    rec.key.store(ptr::null_mut(), Relaxed);
 }
 
 #[cold]
