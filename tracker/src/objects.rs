@@ -496,8 +496,10 @@ impl<L: RawLock> ObjShard<L> {
     /// free list, bumping its generation. No lock held.
     pub fn release(&self, index: u32, rec: &ObjRecord) {
         rec.name.store(ptr::null_mut(), Relaxed);
-        // Unlinked (`Tracker::unlink` clears it under the process lock) or never linked.
+        // Unlinked (`Tracker::unlink` clears it under the process lock) or never linked;
+        // cleared all the same, so that no broken path leaves a free record a holding.
         debug_assert!(rec.holding.load(Relaxed).is_null());
+        rec.holding.store(ptr::null_mut(), Relaxed);
         rec.retire();
         let mut head = self.free.load(Relaxed);
         loop {

@@ -1517,10 +1517,14 @@ fn init_record(rec: &ObjRecord, generation: u32, object: u64, thread: u64, acces
     rec.thread
         .store(u32::try_from(thread).unwrap_or(0), Relaxed);
     // A free record has no stack and no key entry: `remove` takes both before its slot is
-    // released, and a slot given back untracked never had either (issue 14: not stored
-    // again here).
+    // released, and a slot given back untracked never had either. Still stored: a path that
+    // broke that rule would hand the next open another key's stack or key entry, a wrong
+    // answer no release build would notice (the lean branch's saving of a few instructions
+    // here was not taken).
     debug_assert_eq!(rec.stack.load(Relaxed), 0);
     debug_assert!(rec.key.load(Relaxed).is_null());
+    rec.stack.store(0, Relaxed);
+    rec.key.store(ptr::null_mut(), Relaxed);
     rec.access.store(access, Relaxed);
     rec.opens.store(1, Relaxed);
     rec.closes.store(0, Relaxed);
