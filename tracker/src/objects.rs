@@ -429,11 +429,12 @@ impl<L: RawLock> ObjShard<L> {
             }
             // A listed slot was handed out once, so its chunk exists; it may have been taken
             // by another thread since `head` was read, and its link rewritten: then the head's
-            // tag has moved on and the exchange below fails.
-            // A listed slot was handed out (only a released slot is pushed), and `head` was
-            // read with Acquire after the push that listed it: its chunk is visible.
-            // SAFETY: as `handed_out` requires.
-            let rec = unsafe { self.handed_out(index) };
+            // tag has moved on and the exchange below fails. The chunk is still checked (not
+            // `handed_out`): should the 32-bit tag come round while a thread waits here (2^32
+            // changes of the head), its exchange could install a holding list's link as the
+            // head, and a bad index then loses the free list instead of reading outside the
+            // directory (review 18c; `record`'s check is a compare and a branch).
+            let rec = self.record(index)?;
             let next = rec.next.load(Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             match self.free.compare_exchange_weak(

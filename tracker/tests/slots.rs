@@ -344,3 +344,77 @@ fn every_slot_of_a_shard_is_walked_past_each_chunk() {
     }
     assert_eq!(pool.outstanding_blocks(), 0, "blocks leaked");
 }
+
+/// A token the kernel hands back is resolved with the chunk check only (issue 14): a slot
+/// never handed out, inside a chunk that exists, reads `FREE`, and that alone must refuse a
+/// token whose generation (1) and object (0) match a fresh record's; slots past the chunks,
+/// and the largest index, are refused by the chunk check (review 18c).
+#[test]
+fn a_token_for_a_slot_never_handed_out_is_refused_everywhere() {
+    let pool = CountingPool::new(Failure::Never, false);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    let a = t.opened(0x1000, P1, 1, &name(0), 1, 1).unwrap();
+    let slot = a.0 & 0xFFFF_FFFF;
+    let shard = slot >> 26;
+    let index = slot & ((1 << 26) - 1);
+    assert!(index + 5 < 51, "the probes share the open's chunk");
+    let probes = [index + 5, 50, 51, 51 * 511 + 50, (1 << 26) - 1];
+    for i in probes {
+        let forged = Token((1u64 << 32) | (shard << 26) | i);
+        t.handle_closed(forged, 0);
+        t.object_destroyed(forged, 0);
+        t.superseded(forged, 0);
+        t.abandon(forged, 0);
+        assert!(!t.capture_wanted(forged));
+        t.stack_captured(forged, 0, &[1, 2, 3], false);
+    }
+    let s = t.stats();
+    assert_eq!(s.closes_unknown_object, probes.len() as u64);
+    assert_eq!(s.destroys_unknown_object, 3 * probes.len() as u64);
+    assert_eq!(s.objects_tracked, 1);
+    t.check_consistency().expect("consistent");
+    t.object_destroyed(a, 0x1000);
+    assert_eq!(t.stats().objects_tracked, 0);
+}
+
+/// More than a chunk of slots given back in scrambled orders and taken again: the free list's
+/// heads reach the second chunk (review 18c: no test popped past the first).
+#[test]
+fn the_free_list_round_trips_across_chunks() {
+    let pool = CountingPool::new(Failure::Never, false);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    let mut live: Vec<(u64, Token)> = (0..160u64)
+        .map(|k| {
+            (
+                (k + 1) * 16,
+                t.opened((k + 1) * 16, P1, 1, &name(k), 1, k).unwrap(),
+            )
+        })
+        .collect();
+    for round in 0..5u64 {
+        let mut order: Vec<usize> = (0..live.len()).collect();
+        order.sort_by_key(|&i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ round));
+        for &i in &order {
+            t.object_destroyed(live[i].1, live[i].0);
+        }
+        for (j, &i) in order.iter().enumerate() {
+            let object = live[i].0;
+            live[i].1 = t
+                .opened(
+                    object,
+                    P2,
+                    1,
+                    &name(1000 * (round + 1) + j as u64),
+                    1,
+                    j as u64,
+                )
+                .unwrap();
+        }
+        t.check_consistency().expect("consistent");
+    }
+    assert_eq!(t.stats().destroys_unknown_object, 0);
+    for (object, token) in live {
+        t.object_destroyed(token, object);
+    }
+    assert_eq!(t.stats().objects_tracked, 0);
+}
