@@ -124,7 +124,10 @@ pub fn unregister() -> Result<(), NTSTATUS> {
 ///   `OBJ_FORCE_ACCESS_CHECK` has `CheckAccessMode` `UserMode` (docs; the WRK's
 ///   `ex/sysinfo.c` opens HKCU keys so) and its handle is still System's (fidelity audit
 ///   16b, F3; the kernel emulator's `kernel-handle-forced`). Where the routine is missing,
-///   `CheckAccessMode` stands in.
+///   `CheckAccessMode` stands in. A system service's own kernel-handle open for a user-mode
+///   caller (`NtUnloadKey2`'s open of the hive's root: WRK `ntapi.c`) keeps that caller's
+///   previous mode, so it is named after the caller, as the kernel's own list names it (the
+///   kernel emulator's `unload-own-open-holder`).
 /// - Any other handle goes into the current process's table, which for a thread attached
 ///   to another process (`KeStackAttachProcess`) is the attached one (docs,
 ///   `IoGetCurrentProcess`; `ReactOS` `ObpCreateHandle`: `PsGetCurrentProcess()->ObjectTable`),

@@ -116,6 +116,9 @@ fn start_tracking(
         registry_read::altitude(unsafe { &*registry_path })
     };
     let altitude = altitude.as_unicode();
+    // The driver's own open of the hive list goes before the callback, which would see it
+    // (`registry_read::open_hive_list`); its values are read after.
+    let hive_list = registry_read::open_hive_list();
     callbacks::register(driver, &altitude)?;
     // Image loads let captured frames be named by module (issue 16); without them frames
     // stay raw addresses (stats `image_loads_tracked` says which). Only with live tracking:
@@ -133,7 +136,7 @@ fn start_tracking(
         tracker.tracking_started(clock::now());
         // The mounted hives are read after registration, so a load between the two is seen
         // by the callback instead of falling in the gap (a load seen twice is harmless).
-        registry_read::seed_hives(tracker);
+        registry_read::seed_hives(tracker, hive_list);
     }
     Ok(())
 }

@@ -6,8 +6,9 @@ use core::ptr::{NonNull, null_mut};
 
 use wdk_sys::{
     _KEY_VALUE_INFORMATION_CLASS::{KeyValueFullInformation, KeyValuePartialInformation},
-    HANDLE, KEY_READ, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, OBJECT_ATTRIBUTES,
-    STATUS_NO_MORE_ENTRIES, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
+    HANDLE, KEY_READ, NTSTATUS, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, OBJECT_ATTRIBUTES,
+    STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_NO_MORE_ENTRIES,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS, UNICODE_STRING,
     ntddk::{ZwClose, ZwEnumerateValueKey, ZwOpenKey, ZwQueryValueKey},
 };
 
@@ -27,6 +28,8 @@ const REG_DWORD: u32 = 4;
 const BUF_LEN: usize = 4096;
 /// Hive list values that may fail one after another before its read is given up.
 const MAX_FAILURES_IN_A_ROW: u32 = 8;
+/// The longest hive list value read (a mount and a file path, UTF-16, with the header).
+const MAX_VALUE_LEN: usize = 64 * 1024;
 
 /// An altitude: up to 31 UTF-16 digits (and dots), as a counted string over owned storage.
 pub struct Altitude {
@@ -98,16 +101,16 @@ impl Drop for Key {
 }
 
 /// A pool buffer for value queries, freed on drop.
-struct Scratch(NonNull<u8>);
+struct Scratch(NonNull<u8>, usize);
 
 impl Scratch {
-    fn new() -> Option<Self> {
-        pool::alloc_zeroed(BUF_LEN).map(Self)
+    fn new(len: usize) -> Option<Self> {
+        pool::alloc_zeroed(len).map(|p| Self(p, len))
     }
 
     const fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: the block is BUF_LEN bytes, ours alone.
-        unsafe { core::slice::from_raw_parts_mut(self.0.as_ptr(), BUF_LEN) }
+        // SAFETY: the block is `self.1` bytes, ours alone.
+        unsafe { core::slice::from_raw_parts_mut(self.0.as_ptr(), self.1) }
     }
 }
 
@@ -180,7 +183,7 @@ fn query_parameter<'a>(
 }
 
 fn read_altitude(service_key: &UNICODE_STRING) -> Option<Altitude> {
-    let mut scratch = Scratch::new()?;
+    let mut scratch = Scratch::new(BUF_LEN)?;
     let (kind, data) = query_parameter(service_key, wide!("Altitude"), &mut scratch)?;
     if kind != REG_SZ {
         return None;
@@ -201,7 +204,7 @@ fn read_altitude(service_key: &UNICODE_STRING) -> Option<Altitude> {
 /// or `None` when the value is absent or not a `REG_DWORD` (the tracker's default applies;
 /// the tracker clamps what is configured to its floor and ceiling).
 pub fn memory_budget(service_key: &UNICODE_STRING) -> Option<u64> {
-    let mut scratch = Scratch::new()?;
+    let mut scratch = Scratch::new(BUF_LEN)?;
     let (kind, data) = query_parameter(service_key, wide!("MemoryBudgetMiB"), &mut scratch)?;
     if kind != REG_DWORD || data.len() != 4 {
         return None;
@@ -213,7 +216,7 @@ pub fn memory_budget(service_key: &UNICODE_STRING) -> Option<u64> {
 /// The key-count alarm threshold (issue 17) from the service key's
 /// `Parameters\KeyAlarmThreshold` (`REG_DWORD`; 0 turns alarms off), if set.
 pub fn key_alarm_threshold(service_key: &UNICODE_STRING) -> Option<u64> {
-    let mut scratch = Scratch::new()?;
+    let mut scratch = Scratch::new(BUF_LEN)?;
     let (kind, data) = query_parameter(service_key, wide!("KeyAlarmThreshold"), &mut scratch)?;
     if kind != REG_DWORD || data.len() != 4 {
         return None;
@@ -225,7 +228,7 @@ pub fn key_alarm_threshold(service_key: &UNICODE_STRING) -> Option<u64> {
 /// reports it in the event stream if still held (issue 17), from the service key's
 /// `Parameters\HeldAfterSeconds` (`REG_DWORD`; 0 turns it off), if set.
 pub fn held_after_seconds(service_key: &UNICODE_STRING) -> Option<u64> {
-    let mut scratch = Scratch::new()?;
+    let mut scratch = Scratch::new(BUF_LEN)?;
     let (kind, data) = query_parameter(service_key, wide!("HeldAfterSeconds"), &mut scratch)?;
     if kind != REG_DWORD || data.len() != 4 {
         return None;
@@ -233,51 +236,64 @@ pub fn held_after_seconds(service_key: &UNICODE_STRING) -> Option<u64> {
     u64::try_from(le_u32(data, 0)).ok()
 }
 
-/// Seeds the tracker with the mounted hives from
-/// `HKLM\SYSTEM\CurrentControlSet\Control\hivelist` (value name = mount point, data = file).
-/// Returns how many hives were seeded.
-pub fn seed_hives(tracker: &DriverTracker) -> usize {
-    // A hive list not read, or a value of it not read, is a hive the driver does not know
-    // was loaded before it: counted as a name it could not get (a loss every answer reports),
-    // never passed over in silence. Its keys are still tracked, under the implicit hive their
-    // paths name, which no report calls complete.
-    let Some(key) = Key::open(
+/// The hive list's key, opened before the registry callback is registered
+/// ([`open_hive_list`]) and read after it ([`seed_hives`]).
+pub struct HiveList(Key);
+
+/// Opens `HKLM\SYSTEM\CurrentControlSet\Control\hivelist`. Called before the registry
+/// callback is registered: a driver's own `ZwOpenKey` reaches every registered callback,
+/// its own included (Learn `REG_CREATE_KEY_INFORMATION_V1`: "when a kernel-mode driver calls
+/// `ZwCreateKey`"), and an open it saw but could not record (no memory, no name) would count a
+/// loss that no later event ages out, leaving every answer incomplete for the driver's life
+/// (review 18b). Opened before, the key is no tracked object of System either; reading its
+/// values after registration still sees every hive loaded up to then.
+pub fn open_hive_list() -> Option<HiveList> {
+    Key::open(
         null_mut(),
         &unicode_string(wide!(
             r"\Registry\Machine\System\CurrentControlSet\Control\hivelist"
         )),
-    ) else {
-        tracker.name_unavailable();
-        return 0;
-    };
-    let Some(mut scratch) = Scratch::new() else {
+    )
+    .map(HiveList)
+}
+
+/// Seeds the tracker with the mounted hives from the hive list (value name = mount point,
+/// data = file), opened by [`open_hive_list`]. Returns how many hives were seeded.
+pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
+    // A hive list not read, or a value of it not read, is a hive the driver does not know
+    // was loaded before it: counted once as a name it could not get (a loss every answer
+    // reports), never passed over in silence. Its keys are still tracked, under the implicit
+    // hive their paths name, which no report calls complete.
+    let (Some(HiveList(key)), Some(mut scratch)) = (list, Scratch::new(BUF_LEN)) else {
         tracker.name_unavailable();
         return 0;
     };
     let mut seeded = 0;
+    let mut missed = false;
     let mut failures_in_a_row = 0;
     for index in 0..4096u32 {
-        let buf = scratch.bytes();
         let mut returned = 0u32;
-        // SAFETY: documented call at PASSIVE_LEVEL; the buffer is BUF_LEN writable bytes.
-        let status = unsafe {
-            ZwEnumerateValueKey(
-                key.0,
-                index,
-                KeyValueFullInformation,
-                buf.as_mut_ptr().cast(),
-                u32::try_from(BUF_LEN).unwrap_or(0),
-                &raw mut returned,
-            )
-        };
+        let mut status = enumerate_value(&key, index, &mut scratch, &mut returned);
+        if status == STATUS_BUFFER_OVERFLOW || status == STATUS_BUFFER_TOO_SMALL {
+            // A value longer than the buffer (a long file path): once more with the size the
+            // call reported (docs: ZwEnumerateValueKey, ResultLength), up to a bound.
+            let needed = usize::try_from(returned).unwrap_or(usize::MAX);
+            if let Some(bigger) = (needed <= MAX_VALUE_LEN)
+                .then(|| Scratch::new(needed))
+                .flatten()
+            {
+                scratch = bigger;
+                status = enumerate_value(&key, index, &mut scratch, &mut returned);
+            }
+        }
         if status == STATUS_NO_MORE_ENTRIES {
             break;
         }
         if status != STATUS_SUCCESS {
-            // A value too long for the buffer, or no resources for this one (WRK `cmapi.c`
-            // CmEnumerateValueKey: STATUS_INSUFFICIENT_RESOURCES when a cell cannot be
-            // mapped): the next may still be read. A failure that repeats ends the read.
-            tracker.name_unavailable();
+            // No resources for this one (WRK `cmapi.c` CmEnumerateValueKey:
+            // STATUS_INSUFFICIENT_RESOURCES when a cell cannot be mapped), or too long: the
+            // next may still be read. A failure that repeats ends the read.
+            missed = true;
             failures_in_a_row += 1;
             if failures_in_a_row == MAX_FAILURES_IN_A_ROW {
                 break;
@@ -285,11 +301,16 @@ pub fn seed_hives(tracker: &DriverTracker) -> usize {
             continue;
         }
         failures_in_a_row = 0;
+        let buf = scratch.bytes();
         // KEY_VALUE_FULL_INFORMATION: TitleIndex, Type, DataOffset, DataLength, NameLength, Name[].
         let data_offset = le_u32(buf, 8);
         let data_len = le_u32(buf, 12);
         let name_len = le_u32(buf, 16);
         let mut mount = [0u16; 512];
+        if name_len / 2 > mount.len() {
+            missed = true; // a mount cut short would be another hive's name
+            continue;
+        }
         let mut file = [0u16; 512];
         let mut m = 0;
         for u in utf16_at(buf, 20, name_len).take(mount.len()) {
@@ -311,5 +332,25 @@ pub fn seed_hives(tracker: &DriverTracker) -> usize {
             seeded += 1;
         }
     }
+    if missed {
+        tracker.name_unavailable();
+    }
     seeded
+}
+
+/// `ZwEnumerateValueKey` of value `index` of `key` as `KEY_VALUE_FULL_INFORMATION` into
+/// `scratch`; `returned` gets the size the call reports.
+fn enumerate_value(key: &Key, index: u32, scratch: &mut Scratch, returned: &mut u32) -> NTSTATUS {
+    let buf = scratch.bytes();
+    // SAFETY: documented call at PASSIVE_LEVEL; the buffer is `buf.len()` writable bytes.
+    unsafe {
+        ZwEnumerateValueKey(
+            key.0,
+            index,
+            KeyValueFullInformation,
+            buf.as_mut_ptr().cast(),
+            u32::try_from(buf.len()).unwrap_or(0),
+            returned,
+        )
+    }
 }

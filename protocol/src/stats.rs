@@ -165,7 +165,9 @@ stats! {
         /// Objects tracked without their name: no memory for it.
         names_dropped_no_memory,
         /// The kernel did not give a key's name (`CmCallbackGetKeyObjectIDEx` failed): an open
-        /// tracked without its name, or an unload attempt that could not be recorded.
+        /// tracked without its name, or an unload attempt that could not be recorded; also a
+        /// load the driver could not place, and a hive list read at start that missed a hive
+        /// (counted once).
         names_unavailable,
         /// Names stored cut to the largest size class.
         names_truncated,

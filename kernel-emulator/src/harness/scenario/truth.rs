@@ -20,8 +20,8 @@ use protocol::{
 };
 
 use super::tracking::{
-    APP1, APP2, CLASSES, Client, KEY_READ, SOFTWARE, SYSTEM, SYSTEM_PID, USER, boot_hives,
-    ensure_parents, load_driver, load_profile, spawn, unload_all,
+    APP1, APP2, CLASSES, Client, KEY_READ, SOFTWARE, SYSTEM, USER, boot_hives, ensure_parents,
+    load_driver, load_profile, spawn, unload_all,
 };
 use super::{Ctx, Scenario};
 use crate::loader::driver::LoadedDriver;
@@ -39,7 +39,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::hivetrack(
             "own-hivelist-open",
-            "DriverEntry's own ZwOpenKey of the hive list (through the CurrentControlSet link), after the callback is registered: the driver tracks it as System's, does not deadlock, and after its ZwClose holds nothing in the SYSTEM hive",
+            "DriverEntry's own ZwOpenKey of the hive list (through the CurrentControlSet link) is made before its callback registers, so no failure in recording it can leave a loss for the driver's life (review 18b): no open seen, nothing lost, with and without CmCallbackGetKeyObjectIDEx failing at load; the list is still read",
             own_hivelist_open,
         ),
         Scenario::hivetrack(
@@ -272,78 +272,72 @@ fn failing<R>(routine: Option<&'static str>, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// DriverEntry opens the hive list with its own `ZwOpenKey` (OBJ_KERNEL_HANDLE, on its System
+/// thread) and reads it after registering its callback (`driver/src/registry_read.rs`). On
+/// Windows a driver's own open is notified to every registered callback, its own included
+/// (Learn REG_CREATE_KEY_INFORMATION_V1 Remarks; regfltr `sys/pre.c`
+/// PreNotificationBlockSample; `td-zw-open`; before 2026-12-05 the model delivered nothing
+/// for it, fidelity audit 16b, F4). The driver opens the list before it registers, so that
+/// open is never its record: a failure while recording it (no name, no memory) would have
+/// counted a loss no event ages out, every answer incomplete for the driver's life (review
+/// 18b, reproduced with `CmCallbackGetKeyObjectIDEx` failing at load). Its close after
+/// registration carries no context of it: nothing.
+fn own_hivelist_open(ctx: &mut Ctx) {
+    for faulted in [false, true] {
+        kernel::reset();
+        // The boot makes CurrentControlSet the link to ControlSet001 the open goes through.
+        boot_hives(ctx);
+        let objects = hive::key_objects();
+        if faulted {
+            kernel::with(|k| {
+                k.faults.only = Some("CmCallbackGetKeyObjectIDEx");
+                k.faults.policy = FaultPolicy::FromNth(1);
+            });
+        }
+        let mut d = load_driver(ctx);
+        kernel::with(|k| {
+            k.faults.policy = FaultPolicy::Off;
+            k.faults.only = None;
+        });
+        let announced = kernel::with(|k| k.zwreg.announced_opens);
+        ctx.check(
+            announced == 0,
+            format!(
+                "faulted {faulted}: DriverEntry's open of the hive list reached no driver's callback ({announced})"
+            ),
+        );
+        let Some(c) = Client::open(ctx) else { return };
+        let st = c.stats(ctx);
+        ctx.check(
+            st.opens_seen == 0 && st.objects_tracked == 0 && st.processes_tracked == 0,
+            format!(
+                "faulted {faulted}: no open seen, no object, no process ({} opens, {} objects, {} processes)",
+                st.opens_seen, st.objects_tracked, st.processes_tracked
+            ),
+        );
+        ctx.check(
+            st.not_recorded() == 0,
+            format!("faulted {faulted}: nothing lost ({})", st.not_recorded()),
+        );
+        let known = c.hives(ctx);
+        ctx.check(
+            [SYSTEM, SOFTWARE]
+                .iter()
+                .all(|m| known.iter().any(|(k, _)| k.eq_ignore_ascii_case(m))),
+            format!("faulted {faulted}: the hive list was read: {known:?}"),
+        );
+        ctx.check(
+            hive::key_objects() == objects,
+            format!("faulted {faulted}: the driver's start left no key object"),
+        );
+        c.close();
+        ctx.unload_and_check_clean(&mut d);
+    }
+}
+
 /// Object contexts exist only for objects the callback attached one to (docs:
 /// `CmSetCallbackObjectContext`; the model: `td-preexisting-handles`): a driver started after
 /// the leak has no record of the leaked key. Its answers must say since when it tracks.
-/// DriverEntry registers the callback, then reads the hive list with its own `ZwOpenKey`
-/// (`driver/src/registry_read.rs` `seed_hives`, OBJ_KERNEL_HANDLE, on DriverEntry's System
-/// thread): on Windows that open is notified to every callback, the driver's own included
-/// (Learn REG_CREATE_KEY_INFORMATION_V1 Remarks; regfltr `sys/pre.c`
-/// PreNotificationBlockSample; `td-zw-open`), and its `ZwClose` ends the key object with its
-/// close and cleanup notifications. The driver must track it as System's without deadlocking
-/// (the open runs inside DriverEntry, before the hive it belongs to is seeded) and hold
-/// nothing once it is closed. Before 2026-12-05 the model delivered nothing for it (fidelity
-/// audit 16b, F4).
-fn own_hivelist_open(ctx: &mut Ctx) {
-    // The boot makes CurrentControlSet the link to ControlSet001 the driver's open goes through.
-    boot_hives(ctx);
-    let objects = hive::key_objects();
-    let mut d = load_driver(ctx);
-    let announced = kernel::with(|k| k.zwreg.announced_opens);
-    ctx.check(
-        announced == 1,
-        format!(
-            "DriverEntry's open of the hive list reached a driver's callback with STATUS_SUCCESS ({announced} such open(s))"
-        ),
-    );
-    let Some(c) = Client::open(ctx) else { return };
-    let st = c.stats(ctx);
-    println!(
-        "  stats: opens seen {}, destroys seen {}; now {} objects, {} holdings, {} processes; {} not recorded",
-        st.opens_seen,
-        st.destroys_seen,
-        st.objects_tracked,
-        st.holdings_tracked,
-        st.processes_tracked,
-        st.not_recorded()
-    );
-    ctx.check(
-        st.opens_seen == 1 && st.destroys_seen == 1,
-        "the driver saw its own open and its object go",
-    );
-    ctx.check(
-        st.objects_tracked == 0 && st.holdings_tracked == 0 && st.processes_tracked == 1,
-        "after the ZwClose it tracks no object and no holding, one process (System)",
-    );
-    ctx.check(
-        st.not_recorded() == 0,
-        format!("nothing lost ({})", st.not_recorded()),
-    );
-    let procs = c.processes(ctx);
-    ctx.check(
-        procs.len() == 1 && procs[0].0 == u64::from(SYSTEM_PID) && procs[0].1 == 0,
-        format!("the open was System's, and System holds nothing after the ZwClose: {procs:?}"),
-    );
-    let holders = c.holders(ctx, SYSTEM);
-    ctx.check(
-        holders.is_empty(),
-        format!("no holder of the SYSTEM hive: {holders:?}"),
-    );
-    let known = c.hives(ctx);
-    ctx.check(
-        [SYSTEM, SOFTWARE]
-            .iter()
-            .all(|m| known.iter().any(|(k, _)| k.eq_ignore_ascii_case(m))),
-        format!("the hive list was read after the open: {known:?}"),
-    );
-    ctx.check(
-        hive::key_objects() == objects,
-        "the driver's start left no key object",
-    );
-    c.close();
-    ctx.unload_and_check_clean(&mut d);
-}
-
 fn late_start(ctx: &mut Ctx) {
     boot_hives(ctx);
     load_profile(ctx);
@@ -502,6 +496,18 @@ fn load_during_start(ctx: &mut Ctx) {
 fn hive_list_unread(ctx: &mut Ctx) {
     boot_hives(ctx);
     load_profile(ctx);
+    // A value longer than the driver's first buffer (a long file path): read again at the
+    // size the call reports, not counted as missed (review 18b).
+    let long_mount = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1009";
+    let long_file = format!(r"\??\C:\{}\NTUSER.DAT", "Profiles\\".repeat(300));
+    let s = hive::load_hive(super::tracking::SYSTEM_PID, long_mount, &long_file);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!(
+            "a hive with a {}-character file path loads",
+            long_file.len()
+        ),
+    );
     let listed = kernel::with(|k| k.hives.hives.len());
     kernel::with(|k| {
         k.faults.only = Some("ZwEnumerateValueKey");
@@ -518,10 +524,17 @@ fn hive_list_unread(ctx: &mut Ctx) {
         listed >= 3 && injected == 1,
         format!("{listed} hives listed, the second value's read refused ({injected} injected)"),
     );
-    let known = mounts(ctx, h).len();
+    let known = mounts(ctx, h);
     ctx.check(
-        known + 1 == listed,
-        format!("every other hive of the list is known ({known} of {listed})"),
+        known.len() + 1 == listed,
+        format!(
+            "every other hive of the list is known ({} of {listed})",
+            known.len()
+        ),
+    );
+    ctx.check(
+        known.iter().any(|m| m.eq_ignore_ascii_case(long_mount)),
+        format!("the hive with the long file path among them: {known:?}"),
     );
     let st = stats(ctx, h);
     ctx.check(
