@@ -88,11 +88,15 @@ pub fn reset() {
         let hidden = std::mem::take(&mut k.hidden_routines);
         let special = k.pool.special;
         let quiet = k.quiet_debug_print;
+        // A run under fault injection keeps lookasides off across the resets its scenario
+        // makes (review 18b: `random-faults` and the DriverEntry sweeps reset the kernel).
+        let lookasides_off = k.lookasides.depth_zero;
         *k = Kernel::default();
         crate::nt::ke::sync::reset();
         k.hidden_routines = hidden;
         k.pool.special = special;
         k.quiet_debug_print = quiet;
+        k.lookasides.depth_zero = lookasides_off;
     });
 }
 

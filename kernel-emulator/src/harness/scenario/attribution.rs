@@ -530,6 +530,8 @@ fn faulty_stacks(ctx: &mut Ctx, policy: FaultPolicy) -> (usize, u64) {
         return (0, 0);
     };
     load_profile(ctx);
+    // Under Driver Verifier lookasides keep nothing (`lookaside::force_depth_zero`).
+    let _ = crate::nt::ex::lookaside::force_depth_zero();
     kernel::with(|k| {
         k.faults.calls = 0;
         k.faults.injected.clear();

@@ -566,6 +566,8 @@ fn faulty_events(ctx: &mut Ctx, policy: FaultPolicy) -> (usize, bool) {
         return (0, true);
     };
     let (leaker, key) = sync_client(ctx);
+    // Under Driver Verifier lookasides keep nothing (`lookaside::force_depth_zero`).
+    let _ = crate::nt::ex::lookaside::force_depth_zero();
     kernel::with(|k| {
         k.faults.calls = 0;
         k.faults.injected.clear();

@@ -408,6 +408,8 @@ fn entry_sweep(ctx: &mut Ctx) {
 fn random_faults(ctx: &mut Ctx) {
     for seed in 1..=16u64 {
         kernel::reset();
+        // Under Driver Verifier lookasides keep nothing (`lookaside::disable_caching`).
+        crate::nt::ex::lookaside::disable_caching();
         kernel::with(|k| {
             k.faults.policy = FaultPolicy::Random {
                 per_mille: 250,

@@ -440,6 +440,8 @@ pub fn driver_entry_sweep(ctx: &mut Ctx, must_fail: bool, optional: &[&str]) {
     let mut k = 1u64;
     loop {
         kernel::reset();
+        // Under Driver Verifier lookasides keep nothing (`lookaside::disable_caching`).
+        crate::nt::ex::lookaside::disable_caching();
         kernel::with(|kk| kk.faults.policy = FaultPolicy::Nth(k));
         let mut d = ctx.load();
         let s = d.entry();

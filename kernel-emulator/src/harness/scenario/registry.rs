@@ -583,6 +583,8 @@ fn td_generated(ctx: &mut Ctx) {
 
 fn td_registry_faults(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
+    // Under Driver Verifier lookasides keep nothing (`lookaside::force_depth_zero`).
+    let _ = crate::nt::ex::lookaside::force_depth_zero();
     kernel::with(|k| {
         k.quiet_debug_print = true;
         k.callback_irql = crate::machine::cpu::APC_LEVEL;

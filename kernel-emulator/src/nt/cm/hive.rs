@@ -2523,10 +2523,8 @@ mod tests {
         assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
     }
 
-    /// NtRenameKey (WRK `cmapi.c` CmRenameKey; Learn CmCallbackGetKeyObjectIDEx Remarks):
-    /// the key and its subkeys take the new name, their objects report it (to
-    /// `CmCallbackGetKeyObjectIDEx` and to `NtQueryKey`), ids stay; a taken name and a hive
-    /// root are refused.
+    /// `ensure_key` makes a key of the value store a key of its mounted hive, following a
+    /// registry link on its path and keeping the spelling it was given.
     #[test]
     fn ensure_key_follows_a_link_and_keeps_the_spelling() {
         let mount = r"\REGISTRY\MACHINE\UNITENSURE";
@@ -2555,6 +2553,10 @@ mod tests {
             .contains(r"\REGISTRY\MACHINE\UNITNOHIVE\KEY")));
     }
 
+    /// NtRenameKey (WRK `cmapi.c` CmRenameKey; Learn CmCallbackGetKeyObjectIDEx Remarks):
+    /// the key and its subkeys take the new name, their objects report it (to
+    /// `CmCallbackGetKeyObjectIDEx` and to `NtQueryKey`), ids stay; a taken name and a hive
+    /// root are refused.
     #[test]
     fn a_rename_moves_the_subtree_and_keeps_its_ids() {
         let mount = r"\REGISTRY\MACHINE\UNITRENAME";
