@@ -351,19 +351,6 @@ impl Client {
     }
 }
 
-/// `procs` without System's record when it holds no key. DriverEntry runs on a System thread
-/// and its `ZwOpenKey` of the hive list is a registry open like any other (Learn
-/// REG_CREATE_KEY_INFORMATION_V1 Remarks; `nt/cm/zwreg.rs`): the driver tracks it as System's
-/// until its `ZwClose`, and — as for every process it has seen — keeps System's record,
-/// empty, until the process exits, which System never does (fidelity audit 16b, F4: before
-/// 2026-12-05 the model delivered no notification for it and System was never listed).
-pub(crate) fn without_idle_system(procs: Vec<(u64, u64, String)>) -> Vec<(u64, u64, String)> {
-    procs
-        .into_iter()
-        .filter(|p| !(p.0 == u64::from(SYSTEM_PID) && p.1 == 0))
-        .collect()
-}
-
 /// Boots the machine hives (as the hive list has them at start-up) and loads the driver,
 /// which seeds its hive table from that list.
 pub(crate) fn start(ctx: &mut Ctx) -> LoadedDriver {
@@ -822,7 +809,7 @@ fn handle_leak(ctx: &mut Ctx) {
     );
     process::exit_process(leaker);
     process::exit_process(other);
-    let empty = without_idle_system(c.processes(ctx)).is_empty();
+    let empty = c.processes(ctx).is_empty();
     ctx.check(empty, "after both exit, no process holds keys");
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
@@ -847,7 +834,7 @@ fn process_exit(ctx: &mut Ctx) {
         format!("the process holds 15 keys in three hives: {procs:?}"),
     );
     process::exit_process(p);
-    let procs = without_idle_system(c.processes(ctx));
+    let procs = c.processes(ctx);
     ctx.check(
         procs.len() == 1 && procs[0].0 == u64::from(q) && procs[0].1 == 1,
         format!("after it exits only the other process remains, with its one key: {procs:?}"),
@@ -1098,10 +1085,10 @@ fn concurrency(ctx: &mut Ctx) {
         stats.not_recorded() == 0,
         format!("nothing lost ({})", stats.not_recorded()),
     );
-    for p in without_idle_system(procs) {
+    for p in procs {
         process::exit_process(u32::try_from(p.0).unwrap_or(0));
     }
-    let empty = without_idle_system(c.processes(ctx)).is_empty();
+    let empty = c.processes(ctx).is_empty();
     ctx.check(empty, "after every process exits, nothing is held");
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
