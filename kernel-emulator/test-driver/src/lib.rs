@@ -129,13 +129,14 @@ mod exlock;
 /// IOCTL_ZW_OPEN: the driver's own `ZwOpenKey` of
 /// `\Registry\Machine\System\CurrentControlSet\Control\hivelist` (KEY_READ,
 /// OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE when `argument` is 0, OBJ_CASE_INSENSITIVE alone
-/// otherwise), as hivetrack's `seed_hives` makes it, on the requesting thread at
+/// when 1, OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK when 2), as hivetrack makes it, on the requesting thread at
 /// PASSIVE_LEVEL, then `ZwEnumerateValueKey` of value 0 and `ZwClose`. Answers [open status,
 /// handle, enumerate status, close status] (statuses as their 32 bits).
 fn zw_open_hivelist(argument: u64) -> [u64; 4] {
     use wdk_sys::{
         _KEY_VALUE_INFORMATION_CLASS::KeyValueFullInformation,
-        HANDLE, KEY_READ, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, OBJECT_ATTRIBUTES,
+        HANDLE, KEY_READ, OBJ_CASE_INSENSITIVE, OBJ_FORCE_ACCESS_CHECK, OBJ_KERNEL_HANDLE,
+        OBJECT_ATTRIBUTES,
         ntddk::{ZwClose, ZwEnumerateValueKey, ZwOpenKey},
     };
     #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
@@ -147,7 +148,11 @@ fn zw_open_hivelist(argument: u64) -> [u64; 4] {
         Length: u32::try_from(size_of::<OBJECT_ATTRIBUTES>()).unwrap_or(0),
         RootDirectory: null_mut(),
         ObjectName: &raw mut name,
-        Attributes: OBJ_CASE_INSENSITIVE | if argument == 0 { OBJ_KERNEL_HANDLE } else { 0 },
+        Attributes: match argument {
+            0 => OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE,
+            1 => OBJ_CASE_INSENSITIVE,
+            _ => OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
+        },
         SecurityDescriptor: null_mut(),
         SecurityQualityOfService: null_mut(),
     };

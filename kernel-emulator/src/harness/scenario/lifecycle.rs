@@ -29,6 +29,8 @@ const HKU: &str = r"\REGISTRY\USER";
 const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
 /// OBJ_KERNEL_HANDLE.
 const OBJ_KERNEL_HANDLE: u64 = 0x200;
+/// OBJ_FORCE_ACCESS_CHECK.
+const OBJ_FORCE_ACCESS_CHECK: u64 = 0x400;
 
 // Notification classes the log records (REG_NOTIFY_CLASS), and its process pseudo-classes.
 const PRE_KEY_HANDLE_CLOSE: u64 = 14;
@@ -649,7 +651,14 @@ fn td_zw_open(ctx: &mut Ctx) {
     let given = r"\Registry\Machine\System\CurrentControlSet\Control\hivelist";
     // The key the link leads to, named as stored (the hive list key is spelled `hivelist`).
     let target = format!(r"{SYSTEM}\ControlSet001\Control\hivelist");
-    for (argument, what) in [(0u64, "OBJ_KERNEL_HANDLE"), (1, "no OBJ_KERNEL_HANDLE")] {
+    for (argument, what) in [
+        (0u64, "OBJ_KERNEL_HANDLE"),
+        (1, "no OBJ_KERNEL_HANDLE"),
+        (
+            2,
+            "OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK, case-sensitive",
+        ),
+    ] {
         log_start(&s);
         let [opened, handle, enumerated, closed] = four_on(device, IOCTL_ZW_OPEN, argument);
         ctx.check(
@@ -660,7 +669,7 @@ fn td_zw_open(ctx: &mut Ctx) {
         );
         let kernel = handle & KERNEL_HANDLE_BIT == KERNEL_HANDLE_BIT;
         ctx.check(
-            kernel == (argument == 0),
+            kernel == (argument != 1),
             format!("{what}: handle {handle:#x} (kernel bit {kernel})"),
         );
         let l = log(&s);
@@ -683,17 +692,23 @@ fn td_zw_open(ctx: &mut Ctx) {
         let at = |i: usize| l.get(i).copied().unwrap_or_default();
         let (pre, reparse, pre2, post, close, post_close) =
             (at(0), at(1), at(2), at(3), at(4), at(6));
-        let attributes = if argument == 0 { OBJ_KERNEL_HANDLE } else { 0 };
+        // The caller's Attributes as given (nothing strips a kernel-mode caller's flags: WRK
+        // `ob/obcreate.c`); OBJ_FORCE_ACCESS_CHECK makes the check UserMode (review 18b).
+        let attributes = match argument {
+            0 => 0x40 | OBJ_KERNEL_HANDLE,
+            1 => 0x40,
+            _ => OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
+        };
+        let check_mode = u64::from(argument == 2);
         ctx.check(
             pre.name == hash(given)
-                && pre.extra & 0xFFFF_FFFF == 0x40 | attributes
-                && pre.extra >> 32 == 0
+                && pre.extra & 0xFFFF_FFFF == attributes
+                && pre.extra >> 32 == check_mode
                 && pre.owner == u64::from(p)
                 && reparse.extra == STATUS_REPARSE
                 && pre2.name == hash(&target),
             format!(
-                "{what}: the name as given, Attributes {:#x}, CheckAccessMode KernelMode, on the caller's thread; STATUS_REPARSE; then the link's target ({pre:x?} {reparse:x?} {pre2:x?})",
-                0x40 | attributes
+                "{what}: the name as given, Attributes {attributes:#x}, CheckAccessMode {check_mode}, on the caller's thread; STATUS_REPARSE; then the link's target ({pre:x?} {reparse:x?} {pre2:x?})"
             ),
         );
         ctx.check(
@@ -705,7 +720,7 @@ fn td_zw_open(ctx: &mut Ctx) {
         );
         // A kernel handle's close runs attached to System (ReactOS ObpCloseHandle); a handle
         // of the caller's table closes in the caller's process.
-        let closing_pid = if argument == 0 { SYSTEM_PID } else { p };
+        let closing_pid = if argument == 1 { p } else { SYSTEM_PID };
         ctx.check(
             close.object == post.object
                 && post_close.object == post.object

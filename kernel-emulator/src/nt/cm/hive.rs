@@ -870,6 +870,7 @@ fn open_app_root(pid: u32, mount: &str) -> Result<u64, NtStatus> {
         registry_manager: true,
         kernel_caller: false,
         service_for_caller: false,
+        attributes: None,
     };
     open_mode(pid, None, mount, KEY_ALL_ACCESS, false, manager).inspect_err(|_| {
         hive_object_gone(&canon(mount));
@@ -1125,6 +1126,11 @@ struct OpenMode {
     /// KernelMode, ...)`; fidelity audit 18a, F7). Threads of the System process run in
     /// kernel mode.
     service_for_caller: bool,
+    /// The caller's own OBJECT_ATTRIBUTES `Attributes`, which the notification carries as
+    /// given (a driver's `ZwOpenKey`: nothing captures or strips a kernel-mode caller's
+    /// flags, WRK `ob/obcreate.c`); `None`: the model's opens, OBJ_CASE_INSENSITIVE plus
+    /// the flags above (review 18b).
+    attributes: Option<u32>,
 }
 
 /// The `\REGISTRY` key object, made at the first call: the object an absolute name is parsed
@@ -1199,6 +1205,7 @@ fn open(
         registry_manager: false,
         kernel_caller: false,
         service_for_caller: false,
+        attributes: None,
     };
     open_mode(pid, root, name, desired, create, mode)
 }
@@ -1213,6 +1220,7 @@ fn open_for_caller(pid: u32, mount: &str, create: bool) -> Result<u64, NtStatus>
         registry_manager: false,
         kernel_caller: false,
         service_for_caller: true,
+        attributes: None,
     };
     open_mode(pid, None, mount, KEY_WRITE, create, mode)
 }
@@ -1237,6 +1245,7 @@ pub fn open_kernel_key_forced(
         registry_manager: false,
         kernel_caller: false,
         service_for_caller: false,
+        attributes: None,
     };
     open_mode(pid, None, path, desired, create, mode)
 }
@@ -1252,9 +1261,10 @@ pub fn open_kernel_key_forced(
 /// the driver's own callback sees its own open (RegNtPreOpenKeyEx/RegNtPostOpenKeyEx, a
 /// symbolic link's STATUS_REPARSE pair on the way), previous mode KernelMode, and the handle's
 /// close and the object's cleanup when it closes it ([`close_key`]). `root`: a key handle of
-/// the calling process (or a kernel handle) the name is relative to. `kernel_handle`:
-/// OBJ_KERNEL_HANDLE (the System table); without it the handle goes into the current
-/// process's table.
+/// the calling process (or a kernel handle) the name is relative to. `attributes`: the
+/// caller's, which the notification carries as given; with OBJ_KERNEL_HANDLE the handle goes
+/// into the System table, without it into the current process's; OBJ_FORCE_ACCESS_CHECK makes
+/// the notification's `CheckAccessMode` UserMode.
 ///
 /// # Errors
 /// As [`open_key_at`].
@@ -1262,15 +1272,16 @@ pub fn zw_open_key(
     root: Option<u64>,
     name: &str,
     desired: u32,
-    kernel_handle: bool,
+    attributes: u32,
 ) -> Result<u64, NtStatus> {
     let mode = OpenMode {
-        kernel_handle,
-        force_access_check: false,
+        kernel_handle: attributes & OBJ_KERNEL_HANDLE != 0,
+        force_access_check: attributes & OBJ_FORCE_ACCESS_CHECK != 0,
         fail: None,
         registry_manager: false,
         kernel_caller: true,
         service_for_caller: false,
+        attributes: Some(attributes),
     };
     open_mode(io::current_pid(), root, name, desired, false, mode)
 }
@@ -1402,11 +1413,13 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         wow64_flags: desired & KEY_WOW64_RES,
         // OBJ_CASE_INSENSITIVE (| OBJ_KERNEL_HANDLE (| OBJ_FORCE_ACCESS_CHECK)); UserMode, or
         // KernelMode for a Zw call that does not force the access check.
-        attributes: match (mode.kernel_handle, mode.force_access_check) {
-            (false, _) => 0x40,
-            (true, false) => 0x40 | OBJ_KERNEL_HANDLE,
-            (true, true) => 0x40 | OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
-        },
+        attributes: mode.attributes.unwrap_or(
+            match (mode.kernel_handle, mode.force_access_check) {
+                (false, _) => 0x40,
+                (true, false) => 0x40 | OBJ_KERNEL_HANDLE,
+                (true, true) => 0x40 | OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
+            },
+        ),
         check_access_mode: i8::from(
             !(mode.kernel_handle || mode.kernel_caller) || mode.force_access_check,
         ),

@@ -43,7 +43,6 @@ use crate::nt::cm::hive;
 use crate::nt::exports::Export;
 use crate::nt::kernel;
 use crate::nt::layout::{UnicodeString, read_unicode};
-use crate::nt::ob::object::OBJ_KERNEL_HANDLE;
 use crate::nt::status::{
     NtStatus, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER, STATUS_NO_MORE_ENTRIES,
@@ -262,10 +261,11 @@ unsafe extern "win64" fn ZwOpenKey(
     let backed = root.as_ref().is_none_or(|r| r.2) && (!stored || hive::ensure_key(&given));
     let op = bugcheck::operation();
     let value = if backed {
-        let kernel_handle = attrs.attributes & OBJ_KERNEL_HANDLE != 0;
         let opened = match root {
-            None => hive::zw_open_key(None, &name, desired, kernel_handle),
-            Some(_) => hive::zw_open_key(Some(attrs.root_directory), &name, desired, kernel_handle),
+            None => hive::zw_open_key(None, &name, desired, attrs.attributes),
+            Some(_) => {
+                hive::zw_open_key(Some(attrs.root_directory), &name, desired, attrs.attributes)
+            }
         };
         match opened {
             Ok(h) => {
