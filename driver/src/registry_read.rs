@@ -112,6 +112,13 @@ impl Scratch {
         // SAFETY: the block is `self.1` bytes, ours alone.
         unsafe { core::slice::from_raw_parts_mut(self.0.as_ptr(), self.1) }
     }
+
+    /// The block as UTF-16 units (`self.1 / 2` of them).
+    const fn units(&mut self) -> &mut [u16] {
+        // SAFETY: the block is `self.1` bytes, ours alone, and pool blocks are aligned for
+        // any integer (docs: ExAllocatePool2, "aligned on an 8-byte boundary" at least).
+        unsafe { core::slice::from_raw_parts_mut(self.0.as_ptr().cast(), self.1 / 2) }
+    }
 }
 
 impl Drop for Scratch {
@@ -271,6 +278,7 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
     let mut seeded = 0;
     let mut missed = false;
     let mut failures_in_a_row = 0;
+    let mut ended = false;
     for index in 0..4096u32 {
         let mut returned = 0u32;
         let mut status = enumerate_value(&key, index, &mut scratch, &mut returned);
@@ -278,7 +286,7 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
             // A value longer than the buffer (a long file path): once more with the size the
             // call reported (docs: ZwEnumerateValueKey, ResultLength), up to a bound.
             let needed = usize::try_from(returned).unwrap_or(usize::MAX);
-            if let Some(bigger) = (needed <= MAX_VALUE_LEN)
+            if let Some(bigger) = (needed > scratch.1 && needed <= MAX_VALUE_LEN)
                 .then(|| Scratch::new(needed))
                 .flatten()
             {
@@ -287,6 +295,7 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
             }
         }
         if status == STATUS_NO_MORE_ENTRIES {
+            ended = true;
             break;
         }
         if status != STATUS_SUCCESS {
@@ -296,41 +305,58 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
             missed = true;
             failures_in_a_row += 1;
             if failures_in_a_row == MAX_FAILURES_IN_A_ROW {
+                ended = true; // counted as missed already
                 break;
             }
             continue;
         }
         failures_in_a_row = 0;
-        let buf = scratch.bytes();
+        // Only the bytes the call wrote: a longer value read before left more behind.
+        let valid = usize::try_from(returned).unwrap_or(0);
+        let whole = scratch.bytes();
+        let buf = &whole[..valid.min(whole.len())];
         // KEY_VALUE_FULL_INFORMATION: TitleIndex, Type, DataOffset, DataLength, NameLength, Name[].
         let data_offset = le_u32(buf, 8);
         let data_len = le_u32(buf, 12);
         let name_len = le_u32(buf, 16);
         let mut mount = [0u16; 512];
-        if name_len / 2 > mount.len() {
-            missed = true; // a mount cut short would be another hive's name
-            continue;
-        }
-        let mut file = [0u16; 512];
         let mut m = 0;
         for u in utf16_at(buf, 20, name_len).take(mount.len()) {
             mount[m] = u;
             m += 1;
         }
+        if m == 0 || m * 2 != name_len {
+            // Cut short, it would be another hive's name; outside the bytes written, none.
+            missed = true;
+            continue;
+        }
+        // The file whole (a hive's file path can be longer than a mount: the tracker stores
+        // what fits and flags the rest), in a pool block when the stack's is too small.
+        let units = utf16_at(buf, data_offset, data_len).take_while(|&u| u != 0);
+        let mut small = [0u16; 512];
+        let mut big = (data_len / 2 > small.len())
+            .then(|| Scratch::new(data_len))
+            .flatten();
+        let room: &mut [u16] = match big.as_mut() {
+            Some(block) => block.units(),
+            None => &mut small,
+        };
         let mut f = 0;
-        for u in utf16_at(buf, data_offset, data_len)
-            .take_while(|&u| u != 0)
-            .take(file.len())
-        {
-            file[f] = u;
+        for u in units.take(room.len()) {
+            room[f] = u;
             f += 1;
         }
-        if m > 0 {
-            // Load time 0, "not known": the hive was mounted before tracking began, so keys
-            // of it may predate tracking (a pending unload of it is never taken as done).
-            tracker.hive_loaded(&mount[..m], &file[..f], 0);
-            seeded += 1;
+        if data_len / 2 > room.len() {
+            missed = true; // no memory for the whole path: recorded cut, and counted
         }
+        // Load time 0, "not known": the hive was mounted before tracking began, so keys of
+        // it may predate tracking (a pending unload of it is never taken as done). A record
+        // the callback made meanwhile is newer than the list and left as it is.
+        tracker.hive_seeded(&mount[..m], &room[..f]);
+        seeded += 1;
+    }
+    if !ended {
+        missed = true; // more values than the read walks
     }
     if missed {
         tracker.name_unavailable();
@@ -342,7 +368,8 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
 /// `scratch`; `returned` gets the size the call reports.
 fn enumerate_value(key: &Key, index: u32, scratch: &mut Scratch, returned: &mut u32) -> NTSTATUS {
     let buf = scratch.bytes();
-    // SAFETY: documented call at PASSIVE_LEVEL; the buffer is `buf.len()` writable bytes.
+    // SAFETY: documented call at PASSIVE_LEVEL on the open kernel handle `key`; the buffer is
+    // `buf.len()` writable bytes and `returned` a writable ULONG.
     unsafe {
         ZwEnumerateValueKey(
             key.0,

@@ -610,12 +610,16 @@ impl<L: RawLock> HiveTable<L> {
         unsafe { free_block(pool, HIVE_CLASS, h) };
     }
 
-    /// Records a loaded hive (from the hive list or a load notification).
+    /// Records a loaded hive (from the hive list or a load notification). `seeded`: read from
+    /// the hive list, which may be older than what the callback already recorded, so a
+    /// record that says loaded (or unload pending) is left as it is (review 18d: the seed
+    /// overwrote a load's time with 0 and its file with the list's).
     ///
     /// # Errors
     /// [`NoMemory`]; nothing changed then.
     /// An application hive forgotten to make room hands its losses (count, since) to
     /// `fold_losses`, which keeps them in the global count.
+    #[allow(clippy::too_many_arguments, reason = "the facts of one load")]
     pub fn loaded<P: Pool>(
         &self,
         pool: &P,
@@ -623,6 +627,7 @@ impl<L: RawLock> HiveTable<L> {
         mount: &[u16],
         file: &[u16],
         time: u64,
+        seeded: bool,
         fold_losses: impl Fn(u64, u64),
     ) -> Result<(), NoMemory> {
         let file_ref = if file.is_empty() {
@@ -636,6 +641,20 @@ impl<L: RawLock> HiveTable<L> {
         let old_file = {
             let guard = Exclusive::new(&shard.lock);
             let mut found = find(&shard.live, |h| eq_folded(h.mount(), mount));
+            if seeded
+                && found.is_some_and(|p| {
+                    matches!(
+                        hive_of(p).state(),
+                        HiveState::Loaded | HiveState::UnloadPending
+                    )
+                })
+            {
+                drop(guard);
+                if let Some(f) = file_ref {
+                    names.release(pool, f);
+                }
+                return Ok(());
+            }
             if let Some(p) = found.filter(|&p| hive_of(p).state() == HiveState::UnloadPending) {
                 // A new load of a mount whose deferred unload was pending: that unload has
                 // completed. The old record goes (with the losses counted in it).

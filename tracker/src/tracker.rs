@@ -1268,17 +1268,36 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// A hive was loaded at `mount` from `file` (also used to seed from the hive list).
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn hive_loaded(&self, mount: &[u16], file: &[u16], time: u64) {
+        self.record_load(mount, file, time, false);
+    }
+
+    /// A hive read from the hive list at start (loaded at an unknown time): recorded unless
+    /// the callback already recorded it loaded, which the list may be older than.
+    #[inline(never)] // rare: start-up only
+    pub fn hive_seeded(&self, mount: &[u16], file: &[u16]) {
+        self.record_load(mount, file, 0, true);
+    }
+
+    fn record_load(&self, mount: &[u16], file: &[u16], time: u64, seeded: bool) {
         bump(&self.counters.hive_loads_seen);
         if self
             .hives
-            .loaded(&self.pool, &self.names, mount, file, time, |lost, since| {
-                crate::losses::fold(
-                    &self.counters.global_lost,
-                    &self.counters.global_lost_since,
-                    lost,
-                    since,
-                );
-            })
+            .loaded(
+                &self.pool,
+                &self.names,
+                mount,
+                file,
+                time,
+                seeded,
+                |lost, since| {
+                    crate::losses::fold(
+                        &self.counters.global_lost,
+                        &self.counters.global_lost_since,
+                        lost,
+                        since,
+                    );
+                },
+            )
             .is_err()
         {
             bump(&self.counters.hive_loads_dropped_no_memory);
