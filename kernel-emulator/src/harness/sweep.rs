@@ -28,6 +28,10 @@ pub const EXCLUDED: &[(&str, &str)] = &[
     ),
     ("random-faults", "it injects its own random failures"),
     (
+        "own-hivelist-open",
+        "it resets the kernel between its passes and runs its own faulted one (review 18d: a sweep's fault did not survive the reset)",
+    ),
+    (
         "soak",
         "1,000,000 operations with its own 6% failures (cargo xtask soak)",
     ),

@@ -80,7 +80,8 @@ fn soak(ctx: &mut Ctx) {
     let Some(c) = Client::open(ctx) else { return };
     load_profile(ctx);
     let totals = Arc::new(Totals {
-        // DriverEntry's own ZwOpenKey of the hive list is an open the driver sees too.
+        // Opens the driver saw before the soak: DriverEntry's own ZwOpenKey of the hive list
+        // would be one, but the driver makes it before its callback registers (0).
         opens: AtomicU64::new(kernel::with(|k| k.zwreg.announced_opens)),
         closes: AtomicU64::new(0),
         queries: AtomicU64::new(0),

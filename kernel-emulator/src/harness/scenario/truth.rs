@@ -536,6 +536,19 @@ fn hive_list_unread(ctx: &mut Ctx) {
         known.iter().any(|m| m.eq_ignore_ascii_case(long_mount)),
         format!("the hive with the long file path among them: {known:?}"),
     );
+    let file = hive_files(ctx, h)
+        .into_iter()
+        .find(|(m, _)| m.eq_ignore_ascii_case(long_mount))
+        .map(|(_, f)| f)
+        .unwrap_or_default();
+    ctx.check(
+        file.len() > 512 && long_file.starts_with(&file),
+        format!(
+            "its file path is not cut to the stack's 512 units ({} of {} characters kept)",
+            file.len(),
+            long_file.len()
+        ),
+    );
     let st = stats(ctx, h);
     ctx.check(
         st.names_unavailable == 1 && st.not_recorded() >= 1,
@@ -1010,6 +1023,23 @@ fn bogus_mount(mount: &str, sid: &str) -> bool {
         || m == "USER"
         || m.ends_with(&format!(r"\{sid}\{sid}"))
         || m.ends_with(r"\USER\USER\USER")
+}
+
+/// The driver's hives as (mount, file).
+fn hive_files(ctx: &mut Ctx, h: FileHandle) -> Vec<(String, String)> {
+    let r = ctx.ioctl_checked(
+        h,
+        query_ioctl(QueryKind::Hives),
+        &query(QueryKind::Hives, ""),
+        64 * 1024,
+    );
+    wire::decode::<Page<'_, Hives>>(&r.output[..r.information])
+        .map(|p| {
+            p.records()
+                .map(|h| (h.mount.to_string(), h.file.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The driver's hives as (mount, load time).
