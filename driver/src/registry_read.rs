@@ -115,8 +115,9 @@ impl Scratch {
 
     /// The block as UTF-16 units (`self.1 / 2` of them).
     const fn units(&mut self) -> &mut [u16] {
-        // SAFETY: the block is `self.1` bytes, ours alone, and pool blocks are aligned for
-        // any integer (docs: ExAllocatePool2, "aligned on an 8-byte boundary" at least).
+        // Pool blocks are aligned for any integer (docs: ExAllocatePool2, "aligned on an
+        // 8-byte boundary" at least).
+        // SAFETY: the block is `self.1` bytes, ours alone, and aligned for u16.
         unsafe { core::slice::from_raw_parts_mut(self.0.as_ptr().cast(), self.1 / 2) }
     }
 }
@@ -368,8 +369,8 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
 /// `scratch`; `returned` gets the size the call reports.
 fn enumerate_value(key: &Key, index: u32, scratch: &mut Scratch, returned: &mut u32) -> NTSTATUS {
     let buf = scratch.bytes();
-    // SAFETY: documented call at PASSIVE_LEVEL on the open kernel handle `key`; the buffer is
-    // `buf.len()` writable bytes and `returned` a writable ULONG.
+    // The buffer is `buf.len()` writable bytes and `returned` a writable ULONG.
+    // SAFETY: documented call at PASSIVE_LEVEL on the open kernel handle `key`.
     unsafe {
         ZwEnumerateValueKey(
             key.0,

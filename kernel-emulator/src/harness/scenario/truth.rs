@@ -171,15 +171,7 @@ pub(super) fn view(ctx: &mut Ctx, h: FileHandle, hive: &str) -> View {
 }
 
 fn mounts(ctx: &mut Ctx, h: FileHandle) -> Vec<String> {
-    let r = ctx.ioctl_checked(
-        h,
-        query_ioctl(QueryKind::Hives),
-        &query(QueryKind::Hives, ""),
-        64 * 1024,
-    );
-    wire::decode::<Page<'_, Hives>>(&r.output[..r.information])
-        .map(|p| p.records().map(|h| h.mount.to_string()).collect())
-        .unwrap_or_default()
+    hive_rows(ctx, h).into_iter().map(|(m, _, _)| m).collect()
 }
 
 pub(super) fn stats(ctx: &mut Ctx, h: FileHandle) -> Stats {
@@ -1025,8 +1017,8 @@ fn bogus_mount(mount: &str, sid: &str) -> bool {
         || m.ends_with(r"\USER\USER\USER")
 }
 
-/// The driver's hives as (mount, file).
-fn hive_files(ctx: &mut Ctx, h: FileHandle) -> Vec<(String, String)> {
+/// The driver's hives as (mount, file, load time).
+fn hive_rows(ctx: &mut Ctx, h: FileHandle) -> Vec<(String, String, u64)> {
     let r = ctx.ioctl_checked(
         h,
         query_ioctl(QueryKind::Hives),
@@ -1036,27 +1028,26 @@ fn hive_files(ctx: &mut Ctx, h: FileHandle) -> Vec<(String, String)> {
     wire::decode::<Page<'_, Hives>>(&r.output[..r.information])
         .map(|p| {
             p.records()
-                .map(|h| (h.mount.to_string(), h.file.to_string()))
+                .map(|h| (h.mount.to_string(), h.file.to_string(), h.loaded_time))
                 .collect()
         })
         .unwrap_or_default()
 }
 
+/// The driver's hives as (mount, file).
+fn hive_files(ctx: &mut Ctx, h: FileHandle) -> Vec<(String, String)> {
+    hive_rows(ctx, h)
+        .into_iter()
+        .map(|(m, f, _)| (m, f))
+        .collect()
+}
+
 /// The driver's hives as (mount, load time).
 fn hive_times(ctx: &mut Ctx, h: FileHandle) -> Vec<(String, u64)> {
-    let r = ctx.ioctl_checked(
-        h,
-        query_ioctl(QueryKind::Hives),
-        &query(QueryKind::Hives, ""),
-        64 * 1024,
-    );
-    wire::decode::<Page<'_, Hives>>(&r.output[..r.information])
-        .map(|p| {
-            p.records()
-                .map(|h| (h.mount.to_string(), h.loaded_time))
-                .collect()
-        })
-        .unwrap_or_default()
+    hive_rows(ctx, h)
+        .into_iter()
+        .map(|(m, _, t)| (m, t))
+        .collect()
 }
 
 #[allow(clippy::many_single_char_names)] // d, h, s, a: driver, device, status, process
