@@ -622,19 +622,8 @@ fn td_zw_open(ctx: &mut Ctx) {
     const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
     const STATUS_REPARSE: u64 = 0x104;
     let Some(s) = start(ctx) else { return };
-    // CurrentControlSet is a link to ControlSet001 (ReactOS cmsysini.c CmpCreateControlSet).
-    for key in [
-        format!(r"{SYSTEM}\ControlSet001"),
-        format!(r"{SYSTEM}\ControlSet001\Control"),
-    ] {
-        if let Ok(h) = hive::open_key(SYSTEM_PID, &key, KEY_READ, true) {
-            let _ = hive::close_key(SYSTEM_PID, h);
-        }
-    }
-    hive::create_link(
-        &format!(r"{SYSTEM}\CurrentControlSet"),
-        &format!(r"{SYSTEM}\ControlSet001"),
-    );
+    // CurrentControlSet is a link to ControlSet001, as the hivetrack scenarios' boot makes it.
+    let _ = super::tracking::current_control_set();
     let p = new_process(
         ctx,
         r"\Device\HarddiskVolume2\Windows\System32\services.exe",

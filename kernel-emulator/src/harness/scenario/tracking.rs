@@ -419,15 +419,21 @@ pub(crate) fn boot_hives(ctx: &mut Ctx) {
             format!("boot: {mount} mounted: {}", status::describe(s)),
         );
     }
-    // `CurrentControlSet` is a registry link to the control set in use (ReactOS
-    // `ntoskrnl/config/cmsysini.c` CmpCreateControlSet), so the driver's reads of its service
-    // key and of the hive list go through it, each open with its STATUS_REPARSE pair.
-    let made = hive::ensure_key(&format!(r"{SYSTEM}\ControlSet001\Control"));
+    let made = current_control_set();
     ctx.check(made, "boot: ControlSet001 exists");
+}
+
+/// `CurrentControlSet` as a registry link to the control set in use (ReactOS
+/// `ntoskrnl/config/cmsysini.c` CmpCreateControlSet), so the driver's reads of its service key
+/// and of the hive list go through it, each open with its STATUS_REPARSE pair. False when no
+/// SYSTEM hive holds `ControlSet001\Control`.
+pub(crate) fn current_control_set() -> bool {
+    let made = hive::ensure_key(&format!(r"{SYSTEM}\ControlSet001\Control"));
     hive::create_link(
         &format!(r"{SYSTEM}\CurrentControlSet"),
         &format!(r"{SYSTEM}\ControlSet001"),
     );
+    made
 }
 
 pub(crate) fn load_profile(ctx: &mut Ctx) {
