@@ -30,6 +30,9 @@ const BUF_LEN: usize = 4096;
 const MAX_FAILURES_IN_A_ROW: u32 = 8;
 /// The longest hive list value read (a mount and a file path, UTF-16, with the header).
 const MAX_VALUE_LEN: usize = 64 * 1024;
+/// Reads of the hive list while unloads keep moving its values; past them, a hive may have
+/// been skipped, which is counted.
+const MAX_PASSES: usize = 3;
 
 /// An altitude: up to 31 UTF-16 digits (and dots), as a counted string over owned storage.
 pub struct Altitude {
@@ -274,15 +277,51 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
     // hive their paths name, which no report calls complete.
     let (Some(HiveList(key)), Some(mut scratch)) = (list, Scratch::new(BUF_LEN)) else {
         tracker.name_unavailable();
+        tracker.seed_done();
         return 0;
     };
+    // An unload during a read deletes its value and moves the later ones down an index
+    // (WRK `cmhvlist.c` CmpRemoveFromHiveFileList, `cmvalue.c` CmpRemoveValueFromList), so
+    // a read by index may have skipped a hive still loaded: read again then. A hive read
+    // but unloaded before its record is refused by the tracker ([`tracker::seed_window`]).
+    let mut pass = Pass::default();
+    for _ in 0..MAX_PASSES {
+        let unloads = tracker.unloads_during_seed();
+        pass = read_pass(tracker, &key, &mut scratch);
+        pass.moved = tracker.unloads_during_seed() != unloads;
+        if !pass.moved {
+            break;
+        }
+    }
+    tracker.seed_done();
+    if pass.missed || pass.moved {
+        // A value not read, or a list still changing under the last read.
+        tracker.name_unavailable();
+    }
+    pass.seeded
+}
+
+/// What one read of the hive list did.
+#[derive(Default)]
+struct Pass {
+    /// Hives recorded (or found recorded).
+    seeded: usize,
+    /// A value the read could not take (no memory, cut short, too many).
+    missed: bool,
+    /// An unload was seen during the read: values may have moved under it.
+    moved: bool,
+}
+
+/// Reads the hive list's values by index, recording each hive with
+/// [`DriverTracker::hive_seeded`].
+fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch) -> Pass {
     let mut seeded = 0;
     let mut missed = false;
     let mut failures_in_a_row = 0;
     let mut ended = false;
     for index in 0..4096u32 {
         let mut returned = 0u32;
-        let mut status = enumerate_value(&key, index, &mut scratch, &mut returned);
+        let mut status = enumerate_value(key, index, scratch, &mut returned);
         if status == STATUS_BUFFER_OVERFLOW || status == STATUS_BUFFER_TOO_SMALL {
             // A value longer than the buffer (a long file path): once more with the size the
             // call reported (docs: ZwEnumerateValueKey, ResultLength), up to a bound.
@@ -291,8 +330,8 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
                 .then(|| Scratch::new(needed))
                 .flatten()
             {
-                scratch = bigger;
-                status = enumerate_value(&key, index, &mut scratch, &mut returned);
+                *scratch = bigger;
+                status = enumerate_value(key, index, scratch, &mut returned);
             }
         }
         if status == STATUS_NO_MORE_ENTRIES {
@@ -359,10 +398,11 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
     if !ended {
         missed = true; // more values than the read walks
     }
-    if missed {
-        tracker.name_unavailable();
+    Pass {
+        seeded,
+        missed,
+        moved: false,
     }
-    seeded
 }
 
 /// `ZwEnumerateValueKey` of value `index` of `key` as `KEY_VALUE_FULL_INFORMATION` into

@@ -52,6 +52,7 @@ use crate::counters::{locked_add32, locked_sub32};
 use crate::lock::{Exclusive, Hold, RawLock, Shared};
 use crate::names::{NameEntry, NameRef, NameTable, NoMemory, eq_fold as eq_folded, name_of};
 use crate::pool::{BlockClass, Pool, alloc_init, free_block};
+use crate::seed_window::SeedWindow;
 
 const SHARDS: usize = 16;
 /// Flag in [`Hive`]'s reference count: the hive was unloaded and sits on its shard's retired
@@ -190,6 +191,8 @@ pub struct HiveHint {
 pub struct HiveTable<L> {
     shards: [Shard<L>; SHARDS],
     next_id: AtomicU32,
+    /// Unloads seen while the start-up seed reads the hive list ([`crate::seed_window`]).
+    pub(crate) seed: SeedWindow,
 }
 
 /// The largest hive id: ids have 31 bits (the top bit of the word they share marks a
@@ -380,6 +383,7 @@ impl<L: RawLock> HiveTable<L> {
                 generation: AtomicU64::new(0),
             }),
             next_id: AtomicU32::new(1),
+            seed: SeedWindow::new(),
         }
     }
 
@@ -642,12 +646,12 @@ impl<L: RawLock> HiveTable<L> {
             let guard = Exclusive::new(&shard.lock);
             let mut found = find(&shard.live, |h| eq_folded(h.mount(), mount));
             if seeded
-                && found.is_some_and(|p| {
+                && (found.is_some_and(|p| {
                     matches!(
                         hive_of(p).state(),
                         HiveState::Loaded | HiveState::UnloadPending
                     )
-                })
+                }) || self.seed.unloaded(mount))
             {
                 drop(guard);
                 if let Some(f) = file_ref {
@@ -770,6 +774,7 @@ impl<L: RawLock> HiveTable<L> {
         let shard = &self.shards[shard_of(mount)];
         let gone = {
             let _g = Exclusive::new(&shard.lock);
+            self.seed.note_unload(mount);
             let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) else {
                 return false;
             };
@@ -793,6 +798,7 @@ impl<L: RawLock> HiveTable<L> {
         let shard = &self.shards[shard_of(mount)];
         let freed = {
             let _g = Exclusive::new(&shard.lock);
+            self.seed.note_unload(mount);
             let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) else {
                 return false;
             };

@@ -39,6 +39,7 @@ pub mod objects;
 pub mod pool;
 pub mod processes;
 mod queries;
+pub mod seed_window;
 pub mod stacks;
 mod tracker;
 pub mod units;

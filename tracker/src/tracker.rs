@@ -1272,10 +1272,25 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// A hive read from the hive list at start (loaded at an unknown time): recorded unless
-    /// the callback already recorded it loaded, which the list may be older than.
+    /// the callback already recorded it loaded, which the list may be older than, or saw it
+    /// unloaded since the seed began ([`crate::seed_window`]).
     #[inline(never)] // rare: start-up only
     pub fn hive_seeded(&self, mount: &[u16], file: &[u16]) {
         self.record_load(mount, file, 0, true);
+    }
+
+    /// How many unloads (or deferred unloads) the callback has seen since the tracker was
+    /// made, until [`Self::seed_done`]: when it changes during a read of the hive list, the
+    /// values after an unloaded one moved down an index and the read may have skipped one,
+    /// so the seed reads the list again ([`crate::seed_window`]).
+    #[must_use]
+    pub fn unloads_during_seed(&self) -> u32 {
+        self.hives.seed.unloads()
+    }
+
+    /// The start-up seed from the hive list is over: later unloads leave no mark.
+    pub fn seed_done(&self) {
+        self.hives.seed.close();
     }
 
     fn record_load(&self, mount: &[u16], file: &[u16], time: u64, seeded: bool) {

@@ -255,3 +255,32 @@ fn image_scope_captures_a_process_that_was_running_before_the_driver() {
         "capture is on for explorer.exe, yet explorer's open is not captured"
     );
 }
+
+/// Review 18d: a hive unloaded between the seed's read of its hive-list value and its
+/// record was recorded as loaded afterwards, and listed so for the driver's life.
+#[test]
+fn a_hive_unloaded_during_the_seed_is_not_recorded_by_it() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    let gone = r"\REGISTRY\USER\S-1-5-21-1-1008";
+    let other = r"\REGISTRY\USER\S-1-5-21-1-1009";
+    let before = t.unloads_during_seed();
+    // The list was read (both listed), then `gone` unloads, then the seed records.
+    t.hive_unloaded(&w(gone));
+    assert_eq!(t.unloads_during_seed(), before + 1);
+    t.hive_seeded(&w(&gone.to_lowercase()), &w(r"C:\Users\gone\NTUSER.DAT"));
+    t.hive_seeded(&w(other), &w(r"C:\Users\other\NTUSER.DAT"));
+    assert_eq!(
+        t.unload_attempted(&w(gone), 0, 2),
+        None,
+        "gone is not a known hive"
+    );
+    assert!(t.unload_attempted(&w(other), 0xC000_0022, 2).is_some());
+    // After the seed, unloads leave no mark: a later seed-like record is not refused.
+    t.seed_done();
+    let late = r"\REGISTRY\USER\S-1-5-21-1-1010";
+    t.hive_unloaded(&w(late));
+    assert_eq!(t.unloads_during_seed(), before + 1);
+    t.hive_seeded(&w(late), &w(r"C:\Users\late\NTUSER.DAT"));
+    assert!(t.unload_attempted(&w(late), 0xC000_0022, 3).is_some());
+}

@@ -108,6 +108,16 @@ pub fn scenarios() -> Vec<Scenario> {
             unload_during_start,
         ),
         Scenario::hivetrack(
+            "unload-during-seed",
+            "a hive unloads on another thread right after the driver's start-up read of its hive-list value and before the driver records it; the unload deletes the value and the next one moves down an index (WRK cmhvlist.c, cmvalue.c): the driver does not list the gone hive as loaded, reads the list again and lists the hive the shift hid",
+            unload_during_seed,
+        ),
+        Scenario::hivetrack(
+            "hive-list-keeps-moving",
+            "an unload during each of the driver's reads of the hive list: after its last read the driver counts a hive it may have missed as a name it could not get, and lists no unloaded hive",
+            hive_list_keeps_moving,
+        ),
+        Scenario::hivetrack(
             "nameless-open",
             "CmCallbackGetKeyObjectIDEx fails for an open: not filed under an empty-mount hive, counted against the hive its path names",
             nameless_open,
@@ -653,6 +663,128 @@ fn unload_during_start(ctx: &mut Ctx) {
         format!(
             "the unload is recorded as an attempt that unloaded the hive ({} attempts, {} unloads)",
             st.unload_attempts_seen, st.hive_unloads_seen
+        ),
+    );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// User profile hives loaded before the driver, for the start-up read to find.
+fn profiles_loaded_before(ctx: &mut Ctx, sids: &[u32]) -> Vec<String> {
+    sids.iter()
+        .map(|n| {
+            let mount = format!(r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-{n}");
+            let s = hive::load_hive(
+                super::tracking::SYSTEM_PID,
+                &mount,
+                &format!(r"\??\C:\Users\u{n}\NTUSER.DAT"),
+            );
+            ctx.check(
+                s == STATUS_SUCCESS,
+                format!("{mount} loads before the driver: {}", status::describe(s)),
+            );
+            mount
+        })
+        .collect()
+}
+
+/// Review 18d: the driver reads the hive list value by value after registering its callback.
+/// An unload between its read of a value and its record of that hive was not seen as the
+/// hive's (no record yet), and the hive was listed as loaded afterwards; and the unload's
+/// deleted value moved the next one down an index, under a read by index that then skipped it.
+fn unload_during_seed(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let users = profiles_loaded_before(ctx, &[1008, 1009, 1010]);
+    let gone = users[0].clone();
+    let list = crate::nt::cm::zwreg::hive_list();
+    let Some(at) = list.iter().position(|m| m.eq_ignore_ascii_case(&gone)) else {
+        ctx.check(false, format!("{gone} is in the hive list: {list:?}"));
+        return;
+    };
+    let hidden = list.get(at + 1).cloned().unwrap_or_default();
+    ctx.check(
+        !hidden.is_empty(),
+        format!("a hive follows {gone} in the list ({hidden}): {list:?}"),
+    );
+    let unloaded = std::rc::Rc::new(std::cell::Cell::new(None));
+    let seen = unloaded.clone();
+    let mount = gone.clone();
+    crate::nt::cm::zwreg::after_hive_list_value(u32::try_from(at).unwrap_or(0), move || {
+        seen.set(Some(hive::unload_hive(super::tracking::SYSTEM_PID, &mount)));
+    });
+    let (mut d, h) = load(ctx);
+    let pending = crate::nt::cm::zwreg::cancel_after_hive_list_value();
+    let Some(h) = h else { return };
+    ctx.check(
+        !pending && unloaded.get() == Some(STATUS_SUCCESS),
+        format!(
+            "{gone} unloaded right after the driver read its value ({:?})",
+            unloaded.get().map(status::describe)
+        ),
+    );
+    let known = mounts(ctx, h);
+    ctx.check(
+        known.iter().all(|m| !m.eq_ignore_ascii_case(&gone)),
+        format!("the unloaded hive is not listed as loaded: {known:?}"),
+    );
+    let now = crate::nt::cm::zwreg::hive_list();
+    ctx.check(
+        now.iter()
+            .all(|m| known.iter().any(|k| k.eq_ignore_ascii_case(m))),
+        format!(
+            "every hive still loaded is listed, {hidden} included: {known:?} (kernel: {now:?})"
+        ),
+    );
+    let st = stats(ctx, h);
+    ctx.check(
+        st.names_unavailable == 0,
+        format!(
+            "the second read was whole: nothing counted as missed ({} names unavailable)",
+            st.names_unavailable
+        ),
+    );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// Unloads during every read of the hive list (three: the driver reads it at most three
+/// times): whatever the last read may have skipped is counted, never passed over.
+fn hive_list_keeps_moving(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let users = profiles_loaded_before(ctx, &[1011, 1012, 1013, 1014]);
+    let unload = |m: &str| {
+        let _ = hive::unload_hive(super::tracking::SYSTEM_PID, m);
+    };
+    let (first, second, third) = (users[0].clone(), users[1].clone(), users[2].clone());
+    // Each pass's read of value 0 unloads one more hive and sets up the next.
+    crate::nt::cm::zwreg::after_hive_list_value(0, move || {
+        unload(&first);
+        crate::nt::cm::zwreg::after_hive_list_value(0, move || {
+            unload(&second);
+            crate::nt::cm::zwreg::after_hive_list_value(0, move || unload(&third));
+        });
+    });
+    let (mut d, h) = load(ctx);
+    let pending = crate::nt::cm::zwreg::cancel_after_hive_list_value();
+    let Some(h) = h else { return };
+    ctx.check(!pending, "an unload ran during each of three reads");
+    let known = mounts(ctx, h);
+    ctx.check(
+        users[..3]
+            .iter()
+            .all(|u| known.iter().all(|m| !m.eq_ignore_ascii_case(u))),
+        format!("no unloaded hive is listed: {known:?}"),
+    );
+    ctx.check(
+        known.iter().any(|m| m.eq_ignore_ascii_case(&users[3])),
+        format!("the hive still loaded is listed: {known:?}"),
+    );
+    let st = stats(ctx, h);
+    ctx.check(
+        st.names_unavailable == 1,
+        format!(
+            "the list moved under the last read: counted once as a name not got ({})",
+            st.names_unavailable
         ),
     );
     io::close(h);

@@ -187,6 +187,16 @@ fn values_of(path: &str) -> Option<Vec<Value>> {
     kernel::with(|k| k.zwreg.keys.get(path).cloned())
 }
 
+/// The hive list's value names (mount points) in the order `ZwEnumerateValueKey` reads them.
+#[must_use]
+pub fn hive_list() -> Vec<String> {
+    values_of(HIVELIST)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
+}
+
 /// Closes a key handle opened by [`ZwOpenKey`] (on the calling thread: a backed handle's key
 /// object is closed through [`hive::close_key`], with its notifications); false when `handle`
 /// is not one.
@@ -429,7 +439,50 @@ unsafe extern "win64" fn ZwEnumerateValueKey(
         return STATUS_INVALID_PARAMETER;
     };
     // SAFETY: the driver passes a buffer of `length` bytes and a writable result length.
-    unsafe { deliver(&info, fixed, out, length, result) }
+    let status = unsafe { deliver(&info, fixed, out, length, result) };
+    if path == HIVELIST && status == STATUS_SUCCESS {
+        run_after_hive_list_value(index);
+    }
+    status
+}
+
+/// A scenario's step run once, after a read of one hive-list value: what another thread may
+/// do between the driver's read of a value and what it does with it ([`after_hive_list_value`]).
+type AfterValue = (u32, Box<dyn FnOnce()>);
+
+thread_local! {
+    static AFTER_VALUE: std::cell::RefCell<Option<AfterValue>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `step` once, right after the next successful `ZwEnumerateValueKey` of hive-list value
+/// `index` has been delivered (its caller holds the value but has done nothing with it yet):
+/// an interleaving of another thread's work (an unload, a load) with the driver's start-up
+/// read, which a single-threaded model cannot reach otherwise. The step runs on the calling
+/// thread, so its notifications reach every callback as they would from another thread at
+/// that moment.
+pub fn after_hive_list_value(index: u32, step: impl FnOnce() + 'static) {
+    AFTER_VALUE.with(|a| *a.borrow_mut() = Some((index, Box::new(step))));
+}
+
+/// Whether a step set by [`after_hive_list_value`] is still waiting (and drops it): false
+/// once it ran.
+#[must_use]
+pub fn cancel_after_hive_list_value() -> bool {
+    AFTER_VALUE.with(|a| a.borrow_mut().take()).is_some()
+}
+
+fn run_after_hive_list_value(index: u32) {
+    let step = AFTER_VALUE.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.as_ref().is_some_and(|(i, _)| *i == index) {
+            a.take()
+        } else {
+            None
+        }
+    });
+    if let Some((_, step)) = step {
+        step();
+    }
 }
 
 pub(crate) fn exports() -> Vec<Export> {

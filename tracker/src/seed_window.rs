@@ -1,0 +1,132 @@
+//! Unloads seen while the start-up seed reads the hive list.
+//!
+//! The driver registers its registry callback and then reads
+//! `HKLM\SYSTEM\CurrentControlSet\Control\hivelist` value by value (the hives loaded before
+//! it), recording each as loaded. An unload can run on another thread between reading a
+//! hive's value and recording it: the unload's notification then finds no record (nothing
+//! to retire), and the seed records afterwards a hive that is gone, listed as loaded for the
+//! driver's life (review 18d). While the window is open, each unload (or deferred unload)
+//! leaves a mark — its mount's folded hash, written under the mount's hive-shard lock — and
+//! a seeded load of a marked mount is not recorded; the load is checked under the same lock,
+//! so either the unload found the record or the seed finds the mark.
+//!
+//! A false match (two mounts with one hash) leaves a loaded hive unrecorded: its keys are
+//! then tracked under an implicit hive, which no report calls complete, so it is never a
+//! wrong answer. Past [`MARKS`] unloads in the window every seeded load counts as marked, for
+//! the same reason.
+//!
+//! The count of marks also tells the seed whether any unload ran during its read: an
+//! unload deletes its value from the list and the values after it move down one index
+//! (WRK `base/ntos/config/cmvalue.c` `CmpRemoveValueFromList` squeezes the list; `cmhvlist.c`
+//! `CmpRemoveFromHiveFileList` deletes the value), so a read by index can skip a hive that
+//! is still loaded; the seed reads the list again then.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+
+use crate::names::hash_folded;
+
+/// How many unloads the window tells apart; more is taken as "any mount may be gone".
+pub const MARKS: usize = 16;
+
+/// The marks of unloads seen while the seed runs.
+pub struct SeedWindow {
+    open: AtomicBool,
+    count: AtomicU32,
+    marks: [AtomicU32; MARKS],
+}
+
+impl Default for SeedWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A mark's value for `mount`: never 0, which means "not yet written".
+fn mark_of(mount: &[u16]) -> u32 {
+    hash_folded(mount).max(1)
+}
+
+impl SeedWindow {
+    /// An open window (the tracker is made before the callback is registered).
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            open: AtomicBool::new(true),
+            count: AtomicU32::new(0),
+            marks: [const { AtomicU32::new(0) }; MARKS],
+        }
+    }
+
+    /// Marks an unload (or deferred unload) of `mount`, while the window is open. Called
+    /// under `mount`'s hive-shard lock.
+    pub fn note_unload(&self, mount: &[u16]) {
+        if !self.open.load(Relaxed) {
+            return;
+        }
+        let i = self.count.fetch_add(1, Relaxed) as usize;
+        if let Some(m) = self.marks.get(i) {
+            m.store(mark_of(mount), Relaxed);
+        }
+    }
+
+    /// Whether a seeded load of `mount` must be left unrecorded: an unload of it (or of
+    /// some mount, past [`MARKS`]) was seen in the window. Called under `mount`'s hive-shard
+    /// lock, so a mark its unload wrote under that lock is seen.
+    #[must_use]
+    pub fn unloaded(&self, mount: &[u16]) -> bool {
+        let n = self.count.load(Relaxed) as usize;
+        if n > MARKS {
+            return true;
+        }
+        let mark = mark_of(mount);
+        self.marks[..n].iter().any(|m| m.load(Relaxed) == mark)
+    }
+
+    /// How many unloads the window has seen: the seed reads the list again when it changed
+    /// during a read.
+    #[must_use]
+    pub fn unloads(&self) -> u32 {
+        self.count.load(Relaxed)
+    }
+
+    /// Closes the window: the seed is over, and later unloads leave no mark.
+    pub fn close(&self) {
+        self.open.store(false, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(s: &str) -> Vec<u16> {
+        s.encode_utf16().collect()
+    }
+
+    #[test]
+    fn a_marked_mount_is_left_unrecorded_in_any_case() {
+        let s = SeedWindow::new();
+        s.note_unload(&w(r"\REGISTRY\USER\S-1-5-21-1"));
+        assert!(s.unloaded(&w(r"\Registry\User\s-1-5-21-1")));
+        assert!(!s.unloaded(&w(r"\REGISTRY\USER\S-1-5-21-2")));
+        assert_eq!(s.unloads(), 1);
+    }
+
+    #[test]
+    fn past_the_marks_every_mount_counts_as_unloaded() {
+        let s = SeedWindow::new();
+        for i in 0..=MARKS {
+            s.note_unload(&w(&format!(r"\REGISTRY\A\{i}")));
+        }
+        assert!(s.unloaded(&w(r"\REGISTRY\MACHINE\SOFTWARE")));
+    }
+
+    #[test]
+    fn a_closed_window_marks_nothing() {
+        let s = SeedWindow::new();
+        s.close();
+        s.note_unload(&w(r"\REGISTRY\USER\X"));
+        assert!(!s.unloaded(&w(r"\REGISTRY\USER\X")));
+        assert_eq!(s.unloads(), 0);
+    }
+}
