@@ -21,6 +21,7 @@ use core::{
     sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
 };
 
+use tracker::hives::{LoadMount, LoadPre};
 use tracker::{MAX_QUERY_PATH, ProcessKey, Token};
 use wdk_sys::{
     _MODE::{KernelMode, UserMode},
@@ -408,13 +409,22 @@ unsafe fn hive_or_name_change(tracker: &DriverTracker, class: i32, argument2: *m
                 // opened before it registered are unknown, so the load time, which vouches
                 // that every key of the hive was seen, is not known: 0, as for a hive read
                 // from the hive list at start.
-                let object_in_pre = !load.Object.is_null() && post.CallContext == load.Object;
-                let seen_from_start = object_in_pre || post.CallContext == load_mark();
+                let pre = if !load.Object.is_null() && post.CallContext == load.Object {
+                    LoadPre::Carried
+                } else if post.CallContext == load_mark() {
+                    LoadPre::Seen
+                } else {
+                    LoadPre::Unseen
+                };
                 post_load(
                     tracker,
                     load,
-                    object_in_pre,
-                    if seen_from_start { clock::now() } else { 0 },
+                    pre,
+                    if pre == LoadPre::Unseen {
+                        0
+                    } else {
+                        clock::now()
+                    },
                 );
             }
         }
@@ -657,8 +667,8 @@ fn open_needs_attention(tracker: &DriverTracker, process: ProcessKey) {
 /// `RegLoadKeyW`): the notification's `KeyName` is then relative to the root directory. Its
 /// `Object` is read two ways (docs, `REG_LOAD_KEY_INFORMATION`: "the root key of the hive
 /// that is about to be loaded"; filters in the field: the root directory's key object), so
-/// [`tracker::hives::load_mount`] decides from its name and from whether the pre carried it
-/// (`object_in_pre`) whether to join (the kernel emulator's `relative-load` and
+/// [`tracker::hives::load_mount`] decides from its name and from what the callback saw of the
+/// pre (`pre`) whether to join (the kernel emulator's `relative-load` and
 /// `relative-load-hive-root`). Done here in the post-notification, while the operation still
 /// holds that object (its pre information is valid during the post: docs,
 /// `REG_POST_OPERATION_INFORMATION.PreInformation`), in a stack buffer: nothing is allocated
@@ -666,12 +676,7 @@ fn open_needs_attention(tracker: &DriverTracker, process: ProcessKey) {
 /// object is missing or cannot be named is not recorded as a bogus mount: counted as an
 /// unrecorded load. `time` is the load's time, 0 when the callback did not see its pre (not
 /// known).
-fn post_load(
-    tracker: &DriverTracker,
-    load: &REG_LOAD_KEY_INFORMATION,
-    object_in_pre: bool,
-    time: u64,
-) {
+fn post_load(tracker: &DriverTracker, load: &REG_LOAD_KEY_INFORMATION, pre: LoadPre, time: u64) {
     // Resident copies ([`crate::resident`]): the tracker reads them under its locks.
     let recorded = crate::resident::with_copy(units_of(load.SourceFile), |file| {
         let name = units_of(load.KeyName);
@@ -683,18 +688,23 @@ fn post_load(
             None
         } else {
             with_key_name(load.Object, |object_name| {
-                match tracker::hives::load_mount(object_name, name, object_in_pre) {
+                match tracker::hives::load_mount(object_name, name, pre) {
                     // A resident copy already ([`with_key_name`]).
-                    tracker::hives::LoadMount::ObjectName => {
+                    Some(LoadMount::ObjectName) => {
                         tracker.hive_loaded(object_name, file, time);
+                        Some(())
                     }
-                    tracker::hives::LoadMount::Joined => {
+                    Some(LoadMount::Joined) => {
                         with_joined(object_name, name, |mount| {
                             tracker.hive_loaded(mount, file, time);
                         });
+                        Some(())
                     }
+                    // Either reading fits: not recorded at a guessed mount.
+                    None => None,
                 }
             })
+            .flatten()
         }
     })
     .flatten();

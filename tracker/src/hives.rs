@@ -979,7 +979,21 @@ pub enum LoadMount {
     Joined,
 }
 
-/// Which [`LoadMount`] a relative load has.
+/// What the callback saw of a load's pre-notification, for [`load_mount`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadPre {
+    /// The pre carried this same `Object`: it existed before the load, so it is the root
+    /// directory, whatever its name.
+    Carried,
+    /// The pre was seen, without this object (none: Learn's reading, where the hive's root
+    /// exists only after the load).
+    Seen,
+    /// The pre went by before the callback registered (a post alone): which reading the
+    /// object follows is not known.
+    Unseen,
+}
+
+/// Which [`LoadMount`] a relative load has; `None` when its post cannot tell.
 ///
 /// `RegLoadKey(HKEY_USERS, "S-1-5-21-…", file)` is
 /// `NtLoadKey` with the HKU handle as root directory and the relative SID
@@ -987,22 +1001,24 @@ pub enum LoadMount {
 /// page says "the root key of the hive that is about to be loaded", filters in the field read
 /// it as the root directory, and no Windows Research Kernel or `ReactOS` code sends the
 /// notification (fidelity audit 16b, F5; the kernel emulator plays both, `hive::LoadObject`).
-/// `seen_in_pre`: the pre-notification carried this same object — it existed before the load,
-/// so it is the root directory, whatever its name. Otherwise an object whose name already
-/// ends with `\KeyName` (case-insensitively) is taken as the hive's own root: joining would
-/// name the mount `…\S-1-5-21-…\S-1-5-21-…` and match no unload. What that leaves wrong is
-/// a load seen only from its post, relative to a root directory whose own last components
-/// are `KeyName` (`\REGISTRY\USER` and `USER`): recorded one level too high.
+/// A pre that carried the object ([`LoadPre::Carried`]) makes it the root directory: joined.
+/// Otherwise an object whose name already ends with `\KeyName` (case-insensitively) is the
+/// hive's own root when the pre was seen without it: joining would name the mount
+/// `…\S-1-5-21-…\S-1-5-21-…` and match no unload. A post alone ([`LoadPre::Unseen`]) whose
+/// object ends with `\KeyName` is either reading: the hive's root, or a root directory whose
+/// last component is `KeyName` (`\REGISTRY\USER` and `USER`), which taken as the root would
+/// record the hive one level too high (review 18a) — `None`, and the caller counts the load
+/// as unrecorded rather than guess.
 #[must_use]
-pub fn load_mount(object_name: &[u16], key_name: &[u16], seen_in_pre: bool) -> LoadMount {
-    if seen_in_pre || key_name.is_empty() || object_name.len() <= key_name.len() {
-        return LoadMount::Joined;
+pub fn load_mount(object_name: &[u16], key_name: &[u16], pre: LoadPre) -> Option<LoadMount> {
+    if pre == LoadPre::Carried || key_name.is_empty() || object_name.len() <= key_name.len() {
+        return Some(LoadMount::Joined);
     }
     let (head, tail) = object_name.split_at(object_name.len() - key_name.len());
     if head.last() == Some(&u16::from(b'\\')) && crate::names::eq_fold(tail, key_name) {
-        LoadMount::ObjectName
+        (pre == LoadPre::Seen).then_some(LoadMount::ObjectName)
     } else {
-        LoadMount::Joined
+        Some(LoadMount::Joined)
     }
 }
 
@@ -1016,32 +1032,33 @@ mod tests {
 
     #[test]
     fn a_load_mount_is_joined_unless_the_object_is_the_hive_root() {
+        use LoadPre::{Carried, Seen, Unseen};
         let sid = w("S-1-5-21-1-2-3-1001");
-        // The root directory (HKU), seen in the pre or not.
-        assert_eq!(
-            load_mount(&w(r"\REGISTRY\USER"), &sid, true),
-            LoadMount::Joined
-        );
-        assert_eq!(
-            load_mount(&w(r"\REGISTRY\USER"), &sid, false),
-            LoadMount::Joined
-        );
+        let joined = Some(LoadMount::Joined);
+        // The root directory (HKU), carried by the pre or not.
+        for pre in [Carried, Seen, Unseen] {
+            assert_eq!(load_mount(&w(r"\REGISTRY\USER"), &sid, pre), joined);
+        }
         // The new hive's root, named the whole mount, in any case.
         let root = w(r"\REGISTRY\USER\s-1-5-21-1-2-3-1001");
-        assert_eq!(load_mount(&root, &sid, false), LoadMount::ObjectName);
-        // Seen in the pre: it existed before the load, so it is a root directory.
-        assert_eq!(load_mount(&root, &sid, true), LoadMount::Joined);
+        assert_eq!(load_mount(&root, &sid, Seen), Some(LoadMount::ObjectName));
+        // Carried by the pre: it existed before the load, so it is a root directory.
+        assert_eq!(load_mount(&root, &sid, Carried), joined);
+        // A post alone cannot tell the hive's root from a root directory named like it
+        // (review 18a: `\REGISTRY\USER` + `USER` was recorded as `\REGISTRY\USER`).
+        assert_eq!(load_mount(&root, &sid, Unseen), None);
+        assert_eq!(load_mount(&w(r"\REGISTRY\USER"), &w("USER"), Unseen), None);
         // A suffix that is not a whole component, an empty or longer name.
         assert_eq!(
-            load_mount(&w(r"\REGISTRY\USER\XS-1-5-21-1-2-3-1001"), &sid, false),
-            LoadMount::Joined
+            load_mount(&w(r"\REGISTRY\USER\XS-1-5-21-1-2-3-1001"), &sid, Seen),
+            joined
         );
-        assert_eq!(load_mount(&root, &[], false), LoadMount::Joined);
-        assert_eq!(load_mount(&sid, &sid, false), LoadMount::Joined);
+        assert_eq!(load_mount(&root, &[], Seen), joined);
+        assert_eq!(load_mount(&sid, &sid, Seen), joined);
         // A relative name of several components.
         assert_eq!(
-            load_mount(&w(r"\REGISTRY\MACHINE\A\B"), &w(r"A\B"), false),
-            LoadMount::ObjectName
+            load_mount(&w(r"\REGISTRY\MACHINE\A\B"), &w(r"A\B"), Seen),
+            Some(LoadMount::ObjectName)
         );
     }
 

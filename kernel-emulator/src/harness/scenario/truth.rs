@@ -93,6 +93,11 @@ pub fn scenarios() -> Vec<Scenario> {
             load_during_start,
         ),
         Scenario::hivetrack(
+            "relative-load-during-start",
+            "RegLoadKey(HKU, \"USER\") — a hive named like its root directory — with the driver registering between the mount and the post (a post alone, Object = the root directory HKU): the post cannot tell HKU from the hive's root, so the driver records no hive at \\REGISTRY\\USER (one level too high, review 18a), counts the load as unrecorded, and knows the hive from the hive list",
+            relative_load_during_start,
+        ),
+        Scenario::hivetrack(
             "hive-list-unread",
             "one value of the hive list cannot be read at start (ZwEnumerateValueKey: no resources): the driver still reads the values after it and counts the hive it missed as a name it could not get, so every answer says something went unrecorded",
             hive_list_unread,
@@ -663,6 +668,75 @@ fn unload_during_start(ctx: &mut Ctx) {
         format!(
             "the unload is recorded as an attempt that unloaded the hive ({} attempts, {} unloads)",
             st.unload_attempts_seen, st.hive_unloads_seen
+        ),
+    );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// Review 18a: a relative load whose post alone reaches the driver (it registered between the
+/// mount and the post), with `Object` the root directory `\REGISTRY\USER` and `KeyName`
+/// `USER`: the object's name ends with `\KeyName`, as a hive root's would, and the driver
+/// took it for the hive's root, recording a hive at `\REGISTRY\USER`, the root of every
+/// user hive.
+fn relative_load_during_start(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    crate::nt::cm::registry::set_late_posts(true);
+    hive::set_load_object(hive::LoadObject::RootDirectory);
+    let system = super::tracking::SYSTEM_PID;
+    let twin = r"\REGISTRY\USER\USER";
+    let Ok(hku) = hive::open_key(system, r"\REGISTRY\USER", KEY_READ, false) else {
+        ctx.check(false, "open HKU");
+        return;
+    };
+    let mut started = None;
+    let s = hive::load_key_interrupted(
+        system,
+        hku,
+        "USER",
+        r"\Device\HarddiskVolume2\Users\twin\NTUSER.DAT",
+        || started = Some(load(ctx)),
+    );
+    let _ = hive::close_key(system, hku);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("RegLoadKey(HKU, USER): {}", status::describe(s)),
+    );
+    let Some((mut d, Some(h))) = started else {
+        ctx.check(false, "the driver started during the load");
+        return;
+    };
+    let rows = hive_rows(ctx, h);
+    ctx.check(
+        rows.iter()
+            .all(|(m, _, _)| !m.eq_ignore_ascii_case(r"\REGISTRY\USER")),
+        format!("no hive recorded at \\REGISTRY\\USER (one level too high): {rows:?}"),
+    );
+    ctx.check(
+        rows.iter()
+            .any(|(m, _, t)| m.eq_ignore_ascii_case(twin) && *t == 0),
+        format!("{twin} known from the hive list, loaded at an unknown time: {rows:?}"),
+    );
+    let st = stats(ctx, h);
+    ctx.check(
+        st.names_unavailable == 1,
+        format!(
+            "the post it could not place counted as a name not got ({})",
+            st.names_unavailable
+        ),
+    );
+    let s = hive::unload_hive(system, twin);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("{twin} unloads: {}", status::describe(s)),
+    );
+    let rows = hive_rows(ctx, h);
+    let st = stats(ctx, h);
+    ctx.check(
+        rows.iter().all(|(m, _, _)| !m.eq_ignore_ascii_case(twin)) && st.unloads_unknown_hive == 0,
+        format!(
+            "its unload is matched ({} unknown): {rows:?}",
+            st.unloads_unknown_hive
         ),
     );
     io::close(h);

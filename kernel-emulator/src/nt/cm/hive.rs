@@ -822,6 +822,19 @@ pub fn load_key(pid: u32, root: u64, key_name: &str, file: &str) -> NtStatus {
     load(pid, Some(root), key_name, file, false, || {}).0
 }
 
+/// [`load_key`] with `between` run after the hive is mounted and before the post-notification
+/// (as [`load_hive_interrupted`]).
+#[must_use = "the status says whether the hive is mounted"]
+pub fn load_key_interrupted(
+    pid: u32,
+    root: u64,
+    key_name: &str,
+    file: &str,
+    between: impl FnOnce(),
+) -> NtStatus {
+    load(pid, Some(root), key_name, file, false, between).0
+}
+
 /// Loads an application hive (`RegLoadAppKey(file, &hkey, …)`): mounted at
 /// `\REGISTRY\A\{GUID}` (the same mount if `file` is already loaded as an app hive),
 /// RegNtPreLoadKey/RegNtPostLoadKey with `RootHandle` set and `Flags` = [`REG_APP_HIVE`], and
