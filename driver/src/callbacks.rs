@@ -68,24 +68,32 @@ pub fn register(driver: &mut DRIVER_OBJECT, altitude: &UNICODE_STRING) -> Result
     ) else {
         return Err(STATUS_PROCEDURE_NOT_FOUND);
     };
-    let mut cookie = LARGE_INTEGER { QuadPart: 0 };
+    // The cookie is written where the callback reads it, by the routine itself: the WRK's
+    // `cmhook.c` CmRegisterCallback writes `*Cookie` before it installs the callback
+    // (`ExCompareExchangeCallBack`), and a notification on another thread can reach the
+    // callback before the routine returns. Copied from a local after the return, the cookie
+    // was 0 in that window: the notification's `CmCallbackGetKeyObjectIDEx` failed and its
+    // open was counted as a loss that never ages out (kernel emulator
+    // `open-during-registration`).
+    let cookie: *mut LARGE_INTEGER = COOKIE.as_ptr().cast();
     // Docs: `CmRegisterCallbackEx`. The callback is valid for the driver's lifetime.
-    // SAFETY: `Driver` is our DRIVER_OBJECT, `Reserved` NULL, the other pointers valid.
+    // SAFETY: `Driver` is our DRIVER_OBJECT, `Reserved` NULL, the other pointers valid;
+    // `cookie` is the static's own 8 aligned bytes (LARGE_INTEGER is an i64 union), written
+    // before the callback can run and read only through the atomic after.
     let status = unsafe {
         register(
             Some(registry_callback),
             altitude,
             core::ptr::from_mut(driver).cast(),
             null_mut(),
-            &raw mut cookie,
+            cookie,
             null_mut(),
         )
     };
     if status != STATUS_SUCCESS {
+        COOKIE.store(0, Ordering::Release);
         return Err(status);
     }
-    // SAFETY: the routine wrote the cookie.
-    COOKIE.store(unsafe { cookie.QuadPart }, Ordering::Release);
     REGISTERED.store(true, Ordering::Release);
     Ok(())
 }

@@ -98,6 +98,11 @@ pub fn scenarios() -> Vec<Scenario> {
             relative_load_during_start,
         ),
         Scenario::hivetrack(
+            "open-during-registration",
+            "another process opens a key while the driver's CmRegisterCallbackEx is still running, after the callback is installed and its cookie written (WRK cmhook.c writes the cookie first): the driver's callback already knows its cookie, so the open is tracked and nothing is counted lost (a loss no event would age out)",
+            open_during_registration,
+        ),
+        Scenario::hivetrack(
             "hive-list-unread",
             "one value of the hive list cannot be read at start (ZwEnumerateValueKey: no resources): the driver still reads the values after it and counts the hive it missed as a name it could not get, so every answer says something went unrecorded",
             hive_list_unread,
@@ -739,6 +744,53 @@ fn relative_load_during_start(ctx: &mut Ctx) {
             st.unloads_unknown_hive
         ),
     );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// A notification reaches the callback before `CmRegisterCallbackEx` returns (another thread's
+/// open, once the callback is installed). The driver copied the cookie from a local after the
+/// return, so in that window its callback asked `CmCallbackGetKeyObjectIDEx` with cookie 0,
+/// was refused, and counted the open as a loss of the SOFTWARE hive, which never unloads: every
+/// answer about it incomplete for the driver's life.
+fn open_during_registration(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let app = spawn(ctx, APP1);
+    let key = format!(r"{SOFTWARE}\Vendor\Early");
+    ensure_parents(app, &key);
+    let opened = std::rc::Rc::new(std::cell::Cell::new(None));
+    let got = opened.clone();
+    crate::nt::cm::registry::during_registration(move || {
+        got.set(Some(hive::open_key(app, &key, KEY_READ, true)));
+    });
+    let (mut d, h) = load(ctx);
+    let pending = crate::nt::cm::registry::cancel_during_registration();
+    let Some(h) = h else { return };
+    let handle = opened.take();
+    ctx.check(
+        !pending && matches!(handle, Some(Ok(_))),
+        format!("the open ran inside CmRegisterCallbackEx: {handle:?}"),
+    );
+    let st = stats(ctx, h);
+    ctx.check(
+        st.names_unavailable == 0 && st.not_recorded() == 0,
+        format!(
+            "nothing counted lost ({} names unavailable, {} not recorded)",
+            st.names_unavailable,
+            st.not_recorded()
+        ),
+    );
+    let software = view(ctx, h, SOFTWARE);
+    ctx.check(
+        software.completeness.nothing_lost() && software.open_keys >= 1,
+        format!(
+            "the SOFTWARE hive's answer has the open and no loss: {} keys, {:?}",
+            software.open_keys, software.completeness
+        ),
+    );
+    if let Some(Ok(k)) = handle {
+        let _ = hive::close_key(app, k);
+    }
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
 }

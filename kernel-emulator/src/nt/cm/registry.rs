@@ -749,11 +749,44 @@ unsafe extern "win64" fn CmRegisterCallbackEx(
     }
     match register(f as usize, context as usize, alt, false) {
         Ok(c) => {
+            // The cookie is written before the callback can be called: the WRK's `cmhook.c`
+            // CmRegisterCallback stores `*Cookie` (line 112) before it installs the callback
+            // with `ExCompareExchangeCallBack` (line 121), after which another thread's
+            // notification can reach it before this routine returns ([`during_registration`]).
             // SAFETY: checked non-null; the driver passes a writable LARGE_INTEGER.
             unsafe { cookie.write_unaligned(c) };
+            run_during_registration();
             STATUS_SUCCESS
         }
         Err(s) => s,
+    }
+}
+
+thread_local! {
+    static DURING_REGISTRATION: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `step` once, inside the next successful `CmRegisterCallbackEx`, after the callback is
+/// installed and its cookie written and before the routine returns: another thread's work
+/// (an open, whose notifications reach the new callback) in the window a single-threaded model
+/// cannot otherwise reach. The step runs on the calling thread, as that other thread would at
+/// that moment.
+pub fn during_registration(step: impl FnOnce() + 'static) {
+    DURING_REGISTRATION.with(|d| *d.borrow_mut() = Some(Box::new(step)));
+}
+
+/// Whether a step set by [`during_registration`] is still waiting (and drops it).
+#[must_use]
+pub fn cancel_during_registration() -> bool {
+    DURING_REGISTRATION
+        .with(|d| d.borrow_mut().take())
+        .is_some()
+}
+
+fn run_during_registration() {
+    if let Some(step) = DURING_REGISTRATION.with(|d| d.borrow_mut().take()) {
+        step();
     }
 }
 
