@@ -76,10 +76,10 @@ pub fn register(driver: &mut DRIVER_OBJECT, altitude: &UNICODE_STRING) -> Result
     // open was counted as a loss that never ages out (kernel emulator
     // `open-during-registration`).
     let cookie: *mut LARGE_INTEGER = COOKIE.as_ptr().cast();
-    // Docs: `CmRegisterCallbackEx`. The callback is valid for the driver's lifetime.
-    // SAFETY: `Driver` is our DRIVER_OBJECT, `Reserved` NULL, the other pointers valid;
-    // `cookie` is the static's own 8 aligned bytes (LARGE_INTEGER is an i64 union), written
-    // before the callback can run and read only through the atomic after.
+    // Docs: `CmRegisterCallbackEx`. The callback is valid for the driver's lifetime. `cookie`
+    // is the static's own 8 aligned bytes (LARGE_INTEGER is an i64 union), written before the
+    // callback can run and read only through the atomic after.
+    // SAFETY: `Driver` is our DRIVER_OBJECT, `Reserved` NULL, the other pointers valid.
     let status = unsafe {
         register(
             Some(registry_callback),
