@@ -32,7 +32,7 @@ const MAX_FAILURES_IN_A_ROW: u32 = 8;
 const MAX_VALUE_LEN: usize = 64 * 1024;
 /// Reads of the hive list while unloads keep moving its values; past them, a hive may have
 /// been skipped, which is counted.
-const MAX_PASSES: usize = 3;
+const MAX_PASSES: usize = 4;
 
 /// An altitude: up to 31 UTF-16 digits (and dots), as a counted string over owned storage.
 pub struct Altitude {
@@ -280,25 +280,50 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
         tracker.seed_done();
         return 0;
     };
-    // An unload during a read deletes its value and moves the later ones down an index
-    // (WRK `cmhvlist.c` CmpRemoveFromHiveFileList, `cmvalue.c` CmpRemoveValueFromList), so
-    // a read by index may have skipped a hive still loaded: read again then. A hive read
-    // but unloaded before its record is refused by the tracker ([`tracker::seed_window`]).
+    // An unload deletes its value and moves the later ones down an index (WRK `cmhvlist.c`
+    // CmpRemoveFromHiveFileList, `cmvalue.c` CmpRemoveValueFromList), so a read by index
+    // during one may skip a hive still loaded — and not every such unload is notified when
+    // it deletes the value (its post comes later; a deferred unload completes without one).
+    // So the list is read until two reads in a row see the same values in the same order
+    // with no unload noticed meanwhile; a hive read but unloaded before its record is
+    // refused by the tracker ([`tracker::seed_window`]). A list still moving after
+    // [`MAX_PASSES`] reads is counted once.
+    let mut previous: Option<Signature> = None;
     let mut pass = Pass::default();
+    let mut cut = false;
+    let mut stable = false;
     for _ in 0..MAX_PASSES {
         let unloads = tracker.unloads_during_seed();
         pass = read_pass(tracker, &key, &mut scratch);
-        pass.moved = tracker.unloads_during_seed() != unloads;
-        if !pass.moved {
+        // A file path recorded cut stays cut: a later read finds the hive recorded.
+        cut |= pass.cut;
+        stable = previous == Some(pass.signature) && tracker.unloads_during_seed() == unloads;
+        if stable {
             break;
         }
+        previous = Some(pass.signature);
     }
     tracker.seed_done();
-    if pass.missed || pass.moved {
-        // A value not read, or a list still changing under the last read.
+    if pass.missed || cut || !stable {
+        // A value not read, a path recorded cut, or a list still changing under the reads.
         tracker.name_unavailable();
     }
     pass.seeded
+}
+
+/// The values one read of the hive list saw: how many, and a hash of their names in order.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Signature {
+    count: u32,
+    hash: u64,
+}
+
+impl Signature {
+    fn add(&mut self, name: &[u16]) {
+        self.count += 1;
+        self.hash = (self.hash.rotate_left(17) ^ u64::from(tracker::names::hash_folded(name)))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// What one read of the hive list did.
@@ -306,10 +331,12 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
 struct Pass {
     /// Hives recorded (or found recorded).
     seeded: usize,
-    /// A value the read could not take (no memory, cut short, too many).
+    /// A value the read could not take (no resources, cut short, too many).
     missed: bool,
-    /// An unload was seen during the read: values may have moved under it.
-    moved: bool,
+    /// A file path recorded cut (no memory for the whole of it).
+    cut: bool,
+    /// The values it saw.
+    signature: Signature,
 }
 
 /// Reads the hive list's values by index, recording each hive with
@@ -317,6 +344,8 @@ struct Pass {
 fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch) -> Pass {
     let mut seeded = 0;
     let mut missed = false;
+    let mut cut = false;
+    let mut signature = Signature::default();
     let mut failures_in_a_row = 0;
     let mut ended = false;
     for index in 0..4096u32 {
@@ -387,8 +416,9 @@ fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch) -> Pass 
             f += 1;
         }
         if data_len / 2 > room.len() {
-            missed = true; // no memory for the whole path: recorded cut, and counted
+            cut = true; // no memory for the whole path: recorded cut, and counted
         }
+        signature.add(&mount[..m]);
         // Load time 0, "not known": the hive was mounted before tracking began, so keys of
         // it may predate tracking (a pending unload of it is never taken as done). A record
         // the callback made meanwhile is newer than the list and left as it is.
@@ -401,7 +431,8 @@ fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch) -> Pass 
     Pass {
         seeded,
         missed,
-        moved: false,
+        cut,
+        signature,
     }
 }
 

@@ -651,7 +651,7 @@ impl<L: RawLock> HiveTable<L> {
                         hive_of(p).state(),
                         HiveState::Loaded | HiveState::UnloadPending
                     )
-                }) || self.seed.unloaded(mount))
+                }) || self.seed.unloaded(mount, names.seed()))
             {
                 drop(guard);
                 if let Some(f) = file_ref {
@@ -774,7 +774,7 @@ impl<L: RawLock> HiveTable<L> {
         let shard = &self.shards[shard_of(mount)];
         let gone = {
             let _g = Exclusive::new(&shard.lock);
-            self.seed.note_unload(mount);
+            self.seed.note_unload(mount, names.seed());
             let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) else {
                 return false;
             };
@@ -798,7 +798,7 @@ impl<L: RawLock> HiveTable<L> {
         let shard = &self.shards[shard_of(mount)];
         let freed = {
             let _g = Exclusive::new(&shard.lock);
-            self.seed.note_unload(mount);
+            self.seed.note_unload(mount, names.seed());
             let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) else {
                 return false;
             };

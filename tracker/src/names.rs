@@ -331,6 +331,12 @@ impl<L: RawLock> NameTable<L> {
         Self::with_seed(0)
     }
 
+    /// The key of this table's hash ([`hash_seeded`]).
+    #[must_use]
+    pub const fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// An empty table whose hash is keyed by `seed` (allocates nothing).
     #[must_use]
     pub fn with_seed(seed: u64) -> Self {

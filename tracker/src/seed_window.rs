@@ -13,7 +13,7 @@
 //! A false match (two mounts with one hash) leaves a loaded hive unrecorded: its keys are
 //! then tracked under an implicit hive, which no report calls complete, so it is never a
 //! wrong answer. Past [`MARKS`] unloads in the window every seeded load counts as marked, for
-//! the same reason.
+//! the same reason, and the overflow is counted when the window closes.
 //!
 //! The count of marks also tells the seed whether any unload ran during its read: an
 //! unload deletes its value from the list and the values after it move down one index
@@ -23,7 +23,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
-use crate::names::hash_folded;
+use crate::names::hash_seeded;
 
 /// How many unloads the window tells apart; more is taken as "any mount may be gone".
 pub const MARKS: usize = 16;
@@ -41,9 +41,10 @@ impl Default for SeedWindow {
     }
 }
 
-/// A mark's value for `mount`: never 0, which means "not yet written".
-fn mark_of(mount: &[u16]) -> u32 {
-    hash_folded(mount).max(1)
+/// A mark's value for `mount` under the name table's per-boot key (no one can make two mounts
+/// collide on purpose): never 0, which means "not yet written".
+fn mark_of(mount: &[u16], key: u64) -> u32 {
+    hash_seeded(mount, key).max(1)
 }
 
 impl SeedWindow {
@@ -59,13 +60,13 @@ impl SeedWindow {
 
     /// Marks an unload (or deferred unload) of `mount`, while the window is open. Called
     /// under `mount`'s hive-shard lock.
-    pub fn note_unload(&self, mount: &[u16]) {
+    pub fn note_unload(&self, mount: &[u16], key: u64) {
         if !self.open.load(Relaxed) {
             return;
         }
         let i = self.count.fetch_add(1, Relaxed) as usize;
         if let Some(m) = self.marks.get(i) {
-            m.store(mark_of(mount), Relaxed);
+            m.store(mark_of(mount, key), Relaxed);
         }
     }
 
@@ -73,12 +74,12 @@ impl SeedWindow {
     /// some mount, past [`MARKS`]) was seen in the window. Called under `mount`'s hive-shard
     /// lock, so a mark its unload wrote under that lock is seen.
     #[must_use]
-    pub fn unloaded(&self, mount: &[u16]) -> bool {
+    pub fn unloaded(&self, mount: &[u16], key: u64) -> bool {
         let n = self.count.load(Relaxed) as usize;
         if n > MARKS {
             return true;
         }
-        let mark = mark_of(mount);
+        let mark = mark_of(mount, key);
         self.marks[..n].iter().any(|m| m.load(Relaxed) == mark)
     }
 
@@ -89,9 +90,12 @@ impl SeedWindow {
         self.count.load(Relaxed)
     }
 
-    /// Closes the window: the seed is over, and later unloads leave no mark.
-    pub fn close(&self) {
+    /// Closes the window: the seed is over, and later unloads leave no mark. Returns whether
+    /// the marks overflowed (every hive read after that was left unrecorded: the caller counts
+    /// it, so that answers say something went unrecorded).
+    pub fn close(&self) -> bool {
         self.open.store(false, Relaxed);
+        self.count.load(Relaxed) as usize > MARKS
     }
 }
 
@@ -106,27 +110,29 @@ mod tests {
     #[test]
     fn a_marked_mount_is_left_unrecorded_in_any_case() {
         let s = SeedWindow::new();
-        s.note_unload(&w(r"\REGISTRY\USER\S-1-5-21-1"));
-        assert!(s.unloaded(&w(r"\Registry\User\s-1-5-21-1")));
-        assert!(!s.unloaded(&w(r"\REGISTRY\USER\S-1-5-21-2")));
+        s.note_unload(&w(r"\REGISTRY\USER\S-1-5-21-1"), 7);
+        assert!(s.unloaded(&w(r"\Registry\User\s-1-5-21-1"), 7));
+        assert!(!s.unloaded(&w(r"\REGISTRY\USER\S-1-5-21-2"), 7));
         assert_eq!(s.unloads(), 1);
+        assert!(!s.close());
     }
 
     #[test]
     fn past_the_marks_every_mount_counts_as_unloaded() {
         let s = SeedWindow::new();
         for i in 0..=MARKS {
-            s.note_unload(&w(&format!(r"\REGISTRY\A\{i}")));
+            s.note_unload(&w(&format!(r"\REGISTRY\A\{i}")), 7);
         }
-        assert!(s.unloaded(&w(r"\REGISTRY\MACHINE\SOFTWARE")));
+        assert!(s.unloaded(&w(r"\REGISTRY\MACHINE\SOFTWARE"), 7));
+        assert!(s.close(), "the overflow is reported when the window closes");
     }
 
     #[test]
     fn a_closed_window_marks_nothing() {
         let s = SeedWindow::new();
-        s.close();
-        s.note_unload(&w(r"\REGISTRY\USER\X"));
-        assert!(!s.unloaded(&w(r"\REGISTRY\USER\X")));
+        assert!(!s.close());
+        s.note_unload(&w(r"\REGISTRY\USER\X"), 7);
+        assert!(!s.unloaded(&w(r"\REGISTRY\USER\X"), 7));
         assert_eq!(s.unloads(), 0);
     }
 }

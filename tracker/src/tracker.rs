@@ -1288,9 +1288,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.hives.seed.unloads()
     }
 
-    /// The start-up seed from the hive list is over: later unloads leave no mark.
+    /// The start-up seed from the hive list is over: later unloads leave no mark. More unloads
+    /// during it than the window tells apart left hives unrecorded: counted as a name not got.
     pub fn seed_done(&self) {
-        self.hives.seed.close();
+        if self.hives.seed.close() {
+            self.name_unavailable();
+        }
     }
 
     fn record_load(&self, mount: &[u16], file: &[u16], time: u64, seeded: bool) {

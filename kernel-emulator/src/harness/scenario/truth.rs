@@ -35,6 +35,7 @@ use crate::verifier::faults::FaultPolicy;
 
 /// The scenarios.
 #[must_use]
+#[allow(clippy::too_many_lines, reason = "the list of this module's scenarios")]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::hivetrack(
@@ -104,8 +105,13 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "hive-list-unread",
-            "one value of the hive list cannot be read at start (ZwEnumerateValueKey: no resources): the driver still reads the values after it and counts the hive it missed as a name it could not get, so every answer says something went unrecorded",
+            "one value of the hive list cannot be read at start (ZwEnumerateValueKey: no resources, once): the driver still reads the values after it, and its next read of the list takes the one it missed (its reads go on until two agree), so every hive is known and nothing is counted",
             hive_list_unread,
+        ),
+        Scenario::hivetrack(
+            "hive-list-unreadable",
+            "every read of the hive list refused from its second value on (ZwEnumerateValueKey: no resources, for good): the driver's reads agree on the one hive they took, and the hives never read are counted once as a name not got",
+            hive_list_unreadable,
         ),
         Scenario::hivetrack(
             "unload-own-open-holder",
@@ -123,8 +129,13 @@ pub fn scenarios() -> Vec<Scenario> {
             unload_during_seed,
         ),
         Scenario::hivetrack(
+            "deferred-unload-during-seed",
+            "a deferred unload pending from before the driver completes during its read of the hive list (the last holding key closes): no notification, but its deleted value moves the next one down an index; the driver reads the list until two reads agree and lists the hive the shift hid",
+            deferred_unload_during_seed,
+        ),
+        Scenario::hivetrack(
             "hive-list-keeps-moving",
-            "an unload during each of the driver's reads of the hive list: after its last read the driver counts a hive it may have missed as a name it could not get, and lists no unloaded hive",
+            "an unload during each of the driver's four reads of the hive list, of a hive the read has just taken, so the next value moves under the read: the driver lists no unloaded hive, lists the hive every read saw, and counts what the last read may have skipped as a name it could not get",
             hive_list_keeps_moving,
         ),
         Scenario::hivetrack(
@@ -538,9 +549,9 @@ fn hive_list_unread(ctx: &mut Ctx) {
     );
     let known = mounts(ctx, h);
     ctx.check(
-        known.len() + 1 == listed,
+        known.len() == listed,
         format!(
-            "every other hive of the list is known ({} of {listed})",
+            "every hive of the list is known, the one refused once taken by the next read ({} of {listed})",
             known.len()
         ),
     );
@@ -563,9 +574,37 @@ fn hive_list_unread(ctx: &mut Ctx) {
     );
     let st = stats(ctx, h);
     ctx.check(
-        st.names_unavailable == 1 && st.not_recorded() >= 1,
+        st.names_unavailable == 0,
         format!(
-            "the hive it missed is counted ({} names unavailable, {} not recorded)",
+            "nothing counted: the last two reads agreed ({} names unavailable)",
+            st.names_unavailable
+        ),
+    );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// Every read of the hive list refused from the second value on (memory that never comes
+/// back): the reads agree on one hive, and the ones never read are counted.
+fn hive_list_unreadable(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    load_profile(ctx);
+    kernel::with(|k| {
+        k.faults.only = Some("ZwEnumerateValueKey");
+        k.faults.policy = FaultPolicy::FromNth(2);
+    });
+    let (mut d, h) = load(ctx);
+    kernel::with(|k| {
+        k.faults.policy = FaultPolicy::Off;
+        k.faults.only = None;
+    });
+    let Some(h) = h else { return };
+    let known = mounts(ctx, h);
+    let st = stats(ctx, h);
+    ctx.check(
+        known.len() == 1 && st.names_unavailable == 1 && st.not_recorded() >= 1,
+        format!(
+            "one hive known, the rest counted once ({known:?}; {} names unavailable, {} not recorded)",
             st.names_unavailable,
             st.not_recorded()
         ),
@@ -873,43 +912,124 @@ fn unload_during_seed(ctx: &mut Ctx) {
     ctx.unload_and_check_clean(&mut d);
 }
 
-/// Unloads during every read of the hive list (three: the driver reads it at most three
-/// times): whatever the last read may have skipped is counted, never passed over.
+/// An unload during every read of the hive list (the driver reads it at most four times),
+/// each of a hive the read has just taken, so the value after it moves down an index under
+/// the read and is skipped by it: the driver lists no unloaded hive, lists the hive every read
+/// saw, and counts what the last read may have skipped.
 fn hive_list_keeps_moving(ctx: &mut Ctx) {
     boot_hives(ctx);
-    let users = profiles_loaded_before(ctx, &[1011, 1012, 1013, 1014]);
-    let unload = |m: &str| {
-        let _ = hive::unload_hive(super::tracking::SYSTEM_PID, m);
+    let users = profiles_loaded_before(ctx, &[1011, 1012, 1013, 1014, 1015]);
+    let list = crate::nt::cm::zwreg::hive_list();
+    let Some(at) = list.iter().position(|m| m.eq_ignore_ascii_case(&users[0])) else {
+        ctx.check(false, format!("{} is in the hive list: {list:?}", users[0]));
+        return;
     };
-    let (first, second, third) = (users[0].clone(), users[1].clone(), users[2].clone());
-    // Each pass's read of value 0 unloads one more hive and sets up the next.
-    crate::nt::cm::zwreg::after_hive_list_value(0, move || {
-        unload(&first);
-        crate::nt::cm::zwreg::after_hive_list_value(0, move || {
-            unload(&second);
-            crate::nt::cm::zwreg::after_hive_list_value(0, move || unload(&third));
-        });
-    });
+    ctx.check(
+        list[at..]
+            .iter()
+            .zip(&users)
+            .all(|(l, u)| l.eq_ignore_ascii_case(u)),
+        format!("the five follow one another in the list: {list:?}"),
+    );
+    let shared = std::rc::Rc::new(users.clone());
+    unload_then_next(shared, u32::try_from(at).unwrap_or(0), 0);
     let (mut d, h) = load(ctx);
     let pending = crate::nt::cm::zwreg::cancel_after_hive_list_value();
     let Some(h) = h else { return };
-    ctx.check(!pending, "an unload ran during each of three reads");
+    ctx.check(
+        !pending,
+        "an unload ran during each of four reads, right after a value's read",
+    );
     let known = mounts(ctx, h);
     ctx.check(
-        users[..3]
+        users[..4]
             .iter()
             .all(|u| known.iter().all(|m| !m.eq_ignore_ascii_case(u))),
         format!("no unloaded hive is listed: {known:?}"),
     );
+    let now = crate::nt::cm::zwreg::hive_list();
     ctx.check(
-        known.iter().any(|m| m.eq_ignore_ascii_case(&users[3])),
-        format!("the hive still loaded is listed: {known:?}"),
+        now.iter()
+            .all(|m| known.iter().any(|k| k.eq_ignore_ascii_case(m))),
+        format!(
+            "every hive still loaded is listed, {} included: {known:?}",
+            users[4]
+        ),
     );
     let st = stats(ctx, h);
     ctx.check(
         st.names_unavailable == 1,
         format!(
             "the list moved under the last read: counted once as a name not got ({})",
+            st.names_unavailable
+        ),
+    );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// Read `k` of the hive list unloads `users[k]` right after taking its value (at index `at`):
+/// `users[k + 1]` moves into that index and the read goes on past it; four reads in all.
+fn unload_then_next(users: std::rc::Rc<Vec<String>>, at: u32, k: usize) {
+    crate::nt::cm::zwreg::after_hive_list_value(at, move || {
+        let _ = hive::unload_hive(super::tracking::SYSTEM_PID, &users[k]);
+        if k + 1 < 4 {
+            unload_then_next(users, at, k + 1);
+        }
+    });
+}
+
+/// A deferred unload (`NtUnloadKeyEx`, pending before the driver started) completes while the
+/// driver reads the hive list: the last key holding the hive closes right after the read of
+/// the hive's value, the kernel unloads it and deletes its value (WRK `cmdelete.c`
+/// CmpLateUnloadHiveWorker → CmUnloadKey → `cmhvlist.c` CmpRemoveFromHiveFileList), and no
+/// notification tells the driver. The next value moves down an index under the read: the
+/// driver reads again until two reads agree, so the hive the shift hid is listed.
+fn deferred_unload_during_seed(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let users = profiles_loaded_before(ctx, &[1016, 1017, 1018]);
+    let holder = spawn(ctx, APP1);
+    let key = format!(r"{}\Software", users[0]);
+    let kept = open_kept(ctx, holder, &key);
+    let (s, event) = hive::unload_key_ex(super::tracking::SYSTEM_PID, &users[0]);
+    ctx.check(
+        s == crate::nt::status::STATUS_PENDING,
+        format!("the unload is deferred: {}", status::describe(s)),
+    );
+    let list = crate::nt::cm::zwreg::hive_list();
+    let Some(at) = list.iter().position(|m| m.eq_ignore_ascii_case(&users[0])) else {
+        ctx.check(false, format!("{} is in the hive list: {list:?}", users[0]));
+        return;
+    };
+    let hidden = list.get(at + 1).cloned().unwrap_or_default();
+    if let Some(k) = kept {
+        crate::nt::cm::zwreg::after_hive_list_value(u32::try_from(at).unwrap_or(0), move || {
+            let _ = hive::close_key(holder, k);
+            // The late unload runs on a system worker: the read goes on once it is done.
+            let _ = event.wait(std::time::Duration::from_secs(10));
+        });
+    }
+    let (mut d, h) = load(ctx);
+    let pending = crate::nt::cm::zwreg::cancel_after_hive_list_value();
+    let Some(h) = h else { return };
+    let now = crate::nt::cm::zwreg::hive_list();
+    ctx.check(
+        !pending && !now.iter().any(|m| m.eq_ignore_ascii_case(&users[0])),
+        format!("the hive unloaded during the read: {now:?}"),
+    );
+    let known = mounts(ctx, h);
+    ctx.check(
+        now.iter()
+            .all(|m| known.iter().any(|k| k.eq_ignore_ascii_case(m))),
+        format!(
+            "every hive still loaded is listed, {hidden} included: {known:?} (kernel: {now:?})"
+        ),
+    );
+    let st = stats(ctx, h);
+    ctx.check(
+        st.names_unavailable == 0,
+        format!(
+            "the last two reads agreed: nothing counted as missed ({})",
             st.names_unavailable
         ),
     );
