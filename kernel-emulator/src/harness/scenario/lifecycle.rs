@@ -832,7 +832,7 @@ fn check_hive_list_open(
 /// by index sees load order, shifted down at an unload, and its callback sees the kernel's
 /// own opens inside the loads and unloads. Before 2026-12-06 the model served the list sorted
 /// by mount point, app hives included, and made no open.
-#[allow(clippy::too_many_lines)] // one linear script of checks
+#[allow(clippy::too_many_lines, clippy::many_single_char_names)] // one linear script; s, p, l, r, h: session, process, log, result, hashes
 fn td_hive_list(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     // CurrentControlSet is a link to ControlSet001, as the hivetrack scenarios' boot makes it.
