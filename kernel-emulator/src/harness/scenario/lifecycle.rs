@@ -617,18 +617,9 @@ fn check_unload_log(ctx: &mut Ctx, l: &[Entry], caller: u32, mount: &str, status
     );
 }
 
-/// A driver's own `ZwOpenKey` + `ZwClose` are registry operations like any other: Learn
-/// REG_CREATE_KEY_INFORMATION_V1 Remarks (passed "every time that a thread tries to create a
-/// key", also "when a kernel-mode driver calls ZwCreateKey"); regfltr `sys/pre.c`
-/// PreNotificationBlockSample (its own `ZwCreateKey` is blocked by its own callback). The test
-/// driver opens the hive list as hivetrack's `seed_hives` does, on the requesting thread, and
-/// logs what its own callback gets (fidelity audit 16b, F4: the old model delivered nothing).
-#[allow(clippy::too_many_lines)] // one linear script of checks
-fn td_zw_open(ctx: &mut Ctx) {
-    const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
-    const STATUS_REPARSE: u64 = 0x104;
-    let Some(s) = start(ctx) else { return };
-    // CurrentControlSet is a link to ControlSet001, as the hivetrack scenarios' boot makes it.
+/// CurrentControlSet made a link to ControlSet001 (as the hivetrack scenarios' boot makes it),
+/// and a services.exe process with the test driver's device open.
+fn services_with_device(ctx: &mut Ctx) -> Option<(u32, io::FileHandle)> {
     let _ = super::tracking::current_control_set();
     let p = new_process(
         ctx,
@@ -641,7 +632,23 @@ fn td_zw_open(ctx: &mut Ctx) {
         GENERIC_READ | GENERIC_WRITE,
     );
     ctx.check(device.is_ok(), "the process opens the test driver");
-    let Ok(device) = device else { return };
+    device.ok().map(|d| (p, d))
+}
+
+/// A driver's own `ZwOpenKey` + `ZwClose` are registry operations like any other: Learn
+/// REG_CREATE_KEY_INFORMATION_V1 Remarks (passed "every time that a thread tries to create a
+/// key", also "when a kernel-mode driver calls ZwCreateKey"); regfltr `sys/pre.c`
+/// PreNotificationBlockSample (its own `ZwCreateKey` is blocked by its own callback). The test
+/// driver opens the hive list as hivetrack's `seed_hives` does, on the requesting thread, and
+/// logs what its own callback gets (fidelity audit 16b, F4: the old model delivered nothing).
+#[allow(clippy::too_many_lines)] // one linear script of checks
+fn td_zw_open(ctx: &mut Ctx) {
+    const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
+    const STATUS_REPARSE: u64 = 0x104;
+    let Some(s) = start(ctx) else { return };
+    let Some((p, device)) = services_with_device(ctx) else {
+        return;
+    };
     let objects = hive::key_objects();
     let given = r"\Registry\Machine\System\CurrentControlSet\Control\hivelist";
     // The key the link leads to, named as stored (the hive list key is spelled `hivelist`).
@@ -835,20 +842,9 @@ fn check_hive_list_open(
 #[allow(clippy::too_many_lines, clippy::many_single_char_names)] // one linear script; s, p, l, r, h: session, process, log, result, hashes
 fn td_hive_list(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
-    // CurrentControlSet is a link to ControlSet001, as the hivetrack scenarios' boot makes it.
-    let _ = super::tracking::current_control_set();
-    let p = new_process(
-        ctx,
-        r"\Device\HarddiskVolume2\Windows\System32\services.exe",
-    );
-    let device = io::open(
-        r"\\.\KemuTest",
-        Caller::Admin,
-        p,
-        GENERIC_READ | GENERIC_WRITE,
-    );
-    ctx.check(device.is_ok(), "the process opens the test driver");
-    let Ok(device) = device else { return };
+    let Some((p, device)) = services_with_device(ctx) else {
+        return;
+    };
     let system = r"\REGISTRY\MACHINE\SYSTEM";
     let user = format!(r"{HKU}\{SID}");
     let components = r"\REGISTRY\MACHINE\COMPONENTS";
