@@ -100,6 +100,7 @@ const IOCTL_PROCESS_REMOVE_INSIDE: u32 = ioctl(0x851); // bug: next process noti
 const IOCTL_IMAGE_REMOVE_INSIDE: u32 = ioctl(0x852); // bug: next image notify removes itself
 const IOCTL_POOL_CHECK: u32 = ioctl(0x853); // pool/lookaside request `argument` (pool_checks.rs)
 const IOCTL_ZW_OPEN: u32 = ioctl(0x854); // own ZwOpenKey of the hive list, then ZwClose
+const IOCTL_HIVE_LIST_VALUE: u32 = ioctl(0x855); // the hive list's value `argument` (name hash)
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -133,10 +134,23 @@ mod exlock;
 /// PASSIVE_LEVEL, then `ZwEnumerateValueKey` of value 0 and `ZwClose`. Answers [open status,
 /// handle, enumerate status, close status] (statuses as their 32 bits).
 fn zw_open_hivelist(argument: u64) -> [u64; 4] {
+    use wdk_sys::{OBJ_CASE_INSENSITIVE, OBJ_FORCE_ACCESS_CHECK, OBJ_KERNEL_HANDLE};
+    let attributes = match argument {
+        0 => OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE,
+        1 => OBJ_CASE_INSENSITIVE,
+        _ => OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
+    };
+    read_hivelist(attributes, 0, &mut [0u64; 64])
+}
+
+/// The driver's own `ZwOpenKey` of the hive list (KEY_READ, `attributes`), then
+/// `ZwEnumerateValueKey` of value `index` (KeyValueFullInformation) into `buf` and `ZwClose`.
+/// Answers [open status, handle, enumerate status, close status] (statuses as their 32 bits;
+/// after a failed open, zeros).
+fn read_hivelist(attributes: u32, index: u32, buf: &mut [u64; 64]) -> [u64; 4] {
     use wdk_sys::{
         _KEY_VALUE_INFORMATION_CLASS::KeyValueFullInformation,
-        HANDLE, KEY_READ, OBJ_CASE_INSENSITIVE, OBJ_FORCE_ACCESS_CHECK, OBJ_KERNEL_HANDLE,
-        OBJECT_ATTRIBUTES,
+        HANDLE, KEY_READ, OBJECT_ATTRIBUTES,
         ntddk::{ZwClose, ZwEnumerateValueKey, ZwOpenKey},
     };
     #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
@@ -148,11 +162,7 @@ fn zw_open_hivelist(argument: u64) -> [u64; 4] {
         Length: u32::try_from(size_of::<OBJECT_ATTRIBUTES>()).unwrap_or(0),
         RootDirectory: null_mut(),
         ObjectName: &raw mut name,
-        Attributes: match argument {
-            0 => OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE,
-            1 => OBJ_CASE_INSENSITIVE,
-            _ => OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
-        },
+        Attributes: attributes,
         SecurityDescriptor: null_mut(),
         SecurityQualityOfService: null_mut(),
     };
@@ -162,13 +172,12 @@ fn zw_open_hivelist(argument: u64) -> [u64; 4] {
     if opened != STATUS_SUCCESS {
         return [bits(opened), 0, 0, 0];
     }
-    let mut buf = [0u64; 64];
     let mut returned = 0u32;
     // SAFETY: a key handle from ZwOpenKey; the buffer is 512 writable bytes.
     let enumerated = unsafe {
         ZwEnumerateValueKey(
             handle,
-            0,
+            index,
             KeyValueFullInformation,
             buf.as_mut_ptr().cast(),
             512,
@@ -178,6 +187,39 @@ fn zw_open_hivelist(argument: u64) -> [u64; 4] {
     // SAFETY: the handle ZwOpenKey returned, closed once.
     let closed = unsafe { ZwClose(handle) };
     [bits(opened), handle as u64, bits(enumerated), bits(closed)]
+}
+
+/// IOCTL_HIVE_LIST_VALUE: the hive list's value `argument` as a driver reading the list by
+/// index sees it ([`read_hivelist`] with OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE). Answers
+/// [enumerate status, FNV-1a hash of the value's name, its NameLength in bytes, open status]
+/// (statuses as their 32 bits).
+fn hive_list_value(argument: u64) -> [u64; 4] {
+    use wdk_sys::{OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE};
+    /// KEY_VALUE_FULL_INFORMATION (wdm.h): NameLength at byte 16, Name at byte 20.
+    const NAME_LENGTH_AT: usize = 16;
+    const NAME_AT: usize = 20;
+    let mut buf = [0u64; 64];
+    let index = u32::try_from(argument).unwrap_or(u32::MAX);
+    let [opened, _, enumerated, _] =
+        read_hivelist(OBJ_CASE_INSENSITIVE | OBJ_KERNEL_HANDLE, index, &mut buf);
+    if opened != 0 || enumerated != 0 {
+        return [enumerated, 0, 0, opened];
+    }
+    let bytes = buf.as_ptr().cast::<u8>();
+    // SAFETY: ZwEnumerateValueKey filled the fixed part (20 bytes) of the 512-byte buffer.
+    let length = unsafe { bytes.wrapping_add(NAME_LENGTH_AT).cast::<u32>().read_unaligned() };
+    let length = u16::try_from(length.min(512 - NAME_AT as u32)).unwrap_or(0);
+    let value_name = UNICODE_STRING {
+        Length: length,
+        MaximumLength: length,
+        Buffer: bytes.wrapping_add(NAME_AT).cast::<u16>().cast_mut(),
+    };
+    [
+        enumerated,
+        lifecycle::hash(&raw const value_name),
+        u64::from(length),
+        opened,
+    ]
 }
 
 /// A UNICODE_STRING over a static NUL-terminated UTF-16 literal.
@@ -542,6 +584,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_ZW_OPEN => {
             out = zw_open_hivelist(argument);
+            32
+        }
+        IOCTL_HIVE_LIST_VALUE => {
+            out = hive_list_value(argument);
             32
         }
         IOCTL_START_KEY => {

@@ -25,6 +25,7 @@ const IOCTL_LOG_READ: u32 = ioctl(0x831);
 const IOCTL_ATTACH: u32 = ioctl(0x832);
 const IOCTL_START_KEY: u32 = ioctl(0x833);
 const IOCTL_ZW_OPEN: u32 = ioctl(0x854);
+const IOCTL_HIVE_LIST_VALUE: u32 = ioctl(0x855);
 const HKU: &str = r"\REGISTRY\USER";
 const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
 /// OBJ_KERNEL_HANDLE.
@@ -168,6 +169,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-zw-open",
             "a driver's own ZwOpenKey of the hive list (through the CurrentControlSet link) and ZwClose: its own callback gets the reparse pair, the open on the calling thread with OBJ_KERNEL_HANDLE and KernelMode, and the close; nothing is left",
             td_zw_open,
+        ),
+        Scenario::test_driver(
+            "td-hive-list",
+            "the kernel keeps the hive list itself (WRK cmhvlist.c): each load appends its value after the link, with its own ZwCreateKey of the list on the loader's thread (no OBJ_KERNEL_HANDLE, KernelMode) between the load's pre and post; each unload squeezes its value out with its own ZwOpenKey between the unload's pre and post; an app hive is not listed",
+            td_hive_list,
         ),
         Scenario::test_driver(
             "td-unload-sequence",
@@ -611,18 +617,9 @@ fn check_unload_log(ctx: &mut Ctx, l: &[Entry], caller: u32, mount: &str, status
     );
 }
 
-/// A driver's own `ZwOpenKey` + `ZwClose` are registry operations like any other: Learn
-/// REG_CREATE_KEY_INFORMATION_V1 Remarks (passed "every time that a thread tries to create a
-/// key", also "when a kernel-mode driver calls ZwCreateKey"); regfltr `sys/pre.c`
-/// PreNotificationBlockSample (its own `ZwCreateKey` is blocked by its own callback). The test
-/// driver opens the hive list as hivetrack's `seed_hives` does, on the requesting thread, and
-/// logs what its own callback gets (fidelity audit 16b, F4: the old model delivered nothing).
-#[allow(clippy::too_many_lines)] // one linear script of checks
-fn td_zw_open(ctx: &mut Ctx) {
-    const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
-    const STATUS_REPARSE: u64 = 0x104;
-    let Some(s) = start(ctx) else { return };
-    // CurrentControlSet is a link to ControlSet001, as the hivetrack scenarios' boot makes it.
+/// CurrentControlSet made a link to ControlSet001 (as the hivetrack scenarios' boot makes it),
+/// and a services.exe process with the test driver's device open.
+fn services_with_device(ctx: &mut Ctx) -> Option<(u32, io::FileHandle)> {
     let _ = super::tracking::current_control_set();
     let p = new_process(
         ctx,
@@ -635,7 +632,23 @@ fn td_zw_open(ctx: &mut Ctx) {
         GENERIC_READ | GENERIC_WRITE,
     );
     ctx.check(device.is_ok(), "the process opens the test driver");
-    let Ok(device) = device else { return };
+    device.ok().map(|d| (p, d))
+}
+
+/// A driver's own `ZwOpenKey` + `ZwClose` are registry operations like any other: Learn
+/// REG_CREATE_KEY_INFORMATION_V1 Remarks (passed "every time that a thread tries to create a
+/// key", also "when a kernel-mode driver calls ZwCreateKey"); regfltr `sys/pre.c`
+/// PreNotificationBlockSample (its own `ZwCreateKey` is blocked by its own callback). The test
+/// driver opens the hive list as hivetrack's `seed_hives` does, on the requesting thread, and
+/// logs what its own callback gets (fidelity audit 16b, F4: the old model delivered nothing).
+#[allow(clippy::too_many_lines)] // one linear script of checks
+fn td_zw_open(ctx: &mut Ctx) {
+    const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
+    const STATUS_REPARSE: u64 = 0x104;
+    let Some(s) = start(ctx) else { return };
+    let Some((p, device)) = services_with_device(ctx) else {
+        return;
+    };
     let objects = hive::key_objects();
     let given = r"\Registry\Machine\System\CurrentControlSet\Control\hivelist";
     // The key the link leads to, named as stored (the hive list key is spelled `hivelist`).
@@ -728,6 +741,220 @@ fn td_zw_open(ctx: &mut Ctx) {
             ),
         );
     }
+    io::close(device);
+    process::exit_process(p);
+    finish(ctx, s);
+}
+
+/// The hive list's values as a driver reads them by index (the test driver's own
+/// `ZwEnumerateValueKey`): the hash of each value's name, up to STATUS_NO_MORE_ENTRIES.
+fn hive_list_names(device: io::FileHandle) -> Vec<u64> {
+    let mut names = Vec::new();
+    for i in 0..16u64 {
+        // Up to the first failure: STATUS_NO_MORE_ENTRIES past the last value.
+        let [enumerated, name, _, opened] = four_on(device, IOCTL_HIVE_LIST_VALUE, i);
+        if opened != 0 || enumerated != 0 {
+            break;
+        }
+        names.push(name);
+    }
+    names
+}
+
+/// The kernel's own open of the hive list inside a load or unload, as the test driver's
+/// callback logs it: the open by the kernel's name (WRK `cmhvlist.c` HIVE_LIST), ended at the
+/// CurrentControlSet link (STATUS_REPARSE), again at the link's target, the post with the
+/// hive list's key object, then that object's close — all on `p`'s thread, in `p`'s process
+/// (a handle of `p`'s table: no OBJ_KERNEL_HANDLE), with Attributes OBJ_CASE_INSENSITIVE and
+/// CheckAccessMode KernelMode (a Zw call). Checked between the operation's `pre` and `post`.
+#[allow(clippy::too_many_arguments)] // one reading of the log: its classes, names and process
+fn check_hive_list_open(
+    ctx: &mut Ctx,
+    l: &[Entry],
+    (pre_class, post_class): (u64, u64),
+    (open_pre, open_post): (u64, u64),
+    p: u32,
+    what: &str,
+) {
+    const STATUS_REPARSE: u64 = 0x104;
+    let kernel_name = r"\registry\machine\system\currentcontrolset\control\hivelist";
+    let target_given = r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\control\hivelist";
+    let stored = r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Control\hivelist";
+    let classes: Vec<u64> = l.iter().map(|e| e.class).collect();
+    let start = classes.iter().position(|&c| c == pre_class);
+    let end = classes.iter().position(|&c| c == post_class);
+    let inner: Vec<Entry> = match (start, end) {
+        (Some(a), Some(b)) if a < b => l.get(a + 1..b).map(<[Entry]>::to_vec).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let inner_classes: Vec<u64> = inner.iter().map(|e| e.class).collect();
+    ctx.check(
+        inner_classes
+            == [
+                open_pre,
+                open_post,
+                open_pre,
+                open_post,
+                PRE_KEY_HANDLE_CLOSE,
+                CONTEXT_CLEANUP,
+                POST_KEY_HANDLE_CLOSE,
+            ],
+        format!(
+            "{what}: between its pre and post, the kernel's own open of the hive list (the link's reparse pair, the open at the target) and its close ({classes:?})"
+        ),
+    );
+    let at = |i: usize| inner.get(i).copied().unwrap_or_default();
+    let (pre, reparse, pre2, post, close) = (at(0), at(1), at(2), at(3), at(4));
+    ctx.check(
+        pre.name == hash(kernel_name)
+            && pre.extra == 0x40
+            && reparse.extra == STATUS_REPARSE
+            && pre2.name == hash(target_given)
+            && pre2.extra == 0x40,
+        format!(
+            "{what}: the open names {kernel_name} with Attributes OBJ_CASE_INSENSITIVE alone and CheckAccessMode KernelMode, reparses at CurrentControlSet ({pre:x?} {reparse:x?} {pre2:x?})"
+        ),
+    );
+    ctx.check(
+        [pre, reparse, pre2, post, close]
+            .iter()
+            .all(|e| e.owner == u64::from(p) && e.current == u64::from(p)),
+        format!("{what}: on the caller's thread, in its process, the close too (a handle of its own table)"),
+    );
+    ctx.check(
+        post.extra == 0
+            && post.object != 0
+            && post.object_name == hash(stored)
+            && close.object == post.object,
+        format!("{what}: the post has the hive list's key object, which the close ends ({post:x?} {close:x?})"),
+    );
+}
+
+/// The kernel keeps `HKLM\SYSTEM\CurrentControlSet\Control\hivelist` itself: Windows Research
+/// Kernel `cmapi.c` CmLoadKey calls `cmhvlist.c` CmpAddToHiveFileList after
+/// CmpLinkHiveToMaster (ZwCreateKey of the list, ZwSetValueKey, NtClose), CmUnloadKey calls
+/// CmpRemoveFromHiveFileList after CmpDestroyHive (ZwOpenKey, ZwDeleteValueKey, NtClose); a
+/// new value goes at the end of the value list and a deleted one is squeezed out (`cmvalue.c`
+/// CmpFindNameInList, CmpAddValueToList, CmpRemoveValueFromList). So a driver reading the list
+/// by index sees load order, shifted down at an unload, and its callback sees the kernel's
+/// own opens inside the loads and unloads. Before 2026-12-06 the model served the list sorted
+/// by mount point, app hives included, and made no open.
+#[allow(clippy::too_many_lines, clippy::many_single_char_names)] // one linear script; s, p, l, r, h: session, process, log, result, hashes
+fn td_hive_list(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some((p, device)) = services_with_device(ctx) else {
+        return;
+    };
+    let system = r"\REGISTRY\MACHINE\SYSTEM";
+    let user = format!(r"{HKU}\{SID}");
+    let components = r"\REGISTRY\MACHINE\COMPONENTS";
+    let classes = format!(r"{HKU}\{SID}_Classes");
+    let h = |names: &[&str]| names.iter().map(|n| hash(n)).collect::<Vec<u64>>();
+    // The boot hives, in the order the boot mounted them.
+    let names = hive_list_names(device);
+    ctx.check(
+        names == h(&[SOFTWARE, system]),
+        format!(
+            "boot: SOFTWARE then SYSTEM, as mounted ({} values)",
+            names.len()
+        ),
+    );
+    // The user's hive, then COMPONENTS (which sorts first by name), then the user's classes.
+    log_start(&s);
+    let r = hive::load_hive(p, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!("load {user}: {}", status::describe(r)),
+    );
+    let l = log(&s);
+    check_hive_list_open(
+        ctx,
+        &l,
+        (PRE_LOAD_KEY, POST_LOAD_KEY),
+        (PRE_CREATE_KEY_EX, POST_CREATE_KEY_EX),
+        p,
+        "a load",
+    );
+    let r = hive::load_hive(
+        p,
+        components,
+        r"\Device\HarddiskVolume2\Windows\System32\config\COMPONENTS",
+    );
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!("load {components}: {}", status::describe(r)),
+    );
+    let r = hive::load_hive(
+        p,
+        &classes,
+        r"\??\C:\Users\kemu\AppData\Local\Microsoft\Windows\UsrClass.dat",
+    );
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!("load {classes}: {}", status::describe(r)),
+    );
+    let names = hive_list_names(device);
+    ctx.check(
+        names == h(&[SOFTWARE, system, &user, components, &classes]),
+        format!(
+            "the values follow load order: SOFTWARE, SYSTEM, the user's, COMPONENTS, the classes ({} values)",
+            names.len()
+        ),
+    );
+    // An application hive is loaded and not listed, and its load opens no hive list.
+    log_start(&s);
+    let app = hive::load_app_key(p, r"\??\C:\ProgramData\App\settings.dat");
+    ctx.check(app.is_ok(), format!("RegLoadAppKey: {app:?}"));
+    let l = log(&s);
+    let kernel_name = r"\registry\machine\system\currentcontrolset\control\hivelist";
+    ctx.check(
+        !l.iter().any(|e| e.name == hash(kernel_name)),
+        "the app hive's load opens no hive list",
+    );
+    let names = hive_list_names(device);
+    ctx.check(
+        names.len() == 5,
+        format!("the app hive is not listed ({} values)", names.len()),
+    );
+    if let Ok((root, _)) = app {
+        let _ = hive::close_key(p, root);
+    }
+    // The user's hive unloads: its value is squeezed out and the later ones move down.
+    log_start(&s);
+    let r = hive::unload_hive(p, &user);
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!("unload {user}: {}", status::describe(r)),
+    );
+    let l = log(&s);
+    check_hive_list_open(
+        ctx,
+        &l,
+        (PRE_UNLOAD_KEY, POST_UNLOAD_KEY),
+        (PRE_OPEN_KEY_EX, POST_OPEN_KEY_EX),
+        p,
+        "an unload",
+    );
+    let names = hive_list_names(device);
+    ctx.check(
+        names == h(&[SOFTWARE, system, components, &classes]),
+        format!(
+            "after the unload COMPONENTS is value 2 and the classes value 3 ({} values)",
+            names.len()
+        ),
+    );
+    for mount in [components, classes.as_str()] {
+        let r = hive::unload_hive(p, mount);
+        ctx.check(
+            r == STATUS_SUCCESS,
+            format!("unload {mount}: {}", status::describe(r)),
+        );
+    }
+    let names = hive_list_names(device);
+    ctx.check(
+        names == h(&[SOFTWARE, system]),
+        format!("the boot hives are left ({} values)", names.len()),
+    );
     io::close(device);
     process::exit_process(p);
     finish(ctx, s);

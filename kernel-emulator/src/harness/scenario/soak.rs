@@ -56,6 +56,9 @@ fn counted_open(pid: u32, path: &str, opens: &AtomicU64) -> Option<u64> {
     Some(h)
 }
 
+/// The hives `load_profile` loads (each load opens the hive list itself).
+const PROFILE_LOADS: u64 = 2;
+
 struct Totals {
     opens: AtomicU64,
     closes: AtomicU64,
@@ -81,8 +84,10 @@ fn soak(ctx: &mut Ctx) {
     load_profile(ctx);
     let totals = Arc::new(Totals {
         // Opens the driver saw before the soak: DriverEntry's own ZwOpenKey of the hive list
-        // would be one, but the driver makes it before its callback registers (0).
-        opens: AtomicU64::new(kernel::with(|k| k.zwreg.announced_opens)),
+        // would be one, but the driver makes it before its callback registers (0); and the
+        // kernel's own ZwCreateKey of the hive list in each of the profile's two loads
+        // (Windows Research Kernel `cmapi.c` CmLoadKey -> `cmhvlist.c` CmpAddToHiveFileList).
+        opens: AtomicU64::new(kernel::with(|k| k.zwreg.announced_opens) + PROFILE_LOADS),
         closes: AtomicU64::new(0),
         queries: AtomicU64::new(0),
         exits: AtomicU64::new(0),
@@ -191,6 +196,8 @@ fn soak(ctx: &mut Ctx) {
             while !stop.load(Relaxed) {
                 if hive::load_hive(SYSTEM_PID, SPARE, SPARE_FILE) == STATUS_SUCCESS {
                     totals.loads.fetch_add(1, Relaxed);
+                    // The load's own ZwCreateKey of the hive list (WRK CmpAddToHiveFileList).
+                    totals.opens.fetch_add(1, Relaxed);
                     if let Some(k) =
                         counted_open(SYSTEM_PID, &format!(r"{SPARE}\Soak"), &totals.opens)
                     {
@@ -206,6 +213,9 @@ fn soak(ctx: &mut Ctx) {
                 }
                 if unloaded == STATUS_SUCCESS {
                     totals.unloads.fetch_add(1, Relaxed);
+                    // The unload's own ZwOpenKey of the hive list (WRK
+                    // CmpRemoveFromHiveFileList).
+                    totals.opens.fetch_add(1, Relaxed);
                 }
                 std::thread::yield_now();
             }

@@ -251,6 +251,11 @@ pub struct HiveState {
     registry_root: usize,
     /// What a load's REG_LOAD_KEY_INFORMATION `Object` points at ([`set_load_object`]).
     load_object: LoadObject,
+    /// The values of the hive list key in their value-list order: (value name = the mount
+    /// point as linked, data = the file). Kept by the kernel's own writes at each load and
+    /// unload ([`add_to_hive_list`], [`remove_from_hive_list`]); read by
+    /// [`crate::nt::cm::zwreg`] through [`hive_list`].
+    hive_list: Vec<(String, String)>,
 }
 
 /// Readings of REG_LOAD_KEY_INFORMATION's `Object` for a load relative to a root directory
@@ -397,6 +402,32 @@ impl HiveState {
             .max_by_key(|(l, _)| l.len())?;
         let rest = given.get(link.len()..).unwrap_or("");
         Some(format!("{target}{rest}"))
+    }
+
+    /// `path` with every registry link on it followed, canonical (as an open would reach it).
+    fn resolved(&self, path: &str) -> String {
+        let mut full = path.trim_end_matches('\\').to_string();
+        for _ in 0..MAX_REPARSE {
+            match self.reparse_target(&canon(&full), &full) {
+                Some(target) => full = target.trim_end_matches('\\').to_string(),
+                None => break,
+            }
+        }
+        canon(&full)
+    }
+
+    /// The mounted hive the hive list key lives in (the SYSTEM hive), if one is mounted.
+    fn hive_list_hive(&self) -> Option<String> {
+        self.hive_of(&self.resolved(HIVE_LIST))
+            .filter(|h| h.as_str() != MASTER_HIVE)
+    }
+
+    /// Whether the kernel's `ZwCreateKey` of the hive list can reach it: its parent
+    /// (`CurrentControlSet\Control`, through the link) is a key of a mounted hive.
+    fn hive_list_reachable(&self) -> bool {
+        let parent = HIVE_LIST.rsplit_once('\\').map_or("", |(p, _)| p);
+        let key = self.resolved(parent);
+        self.keys.contains(&key) && self.hive_of(&key).is_some_and(|h| h != MASTER_HIVE)
     }
 
     /// The loaded hive holding `key` (longest mount-point prefix).
@@ -884,6 +915,7 @@ fn open_app_root(pid: u32, mount: &str) -> Result<u64, NtStatus> {
         kernel_caller: false,
         service_for_caller: false,
         attributes: None,
+        options: 0,
     };
     open_mode(pid, None, mount, KEY_ALL_ACCESS, false, manager).inspect_err(|_| {
         hive_object_gone(&canon(mount));
@@ -914,6 +946,107 @@ fn hive_root_object(pid: u32, mount: &str) -> Option<usize> {
     });
     let _ = close_key(pid, handle);
     object
+}
+
+/// The hive list key as the kernel names it (Windows Research Kernel
+/// `base/ntos/config/cmhvlist.c` HIVE_LIST; ReactOS `ntoskrnl/config/cmhvlist.c` spells it
+/// `\REGISTRY\MACHINE\SYSTEM\CurrentControlSet\Control\hivelist`).
+pub const HIVE_LIST: &str = r"\registry\machine\system\currentcontrolset\control\hivelist";
+/// KEY_READ | KEY_WRITE (winnt.h): the access the kernel opens the hive list with.
+const KEY_READ_WRITE: u32 = 0x2_001F;
+/// REG_OPTION_VOLATILE (winnt.h).
+const REG_OPTION_VOLATILE: u32 = 1;
+/// OBJ_CASE_INSENSITIVE (wdm.h).
+const OBJ_CASE_INSENSITIVE: u32 = 0x40;
+
+/// The values of the hive list key, in their order: (value name, file). See [`add_to_hive_list`].
+#[must_use]
+pub fn hive_list() -> Vec<(String, String)> {
+    kernel::with(|k| k.hives.hive_list.clone())
+}
+
+/// The kernel's own open (`create`: `ZwCreateKey`) of the hive list, as `cmhvlist.c` makes it
+/// (Windows Research Kernel): OBJECT_ATTRIBUTES with OBJ_CASE_INSENSITIVE alone, KEY_READ |
+/// KEY_WRITE, REG_OPTION_VOLATILE for the create. A `Zw` call from kernel mode: previous mode
+/// KernelMode, the notification's `CheckAccessMode` KernelMode, and — no OBJ_KERNEL_HANDLE —
+/// the handle in the table of the calling thread's process (WRK `ob/obhandle.c`). ReactOS's
+/// `cmhvlist.c` adds OBJ_KERNEL_HANDLE (a System-table handle); the model follows the WRK.
+/// Through the machinery every open goes through, so every registered callback gets its
+/// pre/post pair (a STATUS_REPARSE pair first at the CurrentControlSet link), on this thread.
+fn open_hive_list(pid: u32, create: bool) -> Result<u64, NtStatus> {
+    let mode = OpenMode {
+        kernel_handle: false,
+        force_access_check: false,
+        fail: None,
+        registry_manager: false,
+        kernel_caller: true,
+        service_for_caller: false,
+        attributes: Some(OBJ_CASE_INSENSITIVE),
+        options: if create { REG_OPTION_VOLATILE } else { 0 },
+    };
+    open_mode(pid, None, HIVE_LIST, KEY_READ_WRITE, create, mode)
+}
+
+/// `CmpAddToHiveFileList` (WRK `cmhvlist.c`), which `CmLoadKey` calls once the hive is
+/// linked (`cmapi.c`; ReactOS `cmapi.c` CmLoadKey the same): `ZwCreateKey` of the hive list,
+/// `ZwSetValueKey(mount -> file, REG_SZ)`, `NtClose`, on `pid`'s thread; a failed create adds
+/// nothing (the status is ignored by CmLoadKey). The value is new, so it goes at the end of
+/// the value list: `CmSetValueKey` (WRK `cmapi.c`) asks `CmpFindNameInList` (`cmvalue.c`),
+/// which returns the index "where Name should be in the list" — `Count` when absent —, and
+/// `CmpSetValueKeyNew` inserts there with `CmpAddValueToList` ("adding at the end makes this
+/// a nop"); an existing name keeps its place (`CmpSetValueKeyExisting`). So
+/// `ZwEnumerateValueKey` indices follow load order. Not modelled: value notifications
+/// (RegNtPreSetValueKey and its post; the model has none, see `zwreg`).
+///
+/// The model's boot: a hive mounted while the hive list's parent key is not reachable (no
+/// SYSTEM hive yet, or no `CurrentControlSet\Control` in it) is listed without the open —
+/// Windows adds its boot hives in `cmsysini.c` CmInitSystem1 / CmpInitializeHiveList after
+/// the SYSTEM hive and its CurrentControlSet link exist (CmpCreateControlSet), in
+/// CmpMachineHiveList's order; the model keeps the order in which a scenario mounts them.
+fn add_to_hive_list(pid: u32, mount: &str, file: &str) {
+    let set = |k: &mut kernel::Kernel| {
+        let list = &mut k.hives.hive_list;
+        match list
+            .iter_mut()
+            .find(|(name, _)| name.eq_ignore_ascii_case(mount))
+        {
+            Some(entry) => entry.1 = file.to_string(),
+            None => list.push((mount.to_string(), file.to_string())),
+        }
+    };
+    if !kernel::with(|k| k.hives.hive_list_reachable()) {
+        kernel::with(set);
+        return;
+    }
+    let Ok(handle) = open_hive_list(pid, true) else {
+        return;
+    };
+    kernel::with(set);
+    let _ = close_key(pid, handle);
+}
+
+/// `CmpRemoveFromHiveFileList` (WRK `cmhvlist.c`), which `CmUnloadKey` calls after
+/// `CmpDestroyHive` (WRK `cmapi.c`; ReactOS `cmapi.c` CmUnloadKey after unlinking):
+/// `ZwOpenKey` of the hive list (as [`open_hive_list`]), `ZwDeleteValueKey(mount)`,
+/// `NtClose`, on `pid`'s thread; a failed open leaves the value. `CmDeleteValueKey` (WRK
+/// `cmapi.c`) takes the value out with `CmpRemoveValueFromList` (`cmvalue.c`), which moves
+/// every later value down one place: the indices after it shift down. Unreachable (the
+/// model's boot, see [`add_to_hive_list`]): taken out without the open.
+fn remove_from_hive_list(pid: u32, mount: &str) {
+    let delete = |k: &mut kernel::Kernel| {
+        k.hives
+            .hive_list
+            .retain(|(name, _)| !name.eq_ignore_ascii_case(mount));
+    };
+    if !kernel::with(|k| k.hives.hive_list_reachable()) {
+        kernel::with(delete);
+        return;
+    }
+    let Ok(handle) = open_hive_list(pid, false) else {
+        return;
+    };
+    kernel::with(delete);
+    let _ = close_key(pid, handle);
 }
 
 /// The next application-hive mount point: `\REGISTRY\A\{GUID}` with a GUID that only grows.
@@ -1004,6 +1137,11 @@ fn load(
             }
             STATUS_SUCCESS
         });
+        if !app && status == STATUS_SUCCESS {
+            // WRK `cmapi.c` CmLoadKey: once CmpLinkHiveToMaster succeeds, "add new hive to
+            // hivelist" (CmpAddToHiveFileList), on the loading thread, before it returns.
+            add_to_hive_list(pid, &mount, file);
+        }
         if app && status == STATUS_SUCCESS {
             match open_app_root(pid, &mount) {
                 Ok(h) => root_handle = h,
@@ -1144,6 +1282,9 @@ struct OpenMode {
     /// flags, WRK `ob/obcreate.c`); `None`: the model's opens, OBJ_CASE_INSENSITIVE plus
     /// the flags above (review 18b).
     attributes: Option<u32>,
+    /// A create's `CreateOptions` (REG_OPTION_*), which the pre-create carries in `Options`
+    /// (Learn REG_CREATE_KEY_INFORMATION_V1); 0 for an open.
+    options: u32,
 }
 
 /// The `\REGISTRY` key object, made at the first call: the object an absolute name is parsed
@@ -1219,6 +1360,7 @@ fn open(
         kernel_caller: false,
         service_for_caller: false,
         attributes: None,
+        options: 0,
     };
     open_mode(pid, root, name, desired, create, mode)
 }
@@ -1234,6 +1376,7 @@ fn open_for_caller(pid: u32, mount: &str, create: bool) -> Result<u64, NtStatus>
         kernel_caller: false,
         service_for_caller: true,
         attributes: None,
+        options: 0,
     };
     open_mode(pid, None, mount, KEY_WRITE, create, mode)
 }
@@ -1259,6 +1402,7 @@ pub fn open_kernel_key_forced(
         kernel_caller: false,
         service_for_caller: false,
         attributes: None,
+        options: 0,
     };
     open_mode(pid, None, path, desired, create, mode)
 }
@@ -1295,6 +1439,7 @@ pub fn zw_open_key(
         kernel_caller: true,
         service_for_caller: false,
         attributes: Some(attributes),
+        options: 0,
     };
     open_mode(io::current_pid(), root, name, desired, false, mode)
 }
@@ -1405,7 +1550,7 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         complete_name: complete.as_ptr(),
         root_object: root_object as *mut c_void,
         object_type: std::ptr::null_mut(),
-        options: 0,
+        options: mode.options,
         pad0: 0,
         class: std::ptr::null_mut(),
         security_descriptor: std::ptr::null_mut(),
@@ -2044,7 +2189,12 @@ fn hive_object_gone(hive: &str) {
             // NtUnloadKeyEx waits on its event.
             std::thread::spawn(move || {
                 crate::machine::cpu::enter_thread(DEFERRED_UNLOAD_THREAD);
-                io::with_pid(4, || kernel::with(|k| remove_hive(&mut k.hives, &hive)));
+                io::with_pid(SYSTEM_PID, || {
+                    kernel::with(|k| remove_hive(&mut k.hives, &hive));
+                    // WRK `cmdelete.c` CmpLateUnloadHiveWorker calls CmUnloadKey, which takes
+                    // the hive out of the hive list before it signals the unload event.
+                    remove_from_hive_list(SYSTEM_PID, &hive);
+                });
                 event.signal(UnloadCompletion {
                     pid: 4,
                     thread: DEFERRED_UNLOAD_THREAD,
@@ -2057,8 +2207,13 @@ fn hive_object_gone(hive: &str) {
 /// The emulated processor number of the system worker thread that completes deferred unloads.
 pub const DEFERRED_UNLOAD_THREAD: u32 = 120;
 
-/// Removes a mounted hive and its keys.
+/// Removes a mounted hive and its keys. The hive list key is volatile
+/// (REG_OPTION_VOLATILE, WRK `cmhvlist.c` CmpAddToHiveFileList): if it lived in this hive,
+/// its values go with it.
 fn remove_hive(h: &mut HiveState, m: &str) {
+    if h.hive_list_hive().as_deref() == Some(m) {
+        h.hive_list.clear();
+    }
     h.hives.remove(m);
     let prefix = format!("{m}\\");
     h.keys.retain(|key| key != m && !key.starts_with(&prefix));
@@ -2309,6 +2464,12 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
             k.hives.retire_unloaded_root(root);
             STATUS_SUCCESS
         });
+        if status == STATUS_SUCCESS {
+            // WRK `cmapi.c` CmUnloadKey: after CmpDestroyHive, "Remove the hive from the
+            // HiveFileList" (CmpRemoveFromHiveFileList), on the unloading thread, before it
+            // returns.
+            remove_from_hive_list(pid, &m);
+        }
         // The caller gets the status a post-callback may have substituted (as for load).
         registry::notify_post(class::POST_UNLOAD_KEY, root, status, at, &pre)
     });

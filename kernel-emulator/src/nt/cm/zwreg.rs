@@ -169,20 +169,23 @@ pub fn was_opened(path: &str) -> bool {
     kernel::with(|k| k.zwreg.opened.contains(&c))
 }
 
-/// The values of `path` now (the hive list is generated from the mounted hives).
+/// The values of `path` now. The hive list's are the ones the kernel keeps itself at each
+/// load and unload, in their value-list order ([`hive::hive_list`]: appended at a load,
+/// squeezed out at an unload, application hives never listed — WRK `cmhvlist.c`, `cmapi.c`,
+/// `cmvalue.c`); until 2026-12-06 they were generated from the mounted hives, sorted by mount
+/// point, application hives included.
 fn values_of(path: &str) -> Option<Vec<Value>> {
     if path == HIVELIST {
-        return Some(kernel::with(|k| {
-            k.hives
-                .hives
-                .values()
-                .map(|h| Value {
-                    name: h.mount.clone(),
+        return Some(
+            hive::hive_list()
+                .into_iter()
+                .map(|(name, file)| Value {
+                    name,
                     kind: REG_SZ,
-                    data: sz(&h.file),
+                    data: sz(&file),
                 })
-                .collect()
-        }));
+                .collect(),
+        );
     }
     kernel::with(|k| k.zwreg.keys.get(path).cloned())
 }
