@@ -644,7 +644,7 @@ impl<L: RawLock> HiveTable<L> {
         let mut gone = [None; 2];
         let old_file = {
             let guard = Exclusive::new(&shard.lock);
-            let mut found = find(&shard.live, |h| eq_folded(h.mount(), mount));
+            let found = find(&shard.live, |h| eq_folded(h.mount(), mount));
             if seeded
                 && (found.is_some_and(|p| {
                     matches!(
@@ -659,12 +659,31 @@ impl<L: RawLock> HiveTable<L> {
                 }
                 return Ok(());
             }
-            if let Some(p) = found.filter(|&p| hive_of(p).state() == HiveState::UnloadPending) {
-                // A new load of a mount whose deferred unload was pending: that unload has
-                // completed. The old record goes (with the losses counted in it).
-                gone[0] = Self::retire_locked(shard, p);
-                found = None;
-            }
+            // A load that succeeds where a hive is recorded as loaded: while a hive is linked
+            // at the mount, only the same file loads there again, and that load changes
+            // nothing but a pending deferred unload, which it cancels (WRK `cmapi.c` CmLoadKey
+            // → CmpIsHiveAlreadyLoaded: "same file; same spot", STATUS_SUCCESS, "unfreeze the
+            // hive"; ReactOS `ntoskrnl/config/cmapi.c` CmLoadKey: "That's okay then"). So the
+            // record stays, with its keys, its losses and its load time, not the post's (a
+            // hive read from the hive list keeps "unknown", or a report would vouch for opens
+            // made before tracking; audit 19a, F1). A pending unload whose hive still has
+            // tracked keys cannot have completed: cancelled, the hive is loaded as before.
+            // With none, it may also have completed unseen and this be a fresh load of the
+            // same file: its load time is then not known (0), and the old losses stay
+            // counted — a report may say less than it could, never more. Until 2026-12-06 the
+            // pending record was retired as unloaded, keys and all, and the hive they still
+            // held looked free. An implicit record (keys seen under a mount no load named:
+            // opened in the new hive between its link and this post, which the callback saw
+            // all of) takes the load's time, as before.
+            let load_time = found.map_or(Some(time), |p| {
+                let h = hive_of(p);
+                match h.state() {
+                    HiveState::Loaded => None,
+                    HiveState::UnloadPending if h.open_keys.load(Relaxed) != 0 => None,
+                    HiveState::UnloadPending => Some(0),
+                    HiveState::Implicit | HiveState::Unloaded => Some(time),
+                }
+            });
             if found.is_none() && kind_of(mount) == HiveKind::App {
                 gone[1] = Self::forget_idle_app(shard);
                 if let Some(d) = gone[1] {
@@ -693,7 +712,9 @@ impl<L: RawLock> HiveTable<L> {
             };
             let hive = hive_of(h);
             hive.state.store(HiveState::Loaded as u8, Relaxed);
-            hive.loaded_time.store(time, Relaxed);
+            if let Some(t) = load_time {
+                hive.loaded_time.store(t, Relaxed);
+            }
             let old = hive
                 .file
                 .swap(file_ref.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);

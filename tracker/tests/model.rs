@@ -751,9 +751,14 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
             let found = m.hives.iter().position(|h| h.live && h.mount == f(mo));
             let i = found.unwrap_or_else(|| m.new_hive(mo, HiveState::Loaded));
             let h = &mut m.hives[i];
+            // A load where a hive is loaded is the same file loaded again (Windows mounts
+            // nothing): the record keeps its load time (audit 19a, F1). A new or implicit
+            // record takes the load's.
+            if found.is_none() || h.state != HiveState::Loaded {
+                h.loaded_time = *clock;
+            }
             h.state = HiveState::Loaded;
             h.file = f(fi);
-            h.loaded_time = *clock;
         }
         Op::Unload { mount } => {
             let mo = MOUNTS[mount as usize];

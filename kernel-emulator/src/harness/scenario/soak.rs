@@ -194,10 +194,19 @@ fn soak(ctx: &mut Ctx) {
         std::thread::spawn(move || {
             crate::machine::cpu::enter_thread(60);
             while !stop.load(Relaxed) {
+                // Only this thread loads and unloads the spare hive: still mounted (its last
+                // unload refused), the load is a reload of the same file, which succeeds and
+                // mounts nothing (WRK `cmapi.c` CmpIsHiveAlreadyLoaded).
+                let mounted = crate::nt::cm::zwreg::hive_list()
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(SPARE));
                 if hive::load_hive(SYSTEM_PID, SPARE, SPARE_FILE) == STATUS_SUCCESS {
                     totals.loads.fetch_add(1, Relaxed);
-                    // The load's own ZwCreateKey of the hive list (WRK CmpAddToHiveFileList).
-                    totals.opens.fetch_add(1, Relaxed);
+                    if !mounted {
+                        // The load's own ZwCreateKey of the hive list (WRK
+                        // CmpAddToHiveFileList).
+                        totals.opens.fetch_add(1, Relaxed);
+                    }
                     if let Some(k) =
                         counted_open(SYSTEM_PID, &format!(r"{SPARE}\Soak"), &totals.opens)
                     {

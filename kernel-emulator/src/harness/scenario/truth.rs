@@ -104,6 +104,11 @@ pub fn scenarios() -> Vec<Scenario> {
             open_during_registration,
         ),
         Scenario::hivetrack(
+            "reload-cancels-deferred-unload",
+            "logoff fails, the user logs on again: the profile service loads the same NTUSER.DAT at the same mount, which succeeds without mounting anything and cancels the pending deferred unload (WRK cmapi.c CmpIsHiveAlreadyLoaded): the driver keeps the hive's record, its held keys and its unknown load time (a key opened before tracking still holds it), and does not take it as unloaded when its tracked keys go",
+            reload_cancels_deferred_unload,
+        ),
+        Scenario::hivetrack(
             "hive-list-unread",
             "one value of the hive list cannot be read at start (ZwEnumerateValueKey: no resources, once): the driver still reads the values after it, and its next read of the list takes the one it missed (its reads go on until two agree), so every hive is known and nothing is counted",
             hive_list_unread,
@@ -832,6 +837,100 @@ fn open_during_registration(ctx: &mut Ctx) {
     }
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
+}
+
+/// Audit 19a, F1: a load of the same file at the same mount succeeds and mounts nothing, and
+/// cancels a pending deferred unload (WRK `cmapi.c` CmLoadKey → CmpIsHiveAlreadyLoaded). The
+/// driver took its success as a new load: a hive read from the hive list got the post's load
+/// time (vouching for opens made before tracking), and a pending record was retired as
+/// unloaded with the keys that still held the hive.
+fn reload_cancels_deferred_unload(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let users = profiles_loaded_before(ctx, &[1020]);
+    let (mount, file) = (users[0].clone(), r"\??\C:\Users\u1020\NTUSER.DAT");
+    let early = spawn(ctx, APP2);
+    let old = open_kept(ctx, early, &format!(r"{mount}\Software\Old"));
+    let (mut driver, handle) = load(ctx);
+    let Some(h) = handle else { return };
+    let leaker = spawn(ctx, APP1);
+    let leak = open_kept(ctx, leaker, &format!(r"{mount}\Software\Leak"));
+    let time_of = |ctx: &mut Ctx| {
+        hive_rows(ctx, h)
+            .into_iter()
+            .find(|(m, _, _)| m.eq_ignore_ascii_case(&mount))
+            .map(|(_, _, t)| t)
+    };
+    // Logon while the profile is loaded: the same file at the same mount.
+    let s = hive::load_hive(super::tracking::SYSTEM_PID, &mount, file);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!(
+            "loading the same file again succeeds: {}",
+            status::describe(s)
+        ),
+    );
+    let time = time_of(ctx);
+    ctx.check(
+        time == Some(0),
+        format!("the hive read from the hive list keeps its unknown load time: {time:?}"),
+    );
+    // Logoff: held, so the unload is deferred; logon again before it completes.
+    let (s, event) = hive::unload_key_ex(super::tracking::SYSTEM_PID, &mount);
+    ctx.check(
+        s == crate::nt::status::STATUS_PENDING,
+        format!("the unload is deferred: {}", status::describe(s)),
+    );
+    let s = hive::load_hive(super::tracking::SYSTEM_PID, &mount, file);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("the logon's load succeeds: {}", status::describe(s)),
+    );
+    let answer = view(ctx, h, &mount);
+    ctx.check(
+        answer.open_keys >= 1 && answer.holders >= 1,
+        format!(
+            "the leaked key still holds the hive in the driver's answer ({} keys, {} holders)",
+            answer.open_keys, answer.holders
+        ),
+    );
+    let time = time_of(ctx);
+    ctx.check(
+        time == Some(0),
+        format!("loaded, at an unknown time: {time:?}"),
+    );
+    if let Some(k) = leak {
+        let _ = hive::close_key(leaker, k);
+    }
+    let listed = crate::nt::cm::zwreg::hive_list()
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(&mount));
+    ctx.check(
+        listed && event.signalled().is_none(),
+        "the cancelled unload does not happen when the leaked key closes",
+    );
+    let time = time_of(ctx);
+    ctx.check(
+        time == Some(0),
+        format!("the driver still lists the hive as loaded: {time:?}"),
+    );
+    if let Some(k) = old {
+        let _ = hive::close_key(early, k);
+    }
+    let s = hive::unload_hive(super::tracking::SYSTEM_PID, &mount);
+    ctx.check(
+        s == STATUS_SUCCESS && event.signalled().is_some(),
+        format!(
+            "a later unload unloads it and sets the first caller's event: {}",
+            status::describe(s)
+        ),
+    );
+    let time = time_of(ctx);
+    ctx.check(
+        time.is_none(),
+        format!("and the driver no longer lists it: {time:?}"),
+    );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut driver);
 }
 
 /// User profile hives loaded before the driver, for the start-up read to find.

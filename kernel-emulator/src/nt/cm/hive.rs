@@ -135,6 +135,11 @@ pub struct Hive {
     pub app: bool,
     /// A deferred unload (NtUnloadKeyEx with an event) waiting for the last key to go.
     pub pending_unload: Option<UnloadEvent>,
+    /// The event of a deferred unload that a reload of the same file cancelled ("unfreeze the
+    /// hive", WRK `cmapi.c` CmpIsHiveAlreadyLoaded): no longer waited on, it stays the hive's
+    /// `UnloadEvent` and is set when the hive does unload (WRK `cmapi.c` CmUnloadKey:
+    /// `if( CmHive->UnloadEvent != NULL ) KeSetEvent`).
+    pub kept_event: Option<UnloadEvent>,
 }
 
 /// The master hive's pseudo mount point: it is never listed, loaded or unloaded.
@@ -1056,6 +1061,47 @@ fn next_app_mount() -> String {
     format!(r"{APP_HIVE_ROOT}\{{6B656D75-0000-4000-8000-{n:012X}}}")
 }
 
+/// The mount of a load: the status, and whether it was the same file loaded again where it
+/// is loaded (nothing mounted).
+fn mount_hive(h_state: &mut HiveState, mount: &str, file: &str, app: bool) -> (NtStatus, bool) {
+    let m = canon(mount);
+    let already_app = app && h_state.hives.get(&m).is_some_and(|h| h.app);
+    if !already_app {
+        if let Some(h) = h_state.hives.get_mut(&m).filter(|h| !h.app) {
+            // The same file at the same mount loads again: STATUS_SUCCESS, nothing
+            // mounted, and a pending deferred unload is cancelled (WRK `cmapi.c`
+            // CmLoadKey: "check if the same file is loaded in the same spot" →
+            // CmpIsHiveAlreadyLoaded, "same file; same spot" ... "unfreeze the hive;
+            // hive will become just a regular hive from now on"; ReactOS
+            // `ntoskrnl/config/cmapi.c` CmLoadKey: "That's okay then"; fidelity
+            // audit 19a, F1). CmLoadKey returns before CmpAddToHiveFileList: the
+            // list is unchanged. Another file there collides.
+            if !h.file.eq_ignore_ascii_case(file) {
+                return (STATUS_OBJECT_NAME_COLLISION, false);
+            }
+            if let Some(e) = h.pending_unload.take() {
+                h.kept_event = Some(e);
+            }
+            return (STATUS_SUCCESS, true);
+        }
+        if h_state.hives.contains_key(&m) || h_state.keys.contains(&m) {
+            return (STATUS_OBJECT_NAME_COLLISION, false);
+        }
+        h_state.hives.insert(
+            m.clone(),
+            Hive {
+                mount: mount.to_string(),
+                file: file.to_string(),
+                app,
+                pending_unload: None,
+                kept_event: None,
+            },
+        );
+        h_state.keys.insert(m);
+    }
+    (STATUS_SUCCESS, false)
+}
+
 /// NtLoadKey / NtLoadKeyEx: the notifications and the mount; for an app hive also the root
 /// handle and the mount point. `between` runs after a successful mount, before the post.
 fn load(
@@ -1117,27 +1163,8 @@ fn load(
         if !pre.proceeds() {
             return (pre.unwind(class::POST_LOAD_KEY, at, object), None);
         }
-        let mut status = kernel::with(|k| {
-            let m = canon(&mount);
-            let already_app = app && k.hives.hives.get(&m).is_some_and(|h| h.app);
-            if !already_app {
-                if k.hives.hives.contains_key(&m) || k.hives.keys.contains(&m) {
-                    return STATUS_OBJECT_NAME_COLLISION;
-                }
-                k.hives.hives.insert(
-                    m.clone(),
-                    Hive {
-                        mount: mount.clone(),
-                        file: file.to_string(),
-                        app,
-                        pending_unload: None,
-                    },
-                );
-                k.hives.keys.insert(m);
-            }
-            STATUS_SUCCESS
-        });
-        if !app && status == STATUS_SUCCESS {
+        let (mut status, reloaded) = kernel::with(|k| mount_hive(&mut k.hives, &mount, file, app));
+        if !app && status == STATUS_SUCCESS && !reloaded {
             // WRK `cmapi.c` CmLoadKey: once CmpLinkHiveToMaster succeeds, "add new hive to
             // hivelist" (CmpAddToHiveFileList), on the loading thread, before it returns.
             add_to_hive_list(pid, &mount, file);
@@ -2214,7 +2241,12 @@ fn remove_hive(h: &mut HiveState, m: &str) {
     if h.hive_list_hive().as_deref() == Some(m) {
         h.hive_list.clear();
     }
-    h.hives.remove(m);
+    if let Some(e) = h.hives.remove(m).and_then(|gone| gone.kept_event) {
+        e.signal(UnloadCompletion {
+            pid: 0,
+            thread: crate::machine::cpu::processor_number(),
+        });
+    }
     let prefix = format!("{m}\\");
     h.keys.retain(|key| key != m && !key.starts_with(&prefix));
 }
