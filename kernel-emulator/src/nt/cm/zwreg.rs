@@ -4,9 +4,9 @@
 //! Values are modelled only where a driver reads them at start-up: the service key and its
 //! `Parameters` subkey (the INF writes `Parameters\Altitude`; [`install_service`] does what the
 //! INF does, and scenarios can change or remove the value), and
-//! `HKLM\SYSTEM\CurrentControlSet\Control\hivelist`, whose values are generated from the hives
-//! mounted in [`crate::nt::cm::hive`] at the moment of the call (value name = mount point, data = file,
-//! `REG_SZ`), as the real key lists the mounted hives. Every routine is `PASSIVE_LEVEL` only, so
+//! `HKLM\SYSTEM\CurrentControlSet\Control\hivelist`, whose values the kernel keeps itself, in
+//! load order, as each load and unload of [`crate::nt::cm::hive`] adds and deletes one (value
+//! name = mount point, data = file, `REG_SZ`; WRK `cmhvlist.c`, see `values_of`). Every routine is `PASSIVE_LEVEL` only, so
 //! a driver calling one from a registry callback at `APC_LEVEL` is caught.
 //!
 //! The handles are real key handles: `ZwOpenKey` is `NtOpenKey` from kernel mode, which opens
