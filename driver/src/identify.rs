@@ -169,9 +169,9 @@ pub fn identify(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
                 outcome: IdentifyOutcome::InvalidHandle,
                 id: 0,
             },
-            (false, Some(token)) => Identified {
+            (false, Some(id)) => Identified {
                 outcome: IdentifyOutcome::Tracked,
-                id: token.0,
+                id,
             },
             (false, None) => Identified {
                 outcome: IdentifyOutcome::NotTracked,

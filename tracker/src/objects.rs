@@ -77,23 +77,84 @@ pub const F_NAME_CHARGED: u32 = 1 << 10;
 pub const F_KEY_CHARGED: u32 = 1 << 11;
 
 /// The handle a driver stores as object context and passes back on later events. Never 0.
+///
+/// It carries the record's address (issue 14: no walk of the shard's chunk directory to
+/// find it) and the low [`TOKEN_GEN_BITS`] bits of the record's generation: four in the
+/// address's low bits (records are 16-byte aligned) and seven in its top bits (bits 57 to
+/// 63, which every canonical x86-64 address has equal to bit 56, kernel or user, four- or
+/// five-level paging; a chunk whose address would not survive that is refused at its
+/// allocation, [`ObjShard::grow`]). A token is never shown to user mode: the object ids of
+/// queries are [`object_id`]s, built from the slot, never from an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token(pub u64);
 
+/// Bits of a record's generation a [`Token`] carries.
+pub const TOKEN_GEN_BITS: u32 = 11;
+pub(crate) const TOKEN_GEN_MASK: u32 = (1 << TOKEN_GEN_BITS) - 1;
+/// Generation bits kept in the address's low bits (the records' 16-byte alignment).
+const TOKEN_LOW_BITS: u32 = 4;
+const TOKEN_LOW_MASK: u64 = (1 << TOKEN_LOW_BITS) - 1;
+/// Where the rest of the generation sits (the address's top bits, equal to bit 56).
+const TOKEN_HIGH_SHIFT: u32 = 57;
+
 impl Token {
-    pub(crate) const fn new(generation: u32, slot: u32) -> Self {
-        Self(((generation as u64) << 32) | slot as u64)
+    pub(crate) fn new(generation: u32, rec: &ObjRecord) -> Self {
+        let addr = ptr::from_ref(rec).expose_provenance() as u64;
+        let g = u64::from(generation & TOKEN_GEN_MASK);
+        Self(
+            (addr & ((1 << TOKEN_HIGH_SHIFT) - 1))
+                | ((g >> TOKEN_LOW_BITS) << TOKEN_HIGH_SHIFT)
+                | (g & TOKEN_LOW_MASK),
+        )
     }
-    #[allow(clippy::cast_possible_truncation, reason = "the low half is the slot")]
-    pub(crate) const fn slot(self) -> u32 {
-        self.0 as u32
+
+    /// The record's address the token carries (null for a null token).
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
+    pub(crate) fn record(self) -> *const ObjRecord {
+        // Bits 57..63 back to copies of bit 56 (the canonical form), the low bits cleared.
+        #[allow(
+            clippy::cast_possible_wrap,
+            clippy::cast_sign_loss,
+            clippy::cast_possible_truncation,
+            reason = "the address's bits, sign-extended from bit 56"
+        )]
+        let addr = ((((self.0 << (64 - TOKEN_HIGH_SHIFT)) as i64) >> (64 - TOKEN_HIGH_SHIFT))
+            as u64
+            & !TOKEN_LOW_MASK) as usize;
+        ptr::with_exposed_provenance(addr)
     }
+
+    /// The generation's bits the token carries.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
+    #[allow(clippy::cast_possible_truncation, reason = "eleven bits")]
     pub(crate) const fn generation(self) -> u32 {
-        (self.0 >> 32) as u32
+        (((self.0 >> TOKEN_HIGH_SHIFT) << TOKEN_LOW_BITS) | (self.0 & TOKEN_LOW_MASK)) as u32
     }
 }
 
-/// One tracked key object (80 bytes). Fields are atomics so that readers under the owning
+/// The object id reported to user mode for the record of `generation` at slot `slot` (a
+/// [`slot_ref`]): never derived from an address; [`split_id`] reads it back.
+#[must_use]
+pub const fn object_id(generation: u32, slot: u32) -> u64 {
+    ((generation as u64) << 32) | slot as u64
+}
+
+/// (generation, slot) of an [`object_id`].
+#[must_use]
+#[allow(clippy::cast_possible_truncation, reason = "the two halves")]
+pub const fn split_id(id: u64) -> (u32, u32) {
+    ((id >> 32) as u32, id as u32)
+}
+
+/// One tracked key object (96 bytes). Fields are atomics so that readers under the owning
 /// process's lock and the thread that owns the slot (its opener, or its claimer) never race
 /// in the language's sense.
 #[repr(C)]
@@ -115,6 +176,12 @@ pub struct ObjRecord {
     pub stack: AtomicU32,
     /// The (process, hive) record it is linked into (erased `Holding<L>`).
     pub holding: AtomicPtr<()>,
+    /// Next in the holding's list, or null.
+    pub next: AtomicPtr<Self>,
+    /// Previous in the holding's list, or null.
+    pub prev: AtomicPtr<Self>,
+    /// The key cache entry it was opened through (counted), or null.
+    pub key: AtomicPtr<crate::keys::KeyEntry>,
     /// Granted access.
     pub access: AtomicU32,
     /// Handle opens counted.
@@ -123,23 +190,25 @@ pub struct ObjRecord {
     pub closes: AtomicU32,
     /// Order within its holding among equal times.
     pub seq: AtomicU32,
-    /// Next in the free list or the holding's list.
-    pub next: AtomicU32,
-    /// Previous in the holding's list.
-    pub prev: AtomicU32,
-    /// The key cache entry it was opened through (counted), or null.
-    pub key: AtomicPtr<crate::keys::KeyEntry>,
+    /// Next in the free list (a slot index of this shard), or [`NIL`]: only ever a slot
+    /// handed out before, or `NIL`.
+    free_next: AtomicU32,
+    /// Its own slot ([`slot_ref`]: shard and index), fixed when its chunk is made.
+    pub slot: u32,
 }
 
-const _: () = assert!(size_of::<ObjRecord>() == 80);
+const _: () = assert!(size_of::<ObjRecord>() == 96);
+// A token keeps four generation bits in the low bits of a record's address: records are
+// 16-byte aligned in 16-byte aligned chunks.
+const _: () = assert!(size_of::<ObjRecord>() % 16 == 0 && crate::pool::BLOCK_ALIGN % 16 == 0);
 
 const fn gen_state(generation: u32, state: u32) -> u64 {
     ((generation as u64) << 32) | state as u64
 }
 
 impl ObjRecord {
-    /// A free record of generation 1.
-    const fn new() -> Self {
+    /// A free record of generation 1 at slot `slot`.
+    const fn new(slot: u32) -> Self {
         Self {
             gen_state: AtomicU64::new(gen_state(1, FREE)),
             object: AtomicU64::new(0),
@@ -148,13 +217,15 @@ impl ObjRecord {
             thread: AtomicU32::new(0),
             stack: AtomicU32::new(0),
             holding: AtomicPtr::new(ptr::null_mut()),
+            next: AtomicPtr::new(ptr::null_mut()),
+            prev: AtomicPtr::new(ptr::null_mut()),
+            key: AtomicPtr::new(ptr::null_mut()),
             access: AtomicU32::new(0),
             opens: AtomicU32::new(0),
             closes: AtomicU32::new(0),
             seq: AtomicU32::new(0),
-            next: AtomicU32::new(NIL),
-            prev: AtomicU32::new(NIL),
-            key: AtomicPtr::new(ptr::null_mut()),
+            free_next: AtomicU32::new(NIL),
+            slot,
         }
     }
 
@@ -198,9 +269,11 @@ impl ObjRecord {
         Self::names_live(self.gen_state.load(Acquire), generation) && self.object_is(object)
     }
 
-    /// Whether state word `word` is `generation`'s, live.
+    /// Whether state word `word` is live and of a generation whose low [`TOKEN_GEN_BITS`]
+    /// bits are `generation`'s (a [`Token`]'s).
     fn names_live(word: u64, generation: u32) -> bool {
-        word >> 32 == u64::from(generation) && word & u64::from(STATE_MASK) == u64::from(LIVE)
+        (word >> 32) & u64::from(TOKEN_GEN_MASK) == u64::from(generation & TOKEN_GEN_MASK)
+            && word & u64::from(STATE_MASK) == u64::from(LIVE)
     }
 
     fn object_is(&self, object: u64) -> bool {
@@ -220,7 +293,7 @@ impl ObjRecord {
             if !Self::names_live(cur, generation) || !self.object_is(object) {
                 return None;
             }
-            let next = gen_state(generation, (state & !STATE_MASK) | to);
+            let next = (cur & !u64::from(STATE_MASK)) | u64::from(to);
             match self
                 .gen_state
                 .compare_exchange_weak(cur, next, Acquire, Acquire)
@@ -250,6 +323,8 @@ impl ObjRecord {
 
 /// One shard of the slab.
 pub struct ObjShard<L> {
+    /// Its number in the tracker's shards (its records' [`slot_ref`]s carry it).
+    id: u32,
     /// Taken to grow the shard (a new chunk, the first use of a slot) and by walks that want
     /// its slots to stay handed out; taking and giving back a slot is lock-free.
     pub lock: L,
@@ -288,7 +363,14 @@ impl<L: RawLock> ObjShard<L> {
     /// An empty shard.
     #[must_use]
     pub fn new() -> Self {
+        Self::with_id(0)
+    }
+
+    /// An empty shard, number `id` of its tracker.
+    #[must_use]
+    pub fn with_id(id: u32) -> Self {
         Self {
+            id,
             lock: L::new(),
             dir: AtomicPtr::new(ptr::null_mut()),
             chunks: AtomicU32::new(0),
@@ -301,6 +383,12 @@ impl<L: RawLock> ObjShard<L> {
         }
     }
 
+    /// Its number in the tracker's shards.
+    #[must_use]
+    pub const fn id(&self) -> u32 {
+        self.id
+    }
+
     /// The record at `index` if that slot has ever been handed out.
     #[allow(
         clippy::inline_always,
@@ -311,46 +399,6 @@ impl<L: RawLock> ObjShard<L> {
         if index >= self.unused.load(Acquire) {
             return None;
         }
-        self.record(index)
-    }
-
-    /// The record of slot `index`, known handed out: no bounds checks (issue 14: a list
-    /// link or a free-list entry is resolved three times a held key's cycle, and the checks
-    /// of [`Self::get`] were a third of each resolution).
-    ///
-    /// # Safety
-    /// Slot `index` of this shard was handed out before (it is linked in a holding or listed
-    /// free, which only a handed-out slot can be), and the caller's view of it is ordered
-    /// after its hand-out (a lock both held, or the free list's Acquire): its chunk is
-    /// published.
-    #[allow(
-        clippy::inline_always,
-        reason = "hot path: a call's register saves cost more than its body (issue 14)"
-    )]
-    #[inline(always)]
-    pub unsafe fn handed_out(&self, index: u32) -> &ObjRecord {
-        debug_assert!(index < self.unused.load(Acquire));
-        let chunk = index / PER_CHUNK;
-        let dir = self.dir.load(Acquire);
-        // SAFETY: the slot was handed out, so `chunk < chunks <= MAX_CHUNKS` and the directory
-        // exists (the caller's guarantee); the entry is inside the directory block.
-        let base = unsafe { &*dir.wrapping_add(chunk as usize) }.load(Acquire);
-        // SAFETY: that chunk was published before the slot was handed out; `index % PER_CHUNK`
-        // records fit the 4 KiB block, which lives until teardown, its records initialised.
-        unsafe { &*base.wrapping_add((index % PER_CHUNK) as usize) }
-    }
-
-    /// The record a token names at `index`, if its chunk exists, for the caller to check
-    /// against the token (generation, state, object): without [`Self::get`]'s check that the
-    /// slot was ever handed out (issue 14: a token is resolved twice a cycle). A slot never
-    /// handed out is as safe to read (its chunk's records were all initialised before the
-    /// chunk was published) and reads `FREE`, which no token's check accepts.
-    #[allow(
-        clippy::inline_always,
-        reason = "hot path: a call's register saves cost more than its body (issue 14)"
-    )]
-    #[inline(always)]
-    pub fn for_token(&self, index: u32) -> Option<&ObjRecord> {
         self.record(index)
     }
 
@@ -429,13 +477,15 @@ impl<L: RawLock> ObjShard<L> {
             }
             // A listed slot was handed out once, so its chunk exists; it may have been taken
             // by another thread since `head` was read, and its link rewritten: then the head's
-            // tag has moved on and the exchange below fails. The chunk is still checked (not
-            // `handed_out`): should the 32-bit tag come round while a thread waits here (2^32
-            // changes of the head), its exchange could install a holding list's link as the
-            // head, and a bad index then loses the free list instead of reading outside the
-            // directory (review 18c; `record`'s check is a compare and a branch).
+            // tag has moved on and the exchange below fails. The chunk is still checked:
+            // should the 32-bit tag come round while a thread waits here (2^32 changes of the
+            // head), its exchange could install a stale link as the head (review 18c). The
+            // free list has its own link (`free_next`, never a holding list's), which only
+            // ever holds a slot handed out before or `NIL`, so a stale link is at worst a
+            // slot taken again; the check (a compare and a branch) keeps a bad index from
+            // reading outside the directory all the same.
             let rec = self.record(index)?;
-            let next = rec.next.load(Relaxed);
+            let next = rec.free_next.load(Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             match self.free.compare_exchange_weak(
                 head,
@@ -479,12 +529,16 @@ impl<L: RawLock> ObjShard<L> {
             dir = d;
         }
         let block = pool.alloc(CHUNK_CLASS).ok_or(SlotError::NoMemory)?;
+        if !token_addressable(block.as_ptr().addr()) {
+            // SAFETY: the block came from `pool.alloc(CHUNK_CLASS)` just above, unused.
+            unsafe { pool.free(CHUNK_CLASS, block) };
+            return Err(SlotError::NoMemory);
+        }
         let recs = block.cast::<ObjRecord>().as_ptr();
-        for i in 0..PER_CHUNK as usize {
-            // SAFETY: PER_CHUNK records of 80 bytes fit the 4 KiB block, aligned to 16 >= 8.
-            unsafe {
-                recs.wrapping_add(i).write(ObjRecord::new());
-            }
+        for i in 0..PER_CHUNK {
+            let slot = slot_ref(self.id, chunks * PER_CHUNK + i);
+            // SAFETY: PER_CHUNK records of 96 bytes fit the 4 KiB block, aligned to 16 >= 8.
+            unsafe { recs.wrapping_add(i as usize).write(ObjRecord::new(slot)) };
         }
         // SAFETY: `chunks < MAX_CHUNKS` (index < MAX_PER_SHARD), inside the directory block.
         unsafe { &*dir.wrapping_add(chunks as usize) }.store(recs, Release);
@@ -492,10 +546,11 @@ impl<L: RawLock> ObjShard<L> {
         Ok(())
     }
 
-    /// Returns slot `index`, whose record is `rec` (from [`ObjShard::alloc`] or
-    /// [`ObjShard::get`] of that index, and taken or claimed by the caller alone), to the
-    /// free list, bumping its generation. No lock held.
-    pub fn release(&self, index: u32, rec: &ObjRecord) {
+    /// Returns record `rec` of this shard (from [`ObjShard::alloc`], or a token's, and taken
+    /// or claimed by the caller alone) to the free list, bumping its generation. No lock
+    /// held.
+    pub fn release(&self, rec: &ObjRecord) {
+        let index = split_ref(rec.slot).1;
         rec.name.store(ptr::null_mut(), Relaxed);
         // Unlinked (`Tracker::unlink` clears it under the process lock) or never linked;
         // cleared all the same, so that no broken path leaves a free record a holding.
@@ -505,7 +560,7 @@ impl<L: RawLock> ObjShard<L> {
         let mut head = self.free.load(Relaxed);
         loop {
             #[allow(clippy::cast_possible_truncation, reason = "the low half is the index")]
-            rec.next.store(head as u32, Relaxed);
+            rec.free_next.store(head as u32, Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             // Release: the record's writes (and the link just stored) happen before a pop
             // that takes it.
@@ -548,7 +603,24 @@ impl<L: RawLock> ObjShard<L> {
     }
 }
 
-/// Packs a shard and index into a list link.
+/// Whether a chunk at `addr` can be named by tokens: its first and last bytes' addresses
+/// come back from a token's top bits (bits 57 to 63 equal to bit 56, as in every canonical
+/// x86-64 address; checked, not assumed).
+fn token_addressable(addr: usize) -> bool {
+    let canonical = |a: u64| {
+        #[allow(
+            clippy::cast_possible_wrap,
+            clippy::cast_sign_loss,
+            reason = "sign-extension from bit 56"
+        )]
+        let back = (((a << (64 - TOKEN_HIGH_SHIFT)) as i64) >> (64 - TOKEN_HIGH_SHIFT)) as u64;
+        back == a
+    };
+    let a = addr as u64;
+    a % 16 == 0 && canonical(a) && canonical(a + (CHUNK_CLASS.size() as u64 - 1))
+}
+
+/// Packs a shard and index into a slot reference.
 #[must_use]
 pub const fn slot_ref(shard: u32, index: u32) -> u32 {
     (shard << INDEX_BITS) | index
