@@ -169,9 +169,9 @@ pub fn identify(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
                 outcome: IdentifyOutcome::InvalidHandle,
                 id: 0,
             },
-            (false, Some(id)) => Identified {
+            (false, Some(token)) => Identified {
                 outcome: IdentifyOutcome::Tracked,
-                id,
+                id: token.0,
             },
             (false, None) => Identified {
                 outcome: IdentifyOutcome::NotTracked,

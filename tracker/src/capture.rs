@@ -31,7 +31,7 @@ use crate::lock::{Exclusive, RawLock};
 use crate::modules::{MAX_MODULES, MODULE_CLASS, MODULE_COST, Module, module_of};
 use crate::names::{NameRef, name_of};
 use crate::objects::STATE_MASK;
-use crate::objects::{LIVE, TOKEN_GEN_MASK, Token};
+use crate::objects::{LIVE, Token};
 use crate::pool::{Pool, alloc_init, free_block};
 use crate::processes::{Holding, ProcessKey, holding_of, process_of};
 use crate::queries::QueryError;
@@ -135,10 +135,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// The holding of the live record `token` names, for the thread that just opened it
     /// (the object is referenced by its open, and its token is not out yet).
     fn holding_of_open(&self, token: Token) -> Option<NonNull<Holding<L>>> {
-        // SAFETY: the token of the caller's own open, not yet the object's context.
-        let (_, rec) = unsafe { self.token_rec(token) }?;
+        let (_, rec) = self.token_rec(token)?;
         let (generation, state) = rec.read();
-        if generation & TOKEN_GEN_MASK != token.generation() || state & STATE_MASK != LIVE {
+        if generation != token.generation() || state & STATE_MASK != LIVE {
             return None;
         }
         NonNull::new(rec.holding.load(Relaxed).cast::<Holding<L>>())
@@ -181,8 +180,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         });
         if !wanted {
             // Said on the record, so that a report does not call it "capture was off".
-            // SAFETY: as above.
-            if let Some((_, rec)) = unsafe { self.token_rec(token) } {
+            if let Some((_, rec)) = self.token_rec(token) {
                 rec.set_flags(F_STACK_OUT_OF_SCOPE);
             }
         }

@@ -15,7 +15,7 @@ use core::sync::atomic::Ordering::Acquire;
 
 use crate::lock::{Exclusive, RawLock};
 use crate::objects::STATE_MASK;
-use crate::objects::{LIVE, object_id, slot_ref};
+use crate::objects::{LIVE, Token, slot_ref};
 use crate::pool::Pool;
 use crate::tracker::Tracker;
 
@@ -27,15 +27,14 @@ pub struct Wanted {
     pub object: u64,
     /// Where the caller wants the answer (its request index); carried through the sort.
     pub index: u32,
-    /// The object id ([`object_id`]) of the live record tracking the object, filled by
-    /// [`Tracker::identify`].
-    pub found: Option<u64>,
+    /// The token of the live record tracking the object, filled by [`Tracker::identify`].
+    pub found: Option<Token>,
 }
 
 impl<P: Pool, L: RawLock> Tracker<P, L> {
-    /// Fills each entry's `found` with the object id of the live record tracking its object
+    /// Fills each entry's `found` with the token of the live record tracking its object
     /// (`None` when no record tracks it). The entries are left sorted by object (the caller
-    /// finds its answers by `index`). The id is the key id of `holders` answers, never the
+    /// finds its answers by `index`). The token is the key id of `holders` answers, never the
     /// address.
     pub fn identify(&self, wanted: &mut [Wanted]) {
         wanted.sort_unstable_by_key(|w| w.object);
@@ -67,7 +66,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     && let Ok(k) = wanted.binary_search_by_key(&object, |w| w.object)
                 {
                     // Equal addresses sit side by side: answer every one of them.
-                    let token = object_id(generation, slot_ref(si, index));
+                    let token = Token::new(generation, slot_ref(si, index));
                     let first = wanted[..k]
                         .iter()
                         .rposition(|w| w.object != object)

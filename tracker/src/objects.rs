@@ -77,71 +77,25 @@ pub const F_NAME_CHARGED: u32 = 1 << 10;
 pub const F_KEY_CHARGED: u32 = 1 << 11;
 
 /// The handle a driver stores as object context and passes back on later events. Never 0.
-///
-/// It carries the record's address (issue 14: no walk of the shard's chunk directory to
-/// find it) and the low [`TOKEN_GEN_BITS`] bits of the record's generation: four in the
-/// address's low bits (records are 16-byte aligned) and seven in its top bits (bits 57 to
-/// 63, which every canonical x86-64 address has equal to bit 56, kernel or user, four- or
-/// five-level paging; a chunk whose address would not survive that is refused at its
-/// allocation, [`ObjShard::grow`]). A token is never shown to user mode: the object ids of
-/// queries are [`object_id`]s, built from the slot, never from an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token(pub u64);
 
-/// Bits of a record's generation a [`Token`] carries.
-pub const TOKEN_GEN_BITS: u32 = 11;
-pub(crate) const TOKEN_GEN_MASK: u32 = (1 << TOKEN_GEN_BITS) - 1;
-/// Generation bits kept in the address's low bits (the records' 16-byte alignment).
-const TOKEN_LOW_BITS: u32 = 4;
-const TOKEN_LOW_MASK: u64 = (1 << TOKEN_LOW_BITS) - 1;
-/// Where the rest of the generation sits (the address's top bits, equal to bit 56).
-const TOKEN_HIGH_SHIFT: u32 = 57;
-
 impl Token {
-    pub(crate) fn new(generation: u32, rec: &ObjRecord) -> Self {
-        let addr = ptr::from_ref(rec).expose_provenance() as u64;
-        let g = u64::from(generation & TOKEN_GEN_MASK);
-        Self(
-            (addr & ((1 << TOKEN_HIGH_SHIFT) - 1))
-                | ((g >> TOKEN_LOW_BITS) << TOKEN_HIGH_SHIFT)
-                | (g & TOKEN_LOW_MASK),
-        )
+    pub(crate) const fn new(generation: u32, slot: u32) -> Self {
+        Self(object_id(generation, slot))
     }
-
-    /// The record's address the token carries (null for a null token).
-    #[allow(
-        clippy::inline_always,
-        reason = "hot path: a call's register saves cost more than its body (issue 14)"
-    )]
-    #[inline(always)]
-    pub(crate) fn record(self) -> *const ObjRecord {
-        // Bits 57..63 back to copies of bit 56 (the canonical form), the low bits cleared.
-        #[allow(
-            clippy::cast_possible_wrap,
-            clippy::cast_sign_loss,
-            clippy::cast_possible_truncation,
-            reason = "the address's bits, sign-extended from bit 56"
-        )]
-        let addr = ((((self.0 << (64 - TOKEN_HIGH_SHIFT)) as i64) >> (64 - TOKEN_HIGH_SHIFT))
-            as u64
-            & !TOKEN_LOW_MASK) as usize;
-        ptr::with_exposed_provenance(addr)
+    #[allow(clippy::cast_possible_truncation, reason = "the low half is the slot")]
+    pub(crate) const fn slot(self) -> u32 {
+        self.0 as u32
     }
-
-    /// The generation's bits the token carries.
-    #[allow(
-        clippy::inline_always,
-        reason = "hot path: a call's register saves cost more than its body (issue 14)"
-    )]
-    #[inline(always)]
-    #[allow(clippy::cast_possible_truncation, reason = "eleven bits")]
     pub(crate) const fn generation(self) -> u32 {
-        (((self.0 >> TOKEN_HIGH_SHIFT) << TOKEN_LOW_BITS) | (self.0 & TOKEN_LOW_MASK)) as u32
+        (self.0 >> 32) as u32
     }
 }
 
-/// The object id reported to user mode for the record of `generation` at slot `slot` (a
-/// [`slot_ref`]): never derived from an address; [`split_id`] reads it back.
+/// The object id reported to user mode (and the [`Token`]) for the record of `generation`
+/// at slot `slot` (a [`slot_ref`]): never derived from an address; [`split_id`] reads it
+/// back.
 #[must_use]
 pub const fn object_id(generation: u32, slot: u32) -> u64 {
     ((generation as u64) << 32) | slot as u64
@@ -198,9 +152,6 @@ pub struct ObjRecord {
 }
 
 const _: () = assert!(size_of::<ObjRecord>() == 96);
-// A token keeps four generation bits in the low bits of a record's address: records are
-// 16-byte aligned in 16-byte aligned chunks.
-const _: () = assert!(size_of::<ObjRecord>() % 16 == 0 && crate::pool::BLOCK_ALIGN % 16 == 0);
 
 const fn gen_state(generation: u32, state: u32) -> u64 {
     ((generation as u64) << 32) | state as u64
@@ -269,11 +220,9 @@ impl ObjRecord {
         Self::names_live(self.gen_state.load(Acquire), generation) && self.object_is(object)
     }
 
-    /// Whether state word `word` is live and of a generation whose low [`TOKEN_GEN_BITS`]
-    /// bits are `generation`'s (a [`Token`]'s).
+    /// Whether state word `word` is `generation`'s, live.
     fn names_live(word: u64, generation: u32) -> bool {
-        (word >> 32) & u64::from(TOKEN_GEN_MASK) == u64::from(generation & TOKEN_GEN_MASK)
-            && word & u64::from(STATE_MASK) == u64::from(LIVE)
+        word >> 32 == u64::from(generation) && word & u64::from(STATE_MASK) == u64::from(LIVE)
     }
 
     fn object_is(&self, object: u64) -> bool {
@@ -399,6 +348,20 @@ impl<L: RawLock> ObjShard<L> {
         if index >= self.unused.load(Acquire) {
             return None;
         }
+        self.record(index)
+    }
+
+    /// The record a token names at `index`, if its chunk exists, for the caller to check
+    /// against the token (generation, state, object): without [`Self::get`]'s check that the
+    /// slot was ever handed out (issue 14: a token is resolved twice a cycle). A slot never
+    /// handed out is as safe to read (its chunk's records were all initialised before the
+    /// chunk was published) and reads `FREE`, which no token's check accepts.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[inline(always)]
+    pub fn for_token(&self, index: u32) -> Option<&ObjRecord> {
         self.record(index)
     }
 
@@ -529,11 +492,6 @@ impl<L: RawLock> ObjShard<L> {
             dir = d;
         }
         let block = pool.alloc(CHUNK_CLASS).ok_or(SlotError::NoMemory)?;
-        if !token_addressable(block.as_ptr().addr()) {
-            // SAFETY: the block came from `pool.alloc(CHUNK_CLASS)` just above, unused.
-            unsafe { pool.free(CHUNK_CLASS, block) };
-            return Err(SlotError::NoMemory);
-        }
         let recs = block.cast::<ObjRecord>().as_ptr();
         for i in 0..PER_CHUNK {
             let slot = slot_ref(self.id, chunks * PER_CHUNK + i);
@@ -601,23 +559,6 @@ impl<L: RawLock> ObjShard<L> {
         self.free.store(FREE_LIST_EMPTY, Relaxed);
         self.live.store(0, Relaxed);
     }
-}
-
-/// Whether a chunk at `addr` can be named by tokens: its first and last bytes' addresses
-/// come back from a token's top bits (bits 57 to 63 equal to bit 56, as in every canonical
-/// x86-64 address; checked, not assumed).
-fn token_addressable(addr: usize) -> bool {
-    let canonical = |a: u64| {
-        #[allow(
-            clippy::cast_possible_wrap,
-            clippy::cast_sign_loss,
-            reason = "sign-extension from bit 56"
-        )]
-        let back = (((a << (64 - TOKEN_HIGH_SHIFT)) as i64) >> (64 - TOKEN_HIGH_SHIFT)) as u64;
-        back == a
-    };
-    let a = addr as u64;
-    a % 16 == 0 && canonical(a) && canonical(a + (CHUNK_CLASS.size() as u64 - 1))
 }
 
 /// Packs a shard and index into a slot reference.

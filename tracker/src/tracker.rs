@@ -418,33 +418,21 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         NonNull::new(p).map(|p| unsafe { p.as_ref() })
     }
 
-    /// The record a token from the kernel (an object's context, or an open's own token)
-    /// names, and its shard, for the caller to check against the token (generation, state,
-    /// object); `None` for a null token. No walk of the chunk directory (issue 14).
-    ///
-    /// Why following the token's address is sound: a token is made only by
-    /// [`Token::new`] from a record of this tracker, and the driver passes only what the
-    /// kernel hands back of it (the context it set, or null); the record lies in a chunk,
-    /// and chunks are freed only at teardown ([`ObjShard::teardown`], from `Drop`, which the
-    /// driver runs after `CmUnRegisterCallback` returned: no notification is in flight and
-    /// every context was cleaned up). So a token, however stale, addresses an initialised
-    /// record of live memory, whose generation and state then say whether it is still the
-    /// token's. A stale token whose record was reused has another generation (the token
-    /// carries [`crate::objects::TOKEN_GEN_BITS`] bits of it; with the object's address
-    /// and `LIVE` checked too).
-    ///
-    /// # Safety
-    /// `token` came from this tracker's [`Token::new`] (any generation since), or is null.
+    /// The record a token (an object's context from the kernel, an open's own token, or any
+    /// value at all) names, and its shard, for the caller to check against the token
+    /// (generation, state, object): `None` when its shard or chunk does not exist.
     #[allow(
         clippy::inline_always,
         reason = "hot path: a call's register saves cost more than its body (issue 14)"
     )]
     #[inline(always)]
-    pub(crate) unsafe fn token_rec(&self, token: Token) -> Option<(&ObjShard<L>, &ObjRecord)> {
-        // SAFETY: per the contract, a non-null address is a record of a live chunk.
-        let rec = unsafe { token.record().as_ref() }?;
-        let shard = &self.objects[split_ref(rec.slot).0 as usize & (MAX_SHARDS - 1)];
-        Some((shard, rec))
+    pub(crate) fn token_rec(&self, token: Token) -> Option<(&ObjShard<L>, &ObjRecord)> {
+        let (s, i) = split_ref(token.slot());
+        if s > self.shard_mask {
+            return None;
+        }
+        let shard = &self.objects[s as usize];
+        Some((shard, shard.for_token(i)?))
     }
 
     /// A key object was opened (`RegNtPostCreateKeyEx`/`RegNtPostOpenKeyEx` with
@@ -932,7 +920,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             self.key_alarm(process, count, time);
             bump(&self.counters.attention);
         }
-        Token::new(generation, rec)
+        Token::new(generation, rec.slot)
     }
 
     /// True when `proc` can be charged `charge` more within its share; otherwise counts the
@@ -1016,8 +1004,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         object: u64,
         f: impl FnOnce(&ObjShard<L>, &ObjRecord) -> R,
     ) -> Option<R> {
-        // SAFETY: the token of the caller's own open (`with_live`'s contract).
-        let (shard, rec) = unsafe { self.token_rec(token) }?;
+        let (shard, rec) = self.token_rec(token)?;
         rec.claim(token.generation(), object, RESERVED)?;
         let r = f(shard, rec);
         rec.unclaim(RESERVED);
@@ -1063,8 +1050,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// teardown (chunks are never freed), so reading a stale or foreign token's slot is
     /// safe and fails the same checks as under the lock.
     pub fn handle_closed(&self, token: Token, object: u64) {
-        // SAFETY: a token from the kernel: a context this driver set, or null.
-        let found = unsafe { self.token_rec(token) };
+        let found = self.token_rec(token);
         let Some((shard, rec)) = found.filter(|(_, rec)| rec.is_live(token.generation(), object))
         else {
             bump(&self.counters.closes_unknown_object);
@@ -1111,8 +1097,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     fn remove(&self, token: Token, object: u64, count_destroy: bool) -> bool {
-        // SAFETY: a token from the kernel: a context this driver set, or null.
-        let Some((shard, rec)) = (unsafe { self.token_rec(token) }) else {
+        let Some((shard, rec)) = self.token_rec(token) else {
             return false;
         };
         // Whoever moves the record from LIVE to DYING ends it: no lock (issue 14), and a
@@ -1389,8 +1374,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// be the unloading one: an object a filter handed back from an earlier open of its own
     /// (a bypassed create) is someone's real key, not the unload's (review, 2026-12-05).
     fn live_holding(&self, token: Token, object: u64, thread: u64) -> Option<NonNull<Holding<L>>> {
-        // SAFETY: the token the driver stored for its own object's open.
-        let (_, rec) = unsafe { self.token_rec(token) }?;
+        let (_, rec) = self.token_rec(token)?;
         let rec = Some(rec).filter(|rec| {
             rec.is_live(token.generation(), object)
                 && rec.thread.load(Relaxed) == u32::try_from(thread).unwrap_or(0)
