@@ -18,8 +18,7 @@ use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameRef, NameTable, name_of};
 use crate::objects::{
     DYING, F_KEY_CHARGED, F_NAME_CHARGED, F_NAME_MISSING, F_NAME_TRUNCATED, LIVE, MAX_PER_SHARD,
-    MAX_SHARDS, ObjRecord, ObjShard, RECORD_COST, RESERVED, SlotError, Token,
-    split_ref,
+    MAX_SHARDS, ObjRecord, ObjShard, RECORD_COST, RESERVED, SlotError, Token, split_ref,
 };
 use crate::pool::Pool;
 use crate::processes::{
