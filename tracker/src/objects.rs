@@ -1,5 +1,9 @@
-//! Tracked key objects: a slab of fixed 80-byte records in 4 KiB chunks, sharded by the
+//! Tracked key objects: a slab of fixed 96-byte records in 4 KiB chunks, sharded by the
 //! kernel object's address, and the tokens that name them.
+//!
+//! A holding's list links its records by address (issue 14: a held key's cycle resolved the list's tail and the
+//! neighbour it unlinks from through the chunk directory); tokens and the free list name a
+//! slot by shard and index, checked against the directory.
 //!
 //! A slot is taken and given back without a lock (issue 14: two spin-lock round trips
 //! fewer per open+close): chunks live until teardown (a record's memory is never returned
@@ -130,10 +134,12 @@ pub struct ObjRecord {
     pub stack: AtomicU32,
     /// The (process, hive) record it is linked into (erased `Holding<L>`).
     pub holding: AtomicPtr<()>,
-    /// Next in the holding's list, or null.
-    pub next: AtomicPtr<Self>,
-    /// Previous in the holding's list, or null.
-    pub prev: AtomicPtr<Self>,
+    /// Next in the holding's list, or null. A record of this tracker's chunks or null, always
+    /// (crate-private, so that no other code can store anything else: `Tracker::at` follows
+    /// it unchecked).
+    pub(crate) next: AtomicPtr<Self>,
+    /// Previous in the holding's list, or null (as `next`).
+    pub(crate) prev: AtomicPtr<Self>,
     /// The key cache entry it was opened through (counted), or null.
     pub key: AtomicPtr<crate::keys::KeyEntry>,
     /// Granted access.
@@ -315,9 +321,12 @@ impl<L: RawLock> ObjShard<L> {
         Self::with_id(0)
     }
 
-    /// An empty shard, number `id` of its tracker.
+    /// An empty shard, number `id` (below [`MAX_SHARDS`]) of its tracker.
     #[must_use]
-    pub fn with_id(id: u32) -> Self {
+    pub fn with_id(id: usize) -> Self {
+        debug_assert!(id < MAX_SHARDS);
+        #[allow(clippy::cast_possible_truncation, reason = "below MAX_SHARDS")]
+        let id = id as u32;
         Self {
             id,
             lock: L::new(),

@@ -110,10 +110,11 @@ pub struct Holding<L> {
     pub process: NonNull<Process<L>>,
     /// Keys in the list (at most the tracker's object cap, a `u32`).
     pub count: AtomicU32,
-    /// First (oldest) key, or null.
-    pub head: AtomicPtr<crate::objects::ObjRecord>,
-    /// Last key, or null.
-    pub tail: AtomicPtr<crate::objects::ObjRecord>,
+    /// First (oldest) key, or null: a record of the tracker's chunks (crate-private, as the
+    /// records' own links).
+    pub(crate) head: AtomicPtr<crate::objects::ObjRecord>,
+    /// Last key, or null (as `head`).
+    pub(crate) tail: AtomicPtr<crate::objects::ObjRecord>,
     /// Next sequence number.
     pub seq: AtomicU32,
     /// Next holding of the hive ([`Hive`]'s holdings list, under its shard's holdings lock).
@@ -125,7 +126,7 @@ pub struct Holding<L> {
 impl<L> Holding<L> {
     /// The hive's id (fixed for the hive's life, which the holding's count on it spans;
     /// read through the hive, so that a holding with its list's two links fits 64 bytes).
-    pub fn hive_id(&self) -> u32 {
+    pub const fn hive_id(&self) -> u32 {
         crate::hives::hive_of(self.hive).id
     }
 

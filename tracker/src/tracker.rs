@@ -194,7 +194,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             config,
             shard_mask: shards - 1,
             shard_cap,
-            objects: core::array::from_fn(|i| ObjShard::with_id(i as u32)),
+            objects: core::array::from_fn(|i| ObjShard::with_id(i)),
             full_shards: AtomicU64::new(0),
             names: NameTable::with_seed(config.hash_seed),
             keys: KeyCache::new(),
@@ -253,7 +253,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         for i in 0..MAX_SHARDS {
             let element = objects.wrapping_add(i);
             // SAFETY: `i` < MAX_SHARDS, inside the array; each element is written once.
-            unsafe { element.write(ObjShard::with_id(i as u32)) };
+            unsafe { element.write(ObjShard::with_id(i)) };
         }
         put!(names, NameTable::with_seed(config.hash_seed));
         put!(keys, KeyCache::new());
@@ -402,13 +402,21 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
     }
 
-    /// The record a holding list's link points at, or `None` for null. Links are only ever
-    /// made to records of this tracker's chunks, which are never freed while it lives
-    /// ([`ObjShard::teardown`] runs only in its `Drop`), so any link read, stale or not, is
-    /// readable memory.
+    /// The record a holding list's link points at, or `None` for null (issue 14: no walk of
+    /// the chunk directory). Links are only ever made to records of this tracker's chunks
+    /// ([`Self::link`] stores the record its open took from a shard, [`Self::unlink`] copies
+    /// links already there; the fields are crate-private), and chunks are never freed while
+    /// the tracker lives: [`ObjShard::teardown`] runs only in its `Drop`, which the driver
+    /// runs at unload after `CmUnRegisterCallback` returned (every context cleaned up) and
+    /// its process notification was removed. So a link, even one read stale, is an
+    /// initialised record of live memory.
     #[allow(
         clippy::inline_always,
         reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[allow(
+        clippy::unused_self,
+        reason = "the record is borrowed from the tracker, whose `Drop` frees the chunks"
     )]
     #[inline(always)]
     pub(crate) fn at(&self, p: *mut ObjRecord) -> Option<&ObjRecord> {
