@@ -517,7 +517,8 @@ impl<L: RawLock> ObjShard<L> {
     /// or claimed by the caller alone) to the free list, bumping its generation. No lock
     /// held.
     pub fn release(&self, rec: &ObjRecord) {
-        let index = split_ref(rec.slot).1;
+        let (shard, index) = split_ref(rec.slot);
+        debug_assert_eq!(shard, self.id, "a record goes back to its own shard");
         rec.name.store(ptr::null_mut(), Relaxed);
         // Unlinked (`Tracker::unlink` clears it under the process lock) or never linked;
         // cleared all the same, so that no broken path leaves a free record a holding.
