@@ -1,9 +1,9 @@
 //! Tracked key objects: a slab of fixed 96-byte records in 4 KiB chunks, sharded by the
 //! kernel object's address, and the tokens that name them.
 //!
-//! A holding's list links its records by address (issue 14: a held key's cycle resolved the list's tail and the
-//! neighbour it unlinks from through the chunk directory); tokens and the free list name a
-//! slot by shard and index, checked against the directory.
+//! A holding's list links its records by address (issue 14: a held key's cycle resolved
+//! the list's tail and the neighbour it unlinks from through the chunk directory); tokens
+//! and the free list name a slot by shard and index, checked against the directory.
 //!
 //! A slot is taken and given back without a lock (issue 14: two spin-lock round trips
 //! fewer per open+close): chunks live until teardown (a record's memory is never returned
@@ -248,7 +248,7 @@ impl ObjRecord {
             if !Self::names_live(cur, generation) || !self.object_is(object) {
                 return None;
             }
-            let next = (cur & !u64::from(STATE_MASK)) | u64::from(to);
+            let next = gen_state(generation, (state & !STATE_MASK) | to);
             match self
                 .gen_state
                 .compare_exchange_weak(cur, next, Acquire, Acquire)
@@ -453,9 +453,10 @@ impl<L: RawLock> ObjShard<L> {
             // should the 32-bit tag come round while a thread waits here (2^32 changes of the
             // head), its exchange could install a stale link as the head (review 18c). The
             // free list has its own link (`free_next`, never a holding list's), which only
-            // ever holds a slot handed out before or `NIL`, so a stale link is at worst a
-            // slot taken again; the check (a compare and a branch) keeps a bad index from
-            // reading outside the directory all the same.
+            // ever holds a slot handed out before or `NIL`, so a stale link names at worst a
+            // slot another thread took meanwhile (the hazard the tag makes need 2^32
+            // changes); the check (a compare and a branch) keeps any bad index from reading
+            // outside the directory all the same.
             let rec = self.record(index)?;
             let next = rec.free_next.load(Relaxed);
             let tag = (head >> 32).wrapping_add(1);

@@ -387,7 +387,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Err(NotTracked::Cap)
     }
 
-    /// Gives back slot `rec` of object shard `si`, taken by an open that is not tracked.
+    /// Gives back record `rec` of object shard `si`, taken by an open that is not tracked.
     fn give_back(&self, si: u32, rec: &ObjRecord) {
         self.objects[si as usize].release(rec);
         self.shard_has_room(si);
