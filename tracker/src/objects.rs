@@ -248,7 +248,9 @@ impl ObjRecord {
             if !Self::names_live(cur, generation) || !self.object_is(object) {
                 return None;
             }
-            let next = gen_state(generation, (state & !STATE_MASK) | to);
+            // The word's generation is `generation` (checked above): only the state byte
+            // changes (issue 14: 7 instructions fewer a cleanup than building the word anew).
+            let next = (cur & !u64::from(STATE_MASK)) | u64::from(to);
             match self
                 .gen_state
                 .compare_exchange_weak(cur, next, Acquire, Acquire)
