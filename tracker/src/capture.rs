@@ -31,7 +31,7 @@ use crate::lock::{Exclusive, RawLock};
 use crate::modules::{MAX_MODULES, MODULE_CLASS, MODULE_COST, Module, module_of};
 use crate::names::{NameRef, name_of};
 use crate::objects::STATE_MASK;
-use crate::objects::{LIVE, Token, split_ref};
+use crate::objects::{LIVE, Token};
 use crate::pool::{Pool, alloc_init, free_block};
 use crate::processes::{Holding, ProcessKey, holding_of, process_of};
 use crate::queries::QueryError;
@@ -135,11 +135,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// The holding of the live record `token` names, for the thread that just opened it
     /// (the object is referenced by its open, and its token is not out yet).
     fn holding_of_open(&self, token: Token) -> Option<NonNull<Holding<L>>> {
-        let (s, i) = split_ref(token.slot());
-        if s > self.shard_mask {
-            return None;
-        }
-        let rec = self.objects[s as usize].for_token(i)?;
+        let (_, rec) = self.token_rec(token)?;
         let (generation, state) = rec.read();
         if generation != token.generation() || state & STATE_MASK != LIVE {
             return None;
@@ -184,8 +180,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         });
         if !wanted {
             // Said on the record, so that a report does not call it "capture was off".
-            let (sh, idx) = split_ref(token.slot());
-            if let Some(rec) = self.objects[sh as usize].get(idx) {
+            if let Some((_, rec)) = self.token_rec(token) {
                 rec.set_flags(F_STACK_OUT_OF_SCOPE);
             }
         }

@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering::Relaxed;
 
 use crate::lock::RawLock;
-use crate::objects::{LIVE, NIL};
+use crate::objects::LIVE;
 use crate::pool::Pool;
 use crate::processes::holding_of;
 use crate::tracker::Tracker;
@@ -60,19 +60,18 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             while let Some(h) = NonNull::new(cur) {
                 let hold = holding_of(h);
                 n += 1;
-                if hold.hive_id <= last_hive {
+                if hold.hive_id() <= last_hive {
                     err = Some("holdings not sorted by hive id");
                 }
-                last_hive = hold.hive_id;
+                last_hive = hold.hive_id();
                 if hold.process.as_ptr().cast_const() != core::ptr::from_ref(p) {
                     err = Some("holding points at another process");
                 }
                 let mut r = hold.head.load(Relaxed);
-                let mut prev = NIL;
+                let mut prev = core::ptr::null_mut();
                 let mut len = 0u64;
                 let mut last = (0u64, 0u32);
-                while r != NIL {
-                    let rec = self.rec(r);
+                while let Some(rec) = self.at(r) {
                     if rec.state() != LIVE || rec.holding.load(Relaxed) != h.as_ptr().cast() {
                         err = Some("linked record not live or in another holding");
                     }
@@ -91,7 +90,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 if hold.tail.load(Relaxed) != prev {
                     err = Some("broken tail");
                 }
-                if len != hold.count.load(Relaxed) || len == 0 {
+                if len != u64::from(hold.count.load(Relaxed)) || len == 0 {
                     err = Some("holding count differs from its list (or is empty)");
                 }
                 sum += len;
@@ -120,7 +119,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             self.processes.for_each(|p| {
                 if let Some(h) = p.holding(hive.id) {
                     holders += 1;
-                    keys += holding_of(h).count.load(Relaxed);
+                    keys += u64::from(holding_of(h).count.load(Relaxed));
                 }
             });
             if keys != hive.open_keys.load(Relaxed) || holders != hive.holders.load(Relaxed) {

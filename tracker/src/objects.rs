@@ -1,5 +1,9 @@
-//! Tracked key objects: a slab of fixed 80-byte records in 4 KiB chunks, sharded by the
+//! Tracked key objects: a slab of fixed 96-byte records in 4 KiB chunks, sharded by the
 //! kernel object's address, and the tokens that name them.
+//!
+//! A holding's list links its records by address (issue 14: a held key's cycle resolved
+//! the list's tail and the neighbour it unlinks from through the chunk directory); tokens
+//! and the free list name a slot by shard and index, checked against the directory.
 //!
 //! A slot is taken and given back without a lock (issue 14: two spin-lock round trips
 //! fewer per open+close): chunks live until teardown (a record's memory is never returned
@@ -82,7 +86,7 @@ pub struct Token(pub u64);
 
 impl Token {
     pub(crate) const fn new(generation: u32, slot: u32) -> Self {
-        Self(((generation as u64) << 32) | slot as u64)
+        Self(object_id(generation, slot))
     }
     #[allow(clippy::cast_possible_truncation, reason = "the low half is the slot")]
     pub(crate) const fn slot(self) -> u32 {
@@ -93,7 +97,22 @@ impl Token {
     }
 }
 
-/// One tracked key object (80 bytes). Fields are atomics so that readers under the owning
+/// The object id reported to user mode (and the [`Token`]) for the record of `generation`
+/// at slot `slot` (a [`slot_ref`]): never derived from an address; [`split_id`] reads it
+/// back.
+#[must_use]
+pub const fn object_id(generation: u32, slot: u32) -> u64 {
+    ((generation as u64) << 32) | slot as u64
+}
+
+/// (generation, slot) of an [`object_id`].
+#[must_use]
+#[allow(clippy::cast_possible_truncation, reason = "the two halves")]
+pub const fn split_id(id: u64) -> (u32, u32) {
+    ((id >> 32) as u32, id as u32)
+}
+
+/// One tracked key object (96 bytes). Fields are atomics so that readers under the owning
 /// process's lock and the thread that owns the slot (its opener, or its claimer) never race
 /// in the language's sense.
 #[repr(C)]
@@ -115,6 +134,14 @@ pub struct ObjRecord {
     pub stack: AtomicU32,
     /// The (process, hive) record it is linked into (erased `Holding<L>`).
     pub holding: AtomicPtr<()>,
+    /// Next in the holding's list, or null. A record of this tracker's chunks or null, always
+    /// (crate-private, so that no other code can store anything else: `Tracker::at` follows
+    /// it unchecked).
+    pub(crate) next: AtomicPtr<Self>,
+    /// Previous in the holding's list, or null (as `next`).
+    pub(crate) prev: AtomicPtr<Self>,
+    /// The key cache entry it was opened through (counted), or null.
+    pub key: AtomicPtr<crate::keys::KeyEntry>,
     /// Granted access.
     pub access: AtomicU32,
     /// Handle opens counted.
@@ -123,23 +150,22 @@ pub struct ObjRecord {
     pub closes: AtomicU32,
     /// Order within its holding among equal times.
     pub seq: AtomicU32,
-    /// Next in the free list or the holding's list.
-    pub next: AtomicU32,
-    /// Previous in the holding's list.
-    pub prev: AtomicU32,
-    /// The key cache entry it was opened through (counted), or null.
-    pub key: AtomicPtr<crate::keys::KeyEntry>,
+    /// Next in the free list (a slot index of this shard), or [`NIL`]: only ever a slot
+    /// handed out before, or `NIL`.
+    free_next: AtomicU32,
+    /// Its own slot ([`slot_ref`]: shard and index), fixed when its chunk is made.
+    pub slot: u32,
 }
 
-const _: () = assert!(size_of::<ObjRecord>() == 80);
+const _: () = assert!(size_of::<ObjRecord>() == 96);
 
 const fn gen_state(generation: u32, state: u32) -> u64 {
     ((generation as u64) << 32) | state as u64
 }
 
 impl ObjRecord {
-    /// A free record of generation 1.
-    const fn new() -> Self {
+    /// A free record of generation 1 at slot `slot`.
+    const fn new(slot: u32) -> Self {
         Self {
             gen_state: AtomicU64::new(gen_state(1, FREE)),
             object: AtomicU64::new(0),
@@ -148,13 +174,15 @@ impl ObjRecord {
             thread: AtomicU32::new(0),
             stack: AtomicU32::new(0),
             holding: AtomicPtr::new(ptr::null_mut()),
+            next: AtomicPtr::new(ptr::null_mut()),
+            prev: AtomicPtr::new(ptr::null_mut()),
+            key: AtomicPtr::new(ptr::null_mut()),
             access: AtomicU32::new(0),
             opens: AtomicU32::new(0),
             closes: AtomicU32::new(0),
             seq: AtomicU32::new(0),
-            next: AtomicU32::new(NIL),
-            prev: AtomicU32::new(NIL),
-            key: AtomicPtr::new(ptr::null_mut()),
+            free_next: AtomicU32::new(NIL),
+            slot,
         }
     }
 
@@ -220,7 +248,9 @@ impl ObjRecord {
             if !Self::names_live(cur, generation) || !self.object_is(object) {
                 return None;
             }
-            let next = gen_state(generation, (state & !STATE_MASK) | to);
+            // The word's generation is `generation` (checked above): only the state byte
+            // changes (issue 14: 7 instructions fewer a cleanup than building the word anew).
+            let next = (cur & !u64::from(STATE_MASK)) | u64::from(to);
             match self
                 .gen_state
                 .compare_exchange_weak(cur, next, Acquire, Acquire)
@@ -250,6 +280,8 @@ impl ObjRecord {
 
 /// One shard of the slab.
 pub struct ObjShard<L> {
+    /// Its number in the tracker's shards (its records' [`slot_ref`]s carry it).
+    id: u32,
     /// Taken to grow the shard (a new chunk, the first use of a slot) and by walks that want
     /// its slots to stay handed out; taking and giving back a slot is lock-free.
     pub lock: L,
@@ -288,7 +320,17 @@ impl<L: RawLock> ObjShard<L> {
     /// An empty shard.
     #[must_use]
     pub fn new() -> Self {
+        Self::with_id(0)
+    }
+
+    /// An empty shard, number `id` (below [`MAX_SHARDS`]) of its tracker.
+    #[must_use]
+    pub fn with_id(id: usize) -> Self {
+        debug_assert!(id < MAX_SHARDS);
+        #[allow(clippy::cast_possible_truncation, reason = "below MAX_SHARDS")]
+        let id = id as u32;
         Self {
+            id,
             lock: L::new(),
             dir: AtomicPtr::new(ptr::null_mut()),
             chunks: AtomicU32::new(0),
@@ -299,6 +341,12 @@ impl<L: RawLock> ObjShard<L> {
             closes_seen: AtomicU64::new(0),
             destroys_seen: AtomicU64::new(0),
         }
+    }
+
+    /// Its number in the tracker's shards.
+    #[must_use]
+    pub const fn id(&self) -> u32 {
+        self.id
     }
 
     /// The record at `index` if that slot has ever been handed out.
@@ -312,32 +360,6 @@ impl<L: RawLock> ObjShard<L> {
             return None;
         }
         self.record(index)
-    }
-
-    /// The record of slot `index`, known handed out: no bounds checks (issue 14: a list
-    /// link or a free-list entry is resolved three times a held key's cycle, and the checks
-    /// of [`Self::get`] were a third of each resolution).
-    ///
-    /// # Safety
-    /// Slot `index` of this shard was handed out before (it is linked in a holding or listed
-    /// free, which only a handed-out slot can be), and the caller's view of it is ordered
-    /// after its hand-out (a lock both held, or the free list's Acquire): its chunk is
-    /// published.
-    #[allow(
-        clippy::inline_always,
-        reason = "hot path: a call's register saves cost more than its body (issue 14)"
-    )]
-    #[inline(always)]
-    pub unsafe fn handed_out(&self, index: u32) -> &ObjRecord {
-        debug_assert!(index < self.unused.load(Acquire));
-        let chunk = index / PER_CHUNK;
-        let dir = self.dir.load(Acquire);
-        // SAFETY: the slot was handed out, so `chunk < chunks <= MAX_CHUNKS` and the directory
-        // exists (the caller's guarantee); the entry is inside the directory block.
-        let base = unsafe { &*dir.wrapping_add(chunk as usize) }.load(Acquire);
-        // SAFETY: that chunk was published before the slot was handed out; `index % PER_CHUNK`
-        // records fit the 4 KiB block, which lives until teardown, its records initialised.
-        unsafe { &*base.wrapping_add((index % PER_CHUNK) as usize) }
     }
 
     /// The record a token names at `index`, if its chunk exists, for the caller to check
@@ -429,13 +451,16 @@ impl<L: RawLock> ObjShard<L> {
             }
             // A listed slot was handed out once, so its chunk exists; it may have been taken
             // by another thread since `head` was read, and its link rewritten: then the head's
-            // tag has moved on and the exchange below fails. The chunk is still checked (not
-            // `handed_out`): should the 32-bit tag come round while a thread waits here (2^32
-            // changes of the head), its exchange could install a holding list's link as the
-            // head, and a bad index then loses the free list instead of reading outside the
-            // directory (review 18c; `record`'s check is a compare and a branch).
+            // tag has moved on and the exchange below fails. The chunk is still checked:
+            // should the 32-bit tag come round while a thread waits here (2^32 changes of the
+            // head), its exchange could install a stale link as the head (review 18c). The
+            // free list has its own link (`free_next`, never a holding list's), which only
+            // ever holds a slot handed out before or `NIL`, so a stale link names at worst a
+            // slot another thread took meanwhile (the hazard the tag makes need 2^32
+            // changes); the check (a compare and a branch) keeps any bad index from reading
+            // outside the directory all the same.
             let rec = self.record(index)?;
-            let next = rec.next.load(Relaxed);
+            let next = rec.free_next.load(Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             match self.free.compare_exchange_weak(
                 head,
@@ -480,11 +505,10 @@ impl<L: RawLock> ObjShard<L> {
         }
         let block = pool.alloc(CHUNK_CLASS).ok_or(SlotError::NoMemory)?;
         let recs = block.cast::<ObjRecord>().as_ptr();
-        for i in 0..PER_CHUNK as usize {
-            // SAFETY: PER_CHUNK records of 80 bytes fit the 4 KiB block, aligned to 16 >= 8.
-            unsafe {
-                recs.wrapping_add(i).write(ObjRecord::new());
-            }
+        for i in 0..PER_CHUNK {
+            let slot = slot_ref(self.id, chunks * PER_CHUNK + i);
+            // SAFETY: PER_CHUNK records of 96 bytes fit the 4 KiB block, aligned to 16 >= 8.
+            unsafe { recs.wrapping_add(i as usize).write(ObjRecord::new(slot)) };
         }
         // SAFETY: `chunks < MAX_CHUNKS` (index < MAX_PER_SHARD), inside the directory block.
         unsafe { &*dir.wrapping_add(chunks as usize) }.store(recs, Release);
@@ -492,10 +516,12 @@ impl<L: RawLock> ObjShard<L> {
         Ok(())
     }
 
-    /// Returns slot `index`, whose record is `rec` (from [`ObjShard::alloc`] or
-    /// [`ObjShard::get`] of that index, and taken or claimed by the caller alone), to the
-    /// free list, bumping its generation. No lock held.
-    pub fn release(&self, index: u32, rec: &ObjRecord) {
+    /// Returns record `rec` of this shard (from [`ObjShard::alloc`], or a token's, and taken
+    /// or claimed by the caller alone) to the free list, bumping its generation. No lock
+    /// held.
+    pub fn release(&self, rec: &ObjRecord) {
+        let (shard, index) = split_ref(rec.slot);
+        debug_assert_eq!(shard, self.id, "a record goes back to its own shard");
         rec.name.store(ptr::null_mut(), Relaxed);
         // Unlinked (`Tracker::unlink` clears it under the process lock) or never linked;
         // cleared all the same, so that no broken path leaves a free record a holding.
@@ -505,7 +531,7 @@ impl<L: RawLock> ObjShard<L> {
         let mut head = self.free.load(Relaxed);
         loop {
             #[allow(clippy::cast_possible_truncation, reason = "the low half is the index")]
-            rec.next.store(head as u32, Relaxed);
+            rec.free_next.store(head as u32, Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             // Release: the record's writes (and the link just stored) happen before a pop
             // that takes it.
@@ -548,7 +574,7 @@ impl<L: RawLock> ObjShard<L> {
     }
 }
 
-/// Packs a shard and index into a list link.
+/// Packs a shard and index into a slot reference.
 #[must_use]
 pub const fn slot_ref(shard: u32, index: u32) -> u32 {
     (shard << INDEX_BITS) | index

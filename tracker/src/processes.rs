@@ -106,16 +106,15 @@ pub struct Holding<L> {
     pub next: AtomicPtr<Self>,
     /// The hive (counted).
     pub hive: NonNull<Hive>,
-    /// The hive's id (copied: stable for sorting).
-    pub hive_id: u32,
     /// The process.
     pub process: NonNull<Process<L>>,
-    /// Keys in the list.
-    pub count: AtomicU64,
-    /// First (oldest) key, a slot link.
-    pub head: AtomicU32,
-    /// Last key.
-    pub tail: AtomicU32,
+    /// Keys in the list (at most the tracker's object cap, a `u32`).
+    pub count: AtomicU32,
+    /// First (oldest) key, or null: a record of the tracker's chunks (crate-private, as the
+    /// records' own links).
+    pub(crate) head: AtomicPtr<crate::objects::ObjRecord>,
+    /// Last key, or null (as `head`).
+    pub(crate) tail: AtomicPtr<crate::objects::ObjRecord>,
     /// Next sequence number.
     pub seq: AtomicU32,
     /// Next holding of the hive ([`Hive`]'s holdings list, under its shard's holdings lock).
@@ -125,6 +124,12 @@ pub struct Holding<L> {
 }
 
 impl<L> Holding<L> {
+    /// The hive's id (fixed for the hive's life, which the holding's count on it spans;
+    /// read through the hive, so that a holding with its list's two links fits 64 bytes).
+    pub const fn hive_id(&self) -> u32 {
+        crate::hives::hive_of(self.hive).id
+    }
+
     /// Links `h` first in its hive's holdings list `head` (caller holds the hive shard's
     /// holdings lock exclusively, and `h`'s process lock).
     pub fn link_in_hive(head: &AtomicPtr<()>, h: NonNull<Self>) {
@@ -192,10 +197,10 @@ impl<L> Process<L> {
         let mut cur = self.holdings.load(Relaxed);
         while let Some(h) = NonNull::new(cur) {
             let hold = holding_of(h);
-            if hold.hive_id == hive_id {
+            if hold.hive_id() == hive_id {
                 return Some(h);
             }
-            if hold.hive_id > hive_id {
+            if hold.hive_id() > hive_id {
                 return None;
             }
             cur = hold.next.load(Relaxed);
@@ -221,7 +226,7 @@ impl<L> Process<L> {
     pub fn holding_from(&self, hive_id: u32) -> Option<NonNull<Holding<L>>> {
         let mut cur = self.holdings.load(Relaxed);
         while let Some(h) = NonNull::new(cur) {
-            if holding_of(h).hive_id >= hive_id {
+            if holding_of(h).hive_id() >= hive_id {
                 return Some(h);
             }
             cur = holding_of(h).next.load(Relaxed);
@@ -231,12 +236,12 @@ impl<L> Process<L> {
 
     /// Inserts a new holding in hive-id order (caller holds the process lock).
     pub fn insert_holding(&self, h: NonNull<Holding<L>>) {
-        let id = holding_of(h).hive_id;
+        let id = holding_of(h).hive_id();
         let mut link = &self.holdings;
         loop {
             let cur = link.load(Relaxed);
             match NonNull::new(cur) {
-                Some(c) if holding_of(c).hive_id < id => link = &holding_of(c).next,
+                Some(c) if holding_of(c).hive_id() < id => link = &holding_of(c).next,
                 _ => {
                     holding_of(h).next.store(cur, Relaxed);
                     link.store(h.as_ptr(), Relaxed);
@@ -632,7 +637,6 @@ impl<L: RawLock> ProcessTable<L> {
 pub fn new_holding<P: Pool, L>(
     pool: &P,
     hive: NonNull<Hive>,
-    hive_id: u32,
     process: NonNull<Process<L>>,
 ) -> Option<NonNull<Holding<L>>> {
     alloc_init(
@@ -641,11 +645,10 @@ pub fn new_holding<P: Pool, L>(
         Holding {
             next: AtomicPtr::new(ptr::null_mut()),
             hive,
-            hive_id,
             process,
-            count: AtomicU64::new(0),
-            head: AtomicU32::new(crate::objects::NIL),
-            tail: AtomicU32::new(crate::objects::NIL),
+            count: AtomicU32::new(0),
+            head: AtomicPtr::new(ptr::null_mut()),
+            tail: AtomicPtr::new(ptr::null_mut()),
             seq: AtomicU32::new(0),
             hive_next: AtomicPtr::new(ptr::null_mut()),
             hive_prev: AtomicPtr::new(ptr::null_mut()),

@@ -28,7 +28,7 @@ use crate::counters::get;
 use crate::hives::{HiveTable, hive_of};
 use crate::lock::RawLock;
 use crate::names::{NameRef, name_of};
-use crate::objects::{F_NAME_MISSING, F_NAME_TRUNCATED, NIL, ObjRecord, Token, split_ref};
+use crate::objects::{F_NAME_MISSING, F_NAME_TRUNCATED, ObjRecord, object_id, split_id, split_ref};
 use crate::pool::Pool;
 use crate::processes::{Holding, Process, ProcessKey, holding_of};
 use crate::tracker::Tracker;
@@ -278,10 +278,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// The first key of `hold` after `after` in (time, sequence) order.
-    fn first_after(&self, hold: &Holding<L>, after: KeyPos) -> u32 {
+    fn first_after(&self, hold: &Holding<L>, after: KeyPos) -> *mut ObjRecord {
         let mut r = hold.head.load(Relaxed);
-        while r != NIL {
-            let rec = self.rec(r);
+        while let Some(rec) = self.at(r) {
             if (rec.time.load(Relaxed), rec.seq.load(Relaxed)) > after {
                 break;
             }
@@ -294,14 +293,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// (the token of the last key sent) still names that key linked in this holding at that
     /// position, O(1); otherwise a walk from the head. The hint comes from user mode, so it is
     /// validated like any context value before it is used.
-    fn resume_at(&self, hold: NonNull<Holding<L>>, after: KeyPos, hint: u64) -> u32 {
-        let tok = Token(hint);
-        let (s, i) = split_ref(tok.slot());
+    fn resume_at(&self, hold: NonNull<Holding<L>>, after: KeyPos, hint: u64) -> *mut ObjRecord {
+        let (generation, slot) = split_id(hint);
+        let (s, i) = split_ref(slot);
         if hint != 0
             && s <= self.shard_mask
             && let Some(rec) = self.objects[s as usize].get(i)
             && rec.holding.load(Relaxed) == hold.as_ptr().cast()
-            && rec.generation() == tok.generation()
+            && rec.generation() == generation
             && (rec.time.load(Relaxed), rec.seq.load(Relaxed)) == after
         {
             return rec.next.load(Relaxed);
@@ -426,11 +425,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 };
                 let hold = holding_of(hold_ptr);
                 let mut r = if summary_only {
-                    NIL
+                    core::ptr::null_mut()
                 } else {
                     self.resume_at(hold_ptr, after, hint)
                 };
-                if continued && (r == NIL || summary_only) {
+                if continued && (r.is_null() || summary_only) {
                     return false; // nothing left of this process
                 }
                 let head = hold.head.load(Relaxed);
@@ -446,12 +445,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     }) | image_flags(p),
                     pid: p.key.pid,
                     start_key: p.key.start_key,
-                    open_keys: hold.count.load(Relaxed),
-                    oldest_open: if head == NIL {
-                        0
-                    } else {
-                        self.rec(head).time.load(Relaxed)
-                    },
+                    open_keys: u64::from(hold.count.load(Relaxed)),
+                    oldest_open: self.at(head).map_or(0, |h| h.time.load(Relaxed)),
                     image: text(p.image()),
                 });
                 if !w.push(&summary) {
@@ -459,10 +454,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     return true;
                 }
                 last = pack(key, after, hint);
-                while r != NIL {
-                    let rec = self.rec(r);
+                while let Some(rec) = self.at(r) {
                     let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
-                    let id = Token::new(rec.generation(), r).0;
+                    let id = object_id(rec.generation(), rec.slot);
                     let k = HolderRecord::Key(HolderKey {
                         flags: name_flags(rec) | stack_flags(rec) | deleted_flag(rec),
                         id,
@@ -670,20 +664,19 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 let mut hp = p.holding_from(from_hive);
                 while let Some(hptr) = hp {
                     let hold = holding_of(hptr);
-                    let mut r = if hold.hive_id == from_hive {
+                    let mut r = if hold.hive_id() == from_hive {
                         self.resume_at(hptr, after, hint)
                     } else {
                         hold.head.load(Relaxed)
                     };
-                    while r != NIL {
-                        let rec = self.rec(r);
+                    while let Some(rec) = self.at(r) {
                         let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
                         let s = SnapshotRecord {
                             pid: p.key.pid,
                             start_key: p.key.start_key,
-                            id: Token::new(rec.generation(), r).0,
+                            id: object_id(rec.generation(), rec.slot),
                             open_time: pos.0,
-                            hive_id: hold.hive_id,
+                            hive_id: hold.hive_id(),
                             flags: name_flags(rec),
                             name: text(NonNull::new(rec.name.load(Relaxed))),
                         };
@@ -691,7 +684,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                             needed = protocol::page::Codec::encoded_len(&s);
                             return true;
                         }
-                        last = pack(key, hold.hive_id, pos, s.id);
+                        last = pack(key, hold.hive_id(), pos, s.id);
                         r = rec.next.load(Relaxed);
                     }
                     hp = NonNull::new(hold.next.load(Relaxed));

@@ -18,8 +18,7 @@ use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameRef, NameTable, name_of};
 use crate::objects::{
     DYING, F_KEY_CHARGED, F_NAME_CHARGED, F_NAME_MISSING, F_NAME_TRUNCATED, LIVE, MAX_PER_SHARD,
-    MAX_SHARDS, NIL, ObjRecord, ObjShard, RECORD_COST, RESERVED, SlotError, Token, slot_ref,
-    split_ref,
+    MAX_SHARDS, ObjRecord, ObjShard, RECORD_COST, RESERVED, SlotError, Token, split_ref,
 };
 use crate::pool::Pool;
 use crate::processes::{
@@ -195,7 +194,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             config,
             shard_mask: shards - 1,
             shard_cap,
-            objects: core::array::from_fn(|_| ObjShard::new()),
+            objects: core::array::from_fn(|i| ObjShard::with_id(i)),
             full_shards: AtomicU64::new(0),
             names: NameTable::with_seed(config.hash_seed),
             keys: KeyCache::new(),
@@ -254,7 +253,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         for i in 0..MAX_SHARDS {
             let element = objects.wrapping_add(i);
             // SAFETY: `i` < MAX_SHARDS, inside the array; each element is written once.
-            unsafe { element.write(ObjShard::new()) };
+            unsafe { element.write(ObjShard::with_id(i)) };
         }
         put!(names, NameTable::with_seed(config.hash_seed));
         put!(keys, KeyCache::new());
@@ -388,9 +387,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         Err(NotTracked::Cap)
     }
 
-    /// Gives back slot `index` of object shard `si`, taken by an open that is not tracked.
-    fn give_back(&self, si: u32, index: u32, rec: &ObjRecord) {
-        self.objects[si as usize].release(index, rec);
+    /// Gives back record `rec` of object shard `si`, taken by an open that is not tracked.
+    fn give_back(&self, si: u32, rec: &ObjRecord) {
+        self.objects[si as usize].release(rec);
         self.shard_has_room(si);
     }
 
@@ -403,27 +402,44 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
     }
 
-    /// The record behind a list link of a holding whose process lock the caller holds, in
-    /// [`Self::link`] and [`Self::unlink`] (issue 14: without [`Self::rec`]'s checks).
+    /// The record a holding list's link points at, or `None` for null (issue 14: no walk of
+    /// the chunk directory). Links are only ever made to records of this tracker's chunks
+    /// ([`Self::link`] stores the record its open took from a shard, [`Self::unlink`] copies
+    /// links already there; the fields are crate-private), and chunks are never freed while
+    /// the tracker lives: [`ObjShard::teardown`] runs only in its `Drop`, which the driver
+    /// runs at unload after `CmUnRegisterCallback` returned (every context cleaned up) and
+    /// its process notification was removed. So a link, even one read stale, is an
+    /// initialised record of live memory.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a call's register saves cost more than its body (issue 14)"
+    )]
+    #[allow(
+        clippy::unused_self,
+        reason = "the record is borrowed from the tracker, whose `Drop` frees the chunks"
+    )]
+    #[inline(always)]
+    pub(crate) fn at(&self, p: *mut ObjRecord) -> Option<&ObjRecord> {
+        // SAFETY: a non-null link points at a record in a chunk that lives as long as `self`
+        // (above), its records initialised before the chunk was published.
+        NonNull::new(p).map(|p| unsafe { p.as_ref() })
+    }
+
+    /// The record a token (an object's context from the kernel, an open's own token, or any
+    /// value at all) names, and its shard, for the caller to check against the token
+    /// (generation, state, object): `None` when its shard or chunk does not exist.
     #[allow(
         clippy::inline_always,
         reason = "hot path: a call's register saves cost more than its body (issue 14)"
     )]
     #[inline(always)]
-    fn linked(&self, r: u32) -> &ObjRecord {
-        let (s, i) = split_ref(r);
-        // Links are only ever made to handed-out slots, under the process lock the caller
-        // holds, which orders the hand-out before this read.
-        // SAFETY: as `handed_out` requires.
-        unsafe { self.objects[s as usize & (MAX_SHARDS - 1)].handed_out(i) }
-    }
-
-    /// The record behind a list link; links are only ever made to handed-out slots.
-    pub(crate) fn rec(&self, r: u32) -> &ObjRecord {
-        let (s, i) = split_ref(r);
-        self.objects[s as usize & (MAX_SHARDS - 1)]
-            .get(i)
-            .unwrap_or_else(|| unreachable_link())
+    pub(crate) fn token_rec(&self, token: Token) -> Option<(&ObjShard<L>, &ObjRecord)> {
+        let (s, i) = split_ref(token.slot());
+        if s > self.shard_mask {
+            return None;
+        }
+        let shard = &self.objects[s as usize];
+        Some((shard, shard.for_token(i)?))
     }
 
     /// A key object was opened (`RegNtPostCreateKeyEx`/`RegNtPostOpenKeyEx` with
@@ -501,12 +517,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 return Err(e);
             }
         };
-        let (si, index, generation, rec) = slot;
+        let (si, _, generation, rec) = slot;
         if let Some(hint) = hit.hint {
-            let r = slot_ref(si, index);
             let truncated = name_of(hit.name).truncated();
             rec.name.store(hit.name.as_ptr(), Relaxed);
-            if let Some(linked) = self.link_held(process, rec, r, hint, time) {
+            if let Some(linked) = self.link_held(process, rec, hint, time) {
                 if truncated {
                     bump(&self.counters.names_truncated);
                 }
@@ -520,13 +535,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                             alarm,
                             process,
                             generation,
-                            r,
                             time,
                         ))
                     }
                     Err(refused) => {
                         self.names.release(&self.pool, hit.name);
-                        self.give_back(si, index, rec);
+                        self.give_back(si, rec);
                         self.release_key(hit.entry);
                         Err(refused)
                     }
@@ -589,12 +603,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.keys.rename_ended(had_pre);
     }
 
-    /// Links record `rec` (slot `r`) into `process`'s holding for `hive`, charging it.
+    /// Links record `rec` into `process`'s holding for `hive`, charging it.
     fn link_open(
         &self,
         process: ProcessKey,
         rec: &ObjRecord,
-        r: u32,
         hive: NonNull<Hive>,
         charge: u64,
         time: u64,
@@ -617,7 +630,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
         let hive_id = hive_of(hive).id;
         let holding = proc.holding(hive_id).or_else(|| {
-            let h = new_holding(&self.pool, hive, hive_id, lp.process)?;
+            let h = new_holding(&self.pool, hive, lp.process)?;
             HiveTable::<L>::add_ref(hive);
             hive_of(hive).holders.fetch_add(1, Relaxed);
             self.counters.holdings.fetch_add(1, Relaxed);
@@ -630,7 +643,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             bump(&self.counters.opens_dropped_no_memory_holding);
             return Err(NotTracked::NoMemory);
         };
-        let alarm = self.link_counted(proc, h, rec, r, charge, time);
+        let alarm = self.link_counted(proc, h, rec, charge, time);
         lp.unlock();
         Ok(alarm)
     }
@@ -650,7 +663,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         &self,
         process: ProcessKey,
         rec: &ObjRecord,
-        r: u32,
         hint: HiveHint,
         time: u64,
     ) -> Option<Result<Option<u64>, NotTracked>> {
@@ -669,7 +681,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             crate::losses::count(&hive.lost, &hive.lost_since, time);
             return Some(Err(NotTracked::Share));
         }
-        let alarm = self.link_counted(proc, h, rec, r, RECORD_COST, time);
+        let alarm = self.link_counted(proc, h, rec, RECORD_COST, time);
         lp.unlock();
         Some(Ok(alarm))
     }
@@ -687,13 +699,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         proc: &Process<L>,
         h: NonNull<Holding<L>>,
         rec: &ObjRecord,
-        r: u32,
         charge: u64,
         time: u64,
     ) -> Option<u64> {
         rec.holding.store(h.as_ptr().cast(), Relaxed);
         let hold = holding_of(h);
-        self.link(hold, r, rec, time);
+        self.link(hold, rec, time);
         let count = proc.open_keys.load(Relaxed) + 1;
         proc.open_keys.store(count, Relaxed); // under the process lock
         locked_add64(&proc.charged, charge);
@@ -795,9 +806,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         time: u64,
         source: Source<'_>,
     ) -> Result<Token, NotTracked> {
-        let (si, index, generation, rec) = slot;
-        let r = slot_ref(si, index);
-        let undo_slot = || self.give_back(si, index, rec);
+        let (si, _, generation, rec) = slot;
+        let undo_slot = || self.give_back(si, rec);
 
         // 1. The name (from the key cache, or interned) and the hive its path is in.
         let mut flags = 0;
@@ -872,7 +882,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             .store(name_ref.map_or(ptr::null_mut(), NonNull::as_ptr), Relaxed);
 
         // 2. The process (locked), its share, and its holding for the hive.
-        let linked = self.link_open(process, rec, r, hive, charge, time);
+        let linked = self.link_open(process, rec, hive, charge, time);
         if linked.is_err() {
             let h = hive_of(hive);
             crate::losses::count(&h.lost, &h.lost_since, time);
@@ -891,7 +901,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 return Err(refused);
             }
         };
-        Ok(self.open_done(rec, key, flags, alarm, process, generation, r, time))
+        Ok(self.open_done(rec, key, flags, alarm, process, generation, time))
     }
 
     /// The last step of a tracked open: the record goes live with its key cache entry and
@@ -908,7 +918,6 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         alarm: Option<u64>,
         process: ProcessKey,
         generation: u32,
-        r: u32,
         time: u64,
     ) -> Token {
         rec.key
@@ -918,7 +927,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             self.key_alarm(process, count, time);
             bump(&self.counters.attention);
         }
-        Token::new(generation, r)
+        Token::new(generation, rec.slot)
     }
 
     /// True when `proc` can be charged `charge` more within its share; otherwise counts the
@@ -934,42 +943,40 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         false
     }
 
-    /// Links `rec` (slot `r`) into `hold` in (time, sequence) order; caller holds the
-    /// process lock.
+    /// Links `rec` into `hold` in (time, sequence) order; caller holds the process lock.
     #[allow(
         clippy::inline_always,
         reason = "hot path: a call's register saves cost more than its body (issue 14)"
     )]
     #[inline(always)]
-    fn link(&self, hold: &Holding<L>, r: u32, rec: &ObjRecord, time: u64) {
+    fn link(&self, hold: &Holding<L>, rec: &ObjRecord, time: u64) {
         locked_add32(&hold.seq, 1);
         let seq = hold.seq.load(Relaxed);
         rec.seq.store(seq, Relaxed);
-        // The record to insert after (found once: each lookup of a slot costs a directory
-        // walk), or none: then at the head.
-        let mut after = hold.tail.load(Relaxed);
-        let mut after_rec = None;
-        while after != NIL {
-            let a = self.linked(after);
+        // The record to insert after, or none: then at the head.
+        let mut after = self.at(hold.tail.load(Relaxed));
+        while let Some(a) = after {
             if a.time.load(Relaxed) <= time {
-                after_rec = Some(a);
                 break;
             }
-            after = a.prev.load(Relaxed);
+            after = self.at(a.prev.load(Relaxed));
         }
-        let next = after_rec.map_or_else(|| hold.head.load(Relaxed), |a| a.next.load(Relaxed));
-        rec.prev.store(after, Relaxed);
+        let this = ptr::from_ref(rec).cast_mut();
+        let next = after.map_or_else(|| hold.head.load(Relaxed), |a| a.next.load(Relaxed));
+        rec.prev.store(
+            after.map_or(ptr::null_mut(), |a| ptr::from_ref(a).cast_mut()),
+            Relaxed,
+        );
         rec.next.store(next, Relaxed);
-        match after_rec {
-            None => hold.head.store(r, Relaxed),
-            Some(a) => a.next.store(r, Relaxed),
+        match after {
+            None => hold.head.store(this, Relaxed),
+            Some(a) => a.next.store(this, Relaxed),
         }
-        if next == NIL {
-            hold.tail.store(r, Relaxed);
-        } else {
-            self.linked(next).prev.store(r, Relaxed);
+        match self.at(next) {
+            None => hold.tail.store(this, Relaxed),
+            Some(n) => n.prev.store(this, Relaxed),
         }
-        locked_add64(&hold.count, 1);
+        locked_add32(&hold.count, 1);
     }
 
     #[allow(
@@ -983,17 +990,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // Under the process lock, `holding` set means "linked here": a query's resume hint
         // relies on it.
         rec.holding.store(ptr::null_mut(), Relaxed);
-        if prev == NIL {
-            hold.head.store(next, Relaxed);
-        } else {
-            self.linked(prev).next.store(next, Relaxed);
+        match self.at(prev) {
+            None => hold.head.store(next, Relaxed),
+            Some(p) => p.next.store(next, Relaxed),
         }
-        if next == NIL {
-            hold.tail.store(prev, Relaxed);
-        } else {
-            self.linked(next).prev.store(prev, Relaxed);
+        match self.at(next) {
+            None => hold.tail.store(prev, Relaxed),
+            Some(n) => n.prev.store(prev, Relaxed),
         }
-        locked_sub64(&hold.count, 1);
+        locked_sub32(&hold.count, 1);
     }
 
     /// Runs `f` on the live record `token` names for `object`, claimed (state `RESERVED`)
@@ -1006,12 +1011,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         object: u64,
         f: impl FnOnce(&ObjShard<L>, &ObjRecord) -> R,
     ) -> Option<R> {
-        let (s, i) = split_ref(token.slot());
-        if s > self.shard_mask {
-            return None;
-        }
-        let shard = &self.objects[s as usize];
-        let rec = shard.for_token(i)?;
+        let (shard, rec) = self.token_rec(token)?;
         rec.claim(token.generation(), object, RESERVED)?;
         let r = f(shard, rec);
         rec.unclaim(RESERVED);
@@ -1057,12 +1057,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// teardown (chunks are never freed), so reading a stale or foreign token's slot is
     /// safe and fails the same checks as under the lock.
     pub fn handle_closed(&self, token: Token, object: u64) {
-        let (s, i) = split_ref(token.slot());
-        let shard = (s <= self.shard_mask).then(|| &self.objects[s as usize]);
-        let rec = shard
-            .and_then(|sh| sh.for_token(i))
-            .filter(|rec| rec.is_live(token.generation(), object));
-        let (Some(shard), Some(rec)) = (shard, rec) else {
+        let found = self.token_rec(token);
+        let Some((shard, rec)) = found.filter(|(_, rec)| rec.is_live(token.generation(), object))
+        else {
             bump(&self.counters.closes_unknown_object);
             return;
         };
@@ -1107,12 +1104,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     fn remove(&self, token: Token, object: u64, count_destroy: bool) -> bool {
-        let (s, i) = split_ref(token.slot());
-        if s > self.shard_mask {
-            return false;
-        }
-        let shard = &self.objects[s as usize];
-        let Some(rec) = shard.for_token(i) else {
+        let Some((shard, rec)) = self.token_rec(token) else {
             return false;
         };
         // Whoever moves the record from LIVE to DYING ends it: no lock (issue 14), and a
@@ -1172,8 +1164,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         };
         let key_entry = NonNull::new(rec.key.swap(ptr::null_mut(), Relaxed));
         let stack = rec.stack.swap(0, Relaxed);
-        shard.release(i, rec);
-        self.shard_has_room(s);
+        shard.release(rec);
+        self.shard_has_room(shard.id());
         if emptied {
             self.counters.holdings.fetch_sub(1, Relaxed);
             // SAFETY: unlinked from its process under the process lock, and its last key is
@@ -1407,12 +1399,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// be the unloading one: an object a filter handed back from an earlier open of its own
     /// (a bypassed create) is someone's real key, not the unload's (review, 2026-12-05).
     fn live_holding(&self, token: Token, object: u64, thread: u64) -> Option<NonNull<Holding<L>>> {
-        let (s, i) = split_ref(token.slot());
-        let shard = self
-            .objects
-            .get(s as usize)
-            .filter(|_| s <= self.shard_mask)?;
-        let rec = shard.for_token(i).filter(|rec| {
+        let (_, rec) = self.token_rec(token)?;
+        let rec = Some(rec).filter(|rec| {
             rec.is_live(token.generation(), object)
                 && rec.thread.load(Relaxed) == u32::try_from(thread).unwrap_or(0)
         })?;
@@ -1472,7 +1460,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.hives.with_holdings(h, false, |head| {
             Holding::<L>::each_in_hive(head, |hp| {
                 let hold = holding_of(hp);
-                let mut keys = hold.count.load(Relaxed);
+                let mut keys = u64::from(hold.count.load(Relaxed));
                 if own == Some(hp) {
                     // The unload's own key (see `unload_attempted_with`): not a holder's.
                     entry.open_keys = entry.open_keys.saturating_sub(1);

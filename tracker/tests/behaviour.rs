@@ -581,7 +581,7 @@ fn answer_dispatches_ioctls_and_validates_requests() {
 
 #[test]
 fn record_sizes_fit_their_classes() {
-    assert_eq!(std::mem::size_of::<tracker::objects::ObjRecord>(), 80);
+    assert_eq!(std::mem::size_of::<tracker::objects::ObjRecord>(), 96);
     assert!(
         std::mem::size_of::<tracker::processes::Process<ParkingLock>>()
             <= tracker::processes::PROCESS_CLASS.size()

@@ -9,6 +9,7 @@
 mod support;
 
 use support::{SysPool, w};
+use tracker::objects::RECORD_COST;
 use tracker::{
     Config, DEFAULT_BUDGET_BYTES, NotTracked, ProcessKey, Tracker, budget::pool_cost,
     names::MAX_NAME_UNITS,
@@ -68,7 +69,7 @@ fn a_process_flooding_long_distinct_names_is_dropped_at_its_share_and_named() {
     assert!(refused > 0 && tracked > 0);
     // Each tracked open cost its record and its name (a page): the share holds about
     // share / (page + record) of them.
-    let each = pool_cost(MAX_NAME_UNITS * 2 + 24) + 74;
+    let each = pool_cost(MAX_NAME_UNITS * 2 + 24) + RECORD_COST;
     assert_eq!(tracked, s.process_share_bytes / each);
     assert_eq!(s.opens_dropped_process_share, refused);
     assert_eq!(s.top_dropper_pid, flooder.pid);
@@ -172,9 +173,9 @@ fn distinct_capacity(units: usize) -> (u64, u64) {
 fn what_the_default_budget_holds_when_every_name_is_distinct() {
     for units in [100, 255, MAX_NAME_UNITS] {
         let (held, used) = distinct_capacity(units);
-        // Each object costs its record (a 56th of a page) and its name's pool block; the
+        // Each object costs its record (its share of a chunk) and its name's pool block; the
         // budget's fixed part (directories, buckets) is small: at least 95% of the ideal.
-        let each = pool_cost(units * 2 + 24) as f64 + 4096.0 / 56.0;
+        let each = pool_cost(units * 2 + 24) as f64 + RECORD_COST as f64;
         println!(
             "distinct names of {units} units: {held} objects ({each:.0} bytes each, {:.1} MiB used)",
             used as f64 / 1_048_576.0

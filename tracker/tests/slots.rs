@@ -13,6 +13,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use support::*;
+use tracker::objects::PER_CHUNK;
 use tracker::{BlockClass, Config, NotTracked, Pool, ProcessKey, Token, Tracker};
 
 const MOUNT: &str = r"\REGISTRY\USER\S-1-5-21-9";
@@ -224,8 +225,8 @@ fn a_failed_growth_never_leaves_its_shard_marked_full_with_room() {
         inner: CountingPool::new(Failure::Never, false),
         gate: AtomicU32::new(0),
     };
-    // 52 slots a shard: one chunk (51 records) and one record of a second chunk.
-    let per_shard = 52u32;
+    // One chunk's records and one record of a second chunk a shard.
+    let per_shard = PER_CHUNK + 1;
     let t: Tracker<&GatePool, ParkingLock> = Tracker::new(
         &pool,
         Config {
@@ -237,7 +238,7 @@ fn a_failed_growth_never_leaves_its_shard_marked_full_with_room() {
     .unwrap();
     t.hive_loaded(&w(MOUNT), &w(r"C:\x.dat"), 0);
     let mut held = Vec::new();
-    // Shard 0 full; shard 1 holds its first chunk's 51 records (room for one more).
+    // Shard 0 full; shard 1 holds its first chunk's records (room for one more).
     for i in 0..u64::from(per_shard) {
         let obj = 0x1000 + i * 16;
         let tok = t.opened(obj, pa, 1, &name(1), 1, 1).unwrap();
@@ -268,7 +269,7 @@ fn a_failed_growth_never_leaves_its_shard_marked_full_with_room() {
         pool.gate.store(2, SeqCst);
         assert_eq!(g.join().unwrap(), Err(NotTracked::NoMemory));
     });
-    // Memory is back; shard 1 has a slot free (51 of 52). A's open spills there.
+    // Memory is back; shard 1 has a slot free (a chunk's of one more). A's open spills there.
     let tracked = t.stats().objects_tracked;
     assert_eq!(tracked, u64::from(2 * per_shard - 1));
     let r = t.opened(0x40_0000, pa, 4, &name(1), 1, 4);
@@ -289,7 +290,7 @@ fn a_failed_growth_never_leaves_its_shard_marked_full_with_room() {
 #[test]
 fn every_slot_of_a_shard_is_walked_past_each_chunk() {
     // Every walk over a shard's slots (identify, the consistency census, teardown) reaches
-    // every chunk's slots (51 a chunk), whatever the slot indexing. Written for an indexing
+    // every chunk's slots (`PER_CHUNK` a chunk), whatever the slot indexing. Written for an indexing
     // with unused places in each chunk (a shift instead of a division by 51: no gain in
     // bench-driver, dropped), where a walk stepping by one stopped at the first gap.
     let pool = CountingPool::new(Failure::Never, true);
@@ -357,8 +358,9 @@ fn a_token_for_a_slot_never_handed_out_is_refused_everywhere() {
     let slot = a.0 & 0xFFFF_FFFF;
     let shard = slot >> 26;
     let index = slot & ((1 << 26) - 1);
-    assert!(index + 5 < 51, "the probes share the open's chunk");
-    let probes = [index + 5, 50, 51, 51 * 511 + 50, (1 << 26) - 1];
+    let per = u64::from(PER_CHUNK);
+    assert!(index + 5 < per, "the probes share the open's chunk");
+    let probes = [index + 5, per - 1, per, per * 511 + per - 1, (1 << 26) - 1];
     for i in probes {
         let forged = Token((1u64 << 32) | (shard << 26) | i);
         t.handle_closed(forged, 0);
