@@ -5,10 +5,15 @@
 //! exists only for objects it attached one to: docs, `CmSetCallbackObjectContext`), and it
 //! counts the opens it lost. The kernel's list (`NtQueryOpenSubKeysEx`: one entry per key
 //! object in the hive, with the pid that opened it, `CM_KEY_BODY.ProcessID`; Windows
-//! Research Kernel `CmpDumpKeyBodyList`/`CmpDumpOneKeyBody`) has every object, however old,
-//! but no times, threads or stacks. Keys the driver knows keep their detail; keys only the
-//! kernel lists are reported as open before tracking started, with their pid and the image
-//! looked up now; the report is complete only when the two agree key for key.
+//! Research Kernel `CmpDumpKeyBodyList`/`CmpDumpOneKeyBody`) has objects however old, but no
+//! times, threads or stacks, and it is not always whole: it leaves out the keys of hash
+//! buckets busy on another thread and still succeeds (WRK `cmsubs.c` CmpSearchForOpenSubKeys:
+//! "else skip this entry"; fidelity audit 19a, F4), and keys deleted while open. Keys the
+//! driver knows keep their detail; keys only the kernel lists are reported as open before
+//! tracking started, with their pid and the image looked up now. The report is complete
+//! only when the two agree key for key and the driver saw every key of the hive (loaded
+//! after tracking started, nothing lost): then a key the list left out is a driver record
+//! it does not have, which makes the report say it is not complete, never the reverse.
 
 use std::collections::BTreeMap;
 
