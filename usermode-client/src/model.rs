@@ -796,6 +796,7 @@ pub const fn ntstatus_name(status: u32) -> Option<&'static str> {
         0 => "STATUS_SUCCESS",
         0x0000_0103 => "STATUS_PENDING",
         0xC000_0121 => "STATUS_CANNOT_DELETE",
+        0xC000_0189 => "STATUS_TOO_LATE",
         0xC000_0022 => "STATUS_ACCESS_DENIED",
         0xC000_0034 => "STATUS_OBJECT_NAME_NOT_FOUND",
         0xC000_000D => "STATUS_INVALID_PARAMETER",

@@ -74,6 +74,8 @@ pub const STATUS_DELETE_PENDING: NtStatus = s(0xC000_0056);
 pub const STATUS_CANCELLED: NtStatus = s(0xC000_0120);
 /// STATUS_CANNOT_DELETE.
 pub const STATUS_CANNOT_DELETE: NtStatus = s(0xC000_0121);
+/// STATUS_TOO_LATE (ntstatus.h): a second unload of a hive whose deferred unload is pending.
+pub const STATUS_TOO_LATE: NtStatus = s(0xC000_0189);
 /// STATUS_KEY_DELETED: an operation on a key marked for deletion (ntstatus.h).
 pub const STATUS_KEY_DELETED: NtStatus = s(0xC000_017C);
 /// STATUS_CALLBACK_BYPASS.
@@ -124,6 +126,7 @@ pub const fn name(status: NtStatus) -> &'static str {
         STATUS_DELETE_PENDING => "STATUS_DELETE_PENDING",
         STATUS_CANCELLED => "STATUS_CANCELLED",
         STATUS_CANNOT_DELETE => "STATUS_CANNOT_DELETE",
+        STATUS_TOO_LATE => "STATUS_TOO_LATE",
         STATUS_KEY_DELETED => "STATUS_KEY_DELETED",
         STATUS_CALLBACK_BYPASS => "STATUS_CALLBACK_BYPASS",
         STATUS_FLT_INSTANCE_ALTITUDE_COLLISION => "STATUS_FLT_INSTANCE_ALTITUDE_COLLISION",

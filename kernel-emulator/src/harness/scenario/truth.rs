@@ -109,6 +109,11 @@ pub fn scenarios() -> Vec<Scenario> {
             reload_cancels_deferred_unload,
         ),
         Scenario::hivetrack(
+            "second-unload-too-late",
+            "a second unload of a hive whose deferred unload is pending fails with STATUS_TOO_LATE, either kind (WRK ntapi.c NtUnloadKey2, cmapi.c CmUnloadKeyEx): the first caller's event is the one set when the hive unloads at its last key's close; the driver keeps the hive pending through the refused attempts and drops it then",
+            second_unload_too_late,
+        ),
+        Scenario::hivetrack(
             "hive-list-unread",
             "one value of the hive list cannot be read at start (ZwEnumerateValueKey: no resources, once): the driver still reads the values after it, and its next read of the list takes the one it missed (its reads go on until two agree), so every hive is known and nothing is counted",
             hive_list_unread,
@@ -928,6 +933,59 @@ fn reload_cancels_deferred_unload(ctx: &mut Ctx) {
     ctx.check(
         time.is_none(),
         format!("and the driver no longer lists it: {time:?}"),
+    );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut driver);
+}
+
+/// Audit 19a, F2: the model answered a second unload of a frozen hive with CANNOT_DELETE, or
+/// with PENDING and the first caller's event replaced, never to be set.
+fn second_unload_too_late(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (mut driver, handle) = load(ctx);
+    let Some(h) = handle else { return };
+    let mount = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1021";
+    let system = super::tracking::SYSTEM_PID;
+    let s = hive::load_hive(system, mount, r"\??\C:\Users\u1021\NTUSER.DAT");
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("{mount} loads: {}", status::describe(s)),
+    );
+    let app = spawn(ctx, APP1);
+    let kept = open_kept(ctx, app, &format!(r"{mount}\Software\Leak"));
+    let (first, event) = hive::unload_key_ex(system, mount);
+    let second = hive::unload_hive(system, mount);
+    let (third, other) = hive::unload_key_ex(system, mount);
+    let too_late = crate::nt::status::STATUS_TOO_LATE;
+    ctx.check(
+        first == crate::nt::status::STATUS_PENDING && second == too_late && third == too_late,
+        format!(
+            "deferred, then too late twice: {}, {}, {}",
+            status::describe(first),
+            status::describe(second),
+            status::describe(third)
+        ),
+    );
+    let listed = mounts(ctx, h);
+    ctx.check(
+        listed.iter().any(|m| m.eq_ignore_ascii_case(mount)),
+        format!("the driver still lists the hive, its unload pending: {listed:?}"),
+    );
+    if let Some(k) = kept {
+        let _ = hive::close_key(app, k);
+    }
+    let done = event.wait(std::time::Duration::from_secs(10));
+    ctx.check(
+        done.is_some() && other.signalled().is_none(),
+        format!(
+            "the first caller's event is set at the last close, the refused one's never ({done:?}, {:?})",
+            other.signalled()
+        ),
+    );
+    let listed = mounts(ctx, h);
+    ctx.check(
+        listed.iter().all(|m| !m.eq_ignore_ascii_case(mount)),
+        format!("the driver no longer lists the hive: {listed:?}"),
     );
     io::close(h);
     ctx.unload_and_check_clean(&mut driver);

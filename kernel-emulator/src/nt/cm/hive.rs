@@ -76,7 +76,7 @@ use crate::nt::ob::object::{KERNEL_HANDLE_BIT, OBJ_KERNEL_HANDLE};
 use crate::nt::status::{
     NtStatus, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
     STATUS_KEY_DELETED, STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING,
-    STATUS_PREDEFINED_HANDLE, STATUS_REPARSE, STATUS_SUCCESS,
+    STATUS_PREDEFINED_HANDLE, STATUS_REPARSE, STATUS_SUCCESS, STATUS_TOO_LATE,
 };
 
 /// What unloading a hive with open keys returns.
@@ -2473,6 +2473,19 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
         }
         between();
         let status = kernel::with(|k| {
+            // A deferred unload is already pending ("frozen"): a second unload, either kind,
+            // fails with STATUS_TOO_LATE and the first caller's event stays the one set at
+            // the unload (WRK `ntapi.c` NtUnloadKey2: "don't let them hurt themselves by
+            // calling it twice"; `cmapi.c` CmUnloadKeyEx: `if( IsHiveFrozen(CmHive) )
+            // return STATUS_TOO_LATE`; fidelity audit 19a, F2). Until 2026-12-06 the model
+            // answered CANNOT_DELETE, or PENDING with the first event replaced and never set.
+            if k.hives
+                .hives
+                .get(&m)
+                .is_some_and(|h| h.pending_unload.is_some())
+            {
+                return STATUS_TOO_LATE;
+            }
             // Held: any other key object of the hive, or a reference on the unload's own
             // object beyond the one the unload took.
             let pinned = k.hives.objects.iter().any(|(a, o)| {
