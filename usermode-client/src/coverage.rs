@@ -7,7 +7,7 @@
 //! object in the hive, with the pid that opened it, `CM_KEY_BODY.ProcessID`; Windows
 //! Research Kernel `CmpDumpKeyBodyList`/`CmpDumpOneKeyBody`) has objects however old, but no
 //! times, threads or stacks, and it is not always whole: it leaves out the keys of hash
-//! buckets busy on another thread and still succeeds (WRK `cmsubs.c` CmpSearchForOpenSubKeys:
+//! buckets busy on another thread and still succeeds (WRK `cmsubs.c` `CmpSearchForOpenSubKeys`:
 //! "else skip this entry"; fidelity audit 19a, F4), and keys deleted while open. Keys the
 //! driver knows keep their detail; keys only the kernel lists are reported as open before
 //! tracking started, with their pid and the image looked up now. The report is complete
