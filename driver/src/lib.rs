@@ -119,6 +119,10 @@ fn start_tracking(
     // The driver's own open of the hive list goes before the callback, which would see it
     // (`registry_read::open_hive_list`); its values are read after.
     let hive_list = registry_read::open_hive_list();
+    if let Some(tracker) = tracking::get() {
+        // Until the seed below has read the whole list, no load vouches for its hive.
+        tracker.seed_begin();
+    }
     callbacks::register(driver, &altitude)?;
     // Image loads let captured frames be named by module (issue 16); without them frames
     // stay raw addresses (stats `image_loads_tracked` says which). Only with live tracking:

@@ -277,7 +277,7 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
     // hive their paths name, which no report calls complete.
     let (Some(HiveList(key)), Some(mut scratch)) = (list, Scratch::new(BUF_LEN)) else {
         tracker.name_unavailable();
-        tracker.seed_done();
+        tracker.seed_done(false);
         return 0;
     };
     // An unload deletes its value and moves the later ones down an index (WRK `cmhvlist.c`
@@ -303,7 +303,7 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
         }
         previous = Some(pass.signature);
     }
-    tracker.seed_done();
+    tracker.seed_done(!pass.missed && stable);
     if pass.missed || cut || !stable {
         // A value not read, a path recorded cut, or a list still changing under the reads.
         tracker.name_unavailable();

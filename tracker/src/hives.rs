@@ -675,13 +675,17 @@ impl<L: RawLock> HiveTable<L> {
             // held looked free. An implicit record (keys seen under a mount no load named:
             // opened in the new hive between its link and this post, which the callback saw
             // all of) takes the load's time, as before.
-            let load_time = found.map_or(Some(time), |p| {
+            // And while the start-up seed has not read the whole hive list, a mount with no
+            // loaded record may be a hive loaded before tracking that the seed missed: its
+            // reload is no fresh load either, so no load time (review 19c, B1).
+            let fresh = if self.seed.complete() { time } else { 0 };
+            let load_time = found.map_or(Some(fresh), |p| {
                 let h = hive_of(p);
                 match h.state() {
                     HiveState::Loaded => None,
                     HiveState::UnloadPending if h.open_keys.load(Relaxed) != 0 => None,
                     HiveState::UnloadPending => Some(0),
-                    HiveState::Implicit | HiveState::Unloaded => Some(time),
+                    HiveState::Implicit | HiveState::Unloaded => Some(fresh),
                 }
             });
             if found.is_none() && kind_of(mount) == HiveKind::App {

@@ -28,11 +28,18 @@ use crate::names::hash_seeded;
 /// How many unloads the window tells apart; more is taken as "any mount may be gone".
 pub const MARKS: usize = 16;
 
-/// The marks of unloads seen while the seed runs.
+/// The marks of unloads seen while the seed runs, and whether the seed knows every hive
+/// loaded before tracking.
 pub struct SeedWindow {
     open: AtomicBool,
     count: AtomicU32,
     marks: [AtomicU32; MARKS],
+    /// False from [`SeedWindow::begin`] until a seed that read the whole list closes the
+    /// window. While false, a hive loaded before tracking may be unknown to the tracker,
+    /// and a load at its mount (the same file loaded again, which Windows answers with
+    /// success) cannot be told from a fresh one: no load is given a time that would vouch
+    /// for every key of its hive (review 19c, B1).
+    complete: AtomicBool,
 }
 
 impl Default for SeedWindow {
@@ -55,7 +62,21 @@ impl SeedWindow {
             open: AtomicBool::new(true),
             count: AtomicU32::new(0),
             marks: [const { AtomicU32::new(0) }; MARKS],
+            complete: AtomicBool::new(true),
         }
+    }
+
+    /// A seed is to come (the driver, before it registers its callback): until it closes
+    /// the window having read the whole list, loads are given no time ([`Self::complete`]).
+    pub fn begin(&self) {
+        self.complete.store(false, Relaxed);
+    }
+
+    /// Whether every hive loaded before tracking is known (no seed was begun, or one read
+    /// the whole list).
+    #[must_use]
+    pub fn complete(&self) -> bool {
+        self.complete.load(Relaxed)
     }
 
     /// Marks an unload (or deferred unload) of `mount`, while the window is open. Called
@@ -90,17 +111,35 @@ impl SeedWindow {
         self.count.load(Relaxed)
     }
 
-    /// Closes the window: the seed is over, and later unloads leave no mark. Returns whether
-    /// the marks overflowed (every hive read after that was left unrecorded: the caller counts
-    /// it, so that answers say something went unrecorded).
-    pub fn close(&self) -> bool {
+    /// Closes the window: the seed is over, and later unloads leave no mark. `whole`: it read
+    /// every value of the list. Returns whether the marks overflowed (every hive read after
+    /// that was left unrecorded: the caller counts it, and the seed is not complete).
+    pub fn close(&self, whole: bool) -> bool {
         self.open.store(false, Relaxed);
-        self.count.load(Relaxed) as usize > MARKS
+        let overflowed = self.count.load(Relaxed) as usize > MARKS;
+        if whole && !overflowed {
+            self.complete.store(true, Relaxed);
+        }
+        overflowed
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_begun_seed_is_complete_only_when_it_read_the_whole_list() {
+        let s = super::SeedWindow::new();
+        assert!(s.complete(), "no seed begun: nothing to miss");
+        s.begin();
+        assert!(!s.complete());
+        assert!(!s.close(false));
+        assert!(!s.complete(), "a value not read keeps it incomplete");
+        let s = super::SeedWindow::new();
+        s.begin();
+        assert!(!s.close(true));
+        assert!(s.complete());
+    }
+
     use super::*;
 
     fn w(s: &str) -> Vec<u16> {
@@ -114,7 +153,7 @@ mod tests {
         assert!(s.unloaded(&w(r"\Registry\User\s-1-5-21-1"), 7));
         assert!(!s.unloaded(&w(r"\REGISTRY\USER\S-1-5-21-2"), 7));
         assert_eq!(s.unloads(), 1);
-        assert!(!s.close());
+        assert!(!s.close(true));
     }
 
     #[test]
@@ -124,13 +163,18 @@ mod tests {
             s.note_unload(&w(&format!(r"\REGISTRY\A\{i}")), 7);
         }
         assert!(s.unloaded(&w(r"\REGISTRY\MACHINE\SOFTWARE"), 7));
-        assert!(s.close(), "the overflow is reported when the window closes");
+        s.begin();
+        assert!(
+            s.close(true),
+            "the overflow is reported when the window closes"
+        );
+        assert!(!s.complete(), "and the seed is not complete");
     }
 
     #[test]
     fn a_closed_window_marks_nothing() {
         let s = SeedWindow::new();
-        assert!(!s.close());
+        assert!(!s.close(true));
         s.note_unload(&w(r"\REGISTRY\USER\X"), 7);
         assert!(!s.unloaded(&w(r"\REGISTRY\USER\X"), 7));
         assert_eq!(s.unloads(), 0);

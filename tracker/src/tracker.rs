@@ -1280,10 +1280,20 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.hives.seed.unloads()
     }
 
-    /// The start-up seed from the hive list is over: later unloads leave no mark. More unloads
-    /// during it than the window tells apart left hives unrecorded: counted as a name not got.
-    pub fn seed_done(&self) {
-        if self.hives.seed.close() {
+    /// A start-up seed from the hive list is to come (before the callback is registered):
+    /// until it is done with the whole list, no load is given a time that vouches for its
+    /// hive ([`crate::seed_window`]).
+    pub fn seed_begin(&self) {
+        self.hives.seed.begin();
+    }
+
+    /// The start-up seed from the hive list is over: later unloads leave no mark. `whole`: it
+    /// read every value of a list that held still. More unloads during it than the window
+    /// tells apart left hives unrecorded: counted as a name not got. A seed not whole leaves
+    /// every later load without a load time: any of them may be the same file loaded again at
+    /// a mount the seed missed, whose keys opened before tracking would still hold it.
+    pub fn seed_done(&self, whole: bool) {
+        if self.hives.seed.close(whole) {
             self.name_unavailable();
         }
     }

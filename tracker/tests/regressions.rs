@@ -277,10 +277,49 @@ fn a_hive_unloaded_during_the_seed_is_not_recorded_by_it() {
     );
     assert!(t.unload_attempted(&w(other), 0xC000_0022, 2).is_some());
     // After the seed, unloads leave no mark: a later seed-like record is not refused.
-    t.seed_done();
+    t.seed_done(true);
     let late = r"\REGISTRY\USER\S-1-5-21-1-1010";
     t.hive_unloaded(&w(late));
     assert_eq!(t.unloads_during_seed(), before + 1);
     t.hive_seeded(&w(late), &w(r"C:\Users\late\NTUSER.DAT"));
     assert!(t.unload_attempted(&w(late), 0xC000_0022, 3).is_some());
+}
+
+/// Review 19c, B1: a hive the start-up seed missed (the list not read whole) and then loaded
+/// again (logon after a failed logoff: the same file at the same mount succeeds, nothing
+/// mounted) was given the load's time, so a refused unload said every holder was seen while
+/// a key opened before tracking held the hive.
+fn reload_after_incomplete_seed(key_in_it: bool) -> Vec<u16> {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.seed_begin();
+    t.tracking_started(7);
+    t.seed_done(false); // a value of the list could not be read
+    let token = key_in_it.then(|| {
+        t.opened(0x1000, P, 9, &w(&format!(r"{USER}\Software")), 1, 10)
+            .unwrap()
+    });
+    t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 12);
+    if let Some(tok) = token {
+        t.handle_closed(tok, 0x1000);
+        t.object_destroyed(tok, 0x1000);
+    }
+    let denied = 0xC000_0022;
+    t.unload_attempted(&w(USER), denied, 20).unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = t.events(0, 0, &mut buf).unwrap();
+    let page = decode::<Page<'_, protocol::events::Events>>(&buf[..n]).unwrap();
+    page.records().map(|r| r.flags).collect()
+}
+
+#[test]
+fn a_reload_after_an_incomplete_seed_does_not_vouch_for_its_hive() {
+    let unseen = protocol::history::UnloadRecord::HOLDERS_UNSEEN;
+    for key_in_it in [false, true] {
+        let flags = reload_after_incomplete_seed(key_in_it);
+        assert!(
+            !flags.is_empty() && flags.iter().all(|f| f & unseen != 0),
+            "the refused unload says holders may be unseen (key in it: {key_in_it}): {flags:?}"
+        );
+    }
 }

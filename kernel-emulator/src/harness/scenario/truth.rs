@@ -619,6 +619,27 @@ fn hive_list_unreadable(ctx: &mut Ctx) {
             st.not_recorded()
         ),
     );
+    // Logon again while the profile the seed missed is loaded: the same file at the same mount
+    // succeeds and mounts nothing. The driver cannot tell it from a fresh load, and keys
+    // opened before tracking may hold that hive: no load time (review 19c, B1).
+    if !known.iter().any(|m| m.eq_ignore_ascii_case(USER)) {
+        let s = hive::load_hive(
+            super::tracking::SYSTEM_PID,
+            USER,
+            r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT",
+        );
+        let time = hive_rows(ctx, h)
+            .into_iter()
+            .find(|(m, _, _)| m.eq_ignore_ascii_case(USER))
+            .map(|(_, _, t)| t);
+        ctx.check(
+            s == STATUS_SUCCESS && time == Some(0),
+            format!(
+                "the missed profile loaded again is known, at an unknown load time ({}, {time:?})",
+                status::describe(s)
+            ),
+        );
+    }
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
 }
