@@ -42,13 +42,13 @@ pub const MAX_SHARDS: usize = 64;
 /// Size class of a slab chunk (and of a shard's chunk directory).
 pub const CHUNK_CLASS: BlockClass = BlockClass::B4096;
 /// Records per chunk.
-#[allow(clippy::cast_possible_truncation, reason = "4096 / 80 = 51")]
+#[allow(clippy::cast_possible_truncation, reason = "4096 / 96 = 42")]
 pub const PER_CHUNK: u32 = (CHUNK_CLASS.size() / size_of::<ObjRecord>()) as u32;
 /// Chunks per shard (one directory block of pointers).
 #[allow(clippy::cast_possible_truncation, reason = "4096 / 8 = 512")]
 pub const MAX_CHUNKS: u32 = (CHUNK_CLASS.size() / size_of::<usize>()) as u32;
 /// What one record costs the budget: its share of a chunk (a page), rounded up.
-#[allow(clippy::cast_possible_truncation, reason = "a page over 51")]
+#[allow(clippy::cast_possible_truncation, reason = "a page over 42")]
 pub const RECORD_COST: u64 =
     crate::budget::pool_cost(CHUNK_CLASS.size()).div_ceil(PER_CHUNK as u64);
 /// Slots per shard at most.
