@@ -288,20 +288,24 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
     // with no unload noticed meanwhile; a hive read but unloaded before its record is
     // refused by the tracker ([`tracker::seed_window`]). A list still moving after
     // [`MAX_PASSES`] reads is counted once.
-    let mut previous: Option<Signature> = None;
+    // (signature of the previous read, loads and unloads seen before it began)
+    let mut previous: Option<(Signature, u32)> = None;
     let mut pass = Pass::default();
     let mut cut = false;
     let mut stable = false;
     for _ in 0..MAX_PASSES {
-        let unloads = tracker.unloads_during_seed();
+        let changes = tracker.changes_during_seed();
         pass = read_pass(tracker, &key, &mut scratch);
         // A file path recorded cut stays cut: a later read finds the hive recorded.
         cut |= pass.cut;
-        stable = previous == Some(pass.signature) && tracker.unloads_during_seed() == unloads;
+        // Alike, and no load or unload seen from the start of the previous read to now.
+        stable = previous.is_some_and(|(signature, before)| {
+            signature == pass.signature && tracker.changes_during_seed() == before
+        });
         if stable {
             break;
         }
-        previous = Some(pass.signature);
+        previous = Some((pass.signature, changes));
     }
     tracker.seed_done(!pass.missed && stable);
     if pass.missed || cut || !stable {

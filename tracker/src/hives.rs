@@ -675,6 +675,9 @@ impl<L: RawLock> HiveTable<L> {
             // held looked free. An implicit record (keys seen under a mount no load named:
             // opened in the new hive between its link and this post, which the callback saw
             // all of) takes the load's time, as before.
+            if !seeded {
+                self.seed.note_load();
+            }
             // And while the start-up seed has not read the whole hive list, a mount with no
             // loaded record may be a hive loaded before tracking that the seed missed: its
             // reload is no fresh load either, so no load time (review 19c, B1).

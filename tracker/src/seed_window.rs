@@ -34,6 +34,8 @@ pub struct SeedWindow {
     open: AtomicBool,
     count: AtomicU32,
     marks: [AtomicU32; MARKS],
+    /// Loads seen while the window is open.
+    loads: AtomicU32,
     /// False from [`SeedWindow::begin`] until a seed that read the whole list closes the
     /// window. While false, a hive loaded before tracking may be unknown to the tracker,
     /// and a load at its mount (the same file loaded again, which Windows answers with
@@ -62,6 +64,7 @@ impl SeedWindow {
             open: AtomicBool::new(true),
             count: AtomicU32::new(0),
             marks: [const { AtomicU32::new(0) }; MARKS],
+            loads: AtomicU32::new(0),
             complete: AtomicBool::new(true),
         }
     }
@@ -109,6 +112,24 @@ impl SeedWindow {
     #[must_use]
     pub fn unloads(&self) -> u32 {
         self.count.load(Relaxed)
+    }
+
+    /// Notes a load seen while the window is open (it adds a value to the list).
+    pub fn note_load(&self) {
+        if self.open.load(Relaxed) {
+            self.loads.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// How many loads and unloads the window has seen: two reads of the list that agree prove
+    /// it whole only if none was seen from the start of the first to the end of the second
+    /// (review 19c, C1: an unload during one read and a load during the other can leave two
+    /// reads alike that both skipped a hive).
+    #[must_use]
+    pub fn changes(&self) -> u32 {
+        self.count
+            .load(Relaxed)
+            .wrapping_add(self.loads.load(Relaxed))
     }
 
     /// Closes the window: the seed is over, and later unloads leave no mark. `whole`: it read

@@ -1274,13 +1274,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.record_load(mount, file, 0, true);
     }
 
-    /// How many unloads (or deferred unloads) the callback has seen since the tracker was
-    /// made, until [`Self::seed_done`]: when it changes during a read of the hive list, the
-    /// values after an unloaded one moved down an index and the read may have skipped one,
-    /// so the seed reads the list again ([`crate::seed_window`]).
+    /// How many loads and unloads the callback has seen since the tracker was made, until
+    /// [`Self::seed_done`]: the seed trusts two reads of the hive list that agree only if
+    /// this did not change from the start of the first to the end of the second.
     #[must_use]
-    pub fn unloads_during_seed(&self) -> u32 {
-        self.hives.seed.unloads()
+    pub fn changes_during_seed(&self) -> u32 {
+        self.hives.seed.changes()
     }
 
     /// A start-up seed from the hive list is to come (before the callback is registered):

@@ -264,10 +264,10 @@ fn a_hive_unloaded_during_the_seed_is_not_recorded_by_it() {
     let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
     let gone = r"\REGISTRY\USER\S-1-5-21-1-1008";
     let other = r"\REGISTRY\USER\S-1-5-21-1-1009";
-    let before = t.unloads_during_seed();
+    let before = t.changes_during_seed();
     // The list was read (both listed), then `gone` unloads, then the seed records.
     t.hive_unloaded(&w(gone));
-    assert_eq!(t.unloads_during_seed(), before + 1);
+    assert_eq!(t.changes_during_seed(), before + 1);
     t.hive_seeded(&w(&gone.to_lowercase()), &w(r"C:\Users\gone\NTUSER.DAT"));
     t.hive_seeded(&w(other), &w(r"C:\Users\other\NTUSER.DAT"));
     assert_eq!(
@@ -280,7 +280,7 @@ fn a_hive_unloaded_during_the_seed_is_not_recorded_by_it() {
     t.seed_done(true);
     let late = r"\REGISTRY\USER\S-1-5-21-1-1010";
     t.hive_unloaded(&w(late));
-    assert_eq!(t.unloads_during_seed(), before + 1);
+    assert_eq!(t.changes_during_seed(), before + 1);
     t.hive_seeded(&w(late), &w(r"C:\Users\late\NTUSER.DAT"));
     assert!(t.unload_attempted(&w(late), 0xC000_0022, 3).is_some());
 }
