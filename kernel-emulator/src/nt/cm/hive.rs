@@ -72,7 +72,7 @@ use crate::nt::cm::registry::{
 use crate::nt::io;
 use crate::nt::kernel;
 use crate::nt::layout::OwnedUnicode;
-use crate::nt::ob::object::{KERNEL_HANDLE_BIT, OBJ_KERNEL_HANDLE};
+use crate::nt::ob::object::{KERNEL_HANDLE_BIT, OBJ_INHERIT, OBJ_KERNEL_HANDLE};
 use crate::nt::status::{
     NtStatus, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
     STATUS_KEY_DELETED, STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING,
@@ -240,6 +240,13 @@ pub struct HiveState {
     pub objects: HashMap<usize, KeyObject>,
     /// Handles: (pid, handle) -> key object.
     pub handles: BTreeMap<(u32, u64), usize>,
+    /// The handles whose table entry holds OBJ_INHERIT (`ObAttributes`): set from the open's
+    /// OBJECT_ATTRIBUTES (Windows Research Kernel `ob/obhandle.c` ObpCreateHandle:
+    /// `ObjectTableEntry.ObAttributes |= (Attributes & OBJ_HANDLE_ATTRIBUTES)`) or by
+    /// [`set_handle_inherit`]; only these go to a child ([`inherit_handles`]).
+    inheritable: BTreeSet<(u32, u64)>,
+    /// Handle values are handed out from one counter for every table, so a value is never in
+    /// two tables unless a child inherited it (the Windows tables number each their own).
     next_handle: u64,
     /// Stored spelling of created keys, by canonical name.
     spelled: HashMap<String, String>,
@@ -1314,6 +1321,19 @@ struct OpenMode {
     options: u32,
 }
 
+impl OpenMode {
+    /// The OBJECT_ATTRIBUTES `Attributes` of the open: the caller's, or OBJ_CASE_INSENSITIVE
+    /// (| OBJ_KERNEL_HANDLE (| OBJ_FORCE_ACCESS_CHECK)).
+    fn open_attributes(&self) -> u32 {
+        self.attributes
+            .unwrap_or(match (self.kernel_handle, self.force_access_check) {
+                (false, _) => 0x40,
+                (true, false) => 0x40 | OBJ_KERNEL_HANDLE,
+                (true, true) => 0x40 | OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
+            })
+    }
+}
+
 /// The `\REGISTRY` key object, made at the first call: the object an absolute name is parsed
 /// from, which the pre-open/create's `RootObject` names ("For an absolute path, the
 /// RootObject member specifies the \REGISTRY key, which is the root directory of the
@@ -1598,13 +1618,7 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         wow64_flags: desired & KEY_WOW64_RES,
         // OBJ_CASE_INSENSITIVE (| OBJ_KERNEL_HANDLE (| OBJ_FORCE_ACCESS_CHECK)); UserMode, or
         // KernelMode for a Zw call that does not force the access check.
-        attributes: mode.attributes.unwrap_or(
-            match (mode.kernel_handle, mode.force_access_check) {
-                (false, _) => 0x40,
-                (true, false) => 0x40 | OBJ_KERNEL_HANDLE,
-                (true, true) => 0x40 | OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
-            },
-        ),
+        attributes: mode.open_attributes(),
         check_access_mode: i8::from(
             !(mode.kernel_handle || mode.kernel_caller) || mode.force_access_check,
         ),
@@ -1779,7 +1793,11 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         return Parsed::Done(Err(STATUS_INSUFFICIENT_RESOURCES));
     }
     reference_to_handle(object, true);
-    Parsed::Done(Ok(insert_handle(object, mode.kernel_handle)))
+    Parsed::Done(Ok(insert_handle(
+        object,
+        mode.kernel_handle,
+        info.attributes,
+    )))
 }
 
 /// The open no longer holds its parse reference as its own operation's (see
@@ -1816,7 +1834,7 @@ fn reference_to_handle(object: usize, parsed: bool) {
 /// [`reference_to_handle`]): a kernel handle goes into the System
 /// process's table; any other into the table of the process whose address space the thread
 /// is in (attached or its own).
-fn insert_handle(object: usize, kernel_handle: bool) -> u64 {
+fn insert_handle(object: usize, kernel_handle: bool, attributes: u32) -> u64 {
     let table = if kernel_handle {
         SYSTEM_PID
     } else {
@@ -1830,6 +1848,9 @@ fn insert_handle(object: usize, kernel_handle: bool) -> u64 {
             handle |= KERNEL_HANDLE_BIT;
         }
         h.handles.insert((table, handle), object);
+        if attributes & OBJ_INHERIT != 0 {
+            h.inheritable.insert((table, handle));
+        }
         handle
     })
 }
@@ -1866,7 +1887,11 @@ fn bypassed_open(
         return Err(s);
     }
     reference_to_handle(supplied, false);
-    Ok(insert_handle(supplied, mode.kernel_handle))
+    Ok(insert_handle(
+        supplied,
+        mode.kernel_handle,
+        mode.open_attributes(),
+    ))
 }
 
 /// What a filter's own `ZwCreateKey` + `ObReferenceObjectByHandle` + `ZwClose` leave it (the
@@ -2041,7 +2066,9 @@ pub fn delete_key(pid: u32, handle: u64) -> NtStatus {
     notified_key_operation(pid, object, at, (0x08, 0x10), classes, |h| h.delete(object))
 }
 
-/// Duplicates (or inherits) a handle into another process: same key object, no notification.
+/// Duplicates a handle into another process (`DuplicateHandle` with bInheritHandle FALSE):
+/// same key object, a new handle value, no OBJ_INHERIT (WRK `ob/obhandle.c` ObDuplicateObject
+/// takes the new entry's attributes from its HandleAttributes), no notification.
 ///
 /// # Errors
 /// STATUS_INVALID_HANDLE.
@@ -2059,6 +2086,94 @@ pub fn duplicate_handle(src_pid: u32, handle: u64, dst_pid: u32) -> Result<u64, 
             o.handles += 1;
         }
         Ok(new)
+    })
+}
+
+/// `RegCreateKeyEx`/`RegOpenKeyEx` of `path` for `pid` whose handle can be inherited: the
+/// open's OBJECT_ATTRIBUTES carry OBJ_INHERIT (Learn `RegCreateKeyExW`, lpSecurityAttributes:
+/// "determines whether the returned handle can be inherited by child processes. If
+/// lpSecurityAttributes is NULL, the handle cannot be inherited"; `SECURITY_ATTRIBUTES`
+/// bInheritHandle; `InitializeObjectAttributes` OBJ_INHERIT), which the notification's
+/// `Attributes` shows (OBJ_CASE_INSENSITIVE | OBJ_INHERIT) and the handle's table entry keeps
+/// (WRK `ob/obhandle.c` ObpCreateHandle). Otherwise as [`open_key`].
+///
+/// # Errors
+/// As [`open_key`].
+pub fn open_key_inheritable(
+    pid: u32,
+    path: &str,
+    desired: u32,
+    create: bool,
+) -> Result<u64, NtStatus> {
+    let mode = OpenMode {
+        kernel_handle: false,
+        force_access_check: false,
+        fail: None,
+        registry_manager: false,
+        kernel_caller: false,
+        service_for_caller: false,
+        attributes: Some(0x40 | OBJ_INHERIT),
+        options: 0,
+    };
+    open_mode(pid, None, path, desired, create, mode)
+}
+
+/// `SetHandleInformation(handle, HANDLE_FLAG_INHERIT, …)` by `pid`: `NtSetInformationObject`
+/// with ObjectHandleFlagInformation sets or clears OBJ_INHERIT in the handle's table entry
+/// (WRK `ob/obquery.c` ObpSetHandleAttributes: `ObjectTableEntry->ObAttributes |=
+/// OBJ_INHERIT` / `&= ~OBJ_INHERIT`; the key type does not refuse it, its
+/// `InvalidAttributes` being OBJ_EXCLUSIVE | OBJ_PERMANENT, `config/cmsysini.c`). No registry
+/// notification.
+#[must_use = "STATUS_INVALID_HANDLE for an unknown handle"]
+pub fn set_handle_inherit(pid: u32, handle: u64, inherit: bool) -> NtStatus {
+    let table = crate::nt::ps::process::handle_table_of(pid, handle);
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        if !h.handles.contains_key(&(table, handle)) {
+            return STATUS_INVALID_HANDLE;
+        }
+        if inherit {
+            h.inheritable.insert((table, handle));
+        } else {
+            h.inheritable.remove(&(table, handle));
+        }
+        STATUS_SUCCESS
+    })
+}
+
+/// Whether `pid`'s `handle` holds OBJ_INHERIT.
+#[must_use]
+pub fn is_inheritable(pid: u32, handle: u64) -> bool {
+    let table = crate::nt::ps::process::handle_table_of(pid, handle);
+    kernel::with(|k| k.hives.inheritable.contains(&(table, handle)))
+}
+
+/// A new process's handle table made from its parent's (WRK `ob/obinit.c` ObInitProcess:
+/// "all object handles with the OBJ_INHERIT attribute are copied from the parent object
+/// table to the new process' object table"; ExDupHandleTable copies each entry at its own
+/// handle value, `ex/handle.c`, and ObDupHandleProcedure drops those without OBJ_INHERIT:
+/// `if (!(ObjectTableEntry->ObAttributes & OBJ_INHERIT)) ... return( FALSE )`). Each copy
+/// keeps the value and OBJ_INHERIT, and adds a handle to the object; the key type has no open
+/// procedure (`cmsysini.c`: `OpenProcedure = NULL`), so no notification. Returns how many
+/// handles `child` got. Until 2026-12-06 the model copied every handle, with new values
+/// (fidelity audit 19a, F5).
+pub fn inherit_handles(parent: u32, child: u32) -> usize {
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        let copies: Vec<(u64, usize)> = h
+            .handles
+            .range((parent, 0)..=(parent, u64::MAX))
+            .filter(|(key, _)| h.inheritable.contains(key))
+            .map(|(&(_, handle), &object)| (handle, object))
+            .collect();
+        for &(handle, object) in &copies {
+            h.handles.insert((child, handle), object);
+            h.inheritable.insert((child, handle));
+            if let Some(o) = h.objects.get_mut(&object) {
+                o.handles += 1;
+            }
+        }
+        copies.len()
     })
 }
 
@@ -2110,6 +2225,7 @@ fn close_in(pid: u32, table: u32, handle: u64) -> NtStatus {
     let object = kernel::with(|k| {
         let h = &mut k.hives;
         let object = h.handles.remove(&(table, handle))?;
+        h.inheritable.remove(&(table, handle));
         let o = h.objects.get_mut(&object)?;
         o.handles -= 1;
         Some(object)
