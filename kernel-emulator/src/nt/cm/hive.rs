@@ -75,8 +75,9 @@ use crate::nt::layout::OwnedUnicode;
 use crate::nt::ob::object::{KERNEL_HANDLE_BIT, OBJ_INHERIT, OBJ_KERNEL_HANDLE};
 use crate::nt::status::{
     NtStatus, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
-    STATUS_KEY_DELETED, STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING,
-    STATUS_PREDEFINED_HANDLE, STATUS_REPARSE, STATUS_SUCCESS, STATUS_TOO_LATE,
+    STATUS_INVALID_PARAMETER, STATUS_KEY_DELETED, STATUS_OBJECT_NAME_COLLISION,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING, STATUS_PREDEFINED_HANDLE, STATUS_REPARSE,
+    STATUS_SUCCESS, STATUS_TOO_LATE,
 };
 
 /// What unloading a hive with open keys returns.
@@ -1711,7 +1712,21 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
     // below this key must not free the id between the two (see `HiveState::remove_object`).
     let outcome = kernel::with(|k| {
         let h = &mut k.hives;
-        let hive = h.hive_of(&key).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
+        let Some(hive) = h.hive_of(&key) else {
+            // A missing last component right under a key of the master hive: a create there
+            // would make a cell in the master hive, which the parse refuses once the system
+            // is up (WRK `cmparse.c` CmpParseKey: `if ((Hive == &(CmpMasterHive->Hive)) &&
+            // (CmpNoMasterCreates == TRUE)) status = STATUS_INVALID_PARAMETER`; `cmsysini.c`
+            // sets CmpNoMasterCreates TRUE at init). An open, or a create missing more than
+            // one component, does not find the key. Until 2026-12-06 the model answered
+            // NAME_NOT_FOUND to both (fidelity audit 19a, F6).
+            let parent = key.rsplit_once('\\').map_or("", |(p, _)| p);
+            return Err(if create && MASTER_KEYS.contains(&parent) {
+                STATUS_INVALID_PARAMETER
+            } else {
+                STATUS_OBJECT_NAME_NOT_FOUND
+            });
+        };
         let exists = h.keys.contains(&key) || MASTER_KEYS.contains(&key.as_str());
         if !exists {
             let parent = key.rsplit_once('\\').map_or("", |(p, _)| p);
@@ -2548,11 +2563,22 @@ const KEY_WRITE: u32 = 0x2_0006;
 /// private object — the only key object the routine holds — is an *inference*. Until
 /// 2026-12-05 the model made that object silently (no create or close notification), so a
 /// tracking driver never saw the unload's own key (issue: emulator fidelity audit F2).
+///
+/// The private create runs whatever `mount` names (fidelity audit 19a, F6: until 2026-12-06
+/// the model answered STATUS_OBJECT_NAME_NOT_FOUND at once, with no notification, for
+/// anything but a loaded hive's root): a missing last component right under a master key
+/// (a hive already unloaded) fails in the parse with STATUS_INVALID_PARAMETER after its
+/// notified pre/post-create (`cmparse.c`, CmpNoMasterCreates; see `parse_key`); a missing
+/// last component inside a loaded hive is created by it (`cmparse.c` CmpDoCreate) and then
+/// refused like any key that is not a hive's root: `CmUnloadKey` answers
+/// STATUS_INVALID_PARAMETER ("Make sure the cell passed in is the root cell of the hive",
+/// also for the master hive's keys, `cmapi.c`), after a frozen hive's STATUS_TOO_LATE
+/// (`ntapi.c` checks `IsHiveFrozen` of the key's hive first), and the private object is
+/// closed as after any unload. That this refusal also gets RegNtPreUnLoadKey/
+/// RegNtPostUnLoadKey (with that key's object) is the model's *inference*, as for the other
+/// statuses: the WRK predates the notification, and every other class's pre comes before its
+/// operation.
 fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOnce()) -> NtStatus {
-    let m = canon(mount);
-    if !kernel::with(|k| k.hives.hives.contains_key(&m)) {
-        return STATUS_OBJECT_NAME_NOT_FOUND;
-    }
     // The private kernel handle: its open is notified like any create (a filter may fail it,
     // and then the unload is not attempted: no unload notification).
     let handle = match open_for_caller(pid, mount, true) {
@@ -2569,6 +2595,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
     let Some(root) = root else {
         return STATUS_OBJECT_NAME_NOT_FOUND;
     };
+    let mut unloaded = None;
     let status = io::with_pid(pid, || {
         let mut info = RegUnloadKeyInformation {
             object: root as *mut c_void,
@@ -2589,6 +2616,18 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
         }
         between();
         let status = kernel::with(|k| {
+            // The hive the object's key is in, and whether the key is that hive's root (the
+            // master hive's keys are no loaded hive's).
+            let (m, is_root) = k
+                .hives
+                .objects
+                .get(&root)
+                .map_or((String::new(), false), |o| {
+                    (
+                        o.hive.clone(),
+                        k.hives.hives.contains_key(&o.hive) && canon(&o.name) == o.hive,
+                    )
+                });
             // A deferred unload is already pending ("frozen"): a second unload, either kind,
             // fails with STATUS_TOO_LATE and the first caller's event stays the one set at
             // the unload (WRK `ntapi.c` NtUnloadKey2: "don't let them hurt themselves by
@@ -2601,6 +2640,11 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
                 .is_some_and(|h| h.pending_unload.is_some())
             {
                 return STATUS_TOO_LATE;
+            }
+            // WRK `cmapi.c` CmUnloadKey: `if((Cell != Hive->BaseBlock->RootCell) ||
+            // ((PCMHIVE)Hive == CmpMasterHive)) return(STATUS_INVALID_PARAMETER)`.
+            if !is_root {
+                return STATUS_INVALID_PARAMETER;
             }
             // Held: any other key object of the hive, or a reference on the unload's own
             // object beyond the one the unload took.
@@ -2623,13 +2667,14 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
                 o.hive = format!("{m} (unloaded)");
             }
             k.hives.retire_unloaded_root(root);
+            unloaded = Some(m);
             STATUS_SUCCESS
         });
-        if status == STATUS_SUCCESS {
+        if let Some(m) = &unloaded {
             // WRK `cmapi.c` CmUnloadKey: after CmpDestroyHive, "Remove the hive from the
             // HiveFileList" (CmpRemoveFromHiveFileList), on the unloading thread, before it
             // returns.
-            remove_from_hive_list(pid, &m);
+            remove_from_hive_list(pid, m);
         }
         // The caller gets the status a post-callback may have substituted (as for load).
         registry::notify_post(class::POST_UNLOAD_KEY, root, status, at, &pre)
@@ -2656,12 +2701,23 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
 /// the object was opened (the KCB's stored name is the same path here).
 ///
 /// # Errors
-/// `STATUS_OBJECT_NAME_NOT_FOUND` when no hive is mounted at `mount`.
+/// `STATUS_INVALID_PARAMETER` when `mount` is an existing key that is not a loaded hive's
+/// root (WRK `ntapi.c` NtQueryOpenSubKeysEx: "Make sure the cell passed in is the root cell
+/// of the hive"; until 2026-12-06 the model answered NAME_NOT_FOUND, fidelity audit 19a,
+/// F6); `STATUS_OBJECT_NAME_NOT_FOUND` when no key is there (the service's own open fails).
+/// The service's private open of `mount` is not modelled (no notification), nor its
+/// SeRestorePrivilege check.
 pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
     let m = canon(mount);
     kernel::with(|k| {
         if !k.hives.hives.contains_key(&m) {
-            return Err(STATUS_OBJECT_NAME_NOT_FOUND);
+            let exists = k.hives.hive_of(&m).is_some()
+                && (k.hives.keys.contains(&m) || MASTER_KEYS.contains(&m.as_str()));
+            return Err(if exists {
+                STATUS_INVALID_PARAMETER
+            } else {
+                STATUS_OBJECT_NAME_NOT_FOUND
+            });
         }
         let mut v: Vec<(usize, u32, String)> = k
             .hives
