@@ -2927,6 +2927,38 @@ mod tests {
         assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
     }
 
+    /// Only OBJ_INHERIT handles go to a child, at their values (WRK `ob/obinit.c`
+    /// ObDupHandleProcedure; fidelity audit 19a, F5).
+    #[test]
+    fn a_child_inherits_only_obj_inherit_handles_at_their_values() {
+        let mount = r"\REGISTRY\MACHINE\UNITINHERIT";
+        assert_eq!(load_hive(4, mount, "unitinherit"), STATUS_SUCCESS);
+        let key = format!(r"{mount}\Key");
+        let inheritable = open_key_inheritable(4010, &key, 0x2_0019, true).unwrap();
+        let plain = open_key(4010, &key, 0x2_0019, false).unwrap();
+        let made = open_key(4010, &key, 0x2_0019, false).unwrap();
+        assert_eq!(set_handle_inherit(4010, made, true), STATUS_SUCCESS);
+        assert!(is_inheritable(4010, inheritable) && !is_inheritable(4010, plain));
+        assert_eq!(inherit_handles(4010, 4011), 2);
+        let mut want = vec![inheritable, made];
+        want.sort_unstable();
+        assert_eq!(kernel::with(|k| k.hives.handles_of(4011)), want);
+        assert!(is_inheritable(4011, made));
+        for (p, h) in [(4010, inheritable), (4010, plain), (4010, made)] {
+            assert_eq!(close_key(p, h), STATUS_SUCCESS);
+        }
+        assert_eq!(unload_hive(4, mount), STATUS_CANNOT_DELETE);
+        for h in want {
+            assert_eq!(close_key(4011, h), STATUS_SUCCESS);
+        }
+        // Not a hive's root (audit 19a, F6): INVALID_PARAMETER, the hive stays.
+        assert_eq!(unload_hive(4, &key), STATUS_INVALID_PARAMETER);
+        assert_eq!(open_subkeys(&key), Err(STATUS_INVALID_PARAMETER));
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+        // Again: no key there, and the parse may not create one in the master hive.
+        assert_eq!(unload_hive(4, mount), STATUS_INVALID_PARAMETER);
+    }
+
     /// `ensure_key` makes a key of the value store a key of its mounted hive, following a
     /// registry link on its path and keeping the spelling it was given.
     #[test]
