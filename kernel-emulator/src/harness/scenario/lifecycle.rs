@@ -1014,6 +1014,7 @@ fn td_unload_sequence(ctx: &mut Ctx) {
 /// component (NAME_NOT_FOUND); `ntapi.c` NtQueryOpenSubKeysEx refuses a non-root key
 /// (STATUS_INVALID_PARAMETER).
 #[allow(clippy::too_many_lines)] // one linear script of checks
+#[allow(clippy::many_single_char_names)] // s, r, l, p, q: session, status, log, processes
 fn td_unload_not_root(ctx: &mut Ctx) {
     const INVALID: u64 = 0xC000_000D;
     const NOT_FOUND: u64 = 0xC000_0034;
@@ -1077,7 +1078,7 @@ fn td_unload_not_root(ctx: &mut Ctx) {
         format!("unloaded: {}", status::describe(r)),
     );
     for (path, want, what) in [
-        (user.clone(), INVALID, "a second unload of the hive"),
+        (user, INVALID, "a second unload of the hive"),
         (
             format!(r"{HKU}\S-1-5-21-9\Software"),
             NOT_FOUND,

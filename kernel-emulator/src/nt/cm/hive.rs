@@ -2172,6 +2172,7 @@ pub fn is_inheritable(pid: u32, handle: u64) -> bool {
 /// procedure (`cmsysini.c`: `OpenProcedure = NULL`), so no notification. Returns how many
 /// handles `child` got. Until 2026-12-06 the model copied every handle, with new values
 /// (fidelity audit 19a, F5).
+#[must_use = "how many handles the child got"]
 pub fn inherit_handles(parent: u32, child: u32) -> usize {
     kernel::with(|k| {
         let h = &mut k.hives;

@@ -347,7 +347,7 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
         return Err(crate::nt::status::STATUS_OBJECT_NAME_COLLISION);
     };
     if inherit {
-        hive::inherit_handles(parent, pid);
+        let _ = hive::inherit_handles(parent, pid);
     }
     let name = OwnedUnicode::new(image);
     let command = OwnedUnicode::new(&format!("\"{image}\""));
