@@ -1278,7 +1278,8 @@ pub fn open_key_at(
 }
 
 /// What an open asks for beyond its name: a kernel handle, or a captured failure to replay.
-#[derive(Clone, Copy)]
+/// The default is a user-mode open with the model's own attributes.
+#[derive(Clone, Copy, Default)]
 #[allow(
     clippy::struct_excessive_bools,
     reason = "independent flags of one open, as OBJECT_ATTRIBUTES and the caller's mode are"
@@ -2121,14 +2122,8 @@ pub fn open_key_inheritable(
     create: bool,
 ) -> Result<u64, NtStatus> {
     let mode = OpenMode {
-        kernel_handle: false,
-        force_access_check: false,
-        fail: None,
-        registry_manager: false,
-        kernel_caller: false,
-        service_for_caller: false,
         attributes: Some(0x40 | OBJ_INHERIT),
-        options: 0,
+        ..OpenMode::default()
     };
     open_mode(pid, None, path, desired, create, mode)
 }
