@@ -6,8 +6,10 @@
 //! ```text
 //! load-hive  \REGISTRY\USER\S-1-5-21-1 C:\Users\u\NTUSER.DAT
 //! start      app  \Device\HarddiskVolume2\app.exe
-//! start      kid  \Device\HarddiskVolume2\kid.exe inherit app
 //! open       app  k1  \REGISTRY\USER\S-1-5-21-1
+//! create     app  k4  \REGISTRY\USER\S-1-5-21-1\Run inheritable
+//! set-inherit app k1
+//! start      kid  \Device\HarddiskVolume2\kid.exe inherit app
 //! create     app  k2  \REGISTRY\USER\S-1-5-21-1\Software
 //! dup        app  k2  kid  k3
 //! rename     app  k2  Software2
@@ -77,6 +79,7 @@ fn number(s: &str) -> Option<u64> {
 }
 
 /// Runs one step; returns the status it produced.
+#[allow(clippy::too_many_lines)] // one arm per step kind
 #[allow(clippy::many_single_char_names)] // n, p, q, h, r: short-lived step locals
 fn step(n: &mut Names, words: &[&str]) -> Result<NtStatus, String> {
     let pid = |n: &Names, name: &str| {
@@ -107,13 +110,29 @@ fn step(n: &mut Names, words: &[&str]) -> Result<NtStatus, String> {
             n.processes.remove(*name);
             STATUS_SUCCESS
         }
-        [op @ ("open" | "create"), p, key, path] => {
+        // `inheritable`: the open's OBJECT_ATTRIBUTES carry OBJ_INHERIT (RegCreateKeyEx with
+        // bInheritHandle TRUE); without it the handle stays the opener's (a child started
+        // with `inherit` does not get it).
+        [op @ ("open" | "create"), p, key, path]
+        | [op @ ("open" | "create"), p, key, path, "inheritable"] => {
             let p = pid(n, p)?;
-            let res = hive::open_key(p, path, KEY_READ, *op == "create");
+            let res = if words.len() == 5 {
+                hive::open_key_inheritable(p, path, KEY_READ, *op == "create")
+            } else {
+                hive::open_key(p, path, KEY_READ, *op == "create")
+            };
             if let Ok(h) = res {
                 n.keys.insert((*key).to_string(), (p, h));
             }
             r(res)
+        }
+        // SetHandleInformation(HANDLE_FLAG_INHERIT) on the key handle `key`.
+        ["set-inherit", _, key] => {
+            let (p, h) = *n
+                .keys
+                .get(*key)
+                .ok_or_else(|| format!("unknown key handle {key}"))?;
+            hive::set_handle_inherit(p, h, true)
         }
         ["close", _, key] => {
             let (p, h) = n

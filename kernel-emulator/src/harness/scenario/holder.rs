@@ -218,9 +218,11 @@ fn pid_reuse_once(ctx: &mut Ctx, phase: &str) {
     let old = spawn(ctx, APP2);
     let old_key = format!(r"{USER}\Software\Old");
     ensure_parents(old, &old_key);
-    let kept = hive::open_key(old, &old_key, KEY_READ, true);
+    // Created inheritable (RegCreateKeyEx with bInheritHandle): a child inherits the handle,
+    // so the key outlives the old process. A plain handle would not be inherited (WRK
+    // `ob/obinit.c` ObDupHandleProcedure; fidelity audit 19a, F5).
+    let kept = hive::open_key_inheritable(old, &old_key, KEY_READ, true);
     ctx.check(kept.is_ok(), format!("the old process opens {old_key}"));
-    // A child inherits the handle, so the key outlives the old process.
     let child = process::create_process(old, APP1, true).unwrap_or_default();
     let before = c.holders(ctx, USER);
     let old_start = before.first().map_or(0, |h| h.start_key);
@@ -374,7 +376,14 @@ fn duplicated_holder(ctx: &mut Ctx) {
     let b = spawn(ctx, APP2);
     let dup = hive::duplicate_handle(a, ka, b);
     ctx.check(dup.is_ok(), "DuplicateHandle(A's handle into B)");
-    // C inherits A's handles at its creation.
+    // A makes its handle inheritable (SetHandleInformation HANDLE_FLAG_INHERIT), so C
+    // inherits it at its creation; a plain handle would not be (WRK `ob/obinit.c`
+    // ObDupHandleProcedure; fidelity audit 19a, F5).
+    let s = hive::set_handle_inherit(a, ka, true);
+    ctx.check(
+        s == 0,
+        format!("SetHandleInformation(HANDLE_FLAG_INHERIT): {s:#x}"),
+    );
     let child = process::create_process(a, APP2, true).unwrap_or_default();
     let _ = hive::close_key(a, ka);
     process::exit_process(a);

@@ -181,6 +181,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_unload_sequence,
         ),
         Scenario::test_driver(
+            "td-unload-not-root",
+            "RegUnLoadKey of a key that is no loaded hive's root still runs its private create (WRK NtUnloadKey2): an existing subkey is opened, refused by CmUnloadKey with STATUS_INVALID_PARAMETER and closed; a missing last component inside the hive is created first; a hive already unloaded fails in the parse (no creates in the master hive: INVALID_PARAMETER), two missing components with NAME_NOT_FOUND, each after a notified pre/post-create; NtQueryOpenSubKeysEx of a subkey is INVALID_PARAMETER",
+            td_unload_not_root,
+        ),
+        Scenario::test_driver(
             "td-unload-deferred-delete",
             "with object deletion deferred to a worker, the unload's own object outlives a carried-out unload: a hive loaded again at the mount is neither held nor listed by it",
             td_unload_deferred_delete,
@@ -994,6 +999,117 @@ fn td_unload_sequence(ctx: &mut Ctx) {
     ctx.check(
         !kernel::with(|k| k.hives.hives.contains_key(&user.to_ascii_uppercase())),
         "the hive is unloaded",
+    );
+    process::exit_process(p);
+    process::exit_process(q);
+    finish(ctx, s);
+}
+
+/// Unloading something that is not a loaded hive's root (fidelity audit 19a, F6; the old
+/// model answered STATUS_OBJECT_NAME_NOT_FOUND at once, with no notification). WRK
+/// `ntapi.c` NtUnloadKey2 opens the target with a private create (`ParseContext.CreateOperation
+/// = TRUE`) before anything else; `cmapi.c` CmUnloadKey refuses a key that is not its hive's
+/// root (STATUS_INVALID_PARAMETER); `cmparse.c` refuses a create in the master hive
+/// (CmpNoMasterCreates: STATUS_INVALID_PARAMETER) and a path missing more than its last
+/// component (NAME_NOT_FOUND); `ntapi.c` NtQueryOpenSubKeysEx refuses a non-root key
+/// (STATUS_INVALID_PARAMETER).
+#[allow(clippy::too_many_lines)] // one linear script of checks
+#[allow(clippy::many_single_char_names)] // s, r, l, p, q: session, status, log, processes
+fn td_unload_not_root(ctx: &mut Ctx) {
+    const INVALID: u64 = 0xC000_000D;
+    const NOT_FOUND: u64 = 0xC000_0034;
+    let Some(s) = start(ctx) else { return };
+    let user = format!(r"{HKU}\{SID}");
+    let r = hive::load_hive(SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
+    ctx.check(r == STATUS_SUCCESS, "user hive loaded");
+    let p = new_process(ctx, r"\Device\HarddiskVolume2\app.exe");
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\Windows\System32\svchost.exe");
+    let software = format!(r"{user}\Software");
+    if let Ok(h) = hive::open_key(p, &software, KEY_READ, true) {
+        let _ = hive::close_key(p, h);
+    }
+    // An existing subkey: opened, refused, closed.
+    log_start(&s);
+    let r = hive::unload_hive(q, &software);
+    ctx.check(
+        r == status::STATUS_INVALID_PARAMETER,
+        format!("unload of a subkey: {}", status::describe(r)),
+    );
+    let l = log(&s);
+    check_unload_log(ctx, &l, q, &software, INVALID, "a subkey's unload");
+    // NtQueryOpenSubKeysEx of the subkey, and of a key that is not there.
+    let listed = hive::open_subkeys(&software);
+    ctx.check(
+        listed == Err(status::STATUS_INVALID_PARAMETER),
+        format!("NtQueryOpenSubKeysEx of a subkey: {listed:?}"),
+    );
+    let listed = hive::open_subkeys(&format!(r"{user}\Absent"));
+    ctx.check(
+        listed == Err(status::STATUS_OBJECT_NAME_NOT_FOUND),
+        format!("NtQueryOpenSubKeysEx of a missing key: {listed:?}"),
+    );
+    // A missing last component inside the hive: the private create makes it.
+    let typo = format!(r"{user}\Sofware");
+    log_start(&s);
+    let r = hive::unload_hive(q, &typo);
+    ctx.check(
+        r == status::STATUS_INVALID_PARAMETER,
+        format!("unload of a missing subkey: {}", status::describe(r)),
+    );
+    let l = log(&s);
+    check_unload_log(ctx, &l, q, &typo, INVALID, "a missing subkey's unload");
+    let made = hive::open_key(p, &typo, KEY_READ, false);
+    ctx.check(
+        made.is_ok(),
+        format!("the unload's private create made {typo}: {made:?}"),
+    );
+    if let Ok(h) = made {
+        let _ = hive::close_key(p, h);
+    }
+    ctx.check(
+        kernel::with(|k| k.hives.hives.contains_key(&user.to_ascii_uppercase())),
+        "the hive is still loaded",
+    );
+    // The hive's own unload, then a second one: the parse finds no key in the master hive and
+    // may not create one there.
+    let r = hive::unload_hive(q, &user);
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!("unloaded: {}", status::describe(r)),
+    );
+    for (path, want, what) in [
+        (user, INVALID, "a second unload of the hive"),
+        (
+            format!(r"{HKU}\S-1-5-21-9\Software"),
+            NOT_FOUND,
+            "an unload two components short",
+        ),
+    ] {
+        log_start(&s);
+        let r = hive::unload_hive(q, &path);
+        #[allow(clippy::cast_sign_loss)] // NTSTATUS bits
+        let got = u64::from(r as u32);
+        let l = log(&s);
+        let classes: Vec<u64> = l.iter().map(|e| e.class).collect();
+        let create = first(&l, PRE_CREATE_KEY_EX).unwrap_or_default();
+        let post = first(&l, POST_CREATE_KEY_EX).unwrap_or_default();
+        ctx.check(
+            got == want
+                && classes == [PRE_CREATE_KEY_EX, POST_CREATE_KEY_EX]
+                && create.name == hash(&path)
+                && create.owner == u64::from(q)
+                && post.extra == want,
+            format!(
+                "{what}: a notified private create that fails with {want:#x} in the parse, no unload notification ({}, {classes:?}, {post:x?})",
+                status::describe(r)
+            ),
+        );
+    }
+    // A user's create right under HKEY_USERS fails the same way.
+    let r = hive::open_key(p, &format!(r"{HKU}\New"), KEY_READ, true);
+    ctx.check(
+        r == Err(status::STATUS_INVALID_PARAMETER),
+        format!("a create in the master hive: {r:?}"),
     );
     process::exit_process(p);
     process::exit_process(q);

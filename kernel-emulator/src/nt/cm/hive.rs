@@ -72,11 +72,12 @@ use crate::nt::cm::registry::{
 use crate::nt::io;
 use crate::nt::kernel;
 use crate::nt::layout::OwnedUnicode;
-use crate::nt::ob::object::{KERNEL_HANDLE_BIT, OBJ_KERNEL_HANDLE};
+use crate::nt::ob::object::{KERNEL_HANDLE_BIT, OBJ_INHERIT, OBJ_KERNEL_HANDLE};
 use crate::nt::status::{
     NtStatus, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
-    STATUS_KEY_DELETED, STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING,
-    STATUS_PREDEFINED_HANDLE, STATUS_REPARSE, STATUS_SUCCESS, STATUS_TOO_LATE,
+    STATUS_INVALID_PARAMETER, STATUS_KEY_DELETED, STATUS_OBJECT_NAME_COLLISION,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING, STATUS_PREDEFINED_HANDLE, STATUS_REPARSE,
+    STATUS_SUCCESS, STATUS_TOO_LATE,
 };
 
 /// What unloading a hive with open keys returns.
@@ -240,6 +241,13 @@ pub struct HiveState {
     pub objects: HashMap<usize, KeyObject>,
     /// Handles: (pid, handle) -> key object.
     pub handles: BTreeMap<(u32, u64), usize>,
+    /// The handles whose table entry holds OBJ_INHERIT (`ObAttributes`): set from the open's
+    /// OBJECT_ATTRIBUTES (Windows Research Kernel `ob/obhandle.c` ObpCreateHandle:
+    /// `ObjectTableEntry.ObAttributes |= (Attributes & OBJ_HANDLE_ATTRIBUTES)`) or by
+    /// [`set_handle_inherit`]; only these go to a child ([`inherit_handles`]).
+    inheritable: BTreeSet<(u32, u64)>,
+    /// Handle values are handed out from one counter for every table, so a value is never in
+    /// two tables unless a child inherited it (the Windows tables number each their own).
     next_handle: u64,
     /// Stored spelling of created keys, by canonical name.
     spelled: HashMap<String, String>,
@@ -1270,7 +1278,8 @@ pub fn open_key_at(
 }
 
 /// What an open asks for beyond its name: a kernel handle, or a captured failure to replay.
-#[derive(Clone, Copy)]
+/// The default is a user-mode open with the model's own attributes.
+#[derive(Clone, Copy, Default)]
 #[allow(
     clippy::struct_excessive_bools,
     reason = "independent flags of one open, as OBJECT_ATTRIBUTES and the caller's mode are"
@@ -1312,6 +1321,19 @@ struct OpenMode {
     /// A create's `CreateOptions` (REG_OPTION_*), which the pre-create carries in `Options`
     /// (Learn REG_CREATE_KEY_INFORMATION_V1); 0 for an open.
     options: u32,
+}
+
+impl OpenMode {
+    /// The OBJECT_ATTRIBUTES `Attributes` of the open: the caller's, or OBJ_CASE_INSENSITIVE
+    /// (| OBJ_KERNEL_HANDLE (| OBJ_FORCE_ACCESS_CHECK)).
+    fn open_attributes(&self) -> u32 {
+        self.attributes
+            .unwrap_or(match (self.kernel_handle, self.force_access_check) {
+                (false, _) => 0x40,
+                (true, false) => 0x40 | OBJ_KERNEL_HANDLE,
+                (true, true) => 0x40 | OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
+            })
+    }
 }
 
 /// The `\REGISTRY` key object, made at the first call: the object an absolute name is parsed
@@ -1598,13 +1620,7 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         wow64_flags: desired & KEY_WOW64_RES,
         // OBJ_CASE_INSENSITIVE (| OBJ_KERNEL_HANDLE (| OBJ_FORCE_ACCESS_CHECK)); UserMode, or
         // KernelMode for a Zw call that does not force the access check.
-        attributes: mode.attributes.unwrap_or(
-            match (mode.kernel_handle, mode.force_access_check) {
-                (false, _) => 0x40,
-                (true, false) => 0x40 | OBJ_KERNEL_HANDLE,
-                (true, true) => 0x40 | OBJ_KERNEL_HANDLE | OBJ_FORCE_ACCESS_CHECK,
-            },
-        ),
+        attributes: mode.open_attributes(),
         check_access_mode: i8::from(
             !(mode.kernel_handle || mode.kernel_caller) || mode.force_access_check,
         ),
@@ -1697,7 +1713,21 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
     // below this key must not free the id between the two (see `HiveState::remove_object`).
     let outcome = kernel::with(|k| {
         let h = &mut k.hives;
-        let hive = h.hive_of(&key).ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
+        let Some(hive) = h.hive_of(&key) else {
+            // A missing last component right under a key of the master hive: a create there
+            // would make a cell in the master hive, which the parse refuses once the system
+            // is up (WRK `cmparse.c` CmpParseKey: `if ((Hive == &(CmpMasterHive->Hive)) &&
+            // (CmpNoMasterCreates == TRUE)) status = STATUS_INVALID_PARAMETER`; `cmsysini.c`
+            // sets CmpNoMasterCreates TRUE at init). An open, or a create missing more than
+            // one component, does not find the key. Until 2026-12-06 the model answered
+            // NAME_NOT_FOUND to both (fidelity audit 19a, F6).
+            let parent = key.rsplit_once('\\').map_or("", |(p, _)| p);
+            return Err(if create && MASTER_KEYS.contains(&parent) {
+                STATUS_INVALID_PARAMETER
+            } else {
+                STATUS_OBJECT_NAME_NOT_FOUND
+            });
+        };
         let exists = h.keys.contains(&key) || MASTER_KEYS.contains(&key.as_str());
         if !exists {
             let parent = key.rsplit_once('\\').map_or("", |(p, _)| p);
@@ -1779,7 +1809,11 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         return Parsed::Done(Err(STATUS_INSUFFICIENT_RESOURCES));
     }
     reference_to_handle(object, true);
-    Parsed::Done(Ok(insert_handle(object, mode.kernel_handle)))
+    Parsed::Done(Ok(insert_handle(
+        object,
+        mode.kernel_handle,
+        info.attributes,
+    )))
 }
 
 /// The open no longer holds its parse reference as its own operation's (see
@@ -1816,7 +1850,7 @@ fn reference_to_handle(object: usize, parsed: bool) {
 /// [`reference_to_handle`]): a kernel handle goes into the System
 /// process's table; any other into the table of the process whose address space the thread
 /// is in (attached or its own).
-fn insert_handle(object: usize, kernel_handle: bool) -> u64 {
+fn insert_handle(object: usize, kernel_handle: bool, attributes: u32) -> u64 {
     let table = if kernel_handle {
         SYSTEM_PID
     } else {
@@ -1830,6 +1864,9 @@ fn insert_handle(object: usize, kernel_handle: bool) -> u64 {
             handle |= KERNEL_HANDLE_BIT;
         }
         h.handles.insert((table, handle), object);
+        if attributes & OBJ_INHERIT != 0 {
+            h.inheritable.insert((table, handle));
+        }
         handle
     })
 }
@@ -1866,7 +1903,11 @@ fn bypassed_open(
         return Err(s);
     }
     reference_to_handle(supplied, false);
-    Ok(insert_handle(supplied, mode.kernel_handle))
+    Ok(insert_handle(
+        supplied,
+        mode.kernel_handle,
+        mode.open_attributes(),
+    ))
 }
 
 /// What a filter's own `ZwCreateKey` + `ObReferenceObjectByHandle` + `ZwClose` leave it (the
@@ -2041,7 +2082,9 @@ pub fn delete_key(pid: u32, handle: u64) -> NtStatus {
     notified_key_operation(pid, object, at, (0x08, 0x10), classes, |h| h.delete(object))
 }
 
-/// Duplicates (or inherits) a handle into another process: same key object, no notification.
+/// Duplicates a handle into another process (`DuplicateHandle` with bInheritHandle FALSE):
+/// same key object, a new handle value, no OBJ_INHERIT (WRK `ob/obhandle.c` ObDuplicateObject
+/// takes the new entry's attributes from its HandleAttributes), no notification.
 ///
 /// # Errors
 /// STATUS_INVALID_HANDLE.
@@ -2059,6 +2102,89 @@ pub fn duplicate_handle(src_pid: u32, handle: u64, dst_pid: u32) -> Result<u64, 
             o.handles += 1;
         }
         Ok(new)
+    })
+}
+
+/// `RegCreateKeyEx`/`RegOpenKeyEx` of `path` for `pid` whose handle can be inherited: the
+/// open's OBJECT_ATTRIBUTES carry OBJ_INHERIT (Learn `RegCreateKeyExW`, lpSecurityAttributes:
+/// "determines whether the returned handle can be inherited by child processes. If
+/// lpSecurityAttributes is NULL, the handle cannot be inherited"; `SECURITY_ATTRIBUTES`
+/// bInheritHandle; `InitializeObjectAttributes` OBJ_INHERIT), which the notification's
+/// `Attributes` shows (OBJ_CASE_INSENSITIVE | OBJ_INHERIT) and the handle's table entry keeps
+/// (WRK `ob/obhandle.c` ObpCreateHandle). Otherwise as [`open_key`].
+///
+/// # Errors
+/// As [`open_key`].
+pub fn open_key_inheritable(
+    pid: u32,
+    path: &str,
+    desired: u32,
+    create: bool,
+) -> Result<u64, NtStatus> {
+    let mode = OpenMode {
+        attributes: Some(0x40 | OBJ_INHERIT),
+        ..OpenMode::default()
+    };
+    open_mode(pid, None, path, desired, create, mode)
+}
+
+/// `SetHandleInformation(handle, HANDLE_FLAG_INHERIT, …)` by `pid`: `NtSetInformationObject`
+/// with ObjectHandleFlagInformation sets or clears OBJ_INHERIT in the handle's table entry
+/// (WRK `ob/obquery.c` ObpSetHandleAttributes: `ObjectTableEntry->ObAttributes |=
+/// OBJ_INHERIT` / `&= ~OBJ_INHERIT`; the key type does not refuse it, its
+/// `InvalidAttributes` being OBJ_EXCLUSIVE | OBJ_PERMANENT, `config/cmsysini.c`). No registry
+/// notification.
+#[must_use = "STATUS_INVALID_HANDLE for an unknown handle"]
+pub fn set_handle_inherit(pid: u32, handle: u64, inherit: bool) -> NtStatus {
+    let table = crate::nt::ps::process::handle_table_of(pid, handle);
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        if !h.handles.contains_key(&(table, handle)) {
+            return STATUS_INVALID_HANDLE;
+        }
+        if inherit {
+            h.inheritable.insert((table, handle));
+        } else {
+            h.inheritable.remove(&(table, handle));
+        }
+        STATUS_SUCCESS
+    })
+}
+
+/// Whether `pid`'s `handle` holds OBJ_INHERIT.
+#[must_use]
+pub fn is_inheritable(pid: u32, handle: u64) -> bool {
+    let table = crate::nt::ps::process::handle_table_of(pid, handle);
+    kernel::with(|k| k.hives.inheritable.contains(&(table, handle)))
+}
+
+/// A new process's handle table made from its parent's (WRK `ob/obinit.c` ObInitProcess:
+/// "all object handles with the OBJ_INHERIT attribute are copied from the parent object
+/// table to the new process' object table"; ExDupHandleTable copies each entry at its own
+/// handle value, `ex/handle.c`, and ObDupHandleProcedure drops those without OBJ_INHERIT:
+/// `if (!(ObjectTableEntry->ObAttributes & OBJ_INHERIT)) ... return( FALSE )`). Each copy
+/// keeps the value and OBJ_INHERIT, and adds a handle to the object; the key type has no open
+/// procedure (`cmsysini.c`: `OpenProcedure = NULL`), so no notification. Returns how many
+/// handles `child` got. Until 2026-12-06 the model copied every handle, with new values
+/// (fidelity audit 19a, F5).
+#[must_use = "how many handles the child got"]
+pub fn inherit_handles(parent: u32, child: u32) -> usize {
+    kernel::with(|k| {
+        let h = &mut k.hives;
+        let copies: Vec<(u64, usize)> = h
+            .handles
+            .range((parent, 0)..=(parent, u64::MAX))
+            .filter(|(key, _)| h.inheritable.contains(key))
+            .map(|(&(_, handle), &object)| (handle, object))
+            .collect();
+        for &(handle, object) in &copies {
+            h.handles.insert((child, handle), object);
+            h.inheritable.insert((child, handle));
+            if let Some(o) = h.objects.get_mut(&object) {
+                o.handles += 1;
+            }
+        }
+        copies.len()
     })
 }
 
@@ -2110,6 +2236,7 @@ fn close_in(pid: u32, table: u32, handle: u64) -> NtStatus {
     let object = kernel::with(|k| {
         let h = &mut k.hives;
         let object = h.handles.remove(&(table, handle))?;
+        h.inheritable.remove(&(table, handle));
         let o = h.objects.get_mut(&object)?;
         o.handles -= 1;
         Some(object)
@@ -2432,11 +2559,22 @@ const KEY_WRITE: u32 = 0x2_0006;
 /// private object — the only key object the routine holds — is an *inference*. Until
 /// 2026-12-05 the model made that object silently (no create or close notification), so a
 /// tracking driver never saw the unload's own key (issue: emulator fidelity audit F2).
+///
+/// The private create runs whatever `mount` names (fidelity audit 19a, F6: until 2026-12-06
+/// the model answered STATUS_OBJECT_NAME_NOT_FOUND at once, with no notification, for
+/// anything but a loaded hive's root): a missing last component right under a master key
+/// (a hive already unloaded) fails in the parse with STATUS_INVALID_PARAMETER after its
+/// notified pre/post-create (`cmparse.c`, CmpNoMasterCreates; see `parse_key`); a missing
+/// last component inside a loaded hive is created by it (`cmparse.c` CmpDoCreate) and then
+/// refused like any key that is not a hive's root: `CmUnloadKey` answers
+/// STATUS_INVALID_PARAMETER ("Make sure the cell passed in is the root cell of the hive",
+/// also for the master hive's keys, `cmapi.c`), after a frozen hive's STATUS_TOO_LATE
+/// (`ntapi.c` checks `IsHiveFrozen` of the key's hive first), and the private object is
+/// closed as after any unload. That this refusal also gets RegNtPreUnLoadKey/
+/// RegNtPostUnLoadKey (with that key's object) is the model's *inference*, as for the other
+/// statuses: the WRK predates the notification, and every other class's pre comes before its
+/// operation.
 fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOnce()) -> NtStatus {
-    let m = canon(mount);
-    if !kernel::with(|k| k.hives.hives.contains_key(&m)) {
-        return STATUS_OBJECT_NAME_NOT_FOUND;
-    }
     // The private kernel handle: its open is notified like any create (a filter may fail it,
     // and then the unload is not attempted: no unload notification).
     let handle = match open_for_caller(pid, mount, true) {
@@ -2453,6 +2591,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
     let Some(root) = root else {
         return STATUS_OBJECT_NAME_NOT_FOUND;
     };
+    let mut unloaded = None;
     let status = io::with_pid(pid, || {
         let mut info = RegUnloadKeyInformation {
             object: root as *mut c_void,
@@ -2473,6 +2612,18 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
         }
         between();
         let status = kernel::with(|k| {
+            // The hive the object's key is in, and whether the key is that hive's root (the
+            // master hive's keys are no loaded hive's).
+            let (m, is_root) = k
+                .hives
+                .objects
+                .get(&root)
+                .map_or((String::new(), false), |o| {
+                    (
+                        o.hive.clone(),
+                        k.hives.hives.contains_key(&o.hive) && canon(&o.name) == o.hive,
+                    )
+                });
             // A deferred unload is already pending ("frozen"): a second unload, either kind,
             // fails with STATUS_TOO_LATE and the first caller's event stays the one set at
             // the unload (WRK `ntapi.c` NtUnloadKey2: "don't let them hurt themselves by
@@ -2485,6 +2636,11 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
                 .is_some_and(|h| h.pending_unload.is_some())
             {
                 return STATUS_TOO_LATE;
+            }
+            // WRK `cmapi.c` CmUnloadKey: `if((Cell != Hive->BaseBlock->RootCell) ||
+            // ((PCMHIVE)Hive == CmpMasterHive)) return(STATUS_INVALID_PARAMETER)`.
+            if !is_root {
+                return STATUS_INVALID_PARAMETER;
             }
             // Held: any other key object of the hive, or a reference on the unload's own
             // object beyond the one the unload took.
@@ -2507,13 +2663,14 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
                 o.hive = format!("{m} (unloaded)");
             }
             k.hives.retire_unloaded_root(root);
+            unloaded = Some(m);
             STATUS_SUCCESS
         });
-        if status == STATUS_SUCCESS {
+        if let Some(m) = &unloaded {
             // WRK `cmapi.c` CmUnloadKey: after CmpDestroyHive, "Remove the hive from the
             // HiveFileList" (CmpRemoveFromHiveFileList), on the unloading thread, before it
             // returns.
-            remove_from_hive_list(pid, &m);
+            remove_from_hive_list(pid, m);
         }
         // The caller gets the status a post-callback may have substituted (as for load).
         registry::notify_post(class::POST_UNLOAD_KEY, root, status, at, &pre)
@@ -2540,12 +2697,23 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
 /// the object was opened (the KCB's stored name is the same path here).
 ///
 /// # Errors
-/// `STATUS_OBJECT_NAME_NOT_FOUND` when no hive is mounted at `mount`.
+/// `STATUS_INVALID_PARAMETER` when `mount` is an existing key that is not a loaded hive's
+/// root (WRK `ntapi.c` NtQueryOpenSubKeysEx: "Make sure the cell passed in is the root cell
+/// of the hive"; until 2026-12-06 the model answered NAME_NOT_FOUND, fidelity audit 19a,
+/// F6); `STATUS_OBJECT_NAME_NOT_FOUND` when no key is there (the service's own open fails).
+/// The service's private open of `mount` is not modelled (no notification), nor its
+/// SeRestorePrivilege check.
 pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
     let m = canon(mount);
     kernel::with(|k| {
         if !k.hives.hives.contains_key(&m) {
-            return Err(STATUS_OBJECT_NAME_NOT_FOUND);
+            let exists = k.hives.hive_of(&m).is_some()
+                && (k.hives.keys.contains(&m) || MASTER_KEYS.contains(&m.as_str()));
+            return Err(if exists {
+                STATUS_INVALID_PARAMETER
+            } else {
+                STATUS_OBJECT_NAME_NOT_FOUND
+            });
         }
         let mut v: Vec<(usize, u32, String)> = k
             .hives
@@ -2753,6 +2921,38 @@ mod tests {
         assert!(run_deferred_deletions() >= 1);
         assert_eq!(open_subkeys(mount), Ok(vec![]));
         assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    /// Only OBJ_INHERIT handles go to a child, at their values (WRK `ob/obinit.c`
+    /// ObDupHandleProcedure; fidelity audit 19a, F5).
+    #[test]
+    fn a_child_inherits_only_obj_inherit_handles_at_their_values() {
+        let mount = r"\REGISTRY\MACHINE\UNITINHERIT";
+        assert_eq!(load_hive(4, mount, "unitinherit"), STATUS_SUCCESS);
+        let key = format!(r"{mount}\Key");
+        let inheritable = open_key_inheritable(4010, &key, 0x2_0019, true).unwrap();
+        let plain = open_key(4010, &key, 0x2_0019, false).unwrap();
+        let made = open_key(4010, &key, 0x2_0019, false).unwrap();
+        assert_eq!(set_handle_inherit(4010, made, true), STATUS_SUCCESS);
+        assert!(is_inheritable(4010, inheritable) && !is_inheritable(4010, plain));
+        assert_eq!(inherit_handles(4010, 4011), 2);
+        let mut want = vec![inheritable, made];
+        want.sort_unstable();
+        assert_eq!(kernel::with(|k| k.hives.handles_of(4011)), want);
+        assert!(is_inheritable(4011, made));
+        for (p, h) in [(4010, inheritable), (4010, plain), (4010, made)] {
+            assert_eq!(close_key(p, h), STATUS_SUCCESS);
+        }
+        assert_eq!(unload_hive(4, mount), STATUS_CANNOT_DELETE);
+        for h in want {
+            assert_eq!(close_key(4011, h), STATUS_SUCCESS);
+        }
+        // Not a hive's root (audit 19a, F6): INVALID_PARAMETER, the hive stays.
+        assert_eq!(unload_hive(4, &key), STATUS_INVALID_PARAMETER);
+        assert_eq!(open_subkeys(&key), Err(STATUS_INVALID_PARAMETER));
+        assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+        // Again: no key there, and the parse may not create one in the master hive.
+        assert_eq!(unload_hive(4, mount), STATUS_INVALID_PARAMETER);
     }
 
     /// `ensure_key` makes a key of the value store a key of its mounted hive, following a

@@ -19,6 +19,9 @@ use crate::verifier::bugcheck::{self, bugcheck, emit_stderr, require_irql};
 
 /// OBJ_KERNEL_HANDLE.
 pub const OBJ_KERNEL_HANDLE: u32 = 0x200;
+/// OBJ_INHERIT: "This handle can be inherited by child processes of the current process"
+/// (Learn `InitializeObjectAttributes`).
+pub const OBJ_INHERIT: u32 = 0x2;
 /// OWNER_SECURITY_INFORMATION.
 const OWNER_SECURITY_INFORMATION: u32 = 0x1;
 /// GROUP_SECURITY_INFORMATION.

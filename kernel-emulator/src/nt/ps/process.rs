@@ -278,8 +278,10 @@ fn fake_eprocess() -> usize {
     p
 }
 
-/// Creates a process (`parent` 0 for none). With `inherit`, every key handle of the parent is
-/// duplicated into the child (no registry notification). Ex routines may veto through
+/// Creates a process (`parent` 0 for none). With `inherit` (CreateProcess bInheritHandles),
+/// the parent's key handles that hold OBJ_INHERIT are copied into the child at their own
+/// values ([`hive::inherit_handles`], WRK `ob/obinit.c` ObInitProcess; no registry
+/// notification); its other handles stay the parent's alone. Ex routines may veto through
 /// CreationStatus; then the process does not exist and the vetoing status is returned.
 ///
 /// # Errors
@@ -345,9 +347,7 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
         return Err(crate::nt::status::STATUS_OBJECT_NAME_COLLISION);
     };
     if inherit {
-        for h in kernel::with(|k| k.hives.handles_of(parent)) {
-            let _ = hive::duplicate_handle(parent, h, pid);
-        }
+        let _ = hive::inherit_handles(parent, pid);
     }
     let name = OwnedUnicode::new(image);
     let command = OwnedUnicode::new(&format!("\"{image}\""));
