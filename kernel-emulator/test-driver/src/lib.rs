@@ -207,7 +207,12 @@ fn hive_list_value(argument: u64) -> [u64; 4] {
     }
     let bytes = buf.as_ptr().cast::<u8>();
     // SAFETY: ZwEnumerateValueKey filled the fixed part (20 bytes) of the 512-byte buffer.
-    let length = unsafe { bytes.wrapping_add(NAME_LENGTH_AT).cast::<u32>().read_unaligned() };
+    let length = unsafe {
+        bytes
+            .wrapping_add(NAME_LENGTH_AT)
+            .cast::<u32>()
+            .read_unaligned()
+    };
     let length = u16::try_from(length.min(512 - NAME_AT as u32)).unwrap_or(0);
     let value_name = UNICODE_STRING {
         Length: length,
