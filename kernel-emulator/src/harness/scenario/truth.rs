@@ -1012,6 +1012,19 @@ fn second_unload_too_late(ctx: &mut Ctx) {
     ctx.unload_and_check_clean(&mut driver);
 }
 
+/// Checks that every hive the kernel's hive list names now is among the driver's `known`
+/// mounts (`hidden`, the one a read may have skipped, named in the message).
+fn check_every_loaded_hive_listed(ctx: &mut Ctx, known: &[String], hidden: &str) {
+    let now = crate::nt::cm::zwreg::hive_list();
+    ctx.check(
+        now.iter()
+            .all(|m| known.iter().any(|k| k.eq_ignore_ascii_case(m))),
+        format!(
+            "every hive still loaded is listed, {hidden} included: {known:?} (kernel: {now:?})"
+        ),
+    );
+}
+
 /// User profile hives loaded before the driver, for the start-up read to find.
 fn profiles_loaded_before(ctx: &mut Ctx, sids: &[u32]) -> Vec<String> {
     sids.iter()
@@ -1070,14 +1083,7 @@ fn unload_during_seed(ctx: &mut Ctx) {
         known.iter().all(|m| !m.eq_ignore_ascii_case(&gone)),
         format!("the unloaded hive is not listed as loaded: {known:?}"),
     );
-    let now = crate::nt::cm::zwreg::hive_list();
-    ctx.check(
-        now.iter()
-            .all(|m| known.iter().any(|k| k.eq_ignore_ascii_case(m))),
-        format!(
-            "every hive still loaded is listed, {hidden} included: {known:?} (kernel: {now:?})"
-        ),
-    );
+    check_every_loaded_hive_listed(ctx, &known, &hidden);
     let st = stats(ctx, h);
     ctx.check(
         st.names_unavailable == 0,
@@ -1125,15 +1131,7 @@ fn hive_list_keeps_moving(ctx: &mut Ctx) {
             .all(|u| known.iter().all(|m| !m.eq_ignore_ascii_case(u))),
         format!("no unloaded hive is listed: {known:?}"),
     );
-    let now = crate::nt::cm::zwreg::hive_list();
-    ctx.check(
-        now.iter()
-            .all(|m| known.iter().any(|k| k.eq_ignore_ascii_case(m))),
-        format!(
-            "every hive still loaded is listed, {} included: {known:?}",
-            users[4]
-        ),
-    );
+    check_every_loaded_hive_listed(ctx, &known, &users[4]);
     let st = stats(ctx, h);
     ctx.check(
         st.names_unavailable == 1,
@@ -1196,13 +1194,7 @@ fn deferred_unload_during_seed(ctx: &mut Ctx) {
         format!("the hive unloaded during the read: {now:?}"),
     );
     let known = mounts(ctx, h);
-    ctx.check(
-        now.iter()
-            .all(|m| known.iter().any(|k| k.eq_ignore_ascii_case(m))),
-        format!(
-            "every hive still loaded is listed, {hidden} included: {known:?} (kernel: {now:?})"
-        ),
-    );
+    check_every_loaded_hive_listed(ctx, &known, &hidden);
     let st = stats(ctx, h);
     ctx.check(
         st.names_unavailable == 0,

@@ -1027,14 +1027,22 @@ fn add_to_hive_list(pid: u32, mount: &str, file: &str) {
             None => list.push((mount.to_string(), file.to_string())),
         }
     };
+    change_hive_list(pid, true, set);
+}
+
+/// Applies `change` to the hive list inside the kernel's own open of its key on `pid`'s
+/// thread ([`open_hive_list`], `create` for CmpAddToHiveFileList's `ZwCreateKey`), then
+/// closes it; a failed open changes nothing. Unreachable (the model's boot, see
+/// [`add_to_hive_list`]): changed without the open.
+fn change_hive_list(pid: u32, create: bool, change: impl Fn(&mut kernel::Kernel)) {
     if !kernel::with(|k| k.hives.hive_list_reachable()) {
-        kernel::with(set);
+        kernel::with(change);
         return;
     }
-    let Ok(handle) = open_hive_list(pid, true) else {
+    let Ok(handle) = open_hive_list(pid, create) else {
         return;
     };
-    kernel::with(set);
+    kernel::with(change);
     let _ = close_key(pid, handle);
 }
 
@@ -1051,15 +1059,7 @@ fn remove_from_hive_list(pid: u32, mount: &str) {
             .hive_list
             .retain(|(name, _)| !name.eq_ignore_ascii_case(mount));
     };
-    if !kernel::with(|k| k.hives.hive_list_reachable()) {
-        kernel::with(delete);
-        return;
-    }
-    let Ok(handle) = open_hive_list(pid, false) else {
-        return;
-    };
-    kernel::with(delete);
-    let _ = close_key(pid, handle);
+    change_hive_list(pid, false, delete);
 }
 
 /// The next application-hive mount point: `\REGISTRY\A\{GUID}` with a GUID that only grows.
