@@ -67,15 +67,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 if hold.process.as_ptr().cast_const() != core::ptr::from_ref(p) {
                     err = Some("holding points at another process");
                 }
-                let mut r = hold.head.load(Relaxed);
-                let mut prev = core::ptr::null_mut();
+                let mut r = hold.head.load();
+                let mut prev = crate::links::RecLink::NONE;
                 let mut len = 0u64;
                 let mut last = (0u64, 0u32);
                 while let Some(rec) = self.at(r) {
                     if rec.state() != LIVE || rec.holding.load(Relaxed) != h.as_ptr().cast() {
                         err = Some("linked record not live or in another holding");
                     }
-                    if rec.prev.load(Relaxed) != prev {
+                    if rec.prev.load() != prev {
                         err = Some("broken prev link");
                     }
                     let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
@@ -85,9 +85,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     last = pos;
                     len += 1;
                     prev = r;
-                    r = rec.next.load(Relaxed);
+                    r = rec.next.load();
                 }
-                if hold.tail.load(Relaxed) != prev {
+                if hold.tail.load() != prev {
                     err = Some("broken tail");
                 }
                 if len != u64::from(hold.count.load(Relaxed)) || len == 0 {

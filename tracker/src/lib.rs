@@ -31,6 +31,7 @@ mod history;
 pub mod hives;
 mod identify;
 pub mod keys;
+mod links;
 pub mod lock;
 mod losses;
 pub mod modules;

@@ -33,6 +33,7 @@ use core::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 
+use crate::links::Link;
 use crate::lock::RawLock;
 use crate::names::NameEntry;
 use crate::pool::{BlockClass, Pool};
@@ -134,12 +135,11 @@ pub struct ObjRecord {
     pub stack: AtomicU32,
     /// The (process, hive) record it is linked into (erased `Holding<L>`).
     pub holding: AtomicPtr<()>,
-    /// Next in the holding's list, or null. A record of this tracker's chunks or null, always
-    /// (crate-private, so that no other code can store anything else: `Tracker::at` follows
-    /// it unchecked).
-    pub(crate) next: AtomicPtr<Self>,
-    /// Previous in the holding's list, or null (as `next`).
-    pub(crate) prev: AtomicPtr<Self>,
+    /// Next in the holding's list, or none ([`Link`]: a record of the chunks or none, by
+    /// construction, since `Tracker::at` follows it unchecked).
+    pub(crate) next: Link,
+    /// Previous in the holding's list, or none.
+    pub(crate) prev: Link,
     /// The key cache entry it was opened through (counted), or null.
     pub key: AtomicPtr<crate::keys::KeyEntry>,
     /// Granted access.
@@ -174,8 +174,8 @@ impl ObjRecord {
             thread: AtomicU32::new(0),
             stack: AtomicU32::new(0),
             holding: AtomicPtr::new(ptr::null_mut()),
-            next: AtomicPtr::new(ptr::null_mut()),
-            prev: AtomicPtr::new(ptr::null_mut()),
+            next: Link::new(),
+            prev: Link::new(),
             key: AtomicPtr::new(ptr::null_mut()),
             access: AtomicU32::new(0),
             opens: AtomicU32::new(0),

@@ -110,11 +110,10 @@ pub struct Holding<L> {
     pub process: NonNull<Process<L>>,
     /// Keys in the list (at most the tracker's object cap, a `u32`).
     pub count: AtomicU32,
-    /// First (oldest) key, or null: a record of the tracker's chunks (crate-private, as the
-    /// records' own links).
-    pub(crate) head: AtomicPtr<crate::objects::ObjRecord>,
-    /// Last key, or null (as `head`).
-    pub(crate) tail: AtomicPtr<crate::objects::ObjRecord>,
+    /// First (oldest) key, or none ([`crate::links::Link`], as the records' own links).
+    pub(crate) head: crate::links::Link,
+    /// Last key, or none.
+    pub(crate) tail: crate::links::Link,
     /// Next sequence number.
     pub seq: AtomicU32,
     /// Next holding of the hive ([`Hive`]'s holdings list, under its shard's holdings lock).
@@ -647,8 +646,8 @@ pub fn new_holding<P: Pool, L>(
             hive,
             process,
             count: AtomicU32::new(0),
-            head: AtomicPtr::new(ptr::null_mut()),
-            tail: AtomicPtr::new(ptr::null_mut()),
+            head: crate::links::Link::new(),
+            tail: crate::links::Link::new(),
             seq: AtomicU32::new(0),
             hive_next: AtomicPtr::new(ptr::null_mut()),
             hive_prev: AtomicPtr::new(ptr::null_mut()),

@@ -26,6 +26,7 @@ use protocol::wire::{self, DecodeError, EncodeError};
 
 use crate::counters::get;
 use crate::hives::{HiveTable, hive_of};
+use crate::links::RecLink;
 use crate::lock::RawLock;
 use crate::names::{NameRef, name_of};
 use crate::objects::{F_NAME_MISSING, F_NAME_TRUNCATED, ObjRecord, object_id, split_id, split_ref};
@@ -278,13 +279,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// The first key of `hold` after `after` in (time, sequence) order.
-    fn first_after(&self, hold: &Holding<L>, after: KeyPos) -> *mut ObjRecord {
-        let mut r = hold.head.load(Relaxed);
+    fn first_after(&self, hold: &Holding<L>, after: KeyPos) -> RecLink {
+        let mut r = hold.head.load();
         while let Some(rec) = self.at(r) {
             if (rec.time.load(Relaxed), rec.seq.load(Relaxed)) > after {
                 break;
             }
-            r = rec.next.load(Relaxed);
+            r = rec.next.load();
         }
         r
     }
@@ -293,7 +294,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// (the token of the last key sent) still names that key linked in this holding at that
     /// position, O(1); otherwise a walk from the head. The hint comes from user mode, so it is
     /// validated like any context value before it is used.
-    fn resume_at(&self, hold: NonNull<Holding<L>>, after: KeyPos, hint: u64) -> *mut ObjRecord {
+    fn resume_at(&self, hold: NonNull<Holding<L>>, after: KeyPos, hint: u64) -> RecLink {
         let (generation, slot) = split_id(hint);
         let (s, i) = split_ref(slot);
         if hint != 0
@@ -303,7 +304,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             && rec.generation() == generation
             && (rec.time.load(Relaxed), rec.seq.load(Relaxed)) == after
         {
-            return rec.next.load(Relaxed);
+            return rec.next.load();
         }
         self.first_after(holding_of(hold), after)
     }
@@ -425,14 +426,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 };
                 let hold = holding_of(hold_ptr);
                 let mut r = if summary_only {
-                    core::ptr::null_mut()
+                    RecLink::NONE
                 } else {
                     self.resume_at(hold_ptr, after, hint)
                 };
-                if continued && (r.is_null() || summary_only) {
+                if continued && (r.is_none() || summary_only) {
                     return false; // nothing left of this process
                 }
-                let head = hold.head.load(Relaxed);
+                let head = hold.head.load();
                 let summary = HolderRecord::Process(HolderProcess {
                     flags: (if p.exited.load(Relaxed) {
                         HolderProcess::EXITED
@@ -474,7 +475,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                         return true;
                     }
                     last = pack(key, pos, id);
-                    r = rec.next.load(Relaxed);
+                    r = rec.next.load();
                 }
                 last = pack(key, (u64::MAX, u32::MAX), 0);
                 false
@@ -667,7 +668,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     let mut r = if hold.hive_id() == from_hive {
                         self.resume_at(hptr, after, hint)
                     } else {
-                        hold.head.load(Relaxed)
+                        hold.head.load()
                     };
                     while let Some(rec) = self.at(r) {
                         let pos = (rec.time.load(Relaxed), rec.seq.load(Relaxed));
@@ -685,7 +686,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                             return true;
                         }
                         last = pack(key, hold.hive_id(), pos, s.id);
-                        r = rec.next.load(Relaxed);
+                        r = rec.next.load();
                     }
                     hp = NonNull::new(hold.next.load(Relaxed));
                 }

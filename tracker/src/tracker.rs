@@ -14,6 +14,7 @@ use crate::held_after::Watches;
 use crate::history::{HistEntry, HistHolder, History};
 use crate::hives::{Hive, HiveHint, HiveTable, Vouch, hive_of};
 use crate::keys::{ENTRY_COST, KeyCache, KeyHit, KeyMiss, KeyRef};
+use crate::links::RecLink;
 use crate::lock::{Exclusive, RawLock};
 use crate::names::{NameRef, NameTable, name_of};
 use crate::objects::{
@@ -405,10 +406,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
     }
 
-    /// The record a holding list's link points at, or `None` for null (issue 14: no walk of
-    /// the chunk directory). Links are only ever made to records of this tracker's chunks
+    /// The record a holding list's link points at, or `None` (issue 14: no walk of the chunk
+    /// directory). A link can only be made from a record ([`crate::links`]), records exist
+    /// only in chunks, and a holding only ever links records of its own tracker
     /// ([`Self::link`] stores the record its open took from a shard, [`Self::unlink`] copies
-    /// links already there; the fields are crate-private), and chunks are never freed while
+    /// links already there), and chunks are never freed while
     /// the tracker lives: [`ObjShard::teardown`] runs only in its `Drop`, which the driver
     /// runs at unload after `CmUnRegisterCallback` returned (every context cleaned up) and
     /// its process notification was removed. So a link, even one read stale, is an
@@ -422,10 +424,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         reason = "the record is borrowed from the tracker, whose `Drop` frees the chunks"
     )]
     #[inline(always)]
-    pub(crate) fn at(&self, p: *mut ObjRecord) -> Option<&ObjRecord> {
-        // SAFETY: a non-null link points at a record in a chunk that lives as long as `self`
-        // (above), its records initialised before the chunk was published.
-        NonNull::new(p).map(|p| unsafe { p.as_ref() })
+    pub(crate) fn at(&self, link: RecLink) -> Option<&ObjRecord> {
+        // SAFETY: a link names a record in a chunk that lives as long as `self` (above and
+        // `crate::links`: it can be made only from a record), initialised before the chunk
+        // was published.
+        link.target().map(|p| unsafe { p.as_ref() })
     }
 
     /// The record a token (an object's context from the kernel, an open's own token, or any
@@ -957,27 +960,24 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         let seq = hold.seq.load(Relaxed);
         rec.seq.store(seq, Relaxed);
         // The record to insert after, or none: then at the head.
-        let mut after = self.at(hold.tail.load(Relaxed));
+        let mut after = self.at(hold.tail.load());
         while let Some(a) = after {
             if a.time.load(Relaxed) <= time {
                 break;
             }
-            after = self.at(a.prev.load(Relaxed));
+            after = self.at(a.prev.load());
         }
-        let this = ptr::from_ref(rec).cast_mut();
-        let next = after.map_or_else(|| hold.head.load(Relaxed), |a| a.next.load(Relaxed));
-        rec.prev.store(
-            after.map_or(ptr::null_mut(), |a| ptr::from_ref(a).cast_mut()),
-            Relaxed,
-        );
-        rec.next.store(next, Relaxed);
+        let this = RecLink::to(rec);
+        let next = after.map_or_else(|| hold.head.load(), |a| a.next.load());
+        rec.prev.store(after.map_or(RecLink::NONE, RecLink::to));
+        rec.next.store(next);
         match after {
-            None => hold.head.store(this, Relaxed),
-            Some(a) => a.next.store(this, Relaxed),
+            None => hold.head.store(this),
+            Some(a) => a.next.store(this),
         }
         match self.at(next) {
-            None => hold.tail.store(this, Relaxed),
-            Some(n) => n.prev.store(this, Relaxed),
+            None => hold.tail.store(this),
+            Some(n) => n.prev.store(this),
         }
         locked_add32(&hold.count, 1);
     }
@@ -988,18 +988,18 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     )]
     #[inline(always)]
     fn unlink(&self, hold: &Holding<L>, rec: &ObjRecord) {
-        let prev = rec.prev.load(Relaxed);
-        let next = rec.next.load(Relaxed);
+        let prev = rec.prev.load();
+        let next = rec.next.load();
         // Under the process lock, `holding` set means "linked here": a query's resume hint
         // relies on it.
         rec.holding.store(ptr::null_mut(), Relaxed);
         match self.at(prev) {
-            None => hold.head.store(next, Relaxed),
-            Some(p) => p.next.store(next, Relaxed),
+            None => hold.head.store(next),
+            Some(p) => p.next.store(next),
         }
         match self.at(next) {
-            None => hold.tail.store(prev, Relaxed),
-            Some(n) => n.prev.store(prev, Relaxed),
+            None => hold.tail.store(prev),
+            Some(n) => n.prev.store(prev),
         }
         locked_sub32(&hold.count, 1);
     }
