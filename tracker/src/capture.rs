@@ -287,15 +287,14 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             bump(&self.counters.modules_dropped);
             return;
         }
+        // A name the kernel gave but that could not be stored leaves the module unnamed, not
+        // unlisted: Windows sends no unload notification (Learn, PsSetLoadImageNotifyRoutine),
+        // so an image mapped where an unloaded one was must still cover its range, or frames
+        // in it would be put down to the old image (audit 20a, H1).
         let interned = if name.is_empty() {
             None
-        } else if let Ok(n) = self.names.intern_new(&self.pool, name) {
-            Some(n)
         } else {
-            // The kernel named it but the name could not be stored: without its path a
-            // module attributes nothing, so it is not kept (counted).
-            bump(&self.counters.modules_dropped);
-            return;
+            self.names.intern_new(&self.pool, name).ok()
         };
         let mut flags = 0;
         match interned {

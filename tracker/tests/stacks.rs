@@ -291,6 +291,34 @@ fn modules_in_load_order_outlive_the_process_while_its_keys_do() {
 }
 
 #[test]
+fn an_image_whose_name_cannot_be_stored_still_covers_its_range() {
+    // Windows sends no unload notification, so a DLL unloaded and another mapped at its base
+    // are two loads at one base: the later one must still cover the range when its name
+    // cannot be stored, or frames in it resolve to the unloaded DLL (audit 20a, H1).
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    set(&t, CaptureScope::All, "");
+    let base = 0x7FF8_1000_0000;
+    t.image_loaded(EXPLORER, base, 0x10_0000, &w(r"C:\x\shellext.dll"), 6);
+    // Only the next allocation fails: the second image's name.
+    pool.set_failure(Failure::Kth(pool.calls() + 1));
+    t.image_loaded(EXPLORER, base, 0x8_0000, &w(r"C:\x\other.dll"), 9);
+    pool.set_failure(Failure::Never);
+    assert_eq!(pool.failed(), 1, "the name's allocation was the one failed");
+    let _tok = open(&t, EXPLORER, 0x1000, &format!(r"{USER}\Software\A"), &SHELLEXT);
+    let listed = modules(&t, 4096);
+    assert_eq!(
+        listed,
+        [(
+            EXPLORER.pid,
+            vec![(base, r"C:\X\SHELLEXT.DLL".to_owned()), (base, String::new())]
+        )],
+        "the second image is listed, unnamed, over the first one's range"
+    );
+    assert_eq!(t.stats().modules_dropped, 0);
+}
+
+#[test]
 fn every_allocation_failure_is_survived_and_nothing_leaks() {
     // Count the allocations of a whole run, then fail each in turn.
     let run = |pool: &CountingPool| {
