@@ -3,7 +3,8 @@
 //! - `ZwSetSecurityObject` is declared in `ntifs.h`, which wdk-sys's WDM bindings do not cover;
 //!   it is exported by ntoskrnl.exe on every supported Windows, so it is imported statically
 //!   (docs: "`ZwSetSecurityObject` function (`ntifs.h`)").
-//! - `IoGetCurrentIrpStackLocation` is `FORCEINLINE` in `wdm.h`, so bindgen emits nothing for it.
+//! - `IoGetCurrentIrpStackLocation` and AMD64's `KeGetCurrentIrql` are `FORCEINLINE` in
+//!   `wdm.h`, so bindgen emits nothing for them.
 
 use wdk_sys::{
     HANDLE, IO_STACK_LOCATION, IRP, NTSTATUS, PSECURITY_DESCRIPTOR, SECURITY_INFORMATION,
@@ -48,4 +49,18 @@ unsafe extern "system" {
         number_of_bytes: usize,
         tag: u32,
     ) -> *mut core::ffi::c_void;
+}
+
+/// The port of `wdm.h`'s AMD64 inline `KeGetCurrentIrql` (`return (KIRQL)ReadCR8();`): the
+/// current IRQL. No import, so nothing for a loader to resolve.
+pub fn current_irql() -> u8 {
+    let cr8: u64;
+    // SAFETY: reading CR8 is allowed at CPL 0 at any IRQL and has no side effect.
+    unsafe {
+        core::arch::asm!("mov {}, cr8", out(reg) cr8, options(nomem, nostack, preserves_flags));
+    }
+    // The task priority is CR8's low 4 bits.
+    #[allow(clippy::cast_possible_truncation, reason = "masked to 4 bits")]
+    let irql = (cr8 & 0xF) as u8;
+    irql
 }

@@ -12,8 +12,8 @@ use core::{
 
 use tracker::ProcessKey;
 use wdk_sys::{
-    HANDLE, NTSTATUS, PEPROCESS, PPS_CREATE_NOTIFY_INFO, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_NO_MEMORY, STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS,
+    HANDLE, NTSTATUS, PASSIVE_LEVEL, PEPROCESS, PPS_CREATE_NOTIFY_INFO,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_NO_MEMORY, STATUS_PROCEDURE_NOT_FOUND, STATUS_SUCCESS,
 };
 
 use crate::{callbacks, routines, tracking, waiters};
@@ -60,6 +60,15 @@ pub fn name_current(tracker: &crate::tracking::DriverTracker, process: ProcessKe
     let Some(locate) = routines::se_locate_process_image_name() else {
         return;
     };
+    // Learn documents SeLocateProcessImageName at PASSIVE_LEVEL only. Registry callbacks are
+    // documented at PASSIVE_LEVEL (Learn `EX_CALLBACK_FUNCTION`), but have been seen at
+    // APC_LEVEL in practice (System Informer; kernel-emulator `td-registry-faults`): then the
+    // process is named at its next new open instead (audit 20a, M4).
+    let passive = u32::from(crate::ffi::current_irql()) == PASSIVE_LEVEL;
+    tracker.defer_naming(process, !passive);
+    if !passive {
+        return;
+    }
     // SAFETY: always callable; the current process outlives this call.
     let current = unsafe { wdk_sys::ntddk::IoGetCurrentProcess() };
     // SAFETY: a live EPROCESS; any IRQL.

@@ -69,6 +69,9 @@ pub struct Process<L> {
     pub image: AtomicPtr<NameEntry>,
     /// Set by `process_exited`.
     pub exited: AtomicBool,
+    /// Its naming was put off (the open that made its record came at `APC_LEVEL`): its next
+    /// new open asks the driver again ([`crate::Tracker::defer_naming`]).
+    pub naming_deferred: AtomicBool,
     /// Tracked objects it opened.
     pub open_keys: AtomicU64,
     /// Holdings, sorted by hive id.
@@ -452,6 +455,7 @@ impl<L: RawLock> ProcessTable<L> {
                     key,
                     image: AtomicPtr::new(ptr::null_mut()),
                     exited: AtomicBool::new(false),
+                    naming_deferred: AtomicBool::new(false),
                     open_keys: AtomicU64::new(0),
                     holdings: AtomicPtr::new(ptr::null_mut()),
                     nholdings: AtomicU32::new(0),

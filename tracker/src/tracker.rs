@@ -626,9 +626,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 NotTracked::NoMemory
             })?;
         let proc = process_of(lp.process);
-        if lp.created {
-            // A process the tracker never saw start (it ran before the driver): the driver
-            // names it ([`Self::attention`]).
+        if lp.created || proc.naming_deferred.load(Relaxed) {
+            // A process the tracker never saw start (it ran before the driver), or one whose
+            // naming was put off: the driver names it ([`Self::attention`]).
             bump(&self.counters.attention);
         }
         if !self.within_share(proc, charge) {
@@ -1205,6 +1205,16 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// One load; the driver reads it before and after an open.
     pub fn attention(&self) -> u64 {
         crate::counters::get(&self.counters.attention)
+    }
+
+    /// The driver could not name `process` now (`deferred`: `SeLocateProcessImageName` is
+    /// documented at `PASSIVE_LEVEL` only, and a registry callback may run at `APC_LEVEL`), so
+    /// its next new open asks again; or it tried (`!deferred`).
+    #[inline(never)]
+    pub fn defer_naming(&self, process: ProcessKey, deferred: bool) {
+        let _ = self
+            .processes
+            .with(process, |p| p.naming_deferred.store(deferred, Relaxed));
     }
 
     /// True when `process` is known without its image path.

@@ -305,13 +305,22 @@ fn an_image_whose_name_cannot_be_stored_still_covers_its_range() {
     t.image_loaded(EXPLORER, base, 0x8_0000, &w(r"C:\x\other.dll"), 9);
     pool.set_failure(Failure::Never);
     assert_eq!(pool.failed(), 1, "the name's allocation was the one failed");
-    let _tok = open(&t, EXPLORER, 0x1000, &format!(r"{USER}\Software\A"), &SHELLEXT);
+    let _tok = open(
+        &t,
+        EXPLORER,
+        0x1000,
+        &format!(r"{USER}\Software\A"),
+        &SHELLEXT,
+    );
     let listed = modules(&t, 4096);
     assert_eq!(
         listed,
         [(
             EXPLORER.pid,
-            vec![(base, r"C:\X\SHELLEXT.DLL".to_owned()), (base, String::new())]
+            vec![
+                (base, r"C:\X\SHELLEXT.DLL".to_owned()),
+                (base, String::new())
+            ]
         )],
         "the second image is listed, unnamed, over the first one's range"
     );

@@ -76,6 +76,11 @@ pub fn scenarios() -> Vec<Scenario> {
             stacks_image_scope,
         ),
         Scenario::hivetrack(
+            "stacks-image-scope-apc",
+            "explorer.exe runs before the driver starts and its first tracked open comes with registry callbacks at APC_LEVEL: the driver does not call SeLocateProcessImageName there (PASSIVE_LEVEL only) and leaves explorer unnamed; its next new open, at PASSIVE_LEVEL, names it (audit 20a, M4)",
+            stacks_image_scope_apc,
+        ),
+        Scenario::hivetrack(
             "stacks-low-resources",
             "the stacks workload failing its k-th fallible call for every k: no bugcheck, no leak, every stack or module not kept counted, nothing reported wrong",
             stacks_low_resources,
@@ -666,6 +671,52 @@ fn stacks_image_scope(ctx: &mut Ctx) {
     set_capture(ctx, &c, CaptureScope::Off, "");
     process::exit_process(explorer);
     process::exit_process(other);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// The image of `pid` as `holders` of the profile hive reports it (`None`: not listed).
+fn image_of(ctx: &mut Ctx, c: &Client, pid: u32) -> Option<String> {
+    c.holders(ctx, USER)
+        .iter()
+        .find(|h| h.pid == u64::from(pid))
+        .map(|h| h.image.clone())
+}
+
+fn stacks_image_scope_apc(ctx: &mut Ctx) {
+    super::tracking::boot_hives(ctx);
+    load_profile(ctx);
+    // Started before the driver: the driver names it at its first tracked open.
+    let explorer = spawn(ctx, SHELL);
+    let first = format!(r"{USER}\Software\Contoso\Apc");
+    let second = format!(r"{USER}\Software\Contoso\Passive");
+    // Made before the driver starts, so that explorer's first tracked open is the one below.
+    ensure_parents(explorer, &format!(r"{first}\x"));
+    ensure_parents(explorer, &format!(r"{second}\x"));
+    let mut d = super::tracking::load_driver(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    // Callbacks at APC_LEVEL, as System Informer saw in practice (`td-registry-faults`).
+    kernel::with(|k| k.callback_irql = crate::machine::cpu::APC_LEVEL);
+    let h1 = hive::open_key(explorer, &first, KEY_READ, true);
+    kernel::with(|k| k.callback_irql = crate::machine::cpu::PASSIVE_LEVEL);
+    let unnamed = image_of(ctx, &c, explorer);
+    ctx.check(
+        unnamed.as_deref().is_some_and(str::is_empty),
+        format!("held, and left unnamed by the open at APC_LEVEL: {unnamed:?}"),
+    );
+    let h2 = hive::open_key(explorer, &second, KEY_READ, true);
+    let named = image_of(ctx, &c, explorer);
+    ctx.check(
+        named
+            .as_deref()
+            .is_some_and(|i| i.eq_ignore_ascii_case(SHELL)),
+        format!("named at its next new open, at PASSIVE_LEVEL: {named:?}"),
+    );
+    for h in [h1, h2].into_iter().flatten() {
+        let _ = hive::close_key(explorer, h);
+    }
+    process::exit_process(explorer);
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
     ctx.unload_and_check_clean(&mut d);
