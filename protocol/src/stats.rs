@@ -138,13 +138,15 @@ stats! {
         /// Stacks captured but not stored (no memory, or the table full): those keys are
         /// reported without a stack. Not a loss of holders.
         stacks_dropped,
-        /// Image loads recorded.
+        /// Image loads recorded with their path.
         image_loads_seen,
         /// Key-count alarms raised (a process reached the alarm threshold of open keys, or
         /// a doubling of it; each is an event in the stream).
         key_alarms,
         /// Image loads not recorded (no memory, the process's share used, or an unknown
-        /// process): frames in those images cannot be attributed. Not a loss of holders.
+        /// process), or recorded without their path (no memory for it: the range is kept,
+        /// unnamed): frames in those images cannot be attributed to a file. Not a loss of
+        /// holders.
         modules_dropped,
         /// Hives reported still held the configured delay after a failed unload (each an
         /// event in the stream).

@@ -359,8 +359,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 Some(())
             });
         if kept.is_some() {
-            bump(&self.counters.image_loads_seen);
             self.counters.modules.fetch_add(1, Relaxed);
+            if interned.is_none() && !name.is_empty() {
+                // Kept without the path it came with: not recorded in full.
+                bump(&self.counters.modules_dropped);
+            } else {
+                bump(&self.counters.image_loads_seen);
+            }
         } else {
             bump(&self.counters.modules_dropped);
             if let Some(n) = name_ref {

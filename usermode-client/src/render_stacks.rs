@@ -129,7 +129,7 @@ fn coverage_notes(c: &StackCoverage, out: &mut String) {
     if c.modules_dropped > 0 {
         let _ = writeln!(
             out,
-            "{} image load(s) could not be recorded (stats modules_dropped): frames in those images show as (no module).",
+            "{} image load(s) could not be recorded, or only without their path (stats modules_dropped): frames in those images show as (no module) or <image at …>.",
             c.modules_dropped
         );
     }
