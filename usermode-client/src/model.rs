@@ -309,8 +309,10 @@ pub struct KeyStack {
     /// What is known of it: `truncated` (outer frames not kept), `empty` (capture was on
     /// but the thread gave no user-mode frame: a kernel-mode opener, or an unreadable
     /// stack), `dropped` (captured but not stored), `out_of_scope` (capture was on for
-    /// another hive or image), `not_captured` (capture was off for this open), `unknown_stack` (the id is not on the stacks page); empty when the
-    /// frames are complete.
+    /// another hive or image), `not_captured` (capture was off for this open), `unknown_stack` (the id is not on the stacks page), `may_be_partial` (whole,
+    /// but its outermost frame is not in the process's ntdll.dll, where a thread's stack
+    /// ends: the walk may have stopped at code it could not unwind, as JIT code); empty when
+    /// the frames are complete.
     pub flags: Vec<String>,
     /// The frames, innermost first.
     pub frames: Vec<Frame>,

@@ -94,6 +94,12 @@ fn stack_header(s: &KeyStack, of: Option<(usize, usize)>) -> String {
             s.frames.len()
         );
     }
+    if has("may_be_partial") {
+        return format!(
+            "opened from stack {}{share} (may be partial: it does not end in ntdll.dll, where a thread's stack starts, so the walk may have stopped at code it could not unwind, as JIT-compiled code):",
+            s.id
+        );
+    }
     format!("opened from stack {}{share}:", s.id)
 }
 
