@@ -151,7 +151,7 @@ impl StackTable {
     /// stack ends, in ntdll.dll (`RtlUserThreadStart`), though the process's ntdll.dll is
     /// known: the kernel's user-mode walk stops, keeping the frames so far, at code it cannot
     /// unwind — code with no function-table entry, as JIT-compiled code (WRK `stkwalk.c`
-    /// RtlpWalkFrameChain; audit 20a, M3) — so the outer callers may be missing. Only "may":
+    /// `RtlpWalkFrameChain`; audit 20a, M3) — so the outer callers may be missing. Only "may":
     /// a fiber's stack, say, ends elsewhere.
     fn may_be_partial(&self, pid: u64, start_key: u64, frames: &[Frame]) -> bool {
         let is_ntdll = |path: &str| file_name(path).eq_ignore_ascii_case("ntdll.dll");
