@@ -17,6 +17,7 @@ unsafe extern "system" {
     fn PsSetLoadImageNotifyRoutine(routine: LoadImageNotify) -> NTSTATUS;
     fn PsRemoveLoadImageNotifyRoutine(routine: LoadImageNotify) -> NTSTATUS;
     fn PsGetCurrentProcessId() -> *mut c_void;
+    fn IoIs32bitProcess(irp: *mut c_void) -> u8;
 }
 
 /// PLOAD_IMAGE_NOTIFY_ROUTINE.
@@ -26,8 +27,9 @@ type SetEx = unsafe extern "system" fn(LoadImageNotify, usize) -> NTSTATUS;
 
 /// Frames a capture holds.
 pub const FRAMES: usize = 16;
-/// Output slots of a walk or capture: [returned, PsGetCurrentProcessId, IRQL, frames...].
-pub const WALK_SLOTS: usize = 3 + FRAMES;
+/// Output slots of a walk or capture: [returned, PsGetCurrentProcessId, IRQL, frames...,
+/// IoIs32bitProcess(NULL)].
+pub const WALK_SLOTS: usize = 4 + FRAMES;
 /// What an unwritten frame slot holds.
 const UNWRITTEN: u64 = 0x5555_5555_5555_5555;
 
@@ -62,6 +64,8 @@ fn walk(count: u64, flags: u64, null_callers: bool) -> [u64; WALK_SLOTS] {
     for (o, f) in out[3..].iter_mut().zip(frames) {
         *o = f as usize as u64;
     }
+    // SAFETY: IRP NULL asks about the current process context; IRQL <= DISPATCH_LEVEL.
+    out[3 + FRAMES] = u64::from(unsafe { IoIs32bitProcess(core::ptr::null_mut()) });
     out
 }
 

@@ -48,6 +48,8 @@ struct Walk {
     pid: u64,
     irql: u64,
     frames: [u64; 16],
+    /// IoIs32bitProcess(NULL) where the walk ran.
+    wow64: u64,
 }
 
 impl Walk {
@@ -65,6 +67,7 @@ impl Walk {
             pid: w.get(1).copied().unwrap_or(0),
             irql: w.get(2).copied().unwrap_or(0),
             frames,
+            wow64: w.get(19).copied().unwrap_or(u64::MAX),
         }
     }
 
@@ -87,7 +90,7 @@ fn walk(device: FileHandle, count: u64, flags: u32, options: u64) -> Walk {
         device,
         IOCTL_WALK,
         &slots(&[count, u64::from(flags), options]),
-        19 * 8,
+        20 * 8,
         0xA5,
     );
     Walk::parse(&r.output)
@@ -109,7 +112,7 @@ fn captured(s: &Session, which: u64) -> Walk {
         s.control,
         IOCTL_CAPTURE_READ,
         &slots(&[which]),
-        19 * 8,
+        20 * 8,
         0xA5,
     );
     Walk::parse(&r.output)
@@ -207,6 +210,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-walk-irql",
             "RtlWalkFrameChain user walk: 0 at DISPATCH_LEVEL and on a thread attached to another process; works at APC_LEVEL (callbacks delivered there)",
             td_walk_irql,
+        ),
+        Scenario::test_driver(
+            "td-wow64",
+            "IoIs32bitProcess(NULL) in the registry callback: FALSE for a 64-bit process's open, TRUE once it is a 32-bit (Wow64) process, FALSE for a kernel-mode open (ZwOpenKey, previous mode KernelMode) on its thread, and the attached process's answer on an attached thread (WRK iosubs.c)",
+            td_wow64,
         ),
         Scenario::test_driver(
             "td-load-image-notify",
@@ -442,6 +450,72 @@ fn td_walk_irql(ctx: &mut Ctx) {
         format!("a thread attached to another process: 0 ({w:x?})"),
     );
     let _ = hive::close_key(q, h.unwrap_or(0));
+    arm(&s, 0, 0);
+    process::exit_process(p);
+    process::exit_process(q);
+    finish(ctx, s);
+}
+
+fn td_wow64(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let p = new_process(ctx, APP);
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\Windows\SysWOW64\legacy.exe");
+    arm(&s, 16, USER);
+    let open = |ctx: &mut Ctx, what: &str, want: u64, f: &dyn Fn() -> Result<u64, i32>| {
+        let h = f();
+        let w = captured(&s, 0);
+        ctx.check(
+            h.is_ok() && w.wow64 == want,
+            format!("{what}: IoIs32bitProcess(NULL) = {} ({w:x?})", w.wow64),
+        );
+        h.ok()
+    };
+    let mut handles = Vec::new();
+    handles.push((
+        p,
+        open(ctx, "a 64-bit process's open", 0, &|| {
+            hive::open_key(p, SOFTWARE, KEY_READ, false)
+        }),
+    ));
+    ctx.check(process::set_wow64(q, true), "q is a 32-bit process");
+    handles.push((
+        q,
+        open(ctx, "a 32-bit (Wow64) process's open", 1, &|| {
+            hive::open_key(q, SOFTWARE, KEY_READ, false)
+        }),
+    ));
+    handles.push((
+        SYSTEM_PID,
+        open(
+            ctx,
+            "a kernel-mode open on its thread (previous mode KernelMode)",
+            0,
+            &|| hive::open_kernel_key(q, SOFTWARE, KEY_READ, false),
+        ),
+    ));
+    handles.push((
+        q,
+        open(
+            ctx,
+            "the 64-bit process's thread attached to the 32-bit one",
+            1,
+            &|| process::attached(q, || hive::open_key(p, SOFTWARE, KEY_READ, false)),
+        ),
+    ));
+    handles.push((
+        p,
+        open(
+            ctx,
+            "the 32-bit process's thread attached to the 64-bit one",
+            0,
+            &|| process::attached(p, || hive::open_key(q, SOFTWARE, KEY_READ, false)),
+        ),
+    ));
+    for (pid, h) in handles {
+        if let Some(h) = h {
+            let _ = hive::close_key(pid, h);
+        }
+    }
     arm(&s, 0, 0);
     process::exit_process(p);
     process::exit_process(q);

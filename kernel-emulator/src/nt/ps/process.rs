@@ -108,6 +108,8 @@ pub struct Process {
     pub start_key: u64,
     /// What PsGetProcessCreateTimeQuadPart answers for it: the system time at creation.
     pub create_time: i64,
+    /// A 32-bit (x86) program under Wow64 ([`set_wow64`], [`IoIs32bitProcess`]).
+    pub wow64: bool,
 }
 
 /// The start key of the System process (the first process of the boot).
@@ -339,6 +341,7 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
                 eprocess,
                 start_key: START_KEY_BOOT | p.start_keys,
                 create_time: i64::try_from(crate::machine::cpu::system_time()).unwrap_or(i64::MAX),
+                wow64: false,
             },
         );
         Some(pid)
@@ -733,9 +736,44 @@ unsafe extern "win64" fn SeLocateProcessImageName(
     STATUS_SUCCESS
 }
 
+/// Marks `pid` as a 32-bit (x86) program running under Wow64, or not (a scenario step;
+/// processes are 64-bit by default). Returns false when `pid` is not a live process.
+pub fn set_wow64(pid: u32, wow64: bool) -> bool {
+    kernel::with(|k| {
+        k.processes
+            .processes
+            .get_mut(&pid)
+            .map(|process| process.wow64 = wow64)
+            .is_some()
+    })
+}
+
+/// IoIs32bitProcess — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iois32bitprocess>:
+/// TRUE when the originator of the current request is a 32-bit user-mode process. With `irp`
+/// NULL, WRK `io/iomgr/iosubs.c` IoIs32bitProcess answers for the current process context
+/// (`PsGetCurrentProcess`, so the attached process when attached) and only when the previous
+/// mode is UserMode (a `Zw*` call from kernel mode answers FALSE); with an IRP, for the IRP's
+/// requestor when its `RequestorMode` is UserMode (`IoGetRequestorProcess`). IRQL <=
+/// DISPATCH_LEVEL (Learn, Requirements). The IRP case is not used by any driver here: the
+/// model answers FALSE for it, as for a driver-allocated IRP ("assumed to be 64-bit-ready").
+unsafe extern "win64" fn IoIs32bitProcess(irp: usize) -> u8 {
+    require_irql("IoIs32bitProcess", crate::machine::cpu::DISPATCH_LEVEL);
+    if irp != 0 || crate::nt::ps::thread::previous_mode() != crate::nt::ps::thread::USER_MODE {
+        return 0;
+    }
+    let pid = address_space_pid();
+    u8::from(kernel::with(|k| {
+        k.processes
+            .processes
+            .get(&pid)
+            .is_some_and(|process| process.wow64)
+    }))
+}
+
 /// The process routines.
 pub(crate) fn exports() -> Vec<Export> {
     vec![
+        Export::function("IoIs32bitProcess", IoIs32bitProcess as *const () as usize),
         Export::function(
             "IoGetCurrentProcess",
             IoGetCurrentProcess as *const () as usize,

@@ -206,6 +206,12 @@ pub fn with_previous_mode<R>(mode: i8, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// The previous mode of the service this thread is in ([`with_previous_mode`]).
+#[must_use]
+pub fn previous_mode() -> i8 {
+    PREVIOUS_MODE.with(std::cell::Cell::get)
+}
+
 /// ExGetPreviousMode — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-exgetpreviousmode>:
 /// "the previous processor mode for the current thread" (UserMode when the system service
 /// was called from user mode, KernelMode for a `Zw*` call from kernel mode). Any IRQL.
