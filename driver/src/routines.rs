@@ -89,6 +89,9 @@ pub type KeQuerySystemTimePrecise = unsafe extern "system" fn(time: *mut LARGE_I
 /// addresses, innermost first; returns how many it wrote (at most `count`).
 pub type RtlWalkFrameChain =
     unsafe extern "system" fn(callers: *mut *mut c_void, count: u32, flags: u32) -> u32;
+/// `IoIs32bitProcess` (docs: `IoIs32bitProcess`, 64-bit Windows): with `irp` NULL, whether
+/// the current process context is a 32-bit (Wow64) process, for a `UserMode` previous mode.
+pub type IoIs32bitProcess = unsafe extern "system" fn(irp: *mut c_void) -> u8;
 /// `SeLocateProcessImageName` (docs, Vista+): the process's image path in a new string the
 /// caller frees with `ExFreePool`.
 pub type SeLocateProcessImageName =
@@ -197,6 +200,9 @@ routines! {
     PS_INITIAL_SYSTEM_PROCESS, ps_initial_system_process: PsInitialSystemProcess = "PsInitialSystemProcess";
     /// `SeLocateProcessImageName`, when the system has it.
     SE_LOCATE_PROCESS_IMAGE_NAME, se_locate_process_image_name: SeLocateProcessImageName = "SeLocateProcessImageName";
+    /// `IoIs32bitProcess`, when the system has it (resolved, not imported: Wine's ntoskrnl
+    /// is not known to export it).
+    IO_IS_32BIT_PROCESS, io_is_32bit_process: IoIs32bitProcess = "IoIs32bitProcess";
     /// `RtlWalkFrameChain`, when the system has it (Wine 8 may not).
     RTL_WALK_FRAME_CHAIN, rtl_walk_frame_chain: RtlWalkFrameChain = "RtlWalkFrameChain";
     /// `PsSetLoadImageNotifyRoutine`, when the system has it.

@@ -43,6 +43,16 @@ pub fn capture(
         tracker.stack_captured(token, object, &[], false);
         return;
     };
+    // A 32-bit program's registry calls reach the kernel through the 64-bit Wow64 layer, so
+    // the walk shows that layer, never its own 32-bit callers (audit 20a, M2): the reports
+    // say so. Learn `IoIs32bitProcess`: IRP NULL asks about the current process context,
+    // which the check above made the opener's; IRQL <= DISPATCH_LEVEL.
+    if let Some(is_32bit) = routines::io_is_32bit_process() {
+        // SAFETY: IRP NULL is allowed (docs); the callback runs at <= APC_LEVEL.
+        if unsafe { is_32bit(core::ptr::null_mut()) } != 0 {
+            tracker.process_is_32bit(holder);
+        }
+    }
     // One more than kept, to tell a deeper stack from one that fits exactly.
     let mut callers = [core::ptr::null_mut::<c_void>(); MAX_FRAMES + 1];
     #[allow(clippy::cast_possible_truncation, reason = "17")]

@@ -189,8 +189,11 @@ impl HolderProcess<'_> {
     pub const IMAGE_TRUNCATED: u32 = 4;
     /// The image path is not known (never reported, or it could not be stored).
     pub const IMAGE_MISSING: u32 = 8;
+    /// A 32-bit (x86) program under Wow64 (`IoIs32bitProcess`, learnt at a captured open):
+    /// its open-time stacks hold only the 64-bit Wow64 layer, never its own 32-bit callers.
+    pub const WOW64: u32 = 16;
     /// Every flag this version defines.
-    pub const KNOWN_FLAGS: u32 = 15;
+    pub const KNOWN_FLAGS: u32 = 31;
 }
 
 /// One tracked key object.

@@ -47,4 +47,6 @@ pub mod wire;
 /// decoder refuses as an unknown flag (review, 2026-12-05).
 /// 4: an identify request may carry up to 2,048 handles (64 before), which a version 3
 /// driver refuses as an invalid count (issue 14: one pass over the records per request).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: a holders process may carry `HolderProcess::WOW64` (16), which a version 4 client's
+/// decoder refuses as an unknown flag (audit 20a, M2).
+pub const PROTOCOL_VERSION: u16 = 5;

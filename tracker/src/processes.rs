@@ -72,6 +72,8 @@ pub struct Process<L> {
     /// Its naming was put off (the open that made its record came at `APC_LEVEL`): its next
     /// new open asks the driver again ([`crate::Tracker::defer_naming`]).
     pub naming_deferred: AtomicBool,
+    /// A 32-bit (Wow64) program, as the driver learnt at a captured open.
+    pub wow64: AtomicBool,
     /// Tracked objects it opened.
     pub open_keys: AtomicU64,
     /// Holdings, sorted by hive id.
@@ -456,6 +458,7 @@ impl<L: RawLock> ProcessTable<L> {
                     image: AtomicPtr::new(ptr::null_mut()),
                     exited: AtomicBool::new(false),
                     naming_deferred: AtomicBool::new(false),
+                    wow64: AtomicBool::new(false),
                     open_keys: AtomicU64::new(0),
                     holdings: AtomicPtr::new(ptr::null_mut()),
                     nholdings: AtomicU32::new(0),

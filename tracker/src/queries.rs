@@ -72,6 +72,15 @@ fn text(n: Option<NameRef>) -> Text<'static> {
     n.map_or(Text::EMPTY, |n| Text::Units(name_of(n).units()))
 }
 
+/// [`HolderProcess::WOW64`] for a 32-bit process (holders records only).
+fn wow64_flag(p: &Process<impl RawLock>) -> u32 {
+    if p.wow64.load(Relaxed) {
+        HolderProcess::WOW64
+    } else {
+        0
+    }
+}
+
 fn image_flags(p: &Process<impl RawLock>) -> u32 {
     match p.image() {
         None => HolderProcess::IMAGE_MISSING,
@@ -443,7 +452,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                         HolderProcess::CONTINUED
                     } else {
                         0
-                    }) | image_flags(p),
+                    }) | image_flags(p)
+                        | wow64_flag(p),
                     pid: p.key.pid,
                     start_key: p.key.start_key,
                     open_keys: u64::from(hold.count.load(Relaxed)),

@@ -1217,6 +1217,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             .with(process, |p| p.naming_deferred.store(deferred, Relaxed));
     }
 
+    /// `process` is a 32-bit (Wow64) program (the driver asked `IoIs32bitProcess` at one of
+    /// its captured opens): its holders records say so.
+    #[inline(never)]
+    pub fn process_is_32bit(&self, process: ProcessKey) {
+        let _ = self
+            .processes
+            .with(process, |p| p.wow64.store(true, Relaxed));
+    }
+
     /// True when `process` is known without its image path.
     #[inline(never)]
     pub fn image_missing(&self, process: ProcessKey) -> bool {

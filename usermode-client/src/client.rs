@@ -139,6 +139,7 @@ fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
         },
         image_truncated: p.flags & HolderProcess::IMAGE_TRUNCATED != 0,
         exited: p.flags & HolderProcess::EXITED != 0,
+        wow64: p.flags & HolderProcess::WOW64 != 0,
         open_keys: p.open_keys,
         oldest_open: Time::from_filetime(p.oldest_open),
         oldest_age_secs: age_secs(p.oldest_open, now),

@@ -211,6 +211,7 @@ mod tests {
             image: None,
             image_truncated: false,
             exited: false,
+            wow64: false,
             open_keys: keys.len() as u64,
             oldest_open: None,
             oldest_age_secs: 0,

@@ -309,7 +309,8 @@ pub struct KeyStack {
     /// What is known of it: `truncated` (outer frames not kept), `empty` (capture was on
     /// but the thread gave no user-mode frame: a kernel-mode opener, or an unreadable
     /// stack), `dropped` (captured but not stored), `out_of_scope` (capture was on for
-    /// another hive or image), `not_captured` (capture was off for this open), `unknown_stack` (the id is not on the stacks page), `may_be_partial` (whole,
+    /// another hive or image), `not_captured` (capture was off for this open), `unknown_stack` (the id is not on the stacks page), `wow64` (a 32-bit process: the
+    /// frames are its 64-bit Wow64 layer's, never its own 32-bit callers), `may_be_partial` (whole,
     /// but its outermost frame is not in the process's ntdll.dll, where a thread's stack
     /// ends: the walk may have stopped at code it could not unwind, as JIT code); empty when
     /// the frames are complete.
@@ -384,6 +385,10 @@ pub struct Holder {
     pub image_truncated: bool,
     /// The process has exited; its keys outlive it (inherited or duplicated handles).
     pub exited: bool,
+    /// A 32-bit (Wow64) program, as the driver learnt at one of its captured opens: its
+    /// stacks show the 64-bit Wow64 layer, never its own 32-bit callers.
+    #[serde(default)]
+    pub wow64: bool,
     /// Keys it holds open in the hive.
     pub open_keys: u64,
     /// Open time of its oldest key in the hive.
@@ -475,6 +480,10 @@ pub struct WithoutStack {
     /// no stack.
     #[serde(default)]
     pub untracked: u64,
+    /// Opened by a 32-bit (Wow64) process: the stack holds only its 64-bit Wow64 layer, so
+    /// it names no caller.
+    #[serde(default)]
+    pub wow64: u64,
 }
 
 /// `hivetrack modules`.

@@ -75,6 +75,15 @@ pub fn rank(reports: &[HoldersReport], source: Source, coverage: StackCoverage) 
         for h in &r.holders {
             for k in &h.keys {
                 held_keys += 1;
+                if k.stack
+                    .as_ref()
+                    .is_some_and(|s| s.flags.iter().any(|f| f == "wow64"))
+                {
+                    // Only the Wow64 layer's frames: attributing them would file the key
+                    // under the OS (audit 20a, M2).
+                    without.wow64 += 1;
+                    continue;
+                }
                 let Some((frame, plumbing_only)) = k.stack.as_ref().and_then(attribute) else {
                     let flags = k.stack.as_ref().map_or(&[][..], |s| &s.flags[..]);
                     if flags.iter().any(|f| f == "empty") {

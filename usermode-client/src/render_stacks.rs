@@ -94,6 +94,12 @@ fn stack_header(s: &KeyStack, of: Option<(usize, usize)>) -> String {
             s.frames.len()
         );
     }
+    if has("wow64") {
+        return format!(
+            "opened from stack {}{share} (a 32-bit process: these are the frames of its 64-bit Wow64 layer; its own 32-bit callers cannot be seen by the driver):",
+            s.id
+        );
+    }
     if has("may_be_partial") {
         return format!(
             "opened from stack {}{share} (may be partial: it does not end in ntdll.dll, where a thread's stack starts, so the walk may have stopped at code it could not unwind, as JIT-compiled code):",
@@ -294,6 +300,13 @@ fn notes(r: &ModulesReport, out: &mut String) {
             w.empty,
             w.dropped,
             w.untracked
+        );
+    }
+    if w.wow64 > 0 {
+        let _ = writeln!(
+            out,
+            "{} held key(s) opened by 32-bit processes are not ranked: their stacks show only the 64-bit Wow64 layer, and their own 32-bit callers cannot be seen by the driver.",
+            w.wow64
         );
     }
     coverage_notes(&r.stacks, out);

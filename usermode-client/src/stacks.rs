@@ -229,7 +229,14 @@ impl StackTable {
         for h in &mut report.holders {
             let (pid, start_key) = (h.pid, h.start_key);
             for k in &mut h.keys {
-                k.stack = Some(self.resolve(pid, start_key, k, symbols));
+                let mut stack = self.resolve(pid, start_key, k, symbols);
+                if h.wow64 && !stack.frames.is_empty() {
+                    // Its registry calls come through the 64-bit Wow64 layer: the frames
+                    // are that layer's (audit 20a, M2), and "partial" says nothing more.
+                    stack.flags.retain(|f| f != "may_be_partial");
+                    stack.flags.push("wow64".to_owned());
+                }
+                k.stack = Some(stack);
             }
         }
         report.stacks = Some(self.coverage.clone());

@@ -899,6 +899,61 @@ mod engine {
             .unwrap();
         assert_eq!(later.stack.as_ref().unwrap().flags, ["not_captured"]);
     }
+
+    #[test]
+    fn a_32_bit_process_stack_is_flagged_and_not_ranked() {
+        // A 32-bit program's calls reach the kernel through the 64-bit Wow64 layer: the walk
+        // shows that layer only, which `modules` would file under the OS (audit 20a, M2).
+        let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+        let user = format!(r"\REGISTRY\USER\{SID}");
+        t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 4 * 3600 * SECOND);
+        t.process_started(AGENT, &w(r"C:\Program Files (x86)\Contoso\agent.exe"));
+        let o = run(&t, &["--json", "capture", "on"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let at = NOW - 3600 * SECOND;
+        t.image_loaded(
+            AGENT,
+            NTDLL,
+            0x1f_8000,
+            &w(&format!(r"{SYS}\ntdll.dll")),
+            at,
+        );
+        t.image_loaded(AGENT, BASE, 0x4_0000, &w(&format!(r"{SYS}\wow64.dll")), at);
+        let token = t
+            .opened(
+                0x2000,
+                AGENT,
+                1,
+                &w(&format!(r"{user}\Software\Agent")),
+                0x2_0019,
+                NOW,
+            )
+            .expect("tracked");
+        assert!(t.capture_wanted(token));
+        t.stack_captured(
+            token,
+            0x2000,
+            &[NTDLL + 0x10, BASE + 0x100, NTDLL + 0x20],
+            false,
+        );
+        t.process_is_32bit(AGENT);
+        let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let report: HoldersReport = serde_json::from_str(&o.out).unwrap();
+        let holder = report.holders.iter().find(|h| h.pid == AGENT.pid).unwrap();
+        assert!(holder.wow64, "the holder is named 32-bit");
+        assert_eq!(holder.keys[0].stack.as_ref().unwrap().flags, ["wow64"]);
+        let o = run(&t, &["holders", "HKCU", "--stacks"]);
+        assert!(o.out.contains("a 32-bit process"), "{}", o.out);
+        let o = run(&t, &["--json", "modules", "HKCU"]);
+        let ranked: ModulesReport = serde_json::from_str(&o.out).unwrap();
+        assert!(
+            ranked.modules.is_empty(),
+            "not ranked: {:?}",
+            ranked.modules
+        );
+        assert_eq!(ranked.without_stack.wow64, 1);
+    }
 }
 
 #[test]

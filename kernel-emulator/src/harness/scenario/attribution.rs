@@ -76,6 +76,11 @@ pub fn scenarios() -> Vec<Scenario> {
             stacks_image_scope,
         ),
         Scenario::hivetrack(
+            "stacks-wow64",
+            "capture on: a 32-bit (Wow64) process and a 64-bit one each open a key; holders flags the 32-bit one (HolderProcess::WOW64, from IoIs32bitProcess at its captured open), whose stack holds only the Wow64 layer, and not the 64-bit one (audit 20a, M2)",
+            stacks_wow64,
+        ),
+        Scenario::hivetrack(
             "stacks-image-scope-apc",
             "explorer.exe runs before the driver starts and its first tracked open comes with registry callbacks at APC_LEVEL: the driver does not call SeLocateProcessImageName there (PASSIVE_LEVEL only) and leaves explorer unnamed; its next new open, at PASSIVE_LEVEL, names it (audit 20a, M4)",
             stacks_image_scope_apc,
@@ -717,6 +722,55 @@ fn stacks_image_scope_apc(ctx: &mut Ctx) {
         let _ = hive::close_key(explorer, h);
     }
     process::exit_process(explorer);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+fn stacks_wow64(ctx: &mut Ctx) {
+    super::tracking::boot_hives(ctx);
+    load_profile(ctx);
+    let mut d = super::tracking::load_driver(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    let legacy = spawn(
+        ctx,
+        r"\Device\HarddiskVolume2\Program Files (x86)\Contoso\legacy.exe",
+    );
+    let modern = spawn(ctx, SHELL);
+    ctx.check(
+        process::set_wow64(legacy, true),
+        "legacy.exe is a 32-bit process",
+    );
+    set_capture(ctx, &c, CaptureScope::All, "");
+    let key32 = format!(r"{USER}\Software\Contoso\Legacy");
+    let key64 = format!(r"{USER}\Software\Contoso\Modern");
+    ensure_parents(legacy, &format!(r"{key32}\x"));
+    ensure_parents(modern, &format!(r"{key64}\x"));
+    let h32 = hive::open_key(legacy, &key32, KEY_READ, true);
+    let h64 = hive::open_key(modern, &key64, KEY_READ, true);
+    let holders = c.holders(ctx, USER);
+    let flag = |pid: u32| {
+        holders
+            .iter()
+            .find(|h| h.pid == u64::from(pid))
+            .map(|h| h.wow64)
+    };
+    ctx.check(
+        flag(legacy) == Some(true),
+        format!("the 32-bit process is flagged WOW64: {:?}", flag(legacy)),
+    );
+    ctx.check(
+        flag(modern) == Some(false),
+        format!("the 64-bit one is not: {:?}", flag(modern)),
+    );
+    for (pid, h) in [(legacy, h32), (modern, h64)] {
+        if let Ok(h) = h {
+            let _ = hive::close_key(pid, h);
+        }
+    }
+    set_capture(ctx, &c, CaptureScope::Off, "");
+    process::exit_process(legacy);
+    process::exit_process(modern);
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
     ctx.unload_and_check_clean(&mut d);

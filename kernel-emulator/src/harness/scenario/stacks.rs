@@ -457,16 +457,19 @@ fn td_walk_irql(ctx: &mut Ctx) {
 }
 
 fn td_wow64(ctx: &mut Ctx) {
-    let Some(s) = start(ctx) else { return };
+    let Some(session) = start(ctx) else { return };
     let p = new_process(ctx, APP);
     let q = new_process(ctx, r"\Device\HarddiskVolume2\Windows\SysWOW64\legacy.exe");
-    arm(&s, 16, USER);
+    arm(&session, 16, USER);
     let open = |ctx: &mut Ctx, what: &str, want: u64, f: &dyn Fn() -> Result<u64, i32>| {
         let h = f();
-        let w = captured(&s, 0);
+        let walk = captured(&session, 0);
         ctx.check(
-            h.is_ok() && w.wow64 == want,
-            format!("{what}: IoIs32bitProcess(NULL) = {} ({w:x?})", w.wow64),
+            h.is_ok() && walk.wow64 == want,
+            format!(
+                "{what}: IoIs32bitProcess(NULL) = {} ({walk:x?})",
+                walk.wow64
+            ),
         );
         h.ok()
     };
@@ -516,10 +519,10 @@ fn td_wow64(ctx: &mut Ctx) {
             let _ = hive::close_key(pid, h);
         }
     }
-    arm(&s, 0, 0);
+    arm(&session, 0, 0);
     process::exit_process(p);
     process::exit_process(q);
-    finish(ctx, s);
+    finish(ctx, session);
 }
 
 fn register(s: &Session, flags: u64, classic: bool, times: u64) -> [u64; 4] {

@@ -122,6 +122,8 @@ pub(crate) struct Holder {
     pub(crate) pid: u64,
     pub(crate) start_key: u64,
     pub(crate) exited: bool,
+    /// `HolderProcess::WOW64`: the driver learnt it is a 32-bit process.
+    pub(crate) wow64: bool,
     pub(crate) image: String,
     pub(crate) open_keys: u64,
     pub(crate) oldest_open: u64,
@@ -255,6 +257,7 @@ impl Client {
                                 pid: p.pid,
                                 start_key: p.start_key,
                                 exited: p.flags & HolderProcess::EXITED != 0,
+                                wow64: p.flags & HolderProcess::WOW64 != 0,
                                 image: p.image.to_string(),
                                 open_keys: p.open_keys,
                                 oldest_open: p.oldest_open,

@@ -738,6 +738,7 @@ unsafe extern "win64" fn SeLocateProcessImageName(
 
 /// Marks `pid` as a 32-bit (x86) program running under Wow64, or not (a scenario step;
 /// processes are 64-bit by default). Returns false when `pid` is not a live process.
+#[must_use]
 pub fn set_wow64(pid: u32, wow64: bool) -> bool {
     kernel::with(|k| {
         k.processes
