@@ -255,7 +255,7 @@ pub struct HiveList(Key);
 
 impl HiveList {
     /// The kernel handle, now owned by the caller (who closes it with [`Self::from_raw`]).
-    pub fn into_raw(self) -> HANDLE {
+    pub const fn into_raw(self) -> HANDLE {
         let handle = self.0.0;
         core::mem::forget(self);
         handle

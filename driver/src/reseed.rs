@@ -10,8 +10,8 @@
 //!
 //! - **Where**: in the IOCTL path (`ioctl::query`), at `PASSIVE_LEVEL` in the caller's
 //!   thread, outside any registry callback (never `Zw*` from a callback). A highest-level
-//!   driver's `DispatchDeviceControl` runs at `PASSIVE_LEVEL` (Learn, "Dispatch Routine IRQL
-//!   and Thread Context"). Every query kind triggers it, so the CLI needs nothing new: the
+//!   driver's `DispatchDeviceControl` runs at `PASSIVE_LEVEL` in the requester's thread (Learn,
+//!   "Dispatch Routines and IRQLs"). Every query kind triggers it, so the CLI needs nothing new: the
 //!   first query after the bad moment (stats, hives, holders, ...) brings the seed whole, and
 //!   its answer already counts on it. One IOCTL reads the list at most once (the seed's own
 //!   passes, up to four), and not twice within [`INTERVAL`]: a list that stays unreadable
@@ -19,7 +19,7 @@
 //! - **Which key**: the handle opened before the callback was registered (review 18b: an
 //!   open the callback saw but could not record would count a loss forever), kept open while
 //!   no seed is whole. It is a key of the `SYSTEM` hive, which stays loaded while Windows
-//!   runs; the open key would keep it anyway (WRK `cmapi.c` CmUnloadKey fails while a key
+//!   runs; the open key would keep it anyway (WRK `cmapi.c` `CmUnloadKey` fails while a key
 //!   control block of the hive is referenced, `Kcb->RefCount != 1`, unless forced, which
 //!   marks open handles invalid: a read through one then fails, taken as a value not read),
 //!   so the handle stays good. Closed as soon as a seed
@@ -86,14 +86,14 @@ pub fn maybe(tracker: &DriverTracker) {
     let handle = HIVE_LIST.swap(null_mut(), AcqRel);
     if !handle.is_null() {
         // SAFETY: a handle `keep` stored, taken out of the slot by this swap.
-        let list = unsafe { HiveList::from_raw(handle) };
+        let kept = unsafe { HiveList::from_raw(handle) };
         // A seed that is no longer needed (completed between the check and here) opens
         // nothing and reads nothing.
-        let whole = !tracker.seed_again() || registry_read::seed_hives(tracker, Some(&list));
+        let whole = !tracker.seed_again() || registry_read::seed_hives(tracker, Some(&kept));
         if !whole {
             // Back in its slot for the next try; when the seed is whole the key is closed
             // here (dropped).
-            HIVE_LIST.store(list.into_raw(), Release);
+            HIVE_LIST.store(kept.into_raw(), Release);
         }
     }
     BUSY.store(false, Release);
