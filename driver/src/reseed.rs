@@ -55,7 +55,7 @@ pub const INTERVAL: u64 = 10_000_000;
 static HIVE_LIST: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
 /// Set while a later seed runs.
 static BUSY: AtomicBool = AtomicBool::new(false);
-/// When the last later seed began (interrupt time + 1; 0: never).
+/// When the last later seed began, then when it ended (interrupt time + 1; 0: never).
 static LAST: AtomicU64 = AtomicU64::new(0);
 
 /// Keeps the hive list's key open for a later seed (the start-up one was not whole).
@@ -68,7 +68,7 @@ pub fn keep(list: HiveList) {
 }
 
 /// Reads the hive list again when no seed was whole, the handle was kept, no other read runs
-/// and the last began at least [`INTERVAL`] ago. Called at `PASSIVE_LEVEL`, outside any
+/// and the last began and ended at least [`INTERVAL`] ago. Called at `PASSIVE_LEVEL`, outside any
 /// registry callback, before a query is answered.
 pub fn maybe(tracker: &DriverTracker) {
     if HIVE_LIST.load(Acquire).is_null() || tracker.seed_complete() {
@@ -96,6 +96,9 @@ pub fn maybe(tracker: &DriverTracker) {
             HIVE_LIST.store(kept.into_raw(), Release);
         }
     }
+    // The interval runs from the end of the read too: a read that took long (many values, a
+    // slow disk) is not followed at once by the next.
+    LAST.store(clock::interrupt_time().saturating_add(1), Relaxed);
     BUSY.store(false, Release);
 }
 

@@ -1279,10 +1279,36 @@ fn unload_during_late_seed(ctx: &mut Ctx) {
     let unloaded = std::rc::Rc::new(std::cell::Cell::new(None));
     let seen = unloaded.clone();
     let mount = gone.clone();
+    // And a second request while the read runs (another client's): it neither waits nor
+    // reads the list again (one read at a time), and answers with the seed not yet whole.
+    let during = std::rc::Rc::new(std::cell::Cell::new(None));
+    let said = during.clone();
     crate::nt::cm::zwreg::after_hive_list_value(u32::try_from(at).unwrap_or(0), move || {
         seen.set(Some(hive::unload_hive(super::tracking::SYSTEM_PID, &mount)));
+        // Past the driver's interval, so that only the one-read-at-a-time rule holds it back.
+        crate::nt::ke::timer::advance(1_100);
+        let calls = kernel::with(|k| k.zwreg.enumerations);
+        let r = io::device_io_control(
+            h,
+            query_ioctl(QueryKind::Stats),
+            &query(QueryKind::Stats, ""),
+            64 * 1024,
+            0,
+        );
+        let st = (r.status == STATUS_SUCCESS)
+            .then(|| wire::decode::<Stats>(&r.output[..r.information]).ok())
+            .flatten();
+        let read = kernel::with(|k| k.zwreg.enumerations) != calls;
+        said.set(Some((st.map(|s| s.names_unavailable), read)));
     });
     let st = stats(ctx, h);
+    ctx.check(
+        during.get() == Some((Some(1), false)),
+        format!(
+            "a request during the late read answers at once, without reading the list, with the seed not yet whole (names unavailable, list read: {:?})",
+            during.get()
+        ),
+    );
     let pending = crate::nt::cm::zwreg::cancel_after_hive_list_value();
     ctx.check(
         !pending && unloaded.get() == Some(STATUS_SUCCESS),
