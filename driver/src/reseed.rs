@@ -22,8 +22,11 @@
 //!   runs; the open key would keep it anyway (WRK `cmapi.c` `CmUnloadKey` fails while a key
 //!   control block of the hive is referenced, `Kcb->RefCount != 1`, unless forced, which
 //!   marks open handles invalid: a read through one then fails, taken as a value not read),
-//!   so the handle stays good. Closed as soon as a seed
-//!   is whole, and at `DriverUnload` ([`close`]). When `DriverEntry` fails to start tracking,
+//!   so the handle stays good. It is a kernel handle (`OBJ_KERNEL_HANDLE`: Learn, "Object
+//!   Handles", "can only be accessed from kernel mode"), kept in the kernel's handle table,
+//!   not the System process's (WRK `obref.c` `ObReferenceObjectByHandle` looks a negative
+//!   handle up in `ObpKernelHandleTable`), so the read works in the requester's process too.
+//!   Closed as soon as a seed is whole, and at `DriverUnload` ([`close`]). When `DriverEntry` fails to start tracking,
 //!   the handle is closed on that path (it is dropped, never kept).
 //! - **One at a time**: a second IOCTL that finds a seed running does not wait and does not
 //!   read: it answers with what the tracker knows (the seed not whole, said by
