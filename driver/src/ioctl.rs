@@ -219,11 +219,17 @@ fn query(code: u32, buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome
     let mut request = [0u8; MAX_REQUEST];
     request[..in_len].copy_from_slice(&buffer[..in_len]);
     if code == IOCTL_HIVETRACK_QUERY_STATS {
+        if let Some(tracker) = tracking::get() {
+            crate::reseed::maybe(tracker);
+        }
         return stats(&request[..in_len], &mut buffer[..out_len]);
     }
     let Some(tracker) = tracking::get() else {
         return Outcome::error(STATUS_DEVICE_NOT_READY);
     };
+    // A start-up read of the hive list that was not whole is done again first (rate-limited),
+    // so the answer can count on it (`reseed`).
+    crate::reseed::maybe(tracker);
     match tracker.answer(
         code,
         &request[..in_len],

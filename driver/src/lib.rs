@@ -26,6 +26,7 @@ mod lookaside;
 mod pool;
 mod process;
 mod registry_read;
+mod reseed;
 mod resident;
 mod routines;
 mod security;
@@ -140,7 +141,13 @@ fn start_tracking(
         tracker.tracking_started(clock::now());
         // The mounted hives are read after registration, so a load between the two is seen
         // by the callback instead of falling in the gap (a load seen twice is harmless).
-        registry_read::seed_hives(tracker, hive_list);
+        // A read that was not whole is done again later, through the same handle, before a
+        // query is answered (`reseed`); a whole one closes the handle here.
+        if !registry_read::seed_hives(tracker, hive_list.as_ref())
+            && let Some(list) = hive_list
+        {
+            reseed::keep(list);
+        }
     }
     Ok(())
 }
@@ -153,6 +160,8 @@ unsafe extern "C" fn driver_unload(driver: PDRIVER_OBJECT) {
     // Unregistering waits for callbacks in flight and cleans up every object context, so
     // after these two calls nothing but this thread can reach the tracker.
     let unregistered = callbacks::unregister();
+    // The hive list's key kept for a later read (no IOCTL, hence no read, is in flight).
+    reseed::close();
     process::unregister();
     images::unregister();
     waiters::shutdown();

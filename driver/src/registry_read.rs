@@ -1,6 +1,7 @@
-//! Registry reads done once, in `DriverEntry` (at `PASSIVE_LEVEL`, where `Zw*` calls are
-//! allowed, unlike in the registry callback): the configured altitude and memory budget, and
-//! the hive list.
+//! Registry reads at `PASSIVE_LEVEL` outside the registry callback (where `Zw*` calls are
+//! allowed, unlike in the callback): in `DriverEntry`, the configured altitude and memory
+//! budget, and the hive list; later, the hive list again when the start-up read of it was not
+//! whole ([`crate::reseed`]).
 
 use core::ptr::{NonNull, null_mut};
 
@@ -248,8 +249,26 @@ pub fn held_after_seconds(service_key: &UNICODE_STRING) -> Option<u64> {
 }
 
 /// The hive list's key, opened before the registry callback is registered
-/// ([`open_hive_list`]) and read after it ([`seed_hives`]).
+/// ([`open_hive_list`]) and read after it ([`seed_hives`]); kept open while no read was whole
+/// ([`crate::reseed`]), closed on drop.
 pub struct HiveList(Key);
+
+impl HiveList {
+    /// The kernel handle, now owned by the caller (who closes it with [`Self::from_raw`]).
+    pub const fn into_raw(self) -> HANDLE {
+        let handle = self.0.0;
+        core::mem::forget(self);
+        handle
+    }
+
+    /// Takes back a handle [`Self::into_raw`] gave.
+    ///
+    /// # Safety
+    /// `handle` came from [`Self::into_raw`] and is taken back once.
+    pub const unsafe fn from_raw(handle: HANDLE) -> Self {
+        Self(Key(handle))
+    }
+}
 
 /// Opens `HKLM\SYSTEM\CurrentControlSet\Control\hivelist`. Called before the registry
 /// callback is registered: a driver's own `ZwOpenKey` reaches every registered callback,
@@ -269,16 +288,17 @@ pub fn open_hive_list() -> Option<HiveList> {
 }
 
 /// Seeds the tracker with the mounted hives from the hive list (value name = mount point,
-/// data = file), opened by [`open_hive_list`]. Returns how many hives were seeded.
-pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
+/// data = file), opened by [`open_hive_list`]: at start, and again later while no seed was
+/// whole ([`crate::reseed`]). Returns whether this seed read the whole list.
+pub fn seed_hives(tracker: &DriverTracker, list: Option<&HiveList>) -> bool {
     // A hive list not read, or a value of it not read, is a hive the driver does not know
-    // was loaded before it: counted once as a name it could not get (a loss every answer
-    // reports), never passed over in silence. Its keys are still tracked, under the implicit
-    // hive their paths name, which no report calls complete.
+    // was loaded before it: reported as a name it could not get (every answer says so) until
+    // a seed reads the whole list ([`DriverTracker::seed_done`]), never passed over in
+    // silence. Its keys are still tracked, under the implicit hive their paths name, which
+    // no report calls complete.
     let (Some(HiveList(key)), Some(mut scratch)) = (list, Scratch::new(BUF_LEN)) else {
-        tracker.name_unavailable();
         tracker.seed_done(false);
-        return 0;
+        return false;
     };
     // An unload deletes its value and moves the later ones down an index (WRK `cmhvlist.c`
     // CmpRemoveFromHiveFileList, `cmvalue.c` CmpRemoveValueFromList), so a read by index
@@ -287,7 +307,7 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
     // So the list is read until two reads in a row see the same values in the same order
     // with no unload noticed meanwhile; a hive read but unloaded before its record is
     // refused by the tracker ([`tracker::seed_window`]). A list still moving after
-    // [`MAX_PASSES`] reads is counted once.
+    // [`MAX_PASSES`] reads is not whole.
     // (signature of the previous read, loads and unloads seen before it began)
     let mut previous: Option<(Signature, u32)> = None;
     let mut pass = Pass::default();
@@ -295,7 +315,7 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
     let mut stable = false;
     for _ in 0..MAX_PASSES {
         let changes = tracker.changes_during_seed();
-        pass = read_pass(tracker, &key, &mut scratch);
+        pass = read_pass(tracker, key, &mut scratch);
         // A file path recorded cut stays cut: a later read finds the hive recorded.
         cut |= pass.cut;
         // Alike, and no load or unload seen from the start of the previous read to now.
@@ -307,12 +327,13 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<HiveList>) -> usize {
         }
         previous = Some((pass.signature, changes));
     }
-    tracker.seed_done(!pass.missed && stable);
-    if pass.missed || cut || !stable {
-        // A value not read, a path recorded cut, or a list still changing under the reads.
+    let whole = !pass.missed && stable;
+    tracker.seed_done(whole);
+    if cut {
+        // A file path recorded cut: a detail lost for good (no later read records it again).
         tracker.name_unavailable();
     }
-    pass.seeded
+    whole
 }
 
 /// The values one read of the hive list saw: how many, and a hash of their names in order.
@@ -333,8 +354,6 @@ impl Signature {
 /// What one read of the hive list did.
 #[derive(Default)]
 struct Pass {
-    /// Hives recorded (or found recorded).
-    seeded: usize,
     /// A value the read could not take (no resources, cut short, too many).
     missed: bool,
     /// A file path recorded cut (no memory for the whole of it).
@@ -346,7 +365,6 @@ struct Pass {
 /// Reads the hive list's values by index, recording each hive with
 /// [`DriverTracker::hive_seeded`].
 fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch) -> Pass {
-    let mut seeded = 0;
     let mut missed = false;
     let mut cut = false;
     let mut signature = Signature::default();
@@ -427,13 +445,11 @@ fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch) -> Pass 
         // it may predate tracking (a pending unload of it is never taken as done). A record
         // the callback made meanwhile is newer than the list and left as it is.
         tracker.hive_seeded(&mount[..m], &room[..f]);
-        seeded += 1;
     }
     if !ended {
         missed = true; // more values than the read walks
     }
     Pass {
-        seeded,
         missed,
         cut,
         signature,

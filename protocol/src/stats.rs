@@ -168,8 +168,9 @@ stats! {
         names_dropped_no_memory,
         /// The kernel did not give a key's name (`CmCallbackGetKeyObjectIDEx` failed): an open
         /// tracked without its name, or an unload attempt that could not be recorded; also a
-        /// load the driver could not place, and a hive list read at start that missed a hive
-        /// (counted once).
+        /// load the driver could not place, a hive file path recorded cut, and, while no read of
+        /// the hive list has been whole, 1 for the hives it may have missed: withdrawn when a
+        /// later read (before a query) takes the whole list, the only loss that goes down.
         names_unavailable,
         /// Names stored cut to the largest size class.
         names_truncated,

@@ -25,6 +25,10 @@ pub struct Counters {
     pub opens_dropped_no_memory_holding: AtomicU64,
     pub names_dropped_no_memory: AtomicU64,
     pub names_unavailable: AtomicU64,
+    /// 1 while the hive list has not been read whole (a seed not whole, or its marks
+    /// overflowed): reported inside `names_unavailable`, and withdrawn by a later seed that
+    /// reads the whole list ([`crate::seed_window`]).
+    pub seed_unread: AtomicU64,
     pub names_truncated: AtomicU64,
     pub images_dropped_no_memory: AtomicU64,
     pub closes_unknown_object: AtomicU64,

@@ -159,7 +159,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.opens_dropped_no_memory_hive = get(&c.opens_dropped_no_memory_hive);
         s.opens_dropped_no_memory_holding = get(&c.opens_dropped_no_memory_holding);
         s.names_dropped_no_memory = get(&c.names_dropped_no_memory);
-        s.names_unavailable = get(&c.names_unavailable);
+        // The hive list not read whole counts as one name not got until a seed reads it all.
+        s.names_unavailable = get(&c.names_unavailable).saturating_add(get(&c.seed_unread));
         s.opens_dropped_no_name = get(&c.opens_dropped_no_name);
         s.names_truncated = get(&c.names_truncated);
         s.images_dropped_no_memory = get(&c.images_dropped_no_memory);

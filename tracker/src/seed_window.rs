@@ -1,4 +1,5 @@
-//! Unloads seen while the start-up seed reads the hive list.
+//! Unloads seen while a seed reads the hive list (the start-up one, or a later one that
+//! completes a start-up seed that was not whole).
 //!
 //! The driver registers its registry callback and then reads
 //! `HKLM\SYSTEM\CurrentControlSet\Control\hivelist` value by value (the hives loaded before
@@ -20,8 +21,18 @@
 //! (WRK `base/ntos/config/cmvalue.c` `CmpRemoveValueFromList` squeezes the list; `cmhvlist.c`
 //! `CmpRemoveFromHiveFileList` deletes the value), so a read by index can skip a hive that
 //! is still loaded; the seed reads the list again then.
+//!
+//! A seed that was not whole may be done again later ([`SeedWindow::reopen`], at
+//! `PASSIVE_LEVEL` outside any callback), while callbacks run. The counts are never reset:
+//! a window covers the unloads from its `base` on, so an unload that took its index before
+//! the window reopened (a straggler of the earlier window, still in [`SeedWindow::note_unload`])
+//! writes a slot no reader of the new window looks at, and every unload of the new window
+//! has a slot of its own.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicU32,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use crate::names::hash_seeded;
 
@@ -32,7 +43,10 @@ pub const MARKS: usize = 16;
 /// loaded before tracking.
 pub struct SeedWindow {
     open: AtomicBool,
+    /// Unloads noted since the tracker was made (never reset; wraps).
     count: AtomicU32,
+    /// `count` when the window last opened: the window's unloads are `base..count`.
+    base: AtomicU32,
     marks: [AtomicU32; MARKS],
     /// Loads seen while the window is open.
     loads: AtomicU32,
@@ -63,6 +77,7 @@ impl SeedWindow {
         Self {
             open: AtomicBool::new(true),
             count: AtomicU32::new(0),
+            base: AtomicU32::new(0),
             marks: [const { AtomicU32::new(0) }; MARKS],
             loads: AtomicU32::new(0),
             complete: AtomicBool::new(true),
@@ -75,6 +90,30 @@ impl SeedWindow {
         self.complete.store(false, Relaxed);
     }
 
+    /// Opens the window again for a later seed that may complete one that was not whole: the
+    /// marks of the unloads from now on are read, the earlier ones are not. Returns false
+    /// (and opens nothing) when the seed is complete already. One seed at a time (the caller
+    /// keeps a second from starting while one runs).
+    pub fn reopen(&self) -> bool {
+        if self.complete() {
+            return false;
+        }
+        self.base.store(self.count.load(Relaxed), Relaxed);
+        // Release: an unload that sees the window open sees its base. An unload whose value
+        // the seed reads after this store notes its mark after it too: the kernel deletes
+        // the value before the unload's post (WRK `cmapi.c` CmUnloadKey), under the registry
+        // lock the read takes.
+        self.open.store(true, Release);
+        true
+    }
+
+    /// The unloads of the window now (past [`MARKS`]: every mount counts as unloaded).
+    fn in_window(&self) -> usize {
+        self.count
+            .load(Relaxed)
+            .wrapping_sub(self.base.load(Relaxed)) as usize
+    }
+
     /// Whether every hive loaded before tracking is known (no seed was begun, or one read
     /// the whole list).
     #[must_use]
@@ -85,11 +124,13 @@ impl SeedWindow {
     /// Marks an unload (or deferred unload) of `mount`, while the window is open. Called
     /// under `mount`'s hive-shard lock.
     pub fn note_unload(&self, mount: &[u16], key: u64) {
-        if !self.open.load(Relaxed) {
+        if !self.open.load(Acquire) {
             return;
         }
-        let i = self.count.fetch_add(1, Relaxed) as usize;
-        if let Some(m) = self.marks.get(i) {
+        let i = self.count.fetch_add(1, Relaxed);
+        // An index taken before the window reopened falls outside it (a huge offset).
+        let slot = i.wrapping_sub(self.base.load(Relaxed)) as usize;
+        if let Some(m) = self.marks.get(slot) {
             m.store(mark_of(mount, key), Relaxed);
         }
     }
@@ -99,7 +140,7 @@ impl SeedWindow {
     /// lock, so a mark its unload wrote under that lock is seen.
     #[must_use]
     pub fn unloaded(&self, mount: &[u16], key: u64) -> bool {
-        let n = self.count.load(Relaxed) as usize;
+        let n = self.in_window();
         if n > MARKS {
             return true;
         }
@@ -111,7 +152,7 @@ impl SeedWindow {
     /// during a read.
     #[must_use]
     pub fn unloads(&self) -> u32 {
-        self.count.load(Relaxed)
+        u32::try_from(self.in_window()).unwrap_or(u32::MAX)
     }
 
     /// Notes a load seen while the window is open (it adds a value to the list).
@@ -137,7 +178,7 @@ impl SeedWindow {
     /// that was left unrecorded: the caller counts it, and the seed is not complete).
     pub fn close(&self, whole: bool) -> bool {
         self.open.store(false, Relaxed);
-        let overflowed = self.count.load(Relaxed) as usize > MARKS;
+        let overflowed = self.in_window() > MARKS;
         if whole && !overflowed {
             self.complete.store(true, Relaxed);
         }
@@ -190,6 +231,32 @@ mod tests {
             "the overflow is reported when the window closes"
         );
         assert!(!s.complete(), "and the seed is not complete");
+    }
+
+    #[test]
+    fn a_reopened_window_reads_only_its_own_unloads() {
+        let s = SeedWindow::new();
+        s.begin();
+        s.note_unload(&w(r"\REGISTRY\USER\OLD"), 7);
+        assert!(!s.close(false));
+        assert!(!s.complete());
+        assert!(s.reopen(), "a seed not whole can be done again");
+        assert!(
+            !s.unloaded(&w(r"\REGISTRY\USER\OLD"), 7),
+            "an unload before the window reopened is not in it"
+        );
+        s.note_unload(&w(r"\REGISTRY\USER\NEW"), 7);
+        assert!(s.unloaded(&w(r"\REGISTRY\USER\NEW"), 7));
+        for i in 0..MARKS {
+            s.note_unload(&w(&format!(r"\REGISTRY\A\{i}")), 7);
+        }
+        assert!(s.close(true), "past the marks of this window");
+        assert!(!s.complete());
+        assert!(s.reopen());
+        assert!(!s.unloaded(&w(r"\REGISTRY\USER\NEW"), 7));
+        assert!(!s.close(true));
+        assert!(s.complete(), "a whole later read completes the seed");
+        assert!(!s.reopen(), "nothing to do once complete");
     }
 
     #[test]

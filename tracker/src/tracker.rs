@@ -1285,15 +1285,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.record_load(mount, file, time, false);
     }
 
-    /// A hive read from the hive list at start (loaded at an unknown time): recorded unless
-    /// the callback already recorded it loaded, which the list may be older than, or saw it
-    /// unloaded since the seed began ([`crate::seed_window`]).
-    #[inline(never)] // rare: start-up only
+    /// A hive read from the hive list (loaded at an unknown time; at start, or by a later
+    /// seed): recorded unless the callback already recorded it loaded, which the list may be
+    /// older than, or saw it unloaded since the seed began ([`crate::seed_window`]).
+    #[inline(never)] // rare: seeds only
     pub fn hive_seeded(&self, mount: &[u16], file: &[u16]) {
         self.record_load(mount, file, 0, true);
     }
 
-    /// How many loads and unloads the callback has seen since the tracker was made, until
+    /// How many loads and unloads the callback has seen while a seed's window was open:
     /// [`Self::seed_done`]: the seed trusts two reads of the hive list that agree only if
     /// this did not change from the start of the first to the end of the second.
     #[must_use]
@@ -1308,15 +1308,42 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.hives.seed.begin();
     }
 
-    /// The start-up seed from the hive list is over: later unloads leave no mark. `whole`: it
-    /// read every value of a list that held still. More unloads during it than the window
-    /// tells apart left hives unrecorded: counted as a name not got. A seed not whole leaves
-    /// every later load without a load time: any of them may be the same file loaded again at
-    /// a mount the seed missed, whose keys opened before tracking would still hold it.
+    /// Whether a seed has read the whole hive list (or none was begun): until then no load
+    /// is given a load time, and `names_unavailable` carries one name not got.
+    #[must_use]
+    pub fn seed_complete(&self) -> bool {
+        self.hives.seed.complete()
+    }
+
+    /// A later seed is to read the hive list again, because no seed has read it whole
+    /// ([`Self::seed_complete`]): opens the window of unload marks again (callbacks may run
+    /// meanwhile). Returns false, with nothing opened, when the seed is complete. The caller
+    /// runs one seed at a time, at `PASSIVE_LEVEL` outside any registry callback, and ends it
+    /// with [`Self::seed_done`].
+    ///
+    /// What a late seed that reads the whole list vouches for: every hive mounted at its read
+    /// is known from then on, so later loads get their time again, and the one name not got
+    /// that the seed counted is withdrawn. What it does not: a load seen before it keeps "no
+    /// load time" (it may have been the same file loaded again at a mount no seed had read,
+    /// whose keys opened before tracking still hold it), and a hive it finds is recorded as
+    /// loaded before tracking (time 0), as at start. A hive the missed seed let be tracked
+    /// as implicit becomes that loaded record with its keys (still time 0, so no report of it
+    /// is complete); losses counted elsewhere stay.
+    pub fn seed_again(&self) -> bool {
+        self.hives.seed.reopen()
+    }
+
+    /// A seed from the hive list is over: later unloads leave no mark. `whole`: it read every
+    /// value of a list that held still. Until a seed is whole (or when more unloads ran during
+    /// it than the window tells apart, which left hives unrecorded) one name not got is
+    /// reported in `names_unavailable` (once, however many seeds), and every later load is
+    /// left without a load time: any of them may be the same file loaded again at a mount the
+    /// seed missed, whose keys opened before tracking would still hold it. A whole seed
+    /// withdraws that one name (a later seed that completes it: [`Self::seed_again`]).
     pub fn seed_done(&self, whole: bool) {
-        if self.hives.seed.close(whole) {
-            self.name_unavailable();
-        }
+        let overflowed = self.hives.seed.close(whole);
+        let unread = u64::from(overflowed || !whole);
+        self.counters.seed_unread.store(unread, Relaxed);
     }
 
     fn record_load(&self, mount: &[u16], file: &[u16], time: u64, seeded: bool) {

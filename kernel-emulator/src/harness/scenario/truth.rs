@@ -120,7 +120,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "hive-list-unreadable",
-            "every read of the hive list refused from its second value on (ZwEnumerateValueKey: no resources, for good): the driver's reads agree on the one hive they took, and the hives never read are counted once as a name not got",
+            "every read of the hive list refused from its second value on (ZwEnumerateValueKey: no resources, for a while): the driver's reads agree on the one hive they took, the hives never read are counted once as a name not got, and a load meanwhile gets no load time; once memory is back the read the driver makes before a query (through the key it kept open) takes the whole list: the count is withdrawn, the hive loaded meanwhile keeps no load time, a hive loaded afterwards has its time",
             hive_list_unreadable,
         ),
         Scenario::hivetrack(
@@ -147,6 +147,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "hive-list-keeps-moving",
             "an unload during each of the driver's four reads of the hive list, of a hive the read has just taken, so the next value moves under the read: the driver lists no unloaded hive, lists the hive every read saw, and counts what the last read may have skipped as a name it could not get",
             hive_list_keeps_moving,
+        ),
+        Scenario::hivetrack(
+            "unload-during-late-seed",
+            "the start-up read of the hive list is not whole (an unload during each of its four reads); the read the driver makes before the first query (through the key it kept open) meets a profile unload right after taking its value: the gone hive is not listed, the one the shift hid is, the read ends whole, the name not got is withdrawn and a hive loaded afterwards has its load time",
+            unload_during_late_seed,
         ),
         Scenario::hivetrack(
             "nameless-open",
@@ -594,21 +599,33 @@ fn hive_list_unread(ctx: &mut Ctx) {
     ctx.unload_and_check_clean(&mut d);
 }
 
-/// Every read of the hive list refused from the second value on (memory that never comes
-/// back): the reads agree on one hive, and the ones never read are counted.
+/// Every read of the hive list refused from the second value on (memory short for a while):
+/// the reads agree on one hive, and the ones never read are counted; the driver keeps the
+/// list's key, and once memory is back the read before a query takes the whole list (review
+/// 20: until then, and before, the whole boot's loads got no load time).
 fn hive_list_unreadable(ctx: &mut Ctx) {
     boot_hives(ctx);
     load_profile(ctx);
-    kernel::with(|k| {
-        k.faults.only = Some("ZwEnumerateValueKey");
-        k.faults.policy = FaultPolicy::FromNth(2);
-    });
+    let refuse = || {
+        kernel::with(|k| {
+            k.faults.only = Some("ZwEnumerateValueKey");
+            k.faults.policy = FaultPolicy::FromNth(2);
+        });
+    };
+    let allow = || {
+        kernel::with(|k| {
+            k.faults.policy = FaultPolicy::Off;
+            k.faults.only = None;
+        });
+    };
+    refuse();
     let (mut d, h) = load(ctx);
-    kernel::with(|k| {
-        k.faults.policy = FaultPolicy::Off;
-        k.faults.only = None;
-    });
-    let Some(h) = h else { return };
+    // Every read from now on is refused too (the count goes on: FromNth(2) fails them all):
+    // the reads before the queries below are not whole either.
+    let Some(h) = h else {
+        allow();
+        return;
+    };
     let known = mounts(ctx, h);
     let st = stats(ctx, h);
     ctx.check(
@@ -640,8 +657,74 @@ fn hive_list_unreadable(ctx: &mut Ctx) {
             ),
         );
     }
+    // Memory is back. The next query after the driver's interval reads the list again,
+    // through the key it kept open (a new open would reach its own callback: review 18b).
+    allow();
+    crate::nt::ke::timer::advance(1_100);
+    let st = stats(ctx, h);
+    let listed = crate::nt::cm::zwreg::hive_list();
+    let known = mounts(ctx, h);
+    ctx.check(
+        st.names_unavailable == 0,
+        format!(
+            "the later read was whole: the name not got is withdrawn ({} names unavailable)",
+            st.names_unavailable
+        ),
+    );
+    ctx.check(
+        listed
+            .iter()
+            .all(|l| known.iter().any(|m| m.eq_ignore_ascii_case(l))),
+        format!("every hive of the list is known now: {known:?} of {listed:?}"),
+    );
+    late_seed_vouches(ctx, h, 1201, &[USER]);
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
+}
+
+/// After a late seed that read the whole list: the hives of `unknown` (loaded again before it,
+/// or read from the list) keep no load time (a profile loaded again may be the same hive,
+/// held by keys opened before tracking), and a profile loaded now (sid `sid`) gets its time,
+/// so a report of it can be complete.
+fn late_seed_vouches(ctx: &mut Ctx, h: FileHandle, sid: u32, unknown: &[&str]) {
+    let mount = format!(r"\REGISTRY\USER\S-1-5-21-1-2-3-{sid}");
+    let s = hive::load_hive(
+        super::tracking::SYSTEM_PID,
+        &mount,
+        &format!(r"\Device\HarddiskVolume2\Users\u{sid}\NTUSER.DAT"),
+    );
+    let times = hive_times(ctx, h);
+    let time_of = |m: &str| {
+        times
+            .iter()
+            .find(|(t, _)| t.eq_ignore_ascii_case(m))
+            .map(|&(_, t)| t)
+    };
+    ctx.check(
+        s == STATUS_SUCCESS && time_of(&mount).is_some_and(|t| t != 0),
+        format!(
+            "a hive loaded after the late seed has its load time ({}, {:?})",
+            status::describe(s),
+            time_of(&mount)
+        ),
+    );
+    for &m in unknown {
+        ctx.check(
+            time_of(m) == Some(0),
+            format!(
+                "{m}, known before the late seed or from the list, keeps an unknown load time: {:?}",
+                time_of(m)
+            ),
+        );
+    }
+    let v = view(ctx, h, &mount);
+    ctx.check(
+        v.completeness.nothing_lost(),
+        format!(
+            "nothing lost in the new hive's report: {:?}",
+            v.completeness
+        ),
+    );
 }
 
 /// `NtUnloadKey2` from a user-mode caller opens the hive's root itself with a kernel handle
@@ -1119,7 +1202,18 @@ fn hive_list_keeps_moving(ctx: &mut Ctx) {
     unload_then_next(shared, u32::try_from(at).unwrap_or(0), 0);
     let (mut d, h) = load(ctx);
     let pending = crate::nt::cm::zwreg::cancel_after_hive_list_value();
-    let Some(h) = h else { return };
+    // The reads the queries below would start (the start-up read was not whole) are refused,
+    // so the answers show what the start-up read left: the later read has its own scenarios
+    // (`hive-list-unreadable`, `unload-during-late-seed`). The driver still holds the list's
+    // key when it unloads, and closes it then (the leak check).
+    kernel::with(|k| {
+        k.faults.only = Some("ZwEnumerateValueKey");
+        k.faults.policy = FaultPolicy::FromNth(1);
+    });
+    let Some(h) = h else {
+        kernel::with(|k| k.faults.policy = FaultPolicy::Off);
+        return;
+    };
     ctx.check(
         !pending,
         "an unload ran during each of four reads, right after a value's read",
@@ -1140,6 +1234,103 @@ fn hive_list_keeps_moving(ctx: &mut Ctx) {
             st.names_unavailable
         ),
     );
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+    kernel::with(|k| {
+        k.faults.policy = FaultPolicy::Off;
+        k.faults.only = None;
+    });
+}
+
+/// The start-up read of the hive list is not whole (an unload during each of its four
+/// reads, as in `hive-list-keeps-moving`; no fault injected, so a sweep's faults reach the
+/// later read); the read the driver makes before the first query runs while a profile
+/// unloads right after that read took the profile's value (the start-up
+/// `unload-during-seed`, in the later read): it does not list the gone hive, lists the one
+/// the shift hid, and ends whole, so the name not got is withdrawn and a hive loaded
+/// afterwards gets its load time.
+fn unload_during_late_seed(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let users = profiles_loaded_before(ctx, &[1019, 1020, 1021, 1022, 1023, 1024, 1025]);
+    let list = crate::nt::cm::zwreg::hive_list();
+    let Some(first) = list.iter().position(|m| m.eq_ignore_ascii_case(&users[0])) else {
+        ctx.check(false, format!("{} is in the hive list: {list:?}", users[0]));
+        return;
+    };
+    unload_then_next(
+        std::rc::Rc::new(users.clone()),
+        u32::try_from(first).unwrap_or(0),
+        0,
+    );
+    let (mut d, h) = load(ctx);
+    let moved = !crate::nt::cm::zwreg::cancel_after_hive_list_value();
+    ctx.check(
+        moved,
+        "an unload ran during each of the four start-up reads: the start-up seed is not whole",
+    );
+    let Some(h) = h else { return };
+    let gone = users[4].clone();
+    let list = crate::nt::cm::zwreg::hive_list();
+    let Some(at) = list.iter().position(|m| m.eq_ignore_ascii_case(&gone)) else {
+        ctx.check(false, format!("{gone} is in the hive list: {list:?}"));
+        return;
+    };
+    let hidden = list.get(at + 1).cloned().unwrap_or_default();
+    let unloaded = std::rc::Rc::new(std::cell::Cell::new(None));
+    let seen = unloaded.clone();
+    let mount = gone.clone();
+    // And a second request while the read runs (another client's): it neither waits nor
+    // reads the list again (one read at a time), and answers with the seed not yet whole.
+    let during = std::rc::Rc::new(std::cell::Cell::new(None));
+    let said = during.clone();
+    crate::nt::cm::zwreg::after_hive_list_value(u32::try_from(at).unwrap_or(0), move || {
+        seen.set(Some(hive::unload_hive(super::tracking::SYSTEM_PID, &mount)));
+        // Past the driver's interval, so that only the one-read-at-a-time rule holds it back.
+        crate::nt::ke::timer::advance(1_100);
+        let calls = kernel::with(|k| k.zwreg.enumerations);
+        let r = io::device_io_control(
+            h,
+            query_ioctl(QueryKind::Stats),
+            &query(QueryKind::Stats, ""),
+            64 * 1024,
+            0,
+        );
+        let st = (r.status == STATUS_SUCCESS)
+            .then(|| wire::decode::<Stats>(&r.output[..r.information]).ok())
+            .flatten();
+        let read = kernel::with(|k| k.zwreg.enumerations) != calls;
+        said.set(Some((st.map(|s| s.names_unavailable), read)));
+    });
+    let st = stats(ctx, h);
+    ctx.check(
+        during.get() == Some((Some(1), false)),
+        format!(
+            "a request during the late read answers at once, without reading the list, with the seed not yet whole (names unavailable, list read: {:?})",
+            during.get()
+        ),
+    );
+    let pending = crate::nt::cm::zwreg::cancel_after_hive_list_value();
+    ctx.check(
+        !pending && unloaded.get() == Some(STATUS_SUCCESS),
+        format!(
+            "{gone} unloaded right after the late read took its value ({:?})",
+            unloaded.get().map(status::describe)
+        ),
+    );
+    let known = mounts(ctx, h);
+    ctx.check(
+        known.iter().all(|m| !m.eq_ignore_ascii_case(&gone)),
+        format!("the hive unloaded during the late read is not listed as loaded: {known:?}"),
+    );
+    check_every_loaded_hive_listed(ctx, &known, &hidden);
+    ctx.check(
+        st.names_unavailable == 0,
+        format!(
+            "the late read ended whole: the name not got is withdrawn ({} names unavailable)",
+            st.names_unavailable
+        ),
+    );
+    late_seed_vouches(ctx, h, 1202, &[users[6].as_str()]);
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
 }

@@ -90,6 +90,9 @@ pub struct ZwRegState {
     /// How many of its opens made a key object whose post-open went out with STATUS_SUCCESS to
     /// a driver's callback ([`hive::KeyObject::announced`]): opens a tracking driver was told of.
     pub announced_opens: u64,
+    /// `ZwEnumerateValueKey` calls on a valid handle, failed ones included (for scenario
+    /// checks: whether a request read the hive list).
+    pub enumerations: u64,
 }
 
 impl ZwRegState {
@@ -426,6 +429,7 @@ unsafe extern "win64" fn ZwEnumerateValueKey(
     let Some(path) = key_of(handle) else {
         return STATUS_INVALID_HANDLE;
     };
+    kernel::with(|k| k.zwreg.enumerations += 1);
     // WRK `cmapi.c` CmEnumerateValueKey: the same STATUS_INSUFFICIENT_RESOURCES when the
     // key's cell cannot be mapped (fidelity audit 18b, F2).
     if kernel::should_fail("ZwEnumerateValueKey", false) {

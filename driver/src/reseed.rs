@@ -1,0 +1,115 @@
+//! A later read of the hive list, when the start-up one was not whole.
+//!
+//! The start-up seed (`registry_read::seed_hives`) may not read the whole hive list: a value
+//! it could not take (no resources; Driver Verifier's low-resources simulation fails such
+//! calls), a `Scratch` it could not allocate, a list that kept moving. Until a seed is
+//! whole no load gets a load time and one name not got is reported
+//! (`tracker::seed_window`), so one bad moment at start would leave every answer of the
+//! boot without load times. This module reads the list again, before a query IOCTL is
+//! answered, while no seed was whole:
+//!
+//! - **Where**: in the IOCTL path (`ioctl::query`), at `PASSIVE_LEVEL` in the caller's
+//!   thread, outside any registry callback (never `Zw*` from a callback). A highest-level
+//!   driver's `DispatchDeviceControl` runs at `PASSIVE_LEVEL` in the requester's thread (Learn,
+//!   "Dispatch Routines and IRQLs"). Every query kind triggers it, so the CLI needs nothing new: the
+//!   first query after the bad moment (stats, hives, holders, ...) brings the seed whole, and
+//!   its answer already counts on it. One IOCTL reads the list at most once (the seed's own
+//!   passes, up to four), and not twice within [`INTERVAL`]: a list that stays unreadable
+//!   costs at most one seed a second, not one per page of a listing.
+//! - **Which key**: the handle opened before the callback was registered (review 18b: an
+//!   open the callback saw but could not record would count a loss forever), kept open while
+//!   no seed is whole. It is a key of the `SYSTEM` hive, which stays loaded while Windows
+//!   runs; the open key would keep it anyway (WRK `cmapi.c` `CmUnloadKey` fails while a key
+//!   control block of the hive is referenced, `Kcb->RefCount != 1`, unless forced, which
+//!   marks open handles invalid: a read through one then fails, taken as a value not read),
+//!   so the handle stays good. It is a kernel handle (`OBJ_KERNEL_HANDLE`: Learn, "Object
+//!   Handles", "can only be accessed from kernel mode"), kept in the kernel's handle table,
+//!   not the System process's (WRK `obref.c` `ObReferenceObjectByHandle` looks a negative
+//!   handle up in `ObpKernelHandleTable`), so the read works in the requester's process too.
+//!   Closed as soon as a seed is whole, and at `DriverUnload` ([`close`]). When `DriverEntry` fails to start tracking,
+//!   the handle is closed on that path (it is dropped, never kept).
+//! - **One at a time**: a second IOCTL that finds a seed running does not wait and does not
+//!   read: it answers with what the tracker knows (the seed not whole, said by
+//!   `names_unavailable`). The handle is taken out of its slot for the read and put back
+//!   after, so nothing else can close it meanwhile.
+//! - **Driver unload**: the I/O manager calls `DriverUnload` only once no handle to the
+//!   device is open (no IOCTL in flight, hence no seed running), so [`close`] cannot race a
+//!   read; it takes the handle out of its slot all the same.
+
+use core::{
+    ffi::c_void,
+    ptr::null_mut,
+    sync::atomic::{
+        AtomicBool, AtomicPtr, AtomicU64,
+        Ordering::{AcqRel, Acquire, Relaxed, Release},
+    },
+};
+
+use crate::{
+    clock,
+    registry_read::{self, HiveList},
+    tracking::DriverTracker,
+};
+
+/// The least time between two later reads of the list: one second (interrupt time, 100 ns).
+pub const INTERVAL: u64 = 10_000_000;
+
+/// The hive list's handle, while no seed was whole (null otherwise).
+static HIVE_LIST: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
+/// Set while a later seed runs.
+static BUSY: AtomicBool = AtomicBool::new(false);
+/// When the last later seed began, then when it ended (interrupt time + 1; 0: never).
+static LAST: AtomicU64 = AtomicU64::new(0);
+
+/// Keeps the hive list's key open for a later seed (the start-up one was not whole).
+pub fn keep(list: HiveList) {
+    let old = HIVE_LIST.swap(list.into_raw(), AcqRel);
+    if !old.is_null() {
+        // SAFETY: a handle `keep` stored, taken out of the slot by this swap.
+        drop(unsafe { HiveList::from_raw(old) });
+    }
+}
+
+/// Reads the hive list again when no seed was whole, the handle was kept, no other read runs
+/// and the last began and ended at least [`INTERVAL`] ago. Called at `PASSIVE_LEVEL`, outside any
+/// registry callback, before a query is answered.
+pub fn maybe(tracker: &DriverTracker) {
+    if HIVE_LIST.load(Acquire).is_null() || tracker.seed_complete() {
+        return;
+    }
+    let now = clock::interrupt_time();
+    let last = LAST.load(Relaxed);
+    if last != 0 && now.saturating_sub(last - 1) < INTERVAL {
+        return;
+    }
+    if BUSY.swap(true, Acquire) {
+        return; // another IOCTL reads it now
+    }
+    LAST.store(now.saturating_add(1), Relaxed);
+    let handle = HIVE_LIST.swap(null_mut(), AcqRel);
+    if !handle.is_null() {
+        // SAFETY: a handle `keep` stored, taken out of the slot by this swap.
+        let kept = unsafe { HiveList::from_raw(handle) };
+        // A seed that is no longer needed (completed between the check and here) opens
+        // nothing and reads nothing.
+        let whole = !tracker.seed_again() || registry_read::seed_hives(tracker, Some(&kept));
+        if !whole {
+            // Back in its slot for the next try; when the seed is whole the key is closed
+            // here (dropped).
+            HIVE_LIST.store(kept.into_raw(), Release);
+        }
+    }
+    // The interval runs from the end of the read too: a read that took long (many values, a
+    // slow disk) is not followed at once by the next.
+    LAST.store(clock::interrupt_time().saturating_add(1), Relaxed);
+    BUSY.store(false, Release);
+}
+
+/// Closes the kept handle, if any (`DriverUnload`).
+pub fn close() {
+    let handle = HIVE_LIST.swap(null_mut(), AcqRel);
+    if !handle.is_null() {
+        // SAFETY: a handle `keep` stored, taken out of the slot by this swap.
+        drop(unsafe { HiveList::from_raw(handle) });
+    }
+}
