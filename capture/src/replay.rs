@@ -742,10 +742,13 @@ impl Replay {
         let numbered = self.numbered && self.out.capture.total_rows > 0;
         self.out.capture.events_missing = numbered.then_some(self.skipped_events);
         if numbered && self.skipped_events > 0 {
-            let (a, b) = self.first_skip.unwrap_or_default();
+            let first = match self.first_skip.unwrap_or_default() {
+                (a, b) if a == b => format!("event {a}"),
+                (a, b) => format!("events {a} to {b}"),
+            };
             missing.push(format!(
-                "{n} event(s) are not in the capture: its Sequence numbers skip (first {a} to \
-                 {b}), so it was saved or exported with a filter (Procmon's File > Save keeps \
+                "{n} event(s) are not in the capture: its Sequence numbers skip them (the first: \
+                 {first}), so it was saved or exported with a filter (Procmon's File > Save keeps \
                  only the events the current filter shows unless All events is chosen), or \
                  events were lost; keys opened in the rows left out (other processes', or \
                  other paths') are not listed and may hold any hive. Save All events and keep \
