@@ -633,24 +633,20 @@ impl FleetEvent {
         // their keys" asserted what nobody saw. Worded as the service's own re-check words
         // it (`still_held`). Found in audit 20b (M5).
         let seen_nobody = holders.is_empty() && held.holder_count == 0;
+        let held_words = format!(
+            "registry hive {} is still held {}{} s after its {kind} ({}{attempt}):{why} the driver looked again (hivetrack event sequence {})",
+            hive_words(&held.hive, user.as_deref()),
+            if held.at_least { "at least " } else { "" },
+            held.held_for_secs,
+            name.unwrap_or(&status),
+            held.sequence,
+        );
         let mut message = if seen_nobody {
             format!(
-                "hivetrack could not tell whether the registry hive {} is still held {}{} s after its {kind} ({}{attempt}):{why} the driver looked again (hivetrack event sequence {}) and no process it can see holds a key in it.",
-                hive_words(&held.hive, user.as_deref()),
-                if held.at_least { "at least " } else { "" },
-                held.held_for_secs,
-                name.unwrap_or(&status),
-                held.sequence,
+                "hivetrack could not tell whether the {held_words} and no process it can see holds a key in it."
             )
         } else {
-            let mut m = format!(
-                "The registry hive {} is still held {}{} s after its {kind} ({}{attempt}):{why} the driver looked again (hivetrack event sequence {}). ",
-                hive_words(&held.hive, user.as_deref()),
-                if held.at_least { "at least " } else { "" },
-                held.held_for_secs,
-                name.unwrap_or(&status),
-                held.sequence,
-            );
+            let mut m = format!("The {held_words}. ");
             m.push_str(&holders_sentence(
                 &holders,
                 held.holder_count,

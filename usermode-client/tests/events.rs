@@ -1259,17 +1259,19 @@ fn a_held_after_record_whose_attempt_the_service_did_not_see_is_held_at_least_th
     );
 }
 
+/// A driver that lost opens, with the event stream: the kernel lists a key of the agent's it
+/// has no record of.
+fn lossy() -> Server {
+    let mut s = incomplete();
+    s.version = Some(VersionInfo {
+        capabilities: VersionInfo::CAP_EVENTS,
+        ..version()
+    });
+    s
+}
+
 #[test]
 fn the_drivers_1002_adds_the_holders_only_the_kernels_list_knows() {
-    // A driver that lost opens: the kernel lists a key of the agent's it has no record of.
-    let lossy = || {
-        let mut s = incomplete();
-        s.version = Some(VersionInfo {
-            capabilities: VersionInfo::CAP_EVENTS,
-            ..version()
-        });
-        s
-    };
     let mut q = queue_held_after(60);
     q.push(&held_after(60, UnloadRecord::HOLDERS_UNSEEN));
     let q = q.shared();
@@ -1857,14 +1859,6 @@ fn audit20b_m5_a_held_after_with_nobody_seen_says_it_cannot_tell() {
 /// said as read now, not at the attempt.
 #[test]
 fn audit20b_l3_the_1001_of_an_unvouched_hive_adds_the_kernels_list() {
-    let lossy = || {
-        let mut s = incomplete();
-        s.version = Some(VersionInfo {
-            capabilities: VersionInfo::CAP_EVENTS,
-            ..version()
-        });
-        s
-    };
     let mut q = queue();
     q.push(&StreamRecord {
         flags: UnloadRecord::HOLDERS_UNSEEN,
