@@ -4,6 +4,10 @@
 //! naming the columns. Columns are found by name, so any selection and order Procmon writes
 //! is read; `Operation`, `Path`, `Result` and `PID` are required.
 //!
+//! `Sequence`, when present and numeric, is Procmon's event number: the replay checks it for
+//! gaps (rows left out by a filtered save or export); `n/a` (what Procmon writes for a log
+//! loaded from a file) or no column leaves the row unnumbered.
+//!
 //! Times: `Time of Day` (`7:27:31.7947753 AM`, 100 ns resolution) on the date of
 //! `Date & Time` (`7/31/2020 7:27:31 AM`), both in the capturing machine's local time and
 //! en-US format (Procmon writes the machine's locale; other formats give time 0 = unknown).
@@ -41,6 +45,7 @@ struct Columns {
     detail: Option<usize>,
     time_of_day: Option<usize>,
     date_time: Option<usize>,
+    sequence: Option<usize>,
 }
 
 impl<R: Read> CsvReader<R> {
@@ -76,6 +81,7 @@ impl<R: Read> CsvReader<R> {
             detail: find("Detail"),
             time_of_day: find("Time of Day"),
             date_time: find("Date & Time"),
+            sequence: find("Sequence"),
         };
         Ok(Self {
             inner,
@@ -109,6 +115,7 @@ impl<R: Read> Reader for CsvReader<R> {
         let get = |i: usize| r.get(i).unwrap_or("");
         let opt = |i: Option<usize>| i.map_or("", get);
         ev.row = self.row;
+        ev.sequence = opt(self.cols.sequence).trim().parse().ok();
         ev.operation.clear();
         ev.operation.push_str(get(self.cols.operation));
         ev.op = Op::from_name(&ev.operation);

@@ -62,6 +62,12 @@ pub struct Frame {
 pub struct Event {
     /// 1-based row number (the order Procmon shows the rows in).
     pub row: u64,
+    /// Procmon's event number (the CSV's `Sequence` column), when the row carries one: a
+    /// gap between rows is events left out of the file (a filtered save or export). `None`
+    /// for PML rows (the format numbers no events: procmon-parser's `docs/PML Format.md`) and
+    /// for CSV rows without it (no column, or `n/a`, as Procmon writes it for a log loaded
+    /// from a file: every export in procmon-parser's test resources).
+    pub sequence: Option<u64>,
     /// FILETIME of the row (PML: UTC; CSV: the capturing machine's local clock), 0 unknown.
     pub time: u64,
     /// Process id.

@@ -487,6 +487,9 @@ impl<R: Read + Seek> Reader for PmlReader<R> {
         let depth = usize::from(u16_at(head, 0x28));
         let detail_size = u32_at(head, 0x2C) as usize;
         ev.row = self.row;
+        // The format numbers no events (procmon-parser, `docs/PML Format.md`): a filtered save
+        // leaves no trace the replay could check.
+        ev.sequence = None;
         ev.time = time;
         ev.status = Some(status);
         ev.result.clear();

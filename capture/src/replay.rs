@@ -148,6 +148,13 @@ pub struct Replay {
     restarted: std::collections::HashSet<u32>,
     /// The first close after the point of a key not open then: (pid, kernel path).
     first_close_after_at: Option<(u32, String)>,
+    /// Procmon's event numbers: every row so far carried one, each above the one before.
+    numbered: bool,
+    /// The last row's event number.
+    last_sequence: Option<u64>,
+    /// Events the numbers skip (left out of the file), and the first run skipped.
+    skipped_events: u64,
+    first_skip: Option<(u64, u64)>,
 }
 
 fn utf16_into(s: &str, out: &mut Vec<u16>) {
@@ -192,7 +199,34 @@ impl Replay {
             consumed: HashMap::new(),
             restarted: std::collections::HashSet::new(),
             first_close_after_at: None,
+            numbered: true,
+            last_sequence: None,
+            skipped_events: 0,
+            first_skip: None,
         }
+    }
+
+    /// Checks the row's event number against the last: a gap is events left out of the file
+    /// (a filtered save or export, or events lost). A row without one, or out of order (rows
+    /// sorted by another column), leaves the capture unable to show it is whole. Found in
+    /// audit 20b (H2): a capture filtered to other processes' rows said "complete".
+    fn sequence(&mut self, ev: &Event) {
+        if !self.numbered {
+            return;
+        }
+        let Some(s) = ev.sequence else {
+            self.numbered = false;
+            return;
+        };
+        match self.last_sequence {
+            Some(last) if s <= last => self.numbered = false,
+            Some(last) if s > last + 1 => {
+                self.skipped_events += s - last - 1;
+                self.first_skip.get_or_insert((last + 1, s - 1));
+            }
+            _ => {}
+        }
+        self.last_sequence = Some(s);
     }
 
     fn process(&mut self, ev: &Event) -> ProcessKey {
@@ -343,6 +377,7 @@ impl Replay {
             self.out.unknowns.close_rows += 1;
         }
         self.out.capture.total_rows += 1;
+        self.sequence(ev);
         if self.out.capture.first_time == 0 {
             // The capture's first row, replayed or not: `--at` before it replays nothing,
             // and the report says where the capture begins.
@@ -700,6 +735,56 @@ impl Replay {
         }
     }
 
+    /// Rows left out of the file (audit 20b, H2): whose keys they opened, nobody knows. Sets
+    /// [`CaptureInfo::events_missing`], adds the analysis-wide reason to `missing` and
+    /// returns the one for each unload attempt, if any.
+    fn left_out(&mut self, missing: &mut Vec<String>) -> Option<String> {
+        let numbered = self.numbered && self.out.capture.total_rows > 0;
+        self.out.capture.events_missing = numbered.then_some(self.skipped_events);
+        if numbered && self.skipped_events > 0 {
+            let first = match self.first_skip.unwrap_or_default() {
+                (a, b) if a == b => format!("event {a}"),
+                (a, b) => format!("events {a} to {b}"),
+            };
+            missing.push(format!(
+                "{n} event(s) are not in the capture: its Sequence numbers skip them (the first: \
+                 {first}), so it was saved or exported with a filter (Procmon's File > Save keeps \
+                 only the events the current filter shows unless All events is chosen), or \
+                 events were lost; keys opened in the rows left out (other processes', or \
+                 other paths') are not listed and may hold any hive. Save All events and keep \
+                 the Sequence column in the CSV export",
+                n = self.skipped_events
+            ));
+            Some(format!(
+                "{} event(s) are not in the capture (Sequence gaps): keys opened in them and \
+                 still open at this row are not listed",
+                self.skipped_events
+            ))
+        } else if !numbered && self.opts.from_boot {
+            missing.push(format!(
+                "{}, so it cannot show it holds every event: a capture saved or exported with a \
+                 filter (Procmon's File > Save keeps only the events the current filter shows \
+                 unless All events is chosen) leaves out other processes' rows, whose keys may \
+                 hold any hive. --from-boot vouches for where the capture begins, not for \
+                 what was left out of it",
+                if self.out.capture.format == "pml" {
+                    "a PML file carries no event numbers (procmon-parser, docs/PML Format.md)"
+                } else {
+                    "the CSV export's rows carry no Sequence numbers in order (no Sequence \
+                     column; n/a, as Procmon writes for a log loaded from a file; or rows \
+                     sorted by another column)"
+                }
+            ));
+            Some(
+                "the capture cannot show it holds every event (no event numbers): keys opened \
+                 in rows a filter left out are not listed"
+                    .to_owned(),
+            )
+        } else {
+            None
+        }
+    }
+
     /// Settles [`Analysis::complete`] and [`Analysis::missing`], and each unload attempt's.
     fn settle_completeness(&mut self) {
         let mut missing = Vec::new();
@@ -720,6 +805,8 @@ impl Replay {
                 missing.push(format!("open at row {end} in {target}: {m}"));
             }
         }
+        // Before the borrow of the unknowns below; its reason comes first.
+        let left_out = self.left_out(&mut missing);
         let u = &self.out.unknowns;
         if let Some((pid, path)) = &self.first_close_after_at {
             missing.push(format!(
@@ -757,6 +844,9 @@ impl Replay {
             if !self.out.holders_known {
                 a.missing
                     .insert(0, "holders are not named (see refusal)".to_owned());
+            }
+            if let Some(m) = &left_out {
+                a.missing.push(m.clone());
             }
             if closes > 0 {
                 a.missing.push(format!(

@@ -21,7 +21,9 @@ pub struct Analysis {
     pub refusal: Option<String>,
     /// True only when nothing in the capture says the answers may miss a key: holders are
     /// named, rows were replayed, no `RegCloseKey` closes a key the capture never saw opened
-    /// (the sign of keys opened before it started), and every hive reported could be told
+    /// (the sign of keys opened before it started), no event is left out of the file
+    /// ([`CaptureInfo::events_missing`]; with `--from-boot`, the rows' event numbers must
+    /// show it), and every hive reported could be told
     /// apart (`HKCU` rows of a user whose SID was not given may be in any `HKU\<SID>`
     /// hive). A verdict (`--fail-if-held`, `--strict`) never says "free" when false.
     /// Absent (false) in documents written before 2026-12-05.
@@ -67,6 +69,14 @@ pub struct CaptureInfo {
     /// well-known SIDs; `HKCU` is each process's own user's hive.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hkcu_users: BTreeMap<String, String>,
+    /// Events left out of the file, by Procmon's event numbers (the CSV's `Sequence`
+    /// column): 0 when every row is numbered and none is skipped; more when the capture was
+    /// saved or exported with a filter (or lost events), and then it is not complete. Null
+    /// when the rows carry no numbers in order (a PML; a CSV without the column, or with
+    /// `n/a`; rows sorted by another column): the capture cannot show it is whole, and with
+    /// `--from-boot` it is not complete. Added in audit 20b (H2).
+    #[serde(default)]
+    pub events_missing: Option<u64>,
 }
 
 /// What the capture could not show.

@@ -336,7 +336,9 @@ fn without_the_hkcu_sid_a_user_hive_unload_says_what_it_cannot_place() {
         from_boot: true,
         ..Options::default()
     };
-    let a = from_pml(&pml(&processes(), &rows), at.clone());
+    // The CSV export: its event numbers show the capture whole, as --from-boot needs (a PML
+    // cannot show it: `a_capture_without_event_numbers_is_not_complete_from_boot`).
+    let a = from_csv(&csv(&processes(), &rows), at.clone());
     assert!(a.open.is_empty());
     assert!(!a.complete);
     assert!(
@@ -348,8 +350,8 @@ fn without_the_hkcu_sid_a_user_hive_unload_says_what_it_cannot_place() {
         a.missing
     );
     // The same with the SID: held, and complete.
-    let a = from_pml(
-        &pml(&processes(), &rows),
+    let a = from_csv(
+        &csv(&processes(), &rows),
         Options {
             hkcu: opts().hkcu,
             ..at
@@ -359,12 +361,43 @@ fn without_the_hkcu_sid_a_user_hive_unload_says_what_it_cannot_place() {
     assert_eq!(a.open[0].holders[0].pid, PROFLEAK_PID);
 }
 
-/// The PML analysis of `rows`, checked equal to the CSV export's but for stacks.
+/// The PML analysis of `rows`, checked equal to the CSV export's but for stacks and event
+/// numbers. The export's rows carry Procmon's event numbers (`Sequence`, none skipped), the
+/// PML's none (the format has none: procmon-parser's `docs/PML Format.md`), so with
+/// `--from-boot` the PML alone cannot show it holds every event (audit 20b, H2): that reason
+/// is checked present in the PML's analysis and removed from the returned one, which is
+/// then the analysis of a capture shown whole, as the tests below are about.
+/// `a_capture_without_event_numbers_is_not_complete_from_boot` checks the reason itself.
 fn both_of(rows: &[Row], o: &Options) -> Analysis {
-    let p = from_pml(&pml(&processes(), rows), o.clone());
+    let mut p = from_pml(&pml(&processes(), rows), o.clone());
     let mut c = from_csv(&csv(&processes(), rows), o.clone());
     assert_eq!(c.capture.format, "csv");
     c.capture.format = "pml".into();
+    assert_eq!(c.capture.events_missing, Some(0));
+    assert_eq!(p.capture.events_missing, None);
+    c.capture.events_missing = None;
+    if o.from_boot {
+        let whole = |m: &mut Vec<String>, starts: &str| {
+            let n = m.len();
+            m.retain(|m| !m.starts_with(starts));
+            n - m.len()
+        };
+        assert_eq!(
+            whole(&mut p.missing, "a PML file carries no event numbers"),
+            1,
+            "{:?}",
+            p.missing
+        );
+        for a in &mut p.unload_attempts {
+            let n = whole(
+                &mut a.missing,
+                "the capture cannot show it holds every event",
+            );
+            assert_eq!(n, usize::from(!a.complete), "{:?}", a.missing);
+            a.complete = a.missing.is_empty();
+        }
+        p.complete = p.missing.is_empty();
+    }
     // The CSV has no stacks: the same analysis without them.
     let mut p_no_stacks = p.clone();
     let holders = p_no_stacks
@@ -582,5 +615,117 @@ fn before_the_capture_no_answer_is_complete() {
             .any(|m| m.contains("with no key the capture saw open")),
         "{:?}",
         failed.missing
+    );
+}
+
+// ---- audit 20b, H2: a capture that leaves events out is not complete ----
+
+/// The committed CSV export without the rows whose text matches `drop` (as `grep -v` would
+/// leave it: a filtered save or export), keeping Procmon's event numbers as they were.
+fn fixture_csv_without(drop: &dyn Fn(&str) -> bool) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let text = std::fs::read_to_string(dir.join("logoff.csv")).unwrap();
+    let kept: String = text.split_inclusive('\n').filter(|l| !drop(l)).collect();
+    assert!(kept.len() < text.len(), "some rows dropped");
+    kept
+}
+
+/// Audit 20b, H2: the committed logoff export with profleak.exe's rows removed (a "Process
+/// Name is not profleak.exe" filter, or another process's rows exported) and the one close
+/// of a key opened before the capture removed (a filter on HKU/HKCU paths removes it too),
+/// analysed `--from-boot --at 12:01:00 AM --hive HKU\<SID>`, said "complete" with nothing
+/// open, where the whole capture shows profleak.exe holding a key. Its Sequence numbers skip
+/// the rows left out: not complete, and it says how many events are missing. (On the old code
+/// `complete` is true: the first assertion fails.)
+#[test]
+fn audit20b_h2_a_capture_filtered_by_process_is_not_complete() {
+    let filtered = fixture_csv_without(&|l| {
+        l.to_ascii_lowercase().contains("profleak") || l.contains(r"HKLM\SYSTEM\CurrentControlSet")
+    });
+    let o = Options {
+        hive: Some(format!(r"HKU\{SID}")),
+        at: Some(At::TimeOfDay(60 * 10_000_000)),
+        ..opts()
+    };
+    let a = from_csv(&filtered, o.clone());
+    assert!(!a.complete, "{:?}", a.missing);
+    assert!(a.open.is_empty());
+    let n = a.capture.events_missing.expect("numbered rows");
+    assert!(n > 0);
+    assert!(
+        a.missing.iter().any(
+            |m| m.starts_with(&format!("{n} event(s) are not in the capture"))
+                && m.contains("Save All events")
+        ),
+        "{:?}",
+        a.missing
+    );
+    // The whole export (only the close of a key opened before the capture removed, its
+    // events renumbered as a capture begun after it would be): profleak.exe holds its key, and
+    // the answer is complete.
+    let whole = from_csv(&csv(&processes(), &from_the_start()), o);
+    assert_eq!(whole.capture.events_missing, Some(0));
+    assert!(whole.complete, "{:?}", whole.missing);
+    assert_eq!(whole.open[0].holders[0].pid, PROFLEAK_PID);
+}
+
+/// Audit 20b, H2: a capture whose rows carry no event numbers cannot show that no row was
+/// left out, so with `--from-boot` it is not complete, and says why: a PML (the format has
+/// no event number), a CSV export without the Sequence column, or with `n/a` in it (what
+/// Procmon writes for a log loaded from a file: every export in procmon-parser's test
+/// resources). Without `--from-boot` such a capture was already not complete (keys opened
+/// before it); its reasons are unchanged. (On the old code the from-boot PML and the
+/// export without Sequence numbers are complete.)
+#[test]
+fn a_capture_without_event_numbers_is_not_complete_from_boot() {
+    let rows = from_the_start();
+    let numbered = csv(&processes(), &rows);
+    let na = numbered
+        .split_inclusive('\n')
+        .map(|l| {
+            ["Registry", "Process"]
+                .iter()
+                .fold(l.to_owned(), |l, class| {
+                    match l.find(&format!("\",\"{class}\",\"")) {
+                        Some(i) => {
+                            let at = i + class.len() + 6;
+                            let end = at + l[at..].find('"').unwrap();
+                            format!("{}n/a{}", &l[..at], &l[end..])
+                        }
+                        None => l,
+                    }
+                })
+        })
+        .collect::<String>();
+    assert!(!na.contains(r#""Registry","0""#) && na.contains(r#""Registry","n/a""#));
+    for (what, a) in [
+        ("pml", from_pml(&pml(&processes(), &rows), opts())),
+        ("n/a", from_csv(&na, opts())),
+    ] {
+        assert_eq!(a.capture.events_missing, None, "{what}");
+        assert!(!a.complete, "{what}");
+        assert!(
+            a.missing
+                .iter()
+                .any(|m| m.contains("cannot show it holds every event")),
+            "{what}: {:?}",
+            a.missing
+        );
+        // The failed unload names profleak.exe still, and is not complete either.
+        assert_eq!(a.unload_attempts[0].holders[0].pid, PROFLEAK_PID);
+        assert!(!a.unload_attempts[0].complete, "{what}");
+        // The hives Windows unloaded: nothing held them, whatever was left out.
+        assert!(a.unload_attempts[1..].iter().all(|u| u.complete), "{what}");
+    }
+    let a = from_csv(&numbered, opts());
+    assert!(a.complete, "{:?}", a.missing);
+    // Without --from-boot: the reasons it had, none added.
+    let o = Options {
+        from_boot: false,
+        ..opts()
+    };
+    assert_eq!(
+        from_pml(&pml(&processes(), &rows), o.clone()).missing,
+        from_csv(&numbered, o).missing
     );
 }

@@ -187,13 +187,17 @@ pub enum Command {
         #[arg(long, value_name = "ROW|TIME")]
         at: Option<String>,
         /// Exit with 1 when keys are held at the chosen point, with 4 when none are seen but
-        /// the analysis is not complete (keys opened before the capture, HKCU keys without
-        /// --hkcu-sid, no holders named), 0 only when free and complete.
+        /// the analysis is not complete (keys opened before the capture, events left out of
+        /// it, HKCU keys without --hkcu-sid, no holders named), 0 only when free and complete.
         #[arg(long)]
         fail_if_held: bool,
         /// The capture began at boot (Procmon: Options > Enable Boot Logging), so it saw every
         /// open. Without it keys opened before the capture's first row and never closed in it
-        /// are in no row, and no answer is complete.
+        /// are in no row, and no answer is complete. It vouches for the start only: the
+        /// capture must also show that no event was left out (a CSV export of all events
+        /// with the Sequence column, numbered without gaps); a PML, or an export without
+        /// Sequence numbers, cannot show it, and a filtered save (File > Save keeps only the
+        /// events the filter shows unless All events is chosen) is never complete.
         #[arg(long)]
         from_boot: bool,
     },

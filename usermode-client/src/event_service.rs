@@ -339,7 +339,21 @@ impl Loop<'_, '_> {
             // Before `failed`: its outcome is the failed attempt's status, yet it is no unload.
             self.held_after(t, rec, prefix.held_after_seconds);
         } else if failed(rec.outcome) {
-            let (holders, _) = self.record_holders(t, rec);
+            let (holders, report) = self.record_holders(t, rec);
+            // A hive the driver cannot vouch for: the kernel's list just read names holders
+            // whose keys were opened before tracking (audit 20b, L3), as the 1002 adds them.
+            let kernel_now = match &report {
+                Some(r) if rec.holders_unseen() => r
+                    .untracked
+                    .iter()
+                    .map(|u| {
+                        let mut e = EventHolder::new(u.pid, u.image.clone(), None, u.open_keys);
+                        e.key_names = u.keys.iter().take(KEY_NAMES).cloned().collect();
+                        e
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
             let failure = UnloadFailure {
                 hive: rec.mount.clone(),
                 status: rec.outcome,
@@ -351,7 +365,12 @@ impl Loop<'_, '_> {
                 time: rec.time,
             };
             let user = user_sid(&rec.mount).and_then(|sid| self.env.accounts.account_of(sid));
-            let e = FleetEvent::unload_failed(&failure, user.clone(), holders);
+            let e = FleetEvent::unload_failed_and_kernel_list(
+                &failure,
+                user.clone(),
+                holders,
+                kernel_now,
+            );
             self.env.emit(&e, &mut self.counts);
             let time = if rec.time == 0 {
                 self.env.now()

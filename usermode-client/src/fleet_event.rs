@@ -355,6 +355,70 @@ fn holders_sentence(holders: &[EventHolder], total: u64, keys: u64, past: bool) 
 /// Said of a record with `HOLDERS_UNSEEN`.
 const UNSEEN_SENTENCE: &str = " Processes hivetrack could not see may also hold keys in this hive: keys opened before the driver's tracking began, or opens it lost, are not in its records (`hivetrack holders` on the hive also asks the kernel's list, which names them unless the key was deleted while open: such a key still holds the hive and is in neither list).";
 
+/// `STATUS_CANNOT_DELETE`: Windows' answer to an unload of a hive with open keys.
+///
+/// WRK `cmapi.c` `CmUnloadKey`; the User Profile Service logs it as event 1530 ("the registry
+/// file is still in use"). An unload fails with other statuses for other reasons (WRK
+/// `ntapi.c` `NtUnloadKey2`: `STATUS_PRIVILEGE_NOT_HELD` without the restore privilege,
+/// `STATUS_ACCESS_DENIED` for a protected (read-only) key, `STATUS_TOO_LATE` for a hive
+/// already frozen by a deferred unload; a registry filter's pre-notification may fail it
+/// with any status, Learn "Filtering Registry Calls").
+pub const STATUS_CANNOT_DELETE: u32 = 0xC000_0121;
+
+/// `STATUS_TOO_LATE`: the unload of a hive a deferred unload already froze.
+pub const STATUS_TOO_LATE: u32 = 0xC000_0189;
+
+/// The last sentence of a 1001: why the unload failed, as far as its status says. The
+/// "registry file is still in use" sentence (event 1530) only for `STATUS_CANNOT_DELETE`;
+/// `seen_nobody`: no holder seen at all; `partial`: the processes named may not be all.
+/// Found in audit 20b (M2): every failed status was said to be "still in use", and with no
+/// holder seen on a hive the driver vouched for the event ended "these processes are the
+/// ones holding it".
+fn failure_cause(status: u32, name: Option<&str>, seen_nobody: bool, partial: bool) -> String {
+    const IN_USE: &str = " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530)";
+    if status == STATUS_CANNOT_DELETE {
+        let tail = if seen_nobody && partial {
+            ": something hivetrack does not see holds it. Run `hivetrack holders` on the hive to see who holds it now."
+        } else if seen_nobody {
+            ", yet the driver, which saw every open in this hive since it was loaded (keys deleted while open included), saw no key held: something it does not track holds the hive (a kernel-mode reference, or an open it missed, such as one a registry filter below hivetrack's altitude makes inside its own callback). Run `hivetrack holders` on the hive to see who holds it now."
+        } else if partial {
+            "; these are the processes hivetrack saw holding it."
+        } else {
+            "; these processes are the ones holding it."
+        };
+        return format!("{IN_USE}{tail}");
+    }
+    if status == STATUS_TOO_LATE {
+        return " The unload failed with STATUS_TOO_LATE: an earlier deferred unload of this hive is pending (Windows froze the hive and unloads it when its last key closes; WRK `ntapi.c` NtUnloadKey2), so keys in it are still open. Run `hivetrack holders` on the hive to see who holds it now.".to_owned();
+    }
+    let named = name.map_or_else(
+        || format!("NTSTATUS {}", status_text(status)),
+        str::to_owned,
+    );
+    let tail = if seen_nobody {
+        " Run `hivetrack holders` on the hive to see whether anything holds it."
+    } else {
+        " The processes named held keys in it at the attempt; the status does not say they are why it failed."
+    };
+    format!(
+        " The unload failed with {named}, not with STATUS_CANNOT_DELETE, Windows' answer when the registry file is still in use (User Profile Service event 1530): it was refused or could not be done for another reason (for example the caller's privileges, a protected key, another registry filter, or a lack of resources).{tail}"
+    )
+}
+
+/// Adds `k` (a holder from the kernel's list) to `holders`: to the entry with its pid when
+/// its image is known (the same process: `event_service::merge_untracked`), else as a new
+/// entry. Whether it was new.
+fn merge_holder(holders: &mut Vec<EventHolder>, k: EventHolder) -> bool {
+    if k.image.is_some()
+        && let Some(h) = holders.iter_mut().find(|h| h.pid == k.pid)
+    {
+        h.keys += k.keys;
+        return false;
+    }
+    holders.push(k);
+    true
+}
+
 fn hive_words(hive: &str, user: Option<&str>) -> String {
     user.map_or_else(|| hive.to_owned(), |u| format!("{hive} (user {u})"))
 }
@@ -395,6 +459,21 @@ impl FleetEvent {
         user: Option<String>,
         holders: Vec<EventHolder>,
     ) -> Self {
+        Self::unload_failed_and_kernel_list(failure, user, holders, Vec::new())
+    }
+
+    /// 1001 as [`Self::unload_failed`], with `kernel_now`: the holders the kernel's list of
+    /// open keys names that the driver's records do not (keys opened before tracking began,
+    /// or opens it lost), read when the service handled the record, not at the attempt, and
+    /// said so. Found in audit 20b (L3): the service read that list for the 1001 of a hive the
+    /// driver could not vouch for and left it out; the holder appeared only in a 1002.
+    #[must_use]
+    pub fn unload_failed_and_kernel_list(
+        failure: &UnloadFailure,
+        user: Option<String>,
+        mut holders: Vec<EventHolder>,
+        kernel_now: Vec<EventHolder>,
+    ) -> Self {
         let status = status_text(failure.status);
         let name = ntstatus_name(failure.status);
         let mut message = format!(
@@ -402,11 +481,15 @@ impl FleetEvent {
             hive_words(&failure.hive, user.as_deref()),
             name.unwrap_or(&status)
         );
-        // Nobody seen while holders may be unseen: "0 processes held 0 keys" would be a flat
-        // claim Windows just contradicted (review, 2026-12-05, L5).
-        let seen_nobody = failure.holders_unseen && failure.holder_count == 0 && holders.is_empty();
+        let recorded_nobody = failure.holder_count == 0 && holders.is_empty();
+        // Nobody seen: "0 processes held 0 keys" is a flat claim Windows just contradicted
+        // (review, 2026-12-05, L5), and "these processes are the ones holding it" after it
+        // read as a vouched "nobody holds it" (audit 20b, M2).
+        let seen_nobody = recorded_nobody && kernel_now.is_empty();
         if seen_nobody {
             message.push_str("hivetrack saw no process holding a key in it.");
+        } else if recorded_nobody {
+            message.push_str("The driver's records show no process holding a key in it.");
         } else {
             message.push_str(&holders_sentence(
                 &holders,
@@ -415,32 +498,51 @@ impl FleetEvent {
                 true,
             ));
         }
+        let mut holder_count = failure.holder_count;
+        let mut key_count = failure.key_count;
+        let from_kernel = !kernel_now.is_empty();
+        if from_kernel {
+            message.push_str(
+                " The kernel's list of open keys, read when this event was written (not at the attempt), names keys opened before tracking began (or opens the driver lost): ",
+            );
+            message.push_str(
+                &kernel_now
+                    .iter()
+                    .map(holder_phrase)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            message.push('.');
+            for k in kernel_now {
+                key_count += k.keys;
+                if merge_holder(&mut holders, k) {
+                    holder_count += 1;
+                }
+            }
+        }
         if failure.holders_unseen {
             message.push_str(UNSEEN_SENTENCE);
-        } else if failure.holder_count == 0 {
-            message.push_str(
-                " No key opened since tracking started held it: keys opened before then are not in the driver's records (run `hivetrack holders` on the hive).",
-            );
         }
-        message.push_str(if failure.holders_unseen && holders.is_empty() {
-            " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); hivetrack saw no process holding it."
-        } else if failure.holders_unseen {
-            " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); these are the processes hivetrack saw holding it."
-        } else {
-            " Windows detected that the registry file is still in use by other applications or services (User Profile Service event 1530); these processes are the ones holding it."
-        });
+        message.push_str(&failure_cause(
+            failure.status,
+            name,
+            seen_nobody,
+            failure.holders_unseen || from_kernel,
+        ));
         Self {
             hive: Some(failure.hive.clone()),
             sid: user_sid(&failure.hive).map(str::to_owned),
             user,
             status: Some(status),
             status_name: name.map(str::to_owned),
-            holder_count: Some(failure.holder_count),
-            key_count: Some(failure.key_count),
-            holders_truncated: failure.holders_truncated
-                || failure.holder_count > holders.len() as u64,
+            holder_count: Some(holder_count),
+            key_count: Some(key_count),
+            holders_truncated: failure.holders_truncated || holder_count > holders.len() as u64,
             holders,
-            holders_unseen: failure.holders_unseen,
+            // A failed unload with no holder seen: something hivetrack did not see may hold
+            // it, whatever the driver vouched for (audit 20b, M2). With `HolderCount` 0 this
+            // is what a forwarding query filters on.
+            holders_unseen: failure.holders_unseen || seen_nobody,
             sequence: Some(failure.sequence),
             time: Time::from_filetime(failure.time),
             ..Self::new(EventId::UnloadFailed, message)
@@ -526,24 +628,39 @@ impl FleetEvent {
         } else {
             ("failed unload", "")
         };
-        let mut message = format!(
-            "The registry hive {} is still held {}{} s after its {kind} ({}{attempt}):{why} the driver looked again (hivetrack event sequence {}). ",
+        // Nobody seen: the driver looked again because it could not see whether the hive is
+        // held (loaded before tracking, or opens lost); "is still held … Until they close
+        // their keys" asserted what nobody saw. Worded as the service's own re-check words
+        // it (`still_held`). Found in audit 20b (M5).
+        let seen_nobody = holders.is_empty() && held.holder_count == 0;
+        let held_words = format!(
+            "registry hive {} is still held {}{} s after its {kind} ({}{attempt}):{why} the driver looked again (hivetrack event sequence {})",
             hive_words(&held.hive, user.as_deref()),
             if held.at_least { "at least " } else { "" },
             held.held_for_secs,
             name.unwrap_or(&status),
             held.sequence,
         );
-        message.push_str(&holders_sentence(
-            &holders,
-            held.holder_count,
-            held.key_count,
-            false,
-        ));
-        if held.holders_unseen {
+        let mut message = if seen_nobody {
+            format!(
+                "hivetrack could not tell whether the {held_words} and no process it can see holds a key in it."
+            )
+        } else {
+            let mut m = format!("The {held_words}. ");
+            m.push_str(&holders_sentence(
+                &holders,
+                held.holder_count,
+                held.key_count,
+                false,
+            ));
+            m
+        };
+        if held.holders_unseen || seen_nobody {
             message.push_str(UNSEEN_SENTENCE);
         }
-        message.push_str(if deferred(held.status) {
+        message.push_str(if seen_nobody {
+            " Run `hivetrack holders` on the hive to see who holds it now."
+        } else if deferred(held.status) {
             " Until they close their keys the hive stays loaded and its unload waits."
         } else {
             " Until they close their keys the profile stays loaded (User Profile Service event 1530)."
@@ -558,7 +675,7 @@ impl FleetEvent {
             key_count: Some(held.key_count),
             holders_truncated: held.holders_truncated || held.holder_count > holders.len() as u64,
             holders,
-            holders_unseen: held.holders_unseen,
+            holders_unseen: held.holders_unseen || seen_nobody,
             sequence: Some(held.sequence),
             failed_unload_sequence: held.failed_unload_sequence,
             time: Time::from_filetime(held.time),

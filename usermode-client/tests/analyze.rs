@@ -156,9 +156,23 @@ fn bad_inputs_are_usage_errors() {
 /// failed unload is row 56.
 fn logoff_from_the_start(dir: &tempfile::TempDir) -> String {
     let text = std::fs::read_to_string(fixture("logoff.csv")).unwrap();
+    // The rows after it numbered as a capture begun after that row numbers them: Procmon's
+    // Sequence numbers without a gap (a gap is a row left out: audit 20b, H2).
+    let mut next = 0u64;
     let kept: String = text
         .split_inclusive('\n')
         .filter(|l| !l.contains(r#""RegCloseKey","HKLM\SYSTEM\CurrentControlSet""#))
+        .map(|l| {
+            for class in ["\"Registry\",\"", "\"Process\",\""] {
+                if let Some(i) = l.find(class) {
+                    let at = i + class.len();
+                    let end = at + l[at..].find('"').unwrap();
+                    next += 1;
+                    return format!("{}{}{}", &l[..at], next - 1, &l[end..]);
+                }
+            }
+            l.to_owned()
+        })
         .collect();
     assert_eq!(
         kept.lines().count() + 1,
@@ -475,4 +489,80 @@ fn a_close_after_the_at_point_of_a_key_never_seen_opened_is_not_free() {
     assert_eq!(a["complete"], false);
     assert!(missing(&a).contains("after the --at point"), "{a}");
     assert!(missing(&a).contains(r"\\REGISTRY\\MACHINE\\SYSTEM\\CurrentControlSet by pid 4012"));
+}
+
+/// Audit 20b, H2, its repro: the committed logoff export with profleak.exe's rows and the
+/// close of a key opened before the capture removed (`grep -v`, as a filter on the process
+/// or on HKU/HKCU paths leaves it), `--from-boot --at "12:01:00 AM" --fail-if-held --hive
+/// HKU\<SID> --view holders` said "complete: the capture shows no sign of keys it could not
+/// see" and exited 0, where the whole capture shows profleak.exe holding a key (exit 1). Its
+/// Sequence numbers skip the rows left out: exit 4, not complete, and it says how many
+/// events are missing. (On the old code: exit 0 and "complete".)
+#[test]
+fn audit20b_h2_a_capture_filtered_by_process_is_not_free() {
+    let text = std::fs::read_to_string(fixture("logoff.csv")).unwrap();
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|l| {
+            !l.to_ascii_lowercase().contains("profleak")
+                && !l.contains(r#""RegCloseKey","HKLM\SYSTEM\CurrentControlSet""#)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f2.csv");
+    std::fs::write(&f, kept).unwrap();
+    let f = f.display().to_string();
+    let hive = format!(r"HKU\{SID}");
+    let argv = |file: &str, json: bool| {
+        let mut v = vec![
+            "analyze",
+            file,
+            "--hkcu-sid",
+            SID,
+            "--from-boot",
+            "--at",
+            "12:01:00 AM",
+            "--fail-if-held",
+            "--hive",
+            &hive,
+            "--view",
+            "holders",
+        ];
+        if json {
+            v.push("--json");
+        }
+        v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>()
+    };
+    let o = run(&argv(&f, false)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert_eq!(o.code, 4, "{}{}", o.out, o.err);
+    assert!(
+        !o.out.contains("complete: the capture shows no sign"),
+        "{}",
+        o.out
+    );
+    assert!(
+        o.out.contains("event(s) are not in the capture"),
+        "{}",
+        o.out
+    );
+    let (code, a) = json(
+        &argv(&f, false)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 4);
+    assert_eq!(a["complete"], false);
+    assert!(a["capture"]["events_missing"].as_u64().unwrap() > 0, "{a}");
+    // The whole capture (numbered without a gap once the row before it is gone): held.
+    let whole = logoff_from_the_start(&dir);
+    let o = run(&argv(&whole, false)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert_eq!(o.code, 1, "{}{}", o.out, o.err);
+    assert!(o.out.contains("profleak.exe"), "{}", o.out);
 }

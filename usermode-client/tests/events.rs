@@ -15,7 +15,7 @@ use hivetrack_cli::event_service::{self, ServiceEnv, ServiceOptions};
 use hivetrack_cli::event_sink::{Collected, EventSink, JsonLines};
 use hivetrack_cli::event_stream::{ERROR_OPERATION_ABORTED, StreamHolder, StreamRecord};
 use hivetrack_cli::fleet_event::{
-    EVENT_DATA_FIELDS, EventHolder, EventId, FleetEvent, INSERTION_STRINGS, KEY_NAMES,
+    EVENT_DATA_FIELDS, EventHolder, EventId, FleetEvent, HeldAfter, INSERTION_STRINGS, KEY_NAMES,
     LATER_FIELDS, Level, UnloadFailure, event_data_names,
 };
 use hivetrack_cli::holder_identity::{Identities, Identity, NoIdentities};
@@ -180,11 +180,13 @@ fn counts_read_in_the_singular_and_unlisted_holders_are_said() {
     );
     assert!(many.holders_truncated);
     assert_eq!(many.status_name, None);
+    // Nobody seen on a hive the driver vouched for: said so, never "0 processes held 0 keys
+    // … these processes are the ones holding it" (audit 20b, M2; pinned here until then).
     let nobody = FleetEvent::unload_failed(&failure(0, 0), None, Vec::new());
     assert!(
         nobody
             .message
-            .contains("0 processes held 0 keys open. No key opened since tracking started held it"),
+            .contains("(STATUS_CANNOT_DELETE). hivetrack saw no process holding a key in it."),
         "{}",
         nobody.message
     );
@@ -1257,17 +1259,19 @@ fn a_held_after_record_whose_attempt_the_service_did_not_see_is_held_at_least_th
     );
 }
 
+/// A driver that lost opens, with the event stream: the kernel lists a key of the agent's it
+/// has no record of.
+fn lossy() -> Server {
+    let mut s = incomplete();
+    s.version = Some(VersionInfo {
+        capabilities: VersionInfo::CAP_EVENTS,
+        ..version()
+    });
+    s
+}
+
 #[test]
 fn the_drivers_1002_adds_the_holders_only_the_kernels_list_knows() {
-    // A driver that lost opens: the kernel lists a key of the agent's it has no record of.
-    let lossy = || {
-        let mut s = incomplete();
-        s.version = Some(VersionInfo {
-            capabilities: VersionInfo::CAP_EVENTS,
-            ..version()
-        });
-        s
-    };
     let mut q = queue_held_after(60);
     q.push(&held_after(60, UnloadRecord::HOLDERS_UNSEEN));
     let q = q.shared();
@@ -1505,9 +1509,9 @@ fn a_hive_the_driver_did_not_know_is_not_vouched_for_and_its_recheck_asks_the_ke
         failed.message.contains("could not be unloaded (STATUS_CANNOT_DELETE). hivetrack saw no process holding a key in it. Processes hivetrack could not see")
             && !failed.message.contains("0 processes")
             && !failed.message.contains("No key opened")
-            && failed
-                .message
-                .ends_with("hivetrack saw no process holding it."),
+            && failed.message.ends_with(
+                "(User Profile Service event 1530): something hivetrack does not see holds it. Run `hivetrack holders` on the hive to see who holds it now."
+            ),
         "{}",
         failed.message
     );
@@ -1723,4 +1727,168 @@ fn key_names_are_of_keys_open_at_the_failure() {
         names(NOW)
     );
     assert!(names(NOW - 3600 * SECOND).is_empty());
+}
+
+// ---- audit 20b: M2, M5, L3 ----
+
+/// Audit 20b, M2: a failed unload with no holder seen, of a hive the driver vouched for,
+/// ended "0 processes held 0 keys open. No key opened since tracking started held it: keys
+/// opened before then are not in the driver's records … these processes are the ones holding
+/// it": a vouched "nobody" while Windows had just refused the unload, and a hedge naming the
+/// wrong cause. It must say hivetrack saw no holder, that something it does not track holds
+/// the hive, and flag it (`HoldersUnseen` true with `HolderCount` 0).
+#[test]
+fn audit20b_m2_a_failed_unload_with_no_holder_seen_is_not_vouched_as_nobody() {
+    let e = FleetEvent::unload_failed(&failure(0, 0), None, Vec::new());
+    let m = &e.message;
+    for wrong in [
+        "the ones holding it",
+        "keys opened before then",
+        "0 processes held",
+    ] {
+        assert!(!m.contains(wrong), "{wrong:?} in {m}");
+    }
+    assert!(
+        m.contains("hivetrack saw no process holding a key in it.")
+            && m.contains("something it does not track holds the hive")
+            && m.contains("Run `hivetrack holders` on the hive"),
+        "{m}"
+    );
+    assert!(e.holders_unseen);
+    let s = e.insertion_strings();
+    assert_eq!(field(&s, "HoldersUnseen"), "true");
+    assert_eq!(field(&s, "HolderCount"), "0");
+}
+
+/// Audit 20b, M2: every failed status was described as event 1530's "the registry file is
+/// still in use", true only of `STATUS_CANNOT_DELETE` (WRK `cmapi.c` `CmUnloadKey`); an
+/// unload refused for another reason (a protected key, a registry filter's veto) is not.
+#[test]
+fn audit20b_m2_only_cannot_delete_is_said_to_be_in_use() {
+    for (status, named) in [
+        (0xC000_0022, "STATUS_ACCESS_DENIED"),
+        (0xC000_009A, "STATUS_INSUFFICIENT_RESOURCES"),
+        (0xC000_9999, "NTSTATUS 0xC0009999"),
+    ] {
+        for holders in [Vec::new(), two_holders()] {
+            let f = UnloadFailure {
+                status,
+                ..failure(holders.len() as u64, 5 * u64::from(!holders.is_empty()))
+            };
+            let e = FleetEvent::unload_failed(&f, None, holders);
+            let m = &e.message;
+            assert!(!m.contains("still in use by"), "{m}");
+            assert!(!m.contains("the ones holding it"), "{m}");
+            assert!(
+                m.contains(&format!(
+                    "The unload failed with {named}, not with STATUS_CANNOT_DELETE"
+                )),
+                "{m}"
+            );
+        }
+    }
+    let too_late = UnloadFailure {
+        status: 0xC000_0189,
+        ..failure(0, 0)
+    };
+    let m = FleetEvent::unload_failed(&too_late, None, Vec::new()).message;
+    assert!(
+        m.contains("STATUS_TOO_LATE: an earlier deferred unload of this hive is pending")
+            && !m.contains("still in use by"),
+        "{m}"
+    );
+    // STATUS_CANNOT_DELETE keeps the 1530 sentence.
+    let m = FleetEvent::unload_failed(&failure(2, 5), None, two_holders()).message;
+    assert!(
+        m.ends_with("(User Profile Service event 1530); these processes are the ones holding it."),
+        "{m}"
+    );
+}
+
+/// Audit 20b, M5: the driver's 1002 with no holder seen on a hive it cannot vouch for
+/// asserted "is still held 60 s … Until they close their keys the profile stays loaded".
+/// Nobody saw it held: it must say it could not tell, as the service's own re-check does.
+#[test]
+fn audit20b_m5_a_held_after_with_nobody_seen_says_it_cannot_tell() {
+    let h = HeldAfter {
+        hive: user_hive(),
+        status: 0xC000_0121,
+        holder_count: 0,
+        key_count: 0,
+        holders_truncated: false,
+        holders_unseen: true,
+        sequence: 9,
+        time: NOW,
+        held_for_secs: 60,
+        at_least: false,
+        failed_unload_sequence: Some(7),
+    };
+    let e = FleetEvent::held_after(&h, None, Vec::new());
+    let m = &e.message;
+    assert!(
+        m.starts_with(&format!(
+            r"hivetrack could not tell whether the registry hive {} is still held 60 s after its failed unload (STATUS_CANNOT_DELETE, hivetrack event sequence 7): the driver looked again (hivetrack event sequence 9) and no process it can see holds a key in it.",
+            user_hive()
+        )),
+        "{m}"
+    );
+    assert!(!m.contains("Until they close"), "{m}");
+    assert!(!m.contains("0 processes hold"), "{m}");
+    assert!(
+        m.ends_with("Run `hivetrack holders` on the hive to see who holds it now."),
+        "{m}"
+    );
+    assert_eq!(field(&e.insertion_strings(), "HoldersUnseen"), "true");
+    // A holder seen: still held, as before.
+    let seen = HeldAfter {
+        holder_count: 1,
+        key_count: 1,
+        ..h
+    };
+    let one = vec![EventHolder::new(AGENT_PID, Some(AGENT.to_owned()), None, 1)];
+    let m = FleetEvent::held_after(&seen, None, one).message;
+    assert!(
+        m.contains("is still held 60 s") && m.contains("Until they close"),
+        "{m}"
+    );
+}
+
+/// Audit 20b, L3: the 1001 of a hive the driver cannot vouch for left out the kernel's list
+/// the service had just read (`report.untracked`), which names the holders whose keys were
+/// opened before tracking; the 1002 a minute later added them. The 1001 must name them too,
+/// said as read now, not at the attempt.
+#[test]
+fn audit20b_l3_the_1001_of_an_unvouched_hive_adds_the_kernels_list() {
+    let mut q = queue();
+    q.push(&StreamRecord {
+        flags: UnloadRecord::HOLDERS_UNSEEN,
+        ..unload(&user_hive(), 0xC000_0121, &[], NOW)
+    });
+    let q = q.shared();
+    let opts = ServiceOptions {
+        once: true,
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve_with(&q, opts, 1, &NoIdentities, &lossy);
+    assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
+    let failed = &events[1];
+    assert_eq!(failed.holders.len(), 1, "{failed:#?}");
+    assert_eq!(
+        (failed.holders[0].pid, failed.holders[0].keys),
+        (AGENT_PID, 1)
+    );
+    assert_eq!((failed.holder_count, failed.key_count), (Some(1), Some(1)));
+    let m = &failed.message;
+    assert!(
+        m.contains("The driver's records show no process holding a key in it. The kernel's list of open keys, read when this event was written (not at the attempt), names keys opened before tracking began (or opens the driver lost): ")
+            && m.contains(&format!("(pid {AGENT_PID}, 1 key)"))
+            && m.contains("these are the processes hivetrack saw holding it.")
+            && !m.contains("hivetrack saw no process"),
+        "{m}"
+    );
+    assert!(failed.holders_unseen);
+    assert_eq!(
+        field(&failed.insertion_strings(), "Holder1Pid"),
+        AGENT_PID.to_string()
+    );
 }
