@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{Contoso, assert_snapshot, run_counting, run_on, run_scripted, run_with};
 use hivetrack_cli::exit;
-use hivetrack_cli::fallback::{FallbackTransport, MISSING, OpenSubKeys};
+use hivetrack_cli::fallback::{BLIND_SPOT, FallbackTransport, MISSING, OpenSubKeys};
+use hivetrack_cli::model::WaitVerdict;
 use hivetrack_cli::page_server::{Listing, Server};
 use hivetrack_cli::scripted::{
     SID, Scripted, logoff, logoff_busy, logoff_released, logoff_unloaded,
@@ -113,6 +114,9 @@ fn wait_uses_a_native_wait_free_when_the_backend_has_one() {
     let r: serde_json::Value = serde_json::from_str(&o.out).unwrap();
     assert_eq!(r["method"], "wait-free");
     assert_eq!(r["free"], false);
+    // The look after the timeout named nobody (this backend cannot list): not "held" with 0
+    // keys by 0 processes (audit 20b, L5).
+    assert_eq!(r["verdict"], "timed_out");
     assert_eq!(
         NATIVE_WAIT_QUERIES.load(std::sync::atomic::Ordering::SeqCst),
         1,
@@ -164,11 +168,19 @@ fn the_fallback_reports_pid_and_key_and_says_what_is_missing() {
         |_| Ok(fallback(Ok(profile_keys(0)))),
         &Contoso,
     );
-    assert_eq!(o.code, exit::OK, "missing fields are not dropped records");
+    // The kernel's list omits keys deleted while open and keys of busy hash buckets, which
+    // hold the hive: the fallback never vouches, so `--strict` fails (until 2026-12-06 it
+    // exited 0 here, "missing fields are not dropped records"; audit 20b, H1).
+    assert_eq!(o.code, exit::INCOMPLETE, "{}", o.err);
     let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
     assert_eq!(r.source.backend, "ntquery");
     assert!(!r.source.complete);
-    assert_eq!(r.source.missing.len(), MISSING.len());
+    assert_eq!(r.source.missing.len(), MISSING.len() + 1);
+    assert!(
+        r.source.missing.iter().any(|m| m == BLIND_SPOT),
+        "{:?}",
+        r.source.missing
+    );
     assert_eq!(
         r.holders.iter().map(|h| h.pid).collect::<Vec<_>>(),
         [2040, 4012]
@@ -185,6 +197,108 @@ fn the_fallback_reports_pid_and_key_and_says_what_is_missing() {
     );
     assert!(!o.out.contains("oldest open for"), "{}", o.out);
     assert!(o.out.contains("(open times unknown)"), "{}", o.out);
+}
+
+/// Audit 20b, H1: on an empty kernel list the fallback's `wait` exited 0 while its own text
+/// said "it may still be held", `--json` said `"free": true`, and `holders --fail-if-held
+/// --strict` exited 0. The list omits keys deleted while open, so without the driver an empty
+/// list is never "free": exit 4, in words that say what the list cannot show.
+#[test]
+fn the_fallback_never_says_a_loaded_hive_is_free() {
+    let empty = |_| Ok(fallback(Ok(Vec::new())));
+    let o = run_with(&["wait", "HKCU", "--timeout", "0"], empty, &Contoso);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    assert!(
+        o.out.contains(&format!(
+            r"HKU\{SID}: no open key in Windows' list after 0.0s (poll); keys deleted while open are not in that list, so it may still be held"
+        )),
+        "{}",
+        o.out
+    );
+    let o = run_with(&["wait", "HKCU", "--json"], empty, &Contoso);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}", o.err);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert!(!r.free, "{r:?}");
+    assert_eq!(r.verdict, WaitVerdict::NoneSeenIncomplete);
+    assert!(!r.source.complete);
+    for argv in [
+        &["holders", "HKCU", "--fail-if-held"][..],
+        &["holders", "HKCU", "--fail-if-held", "--strict"],
+        &["holders", "HKCU", "--strict"],
+    ] {
+        let o = run_with(argv, empty, &Contoso);
+        assert_eq!(o.code, exit::INCOMPLETE, "{argv:?}: {}{}", o.out, o.err);
+    }
+    // Not "0 open key(s) held by 0 process(es)" (audit 20b, L2).
+    let o = run_with(&["holders", "HKCU"], empty, &Contoso);
+    assert_eq!(o.code, exit::OK, "no verdict asked: {}", o.err);
+    assert!(!o.out.contains("0 open key(s) held by 0"), "{}", o.out);
+    assert!(
+        o.out
+            .contains("No open key in Windows' list; keys deleted while open are not in that list"),
+        "{}",
+        o.out
+    );
+    // Held is held, however little the fallback sees.
+    let o = run_with(
+        &["holders", "HKCU", "--fail-if-held", "--strict"],
+        |_| Ok(fallback(Ok(profile_keys(0)))),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::INCOMPLETE, "--strict wins over held");
+    let o = run_with(
+        &["holders", "HKCU", "--fail-if-held"],
+        |_| Ok(fallback(Ok(profile_keys(0)))),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::HELD);
+}
+
+/// `NtQueryOpenSubKeysEx` for a profile that unloads after `listed` looks: a key open until
+/// then, `ERROR_FILE_NOT_FOUND` after.
+struct Unloading {
+    looks: u32,
+    listed: u32,
+}
+
+impl OpenSubKeys for Unloading {
+    fn open_subkeys(&mut self, hive: &str) -> Result<Vec<(u64, String)>, TransportError> {
+        assert_eq!(hive, format!(r"\REGISTRY\USER\{SID}"));
+        self.looks += 1;
+        if self.looks <= self.listed {
+            Ok(vec![(4012, format!(r"{hive}\Environment"))])
+        } else {
+            Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })
+        }
+    }
+}
+
+/// Audit 20b, H1 (the other half): a hive that unloaded during a fallback `wait` was reported
+/// "may still be held", exit 4, because the fallback could not answer the kernel-list request
+/// `wait` makes when a hive goes. Unloaded is free, and complete: nothing of it is left.
+#[test]
+fn a_hive_unloaded_during_a_fallback_wait_is_free() {
+    let unloading = |_| -> Result<Box<dyn Transport>, TransportError> {
+        Ok(Box::new(FallbackTransport::new(Unloading {
+            looks: 0,
+            listed: 1,
+        })))
+    };
+    let o = run_with(&["wait", "HKCU", "--timeout", "5"], unloading, &Contoso);
+    assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
+    assert!(
+        o.out
+            .contains(&format!(r"HKU\{SID}: free after 0.5s (poll)")),
+        "{}",
+        o.out
+    );
+    let o = run_with(&["wait", "HKCU", "--json"], unloading, &Contoso);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!((r.free, r.verdict), (true, WaitVerdict::Free), "{r:?}");
+    assert!(r.source.complete, "{:?}", r.source);
+    assert_eq!(o.code, exit::OK);
 }
 
 #[test]
@@ -469,6 +583,35 @@ fn a_not_held_verdict_that_could_not_see_everything_exits_4() {
         "{}",
         o.out
     );
+    // JSON and CSV say it too: until 2026-12-06 `free` was true here, and a script reading
+    // `.free` went on (audit 20b, M1).
+    let o = run_scripted(blind(), &["--json", "wait", &user_hive(), "--timeout", "1"]);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}", o.err);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(
+        (r.free, r.verdict),
+        (false, WaitVerdict::NoneSeenIncomplete)
+    );
+    let v: serde_json::Value = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(v["verdict"], "none_seen_incomplete");
+    let o = run_scripted(blind(), &["--csv", "wait", &user_hive(), "--timeout", "1"]);
+    let rows: Vec<&str> = o.out.lines().collect();
+    assert!(rows[0].ends_with(",verdict"), "{}", o.out);
+    assert!(
+        rows[1].starts_with(&format!(r"HKU\{SID},false,"))
+            && rows[1].ends_with(",none_seen_incomplete"),
+        "{}",
+        o.out
+    );
+    // The holders headline does not read as free either (audit 20b, L2).
+    let o = run_scripted(blind(), &["holders", &user_hive()]);
+    assert!(
+        o.out
+            .contains("No open key seen, but the answer is incomplete: it may still be held"),
+        "{}",
+        o.out
+    );
+    assert!(!o.out.contains("0 open key(s) held by 0"), "{}", o.out);
     // No verdict asked: the report is printed, incomplete, and that is not a failure.
     let o = run_scripted(blind(), &["holders", &user_hive()]);
     assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
