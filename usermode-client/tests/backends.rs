@@ -840,6 +840,120 @@ fn hives_loaded_before_tracking_do_not_claim_complete_counts() {
     );
 }
 
+/// A driver listing the profile hive loaded at `loaded_time` (0: before tracking, or not
+/// known) and the `late` user's hive loaded now (after tracking began).
+fn two_hives(loaded_time: u64) -> hivetrack_cli::page_server::Server {
+    use protocol::hives::HiveRecord;
+    let now = hivetrack_cli::scripted::NOW;
+    let mount = |m: &str| -> Vec<u16> { m.encode_utf16().collect() };
+    let (profile, late) = (
+        mount(&format!(r"\REGISTRY\USER\{SID}")),
+        mount(r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002"),
+    );
+    let mut s = logoff();
+    let mut l = Listing::new(&protocol::page::NoPrefix);
+    for (id, m, loaded_time) in [(7, &profile, loaded_time), (9, &late, now)] {
+        l.push(&HiveRecord {
+            id,
+            state: HiveState::Loaded,
+            kind: HiveKind::Regular,
+            open_keys: 0,
+            holders: 0,
+            loaded_time,
+            mount: Text::Units(m),
+            file: Text::EMPTY,
+        });
+    }
+    s.hives = Some(l);
+    s
+}
+
+/// Audit 20b, M3: `processes` said "complete" (and `--strict` exited 0) while a hive it
+/// covers was loaded before tracking began, so a process holding only keys opened before is
+/// not listed; `hives --strict` on the same driver exited 4.
+#[test]
+fn processes_are_not_complete_while_a_hive_was_loaded_before_tracking() {
+    let now = hivetrack_cli::scripted::NOW;
+    let o = run_on(two_hives(0), &["--json", "processes", "--strict"]);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::ProcessesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
+    assert!(!r.source.complete, "{:?}", r.source);
+    assert!(
+        r.source.missing.iter().any(|m| m
+            .contains("processes holding only keys opened before tracking started (in 1 hive(s)")),
+        "{:?}",
+        r.source.missing
+    );
+    let o = run_on(two_hives(0), &["processes"]);
+    assert!(!o.out.contains(", complete"), "{}", o.out);
+    // Every hive loaded since tracking began: the listing can be complete.
+    let o = run_on(two_hives(now), &["--json", "processes", "--strict"]);
+    assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    assert!(r.source.complete, "{:?}", r.source);
+}
+
+/// The scripted driver, but its event stream refuses every request as a driver whose 32
+/// waits are taken does (`STATUS_INSUFFICIENT_RESOURCES`, driver/src/waiters.rs).
+struct StreamRefused(Scripted);
+
+impl Transport for StreamRefused {
+    fn backend(&self) -> &'static str {
+        "scripted"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        if code == protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS {
+            return Err(TransportError::Request {
+                code: hivetrack_cli::transport::ERROR_NO_SYSTEM_RESOURCES,
+            });
+        }
+        self.0.ioctl(code, input, out)
+    }
+}
+
+/// Audit 20b, L1: when the event stream's prefix (since when tracking runs) could not be read,
+/// `hives` and `processes` dropped every caveat: no `*`, `counts_complete` null, complete.
+#[test]
+fn listings_whose_tracking_start_cannot_be_read_are_not_complete() {
+    let refused = |s: hivetrack_cli::page_server::Server| {
+        let mut once = Some(StreamRefused(Scripted::new(s)));
+        move |_| {
+            once.take()
+                .map(|t| Box::new(t) as Box<dyn Transport>)
+                .ok_or(TransportError::DriverUnavailable)
+        }
+    };
+    let now = hivetrack_cli::scripted::NOW;
+    let o = run_with(
+        &["--json", "hives", "--strict"],
+        refused(two_hives(now)),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::HivesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
+    assert!(!r.source.complete, "{:?}", r.source);
+    assert!(
+        r.hives.iter().all(|h| h.counts_complete == Some(false)),
+        "{:?}",
+        r.hives
+    );
+    let o = run_with(&["hives"], refused(two_hives(now)), &Contoso);
+    assert!(o.out.contains("0*"), "{}", o.out);
+    let o = run_with(
+        &["processes", "--strict"],
+        refused(two_hives(now)),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    assert!(
+        o.out.contains("when it started could not be read"),
+        "{}",
+        o.out
+    );
+}
+
 /// Review 16: a key only the kernel lists took its image from the driver's record of the
 /// holder at that pid even when that copy was cut short, in rows that carry no mark for it
 /// (CSV `image_truncated` false). The whole path is looked up instead.
