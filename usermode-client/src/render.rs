@@ -636,6 +636,16 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                         c.handles_not_examined
                     );
                 }
+                // `--summary` reads no handle table: an exited opener's keys are held through
+                // handles it gave away, by someone the summary cannot name (audit 20b, L6).
+                None if r.holders.iter().any(|h| h.exited && h.keys.is_empty()) => {
+                    let _ = writeln!(
+                        out,
+                        "An exited process's keys are held through handles it gave away \
+                         (duplicated or inherited); this summary did not read the handle table: \
+                         run without --summary to see who holds them now"
+                    );
+                }
                 _ => {}
             }
             if !r.untracked.is_empty() {
