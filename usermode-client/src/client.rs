@@ -444,6 +444,7 @@ impl<'t> Client<'t> {
                 {
                     return Err(CliError::UnknownHive {
                         hive: String::from_utf16_lossy(pass.hive),
+                        backend: self.transport.backend(),
                     }
                     .into());
                 }

@@ -38,6 +38,11 @@ pub struct Source {
     /// Not part of the JSON: `complete` says it there.
     #[serde(skip)]
     pub unseen: bool,
+    /// How many of `missing`'s first entries are the backend's fixed list of what it never
+    /// reports ([`Source::new`]); the rest are what this answer could not see
+    /// ([`Source::cannot_see`]). The table prints the two apart. Not part of the JSON.
+    #[serde(skip)]
+    pub limits: usize,
 }
 
 /// How far a report about one hive can be trusted, and why.
@@ -101,6 +106,7 @@ impl Source {
             coverage: None,
             tracking_since: None,
             unseen: false,
+            limits: missing.len(),
         }
     }
 

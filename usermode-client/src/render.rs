@@ -113,11 +113,19 @@ pub fn source_line(s: &Source) -> String {
             s.not_recorded
         );
     }
-    if !s.missing.is_empty() {
+    // What this answer missed is not a backend limit: it is said as INCOMPLETE, as the
+    // other gaps are (until 2026-12-06 it was printed under "not available from this
+    // backend", without the word; audit 20b, L5).
+    let limits = s.limits.min(s.missing.len());
+    let reasons = &s.missing[limits..];
+    if !reasons.is_empty() {
+        let _ = write!(line, ", INCOMPLETE: could not see {}", reasons.join("; "));
+    }
+    if limits > 0 {
         let _ = write!(
             line,
             "; not available from this backend: {}",
-            s.missing.join(", ")
+            s.missing[..limits].join(", ")
         );
     }
     line

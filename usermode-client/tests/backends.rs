@@ -73,6 +73,11 @@ fn a_hive_unloaded_while_waiting_is_free_but_an_unknown_one_is_an_error() {
     let o = run_on(logoff_unloaded(), &["wait", "HKCU"]);
     assert_eq!(o.code, exit::BAD_ARGUMENTS);
     assert!(o.err.contains("is known to the driver"), "{}", o.err);
+    assert!(
+        o.err.contains("not loaded now (unloaded already?)"),
+        "{}",
+        o.err
+    );
 }
 
 /// Queries sent to [`NativeWait`].
@@ -344,6 +349,12 @@ fn the_fallback_refuses_other_queries_and_passes_errors_on() {
         &Contoso,
     );
     assert_eq!(o.code, exit::BAD_ARGUMENTS, "{}", o.err);
+    // Said as Windows' answer, not the driver's (audit 20b, L5).
+    assert!(
+        o.err.contains("Windows has no hive loaded at") && !o.err.contains("driver"),
+        "{}",
+        o.err
+    );
     let o = run_with(
         &["holders", "HKCU"],
         |_| {
@@ -887,6 +898,18 @@ fn processes_are_not_complete_while_a_hive_was_loaded_before_tracking() {
     );
     let o = run_on(two_hives(0), &["processes"]);
     assert!(!o.out.contains(", complete"), "{}", o.out);
+    // Said as INCOMPLETE, not as something "not available from this backend" (audit 20b, L5).
+    assert!(
+        o.out
+            .contains(", INCOMPLETE: could not see processes holding only keys opened before"),
+        "{}",
+        o.out
+    );
+    assert!(
+        !o.out.contains("not available from this backend"),
+        "{}",
+        o.out
+    );
     // Every hive loaded since tracking began: the listing can be complete.
     let o = run_on(two_hives(now), &["--json", "processes", "--strict"]);
     assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
