@@ -791,34 +791,18 @@ fn with_opens_lost_a_later_process_at_the_pid_is_not_named_either() {
 /// has `counts_complete` false, and the listing says what it cannot see.
 #[test]
 fn hives_loaded_before_tracking_do_not_claim_complete_counts() {
-    use protocol::hives::HiveRecord;
     let now = hivetrack_cli::scripted::NOW;
     let since = hivetrack_cli::scripted::TRACKING_SINCE;
-    let mount = |m: &str| -> Vec<u16> { m.encode_utf16().collect() };
-    let (early, late, app) = (
-        mount(&format!(r"\REGISTRY\USER\{SID}")),
-        mount(r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002"),
-        mount(r"\REGISTRY\A\{6B656D75-0000-4000-8000-000000000001}"),
-    );
-    let mut s = logoff();
-    let mut l = Listing::new(&protocol::page::NoPrefix);
-    for (id, m, loaded_time, kind) in [
-        (7, &early, 0, HiveKind::Regular),
-        (9, &late, now, HiveKind::Regular),
-        (10, &app, now, HiveKind::App),
-    ] {
-        l.push(&HiveRecord {
-            id,
-            state: HiveState::Loaded,
-            kind,
-            open_keys: 0,
-            holders: 0,
-            loaded_time,
-            mount: Text::Units(m),
-            file: Text::EMPTY,
-        });
-    }
-    s.hives = Some(l);
+    let mut s = with_hives(&[
+        (7, &format!(r"\REGISTRY\USER\{SID}"), 0, HiveKind::Regular),
+        (9, LATE_HIVE, now, HiveKind::Regular),
+        (
+            10,
+            r"\REGISTRY\A\{6B656D75-0000-4000-8000-000000000001}",
+            now,
+            HiveKind::App,
+        ),
+    ]);
     assert!(now > since);
     let o = run_on(s.clone(), &["--json", "hives", "--strict"]);
     let r: hivetrack_cli::model::HivesReport =
@@ -851,32 +835,44 @@ fn hives_loaded_before_tracking_do_not_claim_complete_counts() {
     );
 }
 
-/// A driver listing the profile hive loaded at `loaded_time` (0: before tracking, or not
-/// known) and the `late` user's hive loaded now (after tracking began).
-fn two_hives(loaded_time: u64) -> hivetrack_cli::page_server::Server {
+/// Another user's hive, loaded after tracking began in the tests below.
+const LATE_HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002";
+
+/// The logoff driver listing `hives` as `(id, mount, loaded_time, kind)`, all loaded.
+fn with_hives(hives: &[(u32, &str, u64, HiveKind)]) -> hivetrack_cli::page_server::Server {
     use protocol::hives::HiveRecord;
-    let now = hivetrack_cli::scripted::NOW;
-    let mount = |m: &str| -> Vec<u16> { m.encode_utf16().collect() };
-    let (profile, late) = (
-        mount(&format!(r"\REGISTRY\USER\{SID}")),
-        mount(r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002"),
-    );
     let mut s = logoff();
     let mut l = Listing::new(&protocol::page::NoPrefix);
-    for (id, m, loaded_time) in [(7, &profile, loaded_time), (9, &late, now)] {
+    for &(id, mount, loaded_time, kind) in hives {
+        let units: Vec<u16> = mount.encode_utf16().collect();
         l.push(&HiveRecord {
             id,
             state: HiveState::Loaded,
-            kind: HiveKind::Regular,
+            kind,
             open_keys: 0,
             holders: 0,
             loaded_time,
-            mount: Text::Units(m),
+            mount: Text::Units(&units),
             file: Text::EMPTY,
         });
     }
     s.hives = Some(l);
     s
+}
+
+/// A driver listing the profile hive loaded at `loaded_time` (0: before tracking, or not
+/// known) and another user's hive loaded now (after tracking began).
+fn two_hives(loaded_time: u64) -> hivetrack_cli::page_server::Server {
+    let now = hivetrack_cli::scripted::NOW;
+    with_hives(&[
+        (
+            7,
+            &format!(r"\REGISTRY\USER\{SID}"),
+            loaded_time,
+            HiveKind::Regular,
+        ),
+        (9, LATE_HIVE, now, HiveKind::Regular),
+    ])
 }
 
 /// Audit 20b, M3: `processes` said "complete" (and `--strict` exited 0) while a hive it
