@@ -33,8 +33,10 @@ pub enum TransportError {
         /// The Win32 error code `DeviceIoControl` reported.
         code: u32,
     },
-    /// Any other failure of the operating system call.
-    #[error("{0}")]
+    /// Any other failure of the operating system call. Transparent: with `{0}` the message
+    /// was also the error's source, so the CLI's error chain printed it twice (audit 20b, L5:
+    /// an unknown `--emulator` scenario's list came out three times).
+    #[error(transparent)]
     Os(#[from] std::io::Error),
     /// The backend cannot answer this request at all (the fallback knows only holders).
     #[error("the {backend} backend cannot answer this query: {why}")]
@@ -391,6 +393,12 @@ mod tests {
             driver_wait_free(&mut d, HIVE, Duration::from_secs(1)),
             Some(Err(TransportError::Request { code: 87 }))
         ));
+    }
+
+    #[test]
+    fn an_os_error_is_said_once_in_the_error_chain() {
+        let e = anyhow::Error::from(TransportError::Os(std::io::Error::other("no such image")));
+        assert_eq!(format!("{e:#}"), "no such image");
     }
 
     #[test]
