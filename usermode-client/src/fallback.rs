@@ -31,6 +31,11 @@ pub const MISSING: &[&str] = &[
     "granted access",
     "handle counts",
     "hive file",
+    // The kernel's list gives the opener's pid (`CM_KEY_BODY.ProcessID`), which stays on the
+    // key after the opener exits having handed its handle on; the image is looked up now
+    // (audit 20b, M6).
+    "whether each image is the opener's (it is of the process at that pid now: an opener \
+     that exited after handing its handle on may have had its pid reused)",
 ];
 
 /// What the kernel's list cannot show at all, and which can hold the hive.
