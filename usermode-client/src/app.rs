@@ -435,7 +435,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 env.clock,
             )?;
             emit(env, format, &render::wait(&r, format)?, Some(&r.source))?;
-            Ok(verdict(g.strict, &r.source, Some(!r.free)))
+            Ok(verdict(g.strict, &r.source, Some(r.verdict.held())))
         }
     }
 }

@@ -233,6 +233,8 @@ struct ListedHive {
     /// When the driver saw it loaded (FILETIME; 0: not known).
     loaded_time: u64,
     app: bool,
+    /// An unloaded hive the driver still lists holds nothing.
+    state: HiveState,
 }
 
 /// Whether the driver saw hive `id` loaded at or after `since` (a FILETIME; 0: tracking is
@@ -341,9 +343,8 @@ impl<'t> Client<'t> {
                 .find(|c| c.name == "tracking_status")
                 .map(|c| c.value)
         });
-        let since = crate::event_stream::stream_prefix(&mut *self.transport)
-            .ok()
-            .map(|prefix| prefix.tracking_since);
+        let prefix = crate::event_stream::stream_prefix(&mut *self.transport);
+        let since = prefix.as_ref().ok().map(|prefix| prefix.tracking_since);
         match (status, since) {
             (Some(s), _) if s != 0 => {
                 #[allow(clippy::cast_possible_truncation, reason = "an NTSTATUS in a u64")]
@@ -358,7 +359,18 @@ impl<'t> Client<'t> {
                 source.tracking_since = Time::from_filetime(t);
                 return Some(t);
             }
-            (_, None) => {}
+            // Since when the listing holds every open cannot be said: keys opened before
+            // tracking began may be missing from it. Until 2026-12-06 this left the source
+            // complete, with no caveat, whenever the request failed (the driver refuses it
+            // while its 32 waits are taken; audit 20b, L1).
+            (_, None) => {
+                let why = prefix.err().map_or_else(String::new, |e| format!(": {e}"));
+                source.cannot_see(format!(
+                    "keys opened before tracking started (when it started could not be read: \
+                     the driver's event stream refused the request{why}); `hivetrack holders` \
+                     on a hive also asks the kernel's list"
+                ));
+            }
         }
         None
     }
@@ -433,6 +445,7 @@ impl<'t> Client<'t> {
                 {
                     return Err(CliError::UnknownHive {
                         hive: String::from_utf16_lossy(pass.hive),
+                        backend: self.transport.backend(),
                     }
                     .into());
                 }
@@ -535,7 +548,13 @@ impl<'t> Client<'t> {
         if self.transport.backend() != crate::fallback::BACKEND && !summary_only && self.held_now {
             self.attach_held_now(&mut report, &mut listing);
         }
-        if self.transport.backend() != crate::fallback::BACKEND {
+        if self.transport.backend() == crate::fallback::BACKEND {
+            // The kernel's list alone: it omits keys deleted while open and keys of busy hash
+            // buckets, which hold the hive all the same (audit 20b, H1).
+            report
+                .source
+                .cannot_see(crate::fallback::BLIND_SPOT.to_owned());
+        } else {
             // The driver's records, set against the kernel's own list of the hive's keys.
             let kernel = self.kernel_open_keys(&report.hive.path);
             let mut driver = crate::coverage::from_driver(&completeness);
@@ -581,20 +600,23 @@ impl<'t> Client<'t> {
     /// The hives the driver lists; none when it cannot be asked (then no hive is vouched
     /// for, and held-now asks about every handle).
     fn listed_hives(&mut self) -> Vec<ListedHive> {
+        self.listed_hives_or_err().unwrap_or_default()
+    }
+
+    /// The hives the driver lists, or why they could not be read.
+    fn listed_hives_or_err(&mut self) -> Result<Vec<ListedHive>> {
         let mut hives = Vec::new();
-        let listed = self.pages::<Hives>(&Self::plain(QueryKind::Hives, 0), |page| {
+        self.pages::<Hives>(&Self::plain(QueryKind::Hives, 0), |page| {
             hives.extend(page.records().map(|r| ListedHive {
                 id: r.id,
                 mount: text(r.mount),
                 loaded_time: r.loaded_time,
                 app: r.kind == HiveKind::App,
+                state: r.state,
             }));
             Ok(true)
-        });
-        if listed.is_err() {
-            hives.clear();
-        }
-        hives
+        })?;
+        Ok(hives)
     }
 
     /// The kernel's list of the key objects open in the hive mounted at `mount`.
@@ -759,6 +781,12 @@ impl<'t> Client<'t> {
                     "keys opened before tracking started, in {unvouched} hive(s) loaded before it or not vouched for (counts_complete false: their counts are the opens since; `hivetrack holders` on a hive also asks the kernel's list)"
                 ));
             }
+        } else if source.unseen {
+            // Tracking off, or since when not known: no hive's counts are vouched for
+            // (audit 20b, L1: they were null, which the table and scripts read as no caveat).
+            for h in &mut hives {
+                h.counts_complete = Some(false);
+            }
         }
         Ok(HivesReport {
             schema: schema("hives"),
@@ -796,7 +824,29 @@ impl<'t> Client<'t> {
             processes.truncate(n);
         }
         let mut source = self.source(nr);
-        self.scope(&mut source);
+        if let Some(since) = self.scope(&mut source) {
+            // Only the opens since tracking began are listed: a process holding only keys
+            // opened before is missing, in any hive the driver cannot vouch for (as `hives`
+            // counts them). Until 2026-12-06 this listing said "complete" and `--strict`
+            // exited 0 while `hives --strict` on the same machine exited 4 (audit 20b, M3).
+            let hives = self.listed_hives_or_err();
+            let unvouched = hives.as_ref().map(|hives| {
+                hives
+                    .iter()
+                    .filter(|h| h.state != HiveState::Unloaded)
+                    .filter(|h| nr > 0 || !loaded_since(hives, h.id, since))
+                    .count()
+            });
+            match unvouched {
+                Ok(0) => {}
+                Ok(n) => source.cannot_see(format!(
+                    "processes holding only keys opened before tracking started (in {n} hive(s) loaded before it or not vouched for; `hivetrack holders HIVE` also asks the kernel's list)"
+                )),
+                Err(e) => source.cannot_see(format!(
+                    "whether any hive was loaded before tracking started (the hive listing failed: {e:#}): processes holding only keys opened before it may be missing"
+                )),
+            }
+        }
         Ok(ProcessesReport {
             schema: schema("processes"),
             source,

@@ -47,13 +47,13 @@ pub enum CliError {
     /// in a build without the emulator).
     #[error("{0}")]
     BackendUnavailable(TransportError),
-    /// The driver knows no hive containing the path.
-    #[error(
-        "no hive containing {hive} is known to the driver: check the name with `hivetrack hives`"
-    )]
+    /// The backend knows no hive containing the path.
+    #[error("{}", unknown_hive_text(hive, backend))]
     UnknownHive {
         /// The NT path asked for.
         hive: String,
+        /// The backend that answered (the fallback asks Windows itself).
+        backend: &'static str,
     },
     /// A hive name could not be understood.
     #[error(transparent)]
@@ -77,6 +77,24 @@ pub enum CliError {
         /// What was asked for.
         what: &'static str,
     },
+}
+
+/// The unknown-hive message, by who answered. The driver's "not known" is also what a hive
+/// just unloaded, or one whose record the driver could not keep, gets; until 2026-12-06 it
+/// said only "not known to the driver", and the fallback said "driver" too (audit 20b, L5).
+fn unknown_hive_text(hive: &str, backend: &str) -> String {
+    if backend == crate::fallback::BACKEND {
+        format!(
+            "Windows has no hive loaded at {hive} (NtQueryOpenSubKeysEx: not found): it is not \
+             loaded now, or the name is wrong"
+        )
+    } else {
+        format!(
+            "no hive containing {hive} is known to the driver: it is not loaded now (unloaded \
+             already?), the name is wrong (check it with `hivetrack hives`), or the driver could \
+             not keep its record (`hivetrack stats`); `--backend ntquery` asks Windows directly"
+        )
+    }
 }
 
 impl CliError {

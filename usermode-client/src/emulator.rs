@@ -11,7 +11,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use kernel_emulator::harness::session::{SCENARIOS, Session};
+use kernel_emulator::harness::session::Session;
 
 use crate::transport::{Transport, TransportError, WaitFreeOutcome, driver_wait_free};
 
@@ -45,13 +45,8 @@ impl EmulatorTransport {
         }
         let map = sys.with_extension("map");
         let session = Session::start(&sys, map.is_file().then_some(map.as_path()), scenario)
-            .map_err(|e| {
-                let names: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
-                TransportError::Os(std::io::Error::other(format!(
-                    "{e} (scenarios: {})",
-                    names.join(", ")
-                )))
-            })?;
+            // The session's own error names the scenarios when the name is unknown.
+            .map_err(|e| TransportError::Os(std::io::Error::other(e)))?;
         if let Some(ms) = std::env::var("HIVETRACK_EMULATOR_EXIT_AFTER_MS")
             .ok()
             .and_then(|v| v.parse().ok())

@@ -23,15 +23,38 @@ use crate::transport::{ERROR_INVALID_PARAMETER, Transport, TransportError};
 /// Name of this backend in reports.
 pub const BACKEND: &str = "ntquery";
 
-/// What `NtQueryOpenSubKeysEx` cannot tell, as every report from this backend lists it.
+/// What `NtQueryOpenSubKeysEx` cannot tell about the keys it lists, as every report from
+/// this backend lists it: detail no verdict rests on.
 pub const MISSING: &[&str] = &[
     "open times",
     "opening threads",
     "granted access",
     "handle counts",
     "hive file",
-    "keys deleted while open (the kernel's list omits them; they still hold the hive)",
+    // The kernel's list gives the opener's pid (`CM_KEY_BODY.ProcessID`), which stays on the
+    // key after the opener exits having handed its handle on; the image is looked up now
+    // (audit 20b, M6).
+    "whether each image is the opener's (it is of the process at that pid now: an opener \
+     that exited after handing its handle on may have had its pid reused)",
 ];
+
+/// What the kernel's list cannot show at all, and which can hold the hive.
+///
+/// Every report of this backend about a hive that is still loaded says it
+/// ([`crate::model::Source::cannot_see`]), so no verdict of it is "free" or "not held" and
+/// `--strict` fails. The list omits keys
+/// deleted while open, which still keep the hive from unloading (Windows Research Kernel
+/// `cmsubs.c` `CmpSearchForOpenSubKeys` walks the key-control-block hash, which `CmDeleteKey`
+/// takes the key out of; `cmapi.c` `CmUnloadKey` still fails on its reference), and the keys
+/// of hash buckets busy on another thread at that moment, and still succeeds (`cmsubs.c`:
+/// "else skip this entry"; see `crate::coverage`). Without the driver nothing else can see
+/// them, so this backend never vouches that a loaded hive is free. Until 2026-12-06 the first
+/// half was in [`MISSING`], which no verdict reads: `wait` said exit 0 on an empty list and
+/// `holders --fail-if-held --strict` too (audit 20b, H1).
+pub const BLIND_SPOT: &str = "keys deleted while open, and keys the kernel skipped because \
+     another thread was using their part of its table (Windows' list of open keys omits both; \
+     they still hold the hive): without the driver no answer can say the hive is free, only \
+     that Windows lists no open key in it";
 
 /// A source of `(pid, NT key path)` pairs for the open keys of one hive.
 pub trait OpenSubKeys {
@@ -154,6 +177,24 @@ impl<S: OpenSubKeys> Transport for FallbackTransport<S> {
 
     fn missing(&self) -> &'static [&'static str] {
         MISSING
+    }
+
+    /// The same list the holders query reads: `wait` asks it when a hive it saw has gone,
+    /// and `ERROR_FILE_NOT_FOUND` from it then means the hive was unloaded (a hive whose
+    /// deferred unload is pending is frozen but still opened by name: Windows Research
+    /// Kernel `cmapi.c` `CmUnloadKeyEx` freezes it, `cmsubs.c` `CmpCreateKeyControlBlock`
+    /// still builds key-control blocks inside a frozen hive). Until 2026-12-06 this backend
+    /// did not answer it, and a hive that unloaded during a fallback `wait` was reported "may
+    /// still be held", exit 4 (audit 20b, H1).
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        Some(self.source.open_subkeys(hive))
+    }
+
+    fn process_image(&mut self, pid: u64) -> Option<String> {
+        self.source.image_of(pid)
     }
 
     fn ioctl(

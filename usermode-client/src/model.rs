@@ -38,6 +38,11 @@ pub struct Source {
     /// Not part of the JSON: `complete` says it there.
     #[serde(skip)]
     pub unseen: bool,
+    /// How many of `missing`'s first entries are the backend's fixed list of what it never
+    /// reports ([`Source::new`]); the rest are what this answer could not see
+    /// ([`Source::cannot_see`]). The table prints the two apart. Not part of the JSON.
+    #[serde(skip)]
+    pub limits: usize,
 }
 
 /// How far a report about one hive can be trusted, and why.
@@ -101,6 +106,7 @@ impl Source {
             coverage: None,
             tracking_since: None,
             unseen: false,
+            limits: missing.len(),
         }
     }
 
@@ -781,8 +787,13 @@ pub struct WaitReport {
     pub source: Source,
     /// Short hive name.
     pub hive: String,
-    /// No process holds keys in the hive any more (or it was unloaded).
+    /// True only when [`WaitReport::verdict`] is `free`: no key is open in the hive (or it
+    /// was unloaded) and the answer could see everything that can hold it. Until 2026-12-06
+    /// it was true whenever no key was seen, complete or not (audit 20b, M1): a script that
+    /// read `.free` went on while `complete` was false and the exit code 4.
     pub free: bool,
+    /// How the wait ended, the same verdict as the exit code.
+    pub verdict: WaitVerdict,
     /// How the wait was done: `poll` (repeated `holders` queries) or `wait-free` (the
     /// driver's pending request, once it exists).
     pub method: String,
@@ -792,6 +803,48 @@ pub struct WaitReport {
     pub open_keys: u64,
     /// Processes holding keys at the last look.
     pub holders: u32,
+}
+
+/// How `hivetrack wait` ended (`verdict` in `hivetrack.wait/1`, one word for a script to
+/// test; the exit code says the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitVerdict {
+    /// No key open in the hive, or it was unloaded, and the answer is complete (exit 0).
+    Free,
+    /// No key seen open at the last look, but the answer could not see everything that can
+    /// hold the hive (`source.missing`, `source.coverage`): it may still be held (exit 4).
+    NoneSeenIncomplete,
+    /// The timeout passed with keys still open at the last look (`open_keys`, `holders`;
+    /// exit 1).
+    Held,
+    /// The driver's wait timed out, but the look after it named no holder: the keys closed
+    /// in between, or who holds the hive could not be read (`source.missing`; exit 1).
+    TimedOut,
+}
+
+impl WaitVerdict {
+    /// The verdict of a wait that ended with `open_keys` keys open in the hive by `holders`
+    /// processes at its last look, as seen by `source`; `timed_out` when the driver's own
+    /// wait ended on its timeout.
+    #[must_use]
+    pub const fn of(source: &Source, open_keys: u64, holders: u32, timed_out: bool) -> Self {
+        if open_keys > 0 || holders > 0 {
+            Self::Held
+        } else if timed_out {
+            Self::TimedOut
+        } else if source.dropped_records() {
+            Self::NoneSeenIncomplete
+        } else {
+            Self::Free
+        }
+    }
+
+    /// Whether the hive was still held as far as the wait saw (exit 1).
+    #[must_use]
+    pub const fn held(self) -> bool {
+        matches!(self, Self::Held | Self::TimedOut)
+    }
 }
 
 /// The `hivetrack.<name>/1` schema id.

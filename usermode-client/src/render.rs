@@ -9,7 +9,7 @@ use crate::hive_name::display;
 const STATUS_PENDING_TEXT: &str = "0x00000103";
 use crate::model::{
     Coverage, DiffReport, HeldKey, HivesReport, Holder, HoldersReport, Identity, ProcessesReport,
-    Source, StatsReport, UnloadHistoryReport, WaitReport, age_text,
+    Source, StatsReport, UnloadHistoryReport, WaitReport, WaitVerdict, age_text,
 };
 
 pub use crate::render_stacks::{capture, modules};
@@ -113,11 +113,19 @@ pub fn source_line(s: &Source) -> String {
             s.not_recorded
         );
     }
-    if !s.missing.is_empty() {
+    // What this answer missed is not a backend limit: it is said as INCOMPLETE, as the
+    // other gaps are (until 2026-12-06 it was printed under "not available from this
+    // backend", without the word; audit 20b, L5).
+    let limits = s.limits.min(s.missing.len());
+    let reasons = &s.missing[limits..];
+    if !reasons.is_empty() {
+        let _ = write!(line, ", INCOMPLETE: could not see {}", reasons.join("; "));
+    }
+    if limits > 0 {
         let _ = write!(
             line,
             "; not available from this backend: {}",
-            s.missing.join(", ")
+            s.missing[..limits].join(", ")
         );
     }
     line
@@ -548,17 +556,33 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 );
             }
             let only_kernel: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
-            let _ = writeln!(
-                out,
-                "{} open key(s) held by {} process(es){}",
-                hive.open_keys,
-                hive.holders,
-                if only_kernel > 0 {
-                    format!(", {only_kernel} of them only in the kernel's list (below)")
+            let none_seen = hive.open_keys == 0
+                && hive.holders == 0
+                && r.holders.is_empty()
+                && r.untracked.is_empty();
+            if none_seen && r.source.dropped_records() {
+                // Not "0 open key(s) held by 0 process(es)", which reads as free: the answer
+                // could not see everything (audit 20b, L2; `wait` says so since 2026-12-05).
+                out.push_str(if r.source.backend == crate::fallback::BACKEND {
+                    "No open key in Windows' list; keys deleted while open are not in that \
+                     list, so it may still be held (see the last line)\n"
                 } else {
-                    String::new()
-                }
-            );
+                    "No open key seen, but the answer is incomplete: it may still be held \
+                     (see the last line)\n"
+                });
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{} open key(s) held by {} process(es){}",
+                    hive.open_keys,
+                    hive.holders,
+                    if only_kernel > 0 {
+                        format!(", {only_kernel} of them only in the kernel's list (below)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
             if !r.holders.is_empty() {
                 out.push('\n');
                 let rows: Vec<Vec<String>> = r
@@ -618,6 +642,16 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                         out,
                         "Holders now: {} key handle(s) of other processes could not be examined (protected processes)",
                         c.handles_not_examined
+                    );
+                }
+                // `--summary` reads no handle table: an exited opener's keys are held through
+                // handles it gave away, by someone the summary cannot name (audit 20b, L6).
+                None if r.holders.iter().any(|h| h.exited && h.keys.is_empty()) => {
+                    let _ = writeln!(
+                        out,
+                        "An exited process's keys are held through handles it gave away \
+                         (duplicated or inherited); this summary did not read the handle table: \
+                         run without --summary to see who holds them now"
                     );
                 }
                 _ => {}
@@ -1101,6 +1135,7 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
                 "waited_secs",
                 "open_keys",
                 "holders",
+                "verdict",
             ],
             &[vec![
                 r.hive.clone(),
@@ -1109,26 +1144,47 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
                 format!("{:.1}", r.waited_secs),
                 r.open_keys.to_string(),
                 r.holders.to_string(),
+                // The JSON word, so the two cannot differ.
+                serde_json::to_value(r.verdict)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             ]],
         ),
         Format::Table => {
-            let mut out = if r.free && !r.source.complete {
+            let mut out = match r.verdict {
+                WaitVerdict::Free => format!(
+                    "{}: free after {:.1}s ({})\n",
+                    r.hive, r.waited_secs, r.method
+                ),
+                // Without the driver this is the best answer there is (audit 20b, H1).
+                WaitVerdict::NoneSeenIncomplete if r.source.backend == crate::fallback::BACKEND => {
+                    format!(
+                        "{}: no open key in Windows' list after {:.1}s ({}); keys deleted while \
+                         open are not in that list, so it may still be held (only the driver can \
+                         say free; an unloaded hive is free)\n",
+                        r.hive, r.waited_secs, r.method
+                    )
+                }
                 // Not a plain "free": the report could not see everything (exit 4).
-                format!(
+                WaitVerdict::NoneSeenIncomplete => format!(
                     "{}: no open key seen after {:.1}s ({}), but the answer is incomplete: \
                      it may still be held\n",
                     r.hive, r.waited_secs, r.method
-                )
-            } else if r.free {
-                format!(
-                    "{}: free after {:.1}s ({})\n",
-                    r.hive, r.waited_secs, r.method
-                )
-            } else {
-                format!(
+                ),
+                WaitVerdict::Held => format!(
                     "{}: still held after {:.1}s: {} open key(s) by {} process(es) ({})\n",
                     r.hive, r.waited_secs, r.open_keys, r.holders, r.method
-                )
+                ),
+                // The driver said "timed out"; the look after it named nobody. Until
+                // 2026-12-06 this said "still held …: 0 open key(s) by 0 process(es)"
+                // (audit 20b, L5).
+                WaitVerdict::TimedOut => format!(
+                    "{}: the wait timed out after {:.1}s ({}): still held then, but the look \
+                     after it named no holder (its keys closed since, or who holds it could \
+                     not be read: see below)\n",
+                    r.hive, r.waited_secs, r.method
+                ),
             };
             out.push_str(&source_line(&r.source));
             out.push('\n');

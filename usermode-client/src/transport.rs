@@ -28,13 +28,15 @@ pub enum TransportError {
     #[error("access to the hivetrack device was denied")]
     AccessDenied,
     /// The driver answered the request with an error.
-    #[error("the driver rejected the request (Win32 error {code})")]
+    #[error("{}", request_text(*code))]
     Request {
         /// The Win32 error code `DeviceIoControl` reported.
         code: u32,
     },
-    /// Any other failure of the operating system call.
-    #[error("{0}")]
+    /// Any other failure of the operating system call. Transparent: with `{0}` the message
+    /// was also the error's source, so the CLI's error chain printed it twice (audit 20b, L5:
+    /// an unknown `--emulator` scenario's list came out three times).
+    #[error(transparent)]
     Os(#[from] std::io::Error),
     /// The backend cannot answer this request at all (the fallback knows only holders).
     #[error("the {backend} backend cannot answer this query: {why}")]
@@ -55,6 +57,19 @@ pub enum TransportError {
     /// The backend exists in the design but not in this build (`--emulator`).
     #[error("{0}")]
     NotInThisBuild(&'static str),
+}
+
+/// The words of [`TransportError::Request`]: a resource refusal says what to do (until
+/// 2026-12-06 every code was a bare "Win32 error N"; audit 20b, L5).
+fn request_text(code: u32) -> String {
+    match code {
+        // ERROR_NOT_ENOUGH_MEMORY, ERROR_NO_SYSTEM_RESOURCES (STATUS_INSUFFICIENT_RESOURCES).
+        8 | ERROR_NO_SYSTEM_RESOURCES => format!(
+            "the driver could not allocate memory for the request, or its table of pending \
+             waits is full (Win32 error {code}): retry, or see `hivetrack stats`"
+        ),
+        _ => format!("the driver rejected the request (Win32 error {code})"),
+    }
 }
 
 /// Win32 `ERROR_FILE_NOT_FOUND`, for a hive the driver does not know.
@@ -378,6 +393,25 @@ mod tests {
             driver_wait_free(&mut d, HIVE, Duration::from_secs(1)),
             Some(Err(TransportError::Request { code: 87 }))
         ));
+    }
+
+    #[test]
+    fn an_os_error_is_said_once_in_the_error_chain() {
+        let e = anyhow::Error::from(TransportError::Os(std::io::Error::other("no such image")));
+        assert_eq!(format!("{e:#}"), "no such image");
+    }
+
+    #[test]
+    fn a_resource_refusal_says_to_retry() {
+        for code in [8, ERROR_NO_SYSTEM_RESOURCES] {
+            let text = TransportError::Request { code }.to_string();
+            assert!(text.contains("could not allocate memory"), "{text}");
+            assert!(text.contains(&format!("Win32 error {code}")), "{text}");
+        }
+        assert_eq!(
+            TransportError::Request { code: 87 }.to_string(),
+            "the driver rejected the request (Win32 error 87)"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::Result;
 
 use crate::client::Client;
 use crate::commands::{CliError, classify};
-use crate::model::{HoldersReport, Source, WaitReport, schema};
+use crate::model::{HoldersReport, Source, WaitReport, WaitVerdict, schema};
 use crate::transport::{ERROR_FILE_NOT_FOUND, TransportError, WaitFreeOutcome};
 
 /// Time, as the wait sees it (a test drives it by hand).
@@ -102,6 +102,7 @@ pub fn wait_free(
             };
             return Ok(WaitReport {
                 schema: schema("wait"),
+                verdict: WaitVerdict::of(&source, open_keys, holders, true),
                 source,
                 hive: shown.to_owned(),
                 free: false,
@@ -133,11 +134,15 @@ pub fn wait_free(
         let done = open_keys == 0 && holders == 0;
         let elapsed = clock.elapsed();
         if done || elapsed >= timeout {
+            // Free only when nothing is open and the answer could see everything: "none
+            // seen" on an incomplete answer is its own verdict (audit 20b, M1).
+            let verdict = WaitVerdict::of(&source, open_keys, holders, false);
             return Ok(WaitReport {
                 schema: schema("wait"),
                 source,
                 hive: shown.to_owned(),
-                free: done,
+                free: verdict == WaitVerdict::Free,
+                verdict,
                 method: method.to_owned(),
                 waited_secs: secs,
                 open_keys,
@@ -186,7 +191,13 @@ struct Gone {
 /// key out of it; `cmapi.c` `CmUnloadKey` fails on its reference): an empty list proves the
 /// hive free only when it was loaded after tracking started (`loaded_since`: the driver saw
 /// every key of it, and forgot it only once none of its records was left).
+///
+/// The driverless fallback has no records to forget: its hive "goes" when the kernel's list
+/// is refused with `ERROR_FILE_NOT_FOUND`, and the same answer again means unloaded, free
+/// (nothing of the hive is left, so its fixed `missing` list of key detail does not apply).
+/// A hive it can still list is held or not seen held ([`crate::fallback::BLIND_SPOT`]).
 fn record_gone(client: &mut Client<'_>, hive: &str, loaded_since: bool) -> Gone {
+    let fallback = client.backend() == crate::fallback::BACKEND;
     let mut source = client.source(0);
     let (open_keys, holders) = match client.transport().kernel_open_keys(hive) {
         // No such hive: unloaded. Not for an application hive: `\REGISTRY\A` is a private
@@ -194,12 +205,18 @@ fn record_gone(client: &mut Client<'_>, hive: &str, loaded_since: bool) -> Gone 
         // nothing there (it is a failure to ask, below).
         Some(Err(TransportError::Request {
             code: ERROR_FILE_NOT_FOUND,
-        })) if !is_app_hive(hive) => (0, 0),
+        })) if !is_app_hive(hive) => {
+            source = Source::new(client.backend(), 0, &[]);
+            (0, 0)
+        }
         Some(Ok(keys)) => {
             let mut pids: Vec<u64> = keys.iter().map(|&(pid, _)| pid).collect();
             pids.sort_unstable();
             pids.dedup();
-            if !keys.is_empty() {
+            if fallback {
+                // Loaded again since: the list is all this backend has.
+                source.cannot_see(crate::fallback::BLIND_SPOT.to_owned());
+            } else if !keys.is_empty() {
                 source.cannot_see(
                     "the driver's records of this hive (it forgot the hive when its last \
                      tracked key closed; the counts are the kernel's list)"
@@ -212,6 +229,13 @@ fn record_gone(client: &mut Client<'_>, hive: &str, loaded_since: bool) -> Gone 
                 keys.len() as u64,
                 u32::try_from(pids.len()).unwrap_or(u32::MAX),
             )
+        }
+        Some(Err(e)) if fallback => {
+            source.cannot_see(format!(
+                "whether the hive is still loaded and held (it could be listed before; now \
+                 NtQueryOpenSubKeysEx failed: {e})"
+            ));
+            (0, 0)
         }
         unknown => {
             let why = match unknown {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{Contoso, assert_snapshot, run_counting, run_on, run_scripted, run_with};
 use hivetrack_cli::exit;
-use hivetrack_cli::fallback::{FallbackTransport, MISSING, OpenSubKeys};
+use hivetrack_cli::fallback::{BLIND_SPOT, FallbackTransport, MISSING, OpenSubKeys};
+use hivetrack_cli::model::WaitVerdict;
 use hivetrack_cli::page_server::{Listing, Server};
 use hivetrack_cli::scripted::{
     SID, Scripted, logoff, logoff_busy, logoff_released, logoff_unloaded,
@@ -72,6 +73,11 @@ fn a_hive_unloaded_while_waiting_is_free_but_an_unknown_one_is_an_error() {
     let o = run_on(logoff_unloaded(), &["wait", "HKCU"]);
     assert_eq!(o.code, exit::BAD_ARGUMENTS);
     assert!(o.err.contains("is known to the driver"), "{}", o.err);
+    assert!(
+        o.err.contains("not loaded now (unloaded already?)"),
+        "{}",
+        o.err
+    );
 }
 
 /// Queries sent to [`NativeWait`].
@@ -113,6 +119,9 @@ fn wait_uses_a_native_wait_free_when_the_backend_has_one() {
     let r: serde_json::Value = serde_json::from_str(&o.out).unwrap();
     assert_eq!(r["method"], "wait-free");
     assert_eq!(r["free"], false);
+    // The look after the timeout named nobody (this backend cannot list): not "held" with 0
+    // keys by 0 processes (audit 20b, L5).
+    assert_eq!(r["verdict"], "timed_out");
     assert_eq!(
         NATIVE_WAIT_QUERIES.load(std::sync::atomic::Ordering::SeqCst),
         1,
@@ -164,11 +173,19 @@ fn the_fallback_reports_pid_and_key_and_says_what_is_missing() {
         |_| Ok(fallback(Ok(profile_keys(0)))),
         &Contoso,
     );
-    assert_eq!(o.code, exit::OK, "missing fields are not dropped records");
+    // The kernel's list omits keys deleted while open and keys of busy hash buckets, which
+    // hold the hive: the fallback never vouches, so `--strict` fails (until 2026-12-06 it
+    // exited 0 here, "missing fields are not dropped records"; audit 20b, H1).
+    assert_eq!(o.code, exit::INCOMPLETE, "{}", o.err);
     let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
     assert_eq!(r.source.backend, "ntquery");
     assert!(!r.source.complete);
-    assert_eq!(r.source.missing.len(), MISSING.len());
+    assert_eq!(r.source.missing.len(), MISSING.len() + 1);
+    assert!(
+        r.source.missing.iter().any(|m| m == BLIND_SPOT),
+        "{:?}",
+        r.source.missing
+    );
     assert_eq!(
         r.holders.iter().map(|h| h.pid).collect::<Vec<_>>(),
         [2040, 4012]
@@ -185,6 +202,108 @@ fn the_fallback_reports_pid_and_key_and_says_what_is_missing() {
     );
     assert!(!o.out.contains("oldest open for"), "{}", o.out);
     assert!(o.out.contains("(open times unknown)"), "{}", o.out);
+}
+
+/// Audit 20b, H1: on an empty kernel list the fallback's `wait` exited 0 while its own text
+/// said "it may still be held", `--json` said `"free": true`, and `holders --fail-if-held
+/// --strict` exited 0. The list omits keys deleted while open, so without the driver an empty
+/// list is never "free": exit 4, in words that say what the list cannot show.
+#[test]
+fn the_fallback_never_says_a_loaded_hive_is_free() {
+    let empty = |_| Ok(fallback(Ok(Vec::new())));
+    let o = run_with(&["wait", "HKCU", "--timeout", "0"], empty, &Contoso);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    assert!(
+        o.out.contains(&format!(
+            r"HKU\{SID}: no open key in Windows' list after 0.0s (poll); keys deleted while open are not in that list, so it may still be held"
+        )),
+        "{}",
+        o.out
+    );
+    let o = run_with(&["wait", "HKCU", "--json"], empty, &Contoso);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}", o.err);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert!(!r.free, "{r:?}");
+    assert_eq!(r.verdict, WaitVerdict::NoneSeenIncomplete);
+    assert!(!r.source.complete);
+    for argv in [
+        &["holders", "HKCU", "--fail-if-held"][..],
+        &["holders", "HKCU", "--fail-if-held", "--strict"],
+        &["holders", "HKCU", "--strict"],
+    ] {
+        let o = run_with(argv, empty, &Contoso);
+        assert_eq!(o.code, exit::INCOMPLETE, "{argv:?}: {}{}", o.out, o.err);
+    }
+    // Not "0 open key(s) held by 0 process(es)" (audit 20b, L2).
+    let o = run_with(&["holders", "HKCU"], empty, &Contoso);
+    assert_eq!(o.code, exit::OK, "no verdict asked: {}", o.err);
+    assert!(!o.out.contains("0 open key(s) held by 0"), "{}", o.out);
+    assert!(
+        o.out
+            .contains("No open key in Windows' list; keys deleted while open are not in that list"),
+        "{}",
+        o.out
+    );
+    // Held is held, however little the fallback sees.
+    let o = run_with(
+        &["holders", "HKCU", "--fail-if-held", "--strict"],
+        |_| Ok(fallback(Ok(profile_keys(0)))),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::INCOMPLETE, "--strict wins over held");
+    let o = run_with(
+        &["holders", "HKCU", "--fail-if-held"],
+        |_| Ok(fallback(Ok(profile_keys(0)))),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::HELD);
+}
+
+/// `NtQueryOpenSubKeysEx` for a profile that unloads after `listed` looks: a key open until
+/// then, `ERROR_FILE_NOT_FOUND` after.
+struct Unloading {
+    looks: u32,
+    listed: u32,
+}
+
+impl OpenSubKeys for Unloading {
+    fn open_subkeys(&mut self, hive: &str) -> Result<Vec<(u64, String)>, TransportError> {
+        assert_eq!(hive, format!(r"\REGISTRY\USER\{SID}"));
+        self.looks += 1;
+        if self.looks <= self.listed {
+            Ok(vec![(4012, format!(r"{hive}\Environment"))])
+        } else {
+            Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })
+        }
+    }
+}
+
+/// Audit 20b, H1 (the other half): a hive that unloaded during a fallback `wait` was reported
+/// "may still be held", exit 4, because the fallback could not answer the kernel-list request
+/// `wait` makes when a hive goes. Unloaded is free, and complete: nothing of it is left.
+#[test]
+fn a_hive_unloaded_during_a_fallback_wait_is_free() {
+    let unloading = |_| -> Result<Box<dyn Transport>, TransportError> {
+        Ok(Box::new(FallbackTransport::new(Unloading {
+            looks: 0,
+            listed: 1,
+        })))
+    };
+    let o = run_with(&["wait", "HKCU", "--timeout", "5"], unloading, &Contoso);
+    assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
+    assert!(
+        o.out
+            .contains(&format!(r"HKU\{SID}: free after 0.5s (poll)")),
+        "{}",
+        o.out
+    );
+    let o = run_with(&["wait", "HKCU", "--json"], unloading, &Contoso);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!((r.free, r.verdict), (true, WaitVerdict::Free), "{r:?}");
+    assert!(r.source.complete, "{:?}", r.source);
+    assert_eq!(o.code, exit::OK);
 }
 
 #[test]
@@ -230,6 +349,12 @@ fn the_fallback_refuses_other_queries_and_passes_errors_on() {
         &Contoso,
     );
     assert_eq!(o.code, exit::BAD_ARGUMENTS, "{}", o.err);
+    // Said as Windows' answer, not the driver's (audit 20b, L5).
+    assert!(
+        o.err.contains("Windows has no hive loaded at") && !o.err.contains("driver"),
+        "{}",
+        o.err
+    );
     let o = run_with(
         &["holders", "HKCU"],
         |_| {
@@ -469,6 +594,35 @@ fn a_not_held_verdict_that_could_not_see_everything_exits_4() {
         "{}",
         o.out
     );
+    // JSON and CSV say it too: until 2026-12-06 `free` was true here, and a script reading
+    // `.free` went on (audit 20b, M1).
+    let o = run_scripted(blind(), &["--json", "wait", &user_hive(), "--timeout", "1"]);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}", o.err);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(
+        (r.free, r.verdict),
+        (false, WaitVerdict::NoneSeenIncomplete)
+    );
+    let v: serde_json::Value = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(v["verdict"], "none_seen_incomplete");
+    let o = run_scripted(blind(), &["--csv", "wait", &user_hive(), "--timeout", "1"]);
+    let rows: Vec<&str> = o.out.lines().collect();
+    assert!(rows[0].ends_with(",verdict"), "{}", o.out);
+    assert!(
+        rows[1].starts_with(&format!(r"HKU\{SID},false,"))
+            && rows[1].ends_with(",none_seen_incomplete"),
+        "{}",
+        o.out
+    );
+    // The holders headline does not read as free either (audit 20b, L2).
+    let o = run_scripted(blind(), &["holders", &user_hive()]);
+    assert!(
+        o.out
+            .contains("No open key seen, but the answer is incomplete: it may still be held"),
+        "{}",
+        o.out
+    );
+    assert!(!o.out.contains("0 open key(s) held by 0"), "{}", o.out);
     // No verdict asked: the report is printed, incomplete, and that is not a failure.
     let o = run_scripted(blind(), &["holders", &user_hive()]);
     assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
@@ -637,34 +791,18 @@ fn with_opens_lost_a_later_process_at_the_pid_is_not_named_either() {
 /// has `counts_complete` false, and the listing says what it cannot see.
 #[test]
 fn hives_loaded_before_tracking_do_not_claim_complete_counts() {
-    use protocol::hives::HiveRecord;
     let now = hivetrack_cli::scripted::NOW;
     let since = hivetrack_cli::scripted::TRACKING_SINCE;
-    let mount = |m: &str| -> Vec<u16> { m.encode_utf16().collect() };
-    let (early, late, app) = (
-        mount(&format!(r"\REGISTRY\USER\{SID}")),
-        mount(r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002"),
-        mount(r"\REGISTRY\A\{6B656D75-0000-4000-8000-000000000001}"),
-    );
-    let mut s = logoff();
-    let mut l = Listing::new(&protocol::page::NoPrefix);
-    for (id, m, loaded_time, kind) in [
-        (7, &early, 0, HiveKind::Regular),
-        (9, &late, now, HiveKind::Regular),
-        (10, &app, now, HiveKind::App),
-    ] {
-        l.push(&HiveRecord {
-            id,
-            state: HiveState::Loaded,
-            kind,
-            open_keys: 0,
-            holders: 0,
-            loaded_time,
-            mount: Text::Units(m),
-            file: Text::EMPTY,
-        });
-    }
-    s.hives = Some(l);
+    let mut s = with_hives(&[
+        (7, &format!(r"\REGISTRY\USER\{SID}"), 0, HiveKind::Regular),
+        (9, LATE_HIVE, now, HiveKind::Regular),
+        (
+            10,
+            r"\REGISTRY\A\{6B656D75-0000-4000-8000-000000000001}",
+            now,
+            HiveKind::App,
+        ),
+    ]);
     assert!(now > since);
     let o = run_on(s.clone(), &["--json", "hives", "--strict"]);
     let r: hivetrack_cli::model::HivesReport =
@@ -694,6 +832,144 @@ fn hives_loaded_before_tracking_do_not_claim_complete_counts() {
         r.hives.iter().all(|h| h.counts_complete == Some(false)),
         "{:?}",
         r.hives
+    );
+}
+
+/// Another user's hive, loaded after tracking began in the tests below.
+const LATE_HIVE: &str = r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1002";
+
+/// The logoff driver listing `hives` as `(id, mount, loaded_time, kind)`, all loaded.
+fn with_hives(hives: &[(u32, &str, u64, HiveKind)]) -> hivetrack_cli::page_server::Server {
+    use protocol::hives::HiveRecord;
+    let mut s = logoff();
+    let mut l = Listing::new(&protocol::page::NoPrefix);
+    for &(id, mount, loaded_time, kind) in hives {
+        let units: Vec<u16> = mount.encode_utf16().collect();
+        l.push(&HiveRecord {
+            id,
+            state: HiveState::Loaded,
+            kind,
+            open_keys: 0,
+            holders: 0,
+            loaded_time,
+            mount: Text::Units(&units),
+            file: Text::EMPTY,
+        });
+    }
+    s.hives = Some(l);
+    s
+}
+
+/// A driver listing the profile hive loaded at `loaded_time` (0: before tracking, or not
+/// known) and another user's hive loaded now (after tracking began).
+fn two_hives(loaded_time: u64) -> hivetrack_cli::page_server::Server {
+    let now = hivetrack_cli::scripted::NOW;
+    with_hives(&[
+        (
+            7,
+            &format!(r"\REGISTRY\USER\{SID}"),
+            loaded_time,
+            HiveKind::Regular,
+        ),
+        (9, LATE_HIVE, now, HiveKind::Regular),
+    ])
+}
+
+/// Audit 20b, M3: `processes` said "complete" (and `--strict` exited 0) while a hive it
+/// covers was loaded before tracking began, so a process holding only keys opened before is
+/// not listed; `hives --strict` on the same driver exited 4.
+#[test]
+fn processes_are_not_complete_while_a_hive_was_loaded_before_tracking() {
+    let now = hivetrack_cli::scripted::NOW;
+    let o = run_on(two_hives(0), &["--json", "processes", "--strict"]);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::ProcessesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
+    assert!(!r.source.complete, "{:?}", r.source);
+    assert!(
+        r.source.missing.iter().any(|m| m
+            .contains("processes holding only keys opened before tracking started (in 1 hive(s)")),
+        "{:?}",
+        r.source.missing
+    );
+    let o = run_on(two_hives(0), &["processes"]);
+    assert!(!o.out.contains(", complete"), "{}", o.out);
+    // Said as INCOMPLETE, not as something "not available from this backend" (audit 20b, L5).
+    assert!(
+        o.out
+            .contains(", INCOMPLETE: could not see processes holding only keys opened before"),
+        "{}",
+        o.out
+    );
+    assert!(
+        !o.out.contains("not available from this backend"),
+        "{}",
+        o.out
+    );
+    // Every hive loaded since tracking began: the listing can be complete.
+    let o = run_on(two_hives(now), &["--json", "processes", "--strict"]);
+    assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    assert!(r.source.complete, "{:?}", r.source);
+}
+
+/// The scripted driver, but its event stream refuses every request as a driver whose 32
+/// waits are taken does (`STATUS_INSUFFICIENT_RESOURCES`, driver/src/waiters.rs).
+struct StreamRefused(Scripted);
+
+impl Transport for StreamRefused {
+    fn backend(&self) -> &'static str {
+        "scripted"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        if code == protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS {
+            return Err(TransportError::Request {
+                code: hivetrack_cli::transport::ERROR_NO_SYSTEM_RESOURCES,
+            });
+        }
+        self.0.ioctl(code, input, out)
+    }
+}
+
+/// Audit 20b, L1: when the event stream's prefix (since when tracking runs) could not be read,
+/// `hives` and `processes` dropped every caveat: no `*`, `counts_complete` null, complete.
+#[test]
+fn listings_whose_tracking_start_cannot_be_read_are_not_complete() {
+    let refused = |s: hivetrack_cli::page_server::Server| {
+        let mut once = Some(StreamRefused(Scripted::new(s)));
+        move |_| {
+            once.take()
+                .map(|t| Box::new(t) as Box<dyn Transport>)
+                .ok_or(TransportError::DriverUnavailable)
+        }
+    };
+    let now = hivetrack_cli::scripted::NOW;
+    let o = run_with(
+        &["--json", "hives", "--strict"],
+        refused(two_hives(now)),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::HivesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {} {}", o.out, o.err));
+    assert!(!r.source.complete, "{:?}", r.source);
+    assert!(
+        r.hives.iter().all(|h| h.counts_complete == Some(false)),
+        "{:?}",
+        r.hives
+    );
+    let o = run_with(&["hives"], refused(two_hives(now)), &Contoso);
+    assert!(o.out.contains("0*"), "{}", o.out);
+    let o = run_with(
+        &["processes", "--strict"],
+        refused(two_hives(now)),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    assert!(
+        o.out.contains("when it started could not be read"),
+        "{}",
+        o.out
     );
 }
 

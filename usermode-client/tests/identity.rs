@@ -189,3 +189,20 @@ fn nobody_is_looked_up_when_the_driver_does_not_see_exits() {
     assert_eq!(o.code, 0, "{}", o.err);
     assert_nobody_asked(&ids);
 }
+
+/// Audit 20b, L6: `holders --summary` named an exited opener as the holder and did not say
+/// that the handle table (who holds its keys now) was not read.
+#[test]
+fn a_summary_with_an_exited_holder_says_who_holds_now_was_not_read() {
+    let hive = format!(r"HKU\{SID}");
+    let o = run(&["holders", &hive, "--summary"], &StandIn::default());
+    assert!(
+        o.out
+            .contains("this summary did not read the handle table: run without --summary"),
+        "{}",
+        o.out
+    );
+    // Without --summary the handle table is read, and the sentence is not needed.
+    let o = run(&["holders", &hive], &StandIn::default());
+    assert!(!o.out.contains("this summary did not read"), "{}", o.out);
+}

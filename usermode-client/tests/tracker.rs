@@ -13,7 +13,7 @@ mod common;
 use std::rc::Rc;
 
 use common::{Contoso, Engine, Heap, run_with};
-use hivetrack_cli::model::{HoldersReport, ProcessesReport, UnloadHistoryReport};
+use hivetrack_cli::model::{HoldersReport, ProcessesReport, UnloadHistoryReport, WaitVerdict};
 use hivetrack_cli::scripted::{NOW, SECOND, SID};
 use hivetrack_cli::transport::{
     ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_PARAMETER, Transport,
@@ -360,7 +360,11 @@ fn a_forgotten_hive_is_free_when_the_kernel_says_so_and_unproven_when_it_cannot_
         // Free, but an application hive is never vouched for (its root's open may go
         // unannounced), and the kernel's list omits keys deleted while open, which still
         // hold a hive (WRK cmsubs.c, cmapi.c; fidelity audit 2026-12-05): not complete.
-        assert!(r.free && !r.source.complete, "native {native}: {r:?}");
+        // Not `free` (true only when complete since audit 20b, M1): none seen, incomplete.
+        assert!(
+            !r.free && !r.source.complete && r.verdict == WaitVerdict::NoneSeenIncomplete,
+            "native {native}: {r:?}"
+        );
         assert!(
             r.source.missing.iter().any(|m| m.contains("deleted since")),
             "{r:?}"
@@ -368,7 +372,11 @@ fn a_forgotten_hive_is_free_when_the_kernel_says_so_and_unproven_when_it_cannot_
         // An application hive cannot be opened by name: "not found" proves no unload.
         for kernel in [None, Some(Err(5)), Some(Err(ERROR_FILE_NOT_FOUND))] {
             let r = wait_on_app_hive(native, kernel.clone());
-            assert!(r.free, "native {native}, {kernel:?}: {r:?}");
+            assert_eq!(
+                (r.free, r.verdict),
+                (false, WaitVerdict::NoneSeenIncomplete),
+                "native {native}, {kernel:?}: {r:?}"
+            );
             assert!(!r.source.complete, "native {native}, {kernel:?}: {r:?}");
             // `wait`'s verdict and `--strict` follow `dropped_records`: "free" is not proven.
             assert!(
