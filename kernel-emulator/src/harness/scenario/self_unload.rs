@@ -205,10 +205,13 @@ fn deferred_unload(ctx: &mut Ctx) {
     if let Some(k) = key {
         let _ = hive::close_key(p, k);
     }
+    // The closed subkey's control block holds the root until the delayed dereference (5 s,
+    // WRK `cmdelay.c`).
+    crate::nt::ke::timer::advance(hive::DELAY_DEREF_SECONDS * 1_000);
     let done = event.and_then(|e| e.wait(std::time::Duration::from_secs(5)));
     ctx.check(
         done.is_some(),
-        "the last close completed the unload (model)",
+        "5 s after the last close (the delayed dereference) the unload completed (model)",
     );
     let st = state_of(ctx, h, USER);
     ctx.check(
@@ -237,10 +240,11 @@ fn deferred_unload(ctx: &mut Ctx) {
     if let Some(k) = early_key {
         let _ = hive::close_key(early, k);
     }
+    crate::nt::ke::timer::advance(hive::DELAY_DEREF_SECONDS * 1_000);
     let done = event.and_then(|e| e.wait(std::time::Duration::from_secs(5)));
     ctx.check(
         done.is_some(),
-        "the early key's close completed the unload (model)",
+        "5 s after the early key's close (the delayed dereference) the unload completed (model)",
     );
     // A new load at the mount: the pending unload is over, a fresh record.
     let s = hive::load_hive(SYSTEM_PID, CLASSES, classes_file);
