@@ -435,7 +435,14 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 env.clock,
             )?;
             emit(env, format, &render::wait(&r, format)?, Some(&r.source))?;
-            Ok(verdict(g.strict, &r.source, Some(!r.free)))
+            // A deferred unload still unfinished at the timeout exits as a timed-out wait (1):
+            // the hive is free of holders but still loaded, its file in use, and a script
+            // gated on `wait` must not go on to copy or load it.
+            Ok(verdict(
+                g.strict,
+                &r.source,
+                Some(!r.free || r.unload_pending),
+            ))
         }
     }
 }

@@ -781,6 +781,15 @@ pub struct WaitReport {
     pub open_keys: u64,
     /// Processes holding keys at the last look.
     pub holders: u32,
+    /// Free (no process holds a key), but the hive's deferred unload (`NtUnloadKeyEx`, the
+    /// driver's last unload attempt on it returned `STATUS_PENDING`) had not completed at the
+    /// last look: the kernel still has the hive loaded, and its file stays in use until
+    /// Windows unloads it, with no notification, up to about 5 s after the last key's close
+    /// (Windows Research Kernel `cmdelay.c`: the delayed dereference of the closed keys'
+    /// control blocks). The wait goes on until the kernel no longer has the hive, or the
+    /// timeout. Absent (false) from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub unload_pending: bool,
 }
 
 /// The `hivetrack.<name>/1` schema id.

@@ -1101,6 +1101,7 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
                 "waited_secs",
                 "open_keys",
                 "holders",
+                "unload_pending",
             ],
             &[vec![
                 r.hive.clone(),
@@ -1109,14 +1110,28 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
                 format!("{:.1}", r.waited_secs),
                 r.open_keys.to_string(),
                 r.holders.to_string(),
+                r.unload_pending.to_string(),
             ]],
         ),
         Format::Table => {
+            // Free of holders, but not unloaded: the file is still in use (exit 1).
+            let still_loaded = if r.unload_pending {
+                "; the hive is still loaded: its deferred unload had not completed (Windows \
+                 completes it with no notification, up to about 5 s after the last key's \
+                 close), and its file is in use until then"
+            } else {
+                ""
+            };
             let mut out = if r.free && !r.source.complete {
                 // Not a plain "free": the report could not see everything (exit 4).
                 format!(
                     "{}: no open key seen after {:.1}s ({}), but the answer is incomplete: \
-                     it may still be held\n",
+                     it may still be held{still_loaded}\n",
+                    r.hive, r.waited_secs, r.method
+                )
+            } else if r.free && r.unload_pending {
+                format!(
+                    "{}: free after {:.1}s ({}): no process holds a key{still_loaded}\n",
                     r.hive, r.waited_secs, r.method
                 )
             } else if r.free {

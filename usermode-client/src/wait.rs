@@ -109,6 +109,7 @@ pub fn wait_free(
                 waited_secs: secs,
                 open_keys,
                 holders,
+                unload_pending: false,
             });
         }
     }
@@ -131,8 +132,9 @@ pub fn wait_free(
         };
         let secs = clock.elapsed().as_secs_f64();
         let done = open_keys == 0 && holders == 0;
+        let unload_pending = done && deferred_unload_unfinished(client, hive);
         let elapsed = clock.elapsed();
-        if done || elapsed >= timeout {
+        if (done && !unload_pending) || elapsed >= timeout {
             return Ok(WaitReport {
                 schema: schema("wait"),
                 source,
@@ -142,10 +144,37 @@ pub fn wait_free(
                 waited_secs: secs,
                 open_keys,
                 holders,
+                unload_pending,
             });
         }
         clock.sleep(interval.min(timeout.saturating_sub(elapsed)));
     }
+}
+
+/// Whether `hive`, free now, is still loaded with its deferred unload unfinished: the driver's
+/// last unload attempt on it returned `STATUS_PENDING` (`NtUnloadKeyEx`), and the kernel
+/// still has the hive (`NtQueryOpenSubKeysEx` answers for it rather than "not found").
+///
+/// Windows unloads such a hive with no notification, and not at its last key's close: a
+/// closed subkey's control block holds the hive's root until the delayed dereference runs,
+/// up to 5 s later (Windows Research Kernel `base/ntos/config/cmdelay.c`,
+/// `CmpDelayDerefKCBIntervalInSeconds`; `cmdelete.c` CmpDoQueueLateUnloadWorker); until then
+/// the hive file is in use, so a script that copies it after `wait` would fail. The query
+/// itself runs the delayed dereferences down (`cmsubs.c` CmpSearchForOpenSubKeys →
+/// CmpCleanUpKCBCacheTable), so the unload is queued by the first look and the next one
+/// normally finds the hive gone. When the history or the kernel cannot be asked (an older
+/// driver, the driverless fallback, an application hive's `\REGISTRY\A` path) nothing is
+/// claimed either way: false.
+fn deferred_unload_unfinished(client: &mut Client<'_>, hive: &str) -> bool {
+    let deferred = client.unload_history().is_ok_and(|h| {
+        h.attempts
+            .iter()
+            .find(|a| !a.held_after && a.path.eq_ignore_ascii_case(hive))
+            .is_some_and(|a| a.status_name.as_deref() == Some("STATUS_PENDING"))
+    });
+    deferred
+        && !is_app_hive(hive)
+        && matches!(client.transport().kernel_open_keys(hive), Some(Ok(_)))
 }
 
 /// The keys open in a holders report and the processes holding them: the hive's counts,
