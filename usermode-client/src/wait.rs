@@ -158,10 +158,10 @@ pub fn wait_free(
 /// Windows unloads such a hive with no notification, and not at its last key's close: a
 /// closed subkey's control block holds the hive's root until the delayed dereference runs,
 /// up to 5 s later (Windows Research Kernel `base/ntos/config/cmdelay.c`,
-/// `CmpDelayDerefKCBIntervalInSeconds`; `cmdelete.c` CmpDoQueueLateUnloadWorker); until then
+/// `CmpDelayDerefKCBIntervalInSeconds`; `cmdelete.c` `CmpDoQueueLateUnloadWorker`); until then
 /// the hive file is in use, so a script that copies it after `wait` would fail. The query
-/// itself runs the delayed dereferences down (`cmsubs.c` CmpSearchForOpenSubKeys →
-/// CmpCleanUpKCBCacheTable), so the unload is queued by the first look and the next one
+/// itself runs the delayed dereferences down (`cmsubs.c` `CmpSearchForOpenSubKeys` →
+/// `CmpCleanUpKCBCacheTable`), so the unload is queued by the first look and the next one
 /// normally finds the hive gone. When the history or the kernel cannot be asked (an older
 /// driver, the driverless fallback, an application hive's `\REGISTRY\A` path) nothing is
 /// claimed either way: false.

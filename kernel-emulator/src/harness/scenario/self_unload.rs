@@ -167,6 +167,28 @@ fn pending(ctx: &mut Ctx, mount: &str) -> Option<hive::UnloadEvent> {
     (r == STATUS_PENDING).then_some(event)
 }
 
+/// The window after the profile's last key closed: the closed subkey's control block holds
+/// the root until the delayed dereference (5 s, WRK `cmdelay.c`). The driver, which saw every
+/// key, forgets the hive now (its wait-free answer: "unloaded"), while Windows still has it
+/// loaded and its file in use: `hivetrack wait` goes on looking while its last unload attempt
+/// on the hive is STATUS_PENDING and the kernel still has it (`usermode-client/src/wait.rs`).
+fn unload_window(ctx: &mut Ctx, h: FileHandle, event: Option<&hive::UnloadEvent>) {
+    // Waited on briefly: the old model's late unload ran on a detached worker thread.
+    let still = event.is_some_and(|e| e.wait(std::time::Duration::from_millis(300)).is_none())
+        && hive::hive_list()
+            .iter()
+            .any(|(m, _)| m.eq_ignore_ascii_case(USER));
+    ctx.check(
+        still,
+        "after the last close the profile is still loaded and in the hive list (its file in use) until the delayed dereference runs (model)",
+    );
+    let st = state_of(ctx, h, USER);
+    ctx.check(
+        st.is_none(),
+        format!("in that window the driver has forgotten the hive (it saw every key): {st:?}"),
+    );
+}
+
 #[allow(clippy::many_single_char_names)] // d, h: driver, device; p, q: processes; s: status
 fn deferred_unload(ctx: &mut Ctx) {
     boot_hives(ctx);
@@ -205,26 +227,7 @@ fn deferred_unload(ctx: &mut Ctx) {
     if let Some(k) = key {
         let _ = hive::close_key(p, k);
     }
-    // The window: the closed subkey's control block holds the root until the delayed
-    // dereference (5 s, WRK `cmdelay.c`). The driver, which saw every key, forgets the hive
-    // now (its wait-free answer: "unloaded"), while Windows still has it loaded and its file
-    // in use: `hivetrack wait` goes on looking while its last unload attempt on the hive is
-    // STATUS_PENDING and the kernel still has it (`usermode-client/src/wait.rs`).
-    let still = event
-        .as_ref()
-        .is_some_and(|e| e.wait(std::time::Duration::from_millis(300)).is_none())
-        && hive::hive_list()
-            .iter()
-            .any(|(m, _)| m.eq_ignore_ascii_case(USER));
-    ctx.check(
-        still,
-        "after the last close the profile is still loaded and in the hive list (its file in use) until the delayed dereference runs (model)",
-    );
-    let st = state_of(ctx, h, USER);
-    ctx.check(
-        st.is_none(),
-        format!("in that window the driver has forgotten the hive (it saw every key): {st:?}"),
-    );
+    unload_window(ctx, h, event.as_ref());
     crate::nt::ke::timer::advance(hive::DELAY_DEREF_SECONDS * 1_000);
     let done = event.and_then(|e| e.wait(std::time::Duration::from_secs(5)));
     ctx.check(
