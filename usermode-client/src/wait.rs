@@ -117,22 +117,26 @@ pub fn wait_free(
     // unloaded or forgotten ([`record_gone`]).
     let mut seen = method == "wait-free";
     loop {
-        let (source, open_keys, holders) = match client.holders(hive, true, 0) {
+        // Whether the driver's view leaves room for an unfinished deferred unload: it forgot
+        // the hive, or still has it unload-pending (not loaded again: a reload of the same
+        // file cancels the unload, WRK `cmapi.c` CmpIsHiveAlreadyLoaded).
+        let (source, open_keys, holders, unloading) = match client.holders(hive, true, 0) {
             Ok(r) => {
                 seen = true;
                 loaded_since = vouched(&r);
                 let (open_keys, holders) = held_counts(&r);
-                (r.source, open_keys, holders)
+                let unloading = r.hive.state == crate::client::UNLOAD_PENDING;
+                (r.source, open_keys, holders, unloading)
             }
             Err(e) if seen && matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
                 let gone = record_gone(client, hive, loaded_since);
-                (gone.source, gone.open_keys, gone.holders)
+                (gone.source, gone.open_keys, gone.holders, true)
             }
             Err(e) => return Err(e),
         };
         let secs = clock.elapsed().as_secs_f64();
         let done = open_keys == 0 && holders == 0;
-        let unload_pending = done && deferred_unload_unfinished(client, hive);
+        let unload_pending = done && unloading && deferred_unload_unfinished(client, hive);
         let elapsed = clock.elapsed();
         if (done && !unload_pending) || elapsed >= timeout {
             return Ok(WaitReport {

@@ -647,6 +647,9 @@ struct DeferredProfile {
     close: Option<tracker::Token>,
     loaded_looks: u32,
     looks: u32,
+    /// The same file is loaded again at the mount before the close (the logon after a failed
+    /// logoff), which cancels the pending unload.
+    reload: bool,
 }
 
 impl Transport for DeferredProfile {
@@ -662,6 +665,10 @@ impl Transport for DeferredProfile {
         _timeout: std::time::Duration,
     ) -> Option<Result<(WaitFreeOutcome, Completeness), TransportError>> {
         let (id, _) = self.t.watch_hive(&w(hive))?;
+        if self.reload {
+            self.t
+                .hive_loaded(&w(hive), &w(r"\??\C:\Users\kemu\NTUSER.DAT"), NOW);
+        }
         if let Some(tok) = self.close.take() {
             self.t.handle_closed(tok, 0x3000);
             self.t.object_destroyed(tok, 0x3000);
@@ -691,7 +698,10 @@ impl Transport for DeferredProfile {
     }
 }
 
-fn wait_on_deferred_profile(loaded_looks: u32) -> (hivetrack_cli::model::WaitReport, u32) {
+fn wait_on_deferred_profile(
+    loaded_looks: u32,
+    reload: bool,
+) -> (hivetrack_cli::model::WaitReport, u32) {
     let profile = format!(r"\REGISTRY\USER\{SID}");
     let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
     t.tracking_started(NOW - 60 * SECOND);
@@ -717,6 +727,7 @@ fn wait_on_deferred_profile(loaded_looks: u32) -> (hivetrack_cli::model::WaitRep
         close: Some(tok),
         loaded_looks,
         looks: 0,
+        reload,
     };
     let mut client = hivetrack_cli::client::Client::new(&mut d);
     client.held_now = false;
@@ -740,7 +751,7 @@ fn wait_on_deferred_profile(loaded_looks: u32) -> (hivetrack_cli::model::WaitRep
 /// the kernel no longer has the hive, and says so when the timeout comes first.
 #[test]
 fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
-    let (r, looks) = wait_on_deferred_profile(2);
+    let (r, looks) = wait_on_deferred_profile(2, false);
     assert!(r.free && !r.unload_pending, "{r:?}");
     assert!(
         looks >= 3,
@@ -750,11 +761,24 @@ fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
     let text = hivetrack_cli::render::wait(&r, hivetrack_cli::render::Format::Table).expect("text");
     assert!(text.contains("free after"), "{text}");
     // Still loaded at the timeout: free (no process holds a key), but not unloaded, and said.
-    let (r, _) = wait_on_deferred_profile(u32::MAX);
+    let (r, _) = wait_on_deferred_profile(u32::MAX, false);
     assert!(r.free && r.unload_pending, "{r:?}");
     let text = hivetrack_cli::render::wait(&r, hivetrack_cli::render::Format::Table).expect("text");
     assert!(
         text.contains("the hive is still loaded") && text.contains("file is in use"),
         "{text}"
+    );
+}
+
+/// A reload of the same file cancels a pending deferred unload (WRK `cmapi.c`
+/// CmpIsHiveAlreadyLoaded): the hive is simply loaded and free, not an unload in progress,
+/// though its last unload attempt was STATUS_PENDING.
+#[test]
+fn a_reloaded_hive_is_free_not_an_unfinished_unload() {
+    let (r, looks) = wait_on_deferred_profile(u32::MAX, true);
+    assert!(r.free && !r.unload_pending, "{r:?}");
+    assert!(
+        r.waited_secs < 1.0,
+        "no further look: {r:?} ({looks} looks)"
     );
 }
