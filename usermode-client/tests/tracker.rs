@@ -771,8 +771,8 @@ fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
 }
 
 /// A reload of the same file cancels a pending deferred unload (WRK `cmapi.c`
-/// CmpIsHiveAlreadyLoaded): the hive is simply loaded and free, not an unload in progress,
-/// though its last unload attempt was STATUS_PENDING.
+/// `CmpIsHiveAlreadyLoaded`): the hive is simply loaded and free, not an unload in progress,
+/// though its last unload attempt was `STATUS_PENDING`.
 #[test]
 fn a_reloaded_hive_is_free_not_an_unfinished_unload() {
     let (r, looks) = wait_on_deferred_profile(u32::MAX, true);
