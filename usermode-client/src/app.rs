@@ -435,6 +435,8 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 env.clock,
             )?;
             emit(env, format, &render::wait(&r, format)?, Some(&r.source))?;
+            // Held, timed out, or free of holders with the deferred unload unfinished (still
+            // loaded, its file in use): exit 1, so a script gated on `wait` does not go on.
             Ok(verdict(g.strict, &r.source, Some(r.verdict.held())))
         }
     }

@@ -803,6 +803,15 @@ pub struct WaitReport {
     pub open_keys: u64,
     /// Processes holding keys at the last look.
     pub holders: u32,
+    /// Free (no process holds a key), but the hive's deferred unload (`NtUnloadKeyEx`, the
+    /// driver's last unload attempt on it returned `STATUS_PENDING`) had not completed at the
+    /// last look: the kernel still has the hive loaded, and its file stays in use until
+    /// Windows unloads it, with no notification, up to about 5 s after the last key's close
+    /// (Windows Research Kernel `cmdelay.c`: the delayed dereference of the closed keys'
+    /// control blocks). The wait goes on until the kernel no longer has the hive, or the
+    /// timeout. Absent (false) from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub unload_pending: bool,
 }
 
 /// How `hivetrack wait` ended (`verdict` in `hivetrack.wait/1`, one word for a script to
@@ -821,6 +830,9 @@ pub enum WaitVerdict {
     /// The driver's wait timed out, but the look after it named no holder: the keys closed
     /// in between, or who holds the hive could not be read (`source.missing`; exit 1).
     TimedOut,
+    /// No holder left, but the hive's deferred unload had not completed when the timeout
+    /// passed: still loaded, its file in use (`unload_pending`; exit 1).
+    UnloadPending,
 }
 
 impl WaitVerdict {
@@ -843,7 +855,7 @@ impl WaitVerdict {
     /// Whether the hive was still held as far as the wait saw (exit 1).
     #[must_use]
     pub const fn held(self) -> bool {
-        matches!(self, Self::Held | Self::TimedOut)
+        matches!(self, Self::Held | Self::TimedOut | Self::UnloadPending)
     }
 }
 

@@ -1135,6 +1135,7 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
                 "waited_secs",
                 "open_keys",
                 "holders",
+                "unload_pending",
                 "verdict",
             ],
             &[vec![
@@ -1144,6 +1145,7 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
                 format!("{:.1}", r.waited_secs),
                 r.open_keys.to_string(),
                 r.holders.to_string(),
+                r.unload_pending.to_string(),
                 // The JSON word, so the two cannot differ.
                 serde_json::to_value(r.verdict)?
                     .as_str()
@@ -1153,6 +1155,14 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
         ),
         Format::Table => {
             let mut out = match r.verdict {
+                // Free of holders, but not unloaded: the file is still in use (exit 1).
+                WaitVerdict::UnloadPending => format!(
+                    "{}: no process holds a key after {:.1}s ({}), but the hive is still \
+                     loaded: its deferred unload had not completed (Windows completes it with \
+                     no notification, up to about 5 s after the last key's close), and its \
+                     file is in use until then\n",
+                    r.hive, r.waited_secs, r.method
+                ),
                 WaitVerdict::Free => format!(
                     "{}: free after {:.1}s ({})\n",
                     r.hive, r.waited_secs, r.method

@@ -646,3 +646,152 @@ fn a_diff_is_complete_only_within_one_run_of_tracking() {
     old.source.tracking_since = None; // a snapshot file written before 2026-12-04
     assert!(!hivetrack_cli::app::diff_report(&old, &same).complete);
 }
+
+/// A profile whose deferred unload (`NtUnloadKeyEx`, `STATUS_PENDING`) is pending and whose
+/// last (tracked) key closes: the driver forgets the hive, and the kernel — as a script of
+/// `NtQueryOpenSubKeysEx` answers — still has it loaded for `loaded_looks` looks, then not.
+struct DeferredProfile {
+    t: Rc<Engine>,
+    close: Option<tracker::Token>,
+    loaded_looks: u32,
+    looks: u32,
+    /// The same file is loaded again at the mount before the close (the logon after a failed
+    /// logoff), which cancels the pending unload.
+    reload: bool,
+}
+
+impl Transport for DeferredProfile {
+    fn backend(&self) -> &'static str {
+        "tracker"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        Driver(self.t.clone()).ioctl(code, input, out)
+    }
+    fn wait_free(
+        &mut self,
+        hive: &str,
+        _timeout: std::time::Duration,
+    ) -> Option<Result<(WaitFreeOutcome, Completeness), TransportError>> {
+        let (id, _) = self.t.watch_hive(&w(hive))?;
+        if self.reload {
+            self.t
+                .hive_loaded(&w(hive), &w(r"\??\C:\Users\kemu\NTUSER.DAT"), NOW);
+        }
+        if let Some(tok) = self.close.take() {
+            self.t.handle_closed(tok, 0x3000);
+            self.t.object_destroyed(tok, 0x3000);
+        }
+        let free = self.t.hive_free(id) != tracker::HiveFree::Held;
+        Some(Ok((
+            if free {
+                WaitFreeOutcome::Free
+            } else {
+                WaitFreeOutcome::TimedOut
+            },
+            self.t.completeness_of(id.id),
+        )))
+    }
+    fn kernel_open_keys(
+        &mut self,
+        _hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        self.looks += 1;
+        Some(if self.looks <= self.loaded_looks {
+            Ok(Vec::new())
+        } else {
+            Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })
+        })
+    }
+}
+
+fn wait_on_deferred_profile(
+    loaded_looks: u32,
+    reload: bool,
+) -> (hivetrack_cli::model::WaitReport, u32) {
+    let profile = format!(r"\REGISTRY\USER\{SID}");
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    t.tracking_started(NOW - 60 * SECOND);
+    t.hive_loaded(
+        &w(&profile),
+        &w(r"\??\C:\Users\kemu\NTUSER.DAT"),
+        NOW - 50 * SECOND,
+    );
+    let tok = t
+        .opened(
+            0x3000,
+            AGENT,
+            1,
+            &w(&format!(r"{profile}\Software")),
+            1,
+            NOW - 40 * SECOND,
+        )
+        .expect("tracked");
+    let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
+    t.hive_unload_pending(&w(&profile));
+    let mut d = DeferredProfile {
+        t,
+        close: Some(tok),
+        loaded_looks,
+        looks: 0,
+        reload,
+    };
+    let mut client = hivetrack_cli::client::Client::new(&mut d);
+    client.held_now = false;
+    let mut clock = common::ManualClock::default();
+    let r = hivetrack_cli::wait::wait_free(
+        &mut client,
+        &profile,
+        "HKU\\profile",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(1),
+        &mut clock,
+    )
+    .expect("a wait answer");
+    (r, d.looks)
+}
+
+/// Fidelity audit 19a, F3: Windows completes a deferred unload up to about 5 s after the last
+/// key's close (WRK `cmdelay.c`, the delayed dereference of the closed key's control block),
+/// with no notification. The wait said "free" at the close while the hive was still loaded
+/// and its file in use; a script then copying NTUSER.DAT failed. Now it keeps looking until
+/// the kernel no longer has the hive, and says so when the timeout comes first.
+#[test]
+fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
+    let (r, looks) = wait_on_deferred_profile(2, false);
+    assert!(r.free && !r.unload_pending, "{r:?}");
+    assert!(
+        looks >= 3,
+        "the wait looked until the hive was gone: {looks} looks"
+    );
+    assert!(r.waited_secs >= 1.0, "{r:?}");
+    let text = hivetrack_cli::render::wait(&r, hivetrack_cli::render::Format::Table).expect("text");
+    assert!(text.contains("free after"), "{text}");
+    // Still loaded at the timeout: no process holds a key, but not unloaded, and said.
+    let (r, _) = wait_on_deferred_profile(u32::MAX, false);
+    assert!(
+        !r.free
+            && r.unload_pending
+            && r.verdict == hivetrack_cli::model::WaitVerdict::UnloadPending,
+        "{r:?}"
+    );
+    let text = hivetrack_cli::render::wait(&r, hivetrack_cli::render::Format::Table).expect("text");
+    assert!(
+        text.contains("the hive is still loaded") && text.contains("file is in use"),
+        "{text}"
+    );
+}
+
+/// A reload of the same file cancels a pending deferred unload (WRK `cmapi.c`
+/// `CmpIsHiveAlreadyLoaded`): the hive is simply loaded and free, not an unload in progress,
+/// though its last unload attempt was `STATUS_PENDING`.
+#[test]
+fn a_reloaded_hive_is_free_not_an_unfinished_unload() {
+    let (r, looks) = wait_on_deferred_profile(u32::MAX, true);
+    assert!(r.free && !r.unload_pending, "{r:?}");
+    assert!(
+        r.waited_secs < 1.0,
+        "no further look: {r:?} ({looks} looks)"
+    );
+}

@@ -195,6 +195,14 @@ pub fn advance_clock(delta: u64) {
     refresh_kuser_shared_data();
 }
 
+/// How far the emulated clocks run ahead of the host's (100 ns units): the time scenarios
+/// moved with [`advance_clock`] only, so a kernel-internal delay measured on it expires at a
+/// scenario's say, never because the host was slow.
+#[must_use]
+pub fn emulated_offset() -> u64 {
+    CLOCK_OFFSET_100NS.load(Ordering::Acquire)
+}
+
 /// The system time as Windows counts it (100 ns since 1601, UTC).
 #[must_use]
 pub fn system_time() -> u64 {

@@ -12,6 +12,7 @@ use super::test_driver::ioctl;
 use super::{Ctx, Scenario};
 use crate::nt::cm::hive::{self, APP_HIVE_ROOT, DEFERRED_UNLOAD_THREAD, REG_APP_HIVE};
 use crate::nt::io;
+use crate::nt::ke::timer;
 use crate::nt::kernel;
 use crate::nt::ob::object::KERNEL_HANDLE_BIT;
 use crate::nt::ps::process::{self, SYSTEM_START_KEY};
@@ -162,7 +163,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::test_driver(
             "td-deferred-unload",
-            "NtUnloadKeyEx with an event: STATUS_PENDING while a key is open, the unload completes on a system worker thread after the last close, the event says so",
+            "NtUnloadKeyEx with an event: STATUS_PENDING while a key is open; after the last close of a subkey the hive stays loaded and listed until the delayed KCB dereference runs (5 s, WRK cmdelay.c; sooner if another close set its timer, at once on an NtQueryOpenSubKeysEx or a root key's close, later if a key opens meanwhile), then a system worker thread unloads it and sets the event",
             td_deferred_unload,
         ),
         Scenario::test_driver(
@@ -530,6 +531,12 @@ fn td_deferred_unload(ctx: &mut Ctx) {
     if let Ok(h) = h {
         let _ = hive::close_key(p, h);
     }
+    // WRK `cmdelay.c`: the closed subkey's control block waits on the delayed-dereference
+    // list, holding the root, until the list's timer (5 s) runs its worker.
+    still_unloading(ctx, &event, &user, "at the last close");
+    timer::advance(4_000);
+    still_unloading(ctx, &event, &user, "4 s after the last close");
+    timer::advance(1_000);
     let done = event.wait(Duration::from_secs(5));
     ctx.check(
         done == Some(hive::UnloadCompletion {
@@ -537,9 +544,15 @@ fn td_deferred_unload(ctx: &mut Ctx) {
             thread: DEFERRED_UNLOAD_THREAD,
         }),
         format!(
-            "the last close let a system worker thread complete the unload: {done:?} (closing thread: processor {})",
+            "5 s after the last close (CmpDelayDerefKCBIntervalInSeconds) a system worker thread completed the unload: {done:?} (closing thread: processor {})",
             crate::machine::cpu::processor_number()
         ),
+    );
+    ctx.check(
+        !hive::hive_list()
+            .iter()
+            .any(|(m, _)| m.eq_ignore_ascii_case(&user)),
+        "the hive is out of the hive list",
     );
     ctx.check(
         !kernel::with(|k| k.hives.hives.contains_key(&user.to_ascii_uppercase())),
@@ -555,6 +568,7 @@ fn td_deferred_unload(ctx: &mut Ctx) {
             .any(|e| e.class == PRE_UNLOAD_KEY || e.class == POST_UNLOAD_KEY),
         "the completion sends no further unload notification",
     );
+    deferred_unload_window(ctx, p, &user);
     // A hive nothing holds unloads at once, and the event is already signalled.
     let r = hive::load_hive(SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
     ctx.check(r == STATUS_SUCCESS, "loaded again");
@@ -565,6 +579,109 @@ fn td_deferred_unload(ctx: &mut Ctx) {
     );
     process::exit_process(p);
     finish(ctx, s);
+}
+
+/// A deferred unload whose last key closed is not complete: no event, the hive still loaded
+/// and in the hive list (its file still in use). The event is waited on briefly: a late
+/// unload queued (as the old model did at the close) runs on a detached worker thread, so
+/// without the wait the check would race it; with the delay modelled nothing can set it.
+fn still_unloading(ctx: &mut Ctx, event: &hive::UnloadEvent, mount: &str, when: &str) {
+    ctx.check(
+        event.wait(Duration::from_millis(300)).is_none()
+            && kernel::with(|k| k.hives.hives.contains_key(&mount.to_ascii_uppercase()))
+            && hive::hive_list()
+                .iter()
+                .any(|(m, _)| m.eq_ignore_ascii_case(mount)),
+        format!("{when}: the event is not set, the hive is still loaded and in the hive list"),
+    );
+}
+
+/// Loads `mount`, has `p` open `key` under it, asks for a deferred unload and closes the
+/// key: the unload is pending on the delayed dereference. Returns its event.
+fn unload_after_close(ctx: &mut Ctx, p: u32, mount: &str, key: &str) -> Option<hive::UnloadEvent> {
+    let r = hive::load_hive(SYSTEM_PID, mount, r"\??\C:\Users\kemu\NTUSER.DAT");
+    let path = if key.is_empty() {
+        mount.to_owned()
+    } else {
+        format!(r"{mount}\{key}")
+    };
+    let h = hive::open_key(p, &path, KEY_READ, true);
+    let (u, event) = hive::unload_key_ex(SYSTEM_PID, mount);
+    let ok = r == STATUS_SUCCESS && h.is_ok() && u == STATUS_PENDING;
+    if let Ok(h) = h {
+        let _ = hive::close_key(p, h);
+    }
+    ctx.check(
+        ok,
+        format!("{mount}: loaded, {key:?} open, NtUnloadKeyEx pending, {key:?} closed"),
+    );
+    ok.then_some(event)
+}
+
+/// When the delayed dereference that holds a deferred unload runs (WRK
+/// `base/ntos/config/cmdelay.c`, `cmsubs.c`, `cmdelete.c`, `ntapi.c`): the timer is set only by
+/// the first item queued while the list is idle ("up to" 5 s); NtQueryOpenSubKeysEx runs the
+/// list down at once; closing the hive's root is no delay (its block keeps the unload's
+/// reference); a key opened meanwhile holds the hive until it closes.
+fn deferred_unload_window(ctx: &mut Ctx, p: u32, user: &str) {
+    // Up to 5 s: an unrelated key's last close 3 s earlier set the timer.
+    let other = hive::open_key(p, &format!(r"{SOFTWARE}\Classes"), KEY_READ, true);
+    if let Ok(o) = other {
+        let _ = hive::close_key(p, o);
+    }
+    timer::advance(3_000);
+    if let Some(event) = unload_after_close(ctx, p, user, "Software") {
+        still_unloading(ctx, &event, user, "armed earlier by another key's close");
+        timer::advance(2_000);
+        ctx.check(
+            event.wait(Duration::from_secs(5)).is_some(),
+            "2 s later the timer set by the earlier close (5 s) ran the list: unloaded",
+        );
+    }
+    // NtQueryOpenSubKeysEx runs the list down (CmpSearchForOpenSubKeys → CmpCleanUpKCBCacheTable).
+    if let Some(event) = unload_after_close(ctx, p, user, "Software") {
+        still_unloading(ctx, &event, user, "before the query");
+        let listed = hive::open_subkeys(user);
+        ctx.check(
+            listed.as_ref().is_ok_and(Vec::is_empty),
+            format!("NtQueryOpenSubKeysEx in the window: success, no key listed ({listed:?})"),
+        );
+        ctx.check(
+            event.wait(Duration::from_secs(5)).is_some(),
+            "the query's run-down of the delayed dereferences queued the late unload: unloaded with no time passing",
+        );
+        timer::advance(5_000);
+    }
+    // The root's close: no delay (CmpDoQueueLateUnloadWorker sees only the unload's reference).
+    if let Some(event) = unload_after_close(ctx, p, user, "") {
+        ctx.check(
+            event.wait(Duration::from_secs(5)).is_some(),
+            "the hive's root as the last key: unloaded at its close",
+        );
+    }
+    // A key opened in the window holds the hive (a frozen hive still opens: HIVE_IS_UNLOADING
+    // is set only during an unload attempt, `cmapi.c` CmUnloadKey; `cmdelete.c`
+    // CmpLateUnloadHiveWorker: "opened a handle inside this hive; bad luck, we can't unload").
+    if let Some(event) = unload_after_close(ctx, p, user, "Software") {
+        let late = hive::open_key(p, &format!(r"{user}\Environment"), KEY_READ, true);
+        ctx.check(late.is_ok(), "a key of the hive opens during the window");
+        timer::advance(5_000);
+        still_unloading(
+            ctx,
+            &event,
+            user,
+            "the list ran with a key opened in the window open",
+        );
+        if let Ok(l) = late {
+            let _ = hive::close_key(p, l);
+        }
+        still_unloading(ctx, &event, user, "at that key's close");
+        timer::advance(5_000);
+        ctx.check(
+            event.wait(Duration::from_secs(5)).is_some(),
+            "5 s after that key's close: unloaded",
+        );
+    }
 }
 
 /// The classes of an unload in the order NtUnloadKey2 delivers them (WRK

@@ -27,7 +27,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "deferred-unload",
-            "NtUnloadKeyEx on a held hive is accepted as STATUS_PENDING and completes with no notification: the driver reports the hive unload-pending, and unloaded after its last key only when it saw every key of it",
+            "NtUnloadKeyEx on a held hive is accepted as STATUS_PENDING and completes with no notification, up to 5 s after the last key's close: the driver reports the hive unload-pending, and forgets it at its last key only when it saw every key of it, while Windows still has it loaded until the delayed dereference runs",
             deferred_unload,
         ),
     ]
@@ -167,6 +167,28 @@ fn pending(ctx: &mut Ctx, mount: &str) -> Option<hive::UnloadEvent> {
     (r == STATUS_PENDING).then_some(event)
 }
 
+/// The window after the profile's last key closed: the closed subkey's control block holds
+/// the root until the delayed dereference (5 s, WRK `cmdelay.c`). The driver, which saw every
+/// key, forgets the hive now (its wait-free answer: "unloaded"), while Windows still has it
+/// loaded and its file in use: `hivetrack wait` goes on looking while its last unload attempt
+/// on the hive is STATUS_PENDING and the kernel still has it (`usermode-client/src/wait.rs`).
+fn unload_window(ctx: &mut Ctx, h: FileHandle, event: Option<&hive::UnloadEvent>) {
+    // Waited on briefly: the old model's late unload ran on a detached worker thread.
+    let still = event.is_some_and(|e| e.wait(std::time::Duration::from_millis(300)).is_none())
+        && hive::hive_list()
+            .iter()
+            .any(|(m, _)| m.eq_ignore_ascii_case(USER));
+    ctx.check(
+        still,
+        "after the last close the profile is still loaded and in the hive list (its file in use) until the delayed dereference runs (model)",
+    );
+    let st = state_of(ctx, h, USER);
+    ctx.check(
+        st.is_none(),
+        format!("in that window the driver has forgotten the hive (it saw every key): {st:?}"),
+    );
+}
+
 #[allow(clippy::many_single_char_names)] // d, h: driver, device; p, q: processes; s: status
 fn deferred_unload(ctx: &mut Ctx) {
     boot_hives(ctx);
@@ -205,10 +227,12 @@ fn deferred_unload(ctx: &mut Ctx) {
     if let Some(k) = key {
         let _ = hive::close_key(p, k);
     }
+    unload_window(ctx, h, event.as_ref());
+    crate::nt::ke::timer::advance(hive::DELAY_DEREF_SECONDS * 1_000);
     let done = event.and_then(|e| e.wait(std::time::Duration::from_secs(5)));
     ctx.check(
         done.is_some(),
-        "the last close completed the unload (model)",
+        "5 s after the last close (the delayed dereference) the unload completed (model)",
     );
     let st = state_of(ctx, h, USER);
     ctx.check(
@@ -237,10 +261,11 @@ fn deferred_unload(ctx: &mut Ctx) {
     if let Some(k) = early_key {
         let _ = hive::close_key(early, k);
     }
+    crate::nt::ke::timer::advance(hive::DELAY_DEREF_SECONDS * 1_000);
     let done = event.and_then(|e| e.wait(std::time::Duration::from_secs(5)));
     ctx.check(
         done.is_some(),
-        "the early key's close completed the unload (model)",
+        "5 s after the early key's close (the delayed dereference) the unload completed (model)",
     );
     // A new load at the mount: the pending unload is over, a fresh record.
     let s = hive::load_hive(SYSTEM_PID, CLASSES, classes_file);

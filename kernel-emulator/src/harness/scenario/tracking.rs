@@ -732,9 +732,12 @@ fn unload_holders_exact(ctx: &mut Ctx) {
     for k in keys {
         let _ = hive::close_key(app, k);
     }
+    // The closed subkeys' control blocks hold the root until the delayed dereference
+    // (5 s, WRK `cmdelay.c`).
+    crate::nt::ke::timer::advance(hive::DELAY_DEREF_SECONDS * 1_000);
     ctx.check(
         event.wait(std::time::Duration::from_secs(5)).is_some(),
-        "the deferred unload completes at the last close",
+        "the deferred unload completes after the last close's delayed dereference",
     );
     let s = hive::load_hive(
         SYSTEM_PID,

@@ -110,7 +110,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "second-unload-too-late",
-            "a second unload of a hive whose deferred unload is pending fails with STATUS_TOO_LATE, either kind (WRK ntapi.c NtUnloadKey2, cmapi.c CmUnloadKeyEx): the first caller's event is the one set when the hive unloads at its last key's close; the driver keeps the hive pending through the refused attempts and drops it then",
+            "a second unload of a hive whose deferred unload is pending fails with STATUS_TOO_LATE, either kind (WRK ntapi.c NtUnloadKey2, cmapi.c CmUnloadKeyEx): the first caller's event is the one set when the hive unloads after its last key's close (and the delayed KCB dereference); the driver keeps the hive pending through the refused attempts and drops it then",
             second_unload_too_late,
         ),
         Scenario::hivetrack(
@@ -1078,11 +1078,14 @@ fn second_unload_too_late(ctx: &mut Ctx) {
     if let Some(k) = kept {
         let _ = hive::close_key(app, k);
     }
+    // The closed subkey's control block holds the root until the delayed dereference (5 s,
+    // WRK `cmdelay.c`).
+    crate::nt::ke::timer::advance(hive::DELAY_DEREF_SECONDS * 1_000);
     let done = event.wait(std::time::Duration::from_secs(10));
     ctx.check(
         done.is_some() && other.signalled().is_none(),
         format!(
-            "the first caller's event is set at the last close, the refused one's never ({done:?}, {:?})",
+            "the first caller's event is set after the last close's delayed dereference, the refused one's never ({done:?}, {:?})",
             other.signalled()
         ),
     );
@@ -1372,7 +1375,10 @@ fn deferred_unload_during_seed(ctx: &mut Ctx) {
     if let Some(k) = kept {
         crate::nt::cm::zwreg::after_hive_list_value(u32::try_from(at).unwrap_or(0), move || {
             let _ = hive::close_key(holder, k);
-            // The late unload runs on a system worker: the read goes on once it is done.
+            // The closed key's control block holds the root until the delayed dereference
+            // (5 s, WRK `cmdelay.c`): a clock tick past it, then the late unload runs on a
+            // system worker, and the read goes on once it is done.
+            crate::nt::ke::timer::advance(hive::DELAY_DEREF_SECONDS * 1_000);
             let _ = event.wait(std::time::Duration::from_secs(10));
         });
     }

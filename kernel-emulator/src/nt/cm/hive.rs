@@ -47,6 +47,8 @@
 //!   returns STATUS_PENDING (its post-notification too), and once the hive's last key object
 //!   is gone a system worker thread (System process) unloads it and signals the event, with
 //!   no further notification; a free hive unloads at once (STATUS_SUCCESS, event signalled).
+//!   A closed subkey holds the hive until the delayed KCB dereference runs, up to 5 s later
+//!   in emulated time (WRK `cmdelay.c`; see [`delay_deref`]).
 //! - Both unloads ([`unload_hive`], [`unload_key_ex`]) first open the hive's root themselves
 //!   with a private kernel handle (WRK `base/ntos/config/ntapi.c` NtUnloadKey2/NtUnloadKeyEx:
 //!   "we open a private kernel mode handle just to take a reference on the object"), so a
@@ -259,6 +261,13 @@ pub struct HiveState {
     defer_deletion: bool,
     /// Key objects whose deletion is queued for the worker thread.
     deferred: Vec<usize>,
+    /// The delayed KCB dereference's timer ([`delay_deref`]): when it expires, in emulated
+    /// time ([`crate::machine::cpu::emulated_offset`], 100 ns), `None` while not set.
+    delay_deref_due: Option<u64>,
+    /// Hives with a deferred unload pending that have a key control block on the delayed
+    /// dereference list: each still holds its hive's root, and the late unload is checked for
+    /// when the list is processed ([`delay_deref`]).
+    delay_deref_hives: Vec<String>,
     /// The `\REGISTRY` key object (0 until the first absolute open needs it): the root an
     /// absolute name is parsed from, never closed ([`registry_root`]).
     registry_root: usize,
@@ -2311,13 +2320,110 @@ fn delete_object(object: usize) {
 }
 
 /// Removes a destroyed key object and frees its page; if it was the last key object of an
-/// app hive, or of a hive with a deferred unload, that hive unloads now.
+/// app hive, that hive unloads now; of a hive with a deferred unload, the unload is queued
+/// now or after the delayed dereference ([`delay_deref`]).
 fn release_object(object: usize) {
-    let hive = kernel::with(|k| k.hives.remove_object(object).map(|o| o.hive));
+    let hive = kernel::with(|k| {
+        let o = k.hives.remove_object(object)?;
+        delay_deref(&mut k.hives, &o);
+        Some(o.hive)
+    });
     free_object_page(object);
     if let Some(hive) = hive {
         hive_object_gone(&hive);
     }
+}
+
+/// How long the delayed KCB dereference waits, in seconds: WRK `base/ntos/config/cmdelay.c`
+/// `CmpDelayDerefKCBIntervalInSeconds = 5` (ReactOS `ntoskrnl/config/cmdelay.c`: the same).
+pub const DELAY_DEREF_SECONDS: u64 = 5;
+
+/// A key object `o` was just removed: its key control block loses the object's reference.
+///
+/// Windows Research Kernel, `base/ntos/config/`:
+/// - `cmdelete.c` CmpDeleteKeyObject delists the key body and calls
+///   `CmpDelayDerefKeyControlBlock` (`cmdelay.c`): a count that stays above 0 drops at once;
+///   one that would reach 0 is put on the delay-deref list, and if the list's worker is not
+///   already active a timer is set "for 5 secs later" (`CmpDelayDerefKCBIntervalInSeconds`).
+///   The timer is armed only by the first item queued while the worker is idle, so an item
+///   waits *up to* the interval, less when an earlier item (any hive's) armed it.
+/// - A key control block's count is its key bodies plus its child blocks (each holds its
+///   parent, `cmsubs.c` CmpCleanUpKcbCacheWithLock dereferences the parent when a block is
+///   freed). Modelled as: the block drops to 0 when no live object is at or below its key.
+/// - A frozen hive's root has the unload's artificial reference (`cmapi.c` CmUnloadKeyEx:
+///   `CmpReferenceKeyControlBlock(kcb)`), so its root's count never reaches 0 there: closing
+///   the root's last object drops it at once, and CmpDoQueueLateUnloadWorker (`cmdelete.c`),
+///   called at every close in a frozen hive, queues the late unload when the root's count is
+///   back to that one reference. A closed *subkey's* block still holds the root until the
+///   delay-deref worker (`cmdelay.c` CmpDelayDerefKCBWorker) dereferences it — its blocks were
+///   tagged `CM_KCB_NO_DELAY_CLOSE` at the freeze (`CmpSearchForOpenSubKeys(...,
+///   SearchAndTagNoDelayClose)`), so they are freed then, not cached — and the worker calls
+///   CmpDoQueueLateUnloadWorker for a frozen hive's item: the hive unloads then, not at the
+///   close.
+///
+/// Not modelled: a deleted key's block (the WRK skips the unload check for it: `!Kcb->Delete`)
+/// is treated as any subkey's.
+fn delay_deref(h: &mut HiveState, o: &KeyObject) {
+    let key = canon(&o.name);
+    let root = key == o.hive;
+    let frozen = h
+        .hives
+        .get(&o.hive)
+        .is_some_and(|e| e.pending_unload.is_some());
+    let to_zero = o.deleted || !h.live_below.contains_key(&key);
+    if !to_zero || (root && frozen) {
+        return;
+    }
+    if frozen && !h.delay_deref_hives.contains(&o.hive) {
+        h.delay_deref_hives.push(o.hive.clone());
+    }
+    if h.delay_deref_due.is_none() {
+        h.delay_deref_due =
+            Some(crate::machine::cpu::emulated_offset() + DELAY_DEREF_SECONDS * 10_000_000);
+    }
+}
+
+/// The delayed dereference's timer, at the clock interrupt ([`crate::nt::ke::timer::advance`]):
+/// once its interval has passed in emulated time, the worker runs (WRK `cmdelay.c`
+/// CmpDelayDerefKCBDpcRoutine queues CmpDelayDerefKCBWorker): it empties the list, and each
+/// frozen hive whose last key is then gone gets its late unload.
+pub fn run_delay_deref_due() {
+    let now = crate::machine::cpu::emulated_offset();
+    let due = kernel::with(|k| {
+        let due = k.hives.delay_deref_due.is_some_and(|d| d <= now);
+        if due {
+            k.hives.delay_deref_due = None;
+        }
+        due
+    });
+    if due {
+        run_down_delay_deref();
+    }
+}
+
+/// Services every queued delayed dereference now (WRK `cmdelay.c`
+/// CmpRunDownDelayDerefKCBEngine, called by `cmsubs.c` CmpCleanUpKCBCacheTable "make sure all
+/// delayed dereferences are serviced first" at the start of every CmpSearchForOpenSubKeys —
+/// so an NtQueryOpenSubKeysEx of any hive runs the list down): each frozen hive whose last
+/// key is then gone gets its late unload. The timer stays set (its worker finds the list
+/// empty).
+pub fn run_down_delay_deref() {
+    let hives = kernel::with(|k| std::mem::take(&mut k.hives.delay_deref_hives));
+    for hive in hives {
+        hive_object_gone(&hive);
+    }
+}
+
+/// Whether a deferred unload of `hive` waits for the delayed dereference: a key control block
+/// of it is on the list, holding its root ([`delay_deref`]).
+#[must_use]
+pub fn delay_deref_pending(hive: &str) -> bool {
+    kernel::with(|k| {
+        k.hives
+            .delay_deref_hives
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(hive))
+    })
 }
 
 /// After a key object of `hive` is gone: an app hive with no key object left unloads by
@@ -2327,7 +2433,8 @@ fn release_object(object: usize) {
 fn hive_object_gone(hive: &str) {
     let action = kernel::with(|k| {
         let h = &mut k.hives;
-        let held = h.objects.values().any(|o| o.hive == hive);
+        let held = h.objects.values().any(|o| o.hive == hive)
+            || h.delay_deref_hives.iter().any(|d| d == hive);
         let entry = h.hives.get(hive)?;
         if held || !(entry.app || entry.pending_unload.is_some()) {
             return None;
@@ -2705,7 +2812,7 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
 /// SeRestorePrivilege check.
 pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
     let m = canon(mount);
-    kernel::with(|k| {
+    let listed = kernel::with(|k| {
         if !k.hives.hives.contains_key(&m) {
             let exists = k.hives.hive_of(&m).is_some()
                 && (k.hives.keys.contains(&m) || MASTER_KEYS.contains(&m.as_str()));
@@ -2731,7 +2838,17 @@ pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
             .collect();
         v.sort_unstable();
         Ok(v.into_iter().map(|(_, pid, name)| (pid, name)).collect())
-    })
+    });
+    // The search first services the delayed dereferences (WRK `cmsubs.c`
+    // CmpSearchForOpenSubKeys → CmpCleanUpKCBCacheTable → CmpRunDownDelayDerefKCBEngine): a
+    // frozen hive whose last key closed gets its late unload queued now (from the run-down,
+    // or at the query's release of its own body on the root, `ntapi.c` NtQueryOpenSubKeysEx:
+    // ObDereferenceObject(KeyBody) → `cmdelete.c` CmpDoQueueLateUnloadWorker). The keys it
+    // listed are the same: a block on the list has no key body (CmpDumpKeyBodyList).
+    if listed.is_ok() {
+        run_down_delay_deref();
+    }
+    listed
 }
 
 /// Key objects of a hive still alive, one line each (for reports).

@@ -516,6 +516,9 @@ pub fn run_due() -> usize {
 pub fn advance(ms: u64) {
     cpu::advance_clock(ms.saturating_mul(10_000));
     run_due();
+    // The registry's own timer (the delayed KCB dereference, WRK `cmdelay.c`) is kernel
+    // state, not a driver's KTIMER: it runs after the drivers' DPCs.
+    crate::nt::cm::hive::run_delay_deref_due();
 }
 
 /// Timers currently set (for assertions).
