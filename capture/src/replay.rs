@@ -94,6 +94,10 @@ pub struct Options {
     /// keys opened before the capture's first row and never closed in it are in no row, so
     /// no answer is complete.
     pub from_boot: bool,
+    /// The capture holds every event (said by the user, `--all-events`: a boot log saved
+    /// whole, as Procmon's boot-log conversion writes it): stands in for the event numbers a
+    /// PML or an unnumbered CSV export cannot show. Gaps the numbers do show still count.
+    pub all_events: bool,
 }
 
 /// Why no capture that did not begin at boot is complete. Found in review (2026-12-05): an
@@ -177,6 +181,7 @@ impl Replay {
             holders_known: true,
             capture: CaptureInfo {
                 hkcu_sid: opts.hkcu.default.clone(),
+                all_events_stated: opts.all_events,
                 ..CaptureInfo::default()
             },
             ..Analysis::default()
@@ -760,7 +765,7 @@ impl Replay {
                  still open at this row are not listed",
                 self.skipped_events
             ))
-        } else if !numbered && self.opts.from_boot {
+        } else if !numbered && self.opts.from_boot && !self.opts.all_events {
             missing.push(format!(
                 "{}, so it cannot show it holds every event: a capture saved or exported with a \
                  filter (Procmon's File > Save keeps only the events the current filter shows \

@@ -77,6 +77,11 @@ pub struct CaptureInfo {
     /// `--from-boot` it is not complete. Added in audit 20b (H2).
     #[serde(default)]
     pub events_missing: Option<u64>,
+    /// The user stated that the capture holds every event (`--all-events`), which stands in
+    /// for event numbers the capture does not carry (`events_missing` null); the answer is
+    /// then only as complete as that statement is true.
+    #[serde(default)]
+    pub all_events_stated: bool,
 }
 
 /// What the capture could not show.

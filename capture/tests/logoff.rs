@@ -132,6 +132,7 @@ fn opts() -> Options {
     Options {
         hkcu,
         from_boot: true,
+        all_events: false,
         ..Options::default()
     }
 }
@@ -305,6 +306,7 @@ fn without_the_hkcu_sid_a_user_hive_unload_says_what_it_cannot_place() {
         &rows,
         &Options {
             from_boot: true,
+            all_events: false,
             ..Options::default()
         },
     );
@@ -334,6 +336,7 @@ fn without_the_hkcu_sid_a_user_hive_unload_says_what_it_cannot_place() {
         hive: Some(format!(r"HKU\{SID}")),
         at: Some(At::Row(failed.row)),
         from_boot: true,
+        all_events: false,
         ..Options::default()
     };
     // The CSV export: its event numbers show the capture whole, as --from-boot needs (a PML
@@ -579,6 +582,7 @@ fn before_the_capture_no_answer_is_complete() {
         &rows,
         &Options {
             from_boot: false,
+            all_events: false,
             ..opts()
         },
     );
@@ -719,9 +723,33 @@ fn a_capture_without_event_numbers_is_not_complete_from_boot() {
     }
     let a = from_csv(&numbered, opts());
     assert!(a.complete, "{:?}", a.missing);
+    // --all-events: the user says the capture is whole, which stands in for the numbers a
+    // PML or an n/a export cannot carry, and the answer says it rests on that statement.
+    let stated = Options {
+        all_events: true,
+        ..opts()
+    };
+    for (what, a) in [
+        ("pml", from_pml(&pml(&processes(), &rows), stated.clone())),
+        ("n/a", from_csv(&na, stated.clone())),
+    ] {
+        assert!(a.complete, "{what}: {:?}", a.missing);
+        assert!(a.capture.all_events_stated && a.capture.events_missing.is_none());
+    }
+    // Gaps the numbers show still count, whatever is stated.
+    let gapped: String = numbered
+        .split_inclusive('\n')
+        .enumerate()
+        .filter(|(i, _)| *i != 5)
+        .map(|(_, l)| l)
+        .collect();
+    let a = from_csv(&gapped, stated);
+    assert_eq!(a.capture.events_missing, Some(1));
+    assert!(!a.complete);
     // Without --from-boot: the reasons it had, none added.
     let o = Options {
         from_boot: false,
+        all_events: false,
         ..opts()
     };
     assert_eq!(

@@ -26,6 +26,7 @@ pub fn options(
     pid: Option<u32>,
     at: Option<&str>,
     from_boot: bool,
+    all_events: bool,
 ) -> Result<Options, CliError> {
     let mut hkcu = capture::paths::HkcuSids::default();
     for a in hkcu_sid {
@@ -40,6 +41,7 @@ pub fn options(
             .transpose()
             .map_err(CliError::BadArgument)?,
         from_boot,
+        all_events,
     })
 }
 
@@ -296,7 +298,12 @@ fn header(a: &Analysis, out: &mut String) {
     if let Some(r) = &a.refusal {
         let _ = writeln!(out, "holders NOT named: {r}");
     }
-    if a.complete {
+    if a.complete && a.capture.all_events_stated && a.capture.events_missing.is_none() {
+        let _ = writeln!(
+            out,
+            "complete, given the capture holds every event as --all-events states (its rows carry no event numbers to show it): the capture shows no sign of keys it could not see"
+        );
+    } else if a.complete {
         let _ = writeln!(
             out,
             "complete: the capture shows no sign of keys it could not see"

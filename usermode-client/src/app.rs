@@ -225,8 +225,16 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             at,
             fail_if_held,
             from_boot,
+            all_events,
         } => {
-            let opts = crate::analyze::options(hkcu_sid, hive, *pid, at.as_deref(), *from_boot)?;
+            let opts = crate::analyze::options(
+                hkcu_sid,
+                hive,
+                *pid,
+                at.as_deref(),
+                *from_boot,
+                *all_events,
+            )?;
             let a = capture::analyze_file(capture, opts)
                 .map_err(|e| CliError::BadArgument(format!("{}: {e}", capture.display())))?;
             env.out

@@ -200,6 +200,13 @@ pub enum Command {
         /// events the filter shows unless All events is chosen) is never complete.
         #[arg(long)]
         from_boot: bool,
+        /// The capture holds every event: say so for a capture that cannot show it (a PML,
+        /// such as the boot log Procmon writes, or a CSV export without Sequence numbers)
+        /// when it was saved whole (File > Save: All events). The answer is then only as
+        /// complete as this is true, and says it rests on it; gaps the Sequence numbers do
+        /// show still make it incomplete.
+        #[arg(long)]
+        all_events: bool,
     },
     /// The event service: every failed hive unload, with its holders, in the Windows Event
     /// Log beside event 1530 (source hivetrack, Application log), or as JSON lines.
