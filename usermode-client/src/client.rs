@@ -952,6 +952,10 @@ impl<'t> Client<'t> {
                         status: format!("{:#010X}", r.outcome).replacen("0X", "0x", 1),
                         status_name: ntstatus_name(r.outcome).map(str::to_owned),
                         succeeded: r.outcome == 0,
+                        outcome: crate::model::UnloadOutcome::of(
+                            r.outcome,
+                            r.flags & protocol::history::UnloadRecord::HELD_AFTER != 0,
+                        ),
                         open_keys: r.open_keys,
                         holders_total: r.holders_total,
                         holders_truncated: r.flags

@@ -738,6 +738,13 @@ pub struct UnloadAttempt {
     pub status_name: Option<String>,
     /// The unload succeeded.
     pub succeeded: bool,
+    /// What the record is, in one word for a script: `unloaded`, `deferred`
+    /// (`STATUS_PENDING`: Windows unloads the hive later, with no notification), `failed`
+    /// (any other status), or `held_after` (not an attempt: the driver's look again after a
+    /// failed one, which repeats that attempt's status). Found in audit 20b: counting the
+    /// records with `succeeded` false counted one failed logoff twice and every deferred
+    /// unload as a failure.
+    pub outcome: UnloadOutcome,
     /// Open keys in the hive then.
     pub open_keys: u64,
     /// Processes holding keys then.
@@ -765,6 +772,34 @@ pub struct UnloadAttempt {
     /// tracking began, or opens it lost): processes not listed may also hold keys.
     #[serde(default)]
     pub holders_unseen: bool,
+}
+
+/// What an unload-history record is ([`UnloadAttempt::outcome`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnloadOutcome {
+    /// The unload succeeded.
+    Unloaded,
+    /// `STATUS_PENDING`: accepted, completed later by Windows with no notification.
+    Deferred,
+    /// Any other status: the hive stayed loaded.
+    Failed,
+    /// The driver's look again after a failed unload, not an attempt.
+    HeldAfter,
+}
+
+impl UnloadOutcome {
+    /// The outcome of a record with NTSTATUS `status` (`held_after`: the driver's look
+    /// again).
+    #[must_use]
+    pub const fn of(status: u32, held_after: bool) -> Self {
+        match (held_after, status) {
+            (true, _) => Self::HeldAfter,
+            (false, 0) => Self::Unloaded,
+            (false, 0x0000_0103) => Self::Deferred,
+            (false, _) => Self::Failed,
+        }
+    }
 }
 
 /// `hivetrack unload-history`.

@@ -950,6 +950,10 @@ pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<
                     a.holders_unseen.to_string(),
                     a.unknown_hive.to_string(),
                     a.holders_truncated.to_string(),
+                    serde_json::to_value(a.outcome)?
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
                 ];
                 if a.holders.is_empty() {
                     let mut row = cells.to_vec();
@@ -986,6 +990,7 @@ pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<
                     "holders_unseen",
                     "unknown_hive",
                     "holders_truncated",
+                    "outcome",
                 ],
                 &rows,
             )
@@ -1021,7 +1026,8 @@ fn unload_history_table(r: &UnloadHistoryReport) -> String {
         } else if a.status == STATUS_PENDING_TEXT {
             // NtUnloadKeyEx with an event on a held hive: Windows unloads it when its last
             // key closes (REG_UNLOAD_KEY_INFORMATION `UserEvent`).
-            "DEFERRED (unloads when its last key closes), ".to_owned()
+            "DEFERRED (Windows unloads it after its last key closes, up to about 5 s later), "
+                .to_owned()
         } else {
             "FAILED, ".to_owned()
         };

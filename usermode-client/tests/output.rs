@@ -274,11 +274,26 @@ fn the_unload_history_says_a_deferred_unload_is_deferred_not_failed() {
     );
     assert!(
         o.out.lines().any(|l| l.starts_with("#2 ")
-            && l.contains("DEFERRED (unloads when its last key closes), STATUS_PENDING")),
+            && l.contains("DEFERRED (Windows unloads it after its last key closes, up to about 5 s later), STATUS_PENDING")),
         "{}",
         o.out
     );
     assert!(!o.out.contains("FAILED, STATUS_PENDING"), "{}", o.out);
+    // One word per record for a script: the look again is not a second failure, and the
+    // deferred unload is not a failure (audit 20b, J).
+    let o = run_on(
+        scripted::logoff_deferred_held_after(),
+        &["unload-history", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&o.out).unwrap();
+    let outcomes: Vec<&str> = v["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes[..2], ["held_after", "deferred"], "{}", o.out);
+    assert!(!outcomes.contains(&"failed"), "{}", o.out);
 }
 
 #[test]
@@ -315,4 +330,6 @@ fn the_unload_history_labels_the_drivers_look_again() {
     assert_eq!(held["failed_unload_sequence"], 2);
     assert_eq!(held["holders_unseen"], true);
     assert_eq!(v["attempts"][1]["held_after"], false);
+    assert_eq!(held["outcome"], "held_after");
+    assert_eq!(v["attempts"][1]["outcome"], "failed");
 }
