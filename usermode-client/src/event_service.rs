@@ -71,7 +71,7 @@ use crate::fleet_event::{
 use crate::hive_name::user_sid;
 use crate::holder_identity::Identities;
 use crate::model::{HeldKey, Holder, HoldersReport, UNIX_EPOCH_FILETIME};
-use crate::modules::attribute;
+use crate::modules::caller;
 use crate::stacks::file_name;
 use crate::symbols::NoSymbols;
 use crate::transport::{
@@ -792,8 +792,10 @@ fn add_keys(e: &mut EventHolder, held: &Holder, until: u64) {
     // rows: most keys, callers before plumbing-only rows, then by name.
     let mut modules: Vec<(String, bool, u64)> = Vec::new();
     for k in &keys {
-        let Some((frame, plumbing_only)) = k.stack.as_ref().and_then(attribute) else {
-            continue; // no stack captured (or an empty one): nothing to attribute
+        let Some((frame, plumbing_only)) = k.stack.as_ref().and_then(caller) else {
+            // No stack captured (or an empty one), or one that names no caller (a 32-bit
+            // process's, or cut inside the plumbing): nothing to attribute.
+            continue;
         };
         let name = frame
             .module

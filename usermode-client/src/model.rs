@@ -490,6 +490,10 @@ pub struct WithoutStack {
     /// it names no caller.
     #[serde(default)]
     pub wow64: u64,
+    /// Cut at the driver's frame limit while still inside the OS registry plumbing: the
+    /// caller was not captured, so the key is not filed under the OS (audit 20b, L7).
+    #[serde(default)]
+    pub cut_in_plumbing: u64,
 }
 
 /// `hivetrack modules`.

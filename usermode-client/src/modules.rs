@@ -5,12 +5,14 @@
 //! plumbing** ([`PLUMBING`]: the system DLLs every registry call passes through on its way
 //! to the kernel), innermost first: the code that asked for the key. A frame in no known
 //! module counts as code (JIT code, an image whose load was not recorded) and is attributed
-//! as `(no module)`. When every frame is plumbing (an OS component's own opens, or a stack
-//! truncated before it left the plumbing), the key goes to the **innermost frame's module**
+//! as `(no module)`. When every frame of a whole stack is plumbing (an OS component's own
+//! opens), the key goes to the **innermost frame's module**
 //! and the row says `plumbing only`: that frame is the one that entered the kernel, the same
 //! module for every such stack, so those keys form one row that reads as the OS rather than
 //! being scattered over thread-start routines (the outermost frame of a whole stack is
-//! `ntdll!RtlUserThreadStart` for every thread, and names nobody).
+//! `ntdll!RtlUserThreadStart` for every thread, and names nobody). A stack cut at the
+//! driver's frame limit before it left the plumbing, and a 32-bit process's (only the Wow64
+//! layer), name no caller: those keys are counted, not ranked.
 
 use std::collections::HashMap;
 
@@ -47,6 +49,37 @@ pub fn attribute(stack: &KeyStack) -> Option<(&Frame, bool)> {
         .or_else(|| stack.frames.first().map(|f| (f, true)))
 }
 
+/// [`attribute`], but `None` also for a stack that names no caller though it has frames.
+///
+/// Those are a 32-bit process's (`wow64`: only the Wow64 layer; audit 20a, M2) and one cut
+/// at the driver's frame limit before it left the plumbing (the caller is in the frames not
+/// kept; filing it under the OS would clear whoever it was; audit 20b, L7). What `hivetrack
+/// modules` ranks and event 1001 names.
+#[must_use]
+pub fn caller(stack: &KeyStack) -> Option<(&Frame, bool)> {
+    let has = |f: &str| stack.flags.iter().any(|x| x == f);
+    if has("wow64") {
+        return None;
+    }
+    attribute(stack).filter(|&(_, plumbing_only)| !(plumbing_only && has("truncated")))
+}
+
+/// Counts a held key whose stack names no caller under its reason.
+fn count_without(without: &mut WithoutStack, stack: Option<&KeyStack>) {
+    let has = |f: &str| stack.is_some_and(|s| s.flags.iter().any(|x| x == f));
+    if has("wow64") {
+        without.wow64 += 1;
+    } else if has("truncated") {
+        without.cut_in_plumbing += 1;
+    } else if has("empty") {
+        without.empty += 1;
+    } else if has("dropped") {
+        without.dropped += 1;
+    } else {
+        without.not_captured += 1;
+    }
+}
+
 /// One row while it is counted.
 struct Row {
     module: Option<String>,
@@ -75,24 +108,8 @@ pub fn rank(reports: &[HoldersReport], source: Source, coverage: StackCoverage) 
         for h in &r.holders {
             for k in &h.keys {
                 held_keys += 1;
-                if k.stack
-                    .as_ref()
-                    .is_some_and(|s| s.flags.iter().any(|f| f == "wow64"))
-                {
-                    // Only the Wow64 layer's frames: attributing them would file the key
-                    // under the OS (audit 20a, M2).
-                    without.wow64 += 1;
-                    continue;
-                }
-                let Some((frame, plumbing_only)) = k.stack.as_ref().and_then(attribute) else {
-                    let flags = k.stack.as_ref().map_or(&[][..], |s| &s.flags[..]);
-                    if flags.iter().any(|f| f == "empty") {
-                        without.empty += 1;
-                    } else if flags.iter().any(|f| f == "dropped") {
-                        without.dropped += 1;
-                    } else {
-                        without.not_captured += 1;
-                    }
+                let Some((frame, plumbing_only)) = k.stack.as_ref().and_then(caller) else {
+                    count_without(&mut without, k.stack.as_ref());
                     continue;
                 };
                 let key = (

@@ -302,6 +302,13 @@ fn notes(r: &ModulesReport, out: &mut String) {
             w.untracked
         );
     }
+    if w.cut_in_plumbing > 0 {
+        let _ = writeln!(
+            out,
+            "{} held key(s) are not ranked: their stacks were cut at the driver's frame limit while still inside the OS registry plumbing, so the code that asked was not captured.",
+            w.cut_in_plumbing
+        );
+    }
     if w.wow64 > 0 {
         let _ = writeln!(
             out,

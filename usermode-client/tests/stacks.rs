@@ -220,12 +220,10 @@ fn modules_ranks_the_code_that_opened_the_held_keys() {
         .collect();
     assert_eq!(
         rows,
-        [
-            ("shellext.dll", 3, 2, false),
-            ("oldext.dll", 1, 1, false),
-            ("ntdll.dll", 1, 1, true),
-        ]
+        [("shellext.dll", 3, 2, false), ("oldext.dll", 1, 1, false)]
     );
+    // The truncated all-plumbing stack names no caller: counted, not filed under the OS.
+    assert_eq!(r.without_stack.cut_in_plumbing, 1);
     assert_eq!(r.modules[0].module.as_deref(), Some(SHELLEXT));
     assert_eq!(
         r.modules[0].holders,
@@ -898,6 +896,55 @@ mod engine {
             .find(|k| k.path.as_deref().is_some_and(|p| p.ends_with("Later")))
             .unwrap();
         assert_eq!(later.stack.as_ref().unwrap().flags, ["not_captured"]);
+    }
+
+    #[test]
+    fn a_stack_cut_inside_the_plumbing_is_not_filed_under_the_os() {
+        // 16 frames kept, all in ntdll: the caller is in the frames cut off (audit 20b, L7).
+        let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+        let user = format!(r"\REGISTRY\USER\{SID}");
+        t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 4 * 3600 * SECOND);
+        t.process_started(SHELL, &w(r"C:\Windows\explorer.exe"));
+        let o = run(&t, &["--json", "capture", "on"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let at = NOW - 3600 * SECOND;
+        t.image_loaded(
+            SHELL,
+            NTDLL,
+            0x1f_8000,
+            &w(&format!(r"{SYS}\ntdll.dll")),
+            at,
+        );
+        let frames: Vec<u64> = (0..16).map(|i| NTDLL + 0x10 + i * 0x20).collect();
+        for (object, name, cut) in [(0x2000, "Cut", true), (0x2010, "Whole", false)] {
+            let token = t
+                .opened(
+                    object,
+                    SHELL,
+                    1,
+                    &w(&format!(r"{user}\Software\{name}")),
+                    0x2_0019,
+                    NOW,
+                )
+                .expect("tracked");
+            assert!(t.capture_wanted(token));
+            let kept = if cut { &frames[..] } else { &frames[..3] };
+            t.stack_captured(token, object, kept, cut);
+        }
+        let o = run(&t, &["--json", "modules", "HKCU"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let ranked: ModulesReport = serde_json::from_str(&o.out).unwrap();
+        let rows: Vec<(&str, u64, bool)> = ranked
+            .modules
+            .iter()
+            .map(|m| (m.name.as_str(), m.keys, m.plumbing_only))
+            .collect();
+        assert_eq!(
+            rows,
+            [("ntdll.dll", 1, true)],
+            "only the whole stack is the OS's"
+        );
+        assert_eq!(ranked.without_stack.cut_in_plumbing, 1);
     }
 
     #[test]
