@@ -303,13 +303,12 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             {
                 holder_identity::annotate(&mut r, env.identities);
             }
+            r.verdict = crate::model::HoldersVerdict::of(&r);
             emit(env, format, &render::holders(&r, format)?, Some(&r.source))?;
             // Held as the report says it (its counts, which may be the page's counters read
             // before the walk: `client::count_held`), not only as its lists do: the table
             // said "1 open key(s) held" while the exit said not held (review, 2026-12-05).
-            let held = !(r.holders.is_empty() && r.untracked.is_empty())
-                || r.hive.open_keys > 0
-                || r.hive.holders > 0;
+            let held = r.verdict == crate::model::HoldersVerdict::Held;
             Ok(verdict(g.strict, &r.source, fail_if_held.then_some(held)))
         }
         Command::Hives => {

@@ -27,9 +27,9 @@ use protocol::wire::{self, DecodeError, HEADER_LEN, Message};
 use crate::commands::{CliError, classify};
 use crate::hive_name::display;
 use crate::model::{
-    Counter, HeldKey, Hive, HivesReport, Holder, HoldersReport, Identity, ProcessEntry,
-    ProcessesReport, SnapshotFile, SnapshotKey, Source, StatsReport, Time, UnloadAttempt,
-    UnloadHistoryReport, UnloadHolder, age_secs, ntstatus_name, schema,
+    Counter, HeldKey, Hive, HivesReport, Holder, HoldersReport, HoldersVerdict, Identity,
+    ProcessEntry, ProcessesReport, SnapshotFile, SnapshotKey, Source, StatsReport, Time,
+    UnloadAttempt, UnloadHistoryReport, UnloadHolder, age_secs, ntstatus_name, schema,
 };
 use crate::stacks::{LoadedModule, Stack, StackTable};
 use crate::transport::{
@@ -542,6 +542,7 @@ impl<'t> Client<'t> {
             untracked: Vec::new(),
             held_now: None,
             stacks: None,
+            verdict: HoldersVerdict::default(),
         };
         // The driver's hive listing, read once when needed (held-now's mounts, the load time).
         let mut listing: Option<Vec<ListedHive>> = None;
@@ -575,6 +576,7 @@ impl<'t> Client<'t> {
             not_the_opener(&mut report, &completeness, transport);
             count_held(&mut report);
         }
+        report.verdict = HoldersVerdict::of(&report);
         Ok(report)
     }
 

@@ -200,6 +200,7 @@ mod tests {
             untracked: Vec::new(),
             held_now: None,
             stacks: None,
+            verdict: crate::model::HoldersVerdict::default(),
         }
     }
 

@@ -432,6 +432,13 @@ pub struct HoldersReport {
     /// How complete the keys' stacks are (`--stacks` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacks: Option<StackCoverage>,
+    /// The answer in one word, as `--fail-if-held` exits on it: `held` (keys open: exit 1),
+    /// `none_seen_incomplete` (none seen, but the report could not see everything that can
+    /// hold the hive: exit 4) or `free` (none, and the report is complete: exit 0). Found in
+    /// audit 20b: a script had to recompute it, and one testing only `holders` missed the
+    /// keys only the kernel lists (`untracked`). Absent from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub verdict: HoldersVerdict,
 }
 
 /// `hivetrack capture`: the driver's stack-capture scope after the request.
@@ -802,6 +809,38 @@ impl UnloadOutcome {
             (false, 0) => Self::Unloaded,
             (false, 0x0000_0103) => Self::Deferred,
             (false, _) => Self::Failed,
+        }
+    }
+}
+
+/// What a holders report says of its hive ([`HoldersReport::verdict`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldersVerdict {
+    /// Keys are open in the hive (the driver's or the kernel's).
+    Held,
+    /// None seen, but the report could not see everything that can hold the hive (the
+    /// default: a document that does not say claims nothing).
+    #[default]
+    NoneSeenIncomplete,
+    /// None, and the report is complete.
+    Free,
+}
+
+impl HoldersVerdict {
+    /// The verdict of `r`, from its lists and counts (which may be the page's counters read
+    /// before the walk: `client::count_held`) and its completeness.
+    #[must_use]
+    pub const fn of(r: &HoldersReport) -> Self {
+        if !(r.holders.is_empty() && r.untracked.is_empty())
+            || r.hive.open_keys > 0
+            || r.hive.holders > 0
+        {
+            Self::Held
+        } else if r.source.dropped_records() {
+            Self::NoneSeenIncomplete
+        } else {
+            Self::Free
         }
     }
 }

@@ -636,6 +636,17 @@ fn a_not_held_verdict_that_could_not_see_everything_exits_4() {
     held.no_kernel = true;
     let o = run_scripted(held, &["holders", &user_hive(), "--fail-if-held"]);
     assert_eq!(o.code, exit::HELD, "{}{}", o.out, o.err);
+    // The holders JSON carries the same verdict in one word (audit 20b, J).
+    let verdict = |s: Scripted| {
+        let o = run_scripted(s, &["--json", "holders", &user_hive()]);
+        let v: serde_json::Value = serde_json::from_str(&o.out).unwrap();
+        v["verdict"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(verdict(blind()), "none_seen_incomplete");
+    assert_eq!(verdict(Scripted::new(logoff_released())), "free");
+    let mut held = Scripted::new(logoff());
+    held.no_kernel = true;
+    assert_eq!(verdict(held), "held");
 }
 
 /// A driver whose only holders answer is for the profile: its page's counters `counts`
