@@ -322,11 +322,14 @@ fn td_user_stack(ctx: &mut Ctx) {
     let exe = image::main_image_base(p);
     let in_exe = |f: u64| (exe..exe + MAIN_IMAGE_SIZE).contains(&f);
     ctx.check(
-        w.returned == 3
+        w.returned == 4
             && (NTDLL_BASE..NTDLL_BASE + NTDLL_SIZE).contains(&w.frames[0])
             && in_exe(w.frames[1])
-            && in_exe(w.frames[2]),
-        format!("the default stack: ntdll, then the main image at {exe:#x}: {w:x?}"),
+            && in_exe(w.frames[2])
+            && (NTDLL_BASE..NTDLL_BASE + NTDLL_SIZE).contains(&w.frames[3]),
+        format!(
+            "the default stack: ntdll, the main image at {exe:#x}, and the thread's start in ntdll: {w:x?}"
+        ),
     );
     // A request from the System process: no user stack.
     if let Some(sys) = device_of(ctx, SYSTEM_PID, Caller::System) {

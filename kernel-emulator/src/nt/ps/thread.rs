@@ -125,7 +125,9 @@ pub fn current_user_stack() -> UserStack {
 }
 
 /// The default user stack of a thread of `pid`: the `NtOpenKeyEx`-style stub's return in
-/// ntdll.dll, then two return addresses in the main image (a model choice).
+/// ntdll.dll, two return addresses in the main image, and the thread's start in ntdll.dll,
+/// where every user thread's stack ends (`RtlUserThreadStart`; a model choice of addresses,
+/// audit 20a, M3: a whole stack ending elsewhere is read as possibly partial).
 #[must_use]
 pub fn default_frames(pid: u32) -> Vec<u64> {
     let exe = crate::nt::ps::image::main_image_base(pid);
@@ -133,6 +135,7 @@ pub fn default_frames(pid: u32) -> Vec<u64> {
         crate::nt::ps::image::NTDLL_BASE + 0x9_D4C4,
         exe + 0x1A2B,
         exe + 0x1140,
+        crate::nt::ps::image::NTDLL_BASE + 0x5_26A1,
     ]
 }
 
@@ -267,7 +270,7 @@ mod tests {
                     assert_eq!(walk(1, 1).0, 1);
                 });
                 // Another process's setting is not this thread's; System has none.
-                with_user_stack(2004, UserStack::None, || assert_eq!(walk(8, 1).0, 3));
+                with_user_stack(2004, UserStack::None, || assert_eq!(walk(8, 1).0, 4));
             });
             io::with_pid(4, || assert_eq!(walk(8, 1).0, 0));
         })
