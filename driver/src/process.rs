@@ -64,15 +64,17 @@ pub fn name_current(tracker: &crate::tracking::DriverTracker, process: ProcessKe
     // documented at PASSIVE_LEVEL (Learn `EX_CALLBACK_FUNCTION`), but have been seen at
     // APC_LEVEL in practice (System Informer; kernel-emulator `td-registry-faults`): then the
     // process is named at its next new open instead (audit 20a, M4).
-    let passive = u32::from(crate::ffi::current_irql()) == PASSIVE_LEVEL;
-    tracker.defer_naming(process, !passive);
-    if !passive {
-        return;
-    }
     // SAFETY: always callable; the current process outlives this call.
     let current = unsafe { wdk_sys::ntddk::IoGetCurrentProcess() };
     // SAFETY: a live EPROCESS; any IRQL.
     if (unsafe { wdk_sys::ntddk::PsGetProcessId(current) }) as u64 != process.pid {
+        // Not the process to name: leave its deferral, if any, to its own next open
+        // (review 20a, L3).
+        return;
+    }
+    let passive = u32::from(crate::ffi::current_irql()) == PASSIVE_LEVEL;
+    tracker.defer_naming(process, !passive);
+    if !passive {
         return;
     }
     let mut name: *mut wdk_sys::UNICODE_STRING = core::ptr::null_mut();

@@ -77,6 +77,11 @@ pub fn maybe(tracker: &DriverTracker) {
     if HIVE_LIST.load(Acquire).is_null() || tracker.seed_complete() {
         return;
     }
+    // The Zw* reads are documented at PASSIVE_LEVEL; a kernel-mode requester could send the
+    // IOCTL at APC_LEVEL, and then the list waits for another request (review 20a, L1).
+    if u32::from(crate::ffi::current_irql()) != wdk_sys::PASSIVE_LEVEL {
+        return;
+    }
     let now = clock::interrupt_time();
     let last = LAST.load(Relaxed);
     if last != 0 && now.saturating_sub(last - 1) < INTERVAL {

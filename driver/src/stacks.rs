@@ -5,7 +5,7 @@
 //! Called from the post-open notification at `PASSIVE_LEVEL` in the opener's thread, with
 //! no lock held: the walk reads user memory and may take page faults; the routine catches
 //! an unreadable stack itself and then returns 0 (Windows Research Kernel `stkwalk.c`: the
-//! walk runs under an exception handler whose filter sets the count to 0; ReactOS likewise;
+//! walk runs under an exception handler whose filter sets the count to 0; `ReactOS` likewise;
 //! the kernel emulator's `td-user-stack` models it: the key is reported with no stack). A
 //! walk that meets code it cannot unwind stops there and returns the frames so far (WRK),
 //! which the CLI flags as possibly partial. Only a user-mode opener whose handle goes into its own

@@ -802,7 +802,12 @@ impl<L: RawLock> HiveTable<L> {
         let shard = &self.shards[shard_of(mount)];
         let gone = {
             let _g = Exclusive::new(&shard.lock);
-            self.seed.note_unload(mount, names.seed());
+            // No seed-window mark: a pending unload leaves the hive loaded and its hive-list
+            // value in place (WRK `cmapi.c` CmUnloadKeyEx only freezes it;
+            // CmpRemoveFromHiveFileList runs at the real unload), so a read that finds the
+            // value must record the hive, or a reload of it (which cancels the unload) would
+            // take a load time and vouch for keys opened before tracking (review 20a, H1).
+            // The completion, unnotified, changes the list, which the reads' comparison sees.
             let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) else {
                 return false;
             };

@@ -366,3 +366,41 @@ fn a_late_whole_seed_gives_later_loads_their_time_and_earlier_ones_none() {
     );
     assert!(flags[1] & unseen == 0, "the load after it does: {flags:?}");
 }
+
+/// Review 20a, H1: a deferred unload (`STATUS_PENDING`) leaves the hive loaded and its
+/// hive-list value in place (WRK `cmapi.c` CmUnloadKeyEx freezes it; CmpRemoveFromHiveFileList
+/// runs only at the real unload). Its notification during a read of the list must not make
+/// the read skip the hive, or a reload of the same file (which cancels the pending unload)
+/// took a load time and vouched for a hive that keys opened before tracking hold. Both the
+/// start-up read and a later one.
+#[test]
+fn a_pending_unload_during_a_seed_does_not_let_a_reload_vouch() {
+    for late in [false, true] {
+        let pool = CountingPool::new(Failure::Never, true);
+        let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+        t.seed_begin();
+        t.tracking_started(7);
+        if late {
+            t.seed_done(false);
+            assert!(t.seed_again());
+        }
+        // Keys opened before tracking hold USER; NtUnloadKeyEx returns STATUS_PENDING.
+        t.hive_unload_pending(&w(USER));
+        // The read finds USER's value, still in the list.
+        t.hive_seeded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"));
+        t.seed_done(true);
+        // The user logs on again: the same file at the same mount (cancels the unload).
+        t.hive_loaded(&w(USER), &w(r"C:\Users\a\NTUSER.DAT"), 30);
+        let denied = 0xC000_0022;
+        t.unload_attempted(&w(USER), denied, 40).unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = t.events(0, 0, &mut buf).unwrap();
+        let page = decode::<Page<'_, protocol::events::Events>>(&buf[..n]).unwrap();
+        let flags: Vec<u32> = page.records().map(|r| u32::from(r.flags)).collect();
+        let unseen = u32::from(protocol::history::UnloadRecord::HOLDERS_UNSEEN);
+        assert!(
+            !flags.is_empty() && flags.iter().all(|f| f & unseen != 0),
+            "late {late}: holders opened before tracking may hold it: {flags:?}"
+        );
+    }
+}

@@ -2444,14 +2444,30 @@ fn hive_object_gone(hive: &str) {
     match action {
         None => {}
         Some(None) => kernel::with(|k| remove_hive(&mut k.hives, hive)),
-        Some(Some(event)) => {
+        Some(Some(_)) => {
             let hive = hive.to_string();
             // The worker is detached: a scenario waits on the event, as a caller of
             // NtUnloadKeyEx waits on its event.
             std::thread::spawn(move || {
                 crate::machine::cpu::enter_thread(DEFERRED_UNLOAD_THREAD);
+                // WRK `cmdelete.c` CmpLateUnloadHiveWorker looks again when it runs: it gives
+                // up ("bad luck, we can't unload") if the hive is no longer frozen (a reload
+                // cancelled the unload) or a key was opened in it meanwhile; the event it then
+                // sets is the hive's at that time (`CmHive->UnloadEvent`, which a later
+                // deferred unload overwrites: `cmapi.c` CmUnloadKeyEx). Review 20a, M2.
+                let event = kernel::with(|k| {
+                    let h = &mut k.hives;
+                    let held = h.objects.values().any(|o| o.hive == hive)
+                        || h.delay_deref_hives.iter().any(|d| *d == hive);
+                    let event = h.hives.get(&hive).and_then(|e| e.pending_unload.clone());
+                    if held || event.is_none() {
+                        return None;
+                    }
+                    remove_hive(h, &hive);
+                    event
+                });
+                let Some(event) = event else { return };
                 io::with_pid(SYSTEM_PID, || {
-                    kernel::with(|k| remove_hive(&mut k.hives, &hive));
                     // WRK `cmdelete.c` CmpLateUnloadHiveWorker calls CmUnloadKey, which takes
                     // the hive out of the hive list before it signals the unload event.
                     remove_from_hive_list(SYSTEM_PID, &hive);
