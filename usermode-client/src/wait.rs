@@ -121,23 +121,26 @@ pub fn wait_free(
         // Whether the driver's view leaves room for an unfinished deferred unload: it forgot
         // the hive, or still has it unload-pending (not loaded again: a reload of the same
         // file cancels the unload, WRK `cmapi.c` CmpIsHiveAlreadyLoaded).
+        // `Some(true)`: the driver's record says unload-pending; `Some(false)`: its record is
+        // gone; `None`: neither.
         let (source, open_keys, holders, unloading) = match client.holders(hive, true, 0) {
             Ok(r) => {
                 seen = true;
                 loaded_since = vouched(&r);
                 let (open_keys, holders) = held_counts(&r);
-                let unloading = r.hive.state == crate::client::UNLOAD_PENDING;
-                (r.source, open_keys, holders, unloading)
+                let pending = r.hive.state == crate::client::UNLOAD_PENDING;
+                (r.source, open_keys, holders, pending.then_some(true))
             }
             Err(e) if seen && matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
                 let gone = record_gone(client, hive, loaded_since);
-                (gone.source, gone.open_keys, gone.holders, true)
+                (gone.source, gone.open_keys, gone.holders, Some(false))
             }
             Err(e) => return Err(e),
         };
         let secs = clock.elapsed().as_secs_f64();
         let done = open_keys == 0 && holders == 0;
-        let unload_pending = done && unloading && deferred_unload_unfinished(client, hive);
+        let unload_pending = done
+            && unloading.is_some_and(|pending| deferred_unload_unfinished(client, hive, pending));
         let elapsed = clock.elapsed();
         if (done && !unload_pending) || elapsed >= timeout {
             // Free only when nothing is open, the answer could see everything (audit 20b, M1)
@@ -178,13 +181,26 @@ pub fn wait_free(
 /// normally finds the hive gone. When the history or the kernel cannot be asked (an older
 /// driver, the driverless fallback, an application hive's `\REGISTRY\A` path) nothing is
 /// claimed either way: false.
-fn deferred_unload_unfinished(client: &mut Client<'_>, hive: &str) -> bool {
-    let deferred = client.unload_history().is_ok_and(|h| {
-        h.attempts
-            .iter()
-            .find(|a| !a.held_after && a.path.eq_ignore_ascii_case(hive))
-            .is_some_and(|a| a.status_name.as_deref() == Some("STATUS_PENDING"))
-    });
+///
+/// `pending`: the driver's record of the hive says unload-pending, which is proof enough of a
+/// deferred unload (review 20b, R1b: the history may have lost the attempt). When its record
+/// is gone, the history must show one: the hive's newest attempt returned `STATUS_PENDING`,
+/// or `STATUS_TOO_LATE` — refused because a deferred unload of it was already pending (WRK
+/// `cmapi.c` CmUnloadKeyEx, `ntapi.c` NtUnloadKey2), which until review 20b (R1) hid the
+/// pending one and let `wait` say free while the hive was still loaded.
+fn deferred_unload_unfinished(client: &mut Client<'_>, hive: &str, pending: bool) -> bool {
+    let deferred = pending
+        || client.unload_history().is_ok_and(|h| {
+            h.attempts
+                .iter()
+                .find(|a| !a.held_after && a.path.eq_ignore_ascii_case(hive))
+                .is_some_and(|a| {
+                    matches!(
+                        a.status_name.as_deref(),
+                        Some("STATUS_PENDING" | "STATUS_TOO_LATE")
+                    )
+                })
+        });
     deferred
         && !is_app_hive(hive)
         && matches!(client.transport().kernel_open_keys(hive), Some(Ok(_)))

@@ -710,6 +710,16 @@ fn wait_on_deferred_profile(
     loaded_looks: u32,
     reload: bool,
 ) -> (hivetrack_cli::model::WaitReport, u32) {
+    wait_on_deferred_profile_retry(loaded_looks, reload, false)
+}
+
+/// [`wait_on_deferred_profile`]; `retry`: a second unload of the frozen hive was refused
+/// with `STATUS_TOO_LATE` (WRK `cmapi.c` CmUnloadKeyEx) before the wait.
+fn wait_on_deferred_profile_retry(
+    loaded_looks: u32,
+    reload: bool,
+    retry: bool,
+) -> (hivetrack_cli::model::WaitReport, u32) {
     let profile = format!(r"\REGISTRY\USER\{SID}");
     let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
     t.tracking_started(NOW - 60 * SECOND);
@@ -730,6 +740,9 @@ fn wait_on_deferred_profile(
         .expect("tracked");
     let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
     t.hive_unload_pending(&w(&profile));
+    if retry {
+        let _ = t.unload_attempted(&w(&profile), 0xC000_0189, NOW - 5 * SECOND);
+    }
     let mut d = DeferredProfile {
         t,
         close: Some(tok),
@@ -793,5 +806,17 @@ fn a_reloaded_hive_is_free_not_an_unfinished_unload() {
     assert!(
         r.waited_secs < 1.0,
         "no further look: {r:?} ({looks} looks)"
+    );
+}
+
+/// Review 20b, R1: the profile service retries the unload of a hive whose deferred unload is
+/// still pending, and Windows refuses it with `STATUS_TOO_LATE`. That newer record hid the
+/// `STATUS_PENDING` one, and `wait` said free while the kernel still had the hive loaded.
+#[test]
+fn a_refused_retry_does_not_hide_an_unfinished_deferred_unload() {
+    let (r, looks) = wait_on_deferred_profile_retry(u32::MAX, false, true);
+    assert!(
+        !r.free && r.verdict == hivetrack_cli::model::WaitVerdict::UnloadPending,
+        "the kernel still has the hive at every look ({looks}): {r:?}"
     );
 }
