@@ -186,7 +186,7 @@ pub fn wait_free(
 /// deferred unload (review 20b, R1b: the history may have lost the attempt). When its record
 /// is gone, the history must show one: the hive's newest attempt returned `STATUS_PENDING`,
 /// or `STATUS_TOO_LATE` — refused because a deferred unload of it was already pending (WRK
-/// `cmapi.c` CmUnloadKeyEx, `ntapi.c` NtUnloadKey2), which until review 20b (R1) hid the
+/// `cmapi.c` `CmUnloadKeyEx`, `ntapi.c` `NtUnloadKey2`), which until review 20b (R1) hid the
 /// pending one and let `wait` say free while the hive was still loaded.
 fn deferred_unload_unfinished(client: &mut Client<'_>, hive: &str, pending: bool) -> bool {
     let deferred = pending
