@@ -714,7 +714,7 @@ fn wait_on_deferred_profile(
 }
 
 /// [`wait_on_deferred_profile`]; `retry`: a second unload of the frozen hive was refused
-/// with `STATUS_TOO_LATE` (WRK `cmapi.c` CmUnloadKeyEx) before the wait.
+/// with `STATUS_TOO_LATE` (WRK `cmapi.c` `CmUnloadKeyEx`) before the wait.
 fn wait_on_deferred_profile_retry(
     loaded_looks: u32,
     reload: bool,
