@@ -765,15 +765,23 @@ impl Replay {
                  still open at this row are not listed",
                 self.skipped_events
             ))
-        } else if !numbered && self.opts.from_boot && !self.opts.all_events {
+        } else if self.opts.from_boot && !self.opts.all_events {
             missing.push(format!(
                 "{}, so it cannot show it holds every event: a capture saved or exported with a \
                  filter (Procmon's File > Save keeps only the events the current filter shows \
                  unless All events is chosen) leaves out other processes' rows, whose keys may \
                  hold any hive. --from-boot vouches for where the capture begins, not for \
-                 what was left out of it",
+                 what was left out of it: pass --all-events if it was saved whole",
                 if self.out.capture.format == "pml" {
                     "a PML file carries no event numbers (procmon-parser, docs/PML Format.md)"
+                } else if numbered {
+                    // Review 20b (R4): Procmon's help describes the Sequence Number as the
+                    // position among the events the current filter includes, so a filtered
+                    // export may be numbered without gaps; and rows cut from its start or end
+                    // leave none either.
+                    "the CSV export's Sequence numbers show no gap, but a filtered export may \
+                     be numbered without gaps (Procmon numbers the events its filter shows), \
+                     and rows cut from its start or end leave none"
                 } else {
                     "the CSV export's rows carry no Sequence numbers in order (no Sequence \
                      column; n/a, as Procmon writes for a log loaded from a file; or rows \

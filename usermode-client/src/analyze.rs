@@ -298,10 +298,10 @@ fn header(a: &Analysis, out: &mut String) {
     if let Some(r) = &a.refusal {
         let _ = writeln!(out, "holders NOT named: {r}");
     }
-    if a.complete && a.capture.all_events_stated && a.capture.events_missing.is_none() {
+    if a.complete && a.capture.all_events_stated {
         let _ = writeln!(
             out,
-            "complete, given the capture holds every event as --all-events states (its rows carry no event numbers to show it): the capture shows no sign of keys it could not see"
+            "complete, given the capture holds every event as --all-events states (no capture can show it): the capture shows no sign of keys it could not see"
         );
     } else if a.complete {
         let _ = writeln!(

@@ -193,18 +193,16 @@ pub enum Command {
         fail_if_held: bool,
         /// The capture began at boot (Procmon: Options > Enable Boot Logging), so it saw every
         /// open. Without it keys opened before the capture's first row and never closed in it
-        /// are in no row, and no answer is complete. It vouches for the start only: the
-        /// capture must also show that no event was left out (a CSV export of all events
-        /// with the Sequence column, numbered without gaps); a PML, or an export without
-        /// Sequence numbers, cannot show it, and a filtered save (File > Save keeps only the
-        /// events the filter shows unless All events is chosen) is never complete.
+        /// are in no row, and no answer is complete. It vouches for the start only: that no
+        /// event was left out needs `--all-events` too (no capture can show it: a PML has no
+        /// event numbers, and a filtered export may be numbered without gaps); gaps in a CSV
+        /// export's Sequence numbers always make it incomplete.
         #[arg(long)]
         from_boot: bool,
-        /// The capture holds every event: say so for a capture that cannot show it (a PML,
-        /// such as the boot log Procmon writes, or a CSV export without Sequence numbers)
-        /// when it was saved whole (File > Save: All events). The answer is then only as
-        /// complete as this is true, and says it rests on it; gaps the Sequence numbers do
-        /// show still make it incomplete.
+        /// The capture holds every event (File > Save: All events; Procmon's boot-log
+        /// conversion writes all): no capture can show it, so `--from-boot` needs it for a
+        /// complete answer. The answer is then only as complete as this is true, and says it
+        /// rests on it; gaps the Sequence numbers do show still make it incomplete.
         #[arg(long)]
         all_events: bool,
     },
