@@ -709,7 +709,7 @@ fn a_capture_without_event_numbers_is_not_complete_from_boot() {
     for (what, a) in [
         ("pml", from_pml(&pml(&processes(), &rows), unstated.clone())),
         ("n/a", from_csv(&na, unstated.clone())),
-        ("numbered", from_csv(&numbered, unstated.clone())),
+        ("numbered", from_csv(&numbered, unstated)),
     ] {
         assert_eq!(
             a.capture.events_missing,
