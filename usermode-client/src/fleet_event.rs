@@ -389,7 +389,7 @@ fn failure_cause(status: u32, name: Option<&str>, seen_nobody: bool, partial: bo
         return format!("{IN_USE}{tail}");
     }
     if status == STATUS_TOO_LATE {
-        return " The unload failed with STATUS_TOO_LATE: an earlier deferred unload of this hive is pending (Windows froze the hive and unloads it when its last key closes; WRK `ntapi.c` NtUnloadKey2), so keys in it are still open. Run `hivetrack holders` on the hive to see who holds it now.".to_owned();
+        return " The unload failed with STATUS_TOO_LATE: an earlier deferred unload of this hive is pending (Windows froze the hive and unloads it after its last key closes, up to about 5 s later; WRK `ntapi.c` NtUnloadKey2, `cmdelay.c`), so keys in it were still open, or had closed within the last few seconds. Run `hivetrack holders` on the hive to see who holds it now.".to_owned();
     }
     let named = name.map_or_else(
         || format!("NTSTATUS {}", status_text(status)),
