@@ -368,7 +368,7 @@ fn a_late_whole_seed_gives_later_loads_their_time_and_earlier_ones_none() {
 }
 
 /// Review 20a, H1: a deferred unload (`STATUS_PENDING`) leaves the hive loaded and its
-/// hive-list value in place (WRK `cmapi.c` CmUnloadKeyEx freezes it; CmpRemoveFromHiveFileList
+/// hive-list value in place (WRK `cmapi.c` `CmUnloadKeyEx` freezes it; `CmpRemoveFromHiveFileList`
 /// runs only at the real unload). Its notification during a read of the list must not make
 /// the read skip the hive, or a reload of the same file (which cancels the pending unload)
 /// took a load time and vouched for a hive that keys opened before tracking hold. Both the

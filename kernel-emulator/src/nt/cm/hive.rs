@@ -2458,7 +2458,7 @@ fn hive_object_gone(hive: &str) {
                 let event = kernel::with(|k| {
                     let h = &mut k.hives;
                     let held = h.objects.values().any(|o| o.hive == hive)
-                        || h.delay_deref_hives.iter().any(|d| *d == hive);
+                        || h.delay_deref_hives.contains(&hive);
                     let event = h.hives.get(&hive).and_then(|e| e.pending_unload.clone());
                     if held || event.is_none() {
                         return None;
