@@ -371,7 +371,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
             );
             // protocol/src/lib.rs's PROTOCOL_VERSION: the driver under Wine speaks the CLI's.
             ensure!(
-                text.contains("hivetrack driver 0.1.0 (protocol 4, build "),
+                text.contains("hivetrack driver 0.1.0 (protocol 5, build "),
                 "no driver line:\n{text}"
             );
             Ok(())
