@@ -898,23 +898,24 @@ mod engine {
         assert_eq!(later.stack.as_ref().unwrap().flags, ["not_captured"]);
     }
 
-    #[test]
-    fn a_stack_cut_inside_the_plumbing_is_not_filed_under_the_os() {
-        // 16 frames kept, all in ntdll: the caller is in the frames cut off (audit 20b, L7).
+    /// A tracker with the profile hive loaded, `process` started as `image` with ntdll.dll
+    /// mapped an hour ago, and capture on for every open; and the hive's mount.
+    fn capturing(process: ProcessKey, image: &str) -> (Rc<Engine>, String) {
         let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
         let user = format!(r"\REGISTRY\USER\{SID}");
         t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 4 * 3600 * SECOND);
-        t.process_started(SHELL, &w(r"C:\Windows\explorer.exe"));
+        t.process_started(process, &w(image));
         let o = run(&t, &["--json", "capture", "on"]);
         assert_eq!(o.code, 0, "{}{}", o.out, o.err);
-        let at = NOW - 3600 * SECOND;
-        t.image_loaded(
-            SHELL,
-            NTDLL,
-            0x1f_8000,
-            &w(&format!(r"{SYS}\ntdll.dll")),
-            at,
-        );
+        let ntdll = format!(r"{SYS}\ntdll.dll");
+        t.image_loaded(process, NTDLL, 0x1f_8000, &w(&ntdll), NOW - 3600 * SECOND);
+        (t, user)
+    }
+
+    #[test]
+    fn a_stack_cut_inside_the_plumbing_is_not_filed_under_the_os() {
+        // 16 frames kept, all in ntdll: the caller is in the frames cut off (audit 20b, L7).
+        let (t, user) = capturing(SHELL, r"C:\Windows\explorer.exe");
         let frames: Vec<u64> = (0..16).map(|i| NTDLL + 0x10 + i * 0x20).collect();
         for (object, name, cut) in [(0x2000, "Cut", true), (0x2010, "Whole", false)] {
             let token = t
@@ -951,20 +952,8 @@ mod engine {
     fn a_32_bit_process_stack_is_flagged_and_not_ranked() {
         // A 32-bit program's calls reach the kernel through the 64-bit Wow64 layer: the walk
         // shows that layer only, which `modules` would file under the OS (audit 20a, M2).
-        let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
-        let user = format!(r"\REGISTRY\USER\{SID}");
-        t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 4 * 3600 * SECOND);
-        t.process_started(AGENT, &w(r"C:\Program Files (x86)\Contoso\agent.exe"));
-        let o = run(&t, &["--json", "capture", "on"]);
-        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let (t, user) = capturing(AGENT, r"C:\Program Files (x86)\Contoso\agent.exe");
         let at = NOW - 3600 * SECOND;
-        t.image_loaded(
-            AGENT,
-            NTDLL,
-            0x1f_8000,
-            &w(&format!(r"{SYS}\ntdll.dll")),
-            at,
-        );
         t.image_loaded(AGENT, BASE, 0x4_0000, &w(&format!(r"{SYS}\wow64.dll")), at);
         let token = t
             .opened(
