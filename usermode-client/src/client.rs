@@ -631,7 +631,7 @@ impl<'t> Client<'t> {
                 "the {} backend cannot ask the kernel (NtQueryOpenSubKeysEx)",
                 self.transport.backend()
             )),
-            Some(Err(e)) => Err(format!("NtQueryOpenSubKeysEx failed: {e}")),
+            Some(Err(e)) => Err(kernel_failure(mount, &e)),
             Some(Ok(list)) => Ok(list),
         }
     }
@@ -992,6 +992,32 @@ impl<'t> Client<'t> {
             source: self.source(nr),
             attempts,
         })
+    }
+}
+
+/// Why the kernel's list of the keys open in the hive mounted at `mount` could not be had,
+/// in words. `NtQueryOpenSubKeysEx`'s "not found" is Windows saying no hive is loaded at that
+/// path: until review 20b (R2) it read "the driver rejected the request (Win32 error 2)",
+/// though no driver was asked.
+#[must_use]
+pub fn kernel_failure(mount: &str, e: &TransportError) -> String {
+    match e {
+        // `\REGISTRY\A` is a private namespace: its hives cannot be opened by name at all.
+        TransportError::Request {
+            code: ERROR_FILE_NOT_FOUND,
+        } if crate::wait::is_app_hive(mount) => "NtQueryOpenSubKeysEx cannot open an \
+             application hive (\\REGISTRY\\A) by name"
+            .to_owned(),
+        TransportError::Request {
+            code: ERROR_FILE_NOT_FOUND,
+        } => format!(
+            "Windows has no hive loaded at {} (it was unloaded; NtQueryOpenSubKeysEx: not found)",
+            display(mount)
+        ),
+        TransportError::Request { code } => {
+            format!("NtQueryOpenSubKeysEx failed (Win32 error {code})")
+        }
+        e => format!("NtQueryOpenSubKeysEx failed: {e}"),
     }
 }
 

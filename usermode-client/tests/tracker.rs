@@ -658,6 +658,8 @@ struct DeferredProfile {
     /// The same file is loaded again at the mount before the close (the logon after a failed
     /// logoff), which cancels the pending unload.
     reload: bool,
+    /// The driver refuses the unload-history query (as for want of memory).
+    refuse_history: bool,
 }
 
 impl Transport for DeferredProfile {
@@ -665,6 +667,13 @@ impl Transport for DeferredProfile {
         "tracker"
     }
     fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        if self.refuse_history
+            && code == protocol::ioctl::query_ioctl(protocol::request::QueryKind::UnloadHistory)
+        {
+            return Err(TransportError::Request {
+                code: hivetrack_cli::transport::ERROR_NO_SYSTEM_RESOURCES,
+            });
+        }
         Driver(self.t.clone()).ioctl(code, input, out)
     }
     fn wait_free(
@@ -720,6 +729,17 @@ fn wait_on_deferred_profile_retry(
     reload: bool,
     retry: bool,
 ) -> (hivetrack_cli::model::WaitReport, u32) {
+    wait_on_deferred_profile_with(loaded_looks, reload, retry, false)
+}
+
+/// [`wait_on_deferred_profile_retry`]; `refuse_history`: the driver refuses the
+/// unload-history query.
+fn wait_on_deferred_profile_with(
+    loaded_looks: u32,
+    reload: bool,
+    retry: bool,
+    refuse_history: bool,
+) -> (hivetrack_cli::model::WaitReport, u32) {
     let profile = format!(r"\REGISTRY\USER\{SID}");
     let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
     t.tracking_started(NOW - 60 * SECOND);
@@ -749,6 +769,7 @@ fn wait_on_deferred_profile_retry(
         loaded_looks,
         looks: 0,
         reload,
+        refuse_history,
     };
     let mut client = hivetrack_cli::client::Client::new(&mut d);
     client.held_now = false;
@@ -818,5 +839,153 @@ fn a_refused_retry_does_not_hide_an_unfinished_deferred_unload() {
     assert!(
         !r.free && r.verdict == hivetrack_cli::model::WaitVerdict::UnloadPending,
         "the kernel still has the hive at every look ({looks}): {r:?}"
+    );
+}
+
+/// Review 20b, R1b: the driver forgot the profile at its last key's close (its deferred unload
+/// pending), and its unload history could not be read (the driver short of memory): whether
+/// the hive still awaits its unload cannot be said, yet the wait said free (exit 0) while
+/// the kernel still had the hive. Now it says it could not see that.
+#[test]
+fn an_unreadable_unload_history_is_never_free() {
+    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, true);
+    assert!(
+        !r.free && r.verdict == WaitVerdict::NoneSeenIncomplete,
+        "the kernel still has the hive at every look ({looks}): {r:?}"
+    );
+    assert!(
+        r.source
+            .missing
+            .iter()
+            .any(|m| m.contains("whether the hive's unload was deferred")),
+        "{:?}",
+        r.source
+    );
+    // Once Windows has unloaded it, the history is not needed: free.
+    let (r, _) = wait_on_deferred_profile_with(0, false, false, true);
+    assert!(r.free && r.verdict == WaitVerdict::Free, "{r:?}");
+}
+
+/// The profile of [`unvouched_profile`] as the driver and the kernel show it: the driver's
+/// record stays `unload-pending` (it cannot vouch for a hive loaded before tracking, so it
+/// never forgets it), and the kernel — a script of `NtQueryOpenSubKeysEx` answers — has the
+/// hive loaded for `loaded_looks` looks, then no hive at that path.
+struct UnvouchedProfile {
+    t: Rc<Engine>,
+    looks: Rc<std::cell::Cell<u32>>,
+    loaded_looks: u32,
+}
+
+impl Transport for UnvouchedProfile {
+    fn backend(&self) -> &'static str {
+        "tracker"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        DriverWithEvents(self.t.clone()).ioctl(code, input, out)
+    }
+    fn kernel_open_keys(
+        &mut self,
+        _hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        self.looks.set(self.looks.get() + 1);
+        Some(if self.looks.get() <= self.loaded_looks {
+            Ok(Vec::new())
+        } else {
+            Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })
+        })
+    }
+}
+
+/// The README's common case: the profile was loaded before tracking started (the driver
+/// started after logon), its logoff unload was deferred (`STATUS_PENDING`) while a tracked
+/// key was open, and that key has closed since.
+fn unvouched_profile() -> Rc<Engine> {
+    let profile = format!(r"\REGISTRY\USER\{SID}");
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    t.hive_loaded(
+        &w(&profile),
+        &w(r"\??\C:\Users\kemu\NTUSER.DAT"),
+        NOW - 70 * SECOND,
+    );
+    t.tracking_started(NOW - 60 * SECOND);
+    let tok = t
+        .opened(
+            0x3000,
+            AGENT,
+            1,
+            &w(&format!(r"{profile}\Software")),
+            1,
+            NOW - 40 * SECOND,
+        )
+        .expect("tracked");
+    let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
+    t.hive_unload_pending(&w(&profile));
+    t.handle_closed(tok, 0x3000);
+    t.object_destroyed(tok, 0x3000);
+    t
+}
+
+fn run_unvouched(loaded_looks: u32, argv: &[&str]) -> (common::Outcome, u32) {
+    let t = unvouched_profile();
+    let looks = Rc::new(std::cell::Cell::new(0));
+    let l = Rc::clone(&looks);
+    let o = run_with(
+        argv,
+        move |_| {
+            Ok(Box::new(UnvouchedProfile {
+                t: t.clone(),
+                looks: Rc::clone(&l),
+                loaded_looks,
+            }) as Box<dyn Transport>)
+        },
+        &Contoso,
+    );
+    (o, looks.get())
+}
+
+/// Review 20b, R2: when Windows completes the deferred unload of a profile loaded before
+/// tracking started, the driver's record stays `unload-pending` (Windows sends no
+/// notification), and the kernel answers "no such hive". `wait` ended `none_seen_incomplete`
+/// (exit 4, "may still be held") for that hive, though the same answer after the driver forgot
+/// a hive is `free`; and it blamed the driver ("the driver rejected the request (Win32 error
+/// 2)") for Windows' answer. Now Windows' "not found" is the unload, and the wait is free.
+#[test]
+fn a_deferred_unload_of_a_hive_loaded_before_tracking_ends_free_once_windows_unloads_it() {
+    use hivetrack_cli::exit;
+    let hive = format!(r"HKU\{SID}");
+    let (o, looks) = run_unvouched(2, &["wait", &hive, "--timeout", "10", "--json"]);
+    assert_eq!(o.code, exit::OK, "{looks} looks: {}{}", o.out, o.err);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert!(
+        r.free && r.verdict == WaitVerdict::Free && !r.unload_pending && r.source.complete,
+        "{r:?}"
+    );
+    assert!(o.sleeps >= 1, "it waited for the unload: {o:?}");
+    let (o, _) = run_unvouched(2, &["wait", &hive, "--timeout", "10"]);
+    assert!(o.out.contains("free after"), "{}", o.out);
+    // Still loaded at the timeout: no key open, but not unloaded (exit 1), as before.
+    let (o, _) = run_unvouched(u32::MAX, &["wait", &hive, "--timeout", "3", "--json"]);
+    assert_eq!(o.code, exit::HELD, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(r.verdict, WaitVerdict::UnloadPending, "{r:?}");
+}
+
+/// Review 20b, R2: the kernel's "not found" for a hive's path is Windows saying the hive is
+/// not loaded, not the driver refusing a request.
+#[test]
+fn the_kernel_not_finding_a_hive_says_it_is_unloaded_not_that_the_driver_refused() {
+    let (o, _) = run_unvouched(0, &["holders", &format!(r"HKU\{SID}"), "--json"]);
+    let r: HoldersReport = serde_json::from_str(&o.out).unwrap();
+    let why = r
+        .source
+        .coverage
+        .as_ref()
+        .and_then(|c| c.kernel_error.clone())
+        .expect("the kernel's list could not be had");
+    assert!(
+        why.contains("Windows has no hive loaded at") && !why.contains("driver"),
+        "{why}"
     );
 }
