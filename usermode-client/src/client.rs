@@ -995,10 +995,11 @@ impl<'t> Client<'t> {
     }
 }
 
-/// Why the kernel's list of the keys open in the hive mounted at `mount` could not be had,
-/// in words. `NtQueryOpenSubKeysEx`'s "not found" is Windows saying no hive is loaded at that
-/// path: until review 20b (R2) it read "the driver rejected the request (Win32 error 2)",
-/// though no driver was asked.
+/// Why the kernel's list of the keys open in the hive mounted at `mount` could not be had.
+///
+/// `NtQueryOpenSubKeysEx`'s "not found" is Windows saying no hive is loaded at that path:
+/// until review 20b (R2) it read "the driver rejected the request (Win32 error 2)", though no
+/// driver was asked.
 #[must_use]
 pub fn kernel_failure(mount: &str, e: &TransportError) -> String {
     match e {

@@ -1173,12 +1173,15 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
                     "{}: free after {:.1}s ({})\n",
                     r.hive, r.waited_secs, r.method
                 ),
-                // Without the driver this is the best answer there is (audit 20b, H1).
+                // Without the driver this is the best answer there is (audit 20b, H1): the
+                // wait looked until the timeout for the unload, the one proof of free it has
+                // (review 20b, R8).
                 WaitVerdict::NoneSeenIncomplete if r.source.backend == crate::fallback::BACKEND => {
                     format!(
-                        "{}: no open key in Windows' list after {:.1}s ({}); keys deleted while \
-                         open are not in that list, so it may still be held (only the driver can \
-                         say free; an unloaded hive is free)\n",
+                        "{}: not unloaded after {:.1}s ({}), and no open key in Windows' list; \
+                         keys deleted while open are not in that list, so it may still be held \
+                         (without the driver only the hive's unload proves it free: the wait \
+                         looks for it until --timeout)\n",
                         r.hive, r.waited_secs, r.method
                     )
                 }

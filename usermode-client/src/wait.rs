@@ -5,7 +5,8 @@
 //! driver completes when the hive has no holders (method `wait-free` in the report). A
 //! backend that cannot wait (an older driver, live tracking off, the driverless fallback)
 //! declines, and the holders query (summaries only) is polled every `interval` (method
-//! `poll`).
+//! `poll`). The driverless fallback polls on an empty list too: only the hive's unload
+//! proves a hive free without the driver.
 
 use std::time::{Duration, Instant};
 
@@ -140,27 +141,33 @@ pub fn wait_free(
         let secs = clock.elapsed().as_secs_f64();
         let done = open_keys == 0 && holders == 0;
         let deferred = match unloading {
-            Some(pending) if done => Deferred::of(client, hive, pending),
-            _ => Deferred::NotDeferred,
+            Some(pending) if done => LateUnload::of(client, hive, pending),
+            _ => LateUnload::NotDeferred,
         };
         let (source, unload_pending) = match deferred {
-            Deferred::Pending => (source, true),
+            LateUnload::Pending => (source, true),
             // Windows has no hive at the path any more: the deferred unload completed. The
             // driver's record of a hive loaded before tracking stays unload-pending (Windows
             // sends no notification), so this is the only way such a wait can end free; it
             // ended "may still be held" (exit 4) until review 20b (R2). Nothing of the hive is
             // left to hold it, so nothing unseen can either (as in [`record_gone`]).
-            Deferred::Gone => (Source::new(client.backend(), 0, &[]), false),
-            Deferred::NotDeferred => (source, false),
+            LateUnload::Gone => (Source::new(client.backend(), 0, &[]), false),
+            LateUnload::NotDeferred => (source, false),
             // Whether it was deferred could not be read: never free (review 20b, R1b).
-            Deferred::Unknown(why) => {
+            LateUnload::Unknown(why) => {
                 let mut source = source;
                 source.cannot_see(why);
                 (source, false)
             }
         };
+        // Without the driver only the hive's unload proves it free ([`record_gone`]): an
+        // empty list of a hive still loaded is looked at again until Windows no longer has
+        // the hive or the timeout. Until review 20b (R8) the wait ended there at once, exit 4,
+        // and a logoff script could not wait for the unload.
+        let awaiting_unload =
+            done && client.backend() == crate::fallback::BACKEND && source.dropped_records();
         let elapsed = clock.elapsed();
-        if (done && !unload_pending) || elapsed >= timeout {
+        if (done && !unload_pending && !awaiting_unload) || elapsed >= timeout {
             // Free only when nothing is open, the answer could see everything (audit 20b, M1)
             // and no deferred unload is still to complete (audit 19a, F3).
             let verdict = if unload_pending {
@@ -186,9 +193,9 @@ pub fn wait_free(
 }
 
 /// What became of the deferred unload of a hive no process holds a key in now
-/// ([`Deferred::of`]).
+/// ([`LateUnload::of`]).
 #[derive(Debug, PartialEq, Eq)]
-enum Deferred {
+enum LateUnload {
     /// Its unload was deferred (`NtUnloadKeyEx` returned `STATUS_PENDING`) and the kernel
     /// still has the hive: loaded, its file in use.
     Pending,
@@ -206,7 +213,7 @@ enum Deferred {
     Unknown(String),
 }
 
-impl Deferred {
+impl LateUnload {
     /// Whether `hive`, free now, still has its deferred unload unfinished: its unload was
     /// deferred, and the kernel still has the hive (`NtQueryOpenSubKeysEx` answers for it
     /// rather than "not found").
@@ -219,7 +226,7 @@ impl Deferred {
     /// query itself runs the delayed dereferences down (`cmsubs.c` `CmpSearchForOpenSubKeys`
     /// → `CmpCleanUpKCBCacheTable`), so the unload is queued by the first look and the next
     /// one normally finds the hive gone. An application hive's `\REGISTRY\A` path cannot be
-    /// asked by name: [`Deferred::NotDeferred`].
+    /// asked by name: [`LateUnload::NotDeferred`].
     ///
     /// `pending`: the driver's record of the hive says unload-pending, which is proof enough
     /// of a deferred unload (review 20b, R1b: the history may have lost the attempt). When its
@@ -227,7 +234,7 @@ impl Deferred {
     /// `STATUS_PENDING`, or `STATUS_TOO_LATE` — refused because a deferred unload of it was
     /// already pending (WRK `cmapi.c` `CmUnloadKeyEx`, `ntapi.c` `NtUnloadKey2`), which until
     /// review 20b (R1) hid the pending one and let `wait` say free while the hive was still
-    /// loaded. A history that cannot be read decides nothing: [`Deferred::Unknown`].
+    /// loaded. A history that cannot be read decides nothing: [`LateUnload::Unknown`].
     fn of(client: &mut Client<'_>, hive: &str, pending: bool) -> Self {
         if is_app_hive(hive) {
             return Self::NotDeferred;
