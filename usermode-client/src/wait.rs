@@ -79,7 +79,19 @@ pub fn wait_free(
     // Whether the hive was loaded after tracking started, as the last holders report said
     // ([`vouched`]; not known before one): a hive whose record goes cannot be asked any more.
     let mut loaded_since = false;
+    // One look before the driver's wait: the hive's record may go while it waits (the driver
+    // forgets a vouched hive whose deferred unload is pending at its last close), and then
+    // only this look can have said the hive was loaded after tracking started. Without it
+    // such a hive was "not complete: keys opened before tracking started" (review 20b, R6).
+    // When the backend cannot wait natively it is the polling's first look.
+    let first = client.holders(hive, true, 0);
+    if let Ok(r) = &first {
+        loaded_since = vouched(r);
+    }
+    let mut first = Some(first);
     if let Some(native) = client.transport().wait_free(hive, timeout) {
+        // Before the wait: a failed look vouches for nothing, and the wait's answer stands.
+        first = None;
         let (outcome, _) = native.map_err(classify)?;
         method = "wait-free";
         if outcome == WaitFreeOutcome::TimedOut {
@@ -124,7 +136,10 @@ pub fn wait_free(
         // file cancels the unload, WRK `cmapi.c` CmpIsHiveAlreadyLoaded).
         // `Some(true)`: the driver's record says unload-pending; `Some(false)`: its record is
         // gone; `None`: neither.
-        let (source, open_keys, holders, unloading) = match client.holders(hive, true, 0) {
+        let look = first
+            .take()
+            .unwrap_or_else(|| client.holders(hive, true, 0));
+        let (source, open_keys, holders, unloading) = match look {
             Ok(r) => {
                 seen = true;
                 loaded_since = vouched(&r);

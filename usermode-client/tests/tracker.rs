@@ -793,10 +793,11 @@ fn wait_on_deferred_profile_with(
 /// the kernel no longer has the hive, and says so when the timeout comes first.
 #[test]
 fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
-    let (r, looks) = wait_on_deferred_profile(2, false);
+    // Loaded at the look before the driver's wait (review 20b, R6) and the two after it.
+    let (r, looks) = wait_on_deferred_profile(3, false);
     assert!(r.free && !r.unload_pending, "{r:?}");
     assert!(
-        looks >= 3,
+        looks >= 4,
         "the wait looked until the hive was gone: {looks} looks"
     );
     assert!(r.waited_secs >= 1.0, "{r:?}");
@@ -814,6 +815,23 @@ fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
     assert!(
         text.contains("the hive is still loaded") && text.contains("file is in use"),
         "{text}"
+    );
+}
+
+/// Review 20b, R6: with the driver's wait, the hive's record went during the wait (the driver
+/// forgets a hive loaded after tracking started when its deferred unload is pending and its
+/// last key closes), and no look before the wait had said the hive was loaded after tracking
+/// started: the answer said it could not see "keys opened before tracking started", for a
+/// hive loaded since with nothing lost. One look before the wait says it now.
+#[test]
+fn a_hive_forgotten_during_the_drivers_wait_is_known_to_be_loaded_after_tracking_started() {
+    let (r, _) = wait_on_deferred_profile(u32::MAX, false);
+    assert_eq!(r.method, "wait-free", "{r:?}");
+    assert_eq!(r.verdict, WaitVerdict::UnloadPending, "{r:?}");
+    assert!(
+        r.source.complete && r.source.missing.is_empty(),
+        "loaded after tracking started, nothing lost: {:?}",
+        r.source
     );
 }
 
