@@ -987,11 +987,50 @@ impl<'t> Client<'t> {
                 Ok(true)
             })?;
         link_held_after(&mut attempts);
+        let mut source = self.source(nr);
+        let entries_not_kept = self.history_scope(&mut source);
         Ok(UnloadHistoryReport {
             schema: schema("unload-history"),
-            source: self.source(nr),
+            source,
             attempts,
+            entries_not_kept,
         })
+    }
+
+    /// What the unload history can vouch for: since when tracking runs (attempts before it
+    /// are not recorded) and how many older entries the driver no longer keeps. Until
+    /// 2026-12-06 an empty history said "No unload attempt recorded", complete, with neither
+    /// (audit 20b, M4): the "no" of a driver started this morning, or of a history pushed out
+    /// by a handle leak's key-count alarms, read as vouched.
+    fn history_scope(&mut self, source: &mut Source) -> Option<u64> {
+        let head = crate::event_stream::stream_head(&mut *self.transport);
+        match head {
+            Ok(head) if head.tracking_since == 0 => {
+                source.cannot_see("any unload attempt: live tracking has not started".to_owned());
+                None
+            }
+            Ok(head) => {
+                source.tracking_since = Time::from_filetime(head.tracking_since);
+                if head.missed > 0 {
+                    source.cannot_see(format!(
+                        "{} older entr{} of the driver's history, no longer kept (it keeps the \
+                         newest 32, key-count alarms and held-after looks among them): \
+                         attempts may be missing",
+                        head.missed,
+                        if head.missed == 1 { "y" } else { "ies" }
+                    ));
+                }
+                Some(head.missed)
+            }
+            Err(e) => {
+                source.cannot_see(format!(
+                    "since when attempts are recorded, or whether older ones were evicted from \
+                     the driver's history (its event stream refused the request: {e}; live \
+                     tracking may be off, `hivetrack stats`)"
+                ));
+                None
+            }
+        }
     }
 }
 

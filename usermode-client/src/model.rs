@@ -850,10 +850,18 @@ impl HoldersVerdict {
 pub struct UnloadHistoryReport {
     /// `hivetrack.unload-history/1`.
     pub schema: String,
-    /// Who answered, how complete.
+    /// Who answered, how complete. `source.tracking_since`: when the driver's tracking began;
+    /// attempts before it are not recorded.
     pub source: Source,
     /// Newest first.
     pub attempts: Vec<UnloadAttempt>,
+    /// Entries of the driver's history it no longer keeps, numbered before its oldest kept
+    /// one (evicted by newer entries: it holds 32, key-count alarms and held-after records
+    /// among them; or never stored): attempts may be missing from `attempts`, and
+    /// `source.complete` is false. 0: every entry since tracking began is kept. Null when it
+    /// could not be read (absent from CLIs before 2026-12-06).
+    #[serde(default)]
+    pub entries_not_kept: Option<u64>,
 }
 
 /// `hivetrack wait`.

@@ -1003,8 +1003,20 @@ pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<
 /// again, never as an unload attempt.
 fn unload_history_table(r: &UnloadHistoryReport) -> String {
     let mut out = String::new();
+    let since = r.source.tracking_since.as_ref().map(|t| t.utc.as_str());
     if r.attempts.is_empty() {
-        out.push_str("No unload attempt recorded.\n");
+        // Not a vouched "no" unless the history is whole since tracking began (audit 20b, M4).
+        match (r.source.complete, since) {
+            (true, Some(t)) => {
+                let _ = writeln!(
+                    out,
+                    "No unload attempt recorded since tracking started ({t})."
+                );
+            }
+            _ => out.push_str(
+                "No unload attempt found, but the answer is incomplete (see the last line).\n",
+            ),
+        }
     }
     for a in &r.attempts {
         let status = a
@@ -1068,7 +1080,16 @@ fn unload_history_table(r: &UnloadHistoryReport) -> String {
         }
     }
     out.push('\n');
-    out.push_str(&source_line(&r.source));
+    // The listings' "keys opened before are not listed" does not fit a history: said here.
+    let mut shown = r.source.clone();
+    if let Some(t) = shown.tracking_since.take() {
+        let _ = writeln!(
+            out,
+            "Tracking since {}: unload attempts before it are not recorded.",
+            t.utc
+        );
+    }
+    out.push_str(&source_line(&shown));
     out.push('\n');
     out
 }

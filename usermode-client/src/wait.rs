@@ -249,7 +249,8 @@ impl LateUnload {
     /// `STATUS_PENDING`, or `STATUS_TOO_LATE` — refused because a deferred unload of it was
     /// already pending (WRK `cmapi.c` `CmUnloadKeyEx`, `ntapi.c` `NtUnloadKey2`), which until
     /// review 20b (R1) hid the pending one and let `wait` say free while the hive was still
-    /// loaded. A history that cannot be read decides nothing: [`LateUnload::Unknown`].
+    /// loaded. A history that cannot be read, or holds no attempt of the hive while older
+    /// entries were not kept, decides nothing: [`LateUnload::Unknown`].
     fn of(client: &mut Client<'_>, hive: &str, pending: bool) -> Self {
         if is_app_hive(hive) {
             return Self::NotDeferred;
@@ -295,7 +296,8 @@ impl LateUnload {
 /// (`STATUS_PENDING`, or `STATUS_TOO_LATE`: refused because one was pending).
 ///
 /// # Errors
-/// Why it cannot be said: the history could not be read.
+/// Why it cannot be said: the history could not be read, or it holds no attempt of the hive
+/// while older entries are not kept (or whether they are could not be read).
 fn newest_attempt_deferred(client: &mut Client<'_>, hive: &str) -> Result<bool, String> {
     let history = client.unload_history().map_err(|e| {
         format!("whether the hive's unload was deferred (the driver's unload history: {e:#})")
@@ -310,7 +312,20 @@ fn newest_attempt_deferred(client: &mut Client<'_>, hive: &str) -> Result<bool, 
             Some("STATUS_PENDING" | "STATUS_TOO_LATE")
         ));
     }
-    Ok(false)
+    // No attempt of the hive: it may have been evicted (audit 20b, M4; review 20b, R1b).
+    match history.entries_not_kept {
+        Some(0) => Ok(false),
+        Some(n) => Err(format!(
+            "whether the hive's unload was deferred (the driver's history holds no attempt of \
+             it, and {n} older entr{} of it are no longer kept)",
+            if n == 1 { "y" } else { "ies" }
+        )),
+        None => Err(
+            "whether the hive's unload was deferred (the driver's history holds no attempt of \
+             it, and whether it kept every entry could not be read)"
+                .to_owned(),
+        ),
+    }
 }
 
 /// The keys open in a holders report and the processes holding them: the hive's counts,

@@ -674,7 +674,7 @@ impl Transport for DeferredProfile {
                 code: hivetrack_cli::transport::ERROR_NO_SYSTEM_RESOURCES,
             });
         }
-        Driver(self.t.clone()).ioctl(code, input, out)
+        DriverWithEvents(self.t.clone()).ioctl(code, input, out)
     }
     fn wait_free(
         &mut self,
@@ -729,19 +729,29 @@ fn wait_on_deferred_profile_retry(
     reload: bool,
     retry: bool,
 ) -> (hivetrack_cli::model::WaitReport, u32) {
-    wait_on_deferred_profile_with(loaded_looks, reload, retry, false)
+    wait_on_deferred_profile_with(loaded_looks, reload, retry, false, false)
 }
 
 /// [`wait_on_deferred_profile_retry`]; `refuse_history`: the driver refuses the
-/// unload-history query.
+/// unload-history query; `evict`: the driver's history holds 2 entries, and two unloads of
+/// other hives after the deferred one push it out.
 fn wait_on_deferred_profile_with(
     loaded_looks: u32,
     reload: bool,
     retry: bool,
     refuse_history: bool,
+    evict: bool,
 ) -> (hivetrack_cli::model::WaitReport, u32) {
     let profile = format!(r"\REGISTRY\USER\{SID}");
-    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let config = Config {
+        history_len: if evict {
+            2
+        } else {
+            Config::default().history_len
+        },
+        ..Config::default()
+    };
+    let t = Rc::new(Engine::new(Heap, config).expect("config"));
     t.tracking_started(NOW - 60 * SECOND);
     t.hive_loaded(
         &w(&profile),
@@ -762,6 +772,15 @@ fn wait_on_deferred_profile_with(
     t.hive_unload_pending(&w(&profile));
     if retry {
         let _ = t.unload_attempted(&w(&profile), 0xC000_0189, NOW - 5 * SECOND);
+    }
+    if evict {
+        for other in ["1002", "1003"] {
+            let _ = t.unload_attempted(
+                &w(&format!(r"\REGISTRY\USER\S-1-5-21-1-2-3-{other}")),
+                0,
+                NOW - 4 * SECOND,
+            );
+        }
     }
     let mut d = DeferredProfile {
         t,
@@ -866,7 +885,7 @@ fn a_refused_retry_does_not_hide_an_unfinished_deferred_unload() {
 /// the kernel still had the hive. Now it says it could not see that.
 #[test]
 fn an_unreadable_unload_history_is_never_free() {
-    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, true);
+    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, true, false);
     assert!(
         !r.free && r.verdict == WaitVerdict::NoneSeenIncomplete,
         "the kernel still has the hive at every look ({looks}): {r:?}"
@@ -880,7 +899,7 @@ fn an_unreadable_unload_history_is_never_free() {
         r.source
     );
     // Once Windows has unloaded it, the history is not needed: free.
-    let (r, _) = wait_on_deferred_profile_with(0, false, false, true);
+    let (r, _) = wait_on_deferred_profile_with(0, false, false, true, false);
     assert!(r.free && r.verdict == WaitVerdict::Free, "{r:?}");
 }
 
@@ -1005,5 +1024,115 @@ fn the_kernel_not_finding_a_hive_says_it_is_unloaded_not_that_the_driver_refused
     assert!(
         why.contains("Windows has no hive loaded at") && !why.contains("driver"),
         "{why}"
+    );
+}
+
+/// Review 20b, R1b, and audit 20b, M4: the deferred unload's attempt was pushed out of the
+/// driver's history (it holds 32 entries, shared with key-count alarms and held-after looks;
+/// 2 here) by later unloads of other hives, and the driver forgot the profile at its last
+/// close. The wait found no attempt of the hive and said free while the kernel still had it
+/// loaded. A history that no longer holds every entry decides nothing now.
+#[test]
+fn a_deferred_unload_pushed_out_of_the_history_is_not_free() {
+    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, false, true);
+    assert!(
+        !r.free && r.verdict == WaitVerdict::NoneSeenIncomplete,
+        "the kernel still has the hive at every look ({looks}): {r:?}"
+    );
+    assert!(
+        r.source
+            .missing
+            .iter()
+            .any(|m| m.contains("no longer kept")),
+        "{:?}",
+        r.source
+    );
+}
+
+fn history_engine(history_len: u32, attempts: usize, tracking: bool) -> Rc<Engine> {
+    let config = Config {
+        history_len,
+        ..Config::default()
+    };
+    let t = Rc::new(Engine::new(Heap, config).expect("config"));
+    if tracking {
+        t.tracking_started(NOW - 3600 * SECOND);
+    }
+    for i in 0..attempts {
+        let _ = t.unload_attempted(
+            &w(&format!(r"\REGISTRY\USER\S-1-5-21-1-2-3-{}", 1000 + i)),
+            0xC000_0121,
+            NOW - 60 * SECOND,
+        );
+    }
+    t
+}
+
+fn run_history(t: &Rc<Engine>, argv: &[&str]) -> common::Outcome {
+    let engine = t.clone();
+    run_with(
+        argv,
+        move |_| Ok(Box::new(DriverWithEvents(engine.clone())) as Box<dyn Transport>),
+        &Contoso,
+    )
+}
+
+/// Audit 20b, M4: `unload-history` said "No unload attempt recorded", complete, with no word
+/// on since when tracking ran nor on entries the driver's bounded history had evicted: a
+/// driver started this morning, or a history pushed out by a handle leak's key-count alarms,
+/// read as a vouched "no failed unload last night".
+#[test]
+fn the_unload_history_says_since_when_and_what_it_no_longer_keeps() {
+    use hivetrack_cli::exit;
+    // Nothing since tracking began, nothing evicted: a "no" that says since when.
+    let t = history_engine(4, 0, true);
+    let o = run_history(&t, &["unload-history"]);
+    assert!(
+        o.out
+            .contains("No unload attempt recorded since tracking started (")
+            && o.out.contains("unload attempts before it are not recorded"),
+        "{}",
+        o.out
+    );
+    let u: UnloadHistoryReport =
+        serde_json::from_str(&run_history(&t, &["unload-history", "--json"]).out).unwrap();
+    assert!(
+        u.source.complete && u.source.tracking_since.is_some(),
+        "{u:?}"
+    );
+    assert_eq!(u.entries_not_kept, Some(0));
+    // Six attempts in a history of four: two evicted, and said.
+    let t = history_engine(4, 6, true);
+    let u: UnloadHistoryReport =
+        serde_json::from_str(&run_history(&t, &["unload-history", "--json"]).out).unwrap();
+    assert_eq!(
+        (u.attempts.len(), u.entries_not_kept),
+        (4, Some(2)),
+        "{u:?}"
+    );
+    assert!(!u.source.complete, "{u:?}");
+    let o = run_history(&t, &["unload-history"]);
+    assert!(
+        o.out
+            .contains("INCOMPLETE: could not see 2 older entries of the driver's history"),
+        "{}",
+        o.out
+    );
+    assert_eq!(
+        run_history(&t, &["unload-history", "--strict"]).code,
+        exit::INCOMPLETE
+    );
+    // Live tracking off: no "no" at all.
+    let t = history_engine(4, 0, false);
+    let o = run_history(&t, &["unload-history"]);
+    assert!(
+        o.out
+            .contains("No unload attempt found, but the answer is incomplete"),
+        "{}",
+        o.out
+    );
+    assert_eq!(
+        run_history(&t, &["unload-history", "--strict"]).code,
+        exit::INCOMPLETE
     );
 }
