@@ -148,10 +148,11 @@ pub fn stream_prefix(transport: &mut dyn Transport) -> Result<EventsPrefix, Tran
     request_events(transport, &req, &mut buf).map(|page| page.prefix)
 }
 
-/// The event stream's prefix asked from its start (`after` 0, no wait, one record): its
-/// `missed` is then how many event numbers before the oldest entry the driver still holds it
-/// no longer keeps (evicted by newer ones: the history holds 32 entries, key-count alarms and
-/// held-after records among them; or never stored), with `tracking_since`.
+/// The event stream's prefix asked from its start (`after` 0, no wait, one record).
+///
+/// Its `missed` is then how many event numbers before the oldest entry the driver still holds
+/// it no longer keeps (evicted by newer ones: the history holds 32 entries, key-count alarms
+/// and held-after records among them; or never stored), with `tracking_since`.
 ///
 /// # Errors
 /// As for [`wait_events`].

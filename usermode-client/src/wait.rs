@@ -95,36 +95,8 @@ pub fn wait_free(
         let (outcome, _) = native.map_err(classify)?;
         method = "wait-free";
         if outcome == WaitFreeOutcome::TimedOut {
-            // Timed out: say who still holds the hive, as the polling wait does.
             let secs = clock.elapsed().as_secs_f64();
-            let (source, open_keys, holders) = match client.holders(hive, true, 0) {
-                Ok(r) => {
-                    let (open_keys, holders) = held_counts(&r);
-                    (r.source, open_keys, holders)
-                }
-                Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
-                    let gone = record_gone(client, hive, loaded_since);
-                    (gone.source, gone.open_keys, gone.holders)
-                }
-                Err(e) => {
-                    // Still held, but who holds it cannot be said: no count is vouched for.
-                    let mut source = client.source(0);
-                    source.cannot_see(format!("who holds the hive ({e:#})"));
-                    (source, 0, 0)
-                }
-            };
-            return Ok(WaitReport {
-                schema: schema("wait"),
-                verdict: WaitVerdict::of(&source, open_keys, holders, true),
-                source,
-                hive: shown.to_owned(),
-                free: false,
-                method: method.to_owned(),
-                waited_secs: secs,
-                open_keys,
-                holders,
-                unload_pending: false,
-            });
+            return Ok(timed_out(client, hive, shown, loaded_since, secs));
         }
     }
     // The driver waited on the hive, so it knew it: if its record is gone now, it was
@@ -204,6 +176,45 @@ pub fn wait_free(
             });
         }
         clock.sleep(interval.min(timeout.saturating_sub(elapsed)));
+    }
+}
+
+/// The report of a driver's wait that timed out after `secs`: who still holds the hive, as
+/// the polling wait says it.
+fn timed_out(
+    client: &mut Client<'_>,
+    hive: &str,
+    shown: &str,
+    loaded_since: bool,
+    secs: f64,
+) -> WaitReport {
+    let (source, open_keys, holders) = match client.holders(hive, true, 0) {
+        Ok(r) => {
+            let (open_keys, holders) = held_counts(&r);
+            (r.source, open_keys, holders)
+        }
+        Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
+            let gone = record_gone(client, hive, loaded_since);
+            (gone.source, gone.open_keys, gone.holders)
+        }
+        Err(e) => {
+            // Still held, but who holds it cannot be said: no count is vouched for.
+            let mut source = client.source(0);
+            source.cannot_see(format!("who holds the hive ({e:#})"));
+            (source, 0, 0)
+        }
+    };
+    WaitReport {
+        schema: schema("wait"),
+        verdict: WaitVerdict::of(&source, open_keys, holders, true),
+        source,
+        hive: shown.to_owned(),
+        free: false,
+        method: "wait-free".to_owned(),
+        waited_secs: secs,
+        open_keys,
+        holders,
+        unload_pending: false,
     }
 }
 
