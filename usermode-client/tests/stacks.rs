@@ -948,6 +948,86 @@ mod engine {
         assert_eq!(ranked.without_stack.cut_in_plumbing, 1);
     }
 
+    /// Review 20b, R7: a frame in an image whose path the driver could not keep has `module`
+    /// null and `offset` set (`<image at 0x…>+0x…`), and `modules` ranked it as "(no module):
+    /// code in no image the driver recorded, as JIT code", with every other unnamed image and
+    /// every true no-module frame in one row. It is an image, named by its base, a row of its
+    /// own.
+    #[test]
+    fn a_frame_in_an_image_without_its_path_is_ranked_as_that_image_not_as_jit_code() {
+        const OTHER: u64 = 0x7ffa_6000_0000;
+        let (t, user) = capturing(SHELL, r"C:\Windows\explorer.exe");
+        let at = NOW - 3600 * SECOND;
+        // Loaded, but its name could not be stored (the driver keeps the range, no path).
+        t.image_loaded(SHELL, BASE, 0x4_0000, &[], at);
+        t.image_loaded(SHELL, OTHER, 0x4_0000, &[], at);
+        for (object, name, caller) in [
+            (0x2000, "Unnamed", BASE + 0x100),
+            (0x2010, "Other", OTHER + 0x200),
+            (0x2020, "Jit", 0x1_2345_0000),
+        ] {
+            let token = t
+                .opened(
+                    object,
+                    SHELL,
+                    1,
+                    &w(&format!(r"{user}\Software\{name}")),
+                    0x2_0019,
+                    NOW,
+                )
+                .expect("tracked");
+            assert!(t.capture_wanted(token));
+            t.stack_captured(token, object, &[NTDLL + 0x10, caller, NTDLL + 0x20], false);
+        }
+        let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let report: HoldersReport = serde_json::from_str(&o.out).unwrap();
+        let frame = report.holders[0]
+            .keys
+            .iter()
+            .find(|k| k.path.as_deref().is_some_and(|p| p.ends_with("Unnamed")))
+            .and_then(|k| k.stack.as_ref())
+            .map(|s| s.frames[1].clone())
+            .expect("a stack");
+        assert_eq!(
+            (frame.module.as_deref(), frame.offset),
+            (None, Some(0x100)),
+            "{frame:?}"
+        );
+        assert_eq!(frame.text, format!("<image at {BASE:#x}>+0x100"));
+        let o = run(&t, &["--json", "modules", "HKCU"]);
+        let ranked: ModulesReport = serde_json::from_str(&o.out).unwrap();
+        let mut rows: Vec<(String, u64)> = ranked
+            .modules
+            .iter()
+            .map(|m| (m.name.clone(), m.keys))
+            .collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                ("(no module)".to_owned(), 1),
+                (format!("<image at {BASE:#x}>"), 1),
+                (format!("<image at {OTHER:#x}>"), 1),
+            ],
+            "one row per image, apart from code in no image"
+        );
+        let o = run(&t, &["modules", "HKCU"]);
+        assert_eq!(
+            o.out.matches("as JIT code").count(),
+            1,
+            "only the frame in no image is put down as JIT code: {}",
+            o.out
+        );
+        assert!(
+            o.out.contains(&format!(
+                "<image at {BASE:#x}> (an image whose path the driver could not record"
+            )),
+            "{}",
+            o.out
+        );
+    }
+
     #[test]
     fn a_32_bit_process_stack_is_flagged_and_not_ranked() {
         // A 32-bit program's calls reach the kernel through the 64-bit Wow64 layer: the walk
