@@ -1182,14 +1182,26 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
         ),
         Format::Table => {
             let mut out = match r.verdict {
-                // Free of holders, but not unloaded: the file is still in use (exit 1).
-                WaitVerdict::UnloadPending => format!(
-                    "{}: no process holds a key after {:.1}s ({}), but the hive is still \
-                     loaded: its deferred unload had not completed (Windows completes it with \
-                     no notification, up to about 5 s after the last key's close), and its \
-                     file is in use until then\n",
-                    r.hive, r.waited_secs, r.method
-                ),
+                // Free of holders, but not unloaded: the file is still in use (exit 1). On an
+                // incomplete answer "no process holds a key" was more than it saw (review
+                // 20b, R7).
+                WaitVerdict::UnloadPending => {
+                    let (seen, hedge) = if r.source.complete {
+                        ("no process holds a key", "")
+                    } else {
+                        (
+                            "no key seen open",
+                            " (the answer is incomplete: see the last line)",
+                        )
+                    };
+                    format!(
+                        "{}: {seen} after {:.1}s ({}){hedge}, but the hive is still loaded: its \
+                         deferred unload had not completed (Windows completes it with no \
+                         notification, up to about 5 s after the last key's close), and its file \
+                         is in use until then\n",
+                        r.hive, r.waited_secs, r.method
+                    )
+                }
                 WaitVerdict::Free => format!(
                     "{}: free after {:.1}s ({})\n",
                     r.hive, r.waited_secs, r.method

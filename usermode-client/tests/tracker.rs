@@ -1136,3 +1136,22 @@ fn the_unload_history_says_since_when_and_what_it_no_longer_keeps() {
         exit::INCOMPLETE
     );
 }
+
+/// Review 20b, R7: a wait that ends with the deferred unload unfinished on an answer that
+/// could not see everything (the hive was loaded before tracking started) said "no process
+/// holds a key", as if it had seen every key. Now it says what it saw.
+#[test]
+fn an_unfinished_unload_on_an_incomplete_answer_says_no_key_seen() {
+    let hive = format!(r"HKU\{SID}");
+    let (o, _) = run_unvouched(u32::MAX, &["wait", &hive, "--timeout", "3"]);
+    assert_eq!(o.code, hivetrack_cli::exit::HELD, "{}{}", o.out, o.err);
+    let headline = o.out.lines().next().unwrap_or_default();
+    assert!(
+        headline.contains("no key seen open after 3.0s")
+            && headline.contains("the answer is incomplete")
+            && headline.contains("the hive is still loaded")
+            && !headline.contains("no process holds a key"),
+        "{}",
+        o.out
+    );
+}
