@@ -65,8 +65,10 @@ pub fn caller(stack: &KeyStack) -> Option<(&Frame, bool)> {
     attribute(stack).filter(|&(_, plumbing_only)| !(plumbing_only && has("truncated")))
 }
 
-/// What a ranking calls the module of `frame`: its file name; `<image at 0x…>` (its base)
-/// for an image whose path the driver could not record (`module` null, `offset` set: an
+/// What a ranking calls the module of `frame`.
+///
+/// Its file name; `<image at 0x…>` (its base) for an image whose path the driver could not
+/// record (`module` null, `offset` set: an
 /// image, so not code in none, and not the same as another such image; until 2026-12-06
 /// these were all "(no module) … as JIT code", review 20b, R7); `(no module)` for code in no
 /// image the driver recorded.

@@ -729,19 +729,28 @@ fn wait_on_deferred_profile_retry(
     reload: bool,
     retry: bool,
 ) -> (hivetrack_cli::model::WaitReport, u32) {
-    wait_on_deferred_profile_with(loaded_looks, reload, retry, false, false)
+    wait_on_deferred_profile_with(loaded_looks, reload, retry, History::Whole)
 }
 
-/// [`wait_on_deferred_profile_retry`]; `refuse_history`: the driver refuses the
-/// unload-history query; `evict`: the driver's history holds 2 entries, and two unloads of
-/// other hives after the deferred one push it out.
+/// The driver's unload history in [`wait_on_deferred_profile_with`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum History {
+    /// Every entry kept, read as asked.
+    Whole,
+    /// The driver refuses the unload-history query.
+    Refused,
+    /// It holds 2 entries, and two unloads of other hives after the deferred one push it out.
+    Evicted,
+}
+
+/// [`wait_on_deferred_profile_retry`], with the driver's unload history as `history` says.
 fn wait_on_deferred_profile_with(
     loaded_looks: u32,
     reload: bool,
     retry: bool,
-    refuse_history: bool,
-    evict: bool,
+    history: History,
 ) -> (hivetrack_cli::model::WaitReport, u32) {
+    let (refuse_history, evict) = (history == History::Refused, history == History::Evicted);
     let profile = format!(r"\REGISTRY\USER\{SID}");
     let config = Config {
         history_len: if evict {
@@ -885,7 +894,7 @@ fn a_refused_retry_does_not_hide_an_unfinished_deferred_unload() {
 /// the kernel still had the hive. Now it says it could not see that.
 #[test]
 fn an_unreadable_unload_history_is_never_free() {
-    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, true, false);
+    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, History::Refused);
     assert!(
         !r.free && r.verdict == WaitVerdict::NoneSeenIncomplete,
         "the kernel still has the hive at every look ({looks}): {r:?}"
@@ -899,7 +908,7 @@ fn an_unreadable_unload_history_is_never_free() {
         r.source
     );
     // Once Windows has unloaded it, the history is not needed: free.
-    let (r, _) = wait_on_deferred_profile_with(0, false, false, true, false);
+    let (r, _) = wait_on_deferred_profile_with(0, false, false, History::Refused);
     assert!(r.free && r.verdict == WaitVerdict::Free, "{r:?}");
 }
 
@@ -1034,7 +1043,7 @@ fn the_kernel_not_finding_a_hive_says_it_is_unloaded_not_that_the_driver_refused
 /// loaded. A history that no longer holds every entry decides nothing now.
 #[test]
 fn a_deferred_unload_pushed_out_of_the_history_is_not_free() {
-    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, false, true);
+    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, History::Evicted);
     assert!(
         !r.free && r.verdict == WaitVerdict::NoneSeenIncomplete,
         "the kernel still has the hive at every look ({looks}): {r:?}"
