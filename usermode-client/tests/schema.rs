@@ -142,26 +142,7 @@ fn every_report_round_trips_and_its_shape_is_pinned() {
         &common::Contoso,
     );
     add("holders", &round_trip::<HoldersReport>(&o.out));
-    // `analyze` (review 20b, R7: it was not pinned, so the README check missed its fields).
-    for file in ["logoff.csv", "logoff.pml"] {
-        let capture = format!(
-            "{}/../capture/tests/fixtures/{file}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        for extra in [&[][..], &["--at", "20", "--from-boot", "--all-events"]] {
-            let mut argv = vec!["analyze", capture.as_str(), "--hkcu-sid", SID, "--json"];
-            argv.extend_from_slice(extra);
-            let o = run_with(
-                &argv,
-                |_| -> Result<Box<dyn hivetrack_cli::transport::Transport>, _> {
-                    panic!("analyze must not reach the driver")
-                },
-                &common::Contoso,
-            );
-            assert_eq!(o.code, 0, "{argv:?}: {}", o.err);
-            add("analysis", &round_trip::<capture::Analysis>(&o.out));
-        }
-    }
+    analysis_shapes(&mut lines);
     let text: String = lines.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
     assert_snapshot("json_schema", &text);
 
@@ -180,6 +161,30 @@ fn every_report_round_trips_and_its_shape_is_pinned() {
             readme.contains(&format!("`{field}`")),
             "README.md does not document `{field}` ({path})"
         );
+    }
+}
+
+/// `analyze`'s document (review 20b, R7: it was not pinned, so the README check missed its
+/// fields): both fixtures, plain and with `--at`, `--from-boot` and `--all-events`.
+fn analysis_shapes(lines: &mut BTreeSet<String>) {
+    for file in ["logoff.csv", "logoff.pml"] {
+        let capture = format!(
+            "{}/../capture/tests/fixtures/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        for extra in [&[][..], &["--at", "20", "--from-boot", "--all-events"]] {
+            let mut argv = vec!["analyze", capture.as_str(), "--hkcu-sid", SID, "--json"];
+            argv.extend_from_slice(extra);
+            let o = run_with(
+                &argv,
+                |_| -> Result<Box<dyn hivetrack_cli::transport::Transport>, _> {
+                    panic!("analyze must not reach the driver")
+                },
+                &common::Contoso,
+            );
+            assert_eq!(o.code, 0, "{argv:?}: {}", o.err);
+            shape("analysis", &round_trip::<capture::Analysis>(&o.out), lines);
+        }
     }
 }
 
