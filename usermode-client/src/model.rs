@@ -318,8 +318,9 @@ pub struct KeyStack {
     /// another hive or image), `not_captured` (capture was off for this open), `unknown_stack` (the id is not on the stacks page), `wow64` (a 32-bit process: the
     /// frames are its 64-bit Wow64 layer's, never its own 32-bit callers), `may_be_partial` (whole,
     /// but its outermost frame is not in the process's ntdll.dll, where a thread's stack
-    /// ends: the walk may have stopped at code it could not unwind, as JIT code); empty when
-    /// the frames are complete.
+    /// ends: the walk may have stopped at code it could not unwind, as JIT code; also when
+    /// ntdll.dll is not known by name, so the end cannot be checked); empty when the frames
+    /// are complete.
     pub flags: Vec<String>,
     /// The frames, innermost first.
     pub frames: Vec<Frame>,

@@ -948,6 +948,46 @@ mod engine {
         assert_eq!(ranked.without_stack.cut_in_plumbing, 1);
     }
 
+    /// Review 20b, R9: a whole stack whose process's ntdll.dll is not known by name (its load
+    /// not recorded, or recorded without its path) cannot be shown to end where a thread's
+    /// stack starts; it had no flag, which the README defines as "the frames are whole".
+    #[test]
+    fn a_stack_is_not_called_whole_when_ntdll_is_not_known() {
+        let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+        let user = format!(r"\REGISTRY\USER\{SID}");
+        t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 4 * 3600 * SECOND);
+        t.process_started(SHELL, &w(r"C:\Windows\explorer.exe"));
+        assert_eq!(run(&t, &["capture", "on"]).code, 0);
+        let at = NOW - 3600 * SECOND;
+        // ntdll.dll's load recorded without its path; shellext.dll's with it.
+        t.image_loaded(SHELL, NTDLL, 0x1f_8000, &[], at);
+        let ext = r"\Device\HarddiskVolume2\Program Files\Contoso\shellext.dll";
+        t.image_loaded(SHELL, BASE, 0x4_0000, &w(ext), at);
+        let token = t
+            .opened(
+                0x2000,
+                SHELL,
+                1,
+                &w(&format!(r"{user}\Software\Contoso")),
+                0x2_0019,
+                NOW,
+            )
+            .expect("tracked");
+        assert!(t.capture_wanted(token));
+        // Ends in ntdll's range (its thread start), but ntdll is not known by name.
+        t.stack_captured(
+            token,
+            0x2000,
+            &[NTDLL + 0x10, BASE + 0x100, NTDLL + 0x20],
+            false,
+        );
+        let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let report: HoldersReport = serde_json::from_str(&o.out).unwrap();
+        let stack = report.holders[0].keys[0].stack.as_ref().expect("a stack");
+        assert_eq!(stack.flags, ["may_be_partial"], "{stack:?}");
+    }
+
     /// Review 20b, R7: a frame in an image whose path the driver could not keep has `module`
     /// null and `offset` set (`<image at 0x…>+0x…`), and `modules` ranked it as "(no module):
     /// code in no image the driver recorded, as JIT code", with every other unnamed image and
