@@ -901,15 +901,33 @@ mod engine {
     /// A tracker with the profile hive loaded, `process` started as `image` with ntdll.dll
     /// mapped an hour ago, and capture on for every open; and the hive's mount.
     fn capturing(process: ProcessKey, image: &str) -> (Rc<Engine>, String) {
+        let ntdll = format!(r"{SYS}\ntdll.dll");
+        capturing_with_ntdll(process, image, &w(&ntdll))
+    }
+
+    /// [`capturing`], ntdll.dll's load recorded under `ntdll` (empty: without its path).
+    fn capturing_with_ntdll(
+        process: ProcessKey,
+        image: &str,
+        ntdll: &[u16],
+    ) -> (Rc<Engine>, String) {
         let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
         let user = format!(r"\REGISTRY\USER\{SID}");
         t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 4 * 3600 * SECOND);
         t.process_started(process, &w(image));
         let o = run(&t, &["--json", "capture", "on"]);
         assert_eq!(o.code, 0, "{}{}", o.out, o.err);
-        let ntdll = format!(r"{SYS}\ntdll.dll");
-        t.image_loaded(process, NTDLL, 0x1f_8000, &w(&ntdll), NOW - 3600 * SECOND);
+        t.image_loaded(process, NTDLL, 0x1f_8000, ntdll, NOW - 3600 * SECOND);
         (t, user)
+    }
+
+    /// `process` opens `key` (object `object`, now) from a whole stack of `frames`.
+    fn open_with_stack(t: &Engine, process: ProcessKey, object: u64, key: &str, frames: &[u64]) {
+        let token = t
+            .opened(object, process, 1, &w(key), 0x2_0019, NOW)
+            .expect("tracked");
+        assert!(t.capture_wanted(token));
+        t.stack_captured(token, object, frames, false);
     }
 
     #[test]
@@ -953,33 +971,18 @@ mod engine {
     /// stack starts; it had no flag, which the README defines as "the frames are whole".
     #[test]
     fn a_stack_is_not_called_whole_when_ntdll_is_not_known() {
-        let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
-        let user = format!(r"\REGISTRY\USER\{SID}");
-        t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 4 * 3600 * SECOND);
-        t.process_started(SHELL, &w(r"C:\Windows\explorer.exe"));
-        assert_eq!(run(&t, &["capture", "on"]).code, 0);
-        let at = NOW - 3600 * SECOND;
         // ntdll.dll's load recorded without its path; shellext.dll's with it.
-        t.image_loaded(SHELL, NTDLL, 0x1f_8000, &[], at);
+        let (t, user) = capturing_with_ntdll(SHELL, r"C:\Windows\explorer.exe", &[]);
         let ext = r"\Device\HarddiskVolume2\Program Files\Contoso\shellext.dll";
-        t.image_loaded(SHELL, BASE, 0x4_0000, &w(ext), at);
-        let token = t
-            .opened(
-                0x2000,
-                SHELL,
-                1,
-                &w(&format!(r"{user}\Software\Contoso")),
-                0x2_0019,
-                NOW,
-            )
-            .expect("tracked");
-        assert!(t.capture_wanted(token));
+        t.image_loaded(SHELL, BASE, 0x4_0000, &w(ext), NOW - 3600 * SECOND);
         // Ends in ntdll's range (its thread start), but ntdll is not known by name.
-        t.stack_captured(
-            token,
+        let frames = [NTDLL + 0x10, BASE + 0x100, NTDLL + 0x20];
+        open_with_stack(
+            &t,
+            SHELL,
             0x2000,
-            &[NTDLL + 0x10, BASE + 0x100, NTDLL + 0x20],
-            false,
+            &format!(r"{user}\Software\Contoso"),
+            &frames,
         );
         let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);
         assert_eq!(o.code, 0, "{}{}", o.out, o.err);
@@ -1006,18 +1009,14 @@ mod engine {
             (0x2010, "Other", OTHER + 0x200),
             (0x2020, "Jit", 0x1_2345_0000),
         ] {
-            let token = t
-                .opened(
-                    object,
-                    SHELL,
-                    1,
-                    &w(&format!(r"{user}\Software\{name}")),
-                    0x2_0019,
-                    NOW,
-                )
-                .expect("tracked");
-            assert!(t.capture_wanted(token));
-            t.stack_captured(token, object, &[NTDLL + 0x10, caller, NTDLL + 0x20], false);
+            let key = format!(r"{user}\Software\{name}");
+            open_with_stack(
+                &t,
+                SHELL,
+                object,
+                &key,
+                &[NTDLL + 0x10, caller, NTDLL + 0x20],
+            );
         }
         let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);
         assert_eq!(o.code, 0, "{}{}", o.out, o.err);
@@ -1075,22 +1074,13 @@ mod engine {
         let (t, user) = capturing(AGENT, r"C:\Program Files (x86)\Contoso\agent.exe");
         let at = NOW - 3600 * SECOND;
         t.image_loaded(AGENT, BASE, 0x4_0000, &w(&format!(r"{SYS}\wow64.dll")), at);
-        let token = t
-            .opened(
-                0x2000,
-                AGENT,
-                1,
-                &w(&format!(r"{user}\Software\Agent")),
-                0x2_0019,
-                NOW,
-            )
-            .expect("tracked");
-        assert!(t.capture_wanted(token));
-        t.stack_captured(
-            token,
+        let frames = [NTDLL + 0x10, BASE + 0x100, NTDLL + 0x20];
+        open_with_stack(
+            &t,
+            AGENT,
             0x2000,
-            &[NTDLL + 0x10, BASE + 0x100, NTDLL + 0x20],
-            false,
+            &format!(r"{user}\Software\Agent"),
+            &frames,
         );
         t.process_is_32bit(AGENT);
         let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);

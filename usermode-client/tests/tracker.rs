@@ -894,19 +894,7 @@ fn a_refused_retry_does_not_hide_an_unfinished_deferred_unload() {
 /// the kernel still had the hive. Now it says it could not see that.
 #[test]
 fn an_unreadable_unload_history_is_never_free() {
-    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, History::Refused);
-    assert!(
-        !r.free && r.verdict == WaitVerdict::NoneSeenIncomplete,
-        "the kernel still has the hive at every look ({looks}): {r:?}"
-    );
-    assert!(
-        r.source
-            .missing
-            .iter()
-            .any(|m| m.contains("whether the hive's unload was deferred")),
-        "{:?}",
-        r.source
-    );
+    not_free_for_want_of_history(History::Refused, "the driver's unload history:");
     // Once Windows has unloaded it, the history is not needed: free.
     let (r, _) = wait_on_deferred_profile_with(0, false, false, History::Refused);
     assert!(r.free && r.verdict == WaitVerdict::Free, "{r:?}");
@@ -1043,7 +1031,14 @@ fn the_kernel_not_finding_a_hive_says_it_is_unloaded_not_that_the_driver_refused
 /// loaded. A history that no longer holds every entry decides nothing now.
 #[test]
 fn a_deferred_unload_pushed_out_of_the_history_is_not_free() {
-    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, History::Evicted);
+    not_free_for_want_of_history(History::Evicted, "are no longer kept");
+}
+
+/// The forgotten deferred profile of [`wait_on_deferred_profile_with`], still loaded at every
+/// look, with the driver's history as `history` says: the wait is not free, and says it could
+/// not see whether the unload was deferred, `why`.
+fn not_free_for_want_of_history(history: History, why: &str) {
+    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, history);
     assert!(
         !r.free && r.verdict == WaitVerdict::NoneSeenIncomplete,
         "the kernel still has the hive at every look ({looks}): {r:?}"
@@ -1052,7 +1047,7 @@ fn a_deferred_unload_pushed_out_of_the_history_is_not_free() {
         r.source
             .missing
             .iter()
-            .any(|m| m.contains("no longer kept")),
+            .any(|m| m.contains("whether the hive's unload was deferred") && m.contains(why)),
         "{:?}",
         r.source
     );
