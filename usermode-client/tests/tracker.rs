@@ -743,6 +743,28 @@ enum History {
     Evicted,
 }
 
+/// The profile hive, tracking started at `tracking` and the hive loaded at `loaded` (in time
+/// order), a key opened in it (object 0x3000, by the agent, 40 s ago) and its unload deferred
+/// (`STATUS_PENDING`, 10 s ago); the key's token.
+fn deferred_profile(t: &Engine, tracking: u64, loaded: u64) -> tracker::Token {
+    let profile = format!(r"\REGISTRY\USER\{SID}");
+    let load = || t.hive_loaded(&w(&profile), &w(r"\??\C:\Users\kemu\NTUSER.DAT"), loaded);
+    if tracking <= loaded {
+        t.tracking_started(tracking);
+        load();
+    } else {
+        load();
+        t.tracking_started(tracking);
+    }
+    let key = format!(r"{profile}\Software");
+    let tok = t
+        .opened(0x3000, AGENT, 1, &w(&key), 1, NOW - 40 * SECOND)
+        .expect("tracked");
+    let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
+    t.hive_unload_pending(&w(&profile));
+    tok
+}
+
 /// [`wait_on_deferred_profile_retry`], with the driver's unload history as `history` says.
 fn wait_on_deferred_profile_with(
     loaded_looks: u32,
@@ -761,24 +783,7 @@ fn wait_on_deferred_profile_with(
         ..Config::default()
     };
     let t = Rc::new(Engine::new(Heap, config).expect("config"));
-    t.tracking_started(NOW - 60 * SECOND);
-    t.hive_loaded(
-        &w(&profile),
-        &w(r"\??\C:\Users\kemu\NTUSER.DAT"),
-        NOW - 50 * SECOND,
-    );
-    let tok = t
-        .opened(
-            0x3000,
-            AGENT,
-            1,
-            &w(&format!(r"{profile}\Software")),
-            1,
-            NOW - 40 * SECOND,
-        )
-        .expect("tracked");
-    let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
-    t.hive_unload_pending(&w(&profile));
+    let tok = deferred_profile(&t, NOW - 60 * SECOND, NOW - 50 * SECOND);
     if retry {
         let _ = t.unload_attempted(&w(&profile), 0xC000_0189, NOW - 5 * SECOND);
     }
@@ -936,26 +941,8 @@ impl Transport for UnvouchedProfile {
 /// started after logon), its logoff unload was deferred (`STATUS_PENDING`) while a tracked
 /// key was open, and that key has closed since.
 fn unvouched_profile() -> Rc<Engine> {
-    let profile = format!(r"\REGISTRY\USER\{SID}");
     let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
-    t.hive_loaded(
-        &w(&profile),
-        &w(r"\??\C:\Users\kemu\NTUSER.DAT"),
-        NOW - 70 * SECOND,
-    );
-    t.tracking_started(NOW - 60 * SECOND);
-    let tok = t
-        .opened(
-            0x3000,
-            AGENT,
-            1,
-            &w(&format!(r"{profile}\Software")),
-            1,
-            NOW - 40 * SECOND,
-        )
-        .expect("tracked");
-    let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
-    t.hive_unload_pending(&w(&profile));
+    let tok = deferred_profile(&t, NOW - 60 * SECOND, NOW - 70 * SECOND);
     t.handle_closed(tok, 0x3000);
     t.object_destroyed(tok, 0x3000);
     t
