@@ -631,7 +631,7 @@ impl<'t> Client<'t> {
                 "the {} backend cannot ask the kernel (NtQueryOpenSubKeysEx)",
                 self.transport.backend()
             )),
-            Some(Err(e)) => Err(format!("NtQueryOpenSubKeysEx failed: {e}")),
+            Some(Err(e)) => Err(kernel_failure(mount, &e)),
             Some(Ok(list)) => Ok(list),
         }
     }
@@ -987,11 +987,77 @@ impl<'t> Client<'t> {
                 Ok(true)
             })?;
         link_held_after(&mut attempts);
+        let mut source = self.source(nr);
+        let entries_not_kept = self.history_scope(&mut source);
         Ok(UnloadHistoryReport {
             schema: schema("unload-history"),
-            source: self.source(nr),
+            source,
             attempts,
+            entries_not_kept,
         })
+    }
+
+    /// What the unload history can vouch for: since when tracking runs (attempts before it
+    /// are not recorded) and how many older entries the driver no longer keeps. Until
+    /// 2026-12-06 an empty history said "No unload attempt recorded", complete, with neither
+    /// (audit 20b, M4): the "no" of a driver started this morning, or of a history pushed out
+    /// by a handle leak's key-count alarms, read as vouched.
+    fn history_scope(&mut self, source: &mut Source) -> Option<u64> {
+        let head = crate::event_stream::stream_head(&mut *self.transport);
+        match head {
+            Ok(head) if head.tracking_since == 0 => {
+                source.cannot_see("any unload attempt: live tracking has not started".to_owned());
+                None
+            }
+            Ok(head) => {
+                source.tracking_since = Time::from_filetime(head.tracking_since);
+                if head.missed > 0 {
+                    source.cannot_see(format!(
+                        "{} older entr{} of the driver's history, no longer kept (it keeps the \
+                         newest 32, key-count alarms and held-after looks among them): \
+                         attempts may be missing",
+                        head.missed,
+                        if head.missed == 1 { "y" } else { "ies" }
+                    ));
+                }
+                Some(head.missed)
+            }
+            Err(e) => {
+                source.cannot_see(format!(
+                    "since when attempts are recorded, or whether older ones were evicted from \
+                     the driver's history (its event stream refused the request: {e}; live \
+                     tracking may be off, `hivetrack stats`)"
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// Why the kernel's list of the keys open in the hive mounted at `mount` could not be had.
+///
+/// `NtQueryOpenSubKeysEx`'s "not found" is Windows saying no hive is loaded at that path:
+/// until review 20b (R2) it read "the driver rejected the request (Win32 error 2)", though no
+/// driver was asked.
+#[must_use]
+pub fn kernel_failure(mount: &str, e: &TransportError) -> String {
+    match e {
+        // `\REGISTRY\A` is a private namespace: its hives cannot be opened by name at all.
+        TransportError::Request {
+            code: ERROR_FILE_NOT_FOUND,
+        } if crate::wait::is_app_hive(mount) => "NtQueryOpenSubKeysEx cannot open an \
+             application hive (\\REGISTRY\\A) by name"
+            .to_owned(),
+        TransportError::Request {
+            code: ERROR_FILE_NOT_FOUND,
+        } => format!(
+            "Windows has no hive loaded at {} (it was unloaded; NtQueryOpenSubKeysEx: not found)",
+            display(mount)
+        ),
+        TransportError::Request { code } => {
+            format!("NtQueryOpenSubKeysEx failed (Win32 error {code})")
+        }
+        e => format!("NtQueryOpenSubKeysEx failed: {e}"),
     }
 }
 

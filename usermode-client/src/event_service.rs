@@ -72,7 +72,6 @@ use crate::hive_name::user_sid;
 use crate::holder_identity::Identities;
 use crate::model::{HeldKey, Holder, HoldersReport, UNIX_EPOCH_FILETIME};
 use crate::modules::caller;
-use crate::stacks::file_name;
 use crate::symbols::NoSymbols;
 use crate::transport::{
     ERROR_FILE_NOT_FOUND, ERROR_INVALID_FUNCTION, Transport, TransportError, wait_timeout_ms,
@@ -797,10 +796,7 @@ fn add_keys(e: &mut EventHolder, held: &Holder, until: u64) {
             // process's, or cut inside the plumbing): nothing to attribute.
             continue;
         };
-        let name = frame
-            .module
-            .as_deref()
-            .map_or_else(|| "(no module)".to_owned(), |m| file_name(m).to_owned());
+        let name = crate::modules::frame_label(frame);
         match modules
             .iter_mut()
             .find(|(n, p, _)| *p == plumbing_only && n.eq_ignore_ascii_case(&name))

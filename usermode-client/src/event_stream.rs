@@ -148,6 +148,24 @@ pub fn stream_prefix(transport: &mut dyn Transport) -> Result<EventsPrefix, Tran
     request_events(transport, &req, &mut buf).map(|page| page.prefix)
 }
 
+/// The event stream's prefix asked from its start (`after` 0, no wait, one record).
+///
+/// Its `missed` is then how many event numbers before the oldest entry the driver still holds
+/// it no longer keeps (evicted by newer ones: the history holds 32 entries, key-count alarms
+/// and held-after records among them; or never stored), with `tracking_since`.
+///
+/// # Errors
+/// As for [`wait_events`].
+pub fn stream_head(transport: &mut dyn Transport) -> Result<EventsPrefix, TransportError> {
+    let req = EventsRequest {
+        after: 0,
+        timeout_ms: 0,
+        max_records: 1,
+    };
+    let mut buf = Vec::new();
+    request_events(transport, &req, &mut buf).map(|page| page.prefix)
+}
+
 /// Sends one events request, growing `buf` while the driver says it is too small.
 fn request_events(
     transport: &mut dyn Transport,

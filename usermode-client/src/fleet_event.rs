@@ -805,7 +805,10 @@ impl FleetEvent {
             opt(self.holder_count.as_ref()),
             opt(self.key_count.as_ref()),
             if self.holder_count.is_some() {
-                self.holders_truncated.to_string()
+                // Also when more holders are listed than the slots below hold (the kernel's
+                // list merged into a 1001 can add them): until review 20b (R7) those were
+                // dropped with `HoldersTruncated` false.
+                (self.holders_truncated || self.holders.len() > EVENT_HOLDERS).to_string()
             } else {
                 String::new()
             },

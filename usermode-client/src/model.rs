@@ -318,8 +318,9 @@ pub struct KeyStack {
     /// another hive or image), `not_captured` (capture was off for this open), `unknown_stack` (the id is not on the stacks page), `wow64` (a 32-bit process: the
     /// frames are its 64-bit Wow64 layer's, never its own 32-bit callers), `may_be_partial` (whole,
     /// but its outermost frame is not in the process's ntdll.dll, where a thread's stack
-    /// ends: the walk may have stopped at code it could not unwind, as JIT code); empty when
-    /// the frames are complete.
+    /// ends: the walk may have stopped at code it could not unwind, as JIT code; also when
+    /// ntdll.dll is not known by name, so the end cannot be checked); empty when the frames
+    /// are complete.
     pub flags: Vec<String>,
     /// The frames, innermost first.
     pub frames: Vec<Frame>,
@@ -850,10 +851,18 @@ impl HoldersVerdict {
 pub struct UnloadHistoryReport {
     /// `hivetrack.unload-history/1`.
     pub schema: String,
-    /// Who answered, how complete.
+    /// Who answered, how complete. `source.tracking_since`: when the driver's tracking began;
+    /// attempts before it are not recorded.
     pub source: Source,
     /// Newest first.
     pub attempts: Vec<UnloadAttempt>,
+    /// Entries of the driver's history it no longer keeps, numbered before its oldest kept
+    /// one (evicted by newer entries: it holds 32, key-count alarms and held-after records
+    /// among them; or never stored): attempts may be missing from `attempts`, and
+    /// `source.complete` is false. 0: every entry since tracking began is kept. Null when it
+    /// could not be read (absent from CLIs before 2026-12-06).
+    #[serde(default)]
+    pub entries_not_kept: Option<u64>,
 }
 
 /// `hivetrack wait`.

@@ -5,7 +5,8 @@
 //! plumbing** ([`PLUMBING`]: the system DLLs every registry call passes through on its way
 //! to the kernel), innermost first: the code that asked for the key. A frame in no known
 //! module counts as code (JIT code, an image whose load was not recorded) and is attributed
-//! as `(no module)`. When every frame of a whole stack is plumbing (an OS component's own
+//! as `(no module)`; one in an image whose path was not recorded, as `<image at 0x…>` (its
+//! base). When every frame of a whole stack is plumbing (an OS component's own
 //! opens), the key goes to the **innermost frame's module**
 //! and the row says `plumbing only`: that frame is the one that entered the kernel, the same
 //! module for every such stack, so those keys form one row that reads as the OS rather than
@@ -64,6 +65,25 @@ pub fn caller(stack: &KeyStack) -> Option<(&Frame, bool)> {
     attribute(stack).filter(|&(_, plumbing_only)| !(plumbing_only && has("truncated")))
 }
 
+/// What a ranking calls the module of `frame`.
+///
+/// Its file name; `<image at 0x…>` (its base) for an image whose path the driver could not
+/// record (`module` null, `offset` set: an
+/// image, so not code in none, and not the same as another such image; until 2026-12-06
+/// these were all "(no module) … as JIT code", review 20b, R7); `(no module)` for code in no
+/// image the driver recorded.
+#[must_use]
+pub fn frame_label(frame: &Frame) -> String {
+    match (&frame.module, frame.offset) {
+        (Some(m), _) => file_name(m).to_owned(),
+        (None, Some(offset)) => format!("<image at {:#x}>", frame.address - offset),
+        (None, None) => NO_MODULE.to_owned(),
+    }
+}
+
+/// The label of code in no recorded image ([`frame_label`]).
+pub const NO_MODULE: &str = capture::plumbing::NO_MODULE;
+
 /// Counts a held key whose stack names no caller under its reason.
 fn count_without(without: &mut WithoutStack, stack: Option<&KeyStack>) {
     let has = |f: &str| stack.is_some_and(|s| s.flags.iter().any(|x| x == f));
@@ -83,6 +103,7 @@ fn count_without(without: &mut WithoutStack, stack: Option<&KeyStack>) {
 /// One row while it is counted.
 struct Row {
     module: Option<String>,
+    name: String,
     plumbing_only: bool,
     keys: u64,
     processes: Vec<(u64, u64)>,
@@ -97,7 +118,7 @@ struct Row {
 #[must_use]
 pub fn rank(reports: &[HoldersReport], source: Source, coverage: StackCoverage) -> ModulesReport {
     let mut rows: Vec<Row> = Vec::new();
-    let mut index: HashMap<(Option<String>, bool), usize> = HashMap::new();
+    let mut index: HashMap<(String, bool), usize> = HashMap::new();
     let mut without = WithoutStack::default();
     let mut held_keys = 0;
     for r in reports {
@@ -112,13 +133,19 @@ pub fn rank(reports: &[HoldersReport], source: Source, coverage: StackCoverage) 
                     count_without(&mut without, k.stack.as_ref());
                     continue;
                 };
+                // By path; an image without one by its base; code in none, one row.
+                let name = frame_label(frame);
                 let key = (
-                    frame.module.as_ref().map(|m| m.to_lowercase()),
+                    frame
+                        .module
+                        .as_ref()
+                        .map_or_else(|| name.to_lowercase(), |m| m.to_lowercase()),
                     plumbing_only,
                 );
                 let i = *index.entry(key).or_insert_with(|| {
                     rows.push(Row {
                         module: frame.module.clone(),
+                        name,
                         plumbing_only,
                         keys: 0,
                         processes: Vec::new(),
@@ -153,10 +180,7 @@ pub fn rank(reports: &[HoldersReport], source: Source, coverage: StackCoverage) 
     let mut modules: Vec<RankedModule> = rows
         .into_iter()
         .map(|r| RankedModule {
-            name: r
-                .module
-                .as_deref()
-                .map_or_else(|| "(no module)".to_owned(), |m| file_name(m).to_owned()),
+            name: r.name,
             module: r.module,
             plumbing_only: r.plumbing_only,
             keys: r.keys,

@@ -1003,8 +1003,20 @@ pub fn unload_history(r: &UnloadHistoryReport, f: Format) -> serde_json::Result<
 /// again, never as an unload attempt.
 fn unload_history_table(r: &UnloadHistoryReport) -> String {
     let mut out = String::new();
+    let since = r.source.tracking_since.as_ref().map(|t| t.utc.as_str());
     if r.attempts.is_empty() {
-        out.push_str("No unload attempt recorded.\n");
+        // Not a vouched "no" unless the history is whole since tracking began (audit 20b, M4).
+        match (r.source.complete, since) {
+            (true, Some(t)) => {
+                let _ = writeln!(
+                    out,
+                    "No unload attempt recorded since tracking started ({t})."
+                );
+            }
+            _ => out.push_str(
+                "No unload attempt found, but the answer is incomplete (see the last line).\n",
+            ),
+        }
     }
     for a in &r.attempts {
         let status = a
@@ -1068,7 +1080,16 @@ fn unload_history_table(r: &UnloadHistoryReport) -> String {
         }
     }
     out.push('\n');
-    out.push_str(&source_line(&r.source));
+    // The listings' "keys opened before are not listed" does not fit a history: said here.
+    let mut shown = r.source.clone();
+    if let Some(t) = shown.tracking_since.take() {
+        let _ = writeln!(
+            out,
+            "Tracking since {}: unload attempts before it are not recorded.",
+            t.utc
+        );
+    }
+    out.push_str(&source_line(&shown));
     out.push('\n');
     out
 }
@@ -1161,24 +1182,39 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
         ),
         Format::Table => {
             let mut out = match r.verdict {
-                // Free of holders, but not unloaded: the file is still in use (exit 1).
-                WaitVerdict::UnloadPending => format!(
-                    "{}: no process holds a key after {:.1}s ({}), but the hive is still \
-                     loaded: its deferred unload had not completed (Windows completes it with \
-                     no notification, up to about 5 s after the last key's close), and its \
-                     file is in use until then\n",
-                    r.hive, r.waited_secs, r.method
-                ),
+                // Free of holders, but not unloaded: the file is still in use (exit 1). On an
+                // incomplete answer "no process holds a key" was more than it saw (review
+                // 20b, R7).
+                WaitVerdict::UnloadPending => {
+                    let (seen, hedge) = if r.source.complete {
+                        ("no process holds a key", "")
+                    } else {
+                        (
+                            "no key seen open",
+                            " (the answer is incomplete: see the last line)",
+                        )
+                    };
+                    format!(
+                        "{}: {seen} after {:.1}s ({}){hedge}, but the hive is still loaded: its \
+                         deferred unload had not completed (Windows completes it with no \
+                         notification, up to about 5 s after the last key's close), and its file \
+                         is in use until then\n",
+                        r.hive, r.waited_secs, r.method
+                    )
+                }
                 WaitVerdict::Free => format!(
                     "{}: free after {:.1}s ({})\n",
                     r.hive, r.waited_secs, r.method
                 ),
-                // Without the driver this is the best answer there is (audit 20b, H1).
+                // Without the driver this is the best answer there is (audit 20b, H1): the
+                // wait looked until the timeout for the unload, the one proof of free it has
+                // (review 20b, R8).
                 WaitVerdict::NoneSeenIncomplete if r.source.backend == crate::fallback::BACKEND => {
                     format!(
-                        "{}: no open key in Windows' list after {:.1}s ({}); keys deleted while \
-                         open are not in that list, so it may still be held (only the driver can \
-                         say free; an unloaded hive is free)\n",
+                        "{}: not unloaded after {:.1}s ({}), and no open key in Windows' list; \
+                         keys deleted while open are not in that list, so it may still be held \
+                         (without the driver only the hive's unload proves it free: the wait \
+                         looks for it until --timeout)\n",
                         r.hive, r.waited_secs, r.method
                     )
                 }

@@ -267,14 +267,18 @@ pub fn modules(r: &ModulesReport, f: Format) -> serde_json::Result<String> {
 /// Per ranked module: its path, its holders, a few of its keys.
 fn module_details(r: &ModulesReport, out: &mut String) {
     for (i, m) in r.modules.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "\n{}. {}",
-            i + 1,
-            m.module
-                .as_deref()
-                .unwrap_or("(no module: code in no image the driver recorded, as JIT code)")
-        );
+        let what = match &m.module {
+            Some(path) => path.clone(),
+            None if m.name == crate::modules::NO_MODULE => {
+                "(no module: code in no image the driver recorded, as JIT code)".to_owned()
+            }
+            // `<image at 0x…>`: an image, not JIT code (review 20b, R7).
+            None => format!(
+                "{} (an image whose path the driver could not record: stats modules_dropped)",
+                m.name
+            ),
+        };
+        let _ = writeln!(out, "\n{}. {what}", i + 1);
         let _ = writeln!(out, "   held by {}", m.holders.join(", "));
         for k in &m.example_keys {
             let _ = writeln!(out, "   {k}");

@@ -141,28 +141,27 @@ impl StackTable {
             .iter()
             .map(|&address| self.frame(pid, start_key, address, open_time, symbols))
             .collect();
-        if !stack.truncated && self.may_be_partial(pid, start_key, &frames) {
+        if !stack.truncated && Self::may_be_partial(&frames) {
             flags.push("may_be_partial".to_owned());
         }
         KeyStack { id, flags, frames }
     }
 
     /// True when a whole stack (not cut at the driver's limit) does not end where a thread's
-    /// stack ends, in ntdll.dll (`RtlUserThreadStart`), though the process's ntdll.dll is
-    /// known: the kernel's user-mode walk stops, keeping the frames so far, at code it cannot
+    /// stack ends, in ntdll.dll (`RtlUserThreadStart`).
+    ///
+    /// The kernel's user-mode walk stops, keeping the frames so far, at code it cannot
     /// unwind — code with no function-table entry, as JIT-compiled code (WRK `stkwalk.c`
     /// `RtlpWalkFrameChain`; audit 20a, M3) — so the outer callers may be missing. Only "may":
-    /// a fiber's stack, say, ends elsewhere.
-    fn may_be_partial(&self, pid: u64, start_key: u64, frames: &[Frame]) -> bool {
+    /// a fiber's stack, say, ends elsewhere. When the process's ntdll.dll is not known by
+    /// name (its image load was not recorded, or only without its path) the outermost frame
+    /// cannot be shown to be in it either, so the stack cannot be shown whole: "may" too.
+    /// Until review 20b (R9) such a stack had no flag, which reads "whole".
+    fn may_be_partial(frames: &[Frame]) -> bool {
         let is_ntdll = |path: &str| file_name(path).eq_ignore_ascii_case("ntdll.dll");
-        let ntdll_known = self
-            .modules
-            .get(&(pid, start_key))
-            .is_some_and(|ms| ms.iter().any(|m| m.path.as_deref().is_some_and(is_ntdll)));
-        let Some(outermost) = frames.last() else {
-            return false;
-        };
-        ntdll_known && !outermost.module.as_deref().is_some_and(is_ntdll)
+        frames
+            .last()
+            .is_some_and(|outermost| !outermost.module.as_deref().is_some_and(is_ntdll))
     }
 
     /// One frame of process `(pid, start_key)`'s key opened at `open_time`, resolved.

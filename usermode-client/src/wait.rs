@@ -5,7 +5,8 @@
 //! driver completes when the hive has no holders (method `wait-free` in the report). A
 //! backend that cannot wait (an older driver, live tracking off, the driverless fallback)
 //! declines, and the holders query (summaries only) is polled every `interval` (method
-//! `poll`).
+//! `poll`). The driverless fallback polls on an empty list too: only the hive's unload
+//! proves a hive free without the driver.
 
 use std::time::{Duration, Instant};
 
@@ -78,40 +79,24 @@ pub fn wait_free(
     // Whether the hive was loaded after tracking started, as the last holders report said
     // ([`vouched`]; not known before one): a hive whose record goes cannot be asked any more.
     let mut loaded_since = false;
+    // One look before the driver's wait: the hive's record may go while it waits (the driver
+    // forgets a vouched hive whose deferred unload is pending at its last close), and then
+    // only this look can have said the hive was loaded after tracking started. Without it
+    // such a hive was "not complete: keys opened before tracking started" (review 20b, R6).
+    // When the backend cannot wait natively it is the polling's first look.
+    let first = client.holders(hive, true, 0);
+    if let Ok(r) = &first {
+        loaded_since = vouched(r);
+    }
+    let mut first = Some(first);
     if let Some(native) = client.transport().wait_free(hive, timeout) {
+        // Before the wait: a failed look vouches for nothing, and the wait's answer stands.
+        first = None;
         let (outcome, _) = native.map_err(classify)?;
         method = "wait-free";
         if outcome == WaitFreeOutcome::TimedOut {
-            // Timed out: say who still holds the hive, as the polling wait does.
             let secs = clock.elapsed().as_secs_f64();
-            let (source, open_keys, holders) = match client.holders(hive, true, 0) {
-                Ok(r) => {
-                    let (open_keys, holders) = held_counts(&r);
-                    (r.source, open_keys, holders)
-                }
-                Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
-                    let gone = record_gone(client, hive, loaded_since);
-                    (gone.source, gone.open_keys, gone.holders)
-                }
-                Err(e) => {
-                    // Still held, but who holds it cannot be said: no count is vouched for.
-                    let mut source = client.source(0);
-                    source.cannot_see(format!("who holds the hive ({e:#})"));
-                    (source, 0, 0)
-                }
-            };
-            return Ok(WaitReport {
-                schema: schema("wait"),
-                verdict: WaitVerdict::of(&source, open_keys, holders, true),
-                source,
-                hive: shown.to_owned(),
-                free: false,
-                method: method.to_owned(),
-                waited_secs: secs,
-                open_keys,
-                holders,
-                unload_pending: false,
-            });
+            return Ok(timed_out(client, hive, shown, loaded_since, secs));
         }
     }
     // The driver waited on the hive, so it knew it: if its record is gone now, it was
@@ -123,7 +108,10 @@ pub fn wait_free(
         // file cancels the unload, WRK `cmapi.c` CmpIsHiveAlreadyLoaded).
         // `Some(true)`: the driver's record says unload-pending; `Some(false)`: its record is
         // gone; `None`: neither.
-        let (source, open_keys, holders, unloading) = match client.holders(hive, true, 0) {
+        let look = first
+            .take()
+            .unwrap_or_else(|| client.holders(hive, true, 0));
+        let (source, open_keys, holders, unloading) = match look {
             Ok(r) => {
                 seen = true;
                 loaded_since = vouched(&r);
@@ -139,10 +127,34 @@ pub fn wait_free(
         };
         let secs = clock.elapsed().as_secs_f64();
         let done = open_keys == 0 && holders == 0;
-        let unload_pending = done
-            && unloading.is_some_and(|pending| deferred_unload_unfinished(client, hive, pending));
+        let deferred = match unloading {
+            Some(pending) if done => LateUnload::of(client, hive, pending),
+            _ => LateUnload::NotDeferred,
+        };
+        let (source, unload_pending) = match deferred {
+            LateUnload::Pending => (source, true),
+            // Windows has no hive at the path any more: the deferred unload completed. The
+            // driver's record of a hive loaded before tracking stays unload-pending (Windows
+            // sends no notification), so this is the only way such a wait can end free; it
+            // ended "may still be held" (exit 4) until review 20b (R2). Nothing of the hive is
+            // left to hold it, so nothing unseen can either (as in [`record_gone`]).
+            LateUnload::Gone => (Source::new(client.backend(), 0, &[]), false),
+            LateUnload::NotDeferred => (source, false),
+            // Whether it was deferred could not be read: never free (review 20b, R1b).
+            LateUnload::Unknown(why) => {
+                let mut source = source;
+                source.cannot_see(why);
+                (source, false)
+            }
+        };
+        // Without the driver only the hive's unload proves it free ([`record_gone`]): an
+        // empty list of a hive still loaded is looked at again until Windows no longer has
+        // the hive or the timeout. Until review 20b (R8) the wait ended there at once, exit 4,
+        // and a logoff script could not wait for the unload.
+        let awaiting_unload =
+            done && client.backend() == crate::fallback::BACKEND && source.dropped_records();
         let elapsed = clock.elapsed();
-        if (done && !unload_pending) || elapsed >= timeout {
+        if (done && !unload_pending && !awaiting_unload) || elapsed >= timeout {
             // Free only when nothing is open, the answer could see everything (audit 20b, M1)
             // and no deferred unload is still to complete (audit 19a, F3).
             let verdict = if unload_pending {
@@ -167,43 +179,164 @@ pub fn wait_free(
     }
 }
 
-/// Whether `hive`, free now, is still loaded with its deferred unload unfinished: the driver's
-/// last unload attempt on it returned `STATUS_PENDING` (`NtUnloadKeyEx`), and the kernel
-/// still has the hive (`NtQueryOpenSubKeysEx` answers for it rather than "not found").
+/// The report of a driver's wait that timed out after `secs`: who still holds the hive, as
+/// the polling wait says it.
+fn timed_out(
+    client: &mut Client<'_>,
+    hive: &str,
+    shown: &str,
+    loaded_since: bool,
+    secs: f64,
+) -> WaitReport {
+    let (source, open_keys, holders) = match client.holders(hive, true, 0) {
+        Ok(r) => {
+            let (open_keys, holders) = held_counts(&r);
+            (r.source, open_keys, holders)
+        }
+        Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
+            let gone = record_gone(client, hive, loaded_since);
+            (gone.source, gone.open_keys, gone.holders)
+        }
+        Err(e) => {
+            // Still held, but who holds it cannot be said: no count is vouched for.
+            let mut source = client.source(0);
+            source.cannot_see(format!("who holds the hive ({e:#})"));
+            (source, 0, 0)
+        }
+    };
+    WaitReport {
+        schema: schema("wait"),
+        verdict: WaitVerdict::of(&source, open_keys, holders, true),
+        source,
+        hive: shown.to_owned(),
+        free: false,
+        method: "wait-free".to_owned(),
+        waited_secs: secs,
+        open_keys,
+        holders,
+        unload_pending: false,
+    }
+}
+
+/// What became of the deferred unload of a hive no process holds a key in now
+/// ([`LateUnload::of`]).
+#[derive(Debug, PartialEq, Eq)]
+enum LateUnload {
+    /// Its unload was deferred (`NtUnloadKeyEx` returned `STATUS_PENDING`) and the kernel
+    /// still has the hive: loaded, its file in use.
+    Pending,
+    /// The kernel has no hive at its path any more (`NtQueryOpenSubKeysEx`: not found): the
+    /// deferred unload completed, and nothing of the hive is left to hold it.
+    Gone,
+    /// No deferred unload is known to be unfinished: none was made, a later unload or load
+    /// settled it, or neither the kernel nor the history can be asked about an application
+    /// hive (nothing is claimed: the holders report says what it could not see).
+    NotDeferred,
+    /// Whether its unload was deferred, or has completed, could not be read (the driver's
+    /// history or the kernel could not be asked): the hive may still be loaded, so the wait
+    /// is not free (review 20b, R1b: a history that could not be read was "not deferred", so
+    /// `free`, exit 0).
+    Unknown(String),
+}
+
+impl LateUnload {
+    /// Whether `hive`, free now, still has its deferred unload unfinished: its unload was
+    /// deferred, and the kernel still has the hive (`NtQueryOpenSubKeysEx` answers for it
+    /// rather than "not found").
+    ///
+    /// Windows unloads such a hive with no notification, and not at its last key's close: a
+    /// closed subkey's control block holds the hive's root until the delayed dereference
+    /// runs, up to 5 s later (Windows Research Kernel `base/ntos/config/cmdelay.c`,
+    /// `CmpDelayDerefKCBIntervalInSeconds`; `cmdelete.c` `CmpDoQueueLateUnloadWorker`); until
+    /// then the hive file is in use, so a script that copies it after `wait` would fail. The
+    /// query itself runs the delayed dereferences down (`cmsubs.c` `CmpSearchForOpenSubKeys`
+    /// → `CmpCleanUpKCBCacheTable`), so the unload is queued by the first look and the next
+    /// one normally finds the hive gone. An application hive's `\REGISTRY\A` path cannot be
+    /// asked by name: [`LateUnload::NotDeferred`].
+    ///
+    /// `pending`: the driver's record of the hive says unload-pending, which is proof enough
+    /// of a deferred unload (review 20b, R1b: the history may have lost the attempt). When its
+    /// record is gone, the history must show one: the hive's newest attempt returned
+    /// `STATUS_PENDING`, or `STATUS_TOO_LATE` — refused because a deferred unload of it was
+    /// already pending (WRK `cmapi.c` `CmUnloadKeyEx`, `ntapi.c` `NtUnloadKey2`), which until
+    /// review 20b (R1) hid the pending one and let `wait` say free while the hive was still
+    /// loaded. A history that cannot be read, or holds no attempt of the hive while older
+    /// entries were not kept, decides nothing: [`LateUnload::Unknown`].
+    fn of(client: &mut Client<'_>, hive: &str, pending: bool) -> Self {
+        if is_app_hive(hive) {
+            return Self::NotDeferred;
+        }
+        // The kernel first: a hive it no longer has is unloaded, whatever the history says.
+        match client.transport().kernel_open_keys(hive) {
+            Some(Ok(_)) => {}
+            Some(Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })) => return Self::Gone,
+            Some(Err(e)) => {
+                return Self::Unknown(format!(
+                    "whether the hive's deferred unload has completed ({})",
+                    crate::client::kernel_failure(hive, &e)
+                ));
+            }
+            None => {
+                return Self::Unknown(format!(
+                    "whether the hive's deferred unload has completed (the {} backend cannot \
+                     ask the kernel)",
+                    client.backend()
+                ));
+            }
+        }
+        // Loaded. Without the driver there is no history to ask, and every answer of that
+        // backend already says it cannot vouch ([`crate::fallback::BLIND_SPOT`]).
+        if pending || client.backend() == crate::fallback::BACKEND {
+            return if pending {
+                Self::Pending
+            } else {
+                Self::NotDeferred
+            };
+        }
+        match newest_attempt_deferred(client, hive) {
+            Ok(true) => Self::Pending,
+            Ok(false) => Self::NotDeferred,
+            Err(why) => Self::Unknown(why),
+        }
+    }
+}
+
+/// Whether the newest unload attempt of `hive` in the driver's history was deferred
+/// (`STATUS_PENDING`, or `STATUS_TOO_LATE`: refused because one was pending).
 ///
-/// Windows unloads such a hive with no notification, and not at its last key's close: a
-/// closed subkey's control block holds the hive's root until the delayed dereference runs,
-/// up to 5 s later (Windows Research Kernel `base/ntos/config/cmdelay.c`,
-/// `CmpDelayDerefKCBIntervalInSeconds`; `cmdelete.c` `CmpDoQueueLateUnloadWorker`); until then
-/// the hive file is in use, so a script that copies it after `wait` would fail. The query
-/// itself runs the delayed dereferences down (`cmsubs.c` `CmpSearchForOpenSubKeys` →
-/// `CmpCleanUpKCBCacheTable`), so the unload is queued by the first look and the next one
-/// normally finds the hive gone. When the history or the kernel cannot be asked (an older
-/// driver, the driverless fallback, an application hive's `\REGISTRY\A` path) nothing is
-/// claimed either way: false.
-///
-/// `pending`: the driver's record of the hive says unload-pending, which is proof enough of a
-/// deferred unload (review 20b, R1b: the history may have lost the attempt). When its record
-/// is gone, the history must show one: the hive's newest attempt returned `STATUS_PENDING`,
-/// or `STATUS_TOO_LATE` — refused because a deferred unload of it was already pending (WRK
-/// `cmapi.c` `CmUnloadKeyEx`, `ntapi.c` `NtUnloadKey2`), which until review 20b (R1) hid the
-/// pending one and let `wait` say free while the hive was still loaded.
-fn deferred_unload_unfinished(client: &mut Client<'_>, hive: &str, pending: bool) -> bool {
-    let deferred = pending
-        || client.unload_history().is_ok_and(|h| {
-            h.attempts
-                .iter()
-                .find(|a| !a.held_after && a.path.eq_ignore_ascii_case(hive))
-                .is_some_and(|a| {
-                    matches!(
-                        a.status_name.as_deref(),
-                        Some("STATUS_PENDING" | "STATUS_TOO_LATE")
-                    )
-                })
-        });
-    deferred
-        && !is_app_hive(hive)
-        && matches!(client.transport().kernel_open_keys(hive), Some(Ok(_)))
+/// # Errors
+/// Why it cannot be said: the history could not be read, or it holds no attempt of the hive
+/// while older entries are not kept (or whether they are could not be read).
+fn newest_attempt_deferred(client: &mut Client<'_>, hive: &str) -> Result<bool, String> {
+    let history = client.unload_history().map_err(|e| {
+        format!("whether the hive's unload was deferred (the driver's unload history: {e:#})")
+    })?;
+    if let Some(a) = history
+        .attempts
+        .iter()
+        .find(|a| !a.held_after && a.path.eq_ignore_ascii_case(hive))
+    {
+        return Ok(matches!(
+            a.status_name.as_deref(),
+            Some("STATUS_PENDING" | "STATUS_TOO_LATE")
+        ));
+    }
+    // No attempt of the hive: it may have been evicted (audit 20b, M4; review 20b, R1b).
+    match history.entries_not_kept {
+        Some(0) => Ok(false),
+        Some(n) => Err(format!(
+            "whether the hive's unload was deferred (the driver's history holds no attempt of \
+             it, and {n} older entr{} of it are no longer kept)",
+            if n == 1 { "y" } else { "ies" }
+        )),
+        None => Err(
+            "whether the hive's unload was deferred (the driver's history holds no attempt of \
+             it, and whether it kept every entry could not be read)"
+                .to_owned(),
+        ),
+    }
 }
 
 /// The keys open in a holders report and the processes holding them: the hive's counts,
@@ -286,13 +419,14 @@ fn record_gone(client: &mut Client<'_>, hive: &str, loaded_since: bool) -> Gone 
         Some(Err(e)) if fallback => {
             source.cannot_see(format!(
                 "whether the hive is still loaded and held (it could be listed before; now \
-                 NtQueryOpenSubKeysEx failed: {e})"
+                 {})",
+                crate::client::kernel_failure(hive, &e)
             ));
             (0, 0)
         }
         unknown => {
             let why = match unknown {
-                Some(Err(e)) => format!("NtQueryOpenSubKeysEx failed: {e}"),
+                Some(Err(e)) => crate::client::kernel_failure(hive, &e),
                 _ => format!("the {} backend cannot ask the kernel", client.backend()),
             };
             source.cannot_see(format!(

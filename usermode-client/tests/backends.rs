@@ -93,9 +93,10 @@ impl Transport for NativeWait {
         "native"
     }
     fn ioctl(&mut self, _: u32, _: &[u8], _: &mut [u8]) -> Result<usize, TransportError> {
-        // Only the one holders query that says who still holds a hive after a timeout.
+        // Only the look before the wait (whether the hive was loaded after tracking started:
+        // review 20b, R6) and the one that says who still holds a hive after a timeout.
         let calls = NATIVE_WAIT_QUERIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(calls, 0, "a backend that waits natively is not polled");
+        assert!(calls < 2, "a backend that waits natively is not polled");
         Err(TransportError::Request { code: 2 })
     }
     fn wait_free(
@@ -124,8 +125,8 @@ fn wait_uses_a_native_wait_free_when_the_backend_has_one() {
     assert_eq!(r["verdict"], "timed_out");
     assert_eq!(
         NATIVE_WAIT_QUERIES.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "one holders query after the timeout, to say who holds the hive"
+        2,
+        "one holders query before the wait, one after the timeout to say who holds the hive"
     );
 }
 
@@ -215,7 +216,7 @@ fn the_fallback_never_says_a_loaded_hive_is_free() {
     assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
     assert!(
         o.out.contains(&format!(
-            r"HKU\{SID}: no open key in Windows' list after 0.0s (poll); keys deleted while open are not in that list, so it may still be held"
+            r"HKU\{SID}: not unloaded after 0.0s (poll), and no open key in Windows' list; keys deleted while open are not in that list, so it may still be held"
         )),
         "{}",
         o.out
@@ -304,6 +305,72 @@ fn a_hive_unloaded_during_a_fallback_wait_is_free() {
     assert_eq!((r.free, r.verdict), (true, WaitVerdict::Free), "{r:?}");
     assert!(r.source.complete, "{:?}", r.source);
     assert_eq!(o.code, exit::OK);
+}
+
+/// `NtQueryOpenSubKeysEx` for a profile with no key open that unloads after `empty` looks
+/// (the last key closed, the profile service not done yet): an empty list, then
+/// `ERROR_FILE_NOT_FOUND`.
+struct EmptyThenUnloaded {
+    looks: u32,
+    empty: u32,
+}
+
+impl OpenSubKeys for EmptyThenUnloaded {
+    fn open_subkeys(&mut self, _hive: &str) -> Result<Vec<(u64, String)>, TransportError> {
+        self.looks += 1;
+        if self.looks <= self.empty {
+            Ok(Vec::new())
+        } else {
+            Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })
+        }
+    }
+}
+
+/// Review 20b, R8: the driverless `wait` ended at once (exit 4) on an empty list, so a logoff
+/// script run after the last key closed but before the unload could never wait for the one
+/// "free" the fallback can give: the hive's unload. It now keeps looking until Windows no
+/// longer has the hive (free, exit 0) or the timeout (`none_seen_incomplete`, exit 4).
+#[test]
+fn the_fallback_wait_waits_for_the_unload_on_an_empty_list() {
+    let after = |empty| {
+        move |_| -> Result<Box<dyn Transport>, TransportError> {
+            Ok(Box::new(FallbackTransport::new(EmptyThenUnloaded {
+                looks: 0,
+                empty,
+            })))
+        }
+    };
+    let o = run_with(&["wait", "HKCU", "--timeout", "10"], after(3), &Contoso);
+    assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
+    assert!(
+        o.out
+            .contains(&format!(r"HKU\{SID}: free after 1.5s (poll)")),
+        "{}",
+        o.out
+    );
+    assert_eq!(o.sleeps, 3, "{o:?}");
+    // Never unloaded: the wait runs to its timeout, and says it was not unloaded.
+    let o = run_with(
+        &["wait", "HKCU", "--timeout", "2", "--json"],
+        after(u32::MAX),
+        &Contoso,
+    );
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(r.verdict, WaitVerdict::NoneSeenIncomplete, "{r:?}");
+    assert!(r.waited_secs >= 2.0, "{r:?}");
+    let o = run_with(
+        &["wait", "HKCU", "--timeout", "2"],
+        after(u32::MAX),
+        &Contoso,
+    );
+    assert!(
+        o.out.contains("not unloaded after 2.0s (poll)"),
+        "{}",
+        o.out
+    );
 }
 
 #[test]

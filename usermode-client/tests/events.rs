@@ -1886,3 +1886,24 @@ fn audit20b_l3_the_1001_of_an_unvouched_hive_adds_the_kernels_list() {
         AGENT_PID.to_string()
     );
 }
+
+/// Review 20b, R7: with the kernel's list merged into a 1001 the holders can outnumber the 8
+/// `EventData` slots while the count says they are all listed; the ninth and later were
+/// dropped from the `EventData` with `HoldersTruncated` still false (the message and
+/// `--jsonl` keep them).
+#[test]
+fn holders_beyond_the_event_data_slots_are_said_truncated() {
+    let holders: Vec<EventHolder> = (0..9u64)
+        .map(|i| EventHolder::new(4000 + i, Some(format!(r"C:\Tools\app{i}.exe")), None, 1))
+        .collect();
+    let mut e = FleetEvent::new(EventId::UnloadFailed, "nine holders".to_owned());
+    e.holder_count = Some(9);
+    e.key_count = Some(9);
+    e.holders = holders;
+    let s = e.insertion_strings();
+    assert_eq!(field(&s, "HoldersTruncated"), "true");
+    assert_eq!(field(&s, "Holder8Pid"), "4007");
+    e.holders.truncate(8);
+    e.holder_count = Some(8);
+    assert_eq!(field(&e.insertion_strings(), "HoldersTruncated"), "false");
+}

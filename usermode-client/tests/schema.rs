@@ -25,9 +25,18 @@ fn round_trip<T: Serialize + DeserializeOwned>(text: &str) -> Value {
     serde_json::from_str(text).unwrap()
 }
 
-/// `path: type` lines for every field of `v` (array items under `[]`).
+/// Objects whose keys are data, not field names (`analyze`'s users and skipped operations):
+/// their values are pinned under `{}`.
+const MAPS: [&str; 2] = ["analysis.capture.hkcu_users", "analysis.unknowns.skipped"];
+
+/// `path: type` lines for every field of `v` (array items under `[]`, map values under `{}`).
 fn shape(prefix: &str, v: &Value, out: &mut BTreeSet<String>) {
     match v {
+        Value::Object(m) if MAPS.contains(&prefix) => {
+            for v in m.values() {
+                shape(&format!("{prefix}{{}}"), v, out);
+            }
+        }
         Value::Object(m) => {
             for (k, v) in m {
                 let p = format!("{prefix}.{k}");
@@ -133,6 +142,7 @@ fn every_report_round_trips_and_its_shape_is_pinned() {
         &common::Contoso,
     );
     add("holders", &round_trip::<HoldersReport>(&o.out));
+    analysis_shapes(&mut lines);
     let text: String = lines.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
     assert_snapshot("json_schema", &text);
 
@@ -141,11 +151,40 @@ fn every_report_round_trips_and_its_shape_is_pinned() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for line in &lines {
         let path = line.split(':').next().unwrap();
-        let field = path.rsplit('.').next().unwrap().trim_end_matches("[]");
+        let field = path
+            .rsplit('.')
+            .next()
+            .unwrap()
+            .trim_end_matches("[]")
+            .trim_end_matches("{}");
         assert!(
             readme.contains(&format!("`{field}`")),
             "README.md does not document `{field}` ({path})"
         );
+    }
+}
+
+/// `analyze`'s document (review 20b, R7: it was not pinned, so the README check missed its
+/// fields): both fixtures, plain and with `--at`, `--from-boot` and `--all-events`.
+fn analysis_shapes(lines: &mut BTreeSet<String>) {
+    for file in ["logoff.csv", "logoff.pml"] {
+        let capture = format!(
+            "{}/../capture/tests/fixtures/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        for extra in [&[][..], &["--at", "20", "--from-boot", "--all-events"]] {
+            let mut argv = vec!["analyze", capture.as_str(), "--hkcu-sid", SID, "--json"];
+            argv.extend_from_slice(extra);
+            let o = run_with(
+                &argv,
+                |_| -> Result<Box<dyn hivetrack_cli::transport::Transport>, _> {
+                    panic!("analyze must not reach the driver")
+                },
+                &common::Contoso,
+            );
+            assert_eq!(o.code, 0, "{argv:?}: {}", o.err);
+            shape("analysis", &round_trip::<capture::Analysis>(&o.out), lines);
+        }
     }
 }
 

@@ -901,15 +901,33 @@ mod engine {
     /// A tracker with the profile hive loaded, `process` started as `image` with ntdll.dll
     /// mapped an hour ago, and capture on for every open; and the hive's mount.
     fn capturing(process: ProcessKey, image: &str) -> (Rc<Engine>, String) {
+        let ntdll = format!(r"{SYS}\ntdll.dll");
+        capturing_with_ntdll(process, image, &w(&ntdll))
+    }
+
+    /// [`capturing`], ntdll.dll's load recorded under `ntdll` (empty: without its path).
+    fn capturing_with_ntdll(
+        process: ProcessKey,
+        image: &str,
+        ntdll: &[u16],
+    ) -> (Rc<Engine>, String) {
         let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
         let user = format!(r"\REGISTRY\USER\{SID}");
         t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 4 * 3600 * SECOND);
         t.process_started(process, &w(image));
         let o = run(&t, &["--json", "capture", "on"]);
         assert_eq!(o.code, 0, "{}{}", o.out, o.err);
-        let ntdll = format!(r"{SYS}\ntdll.dll");
-        t.image_loaded(process, NTDLL, 0x1f_8000, &w(&ntdll), NOW - 3600 * SECOND);
+        t.image_loaded(process, NTDLL, 0x1f_8000, ntdll, NOW - 3600 * SECOND);
         (t, user)
+    }
+
+    /// `process` opens `key` (object `object`, now) from a whole stack of `frames`.
+    fn open_with_stack(t: &Engine, process: ProcessKey, object: u64, key: &str, frames: &[u64]) {
+        let token = t
+            .opened(object, process, 1, &w(key), 0x2_0019, NOW)
+            .expect("tracked");
+        assert!(t.capture_wanted(token));
+        t.stack_captured(token, object, frames, false);
     }
 
     #[test]
@@ -948,6 +966,107 @@ mod engine {
         assert_eq!(ranked.without_stack.cut_in_plumbing, 1);
     }
 
+    /// Review 20b, R9: a whole stack whose process's ntdll.dll is not known by name (its load
+    /// not recorded, or recorded without its path) cannot be shown to end where a thread's
+    /// stack starts; it had no flag, which the README defines as "the frames are whole".
+    #[test]
+    fn a_stack_is_not_called_whole_when_ntdll_is_not_known() {
+        // ntdll.dll's load recorded without its path; shellext.dll's with it.
+        let (t, user) = capturing_with_ntdll(SHELL, r"C:\Windows\explorer.exe", &[]);
+        let ext = r"\Device\HarddiskVolume2\Program Files\Contoso\shellext.dll";
+        t.image_loaded(SHELL, BASE, 0x4_0000, &w(ext), NOW - 3600 * SECOND);
+        // Ends in ntdll's range (its thread start), but ntdll is not known by name.
+        let frames = [NTDLL + 0x10, BASE + 0x100, NTDLL + 0x20];
+        open_with_stack(
+            &t,
+            SHELL,
+            0x2000,
+            &format!(r"{user}\Software\Contoso"),
+            &frames,
+        );
+        let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let report: HoldersReport = serde_json::from_str(&o.out).unwrap();
+        let stack = report.holders[0].keys[0].stack.as_ref().expect("a stack");
+        assert_eq!(stack.flags, ["may_be_partial"], "{stack:?}");
+    }
+
+    /// Review 20b, R7: a frame in an image whose path the driver could not keep has `module`
+    /// null and `offset` set (`<image at 0x…>+0x…`), and `modules` ranked it as "(no module):
+    /// code in no image the driver recorded, as JIT code", with every other unnamed image and
+    /// every true no-module frame in one row. It is an image, named by its base, a row of its
+    /// own.
+    #[test]
+    fn a_frame_in_an_image_without_its_path_is_ranked_as_that_image_not_as_jit_code() {
+        const OTHER: u64 = 0x7ffa_6000_0000;
+        let (t, user) = capturing(SHELL, r"C:\Windows\explorer.exe");
+        let at = NOW - 3600 * SECOND;
+        // Loaded, but its name could not be stored (the driver keeps the range, no path).
+        t.image_loaded(SHELL, BASE, 0x4_0000, &[], at);
+        t.image_loaded(SHELL, OTHER, 0x4_0000, &[], at);
+        for (object, name, caller) in [
+            (0x2000, "Unnamed", BASE + 0x100),
+            (0x2010, "Other", OTHER + 0x200),
+            (0x2020, "Jit", 0x1_2345_0000),
+        ] {
+            let key = format!(r"{user}\Software\{name}");
+            open_with_stack(
+                &t,
+                SHELL,
+                object,
+                &key,
+                &[NTDLL + 0x10, caller, NTDLL + 0x20],
+            );
+        }
+        let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);
+        assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+        let report: HoldersReport = serde_json::from_str(&o.out).unwrap();
+        let frame = report.holders[0]
+            .keys
+            .iter()
+            .find(|k| k.path.as_deref().is_some_and(|p| p.ends_with("Unnamed")))
+            .and_then(|k| k.stack.as_ref())
+            .map(|s| s.frames[1].clone())
+            .expect("a stack");
+        assert_eq!(
+            (frame.module.as_deref(), frame.offset),
+            (None, Some(0x100)),
+            "{frame:?}"
+        );
+        assert_eq!(frame.text, format!("<image at {BASE:#x}>+0x100"));
+        let o = run(&t, &["--json", "modules", "HKCU"]);
+        let ranked: ModulesReport = serde_json::from_str(&o.out).unwrap();
+        let mut rows: Vec<(String, u64)> = ranked
+            .modules
+            .iter()
+            .map(|m| (m.name.clone(), m.keys))
+            .collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                ("(no module)".to_owned(), 1),
+                (format!("<image at {BASE:#x}>"), 1),
+                (format!("<image at {OTHER:#x}>"), 1),
+            ],
+            "one row per image, apart from code in no image"
+        );
+        let o = run(&t, &["modules", "HKCU"]);
+        assert_eq!(
+            o.out.matches("as JIT code").count(),
+            1,
+            "only the frame in no image is put down as JIT code: {}",
+            o.out
+        );
+        assert!(
+            o.out.contains(&format!(
+                "<image at {BASE:#x}> (an image whose path the driver could not record"
+            )),
+            "{}",
+            o.out
+        );
+    }
+
     #[test]
     fn a_32_bit_process_stack_is_flagged_and_not_ranked() {
         // A 32-bit program's calls reach the kernel through the 64-bit Wow64 layer: the walk
@@ -955,22 +1074,13 @@ mod engine {
         let (t, user) = capturing(AGENT, r"C:\Program Files (x86)\Contoso\agent.exe");
         let at = NOW - 3600 * SECOND;
         t.image_loaded(AGENT, BASE, 0x4_0000, &w(&format!(r"{SYS}\wow64.dll")), at);
-        let token = t
-            .opened(
-                0x2000,
-                AGENT,
-                1,
-                &w(&format!(r"{user}\Software\Agent")),
-                0x2_0019,
-                NOW,
-            )
-            .expect("tracked");
-        assert!(t.capture_wanted(token));
-        t.stack_captured(
-            token,
+        let frames = [NTDLL + 0x10, BASE + 0x100, NTDLL + 0x20];
+        open_with_stack(
+            &t,
+            AGENT,
             0x2000,
-            &[NTDLL + 0x10, BASE + 0x100, NTDLL + 0x20],
-            false,
+            &format!(r"{user}\Software\Agent"),
+            &frames,
         );
         t.process_is_32bit(AGENT);
         let o = run(&t, &["--json", "holders", "HKCU", "--stacks"]);

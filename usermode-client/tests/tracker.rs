@@ -658,6 +658,8 @@ struct DeferredProfile {
     /// The same file is loaded again at the mount before the close (the logon after a failed
     /// logoff), which cancels the pending unload.
     reload: bool,
+    /// The driver refuses the unload-history query (as for want of memory).
+    refuse_history: bool,
 }
 
 impl Transport for DeferredProfile {
@@ -665,7 +667,14 @@ impl Transport for DeferredProfile {
         "tracker"
     }
     fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
-        Driver(self.t.clone()).ioctl(code, input, out)
+        if self.refuse_history
+            && code == protocol::ioctl::query_ioctl(protocol::request::QueryKind::UnloadHistory)
+        {
+            return Err(TransportError::Request {
+                code: hivetrack_cli::transport::ERROR_NO_SYSTEM_RESOURCES,
+            });
+        }
+        DriverWithEvents(self.t.clone()).ioctl(code, input, out)
     }
     fn wait_free(
         &mut self,
@@ -720,28 +729,72 @@ fn wait_on_deferred_profile_retry(
     reload: bool,
     retry: bool,
 ) -> (hivetrack_cli::model::WaitReport, u32) {
+    wait_on_deferred_profile_with(loaded_looks, reload, retry, History::Whole)
+}
+
+/// The driver's unload history in [`wait_on_deferred_profile_with`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum History {
+    /// Every entry kept, read as asked.
+    Whole,
+    /// The driver refuses the unload-history query.
+    Refused,
+    /// It holds 2 entries, and two unloads of other hives after the deferred one push it out.
+    Evicted,
+}
+
+/// The profile hive, tracking started at `tracking` and the hive loaded at `loaded` (in time
+/// order), a key opened in it (object 0x3000, by the agent, 40 s ago) and its unload deferred
+/// (`STATUS_PENDING`, 10 s ago); the key's token.
+fn deferred_profile(t: &Engine, tracking: u64, loaded: u64) -> tracker::Token {
     let profile = format!(r"\REGISTRY\USER\{SID}");
-    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
-    t.tracking_started(NOW - 60 * SECOND);
-    t.hive_loaded(
-        &w(&profile),
-        &w(r"\??\C:\Users\kemu\NTUSER.DAT"),
-        NOW - 50 * SECOND,
-    );
+    let load = || t.hive_loaded(&w(&profile), &w(r"\??\C:\Users\kemu\NTUSER.DAT"), loaded);
+    if tracking <= loaded {
+        t.tracking_started(tracking);
+        load();
+    } else {
+        load();
+        t.tracking_started(tracking);
+    }
+    let key = format!(r"{profile}\Software");
     let tok = t
-        .opened(
-            0x3000,
-            AGENT,
-            1,
-            &w(&format!(r"{profile}\Software")),
-            1,
-            NOW - 40 * SECOND,
-        )
+        .opened(0x3000, AGENT, 1, &w(&key), 1, NOW - 40 * SECOND)
         .expect("tracked");
     let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
     t.hive_unload_pending(&w(&profile));
+    tok
+}
+
+/// [`wait_on_deferred_profile_retry`], with the driver's unload history as `history` says.
+fn wait_on_deferred_profile_with(
+    loaded_looks: u32,
+    reload: bool,
+    retry: bool,
+    history: History,
+) -> (hivetrack_cli::model::WaitReport, u32) {
+    let (refuse_history, evict) = (history == History::Refused, history == History::Evicted);
+    let profile = format!(r"\REGISTRY\USER\{SID}");
+    let config = Config {
+        history_len: if evict {
+            2
+        } else {
+            Config::default().history_len
+        },
+        ..Config::default()
+    };
+    let t = Rc::new(Engine::new(Heap, config).expect("config"));
+    let tok = deferred_profile(&t, NOW - 60 * SECOND, NOW - 50 * SECOND);
     if retry {
         let _ = t.unload_attempted(&w(&profile), 0xC000_0189, NOW - 5 * SECOND);
+    }
+    if evict {
+        for other in ["1002", "1003"] {
+            let _ = t.unload_attempted(
+                &w(&format!(r"\REGISTRY\USER\S-1-5-21-1-2-3-{other}")),
+                0,
+                NOW - 4 * SECOND,
+            );
+        }
     }
     let mut d = DeferredProfile {
         t,
@@ -749,6 +802,7 @@ fn wait_on_deferred_profile_retry(
         loaded_looks,
         looks: 0,
         reload,
+        refuse_history,
     };
     let mut client = hivetrack_cli::client::Client::new(&mut d);
     client.held_now = false;
@@ -772,10 +826,11 @@ fn wait_on_deferred_profile_retry(
 /// the kernel no longer has the hive, and says so when the timeout comes first.
 #[test]
 fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
-    let (r, looks) = wait_on_deferred_profile(2, false);
+    // Loaded at the look before the driver's wait (review 20b, R6) and the two after it.
+    let (r, looks) = wait_on_deferred_profile(3, false);
     assert!(r.free && !r.unload_pending, "{r:?}");
     assert!(
-        looks >= 3,
+        looks >= 4,
         "the wait looked until the hive was gone: {looks} looks"
     );
     assert!(r.waited_secs >= 1.0, "{r:?}");
@@ -793,6 +848,23 @@ fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
     assert!(
         text.contains("the hive is still loaded") && text.contains("file is in use"),
         "{text}"
+    );
+}
+
+/// Review 20b, R6: with the driver's wait, the hive's record went during the wait (the driver
+/// forgets a hive loaded after tracking started when its deferred unload is pending and its
+/// last key closes), and no look before the wait had said the hive was loaded after tracking
+/// started: the answer said it could not see "keys opened before tracking started", for a
+/// hive loaded since with nothing lost. One look before the wait says it now.
+#[test]
+fn a_hive_forgotten_during_the_drivers_wait_is_known_to_be_loaded_after_tracking_started() {
+    let (r, _) = wait_on_deferred_profile(u32::MAX, false);
+    assert_eq!(r.method, "wait-free", "{r:?}");
+    assert_eq!(r.verdict, WaitVerdict::UnloadPending, "{r:?}");
+    assert!(
+        r.source.complete && r.source.missing.is_empty(),
+        "loaded after tracking started, nothing lost: {:?}",
+        r.source
     );
 }
 
@@ -818,5 +890,259 @@ fn a_refused_retry_does_not_hide_an_unfinished_deferred_unload() {
     assert!(
         !r.free && r.verdict == hivetrack_cli::model::WaitVerdict::UnloadPending,
         "the kernel still has the hive at every look ({looks}): {r:?}"
+    );
+}
+
+/// Review 20b, R1b: the driver forgot the profile at its last key's close (its deferred unload
+/// pending), and its unload history could not be read (the driver short of memory): whether
+/// the hive still awaits its unload cannot be said, yet the wait said free (exit 0) while
+/// the kernel still had the hive. Now it says it could not see that.
+#[test]
+fn an_unreadable_unload_history_is_never_free() {
+    not_free_for_want_of_history(History::Refused, "the driver's unload history:");
+    // Once Windows has unloaded it, the history is not needed: free.
+    let (r, _) = wait_on_deferred_profile_with(0, false, false, History::Refused);
+    assert!(r.free && r.verdict == WaitVerdict::Free, "{r:?}");
+}
+
+/// The profile of [`unvouched_profile`] as the driver and the kernel show it: the driver's
+/// record stays `unload-pending` (it cannot vouch for a hive loaded before tracking, so it
+/// never forgets it), and the kernel — a script of `NtQueryOpenSubKeysEx` answers — has the
+/// hive loaded for `loaded_looks` looks, then no hive at that path.
+struct UnvouchedProfile {
+    t: Rc<Engine>,
+    looks: Rc<std::cell::Cell<u32>>,
+    loaded_looks: u32,
+}
+
+impl Transport for UnvouchedProfile {
+    fn backend(&self) -> &'static str {
+        "tracker"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        DriverWithEvents(self.t.clone()).ioctl(code, input, out)
+    }
+    fn kernel_open_keys(
+        &mut self,
+        _hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        self.looks.set(self.looks.get() + 1);
+        Some(if self.looks.get() <= self.loaded_looks {
+            Ok(Vec::new())
+        } else {
+            Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })
+        })
+    }
+}
+
+/// The README's common case: the profile was loaded before tracking started (the driver
+/// started after logon), its logoff unload was deferred (`STATUS_PENDING`) while a tracked
+/// key was open, and that key has closed since.
+fn unvouched_profile() -> Rc<Engine> {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let tok = deferred_profile(&t, NOW - 60 * SECOND, NOW - 70 * SECOND);
+    t.handle_closed(tok, 0x3000);
+    t.object_destroyed(tok, 0x3000);
+    t
+}
+
+fn run_unvouched(loaded_looks: u32, argv: &[&str]) -> (common::Outcome, u32) {
+    let t = unvouched_profile();
+    let looks = Rc::new(std::cell::Cell::new(0));
+    let l = Rc::clone(&looks);
+    let o = run_with(
+        argv,
+        move |_| {
+            Ok(Box::new(UnvouchedProfile {
+                t: t.clone(),
+                looks: Rc::clone(&l),
+                loaded_looks,
+            }) as Box<dyn Transport>)
+        },
+        &Contoso,
+    );
+    (o, looks.get())
+}
+
+/// Review 20b, R2: when Windows completes the deferred unload of a profile loaded before
+/// tracking started, the driver's record stays `unload-pending` (Windows sends no
+/// notification), and the kernel answers "no such hive". `wait` ended `none_seen_incomplete`
+/// (exit 4, "may still be held") for that hive, though the same answer after the driver forgot
+/// a hive is `free`; and it blamed the driver ("the driver rejected the request (Win32 error
+/// 2)") for Windows' answer. Now Windows' "not found" is the unload, and the wait is free.
+#[test]
+fn a_deferred_unload_of_a_hive_loaded_before_tracking_ends_free_once_windows_unloads_it() {
+    use hivetrack_cli::exit;
+    let hive = format!(r"HKU\{SID}");
+    let (o, looks) = run_unvouched(2, &["wait", &hive, "--timeout", "10", "--json"]);
+    assert_eq!(o.code, exit::OK, "{looks} looks: {}{}", o.out, o.err);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert!(
+        r.free && r.verdict == WaitVerdict::Free && !r.unload_pending && r.source.complete,
+        "{r:?}"
+    );
+    assert!(o.sleeps >= 1, "it waited for the unload: {o:?}");
+    let (o, _) = run_unvouched(2, &["wait", &hive, "--timeout", "10"]);
+    assert!(o.out.contains("free after"), "{}", o.out);
+    // Still loaded at the timeout: no key open, but not unloaded (exit 1), as before.
+    let (o, _) = run_unvouched(u32::MAX, &["wait", &hive, "--timeout", "3", "--json"]);
+    assert_eq!(o.code, exit::HELD, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(r.verdict, WaitVerdict::UnloadPending, "{r:?}");
+}
+
+/// Review 20b, R2: the kernel's "not found" for a hive's path is Windows saying the hive is
+/// not loaded, not the driver refusing a request.
+#[test]
+fn the_kernel_not_finding_a_hive_says_it_is_unloaded_not_that_the_driver_refused() {
+    let (o, _) = run_unvouched(0, &["holders", &format!(r"HKU\{SID}"), "--json"]);
+    let r: HoldersReport = serde_json::from_str(&o.out).unwrap();
+    let why = r
+        .source
+        .coverage
+        .as_ref()
+        .and_then(|c| c.kernel_error.clone())
+        .expect("the kernel's list could not be had");
+    assert!(
+        why.contains("Windows has no hive loaded at") && !why.contains("driver"),
+        "{why}"
+    );
+}
+
+/// Review 20b, R1b, and audit 20b, M4: the deferred unload's attempt was pushed out of the
+/// driver's history (it holds 32 entries, shared with key-count alarms and held-after looks;
+/// 2 here) by later unloads of other hives, and the driver forgot the profile at its last
+/// close. The wait found no attempt of the hive and said free while the kernel still had it
+/// loaded. A history that no longer holds every entry decides nothing now.
+#[test]
+fn a_deferred_unload_pushed_out_of_the_history_is_not_free() {
+    not_free_for_want_of_history(History::Evicted, "are no longer kept");
+}
+
+/// The forgotten deferred profile of [`wait_on_deferred_profile_with`], still loaded at every
+/// look, with the driver's history as `history` says: the wait is not free, and says it could
+/// not see whether the unload was deferred, `why`.
+fn not_free_for_want_of_history(history: History, why: &str) {
+    let (r, looks) = wait_on_deferred_profile_with(u32::MAX, false, false, history);
+    assert!(
+        !r.free && r.verdict == WaitVerdict::NoneSeenIncomplete,
+        "the kernel still has the hive at every look ({looks}): {r:?}"
+    );
+    assert!(
+        r.source
+            .missing
+            .iter()
+            .any(|m| m.contains("whether the hive's unload was deferred") && m.contains(why)),
+        "{:?}",
+        r.source
+    );
+}
+
+fn history_engine(history_len: u32, attempts: usize, tracking: bool) -> Rc<Engine> {
+    let config = Config {
+        history_len,
+        ..Config::default()
+    };
+    let t = Rc::new(Engine::new(Heap, config).expect("config"));
+    if tracking {
+        t.tracking_started(NOW - 3600 * SECOND);
+    }
+    for i in 0..attempts {
+        let _ = t.unload_attempted(
+            &w(&format!(r"\REGISTRY\USER\S-1-5-21-1-2-3-{}", 1000 + i)),
+            0xC000_0121,
+            NOW - 60 * SECOND,
+        );
+    }
+    t
+}
+
+fn run_history(t: &Rc<Engine>, argv: &[&str]) -> common::Outcome {
+    let engine = t.clone();
+    run_with(
+        argv,
+        move |_| Ok(Box::new(DriverWithEvents(engine.clone())) as Box<dyn Transport>),
+        &Contoso,
+    )
+}
+
+/// Audit 20b, M4: `unload-history` said "No unload attempt recorded", complete, with no word
+/// on since when tracking ran nor on entries the driver's bounded history had evicted: a
+/// driver started this morning, or a history pushed out by a handle leak's key-count alarms,
+/// read as a vouched "no failed unload last night".
+#[test]
+fn the_unload_history_says_since_when_and_what_it_no_longer_keeps() {
+    use hivetrack_cli::exit;
+    // Nothing since tracking began, nothing evicted: a "no" that says since when.
+    let t = history_engine(4, 0, true);
+    let o = run_history(&t, &["unload-history"]);
+    assert!(
+        o.out
+            .contains("No unload attempt recorded since tracking started (")
+            && o.out.contains("unload attempts before it are not recorded"),
+        "{}",
+        o.out
+    );
+    let u: UnloadHistoryReport =
+        serde_json::from_str(&run_history(&t, &["unload-history", "--json"]).out).unwrap();
+    assert!(
+        u.source.complete && u.source.tracking_since.is_some(),
+        "{u:?}"
+    );
+    assert_eq!(u.entries_not_kept, Some(0));
+    // Six attempts in a history of four: two evicted, and said.
+    let t = history_engine(4, 6, true);
+    let u: UnloadHistoryReport =
+        serde_json::from_str(&run_history(&t, &["unload-history", "--json"]).out).unwrap();
+    assert_eq!(
+        (u.attempts.len(), u.entries_not_kept),
+        (4, Some(2)),
+        "{u:?}"
+    );
+    assert!(!u.source.complete, "{u:?}");
+    let o = run_history(&t, &["unload-history"]);
+    assert!(
+        o.out
+            .contains("INCOMPLETE: could not see 2 older entries of the driver's history"),
+        "{}",
+        o.out
+    );
+    assert_eq!(
+        run_history(&t, &["unload-history", "--strict"]).code,
+        exit::INCOMPLETE
+    );
+    // Live tracking off: no "no" at all.
+    let t = history_engine(4, 0, false);
+    let o = run_history(&t, &["unload-history"]);
+    assert!(
+        o.out
+            .contains("No unload attempt found, but the answer is incomplete"),
+        "{}",
+        o.out
+    );
+    assert_eq!(
+        run_history(&t, &["unload-history", "--strict"]).code,
+        exit::INCOMPLETE
+    );
+}
+
+/// Review 20b, R7: a wait that ends with the deferred unload unfinished on an answer that
+/// could not see everything (the hive was loaded before tracking started) said "no process
+/// holds a key", as if it had seen every key. Now it says what it saw.
+#[test]
+fn an_unfinished_unload_on_an_incomplete_answer_says_no_key_seen() {
+    let hive = format!(r"HKU\{SID}");
+    let (o, _) = run_unvouched(u32::MAX, &["wait", &hive, "--timeout", "3"]);
+    assert_eq!(o.code, hivetrack_cli::exit::HELD, "{}{}", o.out, o.err);
+    let headline = o.out.lines().next().unwrap_or_default();
+    assert!(
+        headline.contains("no key seen open after 3.0s")
+            && headline.contains("the answer is incomplete")
+            && headline.contains("the hive is still loaded")
+            && !headline.contains("no process holds a key"),
+        "{}",
+        o.out
     );
 }
