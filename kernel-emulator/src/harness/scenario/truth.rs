@@ -364,9 +364,22 @@ fn own_hivelist_open(ctx: &mut Ctx) {
                 .all(|m| known.iter().any(|(k, _)| k.eq_ignore_ascii_case(m))),
             format!("faulted {faulted}: the hive list was read: {known:?}"),
         );
+        // The hive list's key stays open for the driver's later reads (a seed that was not
+        // whole, deferred unloads that completed: `driver/src/reseed.rs`) until DriverUnload
+        // closes it (the leak check below); until 2026-12-06 a whole seed closed it at once.
+        let list_keys = kernel::with(|k| {
+            k.hives
+                .objects
+                .values()
+                .filter(|o| o.name.to_ascii_lowercase().ends_with(r"\control\hivelist"))
+                .count()
+        });
         ctx.check(
-            hive::key_objects() == objects,
-            format!("faulted {faulted}: the driver's start left no key object"),
+            hive::key_objects() == objects + 1 && list_keys == 1,
+            format!(
+                "faulted {faulted}: the driver's start left one key object, the hive list's it keeps ({} objects, {list_keys} of the list)",
+                hive::key_objects().saturating_sub(objects)
+            ),
         );
         c.close();
         ctx.unload_and_check_clean(&mut d);
