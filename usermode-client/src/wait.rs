@@ -123,7 +123,7 @@ pub fn wait_free(
         // file cancels the unload, WRK `cmapi.c` CmpIsHiveAlreadyLoaded).
         // `Some(true)`: the driver's record says unload-pending; `Some(false)`: its record is
         // gone; `None`: neither.
-        let (source, open_keys, holders, unloading) = match client.holders(hive, true, 0) {
+        let (mut source, open_keys, holders, unloading) = match client.holders(hive, true, 0) {
             Ok(r) => {
                 seen = true;
                 loaded_since = vouched(&r);
@@ -139,8 +139,19 @@ pub fn wait_free(
         };
         let secs = clock.elapsed().as_secs_f64();
         let done = open_keys == 0 && holders == 0;
-        let unload_pending = done
-            && unloading.is_some_and(|pending| deferred_unload_unfinished(client, hive, pending));
+        let deferred = match unloading {
+            Some(pending) if done => deferred_unload(client, hive, pending),
+            _ => Deferred::No,
+        };
+        let unload_pending = deferred == Deferred::Unfinished;
+        if deferred == Deferred::Gone {
+            // The driver still has the hive unload-pending (it drops the record at its next
+            // read of the hive list, up to a second later), but Windows has unloaded it: no
+            // key can hold it, free (as `record_gone` says for the same answer). Until
+            // 2026-12-06 the driver forgot the hive at its last close, and this was the
+            // record_gone path; an unvouched hive got "may still be held" here (review 20b, R2).
+            source = Source::new(client.backend(), 0, &[]);
+        }
         let elapsed = clock.elapsed();
         if (done && !unload_pending) || elapsed >= timeout {
             // Free only when nothing is open, the answer could see everything (audit 20b, M1)
@@ -167,9 +178,10 @@ pub fn wait_free(
     }
 }
 
-/// Whether `hive`, free now, is still loaded with its deferred unload unfinished: the driver's
-/// last unload attempt on it returned `STATUS_PENDING` (`NtUnloadKeyEx`), and the kernel
-/// still has the hive (`NtQueryOpenSubKeysEx` answers for it rather than "not found").
+/// Whether `hive`, free now, is still loaded with its deferred unload unfinished
+/// ([`Deferred::Unfinished`]): the driver's last unload attempt on it returned
+/// `STATUS_PENDING` (`NtUnloadKeyEx`), and the kernel still has the hive
+/// (`NtQueryOpenSubKeysEx` answers for it rather than "not found").
 ///
 /// Windows unloads such a hive with no notification, and not at its last key's close: a
 /// closed subkey's control block holds the hive's root until the delayed dereference runs,
@@ -180,7 +192,7 @@ pub fn wait_free(
 /// `CmpCleanUpKCBCacheTable`), so the unload is queued by the first look and the next one
 /// normally finds the hive gone. When the history or the kernel cannot be asked (an older
 /// driver, the driverless fallback, an application hive's `\REGISTRY\A` path) nothing is
-/// claimed either way: false.
+/// claimed either way: [`Deferred::No`].
 ///
 /// `pending`: the driver's record of the hive says unload-pending, which is proof enough of a
 /// deferred unload (review 20b, R1b: the history may have lost the attempt). When its record
@@ -188,7 +200,10 @@ pub fn wait_free(
 /// or `STATUS_TOO_LATE` — refused because a deferred unload of it was already pending (WRK
 /// `cmapi.c` `CmUnloadKeyEx`, `ntapi.c` `NtUnloadKey2`), which until review 20b (R1) hid the
 /// pending one and let `wait` say free while the hive was still loaded.
-fn deferred_unload_unfinished(client: &mut Client<'_>, hive: &str, pending: bool) -> bool {
+///
+/// [`Deferred::Gone`]: a deferred unload, and the kernel has no such hive any more
+/// (`ERROR_FILE_NOT_FOUND`): unloaded.
+fn deferred_unload(client: &mut Client<'_>, hive: &str, pending: bool) -> Deferred {
     let deferred = pending
         || client.unload_history().is_ok_and(|h| {
             h.attempts
@@ -201,9 +216,27 @@ fn deferred_unload_unfinished(client: &mut Client<'_>, hive: &str, pending: bool
                     )
                 })
         });
-    deferred
-        && !is_app_hive(hive)
-        && matches!(client.transport().kernel_open_keys(hive), Some(Ok(_)))
+    if !deferred || is_app_hive(hive) {
+        return Deferred::No;
+    }
+    match client.transport().kernel_open_keys(hive) {
+        Some(Ok(_)) => Deferred::Unfinished,
+        Some(Err(TransportError::Request {
+            code: ERROR_FILE_NOT_FOUND,
+        })) => Deferred::Gone,
+        _ => Deferred::No,
+    }
+}
+
+/// What [`deferred_unload`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deferred {
+    /// No deferred unload, or the kernel could not be asked: nothing is claimed either way.
+    No,
+    /// A deferred unload, and the kernel still has the hive: loaded, its file in use.
+    Unfinished,
+    /// A deferred unload, and the kernel has no such hive: unloaded.
+    Gone,
 }
 
 /// The keys open in a holders report and the processes holding them: the hive's counts,

@@ -710,15 +710,18 @@ fn wait_on_deferred_profile(
     loaded_looks: u32,
     reload: bool,
 ) -> (hivetrack_cli::model::WaitReport, u32) {
-    wait_on_deferred_profile_retry(loaded_looks, reload, false)
+    wait_on_deferred_profile_retry(loaded_looks, reload, false, false)
 }
 
 /// [`wait_on_deferred_profile`]; `retry`: a second unload of the frozen hive was refused
-/// with `STATUS_TOO_LATE` (WRK `cmapi.c` `CmUnloadKeyEx`) before the wait.
+/// with `STATUS_TOO_LATE` (WRK `cmapi.c` `CmUnloadKeyEx`) before the wait; `before`: the
+/// profile was loaded before tracking started (the service started after logon), so the
+/// driver cannot vouch for it.
 fn wait_on_deferred_profile_retry(
     loaded_looks: u32,
     reload: bool,
     retry: bool,
+    before: bool,
 ) -> (hivetrack_cli::model::WaitReport, u32) {
     let profile = format!(r"\REGISTRY\USER\{SID}");
     let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
@@ -726,7 +729,7 @@ fn wait_on_deferred_profile_retry(
     t.hive_loaded(
         &w(&profile),
         &w(r"\??\C:\Users\kemu\NTUSER.DAT"),
-        NOW - 50 * SECOND,
+        if before { 0 } else { NOW - 50 * SECOND },
     );
     let tok = t
         .opened(
@@ -796,6 +799,20 @@ fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
     );
 }
 
+/// Review 20b, R2: a profile loaded before tracking started (the service started after
+/// logon), whose deferred unload completes: the driver cannot vouch for it, so it keeps the
+/// hive unload-pending until its next read of the hive list, while the kernel already says
+/// the hive is gone. The wait said "may still be held" (exit 4) and blamed the driver; an
+/// unloaded hive is free, as the `record_gone` path says for the same kernel answer.
+#[test]
+fn a_deferred_unload_the_kernel_says_is_done_is_free_also_unvouched() {
+    let (r, looks) = wait_on_deferred_profile_retry(2, false, false, true);
+    assert!(
+        r.free && r.verdict == WaitVerdict::Free && r.source.complete,
+        "the kernel has no such hive after {looks} looks: {r:?}"
+    );
+}
+
 /// A reload of the same file cancels a pending deferred unload (WRK `cmapi.c`
 /// `CmpIsHiveAlreadyLoaded`): the hive is simply loaded and free, not an unload in progress,
 /// though its last unload attempt was `STATUS_PENDING`.
@@ -814,9 +831,55 @@ fn a_reloaded_hive_is_free_not_an_unfinished_unload() {
 /// `STATUS_PENDING` one, and `wait` said free while the kernel still had the hive loaded.
 #[test]
 fn a_refused_retry_does_not_hide_an_unfinished_deferred_unload() {
-    let (r, looks) = wait_on_deferred_profile_retry(u32::MAX, false, true);
+    let (r, looks) = wait_on_deferred_profile_retry(u32::MAX, false, true, false);
     assert!(
         !r.free && r.verdict == hivetrack_cli::model::WaitVerdict::UnloadPending,
         "the kernel still has the hive at every look ({looks}): {r:?}"
+    );
+}
+
+/// Windows completes a deferred unload only after the delayed close of the hive's keys (up to
+/// about 5 s after the last one, WRK `cmdelay.c`): until then the hive is loaded and its file
+/// in use. Until 2026-12-06 the driver forgot the hive at its last tracked close, so `holders`
+/// said it did not know the hive; now it answers for it, unload-pending with no key, and says
+/// what that means.
+#[test]
+fn holders_of_a_deferred_unload_after_its_last_key_say_it_is_still_loaded() {
+    let profile = format!(r"\REGISTRY\USER\{SID}");
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    t.tracking_started(NOW - 60 * SECOND);
+    t.hive_loaded(
+        &w(&profile),
+        &w(r"\??\C:\Users\kemu\NTUSER.DAT"),
+        NOW - 50 * SECOND,
+    );
+    let tok = t
+        .opened(
+            0x3000,
+            AGENT,
+            1,
+            &w(&format!(r"{profile}\Software")),
+            1,
+            NOW - 40 * SECOND,
+        )
+        .expect("tracked");
+    let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
+    t.hive_unload_pending(&w(&profile));
+    t.handle_closed(tok, 0x3000);
+    t.object_destroyed(tok, 0x3000);
+    let mut d = Driver(t);
+    let mut client = hivetrack_cli::client::Client::new(&mut d);
+    client.held_now = false;
+    let r = client
+        .holders(&profile, false, NOW)
+        .expect("the driver still knows the hive");
+    assert_eq!(r.hive.state, "unload-pending", "{r:?}");
+    assert_eq!((r.hive.open_keys, r.hive.holders), (0, 0), "{r:?}");
+    let table = hivetrack_cli::render::holders(&r, hivetrack_cli::render::Format::Table).unwrap();
+    assert!(
+        table.contains("unload-pending")
+            && table.contains("the delayed close of its keys")
+            && table.contains("until then the hive is loaded and its file in use"),
+        "{table}"
     );
 }
