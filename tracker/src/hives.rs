@@ -38,7 +38,7 @@
 //!   [`HiveState::UnloadPending`]; when its last tracked key goes it is taken as unloaded only
 //!   [`HiveState::UnloadPending`], and stays so after its last tracked key goes: Windows
 //!   completes the unload only after the delayed dereference of the closed keys' control
-//!   blocks, up to about 5 s later (WRK `cmdelay.c`, `cmdelete.c` CmpDoQueueLateUnloadWorker;
+//!   blocks, up to about 5 s later (WRK `cmdelay.c`, `cmdelete.c` `CmpDoQueueLateUnloadWorker`;
 //!   the emulator's `td-deferred-unload`), and keys the tracker cannot see (opened before
 //!   tracking started) may hold it longer; until then the hive is loaded and its file in use.
 //!   Until 2026-12-06 a hive the tracker could vouch for (loaded while tracking ran, nothing
@@ -46,9 +46,9 @@
 //!   and `holders` called it unknown. The record goes when a read of the hive list at
 //!   `PASSIVE_LEVEL` (the driver's, before a query is answered: [`HiveTable::unload_check_begin`])
 //!   finds its value gone — the late unload deletes it after unlinking the hive (WRK
-//!   `cmdelete.c` CmpLateUnloadHiveWorker → `cmapi.c` CmUnloadKey → `cmhvlist.c`
-//!   CmpRemoveFromHiveFileList) — provided an earlier read saw the value (a load whose
-//!   CmpAddToHiveFileList failed is loaded but unlisted: `cmapi.c` CmLoadKey ignores its
+//!   `cmdelete.c` `CmpLateUnloadHiveWorker` → `cmapi.c` `CmUnloadKey` → `cmhvlist.c`
+//!   `CmpRemoveFromHiveFileList`) — provided an earlier read saw the value (a load whose
+//!   `CmpAddToHiveFileList` failed is loaded but unlisted: `cmapi.c` `CmLoadKey` ignores its
 //!   result), or when a load at the mount makes it loaded again. At most
 //!   [`IDLE_PENDING_HIVES`] such records with no tracked key that the tracker can vouch for
 //!   are kept per shard; past them the oldest is forgotten, as before (an answer about it
@@ -75,9 +75,10 @@ const RETIRED: u32 = 1 << 31;
 const BACKSLASH: u16 = b'\\' as u16;
 /// Application hives with no tracked key kept per shard before the oldest is forgotten.
 pub const IDLE_APP_HIVES: usize = 4;
+/// Idle vouched unload-pending hives kept per shard before the oldest is forgotten.
+///
 /// Regular hives with a pending deferred unload, no tracked key and nothing the tracker could
-/// not see (so no check of the hive list is needed to vouch for them) kept per shard before
-/// the oldest is forgotten: without a query nothing retires them (module doc).
+/// not see: without a query nothing retires them (module doc).
 pub const IDLE_PENDING_HIVES: usize = 4;
 /// [`Hive::list`]: a read of the hive list saw the hive's value once.
 const LISTED: u8 = 1;
@@ -205,6 +206,14 @@ struct Shard<L> {
     /// while it stays the same, every path of the shard resolves as before and every hive
     /// found on `live` is still there ([`HiveHint`]).
     generation: AtomicU64,
+}
+
+/// What [`HiveTable::unload_check_end`] found in a shard at one look.
+enum Unseen {
+    /// No (more) hive the check takes as unloaded.
+    None,
+    /// One retired: to free after the lock when nothing referred to it.
+    Retired(Option<NonNull<Hive>>),
 }
 
 /// Where a path resolved: its hive, the hive's shard, and the shard's generation then.
@@ -765,8 +774,8 @@ impl<L: RawLock> HiveTable<L> {
             let hive = hive_of(h);
             hive.state.store(HiveState::Loaded as u8, Relaxed);
             // Read from the list: its value is there. Loaded (again): whether its value made
-            // it into the list is not known until a read sees it (WRK `cmapi.c` CmLoadKey
-            // ignores CmpAddToHiveFileList's failure).
+            // it into the list is not known until a read sees it (WRK `cmapi.c` `CmLoadKey`
+            // ignores `CmpAddToHiveFileList`'s failure).
             hive.list.store(if seeded { LISTED } else { 0 }, Relaxed);
             if let Some(t) = load_time {
                 hive.loaded_time.store(t, Relaxed);
@@ -949,8 +958,8 @@ impl<L: RawLock> HiveTable<L> {
     /// `whole`: its reads saw every value of a list that held still. Then every hive still
     /// marked unseen that is still unload-pending with no tracked key, and whose value an
     /// earlier read saw, is retired as unloaded: Windows deletes a hive's value only once it
-    /// has unlinked the hive (WRK `cmapi.c` CmUnloadKey: CmpDestroyHive, then
-    /// CmpRemoveFromHiveFileList; its files close just after, on the same thread), and
+    /// has unlinked the hive (WRK `cmapi.c` `CmUnloadKey`: `CmpDestroyHive`, then
+    /// `CmpRemoveFromHiveFileList`; its files close just after, on the same thread), and
     /// nothing else does. A hive loaded again meanwhile is `Loaded`, one pending only since
     /// the check began is not marked. Returns how many were retired.
     pub fn unload_check_end<P: Pool>(
@@ -963,49 +972,44 @@ impl<L: RawLock> HiveTable<L> {
         let mut retired = 0;
         let mut left = 0u32;
         for s in &self.shards {
-            loop {
-                let found = {
-                    let _g = Exclusive::new(&s.lock);
-                    let done = whole
-                        .then(|| {
-                            find(&s.live, |h| {
-                                h.kind == HiveKind::Regular
-                                    && h.state() == HiveState::UnloadPending
-                                    && h.list.load(Relaxed) == LISTED | UNSEEN
-                                    && h.open_keys.load(Relaxed) == 0
-                            })
-                        })
-                        .flatten();
-                    match done {
-                        Some(h) => {
-                            retired += 1;
-                            Ok(Self::retire_locked(s, h))
-                        }
-                        None => {
-                            find(&s.live, |h| {
-                                h.list.fetch_and(!UNSEEN, Relaxed);
-                                if h.kind == HiveKind::Regular
-                                    && h.state() == HiveState::UnloadPending
-                                {
-                                    left += 1;
-                                }
-                                false
-                            });
-                            Err(())
-                        }
+            // One gone hive at a time, freed after the lock; then the marks are cleared and
+            // the pending hives left counted.
+            if whole {
+                while let Unseen::Retired(freed) = Self::retire_one_unseen(s) {
+                    retired += 1;
+                    if let Some(h) = freed {
+                        Self::free(pool, names, h);
                     }
-                };
-                match found {
-                    Ok(Some(h)) => Self::free(pool, names, h),
-                    Ok(None) => {}
-                    Err(()) => break,
                 }
             }
+            let _g = Exclusive::new(&s.lock);
+            find(&s.live, |h| {
+                h.list.fetch_and(!UNSEEN, Relaxed);
+                if h.kind == HiveKind::Regular && h.state() == HiveState::UnloadPending {
+                    left += 1;
+                }
+                false
+            });
         }
         // The deferred unloads marked since the check began, and the pending hives it left.
         self.pending_hint.fetch_sub(begun, Relaxed);
         self.pending_hint.fetch_add(left, Relaxed);
         retired
+    }
+
+    /// Retires one hive of `s` that [`Self::unload_check_end`] takes as unloaded (regular,
+    /// unload-pending, no tracked key, listed once and unseen by this check), if there is one,
+    /// with what [`Self::retire_locked`] gives (the hive to free after the lock, if nothing
+    /// refers to it).
+    fn retire_one_unseen(s: &Shard<L>) -> Unseen {
+        let _g = Exclusive::new(&s.lock);
+        find(&s.live, |h| {
+            h.kind == HiveKind::Regular
+                && h.state() == HiveState::UnloadPending
+                && h.list.load(Relaxed) == LISTED | UNSEEN
+                && h.open_keys.load(Relaxed) == 0
+        })
+        .map_or(Unseen::None, |h| Unseen::Retired(Self::retire_locked(s, h)))
     }
 
     /// Records an unload; returns false when `mount` was not a known hive.

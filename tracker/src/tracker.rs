@@ -1305,7 +1305,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// A read of the hive list to find deferred unloads that completed begins: Windows sends
     /// no notification when the late unload is done (WRK `cmdelete.c`
-    /// CmpLateUnloadHiveWorker), but it deletes the hive's value from the list. The caller
+    /// `CmpLateUnloadHiveWorker`), but it deletes the hive's value from the list. The caller
     /// reads the list at `PASSIVE_LEVEL` outside any registry callback, one read at a time,
     /// calls [`Self::hive_listed`] for every value and ends with [`Self::unload_check_done`].
     /// Returns what that takes.
@@ -1392,7 +1392,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     fn record_load(&self, mount: &[u16], file: &[u16], time: u64, seeded: bool) -> bool {
         bump(&self.counters.hive_loads_seen);
-        match self.hives.loaded(
+        let recorded = self.hives.loaded(
             &self.pool,
             &self.names,
             mount,
@@ -1407,13 +1407,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     since,
                 );
             },
-        ) {
-            Ok(recorded) => recorded,
-            Err(_) => {
-                bump(&self.counters.hive_loads_dropped_no_memory);
-                false
-            }
-        }
+        );
+        recorded.unwrap_or_else(|_| {
+            bump(&self.counters.hive_loads_dropped_no_memory);
+            false
+        })
     }
 
     /// The hive at `mount` was unloaded.

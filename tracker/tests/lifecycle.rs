@@ -215,7 +215,7 @@ fn a_deferred_unload_stays_listed_after_the_last_key_until_the_hive_list_loses_i
 
 #[test]
 fn a_pending_hive_no_read_ever_listed_is_not_taken_as_gone() {
-    // CmLoadKey ignores CmpAddToHiveFileList's failure (WRK `cmapi.c`): a hive can be loaded
+    // `CmLoadKey` ignores `CmpAddToHiveFileList`'s failure (WRK `cmapi.c`): a hive can be loaded
     // and not in the list. Only a value a read saw, then lost, says the hive unloaded.
     let pool = CountingPool::new(Failure::Never, true);
     let t = tracker(&pool);
