@@ -110,7 +110,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "second-unload-too-late",
-            "a second unload of a hive whose deferred unload is pending fails with STATUS_TOO_LATE, either kind (WRK ntapi.c NtUnloadKey2, cmapi.c CmUnloadKeyEx): the first caller's event is the one set when the hive unloads after its last key's close (and the delayed KCB dereference); the driver keeps the hive pending through the refused attempts and drops it then",
+            "a second unload of a hive whose deferred unload is pending fails with STATUS_TOO_LATE, either kind (WRK ntapi.c NtUnloadKey2, cmapi.c CmUnloadKeyEx): the first caller's event is the one set when the hive unloads after its last key's close (and the delayed KCB dereference); the driver keeps the hive pending through the refused attempts and drops it at its next read of the hive list, which no longer has it",
             second_unload_too_late,
         ),
         Scenario::hivetrack(
