@@ -648,7 +648,8 @@ fn a_diff_is_complete_only_within_one_run_of_tracking() {
 }
 
 /// A profile whose deferred unload (`NtUnloadKeyEx`, `STATUS_PENDING`) is pending and whose
-/// last (tracked) key closes: the driver forgets the hive, and the kernel — as a script of
+/// last (tracked) key closes: the driver keeps the hive unload-pending (the engine has no
+/// hive list to read, so it never drops it here), and the kernel — as a script of
 /// `NtQueryOpenSubKeysEx` answers — still has it loaded for `loaded_looks` looks, then not.
 struct DeferredProfile {
     t: Rc<Engine>,
@@ -713,16 +714,10 @@ fn wait_on_deferred_profile(
     wait_on_deferred_profile_retry(loaded_looks, reload, false, false)
 }
 
-/// [`wait_on_deferred_profile`]; `retry`: a second unload of the frozen hive was refused
-/// with `STATUS_TOO_LATE` (WRK `cmapi.c` `CmUnloadKeyEx`) before the wait; `before`: the
-/// profile was loaded before tracking started (the service started after logon), so the
-/// driver cannot vouch for it.
-fn wait_on_deferred_profile_retry(
-    loaded_looks: u32,
-    reload: bool,
-    retry: bool,
-    before: bool,
-) -> (hivetrack_cli::model::WaitReport, u32) {
+/// A tracker with the profile loaded (before tracking started with `before`, else after),
+/// one key of it open (the token) and its deferred unload pending: the engine, the profile's
+/// mount and the key's token.
+fn deferred_profile(before: bool) -> (Rc<Engine>, String, tracker::Token) {
     let profile = format!(r"\REGISTRY\USER\{SID}");
     let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
     t.tracking_started(NOW - 60 * SECOND);
@@ -743,6 +738,20 @@ fn wait_on_deferred_profile_retry(
         .expect("tracked");
     let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
     t.hive_unload_pending(&w(&profile));
+    (t, profile, tok)
+}
+
+/// [`wait_on_deferred_profile`]; `retry`: a second unload of the frozen hive was refused
+/// with `STATUS_TOO_LATE` (WRK `cmapi.c` `CmUnloadKeyEx`) before the wait; `before`: the
+/// profile was loaded before tracking started (the service started after logon), so the
+/// driver cannot vouch for it.
+fn wait_on_deferred_profile_retry(
+    loaded_looks: u32,
+    reload: bool,
+    retry: bool,
+    before: bool,
+) -> (hivetrack_cli::model::WaitReport, u32) {
+    let (t, profile, tok) = deferred_profile(before);
     if retry {
         let _ = t.unload_attempted(&w(&profile), 0xC000_0189, NOW - 5 * SECOND);
     }
@@ -845,26 +854,7 @@ fn a_refused_retry_does_not_hide_an_unfinished_deferred_unload() {
 /// what that means.
 #[test]
 fn holders_of_a_deferred_unload_after_its_last_key_say_it_is_still_loaded() {
-    let profile = format!(r"\REGISTRY\USER\{SID}");
-    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
-    t.tracking_started(NOW - 60 * SECOND);
-    t.hive_loaded(
-        &w(&profile),
-        &w(r"\??\C:\Users\kemu\NTUSER.DAT"),
-        NOW - 50 * SECOND,
-    );
-    let tok = t
-        .opened(
-            0x3000,
-            AGENT,
-            1,
-            &w(&format!(r"{profile}\Software")),
-            1,
-            NOW - 40 * SECOND,
-        )
-        .expect("tracked");
-    let _ = t.unload_attempted(&w(&profile), 0x103, NOW - 10 * SECOND);
-    t.hive_unload_pending(&w(&profile));
+    let (t, profile, tok) = deferred_profile(false);
     t.handle_closed(tok, 0x3000);
     t.object_destroyed(tok, 0x3000);
     let mut d = Driver(t);
