@@ -238,6 +238,27 @@ fn a_pending_hive_no_read_ever_listed_is_not_taken_as_gone() {
 }
 
 #[test]
+fn a_hive_that_goes_pending_during_a_check_is_left_to_the_next() {
+    // Its value may have been read before it went pending, or not at all: this check says
+    // nothing of it, and the next must still come.
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.tracking_started(5);
+    t.hive_seeded(&w(USER), &w(""));
+    let begun = t.unload_check_begin();
+    t.hive_unload_pending(&w(USER));
+    assert_eq!(
+        t.unload_check_done(begun, true),
+        0,
+        "not marked: not retired"
+    );
+    assert_eq!(state_of(&t, USER), Some(HiveState::UnloadPending));
+    assert!(t.unload_check_wanted(), "the next check is still wanted");
+    assert_eq!(check(&t, &[], true), 1, "and it finds the value gone");
+    assert!(!t.unload_check_wanted());
+}
+
+#[test]
 fn a_pending_hive_with_a_tracked_key_is_not_taken_as_gone() {
     let pool = CountingPool::new(Failure::Never, true);
     let t = tracker(&pool);
