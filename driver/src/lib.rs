@@ -142,10 +142,10 @@ fn start_tracking(
         // The mounted hives are read after registration, so a load between the two is seen
         // by the callback instead of falling in the gap (a load seen twice is harmless).
         // A read that was not whole is done again later, through the same handle, before a
-        // query is answered (`reseed`); a whole one closes the handle here.
-        if !registry_read::seed_hives(tracker, hive_list.as_ref())
-            && let Some(list) = hive_list
-        {
+        // query is answered, and the list is read again to find deferred unloads that
+        // completed (`reseed`): the handle is kept until `DriverUnload`.
+        registry_read::seed_hives(tracker, hive_list.as_ref());
+        if let Some(list) = hive_list {
             reseed::keep(list);
         }
     }

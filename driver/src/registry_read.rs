@@ -249,7 +249,7 @@ pub fn held_after_seconds(service_key: &UNICODE_STRING) -> Option<u64> {
 }
 
 /// The hive list's key, opened before the registry callback is registered
-/// ([`open_hive_list`]) and read after it ([`seed_hives`]); kept open while no read was whole
+/// ([`open_hive_list`]) and read after it ([`seed_hives`]); kept open for the driver's life
 /// ([`crate::reseed`]), closed on drop.
 pub struct HiveList(Key);
 
@@ -315,7 +315,7 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<&HiveList>) -> bool {
     let mut stable = false;
     for _ in 0..MAX_PASSES {
         let changes = tracker.changes_during_seed();
-        pass = read_pass(tracker, key, &mut scratch);
+        pass = read_pass(tracker, key, &mut scratch, Read::Seed);
         // A file path recorded cut stays cut: a later read finds the hive recorded.
         cut |= pass.cut;
         // Alike, and no load or unload seen from the start of the previous read to now.
@@ -334,6 +334,45 @@ pub fn seed_hives(tracker: &DriverTracker, list: Option<&HiveList>) -> bool {
         tracker.name_unavailable();
     }
     whole
+}
+
+/// Reads the hive list to find deferred unloads that completed ([`crate::reseed`]): Windows
+/// sends no notification when a late unload is done, but deletes the hive's value from the
+/// list after unlinking it (WRK `cmdelete.c` `CmpLateUnloadHiveWorker` → `cmapi.c` `CmUnloadKey`
+/// → `cmhvlist.c` `CmpRemoveFromHiveFileList`; the kernel emulator's `td-deferred-unload`).
+/// The tracker marks its unload-pending hives, each value read clears its hive's mark, and a
+/// read that saw the whole list, twice alike with no load or unload seen from the start of the
+/// first to the end of the second (as [`seed_hives`]: an unload moves later values down an
+/// index, so one read may skip a hive still listed), retires the hives still marked. Returns
+/// how many were retired.
+pub fn check_unloads(tracker: &DriverTracker, list: &HiveList) -> u32 {
+    let Some(mut scratch) = Scratch::new(BUF_LEN) else {
+        return 0; // no memory now: the next query's read tries again
+    };
+    let begun = tracker.unload_check_begin();
+    let mut previous: Option<(Signature, u64)> = None;
+    let mut whole = false;
+    for _ in 0..MAX_PASSES {
+        let changes = tracker.hive_changes();
+        let pass = read_pass(tracker, &list.0, &mut scratch, Read::Check);
+        if previous.is_some_and(|(signature, before)| {
+            signature == pass.signature && tracker.hive_changes() == before
+        }) {
+            whole = !pass.missed;
+            break;
+        }
+        previous = Some((pass.signature, changes));
+    }
+    tracker.unload_check_done(begun, whole)
+}
+
+/// What a read of the hive list is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Record every hive it finds ([`seed_hives`]).
+    Seed,
+    /// Tell the tracker which hives are still listed ([`check_unloads`]).
+    Check,
 }
 
 /// The values one read of the hive list saw: how many, and a hash of their names in order.
@@ -363,8 +402,9 @@ struct Pass {
 }
 
 /// Reads the hive list's values by index, recording each hive with
-/// [`DriverTracker::hive_seeded`].
-fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch) -> Pass {
+/// [`DriverTracker::hive_seeded`] ([`Read::Seed`]) or telling the tracker it is listed
+/// ([`DriverTracker::hive_listed`], [`Read::Check`]).
+fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch, read: Read) -> Pass {
     let mut missed = false;
     let mut cut = false;
     let mut signature = Signature::default();
@@ -421,6 +461,11 @@ fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch) -> Pass 
             missed = true;
             continue;
         }
+        if read == Read::Check {
+            signature.add(&mount[..m]);
+            tracker.hive_listed(&mount[..m]);
+            continue;
+        }
         // The file whole (a hive's file path can be longer than a mount: the tracker stores
         // what fits and flags the rest), in a pool block when the stack's is too small.
         let units = utf16_at(buf, data_offset, data_len).take_while(|&u| u != 0);
@@ -437,14 +482,16 @@ fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch) -> Pass 
             room[f] = u;
             f += 1;
         }
-        if data_len / 2 > room.len() {
-            cut = true; // no memory for the whole path: recorded cut, and counted
-        }
         signature.add(&mount[..m]);
         // Load time 0, "not known": the hive was mounted before tracking began, so keys of
         // it may predate tracking (a pending unload of it is never taken as done). A record
         // the callback made meanwhile is newer than the list and left as it is.
-        tracker.hive_seeded(&mount[..m], &room[..f]);
+        let recorded = tracker.hive_seeded(&mount[..m], &room[..f]);
+        // No memory for the whole path: recorded cut, and counted — only when this read
+        // recorded it: a hive recorded already keeps its path, and a later read (up to one a
+        // second while no seed is whole) would otherwise count the loss again (review 20a,
+        // L2).
+        cut |= recorded && data_len / 2 > room.len();
     }
     if !ended {
         missed = true; // more values than the read walks

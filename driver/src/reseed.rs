@@ -1,4 +1,5 @@
-//! A later read of the hive list, when the start-up one was not whole.
+//! Later reads of the hive list: when the start-up one was not whole, and to find deferred
+//! unloads that completed.
 //!
 //! The start-up seed (`registry_read::seed_hives`) may not read the whole hive list: a value
 //! it could not take (no resources; Driver Verifier's low-resources simulation fails such
@@ -16,9 +17,15 @@
 //!   its answer already counts on it. One IOCTL reads the list at most once (the seed's own
 //!   passes, up to four), and not twice within [`INTERVAL`]: a list that stays unreadable
 //!   costs at most one seed a second, not one per page of a listing.
+//! - **Completed deferred unloads**: once a seed is whole, while a regular hive is (or may be)
+//!   unload-pending, the same read tells the tracker which hives are still listed
+//!   ([`registry_read::check_unloads`]): a late unload, which Windows does not notify, deletes
+//!   the hive's value once the hive is unlinked, so a pending hive whose value is gone is
+//!   unloaded, and its record goes (`tracker::hives`). Until it goes, `hives` and `holders`
+//!   report the hive unload-pending: loaded, its file in use.
 //! - **Which key**: the handle opened before the callback was registered (review 18b: an
-//!   open the callback saw but could not record would count a loss forever), kept open while
-//!   no seed is whole. It is a key of the `SYSTEM` hive, which stays loaded while Windows
+//!   open the callback saw but could not record would count a loss forever), kept open for
+//!   the driver's life (until 2026-12-06: only while no seed was whole). It is a key of the `SYSTEM` hive, which stays loaded while Windows
 //!   runs; the open key would keep it anyway (WRK `cmapi.c` `CmUnloadKey` fails while a key
 //!   control block of the hive is referenced, `Kcb->RefCount != 1`, unless forced, which
 //!   marks open handles invalid: a read through one then fails, taken as a value not read),
@@ -26,7 +33,7 @@
 //!   Handles", "can only be accessed from kernel mode"), kept in the kernel's handle table,
 //!   not the System process's (WRK `obref.c` `ObReferenceObjectByHandle` looks a negative
 //!   handle up in `ObpKernelHandleTable`), so the read works in the requester's process too.
-//!   Closed as soon as a seed is whole, and at `DriverUnload` ([`close`]). When `DriverEntry` fails to start tracking,
+//!   Closed at `DriverUnload` ([`close`]). When `DriverEntry` fails to start tracking,
 //!   the handle is closed on that path (it is dropped, never kept).
 //! - **One at a time**: a second IOCTL that finds a seed running does not wait and does not
 //!   read: it answers with what the tracker knows (the seed not whole, said by
@@ -54,14 +61,15 @@ use crate::{
 /// The least time between two later reads of the list: one second (interrupt time, 100 ns).
 pub const INTERVAL: u64 = 10_000_000;
 
-/// The hive list's handle, while no seed was whole (null otherwise).
+/// The hive list's handle (null when it could not be opened, while a read has it, and after
+/// [`close`]).
 static HIVE_LIST: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
 /// Set while a later seed runs.
 static BUSY: AtomicBool = AtomicBool::new(false);
 /// When the last later seed began, then when it ended (interrupt time + 1; 0: never).
 static LAST: AtomicU64 = AtomicU64::new(0);
 
-/// Keeps the hive list's key open for a later seed (the start-up one was not whole).
+/// Keeps the hive list's key open for later reads.
 pub fn keep(list: HiveList) {
     let old = HIVE_LIST.swap(list.into_raw(), AcqRel);
     if !old.is_null() {
@@ -70,11 +78,13 @@ pub fn keep(list: HiveList) {
     }
 }
 
-/// Reads the hive list again when no seed was whole, the handle was kept, no other read runs
-/// and the last began and ended at least [`INTERVAL`] ago. Called at `PASSIVE_LEVEL`, outside any
-/// registry callback, before a query is answered.
+/// Reads the hive list again when no seed was whole (a seed) or a hive may be unload-pending
+/// (a check), no other read runs and the last began and ended at least [`INTERVAL`] ago.
+/// Called at `PASSIVE_LEVEL`, outside any registry callback, before a query is answered.
 pub fn maybe(tracker: &DriverTracker) {
-    if HIVE_LIST.load(Acquire).is_null() || tracker.seed_complete() {
+    if HIVE_LIST.load(Acquire).is_null()
+        || (tracker.seed_complete() && !tracker.unload_check_wanted())
+    {
         return;
     }
     // The Zw* reads are documented at PASSIVE_LEVEL; a kernel-mode requester could send the
@@ -96,13 +106,15 @@ pub fn maybe(tracker: &DriverTracker) {
         // SAFETY: a handle `keep` stored, taken out of the slot by this swap.
         let kept = unsafe { HiveList::from_raw(handle) };
         // A seed that is no longer needed (completed between the check and here) opens
-        // nothing and reads nothing.
-        let whole = !tracker.seed_again() || registry_read::seed_hives(tracker, Some(&kept));
-        if !whole {
-            // Back in its slot for the next try; when the seed is whole the key is closed
-            // here (dropped).
-            HIVE_LIST.store(kept.into_raw(), Release);
+        // nothing and reads nothing; once a seed is whole, the read is a check.
+        // A seed that turns out whole leaves the pending hives to the next read.
+        if tracker.seed_again() {
+            registry_read::seed_hives(tracker, Some(&kept));
+        } else {
+            registry_read::check_unloads(tracker, &kept);
         }
+        // Back in its slot for the next read.
+        HIVE_LIST.store(kept.into_raw(), Release);
     }
     // The interval runs from the end of the read too: a read that took long (many values, a
     // slow disk) is not followed at once by the next.

@@ -42,7 +42,10 @@ pub enum HiveState {
     Unloaded = 3,
     /// A deferred unload (`NtUnloadKeyEx` with an event) was accepted as `STATUS_PENDING` and
     /// has not been seen to complete: Windows unloads the hive, with no notification, once
-    /// its last key object goes. The unload history has the attempt and its time.
+    /// its last key object has gone and the delayed dereference of its keys has run (up to
+    /// about 5 s later); until then it is loaded, its file in use, also with no key open. The
+    /// driver keeps the state until its read of the hive list no longer finds the hive (or a
+    /// load makes it loaded again). The unload history has the attempt and its time.
     UnloadPending = 4,
 }
 

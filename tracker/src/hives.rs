@@ -36,9 +36,23 @@
 //!   completes later with no notification (the emulator's `td-deferred-unload`, after the
 //!   Windows Research Kernel's `CmpLateUnloadHiveWorker`). The hive is marked
 //!   [`HiveState::UnloadPending`]; when its last tracked key goes it is taken as unloaded only
-//!   if the tracker can vouch that it saw every key object of the hive: loaded while tracking
-//!   ran, nothing lost in it or globally. Otherwise it stays pending: keys the tracker cannot
-//!   see (opened before tracking started) may still hold it.
+//!   [`HiveState::UnloadPending`], and stays so after its last tracked key goes: Windows
+//!   completes the unload only after the delayed dereference of the closed keys' control
+//!   blocks, up to about 5 s later (WRK `cmdelay.c`, `cmdelete.c` `CmpDoQueueLateUnloadWorker`;
+//!   the emulator's `td-deferred-unload`), and keys the tracker cannot see (opened before
+//!   tracking started) may hold it longer; until then the hive is loaded and its file in use.
+//!   Until 2026-12-06 a hive the tracker could vouch for (loaded while tracking ran, nothing
+//!   lost) was forgotten at its last tracked key, so in that window `hives` did not list it
+//!   and `holders` called it unknown. The record goes when a read of the hive list at
+//!   `PASSIVE_LEVEL` (the driver's, before a query is answered: [`HiveTable::unload_check_begin`])
+//!   finds its value gone — the late unload deletes it after unlinking the hive (WRK
+//!   `cmdelete.c` `CmpLateUnloadHiveWorker` → `cmapi.c` `CmUnloadKey` → `cmhvlist.c`
+//!   `CmpRemoveFromHiveFileList`) — provided an earlier read saw the value (a load whose
+//!   `CmpAddToHiveFileList` failed is loaded but unlisted: `cmapi.c` `CmLoadKey` ignores its
+//!   result), or when a load at the mount makes it loaded again. At most
+//!   [`IDLE_PENDING_HIVES`] such records with no tracked key that the tracker can vouch for
+//!   are kept per shard; past them the oldest is forgotten, as before (an answer about it
+//!   says "unknown hive", and `hivetrack wait` asks the kernel).
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{
@@ -61,6 +75,15 @@ const RETIRED: u32 = 1 << 31;
 const BACKSLASH: u16 = b'\\' as u16;
 /// Application hives with no tracked key kept per shard before the oldest is forgotten.
 pub const IDLE_APP_HIVES: usize = 4;
+/// Idle vouched unload-pending hives kept per shard before the oldest is forgotten.
+///
+/// Regular hives with a pending deferred unload, no tracked key and nothing the tracker could
+/// not see: without a query nothing retires them (module doc).
+pub const IDLE_PENDING_HIVES: usize = 4;
+/// [`Hive::list`]: a read of the hive list saw the hive's value once.
+const LISTED: u8 = 1;
+/// [`Hive::list`]: the hive list check under way has not (yet) seen the hive's value.
+const UNSEEN: u8 = 2;
 /// Size class of a hive record.
 pub const HIVE_CLASS: BlockClass = BlockClass::B128;
 
@@ -95,6 +118,8 @@ pub struct Hive {
     /// A tracked key was in it once: an application or implicit hive's record then goes with
     /// its last tracked key (an application hive never opened is left to [`IDLE_APP_HIVES`]).
     held: AtomicBool,
+    /// What reads of the hive list saw of it ([`LISTED`], [`UNSEEN`]).
+    list: AtomicU8,
 }
 
 /// Since when the tracker has seen every open.
@@ -136,16 +161,23 @@ impl Hive {
         self.loaded_time.load(Relaxed)
     }
 
-    /// Whether its record can go now that nothing refers to it (see the module doc).
+    /// Whether `vouch` covers it: loaded while tracking ran, with nothing lost globally.
+    fn vouched(&self, vouch: Vouch) -> bool {
+        vouch.0.is_some_and(|since| {
+            let loaded = self.loaded_time();
+            since != 0 && loaded != 0 && loaded >= since
+        })
+    }
+
+    /// Whether its record can go now that nothing refers to it (see the module doc). A
+    /// regular hive's pending unload is never done at its last key: a read of the hive list
+    /// retires it ([`HiveTable::unload_check_end`]).
     fn forgettable(&self, vouch: Vouch) -> bool {
         if self.refs.load(Relaxed) != 0 || self.lost.load(Relaxed) != 0 {
             return false;
         }
         match self.state() {
-            HiveState::UnloadPending => vouch.0.is_some_and(|since| {
-                let loaded = self.loaded_time();
-                since != 0 && loaded != 0 && loaded >= since
-            }),
+            HiveState::UnloadPending => self.kind == HiveKind::App && self.vouched(vouch),
             HiveState::Unloaded => false,
             HiveState::Implicit => self.held.load(Relaxed),
             HiveState::Loaded => self.kind == HiveKind::App && self.held.load(Relaxed),
@@ -176,6 +208,14 @@ struct Shard<L> {
     generation: AtomicU64,
 }
 
+/// What [`HiveTable::unload_check_end`] found in a shard at one look.
+enum Unseen {
+    /// No (more) hive the check takes as unloaded.
+    None,
+    /// One retired: to free after the lock when nothing referred to it.
+    Retired(Option<NonNull<Hive>>),
+}
+
 /// Where a path resolved: its hive, the hive's shard, and the shard's generation then.
 ///
 /// The key cache keeps it so that an open of a held key skips the path lookup while the
@@ -193,6 +233,11 @@ pub struct HiveTable<L> {
     next_id: AtomicU32,
     /// Unloads seen while the start-up seed reads the hive list ([`crate::seed_window`]).
     pub(crate) seed: SeedWindow,
+    /// Non-zero while a regular hive may be unload-pending: deferred unloads marked since the
+    /// last check of the hive list, plus the pending hives that check left
+    /// ([`Self::unload_check_wanted`]). May say more than there is (a reload cancelled one),
+    /// never less.
+    pending_hint: AtomicU32,
 }
 
 /// The largest hive id: ids have 31 bits (the top bit of the word they share marks a
@@ -384,6 +429,7 @@ impl<L: RawLock> HiveTable<L> {
             }),
             next_id: AtomicU32::new(1),
             seed: SeedWindow::new(),
+            pending_hint: AtomicU32::new(0),
         }
     }
 
@@ -414,6 +460,7 @@ impl<L: RawLock> HiveTable<L> {
             lost: AtomicU64::new(0),
             lost_since: AtomicU64::new(0),
             held: AtomicBool::new(false),
+            list: AtomicU8::new(0),
         };
         let Some(h) = alloc_init(pool, HIVE_CLASS, hive) else {
             names.release(pool, mount_ref);
@@ -538,13 +585,12 @@ impl<L: RawLock> HiveTable<L> {
     ///
     /// A live hive left with no reference is forgotten when [`Hive::forgettable`] says so
     /// (`vouch`: see [`Vouch`]); that takes the shard lock, and happens only to application
-    /// and implicit hives and pending unloads (checked before the decrement, while the
-    /// reference keeps the hive alive).
+    /// and implicit hives (checked before the decrement, while the reference keeps the hive
+    /// alive).
     pub fn unpin<P: Pool>(&self, pool: &P, names: &NameTable<L>, h: NonNull<Hive>, vouch: Vouch) {
         let hive = hive_of(h);
         let shard = hive.shard as usize;
-        let may_forget = hive.kind == HiveKind::App
-            || matches!(hive.state(), HiveState::UnloadPending | HiveState::Implicit);
+        let may_forget = hive.kind == HiveKind::App || hive.state() == HiveState::Implicit;
         let before = hive.refs.fetch_sub(1, AcqRel);
         if before == 1 && may_forget {
             // `hive` may be freed by another thread from here on: only its address is used
@@ -619,6 +665,9 @@ impl<L: RawLock> HiveTable<L> {
     /// record that says loaded (or unload pending) is left as it is (review 18d: the seed
     /// overwrote a load's time with 0 and its file with the list's).
     ///
+    /// Returns whether the hive's record was made or changed (a seeded load of a hive the
+    /// callback already recorded, or of a mount unloaded during the seed, changes nothing).
+    ///
     /// # Errors
     /// [`NoMemory`]; nothing changed then.
     /// An application hive forgotten to make room hands its losses (count, since) to
@@ -633,7 +682,7 @@ impl<L: RawLock> HiveTable<L> {
         time: u64,
         seeded: bool,
         fold_losses: impl Fn(u64, u64),
-    ) -> Result<(), NoMemory> {
+    ) -> Result<bool, NoMemory> {
         let file_ref = if file.is_empty() {
             None
         } else {
@@ -653,11 +702,16 @@ impl<L: RawLock> HiveTable<L> {
                     )
                 }) || self.seed.unloaded(mount, names.seed()))
             {
+                // The list has its value: a later check of the list may retire it
+                // ([`Self::unload_check_end`]).
+                if let Some(p) = found {
+                    hive_of(p).list.fetch_or(LISTED, Relaxed);
+                }
                 drop(guard);
                 if let Some(f) = file_ref {
                     names.release(pool, f);
                 }
-                return Ok(());
+                return Ok(false);
             }
             // A load that succeeds where a hive is recorded as loaded: while a hive is linked
             // at the mount, only the same file loads there again, and that load changes
@@ -719,6 +773,10 @@ impl<L: RawLock> HiveTable<L> {
             };
             let hive = hive_of(h);
             hive.state.store(HiveState::Loaded as u8, Relaxed);
+            // Read from the list: its value is there. Loaded (again): whether its value made
+            // it into the list is not known until a read sees it (WRK `cmapi.c` `CmLoadKey`
+            // ignores `CmpAddToHiveFileList`'s failure).
+            hive.list.store(if seeded { LISTED } else { 0 }, Relaxed);
             if let Some(t) = load_time {
                 hive.loaded_time.store(t, Relaxed);
             }
@@ -734,7 +792,7 @@ impl<L: RawLock> HiveTable<L> {
         for d in gone.into_iter().flatten() {
             Self::free(pool, names, d);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Before a new application hive is recorded in `shard`: when [`IDLE_APP_HIVES`] or more
@@ -789,9 +847,12 @@ impl<L: RawLock> HiveTable<L> {
     }
 
     /// Records that a deferred unload of `mount` is pending (`NtUnloadKeyEx` returned
-    /// `STATUS_PENDING`); forgets the hive at once when nothing tracked is in it and `vouch`
-    /// covers it (its last key went between the unload's pre- and post-notification).
-    /// Returns false when `mount` was not a known hive.
+    /// `STATUS_PENDING`). The record stays, also once nothing tracked is in it, until a read
+    /// of the hive list finds it gone or a load makes it loaded again (module doc); an
+    /// application hive (never in the list) is forgotten as before when nothing tracked is in
+    /// it and `vouch` covers it. Past [`IDLE_PENDING_HIVES`] vouched pending hives with no
+    /// tracked key in the shard, the oldest is forgotten. Returns false when `mount` was not
+    /// a known hive.
     pub fn unload_pending<P: Pool>(
         &self,
         pool: &P,
@@ -814,16 +875,141 @@ impl<L: RawLock> HiveTable<L> {
             let hive = hive_of(h);
             if hive.state() != HiveState::Unloaded {
                 hive.state.store(HiveState::UnloadPending as u8, Relaxed);
+                if hive.kind == HiveKind::Regular {
+                    self.pending_hint.fetch_add(1, Relaxed);
+                }
             }
-            hive.forgettable(vouch).then(|| {
+            if hive.forgettable(vouch) {
                 Self::forget_locked(shard, h);
-                h
-            })
+                Some(h)
+            } else {
+                Self::forget_idle_pending(shard, vouch)
+            }
         };
         if let Some(h) = gone {
             Self::free(pool, names, h);
         }
         true
+    }
+
+    /// When more than [`IDLE_PENDING_HIVES`] regular hives of `shard` are unload-pending with
+    /// nothing referring to them, no loss and `vouch` covering them, unlinks the oldest (the
+    /// caller frees it after the lock): such a record waits for a query's read of the hive
+    /// list, and without queries they would pile up (a logoff leaves two: the profile and its
+    /// classes hive). Forgotten, it is what every such hive was until 2026-12-06: an answer
+    /// about it says "unknown hive", never free. Caller holds the shard lock exclusively.
+    fn forget_idle_pending(shard: &Shard<L>, vouch: Vouch) -> Option<NonNull<Hive>> {
+        let mut idle = 0;
+        let mut oldest = None;
+        find(&shard.live, |h| {
+            if h.kind == HiveKind::Regular
+                && h.state() == HiveState::UnloadPending
+                && h.refs.load(Relaxed) == 0
+                && h.lost.load(Relaxed) == 0
+                && h.vouched(vouch)
+            {
+                idle += 1;
+                oldest = Some(NonNull::from(h));
+            }
+            false
+        });
+        let d = oldest.filter(|_| idle > IDLE_PENDING_HIVES)?;
+        Self::forget_locked(shard, d);
+        Some(d)
+    }
+
+    /// Whether a read of the hive list may retire a record: a regular hive may be
+    /// unload-pending ([`Self::unload_check_begin`]).
+    pub fn unload_check_wanted(&self) -> bool {
+        self.pending_hint.load(Relaxed) != 0
+    }
+
+    /// A check of the hive list begins (at `PASSIVE_LEVEL`, one at a time, outside any
+    /// registry callback): every regular unload-pending hive is marked unseen, and
+    /// [`Self::listed`] clears the mark of each hive whose value the reads find. Returns what
+    /// [`Self::unload_check_end`] takes.
+    pub fn unload_check_begin(&self) -> u32 {
+        let hint = self.pending_hint.load(Acquire);
+        for s in &self.shards {
+            let _g = Shared::new(&s.lock);
+            find(&s.live, |h| {
+                if h.kind == HiveKind::Regular && h.state() == HiveState::UnloadPending {
+                    h.list.fetch_or(UNSEEN, Relaxed);
+                }
+                false
+            });
+        }
+        hint
+    }
+
+    /// A read of the hive list found `mount`'s value: its record, if any, is listed and not
+    /// unseen.
+    pub fn listed(&self, mount: &[u16]) {
+        let shard = &self.shards[shard_of(mount)];
+        let _g = Shared::new(&shard.lock);
+        if let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) {
+            let hive = hive_of(h);
+            hive.list.fetch_or(LISTED, Relaxed);
+            hive.list.fetch_and(!UNSEEN, Relaxed);
+        }
+    }
+
+    /// The check begun with [`Self::unload_check_begin`] (which returned `begun`) is over.
+    /// `whole`: its reads saw every value of a list that held still. Then every hive still
+    /// marked unseen that is still unload-pending with no tracked key, and whose value an
+    /// earlier read saw, is retired as unloaded: Windows deletes a hive's value only once it
+    /// has unlinked the hive (WRK `cmapi.c` `CmUnloadKey`: `CmpDestroyHive`, then
+    /// `CmpRemoveFromHiveFileList`; its files close just after, on the same thread), and
+    /// nothing else does. A hive loaded again meanwhile is `Loaded`, one pending only since
+    /// the check began is not marked. Returns how many were retired.
+    pub fn unload_check_end<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        begun: u32,
+        whole: bool,
+    ) -> u32 {
+        let mut retired = 0;
+        let mut left = 0u32;
+        for s in &self.shards {
+            // One gone hive at a time, freed after the lock; then the marks are cleared and
+            // the pending hives left counted.
+            if whole {
+                while let Unseen::Retired(freed) = Self::retire_one_unseen(s) {
+                    retired += 1;
+                    if let Some(h) = freed {
+                        Self::free(pool, names, h);
+                    }
+                }
+            }
+            let _g = Exclusive::new(&s.lock);
+            find(&s.live, |h| {
+                h.list.fetch_and(!UNSEEN, Relaxed);
+                if h.kind == HiveKind::Regular && h.state() == HiveState::UnloadPending {
+                    left += 1;
+                }
+                false
+            });
+        }
+        // The deferred unloads marked since the check began, and the pending hives it left.
+        self.pending_hint.fetch_sub(begun, Relaxed);
+        self.pending_hint.fetch_add(left, Relaxed);
+        retired
+    }
+
+    /// Retires one hive of `s` that [`Self::unload_check_end`] takes as unloaded (regular,
+    /// unload-pending, no tracked key, listed once and unseen by this check), if there is one,
+    /// with what [`Self::retire_locked`] gives (the hive to free after the lock, if nothing
+    /// refers to it).
+    fn retire_one_unseen(s: &Shard<L>) -> Unseen {
+        let _g = Exclusive::new(&s.lock);
+        find(&s.live, |h| {
+            h.kind == HiveKind::Regular
+                && h.state() == HiveState::UnloadPending
+                && h.list.load(Relaxed) == LISTED | UNSEEN
+                && h.open_keys.load(Relaxed) == 0
+        })
+        .map_or(Unseen::None, |h| Unseen::Retired(Self::retire_locked(s, h)))
     }
 
     /// Records an unload; returns false when `mount` was not a known hive.

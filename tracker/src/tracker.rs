@@ -1282,15 +1282,59 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// A hive was loaded at `mount` from `file` (also used to seed from the hive list).
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn hive_loaded(&self, mount: &[u16], file: &[u16], time: u64) {
-        self.record_load(mount, file, time, false);
+        let _ = self.record_load(mount, file, time, false);
     }
 
     /// A hive read from the hive list (loaded at an unknown time; at start, or by a later
     /// seed): recorded unless the callback already recorded it loaded, which the list may be
     /// older than, or saw it unloaded since the seed began ([`crate::seed_window`]).
+    /// Returns whether it recorded something (a record made or changed): a seed counts a
+    /// file path it had to cut only then, not at every later read of a hive already recorded
+    /// (review 20a, L2).
     #[inline(never)] // rare: seeds only
-    pub fn hive_seeded(&self, mount: &[u16], file: &[u16]) {
-        self.record_load(mount, file, 0, true);
+    pub fn hive_seeded(&self, mount: &[u16], file: &[u16]) -> bool {
+        self.record_load(mount, file, 0, true)
+    }
+
+    /// Whether a read of the hive list may find a deferred unload completed: a regular hive
+    /// is (or may be) unload-pending. See [`crate::hives`] and [`Self::unload_check_begin`].
+    #[must_use]
+    pub fn unload_check_wanted(&self) -> bool {
+        self.hives.unload_check_wanted()
+    }
+
+    /// A read of the hive list to find deferred unloads that completed begins: Windows sends
+    /// no notification when the late unload is done (WRK `cmdelete.c`
+    /// `CmpLateUnloadHiveWorker`), but it deletes the hive's value from the list. The caller
+    /// reads the list at `PASSIVE_LEVEL` outside any registry callback, one read at a time,
+    /// calls [`Self::hive_listed`] for every value and ends with [`Self::unload_check_done`].
+    /// Returns what that takes.
+    #[must_use]
+    pub fn unload_check_begin(&self) -> u32 {
+        self.hives.unload_check_begin()
+    }
+
+    /// The check's read found the value of `mount`.
+    pub fn hive_listed(&self, mount: &[u16]) {
+        self.hives.listed(mount);
+    }
+
+    /// The check is over (`begun` from [`Self::unload_check_begin`]); `whole`: its reads saw
+    /// every value of a list that held still. A whole check retires the unload-pending hives
+    /// whose values are gone (unloaded); returns how many.
+    pub fn unload_check_done(&self, begun: u32, whole: bool) -> u32 {
+        self.hives
+            .unload_check_end(&self.pool, &self.names, begun, whole)
+    }
+
+    /// Loads and unloads seen so far: a check's two reads of the hive list that agree prove it
+    /// whole only if this did not change from the start of the first to the end of the second.
+    #[must_use]
+    pub fn hive_changes(&self) -> u64 {
+        self.counters
+            .hive_loads_seen
+            .load(Relaxed)
+            .wrapping_add(self.counters.hive_unloads_seen.load(Relaxed))
     }
 
     /// How many loads and unloads the callback has seen while a seed's window was open:
@@ -1346,30 +1390,28 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.counters.seed_unread.store(unread, Relaxed);
     }
 
-    fn record_load(&self, mount: &[u16], file: &[u16], time: u64, seeded: bool) {
+    fn record_load(&self, mount: &[u16], file: &[u16], time: u64, seeded: bool) -> bool {
         bump(&self.counters.hive_loads_seen);
-        if self
-            .hives
-            .loaded(
-                &self.pool,
-                &self.names,
-                mount,
-                file,
-                time,
-                seeded,
-                |lost, since| {
-                    crate::losses::fold(
-                        &self.counters.global_lost,
-                        &self.counters.global_lost_since,
-                        lost,
-                        since,
-                    );
-                },
-            )
-            .is_err()
-        {
+        let recorded = self.hives.loaded(
+            &self.pool,
+            &self.names,
+            mount,
+            file,
+            time,
+            seeded,
+            |lost, since| {
+                crate::losses::fold(
+                    &self.counters.global_lost,
+                    &self.counters.global_lost_since,
+                    lost,
+                    since,
+                );
+            },
+        );
+        recorded.unwrap_or_else(|_| {
             bump(&self.counters.hive_loads_dropped_no_memory);
-        }
+            false
+        })
     }
 
     /// The hive at `mount` was unloaded.
@@ -1382,9 +1424,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// A deferred unload of `mount` is pending (`NtUnloadKeyEx` returned `STATUS_PENDING`): the
-    /// hive is reported as [`protocol::holders::HiveState::UnloadPending`] and taken as
-    /// unloaded when its last tracked key goes, if the tracker can vouch that it saw every key
-    /// of it (see [`crate::hives`]).
+    /// hive is reported as [`protocol::holders::HiveState::UnloadPending`] until a read of the
+    /// hive list finds it gone ([`Self::unload_check_begin`]) or a load makes it loaded again,
+    /// also after its last tracked key went (see [`crate::hives`]).
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn hive_unload_pending(&self, mount: &[u16]) {
         if !self

@@ -374,8 +374,8 @@ fn a_watched_app_hive_forgotten_before_the_check_is_reported_as_possibly_held() 
     assert_eq!(mount, APP);
 }
 
-/// A watched hive the tracker forgets only when it vouches for it (a deferred unload of a
-/// hive loaded after tracking began, every open seen) is free when its record is gone; a
+/// A watched deferred unload of a hive loaded after tracking began, every open seen, is free
+/// at the check once its last key went, and its record goes when the hive list loses it; a
 /// watch is also ended by a success and by teardown, each releasing its mount name once
 /// (the tracking pool refuses a double free).
 #[test]
@@ -393,11 +393,15 @@ fn a_vouched_deferred_unload_gone_before_the_check_is_free() {
     t.hive_unload_pending(&w(USER));
     t.handle_closed(tok, 0x1000);
     t.object_destroyed(tok, 0x1000);
-    assert!(
-        t.watch_hive(&w(USER)).is_none(),
-        "vouched: taken as unloaded"
-    );
+    // Kept until a read of the hive list finds it gone (the late unload waits for the
+    // delayed dereference): free at the check, every open in it seen.
+    assert!(t.watch_hive(&w(USER)).is_some(), "still unload-pending");
     assert_eq!(t.held_after_check(u64::MAX, 40).events, 0);
+    let begun = t.unload_check_begin();
+    t.hive_listed(&w(USER));
+    assert_eq!(t.unload_check_done(begun, true), 0);
+    assert_eq!(t.unload_check_done(t.unload_check_begin(), true), 1);
+    assert!(t.watch_hive(&w(USER)).is_none(), "gone from the list");
     // Watches ended by a success, and one left for teardown.
     for (i, outcome) in [(1, 0), (2, DENIED)] {
         let m = format!(r"\REGISTRY\A\W{i}");

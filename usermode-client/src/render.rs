@@ -549,10 +549,15 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 .unwrap_or_default();
             let _ = writeln!(out, "Hive {}{account}: {}{file}", hive.name, hive.state);
             if hive.state == crate::client::UNLOAD_PENDING {
+                // Also with no key left: Windows unloads the hive only after the delayed
+                // close of its keys (up to about 5 s), with no notification; the driver drops
+                // the record when the hive list no longer has it.
                 let _ = writeln!(
                     out,
-                    "A deferred unload is pending: Windows unloads the hive when its last key \
-                     closes (the unload history has the attempt)"
+                    "A deferred unload is pending: Windows unloads the hive once its last key \
+                     has closed and the delayed close of its keys has run (up to about 5 s \
+                     later), with no notification; until then the hive is loaded and its file \
+                     in use (the unload history has the attempt)"
                 );
             }
             let only_kernel: u64 = r.untracked.iter().map(|u| u.open_keys).sum();

@@ -648,7 +648,8 @@ fn a_diff_is_complete_only_within_one_run_of_tracking() {
 }
 
 /// A profile whose deferred unload (`NtUnloadKeyEx`, `STATUS_PENDING`) is pending and whose
-/// last (tracked) key closes: the driver forgets the hive, and the kernel — as a script of
+/// last (tracked) key closes: the driver keeps the hive unload-pending (the engine has no
+/// hive list to read, so it never drops it here), and the kernel — as a script of
 /// `NtQueryOpenSubKeysEx` answers — still has it loaded for `loaded_looks` looks, then not.
 struct DeferredProfile {
     t: Rc<Engine>,
@@ -1144,5 +1145,34 @@ fn an_unfinished_unload_on_an_incomplete_answer_says_no_key_seen() {
             && !headline.contains("no process holds a key"),
         "{}",
         o.out
+    );
+}
+
+/// Windows completes a deferred unload only after the delayed close of the hive's keys (up to
+/// about 5 s after the last one, WRK `cmdelay.c`): until then the hive is loaded and its file
+/// in use. Until 2026-12-06 the driver forgot the hive at its last tracked close, so `holders`
+/// said it did not know the hive; now it answers for it, unload-pending with no key, and says
+/// what that means.
+#[test]
+fn holders_of_a_deferred_unload_after_its_last_key_say_it_is_still_loaded() {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let tok = deferred_profile(&t, NOW - 60 * SECOND, NOW - 50 * SECOND);
+    t.handle_closed(tok, 0x3000);
+    t.object_destroyed(tok, 0x3000);
+    let profile = format!(r"\REGISTRY\USER\{SID}");
+    let mut d = Driver(t);
+    let mut client = hivetrack_cli::client::Client::new(&mut d);
+    client.held_now = false;
+    let r = client
+        .holders(&profile, false, NOW)
+        .expect("the driver still knows the hive");
+    assert_eq!(r.hive.state, "unload-pending", "{r:?}");
+    assert_eq!((r.hive.open_keys, r.hive.holders), (0, 0), "{r:?}");
+    let table = hivetrack_cli::render::holders(&r, hivetrack_cli::render::Format::Table).unwrap();
+    assert!(
+        table.contains("unload-pending")
+            && table.contains("the delayed close of its keys")
+            && table.contains("until then the hive is loaded and its file in use"),
+        "{table}"
     );
 }

@@ -5,7 +5,12 @@
 //! `td-deferred-unload` (sources in the README's "Hive lifecycle and processes").
 
 use protocol::{
-    hives::Hives, holders::HiveState, ioctl::query_ioctl, page::Page, request::QueryKind, wire,
+    hives::Hives,
+    holders::{HiveState, Holders},
+    ioctl::query_ioctl,
+    page::Page,
+    request::QueryKind,
+    wire,
 };
 
 use super::tracking::{APP1, APP2, CLASSES, KEY_READ, SYSTEM_PID, USER, boot_hives, spawn};
@@ -14,7 +19,7 @@ use super::{Ctx, Scenario};
 use crate::nt::cm::hive;
 use crate::nt::io::{self, FileHandle};
 use crate::nt::ps::process;
-use crate::nt::status::{self, STATUS_PENDING, STATUS_SUCCESS};
+use crate::nt::status::{self, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING, STATUS_SUCCESS};
 
 /// The scenarios.
 #[must_use]
@@ -27,7 +32,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "deferred-unload",
-            "NtUnloadKeyEx on a held hive is accepted as STATUS_PENDING and completes with no notification, up to 5 s after the last key's close: the driver reports the hive unload-pending, and forgets it at its last key only when it saw every key of it, while Windows still has it loaded until the delayed dereference runs",
+            "NtUnloadKeyEx on a held hive is accepted as STATUS_PENDING and completes with no notification, up to 5 s after the last key's close: the driver reports the hive unload-pending (hives and holders) also after its last key, while Windows still has it loaded until the delayed dereference runs, and drops it when its read of the hive list before a query finds the value gone, whether or not it saw every key of the hive",
             deferred_unload,
         ),
     ]
@@ -167,11 +172,29 @@ fn pending(ctx: &mut Ctx, mount: &str) -> Option<hive::UnloadEvent> {
     (r == STATUS_PENDING).then_some(event)
 }
 
+/// The holders answer for `mount` (summaries): its status, and the hive's state, open keys
+/// and holders when it succeeded.
+fn holders_of(ctx: &mut Ctx, h: FileHandle, mount: &str) -> (i32, Option<(HiveState, u64, u32)>) {
+    let r = ctx.ioctl_checked(
+        h,
+        query_ioctl(QueryKind::Holders),
+        &query(QueryKind::Holders, mount),
+        64 * 1024,
+    );
+    let page = (r.status == STATUS_SUCCESS)
+        .then(|| wire::decode::<Page<'_, Holders>>(&r.output[..r.information]).ok())
+        .flatten();
+    (
+        r.status,
+        page.map(|p| (p.prefix.state, p.prefix.open_keys, p.prefix.holders)),
+    )
+}
+
 /// The window after the profile's last key closed: the closed subkey's control block holds
-/// the root until the delayed dereference (5 s, WRK `cmdelay.c`). The driver, which saw every
-/// key, forgets the hive now (its wait-free answer: "unloaded"), while Windows still has it
-/// loaded and its file in use: `hivetrack wait` goes on looking while its last unload attempt
-/// on the hive is STATUS_PENDING and the kernel still has it (`usermode-client/src/wait.rs`).
+/// the root until the delayed dereference (5 s, WRK `cmdelay.c`), so Windows still has the
+/// hive loaded and its file in use. The driver, which saw every key, keeps reporting it
+/// unload-pending with no key open; until 2026-12-06 it forgot the hive at the last close,
+/// so `hives` left it out and `holders` answered "unknown hive" for a loaded hive.
 fn unload_window(ctx: &mut Ctx, h: FileHandle, event: Option<&hive::UnloadEvent>) {
     // Waited on briefly: the old model's late unload ran on a detached worker thread.
     let still = event.is_some_and(|e| e.wait(std::time::Duration::from_millis(300)).is_none())
@@ -184,8 +207,36 @@ fn unload_window(ctx: &mut Ctx, h: FileHandle, event: Option<&hive::UnloadEvent>
     );
     let st = state_of(ctx, h, USER);
     ctx.check(
+        st == Some(HiveState::UnloadPending),
+        format!("in that window the driver still lists the profile, unload-pending: {st:?}"),
+    );
+    let (status, answer) = holders_of(ctx, h, USER);
+    ctx.check(
+        answer == Some((HiveState::UnloadPending, 0, 0)),
+        format!(
+            "and holders answers for it: unload-pending, no key open ({}, {answer:?})",
+            status::describe(status)
+        ),
+    );
+}
+
+/// After a deferred unload completed (no notification): the driver's next query reads the
+/// hive list (`driver/src/reseed.rs`, at most once a second: the scenario moved the clock
+/// 5 s), finds the hive's value gone (the late unload deletes it, `td-deferred-unload`) and
+/// drops the record: not listed, and holders says "unknown hive".
+fn gone_after_the_late_unload(ctx: &mut Ctx, h: FileHandle, mount: &str, what: &str) {
+    let st = state_of(ctx, h, mount);
+    ctx.check(
         st.is_none(),
-        format!("in that window the driver has forgotten the hive (it saw every key): {st:?}"),
+        format!("{what}: the late unload took its value out of the hive list, so the driver's next read drops it: {st:?}"),
+    );
+    let (status, answer) = holders_of(ctx, h, mount);
+    ctx.check(
+        status == STATUS_OBJECT_NAME_NOT_FOUND && answer.is_none(),
+        format!(
+            "{what}: holders answers unknown hive: {} {answer:?}",
+            status::describe(status)
+        ),
     );
 }
 
@@ -234,11 +285,7 @@ fn deferred_unload(ctx: &mut Ctx) {
         done.is_some(),
         "5 s after the last close (the delayed dereference) the unload completed (model)",
     );
-    let st = state_of(ctx, h, USER);
-    ctx.check(
-        st.is_none(),
-        format!("the driver saw every key of the profile: unloaded with its last key ({st:?})"),
-    );
+    gone_after_the_late_unload(ctx, h, USER, "the profile");
     // The classes hive: keys opened before tracking may hold it, so the driver cannot vouch
     // for the unload completing when its own last key goes.
     let q = spawn(ctx, APP2);
@@ -267,6 +314,8 @@ fn deferred_unload(ctx: &mut Ctx) {
         done.is_some(),
         "5 s after the early key's close (the delayed dereference) the unload completed (model)",
     );
+    // Kept unload-pending for good until 2026-12-06: nothing said the unload completed.
+    gone_after_the_late_unload(ctx, h, CLASSES, "the classes hive");
     // A new load at the mount: the pending unload is over, a fresh record.
     let s = hive::load_hive(SYSTEM_PID, CLASSES, classes_file);
     ctx.check(s == STATUS_SUCCESS, "classes hive loaded again");

@@ -110,7 +110,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "second-unload-too-late",
-            "a second unload of a hive whose deferred unload is pending fails with STATUS_TOO_LATE, either kind (WRK ntapi.c NtUnloadKey2, cmapi.c CmUnloadKeyEx): the first caller's event is the one set when the hive unloads after its last key's close (and the delayed KCB dereference); the driver keeps the hive pending through the refused attempts and drops it then",
+            "a second unload of a hive whose deferred unload is pending fails with STATUS_TOO_LATE, either kind (WRK ntapi.c NtUnloadKey2, cmapi.c CmUnloadKeyEx): the first caller's event is the one set when the hive unloads after its last key's close (and the delayed KCB dereference); the driver keeps the hive pending through the refused attempts and drops it at its next read of the hive list, which no longer has it",
             second_unload_too_late,
         ),
         Scenario::hivetrack(
@@ -364,9 +364,22 @@ fn own_hivelist_open(ctx: &mut Ctx) {
                 .all(|m| known.iter().any(|(k, _)| k.eq_ignore_ascii_case(m))),
             format!("faulted {faulted}: the hive list was read: {known:?}"),
         );
+        // The hive list's key stays open for the driver's later reads (a seed that was not
+        // whole, deferred unloads that completed: `driver/src/reseed.rs`) until DriverUnload
+        // closes it (the leak check below); until 2026-12-06 a whole seed closed it at once.
+        let list_keys = kernel::with(|k| {
+            k.hives
+                .objects
+                .values()
+                .filter(|o| o.name.to_ascii_lowercase().ends_with(r"\control\hivelist"))
+                .count()
+        });
         ctx.check(
-            hive::key_objects() == objects,
-            format!("faulted {faulted}: the driver's start left no key object"),
+            hive::key_objects() == objects + 1 && list_keys == 1,
+            format!(
+                "faulted {faulted}: the driver's start left one key object, the hive list's it keeps ({} objects, {list_keys} of the list)",
+                hive::key_objects().saturating_sub(objects)
+            ),
         );
         c.close();
         ctx.unload_and_check_clean(&mut d);
