@@ -661,6 +661,10 @@ struct DeferredProfile {
     reload: bool,
     /// The driver refuses the unload-history query (as for want of memory).
     refuse_history: bool,
+    /// After the close, a logoff wave: other profiles, loaded after tracking started, go
+    /// unload-pending with no key until the driver forgets this one (it keeps
+    /// `IDLE_PENDING_HIVES` such records a shard, the oldest forgotten past them).
+    wave: bool,
 }
 
 impl Transport for DeferredProfile {
@@ -690,6 +694,21 @@ impl Transport for DeferredProfile {
         if let Some(tok) = self.close.take() {
             self.t.handle_closed(tok, 0x3000);
             self.t.object_destroyed(tok, 0x3000);
+        }
+        if self.wave {
+            for i in 0..1000 {
+                if self.t.watch_hive(&w(hive)).is_none() {
+                    break;
+                }
+                let other = format!(r"\REGISTRY\USER\S-1-5-21-9-9-9-{i}");
+                self.t
+                    .hive_loaded(&w(&other), &w(r"\??\C:\Users\x\NTUSER.DAT"), NOW - SECOND);
+                self.t.hive_unload_pending(&w(&other));
+            }
+            assert!(
+                self.t.watch_hive(&w(hive)).is_none(),
+                "the logoff wave made the driver forget the profile"
+            );
         }
         let free = self.t.hive_free(id) != tracker::HiveFree::Held;
         Some(Ok((
@@ -742,6 +761,9 @@ enum History {
     Refused,
     /// It holds 2 entries, and two unloads of other hives after the deferred one push it out.
     Evicted,
+    /// Every entry kept, but a logoff wave made the driver forget the profile after its last
+    /// key closed (as the two above do).
+    Forgotten,
 }
 
 /// The profile hive, tracking started at `tracking` and the hive loaded at `loaded` (in time
@@ -804,6 +826,7 @@ fn wait_on_deferred_profile_with(
         looks: 0,
         reload,
         refuse_history,
+        wave: history != History::Whole,
     };
     let mut client = hivetrack_cli::client::Client::new(&mut d);
     client.held_now = false;
@@ -853,13 +876,14 @@ fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
 }
 
 /// Review 20b, R6: with the driver's wait, the hive's record went during the wait (the driver
-/// forgets a hive loaded after tracking started when its deferred unload is pending and its
-/// last key closes), and no look before the wait had said the hive was loaded after tracking
+/// forgets a hive loaded after tracking started whose deferred unload is pending with no key
+/// open: until 2026-12-06 at its last key's close, now only past a few such hives, as in a
+/// logoff wave), and no look before the wait had said the hive was loaded after tracking
 /// started: the answer said it could not see "keys opened before tracking started", for a
 /// hive loaded since with nothing lost. One look before the wait says it now.
 #[test]
 fn a_hive_forgotten_during_the_drivers_wait_is_known_to_be_loaded_after_tracking_started() {
-    let (r, _) = wait_on_deferred_profile(u32::MAX, false);
+    let (r, _) = wait_on_deferred_profile_with(u32::MAX, false, false, History::Forgotten);
     assert_eq!(r.method, "wait-free", "{r:?}");
     assert_eq!(r.verdict, WaitVerdict::UnloadPending, "{r:?}");
     assert!(
@@ -894,7 +918,7 @@ fn a_refused_retry_does_not_hide_an_unfinished_deferred_unload() {
     );
 }
 
-/// Review 20b, R1b: the driver forgot the profile at its last key's close (its deferred unload
+/// Review 20b, R1b: the driver forgot the profile after its last key closed (a logoff wave; its deferred unload
 /// pending), and its unload history could not be read (the driver short of memory): whether
 /// the hive still awaits its unload cannot be said, yet the wait said free (exit 0) while
 /// the kernel still had the hive. Now it says it could not see that.
@@ -1014,8 +1038,8 @@ fn the_kernel_not_finding_a_hive_says_it_is_unloaded_not_that_the_driver_refused
 
 /// Review 20b, R1b, and audit 20b, M4: the deferred unload's attempt was pushed out of the
 /// driver's history (it holds 32 entries, shared with key-count alarms and held-after looks;
-/// 2 here) by later unloads of other hives, and the driver forgot the profile at its last
-/// close. The wait found no attempt of the hive and said free while the kernel still had it
+/// 2 here) by later unloads of other hives, and the driver forgot the profile after its last
+/// close (a logoff wave past the idle pending hives it keeps). The wait found no attempt of the hive and said free while the kernel still had it
 /// loaded. A history that no longer holds every entry decides nothing now.
 #[test]
 fn a_deferred_unload_pushed_out_of_the_history_is_not_free() {
