@@ -110,13 +110,12 @@ fn start_tracking(
     if let Err(status) = process::register() {
         println!("hivetrack: no process notifications: {status:#x}");
     }
-    let mut altitude = if registry_path.is_null() {
+    let altitude = if registry_path.is_null() {
         registry_read::altitude(&unicode::unicode_string(unicode::wide!("")))
     } else {
         // SAFETY: the I/O manager passes a valid registry path for the service key.
         registry_read::altitude(unsafe { &*registry_path })
     };
-    let altitude = altitude.as_unicode();
     // The driver's own open of the hive list goes before the callback, which would see it
     // (`registry_read::open_hive_list`); its values are read after.
     let hive_list = registry_read::open_hive_list();
@@ -124,7 +123,7 @@ fn start_tracking(
         // Until the seed below has read the whole list, no load vouches for its hive.
         tracker.seed_begin();
     }
-    callbacks::register(driver, &altitude)?;
+    callbacks::register(driver, altitude)?;
     // Image loads let captured frames be named by module (issue 16); without them frames
     // stay raw addresses (stats `image_loads_tracked` says which). Only with live tracking:
     // they would fill memory for nothing without it.
