@@ -853,8 +853,9 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `step` once, inside the next successful `CmRegisterCallbackEx`, after the callback is
-/// installed and its cookie written and before the routine returns: another thread's work
+/// Runs `step` once, inside the next successful `CmRegisterCallbackEx`, at the first moment
+/// another thread's notification can reach the callback — right after the step that wrote the
+/// cookie and published the callback — and before the routine returns: another thread's work
 /// (an open, whose notifications reach the new callback) in the window a single-threaded model
 /// cannot otherwise reach. The step runs on the calling thread, as that other thread would at
 /// that moment.
