@@ -123,7 +123,17 @@ fn start_tracking(
         // Until the seed below has read the whole list, no load vouches for its hive.
         tracker.seed_begin();
     }
-    callbacks::register(driver, altitude)?;
+    if let Err(status) = callbacks::register(driver, altitude) {
+        // Tracking is off (another filter holds the altitude, or no CmRegisterCallbackEx),
+        // but the hives mounted now are still listed, so a holders answer about one says
+        // "tracking off" (tracking-since 0, never complete) and the CLI sets the kernel's own
+        // list beside it. Unseeded, every hive was unknown: "not loaded now, or the name is
+        // wrong" (fidelity audit 21a, A7; kernel emulator `altitude-collision`).
+        if let Some(tracker) = tracking::get() {
+            let _ = registry_read::seed_hives(tracker, hive_list.as_ref());
+        }
+        return Err(status);
+    }
     // Image loads let captured frames be named by module (issue 16); without them frames
     // stay raw addresses (stats `image_loads_tracked` says which). Only with live tracking:
     // they would fill memory for nothing without it.
