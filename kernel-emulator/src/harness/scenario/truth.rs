@@ -981,13 +981,8 @@ fn altitude_collision(ctx: &mut Ctx) {
     );
     let (d, h) = load(ctx);
     let Some(h) = h else { return };
-    let driver_callbacks = kernel::with(|k| {
-        k.registry
-            .callbacks
-            .iter()
-            .filter(|c| !c.emulated)
-            .count()
-    });
+    let driver_callbacks =
+        kernel::with(|k| k.registry.callbacks.iter().filter(|c| !c.emulated).count());
     ctx.check(
         driver_callbacks == 0,
         format!("the driver has no callback registered ({driver_callbacks})"),
@@ -1095,12 +1090,7 @@ fn altitude_configured(ctx: &mut Ctx) {
         .encode_utf16()
         .flat_map(u16::to_le_bytes)
         .collect();
-    crate::nt::cm::zwreg::set_value(
-        &params,
-        "Altitude",
-        crate::nt::cm::zwreg::REG_SZ,
-        value,
-    );
+    crate::nt::cm::zwreg::set_value(&params, "Altitude", crate::nt::cm::zwreg::REG_SZ, value);
     let s = d.entry();
     ctx.check(
         s == STATUS_SUCCESS,
