@@ -1029,11 +1029,11 @@ impl IoctlRequest {
     /// the system buffer into user mode; the model reports it as a verifier violation instead
     /// (stricter). Until 2026-12-06 the model copied on STATUS_VERIFY_REQUIRED too.
     fn finish(&mut self, status: NtStatus) -> IoctlResult {
+        // STATUS_VERIFY_REQUIRED (a warning the WRK does not copy back for).
+        const STATUS_VERIFY_REQUIRED: u32 = 0x8000_0016;
         let (code, output_len) = (self.code, self.output_len);
         // SAFETY: the IRP is ours again.
         let information = unsafe { (*self.irp.irp).io_status.information };
-        // STATUS_VERIFY_REQUIRED (a warning the WRK does not copy back for).
-        const STATUS_VERIFY_REQUIRED: u32 = 0x8000_0016;
         let copy = if status as u32 >= 0xC000_0000 || status as u32 == STATUS_VERIFY_REQUIRED {
             0
         } else {

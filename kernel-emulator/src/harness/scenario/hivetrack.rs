@@ -436,6 +436,21 @@ fn access(ctx: &mut Ctx) {
         r == Err(STATUS_ACCESS_DENIED),
         format!("standard user opening the NT name directly: {r:?}"),
     );
+    // No access asked: SeAccessCheck refuses DesiredAccess 0 (WRK accessck.c), so nobody
+    // reaches IRP_MJ_CREATE with it (audit 21a, A4).
+    for caller in [Caller::User, Caller::FilteredAdmin, Caller::Admin] {
+        let r = ctx.open(WIN32_DEVICE_PATH, caller, 0);
+        if let Ok(h) = r {
+            io::close(h);
+        }
+        ctx.check(
+            r == Err(STATUS_ACCESS_DENIED),
+            format!(
+                "{} opening with DesiredAccess 0 is refused: {r:?}",
+                caller.token().label
+            ),
+        );
+    }
     ctx.unload_and_check_clean(&mut d);
 }
 

@@ -480,8 +480,18 @@ impl Token {
 /// (a matching deny ACE for any still-wanted bit denies; matching allow ACEs grant bits), the
 /// owner implicitly holds READ_CONTROL and WRITE_DAC. Returns the granted mask or None
 /// (STATUS_ACCESS_DENIED). `MAXIMUM_ALLOWED` grants whatever the DACL allows, if anything.
+///
+/// A DesiredAccess of 0 is refused, whatever the descriptor: WRK `base/ntos/se/accessck.c`
+/// SeAccessCheck (lines 3442-3447: `DesiredAccess == 0` with no PreviouslyGrantedAccess is
+/// STATUS_ACCESS_DENIED), which `io/iomgr/parse.c` IopParseDevice calls for a device open with
+/// PreviouslyGrantedAccess 0 (lines 614-618). Until 2026-12-06 the model granted it (every
+/// ACE satisfied an empty request), so a standard user reached a driver's IRP_MJ_CREATE
+/// (fidelity audit 21a, A4).
 #[must_use]
 pub fn access_check(sd: &SecurityDescriptor, token: &Token, desired: u32) -> Option<u32> {
+    if desired == 0 {
+        return None;
+    }
     let maximum = desired & MAXIMUM_ALLOWED != 0;
     let desired = map_generic_file(desired & !MAXIMUM_ALLOWED);
     let Some(dacl) = &sd.dacl else {
@@ -602,6 +612,17 @@ mod tests {
         assert!(access_check(&sd, &Caller::FilteredAdmin.token(), rw).is_none());
         assert!(access_check(&sd, &Caller::User.token(), rw).is_none());
         assert!(access_check(&sd, &Caller::User.token(), FILE_READ_DATA).is_none());
+    }
+
+    #[test]
+    fn no_access_asked_is_refused() {
+        let open = SecurityDescriptor::default_device();
+        let admins = capture(&admins_only()).unwrap();
+        for sd in [&open, &admins] {
+            for caller in [Caller::System, Caller::Admin, Caller::User] {
+                assert_eq!(access_check(sd, &caller.token(), 0), None);
+            }
+        }
     }
 
     #[test]
