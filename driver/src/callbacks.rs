@@ -55,7 +55,7 @@ static REGISTERED: AtomicBool = AtomicBool::new(false);
 /// points at, kept for the image's life (so until after `CmUnRegisterCallback`). Learn's
 /// `CmRegisterCallbackEx` does not say whether the kernel copies the string, and the one
 /// Microsoft sample keeps it alive for the whole registration: regfltr `sys/util.c`
-/// CreateCallbackContext puts the `UNICODE_STRING` and its buffer in the pool-allocated
+/// `CreateCallbackContext` puts the `UNICODE_STRING` and its buffer in the pool-allocated
 /// callback context passed as `&CallbackCtx->Altitude`, freed only after
 /// `CmUnRegisterCallback` (`sys/pre.c`). Until 2026-12-06 both lay in `start_tracking`'s
 /// stack frame, reused as soon as `DriverEntry` returned (fidelity audit 21a, A1; the kernel
@@ -101,11 +101,11 @@ pub fn register(driver: &mut DRIVER_OBJECT, altitude: Altitude) -> Result<(), NT
     let string = ALTITUDE.string.get();
     // SAFETY: `DriverEntry`, once per load, before the registration: nothing else reads or
     // writes the slot yet (`RegisteredAltitude`'s Sync contract).
-    unsafe {
-        let units = &mut *ALTITUDE.units.get();
-        *units = altitude;
-        string.write(units.as_unicode());
-    }
+    let units = unsafe { &mut *ALTITUDE.units.get() };
+    *units = altitude;
+    let value = units.as_unicode();
+    // SAFETY: as above; `string` is the static's own, aligned UNICODE_STRING.
+    unsafe { string.write(value) };
     // The cookie is written where the callback reads it, by the routine itself: the WRK's
     // `cmhook.c` CmRegisterCallback writes `*Cookie` before it installs the callback
     // (`ExCompareExchangeCallBack`), and a notification on another thread can reach the
