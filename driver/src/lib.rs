@@ -180,7 +180,10 @@ unsafe extern "C" fn driver_unload(driver: PDRIVER_OBJECT) {
             // The registry callback may still be called: keep the tracker it reads (never
             // freed) and this image. The I/O manager unmaps a driver's image when its driver
             // object is deleted at the last reference (ReactOS IopDeleteDriver ->
-            // MmUnloadSystemImage), so a reference we never drop keeps the code mapped.
+            // MmUnloadSystemImage; the same in the WRK: `io/iomgr/loadunld.c` drops the
+            // object's reference after DriverUnload, lines 485 and 511-512, and `objsup.c`
+            // IopDeleteDriver, its delete procedure, unloads the image at line 793), so a
+            // reference we never drop keeps the code mapped.
             // Only a reboot removes the driver then; that is said, not hidden.
             // SAFETY: our own live DRIVER_OBJECT; the reference is deliberately kept.
             unsafe { ObfReferenceObject(core::ptr::from_ref(driver).cast_mut().cast()) };
