@@ -99,8 +99,9 @@ pub fn register(driver: &mut DRIVER_OBJECT, altitude: Altitude) -> Result<(), NT
         return Err(STATUS_PROCEDURE_NOT_FOUND);
     };
     let string = ALTITUDE.string.get();
-    // SAFETY: `DriverEntry`, once per load, before the registration: nothing else reads or
-    // writes the slot yet (`RegisteredAltitude`'s Sync contract).
+    // `DriverEntry` writes the slot once per load, before the registration: nothing else
+    // reads or writes it yet (`RegisteredAltitude`'s Sync contract).
+    // SAFETY: the only reference to the slot (see above).
     let units = unsafe { &mut *ALTITUDE.units.get() };
     *units = altitude;
     let value = units.as_unicode();
@@ -117,8 +118,8 @@ pub fn register(driver: &mut DRIVER_OBJECT, altitude: Altitude) -> Result<(), NT
     // Docs: `CmRegisterCallbackEx`. The callback is valid for the driver's lifetime. `cookie`
     // is the static's own 8 aligned bytes (LARGE_INTEGER is an i64 union), written before the
     // callback can run and read only through the atomic after.
-    // SAFETY: `Driver` is our DRIVER_OBJECT, `Reserved` NULL, the other pointers valid (the
-    // altitude for the image's life).
+    // The altitude stays valid for the image's life ([`ALTITUDE`]).
+    // SAFETY: `Driver` is our DRIVER_OBJECT, `Reserved` NULL, the other pointers valid.
     let status = unsafe {
         register(
             Some(registry_callback),

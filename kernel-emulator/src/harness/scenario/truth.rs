@@ -1075,14 +1075,7 @@ fn altitude_configured(ctx: &mut Ctx) {
         format!("another filter registers at the INF's altitude first: {other:?}"),
     );
     let d = ctx.load();
-    let params = kernel::with(|k| {
-        k.zwreg
-            .keys
-            .keys()
-            .find(|p| p.contains(r"\SERVICES\") && p.ends_with(r"\PARAMETERS"))
-            .cloned()
-    });
-    let Some(params) = params else {
+    let Some(params) = super::tracking::service_parameters() else {
         ctx.check(false, "the service key's Parameters exists");
         return;
     };
