@@ -39,7 +39,9 @@ use wdk_sys::{
 };
 
 use crate::{
-    clock, routines,
+    clock,
+    registry_read::Altitude,
+    routines,
     tracking::{self, DriverTracker},
     waiters,
 };
@@ -49,25 +51,62 @@ static COOKIE: AtomicI64 = AtomicI64::new(0);
 /// Whether the callback is registered.
 static REGISTERED: AtomicBool = AtomicBool::new(false);
 
+/// The altitude handed to `CmRegisterCallbackEx`, its `UNICODE_STRING` and the code units it
+/// points at, kept for the image's life (so until after `CmUnRegisterCallback`). Learn's
+/// `CmRegisterCallbackEx` does not say whether the kernel copies the string, and the one
+/// Microsoft sample keeps it alive for the whole registration: regfltr `sys/util.c`
+/// `CreateCallbackContext` puts the `UNICODE_STRING` and its buffer in the pool-allocated
+/// callback context passed as `&CallbackCtx->Altitude`, freed only after
+/// `CmUnRegisterCallback` (`sys/pre.c`). Until 2026-12-06 both lay in `start_tracking`'s
+/// stack frame, reused as soon as `DriverEntry` returned (fidelity audit 21a, A1; the kernel
+/// emulator re-reads the string when another filter registers).
+struct RegisteredAltitude {
+    units: UnsafeCell<Altitude>,
+    string: UnsafeCell<UNICODE_STRING>,
+}
+
+// SAFETY: written only by `register`, in `DriverEntry` (one thread, once per load) before the
+// callback is registered; after that only the kernel reads it, and nothing writes it again.
+unsafe impl Sync for RegisteredAltitude {}
+
+static ALTITUDE: RegisteredAltitude = RegisteredAltitude {
+    units: UnsafeCell::new(Altitude::EMPTY),
+    string: UnsafeCell::new(UNICODE_STRING {
+        Length: 0,
+        MaximumLength: 0,
+        Buffer: null_mut(),
+    }),
+};
+
 fn cookie() -> LARGE_INTEGER {
     LARGE_INTEGER {
         QuadPart: COOKIE.load(Ordering::Acquire),
     }
 }
 
-/// Registers the registry callback at `altitude`.
+/// Registers the registry callback at `altitude`, which is kept in [`ALTITUDE`] for the
+/// registration's life. Called once, from `DriverEntry`.
 ///
 /// # Errors
 /// `STATUS_PROCEDURE_NOT_FOUND` when the system has no `CmRegisterCallbackEx` (Wine), or the
 /// status it returned (`STATUS_FLT_INSTANCE_ALTITUDE_COLLISION` when another filter holds the
 /// altitude).
-pub fn register(driver: &mut DRIVER_OBJECT, altitude: &UNICODE_STRING) -> Result<(), NTSTATUS> {
+pub fn register(driver: &mut DRIVER_OBJECT, altitude: Altitude) -> Result<(), NTSTATUS> {
     let (Some(register), Some(_)) = (
         routines::cm_register_callback_ex(),
         routines::cm_unregister_callback(),
     ) else {
         return Err(STATUS_PROCEDURE_NOT_FOUND);
     };
+    let string = ALTITUDE.string.get();
+    // `DriverEntry` writes the slot once per load, before the registration: nothing else
+    // reads or writes it yet (`RegisteredAltitude`'s Sync contract).
+    // SAFETY: the only reference to the slot (see above).
+    let units = unsafe { &mut *ALTITUDE.units.get() };
+    *units = altitude;
+    let value = units.as_unicode();
+    // SAFETY: as above; `string` is the static's own, aligned UNICODE_STRING.
+    unsafe { string.write(value) };
     // The cookie is written where the callback reads it, by the routine itself: the WRK's
     // `cmhook.c` CmRegisterCallback writes `*Cookie` before it installs the callback
     // (`ExCompareExchangeCallBack`), and a notification on another thread can reach the
@@ -79,11 +118,12 @@ pub fn register(driver: &mut DRIVER_OBJECT, altitude: &UNICODE_STRING) -> Result
     // Docs: `CmRegisterCallbackEx`. The callback is valid for the driver's lifetime. `cookie`
     // is the static's own 8 aligned bytes (LARGE_INTEGER is an i64 union), written before the
     // callback can run and read only through the atomic after.
+    // The altitude stays valid for the image's life ([`ALTITUDE`]).
     // SAFETY: `Driver` is our DRIVER_OBJECT, `Reserved` NULL, the other pointers valid.
     let status = unsafe {
         register(
             Some(registry_callback),
-            altitude,
+            string,
             core::ptr::from_mut(driver).cast(),
             null_mut(),
             cookie,

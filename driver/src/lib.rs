@@ -110,13 +110,12 @@ fn start_tracking(
     if let Err(status) = process::register() {
         println!("hivetrack: no process notifications: {status:#x}");
     }
-    let mut altitude = if registry_path.is_null() {
+    let altitude = if registry_path.is_null() {
         registry_read::altitude(&unicode::unicode_string(unicode::wide!("")))
     } else {
         // SAFETY: the I/O manager passes a valid registry path for the service key.
         registry_read::altitude(unsafe { &*registry_path })
     };
-    let altitude = altitude.as_unicode();
     // The driver's own open of the hive list goes before the callback, which would see it
     // (`registry_read::open_hive_list`); its values are read after.
     let hive_list = registry_read::open_hive_list();
@@ -124,7 +123,17 @@ fn start_tracking(
         // Until the seed below has read the whole list, no load vouches for its hive.
         tracker.seed_begin();
     }
-    callbacks::register(driver, &altitude)?;
+    if let Err(status) = callbacks::register(driver, altitude) {
+        // Tracking is off (another filter holds the altitude, or no CmRegisterCallbackEx),
+        // but the hives mounted now are still listed, so a holders answer about one says
+        // "tracking off" (tracking-since 0, never complete) and the CLI sets the kernel's own
+        // list beside it. Unseeded, every hive was unknown: "not loaded now, or the name is
+        // wrong" (fidelity audit 21a, A7; kernel emulator `altitude-collision`).
+        if let Some(tracker) = tracking::get() {
+            let _ = registry_read::seed_hives(tracker, hive_list.as_ref());
+        }
+        return Err(status);
+    }
     // Image loads let captured frames be named by module (issue 16); without them frames
     // stay raw addresses (stats `image_loads_tracked` says which). Only with live tracking:
     // they would fill memory for nothing without it.
@@ -171,7 +180,10 @@ unsafe extern "C" fn driver_unload(driver: PDRIVER_OBJECT) {
             // The registry callback may still be called: keep the tracker it reads (never
             // freed) and this image. The I/O manager unmaps a driver's image when its driver
             // object is deleted at the last reference (ReactOS IopDeleteDriver ->
-            // MmUnloadSystemImage), so a reference we never drop keeps the code mapped.
+            // MmUnloadSystemImage; the same in the WRK: `io/iomgr/loadunld.c` drops the
+            // object's reference after DriverUnload, lines 485 and 511-512, and `objsup.c`
+            // IopDeleteDriver, its delete procedure, unloads the image at line 793), so a
+            // reference we never drop keeps the code mapped.
             // Only a reboot removes the driver then; that is said, not hidden.
             // SAFETY: our own live DRIVER_OBJECT; the reference is deliberately kept.
             unsafe { ObfReferenceObject(core::ptr::from_ref(driver).cast_mut().cast()) };

@@ -42,6 +42,12 @@ pub struct Altitude {
 }
 
 impl Altitude {
+    /// No altitude (the initial state of the static the registration keeps it in).
+    pub const EMPTY: Self = Self {
+        units: [0; 32],
+        len: 0,
+    };
+
     /// The altitude as the `UNICODE_STRING` `CmRegisterCallbackEx` takes. The string borrows
     /// `self`, which must stay put while it is used.
     pub fn as_unicode(&mut self) -> UNICODE_STRING {
@@ -147,12 +153,8 @@ fn utf16_at(b: &[u8], at: usize, bytes: usize) -> impl Iterator<Item = u16> + '_
 
 /// The altitude in `<service key>\Parameters\Altitude` (`REG_SZ`), or [`DEFAULT_ALTITUDE`].
 pub fn altitude(service_key: &UNICODE_STRING) -> Altitude {
-    read_altitude(service_key).unwrap_or_else(|| {
-        Altitude::parse(DEFAULT_ALTITUDE).unwrap_or(Altitude {
-            units: [0; 32],
-            len: 0,
-        })
-    })
+    read_altitude(service_key)
+        .unwrap_or_else(|| Altitude::parse(DEFAULT_ALTITUDE).unwrap_or(Altitude::EMPTY))
 }
 
 /// Queries value `name` of `<service key>\Parameters` into `scratch`; returns its type and

@@ -7,7 +7,12 @@
 //! DACL with `ZwSetSecurityObject` (docs: "`ZwSetSecurityObject` function (`ntifs.h`)", which
 //! accepts a self-relative descriptor; Microsoft's "Setting a security descriptor on a legacy
 //! device object" shows the same two calls). This runs in `DriverEntry`, before the I/O manager
-//! clears `DO_DEVICE_INITIALIZING`, so no open can slip in under the default security.
+//! clears `DO_DEVICE_INITIALIZING`, so no open can slip in under the default security: the I/O
+//! manager refuses every open of a device with the flag set (Learn, "What does
+//! `DO_DEVICE_INITIALIZING` really do?"; Windows Research Kernel `io/iomgr/parse.c`
+//! `IopCheckDeviceAndDriver`, `STATUS_NO_SUCH_DEVICE`) and clears it only after `DriverEntry`
+//! returns (`internal.c` `IopLoadDriver` → `IopReadyDeviceObjects`). So the flag must never be
+//! cleared here by hand (kernel emulator `open-during-entry`).
 //!
 //! The descriptor is constant, self-relative, and equivalent to the SDDL
 //! `D:P(A;;FA;;;SY)(A;;FA;;;BA)`: a protected DACL (nothing inherited) granting

@@ -107,6 +107,13 @@ pub fn resolve(dll: &str, name: &str) -> Option<usize> {
 /// MmGetSystemRoutineAddress — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-mmgetsystemroutineaddress>:
 /// the address of the named ntoskrnl/HAL export, or NULL; PASSIVE_LEVEL. Every query is
 /// recorded so scenarios can hide exactly the optional routines a driver asks for.
+///
+/// WRK `base/ntos/mm/sysload.c` MmGetSystemRoutineAddress (lines 8276-8398): the name is
+/// converted to ANSI (8327), only the loaded-module entries named ntoskrnl.exe and hal.dll
+/// are searched (8360-8374, `EntriesChecked == 2` ends the walk at 8385), by exact export
+/// name (`MiFindExportedRoutineByName`, 8378), and NULL comes back when neither exports it
+/// (8398). Data exports resolve the same way (`PsInitialSystemProcess`). Not modelled:
+/// Driver Verifier's thunks for a routine resolved so.
 unsafe extern "win64" fn MmGetSystemRoutineAddress(name: *const UnicodeString) -> *mut c_void {
     require_irql("MmGetSystemRoutineAddress", PASSIVE_LEVEL);
     // SAFETY: the driver passes a UNICODE_STRING (validated by read_unicode).

@@ -214,8 +214,11 @@ pub fn current_pid() -> u32 {
 
 /// IoCreateDevice — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-iocreatedevice>:
 /// allocates DEVICE_OBJECT + extension (zeroed), links it at the head of DriverObject's list,
-/// sets DO_DEVICE_INITIALIZING (cleared by the I/O manager after DriverEntry), gives it the
-/// default device security; a taken name is STATUS_OBJECT_NAME_COLLISION. PASSIVE_LEVEL.
+/// sets DO_DEVICE_INITIALIZING (cleared by the I/O manager after DriverEntry: WRK
+/// `base/ntos/io/iomgr/iosubs.c` IoCreateDevice, `deviceObject->Flags = DO_DEVICE_INITIALIZING`
+/// at line 4605; Learn, "What does DO_DEVICE_INITIALIZING really do?", "the I/O manager sets
+/// DO_DEVICE_INITIALIZING"), gives it the default device security; a taken name is
+/// STATUS_OBJECT_NAME_COLLISION. PASSIVE_LEVEL.
 unsafe extern "win64" fn IoCreateDevice(
     driver: *mut DriverObject,
     extension_size: u32,
@@ -794,6 +797,13 @@ pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHa
     };
     // SAFETY: a live device object (tracked by the model).
     let flags = unsafe { (*(device as *mut DeviceObject)).flags };
+    // A device still initializing cannot be opened, by its NT name or a link, whatever its
+    // security: WRK `base/ntos/io/iomgr/parse.c` IopCheckDeviceAndDriver (lines 81-85,
+    // STATUS_NO_SUCH_DEVICE), called by IopParseDevice (line 504) before its access check
+    // (SeAccessCheck, line 614); Learn, "What does DO_DEVICE_INITIALIZING really do?" ("If
+    // DO_DEVICE_INITIALIZING is set, the I/O Manager won't allow another component to open the
+    // device by name"). hivetrack relies on it: its device has the default security until
+    // DriverEntry's ZwSetSecurityObject (`open-during-entry`).
     if flags & DO_DEVICE_INITIALIZING != 0 {
         return Err(STATUS_NO_SUCH_DEVICE);
     }
@@ -925,6 +935,14 @@ struct IoctlRequest {
 
 impl IoctlRequest {
     /// Checks the handle and the code's RequiredAccess, then builds the IRP and buffers.
+    ///
+    /// WRK `base/ntos/io/iomgr/internal.c` IopXxxControlFile: a code's RequiredAccess other
+    /// than FILE_ANY_ACCESS must be granted to the handle, else STATUS_ACCESS_DENIED (lines
+    /// 8687-8697); a NULL caller buffer counts as length 0 (8616-8633); METHOD_BUFFERED
+    /// allocates one system buffer of max(InputBufferLength, OutputBufferLength), copies the
+    /// input in when there is one and zeroes nothing (9061-9075) — the model fills the rest
+    /// with a poison byte so that a driver returning bytes it never wrote is seen. Learn,
+    /// "Buffer Descriptions for I/O Control Codes" (METHOD_BUFFERED: one buffer for both).
     fn new(
         handle: FileHandle,
         code: u32,
@@ -1001,13 +1019,22 @@ impl IoctlRequest {
     }
 
     /// What the I/O manager does once the IRP is completed with `status`: copy Information
-    /// bytes of the system buffer back to the caller (none for an error status), after
-    /// checking Information against OutputBufferLength.
+    /// bytes of the system buffer back to the caller (none for an error status or
+    /// STATUS_VERIFY_REQUIRED), after checking Information against OutputBufferLength.
+    ///
+    /// WRK `base/ntos/io/iomgr/internal.c` IopCompleteRequest (lines 1222-1239): with
+    /// IRP_INPUT_OPERATION (an output buffer was given), a status that is neither `NT_ERROR`
+    /// nor STATUS_VERIFY_REQUIRED copies `IoStatus.Information` bytes to the caller's buffer —
+    /// with no clamp to its length, so on Windows an oversized Information reads pool past
+    /// the system buffer into user mode; the model reports it as a verifier violation instead
+    /// (stricter). Until 2026-12-06 the model copied on STATUS_VERIFY_REQUIRED too.
     fn finish(&mut self, status: NtStatus) -> IoctlResult {
+        // STATUS_VERIFY_REQUIRED (a warning the WRK does not copy back for).
+        const STATUS_VERIFY_REQUIRED: u32 = 0x8000_0016;
         let (code, output_len) = (self.code, self.output_len);
         // SAFETY: the IRP is ours again.
         let information = unsafe { (*self.irp.irp).io_status.information };
-        let copy = if status as u32 >= 0xC000_0000 {
+        let copy = if status as u32 >= 0xC000_0000 || status as u32 == STATUS_VERIFY_REQUIRED {
             0
         } else {
             information
@@ -1399,7 +1426,11 @@ fn send_close_irps(handle: FileHandle, majors: &[usize]) {
 }
 
 /// Clears DO_DEVICE_INITIALIZING on every device of `driver`, as the I/O manager does when
-/// DriverEntry returns.
+/// DriverEntry returns success: WRK `base/ntos/io/iomgr/internal.c` IopLoadDriver calls
+/// IopReadyDeviceObjects (line 4305) after `DriverInit` (line 4225), which clears the flag on
+/// each device of the driver (line 6321); Learn, "What does DO_DEVICE_INITIALIZING really
+/// do?" ("The I/O Manager clears DO_DEVICE_INITIALIZING for any device object that the driver
+/// creates in its DriverEntry routine").
 ///
 /// # Safety
 /// `driver` must be a live DRIVER_OBJECT whose device list is consistent.

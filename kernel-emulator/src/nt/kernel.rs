@@ -118,7 +118,8 @@ pub static WATERMARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 const STACK_PAINT: usize = KERNEL_STACK_BYTES + 8 * 1024;
 const STACK_PATTERN: u64 = 0x6b65_6d75_5f73_746b;
 
-/// Paints the unused stack below the caller, runs `f`, and measures how deep it went.
+/// Paints the unused stack below the caller, runs `f`, measures how deep it went, and paints
+/// the frames it used again (dead once it returned).
 /// Emulator threads have stacks far larger than [`STACK_PAINT`].
 #[inline(never)]
 fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
@@ -137,11 +138,22 @@ fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
     while p < top && unsafe { std::ptr::read_volatile(p as *const u64) } == STACK_PATTERN {
         p += 8;
     }
-    (r, top - p)
+    let depth = top - p;
+    // The driver's frames are dead now: a Windows thread's kernel stack is reused by whatever
+    // it runs next, so the model poisons them at once. A pointer the driver left in the
+    // kernel into its own stack (say, CmRegisterCallbackEx's Altitude string:
+    // [`crate::nt::cm::registry::KeptAltitude`]) then reads the pattern, not the old bytes.
+    while p < top {
+        // SAFETY: as above: [p, top) is below our frame, inside the mapping, and dead.
+        unsafe { std::ptr::write_volatile(p as *mut u64, STACK_PATTERN) };
+        p += 8;
+    }
+    (r, depth)
 }
 
 /// The gate for every call into driver code: labels the operation for reports, measures the
-/// stack high-water mark (a bugcheck 0x7F report past 24 KiB), and checks that the driver
+/// stack high-water mark (a bugcheck 0x7F report past 24 KiB) and poisons the frames the call
+/// used once it returned ([`with_stack_watermark`]), and checks that the driver
 /// returned at the IRQL it was called at, with interrupts enabled.
 pub fn call_driver<R>(operation: &str, f: impl FnOnce() -> R) -> R {
     call_driver_returning_at(operation, None, f)

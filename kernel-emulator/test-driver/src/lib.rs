@@ -101,6 +101,7 @@ const IOCTL_IMAGE_REMOVE_INSIDE: u32 = ioctl(0x852); // bug: next image notify r
 const IOCTL_POOL_CHECK: u32 = ioctl(0x853); // pool/lookaside request `argument` (pool_checks.rs)
 const IOCTL_ZW_OPEN: u32 = ioctl(0x854); // own ZwOpenKey of the hive list, then ZwClose
 const IOCTL_HIVE_LIST_VALUE: u32 = ioctl(0x855); // the hive list's value `argument` (name hash)
+const IOCTL_ALTITUDE_ON_STACK: u32 = ioctl(0x856); // bug: a 2nd callback, altitude on the stack
 
 /// The value IOCTL_PING answers with.
 const PING_MAGIC: u64 = 0x6B65_6D75_7465_7374; // "kemutest"
@@ -363,6 +364,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         IOCTL_PROCESS_REMOVE_INSIDE => {
             registry::remove_inside();
             0
+        }
+        IOCTL_ALTITUDE_ON_STACK => {
+            out[0] = u64::from(registry::register_stack_altitude() as u32);
+            8
         }
         IOCTL_PING => {
             out[0] = PING_MAGIC;

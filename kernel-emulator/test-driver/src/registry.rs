@@ -8,7 +8,7 @@
 use core::{
     ffi::c_void,
     ptr::null_mut,
-    sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU16, AtomicU64, AtomicUsize, Ordering},
 };
 
 use wdk_sys::{DRIVER_OBJECT, NTSTATUS, STATUS_SUCCESS, UNICODE_STRING};
@@ -541,20 +541,35 @@ unsafe extern "C" fn process_notify(
     });
 }
 
+/// The code units of the test driver's altitude, "385200.5" (ASCII digits and '.').
+static ALTITUDE_UNITS: [u16; 9] = [0x33, 0x38, 0x35, 0x32, 0x30, 0x30, 0x2E, 0x35, 0];
+
+/// A `UNICODE_STRING` in a static, for the kernel to read as long as it likes.
+#[repr(transparent)]
+struct KeptString(UNICODE_STRING);
+
+// SAFETY: never written; the kernel only reads it.
+unsafe impl Sync for KeptString {}
+
+/// The altitude handed to CmRegisterCallbackEx, alive until after CmUnRegisterCallback as
+/// regfltr keeps its own (`sys/util.c` CreateCallbackContext: in the callback context, freed
+/// after unregistration); the kernel emulator re-reads it when another filter registers.
+static ALTITUDE: KeptString = KeptString(UNICODE_STRING {
+    Length: 16,
+    MaximumLength: 18,
+    Buffer: ALTITUDE_UNITS.as_ptr().cast_mut(),
+});
+
 /// Registers the callbacks; the registry one is required, the process one best-effort.
 pub fn start(driver: *mut DRIVER_OBJECT) -> NTSTATUS {
-    let altitude: [u16; 9] = [b'3', b'8', b'5', b'2', b'0', b'0', b'.', b'5', 0].map(u16::from);
-    let us = UNICODE_STRING {
-        Length: 16,
-        MaximumLength: 18,
-        Buffer: altitude.as_ptr().cast_mut(),
-    };
+    DRIVER.store(driver, Ordering::Relaxed);
     let mut cookie = 0i64;
-    // SAFETY: a valid function, altitude, driver object and cookie pointer; PASSIVE_LEVEL.
+    // SAFETY: a valid function, altitude (static), driver object and cookie pointer;
+    // PASSIVE_LEVEL.
     let s = unsafe {
         CmRegisterCallbackEx(
             registry_callback,
-            &raw const us,
+            &raw const ALTITUDE.0,
             driver.cast(),
             null_mut(),
             &raw mut cookie,
@@ -574,8 +589,49 @@ pub fn start(driver: *mut DRIVER_OBJECT) -> NTSTATUS {
     STATUS_SUCCESS
 }
 
+/// Our DRIVER_OBJECT, kept by `start`.
+static DRIVER: AtomicPtr<DRIVER_OBJECT> = AtomicPtr::new(null_mut());
+
+/// The cookie of the second callback IOCTL_ALTITUDE_ON_STACK registered (0: none).
+static STACK_COOKIE: AtomicI64 = AtomicI64::new(0);
+
+/// IOCTL_ALTITUDE_ON_STACK (a bug on purpose): registers a second callback, at "385100",
+/// whose altitude string lives in this function's stack frame, dead once it returns.
+/// Returns the status.
+#[inline(never)]
+pub fn register_stack_altitude() -> NTSTATUS {
+    let driver = DRIVER.load(Ordering::Relaxed);
+    let altitude: [u16; 7] = [b'3', b'8', b'5', b'1', b'0', b'0', 0].map(u16::from);
+    let us = UNICODE_STRING {
+        Length: 12,
+        MaximumLength: 14,
+        Buffer: altitude.as_ptr().cast_mut(),
+    };
+    let mut cookie = 0i64;
+    // SAFETY: valid pointers for the call; the string dies with the frame (the bug).
+    let s = unsafe {
+        CmRegisterCallbackEx(
+            registry_callback,
+            &raw const us,
+            driver.cast(),
+            null_mut(),
+            &raw mut cookie,
+            null_mut(),
+        )
+    };
+    if s == STATUS_SUCCESS {
+        STACK_COOKIE.store(cookie, Ordering::Relaxed);
+    }
+    s
+}
+
 /// Unregisters everything `start` registered.
 pub fn stop() {
+    let stack = STACK_COOKIE.swap(0, Ordering::Relaxed);
+    if stack != 0 {
+        // SAFETY: the cookie of the second registration.
+        let _ = unsafe { CmUnRegisterCallback(stack) };
+    }
     if PROCESS_NOTIFY.swap(false, Ordering::Relaxed) {
         // SAFETY: removing the routine registered in `start`.
         let _ = unsafe { PsSetCreateProcessNotifyRoutineEx(process_notify, 1) };

@@ -23,7 +23,7 @@ use crate::nt::se::security::{
 };
 use crate::nt::status::{
     self, STATUS_ACCESS_DENIED, STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_DEVICE_REQUEST,
-    STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+    STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_SUCCESS,
 };
 use crate::verifier::bugcheck::EXIT_REFUSED;
 use crate::verifier::faults::FaultPolicy;
@@ -35,6 +35,11 @@ const VERSION_LEN: usize = 56;
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
     vec![
+        Scenario::hivetrack(
+            "open-during-entry",
+            "opens of the device while DriverEntry runs, just before it sets the device's security (its default security would let a standard user in): refused with STATUS_NO_SUCH_DEVICE by NT name (the link comes later) for a standard user, an administrator and SYSTEM alike, because the device is still DO_DEVICE_INITIALIZING (WRK parse.c IopCheckDeviceAndDriver; Learn, \"What does DO_DEVICE_INITIALIZING really do?\"); after DriverEntry the standard user is denied by the descriptor",
+            open_during_entry,
+        ),
         Scenario::hivetrack(
             "load",
             "DriverEntry creates the secured device and its link; unload leaves nothing",
@@ -335,6 +340,60 @@ fn version_errors(ctx: &mut Ctx) {
     ctx.unload_and_check_clean(&mut d);
 }
 
+/// Audit 21a, A2: the device has its default security (a standard user may open it) from
+/// IoCreateDevice until DriverEntry's ZwSetSecurityObject; only DO_DEVICE_INITIALIZING keeps
+/// every open out in that window. The opens run inside ZwSetSecurityObject, before the
+/// descriptor changes, as another thread's would.
+fn open_during_entry(ctx: &mut Ctx) {
+    let results = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = results.clone();
+    crate::nt::ob::object::before_set_security(move || {
+        // By NT name: the driver creates its link only after the descriptor is set.
+        for (path, caller) in [
+            (r"\Device\HiveTrack", Caller::User),
+            (r"\Device\HiveTrack", Caller::Admin),
+            (r"\Device\HiveTrack", Caller::System),
+        ] {
+            let r = io::open(path, caller, 4100, GENERIC_READ);
+            if let Ok(h) = r {
+                io::close(h);
+            }
+            seen.borrow_mut()
+                .push((path, caller.token().label, r.map(|_| ())));
+        }
+    });
+    let mut d = ctx.load();
+    let s = d.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    let pending = crate::nt::ob::object::cancel_before_set_security();
+    let results = results.take();
+    ctx.check(
+        !pending && results.len() == 3,
+        format!("the opens ran inside DriverEntry's ZwSetSecurityObject: {results:?}"),
+    );
+    for (path, label, r) in results {
+        ctx.check(
+            r == Err(STATUS_NO_SUCH_DEVICE),
+            format!(
+                "{label} opening {path} during DriverEntry is refused: {}",
+                r.map_or_else(status::describe, |()| "opened".to_string())
+            ),
+        );
+    }
+    let r = ctx.open(r"\Device\HiveTrack", Caller::User, GENERIC_READ);
+    ctx.check(
+        r == Err(STATUS_ACCESS_DENIED),
+        format!("after DriverEntry the descriptor refuses the standard user: {r:?}"),
+    );
+    if let Ok(h) = r {
+        io::close(h);
+    }
+    ctx.unload_and_check_clean(&mut d);
+}
+
 fn access(ctx: &mut Ctx) {
     let mut d = start(ctx);
     for (caller, allowed) in [
@@ -377,6 +436,21 @@ fn access(ctx: &mut Ctx) {
         r == Err(STATUS_ACCESS_DENIED),
         format!("standard user opening the NT name directly: {r:?}"),
     );
+    // No access asked: SeAccessCheck refuses DesiredAccess 0 (WRK accessck.c), so nobody
+    // reaches IRP_MJ_CREATE with it (audit 21a, A4).
+    for caller in [Caller::User, Caller::FilteredAdmin, Caller::Admin] {
+        let r = ctx.open(WIN32_DEVICE_PATH, caller, 0);
+        if let Ok(h) = r {
+            io::close(h);
+        }
+        ctx.check(
+            r == Err(STATUS_ACCESS_DENIED),
+            format!(
+                "{} opening with DesiredAccess 0 is refused: {r:?}",
+                caller.token().label
+            ),
+        );
+    }
     ctx.unload_and_check_clean(&mut d);
 }
 

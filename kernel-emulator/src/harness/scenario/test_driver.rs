@@ -45,6 +45,7 @@ const IOCTL_DPC: u32 = ioctl(0x819);
 const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A);
 const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B);
 const IOCTL_EX_SPIN_LOCK: u32 = ioctl(0x850);
+const IOCTL_ALTITUDE_ON_STACK: u32 = ioctl(0x856);
 /// `test-driver/src/exlock.rs`'s operations.
 const EX_IRQL: u64 = 0;
 const EX_HOLD_SHARED: u64 = 1;
@@ -251,6 +252,13 @@ pub fn scenarios() -> Vec<Scenario> {
             EXIT_BUGCHECK,
             "io::device_io_control_async",
             td_pend_sync,
+        ),
+        caught(
+            "td-altitude-on-stack",
+            "a callback registered with its altitude string on the stack is a verifier violation when another filter registers (the model keeps the caller's pointer, as the regfltr sample's lifetime implies)",
+            EXIT_BUGCHECK,
+            "no longer reads the same",
+            td_altitude_on_stack,
         ),
         caught(
             "td-timer-at-unload",
@@ -882,6 +890,29 @@ fn td_pend_sync(ctx: &mut Ctx) {
     ctx.check(
         false,
         "STATUS_PENDING to a synchronous request went unnoticed",
+    );
+}
+
+/// A second callback at "385100" registered from a stack string; the next registration
+/// (another filter's, at 300000) compares altitudes and reads it.
+fn td_altitude_on_stack(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let r = call(&s, IOCTL_ALTITUDE_ON_STACK, 0);
+    ctx.check(
+        r.status == STATUS_SUCCESS && slots(&r)[0] == 0,
+        format!(
+            "the registration from a stack string succeeds: {:#x}",
+            slots(&r)[0]
+        ),
+    );
+    let _ = crate::nt::cm::registry::register_emulated(
+        crate::nt::cm::registry::filter_deny,
+        0,
+        "300000",
+    );
+    ctx.check(
+        false,
+        "an altitude string gone from the stack went unnoticed",
     );
 }
 

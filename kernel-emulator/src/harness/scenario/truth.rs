@@ -104,6 +104,16 @@ pub fn scenarios() -> Vec<Scenario> {
             open_during_registration,
         ),
         Scenario::hivetrack(
+            "altitude-collision",
+            "another filter registered first at hivetrack's altitude (385217): CmRegisterCallbackEx fails with STATUS_FLT_INSTANCE_ALTITUDE_COLLISION (Learn, Return value); the driver still loads and answers, its stats say why tracking is off, the mounted hives are still listed and a holders answer says it does not track (tracking-since 0, never complete) and lists no holder although a process holds a key (the CLI sets the kernel's list beside it), a wait-free request is refused (STATUS_DEVICE_NOT_READY), unload is clean",
+            altitude_collision,
+        ),
+        Scenario::hivetrack(
+            "altitude-configured",
+            "Parameters\\Altitude (REG_SZ) set to 385300 while another filter holds the INF's 385217: the driver registers at the configured altitude, tracks, and a key a process opens is listed with a complete answer",
+            altitude_configured,
+        ),
+        Scenario::hivetrack(
             "reload-cancels-deferred-unload",
             "logoff fails, the user logs on again: the profile service loads the same NTUSER.DAT at the same mount, which succeeds without mounting anything and cancels the pending deferred unload (WRK cmapi.c CmpIsHiveAlreadyLoaded): the driver keeps the hive's record, its held keys and its unknown load time (a key opened before tracking still holds it), and does not take it as unloaded when its tracked keys go",
             reload_cancels_deferred_unload,
@@ -959,6 +969,184 @@ fn open_during_registration(ctx: &mut Ctx) {
     }
     io::close(h);
     ctx.unload_and_check_clean(&mut d);
+}
+
+/// STATUS_FLT_INSTANCE_ALTITUDE_COLLISION (Learn, CmRegisterCallbackEx, Return value: "The
+/// calling driver or another driver has already registered a RegistryCallback routine for the
+/// specified altitude").
+const ALTITUDE_COLLISION: u64 = 0xC01C_0011;
+/// STATUS_DEVICE_NOT_READY: the driver's answer to a wait-free request while it does not track.
+const STATUS_DEVICE_NOT_READY: u32 = 0xC000_00A3;
+
+/// Audit 21a, A7: another filter holds hivetrack's altitude before it loads. What
+/// docs/production-signing.md promises: the driver loads, says why tracking is off, and no
+/// answer claims to be complete.
+fn altitude_collision(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let other = crate::nt::cm::registry::register_emulated(
+        crate::nt::cm::registry::filter_deny,
+        0,
+        crate::nt::cm::zwreg::INF_ALTITUDE,
+    );
+    ctx.check(
+        other.is_ok(),
+        format!("another filter registers at the INF's altitude first: {other:?}"),
+    );
+    let (d, h) = load(ctx);
+    let Some(h) = h else { return };
+    let driver_callbacks =
+        kernel::with(|k| k.registry.callbacks.iter().filter(|c| !c.emulated).count());
+    ctx.check(
+        driver_callbacks == 0,
+        format!("the driver has no callback registered ({driver_callbacks})"),
+    );
+    let version = io::device_io_control(
+        h,
+        protocol::ioctl::IOCTL_HIVETRACK_GET_VERSION,
+        &[],
+        64,
+        0xA5,
+    );
+    ctx.check(
+        version.status == STATUS_SUCCESS,
+        format!(
+            "the driver answers GET_VERSION: {}",
+            status::describe(version.status)
+        ),
+    );
+    let st = stats(ctx, h);
+    ctx.check(
+        st.tracking_status == ALTITUDE_COLLISION,
+        format!(
+            "stats say why tracking is off: {:#x} (STATUS_FLT_INSTANCE_ALTITUDE_COLLISION)",
+            st.tracking_status
+        ),
+    );
+    let app = spawn(ctx, APP1);
+    let key = format!(r"{SOFTWARE}\Vendor\Held");
+    let held = open_kept(ctx, app, &key);
+    let listed = mounts(ctx, h);
+    ctx.check(
+        listed.iter().any(|m| m.eq_ignore_ascii_case(SOFTWARE)),
+        format!("the mounted hives are still listed (read from the hive list): {listed:?}"),
+    );
+    let software = view(ctx, h, SOFTWARE);
+    ctx.check(
+        software.completeness.tracking_since == 0 && !software.completeness.nothing_lost(),
+        format!(
+            "the holders answer says tracking is off, never complete: {:?}",
+            software.completeness
+        ),
+    );
+    ctx.check(
+        software.holders == 0 && software.open_keys == 0,
+        format!(
+            "and lists nothing it did not see ({} holders, {} keys)",
+            software.holders, software.open_keys
+        ),
+    );
+    let wait = match super::wait_free::send(h, SOFTWARE, 0) {
+        IoctlCall::Done(r) => Some(r.status),
+        IoctlCall::Pending(mut p) => {
+            let _ = p.cancel();
+            let _ = p.poll();
+            None
+        }
+    };
+    ctx.check(
+        wait.map(|s| s as u32) == Some(STATUS_DEVICE_NOT_READY),
+        format!(
+            "a wait-free request is refused, not answered \"free\": {}",
+            wait.map_or_else(|| "pending".to_string(), status::describe)
+        ),
+    );
+    if let Some(k) = held {
+        let _ = hive::close_key(app, k);
+    }
+    end_without_profile(ctx, d, h, app);
+}
+
+/// Ends a scenario that loaded no profile: `app` exits, the device closes, the driver unloads
+/// clean.
+fn end_without_profile(ctx: &mut Ctx, mut d: LoadedDriver, h: FileHandle, app: u32) {
+    process::exit_process(app);
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// Audit 21a, A7: `Parameters\Altitude` is where an administrator moves the driver when its
+/// altitude is taken (docs/production-signing.md); the driver must register there.
+fn altitude_configured(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let other = crate::nt::cm::registry::register_emulated(
+        crate::nt::cm::registry::filter_deny,
+        0,
+        crate::nt::cm::zwreg::INF_ALTITUDE,
+    );
+    ctx.check(
+        other.is_ok(),
+        format!("another filter registers at the INF's altitude first: {other:?}"),
+    );
+    let d = ctx.load();
+    let Some(params) = super::tracking::service_parameters() else {
+        ctx.check(false, "the service key's Parameters exists");
+        return;
+    };
+    let value: Vec<u8> = "385300\0"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    crate::nt::cm::zwreg::set_value(&params, "Altitude", crate::nt::cm::zwreg::REG_SZ, value);
+    let s = d.entry();
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("DriverEntry returned {}", status::describe(s)),
+    );
+    let h = match ctx.open(
+        WIN32_DEVICE_PATH,
+        Caller::Admin,
+        GENERIC_READ | GENERIC_WRITE,
+    ) {
+        Ok(h) => h,
+        Err(s) => {
+            ctx.check(false, format!("open the device: {}", status::describe(s)));
+            let mut d = d;
+            ctx.unload_and_check_clean(&mut d);
+            return;
+        }
+    };
+    let altitudes: Vec<String> = kernel::with(|k| {
+        k.registry
+            .callbacks
+            .iter()
+            .filter(|c| !c.emulated)
+            .map(|c| c.altitude.clone())
+            .collect()
+    });
+    ctx.check(
+        altitudes == ["385300"],
+        format!("the driver's callback is at the configured altitude: {altitudes:?}"),
+    );
+    let st = stats(ctx, h);
+    ctx.check(
+        st.tracking_status == 0,
+        format!("tracking is on: status {:#x}", st.tracking_status),
+    );
+    let app = spawn(ctx, APP1);
+    let key = format!(r"{SOFTWARE}\Vendor\Held");
+    let held = open_kept(ctx, app, &key);
+    let software = view(ctx, h, SOFTWARE);
+    ctx.check(
+        software.completeness.nothing_lost() && software.open_keys >= 1,
+        format!(
+            "the held key is listed, the answer complete: {} keys, {:?}",
+            software.open_keys, software.completeness
+        ),
+    );
+    if let Some(k) = held {
+        let _ = hive::close_key(app, k);
+    }
+    end_without_profile(ctx, d, h, app);
 }
 
 /// Audit 19a, F1: a load of the same file at the same mount succeeds and mounts nothing, and

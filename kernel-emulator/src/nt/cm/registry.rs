@@ -284,10 +284,69 @@ pub struct Callback {
     pub function: usize,
     /// Context.
     pub context: usize,
-    /// Altitude string.
+    /// Altitude string, as it read at registration (for ordering and reports).
     pub altitude: String,
+    /// Where the driver's altitude string is: the model keeps the caller's pointer, as
+    /// Windows may ([`KeptAltitude`]). `None` for an emulated filter.
+    pub kept: Option<KeptAltitude>,
     /// Registered by the emulator itself (an "other filter"), not by the driver.
     pub emulated: bool,
+}
+
+/// The `UNICODE_STRING` a driver handed to CmRegisterCallbackEx as its Altitude, kept by
+/// pointer and read again when the kernel needs the callback's altitude later: when another
+/// filter registers (its altitude is compared with every registered one). A string that no
+/// longer reads as it did at registration is a verifier violation.
+///
+/// An *inference*, not a documented rule: Learn's CmRegisterCallbackEx says only that
+/// Altitude points to a UNICODE_STRING holding the driver's altitude, and neither the WRK
+/// (whose cmhook.c has only CmRegisterCallback, without an altitude) nor ReactOS has the Ex
+/// routine. The one Microsoft sample keeps the string alive for the whole registration:
+/// regfltr `sys/util.c` CreateCallbackContext puts the UNICODE_STRING and its buffer in the
+/// pool-allocated callback context passed as `&CallbackCtx->Altitude`, freed only after
+/// CmUnRegisterCallback (`sys/pre.c`). Until 2026-12-06 the model copied the string at
+/// registration without saying so, and a driver that passed one from its stack frame (as
+/// hivetrack did, fidelity audit 21a, A1) passed every test. The dead part of a driver's
+/// stack is poisoned after each call into it ([`crate::nt::kernel::call_driver`]), so such a
+/// string reads differently by the next registration.
+#[derive(Debug, Clone, Copy)]
+pub struct KeptAltitude {
+    /// Address of the driver's UNICODE_STRING.
+    string: usize,
+    /// Its Length, MaximumLength and Buffer at registration.
+    header: (u16, u16, usize),
+}
+
+/// Reads every driver's kept altitude string again ([`KeptAltitude`]), as a registration
+/// comparing altitudes would; a string changed since its registration is a verifier violation.
+fn check_kept_altitudes() {
+    let kept: Vec<(i64, String, KeptAltitude)> = kernel::with(|k| {
+        k.registry
+            .callbacks
+            .iter()
+            .filter_map(|c| c.kept.map(|kept| (c.cookie, c.altitude.clone(), kept)))
+            .collect()
+    });
+    for (cookie, altitude, kept) in kept {
+        let us = kept.string as *const UnicodeString;
+        // SAFETY: `us` pointed to a readable UNICODE_STRING at registration. Driver stack and
+        // pool stay mapped in the model; memory that does not faults as Windows would.
+        let now = unsafe { us.read_unaligned() };
+        let header = (now.length, now.maximum_length, now.buffer as usize);
+        // SAFETY: the same header as at registration, whose buffer was readable for Length.
+        let same =
+            header == kept.header && unsafe { read_unicode(us) }.is_some_and(|a| a == altitude);
+        if !same {
+            verifier_violation(&format!(
+                "the Altitude string of registry callback cookie {cookie:#x} (\"{altitude}\") \
+                 no longer reads the same when another filter registers: the driver let it go \
+                 before CmUnRegisterCallback (UNICODE_STRING at {:#x}: Length {}, \
+                 MaximumLength {}, Buffer {:#x}; the regfltr sample keeps it for the \
+                 registration's life; that Windows keeps the pointer is the model's inference)",
+                kept.string, header.0, header.1, header.2
+            ));
+        }
+    }
 }
 
 impl Callback {
@@ -392,15 +451,27 @@ pub fn register_emulated(
     context: usize,
     altitude: &str,
 ) -> Result<i64, NtStatus> {
-    register(function as usize, context, altitude.to_string(), true)
+    register(function as usize, context, altitude.to_string(), None, None)
 }
 
+/// Registers a callback; `kept` is the driver's altitude string (None for an emulated
+/// filter), `cookie_out` where the driver wants its cookie.
+///
+/// The cookie is written before the callback is published, in the same step: the WRK's
+/// `base/ntos/config/cmhook.c` CmRegisterCallback stores `*Cookie` (line 112) before it
+/// installs the callback with `ExCompareExchangeCallBack` (line 121), after which another
+/// thread's notification can reach it. Until 2026-12-06 the model published first and wrote
+/// the cookie after, so such a notification found the driver's cookie still unset (fidelity
+/// audit 21a, A8).
 fn register(
     function: usize,
     context: usize,
     altitude: String,
-    emulated: bool,
+    kept: Option<KeptAltitude>,
+    cookie_out: Option<*mut i64>,
 ) -> Result<i64, NtStatus> {
+    // Comparing altitudes reads every registered one (where Windows keeps only a pointer).
+    check_kept_altitudes();
     kernel::with(|k| {
         let r = &mut k.registry;
         // One callback per altitude, compared as numbers ("385200" and "385200.0" are one).
@@ -410,12 +481,18 @@ fn register(
         }
         r.next_cookie += 1;
         let cookie = 0x01DA_0000_0000_0000 + r.next_cookie * 0x10;
+        if let Some(out) = cookie_out {
+            // SAFETY: checked non-null by CmRegisterCallbackEx; the driver passes a writable
+            // LARGE_INTEGER.
+            unsafe { out.write_unaligned(cookie) };
+        }
         r.callbacks.push(Callback {
             cookie,
             function,
             context,
             altitude,
-            emulated,
+            kept,
+            emulated: cookie_out.is_none(),
         });
         Ok(cookie)
     })
@@ -719,8 +796,14 @@ pub fn notify_context_cleanup(object: usize, cookie: i64, context: usize) {
 }
 
 /// CmRegisterCallbackEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmregistercallbackex>:
-/// Driver must be the DRIVER_OBJECT (NULL: STATUS_INVALID_PARAMETER_3), Reserved must be NULL,
-/// one callback per altitude (STATUS_FLT_INSTANCE_ALTITUDE_COLLISION). IRQL <= APC_LEVEL.
+/// one callback per altitude (STATUS_FLT_INSTANCE_ALTITUDE_COLLISION, Learn "Return value"),
+/// IRQL <= APC_LEVEL. The Altitude string is kept by pointer, not copied ([`KeptAltitude`],
+/// an inference from the regfltr sample). The argument statuses (NULL Driver:
+/// STATUS_INVALID_PARAMETER_3; non-NULL Reserved: STATUS_INVALID_PARAMETER_6; NULL function,
+/// altitude or cookie: STATUS_INVALID_PARAMETER) are the model's *inference*: Learn lists only
+/// the collision and STATUS_INSUFFICIENT_RESOURCES and says of Reserved only "reserved for
+/// future use", and no WRK or ReactOS text has the Ex routine (hivetrack never passes such
+/// arguments).
 unsafe extern "win64" fn CmRegisterCallbackEx(
     function: Option<ExCallbackFn>,
     altitude: *const UnicodeString,
@@ -747,14 +830,17 @@ unsafe extern "win64" fn CmRegisterCallbackEx(
     if kernel::should_fail("CmRegisterCallbackEx", false) {
         return STATUS_INSUFFICIENT_RESOURCES;
     }
-    match register(f as usize, context as usize, alt, false) {
-        Ok(c) => {
-            // The cookie is written before the callback can be called: the WRK's `cmhook.c`
-            // CmRegisterCallback stores `*Cookie` (line 112) before it installs the callback
-            // with `ExCompareExchangeCallBack` (line 121), after which another thread's
-            // notification can reach it before this routine returns ([`during_registration`]).
-            // SAFETY: checked non-null; the driver passes a writable LARGE_INTEGER.
-            unsafe { cookie.write_unaligned(c) };
+    // SAFETY: read by read_unicode above.
+    let header = unsafe { altitude.read_unaligned() };
+    let kept = KeptAltitude {
+        string: altitude as usize,
+        header: (header.length, header.maximum_length, header.buffer as usize),
+    };
+    // The cookie is written inside `register`, before the callback is published; another
+    // thread's notification can then reach it before this routine returns
+    // ([`during_registration`]).
+    match register(f as usize, context as usize, alt, Some(kept), Some(cookie)) {
+        Ok(_) => {
             run_during_registration();
             STATUS_SUCCESS
         }
@@ -767,8 +853,9 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `step` once, inside the next successful `CmRegisterCallbackEx`, after the callback is
-/// installed and its cookie written and before the routine returns: another thread's work
+/// Runs `step` once, inside the next successful `CmRegisterCallbackEx`, at the first moment
+/// another thread's notification can reach the callback — right after the step that wrote the
+/// cookie and published the callback — and before the routine returns: another thread's work
 /// (an open, whose notifications reach the new callback) in the window a single-threaded model
 /// cannot otherwise reach. The step runs on the calling thread, as that other thread would at
 /// that moment.
@@ -795,6 +882,11 @@ fn run_during_registration() {
 /// of this callback, then removes it; an unknown cookie is STATUS_INVALID_PARAMETER.
 /// IRQL <= APC_LEVEL. New notifications stop reaching the callback at once; calls in flight on
 /// other threads are waited for; calling it from inside the callback is a deadlock (reported).
+/// The WRK's `base/ntos/config/cmhook.c` CmUnRegisterCallback does so for Windows itself: it
+/// removes the block from the vector (`ExCompareExchangeCallBack(.., NULL, RoutineBlock)`,
+/// line 168), waits for the references callers took (`ExWaitForCallBacks`, line 175), then
+/// returns STATUS_SUCCESS (line 179); a cookie it does not find is STATUS_INVALID_PARAMETER
+/// (line 189, as Learn says; ReactOS returns STATUS_UNSUCCESSFUL there).
 unsafe extern "win64" fn CmUnRegisterCallback(cookie: i64) -> NtStatus {
     // IRQL <= APC_LEVEL (Learn, CmUnRegisterCallback, Requirements).
     require_irql("CmUnRegisterCallback", APC_LEVEL);

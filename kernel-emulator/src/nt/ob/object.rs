@@ -179,6 +179,26 @@ unsafe extern "win64" fn ZwClose(handle: u64) -> NtStatus {
     STATUS_INVALID_HANDLE
 }
 
+thread_local! {
+    static BEFORE_SET_SECURITY: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `step` once, at the start of the next ZwSetSecurityObject on this thread, before the
+/// descriptor changes: another component's work (an open of the device a driver is about to
+/// secure, say) in the window between IoCreateDevice and the driver's own descriptor.
+pub fn before_set_security(step: impl FnOnce() + 'static) {
+    BEFORE_SET_SECURITY.with(|b| *b.borrow_mut() = Some(Box::new(step)));
+}
+
+/// Whether a step set by [`before_set_security`] is still waiting (and drops it).
+#[must_use]
+pub fn cancel_before_set_security() -> bool {
+    BEFORE_SET_SECURITY
+        .with(|b| b.borrow_mut().take())
+        .is_some()
+}
+
 /// ZwSetSecurityObject — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntifs/nf-ntifs-zwsetsecurityobject>:
 /// the handle needs WRITE_DAC for DACL_SECURITY_INFORMATION and WRITE_OWNER for owner/group;
 /// the descriptor (absolute or self-relative) is captured and validated; only the parts named
@@ -189,6 +209,9 @@ unsafe extern "win64" fn ZwSetSecurityObject(
     descriptor: *mut c_void,
 ) -> NtStatus {
     require_irql("ZwSetSecurityObject", PASSIVE_LEVEL);
+    if let Some(step) = BEFORE_SET_SECURITY.with(|b| b.borrow_mut().take()) {
+        step();
+    }
     let Some(entry) = kernel::with(|k| k.objects.handles.get(&handle).cloned()) else {
         return STATUS_INVALID_HANDLE;
     };

@@ -357,11 +357,19 @@ impl SecurityDescriptor {
         })
     }
 
-    /// The default descriptor the model gives device objects created without one: SDDL
-    /// `D:P(A;;GA;;;SY)(A;;GRGWGX;;;BA)(A;;GRGW;;;WD)(A;;GR;;;RC)`
-    /// (SDDL_DEVOBJ_SYS_ALL_ADM_RWX_WORLD_RW_RES_R, "SDDL for Device Objects",
-    /// <https://learn.microsoft.com/en-us/windows-hardware/drivers/kernel/sddl-for-device-objects>):
-    /// everyone may read and write — which is why a driver must restrict its control device.
+    /// The descriptor IoCreateDevice gives a device of a type other than disks, file systems
+    /// and networks (hivetrack's 0x8A54, the test driver's FILE_DEVICE_UNKNOWN): WRK
+    /// `base/ntos/io/iomgr/iosubs.c` IoCreateDevice → IopCreateDefaultDeviceSecurityDescriptor
+    /// (line 4421; the `default:` case at 13454-13458 is IO_SD_SYS_ALL_ADM_ALL_WORLD_RWE_RES_RE,
+    /// whose DACL is `SePublicOpenUnrestrictedDacl`, 13508-13509), built in
+    /// `base/ntos/se/seglobal.c` (lines 1074-1220) as World GENERIC_READ|WRITE|EXECUTE, System
+    /// GENERIC_ALL, Administrators GENERIC_ALL, Restricted GENERIC_READ|EXECUTE, in that order,
+    /// not protected. Everyone may read and write — which is why a driver must restrict its
+    /// control device. Learn, "Securing Device Objects": the default descriptor depends on the
+    /// device type. Until 2026-12-06 the model used IoCreateDeviceSecure's
+    /// SDDL_DEVOBJ_SYS_ALL_ADM_RWX_WORLD_RW_RES_R instead (fidelity audit 21a, A5). The owner
+    /// and group (from the creating token on Windows) are the model's choice: Administrators
+    /// and System.
     #[must_use]
     pub fn default_device() -> Self {
         let allow = |mask, sid| Ace {
@@ -374,15 +382,15 @@ impl SecurityDescriptor {
             owner: Some(Sid::administrators()),
             group: Some(Sid::local_system()),
             dacl: Some(vec![
-                allow(GENERIC_ALL, Sid::local_system()),
                 allow(
                     GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE,
-                    Sid::administrators(),
+                    Sid::everyone(),
                 ),
-                allow(GENERIC_READ | GENERIC_WRITE, Sid::everyone()),
-                allow(GENERIC_READ, Sid::restricted()),
+                allow(GENERIC_ALL, Sid::local_system()),
+                allow(GENERIC_ALL, Sid::administrators()),
+                allow(GENERIC_READ | GENERIC_EXECUTE, Sid::restricted()),
             ]),
-            dacl_protected: true,
+            dacl_protected: false,
         }
     }
 }
@@ -480,8 +488,18 @@ impl Token {
 /// (a matching deny ACE for any still-wanted bit denies; matching allow ACEs grant bits), the
 /// owner implicitly holds READ_CONTROL and WRITE_DAC. Returns the granted mask or None
 /// (STATUS_ACCESS_DENIED). `MAXIMUM_ALLOWED` grants whatever the DACL allows, if anything.
+///
+/// A DesiredAccess of 0 is refused, whatever the descriptor: WRK `base/ntos/se/accessck.c`
+/// SeAccessCheck (lines 3442-3447: `DesiredAccess == 0` with no PreviouslyGrantedAccess is
+/// STATUS_ACCESS_DENIED), which `io/iomgr/parse.c` IopParseDevice calls for a device open with
+/// PreviouslyGrantedAccess 0 (lines 614-618). Until 2026-12-06 the model granted it (every
+/// ACE satisfied an empty request), so a standard user reached a driver's IRP_MJ_CREATE
+/// (fidelity audit 21a, A4).
 #[must_use]
 pub fn access_check(sd: &SecurityDescriptor, token: &Token, desired: u32) -> Option<u32> {
+    if desired == 0 {
+        return None;
+    }
     let maximum = desired & MAXIMUM_ALLOWED != 0;
     let desired = map_generic_file(desired & !MAXIMUM_ALLOWED);
     let Some(dacl) = &sd.dacl else {
@@ -605,11 +623,26 @@ mod tests {
     }
 
     #[test]
+    fn no_access_asked_is_refused() {
+        let open = SecurityDescriptor::default_device();
+        let admins = capture(&admins_only()).unwrap();
+        for sd in [&open, &admins] {
+            for caller in [Caller::System, Caller::Admin, Caller::User] {
+                assert_eq!(access_check(sd, &caller.token(), 0), None);
+            }
+        }
+    }
+
+    #[test]
     fn default_device_security_admits_everyone_for_read_write() {
         let sd = SecurityDescriptor::default_device();
         let rw = GENERIC_READ | GENERIC_WRITE;
         assert!(access_check(&sd, &Caller::User.token(), rw).is_some());
+        assert!(access_check(&sd, &Caller::User.token(), GENERIC_EXECUTE).is_some());
         assert!(access_check(&sd, &Caller::User.token(), WRITE_DAC).is_none());
+        // Administrators hold GENERIC_ALL (WRK seglobal.c SePublicOpenUnrestrictedDacl).
+        assert!(access_check(&sd, &Caller::Admin.token(), WRITE_DAC).is_some());
+        assert!(access_check(&sd, &Caller::FilteredAdmin.token(), WRITE_DAC).is_none());
     }
 
     #[test]
