@@ -68,11 +68,14 @@ impl HkcuSids {
             Some((u, s)) => (Some(u.trim()), s.trim()),
             None => (None, arg.trim()),
         };
-        let valid = sid.len() > 4
-            && sid[..4].eq_ignore_ascii_case("S-1-")
-            && sid[4..]
-                .split('-')
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        // `get`, not slicing: the argument is any text (`ab€x` once panicked; audit 21d, H3).
+        let valid = sid.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("S-1-"))
+            && sid.get(4..).is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .split('-')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            });
         if !valid {
             return Err(format!(
                 "--hkcu-sid {arg}: expected a SID such as S-1-5-21-1004336348-1177238915-682003330-1001, or USER=SID"
@@ -176,7 +179,11 @@ fn abbreviation_undone(path: &str, hkcu: &str) -> Option<String> {
             }
             user()
         }
-        "" if rest.len() >= 9 && rest[..9].eq_ignore_ascii_case(r"\REGISTRY") => {
+        // `get`, not slicing: a hostile row's path may have a character across byte 9.
+        "" if rest
+            .get(..9)
+            .is_some_and(|r| r.eq_ignore_ascii_case(r"\REGISTRY")) =>
+        {
             return Some(path.to_owned());
         }
         _ => return None,

@@ -636,7 +636,9 @@ impl Replay {
         } else {
             hive
         };
-        let sid = if sid.len() > 4 && sid[..4].eq_ignore_ascii_case("S-1-") {
+        // `get`, not slicing: a mount name is any text (`HKU\テスト`), and byte 4 may fall
+        // inside a character (audit 21d, H3: a panic at every unload of such a hive).
+        let sid = if sid.len() > 4 && sid.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("S-1-")) {
             sid
         } else {
             "S-1-5-21-…"
