@@ -159,6 +159,9 @@ pub struct Replay {
     /// Events the numbers skip (left out of the file), and the first run skipped.
     skipped_events: u64,
     first_skip: Option<(u64, u64)>,
+    /// The last replayed row of each pid: an unload's own open of the hive root is the
+    /// unloading process's row right before its `RegUnloadKey` ([`Replay::unload`]).
+    last_row_of_pid: HashMap<u32, u64>,
 }
 
 fn utf16_into(s: &str, out: &mut Vec<u16>) {
@@ -208,6 +211,7 @@ impl Replay {
             last_sequence: None,
             skipped_events: 0,
             first_skip: None,
+            last_row_of_pid: HashMap::new(),
         }
     }
 
@@ -415,6 +419,7 @@ impl Replay {
             Op::ProcessExit => self.exited(ev),
             Op::DeleteKey | Op::Other => self.skip(ev),
         }
+        self.last_row_of_pid.insert(ev.pid, ev.row);
     }
 
     fn opened(&mut self, ev: &Event) {
@@ -498,13 +503,39 @@ impl Replay {
             self.skip(ev);
             return;
         };
+        // The unload's own open of the hive's root: `NtUnloadKey2`/`NtUnloadKeyEx` open it
+        // themselves, "a private kernel mode handle just to take a reference on the object"
+        // (Windows Research Kernel `base/ntos/config/ntapi.c`), through a parse with
+        // `CreateOperation` (`cmparse.c` CmpParseKey), so registry filters (Procmon among
+        // them) see a create of the mount on the unloading thread right before the unload,
+        // and its close after it (kernel-emulator/README.md, `td-unload-sequence`). It is
+        // the unload's, not a holder's: the live tracker leaves it out the same way
+        // (tracker/src/tracker.rs `unload_attempted_with`, `collect_holders`). Found in
+        // audit 21d (H2): the replay named the unloader as the holder at every unload, so a
+        // failed unload whose real holder the capture cannot see read as complete, and a
+        // successful one had a holder. Taken as that open: the unloading process's row
+        // right before the `RegUnloadKey` (rows carry no thread in a CSV) when it is a
+        // successful open of exactly the mount still in the ledger; it stays in the ledger
+        // for the `RegCloseKey` that follows.
+        let pk = self.process(ev);
+        let own_key = (ev.pid, pk.start_key, mount.to_ascii_uppercase());
+        let previous = self.last_row_of_pid.get(&ev.pid).copied();
+        let own = self
+            .open
+            .get_mut(&own_key)
+            .filter(|v| v.last().is_some_and(|o| Some(o.row) == previous))
+            .and_then(Vec::pop);
         utf16_into(&mount, &mut self.scratch);
-        self.tracker.unload_attempted(
+        self.tracker.unload_attempted_with(
             &self.scratch,
             ev.status.unwrap_or_else(|| u32::from(!ev.success())),
             ev.time,
+            own.as_ref().and_then(|o| o.token.map(|t| (t, o.object, 0))),
         );
         let holders = self.holders(|p| is_under(&mount, p));
+        if let Some(o) = own {
+            self.open.entry(own_key).or_default().push(o);
+        }
         let (mut missing, maybe_holders) = self.hkcu_unseen(&mount);
         if !ev.success() && holders.is_empty() && maybe_holders.is_empty() {
             // Windows says the hive is in use, yet no key the capture saw is open in it: the

@@ -1,0 +1,97 @@
+//! The unload's own open of the hive root: Windows' `NtUnloadKey2`/`NtUnloadKeyEx` open the
+//! root themselves ("a private kernel mode handle just to take a reference on the object",
+//! WRK `base/ntos/config/ntapi.c`), so Procmon logs `RegCreateKey HKU\<SID>` by the unloader
+//! right before its `RegUnloadKey`, and the `RegCloseKey` after it (the kernel emulator's
+//! model, `td-unload-sequence`). That key is the unload's, not a holder's, as the live
+//! tracker has it (audit 21d, H2). Hand-written CSV rows with Sequence numbers.
+
+use capture::Analysis;
+use capture::csv::CsvReader;
+use capture::paths::HkcuSids;
+use capture::replay::{Options, Replay, replay};
+
+const SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
+const SYSTEM: &str = r"NT AUTHORITY\SYSTEM";
+
+fn csv(rows: &[(u32, &str, &str, &str, &str)]) -> String {
+    let mut t = String::from(
+        "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"Sequence\",\"User\",\"Image Path\"\r\n",
+    );
+    for (seq, &(pid, name, op, path, res)) in rows.iter().enumerate() {
+        t.push_str(&format!(
+            "\"1:00:{seq:02}.0000000 AM\",\"{name}\",\"{pid}\",\"{op}\",\"{path}\",\"{res}\",\"\",\"{seq}\",\"{SYSTEM}\",\"C:\\Windows\\{name}\"\r\n"
+        ));
+    }
+    t
+}
+
+fn analyze(text: &str) -> Analysis {
+    let mut hkcu = HkcuSids::default();
+    hkcu.add(SID).unwrap();
+    let mut r = Replay::new(Options {
+        hkcu,
+        from_boot: true,
+        all_events: true,
+        ..Options::default()
+    });
+    replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
+    r.finish("unload.csv", "csv")
+}
+
+/// A failed unload and a successful one, each with the unload's own create and close.
+#[test]
+fn the_unloads_own_create_is_not_a_holder() {
+    let u = format!(r"HKU\{SID}");
+    let text = csv(&[
+        (4, "System", "RegLoadKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegCreateKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegUnloadKey", &u, "CANNOT DELETE"),
+        (900, "svchost.exe", "RegCloseKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegCreateKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegUnloadKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegCloseKey", &u, "SUCCESS"),
+    ]);
+    let a = analyze(&text);
+    assert_eq!(a.unload_attempts.len(), 2);
+    let (failed, done) = (&a.unload_attempts[0], &a.unload_attempts[1]);
+    // Windows said CANNOT DELETE and the capture saw no key open: its holder is invisible,
+    // and the answer must say so instead of naming the unloader.
+    assert!(failed.holders.is_empty(), "{:?}", failed.holders);
+    assert!(!failed.complete);
+    assert!(
+        failed
+            .missing
+            .iter()
+            .any(|m| m.contains("with no key the capture saw open")),
+        "{:?}",
+        failed.missing
+    );
+    assert!(done.succeeded && done.holders.is_empty(), "{done:?}");
+    assert!(done.complete, "{:?}", done.missing);
+    // Both closes paired: nothing left open, no close without an open.
+    assert!(a.open.is_empty(), "{:?}", a.open);
+    assert_eq!(a.unknowns.closes_without_open, 0);
+    assert!(a.tracker.holders_agree, "{:?}", a.tracker.disagreements);
+}
+
+/// The unloading process's own key of the hive root, opened earlier (not the row right
+/// before the unload) and still open, is a real holder and stays one.
+#[test]
+fn the_unloaders_earlier_key_of_the_root_is_still_a_holder() {
+    let u = format!(r"HKU\{SID}");
+    let text = csv(&[
+        (4, "System", "RegLoadKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegOpenKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegQueryKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegCreateKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegUnloadKey", &u, "CANNOT DELETE"),
+        (900, "svchost.exe", "RegCloseKey", &u, "SUCCESS"),
+    ]);
+    let a = analyze(&text);
+    let failed = &a.unload_attempts[0];
+    assert_eq!(failed.holders.len(), 1, "{:?}", failed.holders);
+    assert_eq!(failed.holders[0].pid, 900);
+    assert_eq!(failed.holders[0].open_keys, 1);
+    assert_eq!(failed.holders[0].keys[0].row, 2);
+    assert!(failed.complete, "{:?}", failed.missing);
+}
