@@ -23,6 +23,7 @@ use crate::csv::{CsvReader, DAY};
 use crate::event::{Event, Frame, Op};
 use crate::paths::{
     HkcuFrom, HkcuSids, UNKNOWN_USER, hive_of, is_under, kernel_path, kernel_path_as,
+    service_account_sid,
 };
 use crate::plumbing::{NO_MODULE, is_plumbing};
 use crate::pml::PmlReader;
@@ -615,9 +616,9 @@ impl Replay {
         self.tracker.process_exited(key);
     }
 
-    /// Whether `--hive` (if given) names `mount`. `HKCU` stands for each process's own
-    /// user's hive, so an `HKCU` filter matches the `HKCU` hive of every user whose rows were
-    /// replayed (and the one the bare `--hkcu-sid` names), never only one of them.
+    /// Whether `--hive` (if given) names `mount`. `HKCU` rows are placed per user (the bare
+    /// `--hkcu-sid`, `--hkcu-sid USER=SID`, or a placeholder hive per user), so an `HKCU`
+    /// filter matches the `HKCU` hive of every user whose rows were replayed, never only one.
     fn wanted_hive(&self, mount: &str) -> bool {
         let Some(h) = self.opts.hive.as_deref() else {
             return true;
@@ -641,10 +642,12 @@ impl Replay {
     /// of `HKU\<SID>` showed no holders, as if complete, while the user's own processes
     /// held its keys under the placeholder.
     ///
-    /// The SID is not inferred from `HKU\S-1-5-21-…` rows of the same process: a process
-    /// may open any user's hive (the profile service opens every one), and Procmon shows
-    /// the process's own user's hive as `HKCU`, so an `HKU\<SID>` row beside `HKCU` rows
-    /// more likely names another user than this one.
+    /// The SID is not inferred from `HKU\S-1-5-21-…` rows: a process may open any user's
+    /// hive (the profile service opens every one), and Procmon shows the hive of the account
+    /// that ran it as `HKCU` (crate::paths), so an `HKU\<SID>` row names another hive. A
+    /// service's `HKCU` rows are never placed in its own well-known hive (audit 21d, H1: a
+    /// SYSTEM svchost's `HKCU` key was filed under S-1-5-18 and an unload of the user's hive
+    /// said "complete, nobody holds it"); they are among these.
     fn hkcu_unseen(&self, mount: &str) -> (Vec<String>, Vec<Holder>) {
         const USERS: &str = r"\REGISTRY\USER\";
         const CLASSES: &str = "_Classes";
@@ -702,21 +705,23 @@ impl Replay {
             } else {
                 "HKCU"
             };
-            missing.push(if user.is_empty() {
+            let whose = if user.is_empty() {
+                "held by processes whose user the capture does not name".to_owned()
+            } else if let Some(own) = service_account_sid(user) {
                 format!(
-                    "{n} {what} key(s) held by processes whose user the capture does not name \
-                     may be in this hive: the SID HKCU stands for was not given; pass \
-                     --hkcu-sid {sid} if that is the capture's user's SID (`whoami /user` as \
-                     that user on the capturing machine shows it) to place them"
+                    "of {user} (a service: its HKCU rows are not its own hive {own}, which \
+                     Procmon shows as HKU\\{own}, but the hive of the account that ran Procmon \
+                     or of a user its thread impersonates)"
                 )
             } else {
-                format!(
-                    "{n} {what} key(s) of {user} may be in this hive: the capture names the \
-                     user, not the SID; pass --hkcu-sid {user}={sid} if {sid} is {user}'s \
-                     (`whoami /user` as that user on the capturing machine shows it) to place \
-                     them"
-                )
-            });
+                format!("of {user}")
+            };
+            missing.push(format!(
+                "{n} {what} key(s) {whose} may be in this hive: Procmon shows the hive of the \
+                 account that ran it as HKCU, and its SID was not given; pass --hkcu-sid {sid} \
+                 if {sid} is that account's (`whoami /user` as that account on the capturing \
+                 machine shows it) to place them"
+            ));
             maybe.extend(held);
         }
         maybe.sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.pid.cmp(&b.pid)));
@@ -1008,12 +1013,14 @@ impl Replay {
         );
         if u.hkcu_rows_without_sid > 0 {
             u.notes.push(format!(
-                "{} HKCU rows: the capture names a process's user, not its SID; pass --hkcu-sid \
-                 SID (or --hkcu-sid DOMAIN\\user=SID per user) to name their hives",
+                "{} HKCU rows were not placed in a hive: Procmon shows the hive of the account \
+                 that ran it as HKCU (whichever process's row it is: a SYSTEM service's HKCU \
+                 row is that account's hive, or an impersonated user's, not S-1-5-18); pass \
+                 --hkcu-sid SID with that account's SID to place them",
                 u.hkcu_rows_without_sid
             ));
         }
-        if self.hkcu_default_users > 1 {
+        if self.hkcu_default_users > 0 {
             let users: Vec<&str> = self
                 .out
                 .capture
@@ -1023,8 +1030,10 @@ impl Replay {
                 .map(|(u, _)| u.as_str())
                 .collect();
             u.notes.push(format!(
-                "HKCU rows of {} users ({}) were all taken as --hkcu-sid's {}: HKCU is each \
-                 process's own user's hive; give each user its SID (--hkcu-sid USER=SID)",
+                "HKCU rows of {} user(s) ({}) were taken as the hive of --hkcu-sid's {}, the \
+                 account that ran Procmon (Procmon shows that account's hive as HKCU in every \
+                 process's rows, services' included); a thread impersonating another user \
+                 may have meant that user's hive, which no capture shows",
                 users.len(),
                 users.join(", "),
                 self.opts.hkcu.default.as_deref().unwrap_or("")

@@ -172,9 +172,9 @@ pub enum Command {
         /// Which report: everything, or the holders/processes/modules view at the end.
         #[arg(long, value_enum, default_value_t = AnalyzeView::Report)]
         view: AnalyzeView,
-        /// The SID Procmon's `HKCU` stands for: `SID` for the capture's user, or
-        /// `DOMAIN\user=SID` per user (repeatable). `HKCU` is each process's own user's
-        /// hive; the capture names users, not SIDs (service accounts need none).
+        /// The SID Procmon's `HKCU` stands for: `SID` of the account that ran Procmon (for
+        /// every process's rows, services' included: Procmon shows that account's hive as
+        /// `HKCU`), or `DOMAIN\user=SID` to place one user's rows (repeatable).
         #[arg(long, value_name = "[USER=]SID")]
         hkcu_sid: Vec<String>,
         /// Only this hive (HKU\<SID>, HKCU, HKLM\SOFTWARE, \REGISTRY\...).
