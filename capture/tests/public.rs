@@ -105,7 +105,8 @@ fn the_analysis_refuses_to_name_holders_and_counts_what_it_skipped() {
             ("RegSetValue", 88),
         ]
     );
-    // The tracker saw the 22 application hives loaded and holds the 364 created keys.
+    // The tracker saw the 22 hives loaded (17 application hives `\REGISTRY\A\{…}`, 5
+    // container hives `\Registry\WC\Silo…`) and holds the 364 created keys.
     assert_eq!(a.tracker.objects_tracked, 364);
     // Its holders answer for every hive (the driver's hive resolution) names the same
     // processes holding the same 364 key objects as the report.
