@@ -27,9 +27,10 @@ use std::borrow::Cow;
 /// The mount `HKCU` stands for when neither the SID nor the user is known.
 pub const UNKNOWN_USER: &str = r"\REGISTRY\USER\<HKCU: SID not given>";
 
-/// The well-known SID of a service account, by the name Procmon shows for it: for saying
-/// what a service's `HKCU` row is *not* (its own hive, which Procmon shows unabbreviated);
-/// never to place one (see the module's comment).
+/// The well-known SID of a service account, by the name Procmon shows for it.
+///
+/// For saying what a service's `HKCU` row is *not* (its own hive, which Procmon shows
+/// unabbreviated); never to place one (see the module's comment).
 ///
 /// Microsoft Learn, `WELL_KNOWN_SID_TYPE` and "Well-known SIDs": the local system account is
 /// S-1-5-18 (`SECURITY_LOCAL_SYSTEM_RID`), the local service account S-1-5-19, the network

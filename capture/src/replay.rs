@@ -644,7 +644,7 @@ impl Replay {
     ///
     /// The SID is not inferred from `HKU\S-1-5-21-…` rows: a process may open any user's
     /// hive (the profile service opens every one), and Procmon shows the hive of the account
-    /// that ran it as `HKCU` (crate::paths), so an `HKU\<SID>` row names another hive. A
+    /// that ran it as `HKCU` ([`crate::paths`]), so an `HKU\<SID>` row names another hive. A
     /// service's `HKCU` rows are never placed in its own well-known hive (audit 21d, H1: a
     /// SYSTEM svchost's `HKCU` key was filed under S-1-5-18 and an unload of the user's hive
     /// said "complete, nobody holds it"); they are among these.

@@ -46,22 +46,22 @@ fn a_32bit_pml_and_its_csv_export_agree_row_by_row() {
     while p.next_event(&mut a).unwrap() {
         assert!(c.next_event(&mut b).unwrap(), "the CSV ends at {}", a.row);
         rows += 1;
-        let r = a.row;
-        assert_eq!((a.row, a.pid, a.time), (b.row, b.pid, b.time), "row {r}");
-        assert_eq!((&a.image, &a.user), (&b.image, &b.user), "row {r}");
-        assert_eq!(a.op, b.op, "row {r}");
+        let row = a.row;
+        assert_eq!((a.row, a.pid, a.time), (b.row, b.pid, b.time), "row {row}");
+        assert_eq!((&a.image, &a.user), (&b.image, &b.user), "row {row}");
+        assert_eq!(a.op, b.op, "row {row}");
         if matches!(a.operation.as_str(), "File System" | "Network") {
             by_class += 1;
         } else {
-            assert_eq!(a.operation, b.operation, "row {r}");
+            assert_eq!(a.operation, b.operation, "row {row}");
         }
         if a.op != Op::Other {
             acted_on += 1;
-            assert_eq!(a.path, b.path, "row {r}");
+            assert_eq!(a.path, b.path, "row {row}");
             assert_eq!(
                 a.success(),
                 b.success(),
-                "row {r}: {} vs {}",
+                "row {row}: {} vs {}",
                 a.result,
                 b.result
             );

@@ -5,6 +5,8 @@
 //! model, `td-unload-sequence`). That key is the unload's, not a holder's, as the live
 //! tracker has it (audit 21d, H2). Hand-written CSV rows with Sequence numbers.
 
+use std::fmt::Write as _;
+
 use capture::Analysis;
 use capture::csv::CsvReader;
 use capture::paths::HkcuSids;
@@ -18,9 +20,10 @@ fn csv(rows: &[(u32, &str, &str, &str, &str)]) -> String {
         "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"Sequence\",\"User\",\"Image Path\"\r\n",
     );
     for (seq, &(pid, name, op, path, res)) in rows.iter().enumerate() {
-        t.push_str(&format!(
+        let _ = write!(
+            t,
             "\"1:00:{seq:02}.0000000 AM\",\"{name}\",\"{pid}\",\"{op}\",\"{path}\",\"{res}\",\"\",\"{seq}\",\"{SYSTEM}\",\"C:\\Windows\\{name}\"\r\n"
-        ));
+        );
     }
     t
 }
