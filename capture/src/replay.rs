@@ -114,6 +114,9 @@ struct Open {
     row: u64,
     time: u64,
     create: bool,
+    /// Placed by `--hkcu-sid USER=SID` (an `HKCU` row of that user): a guess, since Procmon
+    /// shows the hive of the account that ran it as `HKCU`, whoever's process it is.
+    guessed: bool,
     token: Option<Token>,
     object: u64,
     frames: Vec<Frame>,
@@ -163,6 +166,15 @@ pub struct Replay {
     /// The last replayed row of each pid: an unload's own open of the hive root is the
     /// unloading process's row right before its `RegUnloadKey` ([`Replay::unload`]).
     last_row_of_pid: HashMap<u32, u64>,
+}
+
+/// `path` is in Procmon's `HKCU` abbreviation.
+fn is_hkcu(path: &str) -> bool {
+    ["HKCU", "HKEY_CURRENT_USER"].iter().any(|p| {
+        path.get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+            && path.as_bytes().get(p.len()).is_none_or(|&b| b == b'\\')
+    })
 }
 
 fn utf16_into(s: &str, out: &mut Vec<u16>) {
@@ -259,7 +271,8 @@ impl Replay {
         key
     }
 
-    /// The kernel path of a row's key; `HKCU` is the hive of the row's process's user.
+    /// The kernel path of a row's key; `HKCU` is placed per the row's process's user
+    /// ([`HkcuSids::mount_for`]).
     fn kernel(&mut self, path: &str, user: &Arc<str>) -> Option<String> {
         let starts = |p: &str| {
             path.get(..p.len())
@@ -432,6 +445,11 @@ impl Replay {
             self.skip(ev);
             return;
         };
+        let guessed = is_hkcu(&ev.path)
+            && self
+                .hkcu_mounts
+                .get(&ev.user)
+                .is_some_and(|(_, from)| *from == HkcuFrom::Named);
         let pk = self.process(ev);
         self.next_object += 0x10;
         let object = self.next_object;
@@ -449,6 +467,7 @@ impl Replay {
                 row: ev.row,
                 time: ev.time,
                 create: ev.op == Op::CreateKey,
+                guessed,
                 token,
                 object,
                 frames: ev.frames.clone(),
@@ -672,6 +691,7 @@ impl Replay {
         };
         // `get`, not slicing: a mount name is any text (`HKU\テスト`), and byte 4 may fall
         // inside a character (audit 21d, H3: a panic at every unload of such a hive).
+        let target = format!("{USERS}{sid}");
         let sid = if sid.len() > 4 && sid.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("S-1-")) {
             sid
         } else {
@@ -721,6 +741,42 @@ impl Replay {
                  account that ran it as HKCU, and its SID was not given; pass --hkcu-sid {sid} \
                  if {sid} is that account's (`whoami /user` as that account on the capturing \
                  machine shows it) to place them"
+            ));
+            maybe.extend(held);
+        }
+        // Keys `--hkcu-sid USER=SID` placed in another user hive: Procmon's `HKCU` is the
+        // hive of the account that ran it, whoever's process the row is, so the per-user
+        // placement is the caller's guess, and the key may be in this hive instead.
+        let mut named: BTreeMap<String, &str> = BTreeMap::new();
+        for (user, (m, from)) in &self.hkcu_mounts {
+            if *from == HkcuFrom::Named && !m.eq_ignore_ascii_case(&target) {
+                let u = named.entry(m.to_ascii_uppercase()).or_insert(user);
+                if user.as_ref() < *u {
+                    *u = user;
+                }
+            }
+        }
+        let want_pid = self.opts.pid;
+        for (m, user) in named {
+            let placed = if classes {
+                format!("{m}{CLASSES}")
+            } else {
+                m.clone()
+            };
+            let held = self.holders_of(
+                |(p, _, _)| want_pid.is_none_or(|w| w == *p),
+                |o| o.guessed && is_under(&placed, &o.path),
+            );
+            if held.is_empty() {
+                continue;
+            }
+            let n: u64 = held.iter().map(|h| h.open_keys).sum();
+            let shown = m.get(USERS.len()..).unwrap_or(&m);
+            missing.push(format!(
+                "{n} HKCU key(s) of {user}, placed in {shown}'s hive by --hkcu-sid \
+                 {user}=…, may be in this hive instead: Procmon shows the hive of the account \
+                 that ran it as HKCU, whoever's process the row is; pass the bare --hkcu-sid \
+                 SID of that account to place every HKCU row"
             ));
             maybe.extend(held);
         }
@@ -921,22 +977,22 @@ impl Replay {
         let want_pid = self.opts.pid;
         self.holders_of(
             |(p, _, _)| want_pid.is_none_or(|w| w == *p),
-            |path| keep(path),
+            |o| keep(&o.path),
         )
     }
 
-    /// Holders among ledger entries passing `process` and `path`, most keys first.
+    /// Holders among ledger entries passing `process` and `open`, most keys first.
     fn holders_of(
         &self,
         process: impl Fn(&(u32, u64, String)) -> bool,
-        path: impl Fn(&str) -> bool,
+        open: impl Fn(&Open) -> bool,
     ) -> Vec<Holder> {
         let mut by: BTreeMap<(u32, u64), Holder> = BTreeMap::new();
         for (k, opens) in &self.open {
             if !process(k) {
                 continue;
             }
-            for o in opens.iter().filter(|o| path(&o.path)) {
+            for o in opens.iter().filter(|o| open(o)) {
                 let h = by.entry((k.0, k.1)).or_insert_with(|| {
                     let p = self.procs.get(&k.0).filter(|p| p.key.start_key == k.1);
                     Holder {

@@ -323,3 +323,47 @@ fn an_at_time_in_a_capture_without_times_names_no_holders() {
         a.refusal
     );
 }
+
+/// `--hkcu-sid USER=SID` is the caller's guess: Procmon shows the hive of the account that
+/// ran it as `HKCU`, whoever's process the row is, so bob's `HKCU` key placed in bob's hive
+/// may be in alice's. At a failed unload of alice's hive it is named as a possible holder,
+/// with the flag that places every row (audit 21d, H1; on the old code `maybe_holders` is
+/// empty).
+#[test]
+fn a_per_user_sid_is_a_guess_and_its_keys_may_hold_another_user_hive() {
+    let csv = format!(
+        "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"User\"\r\n\
+\"7:00:00.0000000 AM\",\"System\",\"4\",\"RegLoadKey\",\"HKU\\{ALICE}\",\"SUCCESS\",\"\",\"NT AUTHORITY\\SYSTEM\"\r\n\
+\"7:00:01.0000000 AM\",\"explorer.exe\",\"100\",\"RegOpenKey\",\"HKCU\\Software\\Alice\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:02.0000000 AM\",\"notepad.exe\",\"200\",\"RegOpenKey\",\"HKCU\\Software\\Bob\",\"SUCCESS\",\"\",\"CONTOSO\\bob\"\r\n\
+\"7:00:03.0000000 AM\",\"notepad.exe\",\"200\",\"RegOpenKey\",\"HKU\\{BOB}\\Software\\Sure\",\"SUCCESS\",\"\",\"CONTOSO\\bob\"\r\n\
+\"7:00:04.0000000 AM\",\"explorer.exe\",\"100\",\"RegCloseKey\",\"HKLM\\Software\\Other\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:05.0000000 AM\",\"System\",\"4\",\"RegUnloadKey\",\"HKU\\{ALICE}\",\"CANNOT DELETE\",\"\",\"NT AUTHORITY\\SYSTEM\"\r\n"
+    );
+    let mut hkcu = HkcuSids::default();
+    hkcu.add(&format!(r"CONTOSO\alice={ALICE}")).unwrap();
+    hkcu.add(&format!(r"CONTOSO\bob={BOB}")).unwrap();
+    let mut r = Replay::new(Options {
+        hkcu,
+        from_boot: true,
+        all_events: true,
+        ..Options::default()
+    });
+    replay(&mut CsvReader::new(csv.as_bytes()).unwrap(), &mut r).unwrap();
+    let a = r.finish("guess", "csv");
+    let u = &a.unload_attempts[0];
+    assert_eq!(u.holders.len(), 1);
+    assert_eq!(u.holders[0].pid, 100);
+    // bob's HKCU key, not his explicit HKU\<BOB> one (that is surely bob's hive).
+    assert_eq!(u.maybe_holders.len(), 1, "{:?}", u.maybe_holders);
+    assert_eq!(u.maybe_holders[0].pid, 200);
+    assert_eq!(u.maybe_holders[0].open_keys, 1);
+    assert!(!u.complete);
+    assert!(
+        u.missing
+            .iter()
+            .any(|m| m.contains(r"of CONTOSO\bob, placed in") && m.contains("bare --hkcu-sid")),
+        "{:?}",
+        u.missing
+    );
+}
