@@ -172,3 +172,18 @@ fn a_table_count_past_the_file_is_an_error() {
         assert!(m.contains("past the end of the file"), "{table:#x}: {m}");
     }
 }
+
+/// The header's event count one more or one less than the array of event offsets holds:
+/// an error, not table bytes read as events or events left out without a word (audit 21d,
+/// L2; on the old code both read).
+#[test]
+fn an_event_count_that_does_not_fill_the_offsets_array_is_an_error() {
+    let good = fixture();
+    let events = u32_at(&good, 0x234);
+    for n in [events + 1, events - 1] {
+        let mut bad = good.clone();
+        bad[0x234..0x238].copy_from_slice(&n.to_le_bytes());
+        let m = format_error(read_all(&bad));
+        assert!(m.contains("event count"), "{n}: {m}");
+    }
+}
