@@ -744,12 +744,28 @@ impl Replay {
             ));
             maybe.extend(held);
         }
-        // Keys `--hkcu-sid USER=SID` placed in another user hive: Procmon's `HKCU` is the
-        // hive of the account that ran it, whoever's process the row is, so the per-user
-        // placement is the caller's guess, and the key may be in this hive instead.
+        self.guessed_elsewhere(&target, classes, &mut missing, &mut maybe);
+        maybe.sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.pid.cmp(&b.pid)));
+        (missing, maybe)
+    }
+
+    /// Keys `--hkcu-sid USER=SID` placed in another user hive than `target` (the unloaded or
+    /// asked-for hive, `\REGISTRY\USER\<name>` without `_Classes`): Procmon's `HKCU` is the
+    /// hive of the account that ran it, whoever's process the row is, so the per-user
+    /// placement is the caller's guess, and the key may be in `target` instead. Adds one
+    /// sentence per such user to `missing` and its holders to `maybe`.
+    fn guessed_elsewhere(
+        &self,
+        target: &str,
+        classes: bool,
+        missing: &mut Vec<String>,
+        maybe: &mut Vec<Holder>,
+    ) {
+        const USERS: &str = r"\REGISTRY\USER\";
+        const CLASSES: &str = "_Classes";
         let mut named: BTreeMap<String, &str> = BTreeMap::new();
         for (user, (m, from)) in &self.hkcu_mounts {
-            if *from == HkcuFrom::Named && !m.eq_ignore_ascii_case(&target) {
+            if *from == HkcuFrom::Named && !m.eq_ignore_ascii_case(target) {
                 let u = named.entry(m.to_ascii_uppercase()).or_insert(user);
                 if user.as_ref() < *u {
                     *u = user;
@@ -780,8 +796,6 @@ impl Replay {
             ));
             maybe.extend(held);
         }
-        maybe.sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.pid.cmp(&b.pid)));
-        (missing, maybe)
     }
 
     /// Holders names no one: `why` says so in [`Analysis::refusal`], every holder list is
