@@ -168,6 +168,25 @@ pub struct Replay {
     last_row_of_pid: HashMap<u32, u64>,
 }
 
+/// A key path folded for pairing closes with opens: key names compare case-insensitively
+/// character by character with the kernel's one-to-one upcase table (WRK
+/// `base/ntos/config/cmname.c` CmpCompareUnicodeString/CmpCompareCompressedName,
+/// `CmUpcaseUnicodeChar` per character, `cmp.h`), not only in ASCII: Procmon's close row
+/// spells the stored name, so an open of `…\Übersicht` is closed as `…\übersicht` (audit
+/// 21d, L3). A character whose uppercase is several characters (`ß`) stays as it is, as in
+/// a one-to-one table.
+fn fold(path: &str) -> String {
+    path.chars()
+        .map(|c| {
+            let mut up = c.to_uppercase();
+            match (up.next(), up.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
 /// `path` is in Procmon's `HKCU` abbreviation.
 fn is_hkcu(path: &str) -> bool {
     ["HKCU", "HKEY_CURRENT_USER"].iter().any(|p| {
@@ -350,17 +369,14 @@ impl Replay {
             }
             Op::OpenKey | Op::CreateKey if ev.success() => {
                 if let Some(k) = self.kernel_quiet(&ev.path, &ev.user) {
-                    *self
-                        .later
-                        .entry((ev.pid, k.to_ascii_uppercase()))
-                        .or_default() += 1;
+                    *self.later.entry((ev.pid, fold(&k))).or_default() += 1;
                 }
             }
             Op::CloseKey => {
                 let Some(path) = self.kernel_quiet(&ev.path, &ev.user) else {
                     return;
                 };
-                let key = (ev.pid, path.to_ascii_uppercase());
+                let key = (ev.pid, fold(&path));
                 if let Some(n) = self.later.get_mut(&key).filter(|n| **n > 0) {
                     *n -= 1;
                     return;
@@ -458,7 +474,7 @@ impl Replay {
             .tracker
             .opened(object, pk, 0, &self.scratch, 0, ev.time)
             .ok();
-        let folded = path.to_ascii_uppercase();
+        let folded = fold(&path);
         self.open
             .entry((ev.pid, pk.start_key, folded))
             .or_default()
@@ -480,7 +496,7 @@ impl Replay {
             return;
         };
         let pk = self.process(ev);
-        let folded = path.to_ascii_uppercase();
+        let folded = fold(&path);
         let k = (ev.pid, pk.start_key, folded);
         let popped = self.open.get_mut(&k).and_then(Vec::pop);
         if let Some(v) = self.open.get(&k)
@@ -538,7 +554,7 @@ impl Replay {
         // successful open of exactly the mount still in the ledger; it stays in the ledger
         // for the `RegCloseKey` that follows.
         let pk = self.process(ev);
-        let own_key = (ev.pid, pk.start_key, mount.to_ascii_uppercase());
+        let own_key = (ev.pid, pk.start_key, fold(&mount));
         let previous = self.last_row_of_pid.get(&ev.pid).copied();
         let own = self
             .open

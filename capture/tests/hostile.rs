@@ -187,3 +187,17 @@ fn an_event_count_that_does_not_fill_the_offsets_array_is_an_error() {
         assert!(m.contains("event count"), "{n}: {m}");
     }
 }
+
+/// Key names compare case-insensitively beyond ASCII (the kernel's upcase table): an open of
+/// `…\Übersicht` closed as `…\übersicht` is one key, opened and closed (audit 21d, L3; on the
+/// old code a close without an open and a key left held).
+#[test]
+fn a_close_spelled_in_another_case_beyond_ascii_pairs_with_its_open() {
+    let text = format!(
+        "{HEAD}\"1:00:00.0000000 AM\",\"a.exe\",\"7\",\"RegOpenKey\",\"HKLM\\Software\\Übersicht\",\"SUCCESS\",\"\"\r\n\
+\"1:00:01.0000000 AM\",\"a.exe\",\"7\",\"RegCloseKey\",\"HKLM\\Software\\übersicht\",\"SUCCESS\",\"\"\r\n"
+    );
+    let a = analyze_csv(&text);
+    assert_eq!(a.unknowns.closes_without_open, 0);
+    assert!(a.open.is_empty(), "{:?}", a.open);
+}
