@@ -569,11 +569,19 @@ impl Replay {
             own.as_ref().and_then(|o| o.token.map(|t| (t, o.object, 0))),
         );
         let holders = self.holders(|p| is_under(&mount, p));
+        // Whether the capture saw any key open in the hive, whoever's: with `--pid`, keys of
+        // other processes are not this answer's holders, but they are keys the capture saw,
+        // so the sentence below would be false (audit 21d, L3).
+        let seen = !holders.is_empty()
+            || (self.opts.pid.is_some()
+                && !self
+                    .holders_of(|_| true, |o| is_under(&mount, &o.path))
+                    .is_empty());
         if let Some(o) = own {
             self.open.entry(own_key).or_default().push(o);
         }
         let (mut missing, maybe_holders) = self.hkcu_unseen(&mount);
-        if !ev.success() && holders.is_empty() && maybe_holders.is_empty() {
+        if !ev.success() && !seen && maybe_holders.is_empty() {
             // Windows says the hive is in use, yet no key the capture saw is open in it: the
             // holders are keys it could not see.
             missing.push(format!(

@@ -98,3 +98,53 @@ fn the_unloaders_earlier_key_of_the_root_is_still_a_holder() {
     assert_eq!(failed.holders[0].keys[0].row, 2);
     assert!(failed.complete, "{:?}", failed.missing);
 }
+
+/// `--pid` of a process holding nothing, at a failed unload another process's key holds:
+/// the answer lists no holder (the filter), but does not say the capture saw no key open in
+/// the hive (audit 21d, L3; on the old code it did).
+#[test]
+fn a_pid_filter_does_not_make_seen_keys_unseen() {
+    let u = format!(r"HKU\{SID}");
+    let key = format!(r"HKU\{SID}\Software\Policies");
+    let text = csv(&[
+        (4, "System", "RegLoadKey", &u, "SUCCESS"),
+        (100, "profleak.exe", "RegOpenKey", &key, "SUCCESS"),
+        (
+            100,
+            "profleak.exe",
+            "RegOpenKey",
+            r"HKLM\Software\A",
+            "SUCCESS",
+        ),
+        (
+            100,
+            "profleak.exe",
+            "RegCloseKey",
+            r"HKLM\Software\A",
+            "SUCCESS",
+        ),
+        (900, "svchost.exe", "RegUnloadKey", &u, "CANNOT DELETE"),
+    ]);
+    let mut hkcu = HkcuSids::default();
+    hkcu.add(SID).unwrap();
+    let mut r = Replay::new(Options {
+        hkcu,
+        from_boot: true,
+        all_events: true,
+        pid: Some(900),
+        ..Options::default()
+    });
+    replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
+    let a = r.finish("pid.csv", "csv");
+    assert!(a.holders_known, "{:?}", a.refusal);
+    let failed = &a.unload_attempts[0];
+    assert!(failed.holders.is_empty());
+    assert!(
+        !failed
+            .missing
+            .iter()
+            .any(|m| m.contains("with no key the capture saw open")),
+        "{:?}",
+        failed.missing
+    );
+}
