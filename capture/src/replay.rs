@@ -166,6 +166,10 @@ pub struct Replay {
     /// The last replayed row of each pid: an unload's own open of the hive root is the
     /// unloading process's row right before its `RegUnloadKey` ([`Replay::unload`]).
     last_row_of_pid: HashMap<u32, u64>,
+    /// Ledger keys dropped at successful unloads of their hive ([`Replay::drop_stale`]), and
+    /// the first such unload (mount, row).
+    stale_at_unload: u64,
+    first_stale: Option<(String, u64)>,
 }
 
 /// A key path folded for pairing closes with opens: key names compare case-insensitively
@@ -244,6 +248,8 @@ impl Replay {
             skipped_events: 0,
             first_skip: None,
             last_row_of_pid: HashMap::new(),
+            stale_at_unload: 0,
+            first_stale: None,
         }
     }
 
@@ -577,8 +583,9 @@ impl Replay {
                 && !self
                     .holders_of(|_| true, |o| is_under(&mount, &o.path))
                     .is_empty());
+        let own_row = own.as_ref().map(|o| o.row);
         if let Some(o) = own {
-            self.open.entry(own_key).or_default().push(o);
+            self.open.entry(own_key.clone()).or_default().push(o);
         }
         let (mut missing, maybe_holders) = self.hkcu_unseen(&mount);
         if !ev.success() && !seen && maybe_holders.is_empty() {
@@ -597,7 +604,17 @@ impl Replay {
                 }
             ));
         }
+        if ev.success() && !holders.is_empty() {
+            missing.push(
+                "Windows unloaded the hive, so no key of it was open, yet the replay had the \
+                 keys listed here open: their closes are in no row (or were paired with \
+                 another open of the same path), so the holders listed are not holders"
+                    .to_owned(),
+            );
+        }
         if ev.success() {
+            self.drop_stale(&mount, &own_key, own_row, ev.row);
+            utf16_into(&mount, &mut self.scratch);
             self.tracker.hive_unloaded(&self.scratch);
             self.mounts.retain(|m| !m.eq_ignore_ascii_case(&mount));
         }
@@ -616,6 +633,46 @@ impl Replay {
                 missing,
                 maybe_holders,
             });
+        }
+    }
+
+    /// Windows unloaded `mount` at `row`: no key object of the hive was left (WRK
+    /// `base/ntos/config/cmapi.c` `CmUnloadKey`: "Make sure there are no open references to
+    /// key control blocks for this hive", else `STATUS_CANNOT_DELETE`; with
+    /// `REG_FORCE_UNLOAD`, "mark open handles as invalid": handles that hold no hive), so
+    /// ledger entries still under it are
+    /// stale: their closes are in no row, or were paired with another open of the same
+    /// path. They are dropped, except the unload's own open, which its `RegCloseKey` closes,
+    /// and counted for a note. Found in audit 21d (L3): they showed as held at the end and,
+    /// after a reload, as holders of a later unload attempt.
+    fn drop_stale(
+        &mut self,
+        mount: &str,
+        own_key: &(u32, u64, String),
+        own_row: Option<u64>,
+        row: u64,
+    ) {
+        let tracker = &self.tracker;
+        let mut dropped = 0u64;
+        for (k, opens) in &mut self.open {
+            opens.retain(|o| {
+                let own = k == own_key && Some(o.row) == own_row;
+                if own || !is_under(mount, &o.path) {
+                    return true;
+                }
+                if let Some(t) = o.token {
+                    tracker.handle_closed(t, o.object);
+                    tracker.object_destroyed(t, o.object);
+                }
+                dropped += 1;
+                false
+            });
+        }
+        self.open.retain(|_, v| !v.is_empty());
+        if dropped > 0 {
+            self.stale_at_unload += dropped;
+            self.first_stale
+                .get_or_insert_with(|| (mount.to_owned(), row));
         }
     }
 
@@ -1105,6 +1162,15 @@ impl Replay {
              process (Procmon rows carry paths, not handle values)"
                 .to_owned(),
         );
+        if let Some((mount, row)) = &self.first_stale {
+            u.notes.push(format!(
+                "{} key(s) the replay had open in hives Windows then unloaded (the first: {mount} \
+                 at row {row}) were dropped there: a successful unload shows no key of the hive \
+                 was left, so their closes are in no row (or were paired with another open of \
+                 the same path); they are not listed as held",
+                self.stale_at_unload
+            ));
+        }
         if u.hkcu_rows_without_sid > 0 {
             u.notes.push(format!(
                 "{} HKCU rows were not placed in a hive: Procmon shows the hive of the account \

@@ -148,3 +148,46 @@ fn a_pid_filter_does_not_make_seen_keys_unseen() {
         failed.missing
     );
 }
+
+/// A key the replay still had open when Windows unloaded its hive (its close is in no row)
+/// is dropped there: not held at the end, not a holder of a later unload after a reload,
+/// and a note says so (audit 21d, L3; on the old code it was both).
+#[test]
+fn keys_left_in_a_hive_windows_unloaded_are_dropped() {
+    let u = format!(r"HKU\{SID}");
+    let key = format!(r"HKU\{SID}\Software\Gone");
+    let text = csv(&[
+        (4, "System", "RegLoadKey", &u, "SUCCESS"),
+        (100, "app.exe", "RegOpenKey", &key, "SUCCESS"),
+        (100, "app.exe", "RegOpenKey", r"HKLM\Software\A", "SUCCESS"),
+        (100, "app.exe", "RegCloseKey", r"HKLM\Software\A", "SUCCESS"),
+        (900, "svchost.exe", "RegCreateKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegUnloadKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegCloseKey", &u, "SUCCESS"),
+        (4, "System", "RegLoadKey", &u, "SUCCESS"),
+        (900, "svchost.exe", "RegUnloadKey", &u, "CANNOT DELETE"),
+    ]);
+    let a = analyze(&text);
+    assert_eq!(a.unload_attempts.len(), 2);
+    // The successful unload shows what the replay had (a contradiction: not complete) ...
+    assert_eq!(a.unload_attempts[0].holders.len(), 1);
+    assert!(!a.unload_attempts[0].complete);
+    assert!(a.unload_attempts[0].missing[0].starts_with("Windows unloaded the hive"));
+    // ... and the key is gone after it: the unload's own close still pairs.
+    assert!(
+        a.unload_attempts[1].holders.is_empty(),
+        "{:?}",
+        a.unload_attempts[1]
+    );
+    assert!(a.open.is_empty(), "{:?}", a.open);
+    assert_eq!(a.unknowns.closes_without_open, 0);
+    assert!(
+        a.unknowns
+            .notes
+            .iter()
+            .any(|n| n.starts_with("1 key(s) the replay had open in hives Windows then unloaded")),
+        "{:?}",
+        a.unknowns.notes
+    );
+    assert!(a.tracker.holders_agree, "{:?}", a.tracker.disagreements);
+}
