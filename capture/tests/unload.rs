@@ -29,12 +29,18 @@ fn csv(rows: &[(u32, &str, &str, &str, &str)]) -> String {
 }
 
 fn analyze(text: &str) -> Analysis {
+    analyze_for(text, None)
+}
+
+/// The analysis with `--hkcu-sid SID --from-boot --all-events` and `--pid` if given.
+fn analyze_for(text: &str, pid: Option<u32>) -> Analysis {
     let mut hkcu = HkcuSids::default();
     hkcu.add(SID).unwrap();
     let mut r = Replay::new(Options {
         hkcu,
         from_boot: true,
         all_events: true,
+        pid,
         ..Options::default()
     });
     replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
@@ -125,17 +131,7 @@ fn a_pid_filter_does_not_make_seen_keys_unseen() {
         ),
         (900, "svchost.exe", "RegUnloadKey", &u, "CANNOT DELETE"),
     ]);
-    let mut hkcu = HkcuSids::default();
-    hkcu.add(SID).unwrap();
-    let mut r = Replay::new(Options {
-        hkcu,
-        from_boot: true,
-        all_events: true,
-        pid: Some(900),
-        ..Options::default()
-    });
-    replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
-    let a = r.finish("pid.csv", "csv");
+    let a = analyze_for(&text, Some(900));
     assert!(a.holders_known, "{:?}", a.refusal);
     let failed = &a.unload_attempts[0];
     assert!(failed.holders.is_empty());
