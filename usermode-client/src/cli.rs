@@ -196,7 +196,8 @@ pub enum Command {
         /// are in no row, and no answer is complete. It vouches for the start only: that no
         /// event was left out needs `--all-events` too (no capture can show it: a PML has no
         /// event numbers, and a filtered export may be numbered without gaps); gaps in a CSV
-        /// export's Sequence numbers always make it incomplete.
+        /// export's Sequence numbers always make it incomplete. Of a boot log Procmon split
+        /// over several files (`Bootlog-1.pml`, ...), only the first began at boot.
         #[arg(long)]
         from_boot: bool,
         /// The capture holds every event (File > Save: All events; Procmon's boot-log
