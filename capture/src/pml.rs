@@ -476,7 +476,9 @@ impl<R: Read + Seek> PmlReader<R> {
         let info = u16_at(d, 0);
         let parsed = match ev.op {
             Op::OpenKey | Op::CreateKey => detail_string(d, 8, info, &mut ev.path),
-            Op::LoadKey if d.len() >= 4 => {
+            // RegRenameKey's detail is laid out as RegLoadKey's: the new name where the hive
+            // file is (procmon-parser `get_registry_event_details`).
+            Op::LoadKey | Op::RenameKey if d.len() >= 4 => {
                 let file_info = u16_at(d, 2);
                 detail_string(d, 4, info, &mut ev.path).and_then(|end| {
                     let mut f = String::new();
@@ -595,6 +597,7 @@ impl<R: Read + Seek> Reader for PmlReader<R> {
                 | Op::LoadKey
                 | Op::UnloadKey
                 | Op::DeleteKey
+                | Op::RenameKey
         );
         if !wanted {
             if ev.op != Op::Other {

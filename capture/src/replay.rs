@@ -453,6 +453,7 @@ impl Replay {
             Op::UnloadKey => self.unload(ev),
             Op::ProcessStart => self.started(ev),
             Op::ProcessExit => self.exited(ev),
+            Op::RenameKey => self.renamed(ev),
             Op::DeleteKey | Op::Other => self.skip(ev),
         }
         self.last_row_of_pid.insert(ev.pid, ev.row);
@@ -673,6 +674,54 @@ impl Replay {
             self.stale_at_unload += dropped;
             self.first_stale
                 .get_or_insert_with(|| (mount.to_owned(), row));
+        }
+    }
+
+    /// A successful `RegRenameKey`: keys open at and under the old path are the same key
+    /// objects under the new one, and Procmon's later rows (their closes) name the new path.
+    /// The new name is the last component's (or, if it has a backslash, a whole path). Found
+    /// in audit 21d (L3): skipped, such a key's close was a close without an open and the
+    /// key stayed held.
+    fn renamed(&mut self, ev: &Event) {
+        let (Some(old), true) = (self.kernel(&ev.path, &ev.user), ev.success()) else {
+            self.skip(ev);
+            return;
+        };
+        let new = if ev.hive_file.contains('\\') {
+            self.kernel(&ev.hive_file, &ev.user)
+        } else {
+            old.rfind('\\')
+                .filter(|_| !ev.hive_file.is_empty())
+                .map(|i| format!("{}\\{}", &old[..i], ev.hive_file))
+        };
+        let Some(new) = new else {
+            self.skip(ev);
+            return;
+        };
+        let (old_folded, new_folded) = (fold(&old), fold(&new));
+        let moved: Vec<(u32, u64, String)> = self
+            .open
+            .keys()
+            .filter(|k| is_under(&old_folded, &k.2))
+            .cloned()
+            .collect();
+        for k in moved {
+            let Some(opens) = self.open.remove(&k) else {
+                continue;
+            };
+            let rest = k.2.get(old_folded.len()..).unwrap_or("");
+            let key = (k.0, k.1, format!("{new_folded}{rest}"));
+            let list = self.open.entry(key).or_default();
+            for mut o in opens {
+                let tail = if is_under(&old, &o.path) {
+                    o.path.get(old.len()..).unwrap_or(rest)
+                } else {
+                    rest
+                };
+                o.path = Arc::from(format!("{new}{tail}"));
+                list.push(o);
+            }
+            list.sort_by_key(|o| o.row);
         }
     }
 

@@ -802,3 +802,34 @@ fn the_unloads_own_opens_change_no_answer() {
     assert_eq!(a.unknowns.closes_without_open, 1);
     assert!(a.tracker.holders_agree, "{:?}", a.tracker.disagreements);
 }
+
+/// A rename while a key is open, written as PML and as CSV: profleak.exe's kept key is
+/// renamed (`New Name: Kept`) and its handle rundown closes it under the new name; both
+/// formats pair the close with the open (audit 21d, L3).
+#[test]
+fn a_rename_keeps_the_key_paired_in_both_formats() {
+    let mut script = rows();
+    let exit = script
+        .iter()
+        .position(|r| r.op == "Process Exit" && r.process == 3)
+        .unwrap();
+    script.insert(
+        exit,
+        Row::new(3, "RegRenameKey", r"HKCU\Software\Policies", 105).file("Kept"),
+    );
+    for r in &mut script {
+        if r.op == "RegCloseKey" && r.process == 3 && r.secs == 110 {
+            r.path = r"HKCU\Software\Kept".to_owned();
+        }
+    }
+    let a = both_of(&script, &opts());
+    assert_eq!(
+        a.unknowns.closes_without_open, 1,
+        "only the pre-capture key"
+    );
+    assert!(a.open.is_empty(), "{:?}", a.open);
+    assert_eq!(
+        a.exits[0].holder.keys[0].path,
+        format!(r"\REGISTRY\USER\{SID}\Software\Kept")
+    );
+}
