@@ -133,9 +133,13 @@ impl<R: Read> Reader for CsvReader<R> {
         ev.image = shared(&mut self.images, ev.pid, image);
         ev.user = shared(&mut self.users, ev.pid, opt(self.cols.user));
         ev.hive_file.clear();
-        if ev.op == Op::LoadKey
-            && let Some(f) = opt(self.cols.detail).strip_prefix("Hive Path: ")
-        {
+        let detail = opt(self.cols.detail);
+        let second = match ev.op {
+            Op::LoadKey => detail.strip_prefix("Hive Path: "),
+            Op::RenameKey => detail.strip_prefix("New Name: "),
+            _ => None,
+        };
+        if let Some(f) = second {
             ev.hive_file.push_str(f);
         }
         let tod = parse_time_of_day(opt(self.cols.time_of_day));

@@ -15,6 +15,9 @@ pub enum Op {
     LoadKey,
     /// `RegUnloadKey` (an unload attempt; the result says whether it succeeded).
     UnloadKey,
+    /// `RegRenameKey` (the key and its subkeys get a new path; `Event::hive_file` has the
+    /// new name).
+    RenameKey,
     /// `RegDeleteKey` (handles on a deleted key stay open: counted, no state change).
     DeleteKey,
     /// `Process Start` (the first row of a process, logged in its own context).
@@ -37,6 +40,7 @@ impl Op {
             "RegLoadKey" => Self::LoadKey,
             "RegUnloadKey" => Self::UnloadKey,
             "RegDeleteKey" => Self::DeleteKey,
+            "RegRenameKey" => Self::RenameKey,
             "Process Start" => Self::ProcessStart,
             "Process Exit" => Self::ProcessExit,
             _ => Self::Other,
@@ -89,7 +93,8 @@ pub struct Event {
     pub result: String,
     /// NTSTATUS when known (PML), or 0 for `SUCCESS`.
     pub status: Option<u32>,
-    /// `RegLoadKey`: the hive file (`Hive Path:` detail).
+    /// `RegLoadKey`: the hive file (`Hive Path:` detail); `RegRenameKey`: the new name
+    /// (`New Name:` detail; procmon-parser `get_registry_load_or_rename_extra_details`).
     pub hive_file: String,
     /// Stack frames, innermost first (PML only).
     pub frames: Vec<Frame>,

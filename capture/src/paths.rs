@@ -4,13 +4,23 @@
 //! Procmon shows `\REGISTRY\MACHINE` as `HKLM`, `\REGISTRY\USER` as `HKU`, the machine
 //! classes `\REGISTRY\MACHINE\SOFTWARE\Classes` as `HKCR`, the current user's hive
 //! `\REGISTRY\USER\<SID>` as `HKCU` and that user's classes hive `\REGISTRY\USER\<SID>_Classes`
-//! as `HKCU\Software\Classes`. `HKCU` is the hive of the *process's* user, so two processes
-//! of two users mean two hives by the same abbreviation. The capture names each process's
-//! user (`DOMAIN\name`: PML always, a CSV export with its User column) but not its SID:
-//! the service accounts have well-known ones ([`service_account_sid`]); for the others the
-//! caller passes it (`--hkcu-sid SID`, or `--hkcu-sid USER=SID` per user, [`HkcuSids`]), and
-//! without it a user's `HKCU` paths go to a hive of its own named as not known
-//! ([`UNKNOWN_USER`] when not even the user is known), which the report names as such.
+//! as `HKCU\Software\Classes`.
+//!
+//! Whose hive `HKCU` is: *not* the row's process's user's. Real captures (procmon-parser's
+//! public test resources, MIT; audit 21d, H1) show processes running as `NT AUTHORITY\SYSTEM`
+//! (SearchIndexer.exe in `CompressedLogfileTests64bitUTC`, rows 49727-49732; svchost.exe in
+//! our fixture `Registry64`, rows 16637-16642) reading `HKCU\Volatile Environment` with
+//! `USERNAME = test`, `USERPROFILE = C:\Users\test`: the interactive user's hive, not
+//! SYSTEM's; the same processes name their own hive unabbreviated (`HKU\S-1-5-18`, which on
+//! Windows 10 reparses to `HKU\.DEFAULT`: rows 18040-18043; a LOCAL SERVICE svchost's
+//! `RegQueryKey HKU\S-1-5-19`, Registry64 row 1). Every observation fits "Procmon shows the
+//! hive of the account that ran it as `HKCU`", whichever process's row it is; a thread
+//! impersonating a user could also be that user's. So a service's `HKCU` row is never placed
+//! in its own well-known hive: `--hkcu-sid SID` names the account that ran Procmon, for
+//! every process's rows ([`HkcuSids`]); `--hkcu-sid USER=SID` places one user's rows (a
+//! guess the caller makes); without either, rows go to a hive named as not known, one per
+//! user ([`UNKNOWN_USER`] when not even the user is known), which an unload of any user hive
+//! lists as possible holders.
 
 use std::borrow::Cow;
 
@@ -18,6 +28,9 @@ use std::borrow::Cow;
 pub const UNKNOWN_USER: &str = r"\REGISTRY\USER\<HKCU: SID not given>";
 
 /// The well-known SID of a service account, by the name Procmon shows for it.
+///
+/// For saying what a service's `HKCU` row is *not* (its own hive, which Procmon shows
+/// unabbreviated); never to place one (see the module's comment).
 ///
 /// Microsoft Learn, `WELL_KNOWN_SID_TYPE` and "Well-known SIDs": the local system account is
 /// S-1-5-18 (`SECURITY_LOCAL_SYSTEM_RID`), the local service account S-1-5-19, the network
@@ -38,8 +51,9 @@ pub fn service_account_sid(user: &str) -> Option<&'static str> {
 /// The SIDs the caller says `HKCU` stands for (`--hkcu-sid`, repeatable).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HkcuSids {
-    /// `--hkcu-sid SID`: for every user not named below and not a service account (and for
-    /// rows whose user the capture does not give).
+    /// `--hkcu-sid SID`: the account that ran Procmon, whose hive Procmon shows as `HKCU`:
+    /// for every user not named below, service accounts included (and for rows whose user the
+    /// capture does not give).
     pub default: Option<String>,
     /// `--hkcu-sid USER=SID`: per user, as Procmon shows it (`DOMAIN\name`, any case).
     pub by_user: Vec<(String, String)>,
@@ -50,8 +64,6 @@ pub struct HkcuSids {
 pub enum HkcuFrom {
     /// `--hkcu-sid USER=SID` for this user.
     Named,
-    /// A service account's well-known SID.
-    WellKnown,
     /// The bare `--hkcu-sid SID`.
     Default,
     /// Not known: a placeholder hive of its own.
@@ -68,11 +80,14 @@ impl HkcuSids {
             Some((u, s)) => (Some(u.trim()), s.trim()),
             None => (None, arg.trim()),
         };
-        let valid = sid.len() > 4
-            && sid[..4].eq_ignore_ascii_case("S-1-")
-            && sid[4..]
-                .split('-')
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        // `get`, not slicing: the argument is any text (`ab€x` once panicked; audit 21d, H3).
+        let valid = sid.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("S-1-"))
+            && sid.get(4..).is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .split('-')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            });
         if !valid {
             return Err(format!(
                 "--hkcu-sid {arg}: expected a SID such as S-1-5-21-1004336348-1177238915-682003330-1001, or USER=SID"
@@ -102,9 +117,6 @@ impl HkcuSids {
             .find(|(u, _)| !user.is_empty() && u.eq_ignore_ascii_case(user))
         {
             return (mount(sid), HkcuFrom::Named);
-        }
-        if let Some(sid) = service_account_sid(user) {
-            return (mount(sid), HkcuFrom::WellKnown);
         }
         if let Some(sid) = &self.default {
             return (mount(sid), HkcuFrom::Default);
@@ -176,7 +188,11 @@ fn abbreviation_undone(path: &str, hkcu: &str) -> Option<String> {
             }
             user()
         }
-        "" if rest.len() >= 9 && rest[..9].eq_ignore_ascii_case(r"\REGISTRY") => {
+        // `get`, not slicing: a hostile row's path may have a character across byte 9.
+        "" if rest
+            .get(..9)
+            .is_some_and(|r| r.eq_ignore_ascii_case(r"\REGISTRY")) =>
+        {
             return Some(path.to_owned());
         }
         _ => return None,

@@ -173,6 +173,38 @@ impl Header {
     }
 }
 
+/// The array of event offsets (5 bytes per event) ends where the next table begins:
+/// Procmon writes the tables one after another, so a header whose event count does not fill
+/// it exactly is damaged. A larger count would read table bytes as event offsets, a smaller
+/// one would leave events out without a word (audit 21d, L2). Checked on the real captures
+/// the tests read (procmon-parser's Tests32 and Registry64; the audit also on Tests64 and
+/// Process64: `events * 5 == processes_at - offsets_at` in all four) and on our writer's,
+/// whose string table follows the array. The next table is the nearest of the process,
+/// string, icon (0x260) and hosts (0x3A0) tables after the array, else the end of the file.
+fn check_event_count(h: &Header, b: &[u8; HEADER_SIZE], file_len: u64) -> Result<(), CaptureError> {
+    let next = [
+        h.processes_at,
+        h.strings_at,
+        u64_at(b, 0x260),
+        u64_at(b, 0x3A0),
+    ]
+    .into_iter()
+    .filter(|&at| at > h.offsets_at)
+    .min()
+    .unwrap_or(file_len)
+    .min(file_len);
+    let end = h.offsets_at + 5 * u64::from(h.events);
+    if end == next {
+        Ok(())
+    } else {
+        Err(bad(&format!(
+            "the header's event count ({}) does not fill the array of event offsets at \
+             {:#x}, which ends at {next:#x}: the header is damaged",
+            h.events, h.offsets_at
+        )))
+    }
+}
+
 fn read_exact_at<R: Read + Seek>(r: &mut R, at: u64, buf: &mut [u8]) -> Result<(), CaptureError> {
     r.seek(SeekFrom::Start(at))?;
     r.read_exact(buf)
@@ -195,10 +227,29 @@ fn utf16(b: &[u8]) -> String {
     s.trim_end_matches('\0').to_owned()
 }
 
+/// Checks that `len` bytes at `at` lie within a file of `file_len` bytes, before anything of
+/// that size is allocated: the sizes come from the file, and a hostile or damaged one says
+/// up to 4 GiB (audit 21d, H4: `0xFFFFFFFF` in an event's detail size made the reader
+/// zero-fill 4 GiB, and abort under a memory limit, before the read failed).
+fn within(file_len: u64, at: u64, len: u64, what: &str) -> Result<(), CaptureError> {
+    if at.checked_add(len).is_some_and(|end| end <= file_len) {
+        Ok(())
+    } else {
+        Err(bad(&format!(
+            "{what} of {len} bytes at offset {at:#x} runs past the end of the file ({file_len} bytes)"
+        )))
+    }
+}
+
 /// The string table.
-fn read_strings<R: Read + Seek>(r: &mut R, at: u64) -> Result<Vec<Arc<str>>, CaptureError> {
+fn read_strings<R: Read + Seek>(
+    r: &mut R,
+    at: u64,
+    file_len: u64,
+) -> Result<Vec<Arc<str>>, CaptureError> {
     r.seek(SeekFrom::Start(at))?;
     let n = read_u32(r)?;
+    within(file_len, at, 4 + 4 * u64::from(n), "the string table")?;
     let mut offsets = Vec::with_capacity(n.min(1 << 20) as usize);
     for _ in 0..n {
         offsets.push(read_u32(r)?);
@@ -206,9 +257,11 @@ fn read_strings<R: Read + Seek>(r: &mut R, at: u64) -> Result<Vec<Arc<str>>, Cap
     let mut out = Vec::with_capacity(offsets.len());
     let mut buf = Vec::new();
     for off in offsets {
-        r.seek(SeekFrom::Start(at + u64::from(off)))?;
-        let size = read_u32(r)? as usize;
-        buf.resize(size, 0);
+        let string_at = at + u64::from(off);
+        r.seek(SeekFrom::Start(string_at))?;
+        let size = read_u32(r)?;
+        within(file_len, string_at + 4, u64::from(size), "a string")?;
+        buf.resize(size as usize, 0);
         r.read_exact(&mut buf)
             .map_err(|e| bad(&format!("truncated string: {e}")))?;
         out.push(Arc::from(utf16(&buf)));
@@ -222,6 +275,7 @@ fn read_processes<R: Read + Seek>(
     at: u64,
     strings: &[Arc<str>],
     ptr: usize,
+    file_len: u64,
 ) -> Result<HashMap<u32, Process>, CaptureError> {
     let string = |i: u32| -> Arc<str> {
         strings
@@ -231,6 +285,7 @@ fn read_processes<R: Read + Seek>(
     };
     r.seek(SeekFrom::Start(at))?;
     let n = read_u32(r)?;
+    within(file_len, at, 4 + 8 * u64::from(n), "the process table")?;
     r.seek(SeekFrom::Current(i64::from(n) * 4))?;
     let mut offsets = Vec::with_capacity(n.min(1 << 20) as usize);
     for _ in 0..n {
@@ -296,6 +351,8 @@ pub struct PmlReader<R: Read + Seek> {
     system: Option<u32>,
     row: u64,
     buf: Vec<u8>,
+    /// The file's length: every size read from the file is bounded by it.
+    file_len: u64,
 }
 
 impl PmlReader<File> {
@@ -314,12 +371,14 @@ impl<R: Read + Seek> PmlReader<R> {
     /// # Errors
     /// [`CaptureError`] when the header or tables cannot be read.
     pub fn new(mut file: R, offsets: R) -> Result<Self, CaptureError> {
+        let file_len = file.seek(SeekFrom::End(0))?;
         let mut hb = [0u8; HEADER_SIZE];
         read_exact_at(&mut file, 0, &mut hb)?;
         let header = Header::parse(&hb)?;
+        check_event_count(&header, &hb, file_len)?;
         let ptr = if header.is_64bit { 8 } else { 4 };
-        let strings = read_strings(&mut file, header.strings_at)?;
-        let processes = read_processes(&mut file, header.processes_at, &strings, ptr)?;
+        let strings = read_strings(&mut file, header.strings_at, file_len)?;
+        let processes = read_processes(&mut file, header.processes_at, &strings, ptr, file_len)?;
         let system = processes
             .iter()
             .filter(|(_, p)| p.pid == 4)
@@ -338,6 +397,7 @@ impl<R: Read + Seek> PmlReader<R> {
             system,
             row: 0,
             buf: Vec::with_capacity(4096),
+            file_len,
         })
     }
 
@@ -354,6 +414,12 @@ impl<R: Read + Seek> PmlReader<R> {
     }
 
     fn read_at(&mut self, at: u64, len: usize) -> Result<(), CaptureError> {
+        if at
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.file_len)
+        {
+            within(self.file_len, at, len as u64, &format!("row {}", self.row))?;
+        }
         let delta = i64::try_from(at.wrapping_sub(self.pos)).unwrap_or(i64::MAX);
         if at >= self.pos && delta < (1 << 20) {
             self.events.seek_relative(delta)?;
@@ -410,7 +476,9 @@ impl<R: Read + Seek> PmlReader<R> {
         let info = u16_at(d, 0);
         let parsed = match ev.op {
             Op::OpenKey | Op::CreateKey => detail_string(d, 8, info, &mut ev.path),
-            Op::LoadKey if d.len() >= 4 => {
+            // RegRenameKey's detail is laid out as RegLoadKey's: the new name where the hive
+            // file is (procmon-parser `get_registry_event_details`).
+            Op::LoadKey | Op::RenameKey if d.len() >= 4 => {
                 let file_info = u16_at(d, 2);
                 detail_string(d, 4, info, &mut ev.path).and_then(|end| {
                     let mut f = String::new();
@@ -529,6 +597,7 @@ impl<R: Read + Seek> Reader for PmlReader<R> {
                 | Op::LoadKey
                 | Op::UnloadKey
                 | Op::DeleteKey
+                | Op::RenameKey
         );
         if !wanted {
             if ev.op != Op::Other {

@@ -23,6 +23,7 @@ use crate::csv::{CsvReader, DAY};
 use crate::event::{Event, Frame, Op};
 use crate::paths::{
     HkcuFrom, HkcuSids, UNKNOWN_USER, hive_of, is_under, kernel_path, kernel_path_as,
+    service_account_sid,
 };
 use crate::plumbing::{NO_MODULE, is_plumbing};
 use crate::pml::PmlReader;
@@ -113,6 +114,9 @@ struct Open {
     row: u64,
     time: u64,
     create: bool,
+    /// Placed by `--hkcu-sid USER=SID` (an `HKCU` row of that user): a guess, since Procmon
+    /// shows the hive of the account that ran it as `HKCU`, whoever's process it is.
+    guessed: bool,
     token: Option<Token>,
     object: u64,
     frames: Vec<Frame>,
@@ -159,6 +163,41 @@ pub struct Replay {
     /// Events the numbers skip (left out of the file), and the first run skipped.
     skipped_events: u64,
     first_skip: Option<(u64, u64)>,
+    /// The last replayed row of each pid: an unload's own open of the hive root is the
+    /// unloading process's row right before its `RegUnloadKey` ([`Replay::unload`]).
+    last_row_of_pid: HashMap<u32, u64>,
+    /// Ledger keys dropped at successful unloads of their hive ([`Replay::drop_stale`]), and
+    /// the first such unload (mount, row).
+    stale_at_unload: u64,
+    first_stale: Option<(String, u64)>,
+}
+
+/// A key path folded for pairing closes with opens: key names compare case-insensitively
+/// character by character with the kernel's one-to-one upcase table (WRK
+/// `base/ntos/config/cmname.c` CmpCompareUnicodeString/CmpCompareCompressedName,
+/// `CmUpcaseUnicodeChar` per character, `cmp.h`), not only in ASCII: Procmon's close row
+/// spells the stored name, so an open of `…\Übersicht` is closed as `…\übersicht` (audit
+/// 21d, L3). A character whose uppercase is several characters (`ß`) stays as it is, as in
+/// a one-to-one table.
+fn fold(path: &str) -> String {
+    path.chars()
+        .map(|c| {
+            let mut up = c.to_uppercase();
+            match (up.next(), up.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+/// `path` is in Procmon's `HKCU` abbreviation.
+fn is_hkcu(path: &str) -> bool {
+    ["HKCU", "HKEY_CURRENT_USER"].iter().any(|p| {
+        path.get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+            && path.as_bytes().get(p.len()).is_none_or(|&b| b == b'\\')
+    })
 }
 
 fn utf16_into(s: &str, out: &mut Vec<u16>) {
@@ -208,6 +247,9 @@ impl Replay {
             last_sequence: None,
             skipped_events: 0,
             first_skip: None,
+            last_row_of_pid: HashMap::new(),
+            stale_at_unload: 0,
+            first_stale: None,
         }
     }
 
@@ -254,7 +296,8 @@ impl Replay {
         key
     }
 
-    /// The kernel path of a row's key; `HKCU` is the hive of the row's process's user.
+    /// The kernel path of a row's key; `HKCU` is placed per the row's process's user
+    /// ([`HkcuSids::mount_for`]).
     fn kernel(&mut self, path: &str, user: &Arc<str>) -> Option<String> {
         let starts = |p: &str| {
             path.get(..p.len())
@@ -332,17 +375,14 @@ impl Replay {
             }
             Op::OpenKey | Op::CreateKey if ev.success() => {
                 if let Some(k) = self.kernel_quiet(&ev.path, &ev.user) {
-                    *self
-                        .later
-                        .entry((ev.pid, k.to_ascii_uppercase()))
-                        .or_default() += 1;
+                    *self.later.entry((ev.pid, fold(&k))).or_default() += 1;
                 }
             }
             Op::CloseKey => {
                 let Some(path) = self.kernel_quiet(&ev.path, &ev.user) else {
                     return;
                 };
-                let key = (ev.pid, path.to_ascii_uppercase());
+                let key = (ev.pid, fold(&path));
                 if let Some(n) = self.later.get_mut(&key).filter(|n| **n > 0) {
                     *n -= 1;
                     return;
@@ -413,8 +453,10 @@ impl Replay {
             Op::UnloadKey => self.unload(ev),
             Op::ProcessStart => self.started(ev),
             Op::ProcessExit => self.exited(ev),
+            Op::RenameKey => self.renamed(ev),
             Op::DeleteKey | Op::Other => self.skip(ev),
         }
+        self.last_row_of_pid.insert(ev.pid, ev.row);
     }
 
     fn opened(&mut self, ev: &Event) {
@@ -426,6 +468,11 @@ impl Replay {
             self.skip(ev);
             return;
         };
+        let guessed = is_hkcu(&ev.path)
+            && self
+                .hkcu_mounts
+                .get(&ev.user)
+                .is_some_and(|(_, from)| *from == HkcuFrom::Named);
         let pk = self.process(ev);
         self.next_object += 0x10;
         let object = self.next_object;
@@ -434,7 +481,7 @@ impl Replay {
             .tracker
             .opened(object, pk, 0, &self.scratch, 0, ev.time)
             .ok();
-        let folded = path.to_ascii_uppercase();
+        let folded = fold(&path);
         self.open
             .entry((ev.pid, pk.start_key, folded))
             .or_default()
@@ -443,6 +490,7 @@ impl Replay {
                 row: ev.row,
                 time: ev.time,
                 create: ev.op == Op::CreateKey,
+                guessed,
                 token,
                 object,
                 frames: ev.frames.clone(),
@@ -455,7 +503,7 @@ impl Replay {
             return;
         };
         let pk = self.process(ev);
-        let folded = path.to_ascii_uppercase();
+        let folded = fold(&path);
         let k = (ev.pid, pk.start_key, folded);
         let popped = self.open.get_mut(&k).and_then(Vec::pop);
         if let Some(v) = self.open.get(&k)
@@ -498,15 +546,50 @@ impl Replay {
             self.skip(ev);
             return;
         };
+        // The unload's own open of the hive's root: `NtUnloadKey2`/`NtUnloadKeyEx` open it
+        // themselves, "a private kernel mode handle just to take a reference on the object"
+        // (Windows Research Kernel `base/ntos/config/ntapi.c`), through a parse with
+        // `CreateOperation` (`cmparse.c` CmpParseKey), so registry filters (Procmon among
+        // them) see a create of the mount on the unloading thread right before the unload,
+        // and its close after it (kernel-emulator/README.md, `td-unload-sequence`). It is
+        // the unload's, not a holder's: the live tracker leaves it out the same way
+        // (tracker/src/tracker.rs `unload_attempted_with`, `collect_holders`). Found in
+        // audit 21d (H2): the replay named the unloader as the holder at every unload, so a
+        // failed unload whose real holder the capture cannot see read as complete, and a
+        // successful one had a holder. Taken as that open: the unloading process's row
+        // right before the `RegUnloadKey` (rows carry no thread in a CSV) when it is a
+        // successful open of exactly the mount still in the ledger; it stays in the ledger
+        // for the `RegCloseKey` that follows.
+        let pk = self.process(ev);
+        let own_key = (ev.pid, pk.start_key, fold(&mount));
+        let previous = self.last_row_of_pid.get(&ev.pid).copied();
+        let own = self
+            .open
+            .get_mut(&own_key)
+            .filter(|v| v.last().is_some_and(|o| Some(o.row) == previous))
+            .and_then(Vec::pop);
         utf16_into(&mount, &mut self.scratch);
-        self.tracker.unload_attempted(
+        self.tracker.unload_attempted_with(
             &self.scratch,
             ev.status.unwrap_or_else(|| u32::from(!ev.success())),
             ev.time,
+            own.as_ref().and_then(|o| o.token.map(|t| (t, o.object, 0))),
         );
         let holders = self.holders(|p| is_under(&mount, p));
+        // Whether the capture saw any key open in the hive, whoever's: with `--pid`, keys of
+        // other processes are not this answer's holders, but they are keys the capture saw,
+        // so the sentence below would be false (audit 21d, L3).
+        let seen = !holders.is_empty()
+            || (self.opts.pid.is_some()
+                && !self
+                    .holders_of(|_| true, |o| is_under(&mount, &o.path))
+                    .is_empty());
+        let own_row = own.as_ref().map(|o| o.row);
+        if let Some(o) = own {
+            self.open.entry(own_key.clone()).or_default().push(o);
+        }
         let (mut missing, maybe_holders) = self.hkcu_unseen(&mount);
-        if !ev.success() && holders.is_empty() && maybe_holders.is_empty() {
+        if !ev.success() && !seen && maybe_holders.is_empty() {
             // Windows says the hive is in use, yet no key the capture saw is open in it: the
             // holders are keys it could not see.
             missing.push(format!(
@@ -522,7 +605,17 @@ impl Replay {
                 }
             ));
         }
+        if ev.success() && !holders.is_empty() {
+            missing.push(
+                "Windows unloaded the hive, so no key of it was open, yet the replay had the \
+                 keys listed here open: their closes are in no row (or were paired with \
+                 another open of the same path), so the holders listed are not holders"
+                    .to_owned(),
+            );
+        }
         if ev.success() {
+            self.drop_stale(&mount, &own_key, own_row, ev.row);
+            utf16_into(&mount, &mut self.scratch);
             self.tracker.hive_unloaded(&self.scratch);
             self.mounts.retain(|m| !m.eq_ignore_ascii_case(&mount));
         }
@@ -541,6 +634,94 @@ impl Replay {
                 missing,
                 maybe_holders,
             });
+        }
+    }
+
+    /// Windows unloaded `mount` at `row`: no key object of the hive was left (WRK
+    /// `base/ntos/config/cmapi.c` `CmUnloadKey`: "Make sure there are no open references to
+    /// key control blocks for this hive", else `STATUS_CANNOT_DELETE`; with
+    /// `REG_FORCE_UNLOAD`, "mark open handles as invalid": handles that hold no hive), so
+    /// ledger entries still under it are
+    /// stale: their closes are in no row, or were paired with another open of the same
+    /// path. They are dropped, except the unload's own open, which its `RegCloseKey` closes,
+    /// and counted for a note. Found in audit 21d (L3): they showed as held at the end and,
+    /// after a reload, as holders of a later unload attempt.
+    fn drop_stale(
+        &mut self,
+        mount: &str,
+        own_key: &(u32, u64, String),
+        own_row: Option<u64>,
+        row: u64,
+    ) {
+        let tracker = &self.tracker;
+        let mut dropped = 0u64;
+        for (k, opens) in &mut self.open {
+            opens.retain(|o| {
+                let own = k == own_key && Some(o.row) == own_row;
+                if own || !is_under(mount, &o.path) {
+                    return true;
+                }
+                if let Some(t) = o.token {
+                    tracker.handle_closed(t, o.object);
+                    tracker.object_destroyed(t, o.object);
+                }
+                dropped += 1;
+                false
+            });
+        }
+        self.open.retain(|_, v| !v.is_empty());
+        if dropped > 0 {
+            self.stale_at_unload += dropped;
+            self.first_stale
+                .get_or_insert_with(|| (mount.to_owned(), row));
+        }
+    }
+
+    /// A successful `RegRenameKey`: keys open at and under the old path are the same key
+    /// objects under the new one, and Procmon's later rows (their closes) name the new path.
+    /// The new name is the last component's (or, if it has a backslash, a whole path). Found
+    /// in audit 21d (L3): skipped, such a key's close was a close without an open and the
+    /// key stayed held.
+    fn renamed(&mut self, ev: &Event) {
+        let (Some(old), true) = (self.kernel(&ev.path, &ev.user), ev.success()) else {
+            self.skip(ev);
+            return;
+        };
+        let new = if ev.hive_file.contains('\\') {
+            self.kernel(&ev.hive_file, &ev.user)
+        } else {
+            old.rfind('\\')
+                .filter(|_| !ev.hive_file.is_empty())
+                .map(|i| format!("{}\\{}", &old[..i], ev.hive_file))
+        };
+        let Some(new) = new else {
+            self.skip(ev);
+            return;
+        };
+        let (old_folded, new_folded) = (fold(&old), fold(&new));
+        let moved: Vec<(u32, u64, String)> = self
+            .open
+            .keys()
+            .filter(|k| is_under(&old_folded, &k.2))
+            .cloned()
+            .collect();
+        for k in moved {
+            let Some(opens) = self.open.remove(&k) else {
+                continue;
+            };
+            let rest = k.2.get(old_folded.len()..).unwrap_or("");
+            let key = (k.0, k.1, format!("{new_folded}{rest}"));
+            let list = self.open.entry(key).or_default();
+            for mut o in opens {
+                let tail = if is_under(&old, &o.path) {
+                    o.path.get(old.len()..).unwrap_or(rest)
+                } else {
+                    rest
+                };
+                o.path = Arc::from(format!("{new}{tail}"));
+                list.push(o);
+            }
+            list.sort_by_key(|o| o.row);
         }
     }
 
@@ -584,9 +765,9 @@ impl Replay {
         self.tracker.process_exited(key);
     }
 
-    /// Whether `--hive` (if given) names `mount`. `HKCU` stands for each process's own
-    /// user's hive, so an `HKCU` filter matches the `HKCU` hive of every user whose rows were
-    /// replayed (and the one the bare `--hkcu-sid` names), never only one of them.
+    /// Whether `--hive` (if given) names `mount`. `HKCU` rows are placed per user (the bare
+    /// `--hkcu-sid`, `--hkcu-sid USER=SID`, or a placeholder hive per user), so an `HKCU`
+    /// filter matches the `HKCU` hive of every user whose rows were replayed, never only one.
     fn wanted_hive(&self, mount: &str) -> bool {
         let Some(h) = self.opts.hive.as_deref() else {
             return true;
@@ -610,10 +791,12 @@ impl Replay {
     /// of `HKU\<SID>` showed no holders, as if complete, while the user's own processes
     /// held its keys under the placeholder.
     ///
-    /// The SID is not inferred from `HKU\S-1-5-21-…` rows of the same process: a process
-    /// may open any user's hive (the profile service opens every one), and Procmon shows
-    /// the process's own user's hive as `HKCU`, so an `HKU\<SID>` row beside `HKCU` rows
-    /// more likely names another user than this one.
+    /// The SID is not inferred from `HKU\S-1-5-21-…` rows: a process may open any user's
+    /// hive (the profile service opens every one), and Procmon shows the hive of the account
+    /// that ran it as `HKCU` ([`crate::paths`]), so an `HKU\<SID>` row names another hive. A
+    /// service's `HKCU` rows are never placed in its own well-known hive (audit 21d, H1: a
+    /// SYSTEM svchost's `HKCU` key was filed under S-1-5-18 and an unload of the user's hive
+    /// said "complete, nobody holds it"); they are among these.
     fn hkcu_unseen(&self, mount: &str) -> (Vec<String>, Vec<Holder>) {
         const USERS: &str = r"\REGISTRY\USER\";
         const CLASSES: &str = "_Classes";
@@ -636,7 +819,10 @@ impl Replay {
         } else {
             hive
         };
-        let sid = if sid.len() > 4 && sid[..4].eq_ignore_ascii_case("S-1-") {
+        // `get`, not slicing: a mount name is any text (`HKU\テスト`), and byte 4 may fall
+        // inside a character (audit 21d, H3: a panic at every unload of such a hive).
+        let target = format!("{USERS}{sid}");
+        let sid = if sid.len() > 4 && sid.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("S-1-")) {
             sid
         } else {
             "S-1-5-21-…"
@@ -669,25 +855,77 @@ impl Replay {
             } else {
                 "HKCU"
             };
-            missing.push(if user.is_empty() {
+            let whose = if user.is_empty() {
+                "held by processes whose user the capture does not name".to_owned()
+            } else if let Some(own) = service_account_sid(user) {
                 format!(
-                    "{n} {what} key(s) held by processes whose user the capture does not name \
-                     may be in this hive: the SID HKCU stands for was not given; pass \
-                     --hkcu-sid {sid} if that is the capture's user's SID (`whoami /user` as \
-                     that user on the capturing machine shows it) to place them"
+                    "of {user} (a service: its HKCU rows are not its own hive {own}, which \
+                     Procmon shows as HKU\\{own}, but the hive of the account that ran Procmon \
+                     or of a user its thread impersonates)"
                 )
             } else {
-                format!(
-                    "{n} {what} key(s) of {user} may be in this hive: the capture names the \
-                     user, not the SID; pass --hkcu-sid {user}={sid} if {sid} is {user}'s \
-                     (`whoami /user` as that user on the capturing machine shows it) to place \
-                     them"
-                )
-            });
+                format!("of {user}")
+            };
+            missing.push(format!(
+                "{n} {what} key(s) {whose} may be in this hive: Procmon shows the hive of the \
+                 account that ran it as HKCU, and its SID was not given; pass --hkcu-sid {sid} \
+                 if {sid} is that account's (`whoami /user` as that account on the capturing \
+                 machine shows it) to place them"
+            ));
             maybe.extend(held);
         }
+        self.guessed_elsewhere(&target, classes, &mut missing, &mut maybe);
         maybe.sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.pid.cmp(&b.pid)));
         (missing, maybe)
+    }
+
+    /// Keys `--hkcu-sid USER=SID` placed in another user hive than `target` (the unloaded or
+    /// asked-for hive, `\REGISTRY\USER\<name>` without `_Classes`): Procmon's `HKCU` is the
+    /// hive of the account that ran it, whoever's process the row is, so the per-user
+    /// placement is the caller's guess, and the key may be in `target` instead. Adds one
+    /// sentence per such user to `missing` and its holders to `maybe`.
+    fn guessed_elsewhere(
+        &self,
+        target: &str,
+        classes: bool,
+        missing: &mut Vec<String>,
+        maybe: &mut Vec<Holder>,
+    ) {
+        const USERS: &str = r"\REGISTRY\USER\";
+        const CLASSES: &str = "_Classes";
+        let mut named: BTreeMap<String, &str> = BTreeMap::new();
+        for (user, (m, from)) in &self.hkcu_mounts {
+            if *from == HkcuFrom::Named && !m.eq_ignore_ascii_case(target) {
+                let u = named.entry(m.to_ascii_uppercase()).or_insert(user);
+                if user.as_ref() < *u {
+                    *u = user;
+                }
+            }
+        }
+        let want_pid = self.opts.pid;
+        for (m, user) in named {
+            let placed = if classes {
+                format!("{m}{CLASSES}")
+            } else {
+                m.clone()
+            };
+            let held = self.holders_of(
+                |(p, _, _)| want_pid.is_none_or(|w| w == *p),
+                |o| o.guessed && is_under(&placed, &o.path),
+            );
+            if held.is_empty() {
+                continue;
+            }
+            let n: u64 = held.iter().map(|h| h.open_keys).sum();
+            let shown = m.get(USERS.len()..).unwrap_or(&m);
+            missing.push(format!(
+                "{n} HKCU key(s) of {user}, placed in {shown}'s hive by --hkcu-sid \
+                 {user}=…, may be in this hive instead: Procmon shows the hive of the account \
+                 that ran it as HKCU, whoever's process the row is; pass the bare --hkcu-sid \
+                 SID of that account to place every HKCU row"
+            ));
+            maybe.extend(held);
+        }
     }
 
     /// Holders names no one: `why` says so in [`Analysis::refusal`], every holder list is
@@ -883,22 +1121,22 @@ impl Replay {
         let want_pid = self.opts.pid;
         self.holders_of(
             |(p, _, _)| want_pid.is_none_or(|w| w == *p),
-            |path| keep(path),
+            |o| keep(&o.path),
         )
     }
 
-    /// Holders among ledger entries passing `process` and `path`, most keys first.
+    /// Holders among ledger entries passing `process` and `open`, most keys first.
     fn holders_of(
         &self,
         process: impl Fn(&(u32, u64, String)) -> bool,
-        path: impl Fn(&str) -> bool,
+        open: impl Fn(&Open) -> bool,
     ) -> Vec<Holder> {
         let mut by: BTreeMap<(u32, u64), Holder> = BTreeMap::new();
         for (k, opens) in &self.open {
             if !process(k) {
                 continue;
             }
-            for o in opens.iter().filter(|o| path(&o.path)) {
+            for o in opens.iter().filter(|o| open(o)) {
                 let h = by.entry((k.0, k.1)).or_insert_with(|| {
                     let p = self.procs.get(&k.0).filter(|p| p.key.start_key == k.1);
                     Holder {
@@ -973,14 +1211,25 @@ impl Replay {
              process (Procmon rows carry paths, not handle values)"
                 .to_owned(),
         );
+        if let Some((mount, row)) = &self.first_stale {
+            u.notes.push(format!(
+                "{} key(s) the replay had open in hives Windows then unloaded (the first: {mount} \
+                 at row {row}) were dropped there: a successful unload shows no key of the hive \
+                 was left, so their closes are in no row (or were paired with another open of \
+                 the same path); they are not listed as held",
+                self.stale_at_unload
+            ));
+        }
         if u.hkcu_rows_without_sid > 0 {
             u.notes.push(format!(
-                "{} HKCU rows: the capture names a process's user, not its SID; pass --hkcu-sid \
-                 SID (or --hkcu-sid DOMAIN\\user=SID per user) to name their hives",
+                "{} HKCU rows were not placed in a hive: Procmon shows the hive of the account \
+                 that ran it as HKCU (whichever process's row it is: a SYSTEM service's HKCU \
+                 row is that account's hive, or an impersonated user's, not S-1-5-18); pass \
+                 --hkcu-sid SID with that account's SID to place them",
                 u.hkcu_rows_without_sid
             ));
         }
-        if self.hkcu_default_users > 1 {
+        if self.hkcu_default_users > 0 {
             let users: Vec<&str> = self
                 .out
                 .capture
@@ -990,8 +1239,10 @@ impl Replay {
                 .map(|(u, _)| u.as_str())
                 .collect();
             u.notes.push(format!(
-                "HKCU rows of {} users ({}) were all taken as --hkcu-sid's {}: HKCU is each \
-                 process's own user's hive; give each user its SID (--hkcu-sid USER=SID)",
+                "HKCU rows of {} user(s) ({}) were taken as the hive of --hkcu-sid's {}, the \
+                 account that ran Procmon (Procmon shows that account's hive as HKCU in every \
+                 process's rows, services' included); a thread impersonating another user \
+                 may have meant that user's hive, which no capture shows",
                 users.len(),
                 users.join(", "),
                 self.opts.hkcu.default.as_deref().unwrap_or("")

@@ -65,8 +65,9 @@ pub struct CaptureInfo {
     /// The SID `HKCU` was taken to stand for, if given.
     pub hkcu_sid: Option<String>,
     /// Per user with `HKCU` rows (`DOMAIN\name`): the SID its `HKCU` was taken as, or "not
-    /// given" (then its keys sit in a hive named as not known). Service accounts have
-    /// well-known SIDs; `HKCU` is each process's own user's hive.
+    /// given" (then its keys sit in a hive named as not known). A service account's `HKCU`
+    /// is never taken as its own well-known SID: Procmon shows the hive of the account that
+    /// ran it as `HKCU` ([`crate::paths`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hkcu_users: BTreeMap<String, String>,
     /// Events left out of the file, by Procmon's event numbers (the CSV's `Sequence`

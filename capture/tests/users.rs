@@ -1,5 +1,6 @@
-//! `HKCU` is the hive of each process's own user: per-user SIDs (`--hkcu-sid USER=SID`),
-//! service accounts' well-known SIDs, and users left without one kept apart, in a CSV
+//! Whose hive `HKCU` is: the bare `--hkcu-sid SID` (the account that ran Procmon) for every
+//! process, per-user SIDs (`--hkcu-sid USER=SID`), never a service's own well-known SID, and
+//! users left without one kept apart, in a CSV
 //! export with Procmon's User column. Hand-written rows; the expected hives are worked out
 //! in the comments.
 
@@ -46,8 +47,12 @@ fn open_keys(a: &Analysis) -> Vec<(u32, String)> {
     v
 }
 
+/// Per-user SIDs place those users' rows; a service's `HKCU` row is never placed in its own
+/// well-known hive (audit 21d, H1: real captures show a SYSTEM process's `HKCU` is the
+/// interactive user's hive, see capture/src/paths.rs): without a SID for the account that
+/// ran Procmon it is a hive named as not known.
 #[test]
-fn each_users_hkcu_is_its_own_hive() {
+fn per_user_sids_place_their_rows_and_a_service_is_not_placed_by_its_own_sid() {
     let a = analyze(&[
         &format!(r"CONTOSO\alice={ALICE}"),
         &format!(r"contoso\BOB={BOB}"),
@@ -57,31 +62,122 @@ fn each_users_hkcu_is_its_own_hive() {
         vec![
             (100, format!(r"\REGISTRY\USER\{ALICE}\Software\Alice")),
             (200, format!(r"\REGISTRY\USER\{BOB}\Software\Bob")),
-            // LocalSystem's HKCU: its well-known SID, never a user's.
-            (300, r"\REGISTRY\USER\S-1-5-18\Software\System".to_owned()),
+            (
+                300,
+                r"\REGISTRY\USER\<HKCU of NT AUTHORITY/SYSTEM: SID not given>\Software\System"
+                    .to_owned()
+            ),
         ]
     );
-    assert_eq!(a.unknowns.hkcu_rows_without_sid, 0);
-    assert_eq!(a.capture.hkcu_users[r"NT AUTHORITY\SYSTEM"], "S-1-5-18");
+    assert_eq!(a.unknowns.hkcu_rows_without_sid, 2);
+    assert_eq!(a.capture.hkcu_users[r"NT AUTHORITY\SYSTEM"], "not given");
 }
 
+/// The bare `--hkcu-sid SID` is the account that ran Procmon, whose hive Procmon shows as
+/// `HKCU` in every process's rows: services' included, and the report says it took it so.
 #[test]
-fn a_bare_sid_is_not_given_to_service_accounts_and_its_reuse_is_said() {
+fn a_bare_sid_places_every_processs_hkcu_rows_services_included() {
     let a = analyze(&[ALICE]);
     let keys = open_keys(&a);
-    // Both users got the bare SID (the capture cannot tell them apart by SID) ...
     assert_eq!(keys[0].1, format!(r"\REGISTRY\USER\{ALICE}\Software\Alice"));
     assert_eq!(keys[1].1, format!(r"\REGISTRY\USER\{ALICE}\Software\Bob"));
-    // ... SYSTEM did not ...
-    assert_eq!(keys[2].1, r"\REGISTRY\USER\S-1-5-18\Software\System");
-    // ... and the report says the SID was given to two users.
+    assert_eq!(
+        keys[2].1,
+        format!(r"\REGISTRY\USER\{ALICE}\Software\System")
+    );
+    assert_eq!(a.unknowns.hkcu_rows_without_sid, 0);
     assert!(
-        a.unknowns.notes.iter().any(|n| n.contains("2 users")
+        a.unknowns.notes.iter().any(|n| n.contains("3 user(s)")
             && n.contains(r"CONTOSO\alice")
-            && n.contains(r"CONTOSO\bob")),
+            && n.contains(r"NT AUTHORITY\SYSTEM")
+            && n.contains("the account that ran Procmon")),
         "{:?}",
         a.unknowns.notes
     );
+}
+
+/// A SYSTEM service holding an `HKCU` key while the user's hive is unloaded (the event-1530
+/// case: a service doing work for a user keeps a key of the user's hive open). Only alice's
+/// SID is given per user: the service's key cannot be placed, so the unload names it as a
+/// possible holder and is not complete, and `--hive HKU\<SID>` is not complete either.
+/// On the old code the key was filed under S-1-5-18 and both answers were complete with
+/// nobody holding the hive (audit 21d, `impersonating_service_hkcu_key`).
+#[test]
+fn a_services_hkcu_key_may_hold_the_users_hive() {
+    let head = "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"Sequence\",\"User\",\"Image Path\"\r\n";
+    let row = |seq: u32, name: &str, pid: u32, op: &str, path: &str, res: &str, user: &str| {
+        format!(
+            "\"1:00:{seq:02}.0000000 AM\",\"{name}\",\"{pid}\",\"{op}\",\"{path}\",\"{res}\",\"\",\"{seq}\",\"{user}\",\"C:\\Windows\\{name}\"\r\n"
+        )
+    };
+    let system = r"NT AUTHORITY\SYSTEM";
+    let hive = format!(r"HKU\{ALICE}");
+    let mut text = String::from(head);
+    text += &row(0, "System", 4, "RegLoadKey", &hive, "SUCCESS", system);
+    text += &row(
+        1,
+        "svchost.exe",
+        900,
+        "RegOpenKey",
+        r"HKCU\Software\Policies",
+        "SUCCESS",
+        system,
+    );
+    text += &row(
+        2,
+        "explorer.exe",
+        4012,
+        "RegOpenKey",
+        r"HKCU\Software\X",
+        "SUCCESS",
+        r"CONTOSO\alice",
+    );
+    text += &row(
+        3,
+        "explorer.exe",
+        4012,
+        "RegCloseKey",
+        r"HKCU\Software\X",
+        "SUCCESS",
+        r"CONTOSO\alice",
+    );
+    let run = |text: &str, hive: Option<String>| {
+        let mut hkcu = HkcuSids::default();
+        hkcu.add(&format!(r"CONTOSO\alice={ALICE}")).unwrap();
+        let mut r = Replay::new(Options {
+            hkcu,
+            from_boot: true,
+            all_events: true,
+            hive,
+            ..Options::default()
+        });
+        replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
+        r.finish("service.csv", "csv")
+    };
+    let a = run(&text, Some(hive.clone()));
+    assert!(!a.complete, "{:?}", a.missing);
+    assert!(
+        a.missing
+            .iter()
+            .any(|m| m.contains(r"of NT AUTHORITY\SYSTEM (a service")),
+        "{:?}",
+        a.missing
+    );
+    text += &row(
+        4,
+        "System",
+        4,
+        "RegUnloadKey",
+        &hive,
+        "CANNOT DELETE",
+        system,
+    );
+    let a = run(&text, None);
+    let u = &a.unload_attempts[0];
+    assert!(u.holders.is_empty());
+    assert!(!u.complete && !a.complete);
+    assert_eq!(u.maybe_holders.len(), 1, "{:?}", u.maybe_holders);
+    assert_eq!(u.maybe_holders[0].pid, 900);
 }
 
 #[test]
@@ -94,7 +190,8 @@ fn users_without_a_sid_are_kept_apart() {
         keys[1].1,
         r"\REGISTRY\USER\<HKCU of CONTOSO/bob: SID not given>\Software\Bob"
     );
-    assert_eq!(a.unknowns.hkcu_rows_without_sid, 1);
+    // bob's open, SYSTEM's open and close: a service's HKCU is not placed by its own SID.
+    assert_eq!(a.unknowns.hkcu_rows_without_sid, 3);
     assert_eq!(a.capture.hkcu_users[r"CONTOSO\bob"], "not given");
 }
 
@@ -224,5 +321,49 @@ fn an_at_time_in_a_capture_without_times_names_no_holders() {
             .is_some_and(|r| r.contains("no times") && r.contains("row number")),
         "{:?}",
         a.refusal
+    );
+}
+
+/// `--hkcu-sid USER=SID` is the caller's guess: Procmon shows the hive of the account that
+/// ran it as `HKCU`, whoever's process the row is, so bob's `HKCU` key placed in bob's hive
+/// may be in alice's. At a failed unload of alice's hive it is named as a possible holder,
+/// with the flag that places every row (audit 21d, H1; on the old code `maybe_holders` is
+/// empty).
+#[test]
+fn a_per_user_sid_is_a_guess_and_its_keys_may_hold_another_user_hive() {
+    let csv = format!(
+        "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"User\"\r\n\
+\"7:00:00.0000000 AM\",\"System\",\"4\",\"RegLoadKey\",\"HKU\\{ALICE}\",\"SUCCESS\",\"\",\"NT AUTHORITY\\SYSTEM\"\r\n\
+\"7:00:01.0000000 AM\",\"explorer.exe\",\"100\",\"RegOpenKey\",\"HKCU\\Software\\Alice\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:02.0000000 AM\",\"notepad.exe\",\"200\",\"RegOpenKey\",\"HKCU\\Software\\Bob\",\"SUCCESS\",\"\",\"CONTOSO\\bob\"\r\n\
+\"7:00:03.0000000 AM\",\"notepad.exe\",\"200\",\"RegOpenKey\",\"HKU\\{BOB}\\Software\\Sure\",\"SUCCESS\",\"\",\"CONTOSO\\bob\"\r\n\
+\"7:00:04.0000000 AM\",\"explorer.exe\",\"100\",\"RegCloseKey\",\"HKLM\\Software\\Other\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:05.0000000 AM\",\"System\",\"4\",\"RegUnloadKey\",\"HKU\\{ALICE}\",\"CANNOT DELETE\",\"\",\"NT AUTHORITY\\SYSTEM\"\r\n"
+    );
+    let mut hkcu = HkcuSids::default();
+    hkcu.add(&format!(r"CONTOSO\alice={ALICE}")).unwrap();
+    hkcu.add(&format!(r"CONTOSO\bob={BOB}")).unwrap();
+    let mut r = Replay::new(Options {
+        hkcu,
+        from_boot: true,
+        all_events: true,
+        ..Options::default()
+    });
+    replay(&mut CsvReader::new(csv.as_bytes()).unwrap(), &mut r).unwrap();
+    let a = r.finish("guess", "csv");
+    let u = &a.unload_attempts[0];
+    assert_eq!(u.holders.len(), 1);
+    assert_eq!(u.holders[0].pid, 100);
+    // bob's HKCU key, not his explicit HKU\<BOB> one (that is surely bob's hive).
+    assert_eq!(u.maybe_holders.len(), 1, "{:?}", u.maybe_holders);
+    assert_eq!(u.maybe_holders[0].pid, 200);
+    assert_eq!(u.maybe_holders[0].open_keys, 1);
+    assert!(!u.complete);
+    assert!(
+        u.missing
+            .iter()
+            .any(|m| m.contains(r"of CONTOSO\bob, placed in") && m.contains("bare --hkcu-sid")),
+        "{:?}",
+        u.missing
     );
 }

@@ -172,9 +172,9 @@ pub enum Command {
         /// Which report: everything, or the holders/processes/modules view at the end.
         #[arg(long, value_enum, default_value_t = AnalyzeView::Report)]
         view: AnalyzeView,
-        /// The SID Procmon's `HKCU` stands for: `SID` for the capture's user, or
-        /// `DOMAIN\user=SID` per user (repeatable). `HKCU` is each process's own user's
-        /// hive; the capture names users, not SIDs (service accounts need none).
+        /// The SID Procmon's `HKCU` stands for: `SID` of the account that ran Procmon (for
+        /// every process's rows, services' included: Procmon shows that account's hive as
+        /// `HKCU`), or `DOMAIN\user=SID` to place one user's rows (repeatable).
         #[arg(long, value_name = "[USER=]SID")]
         hkcu_sid: Vec<String>,
         /// Only this hive (HKU\<SID>, HKCU, HKLM\SOFTWARE, \REGISTRY\...).
@@ -196,7 +196,8 @@ pub enum Command {
         /// are in no row, and no answer is complete. It vouches for the start only: that no
         /// event was left out needs `--all-events` too (no capture can show it: a PML has no
         /// event numbers, and a filtered export may be numbered without gaps); gaps in a CSV
-        /// export's Sequence numbers always make it incomplete.
+        /// export's Sequence numbers always make it incomplete. Of a boot log Procmon split
+        /// over several files (`Bootlog-1.pml`, ...), only the first began at boot.
         #[arg(long)]
         from_boot: bool,
         /// The capture holds every event (File > Save: All events; Procmon's boot-log

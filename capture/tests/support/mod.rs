@@ -126,7 +126,9 @@ pub fn pml(procs: &[Proc], rows: &[Row]) -> Vec<u8> {
                 detail.extend(0x2_0019u32.to_le_bytes());
                 detail.extend(utf16(&r.path));
             }
-            (2, "RegLoadKey") => {
+            // procmon-parser `get_registry_event_details`: a rename's new name sits where a
+            // load's hive file does.
+            (2, "RegLoadKey" | "RegRenameKey") => {
                 detail.extend(detail_string_info(&r.path).to_le_bytes());
                 detail.extend(detail_string_info(&r.file).to_le_bytes());
                 detail.extend(utf16(&r.path));
@@ -326,6 +328,7 @@ pub fn csv(procs: &[Proc], rows: &[Row]) -> String {
         let (class, _) = class_op(r.op);
         let detail = match r.op {
             "RegLoadKey" => format!("Hive Path: {}", r.file),
+            "RegRenameKey" => format!("New Name: {}", r.file),
             "RegOpenKey" | "RegCreateKey" => "Desired Access: Read".to_owned(),
             // Procmon writes multi-line details (environment blocks) for Process Start.
             "Process Start" => {
