@@ -29,11 +29,14 @@ pub const MESSAGE_DLL: &str = "hivetrack-events.dll";
 /// `hivetrack service …`.
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
-    /// Register the event source `hivetrack` (Application log; message table
-    /// hivetrack-events.dll next to hivetrack.exe) and the auto-start service `hivetracksvc`
-    /// running `hivetrack service run`, and start it (Windows, as Administrator).
+    /// Copy hivetrack.exe and hivetrack-events.dll (next to it) into
+    /// `%ProgramFiles%\hivetrack`, register the event source `hivetrack` (Application log)
+    /// and the auto-start service `hivetracksvc` running that copy as `hivetrack service
+    /// run`, and start it (Windows, as Administrator).
     Install {
-        /// Also write every event as a JSON line to FILE.
+        /// Also write every event as a JSON line to FILE: refused unless only SYSTEM and
+        /// Administrators can change FILE, its folder and the folders above (the service
+        /// writes it as SYSTEM).
         #[arg(long, value_name = "FILE")]
         jsonl: Option<PathBuf>,
         /// Seconds after a failed unload at which the service asks for its hive's holders
@@ -43,8 +46,9 @@ pub enum ServiceCommand {
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         still_held_after: u64,
     },
-    /// Stop and delete the service and remove the event source's registration (Windows, as
-    /// Administrator). Events already logged stay in the Application log.
+    /// Stop and delete the service, remove the event source's registration and the copies
+    /// in `%ProgramFiles%\hivetrack` (Windows, as Administrator). Events already logged stay
+    /// in the Application log.
     Uninstall,
     /// Drain the driver's event stream into the Event Log (Windows) and/or JSON lines: every
     /// failed hive unload with its holders (1001), the hive still held later (1002), key-count
@@ -240,27 +244,91 @@ fn install(
     still_held_after: u64,
     out: &mut dyn Write,
 ) -> Result<u8> {
+    use crate::install_location::{self, jsonl_checks, unsafe_jsonl_message, untrusted_writers};
+    use crate::windows_install::{copy_owned, own_by_administrators, owner_and_dacl};
+
     let exe = std::env::current_exe().context("cannot tell where hivetrack.exe is")?;
-    let dll = exe.with_file_name(MESSAGE_DLL);
-    if !dll.is_file() {
+    let plan = install_location::plan(&exe, &crate::windows_install::program_files()?);
+    let source_dll = exe.with_file_name(MESSAGE_DLL);
+    if !source_dll.is_file() {
         return Err(CliError::BadArgument(format!(
             "{} is missing: copy it from the package folder next to {} (it holds the event messages)",
-            dll.display(),
+            source_dll.display(),
             exe.display()
         ))
         .into());
     }
-    crate::windows_event_log::register_source(&dll)?;
+    // The JSON lines file is written by SYSTEM: refuse a path anyone else can redirect.
+    let jsonl = match jsonl {
+        Some(given) => {
+            let cwd = std::env::current_dir().context("cannot tell the current folder")?;
+            let path = install_location::service_jsonl_path(given, &cwd)
+                .map_err(|e| CliError::BadArgument(e.to_string()))?;
+            for (checked, role) in jsonl_checks(&path, path.exists()) {
+                let (owner, dacl) = owner_and_dacl(&checked).map_err(|e| {
+                    CliError::BadArgument(format!(
+                        "--jsonl {}: {e:#} (create its folder first, writable only by Administrators and SYSTEM)",
+                        path.display()
+                    ))
+                })?;
+                let writers = untrusted_writers(owner.as_deref(), dacl.as_deref(), role);
+                if !writers.is_empty() {
+                    return Err(CliError::BadArgument(unsafe_jsonl_message(
+                        &checked, role, &writers,
+                    ))
+                    .into());
+                }
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    if crate::windows_service_host::installed() {
+        return Err(CliError::BadArgument(format!(
+            "service {SERVICE_NAME} is already installed: `hivetrack service uninstall` first"
+        ))
+        .into());
+    }
+    // The copies live where only SYSTEM, Administrators and TrustedInstaller can write
+    // (what a new folder under Program Files inherits); check rather than assume.
+    std::fs::create_dir_all(&plan.dir)
+        .with_context(|| format!("cannot create {}", plan.dir.display()))?;
+    own_by_administrators(&plan.dir)?;
+    for (checked, role) in jsonl_checks(&plan.exe, false) {
+        let (owner, dacl) = owner_and_dacl(&checked)?;
+        let writers = untrusted_writers(owner.as_deref(), dacl.as_deref(), role);
+        if !writers.is_empty() {
+            return Err(anyhow::anyhow!(
+                "refusing to install into {}: {} can be changed by {} (its permissions are not Program Files' defaults)",
+                plan.dir.display(),
+                checked.display(),
+                writers.join(", ")
+            ));
+        }
+    }
+    for (from, to) in &plan.copies {
+        copy_owned(from, to)?;
+    }
+    if !plan.copies.is_empty() {
+        writeln!(
+            out,
+            "Copied {} and {MESSAGE_DLL} to {} (only Administrators and SYSTEM can change them there)",
+            install_location::EXE_NAME,
+            plan.dir.display()
+        )?;
+    }
+    crate::windows_event_log::register_source(&plan.dll)?;
     writeln!(
         out,
         "Registered event source {EVENT_SOURCE} (Application log), messages in {}",
-        dll.display()
+        plan.dll.display()
     )?;
-    crate::windows_service_host::install(&exe, jsonl, still_held_after)?;
+    crate::windows_service_host::install(&plan.exe, jsonl.as_deref(), still_held_after)?;
     writeln!(
         out,
-        "Installed and started service {SERVICE_NAME} (automatic start, LocalSystem): {} service run --scm",
-        exe.display()
+        "Installed and started service {SERVICE_NAME} (automatic start, LocalSystem, privileges {}): {} service run --scm",
+        crate::windows_service_host::REQUIRED_PRIVILEGES.join(", "),
+        plan.exe.display()
     )?;
     Ok(crate::exit::OK)
 }
@@ -272,6 +340,8 @@ fn install(_: Option<&std::path::Path>, _: u64, _: &mut dyn Write) -> Result<u8>
 
 #[cfg(windows)]
 fn uninstall(out: &mut dyn Write) -> Result<u8> {
+    use crate::windows_install::{Removal, remove_or_schedule};
+
     let service = crate::windows_service_host::uninstall();
     let source = crate::windows_event_log::unregister_source();
     match &service {
@@ -285,7 +355,26 @@ fn uninstall(out: &mut dyn Write) -> Result<u8> {
         )?,
         Err(e) => writeln!(out, "Event source {EVENT_SOURCE}: {e:#}")?,
     }
-    service.and(source)?;
+    // The copies `install` made (files first, then the folder if empty).
+    let exe = std::env::current_exe().context("cannot tell where hivetrack.exe is")?;
+    let plan = crate::install_location::plan(&exe, &crate::windows_install::program_files()?);
+    let mut files = Ok(());
+    for (path, folder) in [(&plan.exe, false), (&plan.dll, false), (&plan.dir, true)] {
+        match remove_or_schedule(path, folder) {
+            Ok(Removal::Removed) => writeln!(out, "Removed {}", path.display())?,
+            Ok(Removal::AtRestart) => writeln!(
+                out,
+                "{} is in use: it is removed at the next restart",
+                path.display()
+            )?,
+            Ok(Removal::Absent) => {}
+            Err(e) => {
+                writeln!(out, "{e:#}")?;
+                files = Err(e);
+            }
+        }
+    }
+    service.and(source).and(files)?;
     Ok(crate::exit::OK)
 }
 
