@@ -34,7 +34,8 @@ if ($catSig.Status -notin 'Valid', 'UnknownError') { throw "Signing hivetrack.ca
 
 $out = & pnputil.exe /add-driver $Inf /install
 $out | Set-Content (Join-Path $Results 'pnputil-add-driver.txt')
-if ($LASTEXITCODE -ne 0) { throw "pnputil /add-driver failed ($LASTEXITCODE): $out" }
+if (-not (Test-PnputilOk $LASTEXITCODE)) { throw "pnputil /add-driver failed ($LASTEXITCODE): $out" }
+if ($LASTEXITCODE -eq 3010) { Write-Warning 'pnputil: installed, a reboot is required (3010)' }
 $svc = Get-Service hivetrack -ErrorAction SilentlyContinue
 if (-not $svc) { throw 'The INF did not create the hivetrack service.' }
 # The INF's AddReg wrote Parameters\Altitude (the driver falls back to its built-in default
