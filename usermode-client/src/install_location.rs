@@ -336,13 +336,13 @@ mod tests {
     const AUTH_USERS: &str = "S-1-5-11";
     const BOB: &str = "S-1-5-21-1-2-3-1001";
     /// `FILE_GENERIC_READ | FILE_GENERIC_EXECUTE` (RX).
-    const RX: u32 = 0x1200a9;
+    const RX: u32 = 0x0012_00a9;
     /// Modify (M).
-    const MODIFY: u32 = 0x1301bf;
+    const MODIFY: u32 = 0x0013_01bf;
     /// Full control (F).
-    const FULL: u32 = 0x1f01ff;
+    const FULL: u32 = 0x001f_01ff;
 
-    /// A folder created under Program Files: SYSTEM, Administrators, TrustedInstaller full,
+    /// A folder created under Program Files: SYSTEM, Administrators, `TrustedInstaller` full,
     /// Users and app packages read, CREATOR OWNER full on children.
     fn program_files_child() -> Vec<Ace> {
         vec![

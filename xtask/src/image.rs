@@ -25,8 +25,9 @@ use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, Import, PeFile};
 pub use checksum::{checksum_field_offset, pe_checksum};
 pub use runtime_routines::{RUNTIME_RESOLVED, RuntimeRoutine, runtime_resolved};
 
-/// The only DLLs hivetrack.sys may import from (compared case-insensitively). A project rule,
-/// not a Windows one: drivers import from other kernel modules too (FLTMGR.SYS, cng.sys,
+/// The only DLLs hivetrack.sys may import from (compared case-insensitively).
+///
+/// A project rule, not a Windows one: drivers import from other kernel modules too (FLTMGR.SYS, cng.sys,
 /// ksecdd.sys, ...); hivetrack needs none, and each would be one more load dependency.
 pub const ALLOWED_IMPORT_DLLS: &[&str] = &["ntoskrnl.exe", "HAL.dll"];
 
