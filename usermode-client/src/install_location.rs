@@ -276,7 +276,7 @@ pub fn jsonl_checks(file: &Path, file_exists: bool) -> Vec<(PathBuf, Role)> {
 
 /// The refusal `service install` prints for an unsafe `--jsonl` path.
 #[must_use]
-pub fn unsafe_jsonl_message(path: &Path, role: Role, writers: &[String]) -> String {
+pub fn unsafe_jsonl_message(file: &Path, checked: &Path, role: Role, writers: &[String]) -> String {
     let what = match role {
         Role::File => "the file",
         Role::Folder => "its folder",
@@ -285,11 +285,12 @@ pub fn unsafe_jsonl_message(path: &Path, role: Role, writers: &[String]) -> Stri
     format!(
         "refusing --jsonl {}: {what} ({}) can be written, replaced or re-permissioned by {}; the \
          service writes it as SYSTEM, so they could redirect that write. Use a folder only \
-         SYSTEM and Administrators can change, e.g. `mkdir C:\\ProgramData\\hivetrack-log` then \
+         SYSTEM and Administrators can change, e.g. `mkdir C:\\ProgramData\\hivetrack-log`, \
          `icacls C:\\ProgramData\\hivetrack-log /inheritance:r /grant:r *S-1-5-18:(OI)(CI)F \
-         *S-1-5-32-544:(OI)(CI)F /setowner *S-1-5-32-544`",
-        path.display(),
-        path.display(),
+         *S-1-5-32-544:(OI)(CI)F`, `icacls C:\\ProgramData\\hivetrack-log /setowner \
+         *S-1-5-32-544`",
+        file.display(),
+        checked.display(),
         writers.join(", ")
     )
 }
@@ -528,6 +529,22 @@ mod tests {
             service_jsonl_path(Path::new(r"\\server\share\ev.jsonl"), cwd),
             Err(JsonlPathError::Remote)
         );
+    }
+
+    #[test]
+    fn the_refusal_names_the_file_the_path_that_failed_and_who_can_write_it() {
+        let m = unsafe_jsonl_message(
+            Path::new("/logs/ev.jsonl"),
+            Path::new("/logs"),
+            Role::Folder,
+            &[USERS.to_owned(), format!("{BOB} (owner)")],
+        );
+        assert!(
+            m.starts_with("refusing --jsonl /logs/ev.jsonl: its folder (/logs)"),
+            "{m}"
+        );
+        assert!(m.contains(&format!("by {USERS}, {BOB} (owner);")), "{m}");
+        assert!(m.contains("/setowner"), "{m}");
     }
 
     #[test]

@@ -238,14 +238,86 @@ fn run_console(
     Ok(code)
 }
 
+/// Where an ACL check's refusal goes: an error on Windows; under Wine, whose files all
+/// belong to the Unix user, a warning on `out` (one per check).
+#[cfg(windows)]
+struct Refusals<'a> {
+    wine: bool,
+    out: &'a mut dyn Write,
+}
+
+#[cfg(windows)]
+impl Refusals<'_> {
+    fn refuse(&mut self, message: String) -> Result<()> {
+        if self.wine {
+            writeln!(self.out, "hivetrack: under Wine, not enforced: {message}")?;
+            Ok(())
+        } else {
+            Err(CliError::BadArgument(message).into())
+        }
+    }
+}
+
+/// The `--jsonl` path the service is registered with, refused unless only SYSTEM,
+/// Administrators and `TrustedInstaller` can change it, its folder and the folders above.
+#[cfg(windows)]
+fn checked_jsonl(given: &std::path::Path, refusals: &mut Refusals<'_>) -> Result<PathBuf> {
+    use crate::install_location::{
+        jsonl_checks, service_jsonl_path, unsafe_jsonl_message, untrusted_writers,
+    };
+    let cwd = std::env::current_dir().context("cannot tell the current folder")?;
+    let path = service_jsonl_path(given, &cwd).map_err(|e| CliError::BadArgument(e.to_string()))?;
+    for (checked, role) in jsonl_checks(&path, path.exists()) {
+        let (owner, dacl) = crate::windows_install::owner_and_dacl(&checked).map_err(|e| {
+            CliError::BadArgument(format!(
+                "--jsonl {}: {e:#} (create its folder first, writable only by Administrators and SYSTEM)",
+                path.display()
+            ))
+        })?;
+        let writers = untrusted_writers(owner.as_deref(), dacl.as_deref(), role);
+        if !writers.is_empty() {
+            refusals.refuse(unsafe_jsonl_message(&path, &checked, role, &writers))?;
+            break;
+        }
+    }
+    Ok(path)
+}
+
+/// Creates `%ProgramFiles%\hivetrack`, owned by Administrators, and checks that only SYSTEM,
+/// Administrators and `TrustedInstaller` can change it or a folder above (what a new folder
+/// under Program Files inherits: checked rather than assumed).
+#[cfg(windows)]
+fn checked_install_dir(
+    plan: &crate::install_location::InstallPlan,
+    refusals: &mut Refusals<'_>,
+) -> Result<()> {
+    use crate::install_location::{jsonl_checks, untrusted_writers};
+    std::fs::create_dir_all(&plan.dir)
+        .with_context(|| format!("cannot create {}", plan.dir.display()))?;
+    crate::windows_install::own_by_administrators(&plan.dir)?;
+    for (checked, role) in jsonl_checks(&plan.exe, false) {
+        let (owner, dacl) = crate::windows_install::owner_and_dacl(&checked)?;
+        let writers = untrusted_writers(owner.as_deref(), dacl.as_deref(), role);
+        if !writers.is_empty() {
+            refusals.refuse(format!(
+                "refusing to install into {}: {} can be changed by {} (its permissions are not Program Files' defaults)",
+                plan.dir.display(),
+                checked.display(),
+                writers.join(", ")
+            ))?;
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(windows)]
 fn install(
     jsonl: Option<&std::path::Path>,
     still_held_after: u64,
     out: &mut dyn Write,
 ) -> Result<u8> {
-    use crate::install_location::{self, jsonl_checks, unsafe_jsonl_message, untrusted_writers};
-    use crate::windows_install::{copy_owned, own_by_administrators, owner_and_dacl};
+    use crate::install_location;
 
     let exe = std::env::current_exe().context("cannot tell where hivetrack.exe is")?;
     let plan = install_location::plan(&exe, &crate::windows_install::program_files()?);
@@ -258,56 +330,23 @@ fn install(
         ))
         .into());
     }
-    // The JSON lines file is written by SYSTEM: refuse a path anyone else can redirect.
-    let jsonl = match jsonl {
-        Some(given) => {
-            let cwd = std::env::current_dir().context("cannot tell the current folder")?;
-            let path = install_location::service_jsonl_path(given, &cwd)
-                .map_err(|e| CliError::BadArgument(e.to_string()))?;
-            for (checked, role) in jsonl_checks(&path, path.exists()) {
-                let (owner, dacl) = owner_and_dacl(&checked).map_err(|e| {
-                    CliError::BadArgument(format!(
-                        "--jsonl {}: {e:#} (create its folder first, writable only by Administrators and SYSTEM)",
-                        path.display()
-                    ))
-                })?;
-                let writers = untrusted_writers(owner.as_deref(), dacl.as_deref(), role);
-                if !writers.is_empty() {
-                    return Err(CliError::BadArgument(unsafe_jsonl_message(
-                        &checked, role, &writers,
-                    ))
-                    .into());
-                }
-            }
-            Some(path)
-        }
-        None => None,
+    let mut refusals = Refusals {
+        wine: crate::windows_install::under_wine(),
+        out: &mut *out,
     };
+    // The JSON lines file is written by SYSTEM: refuse a path anyone else can redirect.
+    let jsonl = jsonl
+        .map(|given| checked_jsonl(given, &mut refusals))
+        .transpose()?;
     if crate::windows_service_host::installed() {
         return Err(CliError::BadArgument(format!(
             "service {SERVICE_NAME} is already installed: `hivetrack service uninstall` first"
         ))
         .into());
     }
-    // The copies live where only SYSTEM, Administrators and TrustedInstaller can write
-    // (what a new folder under Program Files inherits); check rather than assume.
-    std::fs::create_dir_all(&plan.dir)
-        .with_context(|| format!("cannot create {}", plan.dir.display()))?;
-    own_by_administrators(&plan.dir)?;
-    for (checked, role) in jsonl_checks(&plan.exe, false) {
-        let (owner, dacl) = owner_and_dacl(&checked)?;
-        let writers = untrusted_writers(owner.as_deref(), dacl.as_deref(), role);
-        if !writers.is_empty() {
-            return Err(anyhow::anyhow!(
-                "refusing to install into {}: {} can be changed by {} (its permissions are not Program Files' defaults)",
-                plan.dir.display(),
-                checked.display(),
-                writers.join(", ")
-            ));
-        }
-    }
+    checked_install_dir(&plan, &mut refusals)?;
     for (from, to) in &plan.copies {
-        copy_owned(from, to)?;
+        crate::windows_install::copy_owned(from, to)?;
     }
     if !plan.copies.is_empty() {
         writeln!(
@@ -323,11 +362,16 @@ fn install(
         "Registered event source {EVENT_SOURCE} (Application log), messages in {}",
         plan.dll.display()
     )?;
-    crate::windows_service_host::install(&plan.exe, jsonl.as_deref(), still_held_after)?;
+    let restricted =
+        crate::windows_service_host::install(&plan.exe, jsonl.as_deref(), still_held_after)?;
+    let privileges = if restricted {
+        crate::windows_service_host::REQUIRED_PRIVILEGES.join(", ")
+    } else {
+        "not restricted: Wine has no SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO".to_owned()
+    };
     writeln!(
         out,
-        "Installed and started service {SERVICE_NAME} (automatic start, LocalSystem, privileges {}): {} service run --scm",
-        crate::windows_service_host::REQUIRED_PRIVILEGES.join(", "),
+        "Installed and started service {SERVICE_NAME} (automatic start, LocalSystem, privileges {privileges}): {} service run --scm",
         plan.exe.display()
     )?;
     Ok(crate::exit::OK)

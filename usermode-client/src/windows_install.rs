@@ -19,6 +19,7 @@ use windows_sys::Win32::{
     },
     Storage::FileSystem::{MOVEFILE_DELAY_UNTIL_REBOOT, MoveFileExW},
     System::Com::CoTaskMemFree,
+    System::LibraryLoader::{GetModuleHandleW, GetProcAddress},
     UI::Shell::{FOLDERID_ProgramFiles, SHGetKnownFolderPath},
 };
 
@@ -80,6 +81,26 @@ pub fn program_files() -> Result<PathBuf> {
     // SAFETY: allocated by SHGetKnownFolderPath, freed once.
     unsafe { CoTaskMemFree(path.cast()) };
     Ok(out)
+}
+
+/// Whether this process runs under Wine.
+///
+/// Its ntdll exports `wine_get_version`, which no Windows ntdll does. Every file of a Wine prefix belongs to the Unix user, so no folder
+/// passes the ACL checks there; `service install` then warns instead of refusing (Unix
+/// permissions are Wine's boundary). Only Wine's own ntdll can make this true.
+#[must_use]
+pub fn under_wine() -> bool {
+    let name: Vec<u16> = "ntdll.dll"
+        .encode_utf16()
+        .chain(std::iter::once(0))
+        .collect();
+    // SAFETY: `name` is NUL-terminated; ntdll is mapped in every process.
+    let ntdll = unsafe { GetModuleHandleW(name.as_ptr()) };
+    if ntdll.is_null() {
+        return false;
+    }
+    // SAFETY: `ntdll` is a loaded module; the name is a NUL-terminated ANSI string.
+    unsafe { GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()) }.is_some()
 }
 
 /// A SID as its string, freeing what `ConvertSidToStringSidW` allocated.

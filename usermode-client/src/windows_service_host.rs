@@ -72,7 +72,7 @@ fn restrict_privileges(service: &windows_service::service::Service) -> Result<()
 ///
 /// # Errors
 /// The service manager refused (not elevated, the service exists).
-pub fn install(exe: &Path, jsonl: Option<&Path>, still_held_after: u64) -> Result<()> {
+pub fn install(exe: &Path, jsonl: Option<&Path>, still_held_after: u64) -> Result<bool> {
     let manager = ServiceManager::local_computer(
         None::<&str>,
         ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE,
@@ -112,13 +112,20 @@ pub fn install(exe: &Path, jsonl: Option<&Path>, still_held_after: u64) -> Resul
             "Writes every failed registry hive unload, with the processes holding the hive, to the Application log (source hivetrack) beside event 1530.",
         )
         .context("cannot set the service description")?;
-    if let Err(e) = restrict_privileges(&service) {
-        let _ = service.delete();
-        return Err(e);
-    }
+    // Wine's service manager does not implement this level (ERROR_INVALID_LEVEL): only there
+    // is the service left unrestricted, and `install` says so.
+    let restricted = match restrict_privileges(&service) {
+        Ok(()) => true,
+        Err(_) if crate::windows_install::under_wine() => false,
+        Err(e) => {
+            let _ = service.delete();
+            return Err(e);
+        }
+    };
     service
         .start::<&OsStr>(&[])
-        .with_context(|| format!("created service {SERVICE_NAME}, but it did not start"))
+        .with_context(|| format!("created service {SERVICE_NAME}, but it did not start"))?;
+    Ok(restricted)
 }
 
 /// Stops (if running) and deletes the service.
