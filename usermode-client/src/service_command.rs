@@ -384,7 +384,7 @@ fn install(_: Option<&std::path::Path>, _: u64, _: &mut dyn Write) -> Result<u8>
 
 #[cfg(windows)]
 fn uninstall(out: &mut dyn Write) -> Result<u8> {
-    use crate::windows_install::{Removal, remove_or_schedule};
+    use crate::windows_install::{Removal, remove_or_schedule, schedule_at_restart};
 
     let service = crate::windows_service_host::uninstall();
     let source = crate::windows_event_log::unregister_source();
@@ -403,14 +403,25 @@ fn uninstall(out: &mut dyn Write) -> Result<u8> {
     let exe = std::env::current_exe().context("cannot tell where hivetrack.exe is")?;
     let plan = crate::install_location::plan(&exe, &crate::windows_install::program_files()?);
     let mut files = Ok(());
+    let mut pending = false;
     for (path, folder) in [(&plan.exe, false), (&plan.dll, false), (&plan.dir, true)] {
-        match remove_or_schedule(path, folder) {
+        // A folder whose files go at the restart goes then too (after them).
+        let removal = if folder && pending && path.exists() {
+            schedule_at_restart(path)
+        } else {
+            remove_or_schedule(path, folder)
+        };
+        pending |= matches!(removal, Ok(Removal::AtRestart));
+        match removal {
             Ok(Removal::Removed) => writeln!(out, "Removed {}", path.display())?,
             Ok(Removal::AtRestart) => writeln!(
                 out,
-                "{} is in use: it is removed at the next restart",
+                "{} is in use: it is removed at the next restart (install again only after it)",
                 path.display()
             )?,
+            Ok(Removal::KeptNotEmpty) => {
+                writeln!(out, "{} still holds other files: kept", path.display())?;
+            }
             Ok(Removal::Absent) => {}
             Err(e) => {
                 writeln!(out, "{e:#}")?;

@@ -283,6 +283,8 @@ pub enum Removal {
     /// `MOVEFILE_DELAY_UNTIL_REBOOT`; Learn, "MoveFileExW": a folder is then removed only
     /// if empty).
     AtRestart,
+    /// A folder that still holds other files (e.g. a `--jsonl` file put there): kept.
+    KeptNotEmpty,
 }
 
 /// Removes a file (or an empty folder), or schedules that for the next restart.
@@ -293,6 +295,9 @@ pub fn remove_or_schedule(path: &Path, folder: bool) -> Result<Removal> {
     if !path.exists() {
         return Ok(Removal::Absent);
     }
+    if folder && std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some()) {
+        return Ok(Removal::KeptNotEmpty);
+    }
     let now = if folder {
         std::fs::remove_dir(path)
     } else {
@@ -301,16 +306,32 @@ pub fn remove_or_schedule(path: &Path, folder: bool) -> Result<Removal> {
     if now.is_ok() {
         return Ok(Removal::Removed);
     }
+    schedule_at_restart(path).map_err(|e| {
+        anyhow!(
+            "cannot remove {} now ({}) nor at the next restart ({e})",
+            path.display(),
+            now.err().map_or_else(String::new, |e| e.to_string())
+        )
+    })
+}
+
+/// Registers `path` for deletion at the next restart.
+///
+/// `MoveFileExW` with a null new name and `MOVEFILE_DELAY_UNTIL_REBOOT` (Learn: a folder is
+/// removed at restart only if empty). The folder is registered after its files; that the
+/// session manager runs `PendingFileRenameOperations` in that order (KB 202071 names the
+/// value) is what installers rely on, not a sentence of Learn's: if it did not, the empty
+/// folder would stay.
+///
+/// # Errors
+/// `MoveFileExW` failed.
+pub fn schedule_at_restart(path: &Path) -> Result<Removal> {
     let name = wide(path);
     // SAFETY: `name` is NUL-terminated; a null new name with DELAY_UNTIL_REBOOT registers
     // the path for deletion at restart.
     if unsafe { MoveFileExW(name.as_ptr(), ptr::null(), MOVEFILE_DELAY_UNTIL_REBOOT) } != 0 {
         Ok(Removal::AtRestart)
     } else {
-        Err(anyhow!(
-            "cannot remove {} now ({}) nor at the next restart",
-            path.display(),
-            now.err().map_or_else(String::new, |e| e.to_string())
-        ))
+        Err(std::io::Error::last_os_error().into())
     }
 }
