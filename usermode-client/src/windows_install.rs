@@ -103,23 +103,18 @@ pub fn under_wine() -> bool {
     unsafe { GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()) }.is_some()
 }
 
-/// A SID as its string, freeing what `ConvertSidToStringSidW` allocated.
+/// A SID as its string (`windows_accounts::take_local_wide` frees what
+/// `ConvertSidToStringSidW` allocated).
 fn sid_string(sid: PSID) -> Option<String> {
     if sid.is_null() {
         return None;
     }
     let mut text: *mut u16 = ptr::null_mut();
     // SAFETY: `sid` points into a live security descriptor; `text` is an out pointer.
-    if unsafe { ConvertSidToStringSidW(sid, &raw mut text) } == 0 || text.is_null() {
+    if unsafe { ConvertSidToStringSidW(sid, &raw mut text) } == 0 {
         return None;
     }
-    // SAFETY: `text` is NUL-terminated on success.
-    let len = unsafe { wide_len(text) };
-    // SAFETY: `len` units from `text` were just read.
-    let s = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
-    // SAFETY: LocalAlloc'd by ConvertSidToStringSidW, freed once.
-    unsafe { LocalFree(text.cast()) };
-    Some(s)
+    crate::windows_accounts::take_local_wide(text)
 }
 
 /// The owner (as a SID string) and DACL (`None`: a NULL DACL) of a file or folder
