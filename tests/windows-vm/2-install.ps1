@@ -34,7 +34,8 @@ if ($catSig.Status -notin 'Valid', 'UnknownError') { throw "Signing hivetrack.ca
 
 $out = & pnputil.exe /add-driver $Inf /install
 $out | Set-Content (Join-Path $Results 'pnputil-add-driver.txt')
-if ($LASTEXITCODE -ne 0) { throw "pnputil /add-driver failed ($LASTEXITCODE): $out" }
+if (-not (Test-PnputilOk $LASTEXITCODE)) { throw "pnputil /add-driver failed ($LASTEXITCODE): $out" }
+if ($LASTEXITCODE -eq 3010) { Write-Warning 'pnputil: installed, a reboot is required (3010)' }
 $svc = Get-Service hivetrack -ErrorAction SilentlyContinue
 if (-not $svc) { throw 'The INF did not create the hivetrack service.' }
 # The INF's AddReg wrote Parameters\Altitude (the driver falls back to its built-in default
@@ -46,7 +47,23 @@ $image = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack').
 if ($image -notmatch 'DriverStore\\FileRepository\\hivetrack\.inf_') {
     throw "ImagePath is $image, expected the driver store (DIRID 13)"
 }
-if ($StartAtBoot) { sc.exe config hivetrack start= system | Out-Null }
+# The update promise (README step 2; audit 21c M2): an administrator's `start= system` and an
+# edited Parameters\Altitude survive `pnputil /add-driver /install` run again (AddService flag
+# 0x10, AddReg flag 0x2, which check-inf requires). Re-adding the identical package may not
+# re-run the INF at all, so a kept value here is not proof; a reset one is a failure.
+$serviceKey = 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack'
+sc.exe config hivetrack start= system | Out-Null
+Set-ItemProperty -Path "$serviceKey\Parameters" -Name Altitude -Value "$wanted.5"
+$again = & pnputil.exe /add-driver $Inf /install
+$again | Set-Content (Join-Path $Results 'pnputil-add-driver-again.txt')
+if (-not (Test-PnputilOk $LASTEXITCODE)) { throw "pnputil /add-driver (again) failed ($LASTEXITCODE): $again" }
+$startAfter = (Get-ItemProperty $serviceKey).Start
+$altitudeAfter = (Get-ItemProperty "$serviceKey\Parameters").Altitude
+if ($startAfter -ne 1) { throw "a second pnputil /add-driver reset Start to $startAfter (the INF's AddService lacks 0x10?)" }
+if ($altitudeAfter -ne "$wanted.5") { throw "a second pnputil /add-driver reset Parameters\Altitude to $altitudeAfter (the AddReg lacks 0x2?)" }
+Write-Host "A second pnputil /add-driver kept start= system and the edited altitude (not proof if it did not re-run the INF: see results\pnputil-add-driver-again.txt)."
+Set-ItemProperty -Path "$serviceKey\Parameters" -Name Altitude -Value $wanted
+if (-not $StartAtBoot) { sc.exe config hivetrack start= demand | Out-Null }
 sc.exe start hivetrack | Out-Null
 $v = Invoke-Hivetrack @('version')
 $v.Text | Set-Content (Join-Path $Results 'version.txt')

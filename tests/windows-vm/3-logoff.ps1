@@ -11,6 +11,7 @@
 Assert-Admin
 $script:Failures = 0
 Remove-Item (Join-Path $Results 'summary.txt') -ErrorAction SilentlyContinue
+Assert-Verified
 
 Invoke-Native { sc.exe start hivetrack } | Out-Null   # demand start; already running is fine
 $stats = Invoke-Hivetrack @('stats', '--json')
@@ -109,6 +110,7 @@ Write-Result 'reg unload succeeds (the driver pins nothing)' ($LASTEXITCODE -eq 
 
 (Invoke-Hivetrack @('stats', '--json')).Text | Set-Content (Join-Path $Results 'stats-after.json')
 verifier /query | Set-Content (Join-Path $Results 'verifier-query.txt')
+Write-FaultCount
 Write-Host ''
 Write-Host "Results in $Results ($script:Failures failure(s)). Next: .\4-uninstall.ps1"
 exit $script:Failures

@@ -5,10 +5,12 @@
 # position), then 1002 once the driver looks at the hive again (`Parameters\HeldAfterSeconds`
 # set to 10 for this step: the driver's own held-after event, not the service's fallback
 # re-check); stops the driver and starts it again (1013/1012/1010), and uninstalls the
-# service. Needs hivetrack-events.dll in the package.
+# service (which must remove its copies in %ProgramFiles%\hivetrack). Needs
+# hivetrack-events.dll in the package.
 . "$PSScriptRoot\common.ps1"
 Assert-Admin
 $script:Failures = 0
+Assert-Verified
 
 # The driver reads Parameters at DriverEntry: set the held-after delay, then (re)start it.
 $parameters = 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack\Parameters'
@@ -19,15 +21,36 @@ New-ItemProperty -Path $parameters -Name HeldAfterSeconds -PropertyType DWord -V
 Invoke-Native { sc.exe stop hivetrack } | Out-Null
 Start-Sleep -Seconds 3
 Invoke-Native { sc.exe start hivetrack } | Out-Null
-$dll = Join-Path $Package 'hivetrack-events.dll'
-Write-Result 'the message DLL is in the package' (Test-Path $dll) $dll
-$jsonl = Join-Path $Results 'service-events.jsonl'
+Write-Result 'the message DLL is in the package' (Test-Path (Join-Path $Package 'hivetrack-events.dll')) $Package
+# `service install` copies hivetrack.exe and the DLL into %ProgramFiles%\hivetrack and registers
+# those (audit 21c H1: a LocalSystem service must not run from a folder others can write).
+$installed = Join-Path $env:ProgramFiles 'hivetrack'
+$dll = Join-Path $installed 'hivetrack-events.dll'
+# A --jsonl folder that Authenticated Users can modify (what a folder under C:\ inherits) is
+# refused (exit 3); one only SYSTEM and Administrators can change is accepted.
+$open = Join-Path $env:SystemDrive 'hivetrack-kit-open'
+New-Item -ItemType Directory -Force -Path $open | Out-Null
+$refused = Invoke-Hivetrack @('service', 'install', '--jsonl', (Join-Path $open 'events.jsonl'))
+Write-Result 'service install refuses a --jsonl folder non-admins can write' ($refused.Code -eq 3 -and $refused.Text -match 'refusing --jsonl') $refused.Text
+Remove-Item $open -Recurse -Force -ErrorAction SilentlyContinue
+$logDir = Join-Path $env:ProgramData 'hivetrack-kit-log'
+New-Item -ItemType Directory -Force -Path $logDir | Out-Null
+Invoke-Native { icacls $logDir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' } | Out-Null
+Invoke-Native { icacls $logDir /setowner '*S-1-5-32-544' } | Out-Null
+$jsonl = Join-Path $logDir 'service-events.jsonl'
 Remove-Item $jsonl -ErrorAction SilentlyContinue
 $since = Get-Date
 $install = Invoke-Hivetrack @('service', 'install', '--still-held-after', '10', '--jsonl', $jsonl)
 Write-Result 'service install' ($install.Code -eq 0) $install.Text
 $svc = Get-Service hivetracksvc -ErrorAction SilentlyContinue
 Write-Result 'hivetracksvc is running' ($null -ne $svc -and $svc.Status -eq 'Running') "$($svc.Status)"
+$svcImage = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetracksvc' -ErrorAction SilentlyContinue).ImagePath
+Write-Result 'the service runs the copy in Program Files' ("$svcImage" -like "*$installed\hivetrack.exe*") "$svcImage"
+# The SCM keeps SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO in the service key's RequiredPrivileges
+# (REG_MULTI_SZ), as Windows' own services show; not seen on a VM here.
+$privs = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetracksvc' -ErrorAction SilentlyContinue).RequiredPrivileges
+Write-Result 'the service keeps only SeDebugPrivilege and SeChangeNotifyPrivilege' `
+    ((@($privs) | Sort-Object) -join ',' -eq 'SeChangeNotifyPrivilege,SeDebugPrivilege') "$privs"
 $sourceKey = 'HKLM:\SYSTEM\CurrentControlSet\Services\EventLog\Application\hivetrack'
 $source = Get-ItemProperty $sourceKey -ErrorAction SilentlyContinue
 Write-Result 'event source registered' `
@@ -90,6 +113,9 @@ $uninstall = Invoke-Hivetrack @('service', 'uninstall')
 Write-Result 'service uninstall' ($uninstall.Code -eq 0) $uninstall.Text
 Write-Result 'service and source are gone' `
     ($null -eq (Get-Service hivetracksvc -ErrorAction SilentlyContinue) -and -not (Test-Path $sourceKey)) ''
+Write-Result 'the Program Files copies are gone' (-not (Test-Path $installed)) $installed
+Copy-Item $jsonl (Join-Path $Results 'service-events.jsonl') -ErrorAction SilentlyContinue
+Remove-Item $logDir -Recurse -Force -ErrorAction SilentlyContinue
 Write-Host ''
 Write-Host "Results in $Results ($script:Failures failure(s)). Next: .\4-uninstall.ps1"
 exit $script:Failures

@@ -17,6 +17,7 @@
 . "$PSScriptRoot\common.ps1"
 Assert-Admin
 $script:Failures = 0
+Assert-Verified
 
 Invoke-Native { sc.exe start hivetrack } | Out-Null   # demand start; already running is fine
 

@@ -6,6 +6,13 @@
 Assert-Admin
 $script:Failures = 0
 Invoke-Native { sc.exe stop hivetrack } | Out-Null
+# `sc stop` with a handle to \\.\HiveTrack open only marks the driver for unload (WRK
+# loadunld.c: IopCheckUnloadDriver sets DOE_UNLOAD_PENDING, IopUnloadDriver returns
+# STATUS_SUCCESS): wait for STOPPED, and say who may hold it.
+$deadline = (Get-Date).AddSeconds(30)
+while ((Get-Service hivetrack -ErrorAction SilentlyContinue).Status -notin 'Stopped', $null -and (Get-Date) -lt $deadline) { Start-Sleep -Seconds 1 }
+$st = (Get-Service hivetrack -ErrorAction SilentlyContinue).Status
+Write-Result 'hivetrack stopped' ($st -in 'Stopped', $null) $(if ($st -in 'Stopped', $null) { '' } else { "still $st`: a handle to \\.\HiveTrack is open (hivetracksvc? a hivetrack wait?)" })
 # The published name (oemN.inf) of every driver store package whose original name is hivetrack.inf.
 $published = @()
 $current = $null
@@ -15,7 +22,8 @@ foreach ($line in (& pnputil.exe /enum-drivers)) {
 }
 foreach ($oem in $published) {
     & pnputil.exe /delete-driver $oem /uninstall | Add-Content (Join-Path $Results 'pnputil-delete-driver.txt')
-    Write-Result "pnputil /delete-driver $oem /uninstall" ($LASTEXITCODE -eq 0) ''
+    $code = $LASTEXITCODE
+    Write-Result "pnputil /delete-driver $oem /uninstall" (Test-PnputilOk $code) $(if ($code -eq 3010) { 'removed; reboot required (3010)' } else { "exit $code" })
 }
 Write-Result 'a hivetrack.inf package was in the driver store' ($published.Count -gt 0) ''
 verifier /reset | Out-Null

@@ -67,3 +67,51 @@ function New-TestHive([string]$Name, [string]$Subkey) {
     reg load "HKU\$Name" $file | Out-Null
     return ($LASTEXITCODE -eq 0)
 }
+
+# pnputil's documented success codes (Learn, "PnPUtil return values"): 0 ERROR_SUCCESS, 3010
+# ERROR_SUCCESS_REBOOT_REQUIRED ("the requested operation completed successfully and a
+# system reboot is required"), 1641 ERROR_SUCCESS_REBOOT_INITIATED (only with /reboot, which
+# the kit never passes). 259 ERROR_NO_MORE_ITEMS ("no devices match the supplied driver", or
+# a better one is installed) is not success for the kit.
+function Test-PnputilOk([int]$Code) { return $Code -in 0, 3010 }
+
+# Step 2 arms Driver Verifier for the next boot; steps 3, 3b and 3d are only worth their PASS
+# lines if it is active now (audit 21c M1): the machine booted after step 2 armed it, and
+# `verifier /query` (Learn, "Driver Verifier command syntax": "/query displays a summary of
+# Driver Verifier's current activity") names hivetrack.sys among the drivers it verifies. The
+# counters are matched by the names of SYSTEM_VERIFIER_INFORMATION's fields (Loads,
+# AllocationsFailedDeliberately) as /query prints them; that text has not been seen here, so
+# a line that does not parse is a FAIL that says so, never a silent PASS. Warns when the
+# machine has been up less than 7 minutes (the /faults DelayMins default, same page: before
+# that, low-resources simulation fails nothing).
+function Assert-Verified {
+    $query = verifier /query | Out-String
+    $query | Set-Content (Join-Path $Results 'verifier-query-before.txt')
+    $boot = (Get-CimInstance Win32_OperatingSystem).LastBootUpTime
+    $state = Get-KitState
+    $armedAt = if ($state.PSObject.Properties['at']) { [datetime]$state.at } else { $null }
+    $rebooted = ($null -ne $armedAt) -and ($boot -gt $armedAt)
+    Write-Result 'rebooted since step 2 armed Driver Verifier' $rebooted "boot $boot, armed $armedAt"
+    $verified = $query -match '(?ms)hivetrack\.sys.{0,80}?loads:\s*(\d+)'
+    $loads = if ($verified) { [int]$Matches[1] } else { 0 }
+    Write-Result 'verifier /query lists hivetrack.sys as verified and loaded' ($verified -and $loads -ge 1) `
+        $(if ($verified) { "loads: $loads" } else { 'not under Driver Verifier: run step 2 and reboot (or the /query text differs: see results\verifier-query-before.txt)' })
+    $uptime = (Get-Date) - $boot
+    if ($uptime.TotalMinutes -lt 7) {
+        Write-Warning ("Up {0:N1} min: low-resources simulation fails nothing before 7 minutes after boot." -f $uptime.TotalMinutes)
+    }
+}
+
+# At the end of a step: how many allocations Driver Verifier failed on purpose. 0 means the
+# low-resources simulation proved nothing in this run (said, not failed: it is random).
+function Write-FaultCount {
+    $query = verifier /query | Out-String
+    if ($query -match 'AllocationsFailedDeliberately:\s*(\d+)') {
+        $n = [int]$Matches[1]
+        $detail = if ($n -eq 0) { 'no allocation was failed deliberately: low-resources simulation proved nothing this run' } else { "$n" }
+        Add-Content -Path (Join-Path $Results 'summary.txt') -Value "INFO allocations failed deliberately: $detail"
+        Write-Host "INFO allocations failed deliberately: $detail"
+    } else {
+        Add-Content -Path (Join-Path $Results 'summary.txt') -Value 'INFO no AllocationsFailedDeliberately line in verifier /query (see results\verifier-query.txt)'
+    }
+}

@@ -23,6 +23,7 @@ pub mod fleet_event;
 pub mod hive_name;
 pub mod holder_identity;
 pub mod holder_now;
+pub mod install_location;
 pub mod model;
 pub mod modules;
 pub mod page_server;
@@ -47,6 +48,8 @@ pub mod windows_fallback;
 pub mod windows_handles;
 #[cfg(windows)]
 pub mod windows_identity;
+#[cfg(windows)]
+pub mod windows_install;
 #[cfg(windows)]
 pub mod windows_service_host;
 #[cfg(windows)]

@@ -29,11 +29,14 @@ pub const MESSAGE_DLL: &str = "hivetrack-events.dll";
 /// `hivetrack service …`.
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
-    /// Register the event source `hivetrack` (Application log; message table
-    /// hivetrack-events.dll next to hivetrack.exe) and the auto-start service `hivetracksvc`
-    /// running `hivetrack service run`, and start it (Windows, as Administrator).
+    /// Copy hivetrack.exe and hivetrack-events.dll (next to it) into
+    /// `%ProgramFiles%\hivetrack`, register the event source `hivetrack` (Application log)
+    /// and the auto-start service `hivetracksvc` running that copy as `hivetrack service
+    /// run`, and start it (Windows, as Administrator).
     Install {
-        /// Also write every event as a JSON line to FILE.
+        /// Also write every event as a JSON line to FILE: refused unless only SYSTEM and
+        /// Administrators can change FILE, its folder and the folders above (the service
+        /// writes it as SYSTEM).
         #[arg(long, value_name = "FILE")]
         jsonl: Option<PathBuf>,
         /// Seconds after a failed unload at which the service asks for its hive's holders
@@ -43,8 +46,9 @@ pub enum ServiceCommand {
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         still_held_after: u64,
     },
-    /// Stop and delete the service and remove the event source's registration (Windows, as
-    /// Administrator). Events already logged stay in the Application log.
+    /// Stop and delete the service, remove the event source's registration and the copies
+    /// in `%ProgramFiles%\hivetrack` (Windows, as Administrator). Events already logged stay
+    /// in the Application log.
     Uninstall,
     /// Drain the driver's event stream into the Event Log (Windows) and/or JSON lines: every
     /// failed hive unload with its holders (1001), the hive still held later (1002), key-count
@@ -234,33 +238,141 @@ fn run_console(
     Ok(code)
 }
 
+/// Where an ACL check's refusal goes: an error on Windows; under Wine, whose files all
+/// belong to the Unix user, a warning on `out` (one per check).
+#[cfg(windows)]
+struct Refusals<'a> {
+    wine: bool,
+    out: &'a mut dyn Write,
+}
+
+#[cfg(windows)]
+impl Refusals<'_> {
+    fn refuse(&mut self, message: String) -> Result<()> {
+        if self.wine {
+            writeln!(self.out, "hivetrack: under Wine, not enforced: {message}")?;
+            Ok(())
+        } else {
+            Err(CliError::BadArgument(message).into())
+        }
+    }
+}
+
+/// The `--jsonl` path the service is registered with, refused unless only SYSTEM,
+/// Administrators and `TrustedInstaller` can change it, its folder and the folders above.
+#[cfg(windows)]
+fn checked_jsonl(given: &std::path::Path, refusals: &mut Refusals<'_>) -> Result<PathBuf> {
+    use crate::install_location::{
+        jsonl_checks, service_jsonl_path, unsafe_jsonl_message, untrusted_writers,
+    };
+    let cwd = std::env::current_dir().context("cannot tell the current folder")?;
+    let path = service_jsonl_path(given, &cwd).map_err(|e| CliError::BadArgument(e.to_string()))?;
+    for (checked, role) in jsonl_checks(&path, path.exists()) {
+        let (owner, dacl) = crate::windows_install::owner_and_dacl(&checked).map_err(|e| {
+            CliError::BadArgument(format!(
+                "--jsonl {}: {e:#} (create its folder first, writable only by Administrators and SYSTEM)",
+                path.display()
+            ))
+        })?;
+        let writers = untrusted_writers(owner.as_deref(), dacl.as_deref(), role);
+        if !writers.is_empty() {
+            refusals.refuse(unsafe_jsonl_message(&path, &checked, role, &writers))?;
+            break;
+        }
+    }
+    Ok(path)
+}
+
+/// Creates `%ProgramFiles%\hivetrack`, owned by Administrators, and checks that only SYSTEM,
+/// Administrators and `TrustedInstaller` can change it or a folder above (what a new folder
+/// under Program Files inherits: checked rather than assumed).
+#[cfg(windows)]
+fn checked_install_dir(
+    plan: &crate::install_location::InstallPlan,
+    refusals: &mut Refusals<'_>,
+) -> Result<()> {
+    use crate::install_location::{jsonl_checks, untrusted_writers};
+    std::fs::create_dir_all(&plan.dir)
+        .with_context(|| format!("cannot create {}", plan.dir.display()))?;
+    crate::windows_install::own_by_administrators(&plan.dir)?;
+    for (checked, role) in jsonl_checks(&plan.exe, false) {
+        let (owner, dacl) = crate::windows_install::owner_and_dacl(&checked)?;
+        let writers = untrusted_writers(owner.as_deref(), dacl.as_deref(), role);
+        if !writers.is_empty() {
+            refusals.refuse(format!(
+                "refusing to install into {}: {} can be changed by {} (its permissions are not Program Files' defaults)",
+                plan.dir.display(),
+                checked.display(),
+                writers.join(", ")
+            ))?;
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(windows)]
 fn install(
     jsonl: Option<&std::path::Path>,
     still_held_after: u64,
     out: &mut dyn Write,
 ) -> Result<u8> {
+    use crate::install_location;
+
     let exe = std::env::current_exe().context("cannot tell where hivetrack.exe is")?;
-    let dll = exe.with_file_name(MESSAGE_DLL);
-    if !dll.is_file() {
+    let plan = install_location::plan(&exe, &crate::windows_install::program_files()?);
+    let source_dll = exe.with_file_name(MESSAGE_DLL);
+    if !source_dll.is_file() {
         return Err(CliError::BadArgument(format!(
             "{} is missing: copy it from the package folder next to {} (it holds the event messages)",
-            dll.display(),
+            source_dll.display(),
             exe.display()
         ))
         .into());
     }
-    crate::windows_event_log::register_source(&dll)?;
+    let mut refusals = Refusals {
+        wine: crate::windows_install::under_wine(),
+        out: &mut *out,
+    };
+    // The JSON lines file is written by SYSTEM: refuse a path anyone else can redirect.
+    let jsonl = jsonl
+        .map(|given| checked_jsonl(given, &mut refusals))
+        .transpose()?;
+    if crate::windows_service_host::installed() {
+        return Err(CliError::BadArgument(format!(
+            "service {SERVICE_NAME} is already installed: `hivetrack service uninstall` first"
+        ))
+        .into());
+    }
+    checked_install_dir(&plan, &mut refusals)?;
+    for (from, to) in &plan.copies {
+        crate::windows_install::copy_owned(from, to)?;
+    }
+    if !plan.copies.is_empty() {
+        writeln!(
+            out,
+            "Copied {} and {MESSAGE_DLL} to {} (only Administrators and SYSTEM can change them there)",
+            install_location::EXE_NAME,
+            plan.dir.display()
+        )?;
+    }
+    crate::windows_event_log::register_source(&plan.dll)?;
     writeln!(
         out,
         "Registered event source {EVENT_SOURCE} (Application log), messages in {}",
-        dll.display()
+        plan.dll.display()
     )?;
-    crate::windows_service_host::install(&exe, jsonl, still_held_after)?;
+    let restricted =
+        crate::windows_service_host::install(&plan.exe, jsonl.as_deref(), still_held_after)?;
+    let privileges = if restricted {
+        crate::windows_service_host::REQUIRED_PRIVILEGES.join(", ")
+    } else {
+        "not restricted: Wine has no SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO".to_owned()
+    };
     writeln!(
         out,
-        "Installed and started service {SERVICE_NAME} (automatic start, LocalSystem): {} service run --scm",
-        exe.display()
+        "Installed and started service {SERVICE_NAME} (automatic start, LocalSystem, privileges {privileges}): {} service run --scm",
+        plan.exe.display()
     )?;
     Ok(crate::exit::OK)
 }
@@ -272,6 +384,8 @@ fn install(_: Option<&std::path::Path>, _: u64, _: &mut dyn Write) -> Result<u8>
 
 #[cfg(windows)]
 fn uninstall(out: &mut dyn Write) -> Result<u8> {
+    use crate::windows_install::{Removal, remove_or_schedule, schedule_at_restart};
+
     let service = crate::windows_service_host::uninstall();
     let source = crate::windows_event_log::unregister_source();
     match &service {
@@ -285,7 +399,37 @@ fn uninstall(out: &mut dyn Write) -> Result<u8> {
         )?,
         Err(e) => writeln!(out, "Event source {EVENT_SOURCE}: {e:#}")?,
     }
-    service.and(source)?;
+    // The copies `install` made (files first, then the folder if empty).
+    let exe = std::env::current_exe().context("cannot tell where hivetrack.exe is")?;
+    let plan = crate::install_location::plan(&exe, &crate::windows_install::program_files()?);
+    let mut files = Ok(());
+    let mut pending = false;
+    for (path, folder) in [(&plan.exe, false), (&plan.dll, false), (&plan.dir, true)] {
+        // A folder whose files go at the restart goes then too (after them).
+        let removal = if folder && pending && path.exists() {
+            schedule_at_restart(path)
+        } else {
+            remove_or_schedule(path, folder)
+        };
+        pending |= matches!(removal, Ok(Removal::AtRestart));
+        match removal {
+            Ok(Removal::Removed) => writeln!(out, "Removed {}", path.display())?,
+            Ok(Removal::AtRestart) => writeln!(
+                out,
+                "{} is in use: it is removed at the next restart (install again only after it)",
+                path.display()
+            )?,
+            Ok(Removal::KeptNotEmpty) => {
+                writeln!(out, "{} still holds other files: kept", path.display())?;
+            }
+            Ok(Removal::Absent) => {}
+            Err(e) => {
+                writeln!(out, "{e:#}")?;
+                files = Err(e);
+            }
+        }
+    }
+    service.and(source).and(files)?;
     Ok(crate::exit::OK)
 }
 

@@ -26,7 +26,7 @@ fn wide(s: &str) -> Vec<u16> {
 }
 
 /// Reads a NUL-terminated UTF-16 string that `LocalAlloc` returned, and frees it.
-fn take_local_wide(p: *mut u16) -> Option<String> {
+pub(crate) fn take_local_wide(p: *mut u16) -> Option<String> {
     if p.is_null() {
         return None;
     }

@@ -19,19 +19,60 @@ use windows_service::service_control_handler::{self, ServiceControlHandlerResult
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 use windows_service::{define_windows_service, service_dispatcher};
 use windows_sys::Win32::System::IO::CancelIoEx;
+use windows_sys::Win32::System::Services::{
+    ChangeServiceConfig2W, SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO,
+    SERVICE_REQUIRED_PRIVILEGES_INFOW,
+};
 
 use crate::event_service::{self, ServiceEnv, ServiceOptions};
 use crate::event_sink::{EventSink, Sinks};
+pub use crate::install_location::REQUIRED_PRIVILEGES;
 use crate::service_command::{SERVICE_NAME, jsonl_sink};
 use crate::transport::{Transport, TransportError};
 use crate::windows::DeviceTransport;
 
-/// Creates the service (automatic start, `LocalSystem`, no dependency on the driver so that
-/// the driver can be stopped and updated while it runs) and starts it.
+/// Whether the service `hivetracksvc` exists.
+#[must_use]
+pub fn installed() -> bool {
+    ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT).is_ok_and(|m| {
+        m.open_service(SERVICE_NAME, ServiceAccess::QUERY_STATUS)
+            .is_ok()
+    })
+}
+
+/// Keeps only [`REQUIRED_PRIVILEGES`] in the service's token from its next start on (Learn,
+/// "`ChangeServiceConfig2W`", `SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO`; the handle needs
+/// `SERVICE_CHANGE_CONFIG`).
+fn restrict_privileges(service: &windows_service::service::Service) -> Result<()> {
+    let mut names = crate::install_location::multi_sz(REQUIRED_PRIVILEGES);
+    let info = SERVICE_REQUIRED_PRIVILEGES_INFOW {
+        pmszRequiredPrivileges: names.as_mut_ptr(),
+    };
+    // SAFETY: the handle is open with SERVICE_CHANGE_CONFIG; `info` points to a
+    // double-NUL-terminated multi-string that outlives the call.
+    let ok = unsafe {
+        ChangeServiceConfig2W(
+            service.raw_handle(),
+            SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO,
+            (&raw const info).cast(),
+        )
+    };
+    if ok == 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("cannot restrict the service's privileges");
+    }
+    Ok(())
+}
+
+/// Creates the service and starts it.
+///
+/// Automatic start, `LocalSystem` restricted to [`REQUIRED_PRIVILEGES`], no dependency on
+/// the driver so that the driver can be stopped and updated while it runs. A service that cannot be restricted is deleted
+/// again rather than run with every privilege.
 ///
 /// # Errors
 /// The service manager refused (not elevated, the service exists).
-pub fn install(exe: &Path, jsonl: Option<&Path>, still_held_after: u64) -> Result<()> {
+pub fn install(exe: &Path, jsonl: Option<&Path>, still_held_after: u64) -> Result<bool> {
     let manager = ServiceManager::local_computer(
         None::<&str>,
         ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE,
@@ -59,7 +100,10 @@ pub fn install(exe: &Path, jsonl: Option<&Path>, still_held_after: u64) -> Resul
         account_password: None,
     };
     let service = manager
-        .create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)
+        .create_service(
+            &info,
+            ServiceAccess::CHANGE_CONFIG | ServiceAccess::START | ServiceAccess::DELETE,
+        )
         .with_context(|| {
             format!("cannot create service {SERVICE_NAME} (already installed? `hivetrack service uninstall` first)")
         })?;
@@ -68,9 +112,20 @@ pub fn install(exe: &Path, jsonl: Option<&Path>, still_held_after: u64) -> Resul
             "Writes every failed registry hive unload, with the processes holding the hive, to the Application log (source hivetrack) beside event 1530.",
         )
         .context("cannot set the service description")?;
+    // Wine's service manager does not implement this level (ERROR_INVALID_LEVEL): only there
+    // is the service left unrestricted, and `install` says so.
+    let restricted = match restrict_privileges(&service) {
+        Ok(()) => true,
+        Err(_) if crate::windows_install::under_wine() => false,
+        Err(e) => {
+            let _ = service.delete();
+            return Err(e);
+        }
+    };
     service
         .start::<&OsStr>(&[])
-        .with_context(|| format!("created service {SERVICE_NAME}, but it did not start"))
+        .with_context(|| format!("created service {SERVICE_NAME}, but it did not start"))?;
+    Ok(restricted)
 }
 
 /// Stops (if running) and deletes the service.

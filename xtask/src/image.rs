@@ -25,7 +25,10 @@ use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, Import, PeFile};
 pub use checksum::{checksum_field_offset, pe_checksum};
 pub use runtime_routines::{RUNTIME_RESOLVED, RuntimeRoutine, runtime_resolved};
 
-/// The only DLLs a kernel driver may import from (compared case-insensitively).
+/// The only DLLs hivetrack.sys may import from (compared case-insensitively).
+///
+/// A project rule, not a Windows one: drivers import from other kernel modules too (FLTMGR.SYS, cng.sys,
+/// ksecdd.sys, ...); hivetrack needs none, and each would be one more load dependency.
 pub const ALLOWED_IMPORT_DLLS: &[&str] = &["ntoskrnl.exe", "HAL.dll"];
 
 /// One section of the image.
@@ -371,19 +374,21 @@ const REQUIRED_DLL_CHARACTERISTICS: &[(u16, &str, &str)] = &[
     (
         pe::IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE,
         "DYNAMIC_BASE",
-        "link with /DYNAMICBASE: the kernel relocates drivers (KASLR)",
+        "link with /DYNAMICBASE (project rule: the kernel relocates drivers; Learn documents \
+         no load requirement for the flag)",
     ),
     (
         pe::IMAGE_DLLCHARACTERISTICS_NX_COMPAT,
         "NX_COMPAT",
-        "link with /NXCOMPAT: the driver must be marked compatible with non-executable \
-         data and pool",
+        "link with /NXCOMPAT (project rule: the driver is compatible with non-executable data \
+         and pool; Learn documents no load requirement for the flag)",
     ),
     (
         pe::IMAGE_DLLCHARACTERISTICS_FORCE_INTEGRITY,
         "FORCE_INTEGRITY",
         "link with /INTEGRITYCHECK: without it PsSetCreateProcessNotifyRoutineEx(2) and \
-         ObRegisterCallbacks return STATUS_ACCESS_DENIED",
+         ObRegisterCallbacks return STATUS_ACCESS_DENIED (Learn, \
+         \"PsSetCreateProcessNotifyRoutineEx\")",
     ),
 ];
 
@@ -420,8 +425,10 @@ fn check_headers(report: &mut ImageReport) {
             "the PE checksum cannot be computed (file over 4 GiB or headers truncated)".to_owned(),
         ),
         Some(_) if report.checksum_stored == 0 => report.fail(
-            "the stored PE checksum is 0: link with /RELEASE so the linker writes it (link.exe \
-             does so for native images by itself, rust-lld only with the switch)"
+            "the stored PE checksum is 0: link with /RELEASE so the linker writes it (Learn, \
+             \"/RELEASE (Set the Checksum)\": \"The operating system requires the Checksum for \
+             device drivers\"; link.exe sets it for /SUBSYSTEM:NATIVE by itself, rust-lld only \
+             with the switch)"
                 .to_owned(),
         ),
         Some(computed) if computed != report.checksum_stored => report.fail(format!(
@@ -436,7 +443,7 @@ fn check_headers(report: &mut ImageReport) {
 
 fn check_sections(report: &mut ImageReport) {
     // Learn, "Implement memory integrity compatible code": "Section alignment is a multiple of
-    // 0x1000 (PAGE_SIZE)" (production-signing.md lists it among the rules this checks).
+    // 0x1000 (PAGE_SIZE)" (production-signing.md §2 lists it among that page's rules).
     if report.section_alignment == 0 || !report.section_alignment.is_multiple_of(0x1000) {
         report.fail(format!(
             "SectionAlignment is {:#x}, not a multiple of 0x1000: HVCI (memory integrity) needs \
@@ -475,8 +482,8 @@ fn check_imports(report: &mut ImageReport) {
             .any(|allowed| allowed.eq_ignore_ascii_case(&imports.dll))
         {
             failures.push(format!(
-                "the image {kind} from {} ({}): a kernel driver may import only from \
-                 ntoskrnl.exe or HAL.dll; find what pulls it in (the map's Lib:Object column) \
+                "the image {kind} from {} ({}): hivetrack.sys imports only from \
+                 ntoskrnl.exe or HAL.dll (a project rule); find what pulls it in (the map's Lib:Object column) \
                  and remove it",
                 imports.dll,
                 imports.routines.join(", ")

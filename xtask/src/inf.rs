@@ -510,6 +510,19 @@ fn check_install(inf: &Inf, report: &mut InfReport) {
     let Some(service) = inf.section(&section_name) else {
         return; // reported by check_references
     };
+    // The README promises that an administrator's `start= system` survives a package update:
+    // that is SPSVCINST_NOCLOBBER_STARTTYPE (0x10) on this AddService line (Microsoft Learn,
+    // "INF AddService directive": the start type of a service that already exists is not
+    // overwritten).
+    let flags = expanded(inf, add.value(1));
+    if inf_number(&flags).is_none_or(|f| f & 0x10 == 0) {
+        report.fail(format!(
+            "line {}: AddService={SERVICE_NAME} flags {flags:?} lack 0x00000010 \
+             (SPSVCINST_NOCLOBBER_STARTTYPE): a package update would reset an administrator's \
+             start= system",
+            add.line
+        ));
+    }
     let value = |key: &str| {
         service
             .first_value(key)
@@ -585,17 +598,27 @@ fn altitude(inf: &Inf, service: &Section, report: &mut InfReport) -> Option<Stri
     let Some(entry) = entries.first() else {
         report.fail(format!(
             "[{}] writes no Parameters\\Altitude: add AddReg=<section> with \
-             HKR,Parameters,Altitude,0x00000000,\"385217\" (the driver registers its registry \
-             callback at that altitude)",
+             HKR,Parameters,Altitude,0x00000002,\"385217\" (the driver registers its registry \
+             callback at that altitude; 0x2 FLG_ADDREG_NOCLOBBER keeps an administrator's value)",
             service.name
         ));
         return None;
     };
-    // FLG_ADDREG_BINVALUETYPE (0x1) and the type bits (0xFFFF0000) are zero for REG_SZ.
+    // FLG_ADDREG_BINVALUETYPE (0x1) and the type bits (0xFFFF0000) are zero for REG_SZ, and
+    // FLG_ADDREG_NOCLOBBER (0x2) keeps an administrator's edited altitude through a package
+    // update, as the README and docs/production-signing.md promise (Microsoft Learn, "INF
+    // AddReg directive": an existing value is not replaced).
     let flags = entry.value(3);
     if !flags.is_empty() && inf_number(flags).is_none_or(|f| f & 0xffff_0001 != 0) {
         report.fail(format!(
-            "line {}: Parameters\\Altitude flags {flags} are not REG_SZ (use 0x00000000)",
+            "line {}: Parameters\\Altitude flags {flags} are not REG_SZ (use 0x00000002)",
+            entry.line
+        ));
+    } else if inf_number(flags).is_none_or(|f| f & 0x2 == 0) {
+        report.fail(format!(
+            "line {}: Parameters\\Altitude flags {flags:?} lack 0x00000002 \
+             (FLG_ADDREG_NOCLOBBER): a package update would overwrite an administrator's \
+             altitude (use 0x00000002)",
             entry.line
         ));
     }

@@ -9,12 +9,15 @@
 //! `rust-script` (each of wdk-build's `@rust` scripts, recognised by its text, does what its
 //! source does), `cargo build` (puts the image `cargo xtask build` cross-built where cargo
 //! would write `hivetrack.dll`), `stampinf`, `infverif` (the project's INF rules),
-//! `inf2cat`, `makecert`, `certmgr` and `signtool`. Every cargo-make task of the flow runs
+//! `inf2cat`, `makecert`, `certmgr` and `signtool`, and for the root's own tasks the CLI's
+//! `cargo build` (a placeholder `hivetrack.exe`) and `mc.exe`, `rc.exe`, `link.exe` (the
+//! message DLL). Every cargo-make task of the flow runs
 //! for real; what the stand-ins replace is the work of the scripts and tools.
 //!
 //! Checks: `cd driver && cargo make --print-steps` plans wdk-build's flow, not the
 //! `workspace` task (`driver/Cargo.toml` has its own `[workspace]`, and cargo-make would make
-//! its path dependencies members); the root's `cargo make driver-package` gives the nested run
+//! its path dependencies members); the root's `cargo make package` (its default task, which
+//! runs `driver-package`, `cli` and `messages` first) gives the nested run
 //! `driver/` as its workspace directory, links and loads `driver/target/
 //! rust-driver-makefile.toml`, and runs the flow to the end; the package folder
 //! (for the `development` and `release` profiles, [`PROFILES`])
@@ -22,7 +25,9 @@
 //! `hivetrack.pdb`, the stamped `hivetrack.inf`, the catalog its `CatalogFile` names and
 //! `WDRLocalTestCert.cer`; the recorded tool calls show stampinf stamping the INF for amd64,
 //! infverif `/v /w` passing it, inf2cat seeing the `.sys` and `.inf`, signtool signing the
-//! `.sys` and the `.cat`. `--mutate` reintroduces each break of [`MUTATIONS`] and requires
+//! `.sys` and the `.cat`; the root's tasks built the CLI with the profile's cargo profile,
+//! ran mc/rc/link in `target/<profile>/messages/`, and put `hivetrack.exe` and
+//! `hivetrack-events.dll` into the package. `--mutate` reintroduces each break of [`MUTATIONS`] and requires
 //! each to fail with its message.
 //!
 //! What it does not run: Microsoft's tools (nothing is really stamped, verified by infverif,
@@ -61,6 +66,7 @@ const TREE: &[&str] = &[
     "protocol/src",
     "tracker/Cargo.toml",
     "tracker/src",
+    "usermode-client/messages",
 ];
 
 /// A break `--mutate` reintroduces: the file, the text replaced, and what the check must say.
@@ -102,6 +108,20 @@ const MUTATIONS: &[Mutation] = &[
         says: "no driver package at",
     },
     Mutation {
+        name: "cli profile from CARGO_MAKE_CARGO_PROFILE",
+        file: "Makefile.toml",
+        from: "\"--profile\", \"${HIVETRACK_CARGO_PROFILE}\"]",
+        to: "\"--profile\", \"${CARGO_MAKE_CARGO_PROFILE}\"]",
+        says: "is not a cargo profile name",
+    },
+    Mutation {
+        name: "package without hivetrack-events.dll",
+        file: "Makefile.toml",
+        from: "cp target/${HIVETRACK_PROFILE_DIR}/messages/hivetrack-events.dll",
+        to: "echo no",
+        says: "the package has no hivetrack-events.dll",
+    },
+    Mutation {
         name: "DIRID 12",
         file: "driver/hivetrack.inx",
         from: "DefaultDestDir = 13",
@@ -130,8 +150,10 @@ pub fn make_check(target: &Path, mutate: bool) -> Result<()> {
          workspace mode; the nested run loads driver/target/rust-driver-makefile.toml and runs \
          wdk-build's flow to the package with stand-ins for rust-script, cargo build ({image}), \
          stampinf, infverif (the INF rules), inf2cat, makecert, certmgr and signtool, for the \
-         development and release profiles: driver/target/{{debug,release}}/hivetrack_package/ \
-         holds hivetrack.sys, .pdb, .inf, .cat and WDRLocalTestCert.cer ({:.1} s)",
+         development and release profiles, and the root's cli, messages (stand-ins for mc.exe, \
+         rc.exe, link.exe) and package tasks: driver/target/{{debug,release}}/hivetrack_package/ \
+         holds hivetrack.sys, .pdb, .inf, .cat, WDRLocalTestCert.cer, hivetrack.exe and \
+         hivetrack-events.dll ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
     check_production(&tools, &work)?;
@@ -323,7 +345,7 @@ fn check_nested(
         bin,
         tree,
         &log,
-        &["--profile", profile.cargo_make, "driver-package"],
+        &["--profile", profile.cargo_make, "package"],
     )?;
     let driver = tree.join("driver");
     for line in out.lines() {
@@ -366,15 +388,17 @@ fn check_nested(
         );
     }
     let calls = read_calls(&tools_log)?;
-    check_package(&driver, &calls, profile).with_context(|| {
-        format!(
-            "the driver flow (--profile {}) ran but its package is wrong (log: {}, tool calls: \
+    check_package(&driver, &calls, profile)
+        .and_then(|()| check_root_package(tree, &calls, profile))
+        .with_context(|| {
+            format!(
+                "the driver flow (--profile {}) ran but its package is wrong (log: {}, tool calls: \
              {})",
-            profile.cargo_make,
-            log.display(),
-            tools_log.display()
-        )
-    })
+                profile.cargo_make,
+                log.display(),
+                tools_log.display()
+            )
+        })
 }
 
 /// One stand-in call from `tools.log`.
@@ -429,8 +453,12 @@ const FLOW_SCRIPTS: &[&str] = &[
 fn check_package(driver: &Path, calls: &[Call], profile: &Profile) -> Result<()> {
     let out = driver.join("target").join(profile.folder);
     let package = out.join("hivetrack_package");
+    // (The root's `package` task copies the CLI files into that folder whatever the driver
+    // flow did: the driver's own files say whether it packaged.)
     ensure!(
-        package.is_dir(),
+        ["hivetrack.sys", "hivetrack.inf"]
+            .iter()
+            .any(|f| package.join(f).is_file()),
         "no driver package at {}: the flow skipped packaging",
         package.display()
     );
@@ -530,6 +558,49 @@ fn check_package(driver: &Path, calls: &[Call], profile: &Profile) -> Result<()>
         expect("signtool", &format!("signed {path}"), &|c| {
             c.args.first().is_some_and(|a| a == "sign") && has(c, &path)
         })?;
+    }
+    Ok(())
+}
+
+/// The root's `cli`, `messages` and `package` tasks: the CLI built with the profile's cargo
+/// profile, hivetrack-events.dll made by mc/rc/link in `target/<folder>/messages/`, and both
+/// copied into the driver package (audit 21c H3: the package had no DLL, and `cli` ran
+/// `cargo build --profile ${CARGO_MAKE_CARGO_PROFILE}` unexpanded).
+fn check_root_package(tree: &Path, calls: &[Call], profile: &Profile) -> Result<()> {
+    let of = |tool: &'static str| calls.iter().filter(move |c| c.tool == tool);
+    let cargo_profile = if profile.folder == "debug" {
+        "dev"
+    } else {
+        profile.folder
+    };
+    ensure!(
+        of("cargo-cli").any(|c| c.cwd == tree
+            && c.args
+                .windows(2)
+                .any(|w| w[0] == "--profile" && w[1] == cargo_profile)),
+        "the cli task should run `cargo build --package hivetrack-cli --profile {cargo_profile}` \
+         at the root: {:?}",
+        of("cargo-cli").map(|c| &c.args).collect::<Vec<_>>()
+    );
+    let messages = tree.join("target").join(profile.folder).join("messages");
+    for tool in ["mc", "rc", "link"] {
+        ensure!(
+            of(tool).any(|c| c.cwd == messages),
+            "the messages task should run {tool}.exe in {}: {:?}",
+            messages.display(),
+            of(tool).map(|c| (&c.cwd, &c.args)).collect::<Vec<_>>()
+        );
+    }
+    let package = tree
+        .join("driver/target")
+        .join(profile.folder)
+        .join("hivetrack_package");
+    for file in ["hivetrack.exe", "hivetrack-events.dll"] {
+        ensure!(
+            package.join(file).is_file(),
+            "the package has no {file} (`hivetrack service install` needs hivetrack-events.dll \
+             next to hivetrack.exe)"
+        );
     }
     Ok(())
 }

@@ -19,6 +19,17 @@ pub struct Package {
 
 /// Packages for `cargo xtask build`.
 pub const BUILD_PACKAGES: &[Package] = &[
+    // xtask itself and every host build script link with the host's `cc`: a machine without
+    // them cannot run this check at all (README's set-up installs them first); listed so a
+    // half-prepared machine is told (audit 21c M4).
+    Package {
+        name: "gcc",
+        why: "the host C compiler and linker (`cc`) of xtask, build scripts and cargo install",
+    },
+    Package {
+        name: "libc6-dev",
+        why: "the host C library headers and crt files the host linker needs",
+    },
     Package {
         name: "mingw-w64-x86-64-dev",
         why: "DDK headers and import archives the WDK content root is synthesized from",

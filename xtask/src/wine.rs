@@ -9,10 +9,13 @@
 //! starts the service, drives the real CLI over `DeviceIoControl` (good and malformed
 //! requests), stops the service and proves `DriverUnload` ran (its `DbgPrint` line, and the
 //! device gone), then deletes the service and checks its key is gone. Before the stop it runs
-//! `hivetrack service run --once`, `service install` (the Event Log source's key, the service
-//! `hivetracksvc` started by Wine's service manager and writing its first event to a
-//! `--jsonl` file) and `service uninstall` (both keys gone; the driver's stop that follows
-//! proves the service closed its device handle).
+//! `hivetrack service run --once`, `service install` (the copies in the prefix's
+//! `Program Files\hivetrack` that the Event Log source's key and the service `hivetracksvc`
+//! name, the service started by Wine's service manager and writing its first event to a
+//! `--jsonl` file; the ACL checks run and, Wine's files all belonging to the Unix user, say
+//! "under Wine, not enforced" where Windows would refuse) and `service uninstall` (both keys
+//! and the copies gone; the driver's stop that follows proves the service closed its device
+//! handle).
 //!
 //! What it cannot show: registry filtering (Wine 8's ntoskrnl has no `CmRegisterCallbackEx`, so
 //! no registry callback ever fires there), and the driver store. Wine 8 has no `pnputil` and
@@ -564,6 +567,7 @@ fn service_checks(prefix: &Prefix, exe: &str, started: Instant) -> Result<()> {
     let source_key = r"HKLM\System\CurrentControlSet\Services\EventLog\Application\hivetrack";
     let service_key = r"HKLM\System\CurrentControlSet\Services\hivetracksvc";
     let jsonl = prefix.log_dir.join("hivetracksvc.jsonl");
+    let installed = prefix.dir.join("drive_c/Program Files/hivetrack");
     check(
         "hivetrack service run --once reads the event stream",
         started,
@@ -601,7 +605,7 @@ fn service_checks(prefix: &Prefix, exe: &str, started: Instant) -> Result<()> {
         started,
         (|| {
             let _ = fs::remove_file(&jsonl);
-            prefix.run_ok(
+            let said = prefix.run_ok(
                 "svc-install",
                 &mut prefix.wine(&[
                     exe,
@@ -613,6 +617,19 @@ fn service_checks(prefix: &Prefix, exe: &str, started: Instant) -> Result<()> {
                     &wine_path(&jsonl),
                 ]),
             )?;
+            // The ACL checks ran (audit 21c H1): every file of a Wine prefix belongs to the
+            // Unix user, so both the --jsonl folder and Program Files\hivetrack fail them, and
+            // under Wine (only there) `install` says so instead of refusing.
+            for want in [
+                "under Wine, not enforced: refusing --jsonl",
+                "under Wine, not enforced: refusing to install into",
+                r"Program Files\hivetrack",
+            ] {
+                ensure!(
+                    said.contains(want),
+                    "service install did not say `{want}`:\n{said}"
+                );
+            }
             let source = prefix.run_ok(
                 "reg-source",
                 &mut prefix.wine(&["reg", "query", source_key]),
@@ -620,7 +637,7 @@ fn service_checks(prefix: &Prefix, exe: &str, started: Instant) -> Result<()> {
             for want in [
                 "EventMessageFile",
                 "REG_EXPAND_SZ",
-                "hivetrack-events.dll",
+                r"Program Files\hivetrack\hivetrack-events.dll",
                 "TypesSupported",
                 "0x7",
             ] {
@@ -632,13 +649,19 @@ fn service_checks(prefix: &Prefix, exe: &str, started: Instant) -> Result<()> {
             let svc = prefix.run_ok("reg-svc", &mut prefix.wine(&["reg", "query", service_key]))?;
             for want in [
                 "ImagePath",
+                r"Program Files\hivetrack\hivetrack.exe",
                 "service run --scm --still-held-after 30",
                 "Start",
                 "0x2",
             ] {
                 ensure!(svc.contains(want), "service key lacks `{want}`:\n{svc}");
             }
-            // Wine's service manager started it: its loop wrote its first event.
+            // The copies it registered, in the prefix's Program Files.
+            for file in ["hivetrack.exe", "hivetrack-events.dll"] {
+                let copy = installed.join(file);
+                ensure!(copy.is_file(), "{} was not copied", copy.display());
+            }
+            // Wine's service manager started the copy: its loop wrote its first event.
             let deadline = Instant::now() + Duration::from_secs(10);
             let written = loop {
                 let text = fs::read_to_string(&jsonl).unwrap_or_default();
@@ -661,7 +684,8 @@ fn service_checks(prefix: &Prefix, exe: &str, started: Instant) -> Result<()> {
                 "hivetracksvc is not running:\n{running}"
             );
             eprintln!(
-                "wine-e2e: hivetracksvc running, wrote: {}",
+                "wine-e2e: hivetracksvc running from {}, wrote: {}",
+                installed.display(),
                 written.lines().next().unwrap_or_default()
             );
             Ok(())
@@ -696,6 +720,12 @@ fn service_checks(prefix: &Prefix, exe: &str, started: Instant) -> Result<()> {
                     thread::sleep(Duration::from_millis(250));
                 }
             }
+            // ... and the copies in Program Files (the service had stopped: nothing in use).
+            ensure!(
+                !installed.exists(),
+                "{} is still there after uninstall",
+                installed.display()
+            );
             Ok(())
         })(),
     )

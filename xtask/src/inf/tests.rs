@@ -349,6 +349,29 @@ fn service_values_are_checked() {
     ] {
         assert_single_failure(&broken(from, to), &[needle]);
     }
+    // The update promise (audit 21c L5): SPSVCINST_NOCLOBBER_STARTTYPE on AddService.
+    assert_single_failure(
+        &broken(
+            "AddService = %ServiceName%,0x00000010,",
+            "AddService = %ServiceName%,0x00000000,",
+        ),
+        &["lack 0x00000010 (SPSVCINST_NOCLOBBER_STARTTYPE)"],
+    );
+    assert_single_failure(
+        &broken(
+            "AddService = %ServiceName%,0x00000010,",
+            "AddService = %ServiceName%,0x00000002,",
+        ),
+        &["lack 0x00000010"],
+    );
+    assert!(
+        broken(
+            "AddService = %ServiceName%,0x00000010,",
+            "AddService = %ServiceName%,0x00000810,",
+        )
+        .failures()
+        .is_empty()
+    );
     // System start (tracking from boot) is the administrator's other choice.
     assert!(
         broken("StartType      = 3", "StartType = 1")
@@ -369,6 +392,12 @@ fn altitude_is_checked() {
     assert_single_failure(&report, &["writes no Parameters\\Altitude"]);
     let report = broken("Altitude, 0x00000002,", "Altitude, 0x00010001,");
     assert_single_failure(&report, &["flags 0x00010001 are not REG_SZ"]);
+    // The update promise (audit 21c L5): without FLG_ADDREG_NOCLOBBER an update resets an
+    // edited altitude; an empty flags field is 0 as well.
+    let report = broken("Altitude, 0x00000002,", "Altitude, 0x00000000,");
+    assert_single_failure(&report, &["lack 0x00000002 (FLG_ADDREG_NOCLOBBER)"]);
+    let report = broken("Altitude, 0x00000002,", "Altitude, ,");
+    assert_single_failure(&report, &["lack 0x00000002"]);
     let report = broken(
         "DefaultAltitude    = \"385217\"",
         "DefaultAltitude = \"high\"",

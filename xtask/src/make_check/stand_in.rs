@@ -1,6 +1,8 @@
 //! The stand-ins `cargo xtask make-check` puts first on `PATH` for the tools of wdk-build
 //! 0.6.0's flow: `rust-script` (wdk-build's `@rust` tasks), `cargo build` (the flow's `build`
-//! task), `stampinf`, `infverif`, `inf2cat`, `makecert`, `certmgr` and `signtool`.
+//! task), `stampinf`, `infverif`, `inf2cat`, `makecert`, `certmgr` and `signtool`; for the
+//! root's tasks, `cargo build` of the CLI (task `cli`) and `mc.exe`, `rc.exe`, `link.exe`
+//! (task `messages`).
 //!
 //! Each is a link to this xtask executable, which acts as the tool its name says
 //! ([`invoked_as`]); `cargo` runs the real cargo for every other command. Each records its arguments in the
@@ -17,6 +19,12 @@
 //!   for the Linux host; the stand-in puts the image `cargo xtask build` cross-built
 //!   (`$MAKE_CHECK_IMAGE`) where cargo would put `hivetrack.dll`, and a placeholder PDB (the
 //!   Linux cross build links with lld-link and writes none).
+//! - `cargo build` in the `cli` task: the profile must be a cargo profile name (not a
+//!   cargo-make variable left unexpanded); writes a placeholder `hivetrack.exe`.
+//! - `mc.exe` / `rc.exe` / `link.exe`: mc writes the `.h`, the `.rc` naming `MSG00001.bin`
+//!   and that file; rc requires every file the `.rc` names to be found from its working
+//!   folder; link requires `/dll /noentry /machine:x64` and the `.res`; each writes a
+//!   placeholder (nothing is compiled).
 //! - `stampinf`: requires the INF and a known architecture, sets `DriverVer` (`-d *`: today)
 //!   and `CatalogFile` (`-c`), replaces `$ARCH$`, in place.
 //! - `infverif`: runs the project's INF rules (`xtask::inf::check_inf`) on the stamped INF.
@@ -52,7 +60,11 @@ pub const TOOLS: &[&str] = &[
     "signtool",
 ];
 
-/// Links each [`TOOLS`] name in `bin` to this xtask executable, which runs the stand-in when
+/// The SDK tools the root's `messages` task runs, stood in for as `<name>.exe` (the task runs
+/// them by that name, as a Windows `PATH` finds them).
+pub const EXE_TOOLS: &[&str] = &["mc", "rc", "link"];
+
+/// Links each [`TOOLS`] name (and each [`EXE_TOOLS`] name with `.exe`) in `bin` to this xtask executable, which runs the stand-in when
 /// called by one of those names ([`invoked_as`]). Not `sh` scripts: `sh` drops environment
 /// variables whose names are not shell identifiers, and wdk-build forwards
 /// `WDK_BUILD_METADATA-DRIVER_MODEL-DRIVER_TYPE` to its later scripts through the environment.
@@ -62,8 +74,12 @@ pub const TOOLS: &[&str] = &[
 pub fn write_stand_ins(bin: &Path) -> Result<()> {
     fs::create_dir_all(bin)?;
     let exe = std::env::current_exe()?;
-    for tool in TOOLS {
-        let link = bin.join(tool);
+    let names = TOOLS
+        .iter()
+        .map(|t| (*t).to_owned())
+        .chain(EXE_TOOLS.iter().map(|t| format!("{t}.exe")));
+    for tool in names {
+        let link = bin.join(&tool);
         let _ = fs::remove_file(&link);
         #[cfg(unix)]
         std::os::unix::fs::symlink(&exe, &link)
@@ -79,16 +95,16 @@ pub fn write_stand_ins(bin: &Path) -> Result<()> {
 pub fn invoked_as() -> Option<&'static str> {
     let argv0 = std::env::args_os().next()?;
     let name = Path::new(&argv0).file_stem()?.to_str()?.to_owned();
-    TOOLS.iter().copied().find(|t| *t == name)
+    TOOLS.iter().chain(EXE_TOOLS).copied().find(|t| *t == name)
 }
 
 /// Runs the stand-in `tool` with this process's arguments and exits; `cargo` runs the
 /// real cargo (`$MAKE_CHECK_REAL_CARGO`) for anything but the `build` task's `cargo build`.
 pub fn main(tool: &str) -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = std::env::var("CARGO_MAKE_CURRENT_TASK_NAME").unwrap_or_default();
     if tool == "cargo"
-        && !(args.first().is_some_and(|a| a == "build")
-            && std::env::var("CARGO_MAKE_CURRENT_TASK_NAME").is_ok_and(|t| t == "build"))
+        && !(args.first().is_some_and(|a| a == "build") && (task == "build" || task == "cli"))
     {
         let real = std::env::var_os("MAKE_CHECK_REAL_CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(real).args(&args).status();
@@ -122,7 +138,13 @@ pub fn main(tool: &str) -> std::process::ExitCode {
 fn run(tool: &str, args: &[String]) -> Result<()> {
     let result = match tool {
         "rust-script" => rust_script(args),
+        "cargo" if std::env::var("CARGO_MAKE_CURRENT_TASK_NAME").is_ok_and(|t| t == "cli") => {
+            cli_build(args)
+        }
         "cargo" => cargo_build(args),
+        "mc" => mc(args),
+        "rc" => rc(args),
+        "link" => link(args),
         "stampinf" => stampinf(args),
         "infverif" => infverif(args),
         "inf2cat" => inf2cat(args),
@@ -677,6 +699,104 @@ fn cargo_build(args: &[String]) -> Result<()> {
         image.display(),
         out.join(format!("{name}.dll")).display()
     );
+    Ok(())
+}
+
+/// `cargo build --package hivetrack-cli --profile <p>` for the root's `cli` task: the profile
+/// must be a cargo profile name (`dev`, `release`), not a variable cargo-make left
+/// unexpanded; writes a placeholder `target/<dev: debug | p>/hivetrack.exe` in the root.
+fn cli_build(args: &[String]) -> Result<()> {
+    record("cargo-cli", args, &json!({}))?;
+    ensure!(
+        arg_after(args, "--package") == Some("hivetrack-cli"),
+        "the cli task builds something else: {args:?}"
+    );
+    let profile = arg_after(args, "--profile").context("the cli task gives no --profile")?;
+    ensure!(
+        !profile.is_empty()
+            && profile
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "--profile {profile:?} is not a cargo profile name (a cargo-make variable left \
+         unexpanded?)"
+    );
+    let dir = std::env::current_dir()?
+        .join("target")
+        .join(if profile == "dev" { "debug" } else { profile });
+    fs::create_dir_all(&dir)?;
+    fs::write(
+        dir.join("hivetrack.exe"),
+        "make-check placeholder: the CLI is cross-built by `cargo xtask build`\n",
+    )?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ SDK tools
+
+/// `mc.exe -h <dir> -r <dir> <file.mc>`: writes `<stem>.h` into `-h`, and `<stem>.rc` naming
+/// `MSG00001.bin` plus that file into `-r` (what mc.exe writes for a one-language table).
+fn mc(args: &[String]) -> Result<()> {
+    record("mc", args, &json!({}))?;
+    let h = Path::new(arg_after(args, "-h").context("no -h <dir>")?);
+    let r = Path::new(arg_after(args, "-r").context("no -r <dir>")?);
+    let source = Path::new(args.last().context("no .mc file")?);
+    ensure!(source.is_file(), "{} does not exist", source.display());
+    ensure!(
+        h.is_dir() && r.is_dir(),
+        "-h {} / -r {} must exist",
+        h.display(),
+        r.display()
+    );
+    let stem = source
+        .file_stem()
+        .context("a file name")?
+        .to_string_lossy()
+        .into_owned();
+    fs::write(h.join(format!("{stem}.h")), "// make-check placeholder\n")?;
+    fs::write(
+        r.join(format!("{stem}.rc")),
+        "LANGUAGE 0x9,0x1\r\n1 11 \"MSG00001.bin\"\r\n",
+    )?;
+    fs::write(r.join("MSG00001.bin"), "make-check placeholder\n")?;
+    Ok(())
+}
+
+/// `rc.exe [/nologo] /fo <res> <file.rc>`: every file the script names must be found from
+/// the current folder (where the task runs it).
+fn rc(args: &[String]) -> Result<()> {
+    record("rc", args, &json!({}))?;
+    let res = Path::new(arg_after(args, "/fo").context("no /fo <res>")?);
+    let script = Path::new(args.last().context("no .rc file")?);
+    let text =
+        fs::read_to_string(script).with_context(|| format!("cannot read {}", script.display()))?;
+    for named in text.split('"').skip(1).step_by(2) {
+        ensure!(
+            Path::new(named).is_file(),
+            "{} names {named}, which is not in {}",
+            script.display(),
+            std::env::current_dir()?.display()
+        );
+    }
+    fs::write(res, "make-check placeholder\n")?;
+    Ok(())
+}
+
+/// `link.exe /dll /noentry /machine:x64 /out:<dll> <res>`: a resource-only x64 DLL.
+fn link(args: &[String]) -> Result<()> {
+    record("link", args, &json!({}))?;
+    for flag in ["/dll", "/noentry", "/machine:x64"] {
+        ensure!(
+            args.iter().any(|a| a.eq_ignore_ascii_case(flag)),
+            "no {flag}: {args:?}"
+        );
+    }
+    let out = args
+        .iter()
+        .find_map(|a| a.strip_prefix("/out:"))
+        .context("no /out:<dll>")?;
+    let res = args.last().context("no .res")?;
+    ensure!(Path::new(res).is_file(), "{res} does not exist");
+    fs::write(out, "make-check placeholder: a resource-only DLL\n")?;
     Ok(())
 }
 
