@@ -5,6 +5,7 @@ use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
+use protocol::holders::HiveKind;
 
 use crate::budget::{Budgeted, TopDropper};
 use crate::capture::Capture;
@@ -54,6 +55,28 @@ pub struct Config {
     /// Keys the hashes of stored stacks ([`crate::stacks`]) and names ([`crate::names`]); the
     /// driver gives a per-boot value.
     pub hash_seed: u64,
+}
+
+/// What a process's new holding of a hive is charged against its share. For an application
+/// hive: the holding's block, the hive's record and its mount and file names at their
+/// largest (a block each). Any user can load application hives (`RegLoadAppKey` needs no
+/// privilege, Microsoft Learn, `RegLoadAppKeyW`), and one the process keeps a key open in
+/// stays recorded for as long as it does ([`crate::hives`]): charged to nobody, one
+/// process's app hives took the whole budget (audit 21b F4). The largest names are charged,
+/// not the actual ones, so that the charge given back when the holding goes is the one taken
+/// whatever happened to the hive's file name meanwhile (a load again at the mount replaces
+/// it). A regular hive is loaded by an administrator and its holdings are bounded by the
+/// hives there are: not charged (the shares' calibration stays records, names and keys).
+#[must_use]
+pub const fn holding_charge(kind: HiveKind) -> u64 {
+    match kind {
+        HiveKind::App => {
+            crate::budget::pool_cost(crate::processes::HOLDING_CLASS.size())
+                + crate::budget::pool_cost(crate::hives::HIVE_CLASS.size())
+                + 2 * crate::budget::pool_cost(crate::pool::BlockClass::B4096.size())
+        }
+        HiveKind::Regular => 0,
+    }
 }
 
 /// The default budget: 112 MiB.
@@ -631,12 +654,21 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             // naming was put off: the driver names it ([`Self::attention`]).
             bump(&self.counters.attention);
         }
-        if !self.within_share(proc, charge) {
+        let hive_id = hive_of(hive).id;
+        let held = proc.holding(hive_id);
+        // A new holding is charged too, with what it keeps alive when the hive is an
+        // application hive ([`holding_charge`]); given back when the holding goes.
+        let hold_charge = if held.is_some() {
+            0
+        } else {
+            holding_charge(hive_of(hive).kind)
+        };
+        if !self.within_share(proc, charge + hold_charge) {
             return Err(NotTracked::Share);
         }
-        let hive_id = hive_of(hive).id;
-        let holding = proc.holding(hive_id).or_else(|| {
+        let holding = held.or_else(|| {
             let h = new_holding(&self.pool, hive, lp.process)?;
+            locked_add64(&proc.charged, hold_charge);
             HiveTable::<L>::add_ref(hive);
             hive_of(hive).holders.fetch_add(1, Relaxed);
             self.counters.holdings.fetch_add(1, Relaxed);
@@ -1144,12 +1176,20 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             } else {
                 ENTRY_COST
             };
-            locked_sub64(&proc.charged, RECORD_COST + name_charge + key_charge);
             if rec.stack.load(Relaxed) != 0 {
                 locked_sub32(&proc.stacked, 1);
             }
             hive_of(hive).open_keys.fetch_sub(1, Relaxed);
             let emptied = hold.count.load(Relaxed) == 0;
+            let hold_charge = if emptied {
+                holding_charge(hive_of(hive).kind)
+            } else {
+                0
+            };
+            locked_sub64(
+                &proc.charged,
+                RECORD_COST + name_charge + key_charge + hold_charge,
+            );
             if emptied {
                 proc.remove_holding(hold_ptr);
                 self.hives
