@@ -143,13 +143,13 @@ fn capture_input(rng: &mut Rng, hive: &[u16]) -> (u32, Vec<u8>, &'static str) {
     (protocol::ioctl::IOCTL_HIVETRACK_CAPTURE, b, "capture")
 }
 
-/// An event-stream request answered at once (timeout 0), from any place.
+/// An event-stream request from any place: answered at once (timeout 0) or waiting (1 ms,
+/// 30 s or no timeout: the fuzz cancels a request that pends), for any page size.
 fn events_input(rng: &mut Rng) -> (u32, Vec<u8>, &'static str) {
-    // The event stream, answered at once (timeout 0), from any place.
     let req = protocol::events::EventsRequest {
         after: [0, 1, rng.next() % 64, u64::MAX][rng.below(4)],
-        timeout_ms: 0,
-        max_records: u32::try_from(rng.below(4)).unwrap_or(0),
+        timeout_ms: [0, 0, 1, 30_000, protocol::events::EventsRequest::NO_TIMEOUT][rng.below(5)],
+        max_records: [0, 1, 2, 3, u32::MAX][rng.below(5)],
     };
     let mut b = vec![0u8; 64];
     let len = protocol::wire::encode(&req, &mut b).unwrap_or(0);
