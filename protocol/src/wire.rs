@@ -650,11 +650,12 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, DecodeError> {
     })
 }
 
-/// Decodes a message of kind `M` from `buf`, which must be the message exactly: the header's
-/// size must be `buf`'s length and cover the body exactly. A caller passes the bytes it
-/// received (an IOCTL's input length, an answer's returned length), so that no two byte
-/// strings decode to the same message: trailing bytes are refused, not ignored (audit 21b
-/// F9).
+/// Decodes a message of kind `M` from `buf`, which must be the message exactly.
+///
+/// The header's size must be `buf`'s length and cover the body exactly. A caller passes the
+/// bytes it received (an IOCTL's input length, an answer's returned length), so that no two
+/// byte strings decode to the same message: trailing bytes are refused, not ignored (audit
+/// 21b F9).
 ///
 /// # Errors
 /// A [`DecodeError`] for any malformed input; [`DecodeError::SizeMismatch`] when `buf`

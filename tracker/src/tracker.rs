@@ -57,8 +57,9 @@ pub struct Config {
     pub hash_seed: u64,
 }
 
-/// What a process's new holding of a hive is charged against its share. For an application
-/// hive: the holding's block, the hive's record and its mount and file names at their
+/// What a process's new holding of a hive is charged against its share.
+///
+/// For an application hive: the holding's block, the hive's record and its mount and file names at their
 /// largest (a block each). Any user can load application hives (`RegLoadAppKey` needs no
 /// privilege, Microsoft Learn, `RegLoadAppKeyW`), and one the process keeps a key open in
 /// stays recorded for as long as it does ([`crate::hives`]): charged to nobody, one
