@@ -5,9 +5,9 @@
 //! | offset | size | field                                                        |
 //! |--------|------|--------------------------------------------------------------|
 //! | 0      | 2    | query ([`QueryKind`]); must match the IOCTL it is sent with  |
-//! | 2      | 2    | flags ([`QueryRequest::FLAG_SUMMARY_ONLY`]; other bits zero)  |
-//! | 4      | 4    | max records per page, 0 = as many as fit the output buffer   |
-//! | 8      | 40   | cursor ([`Cursor::START`] for the first page)                |
+//! | 2      | 2    | flags ([`QueryRequest::FLAG_SUMMARY_ONLY`], holders only; other bits zero) |
+//! | 4      | 4    | max records per page, 0 = as many as fit the output buffer (stats: 0) |
+//! | 8      | 40   | cursor ([`Cursor::START`] for the first page; stats: always) |
 //! | 48     | 2+2n | hive path, length-prefixed UTF-16 (holders only, else empty) |
 
 use crate::cursor::{CURSOR_LEN, Cursor};
@@ -106,6 +106,17 @@ impl<'a> Message<'a> for QueryRequest<'a> {
         if query != QueryKind::Holders && !hive.is_empty() {
             return Err(DecodeError::InvalidField { field: "hive" });
         }
+        // Canonical: a field a query does not use must hold its neutral value, so that a
+        // client's mistake (a summary flag on a listing, a cursor sent to stats) is refused,
+        // not silently ignored (audit 21b F9).
+        if query != QueryKind::Holders && flags & Self::FLAG_SUMMARY_ONLY != 0 {
+            return Err(DecodeError::InvalidField { field: "flags" });
+        }
+        if query == QueryKind::Stats && (max_records != 0 || cursor != Cursor::START) {
+            return Err(DecodeError::InvalidField {
+                field: "stats paging",
+            });
+        }
         Ok(Self {
             query,
             flags,
@@ -147,7 +158,7 @@ mod tests {
         let mut buf = [0u8; 96];
         let n = encode(&sample(), &mut buf).unwrap();
         assert_eq!(buf[..n], GOLDEN);
-        assert_eq!(decode::<QueryRequest<'_>>(&buf).unwrap(), sample());
+        assert_eq!(decode::<QueryRequest<'_>>(&buf[..n]).unwrap(), sample());
         for kind in 1..=8 {
             let q = QueryRequest {
                 query: QueryKind::from_u16(kind).unwrap(),
@@ -158,6 +169,67 @@ mod tests {
             };
             let n = encode(&q, &mut buf).unwrap();
             assert_eq!(decode::<QueryRequest<'_>>(&buf[..n]).unwrap(), q);
+        }
+    }
+
+    /// Audit 21b F9: a request with a trailing byte, a summary flag on a listing and paging
+    /// on stats each decoded (and were ignored); all are refused now.
+    #[test]
+    fn refuses_trailing_bytes_and_fields_its_query_does_not_use() {
+        let hives = QueryRequest {
+            query: QueryKind::Hives,
+            flags: 0,
+            max_records: 0,
+            cursor: Cursor::START,
+            hive: Text::EMPTY,
+        };
+        let mut buf = [0u8; 128];
+        let n = encode(&hives, &mut buf).unwrap();
+        assert_eq!(decode::<QueryRequest<'_>>(&buf[..n]).unwrap(), hives);
+        buf[n] = 0xEE;
+        assert!(matches!(
+            decode::<QueryRequest<'_>>(&buf[..=n]),
+            Err(DecodeError::SizeMismatch { .. })
+        ));
+        let refused = |q: QueryRequest<'_>| {
+            let mut buf = [0u8; 128];
+            let n = encode(&q, &mut buf).unwrap();
+            decode::<QueryRequest<'_>>(&buf[..n]).err()
+        };
+        for kind in 2..=8 {
+            let q = QueryRequest {
+                query: QueryKind::from_u16(kind).unwrap(),
+                flags: QueryRequest::FLAG_SUMMARY_ONLY,
+                ..hives
+            };
+            assert_eq!(
+                refused(q),
+                Some(DecodeError::InvalidField { field: "flags" }),
+                "{q:?}"
+            );
+        }
+        let stats = QueryRequest {
+            query: QueryKind::Stats,
+            ..hives
+        };
+        assert_eq!(refused(stats), None);
+        let paged = [
+            QueryRequest {
+                max_records: 1,
+                ..stats
+            },
+            QueryRequest {
+                cursor: Cursor([0, 0, 0, 0, 1]),
+                ..stats
+            },
+        ];
+        for q in paged {
+            assert_eq!(
+                refused(q),
+                Some(DecodeError::InvalidField {
+                    field: "stats paging"
+                })
+            );
         }
     }
 

@@ -250,11 +250,22 @@ mod tests {
         assert!(decode::<VersionInfo>(&bad).is_err());
     }
 
+    /// Decoding is canonical: bytes past the declared size are refused, not ignored (audit
+    /// 21b F9: every IOCTL accepted up to its maximum length of trailing garbage).
     #[test]
-    fn trailing_bytes_after_size_are_ignored() {
+    fn trailing_bytes_after_size_are_refused() {
         let mut buf = [0xEEu8; 80];
         buf[..56].copy_from_slice(&GOLDEN);
-        assert_eq!(decode::<VersionInfo>(&buf).unwrap(), sample());
+        assert_eq!(decode::<VersionInfo>(&buf[..56]).unwrap(), sample());
+        for extra in [1, 24] {
+            assert_eq!(
+                decode::<VersionInfo>(&buf[..56 + extra]),
+                Err(DecodeError::SizeMismatch {
+                    declared: 56,
+                    actual: 56 + extra
+                })
+            );
+        }
     }
 
     #[test]

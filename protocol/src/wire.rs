@@ -650,13 +650,24 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, DecodeError> {
     })
 }
 
-/// Decodes a message of kind `M` from `buf`. The header's size must cover the body exactly;
-/// bytes after `size` in `buf` are ignored (an output buffer may be larger than the answer).
+/// Decodes a message of kind `M` from `buf`, which must be the message exactly.
+///
+/// The header's size must be `buf`'s length and cover the body exactly. A caller passes the
+/// bytes it received (an IOCTL's input length, an answer's returned length), so that no two
+/// byte strings decode to the same message: trailing bytes are refused, not ignored (audit
+/// 21b F9).
 ///
 /// # Errors
-/// A [`DecodeError`] for any malformed input.
+/// A [`DecodeError`] for any malformed input; [`DecodeError::SizeMismatch`] when `buf`
+/// holds more than the message.
 pub fn decode<'a, M: Message<'a>>(buf: &'a [u8]) -> Result<M, DecodeError> {
     let header = decode_header(buf)?;
+    if header.size as usize != buf.len() {
+        return Err(DecodeError::SizeMismatch {
+            declared: header.size,
+            actual: buf.len(),
+        });
+    }
     if header.kind != M::KIND {
         return Err(DecodeError::WrongKind {
             expected: M::KIND,

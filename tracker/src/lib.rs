@@ -56,6 +56,6 @@ pub use processes::ProcessKey;
 pub use queries::{MAX_QUERY_PATH, QueryError, query_path};
 pub use tracker::{
     Config, ConfigError, DEFAULT_BUDGET_BYTES, MAX_BUDGET_BYTES, MIN_BUDGET_BYTES, NotTracked,
-    Tracker,
+    Tracker, holding_charge,
 };
 pub use watch::{HiveFree, WatchedHive};

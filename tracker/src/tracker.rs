@@ -5,6 +5,7 @@ use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 use protocol::history::{MAX_UNLOAD_HOLDERS, UnloadRecord};
+use protocol::holders::HiveKind;
 
 use crate::budget::{Budgeted, TopDropper};
 use crate::capture::Capture;
@@ -54,6 +55,29 @@ pub struct Config {
     /// Keys the hashes of stored stacks ([`crate::stacks`]) and names ([`crate::names`]); the
     /// driver gives a per-boot value.
     pub hash_seed: u64,
+}
+
+/// What a process's new holding of a hive is charged against its share.
+///
+/// For an application hive: the holding's block, the hive's record and its mount and file names at their
+/// largest (a block each). Any user can load application hives (`RegLoadAppKey` needs no
+/// privilege, Microsoft Learn, `RegLoadAppKeyW`), and one the process keeps a key open in
+/// stays recorded for as long as it does ([`crate::hives`]): charged to nobody, one
+/// process's app hives took the whole budget (audit 21b F4). The largest names are charged,
+/// not the actual ones, so that the charge given back when the holding goes is the one taken
+/// whatever happened to the hive's file name meanwhile (a load again at the mount replaces
+/// it). A regular hive is loaded by an administrator and its holdings are bounded by the
+/// hives there are: not charged (the shares' calibration stays records, names and keys).
+#[must_use]
+pub const fn holding_charge(kind: HiveKind) -> u64 {
+    match kind {
+        HiveKind::App => {
+            crate::budget::pool_cost(crate::processes::HOLDING_CLASS.size())
+                + crate::budget::pool_cost(crate::hives::HIVE_CLASS.size())
+                + 2 * crate::budget::pool_cost(crate::pool::BlockClass::B4096.size())
+        }
+        HiveKind::Regular => 0,
+    }
 }
 
 /// The default budget: 112 MiB.
@@ -631,27 +655,52 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             // naming was put off: the driver names it ([`Self::attention`]).
             bump(&self.counters.attention);
         }
-        if !self.within_share(proc, charge) {
+        // A new holding of an application hive is charged too, with what it keeps alive
+        // ([`holding_charge`], 0 for a regular hive), given back when the holding goes. The
+        // share must have room for it at every open in the hive, held or not: one compare
+        // less on the fresh open's path (the bench's fresh open makes a holding each time),
+        // and a process holding an app hive keeps that much of its share free.
+        let hold_charge = holding_charge(hive_of(hive).kind);
+        if !self.within_share(proc, charge + hold_charge) {
             return Err(NotTracked::Share);
         }
         let hive_id = hive_of(hive).id;
-        let holding = proc.holding(hive_id).or_else(|| {
-            let h = new_holding(&self.pool, hive, lp.process)?;
-            HiveTable::<L>::add_ref(hive);
-            hive_of(hive).holders.fetch_add(1, Relaxed);
-            self.counters.holdings.fetch_add(1, Relaxed);
-            proc.insert_holding(h);
-            self.hives
-                .with_holdings(hive, true, |head| Holding::link_in_hive(head, h));
-            Some(h)
-        });
-        let Some(h) = holding else {
-            bump(&self.counters.opens_dropped_no_memory_holding);
-            return Err(NotTracked::NoMemory);
+        let h = match proc.holding(hive_id) {
+            Some(h) => h,
+            None => self.hold_new(proc, lp.process, hive, hold_charge)?,
         };
         let alarm = self.link_counted(proc, h, rec, charge, time);
         lp.unlock();
         Ok(alarm)
+    }
+
+    /// A new holding of `hive` for `proc` (its lock held, `process` its record), linked in
+    /// the process's and the hive's lists, and charged `hold_charge` ([`holding_charge`],
+    /// within the share: the caller checked), which [`Self::remove`] gives back.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path: a fresh open makes a holding (issue 14)"
+    )]
+    #[inline(always)]
+    fn hold_new(
+        &self,
+        proc: &Process<L>,
+        process: NonNull<Process<L>>,
+        hive: NonNull<Hive>,
+        hold_charge: u64,
+    ) -> Result<NonNull<Holding<L>>, NotTracked> {
+        let Some(h) = new_holding(&self.pool, hive, process) else {
+            bump(&self.counters.opens_dropped_no_memory_holding);
+            return Err(NotTracked::NoMemory);
+        };
+        locked_add64(&proc.charged, hold_charge);
+        HiveTable::<L>::add_ref(hive);
+        hive_of(hive).holders.fetch_add(1, Relaxed);
+        self.counters.holdings.fetch_add(1, Relaxed);
+        proc.insert_holding(h);
+        self.hives
+            .with_holdings(hive, true, |head| Holding::link_in_hive(head, h));
+        Ok(h)
     }
 
     /// A held key's open, without its hive shard's lock (issue 14: a held key's open takes
@@ -1151,6 +1200,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             hive_of(hive).open_keys.fetch_sub(1, Relaxed);
             let emptied = hold.count.load(Relaxed) == 0;
             if emptied {
+                // What the holding was charged when it was made ([`holding_charge`]).
+                locked_sub64(&proc.charged, holding_charge(hive_of(hive).kind));
                 proc.remove_holding(hold_ptr);
                 self.hives
                     .with_holdings(hive, true, |head| Holding::unlink_from_hive(head, hold_ptr));

@@ -8,11 +8,12 @@
 
 mod support;
 
+use protocol::holders::HiveKind;
 use support::{SysPool, w};
 use tracker::objects::RECORD_COST;
 use tracker::{
     Config, DEFAULT_BUDGET_BYTES, NotTracked, ProcessKey, Tracker, budget::pool_cost,
-    names::MAX_NAME_UNITS,
+    holding_charge, names::MAX_NAME_UNITS,
 };
 
 type T<'a> = Tracker<&'a SysPool, support::ParkingLock>;
@@ -83,6 +84,70 @@ fn a_process_flooding_long_distinct_names_is_dropped_at_its_share_and_named() {
         t.opened(1_000_000 + i, p, 1, &name, 1, i).unwrap();
     }
     assert_eq!(t.stats().opens_dropped_process_share, refused);
+}
+
+/// Audit 21b F4: any user can load application hives (`RegLoadAppKey`), and one it keeps
+/// a key open in stays recorded with its file name (up to a 4 KiB block). Charged to
+/// nobody, 1,790 of them took the whole 8 MiB budget while their process was charged 175 KB
+/// of its 2 MiB share, and every other process's opens were dropped. Now each holding of an
+/// app hive is charged the hive's record and names: the loader is stopped at its share,
+/// named as the top dropper, and another process's open is tracked. On the old code this
+/// fails at the other process's open (`NoMemory`).
+#[test]
+fn app_hives_of_one_process_are_charged_to_it_and_leave_room_for_others() {
+    let pool = SysPool::default();
+    let t = tracker(&pool, Config::default().with_budget(8 << 20));
+    let loader = proc(0x51);
+    let deep = "d".repeat(2_000);
+    let (mut kept, mut refused) = (0u64, 0u64);
+    let mut keys = Vec::new();
+    for i in 0..4_000u64 {
+        let mount = format!(r"\REGISTRY\A\{{{i:08X}-0000-0000-0000-000000000000}}");
+        let file = format!(r"\??\C:\Users\u\{deep}\h{i}.dat");
+        t.hive_loaded(&w(&mount), &w(&file), 1);
+        match t.opened(10 + i, loader, 1, &w(&mount), 1, 2) {
+            Ok(token) => {
+                kept += 1;
+                keys.push((token, 10 + i));
+            }
+            Err(NotTracked::Share) => refused += 1,
+            Err(e) => panic!("app hive {i}: {e:?}"),
+        }
+    }
+    let s = t.stats();
+    println!(
+        "app hives: {kept} kept, {refused} refused; budget used {} of {}; share {}",
+        s.budget_used_bytes, s.budget_bytes, s.process_share_bytes
+    );
+    let each = holding_charge(HiveKind::App) + RECORD_COST;
+    assert_eq!(
+        kept,
+        s.process_share_bytes / each,
+        "charged per app hive held"
+    );
+    assert_eq!(s.opens_dropped_process_share, refused);
+    assert_eq!(
+        (
+            s.top_dropper_pid,
+            s.top_dropper_start_key,
+            s.top_dropper_drops
+        ),
+        (loader.pid, loader.start_key, refused),
+        "the loader is named"
+    );
+    let other = proc(0x204);
+    let r = t.opened(1, other, 1, &w(&format!(r"{USER}\Software\Other")), 1, 3);
+    assert!(r.is_ok(), "another process's open was dropped: {r:?}");
+    // Closing the app hives gives their charge back: the loader can hold as many again.
+    for (token, object) in keys {
+        t.object_destroyed(token, object);
+    }
+    let mount = w(r"\REGISTRY\A\{FFFFFFFF-0000-0000-0000-000000000000}");
+    t.hive_loaded(&mount, &w(r"\??\C:\h.dat"), 1);
+    assert!(
+        t.opened(5, loader, 1, &mount, 1, 4).is_ok(),
+        "charge given back"
+    );
 }
 
 #[test]

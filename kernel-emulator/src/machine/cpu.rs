@@ -102,6 +102,25 @@ pub fn system_process() -> usize {
     SYSTEM_PROCESS.load(Ordering::Acquire)
 }
 
+/// Every emulated processor's KPCR and KTHREAD pages, and the System process's EPROCESS.
+static PROCESSOR_PAGES: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// The address ranges of [`enter_thread`]'s fake processor structures (KPCR, KPRCB,
+/// KTHREAD) and of the System process's EPROCESS: kernel addresses a driver can read
+/// (`PsGetCurrentThread`, `PsInitialSystemProcess`) and must never copy into an answer.
+#[must_use]
+pub fn processor_pages() -> Vec<(usize, usize)> {
+    let mut v = PROCESSOR_PAGES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let system = system_process();
+    if system != 0 {
+        v.push((system, system + 0x1000));
+    }
+    v
+}
+
 /// A zeroed, page-aligned allocation that lives for the rest of the process.
 fn leak_zeroed(len: usize) -> usize {
     let layout = std::alloc::Layout::from_size_align(len, 4096).expect("valid layout");
@@ -139,6 +158,10 @@ pub fn enter_thread(number: u32) {
     let kpcr = leak_zeroed(0x2000);
     let prcb = kpcr + KPCR_PRCB;
     let thread = leak_zeroed(0x1000);
+    PROCESSOR_PAGES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .extend([(kpcr, kpcr + 0x2000), (thread, thread + 0x1000)]);
     // SAFETY: all addresses below lie inside the two fresh allocations above.
     unsafe {
         put(kpcr + 0x18, kpcr); // KPCR.Self

@@ -274,6 +274,16 @@ pub fn all_samples() -> Vec<(&'static str, Vec<u8>)> {
                 text: Text::Units(IMAGE),
             }),
         ),
+        (
+            "version",
+            bytes_of(&protocol::version::VersionInfo {
+                major: 1,
+                minor: 2,
+                patch: 3,
+                capabilities: protocol::version::VersionInfo::CAP_EVENTS,
+                build_id: protocol::version::BuildId::new("g1a2b3c4"),
+            }),
+        ),
         ("stats", stats_buf),
         ("request", req_buf),
         (
@@ -296,6 +306,14 @@ pub fn all_samples() -> Vec<(&'static str, Vec<u8>)> {
                     global_lost: 4,
                     global_lost_since: 5,
                 },
+            }),
+        ),
+        (
+            "events_request",
+            bytes_of(&protocol::events::EventsRequest {
+                after: 41,
+                timeout_ms: 30_000,
+                max_records: 7,
             }),
         ),
         (

@@ -425,13 +425,15 @@ fn stacks_after_exit(ctx: &mut Ctx) {
     ctx.unload_and_check_clean(&mut d);
 }
 
-/// Every byte of every answer below the kernel half: no kernel address in `r`'s output
-/// (frames are user addresses; a kernel one must never be reported).
-fn has_kernel_address(bytes: &[u8]) -> bool {
+/// A kernel address in `bytes`: any 8 bytes in the kernel half, or in a range the model's
+/// kernel objects live in ([`super::ioctl_fuzz::kernel_ranges`]: the emulator's key objects,
+/// processes and pool are at Linux user addresses, which the first test cannot see). Frames
+/// are user addresses; a kernel one must never be reported.
+fn has_kernel_address(bytes: &[u8], ranges: &[(u64, u64)]) -> bool {
     bytes.windows(8).any(|w| {
         let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
         v >= 0xFFFF_8000_0000_0000 && v != u64::MAX
-    })
+    }) || super::ioctl_fuzz::kernel_address_in(bytes, ranges).is_some()
 }
 
 #[allow(
@@ -498,6 +500,10 @@ fn stacks_hostile(ctx: &mut Ctx) {
         format!("KernelFrame: the stack ends before the kernel address: {k:?} {stacks:x?}"),
     );
     let units: Vec<u16> = USER.encode_utf16().collect();
+    let ranges = super::ioctl_fuzz::kernel_ranges((
+        d.image.base as u64,
+        (d.image.base + d.image.size) as u64,
+    ));
     for kind in [QueryKind::Stacks, QueryKind::Modules, QueryKind::Holders] {
         let hive: &[u16] = if kind == QueryKind::Holders {
             &units
@@ -507,7 +513,7 @@ fn stacks_hostile(ctx: &mut Ctx) {
         let input = Client::request(kind, hive, Cursor::START);
         let r = ctx.ioctl_checked(c.h, protocol::ioctl::query_ioctl(kind), &input, OUT_LEN);
         ctx.check(
-            r.status == STATUS_SUCCESS && !has_kernel_address(&r.output[..r.information]),
+            r.status == STATUS_SUCCESS && !has_kernel_address(&r.output[..r.information], &ranges),
             format!("{kind:?}: no kernel address in the answer"),
         );
     }

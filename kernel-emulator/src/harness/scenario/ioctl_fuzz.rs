@@ -3,8 +3,9 @@
 //! values, truncated, extended, sent to another code, with odd output sizes) through the
 //! real driver. Each query is sent twice with different poison bytes in the system buffer
 //! (any difference is uninitialised output); every answer is scanned for a kernel address
-//! (any 8 bytes, at any offset, that point into a live pool block or the driver image); a
-//! failure returns no bytes; a success decodes.
+//! (any 8 bytes, at any offset, that point into a live pool block, the driver image, a key
+//! object's page, a key id, a process or thread object: [`kernel_ranges`]); a failure
+//! returns no bytes; a success decodes.
 //!
 //! The size is `HIVETRACK_FUZZ_INPUTS` (default 20,000 in the suite); `cargo xtask
 //! fuzz-ioctl --inputs N` sets it.
@@ -67,22 +68,40 @@ impl Rng {
     }
 }
 
-/// Kernel address ranges now: live pool blocks and the driver image, sorted.
-fn kernel_ranges(image: (u64, u64)) -> Vec<(u64, u64)> {
+/// Kernel address ranges now, sorted: every address the driver could store and copy out —
+/// live pool blocks, the driver image, the key objects' pages (the `Object` of every
+/// registry callback, which the tracker keeps per record), the key ids handed out (on
+/// Windows, key control block addresses), the fake EPROCESS/ETHREAD pages and the emulated
+/// processors' KPCR/KTHREAD pages. Key objects and processes are not pool blocks in the
+/// model (own mappings and heap pages), so a scan of the pool alone could not see them
+/// (audit 21b F2).
+pub(super) fn kernel_ranges(image: (u64, u64)) -> Vec<(u64, u64)> {
     let mut v: Vec<(u64, u64)> = kernel::with(|k| {
-        k.pool
+        let mut v: Vec<(usize, usize)> = k
+            .pool
             .blocks
             .iter()
-            .map(|(&a, b)| (a as u64, (a + b.size.max(1)) as u64))
-            .collect()
-    });
+            .map(|(&a, b)| (a, a + b.size.max(1)))
+            .collect();
+        let ids = k.hives.key_id_range();
+        if ids.1 > ids.0 {
+            v.push(ids);
+        }
+        v.extend(k.processes.object_pages());
+        v
+    })
+    .into_iter()
+    .chain(hive::key_object_regions())
+    .chain(crate::machine::cpu::processor_pages())
+    .map(|(a, b)| (a as u64, b as u64))
+    .collect();
     v.push(image);
     v.sort_unstable();
     v
 }
 
 /// The first offset of `bytes` where 8 bytes read as a little-endian value fall in a range.
-fn kernel_address_in(bytes: &[u8], ranges: &[(u64, u64)]) -> Option<(usize, u64)> {
+pub(super) fn kernel_address_in(bytes: &[u8], ranges: &[(u64, u64)]) -> Option<(usize, u64)> {
     let lo = ranges.first().map_or(u64::MAX, |r| r.0);
     let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
     bytes.windows(8).enumerate().find_map(|(i, w)| {
@@ -124,13 +143,13 @@ fn capture_input(rng: &mut Rng, hive: &[u16]) -> (u32, Vec<u8>, &'static str) {
     (protocol::ioctl::IOCTL_HIVETRACK_CAPTURE, b, "capture")
 }
 
-/// An event-stream request answered at once (timeout 0), from any place.
+/// An event-stream request from any place: answered at once (timeout 0) or waiting (1 ms,
+/// 30 s or no timeout: the fuzz cancels a request that pends), for any page size.
 fn events_input(rng: &mut Rng) -> (u32, Vec<u8>, &'static str) {
-    // The event stream, answered at once (timeout 0), from any place.
     let req = protocol::events::EventsRequest {
         after: [0, 1, rng.next() % 64, u64::MAX][rng.below(4)],
-        timeout_ms: 0,
-        max_records: u32::try_from(rng.below(4)).unwrap_or(0),
+        timeout_ms: [0, 0, 1, 30_000, protocol::events::EventsRequest::NO_TIMEOUT][rng.below(5)],
+        max_records: [0, 1, 2, 3, u32::MAX][rng.below(5)],
     };
     let mut b = vec![0u8; 64];
     let len = protocol::wire::encode(&req, &mut b).unwrap_or(0);
@@ -328,6 +347,40 @@ fn ioctl_fuzz(ctx: &mut Ctx) {
         kernel_address_in(&planted, &ranges) == Some((13, some_block)),
         "the kernel-address scan finds a pool address planted at offset 13",
     );
+    // And the addresses the driver is handed that are not pool: a live key object (a
+    // callback's `Object`), a key id (a KCB's address on Windows), the opener's EPROCESS and
+    // this processor's KTHREAD.
+    let held_object = held
+        .first()
+        .and_then(|&(pid, k)| kernel::with(|kk| kk.hives.handles.get(&(pid, k)).copied()));
+    let held_id = held_object.and_then(|o| kernel::with(|kk| kk.hives.identify(o)).map(|i| i.0));
+    let others = [
+        ("a live key object", held_object.map(|o| o as u64 + 0x18)),
+        ("a key id", held_id.map(|i| i as u64)),
+        (
+            "a process object",
+            held.first()
+                .and_then(|&(pid, _)| {
+                    kernel::with(|kk| kk.processes.processes.get(&pid).map(|p| p.eprocess))
+                })
+                .map(|e| e as u64 + 8),
+        ),
+        (
+            "this processor's thread object",
+            Some(crate::machine::cpu::current_thread() as u64),
+        ),
+    ];
+    for (what, addr) in others {
+        let found = addr.and_then(|a| {
+            let mut b = vec![0u8; 41];
+            b[5..13].copy_from_slice(&a.to_le_bytes());
+            kernel_address_in(&b, &ranges)
+        });
+        ctx.check(
+            found.is_some_and(|(at, _)| at == 5),
+            format!("the kernel-address scan finds {what} planted at offset 5 ({addr:x?})"),
+        );
+    }
     let (mut sent, mut ok, mut refused, mut waits) = (0u64, 0u64, 0u64, 0u64);
     let mut bad = 0u64;
     let mut statuses = std::collections::BTreeMap::new();

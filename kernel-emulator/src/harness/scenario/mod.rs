@@ -23,6 +23,7 @@ pub mod soak;
 pub mod stacks;
 pub mod test_driver;
 pub mod tracking;
+pub mod tracking_off;
 pub mod truth;
 pub mod wait_free;
 
@@ -114,6 +115,7 @@ impl Scenario {
 pub fn all() -> Vec<Scenario> {
     let mut v = hivetrack::scenarios();
     v.extend(tracking::scenarios());
+    v.extend(tracking_off::scenarios());
     v.extend(procmon::scenarios());
     v.extend(wait_free::scenarios());
     v.extend(truth::scenarios());

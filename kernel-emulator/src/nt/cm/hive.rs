@@ -214,6 +214,10 @@ impl UnloadEvent {
     }
 }
 
+/// The first key id the model hands out, and the distance between two (a KCB's size, say).
+const KEY_ID_BASE: usize = 0x4B00_0000;
+const KEY_ID_STRIDE: usize = 0x40;
+
 /// Registry state.
 #[derive(Debug, Default)]
 pub struct HiveState {
@@ -487,13 +491,23 @@ impl HiveState {
     /// reuses LIFO — the earliest and most confusing reuse the mechanism allows, on purpose
     /// (adversarial). hivetrack frees its cache entry at the object's context cleanup, before
     /// either.
+    /// The range every key id handed out so far lies in: on Windows an id is the key
+    /// control block's address ([`Self::key_id`]), so one in an answer is a kernel address.
+    #[must_use]
+    pub const fn key_id_range(&self) -> (usize, usize) {
+        (
+            KEY_ID_BASE,
+            KEY_ID_BASE + self.minted_key_ids * KEY_ID_STRIDE,
+        )
+    }
+
     fn key_id(&mut self, key: &str) -> usize {
         if let Some(&id) = self.key_ids.get(key) {
             return id;
         }
         let id = self.free_key_ids.pop().unwrap_or_else(|| {
             self.minted_key_ids += 1;
-            0x4B00_0000 + (self.minted_key_ids - 1) * 0x40
+            KEY_ID_BASE + (self.minted_key_ids - 1) * KEY_ID_STRIDE
         });
         self.key_ids.insert(key.to_string(), id);
         id
@@ -809,17 +823,15 @@ impl HiveState {
 /// would hit Linux's `vm.max_map_count` (65,530) long before the 65,602 open keys of the leak
 /// scenario. A freed page is made inaccessible, never reused.
 fn alloc_object_page() -> usize {
-    const REGION: usize = 16 << 20;
-    static NEXT: std::sync::Mutex<(usize, usize)> = std::sync::Mutex::new((0, 0));
-    let mut g = NEXT
+    let mut g = OBJECT_PAGES
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if g.0 == g.1 {
+    if g.0.0 == g.0.1 {
         // SAFETY: a fresh anonymous mapping.
         let m = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                REGION,
+                OBJECT_REGION,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -827,11 +839,32 @@ fn alloc_object_page() -> usize {
             )
         };
         assert!(m != libc::MAP_FAILED, "key object mmap failed");
-        *g = (m as usize, m as usize + REGION);
+        let region = (m as usize, m as usize + OBJECT_REGION);
+        g.0 = region;
+        g.1.push(region);
     }
-    let page = g.0;
-    g.0 += 4096;
+    let page = g.0.0;
+    g.0.0 += 4096;
     page
+}
+
+/// The size of one region key-object pages are cut from.
+const OBJECT_REGION: usize = 16 << 20;
+/// Key-object pages: (next free page, end of its region), and every region mapped so far.
+type ObjectPages = ((usize, usize), Vec<(usize, usize)>);
+static OBJECT_PAGES: std::sync::Mutex<ObjectPages> = std::sync::Mutex::new(((0, 0), Vec::new()));
+
+/// Every address range a key object was or is in: the regions key-object pages are cut
+/// from. A driver that stored a key object's address (the `Object` of every registry
+/// callback) and copied it into an answer would leak a kernel address: the IOCTL fuzz scans
+/// answers for these (audit 21b F2).
+#[must_use]
+pub fn key_object_regions() -> Vec<(usize, usize)> {
+    OBJECT_PAGES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .1
+        .clone()
 }
 
 fn free_object_page(addr: usize) {

@@ -138,6 +138,20 @@ pub struct ProcessState {
 }
 
 impl ProcessState {
+    /// Every fake EPROCESS and ETHREAD page handed out and still allocated (live processes,
+    /// exited ones still referenced, threads): addresses a driver gets from `Ps*` routines
+    /// and must never copy into an answer (the IOCTL fuzz scans for them).
+    #[must_use]
+    pub fn object_pages(&self) -> Vec<(usize, usize)> {
+        self.processes
+            .values()
+            .map(|p| p.eprocess)
+            .chain(self.exited.values().copied())
+            .chain(self.threads.keys().copied())
+            .map(|a| (a, a + 0x1000))
+            .collect()
+    }
+
     /// Notify routines left registered, as leak lines.
     #[must_use]
     pub fn leaks(&self) -> Vec<String> {
