@@ -215,16 +215,26 @@ fn a_deferred_unload_stays_listed_after_the_last_key_until_the_hive_list_loses_i
 
 #[test]
 fn a_pending_hive_no_read_ever_listed_is_not_taken_as_gone() {
-    // `CmLoadKey` ignores `CmpAddToHiveFileList`'s failure (WRK `cmapi.c`): a hive can be loaded
-    // and not in the list. Only a value a read saw, then lost, says the hive unloaded.
+    // A hive with no load notification and no value a read saw (an implicit hive: keys seen
+    // under a mount no load named): only a value that was there, then lost, says the hive
+    // unloaded. A whole check that does not find it stops wanting checks for it (review 21a,
+    // M1: every query re-read the list for good).
     let pool = CountingPool::new(Failure::Never, true);
     let t = tracker(&pool);
     t.tracking_started(5);
-    t.hive_loaded(&w(USER), &w(""), 10);
+    t.opened(0x20, P1, 7, &w(&format!(r"{USER}\Software")), 1, 11)
+        .unwrap();
+    assert_eq!(state_of(&t, USER), Some(HiveState::Implicit));
     t.hive_unload_pending(&w(USER));
+    assert!(t.unload_check_wanted());
+    assert_eq!(check(&t, &[], false), 0);
+    assert!(t.unload_check_wanted(), "a partial read proves nothing");
     assert_eq!(check(&t, &[], true), 0);
     assert_eq!(state_of(&t, USER), Some(HiveState::UnloadPending));
-    assert!(t.unload_check_wanted(), "still to be checked");
+    assert!(
+        !t.unload_check_wanted(),
+        "no later read can retire it: no more reads for it"
+    );
     // A load cancels the unload (the same file at the same spot): loaded, not pending.
     t.hive_loaded(&w(USER), &w(""), 20);
     assert_eq!(state_of(&t, USER), Some(HiveState::Loaded));
@@ -234,6 +244,29 @@ fn a_pending_hive_no_read_ever_listed_is_not_taken_as_gone() {
         Some(HiveState::Loaded),
         "a loaded hive is never retired"
     );
+    assert!(!t.unload_check_wanted());
+}
+
+#[test]
+fn a_notified_load_counts_as_listed() {
+    // Review 21a, M1: `CmLoadKey` adds the hive's value before its caller sends the load's
+    // post-notification (WRK `cmapi.c`), so the deferred unload of a hive loaded after the
+    // driver started is retired by the first whole check that misses the value, even when no
+    // query ran while the value was there (the normal logoff: nobody asks within 5 s). Until
+    // then it stayed unload-pending for good. A hive whose value `CmpAddToHiveFileList`
+    // failed to add (rare) is retired too: forgotten, an answer about it says "unknown hive".
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.tracking_started(5);
+    t.hive_loaded(&w(USER), &w(""), 10);
+    assert!(!t.unload_check_wanted(), "nothing pending: no read wanted");
+    t.hive_unload_pending(&w(USER));
+    assert!(t.unload_check_wanted());
+    assert_eq!(check(&t, &[], false), 0, "a partial read retires nothing");
+    assert_eq!(state_of(&t, USER), Some(HiveState::UnloadPending));
+    assert_eq!(check(&t, &[], true), 1);
+    assert_eq!(state_of(&t, USER), None);
+    assert_eq!(holders_state(&t, USER), None, "an unknown hive, never free");
     assert!(!t.unload_check_wanted());
 }
 
