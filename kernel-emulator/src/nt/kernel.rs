@@ -147,11 +147,10 @@ fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
         }
     }
     let top = (cpu::rsp() - 128) & !7;
-    let (bottom, outermost) = match PAINTED_BOTTOM.with(std::cell::Cell::get) {
-        // Nested: below our frame, the outer call's region holds the pattern or its dead
-        // frames; scanning it from its bottom finds how deep the stack went.
-        Some(outer) => (outer, None),
-        None => {
+    // Nested: below our frame, the outer call's region holds the pattern or its dead frames;
+    // scanning it from its bottom finds how deep the stack went.
+    let (bottom, outermost) = PAINTED_BOTTOM.with(std::cell::Cell::get).map_or_else(
+        || {
             let bottom = top - STACK_PAINT;
             let mut p = bottom;
             while p < top {
@@ -162,8 +161,9 @@ fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
             }
             PAINTED_BOTTOM.with(|b| b.set(Some(bottom)));
             (bottom, Some(Outermost))
-        }
-    };
+        },
+        |outer| (outer, None),
+    );
     let r = f();
     let mut p = bottom;
     // SAFETY: as above; the region is still mapped and below our frame.
