@@ -148,22 +148,21 @@ fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
     }
     let top = (cpu::rsp() - 128) & !7;
     // Nested: below our frame, the outer call's region holds the pattern or its dead frames;
-    // scanning it from its bottom finds how deep the stack went.
-    let (bottom, outermost) = PAINTED_BOTTOM.with(std::cell::Cell::get).map_or_else(
-        || {
-            let bottom = top - STACK_PAINT;
-            let mut p = bottom;
-            while p < top {
-                // SAFETY: [bottom, top) is unused stack of this thread, below the live frames
-                // and inside its (64 MiB) mapping.
-                unsafe { std::ptr::write_volatile(p as *mut u64, STACK_PATTERN) };
-                p += 8;
-            }
-            PAINTED_BOTTOM.with(|b| b.set(Some(bottom)));
-            (bottom, Some(Outermost))
-        },
-        |outer| (outer, None),
-    );
+    // scanning it from its bottom finds how deep the stack went. (No call between the paint
+    // and `f`: a callee's frame lies below `top` and the paint would overwrite it.)
+    let nested = PAINTED_BOTTOM.with(std::cell::Cell::get);
+    let bottom = nested.unwrap_or(top - STACK_PAINT);
+    let outermost = nested.is_none().then_some(Outermost);
+    if outermost.is_some() {
+        PAINTED_BOTTOM.with(|b| b.set(Some(bottom)));
+        let mut p = bottom;
+        while p < top {
+            // SAFETY: [bottom, top) is unused stack of this thread, below the live frames and
+            // inside its (64 MiB) mapping.
+            unsafe { std::ptr::write_volatile(p as *mut u64, STACK_PATTERN) };
+            p += 8;
+        }
+    }
     let r = f();
     let mut p = bottom;
     // SAFETY: as above; the region is still mapped and below our frame.
