@@ -975,8 +975,9 @@ impl<L: RawLock> HiveTable<L> {
 
     /// The check begun with [`Self::unload_check_begin`] (which returned `begun`) is over.
     /// `whole`: its reads saw every value of a list that held still. Then every hive still
-    /// marked unseen that is still unload-pending with no tracked key, and whose value an
-    /// earlier read saw, is retired as unloaded: Windows deletes a hive's value only once it
+    /// marked unseen that is still unload-pending with no tracked key, and whose value was
+    /// there once (an earlier read saw it, or its load was notified: [`Self::loaded`]), is
+    /// retired as unloaded: Windows deletes a hive's value only once it
     /// has unlinked the hive (WRK `cmapi.c` `CmUnloadKey`: `CmpDestroyHive`, then
     /// `CmpRemoveFromHiveFileList`; its files close just after, on the same thread), and
     /// nothing else does. A hive loaded again meanwhile is `Loaded`, one pending only since
@@ -1026,7 +1027,8 @@ impl<L: RawLock> HiveTable<L> {
     }
 
     /// Retires one hive of `s` that [`Self::unload_check_end`] takes as unloaded (regular,
-    /// unload-pending, no tracked key, listed once and unseen by this check), if there is one,
+    /// unload-pending, no tracked key, listed (read or notified load) and unseen by this
+    /// check), if there is one,
     /// with what [`Self::retire_locked`] gives (the hive to free after the lock, if nothing
     /// refers to it).
     fn retire_one_unseen(s: &Shard<L>) -> Unseen {
