@@ -35,8 +35,7 @@
 //! - a deferred unload (`NtUnloadKeyEx` with an event) is reported once, as `STATUS_PENDING`, and
 //!   completes later with no notification (the emulator's `td-deferred-unload`, after the
 //!   Windows Research Kernel's `CmpLateUnloadHiveWorker`). The hive is marked
-//!   [`HiveState::UnloadPending`]; when its last tracked key goes it is taken as unloaded only
-//!   [`HiveState::UnloadPending`], and stays so after its last tracked key goes: Windows
+//!   [`HiveState::UnloadPending`] and stays so after its last tracked key goes: Windows
 //!   completes the unload only after the delayed dereference of the closed keys' control
 //!   blocks, up to about 5 s later (WRK `cmdelay.c`, `cmdelete.c` `CmpDoQueueLateUnloadWorker`;
 //!   the emulator's `td-deferred-unload`), and keys the tracker cannot see (opened before
@@ -47,9 +46,13 @@
 //!   `PASSIVE_LEVEL` (the driver's, before a query is answered: [`HiveTable::unload_check_begin`])
 //!   finds its value gone — the late unload deletes it after unlinking the hive (WRK
 //!   `cmdelete.c` `CmpLateUnloadHiveWorker` → `cmapi.c` `CmUnloadKey` → `cmhvlist.c`
-//!   `CmpRemoveFromHiveFileList`) — provided an earlier read saw the value (a load whose
-//!   `CmpAddToHiveFileList` failed is loaded but unlisted: `cmapi.c` `CmLoadKey` ignores its
-//!   result), or when a load at the mount makes it loaded again. At most
+//!   `CmpRemoveFromHiveFileList`) — provided the value was there once: a read saw it, or the
+//!   hive's load was notified (`CmLoadKey` adds the value before its caller sends the
+//!   post-notification; review 21a, M1: a hive loaded after the driver started was retired
+//!   only if a query ran in the ≤5 s window) — or it stays, loaded again, when a load at the
+//!   mount cancels the unload. A load whose `CmpAddToHiveFileList` failed is loaded but
+//!   unlisted (`cmapi.c` `CmLoadKey` ignores its result): a check may retire it while its late
+//!   unload is still to run, which only forgets it, as below. At most
 //!   [`IDLE_PENDING_HIVES`] such records with no tracked key that the tracker can vouch for
 //!   are kept per shard; past them the oldest is forgotten, as before (an answer about it
 //!   says "unknown hive", and `hivetrack wait` asks the kernel).
@@ -233,10 +236,11 @@ pub struct HiveTable<L> {
     next_id: AtomicU32,
     /// Unloads seen while the start-up seed reads the hive list ([`crate::seed_window`]).
     pub(crate) seed: SeedWindow,
-    /// Non-zero while a regular hive may be unload-pending: deferred unloads marked since the
-    /// last check of the hive list, plus the pending hives that check left
-    /// ([`Self::unload_check_wanted`]). May say more than there is (a reload cancelled one),
-    /// never less.
+    /// Non-zero while a regular hive may be unload-pending and a read of the hive list may
+    /// retire it: deferred unloads marked since the last check of the hive list, plus the
+    /// pending hives that check left that a later read can retire (not those a whole check
+    /// found never listed) ([`Self::unload_check_wanted`]). May say more than there is (a
+    /// reload cancelled one), never less.
     pending_hint: AtomicU32,
 }
 
@@ -773,10 +777,25 @@ impl<L: RawLock> HiveTable<L> {
             };
             let hive = hive_of(h);
             hive.state.store(HiveState::Loaded as u8, Relaxed);
-            // Read from the list: its value is there. Loaded (again): whether its value made
-            // it into the list is not known until a read sees it (WRK `cmapi.c` `CmLoadKey`
-            // ignores `CmpAddToHiveFileList`'s failure).
-            hive.list.store(if seeded { LISTED } else { 0 }, Relaxed);
+            // Read from the list: its value is there. Loaded (a successful load's post): its
+            // value is there too, as a rule: `CmLoadKey` adds it once the hive is linked and
+            // before it returns, so before the post-notification its caller sends (WRK
+            // `cmapi.c` `CmLoadKey`: `CmpLinkHiveToMaster`, then `CmpAddToHiveFileList`;
+            // `ntapi.c` `NtLoadKeyEx` calls `CmLoadKey`); a reload of the same file at the same
+            // spot keeps the value its first load added (`CmpIsHiveAlreadyLoaded`). Until
+            // review 21a (M1) only a read of the list marked it, so the deferred unload of a
+            // hive loaded after the driver started (every logon's profile) was never retired
+            // unless a query ran while its value was still listed. The rare exception:
+            // `CmLoadKey` ignores `CmpAddToHiveFileList`'s failure, so such a hive is loaded
+            // but unlisted, and a check may retire it while it is pending and still loaded
+            // (its last tracked key gone, its late unload not yet run). Retired, the record is
+            // only forgotten, as every pending hive was until 2026-12-06: an answer about it
+            // never says free (`holders` answers "unknown hive"; `hivetrack wait` asks the
+            // kernel whether the hive is still loaded). Storing (not or-ing) also clears an
+            // unseen mark: a check under way never retires a hive loaded meanwhile. An
+            // application hive is never in the list.
+            let listed = seeded || hive.kind == HiveKind::Regular;
+            hive.list.store(if listed { LISTED } else { 0 }, Relaxed);
             if let Some(t) = load_time {
                 hive.loaded_time.store(t, Relaxed);
             }
@@ -956,8 +975,9 @@ impl<L: RawLock> HiveTable<L> {
 
     /// The check begun with [`Self::unload_check_begin`] (which returned `begun`) is over.
     /// `whole`: its reads saw every value of a list that held still. Then every hive still
-    /// marked unseen that is still unload-pending with no tracked key, and whose value an
-    /// earlier read saw, is retired as unloaded: Windows deletes a hive's value only once it
+    /// marked unseen that is still unload-pending with no tracked key, and whose value was
+    /// there once (an earlier read saw it, or its load was notified: [`Self::loaded`]), is
+    /// retired as unloaded: Windows deletes a hive's value only once it
     /// has unlinked the hive (WRK `cmapi.c` `CmUnloadKey`: `CmpDestroyHive`, then
     /// `CmpRemoveFromHiveFileList`; its files close just after, on the same thread), and
     /// nothing else does. A hive loaded again meanwhile is `Loaded`, one pending only since
@@ -984,8 +1004,17 @@ impl<L: RawLock> HiveTable<L> {
             }
             let _g = Exclusive::new(&s.lock);
             find(&s.live, |h| {
-                h.list.fetch_and(!UNSEEN, Relaxed);
-                if h.kind == HiveKind::Regular && h.state() == HiveState::UnloadPending {
+                let list = h.list.fetch_and(!UNSEEN, Relaxed);
+                // After a whole check, a pending hive no read ever listed is not in the list
+                // (an implicit hive, or a load whose value was not added): no later read can
+                // retire it, so it does not keep queries reading the list (review 21a, M1:
+                // the hint never dropped to 0 and every query re-read the list for good). A
+                // load at its mount makes it loaded and listed; a new pending unload of it
+                // counts again ([`Self::unload_pending`]).
+                if h.kind == HiveKind::Regular
+                    && h.state() == HiveState::UnloadPending
+                    && (!whole || list & LISTED != 0)
+                {
                     left += 1;
                 }
                 false
@@ -998,7 +1027,8 @@ impl<L: RawLock> HiveTable<L> {
     }
 
     /// Retires one hive of `s` that [`Self::unload_check_end`] takes as unloaded (regular,
-    /// unload-pending, no tracked key, listed once and unseen by this check), if there is one,
+    /// unload-pending, no tracked key, listed (read or notified load) and unseen by this
+    /// check), if there is one,
     /// with what [`Self::retire_locked`] gives (the hive to free after the lock, if nothing
     /// refers to it).
     fn retire_one_unseen(s: &Shard<L>) -> Unseen {

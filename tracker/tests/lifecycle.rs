@@ -12,6 +12,7 @@ use support::*;
 use tracker::{Config, QueryError, Tracker};
 
 const USER: &str = r"\REGISTRY\USER\S-1-5-21-1-2-3-1001";
+const SYSTEM: &str = r"\REGISTRY\MACHINE\SYSTEM";
 
 fn tracker(pool: &CountingPool) -> TestTracker<'_> {
     Tracker::new(pool, Config::default()).unwrap()
@@ -215,16 +216,26 @@ fn a_deferred_unload_stays_listed_after_the_last_key_until_the_hive_list_loses_i
 
 #[test]
 fn a_pending_hive_no_read_ever_listed_is_not_taken_as_gone() {
-    // `CmLoadKey` ignores `CmpAddToHiveFileList`'s failure (WRK `cmapi.c`): a hive can be loaded
-    // and not in the list. Only a value a read saw, then lost, says the hive unloaded.
+    // A hive with no load notification and no value a read saw (an implicit hive: keys seen
+    // under a mount no load named): only a value that was there, then lost, says the hive
+    // unloaded. A whole check that does not find it stops wanting checks for it (review 21a,
+    // M1: every query re-read the list for good).
     let pool = CountingPool::new(Failure::Never, true);
     let t = tracker(&pool);
     t.tracking_started(5);
-    t.hive_loaded(&w(USER), &w(""), 10);
+    t.opened(0x20, P1, 7, &w(&format!(r"{USER}\Software")), 1, 11)
+        .unwrap();
+    assert_eq!(state_of(&t, USER), Some(HiveState::Implicit));
     t.hive_unload_pending(&w(USER));
+    assert!(t.unload_check_wanted());
+    assert_eq!(check(&t, &[], false), 0);
+    assert!(t.unload_check_wanted(), "a partial read proves nothing");
     assert_eq!(check(&t, &[], true), 0);
     assert_eq!(state_of(&t, USER), Some(HiveState::UnloadPending));
-    assert!(t.unload_check_wanted(), "still to be checked");
+    assert!(
+        !t.unload_check_wanted(),
+        "no later read can retire it: no more reads for it"
+    );
     // A load cancels the unload (the same file at the same spot): loaded, not pending.
     t.hive_loaded(&w(USER), &w(""), 20);
     assert_eq!(state_of(&t, USER), Some(HiveState::Loaded));
@@ -234,6 +245,29 @@ fn a_pending_hive_no_read_ever_listed_is_not_taken_as_gone() {
         Some(HiveState::Loaded),
         "a loaded hive is never retired"
     );
+    assert!(!t.unload_check_wanted());
+}
+
+#[test]
+fn a_notified_load_counts_as_listed() {
+    // Review 21a, M1: `CmLoadKey` adds the hive's value before its caller sends the load's
+    // post-notification (WRK `cmapi.c`), so the deferred unload of a hive loaded after the
+    // driver started is retired by the first whole check that misses the value, even when no
+    // query ran while the value was there (the normal logoff: nobody asks within 5 s). Until
+    // then it stayed unload-pending for good. A hive whose value `CmpAddToHiveFileList`
+    // failed to add (rare) is retired too: forgotten, an answer about it says "unknown hive".
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.tracking_started(5);
+    t.hive_loaded(&w(USER), &w(""), 10);
+    assert!(!t.unload_check_wanted(), "nothing pending: no read wanted");
+    t.hive_unload_pending(&w(USER));
+    assert!(t.unload_check_wanted());
+    assert_eq!(check(&t, &[], false), 0, "a partial read retires nothing");
+    assert_eq!(state_of(&t, USER), Some(HiveState::UnloadPending));
+    assert_eq!(check(&t, &[], true), 1);
+    assert_eq!(state_of(&t, USER), None);
+    assert_eq!(holders_state(&t, USER), None, "an unknown hive, never free");
     assert!(!t.unload_check_wanted());
 }
 
@@ -392,4 +426,120 @@ fn an_implicit_hive_goes_with_its_last_tracked_key_unless_it_lost_one() {
         );
     }
     assert_eq!(pool.outstanding_blocks(), 0);
+}
+
+/// Review 21a, M1 (R1; its four tests failed before a notified load counted as listed): the
+/// common logoff. The profile is loaded (notified) after the driver started, a key
+/// is held, the deferred unload goes pending, the key closes, and the late unload completes
+/// (value deleted) before anybody runs a query (no check ran while the value was there).
+/// Every later check sees a whole list without the value. Before the fix the record was
+/// never retired (never listed), so `holders` said "unload-pending: loaded, file in use" for a
+/// hive Windows unloaded, and every query re-read the hive list for the driver's life.
+#[test]
+fn review21a_r1_a_late_unload_done_before_any_query_is_retired() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.tracking_started(5);
+    t.hive_seeded(&w(SYSTEM), &w(""));
+    t.hive_loaded(&w(USER), &w(r"\??\C:\Users\u\NTUSER.DAT"), 10);
+    let tok = t
+        .opened(0x20, P1, 7, &w(&format!(r"{USER}\Software")), 1, 11)
+        .unwrap();
+    t.unload_attempted(&w(USER), 0x103, 12);
+    t.hive_unload_pending(&w(USER));
+    t.handle_closed(tok, 0x20);
+    t.object_destroyed(tok, 0x20);
+    // ... 5 s later the late unload deletes the value; the first query comes after that.
+    let mut retired = 0;
+    for _ in 0..5 {
+        retired += check(&t, &[SYSTEM], true);
+    }
+    assert!(
+        !t.unload_check_wanted(),
+        "every query re-reads the hive list for the driver's life"
+    );
+    assert_eq!(
+        (retired, state_of(&t, USER)),
+        (1, None),
+        "a hive Windows unloaded is still reported unload-pending (loaded, file in use)"
+    );
+}
+
+/// R1b: the same with one global loss (no vouch): nothing caps these records, so they must
+/// be retired, or distinct deferred unloads pile up (before the fix: 301 records for 300,
+/// bounded only by the byte budget).
+#[test]
+fn review21a_r1b_unvouched_never_listed_pending_records_do_not_pile_up() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.tracking_started(5);
+    t.lost_globally(6);
+    t.hive_seeded(&w(SYSTEM), &w(""));
+    for n in 0..300u64 {
+        let m = format!(r"\REGISTRY\USER\S-1-5-21-9-9-9-{n}");
+        t.hive_loaded(&w(&m), &w(""), 10);
+        let obj = 0x1000 + n;
+        let tok = t
+            .opened(obj, P1, 7, &w(&format!(r"{m}\Software")), 1, 11)
+            .unwrap();
+        t.hive_unload_pending(&w(&m));
+        t.handle_closed(tok, obj);
+        t.object_destroyed(tok, obj);
+    }
+    for _ in 0..3 {
+        check(&t, &[SYSTEM], true);
+    }
+    let kept = hives(&t).len();
+    assert!(
+        kept <= 16 * 5 + 1,
+        "{kept} records for 300 completed deferred unloads"
+    );
+}
+
+/// Sanity for the holders answer in R1's state.
+#[test]
+fn review21a_r1c_holders_does_not_answer_for_a_gone_hive() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.tracking_started(5);
+    t.hive_loaded(&w(USER), &w(""), 10);
+    t.hive_unload_pending(&w(USER));
+    check(&t, &[], true);
+    check(&t, &[], true);
+    let mut buf = [0u8; 4096];
+    let n = t.holders(&w(USER), &Cursor::START, 0, 0, &mut buf);
+    assert!(n.is_err(), "holders still answers for the hive: {n:?}");
+}
+
+/// R1d: the user's next logon after a deferred unload the driver retired is a fresh load,
+/// with its time. Before the fix the record stayed pending (never listed), and the reload
+/// took it as "may have completed unseen": load time 0, so that hive's answers could never
+/// vouch for its keys again.
+#[test]
+fn review21a_r1d_the_next_logon_after_a_retired_unload_has_its_load_time() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.tracking_started(5);
+    t.hive_seeded(&w(SYSTEM), &w(""));
+    t.hive_loaded(&w(USER), &w(r"\??\C:\Users\u\NTUSER.DAT"), 10);
+    assert!(
+        !t.unload_check_wanted(),
+        "nothing pending: no read of the list wanted"
+    );
+    t.hive_unload_pending(&w(USER));
+    check(&t, &[SYSTEM], true);
+    t.hive_loaded(&w(USER), &w(r"\??\C:\Users\u\NTUSER.DAT"), 40);
+    let mut time = None;
+    drain::<Hives>(
+        4096,
+        |c, b| t.hives(c, 0, b),
+        |p| {
+            for r in p.records() {
+                if fold_text(&r.mount) == fold(&w(USER)) {
+                    time = Some((r.state, r.loaded_time));
+                }
+            }
+        },
+    );
+    assert_eq!(time, Some((HiveState::Loaded, 40)));
 }

@@ -118,19 +118,50 @@ pub static WATERMARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 const STACK_PAINT: usize = KERNEL_STACK_BYTES + 8 * 1024;
 const STACK_PATTERN: u64 = 0x6b65_6d75_5f73_746b;
 
-/// Paints the unused stack below the caller, runs `f`, measures how deep it went, and paints
-/// the frames it used again (dead once it returned).
+std::thread_local! {
+    /// The bottom of the region the outermost driver call on this thread painted, while one
+    /// runs ([`with_stack_watermark`]).
+    static PAINTED_BOTTOM: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Paints the unused stack below the caller, runs `f`, measures how deep it went, and, for
+/// the outermost driver call of the thread, paints the frames it used again (dead once it
+/// returned).
+///
+/// A driver call nested in another on the same thread (the driver's Zw* call reaching its own
+/// registry callback, a notification inside `CmRegisterCallbackEx`) runs on the same kernel
+/// stack, below the outer call's live frames, inside the region the outer call painted: it
+/// neither paints nor poisons, so its frames count in the outer call's depth (review 21a, M2:
+/// poisoning after every call, bcb0671, hid them, and a nested callback's frames were no longer
+/// checked against [`KERNEL_STACK_BYTES`]). Its own depth is measured from its own top down to
+/// the lowest word written in the outer region, which may include dead frames of the outer
+/// call from before it: never less than its real depth, never more than the outer call's.
 /// Emulator threads have stacks far larger than [`STACK_PAINT`].
 #[inline(never)]
 fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    /// Ends the outermost call's mark on this thread, also when `f` unwinds.
+    struct Outermost;
+    impl Drop for Outermost {
+        fn drop(&mut self) {
+            PAINTED_BOTTOM.with(|b| b.set(None));
+        }
+    }
     let top = (cpu::rsp() - 128) & !7;
-    let bottom = top - STACK_PAINT;
-    let mut p = bottom;
-    while p < top {
-        // SAFETY: [bottom, top) is unused stack of this thread, below the live frames and
-        // inside its (64 MiB) mapping.
-        unsafe { std::ptr::write_volatile(p as *mut u64, STACK_PATTERN) };
-        p += 8;
+    // Nested: below our frame, the outer call's region holds the pattern or its dead frames;
+    // scanning it from its bottom finds how deep the stack went. (No call between the paint
+    // and `f`: a callee's frame lies below `top` and the paint would overwrite it.)
+    let nested = PAINTED_BOTTOM.with(std::cell::Cell::get);
+    let bottom = nested.unwrap_or(top - STACK_PAINT);
+    let outermost = nested.is_none().then_some(Outermost);
+    if outermost.is_some() {
+        PAINTED_BOTTOM.with(|b| b.set(Some(bottom)));
+        let mut p = bottom;
+        while p < top {
+            // SAFETY: [bottom, top) is unused stack of this thread, below the live frames and
+            // inside its (64 MiB) mapping.
+            unsafe { std::ptr::write_volatile(p as *mut u64, STACK_PATTERN) };
+            p += 8;
+        }
     }
     let r = f();
     let mut p = bottom;
@@ -139,21 +170,26 @@ fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
         p += 8;
     }
     let depth = top - p;
-    // The driver's frames are dead now: a Windows thread's kernel stack is reused by whatever
-    // it runs next, so the model poisons them at once. A pointer the driver left in the
-    // kernel into its own stack (say, CmRegisterCallbackEx's Altitude string:
-    // [`crate::nt::cm::registry::KeptAltitude`]) then reads the pattern, not the old bytes.
-    while p < top {
-        // SAFETY: as above: [p, top) is below our frame, inside the mapping, and dead.
-        unsafe { std::ptr::write_volatile(p as *mut u64, STACK_PATTERN) };
-        p += 8;
+    if let Some(end) = outermost {
+        // The driver's frames are dead now: a Windows thread's kernel stack is reused by
+        // whatever it runs next, so the model poisons them at once. A pointer the driver left
+        // in the kernel into its own stack (say, CmRegisterCallbackEx's Altitude string:
+        // [`crate::nt::cm::registry::KeptAltitude`]) then reads the pattern, not the old
+        // bytes. Only the outermost call does: its scan has counted every nested call.
+        while p < top {
+            // SAFETY: as above: [p, top) is below our frame, inside the mapping, and dead.
+            unsafe { std::ptr::write_volatile(p as *mut u64, STACK_PATTERN) };
+            p += 8;
+        }
+        drop(end);
     }
     (r, depth)
 }
 
 /// The gate for every call into driver code: labels the operation for reports, measures the
-/// stack high-water mark (a bugcheck 0x7F report past 24 KiB) and poisons the frames the call
-/// used once it returned ([`with_stack_watermark`]), and checks that the driver
+/// stack high-water mark (a bugcheck 0x7F report past 24 KiB; a nested call's frames count in
+/// the outer call's) and poisons the frames the outermost call used once it returned
+/// ([`with_stack_watermark`]), and checks that the driver
 /// returned at the IRQL it was called at, with interrupts enabled.
 pub fn call_driver<R>(operation: &str, f: impl FnOnce() -> R) -> R {
     call_driver_returning_at(operation, None, f)
@@ -218,4 +254,37 @@ pub fn leaks() -> Vec<String> {
     });
     v.extend(crate::nt::ke::sync::leaks());
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_stack_watermark;
+    use std::hint::black_box;
+
+    #[inline(never)]
+    fn frame(bytes: usize) -> u64 {
+        let mut a = [0u8; 8192];
+        for (i, b) in a.iter_mut().take(bytes).enumerate() {
+            *b = u8::try_from(i & 0xFF).unwrap_or(0);
+        }
+        black_box(&mut a);
+        a.iter().map(|&b| u64::from(b)).sum()
+    }
+
+    /// Review 21a, M2: a driver call nested in another (the driver's own Zw* read reaching its
+    /// registry callback, a notification inside CmRegisterCallbackEx) runs on the same kernel
+    /// stack; the outer call's high-water mark must include the nested one's frames. Failed
+    /// ("outer 4360") while every call poisoned its frames at its return.
+    #[test]
+    fn a_nested_driver_call_counts_in_the_outer_depth() {
+        let ((_, inner), outer) = with_stack_watermark(|| {
+            let mut a = [3u8; 4096];
+            black_box(&mut a);
+            let r = with_stack_watermark(|| frame(8192));
+            black_box(&a);
+            r
+        });
+        assert!(inner >= 8192, "inner {inner}");
+        assert!(outer >= 4096 + 8192, "outer {outer} (inner alone {inner})");
+    }
 }

@@ -32,7 +32,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "deferred-unload",
-            "NtUnloadKeyEx on a held hive is accepted as STATUS_PENDING and completes with no notification, up to 5 s after the last key's close: the driver reports the hive unload-pending (hives and holders) also after its last key, while Windows still has it loaded until the delayed dereference runs, and drops it when its read of the hive list before a query finds the value gone, whether or not it saw every key of the hive",
+            "NtUnloadKeyEx on a held hive is accepted as STATUS_PENDING and completes with no notification, up to 5 s after the last key's close: the driver reports the hive unload-pending (hives and holders) also after its last key, while Windows still has it loaded until the delayed dereference runs, and drops it when its read of the hive list before a query finds the value gone, whether or not it saw every key of the hive, and also when no query ran while the unload was pending",
             deferred_unload,
         ),
     ]
@@ -240,6 +240,36 @@ fn gone_after_the_late_unload(ctx: &mut Ctx, h: FileHandle, mount: &str, what: &
     );
 }
 
+/// A second profile, loaded while the driver tracks, whose deferred unload completes with no
+/// query in between: the normal logoff (nobody asks within the 5 s). No read of the hive list
+/// saw its value, but its load was notified, and Windows adds the value before that post
+/// (WRK `cmapi.c` `CmLoadKey`: `CmpAddToHiveFileList`), so the first read after the late
+/// unload drops it. Until review 21a (M1) only a read marked a hive listed: this one stayed
+/// unload-pending ("loaded, file in use") for good, and every query re-read the list.
+fn quiet_logoff(ctx: &mut Ctx, h: FileHandle) {
+    const USER2: &str = r"\REGISTRY\USER\S-1-5-21-1-2-3-1002";
+    let s = hive::load_hive(
+        SYSTEM_PID,
+        USER2,
+        r"\Device\HarddiskVolume2\Users\kemu2\NTUSER.DAT",
+    );
+    ctx.check(s == STATUS_SUCCESS, "a second profile loaded");
+    let p = spawn(ctx, APP2);
+    let key = open_kept(ctx, p, &format!(r"{USER2}\Software\Pending"));
+    let event = pending(ctx, USER2);
+    if let Some(k) = key {
+        let _ = hive::close_key(p, k);
+    }
+    crate::nt::ke::timer::advance(hive::DELAY_DEREF_SECONDS * 1_000);
+    let done = event.and_then(|e| e.wait(std::time::Duration::from_secs(5)));
+    ctx.check(
+        done.is_some(),
+        "with no query in between, its unload completed 5 s after the last close (model)",
+    );
+    gone_after_the_late_unload(ctx, h, USER2, "the second profile (no query while pending)");
+    process::exit_process(p);
+}
+
 #[allow(clippy::many_single_char_names)] // d, h: driver, device; p, q: processes; s: status
 fn deferred_unload(ctx: &mut Ctx) {
     boot_hives(ctx);
@@ -286,6 +316,7 @@ fn deferred_unload(ctx: &mut Ctx) {
         "5 s after the last close (the delayed dereference) the unload completed (model)",
     );
     gone_after_the_late_unload(ctx, h, USER, "the profile");
+    quiet_logoff(ctx, h);
     // The classes hive: keys opened before tracking may hold it, so the driver cannot vouch
     // for the unload completing when its own last key goes.
     let q = spawn(ctx, APP2);
