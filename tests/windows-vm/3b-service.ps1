@@ -49,8 +49,9 @@ Write-Result 'the service runs the copy in Program Files' ("$svcImage" -like "*$
 # The SCM keeps SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO in the service key's RequiredPrivileges
 # (REG_MULTI_SZ), as Windows' own services show; not seen on a VM here.
 $privs = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetracksvc' -ErrorAction SilentlyContinue).RequiredPrivileges
-Write-Result 'the service keeps only SeDebugPrivilege and SeChangeNotifyPrivilege' `
-    ((@($privs) | Sort-Object) -join ',' -eq 'SeChangeNotifyPrivilege,SeDebugPrivilege') "$privs"
+# SeRestorePrivilege: NtQueryOpenSubKeysEx refuses without it (WRK ntapi.c; review 21b, M3).
+Write-Result 'the service keeps only SeDebugPrivilege, SeRestorePrivilege and SeChangeNotifyPrivilege' `
+    ((@($privs) | Sort-Object) -join ',' -eq 'SeChangeNotifyPrivilege,SeDebugPrivilege,SeRestorePrivilege') "$privs"
 $sourceKey = 'HKLM:\SYSTEM\CurrentControlSet\Services\EventLog\Application\hivetrack'
 $source = Get-ItemProperty $sourceKey -ErrorAction SilentlyContinue
 Write-Result 'event source registered' `

@@ -295,17 +295,43 @@ pub fn unsafe_jsonl_message(file: &Path, checked: &Path, role: Role, writers: &[
     )
 }
 
-/// The privileges `hivetracksvc` keeps (audit 21c L3).
+/// The privileges `hivetracksvc` keeps (audit 21c L3): each one a call of the service needs
+/// ([`SERVICE_NEEDS`]).
 ///
-/// Set with `SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO`; the SCM removes every other privilege from its `LocalSystem` token (Learn,
-/// "`SERVICE_REQUIRED_PRIVILEGES_INFOW` structure": "the SCM will remove the privileges that
-/// are not required from the process token when the process starts"). `SeDebugPrivilege`:
-/// the holder lookup opens other sessions' processes for `PROCESS_DUP_HANDLE`
-/// (`windows_handles`); `SeChangeNotifyPrivilege` is never removed anyway (same page) and
-/// is listed to say so. Gone: `SeTcbPrivilege`, `SeLoadDriverPrivilege`,
-/// `SeTakeOwnershipPrivilege`, `SeRestorePrivilege`, `SeBackupPrivilege`,
-/// `SeImpersonatePrivilege`, `SeAssignPrimaryTokenPrivilege`, …
-pub const REQUIRED_PRIVILEGES: &[&str] = &["SeChangeNotifyPrivilege", "SeDebugPrivilege"];
+/// Set with `SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO`; the SCM removes every other privilege
+/// from its `LocalSystem` token (Learn, "`SERVICE_REQUIRED_PRIVILEGES_INFOW` structure": "the
+/// SCM will remove the privileges that are not required from the process token when the
+/// process starts"), so a privilege left out cannot be enabled later. Gone:
+/// `SeTcbPrivilege`, `SeLoadDriverPrivilege`, `SeTakeOwnershipPrivilege`,
+/// `SeBackupPrivilege`, `SeImpersonatePrivilege`, `SeAssignPrimaryTokenPrivilege`, … Until
+/// review 21b (M3) `SeRestorePrivilege` was gone too, and every kernel cross-check of the
+/// service failed (`STATUS_PRIVILEGE_NOT_HELD`): each event said the holders were unseen.
+pub const REQUIRED_PRIVILEGES: &[&str] = &[
+    "SeChangeNotifyPrivilege",
+    "SeDebugPrivilege",
+    "SeRestorePrivilege",
+];
+
+/// What the service calls, and the privilege each call needs.
+///
+/// - `NtQueryOpenSubKeysEx` (`event_service` `recheck` and `hive_keys` → `Client::holders`):
+///   `SeRestorePrivilege`, checked before anything else (Windows Research Kernel
+///   `base/ntos/config/ntapi.c`: `if (!SeSinglePrivilegeCheck(SeRestorePrivilege,
+///   PreviousMode)) return STATUS_PRIVILEGE_NOT_HELD;`). It opens the hive's root with
+///   `KEY_READ` (same function), which `LocalSystem` is granted on hive roots without a
+///   privilege.
+/// - The holder lookup (`windows_handles`) opens other sessions' processes for
+///   `PROCESS_DUP_HANDLE`: `SeDebugPrivilege`.
+/// - `SeChangeNotifyPrivilege` (bypass traverse checking): never removed anyway (Learn, same
+///   page), listed to say so.
+pub const SERVICE_NEEDS: &[(&str, &str)] = &[
+    ("NtQueryOpenSubKeysEx", "SeRestorePrivilege"),
+    (
+        "OpenProcess(PROCESS_DUP_HANDLE) of other sessions",
+        "SeDebugPrivilege",
+    ),
+    ("traverse checking", "SeChangeNotifyPrivilege"),
+];
 
 /// A `REG_MULTI_SZ`-style UTF-16 multi-string: each string NUL-terminated, then one more
 /// NUL (Learn, `SERVICE_REQUIRED_PRIVILEGES_INFOW`: "`String1\0String2\0…LastString\0\0`").
@@ -323,6 +349,18 @@ pub fn multi_sz(items: &[&str]) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SCM strips every privilege not listed (review 21b, M3: `SeRestorePrivilege` was
+    /// not, and the service's `NtQueryOpenSubKeysEx` always failed).
+    #[test]
+    fn the_service_keeps_every_privilege_its_calls_need() {
+        for (call, privilege) in SERVICE_NEEDS {
+            assert!(
+                REQUIRED_PRIVILEGES.contains(privilege),
+                "{call} needs {privilege}, which the SCM would remove"
+            );
+        }
+    }
 
     fn ace(ace_type: u8, flags: u8, mask: u32, sid: &str) -> Ace {
         Ace {
