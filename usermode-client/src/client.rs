@@ -73,11 +73,14 @@ fn opt_text(t: Text<'_>) -> Option<String> {
 /// The state of a hive whose deferred unload (`NtUnloadKeyEx` with an event) is pending.
 pub const UNLOAD_PENDING: &str = "unload-pending";
 
+/// The state of a hive Windows no longer has loaded.
+pub const UNLOADED: &str = "unloaded";
+
 const fn state_name(s: HiveState) -> &'static str {
     match s {
         HiveState::Loaded => "loaded",
         HiveState::Implicit => "implicit",
-        HiveState::Unloaded => "unloaded",
+        HiveState::Unloaded => UNLOADED,
         HiveState::UnloadPending => UNLOAD_PENDING,
     }
 }
@@ -544,6 +547,32 @@ impl<'t> Client<'t> {
             stacks: None,
             verdict: HoldersVerdict::default(),
         };
+        // The kernel's own list of the hive's keys, set against the driver's records below.
+        let kernel = (self.transport.backend() != crate::fallback::BACKEND)
+            .then(|| self.transport.kernel_open_keys(&report.hive.path));
+        if report.hive.state == UNLOAD_PENDING
+            && !crate::wait::is_app_hive(&report.hive.path)
+            && matches!(
+                kernel,
+                Some(Some(Err(TransportError::Request {
+                    code: ERROR_FILE_NOT_FOUND
+                })))
+            )
+        {
+            // Windows no longer has the hive: its deferred unload completed, with no
+            // notification, and the driver keeps the unload-pending record until its next
+            // read of the hive list. Nothing of the hive is left to hold it, so nothing
+            // unseen can either (as `wait` says, `wait::record_gone`). Until review 21b (L3)
+            // this said "the hive is loaded and its file in use", not complete, exit 4 with
+            // `--fail-if-held`.
+            report.hive.state = UNLOADED.to_owned();
+            report.hive.open_keys = 0;
+            report.hive.holders = 0;
+            report.holders.clear();
+            report.source = Source::new(self.transport.backend(), 0, &[]);
+            report.verdict = HoldersVerdict::of(&report);
+            return Ok(report);
+        }
         // The driver's hive listing, read once when needed (held-now's mounts, the load time).
         let mut listing: Option<Vec<ListedHive>> = None;
         if self.transport.backend() != crate::fallback::BACKEND && !summary_only && self.held_now {
@@ -557,7 +586,11 @@ impl<'t> Client<'t> {
                 .cannot_see(crate::fallback::BLIND_SPOT.to_owned());
         } else {
             // The driver's records, set against the kernel's own list of the hive's keys.
-            let kernel = self.kernel_open_keys(&report.hive.path);
+            let kernel = kernel_answer(
+                self.transport.backend(),
+                &report.hive.path,
+                kernel.unwrap_or_default(),
+            );
             let mut driver = crate::coverage::from_driver(&completeness);
             // A key the driver did not see (opened before tracking started, or lost) and
             // deleted since is in neither list (fidelity audit, 2026-12-05): only a hive
@@ -626,14 +659,8 @@ impl<'t> Client<'t> {
     /// # Errors
     /// Why it cannot be had (the backend cannot ask, or the system refused), in words.
     pub fn kernel_open_keys(&mut self, mount: &str) -> Result<Vec<(u64, String)>, String> {
-        match self.transport.kernel_open_keys(mount) {
-            None => Err(format!(
-                "the {} backend cannot ask the kernel (NtQueryOpenSubKeysEx)",
-                self.transport.backend()
-            )),
-            Some(Err(e)) => Err(kernel_failure(mount, &e)),
-            Some(Ok(list)) => Ok(list),
-        }
+        let raw = self.transport.kernel_open_keys(mount);
+        kernel_answer(self.transport.backend(), mount, raw)
     }
 
     /// The driver's version answer (its capabilities).
@@ -1031,6 +1058,22 @@ impl<'t> Client<'t> {
                 None
             }
         }
+    }
+}
+
+/// The kernel's list of the key objects open in the hive mounted at `mount`, as the
+/// `backend` answered it (`None`: it cannot ask), or why it could not be had, in words.
+fn kernel_answer(
+    backend: &str,
+    mount: &str,
+    raw: Option<Result<Vec<(u64, String)>, TransportError>>,
+) -> Result<Vec<(u64, String)>, String> {
+    match raw {
+        None => Err(format!(
+            "the {backend} backend cannot ask the kernel (NtQueryOpenSubKeysEx)"
+        )),
+        Some(Err(e)) => Err(kernel_failure(mount, &e)),
+        Some(Ok(list)) => Ok(list),
     }
 }
 

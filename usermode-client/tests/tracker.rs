@@ -1019,20 +1019,24 @@ fn a_deferred_unload_of_a_hive_loaded_before_tracking_ends_free_once_windows_unl
 }
 
 /// Review 20b, R2: the kernel's "not found" for a hive's path is Windows saying the hive is
-/// not loaded, not the driver refusing a request.
+/// not loaded, not the driver refusing a request. Review 21b, L3: for a record the driver
+/// still has unload-pending (it drops it at its next read of the hive list) the hive is
+/// reported unloaded, complete, and `--fail-if-held` exits 0; it said "the hive is loaded
+/// and its file in use", incomplete, exit 4.
 #[test]
 fn the_kernel_not_finding_a_hive_says_it_is_unloaded_not_that_the_driver_refused() {
     let (o, _) = run_unvouched(0, &["holders", &format!(r"HKU\{SID}"), "--json"]);
     let r: HoldersReport = serde_json::from_str(&o.out).unwrap();
-    let why = r
-        .source
-        .coverage
-        .as_ref()
-        .and_then(|c| c.kernel_error.clone())
-        .expect("the kernel's list could not be had");
+    assert_eq!(r.hive.state, "unloaded", "{r:?}");
+    assert!(r.source.complete && r.holders.is_empty(), "{r:?}");
+    let (o, _) = run_unvouched(0, &["holders", &format!(r"HKU\{SID}"), "--fail-if-held"]);
+    assert_eq!(o.code, hivetrack_cli::exit::OK, "{}{}", o.out, o.err);
     assert!(
-        why.contains("Windows has no hive loaded at") && !why.contains("driver"),
-        "{why}"
+        o.out.contains("Windows has unloaded the hive")
+            && !o.out.contains("the hive is loaded")
+            && !o.out.contains("driver rejected"),
+        "{}",
+        o.out
     );
 }
 

@@ -1,6 +1,11 @@
+//! How the kernel's answer (`NtQueryOpenSubKeysEx`) is read, as Windows gives it.
+//!
 //! `wait` on a path below a hive asks the kernel and the unload history about the hive's
 //! mount, never the path typed (review 21b, H1: a missing key below a loaded hive read as
-//! "unloaded" made `wait` say free, exit 0; fails on the code before the fix).
+//! "unloaded" made `wait` say free, exit 0). `holders` on a record still unload-pending
+//! whose hive the kernel no longer has says it is unloaded (review 21b, L3: it said "the
+//! hive is loaded", exit 4 with `--fail-if-held`). On the code before the fixes 2 of the 3
+//! checks fail (the by-mount one is the control).
 mod common;
 
 use std::rc::Rc;
@@ -137,4 +142,30 @@ fn by_a_missing_subkey_the_pending_unload_is_not_free() {
         "--json",
     ]);
     assert_ne!(o.code, hivetrack_cli::exit::OK, "{}{}", o.out, o.err);
+}
+/// Review 21b, L3: the driver's record is unload-pending, Windows no longer has the hive (deferred unload
+/// completed, the driver's hive-list read has not run yet): `holders --fail-if-held` said the
+/// hive is loaded and exited 4, though it is unloaded.
+#[test]
+fn holders_of_a_stale_pending_record_is_not_loaded() {
+    let t = unvouched_profile();
+    let o = run_with(
+        &["holders", &format!(r"HKU\{SID}"), "--fail-if-held"],
+        move |_| {
+            Ok(Box::new(Faithful {
+                t: t.clone(),
+                mount: "gone".to_owned(),
+                existing: Vec::new(),
+            }) as Box<dyn Transport>)
+        },
+        &Contoso,
+    );
+    assert!(
+        o.code == hivetrack_cli::exit::OK
+            && !o.out.contains("the hive is loaded")
+            && o.out.contains("Windows has unloaded the hive"),
+        "code {}: {}",
+        o.code,
+        o.out
+    );
 }
