@@ -785,6 +785,27 @@ impl<'t> Client<'t> {
         // The driver lists hives in its table's order (one visit per hive a page); reports
         // list them by id.
         hives.sort_by_key(|h: &Hive| h.id);
+        // A record still unload-pending whose hive the kernel no longer has: Windows
+        // completed the deferred unload (with no notification) and the driver has not read
+        // the hive list since; it drops the record at that read. Listed as unloaded, holding
+        // nothing (review 21b, L3; review 21a, M1: listed as pending, "loaded, file in use").
+        let mut gone: Vec<u32> = Vec::new();
+        if self.transport.backend() != crate::fallback::BACKEND {
+            for h in &mut hives {
+                if h.state != UNLOAD_PENDING || crate::wait::is_app_hive(&h.path) {
+                    continue;
+                }
+                if let Some(Err(TransportError::Request {
+                    code: ERROR_FILE_NOT_FOUND,
+                })) = self.transport.kernel_open_keys(&h.path)
+                {
+                    h.state = UNLOADED.to_owned();
+                    h.open_keys = 0;
+                    h.holders = 0;
+                    gone.push(h.id);
+                }
+            }
+        }
         let mut source = self.source(nr);
         if let Some(since) = self.scope(&mut source) {
             // Counts are the opens the driver saw: for a hive loaded before tracking began
@@ -797,11 +818,12 @@ impl<'t> Client<'t> {
             // reconciles one hive by name.
             let mut unvouched = 0usize;
             for h in &mut hives {
-                let vouched = nr == 0
-                    && loaded
-                        .iter()
-                        .find(|(id, _, _)| *id == h.id)
-                        .is_some_and(|&(_, at, app)| !app && at != 0 && at >= since);
+                let vouched = gone.contains(&h.id)
+                    || (nr == 0
+                        && loaded
+                            .iter()
+                            .find(|(id, _, _)| *id == h.id)
+                            .is_some_and(|&(_, at, app)| !app && at != 0 && at >= since));
                 h.counts_complete = Some(vouched);
                 unvouched += usize::from(!vouched);
             }

@@ -5,7 +5,8 @@
 //! "unloaded" made `wait` say free, exit 0). `holders` on a record still unload-pending
 //! whose hive the kernel no longer has says it is unloaded (review 21b, L3: it said "the
 //! hive is loaded", exit 4 with `--fail-if-held`). On the code before the fixes 2 of the 3
-//! checks fail (the by-mount one is the control).
+//! checks fail (the by-mount one is the control); `hives` lists such a record unloaded too
+//! (fails on the old code).
 mod common;
 
 use std::rc::Rc;
@@ -168,4 +169,31 @@ fn holders_of_a_stale_pending_record_is_not_loaded() {
         o.code,
         o.out
     );
+}
+
+/// Review 21b, L3, and review 21a, M1 (the CLI's half): `hives` lists a record still
+/// unload-pending whose hive the kernel no longer has as unloaded, holding nothing; it listed
+/// it unload-pending (loaded, its file in use).
+#[test]
+fn hives_lists_a_stale_pending_record_as_unloaded() {
+    let t = unvouched_profile();
+    let o = run_with(
+        &["hives", "--json"],
+        move |_| {
+            Ok(Box::new(Faithful {
+                t: t.clone(),
+                mount: "gone".to_owned(),
+                existing: Vec::new(),
+            }) as Box<dyn Transport>)
+        },
+        &Contoso,
+    );
+    let r: hivetrack_cli::model::HivesReport = serde_json::from_str(&o.out).expect(&o.err);
+    let h = r
+        .hives
+        .iter()
+        .find(|h| h.path == format!(r"\REGISTRY\USER\{SID}"))
+        .expect("the profile is listed");
+    assert_eq!(h.state, "unloaded", "{h:?}");
+    assert_eq!((h.open_keys, h.holders), (0, 0), "{h:?}");
 }
