@@ -222,7 +222,9 @@ pub fn hive_of<'a>(path: &'a str, mounts: &'a [String]) -> &'a str {
         .map_or(path, |(i, _)| &path[..i])
 }
 
-/// One character as the kernel's one-to-one upcase table folds it for key names (WRK
+/// One character as the kernel folds it for key names.
+///
+/// The kernel's upcase table is one-to-one (WRK
 /// `base/ntos/config/cmname.c` `CmpCompareUnicodeString`/`CmpCompareCompressedName`,
 /// `CmUpcaseUnicodeChar` per character, `cmp.h`), not only in ASCII (audit 21d, L3). A
 /// character whose uppercase is several characters (`ß`) stays as it is, as in a one-to-one
@@ -249,8 +251,9 @@ pub fn same_path(a: &str, b: &str) -> bool {
     a.chars().map(fold_char).eq(b.chars().map(fold_char))
 }
 
-/// `mount` is `path` or a prefix of it at a component boundary, compared as the kernel
-/// compares key names ([`fold_char`]): until review 21b (M1) only ASCII case was folded here
+/// `mount` is `path` or a prefix of it at a component boundary.
+///
+/// Compared as the kernel compares key names ([`fold_char`]): until review 21b (M1) only ASCII case was folded here
 /// while pairing folded beyond it, so a key opened as `HKLM\äpp\Settings` was no holder of
 /// the hive mounted at `\REGISTRY\MACHINE\ÄPP`, and an unload's list vouched complete
 /// without it.
