@@ -111,7 +111,7 @@ fn a_process_table_of_overlapping_records_is_not_read_in_full_each_time() {
         pml.extend_from_slice(&(first + 4 * i).to_le_bytes());
     }
     let k = u32::try_from((0x60 + ptr) / 4).expect("small");
-    for j in 0..n + k + 1 {
+    for j in 0..=n + k {
         pml.extend_from_slice(&(1000 + j).to_le_bytes());
     }
     let most = (1000 + n + k) as usize;

@@ -548,29 +548,9 @@ impl<'t> Client<'t> {
             verdict: HoldersVerdict::default(),
         };
         // The kernel's own list of the hive's keys, set against the driver's records below.
-        let kernel = (self.transport.backend() != crate::fallback::BACKEND)
-            .then(|| self.transport.kernel_open_keys(&report.hive.path));
-        if report.hive.state == UNLOAD_PENDING
-            && !crate::wait::is_app_hive(&report.hive.path)
-            && matches!(
-                kernel,
-                Some(Some(Err(TransportError::Request {
-                    code: ERROR_FILE_NOT_FOUND
-                })))
-            )
-        {
-            // Windows no longer has the hive: its deferred unload completed, with no
-            // notification, and the driver keeps the unload-pending record until its next
-            // read of the hive list. Nothing of the hive is left to hold it, so nothing
-            // unseen can either (as `wait` says, `wait::record_gone`). Until review 21b (L3)
-            // this said "the hive is loaded and its file in use", not complete, exit 4 with
-            // `--fail-if-held`.
-            report.hive.state = UNLOADED.to_owned();
-            report.hive.open_keys = 0;
-            report.hive.holders = 0;
-            report.holders.clear();
-            report.source = Source::new(self.transport.backend(), 0, &[]);
-            report.verdict = HoldersVerdict::of(&report);
+        let (backend, mount) = (self.transport.backend(), report.hive.path.clone());
+        let kernel = self.kernel_unless_fallback(&mount);
+        if unloaded_unseen(&mut report, kernel.as_ref(), backend) {
             return Ok(report);
         }
         // The driver's hive listing, read once when needed (held-now's mounts, the load time).
@@ -586,11 +566,7 @@ impl<'t> Client<'t> {
                 .cannot_see(crate::fallback::BLIND_SPOT.to_owned());
         } else {
             // The driver's records, set against the kernel's own list of the hive's keys.
-            let kernel = kernel_answer(
-                self.transport.backend(),
-                &report.hive.path,
-                kernel.unwrap_or_default(),
-            );
+            let kernel = kernel_answer(backend, &mount, kernel);
             let mut driver = crate::coverage::from_driver(&completeness);
             // A key the driver did not see (opened before tracking started, or lost) and
             // deleted since is in neither list (fidelity audit, 2026-12-05): only a hive
@@ -652,6 +628,17 @@ impl<'t> Client<'t> {
             Ok(true)
         })?;
         Ok(hives)
+    }
+
+    /// The kernel's answer for the hive mounted at `mount`, unless the backend is the
+    /// driverless fallback (whose holders answer is that list already).
+    fn kernel_unless_fallback(
+        &mut self,
+        mount: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        (self.transport.backend() != crate::fallback::BACKEND)
+            .then(|| self.transport.kernel_open_keys(mount))
+            .flatten()
     }
 
     /// The kernel's list of the key objects open in the hive mounted at `mount`.
@@ -795,11 +782,13 @@ impl<'t> Client<'t> {
                 if h.state != UNLOAD_PENDING || crate::wait::is_app_hive(&h.path) {
                     continue;
                 }
-                if let Some(Err(TransportError::Request {
-                    code: ERROR_FILE_NOT_FOUND,
-                })) = self.transport.kernel_open_keys(&h.path)
-                {
-                    h.state = UNLOADED.to_owned();
+                if matches!(
+                    self.transport.kernel_open_keys(&h.path),
+                    Some(Err(TransportError::Request {
+                        code: ERROR_FILE_NOT_FOUND,
+                    }))
+                ) {
+                    UNLOADED.clone_into(&mut h.state);
                     h.open_keys = 0;
                     h.holders = 0;
                     gone.push(h.id);
@@ -1081,6 +1070,38 @@ impl<'t> Client<'t> {
             }
         }
     }
+}
+
+/// Whether `report` is of a record still unload-pending whose hive the kernel (`kernel`,
+/// its answer) no longer has; if so, `report` now says the hive is unloaded.
+///
+/// Windows completed the deferred unload with no notification, and the driver keeps the
+/// record until its next read of the hive list. Nothing of the hive is left to hold it, so
+/// nothing unseen can either (as `wait` says, `wait::record_gone`). Until review 21b (L3)
+/// this said "the hive is loaded and its file in use", not complete, exit 4 with
+/// `--fail-if-held`.
+fn unloaded_unseen(
+    report: &mut HoldersReport,
+    kernel: Option<&Result<Vec<(u64, String)>, TransportError>>,
+    backend: &str,
+) -> bool {
+    let gone = report.hive.state == UNLOAD_PENDING
+        && !crate::wait::is_app_hive(&report.hive.path)
+        && matches!(
+            kernel,
+            Some(Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND
+            }))
+        );
+    if gone {
+        UNLOADED.clone_into(&mut report.hive.state);
+        report.hive.open_keys = 0;
+        report.hive.holders = 0;
+        report.holders.clear();
+        report.source = Source::new(backend, 0, &[]);
+        report.verdict = HoldersVerdict::of(report);
+    }
+    gone
 }
 
 /// The kernel's list of the key objects open in the hive mounted at `mount`, as the

@@ -92,10 +92,9 @@ pub fn wait_free(
     // asked about the mount only: `NtQueryOpenSubKeysEx` answers "not found" for a key below
     // a hive that does not exist, which read as "the hive is unloaded" made `wait` say free
     // while the hive was loaded (review 21b, H1).
-    let mut mount: Option<String> = None;
+    let mut mount: Option<String> = first.as_ref().ok().map(|r| r.hive.path.clone());
     if let Ok(r) = &first {
         loaded_since = vouched(r);
-        mount = Some(r.hive.path.clone());
     }
     let mut first = Some(first);
     if let Some(native) = client.transport().wait_free(hive, timeout) {

@@ -30,8 +30,8 @@ const AGENT: tracker::ProcessKey = tracker::ProcessKey {
 
 /// The engine behind the IOCTLs; the kernel as Windows answers `NtQueryOpenSubKeysEx`:
 /// only the hive's own mount is a hive root; a path below it that does not exist is
-/// STATUS_OBJECT_NAME_NOT_FOUND (ERROR_FILE_NOT_FOUND), one that exists is
-/// STATUS_INVALID_PARAMETER. The hive stays loaded (deferred unload pending) at every look.
+/// `STATUS_OBJECT_NAME_NOT_FOUND` (`ERROR_FILE_NOT_FOUND`), one that exists is
+/// `STATUS_INVALID_PARAMETER`. The hive stays loaded (deferred unload pending) at every look.
 struct Faithful {
     t: Rc<Engine>,
     mount: String,
@@ -84,7 +84,7 @@ impl Transport for Faithful {
     }
 }
 
-/// Profile loaded before tracking, unload deferred (STATUS_PENDING) while a tracked key was
+/// Profile loaded before tracking, unload deferred (`STATUS_PENDING`) while a tracked key was
 /// open, the key closed since: the kernel still has the hive loaded.
 fn unvouched_profile() -> Rc<Engine> {
     let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
