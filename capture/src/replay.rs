@@ -884,6 +884,26 @@ impl Replay {
             }
         }
         let want_pid = self.opts.pid;
+        // Keys the guess placed in `target` itself are listed as its holders, but rest on the
+        // same guess: the list is not vouched for (review 21b, L6).
+        let here = if classes {
+            format!("{target}{CLASSES}")
+        } else {
+            target.to_owned()
+        };
+        let placed_here = self.holders_of(
+            |(p, _, _)| want_pid.is_none_or(|w| w == *p),
+            |o| o.guessed && is_under(&here, &o.path),
+        );
+        if !placed_here.is_empty() {
+            let n: u64 = placed_here.iter().map(|h| h.open_keys).sum();
+            missing.push(format!(
+                "{n} HKCU key(s) listed were placed in this hive by a --hkcu-sid USER=SID \
+                 guess: Procmon shows the hive of the account that ran it as HKCU, whoever's \
+                 process the row is, so they may be in another hive; pass the bare \
+                 --hkcu-sid SID of that account to place every HKCU row"
+            ));
+        }
         for (m, user) in named {
             let placed = if classes {
                 format!("{m}{CLASSES}")
