@@ -114,6 +114,8 @@ $uninstall = Invoke-Hivetrack @('service', 'uninstall')
 Write-Result 'service uninstall' ($uninstall.Code -eq 0) $uninstall.Text
 Write-Result 'service and source are gone' `
     ($null -eq (Get-Service hivetracksvc -ErrorAction SilentlyContinue) -and -not (Test-Path $sourceKey)) ''
+# uninstall waits (within its 30 s) for the service's process to exit after STOPPED, so its
+# hivetrack.exe is no longer in use and is removed now, not at the next restart (review 21b, L7).
 Write-Result 'the Program Files copies are gone' (-not (Test-Path $installed)) $installed
 Copy-Item $jsonl (Join-Path $Results 'service-events.jsonl') -ErrorAction SilentlyContinue
 Remove-Item $logDir -Recurse -Force -ErrorAction SilentlyContinue
