@@ -222,13 +222,51 @@ pub fn hive_of<'a>(path: &'a str, mounts: &'a [String]) -> &'a str {
         .map_or(path, |(i, _)| &path[..i])
 }
 
-/// `mount` is `path` or a prefix of it at a component boundary (case-insensitive).
+/// One character as the kernel folds it for key names.
+///
+/// The kernel's upcase table is one-to-one (WRK
+/// `base/ntos/config/cmname.c` `CmpCompareUnicodeString`/`CmpCompareCompressedName`,
+/// `CmUpcaseUnicodeChar` per character, `cmp.h`), not only in ASCII (audit 21d, L3). A
+/// character whose uppercase is several characters (`ß`) stays as it is, as in a one-to-one
+/// table.
+#[must_use]
+pub fn fold_char(c: char) -> char {
+    let mut up = c.to_uppercase();
+    match (up.next(), up.next()) {
+        (Some(u), None) => u,
+        _ => c,
+    }
+}
+
+/// A key path folded character by character ([`fold_char`]): the form pairing and hive
+/// membership compare.
+#[must_use]
+pub fn fold(path: &str) -> String {
+    path.chars().map(fold_char).collect()
+}
+
+/// `a` and `b` name the same key ([`fold_char`] per character).
+#[must_use]
+pub fn same_path(a: &str, b: &str) -> bool {
+    a.chars().map(fold_char).eq(b.chars().map(fold_char))
+}
+
+/// `mount` is `path` or a prefix of it at a component boundary.
+///
+/// Compared as the kernel compares key names ([`fold_char`]): until review 21b (M1) only ASCII case was folded here
+/// while pairing folded beyond it, so a key opened as `HKLM\äpp\Settings` was no holder of
+/// the hive mounted at `\REGISTRY\MACHINE\ÄPP`, and an unload's list vouched complete
+/// without it.
 #[must_use]
 pub fn is_under(mount: &str, path: &str) -> bool {
-    path.len() >= mount.len()
-        && path.is_char_boundary(mount.len())
-        && path[..mount.len()].eq_ignore_ascii_case(mount)
-        && (path.len() == mount.len() || path.as_bytes()[mount.len()] == b'\\')
+    let mut rest = path.chars();
+    for m in mount.chars() {
+        match rest.next() {
+            Some(c) if fold_char(c) == fold_char(m) => {}
+            _ => return false,
+        }
+    }
+    matches!(rest.next(), None | Some('\\'))
 }
 
 #[cfg(test)]

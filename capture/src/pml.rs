@@ -242,6 +242,13 @@ fn within(file_len: u64, at: u64, len: u64, what: &str) -> Result<(), CaptureErr
 }
 
 /// The string table.
+///
+/// Each string is read once per distinct offset, and the strings read may total no more
+/// bytes than the file has: every size is checked against the file's length, but entries
+/// may all point at one large string, or at overlapping ones (each size prefix inside the
+/// string before), and decoding each entry on its own made a 150 KB file take 394 MB and a
+/// 4 MB one abort asking for about 1.5 TB (review 21b, H2). Procmon's strings do not
+/// overlap, so a real table totals less than the file.
 fn read_strings<R: Read + Seek>(
     r: &mut R,
     at: u64,
@@ -255,21 +262,41 @@ fn read_strings<R: Read + Seek>(
         offsets.push(read_u32(r)?);
     }
     let mut out = Vec::with_capacity(offsets.len());
+    let mut seen: HashMap<u32, Arc<str>> = HashMap::new();
+    let mut total = 0u64;
     let mut buf = Vec::new();
     for off in offsets {
+        if let Some(s) = seen.get(&off) {
+            out.push(Arc::clone(s));
+            continue;
+        }
         let string_at = at + u64::from(off);
         r.seek(SeekFrom::Start(string_at))?;
         let size = read_u32(r)?;
         within(file_len, string_at + 4, u64::from(size), "a string")?;
+        total += 4 + u64::from(size);
+        if total > file_len {
+            return Err(bad(&format!(
+                "the string table's strings total more bytes than the file has ({file_len}): \
+                 they overlap, and the table is damaged"
+            )));
+        }
         buf.resize(size as usize, 0);
         r.read_exact(&mut buf)
             .map_err(|e| bad(&format!("truncated string: {e}")))?;
-        out.push(Arc::from(utf16(&buf)));
+        let s: Arc<str> = Arc::from(utf16(&buf));
+        seen.insert(off, Arc::clone(&s));
+        out.push(s);
     }
     Ok(out)
 }
 
 /// The process table, by process index.
+///
+/// The records and module lists read may total no more bytes than the file has: offsets
+/// may point at overlapping records, each with a module count filling the rest of the
+/// file, and each was read in full (quadratic memory; review 21b, H2). Procmon's records
+/// do not overlap.
 fn read_processes<R: Read + Seek>(
     r: &mut R,
     at: u64,
@@ -296,10 +323,18 @@ fn read_processes<R: Read + Seek>(
     let mut out = HashMap::with_capacity(offsets.len());
     let mut b = vec![0u8; fixed];
     let mut module = vec![0u8; module_size];
+    let mut total = 0u64;
     for off in offsets {
         read_exact_at(r, at + u64::from(off), &mut b)?;
         let index = u32_at(&b, 0);
         let count = u32_at(&b, 0x60 + ptr);
+        total += fixed as u64 + u64::from(count) * module_size as u64;
+        if total > file_len {
+            return Err(bad(&format!(
+                "the process table's records and module lists total more bytes than the \
+                 file has ({file_len}): they overlap, and the table is damaged"
+            )));
+        }
         let mut modules = Vec::with_capacity(count.min(4096) as usize);
         for _ in 0..count {
             r.read_exact(&mut module)

@@ -22,8 +22,8 @@ use tracker::{BLOCK_ALIGN, BlockClass, Config, Pool, ProcessKey, SpinLock, Token
 use crate::csv::{CsvReader, DAY};
 use crate::event::{Event, Frame, Op};
 use crate::paths::{
-    HkcuFrom, HkcuSids, UNKNOWN_USER, hive_of, is_under, kernel_path, kernel_path_as,
-    service_account_sid,
+    HkcuFrom, HkcuSids, UNKNOWN_USER, fold, hive_of, is_under, kernel_path, kernel_path_as,
+    same_path, service_account_sid,
 };
 use crate::plumbing::{NO_MODULE, is_plumbing};
 use crate::pml::PmlReader;
@@ -170,25 +170,6 @@ pub struct Replay {
     /// the first such unload (mount, row).
     stale_at_unload: u64,
     first_stale: Option<(String, u64)>,
-}
-
-/// A key path folded for pairing closes with opens: key names compare case-insensitively
-/// character by character with the kernel's one-to-one upcase table (WRK
-/// `base/ntos/config/cmname.c` CmpCompareUnicodeString/CmpCompareCompressedName,
-/// `CmUpcaseUnicodeChar` per character, `cmp.h`), not only in ASCII: Procmon's close row
-/// spells the stored name, so an open of `…\Übersicht` is closed as `…\übersicht` (audit
-/// 21d, L3). A character whose uppercase is several characters (`ß`) stays as it is, as in
-/// a one-to-one table.
-fn fold(path: &str) -> String {
-    path.chars()
-        .map(|c| {
-            let mut up = c.to_uppercase();
-            match (up.next(), up.next()) {
-                (Some(u), None) => u,
-                _ => c,
-            }
-        })
-        .collect()
 }
 
 /// `path` is in Procmon's `HKCU` abbreviation.
@@ -536,7 +517,7 @@ impl Replay {
         utf16_into(&mount, &mut self.scratch);
         let file: Vec<u16> = ev.hive_file.encode_utf16().collect();
         self.tracker.hive_loaded(&self.scratch, &file, ev.time);
-        if !self.mounts.iter().any(|m| m.eq_ignore_ascii_case(&mount)) {
+        if !self.mounts.iter().any(|m| same_path(m, &mount)) {
             self.mounts.push(mount);
         }
     }
@@ -617,7 +598,7 @@ impl Replay {
             self.drop_stale(&mount, &own_key, own_row, ev.row);
             utf16_into(&mount, &mut self.scratch);
             self.tracker.hive_unloaded(&self.scratch);
-            self.mounts.retain(|m| !m.eq_ignore_ascii_case(&mount));
+            self.mounts.retain(|m| !same_path(m, &mount));
         }
         if self.wanted_hive(&mount) {
             self.out.unload_attempts.push(UnloadAttempt {
@@ -772,7 +753,7 @@ impl Replay {
         let Some(h) = self.opts.hive.as_deref() else {
             return true;
         };
-        let names = |k: Option<String>| k.is_some_and(|k| k.eq_ignore_ascii_case(mount));
+        let names = |k: Option<String>| k.is_some_and(|k| same_path(&k, mount));
         if names(kernel_path(h, self.opts.hkcu.default.as_deref())) {
             return true;
         }
@@ -895,14 +876,34 @@ impl Replay {
         const CLASSES: &str = "_Classes";
         let mut named: BTreeMap<String, &str> = BTreeMap::new();
         for (user, (m, from)) in &self.hkcu_mounts {
-            if *from == HkcuFrom::Named && !m.eq_ignore_ascii_case(target) {
-                let u = named.entry(m.to_ascii_uppercase()).or_insert(user);
+            if *from == HkcuFrom::Named && !same_path(m, target) {
+                let u = named.entry(fold(m)).or_insert(user);
                 if user.as_ref() < *u {
                     *u = user;
                 }
             }
         }
         let want_pid = self.opts.pid;
+        // Keys the guess placed in `target` itself are listed as its holders, but rest on the
+        // same guess: the list is not vouched for (review 21b, L6).
+        let here = if classes {
+            format!("{target}{CLASSES}")
+        } else {
+            target.to_owned()
+        };
+        let placed_here = self.holders_of(
+            |(p, _, _)| want_pid.is_none_or(|w| w == *p),
+            |o| o.guessed && is_under(&here, &o.path),
+        );
+        if !placed_here.is_empty() {
+            let n: u64 = placed_here.iter().map(|h| h.open_keys).sum();
+            missing.push(format!(
+                "{n} HKCU key(s) listed were placed in this hive by a --hkcu-sid USER=SID \
+                 guess: Procmon shows the hive of the account that ran it as HKCU, whoever's \
+                 process the row is, so they may be in another hive; pass the bare \
+                 --hkcu-sid SID of that account to place every HKCU row"
+            ));
+        }
         for (m, user) in named {
             let placed = if classes {
                 format!("{m}{CLASSES}")
@@ -1186,7 +1187,7 @@ impl Replay {
                 continue;
             }
             let mounts = &self.mounts;
-            let holders = self.holders(|p| hive_of(p, mounts).eq_ignore_ascii_case(&hive));
+            let holders = self.holders(|p| same_path(hive_of(p, mounts), &hive));
             if holders.is_empty() {
                 continue;
             }

@@ -367,3 +367,37 @@ fn a_per_user_sid_is_a_guess_and_its_keys_may_hold_another_user_hive() {
         u.missing
     );
 }
+
+/// Review 21b, L6: a key `--hkcu-sid USER=SID` placed in the unloaded hive itself is listed
+/// as a holder on the same guess, so the list is not vouched complete (on the old code it
+/// was: `complete` true, nothing missing).
+#[test]
+fn a_key_placed_in_the_unloaded_hive_by_a_per_user_guess_is_not_vouched() {
+    let csv = format!(
+        "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"User\"\r\n\
+\"7:00:00.0000000 AM\",\"System\",\"4\",\"RegLoadKey\",\"HKU\\{ALICE}\",\"SUCCESS\",\"\",\"NT AUTHORITY\\SYSTEM\"\r\n\
+\"7:00:01.0000000 AM\",\"explorer.exe\",\"100\",\"RegOpenKey\",\"HKCU\\Software\\Alice\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:04.0000000 AM\",\"explorer.exe\",\"100\",\"RegCloseKey\",\"HKLM\\Software\\Other\",\"SUCCESS\",\"\",\"CONTOSO\\alice\"\r\n\
+\"7:00:05.0000000 AM\",\"System\",\"4\",\"RegUnloadKey\",\"HKU\\{ALICE}\",\"CANNOT DELETE\",\"\",\"NT AUTHORITY\\SYSTEM\"\r\n"
+    );
+    let mut hkcu = HkcuSids::default();
+    hkcu.add(&format!(r"CONTOSO\alice={ALICE}")).unwrap();
+    let mut r = Replay::new(Options {
+        hkcu,
+        from_boot: true,
+        all_events: true,
+        ..Options::default()
+    });
+    replay(&mut CsvReader::new(csv.as_bytes()).unwrap(), &mut r).unwrap();
+    let a = r.finish("guess", "csv");
+    let u = &a.unload_attempts[0];
+    assert_eq!(u.holders.len(), 1, "{:?}", u.holders);
+    assert!(
+        !u.complete
+            && u.missing
+                .iter()
+                .any(|m| m.contains("placed in this hive by a --hkcu-sid USER=SID guess")),
+        "{:?}",
+        u.missing
+    );
+}

@@ -49,8 +49,9 @@ Write-Result 'the service runs the copy in Program Files' ("$svcImage" -like "*$
 # The SCM keeps SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO in the service key's RequiredPrivileges
 # (REG_MULTI_SZ), as Windows' own services show; not seen on a VM here.
 $privs = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetracksvc' -ErrorAction SilentlyContinue).RequiredPrivileges
-Write-Result 'the service keeps only SeDebugPrivilege and SeChangeNotifyPrivilege' `
-    ((@($privs) | Sort-Object) -join ',' -eq 'SeChangeNotifyPrivilege,SeDebugPrivilege') "$privs"
+# SeRestorePrivilege: NtQueryOpenSubKeysEx refuses without it (WRK ntapi.c; review 21b, M3).
+Write-Result 'the service keeps only SeDebugPrivilege, SeRestorePrivilege and SeChangeNotifyPrivilege' `
+    ((@($privs) | Sort-Object) -join ',' -eq 'SeChangeNotifyPrivilege,SeDebugPrivilege,SeRestorePrivilege') "$privs"
 $sourceKey = 'HKLM:\SYSTEM\CurrentControlSet\Services\EventLog\Application\hivetrack'
 $source = Get-ItemProperty $sourceKey -ErrorAction SilentlyContinue
 Write-Result 'event source registered' `
@@ -113,6 +114,8 @@ $uninstall = Invoke-Hivetrack @('service', 'uninstall')
 Write-Result 'service uninstall' ($uninstall.Code -eq 0) $uninstall.Text
 Write-Result 'service and source are gone' `
     ($null -eq (Get-Service hivetracksvc -ErrorAction SilentlyContinue) -and -not (Test-Path $sourceKey)) ''
+# uninstall waits (within its 30 s) for the service's process to exit after STOPPED, so its
+# hivetrack.exe is no longer in use and is removed now, not at the next restart (review 21b, L7).
 Write-Result 'the Program Files copies are gone' (-not (Test-Path $installed)) $installed
 Copy-Item $jsonl (Join-Path $Results 'service-events.jsonl') -ErrorAction SilentlyContinue
 Remove-Item $logDir -Recurse -Force -ErrorAction SilentlyContinue

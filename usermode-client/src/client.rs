@@ -73,11 +73,14 @@ fn opt_text(t: Text<'_>) -> Option<String> {
 /// The state of a hive whose deferred unload (`NtUnloadKeyEx` with an event) is pending.
 pub const UNLOAD_PENDING: &str = "unload-pending";
 
+/// The state of a hive Windows no longer has loaded.
+pub const UNLOADED: &str = "unloaded";
+
 const fn state_name(s: HiveState) -> &'static str {
     match s {
         HiveState::Loaded => "loaded",
         HiveState::Implicit => "implicit",
-        HiveState::Unloaded => "unloaded",
+        HiveState::Unloaded => UNLOADED,
         HiveState::UnloadPending => UNLOAD_PENDING,
     }
 }
@@ -544,6 +547,12 @@ impl<'t> Client<'t> {
             stacks: None,
             verdict: HoldersVerdict::default(),
         };
+        // The kernel's own list of the hive's keys, set against the driver's records below.
+        let (backend, mount) = (self.transport.backend(), report.hive.path.clone());
+        let kernel = self.kernel_unless_fallback(&mount);
+        if unloaded_unseen(&mut report, kernel.as_ref(), backend) {
+            return Ok(report);
+        }
         // The driver's hive listing, read once when needed (held-now's mounts, the load time).
         let mut listing: Option<Vec<ListedHive>> = None;
         if self.transport.backend() != crate::fallback::BACKEND && !summary_only && self.held_now {
@@ -557,7 +566,7 @@ impl<'t> Client<'t> {
                 .cannot_see(crate::fallback::BLIND_SPOT.to_owned());
         } else {
             // The driver's records, set against the kernel's own list of the hive's keys.
-            let kernel = self.kernel_open_keys(&report.hive.path);
+            let kernel = kernel_answer(backend, &mount, kernel);
             let mut driver = crate::coverage::from_driver(&completeness);
             // A key the driver did not see (opened before tracking started, or lost) and
             // deleted since is in neither list (fidelity audit, 2026-12-05): only a hive
@@ -621,19 +630,24 @@ impl<'t> Client<'t> {
         Ok(hives)
     }
 
+    /// The kernel's answer for the hive mounted at `mount`, unless the backend is the
+    /// driverless fallback (whose holders answer is that list already).
+    fn kernel_unless_fallback(
+        &mut self,
+        mount: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        (self.transport.backend() != crate::fallback::BACKEND)
+            .then(|| self.transport.kernel_open_keys(mount))
+            .flatten()
+    }
+
     /// The kernel's list of the key objects open in the hive mounted at `mount`.
     ///
     /// # Errors
     /// Why it cannot be had (the backend cannot ask, or the system refused), in words.
     pub fn kernel_open_keys(&mut self, mount: &str) -> Result<Vec<(u64, String)>, String> {
-        match self.transport.kernel_open_keys(mount) {
-            None => Err(format!(
-                "the {} backend cannot ask the kernel (NtQueryOpenSubKeysEx)",
-                self.transport.backend()
-            )),
-            Some(Err(e)) => Err(kernel_failure(mount, &e)),
-            Some(Ok(list)) => Ok(list),
-        }
+        let raw = self.transport.kernel_open_keys(mount);
+        kernel_answer(self.transport.backend(), mount, raw)
     }
 
     /// The driver's version answer (its capabilities).
@@ -758,6 +772,29 @@ impl<'t> Client<'t> {
         // The driver lists hives in its table's order (one visit per hive a page); reports
         // list them by id.
         hives.sort_by_key(|h: &Hive| h.id);
+        // A record still unload-pending whose hive the kernel no longer has: Windows
+        // completed the deferred unload (with no notification) and the driver has not read
+        // the hive list since; it drops the record at that read. Listed as unloaded, holding
+        // nothing (review 21b, L3; review 21a, M1: listed as pending, "loaded, file in use").
+        let mut gone: Vec<u32> = Vec::new();
+        if self.transport.backend() != crate::fallback::BACKEND {
+            for h in &mut hives {
+                if h.state != UNLOAD_PENDING || crate::wait::is_app_hive(&h.path) {
+                    continue;
+                }
+                if matches!(
+                    self.transport.kernel_open_keys(&h.path),
+                    Some(Err(TransportError::Request {
+                        code: ERROR_FILE_NOT_FOUND,
+                    }))
+                ) {
+                    UNLOADED.clone_into(&mut h.state);
+                    h.open_keys = 0;
+                    h.holders = 0;
+                    gone.push(h.id);
+                }
+            }
+        }
         let mut source = self.source(nr);
         if let Some(since) = self.scope(&mut source) {
             // Counts are the opens the driver saw: for a hive loaded before tracking began
@@ -770,11 +807,12 @@ impl<'t> Client<'t> {
             // reconciles one hive by name.
             let mut unvouched = 0usize;
             for h in &mut hives {
-                let vouched = nr == 0
-                    && loaded
-                        .iter()
-                        .find(|(id, _, _)| *id == h.id)
-                        .is_some_and(|&(_, at, app)| !app && at != 0 && at >= since);
+                let vouched = gone.contains(&h.id)
+                    || (nr == 0
+                        && loaded
+                            .iter()
+                            .find(|(id, _, _)| *id == h.id)
+                            .is_some_and(|&(_, at, app)| !app && at != 0 && at >= since));
                 h.counts_complete = Some(vouched);
                 unvouched += usize::from(!vouched);
             }
@@ -1031,6 +1069,54 @@ impl<'t> Client<'t> {
                 None
             }
         }
+    }
+}
+
+/// Whether `report` is of a record still unload-pending whose hive the kernel (`kernel`,
+/// its answer) no longer has; if so, `report` now says the hive is unloaded.
+///
+/// Windows completed the deferred unload with no notification, and the driver keeps the
+/// record until its next read of the hive list. Nothing of the hive is left to hold it, so
+/// nothing unseen can either (as `wait` says, `wait::record_gone`). Until review 21b (L3)
+/// this said "the hive is loaded and its file in use", not complete, exit 4 with
+/// `--fail-if-held`.
+fn unloaded_unseen(
+    report: &mut HoldersReport,
+    kernel: Option<&Result<Vec<(u64, String)>, TransportError>>,
+    backend: &str,
+) -> bool {
+    let gone = report.hive.state == UNLOAD_PENDING
+        && !crate::wait::is_app_hive(&report.hive.path)
+        && matches!(
+            kernel,
+            Some(Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND
+            }))
+        );
+    if gone {
+        UNLOADED.clone_into(&mut report.hive.state);
+        report.hive.open_keys = 0;
+        report.hive.holders = 0;
+        report.holders.clear();
+        report.source = Source::new(backend, 0, &[]);
+        report.verdict = HoldersVerdict::of(report);
+    }
+    gone
+}
+
+/// The kernel's list of the key objects open in the hive mounted at `mount`, as the
+/// `backend` answered it (`None`: it cannot ask), or why it could not be had, in words.
+fn kernel_answer(
+    backend: &str,
+    mount: &str,
+    raw: Option<Result<Vec<(u64, String)>, TransportError>>,
+) -> Result<Vec<(u64, String)>, String> {
+    match raw {
+        None => Err(format!(
+            "the {backend} backend cannot ask the kernel (NtQueryOpenSubKeysEx)"
+        )),
+        Some(Err(e)) => Err(kernel_failure(mount, &e)),
+        Some(Ok(list)) => Ok(list),
     }
 }
 

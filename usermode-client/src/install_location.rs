@@ -295,17 +295,122 @@ pub fn unsafe_jsonl_message(file: &Path, checked: &Path, role: Role, writers: &[
     )
 }
 
-/// The privileges `hivetracksvc` keeps (audit 21c L3).
+/// What `service install` checks before copying `copies`' sources (review 21b, M2).
 ///
-/// Set with `SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO`; the SCM removes every other privilege from its `LocalSystem` token (Learn,
-/// "`SERVICE_REQUIRED_PRIVILEGES_INFOW` structure": "the SCM will remove the privileges that
-/// are not required from the process token when the process starts"). `SeDebugPrivilege`:
-/// the holder lookup opens other sessions' processes for `PROCESS_DUP_HANDLE`
-/// (`windows_handles`); `SeChangeNotifyPrivilege` is never removed anyway (same page) and
-/// is listed to say so. Gone: `SeTcbPrivilege`, `SeLoadDriverPrivilege`,
-/// `SeTakeOwnershipPrivilege`, `SeRestorePrivilege`, `SeBackupPrivilege`,
-/// `SeImpersonatePrivilege`, `SeAssignPrimaryTokenPrivilege`, …
-pub const REQUIRED_PRIVILEGES: &[&str] = &["SeChangeNotifyPrivilege", "SeDebugPrivilege"];
+/// Each source file ([`Role::File`]), its folder ([`Role::Folder`]: adding a file there plants a
+/// DLL the elevated installer loads, renaming one out swaps the exe) and every folder above
+/// ([`Role::Ancestor`]: renaming the folder swaps it whole). The copies are registered as the
+/// `LocalSystem` service, so whoever can replace a source between the administrator starting
+/// a verified `hivetrack.exe` and the copy would have SYSTEM run their file at every boot.
+/// Each path once, in order.
+#[must_use]
+pub fn source_checks(copies: &[(PathBuf, PathBuf)]) -> Vec<(PathBuf, Role)> {
+    let mut out: Vec<(PathBuf, Role)> = Vec::new();
+    for (from, _) in copies {
+        for (path, role) in jsonl_checks(from, true) {
+            if !out.iter().any(|(p, _)| same_path(p, &path)) {
+                out.push((path, role));
+            }
+        }
+    }
+    out
+}
+
+/// The refusal for a source of `service install` (`checked`, in `role`) that `writers` can
+/// change, or `None` when nobody untrusted can (`untrusted_writers` on its owner and DACL).
+#[must_use]
+pub fn unsafe_source_message(checked: &Path, role: Role, writers: &[String]) -> Option<String> {
+    if writers.is_empty() {
+        return None;
+    }
+    let what = match role {
+        Role::File => "the file",
+        Role::Folder => "its folder",
+        Role::Ancestor => "a folder above it",
+    };
+    Some(format!(
+        "refusing to install from {}: {what} can be written, replaced or re-permissioned by {}, \
+         who could swap the files registered as the SYSTEM service (or plant a DLL this \
+         elevated installer loads). Copy the package folder to one only Administrators can \
+         change (e.g. `mkdir C:\\ProgramData\\hivetrack-package`, `icacls \
+         C:\\ProgramData\\hivetrack-package /inheritance:r /grant:r *S-1-5-18:(OI)(CI)F \
+         *S-1-5-32-544:(OI)(CI)F`) and run `hivetrack service install` from there",
+        checked.display(),
+        writers.join(", ")
+    ))
+}
+
+/// The paths in or at the folder `dir` that the session manager deletes or renames away at
+/// the next restart.
+///
+/// From the `PendingFileRenameOperations` value (`REG_MULTI_SZ` of pairs:
+/// the source as `\??\C:\…`, then the new name, empty for a deletion; `MoveFileExW` with
+/// `MOVEFILE_DELAY_UNTIL_REBOOT`, Learn). `service uninstall` schedules the copies it
+/// cannot remove in use; an install before that restart would copy new files to the same
+/// paths and the restart would delete them: the auto-start service then fails at boot with
+/// no event (review 21b, L2). Compared without case, as Windows compares names.
+#[must_use]
+pub fn pending_removals(value: &[u16], dir: &str) -> Vec<String> {
+    let strings: Vec<String> = value
+        .split(|&u| u == 0)
+        .map(String::from_utf16_lossy)
+        .collect();
+    let dir = dir.trim_end_matches('\\').to_lowercase();
+    let mut out = Vec::new();
+    for pair in strings.chunks(2) {
+        let source = pair[0].as_str();
+        if source.is_empty() {
+            continue;
+        }
+        let path = source.strip_prefix(r"\??\").unwrap_or(source);
+        let lower = path.to_lowercase();
+        let under = lower
+            .strip_prefix(&dir)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('\\'));
+        if under {
+            out.push(path.to_owned());
+        }
+    }
+    out
+}
+
+/// The privileges `hivetracksvc` keeps (audit 21c L3): each one a call of the service needs
+/// ([`SERVICE_NEEDS`]).
+///
+/// Set with `SERVICE_CONFIG_REQUIRED_PRIVILEGES_INFO`; the SCM removes every other privilege
+/// from its `LocalSystem` token (Learn, "`SERVICE_REQUIRED_PRIVILEGES_INFOW` structure": "the
+/// SCM will remove the privileges that are not required from the process token when the
+/// process starts"), so a privilege left out cannot be enabled later. Gone:
+/// `SeTcbPrivilege`, `SeLoadDriverPrivilege`, `SeTakeOwnershipPrivilege`,
+/// `SeBackupPrivilege`, `SeImpersonatePrivilege`, `SeAssignPrimaryTokenPrivilege`, … Until
+/// review 21b (M3) `SeRestorePrivilege` was gone too, and every kernel cross-check of the
+/// service failed (`STATUS_PRIVILEGE_NOT_HELD`): each event said the holders were unseen.
+pub const REQUIRED_PRIVILEGES: &[&str] = &[
+    "SeChangeNotifyPrivilege",
+    "SeDebugPrivilege",
+    "SeRestorePrivilege",
+];
+
+/// What the service calls, and the privilege each call needs.
+///
+/// - `NtQueryOpenSubKeysEx` (`event_service` `recheck` and `hive_keys` → `Client::holders`):
+///   `SeRestorePrivilege`, checked before anything else (Windows Research Kernel
+///   `base/ntos/config/ntapi.c`: `if (!SeSinglePrivilegeCheck(SeRestorePrivilege,
+///   PreviousMode)) return STATUS_PRIVILEGE_NOT_HELD;`). It opens the hive's root with
+///   `KEY_READ` (same function), which `LocalSystem` is granted on hive roots without a
+///   privilege.
+/// - The holder lookup (`windows_handles`) opens other sessions' processes for
+///   `PROCESS_DUP_HANDLE`: `SeDebugPrivilege`.
+/// - `SeChangeNotifyPrivilege` (bypass traverse checking): never removed anyway (Learn, same
+///   page), listed to say so.
+pub const SERVICE_NEEDS: &[(&str, &str)] = &[
+    ("NtQueryOpenSubKeysEx", "SeRestorePrivilege"),
+    (
+        "OpenProcess(PROCESS_DUP_HANDLE) of other sessions",
+        "SeDebugPrivilege",
+    ),
+    ("traverse checking", "SeChangeNotifyPrivilege"),
+];
 
 /// A `REG_MULTI_SZ`-style UTF-16 multi-string: each string NUL-terminated, then one more
 /// NUL (Learn, `SERVICE_REQUIRED_PRIVILEGES_INFOW`: "`String1\0String2\0…LastString\0\0`").
@@ -323,6 +428,18 @@ pub fn multi_sz(items: &[&str]) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SCM strips every privilege not listed (review 21b, M3: `SeRestorePrivilege` was
+    /// not, and the service's `NtQueryOpenSubKeysEx` always failed).
+    #[test]
+    fn the_service_keeps_every_privilege_its_calls_need() {
+        for (call, privilege) in SERVICE_NEEDS {
+            assert!(
+                REQUIRED_PRIVILEGES.contains(privilege),
+                "{call} needs {privilege}, which the SCM would remove"
+            );
+        }
+    }
 
     fn ace(ace_type: u8, flags: u8, mask: u32, sid: &str) -> Ace {
         Ace {
@@ -389,6 +506,71 @@ mod tests {
             untrusted_writers(Some(SID_ADMINISTRATORS), Some(&dacl), Role::Folder),
             vec![AUTH_USERS.to_owned()]
         );
+    }
+
+    /// Review 21b, M2: a package unpacked under `C:\Tools` (inheriting `C:\`'s
+    /// `Authenticated Users:(OI)(CI)(IO)(M)`) is refused as a source; Program Files is not.
+    #[test]
+    fn install_refuses_sources_others_can_change() {
+        let pf = Path::new("/pf");
+        let p = plan(Path::new("/tools/pkg/hivetrack.exe"), pf);
+        assert_eq!(
+            source_checks(&p.copies),
+            vec![
+                (PathBuf::from("/tools/pkg/hivetrack.exe"), Role::File),
+                (PathBuf::from("/tools/pkg"), Role::Folder),
+                (PathBuf::from("/tools"), Role::Ancestor),
+                (PathBuf::from("/"), Role::Ancestor),
+                (PathBuf::from("/tools/pkg/hivetrack-events.dll"), Role::File),
+            ]
+        );
+        // C:\Tools\pkg inherits C:\'s `Authenticated Users:(OI)(CI)(IO)(M)` as (OI)(CI)(M).
+        let mut dacl = program_files_child();
+        dacl.push(ace(0, 0x13, MODIFY, AUTH_USERS));
+        let writers = untrusted_writers(Some(SID_ADMINISTRATORS), Some(&dacl), Role::Folder);
+        let refusal = unsafe_source_message(Path::new("/tools/pkg"), Role::Folder, &writers)
+            .expect("refused");
+        assert!(
+            refusal.contains(AUTH_USERS) && refusal.contains("/tools/pkg"),
+            "{refusal}"
+        );
+        let safe = program_files_child();
+        let writers = untrusted_writers(Some(SID_ADMINISTRATORS), Some(&safe), Role::Folder);
+        assert_eq!(
+            unsafe_source_message(Path::new("/pf"), Role::Folder, &writers),
+            None
+        );
+        // Run from the installed copy: nothing is copied, nothing to check.
+        let again = plan(Path::new("/pf/hivetrack/hivetrack.exe"), pf);
+        assert!(source_checks(&again.copies).is_empty());
+    }
+
+    /// Review 21b, L2: the deletions `service uninstall` scheduled are found, another
+    /// folder's and a same-prefix sibling's are not.
+    #[test]
+    fn pending_removals_of_the_install_folder_are_found() {
+        let value: Vec<u16> = [
+            r"\??\C:\Program Files\hivetrack\hivetrack.exe",
+            "",
+            r"\??\C:\Windows\Temp\a.tmp",
+            r"\??\C:\Windows\Temp\b.tmp",
+            r"\??\C:\Program Files\hivetrack2\x.exe",
+            "",
+            r"\??\C:\PROGRAM FILES\HIVETRACK",
+            "",
+            "",
+        ]
+        .join("\0")
+        .encode_utf16()
+        .collect();
+        assert_eq!(
+            pending_removals(&value, r"C:\Program Files\hivetrack"),
+            vec![
+                r"C:\Program Files\hivetrack\hivetrack.exe".to_owned(),
+                r"C:\PROGRAM FILES\HIVETRACK".to_owned(),
+            ]
+        );
+        assert!(pending_removals(&[], r"C:\Program Files\hivetrack").is_empty());
     }
 
     #[test]

@@ -559,6 +559,15 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                      later), with no notification; until then the hive is loaded and its file \
                      in use (the unload history has the attempt)"
                 );
+            } else if hive.state == crate::client::UNLOADED {
+                // Also when the driver's record still says unload-pending: the kernel has no
+                // hive there any more (review 21b, L3).
+                let _ = writeln!(
+                    out,
+                    "Windows has unloaded the hive (NtQueryOpenSubKeysEx: not found): nothing \
+                     holds it; a record the driver still lists as unload-pending is dropped at \
+                     its next read of the hive list"
+                );
             }
             let only_kernel: u64 = r.untracked.iter().map(|u| u.open_keys).sum();
             let none_seen = hive.open_keys == 0

@@ -311,6 +311,26 @@ fn checked_install_dir(
     Ok(())
 }
 
+/// Refuses to copy sources that anyone but SYSTEM, Administrators or `TrustedInstaller` can
+/// change, or whose folder or a folder above they can (review 21b, M2:
+/// `install_location::source_checks`).
+#[cfg(windows)]
+fn checked_sources(
+    plan: &crate::install_location::InstallPlan,
+    refusals: &mut Refusals<'_>,
+) -> Result<()> {
+    use crate::install_location::{source_checks, unsafe_source_message, untrusted_writers};
+    for (checked, role) in source_checks(&plan.copies) {
+        let (owner, dacl) = crate::windows_install::owner_and_dacl(&checked)?;
+        let writers = untrusted_writers(owner.as_deref(), dacl.as_deref(), role);
+        if let Some(message) = unsafe_source_message(&checked, role, &writers) {
+            refusals.refuse(message)?;
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(windows)]
 fn install(
     jsonl: Option<&std::path::Path>,
@@ -344,6 +364,22 @@ fn install(
         ))
         .into());
     }
+    // Files `service uninstall` could not remove in use go at the next restart: copies made
+    // now at the same paths would go with them (review 21b, L2).
+    let pending = install_location::pending_removals(
+        &crate::windows_install::pending_file_renames()?,
+        &plan.dir.display().to_string(),
+    );
+    if !pending.is_empty() {
+        return Err(CliError::BadArgument(format!(
+            "{} is still to be removed at the next restart (an earlier `hivetrack service \
+             uninstall` scheduled it): restart Windows first, then install; installing now \
+             would put the service's files where that restart deletes them",
+            pending.join(", ")
+        ))
+        .into());
+    }
+    checked_sources(&plan, &mut refusals)?;
     checked_install_dir(&plan, &mut refusals)?;
     for (from, to) in &plan.copies {
         crate::windows_install::copy_owned(from, to)?;

@@ -80,11 +80,19 @@ pub fn wait_free(
     // ([`vouched`]; not known before one): a hive whose record goes cannot be asked any more.
     let mut loaded_since = false;
     // One look before the driver's wait: the hive's record may go while it waits (the driver
-    // forgets a vouched hive whose deferred unload is pending at its last close), and then
+    // keeps a vouched hive whose deferred unload is pending until its next read of the hive
+    // list, but forgets the oldest past `tracker::hives::IDLE_PENDING_HIVES` such hives with
+    // no key open, as in a logoff wave), and then
     // only this look can have said the hive was loaded after tracking started. Without it
     // such a hive was "not complete: keys opened before tracking started" (review 20b, R6).
     // When the backend cannot wait natively it is the polling's first look.
     let first = client.holders(hive, true, 0);
+    // The hive's own mount, as the driver resolved the path given (which may be a key below
+    // the hive: `hive_name` passes such paths on). The kernel and the unload history are
+    // asked about the mount only: `NtQueryOpenSubKeysEx` answers "not found" for a key below
+    // a hive that does not exist, which read as "the hive is unloaded" made `wait` say free
+    // while the hive was loaded (review 21b, H1).
+    let mut mount: Option<String> = first.as_ref().ok().map(|r| r.hive.path.clone());
     if let Ok(r) = &first {
         loaded_since = vouched(r);
     }
@@ -96,7 +104,8 @@ pub fn wait_free(
         method = "wait-free";
         if outcome == WaitFreeOutcome::TimedOut {
             let secs = clock.elapsed().as_secs_f64();
-            return Ok(timed_out(client, hive, shown, loaded_since, secs));
+            let at = Mount::of(mount.as_deref(), hive);
+            return Ok(timed_out(client, hive, at, shown, loaded_since, secs));
         }
     }
     // The driver waited on the hive, so it knew it: if its record is gone now, it was
@@ -115,12 +124,14 @@ pub fn wait_free(
             Ok(r) => {
                 seen = true;
                 loaded_since = vouched(&r);
+                mount = Some(r.hive.path.clone());
                 let (open_keys, holders) = held_counts(&r);
                 let pending = r.hive.state == crate::client::UNLOAD_PENDING;
                 (r.source, open_keys, holders, pending.then_some(true))
             }
             Err(e) if seen && matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
-                let gone = record_gone(client, hive, loaded_since);
+                let at = Mount::of(mount.as_deref(), hive);
+                let gone = record_gone(client, at, loaded_since);
                 (gone.source, gone.open_keys, gone.holders, Some(false))
             }
             Err(e) => return Err(e),
@@ -128,7 +139,9 @@ pub fn wait_free(
         let secs = clock.elapsed().as_secs_f64();
         let done = open_keys == 0 && holders == 0;
         let deferred = match unloading {
-            Some(pending) if done => LateUnload::of(client, hive, pending),
+            Some(pending) if done => {
+                LateUnload::of(client, Mount::of(mount.as_deref(), hive), pending)
+            }
             _ => LateUnload::NotDeferred,
         };
         let (source, unload_pending) = match deferred {
@@ -184,6 +197,7 @@ pub fn wait_free(
 fn timed_out(
     client: &mut Client<'_>,
     hive: &str,
+    at: Mount<'_>,
     shown: &str,
     loaded_since: bool,
     secs: f64,
@@ -194,7 +208,7 @@ fn timed_out(
             (r.source, open_keys, holders)
         }
         Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
-            let gone = record_gone(client, hive, loaded_since);
+            let gone = record_gone(client, at, loaded_since);
             (gone.source, gone.open_keys, gone.holders)
         }
         Err(e) => {
@@ -262,7 +276,8 @@ impl LateUnload {
     /// review 20b (R1) hid the pending one and let `wait` say free while the hive was still
     /// loaded. A history that cannot be read, or holds no attempt of the hive while older
     /// entries were not kept, decides nothing: [`LateUnload::Unknown`].
-    fn of(client: &mut Client<'_>, hive: &str, pending: bool) -> Self {
+    fn of(client: &mut Client<'_>, at: Mount<'_>, pending: bool) -> Self {
+        let hive = at.path;
         if is_app_hive(hive) {
             return Self::NotDeferred;
         }
@@ -271,7 +286,10 @@ impl LateUnload {
             Some(Ok(_)) => {}
             Some(Err(TransportError::Request {
                 code: ERROR_FILE_NOT_FOUND,
-            })) => return Self::Gone,
+            })) if at.resolved => return Self::Gone,
+            Some(Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })) => return Self::Unknown(UNRESOLVED.to_owned()),
             Some(Err(e)) => {
                 return Self::Unknown(format!(
                     "whether the hive's deferred unload has completed ({})",
@@ -382,16 +400,18 @@ struct Gone {
 /// is refused with `ERROR_FILE_NOT_FOUND`, and the same answer again means unloaded, free
 /// (nothing of the hive is left, so its fixed `missing` list of key detail does not apply).
 /// A hive it can still list is held or not seen held ([`crate::fallback::BLIND_SPOT`]).
-fn record_gone(client: &mut Client<'_>, hive: &str, loaded_since: bool) -> Gone {
+fn record_gone(client: &mut Client<'_>, at: Mount<'_>, loaded_since: bool) -> Gone {
+    let hive = at.path;
     let fallback = client.backend() == crate::fallback::BACKEND;
     let mut source = client.source(0);
     let (open_keys, holders) = match client.transport().kernel_open_keys(hive) {
         // No such hive: unloaded. Not for an application hive: `\REGISTRY\A` is a private
         // namespace whose hives cannot be opened by name at all, so "not found" proves
-        // nothing there (it is a failure to ask, below).
+        // nothing there (it is a failure to ask, below). Nor for a path no report resolved
+        // to its hive's mount: it may be a missing key below a loaded hive (review 21b, H1).
         Some(Err(TransportError::Request {
             code: ERROR_FILE_NOT_FOUND,
-        })) if !is_app_hive(hive) => {
+        })) if !is_app_hive(hive) && at.resolved => {
             source = Source::new(client.backend(), 0, &[]);
             (0, 0)
         }
@@ -454,6 +474,36 @@ fn nothing_lost_now(client: &mut Client<'_>) -> bool {
 /// with opens lost.
 pub const DELETED_UNSEEN: &str = "keys hivetrack never saw (opened before tracking started, or \
      lost) and deleted since (the kernel's list omits deleted keys, which still hold the hive)";
+
+/// The path the kernel and the unload history are asked about: the hive's mount when a
+/// holders report resolved it, else the path given (review 21b, H1).
+#[derive(Debug, Clone, Copy)]
+struct Mount<'a> {
+    /// The NT path asked about.
+    path: &'a str,
+    /// Whether `path` is the hive's mount as the driver resolved it; if not, it may be a key
+    /// below the hive, and the kernel's "not found" does not prove the hive unloaded.
+    resolved: bool,
+}
+
+impl<'a> Mount<'a> {
+    /// The resolved mount if any, else the path given.
+    const fn of(mount: Option<&'a str>, given: &'a str) -> Self {
+        match mount {
+            Some(path) => Self {
+                path,
+                resolved: true,
+            },
+            None => Self {
+                path: given,
+                resolved: false,
+            },
+        }
+    }
+}
+
+/// What a "not found" from the kernel cannot tell when the hive's mount was never resolved.
+const UNRESOLVED: &str = "whether the hive is still loaded (the kernel has no hive at the path      given, which may be a missing key below a loaded hive: no answer resolved the hive's      mount)";
 
 /// Whether `hive` (an NT path) is an application hive's mount (`\REGISTRY\A\…`).
 pub(crate) fn is_app_hive(hive: &str) -> bool {

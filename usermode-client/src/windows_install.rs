@@ -310,6 +310,54 @@ pub fn remove_or_schedule(path: &Path, folder: bool) -> Result<Removal> {
     })
 }
 
+/// The `PendingFileRenameOperations` value of the session manager (empty when absent): the
+/// renames and deletions `MoveFileExW` scheduled for the next restart.
+///
+/// # Errors
+/// The value exists but could not be read.
+pub fn pending_file_renames() -> Result<Vec<u16>> {
+    use windows_sys::Win32::Foundation::{ERROR_FILE_NOT_FOUND, ERROR_MORE_DATA};
+    use windows_sys::Win32::System::Registry::{
+        HKEY_LOCAL_MACHINE, RRF_RT_REG_MULTI_SZ, RegGetValueW,
+    };
+    let key: Vec<u16> = "SYSTEM\\CurrentControlSet\\Control\\Session Manager\0"
+        .encode_utf16()
+        .collect();
+    let name: Vec<u16> = "PendingFileRenameOperations\0".encode_utf16().collect();
+    let mut buf: Vec<u16> = vec![0; 4096];
+    loop {
+        let mut bytes = u32::try_from(buf.len() * 2).unwrap_or(u32::MAX);
+        // SAFETY: `key` and `name` are NUL-terminated; `buf` has `bytes` writable bytes and
+        // `bytes` is updated to the size written (or needed).
+        let rc = unsafe {
+            RegGetValueW(
+                HKEY_LOCAL_MACHINE,
+                key.as_ptr(),
+                name.as_ptr(),
+                RRF_RT_REG_MULTI_SZ,
+                ptr::null_mut(),
+                buf.as_mut_ptr().cast(),
+                &raw mut bytes,
+            )
+        };
+        match rc {
+            ERROR_SUCCESS => {
+                buf.truncate(bytes as usize / 2);
+                return Ok(buf);
+            }
+            ERROR_FILE_NOT_FOUND => return Ok(Vec::new()),
+            ERROR_MORE_DATA if (bytes as usize) / 2 + 1 > buf.len() => {
+                buf.resize(bytes as usize / 2 + 1, 0);
+            }
+            e => {
+                return Err(anyhow!(
+                    "cannot read the restart's pending file operations (Win32 error {e})"
+                ));
+            }
+        }
+    }
+}
+
 /// Registers `path` for deletion at the next restart.
 ///
 /// `MoveFileExW` with a null new name and `MOVEFILE_DELAY_UNTIL_REBOOT` (Learn: a folder is

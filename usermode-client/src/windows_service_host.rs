@@ -141,10 +141,16 @@ pub fn uninstall() -> Result<()> {
             ServiceAccess::QUERY_STATUS | ServiceAccess::STOP | ServiceAccess::DELETE,
         )
         .with_context(|| format!("cannot open service {SERVICE_NAME} (is it installed?)"))?;
-    if service
-        .query_status()
-        .is_ok_and(|s| s.current_state != ServiceState::Stopped)
+    let status = service.query_status().ok();
+    if status
+        .as_ref()
+        .is_some_and(|s| s.current_state != ServiceState::Stopped)
     {
+        // The service's process, opened while it runs (its id cannot be reused while the
+        // handle is open): STOPPED is reported before the process exits, and while it runs
+        // its hivetrack.exe is in use, so `uninstall` could only schedule the copy's removal
+        // at the next restart (review 21b, L7).
+        let process = status.and_then(|s| s.process_id).map(ServiceProcess::open);
         let _ = service.stop();
         // `ControlService(STOP)` only asks; Learn, `DeleteService`: the entry is removed once
         // the service is not running and every handle to it is closed. Wait (up to 30 s) for
@@ -157,10 +163,46 @@ pub fn uninstall() -> Result<()> {
         {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        if let Some(p) = process {
+            p.wait_until(deadline);
+        }
     }
     service
         .delete()
         .with_context(|| format!("cannot delete service {SERVICE_NAME}"))
+}
+
+/// A handle to the service's process (`SYNCHRONIZE`), or none when it cannot be opened.
+struct ServiceProcess(windows_sys::Win32::Foundation::HANDLE);
+
+impl ServiceProcess {
+    /// Opens process `pid` to wait for its exit.
+    fn open(pid: u32) -> Self {
+        use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_SYNCHRONIZE};
+        // SAFETY: plain call; a null handle (failure) is kept and never waited on.
+        Self(unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) })
+    }
+
+    /// Waits until the process exits or `deadline` passes.
+    fn wait_until(&self, deadline: std::time::Instant) {
+        use windows_sys::Win32::System::Threading::WaitForSingleObject;
+        if self.0.is_null() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
+        // SAFETY: `self.0` is an open process handle with SYNCHRONIZE access.
+        let _ = unsafe { WaitForSingleObject(self.0, ms) };
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: `self.0` is an open handle this value owns, closed once.
+            let _ = unsafe { windows_sys::Win32::Foundation::CloseHandle(self.0) };
+        }
+    }
 }
 
 /// The options the service main runs with (parsed from the command line the service was

@@ -1019,20 +1019,24 @@ fn a_deferred_unload_of_a_hive_loaded_before_tracking_ends_free_once_windows_unl
 }
 
 /// Review 20b, R2: the kernel's "not found" for a hive's path is Windows saying the hive is
-/// not loaded, not the driver refusing a request.
+/// not loaded, not the driver refusing a request. Review 21b, L3: for a record the driver
+/// still has unload-pending (it drops it at its next read of the hive list) the hive is
+/// reported unloaded, complete, and `--fail-if-held` exits 0; it said "the hive is loaded
+/// and its file in use", incomplete, exit 4.
 #[test]
 fn the_kernel_not_finding_a_hive_says_it_is_unloaded_not_that_the_driver_refused() {
     let (o, _) = run_unvouched(0, &["holders", &format!(r"HKU\{SID}"), "--json"]);
     let r: HoldersReport = serde_json::from_str(&o.out).unwrap();
-    let why = r
-        .source
-        .coverage
-        .as_ref()
-        .and_then(|c| c.kernel_error.clone())
-        .expect("the kernel's list could not be had");
+    assert_eq!(r.hive.state, "unloaded", "{r:?}");
+    assert!(r.source.complete && r.holders.is_empty(), "{r:?}");
+    let (o, _) = run_unvouched(0, &["holders", &format!(r"HKU\{SID}"), "--fail-if-held"]);
+    assert_eq!(o.code, hivetrack_cli::exit::OK, "{}{}", o.out, o.err);
     assert!(
-        why.contains("Windows has no hive loaded at") && !why.contains("driver"),
-        "{why}"
+        o.out.contains("Windows has unloaded the hive")
+            && !o.out.contains("the hive is loaded")
+            && !o.out.contains("driver rejected"),
+        "{}",
+        o.out
     );
 }
 
@@ -1199,4 +1203,115 @@ fn holders_of_a_deferred_unload_after_its_last_key_say_it_is_still_loaded() {
             && table.contains("until then the hive is loaded and its file in use"),
         "{table}"
     );
+}
+
+/// The driver behind the IOCTLs; the kernel as Windows answers `NtQueryOpenSubKeysEx`: only
+/// the hive's own mount (`mount`) is a hive root; a path below it that does not exist is
+/// `STATUS_OBJECT_NAME_NOT_FOUND` (`ERROR_FILE_NOT_FOUND`), one in `existing` is
+/// `STATUS_INVALID_PARAMETER` (review 21b).
+struct Faithful {
+    t: Rc<Engine>,
+    mount: String,
+    existing: Vec<String>,
+}
+
+impl Transport for Faithful {
+    fn backend(&self) -> &'static str {
+        "tracker"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        DriverWithEvents(self.t.clone()).ioctl(code, input, out)
+    }
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        Some(if hive.eq_ignore_ascii_case(&self.mount) {
+            Ok(Vec::new())
+        } else if self.existing.iter().any(|e| e.eq_ignore_ascii_case(hive)) {
+            Err(TransportError::Os(std::io::Error::other(
+                "NTSTATUS 0xc000000d: not a hive root",
+            )))
+        } else {
+            Err(TransportError::Request {
+                code: ERROR_FILE_NOT_FOUND,
+            })
+        })
+    }
+}
+
+/// `argv` against [`unvouched_profile`] with the kernel as [`Faithful`]: the hive still
+/// loaded at `mount` (`"gone"`: unloaded), its `Software` key existing.
+fn run_faithful(argv: &[&str], mount: &str) -> common::Outcome {
+    let t = unvouched_profile();
+    let mount = mount.to_owned();
+    run_with(
+        argv,
+        move |_| {
+            Ok(Box::new(Faithful {
+                t: t.clone(),
+                mount: mount.clone(),
+                existing: vec![format!(r"\REGISTRY\USER\{SID}\Software")],
+            }) as Box<dyn Transport>)
+        },
+        &Contoso,
+    )
+}
+
+/// Review 21b, H1 control: named by its mount, the still-loaded hive is `unload_pending`.
+#[test]
+fn by_mount_the_pending_unload_is_not_free() {
+    let mount = format!(r"\REGISTRY\USER\{SID}");
+    let o = run_faithful(
+        &["wait", &format!(r"HKU\{SID}"), "--timeout", "3", "--json"],
+        &mount,
+    );
+    assert_eq!(o.code, hivetrack_cli::exit::HELD, "{}{}", o.out, o.err);
+}
+
+/// Review 21b, H1: the CLI accepts a path below the hive, but `wait` asked the kernel about
+/// that path, not the hive's mount: a key that does not exist is "not found", read as "the
+/// hive is unloaded", and the wait said free (exit 0) while the hive was still loaded with
+/// its deferred unload pending. Fails on the code before the fix.
+#[test]
+fn by_a_missing_subkey_the_pending_unload_is_not_free() {
+    let mount = format!(r"\REGISTRY\USER\{SID}");
+    let typed = format!(r"HKU\{SID}\Software\NoSuchKey");
+    let o = run_faithful(&["wait", &typed, "--timeout", "3", "--json"], &mount);
+    assert_ne!(o.code, hivetrack_cli::exit::OK, "{}{}", o.out, o.err);
+}
+
+/// Review 21b, L3: the driver's record is unload-pending, Windows no longer has the hive
+/// (deferred unload completed, the driver's hive-list read has not run yet): `holders
+/// --fail-if-held` said the hive is loaded and exited 4. Fails on the code before the fix.
+#[test]
+fn holders_of_a_stale_pending_record_is_not_loaded() {
+    let o = run_faithful(
+        &["holders", &format!(r"HKU\{SID}"), "--fail-if-held"],
+        "gone",
+    );
+    assert!(
+        o.code == hivetrack_cli::exit::OK
+            && !o.out.contains("the hive is loaded")
+            && o.out.contains("Windows has unloaded the hive"),
+        "code {}: {}",
+        o.code,
+        o.out
+    );
+}
+
+/// Review 21b, L3, and review 21a, M1 (the CLI's half): `hives` lists a record still
+/// unload-pending whose hive the kernel no longer has as unloaded, holding nothing; it
+/// listed it unload-pending (loaded, its file in use). Fails on the code before the fix.
+#[test]
+fn hives_lists_a_stale_pending_record_as_unloaded() {
+    let o = run_faithful(&["hives", "--json"], "gone");
+    let r: hivetrack_cli::model::HivesReport = serde_json::from_str(&o.out).expect(&o.err);
+    let h = r
+        .hives
+        .iter()
+        .find(|h| h.path == format!(r"\REGISTRY\USER\{SID}"))
+        .expect("the profile is listed");
+    assert_eq!(h.state, "unloaded", "{h:?}");
+    assert_eq!((h.open_keys, h.holders), (0, 0), "{h:?}");
 }

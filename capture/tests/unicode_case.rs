@@ -1,0 +1,50 @@
+//! Hive membership at an unload folds case as pairing does, beyond ASCII (review 21b, M1):
+//! until then a key opened under the mount spelled in another non-ASCII case was no holder
+//! of a failed unload whose list said complete (fails on the code before the fix).
+
+use std::fmt::Write as _;
+
+use capture::csv::CsvReader;
+use capture::paths::HkcuSids;
+use capture::replay::{Options, Replay, replay};
+
+fn csv(rows: &[(u32, &str, &str, &str, &str)]) -> String {
+    let mut t = String::from(
+        "\u{feff}\"Time of Day\",\"Process Name\",\"PID\",\"Operation\",\"Path\",\"Result\",\"Detail\",\"Sequence\",\"User\",\"Image Path\"\r\n",
+    );
+    for (seq, &(pid, name, op, path, res)) in rows.iter().enumerate() {
+        let _ = write!(
+            t,
+            "\"1:00:{seq:02}.0000000 AM\",\"{name}\",\"{pid}\",\"{op}\",\"{path}\",\"{res}\",\"\",\"{seq}\",\"NT AUTHORITY\\SYSTEM\",\"C:\\Windows\\{name}\"\r\n"
+        );
+    }
+    t
+}
+
+#[test]
+fn a_key_under_the_mount_spelled_in_another_case_beyond_ascii_is_a_holder() {
+    let text = csv(&[
+        (4, "System", "RegLoadKey", r"HKLM\ÄPP", "SUCCESS"),
+        (100, "a.exe", "RegOpenKey", r"HKLM\äpp\Settings", "SUCCESS"),
+        (200, "b.exe", "RegOpenKey", r"HKLM\ÄPP\Other", "SUCCESS"),
+        (200, "b.exe", "RegOpenKey", r"HKLM\Software\A", "SUCCESS"),
+        (200, "b.exe", "RegCloseKey", r"HKLM\Software\A", "SUCCESS"),
+        (900, "reg.exe", "RegUnloadKey", r"HKLM\ÄPP", "CANNOT DELETE"),
+    ]);
+    let mut r = Replay::new(Options {
+        hkcu: HkcuSids::default(),
+        from_boot: true,
+        all_events: true,
+        ..Options::default()
+    });
+    replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
+    let a = r.finish("x.csv", "csv");
+    let u = &a.unload_attempts[0];
+    let pids: Vec<u32> = u.holders.iter().map(|h| h.pid).collect();
+    assert!(
+        pids.contains(&100) || !u.complete,
+        "complete: {}, holders {pids:?}, missing {:?}",
+        u.complete,
+        u.missing
+    );
+}
