@@ -370,10 +370,12 @@ fn holders_sentence(holders: &[EventHolder], total: u64, keys: u64, past: bool) 
 /// Found in audit 22b (L1): "the profile stays loaded (event 1530)" was said of both cases.
 const HELD_TAIL: &str = " Until they close their keys the hive cannot unload normally: the User Profile Service (event 1530) then unloads a profile by force at logoff, and the holders may misbehave afterwards, unless the policy \"Do not forcefully unload the user registry at user logoff\" makes it wait.";
 
-/// Most UTF-16 units of one insertion string: `ReportEventW` limits each of `lpStrings` to
-/// 31,839 characters (Learn, "ReportEventW function", `lpStrings`; 32K before Windows
-/// Vista). Found in audit 22b (M4, L6): a 1001 naming thousands of holders (the kernel's
-/// list merged in) had a `%1` of 91,432 units, and the Event Log refused the event.
+/// Most UTF-16 units of one insertion string.
+///
+/// `ReportEventW` limits each of `lpStrings` to 31,839 characters (Learn, "`ReportEventW`
+/// function", `lpStrings`; 32K before Windows Vista). Found in audit 22b (M4, L6): a 1001
+/// naming thousands of holders (the kernel's list merged in) had a `%1` of 91,432 units,
+/// and the Event Log refused the event.
 pub const MAX_INSERTION_UNITS: usize = 31_839;
 
 /// Said at the end of an insertion string cut to [`MAX_INSERTION_UNITS`].

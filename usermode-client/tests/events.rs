@@ -1948,8 +1948,8 @@ fn audit22b_a_1001_says_which_driver_start_its_sequence_belongs_to() {
     assert_ne!(key(&events[1]), key(&events[3]), "{events:#?}");
 }
 
-/// Every insertion string must fit ReportEventW's limit of 31,839 characters (Learn,
-/// ReportEventW, lpStrings).
+/// Every insertion string must fit `ReportEventW`'s limit of 31,839 characters (Learn,
+/// `ReportEventW`, `lpStrings`).
 #[test]
 fn audit22b_insertion_strings_fit_report_event() {
     let many: Vec<EventHolder> = (0..2000u64)
