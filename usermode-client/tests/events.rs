@@ -541,25 +541,35 @@ fn serve_scripted(
     identities: &dyn Identities,
     make: &dyn Fn() -> Scripted,
 ) -> (u8, Vec<FleetEvent>) {
+    let mut sink = Collected::default();
+    let (code, _) = serve_into(q, opts, secs, identities, make, &mut sink);
+    (code, sink.0)
+}
+
+/// [`serve_scripted`] writing into `sink`; returns the exit code and the run's counts.
+fn serve_into(
+    q: &SharedQueue,
+    opts: ServiceOptions,
+    secs: u64,
+    identities: &dyn Identities,
+    make: &dyn Fn() -> Scripted,
+    sink: &mut dyn EventSink,
+) -> (u8, event_service::Counts) {
     let clock = q.borrow().clock.clone();
     let watch = clock.clone();
     let mut clock = clock;
     let keep_going = move || watch.elapsed() < Duration::from_secs(secs);
-    let mut sink = Collected::default();
     let mut connect = || connect_with(q, make);
-    let code = {
-        let mut env = ServiceEnv {
-            connect: &mut connect,
-            sink: &mut sink,
-            accounts: &Contoso,
-            identities,
-            clock: &mut clock,
-            started_at: NOW,
-            keep_going: &keep_going,
-        };
-        event_service::run(opts, &mut env).unwrap().0
+    let mut env = ServiceEnv {
+        connect: &mut connect,
+        sink,
+        accounts: &Contoso,
+        identities,
+        clock: &mut clock,
+        started_at: NOW,
+        keep_going: &keep_going,
     };
-    (code, sink.0)
+    event_service::run(opts, &mut env).unwrap()
 }
 
 fn ids(events: &[FleetEvent]) -> Vec<u32> {
@@ -2133,28 +2143,13 @@ fn events_an_output_refused_are_said_when_it_accepts_again() {
     q.push(&failed_unload(&user_hive(), NOW));
     q.steps.push_back(Step::Record(alarm(NOW + 20 * SECOND)));
     let q = q.shared();
-    let clock = q.borrow().clock.clone();
-    let watch = clock.clone();
-    let mut clock = clock;
-    let keep_going = move || watch.elapsed() < Duration::from_secs(60);
     // 1010 refused, the 1014 said at once refused too, 1001 refused.
     let mut sink = Refusing {
         refuse: 3,
         kept: Vec::new(),
     };
-    let mut connect = || connect_to(&q);
-    let counts = {
-        let mut env = ServiceEnv {
-            connect: &mut connect,
-            sink: &mut sink,
-            accounts: &Contoso,
-            identities: &NoIdentities,
-            clock: &mut clock,
-            started_at: NOW,
-            keep_going: &keep_going,
-        };
-        event_service::run(long_recheck(), &mut env).unwrap().1
-    };
+    let make = || Scripted::new(driver());
+    let (_, counts) = serve_into(&q, long_recheck(), 60, &NoIdentities, &make, &mut sink);
     assert_eq!(ids(&sink.kept), [1003, 1014], "{:#?}", sink.kept);
     assert_eq!(sink.kept[1].missed, Some(2), "{}", sink.kept[1].message);
     assert!(
