@@ -2,16 +2,24 @@
 //! into a [`FleetEvent`], write it, and (with a driver that does not) re-check failed
 //! unloads.
 //!
-//! - Each request asks for the events after the last sequence number seen (nothing is
-//!   persisted: a service that starts again re-reports what the driver still keeps;
-//!   `Sequence` and `TrackingSince` tell collectors the duplicates).
+//! - Each request asks for the events after the last page's cursor, which accounts for
+//!   numbers the driver took and never stored (nothing is persisted: a service that starts
+//!   again re-reports what the driver still keeps; `TrackingSince` and `Sequence`, carried
+//!   by every event from the stream, tell collectors the duplicates).
 //! - A request waits at most `wait` (default 10 s) in the driver. After a wait that brought
 //!   nothing the device handle is closed and opened again: a driver stop requested meanwhile
 //!   (`sc stop hivetrack`) can only complete when no handle is open.
 //! - The driver unreachable (stopped, not installed, no event stream): event 1013 once, a
 //!   new try every `retry` (default 15 s), event 1010 when connected again. A new tracking
 //!   start on any answer: event 1012, and reading starts over at sequence 0.
-//! - `missed` in an answer: event 1011.
+//! - `missed` in an answer: event 1011, once per loss; a failed unload the driver watches,
+//!   read before a lost number, gets the service's own re-check too (the lost number may be
+//!   its held-after record, or its watch, never made). A watch due more than
+//!   [`DRIVER_LOOK_SLACK`] before a page that delivered everything, without its record, was
+//!   answered "free" by the driver's silence: forgotten.
+//! - An output refusing events (the Event Log service down, a full disk): event 1014.
+//! - Holders are read only for the load of the mount the record names (its hive id; without
+//!   one, a hive not loaded after the attempt): a later load is the failed one gone.
 //! - A failed unload: event 1001. Who looks again later depends on the driver, page by page:
 //!   - **The driver** when its events prefix says `held_after_seconds` > 0 (its service key's
 //!     `Parameters\HeldAfterSeconds`, default 60) and it knew the hive (it never watches a
@@ -688,12 +696,13 @@ impl Loop<'_, '_> {
 
     /// `page` (asked after `asked_after`) says numbers were lost. A lost number taken after
     /// a watched attempt's own may be that attempt's held-after record (evicted, or never
-    /// stored for want of memory) or the watch the driver could not make (its table of
-    /// 64 watches full, `tracker/src/held_after.rs` `MAX_WATCHES`: it takes a number and writes nothing, so no 1002 would
-    /// ever come): the service cannot tell which, so each such attempt's failure gets the
-    /// service's own re-check, due [`DRIVER_LOOK_SLACK`] after the driver's watch (at once if
-    /// that is past). A held-after record that does come cancels it. Found in audit 22b
-    /// (M1): a failed unload the driver could not watch got no 1002 from anyone.
+    /// stored for want of memory) or the watch the driver could not make (its table of 64
+    /// watches full, `tracker/src/held_after.rs` `MAX_WATCHES`: it takes a number and writes
+    /// nothing, so no 1002 would ever come): the service cannot tell which, so each such
+    /// attempt's failure gets the service's own re-check, due [`DRIVER_LOOK_SLACK`] after
+    /// the driver's watch (at once if that is past). A held-after record that does come
+    /// cancels it. Found in audit 22b (M1): a failed unload the driver could not watch got
+    /// no 1002 from anyone.
     fn lost_after_attempts(&mut self, page: &StreamPage, asked_after: u64) {
         let delivered: Vec<u64> = page.records.iter().map(|r| r.sequence).collect();
         // The newest number the page accounts for and does not deliver (at most one more
@@ -921,7 +930,6 @@ fn same_load(t: &mut dyn Transport, report: &HoldersReport, hive_id: u32, time: 
         .and_then(|h| h.into_iter().find(|x| x.0 == report.hive.id))
         .map(|x| x.1)
         .filter(|&l| l != 0);
-    // A load seen after tracking began has its time; equal times are the same second.
     loaded_at.is_none_or(|l| time == 0 || l <= time)
 }
 
