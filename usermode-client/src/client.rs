@@ -755,6 +755,20 @@ impl<'t> Client<'t> {
         Ok(t)
     }
 
+    /// Each hive the driver lists, as `(id, load time)` (FILETIME, 0 when the load was not
+    /// seen): the hives pages alone, without the report's scope.
+    ///
+    /// # Errors
+    /// As for [`Self::hives`].
+    pub fn hive_load_times(&mut self) -> Result<Vec<(u32, u64)>> {
+        let mut loaded = Vec::new();
+        self.pages::<Hives>(&Self::plain(QueryKind::Hives, 0), |page| {
+            loaded.extend(page.records().map(|r| (r.id, r.loaded_time)));
+            Ok(true)
+        })?;
+        Ok(loaded)
+    }
+
     /// Every hive the driver knows.
     ///
     /// # Errors

@@ -2,16 +2,24 @@
 //! into a [`FleetEvent`], write it, and (with a driver that does not) re-check failed
 //! unloads.
 //!
-//! - Each request asks for the events after the last sequence number seen (nothing is
-//!   persisted: a service that starts again re-reports what the driver still keeps;
-//!   `Sequence` and `TrackingSince` tell collectors the duplicates).
+//! - Each request asks for the events after the last page's cursor, which accounts for
+//!   numbers the driver took and never stored (nothing is persisted: a service that starts
+//!   again re-reports what the driver still keeps; `TrackingSince` and `Sequence`, carried
+//!   by every event from the stream, tell collectors the duplicates).
 //! - A request waits at most `wait` (default 10 s) in the driver. After a wait that brought
 //!   nothing the device handle is closed and opened again: a driver stop requested meanwhile
 //!   (`sc stop hivetrack`) can only complete when no handle is open.
 //! - The driver unreachable (stopped, not installed, no event stream): event 1013 once, a
 //!   new try every `retry` (default 15 s), event 1010 when connected again. A new tracking
 //!   start on any answer: event 1012, and reading starts over at sequence 0.
-//! - `missed` in an answer: event 1011.
+//! - `missed` in an answer: event 1011, once per loss; a failed unload the driver watches,
+//!   read before a lost number, gets the service's own re-check too (the lost number may be
+//!   its held-after record, or its watch, never made). A watch due more than
+//!   [`DRIVER_LOOK_SLACK`] before a page that delivered everything, without its record, was
+//!   answered "free" by the driver's silence: forgotten.
+//! - An output refusing events (the Event Log service down, a full disk): event 1014.
+//! - Holders are read only for the load of the mount the record names (its hive id; without
+//!   one, a hive not loaded after the attempt): a later load is the failed one gone.
 //! - A failed unload: event 1001. Who looks again later depends on the driver, page by page:
 //!   - **The driver** when its events prefix says `held_after_seconds` > 0 (its service key's
 //!     `Parameters\HeldAfterSeconds`, default 60) and it knew the hive (it never watches a
@@ -63,14 +71,16 @@ use crate::accounts::Accounts;
 use crate::client::Client;
 use crate::commands::CliError;
 use crate::event_sink::EventSink;
-use crate::event_stream::{ERROR_OPERATION_ABORTED, StreamRecord, has_event_stream, wait_events};
+use crate::event_stream::{
+    ERROR_OPERATION_ABORTED, StreamPage, StreamRecord, has_event_stream, wait_events,
+};
 use crate::exit;
 use crate::fleet_event::{
     EventHolder, FleetEvent, HeldAfter, KEY_NAMES, UnloadFailure, deferred, failed,
 };
 use crate::hive_name::user_sid;
 use crate::holder_identity::Identities;
-use crate::model::{HeldKey, Holder, HoldersReport, UNIX_EPOCH_FILETIME};
+use crate::model::{HeldKey, Holder, HoldersReport, Time, UNIX_EPOCH_FILETIME};
 use crate::modules::caller;
 use crate::symbols::NoSymbols;
 use crate::transport::{
@@ -134,11 +144,41 @@ impl ServiceEnv<'_> {
             + u64::try_from(self.clock.elapsed().as_nanos() / 100).unwrap_or(u64::MAX / 4)
     }
 
+    /// Writes `event`. An output's refusal is said as event 1014 (audit 22b, M4: under the
+    /// service manager the count was dropped): at the first refusal and then at most once an
+    /// hour while they go on, to the outputs that accept it, and once the outputs accept an
+    /// event again, to all of them (the Application log back after an outage learns what it
+    /// lacks).
     fn emit(&mut self, event: &FleetEvent, stats: &mut Counts) {
         stats.events += 1;
-        if let Err(e) = self.sink.emit(event) {
-            stats.sink_errors += 1;
-            stats.last_sink_error = Some(format!("{e:#}"));
+        let now = self.now();
+        match self.sink.emit(event) {
+            Err(e) => {
+                stats.sink_errors += 1;
+                stats.unsaid_sink_errors += 1;
+                stats.last_sink_error = Some(format!("{e:#}"));
+                if stats
+                    .sink_errors_said_at
+                    .is_none_or(|t| now.saturating_sub(t) >= NOT_WRITTEN_EVERY)
+                {
+                    self.say_not_written(stats, now);
+                }
+            }
+            Ok(()) if stats.unsaid_sink_errors > 0 => self.say_not_written(stats, now),
+            Ok(()) => {}
+        }
+    }
+
+    fn say_not_written(&mut self, stats: &mut Counts, now: u64) {
+        let error = stats.last_sink_error.clone().unwrap_or_default();
+        let e = FleetEvent::not_written(stats.unsaid_sink_errors, &error, now);
+        stats.events += 1;
+        stats.sink_errors_said_at = Some(now);
+        match self.sink.emit(&e) {
+            // Said everywhere.
+            Ok(()) => stats.unsaid_sink_errors = 0,
+            // Not to the refusing output: said again once it accepts an event.
+            Err(_) => stats.sink_errors += 1,
         }
     }
 
@@ -165,7 +205,14 @@ pub struct Counts {
     pub last_sink_error: Option<String>,
     /// Connections that reached the driver's stream.
     pub connections: u64,
+    /// Refused events not yet said by a 1014 that every output accepted.
+    pub unsaid_sink_errors: u64,
+    /// When (FILETIME) the last 1014 was written.
+    pub sink_errors_said_at: Option<u64>,
 }
+
+/// While outputs keep refusing events, a 1014 at most this often (FILETIME units: an hour).
+const NOT_WRITTEN_EVERY: u64 = 3600 * 10_000_000;
 
 /// A failed unload waiting for its re-check.
 struct Recheck {
@@ -173,6 +220,12 @@ struct Recheck {
     user: Option<String>,
     /// FILETIME at which to ask.
     due: u64,
+    /// The driver's id of the hive that failed to unload (0: it did not know it): a hive now
+    /// at the mount with another id is a later load, not the one that failed (audit 22b, M7).
+    hive_id: u32,
+    /// The tracking start the failure's sequence number belongs to (the event's
+    /// `TrackingSince`; after a driver restart, the previous start: audit 22b, M3).
+    tracking_since: u64,
 }
 
 /// The first failed or deferred unload of a run of retries of a hive, seen in the stream
@@ -185,7 +238,10 @@ struct Attempt {
     /// The service's own re-check of the run's first failed attempt, due when the driver's
     /// watch is (the run's first attempt's time plus the delay the driver reported): run
     /// only if the driver restarts (its watches gone with it) before its held-after record
-    /// came. `None` while the run has only deferred attempts (no failure to re-check).
+    /// came, or the stream lost a number taken after the attempt (its held-after record, or
+    /// the watch the driver could not make: then due [`DRIVER_LOOK_SLACK`] later). `None`
+    /// while the run has only deferred attempts (no failure to re-check), or once the
+    /// re-check was handed to [`Loop::rechecks`].
     recheck: Option<Recheck>,
 }
 
@@ -199,6 +255,16 @@ enum Drained {
 
 /// FILETIME units per second.
 const SECOND: u64 = 10_000_000;
+
+/// How late after a watch's due time the driver's held-after record may come and still be
+/// the driver's answer: its timer fires at the earliest due time and looks at
+/// `MAX_PER_CHECK` (4) watches per run, setting itself again at once for the rest
+/// (`tracker/src/held_after.rs`), so even a full table of 64 is answered within
+/// milliseconds; 30 s leaves room for a busy machine. A page that delivers all the driver has
+/// numbered this long after a watch was due, without its record, means the driver found the
+/// hive free (it writes nothing then); the service's own fallback re-check of a watch it
+/// could not be sure of is due this long after the driver's (audit 22b, M1, M2).
+const DRIVER_LOOK_SLACK: u64 = 30 * SECOND;
 
 /// Whether the driver looks at `rec`'s hive again itself: it says a delay above 0 and knew
 /// the hive (it watches only hives it knows: a record flagged
@@ -284,7 +350,11 @@ impl Loop<'_, '_> {
         rec: &StreamRecord,
     ) -> (Vec<EventHolder>, Option<HoldersReport>) {
         let now = self.env.now();
-        let report = hive_keys(t, &rec.mount, now).ok();
+        // Only the load the record is about: a later load of the mount (the user's next
+        // logon) holds nothing of it (audit 22b, M7).
+        let report = hive_keys(t, &rec.mount, now)
+            .ok()
+            .filter(|r| same_load(t, r, rec.hive_id, rec.time));
         let running = if self.lookup(t) {
             report.as_ref().map_or_else(Vec::new, |r| {
                 r.holders
@@ -331,12 +401,13 @@ impl Loop<'_, '_> {
                 self.services(&running, h.pid, h.start_key),
                 rec.open_keys,
             );
-            let e =
+            let mut e =
                 FleetEvent::key_alarm(holder, prefix.key_alarm_threshold, rec.sequence, rec.time);
+            e.tracking_since = Time::from_filetime(prefix.tracking_since);
             self.env.emit(&e, &mut self.counts);
         } else if rec.is_held_after() {
             // Before `failed`: its outcome is the failed attempt's status, yet it is no unload.
-            self.held_after(t, rec, prefix.held_after_seconds);
+            self.held_after(t, rec, prefix);
         } else if failed(rec.outcome) {
             let (holders, report) = self.record_holders(t, rec);
             // A hive the driver cannot vouch for: the kernel's list just read names holders
@@ -364,12 +435,15 @@ impl Loop<'_, '_> {
                 time: rec.time,
             };
             let user = user_sid(&rec.mount).and_then(|sid| self.env.accounts.account_of(sid));
-            let e = FleetEvent::unload_failed_and_kernel_list(
+            let mut e = FleetEvent::unload_failed_and_kernel_list(
                 &failure,
                 user.clone(),
                 holders,
                 kernel_now,
             );
+            // Which driver start the sequence number belongs to: numbers begin at 1 at every
+            // start (audit 22b, M3).
+            e.tracking_since = Time::from_filetime(prefix.tracking_since);
             self.env.emit(&e, &mut self.counts);
             let time = if rec.time == 0 {
                 self.env.now()
@@ -386,6 +460,8 @@ impl Loop<'_, '_> {
                     failure,
                     user,
                     due: time + duration_filetime(self.opts.still_held_after),
+                    hive_id: rec.hive_id,
+                    tracking_since: prefix.tracking_since,
                 });
             }
         } else if deferred(rec.outcome) {
@@ -421,7 +497,15 @@ impl Loop<'_, '_> {
         failed: Option<(UnloadFailure, Option<String>)>,
     ) {
         let delay = prefix.held_after_seconds.saturating_mul(SECOND);
-        let recheck = |due: u64| failed.map(|(failure, user)| Recheck { failure, user, due });
+        let recheck = |due: u64| {
+            failed.map(|(failure, user)| Recheck {
+                failure,
+                user,
+                due,
+                hive_id: rec.hive_id,
+                tracking_since: prefix.tracking_since,
+            })
+        };
         match self
             .attempts
             .iter_mut()
@@ -449,9 +533,9 @@ impl Loop<'_, '_> {
         }
     }
 
-    /// Event 1002 from the driver's held-after record `rec` (`delay`: the prefix's
-    /// `held_after_seconds`).
-    fn held_after(&mut self, t: &mut dyn Transport, rec: &StreamRecord, delay: u64) {
+    /// Event 1002 from the driver's held-after record `rec` (`prefix`: its page's).
+    fn held_after(&mut self, t: &mut dyn Transport, rec: &StreamRecord, prefix: &EventsPrefix) {
+        let delay = prefix.held_after_seconds;
         let (mut holders, report) = self.record_holders(t, rec);
         let mut holder_count = u64::from(rec.holders_total);
         let mut key_count = rec.open_keys;
@@ -489,7 +573,8 @@ impl Loop<'_, '_> {
             failed_unload_sequence: attempt.as_ref().map(|a| a.sequence),
         };
         let user = user_sid(&rec.mount).and_then(|sid| self.env.accounts.account_of(sid));
-        let e = FleetEvent::held_after(&held, user, holders);
+        let mut e = FleetEvent::held_after(&held, user, holders);
+        e.tracking_since = Time::from_filetime(prefix.tracking_since);
         self.env.emit(&e, &mut self.counts);
     }
 
@@ -501,15 +586,17 @@ impl Loop<'_, '_> {
             .partition(|r| r.due <= now);
         self.rechecks = later;
         for r in due {
-            let Some((holders, unseen)) = self.recheck(t, &r.failure.hive, now) else {
-                continue; // unloaded
+            let Some((holders, unseen)) = self.recheck(t, &r, now) else {
+                continue; // unloaded (or another load of the mount now)
             };
             if holders.is_empty() && !unseen {
                 continue; // free
             }
             let keys = holders.iter().map(|h| h.keys).sum();
             let since = now.saturating_sub(r.failure.time) / SECOND;
-            let e = FleetEvent::still_held(&r.failure, r.user, holders, keys, since, now, unseen);
+            let mut e =
+                FleetEvent::still_held(&r.failure, r.user, holders, keys, since, now, unseen);
+            e.tracking_since = Time::from_filetime(r.tracking_since);
             self.env.emit(&e, &mut self.counts);
         }
     }
@@ -523,13 +610,19 @@ impl Loop<'_, '_> {
     /// asked, whether the hive is held cannot be told (an empty, unseen answer). Found in review
     /// (2026-12-05): such a re-check was dropped without a word, even with the kernel listing
     /// keys, and an empty answer was taken for "free" before asking whether it was unseen.
+    ///
+    /// A hive now at the mount that is not the load that failed (another driver id, or
+    /// loaded after the failure: `same_load`) is the failed one unloaded: `None`. Found in
+    /// audit 22b (M7): a re-check asked by mount name only named the next logon's processes.
     fn recheck(
         &self,
         t: &mut dyn Transport,
-        hive: &str,
+        r: &Recheck,
         now: u64,
     ) -> Option<(Vec<EventHolder>, bool)> {
+        let hive = r.failure.hive.as_str();
         let report = match hive_keys(t, hive, now) {
+            Ok(report) if !same_load(t, &report, r.hive_id, r.failure.time) => return None,
             Ok(report) => report,
             Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
                 return match t.kernel_open_keys(hive) {
@@ -601,6 +694,61 @@ impl Loop<'_, '_> {
         Some((holders, holders_unseen(&report.source)))
     }
 
+    /// `page` (asked after `asked_after`) says numbers were lost. A lost number taken after
+    /// a watched attempt's own may be that attempt's held-after record (evicted, or never
+    /// stored for want of memory) or the watch the driver could not make (its table of 64
+    /// watches full, `tracker/src/held_after.rs` `MAX_WATCHES`: it takes a number and writes
+    /// nothing, so no 1002 would ever come): the service cannot tell which, so each such
+    /// attempt's failure gets the service's own re-check, due [`DRIVER_LOOK_SLACK`] after
+    /// the driver's watch (at once if that is past). A held-after record that does come
+    /// cancels it. Found in audit 22b (M1): a failed unload the driver could not watch got
+    /// no 1002 from anyone.
+    fn lost_after_attempts(&mut self, page: &StreamPage, asked_after: u64) {
+        let delivered: Vec<u64> = page.records.iter().map(|r| r.sequence).collect();
+        // The newest number the page accounts for and does not deliver (at most one more
+        // step than it has records).
+        let newest_lost = (asked_after.saturating_add(1)..=page.next_after)
+            .rev()
+            .find(|n| !delivered.contains(n))
+            // A page whose cursor says nothing: any attempt may be concerned.
+            .unwrap_or(u64::MAX);
+        for a in &mut self.attempts {
+            if a.sequence >= newest_lost {
+                continue; // every lost number came before this attempt
+            }
+            if let Some(mut r) = a.recheck.take() {
+                r.due = r.due.saturating_add(DRIVER_LOOK_SLACK);
+                if let Some(x) = self
+                    .rechecks
+                    .iter_mut()
+                    .find(|x| x.failure.hive.eq_ignore_ascii_case(&r.failure.hive))
+                {
+                    *x = r;
+                } else {
+                    self.rechecks.push(r);
+                }
+            }
+        }
+    }
+
+    /// After a page that delivered everything the driver had numbered: the watched attempts
+    /// whose watch was due more than [`DRIVER_LOOK_SLACK`] ago and brought no held-after
+    /// record were answered by the driver, silently: it found the hive free (it writes a
+    /// record only for a hive still held, or one it cannot see). They are forgotten, so a
+    /// later driver restart does not turn them into re-checks of the service's own. Found
+    /// in audit 22b (M2): attempts answered long before (a service restart replays them in
+    /// bulk) became "still held 610 s after its failed unload" after a driver update.
+    fn answered_by_silence(&mut self, prefix: &EventsPrefix) {
+        let now = self.env.now();
+        let delay = prefix.held_after_seconds.saturating_mul(SECOND);
+        self.attempts.retain(|a| {
+            a.time
+                .saturating_add(delay)
+                .saturating_add(DRIVER_LOOK_SLACK)
+                > now
+        });
+    }
+
     /// The request's timeout: the longest wait, or less when a re-check is due sooner.
     fn timeout_ms(&self) -> u32 {
         if self.opts.once {
@@ -641,6 +789,14 @@ impl Loop<'_, '_> {
                 Some(old) if old != since => {
                     let e = FleetEvent::restarted(old, since, self.after, self.env.now());
                     self.env.emit(&e, &mut self.counts);
+                    if self.unavailable {
+                        // Back after 1013: 1010 too, as the README's table promises ("again
+                        // after 1013"); a query for a 1013 with no later 1010 would otherwise
+                        // read this machine as still blind (audit 22b, L4).
+                        self.counts.connections += 1;
+                        let e = FleetEvent::connected(since, true, self.env.now());
+                        self.env.emit(&e, &mut self.counts);
+                    }
                     // Earlier sequence numbers meant the previous start: read from the start.
                     // Pending re-checks stay: they ask about the hive as it is now.
                     self.after = 0;
@@ -678,6 +834,7 @@ impl Loop<'_, '_> {
                 self.env.emit(&e, &mut self.counts);
             }
             let prefix = page.prefix;
+            let asked_after = self.after;
             let mut progressed = false;
             for rec in &page.records {
                 if rec.sequence <= self.after {
@@ -686,6 +843,17 @@ impl Loop<'_, '_> {
                 self.record(t, rec, &prefix);
                 self.after = rec.sequence;
                 progressed = true;
+            }
+            // The page's cursor accounts for the numbers it says missed, also those taken
+            // after its last record (never stored: no memory, a full watch table). Asking
+            // after the last record instead, every request was answered at once with the
+            // same loss: a new 1011 every ~10 s until the next event (audit 22b, H1).
+            self.after = self.after.max(page.next_after);
+            if page.prefix.missed > 0 {
+                self.lost_after_attempts(&page, asked_after);
+            }
+            if page.done {
+                self.answered_by_silence(&prefix);
             }
             if !progressed {
                 if self.opts.once {
@@ -740,6 +908,29 @@ fn holders_unseen(source: &crate::model::Source) -> bool {
         || source.coverage.as_ref().map_or(!source.complete, |c| {
             (c.kernel_open_keys.is_none() && !source.complete) || c.deleted_keys_unseen
         })
+}
+
+/// Whether `report` (the holders of a mount now) is about the load a record of hive id
+/// `hive_id` (0: the driver did not know the hive) at FILETIME `time` is about: the same
+/// driver id when the record has one, and not loaded after `time` when the driver's hive
+/// list says when it was loaded (a hive it no longer lists, or whose load time it does not
+/// know, is taken as that load). Found in audit 22b (M7): a re-check asked by mount name
+/// only, and a later logon's hive at the same mount was blamed for the failure.
+fn same_load(t: &mut dyn Transport, report: &HoldersReport, hive_id: u32, time: u64) -> bool {
+    if hive_id != 0 && report.hive.id != 0 && report.hive.id != hive_id {
+        return false;
+    }
+    if hive_id != 0 {
+        // Ids are never reused (`tracker/src/hives.rs`: taken from a counter): the id says it.
+        return true;
+    }
+    let loaded_at = Client::new(t)
+        .hive_load_times()
+        .ok()
+        .and_then(|h| h.into_iter().find(|x| x.0 == report.hive.id))
+        .map(|x| x.1)
+        .filter(|&l| l != 0);
+    loaded_at.is_none_or(|l| time == 0 || l <= time)
 }
 
 fn hive_keys(t: &mut dyn Transport, mount: &str, now: u64) -> Result<HoldersReport> {

@@ -48,6 +48,10 @@ pub struct StreamRecord {
     pub flags: u16,
     /// The mount point (empty for an alarm).
     pub mount: String,
+    /// The driver's id of the hive (0 when it did not know it): which load of the mount the
+    /// record is about, as a holders report's `hive.id` names it. A later load of the same
+    /// mount has another id.
+    pub hive_id: u32,
     /// Keys open in the hive then (an alarm: the process's count).
     pub open_keys: u64,
     /// Processes holding keys then.
@@ -91,7 +95,13 @@ pub struct StreamPage {
     /// Records, oldest first (empty when the wait timed out).
     pub records: Vec<StreamRecord>,
     /// The sequence number to ask after next, from the page's cursor (0 when it gave none).
+    /// It accounts for numbers the driver took and never stored (`missed`): a reader that
+    /// asked after its last record instead would be told of them again on every request
+    /// (audit 22b, H1).
     pub next_after: u64,
+    /// The page delivered everything the driver had numbered when it answered (its cursor is
+    /// marked done): nothing more is there now.
+    pub done: bool,
 }
 
 fn malformed(e: impl std::fmt::Display) -> TransportError {
@@ -207,6 +217,7 @@ fn request_events(
             outcome: r.outcome,
             flags: r.flags,
             mount: r.mount.to_string(),
+            hive_id: r.hive_id,
             open_keys: r.open_keys,
             holders_total: r.holders_total,
             holders: r
@@ -225,6 +236,7 @@ fn request_events(
         prefix: page.prefix,
         records,
         next_after: EventsRequest::after_cursor(&page.info.next),
+        done: page.info.flags & protocol::page::PageInfo::DONE != 0,
     })
 }
 

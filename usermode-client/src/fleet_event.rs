@@ -33,19 +33,24 @@ pub enum EventId {
     /// 1010, Information: the service is connected to the driver (at start, or again after
     /// the driver was unavailable), with since when the driver tracks.
     Connected = 1010,
-    /// 1011, Warning: events were lost before the service read them (the driver's history
-    /// overflowed).
+    /// 1011, Warning: event numbers the driver did not deliver (evicted from its history
+    /// before the service read them, or never stored: no memory, a full watch table).
     Missed = 1011,
     /// 1012, Warning: the driver restarted (a new tracking start; sequence numbers begin
     /// again at 1).
     DriverRestarted = 1012,
     /// 1013, Warning: the driver cannot be reached, or has no event stream.
     DriverUnavailable = 1013,
+    /// 1014, Warning: events one of the service's outputs (the Application log, `--jsonl`)
+    /// refused; written to the outputs that accept it, and again to the refusing one once it
+    /// accepts an event (audit 22b, M4: the refusals were counted and never said under the
+    /// service manager).
+    NotWritten = 1014,
 }
 
 impl EventId {
     /// Every id, in number order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::UnloadFailed,
         Self::StillHeld,
         Self::KeyAlarm,
@@ -53,6 +58,7 @@ impl EventId {
         Self::Missed,
         Self::DriverRestarted,
         Self::DriverUnavailable,
+        Self::NotWritten,
     ];
 
     /// The number the Event Log shows.
@@ -179,9 +185,13 @@ pub struct FleetEvent {
     /// When it happened (the driver's record time; for the service's own events, its
     /// clock).
     pub time: Option<Time>,
-    /// Since when the driver tracks (connected, restarted).
+    /// Since when the driver tracks (connected, restarted); for an event from the driver's
+    /// stream (1001, 1002, 1003), the driver start its `sequence` belongs to: sequence numbers
+    /// begin at 1 at every start (every boot), so `(tracking_since, sequence)` identifies the
+    /// event, and a replay after a service restart repeats both (audit 22b, M3).
     pub tracking_since: Option<Time>,
-    /// Events lost (1011).
+    /// Events lost: event numbers the driver did not deliver (1011), or events an output
+    /// refused (1014).
     pub missed: Option<u64>,
     /// Seconds since the failed unload, or the deferred one (1002; at least this many when
     /// the service did not see the attempt itself: the driver's delay).
@@ -350,6 +360,45 @@ fn holders_sentence(holders: &[EventHolder], total: u64, keys: u64, past: bool) 
     }
     s.push('.');
     s
+}
+
+/// The last sentence of a 1002 naming holders of a failed unload. The User Profile Service
+/// logs event 1530 and then, by default, unloads the profile by force; it waits for the keys
+/// to close only under the policy "Do not forcefully unload the user registry at user logoff"
+/// (Microsoft, "More on User Profile Service functionality",
+/// <https://learn.microsoft.com/en-us/archive/blogs/dsnotes/more-on-user-profile-service-functionality>).
+/// Found in audit 22b (L1): "the profile stays loaded (event 1530)" was said of both cases.
+const HELD_TAIL: &str = " Until they close their keys the hive cannot unload normally: the User Profile Service (event 1530) then unloads a profile by force at logoff, and the holders may misbehave afterwards, unless the policy \"Do not forcefully unload the user registry at user logoff\" makes it wait.";
+
+/// Most UTF-16 units of one insertion string.
+///
+/// `ReportEventW` limits each of `lpStrings` to 31,839 characters (Learn, "`ReportEventW`
+/// function", `lpStrings`; 32K before Windows Vista). Found in audit 22b (M4, L6): a 1001
+/// naming thousands of holders (the kernel's list merged in) had a `%1` of 91,432 units,
+/// and the Event Log refused the event.
+pub const MAX_INSERTION_UNITS: usize = 31_839;
+
+/// Said at the end of an insertion string cut to [`MAX_INSERTION_UNITS`].
+const CUT_NOTE: &str = " [cut: an Event Log insertion string holds at most 31,839 characters; the --jsonl line has it whole, `hivetrack holders` on the hive lists every holder]";
+
+/// `s` cut to at most [`MAX_INSERTION_UNITS`] UTF-16 units, with [`CUT_NOTE`] when cut (at a
+/// character boundary).
+fn fit_insertion(s: String) -> String {
+    if s.encode_utf16().count() <= MAX_INSERTION_UNITS {
+        return s;
+    }
+    let budget = MAX_INSERTION_UNITS - CUT_NOTE.len();
+    let mut units = 0;
+    let end = s
+        .char_indices()
+        .find(|(_, c)| {
+            units += c.len_utf16();
+            units > budget
+        })
+        .map_or(s.len(), |(i, _)| i);
+    let mut cut = s[..end].to_owned();
+    cut.push_str(CUT_NOTE);
+    cut
 }
 
 /// Said of a record with `HOLDERS_UNSEEN`.
@@ -590,12 +639,16 @@ impl FleetEvent {
         message.push_str(if holders.is_empty() {
             " Run `hivetrack holders` on the hive to see who holds it now."
         } else {
-            " Until they close their keys the profile stays loaded (User Profile Service event 1530)."
+            HELD_TAIL
         });
         Self {
             hive: Some(failure.hive.clone()),
             sid: user_sid(&failure.hive).map(str::to_owned),
             user,
+            // As the driver's 1002 has them: collectors filter 1002 on `Status` (audit 22b,
+            // L2).
+            status: Some(status_text(failure.status)),
+            status_name: ntstatus_name(failure.status).map(str::to_owned),
             holder_count: Some(count),
             key_count: Some(key_count),
             holders,
@@ -663,7 +716,7 @@ impl FleetEvent {
         } else if deferred(held.status) {
             " Until they close their keys the hive stays loaded and its unload waits."
         } else {
-            " Until they close their keys the profile stays loaded (User Profile Service event 1530)."
+            HELD_TAIL
         });
         Self {
             hive: Some(held.hive.clone()),
@@ -736,8 +789,8 @@ impl FleetEvent {
     #[must_use]
     pub fn missed(missed: u64, after: u64, now: u64) -> Self {
         let message = format!(
-            "{} after sequence {after} could not be reported: the driver no longer kept {} when the service asked (its history overflowed while the service was behind or not running). `hivetrack unload-history` lists what the driver still keeps.",
-            plural(missed, "hivetrack event", "hivetrack events"),
+            "{} after sequence {after} could not be reported: the driver did not deliver {} when the service asked (evicted from its history while the service was behind or not running, or never stored: no memory for the record, or its table of held-after watches full; `hivetrack stats` counts each). Some may be successful unloads, which are no event. Failed unloads among them are not reported; a failed unload reported before them whose 1002 may be among them is re-checked by the service itself. `hivetrack unload-history` lists what the driver still keeps.",
+            plural(missed, "hivetrack event number", "hivetrack event numbers"),
             if missed == 1 { "it" } else { "them" }
         );
         Self {
@@ -785,6 +838,23 @@ impl FleetEvent {
         Self {
             time: Time::from_filetime(now),
             ..Self::new(EventId::DriverUnavailable, message)
+        }
+    }
+
+    /// 1014: `count` events were refused by one of the service's outputs, the last time with
+    /// `error`.
+    #[must_use]
+    pub fn not_written(count: u64, error: &str, now: u64) -> Self {
+        let message = format!(
+            "{} could not be written to every output of the hivetrack service (the Application log, and the --jsonl file when given): {error}. The outputs that accepted {} have {}; `hivetrack service run --once --jsonl -` prints again what the driver still keeps.",
+            plural(count, "hivetrack event", "hivetrack events"),
+            if count == 1 { "it" } else { "them" },
+            if count == 1 { "it" } else { "them" },
+        );
+        Self {
+            missed: Some(count),
+            time: Time::from_filetime(now),
+            ..Self::new(EventId::NotWritten, message)
         }
     }
 
@@ -858,7 +928,7 @@ impl FleetEvent {
             String::new()
         });
         s.push(opt(self.failed_unload_sequence.as_ref()));
-        s
+        s.into_iter().map(fit_insertion).collect()
     }
 
     /// The event as one JSON line (no newline).

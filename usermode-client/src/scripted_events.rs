@@ -138,7 +138,7 @@ impl EventQueue {
         let bytes = encode_codec(&UnloadRecord {
             time: rec.time,
             outcome: rec.outcome,
-            hive_id: 0,
+            hive_id: rec.hive_id,
             open_keys: rec.open_keys,
             holders_total: rec.holders_total,
             flags: rec.flags,
@@ -151,6 +151,12 @@ impl EventQueue {
             self.kept.pop_front();
         }
         sequence
+    }
+
+    /// A number taken for an event that was never stored (the driver's `skip_sequence`:
+    /// a full held-after watch table, or no memory for a record). Audit 22b repro.
+    pub const fn skip(&mut self) {
+        self.next_sequence += 1;
     }
 
     /// The driver restarted.
@@ -180,13 +186,9 @@ impl EventQueue {
         }
     }
 
-    /// Events after `after` that are no longer kept.
-    fn missed(&self, after: u64) -> u64 {
-        let oldest = self.kept.front().map_or(self.next_sequence, |(s, _)| *s);
-        if after >= self.next_sequence {
-            return 0; // a cursor from another start: nothing of it is known
-        }
-        oldest.saturating_sub(1).saturating_sub(after)
+    /// The newest number taken (0 before the first).
+    const fn newest_numbered(&self) -> u64 {
+        self.next_sequence - 1
     }
 
     /// Answers `IOCTL_HIVETRACK_WAIT_EVENTS` with `input` into `out`, as the driver would.
@@ -200,10 +202,10 @@ impl EventQueue {
         })?;
         self.requests.push((req.after, req.timeout_ms));
         let stopped = |q: &Self| q.refuse_connects > 0;
-        while req.timeout_ms != 0
-            && !stopped(self)
-            && !self.kept.iter().any(|(s, _)| *s > req.after)
-        {
+        // As the driver (`tracker/src/events.rs` `events_after`): a wait ends at once when
+        // any number was taken after `after`, stored or not (a number never stored is an
+        // event missed), or when `after` is from another start (beyond the newest).
+        while req.timeout_ms != 0 && !stopped(self) && self.newest_numbered() == req.after {
             let Some(step) = self.steps.pop_front() else {
                 break;
             };
@@ -212,17 +214,52 @@ impl EventQueue {
         let small = || TransportError::Request {
             code: ERROR_INSUFFICIENT_BUFFER,
         };
-        let prefix = EventsPrefix {
-            missed: self.missed(req.after),
+        let newest = self.newest_numbered();
+        // A cursor from a previous start (beyond the newest) reads from the start.
+        let after = if req.after > newest { 0 } else { req.after };
+        let pending: Vec<&(u64, Vec<u8>)> = self.kept.iter().filter(|(s, _)| *s > after).collect();
+        let limit = match req.max_records {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        // Records are sized first, as the driver does (the prefix, written first, depends on
+        // how many fit): a scratch page with the same prefix size.
+        let prefix_for = |missed| EventsPrefix {
+            missed,
             tracking_since: self.tracking_since,
             key_alarm_threshold: self.key_alarm_threshold,
             held_after_seconds: self.held_after_seconds,
         };
-        let mut w =
-            PageWriter::<Events>::new(out, &prefix, req.max_records).map_err(|_| small())?;
-        let pending: Vec<&(u64, Vec<u8>)> =
-            self.kept.iter().filter(|(s, _)| *s > req.after).collect();
-        if pending.is_empty() && req.timeout_ms != 0 && !self.answers_early {
+        let mut scratch = vec![0u8; out.len()];
+        let mut fit = 0usize;
+        {
+            let mut w =
+                PageWriter::<Events>::new(&mut scratch, &prefix_for(0), 0).map_err(|_| small())?;
+            for (_, bytes) in pending.iter().take(limit) {
+                let rec = <UnloadRecord<'_> as protocol::page::Codec<'_>>::decode(
+                    &mut wire::Reader::new(bytes),
+                )
+                .map_err(|_| small())?;
+                if !w.push(&rec) {
+                    break;
+                }
+                fit += 1;
+            }
+        }
+        if fit == 0 && !pending.is_empty() {
+            return Err(small());
+        }
+        // As the driver: the last number the page accounts for is its last record's, or
+        // every number taken so far when it delivers all that is left; `missed` is the
+        // numbers up to it the page does not deliver (evicted, or never stored).
+        let next = if fit < pending.len() {
+            pending[fit - 1].0
+        } else {
+            newest.max(after)
+        };
+        let prefix = prefix_for(next.saturating_sub(after).saturating_sub(fit as u64));
+        let mut w = PageWriter::<Events>::new(out, &prefix, 0).map_err(|_| small())?;
+        if self.newest_numbered() == req.after && req.timeout_ms != 0 && !self.answers_early {
             // The wait ran its course.
             let waited = if req.timeout_ms == EventsRequest::NO_TIMEOUT {
                 Duration::from_secs(3600)
@@ -231,31 +268,19 @@ impl EventQueue {
             };
             self.clock.sleep(waited);
         }
-        let mut last = req.after;
-        let mut pushed = 0usize;
-        for (seq, bytes) in &pending {
+        for (_, bytes) in pending.iter().take(fit) {
             let rec = <UnloadRecord<'_> as protocol::page::Codec<'_>>::decode(
                 &mut wire::Reader::new(bytes),
             )
             .map_err(|_| small())?;
-            if !w.push(&rec) {
-                break;
-            }
-            last = *seq;
-            pushed += 1;
+            let pushed = w.push(&rec);
+            debug_assert!(pushed, "sized above");
         }
-        if pushed == 0 && !pending.is_empty() {
-            return Err(small());
-        }
-        let mut next = Cursor::START;
-        next.0[0] = last;
+        let mut cursor = Cursor::START;
+        cursor.0[0] = next;
         Ok(w.finish(&PageInfo {
-            next,
-            flags: if pushed == pending.len() {
-                PageInfo::DONE
-            } else {
-                0
-            },
+            next: cursor,
+            flags: if next >= newest { PageInfo::DONE } else { 0 },
             not_recorded: 0,
         }))
     }

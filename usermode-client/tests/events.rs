@@ -277,7 +277,7 @@ fn every_other_event_says_what_happened() {
     assert!(
         missed
             .message
-            .starts_with("3 hivetrack events after sequence 0 could not be reported"),
+            .starts_with("3 hivetrack event numbers after sequence 0 could not be reported"),
         "{}",
         missed.message
     );
@@ -445,6 +445,7 @@ fn unload(mount: &str, outcome: u32, holders: &[(u64, &str, u64)], time: u64) ->
         outcome,
         flags: 0,
         mount: mount.to_owned(),
+        hive_id: 0,
         open_keys: holders.iter().map(|h| h.2).sum(),
         holders_total: u32::try_from(holders.len()).unwrap(),
         holders: holders
@@ -540,25 +541,35 @@ fn serve_scripted(
     identities: &dyn Identities,
     make: &dyn Fn() -> Scripted,
 ) -> (u8, Vec<FleetEvent>) {
+    let mut sink = Collected::default();
+    let (code, _) = serve_into(q, opts, secs, identities, make, &mut sink);
+    (code, sink.0)
+}
+
+/// [`serve_scripted`] writing into `sink`; returns the exit code and the run's counts.
+fn serve_into(
+    q: &SharedQueue,
+    opts: ServiceOptions,
+    secs: u64,
+    identities: &dyn Identities,
+    make: &dyn Fn() -> Scripted,
+    sink: &mut dyn EventSink,
+) -> (u8, event_service::Counts) {
     let clock = q.borrow().clock.clone();
     let watch = clock.clone();
     let mut clock = clock;
     let keep_going = move || watch.elapsed() < Duration::from_secs(secs);
-    let mut sink = Collected::default();
     let mut connect = || connect_with(q, make);
-    let code = {
-        let mut env = ServiceEnv {
-            connect: &mut connect,
-            sink: &mut sink,
-            accounts: &Contoso,
-            identities,
-            clock: &mut clock,
-            started_at: NOW,
-            keep_going: &keep_going,
-        };
-        event_service::run(opts, &mut env).unwrap().0
+    let mut env = ServiceEnv {
+        connect: &mut connect,
+        sink,
+        accounts: &Contoso,
+        identities,
+        clock: &mut clock,
+        started_at: NOW,
+        keep_going: &keep_going,
     };
-    (code, sink.0)
+    event_service::run(opts, &mut env).unwrap()
 }
 
 fn ids(events: &[FleetEvent]) -> Vec<u32> {
@@ -1906,4 +1917,289 @@ fn holders_beyond_the_event_data_slots_are_said_truncated() {
     e.holders.truncate(8);
     e.holder_count = Some(8);
     assert_eq!(field(&e.insertion_strings(), "HoldersTruncated"), "false");
+}
+
+// ---- audit 22b repros (expected to FAIL on bea5d24) ----
+
+/// A failed unload the old driver already looked at (its delay passed long before the
+/// service even read the history, and it wrote no held-after record: it found the hive
+/// free) must not become a re-check of the service's own after a driver restart.
+#[test]
+fn audit22b_a_watch_the_old_driver_already_answered_is_not_rechecked_after_a_restart() {
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW - 600 * SECOND));
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, &|| {
+        let mut s = hivetrack_cli::scripted::logoff_released_loaded_before_tracking();
+        s.version = driver().version;
+        s
+    });
+    assert_eq!(ids(&events), [1010, 1001, 1012], "{events:#?}");
+}
+
+/// Two distinct failed unloads, one per driver start, both numbered 1: the events alone
+/// must tell them apart (a collector deduplicating a service restart's replay by
+/// `Sequence` needs the start it belongs to).
+#[test]
+fn audit22b_a_1001_says_which_driver_start_its_sequence_belongs_to() {
+    let restarted_at = NOW + 3600 * SECOND;
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Restart(restarted_at));
+    q.steps.push_back(Step::Record(failed_unload(
+        &user_hive(),
+        restarted_at + SECOND,
+    )));
+    let q = q.shared();
+    let (_, events) = serve(&q, long_recheck(), 120, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1001]);
+    let key = |e: &FleetEvent| (e.sequence, e.tracking_since.as_ref().map(|t| t.filetime));
+    assert_ne!(key(&events[1]), key(&events[3]), "{events:#?}");
+}
+
+/// Every insertion string must fit `ReportEventW`'s limit of 31,839 characters (Learn,
+/// `ReportEventW`, `lpStrings`).
+#[test]
+fn audit22b_insertion_strings_fit_report_event() {
+    let many: Vec<EventHolder> = (0..2000u64)
+        .map(|pid| {
+            EventHolder::new(
+                pid + 10,
+                Some(format!(
+                    r"C:\Program Files\Vendor{pid}\agent-with-a-long-name.exe"
+                )),
+                None,
+                1,
+            )
+        })
+        .collect();
+    let e = FleetEvent::unload_failed_and_kernel_list(&failure(0, 0), None, Vec::new(), many);
+    for (i, s) in e.insertion_strings().iter().enumerate() {
+        assert!(
+            s.encode_utf16().count() <= 31_839,
+            "string {} is {} units",
+            i + 1,
+            s.len()
+        );
+    }
+}
+
+/// The service's own 1002 (a driver that does not look again) carries the failed unload's
+/// status like the driver's 1002 does: collectors filter on `Status`.
+#[test]
+fn audit22b_the_services_own_1002_carries_the_status() {
+    let mut q = queue_held_after(0);
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    assert_eq!(
+        events[2].status.as_deref(),
+        Some("0xC0000121"),
+        "{:#?}",
+        events[2]
+    );
+}
+
+/// A failed unload the driver could not watch (its table of 64 watches full: a mass logoff
+/// of a large terminal server) took a number and no watch; the driver's delay is above 0, so
+/// the service runs no re-check of its own either: the hive, still held, never gets its
+/// 1002, and the 1011 blames an overflow while the service was behind.
+#[test]
+fn audit22b_an_unwatched_failed_unload_still_gets_a_1002() {
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.skip(); // watch_held_after: table full, skip_sequence
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 300, &NoIdentities);
+    assert!(
+        ids(&events).contains(&1002),
+        "{:?} {events:#?}",
+        ids(&events)
+    );
+}
+
+/// The newest number taken was never stored (a record the driver had no memory for, a full
+/// watch table): the driver answers every wait at once with that loss, and the page's
+/// cursor (`next_after`) is past it. The service must count it once, not every 10 s.
+#[test]
+fn audit22b_a_loss_at_the_end_of_the_stream_is_reported_once() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.skip();
+    let q = q.shared();
+    let (_, events) = serve(&q, long_recheck(), 600, &NoIdentities);
+    let missed: Vec<u64> = events.iter().filter_map(|e| e.missed).collect();
+    assert_eq!(missed, [1], "{:?}", ids(&events));
+}
+
+/// After 1013, a driver that comes back with a new tracking start: 1012, and 1010 too (the
+/// README: 1010 "again after 1013").
+#[test]
+fn audit22b_a_restarted_driver_back_after_1013_is_also_said_connected() {
+    let mut q = queue();
+    q.steps.push_back(Step::Stop(2));
+    q.steps.push_back(Step::Restart(NOW + 60 * SECOND));
+    q.steps
+        .push_back(Step::Record(failed_unload(&user_hive(), NOW + 90 * SECOND)));
+    let q = q.shared();
+    let (_, events) = serve(&q, long_recheck(), 180, &NoIdentities);
+    let i = ids(&events);
+    let after_1013 = &i[i.iter().position(|&x| x == 1013).unwrap()..];
+    assert!(after_1013.contains(&1010), "{i:?}");
+}
+
+/// The service's own re-check (driver delay 0) asks by mount name only: a hive loaded again
+/// at the same mount after the failed unload (the failed one unloaded without a record the
+/// service saw: a deferred unload completing silently, a record lost) is not the hive that
+/// failed, and its new holders did not hold the old one.
+#[test]
+fn audit22b_the_services_recheck_does_not_blame_a_later_load_of_the_same_mount() {
+    // The driver started 5 h ago; the unload failed 4 h ago; the hive now at that mount was
+    // loaded 3 h ago (scripted `logoff`: NOW - 3 h).
+    let mut q = EventQueue::new(NOW - 5 * 3600 * SECOND, 64);
+    q.held_after_seconds = 0;
+    q.push(&failed_unload(&user_hive(), NOW - 4 * 3600 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 30, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001], "{events:#?}");
+}
+
+// ---- audit 22b fixes: further checks ----
+
+/// The driver names the load a record is about by its hive id: a hive now at the mount with
+/// another id (the user's next logon, after the failed load unloaded without a record the
+/// service saw) is not the one that failed. The same record with the id of the hive loaded
+/// now is re-checked (the id is what decides).
+#[test]
+fn the_services_recheck_asks_about_the_load_that_failed_by_its_id() {
+    for (id, expected) in [(99, &[1010, 1001][..]), (7, &[1010, 1001, 1002][..])] {
+        let mut q = queue();
+        q.push(&StreamRecord {
+            hive_id: id,
+            ..failed_unload(&user_hive(), NOW)
+        });
+        let q = q.shared();
+        let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+        assert_eq!(ids(&events), expected, "hive id {id}: {events:#?}");
+    }
+}
+
+/// After a driver restart, the service's own re-check of a failure the old driver had not
+/// answered yet says the start its sequence numbers belong to: the previous one, not the
+/// one the preceding 1012 names.
+#[test]
+fn a_recheck_after_a_restart_says_the_previous_start() {
+    let restarted_at = NOW + 30 * SECOND;
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Restart(restarted_at));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    let since = |e: &FleetEvent| e.tracking_since.as_ref().map(|t| t.filetime);
+    assert_eq!(since(&events[1]), Some(TRACKING_SINCE));
+    assert_eq!(since(&events[2]), Some(restarted_at));
+    assert_eq!(since(&events[3]), Some(TRACKING_SINCE), "{:#?}", events[3]);
+    assert_eq!(events[3].sequence, Some(1));
+}
+
+/// A held-after record that does come after a loss cancels the service's own fallback
+/// re-check: one 1002, the driver's.
+#[test]
+fn the_drivers_1002_after_a_loss_cancels_the_fallback_recheck() {
+    let mut q = queue_held_after(60);
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.skip(); // something else lost, after the attempt
+    q.steps.push_back(Step::Record(held_after(60, 0)));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 300, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1011, 1001, 1002], "{events:#?}");
+    assert_eq!(events[3].sequence, Some(3), "the driver's 1002");
+}
+
+/// Refuses the first `refuse` events, keeps the others.
+struct Refusing {
+    refuse: usize,
+    kept: Vec<FleetEvent>,
+}
+
+impl EventSink for Refusing {
+    fn emit(&mut self, event: &FleetEvent) -> anyhow::Result<()> {
+        if self.refuse > 0 {
+            self.refuse -= 1;
+            anyhow::bail!("the Event Log service is not running");
+        }
+        self.kept.push(event.clone());
+        Ok(())
+    }
+}
+
+/// Events an output refused are said as 1014 once it accepts events again, with how many.
+#[test]
+fn events_an_output_refused_are_said_when_it_accepts_again() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    q.steps.push_back(Step::Record(alarm(NOW + 20 * SECOND)));
+    let q = q.shared();
+    // 1010 refused, the 1014 said at once refused too, 1001 refused.
+    let mut sink = Refusing {
+        refuse: 3,
+        kept: Vec::new(),
+    };
+    let make = || Scripted::new(driver());
+    let (_, counts) = serve_into(&q, long_recheck(), 60, &NoIdentities, &make, &mut sink);
+    assert_eq!(ids(&sink.kept), [1003, 1014], "{:#?}", sink.kept);
+    assert_eq!(sink.kept[1].missed, Some(2), "{}", sink.kept[1].message);
+    assert!(
+        sink.kept[1]
+            .message
+            .contains("the Event Log service is not running")
+    );
+    assert_eq!(counts.unsaid_sink_errors, 0);
+}
+
+/// The README's forwarding query selects every Warning event (1011 lost events, 1012 a
+/// driver restart, 1013 the driver unreachable, 1014 events not written: without them a
+/// blind machine looks like one with no failed unloads), and 1010.
+#[test]
+fn the_readmes_forwarding_query_selects_every_warning_and_1010() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("<QueryList>").expect("the README's WEF query");
+    let end = start + readme[start..].find("</QueryList>").unwrap();
+    let query = &readme[start..end];
+    let select = query
+        .lines()
+        .find(|l| l.contains("<Select"))
+        .expect("a Select line");
+    for id in EventId::ALL {
+        let n = id.number();
+        let selected = select.contains(&format!("EventID={n}"))
+            || select.contains("*[System[Provider[@Name='hivetrack']]]")
+            || ranges(select)
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&n));
+        assert!(selected, "{n} is not selected by: {select}");
+    }
+}
+
+/// The `EventID &gt;= a and EventID &lt;= b` ranges of a WEF `Select`.
+fn ranges(select: &str) -> Vec<(u32, u32)> {
+    let num = |s: &str| -> Option<u32> {
+        s.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    select
+        .split("EventID &gt;=")
+        .skip(1)
+        .filter_map(|part| {
+            let lo = num(part)?;
+            let hi = num(part.split("EventID &lt;=").nth(1)?)?;
+            Some((lo, hi))
+        })
+        .collect()
 }

@@ -1315,3 +1315,114 @@ fn hives_lists_a_stale_pending_record_as_unloaded() {
     assert_eq!(h.state, "unloaded", "{h:?}");
     assert_eq!((h.open_keys, h.holders), (0, 0), "{h:?}");
 }
+
+/// The scripted event stream the service's tests run against (`scripted_events`) answers as
+/// the tracker does for the same history: the records delivered, `missed`, the page cursor
+/// and its done flag, for every `after` and page limit, with numbers evicted and numbers
+/// taken and never stored (a full held-after watch table). Audit 22b (H1, N5): the stand-in
+/// asked nobody about numbers after its newest record and put its cursor at the last record
+/// delivered, so the service's repeated 1011 passed every test.
+#[test]
+fn the_scripted_event_stream_answers_as_the_tracker_does() {
+    use hivetrack_cli::event_stream::StreamRecord;
+    use hivetrack_cli::scripted_events::EventQueue;
+
+    const DENIED: u32 = 0xC000_0121;
+    const CAPACITY: u32 = 4;
+    let config = Config {
+        history_len: CAPACITY,
+        held_after_seconds: 60,
+        ..Config::default()
+    };
+    let t = Rc::new(Engine::new(Heap, config).expect("config"));
+    t.tracking_started(NOW - 3600 * SECOND);
+    let mut q = EventQueue::new(NOW - 3600 * SECOND, CAPACITY as usize);
+    let record = |mount: &str| StreamRecord {
+        sequence: 0,
+        time: NOW,
+        outcome: DENIED,
+        flags: 0,
+        mount: mount.to_owned(),
+        hive_id: 0,
+        open_keys: 0,
+        holders_total: 0,
+        holders: Vec::new(),
+    };
+    let mut hive = 0u32;
+    let mut attempt = |t: &Engine, q: &mut EventQueue| -> u32 {
+        hive += 1;
+        let m = format!(r"\REGISTRY\A\H{hive}");
+        t.hive_loaded(&w(&m), &w(r"C:\h.dat"), NOW - 10 * SECOND);
+        let id = t
+            .unload_attempted(&w(&m), DENIED, NOW)
+            .expect("a known hive");
+        q.push(&record(&m));
+        id
+    };
+    // Fill the watch table: every further watch takes a number and stores nothing.
+    for _ in 0..tracker::held_after::MAX_WATCHES {
+        let id = attempt(&t, &mut q);
+        assert!(t.watch_held_after(id, DENIED, 0).is_some());
+    }
+    let mut d = DriverWithEvents(t.clone());
+    let q = q.shared();
+    let mut s =
+        hivetrack_cli::scripted::Scripted::new(hivetrack_cli::page_server::Server::default());
+    s.events = Some(Rc::clone(&q));
+    // P: a failed unload stored; S: a number skipped (its watch refused).
+    let mut last = 0;
+    for (step, op) in "PSPPSSPSSSSSPPPPPSPSPP".chars().enumerate() {
+        if op == 'P' {
+            last = attempt(&t, &mut q.borrow_mut());
+        } else {
+            assert_eq!(t.watch_held_after(last, DENIED, 0), None, "table full");
+            q.borrow_mut().skip();
+        }
+        let newest = tracker::held_after::MAX_WATCHES as u64 + 1 + step as u64;
+        for after in (0..=newest + 1).rev().take(12) {
+            for limit in [0u32, 1, 3] {
+                let mut a = vec![0u8; 64 * 1024];
+                let mut b = vec![0u8; 64 * 1024];
+                let tracker_page = page_of(&mut d, after, limit, &mut a);
+                let scripted_page = page_of(&mut s, after, limit, &mut b);
+                assert_eq!(
+                    scripted_page, tracker_page,
+                    "step {step} ({op}), after {after}, limit {limit}"
+                );
+            }
+        }
+    }
+}
+
+/// One events page for `after` with at most `limit` records and no wait: the sequences
+/// delivered, `missed`, the cursor and whether it is marked done.
+fn page_of(
+    t: &mut dyn Transport,
+    after: u64,
+    limit: u32,
+    buf: &mut [u8],
+) -> (Vec<u64>, u64, u64, bool) {
+    use protocol::events::{Events, EventsRequest};
+    use protocol::page::{Page, PageInfo};
+    let req = EventsRequest {
+        after,
+        timeout_ms: 0,
+        max_records: limit,
+    };
+    let mut input = [0u8; 64];
+    let len = protocol::wire::encode(&req, &mut input).unwrap();
+    let n = t
+        .ioctl(
+            protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS,
+            &input[..len],
+            buf,
+        )
+        .unwrap();
+    let p = protocol::wire::decode::<Page<'_, Events>>(&buf[..n]).unwrap();
+    (
+        p.records().map(|r| r.sequence).collect(),
+        p.prefix.missed,
+        EventsRequest::after_cursor(&p.info.next),
+        p.info.flags & PageInfo::DONE != 0,
+    )
+}
