@@ -562,6 +562,7 @@ impl IrpAllocation {
         // SAFETY: non-zero size.
         let irp = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Irp>();
         assert!(!irp.is_null(), "host out of memory");
+        note_handed(irp as usize, size);
         // SAFETY: a fresh, zeroed, exclusively owned allocation with room for the IRP.
         let i = unsafe { &mut *irp };
         i.type_ = IO_TYPE_IRP;
@@ -733,6 +734,77 @@ fn dispatch(
     returned
 }
 
+/// How many of the last IRPs, system buffers and file objects handed to a driver stay
+/// listed in [`object_ranges`] after they are freed: a driver that copies the address of the
+/// very IRP it answers into the answer writes it while the IRP lives, and the scan runs after
+/// the IRP went back (review 21a, L6).
+const HANDED_KEEP: usize = 256;
+
+/// The address ranges of the last [`HANDED_KEEP`] IRPs (with their stack location), system
+/// buffers and file objects the I/O manager built for a driver, newest last.
+static HANDED: std::sync::Mutex<std::collections::VecDeque<(usize, usize)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Notes an object handed to a driver ([`HANDED`]).
+fn note_handed(addr: usize, len: usize) {
+    let mut h = HANDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if h.len() == HANDED_KEEP {
+        h.pop_front();
+    }
+    h.push_back((addr, addr + len.max(1)));
+}
+
+/// The newest IRP (or other I/O object) handed to a driver, for a scan's self-check.
+#[must_use]
+pub fn newest_handed() -> Option<usize> {
+    HANDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .back()
+        .map(|r| r.0)
+}
+
+/// Every I/O-manager object address a driver holds or was recently handed, unsorted, possibly
+/// overlapping: live DEVICE_OBJECTs (with extension and DEVOBJ_EXTENSION), their
+/// DRIVER_OBJECTs, live FILE_OBJECTs and their name buffers, and the last [`HANDED_KEEP`]
+/// IRPs, system buffers and file objects ([`HANDED`]). None of them is a pool block in the
+/// model (the host allocator or their own mappings), so a pool scan cannot see them; the
+/// IOCTL fuzz scans answers for them (review 21a, L6).
+#[must_use]
+pub fn object_ranges() -> Vec<(usize, usize)> {
+    let mut v: Vec<(usize, usize)> = kernel::with(|k| {
+        let mut v: Vec<(usize, usize)> = Vec::new();
+        for (&a, d) in &k.io.devices {
+            v.push((a, a + d.alloc_len));
+            v.push((d.driver, d.driver + size_of::<DriverObject>()));
+        }
+        v.extend(k.io.files.keys().map(|&f| (f, f + FILE_OBJECT_SIZE)));
+        v.extend(k.io.file_names.values().map(|n| {
+            (
+                n.as_ptr() as usize,
+                n.as_ptr() as usize + n.len().max(1) * 2,
+            )
+        }));
+        v
+    });
+    v.extend(
+        HANDED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied(),
+    );
+    v
+}
+
+/// The address of `handle`'s FILE_OBJECT (a kernel address a driver is handed).
+#[must_use]
+pub const fn file_object_address(handle: FileHandle) -> usize {
+    handle.0
+}
+
 /// A guarded, poisoned METHOD_BUFFERED system buffer: `len` bytes ending right before a
 /// PROT_NONE page, so that a driver writing past max(input, output) length faults.
 struct SystemBuffer {
@@ -765,6 +837,7 @@ impl SystemBuffer {
         // The I/O manager's pool buffer is 16-byte aligned; keep that, end as close to the
         // guard as alignment allows.
         let ptr = ((base + pages * 4096 - len) & !15) as *mut u8;
+        note_handed(base, pages * 4096);
         Self { base, map_len, ptr }
     }
 }
@@ -956,6 +1029,7 @@ fn alloc_file_object(device: usize) -> usize {
     let f = unsafe { std::alloc::alloc_zeroed(layout) };
     assert!(!f.is_null(), "host out of memory");
     let f = f as usize;
+    note_handed(f, FILE_OBJECT_SIZE);
     // SAFETY: a fresh FILE_OBJECT-sized allocation.
     unsafe { poke(f, IO_TYPE_FILE) };
     // SAFETY: as above.
