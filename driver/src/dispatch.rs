@@ -240,7 +240,7 @@ unsafe fn wait_free(
 /// # Safety
 /// `system` must be the system buffer of `len` bytes of an IRP that is ours and not queued
 /// for the whole life of the slice (or anything when `len` is 0).
-unsafe fn system_slice<'a>(system: *mut u8, len: usize) -> &'a mut [u8] {
+const unsafe fn system_slice<'a>(system: *mut u8, len: usize) -> &'a mut [u8] {
     if len == 0 || system.is_null() {
         &mut []
     } else {

@@ -7,12 +7,12 @@
 //! [`harden`], first thing in `main`, calls
 //! `SetDefaultDllDirectories(LOAD_LIBRARY_SEARCH_SYSTEM32)` (Learn, "Dynamic-Link Library
 //! Security"; [SetDefaultDllDirectories](https://learn.microsoft.com/en-us/windows/win32/api/libloaderapi/nf-libloaderapi-setdefaultdlldirectories):
-//! "LOAD_LIBRARY_SEARCH_SYSTEM32: If this value is used, %windows%\system32 is searched for the
+//! "`LOAD_LIBRARY_SEARCH_SYSTEM32`: If this value is used, %windows%\system32 is searched for the
 //! DLL and its dependencies"; the application directory is then not searched), so every DLL
 //! loaded after it (dbghelp's `symsrv.dll`, COM in-process modules, anything `LoadLibrary`s)
 //! comes from `System32` only.
 //!
-//! What it cannot cover: the image's static imports that are not KnownDLLs (`dbghelp.dll`,
+//! What it cannot cover: the image's static imports that are not `KnownDLLs` (`dbghelp.dll`,
 //! `userenv.dll`, `bcryptprimitives.dll`) are resolved by the loader before `main` runs. The
 //! MSVC linker's `/DEPENDENTLOADFLAG:0x800` would move those to `System32` too (Learn,
 //! "/DEPENDENTLOADFLAG (Set default dependent load flags)", Windows 10 1607 and later), but the
@@ -27,6 +27,10 @@ pub const LOAD_LIBRARY_SEARCH_SYSTEM32: u32 = 0x0000_0800;
 /// Makes `System32` the only folder later DLL loads search (see the module doc). Call first
 /// thing in `main`. A failure (Windows 7 without KB2533623) is not fatal: the CLI then loads
 /// as before.
+#[allow(
+    clippy::missing_const_for_fn,
+    reason = "empty off Windows; a Win32 call on Windows"
+)]
 pub fn harden() {
     #[cfg(windows)]
     {

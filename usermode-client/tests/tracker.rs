@@ -546,11 +546,11 @@ fn hivetracks_own_hive_list_key_is_counted_and_labelled_in_system_holders() {
     assert_eq!(r.hive.open_keys, 2, "both keys hold the hive: {r:?}");
     let labelled: Vec<_> = r.untracked.iter().filter(|u| u.hivetrack_own).collect();
     assert_eq!(labelled.len(), 1, "{:?}", r.untracked);
-    assert_eq!(labelled[0].keys, [own.clone()]);
+    assert_eq!(labelled[0].keys, [own]);
     assert!(
         r.untracked
             .iter()
-            .any(|u| !u.hivetrack_own && u.keys == [other.clone()]),
+            .any(|u| !u.hivetrack_own && u.keys == std::slice::from_ref(&other)),
         "{:?}",
         r.untracked
     );

@@ -978,13 +978,13 @@ pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHa
     if !remaining.is_empty() {
         // parse.c lines 1247-1278: the remaining name is copied into `FileObject->FileName`.
         let name: Box<[u16]> = remaining.encode_utf16().collect();
-        let bytes = u16::try_from(name.len() * 2).unwrap_or(u16::MAX & !1);
-        // SAFETY: a fresh FILE_OBJECT; FileName is a UNICODE_STRING at this offset.
-        unsafe {
-            poke(file + FILE_OBJECT_FILE_NAME, bytes);
-            poke(file + FILE_OBJECT_FILE_NAME + 2, bytes);
-            poke(file + FILE_OBJECT_FILE_NAME + 8, name.as_ptr() as usize);
-        }
+        let bytes = u16::try_from(name.len() * 2).unwrap_or(0xFFFE);
+        // SAFETY: a fresh FILE_OBJECT; FileName is a UNICODE_STRING at this offset (Length).
+        unsafe { poke(file + FILE_OBJECT_FILE_NAME, bytes) };
+        // SAFETY: as above (MaximumLength).
+        unsafe { poke(file + FILE_OBJECT_FILE_NAME + 2, bytes) };
+        // SAFETY: as above (Buffer); the buffer is kept in `file_names` with the file object.
+        unsafe { poke(file + FILE_OBJECT_FILE_NAME + 8, name.as_ptr() as usize) };
         kernel::with(|k| k.io.file_names.insert(file, name));
     }
     let security_context =

@@ -139,18 +139,23 @@ fn list_this_stack() {
         return;
     }
     STACK_LISTED.with(|l| l.set(true));
-    // SAFETY: pthread_getattr_np fills `attr` for the calling thread; it is destroyed below.
-    let range = unsafe {
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &raw mut attr) != 0 {
-            return;
-        }
-        let mut addr: *mut libc::c_void = std::ptr::null_mut();
-        let mut size: libc::size_t = 0;
-        let ok = libc::pthread_attr_getstack(&raw const attr, &raw mut addr, &raw mut size) == 0;
-        libc::pthread_attr_destroy(&raw mut attr);
-        ok.then(|| (addr as usize, addr as usize + size))
-    };
+    // SAFETY: pthread_attr_t is plain data; zero is a valid value to hand to
+    // pthread_getattr_np, which initialises it.
+    let mut attr: libc::pthread_attr_t = unsafe { std::mem::zeroed() };
+    // SAFETY: no precondition.
+    let me = unsafe { libc::pthread_self() };
+    // SAFETY: `attr` is ours; it is initialised for the calling thread.
+    if unsafe { libc::pthread_getattr_np(me, &raw mut attr) } != 0 {
+        return;
+    }
+    let mut addr: *mut libc::c_void = std::ptr::null_mut();
+    let mut size: libc::size_t = 0;
+    // SAFETY: `attr` was initialised above; the out pointers are ours.
+    let ok =
+        unsafe { libc::pthread_attr_getstack(&raw const attr, &raw mut addr, &raw mut size) } == 0;
+    // SAFETY: `attr` was initialised above and is not used again.
+    unsafe { libc::pthread_attr_destroy(&raw mut attr) };
+    let range = ok.then(|| (addr as usize, addr as usize + size));
     if let Some(r) = range {
         KERNEL_STACKS
             .lock()

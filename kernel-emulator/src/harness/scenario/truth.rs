@@ -1060,8 +1060,16 @@ fn altitude_collision(ctx: &mut Ctx) {
             wait.map_or_else(|| "pending".to_string(), status::describe)
         ),
     );
-    // The hive set follows the hive list with tracking off (review 21a, L4): no load or
-    // unload is notified, so each query (at most one read a second) reads the list again.
+    hive_set_follows_the_list(ctx, h);
+    if let Some(k) = held {
+        let _ = hive::close_key(app, k);
+    }
+    end_without_profile(ctx, d, h, app);
+}
+
+/// Review 21a, L4: with tracking off the hive set follows the hive list. No load or unload
+/// is notified, so each query (at most one read a second) reads the list again.
+fn hive_set_follows_the_list(ctx: &mut Ctx, h: FileHandle) {
     super::tracking::load_profile(ctx);
     crate::nt::ke::timer::advance(1_100);
     let listed = mounts(ctx, h);
@@ -1110,10 +1118,6 @@ fn altitude_collision(ctx: &mut Ctx) {
         s == STATUS_SUCCESS,
         format!("{CLASSES} unloads: {}", status::describe(s)),
     );
-    if let Some(k) = held {
-        let _ = hive::close_key(app, k);
-    }
-    end_without_profile(ctx, d, h, app);
 }
 
 /// Ends a scenario that loaded no profile: `app` exits, the device closes, the driver unloads
