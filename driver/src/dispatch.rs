@@ -77,8 +77,8 @@ unsafe extern "C" fn dispatch_create(_device: PDEVICE_OBJECT, irp: PIRP) -> NTST
     // SAFETY: the current stack location of a live IRP is valid while we own the IRP.
     let file = unsafe { (*stack).FileObject };
     let named = !file.is_null() && {
-        // SAFETY: a create IRP's file object is the one being opened, live for the IRP;
-        // only the length of its name is read.
+        // Only the length of its name is read.
+        // SAFETY: a create IRP's file object is the one being opened, live for the IRP.
         unsafe { (*file).FileName.Length != 0 }
     };
     let status = if named {
@@ -144,8 +144,8 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         // location and its system buffer may be completed and freed on another CPU while
         // `wait_free` still runs, so no reference into them may be a live argument.
         let file = stack.FileObject.cast();
-        // SAFETY: the IRP is live, ours and not completed; `system_buffer` is its system
-        // buffer of `len` bytes (or unused when `len` is 0) and `file` its file object.
+        // `system_buffer` is its system buffer of `len` bytes (unused when `len` is 0).
+        // SAFETY: the IRP is live, ours and not completed; `file` is its file object.
         return unsafe { wait_free(irp, file, system_buffer, len, in_len, out_len, code) };
     }
     let buffer: &mut [u8] = if len == 0 {
@@ -153,8 +153,8 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
     } else {
         // For `METHOD_BUFFERED` the I/O manager allocates a non-paged system buffer of
         // max(input, output) bytes, holding the input, for the life of the IRP.
-        // SAFETY: that buffer is `len` bytes; this request never pends, so the IRP (and the
-        // buffer) stays ours and untouched by anyone else until `complete` below.
+        // This request never pends, so the IRP and the buffer stay ours until `complete`.
+        // SAFETY: that buffer is `len` bytes, untouched by anyone else while we own the IRP.
         unsafe { core::slice::from_raw_parts_mut(system_buffer, len) }
     };
     let outcome = ioctl::handle(code, buffer, in_len, out_len);
@@ -185,8 +185,8 @@ unsafe fn wait_free(
     code: u32,
 ) -> NTSTATUS {
     let parsed = {
-        // SAFETY: not yet queued, so the IRP and its `len`-byte buffer are ours; the slice
-        // ends with this block, before the enqueue.
+        // The slice ends with this block, before the enqueue.
+        // SAFETY: not yet queued, so the IRP and its `len`-byte buffer are ours.
         let buffer = unsafe { system_slice(system, len) };
         if code == IOCTL_HIVETRACK_WAIT_EVENTS {
             ioctl::events_request(buffer, in_len, out_len)
