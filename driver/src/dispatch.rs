@@ -6,6 +6,8 @@
 //! [`crate::waiters`] may keep pending; `IRP_MJ_CLEANUP` cancels the waits of the file
 //! object whose last handle is closing.
 
+use core::ffi::c_void;
+
 use protocol::{
     ioctl::{
         IOCTL_HIVETRACK_WAIT_EVENTS, IOCTL_HIVETRACK_WAIT_FREE, METHOD_BUFFERED, split_ctl_code,
@@ -13,10 +15,10 @@ use protocol::{
     wait::WaitFreeAnswer,
 };
 use wdk_sys::{
-    DRIVER_OBJECT, IO_NO_INCREMENT, IO_STACK_LOCATION, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE,
-    IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, NTSTATUS, PDEVICE_OBJECT, PIRP, STATUS_CANCELLED,
-    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS,
-    ntddk::IofCompleteRequest,
+    DRIVER_OBJECT, IO_NO_INCREMENT, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE,
+    IRP_MJ_DEVICE_CONTROL, NTSTATUS, PDEVICE_OBJECT, PIRP, STATUS_CANCELLED,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_PENDING, STATUS_SUCCESS, ntddk::IofCompleteRequest,
 };
 
 use crate::{
@@ -35,8 +37,8 @@ const NO_INCREMENT: i8 = IO_NO_INCREMENT as i8;
 
 /// Points the driver's create, close and device-control entries at this module.
 pub fn install(driver: &mut DRIVER_OBJECT) {
-    driver.MajorFunction[IRP_MJ_CREATE as usize] = Some(dispatch_create_close);
-    driver.MajorFunction[IRP_MJ_CLOSE as usize] = Some(dispatch_create_close);
+    driver.MajorFunction[IRP_MJ_CREATE as usize] = Some(dispatch_create);
+    driver.MajorFunction[IRP_MJ_CLOSE as usize] = Some(dispatch_close);
     driver.MajorFunction[IRP_MJ_CLEANUP as usize] = Some(dispatch_cleanup);
     driver.MajorFunction[IRP_MJ_DEVICE_CONTROL as usize] = Some(dispatch_device_control);
 }
@@ -59,9 +61,38 @@ pub unsafe fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> N
     status
 }
 
-/// `IRP_MJ_CREATE` and `IRP_MJ_CLOSE`: the I/O manager already checked the caller against the
-/// device's DACL, so opening and closing always succeed.
-unsafe extern "C" fn dispatch_create_close(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+/// `IRP_MJ_CREATE`: an open of the device itself succeeds (the I/O manager already checked
+/// the caller against the device's DACL); an open of a name inside the device's namespace
+/// (`\\.\HiveTrack\x`, `FileObject->FileName` not empty) is refused.
+///
+/// Learn, "Controlling Device Namespace Access": a driver that does not support a namespace
+/// must either set `FILE_DEVICE_SECURE_OPEN` (which `device.rs` does, so that the I/O
+/// manager applies the device's DACL to such opens too) or "fail any `IRP_MJ_CREATE` request
+/// that specifies an `IrpSp->FileObject->FileName` parameter whose length is nonzero". Doing
+/// both is defence in depth (audit 21a, A3): a lost characteristic bit cannot open the
+/// device to every user through its namespace.
+unsafe extern "C" fn dispatch_create(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
+    // SAFETY: the I/O manager hands us a live IRP in one of our dispatch routines.
+    let stack = unsafe { current_stack_location(irp) };
+    // SAFETY: the current stack location of a live IRP is valid while we own the IRP.
+    let file = unsafe { (*stack).FileObject };
+    let named = !file.is_null() && {
+        // Only the length of its name is read.
+        // SAFETY: a create IRP's file object is the one being opened, live for the IRP.
+        unsafe { (*file).FileName.Length != 0 }
+    };
+    let status = if named {
+        STATUS_OBJECT_NAME_NOT_FOUND
+    } else {
+        STATUS_SUCCESS
+    };
+    // SAFETY: the IRP is live and not completed.
+    unsafe { complete(irp, status, 0) }
+}
+
+/// `IRP_MJ_CLOSE`: the last reference to a file object went; nothing of ours is attached to
+/// it (its waits went at `IRP_MJ_CLEANUP`), so closing always succeeds.
+unsafe extern "C" fn dispatch_close(_device: PDEVICE_OBJECT, irp: PIRP) -> NTSTATUS {
     // SAFETY: the I/O manager hands us a live IRP we have not completed.
     unsafe { complete(irp, STATUS_SUCCESS, 0) }
 }
@@ -104,21 +135,28 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         // SAFETY: for METHOD_BUFFERED requests `AssociatedIrp` holds `SystemBuffer`.
         unsafe { irp.AssociatedIrp.SystemBuffer }.cast::<u8>()
     };
-    let buffer: &mut [u8] = if len == 0 {
-        &mut []
-    } else if system_buffer.is_null() {
+    if len != 0 && system_buffer.is_null() {
         // SAFETY: the IRP is live and not completed.
         return unsafe { complete(irp, STATUS_INVALID_PARAMETER, 0) };
+    }
+    if code == IOCTL_HIVETRACK_WAIT_FREE || code == IOCTL_HIVETRACK_WAIT_EVENTS {
+        // Raw pointers only: a wait may be queued, and once queued the IRP, its stack
+        // location and its system buffer may be completed and freed on another CPU while
+        // `wait_free` still runs, so no reference into them may be a live argument.
+        let file = stack.FileObject.cast();
+        // `system_buffer` is its system buffer of `len` bytes (unused when `len` is 0).
+        // SAFETY: the IRP is live, ours and not completed; `file` is its file object.
+        return unsafe { wait_free(irp, file, system_buffer, len, in_len, out_len, code) };
+    }
+    let buffer: &mut [u8] = if len == 0 {
+        &mut []
     } else {
         // For `METHOD_BUFFERED` the I/O manager allocates a non-paged system buffer of
         // max(input, output) bytes, holding the input, for the life of the IRP.
-        // SAFETY: that buffer is `len` bytes and nothing else accesses it while we own the IRP.
+        // This request never pends, so the IRP and the buffer stay ours until `complete`.
+        // SAFETY: that buffer is `len` bytes, untouched by anyone else while we own the IRP.
         unsafe { core::slice::from_raw_parts_mut(system_buffer, len) }
     };
-    if code == IOCTL_HIVETRACK_WAIT_FREE || code == IOCTL_HIVETRACK_WAIT_EVENTS {
-        // SAFETY: the IRP is live, ours and not completed; `stack` and `buffer` are its own.
-        return unsafe { wait_free(irp, stack, buffer, in_len, out_len, code) };
-    }
     let outcome = ioctl::handle(code, buffer, in_len, out_len);
     // SAFETY: the IRP is live and not completed; `information` never exceeds `out_len`.
     unsafe { complete(irp, outcome.status, outcome.information) }
@@ -129,32 +167,46 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
 /// last one exists); otherwise queued, and `STATUS_PENDING` returned.
 ///
 /// # Safety
-/// `irp` must be the live, uncompleted IRP being dispatched; `stack` its current stack
-/// location and `buffer` its whole system buffer.
+/// `irp` must be the live, uncompleted IRP being dispatched; `file` its file object and
+/// `system` its whole system buffer of `len` bytes (unused when `len` is 0).
+///
+/// Only raw pointers come in (audit 21b, F7): once [`waiters::enqueue`] has queued the IRP,
+/// another CPU may complete it (hive freed, timeout, cancel), which frees the IRP and its
+/// system buffer, so no reference into either may live across that call. Slices over the
+/// buffer are built only where the IRP is certainly still ours: before the enqueue, and in
+/// the branches where it was not queued.
 unsafe fn wait_free(
     irp: *mut IRP,
-    stack: &IO_STACK_LOCATION,
-    buffer: &mut [u8],
+    file: *mut c_void,
+    system: *mut u8,
+    len: usize,
     in_len: usize,
     out_len: usize,
     code: u32,
 ) -> NTSTATUS {
-    let parsed = if code == IOCTL_HIVETRACK_WAIT_EVENTS {
-        ioctl::events_request(buffer, in_len, out_len)
-    } else {
-        ioctl::wait_request(buffer, in_len, out_len)
+    let parsed = {
+        // The slice ends with this block, before the enqueue.
+        // SAFETY: not yet queued, so the IRP and its `len`-byte buffer are ours.
+        let buffer = unsafe { system_slice(system, len) };
+        if code == IOCTL_HIVETRACK_WAIT_EVENTS {
+            ioctl::events_request(buffer, in_len, out_len)
+        } else {
+            ioctl::wait_request(buffer, in_len, out_len)
+        }
     };
     let request = match parsed {
         Ok(r) => r,
         // SAFETY: the IRP is live and not completed.
         Err(o) => return unsafe { complete(irp, o.status, o.information) },
     };
-    let (file, system) = (stack.FileObject.cast(), buffer.as_mut_ptr());
-    // `system` holds at least `out_len` bytes (checked by `wait_request`).
+    // `system` holds at least `out_len` bytes (checked by `wait_request`/`events_request`).
+    // After `Pending` the IRP may already be completed and freed: nothing of it is touched.
     // SAFETY: the IRP is the one being dispatched, with its own system buffer and file object.
     match unsafe { waiters::enqueue(irp, system, out_len, file, request) } {
         Queued::Pending => STATUS_PENDING,
         Queued::Now(Ok(Some(_))) if request.events.is_some() => {
+            // SAFETY: not queued, so the IRP and its buffer are still ours.
+            let buffer = unsafe { system_slice(system, len) };
             let o = request
                 .events
                 .map_or(ioctl::Outcome::error(STATUS_CANCELLED), |ev| {
@@ -164,6 +216,8 @@ unsafe fn wait_free(
             unsafe { complete(irp, o.status, o.information) }
         }
         Queued::Now(Ok(Some(outcome))) => {
+            // SAFETY: not queued, so the IRP and its buffer are still ours.
+            let buffer = unsafe { system_slice(system, len) };
             let answer = WaitFreeAnswer {
                 outcome,
                 hive_id: request.hive.id,
@@ -178,5 +232,19 @@ unsafe fn wait_free(
         Queued::Now(Ok(None)) => unsafe { complete(irp, STATUS_CANCELLED, 0) },
         // SAFETY: not queued, so still ours.
         Queued::Now(Err(status)) => unsafe { complete(irp, status, 0) },
+    }
+}
+
+/// The system buffer as a slice (empty when `len` is 0).
+///
+/// # Safety
+/// `system` must be the system buffer of `len` bytes of an IRP that is ours and not queued
+/// for the whole life of the slice (or anything when `len` is 0).
+const unsafe fn system_slice<'a>(system: *mut u8, len: usize) -> &'a mut [u8] {
+    if len == 0 || system.is_null() {
+        &mut []
+    } else {
+        // SAFETY: per the contract, `len` bytes owned by us for the slice's life.
+        unsafe { core::slice::from_raw_parts_mut(system, len) }
     }
 }

@@ -129,8 +129,15 @@ fn start_tracking(
         // "tracking off" (tracking-since 0, never complete) and the CLI sets the kernel's own
         // list beside it. Unseeded, every hive was unknown: "not loaded now, or the name is
         // wrong" (fidelity audit 21a, A7; kernel emulator `altitude-collision`).
+        // With no callback, no unload or later load is ever notified: the list is read again
+        // before each query (rate-limited) so `hives` and `holders` do not describe
+        // DriverEntry's hive set for the driver's life (review 21a, L4); the handle is kept
+        // for that, and closed at DriverUnload.
         if let Some(tracker) = tracking::get() {
             let _ = registry_read::seed_hives(tracker, hive_list.as_ref());
+            if let Some(list) = hive_list {
+                reseed::keep_untracked(list);
+            }
         }
         return Err(status);
     }

@@ -368,6 +368,44 @@ pub fn check_unloads(tracker: &DriverTracker, list: &HiveList) -> u32 {
     tracker.unload_check_done(begun, whole)
 }
 
+/// Brings the hive set up to date while live tracking is off (the registry callback never
+/// registered: another filter holds the altitude), before a query is answered
+/// ([`crate::reseed`]; review 21a, L4). With no callback no load or unload is ever
+/// notified, so the set read at `DriverEntry` would be kept for the driver's life: a hive
+/// unloaded later still `loaded`, one loaded later unknown. Each refresh reads the list as
+/// [`check_unloads`] does (twice alike, with no change counted between: here nothing counts
+/// changes, so two alike reads are the proof), records the hives it finds that the tracker
+/// does not know (load time unknown), and, when the read was whole, retires every regular
+/// hive it did not find. Answers stay "tracking off, never complete" (tracking-since 0).
+/// Returns how many hives were retired.
+pub fn refresh_untracked(tracker: &DriverTracker, list: &HiveList) -> u32 {
+    let Some(mut scratch) = Scratch::new(BUF_LEN) else {
+        return 0; // no memory now: the next query's read tries again
+    };
+    let begun = tracker.refresh_begin();
+    let mut previous: Option<(Signature, u64)> = None;
+    let mut whole = false;
+    let mut cut = false;
+    for _ in 0..MAX_PASSES {
+        let changes = tracker.hive_changes();
+        let pass = read_pass(tracker, &list.0, &mut scratch, Read::Refresh);
+        cut |= pass.cut;
+        if previous.is_some_and(|(signature, before)| {
+            signature == pass.signature && tracker.hive_changes() == before
+        }) {
+            whole = !pass.missed;
+            break;
+        }
+        // A pass that recorded a new hive counted a load: the next pass records none, and the
+        // one after it can agree with it.
+        previous = Some((pass.signature, changes));
+    }
+    if cut {
+        tracker.name_unavailable();
+    }
+    tracker.refresh_done(begun, whole)
+}
+
 /// What a read of the hive list is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Read {
@@ -375,6 +413,9 @@ enum Read {
     Seed,
     /// Tell the tracker which hives are still listed ([`check_unloads`]).
     Check,
+    /// Both: tell the tracker which hives are listed and record the new ones
+    /// ([`refresh_untracked`]).
+    Refresh,
 }
 
 /// The values one read of the hive list saw: how many, and a hash of their names in order.
@@ -463,9 +504,11 @@ fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch, read: Re
             missed = true;
             continue;
         }
-        if read == Read::Check {
+        // A refresh records only a hive the tracker does not know (each record counts as a
+        // load seen, which would keep two reads from ever agreeing).
+        let known = read != Read::Seed && tracker.hive_listed(&mount[..m]);
+        if read == Read::Check || known {
             signature.add(&mount[..m]);
-            tracker.hive_listed(&mount[..m]);
             continue;
         }
         // The file whole (a hive's file path can be longer than a mount: the tracker stores

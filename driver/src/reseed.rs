@@ -33,8 +33,12 @@
 //!   Handles", "can only be accessed from kernel mode"), kept in the kernel's handle table,
 //!   not the System process's (WRK `obref.c` `ObReferenceObjectByHandle` looks a negative
 //!   handle up in `ObpKernelHandleTable`), so the read works in the requester's process too.
-//!   Closed at `DriverUnload` ([`close`]). When `DriverEntry` fails to start tracking,
-//!   the handle is closed on that path (it is dropped, never kept).
+//!   Closed at `DriverUnload` ([`close`]). With no tracker (it could not start) it is never
+//!   opened.
+//! - **Tracking off** (the registry callback did not register: another filter holds the
+//!   altitude): no load or unload is ever notified, so every query refreshes the hive set
+//!   from the list, at most once per [`INTERVAL`] ([`keep_untracked`],
+//!   [`registry_read::refresh_untracked`]; review 21a, L4).
 //! - **One at a time**: a second IOCTL that finds a seed running does not wait and does not
 //!   read: it answers with what the tracker knows (the seed not whole, said by
 //!   `names_unavailable`). The handle is taken out of its slot for the read and put back
@@ -66,6 +70,8 @@ pub const INTERVAL: u64 = 10_000_000;
 static HIVE_LIST: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
 /// Set while a later seed runs.
 static BUSY: AtomicBool = AtomicBool::new(false);
+/// Set when live tracking is off ([`keep_untracked`]): every read is a refresh.
+static UNTRACKED: AtomicBool = AtomicBool::new(false);
 /// When the last later seed began, then when it ended (interrupt time + 1; 0: never).
 static LAST: AtomicU64 = AtomicU64::new(0);
 
@@ -78,12 +84,23 @@ pub fn keep(list: HiveList) {
     }
 }
 
+/// Keeps the hive list's key open with live tracking off (the registry callback did not
+/// register): every query reads the list again, at most once per [`INTERVAL`], to retire the
+/// hives unloaded and record those loaded since ([`registry_read::refresh_untracked`]; review
+/// 21a, L4). Until 2026-12-06 the handle was closed on that path and the hive set stayed as
+/// `DriverEntry` read it.
+pub fn keep_untracked(list: HiveList) {
+    UNTRACKED.store(true, Release);
+    keep(list);
+}
+
 /// Reads the hive list again when no seed was whole (a seed) or a hive may be unload-pending
 /// (a check), no other read runs and the last began and ended at least [`INTERVAL`] ago.
 /// Called at `PASSIVE_LEVEL`, outside any registry callback, before a query is answered.
 pub fn maybe(tracker: &DriverTracker) {
+    let untracked = UNTRACKED.load(Acquire);
     if HIVE_LIST.load(Acquire).is_null()
-        || (tracker.seed_complete() && !tracker.unload_check_wanted())
+        || (!untracked && tracker.seed_complete() && !tracker.unload_check_wanted())
     {
         return;
     }
@@ -110,6 +127,8 @@ pub fn maybe(tracker: &DriverTracker) {
         // A seed that turns out whole leaves the pending hives to the next read.
         if tracker.seed_again() {
             registry_read::seed_hives(tracker, Some(&kept));
+        } else if untracked {
+            registry_read::refresh_untracked(tracker, &kept);
         } else {
             registry_read::check_unloads(tracker, &kept);
         }

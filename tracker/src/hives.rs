@@ -948,11 +948,27 @@ impl<L: RawLock> HiveTable<L> {
     /// [`Self::listed`] clears the mark of each hive whose value the reads find. Returns what
     /// [`Self::unload_check_end`] takes.
     pub fn unload_check_begin(&self) -> u32 {
+        self.check_begin(false)
+    }
+
+    /// A refresh of the hive set with live tracking off (review 21a, L4) begins: as
+    /// [`Self::unload_check_begin`], but every regular hive (loaded or unload-pending) is
+    /// marked unseen. Without the registry callback no unload is ever notified, so the hive
+    /// list is the only thing that says a hive went: [`Self::refresh_end`] retires the
+    /// hives no read found. Only for a tracker whose callback never registered: with
+    /// tracking on, a loaded hive's value may be missing while it stays loaded (`CmLoadKey`
+    /// ignores `CmpAddToHiveFileList`'s failure), and the callback tells its unload anyway.
+    pub fn refresh_begin(&self) -> u32 {
+        self.check_begin(true)
+    }
+
+    /// [`Self::unload_check_begin`] (`all` false) or [`Self::refresh_begin`] (`all` true).
+    fn check_begin(&self, all: bool) -> u32 {
         let hint = self.pending_hint.load(Acquire);
         for s in &self.shards {
             let _g = Shared::new(&s.lock);
             find(&s.live, |h| {
-                if h.kind == HiveKind::Regular && h.state() == HiveState::UnloadPending {
+                if h.kind == HiveKind::Regular && Self::checked_state(h.state(), all) {
                     h.list.fetch_or(UNSEEN, Relaxed);
                 }
                 false
@@ -962,15 +978,16 @@ impl<L: RawLock> HiveTable<L> {
     }
 
     /// A read of the hive list found `mount`'s value: its record, if any, is listed and not
-    /// unseen.
-    pub fn listed(&self, mount: &[u16]) {
+    /// unseen. Returns whether there is a record (loaded, pending, implicit).
+    pub fn listed(&self, mount: &[u16]) -> bool {
         let shard = &self.shards[shard_of(mount)];
         let _g = Shared::new(&shard.lock);
-        if let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) {
+        find(&shard.live, |h| eq_folded(h.mount(), mount)).is_some_and(|h| {
             let hive = hive_of(h);
             hive.list.fetch_or(LISTED, Relaxed);
             hive.list.fetch_and(!UNSEEN, Relaxed);
-        }
+            true
+        })
     }
 
     /// The check begun with [`Self::unload_check_begin`] (which returned `begun`) is over.
@@ -989,13 +1006,43 @@ impl<L: RawLock> HiveTable<L> {
         begun: u32,
         whole: bool,
     ) -> u32 {
+        self.check_end(pool, names, begun, whole, false)
+    }
+
+    /// The refresh begun with [`Self::refresh_begin`] is over: as [`Self::unload_check_end`],
+    /// but a loaded hive no whole read found is retired too.
+    pub fn refresh_end<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        begun: u32,
+        whole: bool,
+    ) -> u32 {
+        self.check_end(pool, names, begun, whole, true)
+    }
+
+    /// The states a check (`all` false: unload-pending only) or a refresh (`all` true: also
+    /// loaded) marks and may retire.
+    fn checked_state(state: HiveState, all: bool) -> bool {
+        state == HiveState::UnloadPending || (all && state == HiveState::Loaded)
+    }
+
+    /// [`Self::unload_check_end`] (`all` false) or [`Self::refresh_end`] (`all` true).
+    fn check_end<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        begun: u32,
+        whole: bool,
+        all: bool,
+    ) -> u32 {
         let mut retired = 0;
         let mut left = 0u32;
         for s in &self.shards {
             // One gone hive at a time, freed after the lock; then the marks are cleared and
             // the pending hives left counted.
             if whole {
-                while let Unseen::Retired(freed) = Self::retire_one_unseen(s) {
+                while let Unseen::Retired(freed) = Self::retire_one_unseen(s, all) {
                     retired += 1;
                     if let Some(h) = freed {
                         Self::free(pool, names, h);
@@ -1031,11 +1078,11 @@ impl<L: RawLock> HiveTable<L> {
     /// check), if there is one,
     /// with what [`Self::retire_locked`] gives (the hive to free after the lock, if nothing
     /// refers to it).
-    fn retire_one_unseen(s: &Shard<L>) -> Unseen {
+    fn retire_one_unseen(s: &Shard<L>, all: bool) -> Unseen {
         let _g = Exclusive::new(&s.lock);
         find(&s.live, |h| {
             h.kind == HiveKind::Regular
-                && h.state() == HiveState::UnloadPending
+                && Self::checked_state(h.state(), all)
                 && h.list.load(Relaxed) == LISTED | UNSEEN
                 && h.open_keys.load(Relaxed) == 0
         })

@@ -1365,9 +1365,26 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         self.hives.unload_check_begin()
     }
 
-    /// The check's read found the value of `mount`.
-    pub fn hive_listed(&self, mount: &[u16]) {
-        self.hives.listed(mount);
+    /// The check's read found the value of `mount`. Returns whether a record of it exists.
+    pub fn hive_listed(&self, mount: &[u16]) -> bool {
+        self.hives.listed(mount)
+    }
+
+    /// Live tracking is off (the registry callback never registered) and a query is about to
+    /// be answered: the hive list is read again to bring the hive set up to date (review 21a,
+    /// L4). Every regular hive is marked unseen; [`Self::hive_listed`] clears the mark of each
+    /// one read, [`Self::hive_seeded`] records a hive loaded since (load time unknown).
+    #[must_use]
+    pub fn refresh_begin(&self) -> u32 {
+        self.hives.refresh_begin()
+    }
+
+    /// The refresh begun with [`Self::refresh_begin`] is over (`whole`: as
+    /// [`Self::unload_check_done`]): every regular hive no read found is retired as unloaded.
+    /// Returns how many were.
+    pub fn refresh_done(&self, begun: u32, whole: bool) -> u32 {
+        self.hives
+            .refresh_end(&self.pool, &self.names, begun, whole)
     }
 
     /// The check is over (`begun` from [`Self::unload_check_begin`]); `whole`: its reads saw

@@ -144,13 +144,62 @@ pub fn reconcile(
                 image: known.get(&pid).cloned().flatten().or_else(|| image_of(pid)),
                 open_keys: keys.len() as u64,
                 keys,
+                hivetrack_own: false,
             }
         })
         .collect();
+    label_own_key(&mut report.untracked);
     coverage.untracked_keys = report.untracked.iter().map(|u| u.open_keys).sum();
     coverage.unmatched_records = unmatched;
     coverage.reconciled = coverage.untracked_keys == 0 && unmatched == 0;
     report.source.set_coverage(coverage);
+}
+
+/// The System process's pid: `DriverEntry` runs in it, so the kernel lists the driver's
+/// own opens there.
+const SYSTEM_PID: u64 = 4;
+
+/// Whether `path` is the hive list's key as the kernel lists it
+/// (`\REGISTRY\MACHINE\SYSTEM\ControlSet<NNN>\Control\hivelist`: the driver opens it through
+/// `CurrentControlSet`, a link the kernel's list shows resolved), case-insensitive.
+fn is_hive_list_key(path: &str) -> bool {
+    let upper = path.to_ascii_uppercase();
+    let Some(rest) = upper.strip_prefix(r"\REGISTRY\MACHINE\SYSTEM\") else {
+        return false;
+    };
+    let Some((set, tail)) = rest.split_once('\\') else {
+        return false;
+    };
+    let numbered = set
+        .strip_prefix("CONTROLSET")
+        .is_some_and(|n| n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()));
+    (numbered || set == "CURRENTCONTROLSET") && tail == r"CONTROL\HIVELIST"
+}
+
+/// Moves one System-held key of the hive list, if the kernel lists one the driver has no
+/// record of, into an entry of its own marked `hivetrack_own`: the handle hivetrack.sys opens
+/// in `DriverEntry` (before its callback, so never recorded) and keeps for its life
+/// (`driver/src/reseed.rs`). Still counted — it does hold the SYSTEM hive — but labelled, so
+/// an administrator is not sent looking for who holds it (review 21a, L3). Only one: the
+/// driver keeps one handle; a second such key is someone else's and stays as it is.
+fn label_own_key(untracked: &mut Vec<UntrackedHolder>) {
+    let Some(system) = untracked.iter_mut().find(|u| u.pid == SYSTEM_PID) else {
+        return;
+    };
+    let Some(i) = system.keys.iter().position(|k| is_hive_list_key(k)) else {
+        return;
+    };
+    let key = system.keys.remove(i);
+    system.open_keys -= 1;
+    let own = UntrackedHolder {
+        pid: SYSTEM_PID,
+        image: system.image.clone(),
+        open_keys: 1,
+        keys: vec![key],
+        hivetrack_own: true,
+    };
+    untracked.retain(|u| u.open_keys > 0);
+    untracked.push(own);
 }
 
 #[cfg(test)]
@@ -262,6 +311,65 @@ mod tests {
         reconcile(&mut r, tracking(), Ok(kernel), &mut |_| None);
         assert!(!r.source.complete);
         assert_eq!(r.source.coverage.as_ref().unwrap().unmatched_records, 1);
+    }
+
+    #[test]
+    fn hivetracks_own_hive_list_key_is_labelled_and_still_counted() {
+        // Review 21a, L3: the key DriverEntry opens before its callback and keeps.
+        let mut r = report(Vec::new());
+        let kernel = vec![
+            (
+                4,
+                r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Control\hivelist".to_owned(),
+            ),
+            (
+                4,
+                r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Services".to_owned(),
+            ),
+            (
+                9,
+                r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Control\hivelist".to_owned(),
+            ),
+        ];
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |pid| {
+            (pid == 4).then(|| "System".to_owned())
+        });
+        let own: Vec<_> = r.untracked.iter().filter(|u| u.hivetrack_own).collect();
+        assert_eq!(own.len(), 1, "{:?}", r.untracked);
+        assert_eq!(own[0].pid, 4);
+        assert_eq!(own[0].open_keys, 1);
+        assert_eq!(
+            own[0].keys,
+            [r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Control\hivelist"]
+        );
+        // Another System key and another process's hive list key stay as they were.
+        let others: u64 = r
+            .untracked
+            .iter()
+            .filter(|u| !u.hivetrack_own)
+            .map(|u| u.open_keys)
+            .sum();
+        assert_eq!(others, 2, "{:?}", r.untracked);
+        // Counted: it holds the hive.
+        assert_eq!(r.source.coverage.as_ref().unwrap().untracked_keys, 3);
+        assert!(!r.source.complete);
+        // A second System hive list key is someone else's.
+        let mut r = report(Vec::new());
+        let key = r"\REGISTRY\MACHINE\SYSTEM\ControlSet002\Control\HiveList".to_owned();
+        reconcile(
+            &mut r,
+            tracking(),
+            Ok(vec![(4, key.clone()), (4, key)]),
+            &mut |_| None,
+        );
+        assert_eq!(r.untracked.iter().filter(|u| u.hivetrack_own).count(), 1);
+        assert_eq!(r.untracked.iter().map(|u| u.open_keys).sum::<u64>(), 2);
+        assert!(!is_hive_list_key(
+            r"\REGISTRY\MACHINE\SYSTEM\ControlSetX\Control\hivelist"
+        ));
+        assert!(!is_hive_list_key(
+            r"\REGISTRY\MACHINE\SYSTEM\ControlSet001\Control\hivelist\x"
+        ));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod coverage;
+pub mod dll_search;
 #[cfg(all(feature = "emulator", target_os = "linux", target_arch = "x86_64"))]
 pub mod emulator;
 pub mod event_service;

@@ -13,6 +13,8 @@ use hivetrack_cli::{
 };
 
 fn main() -> ExitCode {
+    // Before anything can load a DLL: System32 only (review 21b, L8).
+    hivetrack_cli::dll_search::harden();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

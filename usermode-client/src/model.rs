@@ -565,6 +565,14 @@ pub struct UntrackedHolder {
     pub open_keys: u64,
     /// Their NT paths, as the kernel lists them.
     pub keys: Vec<String>,
+    /// These keys are hivetrack.sys's own: the hive list's key
+    /// (`\REGISTRY\MACHINE\SYSTEM\ControlSet00N\Control\hivelist`) the driver opens in
+    /// `DriverEntry`, before its callback (so it has no record of it), and keeps for its life
+    /// to read the list again. It does hold the SYSTEM hive open, so it is counted; it is
+    /// labelled so that nobody goes looking for the process behind it (review 21a, L3).
+    /// Absent (false) from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub hivetrack_own: bool,
 }
 
 /// `hivetrack hives`.

@@ -131,6 +131,11 @@ pub fn source_line(s: &Source) -> String {
     line
 }
 
+/// How a `holders` text names the hive list's key hivetrack.sys keeps open
+/// ([`crate::model::UntrackedHolder::hivetrack_own`]).
+const OWN_KEY: &str = "hivetrack.sys's own: the hive list's key it keeps open for its reads \
+                       of the list; it holds the SYSTEM hive, which Windows never unloads";
+
 /// Said under keys opened before tracking started: how to see such opens next time.
 pub const UNTRACKED_HINT: &str = "(hivetrack has no open time, thread or access for these: it started after they were \
 opened. To track from boot, `sc config hivetrack start= system`; see the README, \"Tracking from boot\", for what it costs.)";
@@ -691,8 +696,10 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 };
                 for u in &r.untracked {
                     let who = process_phrase(u.pid, u.image.as_ref(), false);
+                    // hivetrack.sys's own handle on the hive list (review 21a, L3).
+                    let why = if u.hivetrack_own { OWN_KEY } else { when };
                     for k in &u.keys {
-                        let _ = writeln!(out, "{who} has opened key {} ({when})", display(k));
+                        let _ = writeln!(out, "{who} has opened key {} ({why})", display(k));
                     }
                 }
                 out.push_str(UNTRACKED_HINT);

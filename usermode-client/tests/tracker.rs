@@ -524,6 +524,52 @@ fn a_key_deleted_while_open_still_holds_the_hive_and_says_so() {
     );
 }
 
+/// Review 21a, L3: the hive list's key hivetrack.sys opens in `DriverEntry` (before its
+/// callback, so never recorded) and keeps for its life is in the kernel's list of the SYSTEM
+/// hive under System. The answer counts it (it holds the hive) and says it is hivetrack's own,
+/// in JSON and in the text, so an administrator does not go looking for its holder.
+#[test]
+fn hivetracks_own_hive_list_key_is_counted_and_labelled_in_system_holders() {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let system = r"\REGISTRY\MACHINE\SYSTEM".to_owned();
+    t.hive_loaded(&w(&system), &w("SYSTEM"), 0);
+    t.tracking_started(NOW - 3600 * SECOND);
+    let own = format!(r"{system}\ControlSet001\Control\hivelist");
+    let other = format!(r"{system}\ControlSet001\Services\Tcpip");
+    let mut d = ListedDriver {
+        t,
+        kernel: vec![(system.clone(), vec![(4, own.clone()), (4, other.clone())])],
+    };
+    let mut client = hivetrack_cli::client::Client::new(&mut d);
+    client.held_now = false;
+    let r = client.holders(&system, false, NOW).expect("a report");
+    assert_eq!(r.hive.open_keys, 2, "both keys hold the hive: {r:?}");
+    let labelled: Vec<_> = r.untracked.iter().filter(|u| u.hivetrack_own).collect();
+    assert_eq!(labelled.len(), 1, "{:?}", r.untracked);
+    assert_eq!(labelled[0].keys, [own]);
+    assert!(
+        r.untracked
+            .iter()
+            .any(|u| !u.hivetrack_own && u.keys == std::slice::from_ref(&other)),
+        "{:?}",
+        r.untracked
+    );
+    let json = hivetrack_cli::render::holders(&r, hivetrack_cli::render::Format::Json).unwrap();
+    assert!(json.contains("\"hivetrack_own\": true"), "{json}");
+    let table = hivetrack_cli::render::holders(&r, hivetrack_cli::render::Format::Table).unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.contains(r"Control\hivelist"))
+        .unwrap_or_default();
+    assert!(line.contains("hivetrack.sys's own"), "{table}");
+    let tcpip = table
+        .lines()
+        .find(|l| l.contains(r"Services\Tcpip"))
+        .unwrap_or_default();
+    assert!(!tcpip.contains("hivetrack.sys's own"), "{table}");
+    assert!(table.contains("2 open key(s)"), "{table}");
+}
+
 /// The tracker behind the query IOCTLs and the event stream's request (answered at once, as
 /// the driver does for a request with no wait).
 struct DriverWithEvents(Rc<Engine>);

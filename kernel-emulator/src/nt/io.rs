@@ -27,9 +27,10 @@ use crate::nt::exports::Export;
 use crate::nt::kernel::{self, call_driver};
 use crate::nt::layout::{
     ACCESS_STATE_SIZE, DO_DEVICE_INITIALIZING, DO_EXCLUSIVE, DeviceObject, DispatchFn,
-    DriverObject, FILE_OBJECT_DEVICE_OBJECT, FILE_OBJECT_SIZE, IO_SECURITY_CONTEXT_SIZE,
-    IO_TYPE_DEVICE, IO_TYPE_FILE, IO_TYPE_IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE,
-    IRP_MJ_DEVICE_CONTROL, IoStackLocation, IoStatusBlock, Irp, UnicodeString, poke, read_unicode,
+    DriverObject, FILE_DEVICE_SECURE_OPEN, FILE_OBJECT_DEVICE_OBJECT, FILE_OBJECT_SIZE,
+    IO_SECURITY_CONTEXT_SIZE, IO_TYPE_DEVICE, IO_TYPE_FILE, IO_TYPE_IRP, IRP_MJ_CLEANUP,
+    IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IoStackLocation, IoStatusBlock, Irp,
+    UnicodeString, poke, read_unicode,
 };
 use crate::nt::se::security::{self, Caller, FILE_READ_DATA, FILE_WRITE_DATA, SecurityDescriptor};
 use crate::nt::status::{
@@ -111,6 +112,9 @@ pub struct IoState {
     pub irps: HashMap<usize, IrpTrack>,
     /// Open file objects by address.
     pub files: HashMap<usize, OpenFile>,
+    /// The `FileObject->FileName` buffers of file objects opened inside a device's namespace
+    /// (freed with the file object, as the I/O manager frees its `'mNoI'` name buffer).
+    pub file_names: HashMap<usize, Box<[u16]>>,
     /// Issue order of IRPs and file objects.
     pub seq: u64,
     /// Stopped drivers (DRIVER_OBJECT address) whose DriverUnload waits for the last file
@@ -558,6 +562,7 @@ impl IrpAllocation {
         // SAFETY: non-zero size.
         let irp = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Irp>();
         assert!(!irp.is_null(), "host out of memory");
+        note_handed(irp as usize, size);
         // SAFETY: a fresh, zeroed, exclusively owned allocation with room for the IRP.
         let i = unsafe { &mut *irp };
         i.type_ = IO_TYPE_IRP;
@@ -729,6 +734,77 @@ fn dispatch(
     returned
 }
 
+/// How many of the last IRPs, system buffers and file objects handed to a driver stay
+/// listed in [`object_ranges`] after they are freed: a driver that copies the address of the
+/// very IRP it answers into the answer writes it while the IRP lives, and the scan runs after
+/// the IRP went back (review 21a, L6).
+const HANDED_KEEP: usize = 256;
+
+/// The address ranges of the last [`HANDED_KEEP`] IRPs (with their stack location), system
+/// buffers and file objects the I/O manager built for a driver, newest last.
+static HANDED: std::sync::Mutex<std::collections::VecDeque<(usize, usize)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Notes an object handed to a driver ([`HANDED`]).
+fn note_handed(addr: usize, len: usize) {
+    let mut h = HANDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if h.len() == HANDED_KEEP {
+        h.pop_front();
+    }
+    h.push_back((addr, addr + len.max(1)));
+}
+
+/// The newest IRP (or other I/O object) handed to a driver, for a scan's self-check.
+#[must_use]
+pub fn newest_handed() -> Option<usize> {
+    HANDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .back()
+        .map(|r| r.0)
+}
+
+/// Every I/O-manager object address a driver holds or was recently handed, unsorted, possibly
+/// overlapping: live DEVICE_OBJECTs (with extension and DEVOBJ_EXTENSION), their
+/// DRIVER_OBJECTs, live FILE_OBJECTs and their name buffers, and the last [`HANDED_KEEP`]
+/// IRPs, system buffers and file objects ([`HANDED`]). None of them is a pool block in the
+/// model (the host allocator or their own mappings), so a pool scan cannot see them; the
+/// IOCTL fuzz scans answers for them (review 21a, L6).
+#[must_use]
+pub fn object_ranges() -> Vec<(usize, usize)> {
+    let mut v: Vec<(usize, usize)> = kernel::with(|k| {
+        let mut v: Vec<(usize, usize)> = Vec::new();
+        for (&a, d) in &k.io.devices {
+            v.push((a, a + d.alloc_len));
+            v.push((d.driver, d.driver + size_of::<DriverObject>()));
+        }
+        v.extend(k.io.files.keys().map(|&f| (f, f + FILE_OBJECT_SIZE)));
+        v.extend(k.io.file_names.values().map(|n| {
+            (
+                n.as_ptr() as usize,
+                n.as_ptr() as usize + n.len().max(1) * 2,
+            )
+        }));
+        v
+    });
+    v.extend(
+        HANDED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied(),
+    );
+    v
+}
+
+/// The address of `handle`'s FILE_OBJECT (a kernel address a driver is handed).
+#[must_use]
+pub const fn file_object_address(handle: FileHandle) -> usize {
+    handle.0
+}
+
 /// A guarded, poisoned METHOD_BUFFERED system buffer: `len` bytes ending right before a
 /// PROT_NONE page, so that a driver writing past max(input, output) length faults.
 struct SystemBuffer {
@@ -761,6 +837,7 @@ impl SystemBuffer {
         // The I/O manager's pool buffer is 16-byte aligned; keep that, end as close to the
         // guard as alignment allows.
         let ptr = ((base + pages * 4096 - len) & !15) as *mut u8;
+        note_handed(base, pages * 4096);
         Self { base, map_len, ptr }
     }
 }
@@ -772,31 +849,82 @@ impl Drop for SystemBuffer {
     }
 }
 
-/// Opens `path` (`\\.\Name`, `\??\Name`, `\DosDevices\Name` or `\Device\Name`) for `caller`
-/// with `desired` access, as NtCreateFile does for a device: resolve the link, check the
-/// device's DACL against the caller's token (STATUS_ACCESS_DENIED before the driver is
-/// involved), then send IRP_MJ_CREATE.
+/// `FILE_DEVICE_DISK` and `FILE_DEVICE_CD_ROM` (`wdm.h`): the device types whose
+/// namespace opens are traverse-checked even for a caller with the traverse privilege.
+const FILE_DEVICE_DISK: u32 = 0x07;
+/// See [`FILE_DEVICE_DISK`].
+const FILE_DEVICE_CD_ROM: u32 = 0x02;
+/// `FILE_TRAVERSE`, the right the traverse check asks for.
+const FILE_TRAVERSE: u32 = 0x20;
+/// `FILE_OBJECT.FileName` (a `UNICODE_STRING`) on x64.
+const FILE_OBJECT_FILE_NAME: usize = 0x58;
+
+/// Splits an NT path into a device and the name inside its namespace (the object manager's
+/// RemainingName): the longest prefix that is a device, or a symbolic link to one, wins;
+/// the rest (with its leading backslash, possibly just `\`) is handed to the device.
+fn resolve_device(k: &kernel::Kernel, nt: &str) -> Option<(usize, String)> {
+    let cuts = std::iter::once(nt.len()).chain(
+        nt.char_indices()
+            .rev()
+            .filter(|&(i, c)| c == '\\' && i > 0)
+            .map(|(i, _)| i),
+    );
+    for cut in cuts {
+        let (prefix, rest) = nt.split_at(cut);
+        let target =
+            k.io.links
+                .get(&canonical_link(prefix))
+                .map_or_else(|| prefix.to_string(), |(_, t)| t.clone());
+        if let Some(d) = k.io.device_by_name(&target) {
+            return Some((d, rest.to_string()));
+        }
+    }
+    None
+}
+
+/// Opens `path` (`\\.\Name`, `\??\Name`, `\DosDevices\Name` or `\Device\Name`, each
+/// optionally followed by `\name` inside the device's namespace) for `caller` with `desired`
+/// access, as NtCreateFile does for a device: resolve the link, check the caller against the
+/// device's DACL (STATUS_ACCESS_DENIED before the driver is involved), then send
+/// IRP_MJ_CREATE with `FileObject->FileName` set to the name inside the namespace.
+///
+/// The access check follows WRK `base/ntos/io/iomgr/parse.c` IopParseDevice:
+/// - the device itself (RemainingName empty): a full SeAccessCheck of `desired` against the
+///   device's DACL (lines 597-655);
+/// - a name inside its namespace (`\\.\HiveTrack\x`): only a traverse check, and that only
+///   when the caller lacks the traverse privilege or the device is a disk or CD-ROM (lines
+///   657-748). Every caller the model has holds SeChangeNotifyPrivilege (Windows grants
+///   "Bypass traverse checking" to Everyone, Users and the service accounts by default:
+///   Learn, "Bypass traverse checking" security policy setting), so for a non-disk device
+///   no check is made — the handle gets everything asked for (WRK `ob/obhandle.c`
+///   ObpCreateHandle line 2630: RemainingDesiredAccess | PreviouslyGrantedAccess);
+/// - unless the device has `FILE_DEVICE_SECURE_OPEN`: then the full SeAccessCheck is made for
+///   the namespace open too (lines 934-1004).
+///
+/// Learn, "Controlling Device Namespace Access": "By default, security checks for file open
+/// requests within the device's namespace ... are left entirely up to the driver—the device
+/// object ACL is not checked by the operating system"; FILE_DEVICE_SECURE_OPEN makes the
+/// I/O manager apply the device object's security descriptor to them. The name is copied into
+/// the file object before the driver is called (parse.c lines 1247-1278).
 ///
 /// # Errors
 /// The failing status.
+#[allow(clippy::too_many_lines)] // one routine, in IopParseDevice's order
 pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHandle, NtStatus> {
     let nt = path
         .strip_prefix("\\\\.\\")
         .map_or_else(|| path.to_string(), |rest| format!("\\??\\{rest}"));
     let device = kernel::with(|k| {
-        let target =
-            k.io.links
-                .get(&canonical_link(&nt))
-                .map(|(_, t)| t.clone())
-                .unwrap_or(nt);
-        k.io.device_by_name(&target)
-            .map(|d| (d, k.io.devices[&d].security.clone()))
+        resolve_device(k, &nt).map(|(d, rest)| (d, rest, k.io.devices[&d].security.clone()))
     });
-    let Some((device, sd)) = device else {
+    let Some((device, remaining, sd)) = device else {
         return Err(STATUS_OBJECT_NAME_NOT_FOUND);
     };
     // SAFETY: a live device object (tracked by the model).
-    let flags = unsafe { (*(device as *mut DeviceObject)).flags };
+    let (flags, characteristics, device_type) = unsafe {
+        let d = &*(device as *mut DeviceObject);
+        (d.flags, d.characteristics, d.device_type)
+    };
     // A device still initializing cannot be opened, by its NT name or a link, whatever its
     // security: WRK `base/ntos/io/iomgr/parse.c` IopCheckDeviceAndDriver (lines 81-85,
     // STATUS_NO_SUCH_DEVICE), called by IopParseDevice (line 504) before its access check
@@ -813,13 +941,52 @@ pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHa
     if kernel::with(|k| k.io.devices[&device].delete_pending) {
         return Err(STATUS_DELETE_PENDING);
     }
-    let Some(granted) = security::access_check(&sd, &caller.token(), desired) else {
+    let token = caller.token();
+    let granted = if remaining.is_empty() {
+        // parse.c lines 597-655: the device itself, a full access check.
+        security::access_check(&sd, &token, desired)
+    } else {
+        // parse.c lines 657-748: traverse only, skipped with the traverse privilege (every
+        // model caller has it) unless the device is a disk or CD-ROM.
+        let traverse = device_type != FILE_DEVICE_DISK && device_type != FILE_DEVICE_CD_ROM
+            || security::access_check(&sd, &token, FILE_TRAVERSE).is_some();
+        if !traverse {
+            return Err(STATUS_ACCESS_DENIED);
+        }
+        if characteristics & FILE_DEVICE_SECURE_OPEN != 0 {
+            // parse.c lines 934-1004: FILE_DEVICE_SECURE_OPEN, the full check after all.
+            security::access_check(&sd, &token, desired)
+        } else {
+            // ob/obhandle.c line 2630: the handle gets what was asked for, unchecked.
+            let wanted = if desired & security::MAXIMUM_ALLOWED != 0 {
+                security::FILE_ALL_ACCESS
+            } else {
+                0
+            };
+            Some(security::map_generic_file(
+                (desired & !security::MAXIMUM_ALLOWED) | wanted,
+            ))
+        }
+    };
+    let Some(granted) = granted else {
         return Err(STATUS_ACCESS_DENIED);
     };
     if flags & DO_EXCLUSIVE != 0 && kernel::with(|k| k.io.devices[&device].open_files > 0) {
         return Err(STATUS_ACCESS_DENIED);
     }
     let file = alloc_file_object(device);
+    if !remaining.is_empty() {
+        // parse.c lines 1247-1278: the remaining name is copied into `FileObject->FileName`.
+        let name: Box<[u16]> = remaining.encode_utf16().collect();
+        let bytes = u16::try_from(name.len() * 2).unwrap_or(0xFFFE);
+        // SAFETY: a fresh FILE_OBJECT; FileName is a UNICODE_STRING at this offset (Length).
+        unsafe { poke(file + FILE_OBJECT_FILE_NAME, bytes) };
+        // SAFETY: as above (MaximumLength).
+        unsafe { poke(file + FILE_OBJECT_FILE_NAME + 2, bytes) };
+        // SAFETY: as above (Buffer); the buffer is kept in `file_names` with the file object.
+        unsafe { poke(file + FILE_OBJECT_FILE_NAME + 8, name.as_ptr() as usize) };
+        kernel::with(|k| k.io.file_names.insert(file, name));
+    }
     let security_context =
         vec![0u8; IO_SECURITY_CONTEXT_SIZE + ACCESS_STATE_SIZE].into_boxed_slice();
     let irp = IrpAllocation::new(IRP_MJ_CREATE, device, file, pid);
@@ -862,6 +1029,7 @@ fn alloc_file_object(device: usize) -> usize {
     let f = unsafe { std::alloc::alloc_zeroed(layout) };
     assert!(!f.is_null(), "host out of memory");
     let f = f as usize;
+    note_handed(f, FILE_OBJECT_SIZE);
     // SAFETY: a fresh FILE_OBJECT-sized allocation.
     unsafe { poke(f, IO_TYPE_FILE) };
     // SAFETY: as above.
@@ -875,6 +1043,7 @@ fn alloc_file_object(device: usize) -> usize {
 /// deferred DriverUnload of a stopped driver when the last file on its devices goes.
 fn release_file(file: usize) {
     let (freed, unload) = kernel::with(|k| {
+        k.io.file_names.remove(&file);
         let Some(f) = k.io.files.remove(&file) else {
             return (None, None);
         };
@@ -1347,6 +1516,22 @@ pub fn terminate_process_io(pid: u32) {
     for (_, file) in files {
         close(FileHandle(file));
     }
+}
+
+/// The access granted to `handle` at open, or None for a closed handle.
+#[must_use]
+pub fn granted_access(handle: FileHandle) -> Option<u32> {
+    kernel::with(|k| k.io.files.get(&handle.0).map(|f| f.granted))
+}
+
+/// `FileObject->FileName` of `handle`'s file object as the driver was handed it (empty for
+/// an open of the device itself).
+#[must_use]
+pub fn file_name(handle: FileHandle) -> String {
+    // SAFETY: a live file object of the model; FileName is a UNICODE_STRING at this offset
+    // whose buffer (when not empty) is the model's own, kept in `file_names`.
+    unsafe { read_unicode((handle.0 + FILE_OBJECT_FILE_NAME) as *const UnicodeString) }
+        .unwrap_or_default()
 }
 
 /// CloseHandle of the last handle: IRP_MJ_CLEANUP (if the driver handles it) then

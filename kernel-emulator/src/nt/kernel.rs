@@ -122,6 +122,55 @@ std::thread_local! {
     /// The bottom of the region the outermost driver call on this thread painted, while one
     /// runs ([`with_stack_watermark`]).
     static PAINTED_BOTTOM: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    /// Whether this thread's stack is listed in [`KERNEL_STACKS`].
+    static STACK_LISTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The stacks of every thread that has run driver code: the model's kernel stacks. A driver's
+/// locals, and the structures the model passes it by pointer (a callback's REG_* argument,
+/// an IO_STATUS_BLOCK), live there, so their addresses are kernel addresses an answer must
+/// not carry (review 21a, L6). A thread that ended keeps its entry (its range may be reused by
+/// a later thread's stack: still kernel stack).
+static KERNEL_STACKS: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// Lists this thread's whole stack mapping in [`KERNEL_STACKS`], once.
+fn list_this_stack() {
+    if STACK_LISTED.with(std::cell::Cell::get) {
+        return;
+    }
+    STACK_LISTED.with(|l| l.set(true));
+    // SAFETY: pthread_attr_t is plain data; zero is a valid value to hand to
+    // pthread_getattr_np, which initialises it.
+    let mut attr: libc::pthread_attr_t = unsafe { std::mem::zeroed() };
+    // SAFETY: no precondition.
+    let me = unsafe { libc::pthread_self() };
+    // SAFETY: `attr` is ours; it is initialised for the calling thread.
+    if unsafe { libc::pthread_getattr_np(me, &raw mut attr) } != 0 {
+        return;
+    }
+    let mut addr: *mut libc::c_void = std::ptr::null_mut();
+    let mut size: libc::size_t = 0;
+    // SAFETY: `attr` was initialised above; the out pointers are ours.
+    let ok =
+        unsafe { libc::pthread_attr_getstack(&raw const attr, &raw mut addr, &raw mut size) } == 0;
+    // SAFETY: `attr` was initialised above and is not used again.
+    unsafe { libc::pthread_attr_destroy(&raw mut attr) };
+    let range = ok.then(|| (addr as usize, addr as usize + size));
+    if let Some(r) = range {
+        KERNEL_STACKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(r);
+    }
+}
+
+/// The stacks of the threads that have run driver code ([`KERNEL_STACKS`]).
+#[must_use]
+pub fn kernel_stacks() -> Vec<(usize, usize)> {
+    KERNEL_STACKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 /// Paints the unused stack below the caller, runs `f`, measures how deep it went, and, for
@@ -154,6 +203,7 @@ fn with_stack_watermark<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let bottom = nested.unwrap_or(top - STACK_PAINT);
     let outermost = nested.is_none().then_some(Outermost);
     if outermost.is_some() {
+        list_this_stack();
         PAINTED_BOTTOM.with(|b| b.set(Some(bottom)));
         let mut p = bottom;
         while p < top {

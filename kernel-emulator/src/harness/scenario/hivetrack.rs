@@ -23,7 +23,7 @@ use crate::nt::se::security::{
 };
 use crate::nt::status::{
     self, STATUS_ACCESS_DENIED, STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_DEVICE_REQUEST,
-    STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_SUCCESS,
+    STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS,
 };
 use crate::verifier::bugcheck::EXIT_REFUSED;
 use crate::verifier::faults::FaultPolicy;
@@ -59,6 +59,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "access",
             "only SYSTEM and elevated administrators can open the device",
             access,
+        ),
+        Scenario::hivetrack(
+            "secure-open",
+            "opens into the device's namespace (\\\\.\\HiveTrack\\x): a standard user is denied by the I/O manager because the device has FILE_DEVICE_SECURE_OPEN (WRK parse.c IopParseDevice; Learn, \"Controlling Device Namespace Access\"), and an administrator, who passes the DACL, is refused by the driver's IRP_MJ_CREATE (defence in depth); the device itself still opens",
+            secure_open,
         ),
         Scenario::hivetrack(
             "unload",
@@ -450,6 +455,70 @@ fn access(ctx: &mut Ctx) {
                 caller.token().label
             ),
         );
+    }
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// Audit 21a, A3: opens that name a file inside the control device's namespace.
+///
+/// Without FILE_DEVICE_SECURE_OPEN the I/O manager would not check the device's DACL for
+/// them (WRK `io/iomgr/parse.c` lines 657-748; modelled in `io::open`), so a standard user
+/// would reach IRP_MJ_CREATE with the rights it asked for. The flag makes it check (lines
+/// 934-1004); the driver also fails any create whose `FileObject->FileName` is not empty
+/// (Learn, "Controlling Device Namespace Access"), so even a caller the DACL admits gets no
+/// handle through the namespace.
+fn secure_open(ctx: &mut Ctx) {
+    let mut d = start(ctx);
+    let inside = format!("{WIN32_DEVICE_PATH}\\x");
+    for path in [inside.as_str(), r"\Device\HiveTrack\x", r"\\.\HiveTrack\"] {
+        for caller in [Caller::User, Caller::FilteredAdmin] {
+            let r = ctx.open(path, caller, GENERIC_READ);
+            if let Ok(h) = r {
+                let v = io::device_io_control(h, IOCTL_HIVETRACK_GET_VERSION, &[], 64, 0xA5);
+                println!(
+                    "  {path} opened: GET_VERSION -> {}",
+                    status::describe(v.status)
+                );
+                io::close(h);
+            }
+            ctx.check(
+                r == Err(STATUS_ACCESS_DENIED),
+                format!(
+                    "{} opening {path} is denied by the I/O manager: {r:?}",
+                    caller.token().label
+                ),
+            );
+        }
+        for caller in [Caller::Admin, Caller::System] {
+            let r = ctx.open(path, caller, GENERIC_READ | GENERIC_WRITE);
+            if let Ok(h) = r {
+                io::close(h);
+            }
+            ctx.check(
+                r == Err(STATUS_OBJECT_NAME_NOT_FOUND),
+                format!(
+                    "{} opening {path} is refused by the driver (STATUS_OBJECT_NAME_NOT_FOUND): {r:?}",
+                    caller.token().label
+                ),
+            );
+        }
+    }
+    match ctx.open(WIN32_DEVICE_PATH, Caller::Admin, GENERIC_READ) {
+        Ok(h) => {
+            let v = io::device_io_control(h, IOCTL_HIVETRACK_GET_VERSION, &[], 64, 0xA5);
+            ctx.check(
+                v.status == STATUS_SUCCESS,
+                format!(
+                    "the device itself still opens and answers: {}",
+                    status::describe(v.status)
+                ),
+            );
+            io::close(h);
+        }
+        Err(s) => ctx.check(
+            false,
+            format!("the device itself still opens: {}", status::describe(s)),
+        ),
     }
     ctx.unload_and_check_clean(&mut d);
 }

@@ -11,7 +11,7 @@ use crate::nt::io::{self, FileHandle, IoctlCall, IoctlResult, PendingIoctl};
 use crate::nt::ke::{sync, timer};
 use crate::nt::kernel;
 use crate::nt::rtl;
-use crate::nt::se::security::{Caller, GENERIC_READ, GENERIC_WRITE};
+use crate::nt::se::security::{Caller, GENERIC_READ, GENERIC_WRITE, WRITE_DAC};
 use crate::nt::status::{self, STATUS_CANCELLED, STATUS_NO_SUCH_DEVICE, STATUS_SUCCESS};
 use crate::verifier::bugcheck::{EXIT_BUGCHECK, EXIT_CHECK_FAILED, EXIT_REFUSED};
 
@@ -106,6 +106,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-load",
             "test driver loads, answers, a standard user may open its unsecured device, unload is clean",
             td_load,
+        ),
+        pass(
+            "td-namespace-open",
+            "an open inside a device's namespace (\\\\.\\KemuTest\\x) of a device without FILE_DEVICE_SECURE_OPEN is not checked against its DACL: a standard user gets WRITE_DAC through it that the device itself refuses, and the driver is handed FileObject->FileName (WRK parse.c IopParseDevice; Learn, \"Controlling Device Namespace Access\")",
+            td_namespace_open,
         ),
         pass(
             "td-alloc",
@@ -420,6 +425,69 @@ fn td_load(ctx: &mut Ctx) {
     ctx.check(
         r.status == STATUS_SUCCESS && slots(&r)[0] == PING_MAGIC,
         format!("PING -> {:#x}", slots(&r)[0]),
+    );
+    finish(ctx, s);
+}
+
+/// The model's IopParseDevice (audit 21a, A3): the test driver's device has the default
+/// DACL (World GENERIC_READ|WRITE|EXECUTE, no WRITE_DAC) and no FILE_DEVICE_SECURE_OPEN.
+fn td_namespace_open(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let r = ctx.open(WIN32_PATH, Caller::User, WRITE_DAC);
+    if let Ok(h) = r {
+        io::close(h);
+    }
+    ctx.check(
+        r == Err(status::STATUS_ACCESS_DENIED),
+        format!("standard user opening the device itself for WRITE_DAC is denied: {r:?}"),
+    );
+    for (path, name) in [
+        (format!("{WIN32_PATH}\\x"), "\\x"),
+        (r"\Device\KemuTest\dir\y".to_string(), "\\dir\\y"),
+    ] {
+        match ctx.open(&path, Caller::User, WRITE_DAC) {
+            Ok(h) => {
+                let granted = io::granted_access(h).unwrap_or(0);
+                let seen = io::file_name(h);
+                ctx.check(
+                    granted & WRITE_DAC != 0,
+                    format!("{path}: the handle has WRITE_DAC, unchecked ({granted:#x})"),
+                );
+                ctx.check(
+                    seen == name,
+                    format!("{path}: FileObject->FileName is {seen:?} (expect {name:?})"),
+                );
+                let r = call(&s, IOCTL_PING, 0);
+                ctx.check(
+                    r.status == STATUS_SUCCESS,
+                    format!("the driver still answers: {}", status::describe(r.status)),
+                );
+                io::close(h);
+            }
+            Err(e) => ctx.check(
+                false,
+                format!(
+                    "standard user opening {path} (namespace, no FILE_DEVICE_SECURE_OPEN): {}",
+                    status::describe(e)
+                ),
+            ),
+        }
+    }
+    match ctx.open(WIN32_PATH, Caller::User, GENERIC_READ) {
+        Ok(h) => {
+            let seen = io::file_name(h);
+            ctx.check(
+                seen.is_empty(),
+                format!("the device itself: FileObject->FileName empty ({seen:?})"),
+            );
+            io::close(h);
+        }
+        Err(e) => ctx.check(false, format!("open {WIN32_PATH}: {}", status::describe(e))),
+    }
+    let r = ctx.open(r"\\.\NoSuchDevice\x", Caller::Admin, GENERIC_READ);
+    ctx.check(
+        r == Err(status::STATUS_OBJECT_NAME_NOT_FOUND),
+        format!("a name under no device: {r:?}"),
     );
     finish(ctx, s);
 }

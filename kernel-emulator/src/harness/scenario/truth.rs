@@ -105,7 +105,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::hivetrack(
             "altitude-collision",
-            "another filter registered first at hivetrack's altitude (385217): CmRegisterCallbackEx fails with STATUS_FLT_INSTANCE_ALTITUDE_COLLISION (Learn, Return value); the driver still loads and answers, its stats say why tracking is off, the mounted hives are still listed and a holders answer says it does not track (tracking-since 0, never complete) and lists no holder although a process holds a key (the CLI sets the kernel's list beside it), a wait-free request is refused (STATUS_DEVICE_NOT_READY), unload is clean",
+            "another filter registered first at hivetrack's altitude (385217): CmRegisterCallbackEx fails with STATUS_FLT_INSTANCE_ALTITUDE_COLLISION (Learn, Return value); the driver still loads and answers, its stats say why tracking is off, the mounted hives are still listed and a holders answer says it does not track (tracking-since 0, never complete) and lists no holder although a process holds a key (the CLI sets the kernel's list beside it), a wait-free request is refused (STATUS_DEVICE_NOT_READY), a hive loaded later is listed and one unloaded later is not (the list read again before a query: review 21a, L4), unload is clean",
             altitude_collision,
         ),
         Scenario::hivetrack(
@@ -1060,10 +1060,64 @@ fn altitude_collision(ctx: &mut Ctx) {
             wait.map_or_else(|| "pending".to_string(), status::describe)
         ),
     );
+    hive_set_follows_the_list(ctx, h);
     if let Some(k) = held {
         let _ = hive::close_key(app, k);
     }
     end_without_profile(ctx, d, h, app);
+}
+
+/// Review 21a, L4: with tracking off the hive set follows the hive list. No load or unload
+/// is notified, so each query (at most one read a second) reads the list again.
+fn hive_set_follows_the_list(ctx: &mut Ctx, h: FileHandle) {
+    super::tracking::load_profile(ctx);
+    crate::nt::ke::timer::advance(1_100);
+    let listed = mounts(ctx, h);
+    ctx.check(
+        listed.iter().any(|m| m.eq_ignore_ascii_case(USER))
+            && listed.iter().any(|m| m.eq_ignore_ascii_case(CLASSES)),
+        format!("hives loaded after DriverEntry are listed (the list read again): {listed:?}"),
+    );
+    let s = hive::unload_hive(super::tracking::SYSTEM_PID, USER);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("{USER} unloads: {}", status::describe(s)),
+    );
+    crate::nt::ke::timer::advance(1_100);
+    let listed = mounts(ctx, h);
+    ctx.check(
+        !listed.iter().any(|m| m.eq_ignore_ascii_case(USER))
+            && listed.iter().any(|m| m.eq_ignore_ascii_case(CLASSES))
+            && listed.iter().any(|m| m.eq_ignore_ascii_case(SOFTWARE)),
+        format!("a hive unloaded since is no longer listed as loaded, the others are: {listed:?}"),
+    );
+    let gone = io::device_io_control(
+        h,
+        query_ioctl(QueryKind::Holders),
+        &query(QueryKind::Holders, USER),
+        64 * 1024,
+        0xA5,
+    );
+    ctx.check(
+        gone.status == crate::nt::status::STATUS_OBJECT_NAME_NOT_FOUND && gone.information == 0,
+        format!(
+            "holders of it: an unknown hive, as after a notified unload, never \"free\": {}",
+            status::describe(gone.status)
+        ),
+    );
+    let classes = view(ctx, h, CLASSES);
+    ctx.check(
+        classes.completeness.tracking_since == 0 && !classes.completeness.nothing_lost(),
+        format!(
+            "an answer about a hive recorded by a later read still says tracking is off: {:?}",
+            classes.completeness
+        ),
+    );
+    let s = hive::unload_hive(super::tracking::SYSTEM_PID, CLASSES);
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!("{CLASSES} unloads: {}", status::describe(s)),
+    );
 }
 
 /// Ends a scenario that loaded no profile: `app` exits, the device closes, the driver unloads
