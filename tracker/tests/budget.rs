@@ -10,7 +10,9 @@ mod support;
 
 use protocol::holders::HiveKind;
 use support::{SysPool, w};
+use tracker::modules::MODULE_COST;
 use tracker::objects::RECORD_COST;
+use tracker::processes::PROCESS_COST;
 use tracker::{
     Config, DEFAULT_BUDGET_BYTES, NotTracked, ProcessKey, Tracker, budget::pool_cost,
     holding_charge, names::MAX_NAME_UNITS,
@@ -70,8 +72,9 @@ fn a_process_flooding_long_distinct_names_is_dropped_at_its_share_and_named() {
     assert!(refused > 0 && tracked > 0);
     // Each tracked open cost its record and its name (a page): the share holds about
     // share / (page + record) of them.
+    // Its own record is charged to it too.
     let each = pool_cost(MAX_NAME_UNITS * 2 + 24) + RECORD_COST;
-    assert_eq!(tracked, s.process_share_bytes / each);
+    assert_eq!(tracked, (s.process_share_bytes - PROCESS_COST) / each);
     assert_eq!(s.opens_dropped_process_share, refused);
     assert_eq!(s.top_dropper_pid, flooder.pid);
     assert_eq!(s.top_dropper_start_key, flooder.start_key);
@@ -122,7 +125,7 @@ fn app_hives_of_one_process_are_charged_to_it_and_leave_room_for_others() {
     let each = holding_charge(HiveKind::App) + RECORD_COST;
     assert_eq!(
         kept,
-        s.process_share_bytes / each,
+        (s.process_share_bytes - PROCESS_COST) / each,
         "charged per app hive held"
     );
     assert_eq!(s.opens_dropped_process_share, refused);
@@ -148,6 +151,64 @@ fn app_hives_of_one_process_are_charged_to_it_and_leave_room_for_others() {
         t.opened(5, loader, 1, &mount, 1, 4).is_ok(),
         "charge given back"
     );
+}
+
+/// Audit 21b F4 (the rest): a process's record, image name and module list. A process that
+/// exits while objects it opened live on (handles duplicated into another process) kept them
+/// charged to a share nobody could exceed again, a new process having a share of its own: a
+/// dozen processes each loading 400 images with long distinct paths, opening a key and
+/// exiting took the whole 8 MiB budget, and another process's open was dropped (`NoMemory`
+/// on the old code). Now exited processes' leftovers share one process share: past it their
+/// modules are freed at exit, counted in `modules_dropped`, and their module lists say
+/// lost from the start.
+#[test]
+fn exited_processes_leftovers_are_bounded_by_one_share() {
+    let pool = SysPool::default();
+    let t = tracker(&pool, Config::default().with_budget(8 << 20));
+    let deep = "m".repeat(2_000);
+    let loads = 400u64;
+    let mut images = 0u64;
+    for p in 0..12u64 {
+        let exiting = proc(0x1000 + p);
+        t.process_started(exiting, &w(&format!(r"\Device\HarddiskVolume2\p{p}.exe")));
+        for m in 0..loads {
+            let path = format!(r"\Device\HarddiskVolume2\{deep}\p{p}\m{m}.dll");
+            t.image_loaded(exiting, 0x1_0000 * (m + 1), 0x1000, &w(&path), 1);
+        }
+        images += t.stats().modules_tracked;
+        // Its key outlives it (a handle duplicated into another process).
+        let r = t.opened(
+            0x10_0000 + p,
+            exiting,
+            1,
+            &w(&format!(r"{USER}\Software\X{p}")),
+            1,
+            2,
+        );
+        assert!(r.is_ok(), "process {p}'s open: {r:?}");
+        t.process_exited(exiting);
+        assert_eq!(t.stats().processes_tracked, p + 1, "kept: it holds a key");
+    }
+    let s = t.stats();
+    println!(
+        "exited leftovers: {} B (share {}); modules kept {} dropped {}; budget used {} of {}",
+        t.leftovers(),
+        s.process_share_bytes,
+        s.modules_tracked,
+        s.modules_dropped,
+        s.budget_used_bytes,
+        s.budget_bytes
+    );
+    assert!(images >= loads, "the first process's images were kept");
+    let other = proc(0x204);
+    let r = t.opened(1, other, 1, &w(&format!(r"{USER}\Software\Other")), 1, 3);
+    assert!(r.is_ok(), "another process's open was dropped: {r:?}");
+    // One process's modules fit the pool; the others' were freed at exit and counted.
+    assert_eq!(s.modules_tracked, loads);
+    assert_eq!(s.modules_dropped, 11 * loads);
+    // The pool: one share, and the records and (short) images of the others past it.
+    assert!(t.leftovers() <= s.process_share_bytes + 11 * (PROCESS_COST + 64));
+    assert!(t.leftovers() >= loads * MODULE_COST);
 }
 
 #[test]
