@@ -61,7 +61,10 @@ pub struct QueryRequest<'a> {
     pub query: QueryKind,
     /// Flags; only [`QueryRequest::FLAG_SUMMARY_ONLY`] is defined.
     pub flags: u16,
-    /// At most this many records in the answer; 0 means as many as fit. A holders page
+    /// At most this many records in the answer; 0 means as many as fit. The driver also
+    /// ends a holders, snapshot or modules page after 4,096 records (it writes one process's
+    /// records under that process's lock, so a caller's buffer must not set how long it is
+    /// held: audit 21b F5); the cursor resumes there. A holders page
     /// that continues a process repeats its summary before the next key, so holders take a
     /// limit of 1 as 2 (a page of one summary alone could never make progress).
     pub max_records: u32,

@@ -447,7 +447,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// The modules of every process that has tracked objects carrying a stack, per process
-    /// in the process table's walk order, in load order; resumable.
+    /// in the process table's walk order, in load order; resumable; at most
+    /// [`crate::queries::MAX_PAGE_RECORDS`] a page.
     ///
     /// # Errors
     /// [`QueryError`].
@@ -461,7 +462,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             dropped: get(&self.counters.modules_dropped),
         };
         // A page that continues a process repeats it first: it needs room for two records.
-        let max_records = if max_records == 1 { 2 } else { max_records };
+        let max_records = crate::queries::capped(if max_records == 1 { 2 } else { max_records });
         let empty_len = protocol::page::empty_page_len::<Modules>(&prefix);
         let mut w = Self::start_page::<Modules>(out, &prefix, max_records)?;
         let mut resume = (cursor.0[0] & STARTED != 0).then(|| {

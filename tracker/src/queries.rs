@@ -39,6 +39,22 @@ const AFTER_ALL_HIVES: u32 = 0x7FFF_FFFF;
 /// Longest hive path a holders request is resolved with (units beyond are ignored; every
 /// mount point is far shorter).
 pub const MAX_QUERY_PATH: usize = 512;
+/// The most records a holders, snapshot or modules page holds, whatever the request's
+/// `max_records` and output buffer: such a page writes one process's records under that
+/// process's lock (and its process-table shard's, shared), which holds up the process's
+/// opens and its shard's writers, so the caller must not set how long that is (a process
+/// at its share holds about 285,000 records; audit 21b F5). The cursor resumes where the
+/// page stopped, in O(1) by its hint.
+pub const MAX_PAGE_RECORDS: u32 = 4096;
+
+/// `max_records` of a request, capped at [`MAX_PAGE_RECORDS`] (0, "as many as fit", too).
+pub(crate) const fn capped(max_records: u32) -> u32 {
+    if max_records == 0 || max_records > MAX_PAGE_RECORDS {
+        MAX_PAGE_RECORDS
+    } else {
+        max_records
+    }
+}
 
 /// The hive path of a request as native units, in `buf`: its first [`MAX_QUERY_PATH`] units.
 pub fn query_path<'b>(text: &Text<'_>, buf: &'b mut [u16; MAX_QUERY_PATH]) -> &'b [u16] {
@@ -332,7 +348,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// Holders of the hive containing `path`: per process (in the process table's walk
     /// order, [`crate::processes::walk_order`]) a summary,
-    /// then its keys oldest first. `flags` may hold [`QueryRequest::FLAG_SUMMARY_ONLY`].
+    /// then its keys oldest first; at most [`MAX_PAGE_RECORDS`] a page. `flags` may hold
+    /// [`QueryRequest::FLAG_SUMMARY_ONLY`].
     ///
     /// # Errors
     /// [`QueryError`].
@@ -383,7 +400,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
         // A page that continues a process repeats its summary, so it needs room for two
         // records to make progress: a limit of one is taken as two (protocol/src/request.rs).
-        let max_records = if max_records == 1 { 2 } else { max_records };
+        let max_records = capped(if max_records == 1 { 2 } else { max_records });
         let (mut w, empty_len) = self.hives.with_locked(hive, |h| {
             let prefix = HoldersPrefix {
                 hive_id: h.id,
@@ -621,7 +638,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// Every tracked key, per process (in the process table's walk order), per hive, oldest
-    /// first.
+    /// first; at most [`MAX_PAGE_RECORDS`] a page.
     ///
     /// # Errors
     /// [`QueryError::BufferTooSmall`].
@@ -632,8 +649,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         now: u64,
         out: &mut [u8],
     ) -> Result<usize, QueryError> {
-        let mut w =
-            Self::start_page::<Snapshot>(out, &SnapshotPrefix { taken_at: now }, max_records)?;
+        let mut w = Self::start_page::<Snapshot>(
+            out,
+            &SnapshotPrefix { taken_at: now },
+            capped(max_records),
+        )?;
         let started = cursor.0[0] & STARTED != 0;
         #[allow(clippy::cast_possible_truncation, reason = "packed from u32s")]
         let (cur_hive, cur_seq) = (
