@@ -78,6 +78,11 @@ const RETIRED: u32 = 1 << 31;
 const BACKSLASH: u16 = b'\\' as u16;
 /// Application hives with no tracked key kept per shard before the oldest is forgotten.
 pub const IDLE_APP_HIVES: usize = 4;
+/// The most units of an application hive's file name stored (the rest cut, and the hive
+/// reported with `FILE_TRUNCATED`): any user can load app hives (`RegLoadAppKey`), each
+/// named by a path of up to 2,036 stored units (a 4 KiB block); 512 units hold any path
+/// short of the long-path opt-in, in a 1 KiB block (audit 21b F4).
+pub const MAX_APP_FILE_UNITS: usize = 512;
 /// Idle vouched unload-pending hives kept per shard before the oldest is forgotten.
 ///
 /// Regular hives with a pending deferred unload, no tracked key and nothing the tracker could
@@ -152,6 +157,13 @@ impl Hive {
     /// Hive file, if known. Valid while the caller holds the hive's shard lock.
     pub fn file(&self) -> &[u16] {
         NonNull::new(self.file.load(Relaxed)).map_or(&[], |f| name_of(f).units())
+    }
+
+    /// The hive file's name is stored cut ([`MAX_APP_FILE_UNITS`] units of an application
+    /// hive's, [`crate::names::MAX_NAME_UNITS`] of any other). Under the shard lock, as
+    /// [`Self::file`].
+    pub fn file_truncated(&self) -> bool {
+        NonNull::new(self.file.load(Relaxed)).is_some_and(|f| name_of(f).truncated())
     }
 
     /// State now.
@@ -687,10 +699,16 @@ impl<L: RawLock> HiveTable<L> {
         seeded: bool,
         fold_losses: impl Fn(u64, u64),
     ) -> Result<bool, NoMemory> {
+        // An application hive's file name is kept to its first `MAX_APP_FILE_UNITS` units
+        // (flagged cut): any user loads app hives, each named by a path of up to 4 KiB.
+        let cap = match kind_of(mount) {
+            HiveKind::App => MAX_APP_FILE_UNITS,
+            HiveKind::Regular => crate::names::MAX_NAME_UNITS,
+        };
         let file_ref = if file.is_empty() {
             None
         } else {
-            Some(names.intern(pool, file)?)
+            Some(names.intern_capped(pool, file, cap)?.0)
         };
         let si = shard_of(mount);
         let shard = &self.shards[si];

@@ -87,6 +87,9 @@ pub struct Process<L> {
     pub charged: AtomicU64,
     /// Its opens dropped because its share was used (written under its lock).
     pub share_drops: AtomicU64,
+    /// Its opens not tracked for want of memory (an allocation refused; written under its
+    /// lock).
+    pub memory_drops: AtomicU64,
     /// What its own record, image name and module list are charged (part of `charged`;
     /// written under its lock): what stays when it exits still holding keys.
     pub own_charged: AtomicU64,
@@ -475,6 +478,7 @@ impl<L: RawLock> ProcessTable<L> {
                     // Its own record is charged to it from the start.
                     charged: AtomicU64::new(PROCESS_COST),
                     share_drops: AtomicU64::new(0),
+                    memory_drops: AtomicU64::new(0),
                     own_charged: AtomicU64::new(PROCESS_COST),
                     modules_charged: AtomicU64::new(0),
                     leftover: AtomicU64::new(0),

@@ -208,6 +208,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.top_dropper_pid = top.pid;
         s.top_dropper_start_key = top.start_key;
         s.top_dropper_drops = drops;
+        let (top, drops) = self.top_refused.get();
+        s.top_refused_pid = top.pid;
+        s.top_refused_start_key = top.start_key;
+        s.top_refused_drops = drops;
         s
     }
 
@@ -408,6 +412,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 kind: h.kind,
                 open_keys: h.open_keys.load(Relaxed),
                 holders: h.holders.load(Relaxed),
+                flags: if h.file_truncated() {
+                    HoldersPrefix::FILE_TRUNCATED
+                } else {
+                    0
+                },
                 mount: Text::Units(h.mount()),
                 file: Text::Units(h.file()),
                 completeness: self.completeness(h),
@@ -558,6 +567,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     kind: h.kind,
                     open_keys: h.open_keys.load(Relaxed),
                     holders: h.holders.load(Relaxed),
+                    flags: if h.file_truncated() {
+                        HiveRecord::FILE_TRUNCATED
+                    } else {
+                        0
+                    },
                     loaded_time: h.loaded_time(),
                     mount: Text::Units(h.mount()),
                     file: Text::Units(h.file()),

@@ -187,6 +187,8 @@ pub struct Tracker<P: Pool, L: RawLock> {
     pub(crate) watches: Watches<L>,
     pub(crate) counters: Counters,
     pub(crate) top_dropper: TopDropper<L>,
+    /// The process with the most opens not tracked for want of memory (`stats`).
+    pub(crate) top_refused: TopDropper<L>,
     /// Bytes exited processes that still hold keys keep charged ([`Self::leftovers`]).
     pub(crate) leftovers: AtomicU64,
     /// Open-time stacks ([`crate::stacks`]).
@@ -234,6 +236,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             watches: Watches::new(),
             counters: Counters::default(),
             top_dropper: TopDropper::new(),
+            top_refused: TopDropper::new(),
             leftovers: AtomicU64::new(0),
             stacks: StackTable::with_seed(config.hash_seed),
             capture: Capture::new(),
@@ -297,6 +300,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         put!(watches, Watches::new());
         put!(counters, Counters::default());
         put!(top_dropper, TopDropper::new());
+        put!(top_refused, TopDropper::new());
         put!(leftovers, AtomicU64::new(0));
         put!(stacks, StackTable::with_seed(config.hash_seed));
         put!(capture, Capture::new());
@@ -500,6 +504,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             time,
             Source::Name(name, None),
         )
+        .inspect_err(|e| self.note_refused(*e, process))
     }
 
     /// An open of the key whose kernel key id is `key` (`CmCallbackGetKeyObjectIDEx`'s
@@ -521,7 +526,30 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         time: u64,
     ) -> Result<Result<Token, NotTracked>, KeyMiss> {
         let hit = self.keys.lookup(&self.names, key, time)?;
-        Ok(self.open_hit(object, process, thread, access, time, hit))
+        Ok(self
+            .open_hit(object, process, thread, access, time, hit)
+            .inspect_err(|e| self.note_refused(*e, process)))
+    }
+
+    /// An open of `process` was refused with `e`: one refused for want of memory counts
+    /// against it, and the process with the most such refusals is named in `stats`
+    /// (`top_refused_*`): the budget's refusals name a process as its shares' do.
+    #[cold]
+    #[inline(never)]
+    fn note_refused(&self, e: NotTracked, process: ProcessKey) {
+        if e != NotTracked::NoMemory {
+            return;
+        }
+        // A process whose own record could not be made counts one.
+        let drops = self
+            .processes
+            .with(process, |p| {
+                let drops = p.memory_drops.load(Relaxed) + 1;
+                p.memory_drops.store(drops, Relaxed); // under its lock
+                drops
+            })
+            .unwrap_or(1);
+        self.top_refused.note(process, drops);
     }
 
     /// A key cache hit's open: the held key's shortcut ([`Self::link_held`]) inlined into
@@ -608,6 +636,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             time,
             Source::Name(name, Some(miss)),
         )
+        .inspect_err(|e| self.note_refused(*e, process))
     }
 
     /// Key `key` (a key id, as for [`Self::opened_known`]) was deleted

@@ -321,3 +321,78 @@ fn what_the_default_budget_holds_when_every_name_is_distinct() {
         );
     }
 }
+
+/// Audit 21b F4: an application hive's file name was stored whole (up to 2,036 units, a
+/// 4 KiB block) for any user's `RegLoadAppKey`. Now its first 512 units are kept and the
+/// hive is reported with `FILE_TRUNCATED` in the hives page and the holders prefix; a
+/// regular hive's short name is whole and unflagged. On the old code the app hive's file
+/// came back with all its 2,020 units (and no flag existed).
+#[test]
+fn an_app_hives_file_name_is_capped_and_said_cut() {
+    use protocol::cursor::Cursor;
+    use protocol::hives::{HiveRecord, Hives};
+    use protocol::holders::{Holders, HoldersPrefix};
+    use protocol::page::Page;
+    use tracker::hives::MAX_APP_FILE_UNITS;
+
+    let pool = SysPool::default();
+    let t = tracker(&pool, Config::default());
+    let mount = w(r"\REGISTRY\A\{00000001-0000-0000-0000-000000000000}");
+    let file = w(&format!(r"\??\C:\Users\u\{}\h.dat", "d".repeat(2_000)));
+    t.hive_loaded(&mount, &file, 1);
+    let token = t.opened(1, proc(9), 1, &mount, 1, 2).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let n = t.hives(&Cursor::START, 0, &mut buf).unwrap();
+    let page = protocol::wire::decode::<Page<'_, Hives>>(&buf[..n]).unwrap();
+    let recs: Vec<_> = page.records().collect();
+    let app = recs.iter().find(|r| r.kind == HiveKind::App).unwrap();
+    let units: Vec<u16> = app.file.units().collect();
+    assert_eq!(units.len(), MAX_APP_FILE_UNITS, "stored cut");
+    assert_eq!(units[..], file[..MAX_APP_FILE_UNITS]);
+    assert_eq!(app.flags, HiveRecord::FILE_TRUNCATED, "said cut");
+    let user = recs.iter().find(|r| r.kind == HiveKind::Regular).unwrap();
+    assert_eq!(user.flags, 0, "a whole name is not flagged");
+    let n = t.holders(&mount, &Cursor::START, 0, 0, &mut buf).unwrap();
+    let page = protocol::wire::decode::<Page<'_, Holders>>(&buf[..n]).unwrap();
+    assert_eq!(page.prefix.flags, HoldersPrefix::FILE_TRUNCATED);
+    assert_eq!(page.prefix.file.units().count(), MAX_APP_FILE_UNITS);
+    t.object_destroyed(token, 1);
+}
+
+/// Audit 21b F4: opens refused because the budget was spent named no process (`top_dropper`
+/// names share refusals only). Many processes, each within its share, fill a 1 MiB budget;
+/// the one refused most is named in `top_refused_*` with its count. On the old code (no
+/// such naming: mutant, `note_refused` doing nothing) the pid stays 0.
+#[test]
+fn the_process_refused_by_the_budget_is_named() {
+    let pool = SysPool::default();
+    let t = tracker(&pool, Config::default().with_budget(1 << 20));
+    let victim = proc(0x777);
+    let mut refused = 0u64;
+    for i in 0..20_000u64 {
+        // Fillers: a new process every 100 opens, each well within its share.
+        let _ = t.opened(i + 1, proc(1_000 + i / 100), 1, &long_name(i, 200), 1, i);
+        if i % 10 == 0 {
+            let name = w(&format!(r"{USER}\Software\Victim\{i}"));
+            if t.opened(1_000_000 + i, victim, 1, &name, 1, i) == Err(NotTracked::NoMemory) {
+                refused += 1;
+            }
+        }
+    }
+    let s = t.stats();
+    println!(
+        "budget refusals: victim refused {refused}; named pid {:#x} with {}",
+        s.top_refused_pid, s.top_refused_drops
+    );
+    assert!(s.allocations_refused_budget > 0 && refused > 0);
+    assert_eq!(s.top_dropper_drops, 0, "no share refusal");
+    assert_eq!(
+        (
+            s.top_refused_pid,
+            s.top_refused_start_key,
+            s.top_refused_drops
+        ),
+        (victim.pid, victim.start_key, refused),
+        "the process refused most by the budget is named"
+    );
+}
