@@ -39,8 +39,10 @@ const AFTER_ALL_HIVES: u32 = 0x7FFF_FFFF;
 /// Longest hive path a holders request is resolved with (units beyond are ignored; every
 /// mount point is far shorter).
 pub const MAX_QUERY_PATH: usize = 512;
-/// The most records a holders, snapshot or modules page holds, whatever the request's
-/// `max_records` and output buffer: such a page writes one process's records under that
+/// The most records a holders, snapshot or modules page holds.
+///
+/// Whatever the request's `max_records` and output buffer: such a page writes one process's
+/// records under that
 /// process's lock (and its process-table shard's, shared), which holds up the process's
 /// opens and its shard's writers, so the caller must not set how long that is (a process
 /// at its share holds about 285,000 records; audit 21b F5). The cursor resumes where the
@@ -48,7 +50,7 @@ pub const MAX_QUERY_PATH: usize = 512;
 pub const MAX_PAGE_RECORDS: u32 = 4096;
 
 /// `max_records` of a request, capped at [`MAX_PAGE_RECORDS`] (0, "as many as fit", too).
-pub(crate) const fn capped(max_records: u32) -> u32 {
+pub const fn capped(max_records: u32) -> u32 {
     if max_records == 0 || max_records > MAX_PAGE_RECORDS {
         MAX_PAGE_RECORDS
     } else {
@@ -531,8 +533,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// Every hive, in the table's order: shard by shard, newest first in each
     /// ([`HiveTable::walk_from`]), resumed from the cursor's (shard, id): a hive that exists
-    /// throughout a paged listing comes exactly once, and a page costs one visit per hive at
-    /// most (clients sort by id). Until 2026-12-04 the listing went in id order by looking
+    /// throughout a paged listing comes exactly once, and a page visits each hive at most
+    /// once (clients sort by id) — though a resumed page steps over the shard's newer hives
+    /// from its lists' heads first, so it costs the shard's hives newer than the cursor, not
+    /// only its answer (audit 21b F14, [`HiveTable::walk_from`]). Until 2026-12-04 the listing went in id order by looking
     /// the whole table up for each hive written: quadratic in the number of hives (found in
     /// review).
     ///

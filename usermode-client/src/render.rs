@@ -910,16 +910,18 @@ fn top_dropper_line(r: &StatsReport) -> String {
     if let (Some(pid), Some(drops)) = (value("top_dropper_pid"), value("top_dropper_drops"))
         && drops > 0
     {
-        out.push_str(&format!(
-            "memory share: {drops} opens of pid {pid} were not tracked (it used its share of the budget; `hivetrack processes` shows its image)\n"
-        ));
+        let _ = writeln!(
+            out,
+            "memory share: {drops} opens of pid {pid} were not tracked (it used its share of the budget; `hivetrack processes` shows its image)"
+        );
     }
     if let (Some(pid), Some(drops)) = (value("top_refused_pid"), value("top_refused_drops"))
         && drops > 0
     {
-        out.push_str(&format!(
-            "memory budget: {drops} opens of pid {pid} were not tracked for want of memory, the most of any process (the budget was spent: `hivetrack processes` shows who holds the most keys)\n"
-        ));
+        let _ = writeln!(
+            out,
+            "memory budget: {drops} opens of pid {pid} were not tracked for want of memory, the most of any process (the budget was spent: `hivetrack processes` shows who holds the most keys)"
+        );
     }
     out
 }
