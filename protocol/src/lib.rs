@@ -51,5 +51,6 @@ pub mod wire;
 /// decoder refuses as an unknown flag (audit 20a, M2).
 /// 6: the hives record and the holders prefix carry flags (`FILE_TRUNCATED`) where a version
 /// 5 decoder requires zeros, and stats names the process with the most opens refused for
-/// memory (three more fields: a version 5 decoder refuses the field count; audit 21b F4).
+/// memory and what exited processes keep charged (four more fields: a version 5 decoder
+/// refuses the field count; audit 21b F4).
 pub const PROTOCOL_VERSION: u16 = 6;

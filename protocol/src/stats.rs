@@ -234,6 +234,11 @@ stats! {
         top_refused_start_key,
         /// Its opens not tracked for want of memory.
         top_refused_drops,
+        /// Bytes of the budget exited processes that still hold keys keep charged for their
+        /// records, image names and module lists: at most one process share, but for the
+        /// records and images of those whose modules were freed at their exit (counted in
+        /// `modules_dropped`).
+        exited_leftover_bytes,
     }
 }
 

@@ -214,6 +214,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.top_refused_pid = top.pid;
         s.top_refused_start_key = top.start_key;
         s.top_refused_drops = drops;
+        s.exited_leftover_bytes = self.leftovers.load(Relaxed);
         s
     }
 

@@ -209,6 +209,7 @@ fn exited_processes_leftovers_are_bounded_by_one_share() {
     // The pool: one share, and the records and (short) images of the others past it.
     assert!(t.leftovers() <= s.process_share_bytes + 11 * (PROCESS_COST + 64));
     assert!(t.leftovers() >= loads * MODULE_COST);
+    assert_eq!(t.stats().exited_leftover_bytes, t.leftovers());
 }
 
 #[test]
