@@ -1375,9 +1375,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         bump(&self.counters.process_exits_seen);
         let limit = self.config.process_share_bytes;
         let known = self.processes.with(process, |p| {
-            p.exited.store(true, Relaxed);
-            if p.holdings.load(Relaxed).is_null() {
-                return None; // reaped below
+            // An exit told twice moves nothing twice (the pool would keep a charge no reap
+            // gives back).
+            if p.exited.swap(true, Relaxed) || p.holdings.load(Relaxed).is_null() {
+                return None; // reaped below, if it holds nothing
             }
             let own = p.own_charged.load(Relaxed);
             let fits = self

@@ -210,6 +210,12 @@ fn exited_processes_leftovers_are_bounded_by_one_share() {
     assert!(t.leftovers() <= s.process_share_bytes + 11 * (PROCESS_COST + 64));
     assert!(t.leftovers() >= loads * MODULE_COST);
     assert_eq!(t.stats().exited_leftover_bytes, t.leftovers());
+    // An exit told again moves nothing again.
+    let before = t.leftovers();
+    t.process_exited(proc(0x1000));
+    t.process_exited(proc(0x1001));
+    assert_eq!(t.leftovers(), before);
+    assert_eq!(t.stats().modules_dropped, 11 * loads);
 }
 
 #[test]
