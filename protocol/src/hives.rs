@@ -10,7 +10,7 @@
 //! | 6      | 2    | reserved, zero                     |
 //! | 8      | 8    | open keys                          |
 //! | 16     | 4    | processes holding keys             |
-//! | 20     | 4    | reserved, zero                     |
+//! | 20     | 4    | flags ([`HiveRecord::FILE_TRUNCATED`]) |
 //! | 24     | 8    | time loaded (0 when not known)     |
 //! | 32     | 2+2n | mount point                        |
 //! | …      | 2+2n | hive file (empty when unknown)     |
@@ -18,7 +18,7 @@
 //! Records come in the driver's table order (shard by shard, newest first in each), each
 //! hive once in a paged listing; clients sort them (by id, the order reports use).
 
-use crate::holders::{HiveKind, HiveState, decode_state_kind};
+use crate::holders::{HiveKind, HiveState, decode_flags, decode_state_kind};
 use crate::page::{Codec, NoPrefix, PageKind};
 use crate::text::Text;
 use crate::wire::{DecodeError, EncodeError, MessageKind, Reader, Writer};
@@ -36,12 +36,23 @@ pub struct HiveRecord<'a> {
     pub open_keys: u64,
     /// Processes holding keys.
     pub holders: u32,
+    /// [`HiveRecord::FILE_TRUNCATED`].
+    pub flags: u32,
     /// When the load was reported (100 ns units), 0 when not known.
     pub loaded_time: u64,
     /// Mount point.
     pub mount: Text<'a>,
     /// Hive file, empty when unknown.
     pub file: Text<'a>,
+}
+
+impl HiveRecord<'_> {
+    /// The hive file's name is cut: the tracker stores at most 512 units of an application
+    /// hive's file name (any user can load app hives, each with a name of up to 4 KiB) and
+    /// 2,036 of any other.
+    pub const FILE_TRUNCATED: u32 = 1;
+    /// Every flag this version defines.
+    pub const KNOWN_FLAGS: u32 = 1;
 }
 
 impl<'a> Codec<'a> for HiveRecord<'a> {
@@ -55,7 +66,7 @@ impl<'a> Codec<'a> for HiveRecord<'a> {
         w.zeros(2)?;
         w.u64(self.open_keys)?;
         w.u32(self.holders)?;
-        w.zeros(4)?;
+        w.u32(self.flags)?;
         w.u64(self.loaded_time)?;
         self.mount.encode("mount", w)?;
         self.file.encode("file", w)
@@ -65,13 +76,14 @@ impl<'a> Codec<'a> for HiveRecord<'a> {
         let (state, kind) = decode_state_kind(r)?;
         let open_keys = r.u64()?;
         let holders = r.u32()?;
-        r.zeros(4)?;
+        let flags = decode_flags(r, Self::KNOWN_FLAGS, "hive flags")?;
         Ok(Self {
             id,
             state,
             kind,
             open_keys,
             holders,
+            flags,
             loaded_time: r.u64()?,
             mount: Text::decode(r)?,
             file: Text::decode(r)?,

@@ -10,7 +10,7 @@
 //! | 6      | 2    | reserved, zero                                 |
 //! | 8      | 8    | open keys in the hive (all processes)          |
 //! | 16     | 4    | processes holding keys in the hive             |
-//! | 20     | 4    | reserved, zero                                 |
+//! | 20     | 4    | flags ([`HoldersPrefix::FILE_TRUNCATED`])      |
 //! | 24     | 2+2n | mount point                                    |
 //! | …      | 2+2n | hive file (empty when unknown)                 |
 //! | …      | 40   | completeness ([`Completeness`])                |
@@ -123,12 +123,21 @@ pub struct HoldersPrefix<'a> {
     pub open_keys: u64,
     /// Processes holding keys in the hive.
     pub holders: u32,
+    /// [`HoldersPrefix::FILE_TRUNCATED`].
+    pub flags: u32,
     /// Mount point.
     pub mount: Text<'a>,
     /// Hive file, empty when unknown.
     pub file: Text<'a>,
     /// Since when tracking runs and what the hive lost (appended in this version).
     pub completeness: Completeness,
+}
+
+impl HoldersPrefix<'_> {
+    /// The hive file's name is cut (as [`crate::hives::HiveRecord::FILE_TRUNCATED`]).
+    pub const FILE_TRUNCATED: u32 = 1;
+    /// Every flag this version defines.
+    pub const KNOWN_FLAGS: u32 = 1;
 }
 
 impl<'a> Codec<'a> for HoldersPrefix<'a> {
@@ -142,7 +151,7 @@ impl<'a> Codec<'a> for HoldersPrefix<'a> {
         w.zeros(2)?;
         w.u64(self.open_keys)?;
         w.u32(self.holders)?;
-        w.zeros(4)?;
+        w.u32(self.flags)?;
         self.mount.encode("mount", w)?;
         self.file.encode("file", w)?;
         self.completeness.encode(w)
@@ -152,13 +161,14 @@ impl<'a> Codec<'a> for HoldersPrefix<'a> {
         let (state, kind) = decode_state_kind(r)?;
         let open_keys = r.u64()?;
         let holders = r.u32()?;
-        r.zeros(4)?;
+        let flags = decode_flags(r, Self::KNOWN_FLAGS, "hive flags")?;
         Ok(Self {
             hive_id,
             state,
             kind,
             open_keys,
             holders,
+            flags,
             mount: Text::decode(r)?,
             file: Text::decode(r)?,
             completeness: Completeness::decode(r)?,

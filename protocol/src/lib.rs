@@ -49,4 +49,8 @@ pub mod wire;
 /// driver refuses as an invalid count (issue 14: one pass over the records per request).
 /// 5: a holders process may carry `HolderProcess::WOW64` (16), which a version 4 client's
 /// decoder refuses as an unknown flag (audit 20a, M2).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 6: the hives record and the holders prefix carry flags (`FILE_TRUNCATED`) where a version
+/// 5 decoder requires zeros, and stats names the process with the most opens refused for
+/// memory and what exited processes keep charged (four more fields: a version 5 decoder
+/// refuses the field count; audit 21b F4).
+pub const PROTOCOL_VERSION: u16 = 6;

@@ -61,7 +61,10 @@ pub struct QueryRequest<'a> {
     pub query: QueryKind,
     /// Flags; only [`QueryRequest::FLAG_SUMMARY_ONLY`] is defined.
     pub flags: u16,
-    /// At most this many records in the answer; 0 means as many as fit. A holders page
+    /// At most this many records in the answer; 0 means as many as fit. The driver also
+    /// ends a holders, snapshot or modules page after 4,096 records (it writes one process's
+    /// records under that process's lock, so a caller's buffer must not set how long it is
+    /// held: audit 21b F5); the cursor resumes there. A holders page
     /// that continues a process repeats its summary before the next key, so holders take a
     /// limit of 1 as 2 (a page of one summary alone could never make progress).
     pub max_records: u32,
@@ -146,7 +149,7 @@ mod tests {
 
     /// The exact bytes of `sample()`.
     pub const GOLDEN: [u8; 72] = [
-        b'H', b'v', b'T', b'k', 5, 0, 2, 0, 72, 0, 0, 0, 0, 0, 0, 0, // header
+        b'H', b'v', b'T', b'k', 6, 0, 2, 0, 72, 0, 0, 0, 0, 0, 0, 0, // header
         1, 0, 1, 0, 7, 0, 0, 0, // holders, summary only, max 7
         1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, //
         8, 7, 6, 5, 4, 3, 2, 1, 9, 0, 0, 0, 0, 0, 0, 0, // cursor

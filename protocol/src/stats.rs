@@ -224,6 +224,21 @@ stats! {
         top_dropper_start_key,
         /// Its opens dropped.
         top_dropper_drops,
+        /// The process with the most opens not tracked for want of memory (an allocation
+        /// refused: the budget spent, counted in `allocations_refused_budget`, or the pool
+        /// failed): pid (0 when none). With every live process within its share, the budget
+        /// is spent by many processes, exited ones' keys or hives: this names who is refused
+        /// most, whoever filled it.
+        top_refused_pid,
+        /// Its start key.
+        top_refused_start_key,
+        /// Its opens not tracked for want of memory.
+        top_refused_drops,
+        /// Bytes of the budget exited processes that still hold keys keep charged for their
+        /// records, image names and module lists: at most one process share, but for the
+        /// records and images of those whose modules were freed at their exit (counted in
+        /// `modules_dropped`).
+        exited_leftover_bytes,
     }
 }
 

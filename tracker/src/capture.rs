@@ -356,6 +356,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 proc.modules_tail.store(m.as_ptr(), Relaxed);
                 locked_add32(&proc.nmodules, 1);
                 locked_add64(&proc.charged, charge);
+                locked_add64(&proc.own_charged, charge);
+                locked_add64(&proc.modules_charged, charge);
                 Some(())
             });
         if kept.is_some() {
@@ -380,13 +382,15 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         bump(&self.counters.modules_dropped);
     }
 
-    /// Frees a module list taken from a process record that is gone (or being torn down).
+    /// Frees a module list taken from a process record that is gone (or being torn down), or
+    /// unlinked from an exited one whose leftovers did not fit ([`Self::process_exited`]).
     pub(crate) fn free_modules(&self, mut cur: Option<NonNull<Module>>) {
         while let Some(m) = cur {
             let module = module_of(m);
             cur = NonNull::new(module.next.load(Relaxed));
             let name: Option<NameRef> = NonNull::new(module.name.load(Relaxed));
-            // SAFETY: the list belonged to a process record no one can reach any more.
+            // SAFETY: the list belonged to a process record no one can reach any more, or was
+            // unlinked from its process under the process's lock (`process_exited`).
             unsafe { free_block(&self.pool, MODULE_CLASS, m) };
             self.counters.modules.fetch_sub(1, Relaxed);
             if let Some(n) = name {
@@ -443,7 +447,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// The modules of every process that has tracked objects carrying a stack, per process
-    /// in the process table's walk order, in load order; resumable.
+    /// in the process table's walk order, in load order; resumable; at most
+    /// [`crate::queries::MAX_PAGE_RECORDS`] a page.
     ///
     /// # Errors
     /// [`QueryError`].
@@ -457,7 +462,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             dropped: get(&self.counters.modules_dropped),
         };
         // A page that continues a process repeats it first: it needs room for two records.
-        let max_records = if max_records == 1 { 2 } else { max_records };
+        let max_records = crate::queries::capped(if max_records == 1 { 2 } else { max_records });
         let empty_len = protocol::page::empty_page_len::<Modules>(&prefix);
         let mut w = Self::start_page::<Modules>(out, &prefix, max_records)?;
         let mut resume = (cursor.0[0] & STARTED != 0).then(|| {
@@ -501,8 +506,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     lost_since: p.modules_lost_since.load(Relaxed),
                 });
                 // Resume where the last page stopped in O(1) when it stopped here (the hint:
-                // modules are freed only with their process, so a hinted one is still on
-                // the list); otherwise walk to the position.
+                // modules are freed only with their process, or at its exit with the hint
+                // cleared, so a hinted one is still on the list); otherwise walk to the
+                // position.
                 let hinted = u64::from(p.modules_hint_index.load(Relaxed));
                 let (mut cur, mut index) = match NonNull::new(p.modules_hint.load(Relaxed)) {
                     Some(h) if skip != 0 && skip == hinted => (h.as_ptr(), hinted),

@@ -53,7 +53,7 @@ pub use lock::{RawLock, SpinLock};
 pub use objects::Token;
 pub use pool::{BLOCK_ALIGN, BlockClass, Pool};
 pub use processes::ProcessKey;
-pub use queries::{MAX_QUERY_PATH, QueryError, query_path};
+pub use queries::{MAX_PAGE_RECORDS, MAX_QUERY_PATH, QueryError, query_path};
 pub use tracker::{
     Config, ConfigError, DEFAULT_BUDGET_BYTES, MAX_BUDGET_BYTES, MIN_BUDGET_BYTES, NotTracked,
     Tracker, holding_charge,

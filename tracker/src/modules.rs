@@ -7,8 +7,11 @@
 //! cover the same addresses, and the one loaded last before an open is the one it ran.
 //!
 //! A module is one 64-byte block on its process's list, written under the process's lock,
-//! charged to the process's share, and freed with the process record. A process keeps at
-//! most [`MAX_MODULES`]; loads past that are counted (`modules_dropped`).
+//! charged to the process's share, and freed with the process record — or at the process's
+//! exit, when it still holds keys and its list does not fit in the pool of exited processes'
+//! leftovers (`Tracker::process_exited`: counted in `modules_dropped`, and its `lost_since`
+//! set). A process keeps at most [`MAX_MODULES`]; loads past that are counted
+//! (`modules_dropped`).
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64};

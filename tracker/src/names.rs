@@ -376,7 +376,27 @@ impl<L: RawLock> NameTable<L> {
         pool: &P,
         units: &[u16],
     ) -> Result<(NameRef, bool), NoMemory> {
+        self.intern_capped(pool, units, MAX_NAME_UNITS)
+    }
+
+    /// Interns at most the first `cap` units of `units` (`cap` at most [`MAX_NAME_UNITS`]),
+    /// flagged as cut when it is longer, taking one reference; also says whether this call
+    /// created the entry. A cut name and a name that is really those units are two entries.
+    ///
+    /// # Errors
+    /// [`NoMemory`] when a block for the bucket array or the entry could not be had.
+    pub fn intern_capped<P: Pool>(
+        &self,
+        pool: &P,
+        units: &[u16],
+        cap: usize,
+    ) -> Result<(NameRef, bool), NoMemory> {
         let (stored, flags) = stored_part(units);
+        let (stored, flags) = if stored.len() > cap {
+            (&stored[..cap], NAME_TRUNCATED)
+        } else {
+            (stored, flags)
+        };
         let h = hash_seeded(stored, self.seed);
         let shard = &self.shards[h as usize % SHARDS];
         let _g = Exclusive::new(&shard.lock);

@@ -43,6 +43,8 @@ const SHARDS: usize = 64;
 const BUCKETS: usize = 64;
 /// Size class of a process record.
 pub const PROCESS_CLASS: BlockClass = BlockClass::B256;
+/// What a process record costs: charged to the process itself ([`Process::charged`]).
+pub const PROCESS_COST: u64 = crate::budget::pool_cost(PROCESS_CLASS.size());
 /// Size class of a holding.
 pub const HOLDING_CLASS: BlockClass = BlockClass::B64;
 
@@ -85,6 +87,17 @@ pub struct Process<L> {
     pub charged: AtomicU64,
     /// Its opens dropped because its share was used (written under its lock).
     pub share_drops: AtomicU64,
+    /// Its opens not tracked for want of memory (an allocation refused; written under its
+    /// lock).
+    pub memory_drops: AtomicU64,
+    /// What its own record, image name and module list are charged (part of `charged`;
+    /// written under its lock): what stays when it exits still holding keys.
+    pub own_charged: AtomicU64,
+    /// What its module list is charged (part of `own_charged`; written under its lock).
+    pub modules_charged: AtomicU64,
+    /// What it moved to the tracker's pool of exited processes' leftovers at its exit
+    /// (`Tracker::process_exited`), given back when it is reaped (written under its lock).
+    pub leftover: AtomicU64,
     /// Its mapped images, oldest first ([`crate::modules`]; written under its lock).
     pub modules: AtomicPtr<crate::modules::Module>,
     /// The last of them.
@@ -462,8 +475,13 @@ impl<L: RawLock> ProcessTable<L> {
                     open_keys: AtomicU64::new(0),
                     holdings: AtomicPtr::new(ptr::null_mut()),
                     nholdings: AtomicU32::new(0),
-                    charged: AtomicU64::new(0),
+                    // Its own record is charged to it from the start.
+                    charged: AtomicU64::new(PROCESS_COST),
                     share_drops: AtomicU64::new(0),
+                    memory_drops: AtomicU64::new(0),
+                    own_charged: AtomicU64::new(PROCESS_COST),
+                    modules_charged: AtomicU64::new(0),
+                    leftover: AtomicU64::new(0),
                     modules: AtomicPtr::new(ptr::null_mut()),
                     modules_tail: AtomicPtr::new(ptr::null_mut()),
                     nmodules: AtomicU32::new(0),
@@ -488,12 +506,17 @@ impl<L: RawLock> ProcessTable<L> {
     }
 
     /// Frees the process if it has exited and holds nothing. Returns its image reference
-    /// and its module list for the caller to release (names come last in the lock order).
+    /// and its module list for the caller to release (names come last in the lock order),
+    /// and what it had moved to the exited processes' leftovers ([`Process::leftover`]).
     pub fn reap<P: Pool>(
         &self,
         pool: &P,
         key: ProcessKey,
-    ) -> Option<(Option<NameRef>, Option<NonNull<crate::modules::Module>>)> {
+    ) -> Option<(
+        Option<NameRef>,
+        Option<NonNull<crate::modules::Module>>,
+        u64,
+    )> {
         let (si, chain) = place_of(key);
         let shard = &self.shards[si];
         let _sg = Exclusive::new(&shard.lock);
@@ -520,10 +543,11 @@ impl<L: RawLock> ProcessTable<L> {
         locked_sub32(&shard.count, 1);
         let image = proc.image();
         let modules = NonNull::new(proc.modules.load(Relaxed));
+        let leftover = proc.leftover.load(Relaxed);
         // SAFETY: unlinked under the shard lock, and its own lock showed it holds nothing:
         // no key, holding or lookup can reach it any more.
         unsafe { free_block(pool, PROCESS_CLASS, p) };
-        Some((image, modules))
+        Some((image, modules, leftover))
     }
 
     /// Calls `f` on every process of chain `head` (the caller holds its shard's lock).

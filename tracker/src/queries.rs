@@ -39,6 +39,24 @@ const AFTER_ALL_HIVES: u32 = 0x7FFF_FFFF;
 /// Longest hive path a holders request is resolved with (units beyond are ignored; every
 /// mount point is far shorter).
 pub const MAX_QUERY_PATH: usize = 512;
+/// The most records a holders, snapshot or modules page holds.
+///
+/// Whatever the request's `max_records` and output buffer: such a page writes one process's
+/// records under that
+/// process's lock (and its process-table shard's, shared), which holds up the process's
+/// opens and its shard's writers, so the caller must not set how long that is (a process
+/// at its share holds about 285,000 records; audit 21b F5). The cursor resumes where the
+/// page stopped, in O(1) by its hint.
+pub const MAX_PAGE_RECORDS: u32 = 4096;
+
+/// `max_records` of a request, capped at [`MAX_PAGE_RECORDS`] (0, "as many as fit", too).
+pub const fn capped(max_records: u32) -> u32 {
+    if max_records == 0 || max_records > MAX_PAGE_RECORDS {
+        MAX_PAGE_RECORDS
+    } else {
+        max_records
+    }
+}
 
 /// The hive path of a request as native units, in `buf`: its first [`MAX_QUERY_PATH`] units.
 pub fn query_path<'b>(text: &Text<'_>, buf: &'b mut [u16; MAX_QUERY_PATH]) -> &'b [u16] {
@@ -192,6 +210,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         s.top_dropper_pid = top.pid;
         s.top_dropper_start_key = top.start_key;
         s.top_dropper_drops = drops;
+        let (top, drops) = self.top_refused.get();
+        s.top_refused_pid = top.pid;
+        s.top_refused_start_key = top.start_key;
+        s.top_refused_drops = drops;
+        s.exited_leftover_bytes = self.leftovers.load(Relaxed);
         s
     }
 
@@ -332,7 +355,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// Holders of the hive containing `path`: per process (in the process table's walk
     /// order, [`crate::processes::walk_order`]) a summary,
-    /// then its keys oldest first. `flags` may hold [`QueryRequest::FLAG_SUMMARY_ONLY`].
+    /// then its keys oldest first; at most [`MAX_PAGE_RECORDS`] a page. `flags` may hold
+    /// [`QueryRequest::FLAG_SUMMARY_ONLY`].
     ///
     /// # Errors
     /// [`QueryError`].
@@ -383,7 +407,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         }
         // A page that continues a process repeats its summary, so it needs room for two
         // records to make progress: a limit of one is taken as two (protocol/src/request.rs).
-        let max_records = if max_records == 1 { 2 } else { max_records };
+        let max_records = capped(if max_records == 1 { 2 } else { max_records });
         let (mut w, empty_len) = self.hives.with_locked(hive, |h| {
             let prefix = HoldersPrefix {
                 hive_id: h.id,
@@ -391,6 +415,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 kind: h.kind,
                 open_keys: h.open_keys.load(Relaxed),
                 holders: h.holders.load(Relaxed),
+                flags: if h.file_truncated() {
+                    HoldersPrefix::FILE_TRUNCATED
+                } else {
+                    0
+                },
                 mount: Text::Units(h.mount()),
                 file: Text::Units(h.file()),
                 completeness: self.completeness(h),
@@ -505,8 +534,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// Every hive, in the table's order: shard by shard, newest first in each
     /// ([`HiveTable::walk_from`]), resumed from the cursor's (shard, id): a hive that exists
-    /// throughout a paged listing comes exactly once, and a page costs one visit per hive at
-    /// most (clients sort by id). Until 2026-12-04 the listing went in id order by looking
+    /// throughout a paged listing comes exactly once, and a page visits each hive at most
+    /// once (clients sort by id) — though a resumed page steps over the shard's newer hives
+    /// from its lists' heads first, so it costs the shard's hives newer than the cursor, not
+    /// only its answer (audit 21b F14, [`HiveTable::walk_from`]). Until 2026-12-04 the listing went in id order by looking
     /// the whole table up for each hive written: quadratic in the number of hives (found in
     /// review).
     ///
@@ -541,6 +572,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     kind: h.kind,
                     open_keys: h.open_keys.load(Relaxed),
                     holders: h.holders.load(Relaxed),
+                    flags: if h.file_truncated() {
+                        HiveRecord::FILE_TRUNCATED
+                    } else {
+                        0
+                    },
                     loaded_time: h.loaded_time(),
                     mount: Text::Units(h.mount()),
                     file: Text::Units(h.file()),
@@ -621,7 +657,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// Every tracked key, per process (in the process table's walk order), per hive, oldest
-    /// first.
+    /// first; at most [`MAX_PAGE_RECORDS`] a page.
     ///
     /// # Errors
     /// [`QueryError::BufferTooSmall`].
@@ -632,8 +668,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         now: u64,
         out: &mut [u8],
     ) -> Result<usize, QueryError> {
-        let mut w =
-            Self::start_page::<Snapshot>(out, &SnapshotPrefix { taken_at: now }, max_records)?;
+        let mut w = Self::start_page::<Snapshot>(
+            out,
+            &SnapshotPrefix { taken_at: now },
+            capped(max_records),
+        )?;
         let started = cursor.0[0] & STARTED != 0;
         #[allow(clippy::cast_possible_truncation, reason = "packed from u32s")]
         let (cur_hive, cur_seq) = (

@@ -187,6 +187,10 @@ pub struct Tracker<P: Pool, L: RawLock> {
     pub(crate) watches: Watches<L>,
     pub(crate) counters: Counters,
     pub(crate) top_dropper: TopDropper<L>,
+    /// The process with the most opens not tracked for want of memory (`stats`).
+    pub(crate) top_refused: TopDropper<L>,
+    /// Bytes exited processes that still hold keys keep charged ([`Self::leftovers`]).
+    pub(crate) leftovers: AtomicU64,
     /// Open-time stacks ([`crate::stacks`]).
     pub(crate) stacks: StackTable<L>,
     /// The capture scope ([`crate::capture`]).
@@ -232,6 +236,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             watches: Watches::new(),
             counters: Counters::default(),
             top_dropper: TopDropper::new(),
+            top_refused: TopDropper::new(),
+            leftovers: AtomicU64::new(0),
             stacks: StackTable::with_seed(config.hash_seed),
             capture: Capture::new(),
         })
@@ -294,6 +300,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         put!(watches, Watches::new());
         put!(counters, Counters::default());
         put!(top_dropper, TopDropper::new());
+        put!(top_refused, TopDropper::new());
+        put!(leftovers, AtomicU64::new(0));
         put!(stacks, StackTable::with_seed(config.hash_seed));
         put!(capture, Capture::new());
         // SAFETY: every field was written above.
@@ -496,6 +504,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             time,
             Source::Name(name, None),
         )
+        .inspect_err(|e| self.note_refused(*e, process))
     }
 
     /// An open of the key whose kernel key id is `key` (`CmCallbackGetKeyObjectIDEx`'s
@@ -517,7 +526,30 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         time: u64,
     ) -> Result<Result<Token, NotTracked>, KeyMiss> {
         let hit = self.keys.lookup(&self.names, key, time)?;
-        Ok(self.open_hit(object, process, thread, access, time, hit))
+        Ok(self
+            .open_hit(object, process, thread, access, time, hit)
+            .inspect_err(|e| self.note_refused(*e, process)))
+    }
+
+    /// An open of `process` was refused with `e`: one refused for want of memory counts
+    /// against it, and the process with the most such refusals is named in `stats`
+    /// (`top_refused_*`): the budget's refusals name a process as its shares' do.
+    #[cold]
+    #[inline(never)]
+    fn note_refused(&self, e: NotTracked, process: ProcessKey) {
+        if e != NotTracked::NoMemory {
+            return;
+        }
+        // A process whose own record could not be made counts one.
+        let drops = self
+            .processes
+            .with(process, |p| {
+                let drops = p.memory_drops.load(Relaxed) + 1;
+                p.memory_drops.store(drops, Relaxed); // under its lock
+                drops
+            })
+            .unwrap_or(1);
+        self.top_refused.note(process, drops);
     }
 
     /// A key cache hit's open: the held key's shortcut ([`Self::link_held`]) inlined into
@@ -604,6 +636,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             time,
             Source::Name(name, Some(miss)),
         )
+        .inspect_err(|e| self.note_refused(*e, process))
     }
 
     /// Key `key` (a key id, as for [`Self::opened_known`]) was deleted
@@ -1242,7 +1275,8 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     fn reap_process(&self, key: ProcessKey) {
-        if let Some((image, modules)) = self.processes.reap(&self.pool, key) {
+        if let Some((image, modules, leftover)) = self.processes.reap(&self.pool, key) {
+            self.leftovers.fetch_sub(leftover, Relaxed);
             if let Some(image) = image {
                 self.names.release(&self.pool, image);
             }
@@ -1285,8 +1319,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             .unwrap_or(false)
     }
 
-    /// A process started (or was found at start-up): records its image path. Optional: a
-    /// process first seen in `opened` is created without an image.
+    /// A process started (or was found at start-up): records its image path, charged to the
+    /// process's share with its record when the name is new. Optional: a process first seen
+    /// in `opened` is created without an image.
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn process_started(&self, process: ProcessKey, image: &[u16]) {
         let Ok(lp) = self.processes.lock_process(&self.pool, process, true) else {
@@ -1297,10 +1332,17 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if proc.image().is_some() || image.is_empty() {
             return;
         }
-        match self.names.intern(&self.pool, image) {
-            Ok(n) => {
+        match self.names.intern_new(&self.pool, image) {
+            Ok((n, new)) => {
                 if name_of(n).truncated() {
                     bump(&self.counters.names_truncated);
+                }
+                if new {
+                    // Charged to the process like its record (shared with later processes of
+                    // the same image, as a key's name is: only the one that stored it pays).
+                    let cost = name_of(n).cost();
+                    locked_add64(&proc.charged, cost);
+                    locked_add64(&proc.own_charged, cost);
                 }
                 // Release: `collect_holders` reads it without the process lock.
                 proc.image.store(n.as_ptr(), Release);
@@ -1317,17 +1359,75 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     }
 
     /// A process exited. Its record goes when it no longer holds keys.
+    ///
+    /// One that still holds keys (objects it opened live on: a handle duplicated into
+    /// another process, a kernel reference) keeps its record, image name and module list,
+    /// which its share no longer bounds: a new process has a share of its own, so N processes
+    /// exiting so would leave N shares' worth (audit 21b F4). What its record, image and
+    /// modules are charged moves to the pool of exited processes' leftovers, which holds at
+    /// most one process share ([`Self::leftovers`]); when its modules do not fit there they
+    /// are freed now, counted in `modules_dropped`, and its `lost_since` says its module list
+    /// is incomplete from the start (the modules page then vouches for none of its frames).
+    /// Its record and image stay charged to the pool whatever it holds: each is pinned by a
+    /// key still open, and the keys themselves stay charged to the process that opened them.
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn process_exited(&self, process: ProcessKey) {
         bump(&self.counters.process_exits_seen);
-        let known = self
-            .processes
-            .with(process, |p| p.exited.store(true, Relaxed));
-        if known.is_none() {
+        let limit = self.config.process_share_bytes;
+        let known = self.processes.with(process, |p| {
+            // An exit told twice moves nothing twice (the pool would keep a charge no reap
+            // gives back).
+            if p.exited.swap(true, Relaxed) || p.holdings.load(Relaxed).is_null() {
+                return None; // reaped below, if it holds nothing
+            }
+            let own = p.own_charged.load(Relaxed);
+            let fits = self
+                .leftovers
+                .fetch_update(Relaxed, Relaxed, |used| {
+                    let next = used.saturating_add(own);
+                    (next <= limit).then_some(next)
+                })
+                .is_ok();
+            if fits {
+                p.leftover.store(own, Relaxed);
+                return None;
+            }
+            let modules = NonNull::new(p.modules.swap(ptr::null_mut(), Relaxed));
+            p.modules_tail.store(ptr::null_mut(), Relaxed);
+            p.modules_hint.store(ptr::null_mut(), Relaxed);
+            p.modules_hint_index.store(0, Relaxed);
+            let dropped = p.nmodules.swap(0, Relaxed);
+            let freed = p.modules_charged.swap(0, Relaxed);
+            locked_sub64(&p.charged, freed);
+            locked_sub64(&p.own_charged, freed);
+            if dropped != 0 {
+                // Lost from the start: no frame of it can be put down to a module now.
+                p.modules_lost_since.store(1, Relaxed);
+            }
+            let kept = own - freed;
+            self.leftovers.fetch_add(kept, Relaxed);
+            p.leftover.store(kept, Relaxed);
+            Some((modules, dropped))
+        });
+        let Some(dropped) = known else {
             bump(&self.counters.process_exits_unknown);
             return;
+        };
+        if let Some((modules, n)) = dropped {
+            self.free_modules(modules);
+            self.counters
+                .modules_dropped
+                .fetch_add(u64::from(n), Relaxed);
         }
         self.reap_process(process);
+    }
+
+    /// Bytes of exited processes' records, image names and module lists kept because the
+    /// processes still hold keys ([`Self::process_exited`]): at most one process share, but
+    /// for the records and images of those whose modules were freed.
+    #[must_use]
+    pub fn leftovers(&self) -> u64 {
+        self.leftovers.load(Relaxed)
     }
 
     /// A hive was loaded at `mount` from `file` (also used to seed from the hive list).

@@ -10,7 +10,9 @@ mod support;
 
 use protocol::holders::HiveKind;
 use support::{SysPool, w};
+use tracker::modules::MODULE_COST;
 use tracker::objects::RECORD_COST;
+use tracker::processes::PROCESS_COST;
 use tracker::{
     Config, DEFAULT_BUDGET_BYTES, NotTracked, ProcessKey, Tracker, budget::pool_cost,
     holding_charge, names::MAX_NAME_UNITS,
@@ -70,8 +72,9 @@ fn a_process_flooding_long_distinct_names_is_dropped_at_its_share_and_named() {
     assert!(refused > 0 && tracked > 0);
     // Each tracked open cost its record and its name (a page): the share holds about
     // share / (page + record) of them.
+    // Its own record is charged to it too.
     let each = pool_cost(MAX_NAME_UNITS * 2 + 24) + RECORD_COST;
-    assert_eq!(tracked, s.process_share_bytes / each);
+    assert_eq!(tracked, (s.process_share_bytes - PROCESS_COST) / each);
     assert_eq!(s.opens_dropped_process_share, refused);
     assert_eq!(s.top_dropper_pid, flooder.pid);
     assert_eq!(s.top_dropper_start_key, flooder.start_key);
@@ -122,7 +125,7 @@ fn app_hives_of_one_process_are_charged_to_it_and_leave_room_for_others() {
     let each = holding_charge(HiveKind::App) + RECORD_COST;
     assert_eq!(
         kept,
-        s.process_share_bytes / each,
+        (s.process_share_bytes - PROCESS_COST) / each,
         "charged per app hive held"
     );
     assert_eq!(s.opens_dropped_process_share, refused);
@@ -148,6 +151,71 @@ fn app_hives_of_one_process_are_charged_to_it_and_leave_room_for_others() {
         t.opened(5, loader, 1, &mount, 1, 4).is_ok(),
         "charge given back"
     );
+}
+
+/// Audit 21b F4 (the rest): a process's record, image name and module list. A process that
+/// exits while objects it opened live on (handles duplicated into another process) kept them
+/// charged to a share nobody could exceed again, a new process having a share of its own: a
+/// dozen processes each loading 400 images with long distinct paths, opening a key and
+/// exiting took the whole 8 MiB budget, and another process's open was dropped (`NoMemory`
+/// on the old code). Now exited processes' leftovers share one process share: past it their
+/// modules are freed at exit, counted in `modules_dropped`, and their module lists say
+/// lost from the start.
+#[test]
+fn exited_processes_leftovers_are_bounded_by_one_share() {
+    let pool = SysPool::default();
+    let t = tracker(&pool, Config::default().with_budget(8 << 20));
+    let deep = "m".repeat(2_000);
+    let loads = 400u64;
+    let mut images = 0u64;
+    for p in 0..12u64 {
+        let exiting = proc(0x1000 + p);
+        t.process_started(exiting, &w(&format!(r"\Device\HarddiskVolume2\p{p}.exe")));
+        for m in 0..loads {
+            let path = format!(r"\Device\HarddiskVolume2\{deep}\p{p}\m{m}.dll");
+            t.image_loaded(exiting, 0x1_0000 * (m + 1), 0x1000, &w(&path), 1);
+        }
+        images += t.stats().modules_tracked;
+        // Its key outlives it (a handle duplicated into another process).
+        let r = t.opened(
+            0x10_0000 + p,
+            exiting,
+            1,
+            &w(&format!(r"{USER}\Software\X{p}")),
+            1,
+            2,
+        );
+        assert!(r.is_ok(), "process {p}'s open: {r:?}");
+        t.process_exited(exiting);
+        assert_eq!(t.stats().processes_tracked, p + 1, "kept: it holds a key");
+    }
+    let s = t.stats();
+    println!(
+        "exited leftovers: {} B (share {}); modules kept {} dropped {}; budget used {} of {}",
+        t.leftovers(),
+        s.process_share_bytes,
+        s.modules_tracked,
+        s.modules_dropped,
+        s.budget_used_bytes,
+        s.budget_bytes
+    );
+    assert!(images >= loads, "the first process's images were kept");
+    let other = proc(0x204);
+    let r = t.opened(1, other, 1, &w(&format!(r"{USER}\Software\Other")), 1, 3);
+    assert!(r.is_ok(), "another process's open was dropped: {r:?}");
+    // One process's modules fit the pool; the others' were freed at exit and counted.
+    assert_eq!(s.modules_tracked, loads);
+    assert_eq!(s.modules_dropped, 11 * loads);
+    // The pool: one share, and the records and (short) images of the others past it.
+    assert!(t.leftovers() <= s.process_share_bytes + 11 * (PROCESS_COST + 64));
+    assert!(t.leftovers() >= loads * MODULE_COST);
+    assert_eq!(t.stats().exited_leftover_bytes, t.leftovers());
+    // An exit told again moves nothing again.
+    let before = t.leftovers();
+    t.process_exited(proc(0x1000));
+    t.process_exited(proc(0x1001));
+    assert_eq!(t.leftovers(), before);
+    assert_eq!(t.stats().modules_dropped, 11 * loads);
 }
 
 #[test]
@@ -259,4 +327,79 @@ fn what_the_default_budget_holds_when_every_name_is_distinct() {
             "{held} vs {ideal:.0}"
         );
     }
+}
+
+/// Audit 21b F4: an application hive's file name was stored whole (up to 2,036 units, a
+/// 4 KiB block) for any user's `RegLoadAppKey`. Now its first 512 units are kept and the
+/// hive is reported with `FILE_TRUNCATED` in the hives page and the holders prefix; a
+/// regular hive's short name is whole and unflagged. On the old code the app hive's file
+/// came back with all its 2,020 units (and no flag existed).
+#[test]
+fn an_app_hives_file_name_is_capped_and_said_cut() {
+    use protocol::cursor::Cursor;
+    use protocol::hives::{HiveRecord, Hives};
+    use protocol::holders::{Holders, HoldersPrefix};
+    use protocol::page::Page;
+    use tracker::hives::MAX_APP_FILE_UNITS;
+
+    let pool = SysPool::default();
+    let t = tracker(&pool, Config::default());
+    let mount = w(r"\REGISTRY\A\{00000001-0000-0000-0000-000000000000}");
+    let file = w(&format!(r"\??\C:\Users\u\{}\h.dat", "d".repeat(2_000)));
+    t.hive_loaded(&mount, &file, 1);
+    let token = t.opened(1, proc(9), 1, &mount, 1, 2).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let n = t.hives(&Cursor::START, 0, &mut buf).unwrap();
+    let page = protocol::wire::decode::<Page<'_, Hives>>(&buf[..n]).unwrap();
+    let recs: Vec<_> = page.records().collect();
+    let app = recs.iter().find(|r| r.kind == HiveKind::App).unwrap();
+    let units: Vec<u16> = app.file.units().collect();
+    assert_eq!(units.len(), MAX_APP_FILE_UNITS, "stored cut");
+    assert_eq!(units[..], file[..MAX_APP_FILE_UNITS]);
+    assert_eq!(app.flags, HiveRecord::FILE_TRUNCATED, "said cut");
+    let user = recs.iter().find(|r| r.kind == HiveKind::Regular).unwrap();
+    assert_eq!(user.flags, 0, "a whole name is not flagged");
+    let n = t.holders(&mount, &Cursor::START, 0, 0, &mut buf).unwrap();
+    let page = protocol::wire::decode::<Page<'_, Holders>>(&buf[..n]).unwrap();
+    assert_eq!(page.prefix.flags, HoldersPrefix::FILE_TRUNCATED);
+    assert_eq!(page.prefix.file.units().count(), MAX_APP_FILE_UNITS);
+    t.object_destroyed(token, 1);
+}
+
+/// Audit 21b F4: opens refused because the budget was spent named no process (`top_dropper`
+/// names share refusals only). Many processes, each within its share, fill a 1 MiB budget;
+/// the one refused most is named in `top_refused_*` with its count. On the old code (no
+/// such naming: mutant, `note_refused` doing nothing) the pid stays 0.
+#[test]
+fn the_process_refused_by_the_budget_is_named() {
+    let pool = SysPool::default();
+    let t = tracker(&pool, Config::default().with_budget(1 << 20));
+    let victim = proc(0x777);
+    let mut refused = 0u64;
+    for i in 0..20_000u64 {
+        // Fillers: a new process every 100 opens, each well within its share.
+        let _ = t.opened(i + 1, proc(1_000 + i / 100), 1, &long_name(i, 200), 1, i);
+        if i % 10 == 0 {
+            let name = w(&format!(r"{USER}\Software\Victim\{i}"));
+            if t.opened(1_000_000 + i, victim, 1, &name, 1, i) == Err(NotTracked::NoMemory) {
+                refused += 1;
+            }
+        }
+    }
+    let s = t.stats();
+    println!(
+        "budget refusals: victim refused {refused}; named pid {:#x} with {}",
+        s.top_refused_pid, s.top_refused_drops
+    );
+    assert!(s.allocations_refused_budget > 0 && refused > 0);
+    assert_eq!(s.top_dropper_drops, 0, "no share refusal");
+    assert_eq!(
+        (
+            s.top_refused_pid,
+            s.top_refused_start_key,
+            s.top_refused_drops
+        ),
+        (victim.pid, victim.start_key, refused),
+        "the process refused most by the budget is named"
+    );
 }

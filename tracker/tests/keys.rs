@@ -13,6 +13,7 @@ mod support;
 
 use protocol::holders::{HolderRecord, Holders};
 use support::*;
+use tracker::processes::PROCESS_COST;
 use tracker::{Config, KeyMiss, MAX_NAME_AGE, NotTracked, ProcessKey, Token, Tracker};
 
 const SOFTWARE: &str = r"\REGISTRY\MACHINE\SOFTWARE";
@@ -474,9 +475,10 @@ fn a_hit_refused_at_the_cap_gives_back_its_use() {
 
 #[test]
 fn a_hit_refused_for_the_share_gives_back_its_use() {
-    // A share that fits P1's first open (record, name, entry) but not a second record.
+    // A share that fits P1's own process record and its first open (record, name, entry)
+    // but not a second record.
     let config = Config {
-        process_share_bytes: 400,
+        process_share_bytes: PROCESS_COST + 400,
         ..Config::default()
     };
     refused_hit_gives_back(config, |t| {
@@ -856,7 +858,7 @@ fn a_refresh_refused_for_the_share_leaves_nothing() {
             let tr = tracker_with(
                 &pool,
                 Config {
-                    process_share_bytes: 400,
+                    process_share_bytes: PROCESS_COST + 400,
                     ..Config::default()
                 },
             );

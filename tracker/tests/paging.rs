@@ -260,3 +260,67 @@ fn paged_hives_neither_repeat_nor_skip_while_hives_come_and_go() {
         t.object_destroyed(tok, obj);
     }
 }
+
+/// Audit 21b F5: a holders or snapshot page writes one process's keys under that process's
+/// lock, and ended only at the caller's buffer or `max_records` (0: as many as fit): one
+/// request with a large buffer held the lock over all of a process's keys. Now a page ends
+/// after [`tracker::MAX_PAGE_RECORDS`] records and the cursor resumes. One process with
+/// 50,000 keys, `max_records` 0 and a 16 MiB buffer: every page holds at most the cap, and
+/// paging through yields every key exactly once. On the old code the first page held all
+/// 50,001 records (holders) and 50,000 (snapshot).
+#[test]
+fn a_page_stops_at_the_record_cap_however_large_the_buffer() {
+    const KEYS: u64 = 50_000;
+    let pool = CountingPool::new(Failure::Never, true);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.hive_loaded(&w(SW), &w(r"C:\x"), 1);
+    let p = ProcessKey {
+        pid: 4,
+        start_key: 1,
+    };
+    for k in 0..KEYS {
+        t.opened(0x1000 + k * 16, p, 1, &w(&format!(r"{SW}\K{k}")), 1, k / 7)
+            .unwrap();
+    }
+    let cap = usize::try_from(tracker::MAX_PAGE_RECORDS).unwrap();
+    let mut buf = vec![0u8; 16 << 20];
+    for kind in 0..2 {
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = Cursor::START;
+        let mut pages = 0;
+        loop {
+            let (next, done, records) = if kind == 0 {
+                let n = t.holders(&w(SW), &cursor, 0, 0, &mut buf).unwrap();
+                let page = protocol::wire::decode::<Page<'_, Holders>>(&buf[..n]).unwrap();
+                let mut records = 0;
+                for r in page.records() {
+                    records += 1;
+                    if let HolderRecord::Key(k) = r {
+                        assert!(seen.insert(k.id), "key {} repeated", k.id);
+                    }
+                }
+                (page.info.next, page.info.done(), records)
+            } else {
+                let n = t.snapshot(&cursor, 0, 0, &mut buf).unwrap();
+                let page = protocol::wire::decode::<Page<'_, Snapshot>>(&buf[..n]).unwrap();
+                let mut records = 0;
+                for r in page.records() {
+                    records += 1;
+                    assert!(seen.insert(r.id), "key {} repeated", r.id);
+                }
+                (page.info.next, page.info.done(), records)
+            };
+            assert!(
+                records <= cap,
+                "page {pages} of kind {kind} holds {records} records, over the cap {cap}"
+            );
+            pages += 1;
+            if done {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(seen.len(), usize::try_from(KEYS).unwrap(), "kind {kind}");
+        assert!(pages > 1, "kind {kind}: paged");
+    }
+}

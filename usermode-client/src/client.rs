@@ -11,7 +11,9 @@ use protocol::completeness::Completeness;
 use protocol::cursor::Cursor;
 use protocol::history::UnloadHistory;
 use protocol::hives::{HiveRecord, Hives};
-use protocol::holders::{HiveKind, HiveState, HolderKey, HolderProcess, HolderRecord, Holders};
+use protocol::holders::{
+    HiveKind, HiveState, HolderKey, HolderProcess, HolderRecord, Holders, HoldersPrefix,
+};
 use protocol::ioctl::{IOCTL_HIVETRACK_CAPTURE, IOCTL_HIVETRACK_GET_VERSION, query_ioctl};
 use protocol::modules::{Module, ModuleRecord, Modules};
 use protocol::page::{Page, PageKind};
@@ -99,6 +101,7 @@ fn hive_of(rec: &HiveRecord<'_>) -> Hive {
         name: display(&path),
         path,
         file: opt_text(rec.file),
+        file_truncated: rec.flags & HiveRecord::FILE_TRUNCATED != 0,
         state: state_name(rec.state).to_owned(),
         kind: kind_name(rec.kind).to_owned(),
         open_keys: rec.open_keys,
@@ -502,6 +505,7 @@ impl<'t> Client<'t> {
                 name: display(&path),
                 path,
                 file: opt_text(p.file),
+                file_truncated: p.flags & HoldersPrefix::FILE_TRUNCATED != 0,
                 state: state_name(p.state).to_owned(),
                 kind: kind_name(p.kind).to_owned(),
                 open_keys: p.open_keys,

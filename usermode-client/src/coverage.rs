@@ -237,6 +237,7 @@ mod tests {
                 name: "HKU\\S".into(),
                 path: r"\REGISTRY\USER\S".into(),
                 file: None,
+                file_truncated: false,
                 state: "loaded".into(),
                 kind: "regular".into(),
                 open_keys: 1,

@@ -162,6 +162,7 @@ pub fn listing(
         kind: HiveKind::Regular,
         open_keys: open.len() as u64,
         holders: u32::try_from(pids.len()).unwrap_or(u32::MAX),
+        flags: 0,
         mount: Text::Units(&mount),
         file: Text::EMPTY,
         // Not a tracker: this listing is the kernel's own.

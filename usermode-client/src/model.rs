@@ -232,6 +232,10 @@ pub struct Hive {
     pub path: String,
     /// Hive file, when known.
     pub file: Option<String>,
+    /// The driver stores the file name cut (512 units of an application hive's name, 2,036
+    /// of any other): `file` is its beginning. Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file_truncated: bool,
     /// `loaded`, `implicit` (only seen in key paths) or `unloaded` (kept while keys refer to it).
     pub state: String,
     /// `regular` or `app` (an application hive).

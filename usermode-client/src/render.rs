@@ -547,9 +547,7 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 .as_ref()
                 .map(|a| format!(" ({a})"))
                 .unwrap_or_default();
-            let file = hive
-                .file
-                .as_ref()
+            let file = hive_file(hive)
                 .map(|f| format!(", file {f}"))
                 .unwrap_or_default();
             let _ = writeln!(out, "Hive {}{account}: {}{file}", hive.name, hive.state);
@@ -731,7 +729,7 @@ pub fn hives(r: &HivesReport, f: Format) -> serde_json::Result<String> {
                 h.kind.clone(),
                 h.open_keys.to_string(),
                 h.holders.to_string(),
-                opt(h.file.as_ref()),
+                hive_file(h).unwrap_or_default(),
                 h.counts_complete.map(|c| c.to_string()).unwrap_or_default(),
             ]
         })
@@ -911,16 +909,39 @@ pub fn stats(r: &StatsReport, f: Format) -> serde_json::Result<String> {
     })
 }
 
-/// Names the process whose opens were dropped most for its share of the memory budget
-/// (empty when none was).
+/// Names the process whose opens were dropped most for its share of the memory budget, and
+/// the one whose opens were refused most for want of memory (empty when none was).
 fn top_dropper_line(r: &StatsReport) -> String {
     let value = |name: &str| r.counters.iter().find(|c| c.name == name).map(|c| c.value);
-    match (value("top_dropper_pid"), value("top_dropper_drops")) {
-        (Some(pid), Some(drops)) if drops > 0 => format!(
-            "memory share: {drops} opens of pid {pid} were not tracked (it used its share of the budget; `hivetrack processes` shows its image)\n"
-        ),
-        _ => String::new(),
+    let mut out = String::new();
+    if let (Some(pid), Some(drops)) = (value("top_dropper_pid"), value("top_dropper_drops"))
+        && drops > 0
+    {
+        let _ = writeln!(
+            out,
+            "memory share: {drops} opens of pid {pid} were not tracked (it used its share of the budget; `hivetrack processes` shows its image)"
+        );
     }
+    if let (Some(pid), Some(drops)) = (value("top_refused_pid"), value("top_refused_drops"))
+        && drops > 0
+    {
+        let _ = writeln!(
+            out,
+            "memory budget: {drops} opens of pid {pid} were not tracked for want of memory, the most of any process (the budget was spent: `hivetrack processes` shows who holds the most keys)"
+        );
+    }
+    out
+}
+
+/// A hive's file as shown: its name, marked `…` where the driver stored it cut.
+fn hive_file(h: &crate::model::Hive) -> Option<String> {
+    h.file.as_ref().map(|f| {
+        if h.file_truncated {
+            format!("{f}…")
+        } else {
+            f.clone()
+        }
+    })
 }
 
 /// `live tracking: on`, or `live tracking: off (NAME, 0x…)` from the driver's

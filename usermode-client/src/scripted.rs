@@ -363,6 +363,7 @@ fn holders_listing_lost(h: &H, procs: &[P], global_lost: u64) -> Listing {
             kind: HiveKind::Regular,
             open_keys: h.open_keys,
             holders: h.holders,
+            flags: 0,
             mount: Text::Units(&mount),
             file: Text::Units(&file),
             completeness: protocol::completeness::Completeness {
@@ -396,6 +397,7 @@ fn hives_listing_at(hives: &[H], loaded_time: u64) -> Listing {
             kind: HiveKind::Regular,
             open_keys: h.open_keys,
             holders: h.holders,
+            flags: 0,
             loaded_time,
             mount: Text::Units(&mount),
             file: Text::Units(&file),

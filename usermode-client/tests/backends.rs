@@ -469,6 +469,7 @@ fn a_record_larger_than_the_first_buffer_is_fetched_with_a_larger_one() {
         kind: HiveKind::Regular,
         open_keys: 1,
         holders: 1,
+        flags: 0,
         mount: Text::Units(&mount),
         file: Text::EMPTY,
         completeness: Completeness::default(),
@@ -730,6 +731,7 @@ fn profile_holders(counts: (u64, u32), holder: Option<(u32, &str)>) -> Server {
         kind: HiveKind::Regular,
         open_keys: counts.0,
         holders: counts.1,
+        flags: 0,
         mount: Text::Units(&mount),
         file: Text::EMPTY,
         completeness: Completeness {
@@ -929,6 +931,7 @@ fn with_hives(hives: &[(u32, &str, u64, HiveKind)]) -> hivetrack_cli::page_serve
             kind,
             open_keys: 0,
             holders: 0,
+            flags: 0,
             loaded_time,
             mount: Text::Units(&units),
             file: Text::EMPTY,

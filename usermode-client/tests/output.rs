@@ -175,6 +175,7 @@ fn a_snapshot_says_what_its_hives_listing_cannot_see() {
         kind: HiveKind::Regular,
         open_keys: 0,
         holders: 0,
+        flags: 0,
         loaded_time: 0,
         mount: Text::Units(&mount),
         file: Text::EMPTY,
@@ -332,4 +333,55 @@ fn the_unload_history_labels_the_drivers_look_again() {
     assert_eq!(v["attempts"][1]["held_after"], false);
     assert_eq!(held["outcome"], "held_after");
     assert_eq!(v["attempts"][1]["outcome"], "failed");
+}
+
+/// Audit 21b F4: the driver stores an application hive's file name cut (512 units) and says
+/// so (`FILE_TRUNCATED`, protocol 6): the table ends the name with `…`, the JSON says
+/// `file_truncated`; a whole name is shown as it is, without the field.
+#[test]
+fn a_hive_file_stored_cut_is_said_cut() {
+    use protocol::hives::HiveRecord;
+    use protocol::holders::{HiveKind, HiveState};
+    use protocol::text::Text;
+    let (mut sa, _) = scripted::leak_snapshots();
+    let app: Vec<u16> = r"\REGISTRY\A\{00000001-0000-0000-0000-000000000000}"
+        .encode_utf16()
+        .collect();
+    let sys: Vec<u16> = r"\REGISTRY\MACHINE\SYSTEM".encode_utf16().collect();
+    let cut: Vec<u16> = r"\??\C:\Users\u\ddddd".encode_utf16().collect();
+    let whole: Vec<u16> = r"\??\C:\Windows\System32\config\SYSTEM"
+        .encode_utf16()
+        .collect();
+    let mut l = hivetrack_cli::page_server::Listing::new(&protocol::page::NoPrefix);
+    for (id, kind, mount, file, flags) in [
+        (1, HiveKind::App, &app, &cut, HiveRecord::FILE_TRUNCATED),
+        (2, HiveKind::Regular, &sys, &whole, 0),
+    ] {
+        l.push(&HiveRecord {
+            id,
+            state: HiveState::Loaded,
+            kind,
+            open_keys: 0,
+            holders: 0,
+            flags,
+            loaded_time: 0,
+            mount: Text::Units(mount),
+            file: Text::Units(file),
+        });
+    }
+    sa.hives = Some(l);
+    let o = run_on(sa.clone(), &["hives"]);
+    assert!(
+        o.out.contains(r"\??\C:\Users\u\ddddd…"),
+        "{}{}",
+        o.out,
+        o.err
+    );
+    assert!(o.out.contains(r"config\SYSTEM") && !o.out.contains(r"config\SYSTEM…"));
+    let o = run_on(sa, &["hives", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.out).unwrap();
+    let hives = v["hives"].as_array().unwrap();
+    let by_id = |id: u64| hives.iter().find(|h| h["id"] == id).unwrap();
+    assert_eq!(by_id(1)["file_truncated"], true);
+    assert!(by_id(2).get("file_truncated").is_none());
 }

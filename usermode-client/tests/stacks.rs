@@ -263,6 +263,7 @@ fn modules_all_does_not_ask_about_an_unloaded_hive() {
         kind: HiveKind::Regular,
         open_keys: 0,
         holders: 0,
+        flags: 0,
         loaded_time: 0,
         mount: Text::Units(&gone),
         file: Text::EMPTY,

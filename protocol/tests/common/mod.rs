@@ -37,6 +37,7 @@ pub fn holders_prefix() -> HoldersPrefix<'static> {
         kind: HiveKind::Regular,
         open_keys: 3,
         holders: 2,
+        flags: HoldersPrefix::FILE_TRUNCATED,
         mount: Text::Units(MOUNT),
         file: Text::Units(FILE),
         completeness: protocol::completeness::Completeness {
@@ -111,6 +112,7 @@ pub fn hive_records() -> Vec<HiveRecord<'static>> {
         kind: HiveKind::App,
         open_keys: 1,
         holders: 1,
+        flags: HiveRecord::FILE_TRUNCATED,
         loaded_time: 99,
         mount: Text::Units(MOUNT),
         file: Text::EMPTY,
