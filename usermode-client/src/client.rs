@@ -192,7 +192,9 @@ fn count_held(report: &mut HoldersReport) {
         .untracked
         .iter()
         .filter(|u| !report.holders.iter().any(|h| h.pid == u.pid))
-        .count();
+        .map(|u| u.pid)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let hive = &mut report.hive;
     hive.open_keys = hive.open_keys.max(listed_keys).saturating_add(untracked);
     hive.holders = hive
