@@ -1294,6 +1294,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return;
         };
         let proc = process_of(lp.process);
+        if lp.created && proc.exited.load(Relaxed) {
+            // Made for a process whose exit was seen and whose record went (its naming after
+            // an open that linked late, audit 22a F3): it holds nothing, so it goes again.
+            lp.unlock();
+            self.reap_process(process);
+            return;
+        }
         if proc.image().is_some() || image.is_empty() {
             return;
         }
@@ -1320,10 +1327,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn process_exited(&self, process: ProcessKey) {
         bump(&self.counters.process_exits_seen);
-        let known = self
-            .processes
-            .with(process, |p| p.exited.store(true, Relaxed));
-        if known.is_none() {
+        // A record made after this (an open linking late: [`crate::processes::ProcessTable::exited`])
+        // is made exited, so that it goes with its last key.
+        if !self.processes.exited(process) {
             bump(&self.counters.process_exits_unknown);
             return;
         }
