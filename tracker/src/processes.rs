@@ -18,7 +18,13 @@
 //! under nothing else, and nothing is taken under it. The object shard's lock is a leaf too,
 //! taken under nothing (a slot is taken and given back without it: `crate::objects`; it
 //! guards a shard's growth and `identify`'s walk). A held key's open takes the process shard
-//! and the process without the hive shard when the process's holding pins the hive.
+//! and the process without the hive shard when the process's holding pins the hive. The
+//! top dropper's lock (`crate::budget::TopDropper`) is a leaf: taken under a process lock
+//! (an open refused for its share, on the fresh path with the hive shard held too) or
+//! under nothing (`stats`), and nothing is taken under it. The table's teardown
+//! (`Tracker`'s drop) takes a process shard and a process, then may take a hive shard
+//! under them (a holding's unpin): the reverse of this order, safe only because it runs
+//! alone (audit 22a, F6).
 //!
 //! Issues 16 and 17 add: the capture scope's lock (`crate::capture`), taken first, under
 //! nothing, and holding the hive shard (resolving a hive scope, then the name shard) or a

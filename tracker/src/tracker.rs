@@ -1743,6 +1743,14 @@ impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
         let pool = &self.pool;
         let names = &self.names;
         let hives = &self.hives;
+        // Lock order: `for_each` holds a process shard and the process while `unpin` may take
+        // a hive shard exclusively (a retired or forgettable hive's last reference): the
+        // reverse of the order every live path keeps (`crate::processes`). No deadlock only
+        // because nothing else runs now: the driver drops the tracker after
+        // `CmUnRegisterCallback`, after removing its process and image notify routines (the
+        // kernel waits for routines under way: Windows Research Kernel `ps/create.c`,
+        // `ExWaitForCallBacks` at a removal) and after cancelling its timer and flushing its
+        // DPCs (audit 22a, F6).
         self.processes.for_each(|p| {
             let modules = NonNull::new(p.modules.swap(ptr::null_mut(), Relaxed));
             p.modules_tail.store(ptr::null_mut(), Relaxed);
