@@ -507,7 +507,21 @@ impl<L: RawLock> ProcessTable<L> {
         if !create {
             return Err(NoProcess);
         }
-        // Not there a moment ago: inserted unless another open inserted it meanwhile.
+        self.insert(pool, key)
+    }
+
+    /// [`Self::lock_process`] for a process not found: inserted unless another open
+    /// inserted it meanwhile. Cold and out of line: a known process's open (the hot path)
+    /// carries none of it.
+    #[cold]
+    #[inline(never)]
+    fn insert<'a, P: Pool>(
+        &'a self,
+        pool: &P,
+        key: ProcessKey,
+    ) -> Result<LockedProcess<'a, L>, NoProcess> {
+        let (si, chain) = place_of(key);
+        let shard = &self.shards[si];
         let sg = Exclusive::new(&shard.lock);
         let (p, created) = if let Some(p) = Self::find(shard, chain, key) {
             (p, false)
