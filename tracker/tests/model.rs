@@ -858,15 +858,12 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
         Op::Exit { proc } => {
             t.process_exited(pk(proc));
             let k = (pk(proc).pid, pk(proc).start_key);
-            match m.procs.get_mut(&k) {
-                Some(p) => {
-                    p.exited = true;
-                    m.gc();
-                }
-                None => {
-                    m.exits_unknown += 1;
-                    m.remember_gone(k);
-                }
+            if let Some(p) = m.procs.get_mut(&k) {
+                p.exited = true;
+                m.gc();
+            } else {
+                m.exits_unknown += 1;
+                m.remember_gone(k);
             }
         }
     }
