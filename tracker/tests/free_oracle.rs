@@ -33,16 +33,6 @@ use tracker::{Config, HiveFree, ProcessKey, Token, Tracker};
 const HOLDERS: u64 = 2;
 const CHURN: u64 = 4;
 
-struct Rng(u64);
-impl Rng {
-    const fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn open(
     t: &TestTracker<'_>,
     obj: u64,
