@@ -640,6 +640,11 @@ impl<L: RawLock> HiveTable<L> {
 
     /// Forgets the hive at `h` if it is still on shard `si`'s live list, unreferenced and
     /// [`Hive::forgettable`].
+    ///
+    /// Found by address alone (the hive may have been freed since the caller's decrement):
+    /// another hive record made at the same address meanwhile is forgotten too, but only when
+    /// it is itself forgettable — what its own last unpin would do. Harmless as long as
+    /// `forgettable` checks everything a forget needs (audit 22a, F5: keep it so).
     fn forget_if_idle<P: Pool>(
         &self,
         pool: &P,

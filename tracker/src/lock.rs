@@ -5,9 +5,8 @@
 //! exclusive) where the system lacks it. A shared hold may hand a token from
 //! [`RawLock::lock_shared`] to [`RawLock::unlock_shared`] (the driver's: the IRQL to return
 //! to, which cannot live in a lock several readers hold). Host tests use a parking lock;
-//! [`SpinLock`] is a portable
-//! reader-writer spin lock, model-checked with loom (`RUSTFLAGS="--cfg loom" cargo test -p
-//! hivetrack-tracker --release --lib lock`).
+//! [`SpinLock`] is a portable reader-writer spin lock, model-checked with loom (`cargo xtask
+//! loom`, or `RUSTFLAGS="--cfg loom" cargo test -p hivetrack-tracker --release --lib lock`).
 
 #[cfg(not(loom))]
 use core::sync::atomic::{AtomicU32, Ordering};

@@ -18,6 +18,8 @@
 //! which share a word), so two enders of one record cannot both free it, and a stale or
 //! foreign token changes nothing. The tag is 32 bits: a pop could only be fooled by a thread
 //! paused inside it while exactly a multiple of 2^32 changes were made to the list.
+//! Model-checked with loom (`cargo xtask loom`, `loom_tests` below): one ender per record,
+//! no stale token honoured, no slot handed out twice.
 //!
 //! A [`Token`] is `generation << 32 | shard << 26 | index`. The driver stores it as the
 //! object's callback context and hands it back; a stale token (the slot was freed, so its
@@ -28,7 +30,15 @@
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
+#[cfg(not(loom))]
 use core::sync::atomic::{
+    AtomicPtr, AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
+};
+// Under `--cfg loom` the slot protocol's atomics are loom's, for the model below
+// (`loom_tests`; run: `cargo xtask loom`).
+#[cfg(loom)]
+use loom::sync::atomic::{
     AtomicPtr, AtomicU32, AtomicU64,
     Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
@@ -157,6 +167,7 @@ pub struct ObjRecord {
     pub slot: u32,
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<ObjRecord>() == 96);
 
 const fn gen_state(generation: u32, state: u32) -> u64 {
@@ -165,7 +176,11 @@ const fn gen_state(generation: u32, state: u32) -> u64 {
 
 impl ObjRecord {
     /// A free record of generation 1 at slot `slot`.
-    const fn new(slot: u32) -> Self {
+    #[allow(
+        clippy::missing_const_for_fn,
+        reason = "not const under loom, whose atomics are built at run time"
+    )]
+    fn new(slot: u32) -> Self {
         Self {
             gen_state: AtomicU64::new(gen_state(1, FREE)),
             object: AtomicU64::new(0),
@@ -293,12 +308,12 @@ pub struct ObjShard<L> {
     unused: AtomicU32,
     /// Slots LIVE or RESERVED or DYING.
     pub live: AtomicU32,
-    /// `opened` calls routed here.
-    pub opens_seen: AtomicU64,
+    /// `opened` calls routed here (statistics: the core atomic under loom too).
+    pub opens_seen: core::sync::atomic::AtomicU64,
     /// `handle_closed` calls routed here.
-    pub closes_seen: AtomicU64,
+    pub closes_seen: core::sync::atomic::AtomicU64,
     /// `object_destroyed` calls routed here.
-    pub destroys_seen: AtomicU64,
+    pub destroys_seen: core::sync::atomic::AtomicU64,
 }
 
 /// Why a slot could not be had.
@@ -337,9 +352,9 @@ impl<L: RawLock> ObjShard<L> {
             free: AtomicU64::new(FREE_LIST_EMPTY),
             unused: AtomicU32::new(0),
             live: AtomicU32::new(0),
-            opens_seen: AtomicU64::new(0),
-            closes_seen: AtomicU64::new(0),
-            destroys_seen: AtomicU64::new(0),
+            opens_seen: core::sync::atomic::AtomicU64::new(0),
+            closes_seen: core::sync::atomic::AtomicU64::new(0),
+            destroys_seen: core::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -584,4 +599,151 @@ pub const fn slot_ref(shard: u32, index: u32) -> u32 {
 #[must_use]
 pub const fn split_ref(r: u32) -> (u32, u32) {
     (r >> INDEX_BITS, r & INDEX_MASK)
+}
+
+/// A model of the slot protocol (audit 22a): every interleaving of two threads taking,
+/// ending and giving back slots of one shard, loom's atomics standing in for the kernel's.
+/// Run: `cargo xtask loom` (or `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo
+/// test -p hivetrack-tracker --release --lib objects::loom_tests`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::lock::SpinLock;
+    use std::sync::Arc;
+
+    /// Blocks from the global allocator.
+    struct Heap;
+
+    fn layout(class: BlockClass) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(class.size(), crate::pool::BLOCK_ALIGN)
+            .unwrap_or_else(|_| unreachable!("a block class is a valid layout"))
+    }
+
+    // SAFETY: every block is a fresh allocation of the class's size and alignment, freed
+    // with the same layout.
+    unsafe impl Pool for Heap {
+        fn alloc(&self, class: BlockClass) -> Option<NonNull<u8>> {
+            // SAFETY: the layout's size is not zero.
+            NonNull::new(unsafe { std::alloc::alloc(layout(class)) })
+        }
+        unsafe fn free(&self, class: BlockClass, block: NonNull<u8>) {
+            // SAFETY: the caller's block came from `alloc` with this class.
+            unsafe { std::alloc::dealloc(block.as_ptr(), layout(class)) };
+        }
+    }
+
+    type Shard = ObjShard<SpinLock>;
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(2);
+        b.max_branches = 100_000;
+        b.check(f);
+    }
+
+    /// Takes a slot, as an open does: it is the taker's alone (its `opens` says how many
+    /// takers hold it: 1, or a slot was handed out twice).
+    fn take(s: &Shard, object: u64) -> (u32, u32) {
+        let (i, rec) = s.alloc(&Heap, 8).unwrap_or_else(|_| unreachable!("room"));
+        assert_eq!(
+            rec.opens.fetch_add(1, Relaxed),
+            0,
+            "slot {i} handed out twice"
+        );
+        rec.object.store(object, Relaxed);
+        let g = rec.generation();
+        rec.set_state(g, LIVE);
+        (i, g)
+    }
+
+    /// Ends the record (`claim` to DYING, as a cleanup does) and gives the slot back.
+    fn end(s: &Shard, i: u32, g: u32, object: u64) -> bool {
+        let Some(rec) = s.for_token(i) else {
+            return false;
+        };
+        if rec.claim(g, object, DYING).is_none() {
+            return false;
+        }
+        rec.opens.fetch_sub(1, Relaxed);
+        s.release(rec);
+        true
+    }
+
+    /// The slots on the free list, in order (at most `max`: a cycle shows as a repeat).
+    fn drain(s: &Shard, max: usize) -> std::vec::Vec<u32> {
+        let mut v = std::vec::Vec::new();
+        while v.len() < max {
+            let Some((i, _)) = s.pop() else { break };
+            v.push(i);
+        }
+        v
+    }
+
+    #[test]
+    fn a_record_has_one_ender_and_its_old_token_then_changes_nothing() {
+        model(|| {
+            let s = Arc::new(Shard::new());
+            let (i, g) = take(&s, 0x10);
+            let enders: std::vec::Vec<_> = (0..2)
+                .map(|_| {
+                    let s = s.clone();
+                    loom::thread::spawn(move || end(&s, i, g, 0x10))
+                })
+                .collect();
+            let wins = enders
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| unreachable!("no panic")))
+                .filter(|&w| w)
+                .count();
+            assert_eq!(wins, 1, "one ender");
+            assert_eq!(s.live.load(Relaxed), 0);
+            // The slot comes back with the next generation: the old token names nothing.
+            let (j, g2) = take(&s, 0x10);
+            assert_eq!(j, i);
+            assert_ne!(g2, g, "the generation moved on");
+            assert!(!end(&s, i, g, 0x10), "a stale token ends nothing");
+            assert!(end(&s, j, g2, 0x10));
+            let mut s = Arc::try_unwrap(s).unwrap_or_else(|_| unreachable!("joined"));
+            s.teardown(&Heap);
+        });
+    }
+
+    #[test]
+    fn takers_and_givers_never_share_a_slot() {
+        model(|| {
+            let s = Arc::new(Shard::new());
+            // Two slots handed out once and given back: the free list is 1 -> 0.
+            let (a, ga) = take(&s, 1);
+            let (b, gb) = take(&s, 2);
+            assert!(end(&s, a, ga, 1) && end(&s, b, gb, 2));
+            // One thread takes both, gives the first back, then the second (the pattern that
+            // fools an untagged pop: the head is the same slot again, its link is not); the
+            // other takes one and gives it back.
+            let two = {
+                let s = s.clone();
+                loom::thread::spawn(move || {
+                    let (x, gx) = take(&s, 3);
+                    let (y, gy) = take(&s, 4);
+                    assert!(end(&s, x, gx, 3));
+                    assert!(end(&s, y, gy, 4));
+                })
+            };
+            let (z, gz) = take(&s, 5);
+            assert!(end(&s, z, gz, 5));
+            two.join().unwrap_or_else(|_| unreachable!("no panic"));
+            assert_eq!(s.live.load(Relaxed), 0);
+            // Every slot ever handed out (a third when the one taker found the list empty
+            // while the other held both) is back on the free list, once.
+            let handed_out = s.unused.load(Relaxed);
+            let mut free = drain(&s, 8);
+            free.sort_unstable();
+            assert_eq!(
+                free,
+                (0..handed_out).collect::<std::vec::Vec<_>>(),
+                "each slot once on the free list"
+            );
+            let mut s = Arc::try_unwrap(s).unwrap_or_else(|_| unreachable!("joined"));
+            s.teardown(&Heap);
+        });
+    }
 }

@@ -18,7 +18,13 @@
 //! under nothing else, and nothing is taken under it. The object shard's lock is a leaf too,
 //! taken under nothing (a slot is taken and given back without it: `crate::objects`; it
 //! guards a shard's growth and `identify`'s walk). A held key's open takes the process shard
-//! and the process without the hive shard when the process's holding pins the hive.
+//! and the process without the hive shard when the process's holding pins the hive. The
+//! top dropper's lock (`crate::budget::TopDropper`) is a leaf: taken under a process lock
+//! (an open refused for its share, on the fresh path with the hive shard held too) or
+//! under nothing (`stats`), and nothing is taken under it. The table's teardown
+//! (`Tracker`'s drop) takes a process shard and a process, then may take a hive shard
+//! under them (a holding's unpin): the reverse of this order, safe only because it runs
+//! alone (audit 22a, F6).
 //!
 //! Issues 16 and 17 add: the capture scope's lock (`crate::capture`), taken first, under
 //! nothing, and holding the hive shard (resolving a hive scope, then the name shard) or a
@@ -291,6 +297,72 @@ struct Shard<L> {
     lock: L,
     heads: [AtomicPtr<Process<L>>; BUCKETS],
     count: AtomicU32,
+    /// The shard's last [`GONE`] processes whose exit was seen and whose record is gone
+    /// (reaped, or never made), oldest overwritten first (under the exclusive lock).
+    gone: [Gone; GONE],
+    /// Where the next one is written.
+    gone_next: AtomicU32,
+}
+
+/// Processes remembered gone per shard (4,096 bytes for the table). A record for one of
+/// them made afterwards is made exited ([`ProcessTable::lock_process`]): see [`Gone`].
+const GONE: usize = 4;
+
+/// A process whose exit was seen and whose record is gone.
+///
+/// Audit 22a, F3: an open can link after its process's exit notification. The last
+/// thread's `PspExitProcess` calls the process notify routines before `ObKillProcess` runs
+/// the handle table down (Windows Research Kernel `base/ntos/ps/psdelete.c`,
+/// `PspExitThread`: `PspExitProcess (TRUE, Process)` then `ObKillProcess (Process)`), so a
+/// thread attached to the process (its open's handle goes into the process's table and is
+/// put down to it) can still be between its key's creation and its post-open. Its link
+/// would make a record nothing reaps (no second exit comes). A record made for a
+/// remembered key is made exited instead, and goes with its last key. Only the last
+/// [`GONE`] of a shard are remembered: a record made after more of its shard's exits than
+/// that is kept until unload, as before (listed as running: more held, never less).
+struct Gone {
+    pid: AtomicU64,
+    start_key: AtomicU64,
+}
+
+impl Gone {
+    const fn new() -> Self {
+        Self {
+            pid: AtomicU64::new(u64::MAX),
+            start_key: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl<L: RawLock> Shard<L> {
+    fn new() -> Self {
+        Self {
+            lock: L::new(),
+            heads: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            count: AtomicU32::new(0),
+            gone: [const { Gone::new() }; GONE],
+            gone_next: AtomicU32::new(0),
+        }
+    }
+
+    /// Remembers `key` gone (caller holds the lock exclusively).
+    fn remember_gone(&self, key: ProcessKey) {
+        if self.was_gone(key) {
+            return;
+        }
+        let i = self.gone_next.load(Relaxed) as usize % GONE;
+        self.gone[i].pid.store(key.pid, Relaxed);
+        self.gone[i].start_key.store(key.start_key, Relaxed);
+        #[allow(clippy::cast_possible_truncation, reason = "GONE is 4")]
+        self.gone_next.store(((i + 1) % GONE) as u32, Relaxed);
+    }
+
+    /// True when `key` is remembered gone (caller holds the lock exclusively).
+    fn was_gone(&self, key: ProcessKey) -> bool {
+        self.gone
+            .iter()
+            .any(|g| g.pid.load(Relaxed) == key.pid && g.start_key.load(Relaxed) == key.start_key)
+    }
 }
 
 /// The process table.
@@ -379,11 +451,7 @@ impl<L: RawLock> ProcessTable<L> {
     #[must_use]
     pub fn new() -> Self {
         Self {
-            shards: core::array::from_fn(|_| Shard {
-                lock: L::new(),
-                heads: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-                count: AtomicU32::new(0),
-            }),
+            shards: core::array::from_fn(|_| Shard::new()),
         }
     }
 
@@ -399,11 +467,7 @@ impl<L: RawLock> ProcessTable<L> {
             let element = shards.wrapping_add(i);
             // SAFETY: `i` < SHARDS, inside the array; each element is written once.
             unsafe {
-                element.write(Shard {
-                    lock: L::new(),
-                    heads: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-                    count: AtomicU32::new(0),
-                });
+                element.write(Shard::new());
             }
         }
     }
@@ -456,7 +520,21 @@ impl<L: RawLock> ProcessTable<L> {
         if !create {
             return Err(NoProcess);
         }
-        // Not there a moment ago: inserted unless another open inserted it meanwhile.
+        self.insert(pool, key)
+    }
+
+    /// [`Self::lock_process`] for a process not found: inserted unless another open
+    /// inserted it meanwhile. Cold and out of line: a known process's open (the hot path)
+    /// carries none of it.
+    #[cold]
+    #[inline(never)]
+    fn insert<'a, P: Pool>(
+        &'a self,
+        pool: &P,
+        key: ProcessKey,
+    ) -> Result<LockedProcess<'a, L>, NoProcess> {
+        let (si, chain) = place_of(key);
+        let shard = &self.shards[si];
         let sg = Exclusive::new(&shard.lock);
         let (p, created) = if let Some(p) = Self::find(shard, chain, key) {
             (p, false)
@@ -469,7 +547,9 @@ impl<L: RawLock> ProcessTable<L> {
                     next: AtomicPtr::new(shard.heads[chain].load(Relaxed)),
                     key,
                     image: AtomicPtr::new(ptr::null_mut()),
-                    exited: AtomicBool::new(false),
+                    // Its exit was seen already (an open linking late, [`Gone`]): no
+                    // other exit will come to mark it.
+                    exited: AtomicBool::new(shard.was_gone(key)),
                     naming_deferred: AtomicBool::new(false),
                     wow64: AtomicBool::new(false),
                     open_keys: AtomicU64::new(0),
@@ -541,6 +621,7 @@ impl<L: RawLock> ProcessTable<L> {
             }
         }
         locked_sub32(&shard.count, 1);
+        shard.remember_gone(key);
         let image = proc.image();
         let modules = NonNull::new(proc.modules.load(Relaxed));
         let leftover = proc.leftover.load(Relaxed);
@@ -548,6 +629,24 @@ impl<L: RawLock> ProcessTable<L> {
         // no key, holding or lookup can reach it any more.
         unsafe { free_block(pool, PROCESS_CLASS, p) };
         Some((image, modules, leftover))
+    }
+
+    /// `key` exited: calls `f` on its record (under its shard lock, exclusive, and its own
+    /// lock; `f` marks it exited) and returns what `f` returns; or, with no record,
+    /// remembers it gone ([`Gone`]) and returns `None`. Takes its shard exclusively, as a
+    /// record's creation does, so a record is either made before (and marked by `f`) or made
+    /// after, exited.
+    pub fn exited<R>(&self, key: ProcessKey, f: impl FnOnce(&Process<L>) -> R) -> Option<R> {
+        let (si, chain) = place_of(key);
+        let shard = &self.shards[si];
+        let _sg = Exclusive::new(&shard.lock);
+        if let Some(p) = Self::find(shard, chain, key) {
+            let proc = process_of(p);
+            let _pg = Exclusive::new(&proc.lock);
+            return Some(f(proc));
+        }
+        shard.remember_gone(key);
+        None
     }
 
     /// Calls `f` on every process of chain `head` (the caller holds its shard's lock).

@@ -1329,6 +1329,13 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return;
         };
         let proc = process_of(lp.process);
+        if lp.created && proc.exited.load(Relaxed) {
+            // Made for a process whose exit was seen and whose record went (its naming after
+            // an open that linked late, audit 22a F3): it holds nothing, so it goes again.
+            lp.unlock();
+            self.reap_process(process);
+            return;
+        }
         if proc.image().is_some() || image.is_empty() {
             return;
         }
@@ -1374,7 +1381,9 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     pub fn process_exited(&self, process: ProcessKey) {
         bump(&self.counters.process_exits_seen);
         let limit = self.config.process_share_bytes;
-        let known = self.processes.with(process, |p| {
+        // A record made after this (an open linking late: [`crate::processes::ProcessTable::exited`])
+        // is made exited, so that it goes with its last key.
+        let known = self.processes.exited(process, |p| {
             // An exit told twice moves nothing twice (the pool would keep a charge no reap
             // gives back).
             if p.exited.swap(true, Relaxed) || p.holdings.load(Relaxed).is_null() {
@@ -1854,6 +1863,14 @@ impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
         let pool = &self.pool;
         let names = &self.names;
         let hives = &self.hives;
+        // Lock order: `for_each` holds a process shard and the process while `unpin` may take
+        // a hive shard exclusively (a retired or forgettable hive's last reference): the
+        // reverse of the order every live path keeps (`crate::processes`). No deadlock only
+        // because nothing else runs now: the driver drops the tracker after
+        // `CmUnRegisterCallback`, after removing its process and image notify routines (the
+        // kernel waits for routines under way: Windows Research Kernel `ps/create.c`,
+        // `ExWaitForCallBacks` at a removal) and after cancelling its timer and flushing its
+        // DPCs (audit 22a, F6).
         self.processes.for_each(|p| {
             let modules = NonNull::new(p.modules.swap(ptr::null_mut(), Relaxed));
             p.modules_tail.store(ptr::null_mut(), Relaxed);

@@ -161,6 +161,9 @@ struct Model {
     last_token: BTreeMap<u64, Token>,
     hives: Vec<MHive>,
     procs: BTreeMap<(u64, u64), MProc>,
+    /// Per process-table shard, the last 4 processes whose exit was seen and whose record
+    /// went, oldest first: a record made for one afterwards is made exited (audit 22a, F3).
+    gone: BTreeMap<u64, VecDeque<(u64, u64)>>,
     next_hive: u32,
     order: u64,
     closes_unknown: u64,
@@ -260,7 +263,41 @@ impl Model {
                 || used.contains(&h.id)
         });
         let holders: BTreeSet<(u64, u64)> = self.objs.values().map(|o| o.proc).collect();
-        self.procs.retain(|k, p| !p.exited || holders.contains(k));
+        let reaped: Vec<(u64, u64)> = self
+            .procs
+            .iter()
+            .filter(|(k, p)| p.exited && !holders.contains(*k))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in reaped {
+            self.procs.remove(&k);
+            self.remember_gone(k);
+        }
+    }
+
+    fn remember_gone(&mut self, k: (u64, u64)) {
+        let shard = tracker::processes::process_hash(ProcessKey {
+            pid: k.0,
+            start_key: k.1,
+        }) >> 58;
+        let ring = self.gone.entry(shard).or_default();
+        if !ring.contains(&k) {
+            ring.push_back(k);
+            if ring.len() > 4 {
+                ring.pop_front();
+            }
+        }
+    }
+
+    /// The process `k`, made if new: exited if its exit was seen and its record went.
+    fn proc_entry(&mut self, k: (u64, u64)) -> (&mut MProc, bool) {
+        let gone = self.gone.values().any(|r| r.contains(&k));
+        let created = !self.procs.contains_key(&k);
+        let p = self.procs.entry(k).or_insert_with(|| MProc {
+            image: String::new(),
+            exited: gone,
+        });
+        (p, created)
     }
 
     fn remove(&mut self, obj: u64, token: Token) -> bool {
@@ -676,9 +713,7 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
             // Filed by its name now (an old record still pins its hive).
             let hive = m.resolve(raw);
             m.order += 1;
-            m.procs
-                .entry((pk(proc).pid, pk(proc).start_key))
-                .or_default();
+            m.proc_entry((pk(proc).pid, pk(proc).start_key));
             m.objs.insert(
                 a,
                 MObj {
@@ -811,22 +846,24 @@ fn apply(t: &TestTracker<'_>, m: &mut Model, op: &Op, clock: &mut u64) {
         }
         Op::Start { proc, image } => {
             t.process_started(pk(proc), &w(IMAGES[image as usize]));
-            let p = m
-                .procs
-                .entry((pk(proc).pid, pk(proc).start_key))
-                .or_default();
-            if p.image.is_empty() {
+            let k = (pk(proc).pid, pk(proc).start_key);
+            let (p, created) = m.proc_entry(k);
+            if created && p.exited {
+                // A process gone already: its record goes again at once.
+                m.procs.remove(&k);
+            } else if p.image.is_empty() {
                 p.image = f(IMAGES[image as usize]);
             }
         }
         Op::Exit { proc } => {
             t.process_exited(pk(proc));
-            match m.procs.get_mut(&(pk(proc).pid, pk(proc).start_key)) {
-                Some(p) => {
-                    p.exited = true;
-                    m.gc();
-                }
-                None => m.exits_unknown += 1,
+            let k = (pk(proc).pid, pk(proc).start_key);
+            if let Some(p) = m.procs.get_mut(&k) {
+                p.exited = true;
+                m.gc();
+            } else {
+                m.exits_unknown += 1;
+                m.remember_gone(k);
             }
         }
     }

@@ -28,16 +28,6 @@ fn events() -> u64 {
         .unwrap_or(1_000_000)
 }
 
-struct Rng(u64);
-impl Rng {
-    const fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn eight_threads_six_percent_failures() {
     let total = events();

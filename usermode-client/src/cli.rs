@@ -151,6 +151,11 @@ pub enum Command {
     /// With a driver that has it, one wait-free request: the driver completes it the moment
     /// the hive is free (no polling). Otherwise (an older driver, live tracking off, the
     /// driverless fallback) the holders query is polled every --interval-ms.
+    ///
+    /// "Free" is true of one moment: a key opened after it, or one whose open was still under
+    /// way in the kernel as the driver answered, is not ruled out (the kernel's list, asked
+    /// after the driver's answer, has the latter where it can be asked). Only the unload
+    /// itself tests and acts at once.
     Wait {
         /// The hive (same forms as `holders`).
         hive: String,

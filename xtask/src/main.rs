@@ -81,6 +81,9 @@ enum Cmd {
     /// The main job on Linux: build, then run the real CLI against the real driver in the
     /// kernel emulator (logoff and handle-leak scenarios).
     Demo,
+    /// Model-check the tracker's lock-free parts with loom (the spin lock, the object slot
+    /// protocol): every interleaving of two threads. Own target dir (target/loom).
+    Loom,
     /// Print the driver's added cost per registry open+close in the emulator (ns and
     /// cachegrind instructions). Figures only; not part of `test`.
     BenchDriver,
@@ -330,6 +333,24 @@ fn host_tests() -> Result<()> {
     run(cargo().args(["test", "--workspace", "--locked"]))
 }
 
+/// The loom models (`tracker/src/lock.rs`, `tracker/src/objects.rs`: their `loom_tests`),
+/// built with `--cfg loom` in a target dir of their own, so that the other builds are not
+/// invalidated by the flag.
+fn loom() -> Result<()> {
+    run(cargo()
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("CARGO_TARGET_DIR", target_dir().join("loom"))
+        .args([
+            "test",
+            "--locked",
+            "--release",
+            "--package",
+            "hivetrack-tracker",
+            "--lib",
+            "loom_tests",
+        ]))
+}
+
 fn check_images() -> Result<()> {
     check_image(None, None)?;
     let test_driver = package_dir().join("test/kemu-test-driver.sys");
@@ -436,6 +457,7 @@ fn main() -> ExitCode {
         Cmd::FuzzIoctl { inputs } => soak::fuzz_ioctl(inputs),
         Cmd::MakeCheck { mutate } => make_check::make_check(&target_dir(), mutate),
         Cmd::Demo => build().and_then(|()| demo::demo(&package_dir(), &target_dir())),
+        Cmd::Loom => loom(),
         Cmd::BenchDriver => {
             bench::bench_driver(&package_dir().join("hivetrack.sys"), &target_dir())
         }

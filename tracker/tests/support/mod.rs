@@ -388,3 +388,16 @@ pub fn identify<P: Pool, L: RawLock>(
     }
     out
 }
+
+/// A xorshift64 generator: the concurrency tests' deterministic choices per thread.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    pub const fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

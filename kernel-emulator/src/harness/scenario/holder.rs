@@ -24,6 +24,11 @@ pub fn scenarios() -> Vec<Scenario> {
             attached_thread,
         ),
         Scenario::hivetrack(
+            "exit-then-late-open",
+            "a thread of A attached to B opens a key after B's exit notification and before B's handle table is swept (another processor, in the window WRK psdelete.c leaves): the sweep closes it and B's record goes with it, not kept as a running process until unload (audit 22a, F3)",
+            exit_then_late_open,
+        ),
+        Scenario::hivetrack(
             "pid-reuse",
             "a process exits with a key still held (inherited), a new one gets its pid: two holders, each with its own start key and image; again with PsGetProcessStartKey hidden (the creation time tells them apart)",
             pid_reuse,
@@ -198,6 +203,39 @@ fn attached_thread(ctx: &mut Ctx) {
     let empty = c.holders(ctx, USER).is_empty();
     ctx.check(empty, "B closes it: nobody holds the hive");
     process::exit_process(b);
+    end(ctx, d, c);
+}
+
+/// Audit 22a, F3: an open put down to a process can link after that process's exit was
+/// seen (its exit notification comes before its handle table is run down:
+/// [`process::exit_process_with`]). Its record must go with that key, not stay, unmarked,
+/// until unload.
+fn exit_then_late_open(ctx: &mut Ctx) {
+    let Some((d, c)) = begin(ctx) else { return };
+    let a = spawn(ctx, APP1);
+    let b = spawn(ctx, APP2);
+    let key = format!(r"{USER}\Software\LateOpen");
+    ensure_parents(a, &key);
+    let mut opened = None;
+    process::exit_process_with(b, || {
+        opened = Some(process::attached(b, || {
+            hive::open_key(a, &key, KEY_READ, true)
+        }));
+    });
+    ctx.check(
+        matches!(opened, Some(Ok(_))),
+        format!("A's thread attached to B opens the key in B's exit window: {opened:?}"),
+    );
+    let procs = c.processes_but_loader(ctx);
+    ctx.check(
+        !procs.iter().any(|p| p.0 == u64::from(b)),
+        format!("B's late key went with its handle table, and B's record with it: {procs:?}"),
+    );
+    ctx.check(
+        procs.iter().any(|p| p.0 == u64::from(a)),
+        format!("A, running, is still listed: {procs:?}"),
+    );
+    process::exit_process(a);
     end(ctx, d, c);
 }
 

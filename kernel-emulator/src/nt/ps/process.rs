@@ -434,6 +434,17 @@ pub fn start_key_of(pid: u32) -> Option<u64> {
 /// Ends a process: exit notifications (CreateInfo NULL / Create FALSE) in its context, then
 /// every handle it holds is closed.
 pub fn exit_process(pid: u32) {
+    exit_process_with(pid, || {});
+}
+
+/// [`exit_process`], running `between` after the exit notifications and before the handle
+/// table is swept: what another processor does in that window. The last thread's
+/// `PspExitProcess (TRUE, Process)` calls the notify routines before `ObKillProcess (Process)`
+/// runs the table down (Windows Research Kernel `base/ntos/ps/psdelete.c` `PspExitThread`),
+/// and until `ObKillProcess` waits out the process's rundown protection
+/// (`base/ntos/ob/obinit.c`) a thread attached to the process still puts handles in its table
+/// (`base/ntos/ob/obhandle.c` `ObReferenceProcessHandleTable` takes that protection).
+pub fn exit_process_with(pid: u32, between: impl FnOnce()) {
     let Some(proc_) = kernel::with(|k| k.processes.processes.get(&pid).cloned()) else {
         return;
     };
@@ -462,6 +473,7 @@ pub fn exit_process(pid: u32) {
             leave(f);
         }
     });
+    between();
     for h in kernel::with(|k| k.hives.handles_of(pid)) {
         let _ = hive::close_key(pid, h);
     }
