@@ -11,6 +11,10 @@
 //!   before, by one held-after event naming the holder, delivered by the driver's timer to
 //!   a pending reader; a hive unloaded after its failed attempt gives none; a watch pending
 //!   at driver unload leaves no timer behind;
+//! - `logoff-forced`: the profile service's default logoff, a failed unload then a forced one
+//!   (`REG_FORCE_UNLOAD`) with keys still open: the failure then the success, no held-after
+//!   event; the next logon's hive at the mount is not blamed on the stale keys, whose later
+//!   closes leave every count right;
 //! - `held-after-app-hive`: an application hive held only by its loader's root handle
 //!   cannot be unloaded by name (the open is refused first): no attempt, no look again, the
 //!   hive reported held by the root key;
