@@ -2682,7 +2682,7 @@ pub const REG_FORCE_UNLOAD: u32 = 1;
 /// <https://learn.microsoft.com/en-us/archive/blogs/dsnotes/more-on-user-profile-service-functionality>).
 /// Any other value is 0: "Anything different than REG_FORCE_UNLOAD is ignored" (WRK
 /// `ntapi.c`). The notifications are an ordinary unload's (see `unload`); what a forced one
-/// does to the open keys is [`HiveState::force_unload_keys`].
+/// does to the open keys is `HiveState::force_unload_keys`.
 #[must_use = "STATUS_SUCCESS unless refused before the keys are looked at"]
 pub fn unload_key2(pid: u32, mount: &str, flags: u32) -> NtStatus {
     unload(pid, mount, None, flags, || {})
