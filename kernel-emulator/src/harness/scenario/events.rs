@@ -554,17 +554,11 @@ fn logoff_forced(ctx: &mut Ctx) {
     );
     let hives_before = c.stats(ctx).hives_tracked;
     // A logoff tool waits for the profile to be free: still pending while it is held.
-    let mut wait =
-        match super::wait_free::send(c.h, USER, protocol::wait::WaitFreeRequest::NO_TIMEOUT) {
-            io::IoctlCall::Pending(p) => Some(p),
-            io::IoctlCall::Done(r) => {
-                ctx.check(
-                    false,
-                    format!("the wait pends while held ({})", status::describe(r.status)),
-                );
-                None
-            }
-        };
+    let mut wait = pending(
+        ctx,
+        super::wait_free::send(c.h, USER, protocol::wait::WaitFreeRequest::NO_TIMEOUT),
+        "the wait while the profile is held",
+    );
     let forced = hive::unload_key2(SYSTEM_PID, USER, hive::REG_FORCE_UNLOAD);
     ctx.check(
         forced == STATUS_SUCCESS,
