@@ -11,6 +11,10 @@
 //!   before, by one held-after event naming the holder, delivered by the driver's timer to
 //!   a pending reader; a hive unloaded after its failed attempt gives none; a watch pending
 //!   at driver unload leaves no timer behind;
+//! - `logoff-forced`: the profile service's default logoff, a failed unload then a forced one
+//!   (`REG_FORCE_UNLOAD`) with keys still open: the failure then the success, no held-after
+//!   event; the next logon's hive at the mount is not blamed on the stale keys, whose later
+//!   closes leave every count right;
 //! - `held-after-app-hive`: an application hive held only by its loader's root handle
 //!   cannot be unloaded by name (the open is refused first): no attempt, no look again, the
 //!   hive reported held by the root key;
@@ -20,15 +24,20 @@
 //!   look 60 s later, failing the k-th fallible call for every k: no bugcheck, no leak,
 //!   every event delivered or counted as missed.
 
+use protocol::cursor::Cursor;
 use protocol::events::{Events, EventsRequest};
 use protocol::history::UnloadRecord;
+use protocol::hives::Hives;
+use protocol::holders::HiveState;
 use protocol::ioctl::IOCTL_HIVETRACK_WAIT_EVENTS;
+use protocol::ioctl::query_ioctl;
 use protocol::page::Page;
+use protocol::request::QueryKind;
 use protocol::wire::{self, encode};
 
 use super::tracking::{
-    APP2, CLASSES, Client, KEY_READ, SYSTEM_PID, USER, ensure_parents, load_profile, spawn, start,
-    start_with_parameter, unload_all,
+    APP2, CLASSES, Client, KEY_READ, SHELL, SYSTEM_PID, USER, ensure_parents, load_profile, spawn,
+    start, start_with_parameter, unload_all,
 };
 use super::{Ctx, Scenario};
 use crate::nt::cm::hive;
@@ -58,6 +67,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "held-after",
             "with Parameters\\HeldAfterSeconds 30, a failed unload of the held profile and a retry 10 s later: 30 s after the first attempt, not before, the driver's timer delivers one held-after event naming the holder to a pending reader; a hive unloaded after its failed attempt gives none; a watch pending at driver unload leaves no timer",
             held_after,
+        ),
+        Scenario::hivetrack(
+            "logoff-forced",
+            "the profile service's default logoff (event 1530, then NtUnloadKey2 with REG_FORCE_UNLOAD): a failed unload of the held profile, then a forced one that succeeds while the sync client keeps its keys open: the stream has the failure then the success, and no held-after event 30 s on; the next logon loads a new hive at the mount and opens a key: its holders and its failed unload name the new session's key alone, not the stale ones; the stale keys' later closes leave every count right; nothing leaks",
+            logoff_forced,
         ),
         Scenario::hivetrack(
             "held-after-app-hive",
@@ -506,6 +520,236 @@ fn held_after(ctx: &mut Ctx) {
     ctx.check(timer::armed() > 0, "a watch is pending: the timer is set");
     ctx.unload_and_check_clean(&mut d);
     unload_all(ctx, &[USER, CLASSES]);
+}
+
+/// The fleet's most common logoff (audit 22b M6): the User Profile Service's unload fails, it
+/// logs 1530 and unloads by force (Learn archive, "More on User Profile Service
+/// functionality": "The file will be unloaded now"), unless a policy says otherwise. The
+/// model's REG_FORCE_UNLOAD is `hive::unload_key2` (`td-force-unload`).
+#[allow(clippy::too_many_lines)] // one linear script of checks
+fn logoff_forced(ctx: &mut Ctx) {
+    let Some(mut d) = start_with_parameter(ctx, "HeldAfterSeconds", HELD_AFTER_SECONDS) else {
+        return;
+    };
+    let Some(c) = Client::open(ctx) else { return };
+    let (leaker, key) = sync_client(ctx);
+    let parent = key
+        .rsplit_once('\\')
+        .map_or(String::new(), |(p, _)| p.to_string());
+    let stale: Vec<u64> = [&key, &parent]
+        .into_iter()
+        .filter_map(|k| hive::open_key(leaker, k, KEY_READ, true).ok())
+        .collect();
+    ctx.check(
+        stale.len() == 2,
+        "the sync client holds two keys of the profile",
+    );
+    let refused = hive::unload_hive(SYSTEM_PID, USER);
+    ctx.check(
+        refused.cast_unsigned() == CANNOT_DELETE,
+        format!(
+            "the held profile does not unload: {}",
+            status::describe(refused)
+        ),
+    );
+    let hives_before = c.stats(ctx).hives_tracked;
+    // A logoff tool waits for the profile to be free: still pending while it is held.
+    let mut wait = pending(
+        ctx,
+        super::wait_free::send(c.h, USER, protocol::wait::WaitFreeRequest::NO_TIMEOUT),
+        "the wait while the profile is held",
+    );
+    let forced = hive::unload_key2(SYSTEM_PID, USER, hive::REG_FORCE_UNLOAD);
+    ctx.check(
+        forced == STATUS_SUCCESS,
+        format!(
+            "event 1530, then the forced unload succeeds: {}",
+            status::describe(forced)
+        ),
+    );
+    // Unloaded, not Free: the sync client still holds its key objects.
+    match wait.as_mut().map(io::PendingIoctl::poll) {
+        Some(Some(r)) => {
+            let _ = super::wait_free::check_answer(
+                ctx,
+                &r,
+                protocol::wait::WaitOutcome::Unloaded,
+                "the wait, at the forced unload",
+            );
+        }
+        Some(None) => ctx.check(false, "the wait completes at the forced unload"),
+        None => {}
+    }
+    let got = at_once(ctx, send(c.h, 0, 0), "the stream after the forced unload");
+    println!("  events: {got:?}");
+    let held_by_leaker = vec![(u64::from(leaker), 2, APP2.to_string())];
+    ctx.check(
+        got.as_ref().is_some_and(|g| {
+            g.events.len() == 2
+                && g.events[0].2 == CANNOT_DELETE
+                && g.events[0].3.eq_ignore_ascii_case(USER)
+                && g.events[0].4 == held_by_leaker
+                && g.events[1].1 == 0
+                && g.events[1].2 == 0
+                && g.events[1].3.eq_ignore_ascii_case(USER)
+                && g.events[1].4 == held_by_leaker
+        }),
+        format!(
+            "the stream: the failure naming the sync client, then the success, which names the keys it left open (as event 1530 names the process): {got:?}"
+        ),
+    );
+    let next = got.as_ref().map_or(0, |g| g.next);
+    timer::advance(u64::from(HELD_AFTER_SECONDS) * 1_000 + 1_000);
+    let later = at_once(ctx, send(c.h, next, 0), "the stream 31 s after the failure");
+    ctx.check(
+        later
+            .as_ref()
+            .is_some_and(|g| g.events.is_empty() && g.missed == 0),
+        format!("no held-after event: the forced unload ended the watch ({later:?})"),
+    );
+    let st = c.stats(ctx);
+    ctx.check(
+        st.held_after_events == 0,
+        format!("stats: no held-after event ({})", st.held_after_events),
+    );
+    // A holders query names no hive at the mount now: the stale keys are not listed as
+    // holding a hive that is gone.
+    let units: Vec<u16> = USER.encode_utf16().collect();
+    let input = Client::request(QueryKind::Holders, &units, Cursor::START);
+    let gone = ctx.ioctl_checked(c.h, query_ioctl(QueryKind::Holders), &input, 64 * 1024);
+    ctx.check(
+        gone.status == status::STATUS_OBJECT_NAME_NOT_FOUND,
+        format!(
+            "holders of the unloaded profile: no such hive ({})",
+            status::describe(gone.status)
+        ),
+    );
+    // The next logon: the same file at the same mount, the shell opens its key.
+    let s = hive::load_hive(
+        SYSTEM_PID,
+        USER,
+        r"\Device\HarddiskVolume2\Users\kemu\NTUSER.DAT",
+    );
+    ctx.check(
+        s == STATUS_SUCCESS,
+        format!(
+            "the next logon loads the profile again: {}",
+            status::describe(s)
+        ),
+    );
+    let shell = spawn(ctx, SHELL);
+    ensure_parents(shell, &format!(r"{key}\x"));
+    let fresh = hive::open_key(shell, &key, KEY_READ, true);
+    ctx.check(fresh.is_ok(), "the new session's shell opens the key");
+    let holders = c.holders(ctx, USER);
+    println!("  holders of the new hive: {holders:?}");
+    ctx.check(
+        holders.len() == 1
+            && holders[0].pid == u64::from(shell)
+            && holders[0].open_keys == 1
+            && holders[0].keys.len() == 1,
+        format!(
+            "the new hive is held by the shell's one key alone, not the stale keys ({holders:?})"
+        ),
+    );
+    // The hives listing: the new hive loaded, holding the shell's key; the old one, if
+    // listed, unloaded, with the stale keys.
+    let mut listed: Vec<(HiveState, u64, u64)> = Vec::new();
+    c.pages::<Hives>(ctx, QueryKind::Hives, "", |page| {
+        listed.extend(
+            page.records()
+                .filter(|h| h.mount.to_string().eq_ignore_ascii_case(USER))
+                .map(|h| (h.state, h.open_keys, h.loaded_time)),
+        );
+    });
+    println!("  hives at the mount: {listed:?}");
+    ctx.check(
+        listed.iter().filter(|h| h.0 == HiveState::Loaded).count() == 1
+            && listed
+                .iter()
+                .all(|h| (h.0 == HiveState::Loaded && h.1 == 1) || (h.0 == HiveState::Unloaded && h.1 == 2)),
+        format!(
+            "the hives listing: the new hive loaded with the shell's key, the old one (if listed) unloaded with the stale keys ({listed:?})"
+        ),
+    );
+    let procs = c.processes(ctx);
+    ctx.check(
+        procs.iter().any(|p| p.0 == u64::from(leaker) && p.1 == 2),
+        format!("the sync client still has its two key objects open ({procs:?})"),
+    );
+    let refused = hive::unload_hive(SYSTEM_PID, USER);
+    let got = at_once(
+        ctx,
+        send(c.h, next, 0),
+        "the stream after the new hive's failure",
+    );
+    ctx.check(
+        refused.cast_unsigned() == CANNOT_DELETE
+            && got.as_ref().is_some_and(|g| {
+                g.events.len() == 1
+                    && g.events[0].2 == CANNOT_DELETE
+                    && g.events[0].4 == vec![(u64::from(shell), 1, SHELL.to_string())]
+            }),
+        format!("the new hive's failed unload names the shell alone: {got:?}"),
+    );
+    let next = got.as_ref().map_or(next, |g| g.next);
+    // The sync client closes its stale keys at last.
+    for h in &stale {
+        let s = hive::close_key(leaker, *h);
+        ctx.check(s == STATUS_SUCCESS, "a stale key closes");
+    }
+    let hives_now = c.stats(ctx).hives_tracked;
+    println!(
+        "  hives tracked: {hives_before} before the forced unload, {hives_now} after the stale closes"
+    );
+    ctx.check(
+        hives_now == hives_before,
+        format!(
+            "the old profile's record went with its last stale key: {hives_now} hives tracked, as before the forced unload ({hives_before})"
+        ),
+    );
+    let procs = c.processes(ctx);
+    ctx.check(
+        procs.iter().all(|p| p.0 != u64::from(leaker) || p.1 == 0),
+        format!("the sync client holds nothing now ({procs:?})"),
+    );
+    let holders = c.holders(ctx, USER);
+    ctx.check(
+        holders.len() == 1 && holders[0].pid == u64::from(shell) && holders[0].open_keys == 1,
+        format!("the stale closes leave the new hive's holder as it was ({holders:?})"),
+    );
+    let st = c.stats(ctx);
+    ctx.check(
+        st.closes_exceeding_opens == 0 && st.not_recorded() == 0,
+        format!(
+            "no close counted beyond its opens, nothing lost ({} {})",
+            st.closes_exceeding_opens,
+            st.not_recorded()
+        ),
+    );
+    if let Ok(h) = fresh {
+        let _ = hive::close_key(shell, h);
+    }
+    let s = hive::unload_hive(SYSTEM_PID, USER);
+    let got = at_once(ctx, send(c.h, next, 0), "the stream after the logoff");
+    ctx.check(
+        s == STATUS_SUCCESS
+            && got.as_ref().is_some_and(|g| {
+                g.events.len() == 1 && g.events[0].2 == 0 && g.events[0].4.is_empty()
+            }),
+        format!("released, the new hive unloads with no holder: {got:?}"),
+    );
+    timer::advance(u64::from(HELD_AFTER_SECONDS) * 1_000 + 1_000);
+    let st = c.stats(ctx);
+    ctx.check(
+        st.held_after_events == 0,
+        format!("still no held-after event ({})", st.held_after_events),
+    );
+    unload_all(ctx, &[CLASSES]);
+    process::exit_process(leaker);
+    process::exit_process(shell);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
 }
 
 fn event_overflow(ctx: &mut Ctx) {

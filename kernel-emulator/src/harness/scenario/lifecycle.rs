@@ -182,6 +182,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_unload_sequence,
         ),
         Scenario::test_driver(
+            "td-force-unload",
+            "NtUnloadKey2 with REG_FORCE_UNLOAD (the profile service after its event 1530, WRK cmapi.c CmUnloadKey/CmpSearchForOpenSubKeys SearchAndDeref): a held hive unloads with an ordinary unload's notifications and STATUS_SUCCESS in the post; the keys another process holds are not closed by it (no close notification), keep their handles, ids and names, answer STATUS_KEY_DELETED, and neither hold nor are listed in the hive loaded again at the mount; their later close delivers pre-close, the context cleanup and post-close with the old name",
+            td_force_unload,
+        ),
+        Scenario::test_driver(
             "td-unload-not-root",
             "RegUnLoadKey of a key that is no loaded hive's root still runs its private create (WRK NtUnloadKey2): an existing subkey is opened, refused by CmUnloadKey with STATUS_INVALID_PARAMETER and closed; a missing last component inside the hive is created first; a hive already unloaded fails in the parse (no creates in the master hive: INVALID_PARAMETER), two missing components with NAME_NOT_FOUND, each after a notified pre/post-create; NtQueryOpenSubKeysEx of a subkey is INVALID_PARAMETER",
             td_unload_not_root,
@@ -1117,6 +1122,176 @@ fn td_unload_sequence(ctx: &mut Ctx) {
         !kernel::with(|k| k.hives.hives.contains_key(&user.to_ascii_uppercase())),
         "the hive is unloaded",
     );
+    process::exit_process(p);
+    process::exit_process(q);
+    finish(ctx, s);
+}
+
+/// NtUnloadKey2(TargetKey, REG_FORCE_UNLOAD), what the User Profile Service does after its
+/// event 1530 (Learn archive, "More on User Profile Service functionality"): WRK `ntapi.c`
+/// NtUnloadKey2 and `cmapi.c` CmUnloadKey's force path (`CmpSearchForOpenSubKeys(Kcb,
+/// SearchAndDeref, ...)` marks the blocks below the root deleted; the key bodies stay with
+/// their handles), `cmdelete.c` CmpDeleteKeyObject (the close callbacks at every key
+/// object's deletion). Fails on the model before 2026-12-06, which ignored the flag (audit
+/// 22b M6): the forced unload answered STATUS_CANNOT_DELETE.
+#[allow(clippy::too_many_lines)] // one linear script of checks
+#[allow(clippy::many_single_char_names)] // s, r, l, p, q: session, status, log, processes
+fn td_force_unload(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let user = format!(r"{HKU}\{SID}");
+    let file = r"\??\C:\Users\kemu\NTUSER.DAT";
+    let r = hive::load_hive(SYSTEM_PID, &user, file);
+    ctx.check(r == STATUS_SUCCESS, "user hive loaded");
+    let Some((p, dev)) =
+        super::key_id::process_with_device(ctx, r"\Device\HarddiskVolume2\profleak.exe")
+    else {
+        finish(ctx, s);
+        return;
+    };
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\Windows\System32\svchost.exe");
+    let software = format!(r"{user}\Software");
+    let state = format!(r"{software}\Sync\State");
+    let held: Vec<u64> = [&software, &format!(r"{software}\Sync"), &state]
+        .into_iter()
+        .map(|k| hive::open_key(p, k, KEY_READ, true).unwrap_or(0))
+        .collect();
+    ctx.check(
+        held.iter().all(|h| *h != 0),
+        "the application holds three keys of the hive",
+    );
+    let objects: Vec<u64> = held
+        .iter()
+        .map(|h| kernel::with(|k| k.hives.handles.get(&(p, *h)).copied()).unwrap_or(0) as u64)
+        .collect();
+    let before = super::key_id::key_id(dev, held[2]);
+    ctx.check(
+        before.status == 0 && before.id != 0 && before.name == hash(&state),
+        format!("before: State by its id and name ({before:x?})"),
+    );
+    let r = hive::unload_hive(q, &user);
+    ctx.check(
+        r == hive::STATUS_CANNOT_DELETE,
+        format!("the unload without the flag fails: {}", status::describe(r)),
+    );
+    // The forced unload: an ordinary unload's notifications, STATUS_SUCCESS in the post, and
+    // no close of the keys the application holds.
+    log_start(&s);
+    let r = hive::unload_key2(q, &user, hive::REG_FORCE_UNLOAD);
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!(
+            "NtUnloadKey2(REG_FORCE_UNLOAD) of the held hive: {}",
+            status::describe(r)
+        ),
+    );
+    let l = log(&s);
+    check_unload_log(ctx, &l, q, &user, 0, "a forced unload");
+    let closed: Vec<u64> = l
+        .iter()
+        .filter(|e| e.class == PRE_KEY_HANDLE_CLOSE || e.class == CONTEXT_CLEANUP)
+        .map(|e| e.object)
+        .collect();
+    ctx.check(
+        closed.iter().all(|o| !objects.contains(o)),
+        format!("the application's key objects get no close notification from it ({closed:x?})"),
+    );
+    ctx.check(
+        !kernel::with(|k| k.hives.hives.contains_key(&user.to_ascii_uppercase()))
+            && !hive::hive_list()
+                .iter()
+                .any(|(m, _)| m.eq_ignore_ascii_case(&user)),
+        "the hive is unloaded and out of the hive list",
+    );
+    // The application's handles stay open, on keys marked deleted.
+    let after = super::key_id::key_id(dev, held[2]);
+    ctx.check(
+        after.status == 0 && after.id == before.id && after.name == hash(&state),
+        format!("State's object keeps its id and name (inference; {before:x?} -> {after:x?})"),
+    );
+    let q1 = hive::query_key_name(p, held[2]);
+    let rel = hive::open_key_at(p, Some(held[1]), "State", KEY_READ, false);
+    ctx.check(
+        q1 == Err(status::STATUS_KEY_DELETED) && rel == Err(status::STATUS_KEY_DELETED),
+        format!(
+            "its handles answer STATUS_KEY_DELETED (NtQueryKey {q1:?}, a relative open {rel:?})"
+        ),
+    );
+    // The user's next logon: the same file at the same mount; the new hive's keys are new.
+    let r = hive::load_hive(SYSTEM_PID, &user, file);
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!(
+            "the next logon loads the hive again: {}",
+            status::describe(r)
+        ),
+    );
+    // (The model's hive files keep no keys: the parents are created again, and closed.)
+    for k in [&software, &format!(r"{software}\Sync")] {
+        if let Ok(h) = hive::open_key(p, k, KEY_READ, true) {
+            let _ = hive::close_key(p, h);
+        }
+    }
+    let fresh = hive::open_key(p, &state, KEY_READ, true).unwrap_or(0);
+    let new_id = super::key_id::key_id(dev, fresh);
+    ctx.check(
+        new_id.status == 0 && new_id.id != before.id && new_id.name == hash(&state),
+        format!(
+            "State in the new hive is a new key: a new id ({:#x}, the old {:#x})",
+            new_id.id, before.id
+        ),
+    );
+    let listed = hive::open_subkeys(&user).unwrap_or_default();
+    ctx.check(
+        listed.len() == 1 && listed[0].1.eq_ignore_ascii_case(&state),
+        format!("the kernel lists the new State alone, none of the old hive's objects: {listed:?}"),
+    );
+    // The application closes the old handles: each object's deletion is notified as any.
+    log_start(&s);
+    super::key_id::close(p, &held);
+    let l = log(&s);
+    for (o, name) in objects
+        .iter()
+        .zip([&software, &format!(r"{software}\Sync"), &state])
+    {
+        let pre: Vec<&Entry> = l
+            .iter()
+            .filter(|e| e.class == PRE_KEY_HANDLE_CLOSE && e.object == *o)
+            .collect();
+        let cleanup = l
+            .iter()
+            .filter(|e| e.class == CONTEXT_CLEANUP && e.object == *o && e.extra == 1)
+            .count();
+        let post: Vec<&Entry> = l
+            .iter()
+            .filter(|e| e.class == POST_KEY_HANDLE_CLOSE && e.object == *o)
+            .collect();
+        ctx.check(
+            pre.len() == 1
+                && pre[0].owner == u64::from(p)
+                && pre[0].object_name == hash(name)
+                && cleanup == 1
+                && post.len() == 1
+                && post[0].extra == 0,
+            format!(
+                "the stale {name}'s close: pre-close on the closing thread naming it, its context cleanup, post-close with STATUS_SUCCESS ({pre:x?} {cleanup} {post:x?})"
+            ),
+        );
+    }
+    let listed = hive::open_subkeys(&user).unwrap_or_default();
+    ctx.check(
+        listed.len() == 1,
+        format!("the new hive is still held by its own key alone: {listed:?}"),
+    );
+    super::key_id::close(p, &[fresh]);
+    let r = hive::unload_hive(q, &user);
+    ctx.check(
+        r == STATUS_SUCCESS,
+        format!(
+            "the new hive unloads once its key is closed: {}",
+            status::describe(r)
+        ),
+    );
+    io::close(dev);
     process::exit_process(p);
     process::exit_process(q);
     finish(ctx, s);

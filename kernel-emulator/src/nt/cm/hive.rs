@@ -49,7 +49,11 @@
 //!   no further notification; a free hive unloads at once (STATUS_SUCCESS, event signalled).
 //!   A closed subkey holds the hive until the delayed KCB dereference runs, up to 5 s later
 //!   in emulated time (WRK `cmdelay.c`; see [`delay_deref`]).
-//! - Both unloads ([`unload_hive`], [`unload_key_ex`]) first open the hive's root themselves
+//! - [`unload_key2`] with [`REG_FORCE_UNLOAD`] is the User Profile Service's forced unload
+//!   after its event 1530: a held hive unloads all the same, the keys left open stay open on
+//!   blocks marked deleted (WRK `cmapi.c` CmUnloadKey, `cmsubs.c` CmpSearchForOpenSubKeys
+//!   SearchAndDeref; see `unload`).
+//! - The unloads ([`unload_hive`], [`unload_key2`], [`unload_key_ex`]) first open the hive's root themselves
 //!   with a private kernel handle (WRK `base/ntos/config/ntapi.c` NtUnloadKey2/NtUnloadKeyEx:
 //!   "we open a private kernel mode handle just to take a reference on the object"), so a
 //!   filter sees a create of the root on the caller's thread before the unload, and the
@@ -675,8 +679,14 @@ impl HiveState {
         self.spelled.remove(&key);
         self.links.remove(&key);
         self.predefined.remove(&key);
-        // The key's objects (their bodies stay on the KCB) and the deleted keys that hung
-        // from it by name now hang from the deleted KCB.
+        self.mark_deleted(&key, id);
+        STATUS_SUCCESS
+    }
+
+    /// The key control block of canonical `key` (id `id`, already out of `key_ids`) marked
+    /// deleted: its objects (their bodies stay on the KCB) and the deleted keys that hung
+    /// from it by name now hang from the deleted KCB, which hangs from its parent by name.
+    fn mark_deleted(&mut self, key: &str, id: usize) {
         let mut refs = 0;
         for o in self.objects.values_mut() {
             if !o.deleted && canon(&o.name) == key {
@@ -685,7 +695,7 @@ impl HiveState {
             }
         }
         for d in self.deleted_keys.values_mut() {
-            if d.parent == DeletedParent::Key(key.clone()) {
+            if d.parent == DeletedParent::Key(key.to_string()) {
                 d.parent = DeletedParent::Deleted(id);
                 refs += 1;
             }
@@ -695,7 +705,7 @@ impl HiveState {
         let parent = key
             .rsplit_once('\\')
             .map_or(String::new(), |(p, _)| p.to_string());
-        self.count_live(&key, -isize::try_from(refs).unwrap_or(isize::MAX));
+        self.count_live(key, -isize::try_from(refs).unwrap_or(isize::MAX));
         self.count_live(&parent, 1);
         self.deleted_keys.insert(
             id,
@@ -704,7 +714,40 @@ impl HiveState {
                 parent: DeletedParent::Key(parent),
             },
         );
-        STATUS_SUCCESS
+    }
+
+    /// A forced unload's effect on the key objects of hive `m` (NtUnloadKey2 with
+    /// REG_FORCE_UNLOAD, see `unload`): every key control block of the hive that a key
+    /// object keeps alive is marked deleted and taken out of the hash, deepest first (WRK
+    /// `cmsubs.c` CmpSearchForOpenSubKeys, SearchAndDeref: "Mark the key as deleted, remove it
+    /// from cache, but don't add it to the Delay Close table (we want the key to be visible
+    /// only to the one(s) that have open handles on it)"; `cmapi.c` CmUnloadKey then marks
+    /// the root's `Kcb->Delete = TRUE` after CmpDestroyHive). The objects stay, with their
+    /// handles, ids and names, as a deleted key's do ([`Self::delete`]); they belong to no
+    /// loaded hive (`o.hive` becomes `m (unloaded)`), so a hive loaded again at the mount
+    /// gets new blocks and ids and is neither held nor listed by them. A block with no id yet
+    /// (a parent that no object opened itself) gets one first: on Windows every block has an
+    /// address.
+    fn force_unload_keys(&mut self, m: &str) {
+        let below = format!("{m}\\");
+        let mut keys: Vec<String> = self
+            .live_below
+            .keys()
+            .filter(|k| k.as_str() == m || k.starts_with(&below))
+            .cloned()
+            .collect();
+        keys.sort_by_key(|k| std::cmp::Reverse(k.matches('\\').count()));
+        for key in keys {
+            let id = self.key_id(&key);
+            self.key_ids.remove(&key);
+            self.mark_deleted(&key, id);
+        }
+        let gone = format!("{m} (unloaded)");
+        for o in self.objects.values_mut() {
+            if o.hive == m {
+                o.hive.clone_from(&gone);
+            }
+        }
     }
 
     /// NtRenameKey's effect on the model (see [`rename_key`]): the key of `object` and every
@@ -2625,7 +2668,24 @@ pub fn run_deferred_deletions() -> usize {
 /// `unload`.
 #[must_use = "STATUS_CANNOT_DELETE while the hive is held"]
 pub fn unload_hive(pid: u32, mount: &str) -> NtStatus {
-    unload(pid, mount, None, || {})
+    unload(pid, mount, None, 0, || {})
+}
+
+/// `REG_FORCE_UNLOAD` (winnt.h): the `Flags` of NtUnloadKey2 / RegUnLoadKey that unloads a
+/// hive "even if there are open subkeys inside of it" (WRK `ntapi.c` NtUnloadKey2).
+pub const REG_FORCE_UNLOAD: u32 = 1;
+
+/// `NtUnloadKey2(TargetKey, Flags)`: with `Flags` == [`REG_FORCE_UNLOAD`] a held hive is
+/// unloaded all the same — what the User Profile Service does after its event 1530 unless
+/// the policy "Do not forcefully unload the user registry at user logoff" is set (Learn
+/// archive, "More on User Profile Service functionality",
+/// <https://learn.microsoft.com/en-us/archive/blogs/dsnotes/more-on-user-profile-service-functionality>).
+/// Any other value is 0: "Anything different than REG_FORCE_UNLOAD is ignored" (WRK
+/// `ntapi.c`). The notifications are an ordinary unload's (see `unload`); what a forced one
+/// does to the open keys is `HiveState::force_unload_keys`.
+#[must_use = "STATUS_SUCCESS unless refused before the keys are looked at"]
+pub fn unload_key2(pid: u32, mount: &str, flags: u32) -> NtStatus {
+    unload(pid, mount, None, flags, || {})
 }
 
 /// [`unload_hive`] with `between` run after RegNtPreUnLoadKey and before the hive is
@@ -2637,7 +2697,7 @@ pub fn unload_hive(pid: u32, mount: &str) -> NtStatus {
 /// *inference*, as every other class's pre comes before its operation and its post after.
 #[must_use = "STATUS_CANNOT_DELETE while the hive is held"]
 pub fn unload_hive_interrupted(pid: u32, mount: &str, between: impl FnOnce()) -> NtStatus {
-    unload(pid, mount, None, between)
+    unload(pid, mount, None, 0, between)
 }
 
 /// Unloads a hive with `NtUnloadKeyEx(TargetKey, Event)`: RegNtPreUnLoadKey with `UserEvent`
@@ -2650,7 +2710,7 @@ pub fn unload_hive_interrupted(pid: u32, mount: &str, between: impl FnOnce()) ->
 #[must_use = "STATUS_PENDING: wait on the event"]
 pub fn unload_key_ex(pid: u32, mount: &str) -> (NtStatus, UnloadEvent) {
     let event = UnloadEvent::new();
-    let status = unload(pid, mount, Some(&event), || {});
+    let status = unload(pid, mount, Some(&event), 0, || {});
     if status == STATUS_SUCCESS {
         event.signal(UnloadCompletion {
             pid,
@@ -2737,7 +2797,34 @@ const KEY_WRITE: u32 = 0x2_0006;
 /// RegNtPostUnLoadKey (with that key's object) is the model's *inference*, as for the other
 /// statuses: the WRK predates the notification, and every other class's pre comes before its
 /// operation.
-fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOnce()) -> NtStatus {
+///
+/// `flags` == [`REG_FORCE_UNLOAD`] (NtUnloadKey2; until 2026-12-06 not modelled, audit 22b
+/// M6): after the same private open and RegNtPreUnLoadKey, a hive held by other key objects
+/// is unloaded all the same — WRK `cmapi.c` CmUnloadKey: `if(Kcb->RefCount != 1) { if(
+/// Flags == REG_FORCE_UNLOAD ) { CmpSearchForOpenSubKeys(Kcb, SearchAndDeref, ...)` marks
+/// every block below the root deleted ([`HiveState::force_unload_keys`]); it fails with
+/// STATUS_CANNOT_DELETE only for a read-only block, which the model has none of. The frozen
+/// (STATUS_TOO_LATE) and not-a-root (STATUS_INVALID_PARAMETER) refusals come first, as for
+/// any unload. RegNtPostUnLoadKey carries STATUS_SUCCESS: REG_UNLOAD_KEY_INFORMATION has no
+/// flags member (Learn), so a filter cannot tell a forced unload from another. The key
+/// objects left open are not closed by it: no RegNtPreKeyHandleClose then; each is deleted
+/// at its last handle or reference as any object (WRK `cmdelete.c` CmpDeleteKeyObject calls
+/// RegNtPreKeyHandleClose/RegNtPostKeyHandleClose "HandleClose callback" whatever its
+/// block's state, and the context cleanups follow), with its old id and name
+/// (CmCallbackGetKeyObjectIDEx on it: the model's *inference*, as for a deleted key's
+/// object: the block it names stays allocated while key bodies reference it). Operations on
+/// such a handle find its block deleted (STATUS_KEY_DELETED, as `parse_key` and
+/// `query_key_name` answer a deleted key's). Not modelled: the flush of pending change
+/// notifications on the key bodies (`CmpFlushNotifiesOnKeyBodyList`; the model has no
+/// NtNotifyChangeKey).
+fn unload(
+    pid: u32,
+    mount: &str,
+    event: Option<&UnloadEvent>,
+    flags: u32,
+    between: impl FnOnce(),
+) -> NtStatus {
+    let force = flags == REG_FORCE_UNLOAD;
     // The private kernel handle: its open is notified like any create (a filter may fail it,
     // and then the unload is not attempted: no unload notification).
     let handle = match open_for_caller(pid, mount, true) {
@@ -2810,7 +2897,9 @@ fn unload(pid: u32, mount: &str, event: Option<&UnloadEvent>, between: impl FnOn
             let pinned = k.hives.objects.iter().any(|(a, o)| {
                 o.hive == m && (*a != root || k.objects.references.get(a).copied().unwrap_or(0) > 1)
             });
-            if pinned {
+            if pinned && force {
+                k.hives.force_unload_keys(&m);
+            } else if pinned {
                 if let (Some(e), Some(h)) = (event, k.hives.hives.get_mut(&m)) {
                     h.pending_unload = Some(e.clone());
                     return STATUS_PENDING;
@@ -3203,6 +3292,58 @@ mod tests {
             assert_eq!(close_key(4004, h), STATUS_SUCCESS);
         }
         assert_eq!(unload_hive(4, mount), STATUS_SUCCESS);
+    }
+
+    /// A forced unload (NtUnloadKey2, REG_FORCE_UNLOAD) of a hive held at two levels: the
+    /// held objects keep their ids apart from the hive loaded again at the mount, hold
+    /// nothing there, and every count and id goes with the last of them.
+    #[test]
+    fn a_forced_unload_leaves_its_keys_open_on_deleted_blocks() {
+        let mount = r"\REGISTRY\MACHINE\UNITFORCE";
+        let up = mount.to_ascii_uppercase();
+        assert_eq!(load_hive(4, mount, "unitforce"), STATUS_SUCCESS);
+        let open =
+            |name: &str| open_key(4005, &format!(r"{mount}\{name}"), 0x2_0019, true).unwrap();
+        let id = |h: u64| {
+            kernel::with(|k| {
+                let o = k.hives.handles[&(4005, h)];
+                k.hives.identify(o).unwrap().0
+            })
+        };
+        let a = open("A");
+        let b = open(r"A\B");
+        let deep = open(r"A\B\C");
+        assert_eq!(close_key(4005, b), STATUS_SUCCESS);
+        let (a_id, deep_id) = (id(a), id(deep));
+        assert_eq!(unload_hive(4, mount), STATUS_CANNOT_DELETE);
+        assert_eq!(
+            unload_key2(4, mount, 2),
+            STATUS_CANNOT_DELETE,
+            "other flags are 0"
+        );
+        assert_eq!(unload_key2(4, mount, REG_FORCE_UNLOAD), STATUS_SUCCESS);
+        assert!(kernel::with(|k| !k.hives.hives.contains_key(&up)));
+        assert_eq!((id(a), id(deep)), (a_id, deep_id));
+        assert_eq!(query_key_name(4005, deep), Err(STATUS_KEY_DELETED));
+        assert_eq!(load_hive(4, mount, "unitforce"), STATUS_SUCCESS);
+        let again = open("A");
+        assert_ne!(id(again), a_id);
+        assert_eq!(open_subkeys(mount).unwrap().len(), 1);
+        assert_eq!(close_key(4005, again), STATUS_SUCCESS);
+        assert_eq!(
+            unload_hive(4, mount),
+            STATUS_SUCCESS,
+            "the stale keys hold nothing"
+        );
+        for h in [a, deep] {
+            assert_eq!(close_key(4005, h), STATUS_SUCCESS);
+        }
+        kernel::with(|k| {
+            let h = &k.hives;
+            assert!(!h.deleted_keys.contains_key(&a_id) && !h.deleted_keys.contains_key(&deep_id));
+            assert!(!h.live_below.contains_key(&up));
+            assert!(!h.objects.values().any(|o| o.hive.starts_with(&up)));
+        });
     }
 
     /// NtDeleteKey of nested keys (WRK `cmapi2.c` CmDeleteKey, `cmsubs.c`): a deleted key
