@@ -15,11 +15,18 @@
 //! - `missed` in an answer: event 1011, once per loss; a failed unload the driver watches,
 //!   read before a lost number, gets the service's own re-check too (the lost number may be
 //!   its held-after record, or its watch, never made). A watch due more than
-//!   [`DRIVER_LOOK_SLACK`] before a page that delivered everything, without its record, was
-//!   answered "free" by the driver's silence: forgotten.
-//! - An output refusing events (the Event Log service down, a full disk): event 1014.
-//! - Holders are read only for the load of the mount the record names (its hive id; without
-//!   one, a hive not loaded after the attempt): a later load is the failed one gone.
+//!   [`DRIVER_LOOK_SLACK`] before a page was asked that delivered everything, without its
+//!   record, was answered "free" by the driver's silence: forgotten. Re-checks of the
+//!   service's own run only after such a page (a record still to come cancels them).
+//! - One clock (review 22b, M1): due times, waits and "still held N s" are on the service's
+//!   monotonic clock; a record's time (the driver's system clock) is set against the system
+//!   clock read with the page, trusted to say "long ago" only while that clock kept step
+//!   with the monotonic one since the service started.
+//! - An output refusing events (the Event Log service down, a full disk): event 1014, to
+//!   each output once per refused event.
+//! - Holders are read only for the load of the mount the record names (its hive id when the
+//!   hive now has the same one; otherwise a hive not loaded after the attempt: ids restart
+//!   at 1 with every driver start): a later load is the failed one gone.
 //! - A failed unload: event 1001. Who looks again later depends on the driver, page by page:
 //!   - **The driver** when its events prefix says `held_after_seconds` > 0 (its service key's
 //!     `Parameters\HeldAfterSeconds`, default 60) and it knew the hive (it never watches a
@@ -134,52 +141,91 @@ pub struct ServiceEnv<'a> {
     pub clock: &'a mut dyn Clock,
     /// The wall clock (FILETIME) when `clock` read zero.
     pub started_at: u64,
+    /// The system clock now (FILETIME): the clock the driver stamps its records with
+    /// (`event_service::filetime_now` under the service manager). `None`: `started_at` plus
+    /// `clock` (a scripted run, whose clock is never set).
+    pub wall: Option<&'a dyn Fn() -> u64>,
     /// False once the service is asked to stop.
     pub keep_going: &'a dyn Fn() -> bool,
 }
 
 impl ServiceEnv<'_> {
+    /// The system clock now (FILETIME): what event times say, and what a record's time (the
+    /// driver's system clock) is compared with.
     fn now(&self) -> u64 {
-        self.started_at
-            + u64::try_from(self.clock.elapsed().as_nanos() / 100).unwrap_or(u64::MAX / 4)
+        self.wall.map_or_else(
+            || {
+                self.started_at
+                    + u64::try_from(self.clock.elapsed().as_nanos() / 100).unwrap_or(u64::MAX / 4)
+            },
+            |wall| wall(),
+        )
     }
 
-    /// Writes `event`. An output's refusal is said as event 1014 (audit 22b, M4: under the
-    /// service manager the count was dropped): at the first refusal and then at most once an
-    /// hour while they go on, to the outputs that accept it, and once the outputs accept an
-    /// event again, to all of them (the Application log back after an outage learns what it
-    /// lacks).
+    /// The service's monotonic clock (100 ns units since the loop started): what waits,
+    /// re-checks and watches are timed with. Found in review 22b (M1): due times and "now"
+    /// mixed the driver's system clock with the service's start time plus its monotonic
+    /// clock, so a clock set back after the service started forgot a watch before the driver
+    /// had looked.
+    fn mono(&self) -> i64 {
+        i64::try_from(self.clock.elapsed().as_nanos() / 100).unwrap_or(i64::MAX / 4)
+    }
+
+    /// Writes `event` to each output. An output's refusal is said as event 1014 (audit 22b,
+    /// M4: under the service manager the count was dropped): at the first refusal and then at
+    /// most once an hour while they go on, and once every output accepts an event again.
+    /// Each output is told each refused event once: a 1014 an output refused is said to it
+    /// again later, never again to an output that took it. Found in review 22b (L1): one
+    /// count for all outputs, kept whole while one refused the 1014, said twice in the
+    /// Application log one event the `--jsonl` file refused.
     fn emit(&mut self, event: &FleetEvent, stats: &mut Counts) {
         stats.events += 1;
-        let now = self.now();
-        match self.sink.emit(event) {
-            Err(e) => {
-                stats.sink_errors += 1;
-                stats.unsaid_sink_errors += 1;
-                stats.last_sink_error = Some(format!("{e:#}"));
-                if stats
-                    .sink_errors_said_at
-                    .is_none_or(|t| now.saturating_sub(t) >= NOT_WRITTEN_EVERY)
-                {
-                    self.say_not_written(stats, now);
-                }
+        let outputs = self.sink.outputs().max(1);
+        stats.unsaid.resize(outputs, 0);
+        let mut refused = None;
+        for i in 0..outputs {
+            if let Err(e) = self.sink.emit_to(i, event) {
+                refused.get_or_insert(e);
             }
-            Ok(()) if stats.unsaid_sink_errors > 0 => self.say_not_written(stats, now),
-            Ok(()) => {}
         }
+        let now = self.mono();
+        if let Some(e) = refused {
+            stats.sink_errors += 1;
+            // Every output is told of it, the one that took it and the one that did not.
+            for n in &mut stats.unsaid {
+                *n += 1;
+            }
+            stats.last_sink_error = Some(format!("{e:#}"));
+            if stats
+                .sink_errors_said_at
+                .is_none_or(|t| now.saturating_sub(t) >= NOT_WRITTEN_EVERY)
+            {
+                self.say_not_written(stats, now);
+            }
+        } else if stats.unsaid.iter().any(|&n| n > 0) {
+            self.say_not_written(stats, now);
+        }
+        stats.unsaid_sink_errors = stats.unsaid.iter().sum();
     }
 
-    fn say_not_written(&mut self, stats: &mut Counts, now: u64) {
+    /// A 1014 to each output with refused events it has not been told of, with its count.
+    fn say_not_written(&mut self, stats: &mut Counts, now: i64) {
         let error = stats.last_sink_error.clone().unwrap_or_default();
-        let e = FleetEvent::not_written(stats.unsaid_sink_errors, &error, now);
-        stats.events += 1;
         stats.sink_errors_said_at = Some(now);
-        match self.sink.emit(&e) {
-            // Said everywhere.
-            Ok(()) => stats.unsaid_sink_errors = 0,
-            // Not to the refusing output: said again once it accepts an event.
-            Err(_) => stats.sink_errors += 1,
+        let time = self.now();
+        for i in 0..stats.unsaid.len() {
+            if stats.unsaid[i] == 0 {
+                continue;
+            }
+            let e = FleetEvent::not_written(stats.unsaid[i], &error, time);
+            stats.events += 1;
+            match self.sink.emit_to(i, &e) {
+                Ok(()) => stats.unsaid[i] = 0,
+                // Said to this output once it accepts an event again.
+                Err(_) => stats.sink_errors += 1,
+            }
         }
+        stats.unsaid_sink_errors = stats.unsaid.iter().sum();
     }
 
     /// Sleeps `d` in slices, returning early when asked to stop.
@@ -205,23 +251,30 @@ pub struct Counts {
     pub last_sink_error: Option<String>,
     /// Connections that reached the driver's stream.
     pub connections: u64,
-    /// Refused events not yet said by a 1014 that every output accepted.
+    /// Refused events not yet said by a 1014, summed over the outputs (each output is told
+    /// each refused event once).
     pub unsaid_sink_errors: u64,
-    /// When (FILETIME) the last 1014 was written.
-    pub sink_errors_said_at: Option<u64>,
+    /// Per output: refused events not yet said to it by a 1014.
+    pub unsaid: Vec<u64>,
+    /// When (the service's monotonic clock, 100 ns units) the last 1014 was written.
+    pub sink_errors_said_at: Option<i64>,
 }
 
-/// While outputs keep refusing events, a 1014 at most this often (FILETIME units: an hour).
-const NOT_WRITTEN_EVERY: u64 = 3600 * 10_000_000;
+/// While outputs keep refusing events, a 1014 at most this often (100 ns units: an hour).
+const NOT_WRITTEN_EVERY: i64 = 3600 * 10_000_000;
 
 /// A failed unload waiting for its re-check.
 struct Recheck {
     failure: UnloadFailure,
     user: Option<String>,
-    /// FILETIME at which to ask.
-    due: u64,
-    /// The driver's id of the hive that failed to unload (0: it did not know it): a hive now
-    /// at the mount with another id is a later load, not the one that failed (audit 22b, M7).
+    /// When to ask, on the service's monotonic clock ([`ServiceEnv::mono`]).
+    due: i64,
+    /// When the failure was, on the service's monotonic clock: `due` less the time from the
+    /// failure to the due time, both by the driver's clock. What "still held N s" counts from.
+    failed_at: i64,
+    /// The driver's id of the hive that failed to unload (0: it did not know it, or the
+    /// driver restarted since: ids are numbered again from 1 at every start): the same id
+    /// now is the same load; another id is judged by the load time (`same_load`).
     hive_id: u32,
     /// The tracking start the failure's sequence number belongs to (the event's
     /// `TrackingSince`; after a driver restart, the previous start: audit 22b, M3).
@@ -235,6 +288,9 @@ struct Attempt {
     sequence: u64,
     /// FILETIME of the attempt.
     time: u64,
+    /// When the driver's watch is due at the latest, on the service's monotonic clock
+    /// ([`Loop::mono_of`]).
+    due: i64,
     /// The service's own re-check of the run's first failed attempt, due when the driver's
     /// watch is (the run's first attempt's time plus the delay the driver reported): run
     /// only if the driver restarts (its watches gone with it) before its held-after record
@@ -264,7 +320,11 @@ const SECOND: u64 = 10_000_000;
 /// numbered this long after a watch was due, without its record, means the driver found the
 /// hive free (it writes nothing then); the service's own fallback re-check of a watch it
 /// could not be sure of is due this long after the driver's (audit 22b, M1, M2).
-const DRIVER_LOOK_SLACK: u64 = 30 * SECOND;
+const DRIVER_LOOK_SLACK: i64 = 30 * 10_000_000;
+
+/// How far the system clock may move against the service's monotonic clock before the
+/// service stops trusting it to date records it reads (100 ns units: 2 s).
+const CLOCK_STEP: i128 = 2 * 10_000_000;
 
 /// Whether the driver looks at `rec`'s hive again itself: it says a delay above 0 and knew
 /// the hive (it watches only hives it knows: a record flagged
@@ -288,11 +348,34 @@ struct Loop<'e, 'a> {
     /// Failed and deferred unloads the driver will look at again (its delay > 0, a hive it
     /// knew), by hive.
     attempts: Vec<Attempt>,
+    /// The page being read: when it came, on the monotonic clock and the system clock.
+    read_mono: i64,
+    read_wall: u64,
+    /// The system clock kept step with the monotonic clock since the service started
+    /// (within [`CLOCK_STEP`]): the age a record's time gives may be trusted to say the
+    /// driver already looked. Once it moved (set back or forward, drifted), never again.
+    wall_steady: bool,
     buf: Vec<u8>,
     counts: Counts,
 }
 
 impl Loop<'_, '_> {
+    /// When the driver-clock FILETIME `at` (a record's time plus `most`, a delay counted from
+    /// it) comes at the latest, on the service's monotonic clock, for a record of the page
+    /// being read. The record was made before it was read, so `at` is at most `most` after
+    /// the read; earlier (in the past, for a record read long after it was made) only as
+    /// far as the system clock says and only while it kept step with the monotonic clock
+    /// (`wall_steady`): when unsure, the latest (review 22b, M1).
+    fn mono_of(&self, at: u64, most: u64) -> i64 {
+        let most = i128::from(most);
+        let ahead = if self.wall_steady {
+            (i128::from(at) - i128::from(self.read_wall)).min(most)
+        } else {
+            most
+        };
+        i64::try_from(i128::from(self.read_mono) + ahead).unwrap_or(i64::MIN / 4)
+    }
+
     fn unavailable(&mut self, reason: &str) {
         if !self.unavailable {
             self.unavailable = true;
@@ -456,10 +539,13 @@ impl Loop<'_, '_> {
                 // The driver looks again: its held-after record is the 1002.
                 self.attempted(rec, prefix, time, Some((failure, user)));
             } else {
+                let delay = duration_filetime(self.opts.still_held_after);
+                let due = self.mono_of(time.saturating_add(delay), delay);
                 self.rechecks.push(Recheck {
                     failure,
                     user,
-                    due: time + duration_filetime(self.opts.still_held_after),
+                    due,
+                    failed_at: due.saturating_sub(i64::try_from(delay).unwrap_or(i64::MAX / 4)),
                     hive_id: rec.hive_id,
                     tracking_since: prefix.tracking_since,
                 });
@@ -497,15 +583,20 @@ impl Loop<'_, '_> {
         failed: Option<(UnloadFailure, Option<String>)>,
     ) {
         let delay = prefix.held_after_seconds.saturating_mul(SECOND);
-        let recheck = |due: u64| {
+        // The failure's time on the monotonic clock, from its watch's `due` (at `watched`, by
+        // the driver's clock): one clock for each stretch.
+        let recheck = |due: i64, watched: u64| {
+            let before = i64::try_from(watched.saturating_sub(time)).unwrap_or(i64::MAX / 4);
             failed.map(|(failure, user)| Recheck {
                 failure,
                 user,
                 due,
+                failed_at: due.saturating_sub(before),
                 hive_id: rec.hive_id,
                 tracking_since: prefix.tracking_since,
             })
         };
+        let due = self.mono_of(time.saturating_add(delay), delay);
         match self
             .attempts
             .iter_mut()
@@ -515,7 +606,7 @@ impl Loop<'_, '_> {
                 // A retry within the run: the watch stays the first attempt's. A run begun
                 // by a deferred unload gets its first failure as the re-check after a restart.
                 if a.recheck.is_none() {
-                    a.recheck = recheck(a.time.saturating_add(delay));
+                    a.recheck = recheck(a.due, a.time.saturating_add(delay));
                 }
             }
             found => {
@@ -523,7 +614,8 @@ impl Loop<'_, '_> {
                     hive: rec.mount.clone(),
                     sequence: rec.sequence,
                     time,
-                    recheck: recheck(time.saturating_add(delay)),
+                    due,
+                    recheck: recheck(due, time.saturating_add(delay)),
                 };
                 match found {
                     Some(a) => *a = attempt,
@@ -581,9 +673,10 @@ impl Loop<'_, '_> {
     /// Asks again about every failed unload whose re-check is due.
     fn rechecks_due(&mut self, t: &mut dyn Transport) {
         let now = self.env.now();
+        let mono = self.env.mono();
         let (due, later): (Vec<Recheck>, Vec<Recheck>) = std::mem::take(&mut self.rechecks)
             .into_iter()
-            .partition(|r| r.due <= now);
+            .partition(|r| r.due <= mono);
         self.rechecks = later;
         for r in due {
             let Some((holders, unseen)) = self.recheck(t, &r, now) else {
@@ -593,7 +686,8 @@ impl Loop<'_, '_> {
                 continue; // free
             }
             let keys = holders.iter().map(|h| h.keys).sum();
-            let since = now.saturating_sub(r.failure.time) / SECOND;
+            // One clock: the monotonic time since the failure (review 22b, M1).
+            let since = u64::try_from(mono.saturating_sub(r.failed_at)).unwrap_or(0) / SECOND;
             let mut e =
                 FleetEvent::still_held(&r.failure, r.user, holders, keys, since, now, unseen);
             e.tracking_since = Time::from_filetime(r.tracking_since);
@@ -717,7 +811,7 @@ impl Loop<'_, '_> {
                 continue; // every lost number came before this attempt
             }
             if let Some(mut r) = a.recheck.take() {
-                r.due = r.due.saturating_add(DRIVER_LOOK_SLACK);
+                r.due = a.due.saturating_add(DRIVER_LOOK_SLACK);
                 if let Some(x) = self
                     .rechecks
                     .iter_mut()
@@ -738,15 +832,15 @@ impl Loop<'_, '_> {
     /// later driver restart does not turn them into re-checks of the service's own. Found
     /// in audit 22b (M2): attempts answered long before (a service restart replays them in
     /// bulk) became "still held 610 s after its failed unload" after a driver update.
-    fn answered_by_silence(&mut self, prefix: &EventsPrefix) {
-        let now = self.env.now();
-        let delay = prefix.held_after_seconds.saturating_mul(SECOND);
-        self.attempts.retain(|a| {
-            a.time
-                .saturating_add(delay)
-                .saturating_add(DRIVER_LOOK_SLACK)
-                > now
-        });
+    ///
+    /// `asked`: when the page was asked for, on the monotonic clock; each watch's due time
+    /// is on that clock too ([`Loop::mono_of`]), so a watch is forgotten only on a page asked
+    /// after the driver had its look (review 22b, M1: the driver's record time against the
+    /// service's start plus its monotonic clock forgot a watch on the page that brought it
+    /// when the system clock had been set back).
+    fn answered_by_silence(&mut self, asked: i64) {
+        self.attempts
+            .retain(|a| a.due.saturating_add(DRIVER_LOOK_SLACK) > asked);
     }
 
     /// The request's timeout: the longest wait, or less when a re-check is due sooner.
@@ -754,12 +848,11 @@ impl Loop<'_, '_> {
         if self.opts.once {
             return 0;
         }
-        let now = self.env.now();
+        let now = self.env.mono();
         let mut wait = self.opts.wait;
         if let Some(due) = self.rechecks.iter().map(|r| r.due).min() {
-            wait = wait.min(Duration::from_nanos(
-                due.saturating_sub(now).saturating_mul(100),
-            ));
+            let left = u64::try_from(due.saturating_sub(now)).unwrap_or(0);
+            wait = wait.min(Duration::from_nanos(left.saturating_mul(100)));
         }
         wait_timeout_ms(wait).max(1)
     }
@@ -770,15 +863,21 @@ impl Loop<'_, '_> {
             if !(self.env.keep_going)() {
                 return Ok(Drained::Stopped);
             }
-            self.rechecks_due(t);
             let timeout_ms = self.timeout_ms();
             let asked_at = self.env.clock.elapsed();
+            let asked = self.env.mono();
             let page = match wait_events(t, self.after, timeout_ms, &mut self.buf) {
                 Err(TransportError::Request {
                     code: ERROR_OPERATION_ABORTED,
                 }) => return Ok(Drained::Stopped),
                 other => other?,
             };
+            self.read_mono = self.env.mono();
+            self.read_wall = self.env.now();
+            let offset = i128::from(self.read_wall) - i128::from(self.read_mono);
+            if (offset - i128::from(self.env.started_at)).abs() > CLOCK_STEP {
+                self.wall_steady = false;
+            }
             let since = page.prefix.tracking_since;
             match self.tracking_since {
                 None => {
@@ -798,8 +897,15 @@ impl Loop<'_, '_> {
                         self.env.emit(&e, &mut self.counts);
                     }
                     // Earlier sequence numbers meant the previous start: read from the start.
-                    // Pending re-checks stay: they ask about the hive as it is now.
+                    // Pending re-checks stay: they ask about the hive as it is now. Hive ids
+                    // are numbered again from 1 at every start (`tracker/src/hives.rs`): the
+                    // old id means nothing to the new driver, and another id for the same
+                    // load read as "unloaded" (review 22b, H1). Without it, the load time
+                    // tells (`same_load`).
                     self.after = 0;
+                    for r in &mut self.rechecks {
+                        r.hive_id = 0;
+                    }
                     // The driver's watches of the previous start are gone with it: the
                     // failed unloads it had not answered yet become re-checks of the
                     // service's own, due when the driver would have looked.
@@ -808,6 +914,7 @@ impl Loop<'_, '_> {
                         .into_iter()
                         .filter_map(|a| a.recheck)
                     {
+                        let r = Recheck { hive_id: 0, ..r };
                         if !self
                             .rechecks
                             .iter()
@@ -853,12 +960,14 @@ impl Loop<'_, '_> {
                 self.lost_after_attempts(&page, asked_after);
             }
             if page.done {
-                self.answered_by_silence(&prefix);
+                self.answered_by_silence(asked);
+                // Only once the stream is drained: a record still to come on the next page
+                // (the driver's held-after record) cancels a re-check. Found in review 22b
+                // (M2): a loss on one page and the driver's record on the next gave two 1002.
+                self.rechecks_due(t);
             }
             if !progressed {
-                if self.opts.once {
-                    self.rechecks_due(t);
-                } else {
+                if !self.opts.once {
                     // A driver that answers before the timeout with nothing new (it should
                     // not) must not make the loop spin: wait out the rest here.
                     let asked = Duration::from_millis(u64::from(timeout_ms));
@@ -911,17 +1020,20 @@ fn holders_unseen(source: &crate::model::Source) -> bool {
 }
 
 /// Whether `report` (the holders of a mount now) is about the load a record of hive id
-/// `hive_id` (0: the driver did not know the hive) at FILETIME `time` is about: the same
-/// driver id when the record has one, and not loaded after `time` when the driver's hive
-/// list says when it was loaded (a hive it no longer lists, or whose load time it does not
-/// know, is taken as that load). Found in audit 22b (M7): a re-check asked by mount name
-/// only, and a later logon's hive at the same mount was blamed for the failure.
+/// `hive_id` (0: the driver did not know the hive, or it was another driver start's) at
+/// FILETIME `time` is about: the same driver id says so; otherwise not loaded after `time`
+/// when the driver's hive list says when it was loaded (a hive it no longer lists, or whose
+/// load time it does not know, is taken as that load). Found in audit 22b (M7): a re-check
+/// asked by mount name only, and a later logon's hive at the same mount was blamed for the
+/// failure.
+///
+/// Another id alone never says "another load": ids are numbered from 1 at every driver
+/// start, and within one the tracker makes a forgotten implicit or application hive again
+/// under a new id (`tracker/src/hives.rs`). Found in review 22b (H1): a held hive's
+/// re-check after a driver restart read as "unloaded", and no 1002 came.
 fn same_load(t: &mut dyn Transport, report: &HoldersReport, hive_id: u32, time: u64) -> bool {
-    if hive_id != 0 && report.hive.id != 0 && report.hive.id != hive_id {
-        return false;
-    }
-    if hive_id != 0 {
-        // Ids are never reused (`tracker/src/hives.rs`: taken from a counter): the id says it.
+    if hive_id != 0 && report.hive.id == hive_id {
+        // Ids are never reused within a start (`tracker/src/hives.rs`: a counter).
         return true;
     }
     let loaded_at = Client::new(t)
@@ -1021,6 +1133,7 @@ fn add_keys(e: &mut EventHolder, held: &Holder, until: u64) {
 /// None today: every failure becomes an event; the signature leaves room for a sink that
 /// must stop the service.
 pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts)> {
+    let started_at = env.started_at;
     let mut l = Loop {
         env,
         opts,
@@ -1029,6 +1142,9 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
         unavailable: false,
         rechecks: Vec::new(),
         attempts: Vec::new(),
+        read_mono: 0,
+        read_wall: started_at,
+        wall_steady: true,
         buf: Vec::new(),
         counts: Counts::default(),
     };

@@ -14,6 +14,21 @@ pub trait EventSink {
     /// # Errors
     /// The destination refused it (a full disk, a closed pipe, the Event Log service down).
     fn emit(&mut self, event: &FleetEvent) -> Result<()>;
+
+    /// How many outputs this sink writes to, each accepting or refusing an event on its own
+    /// (the service tells each output of the events refused once: event 1014).
+    fn outputs(&self) -> usize {
+        1
+    }
+
+    /// Writes one event to output `output` (below [`EventSink::outputs`]) only.
+    ///
+    /// # Errors
+    /// That output refused it.
+    fn emit_to(&mut self, output: usize, event: &FleetEvent) -> Result<()> {
+        let _ = output;
+        self.emit(event)
+    }
 }
 
 /// One JSON object per line, flushed after each (a collector tailing the file sees every
@@ -58,6 +73,14 @@ impl EventSink for Sinks<'_> {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    fn outputs(&self) -> usize {
+        self.0.len()
+    }
+
+    fn emit_to(&mut self, output: usize, event: &FleetEvent) -> Result<()> {
+        self.0.get_mut(output).map_or(Ok(()), |s| s.emit(event))
     }
 }
 

@@ -52,7 +52,7 @@ pub enum ServiceCommand {
     Uninstall,
     /// Drain the driver's event stream into the Event Log (Windows) and/or JSON lines: every
     /// failed hive unload with its holders (1001), the hive still held later (1002), key-count
-    /// alarms (1003), and the service's own state (1010-1013).
+    /// alarms (1003), and the service's own state (1010-1014).
     Run {
         /// Write what the driver has now and exit (no waiting, no reconnecting).
         #[arg(long)]
@@ -210,6 +210,7 @@ fn run_console(
         identities,
         clock: &mut **clock,
         started_at: *now,
+        wall: None,
         keep_going: &keep_going,
     };
     let (code, counts) = event_service::run(opts, &mut senv)?;

@@ -358,6 +358,7 @@ fn run_loop(
         identities: identities.as_ref(),
         clock: &mut clock,
         started_at: event_service::filetime_now(),
+        wall: Some(&event_service::filetime_now),
         keep_going: &keep_going,
     };
     event_service::run(opts, &mut env).map(|_| ())
