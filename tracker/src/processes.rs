@@ -345,9 +345,12 @@ impl<L: RawLock> Shard<L> {
         }
     }
 
-    /// Remembers `key` gone (caller holds the lock exclusively).
+    /// Remembers `key` gone (caller holds the lock exclusively). A key without a start key
+    /// (the driver had neither `PsGetProcessStartKey` nor a creation time) is not
+    /// remembered: a reused pid would then match it and a running process be made exited
+    /// (review 22c, L2).
     fn remember_gone(&self, key: ProcessKey) {
-        if self.was_gone(key) {
+        if key.start_key == 0 || self.was_gone(key) {
             return;
         }
         let i = self.gone_next.load(Relaxed) as usize % GONE;
@@ -359,9 +362,10 @@ impl<L: RawLock> Shard<L> {
 
     /// True when `key` is remembered gone (caller holds the lock exclusively).
     fn was_gone(&self, key: ProcessKey) -> bool {
-        self.gone
-            .iter()
-            .any(|g| g.pid.load(Relaxed) == key.pid && g.start_key.load(Relaxed) == key.start_key)
+        key.start_key != 0
+            && self.gone.iter().any(|g| {
+                g.pid.load(Relaxed) == key.pid && g.start_key.load(Relaxed) == key.start_key
+            })
     }
 }
 

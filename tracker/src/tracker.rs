@@ -24,7 +24,8 @@ use crate::objects::{
 };
 use crate::pool::Pool;
 use crate::processes::{
-    Holding, Process, ProcessKey, ProcessTable, free_holding, holding_of, new_holding, process_of,
+    Holding, LockedProcess, Process, ProcessKey, ProcessTable, free_holding, holding_of,
+    new_holding, process_of,
 };
 use crate::stacks::StackTable;
 
@@ -695,16 +696,39 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         // and a process holding an app hive keeps that much of its share free.
         let hold_charge = holding_charge(hive_of(hive).kind);
         if !self.within_share(proc, charge + hold_charge) {
-            return Err(NotTracked::Share);
+            return Err(self.refused_late(lp, process, NotTracked::Share));
         }
         let hive_id = hive_of(hive).id;
         let h = match proc.holding(hive_id) {
             Some(h) => h,
-            None => self.hold_new(proc, lp.process, hive, hold_charge)?,
+            None => match self.hold_new(proc, lp.process, hive, hold_charge) {
+                Ok(h) => h,
+                Err(e) => return Err(self.refused_late(lp, process, e)),
+            },
         };
         let alarm = self.link_counted(proc, h, rec, charge, time);
         lp.unlock();
         Ok(alarm)
+    }
+
+    /// An open of `process` refused after its record was had (`lp`): returns `why`. A record
+    /// made for this open for a process whose exit was seen already (an open linking late,
+    /// audit 22a F3) holds nothing and no exit will come to reap it, so it goes now, as in
+    /// [`Self::process_started`] (review 22c, M1).
+    #[cold]
+    #[inline(never)]
+    fn refused_late(
+        &self,
+        lp: LockedProcess<'_, L>,
+        process: ProcessKey,
+        why: NotTracked,
+    ) -> NotTracked {
+        let gone = lp.created && process_of(lp.process).exited.load(Relaxed);
+        lp.unlock();
+        if gone {
+            self.reap_process(process);
+        }
+        why
     }
 
     /// A new holding of `hive` for `proc` (its lock held, `process` its record), linked in

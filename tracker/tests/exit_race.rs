@@ -157,3 +157,102 @@ fn a_new_process_reusing_the_pid_is_not_taken_for_the_gone_one() {
     t.process_exited(new);
     assert_eq!(t.stats().processes_tracked, 0);
 }
+
+/// Review 22c, M1: a late open (its process's exit seen, its record gone) refused by the
+/// share: the record made exited for it holds nothing, and nothing but the refusal can reap
+/// it. Fails before `Tracker::refused_late` (one process left tracked).
+#[test]
+fn a_late_open_refused_by_the_share_leaves_no_record() {
+    let pool = CountingPool::new(Failure::Never, false);
+    let cfg = Config {
+        process_share_bytes: 300,
+        ..Config::default()
+    };
+    let t: TestTracker<'_> = Tracker::new(&pool, cfg).unwrap();
+    t.hive_loaded(
+        &w(r"\REGISTRY\USER\S-1-5-21-9"),
+        &w(r"C:\Users\x\NTUSER.DAT"),
+        1,
+    );
+    let p = ProcessKey {
+        pid: 4321,
+        start_key: 77,
+    };
+    t.process_exited(p);
+    let r = t.opened(
+        0x1000,
+        p,
+        9,
+        &w(r"\REGISTRY\USER\S-1-5-21-9\Software\K"),
+        1,
+        2,
+    );
+    assert!(r.is_err(), "the share is smaller than a record: refused");
+    assert_eq!(
+        t.stats().processes_tracked,
+        0,
+        "no exited record left behind"
+    );
+}
+
+/// Review 22c, M1: the same, refused for want of memory at each allocation in turn.
+#[test]
+fn a_late_open_refused_for_memory_leaves_no_record() {
+    for k in 1..40 {
+        let pool = CountingPool::new(Failure::Never, false);
+        let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+        t.hive_loaded(
+            &w(r"\REGISTRY\USER\S-1-5-21-9"),
+            &w(r"C:\Users\x\NTUSER.DAT"),
+            1,
+        );
+        let p = ProcessKey {
+            pid: 4321,
+            start_key: 77,
+        };
+        t.process_exited(p);
+        pool.set_failure(Failure::Kth(pool.calls() + k));
+        let r = t.opened(
+            0x1000,
+            p,
+            9,
+            &w(r"\REGISTRY\USER\S-1-5-21-9\Software\K"),
+            1,
+            2,
+        );
+        pool.set_failure(Failure::Never);
+        if let Ok(tok) = r {
+            t.object_destroyed(tok, 0x1000);
+        }
+        assert_eq!(
+            t.stats().processes_tracked,
+            0,
+            "allocation {k} refused: no exited record left behind"
+        );
+    }
+}
+
+/// Review 22c, L2: without a start key (the driver had neither `PsGetProcessStartKey` nor a
+/// creation time) a remembered exit would match a new process that reuses the pid, which
+/// would be made exited and reaped with its image. Such exits are not remembered.
+#[test]
+fn an_exit_without_a_start_key_is_not_held_against_a_reused_pid() {
+    let pool = CountingPool::new(Failure::Never, false);
+    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
+    t.hive_loaded(
+        &w(r"\REGISTRY\USER\S-1-5-21-9"),
+        &w(r"C:\Users\x\NTUSER.DAT"),
+        1,
+    );
+    let p = ProcessKey {
+        pid: 4321,
+        start_key: 0,
+    };
+    t.process_exited(p); // not known: would be remembered gone
+    t.process_started(p, &w(r"\Device\HarddiskVolume1\new.exe"));
+    assert_eq!(
+        t.stats().processes_tracked,
+        1,
+        "the new process with the reused pid is tracked, with its image"
+    );
+}
