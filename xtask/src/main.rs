@@ -372,6 +372,7 @@ const TEST_STEPS: &[(&str, Step)] = &[
     ("fmt", fmt_all),
     ("clippy-host", clippy_host),
     ("host-tests", host_tests),
+    ("loom", loom),
     ("build", build),
     ("clippy-windows", clippy_drivers),
     ("check-image", check_images),
