@@ -658,9 +658,20 @@ impl Loop<'_, '_> {
             holders_unseen: rec.holders_unseen(),
             sequence: rec.sequence,
             time: rec.time,
-            held_for_secs: attempt
-                .as_ref()
-                .map_or(delay, |a| (rec.time - a.time) / SECOND),
+            // The driver looks its delay after an attempt of the run on its monotonic clock
+            // (`tracker/src/held_after.rs`), and a run's attempts lie within the delay of
+            // its first ([`Self::attempted`]): so between one and two delays after the first.
+            // Two readings of the driver's system clock outside that, or a system clock seen
+            // to move, say nothing about how long; the delay is then said (review 22d, L2).
+            held_for_secs: attempt.as_ref().map_or(delay, |a| {
+                let read = i128::from(rec.time - a.time);
+                let one = i128::from(delay) * i128::from(SECOND);
+                if self.wall_steady && read >= one - CLOCK_STEP && read <= 2 * one + CLOCK_STEP {
+                    rec.time.saturating_sub(a.time) / SECOND
+                } else {
+                    delay
+                }
+            }),
             at_least: attempt.is_none(),
             failed_unload_sequence: attempt.as_ref().map(|a| a.sequence),
         };
