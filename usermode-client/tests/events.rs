@@ -2510,7 +2510,7 @@ fn review22d_a_recheck_after_a_restart_finds_the_hive_the_new_driver_seeded() {
     assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
 }
 
-/// Review 22d: the ids dropped at a driver restart (event_service.rs: the pending re-checks'
+/// Review 22d: the ids dropped at a driver restart (`event_service.rs`: the pending re-checks'
 /// `hive_id = 0` and the converted ones' `Recheck { hive_id: 0, .. }`) are pinned by no test:
 /// with both removed all 64 events tests pass, since `same_load` now falls back to the load
 /// time for another id anyway. They matter when the old start's id is by chance the new
@@ -2539,7 +2539,7 @@ fn review22d_an_old_starts_id_equal_to_a_later_loads_id_blames_nothing() {
 }
 
 /// Review 22d: "one clock" covers the service's own re-check only. The driver's held-after
-/// 1002 still says `held_for_secs = rec.time - attempt.time` (event_service.rs:663), two
+/// 1002 still says `held_for_secs = rec.time - attempt.time` (`event_service.rs`), two
 /// readings of the driver's *system* clock, although the driver looks exactly its delay
 /// after the run's first attempt on its monotonic clock (`tracker/src/held_after.rs`: due =
 /// interrupt time + delay). The system clock set forward 10 minutes between the failure and
