@@ -1476,13 +1476,53 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// one read, [`Self::hive_seeded`] records a hive loaded since (load time unknown).
     #[must_use]
     pub fn refresh_begin(&self) -> u32 {
+        self.counters.refresh_unrecorded.store(0, Relaxed);
         self.hives.refresh_begin()
+    }
+
+    /// A refresh's read found `mount`'s value, naming `file`: the hive is marked seen when
+    /// its record names that file; otherwise (no record, or one for a file unloaded since:
+    /// [`crate::hives::HiveTable::refreshed`], review 22a L3) it is recorded, load time
+    /// unknown. Returns whether a record was made. A refresh's record is no load seen: it
+    /// does not move `hive_loads_seen` (nor [`Self::hive_changes`]), and a hive it cannot
+    /// record is counted in `hive_loads_dropped_no_memory` once, however many passes and
+    /// refreshes meet it, until a refresh records every hive it finds (review 22a, L4).
+    #[inline(never)] // rare: refreshes with tracking off only
+    pub fn hive_refreshed(&self, mount: &[u16], file: &[u16]) -> bool {
+        if self.hives.refreshed(&self.pool, &self.names, mount, file) {
+            return false;
+        }
+        let recorded = self.hives.loaded(
+            &self.pool,
+            &self.names,
+            mount,
+            file,
+            0,
+            true,
+            |lost, since| {
+                crate::losses::fold(
+                    &self.counters.global_lost,
+                    &self.counters.global_lost_since,
+                    lost,
+                    since,
+                );
+            },
+        );
+        recorded.unwrap_or_else(|_| {
+            self.counters.refresh_unrecorded.store(1, Relaxed);
+            false
+        })
     }
 
     /// The refresh begun with [`Self::refresh_begin`] is over (`whole`: as
     /// [`Self::unload_check_done`]): every regular hive no read found is retired as unloaded.
     /// Returns how many were.
     pub fn refresh_done(&self, begun: u32, whole: bool) -> u32 {
+        let short = self.counters.refresh_unrecorded.load(Relaxed);
+        let before = self.counters.refresh_unrecorded_last.swap(short, Relaxed);
+        if short != 0 && before == 0 {
+            bump(&self.counters.hive_loads_dropped_no_memory);
+        }
         self.hives
             .refresh_end(&self.pool, &self.names, begun, whole)
     }
