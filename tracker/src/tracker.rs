@@ -1492,23 +1492,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         if self.hives.refreshed(&self.pool, &self.names, mount, file) {
             return false;
         }
-        let recorded = self.hives.loaded(
-            &self.pool,
-            &self.names,
-            mount,
-            file,
-            0,
-            true,
-            |lost, since| {
-                crate::losses::fold(
-                    &self.counters.global_lost,
-                    &self.counters.global_lost_since,
-                    lost,
-                    since,
-                );
-            },
-        );
-        recorded.unwrap_or_else(|_| {
+        self.record(mount, file, 0, true).unwrap_or_else(|_| {
             self.counters.refresh_unrecorded.store(1, Relaxed);
             false
         })
@@ -1600,7 +1584,21 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     fn record_load(&self, mount: &[u16], file: &[u16], time: u64, seeded: bool) -> bool {
         bump(&self.counters.hive_loads_seen);
-        let recorded = self.hives.loaded(
+        self.record(mount, file, time, seeded).unwrap_or_else(|_| {
+            bump(&self.counters.hive_loads_dropped_no_memory);
+            false
+        })
+    }
+
+    /// Records a loaded hive ([`crate::hives::HiveTable::loaded`]), counting nothing itself.
+    fn record(
+        &self,
+        mount: &[u16],
+        file: &[u16],
+        time: u64,
+        seeded: bool,
+    ) -> Result<bool, crate::names::NoMemory> {
+        self.hives.loaded(
             &self.pool,
             &self.names,
             mount,
@@ -1615,11 +1613,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     since,
                 );
             },
-        );
-        recorded.unwrap_or_else(|_| {
-            bump(&self.counters.hive_loads_dropped_no_memory);
-            false
-        })
+        )
     }
 
     /// The hive at `mount` was unloaded.
