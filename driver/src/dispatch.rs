@@ -228,7 +228,8 @@ unsafe fn wait_free(
             // SAFETY: not queued, so still ours and not completed.
             unsafe { complete(irp, o.status, o.information) }
         }
-        // SAFETY: not queued (cancelled before it could be), so still ours.
+        // Not queued: cancelled before it could be, or its file object already cleaned up.
+        // SAFETY: not queued (see above), so still ours and not completed.
         Queued::Now(Ok(None)) => unsafe { complete(irp, STATUS_CANCELLED, 0) },
         // SAFETY: not queued, so still ours.
         Queued::Now(Err(status)) => unsafe { complete(irp, status, 0) },

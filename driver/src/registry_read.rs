@@ -396,8 +396,8 @@ pub fn refresh_untracked(tracker: &DriverTracker, list: &HiveList) -> u32 {
             whole = !pass.missed;
             break;
         }
-        // A pass that recorded a new hive counted a load: the next pass records none, and the
-        // one after it can agree with it.
+        // A refresh's records count no load (review 22a, L4): with no callback nothing moves
+        // the changes, and two alike reads are the proof.
         previous = Some((pass.signature, changes));
     }
     if cut {
@@ -445,8 +445,9 @@ struct Pass {
 }
 
 /// Reads the hive list's values by index, recording each hive with
-/// [`DriverTracker::hive_seeded`] ([`Read::Seed`]) or telling the tracker it is listed
-/// ([`DriverTracker::hive_listed`], [`Read::Check`]).
+/// [`DriverTracker::hive_seeded`] ([`Read::Seed`]) or [`DriverTracker::hive_refreshed`]
+/// ([`Read::Refresh`]), or telling the tracker it is listed ([`DriverTracker::hive_listed`],
+/// [`Read::Check`]).
 fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch, read: Read) -> Pass {
     let mut missed = false;
     let mut cut = false;
@@ -504,10 +505,8 @@ fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch, read: Re
             missed = true;
             continue;
         }
-        // A refresh records only a hive the tracker does not know (each record counts as a
-        // load seen, which would keep two reads from ever agreeing).
-        let known = read != Read::Seed && tracker.hive_listed(&mount[..m]);
-        if read == Read::Check || known {
+        if read == Read::Check {
+            tracker.hive_listed(&mount[..m]);
             signature.add(&mount[..m]);
             continue;
         }
@@ -531,7 +530,13 @@ fn read_pass(tracker: &DriverTracker, key: &Key, scratch: &mut Scratch, read: Re
         // Load time 0, "not known": the hive was mounted before tracking began, so keys of
         // it may predate tracking (a pending unload of it is never taken as done). A record
         // the callback made meanwhile is newer than the list and left as it is.
-        let recorded = tracker.hive_seeded(&mount[..m], &room[..f]);
+        // A refresh records only a hive the tracker does not know, or one loaded at a known
+        // mount from another file (review 22a, L3): it compares the file.
+        let recorded = if read == Read::Refresh {
+            tracker.hive_refreshed(&mount[..m], &room[..f])
+        } else {
+            tracker.hive_seeded(&mount[..m], &room[..f])
+        };
         // No memory for the whole path: recorded cut, and counted — only when this read
         // recorded it: a hive recorded already keeps its path, and a later read (up to one a
         // second while no seed is whole) would otherwise count the loss again (review 20a,

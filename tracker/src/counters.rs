@@ -35,6 +35,11 @@ pub struct Counters {
     pub destroys_unknown_object: AtomicU64,
     pub objects_abandoned: AtomicU64,
     pub hive_loads_dropped_no_memory: AtomicU64,
+    /// 1 while the refresh under way (live tracking off) could not record a hive it found.
+    pub refresh_unrecorded: AtomicU64,
+    /// 1 when the last refresh over could not record one: a hive that stays unrecordable is
+    /// counted in `hive_loads_dropped_no_memory` once, not at every refresh (review 22a, L4).
+    pub refresh_unrecorded_last: AtomicU64,
     pub unloads_unknown_hive: AtomicU64,
     pub process_exits_unknown: AtomicU64,
     pub history_dropped_no_memory: AtomicU64,

@@ -1014,6 +1014,48 @@ impl<L: RawLock> HiveTable<L> {
         })
     }
 
+    /// A refresh's read (live tracking off, [`Self::refresh_begin`]) found `mount`'s value,
+    /// naming `file`. Returns true when the record at `mount` stands for that file: it is
+    /// marked listed and seen, as [`Self::listed`] does. False when there is no record, or
+    /// when it names another file: that hive was unloaded (a mount holds one hive at a time,
+    /// and a load where a hive is linked succeeds only for the same file in the same spot:
+    /// WRK `cmapi.c` `CmLoadKey` → `CmpIsHiveAlreadyLoaded`, "same file; same spot"), so its
+    /// record is retired here and the caller records the new hive (review 22a, L3: until
+    /// 2026-12-06 the record kept naming the first file for as long as the mount stayed
+    /// loaded). A file not known, or one of the two a case-insensitive prefix of the other
+    /// (either may be stored or read cut), counts as the same.
+    pub fn refreshed<P: Pool>(
+        &self,
+        pool: &P,
+        names: &NameTable<L>,
+        mount: &[u16],
+        file: &[u16],
+    ) -> bool {
+        let shard = &self.shards[shard_of(mount)];
+        let freed = {
+            let _g = Exclusive::new(&shard.lock);
+            let Some(h) = find(&shard.live, |h| eq_folded(h.mount(), mount)) else {
+                return false;
+            };
+            let hive = hive_of(h);
+            let known = hive.file();
+            let n = known.len().min(file.len());
+            let same = n == 0 || eq_folded(&known[..n], &file[..n]);
+            let replaced =
+                !same && hive.kind == HiveKind::Regular && Self::checked_state(hive.state(), true);
+            if !replaced {
+                hive.list.fetch_or(LISTED, Relaxed);
+                hive.list.fetch_and(!UNSEEN, Relaxed);
+                return true;
+            }
+            Self::retire_locked(shard, h)
+        };
+        if let Some(h) = freed {
+            Self::free(pool, names, h);
+        }
+        false
+    }
+
     /// The check begun with [`Self::unload_check_begin`] (which returned `begun`) is over.
     /// `whole`: its reads saw every value of a list that held still. Then every hive still
     /// marked unseen that is still unload-pending with no tracked key, and whose value was

@@ -1509,13 +1509,37 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// one read, [`Self::hive_seeded`] records a hive loaded since (load time unknown).
     #[must_use]
     pub fn refresh_begin(&self) -> u32 {
+        self.counters.refresh_unrecorded.store(0, Relaxed);
         self.hives.refresh_begin()
+    }
+
+    /// A refresh's read found `mount`'s value, naming `file`: the hive is marked seen when
+    /// its record names that file; otherwise (no record, or one for a file unloaded since:
+    /// [`crate::hives::HiveTable::refreshed`], review 22a L3) it is recorded, load time
+    /// unknown. Returns whether a record was made. A refresh's record is no load seen: it
+    /// does not move `hive_loads_seen` (nor [`Self::hive_changes`]), and a hive it cannot
+    /// record is counted in `hive_loads_dropped_no_memory` once, however many passes and
+    /// refreshes meet it, until a refresh records every hive it finds (review 22a, L4).
+    #[inline(never)] // rare: refreshes with tracking off only
+    pub fn hive_refreshed(&self, mount: &[u16], file: &[u16]) -> bool {
+        if self.hives.refreshed(&self.pool, &self.names, mount, file) {
+            return false;
+        }
+        self.record(mount, file, 0, true).unwrap_or_else(|_| {
+            self.counters.refresh_unrecorded.store(1, Relaxed);
+            false
+        })
     }
 
     /// The refresh begun with [`Self::refresh_begin`] is over (`whole`: as
     /// [`Self::unload_check_done`]): every regular hive no read found is retired as unloaded.
     /// Returns how many were.
     pub fn refresh_done(&self, begun: u32, whole: bool) -> u32 {
+        let short = self.counters.refresh_unrecorded.load(Relaxed);
+        let before = self.counters.refresh_unrecorded_last.swap(short, Relaxed);
+        if short != 0 && before == 0 {
+            bump(&self.counters.hive_loads_dropped_no_memory);
+        }
         self.hives
             .refresh_end(&self.pool, &self.names, begun, whole)
     }
@@ -1593,7 +1617,21 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     fn record_load(&self, mount: &[u16], file: &[u16], time: u64, seeded: bool) -> bool {
         bump(&self.counters.hive_loads_seen);
-        let recorded = self.hives.loaded(
+        self.record(mount, file, time, seeded).unwrap_or_else(|_| {
+            bump(&self.counters.hive_loads_dropped_no_memory);
+            false
+        })
+    }
+
+    /// Records a loaded hive ([`crate::hives::HiveTable::loaded`]), counting nothing itself.
+    fn record(
+        &self,
+        mount: &[u16],
+        file: &[u16],
+        time: u64,
+        seeded: bool,
+    ) -> Result<bool, crate::names::NoMemory> {
+        self.hives.loaded(
             &self.pool,
             &self.names,
             mount,
@@ -1608,11 +1646,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                     since,
                 );
             },
-        );
-        recorded.unwrap_or_else(|_| {
-            bump(&self.counters.hive_loads_dropped_no_memory);
-            false
-        })
+        )
     }
 
     /// The hive at `mount` was unloaded.

@@ -543,3 +543,131 @@ fn review21a_r1d_the_next_logon_after_a_retired_unload_has_its_load_time() {
     );
     assert_eq!(time, Some((HiveState::Loaded, 40)));
 }
+
+/// Every hive's (mount, file), folded.
+fn files(t: &TestTracker<'_>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    drain::<Hives>(
+        4096,
+        |c, b| t.hives(c, 0, b),
+        |p| {
+            for r in p.records() {
+                out.push((fold_text(&r.mount), fold_text(&r.file)));
+            }
+        },
+    );
+    out
+}
+
+/// One refresh with live tracking off (the driver's `refresh_untracked`) that finds
+/// `listed` (mount, file).
+fn refresh(t: &TestTracker<'_>, listed: &[(&str, &str)], whole: bool) -> u32 {
+    let begun = t.refresh_begin();
+    for (m, f) in listed {
+        t.hive_refreshed(&w(m), &w(f));
+    }
+    t.refresh_done(begun, whole)
+}
+
+const OFFLINE: &str = r"\REGISTRY\MACHINE\OFFLINE";
+const FILE_A: &str = r"\Device\HarddiskVolume2\a\SOFTWARE";
+const FILE_B: &str = r"\Device\HarddiskVolume2\b\SOFTWARE";
+
+#[test]
+fn a_refresh_retires_only_after_a_whole_read_and_never_app_hives() {
+    // Review 22a, L4: refresh_begin/refresh_done had no host test.
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.hive_seeded(
+        &w(SYSTEM),
+        &w(r"\Device\HarddiskVolume2\Windows\System32\config\SYSTEM"),
+    );
+    t.hive_seeded(&w(USER), &w(""));
+    t.hive_loaded(&w(&app(1)), &w(r"\??\C:\app.dat"), 10);
+    let loads = t.stats().hive_loads_seen;
+    assert_eq!(
+        refresh(&t, &[(SYSTEM, "")], false),
+        0,
+        "not whole: nothing retired"
+    );
+    assert_eq!(state_of(&t, USER), Some(HiveState::Loaded));
+    // A hive recorded by this refresh is not retired by it, though listed only once.
+    let begun = t.refresh_begin();
+    t.hive_refreshed(&w(SYSTEM), &w(""));
+    assert!(
+        t.hive_refreshed(&w(OFFLINE), &w(FILE_A)),
+        "a new hive is recorded"
+    );
+    assert_eq!(
+        t.refresh_done(begun, true),
+        1,
+        "USER, no longer listed, goes"
+    );
+    assert_eq!(state_of(&t, USER), None, "an unknown hive, never free");
+    assert_eq!(state_of(&t, OFFLINE), Some(HiveState::Loaded));
+    assert_eq!(state_of(&t, SYSTEM), Some(HiveState::Loaded));
+    assert_eq!(
+        state_of(&t, &app(1)),
+        Some(HiveState::Loaded),
+        "an application hive is never in the list, never retired by it"
+    );
+    assert_eq!(
+        t.stats().hive_loads_seen,
+        loads,
+        "a refresh's record is no load seen"
+    );
+}
+
+#[test]
+fn a_refresh_that_finds_another_file_at_a_mount_shows_the_new_file() {
+    // Review 22a, L3: `reg unload HKLM\OFFLINE` + `reg load HKLM\OFFLINE other` between two
+    // refreshes: the record kept the first file for as long as the mount stayed loaded.
+    let pool = CountingPool::new(Failure::Never, true);
+    {
+        let t = tracker(&pool);
+        t.hive_seeded(&w(OFFLINE), &w(FILE_A));
+        assert_eq!(
+            refresh(&t, &[(OFFLINE, &FILE_A.to_uppercase())], true),
+            0,
+            "same file"
+        );
+        assert_eq!(files(&t), vec![(fold(&w(OFFLINE)), fold(&w(FILE_A)))]);
+        refresh(&t, &[(OFFLINE, FILE_B)], true);
+        assert_eq!(
+            files(&t),
+            vec![(fold(&w(OFFLINE)), fold(&w(FILE_B)))],
+            "the mount's hive is the new file's"
+        );
+        assert_eq!(state_of(&t, OFFLINE), Some(HiveState::Loaded));
+    }
+    assert_eq!(pool.outstanding_blocks(), 0);
+}
+
+#[test]
+fn a_hive_a_refresh_cannot_record_is_counted_once() {
+    // Review 22a, L4: it bumped the loads seen and the no-memory count at every pass of
+    // every refresh.
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    t.hive_seeded(&w(SYSTEM), &w(""));
+    let before = t.stats();
+    pool.set_failure(Failure::FromK(pool.calls() + 1));
+    for _ in 0..3 {
+        refresh(&t, &[(SYSTEM, ""), (OFFLINE, FILE_A)], true);
+    }
+    pool.set_failure(Failure::Never);
+    assert_eq!(state_of(&t, OFFLINE), None, "not recorded");
+    let after = t.stats();
+    assert_eq!(after.hive_loads_seen, before.hive_loads_seen);
+    assert_eq!(
+        after.hive_loads_dropped_no_memory,
+        before.hive_loads_dropped_no_memory + 1,
+        "counted once while it lasts"
+    );
+    refresh(&t, &[(SYSTEM, ""), (OFFLINE, FILE_A)], true);
+    assert_eq!(
+        state_of(&t, OFFLINE),
+        Some(HiveState::Loaded),
+        "recorded now"
+    );
+}

@@ -176,17 +176,27 @@ fn is_hive_list_key(path: &str) -> bool {
     (numbered || set == "CURRENTCONTROLSET") && tail == r"CONTROL\HIVELIST"
 }
 
-/// Moves one System-held key of the hive list, if the kernel lists one the driver has no
-/// record of, into an entry of its own marked `hivetrack_own`: the handle hivetrack.sys opens
-/// in `DriverEntry` (before its callback, so never recorded) and keeps for its life
-/// (`driver/src/reseed.rs`). Still counted — it does hold the SYSTEM hive — but labelled, so
-/// an administrator is not sent looking for who holds it (review 21a, L3). Only one: the
-/// driver keeps one handle; a second such key is someone else's and stays as it is.
+/// Moves the System-held key of the hive list, if the kernel lists exactly one the driver
+/// has no record of, into an entry of its own marked `hivetrack_own`: most likely the handle
+/// hivetrack.sys opens in `DriverEntry` (before its callback, so never recorded) and keeps
+/// for its life (`driver/src/reseed.rs`). Still counted — it does hold the SYSTEM hive — but
+/// labelled, so an administrator is not sent looking for who holds it (review 21a, L3).
+///
+/// Only "probably" (review 22a, L6): the driver does not say which key object is its own
+/// (that would take a protocol change), and another kernel component's handle on the list
+/// looks the same in the kernel's list; the driver may also hold none (its open failed). So
+/// the label goes on a key only when System holds exactly one: with two or more, one is
+/// someone else's and which cannot be told, so none is labelled and all stay plain holders.
 fn label_own_key(untracked: &mut Vec<UntrackedHolder>) {
     let Some(system) = untracked.iter_mut().find(|u| u.pid == SYSTEM_PID) else {
         return;
     };
-    let Some(i) = system.keys.iter().position(|k| is_hive_list_key(k)) else {
+    let mut lists = system
+        .keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| is_hive_list_key(k));
+    let (Some((i, _)), None) = (lists.next(), lists.next()) else {
         return;
     };
     let key = system.keys.remove(i);
@@ -354,7 +364,8 @@ mod tests {
         // Counted: it holds the hive.
         assert_eq!(r.source.coverage.as_ref().unwrap().untracked_keys, 3);
         assert!(!r.source.complete);
-        // A second System hive list key is someone else's.
+        // With a second System hive list key, one is someone else's and which cannot be
+        // told: neither is labelled (review 22a, L6).
         let mut r = report(Vec::new());
         let key = r"\REGISTRY\MACHINE\SYSTEM\ControlSet002\Control\HiveList".to_owned();
         reconcile(
@@ -363,7 +374,7 @@ mod tests {
             Ok(vec![(4, key.clone()), (4, key)]),
             &mut |_| None,
         );
-        assert_eq!(r.untracked.iter().filter(|u| u.hivetrack_own).count(), 1);
+        assert_eq!(r.untracked.iter().filter(|u| u.hivetrack_own).count(), 0);
         assert_eq!(r.untracked.iter().map(|u| u.open_keys).sum::<u64>(), 2);
         assert!(!is_hive_list_key(
             r"\REGISTRY\MACHINE\SYSTEM\ControlSetX\Control\hivelist"

@@ -569,7 +569,9 @@ pub struct UntrackedHolder {
     pub open_keys: u64,
     /// Their NT paths, as the kernel lists them.
     pub keys: Vec<String>,
-    /// These keys are hivetrack.sys's own: the hive list's key
+    /// These keys are probably hivetrack.sys's own (set only when System holds exactly one
+    /// such key the driver has no record of; the driver does not say which is its own:
+    /// review 22a, L6): the hive list's key
     /// (`\REGISTRY\MACHINE\SYSTEM\ControlSet00N\Control\hivelist`) the driver opens in
     /// `DriverEntry`, before its callback (so it has no record of it), and keeps for its life
     /// to read the list again. It does hold the SYSTEM hive open, so it is counted; it is

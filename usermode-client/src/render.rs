@@ -133,8 +133,10 @@ pub fn source_line(s: &Source) -> String {
 
 /// How a `holders` text names the hive list's key hivetrack.sys keeps open
 /// ([`crate::model::UntrackedHolder::hivetrack_own`]).
-const OWN_KEY: &str = "hivetrack.sys's own: the hive list's key it keeps open for its reads \
-                       of the list; it holds the SYSTEM hive, which Windows never unloads";
+const OWN_KEY: &str = "probably hivetrack.sys's own: the hive list's key it keeps open for its \
+                       reads of the list (the only such key System holds; the driver does not \
+                       say which is its own); it holds the SYSTEM hive, which Windows never \
+                       unloads";
 
 /// Said under keys opened before tracking started: how to see such opens next time.
 pub const UNTRACKED_HINT: &str = "(hivetrack has no open time, thread or access for these: it started after they were \

@@ -896,16 +896,20 @@ fn resolve_device(k: &kernel::Kernel, nt: &str) -> Option<(usize, String)> {
 ///   657-748). Every caller the model has holds SeChangeNotifyPrivilege (Windows grants
 ///   "Bypass traverse checking" to Everyone, Users and the service accounts by default:
 ///   Learn, "Bypass traverse checking" security policy setting), so for a non-disk device
-///   no check is made — the handle gets everything asked for (WRK `ob/obhandle.c`
-///   ObpCreateHandle line 2630: RemainingDesiredAccess | PreviouslyGrantedAccess);
+///   no check is made — the handle gets the generic-mapped rights asked for, masked to the
+///   file type's valid rights (WRK `ob/obhandle.c` ObpCreateHandle lines 2630-2634:
+///   `(RemainingDesiredAccess | PreviouslyGrantedAccess) & (ValidAccessMask |
+///   ACCESS_SYSTEM_SECURITY)`; `io/iomgr/ioinit.c` line 2151: the file type's
+///   `ValidAccessMask = FILE_ALL_ACCESS`). `MAXIMUM_ALLOWED`, which only an access check
+///   turns into rights, is masked off and grants nothing;
 /// - unless the device has `FILE_DEVICE_SECURE_OPEN`: then the full SeAccessCheck is made for
-///   the namespace open too (lines 934-1004).
+///   the namespace open too (lines 940-1008).
 ///
 /// Learn, "Controlling Device Namespace Access": "By default, security checks for file open
 /// requests within the device's namespace ... are left entirely up to the driver—the device
 /// object ACL is not checked by the operating system"; FILE_DEVICE_SECURE_OPEN makes the
 /// I/O manager apply the device object's security descriptor to them. The name is copied into
-/// the file object before the driver is called (parse.c lines 1247-1278).
+/// the file object before the driver is called (parse.c lines 1251-1278).
 ///
 /// # Errors
 /// The failing status.
@@ -954,18 +958,18 @@ pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHa
             return Err(STATUS_ACCESS_DENIED);
         }
         if characteristics & FILE_DEVICE_SECURE_OPEN != 0 {
-            // parse.c lines 934-1004: FILE_DEVICE_SECURE_OPEN, the full check after all.
+            // parse.c lines 940-1008: FILE_DEVICE_SECURE_OPEN, the full check after all.
             security::access_check(&sd, &token, desired)
         } else {
-            // ob/obhandle.c line 2630: the handle gets what was asked for, unchecked.
-            let wanted = if desired & security::MAXIMUM_ALLOWED != 0 {
-                security::FILE_ALL_ACCESS
-            } else {
-                0
-            };
-            Some(security::map_generic_file(
-                (desired & !security::MAXIMUM_ALLOWED) | wanted,
-            ))
+            // ob/obhandle.c lines 2630-2634: the handle gets what was asked for, unchecked,
+            // masked to the file type's ValidAccessMask (FILE_ALL_ACCESS, io/iomgr/ioinit.c
+            // line 2151) | ACCESS_SYSTEM_SECURITY. MAXIMUM_ALLOWED is not in that mask: with no
+            // access check to turn it into rights it grants nothing. Until 2026-12-06 the
+            // model granted FILE_ALL_ACCESS for it (review 22a, L5).
+            Some(
+                security::map_generic_file(desired)
+                    & (security::FILE_ALL_ACCESS | security::ACCESS_SYSTEM_SECURITY),
+            )
         }
     };
     let Some(granted) = granted else {
@@ -976,7 +980,7 @@ pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHa
     }
     let file = alloc_file_object(device);
     if !remaining.is_empty() {
-        // parse.c lines 1247-1278: the remaining name is copied into `FileObject->FileName`.
+        // parse.c lines 1251-1278: the remaining name is copied into `FileObject->FileName`.
         let name: Box<[u16]> = remaining.encode_utf16().collect();
         let bytes = u16::try_from(name.len() * 2).unwrap_or(0xFFFE);
         // SAFETY: a fresh FILE_OBJECT; FileName is a UNICODE_STRING at this offset (Length).

@@ -344,6 +344,41 @@ const _: () = {
     assert!(offset_of!(IoStackLocation, context) == 0x40);
 };
 
+/// How many of the newest names handed to a driver [`names_handed`] keeps.
+const NAMES_KEEP: usize = 256;
+
+/// The address ranges of the last [`NAMES_KEEP`] name buffers (and their UNICODE_STRINGs)
+/// handed to a driver by pointer, newest last: the registry callbacks' `CompleteName`, load
+/// and rename names, the process-notify `ImageFileName`/`CommandLine`, the image-notify
+/// `FullImageName` ([`OwnedUnicode`]), and the names `CmCallbackGetKeyObjectIDEx` returns.
+/// Host heap or their own mappings, never pool blocks in the model, so the IOCTL fuzz's scan
+/// takes them from here (review 22a, L1). Kept after they are freed, as
+/// `io::object_ranges` keeps IRPs: an answer has no business carrying a host address either.
+static NAMES_HANDED: std::sync::Mutex<std::collections::VecDeque<(usize, usize)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Notes a name block of `len` bytes at `addr` handed to a driver ([`NAMES_HANDED`]).
+pub fn note_name_handed(addr: usize, len: usize) {
+    let mut h = NAMES_HANDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if h.len() == NAMES_KEEP {
+        h.pop_front();
+    }
+    h.push_back((addr, addr + len.max(1)));
+}
+
+/// The ranges [`NAMES_HANDED`] keeps, oldest first.
+#[must_use]
+pub fn names_handed() -> Vec<(usize, usize)> {
+    NAMES_HANDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .copied()
+        .collect()
+}
+
 /// An owned, NUL-terminated UTF-16 string with a UNICODE_STRING pointing at it, for passing
 /// names into the driver. The heap buffers do not move when this value moves.
 pub struct OwnedUnicode {
@@ -368,6 +403,8 @@ impl OwnedUnicode {
             pad: 0,
             buffer: buf.as_mut_ptr(),
         });
+        note_name_handed(buf.as_ptr() as usize, buf.len() * 2);
+        note_name_handed(&raw const *us as usize, size_of::<UnicodeString>());
         Self { buf, us }
     }
 

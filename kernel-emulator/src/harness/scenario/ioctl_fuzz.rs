@@ -109,13 +109,15 @@ fn fixed_ranges(image: (u64, u64)) -> Vec<(u64, u64)> {
 
 /// The I/O manager's objects a driver holds or was just handed (DEVICE_OBJECT, DRIVER_OBJECT,
 /// FILE_OBJECTs and their names, the last IRPs and METHOD_BUFFERED system buffers:
-/// [`io::object_ranges`]) and the kernel stacks of the threads that ran driver code
-/// ([`kernel::kernel_stacks`]), unsorted. Cheap: taken afresh for every answer, since each
-/// request has a new IRP (review 21a, L6).
+/// [`io::object_ranges`]), the kernel stacks of the threads that ran driver code
+/// ([`kernel::kernel_stacks`]) and the name buffers handed by pointer
+/// ([`crate::nt::layout::names_handed`]; review 22a, L1), unsorted. Cheap: taken afresh for
+/// every answer, since each request has a new IRP (review 21a, L6).
 pub(super) fn io_ranges() -> Vec<(u64, u64)> {
     io::object_ranges()
         .into_iter()
         .chain(kernel::kernel_stacks())
+        .chain(crate::nt::layout::names_handed())
         .map(|(a, b)| (a as u64, b as u64))
         .collect()
 }
@@ -423,6 +425,14 @@ fn ioctl_fuzz(ctx: &mut Ctx) {
         (
             "an address on the kernel stack",
             Some(crate::machine::cpu::rsp() as u64 - 0x200),
+        ),
+        // Names handed by pointer: a callback's CompleteName, notify names, key-id names
+        // (review 22a, L1).
+        (
+            "the last name handed to the driver by pointer",
+            crate::nt::layout::names_handed()
+                .last()
+                .map(|r| r.0 as u64 + 2),
         ),
     ];
     for (what, addr) in others {

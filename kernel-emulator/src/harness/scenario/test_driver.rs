@@ -11,7 +11,9 @@ use crate::nt::io::{self, FileHandle, IoctlCall, IoctlResult, PendingIoctl};
 use crate::nt::ke::{sync, timer};
 use crate::nt::kernel;
 use crate::nt::rtl;
-use crate::nt::se::security::{Caller, GENERIC_READ, GENERIC_WRITE, WRITE_DAC};
+use crate::nt::se::security::{
+    Caller, FILE_GENERIC_READ, GENERIC_READ, GENERIC_WRITE, MAXIMUM_ALLOWED, WRITE_DAC,
+};
 use crate::nt::status::{self, STATUS_CANCELLED, STATUS_NO_SUCH_DEVICE, STATUS_SUCCESS};
 use crate::verifier::bugcheck::{EXIT_BUGCHECK, EXIT_CHECK_FAILED, EXIT_REFUSED};
 
@@ -472,6 +474,23 @@ fn td_namespace_open(ctx: &mut Ctx) {
                 ),
             ),
         }
+    }
+    // No access check means MAXIMUM_ALLOWED turns into no rights: ObpCreateHandle masks the
+    // asked-for rights with the file type's ValidAccessMask (WRK ob/obhandle.c 2630-2634).
+    let path = format!("{WIN32_PATH}\\m");
+    match ctx.open(&path, Caller::User, MAXIMUM_ALLOWED | GENERIC_READ) {
+        Ok(h) => {
+            let granted = io::granted_access(h).unwrap_or(0);
+            ctx.check(
+                granted == FILE_GENERIC_READ,
+                format!(
+                    "{path} for MAXIMUM_ALLOWED|GENERIC_READ: the handle has exactly \
+                     FILE_GENERIC_READ ({granted:#x}), MAXIMUM_ALLOWED grants nothing unchecked"
+                ),
+            );
+            io::close(h);
+        }
+        Err(e) => ctx.check(false, format!("open {path}: {}", status::describe(e))),
     }
     match ctx.open(WIN32_PATH, Caller::User, GENERIC_READ) {
         Ok(h) => {

@@ -1113,6 +1113,27 @@ fn hive_set_follows_the_list(ctx: &mut Ctx, h: FileHandle) {
             classes.completeness
         ),
     );
+    // Review 22a, L3: another file loaded at a mount between two reads: the mount's record
+    // must name the new file, not keep the first one's.
+    let other = r"\Device\HarddiskVolume2\Users\other\UsrClass.dat";
+    let unloaded = hive::unload_hive(super::tracking::SYSTEM_PID, CLASSES);
+    let loaded = hive::load_hive(super::tracking::SYSTEM_PID, CLASSES, other);
+    ctx.check(
+        unloaded == STATUS_SUCCESS && loaded == STATUS_SUCCESS,
+        format!(
+            "{CLASSES} unloads and {other} loads there, no query between: {}, {}",
+            status::describe(unloaded),
+            status::describe(loaded)
+        ),
+    );
+    crate::nt::ke::timer::advance(1_100);
+    let files = hive_files(ctx, h);
+    ctx.check(
+        files
+            .iter()
+            .any(|(m, f)| m.eq_ignore_ascii_case(CLASSES) && f.eq_ignore_ascii_case(other)),
+        format!("the mount's hive is the new file's: {files:?}"),
+    );
     let s = hive::unload_hive(super::tracking::SYSTEM_PID, CLASSES);
     ctx.check(
         s == STATUS_SUCCESS,

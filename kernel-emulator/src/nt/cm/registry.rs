@@ -1042,6 +1042,8 @@ fn alloc_name(name: &str, pageable: bool) -> usize {
     unsafe { poke(p, us) };
     // SAFETY: as above.
     unsafe { std::ptr::copy_nonoverlapping(units.as_ptr(), (p + 16) as *mut u16, units.len()) };
+    // A block the driver keeps until it hands it back: the IOCTL fuzz's scan knows it.
+    crate::nt::layout::note_name_handed(p, total);
     p
 }
 
