@@ -33,8 +33,9 @@ pub const VERSION: u32 = 9;
 pub const CLASS_PROCESS: u32 = 1;
 /// Event class: registry.
 pub const CLASS_REGISTRY: u32 = 2;
-/// The most of a registry event's detail structure the reader uses: procmon-parser
-/// (`procmon_parser/stream_logs_detail_format.py`, `get_registry_event_details` and
+/// The most of a registry event's detail structure the reader uses.
+///
+/// procmon-parser (`procmon_parser/stream_logs_detail_format.py`, `get_registry_event_details` and
 /// `read_detail_string_info`) reads a path's length word (15 bits of characters, UTF-16
 /// unless bit 15 says ASCII), for `RegLoadKey`/`RegRenameKey` a second one for the new path,
 /// for `RegOpenKey`/`RegCreateKey` 2 unknown bytes and the desired access, then the path (and

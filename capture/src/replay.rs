@@ -1342,7 +1342,7 @@ impl Replay {
     /// process exit's, and the end's): the work the tests bound by the size of the answers
     /// (review 21b, L5).
     #[must_use]
-    pub fn ledger_visits(&self) -> u64 {
+    pub const fn ledger_visits(&self) -> u64 {
         self.open.visited().get()
     }
 }
