@@ -38,21 +38,26 @@ fn row(r: &mut u64, pid: u32, op: &str, path: &str, status: u32) -> Event {
     }
 }
 
-/// 20 000 keys open, then 20 000 `RegRenameKey` rows each renaming one of them: each rename
-/// moves one key, so the walks visit about one key per row.
-#[test]
-fn renames_visit_the_keys_they_move() {
-    let mut r = Replay::new(Options::default());
-    let mut n = 0;
+/// [`N`] keys opened by pid 100, `HKLM\SOFTWARE\App\K0` onwards.
+fn open_many(r: &mut Replay, n: &mut u64) {
     for i in 0..N {
         r.event(&row(
-            &mut n,
+            n,
             100,
             "RegOpenKey",
             &format!(r"HKLM\SOFTWARE\App\K{i}"),
             0,
         ));
     }
+}
+
+/// 20 000 keys open, then 20 000 `RegRenameKey` rows each renaming one of them: each rename
+/// moves one key, so the walks visit about one key per row.
+#[test]
+fn renames_visit_the_keys_they_move() {
+    let mut r = Replay::new(Options::default());
+    let mut n = 0;
+    open_many(&mut r, &mut n);
     let before = r.ledger_visits();
     for i in 0..N {
         let mut ev = row(
@@ -93,15 +98,7 @@ fn renames_visit_the_keys_they_move() {
 fn unloads_and_exits_visit_the_keys_they_name() {
     let mut r = Replay::new(Options::default());
     let mut n = 0;
-    for i in 0..N {
-        r.event(&row(
-            &mut n,
-            100,
-            "RegOpenKey",
-            &format!(r"HKLM\SOFTWARE\App\K{i}"),
-            0,
-        ));
-    }
+    open_many(&mut r, &mut n);
     // A capture with closes (one without any is refused).
     r.event(&row(&mut n, 100, "RegOpenKey", r"HKLM\SOFTWARE\Closed", 0));
     r.event(&row(&mut n, 100, "RegCloseKey", r"HKLM\SOFTWARE\Closed", 0));
