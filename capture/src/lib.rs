@@ -10,6 +10,7 @@
 
 pub mod csv;
 pub mod event;
+pub mod ledger;
 pub mod paths;
 pub mod plumbing;
 pub mod pml;

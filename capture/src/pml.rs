@@ -33,6 +33,18 @@ pub const VERSION: u32 = 9;
 pub const CLASS_PROCESS: u32 = 1;
 /// Event class: registry.
 pub const CLASS_REGISTRY: u32 = 2;
+/// The most of a registry event's detail structure the reader uses.
+///
+/// procmon-parser (`procmon_parser/stream_logs_detail_format.py`, `get_registry_event_details` and
+/// `read_detail_string_info`) reads a path's length word (15 bits of characters, UTF-16
+/// unless bit 15 says ASCII), for `RegLoadKey`/`RegRenameKey` a second one for the new path,
+/// for `RegOpenKey`/`RegCreateKey` 2 unknown bytes and the desired access, then the path (and
+/// the new path): at most two length words and two strings of 0x7FFF UTF-16 characters, or
+/// 8 bytes and one such string. Only that much is read, whatever size the event declares:
+/// a declared size is checked against the file but not read whole, since a crafted file
+/// whose every event declares a detail as long as the file made the reader copy
+/// O(events × file length) bytes (review 21b, L5).
+pub const REGISTRY_DETAIL_MAX: usize = 4 + 2 * (2 * 0x7FFF);
 
 /// Registry operation names by operation number.
 pub const REGISTRY_OPS: [&str; 18] = [
@@ -642,7 +654,14 @@ impl<R: Read + Seek> Reader for PmlReader<R> {
         }
         ev.result.push_str(&status_text(status));
         let ptr = if self.header.is_64bit { 8 } else { 4 };
-        self.read_at(at + EVENT_HEADER as u64, depth * ptr + detail_size)?;
+        let (start, declared) = (at + EVENT_HEADER as u64, (depth * ptr + detail_size) as u64);
+        if start
+            .checked_add(declared)
+            .is_none_or(|end| end > self.file_len)
+        {
+            within(self.file_len, start, declared, &format!("row {}", self.row))?;
+        }
+        self.read_at(start, depth * ptr + detail_size.min(REGISTRY_DETAIL_MAX))?;
         self.registry_detail(pindex, depth, ev)?;
         Ok(true)
     }
