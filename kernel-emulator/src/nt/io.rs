@@ -499,9 +499,49 @@ unsafe extern "win64" fn PsGetCurrentProcessId() -> usize {
     current_pid() as usize
 }
 
-/// PsGetCurrentThreadId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetcurrentthreadid>.
+/// PsGetCurrentThreadId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetcurrentthreadid>:
+/// "the identifier of the current thread" — each thread its own, whatever process it acts
+/// for (WRK `base/ntos/ps/create.c` PspCreateThread: `Thread->Cid.UniqueThread` is a fresh
+/// `ExCreateHandle(PspCidTable, Thread)` entry per thread). See [`current_thread_id`].
 unsafe extern "win64" fn PsGetCurrentThreadId() -> usize {
-    (current_pid() as usize) * 4 + 4
+    current_thread_id()
+}
+
+thread_local! {
+    /// Which thread of its process this OS thread plays now ([`with_thread`]; 0 by default).
+    static THREAD_INDEX: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs `f` as thread `index` of the current process on this OS thread: the model is
+/// single-threaded where a scenario plays an interleaving, so two threads of one process
+/// (say one unloading while another unloads inside its window, `hive::unload_hive_interrupted`)
+/// are told apart by this index. Each (process, processor, index) has its own thread id.
+pub fn with_thread<R>(index: u32, f: impl FnOnce() -> R) -> R {
+    let previous = THREAD_INDEX.with(|c| c.replace(index));
+    let r = f();
+    THREAD_INDEX.with(|c| c.set(previous));
+    r
+}
+
+/// The thread id `PsGetCurrentThreadId` reports: one per emulated thread — per process, per
+/// emulated processor (each OS thread of the model is another thread of the process it acts
+/// for) and per [`with_thread`] index. The first thread of a process on processor 0 keeps
+/// `pid * 4 + 4`; any other gets `pid * 4 + 4 + (processor * 256 + index + 1) * 0x10_0000`,
+/// so ids stay multiples of 4 and distinct for pids below 0x40000 (*model choice*: Windows
+/// draws thread ids from the same CID table as process ids, never two alike at once; the
+/// numbers themselves carry no meaning). Until 2026-12-06 the id was `pid * 4 + 4` alone:
+/// every thread of a process shared it (fidelity audit 22e, H1).
+#[must_use]
+pub fn current_thread_id() -> usize {
+    let pid = current_pid() as usize;
+    let processor = crate::machine::cpu::processor_number() as usize;
+    let index = THREAD_INDEX.with(Cell::get) as usize;
+    let first = pid * 4 + 4;
+    if processor == 0 && index == 0 {
+        first
+    } else {
+        first + (processor * 256 + index + 1) * 0x10_0000
+    }
 }
 
 /// The I/O manager routines.

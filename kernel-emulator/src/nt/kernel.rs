@@ -54,8 +54,17 @@ pub struct Kernel {
     pub debug_log: Vec<String>,
     /// Do not echo DbgPrint to stdout.
     pub quiet_debug_print: bool,
-    /// IRQL registry callbacks run at: PASSIVE_LEVEL as documented, or APC_LEVEL as System
-    /// Informer observed in practice (so Zw* calls from a callback are caught).
+    /// IRQL registry callbacks run at: PASSIVE_LEVEL as documented (Learn
+    /// `EX_CALLBACK_FUNCTION` Remarks), or APC_LEVEL as observed on Windows (so Zw* calls
+    /// from a callback are caught): System Informer issue #2498
+    /// (<https://github.com/winsiderss/systeminformer/issues/2498>, 2025-06-01: a kernel
+    /// debugger stack of its registry callback under `CmpCallCallBacksEx` <- `CmpParseKey` <-
+    /// `CmOpenKey` <- `NtOpenKeyEx`, called by a Plug and Play worker (`ExpWorkerThread`),
+    /// with `!irql` APC_LEVEL) and the documentation pull request it led to,
+    /// MicrosoftDocs/windows-driver-docs-ddi #1617 ("Correct CM IRQL documentation", closed
+    /// without a change: it asks Microsoft whether the docs or the kernel are wrong). Observed
+    /// on one System worker's open only; the model raises *every* callback when set — a
+    /// stricter reading.
     pub callback_irql: u8,
     /// Deepest stack use of one driver call so far, and the operation.
     pub max_stack: (usize, String),

@@ -21,6 +21,7 @@ use crate::registry::{
 
 unsafe extern "system" {
     fn PsGetCurrentProcessId() -> *mut c_void;
+    fn PsGetCurrentThreadId() -> *mut c_void;
     fn IoGetCurrentProcess() -> *mut c_void;
     fn PsGetCurrentProcess() -> *mut c_void;
     fn PsGetProcessId(process: *mut c_void) -> *mut c_void;
@@ -33,7 +34,7 @@ unsafe extern "system" {
 type StartKeyFn = unsafe extern "system" fn(*mut c_void) -> u64;
 
 /// Slots per log entry.
-pub const ENTRY_SLOTS: usize = 8;
+pub const ENTRY_SLOTS: usize = 9;
 /// Entries the log holds; later events are dropped (and counted).
 const ENTRIES: usize = 48;
 /// The log's pseudo-class of a process creation / exit notification.
@@ -215,7 +216,9 @@ fn caller() -> (u64, u64, u64) {
 /// Object's name, and a class-specific word (load: RootHandle non-NULL | UserEvent non-NULL
 /// << 1 | Flags << 32; unload: UserEvent non-NULL; open: Attributes | CheckAccessMode << 32;
 /// pre-rename and pre-delete: the ObjectID of the Object; posts: Status; post-load: the Object
-/// of its PreInformation and that object's name). The name passed of a
+/// of its PreInformation and that object's name), and `PsGetCurrentThreadId` (a callback
+/// runs "in the context of the thread that is performing the registry operation", Learn
+/// `EX_CALLBACK_FUNCTION` Remarks: a pre and its post log the same thread). The name passed of a
 /// pre-rename is its NewName; the Object's name of a successful post-open/create/rename/delete
 /// is fetched there (post-delete: the deleted key's object, which NtDeleteKey still
 /// references, WRK `ntapi.c`).
@@ -301,6 +304,9 @@ pub fn record(class: usize, info: *mut c_void) {
         // Status 0x08.
         // RegNtPostRenameKey (19): the Object is the renamed key's on STATUS_SUCCESS.
         // RegNtPostDeleteKey (15): the Object is the deleted key's, still referenced.
+        // RegNtPostUnLoadKey (35): the name slot carries the Object of its PreInformation
+        // (the unload's REG_UNLOAD_KEY_INFORMATION, valid during the post: Learn
+        // REG_POST_OPERATION_INFORMATION), the object the pre named.
         27 | 29 | 35 | 25 | 19 | 15 => {
             let status = word(0x08) & 0xFFFF_FFFF;
             let name = if status == 0 && matches!(class, 27 | 29 | 19 | 15) {
@@ -308,10 +314,20 @@ pub fn record(class: usize, info: *mut c_void) {
             } else {
                 0
             };
-            (object, 0, name, status)
+            let pre = word(0x10) as usize as *mut c_void;
+            let pre_object = if class == 35 && !pre.is_null() {
+                // SAFETY: PreInformation points at the unload's REG_UNLOAD_KEY_INFORMATION,
+                // whose first field is Object.
+                unsafe { field::<u64>(pre, 0x00) }
+            } else {
+                0
+            };
+            (object, pre_object, name, status)
         }
         _ => return,
     };
+    // SAFETY: callable at any IRQL the callbacks run at.
+    let thread = unsafe { PsGetCurrentThreadId() } as u64;
     push([
         class as u64,
         owner,
@@ -321,6 +337,7 @@ pub fn record(class: usize, info: *mut c_void) {
         name,
         object_name,
         extra,
+        thread,
     ]);
 }
 
@@ -338,6 +355,7 @@ pub fn record_process(process: *mut c_void, pid: *mut c_void, exit: bool) {
         pid as u64,
         start_key(process),
         process as u64,
+        0,
         0,
         0,
         0,

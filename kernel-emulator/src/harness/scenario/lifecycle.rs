@@ -66,6 +66,8 @@ pub(super) struct Entry {
     pub(super) object_name: u64,
     /// Class-specific (see test-driver/src/lifecycle.rs).
     pub(super) extra: u64,
+    /// PsGetCurrentThreadId in the callback (0 for process entries).
+    pub(super) thread: u64,
 }
 
 /// The FNV-1a hash the test driver computes over a name's UTF-16 code units.
@@ -81,10 +83,10 @@ pub(super) fn log_start(s: &Session) {
     let _ = io::device_io_control(s.control, IOCTL_LOG_START, &[0; 8], 32, 0xA5);
 }
 
-/// The number of entries the test driver logged: slot 7 of a read past the end. An entry's
+/// The number of entries the test driver logged (9 slots of 8 bytes an entry): slot 7 of a read past the end. An entry's
 /// class cannot mark the end, RegNtPreDeleteKey being class 0.
 pub(super) fn log_len(device: io::FileHandle) -> u64 {
-    let r = io::device_io_control(device, IOCTL_LOG_READ, &u64::MAX.to_le_bytes(), 64, 0xA5);
+    let r = io::device_io_control(device, IOCTL_LOG_READ, &u64::MAX.to_le_bytes(), 72, 0xA5);
     r.output
         .get(56..64)
         .map_or(0, |c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
@@ -93,13 +95,13 @@ pub(super) fn log_len(device: io::FileHandle) -> u64 {
 pub(super) fn log(s: &Session) -> Vec<Entry> {
     let mut v = Vec::new();
     for i in 0..log_len(s.control).min(64) {
-        let r = io::device_io_control(s.control, IOCTL_LOG_READ, &i.to_le_bytes(), 64, 0xA5);
+        let r = io::device_io_control(s.control, IOCTL_LOG_READ, &i.to_le_bytes(), 72, 0xA5);
         let w: Vec<u64> = r
             .output
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
-        if w.len() < 8 {
+        if w.len() < 9 {
             break;
         }
         v.push(Entry {
@@ -111,6 +113,7 @@ pub(super) fn log(s: &Session) -> Vec<Entry> {
             name: w[5],
             object_name: w[6],
             extra: w[7],
+            thread: w[8],
         });
     }
     for e in &v {
@@ -180,6 +183,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-unload-sequence",
             "RegUnLoadKey opens the hive's root itself (a kernel handle, a create on the caller's thread), unloads with that object, and closes it after the unload's post, failed or not (WRK NtUnloadKey2)",
             td_unload_sequence,
+        ),
+        Scenario::test_driver(
+            "td-thread-ids",
+            "two threads of one process unload two hives interleaved (the second's unload inside the first's, between its pre and post): each thread has its own PsGetCurrentThreadId, each pre and its post run on the same thread (Learn EX_CALLBACK_FUNCTION: the callback runs in the context of the thread performing the operation), and each post's PreInformation names the object its pre carried",
+            td_thread_ids,
         ),
         Scenario::test_driver(
             "td-force-unload",
@@ -1123,6 +1131,126 @@ fn td_unload_sequence(ctx: &mut Ctx) {
         "the hive is unloaded",
     );
     process::exit_process(p);
+    process::exit_process(q);
+    finish(ctx, s);
+}
+
+/// Two threads of one process, each unloading a hive, interleaved: thread 1's whole unload
+/// runs inside thread 0's, between its RegNtPreUnLoadKey and RegNtPostUnLoadKey
+/// (`hive::unload_hive_interrupted`; `io::with_thread` plays the second thread on the same OS
+/// thread). Windows gives every thread its own id (Learn `PsGetCurrentThreadId`; WRK
+/// `ps/create.c` PspCreateThread, a CID table entry per thread) and runs a registry callback
+/// "in the context of the thread that is performing the registry operation" (Learn
+/// `EX_CALLBACK_FUNCTION` Remarks), so a pre and its post share a thread id no other thread
+/// of the process has — what hivetrack's per-thread unload slots rely on
+/// (`driver/src/callbacks.rs` `UnloadSlots`; the hivetrack scenario `unload-two-threads`).
+/// Each post's `PreInformation` is its own pre's structure (Learn
+/// `REG_POST_OPERATION_INFORMATION`: "A pointer to the structure that contains preprocessing
+/// information for the registry operation that has completed"). Fails on the model before 2026-12-06, whose thread id was `pid * 4 + 4`
+/// (fidelity audit 22e, H1).
+#[allow(clippy::too_many_lines)] // one linear script of checks
+fn td_thread_ids(ctx: &mut Ctx) {
+    const OTHER_SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1002";
+    let Some(s) = start(ctx) else { return };
+    let first_mount = format!(r"{HKU}\{SID}");
+    let second_mount = format!(r"{HKU}\{OTHER_SID}");
+    for (mount, file) in [
+        (&first_mount, r"\??\C:\Users\kemu\NTUSER.DAT"),
+        (&second_mount, r"\??\C:\Users\other\NTUSER.DAT"),
+    ] {
+        let r = hive::load_hive(SYSTEM_PID, mount, file);
+        ctx.check(
+            r == STATUS_SUCCESS,
+            format!("{mount} loaded: {}", status::describe(r)),
+        );
+    }
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\Windows\System32\svchost.exe");
+    log_start(&s);
+    let mut inner = STATUS_SUCCESS;
+    let outer = hive::unload_hive_interrupted(q, &first_mount, || {
+        inner = io::with_thread(1, || hive::unload_hive(q, &second_mount));
+    });
+    ctx.check(
+        outer == STATUS_SUCCESS && inner == STATUS_SUCCESS,
+        format!(
+            "both unload: {} and {}",
+            status::describe(outer),
+            status::describe(inner)
+        ),
+    );
+    let l = log(&s);
+    let at = |class: u64| -> Vec<(usize, Entry)> {
+        l.iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, e)| e.class == class)
+            .collect()
+    };
+    let (pres, posts) = (at(PRE_UNLOAD_KEY), at(POST_UNLOAD_KEY));
+    ctx.check(
+        pres.len() == 2 && posts.len() == 2,
+        format!(
+            "two pre- and two post-unloads: {} and {}",
+            pres.len(),
+            posts.len()
+        ),
+    );
+    let (
+        Some(&(first_pre_at, first_pre)),
+        Some(&(second_pre_at, second_pre)),
+        Some(&(second_post_at, second_post)),
+        Some(&(first_post_at, first_post)),
+    ) = (pres.first(), pres.get(1), posts.first(), posts.get(1))
+    else {
+        finish(ctx, s);
+        return;
+    };
+    ctx.check(
+        first_pre.object_name == hash(&first_mount)
+            && second_pre.object_name == hash(&second_mount),
+        "the first pre is the first hive's unload, the second the second's",
+    );
+    ctx.check(
+        first_pre_at < second_pre_at && second_pre_at < second_post_at && second_post_at < first_post_at,
+        format!("interleaved: pre A {first_pre_at} < pre B {second_pre_at} < post B {second_post_at} < post A {first_post_at}"),
+    );
+    ctx.check(
+        [
+            first_pre.owner,
+            second_pre.owner,
+            first_post.owner,
+            second_post.owner,
+        ] == [u64::from(q); 4],
+        "all four in the unloading process",
+    );
+    ctx.check(
+        first_pre.thread != 0 && second_pre.thread != 0 && first_pre.thread != second_pre.thread,
+        format!(
+            "the two threads of the process have their own ids: {:#x} and {:#x}",
+            first_pre.thread, second_pre.thread
+        ),
+    );
+    ctx.check(
+        first_post.thread == first_pre.thread,
+        format!(
+            "the first unload's post runs on its pre's thread ({:#x}, pre {:#x})",
+            first_post.thread, first_pre.thread
+        ),
+    );
+    ctx.check(
+        second_post.thread == second_pre.thread,
+        format!(
+            "the second unload's post runs on its pre's thread ({:#x}, pre {:#x})",
+            second_post.thread, second_pre.thread
+        ),
+    );
+    ctx.check(
+        first_pre.object != 0 && first_post.name == first_pre.object && second_post.name == second_pre.object,
+        format!(
+            "each post's PreInformation carries its own pre's Object (A {:#x}/{:#x}, B {:#x}/{:#x})",
+            first_post.name, first_pre.object, second_post.name, second_pre.object
+        ),
+    );
     process::exit_process(q);
     finish(ctx, s);
 }

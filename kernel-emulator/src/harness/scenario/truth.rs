@@ -139,6 +139,11 @@ pub fn scenarios() -> Vec<Scenario> {
             unload_own_open_holder,
         ),
         Scenario::hivetrack(
+            "unload-two-threads",
+            "two threads of one service unload the profile's two hives interleaved (the second unload inside the first, between its pre and post): each thread's pre finds its post, so both attempts are recorded, both hives leave the list, and nothing is counted as missed — a driver that keyed its pre-to-post storage by process would lose the first",
+            unload_two_threads,
+        ),
+        Scenario::hivetrack(
             "unload-during-start",
             "a hive unload whose pre-notification went by before the driver registered, and whose post reaches it after the driver read the hive list (which still listed the hive): the driver names the unload's object in the post and no longer lists the hive as loaded",
             unload_during_start,
@@ -788,6 +793,66 @@ fn unload_own_open_holder(ctx: &mut Ctx) {
     ctx.check(
         listed == [svchost],
         format!("the kernel's own list names the service too: {listed:?}"),
+    );
+    process::exit_process(svchost);
+    io::close(c.h);
+    io::close(h);
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// Two threads of one process unload two hives at once, the second's unload between the
+/// first's RegNtPreUnLoadKey and RegNtPostUnLoadKey (`hive::unload_hive_interrupted`, the
+/// second thread played by `io::with_thread`). The driver carries an unload's mount from its
+/// pre to its post in a slot keyed by `PsGetCurrentThreadId` (`driver/src/callbacks.rs`
+/// `UnloadSlots`), which holds because Windows gives every thread its own id and runs a
+/// registry callback on the thread performing the operation (the emulator's `td-thread-ids`).
+/// On the model before 2026-12-06 (every thread of a process had the id `pid * 4 + 4`,
+/// fidelity audit 22e, H1), and with a driver keying the slots by process id, the second pre
+/// replaced the first's slot: the first unload was counted as missed and never recorded.
+fn unload_two_threads(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (mut d, h) = load(ctx);
+    let Some(h) = h else { return };
+    load_profile(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    let svchost = spawn(ctx, r"\Device\HarddiskVolume2\Windows\System32\svchost.exe");
+    let before = stats(ctx, h);
+    let mut inner = STATUS_SUCCESS;
+    let outer = hive::unload_hive_interrupted(svchost, USER, || {
+        inner = io::with_thread(1, || hive::unload_hive(svchost, CLASSES));
+    });
+    ctx.check(
+        outer == STATUS_SUCCESS && inner == STATUS_SUCCESS,
+        format!(
+            "both hives unload: {} and {}",
+            status::describe(outer),
+            status::describe(inner)
+        ),
+    );
+    let after = stats(ctx, h);
+    ctx.check(
+        after.unload_attempts_seen - before.unload_attempts_seen == 2
+            && after.hive_unloads_seen - before.hive_unloads_seen == 2,
+        format!(
+            "both unloads recorded as attempts that unloaded their hive ({} attempts, {} unloads)",
+            after.unload_attempts_seen - before.unload_attempts_seen,
+            after.hive_unloads_seen - before.hive_unloads_seen
+        ),
+    );
+    ctx.check(
+        after.history_dropped_no_memory == before.history_dropped_no_memory
+            && after.names_unavailable == before.names_unavailable,
+        format!(
+            "no unload counted as missed ({} dropped, {} unnamed)",
+            after.history_dropped_no_memory - before.history_dropped_no_memory,
+            after.names_unavailable - before.names_unavailable
+        ),
+    );
+    let all = mounts(ctx, h);
+    ctx.check(
+        all.iter()
+            .all(|m| !m.eq_ignore_ascii_case(USER) && !m.eq_ignore_ascii_case(CLASSES)),
+        format!("neither hive is listed as loaded any more: {all:?}"),
     );
     process::exit_process(svchost);
     io::close(c.h);

@@ -43,10 +43,14 @@
 //!   is unloaded". The late unload on a worker is the Windows Research Kernel's
 //!   (`base/ntos/config/cmdelete.c`: `CmpDeleteKeyObject` of a key in a frozen hive calls
 //!   `CmpDoQueueLateUnloadWorker`, which queues `CmpLateUnloadHiveWorker` on the
-//!   DelayedWorkQueue). Modelled, the rest an *inference*: with keys still open the call
-//!   returns STATUS_PENDING (its post-notification too), and once the hive's last key object
-//!   is gone a system worker thread (System process) unloads it and signals the event, with
-//!   no further notification; a free hive unloads at once (STATUS_SUCCESS, event signalled).
+//!   DelayedWorkQueue). The return values are the WRK's too (`ntapi.c` NtUnloadKeyEx, its
+//!   header: "STATUS_SUCCESS - hive successfully unloaded - no late-unloading needed",
+//!   "STATUS_PENDING - hive has been frozen and the event (if any) will be signaled when the
+//!   hive unloads"): with keys still open the call returns STATUS_PENDING, and once the
+//!   hive's last key object is gone a system worker thread (System process) unloads it and
+//!   signals the event; a free hive unloads at once (STATUS_SUCCESS, event signalled). The
+//!   WRK predates the unload notifications, so STATUS_PENDING in the post-notification and
+//!   no further notification at the late unload remain an *inference*.
 //!   A closed subkey holds the hive until the delayed KCB dereference runs, up to 5 s later
 //!   in emulated time (WRK `cmdelay.c`; see [`delay_deref`]).
 //! - [`unload_key2`] with [`REG_FORCE_UNLOAD`] is the User Profile Service's forced unload
@@ -2705,8 +2709,9 @@ pub fn unload_hive_interrupted(pid: u32, mount: &str, between: impl FnOnce()) ->
 /// calling thread); a held one answers STATUS_PENDING (also in RegNtPostUnLoadKey) and is
 /// unloaded later, when its last key object is gone, by a system worker thread (System
 /// process, processor [`DEFERRED_UNLOAD_THREAD`]) with no further notification; the event
-/// then says so. Modelled from the documented `UserEvent` fields; the mechanics are an
-/// inference (no public source describes NtUnloadKeyEx).
+/// then says so. Modelled from the documented `UserEvent` fields and the WRK's `ntapi.c`
+/// NtUnloadKeyEx (STATUS_PENDING: "hive has been frozen and the event (if any) will be
+/// signaled when the hive unloads"); its place in the post-notification is an inference.
 #[must_use = "STATUS_PENDING: wait on the event"]
 pub fn unload_key_ex(pid: u32, mount: &str) -> (NtStatus, UnloadEvent) {
     let event = UnloadEvent::new();

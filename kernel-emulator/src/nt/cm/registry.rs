@@ -662,7 +662,11 @@ fn object_context(object: usize, cookie: i64) -> usize {
 
 /// Delivers a pre-notification, highest altitude first. Each callback gets its own
 /// CallContext slot (reset to NULL) and ObjectContext; the first error or
-/// STATUS_CALLBACK_BYPASS stops the round.
+/// STATUS_CALLBACK_BYPASS stops the round. Synchronously, on the calling (emulated) thread:
+/// a RegistryCallback "executes ... in the context of the thread that is performing the
+/// registry operation" (Learn [EX_CALLBACK_FUNCTION](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nc-wdm-ex_callback_function)
+/// Remarks), so a pre and its [`notify_post`] see the same `PsGetCurrentThreadId`
+/// (`io::current_thread_id`; the emulator's `td-thread-ids`).
 #[must_use]
 pub fn notify_pre(class: usize, info: usize, fields: PreFields) -> PreOutcome {
     notify_pre_round(class, info, fields, true)
@@ -711,7 +715,12 @@ fn notify_pre_round(class: usize, info: usize, fields: PreFields, blockable: boo
 /// docs; an error status has NULL).
 pub const INVALID_OBJECT: usize = 0xDEAD_0B1E_C700_0000;
 
-/// Delivers a post-notification, lowest altitude first, to the callbacks that saw the pre.
+/// Delivers a post-notification, lowest altitude first, to the callbacks that saw the pre,
+/// on the same thread as the pre (Learn `EX_CALLBACK_FUNCTION` Remarks: the thread performing
+/// the operation; see [`notify_pre`]). `PreInformation` is the pre's structure, still valid:
+/// Learn [REG_POST_OPERATION_INFORMATION](https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/ns-wdm-_reg_post_operation_information)
+/// ("A pointer to the structure that contains preprocessing information for the registry
+/// operation that has completed"; `td-thread-ids` reads an unload's `Object` through it).
 /// Returns the status the operation ends with: a post-callback may change it by setting
 /// ReturnStatus and returning STATUS_CALLBACK_BYPASS (regfltr sample `post.c`,
 /// CallbackPostNotificationOverrideSuccess; REG_POST_OPERATION_INFORMATION: "If the driver's
@@ -1101,6 +1110,10 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectIDEx(
         unsafe { object_id.write_unaligned(id) };
     }
     if !object_name.is_null() {
+        // An injected failure (the name's allocation): STATUS_INSUFFICIENT_RESOURCES, with
+        // ObjectID already written — *model choice, no Windows value*: Learn lists only
+        // STATUS_INVALID_PARAMETER among the errors, not exhaustively; the driver treats any
+        // failure as "no name" (fidelity audit 22e, L3).
         if kernel::should_fail("CmCallbackGetKeyObjectIDEx", true) {
             return STATUS_INSUFFICIENT_RESOURCES;
         }
@@ -1114,7 +1127,12 @@ unsafe extern "win64" fn CmCallbackGetKeyObjectIDEx(
 }
 
 /// CmCallbackReleaseKeyObjectIDEx — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-cmcallbackreleasekeyobjectidex>:
-/// releases a name from CmCallbackGetKeyObjectIDEx; anything else is a verifier violation.
+/// "frees an object name string obtained from the CmCallbackGetKeyObjectIDEx routine" (the
+/// pointer one "the driver previously obtained ... by calling CmCallbackGetKeyObjectIDEx").
+/// Releasing anything else (a pointer never handed out, or one released already) is a
+/// verifier violation (*model choice*: Windows would free a foreign pointer into pool, a
+/// corruption the model stops at once); the released buffer is unmapped, so a read after the
+/// release faults; a name never released is a leak line at the scenario's end (`leaks`).
 unsafe extern "win64" fn CmCallbackReleaseKeyObjectIDEx(name: *const UnicodeString) {
     // IRQL <= APC_LEVEL (Learn, CmCallbackReleaseKeyObjectIDEx, Requirements).
     require_irql("CmCallbackReleaseKeyObjectIDEx", APC_LEVEL);
@@ -1459,4 +1477,25 @@ pub unsafe extern "win64" fn filter_fail_post(
         return STATUS_CALLBACK_BYPASS;
     }
     STATUS_SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RegistryState;
+
+    /// A name `CmCallbackGetKeyObjectIDEx` handed out and `CmCallbackReleaseKeyObjectIDEx`
+    /// never got is a leak line at the scenario's end; released (removed), it is not.
+    #[test]
+    fn unreleased_name_is_a_leak() {
+        let mut r = RegistryState::default();
+        r.names.insert(
+            0x1000,
+            ("\\REGISTRY\\USER".into(), "RegNtPreOpenKeyEx".into()),
+        );
+        let leaks = r.leaks();
+        assert_eq!(leaks.len(), 1, "{leaks:?}");
+        assert!(leaks[0].contains("never released"), "{leaks:?}");
+        r.names.remove(&0x1000);
+        assert!(r.leaks().is_empty());
+    }
 }

@@ -1,5 +1,7 @@
-//! Lookaside lists and interlocked singly linked lists: the real x64 SLIST_HEADER format
-//! (Depth:16 | Sequence:48, NextEntry in the second quadword) updated with `lock cmpxchg16b`,
+//! Lookaside lists and interlocked singly linked lists: an x64 SLIST_HEADER of two quadwords
+//! (Depth:16 | Sequence:48, NextEntry in the second quadword; the WDK's `wdm.h` declares the
+//! x64 header as two ULONGLONGs and only `ExQueryDepthSList` reads it for a driver, so the
+//! bit layout is a *model choice* — fidelity audit 22e, L3) updated with `lock cmpxchg16b`,
 //! ExInitializeLookasideListEx / ExDeleteLookasideListEx (LOOKASIDE_LIST_EX, 0x60 bytes) and
 //! the older ExInitializeNPagedLookasideList / ExDeleteNPagedLookasideList, the exported forms
 //! of ExAllocateFromLookasideListEx / ExFreeToLookasideListEx (inline in older WDKs: drivers

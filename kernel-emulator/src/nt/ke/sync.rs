@@ -821,7 +821,9 @@ unsafe extern "win64" fn KeQueryInterruptTimePrecise(qpc: *mut u64) -> u64 {
 }
 
 /// KeQueryPerformanceCounter — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-kequeryperformancecounter>:
-/// a 10 MHz counter (the host's monotonic clock in 100 ns units).
+/// a 10 MHz counter (the host's monotonic clock in 100 ns units). The frequency is a *model
+/// choice, no Windows value*: Learn gives no fixed value, the routine returns it in
+/// `PerformanceFrequency` and a caller divides by it (fidelity audit 22e, L3).
 unsafe extern "win64" fn KeQueryPerformanceCounter(frequency: *mut u64) -> u64 {
     if !frequency.is_null() {
         // SAFETY: the driver passes a writable LARGE_INTEGER.

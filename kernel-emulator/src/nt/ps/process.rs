@@ -656,9 +656,10 @@ unsafe extern "win64" fn PsGetProcessCreateTimeQuadPart(eprocess: usize) -> i64 
 }
 
 /// PsGetCurrentThread — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetcurrentthread>:
-/// the current thread's ETHREAD. The model has one thread per process (PsGetCurrentThreadId
-/// is derived from the pid), so one fake ETHREAD per process: the thread's own process,
-/// [`io::current_pid`], whatever process it is attached to.
+/// the current thread's ETHREAD. The model keeps one fake ETHREAD per process (*model
+/// limitation*: `PsGetCurrentThreadId` tells a process's threads apart,
+/// `io::current_thread_id`, this pointer does not; hivetrack no longer calls it): the
+/// thread's own process, [`io::current_pid`], whatever process it is attached to.
 unsafe extern "win64" fn PsGetCurrentThread() -> usize {
     let pid = io::current_pid();
     let existing = kernel::with(|k| {
