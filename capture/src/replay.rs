@@ -678,7 +678,11 @@ impl Replay {
             let rest = k.2.get(old_folded.len()..).unwrap_or("");
             for mut o in opens {
                 let tail = if is_under(&old, &o.path) {
-                    o.path.get(old.len()..).unwrap_or(rest)
+                    let n = old.chars().count();
+                    o.path
+                        .char_indices()
+                        .nth(n)
+                        .map_or("", |(i, _)| &o.path[i..])
                 } else {
                     rest
                 };
@@ -687,9 +691,13 @@ impl Replay {
                 // rests on, crate::ledger).
                 let key = (k.0, k.1, fold(&o.path));
                 self.open.push(key.clone(), o);
-                touched.push(key);
+                if touched.last() != Some(&key) {
+                    touched.push(key);
+                }
             }
         }
+        touched.sort_unstable();
+        touched.dedup();
         for key in &touched {
             self.open.sort_by_key(key, |o| o.row);
         }
