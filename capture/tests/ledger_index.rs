@@ -41,7 +41,11 @@ fn rename_with_a_byte_length_changing_fold_then_close() {
     let left: Vec<String> = a
         .open
         .iter()
-        .flat_map(|h| h.holders.iter().flat_map(|h| h.keys.iter().map(|k| k.path.clone())))
+        .flat_map(|h| {
+            h.holders
+                .iter()
+                .flat_map(|h| h.keys.iter().map(|k| k.path.clone()))
+        })
         .collect();
     assert!(left.is_empty(), "closed key still open as {left:?}");
 }
@@ -50,8 +54,10 @@ fn rename_with_a_byte_length_changing_fold_then_close() {
 /// the old `is_under` filter.
 #[test]
 fn under_scope_equals_is_under_exhaustively() {
-    let alpha = ['\\', ']', '[', 'i', 'I', '\u{131}', '\u{130}', 's', 'S', '\u{17F}', '\u{DF}',
-        '\u{1E9E}', '\u{250}', '\u{2C6F}', '\u{3C3}', '\u{3C2}', '\u{3A3}', 'k', '\u{212A}', '1', '0'];
+    let alpha = [
+        '\\', ']', '[', 'i', 'I', '\u{131}', '\u{130}', 's', 'S', '\u{17F}', '\u{DF}', '\u{1E9E}',
+        '\u{250}', '\u{2C6F}', '\u{3C3}', '\u{3C2}', '\u{3A3}', 'k', '\u{212A}', '1', '0',
+    ];
     let mut paths = vec![String::new()];
     let mut all = Vec::new();
     for _ in 0..3 {
@@ -71,7 +77,11 @@ fn under_scope_equals_is_under_exhaustively() {
         l.push((u32::try_from(i % 7).unwrap(), 1, fold(p)), p.clone());
     }
     let mounts: Vec<&String> = all.iter().filter(|p| p.chars().count() <= 2).collect();
-    for m in mounts.iter().copied().chain(std::iter::once(&String::new())) {
+    for m in mounts
+        .iter()
+        .copied()
+        .chain(std::iter::once(&String::new()))
+    {
         let f = fold(m);
         let mut got: Vec<&str> = l
             .walk(Scope::Under(&f))
@@ -122,7 +132,10 @@ fn index_and_map_stay_in_step() {
         }
         let all: Vec<_> = l.keys(Scope::All);
         for key in &all {
-            assert!(l.keys(Scope::Under(&key.2)).contains(key), "{key:?} unindexed");
+            assert!(
+                l.keys(Scope::Under(&key.2)).contains(key),
+                "{key:?} unindexed"
+            );
             assert!(l.keys(Scope::Process(key.0, key.1)).contains(key));
         }
         for nm in names {
