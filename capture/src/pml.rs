@@ -400,6 +400,10 @@ pub struct PmlReader<R: Read + Seek> {
     buf: Vec<u8>,
     /// The file's length: every size read from the file is bounded by it.
     file_len: u64,
+    /// Where the previous event's stack ends: the next event starts there or later, so no
+    /// two events share file bytes and the frames the replay keeps total no more than the
+    /// file holds (review 22f, M3: one deep-stack event named by many offsets).
+    stacks_end: u64,
 }
 
 impl PmlReader<File> {
@@ -445,6 +449,7 @@ impl<R: Read + Seek> PmlReader<R> {
             row: 0,
             buf: Vec::with_capacity(4096),
             file_len,
+            stacks_end: 0,
         })
     }
 
@@ -601,6 +606,18 @@ impl<R: Read + Seek> Reader for PmlReader<R> {
         let status = u32_at(head, 0x24);
         let depth = usize::from(u16_at(head, 0x28));
         let detail_size = u32_at(head, 0x2C) as usize;
+        // Procmon writes events one after another and lists them in that order (procmon-parser,
+        // `docs/PML Format.md`): an event starting inside an earlier one's header or stack is
+        // a damaged or crafted file, whose repeated stacks would be kept once per row.
+        if at < self.stacks_end {
+            return Err(bad(&format!(
+                "row {}: the event at offset {at:#x} starts inside the previous event (which \
+                 ends at {:#x}); events must follow one another",
+                self.row, self.stacks_end
+            )));
+        }
+        let stack_bytes = (depth * if self.header.is_64bit { 8 } else { 4 }) as u64;
+        self.stacks_end = at + EVENT_HEADER as u64 + stack_bytes;
         ev.row = self.row;
         // The format numbers no events (procmon-parser, `docs/PML Format.md`): a filtered save
         // leaves no trace the replay could check.
