@@ -53,7 +53,11 @@ fn an_open_linked_after_its_process_exit_leaves_a_live_looking_record_forever() 
 }
 
 fn setup(pool: &CountingPool) -> TestTracker<'_> {
-    let t: TestTracker<'_> = Tracker::new(pool, Config::default()).unwrap();
+    setup_with(pool, Config::default())
+}
+
+fn setup_with(pool: &CountingPool, config: Config) -> TestTracker<'_> {
+    let t: TestTracker<'_> = Tracker::new(pool, config).unwrap();
     t.hive_loaded(
         &w(r"\REGISTRY\USER\S-1-5-21-9"),
         &w(r"C:\Users\x\NTUSER.DAT"),
@@ -63,8 +67,15 @@ fn setup(pool: &CountingPool) -> TestTracker<'_> {
 }
 
 fn open(t: &TestTracker<'_>, obj: u64, p: ProcessKey) -> tracker::Token {
+    try_open(t, obj, p).expect("tracked")
+}
+
+fn try_open(
+    t: &TestTracker<'_>,
+    obj: u64,
+    p: ProcessKey,
+) -> Result<tracker::Token, tracker::NotTracked> {
     t.opened(obj, p, 9, &w(r"\REGISTRY\USER\S-1-5-21-9\Software\K"), 1, 2)
-        .expect("tracked")
 }
 
 #[test]
@@ -164,29 +175,19 @@ fn a_new_process_reusing_the_pid_is_not_taken_for_the_gone_one() {
 #[test]
 fn a_late_open_refused_by_the_share_leaves_no_record() {
     let pool = CountingPool::new(Failure::Never, false);
-    let cfg = Config {
-        process_share_bytes: 300,
-        ..Config::default()
-    };
-    let t: TestTracker<'_> = Tracker::new(&pool, cfg).unwrap();
-    t.hive_loaded(
-        &w(r"\REGISTRY\USER\S-1-5-21-9"),
-        &w(r"C:\Users\x\NTUSER.DAT"),
-        1,
+    let t = setup_with(
+        &pool,
+        Config {
+            process_share_bytes: 300,
+            ..Config::default()
+        },
     );
     let p = ProcessKey {
         pid: 4321,
         start_key: 77,
     };
     t.process_exited(p);
-    let r = t.opened(
-        0x1000,
-        p,
-        9,
-        &w(r"\REGISTRY\USER\S-1-5-21-9\Software\K"),
-        1,
-        2,
-    );
+    let r = try_open(&t, 0x1000, p);
     assert!(r.is_err(), "the share is smaller than a record: refused");
     assert_eq!(
         t.stats().processes_tracked,
@@ -200,26 +201,14 @@ fn a_late_open_refused_by_the_share_leaves_no_record() {
 fn a_late_open_refused_for_memory_leaves_no_record() {
     for k in 1..40 {
         let pool = CountingPool::new(Failure::Never, false);
-        let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
-        t.hive_loaded(
-            &w(r"\REGISTRY\USER\S-1-5-21-9"),
-            &w(r"C:\Users\x\NTUSER.DAT"),
-            1,
-        );
+        let t = setup(&pool);
         let p = ProcessKey {
             pid: 4321,
             start_key: 77,
         };
         t.process_exited(p);
         pool.set_failure(Failure::Kth(pool.calls() + k));
-        let r = t.opened(
-            0x1000,
-            p,
-            9,
-            &w(r"\REGISTRY\USER\S-1-5-21-9\Software\K"),
-            1,
-            2,
-        );
+        let r = try_open(&t, 0x1000, p);
         pool.set_failure(Failure::Never);
         if let Ok(tok) = r {
             t.object_destroyed(tok, 0x1000);
@@ -238,12 +227,7 @@ fn a_late_open_refused_for_memory_leaves_no_record() {
 #[test]
 fn an_exit_without_a_start_key_is_not_held_against_a_reused_pid() {
     let pool = CountingPool::new(Failure::Never, false);
-    let t: TestTracker<'_> = Tracker::new(&pool, Config::default()).unwrap();
-    t.hive_loaded(
-        &w(r"\REGISTRY\USER\S-1-5-21-9"),
-        &w(r"C:\Users\x\NTUSER.DAT"),
-        1,
-    );
+    let t = setup(&pool);
     let p = ProcessKey {
         pid: 4321,
         start_key: 0,

@@ -2230,15 +2230,27 @@ fn serve_started(q: &SharedQueue, secs: u64, started_at: u64) -> Vec<FleetEvent>
 
 /// [`serve_started`] with the system clock reading `wall_start` at the scripted start.
 fn serve_clocks(q: &SharedQueue, secs: u64, started_at: u64, wall_start: u64) -> Vec<FleetEvent> {
+    serve_wall(q, secs, started_at, &move |e| {
+        wall_start + u64::try_from(e.as_nanos() / 100).unwrap()
+    })
+}
+
+/// [`serve_started`] with the system clock reading `wall(elapsed)` once `elapsed` of the
+/// scripted clock has passed.
+fn serve_wall(
+    q: &SharedQueue,
+    secs: u64,
+    started_at: u64,
+    wall: &dyn Fn(Duration) -> u64,
+) -> Vec<FleetEvent> {
     let clock = q.borrow().clock.clone();
     let watch = clock.clone();
     let mut clock = clock;
     let keep_going = move || watch.elapsed() < Duration::from_secs(secs);
     let mut connect = || connect_with(q, &|| Scripted::new(driver()));
     let mut sink = Collected::default();
-    // The system clock now: right (NOW at the scripted start), whatever it was at start.
     let now_clock = q.borrow().clock.clone();
-    let wall = move || wall_start + u64::try_from(now_clock.elapsed().as_nanos() / 100).unwrap();
+    let wall = move || wall(now_clock.elapsed());
     {
         let mut env = ServiceEnv {
             connect: &mut connect,
@@ -2558,16 +2570,8 @@ fn review22d_the_drivers_1002_says_its_delay_when_the_clock_moved() {
         ..held_after(660, 0)
     }));
     let q = q.shared();
-    let clock = q.borrow().clock.clone();
-    let watch = clock.clone();
-    let mut clock = clock;
-    let keep_going = move || watch.elapsed() < Duration::from_secs(200);
-    let mut connect = || connect_with(&q, &|| Scripted::new(driver()));
-    let mut sink = Collected::default();
-    let now_clock = q.borrow().clock.clone();
     // The system clock: right at the start, set forward 600 s once a step is due.
-    let wall = move || {
-        let e = now_clock.elapsed();
+    let wall = |e: Duration| {
         NOW + u64::try_from(e.as_nanos() / 100).unwrap()
             + if e > Duration::from_secs(1) {
                 600 * SECOND
@@ -2575,20 +2579,7 @@ fn review22d_the_drivers_1002_says_its_delay_when_the_clock_moved() {
                 0
             }
     };
-    {
-        let mut env = ServiceEnv {
-            connect: &mut connect,
-            sink: &mut sink,
-            accounts: &Contoso,
-            identities: &NoIdentities,
-            clock: &mut clock,
-            started_at: NOW,
-            wall: Some(&wall),
-            keep_going: &keep_going,
-        };
-        event_service::run(ServiceOptions::default(), &mut env).unwrap();
-    }
-    let events = sink.0;
+    let events = serve_wall(&q, 200, NOW, &wall);
     assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
     assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
 }
