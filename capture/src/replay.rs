@@ -670,11 +670,16 @@ impl Replay {
         };
         let old_folded = fold(&old);
         let moved = self.open.keys(Scope::Under(&old_folded));
+        // Every moved key is taken out before any is put back: a new name under the old one
+        // (a whole path as the new name, which `NtRenameKey` refuses but a crafted row can
+        // carry) would otherwise land on a key still to be visited and move twice (review
+        // 22f, L1).
+        let taken: Vec<_> = moved
+            .into_iter()
+            .filter_map(|k| self.open.remove(&k).map(|opens| (k, opens)))
+            .collect();
         let mut touched = Vec::new();
-        for k in moved {
-            let Some(opens) = self.open.remove(&k) else {
-                continue;
-            };
+        for (k, opens) in taken {
             let rest = k.2.get(old_folded.len()..).unwrap_or("");
             for mut o in opens {
                 let tail = if is_under(&old, &o.path) {
@@ -1184,9 +1189,9 @@ impl Replay {
         for opens in self.open.values() {
             for o in opens {
                 let h = hive_of(&o.path, &self.mounts);
-                hives
-                    .entry(h.to_ascii_uppercase())
-                    .or_insert_with(|| h.to_owned());
+                // Folded as key names compare (`fold`), not ASCII-only: `ÄPP` and `äpp` are
+                // one hive (review 22f, L2).
+                hives.entry(fold(h)).or_insert_with(|| h.to_owned());
             }
         }
         for hive in hives.into_values() {

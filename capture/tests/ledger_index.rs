@@ -145,3 +145,23 @@ fn index_and_map_stay_in_step() {
         }
     }
 }
+
+/// Review 22f, L1 (crafted: `NtRenameKey` takes a last component only): a rename whose new
+/// name is a whole path under the old one moved `A`'s open into `A\B`, a key still to be
+/// visited, which then moved again to `A\B\B`; its close by the new name paired with
+/// nothing and the key stayed held.
+#[test]
+fn a_rename_into_its_own_subtree_moves_each_open_once() {
+    let mut r = Replay::new(Options::default());
+    let mut n = 0;
+    r.event(&row(&mut n, 100, "RegOpenKey", r"HKLM\SOFTWARE\A"));
+    r.event(&row(&mut n, 100, "RegOpenKey", r"HKLM\SOFTWARE\A\B"));
+    let mut ren = row(&mut n, 100, "RegRenameKey", r"HKLM\SOFTWARE\A");
+    ren.hive_file = r"HKLM\SOFTWARE\A\B".to_owned();
+    r.event(&ren);
+    r.event(&row(&mut n, 100, "RegCloseKey", r"HKLM\SOFTWARE\A\B"));
+    r.event(&row(&mut n, 100, "RegCloseKey", r"HKLM\SOFTWARE\A\B\B"));
+    assert_eq!(r.open_keys(), 0);
+    let a = r.finish("t", "csv");
+    assert_eq!(a.unknowns.closes_without_open, 0);
+}

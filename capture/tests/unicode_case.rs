@@ -48,3 +48,27 @@ fn a_key_under_the_mount_spelled_in_another_case_beyond_ascii_is_a_holder() {
         u.missing
     );
 }
+
+/// Review 22f, L2: the report's hives were grouped by ASCII case only, so one implicit hive
+/// spelled `ÄPP` and `äpp` was listed twice, each entry with both holders (its keys counted
+/// twice in `open`).
+#[test]
+fn one_hive_spelled_in_two_non_ascii_cases_is_listed_once() {
+    let text = csv(&[
+        (100, "a.exe", "RegOpenKey", r"HKLM\ÄPP\Settings", "SUCCESS"),
+        (200, "b.exe", "RegOpenKey", r"HKLM\äpp\Other", "SUCCESS"),
+        (200, "b.exe", "RegOpenKey", r"HKLM\Software\A", "SUCCESS"),
+        (200, "b.exe", "RegCloseKey", r"HKLM\Software\A", "SUCCESS"),
+    ]);
+    let mut r = Replay::new(Options {
+        hkcu: HkcuSids::default(),
+        from_boot: true,
+        all_events: true,
+        ..Options::default()
+    });
+    replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
+    let a = r.finish("x.csv", "csv");
+    let names: Vec<&str> = a.open.iter().map(|h| h.hive.as_str()).collect();
+    assert_eq!(names.len(), 1, "hives listed: {names:?}");
+    assert_eq!(a.open[0].open_keys, 2, "{names:?}");
+}
