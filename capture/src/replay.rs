@@ -1290,7 +1290,8 @@ impl Replay {
         let mut ledger: BTreeMap<String, Held> = BTreeMap::new();
         for (k, opens) in self.open.walk(Scope::All) {
             for o in opens {
-                let hive = hive_of(&o.path, &self.mounts).to_ascii_uppercase();
+                // Grouped as `finish` groups them: by the fold key names compare with.
+                let hive = fold(hive_of(&o.path, &self.mounts));
                 let id = o.token.map_or(0, |t| t.0);
                 ledger
                     .entry(hive)

@@ -71,4 +71,5 @@ fn one_hive_spelled_in_two_non_ascii_cases_is_listed_once() {
     let names: Vec<&str> = a.open.iter().map(|h| h.hive.as_str()).collect();
     assert_eq!(names.len(), 1, "hives listed: {names:?}");
     assert_eq!(a.open[0].open_keys, 2, "{names:?}");
+    assert!(a.tracker.holders_agree, "{:?}", a.tracker.disagreements);
 }
