@@ -20,7 +20,7 @@ use windows_sys::Win32::{
     Storage::FileSystem::{MOVEFILE_DELAY_UNTIL_REBOOT, MoveFileExW},
     System::Com::CoTaskMemFree,
     System::LibraryLoader::{GetModuleHandleW, GetProcAddress},
-    UI::Shell::{FOLDERID_ProgramFiles, SHGetKnownFolderPath},
+    UI::Shell::{FOLDERID_ProgramFiles, FOLDERID_System, SHGetKnownFolderPath},
 };
 
 use crate::install_location::{Ace, SID_ADMINISTRATORS};
@@ -59,19 +59,30 @@ const unsafe fn wide_len(p: *const u16) -> usize {
 /// # Errors
 /// The shell could not give the folder.
 pub fn program_files() -> Result<PathBuf> {
+    known_folder(&FOLDERID_ProgramFiles, "Program Files")
+}
+
+/// `%SystemRoot%\System32` as `SHGetKnownFolderPath(FOLDERID_System)` gives it (the
+/// folder of DIRID 11; `drivers` below it is DIRID 12).
+///
+/// # Errors
+/// The shell could not give the folder.
+pub fn system32() -> Result<PathBuf> {
+    known_folder(&FOLDERID_System, "System32")
+}
+
+/// A known folder's path (`SHGetKnownFolderPath`, freed with `CoTaskMemFree`).
+fn known_folder(id: &windows_sys::core::GUID, what: &str) -> Result<PathBuf> {
     let mut path: *mut u16 = ptr::null_mut();
-    // SAFETY: the GUID is a static; flags 0 and a null token ask for the default folder;
+    // SAFETY: `id` is a static GUID; flags 0 and a null token ask for the default folder;
     // `path` is an out pointer.
-    let hr =
-        unsafe { SHGetKnownFolderPath(&FOLDERID_ProgramFiles, 0, ptr::null_mut(), &raw mut path) };
+    let hr = unsafe { SHGetKnownFolderPath(id, 0, ptr::null_mut(), &raw mut path) };
     if hr < 0 || path.is_null() {
         if !path.is_null() {
             // SAFETY: Learn: the string is freed with CoTaskMemFree even when the call fails.
             unsafe { CoTaskMemFree(path.cast()) };
         }
-        return Err(anyhow!(
-            "cannot find the Program Files folder (HRESULT {hr:#x})"
-        ));
+        return Err(anyhow!("cannot find the {what} folder (HRESULT {hr:#x})"));
     }
     // SAFETY: on success `path` is a NUL-terminated string the shell allocated.
     let len = unsafe { wide_len(path) };
