@@ -56,6 +56,8 @@ pub mod windows_install;
 #[cfg(windows)]
 pub mod windows_legacy_driver;
 #[cfg(windows)]
+pub mod windows_registry;
+#[cfg(windows)]
 pub mod windows_service_host;
 #[cfg(windows)]
 pub mod windows_symbols;

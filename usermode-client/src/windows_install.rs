@@ -101,17 +101,23 @@ fn known_folder(id: &windows_sys::core::GUID, what: &str) -> Result<PathBuf> {
 /// permissions are Wine's boundary). Only Wine's own ntdll can make this true.
 #[must_use]
 pub fn under_wine() -> bool {
-    let name: Vec<u16> = "ntdll.dll"
+    ntdll_export(c"wine_get_version").is_some()
+}
+
+/// The address of ntdll's export `name`, if it has one.
+#[must_use]
+pub fn ntdll_export(name: &std::ffi::CStr) -> Option<unsafe extern "system" fn() -> isize> {
+    let module: Vec<u16> = "ntdll.dll"
         .encode_utf16()
         .chain(std::iter::once(0))
         .collect();
-    // SAFETY: `name` is NUL-terminated; ntdll is mapped in every process.
-    let ntdll = unsafe { GetModuleHandleW(name.as_ptr()) };
+    // SAFETY: `module` is NUL-terminated; ntdll is mapped in every process.
+    let ntdll = unsafe { GetModuleHandleW(module.as_ptr()) };
     if ntdll.is_null() {
-        return false;
+        return None;
     }
-    // SAFETY: `ntdll` is a loaded module; the name is a NUL-terminated ANSI string.
-    unsafe { GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()) }.is_some()
+    // SAFETY: `ntdll` is a loaded module; `name` is a NUL-terminated ANSI string.
+    unsafe { GetProcAddress(ntdll, name.as_ptr().cast()) }
 }
 
 /// A SID as its string (`windows_accounts::take_local_wide` frees what

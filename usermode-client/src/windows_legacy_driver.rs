@@ -14,7 +14,6 @@
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::ptr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -22,12 +21,8 @@ use windows_service::service::{
     ServiceAccess, ServiceErrorControl, ServiceInfo, ServiceStartType, ServiceState, ServiceType,
 };
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
-use windows_sys::Win32::Foundation::{ERROR_SERVICE_DOES_NOT_EXIST, ERROR_SUCCESS};
-use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
-use windows_sys::Win32::System::Registry::{
-    HKEY, HKEY_LOCAL_MACHINE, KEY_SET_VALUE, REG_OPTION_NON_VOLATILE, REG_SZ, RegCloseKey,
-    RegCreateKeyExW, RegSetValueExW,
-};
+use windows_sys::Win32::Foundation::ERROR_SERVICE_DOES_NOT_EXIST;
+use windows_sys::Win32::System::Registry::REG_SZ;
 
 use crate::commands::CliError;
 use crate::install_location::{jsonl_checks, pending_removals, untrusted_writers};
@@ -38,10 +33,7 @@ use crate::windows_install::{
     Removal, own_by_administrators, owner_and_dacl, pending_file_renames, remove_or_schedule,
     under_wine,
 };
-
-fn wide(s: &str) -> Vec<u16> {
-    s.encode_utf16().chain(std::iter::once(0)).collect()
-}
+use crate::windows_registry::Key;
 
 /// `RTL_OSVERSIONINFOW` (Learn, "`RtlGetVersion` function (wdm.h)").
 #[repr(C)]
@@ -60,14 +52,7 @@ struct OsVersionInfo {
 /// # Errors
 /// ntdll has no `RtlGetVersion`, or it failed.
 pub fn os_build() -> Result<u32> {
-    let name = wide("ntdll.dll");
-    // SAFETY: `name` is NUL-terminated; ntdll is mapped in every process.
-    let ntdll = unsafe { GetModuleHandleW(name.as_ptr()) };
-    if ntdll.is_null() {
-        return Err(anyhow!("cannot find ntdll.dll to read the Windows build"));
-    }
-    // SAFETY: `ntdll` is a loaded module; the name is a NUL-terminated ANSI string.
-    let proc = unsafe { GetProcAddress(ntdll, c"RtlGetVersion".as_ptr().cast()) }
+    let proc = crate::windows_install::ntdll_export(c"RtlGetVersion")
         .ok_or_else(|| anyhow!("ntdll.dll has no RtlGetVersion"))?;
     // SAFETY: RtlGetVersion's signature (wdm.h): NTSTATUS RtlGetVersion(PRTL_OSVERSIONINFOW).
     let rtl_get_version: unsafe extern "system" fn(*mut OsVersionInfo) -> i32 =
@@ -115,62 +100,13 @@ fn existing(manager: &ServiceManager) -> Result<Existing> {
     }
 }
 
-/// Closes a registry key when dropped.
-struct Key(HKEY);
-
-impl Drop for Key {
-    fn drop(&mut self) {
-        // SAFETY: the key came from RegCreateKeyExW and is closed once, here.
-        unsafe { RegCloseKey(self.0) };
-    }
-}
-
 /// Writes `<service key>\Parameters\<name>` as `REG_SZ` (the INF's `HKR, Parameters, …,
 /// 0x00000002`: `FLG_ADDREG_TYPE_SZ` with no-clobber; the key is new here).
 fn set_parameter(name: &str, value: &str) -> Result<()> {
-    let path = wide(&format!(
+    Key::create_hklm(&format!(
         r"SYSTEM\CurrentControlSet\Services\{SERVICE}\Parameters"
-    ));
-    let mut raw: HKEY = ptr::null_mut();
-    // SAFETY: `path` is NUL-terminated; `raw` is a valid out pointer; no class, default
-    // security (inherited from the service key), no disposition wanted.
-    let status = unsafe {
-        RegCreateKeyExW(
-            HKEY_LOCAL_MACHINE,
-            path.as_ptr(),
-            0,
-            ptr::null(),
-            REG_OPTION_NON_VOLATILE,
-            KEY_SET_VALUE,
-            ptr::null(),
-            &raw mut raw,
-            ptr::null_mut(),
-        )
-    };
-    if status != ERROR_SUCCESS {
-        return Err(std::io::Error::from_raw_os_error(status.cast_signed()))
-            .context("cannot create the service's Parameters key");
-    }
-    let key = Key(raw);
-    let name_w = wide(name);
-    let data = wide(value);
-    let bytes = u32::try_from(data.len() * 2)?;
-    // SAFETY: the key is open; `data` holds `bytes` bytes including the terminator.
-    let status = unsafe {
-        RegSetValueExW(
-            key.0,
-            name_w.as_ptr(),
-            0,
-            REG_SZ,
-            data.as_ptr().cast(),
-            bytes,
-        )
-    };
-    if status != ERROR_SUCCESS {
-        return Err(std::io::Error::from_raw_os_error(status.cast_signed()))
-            .context(format!(r"cannot set Parameters\{name}"));
-    }
-    Ok(())
+    ))?
+    .set_string(name, REG_SZ, value)
 }
 
 /// Who besides SYSTEM, Administrators and `TrustedInstaller` can change the installed file,

@@ -308,10 +308,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
                 fs::read(&driver_file)? == sys,
                 "the installed hivetrack.sys differs from the package"
             );
-            let svc = prefix.run_ok(
-                "reg-service",
-                &mut prefix.wine(&["reg", "query", service_key]),
-            )?;
+            let (svc, params) = service_key_values(prefix, "reg", service_key)?;
             for want in [
                 "Type",
                 "0x1",
@@ -322,16 +319,6 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
             ] {
                 ensure!(svc.contains(want), "service key lacks `{want}`:\n{svc}");
             }
-            let params = prefix.run_ok(
-                "reg-altitude",
-                &mut prefix.wine(&[
-                    "reg",
-                    "query",
-                    &format!(r"{service_key}\Parameters"),
-                    "/v",
-                    "Altitude",
-                ]),
-            )?;
             ensure!(
                 params.contains("REG_SZ"),
                 "Parameters\\Altitude is not a REG_SZ:\n{params}"
@@ -577,6 +564,26 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
     legacy_checks(prefix, package, &exe, started)
 }
 
+/// `reg query` of the service key and of its `Parameters\Altitude` (logs `<log>-service`,
+/// `<log>-altitude`).
+fn service_key_values(prefix: &Prefix, log: &str, service_key: &str) -> Result<(String, String)> {
+    let svc = prefix.run_ok(
+        &format!("{log}-service"),
+        &mut prefix.wine(&["reg", "query", service_key]),
+    )?;
+    let params = prefix.run_ok(
+        &format!("{log}-altitude"),
+        &mut prefix.wine(&[
+            "reg",
+            "query",
+            &format!(r"{service_key}\Parameters"),
+            "/v",
+            "Altitude",
+        ]),
+    )?;
+    Ok((svc, params))
+}
+
 /// `hivetrack driver install --legacy` (the Windows Server 2016/2019 route, audit 21c H4)
 /// after the INF's service is gone. Wine 8 reports the build its registry gives (ntdll reads
 /// `CurrentMajorVersionNumber`, `CurrentMinorVersionNumber` and `CurrentBuild(Number)` under
@@ -645,10 +652,7 @@ fn legacy_checks(prefix: &Prefix, package: &Path, exe: &str, started: Instant) -
                 "{} differs from the package",
                 installed.display()
             );
-            let svc = prefix.run_ok(
-                "legacy-reg-service",
-                &mut prefix.wine(&["reg", "query", service_key]),
-            )?;
+            let (svc, params) = service_key_values(prefix, "legacy-reg", service_key)?;
             for want in [
                 "Type    REG_DWORD    0x1",
                 "Start    REG_DWORD    0x3",
@@ -657,16 +661,6 @@ fn legacy_checks(prefix: &Prefix, package: &Path, exe: &str, started: Instant) -
             ] {
                 ensure!(svc.contains(want), "service key lacks `{want}`:\n{svc}");
             }
-            let params = prefix.run_ok(
-                "legacy-reg-altitude",
-                &mut prefix.wine(&[
-                    "reg",
-                    "query",
-                    &format!(r"{service_key}\Parameters"),
-                    "/v",
-                    "Altitude",
-                ]),
-            )?;
             ensure!(
                 params.contains("REG_SZ") && params.contains("385217"),
                 "Parameters\\Altitude:\n{params}"
