@@ -549,19 +549,22 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
                 "uninstall",
                 &mut prefix.wine(&["sc", "delete", "hivetrack"]),
             )?;
-            let out = prefix.run(
-                "reg-after-uninstall",
-                &mut prefix.wine(&["reg", "query", service_key]),
-            )?;
-            ensure!(
-                !out.status.success(),
-                "the service key is still there:\n{}",
-                stdout_of(&out)
-            );
+            no_key(prefix, "reg-after-uninstall", service_key)?;
             Ok(())
         })(),
     )?;
     legacy_checks(prefix, package, &exe, started)
+}
+
+/// Fails if `reg query` finds `key` (log `<log>`).
+fn no_key(prefix: &Prefix, log: &str, key: &str) -> Result<()> {
+    let out = prefix.run(log, &mut prefix.wine(&["reg", "query", key]))?;
+    ensure!(
+        !out.status.success(),
+        "the service key is still there:\n{}",
+        stdout_of(&out)
+    );
+    Ok(())
 }
 
 /// `reg query` of the service key and of its `Parameters\Altitude` (logs `<log>-service`,
@@ -685,15 +688,7 @@ fn legacy_checks(prefix: &Prefix, package: &Path, exe: &str, started: Instant) -
             for want in ["Stopped hivetrack", "Deleted service hivetrack", "Removed "] {
                 ensure!(text.contains(want), "no `{want}`:\n{text}");
             }
-            let out = prefix.run(
-                "legacy-reg-after",
-                &mut prefix.wine(&["reg", "query", service_key]),
-            )?;
-            ensure!(
-                !out.status.success(),
-                "the service key is still there:\n{}",
-                stdout_of(&out)
-            );
+            no_key(prefix, "legacy-reg-after", service_key)?;
             ensure!(
                 !installed.exists(),
                 "{} is still there",
