@@ -2,6 +2,9 @@
 # `pnputil /delete-driver oemN.inf /uninstall` (the driver store undoes what the install did),
 # reset Driver Verifier, remove the test certificate, and check nothing is left. Test signing stays on (bcdedit /set testsigning off
 # and a reboot turn it off).
+# With -Legacy: what `2-install.ps1 -Legacy` installed, removed by `hivetrack driver uninstall
+# --legacy` (service and System32\drivers\hivetrack.sys) instead of pnputil.
+param([switch]$Legacy)
 . "$PSScriptRoot\common.ps1"
 Assert-Admin
 $script:Failures = 0
@@ -13,23 +16,33 @@ $deadline = (Get-Date).AddSeconds(30)
 while ((Get-Service hivetrack -ErrorAction SilentlyContinue).Status -notin 'Stopped', $null -and (Get-Date) -lt $deadline) { Start-Sleep -Seconds 1 }
 $st = (Get-Service hivetrack -ErrorAction SilentlyContinue).Status
 Write-Result 'hivetrack stopped' ($st -in 'Stopped', $null) $(if ($st -in 'Stopped', $null) { '' } else { "still $st`: a handle to \\.\HiveTrack is open (hivetracksvc? a hivetrack wait?)" })
-# The published name (oemN.inf) of every driver store package whose original name is hivetrack.inf.
-$published = @()
-$current = $null
-foreach ($line in (& pnputil.exe /enum-drivers)) {
-    if ($line -match '^\s*Published Name\s*:\s*(\S+)') { $current = $Matches[1] }
-    elseif ($line -match '^\s*Original Name\s*:\s*hivetrack\.inf\s*$' -and $current) { $published += $current }
+if ($Legacy) {
+    $removed = Invoke-Hivetrack @('driver', 'uninstall', '--legacy')
+    $removed.Text | Set-Content (Join-Path $Results 'driver-uninstall-legacy.txt')
+    Write-Result 'hivetrack driver uninstall --legacy' ($removed.Code -eq 0) "exit $($removed.Code): $($removed.Text)"
+    $file = "$env:SystemRoot\System32\drivers\hivetrack.sys"
+    Write-Result 'System32\drivers\hivetrack.sys removed (or at the next restart)' ((-not (Test-Path $file)) -or $removed.Text -match 'next restart') ''
+} else {
+    # The published name (oemN.inf) of every driver store package whose original name is hivetrack.inf.
+    $published = @()
+    $current = $null
+    foreach ($line in (& pnputil.exe /enum-drivers)) {
+        if ($line -match '^\s*Published Name\s*:\s*(\S+)') { $current = $Matches[1] }
+        elseif ($line -match '^\s*Original Name\s*:\s*hivetrack\.inf\s*$' -and $current) { $published += $current }
+    }
+    foreach ($oem in $published) {
+        & pnputil.exe /delete-driver $oem /uninstall | Add-Content (Join-Path $Results 'pnputil-delete-driver.txt')
+        $code = $LASTEXITCODE
+        Write-Result "pnputil /delete-driver $oem /uninstall" (Test-PnputilOk $code) $(if ($code -eq 3010) { 'removed; reboot required (3010)' } else { "exit $code" })
+    }
+    Write-Result 'a hivetrack.inf package was in the driver store' ($published.Count -gt 0) ''
 }
-foreach ($oem in $published) {
-    & pnputil.exe /delete-driver $oem /uninstall | Add-Content (Join-Path $Results 'pnputil-delete-driver.txt')
-    $code = $LASTEXITCODE
-    Write-Result "pnputil /delete-driver $oem /uninstall" (Test-PnputilOk $code) $(if ($code -eq 3010) { 'removed; reboot required (3010)' } else { "exit $code" })
-}
-Write-Result 'a hivetrack.inf package was in the driver store' ($published.Count -gt 0) ''
 verifier /reset | Out-Null
 Write-Result 'service removed' (-not (Get-Service hivetrack -ErrorAction SilentlyContinue)) ''
-$left = Get-ChildItem "$env:SystemRoot\System32\DriverStore\FileRepository" -Filter 'hivetrack.inf_*' -ErrorAction SilentlyContinue
-Write-Result 'driver store folder removed' (-not $left) "$left"
+if (-not $Legacy) {
+    $left = Get-ChildItem "$env:SystemRoot\System32\DriverStore\FileRepository" -Filter 'hivetrack.inf_*' -ErrorAction SilentlyContinue
+    Write-Result 'driver store folder removed' (-not $left) "$left"
+}
 foreach ($store in 'My', 'Root', 'TrustedPublisher') {
     Get-ChildItem "Cert:\LocalMachine\$store" | Where-Object Subject -eq 'CN=hivetrack test signing' | Remove-Item
 }

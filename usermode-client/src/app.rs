@@ -246,6 +246,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             Ok(crate::analyze::verdict(&a, g.strict, *fail_if_held))
         }
         Command::Service(cmd) => crate::service_command::run(cmd, g, env),
+        Command::Driver(cmd) => crate::driver_command::run(cmd, env.out),
         Command::Version => {
             let connect = &mut *env.connect;
             commands::version(env.out, || connect(Need::Driver))?;

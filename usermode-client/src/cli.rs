@@ -216,6 +216,11 @@ pub enum Command {
     /// Log beside event 1530 (source hivetrack, Application log), or as JSON lines.
     #[command(subcommand)]
     Service(crate::service_command::ServiceCommand),
+    /// The driver as a kernel service for Windows Server 2016/2019, where the driver package
+    /// (Windows 10 1903+) does not install: `driver install --legacy hivetrack.sys`,
+    /// `driver uninstall --legacy`.
+    #[command(subcommand)]
+    Driver(crate::driver_command::DriverCommand),
     /// Print the client's version and the driver's version and build.
     Version,
     /// Send one raw control code to the driver and print the answer in hex (diagnostics and

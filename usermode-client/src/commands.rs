@@ -19,7 +19,8 @@ use crate::{
 /// How to install the driver, shown whenever it cannot be reached.
 pub const INSTALL_HINT: &str = "install it from the package folder with \
 `pnputil /add-driver hivetrack.inf /install` \
-and start it with `sc start hivetrack` (as Administrator)";
+and start it with `sc start hivetrack` (as Administrator; on Windows Server 2016/2019, \
+whose builds install no driver package: `hivetrack driver install --legacy hivetrack.sys`)";
 
 /// A failure that maps to a documented exit code.
 #[derive(Debug, Error)]
@@ -352,6 +353,8 @@ mod tests {
             format!("{err:#}"),
             format!("the hivetrack driver is not installed or not running: {INSTALL_HINT}")
         );
+        // Server 2016/2019 have no driver package route (audit 21c H4).
+        assert!(INSTALL_HINT.contains("driver install --legacy"));
         assert!(
             String::from_utf8(out)
                 .unwrap()

@@ -14,6 +14,7 @@ pub mod client;
 pub mod commands;
 pub mod coverage;
 pub mod dll_search;
+pub mod driver_command;
 #[cfg(all(feature = "emulator", target_os = "linux", target_arch = "x86_64"))]
 pub mod emulator;
 pub mod event_service;
@@ -25,6 +26,7 @@ pub mod hive_name;
 pub mod holder_identity;
 pub mod holder_now;
 pub mod install_location;
+pub mod legacy_driver;
 pub mod model;
 pub mod modules;
 pub mod page_server;
@@ -51,6 +53,10 @@ pub mod windows_handles;
 pub mod windows_identity;
 #[cfg(windows)]
 pub mod windows_install;
+#[cfg(windows)]
+pub mod windows_legacy_driver;
+#[cfg(windows)]
+pub mod windows_registry;
 #[cfg(windows)]
 pub mod windows_service_host;
 #[cfg(windows)]

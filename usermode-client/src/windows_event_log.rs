@@ -14,29 +14,23 @@ use std::ptr;
 
 use anyhow::{Result, bail};
 use windows_sys::Win32::{
-    Foundation::{ERROR_FILE_NOT_FOUND, ERROR_SUCCESS, HANDLE},
+    Foundation::{ERROR_FILE_NOT_FOUND, HANDLE},
     System::{
         EventLog::{
             DeregisterEventSource, EVENTLOG_ERROR_TYPE, EVENTLOG_INFORMATION_TYPE,
             EVENTLOG_WARNING_TYPE, RegisterEventSourceW, ReportEventW,
         },
-        Registry::{
-            HKEY, HKEY_LOCAL_MACHINE, KEY_SET_VALUE, REG_DWORD, REG_EXPAND_SZ,
-            REG_OPTION_NON_VOLATILE, RegCloseKey, RegCreateKeyExW, RegDeleteTreeW, RegSetValueExW,
-        },
+        Registry::{HKEY_LOCAL_MACHINE, REG_EXPAND_SZ, RegDeleteTreeW},
     },
 };
 
 use crate::event_sink::EventSink;
 use crate::fleet_event::{FleetEvent, Level};
 use crate::service_command::EVENT_SOURCE;
+use crate::windows_registry::{Key, check, wide};
 
 /// The source's registry key under `HKLM`.
 pub const SOURCE_KEY: &str = r"SYSTEM\CurrentControlSet\Services\EventLog\Application\hivetrack";
-
-fn wide(s: &str) -> Vec<u16> {
-    s.encode_utf16().chain(std::iter::once(0)).collect()
-}
 
 /// A registered event source handle.
 pub struct EventLogSink {
@@ -105,82 +99,22 @@ impl Drop for EventLogSink {
     }
 }
 
-/// Closes a registry key when dropped.
-struct Key(HKEY);
-
-impl Drop for Key {
-    fn drop(&mut self) {
-        // SAFETY: the key came from RegCreateKeyExW and is closed once, here.
-        unsafe { RegCloseKey(self.0) };
-    }
-}
-
-fn check(status: u32, what: &str) -> Result<()> {
-    if status == ERROR_SUCCESS {
-        Ok(())
-    } else {
-        bail!(
-            "{what}: {} (run as Administrator)",
-            std::io::Error::from_raw_os_error(status.cast_signed())
-        )
-    }
-}
-
 /// Registers the source: `EventMessageFile` = `dll` (`REG_EXPAND_SZ`), `TypesSupported` =
 /// error, warning and information (7).
 ///
 /// # Errors
 /// The registry refused (not elevated).
 pub fn register_source(dll: &Path) -> Result<()> {
-    let path = wide(SOURCE_KEY);
-    let mut raw: HKEY = ptr::null_mut();
-    // SAFETY: `path` is NUL-terminated; `raw` is a valid out pointer; no class, default
-    // security, no disposition wanted.
-    let status = unsafe {
-        RegCreateKeyExW(
-            HKEY_LOCAL_MACHINE,
-            path.as_ptr(),
-            0,
-            ptr::null(),
-            REG_OPTION_NON_VOLATILE,
-            KEY_SET_VALUE,
-            ptr::null(),
-            &raw mut raw,
-            ptr::null_mut(),
-        )
-    };
-    check(status, &format!(r"cannot create HKLM\{SOURCE_KEY}"))?;
-    let key = Key(raw);
-    let file = wide(&dll.display().to_string());
-    let file_bytes = u32::try_from(file.len() * 2)?;
-    let name = wide("EventMessageFile");
-    // SAFETY: the key is open; `file` holds `file_bytes` bytes including the terminator.
-    let status = unsafe {
-        RegSetValueExW(
-            key.0,
-            name.as_ptr(),
-            0,
-            REG_EXPAND_SZ,
-            file.as_ptr().cast(),
-            file_bytes,
-        )
-    };
-    check(status, "cannot set EventMessageFile")?;
-    let types: u32 =
-        u32::from(EVENTLOG_ERROR_TYPE | EVENTLOG_WARNING_TYPE | EVENTLOG_INFORMATION_TYPE);
-    let name = wide("TypesSupported");
-    // SAFETY: the key is open; `types` is 4 readable bytes.
-    let status = unsafe {
-        RegSetValueExW(
-            key.0,
-            name.as_ptr(),
-            0,
-            REG_DWORD,
-            (&raw const types).cast(),
-            4,
-        )
-    };
-    check(status, "cannot set TypesSupported")
+    let key = Key::create_hklm(SOURCE_KEY)?;
+    key.set_string(
+        "EventMessageFile",
+        REG_EXPAND_SZ,
+        &dll.display().to_string(),
+    )?;
+    key.set_dword(
+        "TypesSupported",
+        u32::from(EVENTLOG_ERROR_TYPE | EVENTLOG_WARNING_TYPE | EVENTLOG_INFORMATION_TYPE),
+    )
 }
 
 /// Removes the source's registration (a source that is not registered is not an error).

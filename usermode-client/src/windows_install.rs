@@ -20,7 +20,7 @@ use windows_sys::Win32::{
     Storage::FileSystem::{MOVEFILE_DELAY_UNTIL_REBOOT, MoveFileExW},
     System::Com::CoTaskMemFree,
     System::LibraryLoader::{GetModuleHandleW, GetProcAddress},
-    UI::Shell::{FOLDERID_ProgramFiles, SHGetKnownFolderPath},
+    UI::Shell::{FOLDERID_ProgramFiles, FOLDERID_System, SHGetKnownFolderPath},
 };
 
 use crate::install_location::{Ace, SID_ADMINISTRATORS};
@@ -59,19 +59,30 @@ const unsafe fn wide_len(p: *const u16) -> usize {
 /// # Errors
 /// The shell could not give the folder.
 pub fn program_files() -> Result<PathBuf> {
+    known_folder(&FOLDERID_ProgramFiles, "Program Files")
+}
+
+/// `%SystemRoot%\System32` as `SHGetKnownFolderPath(FOLDERID_System)` gives it (the
+/// folder of DIRID 11; `drivers` below it is DIRID 12).
+///
+/// # Errors
+/// The shell could not give the folder.
+pub fn system32() -> Result<PathBuf> {
+    known_folder(&FOLDERID_System, "System32")
+}
+
+/// A known folder's path (`SHGetKnownFolderPath`, freed with `CoTaskMemFree`).
+fn known_folder(id: &windows_sys::core::GUID, what: &str) -> Result<PathBuf> {
     let mut path: *mut u16 = ptr::null_mut();
-    // SAFETY: the GUID is a static; flags 0 and a null token ask for the default folder;
+    // SAFETY: `id` is a static GUID; flags 0 and a null token ask for the default folder;
     // `path` is an out pointer.
-    let hr =
-        unsafe { SHGetKnownFolderPath(&FOLDERID_ProgramFiles, 0, ptr::null_mut(), &raw mut path) };
+    let hr = unsafe { SHGetKnownFolderPath(id, 0, ptr::null_mut(), &raw mut path) };
     if hr < 0 || path.is_null() {
         if !path.is_null() {
             // SAFETY: Learn: the string is freed with CoTaskMemFree even when the call fails.
             unsafe { CoTaskMemFree(path.cast()) };
         }
-        return Err(anyhow!(
-            "cannot find the Program Files folder (HRESULT {hr:#x})"
-        ));
+        return Err(anyhow!("cannot find the {what} folder (HRESULT {hr:#x})"));
     }
     // SAFETY: on success `path` is a NUL-terminated string the shell allocated.
     let len = unsafe { wide_len(path) };
@@ -90,17 +101,23 @@ pub fn program_files() -> Result<PathBuf> {
 /// permissions are Wine's boundary). Only Wine's own ntdll can make this true.
 #[must_use]
 pub fn under_wine() -> bool {
-    let name: Vec<u16> = "ntdll.dll"
+    ntdll_export(c"wine_get_version").is_some()
+}
+
+/// The address of ntdll's export `name`, if it has one.
+#[must_use]
+pub fn ntdll_export(name: &std::ffi::CStr) -> Option<unsafe extern "system" fn() -> isize> {
+    let module: Vec<u16> = "ntdll.dll"
         .encode_utf16()
         .chain(std::iter::once(0))
         .collect();
-    // SAFETY: `name` is NUL-terminated; ntdll is mapped in every process.
-    let ntdll = unsafe { GetModuleHandleW(name.as_ptr()) };
+    // SAFETY: `module` is NUL-terminated; ntdll is mapped in every process.
+    let ntdll = unsafe { GetModuleHandleW(module.as_ptr()) };
     if ntdll.is_null() {
-        return false;
+        return None;
     }
-    // SAFETY: `ntdll` is a loaded module; the name is a NUL-terminated ANSI string.
-    unsafe { GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()) }.is_some()
+    // SAFETY: `ntdll` is a loaded module; `name` is a NUL-terminated ANSI string.
+    unsafe { GetProcAddress(ntdll, name.as_ptr().cast()) }
 }
 
 /// A SID as its string (`windows_accounts::take_local_wide` frees what

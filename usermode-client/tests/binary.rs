@@ -99,3 +99,39 @@ fn json_errors_are_json_on_stdout() {
         assert!(!doc["error"]["message"].as_str().unwrap().is_empty());
     }
 }
+
+/// `hivetrack driver` (audit 21c H4): `--legacy` is required and names both routes; a file
+/// that is not hivetrack's kernel image is refused before anything is installed; off Windows
+/// the command says where it runs.
+#[test]
+#[cfg(not(windows))]
+fn driver_install_checks_its_arguments_and_off_windows_says_where_it_runs() {
+    let exe = env!("CARGO_BIN_EXE_hivetrack");
+    let o = hivetrack(&["driver", "install", exe]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).contains("needs --legacy") && stderr(&o).contains("pnputil /add-driver"),
+        "{}",
+        stderr(&o)
+    );
+    // This test's own binary: an ELF file, not hivetrack.sys.
+    let o = hivetrack(&["driver", "install", "--legacy", exe]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("no MZ header"), "{}", stderr(&o));
+    let o = hivetrack(&["driver", "uninstall"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("needs --legacy"), "{}", stderr(&o));
+    for argv in [
+        &[
+            "driver",
+            "install",
+            "--legacy",
+            "/nonexistent/hivetrack.sys",
+        ][..],
+        &["driver", "uninstall", "--legacy"],
+    ] {
+        let o = hivetrack(argv);
+        assert_eq!(o.status.code(), Some(2), "{argv:?}");
+        assert!(stderr(&o).contains("run it on Windows"), "{}", stderr(&o));
+    }
+}

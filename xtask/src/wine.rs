@@ -15,7 +15,11 @@
 //! `--jsonl` file; the ACL checks run and, Wine's files all belonging to the Unix user, say
 //! "under Wine, not enforced" where Windows would refuse) and `service uninstall` (both keys
 //! and the copies gone; the driver's stop that follows proves the service closed its device
-//! handle).
+//! handle). Then the Windows Server 2016/2019 route (audit 21c H4): `hivetrack driver install
+//! --legacy` refused while the INF's service exists and, with the prefix's build set to
+//! 18362, without `--force`; with the build set to 17763 (Server 2019) the file in
+//! `system32\drivers`, the service key as the INF's with `Parameters\Altitude`, the driver
+//! answering the CLI; `driver uninstall --legacy` leaves neither key nor file (about 1.5 s).
 //!
 //! What it cannot show: registry filtering (Wine 8's ntoskrnl has no `CmRegisterCallbackEx`, so
 //! no registry callback ever fires there), and the driver store. Wine 8 has no `pnputil` and
@@ -252,6 +256,7 @@ pub fn wine_e2e(package: &Path, work: &Path) -> Result<()> {
 fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) -> Result<()> {
     let inf = wine_path(&package.join("hivetrack.inf"));
     let exe = wine_path(&package.join("hivetrack.exe"));
+    let sys = wine_path(&package.join("hivetrack.sys"));
     let service_key = r"HKLM\System\CurrentControlSet\Services\hivetrack";
     // Wine 8's setupapi has no driver store: DIRID 13 becomes system32\unknown (see the top).
     let driver_file = prefix.system32().join("unknown/hivetrack.sys");
@@ -303,10 +308,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
                 fs::read(&driver_file)? == sys,
                 "the installed hivetrack.sys differs from the package"
             );
-            let svc = prefix.run_ok(
-                "reg-service",
-                &mut prefix.wine(&["reg", "query", service_key]),
-            )?;
+            let (svc, params) = service_key_values(prefix, "reg", service_key)?;
             for want in [
                 "Type",
                 "0x1",
@@ -317,16 +319,6 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
             ] {
                 ensure!(svc.contains(want), "service key lacks `{want}`:\n{svc}");
             }
-            let params = prefix.run_ok(
-                "reg-altitude",
-                &mut prefix.wine(&[
-                    "reg",
-                    "query",
-                    &format!(r"{service_key}\Parameters"),
-                    "/v",
-                    "Altitude",
-                ]),
-            )?;
             ensure!(
                 params.contains("REG_SZ"),
                 "Parameters\\Altitude is not a REG_SZ:\n{params}"
@@ -532,6 +524,24 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
     )?;
 
     check(
+        "driver install --legacy refuses while the INF's service exists",
+        started,
+        (|| {
+            let out = prefix.run(
+                "legacy-over-inf",
+                &mut prefix.wine(&[&exe, "driver", "install", "--legacy", "--force", &sys]),
+            )?;
+            let err = stderr_of(&out);
+            ensure!(
+                out.status.code() == Some(3) && err.contains("installed from the INF"),
+                "exit {}: {err}",
+                out.status
+            );
+            Ok(())
+        })(),
+    )?;
+
+    check(
         "remove the service (sc delete) leaves no service key",
         started,
         (|| {
@@ -539,19 +549,181 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
                 "uninstall",
                 &mut prefix.wine(&["sc", "delete", "hivetrack"]),
             )?;
-            let out = prefix.run(
-                "reg-after-uninstall",
-                &mut prefix.wine(&["reg", "query", service_key]),
+            no_key(prefix, "reg-after-uninstall", service_key)?;
+            Ok(())
+        })(),
+    )?;
+    legacy_checks(prefix, package, &exe, started)
+}
+
+/// Fails if `reg query` finds `key` (log `<log>`).
+fn no_key(prefix: &Prefix, log: &str, key: &str) -> Result<()> {
+    let out = prefix.run(log, &mut prefix.wine(&["reg", "query", key]))?;
+    ensure!(
+        !out.status.success(),
+        "the service key is still there:\n{}",
+        stdout_of(&out)
+    );
+    Ok(())
+}
+
+/// `reg query` of the service key and of its `Parameters\Altitude` (logs `<log>-service`,
+/// `<log>-altitude`).
+fn service_key_values(prefix: &Prefix, log: &str, service_key: &str) -> Result<(String, String)> {
+    let svc = prefix.run_ok(
+        &format!("{log}-service"),
+        &mut prefix.wine(&["reg", "query", service_key]),
+    )?;
+    let params = prefix.run_ok(
+        &format!("{log}-altitude"),
+        &mut prefix.wine(&[
+            "reg",
+            "query",
+            &format!(r"{service_key}\Parameters"),
+            "/v",
+            "Altitude",
+        ]),
+    )?;
+    Ok((svc, params))
+}
+
+/// `hivetrack driver install --legacy` (the Windows Server 2016/2019 route, audit 21c H4)
+/// after the INF's service is gone. Wine 8 reports the build its registry gives (ntdll reads
+/// `CurrentMajorVersionNumber`, `CurrentMinorVersionNumber` and `CurrentBuild(Number)` under
+/// `HKLM\Software\Microsoft\Windows NT\CurrentVersion`; a fresh prefix says 6.1.7601): as
+/// Windows 10 1903 (18362, the first driver-package build) the route is refused without
+/// `--force`; as Windows Server 2019 (17763) it installs: the file in `system32\drivers`, the
+/// service key with the INF's settings and `Parameters\Altitude`, the driver started (the
+/// CLI gets its version over `DeviceIoControl`). `driver uninstall --legacy` stops it and
+/// leaves neither the service key nor the file; a second uninstall has nothing to do.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one linear script of checks reads best in one place"
+)]
+fn legacy_checks(prefix: &Prefix, package: &Path, exe: &str, started: Instant) -> Result<()> {
+    let sys = wine_path(&package.join("hivetrack.sys"));
+    let service_key = r"HKLM\System\CurrentControlSet\Services\hivetrack";
+    let installed = prefix.system32().join("drivers/hivetrack.sys");
+    let as_build = |build: &str| -> Result<()> {
+        let key = r"HKLM\Software\Microsoft\Windows NT\CurrentVersion";
+        for (value, kind, data) in [
+            ("CurrentMajorVersionNumber", "REG_DWORD", "10"),
+            ("CurrentMinorVersionNumber", "REG_DWORD", "0"),
+            ("CurrentBuild", "REG_SZ", build),
+            ("CurrentBuildNumber", "REG_SZ", build),
+        ] {
+            prefix.run_ok(
+                &format!("legacy-build-{value}"),
+                &mut prefix.wine(&["reg", "add", key, "/v", value, "/t", kind, "/d", data, "/f"]),
             )?;
+        }
+        Ok(())
+    };
+    check(
+        "driver install --legacy refuses Windows 10 1903 (18362) without --force",
+        started,
+        (|| {
+            as_build("18362")?;
+            let out = prefix.run(
+                "legacy-unforced",
+                &mut prefix.wine(&[exe, "driver", "install", "--legacy", &sys]),
+            )?;
+            let err = stderr_of(&out);
             ensure!(
-                !out.status.success(),
-                "the service key is still there:\n{}",
-                stdout_of(&out)
+                out.status.code() == Some(3)
+                    && err.contains("(build 18362) installs the driver package")
+                    && err.contains("pnputil /add-driver hivetrack.inf /install"),
+                "exit {}: {err}",
+                out.status
+            );
+            ensure!(!installed.exists(), "{} was written", installed.display());
+            Ok(())
+        })(),
+    )?;
+    check(
+        "driver install --legacy on Server 2019 (17763): file, service key, driver running",
+        started,
+        (|| {
+            as_build("17763")?;
+            let text = prefix.run_ok(
+                "legacy-install",
+                &mut prefix.wine(&[exe, "driver", "install", "--legacy", &sys]),
+            )?;
+            ensure!(text.contains("Started hivetrack"), "{text}");
+            ensure!(
+                fs::read(&installed)? == fs::read(package.join("hivetrack.sys"))?,
+                "{} differs from the package",
+                installed.display()
+            );
+            let (svc, params) = service_key_values(prefix, "legacy-reg", service_key)?;
+            for want in [
+                "Type    REG_DWORD    0x1",
+                "Start    REG_DWORD    0x3",
+                "ErrorControl    REG_DWORD    0x1",
+                r"\SystemRoot\System32\drivers\hivetrack.sys",
+            ] {
+                ensure!(svc.contains(want), "service key lacks `{want}`:\n{svc}");
+            }
+            ensure!(
+                params.contains("REG_SZ") && params.contains("385217"),
+                "Parameters\\Altitude:\n{params}"
+            );
+            let version =
+                prefix.run_ok("legacy-cli-version", &mut prefix.wine(&[exe, "version"]))?;
+            ensure!(
+                version.contains("hivetrack driver 0.1.0 (protocol 6, build "),
+                "the driver does not answer:\n{version}"
             );
             Ok(())
         })(),
     )?;
-    Ok(())
+    check(
+        "driver uninstall --legacy leaves no service key and no file",
+        started,
+        (|| {
+            let text = prefix.run_ok(
+                "legacy-uninstall",
+                &mut prefix.wine(&[exe, "driver", "uninstall", "--legacy"]),
+            )?;
+            for want in ["Stopped hivetrack", "Deleted service hivetrack", "Removed "] {
+                ensure!(text.contains(want), "no `{want}`:\n{text}");
+            }
+            no_key(prefix, "legacy-reg-after", service_key)?;
+            ensure!(
+                !installed.exists(),
+                "{} is still there",
+                installed.display()
+            );
+            // The INF's driver and this one: two DriverUnload lines.
+            let unloads = |needle: &str| {
+                fs::read_dir(&prefix.log_dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| fs::read(e.path()).ok())
+                    .map(|b| String::from_utf8_lossy(&b).matches(needle).count())
+                    .sum::<usize>()
+            };
+            let t = Instant::now();
+            while unloads("hivetrack: unloaded") < 2 && t.elapsed() < Duration::from_secs(5) {
+                thread::sleep(Duration::from_millis(100));
+            }
+            ensure!(
+                unloads("hivetrack: DriverEntry") == 2 && unloads("hivetrack: unloaded") == 2,
+                "expected 2 DriverEntry and 2 unloaded lines in {}",
+                prefix.log_dir.display()
+            );
+            let again = prefix.run_ok(
+                "legacy-uninstall-again",
+                &mut prefix.wine(&[exe, "driver", "uninstall", "--legacy"]),
+            )?;
+            ensure!(
+                again.contains("No service hivetrack") && again.contains("nothing to remove"),
+                "{again}"
+            );
+            Ok(())
+        })(),
+    )
 }
 
 /// `hivetrack service` (issue 17) under Wine, while the driver runs: `run --once` drains the
