@@ -22,6 +22,8 @@ use crate::registry::{
 unsafe extern "system" {
     fn PsGetCurrentProcessId() -> *mut c_void;
     fn PsGetCurrentThreadId() -> *mut c_void;
+    fn PsGetCurrentThread() -> *mut c_void;
+    fn PsGetThreadId(thread: *mut c_void) -> *mut c_void;
     fn IoGetCurrentProcess() -> *mut c_void;
     fn PsGetCurrentProcess() -> *mut c_void;
     fn PsGetProcessId(process: *mut c_void) -> *mut c_void;
@@ -34,7 +36,7 @@ unsafe extern "system" {
 type StartKeyFn = unsafe extern "system" fn(*mut c_void) -> u64;
 
 /// Slots per log entry.
-pub const ENTRY_SLOTS: usize = 9;
+pub const ENTRY_SLOTS: usize = 11;
 /// Entries the log holds; later events are dropped (and counted).
 const ENTRIES: usize = 48;
 /// The log's pseudo-class of a process creation / exit notification.
@@ -218,7 +220,9 @@ fn caller() -> (u64, u64, u64) {
 /// pre-rename and pre-delete: the ObjectID of the Object; posts: Status; post-load: the Object
 /// of its PreInformation and that object's name), and `PsGetCurrentThreadId` (a callback
 /// runs "in the context of the thread that is performing the registry operation", Learn
-/// `EX_CALLBACK_FUNCTION` Remarks: a pre and its post log the same thread). The name passed of a
+/// `EX_CALLBACK_FUNCTION` Remarks: a pre and its post log the same thread), then
+/// `PsGetCurrentThread` (the current thread's ETHREAD) and `PsGetThreadId` of it (WRK
+/// `ps/pshelper.c`: `Thread->Cid.UniqueThread`, what `PsGetCurrentThreadId` answers). The name passed of a
 /// pre-rename is its NewName; the Object's name of a successful post-open/create/rename/delete
 /// is fetched there (post-delete: the deleted key's object, which NtDeleteKey still
 /// references, WRK `ntapi.c`).
@@ -328,6 +332,10 @@ pub fn record(class: usize, info: *mut c_void) {
     };
     // SAFETY: callable at any IRQL the callbacks run at.
     let thread = unsafe { PsGetCurrentThreadId() } as u64;
+    // SAFETY: as above.
+    let ethread = unsafe { PsGetCurrentThread() };
+    // SAFETY: the current thread's ETHREAD, live while it runs; any IRQL.
+    let ethread_id = unsafe { PsGetThreadId(ethread) } as u64;
     push([
         class as u64,
         owner,
@@ -338,6 +346,8 @@ pub fn record(class: usize, info: *mut c_void) {
         object_name,
         extra,
         thread,
+        ethread as u64,
+        ethread_id,
     ]);
 }
 
@@ -355,6 +365,8 @@ pub fn record_process(process: *mut c_void, pid: *mut c_void, exit: bool) {
         pid as u64,
         start_key(process),
         process as u64,
+        0,
+        0,
         0,
         0,
         0,

@@ -68,7 +68,17 @@ pub(super) struct Entry {
     pub(super) extra: u64,
     /// PsGetCurrentThreadId in the callback (0 for process entries).
     pub(super) thread: u64,
+    /// PsGetCurrentThread in the callback: the current thread's ETHREAD (0 for process
+    /// entries).
+    pub(super) ethread: u64,
+    /// PsGetThreadId of that ETHREAD (0 for process entries).
+    pub(super) ethread_id: u64,
 }
+
+/// Slots of a test-driver log entry (test-driver/src/lifecycle.rs `ENTRY_SLOTS`).
+const ENTRY_SLOTS: u32 = 11;
+/// Bytes of a test-driver log entry.
+pub(super) const ENTRY_BYTES: u32 = ENTRY_SLOTS * 8;
 
 /// The FNV-1a hash the test driver computes over a name's UTF-16 code units.
 pub(super) fn hash(name: &str) -> u64 {
@@ -83,10 +93,16 @@ pub(super) fn log_start(s: &Session) {
     let _ = io::device_io_control(s.control, IOCTL_LOG_START, &[0; 8], 32, 0xA5);
 }
 
-/// The number of entries the test driver logged (9 slots of 8 bytes an entry): slot 7 of a read past the end. An entry's
+/// The number of entries the test driver logged (11 slots of 8 bytes an entry): slot 7 of a read past the end. An entry's
 /// class cannot mark the end, RegNtPreDeleteKey being class 0.
 pub(super) fn log_len(device: io::FileHandle) -> u64 {
-    let r = io::device_io_control(device, IOCTL_LOG_READ, &u64::MAX.to_le_bytes(), 72, 0xA5);
+    let r = io::device_io_control(
+        device,
+        IOCTL_LOG_READ,
+        &u64::MAX.to_le_bytes(),
+        ENTRY_BYTES,
+        0xA5,
+    );
     r.output
         .get(56..64)
         .map_or(0, |c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
@@ -95,13 +111,19 @@ pub(super) fn log_len(device: io::FileHandle) -> u64 {
 pub(super) fn log(s: &Session) -> Vec<Entry> {
     let mut v = Vec::new();
     for i in 0..log_len(s.control).min(64) {
-        let r = io::device_io_control(s.control, IOCTL_LOG_READ, &i.to_le_bytes(), 72, 0xA5);
+        let r = io::device_io_control(
+            s.control,
+            IOCTL_LOG_READ,
+            &i.to_le_bytes(),
+            ENTRY_BYTES,
+            0xA5,
+        );
         let w: Vec<u64> = r
             .output
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
-        if w.len() < 9 {
+        if w.len() < ENTRY_SLOTS as usize {
             break;
         }
         v.push(Entry {
@@ -114,6 +136,8 @@ pub(super) fn log(s: &Session) -> Vec<Entry> {
             object_name: w[6],
             extra: w[7],
             thread: w[8],
+            ethread: w[9],
+            ethread_id: w[10],
         });
     }
     for e in &v {
@@ -186,7 +210,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::test_driver(
             "td-thread-ids",
-            "two threads of one process unload two hives interleaved (the second's unload inside the first's, between its pre and post): each thread has its own PsGetCurrentThreadId, each pre and its post run on the same thread (Learn EX_CALLBACK_FUNCTION: the callback runs in the context of the thread performing the operation), and each post's PreInformation names the object its pre carried",
+            "two threads of one process unload two hives interleaved (the second's unload inside the first's, between its pre and post): each thread has its own PsGetCurrentThreadId and its own ETHREAD (PsGetCurrentThread, whose PsGetThreadId is that id), each pre and its post run on the same thread (Learn EX_CALLBACK_FUNCTION: the callback runs in the context of the thread performing the operation), and each post's PreInformation names the object its pre carried",
             td_thread_ids,
         ),
         Scenario::test_driver(
@@ -1147,7 +1171,10 @@ fn td_unload_sequence(ctx: &mut Ctx) {
 /// Each post's `PreInformation` is its own pre's structure (Learn
 /// `REG_POST_OPERATION_INFORMATION`: "A pointer to the structure that contains preprocessing
 /// information for the registry operation that has completed"). Fails on the model before 2026-12-06, whose thread id was `pid * 4 + 4`
-/// (fidelity audit 22e, H1).
+/// (fidelity audit 22e, H1). Each thread's `PsGetCurrentThread` is its own ETHREAD (Learn:
+/// "a pointer to the current thread's ETHREAD"), the same in its pre and post, and
+/// `PsGetThreadId` of it is its `PsGetCurrentThreadId` (WRK `ps/pshelper.c`, `ps/create.c`):
+/// 2 of 18 checks fail on the model whose ETHREAD was one per process (until 2026-12-06).
 #[allow(clippy::too_many_lines)] // one linear script of checks
 fn td_thread_ids(ctx: &mut Ctx) {
     const OTHER_SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1002";
@@ -1242,6 +1269,35 @@ fn td_thread_ids(ctx: &mut Ctx) {
         format!(
             "the second unload's post runs on its pre's thread ({:#x}, pre {:#x})",
             second_post.thread, second_pre.thread
+        ),
+    );
+    // Learn PsGetCurrentThread: "Returns a pointer to the current thread's ETHREAD"; WRK
+    // `ps/pshelper.c` PsGetThreadId is `Thread->Cid.UniqueThread` and `ps/create.c`
+    // PsGetCurrentThreadId `PsGetCurrentThread()->Cid.UniqueThread`: each thread its own
+    // ETHREAD, the same one in its pre and its post, whose id is the thread's.
+    ctx.check(
+        first_pre.ethread != 0
+            && second_pre.ethread != 0
+            && first_pre.ethread != second_pre.ethread,
+        format!(
+            "the two threads have their own ETHREADs (PsGetCurrentThread): {:#x} and {:#x}",
+            first_pre.ethread, second_pre.ethread
+        ),
+    );
+    ctx.check(
+        first_post.ethread == first_pre.ethread && second_post.ethread == second_pre.ethread,
+        format!(
+            "each unload's post sees its pre's ETHREAD (A {:#x}/{:#x}, B {:#x}/{:#x})",
+            first_pre.ethread, first_post.ethread, second_pre.ethread, second_post.ethread
+        ),
+    );
+    ctx.check(
+        [first_pre, second_pre, first_post, second_post]
+            .iter()
+            .all(|e| e.ethread_id == e.thread),
+        format!(
+            "PsGetThreadId(PsGetCurrentThread()) is PsGetCurrentThreadId on both threads ({:#x}/{:#x}, {:#x}/{:#x})",
+            first_pre.ethread_id, first_pre.thread, second_pre.ethread_id, second_pre.thread
         ),
     );
     ctx.check(
