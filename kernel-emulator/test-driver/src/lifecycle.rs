@@ -425,3 +425,59 @@ pub fn start_key_of(pid: u64) -> [u64; 4] {
     unsafe { ObfDereferenceObject(process) };
     [1, key, id, 0]
 }
+
+/// IOCTL_SYSTEM_PROCESS: the System process as a driver reaches it through the
+/// `PsInitialSystemProcess` data export (wdm.h `extern PEPROCESS PsInitialSystemProcess`),
+/// resolved with `MmGetSystemRoutineAddress` and read as hivetrack does
+/// (`driver/src/callbacks.rs` `holder_process`, a kernel handle's holder):
+/// [bit 0 resolved | bit 1 the variable holds a process | bit 2 it is the object
+/// `PsLookupProcessByProcessId(4)` answers, PsGetProcessId of it, its start key,
+/// (bit 32: `IoGetCurrentProcess` is it while attached to it) | PsGetCurrentProcessId while
+/// attached]. Slots 1 to 3 are 0 when the variable is missing or NULL.
+pub fn system_process() -> [u64; 4] {
+    let mut name = [0u16; 22];
+    for (d, c) in name.iter_mut().zip(b"PsInitialSystemProcess") {
+        *d = u16::from(*c);
+    }
+    let mut us = UNICODE_STRING {
+        Length: 44,
+        MaximumLength: 44,
+        Buffer: name.as_ptr().cast_mut(),
+    };
+    // SAFETY: a valid UNICODE_STRING; PASSIVE_LEVEL.
+    let variable = unsafe { MmGetSystemRoutineAddress(&raw mut us) }.cast::<*mut c_void>();
+    if variable.is_null() {
+        return [0; 4];
+    }
+    // SAFETY: the exported PEPROCESS variable, set before any driver loads.
+    let system = unsafe { variable.read() };
+    if system.is_null() {
+        return [1, 0, 0, 0];
+    }
+    let mut looked_up: *mut c_void = null_mut();
+    // SAFETY: PASSIVE_LEVEL; a valid out pointer; pid 4 is only a number.
+    let s = unsafe { PsLookupProcessByProcessId(4 as *mut c_void, &raw mut looked_up) };
+    let same = s == STATUS_SUCCESS && looked_up == system;
+    if s == STATUS_SUCCESS {
+        // SAFETY: the reference PsLookupProcessByProcessId took.
+        unsafe { ObfDereferenceObject(looked_up) };
+    }
+    // SAFETY: a live process object (the System process lives as long as the system).
+    let id = unsafe { PsGetProcessId(system) } as u64;
+    let key = start_key(system);
+    let mut apc_state = [0u64; 6];
+    // SAFETY: a live process object and KAPC_STATE storage; PASSIVE_LEVEL.
+    unsafe { KeStackAttachProcess(system, apc_state.as_mut_ptr().cast()) };
+    // SAFETY: callable at PASSIVE_LEVEL.
+    let current = unsafe { IoGetCurrentProcess() };
+    // SAFETY: as above.
+    let owner = unsafe { PsGetCurrentProcessId() } as u64;
+    // SAFETY: the KAPC_STATE of the attach above, innermost.
+    unsafe { KeUnstackDetachProcess(apc_state.as_mut_ptr().cast()) };
+    [
+        3 | u64::from(same) << 2,
+        id,
+        key,
+        u64::from(current == system) << 32 | owner,
+    ]
+}

@@ -25,6 +25,7 @@ const IOCTL_LOG_START: u32 = ioctl(0x830);
 const IOCTL_LOG_READ: u32 = ioctl(0x831);
 const IOCTL_ATTACH: u32 = ioctl(0x832);
 const IOCTL_START_KEY: u32 = ioctl(0x833);
+const IOCTL_SYSTEM_PROCESS: u32 = ioctl(0x857);
 const IOCTL_ZW_OPEN: u32 = ioctl(0x854);
 const IOCTL_HIVE_LIST_VALUE: u32 = ioctl(0x855);
 const HKU: &str = r"\REGISTRY\USER";
@@ -237,6 +238,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-attached-thread",
             "KeStackAttachProcess: PsGetCurrentProcessId stays the thread's process, IoGetCurrentProcess is the attached one, and handles go into its table",
             td_attached_thread,
+        ),
+        Scenario::test_driver(
+            "td-system-process",
+            "PsInitialSystemProcess read through MmGetSystemRoutineAddress, as hivetrack names a kernel handle's holder: the System process (PsLookupProcessByProcessId(4)'s object, pid 4, the first start key), current while attached to it, and the process a System thread's registry callback runs in",
+            td_system_process,
         ),
         Scenario::test_driver(
             "td-kernel-handle",
@@ -1796,6 +1802,81 @@ fn td_attached_thread(ctx: &mut Ctx) {
         "p's own thread closes it",
     );
     process::exit_process(p);
+    process::exit_process(q);
+    finish(ctx, s);
+}
+
+/// `PsInitialSystemProcess` as hivetrack reads it (`driver/src/callbacks.rs`
+/// `holder_process`: the holder of a kernel handle, which goes into the System process's
+/// table, is that variable's process, named by `PsGetProcessId` and the start key). The
+/// variable is a data export (wdm.h `extern PEPROCESS PsInitialSystemProcess`):
+/// `MmGetSystemRoutineAddress` answers the variable's address, which holds the System
+/// process's EPROCESS (WRK `base/ntos/ps/psinit.c`: `PsInitialSystemProcess` set once in
+/// phase 1 by `ObReferenceObjectByHandle(PspInitialSystemProcessHandle, …)` and never
+/// changed). The System process's threads run in it (WRK `ps/create.c`
+/// PsCreateSystemThread: no ProcessHandle means `PsInitialSystemProcess`), so a System
+/// thread's registry callback sees the same process (pid 4, the same start key) as the
+/// variable: the two ways hivetrack names System agree. Fails (6 of 11 checks)
+/// on a model that exports the EPROCESS itself instead of the variable's address.
+fn td_system_process(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\requester.exe");
+    let Ok(device) = io::open(
+        r"\\.\KemuTest",
+        Caller::Admin,
+        q,
+        GENERIC_READ | GENERIC_WRITE,
+    ) else {
+        ctx.check(false, "q opens the test driver");
+        return;
+    };
+    let r = four_on(device, IOCTL_SYSTEM_PROCESS, 0);
+    io::close(device);
+    ctx.check(
+        r[0] & 3 == 3,
+        format!(
+            "PsInitialSystemProcess resolves and holds a process ({:#x})",
+            r[0]
+        ),
+    );
+    ctx.check(
+        r[0] & 4 == 4,
+        "it is the object PsLookupProcessByProcessId(4) answers",
+    );
+    ctx.check(
+        r[1] == u64::from(SYSTEM_PID) && r[2] == SYSTEM_START_KEY,
+        format!(
+            "PsGetProcessId {} (System: 4), start key {:#x} (System's, the first: {SYSTEM_START_KEY:#x})",
+            r[1], r[2]
+        ),
+    );
+    ctx.check(
+        r[3] >> 32 == 1,
+        "attached to it, IoGetCurrentProcess answers it",
+    );
+    ctx.check(
+        r[3] & 0xFFFF_FFFF == u64::from(q),
+        format!(
+            "attached to it, PsGetCurrentProcessId stays the requester's ({} for {q})",
+            r[3] & 0xFFFF_FFFF
+        ),
+    );
+    // A System thread's own open: its callback runs in the process the variable names.
+    log_start(&s);
+    let h = hive::open_key(SYSTEM_PID, SOFTWARE, KEY_READ, false);
+    let l = log(&s);
+    ctx.check(h.is_ok(), "a System thread opens SOFTWARE");
+    let pre = first(&l, PRE_OPEN_KEY_EX).unwrap_or_default();
+    ctx.check(
+        pre.owner == u64::from(SYSTEM_PID) && pre.current == r[1] && pre.start_key == r[2],
+        format!(
+            "the System thread's pre-open runs in the variable's process: PsGetCurrentProcessId {}, IoGetCurrentProcess pid {} and start key {:#x} (variable: {} / {:#x})",
+            pre.owner, pre.current, pre.start_key, r[1], r[2]
+        ),
+    );
+    if let Ok(h) = h {
+        let _ = hive::close_key(SYSTEM_PID, h);
+    }
     process::exit_process(q);
     finish(ctx, s);
 }
