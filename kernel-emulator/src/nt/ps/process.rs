@@ -681,6 +681,10 @@ unsafe extern "win64" fn PsGetProcessCreateTimeQuadPart(eprocess: usize) -> i64 
 /// `io::with_thread` index), the same address for the thread's whole life (until its process
 /// exits); its process is the thread's own, [`io::current_pid`], whatever process it is
 /// attached to. Until 2026-12-06 it was one ETHREAD per process, shared by all its threads.
+/// *Model limitation*: on Windows this is also the KTHREAD at gs:\[0x188\] (WRK `inc/ps.h`:
+/// `#define _PsGetCurrentThread() ((PETHREAD)KeGetCurrentThread())`); the model's gs:\[0x188\]
+/// is the emulated processor's one KTHREAD (`cpu::current_thread`, per OS thread), another
+/// address. Neither hivetrack nor the test driver compares the two.
 unsafe extern "win64" fn PsGetCurrentThread() -> usize {
     let pid = io::current_pid();
     let tid = io::current_thread_id();
