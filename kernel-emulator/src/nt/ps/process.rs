@@ -987,8 +987,11 @@ mod tests {
             let (second, second_id) = io::with_pid(a, || io::with_thread(1, mine));
             assert_ne!(first, second);
             assert_ne!(first_id, second_id);
-            // SAFETY: as above, with live ETHREADs.
-            let ids = unsafe { (PsGetThreadId(first), PsGetThreadId(second)) };
+            // SAFETY: as above, with a live ETHREAD.
+            let ids_first = unsafe { PsGetThreadId(first) };
+            // SAFETY: as above.
+            let ids_second = unsafe { PsGetThreadId(second) };
+            let ids = (ids_first, ids_second);
             assert_eq!(ids, (first_id, second_id));
             assert_eq!(
                 io::with_pid(a, mine).0,
