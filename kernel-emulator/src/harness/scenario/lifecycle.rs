@@ -790,14 +790,22 @@ fn services_with_device(ctx: &mut Ctx) -> Option<(u32, io::FileHandle)> {
         ctx,
         r"\Device\HarddiskVolume2\Windows\System32\services.exe",
     );
+    device_of(ctx, p).map(|d| (p, d))
+}
+
+/// The test driver's device opened by process `pid` (as an administrator, read and write).
+fn device_of(ctx: &mut Ctx, pid: u32) -> Option<io::FileHandle> {
     let device = io::open(
         r"\\.\KemuTest",
         Caller::Admin,
-        p,
+        pid,
         GENERIC_READ | GENERIC_WRITE,
     );
-    ctx.check(device.is_ok(), "the process opens the test driver");
-    device.ok().map(|d| (p, d))
+    ctx.check(
+        device.is_ok(),
+        format!("process {pid} opens the test driver"),
+    );
+    device.ok()
 }
 
 /// A driver's own `ZwOpenKey` + `ZwClose` are registry operations like any other: Learn
@@ -1750,13 +1758,7 @@ fn td_attached_thread(ctx: &mut Ctx) {
     // The driver attaches itself (KeStackAttachProcess / KeUnstackDetachProcess), in a
     // request from process q.
     let q = new_process(ctx, r"\Device\HarddiskVolume2\requester.exe");
-    let Ok(device) = io::open(
-        r"\\.\KemuTest",
-        Caller::Admin,
-        q,
-        GENERIC_READ | GENERIC_WRITE,
-    ) else {
-        ctx.check(false, "q opens the test driver");
+    let Some(device) = device_of(ctx, q) else {
         return;
     };
     let r = four_on(device, IOCTL_ATTACH, u64::from(p));
@@ -1818,16 +1820,11 @@ fn td_attached_thread(ctx: &mut Ctx) {
 /// thread's registry callback sees the same process (pid 4, the same start key) as the
 /// variable: the two ways hivetrack names System agree. Fails (6 of 11 checks)
 /// on a model that exports the EPROCESS itself instead of the variable's address.
+#[allow(clippy::many_single_char_names)] // q: process; s, l, r, h: session, log, result, handle
 fn td_system_process(ctx: &mut Ctx) {
     let Some(s) = start(ctx) else { return };
     let q = new_process(ctx, r"\Device\HarddiskVolume2\requester.exe");
-    let Ok(device) = io::open(
-        r"\\.\KemuTest",
-        Caller::Admin,
-        q,
-        GENERIC_READ | GENERIC_WRITE,
-    ) else {
-        ctx.check(false, "q opens the test driver");
+    let Some(device) = device_of(ctx, q) else {
         return;
     };
     let r = four_on(device, IOCTL_SYSTEM_PROCESS, 0);
