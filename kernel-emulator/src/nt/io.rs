@@ -98,6 +98,9 @@ pub struct IrpTrack {
     /// dispatching thread does not take the IRP back (and its requester does not free it)
     /// until that returns.
     pub cancelling: bool,
+    /// The whole mapping of its METHOD_BUFFERED system buffer, (0, 0) for none: scanned by
+    /// [`object_ranges`] as long as the IRP is tracked, however old.
+    pub buffer: (usize, usize),
 }
 
 /// I/O manager state.
@@ -658,6 +661,7 @@ pub const SL_PENDING_RETURNED: u8 = 0x01;
 /// IRP then stays tracked as pending and STATUS_PENDING is returned.
 fn dispatch(
     irp: &IrpAllocation,
+    buffer: (usize, usize),
     device: usize,
     major: usize,
     operation: &str,
@@ -683,6 +687,7 @@ fn dispatch(
                 file,
                 pid,
                 seq,
+                buffer,
                 ..IrpTrack::default()
             },
         )
@@ -780,6 +785,13 @@ fn dispatch(
 /// the IRP went back (review 21a, L6).
 const HANDED_KEEP: usize = 256;
 
+/// How many IRPs still tracked (the driver holds them: pending, or completed and not yet
+/// taken back) [`object_ranges`] lists besides the last [`HANDED_KEEP`], newest first: every
+/// one a driver can hold in practice (hivetrack keeps a bounded queue of waits), and a bound
+/// on the scan's cost. Until 2026-12-06 an IRP pended before the last 256 handed objects was
+/// not scanned for (the emulator's `td-scan-pending-irp`).
+const TRACKED_KEEP: usize = 4096;
+
 /// The address ranges of the last [`HANDED_KEEP`] IRPs (with their stack location), system
 /// buffers and file objects the I/O manager built for a driver, newest last.
 static HANDED: std::sync::Mutex<std::collections::VecDeque<(usize, usize)>> =
@@ -808,8 +820,9 @@ pub fn newest_handed() -> Option<usize> {
 
 /// Every I/O-manager object address a driver holds or was recently handed, unsorted, possibly
 /// overlapping: live DEVICE_OBJECTs (with extension and DEVOBJ_EXTENSION), their
-/// DRIVER_OBJECTs, live FILE_OBJECTs and their name buffers, and the last [`HANDED_KEEP`]
-/// IRPs, system buffers and file objects ([`HANDED`]). None of them is a pool block in the
+/// DRIVER_OBJECTs, live FILE_OBJECTs and their name buffers, every IRP still tracked (up to
+/// [`TRACKED_KEEP`], with its system buffer: a wait pended long ago) and the last
+/// [`HANDED_KEEP`] IRPs, system buffers and file objects ([`HANDED`]). None of them is a pool block in the
 /// model (the host allocator or their own mappings), so a pool scan cannot see them; the
 /// IOCTL fuzz scans answers for them (review 21a, L6).
 #[must_use]
@@ -821,6 +834,16 @@ pub fn object_ranges() -> Vec<(usize, usize)> {
             v.push((d.driver, d.driver + size_of::<DriverObject>()));
         }
         v.extend(k.io.files.keys().map(|&f| (f, f + FILE_OBJECT_SIZE)));
+        // Every IRP the driver still holds, however many were handed since it pended, with
+        // its system buffer.
+        let mut tracked: Vec<(&usize, &IrpTrack)> = k.io.irps.iter().collect();
+        tracked.sort_unstable_by_key(|(_, t)| std::cmp::Reverse(t.seq));
+        for (&irp, t) in tracked.into_iter().take(TRACKED_KEEP) {
+            v.push((irp, irp + size_of::<Irp>() + size_of::<IoStackLocation>()));
+            if t.buffer.1 > t.buffer.0 {
+                v.push(t.buffer);
+            }
+        }
         v.extend(k.io.file_names.values().map(|n| {
             (
                 n.as_ptr() as usize,
@@ -1057,7 +1080,15 @@ pub fn open(path: &str, caller: Caller, pid: u32, desired: u32) -> Result<FileHa
             d.open_files += 1;
         }
     });
-    let status = dispatch(&irp, device, IRP_MJ_CREATE, "IRP_MJ_CREATE", pid, false);
+    let status = dispatch(
+        &irp,
+        (0, 0),
+        device,
+        IRP_MJ_CREATE,
+        "IRP_MJ_CREATE",
+        pid,
+        false,
+    );
     drop(security_context);
     if status::nt_success(status) {
         Ok(FileHandle(file))
@@ -1223,6 +1254,9 @@ impl IoctlRequest {
     fn dispatch(&self, may_pend: bool) -> NtStatus {
         dispatch(
             &self.irp,
+            self.system
+                .as_ref()
+                .map_or((0, 0), |b| (b.base, b.base + b.map_len)),
             self.device,
             IRP_MJ_DEVICE_CONTROL,
             "IRP_MJ_DEVICE_CONTROL",
@@ -1647,7 +1681,7 @@ fn send_close_irps(handle: FileHandle, majors: &[usize]) {
             }
         }
         let irp = IrpAllocation::new(major, file.device, handle.0, file.pid);
-        let _ = dispatch(&irp, file.device, major, name, file.pid, false);
+        let _ = dispatch(&irp, (0, 0), file.device, major, name, file.pid, false);
     }
     if majors.contains(&IRP_MJ_CLOSE) {
         release_file(handle.0);

@@ -78,6 +78,8 @@ const IOCTL_LOG_START: u32 = ioctl(0x830); // clear the notification log and sta
 const IOCTL_LOG_READ: u32 = ioctl(0x831); // log entry `argument` (64 bytes of output)
 const IOCTL_ATTACH: u32 = ioctl(0x832); // KeStackAttachProcess to pid `argument`
 const IOCTL_START_KEY: u32 = ioctl(0x833); // PsGetProcessStartKey of pid `argument`
+const IOCTL_SYSTEM_PROCESS: u32 = ioctl(0x857); // PsInitialSystemProcess as read by a driver
+const IOCTL_LEAK_PENDING: u32 = ioctl(0x858); // bug: a pending wait's IRP address in the answer
 const IOCTL_REF_USER: u32 = ioctl(0x834); // ObReferenceObjectByHandle(`argument`, UserMode), kept
 const IOCTL_REF_KERNEL: u32 = ioctl(0x835); // the same in KernelMode
 const IOCTL_DEREF: u32 = ioctl(0x836); // release the kept reference
@@ -604,6 +606,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
             out = lifecycle::start_key_of(argument);
             32
         }
+        IOCTL_SYSTEM_PROCESS => {
+            out = lifecycle::system_process();
+            32
+        }
         IOCTL_REF_USER => {
             out = handles::reference(argument, 1);
             32
@@ -642,6 +648,10 @@ unsafe extern "C" fn dispatch_device_control(_device: PDEVICE_OBJECT, irp: PIRP)
         }
         IOCTL_RELEASE => {
             out[0] = pending::release_all();
+            8
+        }
+        IOCTL_LEAK_PENDING => {
+            out[0] = pending::leak_pending_irp();
             8
         }
         IOCTL_DPC => {

@@ -22,6 +22,8 @@ use crate::registry::{
 unsafe extern "system" {
     fn PsGetCurrentProcessId() -> *mut c_void;
     fn PsGetCurrentThreadId() -> *mut c_void;
+    fn PsGetCurrentThread() -> *mut c_void;
+    fn PsGetThreadId(thread: *mut c_void) -> *mut c_void;
     fn IoGetCurrentProcess() -> *mut c_void;
     fn PsGetCurrentProcess() -> *mut c_void;
     fn PsGetProcessId(process: *mut c_void) -> *mut c_void;
@@ -34,7 +36,7 @@ unsafe extern "system" {
 type StartKeyFn = unsafe extern "system" fn(*mut c_void) -> u64;
 
 /// Slots per log entry.
-pub const ENTRY_SLOTS: usize = 9;
+pub const ENTRY_SLOTS: usize = 11;
 /// Entries the log holds; later events are dropped (and counted).
 const ENTRIES: usize = 48;
 /// The log's pseudo-class of a process creation / exit notification.
@@ -218,7 +220,9 @@ fn caller() -> (u64, u64, u64) {
 /// pre-rename and pre-delete: the ObjectID of the Object; posts: Status; post-load: the Object
 /// of its PreInformation and that object's name), and `PsGetCurrentThreadId` (a callback
 /// runs "in the context of the thread that is performing the registry operation", Learn
-/// `EX_CALLBACK_FUNCTION` Remarks: a pre and its post log the same thread). The name passed of a
+/// `EX_CALLBACK_FUNCTION` Remarks: a pre and its post log the same thread), then
+/// `PsGetCurrentThread` (the current thread's ETHREAD) and `PsGetThreadId` of it (WRK
+/// `ps/pshelper.c`: `Thread->Cid.UniqueThread`, what `PsGetCurrentThreadId` answers). The name passed of a
 /// pre-rename is its NewName; the Object's name of a successful post-open/create/rename/delete
 /// is fetched there (post-delete: the deleted key's object, which NtDeleteKey still
 /// references, WRK `ntapi.c`).
@@ -328,6 +332,10 @@ pub fn record(class: usize, info: *mut c_void) {
     };
     // SAFETY: callable at any IRQL the callbacks run at.
     let thread = unsafe { PsGetCurrentThreadId() } as u64;
+    // SAFETY: as above.
+    let ethread = unsafe { PsGetCurrentThread() };
+    // SAFETY: the current thread's ETHREAD, live while it runs; any IRQL.
+    let ethread_id = unsafe { PsGetThreadId(ethread) } as u64;
     push([
         class as u64,
         owner,
@@ -338,6 +346,8 @@ pub fn record(class: usize, info: *mut c_void) {
         object_name,
         extra,
         thread,
+        ethread as u64,
+        ethread_id,
     ]);
 }
 
@@ -355,6 +365,8 @@ pub fn record_process(process: *mut c_void, pid: *mut c_void, exit: bool) {
         pid as u64,
         start_key(process),
         process as u64,
+        0,
+        0,
         0,
         0,
         0,
@@ -412,4 +424,60 @@ pub fn start_key_of(pid: u64) -> [u64; 4] {
     // SAFETY: the reference PsLookupProcessByProcessId took.
     unsafe { ObfDereferenceObject(process) };
     [1, key, id, 0]
+}
+
+/// IOCTL_SYSTEM_PROCESS: the System process as a driver reaches it through the
+/// `PsInitialSystemProcess` data export (wdm.h `extern PEPROCESS PsInitialSystemProcess`),
+/// resolved with `MmGetSystemRoutineAddress` and read as hivetrack does
+/// (`driver/src/callbacks.rs` `holder_process`, a kernel handle's holder):
+/// [bit 0 resolved | bit 1 the variable holds a process | bit 2 it is the object
+/// `PsLookupProcessByProcessId(4)` answers, PsGetProcessId of it, its start key,
+/// (bit 32: `IoGetCurrentProcess` is it while attached to it) | PsGetCurrentProcessId while
+/// attached]. Slots 1 to 3 are 0 when the variable is missing or NULL.
+pub fn system_process() -> [u64; 4] {
+    let mut name = [0u16; 22];
+    for (d, c) in name.iter_mut().zip(b"PsInitialSystemProcess") {
+        *d = u16::from(*c);
+    }
+    let mut us = UNICODE_STRING {
+        Length: 44,
+        MaximumLength: 44,
+        Buffer: name.as_ptr().cast_mut(),
+    };
+    // SAFETY: a valid UNICODE_STRING; PASSIVE_LEVEL.
+    let variable = unsafe { MmGetSystemRoutineAddress(&raw mut us) }.cast::<*mut c_void>();
+    if variable.is_null() {
+        return [0; 4];
+    }
+    // SAFETY: the exported PEPROCESS variable, set before any driver loads.
+    let system = unsafe { variable.read() };
+    if system.is_null() {
+        return [1, 0, 0, 0];
+    }
+    let mut looked_up: *mut c_void = null_mut();
+    // SAFETY: PASSIVE_LEVEL; a valid out pointer; pid 4 is only a number.
+    let s = unsafe { PsLookupProcessByProcessId(4 as *mut c_void, &raw mut looked_up) };
+    let same = s == STATUS_SUCCESS && looked_up == system;
+    if s == STATUS_SUCCESS {
+        // SAFETY: the reference PsLookupProcessByProcessId took.
+        unsafe { ObfDereferenceObject(looked_up) };
+    }
+    // SAFETY: a live process object (the System process lives as long as the system).
+    let id = unsafe { PsGetProcessId(system) } as u64;
+    let key = start_key(system);
+    let mut apc_state = [0u64; 6];
+    // SAFETY: a live process object and KAPC_STATE storage; PASSIVE_LEVEL.
+    unsafe { KeStackAttachProcess(system, apc_state.as_mut_ptr().cast()) };
+    // SAFETY: callable at PASSIVE_LEVEL.
+    let current = unsafe { IoGetCurrentProcess() };
+    // SAFETY: as above.
+    let owner = unsafe { PsGetCurrentProcessId() } as u64;
+    // SAFETY: the KAPC_STATE of the attach above, innermost.
+    unsafe { KeUnstackDetachProcess(apc_state.as_mut_ptr().cast()) };
+    [
+        3 | u64::from(same) << 2,
+        id,
+        key,
+        u64::from(current == system) << 32 | owner,
+    ]
 }

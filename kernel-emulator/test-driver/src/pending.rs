@@ -451,6 +451,24 @@ pub fn release_all() -> u64 {
     complete_waits(|_, _| true, STATUS_SUCCESS)
 }
 
+/// The buggy variant for the emulator's address scan: the address of the first pending
+/// wait's IRP (0 if none), which the caller copies into an answer — a kernel address no
+/// answer may carry, however long ago the IRP pended.
+pub fn leak_pending_irp() -> u64 {
+    let old = lock();
+    let mut found = 0;
+    for i in 0..SLOTS {
+        // SAFETY: under the cancel spin lock.
+        let irp = unsafe { (*waiter(i)).irp };
+        if !irp.is_null() {
+            found = irp as u64;
+            break;
+        }
+    }
+    unlock(old);
+    found
+}
+
 /// IRP_MJ_CLEANUP of `file`: its waits complete with STATUS_CANCELLED (except the
 /// deliberately orphaned ones).
 pub fn cleanup(file: *mut c_void) {

@@ -44,12 +44,18 @@ fn four(device: io::FileHandle, code: u32, argument: u64) -> [u64; 4] {
     out
 }
 
-/// The notification classes the test driver logged since `IOCTL_LOG_START` (72 bytes per
+/// The notification classes the test driver logged since `IOCTL_LOG_START` (`ENTRY_BYTES` per
 /// entry, the class first).
 fn logged(device: io::FileHandle) -> Vec<u64> {
     (0..super::lifecycle::log_len(device).min(64))
         .map(|i| {
-            let r = io::device_io_control(device, IOCTL_LOG_READ, &i.to_le_bytes(), 72, 0xA5);
+            let r = io::device_io_control(
+                device,
+                IOCTL_LOG_READ,
+                &i.to_le_bytes(),
+                super::lifecycle::ENTRY_BYTES,
+                0xA5,
+            );
             r.output
                 .get(..8)
                 .map_or(0, |c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))

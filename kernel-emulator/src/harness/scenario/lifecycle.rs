@@ -25,6 +25,7 @@ const IOCTL_LOG_START: u32 = ioctl(0x830);
 const IOCTL_LOG_READ: u32 = ioctl(0x831);
 const IOCTL_ATTACH: u32 = ioctl(0x832);
 const IOCTL_START_KEY: u32 = ioctl(0x833);
+const IOCTL_SYSTEM_PROCESS: u32 = ioctl(0x857);
 const IOCTL_ZW_OPEN: u32 = ioctl(0x854);
 const IOCTL_HIVE_LIST_VALUE: u32 = ioctl(0x855);
 const HKU: &str = r"\REGISTRY\USER";
@@ -68,7 +69,17 @@ pub(super) struct Entry {
     pub(super) extra: u64,
     /// PsGetCurrentThreadId in the callback (0 for process entries).
     pub(super) thread: u64,
+    /// PsGetCurrentThread in the callback: the current thread's ETHREAD (0 for process
+    /// entries).
+    pub(super) ethread: u64,
+    /// PsGetThreadId of that ETHREAD (0 for process entries).
+    pub(super) ethread_id: u64,
 }
+
+/// Slots of a test-driver log entry (test-driver/src/lifecycle.rs `ENTRY_SLOTS`).
+const ENTRY_SLOTS: u32 = 11;
+/// Bytes of a test-driver log entry.
+pub(super) const ENTRY_BYTES: u32 = ENTRY_SLOTS * 8;
 
 /// The FNV-1a hash the test driver computes over a name's UTF-16 code units.
 pub(super) fn hash(name: &str) -> u64 {
@@ -83,10 +94,16 @@ pub(super) fn log_start(s: &Session) {
     let _ = io::device_io_control(s.control, IOCTL_LOG_START, &[0; 8], 32, 0xA5);
 }
 
-/// The number of entries the test driver logged (9 slots of 8 bytes an entry): slot 7 of a read past the end. An entry's
+/// The number of entries the test driver logged (11 slots of 8 bytes an entry): slot 7 of a read past the end. An entry's
 /// class cannot mark the end, RegNtPreDeleteKey being class 0.
 pub(super) fn log_len(device: io::FileHandle) -> u64 {
-    let r = io::device_io_control(device, IOCTL_LOG_READ, &u64::MAX.to_le_bytes(), 72, 0xA5);
+    let r = io::device_io_control(
+        device,
+        IOCTL_LOG_READ,
+        &u64::MAX.to_le_bytes(),
+        ENTRY_BYTES,
+        0xA5,
+    );
     r.output
         .get(56..64)
         .map_or(0, |c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
@@ -95,13 +112,19 @@ pub(super) fn log_len(device: io::FileHandle) -> u64 {
 pub(super) fn log(s: &Session) -> Vec<Entry> {
     let mut v = Vec::new();
     for i in 0..log_len(s.control).min(64) {
-        let r = io::device_io_control(s.control, IOCTL_LOG_READ, &i.to_le_bytes(), 72, 0xA5);
+        let r = io::device_io_control(
+            s.control,
+            IOCTL_LOG_READ,
+            &i.to_le_bytes(),
+            ENTRY_BYTES,
+            0xA5,
+        );
         let w: Vec<u64> = r
             .output
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
-        if w.len() < 9 {
+        if w.len() < ENTRY_SLOTS as usize {
             break;
         }
         v.push(Entry {
@@ -114,6 +137,8 @@ pub(super) fn log(s: &Session) -> Vec<Entry> {
             object_name: w[6],
             extra: w[7],
             thread: w[8],
+            ethread: w[9],
+            ethread_id: w[10],
         });
     }
     for e in &v {
@@ -186,7 +211,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::test_driver(
             "td-thread-ids",
-            "two threads of one process unload two hives interleaved (the second's unload inside the first's, between its pre and post): each thread has its own PsGetCurrentThreadId, each pre and its post run on the same thread (Learn EX_CALLBACK_FUNCTION: the callback runs in the context of the thread performing the operation), and each post's PreInformation names the object its pre carried",
+            "two threads of one process unload two hives interleaved (the second's unload inside the first's, between its pre and post): each thread has its own PsGetCurrentThreadId and its own ETHREAD (PsGetCurrentThread, whose PsGetThreadId is that id), each pre and its post run on the same thread (Learn EX_CALLBACK_FUNCTION: the callback runs in the context of the thread performing the operation), and each post's PreInformation names the object its pre carried",
             td_thread_ids,
         ),
         Scenario::test_driver(
@@ -213,6 +238,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-attached-thread",
             "KeStackAttachProcess: PsGetCurrentProcessId stays the thread's process, IoGetCurrentProcess is the attached one, and handles go into its table",
             td_attached_thread,
+        ),
+        Scenario::test_driver(
+            "td-system-process",
+            "PsInitialSystemProcess read through MmGetSystemRoutineAddress, as hivetrack names a kernel handle's holder: the System process (PsLookupProcessByProcessId(4)'s object, pid 4, the first start key), current while attached to it, and the process a System thread's registry callback runs in",
+            td_system_process,
         ),
         Scenario::test_driver(
             "td-kernel-handle",
@@ -760,14 +790,22 @@ fn services_with_device(ctx: &mut Ctx) -> Option<(u32, io::FileHandle)> {
         ctx,
         r"\Device\HarddiskVolume2\Windows\System32\services.exe",
     );
+    device_of(ctx, p).map(|d| (p, d))
+}
+
+/// The test driver's device opened by process `pid` (as an administrator, read and write).
+fn device_of(ctx: &mut Ctx, pid: u32) -> Option<io::FileHandle> {
     let device = io::open(
         r"\\.\KemuTest",
         Caller::Admin,
-        p,
+        pid,
         GENERIC_READ | GENERIC_WRITE,
     );
-    ctx.check(device.is_ok(), "the process opens the test driver");
-    device.ok().map(|d| (p, d))
+    ctx.check(
+        device.is_ok(),
+        format!("process {pid} opens the test driver"),
+    );
+    device.ok()
 }
 
 /// A driver's own `ZwOpenKey` + `ZwClose` are registry operations like any other: Learn
@@ -1147,7 +1185,10 @@ fn td_unload_sequence(ctx: &mut Ctx) {
 /// Each post's `PreInformation` is its own pre's structure (Learn
 /// `REG_POST_OPERATION_INFORMATION`: "A pointer to the structure that contains preprocessing
 /// information for the registry operation that has completed"). Fails on the model before 2026-12-06, whose thread id was `pid * 4 + 4`
-/// (fidelity audit 22e, H1).
+/// (fidelity audit 22e, H1). Each thread's `PsGetCurrentThread` is its own ETHREAD (Learn:
+/// "a pointer to the current thread's ETHREAD"), the same in its pre and post, and
+/// `PsGetThreadId` of it is its `PsGetCurrentThreadId` (WRK `ps/pshelper.c`, `ps/create.c`):
+/// 2 of 18 checks fail on the model whose ETHREAD was one per process (until 2026-12-06).
 #[allow(clippy::too_many_lines)] // one linear script of checks
 fn td_thread_ids(ctx: &mut Ctx) {
     const OTHER_SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1002";
@@ -1242,6 +1283,35 @@ fn td_thread_ids(ctx: &mut Ctx) {
         format!(
             "the second unload's post runs on its pre's thread ({:#x}, pre {:#x})",
             second_post.thread, second_pre.thread
+        ),
+    );
+    // Learn PsGetCurrentThread: "Returns a pointer to the current thread's ETHREAD"; WRK
+    // `ps/pshelper.c` PsGetThreadId is `Thread->Cid.UniqueThread` and `ps/create.c`
+    // PsGetCurrentThreadId `PsGetCurrentThread()->Cid.UniqueThread`: each thread its own
+    // ETHREAD, the same one in its pre and its post, whose id is the thread's.
+    ctx.check(
+        first_pre.ethread != 0
+            && second_pre.ethread != 0
+            && first_pre.ethread != second_pre.ethread,
+        format!(
+            "the two threads have their own ETHREADs (PsGetCurrentThread): {:#x} and {:#x}",
+            first_pre.ethread, second_pre.ethread
+        ),
+    );
+    ctx.check(
+        first_post.ethread == first_pre.ethread && second_post.ethread == second_pre.ethread,
+        format!(
+            "each unload's post sees its pre's ETHREAD (A {:#x}/{:#x}, B {:#x}/{:#x})",
+            first_pre.ethread, first_post.ethread, second_pre.ethread, second_post.ethread
+        ),
+    );
+    ctx.check(
+        [first_pre, second_pre, first_post, second_post]
+            .iter()
+            .all(|e| e.ethread_id == e.thread),
+        format!(
+            "PsGetThreadId(PsGetCurrentThread()) is PsGetCurrentThreadId on both threads ({:#x}/{:#x}, {:#x}/{:#x})",
+            first_pre.ethread_id, first_pre.thread, second_pre.ethread_id, second_pre.thread
         ),
     );
     ctx.check(
@@ -1688,13 +1758,7 @@ fn td_attached_thread(ctx: &mut Ctx) {
     // The driver attaches itself (KeStackAttachProcess / KeUnstackDetachProcess), in a
     // request from process q.
     let q = new_process(ctx, r"\Device\HarddiskVolume2\requester.exe");
-    let Ok(device) = io::open(
-        r"\\.\KemuTest",
-        Caller::Admin,
-        q,
-        GENERIC_READ | GENERIC_WRITE,
-    ) else {
-        ctx.check(false, "q opens the test driver");
+    let Some(device) = device_of(ctx, q) else {
         return;
     };
     let r = four_on(device, IOCTL_ATTACH, u64::from(p));
@@ -1740,6 +1804,76 @@ fn td_attached_thread(ctx: &mut Ctx) {
         "p's own thread closes it",
     );
     process::exit_process(p);
+    process::exit_process(q);
+    finish(ctx, s);
+}
+
+/// `PsInitialSystemProcess` as hivetrack reads it (`driver/src/callbacks.rs`
+/// `holder_process`: the holder of a kernel handle, which goes into the System process's
+/// table, is that variable's process, named by `PsGetProcessId` and the start key). The
+/// variable is a data export (wdm.h `extern PEPROCESS PsInitialSystemProcess`):
+/// `MmGetSystemRoutineAddress` answers the variable's address, which holds the System
+/// process's EPROCESS (WRK `base/ntos/ps/psinit.c`: `PsInitialSystemProcess` set once in
+/// phase 1 by `ObReferenceObjectByHandle(PspInitialSystemProcessHandle, …)` and never
+/// changed). The System process's threads run in it (WRK `ps/create.c`
+/// PsCreateSystemThread: no ProcessHandle means `PsInitialSystemProcess`), so a System
+/// thread's registry callback sees the same process (pid 4, the same start key) as the
+/// variable: the two ways hivetrack names System agree. Fails (6 of 11 checks)
+/// on a model that exports the EPROCESS itself instead of the variable's address.
+#[allow(clippy::many_single_char_names)] // q: process; s, l, r, h: session, log, result, handle
+fn td_system_process(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let q = new_process(ctx, r"\Device\HarddiskVolume2\requester.exe");
+    let Some(device) = device_of(ctx, q) else {
+        return;
+    };
+    let r = four_on(device, IOCTL_SYSTEM_PROCESS, 0);
+    io::close(device);
+    ctx.check(
+        r[0] & 3 == 3,
+        format!(
+            "PsInitialSystemProcess resolves and holds a process ({:#x})",
+            r[0]
+        ),
+    );
+    ctx.check(
+        r[0] & 4 == 4,
+        "it is the object PsLookupProcessByProcessId(4) answers",
+    );
+    ctx.check(
+        r[1] == u64::from(SYSTEM_PID) && r[2] == SYSTEM_START_KEY,
+        format!(
+            "PsGetProcessId {} (System: 4), start key {:#x} (System's, the first: {SYSTEM_START_KEY:#x})",
+            r[1], r[2]
+        ),
+    );
+    ctx.check(
+        r[3] >> 32 == 1,
+        "attached to it, IoGetCurrentProcess answers it",
+    );
+    ctx.check(
+        r[3] & 0xFFFF_FFFF == u64::from(q),
+        format!(
+            "attached to it, PsGetCurrentProcessId stays the requester's ({} for {q})",
+            r[3] & 0xFFFF_FFFF
+        ),
+    );
+    // A System thread's own open: its callback runs in the process the variable names.
+    log_start(&s);
+    let h = hive::open_key(SYSTEM_PID, SOFTWARE, KEY_READ, false);
+    let l = log(&s);
+    ctx.check(h.is_ok(), "a System thread opens SOFTWARE");
+    let pre = first(&l, PRE_OPEN_KEY_EX).unwrap_or_default();
+    ctx.check(
+        pre.owner == u64::from(SYSTEM_PID) && pre.current == r[1] && pre.start_key == r[2],
+        format!(
+            "the System thread's pre-open runs in the variable's process: PsGetCurrentProcessId {}, IoGetCurrentProcess pid {} and start key {:#x} (variable: {} / {:#x})",
+            pre.owner, pre.current, pre.start_key, r[1], r[2]
+        ),
+    );
+    if let Ok(h) = h {
+        let _ = hive::close_key(SYSTEM_PID, h);
+    }
     process::exit_process(q);
     finish(ctx, s);
 }

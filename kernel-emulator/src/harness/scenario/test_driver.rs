@@ -48,6 +48,7 @@ const IOCTL_WAIT_HOLD_CANCEL_LOCK: u32 = ioctl(0x81A);
 const IOCTL_FREE_SET_TIMER: u32 = ioctl(0x81B);
 const IOCTL_EX_SPIN_LOCK: u32 = ioctl(0x850);
 const IOCTL_ALTITUDE_ON_STACK: u32 = ioctl(0x856);
+const IOCTL_LEAK_PENDING: u32 = ioctl(0x858);
 /// `test-driver/src/exlock.rs`'s operations.
 const EX_IRQL: u64 = 0;
 const EX_HOLD_SHARED: u64 = 1;
@@ -225,6 +226,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-wait-other-thread",
             "pending IRPs completed on other threads: by a request on another handle, by a DPC of a clock tick there",
             td_wait_other_thread,
+        ),
+        pass(
+            "td-scan-pending-irp",
+            "the IOCTL fuzz's address scan knows an IRP pended 300 requests ago (600 handed objects: past the 256 it keeps of freed ones): a driver copying it into an answer is caught",
+            td_scan_pending_irp,
         ),
         pass(
             "td-wait-cleanup",
@@ -801,6 +807,45 @@ fn td_wait_cancel(ctx: &mut Ctx) {
     ctx.check(
         slots(&call(&s, IOCTL_DPC, 1))[2] == 0,
         "the cancelled wait's timer never fired",
+    );
+    drop(p);
+    finish(ctx, s);
+}
+
+/// A wait pends, 300 requests follow (each an IRP and a system buffer: 600 objects handed,
+/// past the last 256 `io::object_ranges` keeps of freed ones), then a buggy request copies
+/// the still-pending IRP's address into its answer (`IOCTL_LEAK_PENDING`): the IOCTL fuzz's
+/// scan (`ioctl_fuzz::io_ranges`) must find it, since the IRP is a kernel address the driver
+/// holds however long ago it pended (no answer may carry one: rules of the driver). The
+/// scan lists every IRP still tracked since 2026-12-06; before, 1 of 7 checks fails here.
+fn td_scan_pending_irp(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some(mut p) = pend(ctx, s.handle, IOCTL_WAIT, 60_000) else {
+        return;
+    };
+    let irp = p.irp() as u64;
+    for _ in 0..300 {
+        let _ = call(&s, IOCTL_DPC, 1);
+    }
+    let r = call(&s, IOCTL_LEAK_PENDING, 0);
+    ctx.check(
+        r.status == STATUS_SUCCESS && slots(&r)[0] == irp && irp != 0,
+        format!(
+            "the buggy request copied the pending IRP's address ({irp:#x}) into its answer: {:#x}",
+            slots(&r)[0]
+        ),
+    );
+    let ranges = super::ioctl_fuzz::merged(super::ioctl_fuzz::io_ranges());
+    let found = super::ioctl_fuzz::kernel_address_in(&r.output, &ranges);
+    ctx.check(
+        found == Some((0, irp)),
+        format!("the scan finds it 300 requests after it pended: {found:x?}"),
+    );
+    ctx.check(p.cancel(), "the wait is cancelled");
+    let done = p.poll();
+    ctx.check(
+        done.as_ref().is_some_and(|d| d.status == STATUS_CANCELLED),
+        format!("completed STATUS_CANCELLED: {done:?}"),
     );
     drop(p);
     finish(ctx, s);

@@ -2820,8 +2820,11 @@ const KEY_WRITE: u32 = 0x2_0006;
 /// object: the block it names stays allocated while key bodies reference it). Operations on
 /// such a handle find its block deleted (STATUS_KEY_DELETED, as `parse_key` and
 /// `query_key_name` answer a deleted key's). Not modelled: the flush of pending change
-/// notifications on the key bodies (`CmpFlushNotifiesOnKeyBodyList`; the model has no
-/// NtNotifyChangeKey).
+/// notifications on the key bodies (WRK `cmapi.c` CmUnloadKey:
+/// `CmpFlushNotifiesOnKeyBodyList(Kcb, TRUE)` on the root, `cmsubs.c` `SearchAndDeref` on
+/// each open subkey; `cmnotify.c` CmpFlushNotify completes the pending calls with
+/// STATUS_NOTIFY_CLEANUP): the model has no NtNotifyChangeKey, and neither hivetrack's driver
+/// nor its CLI uses one.
 fn unload(
     pid: u32,
     mount: &str,

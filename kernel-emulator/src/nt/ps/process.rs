@@ -133,8 +133,11 @@ pub struct ProcessState {
     start_keys: u64,
     /// Exited processes by pid: their EPROCESS, which keeps the pid taken while referenced.
     exited: BTreeMap<u32, usize>,
-    /// Fake ETHREADs handed out by PsGetCurrentThread: address -> the thread's own process.
-    threads: BTreeMap<usize, u32>,
+    /// Fake ETHREADs handed out by PsGetCurrentThread, one per model thread: address -> the
+    /// thread's own process and its id (`io::current_thread_id`, its `Cid.UniqueThread`).
+    threads: BTreeMap<usize, (u32, usize)>,
+    /// ETHREADs of threads whose process exited: never handed out again, still scanned.
+    exited_threads: Vec<usize>,
 }
 
 impl ProcessState {
@@ -148,6 +151,7 @@ impl ProcessState {
             .map(|p| p.eprocess)
             .chain(self.exited.values().copied())
             .chain(self.threads.keys().copied())
+            .chain(self.exited_threads.iter().copied())
             .map(|a| (a, a + 0x1000))
             .collect()
     }
@@ -478,8 +482,21 @@ pub fn exit_process_with(pid: u32, between: impl FnOnce()) {
         let _ = hive::close_key(pid, h);
     }
     kernel::with(|k| {
-        k.processes.processes.remove(&pid);
-        k.processes.exited.insert(pid, proc_.eprocess);
+        let p = &mut k.processes;
+        p.processes.remove(&pid);
+        p.exited.insert(pid, proc_.eprocess);
+        // Its threads are gone with it: a thread of a later process of the same pid (and so
+        // the same model thread id) is another ETHREAD.
+        let gone: Vec<usize> = p
+            .threads
+            .iter()
+            .filter(|(_, (owner, _))| *owner == pid)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in gone {
+            p.threads.remove(&t);
+            p.exited_threads.push(t);
+        }
     });
     crate::nt::ps::image::process_exited(pid);
 }
@@ -656,23 +673,45 @@ unsafe extern "win64" fn PsGetProcessCreateTimeQuadPart(eprocess: usize) -> i64 
 }
 
 /// PsGetCurrentThread — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetcurrentthread>:
-/// the current thread's ETHREAD. The model keeps one fake ETHREAD per process (*model
-/// limitation*: `PsGetCurrentThreadId` tells a process's threads apart,
-/// `io::current_thread_id`, this pointer does not; hivetrack no longer calls it): the
-/// thread's own process, [`io::current_pid`], whatever process it is attached to.
+/// "Returns a pointer to the current thread's ETHREAD" — each thread its own object (WRK
+/// `base/ntos/ps/pshelper.c` PsGetCurrentThread is `_PsGetCurrentThread()`, the running
+/// thread; `create.c` PsGetCurrentThreadId is `PsGetCurrentThread()->Cid.UniqueThread`). The
+/// model hands out one fake ETHREAD per model thread, keyed by the id
+/// `PsGetCurrentThreadId` reports ([`io::current_thread_id`]: per process, processor and
+/// `io::with_thread` index), the same address for the thread's whole life (until its process
+/// exits); its process is the thread's own, [`io::current_pid`], whatever process it is
+/// attached to. Until 2026-12-06 it was one ETHREAD per process, shared by all its threads.
+/// *Model limitation*: on Windows this is also the KTHREAD at gs:\[0x188\] (WRK `inc/ps.h`:
+/// `#define _PsGetCurrentThread() ((PETHREAD)KeGetCurrentThread())`); the model's gs:\[0x188\]
+/// is the emulated processor's one KTHREAD (`cpu::current_thread`, per OS thread), another
+/// address. Neither hivetrack nor the test driver compares the two.
 unsafe extern "win64" fn PsGetCurrentThread() -> usize {
     let pid = io::current_pid();
+    let tid = io::current_thread_id();
     let existing = kernel::with(|k| {
         k.processes
             .threads
             .iter()
-            .find(|(_, p)| **p == pid)
+            .find(|(_, t)| **t == (pid, tid))
             .map(|(t, _)| *t)
     });
     existing.unwrap_or_else(|| {
         let thread = fake_eprocess();
-        kernel::with(|k| k.processes.threads.insert(thread, pid));
+        kernel::with(|k| k.processes.threads.insert(thread, (pid, tid)));
         thread
+    })
+}
+
+/// PsGetThreadId — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetthreadid>:
+/// the thread's identifier, WRK `base/ntos/ps/pshelper.c` PsGetThreadId:
+/// `Thread->Cid.UniqueThread`, so for the current thread what `PsGetCurrentThreadId`
+/// answers. Any IRQL.
+unsafe extern "win64" fn PsGetThreadId(thread: usize) -> usize {
+    let tid = kernel::with(|k| k.processes.threads.get(&thread).map(|t| t.1));
+    tid.unwrap_or_else(|| {
+        crate::verifier::bugcheck::verifier_violation(&format!(
+            "PsGetThreadId({thread:#x}): not a live thread"
+        ))
     })
 }
 
@@ -681,7 +720,7 @@ unsafe extern "win64" fn PsGetCurrentThread() -> usize {
 /// (ReactOS `IoThreadToProcess`: `Thread->ThreadsProcess`), not the one it is attached to
 /// (that is IoGetCurrentProcess). Any IRQL.
 unsafe extern "win64" fn IoThreadToProcess(thread: usize) -> usize {
-    let pid = kernel::with(|k| k.processes.threads.get(&thread).copied());
+    let pid = kernel::with(|k| k.processes.threads.get(&thread).map(|t| t.0));
     pid.and_then(eprocess_of).unwrap_or_else(|| {
         crate::verifier::bugcheck::verifier_violation(&format!(
             "IoThreadToProcess({thread:#x}): not a live thread of a live process"
@@ -820,6 +859,7 @@ pub(crate) fn exports() -> Vec<Export> {
             PsGetCurrentThread as *const () as usize,
         ),
         Export::function("IoThreadToProcess", IoThreadToProcess as *const () as usize),
+        Export::function("PsGetThreadId", PsGetThreadId as *const () as usize),
         // A data export (wdm.h, `PsInitialSystemProcess`: "a pointer to the system process"):
         // its address is that of the variable, as MmGetSystemRoutineAddress returns it.
         Export::function(
@@ -930,6 +970,45 @@ mod tests {
             let tb = unsafe { PsGetProcessCreateTimeQuadPart(eb) };
             assert!(tb - ta >= 160_000, "{ta} {tb}");
             exit_process(a);
+            exit_process(b);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn each_thread_has_its_own_ethread_for_its_life() {
+        std::thread::spawn(|| {
+            crate::machine::cpu::enter_thread(33);
+            let a = create_process(4, r"\Device\HarddiskVolume2\a.exe", false).unwrap();
+            // SAFETY: exported routines called as a driver would.
+            let mine = || unsafe { (PsGetCurrentThread(), io::current_thread_id()) };
+            let (first, first_id) = io::with_pid(a, mine);
+            let (second, second_id) = io::with_pid(a, || io::with_thread(1, mine));
+            assert_ne!(first, second);
+            assert_ne!(first_id, second_id);
+            // SAFETY: as above, with a live ETHREAD.
+            let ids_first = unsafe { PsGetThreadId(first) };
+            // SAFETY: as above.
+            let ids_second = unsafe { PsGetThreadId(second) };
+            let ids = (ids_first, ids_second);
+            assert_eq!(ids, (first_id, second_id));
+            assert_eq!(
+                io::with_pid(a, mine).0,
+                first,
+                "stable for the thread's life"
+            );
+            exit_process(a);
+            let b = create_process_with_pid(4, r"\Device\HarddiskVolume2\b.exe", false, a).unwrap();
+            let (again, again_id) = io::with_pid(b, mine);
+            assert_eq!(again_id, first_id);
+            assert_ne!(
+                again, first,
+                "a thread of a later process is another ETHREAD"
+            );
+            assert!(
+                kernel::with(|k| k.processes.object_pages()).contains(&(first, first + 0x1000))
+            );
             exit_process(b);
         })
         .join()
