@@ -225,6 +225,7 @@ fn every_other_event_says_what_happened() {
         60,
         NOW + 60 * SECOND,
         false,
+        false,
     );
     assert_eq!(still.event_id.number(), 1002);
     assert!(still.message.starts_with(&format!(
@@ -239,6 +240,7 @@ fn every_other_event_says_what_happened() {
         60,
         NOW,
         true,
+        false,
     );
     assert!(
         one.message
@@ -2582,4 +2584,86 @@ fn review22d_the_drivers_1002_says_its_delay_when_the_clock_moved() {
     let events = serve_wall(&q, 200, NOW, &wall);
     assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
     assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
+}
+
+// ---- session 23 (events23) ----
+
+/// Review 22d, L4 (a): after a driver restart the new driver lists the user's hive with load
+/// time 0, "unknown" (`tracker/src/hives.rs`, seeded from the hive list). The service's
+/// re-check cannot tell that hive from a later load at the same mount (the user's next
+/// logon): it still says 1002 (a 1002 rather than silence), but must say that the holders it
+/// names may hold a later load. On 4c88eb7 the 1002 said nothing of it.
+#[test]
+fn a_1002_says_the_load_may_be_a_later_one_when_its_load_time_is_unknown() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 3,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve_with(
+        &q,
+        ServiceOptions::default(),
+        200,
+        &NoIdentities,
+        &driver_seeded,
+    );
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    assert!(events[3].load_unsure, "{:#?}", events[3]);
+    assert!(
+        events[3].message.contains("it may be a later load"),
+        "{}",
+        events[3].message
+    );
+}
+
+/// Review 22d, L4 (b): the driver's hive list cannot be read (`hive_load_times` fails) when
+/// the re-check asks whether the hive now at the mount is the load that failed. Until
+/// 4c88eb7 the error (`.ok()` → `None`) counted as "the same load" and the 1002 blamed the
+/// holders without a word; it is "could not tell", and the 1002 says so.
+#[test]
+fn a_1002_says_the_load_may_be_a_later_one_when_the_hive_list_cannot_be_read() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 3,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let no_list = || {
+        let mut s = driver();
+        s.hives = None;
+        s
+    };
+    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, &no_list);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    assert!(events[3].load_unsure, "{:#?}", events[3]);
+    assert!(
+        events[3].message.contains("it may be a later load"),
+        "{}",
+        events[3].message
+    );
+}
+
+/// The other side of review 22d, L4: a hive the new driver lists as loaded before the
+/// failure is the same load, and its 1002 does not say it may be a later one.
+#[test]
+fn a_1002_of_a_hive_loaded_before_the_failure_is_sure_of_its_load() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 3,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let before = || driver_hives_loaded(NOW - 3600 * SECOND);
+    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, &before);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    assert!(!events[3].load_unsure, "{:#?}", events[3]);
+    assert!(
+        !events[3].message.contains("later load"),
+        "{}",
+        events[3].message
+    );
 }
