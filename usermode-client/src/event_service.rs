@@ -322,6 +322,21 @@ const SECOND: u64 = 10_000_000;
 /// could not be sure of is due this long after the driver's (audit 22b, M1, M2).
 const DRIVER_LOOK_SLACK: i64 = 30 * 10_000_000;
 
+/// How late after its due time the driver's look at a watch may come, at most, for a driver
+/// restart to take a watch due this long before a page that delivered everything the driver
+/// had numbered as answered by silence (the hive free). The driver looks in its timer's DPC
+/// at the earliest due time (`tracker/src/held_after.rs`: `held_after_check` at
+/// `DISPATCH_LEVEL`, `MAX_PER_CHECK` watches per run, the timer set again at once for the
+/// rest): a DPC runs ahead of every thread, so the look comes within milliseconds of its due
+/// time, and its record (when the hive is held) is numbered before any page answered later.
+/// The service's due time is the latest the driver's can be ([`Loop::mono_of`]); the page was
+/// answered no earlier than it was asked. Found in review 22b (L2): a restart converted every
+/// watch not yet forgotten, also one due up to [`DRIVER_LOOK_SLACK`] before its last done page
+/// (the driver had looked and found the hive free), into a late re-check. Not covered: a
+/// sleep between the failure and the due time (a relative kernel timer may not count it
+/// while the service's clock does: README, "One clock").
+const DRIVER_LOOK_LATE: i64 = 10_000_000;
+
 /// How far the system clock may move against the service's monotonic clock before the
 /// service stops trusting it to date records it reads (100 ns units: 2 s).
 const CLOCK_STEP: i128 = 2 * 10_000_000;
@@ -355,6 +370,10 @@ struct Loop<'e, 'a> {
     /// (within [`CLOCK_STEP`]): the age a record's time gives may be trusted to say the
     /// driver already looked. Once it moved (set back or forward, drifted), never again.
     wall_steady: bool,
+    /// When the latest page that delivered everything the driver had numbered was asked for,
+    /// on the monotonic clock (`i64::MIN` before one): what a driver restart judges the old
+    /// driver's unanswered watches by ([`DRIVER_LOOK_LATE`]).
+    last_done_asked: i64,
     buf: Vec<u8>,
     counts: Counts,
 }
@@ -938,8 +957,13 @@ impl Loop<'_, '_> {
                     // failed unloads it had not answered yet become re-checks of the
                     // service's own, due when the driver would have looked.
                     // (A run of only deferred unloads is no failure: nothing to re-check.)
+                    // Only watches the old driver may not have answered yet: due later than
+                    // [`DRIVER_LOOK_LATE`] before the last page that delivered all it had
+                    // numbered (review 22b, L2).
+                    let answered_before = self.last_done_asked;
                     for r in std::mem::take(&mut self.attempts)
                         .into_iter()
+                        .filter(|a| a.due.saturating_add(DRIVER_LOOK_LATE) > answered_before)
                         .filter_map(|a| a.recheck)
                     {
                         let r = Recheck { hive_id: 0, ..r };
@@ -988,6 +1012,7 @@ impl Loop<'_, '_> {
                 self.lost_after_attempts(&page, asked_after);
             }
             if page.done {
+                self.last_done_asked = asked;
                 self.answered_by_silence(asked);
                 // Only once the stream is drained: a record still to come on the next page
                 // (the driver's held-after record) cancels a re-check. Found in review 22b
@@ -1194,6 +1219,7 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
         read_mono: 0,
         read_wall: started_at,
         wall_steady: true,
+        last_done_asked: i64::MIN,
         buf: Vec::new(),
         counts: Counts::default(),
     };

@@ -2667,3 +2667,46 @@ fn a_1002_of_a_hive_loaded_before_the_failure_is_sure_of_its_load() {
         events[3].message
     );
 }
+
+/// Review 22b, L2: the old driver looked at the failed unload's hive at its 60 s and found it
+/// free (no held-after record); the service read pages that delivered everything the driver
+/// had numbered at 60 s and 70 s; then the driver restarted (at 80 s, within 30 s of the
+/// watch's due time). The watch was answered by silence: the restart must not turn it into
+/// a re-check of the service's own, whose 1002 names the holders of a hive the driver found
+/// free (the scripted driver lists the hive held now, as a hive held again since would be).
+/// A restart before the watch was due still converts it
+/// (`a_restart_turns_only_unanswered_attempts_into_rechecks_due_at_the_drivers_delay`).
+/// Fails on 4c88eb7 (`[1010, 1001, 1012, 1002]`).
+#[test]
+fn a_restart_does_not_recheck_a_watch_answered_before_the_last_done_page() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    for _ in 0..8 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Restart(NOW + 80 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012], "{events:#?}");
+}
+
+/// The other side of review 22b, L2: a watch due after the last done page of the old start
+/// (the driver restarted 5 s before its look) is still re-checked by the service.
+#[test]
+fn a_restart_rechecks_a_watch_due_after_the_last_done_page() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    for _ in 0..5 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Restart(NOW + 55 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+}
