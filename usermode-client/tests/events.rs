@@ -2710,3 +2710,52 @@ fn a_restart_rechecks_a_watch_due_after_the_last_done_page() {
     let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
     assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
 }
+
+/// Review 22d, L5: `Counts.events` (the console's "N event(s) written") counted a 1014 once
+/// per output it went to. With the Application log and a `--jsonl` file that refuses the
+/// 1010 once, the service makes 3 events (1010, the 1014 saying it, 1001), each in the log
+/// once; 4 were counted on 4c88eb7.
+#[test]
+fn a_1014_said_to_two_outputs_counts_as_one_event() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let mut sink = Sinks(vec![
+        Box::new(AppLog(Rc::clone(&log))),
+        Box::new(FullDisk { refuse: 1 }),
+    ]);
+    let make = || Scripted::new(driver());
+    let (_, counts) = serve_into(&q, long_recheck(), 60, &NoIdentities, &make, &mut sink);
+    let log = log.borrow();
+    assert_eq!(ids(&log), [1010, 1014, 1001], "{log:#?}");
+    assert_eq!(counts.events, 3, "{counts:?}");
+}
+
+/// Review 22d, L5: `answered_by_silence` forgets a watch only on a done page *asked* more
+/// than 30 s after the watch was due, not one merely answered then: a page asked before the
+/// driver's look cannot vouch that the look found the hive free. With 60 s waits the pages
+/// are asked at 0 s and 60 s (the look's due time) and answered at 60 s and 120 s; the driver
+/// then restarts. The watch was never vouched for, so the service re-checks it. A mutant
+/// judging by the answer time (`read_mono`) forgets it at 120 s and gives no 1002: the test
+/// fails with it (4c88eb7 passes: it pins, not fixes).
+#[test]
+fn a_watch_is_judged_by_when_the_page_was_asked_not_answered() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Idle);
+    q.steps.push_back(Step::Idle);
+    q.steps.push_back(Step::Restart(NOW + 120 * SECOND));
+    let q = q.shared();
+    let opts = ServiceOptions {
+        wait: Duration::from_secs(60),
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve(&q, opts, 300, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    let asked: Vec<u32> = q.borrow().requests.iter().map(|r| r.1).collect();
+    assert_eq!(asked[..3], [60_000, 60_000, 60_000], "{asked:?}");
+}
