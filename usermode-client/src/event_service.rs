@@ -900,6 +900,33 @@ impl Loop<'_, '_> {
             .retain(|a| a.due.saturating_add(DRIVER_LOOK_SLACK) > asked);
     }
 
+    /// At a driver restart: the old driver's watches are gone with it; the failed unloads it
+    /// may not have answered yet become re-checks of the service's own.
+    fn recheck_unanswered_watches(&mut self) {
+        // The driver's watches of the previous start are gone with it: the
+        // failed unloads it had not answered yet become re-checks of the
+        // service's own, due when the driver would have looked.
+        // (A run of only deferred unloads is no failure: nothing to re-check.)
+        // Only watches the old driver may not have answered yet: due later than
+        // [`DRIVER_LOOK_LATE`] before the last page that delivered all it had
+        // numbered (review 22b, L2).
+        let answered_before = self.last_done_asked;
+        for r in std::mem::take(&mut self.attempts)
+            .into_iter()
+            .filter(|a| a.due.saturating_add(DRIVER_LOOK_LATE) > answered_before)
+            .filter_map(|a| a.recheck)
+        {
+            let r = Recheck { hive_id: 0, ..r };
+            if !self
+                .rechecks
+                .iter()
+                .any(|x| x.failure.hive.eq_ignore_ascii_case(&r.failure.hive))
+            {
+                self.rechecks.push(r);
+            }
+        }
+    }
+
     /// The request's timeout: the longest wait, or less when a re-check is due sooner.
     fn timeout_ms(&self) -> u32 {
         if self.opts.once {
@@ -963,28 +990,7 @@ impl Loop<'_, '_> {
                     for r in &mut self.rechecks {
                         r.hive_id = 0;
                     }
-                    // The driver's watches of the previous start are gone with it: the
-                    // failed unloads it had not answered yet become re-checks of the
-                    // service's own, due when the driver would have looked.
-                    // (A run of only deferred unloads is no failure: nothing to re-check.)
-                    // Only watches the old driver may not have answered yet: due later than
-                    // [`DRIVER_LOOK_LATE`] before the last page that delivered all it had
-                    // numbered (review 22b, L2).
-                    let answered_before = self.last_done_asked;
-                    for r in std::mem::take(&mut self.attempts)
-                        .into_iter()
-                        .filter(|a| a.due.saturating_add(DRIVER_LOOK_LATE) > answered_before)
-                        .filter_map(|a| a.recheck)
-                    {
-                        let r = Recheck { hive_id: 0, ..r };
-                        if !self
-                            .rechecks
-                            .iter()
-                            .any(|x| x.failure.hive.eq_ignore_ascii_case(&r.failure.hive))
-                        {
-                            self.rechecks.push(r);
-                        }
-                    }
+                    self.recheck_unanswered_watches();
                     self.tracking_since = Some(since);
                     self.unavailable = false;
                     continue;

@@ -251,7 +251,11 @@ fn every_other_event_says_what_happened() {
     assert!(!still.holders_unseen && !still.message.contains("could not see"));
     assert!(one.holders_unseen && one.message.contains("could not see"));
     assert_eq!(field(&one.insertion_strings(), "HoldersUnseen"), "true");
+}
 
+/// The service's own events about its connection to the driver say what happened.
+#[test]
+fn the_services_connection_events_say_what_happened() {
     let connected = FleetEvent::connected(TRACKING_SINCE, false, NOW);
     assert_eq!(
         (connected.event_id.number(), connected.level),
