@@ -2592,13 +2592,9 @@ fn review22d_the_drivers_1002_says_its_delay_when_the_clock_moved() {
 
 // ---- session 23 (events23) ----
 
-/// Review 22d, L4 (a): after a driver restart the new driver lists the user's hive with load
-/// time 0, "unknown" (`tracker/src/hives.rs`, seeded from the hive list). The service's
-/// re-check cannot tell that hive from a later load at the same mount (the user's next
-/// logon): it still says 1002 (a 1002 rather than silence), but must say that the holders it
-/// names may hold a later load. On 4c88eb7 the 1002 said nothing of it.
-#[test]
-fn a_1002_says_the_load_may_be_a_later_one_when_its_load_time_is_unknown() {
+/// The 1002 of a failed unload (hive id 3) the old driver had not answered when it restarted,
+/// from the service's own re-check against the new driver `make` builds.
+fn recheck_after_restart(make: &dyn Fn() -> Server) -> FleetEvent {
     let mut q = queue_held_after(60);
     q.push(&StreamRecord {
         hive_id: 3,
@@ -2606,19 +2602,24 @@ fn a_1002_says_the_load_may_be_a_later_one_when_its_load_time_is_unknown() {
     });
     q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
     let q = q.shared();
-    let (_, events) = serve_with(
-        &q,
-        ServiceOptions::default(),
-        200,
-        &NoIdentities,
-        &driver_seeded,
-    );
+    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, make);
     assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
-    assert!(events[3].load_unsure, "{:#?}", events[3]);
+    events[3].clone()
+}
+
+/// Review 22d, L4 (a): after a driver restart the new driver lists the user's hive with load
+/// time 0, "unknown" (`tracker/src/hives.rs`, seeded from the hive list). The service's
+/// re-check cannot tell that hive from a later load at the same mount (the user's next
+/// logon): it still says 1002 (a 1002 rather than silence), but must say that the holders it
+/// names may hold a later load. On 4c88eb7 the 1002 said nothing of it.
+#[test]
+fn a_1002_says_the_load_may_be_a_later_one_when_its_load_time_is_unknown() {
+    let e = recheck_after_restart(&driver_seeded);
+    assert!(e.load_unsure, "{e:#?}");
     assert!(
-        events[3].message.contains("it may be a later load"),
+        e.message.contains("it may be a later load"),
         "{}",
-        events[3].message
+        e.message
     );
 }
 
@@ -2628,25 +2629,17 @@ fn a_1002_says_the_load_may_be_a_later_one_when_its_load_time_is_unknown() {
 /// holders without a word; it is "could not tell", and the 1002 says so.
 #[test]
 fn a_1002_says_the_load_may_be_a_later_one_when_the_hive_list_cannot_be_read() {
-    let mut q = queue_held_after(60);
-    q.push(&StreamRecord {
-        hive_id: 3,
-        ..failed_unload(&user_hive(), NOW)
-    });
-    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
-    let q = q.shared();
     let no_list = || {
         let mut s = driver();
         s.hives = None;
         s
     };
-    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, &no_list);
-    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
-    assert!(events[3].load_unsure, "{:#?}", events[3]);
+    let e = recheck_after_restart(&no_list);
+    assert!(e.load_unsure, "{e:#?}");
     assert!(
-        events[3].message.contains("it may be a later load"),
+        e.message.contains("it may be a later load"),
         "{}",
-        events[3].message
+        e.message
     );
 }
 
@@ -2654,22 +2647,9 @@ fn a_1002_says_the_load_may_be_a_later_one_when_the_hive_list_cannot_be_read() {
 /// failure is the same load, and its 1002 does not say it may be a later one.
 #[test]
 fn a_1002_of_a_hive_loaded_before_the_failure_is_sure_of_its_load() {
-    let mut q = queue_held_after(60);
-    q.push(&StreamRecord {
-        hive_id: 3,
-        ..failed_unload(&user_hive(), NOW)
-    });
-    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
-    let q = q.shared();
-    let before = || driver_hives_loaded(NOW - 3600 * SECOND);
-    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, &before);
-    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
-    assert!(!events[3].load_unsure, "{:#?}", events[3]);
-    assert!(
-        !events[3].message.contains("later load"),
-        "{}",
-        events[3].message
-    );
+    let e = recheck_after_restart(&|| driver_hives_loaded(NOW - 3600 * SECOND));
+    assert!(!e.load_unsure, "{e:#?}");
+    assert!(!e.message.contains("later load"), "{}", e.message);
 }
 
 /// Review 22b, L2: the old driver looked at the failed unload's hive at its 60 s and found it
@@ -2683,35 +2663,31 @@ fn a_1002_of_a_hive_loaded_before_the_failure_is_sure_of_its_load() {
 /// Fails on 4c88eb7 (`[1010, 1001, 1012, 1002]`).
 #[test]
 fn a_restart_does_not_recheck_a_watch_answered_before_the_last_done_page() {
+    let events = restart_after_idle_waits(8);
+    assert_eq!(ids(&events), [1010, 1001, 1012], "{events:#?}");
+}
+
+/// A failed unload watched for 60 s, `idle` waits of 10 s with nothing, then the driver
+/// restarts: the events.
+fn restart_after_idle_waits(idle: u64) -> Vec<FleetEvent> {
     let mut q = queue_held_after(60);
     q.push(&StreamRecord {
         hive_id: 7,
         ..failed_unload(&user_hive(), NOW)
     });
-    for _ in 0..8 {
+    for _ in 0..idle {
         q.steps.push_back(Step::Idle);
     }
-    q.steps.push_back(Step::Restart(NOW + 80 * SECOND));
+    q.steps.push_back(Step::Restart(NOW + idle * 10 * SECOND));
     let q = q.shared();
-    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
-    assert_eq!(ids(&events), [1010, 1001, 1012], "{events:#?}");
+    serve(&q, ServiceOptions::default(), 200, &NoIdentities).1
 }
 
 /// The other side of review 22b, L2: a watch due after the last done page of the old start
 /// (the driver restarted 5 s before its look) is still re-checked by the service.
 #[test]
 fn a_restart_rechecks_a_watch_due_after_the_last_done_page() {
-    let mut q = queue_held_after(60);
-    q.push(&StreamRecord {
-        hive_id: 7,
-        ..failed_unload(&user_hive(), NOW)
-    });
-    for _ in 0..5 {
-        q.steps.push_back(Step::Idle);
-    }
-    q.steps.push_back(Step::Restart(NOW + 55 * SECOND));
-    let q = q.shared();
-    let (_, events) = serve(&q, ServiceOptions::default(), 200, &NoIdentities);
+    let events = restart_after_idle_waits(5);
     assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
 }
 
