@@ -213,17 +213,24 @@ impl ServiceEnv<'_> {
         let error = stats.last_sink_error.clone().unwrap_or_default();
         stats.sink_errors_said_at = Some(now);
         let time = self.now();
+        if stats.unsaid.iter().any(|&n| n > 0) {
+            stats.events += 1;
+        }
+        let mut refused = false;
         for i in 0..stats.unsaid.len() {
             if stats.unsaid[i] == 0 {
                 continue;
             }
             let e = FleetEvent::not_written(stats.unsaid[i], &error, time);
-            stats.events += 1;
             match self.sink.emit_to(i, &e) {
                 Ok(()) => stats.unsaid[i] = 0,
                 // Said to this output once it accepts an event again.
-                Err(_) => stats.sink_errors += 1,
+                Err(_) => refused = true,
             }
+        }
+        // One event, as `events` counts it: "N of M event(s) could not be written".
+        if refused {
+            stats.sink_errors += 1;
         }
         stats.unsaid_sink_errors = stats.unsaid.iter().sum();
     }
@@ -243,7 +250,10 @@ impl ServiceEnv<'_> {
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Events written (or attempted).
+    /// Events written (or attempted): each once, however many outputs it went to (a 1014
+    /// said to two outputs is one event; one said again to an output that refused it is
+    /// another attempt). Found in review 22d (L5): a 1014 counted once per output, and the
+    /// console's "N event(s) written" over-counted.
     pub events: u64,
     /// Events a sink refused.
     pub sink_errors: u64,
@@ -322,6 +332,21 @@ const SECOND: u64 = 10_000_000;
 /// could not be sure of is due this long after the driver's (audit 22b, M1, M2).
 const DRIVER_LOOK_SLACK: i64 = 30 * 10_000_000;
 
+/// How late after its due time the driver's look at a watch may come, at most, for a driver
+/// restart to take a watch due this long before a page that delivered everything the driver
+/// had numbered as answered by silence (the hive free). The driver looks in its timer's DPC
+/// at the earliest due time (`tracker/src/held_after.rs`: `held_after_check` at
+/// `DISPATCH_LEVEL`, `MAX_PER_CHECK` watches per run, the timer set again at once for the
+/// rest): a DPC runs ahead of every thread, so the look comes within milliseconds of its due
+/// time, and its record (when the hive is held) is numbered before any page answered later.
+/// The service's due time is the latest the driver's can be ([`Loop::mono_of`]); the page was
+/// answered no earlier than it was asked. Found in review 22b (L2): a restart converted every
+/// watch not yet forgotten, also one due up to [`DRIVER_LOOK_SLACK`] before its last done page
+/// (the driver had looked and found the hive free), into a late re-check. Not covered: a
+/// sleep between the failure and the due time (a relative kernel timer may not count it
+/// while the service's clock does: README, "One clock").
+const DRIVER_LOOK_LATE: i64 = 10_000_000;
+
 /// How far the system clock may move against the service's monotonic clock before the
 /// service stops trusting it to date records it reads (100 ns units: 2 s).
 const CLOCK_STEP: i128 = 2 * 10_000_000;
@@ -355,6 +380,10 @@ struct Loop<'e, 'a> {
     /// (within [`CLOCK_STEP`]): the age a record's time gives may be trusted to say the
     /// driver already looked. Once it moved (set back or forward, drifted), never again.
     wall_steady: bool,
+    /// When the latest page that delivered everything the driver had numbered was asked for,
+    /// on the monotonic clock (`i64::MIN` before one): what a driver restart judges the old
+    /// driver's unanswered watches by ([`DRIVER_LOOK_LATE`]).
+    last_done_asked: i64,
     buf: Vec<u8>,
     counts: Counts,
 }
@@ -437,7 +466,7 @@ impl Loop<'_, '_> {
         // logon) holds nothing of it (audit 22b, M7).
         let report = hive_keys(t, &rec.mount, now)
             .ok()
-            .filter(|r| same_load(t, r, rec.hive_id, rec.time));
+            .filter(|r| same_load(t, r, rec.hive_id, rec.time) != Load::Later);
         let running = if self.lookup(t) {
             report.as_ref().map_or_else(Vec::new, |r| {
                 r.holders
@@ -690,7 +719,7 @@ impl Loop<'_, '_> {
             .partition(|r| r.due <= mono);
         self.rechecks = later;
         for r in due {
-            let Some((holders, unseen)) = self.recheck(t, &r, now) else {
+            let Some((holders, unseen, load_unsure)) = self.recheck(t, &r, now) else {
                 continue; // unloaded (or another load of the mount now)
             };
             if holders.is_empty() && !unseen {
@@ -699,8 +728,16 @@ impl Loop<'_, '_> {
             let keys = holders.iter().map(|h| h.keys).sum();
             // One clock: the monotonic time since the failure (review 22b, M1).
             let since = u64::try_from(mono.saturating_sub(r.failed_at)).unwrap_or(0) / SECOND;
-            let mut e =
-                FleetEvent::still_held(&r.failure, r.user, holders, keys, since, now, unseen);
+            let mut e = FleetEvent::still_held(
+                &r.failure,
+                r.user,
+                holders,
+                keys,
+                since,
+                now,
+                unseen,
+                load_unsure,
+            );
             e.tracking_since = Time::from_filetime(r.tracking_since);
             self.env.emit(&e, &mut self.counts);
         }
@@ -719,16 +756,25 @@ impl Loop<'_, '_> {
     /// A hive now at the mount that is not the load that failed (another driver id, or
     /// loaded after the failure: `same_load`) is the failed one unloaded: `None`. Found in
     /// audit 22b (M7): a re-check asked by mount name only named the next logon's processes.
+    /// The third value: whether the hive now at the mount may be a later load
+    /// ([`Load::Unsure`]); the 1002 then says so (review 22d, L4).
     fn recheck(
         &self,
         t: &mut dyn Transport,
         r: &Recheck,
         now: u64,
-    ) -> Option<(Vec<EventHolder>, bool)> {
+    ) -> Option<(Vec<EventHolder>, bool, bool)> {
         let hive = r.failure.hive.as_str();
+        let mut load_unsure = false;
         let report = match hive_keys(t, hive, now) {
-            Ok(report) if !same_load(t, &report, r.hive_id, r.failure.time) => return None,
-            Ok(report) => report,
+            Ok(report) => match same_load(t, &report, r.hive_id, r.failure.time) {
+                Load::Later => return None,
+                Load::Same => report,
+                Load::Unsure => {
+                    load_unsure = true;
+                    report
+                }
+            },
             Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
                 return match t.kernel_open_keys(hive) {
                     Some(Ok(keys)) => {
@@ -759,21 +805,21 @@ impl Loop<'_, '_> {
                         // CmpSearchForOpenSubKeys, `cmapi.c` CmUnloadKey), and the driver
                         // cannot vouch for a hive it does not know (fidelity audit,
                         // 2026-12-05).
-                        Some((holders, true))
+                        Some((holders, true, false))
                     }
                     // Not found: unloaded (not for an application hive, whose private
                     // namespace cannot be opened by name: `wait::is_app_hive`).
                     Some(Err(TransportError::Request {
                         code: ERROR_FILE_NOT_FOUND,
                     })) if !crate::wait::is_app_hive(hive) => None,
-                    _ => Some((Vec::new(), true)),
+                    _ => Some((Vec::new(), true, false)),
                 };
             }
             // Any other failure to ask (the driver restarting, an I/O error, a hive changing
             // between pages too often): whether it is still held cannot be told, and the
             // event says so. Until 2026-12-05 the re-check was dropped without a word, and
             // the missing 1002 read as "released" (found in review).
-            Err(_) => return Some((Vec::new(), true)),
+            Err(_) => return Some((Vec::new(), true, false)),
         };
         let lookup = self.lookup(t);
         let mut holders: Vec<EventHolder> = report
@@ -796,7 +842,7 @@ impl Loop<'_, '_> {
         for u in &report.untracked {
             merge_untracked(&mut holders, u);
         }
-        Some((holders, holders_unseen(&report.source)))
+        Some((holders, holders_unseen(&report.source), load_unsure))
     }
 
     /// `page` (asked after `asked_after`) says numbers were lost. A lost number taken after
@@ -852,6 +898,33 @@ impl Loop<'_, '_> {
     fn answered_by_silence(&mut self, asked: i64) {
         self.attempts
             .retain(|a| a.due.saturating_add(DRIVER_LOOK_SLACK) > asked);
+    }
+
+    /// At a driver restart: the old driver's watches are gone with it; the failed unloads it
+    /// may not have answered yet become re-checks of the service's own.
+    fn recheck_unanswered_watches(&mut self) {
+        // The driver's watches of the previous start are gone with it: the
+        // failed unloads it had not answered yet become re-checks of the
+        // service's own, due when the driver would have looked.
+        // (A run of only deferred unloads is no failure: nothing to re-check.)
+        // Only watches the old driver may not have answered yet: due later than
+        // [`DRIVER_LOOK_LATE`] before the last page that delivered all it had
+        // numbered (review 22b, L2).
+        let answered_before = self.last_done_asked;
+        for r in std::mem::take(&mut self.attempts)
+            .into_iter()
+            .filter(|a| a.due.saturating_add(DRIVER_LOOK_LATE) > answered_before)
+            .filter_map(|a| a.recheck)
+        {
+            let r = Recheck { hive_id: 0, ..r };
+            if !self
+                .rechecks
+                .iter()
+                .any(|x| x.failure.hive.eq_ignore_ascii_case(&r.failure.hive))
+            {
+                self.rechecks.push(r);
+            }
+        }
     }
 
     /// The request's timeout: the longest wait, or less when a re-check is due sooner.
@@ -917,23 +990,7 @@ impl Loop<'_, '_> {
                     for r in &mut self.rechecks {
                         r.hive_id = 0;
                     }
-                    // The driver's watches of the previous start are gone with it: the
-                    // failed unloads it had not answered yet become re-checks of the
-                    // service's own, due when the driver would have looked.
-                    // (A run of only deferred unloads is no failure: nothing to re-check.)
-                    for r in std::mem::take(&mut self.attempts)
-                        .into_iter()
-                        .filter_map(|a| a.recheck)
-                    {
-                        let r = Recheck { hive_id: 0, ..r };
-                        if !self
-                            .rechecks
-                            .iter()
-                            .any(|x| x.failure.hive.eq_ignore_ascii_case(&r.failure.hive))
-                        {
-                            self.rechecks.push(r);
-                        }
-                    }
+                    self.recheck_unanswered_watches();
                     self.tracking_since = Some(since);
                     self.unavailable = false;
                     continue;
@@ -971,6 +1028,7 @@ impl Loop<'_, '_> {
                 self.lost_after_attempts(&page, asked_after);
             }
             if page.done {
+                self.last_done_asked = asked;
                 self.answered_by_silence(asked);
                 // Only once the stream is drained: a record still to come on the next page
                 // (the driver's held-after record) cancels a re-check. Found in review 22b
@@ -1030,30 +1088,51 @@ fn holders_unseen(source: &crate::model::Source) -> bool {
         })
 }
 
+/// Whether the hive now at a mount is the load a record is about ([`same_load`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Load {
+    /// The same load: the same driver id, or loaded no later than the record.
+    Same,
+    /// Loaded after the record: the failed load was unloaded since.
+    Later,
+    /// Cannot be told: the driver does not know when it was loaded (load time 0: seeded from
+    /// the hive list after a driver restart, or loaded while the driver was down), no longer
+    /// lists it, its hive list could not be read, or the record has no time. Taken as the
+    /// same load (a 1002 rather than silence), and the 1002 says it may be a later one.
+    Unsure,
+}
+
 /// Whether `report` (the holders of a mount now) is about the load a record of hive id
 /// `hive_id` (0: the driver did not know the hive, or it was another driver start's) at
 /// FILETIME `time` is about: the same driver id says so; otherwise not loaded after `time`
-/// when the driver's hive list says when it was loaded (a hive it no longer lists, or whose
-/// load time it does not know, is taken as that load). Found in audit 22b (M7): a re-check
-/// asked by mount name only, and a later logon's hive at the same mount was blamed for the
-/// failure.
+/// when the driver's hive list says when it was loaded; [`Load::Unsure`] when that cannot be
+/// told. Found in audit 22b (M7): a re-check asked by mount name only, and a later logon's
+/// hive at the same mount was blamed for the failure. Found in review 22d (L4): an unknown
+/// load time, or a hive list that could not be read (`.ok()`), counted as "the same load"
+/// and the 1002 blamed what may be a later load's processes without saying so.
 ///
 /// Another id alone never says "another load": ids are numbered from 1 at every driver
 /// start, and within one the tracker makes a forgotten implicit or application hive again
 /// under a new id (`tracker/src/hives.rs`). Found in review 22b (H1): a held hive's
 /// re-check after a driver restart read as "unloaded", and no 1002 came.
-fn same_load(t: &mut dyn Transport, report: &HoldersReport, hive_id: u32, time: u64) -> bool {
+fn same_load(t: &mut dyn Transport, report: &HoldersReport, hive_id: u32, time: u64) -> Load {
     if hive_id != 0 && report.hive.id == hive_id {
         // Ids are never reused within a start (`tracker/src/hives.rs`: a counter).
-        return true;
+        return Load::Same;
     }
-    let loaded_at = Client::new(t)
-        .hive_load_times()
-        .ok()
-        .and_then(|h| h.into_iter().find(|x| x.0 == report.hive.id))
-        .map(|x| x.1)
-        .filter(|&l| l != 0);
-    loaded_at.is_none_or(|l| time == 0 || l <= time)
+    let Ok(hives) = Client::new(t).hive_load_times() else {
+        return Load::Unsure;
+    };
+    match hives.into_iter().find(|x| x.0 == report.hive.id) {
+        Some((_, l)) if l != 0 && time != 0 => {
+            if l <= time {
+                Load::Same
+            } else {
+                Load::Later
+            }
+        }
+        _ => Load::Unsure,
+    }
 }
 
 fn hive_keys(t: &mut dyn Transport, mount: &str, now: u64) -> Result<HoldersReport> {
@@ -1156,6 +1235,7 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
         read_mono: 0,
         read_wall: started_at,
         wall_steady: true,
+        last_done_asked: i64::MIN,
         buf: Vec::new(),
         counts: Counts::default(),
     };

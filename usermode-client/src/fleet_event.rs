@@ -207,6 +207,13 @@ pub struct FleetEvent {
     /// its own `sequence`).
     #[serde(default)]
     pub failed_unload_sequence: Option<u64>,
+    /// The service's own 1002 only (JSON only; the message says it too): hivetrack could not
+    /// tell whether the hive now at the mount is the load that failed to unload (the driver
+    /// did not know when it was loaded, or could not be asked), so the holders named may hold
+    /// a later load of it (the user's next logon). Left out when false. Found in review 22d
+    /// (L4): such a 1002 blamed a later load's processes without saying so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub load_unsure: bool,
 }
 
 /// The `EventData` fields every hivetrack event carries, in insertion-string order (`%1` is
@@ -402,6 +409,10 @@ fn fit_insertion(s: String) -> String {
 }
 
 /// Said of a record with `HOLDERS_UNSEEN`.
+/// Said by a 1002 whose hive may be a later load than the one that failed
+/// ([`FleetEvent::load_unsure`]).
+const LOAD_UNSURE_SENTENCE: &str = " hivetrack could not tell whether the hive now at this mount is the load that failed to unload (the driver did not know when it was loaded, or could not be asked): it may be a later load (the user's next logon), and the processes named may hold only that.";
+
 const UNSEEN_SENTENCE: &str = " Processes hivetrack could not see may also hold keys in this hive: keys opened before the driver's tracking began, or opens it lost, are not in its records (`hivetrack holders` on the hive also asks the kernel's list, which names them unless the key was deleted while open: such a key still holds the hive and is in neither list).";
 
 /// `STATUS_CANNOT_DELETE`: Windows' answer to an unload of a hive with open keys.
@@ -497,6 +508,7 @@ impl FleetEvent {
             held_for_secs: None,
             holders_unseen: false,
             failed_unload_sequence: None,
+            load_unsure: false,
         }
     }
 
@@ -601,7 +613,8 @@ impl FleetEvent {
     /// 1002 from the service's own re-check (a driver that does not look again): `hive` is
     /// still held `held_for_secs` seconds after the failed unload with sequence `sequence`;
     /// `holders` hold `key_count` keys now; `unseen` when processes the re-check could not
-    /// see may hold keys too.
+    /// see may hold keys too; `load_unsure` when the hive now at the mount may be a later
+    /// load than the one that failed ([`Self::load_unsure`]).
     #[must_use]
     #[allow(
         clippy::too_many_arguments,
@@ -615,6 +628,7 @@ impl FleetEvent {
         held_for_secs: u64,
         now: u64,
         unseen: bool,
+        load_unsure: bool,
     ) -> Self {
         let count = holders.len() as u64;
         let mut message = if holders.is_empty() && unseen {
@@ -633,6 +647,9 @@ impl FleetEvent {
             m.push_str(&holders_sentence(&holders, count, key_count, false));
             m
         };
+        if load_unsure {
+            message.push_str(LOAD_UNSURE_SENTENCE);
+        }
         if unseen {
             message.push_str(UNSEEN_SENTENCE);
         }
@@ -657,6 +674,7 @@ impl FleetEvent {
             time: Time::from_filetime(now),
             held_for_secs: Some(held_for_secs),
             holders_unseen: unseen,
+            load_unsure,
             ..Self::new(EventId::StillHeld, message)
         }
     }

@@ -39,6 +39,9 @@ pub enum Step {
     Restart(u64),
     /// The driver stops: this many connections fail before it is back.
     Stop(u32),
+    /// A wait runs its course with nothing (the driver's look found the hive free, or
+    /// nothing happened): the clock moves by the wait's timeout.
+    Idle,
 }
 
 /// A clock the tests advance: the scripted driver adds each wait's timeout, the service's
@@ -183,6 +186,7 @@ impl EventQueue {
             }
             Step::Restart(since) => self.restart(since),
             Step::Stop(n) => self.refuse_connects += n,
+            Step::Idle => {}
         }
     }
 
@@ -209,6 +213,9 @@ impl EventQueue {
             let Some(step) = self.steps.pop_front() else {
                 break;
             };
+            if step == Step::Idle {
+                break;
+            }
             self.apply(step);
         }
         let small = || TransportError::Request {

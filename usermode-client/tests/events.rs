@@ -225,6 +225,7 @@ fn every_other_event_says_what_happened() {
         60,
         NOW + 60 * SECOND,
         false,
+        false,
     );
     assert_eq!(still.event_id.number(), 1002);
     assert!(still.message.starts_with(&format!(
@@ -239,6 +240,7 @@ fn every_other_event_says_what_happened() {
         60,
         NOW,
         true,
+        false,
     );
     assert!(
         one.message
@@ -249,7 +251,11 @@ fn every_other_event_says_what_happened() {
     assert!(!still.holders_unseen && !still.message.contains("could not see"));
     assert!(one.holders_unseen && one.message.contains("could not see"));
     assert_eq!(field(&one.insertion_strings(), "HoldersUnseen"), "true");
+}
 
+/// The service's own events about its connection to the driver say what happened.
+#[test]
+fn the_services_connection_events_say_what_happened() {
     let connected = FleetEvent::connected(TRACKING_SINCE, false, NOW);
     assert_eq!(
         (connected.event_id.number(), connected.level),
@@ -2582,4 +2588,154 @@ fn review22d_the_drivers_1002_says_its_delay_when_the_clock_moved() {
     let events = serve_wall(&q, 200, NOW, &wall);
     assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
     assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
+}
+
+// ---- session 23 (events23) ----
+
+/// The 1002 of a failed unload (hive id 3) the old driver had not answered when it restarted,
+/// from the service's own re-check against the new driver `make` builds.
+fn recheck_after_restart(make: &dyn Fn() -> Server) -> FleetEvent {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 3,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, make);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    events[3].clone()
+}
+
+/// Review 22d, L4 (a): after a driver restart the new driver lists the user's hive with load
+/// time 0, "unknown" (`tracker/src/hives.rs`, seeded from the hive list). The service's
+/// re-check cannot tell that hive from a later load at the same mount (the user's next
+/// logon): it still says 1002 (a 1002 rather than silence), but must say that the holders it
+/// names may hold a later load. On 4c88eb7 the 1002 said nothing of it.
+#[test]
+fn a_1002_says_the_load_may_be_a_later_one_when_its_load_time_is_unknown() {
+    let e = recheck_after_restart(&driver_seeded);
+    assert!(e.load_unsure, "{e:#?}");
+    assert!(
+        e.message.contains("it may be a later load"),
+        "{}",
+        e.message
+    );
+}
+
+/// Review 22d, L4 (b): the driver's hive list cannot be read (`hive_load_times` fails) when
+/// the re-check asks whether the hive now at the mount is the load that failed. Until
+/// 4c88eb7 the error (`.ok()` → `None`) counted as "the same load" and the 1002 blamed the
+/// holders without a word; it is "could not tell", and the 1002 says so.
+#[test]
+fn a_1002_says_the_load_may_be_a_later_one_when_the_hive_list_cannot_be_read() {
+    let no_list = || {
+        let mut s = driver();
+        s.hives = None;
+        s
+    };
+    let e = recheck_after_restart(&no_list);
+    assert!(e.load_unsure, "{e:#?}");
+    assert!(
+        e.message.contains("it may be a later load"),
+        "{}",
+        e.message
+    );
+}
+
+/// The other side of review 22d, L4: a hive the new driver lists as loaded before the
+/// failure is the same load, and its 1002 does not say it may be a later one.
+#[test]
+fn a_1002_of_a_hive_loaded_before_the_failure_is_sure_of_its_load() {
+    let e = recheck_after_restart(&|| driver_hives_loaded(NOW - 3600 * SECOND));
+    assert!(!e.load_unsure, "{e:#?}");
+    assert!(!e.message.contains("later load"), "{}", e.message);
+}
+
+/// Review 22b, L2: the old driver looked at the failed unload's hive at its 60 s and found it
+/// free (no held-after record); the service read pages that delivered everything the driver
+/// had numbered at 60 s and 70 s; then the driver restarted (at 80 s, within 30 s of the
+/// watch's due time). The watch was answered by silence: the restart must not turn it into
+/// a re-check of the service's own, whose 1002 names the holders of a hive the driver found
+/// free (the scripted driver lists the hive held now, as a hive held again since would be).
+/// A restart before the watch was due still converts it
+/// (`a_restart_turns_only_unanswered_attempts_into_rechecks_due_at_the_drivers_delay`).
+/// Fails on 4c88eb7 (`[1010, 1001, 1012, 1002]`).
+#[test]
+fn a_restart_does_not_recheck_a_watch_answered_before_the_last_done_page() {
+    let events = restart_after_idle_waits(8);
+    assert_eq!(ids(&events), [1010, 1001, 1012], "{events:#?}");
+}
+
+/// A failed unload watched for 60 s, `idle` waits of 10 s with nothing, then the driver
+/// restarts: the events.
+fn restart_after_idle_waits(idle: u64) -> Vec<FleetEvent> {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    for _ in 0..idle {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Restart(NOW + idle * 10 * SECOND));
+    let q = q.shared();
+    serve(&q, ServiceOptions::default(), 200, &NoIdentities).1
+}
+
+/// The other side of review 22b, L2: a watch due after the last done page of the old start
+/// (the driver restarted 5 s before its look) is still re-checked by the service.
+#[test]
+fn a_restart_rechecks_a_watch_due_after_the_last_done_page() {
+    let events = restart_after_idle_waits(5);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+}
+
+/// Review 22d, L5: `Counts.events` (the console's "N event(s) written") counted a 1014 once
+/// per output it went to. With the Application log and a `--jsonl` file that refuses the
+/// 1010 once, the service makes 3 events (1010, the 1014 saying it, 1001), each in the log
+/// once; 4 were counted on 4c88eb7.
+#[test]
+fn a_1014_said_to_two_outputs_counts_as_one_event() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let mut sink = Sinks(vec![
+        Box::new(AppLog(Rc::clone(&log))),
+        Box::new(FullDisk { refuse: 1 }),
+    ]);
+    let make = || Scripted::new(driver());
+    let (_, counts) = serve_into(&q, long_recheck(), 60, &NoIdentities, &make, &mut sink);
+    let log = log.borrow();
+    assert_eq!(ids(&log), [1010, 1014, 1001], "{log:#?}");
+    assert_eq!(counts.events, 3, "{counts:?}");
+}
+
+/// Review 22d, L5: `answered_by_silence` forgets a watch only on a done page *asked* more
+/// than 30 s after the watch was due, not one merely answered then: a page asked before the
+/// driver's look cannot vouch that the look found the hive free. With 60 s waits the pages
+/// are asked at 0 s and 60 s (the look's due time) and answered at 60 s and 120 s; the driver
+/// then restarts. The watch was never vouched for, so the service re-checks it. A mutant
+/// judging by the answer time (`read_mono`) forgets it at 120 s and gives no 1002: the test
+/// fails with it (4c88eb7 passes: it pins, not fixes).
+#[test]
+fn a_watch_is_judged_by_when_the_page_was_asked_not_answered() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Idle);
+    q.steps.push_back(Step::Idle);
+    q.steps.push_back(Step::Restart(NOW + 120 * SECOND));
+    let q = q.shared();
+    let opts = ServiceOptions {
+        wait: Duration::from_secs(60),
+        ..ServiceOptions::default()
+    };
+    let (_, events) = serve(&q, opts, 300, &NoIdentities);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    let asked: Vec<u32> = q.borrow().requests.iter().map(|r| r.1).collect();
+    assert_eq!(asked[..3], [60_000, 60_000, 60_000], "{asked:?}");
 }
