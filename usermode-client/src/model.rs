@@ -567,8 +567,15 @@ pub struct UntrackedHolder {
     pub image: Option<String>,
     /// How many such keys.
     pub open_keys: u64,
-    /// Their NT paths, as the kernel lists them.
+    /// Their NT paths, as the kernel lists them: one entry per key object, so a key opened
+    /// 65,602 times is 65,602 entries (see `key_counts`).
     pub keys: Vec<String>,
+    /// The same keys grouped by name, in name order: each distinct NT path once with how
+    /// many key objects the kernel lists for it (`name`, `count`; the counts add up to
+    /// `open_keys`). Found in audit 23b (H1): a leak from before tracking printed one line
+    /// per key object. Absent (empty) from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub key_counts: Vec<KeyCount>,
     /// These keys are probably hivetrack.sys's own (set only when System holds exactly one
     /// such key the driver has no record of; the driver does not say which is its own:
     /// review 22a, L6): the hive list's key
@@ -579,6 +586,32 @@ pub struct UntrackedHolder {
     /// Absent (false) from CLIs before 2026-12-06.
     #[serde(default)]
     pub hivetrack_own: bool,
+}
+
+/// One distinct key name of an [`UntrackedHolder`] and how many key objects of it the
+/// kernel lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCount {
+    /// The NT path, as the kernel lists it.
+    pub name: String,
+    /// How many key objects of this name the process has open.
+    pub count: u64,
+}
+
+/// Groups sorted key names into [`KeyCount`]s (equal names adjacent).
+#[must_use]
+pub fn key_counts(keys: &[String]) -> Vec<KeyCount> {
+    let mut out: Vec<KeyCount> = Vec::new();
+    for k in keys {
+        match out.last_mut() {
+            Some(last) if last.name == *k => last.count += 1,
+            _ => out.push(KeyCount {
+                name: k.clone(),
+                count: 1,
+            }),
+        }
+    }
+    out
 }
 
 /// `hivetrack hives`.

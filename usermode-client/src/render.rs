@@ -698,8 +698,25 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     let who = process_phrase(u.pid, u.image.as_ref(), false);
                     // hivetrack.sys's own handle on the hive list (review 21a, L3).
                     let why = if u.hivetrack_own { OWN_KEY } else { when };
-                    for k in &u.keys {
-                        let _ = writeln!(out, "{who} has opened key {} ({why})", display(k));
+                    // One line per distinct name with its count, as for tracked keys: a
+                    // leak from before tracking printed 65,602 identical lines (audit 23b, H1).
+                    // A report without `key_counts` (an older CLI's JSON) is grouped here.
+                    let groups = if u.key_counts.is_empty() {
+                        crate::model::key_counts(&u.keys)
+                    } else {
+                        u.key_counts.clone()
+                    };
+                    for g in &groups {
+                        let times = if g.count > 1 {
+                            format!(" {} times", g.count)
+                        } else {
+                            String::new()
+                        };
+                        let _ = writeln!(
+                            out,
+                            "{who} has opened key {}{times} ({why})",
+                            display(&g.name)
+                        );
                     }
                 }
                 out.push_str(UNTRACKED_HINT);

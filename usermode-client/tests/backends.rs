@@ -615,6 +615,58 @@ fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete
     );
 }
 
+/// A leak from before tracking: the kernel lists one key object per open, and `holders`
+/// printed one identical line per object (65,602 for the audit's leak). Grouped by name with
+/// a count, in text and JSON, the per-object list kept (audit 23b, H1).
+#[test]
+fn keys_opened_before_tracking_are_grouped_by_name_with_a_count() {
+    let leaked = format!(r"\REGISTRY\USER\{SID}\Software\Sync\State");
+    let other = format!(r"\REGISTRY\USER\{SID}\Software\Policies");
+    let scripted = || {
+        let mut server = logoff_released();
+        server.kernel_extra = vec![
+            (2040, leaked.clone()),
+            (2040, other.clone()),
+            (2040, leaked.clone()),
+            (2040, leaked.clone()),
+        ];
+        let mut s = Scripted::new(server);
+        s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
+        s
+    };
+    let o = run_scripted(scripted(), &["holders", &user_hive()]);
+    let lines: Vec<&str> = o
+        .out
+        .lines()
+        .filter(|l| l.contains(r"\Software\Sync\State"))
+        .collect();
+    assert_eq!(
+        lines,
+        [format!(
+            r"Process 2040 (C:\Program Files\Contoso\Policy Agent\agent.exe) has opened key HKU\{SID}\Software\Sync\State 3 times (open before tracking started)"
+        )],
+        "{}",
+        o.out
+    );
+    assert!(
+        o.out.contains(&format!(
+            r"has opened key HKU\{SID}\Software\Policies (open before tracking started)"
+        )),
+        "{}",
+        o.out
+    );
+    let o = run_scripted(scripted(), &["holders", &user_hive(), "--json"]);
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    let u = &r.untracked[0];
+    assert_eq!((u.open_keys, u.keys.len()), (4, 4), "{u:?}");
+    let counts: Vec<(&str, u64)> = u
+        .key_counts
+        .iter()
+        .map(|k| (k.name.as_str(), k.count))
+        .collect();
+    assert_eq!(counts, [(other.as_str(), 1), (leaked.as_str(), 3)], "{u:?}");
+}
+
 #[test]
 fn wait_never_says_free_while_the_kernel_lists_keys() {
     let o = run_scripted(started_late(), &["wait", &user_hive(), "--timeout", "1"]);
