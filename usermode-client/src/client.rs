@@ -30,8 +30,8 @@ use crate::commands::{CliError, classify};
 use crate::hive_name::display;
 use crate::model::{
     Counter, HeldKey, Hive, HivesReport, Holder, HoldersReport, HoldersVerdict, Identity,
-    ProcessEntry, ProcessesReport, SnapshotFile, SnapshotKey, Source, StatsReport, Time,
-    UnloadAttempt, UnloadHistoryReport, UnloadHolder, age_secs, ntstatus_name, schema,
+    ProcessEntry, ProcessesReport, ShortCount, SnapshotFile, SnapshotKey, Source, StatsReport,
+    Time, UnloadAttempt, UnloadHistoryReport, UnloadHolder, age_secs, ntstatus_name, schema,
 };
 use crate::stacks::{LoadedModule, Stack, StackTable};
 use crate::transport::{
@@ -552,6 +552,7 @@ impl<'t> Client<'t> {
             held_now: None,
             stacks: None,
             verdict: HoldersVerdict::default(),
+            short_counts: Vec::new(),
         };
         // The kernel's own list of the hive's keys, set against the driver's records below.
         let (backend, mount) = (self.transport.backend(), report.hive.path.clone());
@@ -590,6 +591,13 @@ impl<'t> Client<'t> {
             });
             not_the_opener(&mut report, &completeness, transport);
             count_held(&mut report);
+            // Those of its holders whose opens were refused (audit 23b, M1).
+            let mut short = self.short_counts(report.source.not_recorded);
+            short.retain(|s| {
+                report.holders.iter().any(|h| h.pid == s.pid)
+                    || report.untracked.iter().any(|u| u.pid == s.pid)
+            });
+            report.short_counts = short;
         }
         report.verdict = HoldersVerdict::of(&report);
         Ok(report)
@@ -912,7 +920,46 @@ impl<'t> Client<'t> {
             source,
             omitted: (all - processes.len()) as u64,
             processes,
+            short_counts: self.short_counts(nr),
         })
+    }
+
+    /// The processes whose opens the tracker refused to record, from the driver's counters
+    /// (the one refused most for its share, the one refused most for want of memory); empty
+    /// when none was or the counters cannot be read (the source line already counts every
+    /// loss machine-wide). Audit 23b, M1: only `stats` named them.
+    /// `not_recorded`: the losses the answer's pages counted; with none, the counters are
+    /// not read (nothing was refused since the driver started).
+    pub fn short_counts(&mut self, not_recorded: u64) -> Vec<ShortCount> {
+        if not_recorded == 0 {
+            return Vec::new();
+        }
+        let Ok(stats) = self.stats() else {
+            return Vec::new();
+        };
+        let value = |name: &str| {
+            stats
+                .counters
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(0, |c| c.value)
+        };
+        let mut out = Vec::new();
+        for (prefix, cause) in [
+            ("top_dropper", "memory_share"),
+            ("top_refused", "memory_budget"),
+        ] {
+            let drops = value(&format!("{prefix}_drops"));
+            if drops > 0 {
+                out.push(ShortCount {
+                    pid: value(&format!("{prefix}_pid")),
+                    start_key: value(&format!("{prefix}_start_key")),
+                    not_recorded: drops,
+                    cause: cause.to_owned(),
+                });
+            }
+        }
+        out
     }
 
     /// The driver's counters.

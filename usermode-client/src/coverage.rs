@@ -263,6 +263,7 @@ mod tests {
             },
             holders,
             untracked: Vec::new(),
+            short_counts: Vec::new(),
             held_now: None,
             stacks: None,
             verdict: crate::model::HoldersVerdict::default(),

@@ -444,6 +444,12 @@ pub struct HoldersReport {
     /// keys only the kernel lists (`untracked`). Absent from CLIs before 2026-12-06.
     #[serde(default)]
     pub verdict: HoldersVerdict,
+    /// Processes holding keys in this hive whose opens the tracker refused to record (their
+    /// keys here may be more than listed; the kernel's list, `untracked`, has the rest).
+    /// Empty when none, or when the driver's counters could not be read. Absent (empty)
+    /// from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub short_counts: Vec<ShortCount>,
 }
 
 /// `hivetrack capture`: the driver's stack-capture scope after the request.
@@ -588,6 +594,22 @@ pub struct UntrackedHolder {
     pub hivetrack_own: bool,
 }
 
+/// A process whose opens the tracker refused to record (from the driver's `stats`:
+/// `top_dropper_*` and `top_refused_*`): its key count in `processes` and `holders` is a
+/// lower bound. Found in audit 23b (M1): only `stats` named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShortCount {
+    /// Process id.
+    pub pid: u64,
+    /// Process start key.
+    pub start_key: u64,
+    /// Opens of it not recorded.
+    pub not_recorded: u64,
+    /// Why: `memory_share` (it used its share of the budget, `process_share_bytes`) or
+    /// `memory_budget` (an allocation was refused: the whole budget spent, or the pool).
+    pub cause: String,
+}
+
 /// One distinct key name of an [`UntrackedHolder`] and how many key objects of it the
 /// kernel lists.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -659,6 +681,11 @@ pub struct ProcessesReport {
     /// Processes left out by `--top` (absent when none were).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub omitted: u64,
+    /// Processes whose opens the tracker refused to record: their `open_keys` is a lower
+    /// bound. Empty when none, or when the driver's counters could not be read. Absent
+    /// (empty) from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub short_counts: Vec<ShortCount>,
 }
 
 #[allow(

@@ -697,7 +697,25 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 for u in &r.untracked {
                     let who = process_phrase(u.pid, u.image.as_ref(), false);
                     // hivetrack.sys's own handle on the hive list (review 21a, L3).
-                    let why = if u.hivetrack_own { OWN_KEY } else { when };
+                    // A process whose opens were refused: its keys here are most likely
+                    // those, not keys from before tracking (audit 23b, M1).
+                    let short = r.short_counts.iter().find(|s| s.pid == u.pid);
+                    let refused = short.map(|s| {
+                        format!(
+                            "not recorded: pid {} {}, or open before tracking started",
+                            s.pid,
+                            if s.cause == "memory_share" {
+                                "used its memory share"
+                            } else {
+                                "was refused memory"
+                            }
+                        )
+                    });
+                    let why = if u.hivetrack_own {
+                        OWN_KEY
+                    } else {
+                        refused.as_deref().unwrap_or(when)
+                    };
                     // One line per distinct name with its count, as for tracked keys: a
                     // leak from before tracking printed 65,602 identical lines (audit 23b, H1).
                     // A report without `key_counts` (an older CLI's JSON) is grouped here.
@@ -721,6 +739,10 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 }
                 out.push_str(UNTRACKED_HINT);
                 out.push('\n');
+            }
+            if !r.short_counts.is_empty() {
+                out.push('\n');
+                short_count_lines(&r.short_counts, &mut out);
             }
             crate::render_stacks::holders_notes(r, &mut out);
             out.push('\n');
@@ -884,6 +906,7 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                     r.omitted
                 );
             }
+            short_count_lines(&r.short_counts, &mut out);
             out.push('\n');
             out.push_str(&source_line(&r.source));
             out.push('\n');
@@ -926,6 +949,23 @@ pub fn stats(r: &StatsReport, f: Format) -> serde_json::Result<String> {
             out
         }
     })
+}
+
+/// One line per process whose opens the tracker refused to record, where the user looks
+/// (`processes`, `holders`), not only in `stats` (audit 23b, M1).
+fn short_count_lines(short: &[crate::model::ShortCount], out: &mut String) {
+    for s in short {
+        let why = if s.cause == "memory_share" {
+            "hit its memory share (a quarter of `MemoryBudgetMiB`; the README gives one process's capacity)"
+        } else {
+            "was refused memory (the budget was spent)"
+        };
+        let _ = writeln!(
+            out,
+            "process {} {why}: {} open(s) not recorded; its key count is a lower bound (the kernel's list in `hivetrack holders HIVE` has the rest)",
+            s.pid, s.not_recorded
+        );
+    }
 }
 
 /// Names the process whose opens were dropped most for its share of the memory budget, and

@@ -667,6 +667,57 @@ fn keys_opened_before_tracking_are_grouped_by_name_with_a_count() {
     assert_eq!(counts, [(other.as_str(), 1), (leaked.as_str(), 3)], "{u:?}");
 }
 
+/// The driver's counters name the process whose opens were dropped for its memory share:
+/// `processes` and `holders` say so where the user looks, and `holders` no longer calls its
+/// keys only the kernel lists "open before tracking started, or lost" (audit 23b, M1: only
+/// `stats` named it).
+#[test]
+fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
+    let scripted = || {
+        let mut server = logoff_released();
+        server.kernel_extra = vec![(2040, format!(r"\REGISTRY\USER\{SID}\Software\Policies"))];
+        let mut v = [0u64; protocol::stats::Stats::FIELD_COUNT];
+        for (name, value) in protocol::stats::Stats::NAMES.iter().zip(v.iter_mut()) {
+            *value = match *name {
+                "opens_dropped_process_share" | "top_dropper_drops" => 2_598,
+                "top_dropper_pid" => 2040,
+                "top_dropper_start_key" => 77,
+                _ => 0,
+            };
+        }
+        server.stats = Some(protocol::stats::Stats::from_values(v));
+        server.not_recorded = 2_598;
+        let mut s = Scripted::new(server);
+        s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
+        s
+    };
+    let line = "process 2040 hit its memory share (a quarter of `MemoryBudgetMiB`; the README gives one process's capacity): 2598 open(s) not recorded; its key count is a lower bound";
+    let o = run_scripted(scripted(), &["processes"]);
+    assert!(o.out.contains(line), "{}", o.out);
+    let o = run_scripted(scripted(), &["holders", &user_hive()]);
+    assert!(o.out.contains(line), "{}", o.out);
+    assert!(
+        o.out.contains(&format!(
+            r"has opened key HKU\{SID}\Software\Policies (not recorded: pid 2040 used its memory share, or open before tracking started)"
+        )),
+        "{}",
+        o.out
+    );
+    let o = run_scripted(scripted(), &["processes", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    let s = &r.short_counts;
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(
+        (
+            s[0].pid,
+            s[0].start_key,
+            s[0].not_recorded,
+            s[0].cause.as_str()
+        ),
+        (2040, 77, 2_598, "memory_share")
+    );
+}
+
 #[test]
 fn wait_never_says_free_while_the_kernel_lists_keys() {
     let o = run_scripted(started_late(), &["wait", &user_hive(), "--timeout", "1"]);
