@@ -282,6 +282,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             fail_if_held,
             summary,
             stacks,
+            pid,
         } => {
             let nt = nt_hive(env, hive)?;
             let mut t = connect(env, Need::Holders)?;
@@ -304,6 +305,13 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 holder_identity::annotate(&mut r, env.identities);
             }
             r.verdict = crate::model::HoldersVerdict::of(&r);
+            if let Some(pid) = *pid {
+                // After the verdict: it stays the whole hive's (audit 23b, M6).
+                r.holders.retain(|h| h.pid == pid);
+                r.untracked.retain(|u| u.pid == pid);
+                r.short_counts.retain(|s| s.pid == pid);
+                r.pid_filter = Some(pid);
+            }
             emit(env, format, &render::holders(&r, format)?, Some(&r.source))?;
             // Held as the report says it (its counts, which may be the page's counters read
             // before the walk: `client::count_held`), not only as its lists do: the table

@@ -42,7 +42,10 @@ pub struct Global {
     /// (Windows).
     #[arg(long, global = true)]
     pub no_resolve: bool,
-    /// Exit with 4 when the report is incomplete (the tracker dropped records).
+    /// Exit with 4 when the report is incomplete: records dropped, keys open before tracking
+    /// started or only in the kernel's list, the kernel's list or tracking not available,
+    /// anything else the report says it could not see (the `INCOMPLETE:` line; exit codes
+    /// below).
     #[arg(long, global = true)]
     pub strict: bool,
     /// Which backend answers: the driver, or for `holders` and `wait` the driverless
@@ -104,6 +107,10 @@ pub enum Command {
         /// before the keys were opened.
         #[arg(long, conflicts_with = "summary")]
         stacks: bool,
+        /// List only this process's keys (as their opener): the hive's counts, the verdict
+        /// and `--fail-if-held` stay the whole hive's.
+        #[arg(long, value_name = "PID")]
+        pid: Option<u64>,
     },
     /// Open-time stack capture: which code opens keys. Off until turned on; keys opened
     /// while it is on carry their stack (`holders --stacks`, `modules`).

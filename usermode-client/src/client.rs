@@ -553,6 +553,7 @@ impl<'t> Client<'t> {
             stacks: None,
             verdict: HoldersVerdict::default(),
             short_counts: Vec::new(),
+            pid_filter: None,
         };
         // The kernel's own list of the hive's keys, set against the driver's records below.
         let (backend, mount) = (self.transport.backend(), report.hive.path.clone());
@@ -908,7 +909,7 @@ impl<'t> Client<'t> {
             match unvouched {
                 Ok(0) => {}
                 Ok(n) => source.cannot_see(format!(
-                    "processes holding only keys opened before tracking started (in {n} hive(s) loaded before it or not vouched for; `hivetrack holders HIVE` also asks the kernel's list)"
+                    "processes holding only keys opened before tracking started (in {n} hive(s) loaded before it or not vouched for, marked `*` by `hivetrack hives`; counts leave such keys out too; this listing does not ask the kernel: `hivetrack holders HIVE` on each asks the kernel's list and counts them per process and key)"
                 )),
                 Err(e) => source.cannot_see(format!(
                     "whether any hive was loaded before tracking started (the hive listing failed: {e:#}): processes holding only keys opened before it may be missing"

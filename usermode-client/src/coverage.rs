@@ -264,6 +264,7 @@ mod tests {
             holders,
             untracked: Vec::new(),
             short_counts: Vec::new(),
+            pid_filter: None,
             held_now: None,
             stacks: None,
             verdict: crate::model::HoldersVerdict::default(),

@@ -450,6 +450,11 @@ pub struct HoldersReport {
     /// from CLIs before 2026-12-06.
     #[serde(default)]
     pub short_counts: Vec<ShortCount>,
+    /// `holders --pid N`: only process N's entries are in `holders`, `untracked` and
+    /// `short_counts` (as the opener the driver or the kernel records); `hive`'s counts and
+    /// `verdict` stay the whole hive's. Absent without `--pid` (audit 23b, M6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_filter: Option<u64>,
 }
 
 /// `hivetrack capture`: the driver's stack-capture scope after the request.

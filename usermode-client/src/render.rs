@@ -595,10 +595,22 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     "{} open key(s) held by {} process(es){}",
                     hive.open_keys,
                     hive.holders,
-                    if only_kernel > 0 {
+                    if only_kernel > 0 && r.pid_filter.is_none() {
                         format!(", {only_kernel} of them only in the kernel's list (below)")
                     } else {
                         String::new()
+                    }
+                );
+            }
+            if let Some(pid) = r.pid_filter {
+                // The counts above and the verdict stay the whole hive's (audit 23b, M6).
+                let _ = writeln!(
+                    out,
+                    "Listed below: process {pid}'s keys only (--pid); the counts above are the whole hive's{}",
+                    if r.holders.is_empty() && r.untracked.is_empty() {
+                        ": it holds none that the report sees"
+                    } else {
+                        ""
                     }
                 );
             }
@@ -882,6 +894,11 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                 .map(|(p, mut row)| {
                     let parts = identity_parts(&p.identity);
                     row.truncate(6);
+                    // The System process has no image file: a blank cell read as unknown
+                    // (audit 23b, L3).
+                    if p.pid == 4 && p.image.is_none() {
+                        row[5] = "System".to_owned();
+                    }
                     if !parts.is_empty() {
                         row[5] = format!("{} [{}]", row[5], parts.join("; "));
                     }
@@ -1237,6 +1254,14 @@ pub fn diff(r: &DiffReport, f: Format) -> serde_json::Result<String> {
                     ],
                     &rows,
                 ));
+            }
+            if r.after.filetime < r.before.filetime {
+                // Audit 23b, L5: a growth table read backwards, with no word of it.
+                let _ = writeln!(
+                    out,
+                    "\nB ({}) was taken before A ({}): DELTA (B minus A) runs backwards in time; for growth over time, run `hivetrack diff B A` (the older snapshot first)",
+                    r.after.utc, r.before.utc
+                );
             }
             if !r.complete {
                 out.push_str(

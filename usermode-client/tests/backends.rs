@@ -718,6 +718,51 @@ fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
     );
 }
 
+/// `holders HIVE --pid N` lists only that process's keys, tracked and kernel-only; the
+/// hive's counts and the verdict stay the whole hive's, so a pid holding nothing does not make
+/// the hive free (audit 23b, M6: no pid filter on the live reports).
+#[test]
+fn holders_pid_lists_one_process_and_keeps_the_whole_hives_verdict() {
+    let scripted = || {
+        let mut server = logoff_released();
+        server.kernel_extra = vec![
+            (2040, format!(r"\REGISTRY\USER\{SID}\Software\Policies")),
+            (3111, format!(r"\REGISTRY\USER\{SID}\Software\Other")),
+        ];
+        let mut s = Scripted::new(server);
+        s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
+        s
+    };
+    let o = run_scripted(scripted(), &["holders", &user_hive(), "--pid", "3111"]);
+    assert!(o.out.contains(r"\Software\Other"), "{}", o.out);
+    assert!(!o.out.contains(r"\Software\Policies"), "{}", o.out);
+    assert!(
+        o.out
+            .contains("Listed below: process 3111's keys only (--pid); the counts above are the whole hive's\n"),
+        "{}",
+        o.out
+    );
+    let o = run_scripted(
+        scripted(),
+        &["holders", &user_hive(), "--pid", "3111", "--json"],
+    );
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(r.pid_filter, Some(3111));
+    let pids: Vec<u64> = r.untracked.iter().map(|u| u.pid).collect();
+    assert_eq!(pids, [3111]);
+    assert_eq!(r.hive.open_keys, 2, "{:?}", r.hive);
+    let o = run_scripted(
+        scripted(),
+        &["holders", &user_hive(), "--pid", "9999", "--fail-if-held"],
+    );
+    assert_eq!(o.code, exit::HELD, "{}", o.out);
+    assert!(
+        o.out.contains("process 9999's keys only (--pid); the counts above are the whole hive's: it holds none that the report sees"),
+        "{}",
+        o.out
+    );
+}
+
 #[test]
 fn wait_never_says_free_while_the_kernel_lists_keys() {
     let o = run_scripted(started_late(), &["wait", &user_hive(), "--timeout", "1"]);
