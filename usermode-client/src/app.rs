@@ -328,9 +328,12 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             emit(env, format, &render::hives(&r, format)?, Some(&r.source))?;
             Ok(verdict(g.strict, &r.source, None))
         }
-        Command::Processes { top } => {
+        Command::Processes { top, kernel } => {
             let mut t = connect(env, Need::Driver)?;
             let mut r = Client::new(t.as_mut()).processes(*top)?;
+            if *kernel {
+                Client::new(t.as_mut()).kernel_only(&mut r, env.now);
+            }
             if !g.no_resolve
                 && env.identities.supported()
                 && r.processes.iter().any(|p| !p.exited)

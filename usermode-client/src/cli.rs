@@ -137,6 +137,11 @@ pub enum Command {
         /// Show only the first N.
         #[arg(long, value_name = "N")]
         top: Option<usize>,
+        /// Also ask the kernel's list of open keys (`NtQueryOpenSubKeysEx`) of every loaded
+        /// hive, and list per process the keys the driver has no record of (opened before
+        /// tracking started): one holders query per hive.
+        #[arg(long)]
+        kernel: bool,
     },
     /// The driver's counters, with every completeness (loss) counter.
     Stats,
@@ -343,7 +348,10 @@ mod tests {
         ));
         let cli = Cli::try_parse_from(["hivetrack", "--csv", "processes", "--top", "5"]).unwrap();
         assert!(cli.global.csv);
-        assert!(matches!(cli.command, Command::Processes { top: Some(5) }));
+        assert!(matches!(
+            cli.command,
+            Command::Processes { top: Some(5), .. }
+        ));
         let cli = Cli::try_parse_from(["hivetrack", "snapshot", "-o", "a.json"]).unwrap();
         assert!(
             matches!(cli.command, Command::Snapshot { ref output } if output.as_os_str() == "a.json")

@@ -30,8 +30,9 @@ use crate::commands::{CliError, classify};
 use crate::hive_name::display;
 use crate::model::{
     Counter, HeldKey, Hive, HivesReport, Holder, HoldersReport, HoldersVerdict, Identity,
-    ProcessEntry, ProcessesReport, ShortCount, SnapshotFile, SnapshotKey, Source, StatsReport,
-    Time, UnloadAttempt, UnloadHistoryReport, UnloadHolder, age_secs, ntstatus_name, schema,
+    KernelOnlyProcess, ProcessEntry, ProcessesReport, ShortCount, SnapshotFile, SnapshotKey,
+    Source, StatsReport, Time, UnloadAttempt, UnloadHistoryReport, UnloadHolder, age_secs,
+    ntstatus_name, schema,
 };
 use crate::stacks::{LoadedModule, Stack, StackTable};
 use crate::transport::{
@@ -909,7 +910,7 @@ impl<'t> Client<'t> {
             match unvouched {
                 Ok(0) => {}
                 Ok(n) => source.cannot_see(format!(
-                    "processes holding only keys opened before tracking started (in {n} hive(s) loaded before it or not vouched for, marked `*` by `hivetrack hives`; counts leave such keys out too; this listing does not ask the kernel: `hivetrack holders HIVE` on each asks the kernel's list and counts them per process and key)"
+                    "processes holding only keys opened before tracking started (in {n} hive(s) loaded before it or not vouched for, marked `*` by `hivetrack hives`; counts leave such keys out too; `hivetrack processes --kernel` asks the kernel's list of each hive and counts them per process, `hivetrack holders HIVE` names them)"
                 )),
                 Err(e) => source.cannot_see(format!(
                     "whether any hive was loaded before tracking started (the hive listing failed: {e:#}): processes holding only keys opened before it may be missing"
@@ -921,8 +922,52 @@ impl<'t> Client<'t> {
             source,
             omitted: (all - processes.len()) as u64,
             processes,
+            kernel_only: None,
             short_counts: self.short_counts(nr),
         })
+    }
+
+    /// `processes --kernel`: asks the kernel's list of every loaded hive (one holders query
+    /// each, summaries) and adds up per pid the keys the driver has no record of; a hive
+    /// whose answer failed is named in `report.source` as not seen (audit 23b, H1).
+    pub fn kernel_only(&mut self, report: &mut ProcessesReport, now: u64) {
+        let hives = match self.hives() {
+            Ok(h) => h.hives,
+            Err(e) => {
+                report.source.cannot_see(format!(
+                    "the kernel's lists of open keys (--kernel: the hive listing failed: {e:#})"
+                ));
+                return;
+            }
+        };
+        let mut by_pid: std::collections::BTreeMap<u64, KernelOnlyProcess> =
+            std::collections::BTreeMap::new();
+        for h in hives.iter().filter(|h| h.state != "unloaded") {
+            match self.holders(&h.path, true, now) {
+                Ok(r) => {
+                    for u in r.untracked.iter().filter(|u| !u.hivetrack_own) {
+                        let e = by_pid.entry(u.pid).or_insert_with(|| KernelOnlyProcess {
+                            pid: u.pid,
+                            image: None,
+                            open_keys: 0,
+                            hives: 0,
+                        });
+                        e.open_keys += u.open_keys;
+                        e.hives += 1;
+                        if e.image.is_none() {
+                            e.image.clone_from(&u.image);
+                        }
+                    }
+                }
+                Err(e) => report.source.cannot_see(format!(
+                    "the kernel's list of open keys in {} (--kernel: {e:#})",
+                    h.name
+                )),
+            }
+        }
+        let mut list: Vec<KernelOnlyProcess> = by_pid.into_values().collect();
+        list.sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.pid.cmp(&b.pid)));
+        report.kernel_only = Some(list);
     }
 
     /// The processes whose opens the tracker refused to record, from the driver's counters

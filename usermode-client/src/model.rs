@@ -599,6 +599,20 @@ pub struct UntrackedHolder {
     pub hivetrack_own: bool,
 }
 
+/// A process holding keys only the kernel lists (`processes --kernel`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelOnlyProcess {
+    /// Process id (the opener, as the kernel records it).
+    pub pid: u64,
+    /// Image path of the process running with that pid now; null when unknown or when it
+    /// cannot be shown to be the opener.
+    pub image: Option<String>,
+    /// Key objects the kernel lists for it that the driver has no record of.
+    pub open_keys: u64,
+    /// Hives they are in.
+    pub hives: u64,
+}
+
 /// A process whose opens the tracker refused to record (from the driver's `stats`:
 /// `top_dropper_*` and `top_refused_*`): its key count in `processes` and `holders` is a
 /// lower bound. Found in audit 23b (M1): only `stats` named it.
@@ -686,6 +700,11 @@ pub struct ProcessesReport {
     /// Processes left out by `--top` (absent when none were).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub omitted: u64,
+    /// `processes --kernel`: per process, the keys the kernel lists in any loaded hive that
+    /// the driver has no record of (opened before tracking started), most first. Absent
+    /// without `--kernel` (audit 23b, H1: such a process was in no listing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_only: Option<Vec<KernelOnlyProcess>>,
     /// Processes whose opens the tracker refused to record: their `open_keys` is a lower
     /// bound. Empty when none, or when the driver's counters could not be read. Absent
     /// (empty) from CLIs before 2026-12-06.

@@ -924,6 +924,37 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                 );
             }
             short_count_lines(&r.short_counts, &mut out);
+            if let Some(k) = &r.kernel_only {
+                if k.is_empty() {
+                    out.push_str(
+                        "\n--kernel: no loaded hive's kernel list has a key the driver has no record of\n",
+                    );
+                } else {
+                    out.push_str(
+                        "\n--kernel: keys the kernel lists that the driver has no record of (opened before tracking started; `hivetrack holders HIVE` names them):\n",
+                    );
+                    let rows: Vec<Vec<String>> = k
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.pid.to_string(),
+                                p.open_keys.to_string(),
+                                p.hives.to_string(),
+                                opt(p.image.as_ref()),
+                            ]
+                        })
+                        .collect();
+                    out.push_str(&table(
+                        &[
+                            ("PID", Align::Right),
+                            ("KEYS", Align::Right),
+                            ("HIVES", Align::Right),
+                            ("IMAGE", Align::Left),
+                        ],
+                        &rows,
+                    ));
+                }
+            }
             out.push('\n');
             out.push_str(&source_line(&r.source));
             out.push('\n');

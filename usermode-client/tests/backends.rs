@@ -763,6 +763,36 @@ fn holders_pid_lists_one_process_and_keeps_the_whole_hives_verdict() {
     );
 }
 
+/// `processes --kernel`: a process holding only keys opened before tracking started was in
+/// no listing; it asks every loaded hive's kernel list and counts them per process (audit
+/// 23b, H1).
+#[test]
+fn processes_kernel_lists_a_process_holding_only_keys_from_before_tracking() {
+    let scripted = || {
+        let mut server = logoff_released();
+        server.kernel_extra = vec![
+            (3111, format!(r"\REGISTRY\USER\{SID}\Software\Other")),
+            (3111, format!(r"\REGISTRY\USER\{SID}\Software\Other")),
+        ];
+        Scripted::new(server)
+    };
+    let o = run_scripted(scripted(), &["processes"]);
+    assert!(!o.out.contains("3111"), "{}", o.out);
+    let o = run_scripted(scripted(), &["processes", "--kernel", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {}{}", o.out, o.err));
+    let k = r.kernel_only.unwrap();
+    let rows: Vec<(u64, u64, u64)> = k.iter().map(|p| (p.pid, p.open_keys, p.hives)).collect();
+    assert_eq!(rows, [(3111, 2, 1)], "{:?}", r.source.missing);
+    let o = run_scripted(scripted(), &["processes", "--kernel"]);
+    assert!(
+        o.out
+            .contains("--kernel: keys the kernel lists that the driver has no record of"),
+        "{}",
+        o.out
+    );
+}
+
 #[test]
 fn wait_never_says_free_while_the_kernel_lists_keys() {
     let o = run_scripted(started_late(), &["wait", &user_hive(), "--timeout", "1"]);
