@@ -290,6 +290,9 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 crate::capture::require_stacks(&mut Client::new(t.as_mut()), "holders --stacks")?;
             }
             let mut r = Client::new(t.as_mut()).holders(&nt, *summary, env.now)?;
+            if r.source.backend != crate::fallback::BACKEND {
+                Client::new(t.as_mut()).attach_short_counts(&mut r);
+            }
             if *stacks {
                 // Read after the holders answer, once: a stack stays stored while a key
                 // opened from it is tracked, so every key still held finds its stack.

@@ -481,6 +481,10 @@ impl<'t> Client<'t> {
     ///
     /// # Errors
     /// Transport failures, an unknown hive, a malformed answer.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one pass of the driver's answer, then the kernel's list set against it, in order"
+    )]
     pub fn holders(&mut self, hive: &str, summary_only: bool, now: u64) -> Result<HoldersReport> {
         let units: Vec<u16> = hive.encode_utf16().collect();
         let pass = Pass {
@@ -539,9 +543,7 @@ impl<'t> Client<'t> {
             Ok(true)
         })?;
         let hive = info.context("the driver sent a malformed answer: no holders page")?;
-        // The driver lists processes in its table's walk order (resumable in constant time,
-        // issue 14); reports list them in pid order. A stable sort keeps each one's keys
-        // oldest first.
+        // Pid order (the driver sends its table's walk order, issue 14); stable: keys oldest first.
         holders.sort_by_key(|h| (h.pid, h.start_key));
         let mut report = HoldersReport {
             schema: schema("holders"),
@@ -593,13 +595,6 @@ impl<'t> Client<'t> {
             });
             not_the_opener(&mut report, &completeness, transport);
             count_held(&mut report);
-            // Those of its holders whose opens were refused (audit 23b, M1).
-            let mut short = self.short_counts(report.source.not_recorded);
-            short.retain(|s| {
-                report.holders.iter().any(|h| h.pid == s.pid)
-                    || report.untracked.iter().any(|u| u.pid == s.pid)
-            });
-            report.short_counts = short;
         }
         report.verdict = HoldersVerdict::of(&report);
         Ok(report)
@@ -925,6 +920,17 @@ impl<'t> Client<'t> {
             kernel_only: None,
             short_counts: self.short_counts(nr),
         })
+    }
+
+    /// Those of `report`'s holders whose opens were refused (audit 23b, M1); none from the
+    /// fallback, which has no counters.
+    pub fn attach_short_counts(&mut self, report: &mut HoldersReport) {
+        let mut short = self.short_counts(report.source.not_recorded);
+        short.retain(|s| {
+            report.holders.iter().any(|h| h.pid == s.pid)
+                || report.untracked.iter().any(|u| u.pid == s.pid)
+        });
+        report.short_counts = short;
     }
 
     /// `processes --kernel`: asks the kernel's list of every loaded hive (one holders query

@@ -613,9 +613,10 @@ pub struct KernelOnlyProcess {
     pub hives: u64,
 }
 
-/// A process whose opens the tracker refused to record (from the driver's `stats`:
-/// `top_dropper_*` and `top_refused_*`): its key count in `processes` and `holders` is a
-/// lower bound. Found in audit 23b (M1): only `stats` named it.
+/// A process whose opens the tracker refused to record.
+///
+/// From the driver's `stats` (`top_dropper_*` and `top_refused_*`): its key count in
+/// `processes` and `holders` is a lower bound. Found in audit 23b (M1): only `stats` named it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShortCount {
     /// Process id.

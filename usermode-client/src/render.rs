@@ -897,7 +897,7 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                     // The System process has no image file: a blank cell read as unknown
                     // (audit 23b, L3).
                     if p.pid == 4 && p.image.is_none() {
-                        row[5] = "System".to_owned();
+                        "System".clone_into(&mut row[5]);
                     }
                     if !parts.is_empty() {
                         row[5] = format!("{} [{}]", row[5], parts.join("; "));
@@ -924,37 +924,7 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                 );
             }
             short_count_lines(&r.short_counts, &mut out);
-            if let Some(k) = &r.kernel_only {
-                if k.is_empty() {
-                    out.push_str(
-                        "\n--kernel: no loaded hive's kernel list has a key the driver has no record of\n",
-                    );
-                } else {
-                    out.push_str(
-                        "\n--kernel: keys the kernel lists that the driver has no record of (opened before tracking started; `hivetrack holders HIVE` names them):\n",
-                    );
-                    let rows: Vec<Vec<String>> = k
-                        .iter()
-                        .map(|p| {
-                            vec![
-                                p.pid.to_string(),
-                                p.open_keys.to_string(),
-                                p.hives.to_string(),
-                                opt(p.image.as_ref()),
-                            ]
-                        })
-                        .collect();
-                    out.push_str(&table(
-                        &[
-                            ("PID", Align::Right),
-                            ("KEYS", Align::Right),
-                            ("HIVES", Align::Right),
-                            ("IMAGE", Align::Left),
-                        ],
-                        &rows,
-                    ));
-                }
-            }
+            kernel_only_lines(r, &mut out);
             out.push('\n');
             out.push_str(&source_line(&r.source));
             out.push('\n');
@@ -997,6 +967,41 @@ pub fn stats(r: &StatsReport, f: Format) -> serde_json::Result<String> {
             out
         }
     })
+}
+
+/// `processes --kernel`: the processes holding keys only the kernel lists (audit 23b, H1).
+fn kernel_only_lines(r: &ProcessesReport, out: &mut String) {
+    if let Some(k) = &r.kernel_only {
+        if k.is_empty() {
+            out.push_str(
+                "\n--kernel: no loaded hive's kernel list has a key the driver has no record of\n",
+            );
+        } else {
+            out.push_str(
+                "\n--kernel: keys the kernel lists that the driver has no record of (opened before tracking started; `hivetrack holders HIVE` names them):\n",
+            );
+            let rows: Vec<Vec<String>> = k
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.pid.to_string(),
+                        p.open_keys.to_string(),
+                        p.hives.to_string(),
+                        opt(p.image.as_ref()),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &[
+                    ("PID", Align::Right),
+                    ("KEYS", Align::Right),
+                    ("HIVES", Align::Right),
+                    ("IMAGE", Align::Left),
+                ],
+                &rows,
+            ));
+        }
+    }
 }
 
 /// One line per process whose opens the tracker refused to record, where the user looks
