@@ -615,6 +615,19 @@ fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete
     );
 }
 
+/// The logoff scenario with the agent's key released, plus key objects only the kernel lists
+/// (pid, key under the user's `Software`); the agent's image known as pid 2040's.
+fn kernel_only(keys: &[(u64, &str)]) -> Scripted {
+    let mut server = logoff_released();
+    server.kernel_extra = keys
+        .iter()
+        .map(|(pid, k)| (*pid, format!(r"\REGISTRY\USER\{SID}\Software\{k}")))
+        .collect();
+    let mut s = Scripted::new(server);
+    s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
+    s
+}
+
 /// A leak from before tracking: the kernel lists one key object per open, and `holders`
 /// printed one identical line per object (65,602 for the audit's leak). Grouped by name with
 /// a count, in text and JSON, the per-object list kept (audit 23b, H1).
@@ -623,16 +636,12 @@ fn keys_opened_before_tracking_are_grouped_by_name_with_a_count() {
     let leaked = format!(r"\REGISTRY\USER\{SID}\Software\Sync\State");
     let other = format!(r"\REGISTRY\USER\{SID}\Software\Policies");
     let scripted = || {
-        let mut server = logoff_released();
-        server.kernel_extra = vec![
-            (2040, leaked.clone()),
-            (2040, other.clone()),
-            (2040, leaked.clone()),
-            (2040, leaked.clone()),
-        ];
-        let mut s = Scripted::new(server);
-        s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
-        s
+        kernel_only(&[
+            (2040, r"Sync\State"),
+            (2040, "Policies"),
+            (2040, r"Sync\State"),
+            (2040, r"Sync\State"),
+        ])
     };
     let o = run_scripted(scripted(), &["holders", &user_hive()]);
     let lines: Vec<&str> = o
@@ -674,8 +683,8 @@ fn keys_opened_before_tracking_are_grouped_by_name_with_a_count() {
 #[test]
 fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
     let scripted = || {
-        let mut server = logoff_released();
-        server.kernel_extra = vec![(2040, format!(r"\REGISTRY\USER\{SID}\Software\Policies"))];
+        let mut s = kernel_only(&[(2040, "Policies")]);
+        let server = &mut s.states[0];
         let mut v = [0u64; protocol::stats::Stats::FIELD_COUNT];
         for (name, value) in protocol::stats::Stats::NAMES.iter().zip(v.iter_mut()) {
             *value = match *name {
@@ -687,8 +696,6 @@ fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
         }
         server.stats = Some(protocol::stats::Stats::from_values(v));
         server.not_recorded = 2_598;
-        let mut s = Scripted::new(server);
-        s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
         s
     };
     let line = "process 2040 hit its memory share (a quarter of `MemoryBudgetMiB`; the README gives one process's capacity): 2598 open(s) not recorded; its key count is a lower bound";
@@ -723,16 +730,7 @@ fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
 /// the hive free (audit 23b, M6: no pid filter on the live reports).
 #[test]
 fn holders_pid_lists_one_process_and_keeps_the_whole_hives_verdict() {
-    let scripted = || {
-        let mut server = logoff_released();
-        server.kernel_extra = vec![
-            (2040, format!(r"\REGISTRY\USER\{SID}\Software\Policies")),
-            (3111, format!(r"\REGISTRY\USER\{SID}\Software\Other")),
-        ];
-        let mut s = Scripted::new(server);
-        s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
-        s
-    };
+    let scripted = || kernel_only(&[(2040, "Policies"), (3111, "Other")]);
     let o = run_scripted(scripted(), &["holders", &user_hive(), "--pid", "3111"]);
     assert!(o.out.contains(r"\Software\Other"), "{}", o.out);
     assert!(!o.out.contains(r"\Software\Policies"), "{}", o.out);
@@ -768,14 +766,7 @@ fn holders_pid_lists_one_process_and_keeps_the_whole_hives_verdict() {
 /// 23b, H1).
 #[test]
 fn processes_kernel_lists_a_process_holding_only_keys_from_before_tracking() {
-    let scripted = || {
-        let mut server = logoff_released();
-        server.kernel_extra = vec![
-            (3111, format!(r"\REGISTRY\USER\{SID}\Software\Other")),
-            (3111, format!(r"\REGISTRY\USER\{SID}\Software\Other")),
-        ];
-        Scripted::new(server)
-    };
+    let scripted = || kernel_only(&[(3111, "Other"), (3111, "Other")]);
     let o = run_scripted(scripted(), &["processes"]);
     assert!(!o.out.contains("3111"), "{}", o.out);
     let o = run_scripted(scripted(), &["processes", "--kernel", "--json"]);
