@@ -1416,6 +1416,32 @@ pub(crate) fn json<T: serde::Serialize>(v: &T) -> serde_json::Result<String> {
 #[cfg(test)]
 mod tests {
 
+    /// The driver lists the System process (pid 4) with no image file: its row named it
+    /// with a blank cell (audit 23b, L3).
+    #[test]
+    fn the_system_process_row_is_named() {
+        let report = crate::model::ProcessesReport {
+            schema: "hivetrack.processes/1".into(),
+            source: crate::model::Source::new("driver", 0, &[]),
+            processes: vec![crate::model::ProcessEntry {
+                pid: 4,
+                start_key: 1,
+                image: None,
+                image_truncated: false,
+                exited: false,
+                open_keys: 0,
+                hives: 0,
+                identity: crate::model::Identity::default(),
+            }],
+            omitted: 0,
+            kernel_only: None,
+            short_counts: Vec::new(),
+        };
+        let text = processes(&report, Format::Table).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.ends_with("running  System"), "{text}");
+    }
+
     #[test]
     fn stats_say_why_live_tracking_is_off() {
         let report = |value| crate::model::StatsReport {
