@@ -332,6 +332,13 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             Ok(verdict(g.strict, &r.source, None))
         }
         Command::Processes { top, kernel } => {
+            if *kernel && format == Format::Csv {
+                // Its second list has no CSV form: refused, not left out silently.
+                return Err(CliError::BadArgument(
+                    "processes --kernel has no CSV form: use the table or --json".to_owned(),
+                )
+                .into());
+            }
             let mut t = connect(env, Need::Driver)?;
             let mut r = Client::new(t.as_mut()).processes(*top)?;
             if *kernel {

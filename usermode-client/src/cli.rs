@@ -139,7 +139,8 @@ pub enum Command {
         top: Option<usize>,
         /// Also ask the kernel's list of open keys (`NtQueryOpenSubKeysEx`) of every loaded
         /// hive, and list per process the keys the driver has no record of (opened before
-        /// tracking started): one holders query per hive.
+        /// tracking started): one holders query per hive. Table and JSON only (CSV has one
+        /// row shape, the tracked processes).
         #[arg(long)]
         kernel: bool,
     },

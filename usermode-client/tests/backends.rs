@@ -775,6 +775,9 @@ fn processes_kernel_lists_a_process_holding_only_keys_from_before_tracking() {
     let k = r.kernel_only.unwrap();
     let rows: Vec<(u64, u64, u64)> = k.iter().map(|p| (p.pid, p.open_keys, p.hives)).collect();
     assert_eq!(rows, [(3111, 2, 1)], "{:?}", r.source.missing);
+    // No CSV form for the second list: refused, not left out silently.
+    let o = run_scripted(scripted(), &["--csv", "processes", "--kernel"]);
+    assert_eq!(o.code, exit::BAD_ARGUMENTS, "{}{}", o.out, o.err);
     let o = run_scripted(scripted(), &["processes", "--kernel"]);
     assert!(
         o.out
