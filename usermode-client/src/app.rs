@@ -283,6 +283,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             fail_if_held,
             summary,
             stacks,
+            pid,
         } => {
             let nt = nt_hive(env, hive)?;
             let mut t = connect(env, Need::Holders)?;
@@ -290,6 +291,9 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 crate::capture::require_stacks(&mut Client::new(t.as_mut()), "holders --stacks")?;
             }
             let mut r = Client::new(t.as_mut()).holders(&nt, *summary, env.now)?;
+            if r.source.backend != crate::fallback::BACKEND {
+                Client::new(t.as_mut()).attach_short_counts(&mut r);
+            }
             if *stacks {
                 // Read after the holders answer, once: a stack stays stored while a key
                 // opened from it is tracked, so every key still held finds its stack.
@@ -305,6 +309,13 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 holder_identity::annotate(&mut r, env.identities);
             }
             r.verdict = crate::model::HoldersVerdict::of(&r);
+            if let Some(pid) = *pid {
+                // After the verdict: it stays the whole hive's (audit 23b, M6).
+                r.holders.retain(|h| h.pid == pid);
+                r.untracked.retain(|u| u.pid == pid);
+                r.short_counts.retain(|s| s.pid == pid);
+                r.pid_filter = Some(pid);
+            }
             emit(env, format, &render::holders(&r, format)?, Some(&r.source))?;
             // Held as the report says it (its counts, which may be the page's counters read
             // before the walk: `client::count_held`), not only as its lists do: the table
@@ -321,9 +332,19 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             emit(env, format, &render::hives(&r, format)?, Some(&r.source))?;
             Ok(verdict(g.strict, &r.source, None))
         }
-        Command::Processes { top } => {
+        Command::Processes { top, kernel } => {
+            if *kernel && format == Format::Csv {
+                // Its second list has no CSV form: refused, not left out silently.
+                return Err(CliError::BadArgument(
+                    "processes --kernel has no CSV form: use the table or --json".to_owned(),
+                )
+                .into());
+            }
             let mut t = connect(env, Need::Driver)?;
             let mut r = Client::new(t.as_mut()).processes(*top)?;
+            if *kernel {
+                Client::new(t.as_mut()).kernel_only(&mut r, env.now);
+            }
             if !g.no_resolve
                 && env.identities.supported()
                 && r.processes.iter().any(|p| !p.exited)

@@ -42,7 +42,10 @@ pub struct Global {
     /// (Windows).
     #[arg(long, global = true)]
     pub no_resolve: bool,
-    /// Exit with 4 when the report is incomplete (the tracker dropped records).
+    /// Exit with 4 when the report is incomplete: records dropped, keys open before tracking
+    /// started or only in the kernel's list, the kernel's list or tracking not available,
+    /// anything else the report says it could not see (the `INCOMPLETE:` line; exit codes
+    /// below).
     #[arg(long, global = true)]
     pub strict: bool,
     /// Which backend answers: the driver, or for `holders` and `wait` the driverless
@@ -104,6 +107,10 @@ pub enum Command {
         /// before the keys were opened.
         #[arg(long, conflicts_with = "summary")]
         stacks: bool,
+        /// List only this process's keys (as their opener): the hive's counts, the verdict
+        /// and `--fail-if-held` stay the whole hive's.
+        #[arg(long, value_name = "PID")]
+        pid: Option<u64>,
     },
     /// Open-time stack capture: which code opens keys. Off until turned on; keys opened
     /// while it is on carry their stack (`holders --stacks`, `modules`).
@@ -130,6 +137,12 @@ pub enum Command {
         /// Show only the first N.
         #[arg(long, value_name = "N")]
         top: Option<usize>,
+        /// Also ask the kernel's list of open keys (`NtQueryOpenSubKeysEx`) of every loaded
+        /// hive, and list per process the keys the driver has no record of (opened before
+        /// tracking started): one holders query per hive. Table and JSON only (CSV has one
+        /// row shape, the tracked processes).
+        #[arg(long)]
+        kernel: bool,
     },
     /// The driver's counters, with every completeness (loss) counter.
     Stats,
@@ -341,7 +354,10 @@ mod tests {
         ));
         let cli = Cli::try_parse_from(["hivetrack", "--csv", "processes", "--top", "5"]).unwrap();
         assert!(cli.global.csv);
-        assert!(matches!(cli.command, Command::Processes { top: Some(5) }));
+        assert!(matches!(
+            cli.command,
+            Command::Processes { top: Some(5), .. }
+        ));
         let cli = Cli::try_parse_from(["hivetrack", "snapshot", "-o", "a.json"]).unwrap();
         assert!(
             matches!(cli.command, Command::Snapshot { ref output } if output.as_os_str() == "a.json")

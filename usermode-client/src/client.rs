@@ -30,8 +30,9 @@ use crate::commands::{CliError, classify};
 use crate::hive_name::display;
 use crate::model::{
     Counter, HeldKey, Hive, HivesReport, Holder, HoldersReport, HoldersVerdict, Identity,
-    ProcessEntry, ProcessesReport, SnapshotFile, SnapshotKey, Source, StatsReport, Time,
-    UnloadAttempt, UnloadHistoryReport, UnloadHolder, age_secs, ntstatus_name, schema,
+    KernelOnlyProcess, ProcessEntry, ProcessesReport, ShortCount, SnapshotFile, SnapshotKey,
+    Source, StatsReport, Time, UnloadAttempt, UnloadHistoryReport, UnloadHolder, age_secs,
+    ntstatus_name, schema,
 };
 use crate::stacks::{LoadedModule, Stack, StackTable};
 use crate::transport::{
@@ -480,6 +481,10 @@ impl<'t> Client<'t> {
     ///
     /// # Errors
     /// Transport failures, an unknown hive, a malformed answer.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one pass of the driver's answer, then the kernel's list set against it, in order"
+    )]
     pub fn holders(&mut self, hive: &str, summary_only: bool, now: u64) -> Result<HoldersReport> {
         let units: Vec<u16> = hive.encode_utf16().collect();
         let pass = Pass {
@@ -538,9 +543,7 @@ impl<'t> Client<'t> {
             Ok(true)
         })?;
         let hive = info.context("the driver sent a malformed answer: no holders page")?;
-        // The driver lists processes in its table's walk order (resumable in constant time,
-        // issue 14); reports list them in pid order. A stable sort keeps each one's keys
-        // oldest first.
+        // Pid order (the driver sends its table's walk order, issue 14); stable: keys oldest first.
         holders.sort_by_key(|h| (h.pid, h.start_key));
         let mut report = HoldersReport {
             schema: schema("holders"),
@@ -552,6 +555,8 @@ impl<'t> Client<'t> {
             held_now: None,
             stacks: None,
             verdict: HoldersVerdict::default(),
+            short_counts: Vec::new(),
+            pid_filter: None,
         };
         // The kernel's own list of the hive's keys, set against the driver's records below.
         let (backend, mount) = (self.transport.backend(), report.hive.path.clone());
@@ -900,7 +905,7 @@ impl<'t> Client<'t> {
             match unvouched {
                 Ok(0) => {}
                 Ok(n) => source.cannot_see(format!(
-                    "processes holding only keys opened before tracking started (in {n} hive(s) loaded before it or not vouched for; `hivetrack holders HIVE` also asks the kernel's list)"
+                    "processes holding only keys opened before tracking started (in {n} hive(s) loaded before it or not vouched for, marked `*` by `hivetrack hives`; counts leave such keys out too; `hivetrack processes --kernel` asks the kernel's list of each hive and counts them per process, `hivetrack holders HIVE` names them)"
                 )),
                 Err(e) => source.cannot_see(format!(
                     "whether any hive was loaded before tracking started (the hive listing failed: {e:#}): processes holding only keys opened before it may be missing"
@@ -912,7 +917,101 @@ impl<'t> Client<'t> {
             source,
             omitted: (all - processes.len()) as u64,
             processes,
+            kernel_only: None,
+            short_counts: self.short_counts(nr),
         })
+    }
+
+    /// Those of `report`'s holders whose opens were refused (audit 23b, M1); none from the
+    /// fallback, which has no counters.
+    pub fn attach_short_counts(&mut self, report: &mut HoldersReport) {
+        let mut short = self.short_counts(report.source.not_recorded);
+        short.retain(|s| {
+            report.holders.iter().any(|h| h.pid == s.pid)
+                || report.untracked.iter().any(|u| u.pid == s.pid)
+        });
+        report.short_counts = short;
+    }
+
+    /// `processes --kernel`: asks the kernel's list of every loaded hive (one holders query
+    /// each, summaries) and adds up per pid the keys the driver has no record of; a hive
+    /// whose answer failed is named in `report.source` as not seen (audit 23b, H1).
+    pub fn kernel_only(&mut self, report: &mut ProcessesReport, now: u64) {
+        let hives = match self.hives() {
+            Ok(h) => h.hives,
+            Err(e) => {
+                report.source.cannot_see(format!(
+                    "the kernel's lists of open keys (--kernel: the hive listing failed: {e:#})"
+                ));
+                return;
+            }
+        };
+        let mut by_pid: std::collections::BTreeMap<u64, KernelOnlyProcess> =
+            std::collections::BTreeMap::new();
+        for h in hives.iter().filter(|h| h.state != "unloaded") {
+            match self.holders(&h.path, true, now) {
+                Ok(r) => {
+                    for u in r.untracked.iter().filter(|u| !u.hivetrack_own) {
+                        let e = by_pid.entry(u.pid).or_insert_with(|| KernelOnlyProcess {
+                            pid: u.pid,
+                            image: None,
+                            open_keys: 0,
+                            hives: 0,
+                        });
+                        e.open_keys += u.open_keys;
+                        e.hives += 1;
+                        if e.image.is_none() {
+                            e.image.clone_from(&u.image);
+                        }
+                    }
+                }
+                Err(e) => report.source.cannot_see(format!(
+                    "the kernel's list of open keys in {} (--kernel: {e:#})",
+                    h.name
+                )),
+            }
+        }
+        let mut list: Vec<KernelOnlyProcess> = by_pid.into_values().collect();
+        list.sort_by(|a, b| b.open_keys.cmp(&a.open_keys).then(a.pid.cmp(&b.pid)));
+        report.kernel_only = Some(list);
+    }
+
+    /// The processes whose opens the tracker refused to record, from the driver's counters
+    /// (the one refused most for its share, the one refused most for want of memory); empty
+    /// when none was or the counters cannot be read (the source line already counts every
+    /// loss machine-wide). Audit 23b, M1: only `stats` named them.
+    /// `not_recorded`: the losses the answer's pages counted; with none, the counters are
+    /// not read (nothing was refused since the driver started).
+    pub fn short_counts(&mut self, not_recorded: u64) -> Vec<ShortCount> {
+        if not_recorded == 0 {
+            return Vec::new();
+        }
+        let Ok(stats) = self.stats() else {
+            return Vec::new();
+        };
+        let value = |name: &str| {
+            stats
+                .counters
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(0, |c| c.value)
+        };
+        let mut out = Vec::new();
+        for (prefix, cause) in [
+            ("top_dropper", "memory_share"),
+            ("top_refused", "memory_budget"),
+        ] {
+            let drops = value(&format!("{prefix}_drops"));
+            if drops > 0 {
+                out.push(ShortCount {
+                    pid: value(&format!("{prefix}_pid")),
+                    start_key: value(&format!("{prefix}_start_key")),
+                    not_recorded: drops,
+                    cause: cause.to_owned(),
+                });
+            }
+        }
+        out
     }
 
     /// The driver's counters.

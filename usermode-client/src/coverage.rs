@@ -144,11 +144,15 @@ pub fn reconcile(
                 image: known.get(&pid).cloned().flatten().or_else(|| image_of(pid)),
                 open_keys: keys.len() as u64,
                 keys,
+                key_counts: Vec::new(),
                 hivetrack_own: false,
             }
         })
         .collect();
     label_own_key(&mut report.untracked);
+    for u in &mut report.untracked {
+        u.key_counts = crate::model::key_counts(&u.keys);
+    }
     coverage.untracked_keys = report.untracked.iter().map(|u| u.open_keys).sum();
     coverage.unmatched_records = unmatched;
     coverage.reconciled = coverage.untracked_keys == 0 && unmatched == 0;
@@ -206,6 +210,7 @@ fn label_own_key(untracked: &mut Vec<UntrackedHolder>) {
         image: system.image.clone(),
         open_keys: 1,
         keys: vec![key],
+        key_counts: Vec::new(),
         hivetrack_own: true,
     };
     untracked.retain(|u| u.open_keys > 0);
@@ -258,6 +263,8 @@ mod tests {
             },
             holders,
             untracked: Vec::new(),
+            short_counts: Vec::new(),
+            pid_filter: None,
             held_now: None,
             stacks: None,
             verdict: crate::model::HoldersVerdict::default(),

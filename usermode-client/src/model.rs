@@ -444,6 +444,17 @@ pub struct HoldersReport {
     /// keys only the kernel lists (`untracked`). Absent from CLIs before 2026-12-06.
     #[serde(default)]
     pub verdict: HoldersVerdict,
+    /// Processes holding keys in this hive whose opens the tracker refused to record (their
+    /// keys here may be more than listed; the kernel's list, `untracked`, has the rest).
+    /// Empty when none, or when the driver's counters could not be read. Absent (empty)
+    /// from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub short_counts: Vec<ShortCount>,
+    /// `holders --pid N`: only process N's entries are in `holders`, `untracked` and
+    /// `short_counts` (as the opener the driver or the kernel records); `hive`'s counts and
+    /// `verdict` stay the whole hive's. Absent without `--pid` (audit 23b, M6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_filter: Option<u64>,
 }
 
 /// `hivetrack capture`: the driver's stack-capture scope after the request.
@@ -567,8 +578,15 @@ pub struct UntrackedHolder {
     pub image: Option<String>,
     /// How many such keys.
     pub open_keys: u64,
-    /// Their NT paths, as the kernel lists them.
+    /// Their NT paths, as the kernel lists them: one entry per key object, so a key opened
+    /// 65,602 times is 65,602 entries (see `key_counts`).
     pub keys: Vec<String>,
+    /// The same keys grouped by name, in name order: each distinct NT path once with how
+    /// many key objects the kernel lists for it (`name`, `count`; the counts add up to
+    /// `open_keys`). Found in audit 23b (H1): a leak from before tracking printed one line
+    /// per key object. Absent (empty) from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub key_counts: Vec<KeyCount>,
     /// These keys are probably hivetrack.sys's own (set only when System holds exactly one
     /// such key the driver has no record of; the driver does not say which is its own:
     /// review 22a, L6): the hive list's key
@@ -579,6 +597,63 @@ pub struct UntrackedHolder {
     /// Absent (false) from CLIs before 2026-12-06.
     #[serde(default)]
     pub hivetrack_own: bool,
+}
+
+/// A process holding keys only the kernel lists (`processes --kernel`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelOnlyProcess {
+    /// Process id (the opener, as the kernel records it).
+    pub pid: u64,
+    /// Image path of the process running with that pid now; null when unknown or when it
+    /// cannot be shown to be the opener.
+    pub image: Option<String>,
+    /// Key objects the kernel lists for it that the driver has no record of.
+    pub open_keys: u64,
+    /// Hives they are in.
+    pub hives: u64,
+}
+
+/// A process whose opens the tracker refused to record.
+///
+/// From the driver's `stats` (`top_dropper_*` and `top_refused_*`): its key count in
+/// `processes` and `holders` is a lower bound. Found in audit 23b (M1): only `stats` named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShortCount {
+    /// Process id.
+    pub pid: u64,
+    /// Process start key.
+    pub start_key: u64,
+    /// Opens of it not recorded.
+    pub not_recorded: u64,
+    /// Why: `memory_share` (it used its share of the budget, `process_share_bytes`) or
+    /// `memory_budget` (an allocation was refused: the whole budget spent, or the pool).
+    pub cause: String,
+}
+
+/// One distinct key name of an [`UntrackedHolder`] and how many key objects of it the
+/// kernel lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCount {
+    /// The NT path, as the kernel lists it.
+    pub name: String,
+    /// How many key objects of this name the process has open.
+    pub count: u64,
+}
+
+/// Groups sorted key names into [`KeyCount`]s (equal names adjacent).
+#[must_use]
+pub fn key_counts(keys: &[String]) -> Vec<KeyCount> {
+    let mut out: Vec<KeyCount> = Vec::new();
+    for k in keys {
+        match out.last_mut() {
+            Some(last) if last.name == *k => last.count += 1,
+            _ => out.push(KeyCount {
+                name: k.clone(),
+                count: 1,
+            }),
+        }
+    }
+    out
 }
 
 /// `hivetrack hives`.
@@ -626,6 +701,16 @@ pub struct ProcessesReport {
     /// Processes left out by `--top` (absent when none were).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub omitted: u64,
+    /// `processes --kernel`: per process, the keys the kernel lists in any loaded hive that
+    /// the driver has no record of (opened before tracking started), most first. Absent
+    /// without `--kernel` (audit 23b, H1: such a process was in no listing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_only: Option<Vec<KernelOnlyProcess>>,
+    /// Processes whose opens the tracker refused to record: their `open_keys` is a lower
+    /// bound. Empty when none, or when the driver's counters could not be read. Absent
+    /// (empty) from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub short_counts: Vec<ShortCount>,
 }
 
 #[allow(

@@ -595,10 +595,22 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     "{} open key(s) held by {} process(es){}",
                     hive.open_keys,
                     hive.holders,
-                    if only_kernel > 0 {
+                    if only_kernel > 0 && r.pid_filter.is_none() {
                         format!(", {only_kernel} of them only in the kernel's list (below)")
                     } else {
                         String::new()
+                    }
+                );
+            }
+            if let Some(pid) = r.pid_filter {
+                // The counts above and the verdict stay the whole hive's (audit 23b, M6).
+                let _ = writeln!(
+                    out,
+                    "Listed below: process {pid}'s keys only (--pid); the counts above are the whole hive's{}",
+                    if r.holders.is_empty() && r.untracked.is_empty() {
+                        ": it holds none that the report sees"
+                    } else {
+                        ""
                     }
                 );
             }
@@ -697,13 +709,52 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 for u in &r.untracked {
                     let who = process_phrase(u.pid, u.image.as_ref(), false);
                     // hivetrack.sys's own handle on the hive list (review 21a, L3).
-                    let why = if u.hivetrack_own { OWN_KEY } else { when };
-                    for k in &u.keys {
-                        let _ = writeln!(out, "{who} has opened key {} ({why})", display(k));
+                    // A process whose opens were refused: its keys here are most likely
+                    // those, not keys from before tracking (audit 23b, M1).
+                    let short = r.short_counts.iter().find(|s| s.pid == u.pid);
+                    let refused = short.map(|s| {
+                        format!(
+                            "not recorded: pid {} {}, or open before tracking started",
+                            s.pid,
+                            if s.cause == "memory_share" {
+                                "used its memory share"
+                            } else {
+                                "was refused memory"
+                            }
+                        )
+                    });
+                    let why = if u.hivetrack_own {
+                        OWN_KEY
+                    } else {
+                        refused.as_deref().unwrap_or(when)
+                    };
+                    // One line per distinct name with its count, as for tracked keys: a
+                    // leak from before tracking printed 65,602 identical lines (audit 23b, H1).
+                    // A report without `key_counts` (an older CLI's JSON) is grouped here.
+                    let groups = if u.key_counts.is_empty() {
+                        crate::model::key_counts(&u.keys)
+                    } else {
+                        u.key_counts.clone()
+                    };
+                    for g in &groups {
+                        let times = if g.count > 1 {
+                            format!(" {} times", g.count)
+                        } else {
+                            String::new()
+                        };
+                        let _ = writeln!(
+                            out,
+                            "{who} has opened key {}{times} ({why})",
+                            display(&g.name)
+                        );
                     }
                 }
                 out.push_str(UNTRACKED_HINT);
                 out.push('\n');
+            }
+            if !r.short_counts.is_empty() {
+                out.push('\n');
+                short_count_lines(&r.short_counts, &mut out);
             }
             crate::render_stacks::holders_notes(r, &mut out);
             out.push('\n');
@@ -843,6 +894,11 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                 .map(|(p, mut row)| {
                     let parts = identity_parts(&p.identity);
                     row.truncate(6);
+                    // The System process has no image file: a blank cell read as unknown
+                    // (audit 23b, L3).
+                    if p.pid == 4 && p.image.is_none() {
+                        "System".clone_into(&mut row[5]);
+                    }
                     if !parts.is_empty() {
                         row[5] = format!("{} [{}]", row[5], parts.join("; "));
                     }
@@ -867,6 +923,8 @@ pub fn processes(r: &ProcessesReport, f: Format) -> serde_json::Result<String> {
                     r.omitted
                 );
             }
+            short_count_lines(&r.short_counts, &mut out);
+            kernel_only_lines(r, &mut out);
             out.push('\n');
             out.push_str(&source_line(&r.source));
             out.push('\n');
@@ -909,6 +967,58 @@ pub fn stats(r: &StatsReport, f: Format) -> serde_json::Result<String> {
             out
         }
     })
+}
+
+/// `processes --kernel`: the processes holding keys only the kernel lists (audit 23b, H1).
+fn kernel_only_lines(r: &ProcessesReport, out: &mut String) {
+    if let Some(k) = &r.kernel_only {
+        if k.is_empty() {
+            out.push_str(
+                "\n--kernel: no loaded hive's kernel list has a key the driver has no record of\n",
+            );
+        } else {
+            out.push_str(
+                "\n--kernel: keys the kernel lists that the driver has no record of (opened before tracking started; `hivetrack holders HIVE` names them):\n",
+            );
+            let rows: Vec<Vec<String>> = k
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.pid.to_string(),
+                        p.open_keys.to_string(),
+                        p.hives.to_string(),
+                        opt(p.image.as_ref()),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &[
+                    ("PID", Align::Right),
+                    ("KEYS", Align::Right),
+                    ("HIVES", Align::Right),
+                    ("IMAGE", Align::Left),
+                ],
+                &rows,
+            ));
+        }
+    }
+}
+
+/// One line per process whose opens the tracker refused to record, where the user looks
+/// (`processes`, `holders`), not only in `stats` (audit 23b, M1).
+fn short_count_lines(short: &[crate::model::ShortCount], out: &mut String) {
+    for s in short {
+        let why = if s.cause == "memory_share" {
+            "hit its memory share (a quarter of `MemoryBudgetMiB`; the README gives one process's capacity)"
+        } else {
+            "was refused memory (the budget was spent)"
+        };
+        let _ = writeln!(
+            out,
+            "process {} {why}: {} open(s) not recorded; its key count is a lower bound (the kernel's list in `hivetrack holders HIVE` has the rest)",
+            s.pid, s.not_recorded
+        );
+    }
 }
 
 /// Names the process whose opens were dropped most for its share of the memory budget, and
@@ -1181,6 +1291,14 @@ pub fn diff(r: &DiffReport, f: Format) -> serde_json::Result<String> {
                     &rows,
                 ));
             }
+            if r.after.filetime < r.before.filetime {
+                // Audit 23b, L5: a growth table read backwards, with no word of it.
+                let _ = writeln!(
+                    out,
+                    "\nB ({}) was taken before A ({}): DELTA (B minus A) runs backwards in time; for growth over time, run `hivetrack diff B A` (the older snapshot first)",
+                    r.after.utc, r.before.utc
+                );
+            }
             if !r.complete {
                 out.push_str(
                     "\nINCOMPLETE: a snapshot missed events, or tracking did not run (or restarted) between them; differences may not be real\n",
@@ -1297,6 +1415,32 @@ pub(crate) fn json<T: serde::Serialize>(v: &T) -> serde_json::Result<String> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The driver lists the System process (pid 4) with no image file: its row named it
+    /// with a blank cell (audit 23b, L3).
+    #[test]
+    fn the_system_process_row_is_named() {
+        let report = crate::model::ProcessesReport {
+            schema: "hivetrack.processes/1".into(),
+            source: crate::model::Source::new("driver", 0, &[]),
+            processes: vec![crate::model::ProcessEntry {
+                pid: 4,
+                start_key: 1,
+                image: None,
+                image_truncated: false,
+                exited: false,
+                open_keys: 0,
+                hives: 0,
+                identity: crate::model::Identity::default(),
+            }],
+            omitted: 0,
+            kernel_only: None,
+            short_counts: Vec::new(),
+        };
+        let text = processes(&report, Format::Table).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.ends_with("running  System"), "{text}");
+    }
 
     #[test]
     fn stats_say_why_live_tracking_is_off() {

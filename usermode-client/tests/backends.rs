@@ -615,6 +615,178 @@ fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete
     );
 }
 
+/// The logoff scenario with the agent's key released, plus key objects only the kernel lists
+/// (pid, key under the user's `Software`); the agent's image known as pid 2040's.
+fn kernel_only(keys: &[(u64, &str)]) -> Scripted {
+    let mut server = logoff_released();
+    server.kernel_extra = keys
+        .iter()
+        .map(|(pid, k)| (*pid, format!(r"\REGISTRY\USER\{SID}\Software\{k}")))
+        .collect();
+    let mut s = Scripted::new(server);
+    s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
+    s
+}
+
+/// A leak from before tracking: the kernel lists one key object per open, and `holders`
+/// printed one identical line per object (65,602 for the audit's leak). Grouped by name with
+/// a count, in text and JSON, the per-object list kept (audit 23b, H1).
+#[test]
+fn keys_opened_before_tracking_are_grouped_by_name_with_a_count() {
+    let leaked = format!(r"\REGISTRY\USER\{SID}\Software\Sync\State");
+    let other = format!(r"\REGISTRY\USER\{SID}\Software\Policies");
+    let scripted = || {
+        kernel_only(&[
+            (2040, r"Sync\State"),
+            (2040, "Policies"),
+            (2040, r"Sync\State"),
+            (2040, r"Sync\State"),
+        ])
+    };
+    let o = run_scripted(scripted(), &["holders", &user_hive()]);
+    let lines: Vec<&str> = o
+        .out
+        .lines()
+        .filter(|l| l.contains(r"\Software\Sync\State"))
+        .collect();
+    assert_eq!(
+        lines,
+        [format!(
+            r"Process 2040 (C:\Program Files\Contoso\Policy Agent\agent.exe) has opened key HKU\{SID}\Software\Sync\State 3 times (open before tracking started)"
+        )],
+        "{}",
+        o.out
+    );
+    assert!(
+        o.out.contains(&format!(
+            r"has opened key HKU\{SID}\Software\Policies (open before tracking started)"
+        )),
+        "{}",
+        o.out
+    );
+    let o = run_scripted(scripted(), &["holders", &user_hive(), "--json"]);
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    let u = &r.untracked[0];
+    assert_eq!((u.open_keys, u.keys.len()), (4, 4), "{u:?}");
+    let counts: Vec<(&str, u64)> = u
+        .key_counts
+        .iter()
+        .map(|k| (k.name.as_str(), k.count))
+        .collect();
+    assert_eq!(counts, [(other.as_str(), 1), (leaked.as_str(), 3)], "{u:?}");
+}
+
+/// The driver's counters name the process whose opens were dropped for its memory share:
+/// `processes` and `holders` say so where the user looks, and `holders` no longer calls its
+/// keys only the kernel lists "open before tracking started, or lost" (audit 23b, M1: only
+/// `stats` named it).
+#[test]
+fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
+    let scripted = || {
+        let mut s = kernel_only(&[(2040, "Policies")]);
+        let server = &mut s.states[0];
+        let mut v = [0u64; protocol::stats::Stats::FIELD_COUNT];
+        for (name, value) in protocol::stats::Stats::NAMES.iter().zip(v.iter_mut()) {
+            *value = match *name {
+                "opens_dropped_process_share" | "top_dropper_drops" => 2_598,
+                "top_dropper_pid" => 2040,
+                "top_dropper_start_key" => 77,
+                _ => 0,
+            };
+        }
+        server.stats = Some(protocol::stats::Stats::from_values(v));
+        server.not_recorded = 2_598;
+        s
+    };
+    let line = "process 2040 hit its memory share (a quarter of `MemoryBudgetMiB`; the README gives one process's capacity): 2598 open(s) not recorded; its key count is a lower bound";
+    let o = run_scripted(scripted(), &["processes"]);
+    assert!(o.out.contains(line), "{}", o.out);
+    let o = run_scripted(scripted(), &["holders", &user_hive()]);
+    assert!(o.out.contains(line), "{}", o.out);
+    assert!(
+        o.out.contains(&format!(
+            r"has opened key HKU\{SID}\Software\Policies (not recorded: pid 2040 used its memory share, or open before tracking started)"
+        )),
+        "{}",
+        o.out
+    );
+    let o = run_scripted(scripted(), &["processes", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    let s = &r.short_counts;
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(
+        (
+            s[0].pid,
+            s[0].start_key,
+            s[0].not_recorded,
+            s[0].cause.as_str()
+        ),
+        (2040, 77, 2_598, "memory_share")
+    );
+}
+
+/// `holders HIVE --pid N` lists only that process's keys, tracked and kernel-only; the
+/// hive's counts and the verdict stay the whole hive's, so a pid holding nothing does not make
+/// the hive free (audit 23b, M6: no pid filter on the live reports).
+#[test]
+fn holders_pid_lists_one_process_and_keeps_the_whole_hives_verdict() {
+    let scripted = || kernel_only(&[(2040, "Policies"), (3111, "Other")]);
+    let o = run_scripted(scripted(), &["holders", &user_hive(), "--pid", "3111"]);
+    assert!(o.out.contains(r"\Software\Other"), "{}", o.out);
+    assert!(!o.out.contains(r"\Software\Policies"), "{}", o.out);
+    assert!(
+        o.out
+            .contains("Listed below: process 3111's keys only (--pid); the counts above are the whole hive's\n"),
+        "{}",
+        o.out
+    );
+    let o = run_scripted(
+        scripted(),
+        &["holders", &user_hive(), "--pid", "3111", "--json"],
+    );
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(r.pid_filter, Some(3111));
+    let pids: Vec<u64> = r.untracked.iter().map(|u| u.pid).collect();
+    assert_eq!(pids, [3111]);
+    assert_eq!(r.hive.open_keys, 2, "{:?}", r.hive);
+    let o = run_scripted(
+        scripted(),
+        &["holders", &user_hive(), "--pid", "9999", "--fail-if-held"],
+    );
+    assert_eq!(o.code, exit::HELD, "{}", o.out);
+    assert!(
+        o.out.contains("process 9999's keys only (--pid); the counts above are the whole hive's: it holds none that the report sees"),
+        "{}",
+        o.out
+    );
+}
+
+/// `processes --kernel`: a process holding only keys opened before tracking started was in
+/// no listing; it asks every loaded hive's kernel list and counts them per process (audit
+/// 23b, H1).
+#[test]
+fn processes_kernel_lists_a_process_holding_only_keys_from_before_tracking() {
+    let scripted = || kernel_only(&[(3111, "Other"), (3111, "Other")]);
+    let o = run_scripted(scripted(), &["processes"]);
+    assert!(!o.out.contains("3111"), "{}", o.out);
+    let o = run_scripted(scripted(), &["processes", "--kernel", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {}{}", o.out, o.err));
+    let k = r.kernel_only.unwrap();
+    let rows: Vec<(u64, u64, u64)> = k.iter().map(|p| (p.pid, p.open_keys, p.hives)).collect();
+    assert_eq!(rows, [(3111, 2, 1)], "{:?}", r.source.missing);
+    // No CSV form for the second list: refused, not left out silently.
+    let o = run_scripted(scripted(), &["--csv", "processes", "--kernel"]);
+    assert_eq!(o.code, exit::BAD_ARGUMENTS, "{}{}", o.out, o.err);
+    let o = run_scripted(scripted(), &["processes", "--kernel"]);
+    assert!(
+        o.out
+            .contains("--kernel: keys the kernel lists that the driver has no record of"),
+        "{}",
+        o.out
+    );
+}
+
 #[test]
 fn wait_never_says_free_while_the_kernel_lists_keys() {
     let o = run_scripted(started_late(), &["wait", &user_hive(), "--timeout", "1"]);

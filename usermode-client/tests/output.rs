@@ -239,6 +239,23 @@ fn snapshot_and_diff_show_the_leak_growing() {
         "{}",
         o.err
     );
+    // B taken before A: said plainly, not only a growth table read backwards (audit 23b, L5).
+    let o = run_on(
+        logoff(),
+        &["diff", b.to_str().unwrap(), a.to_str().unwrap()],
+    );
+    assert!(
+        o.out.contains(
+            "B (2026-11-22T03:00:00Z) was taken before A (2026-11-22T04:00:00Z): DELTA (B minus A) runs backwards in time; for growth over time, run `hivetrack diff B A` (the older snapshot first)"
+        ),
+        "{}",
+        o.out
+    );
+    let o = run_on(
+        logoff(),
+        &["diff", a.to_str().unwrap(), b.to_str().unwrap()],
+    );
+    assert!(!o.out.contains("was taken before A"), "{}", o.out);
     // A snapshot that missed events: every form says the diff is incomplete, CSV on stderr
     // as every CSV report's source line (found in review, 2026-12-05: CSV never said so).
     let lossy = dir.path().join("lossy.json");
