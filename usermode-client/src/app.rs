@@ -433,10 +433,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             if format == Format::Csv && !r.complete {
                 // As every CSV report's source line: on stderr, the rows stay rows. Found in
                 // review (2026-12-05): CSV never said a diff was incomplete.
-                writeln!(
-                    env.err,
-                    "hivetrack: INCOMPLETE: a snapshot missed events, or tracking did not run (or restarted) between them; differences may not be real"
-                )?;
+                writeln!(env.err, "hivetrack: {}", render::diff_caveat(&r))?;
             }
             Ok(if g.strict && !r.complete {
                 exit::INCOMPLETE
@@ -538,6 +535,7 @@ pub fn diff_report(a: &SnapshotFile, b: &SnapshotFile) -> DiffReport {
         before: a.taken_at.clone(),
         after: b.taken_at.clone(),
         complete: diff_complete(a, b),
+        changes_real: changes_real(a, b),
         entries,
     }
 }
@@ -547,14 +545,27 @@ pub fn diff_report(a: &SnapshotFile, b: &SnapshotFile) -> DiffReport {
 /// between them loses every record: each key would show as closed; a snapshot that does not
 /// say when tracking began, as those before 2026-12-04, cannot tell). Found in review.
 fn diff_complete(a: &SnapshotFile, b: &SnapshotFile) -> bool {
-    let one_run = a.source.tracking_since.is_some()
-        && a.source.tracking_since.as_ref().map(|t| t.filetime)
-            == b.source.tracking_since.as_ref().map(|t| t.filetime);
-    one_run
+    one_run(a, b)
         && a.source.not_recorded == 0
         && b.source.not_recorded == 0
         && a.source.missing.is_empty()
         && b.source.missing.is_empty()
+}
+
+/// Whether one run of the driver's tracking took both snapshots: both say when it began, and
+/// it is the same start (a snapshot says so only while tracking is on).
+fn one_run(a: &SnapshotFile, b: &SnapshotFile) -> bool {
+    a.source.tracking_since.is_some()
+        && a.source.tracking_since.as_ref().map(|t| t.filetime)
+            == b.source.tracking_since.as_ref().map(|t| t.filetime)
+}
+
+/// Whether every change a diff of `a` and `b` shows happened ([`DiffReport::changes_real`]):
+/// one run of tracking, and its loss counters (cumulative within a run) the same in both, so
+/// no open or close between them went unrecorded. What the snapshots cannot see otherwise
+/// (their `missing`: keys opened before tracking began) is in neither of them.
+fn changes_real(a: &SnapshotFile, b: &SnapshotFile) -> bool {
+    one_run(a, b) && a.source.not_recorded == b.source.not_recorded
 }
 
 /// The client's clock as a FILETIME.

@@ -699,6 +699,69 @@ fn a_diff_is_complete_only_within_one_run_of_tracking() {
     assert!(!hivetrack_cli::app::diff_report(&old, &same).complete);
 }
 
+/// Audit 23b: on a machine not tracking from boot every snapshot misses keys opened before
+/// tracking began, so every diff read "differences may not be real", though within one run
+/// with nothing unrecorded between the snapshots its growth is real. It still is not
+/// complete (a pre-tracking key's close cannot show); an open lost between the snapshots,
+/// or a restart, makes the changes unproven again.
+#[test]
+fn a_diff_in_one_run_says_its_changes_happened_though_it_is_not_complete() {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let software = r"\REGISTRY\MACHINE\SOFTWARE";
+    t.hive_loaded(&w(software), &w("SOFTWARE"), NOW - 7200 * SECOND);
+    t.tracking_started(NOW - 3600 * SECOND);
+    t.process_started(AGENT, &w(r"C:\agent.exe"));
+    let snap = |t: &Rc<Engine>| {
+        let mut d = DriverWithEvents(t.clone());
+        hivetrack_cli::client::Client::new(&mut d)
+            .snapshot()
+            .expect("a snapshot")
+    };
+    let open = |t: &Rc<Engine>, i: u64| {
+        t.opened(
+            0x1000 + 16 * i,
+            AGENT,
+            1,
+            &w(&format!(r"{software}\Contoso\Leaky")),
+            1,
+            NOW - 60 * SECOND,
+        )
+        .expect("tracked");
+    };
+    open(&t, 0);
+    let a = snap(&t);
+    assert!(!a.source.missing.is_empty(), "{:?}", a.source);
+    open(&t, 1);
+    let b = snap(&t);
+    let d = hivetrack_cli::app::diff_report(&a, &b);
+    assert!(!d.complete);
+    assert!(d.changes_real, "one run, nothing lost between");
+    assert_eq!(d.entries.len(), 1);
+    assert!(
+        hivetrack_cli::render::diff_caveat(&d).contains("the changes shown happened"),
+        "{}",
+        hivetrack_cli::render::diff_caveat(&d)
+    );
+    // As the driver counts an open whose name it could not get (`post_open`).
+    t.open_unnamed();
+    t.open_lost(&w(&format!(r"{software}\Lost")), NOW - 30 * SECOND);
+    let c = snap(&t);
+    assert!(
+        !hivetrack_cli::app::diff_report(&a, &c).changes_real,
+        "an open lost between"
+    );
+    assert!(
+        hivetrack_cli::app::diff_report(&c, &snap(&t)).changes_real,
+        "none since C"
+    );
+    let other = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    other.tracking_started(NOW - 60 * SECOND);
+    assert!(
+        !hivetrack_cli::app::diff_report(&a, &snap(&other)).changes_real,
+        "a restart"
+    );
+}
+
 /// A profile whose deferred unload (`NtUnloadKeyEx`, `STATUS_PENDING`) is pending and whose
 /// last (tracked) key closes: the driver keeps the hive unload-pending (the engine has no
 /// hive list to read, so it never drops it here), and the kernel — as a script of
