@@ -685,6 +685,19 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                          run without --summary to see who holds them now"
                     );
                 }
+                // A running opener may have given its handle away too (`DuplicateHandle` with
+                // `DUPLICATE_CLOSE_SOURCE`, or inherited and closed): no registry
+                // notification marks it, and ending the opener would not free the hive
+                // (audit 23a, F2: said only for exited openers).
+                None if !r.holders.is_empty() => {
+                    let _ = writeln!(
+                        out,
+                        "PID is the process that opened each key; a handle duplicated into or \
+                         inherited by another process since is held there, which this report \
+                         did not read the handle table to see: `hivetrack holders HIVE` \
+                         without --summary, on the driver, names who holds them now"
+                    );
+                }
                 _ => {}
             }
             if !r.untracked.is_empty() {
