@@ -443,8 +443,10 @@ mod tests {
                 .iter()
                 .filter_map(|l| l.split_once('='))
                 .find(|(k, _)| k.trim() == key)
-                .map(|(_, v)| resolve(v.trim()))
-                .unwrap_or_else(|| panic!("no {key} in [HiveTrack.Service]"))
+                .map_or_else(
+                    || panic!("no {key} in [HiveTrack.Service]"),
+                    |(_, v)| resolve(v.trim()),
+                )
         };
         assert_eq!(DISPLAY_NAME, field("DisplayName"));
         assert_eq!(DESCRIPTION, field("Description"));
