@@ -314,6 +314,7 @@ pub fn install(sys: &Path, force: bool, boot: bool, out: &mut dyn Write) -> Resu
     // Complete: a failed start keeps it (demand start), to be fixed and started by hand.
     let service = undo.keep().ok_or_else(|| anyhow!("no service"))?;
     let started = service.start::<&OsStr>(&[]);
+    let boot_start = legacy_driver::boot_start_after(boot, started.is_ok());
     if let Err(e) = started {
         return Err(anyhow::Error::new(e).context(legacy_driver::start_failed_message(boot)));
     }
@@ -321,7 +322,7 @@ pub fn install(sys: &Path, force: bool, boot: bool, out: &mut dyn Write) -> Resu
         out,
         "Started {SERVICE}: `hivetrack stats` shows what it tracks"
     )?;
-    if legacy_driver::boot_start_after(boot, true) == Some(SYSTEM_START) {
+    if boot_start == Some(SYSTEM_START) {
         info.start_type = ServiceStartType::SystemStart;
         service.change_config(&info).with_context(|| {
             format!(
