@@ -25,7 +25,11 @@ if ($Legacy) {
     if ($StartAtBoot) { $legacyArgs += '--boot' }
     $installed = Invoke-Hivetrack $legacyArgs
     $installed.Text | Set-Content (Join-Path $Results 'driver-install-legacy.txt')
-    if ($installed.Code -ne 0) { throw "hivetrack driver install --legacy failed ($($installed.Code)): $($installed.Text)" }
+    if ($installed.Code -ne 0) { throw "hivetrack driver install --legacy failed ($($installed.Code)): $($installed.Text) (a failed start leaves the service installed: run .\4-uninstall.ps1 -Legacy before retrying)" }
+    # --boot sets system start only after the first start succeeded (audit 23a, H1): Start = 1.
+    $start = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack').Start
+    $wantStart = if ($StartAtBoot) { 1 } else { 3 }
+    if ($start -ne $wantStart) { throw "after driver install --legacy the service's Start is $start, expected $wantStart" }
     $image = (Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\hivetrack').ImagePath
     if ($image -notmatch 'System32\\drivers\\hivetrack\.sys$') { throw "ImagePath is $image, expected System32\drivers (DIRID 12)" }
     $wanted = if ((Get-Content $Inf -Raw) -match 'DefaultAltitude\s*=\s*"([0-9.]+)"') { $Matches[1] } else { $null }

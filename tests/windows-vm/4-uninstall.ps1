@@ -19,7 +19,10 @@ Write-Result 'hivetrack stopped' ($st -in 'Stopped', $null) $(if ($st -in 'Stopp
 if ($Legacy) {
     $removed = Invoke-Hivetrack @('driver', 'uninstall', '--legacy')
     $removed.Text | Set-Content (Join-Path $Results 'driver-uninstall-legacy.txt')
-    Write-Result 'hivetrack driver uninstall --legacy' ($removed.Code -eq 0) "exit $($removed.Code): $($removed.Text)"
+    # Exit 5: the driver did not stop (a handle to \\.\HiveTrack still open), the service is only
+    # marked for deletion and the driver stays loaded until that handle closes or a restart.
+    $note = if ($removed.Code -eq 5) { 'driver still loaded (exit 5): close the handle holder (hivetrack service uninstall) or restart, then run this again' } else { "exit $($removed.Code)" }
+    Write-Result 'hivetrack driver uninstall --legacy' ($removed.Code -eq 0) "${note}: $($removed.Text)"
     $file = "$env:SystemRoot\System32\drivers\hivetrack.sys"
     Write-Result 'System32\drivers\hivetrack.sys removed (or at the next restart)' ((-not (Test-Path $file)) -or $removed.Text -match 'next restart') ''
 } else {

@@ -32,8 +32,9 @@ pub enum DriverCommand {
         #[arg(long)]
         force: bool,
         /// Start the driver at boot (`SERVICE_SYSTEM_START`, what `sc.exe config hivetrack
-        /// start= system` sets) so that it sees key handles opened from boot on; takes effect
-        /// at the next boot. The driver is started now either way.
+        /// start= system` sets) so that it sees key handles opened from boot on; set only after
+        /// the driver started once now (a failed start leaves it demand start), in effect from
+        /// the next boot.
         #[arg(long)]
         boot: bool,
         /// The `hivetrack.sys` of the package (checked to be hivetrack's x64 kernel image).
@@ -41,8 +42,9 @@ pub enum DriverCommand {
         sys: PathBuf,
     },
     /// Stop and delete the service `hivetrack` that `driver install --legacy` created and
-    /// remove `System32\drivers\hivetrack.sys` (at the next restart if still in use); nothing
-    /// to do is not an error. A service installed from the INF is refused (pnputil removes it).
+    /// remove `System32\drivers\hivetrack.sys` if it is hivetrack's (at the next restart if
+    /// still in use); nothing to do is not an error, a driver that did not stop is exit 5. A
+    /// service installed another way (the INF) is refused (pnputil removes it).
     Uninstall {
         /// The Service Control Manager route (required: the only one this command has).
         #[arg(long)]

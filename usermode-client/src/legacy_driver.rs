@@ -21,17 +21,30 @@ pub const DESCRIPTION: &str = "Tracks registry key handles per process for leak 
 pub const ALTITUDE: &str = "385217";
 /// `SERVICE_KERNEL_DRIVER` (the INF's `ServiceType = 1`).
 pub const SERVICE_TYPE: u32 = 1;
-/// `SERVICE_DEMAND_START` (the INF's `StartType = 3`).
+/// `SERVICE_DEMAND_START` (the INF's `StartType = 3`): every install creates the service so,
+/// `--boot` included.
 pub const DEMAND_START: u32 = 3;
 /// `SERVICE_SYSTEM_START`: what `sc.exe config hivetrack start= system` sets to track from
 /// boot (the INF route's documented way; here `--boot`).
+///
+/// Set only after the driver started once: a driver that bugchecks on its first load would otherwise do so at every boot, since the
+/// kernel loads every Start=1 service before anyone can log on). A non-PnP `SYSTEM_START`
+/// driver without a `Group` value is loaded: WRK `base/ntos/config/cmsysini.c`
+/// `CmGetSystemDriverList` (l.1747) builds the list with `cmboot.c` `CmpFindDrivers(…,
+/// SystemLoad, …)` (l.505), which keeps a service with no `Group` (l.967-976, an empty group)
+/// and `CmpSortDriverList` orders the grouped ones first.
 pub const SYSTEM_START: u32 = 1;
 /// `SERVICE_ERROR_NORMAL` (the INF's `ErrorControl = 1`).
 pub const ERROR_NORMAL: u32 = 1;
 /// The file's name in `%SystemRoot%\System32\drivers` (DIRID 12).
 pub const FILE_NAME: &str = "hivetrack.sys";
-/// The service's `ImagePath`: the form setupapi writes for `%12%\<file>`, resolved by the
-/// kernel against `%SystemRoot%`.
+/// The service's `ImagePath`: the form setupapi writes for `%12%\<file>`.
+///
+/// The kernel takes a
+/// name starting with `\` as is (`\SystemRoot` is an object-manager link to the Windows
+/// folder) and prefixes `\SystemRoot\` to any other: WRK `base/ntos/io/iomgr/internal.c`
+/// `IopBuildFullDriverPath`. Unquoted (windows-service 0.8.1 does not quote a kernel driver's
+/// path; quotes would be part of the name there).
 pub const IMAGE_PATH: &str = r"\SystemRoot\System32\drivers\hivetrack.sys";
 /// The first build that installs a primitive driver package (Windows 10 1903).
 pub const FIRST_PRIMITIVE_BUILD: u32 = 18362;
@@ -48,22 +61,34 @@ pub const INF_INSTALL: &str = "`pnputil /add-driver hivetrack.inf /install` in t
 pub enum Existing {
     /// No such service.
     None,
-    /// Installed by this route (its `ImagePath` is in `System32\drivers`).
+    /// Installed by this route (its `ImagePath` names exactly `%SystemRoot%\System32\drivers\hivetrack.sys`).
     Legacy,
-    /// Installed some other way (the INF: the driver store), running `image_path`.
+    /// Installed some other way (e.g. the INF: the driver store), running `image_path`.
     Other {
         /// The service's `ImagePath`.
         image_path: String,
     },
 }
 
-/// Which route installed a service whose `ImagePath` is `image_path`.
+/// Which route installed a service whose `ImagePath` is `image_path`, with `system32` the
+/// Windows `System32` folder (`C:\Windows\System32`).
+///
+/// Ours only if it names exactly the file this route writes, in one of the forms the kernel
+/// resolves to it (`IopBuildFullDriverPath`, see [`IMAGE_PATH`]): `\SystemRoot\System32\…`,
+/// the relative `System32\…`, the Win32 path or its `\??\` NT form. Not a suffix match: an
+/// `X:\other\system32\drivers\hivetrack.sys` is another file (audit 23a, M2).
 #[must_use]
-pub fn classify(image_path: &str) -> Existing {
+pub fn classify(image_path: &str, system32: &str) -> Existing {
     let lower = image_path.trim_matches('"').to_ascii_lowercase();
-    let legacy = lower == r"system32\drivers\hivetrack.sys"
-        || lower.ends_with(r"\system32\drivers\hivetrack.sys");
-    if legacy {
+    let system32 = system32.trim_end_matches('\\').to_ascii_lowercase();
+    let win32 = format!(r"{system32}\drivers\{FILE_NAME}");
+    let ours = [
+        IMAGE_PATH.to_ascii_lowercase(),
+        format!(r"system32\drivers\{FILE_NAME}"),
+        format!(r"\??\{win32}"),
+        win32,
+    ];
+    if ours.contains(&lower) {
         Existing::Legacy
     } else {
         Existing::Other {
@@ -77,7 +102,7 @@ pub fn classify(image_path: &str) -> Existing {
 pub struct ServiceSpec {
     /// `SERVICE_KERNEL_DRIVER`.
     pub service_type: u32,
-    /// [`DEMAND_START`], or [`SYSTEM_START`] with `--boot`.
+    /// The start type the service is created with: always [`DEMAND_START`] (audit 23a, H1).
     pub start_type: u32,
     /// `SERVICE_ERROR_NORMAL`.
     pub error_control: u32,
@@ -88,14 +113,149 @@ pub struct ServiceSpec {
 }
 
 /// What `install` creates: the INF's `[HiveTrack.Service]` and `[HiveTrack.Parameters]`.
+/// `--boot` does not change it: see [`boot_start_after`].
 #[must_use]
-pub fn service_spec(boot: bool) -> ServiceSpec {
+pub fn service_spec() -> ServiceSpec {
     ServiceSpec {
         service_type: SERVICE_TYPE,
-        start_type: if boot { SYSTEM_START } else { DEMAND_START },
+        start_type: DEMAND_START,
         error_control: ERROR_NORMAL,
         image_path: IMAGE_PATH,
         parameters: vec![("Altitude", ALTITUDE)],
+    }
+}
+
+/// The start type to switch the service to once the first start is known: [`SYSTEM_START`]
+/// with `--boot` after a successful start, otherwise none (it stays [`DEMAND_START`]).
+#[must_use]
+pub const fn boot_start_after(boot: bool, started: bool) -> Option<u32> {
+    if boot && started {
+        Some(SYSTEM_START)
+    } else {
+        None
+    }
+}
+
+/// The error context when the first start failed: the service stays, demand start.
+#[must_use]
+pub fn start_failed_message(boot: bool) -> String {
+    format!(
+        "service {SERVICE} is installed but did not start{} (a test-signed driver needs \
+         `bcdedit /set testsigning on` and a restart; Server 2016+ loads only WHCP-signed \
+         drivers otherwise): fix that and `sc.exe start {SERVICE}`{}, or `hivetrack driver \
+         uninstall --legacy`",
+        if boot {
+            "; the boot start (--boot) was NOT set: it stays demand start"
+        } else {
+            ""
+        },
+        if boot {
+            format!(" then `sc.exe config {SERVICE} start= system`")
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// What `install` does with `System32\drivers\hivetrack.sys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilePlan {
+    /// No file was there: this run creates it, and removes it on a rollback.
+    Create,
+    /// A file with the same bytes was there: used as is, kept on a rollback.
+    Reuse,
+}
+
+impl FilePlan {
+    /// Whether a failed install removes the file (only what this run created).
+    #[must_use]
+    pub const fn remove_on_rollback(self) -> bool {
+        matches!(self, Self::Create)
+    }
+}
+
+/// What to do with an `installed` file already at `path` before writing `new` there (the
+/// copy is opened with `create_new`, so an existing file is never truncated; audit 23a, M1).
+///
+/// # Errors
+/// The refusal: the file differs, saying whose it looks like and what to do.
+pub fn existing_file_plan(installed: &[u8], new: &[u8], path: &str) -> Result<FilePlan, String> {
+    if installed == new {
+        return Ok(FilePlan::Reuse);
+    }
+    Err(match check_image(installed) {
+        Ok(()) => format!(
+            "{path} already exists and is another hivetrack.sys build (left by an earlier \
+             install whose service is gone?): check that no service uses it (`sc.exe qc \
+             {SERVICE}`), delete it, restart if it is in use, then install"
+        ),
+        Err(why) => format!(
+            "{path} already exists and is not hivetrack's ({why}): another product's driver of \
+             that name? Refusing to overwrite it; remove that product or the file first"
+        ),
+    })
+}
+
+/// Whether `uninstall` removes the installed file, read as `contents`: only a file
+/// [`check_image`] says is hivetrack's (audit 23a, M2).
+///
+/// # Errors
+/// Why the file is kept, for the output.
+pub fn uninstall_file_decision(contents: Result<&[u8], String>, path: &str) -> Result<(), String> {
+    match contents {
+        Ok(bytes) => check_image(bytes).map_err(|why| {
+            format!("{path} is not hivetrack's ({why}): kept, remove it yourself if it is unused")
+        }),
+        Err(e) => Err(format!(
+            "cannot read {path} ({e}): kept, not knowing whether it is hivetrack's"
+        )),
+    }
+}
+
+/// The lines `uninstall` prints about the stop, and its exit code.
+///
+/// [`crate::exit::STILL_LOADED`] when the driver did not stop (the service is then only
+/// marked for deletion; audit 23a, M3). `stop_error` is the stop request's own error, `stopped` whether the service reached
+/// `SERVICE_STOPPED` (or was not running).
+#[must_use]
+pub fn stop_report(stop_error: Option<&str>, stopped: bool) -> (Vec<String>, u8) {
+    let mut lines = Vec::new();
+    if let Some(e) = stop_error {
+        lines.push(format!("the stop request for {SERVICE} failed: {e}"));
+    }
+    if stopped {
+        lines.push(format!("Stopped {SERVICE}"));
+        (lines, crate::exit::OK)
+    } else {
+        lines.push(format!(
+            "{SERVICE} has not stopped: its unload waits for the last handle to \\\\.\\HiveTrack \
+             to close (`hivetrack service uninstall` stops the event service, which holds one)"
+        ));
+        (lines, crate::exit::STILL_LOADED)
+    }
+}
+
+/// The line after `DeleteService`.
+///
+/// Learn, "`DeleteService` function (winsvc.h)": the entry
+/// "is not removed until all open handles to the service have been closed …, and the service
+/// is not running"; one that cannot be stopped goes at the next restart (and MS-SCMR 3.1.4.3:
+/// the server sets its `Start` to `SERVICE_DISABLED` meanwhile, so no boot loads it).
+#[must_use]
+pub fn deleted_line(stopped: bool) -> String {
+    if stopped {
+        format!(
+            "Deleted service {SERVICE} (with its Parameters key; the service manager removes it \
+             once no handle to the service is open)"
+        )
+    } else {
+        format!(
+            "Service {SERVICE} marked for deletion: the driver is still loaded and tracking; its \
+             key (Parameters included) goes when the last handle to \\\\.\\HiveTrack closes and \
+             the driver unloads, or at the next restart (it is disabled meanwhile, so no boot \
+             loads it); exit {}",
+            crate::exit::STILL_LOADED
+        )
     }
 }
 
@@ -135,8 +295,8 @@ pub fn install_decision(
         }
         Existing::Other { image_path } => {
             return Err(format!(
-                "service {SERVICE} already exists, running {image_path}: it was installed from \
-                 the INF (driver store); remove it with `sc.exe stop hivetrack`, `pnputil \
+                "service {SERVICE} already exists, running {image_path}: it was not installed \
+                 by this command (e.g. from the INF, the driver store); remove it with `sc.exe stop hivetrack`, `pnputil \
                  /enum-drivers` (the oemN.inf whose original name is hivetrack.inf) and \
                  `pnputil /delete-driver oemN.inf /uninstall` before installing this way, or \
                  keep that install"
@@ -247,28 +407,183 @@ mod tests {
             )
     }
 
+    /// The lines of `[section]` in the INF (comments and blank lines dropped).
+    fn inf_section(section: &str) -> Vec<&'static str> {
+        let header = format!("[{section}]");
+        INX.lines()
+            .skip_while(|l| l.trim() != header)
+            .skip(1)
+            .take_while(|l| !l.trim_start().starts_with('['))
+            .map(|l| l.split(';').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// `%name%` resolved through `[Strings]`; anything else as is.
+    fn resolve(value: &str) -> String {
+        value
+            .strip_prefix('%')
+            .and_then(|v| v.strip_suffix('%'))
+            .map_or_else(|| value.to_owned(), inf_value)
+    }
+
+    const SYSTEM32: &str = r"C:\Windows\System32";
+
     #[test]
     fn the_service_repeats_the_infs_settings() {
-        let spec = service_spec(false);
+        let spec = service_spec();
         assert_eq!(spec.service_type.to_string(), inf_value("ServiceType"));
         assert_eq!(spec.start_type.to_string(), inf_value("StartType"));
         assert_eq!(spec.error_control.to_string(), inf_value("ErrorControl"));
         assert_eq!(SERVICE, inf_value("ServiceName"));
-        assert_eq!(DISPLAY_NAME, inf_value("ServiceDisplayName"));
-        assert_eq!(DESCRIPTION, inf_value("ServiceDescription"));
-        // `HKR, Parameters, Altitude, 0x00000002, %DefaultAltitude%`: REG_SZ.
-        assert!(INX.contains("HKR, Parameters, Altitude, 0x00000002, %DefaultAltitude%"));
-        assert_eq!(
-            spec.parameters,
-            vec![("Altitude", inf_value("DefaultAltitude").as_str())]
-        );
-        assert_eq!(classify(spec.image_path), Existing::Legacy);
+        // `[HiveTrack.Service]`'s DisplayName and Description, through `[Strings]`.
+        let service = inf_section("HiveTrack.Service");
+        let field = |key: &str| {
+            service
+                .iter()
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map_or_else(
+                    || panic!("no {key} in [HiveTrack.Service]"),
+                    |(_, v)| resolve(v.trim()),
+                )
+        };
+        assert_eq!(DISPLAY_NAME, field("DisplayName"));
+        assert_eq!(DESCRIPTION, field("Description"));
+        assert_eq!(field("AddReg"), "HiveTrack.Parameters");
+        // Every `HKR, Parameters, <name>, <flags>, <value>` line, and nothing else, in order.
+        let mut from_inf = Vec::new();
+        for line in inf_section("HiveTrack.Parameters") {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            assert_eq!(fields.len(), 5, "unexpected AddReg line `{line}`");
+            assert_eq!(&fields[..2], ["HKR", "Parameters"], "`{line}`");
+            // FLG_ADDREG_TYPE_SZ | FLG_ADDREG_NOCLOBBER: the REG_SZ this route writes.
+            assert_eq!(fields[3], "0x00000002", "`{line}`: not REG_SZ");
+            from_inf.push((fields[2].to_owned(), resolve(fields[4])));
+        }
+        let ours: Vec<(String, String)> = spec
+            .parameters
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(ours, from_inf);
+        assert_eq!(classify(spec.image_path, SYSTEM32), Existing::Legacy);
     }
 
     #[test]
-    fn boot_is_system_start_as_the_readme_documents() {
-        assert_eq!(service_spec(true).start_type, SYSTEM_START);
+    fn boot_creates_demand_start_and_sets_system_start_only_after_a_start() {
+        // Created demand start, --boot or not (audit 23a, H1).
+        assert_eq!(service_spec().start_type, DEMAND_START);
+        assert_eq!(boot_start_after(true, true), Some(SYSTEM_START));
+        assert_eq!(boot_start_after(true, false), None);
+        assert_eq!(boot_start_after(false, true), None);
+        assert_eq!(boot_start_after(false, false), None);
+        // The value the README's INF route sets for the same purpose.
         assert!(INX.contains("sc.exe config hivetrack start= system"));
+        let failed = start_failed_message(true);
+        assert!(
+            failed.contains("boot start (--boot) was NOT set"),
+            "{failed}"
+        );
+        assert!(
+            failed.contains("sc.exe config hivetrack start= system"),
+            "{failed}"
+        );
+        assert!(!start_failed_message(false).contains("boot"));
+    }
+
+    #[test]
+    fn only_the_exact_image_paths_of_this_route_are_ours() {
+        for ours in [
+            r"\SystemRoot\System32\drivers\hivetrack.sys",
+            r"\SystemRoot\system32\DRIVERS\hivetrack.sys",
+            r"System32\drivers\hivetrack.sys",
+            r"C:\Windows\System32\drivers\hivetrack.sys",
+            r#""C:\Windows\System32\drivers\hivetrack.sys""#,
+            r"\??\C:\Windows\System32\drivers\hivetrack.sys",
+        ] {
+            assert_eq!(classify(ours, SYSTEM32), Existing::Legacy, "{ours}");
+            assert_eq!(
+                classify(ours, r"c:\windows\system32\"),
+                Existing::Legacy,
+                "{ours}"
+            );
+        }
+        for other in [
+            r"X:\other\system32\drivers\hivetrack.sys",
+            r"\??\X:\Windows\System32\drivers\hivetrack.sys",
+            r"\SystemRoot\System32\DriverStore\FileRepository\hivetrack.inf_amd64_1\hivetrack.sys",
+            r"\SystemRoot\System32\drivers\nothivetrack.sys",
+            r"System32\drivers\hivetrack.sys.bak",
+        ] {
+            assert!(
+                matches!(classify(other, SYSTEM32), Existing::Other { .. }),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_existing_file_is_reused_if_identical_and_refused_otherwise() {
+        let ours = image(0x8664, 0x20b, 1, &hivetrack_body());
+        let path = r"C:\Windows\System32\drivers\hivetrack.sys";
+        let reuse = existing_file_plan(&ours, &ours, path);
+        assert_eq!(reuse, Ok(FilePlan::Reuse));
+        assert!(!FilePlan::Reuse.remove_on_rollback());
+        assert!(FilePlan::Create.remove_on_rollback());
+        let mut older = ours.clone();
+        older.push(0);
+        let e = existing_file_plan(&older, &ours, path).unwrap_err();
+        assert!(
+            e.contains("another hivetrack.sys build") && e.contains(path),
+            "{e}"
+        );
+        let foreign = image(0x8664, 0x20b, 1, b"other driver");
+        let e = existing_file_plan(&foreign, &ours, path).unwrap_err();
+        assert!(
+            e.contains("not hivetrack's") && e.contains("Refusing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn uninstall_removes_only_hivetracks_file() {
+        let ours = image(0x8664, 0x20b, 1, &hivetrack_body());
+        let path = r"C:\Windows\System32\drivers\hivetrack.sys";
+        assert_eq!(uninstall_file_decision(Ok(&ours), path), Ok(()));
+        let foreign = image(0x8664, 0x20b, 1, b"other driver");
+        let kept = uninstall_file_decision(Ok(&foreign), path).unwrap_err();
+        assert!(kept.contains("kept"), "{kept}");
+        let unread = uninstall_file_decision(Err("denied".to_owned()), path).unwrap_err();
+        assert!(
+            unread.contains("kept") && unread.contains("denied"),
+            "{unread}"
+        );
+    }
+
+    #[test]
+    fn a_driver_that_did_not_stop_is_said_and_not_exit_0() {
+        let (lines, code) = stop_report(None, true);
+        assert_eq!(
+            (lines, code),
+            (vec!["Stopped hivetrack".to_owned()], crate::exit::OK)
+        );
+        let (lines, code) = stop_report(Some("Access is denied. (os error 5)"), false);
+        assert_eq!(code, crate::exit::STILL_LOADED);
+        assert_ne!(code, crate::exit::OK);
+        assert!(lines[0].contains("os error 5"), "{lines:?}");
+        assert!(lines[1].contains("has not stopped"), "{lines:?}");
+        // A stop error with the driver stopped anyway is still printed.
+        let (lines, code) = stop_report(Some("late"), true);
+        assert_eq!(code, crate::exit::OK);
+        assert!(lines[0].contains("late"), "{lines:?}");
+        let marked = deleted_line(false);
+        assert!(
+            marked.contains("marked for deletion: the driver is still loaded"),
+            "{marked}"
+        );
+        assert!(!marked.contains("Deleted"), "{marked}");
+        assert!(deleted_line(true).starts_with("Deleted service hivetrack"));
     }
 
     #[test]
@@ -294,18 +609,18 @@ mod tests {
     fn an_existing_service_is_refused_even_with_force() {
         let inf = classify(
             r"\SystemRoot\System32\DriverStore\FileRepository\hivetrack.inf_amd64_1234\hivetrack.sys",
+            SYSTEM32,
         );
         let refused = install_decision(17763, true, &inf).unwrap_err();
         assert!(refused.contains("pnputil /delete-driver"), "{refused}");
-        let wine_inf = classify(r"C:\windows\system32\unknown\hivetrack.sys");
-        assert!(matches!(wine_inf, Existing::Other { .. }));
-        let ours = classify(r"\SystemRoot\system32\DRIVERS\hivetrack.sys");
-        assert_eq!(ours, Existing::Legacy);
-        assert_eq!(
-            classify(r"System32\drivers\hivetrack.sys"),
-            Existing::Legacy
+        assert!(
+            refused.contains("not installed by this command"),
+            "{refused}"
         );
-        assert!(classify(r"System32\drivers\nothivetrack.sys") != Existing::Legacy);
+        let wine_inf = classify(r"C:\windows\system32\unknown\hivetrack.sys", SYSTEM32);
+        assert!(matches!(wine_inf, Existing::Other { .. }));
+        let ours = classify(r"\SystemRoot\system32\DRIVERS\hivetrack.sys", SYSTEM32);
+        assert_eq!(ours, Existing::Legacy);
         let again = install_decision(17763, true, &ours).unwrap_err();
         assert!(again.contains("driver uninstall --legacy"), "{again}");
     }
@@ -368,6 +683,13 @@ mod tests {
                 .unwrap_err()
                 .contains("not hivetrack's")
         );
+        // The device name without the DriverEntry line, and the reverse.
+        let device_only: Vec<u8> = r"\Device\HiveTrack"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert!(check_image(&image(0x8664, 0x20b, 1, &device_only)).is_err());
+        assert!(check_image(&image(0x8664, 0x20b, 1, b"hivetrack: DriverEntry")).is_err());
         let mut bad_pe = image(0x8664, 0x20b, 1, &body);
         bad_pe[0x41] = b'X';
         assert!(check_image(&bad_pe).unwrap_err().contains("PE signature"));

@@ -76,4 +76,8 @@ pub mod exit {
     /// (`--fail-if-held`, `wait`) and nothing held was seen but the report could not see
     /// everything.
     pub const INCOMPLETE: u8 = 4;
+    /// `driver uninstall --legacy`: the driver did not stop, so its service is only marked for
+    /// deletion and the driver stays loaded (and tracking) until its last handle closes or the
+    /// next restart.
+    pub const STILL_LOADED: u8 = 5;
 }

@@ -12,13 +12,15 @@
 //! Server by the project's tests.
 
 use std::ffi::OsStr;
-use std::io::Write;
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use windows_service::service::{
-    ServiceAccess, ServiceErrorControl, ServiceInfo, ServiceStartType, ServiceState, ServiceType,
+    Service, ServiceAccess, ServiceErrorControl, ServiceInfo, ServiceStartType, ServiceState,
+    ServiceType,
 };
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 use windows_sys::Win32::Foundation::ERROR_SERVICE_DOES_NOT_EXIST;
@@ -27,7 +29,7 @@ use windows_sys::Win32::System::Registry::REG_SZ;
 use crate::commands::CliError;
 use crate::install_location::{jsonl_checks, pending_removals, untrusted_writers};
 use crate::legacy_driver::{
-    self, DESCRIPTION, DISPLAY_NAME, Existing, FILE_NAME, SERVICE, SYSTEM_START,
+    self, DESCRIPTION, DISPLAY_NAME, Existing, FILE_NAME, FilePlan, SERVICE, SYSTEM_START,
 };
 use crate::windows_install::{
     Removal, own_by_administrators, owner_and_dacl, pending_file_renames, remove_or_schedule,
@@ -54,8 +56,8 @@ struct OsVersionInfo {
 pub fn os_build() -> Result<u32> {
     let proc = crate::windows_install::ntdll_export(c"RtlGetVersion")
         .ok_or_else(|| anyhow!("ntdll.dll has no RtlGetVersion"))?;
-    // SAFETY: RtlGetVersion's signature (wdm.h): NTSTATUS RtlGetVersion(PRTL_OSVERSIONINFOW).
     let rtl_get_version: unsafe extern "system" fn(*mut OsVersionInfo) -> i32 =
+        // SAFETY: RtlGetVersion's signature (wdm.h): NTSTATUS RtlGetVersion(PRTL_OSVERSIONINFOW).
         unsafe { std::mem::transmute(proc) };
     let mut info = OsVersionInfo {
         size: u32::try_from(std::mem::size_of::<OsVersionInfo>())?,
@@ -84,11 +86,12 @@ fn installed_file() -> Result<PathBuf> {
 fn existing(manager: &ServiceManager) -> Result<Existing> {
     match manager.open_service(SERVICE, ServiceAccess::QUERY_CONFIG) {
         Ok(service) => {
-            let config = service
-                .query_config()
-                .with_context(|| format!("cannot read service {SERVICE}'s configuration"))?;
+            let config = service.query_config().with_context(|| {
+                format!("cannot read service {SERVICE}'s configuration (run as Administrator)")
+            })?;
             Ok(legacy_driver::classify(
                 &config.executable_path.display().to_string(),
+                &crate::windows_install::system32()?.display().to_string(),
             ))
         }
         Err(windows_service::Error::Winapi(e))
@@ -96,7 +99,9 @@ fn existing(manager: &ServiceManager) -> Result<Existing> {
         {
             Ok(Existing::None)
         }
-        Err(e) => Err(e).with_context(|| format!("cannot open service {SERVICE}")),
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot open service {SERVICE} (run as Administrator)"))
+        }
     }
 }
 
@@ -126,15 +131,69 @@ fn unsafe_writers(file: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// Why `path` could not be created or written, with the advice that fits (audit 23a, L7).
+fn write_error(path: &Path, e: &std::io::Error) -> anyhow::Error {
+    let advice = match e.raw_os_error() {
+        // ERROR_ACCESS_DENIED
+        Some(5) => " (run as Administrator)",
+        // ERROR_SHARING_VIOLATION: e.g. a loaded driver image.
+        Some(32) => " (in use: a driver loaded from it? restart, then install)",
+        _ => "",
+    };
+    anyhow!("cannot write {}: {e}{advice}", path.display())
+}
+
+/// What a failed install removes again: the file if this run created it ([`FilePlan`]), the
+/// service if it created it. Every `?` after the copy drops it armed, which undoes both
+/// (audit 23a, M4); [`Undo::keep`] disarms it once the service is complete.
+struct Undo {
+    /// The file this run created.
+    file: Option<PathBuf>,
+    /// The service this run created.
+    service: Option<Service>,
+}
+
+impl Undo {
+    /// Keeps what was installed: returns the service.
+    fn keep(mut self) -> Option<Service> {
+        self.file = None;
+        self.service.take()
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(service) = self.service.take() {
+            match service.delete() {
+                Ok(()) => eprintln!("hivetrack: deleted service {SERVICE} again"),
+                Err(e) => eprintln!(
+                    "hivetrack: cannot delete service {SERVICE} again ({:#}): `sc.exe delete {SERVICE}`",
+                    anyhow::Error::new(e)
+                ),
+            }
+        }
+        if let Some(file) = self.file.take() {
+            match std::fs::remove_file(&file) {
+                Ok(()) => eprintln!("hivetrack: removed {} again", file.display()),
+                Err(e) => eprintln!(
+                    "hivetrack: cannot remove {} again ({e}): delete it yourself",
+                    file.display()
+                ),
+            }
+        }
+    }
+}
+
 /// `hivetrack driver install --legacy SYS`.
 ///
 /// # Errors
-/// A wrong file, a refusal of [`legacy_driver::install_decision`], the file system's, the
-/// registry's or the service manager's refusal (not elevated), or a driver that did not
-/// start (it stays installed, and the message says how to start or remove it).
+/// A wrong file, a refusal of [`legacy_driver::install_decision`] or
+/// [`legacy_driver::existing_file_plan`], the file system's, the registry's or the service
+/// manager's refusal (not elevated), or a driver that did not start (it stays installed,
+/// demand start, and the message says how to start or remove it).
 #[allow(
     clippy::too_many_lines,
-    reason = "one linear install, each step undone on the failure of the next"
+    reason = "one linear install, each step undone by one guard on the failure of the next"
 )]
 pub fn install(sys: &Path, force: bool, boot: bool, out: &mut dyn Write) -> Result<u8> {
     // Read once: the bytes checked are the bytes installed.
@@ -164,9 +223,29 @@ pub fn install(sys: &Path, force: bool, boot: bool, out: &mut dyn Write) -> Resu
         ))
         .into());
     }
-    std::fs::write(&file, &bytes)
-        .with_context(|| format!("cannot write {} (run as Administrator)", file.display()))?;
-    own_by_administrators(&file)?;
+    let mut undo = Undo {
+        file: None,
+        service: None,
+    };
+    // `create_new`: an existing file is never truncated (it would keep its own DACL) nor
+    // deleted on a rollback (audit 23a, M1).
+    let plan = match OpenOptions::new().write(true).create_new(true).open(&file) {
+        Ok(mut f) => {
+            undo.file = Some(file.clone());
+            f.write_all(&bytes).map_err(|e| write_error(&file, &e))?;
+            FilePlan::Create
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            let there = std::fs::read(&file)
+                .with_context(|| format!("cannot read the existing {}", file.display()))?;
+            legacy_driver::existing_file_plan(&there, &bytes, &file.display().to_string())
+                .map_err(CliError::BadArgument)?
+        }
+        Err(e) => return Err(write_error(&file, &e)),
+    };
+    if plan.remove_on_rollback() {
+        own_by_administrators(&file)?;
+    }
     let only_admins = match unsafe_writers(&file)? {
         None => " (only Administrators and SYSTEM can change it there)",
         Some(finding) if under_wine() => {
@@ -174,7 +253,6 @@ pub fn install(sys: &Path, force: bool, boot: bool, out: &mut dyn Write) -> Resu
             ""
         }
         Some(finding) => {
-            let _ = std::fs::remove_file(&file);
             return Err(CliError::BadArgument(format!(
                 "refusing to install {}: {finding} (its permissions are not System32\\drivers' defaults)",
                 file.display()
@@ -182,22 +260,26 @@ pub fn install(sys: &Path, force: bool, boot: bool, out: &mut dyn Write) -> Resu
             .into());
         }
     };
-    writeln!(
-        out,
-        "Copied {} to {}{only_admins}",
-        sys.display(),
-        file.display()
-    )?;
-    let spec = legacy_driver::service_spec(boot);
-    let info = ServiceInfo {
+    match plan {
+        FilePlan::Create => writeln!(
+            out,
+            "Copied {} to {}{only_admins}",
+            sys.display(),
+            file.display()
+        )?,
+        FilePlan::Reuse => writeln!(
+            out,
+            "{} is already there with the same bytes: used as is{only_admins}",
+            file.display()
+        )?,
+    }
+    let spec = legacy_driver::service_spec();
+    let mut info = ServiceInfo {
         name: SERVICE.into(),
         display_name: DISPLAY_NAME.into(),
         service_type: ServiceType::KERNEL_DRIVER,
-        start_type: if spec.start_type == SYSTEM_START {
-            ServiceStartType::SystemStart
-        } else {
-            ServiceStartType::OnDemand
-        },
+        // Demand start even with --boot (audit 23a, H1): see `legacy_driver::SYSTEM_START`.
+        start_type: ServiceStartType::OnDemand,
         error_control: ServiceErrorControl::Normal,
         executable_path: PathBuf::from(spec.image_path),
         launch_arguments: Vec::new(),
@@ -205,75 +287,72 @@ pub fn install(sys: &Path, force: bool, boot: bool, out: &mut dyn Write) -> Resu
         account_name: None,
         account_password: None,
     };
-    let service = match manager.create_service(
-        &info,
-        ServiceAccess::CHANGE_CONFIG
-            | ServiceAccess::START
-            | ServiceAccess::QUERY_STATUS
-            | ServiceAccess::DELETE,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_file(&file);
-            return Err(e).with_context(|| format!("cannot create service {SERVICE}"));
-        }
-    };
-    let configured = service
+    undo.service = Some(
+        manager
+            .create_service(
+                &info,
+                ServiceAccess::CHANGE_CONFIG
+                    | ServiceAccess::START
+                    | ServiceAccess::QUERY_STATUS
+                    | ServiceAccess::DELETE,
+            )
+            .with_context(|| format!("cannot create service {SERVICE}"))?,
+    );
+    let service = undo.service.as_ref().ok_or_else(|| anyhow!("no service"))?;
+    service
         .set_description(DESCRIPTION)
-        .context("cannot set the service description")
-        .and_then(|()| {
-            spec.parameters
-                .iter()
-                .try_for_each(|(name, value)| set_parameter(name, value))
-        });
-    if let Err(e) = configured {
-        let _ = service.delete();
-        drop(service);
-        let _ = std::fs::remove_file(&file);
-        return Err(e.context("the service was deleted again"));
+        .context("cannot set the service description")?;
+    for (name, value) in &spec.parameters {
+        set_parameter(name, value)?;
     }
     writeln!(
         out,
-        "Created service {SERVICE} (kernel driver, {} start, error control normal, ImagePath {}, Parameters\\Altitude {})",
-        if boot {
-            "system (from the next boot)"
-        } else {
-            "demand"
-        },
+        "Created service {SERVICE} (kernel driver, demand start, error control normal, ImagePath {}, Parameters\\Altitude {})",
         spec.image_path,
         legacy_driver::ALTITUDE
     )?;
-    match service.start::<&OsStr>(&[]) {
-        Ok(()) => {
-            writeln!(
-                out,
-                "Started {SERVICE}: `hivetrack stats` shows what it tracks"
-            )?;
-            Ok(crate::exit::OK)
-        }
-        Err(e) => Err(anyhow::Error::new(e).context(format!(
-            "service {SERVICE} is installed but did not start (a test-signed driver needs \
-             `bcdedit /set testsigning on` and a restart; Server 2016+ loads only WHCP-signed \
-             drivers otherwise): fix that and `sc.exe start {SERVICE}`, or `hivetrack driver \
-             uninstall --legacy`"
-        ))),
+    // Complete: a failed start keeps it (demand start), to be fixed and started by hand.
+    let service = undo.keep().ok_or_else(|| anyhow!("no service"))?;
+    let started = service.start::<&OsStr>(&[]);
+    let boot_start = legacy_driver::boot_start_after(boot, started.is_ok());
+    if let Err(e) = started {
+        return Err(anyhow::Error::new(e).context(legacy_driver::start_failed_message(boot)));
     }
+    writeln!(
+        out,
+        "Started {SERVICE}: `hivetrack stats` shows what it tracks"
+    )?;
+    if boot_start == Some(SYSTEM_START) {
+        info.start_type = ServiceStartType::SystemStart;
+        service.change_config(&info).with_context(|| {
+            format!(
+                "{SERVICE} is installed and running, but its boot start (--boot) could not be \
+                 set: `sc.exe config {SERVICE} start= system`"
+            )
+        })?;
+        writeln!(
+            out,
+            "Set {SERVICE} to system start (--boot): it loads at every boot from the next one"
+        )?;
+    }
+    Ok(crate::exit::OK)
 }
 
 /// `hivetrack driver uninstall --legacy`.
 ///
 /// # Errors
 /// A service installed from the INF (refused), or the service manager's or file system's
-/// refusal.
+/// refusal. A driver that did not stop is exit [`crate::exit::STILL_LOADED`], not an error.
 pub fn uninstall(out: &mut dyn Write) -> Result<u8> {
     let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
         .context("cannot open the service control manager (run as Administrator)")?;
     let file = installed_file()?;
+    let mut code = crate::exit::OK;
     match existing(&manager)? {
         Existing::Other { image_path } => {
             return Err(CliError::BadArgument(format!(
                 "service {SERVICE} runs {image_path}: it was not installed by `driver install \
-                 --legacy` but from the INF (driver store); remove it with `sc.exe stop \
+                 --legacy` (e.g. from the INF, the driver store); remove it with `sc.exe stop \
                  hivetrack` and `pnputil /delete-driver oemN.inf /uninstall` (`pnputil \
                  /enum-drivers` names the oemN.inf whose original name is hivetrack.inf)"
             ))
@@ -290,11 +369,14 @@ pub fn uninstall(out: &mut dyn Write) -> Result<u8> {
             let running = service
                 .query_status()
                 .is_ok_and(|s| s.current_state != ServiceState::Stopped);
-            if running {
+            let (stop_error, stopped) = if running {
                 // `ControlService(SERVICE_CONTROL_STOP)` (the sample's StopDriver). With a
                 // handle to the device open, the unload is only marked (WRK
                 // IopCheckUnloadDriver: DOE_UNLOAD_PENDING) and happens at the last close.
-                let _ = service.stop();
+                let stop_error = service
+                    .stop()
+                    .err()
+                    .map(|e| format!("{:#}", anyhow::Error::new(e)));
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while service
                     .query_status()
@@ -306,33 +388,44 @@ pub fn uninstall(out: &mut dyn Write) -> Result<u8> {
                 let stopped = service
                     .query_status()
                     .is_ok_and(|s| s.current_state == ServiceState::Stopped);
-                if stopped {
-                    writeln!(out, "Stopped {SERVICE}")?;
-                } else {
-                    writeln!(
-                        out,
-                        "{SERVICE} has not stopped: its unload waits for the last handle to \\\\.\\HiveTrack to close (`hivetrack service uninstall` stops the event service, which holds one)"
-                    )?;
-                }
+                (stop_error, stopped)
+            } else {
+                (None, true)
+            };
+            let (lines, stop_code) = legacy_driver::stop_report(stop_error.as_deref(), stopped);
+            for line in lines {
+                writeln!(out, "{line}")?;
             }
+            code = stop_code;
             service
                 .delete()
                 .with_context(|| format!("cannot delete service {SERVICE}"))?;
-            writeln!(
-                out,
-                "Deleted service {SERVICE} (with its Parameters key; the service manager removes it once no handle to it is open)"
-            )?;
+            writeln!(out, "{}", legacy_driver::deleted_line(stopped))?;
         }
     }
+    let path = file.display().to_string();
+    let contents = match std::fs::read(&file) {
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        read => Some(read.map_err(|e| e.to_string())),
+    };
+    let Some(contents) = contents else {
+        writeln!(out, "No {path}: nothing to remove")?;
+        return Ok(code);
+    };
+    if let Err(kept) =
+        legacy_driver::uninstall_file_decision(contents.as_deref().map_err(Clone::clone), &path)
+    {
+        writeln!(out, "hivetrack: {kept}")?;
+        return Ok(code);
+    }
     match remove_or_schedule(&file, false)? {
-        Removal::Removed => writeln!(out, "Removed {}", file.display())?,
+        Removal::Removed => writeln!(out, "Removed {path}")?,
         Removal::AtRestart => writeln!(
             out,
-            "{} is in use (the driver has not unloaded): it is removed at the next restart",
-            file.display()
+            "{path} is in use (the driver has not unloaded): it is removed at the next restart"
         )?,
-        Removal::Absent => writeln!(out, "No {}: nothing to remove", file.display())?,
+        Removal::Absent => writeln!(out, "No {path}: nothing to remove")?,
         Removal::KeptNotEmpty => {}
     }
-    Ok(crate::exit::OK)
+    Ok(code)
 }

@@ -16,10 +16,11 @@
 //! "under Wine, not enforced" where Windows would refuse) and `service uninstall` (both keys
 //! and the copies gone; the driver's stop that follows proves the service closed its device
 //! handle). Then the Windows Server 2016/2019 route (audit 21c H4): `hivetrack driver install
-//! --legacy` refused while the INF's service exists and, with the prefix's build set to
-//! 18362, without `--force`; with the build set to 17763 (Server 2019) the file in
-//! `system32\drivers`, the service key as the INF's with `Parameters\Altitude`, the driver
-//! answering the CLI; `driver uninstall --legacy` leaves neither key nor file (about 1.5 s).
+//! --legacy` (and `uninstall --legacy`) refused while the INF's service exists and, with the
+//! prefix's build set to 18362, without `--force`; with the build set to 17763 (Server 2019)
+//! and `--boot` the file in `system32\drivers`, the service key as the INF's with its
+//! description and `Parameters\Altitude`, the driver answering the CLI, `Start` 1 set after
+//! the start; `driver uninstall --legacy` leaves neither key nor file (about 1.5 s).
 //!
 //! What it cannot show: registry filtering (Wine 8's ntoskrnl has no `CmRegisterCallbackEx`, so
 //! no registry callback ever fires there), and the driver store. Wine 8 has no `pnputil` and
@@ -524,7 +525,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
     )?;
 
     check(
-        "driver install --legacy refuses while the INF's service exists",
+        "driver install|uninstall --legacy refuse while the INF's service exists",
         started,
         (|| {
             let out = prefix.run(
@@ -533,7 +534,19 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
             )?;
             let err = stderr_of(&out);
             ensure!(
-                out.status.code() == Some(3) && err.contains("installed from the INF"),
+                out.status.code() == Some(3) && err.contains("not installed by this command"),
+                "exit {}: {err}",
+                out.status
+            );
+            // Uninstall refuses it too (the INF's service survives: `sc delete` below needs it).
+            let out = prefix.run(
+                "legacy-uninstall-over-inf",
+                &mut prefix.wine(&[&exe, "driver", "uninstall", "--legacy"]),
+            )?;
+            let err = stderr_of(&out);
+            ensure!(
+                out.status.code() == Some(3)
+                    && err.contains("not installed by `driver install --legacy`"),
                 "exit {}: {err}",
                 out.status
             );
@@ -592,9 +605,10 @@ fn service_key_values(prefix: &Prefix, log: &str, service_key: &str) -> Result<(
 /// `CurrentMajorVersionNumber`, `CurrentMinorVersionNumber` and `CurrentBuild(Number)` under
 /// `HKLM\Software\Microsoft\Windows NT\CurrentVersion`; a fresh prefix says 6.1.7601): as
 /// Windows 10 1903 (18362, the first driver-package build) the route is refused without
-/// `--force`; as Windows Server 2019 (17763) it installs: the file in `system32\drivers`, the
-/// service key with the INF's settings and `Parameters\Altitude`, the driver started (the
-/// CLI gets its version over `DeviceIoControl`). `driver uninstall --legacy` stops it and
+/// `--force`; as Windows Server 2019 (17763) with `--boot` it installs: the file in
+/// `system32\drivers`, the service key with the INF's settings, description and
+/// `Parameters\Altitude`, the driver started (the CLI gets its version over
+/// `DeviceIoControl`), and only then `Start` 1 (system start). `driver uninstall --legacy` stops it and
 /// leaves neither the service key nor the file; a second uninstall has nothing to do.
 #[allow(
     clippy::too_many_lines,
@@ -641,15 +655,26 @@ fn legacy_checks(prefix: &Prefix, package: &Path, exe: &str, started: Instant) -
         })(),
     )?;
     check(
-        "driver install --legacy on Server 2019 (17763): file, service key, driver running",
+        "driver install --legacy --boot on Server 2019 (17763): file, service key, driver running, then system start",
         started,
         (|| {
             as_build("17763")?;
             let text = prefix.run_ok(
                 "legacy-install",
-                &mut prefix.wine(&[exe, "driver", "install", "--legacy", &sys]),
+                &mut prefix.wine(&[exe, "driver", "install", "--legacy", "--boot", &sys]),
             )?;
-            ensure!(text.contains("Started hivetrack"), "{text}");
+            // Created demand start, switched to system start only after the start (audit 23a, H1).
+            for want in [
+                "kernel driver, demand start",
+                "Started hivetrack",
+                "Set hivetrack to system start",
+            ] {
+                ensure!(text.contains(want), "no `{want}`:\n{text}");
+            }
+            ensure!(
+                text.find("Started hivetrack") < text.find("Set hivetrack to system start"),
+                "system start set before the start:\n{text}"
+            );
             ensure!(
                 fs::read(&installed)? == fs::read(package.join("hivetrack.sys"))?,
                 "{} differs from the package",
@@ -658,9 +683,11 @@ fn legacy_checks(prefix: &Prefix, package: &Path, exe: &str, started: Instant) -
             let (svc, params) = service_key_values(prefix, "legacy-reg", service_key)?;
             for want in [
                 "Type    REG_DWORD    0x1",
-                "Start    REG_DWORD    0x3",
+                "Start    REG_DWORD    0x1",
                 "ErrorControl    REG_DWORD    0x1",
                 r"\SystemRoot\System32\drivers\hivetrack.sys",
+                "Description    REG_SZ    Tracks registry key handles per process for leak diagnosis.",
+                "DisplayName    REG_SZ    hivetrack registry handle tracker",
             ] {
                 ensure!(svc.contains(want), "service key lacks `{want}`:\n{svc}");
             }
