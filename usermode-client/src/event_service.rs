@@ -301,6 +301,11 @@ struct Attempt {
     /// When the driver's watch is due at the latest, on the service's monotonic clock
     /// ([`Loop::mono_of`]).
     due: i64,
+    /// When the driver's watch of the run's latest attempt is due, on the same clock: a
+    /// retry within the run keeps `due`, but the driver may have watched only the retry (its
+    /// table was full at the first attempt: review 23b, H1), so what says the driver has
+    /// answered is judged by this one.
+    latest_due: i64,
     /// The service's own re-check of the run's first failed attempt, due when the driver's
     /// watch is (the run's first attempt's time plus the delay the driver reported): run
     /// only if the driver restarts (its watches gone with it) before its held-after record
@@ -339,13 +344,15 @@ const DRIVER_LOOK_SLACK: i64 = 30 * 10_000_000;
 /// `DISPATCH_LEVEL`, `MAX_PER_CHECK` watches per run, the timer set again at once for the
 /// rest): a DPC runs ahead of every thread, so the look comes within milliseconds of its due
 /// time, and its record (when the hive is held) is numbered before any page answered later.
-/// The service's due time is the latest the driver's can be ([`Loop::mono_of`]); the page was
-/// answered no earlier than it was asked. Found in review 22b (L2): a restart converted every
+/// The service's due time is the latest the driver's can be ([`Loop::mono_of`]) within
+/// [`CLOCK_STEP`] (the system clock may be off by that much while it counts as steady), so
+/// the margin is that plus a second (review 23b, L1: it was 1 s); the page was answered no
+/// earlier than it was asked. Found in review 22b (L2): a restart converted every
 /// watch not yet forgotten, also one due up to [`DRIVER_LOOK_SLACK`] before its last done page
 /// (the driver had looked and found the hive free), into a late re-check. Not covered: a
 /// sleep between the failure and the due time (a relative kernel timer may not count it
 /// while the service's clock does: README, "One clock").
-const DRIVER_LOOK_LATE: i64 = 10_000_000;
+const DRIVER_LOOK_LATE: i64 = 3 * 10_000_000;
 
 /// How far the system clock may move against the service's monotonic clock before the
 /// service stops trusting it to date records it reads (100 ns units: 2 s).
@@ -634,6 +641,7 @@ impl Loop<'_, '_> {
             Some(a) if a.time.saturating_add(delay) >= time => {
                 // A retry within the run: the watch stays the first attempt's. A run begun
                 // by a deferred unload gets its first failure as the re-check after a restart.
+                a.latest_due = a.latest_due.max(due);
                 if a.recheck.is_none() {
                     a.recheck = recheck(a.due, a.time.saturating_add(delay));
                 }
@@ -644,6 +652,7 @@ impl Loop<'_, '_> {
                     sequence: rec.sequence,
                     time,
                     due,
+                    latest_due: due,
                     recheck: recheck(due, time.saturating_add(delay)),
                 };
                 match found {
@@ -897,7 +906,7 @@ impl Loop<'_, '_> {
     /// when the system clock had been set back).
     fn answered_by_silence(&mut self, asked: i64) {
         self.attempts
-            .retain(|a| a.due.saturating_add(DRIVER_LOOK_SLACK) > asked);
+            .retain(|a| a.latest_due.saturating_add(DRIVER_LOOK_SLACK) > asked);
     }
 
     /// At a driver restart: the old driver's watches are gone with it; the failed unloads it
@@ -910,13 +919,19 @@ impl Loop<'_, '_> {
         // Only watches the old driver may not have answered yet: due later than
         // [`DRIVER_LOOK_LATE`] before the last page that delivered all it had
         // numbered (review 22b, L2).
+        // Judged by the run's latest watch, and the re-check due no earlier than it: the
+        // driver may have watched only a retry (review 23b, H1).
         let answered_before = self.last_done_asked;
-        for r in std::mem::take(&mut self.attempts)
+        for (latest_due, r) in std::mem::take(&mut self.attempts)
             .into_iter()
-            .filter(|a| a.due.saturating_add(DRIVER_LOOK_LATE) > answered_before)
-            .filter_map(|a| a.recheck)
+            .filter(|a| a.latest_due.saturating_add(DRIVER_LOOK_LATE) > answered_before)
+            .filter_map(|a| a.recheck.map(|r| (a.latest_due, r)))
         {
-            let r = Recheck { hive_id: 0, ..r };
+            let r = Recheck {
+                hive_id: 0,
+                due: r.due.max(latest_due),
+                ..r
+            };
             if !self
                 .rechecks
                 .iter()

@@ -2739,3 +2739,37 @@ fn a_watch_is_judged_by_when_the_page_was_asked_not_answered() {
     let asked: Vec<u32> = q.borrow().requests.iter().map(|r| r.1).collect();
     assert_eq!(asked[..3], [60_000, 60_000, 60_000], "{asked:?}");
 }
+
+/// Review 23b, H1: the first failed unload at 0 s found the driver's watch table full (a
+/// number taken, no watch); its retry at 30 s failed and was watched (due 90 s). The service
+/// kept only the run's first due time (60 s), so a done page asked at 70 s and then a driver
+/// restart dropped the attempt as answered, though the driver's only watch was never
+/// answered: the held hive got no 1002 (fails on the old code: `[1010, 1011, 1001, 1001,
+/// 1012]`).
+#[test]
+fn review23b_a_restart_rechecks_a_retry_watched_after_a_full_table() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.skip(); // watch_held_after: table full
+    for _ in 0..3 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 7,
+        ..failed_unload(&user_hive(), NOW + 30 * SECOND)
+    }));
+    for _ in 0..5 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Restart(NOW + 75 * SECOND));
+    let q = q.shared();
+    let (_, events) = serve(&q, ServiceOptions::default(), 300, &NoIdentities);
+    assert!(
+        ids(&events).contains(&1002),
+        "{:?} {events:#?}",
+        ids(&events)
+    );
+}
