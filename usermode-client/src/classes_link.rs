@@ -3,11 +3,11 @@
 //! `\REGISTRY\USER\<SID>\Software\Classes` is a registry symbolic link to
 //! `\REGISTRY\USER\<SID>_Classes`. Per the Windows Research Kernel (Windows Server 2003), once
 //! an open follows the link, the link's key control block references the target's
-//! (`base/ntos/config/cmparse.c` CmpGetSymbolicLink: "Need to dereference the realkcb when
+//! (`base/ntos/config/cmparse.c` `CmpGetSymbolicLink`: "Need to dereference the realkcb when
 //! the symbolic kcb is removed"); only the link block's cleanup drops it (`cmsubs.c`
-//! CmpCleanUpKcbValueCache). A link block with no handle waits in the delayed-close table, and
+//! `CmpCleanUpKcbValueCache`). A link block with no handle waits in the delayed-close table, and
 //! an unload's purge evicts only its own hive's cached blocks (`cmsubs.c`
-//! CmpCleanUpKCBCacheTable). So `NtUnloadKey` of the `_Classes` hive can fail with
+//! `CmpCleanUpKCBCacheTable`). So `NtUnloadKey` of the `_Classes` hive can fail with
 //! `STATUS_CANNOT_DELETE` while no key of it is open, and neither the driver nor the kernel's
 //! own list (`NtQueryOpenSubKeysEx`) sees anything, until `HKU\<SID>` is unloaded (audit 23a,
 //! F1). Not verified on Windows 10/11. The driver cannot see the kernel's link cache, so a
@@ -15,7 +15,7 @@
 //! (or whether it is cannot be asked): it says so, and how to get out of it.
 
 use crate::hive_name;
-use crate::model::{Source, WaitReport};
+use crate::model::{HoldersReport, HoldersVerdict, Source, WaitReport};
 use crate::transport::{ERROR_FILE_NOT_FOUND, Transport, TransportError};
 
 /// The NT path of the user hive whose `Software\Classes` link targets the hive mounted at
@@ -59,6 +59,9 @@ fn loaded(transport: &mut dyn Transport, user: &str) -> Option<bool> {
     }
 }
 
+/// Marks `source` not complete when the hive at `mount` is a `_Classes` hive whose user hive
+/// is loaded.
+///
 /// For a report that saw no key open in the hive mounted at `mount`: if it is a `_Classes`
 /// hive and its user hive is loaded (or that cannot be told), the answer cannot prove the
 /// hive free. Sets `source.classes_link_user_hive` and marks the source incomplete with
@@ -98,6 +101,15 @@ pub fn wait_text(r: &WaitReport) -> String {
         r.method,
         caveat(user)
     )
+}
+
+/// A holders report's verdict after [`check`], which runs only when the report saw no key
+/// open in its hive.
+pub fn verdict(transport: &mut dyn Transport, report: &mut HoldersReport) -> HoldersVerdict {
+    if report.hive.open_keys == 0 && report.hive.holders == 0 {
+        check(transport, &report.hive.path, &mut report.source);
+    }
+    HoldersVerdict::of(report)
 }
 
 /// The likely cause of a failed unload of the hive at NT path `path` that named no holder:

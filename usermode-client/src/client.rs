@@ -591,12 +591,7 @@ impl<'t> Client<'t> {
             not_the_opener(&mut report, &completeness, transport);
             count_held(&mut report);
         }
-        // Nothing seen open in a `_Classes` hive: its user hive's link may hold it unseen.
-        if report.hive.open_keys == 0 && report.hive.holders == 0 {
-            let mount = report.hive.path.clone();
-            crate::classes_link::check(&mut *self.transport, &mount, &mut report.source);
-        }
-        report.verdict = HoldersVerdict::of(&report);
+        report.verdict = crate::classes_link::verdict(&mut *self.transport, &mut report);
         Ok(report)
     }
 

@@ -800,8 +800,9 @@ pub fn logoff_unloaded() -> Server {
     s
 }
 
-/// [`logoff_released`] after the user hive (`HKU\<SID>`) unloaded: the driver no longer
-/// knows it and the kernel has no hive there; its `_Classes` hive is still loaded, with no
+/// [`logoff_released`] after the user hive (`HKU\<SID>`) unloaded.
+///
+/// The driver no longer knows it and the kernel has no hive there; its `_Classes` hive is still loaded, with no
 /// key open (the order Windows needs when the user hive's `Software\Classes` link holds
 /// the classes hive: [`crate::classes_link`]).
 #[must_use]
@@ -811,8 +812,9 @@ pub fn logoff_user_hive_unloaded() -> Server {
     s
 }
 
-/// [`logoff_released`] after an unload of the `_Classes` hive failed with
-/// `STATUS_CANNOT_DELETE` naming no holder, the user hive still loaded: what the user hive's
+/// [`logoff_released`] after an unload of the `_Classes` hive failed, naming no holder.
+///
+/// `STATUS_CANNOT_DELETE`, the user hive still loaded: what the user hive's
 /// cached `Software\Classes` link does to it ([`crate::classes_link`]).
 #[must_use]
 pub fn classes_unload_refused() -> Server {

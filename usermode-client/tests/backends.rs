@@ -44,7 +44,7 @@ fn wait_polls_until_the_agent_exits() {
 }
 
 /// Audit 23a, F1: the user hive's `Software\Classes` link may hold its `_Classes` hive with
-/// no key open (WRK `cmparse.c` CmpGetSymbolicLink; not verified on Windows 10/11), so a
+/// no key open (WRK `cmparse.c` `CmpGetSymbolicLink`; not verified on Windows 10/11), so a
 /// wait on the classes hive is not "free" while the user hive is loaded: it looks again
 /// until the user hive is unloaded, then ends free; at its timeout it ends exit 4 with the
 /// caveat. Before, it said "free" at the first look, exit 0.

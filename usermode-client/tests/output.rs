@@ -74,7 +74,7 @@ fn holders_while_the_shell_and_apps_are_busy() {
 
 /// Audit 23a, F1: with the user hive loaded, its `Software\Classes` link may hold the
 /// `_Classes` hive where neither the driver nor the kernel's list can see it (WRK
-/// `cmparse.c` CmpGetSymbolicLink): no key open is not "free" (exit 4, the caveat, JSON
+/// `cmparse.c` `CmpGetSymbolicLink`): no key open is not "free" (exit 4, the caveat, JSON
 /// `source.classes_link_user_hive`). Once the user hive is unloaded it is.
 #[test]
 fn holders_of_the_classes_hive_is_empty_but_free_only_once_the_user_hive_is_unloaded() {

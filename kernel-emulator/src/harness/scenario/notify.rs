@@ -568,14 +568,18 @@ fn td_link_holds_target(ctx: &mut Ctx) {
         listed.as_ref().is_ok_and(Vec::is_empty),
         format!("NtQueryOpenSubKeysEx on {classes}: nothing open ({listed:?})"),
     );
-    let r = hive::unload_hive(hive::SYSTEM_PID, &classes);
+    let refused = hive::unload_hive(hive::SYSTEM_PID, &classes);
     let held = hive::holders(&classes);
-    println!("  unload {classes}: {}; {held:?}", status::describe(r));
+    println!(
+        "  unload {classes}: {}; {held:?}",
+        status::describe(refused)
+    );
     ctx.check(
-        r == STATUS_CANNOT_DELETE && held.iter().any(|h| h.contains("cached key control block")),
+        refused == STATUS_CANNOT_DELETE
+            && held.iter().any(|h| h.contains("cached key control block")),
         format!(
             "the _Classes unload fails, held by the user hive's link: {}",
-            status::describe(r)
+            status::describe(refused)
         ),
     );
     let listed = hive::open_subkeys(&classes);
@@ -596,29 +600,29 @@ fn td_link_holds_target(ctx: &mut Ctx) {
     ctx.say("a forced unload of _Classes goes on (WRK cmapi.c CmUnloadKey, REG_FORCE_UNLOAD)");
     load(ctx);
     follow(ctx);
-    let f = hive::unload_key2(hive::SYSTEM_PID, &classes, hive::REG_FORCE_UNLOAD);
-    let u = hive::unload_hive(hive::SYSTEM_PID, &user);
+    let forced = hive::unload_key2(hive::SYSTEM_PID, &classes, hive::REG_FORCE_UNLOAD);
+    let user_gone = hive::unload_hive(hive::SYSTEM_PID, &user);
     ctx.check(
-        f == STATUS_SUCCESS && u == STATUS_SUCCESS,
+        forced == STATUS_SUCCESS && user_gone == STATUS_SUCCESS,
         format!(
             "forced: {} / user: {}",
-            status::describe(f),
-            status::describe(u)
+            status::describe(forced),
+            status::describe(user_gone)
         ),
     );
     ctx.say("NtUnloadKeyEx of _Classes is pending until the user hive unloads");
     load(ctx);
     follow(ctx);
-    let (d, event) = hive::unload_key_ex(hive::SYSTEM_PID, &classes);
+    let (deferred, event) = hive::unload_key_ex(hive::SYSTEM_PID, &classes);
     let early = event.signalled().is_none();
-    let u = hive::unload_hive(hive::SYSTEM_PID, &user);
+    let user_gone = hive::unload_hive(hive::SYSTEM_PID, &user);
     let done = event.wait(std::time::Duration::from_secs(5));
     ctx.check(
-        d == STATUS_PENDING && early && u == STATUS_SUCCESS && done.is_some(),
+        deferred == STATUS_PENDING && early && user_gone == STATUS_SUCCESS && done.is_some(),
         format!(
             "deferred: {} (not signalled before: {early}), user: {}, then signalled: {done:?}",
-            status::describe(d),
-            status::describe(u)
+            status::describe(deferred),
+            status::describe(user_gone)
         ),
     );
     let gone = hive::open_subkeys(&classes);
