@@ -452,24 +452,7 @@ fn td_reparse_links(ctx: &mut Ctx) {
         "one key object, one context (the reparse post has no object)",
     );
     ctx.say("HKCU\\Software\\Classes is the <SID>_Classes hive");
-    let user = format!(r"\REGISTRY\USER\{SID}");
-    let classes = format!(r"\REGISTRY\USER\{SID}_Classes");
-    let l1 = hive::load_hive(hive::SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
-    let l2 = hive::load_hive(
-        hive::SYSTEM_PID,
-        &classes,
-        r"\??\C:\Users\kemu\AppData\Local\Microsoft\Windows\UsrClass.dat",
-    );
-    ctx.check(
-        l1 == STATUS_SUCCESS && l2 == STATUS_SUCCESS,
-        format!("{} / {}", status::describe(l1), status::describe(l2)),
-    );
-    for key in [format!(r"{user}\Software"), format!(r"{classes}\.txt")] {
-        if let Ok(h) = hive::open_key(p, &key, KEY_READ, true) {
-            let _ = hive::close_key(p, h);
-        }
-    }
-    hive::create_link(&format!(r"{user}\Software\Classes"), &classes);
+    let (user, classes) = load_user_and_classes(ctx, p);
     let st2 = stats(&s);
     let t = hive::open_key(
         p,
@@ -507,6 +490,31 @@ fn td_reparse_links(ctx: &mut Ctx) {
     finish(ctx, s);
 }
 
+/// Loads the user hive and its `_Classes` hive (checked), makes `Software` in the one and
+/// `.txt` in the other as process `p`, and links `Software\Classes` to the classes hive (as
+/// the profile service's load does). Returns the two mount points.
+fn load_user_and_classes(ctx: &mut Ctx, p: u32) -> (String, String) {
+    let user = format!(r"\REGISTRY\USER\{SID}");
+    let classes = format!(r"\REGISTRY\USER\{SID}_Classes");
+    let l1 = hive::load_hive(hive::SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
+    let l2 = hive::load_hive(
+        hive::SYSTEM_PID,
+        &classes,
+        r"\??\C:\Users\kemu\AppData\Local\Microsoft\Windows\UsrClass.dat",
+    );
+    ctx.check(
+        l1 == STATUS_SUCCESS && l2 == STATUS_SUCCESS,
+        format!("load: {} / {}", status::describe(l1), status::describe(l2)),
+    );
+    for key in [format!(r"{user}\Software"), format!(r"{classes}\.txt")] {
+        if let Ok(h) = hive::open_key(p, &key, KEY_READ, true) {
+            let _ = hive::close_key(p, h);
+        }
+    }
+    hive::create_link(&format!(r"{user}\Software\Classes"), &classes);
+    (user, classes)
+}
+
 /// Audit 23a, F1: a followed link's cached key control block references its target's (WRK
 /// `cmparse.c` CmpGetSymbolicLink) until the link's block is cleaned up (`cmsubs.c`
 /// CmpCleanUpKcbValueCache), which for a link with no handle is when its own hive's unload
@@ -519,26 +527,11 @@ fn td_link_holds_target(ctx: &mut Ctx) {
     let Some(p) = new_process(ctx, r"\Device\HarddiskVolume2\classes.exe") else {
         return;
     };
-    let user = format!(r"\REGISTRY\USER\{SID}");
-    let classes = format!(r"\REGISTRY\USER\{SID}_Classes");
-    let load = |ctx: &mut Ctx| {
-        let l1 = hive::load_hive(hive::SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
-        let l2 = hive::load_hive(
-            hive::SYSTEM_PID,
-            &classes,
-            r"\??\C:\Users\kemu\AppData\Local\Microsoft\Windows\UsrClass.dat",
-        );
-        ctx.check(
-            l1 == STATUS_SUCCESS && l2 == STATUS_SUCCESS,
-            format!("load: {} / {}", status::describe(l1), status::describe(l2)),
-        );
-        for key in [format!(r"{user}\Software"), format!(r"{classes}\.txt")] {
-            if let Ok(h) = hive::open_key(p, &key, KEY_READ, true) {
-                let _ = hive::close_key(p, h);
-            }
-        }
-        hive::create_link(&format!(r"{user}\Software\Classes"), &classes);
-    };
+    let load = |ctx: &mut Ctx| load_user_and_classes(ctx, p);
+    let (user, classes) = (
+        format!(r"\REGISTRY\USER\{SID}"),
+        format!(r"\REGISTRY\USER\{SID}_Classes"),
+    );
     // Opens HKCU\Software\Classes\.txt through the link and closes it.
     let follow = |ctx: &mut Ctx| {
         let st0 = stats(&s);
