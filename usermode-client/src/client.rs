@@ -596,7 +596,7 @@ impl<'t> Client<'t> {
             not_the_opener(&mut report, &completeness, transport);
             count_held(&mut report);
         }
-        report.verdict = HoldersVerdict::of(&report);
+        report.verdict = crate::classes_link::verdict(&mut *self.transport, &mut report);
         Ok(report)
     }
 

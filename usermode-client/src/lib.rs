@@ -9,6 +9,7 @@ pub mod analyze;
 pub mod app;
 pub mod backend;
 pub mod capture;
+pub mod classes_link;
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -31,6 +31,14 @@ pub struct Source {
     /// (only `holders`, which asks the kernel, shows those). Null when not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking_since: Option<Time>,
+    /// For a report about a `<X>_Classes` hive that saw no key open in it: the user hive
+    /// (`HKU\<X>`, loaded, or whether it is could not be asked) whose `Software\Classes` link
+    /// may hold it unseen by the driver and by the kernel's list (Windows Research Kernel
+    /// `cmparse.c` `CmpGetSymbolicLink`; not verified on Windows 10/11; audit 23a, F1). The
+    /// answer is then not complete: unload that hive first ([`crate::classes_link`]). Absent
+    /// otherwise, and from CLIs before 2026-12-06.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes_link_user_hive: Option<String>,
     /// Set by [`Source::cannot_see`]: this answer missed something it needed (tracking off,
     /// the holders of a hive the driver forgot, a failed request), so a verdict or
     /// `--strict` must not pass on it. Unlike `missing`'s fixed list of what a backend never
@@ -105,6 +113,7 @@ impl Source {
             missing: missing.iter().map(|&m| m.to_owned()).collect(),
             coverage: None,
             tracking_since: None,
+            classes_link_user_hive: None,
             unseen: false,
             limits: missing.len(),
         }

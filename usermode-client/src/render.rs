@@ -1240,6 +1240,14 @@ fn unload_history_table(r: &UnloadHistoryReport) -> String {
                 (a.holders_total as usize).saturating_sub(a.holders.len())
             );
         }
+        if !a.succeeded
+            && !a.held_after
+            && a.status != STATUS_PENDING_TEXT
+            && a.holders_total == 0
+            && let Some(hint) = crate::classes_link::failed_unload_hint(&a.path)
+        {
+            let _ = writeln!(out, "    {hint}");
+        }
         if a.holders_unseen {
             out.push_str(
                 "    ... and processes hivetrack could not see may also hold keys (opened before its tracking began, or opens it lost; `hivetrack holders` asks the kernel's list)\n",
@@ -1401,6 +1409,10 @@ pub fn wait(r: &WaitReport, f: Format) -> serde_json::Result<String> {
                          looks for it until --timeout)\n",
                         r.hive, r.waited_secs, r.method
                     )
+                }
+                // A `_Classes` hive whose user hive is loaded (audit 23a, F1).
+                WaitVerdict::NoneSeenIncomplete if r.source.classes_link_user_hive.is_some() => {
+                    crate::classes_link::wait_text(r)
                 }
                 // Not a plain "free": the report could not see everything (exit 4).
                 WaitVerdict::NoneSeenIncomplete => format!(

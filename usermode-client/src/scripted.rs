@@ -800,6 +800,42 @@ pub fn logoff_unloaded() -> Server {
     s
 }
 
+/// [`logoff_released`] after the user hive (`HKU\<SID>`) unloaded.
+///
+/// The driver no longer knows it and the kernel has no hive there; its `_Classes` hive is still loaded, with no
+/// key open (the order Windows needs when the user hive's `Software\Classes` link holds
+/// the classes hive: [`crate::classes_link`]).
+#[must_use]
+pub fn logoff_user_hive_unloaded() -> Server {
+    let mut s = logoff_released();
+    s.holders.remove(0);
+    s
+}
+
+/// [`logoff_released`] after an unload of the `_Classes` hive failed, naming no holder.
+///
+/// `STATUS_CANNOT_DELETE`, the user hive still loaded: what the user hive's
+/// cached `Software\Classes` link does to it ([`crate::classes_link`]).
+#[must_use]
+pub fn classes_unload_refused() -> Server {
+    let mut s = logoff_released();
+    let mount = units(&user("_Classes"));
+    let mut l = Listing::new(&NoPrefix);
+    l.push(&UnloadRecord {
+        time: NOW,
+        outcome: 0xC000_0121,
+        hive_id: 8,
+        open_keys: 0,
+        holders_total: 0,
+        flags: 0,
+        sequence: 1,
+        mount: Text::Units(&mount),
+        holders: UnloadHolders::Slice(&[]),
+    });
+    s.history = Some(l);
+    s
+}
+
 /// The handle leak: `leaky.exe` opened one key 65,602 times without closing it; `holders`
 /// of `HKLM\SOFTWARE` spans many pages, `processes` ranks it first.
 #[must_use]

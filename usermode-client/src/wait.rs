@@ -164,8 +164,13 @@ pub fn wait_free(
         // empty list of a hive still loaded is looked at again until Windows no longer has
         // the hive or the timeout. Until review 20b (R8) the wait ended there at once, exit 4,
         // and a logoff script could not wait for the unload.
-        let awaiting_unload =
-            done && client.backend() == crate::fallback::BACKEND && source.dropped_records();
+        // A `_Classes` hive whose user hive is loaded may be held by that hive's
+        // `Software\Classes` link, unseen ([`crate::classes_link`], audit 23a F1): the wait
+        // looks again until the user hive is unloaded (the link's hold ends with it) or the
+        // timeout, which then answers none seen, incomplete (exit 4), never free.
+        let awaiting_unload = done
+            && ((client.backend() == crate::fallback::BACKEND && source.dropped_records())
+                || source.classes_link_user_hive.is_some());
         let elapsed = clock.elapsed();
         if (done && !unload_pending && !awaiting_unload) || elapsed >= timeout {
             // Free only when nothing is open, the answer could see everything (audit 20b, M1)
@@ -430,6 +435,10 @@ fn record_gone(client: &mut Client<'_>, at: Mount<'_>, loaded_since: bool) -> Go
                 );
             } else if !loaded_since || !nothing_lost_now(client) {
                 source.cannot_see(DELETED_UNSEEN.to_owned());
+            }
+            if keys.is_empty() {
+                // Still loaded, nothing open: its user hive's link may hold it unseen.
+                crate::classes_link::check(client.transport(), hive, &mut source);
             }
             (
                 keys.len() as u64,

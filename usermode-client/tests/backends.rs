@@ -11,7 +11,7 @@ use hivetrack_cli::fallback::{BLIND_SPOT, FallbackTransport, MISSING, OpenSubKey
 use hivetrack_cli::model::WaitVerdict;
 use hivetrack_cli::page_server::{Listing, Server};
 use hivetrack_cli::scripted::{
-    SID, Scripted, logoff, logoff_busy, logoff_released, logoff_unloaded,
+    SID, Scripted, logoff, logoff_busy, logoff_released, logoff_unloaded, logoff_user_hive_unloaded,
 };
 use hivetrack_cli::transport::{ERROR_FILE_NOT_FOUND, Transport, TransportError, WaitFreeOutcome};
 use protocol::completeness::Completeness;
@@ -41,6 +41,50 @@ fn wait_polls_until_the_agent_exits() {
         o.err,
         "hivetrack: source: scripted, complete; tracking since 2026-11-22T01:00:00Z; the kernel lists 0 open key(s), all tracked\n"
     );
+}
+
+/// Audit 23a, F1: the user hive's `Software\Classes` link may hold its `_Classes` hive with
+/// no key open (WRK `cmparse.c` `CmpGetSymbolicLink`; not verified on Windows 10/11), so a
+/// wait on the classes hive is not "free" while the user hive is loaded: it looks again
+/// until the user hive is unloaded, then ends free; at its timeout it ends exit 4 with the
+/// caveat. Before, it said "free" at the first look, exit 0.
+#[test]
+fn wait_on_the_classes_hive_is_free_only_after_the_user_hive_unloads() {
+    let classes = format!(r"HKU\{SID}_Classes");
+    let o = run_on(logoff_released(), &["wait", &classes, "--timeout", "2"]);
+    assert_eq!(o.code, exit::INCOMPLETE, "{}{}", o.out, o.err);
+    assert_eq!(o.sleeps, 4, "looked until the timeout");
+    assert!(
+        o.out.contains(&format!(
+            "but HKU\\{SID} is still loaded, so it is not proven free. Windows may still \
+             refuse to unload it while HKU\\{SID} is loaded"
+        )),
+        "{}",
+        o.out
+    );
+    let o = run_on(
+        logoff_released(),
+        &["wait", &classes, "--timeout", "0", "--json"],
+    );
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(
+        (
+            r.free,
+            r.verdict,
+            r.source.classes_link_user_hive.as_deref()
+        ),
+        (
+            false,
+            WaitVerdict::NoneSeenIncomplete,
+            Some(user_hive().as_str())
+        ),
+        "{}",
+        o.out
+    );
+    let s = Scripted::timeline(vec![logoff_released(), logoff_user_hive_unloaded()]);
+    let o = run_scripted(s, &["wait", &classes, "--timeout", "30"]);
+    assert_eq!(o.code, exit::OK, "{}{}", o.out, o.err);
+    assert!(o.out.contains("free after 0.5s (poll)"), "{}", o.out);
 }
 
 #[test]

@@ -40,6 +40,24 @@ fn holders_of_the_profile_that_will_not_unload() {
     assert!(o.out.contains(r"(CONTOSO\alice)"));
 }
 
+/// Audit 23a, F1: a failed `_Classes` unload that named no holder gets its likely cause,
+/// the user hive's cached `Software\Classes` link; a failed unload of another hive does not.
+#[test]
+fn a_refused_classes_unload_with_no_holder_names_the_user_hives_link() {
+    let o = run_on(scripted::classes_unload_refused(), &["unload-history"]);
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(
+        o.out.contains(&format!(
+            "FAILED, STATUS_CANNOT_DELETE (0xC0000121); 0 open key(s) held by 0 process(es)\n    \
+             likely cause: HKU\\{SID}'s Software\\Classes link"
+        )),
+        "{}",
+        o.out
+    );
+    let o = run_on(logoff(), &["unload-history"]);
+    assert!(!o.out.contains("likely cause"), "{}", o.out);
+}
+
 #[test]
 fn holders_while_the_shell_and_apps_are_busy() {
     let o = run_on(logoff_busy(), &["holders", "HKCU"]);
@@ -54,14 +72,51 @@ fn holders_while_the_shell_and_apps_are_busy() {
     assert_snapshot("holders_busy_summary_table", &o.out);
 }
 
+/// Audit 23a, F1: with the user hive loaded, its `Software\Classes` link may hold the
+/// `_Classes` hive where neither the driver nor the kernel's list can see it (WRK
+/// `cmparse.c` `CmpGetSymbolicLink`): no key open is not "free" (exit 4, the caveat, JSON
+/// `source.classes_link_user_hive`). Once the user hive is unloaded it is.
 #[test]
-fn holders_of_the_classes_hive_is_empty_and_fail_if_held_passes() {
+fn holders_of_the_classes_hive_is_empty_but_free_only_once_the_user_hive_is_unloaded() {
     let o = run_on(
         logoff(),
         &["holders", r"HKCU\Software\Classes", "--fail-if-held"],
     );
-    assert_eq!(o.code, 0, "{}", o.err);
+    assert_eq!(o.code, hivetrack_cli::exit::INCOMPLETE, "{}", o.err);
     assert_snapshot("holders_classes_table", &o.out);
+    let user = format!(r"HKU\{SID}");
+    assert!(
+        o.out.contains(&format!(
+            "Windows may still refuse to unload it while {user} is loaded: the user hive's \
+             Software\\Classes link can hold it (WRK cmparse.c; not verified on Windows \
+             10/11). Unload {user} first"
+        )),
+        "{}",
+        o.out
+    );
+    let o = run_on(logoff(), &["holders", r"HKCU\Software\Classes", "--json"]);
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(
+        r.source.classes_link_user_hive.as_deref(),
+        Some(user.as_str())
+    );
+    assert!(!r.source.complete, "{}", o.out);
+    let o = run_on(
+        scripted::logoff_user_hive_unloaded(),
+        &[
+            "holders",
+            &format!(r"HKU\{SID}_Classes"),
+            "--fail-if-held",
+            "--json",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert!(
+        r.source.complete && r.source.classes_link_user_hive.is_none(),
+        "{}",
+        o.out
+    );
     let o = run_on(logoff(), &["holders", "HKCU", "--fail-if-held"]);
     assert_eq!(o.code, 1, "a held hive with --fail-if-held exits 1");
 }

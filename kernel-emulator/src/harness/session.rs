@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::harness::scenario::tracking::{
-    APP1, APP2, KEY_READ, SYSTEM_PID, USER, boot_hives, ensure_parents, load_profile,
+    APP1, APP2, CLASSES, KEY_READ, SYSTEM_PID, USER, boot_hives, ensure_parents, load_profile,
     logoff_workload, spawn,
 };
 use crate::harness::scenario::{Ctx, RunOptions, attribution, tracking};
@@ -43,6 +43,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "stacks",
         "stack capture on for the user profile; explorer.exe maps ContosoShellExt.dll, which opens Software\\Contoso\\ShellExt\\{Settings,Cache,Overlay} and keeps them; explorer opens Explorer's key itself; the extension also opens a key in SOFTWARE (out of the capture scope)",
+    ),
+    (
+        "classes-link",
+        "the user profile loaded; explorer.exe opened HKCU\\Software\\Classes\\.txt through the link to the _Classes hive, closed it and exited; the _Classes unload then failed (STATUS_CANNOT_DELETE) with no key open: the user hive's cached link holds it (WRK cmparse.c CmpGetSymbolicLink; audit 23a, F1)",
     ),
     (
         "late-start",
@@ -157,6 +161,7 @@ impl Session {
                 let staged = attribution::stacks_workload(&mut ctx, &client);
                 holder = staged.map(|s| s.explorer);
             }
+            "classes-link" => stage_classes_link(&mut ctx),
             "late-start" => {
                 let later = spawn(&mut ctx, APP1);
                 let key = format!(r"{USER}\Control Panel\Desktop");
@@ -293,6 +298,23 @@ impl Session {
         let _ = self.driver.unload();
         kernel::leaks()
     }
+}
+
+/// The `classes-link` staging: explorer.exe opens `HKCU\Software\Classes\.txt` through the
+/// link to the `_Classes` hive, closes it and exits; the `_Classes` unload then fails with
+/// no key open, held by the user hive's cached link (`td-link-holds-target`; audit 23a, F1).
+fn stage_classes_link(ctx: &mut Ctx) {
+    load_profile(ctx);
+    hive::create_link(&format!(r"{USER}\Software\Classes"), CLASSES);
+    let shell = spawn(ctx, APP1);
+    ensure_parents(shell, &format!(r"{USER}\Software\Classes"));
+    ensure_parents(shell, &format!(r"{CLASSES}\.txt\x"));
+    let through = format!(r"{USER}\Software\Classes\.txt");
+    if let Ok(h) = hive::open_key(shell, &through, KEY_READ, false) {
+        let _ = hive::close_key(shell, h);
+    }
+    process::exit_process(shell);
+    let _ = hive::unload_hive(SYSTEM_PID, CLASSES);
 }
 
 /// The `duplicated` scenario: a profile key opened by one process, its handle duplicated

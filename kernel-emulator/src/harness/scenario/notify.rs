@@ -10,8 +10,8 @@ use crate::nt::cm::registry::{self, DENY_MARKER, FAIL_POST_MARKER};
 use crate::nt::io;
 use crate::nt::ps::process;
 use crate::nt::status::{
-    self, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_PREDEFINED_HANDLE,
-    STATUS_SUCCESS,
+    self, STATUS_ACCESS_DENIED, STATUS_CANNOT_DELETE, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING, STATUS_PREDEFINED_HANDLE, STATUS_SUCCESS,
 };
 
 const IOCTL_STATS: u32 = (0x22 << 16) | (0x810 << 2);
@@ -72,6 +72,11 @@ pub fn scenarios() -> Vec<Scenario> {
             "td-reparse-links",
             "CurrentControlSet and Software\\Classes links: a STATUS_REPARSE pre/post pair, then the target's; STATUS_PREDEFINED_HANDLE posts",
             td_reparse_links,
+        ),
+        Scenario::test_driver(
+            "td-link-holds-target",
+            "a followed Software\\Classes link's cached block holds <SID>_Classes: with nothing open in it its unload fails (CANNOT_DELETE) and NtQueryOpenSubKeysEx lists nothing, until the user hive unloads; a forced unload goes on, a deferred one completes then (WRK cmparse.c CmpGetSymbolicLink)",
+            td_link_holds_target,
         ),
         super::test_driver::caught(
             "td-context-after-close",
@@ -447,24 +452,7 @@ fn td_reparse_links(ctx: &mut Ctx) {
         "one key object, one context (the reparse post has no object)",
     );
     ctx.say("HKCU\\Software\\Classes is the <SID>_Classes hive");
-    let user = format!(r"\REGISTRY\USER\{SID}");
-    let classes = format!(r"\REGISTRY\USER\{SID}_Classes");
-    let l1 = hive::load_hive(hive::SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
-    let l2 = hive::load_hive(
-        hive::SYSTEM_PID,
-        &classes,
-        r"\??\C:\Users\kemu\AppData\Local\Microsoft\Windows\UsrClass.dat",
-    );
-    ctx.check(
-        l1 == STATUS_SUCCESS && l2 == STATUS_SUCCESS,
-        format!("{} / {}", status::describe(l1), status::describe(l2)),
-    );
-    for key in [format!(r"{user}\Software"), format!(r"{classes}\.txt")] {
-        if let Ok(h) = hive::open_key(p, &key, KEY_READ, true) {
-            let _ = hive::close_key(p, h);
-        }
-    }
-    hive::create_link(&format!(r"{user}\Software\Classes"), &classes);
+    let (user, classes) = load_user_and_classes(ctx, p);
     let st2 = stats(&s);
     let t = hive::open_key(
         p,
@@ -498,6 +486,143 @@ fn td_reparse_links(ctx: &mut Ctx) {
     for h in [h, t].into_iter().flatten() {
         let _ = hive::close_key(p, h);
     }
+    process::exit_process(p);
+    finish(ctx, s);
+}
+
+/// Loads the user hive and its `_Classes` hive (checked), makes `Software` in the one and
+/// `.txt` in the other as process `p`, and links `Software\Classes` to the classes hive (as
+/// the profile service's load does). Returns the two mount points.
+fn load_user_and_classes(ctx: &mut Ctx, p: u32) -> (String, String) {
+    let user = format!(r"\REGISTRY\USER\{SID}");
+    let classes = format!(r"\REGISTRY\USER\{SID}_Classes");
+    let l1 = hive::load_hive(hive::SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
+    let l2 = hive::load_hive(
+        hive::SYSTEM_PID,
+        &classes,
+        r"\??\C:\Users\kemu\AppData\Local\Microsoft\Windows\UsrClass.dat",
+    );
+    ctx.check(
+        l1 == STATUS_SUCCESS && l2 == STATUS_SUCCESS,
+        format!("load: {} / {}", status::describe(l1), status::describe(l2)),
+    );
+    for key in [format!(r"{user}\Software"), format!(r"{classes}\.txt")] {
+        if let Ok(h) = hive::open_key(p, &key, KEY_READ, true) {
+            let _ = hive::close_key(p, h);
+        }
+    }
+    hive::create_link(&format!(r"{user}\Software\Classes"), &classes);
+    (user, classes)
+}
+
+/// Audit 23a, F1: a followed link's cached key control block references its target's (WRK
+/// `cmparse.c` CmpGetSymbolicLink) until the link's block is cleaned up (`cmsubs.c`
+/// CmpCleanUpKcbValueCache), which for a link with no handle is when its own hive's unload
+/// purges it (`cmsubs.c` CmpCleanUpKCBCacheTable: same hive only); the target's unload
+/// needs its root's `RefCount == 1` (`cmapi.c` CmUnloadKey). WRK is Windows Server 2003: not
+/// verified on Windows 10/11.
+#[allow(clippy::too_many_lines)] // one linear script of checks
+fn td_link_holds_target(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let Some(p) = new_process(ctx, r"\Device\HarddiskVolume2\classes.exe") else {
+        return;
+    };
+    let load = |ctx: &mut Ctx| load_user_and_classes(ctx, p);
+    let (user, classes) = (
+        format!(r"\REGISTRY\USER\{SID}"),
+        format!(r"\REGISTRY\USER\{SID}_Classes"),
+    );
+    // Opens HKCU\Software\Classes\.txt through the link and closes it.
+    let follow = |ctx: &mut Ctx| {
+        let st0 = stats(&s);
+        let t = hive::open_key(
+            p,
+            &format!(r"{user}\Software\Classes\.txt"),
+            KEY_READ,
+            false,
+        );
+        let st1 = stats(&s);
+        let got = name(&s, false);
+        ctx.check(
+            t.is_ok()
+                && st1[POST_REPARSE] == st0[POST_REPARSE] + 1
+                && got.eq_ignore_ascii_case(&format!(r"{classes}\.txt")),
+            format!("Software\\Classes\\.txt through the link: {t:?}, object {got}"),
+        );
+        if let Ok(h) = t {
+            let _ = hive::close_key(p, h);
+        }
+    };
+    ctx.say("follow the link, close everything: the _Classes unload fails with nothing open");
+    load(ctx);
+    follow(ctx);
+    let listed = hive::open_subkeys(&classes);
+    ctx.check(
+        listed.as_ref().is_ok_and(Vec::is_empty),
+        format!("NtQueryOpenSubKeysEx on {classes}: nothing open ({listed:?})"),
+    );
+    let refused = hive::unload_hive(hive::SYSTEM_PID, &classes);
+    let held = hive::holders(&classes);
+    println!(
+        "  unload {classes}: {}; {held:?}",
+        status::describe(refused)
+    );
+    ctx.check(
+        refused == STATUS_CANNOT_DELETE
+            && held.iter().any(|h| h.contains("cached key control block")),
+        format!(
+            "the _Classes unload fails, held by the user hive's link: {}",
+            status::describe(refused)
+        ),
+    );
+    let listed = hive::open_subkeys(&classes);
+    ctx.check(
+        listed.as_ref().is_ok_and(Vec::is_empty),
+        format!("after the failure NtQueryOpenSubKeysEx still lists nothing ({listed:?})"),
+    );
+    let r1 = hive::unload_hive(hive::SYSTEM_PID, &user);
+    let r2 = hive::unload_hive(hive::SYSTEM_PID, &classes);
+    ctx.check(
+        r1 == STATUS_SUCCESS && r2 == STATUS_SUCCESS,
+        format!(
+            "the user hive first (its purge drops the link's reference), then _Classes: {} / {}",
+            status::describe(r1),
+            status::describe(r2)
+        ),
+    );
+    ctx.say("a forced unload of _Classes goes on (WRK cmapi.c CmUnloadKey, REG_FORCE_UNLOAD)");
+    load(ctx);
+    follow(ctx);
+    let forced = hive::unload_key2(hive::SYSTEM_PID, &classes, hive::REG_FORCE_UNLOAD);
+    let user_gone = hive::unload_hive(hive::SYSTEM_PID, &user);
+    ctx.check(
+        forced == STATUS_SUCCESS && user_gone == STATUS_SUCCESS,
+        format!(
+            "forced: {} / user: {}",
+            status::describe(forced),
+            status::describe(user_gone)
+        ),
+    );
+    ctx.say("NtUnloadKeyEx of _Classes is pending until the user hive unloads");
+    load(ctx);
+    follow(ctx);
+    let (deferred, event) = hive::unload_key_ex(hive::SYSTEM_PID, &classes);
+    let early = event.signalled().is_none();
+    let user_gone = hive::unload_hive(hive::SYSTEM_PID, &user);
+    let done = event.wait(std::time::Duration::from_secs(5));
+    ctx.check(
+        deferred == STATUS_PENDING && early && user_gone == STATUS_SUCCESS && done.is_some(),
+        format!(
+            "deferred: {} (not signalled before: {early}), user: {}, then signalled: {done:?}",
+            status::describe(deferred),
+            status::describe(user_gone)
+        ),
+    );
+    let gone = hive::open_subkeys(&classes);
+    ctx.check(
+        gone == Err(STATUS_OBJECT_NAME_NOT_FOUND),
+        format!("_Classes is unloaded: {gone:?}"),
+    );
     process::exit_process(p);
     finish(ctx, s);
 }

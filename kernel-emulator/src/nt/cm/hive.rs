@@ -274,6 +274,9 @@ pub struct HiveState {
     spelled: HashMap<String, String>,
     /// Registry symbolic links: canonical link key -> target path.
     links: BTreeMap<String, String>,
+    /// Followed links whose cached key control block references its target's block
+    /// (canonical link key -> canonical target key): see [`HiveState::cache_link_follow`].
+    link_kcbs: BTreeMap<String, String>,
     /// Keys that answer an open with STATUS_PREDEFINED_HANDLE.
     predefined: BTreeSet<String>,
     /// Key objects are deleted on a system worker thread (see [`set_deferred_deletion`]).
@@ -443,6 +446,52 @@ impl HiveState {
             .max_by_key(|(l, _)| l.len())?;
         let rest = given.get(link.len()..).unwrap_or("");
         Some(format!("{target}{rest}"))
+    }
+
+    /// A follow of the link on canonical `key`'s path (if any): the link's key control block
+    /// now references its target's, until the link's block is cleaned up. WRK
+    /// `base/ntos/config/cmparse.c` CmpGetSymbolicLink: "Now the RealKcb is also pointed to
+    /// by its symbolic link Kcb, Increase the reference count. Need to dereference the
+    /// realkcb when the symbolic kcb is removed" (`CmpReferenceKeyControlBlock(RealKcb)`,
+    /// `ExtFlags |= CM_KCB_SYM_LINK_FOUND`); the reference goes only in `cmsubs.c`
+    /// CmpCleanUpKcbValueCache (`CmpDelayDerefKeyControlBlock(...RealKcb)`), when the
+    /// link's own block leaves the cache. A link block with no handle sits in the delayed
+    /// close table; an unload's purge (`cmsubs.c` CmpCleanUpKCBCacheTable, from
+    /// CmpSearchForOpenSubKeys) evicts only that hive's own cached blocks ("only interested
+    /// in kcbs below this hive's root"). So the model drops the reference when the link's
+    /// hive unloads ([`remove_hive`]) and, a model choice, never otherwise: the delayed
+    /// close table's eviction of old entries (WRK `cmdelay.c`, `CmpDelayedCloseSize` = 2048)
+    /// is not modelled, nor REG_OPTION_OPEN_LINK. The WRK takes the reference only when the target's block is
+    /// already cached (`KcbFound`), which it is once any open reached the target; the model
+    /// takes it at every follow to an existing key (an *inference*). WRK is Windows Server
+    /// 2003: not verified on Windows 10/11.
+    fn cache_link_follow(&mut self, key: &str) {
+        let Some((link, target)) = self
+            .links
+            .iter()
+            .filter(|(l, _)| key == l.as_str() || key.starts_with(&format!("{l}\\")))
+            .max_by_key(|(l, _)| l.len())
+            .map(|(l, t)| (l.clone(), canon(t)))
+        else {
+            return;
+        };
+        if self.keys.contains(&target) || self.hives.contains_key(&target) {
+            self.link_kcbs.insert(link, target);
+        }
+    }
+
+    /// The cached link blocks in other hives that reference a block of hive `m` (link key,
+    /// target key): each keeps `m`'s root referenced, with no key body in `m`
+    /// ([`HiveState::cache_link_follow`]). A link in `m` itself does not count: the unload's
+    /// purge evicts it first (WRK `cmsubs.c` CmpCleanUpKCBCacheTable).
+    fn link_holds(&self, m: &str) -> Vec<(String, String)> {
+        self.link_kcbs
+            .iter()
+            .filter(|(l, t)| {
+                self.hive_of(t).as_deref() == Some(m) && self.hive_of(l).as_deref() != Some(m)
+            })
+            .map(|(l, t)| (l.clone(), t.clone()))
+            .collect()
     }
 
     /// `path` with every registry link on it followed, canonical (as an open would reach it).
@@ -682,6 +731,7 @@ impl HiveState {
         self.keys.remove(&key);
         self.spelled.remove(&key);
         self.links.remove(&key);
+        self.link_kcbs.remove(&key);
         self.predefined.remove(&key);
         self.mark_deleted(&key, id);
         STATUS_SUCCESS
@@ -828,7 +878,11 @@ impl HiveState {
             .collect();
         for k in links {
             if let (Some(t), Some(n)) = (self.links.remove(&k), rebase(&k, &key, &new_key)) {
-                self.links.insert(n, t);
+                self.links.insert(n.clone(), t);
+                // The renamed link's block keeps its cached reference (its ExtFlags move with it).
+                if let Some(t) = self.link_kcbs.remove(&k) {
+                    self.link_kcbs.insert(n, t);
+                }
             }
         }
         let predefined: Vec<String> = self
@@ -1788,6 +1842,7 @@ fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: O
         )
     });
     if let Some(target) = target {
+        kernel::with(|k| k.hives.cache_link_follow(&key));
         let s = registry::notify_post(post_class, 0, STATUS_REPARSE, at, &pre);
         return if s == STATUS_REPARSE {
             Parsed::Reparse(target)
@@ -2521,7 +2576,8 @@ fn hive_object_gone(hive: &str) {
     let action = kernel::with(|k| {
         let h = &mut k.hives;
         let held = h.objects.values().any(|o| o.hive == hive)
-            || h.delay_deref_hives.iter().any(|d| d == hive);
+            || h.delay_deref_hives.iter().any(|d| d == hive)
+            || !h.link_holds(hive).is_empty();
         let entry = h.hives.get(hive)?;
         if held || !(entry.app || entry.pending_unload.is_some()) {
             return None;
@@ -2545,7 +2601,8 @@ fn hive_object_gone(hive: &str) {
                 let event = kernel::with(|k| {
                     let h = &mut k.hives;
                     let held = h.objects.values().any(|o| o.hive == hive)
-                        || h.delay_deref_hives.contains(&hive);
+                        || h.delay_deref_hives.contains(&hive)
+                        || !h.link_holds(&hive).is_empty();
                     let event = h.hives.get(&hive).and_then(|e| e.pending_unload.clone());
                     if held || event.is_none() {
                         return None;
@@ -2575,6 +2632,18 @@ pub const DEFERRED_UNLOAD_THREAD: u32 = 120;
 /// (REG_OPTION_VOLATILE, WRK `cmhvlist.c` CmpAddToHiveFileList): if it lived in this hive,
 /// its values go with it.
 fn remove_hive(h: &mut HiveState, m: &str) {
+    // The hive's own cached link blocks are purged (their references on other hives' blocks
+    // go: WRK `cmsubs.c` CmpCleanUpKCBCacheTable -> CmpCleanUpKcbValueCache), and links
+    // elsewhere stop pointing at this hive's blocks (a forced unload marks them deleted).
+    let gone: Vec<String> = h
+        .link_kcbs
+        .iter()
+        .filter(|(l, t)| h.hive_of(l).as_deref() == Some(m) || h.hive_of(t).as_deref() == Some(m))
+        .map(|(l, _)| l.clone())
+        .collect();
+    for l in gone {
+        h.link_kcbs.remove(&l);
+    }
     if h.hive_list_hive().as_deref() == Some(m) {
         h.hive_list.clear();
     }
@@ -2850,6 +2919,7 @@ fn unload(
         return STATUS_OBJECT_NAME_NOT_FOUND;
     };
     let mut unloaded = None;
+    let mut released: Vec<String> = Vec::new();
     let status = io::with_pid(pid, || {
         let mut info = RegUnloadKeyInformation {
             object: root as *mut c_void,
@@ -2902,9 +2972,15 @@ fn unload(
             }
             // Held: any other key object of the hive, or a reference on the unload's own
             // object beyond the one the unload took.
+            // Or a cached link block of another hive referencing one of its blocks (WRK
+            // `cmapi.c` CmUnloadKey: `Success = Success && (Kcb->RefCount == 1)`; the
+            // reference is `cmparse.c` CmpGetSymbolicLink's, see
+            // [`HiveState::cache_link_follow`]): STATUS_CANNOT_DELETE with no key body in
+            // the hive, so NtQueryOpenSubKeysEx lists nothing. A forced unload goes on
+            // (`SearchAndDeref` fails only for a read-only block).
             let pinned = k.hives.objects.iter().any(|(a, o)| {
                 o.hive == m && (*a != root || k.objects.references.get(a).copied().unwrap_or(0) > 1)
-            });
+            }) || !k.hives.link_holds(&m).is_empty();
             if pinned && force {
                 k.hives.force_unload_keys(&m);
             } else if pinned {
@@ -2914,6 +2990,16 @@ fn unload(
                 }
                 return STATUS_CANNOT_DELETE;
             }
+            // Hives whose blocks this hive's cached links referenced: their deferred unload
+            // may now run ([`hive_object_gone`]).
+            released = k
+                .hives
+                .link_kcbs
+                .iter()
+                .filter(|(l, _)| k.hives.hive_of(l).as_deref() == Some(m.as_str()))
+                .filter_map(|(_, t)| k.hives.hive_of(t))
+                .filter(|t| *t != m)
+                .collect();
             remove_hive(&mut k.hives, &m);
             // The unload's own object outlives the hive until its dereference below (later,
             // in deferred mode): it belongs to the hive just unloaded, not to one loaded at
@@ -2938,6 +3024,9 @@ fn unload(
     // ObDereferenceObject: the last reference, so the object is deleted on this thread, in
     // the caller's process (or queued, in deferred mode).
     io::with_pid(pid, || crate::nt::ob::object::dereference(root));
+    for hive in released {
+        hive_object_gone(&hive);
+    }
     status
 }
 
@@ -3029,6 +3118,12 @@ pub fn holders(mount: &str) -> Vec<String> {
                     o.hive == m && k.objects.references.get(a).copied().unwrap_or(0) > 0
                 })
                 .map(|(a, o)| format!("key object {a:#x} ({}) referenced by a driver", o.name)),
+        );
+        v.extend(
+            k.hives
+                .link_holds(&m)
+                .into_iter()
+                .map(|(l, t)| format!("the cached key control block of link {l} references {t}")),
         );
         v.extend(k.hives.deferred.iter().filter_map(|a| {
             let o = k.hives.objects.get(a)?;
