@@ -2480,9 +2480,17 @@ fn driver_seeded() -> Server {
 
 /// [`driver`] listing the user's hives (ids 7 and 8) loaded at `loaded_time`.
 fn driver_hives_loaded(loaded_time: u64) -> Server {
+    driver_listing(
+        loaded_time,
+        &[(7, user_hive()), (8, format!("{}_Classes", user_hive()))],
+    )
+}
+
+/// [`driver`] listing `hives` (id, mount) loaded at `loaded_time`.
+fn driver_listing(loaded_time: u64, hives: &[(u32, String)]) -> Server {
     let mut s = driver();
     let mut l = hivetrack_cli::page_server::Listing::new(&protocol::page::NoPrefix);
-    for (id, mount) in [(7, user_hive()), (8, format!("{}_Classes", user_hive()))] {
+    for (id, mount) in hives.iter().cloned() {
         let m: Vec<u16> = mount.encode_utf16().collect();
         let f: Vec<u16> = r"\Device\HarddiskVolume2\Users\alice\NTUSER.DAT"
             .encode_utf16()
@@ -2771,5 +2779,25 @@ fn review23b_a_restart_rechecks_a_retry_watched_after_a_full_table() {
         ids(&events).contains(&1002),
         "{:?} {events:#?}",
         ids(&events)
+    );
+}
+
+/// Review 23b, M1 (a): the new driver lists hives, but not the one at the failed unload's
+/// mount ("a hive it no longer lists"): which load is there cannot be told, and the 1002
+/// says so (a mutant reading a missing hive as the same load survived every events test).
+#[test]
+fn a_1002_says_the_load_may_be_a_later_one_when_the_driver_no_longer_lists_the_hive() {
+    let only_classes = || {
+        driver_listing(
+            NOW - 3600 * SECOND,
+            &[(8, format!("{}_Classes", user_hive()))],
+        )
+    };
+    let e = recheck_after_restart(&only_classes);
+    assert!(e.load_unsure, "{e:#?}");
+    assert!(
+        e.message.contains("it may be a later load"),
+        "{}",
+        e.message
     );
 }
