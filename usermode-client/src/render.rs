@@ -1331,7 +1331,7 @@ pub fn diff(r: &DiffReport, f: Format) -> serde_json::Result<String> {
 /// What an incomplete diff could not see, one line: whether the changes it shows happened
 /// ([`DiffReport::changes_real`]) or may not be real.
 #[must_use]
-pub fn diff_caveat(r: &DiffReport) -> &'static str {
+pub const fn diff_caveat(r: &DiffReport) -> &'static str {
     if r.changes_real {
         "INCOMPLETE: keys opened before tracking began are in neither snapshot, so their closes cannot show; the changes shown happened (one run of tracking took both snapshots, and nothing went unrecorded between them)"
     } else {
