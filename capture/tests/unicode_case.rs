@@ -21,6 +21,18 @@ fn csv(rows: &[(u32, &str, &str, &str, &str)]) -> String {
     t
 }
 
+/// The analysis of `text` as a whole capture from boot.
+fn analyse(text: &str) -> capture::report::Analysis {
+    let mut r = Replay::new(Options {
+        hkcu: HkcuSids::default(),
+        from_boot: true,
+        all_events: true,
+        ..Options::default()
+    });
+    replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
+    r.finish("x.csv", "csv")
+}
+
 #[test]
 fn a_key_under_the_mount_spelled_in_another_case_beyond_ascii_is_a_holder() {
     let text = csv(&[
@@ -31,14 +43,7 @@ fn a_key_under_the_mount_spelled_in_another_case_beyond_ascii_is_a_holder() {
         (200, "b.exe", "RegCloseKey", r"HKLM\Software\A", "SUCCESS"),
         (900, "reg.exe", "RegUnloadKey", r"HKLM\ÄPP", "CANNOT DELETE"),
     ]);
-    let mut r = Replay::new(Options {
-        hkcu: HkcuSids::default(),
-        from_boot: true,
-        all_events: true,
-        ..Options::default()
-    });
-    replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
-    let a = r.finish("x.csv", "csv");
+    let a = analyse(&text);
     let u = &a.unload_attempts[0];
     let pids: Vec<u32> = u.holders.iter().map(|h| h.pid).collect();
     assert!(
@@ -60,14 +65,7 @@ fn one_hive_spelled_in_two_non_ascii_cases_is_listed_once() {
         (200, "b.exe", "RegOpenKey", r"HKLM\Software\A", "SUCCESS"),
         (200, "b.exe", "RegCloseKey", r"HKLM\Software\A", "SUCCESS"),
     ]);
-    let mut r = Replay::new(Options {
-        hkcu: HkcuSids::default(),
-        from_boot: true,
-        all_events: true,
-        ..Options::default()
-    });
-    replay(&mut CsvReader::new(text.as_bytes()).unwrap(), &mut r).unwrap();
-    let a = r.finish("x.csv", "csv");
+    let a = analyse(&text);
     let names: Vec<&str> = a.open.iter().map(|h| h.hive.as_str()).collect();
     assert_eq!(names.len(), 1, "hives listed: {names:?}");
     assert_eq!(a.open[0].open_keys, 2, "{names:?}");
