@@ -311,10 +311,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             r.verdict = crate::model::HoldersVerdict::of(&r);
             if let Some(pid) = *pid {
                 // After the verdict: it stays the whole hive's (audit 23b, M6).
-                r.holders.retain(|h| h.pid == pid);
-                r.untracked.retain(|u| u.pid == pid);
-                r.short_counts.retain(|s| s.pid == pid);
-                r.pid_filter = Some(pid);
+                keep_pid(&mut r, pid);
             }
             emit(env, format, &render::holders(&r, format)?, Some(&r.source))?;
             // Held as the report says it (its counts, which may be the page's counters read
@@ -505,6 +502,22 @@ fn rows(s: &SnapshotFile) -> Vec<SnapshotRow> {
             name: k.path.encode_utf16().collect(),
         })
         .collect()
+}
+
+/// `holders --pid`: keeps the entries of the keys process `pid` opened, and of those it
+/// holds now through a handle duplicated or inherited into it (`held_now_by`: the opener's
+/// entry is kept whole; review 23d, H1: a process holding only a duplicated handle read
+/// "holds none" and complete). The counts and verdict are left as they are, the whole hive's.
+pub fn keep_pid(r: &mut crate::model::HoldersReport, pid: u64) {
+    r.holders.retain(|h| {
+        h.pid == pid
+            || h.keys
+                .iter()
+                .any(|k| k.held_now_by.as_ref().is_some_and(|by| by.contains(&pid)))
+    });
+    r.untracked.retain(|u| u.pid == pid);
+    r.short_counts.retain(|s| s.pid == pid);
+    r.pid_filter = Some(pid);
 }
 
 /// Diffs two snapshots with the protocol crate's `diff` (per process and key name,

@@ -606,7 +606,7 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 // The counts above and the verdict stay the whole hive's (audit 23b, M6).
                 let _ = writeln!(
                     out,
-                    "Listed below: process {pid}'s keys only (--pid); the counts above are the whole hive's{}",
+                    "Listed below: the keys process {pid} opened or holds now (--pid; an opener listed for a key it gave to {pid} is shown whole); the counts above are the whole hive's{}",
                     if r.holders.is_empty() && r.untracked.is_empty() {
                         ": it holds none that the report sees"
                     } else {

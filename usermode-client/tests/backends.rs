@@ -780,7 +780,7 @@ fn holders_pid_lists_one_process_and_keeps_the_whole_hives_verdict() {
     assert!(!o.out.contains(r"\Software\Policies"), "{}", o.out);
     assert!(
         o.out
-            .contains("Listed below: process 3111's keys only (--pid); the counts above are the whole hive's\n"),
+            .contains("Listed below: the keys process 3111 opened or holds now (--pid; an opener listed for a key it gave to 3111 is shown whole); the counts above are the whole hive's\n"),
         "{}",
         o.out
     );
@@ -799,7 +799,7 @@ fn holders_pid_lists_one_process_and_keeps_the_whole_hives_verdict() {
     );
     assert_eq!(o.code, exit::HELD, "{}", o.out);
     assert!(
-        o.out.contains("process 9999's keys only (--pid); the counts above are the whole hive's: it holds none that the report sees"),
+        o.out.contains("the keys process 9999 opened or holds now (--pid; an opener listed for a key it gave to 9999 is shown whole); the counts above are the whole hive's: it holds none that the report sees"),
         "{}",
         o.out
     );
@@ -1292,4 +1292,31 @@ fn a_kernel_only_key_never_shows_a_cut_image() {
         "{:?}",
         r.untracked
     );
+}
+
+/// Review 23d, H1: `holders --pid N` kept only the keys N opened, so a process holding a key
+/// only through a handle duplicated or inherited into it (`held_now_by`) read "holds none
+/// that the report sees" while the full report said "held now by process N". The opener's
+/// entry is kept for it.
+#[test]
+fn holders_pid_keeps_a_key_held_now_by_the_pid_through_a_duplicated_handle() {
+    let o = run_on(
+        hivetrack_cli::scripted::logoff(),
+        &["holders", &user_hive(), "--json"],
+    );
+    let mut r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    let opener = r.holders[0].pid;
+    let given_to = 9_999;
+    assert!(r.holders.iter().all(|h| h.pid != given_to));
+    r.holders[0].keys[0].held_now_by = Some(vec![given_to]);
+    hivetrack_cli::app::keep_pid(&mut r, given_to);
+    let pids: Vec<u64> = r.holders.iter().map(|h| h.pid).collect();
+    assert_eq!(
+        pids,
+        [opener],
+        "the opener's entry names the key {given_to} holds now"
+    );
+    assert_eq!(r.pid_filter, Some(given_to));
+    hivetrack_cli::app::keep_pid(&mut r, 12_345);
+    assert!(r.holders.is_empty(), "a pid holding nothing keeps nothing");
 }
