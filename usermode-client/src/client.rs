@@ -918,6 +918,7 @@ impl<'t> Client<'t> {
             omitted: (all - processes.len()) as u64,
             processes,
             kernel_only: None,
+            kernel_missed: 0,
             short_counts: self.short_counts(nr),
         })
     }
@@ -951,6 +952,21 @@ impl<'t> Client<'t> {
         for h in hives.iter().filter(|h| h.state != "unloaded") {
             match self.holders(&h.path, true, now) {
                 Ok(r) => {
+                    // A list that could not be read answers Ok with nothing in it (every
+                    // `\REGISTRY\A` app hive, any failure of the query): named, not taken for
+                    // a hive with no such key (review 23d, H2).
+                    if let Some(why) = r
+                        .source
+                        .coverage
+                        .as_ref()
+                        .and_then(|c| c.kernel_error.as_ref())
+                    {
+                        report.source.cannot_see(format!(
+                            "the kernel's list of open keys in {} (--kernel: {why})",
+                            h.name
+                        ));
+                        report.kernel_missed += 1;
+                    }
                     for u in r.untracked.iter().filter(|u| !u.hivetrack_own) {
                         let e = by_pid.entry(u.pid).or_insert_with(|| KernelOnlyProcess {
                             pid: u.pid,
@@ -965,10 +981,13 @@ impl<'t> Client<'t> {
                         }
                     }
                 }
-                Err(e) => report.source.cannot_see(format!(
-                    "the kernel's list of open keys in {} (--kernel: {e:#})",
-                    h.name
-                )),
+                Err(e) => {
+                    report.source.cannot_see(format!(
+                        "the kernel's list of open keys in {} (--kernel: {e:#})",
+                        h.name
+                    ));
+                    report.kernel_missed += 1;
+                }
             }
         }
         let mut list: Vec<KernelOnlyProcess> = by_pid.into_values().collect();

@@ -715,6 +715,10 @@ pub struct ProcessesReport {
     /// without `--kernel` (audit 23b, H1: such a process was in no listing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_only: Option<Vec<KernelOnlyProcess>>,
+    /// `processes --kernel`: loaded hives whose kernel list could not be read (each named
+    /// in `source.missing`); not in JSON, which has them there.
+    #[serde(skip)]
+    pub kernel_missed: usize,
     /// Processes whose opens the tracker refused to record: their `open_keys` is a lower
     /// bound. Empty when none, or when the driver's counters could not be read. Absent
     /// (empty) from CLIs before 2026-12-06.

@@ -985,9 +985,16 @@ pub fn stats(r: &StatsReport, f: Format) -> serde_json::Result<String> {
 /// `processes --kernel`: the processes holding keys only the kernel lists (audit 23b, H1).
 fn kernel_only_lines(r: &ProcessesReport, out: &mut String) {
     if let Some(k) = &r.kernel_only {
-        if k.is_empty() {
+        if k.is_empty() && r.kernel_missed == 0 {
             out.push_str(
                 "\n--kernel: no loaded hive's kernel list has a key the driver has no record of\n",
+            );
+        } else if k.is_empty() {
+            // Review 23d, H2: a hive whose list could not be read is no hive without such keys.
+            let _ = writeln!(
+                out,
+                "\n--kernel: no kernel list that could be read has a key the driver has no record of; {} loaded hive(s)' lists could not be read (named below)",
+                r.kernel_missed
             );
         } else {
             out.push_str(
@@ -1013,6 +1020,13 @@ fn kernel_only_lines(r: &ProcessesReport, out: &mut String) {
                 ],
                 &rows,
             ));
+            if r.kernel_missed > 0 {
+                let _ = writeln!(
+                    out,
+                    "{} loaded hive(s)' kernel lists could not be read (named below): their keys are not in these counts",
+                    r.kernel_missed
+                );
+            }
         }
     }
 }
@@ -1469,6 +1483,7 @@ mod tests {
             }],
             omitted: 0,
             kernel_only: None,
+            kernel_missed: 0,
             short_counts: Vec::new(),
         };
         let text = processes(&report, Format::Table).unwrap();

@@ -1320,3 +1320,28 @@ fn holders_pid_keeps_a_key_held_now_by_the_pid_through_a_duplicated_handle() {
     hivetrack_cli::app::keep_pid(&mut r, 12_345);
     assert!(r.holders.is_empty(), "a pid holding nothing keeps nothing");
 }
+
+/// Review 23d, H2: a hive whose kernel list cannot be read (every `\REGISTRY\A` app hive, any
+/// failure of the query) answered with nothing in it, and `processes --kernel` took that for
+/// a hive with no such key: "no loaded hive's kernel list has a key …", the hive unnamed.
+#[test]
+fn processes_kernel_names_the_hives_whose_list_could_not_be_read() {
+    let unreadable = || {
+        let mut s = Scripted::new(logoff());
+        s.no_kernel = true;
+        s
+    };
+    let o = run_scripted(unreadable(), &["processes", "--kernel"]);
+    assert!(!o.out.contains("no loaded hive's kernel list"), "{}", o.out);
+    assert!(o.out.contains("lists could not be read"), "{}", o.out);
+    let o = run_scripted(unreadable(), &["processes", "--kernel", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    assert!(
+        r.source
+            .missing
+            .iter()
+            .any(|m| m.starts_with("the kernel's list of open keys in")),
+        "{:?}",
+        r.source.missing
+    );
+}
