@@ -574,11 +574,14 @@ fn one_run(a: &SnapshotFile, b: &SnapshotFile) -> bool {
 }
 
 /// Whether every change a diff of `a` and `b` shows happened ([`DiffReport::changes_real`]):
-/// one run of tracking, and its loss counters (cumulative within a run) the same in both, so
-/// no open or close between them went unrecorded. What the snapshots cannot see otherwise
-/// (their `missing`: keys opened before tracking began) is in neither of them.
+/// one run of tracking and no loss counted by either snapshot, so no open or close up to B
+/// went unrecorded. What the snapshots cannot see otherwise (their `missing`: keys opened
+/// before tracking began) is in neither of them. Not "the sums are equal": one loss counter
+/// (`names_unavailable`'s hive-list count) is withdrawn when a later read of the hive list is
+/// whole, so a withdrawal and a new loss between the snapshots would cancel out (review 23d,
+/// M4).
 fn changes_real(a: &SnapshotFile, b: &SnapshotFile) -> bool {
-    one_run(a, b) && a.source.not_recorded == b.source.not_recorded
+    one_run(a, b) && a.source.not_recorded == 0 && b.source.not_recorded == 0
 }
 
 /// The client's clock as a FILETIME.

@@ -826,10 +826,9 @@ pub struct DiffReport {
     /// every change shown happened.
     pub complete: bool,
     /// The changes shown happened, though some may not show: one run of tracking took both
-    /// snapshots and nothing went unrecorded between them (the loss counters did not move),
-    /// so every open and close between them is in the rows; keys opened before tracking
-    /// began (or not recorded before A) are in neither snapshot, and their closes cannot
-    /// show. True whenever `complete` is. Audit 23b: a diff on any machine not tracking from
+    /// snapshots and neither counted a loss, so every open and close between them is in the
+    /// rows; keys opened before tracking began are in neither snapshot, and their closes
+    /// cannot show. True whenever `complete` is. Audit 23b: a diff on any machine not tracking from
     /// boot read "differences may not be real" although its growth was.
     pub changes_real: bool,
     /// Largest growth first.

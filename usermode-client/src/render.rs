@@ -1347,7 +1347,7 @@ pub fn diff(r: &DiffReport, f: Format) -> serde_json::Result<String> {
 #[must_use]
 pub const fn diff_caveat(r: &DiffReport) -> &'static str {
     if r.changes_real {
-        "INCOMPLETE: keys opened before tracking began are in neither snapshot, so their closes cannot show; the changes shown happened (one run of tracking took both snapshots, and nothing went unrecorded between them)"
+        "INCOMPLETE: keys opened before tracking began are in neither snapshot, so their closes cannot show; the changes shown happened (one run of tracking took both snapshots, and it had lost nothing)"
     } else {
         "INCOMPLETE: a snapshot missed events, or tracking did not run (or restarted) between them; differences may not be real"
     }
