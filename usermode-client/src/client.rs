@@ -885,6 +885,7 @@ impl<'t> Client<'t> {
         })?;
         rank(&mut processes);
         let all = processes.len();
+        let running = running_of(&processes);
         if let Some(n) = top {
             processes.truncate(n);
         }
@@ -919,7 +920,11 @@ impl<'t> Client<'t> {
             processes,
             kernel_only: None,
             kernel_missed: 0,
-            short_counts: self.short_counts(nr),
+            short_counts: self
+                .short_counts(nr)
+                .into_iter()
+                .filter(|c| running.contains(&(c.pid, c.start_key)))
+                .collect(),
         })
     }
 
@@ -928,9 +933,24 @@ impl<'t> Client<'t> {
     pub fn attach_short_counts(&mut self, report: &mut HoldersReport) {
         let mut short = self.short_counts(report.source.not_recorded);
         short.retain(|s| {
-            report.holders.iter().any(|h| h.pid == s.pid)
+            report
+                .holders
+                .iter()
+                .any(|h| h.pid == s.pid && h.start_key == s.start_key)
                 || report.untracked.iter().any(|u| u.pid == s.pid)
         });
+        // The driver's counters name the process for the whole run, exited or not: one no
+        // longer running (its pid perhaps another process's now) is not blamed for keys the
+        // report lists (review 23d, M1).
+        if !short.is_empty() {
+            let mut processes = Vec::new();
+            let listed = self.pages::<Processes>(&Self::plain(QueryKind::Processes, 0), |page| {
+                processes.extend(page.records().map(|r| process_of(&r)));
+                Ok(true)
+            });
+            let running = running_of(&processes);
+            short.retain(|s| listed.is_ok() && running.contains(&(s.pid, s.start_key)));
+        }
         report.short_counts = short;
     }
 
@@ -1333,4 +1353,13 @@ fn snapshot_key(r: &SnapshotRecord<'_>) -> SnapshotKey {
         name_truncated: r.flags & HolderKey::NAME_TRUNCATED != 0,
         name_missing: r.flags & HolderKey::NAME_MISSING != 0,
     }
+}
+
+/// The (pid, start key) of every process in `processes` still running.
+fn running_of(processes: &[ProcessEntry]) -> Vec<(u64, u64)> {
+    processes
+        .iter()
+        .filter(|p| !p.exited)
+        .map(|p| (p.pid, p.start_key))
+        .collect()
 }

@@ -720,28 +720,45 @@ fn keys_opened_before_tracking_are_grouped_by_name_with_a_count() {
     assert_eq!(counts, [(other.as_str(), 1), (leaked.as_str(), 3)], "{u:?}");
 }
 
+/// `kernel_only` whose driver counted 2,598 opens of pid 2040, start key `start_key`, as
+/// refused for its memory share.
+fn refused_at_2040(start_key: u64) -> Scripted {
+    let mut s = kernel_only(&[(2040, "Policies")]);
+    let server = &mut s.states[0];
+    let mut v = [0u64; protocol::stats::Stats::FIELD_COUNT];
+    for (name, value) in protocol::stats::Stats::NAMES.iter().zip(v.iter_mut()) {
+        *value = match *name {
+            "opens_dropped_process_share" | "top_dropper_drops" => 2_598,
+            "top_dropper_pid" => 2040,
+            "top_dropper_start_key" => start_key,
+            _ => 0,
+        };
+    }
+    server.stats = Some(protocol::stats::Stats::from_values(v));
+    server.not_recorded = 2_598;
+    s
+}
+
+/// Review 23d, M1: the driver names the refused process for the whole run, exited or not; a
+/// process refused earlier (another start key) is not the one at pid 2040 now, and neither
+/// listing blames it.
+#[test]
+fn a_refused_process_no_longer_running_is_not_blamed_on_its_pid() {
+    let line = "process 2040 hit its memory share";
+    let o = run_scripted(refused_at_2040(77), &["processes"]);
+    assert!(!o.out.contains(line), "{}", o.out);
+    let o = run_scripted(refused_at_2040(77), &["holders", &user_hive()]);
+    assert!(!o.out.contains(line), "{}", o.out);
+}
+
 /// The driver's counters name the process whose opens were dropped for its memory share:
 /// `processes` and `holders` say so where the user looks, and `holders` no longer calls its
 /// keys only the kernel lists "open before tracking started, or lost" (audit 23b, M1: only
 /// `stats` named it).
 #[test]
 fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
-    let scripted = || {
-        let mut s = kernel_only(&[(2040, "Policies")]);
-        let server = &mut s.states[0];
-        let mut v = [0u64; protocol::stats::Stats::FIELD_COUNT];
-        for (name, value) in protocol::stats::Stats::NAMES.iter().zip(v.iter_mut()) {
-            *value = match *name {
-                "opens_dropped_process_share" | "top_dropper_drops" => 2_598,
-                "top_dropper_pid" => 2040,
-                "top_dropper_start_key" => 77,
-                _ => 0,
-            };
-        }
-        server.stats = Some(protocol::stats::Stats::from_values(v));
-        server.not_recorded = 2_598;
-        s
-    };
+    // The scripted agent's start key (`scripted`: 0x100 + pid).
+    let scripted = || refused_at_2040(0x100 + 2040);
     let line = "process 2040 hit its memory share (a quarter of `MemoryBudgetMiB`; the README gives one process's capacity): 2598 open(s) not recorded; its key count is a lower bound";
     let o = run_scripted(scripted(), &["processes"]);
     assert!(o.out.contains(line), "{}", o.out);
@@ -765,7 +782,7 @@ fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
             s[0].not_recorded,
             s[0].cause.as_str()
         ),
-        (2040, 77, 2_598, "memory_share")
+        (2040, 0x100 + 2040, 2_598, "memory_share")
     );
 }
 
