@@ -504,9 +504,10 @@ fn rows(s: &SnapshotFile) -> Vec<SnapshotRow> {
         .collect()
 }
 
-/// `holders --pid`: keeps the entries of the keys process `pid` opened, and of those it
-/// holds now through a handle duplicated or inherited into it (`held_now_by`: the opener's
-/// entry is kept whole; review 23d, H1: a process holding only a duplicated handle read
+/// `holders --pid`: keeps the keys process `pid` opened or holds now.
+///
+/// A key it holds through a handle duplicated or inherited into it (`held_now_by`) keeps its
+/// opener's entry whole (review 23d, H1: a process holding only a duplicated handle read
 /// "holds none" and complete). The counts and verdict are left as they are, the whole hive's.
 pub fn keep_pid(r: &mut crate::model::HoldersReport, pid: u64) {
     r.holders.retain(|h| {
