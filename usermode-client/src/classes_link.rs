@@ -5,12 +5,16 @@
 //! an open follows the link, the link's key control block references the target's
 //! (`base/ntos/config/cmparse.c` `CmpGetSymbolicLink`: "Need to dereference the realkcb when
 //! the symbolic kcb is removed"); only the link block's cleanup drops it (`cmsubs.c`
-//! `CmpCleanUpKcbValueCache`). A link block with no handle waits in the delayed-close table, and
-//! an unload's purge evicts only its own hive's cached blocks (`cmsubs.c`
-//! `CmpCleanUpKCBCacheTable`). So `NtUnloadKey` of the `_Classes` hive can fail with
-//! `STATUS_CANNOT_DELETE` while no key of it is open, and neither the driver nor the kernel's
-//! own list (`NtQueryOpenSubKeysEx`) sees anything, until `HKU\<SID>` is unloaded (audit 23a,
-//! F1). Not verified on Windows 10/11. The driver cannot see the kernel's link cache, so a
+//! `CmpCleanUpKcbValueCache`). A link block with no handle waits in the delayed-close table
+//! until a search for open keys of its own hive purges that hive's unreferenced blocks
+//! (`cmsubs.c` `CmpSearchForOpenSubKeys` → `CmpCleanUpKCBCacheTable`): the user hive's
+//! unload, an unload attempt of it (a failed one too, `cmapi.c` `CmUnloadKey`), or
+//! `NtQueryOpenSubKeysEx` of it (`ntapi.c`). Until then `NtUnloadKey` of the `_Classes` hive
+//! can fail with `STATUS_CANNOT_DELETE` while no key of it is open, and neither the driver nor
+//! the kernel's own list (`NtQueryOpenSubKeysEx`) sees anything (audit 23a, F1; review 23c,
+//! M1). Not verified on Windows 10/11. `loaded`'s own query may end the hold, and any open
+//! through the link re-creates it: the caveat stays on while the user hive is loaded, a choice
+//! on the safe side. The driver cannot see the kernel's link cache, so a
 //! report about such a hive with no key open is never "free" while the user hive is loaded
 //! (or whether it is cannot be asked): it says so, and how to get out of it.
 
