@@ -19,8 +19,11 @@
 //! (or whether it is cannot be asked): it says so, and how to get out of it.
 
 use crate::hive_name;
-use crate::model::{HoldersReport, HoldersVerdict, Source, WaitReport};
+use crate::model::{HoldersReport, HoldersVerdict, Source, UnloadAttempt, WaitReport};
 use crate::transport::{ERROR_FILE_NOT_FOUND, Transport, TransportError};
+
+/// `STATUS_CANNOT_DELETE` as an unload record's status text.
+const STATUS_CANNOT_DELETE: &str = "0xC0000121";
 
 /// The NT path of the user hive whose `Software\Classes` link targets the hive mounted at
 /// `mount` (`\REGISTRY\USER\<X>` for `\REGISTRY\USER\<X>_Classes`, any case); `None` for
@@ -116,11 +119,29 @@ pub fn verdict(transport: &mut dyn Transport, report: &mut HoldersReport) -> Hol
     HoldersVerdict::of(report)
 }
 
-/// The likely cause of a failed unload of the hive at NT path `path` that named no holder:
-/// for a `_Classes` hive, the user hive's cached `Software\Classes` link.
+/// The likely cause of failed unload attempt `a` of a `_Classes` hive that named no holder:
+/// the user hive's cached `Software\Classes` link. Only for `STATUS_CANNOT_DELETE` (the
+/// link's reference fails WRK `cmapi.c` CmUnloadKey's `RefCount == 1`; a filter's veto or
+/// `STATUS_TOO_LATE` is not the link), and not when the latest record of the user hive
+/// before `a` in `history` is its successful unload (its purge dropped the link's reference:
+/// `cmsubs.c` CmpCleanUpKCBCacheTable). Review 23c, M2.
 #[must_use]
-pub fn failed_unload_hint(path: &str) -> Option<String> {
-    let user = hive_name::display(&user_hive_of(path)?);
+pub fn failed_unload_hint(a: &UnloadAttempt, history: &[UnloadAttempt]) -> Option<String> {
+    if a.succeeded || a.held_after || a.holders_total != 0 || a.status != STATUS_CANNOT_DELETE {
+        return None;
+    }
+    let user_path = user_hive_of(&a.path)?;
+    let user_unloaded_before = history
+        .iter()
+        .filter(|b| {
+            !b.held_after && b.sequence < a.sequence && b.path.eq_ignore_ascii_case(&user_path)
+        })
+        .max_by_key(|b| b.sequence)
+        .is_some_and(|b| b.succeeded);
+    if user_unloaded_before {
+        return None;
+    }
+    let user = hive_name::display(&user_path);
     Some(format!(
         "likely cause: {user}'s Software\\Classes link, cached by the kernel since an open \
          followed it, holds the hive while {user} is loaded; no list shows it (WRK cmparse.c; \
