@@ -67,28 +67,32 @@ fn loaded(transport: &mut dyn Transport, user: &str) -> Option<bool> {
 }
 
 /// Marks `source` not complete when the hive at `mount` is a `_Classes` hive whose user hive
-/// is loaded.
+/// is loaded, or whether it is could not be told.
 ///
 /// For a report that saw no key open in the hive mounted at `mount`: if it is a `_Classes`
 /// hive and its user hive is loaded (or that cannot be told), the answer cannot prove the
-/// hive free. Sets `source.classes_link_user_hive` and marks the source incomplete with
-/// [`caveat`] (so `free`, `--strict` and `--fail-if-held` do not pass on it).
+/// hive free. Marks the source incomplete with [`caveat`] (so `free`, `--strict` and
+/// `--fail-if-held` do not pass on it), and sets `source.classes_link_user_hive` only when
+/// the user hive is known to be loaded (`wait` then looks again until it unloads).
 pub fn check(transport: &mut dyn Transport, mount: &str, source: &mut Source) {
     let Some(user) = user_hive_of(mount) else {
         return;
     };
     let shown = hive_name::display(&user);
-    let why = match loaded(transport, &user) {
-        Some(false) => return,
-        Some(true) => format!("the kernel's link cache: {}", caveat(&shown)),
-        None => format!(
-            "the kernel's link cache, nor whether {shown} is loaded (it could not be asked): \
-             if it is, {}",
+    match loaded(transport, &user) {
+        Some(false) => {}
+        Some(true) => {
+            source.cannot_see(format!("the kernel's link cache: {}", caveat(&shown)));
+            source.classes_link_user_hive = Some(shown);
+        }
+        // Not "still loaded", which is not known, and no waiting for an answer that cannot
+        // come (review 23c, L1).
+        None => source.cannot_see(format!(
+            "the kernel's link cache: could not tell whether {shown} is loaded (it could not \
+             be asked); if it is, {}",
             caveat(&shown)
-        ),
-    };
-    source.cannot_see(why);
-    source.classes_link_user_hive = Some(shown);
+        )),
+    }
 }
 
 /// `wait`'s text when it ended with no key seen open in a `_Classes` hive whose user hive
