@@ -123,12 +123,13 @@ pub fn verdict(transport: &mut dyn Transport, report: &mut HoldersReport) -> Hol
     HoldersVerdict::of(report)
 }
 
-/// The likely cause of failed unload attempt `a` of a `_Classes` hive that named no holder:
-/// the user hive's cached `Software\Classes` link. Only for `STATUS_CANNOT_DELETE` (the
-/// link's reference fails WRK `cmapi.c` CmUnloadKey's `RefCount == 1`; a filter's veto or
+/// The likely cause of failed unload attempt `a` of a `_Classes` hive that named no holder.
+///
+/// The user hive's cached `Software\Classes` link. Only for `STATUS_CANNOT_DELETE` (the
+/// link's reference fails WRK `cmapi.c` `CmUnloadKey`'s `RefCount == 1`; a filter's veto or
 /// `STATUS_TOO_LATE` is not the link), and not when the latest record of the user hive
 /// before `a` in `history` is its successful unload (its purge dropped the link's reference:
-/// `cmsubs.c` CmpCleanUpKCBCacheTable). Review 23c, M2.
+/// `cmsubs.c` `CmpCleanUpKCBCacheTable`). Review 23c, M2.
 #[must_use]
 pub fn failed_unload_hint(a: &UnloadAttempt, history: &[UnloadAttempt]) -> Option<String> {
     if a.succeeded || a.held_after || a.holders_total != 0 || a.status != STATUS_CANNOT_DELETE {

@@ -836,8 +836,9 @@ pub fn classes_unload_refused() -> Server {
     s
 }
 
-/// [`logoff_released`] with four unload records (review 23c, M2): #1 the `_Classes` hive
-/// vetoed (`STATUS_ACCESS_DENIED`, no holder), #2 it refused (`STATUS_CANNOT_DELETE`, no
+/// [`logoff_released`] with four unload records (review 23c, M2).
+///
+/// #1 the `_Classes` hive vetoed (`STATUS_ACCESS_DENIED`, no holder), #2 it refused (`STATUS_CANNOT_DELETE`, no
 /// holder, the user hive loaded), #3 the user hive unloaded, #4 the `_Classes` hive refused
 /// again (no holder): only #2 can be the user hive's link.
 #[must_use]
