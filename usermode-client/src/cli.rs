@@ -159,7 +159,9 @@ pub enum Command {
         /// The later snapshot.
         b: PathBuf,
     },
-    /// Wait until no process holds keys in a hive (exit 0), or the timeout passes (exit 1).
+    /// Wait until no process holds keys in a hive (exit 0), or the timeout passes (exit 1;
+    /// exit 4 when nothing was seen open but the answer could not prove the hive free, e.g.
+    /// a `<X>_Classes` hive while `HKU\<X>` is loaded).
     ///
     /// With a driver that has it, one wait-free request: the driver completes it the moment
     /// the hive is free (no polling). Otherwise (an older driver, live tracking off, the

@@ -32,11 +32,12 @@ pub struct Source {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking_since: Option<Time>,
     /// For a report about a `<X>_Classes` hive that saw no key open in it: the user hive
-    /// (`HKU\<X>`, loaded, or whether it is could not be asked) whose `Software\Classes` link
+    /// (`HKU\<X>`, known to be loaded) whose `Software\Classes` link
     /// may hold it unseen by the driver and by the kernel's list (Windows Research Kernel
     /// `cmparse.c` `CmpGetSymbolicLink`; not verified on Windows 10/11; audit 23a, F1). The
     /// answer is then not complete: unload that hive first ([`crate::classes_link`]). Absent
-    /// otherwise, and from CLIs before 2026-12-06.
+    /// otherwise (when whether it is loaded could not be asked, the source is incomplete
+    /// with that reason instead), and from CLIs before 2026-12-06.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes_link_user_hive: Option<String>,
     /// Set by [`Source::cannot_see`]: this answer missed something it needed (tracking off,

@@ -1254,12 +1254,7 @@ fn unload_history_table(r: &UnloadHistoryReport) -> String {
                 (a.holders_total as usize).saturating_sub(a.holders.len())
             );
         }
-        if !a.succeeded
-            && !a.held_after
-            && a.status != STATUS_PENDING_TEXT
-            && a.holders_total == 0
-            && let Some(hint) = crate::classes_link::failed_unload_hint(&a.path)
-        {
+        if let Some(hint) = crate::classes_link::failed_unload_hint(a, &r.attempts) {
             let _ = writeln!(out, "    {hint}");
         }
         if a.holders_unseen {

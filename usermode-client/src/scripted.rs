@@ -836,6 +836,39 @@ pub fn classes_unload_refused() -> Server {
     s
 }
 
+/// [`logoff_released`] with four unload records (review 23c, M2).
+///
+/// #1 the `_Classes` hive vetoed (`STATUS_ACCESS_DENIED`, no holder), #2 it refused (`STATUS_CANNOT_DELETE`, no
+/// holder, the user hive loaded), #3 the user hive unloaded, #4 the `_Classes` hive refused
+/// again (no holder): only #2 can be the user hive's link.
+#[must_use]
+pub fn classes_unload_refused_for_other_reasons() -> Server {
+    let mut s = logoff_released();
+    let classes = units(&user("_Classes"));
+    let user_mount = units(&user(""));
+    let mut l = Listing::new(&NoPrefix);
+    for (sequence, outcome, hive_id, mount) in [
+        (4u64, 0xC000_0121u32, 8u32, &classes),
+        (3, 0, 7, &user_mount),
+        (2, 0xC000_0121, 8, &classes),
+        (1, 0xC000_0022, 8, &classes),
+    ] {
+        l.push(&UnloadRecord {
+            time: NOW - (5 - sequence) * 60 * SECOND,
+            outcome,
+            hive_id,
+            open_keys: 0,
+            holders_total: 0,
+            flags: 0,
+            sequence,
+            mount: Text::Units(mount),
+            holders: UnloadHolders::Slice(&[]),
+        });
+    }
+    s.history = Some(l);
+    s
+}
+
 /// The handle leak: `leaky.exe` opened one key 65,602 times without closing it; `holders`
 /// of `HKLM\SOFTWARE` spans many pages, `processes` ranks it first.
 #[must_use]

@@ -58,6 +58,58 @@ fn a_refused_classes_unload_with_no_holder_names_the_user_hives_link() {
     assert!(!o.out.contains("likely cause"), "{}", o.out);
 }
 
+/// Review 23c, L1: when whether the user hive is loaded cannot be asked (no kernel list),
+/// `wait` on its `_Classes` hive ends at once, exit 4, and does not say the user hive "is
+/// still loaded"; before, it looked until the timeout and then said so.
+#[test]
+fn wait_on_the_classes_hive_with_no_kernel_does_not_say_the_user_hive_is_loaded() {
+    let mut s = hivetrack_cli::scripted::Scripted::new(scripted::logoff_released());
+    s.no_kernel = true;
+    let o = common::run_scripted(
+        s,
+        &["wait", &format!(r"HKU\{SID}_Classes"), "--timeout", "2"],
+    );
+    assert_eq!(
+        o.code,
+        hivetrack_cli::exit::INCOMPLETE,
+        "{}{}",
+        o.out,
+        o.err
+    );
+    assert_eq!(o.sleeps, 0, "no waiting for an answer that cannot come");
+    assert!(!o.out.contains("still loaded"), "{}", o.out);
+    assert!(
+        o.out
+            .contains(&format!(r"could not tell whether HKU\{SID} is loaded")),
+        "{}",
+        o.out
+    );
+}
+
+/// Review 23c, M2: the link is named only for `STATUS_CANNOT_DELETE` (not a filter's
+/// `STATUS_ACCESS_DENIED`), and not for a refusal after the history shows the user hive
+/// unloaded (its unload purged the link's reference).
+#[test]
+fn the_link_is_named_only_for_cannot_delete_while_the_user_hive_was_loaded() {
+    let o = run_on(
+        scripted::classes_unload_refused_for_other_reasons(),
+        &["unload-history"],
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert_eq!(o.out.matches("likely cause").count(), 1, "{}", o.out);
+    let hinted = o
+        .out
+        .lines()
+        .zip(o.out.lines().skip(1))
+        .find(|(_, next)| next.contains("likely cause"))
+        .map(|(line, _)| line);
+    assert!(
+        hinted.is_some_and(|l| l.starts_with("#2 ") && l.contains("STATUS_CANNOT_DELETE")),
+        "{}",
+        o.out
+    );
+}
+
 #[test]
 fn holders_while_the_shell_and_apps_are_busy() {
     let o = run_on(logoff_busy(), &["holders", "HKCU"]);

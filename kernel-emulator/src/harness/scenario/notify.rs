@@ -75,7 +75,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::test_driver(
             "td-link-holds-target",
-            "a followed Software\\Classes link's cached block holds <SID>_Classes: with nothing open in it its unload fails (CANNOT_DELETE) and NtQueryOpenSubKeysEx lists nothing, until the user hive unloads; a forced unload goes on, a deferred one completes then (WRK cmparse.c CmpGetSymbolicLink)",
+            "a followed Software\\Classes link's cached block holds <SID>_Classes: with nothing open in it its unload fails (CANNOT_DELETE) and NtQueryOpenSubKeysEx lists nothing, until the user hive unloads, is queried or an unload of it fails; a forced unload goes on, a deferred one completes then (WRK cmparse.c CmpGetSymbolicLink, cmsubs.c CmpCleanUpKCBCacheTable)",
             td_link_holds_target,
         ),
         super::test_driver::caught(
@@ -517,8 +517,10 @@ fn load_user_and_classes(ctx: &mut Ctx, p: u32) -> (String, String) {
 
 /// Audit 23a, F1: a followed link's cached key control block references its target's (WRK
 /// `cmparse.c` CmpGetSymbolicLink) until the link's block is cleaned up (`cmsubs.c`
-/// CmpCleanUpKcbValueCache), which for a link with no handle is when its own hive's unload
-/// purges it (`cmsubs.c` CmpCleanUpKCBCacheTable: same hive only); the target's unload
+/// CmpCleanUpKcbValueCache), which for a link with no handle is when a search for open keys
+/// of its own hive purges it (`cmsubs.c` CmpCleanUpKCBCacheTable: same hive only): the
+/// hive's unload, an unload attempt that fails, or NtQueryOpenSubKeysEx of it (review 23c,
+/// M1: 3 of the 28 checks fail on the model before that); the target's unload
 /// needs its root's `RefCount == 1` (`cmapi.c` CmUnloadKey). WRK is Windows Server 2003: not
 /// verified on Windows 10/11.
 #[allow(clippy::too_many_lines)] // one linear script of checks
@@ -622,6 +624,72 @@ fn td_link_holds_target(ctx: &mut Ctx) {
     ctx.check(
         gone == Err(STATUS_OBJECT_NAME_NOT_FOUND),
         format!("_Classes is unloaded: {gone:?}"),
+    );
+    // Review 23c, M1: the search for open keys of the user hive purges its unreferenced
+    // cached blocks, the link's among them (WRK `ntapi.c` NtQueryOpenSubKeysEx and `cmapi.c`
+    // CmUnloadKey, a failed attempt included → `cmsubs.c` CmpCleanUpKCBCacheTable).
+    ctx.say("NtQueryOpenSubKeysEx on the user hive ends the hold");
+    load(ctx);
+    follow(ctx);
+    let asked = hive::open_subkeys(&user);
+    let freed = hive::unload_hive(hive::SYSTEM_PID, &classes);
+    ctx.check(
+        asked.is_ok() && freed == STATUS_SUCCESS,
+        format!(
+            "query of {user}: {asked:?}, then the _Classes unload: {}",
+            status::describe(freed)
+        ),
+    );
+    let user_gone = hive::unload_hive(hive::SYSTEM_PID, &user);
+    ctx.check(
+        user_gone == STATUS_SUCCESS,
+        format!("user: {}", status::describe(user_gone)),
+    );
+    ctx.say("a failed unload of the user hive ends the hold too");
+    load(ctx);
+    follow(ctx);
+    let kept = hive::open_key(p, &format!(r"{user}\Software"), KEY_READ, true);
+    let refused = hive::unload_hive(hive::SYSTEM_PID, &user);
+    let freed = hive::unload_hive(hive::SYSTEM_PID, &classes);
+    ctx.check(
+        kept.is_ok() && refused == STATUS_CANNOT_DELETE && freed == STATUS_SUCCESS,
+        format!(
+            "a key of the user hive open: its unload {}, then the _Classes unload {}",
+            status::describe(refused),
+            status::describe(freed)
+        ),
+    );
+    ctx.say("a query of the user hive completes a pending NtUnloadKeyEx of _Classes");
+    let reloaded = hive::load_hive(
+        hive::SYSTEM_PID,
+        &classes,
+        r"\??\C:\Users\kemu\AppData\Local\Microsoft\Windows\UsrClass.dat",
+    );
+    if let Ok(h) = hive::open_key(p, &format!(r"{classes}\.txt"), KEY_READ, true) {
+        let _ = hive::close_key(p, h);
+    }
+    ctx.check(
+        reloaded == STATUS_SUCCESS,
+        format!("_Classes again: {}", status::describe(reloaded)),
+    );
+    follow(ctx);
+    let (deferred, event) = hive::unload_key_ex(hive::SYSTEM_PID, &classes);
+    let asked = hive::open_subkeys(&user);
+    let done = event.wait(std::time::Duration::from_secs(5));
+    ctx.check(
+        deferred == STATUS_PENDING && asked.is_ok() && done.is_some(),
+        format!(
+            "deferred: {}, query of the user hive: {asked:?}, then signalled: {done:?}",
+            status::describe(deferred)
+        ),
+    );
+    if let Ok(h) = kept {
+        let _ = hive::close_key(p, h);
+    }
+    let user_gone = hive::unload_hive(hive::SYSTEM_PID, &user);
+    ctx.check(
+        user_gone == STATUS_SUCCESS,
+        format!("user, its key closed: {}", status::describe(user_gone)),
     );
     process::exit_process(p);
     finish(ctx, s);

@@ -455,13 +455,21 @@ impl HiveState {
     /// realkcb when the symbolic kcb is removed" (`CmpReferenceKeyControlBlock(RealKcb)`,
     /// `ExtFlags |= CM_KCB_SYM_LINK_FOUND`); the reference goes only in `cmsubs.c`
     /// CmpCleanUpKcbValueCache (`CmpDelayDerefKeyControlBlock(...RealKcb)`), when the
-    /// link's own block leaves the cache. A link block with no handle sits in the delayed
-    /// close table; an unload's purge (`cmsubs.c` CmpCleanUpKCBCacheTable, from
-    /// CmpSearchForOpenSubKeys) evicts only that hive's own cached blocks ("only interested
-    /// in kcbs below this hive's root"). So the model drops the reference when the link's
-    /// hive unloads ([`remove_hive`]) and, a model choice, never otherwise: the delayed
-    /// close table's eviction of old entries (WRK `cmdelay.c`, `CmpDelayedCloseSize` = 2048)
-    /// is not modelled, nor REG_OPTION_OPEN_LINK. The WRK takes the reference only when the target's block is
+    /// link's own block leaves the cache. A link block with no handle (the model has no
+    /// handle on a link block: REG_OPTION_OPEN_LINK is not modelled) sits in the delayed
+    /// close table, and every `CmpSearchForOpenSubKeys` with SearchIfExist or SearchAndCount
+    /// on a hive's root purges that hive's blocks with no reference (`cmsubs.c` ≈584,
+    /// CmpCleanUpKCBCacheTable: `kcb->RefCount == 0` and the same `KeyHive`, "only
+    /// interested in kcbs below this hive's root"). That search runs at
+    /// NtQueryOpenSubKeys(Ex) of the root (`ntapi.c` ≈4883, ≈5061, SearchAndCount) and at
+    /// every unload attempt past the frozen/root checks whose root is referenced more than
+    /// once, a failed one included (`cmapi.c` ≈3018 CmUnloadKey, SearchIfExist; NtUnloadKeyEx
+    /// tries CmUnloadKey first, ≈3196). So the model drops the reference when the link's
+    /// hive unloads ([`remove_hive`]), is queried, or an unload of it is attempted
+    /// ([`HiveState::purge_link_blocks`]). Not modelled (model choices): the delayed close
+    /// table's eviction of old entries (WRK `cmdelay.c`, `CmpDelayedCloseSize` = 2048), a
+    /// forced unload's purge of every hive's unreferenced blocks (SearchAndDeref passes
+    /// NULL), a hash bucket whose try-lock fails (skipped), REG_OPTION_OPEN_LINK. The WRK takes the reference only when the target's block is
     /// already cached (`KcbFound`), which it is once any open reached the target; the model
     /// takes it at every follow to an existing key (an *inference*). WRK is Windows Server
     /// 2003: not verified on Windows 10/11.
@@ -478,6 +486,29 @@ impl HiveState {
         if self.keys.contains(&target) || self.hives.contains_key(&target) {
             self.link_kcbs.insert(link, target);
         }
+    }
+
+    /// The search for open keys of hive `m` purges `m`'s unreferenced cached blocks, its link
+    /// blocks among them, so their references on other hives' blocks go (WRK `cmsubs.c` ≈584
+    /// CmpSearchForOpenSubKeys → CmpCleanUpKCBCacheTable → CmpCleanUpKcbCacheWithLock →
+    /// CmpCleanUpKcbValueCache ≈1310-1319; see [`HiveState::cache_link_follow`]). Returns the
+    /// other hives whose blocks were referenced: a deferred unload of one may now complete
+    /// ([`hive_object_gone`]).
+    fn purge_link_blocks(&mut self, m: &str) -> Vec<String> {
+        let gone: Vec<(String, Option<String>)> = self
+            .link_kcbs
+            .iter()
+            .filter(|(l, _)| self.hive_of(l).as_deref() == Some(m))
+            .map(|(l, t)| (l.clone(), self.hive_of(t)))
+            .collect();
+        let mut released = Vec::new();
+        for (l, t) in gone {
+            self.link_kcbs.remove(&l);
+            if let Some(t) = t.filter(|t| t != m && !released.contains(t)) {
+                released.push(t);
+            }
+        }
+        released
     }
 
     /// The cached link blocks in other hives that reference a block of hive `m` (link key,
@@ -2978,6 +3009,10 @@ fn unload(
             // [`HiveState::cache_link_follow`]): STATUS_CANNOT_DELETE with no key body in
             // the hive, so NtQueryOpenSubKeysEx lists nothing. A forced unload goes on
             // (`SearchAndDeref` fails only for a read-only block).
+            // The attempt's search for open keys purges this hive's cached link blocks,
+            // whether or not the unload then succeeds (WRK `cmapi.c` ≈3018 CmUnloadKey →
+            // `cmsubs.c` CmpSearchForOpenSubKeys → CmpCleanUpKCBCacheTable; review 23c, M1).
+            released = k.hives.purge_link_blocks(&m);
             let pinned = k.hives.objects.iter().any(|(a, o)| {
                 o.hive == m && (*a != root || k.objects.references.get(a).copied().unwrap_or(0) > 1)
             }) || !k.hives.link_holds(&m).is_empty();
@@ -2990,16 +3025,6 @@ fn unload(
                 }
                 return STATUS_CANNOT_DELETE;
             }
-            // Hives whose blocks this hive's cached links referenced: their deferred unload
-            // may now run ([`hive_object_gone`]).
-            released = k
-                .hives
-                .link_kcbs
-                .iter()
-                .filter(|(l, _)| k.hives.hive_of(l).as_deref() == Some(m.as_str()))
-                .filter_map(|(_, t)| k.hives.hive_of(t))
-                .filter(|t| *t != m)
-                .collect();
             remove_hive(&mut k.hives, &m);
             // The unload's own object outlives the hive until its dereference below (later,
             // in deferred mode): it belongs to the hive just unloaded, not to one loaded at
@@ -3054,6 +3079,7 @@ fn unload(
 /// SeRestorePrivilege check.
 pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
     let m = canon(mount);
+    let mut released = Vec::new();
     let listed = kernel::with(|k| {
         if !k.hives.hives.contains_key(&m) {
             let exists = k.hives.hive_of(&m).is_some()
@@ -3079,6 +3105,10 @@ pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
             .map(|(a, o)| (*a, o.opener, o.name.clone()))
             .collect();
         v.sort_unstable();
+        // The search purges the hive's unreferenced cached blocks, its link blocks among
+        // them (WRK `ntapi.c` ≈5061 → `cmsubs.c` ≈584 CmpCleanUpKCBCacheTable; review 23c,
+        // M1): no key body is on them, so the listing is the same.
+        released = k.hives.purge_link_blocks(&m);
         Ok(v.into_iter().map(|(_, pid, name)| (pid, name)).collect())
     });
     // The search first services the delayed dereferences (WRK `cmsubs.c`
@@ -3089,6 +3119,9 @@ pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
     // listed are the same: a block on the list has no key body (CmpDumpKeyBodyList).
     if listed.is_ok() {
         run_down_delay_deref();
+    }
+    for hive in released {
+        hive_object_gone(&hive);
     }
     listed
 }
