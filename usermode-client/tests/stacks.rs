@@ -1163,3 +1163,19 @@ fn modules_all_counts_and_says_keys_only_the_kernel_lists() {
     let t = run_on(s, &["modules", "--all"]);
     assert!(t.out.contains("2 not in hivetrack's records"), "{}", t.out);
 }
+
+/// Review 23c, M3: a `_Classes` hive incomplete only because its user hive's link may hold it
+/// (no process does, so no module) made `modules --all` incomplete with a false reason
+/// ("every holder of 1 hive(s) (keys opened before tracking started, lost, …)").
+#[test]
+fn modules_all_is_not_made_incomplete_by_a_classes_hives_link_caveat() {
+    let r = modules_json(&["modules", "--all"]);
+    assert!(
+        !r.source
+            .missing
+            .iter()
+            .any(|m| m.starts_with("every holder of")),
+        "{:?}",
+        r.source
+    );
+}
