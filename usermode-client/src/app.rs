@@ -186,10 +186,10 @@ fn modules_report(env: &mut Env<'_>, hive: Option<&str>) -> Result<crate::model:
         let unvouched = reports
             .iter()
             .filter(|r| {
-                !r.source.complete
-                    && !(r.source.classes_link_user_hive.is_some()
-                        && r.source.missing.len() == 1
-                        && r.source.not_recorded == 0)
+                let link_only = r.source.classes_link_user_hive.is_some()
+                    && r.source.missing.len() == 1
+                    && r.source.not_recorded == 0;
+                !(r.source.complete || link_only)
             })
             .count();
         if unvouched > 0 {
