@@ -2718,6 +2718,26 @@ fn a_1014_said_to_two_outputs_counts_as_one_event() {
     let log = log.borrow();
     assert_eq!(ids(&log), [1010, 1014, 1001], "{log:#?}");
     assert_eq!(counts.events, 3, "{counts:?}");
+    // The console's "N of M event(s) could not be written": the one refused (review 23b, M1).
+    assert_eq!(counts.sink_errors, 1, "{counts:?}");
+}
+
+/// Review 23b, M1 (c): two outputs refusing the same event count it once in `sink_errors`
+/// (the console's "N of M event(s) could not be written"); counted per output, it read 2.
+#[test]
+fn an_event_two_outputs_refuse_counts_as_one_not_written() {
+    let mut q = queue();
+    q.push(&failed_unload(&user_hive(), NOW));
+    let q = q.shared();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let mut sink = Sinks(vec![
+        Box::new(AppLog(Rc::clone(&log))),
+        Box::new(FullDisk { refuse: 1 }),
+        Box::new(FullDisk { refuse: 1 }),
+    ]);
+    let make = || Scripted::new(driver());
+    let (_, counts) = serve_into(&q, long_recheck(), 60, &NoIdentities, &make, &mut sink);
+    assert_eq!(counts.sink_errors, 1, "{counts:?}");
 }
 
 /// Review 22d, L5: `answered_by_silence` forgets a watch only on a done page *asked* more
