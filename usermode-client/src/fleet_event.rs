@@ -11,6 +11,8 @@
 //! table (`usermode-client/messages/hivetrack-events.mc`) renders `%1`, the message, followed by the
 //! fields; its message ids are [`EventId`]'s.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 use crate::hive_name::user_sid;
@@ -590,6 +592,18 @@ impl FleetEvent {
             seen_nobody,
             failure.holders_unseen || from_kernel,
         ));
+        // A classes hive nobody was seen holding: its user hive's link may (review 23c, L4:
+        // the hint was in `unload-history` only, while VDI administrators read this event).
+        if failure.status == STATUS_CANNOT_DELETE
+            && seen_nobody
+            && let Some(user) = crate::classes_link::user_hive_of(&failure.hive)
+        {
+            let user = crate::hive_name::display(&user);
+            let _ = write!(
+                message,
+                " For a classes hive that can also be the user hive's Software\\Classes link, which may hold it while {user} is loaded (WRK cmparse.c; not verified on Windows 10/11): unload {user} first."
+            );
+        }
         Self {
             hive: Some(failure.hive.clone()),
             sid: user_sid(&failure.hive).map(str::to_owned),

@@ -2821,3 +2821,23 @@ fn a_1002_says_the_load_may_be_a_later_one_when_the_driver_no_longer_lists_the_h
         e.message
     );
 }
+
+/// Review 23c, L4: a failed unload of a classes hive with no holder seen is what the user
+/// hive's `Software\Classes` link can do while the user hive is loaded (WRK `cmparse.c`);
+/// `unload-history` said so, the 1001 VDI administrators read did not. A user hive's own
+/// 1001 does not say it.
+#[test]
+fn a_1001_for_a_classes_hive_nobody_holds_names_the_user_hives_link() {
+    let classes = UnloadFailure {
+        hive: format!("{}_Classes", user_hive()),
+        ..failure(0, 0)
+    };
+    let e = FleetEvent::unload_failed(&classes, None, Vec::new());
+    assert!(
+        e.message.contains("Software\\Classes link") && e.message.contains("first."),
+        "{}",
+        e.message
+    );
+    let e = FleetEvent::unload_failed(&failure(0, 0), None, Vec::new());
+    assert!(!e.message.contains("Classes link"), "{}", e.message);
+}
