@@ -2,25 +2,15 @@
 //! walks gave: exhaustively against `is_under`, in step with the per-process map under
 //! random operations, and a rename spelled with a fold that changes byte length.
 
-use std::sync::Arc;
-
+use capture::Event;
 use capture::ledger::{Ledger, Scope};
 use capture::paths::{fold, is_under};
 use capture::replay::{Options, Replay};
-use capture::{Event, Op};
+
+mod support;
 
 fn row(r: &mut u64, pid: u32, op: &str, path: &str) -> Event {
-    *r += 1;
-    Event {
-        row: *r,
-        pid,
-        image: Arc::from(format!("p{pid}.exe")),
-        op: Op::from_name(op),
-        operation: op.to_owned(),
-        path: path.to_owned(),
-        status: Some(0),
-        ..Event::default()
-    }
+    support::event(r, pid, op, path, 0)
 }
 
 /// A subkey opened as `...\App\I\Sub`, its parent renamed spelled `...\App\ı` (U+0131, folds

@@ -14,28 +14,17 @@ mod support;
 use std::cell::Cell;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::rc::Rc;
-use std::sync::Arc;
 
+use capture::Event;
 use capture::pml::{PmlReader, REGISTRY_DETAIL_MAX};
 use capture::replay::{Options, Replay, replay};
-use capture::{Event, Op};
 use support::{CANNOT_DELETE, Proc, Row};
 
 /// Keys left open, and rename / unload / exit rows: the review's figure.
 const N: u32 = 20_000;
 
 fn row(r: &mut u64, pid: u32, op: &str, path: &str, status: u32) -> Event {
-    *r += 1;
-    Event {
-        row: *r,
-        pid,
-        image: Arc::from(format!("p{pid}.exe")),
-        op: Op::from_name(op),
-        operation: op.to_owned(),
-        path: path.to_owned(),
-        status: Some(status),
-        ..Event::default()
-    }
+    support::event(r, pid, op, path, status)
 }
 
 /// [`N`] keys opened by pid 100, `HKLM\SOFTWARE\App\K0` onwards.

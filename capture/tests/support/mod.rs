@@ -370,3 +370,19 @@ pub fn csv(procs: &[Proc], rows: &[Row]) -> String {
     }
     out
 }
+
+/// A replay event (row `*r + 1`, then `*r` advanced): process `pid` (image `p<pid>.exe`) doing
+/// `op` on `path` with `status`.
+pub fn event(r: &mut u64, pid: u32, op: &str, path: &str, status: u32) -> capture::Event {
+    *r += 1;
+    capture::Event {
+        row: *r,
+        pid,
+        image: std::sync::Arc::from(format!("p{pid}.exe")),
+        op: capture::Op::from_name(op),
+        operation: op.to_owned(),
+        path: path.to_owned(),
+        status: Some(status),
+        ..capture::Event::default()
+    }
+}
