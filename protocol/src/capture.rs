@@ -2,12 +2,14 @@
 //! (issue 16), and the request that turns it on and off (`IOCTL_HIVETRACK_CAPTURE`).
 //!
 //! Capture is off until asked for, like `!htrace -enable`: for every open, for the opens of
-//! one hive (any key path inside it), or for the opens made by processes of one image (its
+//! one hive (any key path inside it), for the opens made by processes of one image (its
 //! file name, `explorer.exe`, compared case-insensitively with the last component of the
-//! process's image path). The answer is the state after the request.
+//! process's image path), or for the opens made by one process id (its decimal digits: one
+//! service among the many `svchost.exe`, audit 23b M5). The answer is the state after the
+//! request.
 //!
 //! [`CaptureRequest`] body: operation u16 ([`CaptureOp`]), scope u16 ([`CaptureScope`]),
-//! reserved u32 (zero), text (2+2n: the hive or image; empty for [`CaptureScope::Off`],
+//! reserved u32 (zero), text (2+2n: the hive, image or process id; empty for [`CaptureScope::Off`],
 //! [`CaptureScope::All`] and for [`CaptureOp::Get`], which also takes scope 0).
 //!
 //! [`CaptureState`] body: scope u16, reserved u16, most frames kept per stack u32, since
@@ -44,6 +46,9 @@ pub enum CaptureScope {
     Hive = 2,
     /// Opens by processes whose image file name is the text (`explorer.exe`).
     Image = 3,
+    /// Opens by the process whose id is the text, in decimal digits (`1234`): any process
+    /// with that id, so a later process that reuses it is captured too (protocol 7).
+    Process = 4,
 }
 
 impl CaptureScope {
@@ -55,15 +60,39 @@ impl CaptureScope {
             1 => Some(Self::All),
             2 => Some(Self::Hive),
             3 => Some(Self::Image),
+            4 => Some(Self::Process),
             _ => None,
         }
     }
 
-    /// True when the scope names a hive or an image.
+    /// True when the scope names a hive, an image or a process.
     #[must_use]
     pub const fn takes_text(self) -> bool {
-        matches!(self, Self::Hive | Self::Image)
+        matches!(self, Self::Hive | Self::Image | Self::Process)
     }
+}
+
+/// Most decimal digits of a [`CaptureScope::Process`] text (`u32::MAX` has ten).
+pub const MAX_PID_DIGITS: usize = 10;
+
+/// The process id a [`CaptureScope::Process`] text names.
+///
+/// One to [`MAX_PID_DIGITS`] ASCII digits, no sign or space, at most `u32::MAX` (a process
+/// id is a `HANDLE`-sized value that Windows keeps below 2^32); `None` for anything else,
+/// including zero (the idle process, which opens no key).
+#[must_use]
+pub fn pid_of_text(units: impl IntoIterator<Item = u16>) -> Option<u64> {
+    let mut pid: u64 = 0;
+    let mut n = 0usize;
+    for u in units {
+        let d = u.checked_sub(u16::from(b'0')).filter(|&d| d <= 9)?;
+        n += 1;
+        if n > MAX_PID_DIGITS {
+            return None;
+        }
+        pid = pid * 10 + u64::from(d);
+    }
+    (n > 0 && pid != 0 && u32::try_from(pid).is_ok()).then_some(pid)
 }
 
 /// The input of `IOCTL_HIVETRACK_CAPTURE`.
@@ -104,7 +133,10 @@ impl<'a> Message<'a> for CaptureRequest<'a> {
         if op == CaptureOp::Get && scope != CaptureScope::Off {
             return Err(DecodeError::InvalidField { field: "scope" });
         }
-        if scope.takes_text() == text.is_empty() || text.len() > MAX_SCOPE_UNITS {
+        if scope.takes_text() == text.is_empty()
+            || text.len() > MAX_SCOPE_UNITS
+            || (scope == CaptureScope::Process && pid_of_text(text.units()).is_none())
+        {
             return Err(DecodeError::InvalidField {
                 field: "scope text",
             });
@@ -181,7 +213,7 @@ mod tests {
         assert_eq!(
             buf[..n],
             [
-                b'H', b'v', b'T', b'k', 6, 0, 13, 0, 32, 0, 0, 0, 0, 0, 0, 0, // header
+                b'H', b'v', b'T', b'k', 7, 0, 13, 0, 32, 0, 0, 0, 0, 0, 0, 0, // header
                 2, 0, 3, 0, 0, 0, 0, 0, // set, image
                 3, 0, b'a', 0, b'.', 0, b'e', 0, // text
             ]
@@ -231,6 +263,49 @@ mod tests {
         .unwrap();
         buf[16] = 3; // unknown operation
         assert!(decode::<CaptureRequest<'_>>(&buf[..n]).is_err());
+    }
+
+    /// Audit 23b M5: a process scope names one process id in decimal digits, and nothing
+    /// else: a text the driver could not read as a pid would capture no open while the
+    /// state said capture was on for it.
+    #[test]
+    fn a_process_scope_takes_only_a_decimal_pid() {
+        let units = |s: &str| s.encode_utf16().collect::<std::vec::Vec<u16>>();
+        for (text, pid) in [
+            ("1234", Some(1234)),
+            ("4", Some(4)),
+            ("0004", Some(4)),
+            ("4294967295", Some(u64::from(u32::MAX))),
+            ("4294967296", None),
+            ("04294967295", None),
+            ("0", None),
+            ("", None),
+            ("12a", None),
+            ("-4", None),
+            ("+4", None),
+            (" 4", None),
+            ("\u{0664}", None),
+        ] {
+            assert_eq!(pid_of_text(units(text)), pid, "{text:?}");
+            let t = units(text);
+            let mut buf = [0u8; 64];
+            let n = encode(
+                &CaptureRequest {
+                    op: CaptureOp::Set,
+                    scope: CaptureScope::Process,
+                    text: Text::Units(&t),
+                },
+                &mut buf,
+            )
+            .unwrap();
+            assert_eq!(
+                decode::<CaptureRequest<'_>>(&buf[..n]).is_ok(),
+                pid.is_some(),
+                "{text:?}"
+            );
+        }
+        assert_eq!(CaptureScope::from_u16(4), Some(CaptureScope::Process));
+        assert_eq!(CaptureScope::from_u16(5), None);
     }
 
     #[test]

@@ -53,4 +53,6 @@ pub mod wire;
 /// 5 decoder requires zeros, and stats names the process with the most opens refused for
 /// memory and what exited processes keep charged (four more fields: a version 5 decoder
 /// refuses the field count; audit 21b F4).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 7: a capture request may name one process (`CaptureScope::Process`, 4), which a version 6
+/// driver refuses as an invalid scope (audit 23b, M5).
+pub const PROTOCOL_VERSION: u16 = 7;

@@ -1,7 +1,7 @@
 //! Which code opened a key: stack capture, its scope, and the modules of processes.
 //!
 //! Issue 16: the capture scope (`!htrace -enable`'s habit: off
-//! until asked, then for every open, one hive, or one image), the stacks stored for the
+//! until asked, then for every open, one hive, one image, or one process id), the stacks stored for the
 //! opens in it ([`crate::stacks`]), the images each process mapped ([`crate::modules`]),
 //! and the `stacks` and `modules` queries that report them.
 //!
@@ -18,7 +18,7 @@ use core::sync::atomic::{
 };
 
 use protocol::capture::{
-    CaptureOp, CaptureRequest, CaptureScope, CaptureState, MAX_FRAMES, MAX_SCOPE_UNITS,
+    CaptureOp, CaptureRequest, CaptureScope, CaptureState, MAX_FRAMES, MAX_SCOPE_UNITS, pid_of_text,
 };
 use protocol::cursor::Cursor;
 use protocol::modules::{ModuleProcess, ModuleRecord, Modules, ModulesPrefix};
@@ -149,10 +149,11 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         const ALL: u32 = CaptureScope::All as u32;
         const HIVE: u32 = CaptureScope::Hive as u32;
         const IMAGE: u32 = CaptureScope::Image as u32;
+        const PROCESS: u32 = CaptureScope::Process as u32;
         match self.capture.scope_word() {
             // Every open: no text to read, so no lock.
             ALL => return self.holding_of_open(token).is_some(),
-            HIVE | IMAGE => {}
+            HIVE | IMAGE | PROCESS => {}
             // Off, or a word that names no scope (read as off, as `Capture::scope` does).
             _ => return false,
         }
@@ -176,6 +177,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 let _pg = Exclusive::new(&proc.lock);
                 proc.image()
                     .is_some_and(|n| eq_folded(file_name(name_of(n).units()), text))
+            }
+            // The id is set once, when the process's record is made (no lock needed).
+            CaptureScope::Process => {
+                pid_of_text(text.iter().copied()) == Some(process_of(hold.process).key.pid)
             }
         });
         if !wanted {

@@ -198,6 +198,45 @@ fn scope_by_hive_and_by_image() {
     );
 }
 
+/// Audit 23b M5: one process id, not every process of its image. Two `svchost.exe`
+/// processes: only the named one's opens are captured; the other's are flagged out of
+/// scope, not "capture off".
+#[test]
+fn scope_by_process_id() {
+    const SVC_A: ProcessKey = ProcessKey {
+        pid: 0x1234,
+        start_key: 3,
+    };
+    const SVC_B: ProcessKey = ProcessKey {
+        pid: 0x1238,
+        start_key: 4,
+    };
+    let pool = CountingPool::new(Failure::Never, true);
+    let t = tracker(&pool);
+    for p in [SVC_A, SVC_B] {
+        t.process_started(
+            p,
+            &w(r"\Device\HarddiskVolume3\Windows\System32\svchost.exe"),
+        );
+    }
+    let pid = SVC_A.pid.to_string();
+    assert_eq!(
+        set(&t, CaptureScope::Process, &pid),
+        (CaptureScope::Process, pid)
+    );
+    open(&t, SVC_A, 0x1000, &format!(r"{SOFTWARE}\A"), &SHELLEXT);
+    open(&t, SVC_B, 0x2000, &format!(r"{SOFTWARE}\B"), &SHELLEXT);
+    let sw = keys(&t, SOFTWARE);
+    let a = sw.iter().find(|k| k.0.ends_with("\\A")).unwrap();
+    let b = sw.iter().find(|k| k.0.ends_with("\\B")).unwrap();
+    assert_ne!(a.1, 0, "the named process's open is captured: {a:?}");
+    assert_eq!(
+        (b.1, b.2 & HolderKey::STACK_OUT_OF_SCOPE),
+        (0, HolderKey::STACK_OUT_OF_SCOPE),
+        "the same image's other process is out of scope: {b:?}"
+    );
+}
+
 #[test]
 fn empty_and_dropped_stacks_are_flagged_and_counted() {
     let pool = CountingPool::new(Failure::Never, true);

@@ -38,6 +38,7 @@ pub const fn scope_name(scope: CaptureScope) -> &'static str {
         CaptureScope::All => "all",
         CaptureScope::Hive => "hive",
         CaptureScope::Image => "image",
+        CaptureScope::Process => "process",
     }
 }
 
@@ -77,6 +78,9 @@ pub fn run(
         CaptureAction::On {
             image: Some(image), ..
         } => (CaptureOp::Set, CaptureScope::Image, image_name(image)?),
+        CaptureAction::On { pid: Some(pid), .. } => {
+            (CaptureOp::Set, CaptureScope::Process, pid.to_string())
+        }
         CaptureAction::On { .. } => (CaptureOp::Set, CaptureScope::All, String::new()),
     };
     if text.encode_utf16().count() > MAX_SCOPE_UNITS {

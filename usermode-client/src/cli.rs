@@ -259,15 +259,19 @@ pub enum Command {
 pub enum CaptureAction {
     /// Show the capture scope.
     Status,
-    /// Capture the stack of every tracked open (no option), of opens in one hive, or of
-    /// opens by processes of one image.
+    /// Capture the stack of every tracked open (no option), of opens in one hive, of opens
+    /// by processes of one image, or of opens by one process.
     On {
         /// Only opens of keys in this hive (same forms as `holders`).
-        #[arg(long, conflicts_with = "image")]
+        #[arg(long, conflicts_with_all = ["image", "pid"])]
         hive: Option<String>,
         /// Only opens by processes whose image file name is this (`explorer.exe`).
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", conflicts_with = "pid")]
         image: Option<String>,
+        /// Only opens by this process id (one service among many `svchost.exe`; a later
+        /// process that reuses the id is captured too).
+        #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+        pid: Option<u32>,
     },
     /// Stop capturing (stacks already stored stay with their keys).
     Off,

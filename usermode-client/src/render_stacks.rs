@@ -34,12 +34,15 @@ pub fn capture(r: &CaptureReport, f: Format) -> serde_json::Result<String> {
                     "opens of keys in hive {} ({target})",
                     r.hive.as_deref().unwrap_or(target)
                 ),
+                "process" => {
+                    format!("opens by process {target} (and any later process given the same id)")
+                }
                 _ => format!("opens by processes of image {target}"),
             };
             if r.scope == "off" {
                 let _ = writeln!(
                     out,
-                    "Stack capture is off{since}.\nTurn it on with `hivetrack capture on` (every open), `--hive HIVE` or `--image NAME`."
+                    "Stack capture is off{since}.\nTurn it on with `hivetrack capture on` (every open), `--hive HIVE`, `--image NAME` or `--pid PID`."
                 );
             } else {
                 let _ = writeln!(

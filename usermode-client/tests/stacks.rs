@@ -583,6 +583,44 @@ fn capture_commands_set_and_show_the_scope() {
     assert!(o.err.contains("name one image file"), "{}", o.err);
 }
 
+/// Audit 23b M5: `capture on --pid` names one process (one service among many
+/// `svchost.exe`), sent as its decimal id; zero, a name, or `--pid` with `--image` or
+/// `--hive` are refused before the driver is asked.
+#[test]
+fn capture_on_one_process_id() {
+    use clap::Parser;
+    let o = run_on(
+        scripted::capture_off(),
+        &["--json", "capture", "on", "--pid", "4321"],
+    );
+    assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+    let on: Value = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(
+        (
+            on["scope"].as_str(),
+            on["target"].as_str(),
+            on["hive"].clone()
+        ),
+        (Some("process"), Some("4321"), Value::Null)
+    );
+    let o = run_on(scripted::capture_off(), &["capture", "on", "--pid", "4321"]);
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(o.out.contains("opens by process 4321"), "{}", o.out);
+    for bad in [
+        &["capture", "on", "--pid", "0"][..],
+        &["capture", "on", "--pid", "svchost.exe"],
+        &["capture", "on", "--pid", "4321", "--image", "svchost.exe"],
+        &["capture", "on", "--pid", "4321", "--hive", "alice"],
+    ] {
+        let mut argv = vec!["hivetrack"];
+        argv.extend_from_slice(bad);
+        assert!(
+            hivetrack_cli::cli::Cli::try_parse_from(argv).is_err(),
+            "{bad:?} parses"
+        );
+    }
+}
+
 #[test]
 fn the_scope_sent_is_the_one_the_driver_keeps() {
     let mut s = Scripted::new(scripted::capture_off());

@@ -76,6 +76,11 @@ pub fn scenarios() -> Vec<Scenario> {
             stacks_image_scope,
         ),
         Scenario::hivetrack(
+            "stacks-pid-scope",
+            "two svchost.exe processes, each opening a key: capture on for one process id captures its open and flags the other's, of the same image, out of scope (audit 23b, M5); a request naming no decimal process id is refused",
+            stacks_pid_scope,
+        ),
+        Scenario::hivetrack(
             "stacks-wow64",
             "capture on: a 32-bit (Wow64) process and a 64-bit one each open a key; holders flags the 32-bit one (HolderProcess::WOW64, from IoIs32bitProcess at its captured open), whose stack holds only the Wow64 layer, and not the 64-bit one (audit 20a, M2)",
             stacks_wow64,
@@ -681,6 +686,99 @@ fn stacks_image_scope(ctx: &mut Ctx) {
     }
     set_capture(ctx, &c, CaptureScope::Off, "");
     process::exit_process(explorer);
+    process::exit_process(other);
+    unload_all(ctx, &[USER, CLASSES]);
+    c.close();
+    ctx.unload_and_check_clean(&mut d);
+}
+
+/// The service's image (`stacks-pid-scope`: two processes of one image).
+const SVCHOST: &str = r"\Device\HarddiskVolume2\Windows\System32\svchost.exe";
+
+fn stacks_pid_scope(ctx: &mut Ctx) {
+    super::tracking::boot_hives(ctx);
+    load_profile(ctx);
+    let mut d = super::tracking::load_driver(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    let leaker = spawn(ctx, SVCHOST);
+    let other = spawn(ctx, SVCHOST);
+    let pid = leaker.to_string();
+    let state = set_capture(ctx, &c, CaptureScope::Process, &pid);
+    ctx.check(
+        state
+            .as_ref()
+            .is_some_and(|(s, t)| *s == CaptureScope::Process && *t == pid),
+        format!("capture is on for process {pid}: {state:?}"),
+    );
+    let mine_key = format!(r"{USER}\Software\Contoso\Leak");
+    let other_key = format!(r"{USER}\Software\Contoso\Other");
+    ensure_parents(leaker, &format!(r"{mine_key}\x"));
+    ensure_parents(other, &format!(r"{other_key}\x"));
+    let frames = shellext_stack(leaker, 0x2A10);
+    let hm = with_user_stack(leaker, UserStack::Frames(frames.clone()), || {
+        hive::open_key(leaker, &mine_key, KEY_READ, true)
+    });
+    let ho = with_user_stack(other, UserStack::Frames(frames.clone()), || {
+        hive::open_key(other, &other_key, KEY_READ, true)
+    });
+    let held = keys(ctx, &c, USER);
+    let stacks = stacks_of(ctx, &c);
+    let find = |p: u32, name: &str| {
+        held.get(&u64::from(p))
+            .and_then(|ks| ks.iter().find(|k| k.0.eq_ignore_ascii_case(name)).cloned())
+    };
+    let mine = find(leaker, &mine_key);
+    ctx.check(
+        mine.as_ref().and_then(|k| stacks.get(&k.1)) == Some(&frames),
+        format!("the named process's open is captured: {mine:?}"),
+    );
+    let theirs = find(other, &other_key);
+    ctx.check(
+        theirs
+            .as_ref()
+            .is_some_and(|k| k.1 == 0 && k.2 == HolderKey::STACK_OUT_OF_SCOPE),
+        format!("the same image's other process is out of scope: {theirs:?}"),
+    );
+    // A scope text that names no process id is refused, and the scope stays as it was.
+    let send = |op: CaptureOp, scope: CaptureScope, text: &[u16]| {
+        let mut input = [0u8; 64];
+        let n = encode(
+            &CaptureRequest {
+                op,
+                scope,
+                text: Text::Units(text),
+            },
+            &mut input,
+        )
+        .unwrap_or(0);
+        io::device_io_control(c.h, IOCTL_HIVETRACK_CAPTURE, &input[..n], 4096, 0xA5)
+    };
+    let r = send(CaptureOp::Set, CaptureScope::Process, &[u16::from(b'x')]);
+    ctx.check(
+        r.status != STATUS_SUCCESS,
+        format!(
+            "a process scope named `x` is refused: {}",
+            status::describe(r.status)
+        ),
+    );
+    let r = send(CaptureOp::Get, CaptureScope::Off, &[]);
+    let after = (r.status == STATUS_SUCCESS)
+        .then(|| wire::decode::<CaptureState<'_>>(&r.output[..r.information]).ok())
+        .flatten()
+        .map(|st| (st.scope, st.text.to_string()));
+    ctx.check(
+        after
+            .as_ref()
+            .is_some_and(|(s, t)| *s == CaptureScope::Process && *t == pid),
+        format!("the refused request changed nothing: {after:?}"),
+    );
+    for (p, h) in [(leaker, hm), (other, ho)] {
+        if let Ok(h) = h {
+            let _ = hive::close_key(p, h);
+        }
+    }
+    set_capture(ctx, &c, CaptureScope::Off, "");
+    process::exit_process(leaker);
     process::exit_process(other);
     unload_all(ctx, &[USER, CLASSES]);
     c.close();

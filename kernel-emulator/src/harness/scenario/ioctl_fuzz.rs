@@ -152,12 +152,19 @@ pub(super) fn kernel_address_in(bytes: &[u8], ranges: &[(u64, u64)]) -> Option<(
     })
 }
 
-/// A capture request: a get or a set of any scope, with `hive` as the text.
+/// A capture request: a get or a set of any scope, with `hive` (or a pid) as the text.
 fn capture_input(rng: &mut Rng, hive: &[u16]) -> (u32, Vec<u8>, &'static str) {
     // The capture IOCTL: a get or a set of any scope, with any of the texts.
-    let scope = protocol::capture::CaptureScope::from_u16(u16::try_from(rng.below(4)).unwrap_or(0))
+    let scope = protocol::capture::CaptureScope::from_u16(u16::try_from(rng.below(5)).unwrap_or(0))
         .unwrap_or(protocol::capture::CaptureScope::Off);
     let get = rng.below(3) == 0;
+    // A process scope names a pid in decimal digits (any value, so some name no process).
+    let pid: Vec<u16> = (rng.below(5000) + 1).to_string().encode_utf16().collect();
+    let text = if scope == protocol::capture::CaptureScope::Process {
+        &pid[..]
+    } else {
+        hive
+    };
     let req = protocol::capture::CaptureRequest {
         op: if get {
             protocol::capture::CaptureOp::Get
@@ -170,7 +177,7 @@ fn capture_input(rng: &mut Rng, hive: &[u16]) -> (u32, Vec<u8>, &'static str) {
             scope
         },
         text: if !get && scope.takes_text() {
-            protocol::text::Text::Units(hive)
+            protocol::text::Text::Units(text)
         } else {
             protocol::text::Text::EMPTY
         },
