@@ -367,7 +367,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
             );
             // protocol/src/lib.rs's PROTOCOL_VERSION: the driver under Wine speaks the CLI's.
             ensure!(
-                text.contains("hivetrack driver 0.1.0 (protocol 6, build "),
+                text.contains("hivetrack driver 0.1.0 (protocol 7, build "),
                 "no driver line:\n{text}"
             );
             Ok(())
@@ -698,7 +698,7 @@ fn legacy_checks(prefix: &Prefix, package: &Path, exe: &str, started: Instant) -
             let version =
                 prefix.run_ok("legacy-cli-version", &mut prefix.wine(&[exe, "version"]))?;
             ensure!(
-                version.contains("hivetrack driver 0.1.0 (protocol 6, build "),
+                version.contains("hivetrack driver 0.1.0 (protocol 7, build "),
                 "the driver does not answer:\n{version}"
             );
             Ok(())
