@@ -108,9 +108,16 @@ Write-Result 'a killed waiter exits (its pending IRP was cancelled)' ($again.Wai
 reg unload 'HKU\HivetrackKit' | Out-Null
 Write-Result 'reg unload succeeds (the driver pins nothing)' ($LASTEXITCODE -eq 0) "exit $LASTEXITCODE"
 
-(Invoke-Hivetrack @('stats', '--json')).Text | Set-Content (Join-Path $Results 'stats-after.json')
-verifier /query | Set-Content (Join-Path $Results 'verifier-query.txt')
+# Verifier's counters while the helper's key is still tracked would be better; these are
+# taken with the test hive's keys closed, so the pool peak, not the current count, tells.
+$statsAfter = (Invoke-Hivetrack @('stats', '--json')).Text
+$statsAfter | Set-Content (Join-Path $Results 'stats-after.json')
+$budget = (($statsAfter | ConvertFrom-Json).counters | Where-Object name -eq 'budget_peak_bytes').value
+$queryAfter = verifier /query | Out-String
+$queryAfter | Set-Content (Join-Path $Results 'verifier-query.txt')
 Write-FaultCount
+$queryBefore = Get-Content (Join-Path $Results 'verifier-query-before.txt') -Raw
+Write-VerifierCoverage $queryBefore $queryAfter ([int64]$budget)
 Write-Host ''
 Write-Host "Results in $Results ($script:Failures failure(s)). Next: .\4-uninstall.ps1"
 exit $script:Failures
