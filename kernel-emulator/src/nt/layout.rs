@@ -382,8 +382,17 @@ pub fn names_handed() -> Vec<(usize, usize)> {
 /// An owned, NUL-terminated UTF-16 string with a UNICODE_STRING pointing at it, for passing
 /// names into the driver. The heap buffers do not move when this value moves.
 pub struct OwnedUnicode {
-    buf: Box<[u16]>,
+    buf: Units,
     us: Box<UnicodeString>,
+}
+
+/// Where an [`OwnedUnicode`]'s code units live.
+enum Units {
+    /// The host heap (never trimmed).
+    Heap(Box<[u16]>),
+    /// A pageable buffer ([`crate::nt::mm::paged`]): trimmed at every raise to
+    /// `DISPATCH_LEVEL`, so a driver that reads it there gets bug check 0xD1.
+    Paged { addr: usize, units: usize },
 }
 
 impl OwnedUnicode {
@@ -396,14 +405,48 @@ impl OwnedUnicode {
         let mut v: Vec<u16> = s.encode_utf16().collect();
         let len = u16::try_from(v.len() * 2).expect("name longer than a UNICODE_STRING");
         v.push(0);
-        let mut buf = v.into_boxed_slice();
+        let buf = v.into_boxed_slice();
+        Self::around(Units::Heap(buf), len)
+    }
+
+    /// Encodes `s` into pageable memory ([`crate::nt::mm::paged`]). *Model choice, the
+    /// stricter reading* (audit 24a F5): the strings a notification hands a driver
+    /// (`PS_CREATE_NOTIFY_INFO.ImageFileName`, a load-image `FullImageName`, a
+    /// `REG_*_INFORMATION`'s names) are in memory whose pool no page documents, so the model
+    /// lets Force IRQL Checking trim them: a driver that reads one at `DISPATCH_LEVEL` or
+    /// above (under a spin lock) stops with 0xD1, as it would if Windows hands it paged pool.
+    ///
+    /// # Panics
+    /// As [`Self::new`].
+    #[must_use]
+    pub fn pageable(s: &str) -> Self {
+        let v: Vec<u16> = s.encode_utf16().collect();
+        let len = u16::try_from(v.len() * 2).expect("name longer than a UNICODE_STRING");
+        let addr = crate::nt::mm::paged::alloc((v.len() + 1) * 2);
+        // SAFETY: a fresh mapping of at least `v.len() + 1` units, readable and writable now
+        // (no raise has trimmed it yet: this thread runs emulator code, not the driver).
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), addr as *mut u16, v.len()) };
+        Self::around(
+            Units::Paged {
+                addr,
+                units: v.len() + 1,
+            },
+            len,
+        )
+    }
+
+    fn around(buf: Units, len: u16) -> Self {
+        let (ptr, units) = match &buf {
+            Units::Heap(b) => (b.as_ptr().cast_mut(), b.len()),
+            Units::Paged { addr, units } => (*addr as *mut u16, *units),
+        };
         let us = Box::new(UnicodeString {
             length: len,
             maximum_length: len + 2,
             pad: 0,
-            buffer: buf.as_mut_ptr(),
+            buffer: ptr,
         });
-        note_name_handed(buf.as_ptr() as usize, buf.len() * 2);
+        note_name_handed(ptr as usize, units * 2);
         note_name_handed(&raw const *us as usize, size_of::<UnicodeString>());
         Self { buf, us }
     }
@@ -416,9 +459,24 @@ impl OwnedUnicode {
     }
 
     /// The code units (without the terminator).
+    ///
+    /// # Panics
+    /// For a [`Self::pageable`] string: reading it here could touch a trimmed page.
     #[must_use]
     pub fn units(&self) -> &[u16] {
-        &self.buf[..self.buf.len() - 1]
+        match &self.buf {
+            Units::Heap(b) => &b[..b.len() - 1],
+            Units::Paged { .. } => panic!("a pageable string's units are not read by the model"),
+        }
+    }
+}
+
+impl Drop for OwnedUnicode {
+    fn drop(&mut self) {
+        if let Units::Paged { addr, .. } = self.buf {
+            let freed = crate::nt::mm::paged::free(addr);
+            debug_assert!(freed, "a pageable string's buffer is a pageable mapping");
+        }
     }
 }
 

@@ -216,7 +216,8 @@ pub fn set_name_touch(mode: u64) {
 /// `KeRaiseIrql`'s inline form), as [`NAME_TOUCH`] says.
 ///
 /// # Safety
-/// `name` is a valid `UNICODE_STRING` from `CmCallbackGetKeyObjectIDEx`, not yet released.
+/// `name` is a valid `UNICODE_STRING` from `CmCallbackGetKeyObjectIDEx`, not yet released,
+/// or a process-creation notification's `ImageFileName` during the call.
 unsafe fn touch_name(name: *const UNICODE_STRING) {
     let mode = NAME_TOUCH.load(Ordering::Relaxed);
     // SAFETY: guaranteed by the caller; the header is read at PASSIVE_LEVEL.
@@ -534,6 +535,20 @@ unsafe extern "C" fn process_notify(
         let _ = unsafe { PsSetCreateProcessNotifyRoutineEx(process_notify, 1) };
     }
     crate::lifecycle::record_process(process, pid, create_info.is_null());
+    if !create_info.is_null() {
+        // PS_CREATE_NOTIFY_INFO (ntddk.h, x64): ImageFileName, a PCUNICODE_STRING, at 0x30.
+        let field = create_info
+            .cast::<u8>()
+            .wrapping_add(0x30)
+            .cast::<*const UNICODE_STRING>();
+        // SAFETY: a non-null CreateInfo is a PS_CREATE_NOTIFY_INFO valid during the call.
+        let image = unsafe { field.read_unaligned() };
+        if !image.is_null() {
+            // SAFETY: ImageFileName, when set, is a valid counted string during the call
+            // (the same raise-and-read as for a key name: td-paged-image-name*).
+            unsafe { touch_name(image) };
+        }
+    }
     count(if create_info.is_null() {
         PROCESS_EXITS
     } else {

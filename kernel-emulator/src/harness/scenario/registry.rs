@@ -134,6 +134,21 @@ pub fn scenarios() -> Vec<Scenario> {
             run: td_paged_key_name_at_dispatch,
         },
         Scenario::test_driver(
+            "td-paged-image-name",
+            "a process-creation notification's ImageFileName is pageable (model choice, the stricter reading: its pool is not documented): trimmed when the driver raises to DISPATCH_LEVEL, paged back in when read below it",
+            td_paged_image_name,
+        ),
+        Scenario {
+            name: "td-paged-image-name-at-dispatch",
+            target: super::Target::TestDriver,
+            about: "a process-creation notification's ImageFileName read at DISPATCH_LEVEL: bug check 0xD1 under Force IRQL Checking",
+            expect: super::Expect {
+                exit: crate::verifier::bugcheck::EXIT_BUGCHECK,
+                output: Some("DRIVER_IRQL_NOT_LESS_OR_EQUAL"),
+            },
+            run: td_paged_image_name_at_dispatch,
+        },
+        Scenario::test_driver(
             "td-generated",
             "4 threads x 5 processes x 20 keys, random opens/creates/duplicates/closes/exits, seeded",
             td_generated,
@@ -836,14 +851,58 @@ fn start_loaded(ctx: &mut Ctx) -> Option<Session> {
 /// One open by a new process with the test driver reading the key name around a raise as
 /// `mode` says ([`TOUCH_AFTER`], [`TOUCH_RAISED`]).
 fn open_touching_name(ctx: &mut Ctx, s: &Session, mode: u64) -> Option<(u32, u64)> {
-    let r = io::device_io_control(s.control, IOCTL_NAME_TOUCH, &mode.to_le_bytes(), 32, 0xA5);
-    ctx.check(r.status == STATUS_SUCCESS, "IOCTL_NAME_TOUCH");
+    // The process first: its creation notification's image name is touched too.
     let pid = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\app.exe", false);
+    set_name_touch(ctx, s, mode);
     let k = pid
         .ok()
         .and_then(|pid| Some((pid, open(pid, SOFTWARE).ok()?)));
     ctx.check(k.is_some(), "a process opens SOFTWARE");
     k
+}
+
+fn set_name_touch(ctx: &mut Ctx, s: &Session, mode: u64) {
+    let r = io::device_io_control(s.control, IOCTL_NAME_TOUCH, &mode.to_le_bytes(), 32, 0xA5);
+    ctx.check(r.status == STATUS_SUCCESS, "IOCTL_NAME_TOUCH");
+}
+
+/// Audit 24a F5, a *model choice* (the stricter reading): a process-creation notification's
+/// `ImageFileName` is pageable ([`crate::nt::layout::OwnedUnicode::pageable`]), trimmed at a
+/// raise and paged back in below DISPATCH_LEVEL.
+fn td_paged_image_name(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    set_name_touch(ctx, &s, TOUCH_AFTER);
+    let (trims, page_ins) = crate::nt::mm::paged::counts();
+    let pid = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\app.exe", false);
+    ctx.check(pid.is_ok(), "a process starts");
+    let st = stats(&s);
+    let (trims2, page_ins2) = crate::nt::mm::paged::counts();
+    ctx.check(
+        st.name_touched == 1,
+        format!("the driver read the image name again at PASSIVE_LEVEL: {st:?}"),
+    );
+    ctx.check(
+        trims2 > trims && page_ins2 > page_ins,
+        format!(
+            "the raise trimmed the image name and the read paged it in: trims {trims} -> {trims2}, page-ins {page_ins} -> {page_ins2}"
+        ),
+    );
+    set_name_touch(ctx, &s, 0);
+    if let Ok(pid) = pid {
+        process::exit_process(pid);
+    }
+    finish(ctx, s);
+}
+
+/// As [`td_paged_image_name`], the image name read while raised: bug check 0xD1.
+fn td_paged_image_name_at_dispatch(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    set_name_touch(ctx, &s, TOUCH_RAISED);
+    let pid = process::create_process(SYSTEM_PID, r"\Device\HarddiskVolume2\app.exe", false);
+    ctx.check(
+        false,
+        format!("a pageable image name read at DISPATCH_LEVEL went unnoticed: {pid:?}"),
+    );
 }
 
 /// ReactOS `CmpConstructName` (paged pool) and Learn "Force IRQL Checking": a raise trims the

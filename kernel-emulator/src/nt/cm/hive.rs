@@ -1319,8 +1319,8 @@ fn load(
         None => (0, key_name.to_string()),
     };
     let (reading, object) = pre_load_object(object);
-    let key_name = OwnedUnicode::new(if root.is_some() { key_name } else { &mount });
-    let source = OwnedUnicode::new(file);
+    let key_name = OwnedUnicode::pageable(if root.is_some() { key_name } else { &mount });
+    let source = OwnedUnicode::pageable(file);
     let mut root_handle = 0u64;
     let mut info = RegLoadKeyInformation {
         object: object as *mut c_void,
@@ -1773,7 +1773,7 @@ enum Parsed {
 /// One parse: one pre/post pair (CmpParseKey), on the calling thread.
 #[allow(clippy::too_many_lines)] // one linear parse: pre, name, link, key, object, post, handle
 fn parse_key(root_object: usize, name: &str, desired: u32, create: bool, mode: OpenMode) -> Parsed {
-    let complete = OwnedUnicode::new(name);
+    let complete = OwnedUnicode::pageable(name);
     let mut disposition = 0u32;
     let mut result_object: *mut c_void = std::ptr::null_mut();
     let mut info = RegCreateKeyInformationV1 {
@@ -2174,7 +2174,7 @@ pub fn rename_key(pid: u32, handle: u64, new_name: &str) -> NtStatus {
     let Some(object) = kernel::with(|k| k.hives.handles.get(&(table, handle)).copied()) else {
         return STATUS_INVALID_HANDLE;
     };
-    let name = OwnedUnicode::new(new_name);
+    let name = OwnedUnicode::pageable(new_name);
     let mut info = RegRenameKeyInformation {
         object: object as *mut c_void,
         new_name: name.as_ptr(),

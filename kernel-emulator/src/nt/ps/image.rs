@@ -263,7 +263,7 @@ fn notify(load: &Load<'_>) {
         });
     });
     let routines = kernel::with(|k| k.images.routines.clone());
-    let owned = name.map(OwnedUnicode::new);
+    let owned = name.map(OwnedUnicode::pageable);
     let name_ptr = owned
         .as_ref()
         .map_or(std::ptr::null(), |o| o.as_ptr().cast_const());

@@ -370,8 +370,8 @@ fn create(parent: u32, image: &str, inherit: bool, reuse: Option<u32>) -> Result
     if inherit {
         let _ = hive::inherit_handles(parent, pid);
     }
-    let name = OwnedUnicode::new(image);
-    let command = OwnedUnicode::new(&format!("\"{image}\""));
+    let name = OwnedUnicode::pageable(image);
+    let command = OwnedUnicode::pageable(&format!("\"{image}\""));
     let routines = kernel::with(|k| k.processes.routines.clone());
     let mut status = STATUS_SUCCESS;
     io::with_pid(parent, || {
