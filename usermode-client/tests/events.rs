@@ -2603,10 +2603,15 @@ fn review22d_the_drivers_1002_says_its_delay_when_the_clock_moved() {
 /// The 1002 of a failed unload (hive id 3) the old driver had not answered when it restarted,
 /// from the service's own re-check against the new driver `make` builds.
 fn recheck_after_restart(make: &dyn Fn() -> Server) -> FleetEvent {
+    recheck_after_restart_at(NOW, make)
+}
+
+/// [`recheck_after_restart`] with the failure record stamped `time` (0: no time).
+fn recheck_after_restart_at(time: u64, make: &dyn Fn() -> Server) -> FleetEvent {
     let mut q = queue_held_after(60);
     q.push(&StreamRecord {
         hive_id: 3,
-        ..failed_unload(&user_hive(), NOW)
+        ..failed_unload(&user_hive(), time)
     });
     q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
     let q = q.shared();
@@ -2840,4 +2845,19 @@ fn a_1001_for_a_classes_hive_nobody_holds_names_the_user_hives_link() {
     );
     let e = FleetEvent::unload_failed(&failure(0, 0), None, Vec::new());
     assert!(!e.message.contains("Classes link"), "{}", e.message);
+}
+
+/// Review 23b, M1 (b): a failure record without a time (0) cannot be placed before or after
+/// the load the new driver lists at the mount (loaded an hour ago, a known time): which load
+/// is there cannot be told, and the 1002 says so. A mutant dropping the `time != 0` guard in
+/// `same_load` read every known load as later than time 0 and gave no 1002 at all (silent).
+#[test]
+fn a_1002_says_the_load_may_be_a_later_one_when_the_failure_has_no_time() {
+    let e = recheck_after_restart_at(0, &|| driver_hives_loaded(NOW - 3600 * SECOND));
+    assert!(e.load_unsure, "{e:#?}");
+    assert!(
+        e.message.contains("it may be a later load"),
+        "{}",
+        e.message
+    );
 }
