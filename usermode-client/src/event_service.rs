@@ -798,7 +798,7 @@ impl Loop<'_, '_> {
                         // (`client::process_after`; found in review, 2026-12-05: a reused
                         // pid's process was named as the holder).
                         let since = self.tracking_since.unwrap_or(0);
-                        let holders = by_pid
+                        let holders: Vec<EventHolder> = by_pid
                             .into_iter()
                             .map(|(pid, n)| {
                                 let image = if crate::client::process_after(t, pid, since) {
@@ -813,8 +813,12 @@ impl Loop<'_, '_> {
                         // open, which still hold the hive (WRK `cmsubs.c`
                         // CmpSearchForOpenSubKeys, `cmapi.c` CmUnloadKey), and the driver
                         // cannot vouch for a hive it does not know (fidelity audit,
-                        // 2026-12-05).
-                        Some((holders, true, false))
+                        // 2026-12-05). Nor can it tell whether the hive now at the mount
+                        // is the load that failed (it knows neither's id nor load time): the
+                        // processes it names may hold a later load, and the 1002 says so
+                        // (review 23b, L2).
+                        let load_unsure = !holders.is_empty();
+                        Some((holders, true, load_unsure))
                     }
                     // Not found: unloaded (not for an application hive, whose private
                     // namespace cannot be opened by name: `wait::is_app_hive`).

@@ -413,7 +413,7 @@ fn fit_insertion(s: String) -> String {
 /// Said of a record with `HOLDERS_UNSEEN`.
 /// Said by a 1002 whose hive may be a later load than the one that failed
 /// ([`FleetEvent::load_unsure`]).
-const LOAD_UNSURE_SENTENCE: &str = " hivetrack could not tell whether the hive now at this mount is the load that failed to unload (the driver did not know when it was loaded, or could not be asked): it may be a later load (the user's next logon), and the processes named may hold only that.";
+const LOAD_UNSURE_SENTENCE: &str = " hivetrack could not tell whether the hive now at this mount is the load that failed to unload (the driver did not know the hive or when it was loaded, or could not be asked): it may be a later load (the user's next logon), and the processes named may hold only that.";
 
 const UNSEEN_SENTENCE: &str = " Processes hivetrack could not see may also hold keys in this hive: keys opened before the driver's tracking began, or opens it lost, are not in its records (`hivetrack holders` on the hive also asks the kernel's list, which names them unless the key was deleted while open: such a key still holds the hive and is in neither list).";
 

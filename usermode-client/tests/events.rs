@@ -2861,3 +2861,29 @@ fn a_1002_says_the_load_may_be_a_later_one_when_the_failure_has_no_time() {
         e.message
     );
 }
+
+/// Review 23b, L2: the re-check of a hive the driver did not know asks the kernel's list by
+/// mount name only, which cannot tell the load that failed from a later one (the user's next
+/// logon): the 1002 naming the list's holders says the load is unsure (JSON and message). On
+/// the old code it said `load_unsure: false`.
+#[test]
+fn a_1002_from_the_kernels_list_of_a_hive_the_driver_did_not_know_says_its_load_is_unsure() {
+    let other = OTHER_HIVE.to_owned();
+    let q = unknown_hive_failure(&other);
+    let kernel_key = format!(r"{other}\Software");
+    let make = || {
+        let mut s = driver();
+        s.kernel_extra = vec![(AGENT_PID, kernel_key.clone())];
+        Scripted::new(s)
+    };
+    let (_, events) = serve_scripted(&q, ServiceOptions::default(), 200, &NoIdentities, &make);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    let still = &events[2];
+    assert_eq!(still.holders.len(), 1, "{still:#?}");
+    assert!(still.load_unsure, "{still:#?}");
+    assert!(
+        still.message.contains("it may be a later load"),
+        "{}",
+        still.message
+    );
+}
