@@ -461,19 +461,29 @@ impl Loop<'_, '_> {
     }
 
     /// The record's holders as event holders: services for those running now, key names
-    /// and modules from the hive's holders read once (as `hivetrack holders` has them), and
-    /// that read, `None` when the hive is gone or cannot be asked about.
+    /// and modules from the hive's holders read once (as `hivetrack holders` has them), that
+    /// read, `None` when the hive is gone or cannot be asked about, and whether that read
+    /// may be of a later load than the record's ([`Load::Unsure`]: the event then says so,
+    /// review 23b, L3; it was taken as the same load without a word).
     fn record_holders(
         &self,
         t: &mut dyn Transport,
         rec: &StreamRecord,
-    ) -> (Vec<EventHolder>, Option<HoldersReport>) {
+    ) -> (Vec<EventHolder>, Option<HoldersReport>, bool) {
         let now = self.env.now();
         // Only the load the record is about: a later load of the mount (the user's next
         // logon) holds nothing of it (audit 22b, M7).
-        let report = hive_keys(t, &rec.mount, now)
-            .ok()
-            .filter(|r| same_load(t, r, rec.hive_id, rec.time) != Load::Later);
+        let mut load_unsure = false;
+        let report = hive_keys(t, &rec.mount, now).ok().and_then(|r| {
+            match same_load(t, &r, rec.hive_id, rec.time) {
+                Load::Later => None,
+                Load::Same => Some(r),
+                Load::Unsure => {
+                    load_unsure = true;
+                    Some(r)
+                }
+            }
+        });
         let running = if self.lookup(t) {
             report.as_ref().map_or_else(Vec::new, |r| {
                 r.holders
@@ -505,7 +515,7 @@ impl Loop<'_, '_> {
                 e
             })
             .collect();
-        (holders, report)
+        (holders, report, load_unsure)
     }
 
     fn record(&mut self, t: &mut dyn Transport, rec: &StreamRecord, prefix: &EventsPrefix) {
@@ -528,7 +538,7 @@ impl Loop<'_, '_> {
             // Before `failed`: its outcome is the failed attempt's status, yet it is no unload.
             self.held_after(t, rec, prefix);
         } else if failed(rec.outcome) {
-            let (holders, report) = self.record_holders(t, rec);
+            let (holders, report, load_unsure) = self.record_holders(t, rec);
             // A hive the driver cannot vouch for: the kernel's list just read names holders
             // whose keys were opened before tracking (audit 20b, L3), as the 1002 adds them.
             let kernel_now = match &report {
@@ -563,6 +573,9 @@ impl Loop<'_, '_> {
             // Which driver start the sequence number belongs to: numbers begin at 1 at every
             // start (audit 22b, M3).
             e.tracking_since = Time::from_filetime(prefix.tracking_since);
+            if load_unsure {
+                e.say_load_unsure();
+            }
             self.env.emit(&e, &mut self.counts);
             let time = if rec.time == 0 {
                 self.env.now()
@@ -666,7 +679,7 @@ impl Loop<'_, '_> {
     /// Event 1002 from the driver's held-after record `rec` (`prefix`: its page's).
     fn held_after(&mut self, t: &mut dyn Transport, rec: &StreamRecord, prefix: &EventsPrefix) {
         let delay = prefix.held_after_seconds;
-        let (mut holders, report) = self.record_holders(t, rec);
+        let (mut holders, report, load_unsure) = self.record_holders(t, rec);
         let mut holder_count = u64::from(rec.holders_total);
         let mut key_count = rec.open_keys;
         // The kernel's list knows processes whose keys the driver never saw opened.
@@ -716,6 +729,9 @@ impl Loop<'_, '_> {
         let user = user_sid(&rec.mount).and_then(|sid| self.env.accounts.account_of(sid));
         let mut e = FleetEvent::held_after(&held, user, holders);
         e.tracking_since = Time::from_filetime(prefix.tracking_since);
+        if load_unsure {
+            e.say_load_unsure();
+        }
         self.env.emit(&e, &mut self.counts);
     }
 

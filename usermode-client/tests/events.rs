@@ -2887,3 +2887,53 @@ fn a_1002_from_the_kernels_list_of_a_hive_the_driver_did_not_know_says_its_load_
         still.message
     );
 }
+
+/// Review 23b, L3: a 1001 and the driver's own 1002 add what the service reads from the hive
+/// now at the mount (key names, modules, services, the kernel's list) to the record's
+/// holders. When the record's hive id is not the one now there and that hive's load time is
+/// unknown (0: seeded from the hive list after a driver restart), it may be a later load:
+/// both events say so (`load_unsure`, and the message). On the old code both said nothing.
+#[test]
+fn a_1001_and_the_drivers_1002_say_what_they_read_may_be_a_later_loads() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 3,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 3,
+        ..held_after(60, 0)
+    }));
+    let q = q.shared();
+    let (_, events) = serve_with(
+        &q,
+        ServiceOptions::default(),
+        200,
+        &NoIdentities,
+        &driver_seeded,
+    );
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    for e in &events[1..] {
+        assert!(e.load_unsure, "{e:#?}");
+        assert!(e.message.contains("may be a later load's"), "{}", e.message);
+    }
+    // The other side: the same records against a hive loaded before the failure.
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 3,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 3,
+        ..held_after(60, 0)
+    }));
+    let q = q.shared();
+    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, &|| {
+        driver_hives_loaded(NOW - 3600 * SECOND)
+    });
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    for e in &events[1..] {
+        assert!(!e.load_unsure, "{e:#?}");
+        assert!(!e.message.contains("later load"), "{}", e.message);
+    }
+}
