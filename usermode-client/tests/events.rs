@@ -2683,6 +2683,13 @@ fn a_restart_does_not_recheck_a_watch_answered_before_the_last_done_page() {
 /// A failed unload watched for 60 s, `idle` waits of 10 s with nothing, then the driver
 /// restarts: the events.
 fn restart_after_idle_waits(idle: u64) -> Vec<FleetEvent> {
+    restart_after_idle_waits_of(10, idle)
+}
+
+/// [`restart_after_idle_waits`] with waits of `wait` seconds: the pages are asked at 0 s
+/// (the failure), then at 0 s, `wait`, … `(idle - 1) * wait` (the last done page), and the
+/// driver restarts at `idle * wait`.
+fn restart_after_idle_waits_of(wait: u64, idle: u64) -> Vec<FleetEvent> {
     let mut q = queue_held_after(60);
     q.push(&StreamRecord {
         hive_id: 7,
@@ -2691,9 +2698,23 @@ fn restart_after_idle_waits(idle: u64) -> Vec<FleetEvent> {
     for _ in 0..idle {
         q.steps.push_back(Step::Idle);
     }
-    q.steps.push_back(Step::Restart(NOW + idle * 10 * SECOND));
+    q.steps.push_back(Step::Restart(NOW + idle * wait * SECOND));
     let q = q.shared();
-    serve(&q, ServiceOptions::default(), 200, &NoIdentities).1
+    let opts = ServiceOptions {
+        wait: Duration::from_secs(wait),
+        ..ServiceOptions::default()
+    };
+    let events = serve(&q, opts, 200, &NoIdentities).1;
+    let asked: Vec<u32> = q.borrow().requests.iter().map(|r| r.1).collect();
+    let ms = u32::try_from(wait * 1000).unwrap();
+    assert!(
+        asked.len() > usize::try_from(idle).unwrap()
+            && asked[1..=usize::try_from(idle).unwrap()]
+                .iter()
+                .all(|&t| t == ms),
+        "the waits as scripted: {asked:?}"
+    );
+    events
 }
 
 /// The other side of review 22b, L2: a watch due after the last done page of the old start
@@ -2936,4 +2957,25 @@ fn a_1001_and_the_drivers_1002_say_what_they_read_may_be_a_later_loads() {
         assert!(!e.load_unsure, "{e:#?}");
         assert!(!e.message.contains("later load"), "{}", e.message);
     }
+}
+
+/// Review 23b, L4: the size of `DRIVER_LOOK_LATE` (3 s: `CLOCK_STEP`'s 2 s the service's due
+/// time may be early while the clock counts as steady, plus 1 s for the driver's DPC), pinned
+/// from both sides. The watch is due at 60 s; waits of 13 s ask the last done page at 65 s,
+/// 5 s after it was due: the driver had looked (within milliseconds) and found the hive free,
+/// and the restart at 78 s must not re-check it (a 9 s margin would: `[.., 1012, 1002]`).
+#[test]
+fn a_restart_does_not_recheck_a_watch_due_5_s_before_the_last_done_page() {
+    let events = restart_after_idle_waits_of(13, 6);
+    assert_eq!(ids(&events), [1010, 1001, 1012], "{events:#?}");
+}
+
+/// The other side of review 23b, L4: waits of 31 s ask the last done page at 62 s, 2 s after
+/// the watch was due, within the 2 s the service's due time may be early against the
+/// driver's (`CLOCK_STEP`): the driver may not have looked yet, so the restart at 93 s
+/// re-checks it (a margin under 2 s, 0 s among them, would drop it: no 1002).
+#[test]
+fn a_restart_rechecks_a_watch_due_2_s_before_the_last_done_page() {
+    let events = restart_after_idle_waits_of(31, 3);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
 }
