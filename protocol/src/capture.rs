@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(
             buf[..n],
             [
-                b'H', b'v', b'T', b'k', 6, 0, 13, 0, 32, 0, 0, 0, 0, 0, 0, 0, // header
+                b'H', b'v', b'T', b'k', 7, 0, 13, 0, 32, 0, 0, 0, 0, 0, 0, 0, // header
                 2, 0, 3, 0, 0, 0, 0, 0, // set, image
                 3, 0, b'a', 0, b'.', 0, b'e', 0, // text
             ]

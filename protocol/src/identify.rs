@@ -388,7 +388,7 @@ mod tests {
 
     /// The exact bytes of a two-handle request.
     const REQUEST: [u8; 40] = [
-        b'H', b'v', b'T', b'k', 6, 0, 11, 0, 40, 0, 0, 0, 0, 0, 0, 0, // header
+        b'H', b'v', b'T', b'k', 7, 0, 11, 0, 40, 0, 0, 0, 0, 0, 0, 0, // header
         2, 0, 0, 0, 0, 0, 0, 0, // n = 2
         0x34, 0x12, 0, 0, 0, 0, 0, 0, // 0x1234
         0x80, 0, 0, 0, 0, 0, 0, 0x80, // a kernel-handle-looking value
@@ -396,7 +396,7 @@ mod tests {
 
     /// The exact bytes of its answer: one tracked key, one invalid handle.
     const ANSWER: [u8; 56] = [
-        b'H', b'v', b'T', b'k', 6, 0, 12, 0, 56, 0, 0, 0, 0, 0, 0, 0, // header
+        b'H', b'v', b'T', b'k', 7, 0, 12, 0, 56, 0, 0, 0, 0, 0, 0, 0, // header
         2, 0, 0, 0, 0, 0, 0, 0, // n = 2
         1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, // tracked, id 0x3_0000_0007
         3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // invalid handle

@@ -53,4 +53,7 @@ pub mod wire;
 /// 5 decoder requires zeros, and stats names the process with the most opens refused for
 /// memory and what exited processes keep charged (four more fields: a version 5 decoder
 /// refuses the field count; audit 21b F4).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 7: an unload record carries the driver's interrupt time (`UnloadRecord::interrupt_time`,
+/// 8 more bytes a version 6 decoder reads as the mount), so the service dates a failure by a
+/// clock that setting the system time does not move (review 22d, L3).
+pub const PROTOCOL_VERSION: u16 = 7;

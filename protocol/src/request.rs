@@ -149,7 +149,7 @@ mod tests {
 
     /// The exact bytes of `sample()`.
     pub const GOLDEN: [u8; 72] = [
-        b'H', b'v', b'T', b'k', 6, 0, 2, 0, 72, 0, 0, 0, 0, 0, 0, 0, // header
+        b'H', b'v', b'T', b'k', 7, 0, 2, 0, 72, 0, 0, 0, 0, 0, 0, 0, // header
         1, 0, 1, 0, 7, 0, 0, 0, // holders, summary only, max 7
         1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, //
         8, 7, 6, 5, 4, 3, 2, 1, 9, 0, 0, 0, 0, 0, 0, 0, // cursor

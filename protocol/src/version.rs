@@ -158,7 +158,7 @@ mod tests {
 
     /// The exact bytes of `sample()`: changing the layout must change this fixture on purpose.
     const GOLDEN: [u8; 56] = [
-        b'H', b'v', b'T', b'k', 6, 0, 1, 0, 56, 0, 0, 0, 0, 0, 0, 0, // header
+        b'H', b'v', b'T', b'k', 7, 0, 1, 0, 56, 0, 0, 0, 0, 0, 0, 0, // header
         0, 0, 1, 0, 2, 0, 1, 0, // 0.1.2, wait-free
         b'g', b'1', b'a', b'2', b'b', b'3', b'c', b'4', 0, 0, 0, 0, 0, 0, 0, 0, //
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,

@@ -155,7 +155,7 @@ mod tests {
 
     /// The exact bytes of a request for `\U` with a 1,000 ms timeout.
     const REQUEST: [u8; 30] = [
-        b'H', b'v', b'T', b'k', 6, 0, 9, 0, 30, 0, 0, 0, 0, 0, 0, 0, // header
+        b'H', b'v', b'T', b'k', 7, 0, 9, 0, 30, 0, 0, 0, 0, 0, 0, 0, // header
         0xE8, 3, 0, 0, 0, 0, 0, 0, // 1000 ms, reserved
         2, 0, b'\\', 0, b'U', 0, // hive
     ];
@@ -163,7 +163,7 @@ mod tests {
     /// The exact bytes of "free, hive 7, waited 0x0102, tracking since 0x0A, 1 open lost in
     /// the hive since 0x0B, none globally".
     const ANSWER: [u8; 72] = [
-        b'H', b'v', b'T', b'k', 6, 0, 10, 0, 72, 0, 0, 0, 0, 0, 0, 0, // header
+        b'H', b'v', b'T', b'k', 7, 0, 10, 0, 72, 0, 0, 0, 0, 0, 0, 0, // header
         1, 0, 0, 0, 7, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, // outcome, hive, waited
         0x0A, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, // tracking since, hive lost
         0x0B, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // hive lost since, global lost

@@ -373,11 +373,11 @@ mod tests {
     #[test]
     fn version_mismatch_is_named() {
         let mut answer = version_answer();
-        answer[4] = 7; // the driver speaks protocol 7
+        answer[4] = 8; // the driver speaks protocol 8
         let (_, r) = run_version(Ok(answer));
         let err = r.unwrap_err();
         assert_eq!(exit_code_for(&err), exit::DRIVER_UNAVAILABLE);
-        assert!(format!("{err:#}").contains("protocol version 7"), "{err:#}");
+        assert!(format!("{err:#}").contains("protocol version 8"), "{err:#}");
     }
 
     #[test]

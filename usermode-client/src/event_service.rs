@@ -21,7 +21,9 @@
 //! - One clock (review 22b, M1): due times, waits and "still held N s" are on the service's
 //!   monotonic clock; a record's time (the driver's system clock) is set against the system
 //!   clock read with the page, trusted to say "long ago" only while that clock kept step
-//!   with the monotonic one since the service started.
+//!   with the monotonic one since the service started. A record stamped with the driver's
+//!   interrupt time (protocol 7) is dated by the interrupt-time count instead, which setting
+//!   the clock does not move, also before the service started (review 22d, L3).
 //! - An output refusing events (the Event Log service down, a full disk): event 1014, to
 //!   each output once per refused event.
 //! - Holders are read only for the load of the mount the record names (its hive id when the
@@ -145,6 +147,12 @@ pub struct ServiceEnv<'a> {
     /// (`event_service::filetime_now` under the service manager). `None`: `started_at` plus
     /// `clock` (a scripted run, whose clock is never set).
     pub wall: Option<&'a dyn Fn() -> u64>,
+    /// The interrupt-time count now (100 ns units since boot: `QueryInterruptTime`,
+    /// [`interrupt_time_now`]), the count the driver stamps its unload and held-after records
+    /// with (`KeQueryInterruptTime`'s; Learn, "Interrupt Time": both read the system's
+    /// interrupt-time count). `None`, or `None` from it (no such routine, a scripted run
+    /// without one): records are dated by the system clock ([`Self::wall`]) alone.
+    pub interrupt: Option<&'a dyn Fn() -> Option<u64>>,
     /// False once the service is asked to stop.
     pub keep_going: &'a dyn Fn() -> bool,
 }
@@ -383,6 +391,9 @@ struct Loop<'e, 'a> {
     /// The page being read: when it came, on the monotonic clock and the system clock.
     read_mono: i64,
     read_wall: u64,
+    /// The interrupt-time count when the page came ([`ServiceEnv::interrupt`]), if it can be
+    /// read here.
+    read_interrupt: Option<u64>,
     /// The system clock kept step with the monotonic clock since the service started
     /// (within [`CLOCK_STEP`]): the age a record's time gives may be trusted to say the
     /// driver already looked. Once it moved (set back or forward, drifted), never again.
@@ -410,6 +421,33 @@ impl Loop<'_, '_> {
             most
         };
         i64::try_from(i128::from(self.read_mono) + ahead).unwrap_or(i64::MIN / 4)
+    }
+
+    /// How long before the page being read the driver made `rec`, by the interrupt-time
+    /// count both read: `None` when the record is not stamped (0), the count cannot be read
+    /// here, or the stamp is later than the read (not this machine's count). Setting the
+    /// system clock does not move it (Learn, `KeQueryInterruptTime`; `QueryInterruptTime`:
+    /// "not subject to adjustments by users or the Windows time service").
+    fn stamp_age(&self, rec: &StreamRecord) -> Option<u64> {
+        let now = self.read_interrupt?;
+        (rec.interrupt_time != 0 && rec.interrupt_time <= now).then(|| now - rec.interrupt_time)
+    }
+
+    /// When `delay` after the record `rec` (made at `time` by the driver's system clock)
+    /// comes, on the service's monotonic clock. By the record's interrupt-time stamp when it
+    /// has one ([`Self::stamp_age`]): exact whatever the system clock did, also before the
+    /// service started, which `wall_steady` cannot see (review 22d, L3: a clock set forward
+    /// between a failed unload and the service's start made the record read that much older,
+    /// its watch was forgotten and its re-check ran early). Otherwise by its system time
+    /// ([`Self::mono_of`]).
+    fn due_after(&self, rec: &StreamRecord, time: u64, delay: u64) -> i64 {
+        self.stamp_age(rec).map_or_else(
+            || self.mono_of(time.saturating_add(delay), delay),
+            |age| {
+                let ahead = i128::from(delay) - i128::from(age);
+                i64::try_from(i128::from(self.read_mono) + ahead).unwrap_or(i64::MIN / 4)
+            },
+        )
     }
 
     fn unavailable(&mut self, reason: &str) {
@@ -589,7 +627,7 @@ impl Loop<'_, '_> {
                 self.attempted(rec, prefix, time, Some((failure, user)));
             } else {
                 let delay = duration_filetime(self.opts.still_held_after);
-                let due = self.mono_of(time.saturating_add(delay), delay);
+                let due = self.due_after(rec, time, delay);
                 self.rechecks.push(Recheck {
                     failure,
                     user,
@@ -645,7 +683,7 @@ impl Loop<'_, '_> {
                 tracking_since: prefix.tracking_since,
             })
         };
-        let due = self.mono_of(time.saturating_add(delay), delay);
+        let due = self.due_after(rec, time, delay);
         match self
             .attempts
             .iter_mut()
@@ -993,6 +1031,7 @@ impl Loop<'_, '_> {
             };
             self.read_mono = self.env.mono();
             self.read_wall = self.env.now();
+            self.read_interrupt = self.env.interrupt.and_then(|f| f());
             let offset = i128::from(self.read_wall) - i128::from(self.read_mono);
             if (offset - i128::from(self.env.started_at)).abs() > CLOCK_STEP {
                 self.wall_steady = false;
@@ -1269,6 +1308,7 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
         attempts: Vec::new(),
         read_mono: 0,
         read_wall: started_at,
+        read_interrupt: None,
         wall_steady: true,
         last_done_asked: i64::MIN,
         buf: Vec::new(),
@@ -1303,6 +1343,24 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
         let retry = l.opts.retry;
         l.env.pause(retry);
     }
+}
+
+/// The interrupt-time count now (100 ns units since boot), `None` where it cannot be had.
+///
+/// As `QueryInterruptTime` reads it (Kernel32, Windows 10 / Server 2016 and later): the count
+/// `KeQueryInterruptTime` returns in the driver (Learn, "Interrupt Time"). `None` on another
+/// system, or with a Kernel32 without the routine (Wine 8's).
+#[cfg(windows)]
+#[must_use]
+pub fn interrupt_time_now() -> Option<u64> {
+    crate::windows_interrupt_time::now()
+}
+
+/// The interrupt-time count now: none on this system (see the Windows build's).
+#[cfg(not(windows))]
+#[must_use]
+pub const fn interrupt_time_now() -> Option<u64> {
+    None
 }
 
 /// The wall clock now, as a FILETIME.

@@ -63,7 +63,7 @@ fn a_driver_of_another_protocol_version_exits_2() {
         assert_eq!(o.code, exit::DRIVER_UNAVAILABLE, "{argv:?}: {}", o.err);
         assert!(
             o.err
-                .contains("the driver speaks protocol version 3, this client speaks 6"),
+                .contains("the driver speaks protocol version 3, this client speaks 7"),
             "{argv:?}: {}",
             o.err
         );

@@ -448,6 +448,9 @@ fn unload(mount: &str, outcome: u32, holders: &[(u64, &str, u64)], time: u64) ->
     StreamRecord {
         sequence: 0,
         time,
+        // Not stamped: the record is dated by its system time (the scripted driver's
+        // interrupt clock is set per test where it matters: review 22d, L3).
+        interrupt_time: 0,
         outcome,
         flags: 0,
         mount: mount.to_owned(),
@@ -574,6 +577,7 @@ fn serve_into(
         clock: &mut clock,
         started_at: NOW,
         wall: None,
+        interrupt: None,
         keep_going: &keep_going,
     };
     event_service::run(opts, &mut env).unwrap()
@@ -696,6 +700,7 @@ fn a_driver_without_the_event_stream_is_unavailable() {
         clock: &mut c,
         started_at: NOW,
         wall: None,
+        interrupt: None,
         keep_going: &keep_going,
     };
     let opts = ServiceOptions {
@@ -834,6 +839,7 @@ fn a_cancelled_request_ends_the_loop() {
         clock: &mut c,
         started_at: NOW,
         wall: None,
+        interrupt: None,
         keep_going: &keep_going,
     };
     let (code, _) = event_service::run(ServiceOptions::default(), &mut env).unwrap();
@@ -2249,6 +2255,18 @@ fn serve_wall(
     started_at: u64,
     wall: &dyn Fn(Duration) -> u64,
 ) -> Vec<FleetEvent> {
+    serve_wall_interrupt(q, secs, started_at, wall, None)
+}
+
+/// [`serve_wall`] with the service reading the interrupt-time count `interrupt(elapsed)`
+/// (`None`: it cannot read one).
+fn serve_wall_interrupt(
+    q: &SharedQueue,
+    secs: u64,
+    started_at: u64,
+    wall: &dyn Fn(Duration) -> u64,
+    interrupt: Option<&dyn Fn(Duration) -> u64>,
+) -> Vec<FleetEvent> {
     let clock = q.borrow().clock.clone();
     let watch = clock.clone();
     let mut clock = clock;
@@ -2256,7 +2274,9 @@ fn serve_wall(
     let mut connect = || connect_with(q, &|| Scripted::new(driver()));
     let mut sink = Collected::default();
     let now_clock = q.borrow().clock.clone();
+    let interrupt_clock = now_clock.clone();
     let wall = move || wall(now_clock.elapsed());
+    let interrupt = interrupt.map(|f| move || Some(f(interrupt_clock.elapsed())));
     {
         let mut env = ServiceEnv {
             connect: &mut connect,
@@ -2266,6 +2286,7 @@ fn serve_wall(
             clock: &mut clock,
             started_at,
             wall: Some(&wall),
+            interrupt: interrupt.as_ref().map(|f| f as &dyn Fn() -> Option<u64>),
             keep_going: &keep_going,
         };
         event_service::run(ServiceOptions::default(), &mut env).unwrap();
@@ -2978,4 +2999,93 @@ fn a_restart_does_not_recheck_a_watch_due_5_s_before_the_last_done_page() {
 fn a_restart_rechecks_a_watch_due_2_s_before_the_last_done_page() {
     let events = restart_after_idle_waits_of(31, 3);
     assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+}
+
+// ---- review 22d, L3: a clock step before the service started (protocol 7) ----
+
+/// The interrupt-time count when the scripted service starts: the machine booted an hour
+/// before.
+const BOOTED: u64 = 3600 * SECOND;
+
+/// The logoff driver's stream serving `q`, the service started at wall-clock `wall_start`
+/// (the system clock right since) and reading the interrupt-time count `BOOTED` plus its
+/// scripted clock, as the driver's stamps count it.
+fn serve_stepped(q: &SharedQueue, wall_start: u64) -> Vec<FleetEvent> {
+    serve_wall_interrupt(
+        q,
+        200,
+        wall_start,
+        &move |e| wall_start + u64::try_from(e.as_nanos() / 100).unwrap(),
+        Some(&|e| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap()),
+    )
+}
+
+/// Review 22d, L3 (a): a failed unload (the driver watches it 60 s) is stamped at NOW and
+/// interrupt time `BOOTED`; the system clock is then set forward 10 minutes and the service
+/// starts (a crash restart, an update) right after, before the driver's look; the driver
+/// restarts at once. The service cannot see a step before its start (`wall_steady` compares
+/// the clocks since it started), so by the record's system time the failure was 600 s ago:
+/// its watch was forgotten on the page that brought it and the restart gave the held hive
+/// no 1002 (`[1010, 1001, 1012]` on the old code). By the record's interrupt-time stamp
+/// (protocol 7) it is as old as it is, and the restart turns the watch into a re-check.
+#[test]
+fn review22d_a_clock_set_forward_before_the_service_started_keeps_the_watch() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Restart(NOW + 600 * SECOND));
+    let q = q.shared();
+    let events = serve_stepped(&q, NOW + 600 * SECOND);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    assert_eq!(events[3].held_for_secs, Some(60), "{:#?}", events[3]);
+}
+
+/// Review 22d, L3 (b): the same step before the service started, with a driver that does
+/// not look again (delay 0: the service re-checks 60 s after the failure). By the record's
+/// system time the re-check was due 540 s ago: it ran at once, and its 1002 said "held
+/// 600 s" of a hive held for nothing like that (`Some(600)`, at the service's start, on the
+/// old code). By the stamp it runs 60 s after the failure and says 60 s.
+#[test]
+fn review22d_a_clock_set_forward_before_the_service_started_does_not_recheck_early() {
+    let mut q = queue_held_after(0);
+    q.push(&StreamRecord {
+        interrupt_time: BOOTED,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    let q = q.shared();
+    let started = NOW + 600 * SECOND;
+    let events = serve_stepped(&q, started);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
+    let at = events[2].time.as_ref().map_or(0, |t| t.filetime);
+    assert!(at >= started + 60 * SECOND, "{:#?}", events[2]);
+}
+
+/// The other side: a record the driver did not stamp (0, a protocol 6 record's meaning) is
+/// dated by its system time as before; a service that cannot read the interrupt-time count
+/// (`ServiceEnv::interrupt` `None`, Wine 8) dates a stamped one so too.
+#[test]
+fn a_record_without_a_usable_stamp_is_dated_by_its_system_time() {
+    let booted = |e: Duration| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap();
+    for (stamp, interrupt) in [(0, true), (BOOTED, false)] {
+        let mut q = queue_held_after(0);
+        q.push(&StreamRecord {
+            interrupt_time: stamp,
+            ..failed_unload(&user_hive(), NOW)
+        });
+        let q = q.shared();
+        let started = NOW + 600 * SECOND;
+        let events = serve_wall_interrupt(
+            &q,
+            200,
+            started,
+            &move |e| started + u64::try_from(e.as_nanos() / 100).unwrap(),
+            interrupt.then_some(&booted),
+        );
+        assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+        assert_eq!(events[2].held_for_secs, Some(600), "{:#?}", events[2]);
+    }
 }

@@ -182,9 +182,9 @@ fn check(name: &str, started: Instant, result: Result<()>) -> Result<()> {
 
 /// Waits up to `limit` for any log in `dir` to contain `needle`.
 /// The bytes of `WaitFreeRequest { timeout_ms: 0, hive: \REGISTRY\MACHINE\SOFTWARE }`
-/// (protocol/src/wait.rs layout: header with protocol version 6, timeout, reserved,
+/// (protocol/src/wait.rs layout: header with protocol version 7, timeout, reserved,
 /// length-prefixed UTF-16).
-const WAIT_FREE_SOFTWARE_HEX: &str = "4876546b060009004e00000000000000000000000000000\
+const WAIT_FREE_SOFTWARE_HEX: &str = "4876546b070009004e00000000000000000000000000000\
     01a005c00520045004700490053005400520059005c004d0041004300480049004e0045005c0053004f00460054005700410052004500";
 
 fn wait_for_log(dir: &Path, needle: &str, limit: Duration) -> bool {
@@ -367,7 +367,7 @@ fn run_checks(prefix: &Prefix, package: &Path, shim: &Path, started: Instant) ->
             );
             // protocol/src/lib.rs's PROTOCOL_VERSION: the driver under Wine speaks the CLI's.
             ensure!(
-                text.contains("hivetrack driver 0.1.0 (protocol 6, build "),
+                text.contains("hivetrack driver 0.1.0 (protocol 7, build "),
                 "no driver line:\n{text}"
             );
             Ok(())
@@ -698,7 +698,7 @@ fn legacy_checks(prefix: &Prefix, package: &Path, exe: &str, started: Instant) -
             let version =
                 prefix.run_ok("legacy-cli-version", &mut prefix.wine(&[exe, "version"]))?;
             ensure!(
-                version.contains("hivetrack driver 0.1.0 (protocol 6, build "),
+                version.contains("hivetrack driver 0.1.0 (protocol 7, build "),
                 "the driver does not answer:\n{version}"
             );
             Ok(())
