@@ -2641,6 +2641,17 @@ fn recheck_after_restart_at(time: u64, make: &dyn Fn() -> Server) -> FleetEvent 
     events[3].clone()
 }
 
+/// `e` says the hive now at the mount may be a later load than the one that failed (JSON and
+/// message).
+fn assert_load_unsure(e: &FleetEvent) {
+    assert!(e.load_unsure, "{e:#?}");
+    assert!(
+        e.message.contains("it may be a later load"),
+        "{}",
+        e.message
+    );
+}
+
 /// Review 22d, L4 (a): after a driver restart the new driver lists the user's hive with load
 /// time 0, "unknown" (`tracker/src/hives.rs`, seeded from the hive list). The service's
 /// re-check cannot tell that hive from a later load at the same mount (the user's next
@@ -2649,12 +2660,7 @@ fn recheck_after_restart_at(time: u64, make: &dyn Fn() -> Server) -> FleetEvent 
 #[test]
 fn a_1002_says_the_load_may_be_a_later_one_when_its_load_time_is_unknown() {
     let e = recheck_after_restart(&driver_seeded);
-    assert!(e.load_unsure, "{e:#?}");
-    assert!(
-        e.message.contains("it may be a later load"),
-        "{}",
-        e.message
-    );
+    assert_load_unsure(&e);
 }
 
 /// Review 22d, L4 (b): the driver's hive list cannot be read (`hive_load_times` fails) when
@@ -2669,12 +2675,7 @@ fn a_1002_says_the_load_may_be_a_later_one_when_the_hive_list_cannot_be_read() {
         s
     };
     let e = recheck_after_restart(&no_list);
-    assert!(e.load_unsure, "{e:#?}");
-    assert!(
-        e.message.contains("it may be a later load"),
-        "{}",
-        e.message
-    );
+    assert_load_unsure(&e);
 }
 
 /// The other side of review 22d, L4: a hive the new driver lists as loaded before the
@@ -2861,12 +2862,7 @@ fn a_1002_says_the_load_may_be_a_later_one_when_the_driver_no_longer_lists_the_h
         )
     };
     let e = recheck_after_restart(&only_classes);
-    assert!(e.load_unsure, "{e:#?}");
-    assert!(
-        e.message.contains("it may be a later load"),
-        "{}",
-        e.message
-    );
+    assert_load_unsure(&e);
 }
 
 /// Review 23c, L4: a failed unload of a classes hive with no holder seen is what the user
@@ -2896,12 +2892,7 @@ fn a_1001_for_a_classes_hive_nobody_holds_names_the_user_hives_link() {
 #[test]
 fn a_1002_says_the_load_may_be_a_later_one_when_the_failure_has_no_time() {
     let e = recheck_after_restart_at(0, &|| driver_hives_loaded(NOW - 3600 * SECOND));
-    assert!(e.load_unsure, "{e:#?}");
-    assert!(
-        e.message.contains("it may be a later load"),
-        "{}",
-        e.message
-    );
+    assert_load_unsure(&e);
 }
 
 /// Review 23b, L2: the re-check of a hive the driver did not know asks the kernel's list by
@@ -2922,12 +2913,7 @@ fn a_1002_from_the_kernels_list_of_a_hive_the_driver_did_not_know_says_its_load_
     assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
     let still = &events[2];
     assert_eq!(still.holders.len(), 1, "{still:#?}");
-    assert!(still.load_unsure, "{still:#?}");
-    assert!(
-        still.message.contains("it may be a later load"),
-        "{}",
-        still.message
-    );
+    assert_load_unsure(still);
 }
 
 /// Review 23b, L3: a 1001 and the driver's own 1002 add what the service reads from the hive
@@ -2937,44 +2923,28 @@ fn a_1002_from_the_kernels_list_of_a_hive_the_driver_did_not_know_says_its_load_
 /// both events say so (`load_unsure`, and the message). On the old code both said nothing.
 #[test]
 fn a_1001_and_the_drivers_1002_say_what_they_read_may_be_a_later_loads() {
-    let mut q = queue_held_after(60);
-    q.push(&StreamRecord {
-        hive_id: 3,
-        ..failed_unload(&user_hive(), NOW)
-    });
-    q.steps.push_back(Step::Record(StreamRecord {
-        hive_id: 3,
-        ..held_after(60, 0)
-    }));
-    let q = q.shared();
-    let (_, events) = serve_with(
-        &q,
-        ServiceOptions::default(),
-        200,
-        &NoIdentities,
-        &driver_seeded,
-    );
-    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
-    for e in &events[1..] {
+    // The 1001 and the driver's 1002 of hive id 3 against the driver `make` builds.
+    let events_with = |make: &dyn Fn() -> Server| {
+        let mut q = queue_held_after(60);
+        q.push(&StreamRecord {
+            hive_id: 3,
+            ..failed_unload(&user_hive(), NOW)
+        });
+        q.steps.push_back(Step::Record(StreamRecord {
+            hive_id: 3,
+            ..held_after(60, 0)
+        }));
+        let q = q.shared();
+        let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, make);
+        assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+        events
+    };
+    for e in &events_with(&driver_seeded)[1..] {
         assert!(e.load_unsure, "{e:#?}");
         assert!(e.message.contains("may be a later load's"), "{}", e.message);
     }
     // The other side: the same records against a hive loaded before the failure.
-    let mut q = queue_held_after(60);
-    q.push(&StreamRecord {
-        hive_id: 3,
-        ..failed_unload(&user_hive(), NOW)
-    });
-    q.steps.push_back(Step::Record(StreamRecord {
-        hive_id: 3,
-        ..held_after(60, 0)
-    }));
-    let q = q.shared();
-    let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, &|| {
-        driver_hives_loaded(NOW - 3600 * SECOND)
-    });
-    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
-    for e in &events[1..] {
+    for e in &events_with(&|| driver_hives_loaded(NOW - 3600 * SECOND))[1..] {
         assert!(!e.load_unsure, "{e:#?}");
         assert!(!e.message.contains("later load"), "{}", e.message);
     }
