@@ -306,6 +306,9 @@ struct Attempt {
     sequence: u64,
     /// FILETIME of the attempt.
     time: u64,
+    /// The attempt's interrupt-time stamp (0: none): a held-after record's own stamp less
+    /// this is how long after the attempt the driver looked, whatever the system clock did.
+    stamp: u64,
     /// When the driver's watch is due at the latest, on the service's monotonic clock
     /// ([`Loop::mono_of`]).
     due: i64,
@@ -702,6 +705,7 @@ impl Loop<'_, '_> {
                     hive: rec.mount.clone(),
                     sequence: rec.sequence,
                     time,
+                    stamp: rec.interrupt_time,
                     due,
                     latest_due: due,
                     recheck: recheck(due, time.saturating_add(delay)),
@@ -752,7 +756,12 @@ impl Loop<'_, '_> {
             // its first ([`Self::attempted`]): so between one and two delays after the first.
             // Two readings of the driver's system clock outside that, or a system clock seen
             // to move, say nothing about how long; the delay is then said (review 22d, L2).
+            // Both stamped (protocol 7): the interrupt-time count between them, which setting
+            // the clock does not move, also before the service started (review 22d, L3).
             held_for_secs: attempt.as_ref().map_or(delay, |a| {
+                if a.stamp != 0 && rec.interrupt_time >= a.stamp {
+                    return (rec.interrupt_time - a.stamp) / SECOND;
+                }
                 let read = i128::from(rec.time - a.time);
                 let one = i128::from(delay) * i128::from(SECOND);
                 if self.wall_steady && read >= one - CLOCK_STEP && read <= 2 * one + CLOCK_STEP {

@@ -3059,3 +3059,31 @@ fn a_record_without_a_usable_stamp_is_dated_by_its_system_time() {
         assert_eq!(events[2].held_for_secs, Some(600), "{:#?}", events[2]);
     }
 }
+
+/// Review 22d, L3 and L2: the driver's own 1002 said "held N s" from two readings of the
+/// system clock (the attempt's and the look's). The failure is stamped at NOW, 10 s before
+/// the service starts; the system clock is set forward 30 s in between (before the start:
+/// unseen); the driver looks 60 s after the attempt, its record saying NOW + 90 s. Within
+/// the window the service trusts (one to two delays), so the old code said "held 90 s"
+/// (`Some(90)`); by the two interrupt-time stamps it was 60 s.
+#[test]
+fn the_drivers_1002_says_how_long_by_the_stamps_when_the_clock_stepped_before_the_start() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED - 10 * SECOND,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    for _ in 0..5 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED + 50 * SECOND,
+        ..held_after(90, 0)
+    }));
+    let q = q.shared();
+    let events = serve_stepped(&q, NOW + 40 * SECOND);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
+}
