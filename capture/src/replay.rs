@@ -545,7 +545,8 @@ impl Replay {
         self.tracker.unload_attempted_with(
             &self.scratch,
             ev.status.unwrap_or_else(|| u32::from(!ev.success())),
-            ev.time,
+            // A capture has no interrupt time: the record is not stamped.
+            (ev.time, 0),
             own.as_ref().and_then(|o| o.token.map(|t| (t, o.object, 0))),
         );
         let folded_mount = fold(&mount);

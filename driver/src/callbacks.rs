@@ -532,13 +532,16 @@ fn post_unload(tracker: &DriverTracker, post: &REG_POST_OPERATION_INFORMATION) {
     let outcome = post.Status as u32;
     let record = |mount: &[u16], (token, object): (u64, u64)| {
         let own = (token != 0).then_some((Token(token), object, current_thread()));
-        let hive = tracker.unload_attempted_with(mount, outcome, clock::now(), own);
+        // One interrupt-time reading stamps the record and starts its watch: the service
+        // dates the record by it (the record's age is its own `QueryInterruptTime` count
+        // less this one, the same count: Learn, "Interrupt Time"), so the watch is due
+        // exactly the delay after the stamp whatever the system clock did (review 22d, L3).
+        let interrupt = clock::interrupt_time();
+        let hive = tracker.unload_attempted_with(mount, outcome, (clock::now(), interrupt), own);
         // A failed (or deferred) unload: the hive is looked at again after the
         // configured delay, by the waiters' timer (issue 17).
         let failed = hive.filter(|_| post.Status != STATUS_SUCCESS);
-        if let Some(due) =
-            failed.and_then(|id| tracker.watch_held_after(id, outcome, clock::interrupt_time()))
-        {
+        if let Some(due) = failed.and_then(|id| tracker.watch_held_after(id, outcome, interrupt)) {
             waiters::held_after_due(due);
         }
         if post.Status == STATUS_SUCCESS {

@@ -13,7 +13,8 @@
 //! | 28     | 2    | holders stored in this record (at most [`MAX_UNLOAD_HOLDERS`]) |
 //! | 30     | 2    | flags: [`UnloadRecord::KNOWN_FLAGS`]                             |
 //! | 32     | 8    | sequence number of the attempt (1 = first since start)        |
-//! | 40     | 2+2n | mount point as given                                          |
+//! | 40     | 8    | interrupt time when made, 0 when not stamped (protocol 7)      |
+//! | 48     | 2+2n | mount point as given                                          |
 //! | …      |      | stored holders: pid u64, start key u64, open keys u64, image (2+2n) |
 
 use crate::page::{Codec, NoPrefix, PageKind};
@@ -132,6 +133,13 @@ pub struct UnloadRecord<'a> {
     pub flags: u16,
     /// Sequence number of the attempt.
     pub sequence: u64,
+    /// The driver's interrupt time when the record was made (100 ns units since boot, what
+    /// `KeQueryInterruptTime` and user mode's `QueryInterruptTime` return), for a failed or
+    /// deferred unload and a [`UnloadRecord::HELD_AFTER`] record; 0 when not stamped (a
+    /// key-count alarm). Setting the system clock does not move it (Learn,
+    /// `KeQueryInterruptTime`), so a reader on the same machine dates the record by it
+    /// whatever the system clock did (review 22d, L3). Protocol 7.
+    pub interrupt_time: u64,
     /// Mount point as given.
     pub mount: Text<'a>,
     /// The biggest holders (at most [`MAX_UNLOAD_HOLDERS`]).
@@ -164,7 +172,7 @@ impl UnloadRecord<'_> {
 
 impl<'a> Codec<'a> for UnloadRecord<'a> {
     fn encoded_len(&self) -> usize {
-        40 + self.mount.encoded_len() + self.holders.iter().map(|h| h.encoded_len()).sum::<usize>()
+        48 + self.mount.encoded_len() + self.holders.iter().map(|h| h.encoded_len()).sum::<usize>()
     }
     fn encode(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         let n = self.holders.len();
@@ -183,6 +191,7 @@ impl<'a> Codec<'a> for UnloadRecord<'a> {
         w.u16(n as u16)?;
         w.u16(self.flags)?;
         w.u64(self.sequence)?;
+        w.u64(self.interrupt_time)?;
         self.mount.encode("mount", w)?;
         for h in self.holders.iter() {
             h.encode(w)?;
@@ -208,6 +217,7 @@ impl<'a> Codec<'a> for UnloadRecord<'a> {
             });
         }
         let sequence = r.u64()?;
+        let interrupt_time = r.u64()?;
         let mount = Text::decode(r)?;
         let start = r.clone();
         for _ in 0..count {
@@ -223,6 +233,7 @@ impl<'a> Codec<'a> for UnloadRecord<'a> {
             holders_total,
             flags,
             sequence,
+            interrupt_time,
             mount,
             holders: UnloadHolders::Wire { count, bytes },
         })

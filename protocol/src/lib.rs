@@ -54,5 +54,8 @@ pub mod wire;
 /// memory and what exited processes keep charged (four more fields: a version 5 decoder
 /// refuses the field count; audit 21b F4).
 /// 7: a capture request may name one process (`CaptureScope::Process`, 4), which a version 6
-/// driver refuses as an invalid scope (audit 23b, M5).
+/// driver refuses as an invalid scope (audit 23b, M5); and an unload record carries the
+/// driver's interrupt time (`UnloadRecord::interrupt_time`, 8 more bytes a version 6 decoder
+/// reads as the mount), so the service dates a failure by a clock that setting the system
+/// time does not move (review 22d, L3).
 pub const PROTOCOL_VERSION: u16 = 7;

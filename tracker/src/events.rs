@@ -53,6 +53,7 @@ fn with_record<R>(e: &HistEntry, f: impl FnOnce(&UnloadRecord<'_>) -> R) -> R {
         holders_total: e.holders_total,
         flags: e.flags,
         sequence: e.sequence,
+        interrupt_time: e.interrupt_time,
         mount: e
             .mount
             .map_or(Text::EMPTY, |m| Text::Units(name_of(m).units())),

@@ -192,7 +192,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// Looks at the hives whose watch is due at `now` (the caller's monotonic clock), at most
     /// [`MAX_PER_CHECK`] (the rest stay due: `next_due` is then at or before `now`), and
-    /// records a [`UnloadRecord::HELD_AFTER`] event, stamped `time`, for each still held (see
+    /// records a [`UnloadRecord::HELD_AFTER`] event, stamped `time` and `now`, for each still held (see
     /// the module doc).
     ///
     /// The table's lock is held while the due watches' events are recorded, and a successful
@@ -211,7 +211,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 let watch = *w;
                 *w = Watch::default();
                 used.fetch_sub(1, Relaxed);
-                events += u32::from(self.held_after_event(watch, time));
+                events += u32::from(self.held_after_event(watch, time, now));
             }
             HeldAfterChecked {
                 events,
@@ -265,11 +265,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             || loaded < since
     }
 
-    /// Records the event of one due watch (its mount reference is used or released here);
-    /// true when it took a stream number.
-    fn held_after_event(&self, w: Watch, time: u64) -> bool {
+    /// Records the event of one due watch (its mount reference is used or released here),
+    /// stamped `time` (system) and `now` (the caller's monotonic clock, the driver's interrupt
+    /// time); true when it took a stream number.
+    fn held_after_event(&self, w: Watch, time: u64, now: u64) -> bool {
         let Some(h) = self.hives.pin_live_id(w.hive_id) else {
-            return self.held_after_gone(w, time);
+            return self.held_after_gone(w, time, now);
         };
         if let Some(m) = w.mount {
             self.names.release(&self.pool, m);
@@ -287,6 +288,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             m
         });
         let mut entry = HistEntry::new(time, w.outcome, UnloadRecord::HELD_AFTER);
+        entry.interrupt_time = now;
         entry.hive_id = w.hive_id;
         entry.open_keys = open_keys;
         entry.mount = Some(mount);
@@ -310,7 +312,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// ([`Watch::forgotten_unseen`]), it may still be held by a key the tracker never saw: the
     /// event says so ([`UnloadRecord::HOLDERS_UNSEEN`], no holder known). Until 2026-12-04
     /// both were taken as free (found in review).
-    fn held_after_gone(&self, w: Watch, time: u64) -> bool {
+    fn held_after_gone(&self, w: Watch, time: u64, now: u64) -> bool {
         let Some(mount) = w.mount else {
             return false;
         };
@@ -319,6 +321,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
             return false;
         }
         let mut entry = HistEntry::new(time, w.outcome, UnloadRecord::HELD_AFTER);
+        entry.interrupt_time = now;
         entry.hive_id = w.hive_id;
         entry.flags |= UnloadRecord::HOLDERS_UNSEEN;
         entry.mount = Some(mount);

@@ -42,8 +42,13 @@ pub struct HistEntry {
     pub(crate) next: AtomicPtr<Self>,
     /// Sequence number (1, 2, …).
     pub sequence: u64,
-    /// When.
+    /// When (the system time the caller gave).
     pub time: u64,
+    /// The caller's interrupt time when the entry was made (the driver's
+    /// `KeQueryInterruptTime` count), 0 when not stamped: a reader dates the entry by it
+    /// whatever the system clock did meanwhile (review 22d, L3). Only failed or deferred
+    /// unloads and held-after entries are stamped; the open and close paths make no entry.
+    pub interrupt_time: u64,
     /// NTSTATUS.
     pub outcome: u32,
     /// Hive id, 0 when unknown.
@@ -70,6 +75,7 @@ impl HistEntry {
             next: AtomicPtr::new(ptr::null_mut()),
             sequence: 0,
             time,
+            interrupt_time: 0,
             outcome,
             hive_id: 0,
             open_keys: 0,

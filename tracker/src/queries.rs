@@ -798,6 +798,7 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 holders_total: e.holders_total,
                 flags: e.flags,
                 sequence: e.sequence,
+                interrupt_time: e.interrupt_time,
                 mount: text(e.mount),
                 holders: protocol::history::UnloadHolders::Slice(&holders[..n]),
             };

@@ -1674,9 +1674,10 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
 
     /// An unload of `mount` was attempted with `outcome` (an NTSTATUS): records who held keys
     /// in the hive at this moment, in the bounded history. Returns the hive's id when the
-    /// mount point is a known hive (for [`Tracker::watch_held_after`]).
+    /// mount point is a known hive (for [`Tracker::watch_held_after`]). The record carries no
+    /// interrupt time (0); the driver stamps it through [`Self::unload_attempted_with`].
     pub fn unload_attempted(&self, mount: &[u16], outcome: u32, time: u64) -> Option<u32> {
-        self.unload_attempted_with(mount, outcome, time, None)
+        self.unload_attempted_with(mount, outcome, (time, 0), None)
     }
 
     /// [`Self::unload_attempted`] of an unload that holds a key object of its own: `own` is
@@ -1687,16 +1688,20 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
     /// still open when the unload's post-notification comes; it is the unload's, not a
     /// holder's, and is left out of the record's keys and holders (the emulator's
     /// `td-unload-sequence`). An `own` the tracker does not hold live changes nothing.
+    /// `(time, interrupt_time)`: the system time and the interrupt time (the driver's
+    /// `KeQueryInterruptTime` count, 0 when not stamped) the record carries; the interrupt
+    /// time lets a reader date it whatever the system clock did (review 22d, L3).
     #[inline(never)] // rare: kept out of the registry callback's hot frame
     pub fn unload_attempted_with(
         &self,
         mount: &[u16],
         outcome: u32,
-        time: u64,
+        (time, interrupt_time): (u64, u64),
         own: Option<(Token, u64, u64)>,
     ) -> Option<u32> {
         bump(&self.counters.unload_attempts_seen);
         let mut entry = HistEntry::new(time, outcome, 0);
+        entry.interrupt_time = interrupt_time;
         match self.hives.find_exact(mount) {
             None => entry.flags |= UnloadRecord::UNKNOWN_HIVE,
             Some(h) => {

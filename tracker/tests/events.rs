@@ -261,20 +261,20 @@ fn an_unloads_own_root_key_is_not_recorded_as_a_holder() {
         out.sort_unstable();
         out.pop().unwrap()
     };
-    t.unload_attempted_with(&w(USER), 0xC000_0121, 12, Some((own, 0x2000, 8)));
+    t.unload_attempted_with(&w(USER), 0xC000_0121, (12, 0), Some((own, 0x2000, 8)));
     assert_eq!(holders(&t), (1, 3, 2, vec![(4, 1), (0x40, 2)]));
     // Without it (or with a token of another object, or of an object another thread
     // opened: a filter's earlier open handed back) the open is counted, as before.
-    t.unload_attempted_with(&w(USER), 0xC000_0121, 13, Some((own, 0x2001, 8)));
+    t.unload_attempted_with(&w(USER), 0xC000_0121, (13, 0), Some((own, 0x2001, 8)));
     assert_eq!(holders(&t), (2, 4, 2, vec![(4, 2), (0x40, 2)]));
-    t.unload_attempted_with(&w(USER), 0xC000_0121, 13, Some((own, 0x2000, 9)));
+    t.unload_attempted_with(&w(USER), 0xC000_0121, (13, 0), Some((own, 0x2000, 9)));
     assert_eq!(holders(&t), (3, 4, 2, vec![(4, 2), (0x40, 2)]));
     // Its last key is the unload's own: System is not listed at all.
     t.object_destroyed(kernel_key, 0x1200);
-    t.unload_attempted_with(&w(USER), 0xC000_0121, 14, Some((own, 0x2000, 8)));
+    t.unload_attempted_with(&w(USER), 0xC000_0121, (14, 0), Some((own, 0x2000, 8)));
     assert_eq!(holders(&t), (4, 2, 1, vec![(0x40, 2)]));
     // Gone before the post: nothing to leave out.
     t.object_destroyed(own, 0x2000);
-    t.unload_attempted_with(&w(USER), 0xC000_0121, 15, Some((own, 0x2000, 8)));
+    t.unload_attempted_with(&w(USER), 0xC000_0121, (15, 0), Some((own, 0x2000, 8)));
     assert_eq!(holders(&t), (5, 2, 1, vec![(0x40, 2)]));
 }

@@ -484,3 +484,35 @@ fn a_forgotten_hive_unloaded_successfully_is_not_reported_held_after() {
         "{got:?}"
     );
 }
+
+/// Review 22d, L3 (protocol 7): a failed unload's record carries the interrupt time the
+/// caller gave with it, and a held-after record the interrupt time of the check that made it
+/// (the driver's timer DPC), beside their system times; the reader dates them by it whatever
+/// the system clock did. An unload recorded through `unload_attempted` is not stamped (0).
+#[test]
+fn failed_unload_and_held_after_records_carry_their_interrupt_time() {
+    let pool = CountingPool::new(Failure::Never, true);
+    let (t, id) = tracker(&pool, 8, 60);
+    assert_eq!(
+        t.unload_attempted_with(&w(USER), DENIED, (20, 100), None),
+        Some(id)
+    );
+    let due = t.watch_held_after(id, DENIED, 100).unwrap();
+    t.unload_attempted(&w(USER), DENIED, 21);
+    assert_eq!(t.held_after_check(due + 7, 40).events, 1);
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = t.events(0, 0, &mut buf).unwrap();
+    let p = decode::<Page<'_, Events>>(&buf[..n]).unwrap();
+    let stamps: Vec<(u64, u64, u16)> = p
+        .records()
+        .map(|r| (r.time, r.interrupt_time, r.flags & UnloadRecord::HELD_AFTER))
+        .collect();
+    assert_eq!(
+        stamps,
+        [
+            (20, 100, 0),
+            (21, 0, 0),
+            (40, due + 7, UnloadRecord::HELD_AFTER)
+        ]
+    );
+}

@@ -21,7 +21,9 @@
 //! - One clock (review 22b, M1): due times, waits and "still held N s" are on the service's
 //!   monotonic clock; a record's time (the driver's system clock) is set against the system
 //!   clock read with the page, trusted to say "long ago" only while that clock kept step
-//!   with the monotonic one since the service started.
+//!   with the monotonic one since the service started. A record stamped with the driver's
+//!   interrupt time (protocol 7) is dated by the interrupt-time count instead, which setting
+//!   the clock does not move, also before the service started (review 22d, L3).
 //! - An output refusing events (the Event Log service down, a full disk): event 1014, to
 //!   each output once per refused event.
 //! - Holders are read only for the load of the mount the record names (its hive id when the
@@ -145,6 +147,12 @@ pub struct ServiceEnv<'a> {
     /// (`event_service::filetime_now` under the service manager). `None`: `started_at` plus
     /// `clock` (a scripted run, whose clock is never set).
     pub wall: Option<&'a dyn Fn() -> u64>,
+    /// The interrupt-time count now (100 ns units since boot: `QueryInterruptTime`,
+    /// [`interrupt_time_now`]), the count the driver stamps its unload and held-after records
+    /// with (`KeQueryInterruptTime`'s; Learn, "Interrupt Time": both read the system's
+    /// interrupt-time count). `None`, or `None` from it (no such routine, a scripted run
+    /// without one): records are dated by the system clock ([`Self::wall`]) alone.
+    pub interrupt: Option<&'a dyn Fn() -> Option<u64>>,
     /// False once the service is asked to stop.
     pub keep_going: &'a dyn Fn() -> bool,
 }
@@ -298,6 +306,9 @@ struct Attempt {
     sequence: u64,
     /// FILETIME of the attempt.
     time: u64,
+    /// The attempt's interrupt-time stamp (0: none): a held-after record's own stamp less
+    /// this is how long after the attempt the driver looked, whatever the system clock did.
+    stamp: u64,
     /// When the driver's watch is due at the latest, on the service's monotonic clock
     /// ([`Loop::mono_of`]).
     due: i64,
@@ -383,6 +394,9 @@ struct Loop<'e, 'a> {
     /// The page being read: when it came, on the monotonic clock and the system clock.
     read_mono: i64,
     read_wall: u64,
+    /// The interrupt-time count when the page came ([`ServiceEnv::interrupt`]), if it can be
+    /// read here.
+    read_interrupt: Option<u64>,
     /// The system clock kept step with the monotonic clock since the service started
     /// (within [`CLOCK_STEP`]): the age a record's time gives may be trusted to say the
     /// driver already looked. Once it moved (set back or forward, drifted), never again.
@@ -410,6 +424,33 @@ impl Loop<'_, '_> {
             most
         };
         i64::try_from(i128::from(self.read_mono) + ahead).unwrap_or(i64::MIN / 4)
+    }
+
+    /// How long before the page being read the driver made `rec`, by the interrupt-time
+    /// count both read: `None` when the record is not stamped (0), the count cannot be read
+    /// here, or the stamp is later than the read (not this machine's count). Setting the
+    /// system clock does not move it (Learn, `KeQueryInterruptTime`; `QueryInterruptTime`:
+    /// "not subject to adjustments by users or the Windows time service").
+    fn stamp_age(&self, rec: &StreamRecord) -> Option<u64> {
+        let now = self.read_interrupt?;
+        (rec.interrupt_time != 0 && rec.interrupt_time <= now).then(|| now - rec.interrupt_time)
+    }
+
+    /// When `delay` after the record `rec` (made at `time` by the driver's system clock)
+    /// comes, on the service's monotonic clock. By the record's interrupt-time stamp when it
+    /// has one ([`Self::stamp_age`]): exact whatever the system clock did, also before the
+    /// service started, which `wall_steady` cannot see (review 22d, L3: a clock set forward
+    /// between a failed unload and the service's start made the record read that much older,
+    /// its watch was forgotten and its re-check ran early). Otherwise by its system time
+    /// ([`Self::mono_of`]).
+    fn due_after(&self, rec: &StreamRecord, time: u64, delay: u64) -> i64 {
+        self.stamp_age(rec).map_or_else(
+            || self.mono_of(time.saturating_add(delay), delay),
+            |age| {
+                let ahead = i128::from(delay) - i128::from(age);
+                i64::try_from(i128::from(self.read_mono) + ahead).unwrap_or(i64::MIN / 4)
+            },
+        )
     }
 
     fn unavailable(&mut self, reason: &str) {
@@ -461,19 +502,29 @@ impl Loop<'_, '_> {
     }
 
     /// The record's holders as event holders: services for those running now, key names
-    /// and modules from the hive's holders read once (as `hivetrack holders` has them), and
-    /// that read, `None` when the hive is gone or cannot be asked about.
+    /// and modules from the hive's holders read once (as `hivetrack holders` has them), that
+    /// read, `None` when the hive is gone or cannot be asked about, and whether that read
+    /// may be of a later load than the record's ([`Load::Unsure`]: the event then says so,
+    /// review 23b, L3; it was taken as the same load without a word).
     fn record_holders(
         &self,
         t: &mut dyn Transport,
         rec: &StreamRecord,
-    ) -> (Vec<EventHolder>, Option<HoldersReport>) {
+    ) -> (Vec<EventHolder>, Option<HoldersReport>, bool) {
         let now = self.env.now();
         // Only the load the record is about: a later load of the mount (the user's next
         // logon) holds nothing of it (audit 22b, M7).
-        let report = hive_keys(t, &rec.mount, now)
-            .ok()
-            .filter(|r| same_load(t, r, rec.hive_id, rec.time) != Load::Later);
+        let mut load_unsure = false;
+        let report = hive_keys(t, &rec.mount, now).ok().and_then(|r| {
+            match same_load(t, &r, rec.hive_id, rec.time) {
+                Load::Later => None,
+                Load::Same => Some(r),
+                Load::Unsure => {
+                    load_unsure = true;
+                    Some(r)
+                }
+            }
+        });
         let running = if self.lookup(t) {
             report.as_ref().map_or_else(Vec::new, |r| {
                 r.holders
@@ -505,7 +556,7 @@ impl Loop<'_, '_> {
                 e
             })
             .collect();
-        (holders, report)
+        (holders, report, load_unsure)
     }
 
     fn record(&mut self, t: &mut dyn Transport, rec: &StreamRecord, prefix: &EventsPrefix) {
@@ -528,7 +579,7 @@ impl Loop<'_, '_> {
             // Before `failed`: its outcome is the failed attempt's status, yet it is no unload.
             self.held_after(t, rec, prefix);
         } else if failed(rec.outcome) {
-            let (holders, report) = self.record_holders(t, rec);
+            let (holders, report, load_unsure) = self.record_holders(t, rec);
             // A hive the driver cannot vouch for: the kernel's list just read names holders
             // whose keys were opened before tracking (audit 20b, L3), as the 1002 adds them.
             let kernel_now = match &report {
@@ -563,6 +614,9 @@ impl Loop<'_, '_> {
             // Which driver start the sequence number belongs to: numbers begin at 1 at every
             // start (audit 22b, M3).
             e.tracking_since = Time::from_filetime(prefix.tracking_since);
+            if load_unsure {
+                e.say_load_unsure();
+            }
             self.env.emit(&e, &mut self.counts);
             let time = if rec.time == 0 {
                 self.env.now()
@@ -576,7 +630,7 @@ impl Loop<'_, '_> {
                 self.attempted(rec, prefix, time, Some((failure, user)));
             } else {
                 let delay = duration_filetime(self.opts.still_held_after);
-                let due = self.mono_of(time.saturating_add(delay), delay);
+                let due = self.due_after(rec, time, delay);
                 self.rechecks.push(Recheck {
                     failure,
                     user,
@@ -632,7 +686,7 @@ impl Loop<'_, '_> {
                 tracking_since: prefix.tracking_since,
             })
         };
-        let due = self.mono_of(time.saturating_add(delay), delay);
+        let due = self.due_after(rec, time, delay);
         match self
             .attempts
             .iter_mut()
@@ -651,6 +705,7 @@ impl Loop<'_, '_> {
                     hive: rec.mount.clone(),
                     sequence: rec.sequence,
                     time,
+                    stamp: rec.interrupt_time,
                     due,
                     latest_due: due,
                     recheck: recheck(due, time.saturating_add(delay)),
@@ -666,7 +721,7 @@ impl Loop<'_, '_> {
     /// Event 1002 from the driver's held-after record `rec` (`prefix`: its page's).
     fn held_after(&mut self, t: &mut dyn Transport, rec: &StreamRecord, prefix: &EventsPrefix) {
         let delay = prefix.held_after_seconds;
-        let (mut holders, report) = self.record_holders(t, rec);
+        let (mut holders, report, load_unsure) = self.record_holders(t, rec);
         let mut holder_count = u64::from(rec.holders_total);
         let mut key_count = rec.open_keys;
         // The kernel's list knows processes whose keys the driver never saw opened.
@@ -701,7 +756,12 @@ impl Loop<'_, '_> {
             // its first ([`Self::attempted`]): so between one and two delays after the first.
             // Two readings of the driver's system clock outside that, or a system clock seen
             // to move, say nothing about how long; the delay is then said (review 22d, L2).
+            // Both stamped (protocol 7): the interrupt-time count between them, which setting
+            // the clock does not move, also before the service started (review 22d, L3).
             held_for_secs: attempt.as_ref().map_or(delay, |a| {
+                if a.stamp != 0 && rec.interrupt_time >= a.stamp {
+                    return (rec.interrupt_time - a.stamp) / SECOND;
+                }
                 let read = i128::from(rec.time - a.time);
                 let one = i128::from(delay) * i128::from(SECOND);
                 if self.wall_steady && read >= one - CLOCK_STEP && read <= 2 * one + CLOCK_STEP {
@@ -716,6 +776,9 @@ impl Loop<'_, '_> {
         let user = user_sid(&rec.mount).and_then(|sid| self.env.accounts.account_of(sid));
         let mut e = FleetEvent::held_after(&held, user, holders);
         e.tracking_since = Time::from_filetime(prefix.tracking_since);
+        if load_unsure {
+            e.say_load_unsure();
+        }
         self.env.emit(&e, &mut self.counts);
     }
 
@@ -798,7 +861,7 @@ impl Loop<'_, '_> {
                         // (`client::process_after`; found in review, 2026-12-05: a reused
                         // pid's process was named as the holder).
                         let since = self.tracking_since.unwrap_or(0);
-                        let holders = by_pid
+                        let holders: Vec<EventHolder> = by_pid
                             .into_iter()
                             .map(|(pid, n)| {
                                 let image = if crate::client::process_after(t, pid, since) {
@@ -813,8 +876,12 @@ impl Loop<'_, '_> {
                         // open, which still hold the hive (WRK `cmsubs.c`
                         // CmpSearchForOpenSubKeys, `cmapi.c` CmUnloadKey), and the driver
                         // cannot vouch for a hive it does not know (fidelity audit,
-                        // 2026-12-05).
-                        Some((holders, true, false))
+                        // 2026-12-05). Nor can it tell whether the hive now at the mount
+                        // is the load that failed (it knows neither's id nor load time): the
+                        // processes it names may hold a later load, and the 1002 says so
+                        // (review 23b, L2).
+                        let load_unsure = !holders.is_empty();
+                        Some((holders, true, load_unsure))
                     }
                     // Not found: unloaded (not for an application hive, whose private
                     // namespace cannot be opened by name: `wait::is_app_hive`).
@@ -973,6 +1040,7 @@ impl Loop<'_, '_> {
             };
             self.read_mono = self.env.mono();
             self.read_wall = self.env.now();
+            self.read_interrupt = self.env.interrupt.and_then(|f| f());
             let offset = i128::from(self.read_wall) - i128::from(self.read_mono);
             if (offset - i128::from(self.env.started_at)).abs() > CLOCK_STEP {
                 self.wall_steady = false;
@@ -1249,6 +1317,7 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
         attempts: Vec::new(),
         read_mono: 0,
         read_wall: started_at,
+        read_interrupt: None,
         wall_steady: true,
         last_done_asked: i64::MIN,
         buf: Vec::new(),
@@ -1283,6 +1352,24 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
         let retry = l.opts.retry;
         l.env.pause(retry);
     }
+}
+
+/// The interrupt-time count now (100 ns units since boot), `None` where it cannot be had.
+///
+/// As `QueryInterruptTime` reads it (Kernel32, Windows 10 / Server 2016 and later): the count
+/// `KeQueryInterruptTime` returns in the driver (Learn, "Interrupt Time"). `None` on another
+/// system, or with a Kernel32 without the routine (Wine 8's).
+#[cfg(windows)]
+#[must_use]
+pub fn interrupt_time_now() -> Option<u64> {
+    crate::windows_interrupt_time::now()
+}
+
+/// The interrupt-time count now: none on this system (see the Windows build's).
+#[cfg(not(windows))]
+#[must_use]
+pub const fn interrupt_time_now() -> Option<u64> {
+    None
 }
 
 /// The wall clock now, as a FILETIME.

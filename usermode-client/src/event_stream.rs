@@ -41,6 +41,10 @@ pub struct StreamRecord {
     pub sequence: u64,
     /// When (FILETIME).
     pub time: u64,
+    /// The driver's interrupt time when it made the record (100 ns units since boot), 0 when
+    /// not stamped (a key-count alarm): what the service dates the record by when it can read
+    /// the same count (`QueryInterruptTime`), whatever the system clock did (review 22d, L3).
+    pub interrupt_time: u64,
     /// The unload's NTSTATUS (0 for an alarm; a held-after record: the watched attempt's, an
     /// error or `STATUS_PENDING` for a deferred unload).
     pub outcome: u32,
@@ -214,6 +218,7 @@ fn request_events(
         .map(|r| StreamRecord {
             sequence: r.sequence,
             time: r.time,
+            interrupt_time: r.interrupt_time,
             outcome: r.outcome,
             flags: r.flags,
             mount: r.mount.to_string(),

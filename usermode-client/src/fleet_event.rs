@@ -209,11 +209,13 @@ pub struct FleetEvent {
     /// its own `sequence`).
     #[serde(default)]
     pub failed_unload_sequence: Option<u64>,
-    /// The service's own 1002 only (JSON only; the message says it too): hivetrack could not
-    /// tell whether the hive now at the mount is the load that failed to unload (the driver
-    /// did not know when it was loaded, or could not be asked), so the holders named may hold
-    /// a later load of it (the user's next logon). Left out when false. Found in review 22d
-    /// (L4): such a 1002 blamed a later load's processes without saying so.
+    /// JSON only (the message says it too): hivetrack could not tell whether the hive now at
+    /// the mount is the load that failed to unload (the driver did not know the hive or when
+    /// it was loaded, or could not be asked). In the service's own 1002 the holders named may
+    /// hold a later load of it (the user's next logon); in a 1001 or the driver's 1002 the
+    /// key names, modules, services and kernel-list holders read from the hive now may be that
+    /// later load's. Left out when false. Found in review 22d (L4): such a 1002 blamed a later
+    /// load's processes without saying so; review 23b (L3): a 1001 and the driver's 1002 too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub load_unsure: bool,
 }
@@ -413,7 +415,11 @@ fn fit_insertion(s: String) -> String {
 /// Said of a record with `HOLDERS_UNSEEN`.
 /// Said by a 1002 whose hive may be a later load than the one that failed
 /// ([`FleetEvent::load_unsure`]).
-const LOAD_UNSURE_SENTENCE: &str = " hivetrack could not tell whether the hive now at this mount is the load that failed to unload (the driver did not know when it was loaded, or could not be asked): it may be a later load (the user's next logon), and the processes named may hold only that.";
+const LOAD_UNSURE_SENTENCE: &str = " hivetrack could not tell whether the hive now at this mount is the load that failed to unload (the driver did not know the hive or when it was loaded, or could not be asked): it may be a later load (the user's next logon), and the processes named may hold only that.";
+
+/// [`FleetEvent::say_load_unsure`]'s sentence: a 1001 or the driver's 1002 names the record's
+/// own holders, but what the service read from the hive now may be a later load's.
+const READ_LOAD_UNSURE_SENTENCE: &str = " hivetrack could not tell whether the hive now at this mount is the load this record is about (the driver did not know the hive or when it was loaded, or could not be asked): the key names, modules and services read from it now, and processes named from the kernel's list, may be a later load's (the user's next logon).";
 
 const UNSEEN_SENTENCE: &str = " Processes hivetrack could not see may also hold keys in this hive: keys opened before the driver's tracking began, or opens it lost, are not in its records (`hivetrack holders` on the hive also asks the kernel's list, which names them unless the key was deleted while open: such a key still holds the hive and is in neither list).";
 
@@ -621,6 +627,17 @@ impl FleetEvent {
             sequence: Some(failure.sequence),
             time: Time::from_filetime(failure.time),
             ..Self::new(EventId::UnloadFailed, message)
+        }
+    }
+
+    /// A 1001 or the driver's own 1002 whose details the service read from the hive now at
+    /// the mount (key names, modules, services, the kernel's list), when that hive may be a
+    /// later load than the record's: `load_unsure` and a sentence saying so (review 23b, L3:
+    /// such an event said nothing). The record's own holders are the driver's, of its load.
+    pub fn say_load_unsure(&mut self) {
+        if !self.load_unsure {
+            self.load_unsure = true;
+            self.message.push_str(READ_LOAD_UNSURE_SENTENCE);
         }
     }
 

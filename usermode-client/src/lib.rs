@@ -55,6 +55,8 @@ pub mod windows_identity;
 #[cfg(windows)]
 pub mod windows_install;
 #[cfg(windows)]
+pub mod windows_interrupt_time;
+#[cfg(windows)]
 pub mod windows_legacy_driver;
 #[cfg(windows)]
 pub mod windows_registry;

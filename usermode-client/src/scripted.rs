@@ -528,6 +528,7 @@ fn history_listing_held(
             holders_total: 1,
             flags: UnloadRecord::HELD_AFTER | UnloadRecord::HOLDERS_UNSEEN,
             sequence: 3,
+            interrupt_time: 0,
             mount: Text::Units(&mount),
             holders: UnloadHolders::Slice(&holders),
         });
@@ -544,6 +545,7 @@ fn history_listing_held(
             0
         },
         sequence: 2,
+        interrupt_time: 0,
         mount: Text::Units(&mount),
         holders: UnloadHolders::Slice(&holders),
     });
@@ -555,6 +557,7 @@ fn history_listing_held(
         holders_total: 0,
         flags: 0,
         sequence: 1,
+        interrupt_time: 0,
         mount: Text::Units(&other),
         holders: UnloadHolders::Slice(&[]),
     });
@@ -829,6 +832,7 @@ pub fn classes_unload_refused() -> Server {
         holders_total: 0,
         flags: 0,
         sequence: 1,
+        interrupt_time: 0,
         mount: Text::Units(&mount),
         holders: UnloadHolders::Slice(&[]),
     });
@@ -861,6 +865,7 @@ pub fn classes_unload_refused_for_other_reasons() -> Server {
             holders_total: 0,
             flags: 0,
             sequence,
+            interrupt_time: 0,
             mount: Text::Units(mount),
             holders: UnloadHolders::Slice(&[]),
         });

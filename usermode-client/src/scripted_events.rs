@@ -146,6 +146,7 @@ impl EventQueue {
             holders_total: rec.holders_total,
             flags: rec.flags,
             sequence,
+            interrupt_time: rec.interrupt_time,
             mount: Text::Units(&mount),
             holders: UnloadHolders::Slice(&holders),
         });

@@ -218,6 +218,13 @@ fn run_console(
         } else {
             None
         },
+        // The interrupt-time count the driver stamps records with (review 22d, L3); the
+        // emulator's is its model's, not this machine's.
+        interrupt: if cfg!(windows) && g.emulator().is_none() {
+            Some(&event_service::interrupt_time_now)
+        } else {
+            None
+        },
         keep_going: &keep_going,
     };
     let (code, counts) = event_service::run(opts, &mut senv)?;

@@ -359,6 +359,7 @@ fn run_loop(
         clock: &mut clock,
         started_at: event_service::filetime_now(),
         wall: Some(&event_service::filetime_now),
+        interrupt: Some(&event_service::interrupt_time_now),
         keep_going: &keep_going,
     };
     event_service::run(opts, &mut env).map(|_| ())

@@ -448,6 +448,9 @@ fn unload(mount: &str, outcome: u32, holders: &[(u64, &str, u64)], time: u64) ->
     StreamRecord {
         sequence: 0,
         time,
+        // Not stamped: the record is dated by its system time (the scripted driver's
+        // interrupt clock is set per test where it matters: review 22d, L3).
+        interrupt_time: 0,
         outcome,
         flags: 0,
         mount: mount.to_owned(),
@@ -574,6 +577,7 @@ fn serve_into(
         clock: &mut clock,
         started_at: NOW,
         wall: None,
+        interrupt: None,
         keep_going: &keep_going,
     };
     event_service::run(opts, &mut env).unwrap()
@@ -696,6 +700,7 @@ fn a_driver_without_the_event_stream_is_unavailable() {
         clock: &mut c,
         started_at: NOW,
         wall: None,
+        interrupt: None,
         keep_going: &keep_going,
     };
     let opts = ServiceOptions {
@@ -834,6 +839,7 @@ fn a_cancelled_request_ends_the_loop() {
         clock: &mut c,
         started_at: NOW,
         wall: None,
+        interrupt: None,
         keep_going: &keep_going,
     };
     let (code, _) = event_service::run(ServiceOptions::default(), &mut env).unwrap();
@@ -2249,6 +2255,18 @@ fn serve_wall(
     started_at: u64,
     wall: &dyn Fn(Duration) -> u64,
 ) -> Vec<FleetEvent> {
+    serve_wall_interrupt(q, secs, started_at, wall, None)
+}
+
+/// [`serve_wall`] with the service reading the interrupt-time count `interrupt(elapsed)`
+/// (`None`: it cannot read one).
+fn serve_wall_interrupt(
+    q: &SharedQueue,
+    secs: u64,
+    started_at: u64,
+    wall: &dyn Fn(Duration) -> u64,
+    interrupt: Option<&dyn Fn(Duration) -> u64>,
+) -> Vec<FleetEvent> {
     let clock = q.borrow().clock.clone();
     let watch = clock.clone();
     let mut clock = clock;
@@ -2256,7 +2274,9 @@ fn serve_wall(
     let mut connect = || connect_with(q, &|| Scripted::new(driver()));
     let mut sink = Collected::default();
     let now_clock = q.borrow().clock.clone();
+    let interrupt_clock = now_clock.clone();
     let wall = move || wall(now_clock.elapsed());
+    let interrupt = interrupt.map(|f| move || Some(f(interrupt_clock.elapsed())));
     {
         let mut env = ServiceEnv {
             connect: &mut connect,
@@ -2266,6 +2286,7 @@ fn serve_wall(
             clock: &mut clock,
             started_at,
             wall: Some(&wall),
+            interrupt: interrupt.as_ref().map(|f| f as &dyn Fn() -> Option<u64>),
             keep_going: &keep_going,
         };
         event_service::run(ServiceOptions::default(), &mut env).unwrap();
@@ -2603,16 +2624,32 @@ fn review22d_the_drivers_1002_says_its_delay_when_the_clock_moved() {
 /// The 1002 of a failed unload (hive id 3) the old driver had not answered when it restarted,
 /// from the service's own re-check against the new driver `make` builds.
 fn recheck_after_restart(make: &dyn Fn() -> Server) -> FleetEvent {
+    recheck_after_restart_at(NOW, make)
+}
+
+/// [`recheck_after_restart`] with the failure record stamped `time` (0: no time).
+fn recheck_after_restart_at(time: u64, make: &dyn Fn() -> Server) -> FleetEvent {
     let mut q = queue_held_after(60);
     q.push(&StreamRecord {
         hive_id: 3,
-        ..failed_unload(&user_hive(), NOW)
+        ..failed_unload(&user_hive(), time)
     });
     q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
     let q = q.shared();
     let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, make);
     assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
     events[3].clone()
+}
+
+/// `e` says the hive now at the mount may be a later load than the one that failed (JSON and
+/// message).
+fn assert_load_unsure(e: &FleetEvent) {
+    assert!(e.load_unsure, "{e:#?}");
+    assert!(
+        e.message.contains("it may be a later load"),
+        "{}",
+        e.message
+    );
 }
 
 /// Review 22d, L4 (a): after a driver restart the new driver lists the user's hive with load
@@ -2623,12 +2660,7 @@ fn recheck_after_restart(make: &dyn Fn() -> Server) -> FleetEvent {
 #[test]
 fn a_1002_says_the_load_may_be_a_later_one_when_its_load_time_is_unknown() {
     let e = recheck_after_restart(&driver_seeded);
-    assert!(e.load_unsure, "{e:#?}");
-    assert!(
-        e.message.contains("it may be a later load"),
-        "{}",
-        e.message
-    );
+    assert_load_unsure(&e);
 }
 
 /// Review 22d, L4 (b): the driver's hive list cannot be read (`hive_load_times` fails) when
@@ -2643,12 +2675,7 @@ fn a_1002_says_the_load_may_be_a_later_one_when_the_hive_list_cannot_be_read() {
         s
     };
     let e = recheck_after_restart(&no_list);
-    assert!(e.load_unsure, "{e:#?}");
-    assert!(
-        e.message.contains("it may be a later load"),
-        "{}",
-        e.message
-    );
+    assert_load_unsure(&e);
 }
 
 /// The other side of review 22d, L4: a hive the new driver lists as loaded before the
@@ -2678,6 +2705,13 @@ fn a_restart_does_not_recheck_a_watch_answered_before_the_last_done_page() {
 /// A failed unload watched for 60 s, `idle` waits of 10 s with nothing, then the driver
 /// restarts: the events.
 fn restart_after_idle_waits(idle: u64) -> Vec<FleetEvent> {
+    restart_after_idle_waits_of(10, idle)
+}
+
+/// [`restart_after_idle_waits`] with waits of `wait` seconds: the pages are asked at 0 s
+/// (the failure), then at 0 s, `wait`, … `(idle - 1) * wait` (the last done page), and the
+/// driver restarts at `idle * wait`.
+fn restart_after_idle_waits_of(wait: u64, idle: u64) -> Vec<FleetEvent> {
     let mut q = queue_held_after(60);
     q.push(&StreamRecord {
         hive_id: 7,
@@ -2686,9 +2720,23 @@ fn restart_after_idle_waits(idle: u64) -> Vec<FleetEvent> {
     for _ in 0..idle {
         q.steps.push_back(Step::Idle);
     }
-    q.steps.push_back(Step::Restart(NOW + idle * 10 * SECOND));
+    q.steps.push_back(Step::Restart(NOW + idle * wait * SECOND));
     let q = q.shared();
-    serve(&q, ServiceOptions::default(), 200, &NoIdentities).1
+    let opts = ServiceOptions {
+        wait: Duration::from_secs(wait),
+        ..ServiceOptions::default()
+    };
+    let events = serve(&q, opts, 200, &NoIdentities).1;
+    let asked: Vec<u32> = q.borrow().requests.iter().map(|r| r.1).collect();
+    let ms = u32::try_from(wait * 1000).unwrap();
+    assert!(
+        asked.len() > usize::try_from(idle).unwrap()
+            && asked[1..=usize::try_from(idle).unwrap()]
+                .iter()
+                .all(|&t| t == ms),
+        "the waits as scripted: {asked:?}"
+    );
+    events
 }
 
 /// The other side of review 22b, L2: a watch due after the last done page of the old start
@@ -2814,12 +2862,7 @@ fn a_1002_says_the_load_may_be_a_later_one_when_the_driver_no_longer_lists_the_h
         )
     };
     let e = recheck_after_restart(&only_classes);
-    assert!(e.load_unsure, "{e:#?}");
-    assert!(
-        e.message.contains("it may be a later load"),
-        "{}",
-        e.message
-    );
+    assert_load_unsure(&e);
 }
 
 /// Review 23c, L4: a failed unload of a classes hive with no holder seen is what the user
@@ -2840,4 +2883,207 @@ fn a_1001_for_a_classes_hive_nobody_holds_names_the_user_hives_link() {
     );
     let e = FleetEvent::unload_failed(&failure(0, 0), None, Vec::new());
     assert!(!e.message.contains("Classes link"), "{}", e.message);
+}
+
+/// Review 23b, M1 (b): a failure record without a time (0) cannot be placed before or after
+/// the load the new driver lists at the mount (loaded an hour ago, a known time): which load
+/// is there cannot be told, and the 1002 says so. A mutant dropping the `time != 0` guard in
+/// `same_load` read every known load as later than time 0 and gave no 1002 at all (silent).
+#[test]
+fn a_1002_says_the_load_may_be_a_later_one_when_the_failure_has_no_time() {
+    let e = recheck_after_restart_at(0, &|| driver_hives_loaded(NOW - 3600 * SECOND));
+    assert_load_unsure(&e);
+}
+
+/// Review 23b, L2: the re-check of a hive the driver did not know asks the kernel's list by
+/// mount name only, which cannot tell the load that failed from a later one (the user's next
+/// logon): the 1002 naming the list's holders says the load is unsure (JSON and message). On
+/// the old code it said `load_unsure: false`.
+#[test]
+fn a_1002_from_the_kernels_list_of_a_hive_the_driver_did_not_know_says_its_load_is_unsure() {
+    let other = OTHER_HIVE.to_owned();
+    let q = unknown_hive_failure(&other);
+    let kernel_key = format!(r"{other}\Software");
+    let make = || {
+        let mut s = driver();
+        s.kernel_extra = vec![(AGENT_PID, kernel_key.clone())];
+        Scripted::new(s)
+    };
+    let (_, events) = serve_scripted(&q, ServiceOptions::default(), 200, &NoIdentities, &make);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    let still = &events[2];
+    assert_eq!(still.holders.len(), 1, "{still:#?}");
+    assert_load_unsure(still);
+}
+
+/// Review 23b, L3: a 1001 and the driver's own 1002 add what the service reads from the hive
+/// now at the mount (key names, modules, services, the kernel's list) to the record's
+/// holders. When the record's hive id is not the one now there and that hive's load time is
+/// unknown (0: seeded from the hive list after a driver restart), it may be a later load:
+/// both events say so (`load_unsure`, and the message). On the old code both said nothing.
+#[test]
+fn a_1001_and_the_drivers_1002_say_what_they_read_may_be_a_later_loads() {
+    // The 1001 and the driver's 1002 of hive id 3 against the driver `make` builds.
+    let events_with = |make: &dyn Fn() -> Server| {
+        let mut q = queue_held_after(60);
+        q.push(&StreamRecord {
+            hive_id: 3,
+            ..failed_unload(&user_hive(), NOW)
+        });
+        q.steps.push_back(Step::Record(StreamRecord {
+            hive_id: 3,
+            ..held_after(60, 0)
+        }));
+        let q = q.shared();
+        let (_, events) = serve_with(&q, ServiceOptions::default(), 200, &NoIdentities, make);
+        assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+        events
+    };
+    for e in &events_with(&driver_seeded)[1..] {
+        assert!(e.load_unsure, "{e:#?}");
+        assert!(e.message.contains("may be a later load's"), "{}", e.message);
+    }
+    // The other side: the same records against a hive loaded before the failure.
+    for e in &events_with(&|| driver_hives_loaded(NOW - 3600 * SECOND))[1..] {
+        assert!(!e.load_unsure, "{e:#?}");
+        assert!(!e.message.contains("later load"), "{}", e.message);
+    }
+}
+
+/// Review 23b, L4: the size of `DRIVER_LOOK_LATE` (3 s: `CLOCK_STEP`'s 2 s the service's due
+/// time may be early while the clock counts as steady, plus 1 s for the driver's DPC), pinned
+/// from both sides. The watch is due at 60 s; waits of 13 s ask the last done page at 65 s,
+/// 5 s after it was due: the driver had looked (within milliseconds) and found the hive free,
+/// and the restart at 78 s must not re-check it (a 9 s margin would: `[.., 1012, 1002]`).
+#[test]
+fn a_restart_does_not_recheck_a_watch_due_5_s_before_the_last_done_page() {
+    let events = restart_after_idle_waits_of(13, 6);
+    assert_eq!(ids(&events), [1010, 1001, 1012], "{events:#?}");
+}
+
+/// The other side of review 23b, L4: waits of 31 s ask the last done page at 62 s, 2 s after
+/// the watch was due, within the 2 s the service's due time may be early against the
+/// driver's (`CLOCK_STEP`): the driver may not have looked yet, so the restart at 93 s
+/// re-checks it (a margin under 2 s, 0 s among them, would drop it: no 1002).
+#[test]
+fn a_restart_rechecks_a_watch_due_2_s_before_the_last_done_page() {
+    let events = restart_after_idle_waits_of(31, 3);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+}
+
+// ---- review 22d, L3: a clock step before the service started (protocol 7) ----
+
+/// The interrupt-time count when the scripted service starts: the machine booted an hour
+/// before.
+const BOOTED: u64 = 3600 * SECOND;
+
+/// The logoff driver's stream serving `q`, the service started at wall-clock `wall_start`
+/// (the system clock right since) and reading the interrupt-time count `BOOTED` plus its
+/// scripted clock, as the driver's stamps count it.
+fn serve_stepped(q: &SharedQueue, wall_start: u64) -> Vec<FleetEvent> {
+    serve_wall_interrupt(
+        q,
+        200,
+        wall_start,
+        &move |e| wall_start + u64::try_from(e.as_nanos() / 100).unwrap(),
+        Some(&|e| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap()),
+    )
+}
+
+/// Review 22d, L3 (a): a failed unload (the driver watches it 60 s) is stamped at NOW and
+/// interrupt time `BOOTED`; the system clock is then set forward 10 minutes and the service
+/// starts (a crash restart, an update) right after, before the driver's look; the driver
+/// restarts at once. The service cannot see a step before its start (`wall_steady` compares
+/// the clocks since it started), so by the record's system time the failure was 600 s ago:
+/// its watch was forgotten on the page that brought it and the restart gave the held hive
+/// no 1002 (`[1010, 1001, 1012]` on the old code). By the record's interrupt-time stamp
+/// (protocol 7) it is as old as it is, and the restart turns the watch into a re-check.
+#[test]
+fn review22d_a_clock_set_forward_before_the_service_started_keeps_the_watch() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    q.steps.push_back(Step::Restart(NOW + 600 * SECOND));
+    let q = q.shared();
+    let events = serve_stepped(&q, NOW + 600 * SECOND);
+    assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+    assert_eq!(events[3].held_for_secs, Some(60), "{:#?}", events[3]);
+}
+
+/// Review 22d, L3 (b): the same step before the service started, with a driver that does
+/// not look again (delay 0: the service re-checks 60 s after the failure). By the record's
+/// system time the re-check was due 540 s ago: it ran at once, and its 1002 said "held
+/// 600 s" of a hive held for nothing like that (`Some(600)`, at the service's start, on the
+/// old code). By the stamp it runs 60 s after the failure and says 60 s.
+#[test]
+fn review22d_a_clock_set_forward_before_the_service_started_does_not_recheck_early() {
+    let mut q = queue_held_after(0);
+    q.push(&StreamRecord {
+        interrupt_time: BOOTED,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    let q = q.shared();
+    let started = NOW + 600 * SECOND;
+    let events = serve_stepped(&q, started);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
+    let at = events[2].time.as_ref().map_or(0, |t| t.filetime);
+    assert!(at >= started + 60 * SECOND, "{:#?}", events[2]);
+}
+
+/// The other side: a record the driver did not stamp (0, a protocol 6 record's meaning) is
+/// dated by its system time as before; a service that cannot read the interrupt-time count
+/// (`ServiceEnv::interrupt` `None`, Wine 8) dates a stamped one so too.
+#[test]
+fn a_record_without_a_usable_stamp_is_dated_by_its_system_time() {
+    let booted = |e: Duration| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap();
+    for (stamp, interrupt) in [(0, true), (BOOTED, false)] {
+        let mut q = queue_held_after(0);
+        q.push(&StreamRecord {
+            interrupt_time: stamp,
+            ..failed_unload(&user_hive(), NOW)
+        });
+        let q = q.shared();
+        let started = NOW + 600 * SECOND;
+        let events = serve_wall_interrupt(
+            &q,
+            200,
+            started,
+            &move |e| started + u64::try_from(e.as_nanos() / 100).unwrap(),
+            interrupt.then_some(&booted),
+        );
+        assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+        assert_eq!(events[2].held_for_secs, Some(600), "{:#?}", events[2]);
+    }
+}
+
+/// Review 22d, L3 and L2: the driver's own 1002 said "held N s" from two readings of the
+/// system clock (the attempt's and the look's). The failure is stamped at NOW, 10 s before
+/// the service starts; the system clock is set forward 30 s in between (before the start:
+/// unseen); the driver looks 60 s after the attempt, its record saying NOW + 90 s. Within
+/// the window the service trusts (one to two delays), so the old code said "held 90 s"
+/// (`Some(90)`); by the two interrupt-time stamps it was 60 s.
+#[test]
+fn the_drivers_1002_says_how_long_by_the_stamps_when_the_clock_stepped_before_the_start() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED - 10 * SECOND,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    for _ in 0..5 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED + 50 * SECOND,
+        ..held_after(90, 0)
+    }));
+    let q = q.shared();
+    let events = serve_stepped(&q, NOW + 40 * SECOND);
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
 }

@@ -1457,6 +1457,7 @@ fn the_scripted_event_stream_answers_as_the_tracker_does() {
     let record = |mount: &str| StreamRecord {
         sequence: 0,
         time: NOW,
+        interrupt_time: 0,
         outcome: DENIED,
         flags: 0,
         mount: mount.to_owned(),

@@ -166,6 +166,7 @@ pub fn unload_records() -> Vec<UnloadRecord<'static>> {
         holders_total: 9,
         flags: UnloadRecord::HOLDERS_TRUNCATED,
         sequence: 1,
+        interrupt_time: 0x0123_4567_89ab,
         mount: Text::Units(MOUNT),
         holders: UnloadHolders::Slice(&UNLOAD_HOLDERS),
     }]

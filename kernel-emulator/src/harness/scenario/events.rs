@@ -40,6 +40,7 @@ use super::tracking::{
     start, start_with_parameter, unload_all,
 };
 use super::{Ctx, Scenario};
+use crate::machine::cpu;
 use crate::nt::cm::hive;
 use crate::nt::io::{self, FileHandle, IoctlCall, IoctlResult};
 use crate::nt::ke::timer;
@@ -137,6 +138,8 @@ type Event = (u64, u16, u32, String, Vec<(u64, u64, String)>);
 #[derive(Debug, Default, Clone)]
 struct Delivered {
     events: Vec<Event>,
+    /// Each event's interrupt-time stamp (`UnloadRecord::interrupt_time`, protocol 7).
+    stamps: Vec<u64>,
     missed: u64,
     next: u64,
     done: bool,
@@ -173,6 +176,7 @@ fn decode(ctx: &mut Ctx, r: &IoctlResult, what: &str) -> Option<Delivered> {
                 )
             })
             .collect(),
+        stamps: p.records().map(|e| e.interrupt_time).collect(),
         missed: p.prefix.missed,
         next: EventsRequest::after_cursor(&p.info.next),
         done: p.info.done(),
@@ -381,7 +385,9 @@ fn held_after(ctx: &mut Ctx) {
     let (leaker, key) = sync_client(ctx);
     let first = hive::open_key(leaker, &key, KEY_READ, true);
     ctx.check(first.is_ok(), "the sync client holds its key");
+    let before = cpu::interrupt_time();
     let refused = hive::unload_hive(SYSTEM_PID, USER);
+    let after = cpu::interrupt_time();
     ctx.check(
         refused.cast_unsigned() == CANNOT_DELETE,
         format!(
@@ -398,6 +404,16 @@ fn held_after(ctx: &mut Ctx) {
         }),
         format!(
             "the attempt, every open in the profile seen, and the delay read from Parameters\\HeldAfterSeconds: {got:?}"
+        ),
+    );
+    // Protocol 7 (review 22d, L3): the record carries the interrupt time the driver read in
+    // the unload's post (`KeQueryInterruptTime`'s count, `td-kuser`), which the service dates
+    // it by whatever the system clock did.
+    let first_stamp = got.as_ref().and_then(|g| g.stamps.first().copied());
+    ctx.check(
+        first_stamp.is_some_and(|s| (before..=after).contains(&s)),
+        format!(
+            "the failed unload's record is stamped with the interrupt time of the unload ({before}..={after}): {first_stamp:?}"
         ),
     );
     // A retry 10 s later: the watch keeps its first due time, and no second event comes.
@@ -425,6 +441,16 @@ fn held_after(ctx: &mut Ctx) {
     let got = reader
         .poll()
         .and_then(|r| decode(ctx, &r, "the reader 30 s after the attempt"));
+    let now = cpu::interrupt_time();
+    let held_stamp = got.as_ref().and_then(|g| g.stamps.first().copied());
+    ctx.check(
+        held_stamp.zip(first_stamp).is_some_and(|(h, f)| {
+            h >= f + u64::from(HELD_AFTER_SECONDS) * 10_000_000 && h <= now
+        }),
+        format!(
+            "the held-after record is stamped with its timer's interrupt time, at least the delay after the attempt's stamp {first_stamp:?}: {held_stamp:?}"
+        ),
+    );
     ctx.check(
         got.as_ref().is_some_and(|g| {
             g.events.len() == 1
