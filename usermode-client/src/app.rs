@@ -293,8 +293,17 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             fail_if_held,
             summary,
             stacks,
+            grouped,
             pid,
         } => {
+            if *grouped && format == Format::Csv {
+                // CSV has one row shape, a key object each: refused, not ignored.
+                return Err(CliError::BadArgument(
+                    "holders --grouped has no CSV form (one row per key object): use --json"
+                        .to_owned(),
+                )
+                .into());
+            }
             let nt = nt_hive(env, hive)?;
             let mut t = connect(env, Need::Holders)?;
             if *stacks {
@@ -323,6 +332,7 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 // After the verdict: it stays the whole hive's (audit 23b, M6).
                 keep_pid(&mut r, pid);
             }
+            crate::model::group_keys(&mut r, *grouped && format == Format::Json);
             emit(env, format, &render::holders(&r, format)?, Some(&r.source))?;
             // Held as the report says it (its counts, which may be the page's counters read
             // before the walk: `client::count_held`), not only as its lists do: the table

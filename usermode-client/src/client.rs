@@ -151,6 +151,7 @@ fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
         oldest_open: Time::from_filetime(p.oldest_open),
         oldest_age_secs: age_secs(p.oldest_open, now),
         keys: Vec::new(),
+        key_counts: Vec::new(),
         identity: Identity::default(),
     }
 }
@@ -557,6 +558,7 @@ impl<'t> Client<'t> {
             verdict: HoldersVerdict::default(),
             short_counts: Vec::new(),
             pid_filter: None,
+            grouped: false,
         };
         // The kernel's own list of the hive's keys, set against the driver's records below.
         let (backend, mount) = (self.transport.backend(), report.hive.path.clone());

@@ -265,6 +265,7 @@ mod tests {
             untracked: Vec::new(),
             short_counts: Vec::new(),
             pid_filter: None,
+            grouped: false,
             held_now: None,
             stacks: None,
             verdict: crate::model::HoldersVerdict::default(),
@@ -284,6 +285,7 @@ mod tests {
             oldest_open: None,
             oldest_age_secs: 0,
             keys: keys.iter().map(|k| key(k)).collect(),
+            key_counts: Vec::new(),
             identity: Identity::default(),
         }
     }

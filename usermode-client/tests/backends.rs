@@ -718,6 +718,21 @@ fn keys_opened_before_tracking_are_grouped_by_name_with_a_count() {
         .map(|k| (k.name.as_str(), k.count))
         .collect();
     assert_eq!(counts, [(other.as_str(), 1), (leaked.as_str(), 3)], "{u:?}");
+    // `--grouped` (audit 23b, M3): the kernel's per-object list is left out, its groups and
+    // the completeness stay.
+    let o = run_scripted(
+        scripted(),
+        &["holders", &user_hive(), "--json", "--grouped"],
+    );
+    let g: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    let gu = &g.untracked[0];
+    assert!(g.grouped && gu.keys.is_empty(), "{gu:?}");
+    assert_eq!((gu.open_keys, &gu.key_counts), (u.open_keys, &u.key_counts));
+    assert_eq!((&g.source, &g.verdict), (&r.source, &r.verdict));
+    assert!(
+        !g.source.complete,
+        "still incomplete: keys from before tracking"
+    );
 }
 
 /// `kernel_only` whose driver counted 2,598 opens of pid 2040, start key `start_key`, as
