@@ -1353,6 +1353,56 @@ fn holders_pid_keeps_a_key_held_now_by_the_pid_through_a_duplicated_handle() {
     assert!(r.holders.is_empty(), "a pid holding nothing keeps nothing");
 }
 
+/// Review 23d, M3: `processes --kernel` reconciles by counts per pid. A tracked key the driver
+/// files under one process (System for a kernel handle, the attached process) and the kernel
+/// under its opener is counted under the opener as without a record: the report must say it
+/// may be one of those, not present it as a key opened before tracking and nothing more.
+#[test]
+fn processes_kernel_says_when_a_tracked_key_is_listed_under_another_process() {
+    let scripted = || {
+        let mut s = Scripted::new(logoff());
+        // The agent's tracked key, as the kernel lists it: under pid 3111.
+        s.kernel_opener = vec![(2040, 3111)];
+        s
+    };
+    let o = run_scripted(scripted(), &["processes", "--kernel", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {}{}", o.out, o.err));
+    let rows: Vec<(u64, u64)> = r
+        .kernel_only
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.pid, p.open_keys))
+        .collect();
+    assert_eq!(rows, [(3111, 1)], "{:?}", r.source.missing);
+    let doubt: Vec<&String> = r
+        .source
+        .missing
+        .iter()
+        .filter(|m| m.contains("filed under another process than the kernel names"))
+        .collect();
+    assert_eq!(doubt.len(), 1, "{:?}", r.source.missing);
+    assert!(
+        doubt[0].contains(&format!(r"1 key(s) the driver tracks in HKU\{SID}")),
+        "{doubt:?}"
+    );
+    assert!(!r.source.complete);
+    let o = run_scripted(scripted(), &["processes", "--kernel"]);
+    assert!(
+        o.out
+            .contains("--kernel may count them as without a record"),
+        "{}",
+        o.out
+    );
+    // Without the mismatch, no such doubt.
+    let o = run_scripted(
+        Scripted::new(logoff()),
+        &["processes", "--kernel", "--json"],
+    );
+    assert!(!o.out.contains("filed under another process"), "{}", o.out);
+}
+
 /// Review 23d, H2: a hive whose kernel list cannot be read (every `\REGISTRY\A` app hive, any
 /// failure of the query) answered with nothing in it, and `processes --kernel` took that for
 /// a hive with no such key: "no loaded hive's kernel list has a key …", the hive unnamed.
