@@ -463,8 +463,8 @@ pub struct HoldersReport {
     pub verdict: HoldersVerdict,
     /// Processes holding keys in this hive whose opens the tracker refused to record (their
     /// keys here may be more than listed; the kernel's list, `untracked`, has the rest).
-    /// Empty when none, or when the driver's counters could not be read. Absent (empty)
-    /// from CLIs before 2026-12-06.
+    /// Empty when none, or when the driver's counters could not be read: then
+    /// `source.missing` says so (review 23d, L5). Absent (empty) from CLIs before 2026-12-06.
     #[serde(default)]
     pub short_counts: Vec<ShortCount>,
     /// `holders --grouped`: each holder's `keys` and each untracked entry's `keys` are left
@@ -848,8 +848,9 @@ pub struct ProcessesReport {
     #[serde(skip)]
     pub kernel_missed: usize,
     /// Processes whose opens the tracker refused to record: their `open_keys` is a lower
-    /// bound. Empty when none, or when the driver's counters could not be read. Absent
-    /// (empty) from CLIs before 2026-12-06.
+    /// bound. Empty when none, or when the driver's counters (or the process list) could not
+    /// be read: then `source.missing` says so (review 23d, L5). Absent (empty) from CLIs
+    /// before 2026-12-06.
     #[serde(default)]
     pub short_counts: Vec<ShortCount>,
 }

@@ -801,6 +801,65 @@ fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
     );
 }
 
+/// Review 23d, L5: with opens not recorded and the driver's counters unreadable, nobody can
+/// be named as the refused process; `processes` and `holders` said nothing, as when nobody
+/// was refused. They now say what they could not see.
+#[test]
+fn unreadable_counters_are_said_not_taken_for_no_refused_process() {
+    let unreadable = || {
+        let mut s = refused_at_2040(0x100 + 2040);
+        s.states[0].stats = None;
+        s
+    };
+    let said = |o: &common::Outcome| {
+        o.out
+            .contains("which process the 2598 open(s) not recorded belong to, so whose key count is a lower bound (the driver's counters could not be read")
+    };
+    for argv in [&["processes"][..], &["holders", &user_hive()]] {
+        let o = run_scripted(unreadable(), argv);
+        assert!(said(&o), "{argv:?}: {}", o.out);
+        // With the counters read, the process is named and no such line is printed.
+        let o = run_scripted(refused_at_2040(0x100 + 2040), argv);
+        assert!(!said(&o), "{argv:?}: {}", o.out);
+        assert!(
+            o.out.contains("process 2040 hit its memory share"),
+            "{}",
+            o.out
+        );
+    }
+    let o = run_scripted(unreadable(), &["processes", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    assert!(r.short_counts.is_empty() && !r.source.complete);
+    assert!(
+        r.source
+            .missing
+            .iter()
+            .any(|m| m.starts_with("which process the 2598")),
+        "{:?}",
+        r.source.missing
+    );
+}
+
+/// Review 23d, L7: `holders --pid N --csv` printed only N's rows with no mark of the filter
+/// (the table and JSON's `pid_filter` have one); CSV says it beside its source line.
+#[test]
+fn holders_pid_csv_says_its_rows_are_filtered() {
+    let scripted = || kernel_only(&[(2040, "Policies"), (3111, "Other")]);
+    let o = run_scripted(
+        scripted(),
+        &["holders", &user_hive(), "--pid", "3111", "--csv"],
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(!o.out.contains("Policies"), "{}", o.out);
+    assert!(
+        o.err.contains("hivetrack: rows filtered (--pid 3111): only the keys process 3111 opened or holds now; the hive's counts and verdict are the whole hive's"),
+        "{}",
+        o.err
+    );
+    let o = run_scripted(scripted(), &["holders", &user_hive(), "--csv"]);
+    assert!(!o.err.contains("rows filtered"), "{}", o.err);
+}
+
 /// `holders HIVE --pid N` lists only that process's keys, tracked and kernel-only; the
 /// hive's counts and the verdict stay the whole hive's, so a pid holding nothing does not make
 /// the hive free (audit 23b, M6: no pid filter on the live reports).
