@@ -113,6 +113,55 @@ impl Listed {
     }
 }
 
+/// Matches by name, under any pid, the records not listed under their holder's pid;
+/// returns how many matched no object.
+///
+/// The driver names the process whose handle table holds the key (System for a kernel
+/// handle, the attached process for an attached thread); the kernel names the thread's own
+/// process that opened it (`CM_KEY_BODY.ProcessID`). Such a key is one object listed under
+/// another pid: matched by name there, in pid order. Summaries carry no names and stay per
+/// pid. The pids listing each name are found once (audit 23b, L6: a search of every pid's
+/// list per key was quadratic).
+fn match_elsewhere(listed: &mut BTreeMap<u64, Listed>, elsewhere: Vec<(String, bool)>) -> u64 {
+    let mut unmatched = 0;
+    let mut pids_of: HashMap<String, VecDeque<u64>> = HashMap::new();
+    if !elsewhere.is_empty() {
+        for (pid, l) in listed.iter() {
+            for (i, (folded, _)) in l.entries.iter().enumerate() {
+                if !l.taken[i] {
+                    let pids = pids_of.entry(folded.clone()).or_default();
+                    if pids.back() != Some(pid) {
+                        pids.push_back(*pid);
+                    }
+                }
+            }
+        }
+    }
+    for (want, truncated) in elsewhere {
+        let mut found = false;
+        if let Some(pids) = pids_of.get_mut(&want) {
+            while let Some(&pid) = pids.front() {
+                if listed
+                    .get_mut(&pid)
+                    .is_some_and(|l| l.take_named(&want, false))
+                {
+                    found = true;
+                    break;
+                }
+                // That pid has no object of the name left.
+                pids.pop_front();
+            }
+        }
+        if !found && truncated {
+            found = listed.values_mut().any(|l| l.take_named(&want, true));
+        }
+        if !found {
+            unmatched += 1;
+        }
+    }
+    unmatched
+}
+
 /// Sets `report` against the kernel's list `kernel` (`Err` = why it could not be had):
 /// fills `report.untracked` (images from `image_of`) and `report.source`'s coverage, whose
 /// driver side is `driver`.
@@ -167,47 +216,7 @@ pub fn reconcile(
         }
         unmatched += nameless - entries.take_any(nameless);
     }
-    // The driver names the process whose handle table holds the key (System for a kernel
-    // handle, the attached process for an attached thread); the kernel names the thread's
-    // own process that opened it (`CM_KEY_BODY.ProcessID`). Such a key is one object listed
-    // under another pid: matched by name there, in pid order. Summaries carry no names and
-    // stay per pid. The pids listing each name are found once (audit 23b, L6: a search of
-    // every pid's list per key was quadratic).
-    let mut pids_of: HashMap<String, VecDeque<u64>> = HashMap::new();
-    if !elsewhere.is_empty() {
-        for (pid, l) in &listed {
-            for (i, (folded, _)) in l.entries.iter().enumerate() {
-                if !l.taken[i] {
-                    let pids = pids_of.entry(folded.clone()).or_default();
-                    if pids.back() != Some(pid) {
-                        pids.push_back(*pid);
-                    }
-                }
-            }
-        }
-    }
-    for (want, truncated) in elsewhere {
-        let mut found = false;
-        if let Some(pids) = pids_of.get_mut(&want) {
-            while let Some(&pid) = pids.front() {
-                if listed
-                    .get_mut(&pid)
-                    .is_some_and(|l| l.take_named(&want, false))
-                {
-                    found = true;
-                    break;
-                }
-                // That pid has no object of the name left.
-                pids.pop_front();
-            }
-        }
-        if !found && truncated {
-            found = listed.values_mut().any(|l| l.take_named(&want, true));
-        }
-        if !found {
-            unmatched += 1;
-        }
-    }
+    unmatched += match_elsewhere(&mut listed, elsewhere);
     // The image the driver recorded for the pid, else one looked up now (whole: the driver's
     // copy, when cut short, is not used for these rows, which carry no mark for it; review,
     // 2026-12-05).
@@ -614,6 +623,7 @@ mod tests {
     #[test]
     #[ignore = "figures, not a check: run by hand"]
     fn reconcile_scaling_figures() {
+        use std::fmt::Write as _;
         let mut base = [0.0f64; 2];
         for n in [4_000usize, 8_000, 16_000, 32_000, 63_004] {
             let names = distinct_names(n);
@@ -631,7 +641,8 @@ mod tests {
                 if base[case] == 0.0 {
                     base[case] = secs;
                 }
-                line += &format!(
+                let _ = write!(
+                    line,
                     "  {} {:>9.1} ms (x{:.1} of 4,000)",
                     ["same pid", "elsewhere"][case],
                     secs * 1e3,

@@ -691,10 +691,11 @@ pub struct HeldKeyCount {
     pub held_now_by: Option<Vec<u64>>,
 }
 
-/// Groups a holder's keys by name as the table does: short names compared ASCII
-/// case-insensitively, a deleted key apart from one created with its name since, the keys
-/// without a stored name together; groups in the order of their first key (oldest first).
-/// One hash lookup per key (audit 23b, L6: a search of the groups per key was quadratic in
+/// Groups a holder's keys by name as the table does.
+///
+/// Short names are compared ASCII case-insensitively, a deleted key apart from one created
+/// with its name since, the keys without a stored name together; groups in the order of
+/// their first key (oldest first). One hash lookup per key (audit 23b, L6: a search of the groups per key was quadratic in
 /// the distinct names).
 #[must_use]
 pub fn group_held_keys(keys: &[HeldKey]) -> Vec<Vec<&HeldKey>> {
@@ -756,9 +757,11 @@ pub fn held_key_counts(keys: &[HeldKey]) -> Vec<HeldKeyCount> {
         .collect()
 }
 
-/// Fills each holder's `key_counts`; with `leave_out_objects` (`holders --grouped`) also
-/// empties the per-object `keys` lists, tracked and untracked, and marks the report
-/// `grouped`. Counts, verdict and completeness are left as they are.
+/// Fills each holder's `key_counts`, and with `leave_out_objects` leaves out the objects.
+///
+/// `leave_out_objects` (`holders --grouped`) empties the per-object `keys` lists, tracked
+/// and untracked, and marks the report `grouped`. Counts, verdict and completeness are left
+/// as they are.
 pub fn group_keys(r: &mut HoldersReport, leave_out_objects: bool) {
     for h in &mut r.holders {
         h.key_counts = held_key_counts(&h.keys);
