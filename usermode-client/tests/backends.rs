@@ -827,6 +827,22 @@ fn unreadable_counters_are_said_not_taken_for_no_refused_process() {
             o.out
         );
     }
+    // `holders` also reads the process list to name only a refused process still running:
+    // unreadable, nobody is named and that is said too.
+    let mut s = refused_at_2040(0x100 + 2040);
+    s.states[0].processes = None;
+    let o = run_scripted(s, &["holders", &user_hive(), "--json"]);
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert!(r.short_counts.is_empty(), "{:?}", r.short_counts);
+    assert!(
+        r.source
+            .missing
+            .iter()
+            .any(|m| m.starts_with("which process the 2598")
+                && m.contains("the process list could not be read")),
+        "{:?}",
+        r.source.missing
+    );
     let o = run_scripted(unreadable(), &["processes", "--json"]);
     let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
     assert!(r.short_counts.is_empty() && !r.source.complete);
