@@ -293,8 +293,17 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
             fail_if_held,
             summary,
             stacks,
+            grouped,
             pid,
         } => {
+            if *grouped && format == Format::Csv {
+                // CSV has one row shape, a key object each: refused, not ignored.
+                return Err(CliError::BadArgument(
+                    "holders --grouped has no CSV form (one row per key object): use --json"
+                        .to_owned(),
+                )
+                .into());
+            }
             let nt = nt_hive(env, hive)?;
             let mut t = connect(env, Need::Holders)?;
             if *stacks {
@@ -323,7 +332,16 @@ pub fn run(cli: &Cli, env: &mut Env<'_>) -> Result<u8> {
                 // After the verdict: it stays the whole hive's (audit 23b, M6).
                 keep_pid(&mut r, pid);
             }
+            crate::model::group_keys(&mut r, *grouped && format == Format::Json);
             emit(env, format, &render::holders(&r, format)?, Some(&r.source))?;
+            if let (Format::Csv, Some(pid)) = (format, pid) {
+                // CSV's rows carry no mark of the filter (the table and JSON's `pid_filter`
+                // do): said beside the source line, as CSV's completeness is (review 23d, L7).
+                writeln!(
+                    env.err,
+                    "hivetrack: rows filtered (--pid {pid}): only the keys process {pid} opened or holds now; the hive's counts and verdict are the whole hive's"
+                )?;
+            }
             // Held as the report says it (its counts, which may be the page's counters read
             // before the walk: `client::count_held`), not only as its lists do: the table
             // said "1 open key(s) held" while the exit said not held (review, 2026-12-05).

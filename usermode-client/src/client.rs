@@ -135,6 +135,14 @@ fn process_of(r: &ProcessRecord<'_>) -> ProcessEntry {
     }
 }
 
+/// What a report cannot say when the refused processes could not be named (`why`): which
+/// processes' key counts are lower bounds (review 23d, L5: it said nothing, as when none was).
+fn unnamed_short_counts(not_recorded: u64, why: &str) -> String {
+    format!(
+        "which process the {not_recorded} open(s) not recorded belong to, so whose key count is a lower bound ({why})"
+    )
+}
+
 fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
     Holder {
         pid: p.pid,
@@ -151,6 +159,7 @@ fn holder_of(p: &HolderProcess<'_>, now: u64) -> Holder {
         oldest_open: Time::from_filetime(p.oldest_open),
         oldest_age_secs: age_secs(p.oldest_open, now),
         keys: Vec::new(),
+        key_counts: Vec::new(),
         identity: Identity::default(),
     }
 }
@@ -557,6 +566,7 @@ impl<'t> Client<'t> {
             verdict: HoldersVerdict::default(),
             short_counts: Vec::new(),
             pid_filter: None,
+            grouped: false,
         };
         // The kernel's own list of the hive's keys, set against the driver's records below.
         let (backend, mount) = (self.transport.backend(), report.hive.path.clone());
@@ -913,6 +923,16 @@ impl<'t> Client<'t> {
                 )),
             }
         }
+        let short_counts = match self.short_counts(nr) {
+            Ok(short) => short
+                .into_iter()
+                .filter(|c| running.contains(&(c.pid, c.start_key)))
+                .collect(),
+            Err(why) => {
+                source.cannot_see(unnamed_short_counts(nr, &why));
+                Vec::new()
+            }
+        };
         Ok(ProcessesReport {
             schema: schema("processes"),
             source,
@@ -920,18 +940,21 @@ impl<'t> Client<'t> {
             processes,
             kernel_only: None,
             kernel_missed: 0,
-            short_counts: self
-                .short_counts(nr)
-                .into_iter()
-                .filter(|c| running.contains(&(c.pid, c.start_key)))
-                .collect(),
+            short_counts,
         })
     }
 
     /// Those of `report`'s holders whose opens were refused (audit 23b, M1); none from the
     /// fallback, which has no counters.
     pub fn attach_short_counts(&mut self, report: &mut HoldersReport) {
-        let mut short = self.short_counts(report.source.not_recorded);
+        let nr = report.source.not_recorded;
+        let mut short = match self.short_counts(nr) {
+            Ok(short) => short,
+            Err(why) => {
+                report.source.cannot_see(unnamed_short_counts(nr, &why));
+                return;
+            }
+        };
         short.retain(|s| {
             report
                 .holders
@@ -948,8 +971,16 @@ impl<'t> Client<'t> {
                 processes.extend(page.records().map(|r| process_of(&r)));
                 Ok(true)
             });
+            if let Err(e) = listed {
+                // Which of them still runs cannot be told: none is named, and that is said.
+                report.source.cannot_see(unnamed_short_counts(
+                    nr,
+                    &format!("the process list could not be read: {e}"),
+                ));
+                short.clear();
+            }
             let running = running_of(&processes);
-            short.retain(|s| listed.is_ok() && running.contains(&(s.pid, s.start_key)));
+            short.retain(|s| running.contains(&(s.pid, s.start_key)));
         }
         report.short_counts = short;
     }
@@ -1034,17 +1065,22 @@ impl<'t> Client<'t> {
 
     /// The processes whose opens the tracker refused to record, from the driver's counters
     /// (the one refused most for its share, the one refused most for want of memory); empty
-    /// when none was or the counters cannot be read (the source line already counts every
-    /// loss machine-wide). Audit 23b, M1: only `stats` named them.
+    /// when none was. Audit 23b, M1: only `stats` named them.
     /// `not_recorded`: the losses the answer's pages counted; with none, the counters are
     /// not read (nothing was refused since the driver started).
-    pub fn short_counts(&mut self, not_recorded: u64) -> Vec<ShortCount> {
+    ///
+    /// # Errors
+    /// Why the counters could not be read: then nobody can be named, which is not "none"
+    /// (review 23d, L5).
+    pub fn short_counts(&mut self, not_recorded: u64) -> Result<Vec<ShortCount>, String> {
         if not_recorded == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let Ok(stats) = self.stats() else {
-            return Vec::new();
-        };
+        // Unreadable counters are not "no process was refused" (review 23d, L5): the caller
+        // says so in `source.missing`.
+        let stats = self
+            .stats()
+            .map_err(|e| format!("the driver's counters could not be read: {e}"))?;
         let value = |name: &str| {
             stats
                 .counters
@@ -1067,7 +1103,7 @@ impl<'t> Client<'t> {
                 });
             }
         }
-        out
+        Ok(out)
     }
 
     /// The driver's counters.

@@ -416,8 +416,15 @@ pub struct Holder {
     pub oldest_open: Option<Time>,
     /// Seconds its oldest key has been open at `generated_at`.
     pub oldest_age_secs: u64,
-    /// Its keys, oldest first (empty with `--summary`).
+    /// Its keys, oldest first (empty with `--summary`, and with `--grouped`: see
+    /// [`HoldersReport::grouped`]).
     pub keys: Vec<HeldKey>,
+    /// The same keys grouped by name as the table prints them (a deleted key apart), in the
+    /// order of their oldest open: one entry per group with its `count` of key objects,
+    /// adding up to the keys listed. Empty with `--summary`. Absent (empty) from CLIs before
+    /// 2026-12-06 (audit 23b, M3).
+    #[serde(default)]
+    pub key_counts: Vec<HeldKeyCount>,
     /// Who it is (`session`, `user`, `services`), looked up by pid while it runs.
     #[serde(flatten)]
     pub identity: Identity,
@@ -456,10 +463,16 @@ pub struct HoldersReport {
     pub verdict: HoldersVerdict,
     /// Processes holding keys in this hive whose opens the tracker refused to record (their
     /// keys here may be more than listed; the kernel's list, `untracked`, has the rest).
-    /// Empty when none, or when the driver's counters could not be read. Absent (empty)
-    /// from CLIs before 2026-12-06.
+    /// Empty when none, or when the driver's counters could not be read: then
+    /// `source.missing` says so (review 23d, L5). Absent (empty) from CLIs before 2026-12-06.
     #[serde(default)]
     pub short_counts: Vec<ShortCount>,
+    /// `holders --grouped`: each holder's `keys` and each untracked entry's `keys` are left
+    /// out (empty); `key_counts` has them grouped by name, with every count, completeness and
+    /// caveat field as without it. Absent (false) without `--grouped` (audit 23b, M3: the
+    /// per-object list of a 65,602-key leak was 45.7 MB of JSON).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grouped: bool,
     /// `holders --pid N`: only process N's entries are in `holders`, `untracked` and
     /// `short_counts` (as the opener the driver or the kernel records); `hive`'s counts and
     /// `verdict` stay the whole hive's. Absent without `--pid` (audit 23b, M6).
@@ -650,6 +663,123 @@ pub struct KeyCount {
     pub count: u64,
 }
 
+/// One group of a tracked holder's key objects with the same name (`Holder::key_counts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldKeyCount {
+    /// Short name (`HKU\…`) of the group's oldest key; null for the keys whose name the
+    /// tracker could not store (one group for them all: they may be different keys).
+    pub name: Option<String>,
+    /// NT path of the group's oldest key; null when missing.
+    pub path: Option<String>,
+    /// How many key objects the group has.
+    pub count: u64,
+    /// A name in the group was cut short: the group may hold different keys whose names
+    /// begin alike.
+    pub name_truncated: bool,
+    /// The group's keys were deleted since they were opened (they still hold the hive).
+    pub deleted: bool,
+    /// Open time of the group's oldest key; null when none is known.
+    pub oldest_open: Option<Time>,
+    /// Seconds the oldest has been open at `generated_at`.
+    pub oldest_age_secs: u64,
+    /// Each distinct access mask of the group in words, joined by `|` (`KEY_READ`), in
+    /// order of first appearance; empty when none is known.
+    pub access_names: Vec<String>,
+    /// The pids holding a handle to any of the group's key objects now (sorted); absent
+    /// when that was not asked for any of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_now_by: Option<Vec<u64>>,
+}
+
+/// Groups a holder's keys by name as the table does.
+///
+/// Short names are compared ASCII case-insensitively, a deleted key apart from one created
+/// with its name since, the keys without a stored name together; groups in the order of
+/// their first key (oldest first). One hash lookup per key (audit 23b, L6: a search of the groups per key was quadratic in
+/// the distinct names).
+#[must_use]
+pub fn group_held_keys(keys: &[HeldKey]) -> Vec<Vec<&HeldKey>> {
+    let mut index: std::collections::HashMap<(Option<String>, bool), usize> =
+        std::collections::HashMap::with_capacity(keys.len().min(1 << 16));
+    let mut groups: Vec<Vec<&HeldKey>> = Vec::new();
+    for k in keys {
+        let id = (k.name.as_ref().map(|n| n.to_ascii_uppercase()), k.deleted);
+        let i = *index.entry(id).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(k);
+    }
+    groups
+}
+
+/// A holder's [`HeldKeyCount`]s (`group_held_keys`).
+#[must_use]
+pub fn held_key_counts(keys: &[HeldKey]) -> Vec<HeldKeyCount> {
+    group_held_keys(keys)
+        .into_iter()
+        .map(|g| {
+            let first = g[0];
+            let oldest = g
+                .iter()
+                .filter(|k| k.opened_at.is_some())
+                .max_by_key(|k| k.age_secs);
+            let mut access_names: Vec<String> = Vec::new();
+            for k in g.iter().filter(|k| k.access != 0) {
+                let text = crate::access::text(k.access);
+                if !access_names.contains(&text) {
+                    access_names.push(text);
+                }
+            }
+            let held_now_by = g.iter().any(|k| k.held_now_by.is_some()).then(|| {
+                let mut by: Vec<u64> = g
+                    .iter()
+                    .filter_map(|k| k.held_now_by.as_ref())
+                    .flatten()
+                    .copied()
+                    .collect();
+                by.sort_unstable();
+                by.dedup();
+                by
+            });
+            HeldKeyCount {
+                name: first.name.clone(),
+                path: first.path.clone(),
+                count: g.len() as u64,
+                name_truncated: g.iter().any(|k| k.name_truncated),
+                deleted: first.deleted,
+                oldest_open: oldest.and_then(|k| k.opened_at.clone()),
+                oldest_age_secs: oldest.map_or(0, |k| k.age_secs),
+                access_names,
+                held_now_by,
+            }
+        })
+        .collect()
+}
+
+/// Fills each holder's `key_counts`, and with `leave_out_objects` leaves out the objects.
+///
+/// `leave_out_objects` (`holders --grouped`) empties the per-object `keys` lists, tracked
+/// and untracked, and marks the report `grouped`. Counts, verdict and completeness are left
+/// as they are.
+pub fn group_keys(r: &mut HoldersReport, leave_out_objects: bool) {
+    for h in &mut r.holders {
+        h.key_counts = held_key_counts(&h.keys);
+        if leave_out_objects {
+            h.keys = Vec::new();
+        }
+    }
+    if leave_out_objects {
+        for u in &mut r.untracked {
+            if u.key_counts.is_empty() {
+                u.key_counts = key_counts(&u.keys);
+            }
+            u.keys = Vec::new();
+        }
+        r.grouped = true;
+    }
+}
+
 /// Groups sorted key names into [`KeyCount`]s (equal names adjacent).
 #[must_use]
 pub fn key_counts(keys: &[String]) -> Vec<KeyCount> {
@@ -721,8 +851,9 @@ pub struct ProcessesReport {
     #[serde(skip)]
     pub kernel_missed: usize,
     /// Processes whose opens the tracker refused to record: their `open_keys` is a lower
-    /// bound. Empty when none, or when the driver's counters could not be read. Absent
-    /// (empty) from CLIs before 2026-12-06.
+    /// bound. Empty when none, or when the driver's counters (or the process list) could not
+    /// be read: then `source.missing` says so (review 23d, L5). Absent (empty) from CLIs
+    /// before 2026-12-06.
     #[serde(default)]
     pub short_counts: Vec<ShortCount>,
 }
@@ -1117,5 +1248,73 @@ mod tests {
         assert_eq!(age_secs(0, 99), 0);
         assert_eq!(age_secs(10, 5), 0);
         assert_eq!(age_secs(10_000_000, 30_000_000), 2);
+    }
+
+    fn held(name: Option<&str>, age: u64, access: u32) -> HeldKey {
+        HeldKey {
+            id: age,
+            name: name.map(str::to_owned),
+            path: name.map(|n| n.replace("HKU", r"\REGISTRY\USER")),
+            name_truncated: false,
+            deleted: false,
+            opened_at: Time::from_filetime(1000 - age),
+            age_secs: age,
+            thread: None,
+            access,
+            access_names: Vec::new(),
+            handle_opens: 1,
+            handle_closes: 0,
+            held_now_by: None,
+            stack: None,
+            stack_ref: StackRef::default(),
+        }
+    }
+
+    /// `key_counts` of a tracked holder (audit 23b, M3) never says more than the objects do:
+    /// a cut name or a missing one is kept as such, a deleted key is its own group.
+    #[test]
+    fn held_key_groups_keep_what_the_objects_could_not_say() {
+        let mut cut = held(Some(r"HKU\S\Long"), 3, 0x2_0019);
+        cut.name_truncated = true;
+        let mut gone = held(Some(r"HKU\S\a"), 1, 0x2_0019);
+        gone.deleted = true;
+        let mut by_other = held(Some(r"HKU\S\a"), 4, 0x2_0006);
+        by_other.held_now_by = Some(vec![9, 7]);
+        let keys = [
+            held(Some(r"HKU\S\A"), 9, 0x2_0019),
+            cut,
+            held(None, 5, 0),
+            gone,
+            by_other,
+            held(Some(r"HKU\S\Long"), 2, 0x2_0019),
+            held(None, 8, 0),
+        ];
+        let g = held_key_counts(&keys);
+        let summary: Vec<(Option<&str>, u64, bool, bool, u64)> = g
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_deref(),
+                    c.count,
+                    c.name_truncated,
+                    c.deleted,
+                    c.oldest_age_secs,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Some(r"HKU\S\A"), 2, false, false, 9),
+                (Some(r"HKU\S\Long"), 2, true, false, 3),
+                (None, 2, false, false, 8),
+                (Some(r"HKU\S\a"), 1, false, true, 1),
+            ]
+        );
+        assert_eq!(g[0].access_names, ["KEY_READ", "KEY_WRITE"]);
+        assert_eq!(g[0].held_now_by, Some(vec![7, 9]));
+        assert_eq!(g[1].held_now_by, None, "not asked");
+        assert!(g[2].access_names.is_empty(), "0: not known");
+        assert_eq!(g.iter().map(|c| c.count).sum::<u64>(), keys.len() as u64);
     }
 }

@@ -287,22 +287,13 @@ fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &m
         return;
     }
     // Group by name (a deleted key apart from one created with its name since), keeping the
-    // order of first appearance (oldest first).
-    let mut groups: Vec<(String, bool, Vec<&HeldKey>)> = Vec::new();
-    for k in &h.keys {
-        let name = k
+    // order of first appearance (oldest first): as `key_counts` in JSON.
+    for keys in crate::model::group_held_keys(&h.keys) {
+        let name = keys[0]
             .name
             .clone()
             .unwrap_or_else(|| "<name not recorded>".to_owned());
-        match groups
-            .iter_mut()
-            .find(|(n, d, _)| *d == k.deleted && n.eq_ignore_ascii_case(&name))
-        {
-            Some((_, _, v)) => v.push(k),
-            None => groups.push((name, k.deleted, vec![k])),
-        }
-    }
-    for (name, deleted, keys) in groups {
+        let deleted = keys[0].deleted;
         let age = keys.iter().map(|k| k.age_secs).max().unwrap_or(0);
         let known = keys.iter().any(|k| k.opened_at.is_some());
         let cut = if keys.iter().any(|k| k.name_truncated) {

@@ -84,6 +84,10 @@ pub struct Scripted {
     /// The driver's event stream (`IOCTL_HIVETRACK_WAIT_EVENTS`); without it the request is
     /// refused as an older driver refuses it.
     pub events: Option<crate::scripted_events::SharedQueue>,
+    /// `(holder, opener)`: the kernel lists the keys the driver files under `holder` under
+    /// `opener` instead, as for a kernel handle opened on `opener`'s thread (the driver files
+    /// it under System) or an attached thread's open (`CM_KEY_BODY.ProcessID`).
+    pub kernel_opener: Vec<(u64, u64)>,
 }
 
 impl Scripted {
@@ -228,7 +232,13 @@ impl Transport for Scripted {
             let mut pid = 0;
             for rec in page.records() {
                 match rec {
-                    HolderRecord::Process(p) => pid = p.pid,
+                    HolderRecord::Process(p) => {
+                        pid = self
+                            .kernel_opener
+                            .iter()
+                            .find(|(holder, _)| *holder == p.pid)
+                            .map_or(p.pid, |&(_, opener)| opener);
+                    }
                     // The kernel always has a name, even where the driver could not
                     // store one.
                     HolderRecord::Key(k) if k.name.is_empty() => {

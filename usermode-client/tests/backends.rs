@@ -718,6 +718,21 @@ fn keys_opened_before_tracking_are_grouped_by_name_with_a_count() {
         .map(|k| (k.name.as_str(), k.count))
         .collect();
     assert_eq!(counts, [(other.as_str(), 1), (leaked.as_str(), 3)], "{u:?}");
+    // `--grouped` (audit 23b, M3): the kernel's per-object list is left out, its groups and
+    // the completeness stay.
+    let o = run_scripted(
+        scripted(),
+        &["holders", &user_hive(), "--json", "--grouped"],
+    );
+    let g: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    let gu = &g.untracked[0];
+    assert!(g.grouped && gu.keys.is_empty(), "{gu:?}");
+    assert_eq!((gu.open_keys, &gu.key_counts), (u.open_keys, &u.key_counts));
+    assert_eq!((&g.source, &g.verdict), (&r.source, &r.verdict));
+    assert!(
+        !g.source.complete,
+        "still incomplete: keys from before tracking"
+    );
 }
 
 /// `kernel_only` whose driver counted 2,598 opens of pid 2040, start key `start_key`, as
@@ -784,6 +799,81 @@ fn a_process_past_its_memory_share_is_named_under_processes_and_holders() {
         ),
         (2040, 0x100 + 2040, 2_598, "memory_share")
     );
+}
+
+/// Review 23d, L5: with opens not recorded and the driver's counters unreadable, nobody can
+/// be named as the refused process; `processes` and `holders` said nothing, as when nobody
+/// was refused. They now say what they could not see.
+#[test]
+fn unreadable_counters_are_said_not_taken_for_no_refused_process() {
+    let unreadable = || {
+        let mut s = refused_at_2040(0x100 + 2040);
+        s.states[0].stats = None;
+        s
+    };
+    let said = |o: &common::Outcome| {
+        o.out
+            .contains("which process the 2598 open(s) not recorded belong to, so whose key count is a lower bound (the driver's counters could not be read")
+    };
+    for argv in [&["processes"][..], &["holders", &user_hive()]] {
+        let o = run_scripted(unreadable(), argv);
+        assert!(said(&o), "{argv:?}: {}", o.out);
+        // With the counters read, the process is named and no such line is printed.
+        let o = run_scripted(refused_at_2040(0x100 + 2040), argv);
+        assert!(!said(&o), "{argv:?}: {}", o.out);
+        assert!(
+            o.out.contains("process 2040 hit its memory share"),
+            "{}",
+            o.out
+        );
+    }
+    // `holders` also reads the process list to name only a refused process still running:
+    // unreadable, nobody is named and that is said too.
+    let mut s = refused_at_2040(0x100 + 2040);
+    s.states[0].processes = None;
+    let o = run_scripted(s, &["holders", &user_hive(), "--json"]);
+    let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert!(r.short_counts.is_empty(), "{:?}", r.short_counts);
+    assert!(
+        r.source
+            .missing
+            .iter()
+            .any(|m| m.starts_with("which process the 2598")
+                && m.contains("the process list could not be read")),
+        "{:?}",
+        r.source.missing
+    );
+    let o = run_scripted(unreadable(), &["processes", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport = serde_json::from_str(&o.out).unwrap();
+    assert!(r.short_counts.is_empty() && !r.source.complete);
+    assert!(
+        r.source
+            .missing
+            .iter()
+            .any(|m| m.starts_with("which process the 2598")),
+        "{:?}",
+        r.source.missing
+    );
+}
+
+/// Review 23d, L7: `holders --pid N --csv` printed only N's rows with no mark of the filter
+/// (the table and JSON's `pid_filter` have one); CSV says it beside its source line.
+#[test]
+fn holders_pid_csv_says_its_rows_are_filtered() {
+    let scripted = || kernel_only(&[(2040, "Policies"), (3111, "Other")]);
+    let o = run_scripted(
+        scripted(),
+        &["holders", &user_hive(), "--pid", "3111", "--csv"],
+    );
+    assert_eq!(o.code, 0, "{}", o.err);
+    assert!(!o.out.contains("Policies"), "{}", o.out);
+    assert!(
+        o.err.contains("hivetrack: rows filtered (--pid 3111): only the keys process 3111 opened or holds now; the hive's counts and verdict are the whole hive's"),
+        "{}",
+        o.err
+    );
+    let o = run_scripted(scripted(), &["holders", &user_hive(), "--csv"]);
+    assert!(!o.err.contains("rows filtered"), "{}", o.err);
 }
 
 /// `holders HIVE --pid N` lists only that process's keys, tracked and kernel-only; the
@@ -1336,6 +1426,56 @@ fn holders_pid_keeps_a_key_held_now_by_the_pid_through_a_duplicated_handle() {
     assert_eq!(r.pid_filter, Some(given_to));
     hivetrack_cli::app::keep_pid(&mut r, 12_345);
     assert!(r.holders.is_empty(), "a pid holding nothing keeps nothing");
+}
+
+/// Review 23d, M3: `processes --kernel` reconciles by counts per pid. A tracked key the driver
+/// files under one process (System for a kernel handle, the attached process) and the kernel
+/// under its opener is counted under the opener as without a record: the report must say it
+/// may be one of those, not present it as a key opened before tracking and nothing more.
+#[test]
+fn processes_kernel_says_when_a_tracked_key_is_listed_under_another_process() {
+    let scripted = || {
+        let mut s = Scripted::new(logoff());
+        // The agent's tracked key, as the kernel lists it: under pid 3111.
+        s.kernel_opener = vec![(2040, 3111)];
+        s
+    };
+    let o = run_scripted(scripted(), &["processes", "--kernel", "--json"]);
+    let r: hivetrack_cli::model::ProcessesReport =
+        serde_json::from_str(&o.out).unwrap_or_else(|e| panic!("{e}: {}{}", o.out, o.err));
+    let rows: Vec<(u64, u64)> = r
+        .kernel_only
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.pid, p.open_keys))
+        .collect();
+    assert_eq!(rows, [(3111, 1)], "{:?}", r.source.missing);
+    let doubt: Vec<&String> = r
+        .source
+        .missing
+        .iter()
+        .filter(|m| m.contains("filed under another process than the kernel names"))
+        .collect();
+    assert_eq!(doubt.len(), 1, "{:?}", r.source.missing);
+    assert!(
+        doubt[0].contains(&format!(r"1 key(s) the driver tracks in HKU\{SID}")),
+        "{doubt:?}"
+    );
+    assert!(!r.source.complete);
+    let o = run_scripted(scripted(), &["processes", "--kernel"]);
+    assert!(
+        o.out
+            .contains("--kernel may count them as without a record"),
+        "{}",
+        o.out
+    );
+    // Without the mismatch, no such doubt.
+    let o = run_scripted(
+        Scripted::new(logoff()),
+        &["processes", "--kernel", "--json"],
+    );
+    assert!(!o.out.contains("filed under another process"), "{}", o.out);
 }
 
 /// Review 23d, H2: a hive whose kernel list cannot be read (every `\REGISTRY\A` app hive, any

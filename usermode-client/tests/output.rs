@@ -199,6 +199,73 @@ fn holders_of_a_handle_leak_spans_many_pages() {
     assert_snapshot("holders_leak_table", &o.out);
 }
 
+/// `holders --grouped` (audit 23b, M3): the leak's JSON without the 65,602 key objects, with
+/// the same counts, completeness and verdict, and the objects grouped in `key_counts`.
+#[test]
+fn holders_grouped_leaves_out_the_key_objects_and_keeps_every_count() {
+    let hive = r"hklm\software";
+    let full = run_on(handle_leak(), &["holders", hive, "--json"]);
+    let grouped = run_on(handle_leak(), &["holders", hive, "--json", "--grouped"]);
+    assert_eq!((full.code, grouped.code), (0, 0), "{}", grouped.err);
+    let f: hivetrack_cli::model::HoldersReport = serde_json::from_str(&full.out).unwrap();
+    let g: hivetrack_cli::model::HoldersReport = serde_json::from_str(&grouped.out).unwrap();
+    assert!(g.grouped && !f.grouped);
+    // Everything but the per-object lists is the same answer.
+    assert_eq!(
+        (
+            &g.source,
+            &g.hive,
+            &g.verdict,
+            &g.untracked,
+            &g.short_counts
+        ),
+        (
+            &f.source,
+            &f.hive,
+            &f.verdict,
+            &f.untracked,
+            &f.short_counts
+        )
+    );
+    assert_eq!(g.holders.len(), f.holders.len());
+    for (gh, fh) in g.holders.iter().zip(&f.holders) {
+        assert!(gh.keys.is_empty(), "{gh:?}");
+        assert_eq!(gh.open_keys, fh.open_keys);
+        assert_eq!(
+            gh.key_counts, fh.key_counts,
+            "the same groups without --grouped"
+        );
+        let listed: u64 = gh.key_counts.iter().map(|k| k.count).sum();
+        assert_eq!(
+            listed,
+            fh.keys.len() as u64,
+            "the groups add up to the objects"
+        );
+    }
+    let leaky = g.holders.iter().find(|h| h.pid == LEAKY_PID).unwrap();
+    assert_eq!(leaky.key_counts.len(), 1, "{:?}", leaky.key_counts);
+    assert_eq!(leaky.key_counts[0].count, LEAK_COUNT as u64);
+    assert_eq!(
+        leaky.key_counts[0].path.as_deref(),
+        Some(scripted::LEAKED_KEY)
+    );
+    // Sizes as a ratio, never a timed or absolute figure.
+    assert!(
+        grouped.out.len() * 1000 < full.out.len(),
+        "{} bytes grouped against {} with every object",
+        grouped.out.len(),
+        full.out.len()
+    );
+    // CSV has one row per key object: refused, not ignored.
+    let o = run_on(handle_leak(), &["holders", hive, "--grouped", "--csv"]);
+    assert_eq!(o.code, hivetrack_cli::exit::BAD_ARGUMENTS, "{}", o.err);
+    assert!(o.out.is_empty() && o.err.contains("--grouped"), "{}", o.err);
+    // The table is grouped already: the same text.
+    let t = run_on(handle_leak(), &["holders", hive]);
+    let tg = run_on(handle_leak(), &["holders", hive, "--grouped"]);
+    assert_eq!(t.out, tg.out);
+}
+
 #[test]
 fn hives_in_every_form() {
     for (form, extra) in forms() {

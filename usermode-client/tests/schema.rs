@@ -91,6 +91,11 @@ fn every_report_round_trips_and_its_shape_is_pinned() {
             &round_trip::<HoldersReport>(&json(server, &["holders", &hive])),
         );
     }
+    // `--grouped`: `grouped`, and `key_counts` without the objects (audit 23b, M3).
+    add(
+        "holders",
+        &round_trip::<HoldersReport>(&json(logoff(), &["holders", &hive, "--grouped"])),
+    );
     add(
         "hives",
         &round_trip::<HivesReport>(&json(logoff(), &["hives"])),
