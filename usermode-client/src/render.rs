@@ -1264,8 +1264,20 @@ fn unload_history_table(r: &UnloadHistoryReport) -> String {
                 (a.holders_total as usize).saturating_sub(a.holders.len())
             );
         }
-        if let Some(hint) = crate::classes_link::failed_unload_hint(a, &r.attempts) {
+        let hint = crate::classes_link::failed_unload_hint(a, &r.attempts);
+        if let Some(hint) = &hint {
             let _ = writeln!(out, "    {hint}");
+        }
+        if hint.is_none()
+            && !a.held_after
+            && !a.holders_unseen
+            && a.holders_total == 0
+            && a.status == "0xC0000121"
+        {
+            // "0 open keys held by 0 processes" beside Windows' "in use" read as "nobody"
+            // (audit 24b, G1: a key a lower filter opened inside its callback; the service's
+            // event 1001 already said so, `fleet_event::failure_cause`).
+            out.push_str(NOBODY_SEEN_YET_IN_USE);
         }
         if a.holders_unseen {
             out.push_str(
@@ -1287,6 +1299,13 @@ fn unload_history_table(r: &UnloadHistoryReport) -> String {
     out.push('\n');
     out
 }
+
+/// Under a failed unload that Windows refused as in use (`STATUS_CANNOT_DELETE`) with no
+/// holder seen by a driver that vouched for the hive.
+const NOBODY_SEEN_YET_IN_USE: &str = "    no holder seen, yet Windows found the hive in use: \
+     something hivetrack does not track holds it (a kernel-mode reference, or an open it never \
+     got, such as one a registry filter below hivetrack's altitude makes inside its own \
+     callback); `hivetrack holders` asks the kernel's list\n";
 
 /// Renders `diff`.
 ///

@@ -618,6 +618,28 @@ fn a_key_one_read_of_the_kernels_list_left_out_still_holds_the_hive() {
     assert!(o.code == exit::OK && r.free && r.source.complete, "{r:?}");
 }
 
+/// Audit 24b, G1: the unload history of that profile's failed unload said "FAILED,
+/// `STATUS_CANNOT_DELETE`; 0 open key(s) held by 0 process(es)" and nothing more, which reads as
+/// "nobody"; the service's event 1001 already said that something hivetrack does not track
+/// holds it. Fails on the CLI before (1 of 1 check).
+#[test]
+fn a_failed_unload_with_no_holder_seen_says_something_unseen_holds_it() {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let user = format!(r"\REGISTRY\USER\{SID}");
+    t.tracking_started(NOW - 3600 * SECOND);
+    t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 600 * SECOND);
+    let _ = t.unload_attempted(&w(&user), 0xC000_0121, NOW - 60 * SECOND);
+    let o = run(&t, &["unload-history"]);
+    assert!(
+        o.out.contains("0 open key(s) held by 0 process(es)")
+            && o.out
+                .contains("no holder seen, yet Windows found the hive in use"),
+        "{}{}",
+        o.out,
+        o.err
+    );
+}
+
 /// Review 21a, L3: the hive list's key hivetrack.sys opens in `DriverEntry` (before its
 /// callback, so never recorded) and keeps for its life is in the kernel's list of the SYSTEM
 /// hive under System. The answer counts it (it holds the hive) and says it is hivetrack's own,
