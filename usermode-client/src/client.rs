@@ -651,23 +651,25 @@ impl<'t> Client<'t> {
         Ok(hives)
     }
 
-    /// The kernel's answer for the hive mounted at `mount`, unless the backend is the
+    /// The kernel's answer for the hive mounted at `mount` (read twice, so that one busy hash
+    /// bucket does not hide a key: [`crate::kernel_list`]), unless the backend is the
     /// driverless fallback (whose holders answer is that list already).
     fn kernel_unless_fallback(
         &mut self,
         mount: &str,
     ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
         (self.transport.backend() != crate::fallback::BACKEND)
-            .then(|| self.transport.kernel_open_keys(mount))
+            .then(|| crate::kernel_list::read(&mut *self.transport, mount))
             .flatten()
     }
 
-    /// The kernel's list of the key objects open in the hive mounted at `mount`.
+    /// The kernel's list of the key objects open in the hive mounted at `mount`
+    /// ([`crate::kernel_list::read`]).
     ///
     /// # Errors
     /// Why it cannot be had (the backend cannot ask, or the system refused), in words.
     pub fn kernel_open_keys(&mut self, mount: &str) -> Result<Vec<(u64, String)>, String> {
-        let raw = self.transport.kernel_open_keys(mount);
+        let raw = crate::kernel_list::read(&mut *self.transport, mount);
         kernel_answer(self.transport.backend(), mount, raw)
     }
 

@@ -848,7 +848,7 @@ impl Loop<'_, '_> {
                 }
             },
             Err(e) if matches!(e.downcast_ref(), Some(CliError::UnknownHive { .. })) => {
-                return match t.kernel_open_keys(hive) {
+                return match crate::kernel_list::read(t, hive) {
                     Some(Ok(keys)) => {
                         let mut by_pid: Vec<(u64, u64)> = Vec::new();
                         for (pid, _) in keys {

@@ -27,6 +27,7 @@ pub mod hive_name;
 pub mod holder_identity;
 pub mod holder_now;
 pub mod install_location;
+pub mod kernel_list;
 pub mod legacy_driver;
 pub mod model;
 pub mod modules;

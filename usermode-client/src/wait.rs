@@ -409,7 +409,7 @@ fn record_gone(client: &mut Client<'_>, at: Mount<'_>, loaded_since: bool) -> Go
     let hive = at.path;
     let fallback = client.backend() == crate::fallback::BACKEND;
     let mut source = client.source(0);
-    let (open_keys, holders) = match client.transport().kernel_open_keys(hive) {
+    let (open_keys, holders) = match crate::kernel_list::read(client.transport(), hive) {
         // No such hive: unloaded. Not for an application hive: `\REGISTRY\A` is a private
         // namespace whose hives cannot be opened by name at all, so "not found" proves
         // nothing there (it is a failure to ask, below). Nor for a path no report resolved

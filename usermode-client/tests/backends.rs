@@ -598,7 +598,10 @@ fn a_driver_that_never_finishes_is_an_error() {
 /// The driver started after the agent opened its key: the kernel lists the key, the driver
 /// has no record of it (issue 12).
 fn started_late() -> Scripted {
-    let mut server = logoff_released();
+    // The profile was loaded before tracking started: a key only the kernel lists can then
+    // be from before it (in a hive loaded since, with nothing lost, it cannot: the report
+    // calls such a key "not seen by hivetrack", audit 24b, G1).
+    let mut server = hivetrack_cli::scripted::logoff_released_loaded_before_tracking();
     server.kernel_extra = vec![(2040, format!(r"\REGISTRY\USER\{SID}\Software\Policies"))];
     let mut s = Scripted::new(server);
     s.images = vec![(2040, hivetrack_cli::scripted::AGENT.to_owned())];
@@ -662,7 +665,8 @@ fn keys_opened_before_tracking_started_are_listed_and_the_report_is_not_complete
 /// The logoff scenario with the agent's key released, plus key objects only the kernel lists
 /// (pid, key under the user's `Software`); the agent's image known as pid 2040's.
 fn kernel_only(keys: &[(u64, &str)]) -> Scripted {
-    let mut server = logoff_released();
+    // Loaded before tracking started, as `started_late`.
+    let mut server = hivetrack_cli::scripted::logoff_released_loaded_before_tracking();
     server.kernel_extra = keys
         .iter()
         .map(|(pid, k)| (*pid, format!(r"\REGISTRY\USER\{SID}\Software\{k}")))

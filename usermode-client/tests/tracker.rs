@@ -524,6 +524,122 @@ fn a_key_deleted_while_open_still_holds_the_hive_and_says_so() {
     );
 }
 
+/// A profile loaded after tracking started whose only key is one a registry filter below
+/// hivetrack opened inside its own callback (the driver never hears of it), and whose
+/// kernel's list finds that key's hash bucket busy on its first `skipped` reads (WRK
+/// `cmsubs.c` `CmpSearchForOpenSubKeys`: "else skip this entry", `STATUS_SUCCESS`): the kernel
+/// emulator's `lower-filter-busy-bucket`.
+struct BusyBucket {
+    t: Rc<Engine>,
+    reads: Rc<std::cell::Cell<u32>>,
+    skipped: u32,
+    held: bool,
+}
+
+/// The key the lower filter holds, and its opener's pid (the process whose open it caught).
+const FILTER_KEY: (u64, &str) = (2004, r"Software\Contoso\Cache");
+
+impl Transport for BusyBucket {
+    fn backend(&self) -> &'static str {
+        "tracker"
+    }
+    fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        Driver(self.t.clone()).ioctl(code, input, out)
+    }
+    fn kernel_open_keys(
+        &mut self,
+        hive: &str,
+    ) -> Option<Result<Vec<(u64, String)>, TransportError>> {
+        self.reads.set(self.reads.get() + 1);
+        let listed = self.held && self.reads.get() > self.skipped;
+        Some(Ok(if listed {
+            vec![(FILTER_KEY.0, format!(r"{hive}\{}", FILTER_KEY.1))]
+        } else {
+            Vec::new()
+        }))
+    }
+}
+
+fn run_busy_bucket(skipped: u32, held: bool, argv: &[&str]) -> common::Outcome {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    t.tracking_started(NOW - 3600 * SECOND);
+    t.hive_loaded(
+        &w(&format!(r"\REGISTRY\USER\{SID}")),
+        &w("NTUSER.DAT"),
+        NOW - 600 * SECOND,
+    );
+    let reads = Rc::new(std::cell::Cell::new(0));
+    run_with(
+        argv,
+        move |_| {
+            Ok(Box::new(BusyBucket {
+                t: t.clone(),
+                reads: Rc::clone(&reads),
+                skipped,
+                held,
+            }) as Box<dyn Transport>)
+        },
+        &Contoso,
+    )
+}
+
+/// Audit 24b, G1: a "complete" or "free" answer must not rest on one read of the kernel's
+/// list. The driver saw every key of the hive it could (loaded after tracking started,
+/// nothing lost) and has none; the key a lower filter holds is the kernel's alone, and the
+/// first read left it out. Until 2026-12-06 `holders --strict` said "0 open keys, complete"
+/// (exit 0), `--fail-if-held` exit 0 and `wait` "free" (exit 0) while the unload failed: 6
+/// of this test's 7 checks fail on that CLI (all but the last, nothing held). Now the list is
+/// read twice and the key counts.
+#[test]
+fn a_key_one_read_of_the_kernels_list_left_out_still_holds_the_hive() {
+    use hivetrack_cli::exit;
+    let hive = format!(r"HKU\{SID}");
+    let o = run_busy_bucket(1, true, &["holders", &hive, "--strict", "--json"]);
+    let r: HoldersReport = serde_json::from_str(&o.out).unwrap();
+    assert_ne!(o.code, exit::OK, "{}{}", o.out, o.err);
+    assert!(!r.source.complete, "{:?}", r.source);
+    assert!(
+        r.untracked.len() == 1
+            && r.untracked[0].pid == FILTER_KEY.0
+            && r.untracked[0].keys[0].ends_with(FILTER_KEY.1),
+        "{:?}",
+        r.untracked
+    );
+    let o = run_busy_bucket(1, true, &["holders", &hive, "--fail-if-held"]);
+    assert_ne!(o.code, exit::OK, "{}{}", o.out, o.err);
+    let o = run_busy_bucket(1, true, &["wait", &hive, "--timeout", "3", "--json"]);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert_eq!(o.code, exit::HELD, "{}{}", o.out, o.err);
+    assert!(!r.free && r.verdict != WaitVerdict::Free, "{r:?}");
+    // The same profile with nothing held anywhere is free and complete: what made the old
+    // answers wrong is the skipped read alone.
+    let o = run_busy_bucket(0, false, &["wait", &hive, "--timeout", "3", "--json"]);
+    let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
+    assert!(o.code == exit::OK && r.free && r.source.complete, "{r:?}");
+}
+
+/// Audit 24b, G1: the unload history of that profile's failed unload said "FAILED,
+/// `STATUS_CANNOT_DELETE`; 0 open key(s) held by 0 process(es)" and nothing more, which reads as
+/// "nobody"; the service's event 1001 already said that something hivetrack does not track
+/// holds it. Fails on the CLI before (1 of 1 check).
+#[test]
+fn a_failed_unload_with_no_holder_seen_says_something_unseen_holds_it() {
+    let t = Rc::new(Engine::new(Heap, Config::default()).expect("default config"));
+    let user = format!(r"\REGISTRY\USER\{SID}");
+    t.tracking_started(NOW - 3600 * SECOND);
+    t.hive_loaded(&w(&user), &w("NTUSER.DAT"), NOW - 600 * SECOND);
+    let _ = t.unload_attempted(&w(&user), 0xC000_0121, NOW - 60 * SECOND);
+    let o = run(&t, &["unload-history"]);
+    assert!(
+        o.out.contains("0 open key(s) held by 0 process(es)")
+            && o.out
+                .contains("no holder seen, yet Windows found the hive in use"),
+        "{}{}",
+        o.out,
+        o.err
+    );
+}
+
 /// Review 21a, L3: the hive list's key hivetrack.sys opens in `DriverEntry` (before its
 /// callback, so never recorded) and keeps for its life is in the kernel's list of the SYSTEM
 /// hive under System. The answer counts it (it holds the hive) and says it is hivetrack's own,
@@ -967,8 +1083,10 @@ fn wait_on_deferred_profile_with(
 /// the kernel no longer has the hive, and says so when the timeout comes first.
 #[test]
 fn a_deferred_unload_is_waited_for_until_the_kernel_no_longer_has_the_hive() {
-    // Loaded at the look before the driver's wait (review 20b, R6) and the two after it.
-    let (r, looks) = wait_on_deferred_profile(3, false);
+    // Loaded at the look before the driver's wait (review 20b, R6) and the two after it:
+    // five reads of the kernel's list, each holders look reading it twice (audit 24b, G1:
+    // `kernel_list`) and the check of the deferred unload once.
+    let (r, looks) = wait_on_deferred_profile(5, false);
     assert!(r.free && !r.unload_pending, "{r:?}");
     assert!(
         looks >= 4,
@@ -1118,7 +1236,9 @@ fn run_unvouched(loaded_looks: u32, argv: &[&str]) -> (common::Outcome, u32) {
 fn a_deferred_unload_of_a_hive_loaded_before_tracking_ends_free_once_windows_unloads_it() {
     use hivetrack_cli::exit;
     let hive = format!(r"HKU\{SID}");
-    let (o, looks) = run_unvouched(2, &["wait", &hive, "--timeout", "10", "--json"]);
+    // Loaded for the first look's two reads of the kernel's list (`kernel_list`) and the
+    // check of the deferred unload; gone at the next.
+    let (o, looks) = run_unvouched(3, &["wait", &hive, "--timeout", "10", "--json"]);
     assert_eq!(o.code, exit::OK, "{looks} looks: {}{}", o.out, o.err);
     let r: hivetrack_cli::model::WaitReport = serde_json::from_str(&o.out).unwrap();
     assert!(
@@ -1126,7 +1246,7 @@ fn a_deferred_unload_of_a_hive_loaded_before_tracking_ends_free_once_windows_unl
         "{r:?}"
     );
     assert!(o.sleeps >= 1, "it waited for the unload: {o:?}");
-    let (o, _) = run_unvouched(2, &["wait", &hive, "--timeout", "10"]);
+    let (o, _) = run_unvouched(3, &["wait", &hive, "--timeout", "10"]);
     assert!(o.out.contains("free after"), "{}", o.out);
     // Still loaded at the timeout: no key open, but not unloaded (exit 1), as before.
     let (o, _) = run_unvouched(u32::MAX, &["wait", &hive, "--timeout", "3", "--json"]);

@@ -10,7 +10,7 @@ use crate::harness::scenario::tracking::{
     APP1, APP2, CLASSES, KEY_READ, SYSTEM_PID, USER, boot_hives, ensure_parents, load_profile,
     logoff_workload, spawn,
 };
-use crate::harness::scenario::{Ctx, RunOptions, attribution, tracking};
+use crate::harness::scenario::{Ctx, RunOptions, attribution, tracking, truth};
 use crate::loader::driver::{self, LoadedDriver};
 use crate::machine::{cpu, trap};
 use crate::nt::cm::hive;
@@ -51,6 +51,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "late-start",
         "hivetrack started after the leak: the user profile was loaded and profleak.exe opened Software\\Policies before DriverEntry (the driver has no record of it; the kernel's list has); editor.exe opens Control Panel\\Desktop after",
+    ),
+    (
+        "lower-filter-busy-bucket",
+        "the user profile loaded after tracking started; an antivirus registry filter below hivetrack (altitude 320000) opened Software\\Contoso\\Cache inside its pre-open callback when editor.exe opened Software, and keeps it: hivetrack never saw that open (Learn \"Supporting Layered Registry Filtering Drivers\"); the profile's unload failed (STATUS_CANNOT_DELETE); the next read of the kernel's list finds the key's hash bucket busy and leaves it out (WRK cmsubs.c CmpSearchForOpenSubKeys; audit 24b, G1)",
     ),
 ];
 
@@ -162,6 +166,10 @@ impl Session {
                 holder = staged.map(|s| s.explorer);
             }
             "classes-link" => stage_classes_link(&mut ctx),
+            // Nobody's exit frees it: the filter's kernel handle outlives editor.exe.
+            "lower-filter-busy-bucket" => {
+                let _ = truth::stage_lower_filter_key(&mut ctx);
+            }
             "late-start" => {
                 let later = spawn(&mut ctx, APP1);
                 let key = format!(r"{USER}\Control Panel\Desktop");
@@ -295,6 +303,10 @@ impl Session {
     #[must_use]
     pub fn finish(mut self) -> Vec<String> {
         io::close(self.control);
+        // A lower filter's kept handles (`lower-filter-busy-bucket`): that filter's business.
+        for h in crate::nt::cm::registry::take_kept_open() {
+            let _ = hive::close_key(SYSTEM_PID, h);
+        }
         let _ = self.driver.unload();
         kernel::leaks()
     }

@@ -86,6 +86,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_context_after_close,
         ),
         Scenario::test_driver(
+            "td-open-subkeys-skip",
+            "a filter below the driver opens a key inside its pre-open callback and keeps it: the driver never sees that open; NtQueryOpenSubKeysEx whose try-lock of the key's hash bucket fails leaves it out and still succeeds, the next read lists it, the unload fails on it (WRK cmsubs.c CmpSearchForOpenSubKeys: \"else skip this entry\"; Learn \"Supporting Layered Registry Filtering Drivers\")",
+            td_open_subkeys_skip,
+        ),
+        Scenario::test_driver(
             "td-open-then-fail",
             "an open that succeeds in the post and then fails (a higher filter, or no handle): the object is destroyed with close and cleanup",
             td_open_then_fail,
@@ -690,6 +695,103 @@ fn td_link_holds_target(ctx: &mut Ctx) {
     ctx.check(
         user_gone == STATUS_SUCCESS,
         format!("user, its key closed: {}", status::describe(user_gone)),
+    );
+    process::exit_process(p);
+    finish(ctx, s);
+}
+
+/// Audit 24b, G1: a key a lower-altitude filter opened inside its own callback reaches no
+/// callback above it (Learn "Supporting Layered Registry Filtering Drivers"; regfltr
+/// `multialt.c`), so only the kernel's list shows it; and one read of that list can leave it
+/// out while the call succeeds: WRK `ntapi.c` NtQueryOpenSubKeysEx holds the registry lock
+/// shared, and `cmsubs.c` CmpSearchForOpenSubKeys (SearchAndCount) skips a hash bucket whose
+/// try-lock fails ("else skip this entry; continue"). The unload, under the lock held
+/// exclusive, still finds the key (`cmapi.c` CmUnloadKey).
+fn td_open_subkeys_skip(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let lower = registry::register_emulated(registry::filter_keep_open, 0, "320000");
+    ctx.check(
+        lower.is_ok(),
+        format!("a filter below the test driver, at 320000: {lower:?}"),
+    );
+    let Some(p) = new_process(ctx, r"\Device\HarddiskVolume2\scan.exe") else {
+        return;
+    };
+    let user = format!(r"\REGISTRY\USER\{SID}");
+    let (software, cached) = (
+        format!(r"{user}\Software"),
+        format!(r"{user}\Software\Cached"),
+    );
+    let loaded = hive::load_hive(hive::SYSTEM_PID, &user, r"\??\C:\Users\kemu\NTUSER.DAT");
+    for key in [&software, &cached] {
+        if let Ok(h) = hive::open_key(p, key, KEY_READ, true) {
+            let _ = hive::close_key(p, h);
+        }
+    }
+    ctx.check(
+        loaded == STATUS_SUCCESS,
+        format!("load {user}: {}", status::describe(loaded)),
+    );
+    ctx.say("the filter opens Software\\Cached inside its pre-open of Software, and keeps it");
+    registry::set_keep_open(&cached);
+    let st0 = stats(&s);
+    let own = hive::open_key(p, &software, KEY_READ, false);
+    let st1 = stats(&s);
+    let kept = registry::take_kept_open();
+    ctx.check(
+        own.is_ok() && kept.len() == 1 && st1[PRE_OPEN] == st0[PRE_OPEN] + 1,
+        format!(
+            "the caller's open {own:?}; the filter keeps {} handle(s); the test driver above \
+             got {} pre-open(s) (the caller's only, not the filter's own)",
+            kept.len(),
+            st1[PRE_OPEN] - st0[PRE_OPEN]
+        ),
+    );
+    if let Ok(h) = own {
+        let _ = hive::close_key(p, h);
+    }
+    let listed_by_p = |l: &Result<Vec<(u32, String)>, i32>| {
+        l.as_ref().is_ok_and(|v| {
+            v.iter()
+                .any(|(pid, n)| *pid == p && n.eq_ignore_ascii_case(&cached))
+        })
+    };
+    let whole = hive::open_subkeys(&user);
+    ctx.check(
+        listed_by_p(&whole),
+        format!("the kernel's list has the filter's key, under the caller's pid {p}: {whole:?}"),
+    );
+    ctx.say(
+        "its hash bucket is busy for one read: left out, STATUS_SUCCESS; the next read lists it",
+    );
+    hive::busy_bucket(&cached, 1);
+    let skipped = hive::open_subkeys(&user);
+    ctx.check(
+        skipped.as_ref().is_ok_and(Vec::is_empty),
+        format!("the read with the bucket busy succeeds and lists nothing: {skipped:?}"),
+    );
+    let again = hive::open_subkeys(&user);
+    ctx.check(
+        listed_by_p(&again),
+        format!("the next read lists it again: {again:?}"),
+    );
+    hive::busy_bucket(&cached, 1);
+    let refused = hive::unload_hive(hive::SYSTEM_PID, &user);
+    ctx.check(
+        refused == STATUS_CANNOT_DELETE,
+        format!(
+            "with the bucket busy, the unload (registry lock exclusive) still finds the key: {}",
+            status::describe(refused)
+        ),
+    );
+    hive::busy_bucket(&cached, 0);
+    for h in kept {
+        let _ = hive::close_key(hive::SYSTEM_PID, h);
+    }
+    let gone = hive::unload_hive(hive::SYSTEM_PID, &user);
+    ctx.check(
+        gone == STATUS_SUCCESS,
+        format!("the filter's handle closed: {}", status::describe(gone)),
     );
     process::exit_process(p);
     finish(ctx, s);

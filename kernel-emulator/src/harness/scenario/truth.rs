@@ -49,6 +49,11 @@ pub fn scenarios() -> Vec<Scenario> {
             late_start,
         ),
         Scenario::hivetrack(
+            "lower-filter-busy-bucket",
+            "a filter below hivetrack (an antivirus at 320000) opens the profile's Software\\Contoso\\Cache inside its pre-open callback and keeps it: hivetrack never sees that open, its answers have no key and nothing lost for a hive loaded after tracking started, its wait says free; the unload fails (STATUS_CANNOT_DELETE); the kernel's list, whose read finds the key's hash bucket busy, leaves it out and succeeds (WRK cmsubs.c CmpSearchForOpenSubKeys), the next read lists it (audit 24b, G1: what the CLI must not call complete)",
+            lower_filter_busy_bucket,
+        ),
+        Scenario::hivetrack(
             "loss-ages-out",
             "a cut name in one hive leaves other hives' reports complete; an open lost in the profile is counted there, with its time, and goes with the hive when it unloads",
             loss_ages_out,
@@ -457,6 +462,107 @@ fn late_start(ctx: &mut Ctx) {
         let _ = hive::close_key(early, k);
     }
     finish(ctx, d, h, &[early, later]);
+}
+
+/// The key [`stage_lower_filter_key`] has a lower filter hold.
+pub(crate) const LOWER_FILTER_KEY: &str =
+    r"\REGISTRY\USER\S-1-5-21-1004336348-1177238915-682003330-1001\Software\Contoso\Cache";
+
+/// Stages audit 24b's G1 with hivetrack loaded: a registry filter below it (an antivirus at
+/// 320000, `registry::filter_keep_open`) opens [`LOWER_FILTER_KEY`] inside its pre-open of
+/// the profile's `Software` by `editor.exe` and keeps the kernel handle, which no callback
+/// above it hears of (Learn "Supporting Layered Registry Filtering Drivers"; regfltr
+/// `multialt.c`); editor.exe closes its own key. The profile is loaded after the driver
+/// started. The profile service's unload then fails (STATUS_CANNOT_DELETE), and the next read
+/// of the kernel's list finds the key's hash bucket busy (`hive::busy_bucket`, WRK `cmsubs.c`
+/// CmpSearchForOpenSubKeys). Returns editor.exe's pid (the opener the kernel lists).
+pub(crate) fn stage_lower_filter_key(ctx: &mut Ctx) -> u32 {
+    use crate::nt::cm::registry;
+    let lower = registry::register_emulated(registry::filter_keep_open, 0, "320000");
+    ctx.check(
+        lower.is_ok(),
+        format!("an antivirus filter registers below hivetrack, at 320000: {lower:?}"),
+    );
+    load_profile(ctx);
+    let editor = spawn(ctx, APP1);
+    if let Some(k) = open_kept(ctx, editor, LOWER_FILTER_KEY) {
+        let _ = hive::close_key(editor, k);
+    }
+    registry::set_keep_open(LOWER_FILTER_KEY);
+    if let Some(k) = open_kept(ctx, editor, &format!(r"{USER}\Software")) {
+        let _ = hive::close_key(editor, k);
+    }
+    let refused = hive::unload_hive(hive::SYSTEM_PID, USER);
+    ctx.check(
+        refused == status::STATUS_CANNOT_DELETE,
+        format!(
+            "the profile's unload fails on the filter's key: {}",
+            status::describe(refused)
+        ),
+    );
+    hive::busy_bucket(LOWER_FILTER_KEY, 1);
+    editor
+}
+
+/// Audit 24b, G1: what hivetrack's answers and one read of the kernel's list say of a hive
+/// held only by a key a lower filter opened inside its callback ([`stage_lower_filter_key`]).
+/// The driver's side is right by design (it cannot see the open); the CLI must not take the
+/// two lists' agreement on "nothing" for proof (usermode-client `kernel_list`).
+fn lower_filter_busy_bucket(ctx: &mut Ctx) {
+    boot_hives(ctx);
+    let (d, h) = load(ctx);
+    let Some(h) = h else { return };
+    let editor = stage_lower_filter_key(ctx);
+    let kept = crate::nt::cm::registry::take_kept_open();
+    ctx.check(
+        kept.len() == 1,
+        format!("the filter keeps its handle: {kept:?}"),
+    );
+    let v = view(ctx, h, USER);
+    let seen = v.completeness;
+    ctx.check(
+        v.open_keys == 0
+            && v.holders == 0
+            && seen.tracking_since != 0
+            && seen.hive_lost == 0
+            && seen.global_lost == 0,
+        format!("hivetrack has no record of the filter's key and lost nothing: {v:?}"),
+    );
+    let loaded = hive_rows(ctx, h)
+        .into_iter()
+        .find(|(m, _, _)| m.eq_ignore_ascii_case(USER))
+        .map(|(_, _, t)| t);
+    ctx.check(
+        loaded.is_some_and(|t| t >= seen.tracking_since),
+        format!(
+            "the profile was loaded after tracking started ({loaded:?} >= {})",
+            seen.tracking_since
+        ),
+    );
+    let w = wait_now(ctx, h, USER);
+    ctx.check(
+        w.is_some_and(|w| w.outcome == WaitOutcome::Free),
+        format!("hivetrack's own wait answer is free of what it tracks: {w:?}"),
+    );
+    let first = hive::open_subkeys(USER);
+    ctx.check(
+        first.as_ref().is_ok_and(Vec::is_empty),
+        format!(
+            "one read of the kernel's list, the key's bucket busy: success, nothing: {first:?}"
+        ),
+    );
+    let second = hive::open_subkeys(USER);
+    ctx.check(
+        second.as_ref().is_ok_and(|l| {
+            l.iter()
+                .any(|(p, n)| *p == editor && n.eq_ignore_ascii_case(LOWER_FILTER_KEY))
+        }),
+        format!("the next read lists the key, opener {editor}: {second:?}"),
+    );
+    for k in kept {
+        let _ = hive::close_key(hive::SYSTEM_PID, k);
+    }
+    finish(ctx, d, h, &[editor]);
 }
 
 /// A hive whose load's pre-notification went by before the driver registered, and whose

@@ -300,6 +300,9 @@ pub struct HiveState {
     /// unload ([`add_to_hive_list`], [`remove_from_hive_list`]); read by
     /// [`crate::nt::cm::zwreg`] through [`hive_list`].
     hive_list: Vec<(String, String)>,
+    /// Keys whose hash bucket the next reads of the kernel's list find busy (canonical key
+    /// name -> reads left): see [`busy_bucket`].
+    busy_buckets: BTreeMap<String, u32>,
 }
 
 /// Readings of REG_LOAD_KEY_INFORMATION's `Object` for a load relative to a root directory
@@ -3090,6 +3093,7 @@ pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
                 STATUS_OBJECT_NAME_NOT_FOUND
             });
         }
+        let busy = k.hives.take_busy_buckets(&m);
         let mut v: Vec<(usize, u32, String)> = k
             .hives
             .objects
@@ -3098,6 +3102,7 @@ pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
                 o.hive == m
                     && !o.destroyed
                     && !o.deleted
+                    && !busy.contains(&canon(&o.name))
                     && (o.handles > 0
                         || k.objects.references.get(a).copied().unwrap_or(0) > 0
                         || k.hives.deferred.contains(a))
@@ -3124,6 +3129,64 @@ pub fn open_subkeys(mount: &str) -> Result<Vec<(u32, String)>, NtStatus> {
         hive_object_gone(&hive);
     }
     listed
+}
+
+/// Makes the next `reads` calls of [`open_subkeys`] on the hive of key `path` find that
+/// key's hash bucket busy: they leave out every key object of the key and still succeed
+/// (`reads` 0 clears it). Nothing else sees the bucket busy: an unload's search runs with
+/// the registry lock held exclusive, where every bucket lock is waited for.
+///
+/// Windows Research Kernel `ntapi.c` NtQueryOpenSubKeysEx (≈5024-5062) takes the registry
+/// lock *shared* (`CmpLockRegistry`) and only the two buckets of the hive's root and its
+/// parent exclusive, then calls `cmsubs.c` CmpSearchForOpenSubKeys (≈606-632) with
+/// SearchAndCount: each other bucket it may not wait for is try-locked, and when
+/// `CmpTryToLockHashEntryByIndexExclusive` fails — another thread holds the bucket, as any
+/// open, close or delete of a key hashed there does for a moment — "else skip this entry;
+/// continue": the bucket's keys are not dumped, and the call returns STATUS_SUCCESS with
+/// them missing. *Model choices*: the busy bucket holds the one key named (a real bucket
+/// holds every cached key whose hash falls there, of any hive); a bucket stays busy for a
+/// number of reads (a read in Windows takes microseconds, so a writer in a loop can overlap
+/// several). Not modelled: a key body on the fast array skipped when its compare-exchange
+/// loses (`cmsubs.c` CmpDumpKeyBodyList ≈296-316), same effect, one object.
+///
+/// # Panics
+/// When `path` is its hive's root (the query holds the root's bucket itself, so the root's
+/// key bodies are always listed: `CmpDumpKeyBodyList(KeyControlBlock, ...)` before the loop)
+/// or no loaded hive holds it — a scenario's mistake.
+pub fn busy_bucket(path: &str, reads: u32) {
+    let key = canon(path);
+    kernel::with(|k| {
+        let hive = k.hives.hive_of(&key);
+        assert!(
+            hive.as_ref().is_some_and(|h| *h != key),
+            "busy_bucket({path}): not a key below a loaded hive's root"
+        );
+        if reads == 0 {
+            k.hives.busy_buckets.remove(&key);
+        } else {
+            k.hives.busy_buckets.insert(key, reads);
+        }
+    });
+}
+
+impl HiveState {
+    /// The keys of hive `mount` (canonical) whose bucket this read finds busy
+    /// ([`busy_bucket`]), each with one read fewer left.
+    fn take_busy_buckets(&mut self, mount: &str) -> BTreeSet<String> {
+        let busy: BTreeSet<String> = self
+            .busy_buckets
+            .keys()
+            .filter(|key| self.hive_of(key).as_deref() == Some(mount))
+            .cloned()
+            .collect();
+        self.busy_buckets.retain(|key, left| {
+            if busy.contains(key) {
+                *left -= 1;
+            }
+            *left > 0
+        });
+        busy
+    }
 }
 
 /// Key objects of a hive still alive, one line each (for reports).

@@ -1431,6 +1431,63 @@ pub unsafe extern "win64" fn filter_rename_hidden(
     STATUS_SUCCESS
 }
 
+/// What [`filter_keep_open`] does: the key it opens at its next pre-open/pre-create (taken
+/// then), and the kernel handles it keeps.
+static KEEP_OPEN: std::sync::Mutex<(Option<String>, Vec<u64>)> =
+    std::sync::Mutex::new((None, Vec::new()));
+
+/// Gives [`filter_keep_open`] the key to open, once, at the next pre-open/pre-create it gets.
+pub fn set_keep_open(path: &str) {
+    if let Ok(mut k) = KEEP_OPEN.lock() {
+        k.0 = Some(path.to_string());
+    }
+}
+
+/// The kernel handles [`filter_keep_open`] opened and kept, handed over (the caller closes
+/// them with [`crate::nt::cm::hive::close_key`]).
+pub fn take_kept_open() -> Vec<u64> {
+    KEEP_OPEN
+        .lock()
+        .map(|mut k| std::mem::take(&mut k.1))
+        .unwrap_or_default()
+}
+
+/// Another filter (emulated), as an antivirus or EDR registry filter that caches a handle:
+/// in a pre-open/pre-create (of any key), opens the key set by [`set_keep_open`] with its own
+/// kernel-handle `ZwOpenKey` on the caller's thread, keeps the handle ([`take_kept_open`])
+/// and lets the operation go on. Its open is made inside its callback, so it reaches only the
+/// callbacks *below* it ([`by_altitude`]): Learn, "Supporting Layered Registry Filtering
+/// Drivers" ("If a driver modifies an operation by calling a different registry function, the
+/// configuration manager does not restart at the top of the filter stack"); regfltr
+/// `multialt.c` MultipleAltitudeInternalInvocationSample (the higher callback "does not get
+/// notifications for the registry operations called by the middle callback"). A filter above
+/// it — hivetrack, at 385217 over the antivirus range 320000-329999 — never learns of the
+/// key, which the kernel lists (opened by the caller's process: `CM_KEY_BODY.ProcessID`) and
+/// which holds its hive.
+///
+/// # Safety
+/// Called by the model with a notification class and its structure.
+pub unsafe extern "win64" fn filter_keep_open(
+    _ctx: *mut c_void,
+    class: *mut c_void,
+    _info: *mut c_void,
+) -> NtStatus {
+    let c = class as usize;
+    if c != class::PRE_OPEN_KEY_EX && c != class::PRE_CREATE_KEY_EX {
+        return STATUS_SUCCESS;
+    }
+    let Some(path) = KEEP_OPEN.lock().ok().and_then(|mut k| k.0.take()) else {
+        return STATUS_SUCCESS;
+    };
+    let pid = crate::nt::io::current_pid();
+    if let Ok(h) = crate::nt::cm::hive::open_kernel_key(pid, &path, 0x2_0019, false)
+        && let Ok(mut k) = KEEP_OPEN.lock()
+    {
+        k.1.push(h);
+    }
+    STATUS_SUCCESS
+}
+
 /// Marker in a key path whose successful open or create [`filter_fail_post`] turns into
 /// STATUS_ACCESS_DENIED in the post-notification.
 pub const FAIL_POST_MARKER: &str = "KEMU-FAILPOST";
