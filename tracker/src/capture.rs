@@ -54,6 +54,9 @@ pub struct Capture<L> {
     text: UnsafeCell<[u16; MAX_SCOPE_UNITS]>,
     len: AtomicU32,
     since: AtomicU64,
+    /// The process id a [`CaptureScope::Process`] scope names (0 for any other scope),
+    /// parsed once when the scope is set.
+    pid: AtomicU64,
 }
 
 // SAFETY: `text` is read and written only under `lock`; the rest are atomics.
@@ -77,6 +80,7 @@ impl<L: RawLock> Capture<L> {
             text: UnsafeCell::new([0; MAX_SCOPE_UNITS]),
             len: AtomicU32::new(0),
             since: AtomicU64::new(0),
+            pid: AtomicU64::new(0),
         }
     }
 
@@ -120,6 +124,12 @@ impl<L: RawLock> Capture<L> {
         }
         self.len.store(n, Relaxed);
         self.since.store(now, Relaxed);
+        let pid = if scope == CaptureScope::Process {
+            pid_of_text(text.units()).unwrap_or(0)
+        } else {
+            0
+        };
+        self.pid.store(pid, Relaxed);
         self.scope.store(scope as u32, Release);
     }
 }
@@ -152,16 +162,43 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
         const PROCESS: u32 = CaptureScope::Process as u32;
         match self.capture.scope_word() {
             // Every open: no text to read, so no lock.
-            ALL => return self.holding_of_open(token).is_some(),
-            HIVE | IMAGE | PROCESS => {}
+            ALL => self.holding_of_open(token).is_some(),
+            HIVE | IMAGE | PROCESS => self.scoped_capture_wanted(token),
             // Off, or a word that names no scope (read as off, as `Capture::scope` does).
-            _ => return false,
+            _ => false,
         }
+    }
+
+    /// [`Self::capture_wanted`] for a scope that names a hive, an image or a process: out of
+    /// line, so that the capture-off test inlined into every open stays as small as it was
+    /// before the process scope (issue 14: inlined, the scoped branch cost a fresh open 25
+    /// instructions with capture off).
+    #[inline(never)]
+    fn scoped_capture_wanted(&self, token: Token) -> bool {
         let Some(hold_ptr) = self.holding_of_open(token) else {
             return false;
         };
         let hold = holding_of(hold_ptr);
-        let wanted = self.capture.with(|scope, text| match scope {
+        // A process scope needs no text, so no lock: every open on the machine is tested
+        // against it while it is set (review 24a, 4).
+        let wanted = if self.capture.scope_word() == CaptureScope::Process as u32 {
+            self.capture.pid.load(Relaxed) == process_of(hold.process).key.pid
+        } else {
+            self.scope_text_wanted(hold)
+        };
+        if !wanted {
+            // Said on the record, so that a report does not call it "capture was off".
+            if let Some((_, rec)) = self.token_rec(token) {
+                rec.set_flags(F_STACK_OUT_OF_SCOPE);
+            }
+        }
+        wanted
+    }
+
+    /// Whether the open whose holding is `hold` is in a hive or image scope (read under the
+    /// scope's lock, with its text).
+    fn scope_text_wanted(&self, hold: &Holding<L>) -> bool {
+        self.capture.with(|scope, text| match scope {
             CaptureScope::Off => false,
             CaptureScope::All => true,
             CaptureScope::Hive => match self.hives.resolve(&self.pool, &self.names, text, false) {
@@ -178,18 +215,12 @@ impl<P: Pool, L: RawLock> Tracker<P, L> {
                 proc.image()
                     .is_some_and(|n| eq_folded(file_name(name_of(n).units()), text))
             }
-            // The id is set once, when the process's record is made (no lock needed).
+            // The scope's id was read from its text when it was set; the process's id is set
+            // once, when its record is made (no lock needed for either).
             CaptureScope::Process => {
-                pid_of_text(text.iter().copied()) == Some(process_of(hold.process).key.pid)
+                self.capture.pid.load(Relaxed) == process_of(hold.process).key.pid
             }
-        });
-        if !wanted {
-            // Said on the record, so that a report does not call it "capture was off".
-            if let Some((_, rec)) = self.token_rec(token) {
-                rec.set_flags(F_STACK_OUT_OF_SCOPE);
-            }
-        }
-        wanted
+        })
     }
 
     /// The user-mode `frames` of the open that returned `token` (innermost first; empty when
