@@ -296,13 +296,14 @@ pub fn request(op: u64) -> [u64; 4] {
                 (ORDER_B.0.get(), ORDER_A.0.get())
             };
             // SAFETY: ORDER_A / ORDER_B are zero-initialised EX_SPIN_LOCKs this thread does
-            // not hold; each release restores what its own acquire returned, inner first.
-            unsafe {
-                let outer = acquire_exclusive(first);
-                let inner = acquire_exclusive(second);
-                release_exclusive(second, inner);
-                release_exclusive(first, outer);
-            }
+            // not hold.
+            let outer = unsafe { acquire_exclusive(first) };
+            // SAFETY: as above; taken inside `first`.
+            let inner = unsafe { acquire_exclusive(second) };
+            // SAFETY: held exclusive; `inner` is what its acquire returned (inner first).
+            unsafe { release_exclusive(second, inner) };
+            // SAFETY: held exclusive; `outer` is what its acquire returned.
+            unsafe { release_exclusive(first, outer) };
             out[0] = 1;
             out[1] = first as u64;
             out[2] = second as u64;

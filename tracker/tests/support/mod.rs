@@ -445,7 +445,7 @@ impl OrderLock {
     pub fn cycle() -> Option<Vec<usize>> {
         let e = EDGES.lock().unwrap().clone();
         let nodes: std::collections::BTreeSet<usize> =
-            e.iter().flat_map(|&(a, b)| [a, b]).collect();
+            e.iter().flat_map(|&e| <[usize; 2]>::from(e)).collect();
         for &start in &nodes {
             let mut stack = vec![vec![start]];
             let mut seen = std::collections::BTreeSet::new();
