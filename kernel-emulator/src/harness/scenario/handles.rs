@@ -49,20 +49,8 @@ fn td_user_handle_kernel_mode(ctx: &mut Ctx) {
     let Some(_s) = start(ctx) else { return };
     let p =
         process::create_process(4, r"\Device\HarddiskVolume2\Tools\app.exe", false).unwrap_or(0);
-    let dev = match io::open(
-        r"\\.\KemuTest",
-        Caller::Admin,
-        p,
-        GENERIC_READ | GENERIC_WRITE,
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            ctx.check(
-                false,
-                format!("p opens the test device: {}", status::describe(e)),
-            );
-            return;
-        }
+    let Some(dev) = open_device(ctx, p) else {
+        return;
     };
     let kp = hive::open_key(p, &format!(r"{SOFTWARE}\Mine"), KEY_READ, true).unwrap_or(0);
     let r = four(dev, IOCTL_REF_USER, kp);
@@ -106,6 +94,23 @@ fn logged(device: io::FileHandle) -> Vec<u64> {
         .collect()
 }
 
+/// The test driver's device, opened by process `p` (its requests run in p's context).
+fn open_device(ctx: &mut Ctx, p: u32) -> Option<io::FileHandle> {
+    io::open(
+        r"\\.\KemuTest",
+        Caller::Admin,
+        p,
+        GENERIC_READ | GENERIC_WRITE,
+    )
+    .inspect_err(|&e| {
+        ctx.check(
+            false,
+            format!("p opens the test device: {}", status::describe(e)),
+        );
+    })
+    .ok()
+}
+
 fn object_of(pid: u32, handle: u64) -> u64 {
     kernel::with(|k| k.hives.handles.get(&(pid, handle)).map_or(0, |&o| o as u64))
 }
@@ -123,20 +128,8 @@ fn td_handle_table(ctx: &mut Ctx) {
         .unwrap_or(0);
     let q = process::create_process(4, r"\Device\HarddiskVolume2\leaky.exe", false).unwrap_or(0);
     // The test driver's device, opened by p: its requests run in p's context.
-    let dev = match io::open(
-        r"\\.\KemuTest",
-        Caller::Admin,
-        p,
-        GENERIC_READ | GENERIC_WRITE,
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            ctx.check(
-                false,
-                format!("p opens the test device: {}", status::describe(e)),
-            );
-            return;
-        }
+    let Some(dev) = open_device(ctx, p) else {
+        return;
     };
     let kp = hive::open_key(p, &format!(r"{SOFTWARE}\Mine"), KEY_READ, true).unwrap_or(0);
     let kq = hive::open_key(q, &format!(r"{SOFTWARE}\Theirs"), KEY_READ, true).unwrap_or(0);

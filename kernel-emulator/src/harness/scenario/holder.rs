@@ -443,16 +443,7 @@ fn duplicated_holder(ctx: &mut Ctx) {
             describe(&holders)
         ),
     );
-    // The client: its own process, its own handle to the device.
-    let cli = spawn(ctx, r"\Device\HarddiskVolume2\Tools\hivetrack.exe");
-    let dev = crate::nt::io::open(
-        protocol::ioctl::WIN32_DEVICE_PATH,
-        crate::nt::se::security::Caller::Admin,
-        cli,
-        crate::nt::se::security::GENERIC_READ | crate::nt::se::security::GENERIC_WRITE,
-    );
-    let Ok(dev) = dev else {
-        ctx.check(false, "the client opens the device");
+    let Some((cli, dev)) = client_device(ctx) else {
         return;
     };
     let now = held_now(ctx, cli, dev);
@@ -523,13 +514,8 @@ fn duplicated_holder(ctx: &mut Ctx) {
     end(ctx, d, c);
 }
 
-/// Handle values refused up front are answered without `ObReferenceObjectByHandle`: the
-/// model counts the driver's calls of it.
-fn identify_null_handle(ctx: &mut Ctx) {
-    use protocol::identify::{IdentifyAnswer, IdentifyOutcome};
-    super::tracking::boot_hives(ctx);
-    let d = super::tracking::load_driver(ctx);
-    let Some(c) = Client::open(ctx) else { return };
+/// The client: its own process, its own handle to the device.
+fn client_device(ctx: &mut Ctx) -> Option<(u32, crate::nt::io::FileHandle)> {
     let cli = spawn(ctx, r"\Device\HarddiskVolume2\Tools\hivetrack.exe");
     let dev = crate::nt::io::open(
         protocol::ioctl::WIN32_DEVICE_PATH,
@@ -537,8 +523,20 @@ fn identify_null_handle(ctx: &mut Ctx) {
         cli,
         crate::nt::se::security::GENERIC_READ | crate::nt::se::security::GENERIC_WRITE,
     );
-    let Ok(dev) = dev else {
+    if dev.is_err() {
         ctx.check(false, "the client opens the device");
+    }
+    dev.ok().map(|d| (cli, d))
+}
+
+/// Handle values refused up front are answered without `ObReferenceObjectByHandle`: the
+/// model counts the driver's calls of it.
+fn identify_null_handle(ctx: &mut Ctx) {
+    use protocol::identify::{IdentifyAnswer, IdentifyOutcome};
+    super::tracking::boot_hives(ctx);
+    let d = super::tracking::load_driver(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    let Some((cli, dev)) = client_device(ctx) else {
         return;
     };
     let key = format!(r"{}\Mine", super::tracking::SOFTWARE);
