@@ -36,6 +36,11 @@ use crate::{
     pool, tracking,
 };
 
+/// `STATUS_INVALID_HANDLE` (ntstatus.h; not in wdk-sys's constants): what the kernel answers
+/// a handle value [`refused_up_front`].
+#[allow(clippy::cast_possible_wrap, reason = "NTSTATUS bits")]
+const STATUS_INVALID_HANDLE: i32 = 0xC000_0008_u32 as i32;
+
 /// The largest request: header, count and reserved word, [`MAX_IDENTIFY`] handles.
 const MAX_REQUEST: usize = HEADER_LEN + 8 + 8 * MAX_IDENTIFY;
 
@@ -111,6 +116,23 @@ impl Drop for Scratch {
     }
 }
 
+/// A handle value a `UserMode` `ObReferenceObjectByHandle` refuses before any lookup, so the
+/// driver answers it without the kernel call: 0 (never a handle; Learn's "Bug Check 0xC4"
+/// table has a row, 0xF5, for a driver that passed a NULL handle to
+/// `ObReferenceObjectByHandle`, not said to be `KernelMode` only: audit 24a, F3), and a value whose low 32 bits are negative other than
+/// the two pseudo-handles `NtCurrentProcess()` / `NtCurrentThread()` (-1, -2): such a value
+/// is decoded as a kernel handle only for `KernelMode`, and is `STATUS_INVALID_HANDLE` for
+/// `UserMode` (Windows Research Kernel `ob/obref.c`, `ObReferenceObjectByHandle`).
+#[must_use]
+pub const fn refused_up_front(handle: u64) -> bool {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the low 32 bits, as obref.c tests them"
+    )]
+    let low = handle as u32;
+    handle == 0 || (low.cast_signed() < 0 && handle != u64::MAX && handle != u64::MAX - 1)
+}
+
 /// Answers the request in the first `in_len` bytes of `buffer` (the `METHOD_BUFFERED` system
 /// buffer), writing the answer over it.
 pub fn identify(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
@@ -133,17 +155,21 @@ pub fn identify(buffer: &mut [u8], in_len: usize, out_len: usize) -> Outcome {
     let (wanted, entries) = scratch.parts();
     for (i, (w, handle)) in wanted.iter_mut().zip(request.handles()).enumerate() {
         let mut object: *mut c_void = null_mut();
-        // At PASSIVE_LEVEL (IRP_MJ_DEVICE_CONTROL dispatch), `object` a writable PVOID:
-        // SAFETY: a UserMode lookup of any handle value is safe (an invalid one fails).
-        let status = unsafe {
-            ObReferenceObjectByHandle(
-                handle as *mut c_void,
-                0,
-                null_mut(),
-                USER_MODE,
-                &raw mut object,
-                null_mut(),
-            )
+        let status = if refused_up_front(handle) {
+            STATUS_INVALID_HANDLE
+        } else {
+            // At PASSIVE_LEVEL (IRP_MJ_DEVICE_CONTROL dispatch), `object` a writable PVOID:
+            // SAFETY: a UserMode lookup of any handle value is safe (an invalid one fails).
+            unsafe {
+                ObReferenceObjectByHandle(
+                    handle as *mut c_void,
+                    0,
+                    null_mut(),
+                    USER_MODE,
+                    &raw mut object,
+                    null_mut(),
+                )
+            }
         };
         *w = Wanted {
             object: if status == STATUS_SUCCESS && !object.is_null() {

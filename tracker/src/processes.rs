@@ -22,9 +22,10 @@
 //! top dropper's lock (`crate::budget::TopDropper`) is a leaf: taken under a process lock
 //! (an open refused for its share, on the fresh path with the hive shard held too) or
 //! under nothing (`stats`), and nothing is taken under it. The table's teardown
-//! (`Tracker`'s drop) takes a process shard and a process, then may take a hive shard
-//! under them (a holding's unpin): the reverse of this order, safe only because it runs
-//! alone (audit 22a, F6).
+//! (`Tracker`'s drop) unlinks the holdings under a process shard and a process, and unpins
+//! their hives (which may take a hive shard) after releasing both, so it keeps this order
+//! too (Driver Verifier's Deadlock Detection reports an order loop even if never
+//! simultaneous: audit 24a, F1).
 //!
 //! Issues 16 and 17 add: the capture scope's lock (`crate::capture`), taken first, under
 //! nothing, and holding the hive shard (resolving a hive scope, then the name shard) or a

@@ -1926,14 +1926,19 @@ impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
         let pool = &self.pool;
         let names = &self.names;
         let hives = &self.hives;
-        // Lock order: `for_each` holds a process shard and the process while `unpin` may take
-        // a hive shard exclusively (a retired or forgettable hive's last reference): the
-        // reverse of the order every live path keeps (`crate::processes`). No deadlock only
-        // because nothing else runs now: the driver drops the tracker after
-        // `CmUnRegisterCallback`, after removing its process and image notify routines (the
-        // kernel waits for routines under way: Windows Research Kernel `ps/create.c`,
-        // `ExWaitForCallBacks` at a removal) and after cancelling its timer and flushing its
-        // DPCs (audit 22a, F6).
+        // Lock order: `unpin` may take a hive shard exclusively (a retired or forgettable
+        // hive's last reference), and the documented order (`crate::processes`) puts the hive
+        // shard before the process shard and the process. So the walk under those locks only
+        // unlinks each process's holdings onto one local chain, and the unpins run after it,
+        // under no tracker lock. Driver Verifier's Deadlock Detection reports an order loop
+        // even where the two orders can never run at once (Learn, devtest "Deadlock
+        // Detection": "find lock hierarchy violations that are not necessarily
+        // simultaneous"), so "nothing else runs now" (the driver drops the tracker after
+        // `CmUnRegisterCallback` and its notify removals: audit 22a, F6) was no defence
+        // (audit 24a, F1). In the driver `CmUnRegisterCallback`'s context cleanups usually
+        // empty every holding first (the kernel emulator reached this loop in no scenario);
+        // the host test `teardown_keeps_the_lock_order_with_an_app_hive_held` does.
+        let mut unlinked: *mut Holding<L> = ptr::null_mut();
         self.processes.for_each(|p| {
             let modules = NonNull::new(p.modules.swap(ptr::null_mut(), Relaxed));
             p.modules_tail.store(ptr::null_mut(), Relaxed);
@@ -1942,11 +1947,18 @@ impl<P: Pool, L: RawLock> Drop for Tracker<P, L> {
             while let Some(h) = NonNull::new(cur) {
                 let hold = holding_of(h);
                 cur = hold.next.load(Relaxed);
-                hives.unpin(pool, names, hold.hive, Vouch::NONE);
-                // SAFETY: teardown: exclusive access; the holding is unlinked.
-                unsafe { free_holding(pool, h) };
+                hold.next.store(unlinked, Relaxed);
+                unlinked = h.as_ptr();
             }
         });
+        while let Some(h) = NonNull::new(unlinked) {
+            let hold = holding_of(h);
+            unlinked = hold.next.load(Relaxed);
+            hives.unpin(pool, names, hold.hive, Vouch::NONE);
+            // SAFETY: teardown: exclusive access; the holding is unlinked from its process
+            // and from the local chain.
+            unsafe { free_holding(pool, h) };
+        }
         self.processes.teardown(pool, |i| names.release(pool, i));
         self.history
             .drain(|e| History::<L>::free_entry(pool, e, |n| names.release(pool, n)));

@@ -671,3 +671,33 @@ fn a_hive_a_refresh_cannot_record_is_counted_once() {
         "recorded now"
     );
 }
+
+/// The tracker's teardown with a process still holding a key of an application hive (the
+/// service stopped while an app keeps its `RegLoadAppKey` hive open): unpinning the hive
+/// (its last reference) takes the hive shard, which the documented order puts before the
+/// process shard and the process (`tracker/src/processes.rs`). Driver Verifier's Deadlock
+/// Detection reports a loop in the acquisition order even if the two orders never run at
+/// once (Learn, devtest "Deadlock Detection"; audit 24a, F1). Before 2026-12-06 the teardown
+/// unpinned under the process locks.
+#[test]
+fn teardown_keeps_the_lock_order_with_an_app_hive_held() {
+    let pool = CountingPool::new(Failure::Never, true);
+    OrderLock::reset();
+    {
+        let t: Tracker<&CountingPool, OrderLock> = Tracker::new(&pool, Config::default()).unwrap();
+        t.tracking_started(1);
+        let mount = app(7);
+        t.hive_loaded(&w(&mount), &w(r"\??\C:\ProgramData\App\settings.dat"), 10);
+        let tok = t
+            .opened(0x1000, P1, 7, &w(&format!(r"{mount}\Settings")), 1, 11)
+            .unwrap();
+        let _ = tok;
+        assert!(OrderLock::cycle().is_none(), "no loop before the teardown");
+    }
+    assert_eq!(
+        OrderLock::cycle(),
+        None,
+        "a lock-order loop in the teardown"
+    );
+    assert_eq!(pool.outstanding_blocks(), 0);
+}

@@ -23,6 +23,10 @@
 //!   given another IRQL than its acquire returned), [`OP_BUG_HANDED_OVER`] (the outer of two
 //!   nested locks released first, handing its IRQL to the inner: what hivetrack.sys did
 //!   until 2026-12-04).
+//! - Lock order (Driver Verifier's Deadlock Detection, devtest "Deadlock Detection"):
+//!   [`OP_ORDER_A_THEN_B`] takes [`ORDER_A`] then [`ORDER_B`] (both exclusive) and releases
+//!   them; [`OP_ORDER_B_THEN_A`] the reverse. Each returns before the other starts, so the
+//!   two orders are never simultaneous: only a lock-order graph sees the loop.
 
 use core::{
     arch::asm,
@@ -70,6 +74,11 @@ pub const OP_BUG_WRONG_OLD_IRQL: u64 = 17;
 /// `DISPATCH_LEVEL` (what the inner acquire returned), the inner to the outer's entry IRQL.
 pub const OP_BUG_HANDED_OVER: u64 = 18;
 
+/// [`ORDER_A`] then [`ORDER_B`], both exclusive, released inner first.
+pub const OP_ORDER_A_THEN_B: u64 = 19;
+/// [`ORDER_B`] then [`ORDER_A`]: the reverse order, a lock hierarchy violation.
+pub const OP_ORDER_B_THEN_A: u64 = 20;
+
 /// An `EX_SPIN_LOCK`: a zero-initialised LONG in non-paged memory (the image's data).
 struct ExLock(UnsafeCell<i32>);
 // SAFETY: the word is only touched by the kernel's EX_SPIN_LOCK routines (and, for the
@@ -80,6 +89,10 @@ unsafe impl Sync for ExLock {}
 static LOCK: ExLock = ExLock(UnsafeCell::new(0));
 /// A lock for the bugs (they stop the machine, so it is never reused).
 static BUG_LOCK: ExLock = ExLock(UnsafeCell::new(0));
+/// The first of the two lock-order locks.
+static ORDER_A: ExLock = ExLock(UnsafeCell::new(0));
+/// The second of the two lock-order locks.
+static ORDER_B: ExLock = ExLock(UnsafeCell::new(0));
 /// Shared holders inside [`LOCK`] now, as the holders count themselves.
 static HOLDERS: AtomicU64 = AtomicU64::new(0);
 /// Acquisitions of [`LOCK`] by the tick operations so far.
@@ -275,6 +288,25 @@ pub fn request(op: u64) -> [u64; 4] {
             unsafe { release_shared(lock, inner) };
             // SAFETY: held exclusive; given the outer's IRQL.
             unsafe { release_exclusive(bug, outer) };
+        }
+        OP_ORDER_A_THEN_B | OP_ORDER_B_THEN_A => {
+            let (first, second) = if op == OP_ORDER_A_THEN_B {
+                (ORDER_A.0.get(), ORDER_B.0.get())
+            } else {
+                (ORDER_B.0.get(), ORDER_A.0.get())
+            };
+            // SAFETY: ORDER_A / ORDER_B are zero-initialised EX_SPIN_LOCKs this thread does
+            // not hold.
+            let outer = unsafe { acquire_exclusive(first) };
+            // SAFETY: as above; taken inside `first`.
+            let inner = unsafe { acquire_exclusive(second) };
+            // SAFETY: held exclusive; `inner` is what its acquire returned (inner first).
+            unsafe { release_exclusive(second, inner) };
+            // SAFETY: held exclusive; `outer` is what its acquire returned.
+            unsafe { release_exclusive(first, outer) };
+            out[0] = 1;
+            out[1] = first as u64;
+            out[2] = second as u64;
         }
         _ => out = [u64::MAX; 4],
     }

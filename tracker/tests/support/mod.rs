@@ -401,3 +401,96 @@ impl Rng {
         self.0
     }
 }
+
+std::thread_local! {
+    static HELD: core::cell::RefCell<Vec<usize>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Every (held, acquired) pair of lock addresses seen by [`OrderLock`]s, over all threads:
+/// Driver Verifier's Deadlock Detection graph (Learn, devtest "Deadlock Detection": "builds a
+/// graph of resource acquisition order and checks for loops").
+static EDGES: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// A [`ParkingLock`] that records the lock-order graph ([`OrderLock::cycle`]).
+pub struct OrderLock(ParkingLock);
+
+impl OrderLock {
+    fn before(&self) {
+        let at = core::ptr::from_ref(self) as usize;
+        HELD.with(|h| {
+            let h = h.borrow();
+            let mut e = EDGES.lock().unwrap();
+            for &x in h.iter().filter(|&&x| x != at) {
+                e.push((x, at));
+            }
+        });
+    }
+    fn after(&self) {
+        HELD.with(|h| h.borrow_mut().push(core::ptr::from_ref(self) as usize));
+    }
+    fn released(&self) {
+        let at = core::ptr::from_ref(self) as usize;
+        HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(i) = h.iter().rposition(|&x| x == at) {
+                h.remove(i);
+            }
+        });
+    }
+    /// Forgets the graph.
+    pub fn reset() {
+        EDGES.lock().unwrap().clear();
+    }
+    /// A loop in the graph (its locks), if any.
+    pub fn cycle() -> Option<Vec<usize>> {
+        let e = EDGES.lock().unwrap().clone();
+        let nodes: std::collections::BTreeSet<usize> =
+            e.iter().flat_map(|&e| <[usize; 2]>::from(e)).collect();
+        for &start in &nodes {
+            let mut stack = vec![vec![start]];
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some(path) = stack.pop() {
+                let last = *path.last().unwrap();
+                for &(_, b) in e.iter().filter(|&&(a, _)| a == last) {
+                    if b == start {
+                        return Some(path);
+                    }
+                    if seen.insert(b) {
+                        let mut p = path.clone();
+                        p.push(b);
+                        stack.push(p);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+// SAFETY: a ParkingLock, with its order recorded.
+unsafe impl RawLock for OrderLock {
+    fn new() -> Self {
+        Self(ParkingLock::new())
+    }
+    fn lock_exclusive(&self) {
+        self.before();
+        self.0.lock_exclusive();
+        self.after();
+    }
+    unsafe fn unlock_exclusive(&self) {
+        self.released();
+        // SAFETY: the caller holds it exclusively.
+        unsafe { self.0.unlock_exclusive() }
+    }
+    type SharedToken = ();
+    fn lock_shared(&self) {
+        self.before();
+        self.0.lock_shared();
+        self.after();
+    }
+    unsafe fn unlock_shared(&self, (): ()) {
+        self.released();
+        // SAFETY: the caller holds it shared.
+        unsafe { self.0.unlock_shared(()) }
+    }
+}

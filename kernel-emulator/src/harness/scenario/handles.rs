@@ -28,11 +28,42 @@ const OPEN_CLASSES: [u64; 4] = [26, 27, 28, 29];
 /// The scenario.
 #[must_use]
 pub fn scenarios() -> Vec<Scenario> {
-    vec![Scenario::test_driver(
-        "td-handle-table",
-        "ObReferenceObjectByHandle looks a handle up in the caller's table (a kernel handle only in KernelMode); DuplicateHandle gives another process the same key object with no notification; the system handle table lists both; a reference keeps the key object (and its close notification) past its last handle",
-        td_handle_table,
-    )]
+    vec![
+        Scenario::test_driver(
+            "td-handle-table",
+            "ObReferenceObjectByHandle looks a handle up in the caller's table (a kernel handle only in KernelMode); DuplicateHandle gives another process the same key object with no notification; the system handle table lists both; a reference keeps the key object (and its close notification) past its last handle",
+            td_handle_table,
+        ),
+        super::test_driver::caught(
+            "td-user-handle-kernel-mode",
+            "ObReferenceObjectByHandle with AccessMode KernelMode on a user process's key handle, in that process: Driver Verifier's Miscellaneous Checks stop it, bug check 0xC4 / 0xF6 (Learn, devtest \"Miscellaneous Checks\": \"You cannot pass a user-mode handle with kernel-mode access\"); the same handle with UserMode resolves",
+            crate::verifier::bugcheck::EXIT_BUGCHECK,
+            "a user-mode handle with kernel-mode access",
+            td_user_handle_kernel_mode,
+        ),
+    ]
+}
+
+/// A user process's key handle referenced first `UserMode` (fine), then `KernelMode` (0xF6).
+fn td_user_handle_kernel_mode(ctx: &mut Ctx) {
+    let Some(_s) = start(ctx) else { return };
+    let p =
+        process::create_process(4, r"\Device\HarddiskVolume2\Tools\app.exe", false).unwrap_or(0);
+    let Some(dev) = open_device(ctx, p) else {
+        return;
+    };
+    let kp = hive::open_key(p, &format!(r"{SOFTWARE}\Mine"), KEY_READ, true).unwrap_or(0);
+    let r = four(dev, IOCTL_REF_USER, kp);
+    ctx.check(
+        r[0] == 0 && r[1] == object_of(p, kp),
+        format!("UserMode, p's own key handle: its key object ({r:x?})"),
+    );
+    let _ = four(dev, IOCTL_DEREF, 0);
+    let r = four(dev, IOCTL_REF_KERNEL, kp);
+    ctx.check(
+        false,
+        format!("KernelMode on p's user-mode handle went unnoticed ({r:x?})"),
+    );
 }
 
 fn four(device: io::FileHandle, code: u32, argument: u64) -> [u64; 4] {
@@ -63,6 +94,23 @@ fn logged(device: io::FileHandle) -> Vec<u64> {
         .collect()
 }
 
+/// The test driver's device, opened by process `p` (its requests run in p's context).
+fn open_device(ctx: &mut Ctx, p: u32) -> Option<io::FileHandle> {
+    io::open(
+        r"\\.\KemuTest",
+        Caller::Admin,
+        p,
+        GENERIC_READ | GENERIC_WRITE,
+    )
+    .inspect_err(|&e| {
+        ctx.check(
+            false,
+            format!("p opens the test device: {}", status::describe(e)),
+        );
+    })
+    .ok()
+}
+
 fn object_of(pid: u32, handle: u64) -> u64 {
     kernel::with(|k| k.hives.handles.get(&(pid, handle)).map_or(0, |&o| o as u64))
 }
@@ -80,20 +128,8 @@ fn td_handle_table(ctx: &mut Ctx) {
         .unwrap_or(0);
     let q = process::create_process(4, r"\Device\HarddiskVolume2\leaky.exe", false).unwrap_or(0);
     // The test driver's device, opened by p: its requests run in p's context.
-    let dev = match io::open(
-        r"\\.\KemuTest",
-        Caller::Admin,
-        p,
-        GENERIC_READ | GENERIC_WRITE,
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            ctx.check(
-                false,
-                format!("p opens the test device: {}", status::describe(e)),
-            );
-            return;
-        }
+    let Some(dev) = open_device(ctx, p) else {
+        return;
     };
     let kp = hive::open_key(p, &format!(r"{SOFTWARE}\Mine"), KEY_READ, true).unwrap_or(0);
     let kq = hive::open_key(q, &format!(r"{SOFTWARE}\Theirs"), KEY_READ, true).unwrap_or(0);

@@ -39,6 +39,11 @@ pub fn scenarios() -> Vec<Scenario> {
             duplicated_holder,
         ),
         Scenario::hivetrack(
+            "identify-null-handle",
+            "an identify request with handle values a UserMode ObReferenceObjectByHandle refuses before any lookup (0; a negative low dword other than the pseudo-handles: WRK obref.c) is answered 'invalid' for them without a kernel call (0 is Driver Verifier's 0xC4/0xF5 NULL-handle row; audit 24a, F3); the caller's real key handle beside them is still looked up",
+            identify_null_handle,
+        ),
+        Scenario::hivetrack(
             "kernel-handle",
             "a kernel handle (OBJ_KERNEL_HANDLE, KernelMode) opened from a user process's thread is in the System process's table: the key is System's (pid 4, its start key), not the caller's; the kernel's list still names the opener",
             kernel_handle,
@@ -438,16 +443,7 @@ fn duplicated_holder(ctx: &mut Ctx) {
             describe(&holders)
         ),
     );
-    // The client: its own process, its own handle to the device.
-    let cli = spawn(ctx, r"\Device\HarddiskVolume2\Tools\hivetrack.exe");
-    let dev = crate::nt::io::open(
-        protocol::ioctl::WIN32_DEVICE_PATH,
-        crate::nt::se::security::Caller::Admin,
-        cli,
-        crate::nt::se::security::GENERIC_READ | crate::nt::se::security::GENERIC_WRITE,
-    );
-    let Ok(dev) = dev else {
-        ctx.check(false, "the client opens the device");
+    let Some((cli, dev)) = client_device(ctx) else {
         return;
     };
     let now = held_now(ctx, cli, dev);
@@ -516,6 +512,67 @@ fn duplicated_holder(ctx: &mut Ctx) {
     }
     process::exit_process(early);
     end(ctx, d, c);
+}
+
+/// The client: its own process, its own handle to the device.
+fn client_device(ctx: &mut Ctx) -> Option<(u32, crate::nt::io::FileHandle)> {
+    let cli = spawn(ctx, r"\Device\HarddiskVolume2\Tools\hivetrack.exe");
+    let dev = crate::nt::io::open(
+        protocol::ioctl::WIN32_DEVICE_PATH,
+        crate::nt::se::security::Caller::Admin,
+        cli,
+        crate::nt::se::security::GENERIC_READ | crate::nt::se::security::GENERIC_WRITE,
+    );
+    if dev.is_err() {
+        ctx.check(false, "the client opens the device");
+    }
+    dev.ok().map(|d| (cli, d))
+}
+
+/// Handle values refused up front are answered without `ObReferenceObjectByHandle`: the
+/// model counts the driver's calls of it.
+fn identify_null_handle(ctx: &mut Ctx) {
+    use protocol::identify::{IdentifyAnswer, IdentifyOutcome};
+    super::tracking::boot_hives(ctx);
+    let d = super::tracking::load_driver(ctx);
+    let Some(c) = Client::open(ctx) else { return };
+    let Some((cli, dev)) = client_device(ctx) else {
+        return;
+    };
+    let key = format!(r"{}\Mine", super::tracking::SOFTWARE);
+    ensure_parents(cli, &key);
+    let k = hive::open_key(cli, &key, KEY_READ, true).unwrap_or(0);
+    ctx.check(k != 0, format!("the client opens {key}"));
+    // The real handle alone first: the calls one lookup of it costs (ioctl_checked sends the
+    // request twice, with two poison bytes).
+    let before = crate::nt::ob::object::references_by_handle();
+    let _ = ask_identify(ctx, dev, &[k]);
+    let alone = crate::nt::ob::object::references_by_handle() - before;
+    let before = crate::nt::ob::object::references_by_handle();
+    let r = ask_identify(ctx, dev, &[0, 0xFFFF_FFFF_8000_0004, 0x8000_0008, k]);
+    let calls = crate::nt::ob::object::references_by_handle() - before;
+    let answer = r
+        .as_ref()
+        .and_then(|r| protocol::wire::decode::<IdentifyAnswer>(&r.output[..r.information]).ok());
+    let outcomes: Vec<IdentifyOutcome> = answer
+        .map(|a| a.entries().map(|e| e.outcome).collect())
+        .unwrap_or_default();
+    ctx.check(
+        outcomes.len() == 4
+            && outcomes[..3].iter().all(|&o| o == IdentifyOutcome::InvalidHandle)
+            && outcomes[3] != IdentifyOutcome::InvalidHandle,
+        format!("0 and the two kernel-handle values answered invalid, the real handle looked up: {outcomes:?}"),
+    );
+    ctx.check(
+        alone > 0 && calls == alone,
+        format!("ObReferenceObjectByHandle called for the real handle only, not for 0 or the refused values: {calls} calls, {alone} for the real handle alone"),
+    );
+    let _ = hive::close_key(cli, k);
+    crate::nt::io::close(dev);
+    process::exit_process(cli);
+    c.close();
+    let mut d = d;
+    ctx.unload_and_check_clean(&mut d);
 }
 
 /// One identify request of `MAX_IDENTIFY` handles (protocol 4: 2,048; 64 before, when a

@@ -65,6 +65,8 @@ const EX_BUG_NOT_ZERO: u64 = 15;
 const EX_BUG_SHARED_RELEASED_EXCLUSIVE: u64 = 16;
 const EX_BUG_WRONG_OLD_IRQL: u64 = 17;
 const EX_BUG_HANDED_OVER: u64 = 18;
+const EX_ORDER_A_THEN_B: u64 = 19;
+const EX_ORDER_B_THEN_A: u64 = 20;
 /// Slot 0 of a wait completed by its timer / by a release request.
 const WAIT_MAGIC: u64 = 0x7469_6d65_6f75_7421;
 const RELEASE_MAGIC: u64 = 0x7265_6c65_6173_6564;
@@ -354,6 +356,18 @@ pub fn scenarios() -> Vec<Scenario> {
             EXIT_BUGCHECK,
             "ExReleaseSpinLockShared(",
             |ctx| ex_bug(ctx, EX_BUG_HANDED_OVER),
+        ),
+        pass(
+            "td-lock-order-consistent",
+            "two EX_SPIN_LOCKs always nested in one order (A then B, three times, and each alone) are no lock hierarchy violation for the model's Deadlock Detection graph",
+            td_lock_order_consistent,
+        ),
+        caught(
+            "td-lock-order",
+            "A then B, returned, later B then A on one thread (never simultaneous): Driver Verifier's Deadlock Detection reports the loop in its acquisition-order graph, bug check 0xC4 / 0x1001 (Learn, devtest \"Deadlock Detection\")",
+            EXIT_BUGCHECK,
+            "lock hierarchy violation",
+            td_lock_order,
         ),
         caught(
             "td-ex-spin-lock-upgrade",
@@ -1222,6 +1236,35 @@ fn ex_concurrency(ctx: &mut Ctx, s: &Session, addr: usize) {
     ctx.check(
         sync::ex_spin_lock_state(addr) == (0, 0),
         "nobody holds or waits for it",
+    );
+}
+
+/// A then B, three times: one order, never a loop.
+fn td_lock_order_consistent(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    for _ in 0..3 {
+        let v = slots(&call(&s, IOCTL_EX_SPIN_LOCK, EX_ORDER_A_THEN_B));
+        if v[0] == u64::MAX {
+            ctx.check(false, "the test driver found no EX_SPIN_LOCK routines");
+            return;
+        }
+        ctx.check(v[0] == 1, format!("A then B: {v:?}"));
+    }
+    // Each alone (the model's own lock, the one the other operations use): no edge at all.
+    let v = slots(&call(&s, IOCTL_EX_SPIN_LOCK, EX_IRQL));
+    ctx.check(v[0] != u64::MAX, "one lock alone");
+    finish(ctx, s);
+}
+
+/// A then B, then B then A: the second order closes a loop and must stop the machine.
+fn td_lock_order(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let v = slots(&call(&s, IOCTL_EX_SPIN_LOCK, EX_ORDER_A_THEN_B));
+    ctx.check(v[0] == 1, format!("A then B: {v:?}"));
+    let v = slots(&call(&s, IOCTL_EX_SPIN_LOCK, EX_ORDER_B_THEN_A));
+    ctx.check(
+        false,
+        format!("B then A after A then B went unnoticed: {v:?}"),
     );
 }
 

@@ -250,6 +250,7 @@ pub unsafe fn free(p: *mut u8, tag: Option<u32>, routine: &'static str) {
         bugcheck(0xC2, 0x0A, p as usize, block.tag as usize, t as usize);
     }
     crate::nt::ke::timer::check_free(p as usize, block.size);
+    crate::nt::ke::sync::forget_order(p as usize, block.size);
     if let Some((base, len)) = block.special {
         let end = p as usize + block.size;
         let guard = base + len - PAGE;

@@ -147,6 +147,133 @@ pub fn leaks() -> Vec<String> {
 /// Forgets every lock (between independent loads).
 pub fn reset() {
     locks().clear();
+    order().clear();
+}
+
+// ---- Deadlock Detection: the lock-order graph ----
+//
+// Learn, devtest "Deadlock Detection" (MicrosoftDocs/windows-driver-docs
+// devtest/deadlock-detection.md @0099d1b): "Driver Verifier's Deadlock Detection routines find
+// lock hierarchy violations that are not necessarily simultaneous ... Driver Verifier builds a
+// graph of resource acquisition order and checks for loops. If you were to create a node for
+// each resource, and draw an arrow any time one lock is acquired before another, then path
+// loops would represent lock hierarchy violations. Driver Verifier will issue a bug check when
+// one of these violations is discovered. This will happen before any actual deadlocks occur";
+// it "looks for potential deadlocks involving spin locks, mutexes, and fast mutexes. It does
+// not monitor the use of ERESOURCEs"; the bug check is 0xC4 with parameter 1 0x1001 (devtest
+// "Debugging Bug Check 0xC4": "Debugging deadlocks - DRIVER_VERIFIER_DETECTED_VIOLATION (C4):
+// 0x1001"). The model: a node per lock address (KSPIN_LOCK, EX_SPIN_LOCK — a spin lock; no
+// page says whether Verifier sees the EX routines, so this is the stricter reading — and
+// FAST_MUTEX; not push locks or ERESOURCEs, which the page does not list); an edge held ->
+// acquired at every waiting acquisition; an edge that closes a loop stops the machine. A
+// node's edges are forgotten when the pool block holding the lock is freed (WRK
+// sysload.c:3711-3713, `VerifierDeadlockFreePool`), so a reused address starts afresh.
+
+/// The lock-order graph: lock -> locks acquired while holding it, each with the operation
+/// that first took them in that order.
+static ORDER: Mutex<BTreeMap<usize, BTreeMap<usize, String>>> = Mutex::new(BTreeMap::new());
+
+fn order() -> std::sync::MutexGuard<'static, BTreeMap<usize, BTreeMap<usize, String>>> {
+    ORDER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether Deadlock Detection watches this kind (the page: "spin locks, mutexes, and fast
+/// mutexes").
+const fn ordered(kind: Kind) -> bool {
+    matches!(kind, Kind::SpinLock | Kind::ExSpinLock | Kind::FastMutex)
+}
+
+/// A path `from` ->* `to` in `graph`, if any (the locks along it, `from` first).
+fn path(
+    graph: &BTreeMap<usize, BTreeMap<usize, String>>,
+    from: usize,
+    to: usize,
+) -> Option<Vec<usize>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(from, vec![from])];
+    while let Some((n, p)) = stack.pop() {
+        if n == to {
+            return Some(p);
+        }
+        if !seen.insert(n) {
+            continue;
+        }
+        for &m in graph.get(&n).into_iter().flat_map(BTreeMap::keys) {
+            let mut q = p.clone();
+            q.push(m);
+            stack.push((m, q));
+        }
+    }
+    None
+}
+
+/// This thread is about to wait for the `kind` lock at `addr` (it does not hold it): records
+/// an edge from every watched lock it holds, and stops the machine with bug check 0xC4 /
+/// 0x1001 if one closes a loop.
+fn order_check(addr: usize, kind: Kind, routine: &str) {
+    if !ordered(kind) {
+        return;
+    }
+    let thread = me();
+    let l = locks();
+    if l.get(&addr)
+        .is_some_and(|s| s.owner == Some(thread) || s.shared.contains_key(&thread))
+    {
+        // A recursive acquisition: reported by its own check, not an ordering.
+        return;
+    }
+    let held: Vec<(usize, Kind)> = l
+        .iter()
+        .filter(|(a, s)| {
+            **a != addr
+                && ordered(s.kind)
+                && (s.owner == Some(thread) || s.shared.contains_key(&thread))
+        })
+        .map(|(a, s)| (*a, s.kind))
+        .collect();
+    drop(l);
+    if held.is_empty() {
+        return;
+    }
+    let mut g = order();
+    for (h, hk) in held {
+        if g.get(&h).is_some_and(|e| e.contains_key(&addr)) {
+            // A known edge: any loop through it was reported when it was added.
+            continue;
+        }
+        if let Some(p) = path(&g, addr, h) {
+            let first = g
+                .get(&p[0])
+                .and_then(|e| e.get(&p[1]))
+                .cloned()
+                .unwrap_or_default();
+            drop(g);
+            let chain: Vec<String> = p.iter().map(|a| format!("{a:#x}")).collect();
+            bugcheck::emit_stderr(&format!(
+                "*** kernel-emulator verifier: Deadlock Detection: lock hierarchy violation: {routine} takes {kind:?} {addr:#x} while holding {hk:?} {h:#x}, but the order {} was taken before (first during {first}); Learn, devtest \"Deadlock Detection\": loops in the acquisition graph are reported even if never simultaneous\n",
+                chain.join(" -> ")
+            ));
+            bugcheck::bugcheck(0xC4, 0x1001, addr, h, 0);
+        }
+        g.entry(h)
+            .or_default()
+            .entry(addr)
+            .or_insert_with(bugcheck::operation);
+    }
+}
+
+/// Forgets the order of every lock in `[base, base + len)` (its pool block was freed:
+/// `VerifierDeadlockFreePool`, WRK sysload.c:3711-3713), so a later lock at a reused address
+/// is a new node.
+pub(crate) fn forget_order(base: usize, len: usize) {
+    let inside = |a: usize| a >= base && a < base + len.max(1);
+    let mut g = order();
+    g.retain(|a, _| !inside(*a));
+    for e in g.values_mut() {
+        e.retain(|a, _| !inside(*a));
+    }
 }
 
 /// The lock owner this thread is: its emulated KTHREAD, or, for a host thread that never
@@ -161,6 +288,9 @@ fn me() -> usize {
 /// Acquires `addr` for this thread; waits (yielding) while another thread holds it.
 fn acquire(addr: usize, kind: Kind, exclusive: bool, recursive_ok: bool, wait: bool) -> bool {
     let thread = me();
+    if wait {
+        order_check(addr, kind, "an acquisition");
+    }
     loop {
         {
             let mut l = locks();
@@ -453,6 +583,7 @@ fn ex_deadlock(message: &str) -> ! {
 /// holds it or waits for it ([W]).
 fn ex_acquire(addr: usize, exclusive: bool, routine: &str) {
     let thread = me();
+    order_check(addr, Kind::ExSpinLock, routine);
     let mut waiting = false;
     loop {
         {

@@ -252,6 +252,16 @@ unsafe extern "win64" fn ZwSetSecurityObject(
     STATUS_SUCCESS
 }
 
+/// Calls of `ObReferenceObjectByHandle` so far (whatever their outcome): a scenario shows
+/// with it that the driver skips a handle value without a kernel call.
+static BY_HANDLE_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times the driver called `ObReferenceObjectByHandle` so far.
+#[must_use]
+pub fn references_by_handle() -> u64 {
+    BY_HANDLE_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// ObReferenceObjectByHandle — <https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-obreferenceobjectbyhandle>:
 /// the object behind `handle`, referenced (released with ObDereferenceObject), or
 /// STATUS_INVALID_HANDLE. The handle is looked up in the current process's table (the
@@ -276,6 +286,25 @@ unsafe extern "win64" fn ObReferenceObjectByHandle(
     require_irql("ObReferenceObjectByHandle", PASSIVE_LEVEL);
     if object.is_null() {
         bugcheck::verifier_violation("ObReferenceObjectByHandle with a NULL Object");
+    }
+    BY_HANDLE_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Driver Verifier's Miscellaneous Checks (Learn, devtest "Miscellaneous Checks", "User-mode
+    // handles with kernel-mode access"): "Starting with Windows 7, when you select the
+    // Miscellaneous Checks option, Driver Verifier also checks calls to
+    // ObReferenceObjectByHandle. You cannot pass a user-mode handle with kernel-mode access. If
+    // such an operation occurs, Driver Verifier issues Bug Check 0xC4, with a parameter 1 value
+    // of 0xF6." A user-mode handle: one of a user process's table (the current process not
+    // System), not a kernel handle (negative: ReactOS `ObpIsKernelHandle`, WRK obref.c) and
+    // so not a pseudo-handle either (also negative). Only that: the page names no other
+    // handle check for this routine here (a NULL handle is left to STATUS_INVALID_HANDLE).
+    let user_process = !matches!(crate::nt::ps::process::address_space_pid(), 0 | 4);
+    if access_mode == 0 && handle != 0 && (handle as u32).cast_signed() >= 0 && user_process {
+        bugcheck::emit_stderr(&format!(
+            "*** kernel-emulator verifier: ObReferenceObjectByHandle({handle:#x}, AccessMode KernelMode) in process {}: a user-mode handle with kernel-mode access (Learn, devtest \"Miscellaneous Checks\")\n",
+            crate::nt::ps::process::address_space_pid()
+        ));
+        #[allow(clippy::cast_possible_truncation, reason = "a handle value")]
+        bugcheck::bugcheck(0xC4, 0xF6, handle as usize, 0, 0);
     }
     let kernel = access_mode == 0 && handle & KERNEL_HANDLE_BIT == KERNEL_HANDLE_BIT;
     let table = if kernel {
