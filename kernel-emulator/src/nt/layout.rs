@@ -416,15 +416,22 @@ impl OwnedUnicode {
     /// lets Force IRQL Checking trim them: a driver that reads one at `DISPATCH_LEVEL` or
     /// above (under a spin lock) stops with 0xD1, as it would if Windows hands it paged pool.
     ///
+    /// With checking off (`bench-hivetrack`) the string is on the heap: a mapping per
+    /// registry operation there cost a quarter of each cycle (review 24b, LOW-1).
+    ///
     /// # Panics
     /// As [`Self::new`].
     #[must_use]
     pub fn pageable(s: &str) -> Self {
+        if !crate::nt::mm::paged::checking() {
+            return Self::new(s);
+        }
         let v: Vec<u16> = s.encode_utf16().collect();
         let len = u16::try_from(v.len() * 2).expect("name longer than a UNICODE_STRING");
         let addr = crate::nt::mm::paged::alloc((v.len() + 1) * 2);
-        // SAFETY: a fresh mapping of at least `v.len() + 1` units, readable and writable now
-        // (no raise has trimmed it yet: this thread runs emulator code, not the driver).
+        // SAFETY: a fresh mapping of at least `v.len() + 1` units, writable: should another
+        // thread's raise trim it first, the write faults below DISPATCH_LEVEL and the mapping
+        // is paged back in (`paged::fault`), as for any touch of a trimmed buffer.
         unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), addr as *mut u16, v.len()) };
         Self::around(
             Units::Paged {

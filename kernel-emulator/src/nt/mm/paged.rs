@@ -43,6 +43,12 @@ pub fn set_checking(on: bool) {
     CHECKING.store(on, Ordering::Relaxed);
 }
 
+/// Whether Force IRQL Checking is on ([`set_checking`]).
+#[must_use]
+pub fn checking() -> bool {
+    CHECKING.load(Ordering::Relaxed)
+}
+
 /// Trims so far (raises to `DISPATCH_LEVEL` with pageable buffers live) and page-ins.
 #[must_use]
 pub fn counts() -> (u64, u64) {
