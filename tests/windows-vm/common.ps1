@@ -138,24 +138,36 @@ function Get-VerifierCounter([string]$Query, [string]$Name, [string]$Driver) {
 }
 
 function Write-VerifierCoverage([string]$Before, [string]$After, [int64]$BudgetUsedBytes) {
+    # Review 24b MED-2: Learn defines AcquireSpinLocks only as "the number of times verified
+    # drivers acquired spin locks", so a counter that does not move says the calls were not
+    # counted, not that they go unchecked; each negative line says "cannot tell" and the
+    # operator reads the run's other evidence. The counters are 32-bit: after < before is a
+    # wrap or a reset, also "cannot tell".
     $lines = @()
+    $drivers = ([regex]::Matches($After, '(?m)^\s*Name:\s*\S+')).Count
+    if ($drivers -ne 1) {
+        $lines += "scope: verifier /query lists $drivers verified driver(s), not hivetrack.sys alone: the global counters below are not hivetrack's only"
+    }
     $locksBefore = Get-VerifierCounter $Before 'AcquireSpinLocks' $null
     $locksAfter = Get-VerifierCounter $After 'AcquireSpinLocks' $null
     $lines += if ($null -eq $locksBefore -or $null -eq $locksAfter) {
         'spin locks: no AcquireSpinLocks line in verifier /query: cannot tell'
     } elseif ($locksAfter -gt $locksBefore) {
-        "spin locks: AcquireSpinLocks rose by $($locksAfter - $locksBefore) during the run (only hivetrack.sys is verified): its locks are seen"
+        "spin locks: AcquireSpinLocks rose by $($locksAfter - $locksBefore) during the run: Verifier counts hivetrack's lock calls (routines resolved at run time included, as it has no other lock path on Windows 10 2004+)"
+    } elseif ($locksAfter -lt $locksBefore) {
+        "spin locks: AcquireSpinLocks went from $locksBefore to $locksAfter (a 32-bit wrap or a reset): cannot tell"
     } else {
-        'spin locks: AcquireSpinLocks did not rise while hivetrack tracked keys: its EX_SPIN_LOCK routines (resolved at run time) are NOT verified'
+        'spin locks: AcquireSpinLocks did not move while hivetrack tracked keys: Verifier did not count its EX_SPIN_LOCK calls (resolved at run time); whether it checks them cannot be told from this'
     }
     $peak = Get-VerifierCounter $After 'PeakNonPagedPoolAllocations' 'hivetrack.sys'
     $bytes = Get-VerifierCounter $After 'NonPagedPoolUsageInBytes' 'hivetrack.sys'
+    $untracked = Get-VerifierCounter $After 'UnTrackedPool' $null
     $lines += if ($null -eq $peak) {
         'pool: no PeakNonPagedPoolAllocations line for hivetrack.sys in verifier /query: cannot tell'
     } elseif ($peak -gt 0) {
-        "pool: Verifier counted hivetrack's non-paged pool (peak $peak allocation(s), $bytes byte(s) now; hivetrack stats: at most $BudgetUsedBytes byte(s) of tracking memory): ExAllocatePool2 is verified"
+        "pool: Verifier counted hivetrack's non-paged pool (peak $peak allocation(s), $bytes byte(s) now; hivetrack stats: at most $BudgetUsedBytes byte(s) of tracking memory): its ExAllocatePool2 blocks are tracked"
     } elseif ($BudgetUsedBytes -gt 0) {
-        "pool: Verifier counted no non-paged pool for hivetrack.sys while it held up to $BudgetUsedBytes byte(s) of tracking memory: its ExAllocatePool2 blocks (resolved at run time) are NOT under pool tracking, special pool or low-resources simulation"
+        "pool: Verifier counted no non-paged pool for hivetrack.sys while it held up to $BudgetUsedBytes byte(s) of tracking memory (UnTrackedPool: $untracked): its ExAllocatePool2 blocks (resolved at run time) were not counted, so pool tracking, special pool and low-resources simulation most likely do not cover them"
     } else {
         'pool: neither Verifier nor hivetrack stats counted tracking memory: cannot tell'
     }
