@@ -77,15 +77,19 @@ pub const MAX_PID_DIGITS: usize = 10;
 
 /// The process id a [`CaptureScope::Process`] text names.
 ///
-/// One to [`MAX_PID_DIGITS`] ASCII digits, no sign or space, at most `u32::MAX` (a process
-/// id is a `HANDLE`-sized value that Windows keeps below 2^32); `None` for anything else,
-/// including zero (the idle process, which opens no key).
+/// One to [`MAX_PID_DIGITS`] ASCII digits, no sign, space or leading zero (one text per id,
+/// so setting the same scope again changes nothing: review 24a, 7), at most `u32::MAX` (a
+/// process id is a `HANDLE`-sized value that Windows keeps below 2^32); `None` for anything
+/// else, including zero (the idle process, which opens no key).
 #[must_use]
 pub fn pid_of_text(units: impl IntoIterator<Item = u16>) -> Option<u64> {
     let mut pid: u64 = 0;
     let mut n = 0usize;
     for u in units {
         let d = u.checked_sub(u16::from(b'0')).filter(|&d| d <= 9)?;
+        if n == 0 && d == 0 {
+            return None;
+        }
         n += 1;
         if n > MAX_PID_DIGITS {
             return None;
@@ -274,7 +278,8 @@ mod tests {
         for (text, pid) in [
             ("1234", Some(1234)),
             ("4", Some(4)),
-            ("0004", Some(4)),
+            ("0004", None),
+            ("40", Some(40)),
             ("4294967295", Some(u64::from(u32::MAX))),
             ("4294967296", None),
             ("04294967295", None),

@@ -158,8 +158,14 @@ fn capture_input(rng: &mut Rng, hive: &[u16]) -> (u32, Vec<u8>, &'static str) {
     let scope = protocol::capture::CaptureScope::from_u16(u16::try_from(rng.below(5)).unwrap_or(0))
         .unwrap_or(protocol::capture::CaptureScope::Off);
     let get = rng.below(3) == 0;
-    // A process scope names a pid in decimal digits (any value, so some name no process).
-    let pid: Vec<u16> = (rng.below(5000) + 1).to_string().encode_utf16().collect();
+    // A process scope names a pid in decimal digits (any value, so some name no process);
+    // one in eight is a text the driver must refuse (a leading zero, a sign, a letter).
+    let pid: Vec<u16> = match rng.below(8) {
+        0 => ["0", "04", "-4", "4x", "99999999999"][rng.below(5)]
+            .encode_utf16()
+            .collect(),
+        _ => (rng.below(5000) + 1).to_string().encode_utf16().collect(),
+    };
     let text = if scope == protocol::capture::CaptureScope::Process {
         &pid[..]
     } else {
