@@ -38,8 +38,15 @@ pub fn from_driver(c: &Completeness) -> Coverage {
     }
 }
 
+/// `s` folded per UTF-16 unit with the project's [`protocol::text::fold_unit`], as the
+/// kernel compares key names: one unit at a time, lengths equal (WRK `cmname.c`
+/// `CmpCompareUnicodeString`, `CmUpcaseUnicodeChar` per unit). Rust's full upper case
+/// merged names the kernel keeps apart (`Straße` and `STRASSE`): a false "complete"
+/// (review 24b, LOW-3). Lossless: a unit folds to a unit outside the surrogate range or is
+/// kept, so a valid string stays valid.
 fn fold(s: &str) -> String {
-    s.to_uppercase()
+    let units: Vec<u16> = s.encode_utf16().map(protocol::text::fold_unit).collect();
+    String::from_utf16_lossy(&units)
 }
 
 /// One pid's objects in the kernel's list, as a multiset of folded names: each object is
@@ -655,6 +662,39 @@ mod tests {
             }
             println!("{line}");
         }
+    }
+
+    /// Review 24b, LOW-3: the kernel keeps `STRASSE` and `Straße` apart (per-unit upper
+    /// case, lengths equal: WRK `cmname.c`), and `ﬁle` and `FILE`; a record of one must not
+    /// match an object of the other, while a plain case difference still does. Old code:
+    /// fails (both pairs reconciled as one key: a false "complete").
+    #[test]
+    fn names_fold_per_unit_as_the_kernel_compares_them() {
+        for (record, listed) in [
+            (
+                "\\REGISTRY\\USER\\S\\Stra\u{df}e",
+                "\\REGISTRY\\USER\\S\\STRASSE",
+            ),
+            (
+                "\\REGISTRY\\USER\\S\\\u{fb01}le",
+                "\\REGISTRY\\USER\\S\\FILE",
+            ),
+        ] {
+            let mut r = report(vec![holder(7, &[record])]);
+            reconcile(
+                &mut r,
+                tracking(),
+                Ok(vec![(7, listed.to_owned())]),
+                &mut |_| None,
+            );
+            let c = r.source.coverage.as_ref().unwrap();
+            assert!(!c.reconciled, "{record} reconciled with {listed}: {c:?}");
+            assert_eq!((c.unmatched_records, c.untracked_keys), (1, 1), "{c:?}");
+        }
+        let mut r = report(vec![holder(7, &["\\REGISTRY\\USER\\S\\stra\u{df}e"])]);
+        let kernel = vec![(7, "\\REGISTRY\\USER\\S\\STRA\u{df}E".to_owned())];
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |_| None);
+        assert!(r.source.complete, "{:?}", r.source);
     }
 
     #[test]
