@@ -44,7 +44,7 @@ pub fn from_driver(c: &Completeness) -> Coverage {
 /// merged names the kernel keeps apart (`Straße` and `STRASSE`): a false "complete"
 /// (review 24b, LOW-3). Lossless: a unit folds to a unit outside the surrogate range or is
 /// kept, so a valid string stays valid.
-fn fold(s: &str) -> String {
+pub(crate) fn fold(s: &str) -> String {
     let units: Vec<u16> = s.encode_utf16().map(protocol::text::fold_unit).collect();
     String::from_utf16_lossy(&units)
 }
