@@ -62,6 +62,11 @@ struct Listed {
     by_name: HashMap<String, VecDeque<usize>>,
     /// Objects before it are all taken (`take_any`'s scan starts here).
     next_any: usize,
+    /// For names the driver stored cut, by their length in UTF-16 units (one or two lengths
+    /// in practice: the tracker's limit per hive kind): the objects by their folded name's
+    /// first that many units, in list order, built on first use (review 24b, LOW-5: a scan
+    /// of every object per cut record was quadratic again).
+    by_prefix: HashMap<usize, HashMap<Vec<u16>, VecDeque<usize>>>,
 }
 
 impl Listed {
@@ -88,15 +93,38 @@ impl Listed {
             }
         }
         if truncated {
-            // Rare (a name past the driver's limit): a scan of the objects left.
-            let found = (0..self.entries.len())
-                .find(|&i| !self.taken[i] && self.entries[i].0.starts_with(want));
-            if let Some(i) = found {
-                self.taken[i] = true;
-                return true;
+            // A name past the driver's limit: the first object not taken, in list order,
+            // whose name begins with it (the first `want`'s length of units equal).
+            let want: Vec<u16> = want.encode_utf16().collect();
+            let entries = &self.entries;
+            let objects = self
+                .by_prefix
+                .entry(want.len())
+                .or_insert_with(|| Self::prefixes(entries, want.len()))
+                .get_mut(&want);
+            if let Some(objects) = objects {
+                while let Some(i) = objects.pop_front() {
+                    if !self.taken[i] {
+                        self.taken[i] = true;
+                        return true;
+                    }
+                }
             }
         }
         false
+    }
+
+    /// The objects whose folded name has at least `len` units, by those first `len`
+    /// units, in list order.
+    fn prefixes(entries: &[(String, String)], len: usize) -> HashMap<Vec<u16>, VecDeque<usize>> {
+        let mut index: HashMap<Vec<u16>, VecDeque<usize>> = HashMap::new();
+        for (i, (folded, _)) in entries.iter().enumerate() {
+            let head: Vec<u16> = folded.encode_utf16().take(len).collect();
+            if head.len() == len {
+                index.entry(head).or_default().push_back(i);
+            }
+        }
+        index
     }
 
     /// Takes up to `n` objects not yet taken, whatever their names, in list order; returns
@@ -614,6 +642,73 @@ mod tests {
             r.untracked
         );
         assert_eq!(r.source.coverage.as_ref().unwrap().unmatched_records, 1);
+    }
+
+    /// Review 24b, LOW-5: the index of cut names answers as the scan it replaced did — the
+    /// first object not taken, in list order, whose folded name begins with the cut name —
+    /// over names of several cut lengths, non-ASCII and astral ones, exact names and objects
+    /// taken meanwhile by name or by `take_any`.
+    #[test]
+    fn cut_names_take_the_objects_the_scan_took() {
+        let names: Vec<String> = (0..60)
+            .map(|i| {
+                let tail = ["", "X", "\u{e9}t\u{e9}", "\u{10428}", "y\\z"][i % 5];
+                format!(
+                    r"\REGISTRY\USER\S\K{}\{}{tail}",
+                    i % 7,
+                    ["a", "B", "\u{df}"][i % 3]
+                )
+            })
+            .collect();
+        let mut listed = Listed::default();
+        for n in &names {
+            listed.push(n.clone());
+        }
+        let mut taken = vec![false; names.len()];
+        let scan = |taken: &mut Vec<bool>, want: &str| {
+            let i = (0..names.len()).find(|&i| !taken[i] && fold(&names[i]).starts_with(want))?;
+            taken[i] = true;
+            Some(i)
+        };
+        let mut answers = 0;
+        for step in 0..200usize {
+            let base = &names[(step * 7) % names.len()];
+            let units: Vec<u16> = base.encode_utf16().collect();
+            let cut = String::from_utf16_lossy(&units[..units.len() - 1 - step % 3]);
+            let want = fold(&cut);
+            if step % 11 == 0 {
+                // An object taken whatever its name, as a nameless record does.
+                let before = listed.next_any;
+                listed.take_any(1);
+                for (i, t) in taken
+                    .iter_mut()
+                    .enumerate()
+                    .skip(before)
+                    .take(listed.next_any - before)
+                {
+                    *t = listed.taken[i];
+                }
+                continue;
+            }
+            let exact = listed
+                .by_name
+                .get(&want)
+                .is_some_and(|o| o.iter().any(|&i| !listed.taken[i]));
+            let took = listed.take_named(&want, true);
+            if exact {
+                // Taken by its whole name: mirror it.
+                taken.clone_from(&listed.taken);
+                continue;
+            }
+            let expected = scan(&mut taken, &want);
+            assert_eq!(took, expected.is_some(), "step {step}: {cut}");
+            assert_eq!(listed.taken, taken, "step {step}: {cut}");
+            answers += u32::from(took);
+        }
+        assert!(
+            answers > 20,
+            "the cut names matched some objects: {answers}"
+        );
     }
 
     /// `n` distinct profile-style names (`…\Software\Classes\CLSID\{guid}\InprocServer32`).
