@@ -860,6 +860,46 @@ fn unreadable_counters_are_said_not_taken_for_no_refused_process() {
     );
 }
 
+/// Review 24b, LOW-6: with opens not recorded somewhere and the driver's counters
+/// unreadable, a hive whose report reconciled (the kernel lists no key without a record) or
+/// that nothing holds was made "incomplete" (`--strict` exit 4, verdict
+/// `none_seen_incomplete` for a free hive), though no key count in it can be a lower bound:
+/// a refused process's key here would be listed by the kernel without a record. Old code:
+/// both cases fail.
+#[test]
+fn unreadable_counters_leave_a_reconciled_or_free_hive_as_it_was() {
+    for (case, server) in [
+        (
+            "held, reconciled",
+            logoff as fn() -> hivetrack_cli::page_server::Server,
+        ),
+        ("free", hivetrack_cli::scripted::logoff_released),
+    ] {
+        let report = |counters: bool| {
+            let mut s = server();
+            s.not_recorded = 3;
+            if !counters {
+                s.stats = None;
+            }
+            let o = run_on(s, &["holders", &user_hive(), "--json"]);
+            let r: hivetrack_cli::model::HoldersReport = serde_json::from_str(&o.out).unwrap();
+            r
+        };
+        let (read, unread) = (report(true), report(false));
+        assert!(
+            read.source.coverage.as_ref().is_some_and(|c| c.reconciled),
+            "{case}: {:?}",
+            read.source
+        );
+        assert_eq!(
+            (unread.source.complete, unread.verdict),
+            (read.source.complete, read.verdict),
+            "{case}: {:?}",
+            unread.source.missing
+        );
+    }
+}
+
 /// Review 23d, L7: `holders --pid N --csv` printed only N's rows with no mark of the filter
 /// (the table and JSON's `pid_filter` have one); CSV says it beside its source line.
 #[test]
