@@ -226,13 +226,17 @@ pub fn reconcile(
         listed.entry(pid).or_default().push(name);
     }
     let mut unmatched = 0u64;
+    // Per pid, the objects taken by records with no name (review 24b, LOW-4).
+    let mut unnamed: BTreeMap<u64, u64> = BTreeMap::new();
     // Named keys not listed under their holder's pid: matched by name under any pid after.
     let mut elsewhere: Vec<(String, bool)> = Vec::new();
     for h in &report.holders {
         let entries = listed.entry(h.pid).or_default();
         if h.keys.is_empty() {
             // Summary only: counts per process.
-            unmatched += h.open_keys - entries.take_any(h.open_keys);
+            let took = entries.take_any(h.open_keys);
+            unmatched += h.open_keys - took;
+            *unnamed.entry(h.pid).or_default() += took;
             continue;
         }
         // Named keys first, then the keys whose name the driver could not store, each of
@@ -253,7 +257,9 @@ pub fn reconcile(
                 elsewhere.push((want, k.name_truncated));
             }
         }
-        unmatched += nameless - entries.take_any(nameless);
+        let took = entries.take_any(nameless);
+        unmatched += nameless - took;
+        *unnamed.entry(h.pid).or_default() += took;
     }
     unmatched += match_elsewhere(&mut listed, elsewhere);
     // The image the driver recorded for the pid, else one looked up now (whole: the driver's
@@ -278,6 +284,7 @@ pub fn reconcile(
                 keys,
                 key_counts: Vec::new(),
                 hivetrack_own: false,
+                unnamed_records: unnamed.get(&pid).copied().unwrap_or(0),
             }
         })
         .collect();
@@ -344,6 +351,7 @@ fn label_own_key(untracked: &mut Vec<UntrackedHolder>) {
         keys: vec![key],
         key_counts: Vec::new(),
         hivetrack_own: true,
+        unnamed_records: system.unnamed_records,
     };
     untracked.retain(|u| u.open_keys > 0);
     untracked.push(own);
@@ -708,6 +716,46 @@ mod tests {
         assert!(
             answers > 20,
             "the cut names matched some objects: {answers}"
+        );
+    }
+
+    /// Review 24b, LOW-4: a record with no stored name takes any object of its process in
+    /// list order, so which key is left "open before tracking" is the list's order; the
+    /// process's untracked entry says how many objects such records took, and only its.
+    #[test]
+    fn untracked_keys_say_when_a_record_without_a_name_may_be_one_of_them() {
+        let mut h = holder(7, &[r"\REGISTRY\USER\S\A"]);
+        let mut nameless = key("x");
+        nameless.path = None;
+        h.keys.push(nameless);
+        h.open_keys = 2;
+        let mut summary = holder(8, &[]);
+        summary.open_keys = 1;
+        let mut r = report(vec![h, summary, holder(9, &[r"\REGISTRY\USER\S\D"])]);
+        let kernel = [
+            (7, r"\REGISTRY\USER\S\B"),
+            (7, r"\REGISTRY\USER\S\A"),
+            (7, r"\REGISTRY\USER\S\C"),
+            (8, r"\REGISTRY\USER\S\E"),
+            (8, r"\REGISTRY\USER\S\F"),
+            (9, r"\REGISTRY\USER\S\D"),
+            (9, r"\REGISTRY\USER\S\G"),
+        ]
+        .map(|(p, k)| (p, k.to_owned()))
+        .to_vec();
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |_| None);
+        let rows: Vec<(u64, &[String], u64)> = r
+            .untracked
+            .iter()
+            .map(|u| (u.pid, u.keys.as_slice(), u.unnamed_records))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (7, &[r"\REGISTRY\USER\S\C".to_owned()][..], 1),
+                (8, &[r"\REGISTRY\USER\S\F".to_owned()][..], 1),
+                (9, &[r"\REGISTRY\USER\S\G".to_owned()][..], 0),
+            ]
         );
     }
 

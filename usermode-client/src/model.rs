@@ -620,6 +620,14 @@ pub struct UntrackedHolder {
     /// Absent (false) from CLIs before 2026-12-06.
     #[serde(default)]
     pub hivetrack_own: bool,
+    /// How many of this process's key objects in the kernel's list went, in list order, to
+    /// its records this report does not name (a key whose name the tracker could not store,
+    /// or every key with `--summary`): which objects those are cannot be told, so up to that
+    /// many of the `keys` here may be theirs rather than open before tracking started, the
+    /// objects they took being the ones open before (review 24b, LOW-4: which key read as
+    /// untracked was the list's order). 0 when none; absent (0) from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub unnamed_records: u64,
 }
 
 /// A process holding keys only the kernel lists (`processes --kernel`).

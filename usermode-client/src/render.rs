@@ -726,6 +726,14 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                     } else {
                         refused.as_deref().unwrap_or(when)
                     };
+                    // Records of the process with no name took its objects in list order:
+                    // a key here may be one of theirs (review 24b, LOW-4).
+                    let why = match u.unnamed_records {
+                        0 => why.to_owned(),
+                        n => format!(
+                            "{why}; or the key of one of its {n} record(s) this report cannot name"
+                        ),
+                    };
                     // One line per distinct name with its count, as for tracked keys: a
                     // leak from before tracking printed 65,602 identical lines (audit 23b, H1).
                     // A report without `key_counts` (an older CLI's JSON) is grouped here.
