@@ -42,11 +42,12 @@ pub fn read(
     })
 }
 
-/// `first` with the entries of `second` it lacks: per `(pid, key name)`, case-insensitive
-/// per UTF-16 unit as the kernel compares names ([`crate::coverage`]'s fold: Rust's full
-/// upper case would take `STRASSE` in one read for `Straße` in the other and drop a key;
-/// review 24b, LOW-3), as many entries as the fuller of the two lists has (a multiset
-/// union), in `first`'s order, then `second`'s.
+/// `first` with the entries of `second` it lacks, in `first`'s order, then `second`'s.
+///
+/// Per `(pid, key name)`, case-insensitive per UTF-16 unit as the kernel compares names
+/// ([`crate::coverage`]'s fold: Rust's full upper case would take `STRASSE` in one read for
+/// `Straße` in the other and drop a key; review 24b, LOW-3), as many entries as the fuller
+/// of the two lists has (a multiset union).
 #[must_use]
 pub fn union(first: Vec<(u64, String)>, second: Vec<(u64, String)>) -> Vec<(u64, String)> {
     let mut unmatched: HashMap<(u64, String), usize> = HashMap::new();
