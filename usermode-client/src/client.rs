@@ -948,12 +948,25 @@ impl<'t> Client<'t> {
 
     /// Those of `report`'s holders whose opens were refused (audit 23b, M1); none from the
     /// fallback, which has no counters.
+    ///
+    /// When they cannot be named, that is said, unless no key count in the report can be a
+    /// lower bound (review 24b, LOW-6: a reconciled or free hive read "incomplete"): the
+    /// report reconciled — a key of the hive a refused process opened would be listed by the
+    /// kernel without a record — or it names no process at all.
     pub fn attach_short_counts(&mut self, report: &mut HoldersReport) {
         let nr = report.source.not_recorded;
+        let exact = report
+            .source
+            .coverage
+            .as_ref()
+            .is_some_and(|c| c.reconciled)
+            || (report.holders.is_empty() && report.untracked.is_empty());
         let mut short = match self.short_counts(nr) {
             Ok(short) => short,
             Err(why) => {
-                report.source.cannot_see(unnamed_short_counts(nr, &why));
+                if !exact {
+                    report.source.cannot_see(unnamed_short_counts(nr, &why));
+                }
                 return;
             }
         };
@@ -974,11 +987,14 @@ impl<'t> Client<'t> {
                 Ok(true)
             });
             if let Err(e) = listed {
-                // Which of them still runs cannot be told: none is named, and that is said.
-                report.source.cannot_see(unnamed_short_counts(
-                    nr,
-                    &format!("the process list could not be read: {e}"),
-                ));
+                // Which of them still runs cannot be told: none is named, and that is said
+                // where a count could be a lower bound.
+                if !exact {
+                    report.source.cannot_see(unnamed_short_counts(
+                        nr,
+                        &format!("the process list could not be read: {e}"),
+                    ));
+                }
                 short.clear();
             }
             let running = running_of(&processes);

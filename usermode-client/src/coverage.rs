@@ -38,8 +38,15 @@ pub fn from_driver(c: &Completeness) -> Coverage {
     }
 }
 
-fn fold(s: &str) -> String {
-    s.to_uppercase()
+/// `s` folded per UTF-16 unit with the project's [`protocol::text::fold_unit`], as the
+/// kernel compares key names: one unit at a time, lengths equal (WRK `cmname.c`
+/// `CmpCompareUnicodeString`, `CmUpcaseUnicodeChar` per unit). Rust's full upper case
+/// merged names the kernel keeps apart (`Straße` and `STRASSE`): a false "complete"
+/// (review 24b, LOW-3). Lossless: a unit folds to a unit outside the surrogate range or is
+/// kept, so a valid string stays valid.
+pub(crate) fn fold(s: &str) -> String {
+    let units: Vec<u16> = s.encode_utf16().map(protocol::text::fold_unit).collect();
+    String::from_utf16_lossy(&units)
 }
 
 /// One pid's objects in the kernel's list, as a multiset of folded names: each object is
@@ -55,6 +62,11 @@ struct Listed {
     by_name: HashMap<String, VecDeque<usize>>,
     /// Objects before it are all taken (`take_any`'s scan starts here).
     next_any: usize,
+    /// For names the driver stored cut, by their length in UTF-16 units (one or two lengths
+    /// in practice: the tracker's limit per hive kind): the objects by their folded name's
+    /// first that many units, in list order, built on first use (review 24b, LOW-5: a scan
+    /// of every object per cut record was quadratic again).
+    by_prefix: HashMap<usize, HashMap<Vec<u16>, VecDeque<usize>>>,
 }
 
 impl Listed {
@@ -81,15 +93,38 @@ impl Listed {
             }
         }
         if truncated {
-            // Rare (a name past the driver's limit): a scan of the objects left.
-            let found = (0..self.entries.len())
-                .find(|&i| !self.taken[i] && self.entries[i].0.starts_with(want));
-            if let Some(i) = found {
-                self.taken[i] = true;
-                return true;
+            // A name past the driver's limit: the first object not taken, in list order,
+            // whose name begins with it (the first `want`'s length of units equal).
+            let want: Vec<u16> = want.encode_utf16().collect();
+            let entries = &self.entries;
+            let objects = self
+                .by_prefix
+                .entry(want.len())
+                .or_insert_with(|| Self::prefixes(entries, want.len()))
+                .get_mut(&want);
+            if let Some(objects) = objects {
+                while let Some(i) = objects.pop_front() {
+                    if !self.taken[i] {
+                        self.taken[i] = true;
+                        return true;
+                    }
+                }
             }
         }
         false
+    }
+
+    /// The objects whose folded name has at least `len` units, by those first `len`
+    /// units, in list order.
+    fn prefixes(entries: &[(String, String)], len: usize) -> HashMap<Vec<u16>, VecDeque<usize>> {
+        let mut index: HashMap<Vec<u16>, VecDeque<usize>> = HashMap::new();
+        for (i, (folded, _)) in entries.iter().enumerate() {
+            let head: Vec<u16> = folded.encode_utf16().take(len).collect();
+            if head.len() == len {
+                index.entry(head).or_default().push_back(i);
+            }
+        }
+        index
     }
 
     /// Takes up to `n` objects not yet taken, whatever their names, in list order; returns
@@ -191,13 +226,17 @@ pub fn reconcile(
         listed.entry(pid).or_default().push(name);
     }
     let mut unmatched = 0u64;
+    // Per pid, the objects taken by records with no name (review 24b, LOW-4).
+    let mut unnamed: BTreeMap<u64, u64> = BTreeMap::new();
     // Named keys not listed under their holder's pid: matched by name under any pid after.
     let mut elsewhere: Vec<(String, bool)> = Vec::new();
     for h in &report.holders {
         let entries = listed.entry(h.pid).or_default();
         if h.keys.is_empty() {
             // Summary only: counts per process.
-            unmatched += h.open_keys - entries.take_any(h.open_keys);
+            let took = entries.take_any(h.open_keys);
+            unmatched += h.open_keys - took;
+            *unnamed.entry(h.pid).or_default() += took;
             continue;
         }
         // Named keys first, then the keys whose name the driver could not store, each of
@@ -218,7 +257,9 @@ pub fn reconcile(
                 elsewhere.push((want, k.name_truncated));
             }
         }
-        unmatched += nameless - entries.take_any(nameless);
+        let took = entries.take_any(nameless);
+        unmatched += nameless - took;
+        *unnamed.entry(h.pid).or_default() += took;
     }
     unmatched += match_elsewhere(&mut listed, elsewhere);
     // The image the driver recorded for the pid, else one looked up now (whole: the driver's
@@ -243,6 +284,7 @@ pub fn reconcile(
                 keys,
                 key_counts: Vec::new(),
                 hivetrack_own: false,
+                unnamed_records: unnamed.get(&pid).copied().unwrap_or(0),
             }
         })
         .collect();
@@ -309,6 +351,7 @@ fn label_own_key(untracked: &mut Vec<UntrackedHolder>) {
         keys: vec![key],
         key_counts: Vec::new(),
         hivetrack_own: true,
+        unnamed_records: system.unnamed_records,
     };
     untracked.retain(|u| u.open_keys > 0);
     untracked.push(own);
@@ -609,6 +652,113 @@ mod tests {
         assert_eq!(r.source.coverage.as_ref().unwrap().unmatched_records, 1);
     }
 
+    /// Review 24b, LOW-5: the index of cut names answers as the scan it replaced did — the
+    /// first object not taken, in list order, whose folded name begins with the cut name —
+    /// over names of several cut lengths, non-ASCII and astral ones, exact names and objects
+    /// taken meanwhile by name or by `take_any`.
+    #[test]
+    fn cut_names_take_the_objects_the_scan_took() {
+        let names: Vec<String> = (0..60)
+            .map(|i| {
+                let tail = ["", "X", "\u{e9}t\u{e9}", "\u{10428}", "y\\z"][i % 5];
+                format!(
+                    r"\REGISTRY\USER\S\K{}\{}{tail}",
+                    i % 7,
+                    ["a", "B", "\u{df}"][i % 3]
+                )
+            })
+            .collect();
+        let mut listed = Listed::default();
+        for n in &names {
+            listed.push(n.clone());
+        }
+        let mut taken = vec![false; names.len()];
+        let scan = |taken: &mut Vec<bool>, want: &str| {
+            let i = (0..names.len()).find(|&i| !taken[i] && fold(&names[i]).starts_with(want))?;
+            taken[i] = true;
+            Some(i)
+        };
+        let mut answers = 0;
+        for step in 0..200usize {
+            let base = &names[(step * 7) % names.len()];
+            let units: Vec<u16> = base.encode_utf16().collect();
+            let cut = String::from_utf16_lossy(&units[..units.len() - 1 - step % 3]);
+            let want = fold(&cut);
+            if step % 11 == 0 {
+                // An object taken whatever its name, as a nameless record does.
+                let before = listed.next_any;
+                listed.take_any(1);
+                for (i, t) in taken
+                    .iter_mut()
+                    .enumerate()
+                    .skip(before)
+                    .take(listed.next_any - before)
+                {
+                    *t = listed.taken[i];
+                }
+                continue;
+            }
+            let exact = listed
+                .by_name
+                .get(&want)
+                .is_some_and(|o| o.iter().any(|&i| !listed.taken[i]));
+            let took = listed.take_named(&want, true);
+            if exact {
+                // Taken by its whole name: mirror it.
+                taken.clone_from(&listed.taken);
+                continue;
+            }
+            let expected = scan(&mut taken, &want);
+            assert_eq!(took, expected.is_some(), "step {step}: {cut}");
+            assert_eq!(listed.taken, taken, "step {step}: {cut}");
+            answers += u32::from(took);
+        }
+        assert!(
+            answers > 20,
+            "the cut names matched some objects: {answers}"
+        );
+    }
+
+    /// Review 24b, LOW-4: a record with no stored name takes any object of its process in
+    /// list order, so which key is left "open before tracking" is the list's order; the
+    /// process's untracked entry says how many objects such records took, and only its.
+    #[test]
+    fn untracked_keys_say_when_a_record_without_a_name_may_be_one_of_them() {
+        let mut h = holder(7, &[r"\REGISTRY\USER\S\A"]);
+        let mut nameless = key("x");
+        nameless.path = None;
+        h.keys.push(nameless);
+        h.open_keys = 2;
+        let mut summary = holder(8, &[]);
+        summary.open_keys = 1;
+        let mut r = report(vec![h, summary, holder(9, &[r"\REGISTRY\USER\S\D"])]);
+        let kernel = [
+            (7, r"\REGISTRY\USER\S\B"),
+            (7, r"\REGISTRY\USER\S\A"),
+            (7, r"\REGISTRY\USER\S\C"),
+            (8, r"\REGISTRY\USER\S\E"),
+            (8, r"\REGISTRY\USER\S\F"),
+            (9, r"\REGISTRY\USER\S\D"),
+            (9, r"\REGISTRY\USER\S\G"),
+        ]
+        .map(|(p, k)| (p, k.to_owned()))
+        .to_vec();
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |_| None);
+        let rows: Vec<(u64, &[String], u64)> = r
+            .untracked
+            .iter()
+            .map(|u| (u.pid, u.keys.as_slice(), u.unnamed_records))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (7, &[r"\REGISTRY\USER\S\C".to_owned()][..], 1),
+                (8, &[r"\REGISTRY\USER\S\F".to_owned()][..], 1),
+                (9, &[r"\REGISTRY\USER\S\G".to_owned()][..], 0),
+            ]
+        );
+    }
+
     /// `n` distinct profile-style names (`…\Software\Classes\CLSID\{guid}\InprocServer32`).
     fn distinct_names(n: usize) -> Vec<String> {
         (0..n)
@@ -655,6 +805,39 @@ mod tests {
             }
             println!("{line}");
         }
+    }
+
+    /// Review 24b, LOW-3: the kernel keeps `STRASSE` and `Straße` apart (per-unit upper
+    /// case, lengths equal: WRK `cmname.c`), and `ﬁle` and `FILE`; a record of one must not
+    /// match an object of the other, while a plain case difference still does. Old code:
+    /// fails (both pairs reconciled as one key: a false "complete").
+    #[test]
+    fn names_fold_per_unit_as_the_kernel_compares_them() {
+        for (record, listed) in [
+            (
+                "\\REGISTRY\\USER\\S\\Stra\u{df}e",
+                "\\REGISTRY\\USER\\S\\STRASSE",
+            ),
+            (
+                "\\REGISTRY\\USER\\S\\\u{fb01}le",
+                "\\REGISTRY\\USER\\S\\FILE",
+            ),
+        ] {
+            let mut r = report(vec![holder(7, &[record])]);
+            reconcile(
+                &mut r,
+                tracking(),
+                Ok(vec![(7, listed.to_owned())]),
+                &mut |_| None,
+            );
+            let c = r.source.coverage.as_ref().unwrap();
+            assert!(!c.reconciled, "{record} reconciled with {listed}: {c:?}");
+            assert_eq!((c.unmatched_records, c.untracked_keys), (1, 1), "{c:?}");
+        }
+        let mut r = report(vec![holder(7, &["\\REGISTRY\\USER\\S\\stra\u{df}e"])]);
+        let kernel = vec![(7, "\\REGISTRY\\USER\\S\\STRA\u{df}E".to_owned())];
+        reconcile(&mut r, tracking(), Ok(kernel), &mut |_| None);
+        assert!(r.source.complete, "{:?}", r.source);
     }
 
     #[test]

@@ -42,18 +42,23 @@ pub fn read(
     })
 }
 
-/// `first` with the entries of `second` it lacks: per `(pid, key name)`, case-insensitive,
-/// as many entries as the fuller of the two lists has (a multiset union), in `first`'s
-/// order, then `second`'s.
+/// `first` with the entries of `second` it lacks, in `first`'s order, then `second`'s.
+///
+/// Per `(pid, key name)`, case-insensitive per UTF-16 unit as the kernel compares names
+/// ([`crate::coverage`]'s fold: Rust's full upper case would take `STRASSE` in one read for
+/// `Straße` in the other and drop a key; review 24b, LOW-3), as many entries as the fuller
+/// of the two lists has (a multiset union).
 #[must_use]
 pub fn union(first: Vec<(u64, String)>, second: Vec<(u64, String)>) -> Vec<(u64, String)> {
     let mut unmatched: HashMap<(u64, String), usize> = HashMap::new();
     for (pid, name) in &first {
-        *unmatched.entry((*pid, name.to_uppercase())).or_insert(0) += 1;
+        *unmatched
+            .entry((*pid, crate::coverage::fold(name)))
+            .or_insert(0) += 1;
     }
     let mut merged = first;
     for (pid, name) in second {
-        match unmatched.get_mut(&(pid, name.to_uppercase())) {
+        match unmatched.get_mut(&(pid, crate::coverage::fold(&name))) {
             Some(n) if *n > 0 => *n -= 1,
             _ => merged.push((pid, name)),
         }
@@ -87,6 +92,12 @@ mod tests {
                 (9, r"\REGISTRY\USER\S\Cache"),
                 (7, r"\REGISTRY\USER\S\A"),
             ])
+        );
+        // Two keys the kernel keeps apart (per-unit upper case: review 24b, LOW-3; old
+        // code: this check fails, the second read's key dropped).
+        assert_eq!(
+            union(keys(&[(7, "Stra\u{df}e")]), keys(&[(7, "STRASSE")])),
+            keys(&[(7, "Stra\u{df}e"), (7, "STRASSE")])
         );
         // The same key under another pid is another entry.
         assert_eq!(

@@ -620,6 +620,14 @@ pub struct UntrackedHolder {
     /// Absent (false) from CLIs before 2026-12-06.
     #[serde(default)]
     pub hivetrack_own: bool,
+    /// How many of this process's key objects in the kernel's list went, in list order, to
+    /// its records this report does not name (a key whose name the tracker could not store,
+    /// or every key with `--summary`): which objects those are cannot be told, so up to that
+    /// many of the `keys` here may be theirs rather than open before tracking started, the
+    /// objects they took being the ones open before (review 24b, LOW-4: which key read as
+    /// untracked was the list's order). 0 when none; absent (0) from CLIs before 2026-12-06.
+    #[serde(default)]
+    pub unnamed_records: u64,
 }
 
 /// A process holding keys only the kernel lists (`processes --kernel`).
@@ -685,25 +693,46 @@ pub struct HeldKeyCount {
     /// Each distinct access mask of the group in words, joined by `|` (`KEY_READ`), in
     /// order of first appearance; empty when none is known.
     pub access_names: Vec<String>,
-    /// The pids holding a handle to any of the group's key objects now (sorted); absent
-    /// when that was not asked for any of them.
+    /// The pids holding a handle to each of the group's key objects now (sorted): the same
+    /// for every object of the group, since objects held now by different processes, or
+    /// not asked about, are grouped apart (review 24b, MED-1: a union of the objects' pids
+    /// read "held by 7" for a group with one object no process holds). Empty: no process
+    /// hivetrack could examine holds them; absent when that was not asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_now_by: Option<Vec<u64>>,
+}
+
+/// A key object's holders now as a group tells them apart: sorted, each pid once; `None`
+/// when not asked.
+fn held_now_set(k: &HeldKey) -> Option<Vec<u64>> {
+    k.held_now_by.as_ref().map(|by| {
+        let mut by = by.clone();
+        by.sort_unstable();
+        by.dedup();
+        by
+    })
 }
 
 /// Groups a holder's keys by name as the table does.
 ///
 /// Short names are compared ASCII case-insensitively, a deleted key apart from one created
-/// with its name since, the keys without a stored name together; groups in the order of
-/// their first key (oldest first). One hash lookup per key (audit 23b, L6: a search of the groups per key was quadratic in
-/// the distinct names).
+/// with its name since, keys held now by different sets of processes (or not asked about)
+/// apart, so a group's holders now are every object's (review 24b, MED-1), the keys without
+/// a stored name together; groups in the order of their first key (oldest first). One hash
+/// lookup per key (audit 23b, L6: a search of the groups per key was quadratic in the
+/// distinct names).
 #[must_use]
 pub fn group_held_keys(keys: &[HeldKey]) -> Vec<Vec<&HeldKey>> {
-    let mut index: std::collections::HashMap<(Option<String>, bool), usize> =
+    type GroupId = (Option<String>, bool, Option<Vec<u64>>);
+    let mut index: std::collections::HashMap<GroupId, usize> =
         std::collections::HashMap::with_capacity(keys.len().min(1 << 16));
     let mut groups: Vec<Vec<&HeldKey>> = Vec::new();
     for k in keys {
-        let id = (k.name.as_ref().map(|n| n.to_ascii_uppercase()), k.deleted);
+        let id = (
+            k.name.as_ref().map(|n| n.to_ascii_uppercase()),
+            k.deleted,
+            held_now_set(k),
+        );
         let i = *index.entry(id).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
@@ -731,17 +760,8 @@ pub fn held_key_counts(keys: &[HeldKey]) -> Vec<HeldKeyCount> {
                     access_names.push(text);
                 }
             }
-            let held_now_by = g.iter().any(|k| k.held_now_by.is_some()).then(|| {
-                let mut by: Vec<u64> = g
-                    .iter()
-                    .filter_map(|k| k.held_now_by.as_ref())
-                    .flatten()
-                    .copied()
-                    .collect();
-                by.sort_unstable();
-                by.dedup();
-                by
-            });
+            // The same for every object of the group (`group_held_keys`).
+            let held_now_by = held_now_set(first);
             HeldKeyCount {
                 name: first.name.clone(),
                 path: first.path.clone(),
@@ -1270,6 +1290,44 @@ mod tests {
         }
     }
 
+    /// Review 24b, MED-1: a group's `held_now_by` was the union of its objects' holders, so
+    /// 2004's objects of one key, one of them held by no process hivetrack could examine and
+    /// one also by 9 (a duplicated handle), read "held now by 2004" / "by 2004 and 9": killing
+    /// 2004 would not free the hive, and how many 9 holds was lost. Objects held by different
+    /// sets are grouped apart, each group's holders those of every object in it. Old code:
+    /// 2 checks fail (the groups, the counts held by 9).
+    #[test]
+    fn a_group_never_reads_as_held_by_more_or_fewer_than_each_object_is() {
+        let mut keys: Vec<HeldKey> = (0..5)
+            .map(|age| {
+                let mut k = held(Some(r"HKU\S\X"), 10 - age, 0x2_0019);
+                k.held_now_by = Some(vec![2004]);
+                k
+            })
+            .collect();
+        keys[1].held_now_by = Some(vec![]);
+        keys[3].held_now_by = Some(vec![9, 2004]);
+        let g = held_key_counts(&keys);
+        let groups: Vec<(u64, Option<&[u64]>)> = g
+            .iter()
+            .map(|c| (c.count, c.held_now_by.as_deref()))
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                (3, Some(&[2004][..])),
+                (1, Some(&[][..])),
+                (1, Some(&[9, 2004][..])),
+            ]
+        );
+        let by_9: u64 = g
+            .iter()
+            .filter(|c| c.held_now_by.as_ref().is_some_and(|by| by.contains(&9)))
+            .map(|c| c.count)
+            .sum();
+        assert_eq!(by_9, 1, "how many of the key's objects 9 holds");
+    }
+
     /// `key_counts` of a tracked holder (audit 23b, M3) never says more than the objects do:
     /// a cut name or a missing one is kept as such, a deleted key is its own group.
     #[test]
@@ -1302,18 +1360,22 @@ mod tests {
                 )
             })
             .collect();
+        // The key held now by 9 and 7 is apart from its name's key not asked about
+        // (review 24b, MED-1).
         assert_eq!(
             summary,
             [
-                (Some(r"HKU\S\A"), 2, false, false, 9),
+                (Some(r"HKU\S\A"), 1, false, false, 9),
                 (Some(r"HKU\S\Long"), 2, true, false, 3),
                 (None, 2, false, false, 8),
                 (Some(r"HKU\S\a"), 1, false, true, 1),
+                (Some(r"HKU\S\a"), 1, false, false, 4),
             ]
         );
-        assert_eq!(g[0].access_names, ["KEY_READ", "KEY_WRITE"]);
-        assert_eq!(g[0].held_now_by, Some(vec![7, 9]));
-        assert_eq!(g[1].held_now_by, None, "not asked");
+        assert_eq!(g[0].access_names, ["KEY_READ"]);
+        assert_eq!(g[4].access_names, ["KEY_WRITE"]);
+        assert_eq!(g[4].held_now_by, Some(vec![7, 9]));
+        assert_eq!(g[0].held_now_by, None, "not asked");
         assert!(g[2].access_names.is_empty(), "0: not known");
         assert_eq!(g.iter().map(|c| c.count).sum::<u64>(), keys.len() as u64);
     }

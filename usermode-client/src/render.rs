@@ -332,30 +332,36 @@ fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &m
 }
 
 /// When the processes holding the group's key objects now are not just their opener `pid`
-/// (a handle duplicated or inherited away): who holds them now.
+/// (a handle duplicated or inherited away): who holds them now. The same for every object
+/// of the group (`group_held_keys` keeps objects held by different processes apart; review
+/// 24b, MED-1), so a group's count is how many objects that set holds.
 fn held_now_sentence(
     pid: u64,
     keys: &[&HeldKey],
     images: &[crate::model::HeldNowProcess],
     out: &mut String,
 ) {
-    if keys.iter().any(|k| k.held_now_by.is_none()) {
+    let Some(mut now) = keys.first().and_then(|k| k.held_now_by.clone()) else {
         return;
-    }
-    let mut now: Vec<u64> = keys
-        .iter()
-        .flat_map(|k| k.held_now_by.iter().flatten().copied())
-        .collect();
+    };
     now.sort_unstable();
     now.dedup();
     if now == [pid] {
         return;
     }
     if now.is_empty() {
-        let _ = writeln!(
-            out,
-            "  no process holds a handle to it now that hivetrack could examine (a protected process, or a kernel reference)"
-        );
+        let _ = if keys.len() > 1 {
+            writeln!(
+                out,
+                "  these {} are held by no process hivetrack could examine now (a protected process, or a kernel reference): closing process {pid} does not free them",
+                keys.len()
+            )
+        } else {
+            writeln!(
+                out,
+                "  no process holds a handle to it now that hivetrack could examine (a protected process, or a kernel reference)"
+            )
+        };
         return;
     }
     let list: Vec<String> = now
@@ -719,6 +725,14 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                         OWN_KEY
                     } else {
                         refused.as_deref().unwrap_or(when)
+                    };
+                    // Records of the process with no name took its objects in list order:
+                    // a key here may be one of theirs (review 24b, LOW-4).
+                    let why = match u.unnamed_records {
+                        0 => why.to_owned(),
+                        n => format!(
+                            "{why}; or the key of one of its {n} record(s) this report cannot name"
+                        ),
                     };
                     // One line per distinct name with its count, as for tracked keys: a
                     // leak from before tracking printed 65,602 identical lines (audit 23b, H1).
