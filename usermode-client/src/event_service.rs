@@ -327,6 +327,22 @@ struct Attempt {
     recheck: Option<Recheck>,
 }
 
+impl Attempt {
+    /// How long after this attempt the record `rec` (made at `time` by the driver's system
+    /// clock) came, in FILETIME units (negative: before it). By the two interrupt-time
+    /// stamps when both records carry one, which setting the system clock does not move
+    /// (review 24a, F3: a clock set back between a failed unload and the driver's look
+    /// dropped the attempt, and its 1002 lost the link to the 1001); else by the two system
+    /// times.
+    fn elapsed(&self, rec: &StreamRecord, time: u64) -> i128 {
+        if self.stamp != 0 && rec.interrupt_time != 0 {
+            i128::from(rec.interrupt_time) - i128::from(self.stamp)
+        } else {
+            i128::from(time) - i128::from(self.time)
+        }
+    }
+}
+
 /// How a connection's drain ended.
 enum Drained {
     /// Nothing more now (the wait timed out): reconnect (or, with `--once`, return).
@@ -692,7 +708,7 @@ impl Loop<'_, '_> {
             .iter_mut()
             .find(|a| a.hive.eq_ignore_ascii_case(&rec.mount))
         {
-            Some(a) if a.time.saturating_add(delay) >= time => {
+            Some(a) if a.elapsed(rec, time) <= i128::from(delay) => {
                 // A retry within the run: the watch stays the first attempt's. A run begun
                 // by a deferred unload gets its first failure as the re-check after a restart.
                 a.latest_due = a.latest_due.max(due);
@@ -738,7 +754,7 @@ impl Loop<'_, '_> {
             .iter()
             .position(|a| a.hive.eq_ignore_ascii_case(&rec.mount))
             .map(|i| self.attempts.swap_remove(i))
-            .filter(|a| a.time <= rec.time);
+            .filter(|a| a.elapsed(rec, rec.time) >= 0);
         // The driver looked again: no re-check of the service's own for this hive.
         self.rechecks
             .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));

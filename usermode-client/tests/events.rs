@@ -3087,3 +3087,108 @@ fn the_drivers_1002_says_how_long_by_the_stamps_when_the_clock_stepped_before_th
     assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
     assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
 }
+
+/// Review 24a, F3: the system clock set back 10 min between the failed unload and the
+/// driver's look (after the service started). Both records are stamped 60 s apart; the old
+/// code matched the attempt by the two system times, dropped it, and its 1002 said "at
+/// least" with no `failed_unload_sequence` (`(Some(60), None, true)`).
+#[test]
+fn a_clock_set_back_before_the_drivers_look_keeps_the_attempt() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    for _ in 0..5 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED + 60 * SECOND,
+        ..held_after(60, 0)
+    }));
+    // The record's system time: read after a 600 s step back.
+    if let Some(Step::Record(r)) = q.steps.back_mut() {
+        r.time = NOW + 60 * SECOND - 600 * SECOND;
+    }
+    let q = q.shared();
+    let events = serve_wall_interrupt(
+        &q,
+        200,
+        NOW,
+        &move |e| {
+            let t = NOW + u64::try_from(e.as_nanos() / 100).unwrap();
+            if e > Duration::from_secs(30) {
+                t - 600 * SECOND
+            } else {
+                t
+            }
+        },
+        Some(&|e| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap()),
+    );
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    let e = &events[2];
+    assert_eq!(
+        (
+            e.held_for_secs,
+            e.failed_unload_sequence,
+            e.message.contains("at least")
+        ),
+        (Some(60), Some(1), false),
+        "{e:#?}"
+    );
+}
+
+/// Review 24a, F3: a retry 30 s after a failed unload (the driver watches 60 s from the
+/// run's first attempt) with the system clock set forward 10 min in between. By the two
+/// system times the retry began a new run, and the driver's look 60 s after the first
+/// attempt was measured from the retry: the old code said "held 30 s" and linked the 1002
+/// to the retry (`(Some(30), Some(2))`). By the stamps it is one run: 60 s, the first.
+#[test]
+fn a_clock_set_forward_between_a_failure_and_its_retry_keeps_one_run() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    for _ in 0..3 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED + 30 * SECOND,
+        ..failed_unload(&user_hive(), NOW + 630 * SECOND)
+    }));
+    for _ in 0..3 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED + 60 * SECOND,
+        ..held_after(660, 0)
+    }));
+    let q = q.shared();
+    let events = serve_wall_interrupt(
+        &q,
+        200,
+        NOW,
+        &move |e| {
+            let t = NOW + u64::try_from(e.as_nanos() / 100).unwrap();
+            if e > Duration::from_secs(20) {
+                t + 600 * SECOND
+            } else {
+                t
+            }
+        },
+        Some(&|e| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap()),
+    );
+    assert_eq!(ids(&events), [1010, 1001, 1001, 1002], "{events:#?}");
+    let e = &events[3];
+    assert_eq!(
+        (e.held_for_secs, e.failed_unload_sequence),
+        (Some(60), Some(1)),
+        "{e:#?}"
+    );
+}
