@@ -452,6 +452,20 @@ impl Loop<'_, '_> {
         (rec.interrupt_time != 0 && rec.interrupt_time <= now).then(|| now - rec.interrupt_time)
     }
 
+    /// Whether the system clock may be trusted to order the record `rec` of the page being
+    /// read against another system-clock reading (a hive's load time: [`same_load`]): it kept
+    /// step with the monotonic clock since the service started (`wall_steady`), and, when the
+    /// record is stamped, its age by the system clock is its age by the stamp within
+    /// [`CLOCK_STEP`] (a step between the record and its read, also before the service
+    /// started, which `wall_steady` cannot see). Review 24a, F2.
+    fn record_clock_trusted(&self, rec: &StreamRecord) -> bool {
+        self.wall_steady
+            && self.stamp_age(rec).is_none_or(|age| {
+                let by_wall = i128::from(self.read_wall) - i128::from(rec.time);
+                (by_wall - i128::from(age)).abs() <= CLOCK_STEP
+            })
+    }
+
     /// When `delay` after the record `rec` (made at `time` by the driver's system clock)
     /// comes, on the service's monotonic clock. By the record's interrupt-time stamp when it
     /// has one ([`Self::stamp_age`]): exact whatever the system clock did, also before the
@@ -532,7 +546,7 @@ impl Loop<'_, '_> {
         // logon) holds nothing of it (audit 22b, M7).
         let mut load_unsure = false;
         let report = hive_keys(t, &rec.mount, now).ok().and_then(|r| {
-            match same_load(t, &r, rec.hive_id, rec.time) {
+            match same_load(t, &r, rec.hive_id, rec.time, self.record_clock_trusted(rec)) {
                 Load::Later => None,
                 Load::Same => Some(r),
                 Load::Unsure => {
@@ -854,8 +868,14 @@ impl Loop<'_, '_> {
     ) -> Option<(Vec<EventHolder>, bool, bool)> {
         let hive = r.failure.hive.as_str();
         let mut load_unsure = false;
+        // The failure's age by the system clock is its age on the monotonic clock (dated by
+        // its stamp when it had one): else the clock stepped since, and cannot order the
+        // failure and a load (review 24a, F2).
+        let by_wall = i128::from(now) - i128::from(r.failure.time);
+        let by_mono = i128::from(self.env.mono()) - i128::from(r.failed_at);
+        let trusted = self.wall_steady && (by_wall - by_mono).abs() <= CLOCK_STEP;
         let report = match hive_keys(t, hive, now) {
-            Ok(report) => match same_load(t, &report, r.hive_id, r.failure.time) {
+            Ok(report) => match same_load(t, &report, r.hive_id, r.failure.time, trusted) {
                 Load::Later => return None,
                 Load::Same => report,
                 Load::Unsure => {
@@ -1196,7 +1216,8 @@ enum Load {
     Later,
     /// Cannot be told: the driver does not know when it was loaded (load time 0: seeded from
     /// the hive list after a driver restart, or loaded while the driver was down), no longer
-    /// lists it, its hive list could not be read, or the record has no time. Taken as the
+    /// lists it, its hive list could not be read, the record has no time, or the system
+    /// clock may have stepped between the two readings (review 24a, F2). Taken as the
     /// same load (a 1002 rather than silence), and the 1002 says it may be a later one.
     Unsure,
 }
@@ -1214,7 +1235,19 @@ enum Load {
 /// start, and within one the tracker makes a forgotten implicit or application hive again
 /// under a new id (`tracker/src/hives.rs`). Found in review 22b (H1): a held hive's
 /// re-check after a driver restart read as "unloaded", and no 1002 came.
-fn same_load(t: &mut dyn Transport, report: &HoldersReport, hive_id: u32, time: u64) -> Load {
+///
+/// The load time and `time` are two readings of the system clock: when the caller cannot
+/// trust it between them (`clock_trusted` false: it stepped), their order says nothing and
+/// the answer is [`Load::Unsure`], never "the same load" (review 24a, F2: a clock set back
+/// made the next logon's load read as the failed one, its processes named with no doubt
+/// said) nor "a later load" (which would leave a held hive without a 1002).
+fn same_load(
+    t: &mut dyn Transport,
+    report: &HoldersReport,
+    hive_id: u32,
+    time: u64,
+    clock_trusted: bool,
+) -> Load {
     if hive_id != 0 && report.hive.id == hive_id {
         // Ids are never reused within a start (`tracker/src/hives.rs`: a counter).
         return Load::Same;
@@ -1223,7 +1256,7 @@ fn same_load(t: &mut dyn Transport, report: &HoldersReport, hive_id: u32, time: 
         return Load::Unsure;
     };
     match hives.into_iter().find(|x| x.0 == report.hive.id) {
-        Some((_, l)) if l != 0 && time != 0 => {
+        Some((_, l)) if l != 0 && time != 0 && clock_trusted => {
             if l <= time {
                 Load::Same
             } else {

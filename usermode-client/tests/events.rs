@@ -2267,11 +2267,23 @@ fn serve_wall_interrupt(
     wall: &dyn Fn(Duration) -> u64,
     interrupt: Option<&dyn Fn(Duration) -> u64>,
 ) -> Vec<FleetEvent> {
+    serve_wall_interrupt_with(q, secs, started_at, wall, interrupt, &driver)
+}
+
+/// [`serve_wall_interrupt`] against the driver `make` builds.
+fn serve_wall_interrupt_with(
+    q: &SharedQueue,
+    secs: u64,
+    started_at: u64,
+    wall: &dyn Fn(Duration) -> u64,
+    interrupt: Option<&dyn Fn(Duration) -> u64>,
+    make: &dyn Fn() -> Server,
+) -> Vec<FleetEvent> {
     let clock = q.borrow().clock.clone();
     let watch = clock.clone();
     let mut clock = clock;
     let keep_going = move || watch.elapsed() < Duration::from_secs(secs);
-    let mut connect = || connect_with(q, &|| Scripted::new(driver()));
+    let mut connect = || connect_with(q, &|| Scripted::new(make()));
     let mut sink = Collected::default();
     let now_clock = q.borrow().clock.clone();
     let interrupt_clock = now_clock.clone();
@@ -3191,4 +3203,51 @@ fn a_clock_set_forward_between_a_failure_and_its_retry_keeps_one_run() {
         (Some(60), Some(1)),
         "{e:#?}"
     );
+}
+
+/// Review 24a, F2: the re-check after a driver restart of a failure (hive id 3 of the old
+/// start) finds the hive at the mount under id 7, which the new driver saw loaded at a time
+/// its system clock says was an hour before the failure. Only a load the new driver saw
+/// has a load time, so it came after its start, after the failure: the system clock was
+/// set back in between. `(a)` after the service started (`wall_steady` goes false); `(b)`
+/// before it started, seen only by the failure's interrupt-time stamp against its time. The
+/// old code took the load for the failed one and named its holders with `load_unsure` false
+/// (2 of 2 cases fail).
+#[test]
+fn a_1002_after_a_clock_step_is_unsure_of_its_load() {
+    let booted = |e: Duration| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap();
+    let back = 3600 * SECOND;
+    // (a): the failure at NOW, the clock set back an hour 2 s later, the restart after.
+    // (b): the failure stamped 10 s before the service's start, the clock set back an hour
+    // in between.
+    for (stamp, started, step_at) in [
+        (0, NOW, 2),
+        (BOOTED - 10 * SECOND, NOW + 10 * SECOND - back, 1000),
+    ] {
+        let mut q = queue_held_after(60);
+        q.push(&StreamRecord {
+            hive_id: 3,
+            interrupt_time: stamp,
+            ..failed_unload(&user_hive(), NOW)
+        });
+        q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+        let q = q.shared();
+        let events = serve_wall_interrupt_with(
+            &q,
+            200,
+            started,
+            &move |e| {
+                let t = started + u64::try_from(e.as_nanos() / 100).unwrap();
+                if e > Duration::from_secs(step_at) {
+                    t - back
+                } else {
+                    t
+                }
+            },
+            Some(&booted),
+            &|| driver_hives_loaded(NOW - back),
+        );
+        assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+        assert_load_unsure(&events[3]);
+    }
 }
