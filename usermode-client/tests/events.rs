@@ -3048,11 +3048,14 @@ fn review22d_a_clock_set_forward_before_the_service_started_does_not_recheck_ear
 
 /// The other side: a record the driver did not stamp (0, a protocol 6 record's meaning) is
 /// dated by its system time as before; a service that cannot read the interrupt-time count
-/// (`ServiceEnv::interrupt` `None`, Wine 8) dates a stamped one so too.
+/// (`ServiceEnv::interrupt` `None`, Wine 8) dates a stamped one so too; and so is a record
+/// stamped later than the service's read (not this machine's count: review 24a, F4; with
+/// the `stamp <= read` guard removed the age underflows, a panic in a debug build and a
+/// re-check at once saying "held 230584300981 s" in a release one or with `wrapping_sub`).
 #[test]
 fn a_record_without_a_usable_stamp_is_dated_by_its_system_time() {
     let booted = |e: Duration| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap();
-    for (stamp, interrupt) in [(0, true), (BOOTED, false)] {
+    for (stamp, interrupt) in [(0, true), (BOOTED, false), (BOOTED + 3600 * SECOND, true)] {
         let mut q = queue_held_after(0);
         q.push(&StreamRecord {
             interrupt_time: stamp,
