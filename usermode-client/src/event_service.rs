@@ -1405,9 +1405,9 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
 
 /// The interrupt-time count now (100 ns units since boot), `None` where it cannot be had.
 ///
-/// As `QueryInterruptTime` reads it (Kernel32, Windows 10 / Server 2016 and later): the count
-/// `KeQueryInterruptTime` returns in the driver (Learn, "Interrupt Time"). `None` on another
-/// system, or with a Kernel32 without the routine (Wine 8's).
+/// As `QueryInterruptTime` reads it (Kernel32, else `KernelBase`: Windows 10 / Server 2016 and
+/// later): the count `KeQueryInterruptTime` returns in the driver (Learn, "Interrupt Time").
+/// `None` on another system, or where neither exports the routine (Wine 8).
 #[cfg(windows)]
 #[must_use]
 pub fn interrupt_time_now() -> Option<u64> {
