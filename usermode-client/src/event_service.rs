@@ -376,9 +376,12 @@ const DRIVER_LOOK_SLACK: i64 = 30 * 10_000_000;
 /// the margin is that plus a second (review 23b, L1: it was 1 s); the page was answered no
 /// earlier than it was asked. Found in review 22b (L2): a restart converted every
 /// watch not yet forgotten, also one due up to [`DRIVER_LOOK_SLACK`] before its last done page
-/// (the driver had looked and found the hive free), into a late re-check. Not covered: a
-/// sleep between the failure and the due time (a relative kernel timer may not count it
-/// while the service's clock does: README, "One clock").
+/// (the driver had looked and found the hive free), into a late re-check. A sleep across
+/// the due time: the interrupt time and this service's clock count it, a relative kernel
+/// timer does not (Learn `SetWaitableTimer`, Windows 8 and later), so the driver sets its
+/// timer in slices of at most 10 s (`driver/src/waiters.rs` `SLICE`) and looks within 10 s
+/// of wake (review 24a, F1; README, "Sleep"). Not covered: a page that delivers everything
+/// in those 10 s (another record woke the reader) with a driver restart before the look.
 const DRIVER_LOOK_LATE: i64 = 3 * 10_000_000;
 
 /// How far the system clock may move against the service's monotonic clock before the
