@@ -3103,6 +3103,20 @@ fn the_drivers_1002_says_how_long_by_the_stamps_when_the_clock_stepped_before_th
     assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
 }
 
+/// The system clock from `start`, stepped by `step` seconds (back when negative) once the
+/// scripted clock passes `after` seconds.
+fn stepped_wall(start: u64, after: u64, step: i64) -> impl Fn(Duration) -> u64 {
+    move |e| {
+        let t = start + u64::try_from(e.as_nanos() / 100).unwrap();
+        if e > Duration::from_secs(after) {
+            t.checked_add_signed(step * i64::try_from(SECOND).unwrap())
+                .unwrap()
+        } else {
+            t
+        }
+    }
+}
+
 /// Review 24a, F3: the system clock set back 10 min between the failed unload and the
 /// driver's look (after the service started). Both records are stamped 60 s apart; the old
 /// code matched the attempt by the two system times, dropped it, and its 1002 said "at
@@ -3132,14 +3146,7 @@ fn a_clock_set_back_before_the_drivers_look_keeps_the_attempt() {
         &q,
         200,
         NOW,
-        &move |e| {
-            let t = NOW + u64::try_from(e.as_nanos() / 100).unwrap();
-            if e > Duration::from_secs(30) {
-                t - 600 * SECOND
-            } else {
-                t
-            }
-        },
+        &stepped_wall(NOW, 30, -600),
         Some(&|e| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap()),
     );
     assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
@@ -3189,14 +3196,7 @@ fn a_clock_set_forward_between_a_failure_and_its_retry_keeps_one_run() {
         &q,
         200,
         NOW,
-        &move |e| {
-            let t = NOW + u64::try_from(e.as_nanos() / 100).unwrap();
-            if e > Duration::from_secs(20) {
-                t + 600 * SECOND
-            } else {
-                t
-            }
-        },
+        &stepped_wall(NOW, 20, 600),
         Some(&|e| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap()),
     );
     assert_eq!(ids(&events), [1010, 1001, 1001, 1002], "{events:#?}");
@@ -3239,14 +3239,7 @@ fn a_1002_after_a_clock_step_is_unsure_of_its_load() {
             &q,
             200,
             started,
-            &move |e| {
-                let t = started + u64::try_from(e.as_nanos() / 100).unwrap();
-                if e > Duration::from_secs(step_at) {
-                    t - back
-                } else {
-                    t
-                }
-            },
+            &stepped_wall(started, step_at, -3600),
             Some(&booted),
             &|| driver_hives_loaded(NOW - back),
         );
