@@ -96,7 +96,8 @@ struct Done {
 struct Table {
     lock: SpinLock,
     slots: UnsafeCell<[Wait; MAX_WAITS]>,
-    /// Deadline the timer is set for (`u64::MAX`: not set). Guarded by `lock`.
+    /// Deadline the timer works toward (`u64::MAX`: not set): it fires then, or a [`SLICE`]
+    /// earlier when that is sooner and the DPC sets it again. Guarded by `lock`.
     armed_for: UnsafeCell<u64>,
     timer: UnsafeCell<MaybeUninit<_KTIMER>>,
     dpc: UnsafeCell<MaybeUninit<KDPC>>,
@@ -352,7 +353,20 @@ pub fn completeness(id: u32) -> Completeness {
     tracking::get().map_or_else(Completeness::default, |tr| tr.completeness_of(id))
 }
 
-/// Sets the timer for `deadline` (interrupt time), relative to `now`.
+/// The longest the timer is set for at once (100 ns units: 10 s): a deadline further off is
+/// reached in slices, each DPC comparing the interrupt time with it and setting the next.
+/// The interrupt time counts a sleep (Learn, `KeQueryInterruptTime`: the bias added at wake)
+/// but a relative timer does not (Learn, `SetWaitableTimer`: "Windows 8 and later, Windows
+/// Server 2012 and later: If relative time is specified, the timer does not include time
+/// spent in low-power states"; Learn `KeSetTimer` is silent on sleep). With one relative
+/// timer for the whole delay a held-after look came the sleep's length late, and the fleet
+/// service, which dates the watch by the interrupt time, had forgotten it by then (review
+/// 24a, F1); in slices the look comes at most one slice after wake. An absolute due time
+/// would be system time, which a clock step moves.
+const SLICE: u64 = 10 * 10_000_000;
+
+/// Sets the timer for `deadline` (interrupt time), relative to `now`, or for [`SLICE`] when
+/// that is sooner (the DPC then sets it again).
 fn arm(t: &mut Locked, deadline: u64, now: u64) {
     if CLOSING.load(Ordering::Acquire) {
         return;
@@ -360,7 +374,7 @@ fn arm(t: &mut Locked, deadline: u64, now: u64) {
     *t.armed_for() = deadline;
     // A relative due time (negative, 100 ns units) does not move when the clock is set;
     // at least one unit so that a deadline already passed fires at once.
-    let relative = deadline.saturating_sub(now).max(1);
+    let relative = deadline.saturating_sub(now).clamp(1, SLICE);
     let due = LARGE_INTEGER {
         QuadPart: -i64::try_from(relative).unwrap_or(i64::MAX),
     };

@@ -327,6 +327,22 @@ struct Attempt {
     recheck: Option<Recheck>,
 }
 
+impl Attempt {
+    /// How long after this attempt the record `rec` (made at `time` by the driver's system
+    /// clock) came, in FILETIME units (negative: before it). By the two interrupt-time
+    /// stamps when both records carry one, which setting the system clock does not move
+    /// (review 24a, F3: a clock set back between a failed unload and the driver's look
+    /// dropped the attempt, and its 1002 lost the link to the 1001); else by the two system
+    /// times.
+    fn elapsed(&self, rec: &StreamRecord, time: u64) -> i128 {
+        if self.stamp != 0 && rec.interrupt_time != 0 {
+            i128::from(rec.interrupt_time) - i128::from(self.stamp)
+        } else {
+            i128::from(time) - i128::from(self.time)
+        }
+    }
+}
+
 /// How a connection's drain ended.
 enum Drained {
     /// Nothing more now (the wait timed out): reconnect (or, with `--once`, return).
@@ -360,9 +376,12 @@ const DRIVER_LOOK_SLACK: i64 = 30 * 10_000_000;
 /// the margin is that plus a second (review 23b, L1: it was 1 s); the page was answered no
 /// earlier than it was asked. Found in review 22b (L2): a restart converted every
 /// watch not yet forgotten, also one due up to [`DRIVER_LOOK_SLACK`] before its last done page
-/// (the driver had looked and found the hive free), into a late re-check. Not covered: a
-/// sleep between the failure and the due time (a relative kernel timer may not count it
-/// while the service's clock does: README, "One clock").
+/// (the driver had looked and found the hive free), into a late re-check. A sleep across
+/// the due time: the interrupt time and this service's clock count it, a relative kernel
+/// timer does not (Learn `SetWaitableTimer`, Windows 8 and later), so the driver sets its
+/// timer in slices of at most 10 s (`driver/src/waiters.rs` `SLICE`) and looks within 10 s
+/// of wake (review 24a, F1; README, "Sleep"). Not covered: a page that delivers everything
+/// in those 10 s (another record woke the reader) with a driver restart before the look.
 const DRIVER_LOOK_LATE: i64 = 3 * 10_000_000;
 
 /// How far the system clock may move against the service's monotonic clock before the
@@ -434,6 +453,20 @@ impl Loop<'_, '_> {
     fn stamp_age(&self, rec: &StreamRecord) -> Option<u64> {
         let now = self.read_interrupt?;
         (rec.interrupt_time != 0 && rec.interrupt_time <= now).then(|| now - rec.interrupt_time)
+    }
+
+    /// Whether the system clock may be trusted to order the record `rec` of the page being
+    /// read against another system-clock reading (a hive's load time: [`same_load`]): it kept
+    /// step with the monotonic clock since the service started (`wall_steady`), and, when the
+    /// record is stamped, its age by the system clock is its age by the stamp within
+    /// [`CLOCK_STEP`] (a step between the record and its read, also before the service
+    /// started, which `wall_steady` cannot see). Review 24a, F2.
+    fn record_clock_trusted(&self, rec: &StreamRecord) -> bool {
+        self.wall_steady
+            && self.stamp_age(rec).is_none_or(|age| {
+                let by_wall = i128::from(self.read_wall) - i128::from(rec.time);
+                (by_wall - i128::from(age)).abs() <= CLOCK_STEP
+            })
     }
 
     /// When `delay` after the record `rec` (made at `time` by the driver's system clock)
@@ -516,7 +549,7 @@ impl Loop<'_, '_> {
         // logon) holds nothing of it (audit 22b, M7).
         let mut load_unsure = false;
         let report = hive_keys(t, &rec.mount, now).ok().and_then(|r| {
-            match same_load(t, &r, rec.hive_id, rec.time) {
+            match same_load(t, &r, rec.hive_id, rec.time, self.record_clock_trusted(rec)) {
                 Load::Later => None,
                 Load::Same => Some(r),
                 Load::Unsure => {
@@ -692,7 +725,7 @@ impl Loop<'_, '_> {
             .iter_mut()
             .find(|a| a.hive.eq_ignore_ascii_case(&rec.mount))
         {
-            Some(a) if a.time.saturating_add(delay) >= time => {
+            Some(a) if a.elapsed(rec, time) <= i128::from(delay) => {
                 // A retry within the run: the watch stays the first attempt's. A run begun
                 // by a deferred unload gets its first failure as the re-check after a restart.
                 a.latest_due = a.latest_due.max(due);
@@ -738,7 +771,7 @@ impl Loop<'_, '_> {
             .iter()
             .position(|a| a.hive.eq_ignore_ascii_case(&rec.mount))
             .map(|i| self.attempts.swap_remove(i))
-            .filter(|a| a.time <= rec.time);
+            .filter(|a| a.elapsed(rec, rec.time) >= 0);
         // The driver looked again: no re-check of the service's own for this hive.
         self.rechecks
             .retain(|r| !r.failure.hive.eq_ignore_ascii_case(&rec.mount));
@@ -838,8 +871,14 @@ impl Loop<'_, '_> {
     ) -> Option<(Vec<EventHolder>, bool, bool)> {
         let hive = r.failure.hive.as_str();
         let mut load_unsure = false;
+        // The failure's age by the system clock is its age on the monotonic clock (dated by
+        // its stamp when it had one): else the clock stepped since, and cannot order the
+        // failure and a load (review 24a, F2).
+        let by_wall = i128::from(now) - i128::from(r.failure.time);
+        let by_mono = i128::from(self.env.mono()) - i128::from(r.failed_at);
+        let trusted = self.wall_steady && (by_wall - by_mono).abs() <= CLOCK_STEP;
         let report = match hive_keys(t, hive, now) {
-            Ok(report) => match same_load(t, &report, r.hive_id, r.failure.time) {
+            Ok(report) => match same_load(t, &report, r.hive_id, r.failure.time, trusted) {
                 Load::Later => return None,
                 Load::Same => report,
                 Load::Unsure => {
@@ -1180,7 +1219,8 @@ enum Load {
     Later,
     /// Cannot be told: the driver does not know when it was loaded (load time 0: seeded from
     /// the hive list after a driver restart, or loaded while the driver was down), no longer
-    /// lists it, its hive list could not be read, or the record has no time. Taken as the
+    /// lists it, its hive list could not be read, the record has no time, or the system
+    /// clock may have stepped between the two readings (review 24a, F2). Taken as the
     /// same load (a 1002 rather than silence), and the 1002 says it may be a later one.
     Unsure,
 }
@@ -1198,7 +1238,19 @@ enum Load {
 /// start, and within one the tracker makes a forgotten implicit or application hive again
 /// under a new id (`tracker/src/hives.rs`). Found in review 22b (H1): a held hive's
 /// re-check after a driver restart read as "unloaded", and no 1002 came.
-fn same_load(t: &mut dyn Transport, report: &HoldersReport, hive_id: u32, time: u64) -> Load {
+///
+/// The load time and `time` are two readings of the system clock: when the caller cannot
+/// trust it between them (`clock_trusted` false: it stepped), their order says nothing and
+/// the answer is [`Load::Unsure`], never "the same load" (review 24a, F2: a clock set back
+/// made the next logon's load read as the failed one, its processes named with no doubt
+/// said) nor "a later load" (which would leave a held hive without a 1002).
+fn same_load(
+    t: &mut dyn Transport,
+    report: &HoldersReport,
+    hive_id: u32,
+    time: u64,
+    clock_trusted: bool,
+) -> Load {
     if hive_id != 0 && report.hive.id == hive_id {
         // Ids are never reused within a start (`tracker/src/hives.rs`: a counter).
         return Load::Same;
@@ -1207,7 +1259,7 @@ fn same_load(t: &mut dyn Transport, report: &HoldersReport, hive_id: u32, time: 
         return Load::Unsure;
     };
     match hives.into_iter().find(|x| x.0 == report.hive.id) {
-        Some((_, l)) if l != 0 && time != 0 => {
+        Some((_, l)) if l != 0 && time != 0 && clock_trusted => {
             if l <= time {
                 Load::Same
             } else {
@@ -1356,9 +1408,9 @@ pub fn run(opts: ServiceOptions, env: &mut ServiceEnv<'_>) -> Result<(u8, Counts
 
 /// The interrupt-time count now (100 ns units since boot), `None` where it cannot be had.
 ///
-/// As `QueryInterruptTime` reads it (Kernel32, Windows 10 / Server 2016 and later): the count
-/// `KeQueryInterruptTime` returns in the driver (Learn, "Interrupt Time"). `None` on another
-/// system, or with a Kernel32 without the routine (Wine 8's).
+/// As `QueryInterruptTime` reads it (Kernel32, else `KernelBase`: Windows 10 / Server 2016 and
+/// later): the count `KeQueryInterruptTime` returns in the driver (Learn, "Interrupt Time").
+/// `None` on another system, or where neither exports the routine (Wine 8).
 #[cfg(windows)]
 #[must_use]
 pub fn interrupt_time_now() -> Option<u64> {

@@ -55,7 +55,6 @@ pub mod windows_handles;
 pub mod windows_identity;
 #[cfg(windows)]
 pub mod windows_install;
-#[cfg(windows)]
 pub mod windows_interrupt_time;
 #[cfg(windows)]
 pub mod windows_legacy_driver;

@@ -2267,11 +2267,23 @@ fn serve_wall_interrupt(
     wall: &dyn Fn(Duration) -> u64,
     interrupt: Option<&dyn Fn(Duration) -> u64>,
 ) -> Vec<FleetEvent> {
+    serve_wall_interrupt_with(q, secs, started_at, wall, interrupt, &driver)
+}
+
+/// [`serve_wall_interrupt`] against the driver `make` builds.
+fn serve_wall_interrupt_with(
+    q: &SharedQueue,
+    secs: u64,
+    started_at: u64,
+    wall: &dyn Fn(Duration) -> u64,
+    interrupt: Option<&dyn Fn(Duration) -> u64>,
+    make: &dyn Fn() -> Server,
+) -> Vec<FleetEvent> {
     let clock = q.borrow().clock.clone();
     let watch = clock.clone();
     let mut clock = clock;
     let keep_going = move || watch.elapsed() < Duration::from_secs(secs);
-    let mut connect = || connect_with(q, &|| Scripted::new(driver()));
+    let mut connect = || connect_with(q, &|| Scripted::new(make()));
     let mut sink = Collected::default();
     let now_clock = q.borrow().clock.clone();
     let interrupt_clock = now_clock.clone();
@@ -3036,11 +3048,14 @@ fn review22d_a_clock_set_forward_before_the_service_started_does_not_recheck_ear
 
 /// The other side: a record the driver did not stamp (0, a protocol 6 record's meaning) is
 /// dated by its system time as before; a service that cannot read the interrupt-time count
-/// (`ServiceEnv::interrupt` `None`, Wine 8) dates a stamped one so too.
+/// (`ServiceEnv::interrupt` `None`, Wine 8) dates a stamped one so too; and so is a record
+/// stamped later than the service's read (not this machine's count: review 24a, F4; with
+/// the `stamp <= read` guard removed the age underflows, a panic in a debug build and a
+/// re-check at once saying "held 230584300981 s" in a release one or with `wrapping_sub`).
 #[test]
 fn a_record_without_a_usable_stamp_is_dated_by_its_system_time() {
     let booted = |e: Duration| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap();
-    for (stamp, interrupt) in [(0, true), (BOOTED, false)] {
+    for (stamp, interrupt) in [(0, true), (BOOTED, false), (BOOTED + 3600 * SECOND, true)] {
         let mut q = queue_held_after(0);
         q.push(&StreamRecord {
             interrupt_time: stamp,
@@ -3086,4 +3101,149 @@ fn the_drivers_1002_says_how_long_by_the_stamps_when_the_clock_stepped_before_th
     let events = serve_stepped(&q, NOW + 40 * SECOND);
     assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
     assert_eq!(events[2].held_for_secs, Some(60), "{:#?}", events[2]);
+}
+
+/// The system clock from `start`, stepped by `step` seconds (back when negative) once the
+/// scripted clock passes `after` seconds.
+fn stepped_wall(start: u64, after: u64, step: i64) -> impl Fn(Duration) -> u64 {
+    move |e| {
+        let t = start + u64::try_from(e.as_nanos() / 100).unwrap();
+        if e > Duration::from_secs(after) {
+            t.checked_add_signed(step * i64::try_from(SECOND).unwrap())
+                .unwrap()
+        } else {
+            t
+        }
+    }
+}
+
+/// Review 24a, F3: the system clock set back 10 min between the failed unload and the
+/// driver's look (after the service started). Both records are stamped 60 s apart; the old
+/// code matched the attempt by the two system times, dropped it, and its 1002 said "at
+/// least" with no `failed_unload_sequence` (`(Some(60), None, true)`).
+#[test]
+fn a_clock_set_back_before_the_drivers_look_keeps_the_attempt() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    for _ in 0..5 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED + 60 * SECOND,
+        ..held_after(60, 0)
+    }));
+    // The record's system time: read after a 600 s step back.
+    if let Some(Step::Record(r)) = q.steps.back_mut() {
+        r.time = NOW + 60 * SECOND - 600 * SECOND;
+    }
+    let q = q.shared();
+    let events = serve_wall_interrupt(
+        &q,
+        200,
+        NOW,
+        &stepped_wall(NOW, 30, -600),
+        Some(&|e| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap()),
+    );
+    assert_eq!(ids(&events), [1010, 1001, 1002], "{events:#?}");
+    let e = &events[2];
+    assert_eq!(
+        (
+            e.held_for_secs,
+            e.failed_unload_sequence,
+            e.message.contains("at least")
+        ),
+        (Some(60), Some(1), false),
+        "{e:#?}"
+    );
+}
+
+/// Review 24a, F3: a retry 30 s after a failed unload (the driver watches 60 s from the
+/// run's first attempt) with the system clock set forward 10 min in between. By the two
+/// system times the retry began a new run, and the driver's look 60 s after the first
+/// attempt was measured from the retry: the old code said "held 30 s" and linked the 1002
+/// to the retry (`(Some(30), Some(2))`). By the stamps it is one run: 60 s, the first.
+#[test]
+fn a_clock_set_forward_between_a_failure_and_its_retry_keeps_one_run() {
+    let mut q = queue_held_after(60);
+    q.push(&StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED,
+        ..failed_unload(&user_hive(), NOW)
+    });
+    for _ in 0..3 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED + 30 * SECOND,
+        ..failed_unload(&user_hive(), NOW + 630 * SECOND)
+    }));
+    for _ in 0..3 {
+        q.steps.push_back(Step::Idle);
+    }
+    q.steps.push_back(Step::Record(StreamRecord {
+        hive_id: 7,
+        interrupt_time: BOOTED + 60 * SECOND,
+        ..held_after(660, 0)
+    }));
+    let q = q.shared();
+    let events = serve_wall_interrupt(
+        &q,
+        200,
+        NOW,
+        &stepped_wall(NOW, 20, 600),
+        Some(&|e| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap()),
+    );
+    assert_eq!(ids(&events), [1010, 1001, 1001, 1002], "{events:#?}");
+    let e = &events[3];
+    assert_eq!(
+        (e.held_for_secs, e.failed_unload_sequence),
+        (Some(60), Some(1)),
+        "{e:#?}"
+    );
+}
+
+/// Review 24a, F2: the re-check after a driver restart of a failure (hive id 3 of the old
+/// start) finds the hive at the mount under id 7, which the new driver saw loaded at a time
+/// its system clock says was an hour before the failure. Only a load the new driver saw
+/// has a load time, so it came after its start, after the failure: the system clock was
+/// set back in between. `(a)` after the service started (`wall_steady` goes false); `(b)`
+/// before it started, seen only by the failure's interrupt-time stamp against its time. The
+/// old code took the load for the failed one and named its holders with `load_unsure` false
+/// (2 of 2 cases fail).
+#[test]
+fn a_1002_after_a_clock_step_is_unsure_of_its_load() {
+    let booted = |e: Duration| BOOTED + u64::try_from(e.as_nanos() / 100).unwrap();
+    let back = 3600 * SECOND;
+    // (a): the failure at NOW, the clock set back an hour 2 s later, the restart after.
+    // (b): the failure stamped 10 s before the service's start, the clock set back an hour
+    // in between.
+    for (stamp, started, step_at) in [
+        (0, NOW, 2),
+        (BOOTED - 10 * SECOND, NOW + 10 * SECOND - back, 1000),
+    ] {
+        let mut q = queue_held_after(60);
+        q.push(&StreamRecord {
+            hive_id: 3,
+            interrupt_time: stamp,
+            ..failed_unload(&user_hive(), NOW)
+        });
+        q.steps.push_back(Step::Restart(NOW + 5 * SECOND));
+        let q = q.shared();
+        let events = serve_wall_interrupt_with(
+            &q,
+            200,
+            started,
+            &stepped_wall(started, step_at, -3600),
+            Some(&booted),
+            &|| driver_hives_loaded(NOW - back),
+        );
+        assert_eq!(ids(&events), [1010, 1001, 1012, 1002], "{events:#?}");
+        assert_load_unsure(&events[3]);
+    }
 }

@@ -220,6 +220,11 @@ pub fn scenarios() -> Vec<Scenario> {
             td_wait_timeout,
         ),
         pass(
+            "td-relative-timer-sleep",
+            "a sleep moves the interrupt time but not a relative KTIMER (Learn SetWaitableTimer, Windows 8 and later): a 30 s timer set before a 60 s sleep has not fired at wake, fires 30 s after it, once",
+            td_relative_timer_sleep,
+        ),
+        pass(
             "td-wait-cancel",
             "CancelIoEx: IoCancelIrp calls the cancel routine, STATUS_CANCELLED, timer cancelled, cancel lock released",
             td_wait_cancel,
@@ -406,6 +411,45 @@ pub fn scenarios() -> Vec<Scenario> {
 struct Session {
     driver: LoadedDriver,
     handle: FileHandle,
+}
+
+/// Review 24a, F1: the model's sleep ([`timer::sleep`]). The test driver's stray timer is set
+/// relative, 30 s; the machine sleeps 60 s (the interrupt time moves 60 s). On the old model
+/// (a sleep read as time passing) the timer fired at wake: 2 of 4 checks fail.
+fn td_relative_timer_sleep(ctx: &mut Ctx) {
+    let Some(s) = start(ctx) else { return };
+    let runs = || slots(&call(&s, IOCTL_DPC, 1))[1];
+    let before = runs();
+    let r = call(&s, IOCTL_STRAY_TIMER, 30_000);
+    ctx.check(
+        r.status == STATUS_SUCCESS && timer::armed() == 1,
+        "a 30 s relative timer set",
+    );
+    let slept_from = cpu::interrupt_time();
+    timer::advance(5_000);
+    timer::sleep(60_000);
+    ctx.check(
+        cpu::interrupt_time() >= slept_from + 65 * 10_000_000,
+        "the interrupt time counts the sleep",
+    );
+    ctx.check(
+        runs() == before && timer::armed() == 1,
+        format!(
+            "not fired at wake, 65 s of interrupt time after it was set ({} runs)",
+            runs() - before
+        ),
+    );
+    timer::advance(24_000);
+    ctx.check(
+        runs() == before && timer::armed() == 1,
+        "not fired 24 s after wake (29 s of the 30 counted)",
+    );
+    timer::advance(2_000);
+    ctx.check(
+        runs() == before + 1 && timer::armed() == 0,
+        format!("fired once 26 s after wake ({} runs)", runs() - before),
+    );
+    finish(ctx, s);
 }
 
 fn start(ctx: &mut Ctx) -> Option<Session> {

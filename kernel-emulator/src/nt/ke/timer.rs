@@ -85,6 +85,8 @@ struct Armed {
     dpc: usize,
     /// Order of KeSetTimer calls: equal due times expire in the order they were set.
     seq: u64,
+    /// Set with a relative due time (negative DueTime): [`sleep`] does not count down.
+    relative: bool,
 }
 
 /// The kernel's timer table and DPC queue.
@@ -265,7 +267,15 @@ fn set_timer(timer: usize, due_time: i64, period: i32, dpc: usize, routine: &str
         u8::from(
             k.timers
                 .armed
-                .insert(timer, Armed { due, dpc, seq })
+                .insert(
+                    timer,
+                    Armed {
+                        due,
+                        dpc,
+                        seq,
+                        relative: due_time < 0,
+                    },
+                )
                 .is_some(),
         )
     })
@@ -519,6 +529,31 @@ pub fn advance(ms: u64) {
     // The registry's own timer (the delayed KCB dereference, WRK `cmdelay.c`) is kernel
     // state, not a driver's KTIMER: it runs after the drivers' DPCs.
     crate::nt::cm::hive::run_delay_deref_due();
+}
+
+/// The machine sleeps `ms` and wakes: every emulated clock moves forward by `ms` (the
+/// interrupt time too: Learn, `KeQueryInterruptTime`: at wake the system adds a bias "to
+/// compensate for the estimated duration of such a sleep state"; the system time and QPC
+/// count it as well), but a timer set with a relative due time does not count the sleep
+/// down: its due time moves by `ms` too. Learn, `SetWaitableTimer` (synchapi.h): "Windows 8
+/// and later, Windows Server 2012 and later: If relative time is specified, the timer does
+/// not include time spent in low-power states. For example, the timer does not continue
+/// counting down while the computer is sleeping" (Windows 7 / 2008 R2 and earlier: it
+/// does). Learn `KeSetTimer` says only that a negative DueTime is relative and "not affected
+/// by system time changes", nothing of sleep: the model applies the `SetWaitableTimer`
+/// sentence to kernel timers (a waitable timer is a kernel timer object), the worse case for
+/// a driver that counts on a relative timer; to be settled on the VM kit. A timer set with
+/// an absolute (system) time whose time passed during the sleep expires at wake
+/// ([`run_due`], as at any tick). Review 24a, F1.
+pub fn sleep(ms: u64) {
+    let delta = ms.saturating_mul(10_000);
+    cpu::advance_clock(delta);
+    kernel::with(|k| {
+        for a in k.timers.armed.values_mut().filter(|a| a.relative) {
+            a.due = a.due.saturating_add(delta);
+        }
+    });
+    run_due();
 }
 
 /// Timers currently set (for assertions).
