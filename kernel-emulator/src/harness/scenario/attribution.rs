@@ -772,17 +772,29 @@ fn stacks_pid_scope(ctx: &mut Ctx) {
             .is_some_and(|(s, t)| *s == CaptureScope::Process && *t == pid),
         format!("the refused request changed nothing: {after:?}"),
     );
-    for (p, h) in [(leaker, hm), (other, ho)] {
+    end_two_openers(ctx, c, &mut d, [(leaker, hm), (other, ho)]);
+}
+
+/// The end of a two-process capture scenario: each process's key closed, capture off, both
+/// processes gone, the profile unloaded, the driver unloaded and checked clean.
+fn end_two_openers(
+    ctx: &mut Ctx,
+    c: Client,
+    d: &mut crate::loader::driver::LoadedDriver,
+    opens: [(u32, Result<u64, crate::nt::status::NtStatus>); 2],
+) {
+    for (p, h) in opens {
         if let Ok(h) = h {
             let _ = hive::close_key(p, h);
         }
     }
     set_capture(ctx, &c, CaptureScope::Off, "");
-    process::exit_process(leaker);
-    process::exit_process(other);
+    for (p, _) in opens {
+        process::exit_process(p);
+    }
     unload_all(ctx, &[USER, CLASSES]);
     c.close();
-    ctx.unload_and_check_clean(&mut d);
+    ctx.unload_and_check_clean(d);
 }
 
 /// The image of `pid` as `holders` of the profile hive reports it (`None`: not listed).
@@ -867,15 +879,5 @@ fn stacks_wow64(ctx: &mut Ctx) {
         flag(modern) == Some(false),
         format!("the 64-bit one is not: {:?}", flag(modern)),
     );
-    for (pid, h) in [(legacy, h32), (modern, h64)] {
-        if let Ok(h) = h {
-            let _ = hive::close_key(pid, h);
-        }
-    }
-    set_capture(ctx, &c, CaptureScope::Off, "");
-    process::exit_process(legacy);
-    process::exit_process(modern);
-    unload_all(ctx, &[USER, CLASSES]);
-    c.close();
-    ctx.unload_and_check_clean(&mut d);
+    end_two_openers(ctx, c, &mut d, [(legacy, h32), (modern, h64)]);
 }
