@@ -363,7 +363,11 @@ pub fn completeness(id: u32) -> Completeness {
 /// service, which dates the watch by the interrupt time, had forgotten it by then (review
 /// 24a, F1); in slices the look comes at most one slice after wake. An absolute due time
 /// would be system time, which a clock step moves.
-const SLICE: u64 = 10 * 10_000_000;
+/// Two seconds, so that the window after wake in which the fleet service may take a page for
+/// the driver's silence before the look is no wider than its margin for a late look
+/// (`DRIVER_LOOK_LATE`, 3 s; review 24c, MED 2: it was 10 s); a DPC every 2 s while a watch
+/// or a timed wait is pending costs nothing that shows.
+const SLICE: u64 = 2 * 10_000_000;
 
 /// Sets the timer for `deadline` (interrupt time), relative to `now`, or for [`SLICE`] when
 /// that is sooner (the DPC then sets it again).

@@ -379,9 +379,9 @@ const DRIVER_LOOK_SLACK: i64 = 30 * 10_000_000;
 /// (the driver had looked and found the hive free), into a late re-check. A sleep across
 /// the due time: the interrupt time and this service's clock count it, a relative kernel
 /// timer does not (Learn `SetWaitableTimer`, Windows 8 and later), so the driver sets its
-/// timer in slices of at most 10 s (`driver/src/waiters.rs` `SLICE`) and looks within 10 s
-/// of wake (review 24a, F1; README, "Sleep"). Not covered: a page that delivers everything
-/// in those 10 s (another record woke the reader) with a driver restart before the look.
+/// timer in slices of at most 2 s (`driver/src/waiters.rs` `SLICE`) and looks within 2 s
+/// of wake (review 24a, F1; review 24c, MED 2: 10 s at first; README, "Sleep"). Not covered: a page that delivers everything
+/// in those 2 s (another record woke the reader) with a driver restart before the look.
 const DRIVER_LOOK_LATE: i64 = 3 * 10_000_000;
 
 /// How far the system clock may move against the service's monotonic clock before the

@@ -257,7 +257,12 @@ fn identity_phrase(h: &Holder) -> String {
 }
 
 /// Event 1530's lines for one holder: one per key name, identical names counted.
-fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &mut String) {
+fn holder_sentences(
+    h: &Holder,
+    images: &[crate::model::HeldNowProcess],
+    unexamined: u64,
+    out: &mut String,
+) {
     let mut who = process_phrase(h.pid, h.image.as_ref(), h.exited);
     let identity = identity_phrase(h);
     if !identity.is_empty() {
@@ -326,7 +331,7 @@ fn holder_sentences(h: &Holder, images: &[crate::model::HeldNowProcess], out: &m
             format!(" with {}", rights.join(", "))
         };
         let _ = writeln!(out, "{who} has opened key {name}{cut}{times}{with}{when}");
-        held_now_sentence(h.pid, &keys, images, out);
+        held_now_sentence(h.pid, &keys, images, unexamined, out);
         crate::render_stacks::key_stacks(&keys, out);
     }
 }
@@ -339,6 +344,7 @@ fn held_now_sentence(
     pid: u64,
     keys: &[&HeldKey],
     images: &[crate::model::HeldNowProcess],
+    unexamined: u64,
     out: &mut String,
 ) {
     let Some(mut now) = keys.first().and_then(|k| k.held_now_by.clone()) else {
@@ -350,10 +356,19 @@ fn held_now_sentence(
         return;
     }
     if now.is_empty() {
-        let _ = if keys.len() > 1 {
+        // Closing the opener frees nothing only if every handle was examined: a handle that
+        // could not be (a protected process's, the opener's own among them) may be the one
+        // (review 24c, MED 1).
+        let _ = if keys.len() > 1 && unexamined == 0 {
             writeln!(
                 out,
-                "  these {} are held by no process hivetrack could examine now (a protected process, or a kernel reference): closing process {pid} does not free them",
+                "  these {} are held by no process hivetrack could examine now (a kernel reference): closing process {pid} does not free them",
+                keys.len()
+            )
+        } else if keys.len() > 1 {
+            writeln!(
+                out,
+                "  these {} are held by no process hivetrack could examine now ({unexamined} handle(s) could not be examined, a protected process's, process {pid}'s own among them perhaps, or a kernel reference)",
                 keys.len()
             )
         } else {
@@ -649,8 +664,9 @@ pub fn holders(r: &HoldersReport, f: Format) -> serde_json::Result<String> {
                 ));
                 out.push('\n');
                 let images = r.held_now.as_ref().map_or(&[][..], |c| &c.processes[..]);
+                let unexamined = r.held_now.as_ref().map_or(0, |c| c.handles_not_examined);
                 for h in &r.holders {
-                    holder_sentences(h, images, &mut out);
+                    holder_sentences(h, images, unexamined, &mut out);
                 }
             }
             match &r.held_now {
