@@ -167,7 +167,8 @@ pub fn reset() {
 // FAST_MUTEX; not push locks or ERESOURCEs, which the page does not list); an edge held ->
 // acquired at every waiting acquisition; an edge that closes a loop stops the machine. A
 // node's edges are forgotten when the pool block holding the lock is freed (WRK
-// sysload.c:3711-3713, `VerifierDeadlockFreePool`), so a reused address starts afresh.
+// ex/pool.c 4416/4475/4567, `VerifierDeadlockFreePool` at each pool free; sysload.c 3712 calls it
+// at image unload), so a reused address starts afresh.
 
 /// The lock-order graph: lock -> locks acquired while holding it, each with the operation
 /// that first took them in that order.
@@ -265,7 +266,7 @@ fn order_check(addr: usize, kind: Kind, routine: &str) {
 }
 
 /// Forgets the order of every lock in `[base, base + len)` (its pool block was freed:
-/// `VerifierDeadlockFreePool`, WRK sysload.c:3711-3713), so a later lock at a reused address
+/// `VerifierDeadlockFreePool`, WRK ex/pool.c 4416/4475/4567), so a later lock at a reused address
 /// is a new node.
 pub(crate) fn forget_order(base: usize, len: usize) {
     let inside = |a: usize| a >= base && a < base + len.max(1);
