@@ -1134,6 +1134,45 @@ mod tests {
         assert!(!locks().contains_key(&lock));
     }
 
+    /// Review 24c, LOW 4: a lock in a freed pool block leaves the lock-order graph
+    /// (`VerifierDeadlockFreePool`), so a new lock at the reused address, taken in the
+    /// reverse order, is a new node. Fails, with the free's `forget_order` left out, at the
+    /// assertion that the edge is gone (and the reverse order would then bugcheck 0x1001).
+    #[test]
+    fn a_freed_blocks_locks_leave_the_lock_order_graph() {
+        std::thread::spawn(|| {
+            cpu::enter_thread(40);
+            let a = std::ptr::from_mut::<usize>(Box::leak(Box::new(0usize)));
+            let block =
+                crate::nt::ex::pool::allocate(64, u32::from_le_bytes(*b"Ordr"), true, "test");
+            let b = block.cast::<usize>();
+            // A, then B inside the block.
+            // SAFETY: live, zeroed lock words at PASSIVE_LEVEL.
+            let old = unsafe { KeAcquireSpinLockRaiseToDpc(a) };
+            // SAFETY: as above, at DISPATCH_LEVEL.
+            unsafe { KeAcquireSpinLockAtDpcLevel(b) };
+            // SAFETY: held by this thread.
+            unsafe { KeReleaseSpinLockFromDpcLevel(b) };
+            // SAFETY: held by this thread, acquired at `old`.
+            unsafe { KeReleaseSpinLock(a, old) };
+            assert!(
+                order()
+                    .get(&(a as usize))
+                    .is_some_and(|e| e.contains_key(&(b as usize)))
+            );
+            // SAFETY: the block `allocate` gave, freed once.
+            unsafe { crate::nt::ex::pool::free(block, None, "test") };
+            assert!(
+                !order()
+                    .get(&(a as usize))
+                    .is_some_and(|e| e.contains_key(&(b as usize))),
+                "the freed block's lock still has its order"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn spin_lock_raises_and_restores_irql() {
         std::thread::spawn(|| {
