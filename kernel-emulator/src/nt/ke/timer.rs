@@ -542,7 +542,10 @@ pub fn advance(ms: u64) {
 /// does). Learn `KeSetTimer` says only that a negative DueTime is relative and "not affected
 /// by system time changes", nothing of sleep: the model applies the `SetWaitableTimer`
 /// sentence to kernel timers (a waitable timer is a kernel timer object), the worse case for
-/// a driver that counts on a relative timer; to be settled on the VM kit. A timer set with
+/// a driver that counts on a relative timer; to be settled on the VM kit. Learn's kernel
+/// page "Timer accuracy" reads the other way (a relative time is added to the current clock
+/// time to compute an absolute expiration), and an older remark on
+/// `QueryUnbiasedInterruptTime` has such timers expire at wake (review 24c, LOW 6). A timer set with
 /// an absolute (system) time whose time passed during the sleep expires at wake
 /// ([`run_due`], as at any tick). Review 24a, F1.
 pub fn sleep(ms: u64) {
