@@ -104,6 +104,27 @@ pub fn scenarios() -> Vec<Scenario> {
 
 /// Loads the profile and starts the sync client (profleak.exe) with the parents of the key
 /// it holds in these scenarios: (its pid, the key).
+/// A held-after scenario's start: the driver, a client, and the sync client's pid, key
+/// name and its open of that key (checked).
+type HeldAfterSession = (
+    crate::loader::driver::LoadedDriver,
+    Client,
+    u32,
+    String,
+    Result<u64, status::NtStatus>,
+);
+
+/// The held-after scenarios' start: the driver with `HeldAfterSeconds`, a client, and the
+/// sync client holding its key in the profile (the open's result, checked).
+fn held_after_session(ctx: &mut Ctx) -> Option<HeldAfterSession> {
+    let d = start_with_parameter(ctx, "HeldAfterSeconds", HELD_AFTER_SECONDS)?;
+    let c = Client::open(ctx)?;
+    let (leaker, key) = sync_client(ctx);
+    let held = hive::open_key(leaker, &key, KEY_READ, true);
+    ctx.check(held.is_ok(), "the sync client holds its key");
+    Some((d, c, leaker, key, held))
+}
+
 fn sync_client(ctx: &mut Ctx) -> (u32, String) {
     load_profile(ctx);
     let pid = spawn(ctx, APP2);
@@ -383,13 +404,9 @@ const HELD_AFTER_SECONDS: u32 = 30;
     reason = "one hive's watch, step by step, reads best in one piece"
 )]
 fn held_after(ctx: &mut Ctx) {
-    let Some(mut d) = start_with_parameter(ctx, "HeldAfterSeconds", HELD_AFTER_SECONDS) else {
+    let Some((mut d, c, leaker, key, first)) = held_after_session(ctx) else {
         return;
     };
-    let Some(c) = Client::open(ctx) else { return };
-    let (leaker, key) = sync_client(ctx);
-    let first = hive::open_key(leaker, &key, KEY_READ, true);
-    ctx.check(first.is_ok(), "the sync client holds its key");
     let before = cpu::interrupt_time();
     let refused = hive::unload_hive(SYSTEM_PID, USER);
     let after = cpu::interrupt_time();
@@ -562,13 +579,9 @@ fn held_after(ctx: &mut Ctx) {
 /// time: the look comes within 2 s of wake. On the old driver 1 of the checks fails (the
 /// event came 25 s after wake).
 fn held_after_sleep(ctx: &mut Ctx) {
-    let Some(mut d) = start_with_parameter(ctx, "HeldAfterSeconds", HELD_AFTER_SECONDS) else {
+    let Some((mut d, c, leaker, _, held)) = held_after_session(ctx) else {
         return;
     };
-    let Some(c) = Client::open(ctx) else { return };
-    let (leaker, key) = sync_client(ctx);
-    let held = hive::open_key(leaker, &key, KEY_READ, true);
-    ctx.check(held.is_ok(), "the sync client holds its key");
     let refused = hive::unload_hive(SYSTEM_PID, USER);
     ctx.check(
         refused.cast_unsigned() == CANNOT_DELETE,
